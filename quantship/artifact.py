@@ -1,0 +1,337 @@
+"""The quantship artifact: a directory (or .tar.gz of one) holding the INT8 model, its FP32
+reference and a manifest that makes both verifiable.
+
+Every part reads artifacts through this module: the quantizer writes them (`write_artifact`),
+`quantship verify`, the server and the operator's fetch step load them (`load_artifact`), which
+checks every file's sha256 and, when a public key is configured, the manifest's ed25519 signature.
+It imports nothing else of quantship, so any part may depend on it.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import shutil
+import tarfile
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+FORMAT_VERSION = 1
+MODEL_FILE = "model.onnx"
+REFERENCE_FILE = "reference.onnx"
+MANIFEST_FILE = "manifest.json"
+SIGNATURE_KEY = "signature"
+
+
+class ArtifactError(Exception):
+    """An artifact that must not be served. Permanent: retrying the same bytes cannot help.
+
+    `reason` is a short, stable label (it becomes `quantship_model_load_failures_total{reason}`).
+    """
+
+    def __init__(self, message: str, *, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class ActivationRange:
+    """What one QuantizeLinear node of the served model can represent, and what calibration saw.
+
+    Values of `tensor` more than half a step (`scale / 2`) outside [low, high] saturate; closer
+    ones only round. `activation_low/high` are the bounds of an activation (Relu, Clip) that
+    quantization folded into this range: values the activation would have removed anyway are
+    not clipping, so clip counters apply the activation first.
+    """
+
+    tensor: str
+    low: float
+    high: float
+    scale: float
+    calibrated_min: float | None = None
+    calibrated_max: float | None = None
+    activation_low: float | None = None
+    activation_high: float | None = None
+
+    def count_clipped(self, values: np.ndarray) -> int:
+        """How many of `values` (this tensor, in float) the quantized graph saturates."""
+        if self.activation_low is not None or self.activation_high is not None:
+            values = np.clip(values, self.activation_low, self.activation_high)
+        half_step = self.scale / 2
+        return int(np.count_nonzero((values < self.low - half_step) | (values > self.high + half_step)))
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if v is not None}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> ActivationRange:
+        return cls(**{k: data.get(k) for k in cls.__dataclass_fields__})  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """A verified artifact on local disk. Construct it with `load_artifact`, never by hand."""
+
+    root: Path
+    manifest: dict[str, Any]
+    signed: bool
+
+    @property
+    def model_path(self) -> Path:
+        return self.root / MODEL_FILE
+
+    @property
+    def reference_path(self) -> Path | None:
+        return self.root / REFERENCE_FILE if REFERENCE_FILE in self.manifest["files"] else None
+
+    @property
+    def activation_ranges(self) -> list[ActivationRange]:
+        return [ActivationRange.from_json(r) for r in self.manifest.get("activation_ranges", [])]
+
+    @property
+    def quantization(self) -> dict[str, Any]:
+        return dict(self.manifest.get("quantization", {}))
+
+    @property
+    def gate_passed(self) -> bool:
+        return self.manifest.get("validation", {}).get("gate") == "passed"
+
+    @property
+    def digest(self) -> str:
+        """sha256 of the canonical manifest: names this exact artifact (a revision id)."""
+        return hashlib.sha256(canonical_bytes(self.manifest)).hexdigest()
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def canonical_bytes(manifest: Mapping[str, Any]) -> bytes:
+    """The bytes a signature covers: the manifest without its signature, keys sorted, no spaces."""
+    unsigned = {k: v for k, v in manifest.items() if k != SIGNATURE_KEY}
+    return json.dumps(unsigned, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
+
+
+# -- keys -------------------------------------------------------------------------------------
+
+
+def generate_keypair(private_path: Path, public_path: Path) -> None:
+    key = Ed25519PrivateKey.generate()
+    private_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    private_path.chmod(0o600)
+    public_path.write_bytes(
+        key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+
+
+def load_private_key(path: Path) -> Ed25519PrivateKey:
+    try:
+        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    except (OSError, ValueError, TypeError) as exc:
+        raise ArtifactError(f"cannot read private key {path}: {exc}", reason="key") from exc
+    if not isinstance(key, Ed25519PrivateKey):
+        raise ArtifactError(f"{path} is not an ed25519 private key", reason="key")
+    return key
+
+
+def load_public_key(path: Path) -> Ed25519PublicKey:
+    try:
+        key = serialization.load_pem_public_key(path.read_bytes())
+    except (OSError, ValueError) as exc:
+        raise ArtifactError(f"cannot read public key {path}: {exc}", reason="key") from exc
+    if not isinstance(key, Ed25519PublicKey):
+        raise ArtifactError(f"{path} is not an ed25519 public key", reason="key")
+    return key
+
+
+def _public_key_id(key: Ed25519PublicKey) -> str:
+    raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return hashlib.sha256(raw).hexdigest()[:16]
+
+
+# -- writing ----------------------------------------------------------------------------------
+
+
+def write_artifact(
+    out_dir: Path,
+    files: Mapping[str, Path],
+    manifest: Mapping[str, Any],
+    *,
+    sign_key: Ed25519PrivateKey | None = None,
+) -> Artifact:
+    """Write `files` (artifact name -> source path) and a manifest to `out_dir`, all or nothing.
+
+    Everything is written to a sibling temporary directory that is renamed into place at the end,
+    so a reader never sees a half-written artifact and a failure leaves nothing behind.
+    """
+    if MODEL_FILE not in files:
+        raise ArtifactError(f"an artifact needs {MODEL_FILE}", reason="format")
+    out_dir = out_dir.resolve()
+    parent = out_dir.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=parent))
+    except OSError as exc:
+        raise ArtifactError(f"cannot write to {parent}: {exc.strerror or exc}", reason="io") from exc
+    try:
+        entries: dict[str, dict[str, Any]] = {}
+        for name, source in files.items():
+            shutil.copyfile(source, staging / name)
+            entries[name] = {"sha256": sha256_file(staging / name), "size": (staging / name).stat().st_size}
+        full = {"format_version": FORMAT_VERSION, **manifest, "files": entries}
+        if sign_key is not None:
+            full[SIGNATURE_KEY] = {
+                "algorithm": "ed25519",
+                "key_id": _public_key_id(sign_key.public_key()),
+                "value": base64.b64encode(sign_key.sign(canonical_bytes(full))).decode(),
+            }
+        (staging / MANIFEST_FILE).write_text(
+            json.dumps(full, indent=2, sort_keys=True, allow_nan=False) + "\n"
+        )
+        staging.chmod(0o755)
+        _replace_dir(staging, out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return Artifact(root=out_dir, manifest=full, signed=sign_key is not None)
+
+
+def _replace_dir(new: Path, target: Path) -> None:
+    if not target.exists():
+        os.rename(new, target)
+        return
+    if not (target / MANIFEST_FILE).is_file():
+        raise ArtifactError(f"{target} exists and is not an artifact; refusing to replace it", reason="io")
+    old = target.with_name(f".{target.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    os.rename(target, old)
+    os.rename(new, target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def pack(artifact_dir: Path, tarball: Path) -> None:
+    """A .tar.gz of the artifact's listed files, for object stores and HTTP servers."""
+    artifact = load_artifact(artifact_dir)
+    with tarfile.open(tarball, "w:gz") as archive:
+        for name in [MANIFEST_FILE, *artifact.manifest["files"]]:
+            archive.add(artifact.root / name, arcname=name)
+
+
+# -- reading ----------------------------------------------------------------------------------
+
+
+def load_artifact(
+    path: Path,
+    *,
+    public_key: Ed25519PublicKey | None = None,
+    extract_to: Path | None = None,
+) -> Artifact:
+    """Verify and open an artifact directory or .tar.gz.
+
+    Refuses, with an ArtifactError naming the problem: a missing or unreadable manifest, an unknown
+    format version, a listed file that is missing or whose size or sha256 differ, and, when a
+    public key is given, a missing or invalid signature. A tarball is unpacked to `extract_to`
+    (a fresh temporary directory when None).
+    """
+    path = Path(path)
+    if path.is_file() and path.name.endswith((".tar.gz", ".tgz")):
+        path = _extract(path, extract_to)
+    manifest = _read_manifest(path)
+    for name, entry in manifest["files"].items():
+        _check_file(path, name, entry)
+    if MODEL_FILE not in manifest["files"]:
+        raise ArtifactError(f"{path}: manifest lists no {MODEL_FILE}", reason="format")
+    if public_key is not None:
+        _check_signature(path, manifest, public_key)
+    return Artifact(root=path, manifest=manifest, signed=SIGNATURE_KEY in manifest)
+
+
+def _read_manifest(root: Path) -> dict[str, Any]:
+    manifest_path = root / MANIFEST_FILE
+    if not root.exists():
+        raise ArtifactError(f"{root}: no such artifact", reason="missing")
+    if not manifest_path.is_file():
+        raise ArtifactError(f"{root}: not an artifact (no {MANIFEST_FILE})", reason="format")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ArtifactError(f"{manifest_path}: unreadable manifest: {exc}", reason="format") from exc
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
+        raise ArtifactError(f"{manifest_path}: manifest has no file list", reason="format")
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise ArtifactError(
+            f"{manifest_path}: format version {manifest.get('format_version')!r}, this quantship reads "
+            f"{FORMAT_VERSION}",
+            reason="format",
+        )
+    return manifest
+
+
+def _check_file(root: Path, name: str, entry: Mapping[str, Any]) -> None:
+    # Names come from the manifest, which may be hostile: never follow one out of the artifact.
+    if Path(name).name != name:
+        raise ArtifactError(f"{root}: manifest names a file outside the artifact: {name!r}", reason="format")
+    file = root / name
+    if not file.is_file():
+        raise ArtifactError(f"{root}: {name} is listed in the manifest but missing", reason="missing")
+    if file.stat().st_size != entry.get("size"):
+        raise ArtifactError(
+            f"{root}: {name} is {file.stat().st_size} bytes, manifest says {entry.get('size')} (tampered?)",
+            reason="hash_mismatch",
+        )
+    if sha256_file(file) != entry.get("sha256"):
+        raise ArtifactError(
+            f"{root}: {name} does not match its sha256 in the manifest (tampered?)", reason="hash_mismatch"
+        )
+
+
+def _check_signature(root: Path, manifest: Mapping[str, Any], public_key: Ed25519PublicKey) -> None:
+    signature = manifest.get(SIGNATURE_KEY)
+    if not isinstance(signature, dict) or "value" not in signature:
+        raise ArtifactError(f"{root}: artifact is unsigned, but a public key is required", reason="signature")
+    if signature.get("algorithm") != "ed25519":
+        raise ArtifactError(
+            f"{root}: unsupported signature algorithm {signature.get('algorithm')!r}", reason="signature"
+        )
+    try:
+        public_key.verify(base64.b64decode(signature["value"]), canonical_bytes(manifest))
+    except (InvalidSignature, ValueError) as exc:
+        raise ArtifactError(
+            f"{root}: manifest signature does not verify with the given public key", reason="signature"
+        ) from exc
+
+
+def _extract(tarball: Path, dest: Path | None) -> Path:
+    dest = Path(tempfile.mkdtemp(prefix="quantship-artifact-")) if dest is None else dest
+    dest.mkdir(parents=True, exist_ok=True)
+    try:
+        with tarfile.open(tarball, "r:gz") as archive:
+            archive.extractall(dest, filter="data")
+    except (OSError, tarfile.TarError) as exc:
+        raise ArtifactError(f"{tarball}: unreadable archive: {exc}", reason="format") from exc
+    if (dest / MANIFEST_FILE).is_file():
+        return dest
+    children = [child for child in dest.iterdir() if child.is_dir()]
+    if len(children) == 1 and (children[0] / MANIFEST_FILE).is_file():
+        return children[0]
+    raise ArtifactError(f"{tarball}: archive holds no {MANIFEST_FILE}", reason="format")

@@ -1,0 +1,21 @@
+"""Quantization with an accuracy gate and accuracy-aware fallback.
+
+What other parts use: `run` (the whole `quantship quantize`), `QuantizeConfig` and its enums,
+`QuantizeInputError`, `QuantizeResult`.
+"""
+
+from quantship.quantize.config import Calibration, Format, Mode, Precision, QuantizeConfig
+from quantship.quantize.errors import QuantizeInputError
+from quantship.quantize.pipeline import QuantizeResult, default_progress, run
+
+__all__ = [
+    "Calibration",
+    "Format",
+    "Mode",
+    "Precision",
+    "QuantizeConfig",
+    "QuantizeInputError",
+    "QuantizeResult",
+    "default_progress",
+    "run",
+]

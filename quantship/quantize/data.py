@@ -1,0 +1,232 @@
+"""Calibration and evaluation data: loading, checking against the model, batching.
+
+Data is an `.npz` keyed by input name, or a folder of `<input name>.npy` files; an optional
+labels array (key `labels`) makes it evaluation data. The leading axis counts samples. When an
+array has the model input's rank, the samples are stacked along the model's batch axis; when
+it has one more dimension, the model has no batch axis and each sample is run alone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import helper
+from onnxruntime.quantization import CalibrationDataReader
+
+from quantship.quantize.errors import QuantizeInputError
+
+LABELS_KEY = "labels"
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    name: str
+    dtype: np.dtype
+    shape: tuple[int | str | None, ...]
+
+    @property
+    def batch_dim(self) -> int | None:
+        """The model's own batch size when fixed (often 1), None when dynamic."""
+        first = self.shape[0] if self.shape else None
+        return first if isinstance(first, int) else None
+
+    def describe(self) -> str:
+        dims = ", ".join("N" if not isinstance(d, int) else str(d) for d in self.shape)
+        return f"{self.name} {self.dtype.name}[{dims}]"
+
+
+def model_inputs(model: onnx.ModelProto) -> list[InputSpec]:
+    initializers = {init.name for init in model.graph.initializer}
+    specs = []
+    for value in model.graph.input:
+        if value.name in initializers:
+            continue
+        tensor = value.type.tensor_type
+        dims = tuple(
+            d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tensor.shape.dim
+        )
+        specs.append(InputSpec(value.name, np.dtype(helper.tensor_dtype_to_np_dtype(tensor.elem_type)), dims))
+    return specs
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Samples for every model input, and labels when the data has them."""
+
+    arrays: dict[str, np.ndarray]
+    labels: np.ndarray | None
+    stacked: bool
+    """True: samples run in batches along the model's batch axis. False: one at a time."""
+    sha256: str
+    source: str
+
+    @property
+    def size(self) -> int:
+        return len(next(iter(self.arrays.values())))
+
+    def batches(self, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
+        step = batch_size if self.stacked else 1
+        for begin in range(0, self.size, step):
+            end = min(begin + step, self.size)
+            if self.stacked:
+                yield {name: array[begin:end] for name, array in self.arrays.items()}
+            else:
+                yield {name: array[begin] for name, array in self.arrays.items()}
+
+    def subset(self, count: int) -> Dataset:
+        arrays = {name: array[:count] for name, array in self.arrays.items()}
+        labels = None if self.labels is None else self.labels[:count]
+        return Dataset(arrays, labels, self.stacked, _digest(arrays, labels), f"{self.source}[:{count}]")
+
+
+def load_dataset(
+    path: Path,
+    inputs: list[InputSpec],
+    *,
+    role: str,
+    labels_key: str = LABELS_KEY,
+    require_labels: bool = False,
+) -> Dataset:
+    """Read and check data for `inputs`. `role` ("calibration", "evaluation") names it in errors."""
+    raw = _read_arrays(path, role)
+    labels = raw.pop(labels_key, None)
+    names = {spec.name for spec in inputs}
+    unknown = sorted(set(raw) - names)
+    if unknown:
+        raise QuantizeInputError(
+            f"{role} data {path} has arrays {unknown} that match no model input "
+            f"(inputs: {', '.join(spec.describe() for spec in inputs)})"
+        )
+    missing = [spec.describe() for spec in inputs if spec.name not in raw]
+    if missing:
+        raise QuantizeInputError(f"{role} data {path} is missing model input(s): {', '.join(missing)}")
+
+    stacked_flags = {spec.name: _check_array(raw[spec.name], spec, role, path) for spec in inputs}
+    sizes = {name: len(array) for name, array in raw.items()}
+    if len(set(sizes.values())) > 1:
+        raise QuantizeInputError(f"{role} data {path}: inputs hold different sample counts {sizes}")
+    size = next(iter(sizes.values()))
+    if size == 0:
+        raise QuantizeInputError(f"{role} data {path} is empty: it holds 0 samples")
+    if len(set(stacked_flags.values())) > 1:
+        raise QuantizeInputError(f"{role} data {path}: inputs mix batched and unbatched layouts")
+    stacked = next(iter(stacked_flags.values()))
+    for spec in inputs:
+        fixed = spec.batch_dim
+        if stacked and fixed is not None and size % fixed:
+            raise QuantizeInputError(
+                f"{role} data {path}: {size} samples cannot be cut into batches of {fixed} "
+                f"(input {spec.describe()} has a fixed batch size)"
+            )
+
+    if labels is not None:
+        labels = _check_labels(labels, size, role, path)
+    elif require_labels:
+        raise QuantizeInputError(f"{role} data {path} has no '{labels_key}' array")
+    arrays = {spec.name: raw[spec.name] for spec in inputs}
+    return Dataset(arrays, labels, stacked, _digest(arrays, labels), str(path))
+
+
+def _read_arrays(path: Path, role: str) -> dict[str, np.ndarray]:
+    try:
+        if path.is_dir():
+            files = sorted(path.glob("*.npy"))
+            if not files:
+                raise QuantizeInputError(f"{role} data folder {path} holds no .npy files")
+            return {file.stem: np.load(file, allow_pickle=False) for file in files}
+        loaded = np.load(path, allow_pickle=False)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):
+            raise QuantizeInputError(f"{role} data {path} is a single array; use an .npz keyed by input name")
+        with loaded:
+            return {name: loaded[name] for name in loaded.files}
+    except QuantizeInputError:
+        raise
+    except FileNotFoundError as exc:
+        raise QuantizeInputError(f"{role} data {path} does not exist") from exc
+    except (OSError, ValueError) as exc:
+        raise QuantizeInputError(f"{role} data {path} is not readable .npz/.npy data: {exc}") from exc
+
+
+def _check_array(array: np.ndarray, spec: InputSpec, role: str, path: Path) -> bool:
+    """Check one array against its input; True when samples stack along the batch axis."""
+    if array.dtype != spec.dtype:
+        raise QuantizeInputError(
+            f"{role} data {path}: '{spec.name}' is {array.dtype.name}, the model wants {spec.dtype.name} "
+            f"(convert with .astype(np.{spec.dtype.name}))"
+        )
+    rank = len(spec.shape)
+    if array.ndim == rank and rank > 0:
+        stacked, sample_dims, model_dims = True, array.shape[1:], spec.shape[1:]
+    elif array.ndim == rank + 1:
+        stacked, sample_dims, model_dims = False, array.shape[1:], spec.shape
+    else:
+        raise QuantizeInputError(
+            f"{role} data {path}: '{spec.name}' has shape {list(array.shape)}, which does not fit "
+            f"{spec.describe()} (expected rank {rank}, or {rank + 1} for unbatched samples)"
+        )
+    for got, want in zip(sample_dims, model_dims, strict=True):
+        if isinstance(want, int) and want > 0 and got != want:
+            raise QuantizeInputError(
+                f"{role} data {path}: '{spec.name}' has shape {list(array.shape)}, the model wants "
+                f"{spec.describe()}"
+            )
+    return stacked
+
+
+def _check_labels(labels: np.ndarray, size: int, role: str, path: Path) -> np.ndarray:
+    if labels.ndim != 1 or len(labels) != size:
+        raise QuantizeInputError(
+            f"{role} data {path}: labels do not match the samples: labels have shape {list(labels.shape)}, "
+            f"expected [{size}]"
+        )
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise QuantizeInputError(
+            f"{role} data {path}: labels must be integer class ids, got {labels.dtype.name}"
+        )
+    return labels
+
+
+def _digest(arrays: Mapping[str, np.ndarray], labels: np.ndarray | None) -> str:
+    """A hash of the data itself (not of its file), so .npz and .npy folders of it hash alike."""
+    digest = hashlib.sha256()
+    items = [*sorted(arrays.items()), *([(LABELS_KEY, labels)] if labels is not None else [])]
+    for name, array in items:
+        contiguous = np.ascontiguousarray(array)
+        digest.update(f"{name}:{contiguous.dtype.str}:{contiguous.shape};".encode())
+        digest.update(contiguous.tobytes())
+    return digest.hexdigest()
+
+
+def calibration_batch_size(dataset: Dataset, wanted: int, inputs: list[InputSpec]) -> int:
+    """The batch size to calibrate with: the model's own when fixed, else the largest divisor of the
+    sample count not above `wanted` (histogram calibrators reject a short last batch)."""
+    fixed = {spec.batch_dim for spec in inputs} - {None}
+    if fixed:
+        return fixed.pop()  # type: ignore[return-value]
+    return max(d for d in range(1, min(wanted, dataset.size) + 1) if dataset.size % d == 0)
+
+
+class CalibrationReader(CalibrationDataReader):
+    """Feeds a Dataset to onnxruntime's calibrators, reporting each batch to `on_batch`."""
+
+    def __init__(
+        self, dataset: Dataset, batch_size: int, on_batch: Callable[[int], None] | None = None
+    ) -> None:
+        self.dataset = dataset
+        self.batch_size = batch_size
+        self.on_batch = on_batch
+        self._iterator = dataset.batches(batch_size)
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        batch = next(self._iterator, None)
+        if batch is not None and self.on_batch is not None:
+            self.on_batch(len(next(iter(batch.values()))) if self.dataset.stacked else 1)
+        return batch
+
+    def rewind(self) -> None:
+        self._iterator = self.dataset.batches(self.batch_size)

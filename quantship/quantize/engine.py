@@ -1,0 +1,167 @@
+"""The onnxruntime.quantization calls: prepare, calibrate once, quantize as often as the search asks.
+
+Calibration is the slow part, so it runs once and its ranges are cached in onnxruntime's own
+calibration cache format; every fallback trial re-quantizes from that cache
+(`quantize_static(calibration_cache_path=...)`) with a different set of excluded nodes.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+import onnx
+from google.protobuf.message import DecodeError
+from onnxruntime.quantization import QuantFormat, quantize_dynamic, quantize_static
+from onnxruntime.quantization.calibrate import TensorsData, create_calibrator, save_tensors_data
+from onnxruntime.quantization.registry import IntegerOpsRegistry, QDQRegistry, QLinearOpsRegistry
+from onnxruntime.quantization.shape_inference import quant_pre_process
+
+from quantship import runtime
+from quantship.quantize.config import Format, Mode, QuantizeConfig
+from quantship.quantize.data import CalibrationReader, Dataset
+from quantship.quantize.errors import QuantizeInputError
+
+# onnxruntime.quantization logs "Please consider pre-processing" through the root logger on every call.
+logging.getLogger().setLevel(max(logging.getLogger().level, logging.ERROR))
+
+QUANTIZABLE_OPS = sorted(set(QLinearOpsRegistry) | set(QDQRegistry))
+DYNAMIC_OPS = sorted(IntegerOpsRegistry)
+
+
+def load_model(path: Path) -> onnx.ModelProto:
+    """Load an FP32 model, refusing what is not ONNX or what onnxruntime cannot run."""
+    try:
+        model = onnx.load(str(path))
+    except FileNotFoundError as exc:
+        raise QuantizeInputError(f"model {path} does not exist") from exc
+    except (DecodeError, OSError, ValueError, RuntimeError) as exc:
+        raise QuantizeInputError(f"{path} is not an ONNX model: {exc}") from exc
+    if not model.graph.node:
+        raise QuantizeInputError(f"{path} is not an ONNX model: its graph has no nodes")
+    try:
+        runtime.create_session(path)
+    except Exception as exc:  # onnxruntime raises its own pybind types for every load failure
+        raise QuantizeInputError(f"onnxruntime cannot load {path}: {_first_line(exc)}") from exc
+    return model
+
+
+def prepare(model_path: Path, out_path: Path, *, pre_process: bool) -> str:
+    """Write the model to quantize: every node named (exclusions name nodes), pre-processed when
+    asked. Returns how it was pre-processed, for the manifest."""
+    model = onnx.load(str(model_path))
+    taken = {node.name for node in model.graph.node if node.name}
+    for index, node in enumerate(model.graph.node):
+        if not node.name:
+            node.name = _unique(f"{node.op_type}_{index}", taken)
+    named = out_path.with_suffix(".named.onnx")
+    onnx.save(model, named)
+    if not pre_process:
+        named.rename(out_path)
+        return "not requested"
+    try:
+        quant_pre_process(str(named), str(out_path))
+        return "applied"
+    except Exception as exc:
+        # Symbolic shape inference gives up on ops it does not know (ai.onnx.ml ones among them),
+        # and the partial pre-processing left then loses the tensor types calibration needs.
+        named.rename(out_path)
+        return f"skipped: {_first_line(exc)}"
+
+
+def calibrate(
+    model_path: Path,
+    dataset: Dataset,
+    config: QuantizeConfig,
+    batch_size: int,
+    cache_path: Path,
+    on_batch: Callable[[int], None],
+) -> TensorsData:
+    """Run onnxruntime's calibrator over the data once and save its ranges to `cache_path`."""
+    augmented = cache_path.with_name("augmented.onnx")
+    calibrator = create_calibrator(
+        model_path,
+        QUANTIZABLE_OPS,
+        augmented_model_path=str(augmented),
+        calibrate_method=config.ort_calibration,
+        extra_options=config.calibration_params(),
+    )
+    try:
+        calibrator.collect_data(CalibrationReader(dataset, batch_size, on_batch))
+        ranges = calibrator.compute_data()
+    except ValueError as exc:
+        raise QuantizeInputError(f"calibration failed on {dataset.source}: {_first_line(exc)}") from exc
+    save_tensors_data(ranges, cache_path)
+    return ranges
+
+
+def quantize(
+    model_path: Path,
+    out_path: Path,
+    config: QuantizeConfig,
+    *,
+    cache_path: Path | None,
+    exclude: tuple[str, ...],
+    format: Format | None = None,
+) -> None:
+    """One quantization of `model_path`, leaving `exclude` in float. `format` overrides the config's."""
+    if config.mode is Mode.DYNAMIC:
+        quantize_dynamic(
+            model_path,
+            out_path,
+            per_channel=config.per_channel,
+            reduce_range=bool(config.reduce_range),
+            weight_type=config.ort_weight_type,
+            nodes_to_exclude=list(exclude),
+        )
+        return
+    chosen = format or config.format
+    quantize_static(
+        model_path,
+        out_path,
+        calibration_data_reader=None,
+        quant_format=QuantFormat.QDQ if chosen is Format.QDQ else QuantFormat.QOperator,
+        per_channel=config.per_channel,
+        reduce_range=bool(config.reduce_range),
+        activation_type=config.ort_activation_type,
+        weight_type=config.ort_weight_type,
+        nodes_to_exclude=list(exclude),
+        calibrate_method=config.ort_calibration,
+        calibration_cache_path=cache_path,
+    )
+
+
+def quantized_nodes(fp32: onnx.ModelProto, quantized: onnx.ModelProto, mode: Mode) -> list[onnx.NodeProto]:
+    """FP32 nodes the quantized model runs quantized, in graph order.
+
+    QDQ: the node reads a DequantizeLinear output. QOperator and dynamic: the node was replaced, so
+    its name is gone (quantized ops get new names derived from it); a float node that survived
+    under its own name with its own op type was not quantized.
+    """
+    q_nodes = {node.name: node for node in quantized.graph.node}
+    dq_outputs = {
+        out for node in quantized.graph.node if node.op_type == runtime.DEQUANTIZE for out in node.output
+    }
+    candidates = DYNAMIC_OPS if mode is Mode.DYNAMIC else QUANTIZABLE_OPS
+    result = []
+    for node in fp32.graph.node:
+        if node.op_type not in candidates:
+            continue
+        twin = q_nodes.get(node.name)
+        if twin is None or twin.op_type != node.op_type or any(name in dq_outputs for name in twin.input):
+            result.append(node)
+    return result
+
+
+def _unique(name: str, taken: set[str]) -> str:
+    candidate, suffix = name, 1
+    while candidate in taken:
+        candidate, suffix = f"{name}_{suffix}", suffix + 1
+    taken.add(candidate)
+    return candidate
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__

@@ -1,0 +1,213 @@
+"""`quantship report`: one HTML page that says whether an artifact is fit to ship, and why.
+
+Everything comes from the verified manifest: accuracy and size, the fallback trials, per-tensor
+SQNR, calibrated ranges, the hardware the gate ran on.
+"""
+
+from __future__ import annotations
+
+import html
+from typing import Any
+
+import numpy as np
+
+from quantship import artifact, reporting
+
+_MAX_BARS = 40
+
+
+def render(loaded: artifact.Artifact) -> str:
+    manifest = loaded.manifest
+    validation = manifest.get("validation", {})
+    passed = validation.get("gate") == "passed"
+    files = manifest["files"]
+    fp32_bytes = files.get(artifact.REFERENCE_FILE, {}).get("size")
+    int8_bytes = files[artifact.MODEL_FILE]["size"]
+    sections = [
+        ("Verdict", _verdict(validation, passed, fp32_bytes, int8_bytes)),
+        ("FP32 vs INT8", _comparison(validation, fp32_bytes, int8_bytes)),
+        ("Fallback trials", _trials(manifest.get("fallback_trials", []), validation)),
+        ("Per-tensor SQNR", _sqnr(manifest.get("sensitivity", []))),
+        ("Calibrated activation ranges", _ranges(loaded.activation_ranges)),
+        ("Configuration", _config(manifest)),
+        (
+            "Files",
+            reporting.table(
+                ["file", "bytes", "sha256"],
+                [(name, e["size"], e["sha256"]) for name, e in sorted(files.items())],
+            ),
+        ),
+    ]
+    source = manifest.get("model", {}).get("source", loaded.root.name)
+    created = manifest.get("created", "?")
+    subtitle = f"{source} -> {loaded.root}  ·  created {created}  ·  manifest {loaded.digest[:12]}"
+    return reporting.page(f"quantship artifact report: {source}", subtitle, sections)
+
+
+def _verdict(validation: dict[str, Any], passed: bool, fp32_bytes: int | None, int8_bytes: int) -> str:
+    metric = validation.get("metric", "?")
+    items = [
+        ("accuracy gate", "passed" if passed else "FAILED"),
+        ("delta (gated)", reporting.percent(validation.get("delta"), signed=True)),
+        ("limit", reporting.percent(validation.get("max_accuracy_delta"))),
+        ("top-1 agreement", reporting.percent(validation.get("agreement"))),
+        ("size", f"{fp32_bytes / int8_bytes:.2f}x smaller" if fp32_bytes else "-"),
+    ]
+    hardware = validation.get("hardware", {})
+    note = (
+        f"<p>Measured on {validation.get('samples', '?')} samples ({html.escape(metric)}), "
+        "with the fused int8 "
+        f"kernels of onnxruntime {html.escape(str(hardware.get('onnxruntime', '?')))} on "
+        f"{html.escape(str(hardware.get('cpu', '?')))} (int8 flags: "
+        f"{html.escape(', '.join(hardware.get('int8_flags', [])) or 'none')}; VNNI: {hardware.get('vnni')}). "
+        "The verdict holds for that hardware: int8 kernels differ between CPUs.</p>"
+    )
+    if validation.get("on_calibration_data"):
+        note += (
+            "<p class='fail'>No evaluation data was given: the gate compared FP32 and INT8 "
+            "on the calibration data.</p>"
+        )
+    return reporting.cards(items) + note
+
+
+def _comparison(validation: dict[str, Any], fp32_bytes: int | None, int8_bytes: int) -> str:
+    fig, (acc_ax, size_ax) = reporting.plt.subplots(1, 2, figsize=(9, 3), layout="constrained")
+    if validation.get("fp32") is not None:
+        values = [validation["fp32"] * 100, validation["int8"] * 100]
+        bars = acc_ax.bar(["FP32", "INT8"], values, color=["#8da0cb", "#fc8d62"])
+        acc_ax.bar_label(bars, fmt="%.2f%%")
+        acc_ax.set_ylim(max(0, min(values) - 5), 100)
+        acc_ax.set_title("top-1 accuracy (%)")
+    else:
+        agreement = (validation.get("agreement") or 0) * 100
+        bars = acc_ax.bar(["agreement"], [agreement], color="#fc8d62")
+        acc_ax.bar_label(bars, fmt="%.2f%%")
+        acc_ax.set_title("INT8 vs FP32 top-1 agreement (%)")
+    sizes = [(fp32_bytes or 0) / 1024, int8_bytes / 1024]
+    bars = size_ax.bar(["FP32", "INT8"], sizes, color=["#8da0cb", "#fc8d62"])
+    size_ax.bar_label(bars, fmt="%.0f KiB")
+    size_ax.set_title("model file size (KiB)")
+    return reporting.figure(fig, "FP32 vs INT8 accuracy and size")
+
+
+def _trials(trials: list[dict[str, Any]], validation: dict[str, Any]) -> str:
+    if not trials:
+        return "<p>No trials recorded.</p>"
+    limit = validation.get("max_accuracy_delta", 0) * 100
+    fig, ax = reporting.new_figure(9, 3)
+    numbers = [t["number"] for t in trials]
+    deltas = [t["delta"] * 100 for t in trials]
+    colors = ["#16794c" if t["passed"] else "#b42318" for t in trials]
+    ax.bar(numbers, deltas, color=colors)
+    ax.axhline(limit, color="#1d2330", linestyle="--", linewidth=1, label=f"gate {limit:.2f}%")
+    for t, delta in zip(trials, deltas, strict=True):
+        ax.annotate(f"{t['quantized_nodes']}q", (t["number"], delta), ha="center", va="bottom", fontsize=8)
+    ax.set_xlabel("trial (label: nodes still quantized)")
+    ax.set_ylabel("delta (%)")
+    ax.set_xticks(numbers)
+    ax.legend()
+    rows = [
+        (
+            t["number"],
+            t["phase"],
+            ", ".join(t["excluded"]) or "-",
+            t["quantized_nodes"],
+            reporting.percent(t["delta"], True),
+            reporting.verdict(t["passed"], "pass" if t["passed"] else "fail"),
+            t["seconds"],
+        )
+        for t in trials
+    ]
+    return reporting.figure(fig, "fallback trials") + reporting.table(
+        ["trial", "phase", "left in float", "quantized nodes", "delta", "gate", "seconds"], rows
+    )
+
+
+def _sqnr(errors: list[dict[str, Any]]) -> str:
+    if not errors:
+        return "<p>No per-tensor sensitivity: dynamic quantization has no activation ranges to debug.</p>"
+    sections = []
+    for kind in ("activation", "weight"):
+        chosen = [e for e in errors if e["kind"] == kind][:_MAX_BARS]
+        if not chosen:
+            continue
+        fig, ax = reporting.new_figure(9, 0.8 + 0.28 * len(chosen))
+        labels = [e["tensor"] + (f"  ({e['op_type']})" if e.get("op_type") else "") for e in chosen]
+        values = [e["sqnr_db"] if e["sqnr_db"] is not None else 100.0 for e in chosen]
+        ax.barh(
+            labels,
+            values,
+            color=["#b42318" if v < 20 else "#e6a23c" if v < 30 else "#16794c" for v in values],
+        )
+        ax.invert_yaxis()
+        ax.set_xlabel("SQNR (dB, higher is better; below 20 dB is lossy)")
+        ax.set_title(
+            f"{kind}s, worst first" + (" (xmodel_err: INT8 vs FP32 model)" if kind == "activation" else "")
+        )
+        sections.append(reporting.figure(fig, f"{kind} SQNR"))
+    return "".join(sections) + (
+        "<p>Measured with onnxruntime.quantization.qdq_loss_debug on the QDQ simulation (exposing tensors "
+        "stops kernel fusion); the gate above measured the fused kernels.</p>"
+    )
+
+
+def _ranges(ranges: list[artifact.ActivationRange]) -> str:
+    if not ranges:
+        return "<p>No static activation ranges (dynamic quantization computes them per request).</p>"
+    shown = ranges[:_MAX_BARS]
+    fig, ax = reporting.new_figure(9, 0.8 + 0.3 * len(shown))
+    y = np.arange(len(shown))
+    ax.barh(
+        y,
+        [r.high - r.low for r in shown],
+        left=[r.low for r in shown],
+        color="#c6dbef",
+        label="representable (values outside saturate)",
+    )
+    cal = [(i, r) for i, r in enumerate(shown) if r.calibrated_min is not None]
+    ax.scatter(
+        [r.calibrated_min for _, r in cal],
+        [i for i, _ in cal],
+        marker="|",
+        s=200,
+        color="#08519c",
+        label="calibrated min/max",
+    )
+    ax.scatter([r.calibrated_max for _, r in cal], [i for i, _ in cal], marker="|", s=200, color="#08519c")
+    ax.set_yticks(y, [r.tensor for r in shown])
+    ax.invert_yaxis()
+    ax.legend(loc="lower right", fontsize=8)
+    rows = [
+        (
+            r.tensor,
+            r.low,
+            r.high,
+            r.calibrated_min,
+            r.calibrated_max,
+            "relu/clip folded" if r.activation_low is not None or r.activation_high is not None else "-",
+        )
+        for r in ranges
+    ]
+    return reporting.figure(fig, "activation ranges") + reporting.table(
+        ["tensor", "low", "high", "calibrated min", "calibrated max", "note"], rows
+    )
+
+
+def _config(manifest: dict[str, Any]) -> str:
+    quantization = manifest.get("quantization", {})
+    calibration = manifest.get("calibration") or {}
+    runtime = manifest.get("runtime", {})
+    rows = [(key, _plain(value)) for key, value in sorted(quantization.items())]
+    rows += [(f"calibration.{key}", _plain(value)) for key, value in sorted(calibration.items())]
+    rows += [(f"runtime.{key}", _plain(value)) for key, value in sorted(runtime.items())]
+    rows += [("fallback ops at quantize time", _plain(manifest.get("fallback_ops") or "none"))]
+    rows += [("signed", "yes (ed25519)" if artifact.SIGNATURE_KEY in manifest else "no")]
+    return reporting.table(["setting", "value"], rows)
+
+
+def _plain(value: Any) -> str:
+    if isinstance(value, list):
+        return ", ".join(map(str, value)) or "-"
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={v}" for k, v in value.items()) or "-"
+    return str(value)

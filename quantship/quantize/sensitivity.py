@@ -1,0 +1,131 @@
+"""Per-tensor quantization error, from onnxruntime.quantization.qdq_loss_debug.
+
+Activations: `xmodel_err` is the SQNR (dB) of a tensor in the QDQ model against the same tensor
+in the FP32 model, on the same inputs: the error that has built up by that point. `qdq_err`
+(before vs after one QDQ pair) misleads where a Relu/Clip is folded into the range, so nodes are
+ranked by `xmodel_err` of their output, lowest first. Weights: SQNR of dequantized vs float.
+
+Exposing every intermediate tensor stops onnxruntime from fusing int8 kernels, so these numbers
+describe the QDQ simulation; the gate itself always measures the fused kernels.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+from onnxruntime.quantization.qdq_loss_debug import (
+    collect_activations,
+    compute_activation_error,
+    compute_weight_error,
+    create_activation_matching,
+    modify_model_output_intermediate_tensors,
+)
+
+from quantship.quantize.data import CalibrationReader, Dataset
+
+SAMPLES = 64
+"""Samples run through both augmented models: their memory grows with every exposed tensor."""
+
+
+@dataclass(frozen=True)
+class TensorError:
+    tensor: str
+    kind: str  # "activation" | "weight"
+    sqnr_db: float
+    node: str | None = None
+    op_type: str | None = None
+    qdq_sqnr_db: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: _finite(v) for k, v in self.__dict__.items() if v is not None}
+
+
+def measure(
+    fp32_path: Path, qdq_path: Path, dataset: Dataset, batch_size: int, workdir: Path
+) -> list[TensorError]:
+    """SQNR of every activation and weight tensor of a QDQ model, worst first within each kind."""
+    fp32_aug, qdq_aug = workdir / "debug-fp32.onnx", workdir / "debug-qdq.onnx"
+    modify_model_output_intermediate_tensors(fp32_path, fp32_aug)
+    modify_model_output_intermediate_tensors(qdq_path, qdq_aug)
+    sample = dataset.subset(min(SAMPLES, dataset.size))
+    fp32_acts = collect_activations(str(fp32_aug), CalibrationReader(sample, batch_size))
+    qdq_acts = collect_activations(str(qdq_aug), CalibrationReader(sample, batch_size))
+    errors = compute_activation_error(create_activation_matching(qdq_acts, fp32_acts))
+
+    producers = {out: node for node in onnx.load(str(fp32_path)).graph.node for out in node.output}
+    activations = []
+    for tensor, error in errors.items():
+        if "xmodel_err" not in error:
+            continue
+        producer = producers.get(tensor)
+        activations.append(
+            TensorError(
+                tensor=tensor,
+                kind="activation",
+                sqnr_db=error["xmodel_err"],
+                node=producer.name if producer is not None else None,
+                op_type=producer.op_type if producer is not None else None,
+                qdq_sqnr_db=error.get("qdq_err"),
+            )
+        )
+    weights = [
+        TensorError(tensor=name, kind="weight", sqnr_db=sqnr)
+        for name, sqnr in compute_weight_error(_weight_matching(fp32_path, qdq_path)).items()
+    ]
+    return sorted(activations, key=lambda e: e.sqnr_db) + sorted(weights, key=lambda e: e.sqnr_db)
+
+
+def _weight_matching(fp32_path: Path, qdq_path: Path) -> dict[str, dict[str, np.ndarray]]:
+    """Float and dequantized weights, as qdq_loss_debug.create_weight_matching pairs them.
+
+    That helper (onnxruntime 1.32) subtracts the zero point in the weights' own uint8/int8 type;
+    under numpy 2 this wraps around (62 - 116 reads as 202), so its biases look like noise. Here the
+    subtraction happens in int64.
+    """
+    floats = {init.name: numpy_helper.to_array(init) for init in onnx.load(str(fp32_path)).graph.initializer}
+    qdq = onnx.load(str(qdq_path))
+    constants = {init.name: numpy_helper.to_array(init) for init in qdq.graph.initializer}
+    matching = {}
+    for node in qdq.graph.node:
+        name = node.input[0].removesuffix("_quantized")
+        if node.op_type != "DequantizeLinear" or node.input[0] not in constants or name not in floats:
+            continue
+        quantized = constants[node.input[0]].astype(np.int64)
+        scale = constants[node.input[1]]
+        zero_point = (
+            constants[node.input[2]].astype(np.int64)
+            if len(node.input) > 2
+            else np.zeros_like(scale, np.int64)
+        )
+        if scale.size > 1:  # per channel: broadcast along the node's axis
+            axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
+            shape = [1] * quantized.ndim
+            shape[axis] = -1
+            scale, zero_point = scale.reshape(shape), zero_point.reshape(shape)
+        matching[name] = {
+            "float": floats[name],
+            "dequantized": ((quantized - zero_point) * scale).astype(np.float32),
+        }
+    return matching
+
+
+def rank_nodes(errors: list[TensorError], candidates: list[str]) -> list[str]:
+    """Candidate nodes, most sensitive first: by the SQNR of their output; unmeasured ones last, in
+    graph order."""
+    worst: dict[str, float] = {}
+    for error in errors:
+        if error.kind == "activation" and error.node in candidates:
+            worst[error.node] = min(worst.get(error.node, math.inf), error.sqnr_db)
+    order = {name: index for index, name in enumerate(candidates)}
+    return sorted(candidates, key=lambda name: (worst.get(name, math.inf), order[name]))
+
+
+def _finite(value: Any) -> Any:
+    # JSON has no infinity: a tensor with no quantization noise at all reads as None (perfect).
+    return None if isinstance(value, float) and not math.isfinite(value) else value

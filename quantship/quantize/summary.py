@@ -1,0 +1,48 @@
+"""The table printed after quantizing: what a person checks before shipping an artifact."""
+
+from __future__ import annotations
+
+from rich.table import Table
+
+from quantship import artifact, reporting
+
+
+def table(rows: list[tuple[str, artifact.Artifact]], title: str = "quantization summary") -> Table:
+    out = Table(title=title)
+    out.add_column("artifact")
+    out.add_column("size FP32→INT8", justify="right")
+    out.add_column("top-1 FP32→INT8", justify="right")
+    out.add_column("delta", justify="right")
+    out.add_column("agree", justify="right")
+    out.add_column("gate")
+    out.add_column("trials", justify="right")
+    out.add_column("in float")
+    for name, loaded in rows:
+        files = loaded.manifest["files"]
+        fp32_bytes = files.get(artifact.REFERENCE_FILE, {}).get("size")
+        int8_bytes = files[artifact.MODEL_FILE]["size"]
+        validation = loaded.manifest.get("validation", {})
+        gate = validation.get("gate", "?")
+        size = f"{_kib(fp32_bytes)}→{_kib(int8_bytes)} KiB" + (
+            f" ({fp32_bytes / int8_bytes:.1f}x)" if fp32_bytes else ""
+        )
+        accuracy = (
+            f"{reporting.percent(validation['fp32'])}→{reporting.percent(validation['int8'])}"
+            if validation.get("fp32") is not None
+            else "-"
+        )
+        out.add_row(
+            name,
+            size,
+            accuracy,
+            reporting.percent(validation.get("delta"), signed=True),
+            reporting.percent(validation.get("agreement")),
+            f"[green]{gate}[/]" if gate == "passed" else f"[red]{gate}[/]",
+            str(len(loaded.manifest.get("fallback_trials", []))),
+            ", ".join(loaded.quantization.get("excluded_nodes", [])) or "-",
+        )
+    return out
+
+
+def _kib(size: int | None) -> str:
+    return "?" if size is None else f"{size / 1024:.0f}"

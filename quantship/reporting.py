@@ -1,0 +1,101 @@
+"""Self-contained HTML pages with embedded matplotlib figures, for the quantize and demo reports.
+
+One page style, one way to embed a figure: a report is a single file a person can mail or attach
+to a ticket, with no external assets.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # reports render headless, on servers and in CI
+from matplotlib import pyplot as plt
+from matplotlib.figure import Figure
+
+_STYLE = """
+body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:2rem auto;max-width:1100px;
+  color:#1d2330;padding:0 1rem}
+h1{font-size:1.6rem;margin-bottom:.2rem}
+h2{font-size:1.2rem;margin-top:2rem;border-bottom:1px solid #dde2ea;padding-bottom:.3rem}
+.sub{color:#5b6576;margin-top:0} table{border-collapse:collapse;font-size:.9rem;margin:.5rem 0}
+th,td{border:1px solid #dde2ea;padding:.3rem .6rem;text-align:left;vertical-align:top} th{background:#f3f5f9}
+td.num{text-align:right;font-variant-numeric:tabular-nums} img{max-width:100%}
+.pass{color:#16794c;font-weight:600} .fail{color:#b42318;font-weight:600} code{font-size:.85rem}
+.cards{display:flex;gap:1rem;flex-wrap:wrap}
+.card{border:1px solid #dde2ea;border-radius:6px;padding:.6rem 1rem;min-width:150px}
+.card b{display:block;font-size:1.3rem}
+"""
+
+
+def percent(value: float | None, signed: bool = False) -> str:
+    """A ratio as a percentage for people: 0.0123 -> '1.23%'; None -> '-'."""
+    if value is None:
+        return "-"
+    return f"{value:+.2%}" if signed else f"{value:.2%}"
+
+
+def new_figure(width: float = 9, height: float = 3.5) -> tuple[Figure, Any]:
+    fig, axes = plt.subplots(figsize=(width, height), layout="constrained")
+    return fig, axes
+
+
+def figure(fig: Figure, alt: str) -> str:
+    """The figure as an <img> with the PNG inlined; closes the figure."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    plt.close(fig)
+    encoded = base64.b64encode(buffer.getvalue()).decode()
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{encoded}">'
+
+
+def table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(_cell(value) for value in row) + "</tr>" for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, Raw):
+        return f"<td>{value.html}</td>"
+    if isinstance(value, float):
+        return f'<td class="num">{value:.4g}</td>'
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f'<td class="num">{value}</td>'
+    return f"<td>{html.escape('-' if value is None else str(value))}</td>"
+
+
+class Raw:
+    """Markup to place in a table cell as is (already escaped by the caller)."""
+
+    def __init__(self, markup: str) -> None:
+        self.html = markup
+
+
+def verdict(passed: bool, text: str) -> Raw:
+    return Raw(f'<span class="{"pass" if passed else "fail"}">{html.escape(text)}</span>')
+
+
+def cards(items: Sequence[tuple[str, str]]) -> str:
+    return (
+        '<div class="cards">'
+        + "".join(
+            f'<div class="card">{html.escape(label)}<b>{html.escape(value)}</b></div>'
+            for label, value in items
+        )
+        + "</div>"
+    )
+
+
+def page(title: str, subtitle: str, sections: Sequence[tuple[str, str]]) -> str:
+    body = "".join(f"<h2>{html.escape(name)}</h2>{content}" for name, content in sections)
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        f"<style>{_STYLE}</style></head><body><h1>{html.escape(title)}</h1>"
+        f"<p class='sub'>{html.escape(subtitle)}</p>{body}</body></html>\n"
+    )

@@ -1,0 +1,132 @@
+"""onnxruntime sessions as quantship serves them, and what the runtime did to a quantized graph.
+
+The accuracy gate (quantize/) and the server (server/) both build sessions here, so the gate
+judges the exact kernels that will serve: with graph optimizations on, onnxruntime fuses
+QDQ patterns into real int8 kernels, which can be less accurate than the simulated QDQ graph
+on CPUs without VNNI. `fallback_ops` reads the optimized graph to find quantized ops that did
+not get an int8 kernel.
+"""
+
+from __future__ import annotations
+
+import collections
+import platform
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import onnx
+import onnxruntime as ort
+
+QUANTIZE = "QuantizeLinear"
+DEQUANTIZE = "DequantizeLinear"
+CPU_PROVIDER = "CPUExecutionProvider"
+
+# Flags that decide how int8 matmuls run on x86 (VNNI/AMX do 8-bit dot products without
+# saturating 16-bit intermediates) and on ARM (dot-product / i8mm instructions).
+_INT8_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "asimddp", "i8mm")
+
+
+def session_options(
+    *, threads: int | None = None, optimized_model_path: Path | None = None
+) -> ort.SessionOptions:
+    """Options for serving: every graph optimization on, so int8 kernels are fused as in production."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3  # onnxruntime's warnings go to stderr unformatted; errors still raise
+    if threads:
+        options.intra_op_num_threads = threads
+    if optimized_model_path is not None:
+        options.optimized_model_filepath = str(optimized_model_path)
+    return options
+
+
+def create_session(
+    model: Path | bytes, *, providers: list[str] | None = None, threads: int | None = None
+) -> ort.InferenceSession:
+    source = str(model) if isinstance(model, Path) else model
+    return ort.InferenceSession(
+        source, session_options(threads=threads), providers=providers or [CPU_PROVIDER]
+    )
+
+
+@dataclass(frozen=True)
+class Hardware:
+    """Where a verdict about int8 accuracy or speed was measured: it holds for that hardware only."""
+
+    machine: str
+    cpu: str
+    int8_flags: tuple[str, ...]
+    provider: str
+
+    @property
+    def has_vnni(self) -> bool:
+        return any(flag in self.int8_flags for flag in ("avx512_vnni", "avx_vnni", "amx_int8"))
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "machine": self.machine,
+            "cpu": self.cpu,
+            "int8_flags": list(self.int8_flags),
+            "vnni": self.has_vnni,
+            "provider": self.provider,
+            "onnxruntime": ort.__version__,
+            "graph_optimization_level": "ORT_ENABLE_ALL",
+        }
+
+
+def hardware(provider: str = CPU_PROVIDER) -> Hardware:
+    cpu, flags = platform.processor() or "unknown", set[str]()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and cpu in ("unknown", ""):
+                cpu = value.strip()
+            elif key.strip() in ("flags", "Features"):
+                flags.update(value.split())
+    except OSError:
+        pass
+    return Hardware(platform.machine(), cpu, tuple(f for f in _INT8_FLAGS if f in flags), provider)
+
+
+def fallback_ops(model_path: Path, *, providers: list[str] | None = None) -> dict[str, int]:
+    """Ops meant to run quantized that run in float, by op type.
+
+    In the optimized graph, a float compute node fed by DequantizeLinear and feeding
+    QuantizeLinear is a QDQ group onnxruntime could not fuse into an int8 kernel: it pays for
+    the conversions and gains nothing. With a non-CPU provider first in `providers`, nodes the
+    session assigned to the CPU provider count too, under `cpu:<op_type>`.
+    """
+    providers = providers or [CPU_PROVIDER]
+    with tempfile.TemporaryDirectory(prefix="quantship-opt-") as tmp:
+        optimized = Path(tmp) / "optimized.onnx"
+        options = session_options(optimized_model_path=optimized)
+        record_assignment = providers[0] != CPU_PROVIDER
+        if record_assignment:
+            options.add_session_config_entry("session.record_ep_graph_assignment_info", "1")
+        session = ort.InferenceSession(str(model_path), options, providers=providers)
+        graph = onnx.load(str(optimized), load_external_data=False).graph
+    counts = collections.Counter(_unfused_qdq_nodes(graph))
+    if record_assignment:
+        for subgraph in session.get_provider_graph_assignment_info():
+            if subgraph.ep_name == CPU_PROVIDER:
+                counts.update(f"cpu:{node.op_type}" for node in subgraph.get_nodes())
+    return dict(sorted(counts.items()))
+
+
+def _unfused_qdq_nodes(graph: onnx.GraphProto) -> list[str]:
+    producer = {out: node.op_type for node in graph.node for out in node.output}
+    consumers: dict[str, list[str]] = collections.defaultdict(list)
+    for node in graph.node:
+        for name in node.input:
+            consumers[name].append(node.op_type)
+    unfused = []
+    for node in graph.node:
+        if node.op_type in (QUANTIZE, DEQUANTIZE):
+            continue
+        fed_by_dq = any(producer.get(name) == DEQUANTIZE for name in node.input)
+        feeds_q = any(QUANTIZE in consumers.get(name, ()) for name in node.output)
+        if fed_by_dq and feeds_q:
+            unfused.append(node.op_type)
+    return unfused

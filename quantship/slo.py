@@ -1,0 +1,181 @@
+"""SLIs and SLOs of quantized serving: what each one counts, burn-rate math, and the PromQL text.
+
+The one place these live. The rollout engine judges canaries with them, the rule generator writes
+recording and alert rules from them, the dashboards plot them, and the server names its
+histogram buckets after them, so none of those can drift from another. Imports nothing of ours.
+
+Every SLI is a ratio of two counters, bad / total, over a window:
+
+    accuracy_delta  shadow_disagreements_total / shadow_comparisons_total
+    clip_rate       activations_clipped_total  / activations_observed_total
+    errors          requests_total{code=~"5.."} / requests_total
+    latency         (requests slower than the threshold) / requests, from the duration histogram
+
+An SLO gives each an error budget (the bad ratio it may reach). Burn rate = ratio / budget: at 1
+the budget lasts exactly the SLO period; at 14.4 a 30-day budget is gone in 2 days.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from prometheus_client.utils import floatToGoString
+
+PREFIX = "quantship_"
+LABELS = ("model", "revision", "track")
+"""Labels on every server metric (DESIGN.md)."""
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+"""Buckets of quantship_request_duration_seconds, in seconds. A latency SLO threshold must be one
+of them: the SLI reads the bucket whose `le` equals the threshold."""
+
+
+class SLI(enum.StrEnum):
+    ACCURACY_DELTA = "accuracy_delta"
+    LATENCY = "latency"
+    ERRORS = "errors"
+    CLIP_RATE = "clip_rate"
+
+
+@dataclass(frozen=True)
+class Objective:
+    """One SLO: an SLI and the bad ratio it may reach (its error budget)."""
+
+    sli: SLI
+    budget: float
+    """Allowed bad ratio, 0 < budget <= 1: 0.005 lets 0.5% of shadow comparisons disagree."""
+    latency_threshold: float | None = None
+    """Latency SLO only: a request slower than this many seconds is bad. One of LATENCY_BUCKETS."""
+
+    def __post_init__(self) -> None:
+        if not 0 < self.budget <= 1:
+            raise ValueError(f"{self.sli} budget must be in (0, 1], got {self.budget}")
+        if self.sli is SLI.LATENCY:
+            if self.latency_threshold is None or not any(
+                math.isclose(self.latency_threshold, b) for b in LATENCY_BUCKETS
+            ):
+                raise ValueError(
+                    f"latency threshold {self.latency_threshold} s is not a histogram bucket; "
+                    f"choose one of {', '.join(map(str, LATENCY_BUCKETS))}"
+                )
+
+    def burn_rate(self, ratio: float) -> float:
+        return ratio / self.budget
+
+
+def burn_rate(ratio: float, budget: float) -> float:
+    return ratio / budget
+
+
+# -- the SRE Workbook's multi-window, multi-burn-rate alerting ---------------------------------
+
+
+@dataclass(frozen=True)
+class BurnWindow:
+    """Alert when the burn rate exceeds `factor` over both the long and the short window: the long
+    one proves the burn is significant, the short one that it is still going on."""
+
+    severity: str
+    factor: float
+    long: str
+    short: str
+
+
+BURN_WINDOWS = (
+    BurnWindow("page", 14.4, "1h", "5m"),
+    BurnWindow("page", 6.0, "6h", "30m"),
+    BurnWindow("ticket", 3.0, "1d", "2h"),
+    BurnWindow("ticket", 1.0, "3d", "6h"),
+)
+RULE_WINDOWS = ("5m", "30m", "1h", "2h", "6h", "1d", "3d")
+
+
+# -- counters and PromQL -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Counters:
+    """The PromQL series whose increase counts bad and total events of an SLI."""
+
+    bad: str
+    total: str
+    bad_is_complement: bool = False
+    """True when `bad` counts the good events (the latency bucket): bad = total - bad series."""
+
+
+def counters(objective: Objective) -> Counters:
+    match objective.sli:
+        case SLI.ACCURACY_DELTA:
+            return Counters(f"{PREFIX}shadow_disagreements_total", f"{PREFIX}shadow_comparisons_total")
+        case SLI.CLIP_RATE:
+            return Counters(f"{PREFIX}activations_clipped_total", f"{PREFIX}activations_observed_total")
+        case SLI.ERRORS:
+            return Counters(f'{PREFIX}requests_total{{code=~"5.."}}', f"{PREFIX}requests_total")
+        case SLI.LATENCY:
+            assert objective.latency_threshold is not None
+            le = floatToGoString(objective.latency_threshold)
+            return Counters(
+                f'{PREFIX}request_duration_seconds_bucket{{le="{le}"}}',
+                f"{PREFIX}request_duration_seconds_count",
+                bad_is_complement=True,
+            )
+
+
+def selector(labels: Mapping[str, str]) -> str:
+    """Label matchers, e.g. {"model": "digits", "track": "canary"} -> model="digits",track="canary"."""
+    return ",".join(f'{name}="{_escape(value)}"' for name, value in sorted(labels.items()))
+
+
+def with_labels(series: str, labels: Mapping[str, str]) -> str:
+    """Add label matchers to a series that may already carry some: a{x="1"} + {y: 2} -> a{x="1",y="2"}."""
+    extra = selector(labels)
+    if not extra:
+        return series
+    if series.endswith("}"):
+        return f"{series[:-1]},{extra}}}"
+    return f"{series}{{{extra}}}"
+
+
+def increase(series: str, window: str, labels: Mapping[str, str], by: tuple[str, ...] = ()) -> str:
+    grouping = f" by ({', '.join(by)})" if by else ""
+    return f"sum{grouping}(increase({with_labels(series, labels)}[{window}]))"
+
+
+def bad_and_total(
+    objective: Objective, window: str, labels: Mapping[str, str], by: tuple[str, ...] = ()
+) -> tuple[str, str]:
+    """PromQL for the number of bad and of all events of an SLI over `window`.
+
+    A bad-event series may not exist yet (no request has failed: no code="500" series), and an
+    absent series would make the whole ratio "no data"; `or 0 * total` reads it as zero instead,
+    keeping the grouping labels of the total.
+    """
+    series = counters(objective)
+    total = increase(series.total, window, labels, by)
+    bad = increase(series.bad, window, labels, by)
+    if series.bad_is_complement:
+        return f"({total} - {bad})", total
+    return f"({bad} or 0 * {total})", total
+
+
+def ratio(objective: Objective, window: str, labels: Mapping[str, str], by: tuple[str, ...] = ()) -> str:
+    """PromQL for the SLI's bad ratio over `window`; empty (no data) when nothing was counted."""
+    bad, total = bad_and_total(objective, window, labels, by)
+    return f"{bad} / ({total} > 0)"
+
+
+def fallback_ops(labels: Mapping[str, str]) -> str:
+    """Ops meant to run quantized that run in float, summed over op types (a hard gate, not a ratio)."""
+    return f"sum(max by (op_type) ({with_labels(PREFIX + 'fallback_ops', labels)}))"
+
+
+def recording_rule(sli: SLI, window: str) -> str:
+    """Name of the recording rule holding an SLI's bad ratio per model, revision and track."""
+    return f"model_revision_track:{PREFIX}{sli.value}:ratio_rate{window}"
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")

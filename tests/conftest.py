@@ -1,0 +1,48 @@
+"""Fixtures shared by every test folder: the sample models and artifacts, built once per session
+with the real scikit-learn, skl2onnx and onnxruntime.quantization."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from quantship import artifact, zoo
+from quantship.quantize import QuantizeConfig, run
+
+
+@pytest.fixture(scope="session")
+def sample(tmp_path_factory: pytest.TempPathFactory) -> zoo.SampleModel:
+    return zoo.build_digits(tmp_path_factory.mktemp("zoo"))
+
+
+@pytest.fixture(scope="session")
+def good_artifact(sample: zoo.SampleModel, tmp_path_factory: pytest.TempPathFactory) -> artifact.Artifact:
+    """INT8 digits model calibrated on every digit: passes the gate, clips almost nothing."""
+    out = tmp_path_factory.mktemp("artifacts") / "digits-good"
+    return run(
+        sample.model, out, QuantizeConfig(), calibration=sample.calibration, evaluation=sample.evaluation
+    ).artifact
+
+
+@pytest.fixture(scope="session")
+def skewed_artifact(sample: zoo.SampleModel, tmp_path_factory: pytest.TempPathFactory) -> artifact.Artifact:
+    """INT8 digits model calibrated on one digit only: its ranges are too narrow for real traffic."""
+    out = tmp_path_factory.mktemp("artifacts") / "digits-skewed"
+    return run(
+        sample.model,
+        out,
+        QuantizeConfig(),
+        calibration=sample.calibration_skewed,
+        evaluation=sample.evaluation,
+    ).artifact
+
+
+@pytest.fixture
+def artifact_copy(good_artifact: artifact.Artifact, tmp_path: Path) -> Path:
+    """A private copy of the good artifact, for tests that tamper with it."""
+    import shutil
+
+    target = tmp_path / "artifact"
+    shutil.copytree(good_artifact.root, target)
+    return target

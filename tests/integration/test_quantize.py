@@ -1,0 +1,172 @@
+"""`quantship quantize` on the real sample model, with the real onnxruntime.quantization."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from quantship import artifact, runtime, zoo
+from quantship.quantize import Calibration, Format, Mode, Precision, QuantizeConfig, run
+
+
+def test_good_artifact_passes_the_gate_and_is_much_smaller(good_artifact: artifact.Artifact) -> None:
+    manifest = good_artifact.manifest
+    validation = manifest["validation"]
+    assert validation["gate"] == "passed"
+    assert validation["metric"] == "top1_accuracy"
+    assert validation["delta"] <= 0.005
+    assert validation["samples"] == 400
+    files = manifest["files"]
+    assert files[artifact.REFERENCE_FILE]["size"] / files[artifact.MODEL_FILE]["size"] >= 3.5
+    assert validation["hardware"]["graph_optimization_level"] == "ORT_ENABLE_ALL"
+    assert validation["hardware"]["provider"] == "CPUExecutionProvider"
+
+
+def test_manifest_records_what_design_md_lists(
+    good_artifact: artifact.Artifact, sample: zoo.SampleModel
+) -> None:
+    manifest = good_artifact.manifest
+    assert manifest["format_version"] == artifact.FORMAT_VERSION
+    assert manifest["model"]["opset"]["ai.onnx"] == 17
+    assert manifest["runtime"]["onnxruntime"] == ort.__version__
+    quantization = manifest["quantization"]
+    assert (quantization["mode"], quantization["format"], quantization["calibration"]) == (
+        "static",
+        "QDQ",
+        "minmax",
+    )
+    assert quantization["reduce_range"] in (True, False)  # resolved for this CPU, never left "auto"
+    assert manifest["calibration"]["samples"] == 256
+    assert len(manifest["calibration"]["sha256"]) == 64
+    assert {e["kind"] for e in manifest["sensitivity"]} == {"activation", "weight"}
+    assert manifest["fallback_trials"][0]["phase"] == "baseline"
+
+
+def test_every_quantized_activation_has_its_range(good_artifact: artifact.Artifact) -> None:
+    model = onnx.load(str(good_artifact.model_path))
+    constants = {init.name for init in model.graph.initializer}
+    activation_inputs = {
+        n.input[0] for n in model.graph.node if n.op_type == runtime.QUANTIZE and n.input[0] not in constants
+    }
+    ranges = {r.tensor: r for r in good_artifact.activation_ranges}
+    assert set(ranges) == activation_inputs
+    for r in ranges.values():
+        assert r.low <= 0 <= r.high and r.scale > 0
+        if r.calibrated_min is not None and r.calibrated_max is not None:
+            assert r.low - r.scale <= r.calibrated_min and r.calibrated_max <= r.high + r.scale
+    folded = [r for r in ranges.values() if r.activation_low == 0.0]
+    assert folded, "the MLP's Relus are folded into the QuantizeLinear ranges"
+
+
+def test_skewed_calibration_gives_ranges_that_real_traffic_clips(
+    good_artifact: artifact.Artifact, skewed_artifact: artifact.Artifact, sample: zoo.SampleModel
+) -> None:
+    traffic = np.load(sample.requests)["X"]
+
+    def clip_rate(loaded: artifact.Artifact) -> float:
+        model = onnx.load(str(loaded.model_path))
+        ranges = loaded.activation_ranges
+        model.graph.output.extend(
+            onnx.ValueInfoProto(name=r.tensor)
+            for r in ranges
+            if r.tensor not in {o.name for o in model.graph.output}
+        )
+        session = ort.InferenceSession(model.SerializeToString(), providers=[runtime.CPU_PROVIDER])
+        outputs = dict(
+            zip([o.name for o in session.get_outputs()], session.run(None, {"X": traffic}), strict=True)
+        )
+        observed = sum(outputs[r.tensor].size for r in ranges)
+        return sum(r.count_clipped(outputs[r.tensor]) for r in ranges) / observed
+
+    good, skewed = clip_rate(good_artifact), clip_rate(skewed_artifact)
+    assert skewed > 0.001 > good
+    assert skewed > 20 * good
+
+
+def test_fallback_keeps_sensitive_nodes_in_float_until_the_gate_passes(
+    sample: zoo.SampleModel, tmp_path: Path
+) -> None:
+    # Distribution calibration fits this model's Relu outputs badly: a real 3% accuracy cliff.
+    config = QuantizeConfig(calibration=Calibration.DISTRIBUTION, reduce_range=False)
+    result = run(
+        sample.model, tmp_path / "a", config, calibration=sample.calibration, evaluation=sample.evaluation
+    )
+    trials = result.trials
+    assert not trials[0].passed and trials[0].evaluation.delta > 0.01
+    assert result.gate_passed
+    assert result.chosen.excluded, "some nodes stayed in float"
+    assert result.chosen.quantized_nodes < trials[0].quantized_nodes
+    recorded = result.artifact.manifest["fallback_trials"]
+    assert [t["number"] for t in recorded] == list(range(len(trials)))
+    assert result.artifact.quantization["excluded_nodes"] == list(result.chosen.excluded)
+    # The artifact holds the chosen trial's model: it must reproduce the recorded delta.
+    served = runtime.create_session(result.artifact.model_path)
+    data = np.load(sample.evaluation)
+    accuracy = float(np.mean(served.run(["label"], {"X": data["X"]})[0] == data["labels"]))
+    assert accuracy == pytest.approx(result.chosen.evaluation.int8)
+
+
+def test_no_passing_trial_still_writes_a_best_effort_marked_failed(
+    sample: zoo.SampleModel, tmp_path: Path
+) -> None:
+    config = QuantizeConfig(max_accuracy_delta=-1.0, max_trials=3)  # impossible: INT8 100% better than FP32
+    result = run(
+        sample.model, tmp_path / "a", config, calibration=sample.calibration, evaluation=sample.evaluation
+    )
+    assert not result.gate_passed
+    assert len(result.trials) == 1 + 3
+    loaded = artifact.load_artifact(tmp_path / "a")
+    assert loaded.manifest["validation"]["gate"] == "failed"
+    assert not loaded.gate_passed
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        QuantizeConfig(mode=Mode.DYNAMIC),
+        QuantizeConfig(format=Format.QOPERATOR, calibration=Calibration.PERCENTILE, percentile=99.99),
+        QuantizeConfig(calibration=Calibration.ENTROPY, per_channel=True, num_bins=128),
+        QuantizeConfig(activation_type=Precision.INT8, reduce_range=True, pre_process=False),
+    ],
+    ids=["dynamic", "qoperator-percentile", "entropy-per-channel", "s8s8-reduce-range"],
+)
+def test_every_mode_format_and_method_yields_a_verified_artifact(
+    sample: zoo.SampleModel, tmp_path: Path, config: QuantizeConfig
+) -> None:
+    result = run(
+        sample.model, tmp_path / "a", config, calibration=sample.calibration, evaluation=sample.evaluation
+    )
+    loaded = artifact.load_artifact(tmp_path / "a")
+    assert loaded.quantization["mode"] == config.mode.value
+    assert loaded.quantization["calibration_params"] == config.calibration_params()
+    assert result.fp32_bytes / result.int8_bytes > 3
+    if config.mode is Mode.DYNAMIC:
+        assert loaded.activation_ranges == [] and loaded.manifest["calibration"] is None
+
+
+def test_int8_activations_leave_unfused_ops_that_the_manifest_counts(
+    sample: zoo.SampleModel, tmp_path: Path
+) -> None:
+    """S8S8 has no int8 Add/Softmax kernels on x86: those run in float between Q/DQ pairs."""
+    config = QuantizeConfig(activation_type=Precision.INT8)
+    result = run(
+        sample.model, tmp_path / "a", config, calibration=sample.calibration, evaluation=sample.evaluation
+    )
+    fallback = result.artifact.manifest["fallback_ops"]
+    assert fallback.get("Add", 0) >= 1
+    assert runtime.fallback_ops(result.artifact.model_path) == fallback
+
+
+def test_the_default_u8s8_artifact_runs_fully_fused(good_artifact: artifact.Artifact) -> None:
+    assert good_artifact.manifest["fallback_ops"] == {}
+
+
+def test_manifest_is_plain_json_with_sorted_keys(good_artifact: artifact.Artifact) -> None:
+    text = (good_artifact.root / artifact.MANIFEST_FILE).read_text()
+    assert json.loads(text) == good_artifact.manifest
+    assert "NaN" not in text and "Infinity" not in text

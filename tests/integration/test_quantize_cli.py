@@ -1,0 +1,194 @@
+"""The `quantship` command as a person meets it: exit codes, one-line errors, nothing half-written."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+
+from quantship import artifact, zoo
+from quantship.cli import main
+
+
+def _cli(*args: str | Path) -> tuple[int, str, str]:
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    return result.exit_code, result.stdout, result.stderr
+
+
+def _quantize(
+    sample: zoo.SampleModel,
+    out: Path,
+    *extra: str | Path,
+    model: Path | None = None,
+    calibration: Path | None = None,
+) -> tuple[int, str, str]:
+    return _cli(
+        "quantize",
+        model or sample.model,
+        "-o",
+        out,
+        "--calibration",
+        calibration or sample.calibration,
+        "--evaluation",
+        sample.evaluation,
+        "-q",
+        *extra,
+    )
+
+
+def _assert_one_line_error(code: int, stderr: str, message: str) -> None:
+    assert code == 2, stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1, stderr
+    assert lines[0].startswith("error: ") and message in lines[0], lines[0]
+
+
+def _npz(path: Path, **arrays: np.ndarray) -> Path:
+    np.savez(path, **arrays)
+    return path
+
+
+def test_quantize_writes_an_artifact_and_prints_the_summary(sample: zoo.SampleModel, tmp_path: Path) -> None:
+    code, out, err = _quantize(sample, tmp_path / "a")
+    assert code == 0, err
+    assert "quantization summary" in out and "passed" in out
+    assert artifact.load_artifact(tmp_path / "a").gate_passed
+
+
+def test_a_failed_gate_exits_1_and_marks_the_artifact(sample: zoo.SampleModel, tmp_path: Path) -> None:
+    code, _, err = _quantize(sample, tmp_path / "a", "--max-accuracy-delta", "-1", "--max-trials", "1")
+    assert code == 1
+    assert "accuracy gate failed" in err
+    assert json.loads((tmp_path / "a" / "manifest.json").read_text())["validation"]["gate"] == "failed"
+
+
+BAD_INPUTS = {
+    "not an onnx file": ("model", b"this is text, not protobuf", "is not an ONNX model"),
+    "model onnxruntime cannot load": ("broken-model", None, "onnxruntime cannot load"),
+    "calibration missing an input": (
+        "calibration",
+        {"Y": np.zeros((4, 64), np.float32)},
+        "match no model input",
+    ),
+    "calibration of the wrong shape": (
+        "calibration",
+        {"X": np.zeros((4, 63), np.float32)},
+        "has shape [4, 63]",
+    ),
+    "calibration of the wrong dtype": ("calibration", {"X": np.zeros((4, 64), np.int32)}, "'X' is int32"),
+    "empty calibration set": ("calibration", {"X": np.zeros((0, 64), np.float32)}, "holds 0 samples"),
+    "labels that do not match": (
+        "evaluation",
+        {"X": np.zeros((4, 64), np.float32), "labels": np.arange(5)},
+        "labels do not match",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", BAD_INPUTS, ids=list(BAD_INPUTS))
+def test_bad_input_gets_one_line_exit_2_and_leaves_nothing(
+    sample: zoo.SampleModel, tmp_path: Path, case: str
+) -> None:
+    kind, payload, message = BAD_INPUTS[case]
+    model, calibration, evaluation = sample.model, sample.calibration, sample.evaluation
+    if kind == "model":
+        model = tmp_path / "model.onnx"
+        model.write_bytes(payload)  # type: ignore[arg-type]
+    elif kind == "broken-model":
+        broken = onnx.load(str(sample.model))
+        broken.graph.node[1].input[0] = "no_such_tensor"
+        model = tmp_path / "broken.onnx"
+        onnx.save(broken, model)
+    elif kind == "calibration":
+        calibration = _npz(tmp_path / "calibration.npz", **payload)  # type: ignore[arg-type]
+    else:
+        evaluation = _npz(tmp_path / "evaluation.npz", **payload)  # type: ignore[arg-type]
+    out = tmp_path / "out" / "artifact"
+    code, _, err = _cli(
+        "quantize", model, "-o", out, "--calibration", calibration, "--evaluation", evaluation, "-q"
+    )
+    _assert_one_line_error(code, err, message)
+    assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []
+
+
+def test_an_unwritable_output_path_fails_before_any_work(sample: zoo.SampleModel, tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("I am a file, not a folder")
+    code, _, err = _quantize(sample, blocker / "artifact")
+    _assert_one_line_error(code, err, "not writable")
+    assert blocker.read_text() == "I am a file, not a folder"
+
+
+def test_refuses_to_overwrite_a_folder_that_is_not_an_artifact(
+    sample: zoo.SampleModel, tmp_path: Path
+) -> None:
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "notes.md").write_text("keep me")
+    code, _, err = _quantize(sample, tmp_path / "docs")
+    _assert_one_line_error(code, err, "exists and is not an artifact")
+    assert (tmp_path / "docs" / "notes.md").read_text() == "keep me"
+
+
+def test_static_quantization_without_calibration_data(sample: zoo.SampleModel, tmp_path: Path) -> None:
+    code, _, err = _cli("quantize", sample.model, "-o", tmp_path / "a", "-q")
+    _assert_one_line_error(code, err, "needs calibration data")
+
+
+def test_sign_then_verify_and_tamper(sample: zoo.SampleModel, tmp_path: Path) -> None:
+    private, public = tmp_path / "k.pem", tmp_path / "k.pub"
+    assert _cli("keygen", "--private", private, "--public", public)[0] == 0
+    code, _, err = _quantize(sample, tmp_path / "a", "--sign-key", private)
+    assert code == 0, err
+    code, out, _ = _cli("verify", tmp_path / "a", "--public-key", public)
+    assert code == 0 and "signature valid" in out
+
+    model = tmp_path / "a" / artifact.MODEL_FILE
+    model.write_bytes(model.read_bytes()[:-1] + b"\x00")
+    code, _, err = _cli("verify", tmp_path / "a", "--public-key", public)
+    _assert_one_line_error(code, err, "model.onnx does not match its sha256")
+
+
+def test_verify_refuses_an_unsigned_artifact_when_a_key_is_required(
+    good_artifact: artifact.Artifact, tmp_path: Path
+) -> None:
+    private, public = tmp_path / "k.pem", tmp_path / "k.pub"
+    artifact.generate_keypair(private, public)
+    code, out, _ = _cli("verify", good_artifact.root)
+    assert code == 0 and "unsigned" in out
+    code, _, err = _cli("verify", good_artifact.root, "--public-key", public)
+    _assert_one_line_error(code, err, "artifact is unsigned, but a public key is required")
+
+
+def test_report_is_one_self_contained_html_file_with_plots(
+    good_artifact: artifact.Artifact, tmp_path: Path
+) -> None:
+    code, _, err = _cli("report", good_artifact.root, "-o", tmp_path / "r.html")
+    assert code == 0, err
+    page = (tmp_path / "r.html").read_text()
+    for section in (
+        "Verdict",
+        "FP32 vs INT8",
+        "Fallback trials",
+        "Per-tensor SQNR",
+        "Calibrated activation ranges",
+    ):
+        assert f"<h2>{section}</h2>" in page
+    assert page.count("data:image/png;base64,") >= 4
+    assert "http://" not in page and "https://" not in page  # no external assets
+
+
+def test_the_installed_console_script_runs(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [Path(sys.executable).parent / "quantship", "verify", tmp_path],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"error: {tmp_path}: not an artifact (no manifest.json)"

@@ -1,0 +1,191 @@
+"""The artifact contract: written all or nothing, loaded only when every byte checks out."""
+
+from __future__ import annotations
+
+import json
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from quantship import artifact
+from quantship.artifact import ActivationRange, ArtifactError
+
+
+def _keys(tmp_path: Path) -> tuple[Path, Path]:
+    private, public = tmp_path / "key.pem", tmp_path / "key.pub"
+    artifact.generate_keypair(private, public)
+    return private, public
+
+
+def _write(tmp_path: Path, out: Path, sign: Path | None = None) -> artifact.Artifact:
+    model = tmp_path / "m.onnx"
+    model.write_bytes(b"not really a model, but bytes to hash")
+    key = artifact.load_private_key(sign) if sign else None
+    return artifact.write_artifact(out, {artifact.MODEL_FILE: model}, {"note": "test"}, sign_key=key)
+
+
+def test_written_artifact_loads_and_records_hashes(tmp_path: Path) -> None:
+    written = _write(tmp_path, tmp_path / "a")
+    loaded = artifact.load_artifact(tmp_path / "a")
+    assert loaded.manifest == written.manifest
+    entry = loaded.manifest["files"][artifact.MODEL_FILE]
+    assert entry["size"] == len(b"not really a model, but bytes to hash")
+    assert entry["sha256"] == artifact.sha256_file(loaded.model_path)
+    assert loaded.reference_path is None
+    assert not loaded.signed
+
+
+def test_rewriting_an_artifact_replaces_it_whole(tmp_path: Path) -> None:
+    _write(tmp_path, tmp_path / "a")
+    (tmp_path / "m.onnx").write_bytes(b"second version")
+    artifact.write_artifact(tmp_path / "a", {artifact.MODEL_FILE: tmp_path / "m.onnx"}, {})
+    assert artifact.load_artifact(tmp_path / "a").model_path.read_bytes() == b"second version"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "m.onnx"]
+
+
+def test_a_failed_write_leaves_nothing_behind(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError):
+        artifact.write_artifact(tmp_path / "a", {artifact.MODEL_FILE: tmp_path / "missing.onnx"}, {})
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_refuses_to_replace_a_directory_that_is_not_an_artifact(tmp_path: Path) -> None:
+    (tmp_path / "precious").mkdir()
+    (tmp_path / "precious" / "thesis.txt").write_text("years of work")
+    with pytest.raises(ArtifactError, match="not an artifact"):
+        _write(tmp_path, tmp_path / "precious")
+    assert (tmp_path / "precious" / "thesis.txt").read_text() == "years of work"
+
+
+def test_tampered_model_is_refused(artifact_copy: Path) -> None:
+    with (artifact_copy / artifact.MODEL_FILE).open("r+b") as stream:
+        stream.seek(100)
+        byte = stream.read(1)
+        stream.seek(100)
+        stream.write(bytes([byte[0] ^ 0xFF]))
+    with pytest.raises(ArtifactError, match="does not match its sha256") as caught:
+        artifact.load_artifact(artifact_copy)
+    assert caught.value.reason == "hash_mismatch"
+
+
+def test_truncated_model_is_refused_by_size(artifact_copy: Path) -> None:
+    data = (artifact_copy / artifact.MODEL_FILE).read_bytes()
+    (artifact_copy / artifact.MODEL_FILE).write_bytes(data[:-10])
+    with pytest.raises(ArtifactError, match="bytes, manifest says"):
+        artifact.load_artifact(artifact_copy)
+
+
+def test_missing_listed_file_is_refused(artifact_copy: Path) -> None:
+    (artifact_copy / artifact.REFERENCE_FILE).unlink()
+    with pytest.raises(
+        ArtifactError, match=r"reference\.onnx is listed in the manifest but missing"
+    ) as caught:
+        artifact.load_artifact(artifact_copy)
+    assert caught.value.reason == "missing"
+
+
+@pytest.mark.parametrize(
+    ("manifest_text", "message"),
+    [
+        ("{not json", "unreadable manifest"),
+        ("[]", "no file list"),
+        ('{"format_version": 99, "files": {}}', "format version 99"),
+        (
+            '{"format_version": 1, "files": {"../../etc/passwd": {"size": 1, "sha256": "x"}}}',
+            "outside the artifact",
+        ),
+        ('{"format_version": 1, "files": {}}', "lists no model.onnx"),
+    ],
+)
+def test_malformed_manifests_are_refused(tmp_path: Path, manifest_text: str, message: str) -> None:
+    (tmp_path / artifact.MANIFEST_FILE).write_text(manifest_text)
+    with pytest.raises(ArtifactError, match=message):
+        artifact.load_artifact(tmp_path)
+
+
+def test_not_an_artifact_at_all(tmp_path: Path) -> None:
+    with pytest.raises(ArtifactError, match="no such artifact"):
+        artifact.load_artifact(tmp_path / "nowhere")
+    with pytest.raises(ArtifactError, match="not an artifact"):
+        artifact.load_artifact(tmp_path)
+
+
+def test_signed_artifact_verifies_with_its_public_key(tmp_path: Path) -> None:
+    private, public = _keys(tmp_path)
+    _write(tmp_path, tmp_path / "a", sign=private)
+    loaded = artifact.load_artifact(tmp_path / "a", public_key=artifact.load_public_key(public))
+    assert loaded.signed
+
+
+def test_edited_manifest_breaks_the_signature(tmp_path: Path) -> None:
+    private, public = _keys(tmp_path)
+    _write(tmp_path, tmp_path / "a", sign=private)
+    manifest_path = tmp_path / "a" / artifact.MANIFEST_FILE
+    manifest = json.loads(manifest_path.read_text())
+    manifest["note"] = "edited after signing"
+    manifest_path.write_text(json.dumps(manifest))
+    artifact.load_artifact(tmp_path / "a")  # hashes still match: only the signature can tell
+    with pytest.raises(ArtifactError, match="signature does not verify") as caught:
+        artifact.load_artifact(tmp_path / "a", public_key=artifact.load_public_key(public))
+    assert caught.value.reason == "signature"
+
+
+def test_someone_elses_key_is_refused(tmp_path: Path) -> None:
+    private, _ = _keys(tmp_path)
+    (tmp_path / "other").mkdir()
+    _, other_public = _keys(tmp_path / "other")
+    _write(tmp_path, tmp_path / "a", sign=private)
+    with pytest.raises(ArtifactError, match="signature does not verify"):
+        artifact.load_artifact(tmp_path / "a", public_key=artifact.load_public_key(other_public))
+
+
+def test_unsigned_artifact_is_refused_when_a_key_is_required(tmp_path: Path) -> None:
+    _, public = _keys(tmp_path)
+    _write(tmp_path, tmp_path / "a")
+    with pytest.raises(ArtifactError, match="unsigned, but a public key is required"):
+        artifact.load_artifact(tmp_path / "a", public_key=artifact.load_public_key(public))
+
+
+def test_key_files_that_are_not_keys(tmp_path: Path) -> None:
+    (tmp_path / "junk.pem").write_text("hello")
+    with pytest.raises(ArtifactError, match="cannot read private key"):
+        artifact.load_private_key(tmp_path / "junk.pem")
+    with pytest.raises(ArtifactError, match="cannot read public key"):
+        artifact.load_public_key(tmp_path / "junk.pem")
+
+
+def test_tarball_round_trip(good_artifact: artifact.Artifact, tmp_path: Path) -> None:
+    tarball = tmp_path / "digits.tar.gz"
+    artifact.pack(good_artifact.root, tarball)
+    loaded = artifact.load_artifact(tarball, extract_to=tmp_path / "unpacked")
+    assert loaded.digest == good_artifact.digest
+    assert loaded.root == tmp_path / "unpacked"
+
+
+def test_tarball_with_a_top_level_folder_and_one_without_manifest(tmp_path: Path) -> None:
+    _write(tmp_path, tmp_path / "a")
+    nested = tmp_path / "nested.tar.gz"
+    with tarfile.open(nested, "w:gz") as archive:
+        archive.add(tmp_path / "a", arcname="release-1")
+    assert artifact.load_artifact(nested, extract_to=tmp_path / "x").root.name == "release-1"
+    empty = tmp_path / "empty.tar.gz"
+    with tarfile.open(empty, "w:gz") as archive:
+        archive.add(tmp_path / "m.onnx", arcname="m.onnx")
+    with pytest.raises(ArtifactError, match=r"holds no manifest\.json"):
+        artifact.load_artifact(empty, extract_to=tmp_path / "y")
+
+
+def test_corrupt_tarball(tmp_path: Path) -> None:
+    (tmp_path / "bad.tar.gz").write_bytes(b"\x1f\x8b garbage")
+    with pytest.raises(ArtifactError, match="unreadable archive"):
+        artifact.load_artifact(tmp_path / "bad.tar.gz", extract_to=tmp_path / "x")
+
+
+def test_clip_counting_saturates_beyond_half_a_step_and_respects_folded_relu() -> None:
+    plain = ActivationRange(tensor="t", low=-1.0, high=1.0, scale=0.1)
+    values = np.array([-1.2, -1.04, 0.0, 1.04, 1.06, 3.0])
+    assert plain.count_clipped(values) == 3  # -1.2, 1.06 and 3.0; +-1.04 only round
+    relu = ActivationRange(tensor="t", low=0.0, high=1.0, scale=0.1, activation_low=0.0)
+    assert relu.count_clipped(np.array([-5.0, -0.5, 0.5, 2.0])) == 1  # negatives are the Relu's job

@@ -1,0 +1,109 @@
+"""Calibration and evaluation data are checked against the model before any work starts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from quantship.quantize import QuantizeInputError, data
+
+DIGITS = [data.InputSpec("X", np.dtype(np.float32), (None, 64))]
+
+
+def _npz(tmp_path: Path, **arrays: np.ndarray) -> Path:
+    path = tmp_path / "data.npz"
+    np.savez(path, **arrays)
+    return path
+
+
+def test_good_data_loads_with_labels_and_a_content_hash(tmp_path: Path) -> None:
+    x = np.ones((10, 64), np.float32)
+    dataset = data.load_dataset(_npz(tmp_path, X=x, labels=np.arange(10)), DIGITS, role="evaluation")
+    assert dataset.size == 10 and dataset.stacked
+    assert dataset.labels is not None
+    again = data.load_dataset(_npz(tmp_path, X=x, labels=np.arange(10)), DIGITS, role="evaluation")
+    assert again.sha256 == dataset.sha256
+    x[0, 0] = 2
+    changed = data.load_dataset(_npz(tmp_path, X=x, labels=np.arange(10)), DIGITS, role="evaluation")
+    assert changed.sha256 != dataset.sha256
+
+
+def test_a_folder_of_npy_files_is_read_like_an_npz(tmp_path: Path) -> None:
+    np.save(tmp_path / "X.npy", np.zeros((4, 64), np.float32))
+    dataset = data.load_dataset(tmp_path, DIGITS, role="calibration")
+    assert dataset.size == 4
+
+
+def test_unbatched_samples_run_one_at_a_time(tmp_path: Path) -> None:
+    spec = [data.InputSpec("X", np.dtype(np.float32), (64,))]
+    dataset = data.load_dataset(_npz(tmp_path, X=np.zeros((3, 64), np.float32)), spec, role="calibration")
+    assert not dataset.stacked
+    assert [batch["X"].shape for batch in dataset.batches(32)] == [(64,)] * 3
+
+
+@pytest.mark.parametrize(
+    ("arrays", "message"),
+    [
+        ({"Y": np.zeros((4, 64), np.float32)}, r"arrays \['Y'\] that match no model input"),
+        ({}, "holds no .npy files"),
+        ({"X": np.zeros((4, 64), np.float64)}, "'X' is float64, the model wants float32"),
+        (
+            {"X": np.zeros((4, 32), np.float32)},
+            r"'X' has shape \[4, 32\], the model wants X float32\[N, 64\]",
+        ),
+        ({"X": np.zeros((4, 8, 8, 1), np.float32)}, "does not fit"),
+        ({"X": np.zeros((0, 64), np.float32)}, "holds 0 samples"),
+        ({"X": np.zeros((4, 64), np.float32), "labels": np.arange(3)}, "labels do not match the samples"),
+        ({"X": np.zeros((4, 64), np.float32), "labels": np.ones(4)}, "labels must be integer class ids"),
+    ],
+)
+def test_bad_data_is_refused_with_a_reason(
+    tmp_path: Path, arrays: dict[str, np.ndarray], message: str
+) -> None:
+    path = _npz(tmp_path, **arrays) if arrays else tmp_path / "empty-folder"
+    if not arrays:
+        path.mkdir()
+    with pytest.raises(QuantizeInputError, match=message):
+        data.load_dataset(path, DIGITS, role="calibration")
+
+
+def test_missing_and_unreadable_files(tmp_path: Path) -> None:
+    with pytest.raises(QuantizeInputError, match="does not exist"):
+        data.load_dataset(tmp_path / "nope.npz", DIGITS, role="calibration")
+    (tmp_path / "junk.npz").write_text("not numpy")
+    with pytest.raises(QuantizeInputError, match="not readable"):
+        data.load_dataset(tmp_path / "junk.npz", DIGITS, role="calibration")
+
+
+def test_a_single_npy_file_is_not_enough(tmp_path: Path) -> None:
+    np.save(tmp_path / "X.npy", np.zeros((4, 64), np.float32))
+    with pytest.raises(QuantizeInputError, match="is a single array"):
+        data.load_dataset(tmp_path / "X.npy", DIGITS, role="calibration")
+
+
+def test_required_labels(tmp_path: Path) -> None:
+    with pytest.raises(QuantizeInputError, match="has no 'labels' array"):
+        data.load_dataset(
+            _npz(tmp_path, X=np.zeros((4, 64), np.float32)), DIGITS, role="evaluation", require_labels=True
+        )
+
+
+def test_fixed_batch_models_need_whole_batches(tmp_path: Path) -> None:
+    spec = [data.InputSpec("X", np.dtype(np.float32), (4, 64))]
+    with pytest.raises(QuantizeInputError, match="cannot be cut into batches of 4"):
+        data.load_dataset(_npz(tmp_path, X=np.zeros((6, 64), np.float32)), spec, role="calibration")
+    dataset = data.load_dataset(_npz(tmp_path, X=np.zeros((8, 64), np.float32)), spec, role="calibration")
+    assert data.calibration_batch_size(dataset, 32, spec) == 4
+
+
+@pytest.mark.parametrize(
+    ("size", "wanted", "expected"), [(256, 32, 32), (100, 32, 25), (97, 32, 1), (16, 32, 16)]
+)
+def test_calibration_batches_divide_the_set(tmp_path: Path, size: int, wanted: int, expected: int) -> None:
+    dataset = data.load_dataset(
+        _npz(tmp_path, X=np.zeros((size, 64), np.float32)), DIGITS, role="calibration"
+    )
+    assert data.calibration_batch_size(dataset, wanted, DIGITS) == expected
+    assert {len(batch["X"]) for batch in dataset.batches(expected)} == {expected}
