@@ -53,14 +53,14 @@ class Objective:
     def __post_init__(self) -> None:
         if not 0 < self.budget <= 1:
             raise ValueError(f"{self.sli} budget must be in (0, 1], got {self.budget}")
-        if self.sli is SLI.LATENCY:
-            if self.latency_threshold is None or not any(
-                math.isclose(self.latency_threshold, b) for b in LATENCY_BUCKETS
-            ):
-                raise ValueError(
-                    f"latency threshold {self.latency_threshold} s is not a histogram bucket; "
-                    f"choose one of {', '.join(map(str, LATENCY_BUCKETS))}"
-                )
+        on_a_bucket = self.latency_threshold is not None and any(
+            math.isclose(self.latency_threshold, bucket) for bucket in LATENCY_BUCKETS
+        )
+        if self.sli is SLI.LATENCY and not on_a_bucket:
+            raise ValueError(
+                f"latency threshold {self.latency_threshold} s is not a histogram bucket; "
+                f"choose one of {', '.join(map(str, LATENCY_BUCKETS))}"
+            )
 
     def burn_rate(self, ratio: float) -> float:
         return ratio / self.budget

@@ -8,6 +8,8 @@ calibration cache format; every fallback trial re-quantizes from that cache
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,7 +18,6 @@ from google.protobuf.message import DecodeError
 from onnxruntime.quantization import QuantFormat, quantize_dynamic, quantize_static
 from onnxruntime.quantization.calibrate import TensorsData, create_calibrator, save_tensors_data
 from onnxruntime.quantization.registry import IntegerOpsRegistry, QDQRegistry, QLinearOpsRegistry
-from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from quantship import runtime
 from quantship.quantize.config import Format, Mode, QuantizeConfig
@@ -60,14 +61,30 @@ def prepare(model_path: Path, out_path: Path, *, pre_process: bool) -> str:
     if not pre_process:
         named.rename(out_path)
         return "not requested"
-    try:
-        quant_pre_process(str(named), str(out_path))
+    # onnxruntime's own CLI, in a child process whose working directory is ours: on failure its
+    # symbolic shape inference drops a debug model into the current directory.
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "onnxruntime.quantization.preprocess",
+            "--input",
+            str(named),
+            "--output",
+            str(out_path),
+        ],
+        cwd=out_path.parent,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if result.returncode == 0:
         return "applied"
-    except Exception as exc:
-        # Symbolic shape inference gives up on ops it does not know (ai.onnx.ml ones among them),
-        # and the partial pre-processing left then loses the tensor types calibration needs.
-        named.rename(out_path)
-        return f"skipped: {_first_line(exc)}"
+    # Symbolic shape inference gives up on ops it does not know (ai.onnx.ml ones among them), and
+    # what is left of pre-processing then loses the tensor types calibration needs: skip it whole.
+    named.rename(out_path)
+    reason = (result.stderr.strip().splitlines() or ["unknown error"])[-1]
+    return f"skipped: {reason}"
 
 
 def calibrate(

@@ -170,3 +170,38 @@ def test_manifest_is_plain_json_with_sorted_keys(good_artifact: artifact.Artifac
     text = (good_artifact.root / artifact.MANIFEST_FILE).read_text()
     assert json.loads(text) == good_artifact.manifest
     assert "NaN" not in text and "Infinity" not in text
+
+
+def test_a_regressor_without_labels_is_gated_on_relative_error_after_pre_processing(tmp_path: Path) -> None:
+    """A pure ai.onnx graph (no ai.onnx.ml ops) gets onnxruntime's quant_pre_process, and a model
+    whose output is not a classifier's is judged by the relative error of its output."""
+    from skl2onnx import to_onnx
+    from sklearn.datasets import load_digits
+    from sklearn.neural_network import MLPRegressor
+
+    images, _ = load_digits(return_X_y=True)
+    images = (images / 16).astype(np.float32)
+    target = images[:, :8].mean(axis=1)  # a smooth function of the pixels
+    regressor = MLPRegressor(hidden_layer_sizes=(64,), max_iter=200, random_state=0).fit(
+        images[:800], target[:800]
+    )
+    onnx.save(to_onnx(regressor, images[:1], target_opset=17), tmp_path / "regressor.onnx")
+    calibration = tmp_path / "calibration"
+    calibration.mkdir()
+    np.save(calibration / "X.npy", images[:200])
+    evaluation = tmp_path / "evaluation.npz"
+    np.savez(evaluation, X=images[800:1000])
+
+    result = run(
+        tmp_path / "regressor.onnx",
+        tmp_path / "a",
+        QuantizeConfig(max_accuracy_delta=0.05),
+        calibration=calibration,
+        evaluation=evaluation,
+    )
+    validation = result.artifact.manifest["validation"]
+    assert validation["metric"] == "relative_error"
+    assert validation["agreement"] is None and validation["fp32"] is None
+    assert 0 < validation["delta"] == validation["relative_error"] < 0.05
+    assert result.artifact.quantization["pre_process"] == "applied"
+    assert not list(Path.cwd().glob("sym_shape_infer_temp*"))
