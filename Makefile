@@ -35,5 +35,9 @@ lint: setup
 	$(BIN)/mypy quantship
 	$(BIN)/lint-imports
 
+## make generate: CRD, Prometheus rules and dashboards, written from quantship/ (checked in).
+generate: setup
+	$(BIN)/python -m quantship.generate
+
 clean:
 	rm -rf $(BUILD) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,3 @@
+from quantship.cli import main
+
+main()
