@@ -87,6 +87,7 @@ def run(
         prepared = tmp / "prepared.onnx"
         pre_processed = engine.prepare(model_path, prepared, pre_process=config.pre_process)
         prepared_model = onnx.load(str(prepared))
+        _check_exclusions(config, prepared_model)
 
         cache, calibrated, batch = None, None, 1
         if calib is not None and config.mode is Mode.STATIC:
@@ -176,6 +177,17 @@ def _check_writable(out: Path) -> None:
         raise QuantizeInputError(f"cannot write the artifact to {out}: {existing or parent} is not writable")
     if out.exists() and not (out / artifact.MANIFEST_FILE).is_file():
         raise QuantizeInputError(f"{out} exists and is not an artifact; refusing to overwrite it")
+
+
+def _check_exclusions(config: QuantizeConfig, model: onnx.ModelProto) -> None:
+    """onnxruntime ignores unknown names in nodes_to_exclude; a typo would silently quantize the node."""
+    names = {node.name for node in model.graph.node}
+    unknown = [name for name in config.excluded_nodes if name not in names]
+    if unknown:
+        known = ", ".join(sorted(names)[:12]) + (" ..." if len(names) > 12 else "")
+        raise QuantizeInputError(
+            f"--exclude names no node of the model: {', '.join(unknown)} (nodes: {known})"
+        )
 
 
 def _sensitivity(

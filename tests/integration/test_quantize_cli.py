@@ -135,6 +135,22 @@ def test_refuses_to_overwrite_a_folder_that_is_not_an_artifact(
     assert (tmp_path / "docs" / "notes.md").read_text() == "keep me"
 
 
+def test_excluding_a_node_that_does_not_exist(sample: zoo.SampleModel, tmp_path: Path) -> None:
+    code, _, err = _quantize(sample, tmp_path / "a", "--exclude", "MatMul", "--exclude", "MatMull")
+    _assert_one_line_error(code, err, "--exclude names no node of the model: MatMull")
+
+
+def test_excluded_nodes_stay_in_float(sample: zoo.SampleModel, tmp_path: Path) -> None:
+    code, _, err = _quantize(sample, tmp_path / "a", "--exclude", "MatMul")
+    assert code == 0, err
+    loaded = artifact.load_artifact(tmp_path / "a")
+    assert loaded.quantization["excluded_nodes"] == ["MatMul"]
+    matmul = next(n for n in onnx.load(str(loaded.model_path)).graph.node if n.name == "MatMul")
+    assert matmul.op_type == "MatMul" and not any(
+        name.endswith("DequantizeLinear_Output") for name in matmul.input
+    )
+
+
 def test_static_quantization_without_calibration_data(sample: zoo.SampleModel, tmp_path: Path) -> None:
     code, _, err = _cli("quantize", sample.model, "-o", tmp_path / "a", "-q")
     _assert_one_line_error(code, err, "needs calibration data")
