@@ -1,0 +1,171 @@
+"""Dynamic batching: concurrent requests merged into one onnxruntime call, off the event loop.
+
+The service submits each validated request; one worker task takes the oldest, adds whatever else
+is waiting (and, with a queue delay, what arrives until the oldest has waited that long) up to
+`max_batch_size` rows, runs the batch in the inference thread, and hands each request its rows of
+the outputs. Only requests whose inputs agree beyond the first dimension share a batch. The queue
+is bounded: when it is full, `submit` raises Overloaded at once rather than growing memory. A model
+whose first dimension is not a batch dimension runs one request per call, through the same queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from quantship.server.errors import InferenceFailed, NotReady, Overloaded, ServerError
+from quantship.server.runner import Runner, Tensors, batch_key
+from quantship.server.settings import BatchSettings
+
+log = logging.getLogger(__name__)
+Outputs = dict[str, np.ndarray]
+
+
+class BatchObserver(Protocol):
+    def batch_ran(self, rows: int) -> None: ...
+    def waited(self, seconds: float) -> None: ...
+
+
+class _NoObserver:
+    def batch_ran(self, rows: int) -> None:
+        pass
+
+    def waited(self, seconds: float) -> None:
+        pass
+
+
+class _Timeout:
+    """No job came before the deadline."""
+
+
+_TIMEOUT = _Timeout()
+
+
+@dataclass(eq=False)
+class _Job:
+    inputs: Tensors
+    rows: int
+    key: tuple[Any, ...]
+    enqueued: float
+    future: asyncio.Future[Outputs] = field(repr=False)
+
+
+class Batcher:
+    def __init__(
+        self,
+        runner: Runner,
+        settings: BatchSettings,
+        *,
+        executor: Executor,
+        observer: BatchObserver | None = None,
+    ) -> None:
+        self.runner = runner
+        self.batchable = runner.signature.batchable
+        self.max_rows = settings.max_batch_size
+        self.delay = settings.max_queue_delay_ms / 1000
+        self.executor = executor
+        self.observer = observer if observer is not None else _NoObserver()
+        self._queue: asyncio.Queue[_Job | None] = asyncio.Queue(settings.max_queue_size)
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+
+    @property
+    def depth(self) -> int:
+        """Requests waiting for a batch (not counting the one running)."""
+        return self._queue.qsize()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._work(), name="batcher")
+
+    async def submit(self, inputs: Tensors, rows: int) -> Outputs:
+        """The model's outputs for these inputs (already validated). Raises Overloaded when full."""
+        if self._closing:
+            raise NotReady("the server is shutting down")
+        loop = asyncio.get_running_loop()
+        job = _Job(inputs, rows, batch_key(inputs), loop.time(), loop.create_future())
+        try:
+            self._queue.put_nowait(job)
+        except asyncio.QueueFull:
+            raise Overloaded(
+                f"{self._queue.maxsize} requests are already waiting for the model (--max-queue-size); "
+                "retry later"
+            ) from None
+        return await job.future
+
+    async def close(self) -> None:
+        """Refuse new requests, finish the queued ones, stop the worker."""
+        self._closing = True
+        if self._task is None:
+            return
+        await self._queue.put(None)  # after every queued job: they all run first
+        await self._task
+
+    async def _work(self) -> None:
+        carry: _Job | None = None
+        while True:
+            first = carry if carry is not None else await self._queue.get()
+            carry = None
+            if first is None:
+                return
+            batch, rows, stopping = [first], first.rows, False
+            deadline = first.enqueued + self.delay
+            while self.batchable and rows < self.max_rows:
+                job = await self._next(deadline)
+                if isinstance(job, _Timeout):
+                    break
+                if job is None:
+                    stopping = True
+                    break
+                if job.key != first.key or rows + job.rows > self.max_rows:
+                    carry = job  # starts the next batch
+                    break
+                batch.append(job)
+                rows += job.rows
+            await self._execute(batch, rows)
+            if stopping:
+                return
+
+    async def _next(self, deadline: float) -> _Job | _Timeout | None:
+        """The next waiting job, waiting for one until `deadline` (loop time); _TIMEOUT if none came."""
+        try:
+            return self._queue.get_nowait()
+        except asyncio.QueueEmpty:
+            pass
+        remaining = deadline - asyncio.get_running_loop().time()
+        if remaining <= 0 or self._closing:
+            return _TIMEOUT
+        try:
+            return await asyncio.wait_for(self._queue.get(), remaining)
+        except TimeoutError:
+            return _TIMEOUT
+
+    async def _execute(self, batch: Sequence[_Job], rows: int) -> None:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        for job in batch:
+            self.observer.waited(started - job.enqueued)
+        self.observer.batch_ran(rows)
+        try:
+            results = await loop.run_in_executor(
+                self.executor,
+                self.runner.run_many,
+                [job.inputs for job in batch],
+                [job.rows for job in batch],
+            )
+        except Exception as exc:
+            error = exc if isinstance(exc, ServerError) else InferenceFailed(f"inference failed: {exc!r}")
+            if not isinstance(exc, ServerError):
+                log.exception("inference failed on a batch of %d rows", rows)
+            for job in batch:
+                if not job.future.done():
+                    job.future.set_exception(error)
+            return
+        for job, result in zip(batch, results, strict=True):
+            if not job.future.done():  # the caller may have gone away
+                job.future.set_result(result)

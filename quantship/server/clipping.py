@@ -1,0 +1,74 @@
+"""Clipped-activation rate in production: how much real traffic falls outside the calibrated ranges.
+
+`observer_model` copies the served INT8 model and makes the input of every QuantizeLinear node
+with a range in the manifest a graph output. A second session of it (so the serving session keeps
+its fused int8 kernels) runs on a `--clip-sample-rate` share of requests in the background thread;
+`ClipCounter.process` counts, with `ActivationRange.count_clipped` (the one definition of clipped),
+the values each range saturates. Exposed tensors stop onnxruntime from fusing their QDQ groups, so
+the observer runs the QDQ simulation: the values it sees are the float values the served graph
+quantizes, up to int8 rounding of earlier layers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+
+from quantship.artifact import ActivationRange
+from quantship.server.metrics import ServerMetrics
+from quantship.server.runner import Runner, Tensors
+
+
+def observable(model: onnx.ModelProto, ranges: Sequence[ActivationRange]) -> list[ActivationRange]:
+    """The ranges whose tensor exists in this graph (as a node output or a graph input)."""
+    names = {out for node in model.graph.node for out in node.output} | {i.name for i in model.graph.input}
+    return [r for r in ranges if r.tensor in names]
+
+
+def observer_model(
+    model_path: Path, ranges: Sequence[ActivationRange]
+) -> tuple[bytes, list[ActivationRange]]:
+    """The model with every range's tensor also a graph output, and the ranges it can observe.
+
+    A range whose tensor is a graph input is observed from the request itself; one whose tensor is
+    not in the graph at all (a manifest that does not fit the model) is left out.
+    """
+    model = onnx.load(str(model_path))
+    present = {o.name for o in model.graph.output} | {i.name for i in model.graph.input}
+    kept = observable(model, ranges)
+    for r in kept:
+        if r.tensor not in present:
+            model.graph.output.append(onnx.ValueInfoProto(name=r.tensor))
+            present.add(r.tensor)
+    return model.SerializeToString(), kept
+
+
+@dataclass(frozen=True)
+class ClipSample:
+    inputs: Tensors
+    rows: int
+
+
+class ClipCounter:
+    def __init__(self, observer: Runner, ranges: Sequence[ActivationRange], metrics: ServerMetrics) -> None:
+        self.observer = observer
+        self.ranges = list(ranges)
+        self.metrics = metrics
+
+    def process(self, samples: Sequence[ClipSample]) -> None:
+        """Blocking: runs the observer session. Called in the background thread by a Lane."""
+        outputs = self.observer.run_many([s.inputs for s in samples], [s.rows for s in samples])
+        per_tensor: dict[str, tuple[int, int]] = {}
+        for sample, values in zip(samples, outputs, strict=True):
+            for r in self.ranges:
+                tensor = values.get(r.tensor)
+                if tensor is None:
+                    tensor = sample.inputs[r.tensor]
+                seen, clipped = per_tensor.get(r.tensor, (0, 0))
+                per_tensor[r.tensor] = (seen + int(tensor.size), clipped + r.count_clipped(tensor))
+        observed = sum(seen for seen, _ in per_tensor.values())
+        clipped = sum(outside for _, outside in per_tensor.values())
+        self.metrics.activations(observed, clipped, per_tensor)

@@ -1,0 +1,181 @@
+"""Every metric of the model server (DESIGN.md, "Metrics (server)"), on a registry passed in.
+
+`create_app` builds one ServerMetrics per app on its own CollectorRegistry and serves it at
+/metrics; the service, batcher and SLI workers record through its methods (prometheus_client is
+thread-safe, so the background threads record directly). Every series carries `model`,
+`revision` and `track` (`quantship.slo.LABELS`). The counters the SLIs read start at 0, so
+Prometheus' `increase()` counts the first events after a scrape of the fresh server too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from quantship import slo
+
+P = slo.PREFIX
+LABELS = list(slo.LABELS)
+QUEUE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+LOAD_FAILURE_REASONS = ("missing", "format", "hash_mismatch", "signature", "key", "io", "reference", "model")
+"""ArtifactError reasons (quantship/artifact.py) plus the server's own: a reference that does not fit
+the model, a model onnxruntime cannot load or serve. Each starts at 0."""
+FEEDBACK_VARIANTS = ("quantized", "reference")
+MODEL_INFO_LABELS = ("precision", "quant_mode", "calibration_method", "calibration_sha256", "runtime_version")
+SAMPLE_KINDS = ("shadow", "clip")
+
+
+def batch_buckets(max_batch_size: int) -> tuple[float, ...]:
+    """Powers of two up to the first one that holds `max_batch_size`."""
+    buckets, size = [], 1
+    while True:
+        buckets.append(float(size))
+        if size >= max_batch_size:
+            return tuple(buckets)
+        size *= 2
+
+
+class ServerMetrics:
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        labels: Mapping[str, str],
+        *,
+        max_batch_size: int = 32,
+        per_tensor: bool = False,
+    ) -> None:
+        values = [labels[name] for name in LABELS]
+        self.per_tensor = per_tensor
+
+        def counter(name: str, doc: str, extra: tuple[str, ...] = ()) -> Counter:
+            return Counter(P + name, doc, [*LABELS, *extra], registry=registry)
+
+        def gauge(name: str, doc: str, extra: tuple[str, ...] = ()) -> Gauge:
+            return Gauge(P + name, doc, [*LABELS, *extra], registry=registry)
+
+        self.requests = counter("requests_total", "Inference requests by HTTP status.", ("code",))
+        self.request_duration = Histogram(
+            P + "request_duration_seconds",
+            "End-to-end latency of successful inference requests, from the first byte read to the answer.",
+            LABELS,
+            buckets=slo.LATENCY_BUCKETS,
+            registry=registry,
+        ).labels(*values)
+        self.batch_size = Histogram(
+            P + "batch_size",
+            "Rows per onnxruntime call of the served model.",
+            LABELS,
+            buckets=batch_buckets(max_batch_size),
+            registry=registry,
+        ).labels(*values)
+        self.queue_duration = Histogram(
+            P + "queue_duration_seconds",
+            "Time a request waited in the batcher before its batch started.",
+            LABELS,
+            buckets=QUEUE_BUCKETS,
+            registry=registry,
+        ).labels(*values)
+        self.shadow_comparisons = counter(
+            "shadow_comparisons_total", "Rows also run through the FP32 reference and compared."
+        ).labels(*values)
+        self.shadow_disagreements = counter(
+            "shadow_disagreements_total",
+            "Compared rows whose output disagrees with the reference (top-1, or relative error above "
+            "the tolerance for non-classifiers).",
+        ).labels(*values)
+        self.feedback = counter(
+            "feedback_total",
+            "Ground-truth labels fed back, by variant and correctness.",
+            ("variant", "correct"),
+        )
+        self.activations_observed = counter(
+            "activations_observed_total", "Activation values checked against their calibrated ranges."
+        ).labels(*values)
+        self.activations_clipped = counter(
+            "activations_clipped_total", "Checked activation values outside their calibrated range."
+        ).labels(*values)
+        self.fallback_ops = gauge(
+            "fallback_ops",
+            "Ops meant to run quantized that run in float or off the preferred provider, by op type.",
+            ("op_type",),
+        )
+        self.model_info = gauge(
+            "model_info",
+            "1 for the loaded model, with what it is.",
+            MODEL_INFO_LABELS,
+        )
+        self.model_load_seconds = gauge(
+            "model_load_seconds", "Cold-start time of the loaded model: verify, load, analyse."
+        ).labels(*values)
+        self.model_load_failures = counter(
+            "model_load_failures_total", "Refused or broken artifacts, by reason.", ("reason",)
+        )
+        self.requests_in_flight = gauge(
+            "requests_in_flight", "Inference requests being answered now (decoding, queued or running)."
+        ).labels(*values)
+        self.samples_dropped = counter(
+            "samples_dropped_total",
+            "Sampled requests (shadow, clip) dropped because the background worker was behind.",
+            ("kind",),
+        )
+        if per_tensor:
+            self.tensor_observed = counter(
+                "tensor_activations_observed_total", "Activation values checked, per tensor.", ("tensor",)
+            )
+            self.tensor_clipped = counter(
+                "tensor_activations_clipped_total", "Activation values clipped, per tensor.", ("tensor",)
+            )
+        self._values = values
+        self._by_code = {200: self.requests.labels(*values, "200")}
+        for variant in FEEDBACK_VARIANTS:
+            for correct in ("true", "false"):
+                self.feedback.labels(*values, variant, correct)
+        for reason in LOAD_FAILURE_REASONS:
+            self.model_load_failures.labels(*values, reason)
+        for kind in SAMPLE_KINDS:
+            self.samples_dropped.labels(*values, kind)
+
+    def request_done(self, code: int, seconds: float) -> None:
+        """One inference request answered. Only successes enter the latency histogram: a 429 or a
+        400 is fast because nothing was done, and must not make the latency SLI look better."""
+        child = self._by_code.get(code)
+        if child is None:
+            child = self._by_code[code] = self.requests.labels(*self._values, str(code))
+        child.inc()
+        if code == 200:
+            self.request_duration.observe(seconds)
+
+    def batch_ran(self, rows: int) -> None:
+        self.batch_size.observe(rows)
+
+    def waited(self, seconds: float) -> None:
+        self.queue_duration.observe(seconds)
+
+    def compared(self, rows: int, disagreeing: int) -> None:
+        self.shadow_comparisons.inc(rows)
+        self.shadow_disagreements.inc(disagreeing)
+
+    def fed_back(self, variant: str, correct: int, incorrect: int) -> None:
+        self.feedback.labels(*self._values, variant, "true").inc(correct)
+        self.feedback.labels(*self._values, variant, "false").inc(incorrect)
+
+    def activations(self, observed: int, clipped: int, per_tensor: Mapping[str, tuple[int, int]]) -> None:
+        self.activations_observed.inc(observed)
+        self.activations_clipped.inc(clipped)
+        if self.per_tensor:
+            for tensor, (seen, outside) in per_tensor.items():
+                self.tensor_observed.labels(*self._values, tensor).inc(seen)
+                self.tensor_clipped.labels(*self._values, tensor).inc(outside)
+
+    def sample_dropped(self, kind: str) -> None:
+        self.samples_dropped.labels(*self._values, kind).inc()
+
+    def model_loaded(self, info: Mapping[str, str], seconds: float, fallback: Mapping[str, int]) -> None:
+        self.model_info.labels(*self._values, *(info[name] for name in MODEL_INFO_LABELS)).set(1)
+        self.model_load_seconds.set(seconds)
+        for op_type, count in fallback.items():
+            self.fallback_ops.labels(*self._values, op_type).set(count)
+
+    def load_failed(self, reason: str) -> None:
+        self.model_load_failures.labels(*self._values, reason).inc()

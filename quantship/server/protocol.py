@@ -1,0 +1,371 @@
+"""Open Inference Protocol v2 (KServe / Triton) on the wire: decoded once at the edge into numpy
+arrays, encoded once on the way out. The routes call `decode_request` and `encode_response`;
+nothing past them sees JSON or bytes.
+
+Request grammar (https://kserve.github.io/website/latest/modelserving/data_plane/v2_protocol/):
+
+    $inference_request = { "id": $string #optional, "parameters": $parameters #optional,
+                           "inputs": [ $request_input, ... ], "outputs": [ $request_output, ... ] #optional }
+    $request_input     = { "name": $string, "shape": [ $number, ... ], "datatype": $string,
+                           "parameters": $parameters #optional, "data": $tensor_data }
+    $request_output    = { "name": $string, "parameters": $parameters #optional }
+
+Binary tensor extension (Triton): the body is a JSON header of `Inference-Header-Content-Length`
+bytes followed by raw little-endian tensors, in input order; an input declares its share with
+`parameters.binary_data_size` instead of `data`. Outputs come back binary when requested per output
+(`parameters.binary_data`) or for all (`parameters.binary_data_output`); BYTES elements are each
+prefixed by a 4-byte little-endian length.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from quantship.server.errors import InvalidInput
+
+HEADER_LENGTH = "Inference-Header-Content-Length"
+JSON_TYPE = "application/json"
+BINARY_TYPE = "application/octet-stream"
+MAX_RANK = 32  # numpy's limit on dimensions
+
+DATATYPES: dict[str, np.dtype[Any]] = {
+    "BOOL": np.dtype(np.bool_),
+    "UINT8": np.dtype(np.uint8),
+    "UINT16": np.dtype(np.uint16),
+    "UINT32": np.dtype(np.uint32),
+    "UINT64": np.dtype(np.uint64),
+    "INT8": np.dtype(np.int8),
+    "INT16": np.dtype(np.int16),
+    "INT32": np.dtype(np.int32),
+    "INT64": np.dtype(np.int64),
+    "FP16": np.dtype(np.float16),
+    "FP32": np.dtype(np.float32),
+    "FP64": np.dtype(np.float64),
+    "BYTES": np.dtype(object),
+}
+_DATATYPE_OF = {dtype: name for name, dtype in DATATYPES.items() if name != "BYTES"}
+# What np.asarray makes of JSON values, by dtype kind, and which datatypes accept it.
+_KIND_NAMES = {"b": "booleans", "i": "integers", "u": "integers", "f": "fractional numbers", "U": "strings"}
+_ACCEPTED_KINDS = {"BOOL": "b", "FP16": "iuf", "FP32": "iuf", "FP64": "iuf"}  # other numbers: "iu"
+
+
+@dataclass(frozen=True)
+class RequestedOutput:
+    name: str
+    binary: bool | None
+    """Send this output as binary data; None follows the request's `binary_data_output`."""
+
+
+@dataclass(frozen=True)
+class InferRequest:
+    id: str | None
+    inputs: dict[str, np.ndarray]
+    outputs: tuple[RequestedOutput, ...]
+    """Outputs asked for, in order; empty asks for every output of the model."""
+    binary_outputs: bool = False
+
+
+@dataclass(frozen=True)
+class InferResponse:
+    model_name: str
+    model_version: str
+    id: str
+    outputs: Mapping[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class Encoded:
+    body: bytes
+    content_type: str
+    header_length: int | None
+    """Set for a binary response: the byte length of its JSON header."""
+
+
+def datatype_of(dtype: np.dtype[Any]) -> str:
+    if dtype.kind in "OUS":
+        return "BYTES"
+    name = _DATATYPE_OF.get(dtype.newbyteorder("="))
+    if name is None:
+        raise ValueError(f"numpy dtype {dtype} has no Open Inference Protocol datatype")
+    return name
+
+
+# -- decoding ----------------------------------------------------------------------------------
+
+
+def decode_request(body: bytes, header_length: str | None = None) -> InferRequest:
+    """Parse a request body (JSON, or JSON header plus binary tensors). Raises InvalidInput."""
+    header, binary = _split(body, header_length)
+    document = _parse_json(header)
+    parameters = _parameters(document, "the request")
+    request_id = document.get("id")
+    if "id" in document and not isinstance(request_id, str):
+        raise InvalidInput(f"id must be a string, got {json.dumps(request_id)}")
+    entries = document.get("inputs")
+    if not isinstance(entries, list) or not entries:
+        raise InvalidInput("the request has no inputs: 'inputs' must be a non-empty list")
+    reader = _BinaryReader(binary, header_length is not None)
+    inputs: dict[str, np.ndarray] = {}
+    for index, entry in enumerate(entries):
+        name, array = _decode_input(entry, index, reader)
+        if name in inputs:
+            raise InvalidInput(f"input '{name}' appears twice")
+        inputs[name] = array
+    reader.finish()
+    binary_outputs = parameters.get("binary_data_output", False)
+    if not isinstance(binary_outputs, bool):
+        raise InvalidInput("parameters.binary_data_output must be true or false")
+    return InferRequest(request_id, inputs, _requested_outputs(document), binary_outputs)
+
+
+def _split(body: bytes, header_length: str | None) -> tuple[bytes, memoryview]:
+    """The JSON header and the binary section; the latter a view, so tensors are never copied here."""
+    if header_length is None:
+        return body, memoryview(b"")
+    if not header_length.strip().isdigit():
+        raise InvalidInput(f"{HEADER_LENGTH} must be a byte count, got {header_length!r}")
+    length = int(header_length)
+    if length > len(body):
+        raise InvalidInput(
+            f"{HEADER_LENGTH} says the JSON header is {length} bytes, but the body has only {len(body)}"
+        )
+    return body[:length], memoryview(body)[length:]
+
+
+def _parse_json(header: bytes) -> dict[str, Any]:
+    if not header.strip():
+        raise InvalidInput("the request body is empty: expected an inference request (JSON)")
+    try:
+        document = json.loads(header)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidInput(f"the request is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise InvalidInput("the request is not valid JSON: nested too deeply") from None
+    if not isinstance(document, dict):
+        raise InvalidInput(f"the request must be a JSON object, got {type(document).__name__}")
+    return document
+
+
+def _parameters(container: dict[str, Any], where: str) -> dict[str, Any]:
+    """The `parameters` object of a request, input or output: absent is empty, null is an error."""
+    if "parameters" not in container:
+        return {}
+    value = container["parameters"]
+    if not isinstance(value, dict):
+        raise InvalidInput(f"parameters of {where} must be a JSON object")
+    return value
+
+
+class _BinaryReader:
+    """Hands out the binary section in input order and checks that the sizes add up."""
+
+    def __init__(self, data: memoryview, header_given: bool) -> None:
+        self.data = data
+        self.offset = 0
+        self.header_given = header_given
+
+    def take(self, name: str, size: int) -> memoryview:
+        remaining = len(self.data) - self.offset
+        if size > remaining:
+            hint = "" if self.header_given else f" (no {HEADER_LENGTH} header: the body is all JSON)"
+            raise InvalidInput(
+                f"input '{name}' declares {size} bytes of binary data, but only {remaining} remain{hint}"
+            )
+        chunk = self.data[self.offset : self.offset + size]
+        self.offset += size
+        return chunk
+
+    def finish(self) -> None:
+        extra = len(self.data) - self.offset
+        if extra:
+            raise InvalidInput(f"the body has {extra} bytes of binary data that no input declares")
+
+
+def _decode_input(entry: Any, index: int, reader: _BinaryReader) -> tuple[str, np.ndarray]:
+    if not isinstance(entry, dict):
+        raise InvalidInput(f"inputs[{index}] must be a JSON object")
+    name = entry.get("name")
+    if not isinstance(name, str) or not name:
+        raise InvalidInput(f"inputs[{index}] has no name")
+    datatype = entry.get("datatype")
+    if datatype not in DATATYPES:
+        raise InvalidInput(
+            f"input '{name}' has datatype {json.dumps(datatype)}; known: {', '.join(DATATYPES)}"
+        )
+    shape = entry.get("shape")
+    if not isinstance(shape, list) or not all(
+        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
+    ):
+        raise InvalidInput(f"input '{name}' has shape {json.dumps(shape)}: expected a list of integers >= 0")
+    if len(shape) > MAX_RANK:
+        raise InvalidInput(f"input '{name}' has {len(shape)} dimensions; at most {MAX_RANK} are possible")
+    size = _parameters(entry, f"input '{name}'").get("binary_data_size")
+    if size is not None:
+        if "data" in entry:
+            raise InvalidInput(f"input '{name}' has both 'data' and parameters.binary_data_size")
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise InvalidInput(f"input '{name}' has binary_data_size {json.dumps(size)}: expected bytes >= 0")
+        return name, _from_binary(name, datatype, shape, reader.take(name, size))
+    if "data" not in entry:
+        raise InvalidInput(f"input '{name}' has no data: give 'data' or parameters.binary_data_size")
+    return name, _from_json(name, datatype, shape, entry["data"])
+
+
+def _from_binary(name: str, datatype: str, shape: list[int], chunk: memoryview) -> np.ndarray:
+    count = math.prod(shape)
+    if datatype == "BYTES":
+        items = _unpack_bytes(name, chunk)
+        if len(items) != count:
+            raise InvalidInput(f"input '{name}' has {len(items)} BYTES elements; shape {shape} needs {count}")
+        return np.array(items, dtype=object).reshape(shape)
+    dtype = DATATYPES[datatype]
+    if len(chunk) != count * dtype.itemsize:
+        raise InvalidInput(
+            f"input '{name}' has {len(chunk)} bytes of binary data; {datatype} {shape} needs "
+            f"{count * dtype.itemsize}"
+        )
+    return np.frombuffer(chunk, dtype=dtype.newbyteorder("<")).reshape(shape)
+
+
+def _unpack_bytes(name: str, chunk: memoryview) -> list[str]:
+    items, offset = [], 0
+    while offset < len(chunk):
+        if offset + 4 > len(chunk):
+            raise InvalidInput(f"input '{name}': BYTES data ends inside an element's 4-byte length")
+        (length,) = struct.unpack_from("<I", chunk, offset)
+        offset += 4
+        if offset + length > len(chunk):
+            raise InvalidInput(f"input '{name}': a BYTES element of {length} bytes runs past the data")
+        items.append(_utf8(name, chunk[offset : offset + length]))
+        offset += length
+    return items
+
+
+def _utf8(name: str, raw: memoryview) -> str:
+    try:
+        return bytes(raw).decode()
+    except UnicodeDecodeError:
+        raise InvalidInput(f"input '{name}': a BYTES element is not UTF-8 text") from None
+
+
+def _from_json(name: str, datatype: str, shape: list[int], data: Any) -> np.ndarray:
+    count = math.prod(shape)
+    if not isinstance(data, list):
+        raise InvalidInput(f"input '{name}': data must be a JSON array, got {type(data).__name__}")
+    if datatype == "BYTES":
+        flat = _flatten(data)
+        if not all(isinstance(item, str) for item in flat):
+            raise InvalidInput(f"input '{name}' is BYTES: every element must be a string")
+        if len(flat) != count:
+            raise InvalidInput(f"input '{name}' has {len(flat)} values; shape {shape} needs {count}")
+        return np.array(flat, dtype=object).reshape(shape)
+    try:
+        array = np.asarray(data)
+    except (ValueError, OverflowError) as exc:
+        raise InvalidInput(f"input '{name}': data is not a regular array of numbers ({exc})") from None
+    if array.size != count:
+        raise InvalidInput(f"input '{name}' has {array.size} values; shape {shape} needs {count}")
+    if array.size:
+        accepted = _ACCEPTED_KINDS.get(datatype, "iu")
+        if array.dtype.kind not in accepted:
+            found = _KIND_NAMES.get(array.dtype.kind, "values of mixed or unknown types")
+            raise InvalidInput(f"input '{name}' is {datatype}, but its data holds {found}")
+        dtype = DATATYPES[datatype]
+        if dtype.kind in "iu":
+            info = np.iinfo(dtype)
+            if array.min() < info.min or array.max() > info.max:
+                raise InvalidInput(f"input '{name}' holds values outside the {datatype} range")
+        return array.astype(dtype, copy=False).reshape(shape)
+    return np.zeros(shape, dtype=DATATYPES[datatype])
+
+
+def _flatten(data: list[Any]) -> list[Any]:
+    flat: list[Any] = []
+    stack = [iter(data)]
+    while stack:
+        for item in stack[-1]:
+            if isinstance(item, list):
+                stack.append(iter(item))
+                break
+            flat.append(item)
+        else:
+            stack.pop()
+    return flat
+
+
+def _requested_outputs(document: dict[str, Any]) -> tuple[RequestedOutput, ...]:
+    if "outputs" not in document:
+        return ()
+    value = document["outputs"]
+    if not isinstance(value, list):
+        raise InvalidInput("'outputs' must be a list of {\"name\": ...} objects")
+    outputs, seen = [], set()
+    for index, entry in enumerate(value):
+        if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
+            raise InvalidInput(f"outputs[{index}] must be an object with a name")
+        name = entry["name"]
+        if name in seen:
+            raise InvalidInput(f"output '{name}' is requested twice")
+        seen.add(name)
+        parameters = _parameters(entry, f"output '{name}'")
+        if parameters.get("classification"):
+            raise InvalidInput(f"output '{name}': the classification extension is not supported")
+        binary = parameters.get("binary_data")
+        if binary is not None and not isinstance(binary, bool):
+            raise InvalidInput(f"output '{name}': parameters.binary_data must be true or false")
+        outputs.append(RequestedOutput(name, binary))
+    return tuple(outputs)
+
+
+# -- encoding ----------------------------------------------------------------------------------
+
+
+def encode_response(response: InferResponse, request: InferRequest) -> Encoded:
+    requested = request.outputs or tuple(RequestedOutput(name, None) for name in response.outputs)
+    entries, chunks = [], []
+    for wanted in requested:
+        array = response.outputs[wanted.name]
+        datatype = datatype_of(array.dtype)
+        entry: dict[str, Any] = {"name": wanted.name, "datatype": datatype, "shape": list(array.shape)}
+        if wanted.binary if wanted.binary is not None else request.binary_outputs:
+            raw = _to_bytes(array, datatype)
+            entry["parameters"] = {"binary_data_size": len(raw)}
+            chunks.append(raw)
+        else:
+            entry["data"] = _to_json(array, datatype)
+        entries.append(entry)
+    document = {
+        "model_name": response.model_name,
+        "model_version": response.model_version,
+        "id": response.id,
+        "outputs": entries,
+    }
+    header = json.dumps(document, separators=(",", ":")).encode()
+    if chunks:
+        return Encoded(header + b"".join(chunks), BINARY_TYPE, len(header))
+    return Encoded(header, JSON_TYPE, None)
+
+
+def _to_bytes(array: np.ndarray, datatype: str) -> bytes:
+    if datatype != "BYTES":
+        return np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
+    parts = []
+    for item in array.ravel():
+        raw = item if isinstance(item, bytes) else str(item).encode()
+        parts.append(struct.pack("<I", len(raw)) + raw)
+    return b"".join(parts)
+
+
+def _to_json(array: np.ndarray, datatype: str) -> list[Any]:
+    if datatype == "BYTES":
+        return [
+            item.decode(errors="replace") if isinstance(item, bytes) else str(item) for item in array.ravel()
+        ]
+    return list(array.ravel().tolist())

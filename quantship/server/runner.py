@@ -1,0 +1,230 @@
+"""The model as onnxruntime runs it: its signature, input validation against it, and the call.
+
+The service builds one Runner per session (served INT8 model, FP32 reference, clip observer) from
+`quantship.runtime.create_session`, so the server runs the kernels the accuracy gate judged. The
+batcher and the background workers merge requests with `concat` and `split`. Knows nothing of HTTP.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from quantship import runtime
+from quantship.server.errors import InferenceFailed, InvalidInput
+from quantship.server.protocol import DATATYPES, datatype_of
+
+Tensors = Mapping[str, np.ndarray]
+
+_ORT_DATATYPES = {
+    "tensor(bool)": "BOOL",
+    "tensor(uint8)": "UINT8",
+    "tensor(uint16)": "UINT16",
+    "tensor(uint32)": "UINT32",
+    "tensor(uint64)": "UINT64",
+    "tensor(int8)": "INT8",
+    "tensor(int16)": "INT16",
+    "tensor(int32)": "INT32",
+    "tensor(int64)": "INT64",
+    "tensor(float16)": "FP16",
+    "tensor(float)": "FP32",
+    "tensor(double)": "FP64",
+    "tensor(string)": "BYTES",
+}
+
+
+class UnsupportedModel(Exception):
+    """A model this server cannot serve (an input or output that is not a plain tensor)."""
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    datatype: str
+    shape: tuple[int | None, ...]
+    """Dimensions; None where the model leaves one open (a symbolic or unknown dimension)."""
+
+    @property
+    def dtype(self) -> np.dtype[Any]:
+        return DATATYPES[self.datatype]
+
+    @property
+    def wire_shape(self) -> list[int]:
+        """The shape as the protocol writes it: -1 for an open dimension."""
+        return [-1 if dim is None else dim for dim in self.shape]
+
+    def describe(self) -> str:
+        return f"{self.name} ({self.datatype} {self.wire_shape})"
+
+    @classmethod
+    def from_ort(cls, node: ort.NodeArg) -> TensorSpec:
+        datatype = _ORT_DATATYPES.get(node.type)
+        if datatype is None:
+            raise UnsupportedModel(f"'{node.name}' is {node.type}; only plain tensors can be served")
+        shape = tuple(dim if isinstance(dim, int) and dim >= 0 else None for dim in node.shape or ())
+        return cls(node.name, datatype, shape)
+
+
+@dataclass(frozen=True)
+class Signature:
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+
+    @classmethod
+    def from_session(cls, session: ort.InferenceSession) -> Signature:
+        return cls(
+            tuple(TensorSpec.from_ort(node) for node in session.get_inputs()),
+            tuple(TensorSpec.from_ort(node) for node in session.get_outputs()),
+        )
+
+    @property
+    def batchable(self) -> bool:
+        """True when every input's first dimension is open: a batch dimension requests can share."""
+        return bool(self.inputs) and all(spec.shape and spec.shape[0] is None for spec in self.inputs)
+
+    def output(self, name: str) -> TensorSpec:
+        for spec in self.outputs:
+            if spec.name == name:
+                return spec
+        raise KeyError(name)
+
+    def validate(self, inputs: Tensors) -> int:
+        """Check names, dtypes and shapes against the model; return the request's row count."""
+        expected = {spec.name for spec in self.inputs}
+        takes = ", ".join(spec.describe() for spec in self.inputs)
+        for name in inputs:
+            if name not in expected:
+                raise InvalidInput(f"unknown input '{name}'; the model takes {takes}")
+        rows: int | None = None
+        for spec in self.inputs:
+            array = inputs.get(spec.name)
+            if array is None:
+                raise InvalidInput(f"missing input '{spec.name}'; the model takes {takes}")
+            _check_tensor(spec, array)
+            if not self.batchable:
+                continue
+            if array.shape[0] == 0:
+                raise InvalidInput(f"input '{spec.name}' has no rows (shape {list(array.shape)})")
+            if rows is not None and array.shape[0] != rows:
+                raise InvalidInput(
+                    f"inputs disagree on the batch size: '{spec.name}' has {array.shape[0]} rows, "
+                    f"others {rows}"
+                )
+            rows = array.shape[0]
+        return rows if rows is not None else 1
+
+    def check_outputs(self, names: Sequence[str]) -> None:
+        known = [spec.name for spec in self.outputs]
+        for name in names:
+            if name not in known:
+                raise InvalidInput(f"unknown output '{name}'; the model gives {', '.join(known)}")
+
+
+def _check_tensor(spec: TensorSpec, array: np.ndarray) -> None:
+    if array.dtype != spec.dtype and not (spec.datatype == "BYTES" and array.dtype.kind in "OUS"):
+        raise InvalidInput(
+            f"input '{spec.name}' is {datatype_of(array.dtype)}; the model expects {spec.datatype}"
+        )
+    if len(array.shape) != len(spec.shape):
+        raise InvalidInput(
+            f"input '{spec.name}' has shape {list(array.shape)} ({len(array.shape)} dimensions); "
+            f"the model expects {spec.wire_shape} ({len(spec.shape)} dimensions)"
+        )
+    for axis, (got, want) in enumerate(zip(array.shape, spec.shape, strict=True)):
+        if want is not None and got != want:
+            raise InvalidInput(
+                f"input '{spec.name}' has shape {list(array.shape)}; dimension {axis} must be {want} "
+                f"(the model expects {spec.wire_shape})"
+            )
+
+
+class Runner:
+    """One onnxruntime session. `run` is blocking: call it from a worker thread, never the event loop."""
+
+    def __init__(self, session: ort.InferenceSession) -> None:
+        self.session = session
+        self.signature = Signature.from_session(session)
+        self._output_names = [spec.name for spec in self.signature.outputs]
+
+    @classmethod
+    def load(cls, model: Path | bytes, *, threads: int | None = None) -> Runner:
+        return cls(runtime.create_session(model, threads=threads))
+
+    def run(self, inputs: Tensors) -> dict[str, np.ndarray]:
+        try:
+            values = self.session.run(self._output_names, dict(inputs))
+        except Exception as exc:  # onnxruntime raises its own pybind types, none with a common base
+            raise InferenceFailed(f"onnxruntime failed: {exc}") from exc
+        return dict(zip(self._output_names, values, strict=True))
+
+    def run_many(self, requests: Sequence[Tensors], rows: Sequence[int]) -> list[dict[str, np.ndarray]]:
+        """Run several requests, in one call where they can share a batch, and split the results."""
+        if len(requests) == 1:
+            return [self.run(requests[0])]
+        results: list[dict[str, np.ndarray] | None] = [None] * len(requests)
+        groups: dict[tuple[Any, ...], list[int]] = collections.defaultdict(list)
+        for index, request in enumerate(requests):
+            key = batch_key(request) if self.signature.batchable else ("alone", index)
+            groups[key].append(index)
+        for indices in groups.values():
+            merged = self.run(concat([requests[i] for i in indices]))
+            parts = split(merged, [rows[i] for i in indices])
+            if parts is None:  # outputs without a batch dimension: run each on its own
+                parts = [self.run(requests[i]) for i in indices]
+            for index, part in zip(indices, parts, strict=True):
+                results[index] = part
+        return [result for result in results if result is not None]
+
+
+def batch_key(inputs: Tensors) -> tuple[Any, ...]:
+    """Requests with equal keys can be concatenated along the first dimension."""
+    return tuple((name, array.dtype.str, array.shape[1:]) for name, array in sorted(inputs.items()))
+
+
+def concat(requests: Sequence[Tensors]) -> dict[str, np.ndarray]:
+    if len(requests) == 1:
+        return dict(requests[0])
+    return {name: np.concatenate([request[name] for request in requests]) for name in requests[0]}
+
+
+def split(outputs: Tensors, rows: Sequence[int]) -> list[dict[str, np.ndarray]] | None:
+    """Cut batch outputs back into per-request outputs; None when an output has no matching batch dim."""
+    total = sum(rows)
+    if len(rows) == 1:
+        return [dict(outputs)]
+    if any(value.ndim == 0 or value.shape[0] != total for value in outputs.values()):
+        return None
+    bounds = np.cumsum(rows)[:-1]
+    pieces = {name: np.split(value, bounds) for name, value in outputs.items()}
+    return [{name: pieces[name][i] for name in outputs} for i in range(len(rows))]
+
+
+def fallback_ops(model_path: Path, *, providers: list[str] | None = None) -> dict[str, int]:
+    """Ops meant to run quantized that fall back to float, by op type, with 0 for the types that fused.
+
+    The counts come from `quantship.runtime.fallback_ops` (the optimized graph). The zeros matter:
+    every op type meant to run quantized gets a series, so "no fallback" reads as 0, not as no data.
+    """
+    graph = onnx.load(str(model_path), load_external_data=False).graph
+    counts = runtime.fallback_ops(model_path, providers=providers)
+    return {**dict.fromkeys(sorted(_meant_quantized(graph)), 0), **counts}
+
+
+def _meant_quantized(graph: onnx.GraphProto) -> set[str]:
+    """Op types the graph as written runs between DequantizeLinear and QuantizeLinear (QDQ groups)."""
+    producer = {out: node.op_type for node in graph.node for out in node.output}
+    feeds_quantize = {name for node in graph.node if node.op_type == runtime.QUANTIZE for name in node.input}
+    return {
+        node.op_type
+        for node in graph.node
+        if node.op_type not in (runtime.QUANTIZE, runtime.DEQUANTIZE)
+        and any(producer.get(name) == runtime.DEQUANTIZE for name in node.input)
+        and any(name in feeds_quantize for name in node.output)
+    }

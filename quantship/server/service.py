@@ -1,0 +1,388 @@
+"""The model service: the transport-neutral core that the routes call with decoded requests.
+
+It loads and verifies the artifact in a thread while the server already answers health checks
+(so a slow or refused load never stops /v2/health/live and /metrics), owns the sessions, the
+batcher and the two SLI lanes, answers inference and feedback, and drains on shutdown. A refused
+artifact leaves it up and unready, with the reason logged and counted. It never sees HTTP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import itertools
+import logging
+import random
+import secrets
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime
+
+from quantship.artifact import ActivationRange, Artifact, ArtifactError, load_artifact, load_public_key
+from quantship.server import runner as runner_module
+from quantship.server.background import Lane
+from quantship.server.batcher import Batcher
+from quantship.server.clipping import ClipCounter, ClipSample, observer_model
+from quantship.server.errors import InvalidInput, ModelNotFound, NotReady
+from quantship.server.feedback import FeedbackStore
+from quantship.server.metrics import ServerMetrics
+from quantship.server.protocol import InferRequest, InferResponse
+from quantship.server.runner import Runner, Signature, Tensors, UnsupportedModel
+from quantship.server.settings import ServerSettings
+from quantship.server.shadow import Comparator, ShadowEvaluator, ShadowSample
+
+log = logging.getLogger("quantship.server")
+PLATFORM = "onnxruntime_onnx"  # what Triton reports for ONNX models
+
+
+class Phase(enum.StrEnum):
+    LOADING = "loading"
+    READY = "ready"
+    REFUSED = "refused"
+    STOPPING = "stopping"
+
+
+class LoadRefused(Exception):
+    """The artifact verified, but what it asks for cannot be served. `reason` labels the failure metric."""
+
+    def __init__(self, message: str, *, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Opened:
+    """What the loading thread builds: verified artifact, sessions, and the load-time analysis."""
+
+    artifact: Artifact
+    runner: Runner
+    comparator: Comparator
+    reference: Runner | None
+    observer: Runner | None
+    ranges: list[ActivationRange]
+    fallback: dict[str, int]
+
+
+@dataclass
+class Model:
+    """A loaded model with its running parts."""
+
+    opened: Opened
+    batcher: Batcher
+    feedback: FeedbackStore | None
+    shadow: Lane[ShadowSample] | None
+    clip: Lane[ClipSample] | None
+
+    @property
+    def runner(self) -> Runner:
+        return self.opened.runner
+
+    @property
+    def comparator(self) -> Comparator:
+        return self.opened.comparator
+
+    async def idle(self) -> None:
+        """Until the sampled background work offered so far is done (for tests and benchmarks)."""
+        for lane in (self.shadow, self.clip):
+            if lane is not None:
+                await lane.idle()
+
+
+@dataclass(frozen=True)
+class FeedbackResult:
+    id: str
+    rows: int
+    quantized_correct: int
+    reference_correct: int | None
+
+
+class ModelService:
+    def __init__(
+        self, settings: ServerSettings, metrics: ServerMetrics, *, rng: random.Random | None = None
+    ) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.phase = Phase.LOADING
+        self.problem = f"model {settings.model_name!r} is still loading"
+        self.model: Model | None = None
+        self._rng = rng if rng is not None else random.Random()
+        self._infer_executor = ThreadPoolExecutor(1, thread_name_prefix="quantship-infer")
+        self._background_executor = ThreadPoolExecutor(1, thread_name_prefix="quantship-background")
+        self._scratch: tempfile.TemporaryDirectory[str] | None = None
+        self._loading: asyncio.Task[None] | None = None
+        # Request ids for requests that bring none: a random prefix per process, then a counter
+        # (uuid4 costs a getrandom syscall per request).
+        self._id_prefix = secrets.token_hex(6)
+        self._ids = itertools.count(1)
+        self.loop: asyncio.AbstractEventLoop | None = None
+        """The event loop the service runs on, once started (tests reach into it from other threads)."""
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        self._loading = asyncio.create_task(self.load(), name="model loader")
+
+    async def load(self) -> None:
+        started = time.perf_counter()
+        try:
+            opened = await asyncio.to_thread(self._open)
+        except (ArtifactError, LoadRefused) as exc:
+            self._refuse(exc.reason, str(exc))
+            return
+        except Exception as exc:  # onnxruntime refusing the model: its own exception types
+            self._refuse("model", f"onnxruntime cannot load {self.settings.artifact}: {exc}")
+            return
+        if self.phase is Phase.STOPPING:
+            return
+        self.model = self._assemble(opened)
+        seconds = time.perf_counter() - started
+        self.metrics.model_loaded(_model_info(opened.artifact), seconds, opened.fallback)
+        self.phase = Phase.READY
+        quantization = opened.artifact.quantization
+        log.info(
+            "serving %s revision %s (%s track) from %s in %.2f s: %s, batching %s, shadow %s, clip %s",
+            self.settings.model_name,
+            self.settings.revision,
+            self.settings.track,
+            opened.artifact.root,
+            seconds,
+            quantization.get("precision", "fp32"),
+            f"up to {self.settings.batching.max_batch_size} rows"
+            if opened.runner.signature.batchable
+            else "off",
+            f"{self.settings.quality.shadow_rate:.0%}" if self.model.shadow else "off (no reference)",
+            f"{self.settings.quality.clip_sample_rate:.0%} of {len(opened.ranges)} tensors"
+            if self.model.clip
+            else "off",
+        )
+        if opened.fallback and any(opened.fallback.values()):
+            log.warning("ops running in float instead of int8: %s", opened.fallback)
+        if opened.artifact.manifest.get("validation", {}).get("gate") == "failed":
+            log.warning("this artifact did not pass its accuracy gate; serving it as asked")
+
+    def _refuse(self, reason: str, message: str) -> None:
+        self.phase = Phase.REFUSED
+        self.problem = f"model {self.settings.model_name!r} is not served: {message}"
+        self.metrics.load_failed(reason)
+        log.error(
+            "refused artifact %s (reason: %s): %s. Staying up but not ready: /v2/health/ready answers 503",
+            self.settings.artifact,
+            reason,
+            message,
+        )
+
+    def _open(self) -> Opened:
+        """Blocking: verify, load the sessions, analyse. Runs in a thread."""
+        settings, quality = self.settings, self.settings.quality
+        key = load_public_key(settings.public_key) if settings.public_key else None
+        extract_to = None
+        if settings.artifact.is_file():
+            self._scratch = tempfile.TemporaryDirectory(prefix="quantship-serve-")
+            extract_to = Path(self._scratch.name)
+        loaded = load_artifact(settings.artifact, public_key=key, extract_to=extract_to)
+        try:
+            runner = Runner.load(loaded.model_path, threads=settings.threads)
+        except UnsupportedModel as exc:
+            raise LoadRefused(f"{loaded.model_path}: {exc}", reason="model") from exc
+        compared = loaded.quantization.get("output") or runner.signature.outputs[0].name
+        try:
+            comparator = Comparator.for_output(
+                runner.signature.output(compared), quality.disagreement_tolerance
+            )
+        except KeyError:
+            raise LoadRefused(
+                f"the manifest names output {compared!r}, the model has none", reason="format"
+            ) from None
+        reference = self._open_reference(
+            settings.reference or loaded.reference_path, runner.signature, compared
+        )
+        observer, ranges = None, loaded.activation_ranges
+        if ranges and quality.clip_sample_rate > 0:
+            model_bytes, ranges = observer_model(loaded.model_path, ranges)
+            observer = Runner.load(model_bytes, threads=1) if ranges else None
+        fallback = runner_module.fallback_ops(loaded.model_path)
+        return Opened(loaded, runner, comparator, reference, observer, ranges, fallback)
+
+    def _open_reference(self, path: Path | None, served: Signature, compared: str) -> Runner | None:
+        if path is None:
+            return None
+        if not path.is_file():
+            raise LoadRefused(f"reference model {path} does not exist", reason="reference")
+        try:
+            reference = Runner.load(path, threads=1)
+        except Exception as exc:
+            raise LoadRefused(f"onnxruntime cannot load reference {path}: {exc}", reason="reference") from exc
+        takes = {(spec.name, spec.datatype) for spec in reference.signature.inputs}
+        if takes != {(spec.name, spec.datatype) for spec in served.inputs}:
+            raise LoadRefused(
+                f"reference {path} takes {sorted(takes)}, the served model "
+                f"{sorted((s.name, s.datatype) for s in served.inputs)}",
+                reason="reference",
+            )
+        if compared not in {spec.name for spec in reference.signature.outputs}:
+            raise LoadRefused(f"reference {path} has no output {compared!r} to compare", reason="reference")
+        return reference
+
+    def _assemble(self, opened: Opened) -> Model:
+        settings, quality = self.settings, self.settings.quality
+        batcher = Batcher(
+            opened.runner, settings.batching, executor=self._infer_executor, observer=self.metrics
+        )
+        batcher.start()
+        feedback = (
+            FeedbackStore(quality.feedback_capacity, quality.feedback_max_bytes)
+            if opened.comparator.classifier
+            else None
+        )
+        shadow = None
+        if opened.reference is not None and quality.shadow_rate > 0:
+            evaluator = ShadowEvaluator(opened.reference, opened.comparator, self.metrics, feedback)
+            shadow = self._lane("shadow", evaluator.process)
+        clip = None
+        if opened.observer is not None:
+            counter = ClipCounter(opened.observer, opened.ranges, self.metrics)
+            clip = self._lane("clip", counter.process)
+        return Model(opened, batcher, feedback, shadow, clip)
+
+    def _lane(self, kind: str, process: Any) -> Lane[Any]:
+        lane: Lane[Any] = Lane(
+            kind,
+            process,
+            executor=self._background_executor,
+            capacity=self.settings.quality.background_queue_size,
+            on_drop=lambda: self.metrics.sample_dropped(kind),
+        )
+        lane.start()
+        return lane
+
+    async def close(self) -> None:
+        """Refuse new work, finish queued requests and sampled work, release threads and files."""
+        self.phase = Phase.STOPPING
+        self.problem = "the server is shutting down"
+        timeout = self.settings.drain_timeout_s
+        if self._loading is not None and not self._loading.done():
+            await asyncio.wait({self._loading}, timeout=timeout)
+        if self.model is not None:
+            await self.model.batcher.close()
+            for lane in (self.model.shadow, self.model.clip):
+                if lane is not None:
+                    await lane.close(timeout)
+        self._infer_executor.shutdown(wait=False)
+        self._background_executor.shutdown(wait=False)
+        if self._scratch is not None:
+            self._scratch.cleanup()
+        log.info("drained: every accepted request answered, background work finished")
+
+    # -- answering ------------------------------------------------------------------------------
+
+    def check_model(self, name: str, version: str | None = None) -> None:
+        if name != self.settings.model_name:
+            raise ModelNotFound(f"unknown model {name!r}; this server serves {self.settings.model_name!r}")
+        if version is not None and version != self.settings.revision:
+            raise ModelNotFound(
+                f"model {name!r} has no version {version!r}; this server serves revision "
+                f"{self.settings.revision!r}"
+            )
+
+    def ready_model(self) -> Model:
+        if self.phase is Phase.READY and self.model is not None:
+            return self.model
+        raise NotReady(self.problem)
+
+    async def infer(self, request: InferRequest) -> InferResponse:
+        model = self.ready_model()
+        signature = model.runner.signature
+        rows = signature.validate(request.inputs)
+        signature.check_outputs([output.name for output in request.outputs])
+        request_id = request.id or f"{self._id_prefix}-{next(self._ids)}"
+        outputs = await model.batcher.submit(request.inputs, rows)
+        self._sample(model, request_id, request.inputs, rows, outputs[model.comparator.output])
+        return InferResponse(self.settings.model_name, self.settings.revision, request_id, outputs)
+
+    def _sample(self, model: Model, request_id: str, inputs: Tensors, rows: int, served: np.ndarray) -> None:
+        """Hand the answer to feedback and, for a sampled share, to the SLI lanes. Never blocks."""
+        quality = self.settings.quality
+        if model.feedback is not None:
+            top1 = model.comparator.top1(served)
+            if top1 is not None:
+                kept = inputs if model.opened.reference is not None else None
+                model.feedback.remember(request_id, len(top1), top1, kept)
+        if model.shadow is not None and self._rng.random() < quality.shadow_rate:
+            model.shadow.offer(ShadowSample(request_id, inputs, rows, served))
+        if model.clip is not None and self._rng.random() < quality.clip_sample_rate:
+            model.clip.offer(ClipSample(inputs, rows))
+
+    async def feedback(self, request_id: str, labels: Any) -> FeedbackResult:
+        model = self.ready_model()
+        if model.feedback is None:
+            raise InvalidInput(
+                f"feedback needs a classifier; output {model.comparator.output!r} gives no class ids"
+            )
+        answer = model.feedback.get(request_id)
+        expected = _labels(labels, answer.rows, request_id)
+        reference = answer.reference
+        if reference is None and model.opened.reference is not None and answer.inputs is not None:
+            outputs = await asyncio.get_running_loop().run_in_executor(
+                self._background_executor, model.opened.reference.run, answer.inputs
+            )
+            reference = model.comparator.top1(outputs[model.comparator.output])
+        answer = model.feedback.mark_labelled(request_id)
+        served_correct = int(np.count_nonzero(answer.served == expected))
+        self.metrics.fed_back("quantized", served_correct, answer.rows - served_correct)
+        reference_correct = None
+        if reference is not None:
+            reference_correct = int(np.count_nonzero(reference == expected))
+            self.metrics.fed_back("reference", reference_correct, answer.rows - reference_correct)
+        return FeedbackResult(request_id, answer.rows, served_correct, reference_correct)
+
+    # -- describing -----------------------------------------------------------------------------
+
+    def server_metadata(self) -> dict[str, Any]:
+        from quantship import __version__
+
+        return {"name": "quantship", "version": __version__, "extensions": ["binary_tensor_data"]}
+
+    def model_metadata(self) -> dict[str, Any]:
+        signature = self.ready_model().runner.signature
+        return {
+            "name": self.settings.model_name,
+            "versions": [self.settings.revision],
+            "platform": PLATFORM,
+            "inputs": [_describe(spec) for spec in signature.inputs],
+            "outputs": [_describe(spec) for spec in signature.outputs],
+        }
+
+
+def _describe(spec: runner_module.TensorSpec) -> dict[str, Any]:
+    return {"name": spec.name, "datatype": spec.datatype, "shape": spec.wire_shape}
+
+
+def _labels(value: Any, rows: int, request_id: str) -> np.ndarray:
+    labels = value if isinstance(value, list) else [value]
+    if not all(isinstance(label, int) and not isinstance(label, bool) for label in labels):
+        raise InvalidInput("label must be a class id (an integer), or a list of them for a batched request")
+    if len(labels) != rows:
+        raise InvalidInput(f"request {request_id!r} had {rows} rows: give {rows} labels, not {len(labels)}")
+    try:
+        return np.asarray(labels, dtype=np.int64)
+    except OverflowError:
+        raise InvalidInput("labels must be class ids that fit in 64 bits") from None
+
+
+def _model_info(loaded: Artifact) -> dict[str, str]:
+    quantization = loaded.quantization
+    calibration = loaded.manifest.get("calibration") or {}
+    return {
+        "precision": str(quantization.get("precision", "fp32")),
+        "quant_mode": str(quantization.get("mode", "none")),
+        "calibration_method": str(calibration.get("method", "none")),
+        "calibration_sha256": str(calibration.get("sha256", "")),
+        "runtime_version": onnxruntime.__version__,
+    }

@@ -1,0 +1,111 @@
+"""Everything `quantship serve` can be told, as dataclasses: the CLI builds them, `create_app` reads them.
+
+Each attribute's docstring gives its unit and why the default is what it is.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from pathlib import Path
+
+MiB = 1 << 20
+
+
+class Track(enum.StrEnum):
+    """Which side of a rollout this server is: a label on every metric, so SLIs compare the two."""
+
+    STABLE = "stable"
+    CANARY = "canary"
+
+
+@dataclass(frozen=True)
+class BatchSettings:
+    max_batch_size: int = 32
+    """Most rows merged into one onnxruntime call. 32 amortizes the per-call cost of small models
+    (a 32-row call of the digits MLP costs 3.5x a 1-row call, not 32x) while keeping one batch's
+    latency within a millisecond on a CPU. A single request with more rows runs alone, unsplit."""
+    max_queue_delay_ms: float = 0.0
+    """How long a request may wait for others to join its batch, in milliseconds. 0, as in Triton:
+    batch only what is already waiting. Under load requests pile up while the previous batch runs,
+    so batches form anyway; a delay only adds latency when the server is idle."""
+    max_queue_size: int = 128
+    """Requests waiting for the model, at most; one more is answered 429 at once. Bounds memory (each
+    waiting request holds its decoded tensors) and the queueing delay a client can be made to suffer."""
+
+    def __post_init__(self) -> None:
+        if self.max_batch_size < 1 or self.max_queue_size < 1 or self.max_queue_delay_ms < 0:
+            raise ValueError("max batch size and queue size must be >= 1, queue delay >= 0")
+
+
+@dataclass(frozen=True)
+class QualitySettings:
+    """The quantization SLIs: how much traffic they sample and how much memory they may hold."""
+
+    shadow_rate: float = 0.05
+    """Share of requests (0..1) also run through the FP32 reference, in the background. 5% gives a
+    few hundred comparisons a minute at modest traffic, enough for a 0.5% budget, at ~5% extra CPU."""
+    clip_sample_rate: float = 0.05
+    """Share of requests (0..1) whose activations are checked against the calibrated ranges. The
+    observing session cannot use fused int8 kernels, so it costs more than a served request."""
+    per_tensor_metrics: bool = False
+    """Also export clip counts per activation tensor (`quantship_tensor_activations_*`): one series
+    per quantized tensor, hundreds for a real network, so only for the debug dashboard."""
+    disagreement_tolerance: float = 0.01
+    """Relative error (L2, per row) above which a non-classifier output disagrees with the reference.
+    1%: well above int8 rounding noise of a healthy model, well below a broken range."""
+    background_queue_size: int = 64
+    """Sampled requests waiting for the background worker, per SLI, at most; beyond that, samples are
+    dropped (and counted) so that sampling never holds much memory or slows the response path. 64:
+    a worker that far behind is saturated anyway, and 64 sampled requests of 16 MiB bodies stay
+    within a pod's memory limit."""
+    feedback_capacity: int = 10_000
+    """Recent requests kept for label feedback, at most. Labels usually arrive seconds to minutes
+    after the answer; 10k covers a minute at 150 requests/s."""
+    feedback_max_bytes: int = 64 * MiB
+    """Bytes of request inputs kept for feedback, at most (the reference's answer is computed at
+    feedback time from them, unless the request was shadow-sampled). Oldest entries go first."""
+
+    def __post_init__(self) -> None:
+        for name in ("shadow_rate", "clip_sample_rate"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be within 0..1, got {getattr(self, name)}")
+        if self.disagreement_tolerance < 0:
+            raise ValueError("disagreement tolerance must be >= 0")
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    artifact: Path
+    """The artifact directory or .tar.gz to serve (model.onnx, optional reference.onnx, manifest)."""
+    model_name: str
+    """The name clients address (`/v2/models/{model_name}`) and the `model` label of every metric."""
+    revision: str
+    """This artifact's revision: the model's only version in the protocol and the `revision` label."""
+    track: Track = Track.STABLE
+    """`stable` or `canary`: the `track` label, so burn rates can tell the two apart."""
+    host: str = "127.0.0.1"
+    """Address to listen on. Loopback by default: exposing a server is a decision, not an accident."""
+    port: int = 8000
+    """TCP port; 8000 is KServe's default HTTP port, so probes and Services need no change."""
+    reference: Path | None = None
+    """The FP32 model for shadow evaluation; None takes the artifact's reference.onnx when present."""
+    public_key: Path | None = None
+    """ed25519 public key (PEM): when given, an artifact without a valid signature is refused."""
+    threads: int | None = None
+    """onnxruntime intra-op threads of the serving session; None lets onnxruntime choose (one per
+    physical core). Background sessions (reference, clip observer) always use one thread, so the
+    SLIs never take more than one core away from serving."""
+    max_body_bytes: int = 16 * MiB
+    """Largest request body accepted, in bytes; larger ones get 413 before being read. 16 MiB holds
+    a batch of 64 float32 224x224 images, far beyond the digits model's 256 bytes a row."""
+    drain_timeout_s: float = 30.0
+    """Seconds a shutdown waits for in-flight requests and sampled background work, then exits
+    anyway. Below Kubernetes' default 30 s grace period plus the pod's preStop, in practice."""
+    batching: BatchSettings = field(default_factory=BatchSettings)
+    quality: QualitySettings = field(default_factory=QualitySettings)
+
+    @property
+    def labels(self) -> dict[str, str]:
+        """The `model`, `revision` and `track` labels every metric of this server carries."""
+        return {"model": self.model_name, "revision": self.revision, "track": self.track.value}

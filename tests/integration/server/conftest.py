@@ -1,0 +1,34 @@
+"""Fixtures of the server's integration tests: a shared in-process server and real traffic."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+from server_harness import LocalServer, settings_for
+
+from quantship import artifact, zoo
+from quantship.server import QualitySettings
+
+
+@pytest.fixture(scope="session")
+def local_server(good_artifact: artifact.Artifact) -> Iterator[LocalServer]:
+    """One in-process server of the good artifact, every request shadowed and clip-checked, 1 MiB bodies."""
+    server = LocalServer(
+        settings_for(
+            good_artifact,
+            "good",
+            max_body_bytes=1 << 20,
+            quality=QualitySettings(shadow_rate=1.0, clip_sample_rate=1.0),
+        )
+    ).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def traffic(sample: zoo.SampleModel) -> tuple[np.ndarray, np.ndarray]:
+    """Production-like requests with their true labels (the zoo's held-out requests.npz)."""
+    data = np.load(sample.requests)
+    return data[zoo.INPUT_NAME], data[zoo.LABELS_KEY]

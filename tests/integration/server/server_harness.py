@@ -1,0 +1,95 @@
+"""Real model servers on loopback ports for the server's integration tests: `create_app` under uvicorn in a
+thread of the test process (to read its registry and state). Tests where the process itself is
+under test use quantship.local.processes.ServerProcess instead."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import httpx
+import uvicorn
+from prometheus_client import CollectorRegistry
+
+from quantship import artifact
+from quantship.local.prometheus import free_port
+from quantship.server import ServerSettings, Track, create_app
+from quantship.server.service import ModelService
+
+MODEL = "digits"
+
+
+def wait_until(condition: Callable[[], Any], *, timeout: float = 30.0, what: str = "condition") -> Any:
+    """Poll `condition` until it returns something truthy; generous deadlines for a loaded 2-core box."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = condition()
+        if result:
+            return result
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+class LocalServer:
+    """`create_app(settings)` served by a real uvicorn on 127.0.0.1, in a thread of this process."""
+
+    def __init__(self, settings: ServerSettings) -> None:
+        self.settings = settings
+        self.registry = CollectorRegistry()
+        self.app = create_app(settings, registry=self.registry)
+        config = uvicorn.Config(
+            self.app, host="127.0.0.1", port=settings.port, log_level="warning", loop="asyncio", lifespan="on"
+        )
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, name=f"uvicorn:{settings.port}", daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.settings.port}"
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.settings.port}"
+
+    @property
+    def service(self) -> ModelService:
+        service = self.app.state.service
+        assert isinstance(service, ModelService)
+        return service
+
+    def metric(self, name: str, **labels: str) -> float:
+        value = self.registry.get_sample_value(name, {**self.settings.labels, **labels})
+        return 0.0 if value is None else value
+
+    def start(self, *, ready: bool = True) -> LocalServer:
+        self.thread.start()
+        wait_until(lambda: self.server.started, what="uvicorn to start")
+        if ready:
+            wait_until(
+                lambda: httpx.get(f"{self.url}/v2/health/ready").status_code == 200, what="model to load"
+            )
+        return self
+
+    def idle(self) -> None:
+        """Until the sampled background work so far is done (shadow and clip lanes)."""
+        model = self.service.ready_model()
+        loop = self.service.loop
+        assert loop is not None
+        asyncio.run_coroutine_threadsafe(model.idle(), loop).result(timeout=60)
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+
+
+def settings_for(loaded: artifact.Artifact | Path, revision: str, **changes: Any) -> ServerSettings:
+    root = loaded.root if isinstance(loaded, artifact.Artifact) else loaded
+    settings = ServerSettings(
+        artifact=root, model_name=MODEL, revision=revision, track=Track.CANARY, port=free_port()
+    )
+    return replace(settings, **changes)

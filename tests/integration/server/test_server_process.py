@@ -1,0 +1,189 @@
+"""`quantship serve` as a process: refused artifacts, saturation, and SIGTERM with requests in flight."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+import os
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import numpy as np
+from prometheus_client.parser import text_string_to_metric_families
+from server_harness import MODEL, LocalServer, settings_for, wait_until
+
+from quantship import artifact
+from quantship.local.processes import ServerProcess
+
+INFER = f"/v2/models/{MODEL}/infer"
+
+
+def scrape(url: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    text = httpx.get(f"{url}/metrics").text
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def sample_value(url: str, name: str, **labels: str) -> float | None:
+    for (found, found_labels), value in scrape(url).items():
+        if found == name and set(labels.items()) <= found_labels:
+            return value
+    return None
+
+
+def binary_request(images: np.ndarray) -> dict[str, object]:
+    header = json.dumps(
+        {
+            "inputs": [
+                {"name": "X", "shape": list(images.shape), "datatype": "FP32",
+                 "parameters": {"binary_data_size": images.nbytes}}
+            ],
+            "outputs": [{"name": "label", "parameters": {"binary_data": True}}],
+        }
+    ).encode()  # fmt: skip
+    return {
+        "content": header + images.tobytes(),
+        "headers": {"Inference-Header-Content-Length": str(len(header))},
+    }
+
+
+async def until(condition: Callable[[], bool], timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.02)
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError(f"no VmRSS for {pid}")
+
+
+def test_a_tampered_artifact_keeps_the_process_up_and_unready(artifact_copy: Path, tmp_path: Path) -> None:
+    with (artifact_copy / artifact.MODEL_FILE).open("ab") as model:
+        model.write(b"\0")
+    server = ServerProcess(artifact_copy, model=MODEL, revision="tampered", log_path=tmp_path / "serve.log")
+    server.start()
+    try:
+        wait_until(lambda: _answers(f"{server.url}/v2/health/live"), timeout=60, what="the server to listen")
+        wait_until(lambda: "refused artifact" in server.log_tail(), what="the refusal in the log")
+        ready = httpx.get(f"{server.url}/v2/health/ready")
+        assert ready.status_code == 503
+        assert "model.onnx is" in ready.json()["error"] and "tampered?" in ready.json()["error"]
+        infer = httpx.post(f"{server.url}{INFER}", json={"inputs": []})
+        assert infer.status_code == 503 and "is not served" in infer.json()["error"]
+        assert sample_value(server.url, "quantship_model_load_failures_total", reason="hash_mismatch") == 1.0
+        assert sample_value(server.url, "quantship_model_info") is None  # nothing loaded
+        assert "reason: hash_mismatch" in server.log_tail()
+        assert server.running()  # no crash loop: it stays up, answering probes
+    finally:
+        assert server.stop() == -signal.SIGTERM
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+def test_an_unsigned_artifact_is_refused_when_a_public_key_is_required(
+    good_artifact: artifact.Artifact, tmp_path: Path
+) -> None:
+    private, public = tmp_path / "key.pem", tmp_path / "key.pub"
+    artifact.generate_keypair(private, public)
+    server = LocalServer(settings_for(good_artifact, "unsigned", public_key=public)).start(ready=False)
+    try:
+        wait_until(lambda: server.metric("quantship_model_load_failures_total", reason="signature") == 1)
+        ready = httpx.get(f"{server.url}/v2/health/ready")
+        assert ready.status_code == 503 and "unsigned, but a public key is required" in ready.json()["error"]
+    finally:
+        server.stop()
+
+
+def test_at_saturation_the_server_answers_only_200_or_429_in_flat_memory(
+    good_artifact: artifact.Artifact, tmp_path: Path
+) -> None:
+    """48 clients against a queue of 4: the surplus gets 429 at once, and memory stops growing."""
+    server = ServerProcess(
+        good_artifact.root,
+        model=MODEL,
+        revision="saturated",
+        extra_args=["--max-queue-size", "4", "--max-batch-size", "16", "--feedback-max-bytes", str(1 << 20)],
+        log_path=tmp_path / "serve.log",
+    )
+    server.start()
+    # 256 rows a request: the model takes a while on each, so the queue really fills.
+    request = binary_request(np.random.default_rng(0).random((256, 64), dtype=np.float32))
+
+    async def hammer(count: int) -> collections.Counter[int]:
+        codes: collections.Counter[int] = collections.Counter()
+        left = count
+        async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
+
+            async def worker() -> None:
+                nonlocal left
+                while left > 0:
+                    left -= 1
+                    codes[(await client.post(INFER, **request)).status_code] += 1  # type: ignore[arg-type]
+
+            await asyncio.gather(*(worker() for _ in range(48)))
+        return codes
+
+    try:
+        asyncio.run(server.wait_ready())
+        assert server.pid is not None
+        codes = asyncio.run(hammer(600))  # warm-up: allocator pools, feedback store filling to its bound
+        warm = rss_mib(server.pid)
+        for _ in range(2):
+            codes += asyncio.run(hammer(400))
+        grown = rss_mib(server.pid) - warm
+        assert set(codes) == {200, 429}, codes
+        # 800 more requests of 64 KiB: a leak of 20 KiB a request would show as 16 MiB
+        assert grown < 16, f"RSS grew {grown:.1f} MiB after warm-up ({warm:.0f} MiB)"
+        assert sample_value(server.url, "quantship_requests_total", code="429") == codes[429]
+        assert httpx.post(f"{server.url}{INFER}", **request).status_code == 200  # type: ignore[arg-type]
+    finally:
+        server.stop()
+
+
+def test_sigterm_stops_accepting_and_answers_every_request_in_flight(
+    good_artifact: artifact.Artifact, tmp_path: Path
+) -> None:
+    # A long queue delay holds the requests in the batcher while the signal arrives.
+    server = ServerProcess(
+        good_artifact.root,
+        model=MODEL,
+        revision="draining",
+        extra_args=["--max-queue-delay-ms", "3000", "--max-batch-size", "64"],
+        log_path=tmp_path / "serve.log",
+    )
+    server.start()
+    request = binary_request(np.zeros((1, 64), dtype=np.float32))
+
+    async def scenario() -> list[int]:
+        await server.wait_ready()
+        async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
+            in_flight = [asyncio.create_task(client.post(INFER, **request)) for _ in range(8)]  # type: ignore[arg-type]
+            await until(lambda: sample_value(server.url, "quantship_requests_in_flight") == 8)
+            assert server.pid is not None
+            os.kill(server.pid, signal.SIGTERM)
+            await until(lambda: not _answers(f"{server.url}/v2/health/live"))  # the listener is closed
+            assert not all(task.done() for task in in_flight)
+            return [(await task).status_code for task in in_flight]
+
+    try:
+        assert asyncio.run(scenario()) == [200] * 8
+        assert server.stop(timeout=30) == -signal.SIGTERM  # uvicorn re-raises the signal after draining
+        assert "drained: every accepted request answered" in server.log_tail()
+    finally:
+        server.stop()

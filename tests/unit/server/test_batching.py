@@ -1,0 +1,171 @@
+"""Dynamic batching, in virtual time (looptime): real onnxruntime calls in the inference thread take no
+loop time, so queue delays are exact."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+import pytest
+
+from quantship.server.batcher import Batcher
+from quantship.server.errors import InferenceFailed, NotReady, Overloaded
+from quantship.server.runner import Runner
+from quantship.server.settings import BatchSettings
+
+TinyModel = Callable[..., Runner]
+
+pytestmark = pytest.mark.looptime
+
+
+class Recorder:
+    """A BatchObserver that keeps what it saw."""
+
+    def __init__(self) -> None:
+        self.batches: list[int] = []
+        self.waits: list[float] = []
+
+    def batch_ran(self, rows: int) -> None:
+        self.batches.append(rows)
+
+    def waited(self, seconds: float) -> None:
+        self.waits.append(seconds)
+
+
+@pytest.fixture
+def executor() -> Any:
+    with ThreadPoolExecutor(1) as pool:
+        yield pool
+
+
+def rows(n: int, value: float = 0.0, width: int = 3) -> dict[str, np.ndarray]:
+    return {"X": np.full((n, width), value, dtype=np.float32)}
+
+
+def make(runner: Any, executor: Any, **settings: Any) -> tuple[Batcher, Recorder]:
+    recorder = Recorder()
+    batcher = Batcher(runner, BatchSettings(**settings), executor=executor, observer=recorder)
+    batcher.start()
+    return batcher, recorder
+
+
+async def test_concurrent_requests_share_one_call_and_get_their_own_rows(
+    tiny_model: TinyModel, executor: Any
+) -> None:
+    batcher, recorder = make(tiny_model(), executor)
+    results = await asyncio.gather(*(batcher.submit(rows(i + 1, value=i), i + 1) for i in range(4)))
+    assert recorder.batches == [1 + 2 + 3 + 4]
+    for i, result in enumerate(results):
+        assert result["Y"].shape == (i + 1, 3)
+        np.testing.assert_array_equal(result["Y"], np.full((i + 1, 3), i + 1.0))
+        assert result["label"].shape == (i + 1,)
+    await batcher.close()
+
+
+async def test_a_batch_stops_at_max_batch_size_rows(tiny_model: TinyModel, executor: Any) -> None:
+    batcher, recorder = make(tiny_model(), executor, max_batch_size=4)
+    await asyncio.gather(*(batcher.submit(rows(1), 1) for _ in range(10)))
+    assert recorder.batches == [4, 4, 2]
+    await batcher.close()
+
+
+async def test_a_request_larger_than_a_batch_runs_alone_unsplit(tiny_model: TinyModel, executor: Any) -> None:
+    batcher, recorder = make(tiny_model(), executor, max_batch_size=4)
+    _, big = await asyncio.gather(batcher.submit(rows(1), 1), batcher.submit(rows(9), 9))
+    assert recorder.batches == [1, 9]
+    assert big["Y"].shape == (9, 3)
+    await batcher.close()
+
+
+async def test_the_queue_delay_gathers_requests_arriving_within_it(
+    tiny_model: TinyModel, executor: Any
+) -> None:
+    batcher, recorder = make(tiny_model(), executor, max_queue_delay_ms=10)
+
+    async def later(delay: float) -> Any:
+        await asyncio.sleep(delay)
+        return await batcher.submit(rows(1), 1)
+
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    await asyncio.gather(later(0), later(0.004), later(0.009), later(0.030))
+    assert recorder.batches == [3, 1]
+    assert recorder.waits[:3] == pytest.approx([0.010, 0.006, 0.001], abs=1e-6)
+    assert loop.time() - start == pytest.approx(0.040, abs=1e-6)  # the late one waited its own 10 ms
+    await batcher.close()
+
+
+async def test_without_a_delay_an_idle_server_answers_at_once(tiny_model: TinyModel, executor: Any) -> None:
+    batcher, recorder = make(tiny_model(), executor, max_queue_delay_ms=0)
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    await batcher.submit(rows(1), 1)
+    assert loop.time() == start
+    assert recorder.waits == [0.0]
+    await batcher.close()
+
+
+async def test_a_full_queue_answers_429_at_once_and_loses_nothing_queued(
+    tiny_model: TinyModel, executor: Any
+) -> None:
+    batcher = Batcher(tiny_model(), BatchSettings(max_queue_size=2), executor=executor)
+    waiting = [asyncio.create_task(batcher.submit(rows(1, value=v), 1)) for v in (1, 2)]
+    await asyncio.sleep(0)  # both are queued; the worker has not started
+    with pytest.raises(Overloaded, match="2 requests are already waiting"):
+        await batcher.submit(rows(1), 1)
+    batcher.start()
+    answers = await asyncio.gather(*waiting)
+    assert [float(a["Y"][0, 0]) for a in answers] == [2.0, 3.0]
+    await batcher.close()
+
+
+async def test_a_model_without_a_batch_dimension_runs_one_request_per_call(
+    tiny_model: TinyModel, executor: Any
+) -> None:
+    batcher, recorder = make(tiny_model(first_dim=1), executor)
+    assert not batcher.batchable
+    await asyncio.gather(*(batcher.submit(rows(1), 1) for _ in range(3)))
+    assert recorder.batches == [1, 1, 1]
+    await batcher.close()
+
+
+async def test_requests_of_different_inner_shapes_never_share_a_batch(
+    tiny_model: TinyModel, executor: Any
+) -> None:
+    batcher, recorder = make(tiny_model(width="W"), executor)
+    narrow, wide, narrow_again = await asyncio.gather(
+        batcher.submit(rows(1, width=3), 1),
+        batcher.submit(rows(1, width=5), 1),
+        batcher.submit(rows(1, width=3), 1),
+    )
+    assert recorder.batches == [1, 1, 1]  # the wide one starts the next batch, and cuts it short
+    assert (narrow["Y"].shape, wide["Y"].shape, narrow_again["Y"].shape) == ((1, 3), (1, 5), (1, 3))
+    await batcher.close()
+
+
+async def test_a_failing_call_fails_only_the_requests_of_its_batch(
+    tiny_model: TinyModel, executor: Any
+) -> None:
+    batcher, _ = make(tiny_model(), executor)
+    bad = {"X": np.zeros((1, 4), dtype=np.float32)}  # past validation, onnxruntime refuses it
+    results = await asyncio.gather(batcher.submit(bad, 1), batcher.submit(rows(1), 1), return_exceptions=True)
+    assert isinstance(results[0], InferenceFailed)
+    assert "onnxruntime failed" in str(results[0])
+    assert isinstance(results[1], dict)
+    assert (await batcher.submit(rows(1), 1))["Y"].shape == (1, 3)  # and it keeps serving
+    await batcher.close()
+
+
+async def test_closing_finishes_queued_requests_then_refuses_new_ones(
+    tiny_model: TinyModel, executor: Any
+) -> None:
+    batcher, _ = make(tiny_model(), executor, max_queue_delay_ms=50)
+    queued = [asyncio.create_task(batcher.submit(rows(1), 1)) for _ in range(3)]
+    await asyncio.sleep(0)
+    await batcher.close()
+    assert all(task.done() and task.result()["Y"].shape == (1, 3) for task in queued)
+    with pytest.raises(NotReady, match="shutting down"):
+        await batcher.submit(rows(1), 1)

@@ -1,0 +1,78 @@
+"""The runner: a model's signature, input validation against it, batched runs, fallback analysis."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+
+from quantship import artifact
+from quantship.server.errors import InvalidInput
+from quantship.server.runner import Runner, fallback_ops
+
+TinyModel = Callable[..., Runner]
+
+
+def x(*shape: int, dtype: type = np.float32) -> np.ndarray:
+    return np.zeros(shape, dtype=dtype)
+
+
+def test_the_signature_reads_names_datatypes_and_open_dimensions(tiny_model: TinyModel) -> None:
+    signature = tiny_model().signature
+    assert [(s.name, s.datatype, s.wire_shape) for s in signature.inputs] == [("X", "FP32", [-1, 3])]
+    assert [(s.name, s.datatype, s.wire_shape) for s in signature.outputs] == [
+        ("Y", "FP32", [-1, 3]),
+        ("label", "INT64", [-1]),
+    ]
+    assert signature.batchable
+    assert not tiny_model(first_dim=1).signature.batchable
+
+
+@pytest.mark.parametrize(
+    ("inputs", "message"),
+    [
+        ({}, "missing input 'X'; the model takes X \\(FP32 \\[-1, 3\\]\\)"),
+        ({"X": x(1, 3), "Z": x(1, 3)}, "unknown input 'Z'"),
+        ({"X": x(1, 3, dtype=np.float64)}, "input 'X' is FP64; the model expects FP32"),
+        (
+            {"X": x(3)},
+            "has shape \\[3\\] \\(1 dimensions\\); the model expects \\[-1, 3\\] \\(2 dimensions\\)",
+        ),
+        ({"X": x(1, 4)}, "dimension 1 must be 3"),
+        ({"X": x(0, 3)}, "has no rows"),
+    ],
+)
+def test_inputs_that_do_not_fit_the_model_are_refused_by_name(
+    tiny_model: TinyModel, inputs: dict[str, np.ndarray], message: str
+) -> None:
+    with pytest.raises(InvalidInput, match=message):
+        tiny_model().signature.validate(inputs)
+
+
+def test_validation_counts_rows_on_the_batch_dimension(tiny_model: TinyModel) -> None:
+    assert tiny_model().signature.validate({"X": x(5, 3)}) == 5
+    assert tiny_model(first_dim=1).signature.validate({"X": x(1, 3)}) == 1
+    with pytest.raises(InvalidInput, match="dimension 0 must be 1"):
+        tiny_model(first_dim=1).signature.validate({"X": x(2, 3)})
+
+
+def test_unknown_outputs_are_refused_with_the_ones_the_model_gives(tiny_model: TinyModel) -> None:
+    with pytest.raises(InvalidInput, match="unknown output 'P'; the model gives Y, label"):
+        tiny_model().signature.check_outputs(["Y", "P"])
+
+
+def test_run_many_merges_what_can_share_a_batch_and_splits_answers_back(tiny_model: TinyModel) -> None:
+    runner = tiny_model(width="W")
+    requests = [{"X": np.full((n, w), n, dtype=np.float32)} for n, w in ((1, 3), (2, 5), (3, 3))]
+    answers = runner.run_many(requests, [1, 2, 3])
+    for (n, w), answer in zip(((1, 3), (2, 5), (3, 3)), answers, strict=True):
+        np.testing.assert_array_equal(answer["Y"], np.full((n, w), n + 1, dtype=np.float32))
+
+
+def test_fallback_ops_report_zero_for_every_quantized_op_type_that_fused(
+    good_artifact: artifact.Artifact,
+) -> None:
+    counts = fallback_ops(good_artifact.model_path)
+    assert {"MatMul", "Add"} <= set(counts)
+    assert set(counts.values()) == {0}  # U8S8 on x86: onnxruntime fuses every QDQ group

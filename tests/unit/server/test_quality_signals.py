@@ -1,0 +1,154 @@
+"""The quantization SLIs' parts: disagreement, feedback store, clip counting, and the metrics they feed."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from prometheus_client import CollectorRegistry
+
+from quantship import artifact, slo, zoo
+from quantship.server.clipping import ClipCounter, ClipSample, observer_model
+from quantship.server.errors import FeedbackConflict, UnknownRequest
+from quantship.server.feedback import FeedbackStore
+from quantship.server.metrics import ServerMetrics
+from quantship.server.runner import Runner, TensorSpec
+from quantship.server.shadow import Comparator, ShadowEvaluator, ShadowSample
+
+LABELS = {"model": "digits", "revision": "r1", "track": "canary"}
+
+
+def metrics(per_tensor: bool = False) -> tuple[ServerMetrics, CollectorRegistry]:
+    registry = CollectorRegistry()
+    return ServerMetrics(registry, LABELS, per_tensor=per_tensor), registry
+
+
+def value(registry: CollectorRegistry, name: str, **extra: str) -> float | None:
+    return registry.get_sample_value(name, {**LABELS, **extra})
+
+
+# -- disagreement ------------------------------------------------------------------------------
+
+
+def test_class_ids_disagree_where_top1_differs() -> None:
+    comparator = Comparator.for_output(TensorSpec("label", "INT64", (None,)), tolerance=0.01)
+    assert comparator.classifier
+    assert comparator.disagreements(np.array([1, 2, 3]), np.array([1, 0, 3])) == (1, 3)
+
+
+def test_class_scores_disagree_where_their_argmax_differs() -> None:
+    comparator = Comparator.for_output(TensorSpec("p", "FP32", (None, 3)), tolerance=0.01)
+    served = np.array([[0.1, 0.8, 0.1], [0.5, 0.4, 0.1]], dtype=np.float32)
+    reference = np.array([[0.2, 0.7, 0.1], [0.4, 0.5, 0.1]], dtype=np.float32)
+    assert comparator.disagreements(served, reference) == (1, 2)  # scores differ in both, top-1 in one
+
+
+def test_other_outputs_disagree_where_relative_error_passes_the_tolerance() -> None:
+    comparator = Comparator.for_output(TensorSpec("y", "FP32", (None, 1)), tolerance=0.05)
+    assert not comparator.classifier
+    served = np.array([[1.04], [1.06], [0.0]], dtype=np.float32)
+    assert comparator.disagreements(served, np.array([[1.0], [1.0], [0.0]], dtype=np.float32)) == (1, 3)
+
+
+def test_shadow_evaluation_counts_rows_and_hands_reference_answers_to_feedback(
+    skewed_artifact: artifact.Artifact, sample: zoo.SampleModel
+) -> None:
+    served, reference = Runner.load(skewed_artifact.model_path), Runner.load(skewed_artifact.reference_path)
+    recorder, registry = metrics()
+    store = FeedbackStore(capacity=10, max_bytes=1 << 20)
+    comparator = Comparator.for_output(served.signature.output("label"), tolerance=0.01)
+    images = np.load(sample.requests)[zoo.INPUT_NAME]
+    batch = {"X": images[:3]}
+    served_label = served.run(batch)["label"]
+    store.remember("a", 3, served_label, batch)
+    ShadowEvaluator(reference, comparator, recorder, store).process(
+        [ShadowSample("a", batch, 3, served_label)]
+    )
+    assert value(registry, "quantship_shadow_comparisons_total") == 3
+    np.testing.assert_array_equal(store.get("a").reference, reference.run(batch)["label"])
+
+
+# -- feedback store ----------------------------------------------------------------------------
+
+
+def test_the_feedback_store_forgets_the_oldest_beyond_its_capacity() -> None:
+    store = FeedbackStore(capacity=2, max_bytes=1 << 20)
+    for request_id in "abc":
+        store.remember(request_id, 1, np.array([1]), None)
+    with pytest.raises(UnknownRequest, match="no recent request with id 'a'"):
+        store.get("a")
+    assert store.get("c").rows == 1
+
+
+def test_the_feedback_store_keeps_its_inputs_within_max_bytes() -> None:
+    store = FeedbackStore(capacity=100, max_bytes=1000)
+    for i in range(10):
+        store.remember(str(i), 1, np.array([0], dtype=np.int64), {"X": np.zeros(50, dtype=np.float32)})
+    assert store.nbytes <= 1000
+    assert len(store) == 4  # 208 bytes each
+    store.mark_labelled("9")
+    assert store.nbytes == 3 * 208 + 8  # a labelled answer lets its inputs go
+
+
+def test_a_request_gets_one_label() -> None:
+    store = FeedbackStore(capacity=2, max_bytes=1 << 20)
+    store.remember("a", 1, np.array([1]), None)
+    store.mark_labelled("a")
+    with pytest.raises(FeedbackConflict, match="already got its label"):
+        store.get("a")
+
+
+# -- clipped activations -----------------------------------------------------------------------
+
+
+def count_clips(loaded: artifact.Artifact, images: np.ndarray, per_tensor: bool = False) -> CollectorRegistry:
+    model, ranges = observer_model(loaded.model_path, loaded.activation_ranges)
+    recorder, registry = metrics(per_tensor)
+    counter = ClipCounter(Runner.load(model), ranges, recorder)
+    counter.process([ClipSample({"X": images[i : i + 1]}, 1) for i in range(len(images))])
+    return registry
+
+
+def test_every_quantized_activation_value_is_observed(
+    good_artifact: artifact.Artifact, sample: zoo.SampleModel
+) -> None:
+    images = np.load(sample.requests)[zoo.INPUT_NAME][:50]
+    registry = count_clips(good_artifact, images, per_tensor=True)
+    # the digits MLP quantizes 64 inputs, 512 + 512 and 256 + 256 hidden values, and 4 x 10 scores a row
+    assert value(registry, "quantship_activations_observed_total") == 50 * (64 + 2 * 512 + 2 * 256 + 4 * 10)
+    assert value(registry, "quantship_tensor_activations_observed_total", tensor="mul_result") == 50 * 512
+
+
+def test_an_artifact_calibrated_on_one_digit_clips_far_more_of_real_traffic(
+    good_artifact: artifact.Artifact, skewed_artifact: artifact.Artifact, sample: zoo.SampleModel
+) -> None:
+    images = np.load(sample.requests)[zoo.INPUT_NAME]
+
+    def clip_rate(loaded: artifact.Artifact) -> float:
+        registry = count_clips(loaded, images)
+        clipped = value(registry, "quantship_activations_clipped_total")
+        observed = value(registry, "quantship_activations_observed_total")
+        assert clipped is not None and observed
+        return clipped / observed
+
+    good, skewed = clip_rate(good_artifact), clip_rate(skewed_artifact)
+    assert skewed > 0.002
+    assert skewed > 20 * good
+
+
+# -- metrics -----------------------------------------------------------------------------------
+
+
+def test_the_counters_slis_read_exist_at_zero_from_the_start() -> None:
+    _, registry = metrics()
+    for objective in (
+        slo.Objective(slo.SLI.ACCURACY_DELTA, 0.01),
+        slo.Objective(slo.SLI.CLIP_RATE, 0.01),
+        slo.Objective(slo.SLI.LATENCY, 0.01, latency_threshold=0.1),
+    ):
+        for series in (slo.counters(objective).bad, slo.counters(objective).total):
+            name, _, matchers = series.partition("{")
+            extra = dict(m.replace('"', "").split("=") for m in matchers.rstrip("}").split(",") if m)
+            assert value(registry, name, **extra) == 0.0, series
+    assert value(registry, "quantship_requests_total", code="200") == 0.0
+    assert value(registry, "quantship_feedback_total", variant="reference", correct="false") == 0.0
+    assert value(registry, "quantship_model_load_failures_total", reason="hash_mismatch") == 0.0

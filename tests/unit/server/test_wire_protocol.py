@@ -1,0 +1,181 @@
+"""Open Inference Protocol v2 on the wire: JSON tensors and the binary tensor extension, both ways."""
+
+from __future__ import annotations
+
+import json
+import struct
+
+import numpy as np
+import pytest
+
+from quantship.server import protocol
+from quantship.server.errors import InvalidInput
+from quantship.server.protocol import InferRequest, InferResponse, RequestedOutput
+
+
+def binary_body(header: dict[str, object], *tensors: bytes) -> tuple[bytes, str]:
+    encoded = json.dumps(header).encode()
+    return encoded + b"".join(tensors), str(len(encoded))
+
+
+def test_json_tensors_decode_into_arrays_of_the_declared_dtype_and_shape() -> None:
+    body = json.dumps(
+        {
+            "id": "r1",
+            "inputs": [
+                {"name": "X", "shape": [2, 2], "datatype": "FP32", "data": [[1, 2.5], [3, 4]]},
+                {"name": "n", "shape": [2], "datatype": "INT64", "data": [7, -8]},
+                {"name": "flag", "shape": [1], "datatype": "BOOL", "data": [True]},
+                {"name": "text", "shape": [2], "datatype": "BYTES", "data": ["a", "é"]},
+            ],
+        }
+    ).encode()
+    request = protocol.decode_request(body)
+    assert request.id == "r1"
+    assert request.inputs["X"].dtype == np.float32
+    np.testing.assert_array_equal(request.inputs["X"], [[1, 2.5], [3, 4]])
+    assert request.inputs["n"].dtype == np.int64 and list(request.inputs["n"]) == [7, -8]
+    assert request.inputs["flag"].dtype == np.bool_
+    assert list(request.inputs["text"]) == ["a", "é"]
+    assert request.outputs == () and not request.binary_outputs
+
+
+def test_binary_tensors_are_read_in_input_order_from_after_the_header() -> None:
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    n = np.array([1, 2], dtype=np.int32)
+    body, length = binary_body(
+        {
+            "inputs": [
+                {
+                    "name": "X",
+                    "shape": [2, 3],
+                    "datatype": "FP32",
+                    "parameters": {"binary_data_size": x.nbytes},
+                },
+                {
+                    "name": "n",
+                    "shape": [2],
+                    "datatype": "INT32",
+                    "parameters": {"binary_data_size": n.nbytes},
+                },
+            ],
+            "outputs": [{"name": "Y", "parameters": {"binary_data": True}}, {"name": "Z"}],
+        },
+        x.tobytes(),
+        n.tobytes(),
+    )
+    request = protocol.decode_request(body, length)
+    np.testing.assert_array_equal(request.inputs["X"], x)
+    np.testing.assert_array_equal(request.inputs["n"], n)
+    assert request.outputs == (RequestedOutput("Y", True), RequestedOutput("Z", None))
+
+
+def test_binary_bytes_elements_carry_their_length_prefix() -> None:
+    raw = b"".join(struct.pack("<I", len(s)) + s for s in (b"hi", b"", b"there"))
+    body, length = binary_body(
+        {
+            "inputs": [
+                {"name": "t", "shape": [3], "datatype": "BYTES", "parameters": {"binary_data_size": len(raw)}}
+            ]
+        },
+        raw,
+    )
+    assert list(protocol.decode_request(body, length).inputs["t"]) == ["hi", "", "there"]
+
+
+@pytest.mark.parametrize(
+    ("body", "header_length", "message"),
+    [
+        (b"{", None, "not valid JSON"),
+        (b"[]", None, "must be a JSON object"),
+        (b'{"inputs": []}', None, "has no inputs"),
+        (b'{"inputs": [{"name": "X", "shape": [2], "datatype": "FP32", "data": [1]}]}', None, "has 1 values"),
+        (
+            b'{"inputs": [{"name": "X", "shape": [1], "datatype": "FP32", "data": ["1"]}]}',
+            None,
+            "holds strings",
+        ),
+        (b'{"inputs": [{"name": "X", "shape": [1], "datatype": "INT8", "data": [1.5]}]}', None, "fractional"),
+        (
+            b'{"inputs": [{"name": "X", "shape": [1], "datatype": "UINT8", "data": [300]}]}',
+            None,
+            "outside the UINT8",
+        ),
+        (
+            b'{"inputs": [{"name": "X", "shape": [1], "datatype": "FP8", "data": [1]}]}',
+            None,
+            'datatype "FP8"',
+        ),
+        (
+            b'{"inputs": [{"name": "X", "shape": [-1], "datatype": "FP32", "data": [1]}]}',
+            None,
+            "integers >= 0",
+        ),
+        (b'{"inputs": [{"name": "X", "shape": [1], "datatype": "FP32"}]}', None, "has no data"),
+        (
+            b'{"id": 5, "inputs": [{"name": "X", "shape": [1], "datatype": "FP32", "data": [1]}]}',
+            None,
+            "id must",
+        ),
+        (
+            b'{"inputs": [{"name": "X", "shape": [1], "datatype": "FP32", "data": [1]}]}',
+            "x",
+            "must be a byte count",
+        ),
+        (b'{"inputs": []}', "999", "the body has only 14"),
+    ],
+)
+def test_malformed_requests_are_refused_with_the_problem_named(
+    body: bytes, header_length: str | None, message: str
+) -> None:
+    with pytest.raises(InvalidInput, match=message):
+        protocol.decode_request(body, header_length)
+
+
+def test_binary_sizes_that_do_not_add_up_are_refused() -> None:
+    declared = {
+        "inputs": [{"name": "X", "shape": [2], "datatype": "FP32", "parameters": {"binary_data_size": 8}}]
+    }
+    short, length = binary_body(declared, b"\0" * 4)
+    with pytest.raises(InvalidInput, match="declares 8 bytes of binary data, but only 4 remain"):
+        protocol.decode_request(short, length)
+    extra, length = binary_body(declared, b"\0" * 12)
+    with pytest.raises(InvalidInput, match="4 bytes of binary data that no input declares"):
+        protocol.decode_request(extra, length)
+    wrong = {
+        "inputs": [{"name": "X", "shape": [3], "datatype": "FP32", "parameters": {"binary_data_size": 8}}]
+    }
+    body, length = binary_body(wrong, b"\0" * 8)
+    with pytest.raises(InvalidInput, match="FP32 \\[3\\] needs 12"):
+        protocol.decode_request(body, length)
+
+
+def response(binary_default: bool, *requested: RequestedOutput) -> tuple[protocol.Encoded, InferResponse]:
+    outputs = {"label": np.array([3, 1], dtype=np.int64), "scores": np.eye(2, dtype=np.float32)}
+    answer = InferResponse("digits", "r1", "req-9", outputs)
+    return protocol.encode_response(answer, InferRequest("req-9", {}, requested, binary_default)), answer
+
+
+def test_json_responses_carry_data_and_the_request_id() -> None:
+    encoded, _ = response(False)
+    assert encoded.content_type == "application/json" and encoded.header_length is None
+    document = json.loads(encoded.body)
+    assert document["id"] == "req-9" and document["model_version"] == "r1"
+    assert document["outputs"] == [
+        {"name": "label", "datatype": "INT64", "shape": [2], "data": [3, 1]},
+        {"name": "scores", "datatype": "FP32", "shape": [2, 2], "data": [1.0, 0.0, 0.0, 1.0]},
+    ]
+
+
+def test_binary_outputs_follow_the_header_in_the_order_requested() -> None:
+    encoded, answer = response(False, RequestedOutput("scores", True), RequestedOutput("label", False))
+    assert encoded.content_type == "application/octet-stream"
+    assert encoded.header_length is not None
+    header = json.loads(encoded.body[: encoded.header_length])
+    scores, label = header["outputs"]
+    assert scores["parameters"] == {"binary_data_size": 16} and "data" not in scores
+    assert label["data"] == [3, 1]
+    raw = encoded.body[encoded.header_length :]
+    np.testing.assert_array_equal(
+        np.frombuffer(raw, dtype=np.float32).reshape(2, 2), answer.outputs["scores"]
+    )
