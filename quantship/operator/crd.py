@@ -1,0 +1,417 @@
+"""The QuantizedModel CustomResourceDefinition, rendered from code.
+
+`make generate` writes it to manifests/crd.yaml and into the Helm chart; a test checks both are
+current, and validates the example resources (and bad ones) against `schema()` with jsonschema,
+the same OpenAPI v3 schema the API server enforces. Defaults live here, so `kubectl get -o yaml`
+shows every value the operator acts on.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+from quantship import slo
+
+GROUP = "serving.quantship.io"
+VERSION = "v1alpha1"
+KIND = "QuantizedModel"
+PLURAL = "quantizedmodels"
+SINGULAR = "quantizedmodel"
+SHORT_NAME = "qm"
+API_VERSION = f"{GROUP}/{VERSION}"
+
+ABORT_ANNOTATION = f"{GROUP}/abort"
+"""Set (any value) to roll the running canary back now."""
+PROMOTE_ANNOTATION = f"{GROUP}/promote"
+"""Set (any value) to promote the running canary now, skipping its remaining steps."""
+
+DURATION_PATTERN = r"^([0-9]+h)?([0-9]+m)?([0-9]+s)?$"
+URI_PATTERN = r"^(file|pvc|https?)://.+"
+DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+
+
+def _duration(description: str, default: str) -> dict[str, Any]:
+    return {
+        "type": "string",
+        "pattern": DURATION_PATTERN,
+        "minLength": 2,
+        "default": default,
+        "description": description,
+    }
+
+
+def _ratio(description: str, default: float | None = None, *, exclusive_zero: bool = True) -> dict[str, Any]:
+    schema: dict[str, Any] = {"type": "number", "minimum": 0, "maximum": 1, "description": description}
+    if exclusive_zero:
+        schema["exclusiveMinimum"] = True
+    if default is not None:
+        schema["default"] = default
+    return schema
+
+
+def _int(description: str, minimum: int, maximum: int, default: int | None = None) -> dict[str, Any]:
+    schema: dict[str, Any] = {
+        "type": "integer",
+        "minimum": minimum,
+        "maximum": maximum,
+        "description": description,
+    }
+    if default is not None:
+        schema["default"] = default
+    return schema
+
+
+def _object(description: str, properties: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    return {"type": "object", "description": description, "properties": properties, **extra}
+
+
+def spec_schema() -> dict[str, Any]:
+    artifact = _object(
+        "Where the INT8 artifact lives. Changing it starts a canary of the new revision.",
+        {
+            "uri": {
+                "type": "string",
+                "pattern": URI_PATTERN,
+                "description": "file:///path (on the node image), pvc://CLAIM/PATH (a PersistentVolumeClaim "
+                "in this namespace, mounted read-only), or http(s)://.../artifact.tar.gz.",
+            },
+            "publicKeySecret": {
+                "type": "string",
+                "pattern": DNS_LABEL,
+                "description": "Secret holding `public.pem`: the artifact's ed25519 signature must verify "
+                "with it, or the revision never starts.",
+            },
+        },
+        required=["uri"],
+        additionalProperties=False,
+    )
+    server = _object(
+        "Flags of `quantship serve`. Unset ones take the server's defaults. Changing any starts a canary.",
+        {
+            "maxBatchSize": _int("Rows per batch the dynamic batcher builds at most.", 1, 4096),
+            "maxQueueDelayMs": {
+                "type": "number",
+                "minimum": 0,
+                "maximum": 1000,
+                "description": "Milliseconds a request may wait for a batch to fill.",
+            },
+            "maxQueueSize": _int("Requests waiting at most; more are refused with 503.", 1, 100000),
+            "shadowRate": _ratio(
+                "Share of requests also run through the FP32 reference (accuracy delta SLI).",
+                exclusive_zero=False,
+            ),
+            "clipSampleRate": _ratio(
+                "Share of requests whose activations are checked against calibrated ranges (clip rate SLI).",
+                exclusive_zero=False,
+            ),
+            "threads": _int("onnxruntime intra-op threads.", 1, 256),
+        },
+        additionalProperties=False,
+    )
+    traffic = _object(
+        "How traffic is split between the stable and the canary revision.",
+        {
+            "router": {
+                "type": "string",
+                "enum": ["gateway-api", "replicas"],
+                "default": "replicas",
+                "description": "gateway-api: set the weights of this model's backendRefs in an HTTPRoute. "
+                "replicas: one Service over both revisions, split by replica ratio (coarse; status shows "
+                "the achieved weight).",
+            },
+            "httpRoute": {
+                "type": "string",
+                "pattern": DNS_LABEL,
+                "description": "gateway-api only: the HTTPRoute (same namespace) whose rules reference the "
+                "Service named like this resource; only those backendRefs are rewritten.",
+            },
+            "port": _int("Service port of the model servers.", 1, 65535, 8080),
+        },
+        additionalProperties=False,
+        # a gateway-api router needs a route; structural schemas allow value checks in anyOf
+        anyOf=[{"properties": {"router": {"enum": ["replicas"]}}}, {"required": ["httpRoute"]}],
+        **{
+            "x-kubernetes-validations": [
+                {
+                    "rule": "self.router != 'gateway-api' || has(self.httpRoute)",
+                    "message": "traffic.httpRoute is required when traffic.router is gateway-api",
+                }
+            ]
+        },
+    )
+    rollout = _object(
+        "The canary steps.",
+        {
+            "steps": {
+                "type": "array",
+                "minItems": 1,
+                "maxItems": 20,
+                "items": {"type": "integer", "minimum": 1, "maximum": 100},
+                "default": [5, 25, 50, 100],
+                "description": "Canary weights in percent, increasing. Passing the last step promotes.",
+            },
+            "stepInterval": _duration("How long each step lasts before it is judged.", "1m"),
+            "progressDeadline": _duration("How long a new revision may take to become ready.", "10m"),
+        },
+        additionalProperties=False,
+    )
+    latency = _object(
+        "Latency SLO: `objective` of requests finish within `thresholdSeconds`.",
+        {
+            "thresholdSeconds": {
+                "type": "number",
+                "enum": list(slo.LATENCY_BUCKETS),
+                "default": 0.1,
+                "description": "A bucket of quantship_request_duration_seconds.",
+            },
+            "objective": {
+                "type": "number",
+                "minimum": 0,
+                "maximum": 1,
+                "exclusiveMaximum": True,
+                "default": 0.99,
+                "description": "Share of requests that must be faster; 1 - objective is the error budget.",
+            },
+        },
+        additionalProperties=False,
+    )
+    slos = _object(
+        "Error budgets of the canary. Burn rate = measured bad ratio / budget.",
+        {
+            "maxAccuracyDelta": _ratio(
+                "Share of shadow comparisons whose top-1 may disagree with FP32.", 0.005
+            ),
+            "latency": {**latency, "default": {}},
+            "maxErrorRate": _ratio("Share of requests that may fail with 5xx.", 0.001),
+            "maxClipRate": _ratio("Share of activation values that may fall outside calibration.", 0.001),
+            "maxFallbackOps": _int(
+                "Ops that may run in float instead of quantized (a hard gate).", 0, 10000, 0
+            ),
+        },
+        additionalProperties=False,
+    )
+    analysis = _object(
+        "How each step is judged: multi-window burn rates from Prometheus.",
+        {
+            "prometheusUrl": {
+                "type": "string",
+                "pattern": r"^https?://.+",
+                "default": "http://prometheus-operated.monitoring.svc:9090",
+                "description": "Prometheus that scrapes the model servers.",
+            },
+            "shortWindow": _duration("Recent window: is the burn still going on?", "1m"),
+            "longWindow": _duration("Longer window, longer than shortWindow: is the burn significant?", "5m"),
+            "burnRateThreshold": {
+                "type": "number",
+                "minimum": 0,
+                "exclusiveMinimum": True,
+                "maximum": 1000,
+                "default": 1,
+                "description": "A breach is a burn rate above this on both windows.",
+            },
+            "maxBurnRateIncrease": {
+                "type": "number",
+                "minimum": 0,
+                "maximum": 1000,
+                "default": 0.5,
+                "description": "The canary's burn rate may exceed the stable revision's by at most this "
+                "much on both windows (catches a regression inside the absolute SLO).",
+            },
+            "minSamples": _int(
+                "Events an SLI needs on a window to be judged; fewer is inconclusive.", 1, 10**9, 100
+            ),
+            "failureLimit": _int("Failed judgements that roll the canary back.", 1, 100, 1),
+            "inconclusiveLimit": _int("Inconclusive judgements in a row before onInconclusive.", 1, 100, 3),
+            "onInconclusive": {
+                "type": "string",
+                "enum": ["rollback", "hold"],
+                "default": "rollback",
+                "description": "rollback: without data a canary cannot be shown safe. hold: stay at the "
+                "current weight and keep judging.",
+            },
+            "labels": {
+                "type": "object",
+                "additionalProperties": {"type": "string"},
+                "description": "Extra label matchers for every query, e.g. {namespace: prod}.",
+            },
+        },
+        additionalProperties=False,
+    )
+    return _object(
+        "A quantized model served by quantship, rolled out as a canary judged by SLO burn rates.",
+        {
+            "modelName": {
+                "type": "string",
+                "pattern": r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$",
+                "maxLength": 63,
+                "description": "Name in the inference API and in the `model` label of every metric. "
+                "Defaults to the resource's name.",
+            },
+            "artifact": artifact,
+            "image": {
+                "type": "string",
+                "minLength": 1,
+                "default": "ghcr.io/quantship/quantship:0.1.0",
+                "description": "Image with the `quantship` command (serve and fetch).",
+            },
+            "replicas": _int("Model servers per revision.", 1, 100, 2),
+            "resources": {
+                "type": "object",
+                "description": "Container resources of each model server (a core/v1 ResourceRequirements).",
+                "x-kubernetes-preserve-unknown-fields": True,
+            },
+            "server": {**server, "default": {}},
+            "traffic": {**traffic, "default": {}},
+            "rollout": {**rollout, "default": {}},
+            "slos": {**slos, "default": {}},
+            "analysis": {**analysis, "default": {}},
+        },
+        required=["artifact"],
+        additionalProperties=False,
+    )
+
+
+def status_schema() -> dict[str, Any]:
+    condition = _object(
+        "A metav1.Condition.",
+        {
+            "type": {"type": "string"},
+            "status": {"type": "string", "enum": ["True", "False", "Unknown"]},
+            "reason": {"type": "string"},
+            "message": {"type": "string"},
+            "lastTransitionTime": {"type": "string", "format": "date-time"},
+            "observedGeneration": {"type": "integer"},
+        },
+        required=["type", "status"],
+    )
+    nullable_string = {"type": "string", "nullable": True}
+    return _object(
+        "Where the rollout stands. Written by the operator only; it resumes from here after a restart.",
+        {
+            "phase": {
+                "type": "string",
+                "enum": ["Pending", "Progressing", "Promoted", "RolledBack", "Failed"],
+            },
+            "stableRevision": nullable_string,
+            "canaryRevision": nullable_string,
+            "rejectedRevision": nullable_string,
+            "step": {"type": "integer", "description": "Index into spec.rollout.steps; -1 before the first."},
+            "weight": {"type": "integer", "description": "Canary weight asked, percent."},
+            "achievedWeight": {
+                "type": "number",
+                "description": "Canary weight the router achieved, percent.",
+            },
+            "accuracyDelta": {
+                "type": "number",
+                "nullable": True,
+                "description": "Canary's share of shadow disagreements on the short window, last judgement.",
+            },
+            "startedAt": nullable_string,
+            "stepStartedAt": nullable_string,
+            "failures": {"type": "integer"},
+            "inconclusive": {"type": "integer"},
+            "message": {"type": "string"},
+            "observedGeneration": {"type": "integer"},
+            "lastAnalysis": {
+                "type": "object",
+                "nullable": True,
+                "description": "The last judgement: verdict, reason, and per SLO and window the counts, "
+                "burn rates, budget and threshold that decided it.",
+                "x-kubernetes-preserve-unknown-fields": True,
+            },
+            "history": {
+                "type": "array",
+                "description": "The last decisions (steps, promotions, rollbacks) with their reasons.",
+                "items": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
+            },
+            "conditions": {
+                "type": "array",
+                "items": condition,
+                "x-kubernetes-list-type": "map",
+                "x-kubernetes-list-map-keys": ["type"],
+            },
+            "kopf": {
+                "type": "object",
+                "description": "The kopf framework's handler progress.",
+                "x-kubernetes-preserve-unknown-fields": True,
+            },
+        },
+    )
+
+
+def schema() -> dict[str, Any]:
+    """The openAPIV3Schema of the served version."""
+    return {
+        "type": "object",
+        "required": ["spec"],
+        "properties": {
+            "apiVersion": {"type": "string"},
+            "kind": {"type": "string"},
+            "metadata": {"type": "object"},
+            "spec": spec_schema(),
+            "status": status_schema(),
+        },
+    }
+
+
+def definition() -> dict[str, Any]:
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"{PLURAL}.{GROUP}", "labels": {"app.kubernetes.io/name": "quantship"}},
+        "spec": {
+            "group": GROUP,
+            "scope": "Namespaced",
+            "names": {
+                "kind": KIND,
+                "plural": PLURAL,
+                "singular": SINGULAR,
+                "shortNames": [SHORT_NAME],
+                "categories": ["quantship"],
+            },
+            "versions": [
+                {
+                    "name": VERSION,
+                    "served": True,
+                    "storage": True,
+                    "subresources": {"status": {}},
+                    "additionalPrinterColumns": [
+                        {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+                        {
+                            "name": "Weight",
+                            "type": "integer",
+                            "jsonPath": ".status.weight",
+                            "description": "Canary weight, percent",
+                        },
+                        {
+                            "name": "Accuracy-Delta",
+                            "type": "number",
+                            "jsonPath": ".status.accuracyDelta",
+                            "description": "Canary's share of shadow disagreements with FP32",
+                        },
+                        {
+                            "name": "Stable",
+                            "type": "string",
+                            "jsonPath": ".status.stableRevision",
+                            "priority": 1,
+                        },
+                        {
+                            "name": "Canary",
+                            "type": "string",
+                            "jsonPath": ".status.canaryRevision",
+                            "priority": 1,
+                        },
+                        {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+                    ],
+                    "schema": {"openAPIV3Schema": schema()},
+                }
+            ],
+        },
+    }
+
+
+def render() -> str:
+    header = "# Generated by `make generate` from quantship/operator/crd.py. Do not edit by hand.\n"
+    return header + yaml.safe_dump(definition(), sort_keys=False, width=100)

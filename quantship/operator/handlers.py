@@ -1,0 +1,111 @@
+"""The kopf handlers of QuantizedModel, registered on a registry the composition root passes in.
+
+- create / resume / spec change: tick at once (children appear within a second of `kubectl apply`);
+  kopf retries a failed tick with backoff (`retry_backoff`).
+- a timer every `tick_interval` seconds while a rollout is in flight (phase Pending or
+  Progressing) judges the steps; it only exists then, and so does the finalizer kopf needs to stop
+  it, so a settled resource carries no finalizer.
+- delete, gateway-api mode only: point the user's HTTPRoute back at the model's Service name
+  (a finalizer, because the route is not ours to garbage-collect). Children go with their owner.
+
+Ticks of one resource never overlap: the handlers share a lock in kopf's per-resource memo.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import kopf
+
+from quantship.operator import crd
+from quantship.operator.kube import GatewayRouter
+from quantship.operator.reconcile import IN_FLIGHT, Context, reconcile
+from quantship.operator.settings import OperatorSettings
+from quantship.operator.spec import InvalidSpec, ModelSpec
+from quantship.rollout import PortError
+
+RESOURCE = (crd.GROUP, crd.VERSION, crd.PLURAL)
+FINALIZER = f"{crd.GROUP}/finalizer"
+Logger = logging.Logger | logging.LoggerAdapter[Any]
+
+
+def _lock(memo: Any) -> asyncio.Lock:
+    lock: asyncio.Lock | None = memo.get("lock")
+    if lock is None:
+        lock = memo["lock"] = asyncio.Lock()
+    return lock
+
+
+def in_flight(status: kopf.Status, **_: Any) -> bool:
+    return status.get("phase") in IN_FLIGHT
+
+
+def gateway_api(spec: kopf.Spec, **_: Any) -> bool:
+    return (spec.get("traffic") or {}).get("router") == "gateway-api"
+
+
+def register(
+    registry: kopf.OperatorRegistry,
+    ctx: Context,
+    operator: OperatorSettings,
+    *,
+    login: Callable[..., kopf.ConnectionInfo | None] | None = None,
+) -> None:
+    tick_interval, retry_backoff = operator.tick_interval, operator.retry_backoff
+
+    @kopf.on.startup(registry=registry)
+    def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+        settings.peering.standalone = operator.standalone
+        settings.peering.name = operator.peering
+        settings.peering.priority = operator.priority
+        settings.persistence.finalizer = FINALIZER
+        # our own annotation prefix for kopf's bookkeeping, not kopf.zalando.org
+        settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=crd.GROUP)
+        settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+            prefix=crd.GROUP, key="last-handled-configuration"
+        )
+        settings.posting.level = logging.INFO  # steps and promotions are Normal events worth seeing
+
+    @kopf.on.login(registry=registry)
+    def authenticate(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        return login(**kwargs) if login is not None else kopf.login_via_client(**kwargs)
+
+    @kopf.on.create(*RESOURCE, registry=registry, backoff=retry_backoff, id="reconcile")
+    @kopf.on.resume(*RESOURCE, registry=registry, backoff=retry_backoff, id="reconcile")
+    @kopf.on.update(*RESOURCE, field="spec", registry=registry, backoff=retry_backoff, id="reconcile")
+    async def reconcile_now(namespace: str | None, name: str, logger: Logger, memo: Any, **_: Any) -> None:
+        async with _lock(memo):
+            await reconcile(ctx, namespace or "default", name, logger)
+
+    @kopf.timer(
+        *RESOURCE,
+        registry=registry,
+        interval=tick_interval,
+        when=in_flight,
+        backoff=retry_backoff,
+        id="analysis",
+    )
+    async def analysis(namespace: str | None, name: str, logger: Logger, memo: Any, **_: Any) -> None:
+        async with _lock(memo):
+            try:
+                await reconcile(ctx, namespace or "default", name, logger)
+            except (kopf.TemporaryError, kopf.PermanentError) as exc:
+                # the condition and event are written; the next interval is the retry
+                logger.warning("tick failed, next in %.0f s: %s", tick_interval, exc)
+
+    @kopf.on.delete(*RESOURCE, registry=registry, when=gateway_api, backoff=retry_backoff, id="release-route")
+    async def release_route(body: kopf.Body, logger: Logger, **_: Any) -> None:
+        try:
+            spec = ModelSpec.from_resource(body)
+        except InvalidSpec:
+            return  # it never routed anything
+        try:
+            await GatewayRouter(ctx.kube, spec).release()
+        except PortError as exc:
+            if exc.reason in ("HTTPRouteNotFound", "HTTPRouteNotReferenced"):
+                return  # nothing of ours left in a route
+            raise kopf.TemporaryError(str(exc), delay=retry_backoff) from exc
+        logger.info("HTTPRoute %s points at Service %s again", spec.http_route, spec.name)

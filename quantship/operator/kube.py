@@ -1,0 +1,306 @@
+"""Kubernetes adapters of the rollout ports, over the official asyncio client (kubernetes.aio).
+
+`KubeWorkloads` runs revisions as Deployments + Services; `GatewayRouter` sets the weights of
+this model's backendRefs in the user's HTTPRoute and touches nothing else in it; `ReplicaRouter`
+splits traffic by replica counts behind one Service where no gateway exists. Every method is
+idempotent (create-or-patch, delete ignoring 404), so a tick that failed half-way can rerun.
+API failures become `PortError` with a reason for the resource's conditions.
+
+Reads use the `*_without_preload_content` variants and plain JSON: the adapters work with dicts
+like the rest of the operator, never with the client's generated models.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any, TypeVar
+
+from kubernetes.aio import client
+
+from quantship.operator import crd, resources
+from quantship.operator.spec import ModelSpec
+from quantship.rollout import PortError, Track
+
+MERGE_PATCH = "application/merge-patch+json"
+JSON_PATCH = "application/json-patch+json"
+M = TypeVar("M")
+GATEWAY = ("gateway.networking.k8s.io", "v1", "httproutes")
+
+
+class Kube:
+    """The API groups the operator talks to, over one ApiClient."""
+
+    def __init__(self, api: client.ApiClient) -> None:
+        self.api = api
+        self.apps = client.AppsV1Api(api)
+        self.core = client.CoreV1Api(api)
+        self.custom = client.CustomObjectsApi(api)
+
+    async def get_model(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return await _read(
+            self.custom.get_namespaced_custom_object_without_preload_content(
+                crd.GROUP, crd.VERSION, namespace, crd.PLURAL, name
+            )
+        )
+
+    async def patch_model_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
+        await self.custom.patch_namespaced_custom_object_status(
+            crd.GROUP, crd.VERSION, namespace, crd.PLURAL, name, {"status": status}, _content_type=MERGE_PATCH
+        )
+
+    async def patch_model_metadata(self, namespace: str, name: str, metadata: Mapping[str, Any]) -> None:
+        await self.custom.patch_namespaced_custom_object(
+            crd.GROUP,
+            crd.VERSION,
+            namespace,
+            crd.PLURAL,
+            name,
+            {"metadata": metadata},
+            _content_type=MERGE_PATCH,
+        )
+
+
+async def _read(response_coroutine: Any) -> dict[str, Any] | None:
+    """The JSON body of a GET, or None for 404. Other failures raise ApiException-like PortErrors."""
+    try:
+        response = await response_coroutine
+    except client.ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise PortError(f"Kubernetes API: {exc.status} {exc.reason}", reason="KubernetesAPIError") from exc
+    async with response:
+        if response.status == 404:
+            return None
+        body = await response.read()
+        if response.status >= 400:
+            raise PortError(f"Kubernetes API: {response.status} {body[:200]!r}", reason="KubernetesAPIError")
+        return dict(json.loads(body))
+
+
+def _model(model: type[M], body: Mapping[str, Any]) -> M:
+    """The client's typed model of a body we built as a dict (its create calls take only models)."""
+    built = model.from_dict(dict(body))  # type: ignore[attr-defined]
+    if built is None:
+        raise ValueError(f"cannot build {model.__name__} from {body!r}")
+    return built
+
+
+async def _call(what: str, coroutine: Any, *, missing_ok: bool = False, exists_ok: bool = False) -> None:
+    try:
+        await coroutine
+    except client.ApiException as exc:
+        if (exc.status == 404 and missing_ok) or (exc.status == 409 and exists_ok):
+            return
+        raise PortError(
+            f"{what}: Kubernetes API answered {exc.status} {exc.reason}", reason="KubernetesAPIError"
+        ) from exc
+
+
+class KubeWorkloads:
+    """`Workloads` as one Deployment and one Service per revision, owned by the QuantizedModel."""
+
+    def __init__(
+        self, kube: Kube, spec: ModelSpec, owner: Mapping[str, Any], *, canary_replicas: int | None = None
+    ) -> None:
+        self.kube = kube
+        self.spec = spec
+        self.owner = owner
+        self.canary_replicas = canary_replicas if canary_replicas is not None else spec.replicas
+        """Replicas a new canary starts with (1 in replicas mode: each one takes a share at once)."""
+
+    async def run(self, revision: str, track: Track) -> None:
+        namespace, name = self.spec.namespace, resources.child_name(self.spec, revision)
+        current = await self._deployment(revision)
+        if current is None:
+            if revision != self.spec.revision:
+                raise PortError(
+                    f"Deployment {namespace}/{name} is gone and revision {revision} is no longer in the spec",
+                    reason="RevisionGone",
+                )
+            replicas = self.spec.replicas if track is Track.STABLE else self.canary_replicas
+            body = resources.deployment(self.spec, revision, track, replicas, self.owner)
+            await _call(
+                f"creating Deployment {name}",
+                self.kube.apps.create_namespaced_deployment(namespace, _model(client.V1Deployment, body)),
+                exists_ok=True,
+            )
+        elif current["metadata"].get("labels", {}).get("track") != track.value:
+            await self._relabel(current, track)
+        await _call(
+            f"creating Service {name}",
+            self.kube.core.create_namespaced_service(
+                namespace, _model(client.V1Service, resources.service(self.spec, revision, self.owner))
+            ),
+            exists_ok=True,
+        )
+
+    async def ready(self, revision: str) -> bool:
+        current = await self._deployment(revision)
+        return current is not None and int(current.get("status", {}).get("readyReplicas") or 0) >= 1
+
+    async def scale(self, revision: str, replicas: int) -> None:
+        name = resources.child_name(self.spec, revision)
+        await _call(
+            f"scaling Deployment {name}",
+            self.kube.apps.patch_namespaced_deployment(
+                name, self.spec.namespace, {"spec": {"replicas": replicas}}, _content_type=MERGE_PATCH
+            ),
+        )
+
+    async def remove(self, revision: str) -> None:
+        name = resources.child_name(self.spec, revision)
+        await _call(
+            f"deleting Deployment {name}",
+            self.kube.apps.delete_namespaced_deployment(name, self.spec.namespace),
+            missing_ok=True,
+        )
+        await _call(
+            f"deleting Service {name}",
+            self.kube.core.delete_namespaced_service(name, self.spec.namespace),
+            missing_ok=True,
+        )
+
+    async def _deployment(self, revision: str) -> dict[str, Any] | None:
+        name = resources.child_name(self.spec, revision)
+        return await _read(
+            self.kube.apps.read_namespaced_deployment_without_preload_content(name, self.spec.namespace)
+        )
+
+    async def _relabel(self, current: Mapping[str, Any], track: Track) -> None:
+        """Promotion: the track label and the server's --track flag change; the pods roll."""
+        containers = current["spec"]["template"]["spec"]["containers"]
+        index = next(i for i, c in enumerate(containers) if c["name"] == "server")
+        args = list(containers[index].get("args", []))
+        if "--track" in args:
+            args[args.index("--track") + 1] = track.value
+        patch = [
+            {"op": "test", "path": "/metadata/name", "value": current["metadata"]["name"]},
+            {"op": "add", "path": "/metadata/labels/track", "value": track.value},
+            {"op": "add", "path": "/spec/template/metadata/labels/track", "value": track.value},
+            {"op": "replace", "path": f"/spec/template/spec/containers/{index}/args", "value": args},
+        ]
+        name = current["metadata"]["name"]
+        await _call(
+            f"relabelling Deployment {name} as {track.value}",
+            self.kube.apps.patch_namespaced_deployment(
+                name, self.spec.namespace, patch, _content_type=JSON_PATCH
+            ),
+        )
+
+
+class GatewayRouter:
+    """`TrafficRouter` over a Gateway API HTTPRoute the user owns.
+
+    In every rule whose backendRefs name this model's Services (the shared name, as the user
+    writes it, or a revision's), those refs are replaced by the stable and canary ones with their
+    weights. Other refs, matches and filters stay as they are. A JSON patch tests each rule's
+    refs before replacing them, so a concurrent edit by the user fails the patch instead of
+    being overwritten; the next tick retries on the fresh route.
+    """
+
+    def __init__(self, kube: Kube, spec: ModelSpec) -> None:
+        if spec.http_route is None:
+            raise ValueError("GatewayRouter needs spec.traffic.httpRoute")
+        self.kube = kube
+        self.spec = spec
+        self.route_name = spec.http_route
+
+    async def route(self, stable: str, canary: str | None, weight: int) -> float:
+        wanted = [resources.backend_ref(self.spec, stable, 100 - weight if canary else 100)]
+        if canary:
+            wanted.append(resources.backend_ref(self.spec, canary, weight))
+        await self.set_refs(wanted)
+        return float(weight) if canary else 0.0
+
+    async def set_refs(self, wanted: list[dict[str, Any]]) -> None:
+        namespace = self.spec.namespace
+        route = await _read(
+            self.kube.custom.get_namespaced_custom_object_without_preload_content(
+                *GATEWAY[:2], namespace, GATEWAY[2], self.route_name
+            )
+        )
+        if route is None:
+            raise PortError(f"HTTPRoute {namespace}/{self.route_name} not found", reason="HTTPRouteNotFound")
+        patch: list[dict[str, Any]] = []
+        referenced = False
+        for index, rule in enumerate(route.get("spec", {}).get("rules") or []):
+            refs = rule.get("backendRefs") or []
+            if not any(self._ours(ref) for ref in refs):
+                continue
+            referenced = True
+            new = [ref for ref in refs if not self._ours(ref)] + wanted
+            if new != refs:
+                path = f"/spec/rules/{index}/backendRefs"
+                patch += [
+                    {"op": "test", "path": path, "value": refs},
+                    {"op": "replace", "path": path, "value": new},
+                ]
+        if not referenced:
+            raise PortError(
+                f"HTTPRoute {namespace}/{self.route_name} has no rule with a backendRef to Service "
+                f"{self.spec.name}: add one where this model should be served",
+                reason="HTTPRouteNotReferenced",
+            )
+        if patch:
+            await _call(
+                f"setting weights in HTTPRoute {self.route_name}",
+                self.kube.custom.patch_namespaced_custom_object(
+                    *GATEWAY[:2], namespace, GATEWAY[2], self.route_name, patch, _content_type=JSON_PATCH
+                ),
+            )
+
+    async def release(self) -> None:
+        """Point the route back at the shared Service name, as the user wrote it (on deletion)."""
+        await self.set_refs(
+            [{"group": "", "kind": "Service", "name": self.spec.name, "port": self.spec.port}]
+        )
+
+    def _ours(self, ref: Mapping[str, Any]) -> bool:
+        return (
+            ref.get("kind", "Service") == "Service"
+            and ref.get("group", "") in ("", "core")
+            and ref.get("namespace", self.spec.namespace) == self.spec.namespace
+            and resources.is_revision_service(self.spec, str(ref.get("name", "")))
+        )
+
+
+class ReplicaRouter:
+    """`TrafficRouter` without a gateway: one Service over both revisions, weight = replica share.
+
+    With N replicas, the canary gets round(N * weight) of them (at least 1, and at least 1 stays
+    stable before the last step); the achieved weight returned says how close that comes: with 4
+    replicas, 5% becomes 1 canary pod of 4 = 25%.
+    """
+
+    def __init__(self, kube: Kube, spec: ModelSpec, workloads: KubeWorkloads) -> None:
+        self.kube = kube
+        self.spec = spec
+        self.workloads = workloads
+
+    async def route(self, stable: str, canary: str | None, weight: int) -> float:
+        await _call(
+            f"creating Service {self.spec.name}",
+            self.kube.core.create_namespaced_service(
+                self.spec.namespace,
+                _model(client.V1Service, resources.service(self.spec, None, self.workloads.owner)),
+            ),
+            exists_ok=True,
+        )
+        total = self.spec.replicas
+        if canary is None:
+            await self.workloads.scale(stable, total)
+            return 0.0
+        canary_replicas, stable_replicas = split(total, weight)
+        # up before down: never fewer servers than asked while the split moves
+        await self.workloads.scale(canary, canary_replicas)
+        await self.workloads.scale(stable, stable_replicas)
+        return 100.0 * canary_replicas / (canary_replicas + stable_replicas)
+
+
+def split(total: int, weight: int) -> tuple[int, int]:
+    """(canary, stable) replicas closest to `weight` percent for the canary, with `total` in all."""
+    if weight >= 100:
+        return total, 0
+    canary = min(max(1, round(total * weight / 100)), max(total - 1, 1))
+    return canary, max(total - canary, 1)

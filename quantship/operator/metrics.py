@@ -1,0 +1,44 @@
+"""The operator's own metrics (DESIGN.md), on a registry passed in: weight, step, rollouts,
+judgements and burn rates per model. `reconcile` records each tick's decision here; the operator
+serves the registry on its /metrics port."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from quantship.rollout import Action, Decision
+
+RESULTS = {Action.PROMOTE: "promoted", Action.ROLL_BACK: "rolled_back", Action.FAIL: "failed"}
+
+
+class OperatorMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.weight = Gauge(
+            "quantship_rollout_weight", "Canary weight achieved, percent", ["model"], registry=registry
+        )
+        self.step = Gauge(
+            "quantship_rollout_step", "Canary step, 1-based; 0 without a canary", ["model"], registry=registry
+        )
+        self.rollouts = Counter(
+            "quantship_rollouts", "Finished canaries by result", ["model", "result"], registry=registry
+        )
+        self.analyses = Counter(
+            "quantship_analysis", "Canary judgements by verdict", ["model", "result"], registry=registry
+        )
+        self.burn_rate = Gauge(
+            "quantship_burn_rate",
+            "Canary burn rate at the last judgement, per SLO and window",
+            ["model", "slo", "window"],
+            registry=registry,
+        )
+
+    def record(self, model: str, decision: Decision) -> None:
+        status = decision.status
+        self.weight.labels(model).set(status.achieved_weight if status.canary else 0)
+        self.step.labels(model).set(status.step + 1 if status.canary else 0)
+        if decision.analysis is not None:
+            self.analyses.labels(model, decision.analysis.verdict.value).inc()
+            for (sli, window), rate in decision.analysis.burn_rates().items():
+                self.burn_rate.labels(model, sli, window).set(rate)
+        if decision.action in RESULTS:
+            self.rollouts.labels(model, RESULTS[decision.action]).inc()

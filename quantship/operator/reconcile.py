@@ -1,0 +1,157 @@
+"""One tick of one QuantizedModel: read it fresh, tick the rollout engine, write status back.
+
+Called by the kopf handlers (on create/resume/spec change, and by the analysis timer), always
+under the resource's lock. It reads the resource from the API itself rather than trusting the
+event that woke it, so two ticks in a row never act on a stale status. Every decision goes, with
+the same text, to the status (message, history, conditions), an Event, the log and the metrics.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import kopf
+
+from quantship.operator import crd
+from quantship.operator import status as status_module
+from quantship.operator.kube import GatewayRouter, Kube, KubeWorkloads, ReplicaRouter
+from quantship.operator.metrics import OperatorMetrics
+from quantship.operator.spec import InvalidSpec, ModelSpec
+from quantship.rollout import (
+    Action,
+    Decision,
+    MetricsSource,
+    PortError,
+    PrometheusSource,
+    RolloutStatus,
+    TrafficRouter,
+    tick,
+)
+
+IN_FLIGHT = ("Pending", "Progressing")
+
+
+@dataclass
+class Context:
+    """What every tick needs, built once by the operator's composition root (`main.run`)."""
+
+    kube: Kube
+    metrics: OperatorMetrics
+    retry_backoff: float = 10.0
+    clock: Callable[[], float] = field(default=time.time)
+    metrics_source: Callable[[ModelSpec], MetricsSource] = field(
+        default=lambda spec: PrometheusSource(spec.prometheus_url)
+    )
+    """The MetricsSource a tick judges with: Prometheus at spec.analysis.prometheusUrl."""
+
+
+def router_for(kube: Kube, spec: ModelSpec, workloads: KubeWorkloads) -> TrafficRouter:
+    if spec.router == "gateway-api":
+        return GatewayRouter(kube, spec)
+    return ReplicaRouter(kube, spec, workloads)
+
+
+def workloads_for(kube: Kube, spec: ModelSpec, owner: Mapping[str, Any]) -> KubeWorkloads:
+    # behind one shared Service every ready canary pod takes a share at once: start with one
+    canary_replicas = 1 if spec.router == "replicas" else spec.replicas
+    return KubeWorkloads(kube, spec, owner, canary_replicas=canary_replicas)
+
+
+async def reconcile(ctx: Context, namespace: str, name: str, logger: logging.Logger | Any) -> Decision | None:
+    """Tick the rollout of one resource. Raises kopf.TemporaryError when an adapter failed (the
+    condition says why; kopf retries with backoff). Returns the decision, or None when there was
+    nothing to decide (resource gone or being deleted, spec invalid)."""
+    body = await ctx.kube.get_model(namespace, name)
+    if body is None or body.get("metadata", {}).get("deletionTimestamp"):
+        return None
+    metadata, previous = body["metadata"], dict(body.get("status") or {})
+    generation = metadata.get("generation")
+    now = ctx.clock()
+    current = RolloutStatus.from_dict(previous)
+    try:
+        spec = ModelSpec.from_resource(body)
+    except InvalidSpec as exc:
+        await _write_status(ctx, body, previous, current, ("InvalidSpec", str(exc)), generation, now, logger)
+        raise kopf.PermanentError(str(exc)) from exc
+
+    workloads = workloads_for(ctx.kube, spec, body)
+    source = ctx.metrics_source(spec)
+    annotations = metadata.get("annotations") or {}
+    try:
+        decision = await tick(
+            current,
+            spec.rollout,
+            workloads=workloads,
+            router=router_for(ctx.kube, spec, workloads),
+            metrics=source,
+            now=now,
+            abort=crd.ABORT_ANNOTATION in annotations,
+            promote=crd.PROMOTE_ANNOTATION in annotations,
+        )
+    except PortError as exc:
+        await _write_status(ctx, body, previous, current, (exc.reason, str(exc)), generation, now, logger)
+        raise kopf.TemporaryError(f"{exc.reason}: {exc}", delay=ctx.retry_backoff) from exc
+    finally:
+        close = getattr(source, "aclose", None)
+        if close is not None:
+            await close()
+
+    degraded = (_degraded_reason(decision), decision.degraded) if decision.degraded else None
+    await _write_status(ctx, body, previous, decision.status, degraded, generation, now, logger)
+    ctx.metrics.record(spec.model, decision)
+    if decision.action is not Action.WAIT:
+        _announce(body, decision, logger)
+    # the annotations are one-shot requests: used up once acted on, meaningless without a canary
+    used = decision.manual or not decision.status.in_flight
+    stale = [key for key in (crd.ABORT_ANNOTATION, crd.PROMOTE_ANNOTATION) if key in annotations]
+    if used and stale:
+        await ctx.kube.patch_model_metadata(namespace, name, {"annotations": dict.fromkeys(stale)})
+    return decision
+
+
+def _degraded_reason(decision: Decision) -> str:
+    if decision.analysis is not None and decision.analysis.unreachable:
+        return "MetricsUnreachable"
+    if decision.action is Action.JUDGED:
+        return "AnalysisInconclusive"
+    return "NotReady"
+
+
+async def _write_status(
+    ctx: Context,
+    body: Mapping[str, Any],
+    previous: Mapping[str, Any],
+    status: RolloutStatus,
+    degraded: tuple[str, str] | None,
+    generation: int | None,
+    now: float,
+    logger: logging.Logger | Any,
+) -> None:
+    new = status_module.status_body(previous, status, degraded=degraded, generation=generation, now=now)
+    if not status_module.changed(previous, new):
+        return
+    metadata = body["metadata"]
+    await ctx.kube.patch_model_status(metadata.get("namespace", "default"), metadata["name"], new)
+    was = {c.get("type"): c.get("status") for c in previous.get("conditions") or []}
+    if degraded and was.get(status_module.DEGRADED) != "True":
+        kopf.warn(_event_target(body), reason=degraded[0], message=degraded[1])
+        logger.warning("%s: %s", degraded[0], degraded[1])
+
+
+def _event_target(body: Mapping[str, Any]) -> kopf.Body:
+    return kopf.Body(cast(kopf.RawBody, dict(body)))
+
+
+def _announce(body: Mapping[str, Any], decision: Decision, logger: logging.Logger | Any) -> None:
+    """The decision's reason, verbatim, as an Event and a log line."""
+    message = decision.reason
+    if decision.warning:
+        kopf.warn(_event_target(body), reason=decision.action.value, message=message)
+        logger.warning("%s: %s", decision.action.value, message)
+    else:
+        kopf.info(_event_target(body), reason=decision.action.value, message=message)
+        logger.info("%s: %s", decision.action.value, message)

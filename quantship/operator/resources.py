@@ -1,0 +1,214 @@
+"""The Kubernetes objects a QuantizedModel owns, built as plain dicts (no API calls here).
+
+Per revision: a Deployment of `quantship serve` (an init container fetches and verifies the
+artifact first) and a Service over it. In `replicas` traffic mode also one Service named like
+the model over every revision, so the replica ratio splits traffic. Called by the adapters in
+`kube.py`; pure, so tests can check every field without an API.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import kopf
+
+from quantship.operator.spec import ModelSpec
+from quantship.rollout import Track
+
+SERVER_PORT = 8080
+ARTIFACT_DIR = "/artifact"
+MODEL_DIR = f"{ARTIFACT_DIR}/model"
+PVC_ROOT = "/mnt/pvc"
+KEY_DIR = "/etc/quantship/keys"
+KEY_FILE = "public.pem"
+RUN_AS = 10001  # the user of the server image (server/Dockerfile)
+MANAGED_BY = {"app.kubernetes.io/managed-by": "quantship"}
+
+
+def child_name(spec: ModelSpec, revision: str) -> str:
+    return f"{spec.name}-{revision}"
+
+
+def is_revision_service(spec: ModelSpec, name: str) -> bool:
+    """Whether a Service name is one of this model's per-revision Services (or its shared one)."""
+    return name == spec.name or re.fullmatch(rf"{re.escape(spec.name)}-[0-9a-f]{{10}}", name) is not None
+
+
+def selector(spec: ModelSpec, revision: str | None = None) -> dict[str, str]:
+    labels = {"app.kubernetes.io/instance": spec.name, "model": spec.model}
+    if revision is not None:
+        labels["revision"] = revision
+    return labels
+
+
+def labels(spec: ModelSpec, revision: str, track: Track) -> dict[str, str]:
+    return {
+        "app.kubernetes.io/name": "quantship-server",
+        **MANAGED_BY,
+        **selector(spec, revision),
+        "track": track.value,
+    }
+
+
+def fetch_command(spec: ModelSpec) -> list[str]:
+    command = ["quantship", "fetch", spec.artifact_uri, MODEL_DIR, "--pvc-root", PVC_ROOT]
+    if spec.public_key_secret:
+        command += ["--public-key", f"{KEY_DIR}/{KEY_FILE}"]
+    return command
+
+
+def serve_args(spec: ModelSpec, revision: str, track: Track) -> list[str]:
+    args = [
+        "serve", MODEL_DIR,
+        "--model-name", spec.model, "--revision", revision, "--track", track.value,
+        "--host", "0.0.0.0", "--port", str(SERVER_PORT),
+        *spec.server_args(),
+    ]  # fmt: skip
+    if spec.public_key_secret:
+        args += ["--public-key", f"{KEY_DIR}/{KEY_FILE}"]
+    return args
+
+
+def _volumes(spec: ModelSpec) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Volumes and the mounts both containers share: the fetched artifact, /tmp (the root file
+    system is read-only), the artifact's claim for pvc:// and the signing key."""
+    volumes: list[dict[str, Any]] = [
+        {"name": "artifact", "emptyDir": {}},
+        {"name": "tmp", "emptyDir": {}},
+    ]
+    mounts: list[dict[str, Any]] = [
+        {"name": "artifact", "mountPath": ARTIFACT_DIR},
+        {"name": "tmp", "mountPath": "/tmp"},
+    ]
+    if spec.artifact_uri.startswith("pvc://"):
+        claim = spec.artifact_uri.removeprefix("pvc://").split("/", 1)[0]
+        volumes.append({"name": "source", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}})
+        mounts.append({"name": "source", "mountPath": f"{PVC_ROOT}/{claim}", "readOnly": True})
+    if spec.public_key_secret:
+        volumes.append({"name": "keys", "secret": {"secretName": spec.public_key_secret}})
+        mounts.append({"name": "keys", "mountPath": KEY_DIR, "readOnly": True})
+    return volumes, mounts
+
+
+CONTAINER_SECURITY = {
+    "runAsNonRoot": True,
+    "runAsUser": RUN_AS,
+    "runAsGroup": RUN_AS,
+    "readOnlyRootFilesystem": True,
+    "allowPrivilegeEscalation": False,
+    "capabilities": {"drop": ["ALL"]},
+}
+
+
+def deployment(
+    spec: ModelSpec, revision: str, track: Track, replicas: int, owner: Mapping[str, Any]
+) -> dict[str, Any]:
+    volumes, mounts = _volumes(spec)
+    probe = {
+        "httpGet": {"path": "/v2/health/ready", "port": "http"},
+        "periodSeconds": 5,
+        "failureThreshold": 3,
+    }
+    liveness = {
+        "httpGet": {"path": "/v2/health/live", "port": "http"},
+        "periodSeconds": 10,
+        "failureThreshold": 3,
+    }
+    startup = {
+        "httpGet": {"path": "/v2/health/live", "port": "http"},
+        "periodSeconds": 2,
+        "failureThreshold": 60,
+    }
+    body: dict[str, Any] = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {
+            "name": child_name(spec, revision),
+            "namespace": spec.namespace,
+            "labels": labels(spec, revision, track),
+        },
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": selector(spec, revision)},
+            # relabelling at promotion rolls the pods: never below the asked replicas meanwhile
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
+            "template": {
+                "metadata": {
+                    "labels": labels(spec, revision, track),
+                    "annotations": {
+                        "prometheus.io/scrape": "true",
+                        "prometheus.io/port": str(SERVER_PORT),
+                        "prometheus.io/path": "/metrics",
+                    },
+                },
+                "spec": {
+                    "securityContext": {
+                        "runAsNonRoot": True,
+                        "runAsUser": RUN_AS,
+                        "runAsGroup": RUN_AS,
+                        "fsGroup": RUN_AS,
+                        "seccompProfile": {"type": "RuntimeDefault"},
+                    },
+                    "automountServiceAccountToken": False,
+                    "terminationGracePeriodSeconds": 30,
+                    "initContainers": [
+                        {
+                            "name": "fetch",
+                            "image": spec.image,
+                            "command": fetch_command(spec),
+                            "securityContext": CONTAINER_SECURITY,
+                            "volumeMounts": mounts,
+                        }
+                    ],
+                    "containers": [
+                        {
+                            "name": "server",
+                            "image": spec.image,
+                            "command": ["quantship"],
+                            "args": serve_args(spec, revision, track),
+                            "ports": [{"name": "http", "containerPort": SERVER_PORT, "protocol": "TCP"}],
+                            "readinessProbe": probe,
+                            "livenessProbe": liveness,
+                            "startupProbe": startup,
+                            "resources": dict(spec.resources),
+                            "securityContext": CONTAINER_SECURITY,
+                            "volumeMounts": mounts,
+                        }
+                    ],
+                    "volumes": volumes,
+                },
+            },
+        },
+    }
+    kopf.append_owner_reference(body, owner=dict(owner))  # type: ignore[arg-type]
+    return body
+
+
+def service(spec: ModelSpec, revision: str | None, owner: Mapping[str, Any]) -> dict[str, Any]:
+    """The Service of one revision; with `revision` None, the model's shared Service (replicas mode)."""
+    name = child_name(spec, revision) if revision else spec.name
+    service_labels = {**MANAGED_BY, **selector(spec, revision)}
+    body: dict[str, Any] = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": name, "namespace": spec.namespace, "labels": service_labels},
+        "spec": {
+            "selector": selector(spec, revision),
+            "ports": [{"name": "http", "port": spec.port, "targetPort": "http", "protocol": "TCP"}],
+        },
+    }
+    kopf.append_owner_reference(body, owner=dict(owner))  # type: ignore[arg-type]
+    return body
+
+
+def backend_ref(spec: ModelSpec, revision: str, weight: int) -> dict[str, Any]:
+    """An HTTPRoute backendRef to one revision's Service."""
+    return {
+        "group": "",
+        "kind": "Service",
+        "name": child_name(spec, revision),
+        "port": spec.port,
+        "weight": weight,
+    }

@@ -1,0 +1,30 @@
+"""The operator's settings: how often it ticks, where it serves metrics, how replicas peer.
+
+Built by `quantship operator` from its flags (and by the tests); read by `main.run` and the handlers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class OperatorSettings:
+    namespaces: tuple[str, ...] = ()
+    """Namespaces to watch; empty watches the whole cluster."""
+    tick_interval: float = 5.0
+    """Seconds between ticks of an in-flight rollout. A judgement is due once per step interval
+    (a minute by default); this only bounds how late after that it happens."""
+    retry_backoff: float = 10.0
+    """Seconds before a failed tick (API error, missing HTTPRoute) is retried."""
+    metrics_host: str = "0.0.0.0"
+    metrics_port: int = 8000
+    """Port of the operator's own /metrics; 0 serves none."""
+    health_port: int = 8081
+    """Port of kopf's liveness endpoint (/healthz); 0 serves none."""
+    standalone: bool = False
+    """Skip peering: only one replica may run then."""
+    peering: str = "quantship"
+    """kopf peering object: of several replicas only the one with the highest priority works. It
+    needs kopf's KopfPeering CRD; without it the operator warns and runs unpeered."""
+    priority: int = 0

@@ -1,0 +1,153 @@
+"""A QuantizedModel resource read into typed settings: what to run and how to roll it out.
+
+The handlers call `ModelSpec.from_resource` on every tick. Defaults come from the CRD's own
+schema (`crd.schema()`), applied the way the API server applies them, so an object that reached
+us without them (an older one, a test API) means the same thing. A spec the schema cannot catch
+(windows in the wrong order, steps not increasing) raises `InvalidSpec`, which the handlers turn
+into a Degraded condition while the stable revision keeps serving.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from quantship import slo
+from quantship.operator import crd
+from quantship.rollout import AnalysisSpec, OnInconclusive, RolloutSpec, parse_duration
+
+SERVER_FLAGS = {
+    "maxBatchSize": "--max-batch-size",
+    "maxQueueDelayMs": "--max-queue-delay-ms",
+    "maxQueueSize": "--max-queue-size",
+    "shadowRate": "--shadow-rate",
+    "clipSampleRate": "--clip-sample-rate",
+    "threads": "--threads",
+}
+"""spec.server fields -> `quantship serve` flags."""
+
+
+class InvalidSpec(Exception):
+    """The resource passed the schema but cannot work as written. Permanent until the spec changes."""
+
+
+def apply_defaults(schema: Mapping[str, Any], value: Any) -> Any:
+    """`value` with the schema's defaults filled in where fields are missing (structural defaulting)."""
+    if isinstance(value, dict) and schema.get("type") == "object":
+        result = dict(value)
+        for name, sub in schema.get("properties", {}).items():
+            if name not in result and "default" in sub:
+                result[name] = copy.deepcopy(sub["default"])
+            if name in result:
+                result[name] = apply_defaults(sub, result[name])
+        return result
+    if isinstance(value, list) and isinstance(schema.get("items"), Mapping):
+        return [apply_defaults(schema["items"], item) for item in value]
+    return value
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    namespace: str
+    model: str
+    """The model's name in the inference API and the `model` label of its metrics."""
+    artifact_uri: str
+    public_key_secret: str | None
+    image: str
+    replicas: int
+    resources: Mapping[str, Any]
+    server: Mapping[str, Any]
+    router: str
+    http_route: str | None
+    port: int
+    prometheus_url: str
+    rollout: RolloutSpec
+
+    @property
+    def revision(self) -> str:
+        return self.rollout.revision
+
+    def server_args(self) -> list[str]:
+        args: list[str] = []
+        for field, flag in SERVER_FLAGS.items():
+            if field in self.server:
+                args += [flag, str(self.server[field])]
+        return args
+
+    @classmethod
+    def from_resource(cls, body: Mapping[str, Any]) -> ModelSpec:
+        metadata = body.get("metadata", {})
+        spec = apply_defaults(crd.spec_schema(), dict(body.get("spec") or {}))
+        if "uri" not in spec.get("artifact", {}):
+            raise InvalidSpec("spec.artifact.uri is required")
+        traffic, slos, analysis, steps = spec["traffic"], spec["slos"], spec["analysis"], spec["rollout"]
+        if traffic["router"] == "gateway-api" and not traffic.get("httpRoute"):
+            raise InvalidSpec("spec.traffic.httpRoute is required when spec.traffic.router is gateway-api")
+        model = spec.get("modelName") or metadata["name"]
+        try:
+            latency = slos["latency"]
+            objectives = (
+                slo.Objective(slo.SLI.ACCURACY_DELTA, budget=slos["maxAccuracyDelta"]),
+                slo.Objective(
+                    slo.SLI.LATENCY,
+                    budget=round(1 - latency["objective"], 12),
+                    latency_threshold=latency["thresholdSeconds"],
+                ),
+                slo.Objective(slo.SLI.ERRORS, budget=slos["maxErrorRate"]),
+                slo.Objective(slo.SLI.CLIP_RATE, budget=slos["maxClipRate"]),
+            )
+            rollout = RolloutSpec(
+                model=model,
+                revision=revision_of(spec),
+                objectives=objectives,
+                steps=tuple(steps["steps"]),
+                step_interval=parse_duration(steps["stepInterval"]),
+                progress_deadline=parse_duration(steps["progressDeadline"]),
+                analysis=AnalysisSpec(
+                    short_window=parse_duration(analysis["shortWindow"]),
+                    long_window=parse_duration(analysis["longWindow"]),
+                    burn_rate_threshold=float(analysis["burnRateThreshold"]),
+                    max_burn_rate_increase=float(analysis["maxBurnRateIncrease"]),
+                    min_samples=int(analysis["minSamples"]),
+                    failure_limit=int(analysis["failureLimit"]),
+                    inconclusive_limit=int(analysis["inconclusiveLimit"]),
+                    on_inconclusive=OnInconclusive(analysis["onInconclusive"]),
+                    max_fallback_ops=int(slos["maxFallbackOps"]),
+                    labels=dict(analysis.get("labels") or {}),
+                ),
+            )
+        except (ValueError, TypeError, KeyError) as exc:
+            raise InvalidSpec(f"invalid spec: {exc}") from exc
+        return cls(
+            name=metadata["name"],
+            namespace=metadata.get("namespace", "default"),
+            model=model,
+            artifact_uri=spec["artifact"]["uri"],
+            public_key_secret=spec["artifact"].get("publicKeySecret"),
+            image=spec["image"],
+            replicas=int(spec["replicas"]),
+            resources=dict(spec.get("resources") or {}),
+            server=dict(spec["server"]),
+            router=traffic["router"],
+            http_route=traffic.get("httpRoute"),
+            port=int(traffic["port"]),
+            prometheus_url=analysis["prometheusUrl"],
+            rollout=rollout,
+        )
+
+
+def revision_of(spec: Mapping[str, Any]) -> str:
+    """A revision id: 10 hex digits over everything that changes what the servers do. Replicas,
+    SLOs and rollout settings are not part of it: changing them starts no canary."""
+    served = {
+        "artifact": spec.get("artifact"),
+        "image": spec.get("image"),
+        "server": spec.get("server") or {},
+        "modelName": spec.get("modelName"),
+    }
+    return hashlib.sha256(json.dumps(served, sort_keys=True).encode()).hexdigest()[:10]

@@ -1,0 +1,94 @@
+"""The QuantizedModel's status as the operator writes it: the engine's RolloutStatus plus
+Kubernetes conditions (Ready, Progressing, Degraded) and the printer-column figures.
+
+Pure functions, called by `reconcile` after each tick. A condition keeps its lastTransitionTime
+while its status stays the same, as `kubectl wait` and dashboards expect.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from quantship import slo
+from quantship.rollout import Phase, RolloutStatus
+from quantship.rollout.state import to_timestamp
+
+READY = "Ready"
+PROGRESSING = "Progressing"
+DEGRADED = "Degraded"
+
+
+def conditions(
+    previous: Sequence[Mapping[str, Any]],
+    status: RolloutStatus,
+    *,
+    degraded: tuple[str, str] | None,
+    generation: int | None,
+    now: float,
+) -> list[dict[str, Any]]:
+    """The three conditions for `status`; `degraded` is (reason, message) when something is wrong."""
+    serving = status.stable is not None and not (status.phase is Phase.PENDING and status.canary is None)
+    if serving:
+        share = 100 - round(status.achieved_weight) if status.canary else 100
+        ready = ("True", "StableServing", f"{status.stable} serves {share}% of traffic")
+    else:
+        ready = ("False", "NotServing", status.message or "no revision is ready yet")
+    if status.in_flight and status.canary:
+        progressing = ("True", status.phase.value, status.message)
+    elif status.in_flight:
+        progressing = ("True", "FirstRevision", status.message)
+    else:
+        progressing = ("False", status.phase.value, status.message)
+    trouble = ("True", *degraded) if degraded else ("False", "AsExpected", "")
+    old = {condition.get("type"): condition for condition in previous}
+    built = []
+    for kind, (state, reason, message) in ((READY, ready), (PROGRESSING, progressing), (DEGRADED, trouble)):
+        before = old.get(kind, {})
+        since = before.get("lastTransitionTime") if before.get("status") == state else None
+        condition = {
+            "type": kind,
+            "status": state,
+            "reason": reason,
+            "message": message,
+            "lastTransitionTime": since or to_timestamp(now),
+        }
+        if generation is not None:
+            condition["observedGeneration"] = generation
+        built.append(condition)
+    return built
+
+
+def accuracy_delta(status: RolloutStatus) -> float | None:
+    """The canary's share of shadow disagreements on the short window of the last judgement."""
+    analysis = status.last_analysis or {}
+    for result in analysis.get("slos", []):
+        if result.get("slo") == slo.SLI.ACCURACY_DELTA.value and result.get("windows"):
+            ratio = result["windows"][0].get("ratio")
+            return float(ratio) if ratio is not None else None
+    return None
+
+
+def status_body(
+    previous: Mapping[str, Any],
+    status: RolloutStatus,
+    *,
+    degraded: tuple[str, str] | None,
+    generation: int | None,
+    now: float,
+) -> dict[str, Any]:
+    """The full `status` to merge-patch: keys that became None are removed by the merge."""
+    body = status.to_dict()
+    body["accuracyDelta"] = accuracy_delta(status)
+    body["observedGeneration"] = generation
+    body["conditions"] = conditions(
+        previous.get("conditions") or [], status, degraded=degraded, generation=generation, now=now
+    )
+    return body
+
+
+def changed(previous: Mapping[str, Any], body: Mapping[str, Any]) -> bool:
+    """Whether writing `body` would change anything (ignoring timestamps of unchanged conditions)."""
+    return any(previous.get(key) != value for key, value in body.items() if value is not None) or any(
+        value is None and key in previous for key, value in body.items()
+    )

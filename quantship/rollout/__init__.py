@@ -1,0 +1,72 @@
+"""The rollout engine: canary steps judged by SLO burn rates. Knows nothing of Kubernetes.
+
+What other parts use: the spec and status types, `decide`/`tick`/`run_rollout`, the three ports
+(`Workloads`, `TrafficRouter`, `MetricsSource`) with their measurement types, and
+`PrometheusSource`, the production MetricsSource. The operator (`quantship.operator`) and the
+local demo (`quantship.local`) supply the adapters.
+"""
+
+from quantship.rollout.analysis import Analysis, Measurements, Verdict, judge, measure
+from quantship.rollout.engine import (
+    Action,
+    Decision,
+    Intervention,
+    Observations,
+    apply,
+    decide,
+    needs,
+    run_rollout,
+    tick,
+)
+from quantship.rollout.ports import (
+    Counts,
+    GaugeMeasurement,
+    Measurement,
+    MetricsSource,
+    NoData,
+    PortError,
+    Track,
+    TrafficRouter,
+    Unreachable,
+    Value,
+    Workloads,
+)
+from quantship.rollout.prometheus import PrometheusSource
+from quantship.rollout.spec import AnalysisSpec, OnInconclusive, RolloutSpec, format_duration, parse_duration
+from quantship.rollout.state import Phase, RolloutStatus
+
+__all__ = [
+    "Action",
+    "Analysis",
+    "AnalysisSpec",
+    "Counts",
+    "Decision",
+    "GaugeMeasurement",
+    "Intervention",
+    "Measurement",
+    "Measurements",
+    "MetricsSource",
+    "NoData",
+    "Observations",
+    "OnInconclusive",
+    "Phase",
+    "PortError",
+    "PrometheusSource",
+    "RolloutSpec",
+    "RolloutStatus",
+    "Track",
+    "TrafficRouter",
+    "Unreachable",
+    "Value",
+    "Verdict",
+    "Workloads",
+    "apply",
+    "decide",
+    "format_duration",
+    "judge",
+    "measure",
+    "needs",
+    "parse_duration",
+    "run_rollout",
+    "tick",
+]

@@ -1,0 +1,445 @@
+"""The canary state machine: a pure `decide`, and a thin async `tick` that feeds and applies it.
+
+Each tick re-derives everything from the persisted `RolloutStatus` (nothing lives in memory):
+it observes only what the current state needs (is the new revision ready? is a judgement due?),
+asks `decide` what to do, carries the decision out through the ports, and returns the decision
+with the status to persist. The operator calls `tick` from a kopf timer; the local demo and the
+tests call `run_rollout`, a loop of ticks.
+
+The walk, one guarded step at a time (each returns early):
+  first revision   Pending -> (ready) Promoted; it serves everything, there is nothing to compare
+  new revision     -> canary Pending -> (ready) Progressing at steps[0]
+  each step        wait step_interval, judge: pass -> next step (after the last: Promoted);
+                   fail -> failure_limit reached? RolledBack; inconclusive -> inconclusive_limit
+                   reached? RolledBack (or hold); a canary never ready by the deadline -> Failed
+  a person         abort -> RolledBack; promote -> Promoted (once the canary is ready)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+from quantship.rollout.analysis import Analysis, Verdict, judge, measure
+from quantship.rollout.ports import MetricsSource, PortError, Track, TrafficRouter, Workloads
+from quantship.rollout.spec import OnInconclusive, RolloutSpec
+from quantship.rollout.state import Phase, RolloutStatus
+
+log = logging.getLogger(__name__)
+
+ABORTED = "aborted by a person (annotation serving.quantship.io/abort)"
+PROMOTED = "promoted by a person (annotation serving.quantship.io/promote)"
+
+
+class Action(enum.StrEnum):
+    """What a decision does. CamelCase: the operator uses them as Event reasons."""
+
+    WAIT = "Wait"
+    DEPLOY = "Deploy"
+    SERVE = "Serve"
+    START_CANARY = "StartCanary"
+    SET_WEIGHT = "SetWeight"
+    JUDGED = "Judged"
+    PROMOTE = "Promote"
+    ROLL_BACK = "RollBack"
+    FAIL = "Fail"
+
+
+@dataclass(frozen=True)
+class Observations:
+    """What a tick saw. None means "not looked at": the state did not need it."""
+
+    now: float
+    """Seconds since the epoch (or the test loop's clock): the same clock as the status times."""
+    stable_ready: bool | None = None
+    canary_ready: bool | None = None
+    abort: bool = False
+    """A person asked to abort the canary (annotation serving.quantship.io/abort)."""
+    promote: bool = False
+    """A person asked to promote the canary now (annotation serving.quantship.io/promote)."""
+    analysis: Analysis | None = None
+
+
+@dataclass(frozen=True)
+class Decision:
+    action: Action
+    status: RolloutStatus
+    """The status to persist once the action is carried out."""
+    reason: str
+    analysis: Analysis | None = None
+    retire: tuple[str, ...] = ()
+    """Revisions to remove once traffic has left them."""
+    manual: bool = False
+    """Taken because a person asked (abort / promote): the request is used up."""
+    degraded: str | None = None
+    """Why the rollout is stuck without having failed (no data, not ready past the deadline)."""
+
+    @property
+    def warning(self) -> bool:
+        return self.action in (Action.ROLL_BACK, Action.FAIL) or self.degraded is not None
+
+
+@dataclass(frozen=True)
+class Needs:
+    stable_ready: bool = False
+    canary_ready: bool = False
+    analysis: bool = False
+
+
+def analysis_due(status: RolloutStatus, spec: RolloutSpec, now: float) -> bool:
+    return (
+        status.phase is Phase.PROGRESSING
+        and status.canary == spec.revision
+        and status.step_started_at is not None
+        and now - status.step_started_at >= spec.step_interval
+    )
+
+
+def needs(status: RolloutStatus, spec: RolloutSpec, now: float) -> Needs:
+    """What `decide` will look at in this state: a tick observes nothing else."""
+    pending = status.phase is Phase.PENDING
+    return Needs(
+        stable_ready=pending and status.canary is None and status.stable == spec.revision,
+        canary_ready=pending and status.canary is not None and status.canary == spec.revision,
+        analysis=analysis_due(status, spec, now),
+    )
+
+
+# -- decide: pure ---------------------------------------------------------------------------------
+
+
+def decide(status: RolloutStatus, obs: Observations, spec: RolloutSpec) -> Decision:
+    """The next step of the rollout, with its reason. Pure: same inputs, same decision."""
+    # nothing runs yet: deploy the asked revision as the first stable
+    if status.stable is None:
+        first = RolloutStatus(phase=Phase.PENDING, stable=spec.revision, started_at=obs.now)
+        return _decision(Action.DEPLOY, first, obs.now, f"deploying {spec.revision} as the first revision")
+    # the first revision is starting
+    if status.canary is None and status.phase is Phase.PENDING:
+        return _first_revision(status, obs, spec)
+    # a canary is in flight
+    if status.canary is not None:
+        return _canary(status, obs, spec)
+    # steady: the stable serves everything; a new revision starts a canary
+    if spec.revision in (status.stable, status.rejected):
+        return _wait(status, status.message)
+    return _start_canary(status, spec, obs.now, replacing=None)
+
+
+def _first_revision(status: RolloutStatus, obs: Observations, spec: RolloutSpec) -> Decision:
+    assert status.stable is not None
+    if spec.revision != status.stable:  # asked for another before the first one ever served
+        first = replace(status, stable=spec.revision, started_at=obs.now)
+        reason = f"deploying {spec.revision} instead of {status.stable}, which never became ready"
+        return _decision(Action.DEPLOY, first, obs.now, reason, retire=(status.stable,))
+    if obs.stable_ready is None:
+        return _wait(status, status.message)
+    if obs.stable_ready:
+        serving = replace(status, phase=Phase.PROMOTED, weight=0, achieved_weight=0.0)
+        return _decision(Action.SERVE, serving, obs.now, f"{status.stable} is ready and serves all traffic")
+    waited = _since(status.started_at, obs.now)
+    if waited > spec.progress_deadline:
+        deadline = spec.progress_deadline
+        late = f"{status.stable} not ready after {waited:.0f} s (progress deadline {deadline:.0f} s)"
+        return _wait(status, late, degraded=late)
+    return _wait(status, f"waiting for {status.stable} to become ready")
+
+
+def _canary(status: RolloutStatus, obs: Observations, spec: RolloutSpec) -> Decision:
+    canary, now = status.canary, obs.now
+    assert canary is not None
+    # a person aborts
+    if obs.abort:
+        return _roll_back(status, now, ABORTED, manual=True)
+    # the spec moved on while the canary ran
+    if spec.revision != canary:
+        if spec.revision == status.stable:
+            return _roll_back(status, now, f"the spec asks for the stable revision {status.stable} again")
+        return _start_canary(status, spec, now, replacing=canary)
+    # the canary is starting
+    if status.phase is Phase.PENDING:
+        if obs.canary_ready is None:
+            return _wait(status, status.message)
+        if not obs.canary_ready:
+            waited = _since(status.started_at, now)
+            if waited > spec.progress_deadline:
+                reason = (
+                    f"canary {canary} not ready after {waited:.0f} s "
+                    f"(progress deadline {spec.progress_deadline:.0f} s)"
+                )
+                failed = replace(_without_canary(status), phase=Phase.FAILED, rejected=canary)
+                return _decision(Action.FAIL, failed, now, reason, retire=(canary,))
+            if obs.promote:
+                return _wait(status, f"promotion asked: waiting for canary {canary} to become ready")
+            return _wait(status, f"waiting for canary {canary} to become ready")
+        if obs.promote:
+            return _promote(status, now, PROMOTED, manual=True)
+        return _set_step(status, spec, 0, now, f"canary {canary} is ready")
+    # progressing: a person promotes
+    if obs.promote:
+        return _promote(status, now, PROMOTED, manual=True)
+    # progressing: judge at the end of the step
+    if not analysis_due(status, spec, now) or obs.analysis is None:
+        return _wait(status, _progress_message(status, spec))
+    return _judged(status, obs.analysis, spec, now)
+
+
+def _judged(status: RolloutStatus, analysis: Analysis, spec: RolloutSpec, now: float) -> Decision:
+    limits = spec.analysis
+    judged = replace(status, last_analysis=analysis.to_dict())
+    step = f"step {status.step + 1} of {len(spec.steps)} at {status.weight}%"
+    match analysis.verdict:
+        case Verdict.PASS:
+            judged = replace(judged, inconclusive=0)
+            if status.step + 1 >= len(spec.steps):
+                return _promote(
+                    judged, now, f"passed all {len(spec.steps)} steps: {analysis.reason}", analysis
+                )
+            return _set_step(
+                judged, spec, status.step + 1, now, f"{step} passed: {analysis.reason}", analysis
+            )
+        case Verdict.FAIL:
+            failures = status.failures + 1
+            judged = replace(judged, failures=failures, inconclusive=0, step_started_at=now)
+            if failures >= limits.failure_limit:
+                reason = f"{analysis.reason} (failed judgement {failures} of {limits.failure_limit}, {step})"
+                return _roll_back(judged, now, reason, analysis=analysis)
+            reason = f"failed judgement {failures} of {limits.failure_limit} at {step}: {analysis.reason}"
+            return _decision(Action.JUDGED, judged, now, reason, analysis=analysis)
+        case Verdict.INCONCLUSIVE:
+            count = status.inconclusive + 1
+            judged = replace(judged, inconclusive=count, step_started_at=now)
+            degraded = f"metrics unreachable: {analysis.reason}" if analysis.unreachable else None
+            if count >= limits.inconclusive_limit:
+                reason = f"{count} inconclusive judgements in a row at {step}: {analysis.reason}"
+                if limits.on_inconclusive is OnInconclusive.ROLLBACK:
+                    return _roll_back(judged, now, reason, analysis=analysis)
+                held = f"holding: {reason}"
+                return _decision(Action.JUDGED, judged, now, held, analysis=analysis, degraded=held)
+            reason = (
+                f"inconclusive judgement {count} of {limits.inconclusive_limit} at {step}: {analysis.reason}"
+            )
+            return _decision(Action.JUDGED, judged, now, reason, analysis=analysis, degraded=degraded)
+    raise AssertionError(analysis.verdict)
+
+
+# -- transitions ----------------------------------------------------------------------------------
+
+
+def _decision(
+    action: Action,
+    status: RolloutStatus,
+    now: float,
+    reason: str,
+    analysis: Analysis | None = None,
+    *,
+    retire: tuple[str, ...] = (),
+    manual: bool = False,
+    degraded: str | None = None,
+) -> Decision:
+    return Decision(
+        action, status.with_history(now, action.value, reason), reason, analysis, retire, manual, degraded
+    )
+
+
+def _wait(status: RolloutStatus, reason: str, *, degraded: str | None = None) -> Decision:
+    return Decision(Action.WAIT, replace(status, message=reason), reason, degraded=degraded)
+
+
+def _without_canary(status: RolloutStatus) -> RolloutStatus:
+    return replace(
+        status, canary=None, step=-1, weight=0, achieved_weight=0.0, step_started_at=None, inconclusive=0
+    )
+
+
+def _start_canary(status: RolloutStatus, spec: RolloutSpec, now: float, *, replacing: str | None) -> Decision:
+    started = replace(
+        _without_canary(status),
+        phase=Phase.PENDING,
+        canary=spec.revision,
+        rejected=None,
+        started_at=now,
+        failures=0,
+        last_analysis=None,
+    )
+    reason = f"new revision {spec.revision}: starting it as a canary next to {status.stable}"
+    if replacing:
+        reason += f" (replaces canary {replacing})"
+    return _decision(Action.START_CANARY, started, now, reason, retire=(replacing,) if replacing else ())
+
+
+def _set_step(
+    status: RolloutStatus,
+    spec: RolloutSpec,
+    index: int,
+    now: float,
+    why: str,
+    analysis: Analysis | None = None,
+) -> Decision:
+    weight = spec.steps[index]
+    stepped = replace(status, phase=Phase.PROGRESSING, step=index, weight=weight, step_started_at=now)
+    reason = f"{why}; canary at {weight}% (step {index + 1} of {len(spec.steps)})"
+    return _decision(Action.SET_WEIGHT, stepped, now, reason, analysis)
+
+
+def _promote(
+    status: RolloutStatus, now: float, reason: str, analysis: Analysis | None = None, *, manual: bool = False
+) -> Decision:
+    assert status.canary is not None and status.stable is not None
+    promoted = replace(
+        _without_canary(status), phase=Phase.PROMOTED, stable=status.canary, failures=0, rejected=None
+    )
+    return _decision(Action.PROMOTE, promoted, now, reason, analysis, retire=(status.stable,), manual=manual)
+
+
+def _roll_back(
+    status: RolloutStatus, now: float, reason: str, *, analysis: Analysis | None = None, manual: bool = False
+) -> Decision:
+    assert status.canary is not None
+    rolled_back = replace(_without_canary(status), phase=Phase.ROLLED_BACK, rejected=status.canary)
+    return _decision(
+        Action.ROLL_BACK, rolled_back, now, reason, analysis, retire=(status.canary,), manual=manual
+    )
+
+
+def _since(start: float | None, now: float) -> float:
+    return 0.0 if start is None else now - start
+
+
+def _progress_message(status: RolloutStatus, spec: RolloutSpec) -> str:
+    return (
+        f"canary {status.canary} at {status.weight}% (step {status.step + 1} of {len(spec.steps)}), "
+        f"judged every {spec.step_interval:g} s"
+    )
+
+
+# -- tick: observe, decide, apply -----------------------------------------------------------------
+
+
+async def tick(
+    status: RolloutStatus,
+    spec: RolloutSpec,
+    *,
+    workloads: Workloads,
+    router: TrafficRouter,
+    metrics: MetricsSource,
+    now: float,
+    abort: bool = False,
+    promote: bool = False,
+) -> Decision:
+    """One step of the rollout. Raises PortError when an adapter fails: nothing is committed then,
+    and the next tick decides again from the same status (every effect is idempotent)."""
+    need = needs(status, spec, now)
+    stable_ready = await workloads.ready(status.stable) if need.stable_ready and status.stable else None
+    canary_ready = await workloads.ready(status.canary) if need.canary_ready and status.canary else None
+    analysis = None
+    if need.analysis and status.canary:
+        analysis = judge(await measure(metrics, spec, status.canary, status.stable, now), spec)
+    observations = Observations(now, stable_ready, canary_ready, abort, promote, analysis)
+    decision = decide(status, observations, spec)
+    return await apply(decision, workloads=workloads, router=router)
+
+
+async def apply(decision: Decision, *, workloads: Workloads, router: TrafficRouter) -> Decision:
+    """Carry a decision out: traffic moves before anything is removed, so nothing serves nobody.
+    Returns the decision with what the router achieved folded into its status and reason."""
+    status, reason = decision.status, decision.reason
+    match decision.action:
+        case Action.DEPLOY:
+            assert status.stable is not None
+            await workloads.run(status.stable, Track.STABLE)
+        case Action.SERVE:
+            assert status.stable is not None
+            await router.route(status.stable, None, 0)
+        case Action.START_CANARY:
+            assert status.stable is not None and status.canary is not None
+            if decision.retire:
+                await router.route(status.stable, None, 0)
+            await workloads.run(status.canary, Track.CANARY)
+        case Action.SET_WEIGHT:
+            assert status.stable is not None and status.canary is not None
+            achieved = await router.route(status.stable, status.canary, status.weight)
+            status = replace(status, achieved_weight=achieved)
+            if achieved != status.weight:  # a coarse router (replica ratios): say how close it got
+                note = f" (the router achieves {achieved:.1f}%)"
+                last = {**status.history[-1], "reason": f"{status.history[-1]['reason']}{note}"}
+                status = replace(status, message=status.message + note, history=(*status.history[:-1], last))
+                reason += note
+        case Action.PROMOTE:
+            assert status.stable is not None
+            await router.route(status.stable, None, 0)
+            await workloads.run(status.stable, Track.STABLE)
+        case Action.ROLL_BACK | Action.FAIL:
+            assert status.stable is not None
+            await router.route(status.stable, None, 0)
+        case Action.WAIT | Action.JUDGED:
+            pass
+    for revision in decision.retire:
+        await workloads.remove(revision)
+    return replace(decision, status=status, reason=reason)
+
+
+# -- the loop the local demo and the tests run ----------------------------------------------------
+
+
+@dataclass
+class Intervention:
+    """A person's requests to a running `run_rollout` (the local twin of the annotations)."""
+
+    abort: bool = False
+    promote: bool = False
+
+
+async def run_rollout(
+    spec: RolloutSpec,
+    status: RolloutStatus,
+    *,
+    workloads: Workloads,
+    router: TrafficRouter,
+    metrics: MetricsSource,
+    interval: float,
+    clock: Callable[[], float] = time.time,
+    on_decision: Callable[[Decision], None] | None = None,
+    intervention: Intervention | None = None,
+    max_errors: int = 10,
+) -> RolloutStatus:
+    """Tick every `interval` seconds until the asked revision is settled (promoted, rolled back or
+    failed); returns the final status. Gives up after `max_errors` adapter failures in a row."""
+    intervention = intervention if intervention is not None else Intervention()
+    errors = 0
+    while True:
+        try:
+            decision = await tick(
+                status,
+                spec,
+                workloads=workloads,
+                router=router,
+                metrics=metrics,
+                now=clock(),
+                abort=intervention.abort,
+                promote=intervention.promote,
+            )
+        except PortError as exc:
+            errors += 1
+            log.warning(
+                "rollout of %s: %s (%d of %d errors in a row)", spec.revision, exc, errors, max_errors
+            )
+            if errors >= max_errors:
+                raise
+            await asyncio.sleep(interval)
+            continue
+        errors = 0
+        status = decision.status
+        if decision.manual:
+            intervention.abort = intervention.promote = False
+        if on_decision is not None:
+            on_decision(decision)
+        if decision.action is not Action.WAIT:
+            log.info("rollout of %s: %s: %s", spec.revision, decision.action.value, decision.reason)
+        if decision.action is Action.WAIT and not status.in_flight:
+            return status
+        await asyncio.sleep(interval)

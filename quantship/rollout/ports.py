@@ -1,0 +1,114 @@
+"""The three ports through which the rollout engine acts on the world, and what they answer.
+
+The engine (`engine.tick`) calls them; adapters implement them: Kubernetes Deployments, Services
+and HTTPRoutes in `quantship.operator`, local `quantship serve` processes and a weighted load
+generator in `quantship.local`, Prometheus or direct scrapes for metrics. Every method is async
+and idempotent, so a tick that failed half-way can simply run again.
+
+A measurement is one of three outcomes, never a bare number: `Counts` (the window had events,
+possibly zero of them), `NoData` (the source answered, but has no such series yet), or
+`Unreachable` (the source did not answer). The engine judges the last two `inconclusive`.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+from quantship import slo
+
+
+class Track(enum.StrEnum):
+    """The role a revision plays; it becomes the `track` label of its servers' metrics."""
+
+    STABLE = "stable"
+    CANARY = "canary"
+
+
+class PortError(Exception):
+    """An adapter could not do what it was asked (API refused, route missing, process died).
+
+    The engine does not commit the decision whose effects failed; the next tick tries again.
+    `reason` is a short CamelCase label for conditions and events, e.g. "HTTPRouteNotFound".
+    """
+
+    def __init__(self, message: str, *, reason: str = "PortError") -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class Workloads(Protocol):
+    """Runs the model servers of each revision (Deployments, or local processes)."""
+
+    async def run(self, revision: str, track: Track) -> None:
+        """Make sure `revision` runs, labelled as `track`. Creates it, or relabels an existing one
+        (promotion turns the canary into the stable); never changes its replica count."""
+
+    async def ready(self, revision: str) -> bool:
+        """Whether `revision` has at least one server ready to take traffic."""
+
+    async def scale(self, revision: str, replicas: int) -> None:
+        """Set how many servers `revision` runs."""
+
+    async def remove(self, revision: str) -> None:
+        """Stop and delete `revision`. Removing one that is gone is not an error."""
+
+
+class TrafficRouter(Protocol):
+    """Splits requests between the stable and the canary revision."""
+
+    async def route(self, stable: str, canary: str | None, weight: int) -> float:
+        """Send `weight` percent of requests to `canary` and the rest to `stable` (all to `stable`
+        when `canary` is None). Returns the canary percentage actually achieved, which can differ
+        from the asked one where the split is coarse (replica ratios)."""
+
+
+@dataclass(frozen=True)
+class Counts:
+    """Events of an SLI over a window: `bad` of `total` (both may be 0: the source has the series)."""
+
+    bad: float
+    total: float
+
+    @property
+    def ratio(self) -> float | None:
+        return self.bad / self.total if self.total > 0 else None
+
+
+@dataclass(frozen=True)
+class Value:
+    """A gauge's current value (fallback ops)."""
+
+    value: float
+
+
+@dataclass(frozen=True)
+class NoData:
+    """The source answered but has no such series (no traffic yet, or the labels match nothing)."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class Unreachable:
+    """The source did not answer, or refused the query."""
+
+    reason: str
+
+
+Measurement = Counts | NoData | Unreachable
+GaugeMeasurement = Value | NoData | Unreachable
+
+
+class MetricsSource(Protocol):
+    """Counts SLI events of the servers whose metrics carry the given labels."""
+
+    async def counts(
+        self, objective: slo.Objective, window_seconds: int, labels: Mapping[str, str]
+    ) -> Measurement:
+        """Bad and total events of `objective`'s SLI over the last `window_seconds`."""
+
+    async def fallback_ops(self, labels: Mapping[str, str]) -> GaugeMeasurement:
+        """Ops meant to run quantized that run in float (`quantship_fallback_ops`, summed)."""

@@ -1,0 +1,128 @@
+"""The state a rollout persists between ticks: phase, revisions, step, counters, history.
+
+The engine re-derives everything from this on each tick (nothing lives in memory), so whoever
+stores it — the QuantizedModel's status on Kubernetes, a variable in the local demo — can stop
+and restart the engine and it resumes where it stood. `to_dict`/`from_dict` give the JSON form
+the operator writes into the resource's status (camelCase, timestamps in RFC 3339).
+"""
+
+from __future__ import annotations
+
+import datetime
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+HISTORY_LENGTH = 10
+"""Decisions kept in the status: enough to see how the last rollout went, small enough for etcd."""
+
+
+class Phase(enum.StrEnum):
+    PENDING = "Pending"
+    """A new revision is starting and takes no traffic yet (the first one, or a canary)."""
+    PROGRESSING = "Progressing"
+    """A canary takes part of the traffic and is judged at the end of each step."""
+    PROMOTED = "Promoted"
+    """The asked revision serves all traffic (after passing every step, or as the first revision)."""
+    ROLLED_BACK = "RolledBack"
+    """The canary was judged bad (or aborted by a person); the stable serves all traffic."""
+    FAILED = "Failed"
+    """The canary could not be judged at all (never became ready); the stable serves all traffic."""
+
+
+def to_timestamp(seconds: float | None) -> str | None:
+    if seconds is None:
+        return None
+    return datetime.datetime.fromtimestamp(seconds, tz=datetime.UTC).isoformat().replace("+00:00", "Z")
+
+
+def from_timestamp(text: str | None) -> float | None:
+    if not text:
+        return None
+    return datetime.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+@dataclass(frozen=True)
+class RolloutStatus:
+    phase: Phase = Phase.PENDING
+    stable: str | None = None
+    """The revision serving the rest of the traffic (all of it outside a canary)."""
+    canary: str | None = None
+    """The revision under test, if any."""
+    rejected: str | None = None
+    """The last revision rolled back or failed: not tried again until another one is asked for."""
+    step: int = -1
+    """Index into the spec's steps; -1 before the first."""
+    weight: int = 0
+    """Canary weight asked for, percent."""
+    achieved_weight: float = 0.0
+    """Canary weight the router reports it achieved, percent."""
+    started_at: float | None = None
+    """When the current new revision (canary or first stable) was started."""
+    step_started_at: float | None = None
+    """When the current step began (or the last judgement that kept the step)."""
+    failures: int = 0
+    """Failed judgements of the current canary."""
+    inconclusive: int = 0
+    """Consecutive inconclusive judgements of the current canary."""
+    last_analysis: Mapping[str, Any] | None = None
+    history: tuple[Mapping[str, Any], ...] = ()
+    message: str = ""
+
+    @property
+    def in_flight(self) -> bool:
+        """A new revision is on its way (pending or progressing): the engine must keep ticking."""
+        return self.phase in (Phase.PENDING, Phase.PROGRESSING)
+
+    def with_history(self, at: float, action: str, reason: str) -> RolloutStatus:
+        entry = {
+            "at": to_timestamp(at),
+            "action": action,
+            "phase": self.phase.value,
+            "stable": self.stable,
+            "canary": self.canary,
+            "weight": self.weight,
+            "reason": reason,
+        }
+        return replace(self, history=(*self.history, entry)[-HISTORY_LENGTH:], message=reason)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "phase": self.phase.value,
+            "stableRevision": self.stable,
+            "canaryRevision": self.canary,
+            "rejectedRevision": self.rejected,
+            "step": self.step,
+            "weight": self.weight,
+            "achievedWeight": self.achieved_weight,
+            "startedAt": to_timestamp(self.started_at),
+            "stepStartedAt": to_timestamp(self.step_started_at),
+            "failures": self.failures,
+            "inconclusive": self.inconclusive,
+            "lastAnalysis": dict(self.last_analysis) if self.last_analysis is not None else None,
+            "history": [dict(entry) for entry in self.history],
+            "message": self.message,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any] | None) -> RolloutStatus:
+        """Read a status written by `to_dict`; missing keys take their defaults (a fresh resource)."""
+        if not data or not data.get("phase"):
+            return cls()
+        return cls(
+            phase=Phase(data["phase"]),
+            stable=data.get("stableRevision"),
+            canary=data.get("canaryRevision"),
+            rejected=data.get("rejectedRevision"),
+            step=int(data.get("step", -1)),
+            weight=int(data.get("weight", 0)),
+            achieved_weight=float(data.get("achievedWeight", 0.0)),
+            started_at=from_timestamp(data.get("startedAt")),
+            step_started_at=from_timestamp(data.get("stepStartedAt")),
+            failures=int(data.get("failures", 0)),
+            inconclusive=int(data.get("inconclusive", 0)),
+            last_analysis=data.get("lastAnalysis"),
+            history=tuple(data.get("history") or ()),
+            message=str(data.get("message") or ""),
+        )

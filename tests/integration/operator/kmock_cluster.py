@@ -1,0 +1,107 @@
+"""kmock's Kubernetes emulator with what a real API server adds, for the operator tests and the
+rollout benchmark (never product code).
+
+kmock 0.8 emulates the Kubernetes API statefully but leaves some work to a real API server;
+`Cluster` does it: `namespace` from the URL, `uid`, `creationTimestamp`, `generation` and a name
+for `generateName` on create; a fresh `resourceVersion` on every write (kopf's finalizer patch
+tests it), in lists too, and watches that start from it instead of replaying old versions; a
+`generation` bump when a write touches `spec`; 422, not 500, when a JSON patch's `test` fails.
+"""
+
+from __future__ import annotations
+
+import datetime
+import uuid
+from typing import Any
+
+import attrs
+import jsonpatch
+import kmock
+
+from quantship.operator import crd
+
+QM = f"{crd.GROUP}/{crd.VERSION}/{crd.PLURAL}"
+ROUTES = "gateway.networking.k8s.io/v1/httproutes"
+
+
+@attrs.define(kw_only=True)
+class Cluster(kmock.KubernetesEmulator):
+    """kmock plus the metadata a real API server stamps on every object."""
+
+    _latest: int = attrs.field(default=0, init=False)
+
+    async def _handle(self, request: kmock.Request) -> Any:
+        if request.resource is not None and isinstance(request.data, dict | list):
+            self._latest += 1
+            version = str(self._latest)
+            if request.action == kmock.action.CREATE and isinstance(request.data, dict):
+                metadata = request.data.setdefault("metadata", {})
+                if request.namespace:
+                    metadata.setdefault("namespace", request.namespace)
+                if "name" not in metadata and "generateName" in metadata:  # kopf's Events
+                    metadata["name"] = metadata["generateName"] + uuid.uuid4().hex[:5]
+                metadata.setdefault("uid", str(uuid.uuid4()))
+                metadata.setdefault("creationTimestamp", datetime.datetime.now(datetime.UTC).isoformat())
+                metadata["generation"] = 1
+                metadata["resourceVersion"] = version
+            elif request.action == kmock.action.UPDATE:
+                self._stamp_update(request, version)
+        try:
+            return await super()._handle(request)
+        except jsonpatch.JsonPatchException as exc:  # a failed "test": the object changed meanwhile
+            return await self._render_error(
+                kmock.KubernetesError(status=422, reason="Invalid", message=str(exc))
+            )
+
+    async def _serve_list(self, request: kmock.Request) -> Any:
+        listing = await super()._serve_list(request)
+        listing["metadata"]["resourceVersion"] = str(self._latest)
+        return listing
+
+    async def _serve_watch(self, request: kmock.Request) -> Any:
+        """Watch from the listed resourceVersion on, as kopf asks: kmock replays every object as
+        ADDED, so a watch opened after a write would deliver that object's stale version again."""
+        since = request.params.get("resourceVersion", "")
+        async for event in super()._serve_watch(request):
+            if isinstance(event, dict) and event.get("type") == "ADDED" and since.isdigit():
+                version = event["object"].get("metadata", {}).get("resourceVersion", "0")
+                if int(version) <= int(since):
+                    continue
+            yield event
+
+    def _stamp_update(self, request: kmock.Request, version: str) -> None:
+        key = (request.resource, request.namespace, request.name)
+        current = self.objects[key] if key in self.objects and not self.objects[key].deleted else {}
+        generation = int(dict(current.get("metadata", {})).get("generation", 1)) if current else 1
+        if isinstance(request.data, dict):
+            touches_spec = "spec" in request.data and request.subresource is None
+            metadata = request.data.setdefault("metadata", {}) if isinstance(request.data, dict) else {}
+            metadata["resourceVersion"] = version
+            if touches_spec:
+                metadata["generation"] = generation + 1
+        else:
+            touches_spec = request.subresource is None and any(
+                op.get("path", "").startswith("/spec") for op in request.data
+            )
+            request.data.append({"op": "add", "path": "/metadata/resourceVersion", "value": version})
+            if touches_spec:
+                request.data.append({"op": "add", "path": "/metadata/generation", "value": generation + 1})
+
+
+def declare(cluster: kmock.KubernetesEmulator) -> None:
+    """The built-in resources, the QuantizedModel CRD and Gateway API's HTTPRoute."""
+    cluster.resources.load_bundled()
+    cluster.resources[QM] = kmock.ResourceInfo(
+        kind=crd.KIND,
+        singular=crd.SINGULAR,
+        namespaced=True,
+        shortnames={crd.SHORT_NAME},
+        verbs={"get", "list", "watch", "create", "update", "patch", "delete"},
+        subresources={"status"},
+    )
+    cluster.resources[ROUTES] = kmock.ResourceInfo(
+        kind="HTTPRoute",
+        singular="httproute",
+        namespaced=True,
+        verbs={"get", "list", "watch", "patch", "create"},
+    )

@@ -1,0 +1,376 @@
+"""The operator with the real kopf runtime against kmock: a QuantizedModel from `kubectl apply`
+through a canary to promotion or rollback, deletion, restarts, and resources that cannot work."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+from operator_harness import (
+    NAMESPACE,
+    Kubectl,
+    ScriptedMetrics,
+    StartOperator,
+    eventually,
+    revision,
+    spec_of,
+)
+
+from quantship.local.prometheus import free_port
+
+V1 = "https://models.example.com/digits-v1.tar.gz"
+V2 = "https://models.example.com/digits-v2.tar.gz"
+FIRST, SECOND = revision(V1), revision(V2)
+
+
+async def phase_is(kubectl: Kubectl, phase: str, *, timeout: float = 20.0) -> dict[str, Any]:
+    def check() -> dict[str, Any] | None:
+        body = kubectl.get()
+        status = (body or {}).get("status") or {}
+        return status if status.get("phase") == phase else None
+
+    return await eventually(check, timeout=timeout, what=f"phase {phase}")  # type: ignore[no-any-return]
+
+
+def condition(status: dict[str, Any], kind: str) -> dict[str, Any]:
+    return next(c for c in status["conditions"] if c["type"] == kind)
+
+
+def events(kubectl: Kubectl, reason: str) -> list[dict[str, Any]]:
+    return [event for event in kubectl.events() if event.get("reason") == reason]
+
+
+async def posted(kubectl: Kubectl, reason: str, count: int = 1) -> list[dict[str, Any]]:
+    """Events with this reason, once `count` have arrived: kopf posts them in the background."""
+    found: list[dict[str, Any]] = await eventually(
+        lambda: len(events(kubectl, reason)) >= count and events(kubectl, reason),
+        what=f"{count} {reason} events",
+    )
+    return found
+
+
+async def serving(kubectl: Kubectl, spec: dict[str, Any]) -> None:
+    """Apply `spec` and play the kubelet until its first revision serves."""
+    await kubectl.apply(spec)
+    await eventually(lambda: kubectl.deployment(f"digits-{FIRST}"), what="the stable Deployment")
+    await kubectl.make_ready(f"digits-{FIRST}", 2)
+    await phase_is(kubectl, "Promoted")
+
+
+async def test_a_new_model_gets_its_owned_children_and_serves_once_ready(
+    kubectl: Kubectl, start_operator: StartOperator
+) -> None:
+    await start_operator()
+    await kubectl.apply(spec_of(V1))
+    name = f"digits-{FIRST}"
+
+    deployment = await eventually(lambda: kubectl.deployment(name), what="the stable Deployment")
+    await eventually(lambda: kubectl.service(name), what="the stable Service")
+    owner = kubectl.get()
+    assert owner is not None
+    assert (
+        deployment["metadata"]["labels"] | {"model": "digits", "revision": FIRST, "track": "stable"}
+        == (deployment["metadata"]["labels"])
+    )
+    reference = deployment["metadata"]["ownerReferences"][0]
+    assert (reference["kind"], reference["uid"], reference["controller"]) == (
+        "QuantizedModel",
+        owner["metadata"]["uid"],
+        True,
+    )
+    assert (await phase_is(kubectl, "Pending"))["stableRevision"] == FIRST
+
+    await kubectl.make_ready(name, 2)
+    status = await phase_is(kubectl, "Promoted")
+    assert condition(status, "Ready")["status"] == "True"
+    assert condition(status, "Progressing")["status"] == "False"
+    assert kubectl.service("digits") is not None, "replicas mode: the model's shared Service"
+    settled = kubectl.get()
+    assert settled is not None
+    await eventually(
+        lambda: not (kubectl.get() or {})["metadata"].get("finalizers"), what="no finalizer when settled"
+    )
+    assert [e["message"] for e in await posted(kubectl, "Serve")] == [
+        f"{FIRST} is ready and serves all traffic"
+    ]
+
+
+async def test_a_new_artifact_is_rolled_out_step_by_step_and_promoted(
+    kubectl: Kubectl, start_operator: StartOperator
+) -> None:
+    port = free_port()
+    operator = await start_operator(ScriptedMetrics(), metrics_port=port)
+    await serving(kubectl, spec_of(V1))
+
+    await kubectl.patch({"spec": {"artifact": {"uri": V2}}})
+    canary = await eventually(lambda: kubectl.deployment(f"digits-{SECOND}"), what="the canary Deployment")
+    assert canary["metadata"]["labels"]["track"] == "canary" and canary["spec"]["replicas"] == 1
+    assert "--track" in (args := canary["spec"]["template"]["spec"]["containers"][0]["args"])
+    assert args[args.index("--track") + 1] == "canary"
+    pending = await phase_is(kubectl, "Pending")
+    assert pending["canaryRevision"] == SECOND
+    await eventually(
+        lambda: (kubectl.get() or {})["metadata"].get("finalizers"), what="a finalizer while the timer runs"
+    )
+
+    await kubectl.make_ready(f"digits-{SECOND}")
+    status = await phase_is(kubectl, "Promoted", timeout=30)
+
+    assert status["stableRevision"] == SECOND and "canaryRevision" not in status
+    assert kubectl.deployment(f"digits-{FIRST}") is None, "the old stable is removed"
+    promoted = kubectl.deployment(f"digits-{SECOND}")
+    assert promoted is not None and promoted["metadata"]["labels"]["track"] == "stable"
+    assert promoted["spec"]["replicas"] == 2
+    steps = [e["message"] for e in await posted(kubectl, "SetWeight", 2)]
+    assert len(steps) == 2 and "canary at 25% (step 1 of 2)" in steps[0]
+    assert "(the router achieves 50.0%)" in steps[0], "2 replicas cannot split 25 %: status says so"
+    first_step = next(entry for entry in status["history"] if entry["action"] == "SetWeight")
+    assert first_step["reason"].endswith("(the router achieves 50.0%)")
+    assert "passed all 2 steps" in (await posted(kubectl, "Promote"))[0]["message"]
+    assert [entry["action"] for entry in status["history"]][-4:] == [
+        "StartCanary",
+        "SetWeight",
+        "SetWeight",
+        "Promote",
+    ]
+    metrics = operator.registry
+    assert (
+        metrics.get_sample_value("quantship_rollouts_total", {"model": "digits", "result": "promoted"}) == 1
+    )
+    assert metrics.get_sample_value("quantship_analysis_total", {"model": "digits", "result": "pass"}) == 2
+    assert (
+        metrics.get_sample_value(
+            "quantship_burn_rate", {"model": "digits", "slo": "clip_rate", "window": "1m"}
+        )
+        == 0
+    )
+    async with httpx.AsyncClient() as client:
+        exposed = (await client.get(f"http://127.0.0.1:{port}/metrics")).text
+    assert 'quantship_rollouts_total{model="digits",result="promoted"} 1.0' in exposed
+    assert 'quantship_rollout_step{model="digits"} 0.0' in exposed
+
+
+async def test_a_canary_burning_its_clip_budget_is_rolled_back_and_the_stable_keeps_serving(
+    kubectl: Kubectl, start_operator: StartOperator
+) -> None:
+    operator = await start_operator(ScriptedMetrics(bad={SECOND}))
+    await serving(kubectl, spec_of(V1))
+
+    await kubectl.patch({"spec": {"artifact": {"uri": V2}}})
+    await eventually(lambda: kubectl.deployment(f"digits-{SECOND}"), what="the canary Deployment")
+    await kubectl.make_ready(f"digits-{SECOND}")
+    status = await phase_is(kubectl, "RolledBack")
+
+    assert status["stableRevision"] == FIRST and status["rejectedRevision"] == SECOND
+    assert (
+        kubectl.deployment(f"digits-{SECOND}") is None and kubectl.deployment(f"digits-{FIRST}") is not None
+    )
+    assert kubectl.deployment(f"digits-{FIRST}")["spec"]["replicas"] == 2  # type: ignore[index]
+    rollback = await posted(kubectl, "RollBack")
+    assert rollback[0]["type"] == "Warning"
+    assert "clip_rate burn rate above 1 on both windows: 10.00 on 1m" in rollback[0]["message"]
+    clip = next(s for s in status["lastAnalysis"]["slos"] if s["slo"] == "clip_rate")
+    assert [w["burnRate"] for w in clip["windows"]] == [10.0, 10.0] and clip["budget"] == 0.001
+    assert (
+        operator.registry.get_sample_value(
+            "quantship_rollouts_total", {"model": "digits", "result": "rolled_back"}
+        )
+        == 1
+    )
+    assert (
+        operator.registry.get_sample_value(
+            "quantship_burn_rate", {"model": "digits", "slo": "clip_rate", "window": "5m"}
+        )
+        == 10
+    )
+
+
+async def test_the_abort_annotation_rolls_back_and_is_used_up(
+    kubectl: Kubectl, start_operator: StartOperator
+) -> None:
+    await start_operator(ScriptedMetrics())
+    await serving(kubectl, spec_of(V1, rollout={"steps": [25, 100], "stepInterval": "1h"}))
+    await kubectl.patch({"spec": {"artifact": {"uri": V2}}})
+    await eventually(lambda: kubectl.deployment(f"digits-{SECOND}"), what="the canary Deployment")
+    await kubectl.make_ready(f"digits-{SECOND}")
+    await phase_is(kubectl, "Progressing")
+
+    await kubectl.patch({"metadata": {"annotations": {"serving.quantship.io/abort": "now"}}})
+    status = await phase_is(kubectl, "RolledBack")
+
+    assert "aborted by a person" in status["message"]
+    await eventually(
+        lambda: (
+            "serving.quantship.io/abort" not in ((kubectl.get() or {})["metadata"].get("annotations") or {})
+        ),
+        what="the abort annotation removed",
+    )
+
+
+async def test_the_promote_annotation_skips_the_remaining_steps(
+    kubectl: Kubectl, start_operator: StartOperator
+) -> None:
+    await start_operator(ScriptedMetrics(silent={SECOND}))  # no data would never pass on its own
+    await serving(kubectl, spec_of(V1, rollout={"steps": [25, 100], "stepInterval": "1h"}))
+    await kubectl.patch({"spec": {"artifact": {"uri": V2}}})
+    await eventually(lambda: kubectl.deployment(f"digits-{SECOND}"), what="the canary Deployment")
+    await kubectl.make_ready(f"digits-{SECOND}")
+    await phase_is(kubectl, "Progressing")
+
+    await kubectl.patch({"metadata": {"annotations": {"serving.quantship.io/promote": "yes"}}})
+    status = await phase_is(kubectl, "Promoted")
+
+    assert status["stableRevision"] == SECOND and "promoted by a person" in status["message"]
+
+
+async def test_a_restarted_operator_resumes_the_rollout_from_the_status(
+    kubectl: Kubectl, start_operator: StartOperator
+) -> None:
+    first = await start_operator(ScriptedMetrics())
+    await serving(kubectl, spec_of(V1, rollout={"steps": [25, 50, 100], "stepInterval": "2s"}))
+    await kubectl.patch({"spec": {"artifact": {"uri": V2}}})
+    await eventually(lambda: kubectl.deployment(f"digits-{SECOND}"), what="the canary Deployment")
+    await kubectl.make_ready(f"digits-{SECOND}")
+    await phase_is(kubectl, "Progressing")
+    await first.shutdown()
+    stored = (kubectl.get() or {})["status"]
+    assert stored["phase"] == "Progressing" and stored["canaryRevision"] == SECOND
+
+    await start_operator(ScriptedMetrics())
+    status = await phase_is(kubectl, "Promoted", timeout=30)
+
+    assert status["stableRevision"] == SECOND
+    actions = [entry["action"] for entry in status["history"]]
+    assert actions[-5:] == ["StartCanary", "SetWeight", "SetWeight", "SetWeight", "Promote"]
+    await posted(kubectl, "Promote")
+    assert len(events(kubectl, "StartCanary")) == 1, "the new operator did not start the canary again"
+
+
+async def test_gateway_api_mode_sets_only_our_weights_and_gives_the_route_back_on_deletion(
+    kubectl: Kubectl, start_operator: StartOperator
+) -> None:
+    user_rule = {
+        "matches": [{"path": {"type": "PathPrefix", "value": "/v2/models/digits"}}],
+        "filters": [
+            {"type": "RequestHeaderModifier", "requestHeaderModifier": {"add": [{"name": "x", "value": "1"}]}}
+        ],
+        "backendRefs": [{"name": "digits", "port": 8080}, {"name": "legacy-digits", "port": 80, "weight": 0}],
+    }
+    other_rule = {
+        "matches": [{"path": {"type": "PathPrefix", "value": "/other"}}],
+        "backendRefs": [{"name": "other", "port": 80}],
+    }
+    await kubectl.create_route(rules=[user_rule, other_rule])
+    await start_operator(ScriptedMetrics())
+    gateway = {"router": "gateway-api", "httpRoute": "digits"}
+    await serving(kubectl, spec_of(V1, traffic=gateway, rollout={"steps": [25, 100], "stepInterval": "1s"}))
+
+    def ours() -> list[tuple[str, int]]:
+        route = kubectl.route() or {}
+        refs = route["spec"]["rules"][0]["backendRefs"]
+        return [(ref["name"], ref.get("weight", 1)) for ref in refs if ref["name"].startswith("digits")]
+
+    assert ours() == [(f"digits-{FIRST}", 100)]
+    await kubectl.patch({"spec": {"artifact": {"uri": V2}}})
+    await eventually(lambda: kubectl.deployment(f"digits-{SECOND}"), what="the canary Deployment")
+    assert kubectl.deployment(f"digits-{SECOND}")["spec"]["replicas"] == 2  # type: ignore[index]
+    await kubectl.make_ready(f"digits-{SECOND}", 2)
+    await eventually(
+        lambda: ours() == [(f"digits-{FIRST}", 75), (f"digits-{SECOND}", 25)], what="weights 75/25"
+    )
+    await phase_is(kubectl, "Promoted")
+    assert ours() == [(f"digits-{SECOND}", 100)]
+    route = kubectl.route() or {}
+    rule = route["spec"]["rules"][0]
+    assert rule["matches"] == user_rule["matches"] and rule["filters"] == user_rule["filters"]
+    assert {"name": "legacy-digits", "port": 80, "weight": 0} in rule["backendRefs"]
+    assert route["spec"]["rules"][1] == other_rule
+    assert kubectl.get()["metadata"].get("finalizers"), "gateway mode: the route needs handing back"  # type: ignore[index]
+
+    await kubectl.delete()
+    await eventually(lambda: kubectl.get() is None, what="the resource gone")
+    refs = (kubectl.route() or {})["spec"]["rules"][0]["backendRefs"]
+    assert [ref["name"] for ref in refs] == ["legacy-digits", "digits"]
+
+
+async def test_a_missing_httproute_degrades_the_model_until_it_appears(
+    kubectl: Kubectl, start_operator: StartOperator
+) -> None:
+    await start_operator(ScriptedMetrics())
+    await kubectl.apply(spec_of(V1, traffic={"router": "gateway-api", "httpRoute": "digits"}))
+    await eventually(lambda: kubectl.deployment(f"digits-{FIRST}"), what="the stable Deployment")
+    await kubectl.make_ready(f"digits-{FIRST}")
+
+    def degraded() -> dict[str, Any] | None:
+        status = (kubectl.get() or {}).get("status") or {}
+        found = [c for c in status.get("conditions", []) if c["type"] == "Degraded" and c["status"] == "True"]
+        return found[0] if found else None
+
+    trouble = await eventually(degraded, what="a Degraded condition")
+    assert (
+        trouble["reason"] == "HTTPRouteNotFound"
+        and f"HTTPRoute {NAMESPACE}/digits not found" in trouble["message"]
+    )
+    assert (await posted(kubectl, "HTTPRouteNotFound"))[0]["type"] == "Warning"
+    assert kubectl.deployment(f"digits-{FIRST}") is not None, "the stable keeps running"
+
+    await kubectl.create_route(rules=[{"backendRefs": [{"name": "digits", "port": 8080}]}])
+    status = await phase_is(kubectl, "Promoted")
+    assert condition(status, "Degraded")["status"] == "False"
+
+
+async def test_an_unreachable_prometheus_is_inconclusive_and_rolls_back_with_the_reason(
+    kubectl: Kubectl, start_operator: StartOperator
+) -> None:
+    await start_operator()  # the real PrometheusSource, at a port where nothing listens
+    analysis = {"prometheusUrl": "http://127.0.0.1:9", "inconclusiveLimit": 2, "minSamples": 10}
+    await serving(kubectl, spec_of(V1, analysis=analysis))
+    await kubectl.patch({"spec": {"artifact": {"uri": V2}}})
+    await eventually(lambda: kubectl.deployment(f"digits-{SECOND}"), what="the canary Deployment")
+    await kubectl.make_ready(f"digits-{SECOND}")
+
+    status = await phase_is(kubectl, "RolledBack", timeout=30)
+
+    assert "2 inconclusive judgements in a row" in status["message"] and "unreachable" in status["message"]
+    await posted(kubectl, "RollBack")
+    assert [e["type"] for e in await posted(kubectl, "MetricsUnreachable")] == ["Warning"], (
+        "once, not per tick"
+    )
+    assert kubectl.deployment(f"digits-{FIRST}") is not None
+
+
+async def test_a_spec_that_cannot_work_is_refused_with_a_condition_and_the_stable_keeps_serving(
+    kubectl: Kubectl, start_operator: StartOperator
+) -> None:
+    await start_operator(ScriptedMetrics())
+    await serving(kubectl, spec_of(V1))
+
+    await kubectl.patch({"spec": {"artifact": {"uri": V2}, "analysis": {"shortWindow": "10m"}}})
+
+    def invalid() -> dict[str, Any] | None:
+        status = (kubectl.get() or {}).get("status") or {}
+        found = [
+            c
+            for c in status.get("conditions", [])
+            if c["type"] == "Degraded" and c["reason"] == "InvalidSpec"
+        ]
+        return found[0] if found else None
+
+    trouble = await eventually(invalid, what="an InvalidSpec condition")
+    assert "windows must satisfy 0 < short < long" in trouble["message"]
+    assert (kubectl.get() or {})["status"]["phase"] == "Promoted"
+    assert (
+        kubectl.deployment(f"digits-{SECOND}") is None and kubectl.deployment(f"digits-{FIRST}") is not None
+    )
+
+
+async def test_deleting_a_settled_model_needs_no_finalizer(
+    kubectl: Kubectl, start_operator: StartOperator
+) -> None:
+    await start_operator(ScriptedMetrics())
+    await serving(kubectl, spec_of(V1))
+    await eventually(lambda: not (kubectl.get() or {})["metadata"].get("finalizers"), what="no finalizer")
+
+    await kubectl.delete()
+
+    assert kubectl.get() is None

@@ -1,0 +1,162 @@
+"""The QuantizedModel CRD: a valid apiextensions/v1 object whose schema accepts the examples,
+rejects what cannot work, and whose defaults mean what the operator reads."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+
+from quantship import slo
+from quantship.operator import crd
+from quantship.operator.spec import InvalidSpec, ModelSpec, apply_defaults
+from quantship.rollout import OnInconclusive
+
+EXAMPLES = Path(__file__).resolve().parents[3] / "manifests" / "examples"
+VALIDATOR = jsonschema.Draft4Validator(crd.schema())  # OpenAPI v3.0 schemas use draft 4's booleans
+
+
+def examples() -> list[dict[str, Any]]:
+    documents = []
+    for path in sorted(EXAMPLES.glob("*.yaml")):
+        documents += [doc for doc in yaml.safe_load_all(path.read_text()) if doc and doc["kind"] == crd.KIND]
+    return documents
+
+
+def minimal() -> dict[str, Any]:
+    return {
+        "apiVersion": crd.API_VERSION,
+        "kind": crd.KIND,
+        "metadata": {"name": "digits", "namespace": "ml"},
+        "spec": {"artifact": {"uri": "https://models.example.com/digits.tar.gz"}},
+    }
+
+
+def test_the_crd_is_a_valid_apiextensions_v1_object_with_status_and_short_name() -> None:
+    definition = crd.definition()
+    kubernetes_validate.validate(definition, "1.30", strict=True)
+    version = definition["spec"]["versions"][0]
+    assert version["subresources"] == {"status": {}}
+    assert definition["spec"]["names"]["shortNames"] == ["qm"]
+    columns = [column["jsonPath"] for column in version["additionalPrinterColumns"]]
+    assert {".status.phase", ".status.weight", ".status.accuracyDelta", ".metadata.creationTimestamp"} <= set(
+        columns
+    )
+
+
+def test_every_example_validates_and_reads_into_a_spec() -> None:
+    found = examples()
+    assert len(found) >= 2
+    for example in found:
+        VALIDATOR.validate(example)
+        spec = ModelSpec.from_resource(example)
+        assert spec.model == "digits" and len(spec.revision) == 10
+
+
+def test_defaults_of_the_schema_are_what_the_operator_acts_on() -> None:
+    spec = ModelSpec.from_resource(minimal())
+
+    assert spec.replicas == 2 and spec.router == "replicas" and spec.port == 8080
+    assert spec.rollout.steps == (5, 25, 50, 100)
+    assert spec.rollout.step_interval == 60 and spec.rollout.progress_deadline == 600
+    analysis = spec.rollout.analysis
+    assert (analysis.short_window, analysis.long_window) == (60, 300)
+    assert analysis.burn_rate_threshold == 1 and analysis.min_samples == 100
+    assert analysis.on_inconclusive is OnInconclusive.ROLLBACK
+    budgets = {objective.sli: objective.budget for objective in spec.rollout.objectives}
+    assert budgets == {
+        slo.SLI.ACCURACY_DELTA: 0.005,
+        slo.SLI.LATENCY: 0.01,
+        slo.SLI.ERRORS: 0.001,
+        slo.SLI.CLIP_RATE: 0.001,
+    }
+    defaulted = apply_defaults(crd.spec_schema(), minimal()["spec"])
+    VALIDATOR.validate({**minimal(), "spec": defaulted})
+
+
+def with_spec(path: str, value: Any) -> dict[str, Any]:
+    resource = minimal()
+    *parents, last = path.split(".")
+    node = resource["spec"]
+    for part in parents:
+        node = node.setdefault(part, {})
+    if value is DELETE:
+        node.pop(last, None)
+    else:
+        node[last] = value
+    return resource
+
+
+DELETE = object()
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "complaint"),
+    [
+        ("artifact", DELETE, "'artifact' is a required property"),
+        ("artifact.uri", "s3://bucket/model", "does not match"),
+        ("artifact.extra", "x", "Additional properties"),
+        ("replicas", 0, "less than the minimum"),
+        ("rollout.steps", [5, 150], "greater than the maximum"),
+        ("rollout.steps", [], "should be non-empty"),
+        ("rollout.stepInterval", "1 minute", "does not match"),
+        ("traffic.router", "istio", "is not one of"),
+        ("traffic.router", "gateway-api", "is not valid under any of the given schemas"),
+        ("slos.maxAccuracyDelta", 0, "less than or equal to the minimum"),
+        ("slos.maxClipRate", 1.5, "greater than the maximum"),
+        ("slos.latency", {"thresholdSeconds": 0.3}, "is not one of"),
+        ("slos.latency", {"objective": 1}, "greater than or equal to the maximum"),
+        ("analysis.onInconclusive", "ignore", "is not one of"),
+        ("analysis.failureLimit", 0, "less than the minimum"),
+        ("analysis.prometheusUrl", "prometheus:9090", "does not match"),
+        ("server.shadowRate", 2, "greater than the maximum"),
+        ("unknown", True, "Additional properties"),
+    ],
+)
+def test_the_schema_rejects_a_resource_that_cannot_work(path: str, value: Any, complaint: str) -> None:
+    with pytest.raises(jsonschema.ValidationError) as caught:
+        VALIDATOR.validate(with_spec(path, value))
+    assert complaint in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "complaint"),
+    [
+        ("analysis.shortWindow", "10m", "windows must satisfy 0 < short < long"),
+        ("rollout.steps", [50, 25], "step weights must increase"),
+        ("traffic.router", "gateway-api", "httpRoute is required"),
+    ],
+)
+def test_a_spec_the_schema_cannot_catch_is_refused_with_the_reason(
+    path: str, value: Any, complaint: str
+) -> None:
+    with pytest.raises(InvalidSpec, match=complaint):
+        ModelSpec.from_resource(with_spec(path, value))
+
+
+def test_the_revision_follows_what_the_servers_run_not_the_rollout_settings() -> None:
+    base = ModelSpec.from_resource(minimal()).revision
+    same = [
+        with_spec("replicas", 5),
+        with_spec("rollout.steps", [50, 100]),
+        with_spec("slos.maxClipRate", 0.01),
+    ]
+    different = [
+        with_spec("artifact.uri", "https://models.example.com/digits-v2.tar.gz"),
+        with_spec("image", "ghcr.io/quantship/quantship:0.2.0"),
+        with_spec("server.maxBatchSize", 8),
+    ]
+    assert {ModelSpec.from_resource(resource).revision for resource in same} == {base}
+    assert base not in {ModelSpec.from_resource(resource).revision for resource in different}
+
+
+def test_the_chart_and_manifests_carry_the_same_generated_crd() -> None:
+    root = EXAMPLES.parents[1]
+    chart = root / "helm" / "quantship" / "crds" / "quantizedmodels.serving.quantship.io.yaml"
+    assert (root / "manifests" / "crd.yaml").read_text() == chart.read_text() == crd.render()
+    assert yaml.safe_load(crd.render()) == copy.deepcopy(crd.definition())

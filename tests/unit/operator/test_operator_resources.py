@@ -1,0 +1,112 @@
+"""The children a QuantizedModel owns, built without an API: every field the cluster relies on."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import kubernetes_validate
+import pytest
+
+from quantship.operator import resources
+from quantship.operator.kube import split
+from quantship.operator.spec import ModelSpec
+from quantship.rollout import Track
+
+OWNER = {
+    "apiVersion": "serving.quantship.io/v1alpha1",
+    "kind": "QuantizedModel",
+    "metadata": {"name": "digits", "namespace": "ml", "uid": "0b3c-uid"},
+}
+
+
+def model(**spec: Any) -> ModelSpec:
+    body = {**OWNER, "spec": {"artifact": {"uri": "https://models.example.com/digits.tar.gz"}, **spec}}
+    return ModelSpec.from_resource(body)
+
+
+def test_a_revision_runs_as_a_non_root_read_only_deployment_with_probes_and_scrape_annotations() -> None:
+    spec = model(server={"maxBatchSize": 8, "shadowRate": 0.1})
+    body = resources.deployment(spec, spec.revision, Track.CANARY, 2, OWNER)
+
+    kubernetes_validate.validate(body, "1.30", strict=True)
+    assert body["metadata"]["name"] == f"digits-{spec.revision}"
+    labels = body["spec"]["template"]["metadata"]["labels"]
+    assert (labels["model"], labels["revision"], labels["track"]) == ("digits", spec.revision, "canary")
+    assert "track" not in body["spec"]["selector"]["matchLabels"], (
+        "promotion relabels; selectors are immutable"
+    )
+    pod = body["spec"]["template"]["spec"]
+    server, fetch = pod["containers"][0], pod["initContainers"][0]
+    assert server["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    assert server["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
+    for container in (server, fetch):
+        security = container["securityContext"]
+        assert security["runAsNonRoot"] and security["readOnlyRootFilesystem"]
+        assert not security["allowPrivilegeEscalation"] and security["capabilities"] == {"drop": ["ALL"]}
+    assert fetch["command"][:4] == ["quantship", "fetch", spec.artifact_uri, resources.MODEL_DIR]
+    args = server["args"]
+    assert args[:2] == ["serve", resources.MODEL_DIR]
+    assert args[args.index("--track") + 1] == "canary" and args[args.index("--revision") + 1] == spec.revision
+    assert args[args.index("--max-batch-size") + 1] == "8" and args[args.index("--shadow-rate") + 1] == "0.1"
+    annotations = body["spec"]["template"]["metadata"]["annotations"]
+    assert annotations == {
+        "prometheus.io/scrape": "true",
+        "prometheus.io/port": "8080",
+        "prometheus.io/path": "/metrics",
+    }
+    assert body["metadata"]["ownerReferences"] == [
+        {
+            "apiVersion": OWNER["apiVersion"],
+            "kind": "QuantizedModel",
+            "name": "digits",
+            "uid": "0b3c-uid",
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+    ]
+
+
+def test_a_pvc_artifact_and_a_signing_key_are_mounted_read_only() -> None:
+    spec = model(artifact={"uri": "pvc://models/digits/v2", "publicKeySecret": "signing"})
+    pod = resources.deployment(spec, spec.revision, Track.STABLE, 1, OWNER)["spec"]["template"]["spec"]
+
+    volumes = {volume["name"]: volume for volume in pod["volumes"]}
+    assert volumes["source"]["persistentVolumeClaim"] == {"claimName": "models", "readOnly": True}
+    assert volumes["keys"]["secret"] == {"secretName": "signing"}
+    mounts = {mount["name"]: mount for mount in pod["initContainers"][0]["volumeMounts"]}
+    assert mounts["source"] == {"name": "source", "mountPath": "/mnt/pvc/models", "readOnly": True}
+    assert pod["initContainers"][0]["command"][-2:] == ["--public-key", "/etc/quantship/keys/public.pem"]
+    assert pod["containers"][0]["args"][-2:] == ["--public-key", "/etc/quantship/keys/public.pem"]
+
+
+def test_services_select_one_revision_or_the_whole_model() -> None:
+    spec = model()
+    one = resources.service(spec, spec.revision, OWNER)
+    shared = resources.service(spec, None, OWNER)
+
+    for body in (one, shared):
+        kubernetes_validate.validate(body, "1.30", strict=True)
+    assert one["spec"]["selector"]["revision"] == spec.revision
+    assert "revision" not in shared["spec"]["selector"] and shared["metadata"]["name"] == "digits"
+    assert resources.is_revision_service(spec, one["metadata"]["name"])
+    assert resources.is_revision_service(spec, "digits")
+    assert not resources.is_revision_service(spec, "digits-legacy")
+
+
+@pytest.mark.parametrize(
+    ("replicas", "weight", "expected"),
+    [
+        (4, 5, (1, 3)),
+        (4, 25, (1, 3)),
+        (4, 50, (2, 2)),
+        (4, 100, (4, 0)),
+        (2, 25, (1, 1)),
+        (1, 50, (1, 1)),
+        (10, 5, (1, 9)),
+        (10, 95, (9, 1)),
+    ],
+)
+def test_replica_split_is_as_close_as_whole_pods_allow(
+    replicas: int, weight: int, expected: tuple[int, int]
+) -> None:
+    assert split(replicas, weight) == expected

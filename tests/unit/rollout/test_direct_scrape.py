@@ -1,0 +1,102 @@
+"""The direct scraper evaluates `quantship.slo`'s series as PromQL's sum(increase()) would: over
+the window, across targets, through counter resets, and with the bad series absent meaning 0."""
+
+from __future__ import annotations
+
+import http.server
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+from quantship import slo
+from quantship.local.scrape import ScrapeSource, Selector
+from quantship.rollout import Counts, NoData, Value
+
+ERRORS = slo.Objective(slo.SLI.ERRORS, budget=0.001)
+LATENCY = slo.Objective(slo.SLI.LATENCY, budget=0.01, latency_threshold=0.1)
+LABELS = 'model="digits",revision="v2",track="canary"'
+
+
+class Exposition(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        body = self.server.text.encode()  # type: ignore[attr-defined]
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain; version=0.0.4")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def exporter() -> Iterator[http.server.ThreadingHTTPServer]:
+    """A real HTTP server whose /metrics text the test sets."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Exposition)
+    server.text = ""  # type: ignore[attr-defined]
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def exposition(ok: int, failed: int, fast: int, fallback: int | None = None) -> str:
+    lines = [
+        "# TYPE quantship_requests_total counter",
+        f'quantship_requests_total{{{LABELS},code="200"}} {ok}',
+        *([f'quantship_requests_total{{{LABELS},code="503"}} {failed}'] if failed else []),
+        "# TYPE quantship_request_duration_seconds histogram",
+        f'quantship_request_duration_seconds_bucket{{{LABELS},le="0.1"}} {fast}',
+        f'quantship_request_duration_seconds_bucket{{{LABELS},le="+Inf"}} {ok}',
+        f"quantship_request_duration_seconds_count{{{LABELS}}} {ok}",
+        f"quantship_request_duration_seconds_sum{{{LABELS}}} 1.0",
+        "# TYPE quantship_model_info gauge",
+        f'quantship_model_info{{{LABELS},precision="int8"}} 1',
+    ]
+    if fallback is not None:
+        lines += [
+            "# TYPE quantship_fallback_ops gauge",
+            f'quantship_fallback_ops{{{LABELS},op_type="Conv"}} {fallback}',
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def test_selectors_read_the_series_slo_writes() -> None:
+    bad = Selector.parse(slo.counters(ERRORS).bad)
+    assert bad.name == "quantship_requests_total"
+    assert bad.matches("quantship_requests_total", {"code": "503"})
+    assert not bad.matches("quantship_requests_total", {"code": "200"})
+    bucket = Selector.parse(slo.counters(LATENCY).bad)
+    assert bucket.matches("quantship_request_duration_seconds_bucket", {"le": "0.1"})
+
+
+async def test_increase_over_the_window_survives_a_counter_reset(
+    exporter: http.server.ThreadingHTTPServer,
+) -> None:
+    address = f"127.0.0.1:{exporter.server_address[1]}"
+    source = ScrapeSource(lambda: [(address, {"model": "digits", "revision": "v2"})])
+    labels = {"model": "digits", "revision": "v2"}
+    for text in (
+        exposition(100, 0, 95),
+        exposition(150, 0, 140),
+        exposition(20, 2, 18),
+        exposition(60, 4, 50),
+    ):
+        exporter.text = text  # type: ignore[attr-defined]
+        await source.scrape_once()
+
+    errors = await source.counts(ERRORS, 600, labels)
+    latency = await source.counts(LATENCY, 600, labels)
+
+    # the server restarted between the 2nd and 3rd scrape: 150 -> 20 counts 20 new requests;
+    # the 503 series appeared after the restart and counts from 0
+    assert errors == Counts(bad=4, total=(100 + 50 + 20 + 40) + 4)
+    assert latency == Counts(bad=(210 - (95 + 45 + 18 + 32)), total=210)
+    assert await source.fallback_ops(labels) == Value(0), "scraped, and no op falls back"
+    exporter.text = exposition(60, 4, 50, fallback=2)  # type: ignore[attr-defined]
+    await source.scrape_once()
+    assert await source.fallback_ops(labels) == Value(2)
+    assert isinstance(await source.counts(ERRORS, 600, {"model": "digits", "revision": "v3"}), NoData)
