@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 BUILD  := build
 
-.PHONY: setup tools demo test bench lint generate check-generated clean
+.PHONY: setup tools demo test bench lint generate check-generated chart clean
 
 setup: $(VENV)/.installed tools
 
@@ -34,6 +34,12 @@ lint: setup
 	$(BIN)/ruff format --check quantship tests benchmarks
 	$(BIN)/mypy quantship
 	$(BIN)/lint-imports
+
+## make chart: lint the Helm chart strictly and package it into build/ (helm from scripts/install-tools).
+HELM ?= $(shell command -v helm || echo .tools/bin/helm)
+chart: setup
+	$(HELM) lint --strict helm/quantship
+	$(HELM) package helm/quantship --destination $(BUILD)
 
 ## make generate: CRD, Prometheus rules and dashboards, written from quantship/ (checked in).
 generate: setup

@@ -1,0 +1,571 @@
+"""The three Grafana dashboards, built with grafana-foundation-sdk from quantship/slo.py.
+
+`make generate` (quantship/generate.py) writes dashboards/{executive,oncall,debug}.json and their
+copies in helm/quantship/files/dashboards/, which the chart ships as ConfigMaps for Grafana's
+dashboard sidecar. Every SLI query comes from `slo.ratio` / `slo.recording_rule` / `slo.counters`,
+so a panel shows the number the alerts and the rollout engine judge.
+
+  executive  accuracy delta per model, latency p95, error budget spent, size saving of INT8 over
+             FP32, rollout status and history
+  oncall     burn rate per SLO and window, the four SLIs by track, p95/p99 latency, fallback ops,
+             canary weight and the operator's judgements; promotions and rollbacks as annotations
+  debug      per-tensor clip rates, fallback ops by type, batch size and queue time, shadow volume,
+             per-pod latency, load time and failures, model info (quantization config, calibration hash)
+
+Each dashboard has a `datasource` variable (never a hard-coded uid) and a multi-value `model`
+variable; queries match models with `=~"$model"`. Needs the dev extras (grafana-foundation-sdk).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
+
+from grafana_foundation_sdk.builders import common as common_builders
+from grafana_foundation_sdk.builders import dashboard as builders
+from grafana_foundation_sdk.builders import prometheus, stat, table, timeseries
+from grafana_foundation_sdk.cog.encoder import JSONEncoder
+from grafana_foundation_sdk.models import common
+from grafana_foundation_sdk.models import dashboard as models
+from grafana_foundation_sdk.models import prometheus as prometheus_models
+
+from quantship import slo
+from quantship.oncall import links, rules
+
+P = slo.PREFIX
+DATASOURCE = models.DataSourceRef(type_val="prometheus", uid="${datasource}")
+MODEL: Mapping[str, str] = {"model": slo.Regex("$model")}
+RATE = "$__rate_interval"
+RANGE = "$__range"
+TRACKS = ("model", "revision", "track")
+TAGS = ["quantship"]
+OBJECTIVES = {objective.sli: objective for objective in slo.DEFAULT_OBJECTIVES}
+BURN_COLORS = {1.0: "yellow", 3.0: "orange", 6.0: "red", 14.4: "dark-red"}
+"""Burn-rate thresholds drawn on the burn panels: the factors of slo.BURN_WINDOWS."""
+
+
+# -- queries that are not SLI ratios -------------------------------------------------------------
+
+
+def latency_quantile(quantile: float, by: Sequence[str], labels: Mapping[str, str] = MODEL) -> str:
+    series = slo.with_labels(f"{P}request_duration_seconds_bucket", labels)
+    return f"histogram_quantile({quantile}, sum by ({', '.join((*by, 'le'))}) (rate({series}[{RATE}])))"
+
+
+def histogram_quantile(metric: str, quantile: float, by: Sequence[str]) -> str:
+    series = slo.with_labels(f"{P}{metric}_bucket", MODEL)
+    return f"histogram_quantile({quantile}, sum by ({', '.join((*by, 'le'))}) (rate({series}[{RATE}])))"
+
+
+def per_second(metric: str, by: Sequence[str], labels: Mapping[str, str] = MODEL) -> str:
+    return f"sum by ({', '.join(by)}) (rate({slo.with_labels(P + metric, labels)}[{RATE}]))"
+
+
+def burn_rate(objective: slo.Objective, window: str) -> str:
+    """An SLO's burn rate over a window, from the recording rule the alerts read."""
+    return f"{slo.with_labels(slo.recording_rule(objective.sli, window), MODEL)} / {objective.budget}"
+
+
+def per_tensor_clip_rate(window: str) -> str:
+    """The clip-rate SLI per activation tensor (servers run with --per-tensor-metrics)."""
+    by = ("model", "tensor")
+    clipped = slo.increase(f"{P}tensor_activations_clipped_total", window, MODEL, by)
+    observed = slo.increase(f"{P}tensor_activations_observed_total", window, MODEL, by)
+    return f"topk(20, {clipped} / ({observed} > 0))"
+
+
+def size_bytes(variant: str) -> str:
+    series = slo.with_labels(f"{P}model_size_bytes", {**MODEL, "variant": variant})
+    return f"max by (model, revision) ({series})"
+
+
+def rollouts(window: str, result: str = "") -> str:
+    """Rollouts that ended in `window`, by result; `result` narrows them (a regex)."""
+    labels = {**MODEL, "result": slo.Regex(result)} if result else MODEL
+    return f"sum by (model, result) (increase({slo.with_labels(P + 'rollouts_total', labels)}[{window}]))"
+
+
+def rollouts_ended(window: str, result: str) -> str:
+    """Rollouts that ended in `window` with `result`: an annotation per marker, a first rollback
+    of a model (its counter series is new) included."""
+    series = slo.with_labels(P + "rollouts_total", {**MODEL, "result": slo.Regex(result)})
+    return rules.appeared_or_increased(series, "model, result", window).strip().replace("\n", " ")
+
+
+# -- building blocks -----------------------------------------------------------------------------
+
+
+def query(
+    expr: str, legend: str = "", *, instant: bool = False, as_table: bool = False
+) -> prometheus.Dataquery:
+    target = prometheus.Dataquery().expr(expr).datasource(DATASOURCE)
+    if legend:
+        target = target.legend_format(legend)
+    if instant:
+        target = target.instant()
+    if as_table:
+        target = target.format(prometheus_models.PromQueryFormat.TABLE)
+    return target
+
+
+def thresholds(steps: dict[float, str], base: str = "green") -> builders.ThresholdsConfig:
+    levels = [models.Threshold(value=None, color=base)]
+    levels += [models.Threshold(value=value, color=color) for value, color in steps.items()]
+    return builders.ThresholdsConfig().mode(models.ThresholdsMode.ABSOLUTE).steps(levels)
+
+
+Panel = timeseries.Panel | stat.Panel | table.Panel
+
+
+class Board:
+    """One dashboard under construction: numbers its panels and their queries as Grafana expects."""
+
+    def __init__(self, uid: str, title: str, description: str) -> None:
+        self._ids: Iterator[int] = itertools.count(1)
+        self._annotation_titles: dict[str, str] = {}
+        self.builder = (
+            builders.Dashboard(title)
+            .uid(uid)
+            .description(description)
+            .tags(TAGS)
+            .editable()
+            .refresh("30s")
+            .time("now-6h", "now")
+            .timezone("browser")
+            .with_variable(builders.DatasourceVariable("datasource").label("Data source").type("prometheus"))
+            .with_variable(
+                builders.QueryVariable("model")
+                .label("Model")
+                .datasource(DATASOURCE)
+                .query(f"label_values({P}model_info, model)")
+                .refresh(models.VariableRefresh.ON_TIME_RANGE_CHANGED)
+                .sort(models.VariableSort.ALPHABETICAL_ASC)
+                .multi(True)
+                .include_all(True)
+                .all_value(".+")
+            )
+            .link(
+                builders.DashboardLink("quantship")
+                .type(models.DashboardLinkType.DASHBOARDS)
+                .tags(TAGS)
+                .as_dropdown(True)
+                .include_vars(True)
+                .keep_time(True)
+            )
+        )
+
+    def row(self, title: str) -> None:
+        self.builder = self.builder.with_row(builders.Row(title).id(next(self._ids)))
+
+    def add(
+        self, panel: Panel, targets: Sequence[prometheus.Dataquery], *, span: int = 12, height: int = 8
+    ) -> None:
+        panel = panel.id(next(self._ids)).datasource(DATASOURCE).span(span).height(height)
+        for ref, target in zip(_ref_ids(), targets, strict=False):
+            panel = panel.with_target(target.ref_id(ref))
+        self.builder = self.builder.with_panel(panel)
+
+    def graph(
+        self,
+        title: str,
+        description: str,
+        targets: Sequence[prometheus.Dataquery],
+        *,
+        unit: str,
+        span: int = 12,
+        steps: dict[float, str] | None = None,
+    ) -> None:
+        panel = timeseries.Panel().title(title).description(description).unit(unit).min(0)
+        if steps:
+            panel = panel.thresholds(thresholds(steps)).thresholds_style(
+                common_builders.GraphThresholdsStyleConfig().mode(common.GraphTresholdsStyleMode.DASHED)
+            )
+        self.add(panel, targets, span=span)
+
+    def number(
+        self,
+        title: str,
+        description: str,
+        targets: Sequence[prometheus.Dataquery],
+        *,
+        unit: str,
+        span: int = 6,
+        steps: dict[float, str] | None = None,
+    ) -> None:
+        panel = stat.Panel().title(title).description(description).unit(unit)
+        if steps:
+            panel = panel.thresholds(thresholds(steps))
+        self.add(panel, targets, span=span, height=5)
+
+    def table(
+        self, title: str, description: str, targets: Sequence[prometheus.Dataquery], *, span: int = 24
+    ) -> None:
+        self.add(table.Panel().title(title).description(description), targets, span=span)
+
+    def annotate(self, name: str, color: str, expr: str, title: str) -> None:
+        self.builder = self.builder.annotation(
+            builders.AnnotationQuery()
+            .name(name)
+            .datasource(DATASOURCE)
+            .enable(True)
+            .icon_color(color)
+            .expr(expr)
+        )
+        self._annotation_titles[name] = title
+
+    def render(self) -> str:
+        document = json.loads(json.dumps(self.builder.build(), cls=JSONEncoder))
+        for panel in document["panels"]:
+            if panel.get("options") is None:
+                panel.pop("options", None)  # Grafana fills in the plugin's defaults; null trips some versions
+        # The SDK's AnnotationQuery has no Prometheus fields: name each marker after its series.
+        for annotation in document.get("annotations", {}).get("list", []):
+            title = self._annotation_titles.get(annotation["name"])
+            if title:
+                annotation.update(titleFormat=title, tagKeys="model,result", useValueForTime=False)
+        return json.dumps(document, indent=2, sort_keys=True) + "\n"
+
+
+def _ref_ids() -> Iterator[str]:
+    return (chr(ord("A") + index) for index in range(26))
+
+
+SLI_MEANING = {
+    slo.SLI.ACCURACY_DELTA: "Share of shadow comparisons where INT8 disagrees with FP32",
+    slo.SLI.LATENCY: "Share of requests slower than the latency SLO's threshold",
+    slo.SLI.ERRORS: "Share of requests answered 5xx",
+    slo.SLI.CLIP_RATE: "Share of activation values outside their calibrated range",
+}
+
+
+def _sli_title(sli: slo.SLI) -> str:
+    return sli.value.replace("_", " ")
+
+
+# -- executive -----------------------------------------------------------------------------------
+
+
+def executive() -> Board:
+    board = Board(
+        links.EXECUTIVE_UID,
+        "quantship / executive",
+        "Is quantization paying off? Accuracy kept, latency, error budgets, size saved, rollouts.",
+    )
+    accuracy = OBJECTIVES[slo.SLI.ACCURACY_DELTA]
+    board.row("Quality")
+    board.graph(
+        "Accuracy delta per model",
+        "Share of shadow comparisons where the INT8 output disagrees with the FP32 reference. "
+        f"Dashed: the SLO's budget ({accuracy.budget:.1%}).",
+        [query(slo.ratio(accuracy, RATE, MODEL, ("model",)), "{{model}}")],
+        unit="percentunit",
+        steps={accuracy.budget: "red"},
+    )
+    board.graph(
+        "Latency p95 per model",
+        "95th percentile of successful inference requests, end to end.",
+        [query(latency_quantile(0.95, ("model",)), "{{model}}")],
+        unit="s",
+    )
+    board.number(
+        "Error budget spent over the time range",
+        "Bad ratio of each SLO over the dashboard's time range, as a share of its budget: 100% is the "
+        "whole budget.",
+        [
+            query(
+                f"{slo.ratio(objective, RANGE, MODEL, ('model',))} / {objective.budget}",
+                f"{{{{model}}}} {_sli_title(objective.sli)}",
+                instant=True,
+            )
+            for objective in slo.DEFAULT_OBJECTIVES
+        ],
+        unit="percentunit",
+        span=24,
+        steps={0.5: "yellow", 1.0: "red"},
+    )
+    board.row("Cost")
+    board.number(
+        "Size saving of INT8",
+        "1 - INT8 model bytes / FP32 reference bytes: memory, image and transfer cost saved.",
+        [
+            query(
+                f"1 - {size_bytes('quantized')} / {size_bytes('reference')}",
+                "{{model}} {{revision}}",
+                instant=True,
+            )
+        ],
+        unit="percentunit",
+        span=8,
+    )
+    board.graph(
+        "Model size, INT8 vs FP32",
+        "Bytes of the served INT8 model and of its FP32 reference, from the artifact's manifest.",
+        [
+            query(
+                f"max by (model, variant) ({slo.with_labels(P + 'model_size_bytes', MODEL)})",
+                "{{model}} {{variant}}",
+            )
+        ],
+        unit="bytes",
+        span=16,
+    )
+    board.row("Rollouts")
+    board.number(
+        "Canary weight",
+        "Share of traffic on the canary now: 0 when no rollout is in progress.",
+        [
+            query(
+                f"max by (model) ({slo.with_labels(P + 'rollout_weight', MODEL)})", "{{model}}", instant=True
+            )
+        ],
+        unit="percent",
+        span=8,
+    )
+    board.table(
+        "Rollouts over the time range",
+        "Rollouts that ended in the dashboard's time range, by result (promoted, rolled_back, failed).",
+        [query(rollouts(RANGE), instant=True, as_table=True)],
+        span=16,
+    )
+    board.table(
+        "What serves now",
+        "Each revision and track loaded, with its precision and quantization.",
+        [query(slo.with_labels(P + "model_info", MODEL), instant=True, as_table=True)],
+    )
+    return board
+
+
+# -- on-call -------------------------------------------------------------------------------------
+
+
+def oncall() -> Board:
+    board = Board(
+        links.ONCALL_UID,
+        "quantship / on-call",
+        "Which SLO burns, how fast, on which revision; what the rollout did about it.",
+    )
+    board.annotate("Promotions", "green", rollouts_ended(RATE, "promoted"), "{{model}} promoted")
+    board.annotate("Rollbacks", "red", rollouts_ended(RATE, "rolled_back|failed"), "{{model}} {{result}}")
+    board.row("Error budget burn (recording rules; dashed: the alert tiers)")
+    for objective in slo.DEFAULT_OBJECTIVES:
+        board.graph(
+            f"Burn rate: {_sli_title(objective.sli)}",
+            f"Bad ratio over each window divided by the budget ({objective.budget:g}). Pages at 14.4x "
+            "(1h and 5m) and 6x (6h and 30m); tickets at 3x (1d and 2h) and 1x (3d and 6h).",
+            [
+                query(burn_rate(objective, window), f"{{{{model}}}} {{{{track}}}} {window}")
+                for window in slo.RULE_WINDOWS
+            ],
+            unit="suffix:x",
+            steps=BURN_COLORS,
+        )
+    board.row("SLIs by revision")
+    for objective in slo.DEFAULT_OBJECTIVES:
+        board.graph(
+            f"{_sli_title(objective.sli).capitalize()}: bad ratio",
+            f"{SLI_MEANING[objective.sli]}, per revision and track. Dashed: the budget.",
+            [query(slo.ratio(objective, RATE, MODEL, TRACKS), "{{model}} {{track}} {{revision}}")],
+            unit="percentunit",
+            span=6,
+            steps={objective.budget: "red"},
+        )
+    board.graph(
+        "Latency p95 and p99",
+        "Successful inference requests, end to end, per track.",
+        [
+            query(latency_quantile(0.95, TRACKS), "p95 {{model}} {{track}}"),
+            query(latency_quantile(0.99, TRACKS), "p99 {{model}} {{track}}"),
+        ],
+        unit="s",
+    )
+    board.number(
+        "Fallback ops",
+        "Ops meant to run quantized that run in float, per revision: any is a ticket.",
+        [query(slo.fallback_ops_or_zero(MODEL, TRACKS), "{{model}} {{track}}", instant=True)],
+        unit="none",
+        steps={1: "red"},
+    )
+    board.row("Rollout")
+    board.graph(
+        "Canary weight",
+        "Share of traffic the operator sends to the canary.",
+        [query(f"max by (model) ({slo.with_labels(P + 'rollout_weight', MODEL)})", "{{model}}")],
+        unit="percent",
+        span=8,
+    )
+    board.graph(
+        "Canary burn rates the operator judged",
+        "Burn rate of each SLO on the analysis windows at the last judgement.",
+        [
+            query(
+                f"max by (model, slo, window) ({slo.with_labels(P + 'burn_rate', MODEL)})",
+                "{{model}} {{slo}} {{window}}",
+            )
+        ],
+        unit="suffix:x",
+        span=8,
+    )
+    board.graph(
+        "Analysis verdicts",
+        "Judgements per interval: pass, fail, inconclusive.",
+        [
+            query(
+                f"sum by (model, result) (increase({slo.with_labels(P + 'analysis_total', MODEL)}[{RATE}]))",
+                "{{model}} {{result}}",
+            )
+        ],
+        unit="short",
+        span=8,
+    )
+    board.table(
+        "Recent promotions and rollbacks",
+        "Rollouts that ended in the dashboard's time range, by result.",
+        [query(rollouts(RANGE), instant=True, as_table=True)],
+    )
+    return board
+
+
+# -- debug ---------------------------------------------------------------------------------------
+
+
+def debug() -> Board:
+    board = Board(
+        links.DEBUG_UID,
+        "quantship / debug",
+        "Why an SLI moved: which tensors clip, which ops fell back, how the batcher and pods behave.",
+    )
+    board.row("Quantization")
+    board.graph(
+        "Clip rate per tensor (top 20)",
+        "Share of each activation tensor's values outside its calibrated range. Needs servers run "
+        "with --per-tensor-metrics.",
+        [query(per_tensor_clip_rate(RATE), "{{model}} {{tensor}}")],
+        unit="percentunit",
+    )
+    board.graph(
+        "Fallback ops by type",
+        "Ops meant to run quantized that run in float or off the preferred provider, by op type.",
+        [
+            query(
+                f"max by (model, revision, op_type) ({slo.with_labels(P + 'fallback_ops', MODEL)})",
+                "{{model}} {{revision}} {{op_type}}",
+            )
+        ],
+        unit="none",
+    )
+    board.graph(
+        "Shadow comparison volume",
+        "Rows per second also run through the FP32 reference, and those that disagreed.",
+        [
+            query(per_second("shadow_comparisons_total", TRACKS), "compared {{model}} {{track}}"),
+            query(per_second("shadow_disagreements_total", TRACKS), "disagreed {{model}} {{track}}"),
+        ],
+        unit="reqps",
+    )
+    board.graph(
+        "Sampled work dropped",
+        "Shadow and clip samples dropped because the background worker was behind: the SLIs undercount.",
+        [
+            query(
+                per_second("samples_dropped_total", ("model", "track", "kind")),
+                "{{model}} {{track}} {{kind}}",
+            )
+        ],
+        unit="reqps",
+    )
+    board.row("Batching and pods")
+    board.graph(
+        "Batch size",
+        "Rows per onnxruntime call: mean and p95.",
+        [
+            query(
+                f"{per_second('batch_size_sum', TRACKS)} / {per_second('batch_size_count', TRACKS)}",
+                "mean {{model}} {{track}}",
+            ),
+            query(histogram_quantile("batch_size", 0.95, TRACKS), "p95 {{model}} {{track}}"),
+        ],
+        unit="none",
+        span=8,
+    )
+    board.graph(
+        "Queue time p95",
+        "Time a request waits in the batcher before its batch starts.",
+        [query(histogram_quantile("queue_duration_seconds", 0.95, TRACKS), "{{model}} {{track}}")],
+        unit="s",
+        span=8,
+    )
+    board.graph(
+        "Latency p95 per pod",
+        "Successful inference requests, per pod (scrape instance).",
+        [query(latency_quantile(0.95, ("model", "pod", "instance")), "{{model}} {{pod}} {{instance}}")],
+        unit="s",
+        span=8,
+    )
+    board.graph(
+        "Requests per second by status",
+        "Inference requests answered, by HTTP status code.",
+        [query(per_second("requests_total", ("model", "track", "code")), "{{model}} {{track}} {{code}}")],
+        unit="reqps",
+        span=12,
+    )
+    board.graph(
+        "Requests in flight",
+        "Inference requests being decoded, queued or run now, per pod.",
+        [
+            query(
+                f"sum by (model, instance) ({slo.with_labels(P + 'requests_in_flight', MODEL)})",
+                "{{model}} {{instance}}",
+            )
+        ],
+        unit="short",
+        span=12,
+    )
+    board.row("Model")
+    board.table(
+        "Model info",
+        "What each pod loaded: precision, quantization mode, calibration method and data hash, runtime.",
+        [query(slo.with_labels(P + "model_info", MODEL), instant=True, as_table=True)],
+    )
+    board.number(
+        "Cold start",
+        "Seconds to verify, load and analyse the artifact.",
+        [
+            query(
+                f"max by (model, revision) ({slo.with_labels(P + 'model_load_seconds', MODEL)})",
+                "{{model}} {{revision}}",
+                instant=True,
+            )
+        ],
+        unit="s",
+        span=12,
+    )
+    failures = slo.with_labels(P + "model_load_failures_total", MODEL)
+    board.number(
+        "Load failures over the time range",
+        "Artifacts refused (hash, signature, format) or unloadable, by reason.",
+        [
+            query(
+                f"sum by (model, reason) (increase({failures}[{RANGE}]))",
+                "{{model}} {{reason}}",
+                instant=True,
+            )
+        ],
+        unit="short",
+        span=12,
+        steps={1: "red"},
+    )
+    return board
+
+
+DASHBOARDS: dict[str, Callable[[], Board]] = {"executive": executive, "oncall": oncall, "debug": debug}
+
+
+def render(name: str) -> str:
+    """dashboards/<name>.json."""
+    return DASHBOARDS[name]().render()
+
+
+def build(name: str) -> dict[str, Any]:
+    return dict(json.loads(render(name)))

@@ -1,0 +1,386 @@
+"""The generated rules under the real promtool: they load, and each alert fires exactly when it should.
+
+Burn cases feed constant counters whose bad ratio sits 5% above or below a tier's threshold, then
+evaluate after the tier's long window and `for:` have passed. promtool compares every firing alert
+of the named rule, labels and rendered annotations, so "silent" means no alert of that name at all.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from quantship import generate, slo
+from quantship.local.prometheus import find_binary
+from quantship.oncall import rules
+
+pytestmark = pytest.mark.prometheus
+
+MODEL = {"model": "digits", "revision": "r2", "track": "canary"}
+EVENTS_PER_MINUTE = 20_000
+OBJECTIVES = {objective.sli: objective for objective in slo.DEFAULT_OBJECTIVES}
+FAST_1H, FAST_6H = (window for window in slo.BURN_WINDOWS if window.severity == "page")
+SLOW_1D, SLOW_3D = (window for window in slo.BURN_WINDOWS if window.severity == "ticket")
+
+
+@pytest.fixture(scope="module")
+def promtool() -> str:
+    binary = find_binary("promtool")
+    assert binary, "promtool is missing: run scripts/install-tools (make setup does)"
+    return binary
+
+
+@pytest.fixture(scope="module")
+def rule_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("rules") / "prometheus-rules.yaml"
+    path.write_text(rules.render_rule_file())
+    return path
+
+
+def run_promtool(promtool: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([promtool, *args], capture_output=True, text=True, timeout=120)
+
+
+# -- input series and expected alerts ------------------------------------------------------------
+
+
+def series(name: str, labels: dict[str, str], values: str) -> dict[str, str]:
+    matchers = ",".join(f'{key}="{value}"' for key, value in sorted(labels.items()))
+    return {"series": f"{name}{{{matchers}}}", "values": values}
+
+
+def sli_series(objective: slo.Objective, total: int, bad: int, minutes: int) -> list[dict[str, str]]:
+    """Counters of one SLI growing by `total` events a minute, `bad` of them bad."""
+    p = slo.PREFIX
+    match objective.sli:
+        case slo.SLI.ACCURACY_DELTA:
+            pairs = [(f"{p}shadow_comparisons_total", {}, total), (f"{p}shadow_disagreements_total", {}, bad)]
+        case slo.SLI.CLIP_RATE:
+            pairs = [
+                (f"{p}activations_observed_total", {}, total),
+                (f"{p}activations_clipped_total", {}, bad),
+            ]
+        case slo.SLI.ERRORS:
+            pairs = [
+                (f"{p}requests_total", {"code": "200"}, total - bad),
+                (f"{p}requests_total", {"code": "500"}, bad),
+            ]
+        case slo.SLI.LATENCY:
+            le = {"le": f"{objective.latency_threshold:g}"}
+            pairs = [
+                (f"{p}request_duration_seconds_count", {}, total),
+                (f"{p}request_duration_seconds_bucket", le, total - bad),
+            ]
+    return [series(name, {**MODEL, **extra}, f"0+{step}x{minutes}") for name, extra, step in pairs]
+
+
+def go_value(value: float) -> str:
+    """Go's %v of a float64, as Prometheus templates print $value."""
+    return str(int(value)) if value.is_integer() else repr(value)
+
+
+def expand(template: str, labels: dict[str, str], value: float) -> str:
+    """Render the few template forms our annotations use, as Prometheus would."""
+    text = template.replace("{{ $value | humanizePercentage }}", f"{value * 100:.4g}%")
+    text = text.replace("{{ $value }}", go_value(value))
+    return re.sub(r"\{\{ \$labels\.(\w+) \}\}", lambda match: labels[match[1]], text)
+
+
+def rule(alert: str, **labels: str) -> dict[str, Any]:
+    found = [
+        candidate
+        for group in rules.rule_groups()
+        for candidate in group["rules"]
+        if candidate.get("alert") == alert and labels.items() <= candidate.get("labels", {}).items()
+    ]
+    assert len(found) == 1, f"{alert} {labels}: {len(found)} rules"
+    return found[0]
+
+
+def expected(alert: str, labels: dict[str, str], value: float, **rule_labels: str) -> dict[str, Any]:
+    defined = rule(alert, **rule_labels)
+    all_labels = {**labels, **defined["labels"]}
+    return {
+        "exp_labels": all_labels,
+        "exp_annotations": {
+            key: expand(text, all_labels, value) for key, text in defined["annotations"].items()
+        },
+    }
+
+
+def burn_expected(objective: slo.Objective, ratio: float, *windows: slo.BurnWindow) -> list[dict[str, Any]]:
+    name = rules.alert_name(objective.sli, windows[0].severity) if windows else ""
+    return [expected(name, MODEL, ratio, long_window=window.long) for window in windows]
+
+
+@dataclass(frozen=True)
+class BurnCase:
+    """Counters at `factor` times a tier's threshold; after `minutes`, these tiers fire."""
+
+    tier: slo.BurnWindow
+    factor: float
+    minutes: int
+    fire: tuple[slo.BurnWindow, ...]
+
+
+def evaluate_after(window: slo.BurnWindow) -> int:
+    """Minutes until the long window is full and the `for:` has passed, plus a margin, on the
+    5-minute grid the burn cases evaluate on."""
+    minutes = (rules.seconds(window.long) + rules.seconds(rules.PENDING[window.long])) // 60 + 1
+    return -(-minutes // 5) * 5
+
+
+PAGE_CASES = {
+    "pages at 14.4x over 1h and 5m": BurnCase(FAST_1H, 1.05, evaluate_after(FAST_1H), (FAST_1H, FAST_6H)),
+    "only the 6x tier just below 14.4x": BurnCase(FAST_1H, 0.95, evaluate_after(FAST_1H), (FAST_6H,)),
+    "pages at 6x over 6h and 30m": BurnCase(FAST_6H, 1.05, evaluate_after(FAST_6H), (FAST_6H,)),
+    "silent just below 6x": BurnCase(FAST_6H, 0.95, evaluate_after(FAST_6H), ()),
+}
+
+
+def burn_test(objective: slo.Objective, case: BurnCase) -> dict[str, Any]:
+    bad = round(case.factor * rules.threshold(objective, case.tier) * EVENTS_PER_MINUTE)
+    ratio = bad / EVENTS_PER_MINUTE
+    severity = case.tier.severity
+    return {
+        "interval": "1m",
+        "input_series": sli_series(objective, EVENTS_PER_MINUTE, bad, case.minutes + 5),
+        "alert_rule_test": [
+            {
+                "eval_time": f"{case.minutes}m",
+                "alertname": rules.alert_name(objective.sli, severity),
+                "exp_alerts": burn_expected(objective, ratio, *case.fire),
+            }
+        ],
+    }
+
+
+def write_tests(tmp_path: Path, rule_file: Path, tests: list[dict[str, Any]], every: str = "1m") -> Path:
+    """A promtool test file; burn cases span hours of samples and evaluate `every` 5m to stay quick."""
+    path = tmp_path / "tests.yaml"
+    document = {"rule_files": [str(rule_file)], "evaluation_interval": every, "tests": tests}
+    path.write_text(yaml.safe_dump(document))
+    return path
+
+
+def assert_passes(promtool: str, test_file: Path) -> None:
+    result = run_promtool(promtool, "test", "rules", str(test_file))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+# -- the tests -----------------------------------------------------------------------------------
+
+
+def test_generated_rule_file_passes_promtool_check(promtool: str) -> None:
+    result = run_promtool(
+        promtool, "check", "rules", str(generate.ROOT / "manifests" / "prometheus-rules.yaml")
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert (
+        f"SUCCESS: {sum(len(group['rules']) for group in rules.rule_groups())} rules found" in result.stdout
+    )
+
+
+def test_prometheusrule_spec_passes_promtool_check(promtool: str, tmp_path: Path) -> None:
+    document = yaml.safe_load((generate.ROOT / "manifests" / "prometheusrule.yaml").read_text())
+    assert document["kind"] == "PrometheusRule"
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump(document["spec"]))
+    result = run_promtool(promtool, "check", "rules", str(spec))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_each_page_alert_fires_at_its_burn_rate_and_stays_silent_just_below(
+    promtool: str, rule_file: Path, tmp_path: Path
+) -> None:
+    tests = [
+        burn_test(objective, case) for objective in slo.DEFAULT_OBJECTIVES for case in PAGE_CASES.values()
+    ]
+    assert_passes(promtool, write_tests(tmp_path, rule_file, tests, every="5m"))
+
+
+def test_each_ticket_alert_fires_at_its_burn_rate_and_stays_silent_just_below(
+    promtool: str, rule_file: Path, tmp_path: Path
+) -> None:
+    objective = OBJECTIVES[slo.SLI.ERRORS]
+    cases = [
+        BurnCase(SLOW_1D, 1.05, evaluate_after(SLOW_1D), (SLOW_1D, SLOW_3D)),
+        BurnCase(SLOW_1D, 0.95, evaluate_after(SLOW_1D), (SLOW_3D,)),
+        BurnCase(SLOW_3D, 0.95, evaluate_after(SLOW_1D), ()),
+    ]
+    tests = [burn_test(objective, case) for case in cases]
+    assert_passes(promtool, write_tests(tmp_path, rule_file, tests, every="5m"))
+
+
+def test_a_low_traffic_model_does_not_page_but_opens_a_ticket(
+    promtool: str, rule_file: Path, tmp_path: Path
+) -> None:
+    # Half of all events bad, 2 events a minute: 120 an hour, below the 360 a page needs.
+    minutes = evaluate_after(FAST_6H)
+    tests = [
+        {
+            "interval": "1m",
+            "input_series": sli_series(objective, 2, 1, minutes + 5),
+            "alert_rule_test": [
+                {
+                    "eval_time": f"{minutes}m",
+                    "alertname": rules.alert_name(objective.sli, "page"),
+                    "exp_alerts": [],
+                },
+                {
+                    "eval_time": f"{minutes}m",
+                    "alertname": rules.alert_name(objective.sli, "ticket"),
+                    "exp_alerts": burn_expected(objective, 0.5, SLOW_1D, SLOW_3D),
+                },
+            ],
+        }
+        for objective in slo.DEFAULT_OBJECTIVES
+    ]
+    assert_passes(promtool, write_tests(tmp_path, rule_file, tests, every="5m"))
+
+
+def test_the_same_burn_pages_once_traffic_reaches_the_minimum(
+    promtool: str, rule_file: Path, tmp_path: Path
+) -> None:
+    # 8 events a minute: 480 in the last hour (enough for the 1h tier), 520 in 6h (not for the 6h tier).
+    minutes = evaluate_after(FAST_1H)
+    tests = [
+        {
+            "interval": "1m",
+            "input_series": sli_series(objective, 8, 4, minutes + 5),
+            "alert_rule_test": [
+                {
+                    "eval_time": f"{minutes}m",
+                    "alertname": rules.alert_name(objective.sli, "page"),
+                    "exp_alerts": burn_expected(objective, 0.5, FAST_1H),
+                }
+            ],
+        }
+        for objective in slo.DEFAULT_OBJECTIVES
+    ]
+    assert_passes(promtool, write_tests(tmp_path, rule_file, tests, every="5m"))
+
+
+def test_recording_rules_hold_each_slis_bad_ratio(promtool: str, rule_file: Path, tmp_path: Path) -> None:
+    # 1 bad of 4 events a minute: every window's ratio is exactly 0.25.
+    tests = [
+        {
+            "interval": "1m",
+            "input_series": sli_series(objective, 4, 1, 30),
+            "promql_expr_test": [
+                {
+                    "expr": slo.recording_rule(objective.sli, "5m"),
+                    "eval_time": "10m",
+                    "exp_samples": [
+                        {
+                            "labels": series(slo.recording_rule(objective.sli, "5m"), MODEL, "")["series"],
+                            "value": 0.25,
+                        }
+                    ],
+                }
+            ],
+        }
+        for objective in slo.DEFAULT_OBJECTIVES
+    ]
+    assert_passes(promtool, write_tests(tmp_path, rule_file, tests))
+
+
+def test_operational_alerts_fire_on_their_conditions_and_only_then(
+    promtool: str, rule_file: Path, tmp_path: Path
+) -> None:
+    p = slo.PREFIX
+    rolled_back = {"model": "digits", "result": "rolled_back"}
+    tests = [
+        {  # fallback ops: 2 Conv in float on the canary, none on stable
+            "interval": "1m",
+            "input_series": [
+                series(f"{p}fallback_ops", {**MODEL, "op_type": "Conv"}, "2x30"),
+                series(f"{p}fallback_ops", {**MODEL, "track": "stable", "op_type": "Conv"}, "0x30"),
+            ],
+            "alert_rule_test": [
+                {"eval_time": "5m", "alertname": "QuantshipFallbackOps", "exp_alerts": []},
+                {
+                    "eval_time": "15m",
+                    "alertname": "QuantshipFallbackOps",
+                    "exp_alerts": [expected("QuantshipFallbackOps", MODEL, 2.0)],
+                },
+            ],
+        },
+        {  # a load failure: the counter is born at 1 at minute 10, and notifies for 15 minutes
+            "interval": "1m",
+            "input_series": [
+                series(f"{p}model_load_failures_total", {**MODEL, "reason": "hash_mismatch"}, "_x9 1x60"),
+            ],
+            "alert_rule_test": [
+                {"eval_time": "5m", "alertname": "QuantshipModelLoadFailures", "exp_alerts": []},
+                {
+                    "eval_time": "12m",
+                    "alertname": "QuantshipModelLoadFailures",
+                    "exp_alerts": [
+                        expected("QuantshipModelLoadFailures", {**MODEL, "reason": "hash_mismatch"}, 1.0)
+                    ],
+                },
+                {"eval_time": "40m", "alertname": "QuantshipModelLoadFailures", "exp_alerts": []},
+            ],
+        },
+        {  # promotions say nothing; a rollback (a new series) and a second one (an increase) notify
+            "interval": "1m",
+            "input_series": [
+                series(f"{p}rollouts_total", {"model": "digits", "result": "promoted"}, "1+1x90"),
+                series(f"{p}rollouts_total", rolled_back, "_x29 1x30 2x30"),
+            ],
+            "alert_rule_test": [
+                {"eval_time": "20m", "alertname": "QuantshipRolloutRolledBack", "exp_alerts": []},
+                {
+                    "eval_time": "31m",
+                    "alertname": "QuantshipRolloutRolledBack",
+                    "exp_alerts": [expected("QuantshipRolloutRolledBack", rolled_back, 1.0)],
+                },
+                {"eval_time": "55m", "alertname": "QuantshipRolloutRolledBack", "exp_alerts": []},
+                {
+                    "eval_time": "65m",
+                    "alertname": "QuantshipRolloutRolledBack",
+                    "exp_alerts": [expected("QuantshipRolloutRolledBack", rolled_back, 1.0)],
+                },
+            ],
+        },
+        {  # one canary stuck at 25% on step 1; another advancing every 10 minutes
+            "interval": "1m",
+            "input_series": [
+                series(f"{p}rollout_weight", {"model": "stuck"}, "25x120"),
+                series(f"{p}rollout_step", {"model": "stuck"}, "1x120"),
+                series(f"{p}rollout_weight", {"model": "moving"}, "25x120"),
+                series(f"{p}rollout_step", {"model": "moving"}, "1 " * 10 + "2 " * 50 + "3 " * 61),
+            ],
+            "alert_rule_test": [
+                {"eval_time": "50m", "alertname": "QuantshipRolloutStuck", "exp_alerts": []},
+                {
+                    "eval_time": "80m",
+                    "alertname": "QuantshipRolloutStuck",
+                    "exp_alerts": [expected("QuantshipRolloutStuck", {"model": "stuck"}, 25.0)],
+                },
+            ],
+        },
+        {  # a model reported for 30 minutes, then vanished; another keeps reporting
+            "interval": "1m",
+            "input_series": [
+                series(f"{p}model_info", {**MODEL, "precision": "int8"}, "1x30"),
+                series(f"{p}model_info", {**MODEL, "model": "steady", "precision": "int8"}, "1x90"),
+            ],
+            "alert_rule_test": [
+                {"eval_time": "30m", "alertname": "QuantshipModelMetricsMissing", "exp_alerts": []},
+                {
+                    "eval_time": "50m",
+                    "alertname": "QuantshipModelMetricsMissing",
+                    "exp_alerts": [expected("QuantshipModelMetricsMissing", {"model": "digits"}, 1.0)],
+                },
+            ],
+        },
+    ]
+    assert_passes(promtool, write_tests(tmp_path, rule_file, tests))

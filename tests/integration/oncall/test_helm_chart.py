@@ -1,0 +1,338 @@
+"""The Helm chart under the real helm binary: it lints strictly, and everything it renders (with the
+default values and with every feature on) is valid Kubernetes: built-in kinds against the API
+schemas (kubernetes-validate --strict, oldest and newest supported version), the example
+QuantizedModel against the CRD's schema, the PrometheusRule's rules under promtool. No schema of
+the Prometheus Operator's kinds installs offline here: ServiceMonitor and PodMonitor get the
+field checks a review would make. RBAC is compared with the calls the operator's code makes."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+
+from quantship import cli, generate
+from quantship.local.prometheus import find_binary
+from quantship.oncall import links
+
+pytestmark = pytest.mark.helm
+
+CHART = generate.ROOT / "helm" / "quantship"
+NAMESPACE = "quantship"
+KUBERNETES_VERSIONS = ("1.25", kubernetes_validate.latest_version())
+MONITORING_APIS = ("ServiceMonitor", "PodMonitor", "PrometheusRule")
+MONITORS = {
+    "serviceMonitor": "ServiceMonitor",
+    "podMonitor": "PodMonitor",
+    "prometheusRule": "PrometheusRule",
+}
+ALL_FEATURES = {
+    "monitoring": {value: {"enabled": True, "labels": {"release": "prometheus"}} for value in MONITORS},
+    "operator": {"namespaces": ["ml", "prod"], "verbose": True},
+    "grafana": {
+        "url": "https://grafana.example.org/",
+        "dashboards": {"annotations": {"grafana_folder": "quantship"}},
+    },
+    "alerts": {"runbookUrl": "https://wiki.example.org/quantship/runbooks"},
+    "example": {"enabled": True},
+}
+
+
+@pytest.fixture(scope="module")
+def helm() -> str:
+    binary = find_binary("helm")
+    assert binary, "helm is missing: run scripts/install-tools (make setup does)"
+    return binary
+
+
+@pytest.fixture(scope="module")
+def all_features(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("values") / "all-features.yaml"
+    path.write_text(yaml.safe_dump(ALL_FEATURES))
+    return path
+
+
+def run_helm(helm: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([helm, *args], capture_output=True, text=True, timeout=60)
+
+
+def render(helm: str, *args: str) -> list[dict[str, Any]]:
+    result = run_helm(
+        helm, "template", "quantship", str(CHART), "--namespace", NAMESPACE, "--include-crds", *args
+    )
+    assert result.returncode == 0, result.stderr
+    return [document for document in yaml.safe_load_all(result.stdout) if document]
+
+
+def kinds(documents: list[dict[str, Any]]) -> list[str]:
+    return sorted(document["kind"] for document in documents)
+
+
+def one(documents: list[dict[str, Any]], kind: str) -> dict[str, Any]:
+    found = [document for document in documents if document["kind"] == kind]
+    assert len(found) == 1, f"{len(found)} {kind}s"
+    return found[0]
+
+
+def assert_valid(documents: list[dict[str, Any]]) -> None:
+    """Built-in kinds: kubernetes-validate --strict. QuantizedModel: the CRD's schema. Prometheus
+    Operator kinds: the fields their v1 API has, with valid durations."""
+    crd = one(documents, "CustomResourceDefinition")
+    for document in documents:
+        if document["apiVersion"] == "monitoring.coreos.com/v1":
+            assert_monitoring_fields(document)
+        elif document["kind"] == "QuantizedModel":
+            schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+            jsonschema.Draft4Validator(schema).validate(document)
+        else:
+            for version in KUBERNETES_VERSIONS:
+                kubernetes_validate.validate(document, version, strict=True)
+
+
+ENDPOINT = {"port", "path", "interval"}
+MONITORING_FIELDS = {
+    "ServiceMonitor": ({"selector", "namespaceSelector", "endpoints"}, "endpoints", ENDPOINT),
+    "PodMonitor": ({"selector", "namespaceSelector", "podMetricsEndpoints"}, "podMetricsEndpoints", ENDPOINT),
+    "PrometheusRule": ({"groups"}, "groups", {"name", "rules"}),
+}
+DURATION = re.compile(r"^(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?$")
+
+
+def assert_monitoring_fields(document: dict[str, Any]) -> None:
+    spec_fields, list_field, item_fields = MONITORING_FIELDS[document["kind"]]
+    assert set(document) == {"apiVersion", "kind", "metadata", "spec"}
+    assert set(document["spec"]) <= spec_fields and list_field in document["spec"], document["spec"].keys()
+    for item in document["spec"][list_field]:
+        assert set(item) <= item_fields, item.keys()
+        assert DURATION.match(item.get("interval", "1m")), item
+
+
+# -- lint and validity ---------------------------------------------------------------------------
+
+
+def test_chart_lints_strictly_with_default_and_all_feature_values(helm: str, all_features: Path) -> None:
+    for args in ((), ("--values", str(all_features))):
+        result = run_helm(helm, "lint", "--strict", str(CHART), *args)
+        assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_default_render_is_valid_and_leaves_out_what_the_cluster_cannot_serve(helm: str) -> None:
+    documents = render(helm)
+    assert_valid(documents)
+    assert kinds(documents) == sorted(
+        ["CustomResourceDefinition", "ServiceAccount", "ClusterRole", "ClusterRole", "ClusterRoleBinding",
+         "ClusterRoleBinding", "Deployment", "Service", "ConfigMap", "ConfigMap", "ConfigMap"]
+    )  # fmt: skip
+
+
+def test_all_features_render_is_valid(helm: str, all_features: Path) -> None:
+    documents = render(helm, "--values", str(all_features))
+    assert_valid(documents)
+    for kind in (*MONITORING_APIS, "QuantizedModel"):
+        one(documents, kind)
+    bindings = [document for document in documents if document["kind"] == "RoleBinding"]
+    assert sorted(binding["metadata"]["namespace"] for binding in bindings) == ["ml", "prod"]
+
+
+def test_monitoring_objects_follow_the_api_the_cluster_serves(helm: str) -> None:
+    apis = [arg for kind in MONITORING_APIS for arg in ("--api-versions", f"monitoring.coreos.com/v1/{kind}")]
+    assert set(kinds(render(helm, *apis))) >= set(MONITORING_APIS)
+    off = [
+        arg
+        for kind in ("serviceMonitor", "podMonitor", "prometheusRule")
+        for arg in ("--set", f"monitoring.{kind}.enabled=false")
+    ]
+    assert not set(kinds(render(helm, *apis, *off))) & set(MONITORING_APIS)
+
+
+def test_values_schema_refuses_a_root_or_writable_operator(helm: str) -> None:
+    for setting in ("podSecurityContext.runAsNonRoot=false", "securityContext.readOnlyRootFilesystem=false"):
+        result = run_helm(helm, "template", "quantship", str(CHART), "--set", setting)
+        assert (
+            result.returncode != 0 and "values don't meet the specifications of the schema" in result.stderr
+        )
+
+
+# -- what the objects say ------------------------------------------------------------------------
+
+
+def test_operator_runs_as_non_root_on_a_read_only_root_with_resources_probes_and_metrics(helm: str) -> None:
+    deployment = one(render(helm), "Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert pod["securityContext"]["runAsNonRoot"] and pod["securityContext"]["runAsUser"] > 0
+    assert container["securityContext"]["readOnlyRootFilesystem"]
+    assert not container["securityContext"]["allowPrivilegeEscalation"]
+    assert container["securityContext"]["capabilities"]["drop"] == ["ALL"]
+    assert container["resources"]["requests"] and container["resources"]["limits"]["memory"]
+    ports = {port["name"]: port["containerPort"] for port in container["ports"]}
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        assert container[probe]["httpGet"]["port"] in ports
+    assert {volume["name"]: volume for volume in pod["volumes"]}["tmp"]["emptyDir"]
+    assert deployment["spec"]["replicas"] == 1 and deployment["spec"]["strategy"]["type"] == "Recreate"
+    # every flag the chart passes is one `quantship operator` takes
+    options = {opt for param in cli.main.commands["operator"].params for opt in param.opts}
+    assert "--standalone" in container["args"]
+    for arg in container["args"]:
+        assert arg.split("=", 1)[0] in options, arg
+    service = one(render(helm), "Service")
+    assert service["spec"]["ports"][0]["targetPort"] == "metrics"
+
+
+def test_dashboards_ship_as_sidecar_configmaps_with_the_generated_json(helm: str, all_features: Path) -> None:
+    maps = [
+        document
+        for document in render(helm, "--values", str(all_features))
+        if document["kind"] == "ConfigMap"
+    ]
+    assert len(maps) == 3
+    for config_map in maps:
+        assert config_map["metadata"]["labels"]["grafana_dashboard"] == "1"
+        assert config_map["metadata"]["annotations"] == {"grafana_folder": "quantship"}
+        ((key, text),) = config_map["data"].items()
+        name = key.removeprefix("quantship-").removesuffix(".json")
+        assert json.loads(text) == json.loads((generate.ROOT / "dashboards" / f"{name}.json").read_text())
+
+
+def test_prometheusrule_holds_the_generated_rules_with_this_installs_links(
+    helm: str, all_features: Path, tmp_path: Path
+) -> None:
+    rule = one(render(helm, "--values", str(all_features)), "PrometheusRule")
+    assert rule["metadata"]["labels"]["release"] == "prometheus"
+    expected = (generate.ROOT / "manifests" / "prometheus-rules.yaml").read_text()
+    expected = expected.replace(links.GRAFANA_URL, "https://grafana.example.org")
+    expected = expected.replace(links.RUNBOOK_URL, "https://wiki.example.org/quantship/runbooks")
+    assert rule["spec"] == yaml.safe_load(expected)
+    promtool = find_binary("promtool")
+    assert promtool, "promtool is missing: run scripts/install-tools"
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump(rule["spec"]))
+    result = subprocess.run(
+        [promtool, "check", "rules", str(spec)], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_podmonitor_scrapes_the_servers_the_operator_creates(helm: str, all_features: Path) -> None:
+    from quantship.operator import resources
+
+    pod_monitor = one(render(helm, "--values", str(all_features)), "PodMonitor")
+    selector = pod_monitor["spec"]["selector"]["matchLabels"]
+    # labels the operator puts on every model server pod (quantship/operator/resources.py)
+    server_labels = {"app.kubernetes.io/name": "quantship-server", **resources.MANAGED_BY}
+    assert selector.items() <= server_labels.items()
+    assert pod_monitor["spec"]["podMetricsEndpoints"][0]["port"] == "http"
+    assert pod_monitor["spec"]["namespaceSelector"] == {"matchNames": ["ml", "prod"]}
+
+
+# -- least privilege -----------------------------------------------------------------------------
+
+KOPF_NEEDS = {
+    # kopf watches the resource and patches its own progress and finalizers into it
+    ("serving.quantship.io", "quantizedmodels", "list"),
+    ("serving.quantship.io", "quantizedmodels", "watch"),
+    ("serving.quantship.io", "quantizedmodels", "patch"),
+    # kopf posts events (core/v1) for kopf.info / kopf.warn
+    ("", "events", "create"),
+    # kopf finds the CRD and follows its changes
+    ("apiextensions.k8s.io", "customresourcedefinitions", "get"),
+    ("apiextensions.k8s.io", "customresourcedefinitions", "list"),
+    ("apiextensions.k8s.io", "customresourcedefinitions", "watch"),
+}
+VERBS = {
+    "read": "get",
+    "get": "get",
+    "create": "create",
+    "patch": "patch",
+    "delete": "delete",
+    "list": "list",
+    "replace": "update",
+}
+BUILTIN = {("apps", "deployment"): ("apps", "deployments"), ("core", "service"): ("", "services")}
+
+
+def operator_calls() -> Iterator[tuple[str, str, str]]:
+    """(group, resource, verb) of each Kubernetes API call in quantship/operator/."""
+    call = re.compile(
+        r"\b(apps|core|custom)\.(read|get|create|patch|delete|list|replace)_namespaced_(\w+?)"
+        r"(_status)?(?:_without_preload_content)?\((.{0,120})",
+        re.DOTALL,
+    )
+    for source in sorted((generate.ROOT / "quantship" / "operator").glob("*.py")):
+        for api, verb, kind, status, args in call.findall(source.read_text()):
+            if api == "custom":
+                group, resource = (
+                    ("gateway.networking.k8s.io", "httproutes")
+                    if "GATEWAY" in args
+                    else ("serving.quantship.io", "quantizedmodels")
+                )
+            else:
+                group, resource = BUILTIN[(api, kind)]
+            yield group, resource + ("/status" if status else ""), VERBS[verb]
+
+
+def test_rbac_grants_exactly_the_calls_the_operator_makes(helm: str) -> None:
+    granted = {
+        (group, resource, verb)
+        for document in render(helm)
+        if document["kind"] == "ClusterRole"
+        for rule in document["rules"]
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+        for verb in rule["verbs"]
+    }
+    needed = set(operator_calls()) | KOPF_NEEDS
+    assert len(needed) > len(KOPF_NEEDS), "found no API calls in quantship/operator"
+    assert granted - needed == set(), "granted but never used"
+    assert needed - granted == set(), "used but not granted"
+
+
+# -- NOTES.txt -----------------------------------------------------------------------------------
+
+NOTES_PROBE = """apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: notes
+data:
+  notes: {{ tpl (.Files.Get "notes-source.txt") . | quote }}
+"""
+
+
+def render_notes(helm: str, tmp_path: Path, *args: str) -> str:
+    """NOTES.txt as `helm install` would print it: helm template leaves it out, so a copy of the
+    chart renders it through `tpl` inside a ConfigMap."""
+    import shutil
+
+    chart = tmp_path / "chart"
+    shutil.copytree(CHART, chart)
+    shutil.copy(chart / "templates" / "NOTES.txt", chart / "notes-source.txt")
+    (chart / "templates" / "notes-probe.yaml").write_text(NOTES_PROBE)
+    result = run_helm(
+        helm, "template", "quantship", str(chart), "--show-only", "templates/notes-probe.yaml", *args
+    )
+    assert result.returncode == 0, result.stderr
+    return str(yaml.safe_load(result.stdout)["data"]["notes"])
+
+
+def test_notes_say_how_to_roll_back_and_where_dashboards_and_alerts_appear(helm: str, tmp_path: Path) -> None:
+    from quantship.operator import crd
+
+    notes = render_notes(helm, tmp_path, "--set", "monitoring.prometheusRule.enabled=true")
+    assert f"{crd.ABORT_ANNOTATION}=now" in notes and f"{crd.PROMOTE_ANNOTATION}=now" in notes
+    for name in ("executive", "oncall", "debug"):
+        title = json.loads((generate.ROOT / "dashboards" / f"{name}.json").read_text())["title"]
+        assert f'"{title}"' in notes
+    assert "PrometheusRule quantship:" in notes and "No PodMonitor" in notes
+    assert (generate.ROOT / "manifests" / "examples" / "digits-replicas.yaml").is_file()
+    assert "manifests/examples/digits-replicas.yaml" in notes
+    assert "No PrometheusRule: load manifests/prometheus-rules.yaml" in render_notes(
+        helm, tmp_path / "default"
+    )

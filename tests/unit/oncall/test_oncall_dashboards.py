@@ -1,0 +1,102 @@
+"""The generated dashboards are portable and scoped: no data source uid is baked in, every query
+follows the `model` variable, ids are unique, and the SLI panels read slo.py's series."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from quantship import generate, slo
+from quantship.oncall import dashboards, links
+
+NAMES = ("executive", "oncall", "debug")
+
+
+def load(name: str) -> dict[str, Any]:
+    return json.loads((generate.ROOT / "dashboards" / f"{name}.json").read_text())
+
+
+def panels(board: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    for panel in board["panels"]:
+        yield panel
+        yield from panel.get("panels", [])
+
+
+def datasources(node: Any) -> Iterator[dict[str, Any]]:
+    if isinstance(node, dict):
+        if isinstance(node.get("datasource"), dict):
+            yield node["datasource"]
+        for value in node.values():
+            yield from datasources(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from datasources(value)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_no_data_source_uid_is_hard_coded(name: str) -> None:
+    board = load(name)
+    refs = list(datasources(board))
+    assert refs, "no datasource references at all"
+    assert all(ref == {"type": "prometheus", "uid": "${datasource}"} for ref in refs), refs
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_each_dashboard_has_a_datasource_and_a_multi_value_model_variable(name: str) -> None:
+    variables = {variable["name"]: variable for variable in load(name)["templating"]["list"]}
+    assert variables["datasource"]["type"] == "datasource"
+    assert variables["datasource"]["query"] == "prometheus"
+    model = variables["model"]
+    assert model["type"] == "query" and model["multi"] and model["includeAll"]
+    assert model["query"] == f"label_values({slo.PREFIX}model_info, model)"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_panel_query_follows_the_model_variable(name: str) -> None:
+    board = load(name)
+    targets = [target for panel in panels(board) for target in panel.get("targets", [])]
+    assert targets
+    for target in targets:
+        assert 'model=~"$model"' in target["expr"], target["expr"]
+        assert target["refId"]
+    for annotation in board["annotations"].get("list", []):
+        assert 'model=~"$model"' in annotation["expr"]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_panel_ids_are_unique_and_every_panel_but_rows_has_a_query(name: str) -> None:
+    board = load(name)
+    ids = [panel["id"] for panel in panels(board)]
+    assert len(ids) == len(set(ids))
+    for panel in panels(board):
+        assert panel["type"] == "row" or panel.get("targets"), panel["title"]
+
+
+def test_dashboards_have_the_uids_the_alerts_link_to() -> None:
+    assert [load(name)["uid"] for name in NAMES] == [links.EXECUTIVE_UID, links.ONCALL_UID, links.DEBUG_UID]
+
+
+def test_the_oncall_dashboard_plots_every_slos_burn_rate_over_every_recorded_window() -> None:
+    exprs = [target["expr"] for panel in panels(load("oncall")) for target in panel.get("targets", [])]
+    for objective in slo.DEFAULT_OBJECTIVES:
+        for window in slo.RULE_WINDOWS:
+            expected = f'{slo.recording_rule(objective.sli, window)}{{model=~"$model"}} / {objective.budget}'
+            assert expected in exprs
+
+
+def test_sli_panels_use_the_ratio_slo_py_defines() -> None:
+    exprs = {target["expr"] for panel in panels(load("oncall")) for target in panel.get("targets", [])}
+    for objective in slo.DEFAULT_OBJECTIVES:
+        assert (
+            slo.ratio(objective, "$__rate_interval", {"model": slo.Regex("$model")}, dashboards.TRACKS)
+            in exprs
+        )
+
+
+def test_the_oncall_dashboard_marks_promotions_and_rollbacks() -> None:
+    names = {annotation["name"]: annotation for annotation in load("oncall")["annotations"]["list"]}
+    assert 'result=~"promoted"' in names["Promotions"]["expr"]
+    assert 'result=~"rolled_back|failed"' in names["Rollbacks"]["expr"]
