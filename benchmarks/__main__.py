@@ -11,7 +11,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-SUITES = ["quantize"]
+SUITES = ["quantize", "server", "rollout"]
 
 
 def main(names: list[str]) -> None:

@@ -76,10 +76,6 @@ def zoo_build(out_dir: Path) -> None:
 # -- quantize, verify, report -----------------------------------------------------------------
 
 
-def _choice(enum_type: Any) -> click.Choice:
-    return click.Choice([member.value for member in enum_type], case_sensitive=False)
-
-
 @main.command()
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option(
@@ -199,6 +195,20 @@ def quantize(
 
 
 @main.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("-o", "--out", required=True, type=click.Path(path_type=Path), help="Artifact directory.")
+@click.option("--sign-key", type=click.Path(path_type=Path), help="ed25519 private key (PEM) to sign with.")
+@user_errors
+def package(model: Path, out: Path, sign_key: Path | None) -> None:
+    """Wrap an FP32 MODEL as an artifact, unquantized: a baseline to serve and to canary against."""
+    from quantship.quantize import package_fp32
+
+    key = artifact.load_private_key(sign_key) if sign_key else None
+    written = package_fp32(model, out, sign_key=key)
+    click.echo(f"wrote {written.root} (fp32, {written.manifest['files'][artifact.MODEL_FILE]['size']} bytes)")
+
+
+@main.command()
 @click.argument("path", type=click.Path(path_type=Path))
 @click.option("--public-key", type=click.Path(path_type=Path), help="Require a valid ed25519 signature.")
 @user_errors
@@ -232,18 +242,151 @@ def report(path: Path, out: Path) -> None:
 
 
 @main.command()
+@click.argument("artifact_path", metavar="ARTIFACT", type=click.Path(path_type=Path))
+@click.option("--model-name", required=True, help="Name clients address, and the `model` metric label.")
+@click.option(
+    "--revision", required=True, help="This artifact's revision: the model version and `revision` label."
+)
+@click.option("--track", type=click.Choice(["stable", "canary"]), default="stable", show_default=True)
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
+@click.option(
+    "--reference",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="FP32 model for shadow evaluation. Default: the artifact's reference.onnx when present.",
+)
+@click.option(
+    "--public-key", type=click.Path(path_type=Path), help="Refuse artifacts without a valid signature."
+)
+@click.option(
+    "--max-batch-size", type=click.IntRange(min=1), default=32, show_default=True, help="Rows per batch."
+)
+@click.option(
+    "--max-queue-delay-ms",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    show_default=True,
+    help="How long a request may wait for others to join its batch.",
+)
+@click.option(
+    "--max-queue-size",
+    type=click.IntRange(min=1),
+    default=128,
+    show_default=True,
+    help="Requests waiting for the model; beyond it, 429.",
+)
+@click.option(
+    "--shadow-rate",
+    type=click.FloatRange(0, 1),
+    default=0.05,
+    show_default=True,
+    help="Share of requests also run through the FP32 reference, in the background.",
+)
+@click.option(
+    "--clip-sample-rate",
+    type=click.FloatRange(0, 1),
+    default=0.05,
+    show_default=True,
+    help="Share of requests whose activations are checked against the calibrated ranges.",
+)
+@click.option("--per-tensor-metrics", is_flag=True, help="Export clip counts per activation tensor.")
+@click.option(
+    "--feedback-capacity",
+    type=click.IntRange(min=1),
+    default=10_000,
+    show_default=True,
+    help="Recent requests kept for label feedback.",
+)
+@click.option(
+    "--feedback-max-bytes",
+    type=click.IntRange(min=0),
+    default=64 << 20,
+    show_default=True,
+    help="Bytes of request inputs kept for feedback (the reference runs on them at feedback time).",
+)
+@click.option("--max-body-bytes", type=click.IntRange(min=1), default=16 << 20, show_default=True)
+@click.option(
+    "--threads", type=click.IntRange(min=1), help="onnxruntime intra-op threads (default: its own)."
+)
+@click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    default="info",
+    show_default=True,
+)
+@click.option("--access-log", is_flag=True, help="Log every request (costs throughput).")
+def serve(
+    artifact_path: Path,
+    model_name: str,
+    revision: str,
+    track: str,
+    host: str,
+    port: int,
+    reference: Path | None,
+    public_key: Path | None,
+    max_batch_size: int,
+    max_queue_delay_ms: float,
+    max_queue_size: int,
+    shadow_rate: float,
+    clip_sample_rate: float,
+    per_tensor_metrics: bool,
+    feedback_capacity: int,
+    feedback_max_bytes: int,
+    max_body_bytes: int,
+    threads: int | None,
+    log_level: str,
+    access_log: bool,
+) -> None:
+    """Serve ARTIFACT (a directory or .tar.gz) over Open Inference Protocol v2 with quantization SLIs.
+
+    A refused artifact (tampered, badly signed, missing) keeps the server up and unready: it answers
+    /v2/health/live and /metrics, 503 elsewhere, and counts quantship_model_load_failures_total.
+    """
+    from quantship import server
+
+    settings = server.ServerSettings(
+        artifact=artifact_path,
+        model_name=model_name,
+        revision=revision,
+        track=server.Track(track),
+        host=host,
+        port=port,
+        reference=reference,
+        public_key=public_key,
+        threads=threads,
+        max_body_bytes=max_body_bytes,
+        batching=server.BatchSettings(max_batch_size, max_queue_delay_ms, max_queue_size),
+        quality=server.QualitySettings(
+            shadow_rate=shadow_rate,
+            clip_sample_rate=clip_sample_rate,
+            per_tensor_metrics=per_tensor_metrics,
+            feedback_capacity=feedback_capacity,
+            feedback_max_bytes=feedback_max_bytes,
+        ),
+    )
+    server.serve(settings, log_level=log_level, access_log=access_log)
+
+
+@main.command()
 @click.option(
     "--workdir",
     type=click.Path(file_okay=False, path_type=Path),
     default=Path("build/demo"),
     show_default=True,
-    help="Where models, artifacts and reports go.",
+    help="Where models, artifacts, logs and reports go.",
 )
-def demo(workdir: Path) -> None:
-    """Run the whole flow locally: quantize, serve, roll out, roll back."""
+@click.option("--quick", is_flag=True, help="Shorter steps and windows (about a minute): for tests.")
+@click.option(
+    "--prometheus/--no-prometheus",
+    default=True,
+    show_default=True,
+    help="Judge through a real Prometheus when installed; else scrape the servers directly.",
+)
+def demo(workdir: Path, quick: bool, prometheus: bool) -> None:
+    """Run the whole flow locally: quantize, serve, roll a good canary out, roll a bad one back."""
     from quantship.local import demo as demo_module
 
-    demo_module.run_demo(workdir, stdout)
+    sys.exit(demo_module.main(workdir, stdout, quick=quick, prometheus=prometheus))
 
 
 @main.command()
@@ -253,6 +396,72 @@ def keygen(private_path: Path, public_path: Path) -> None:
     """Create an ed25519 key pair for signing artifacts (PEM files)."""
     artifact.generate_keypair(private_path, public_path)
     click.echo(f"wrote {private_path} (keep it secret) and {public_path}")
+
+
+# -- Kubernetes: the operator and its init container ------------------------------------------
+
+
+@main.command()
+@click.argument("uri")
+@click.argument("dest", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--public-key", type=click.Path(path_type=Path), help="Require a valid ed25519 signature.")
+@click.option(
+    "--pvc-root",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("/mnt/pvc"),
+    show_default=True,
+    help="Where pvc://CLAIM/... claims are mounted.",
+)
+@click.option("--timeout", type=click.FloatRange(min=1), default=120.0, show_default=True, help="Seconds.")
+@user_errors
+def fetch(uri: str, dest: Path, public_key: Path | None, pvc_root: Path, timeout: float) -> None:
+    """Fetch the artifact at URI (file://, pvc://, http(s)://...tar.gz), verify it, install it as DEST."""
+    from quantship.operator import fetch as fetch_module
+
+    try:
+        loaded = fetch_module.fetch(uri, dest, public_key=public_key, pvc_root=pvc_root, timeout=timeout)
+    except fetch_module.FetchError as exc:
+        raise InputError(str(exc)) from exc
+    signature = "signature valid" if public_key else ("signed" if loaded.signed else "unsigned")
+    click.echo(f"ok: {uri} -> {dest}: {len(loaded.manifest['files'])} files verified; {signature}")
+
+
+@main.command()
+@click.option("-n", "--namespace", "namespaces", multiple=True, help="Watch only these (repeatable).")
+@click.option("--tick-interval", type=click.FloatRange(min=0.1), default=5.0, show_default=True)
+@click.option("--metrics-port", type=click.IntRange(0, 65535), default=8000, show_default=True)
+@click.option("--health-port", type=click.IntRange(0, 65535), default=8081, show_default=True)
+@click.option("--standalone", is_flag=True, help="No peering: only one replica may run.")
+@click.option("--priority", type=int, default=0, show_default=True, help="Peering priority.")
+@click.option("-v", "--verbose", is_flag=True)
+def operator(
+    namespaces: tuple[str, ...],
+    tick_interval: float,
+    metrics_port: int,
+    health_port: int,
+    standalone: bool,
+    priority: int,
+    verbose: bool,
+) -> None:
+    """Run the QuantizedModel operator (in-cluster service account, else your kubeconfig)."""
+    import asyncio
+    import logging
+
+    from quantship import operator as operator_module
+
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(asctime)s %(message)s")
+    settings = operator_module.OperatorSettings(
+        namespaces=namespaces,
+        tick_interval=tick_interval,
+        metrics_port=metrics_port,
+        health_port=health_port,
+        standalone=standalone,
+        priority=priority,
+    )
+    try:
+        asyncio.run(operator_module.run(settings))
+    except operator_module.NoCredentials as exc:
+        raise InputError(str(exc)) from exc
 
 
 if __name__ == "__main__":

@@ -16,7 +16,14 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def outputs() -> dict[str, Callable[[], str]]:
     """Path -> renderer. Imports lazily: each renderer pulls in only what it needs."""
-    return {}
+    from quantship import oncall
+    from quantship.operator import crd
+
+    return {
+        **oncall.generated_files(),  # Prometheus rules, Grafana dashboards, and their copies in the chart
+        "manifests/crd.yaml": crd.render,
+        "helm/quantship/crds/quantizedmodels.serving.quantship.io.yaml": crd.render,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -66,6 +66,18 @@ class Objective:
         return ratio / self.budget
 
 
+DEFAULT_OBJECTIVES = (
+    Objective(SLI.ACCURACY_DELTA, budget=0.005),
+    Objective(SLI.LATENCY, budget=0.01, latency_threshold=0.1),
+    Objective(SLI.ERRORS, budget=0.001),
+    Objective(SLI.CLIP_RATE, budget=0.001),
+)
+"""The SLOs the generated alert rules and dashboards use: at most 0.5% of shadow comparisons
+disagree (the quantizer's default accuracy gate), 99% of requests finish within 100 ms, 99.9% do
+not fail, and at most 0.1% of activation values fall outside their calibrated range (the skewed
+sample artifact clips ~0.6%: a 6x burn)."""
+
+
 def burn_rate(ratio: float, budget: float) -> float:
     return ratio / budget
 
@@ -124,9 +136,16 @@ def counters(objective: Objective) -> Counters:
             )
 
 
+class Regex(str):
+    """A label value matched as a regular expression (`=~`), e.g. a Grafana variable: Regex("$model")."""
+
+
 def selector(labels: Mapping[str, str]) -> str:
     """Label matchers, e.g. {"model": "digits", "track": "canary"} -> model="digits",track="canary"."""
-    return ",".join(f'{name}="{_escape(value)}"' for name, value in sorted(labels.items()))
+    return ",".join(
+        f'{name}{"=~" if isinstance(value, Regex) else "="}"{_escape(value)}"'
+        for name, value in sorted(labels.items())
+    )
 
 
 def with_labels(series: str, labels: Mapping[str, str]) -> str:
@@ -167,9 +186,19 @@ def ratio(objective: Objective, window: str, labels: Mapping[str, str], by: tupl
     return f"{bad} / ({total} > 0)"
 
 
-def fallback_ops(labels: Mapping[str, str]) -> str:
-    """Ops meant to run quantized that run in float, summed over op types (a hard gate, not a ratio)."""
-    return f"sum(max by (op_type) ({with_labels(PREFIX + 'fallback_ops', labels)}))"
+def fallback_ops(labels: Mapping[str, str], by: tuple[str, ...] = ()) -> str:
+    """Ops meant to run quantized that run in float, summed over op types (a hard gate, not a ratio).
+    Replicas of one revision report the same ops: the max per op type counts each op once."""
+    grouping = f" by ({', '.join(by)})" if by else ""
+    per_op = ", ".join((*by, "op_type"))
+    return f"sum{grouping}(max by ({per_op}) ({with_labels(PREFIX + 'fallback_ops', labels)}))"
+
+
+def fallback_ops_or_zero(labels: Mapping[str, str], by: tuple[str, ...] = ()) -> str:
+    """Like `fallback_ops`, but 0 (not "no data") where the servers are scraped (they export
+    quantship_model_info) and simply list no fallback op; still empty where nothing is scraped."""
+    grouping = f" by ({', '.join(by)})" if by else ""
+    return f"{fallback_ops(labels, by)} or 0 * sum{grouping}({with_labels(PREFIX + 'model_info', labels)})"
 
 
 def recording_rule(sli: SLI, window: str) -> str:

@@ -1,43 +1,118 @@
-"""`quantship demo` / `make demo`: the whole flow on one machine, every figure from the running system.
+"""`quantship demo` / `make demo`: the whole platform on one machine, every figure from the running system.
 
-Stage 1 (this module today): build the sample models, quantize a well calibrated and a badly
-calibrated artifact, compare them, write their reports.
+1. The sample model, a well calibrated and a badly calibrated INT8 artifact, and the FP32 baseline.
+2. A real Prometheus when one is installed (else the direct-scrape source), the FP32 model as the
+   stable revision, and steady traffic with label feedback.
+3. A canary of the good INT8 artifact through the rollout engine: judged at each step, promoted.
+4. A canary of the badly calibrated one: the engine rolls it back on its own, with the burn rates
+   that decided it.
+5. A summary, `summary.json`, and an HTML report with the rollouts over time.
+
+The engine is the operator's (`quantship.rollout`); only the adapters are local: `quantship serve`
+processes as Workloads, the load generator as TrafficRouter. Ctrl-C stops every process started.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
+from rich.live import Live
+from rich.table import Table
 
-from quantship import artifact, zoo
-from quantship.quantize import QuantizeConfig, default_progress, run, summary
+from quantship import artifact, slo, zoo
+from quantship.local import demo_report, live
+from quantship.local.prometheus import PrometheusProcess, find_binary
+from quantship.local.scrape import ScrapeSource
+from quantship.local.timeline import Timeline
+from quantship.local.traffic import LoadGenerator
+from quantship.local.workloads import LocalWorkloads
+from quantship.quantize import QuantizeConfig, default_progress, package_fp32, summary
 from quantship.quantize import report as quantize_report
+from quantship.quantize import run as quantize
+from quantship.rollout import (
+    AnalysisSpec,
+    MetricsSource,
+    Phase,
+    PrometheusSource,
+    RolloutSpec,
+    RolloutStatus,
+    run_rollout,
+)
+
+MODEL = "digits"
 
 
 @dataclass(frozen=True)
-class DemoArtifacts:
-    good: artifact.Artifact
-    skewed: artifact.Artifact
-    sample: zoo.SampleModel
+class DemoSettings:
+    """Timings short enough for a demo: a production canary judges over minutes, not seconds."""
+
+    steps: tuple[int, ...]
+    step_interval: float
+    """Seconds each canary step lasts before it is judged."""
+    short_window: int
+    long_window: int
+    rate: float
+    """Requests per second the load generator sends, split by the canary weight."""
+    min_samples: int
+    prometheus: bool
+    """Use a real Prometheus (when installed); False: the servers are scraped directly."""
+
+    @classmethod
+    def for_run(cls, *, quick: bool, prometheus: bool) -> DemoSettings:
+        if quick:
+            return cls((50, 100), 6.0, 5, 10, 50.0, 50, prometheus)
+        return cls((20, 50, 100), 10.0, 10, 20, 60.0, 60, prometheus)
+
+    def describe(self) -> str:
+        source = "Prometheus (1 s scrapes)" if self.prometheus else "direct scrape of /metrics (1 s)"
+        return (
+            f"steps {'/'.join(map(str, self.steps))}% of {self.step_interval:g} s each; burn rates over "
+            f"{self.short_window} s and {self.long_window} s windows; {self.rate:g} requests/s; "
+            f"every request shadowed and clip-checked; metrics from {source}"
+        )
 
 
-def build_artifacts(workdir: Path, console: Console) -> DemoArtifacts:
-    console.rule("1. sample model and two INT8 artifacts")
+OBJECTIVES = (
+    slo.Objective(slo.SLI.ACCURACY_DELTA, budget=0.005),
+    # Requests share two cores with the servers, Prometheus and this process: the latency SLO only
+    # catches real regressions here, not scheduler noise.
+    slo.Objective(slo.SLI.LATENCY, budget=0.01, latency_threshold=0.25),
+    slo.Objective(slo.SLI.ERRORS, budget=0.001),
+    slo.Objective(slo.SLI.CLIP_RATE, budget=0.001),
+)
+SERVER_ARGS = ["--shadow-rate", "1.0", "--clip-sample-rate", "1.0"]
+
+
+@dataclass(frozen=True)
+class Revision:
+    name: str
+    artifact: Path
+    label: str
+    expected: Phase
+
+
+def build_artifacts(workdir: Path, console: Console) -> tuple[zoo.SampleModel, list[Revision]]:
+    console.rule("1. the sample model, two INT8 artifacts and the FP32 baseline")
     sample = zoo.build_digits(workdir / "zoo")
     console.print(f"built {sample.model} (scikit-learn digits MLP, FP32)")
-    artifacts = {}
+    built: dict[str, artifact.Artifact] = {}
     for name, calibration, story in (
-        ("digits-good", sample.calibration, "256 calibration images of every digit"),
+        ("int8-good", sample.calibration, "256 calibration images of every digit"),
         (
-            "digits-skewed",
+            "int8-skewed",
             sample.calibration_skewed,
             f"16 calibration images of the digit {zoo.SKEWED_DIGIT} only",
         ),
     ):
         console.print(f"quantizing [bold]{name}[/]: {story}")
-        result = run(
+        result = quantize(
             sample.model,
             workdir / "artifacts" / name,
             QuantizeConfig(),
@@ -45,30 +120,227 @@ def build_artifacts(workdir: Path, console: Console) -> DemoArtifacts:
             evaluation=sample.evaluation,
             progress=default_progress(),
         )
-        artifacts[name] = result.artifact
-    console.print(summary.table([(name, loaded) for name, loaded in artifacts.items()]))
-    return DemoArtifacts(artifacts["digits-good"], artifacts["digits-skewed"], sample)
-
-
-def write_reports(workdir: Path, artifacts: DemoArtifacts, console: Console) -> list[Path]:
+        built[name] = result.artifact
+    console.print(summary.table(list(built.items())))
+    skewed = built["int8-skewed"].manifest["validation"]
+    console.print(
+        f"Both pass the offline gate (skewed: delta {skewed['delta']:+.2%} on held-out data), yet the "
+        "skewed one's activation ranges come from one digit: real traffic will clip. "
+        "Watch the canary catch it."
+    )
     reports = workdir / "reports"
     reports.mkdir(parents=True, exist_ok=True)
-    written = []
-    for loaded in (artifacts.good, artifacts.skewed):
-        path = reports / f"{loaded.root.name}.html"
-        path.write_text(quantize_report.render(loaded))
-        written.append(path)
-    console.print("reports: " + ", ".join(str(p) for p in written))
-    return written
+    for name, loaded in built.items():
+        (reports / f"{name}.html").write_text(quantize_report.render(loaded))
+    fp32 = package_fp32(sample.model, workdir / "artifacts" / "fp32")
+    return sample, [
+        Revision("v1-fp32", fp32.root, "FP32 baseline", Phase.PROMOTED),
+        Revision("v2-int8", built["int8-good"].root, "INT8, good calibration", Phase.PROMOTED),
+        Revision(
+            "v3-int8-skewed", built["int8-skewed"].root, "INT8, one-digit calibration", Phase.ROLLED_BACK
+        ),
+    ]
 
 
-def run_demo(workdir: Path, console: Console) -> None:
-    artifacts = build_artifacts(workdir, console)
-    skewed = artifacts.skewed.manifest["validation"]
-    console.print(
-        f"The skewed artifact passes the offline gate (delta {skewed['delta']:+.2%} on held-out data), "
-        "yet its "
-        "activation ranges come from one digit: production traffic will clip. Serving and rollout "
-        "(next stages) catch that with the clipped-activation and shadow-accuracy SLIs."
+def _spec(revision: str, settings: DemoSettings) -> RolloutSpec:
+    return RolloutSpec(
+        model=MODEL,
+        revision=revision,
+        objectives=OBJECTIVES,
+        steps=settings.steps,
+        step_interval=settings.step_interval,
+        progress_deadline=60.0,
+        analysis=AnalysisSpec(
+            short_window=settings.short_window,
+            long_window=settings.long_window,
+            min_samples=settings.min_samples,
+        ),
     )
-    write_reports(workdir, artifacts, console)
+
+
+async def run_demo(workdir: Path, console: Console, *, quick: bool = False, prometheus: bool = True) -> int:
+    """The whole demo; returns the exit code (0: promoted the good artifact, rolled back the bad one)."""
+    started = time.monotonic()
+    workdir = workdir.resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    settings = DemoSettings.for_run(
+        quick=quick, prometheus=prometheus and find_binary("prometheus") is not None
+    )
+    if prometheus and not settings.prometheus:
+        console.print(
+            "[yellow]prometheus is not installed (scripts/install-tools): scraping servers directly[/]"
+        )
+    sample, revisions = build_artifacts(workdir, console)
+
+    console.rule("2. serving, metrics and traffic")
+    console.print(settings.describe())
+    servers = workdir / "servers"
+    prom: PrometheusProcess | None = None
+    workloads = LocalWorkloads(
+        model=MODEL,
+        workdir=servers,
+        server_args=SERVER_ARGS,
+        on_change=lambda: prom.set_targets(workloads.targets()) if prom else None,
+    )
+    for revision in revisions:
+        workloads.add(revision.name, revision.artifact)
+    metrics: MetricsSource
+    scraper: ScrapeSource | None = None
+    if settings.prometheus:
+        prom = PrometheusProcess(workdir / "prometheus")
+        prom.start()
+        metrics = PrometheusSource(prom.url)
+    else:
+        scraper = ScrapeSource(workloads.targets, interval=1.0)
+        metrics = scraper
+    load = LoadGenerator(workloads.endpoints, sample.requests, model=MODEL, rate=settings.rate)
+    timeline = Timeline(OBJECTIVES, settings.short_window, MODEL)
+    outcomes: list[dict[str, Any]] = []
+    try:
+        if prom is not None:
+            await prom.wait_ready()
+            console.print(f"Prometheus: {prom.url}")
+        if scraper is not None:
+            await scraper.start()
+        await load.start()
+        status = RolloutStatus()
+        spec = _spec(revisions[0].name, settings)
+        with _view(console, timeline, lambda: spec) as refresh:
+            sampler = asyncio.create_task(timeline.run(workloads.tracks, metrics, load, lambda _: refresh()))
+            try:
+                for number, revision in enumerate(revisions):
+                    spec = _spec(revision.name, settings)
+                    if number:
+                        console.rule(f"{number + 2}. canary of {revision.name} ({revision.label})")
+                    status = await _rollout(
+                        spec, status, revision, workloads, load, metrics, timeline, console, outcomes, refresh
+                    )
+            finally:
+                sampler.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await sampler
+    finally:
+        await load.aclose()
+        await workloads.aclose()
+        if scraper is not None:
+            await scraper.aclose()
+        if isinstance(metrics, PrometheusSource):
+            await metrics.aclose()
+        if prom is not None:
+            prom.stop()
+
+    console.rule("5. summary")
+    report = workdir / "reports" / "demo.html"
+    report.write_text(
+        demo_report.render(timeline, _spec(revisions[-1].name, settings), outcomes[1:], settings.describe())
+    )
+    ok = all(o["phase"] == o["expected"] for o in outcomes)
+    (workdir / "summary.json").write_text(
+        json.dumps(
+            {
+                "ok": ok,
+                "settings": settings.describe(),
+                "rollouts": outcomes,
+                "decisions": [
+                    record.to_json()
+                    for record in timeline.decisions
+                    if record.decision.action.value != "Wait"
+                ],
+                "seconds": round(time.monotonic() - started, 1),
+            },
+            indent=2,
+        )
+    )
+    console.print(_summary(outcomes))
+    console.print(f"report: {report}  (artifact reports beside it); decisions: {workdir / 'summary.json'}")
+    console.print(f"took {time.monotonic() - started:.0f} s")
+    if not ok:
+        console.print("[bold red]an outcome differs from what the demo expects: see the reasons above[/]")
+    return 0 if ok else 1
+
+
+async def _rollout(
+    spec: RolloutSpec,
+    status: RolloutStatus,
+    revision: Revision,
+    workloads: LocalWorkloads,
+    load: LoadGenerator,
+    metrics: MetricsSource,
+    timeline: Timeline,
+    console: Console,
+    outcomes: list[dict[str, Any]],
+    refresh: Any,
+) -> RolloutStatus:
+    timeline.begin(revision.name, status)
+    began = time.monotonic()
+
+    def on_decision(decision: Any) -> None:
+        timeline.record(decision)
+        if decision.action.value != "Wait" and not console.is_terminal:
+            console.print(
+                f"{timeline.now():5.0f}s {revision.name}: {decision.action.value}: {decision.reason}"
+            )
+        refresh()
+
+    final = await run_rollout(
+        spec, status, workloads=workloads, router=load, metrics=metrics, interval=0.5, on_decision=on_decision
+    )
+    judged = [r for r in timeline.decisions if r.rollout == revision.name and r.decision.analysis is not None]
+    last = next(
+        (
+            r.decision.reason
+            for r in reversed(timeline.decisions)
+            if r.rollout == revision.name and r.decision.action.value != "Wait"
+        ),
+        final.message,
+    )
+    outcomes.append(
+        {
+            "revision": revision.name,
+            "artifact": revision.label,
+            "phase": final.phase.value,
+            "expected": revision.expected.value,
+            "seconds": round(time.monotonic() - began, 1),
+            "judgements": len(judged),
+            "reason": last,
+        }
+    )
+    style = "green" if final.phase is revision.expected else "red"
+    console.print(f"[{style}]{revision.name}: {final.phase.value}[/] — {last}")
+    return final
+
+
+@contextlib.contextmanager
+def _view(console: Console, timeline: Timeline, spec: Any) -> Any:
+    """A live view on a terminal; elsewhere (CI logs, pipes) decisions are printed as lines instead."""
+    if not console.is_terminal:
+        yield lambda: None
+        return
+    with Live(live.render(timeline, spec()), console=console, refresh_per_second=4, transient=True) as view:
+        yield lambda: view.update(live.render(timeline, spec()))
+
+
+def _summary(outcomes: list[dict[str, Any]]) -> Table:
+    table = Table(title="rollouts")
+    for column in ("revision", "artifact", "result", "expected", "took", "judgements", "why"):
+        table.add_column(column, overflow="fold")
+    for o in outcomes:
+        style = "green" if o["phase"] == o["expected"] else "red"
+        table.add_row(
+            o["revision"],
+            o["artifact"],
+            f"[{style}]{o['phase']}[/]",
+            o["expected"],
+            f"{o['seconds']:.0f} s",
+            str(o["judgements"]),
+            o["reason"],
+        )
+    return table
+
+
+def main(workdir: Path, console: Console, *, quick: bool, prometheus: bool) -> int:
+    try:
+        return asyncio.run(run_demo(workdir, console, quick=quick, prometheus=prometheus))
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted: every server, Prometheus and the load generator were stopped[/]")
+        return 130

@@ -58,7 +58,7 @@ class PrometheusProcess:
         if binary is None:
             raise PrometheusError("prometheus is not installed: run scripts/install-tools (or make setup)")
         self.binary = binary
-        self.workdir = workdir
+        self.workdir = workdir.resolve()  # Prometheus reads file_sd paths relative to its config file
         self.port = port or free_port()
         self.scrape_interval = scrape_interval
         self.evaluation_interval = evaluation_interval
@@ -94,6 +94,8 @@ class PrometheusProcess:
                 {
                     "job_name": "quantship",
                     "scrape_timeout": self.scrape_interval,
+                    # The servers label their own series (model, revision, track); keep theirs.
+                    "honor_labels": True,
                     "file_sd_configs": [{"files": [str(self._targets_file)], "refresh_interval": "1s"}],
                 }
             ],

@@ -6,7 +6,7 @@ What other parts use: `run` (the whole `quantship quantize`), `QuantizeConfig` a
 
 from quantship.quantize.config import Calibration, Format, Mode, Precision, QuantizeConfig
 from quantship.quantize.errors import QuantizeInputError
-from quantship.quantize.pipeline import QuantizeResult, default_progress, run
+from quantship.quantize.pipeline import QuantizeResult, default_progress, package_fp32, run
 
 __all__ = [
     "Calibration",
@@ -17,5 +17,6 @@ __all__ = [
     "QuantizeInputError",
     "QuantizeResult",
     "default_progress",
+    "package_fp32",
     "run",
 ]

@@ -233,20 +233,11 @@ def _manifest(
     return {
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "model": {
-            "source": model_path.name,
-            "opset": {entry.domain or "ai.onnx": entry.version for entry in fp32.opset_import},
-            "inputs": [
-                _io(v) for v in fp32.graph.input if v.name not in {i.name for i in fp32.graph.initializer}
-            ],
-            "outputs": [_io(v) for v in fp32.graph.output],
+            **_model_section(fp32, model_path),
             "quantized_nodes": chosen.quantized_nodes,
             "quantized_nodes_without_fallback": trials[0].quantized_nodes,
         },
-        "runtime": {
-            "onnxruntime": onnxruntime.__version__,
-            "onnx": onnx.__version__,
-            "quantship": quantship.__version__,
-        },
+        "runtime": _runtime_section(),
         "quantization": {**final_config.to_json(), "pre_process": pre_processed, "precision": "int8"},
         "calibration": None
         if calib is None or config.mode is Mode.DYNAMIC
@@ -270,6 +261,43 @@ def _manifest(
         "sensitivity": [e.to_json() for e in errors],
         "fallback_trials": [t.to_json() for t in trials],
         "fallback_ops": fallback,
+    }
+
+
+def package_fp32(
+    model_path: Path, out: Path, *, sign_key: Ed25519PrivateKey | None = None
+) -> artifact.Artifact:
+    """Wrap an FP32 model as an artifact, unquantized: the baseline a quantized canary replaces.
+
+    The server serves it like any artifact (hashes, signature), with precision "fp32" and no
+    activation ranges or reference, so it exports no clip or shadow SLIs of its own.
+    """
+    _check_writable(out)
+    fp32 = engine.load_model(model_path)
+    manifest = {
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "model": _model_section(fp32, model_path),
+        "runtime": _runtime_section(),
+        "quantization": {"precision": "fp32", "mode": "none"},
+    }
+    return artifact.write_artifact(out, {artifact.MODEL_FILE: model_path}, manifest, sign_key=sign_key)
+
+
+def _model_section(fp32: onnx.ModelProto, model_path: Path) -> dict[str, Any]:
+    initializers = {init.name for init in fp32.graph.initializer}
+    return {
+        "source": model_path.name,
+        "opset": {entry.domain or "ai.onnx": entry.version for entry in fp32.opset_import},
+        "inputs": [_io(v) for v in fp32.graph.input if v.name not in initializers],
+        "outputs": [_io(v) for v in fp32.graph.output],
+    }
+
+
+def _runtime_section() -> dict[str, str]:
+    return {
+        "onnxruntime": onnxruntime.__version__,
+        "onnx": onnx.__version__,
+        "quantship": quantship.__version__,
     }
 
 
