@@ -157,13 +157,16 @@ def spec_schema() -> dict[str, Any]:
         },
         additionalProperties=False,
     )
+    # Defaults are the SLOs the generated alert rules and dashboards use: one source, slo.py.
+    default = {objective.sli: objective for objective in slo.DEFAULT_OBJECTIVES}
+    latency_default = default[slo.SLI.LATENCY]
     latency = _object(
         "Latency SLO: `objective` of requests finish within `thresholdSeconds`.",
         {
             "thresholdSeconds": {
                 "type": "number",
                 "enum": list(slo.LATENCY_BUCKETS),
-                "default": 0.1,
+                "default": latency_default.latency_threshold,
                 "description": "A bucket of quantship_request_duration_seconds.",
             },
             "objective": {
@@ -171,7 +174,7 @@ def spec_schema() -> dict[str, Any]:
                 "minimum": 0,
                 "maximum": 1,
                 "exclusiveMaximum": True,
-                "default": 0.99,
+                "default": round(1 - latency_default.budget, 12),
                 "description": "Share of requests that must be faster; 1 - objective is the error budget.",
             },
         },
@@ -181,11 +184,17 @@ def spec_schema() -> dict[str, Any]:
         "Error budgets of the canary. Burn rate = measured bad ratio / budget.",
         {
             "maxAccuracyDelta": _ratio(
-                "Share of shadow comparisons whose top-1 may disagree with FP32.", 0.005
+                "Share of shadow comparisons whose top-1 may disagree with FP32.",
+                default[slo.SLI.ACCURACY_DELTA].budget,
             ),
             "latency": {**latency, "default": {}},
-            "maxErrorRate": _ratio("Share of requests that may fail with 5xx.", 0.001),
-            "maxClipRate": _ratio("Share of activation values that may fall outside calibration.", 0.001),
+            "maxErrorRate": _ratio(
+                "Share of requests that may fail with 5xx.", default[slo.SLI.ERRORS].budget
+            ),
+            "maxClipRate": _ratio(
+                "Share of activation values that may fall outside calibration.",
+                default[slo.SLI.CLIP_RATE].budget,
+            ),
             "maxFallbackOps": _int(
                 "Ops that may run in float instead of quantized (a hard gate).", 0, 10000, 0
             ),

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from quantship.rollout import Action, Decision
+from quantship.rollout import Action, Decision, Verdict
 
 RESULTS = {Action.PROMOTE: "promoted", Action.ROLL_BACK: "rolled_back", Action.FAIL: "failed"}
 
@@ -31,8 +31,17 @@ class OperatorMetrics:
             ["model", "slo", "window"],
             registry=registry,
         )
+        self._seen: set[str] = set()
 
     def record(self, model: str, decision: Decision) -> None:
+        if model not in self._seen:
+            # Every result starts at 0 when a model is first seen: `increase()` cannot count the
+            # first rollback of a model whose counter appears already at 1.
+            self._seen.add(model)
+            for result in RESULTS.values():
+                self.rollouts.labels(model, result)
+            for verdict in Verdict:
+                self.analyses.labels(model, verdict.value)
         status = decision.status
         self.weight.labels(model).set(status.achieved_weight if status.canary else 0)
         self.step.labels(model).set(status.step + 1 if status.canary else 0)

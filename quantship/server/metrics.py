@@ -105,6 +105,12 @@ class ServerMetrics:
             "1 for the loaded model, with what it is.",
             MODEL_INFO_LABELS,
         )
+        self.model_size_bytes = gauge(
+            "model_size_bytes",
+            "File size of the served model (variant quantized) and of its FP32 reference (variant "
+            "reference; an unquantized artifact's model counts as the reference).",
+            ("variant",),
+        )
         self.model_load_seconds = gauge(
             "model_load_seconds", "Cold-start time of the loaded model: verify, load, analyse."
         ).labels(*values)
@@ -171,8 +177,16 @@ class ServerMetrics:
     def sample_dropped(self, kind: str) -> None:
         self.samples_dropped.labels(*self._values, kind).inc()
 
-    def model_loaded(self, info: Mapping[str, str], seconds: float, fallback: Mapping[str, int]) -> None:
+    def model_loaded(
+        self,
+        info: Mapping[str, str],
+        seconds: float,
+        fallback: Mapping[str, int],
+        sizes: Mapping[str, int],
+    ) -> None:
         self.model_info.labels(*self._values, *(info[name] for name in MODEL_INFO_LABELS)).set(1)
+        for variant, size in sizes.items():
+            self.model_size_bytes.labels(*self._values, variant).set(size)
         self.model_load_seconds.set(seconds)
         for op_type, count in fallback.items():
             self.fallback_ops.labels(*self._values, op_type).set(count)

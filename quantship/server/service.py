@@ -24,7 +24,15 @@ from typing import Any
 import numpy as np
 import onnxruntime
 
-from quantship.artifact import ActivationRange, Artifact, ArtifactError, load_artifact, load_public_key
+from quantship.artifact import (
+    MODEL_FILE,
+    REFERENCE_FILE,
+    ActivationRange,
+    Artifact,
+    ArtifactError,
+    load_artifact,
+    load_public_key,
+)
 from quantship.server import runner as runner_module
 from quantship.server.background import Lane
 from quantship.server.batcher import Batcher
@@ -143,7 +151,9 @@ class ModelService:
             return
         self.model = self._assemble(opened)
         seconds = time.perf_counter() - started
-        self.metrics.model_loaded(_model_info(opened.artifact), seconds, opened.fallback)
+        self.metrics.model_loaded(
+            _model_info(opened.artifact), seconds, opened.fallback, _model_sizes(opened.artifact)
+        )
         self.phase = Phase.READY
         quantization = opened.artifact.quantization
         log.info(
@@ -374,6 +384,17 @@ def _labels(value: Any, rows: int, request_id: str) -> np.ndarray:
         return np.asarray(labels, dtype=np.int64)
     except OverflowError:
         raise InvalidInput("labels must be class ids that fit in 64 bits") from None
+
+
+def _model_sizes(loaded: Artifact) -> dict[str, int]:
+    """Bytes of the served model and of its FP32 reference, from the verified manifest."""
+    files = loaded.manifest["files"]
+    if loaded.quantization.get("precision", "fp32") == "fp32":
+        return {"reference": int(files[MODEL_FILE]["size"])}
+    sizes = {"quantized": int(files[MODEL_FILE]["size"])}
+    if REFERENCE_FILE in files:
+        sizes["reference"] = int(files[REFERENCE_FILE]["size"])
+    return sizes
 
 
 def _model_info(loaded: Artifact) -> dict[str, str]:

@@ -147,6 +147,8 @@ async def test_a_new_artifact_is_rolled_out_step_by_step_and_promoted(
     async with httpx.AsyncClient() as client:
         exposed = (await client.get(f"http://127.0.0.1:{port}/metrics")).text
     assert 'quantship_rollouts_total{model="digits",result="promoted"} 1.0' in exposed
+    assert 'quantship_rollouts_total{model="digits",result="rolled_back"} 0.0' in exposed, "exported from 0"
+    assert 'quantship_analysis_total{model="digits",result="fail"} 0.0' in exposed
     assert 'quantship_rollout_step{model="digits"} 0.0' in exposed
 
 

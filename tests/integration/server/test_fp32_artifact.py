@@ -36,8 +36,15 @@ def test_an_fp32_artifact_serves_with_precision_fp32_and_no_int8_slis(fp32_serve
         runtime_version=onnxruntime.__version__,
     ) == 1  # fmt: skip
     assert fp32_server.metric("quantship_shadow_comparisons_total") == 0
+    assert fp32_server.metric("quantship_model_size_bytes", variant="reference") == sample_size(fp32_server)
+    quantized = {**fp32_server.settings.labels, "variant": "quantized"}
+    assert fp32_server.registry.get_sample_value("quantship_model_size_bytes", quantized) is None
     feedback = httpx.post(f"{fp32_server.url}/v2/models/{MODEL}/feedback", json={"id": "f1", "label": 0})
     assert feedback.status_code == 200 and feedback.json()["reference_correct"] is None
+
+
+def sample_size(server: LocalServer) -> int:
+    return (Path(server.settings.artifact) / artifact.MODEL_FILE).stat().st_size
 
 
 def test_the_artifact_directory_is_untouched_by_serving(fp32_server: LocalServer) -> None:

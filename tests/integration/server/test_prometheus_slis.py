@@ -195,6 +195,10 @@ def test_every_server_metric_of_the_design_is_scraped_with_model_revision_and_tr
     assert info["calibration_method"] == "minmax" and len(info["calibration_sha256"]) == 64  # type: ignore[index]
     assert observed.value('quantship_fallback_ops{revision="good",op_type="MatMul"}') == 0
     assert observed.value('quantship_model_load_seconds{revision="good"}') > 0
+    files = artifact.load_artifact(observed.servers["good"].artifact).manifest["files"]
+    for variant, name in (("quantized", "model.onnx"), ("reference", "reference.onnx")):
+        size = observed.value(f'quantship_model_size_bytes{{revision="good",variant="{variant}"}}')
+        assert size == files[name]["size"]
     per_tensor = observed.query('quantship_tensor_activations_clipped_total{revision="skewed"}')
     assert len(per_tensor) == 9
 
