@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx
 import onnxruntime as ort
 
@@ -49,6 +50,18 @@ def create_session(
     return ort.InferenceSession(
         source, session_options(threads=threads), providers=providers or [CPU_PROVIDER]
     )
+
+
+def top1(output: np.ndarray) -> np.ndarray | None:
+    """A classifier's class id per row: the ids themselves (an integer output such as a `label`),
+    or the argmax of per-class scores; None when the output is neither. The gate's agreement and
+    the server's shadow disagreements both read answers through this one definition."""
+    rows = output.reshape(len(output), -1) if output.ndim else output.reshape(1, 1)
+    if np.issubdtype(output.dtype, np.integer):
+        return rows[:, 0]
+    if output.ndim >= 2 and output.shape[-1] > 1:
+        return np.argmax(output, axis=-1).reshape(len(output), -1)[:, 0]
+    return None
 
 
 @dataclass(frozen=True)

@@ -79,14 +79,9 @@ class DemoSettings:
         )
 
 
-OBJECTIVES = (
-    slo.Objective(slo.SLI.ACCURACY_DELTA, budget=0.005),
-    # Requests share two cores with the servers, Prometheus and this process: the latency SLO only
-    # catches real regressions here, not scheduler noise.
-    slo.Objective(slo.SLI.LATENCY, budget=0.01, latency_threshold=0.25),
-    slo.Objective(slo.SLI.ERRORS, budget=0.001),
-    slo.Objective(slo.SLI.CLIP_RATE, budget=0.001),
-)
+# Requests share two cores with the servers, Prometheus and this process: the latency SLO only
+# catches real regressions here, not scheduler noise.
+OBJECTIVES = slo.default_objectives(latency_threshold=0.25)
 SERVER_ARGS = ["--shadow-rate", "1.0", "--clip-sample-rate", "1.0"]
 
 

@@ -64,7 +64,7 @@ class Evaluator:
         floats = [o.name for o in session.get_outputs() if o.type == "tensor(float)"]
         self.scores = self.output if self.output in floats else (floats[0] if floats else None)
         self.reference, self.reference_scores = self._run(session)
-        if self.dataset.labels is not None and _top1(self.reference) is None:
+        if self.dataset.labels is not None and runtime.top1(self.reference) is None:
             raise QuantizeInputError(
                 f"labels given, but output {self.output!r} of shape {list(self.reference.shape)} "
                 "is not a classifier's (class ids, or scores with classes on the last axis)"
@@ -79,7 +79,7 @@ class Evaluator:
 
     def evaluate(self, int8_model: Path) -> Evaluation:
         candidate, candidate_scores = self._run(runtime.create_session(int8_model))
-        ref_top1, int8_top1 = _top1(self.reference), _top1(candidate)
+        ref_top1, int8_top1 = runtime.top1(self.reference), runtime.top1(candidate)
         agreement = None if ref_top1 is None or int8_top1 is None else float(np.mean(ref_top1 == int8_top1))
         relative_error = (
             _relative_error(self.reference_scores, candidate_scores)
@@ -113,15 +113,6 @@ class Evaluator:
         return Evaluation(
             Metric.RELATIVE_ERROR, self.dataset.size, relative_error or 0.0, None, None, None, relative_error
         )
-
-
-def _top1(output: np.ndarray) -> np.ndarray | None:
-    """Class ids from a classifier output: the ids themselves, or the argmax of per-class scores."""
-    if np.issubdtype(output.dtype, np.integer):
-        return output.reshape(len(output), -1)[:, 0]
-    if output.ndim >= 2 and output.shape[-1] > 1:
-        return np.argmax(output, axis=-1).reshape(len(output), -1)[:, 0]
-    return None
 
 
 def _relative_error(reference: np.ndarray, candidate: np.ndarray) -> float | None:

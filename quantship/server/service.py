@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import onnxruntime
 
+from quantship import runtime
 from quantship.artifact import (
     MODEL_FILE,
     REFERENCE_FILE,
@@ -320,7 +321,7 @@ class ModelService:
         """Hand the answer to feedback and, for a sampled share, to the SLI lanes. Never blocks."""
         quality = self.settings.quality
         if model.feedback is not None:
-            top1 = model.comparator.top1(served)
+            top1 = runtime.top1(served)
             if top1 is not None:
                 kept = inputs if model.opened.reference is not None else None
                 model.feedback.remember(request_id, len(top1), top1, kept)
@@ -342,7 +343,7 @@ class ModelService:
             outputs = await asyncio.get_running_loop().run_in_executor(
                 self._background_executor, model.opened.reference.run, answer.inputs
             )
-            reference = model.comparator.top1(outputs[model.comparator.output])
+            reference = runtime.top1(outputs[model.comparator.output])
         answer = model.feedback.mark_labelled(request_id)
         served_correct = int(np.count_nonzero(answer.served == expected))
         self.metrics.fed_back("quantized", served_correct, answer.rows - served_correct)

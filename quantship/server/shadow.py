@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from quantship import runtime
 from quantship.server.feedback import FeedbackStore
 from quantship.server.metrics import ServerMetrics
 from quantship.server.runner import Runner, Tensors, TensorSpec
@@ -34,20 +35,11 @@ class Comparator:
         scores = spec.dtype.kind == "f" and len(spec.shape) >= 2 and (spec.shape[-1] or 0) > 1
         return cls(spec.name, ids or scores, tolerance)
 
-    def top1(self, output: np.ndarray) -> np.ndarray | None:
-        """Class ids per row: the ids themselves, or the argmax of per-class scores; None if neither."""
-        rows = output.reshape(len(output), -1) if output.ndim else output.reshape(1, 1)
-        if np.issubdtype(output.dtype, np.integer):
-            return rows[:, 0]
-        if output.ndim >= 2 and output.shape[-1] > 1:
-            return np.argmax(output, axis=-1).reshape(len(output), -1)[:, 0]
-        return None
-
     def disagreements(self, served: np.ndarray, reference: np.ndarray) -> tuple[int, int]:
         """(disagreeing rows, compared rows) between the served output and the reference's."""
         rows = len(served) if served.ndim else 1
         if self.classifier:
-            served_top1, reference_top1 = self.top1(served), self.top1(reference)
+            served_top1, reference_top1 = runtime.top1(served), runtime.top1(reference)
             if served_top1 is not None and reference_top1 is not None:
                 return int(np.count_nonzero(served_top1 != reference_top1)), rows
         served_rows = served.reshape(rows, -1).astype(np.float64)
@@ -87,6 +79,6 @@ class ShadowEvaluator:
             disagreeing, rows = self.comparator.disagreements(sample.served, reference)
             self.metrics.compared(rows, disagreeing)
             if self.feedback is not None and self.comparator.classifier:
-                top1 = self.comparator.top1(reference)
+                top1 = runtime.top1(reference)
                 if top1 is not None:
                     self.feedback.attach_reference(sample.request_id, top1)

@@ -66,11 +66,8 @@ GRAFANA_VARIABLES = {
 NO_DATA_HERE: dict[str, str] = {}
 """Panel title (or "annotation: NAME") -> why it cannot have data in this test."""
 
-ROLLOUT_OBJECTIVES = (
-    *(objective for objective in slo.DEFAULT_OBJECTIVES if objective.sli is not slo.SLI.LATENCY),
-    # four servers on two loaded cores: judge correctness here, not this machine's speed
-    slo.Objective(slo.SLI.LATENCY, budget=0.01, latency_threshold=2.5),
-)
+# four servers on two loaded cores: judge correctness here, not this machine's speed
+ROLLOUT_OBJECTIVES = slo.default_objectives(latency_threshold=2.5)
 
 
 @pytest.fixture(scope="module")
