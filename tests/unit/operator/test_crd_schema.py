@@ -17,7 +17,8 @@ from quantship.operator import crd
 from quantship.operator.spec import InvalidSpec, ModelSpec, apply_defaults
 from quantship.rollout import OnInconclusive
 
-EXAMPLES = Path(__file__).resolve().parents[3] / "manifests" / "examples"
+ROOT = Path(__file__).resolve().parents[3]
+EXAMPLES = ROOT / "manifests" / "examples"
 VALIDATOR = jsonschema.Draft4Validator(crd.schema())  # OpenAPI v3.0 schemas use draft 4's booleans
 
 
@@ -26,6 +27,13 @@ def examples() -> list[dict[str, Any]]:
     for path in sorted(EXAMPLES.glob("*.yaml")):
         documents += [doc for doc in yaml.safe_load_all(path.read_text()) if doc and doc["kind"] == crd.KIND]
     return documents
+
+
+def readme_examples() -> list[dict[str, Any]]:
+    """The QuantizedModels shown in README.md's yaml blocks."""
+    blocks = (ROOT / "README.md").read_text().split("```yaml\n")[1:]
+    documents = [yaml.safe_load(block.split("```")[0]) for block in blocks]
+    return [doc for doc in documents if isinstance(doc, dict) and doc.get("kind") == crd.KIND]
 
 
 def minimal() -> dict[str, Any]:
@@ -56,6 +64,14 @@ def test_every_example_validates_and_reads_into_a_spec() -> None:
         VALIDATOR.validate(example)
         spec = ModelSpec.from_resource(example)
         assert spec.model == "digits" and len(spec.revision) == 10
+
+
+def test_the_readme_shows_a_resource_the_crd_accepts() -> None:
+    shown = readme_examples()
+    assert shown, "README.md shows a QuantizedModel"
+    for example in shown:
+        VALIDATOR.validate(example)
+        assert ModelSpec.from_resource(example).rollout.steps == (25, 50, 100)
 
 
 def test_defaults_of_the_schema_are_what_the_operator_acts_on() -> None:
