@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -333,9 +334,20 @@ def _summary(outcomes: list[dict[str, Any]]) -> Table:
     return table
 
 
+async def _until_stopped(workdir: Path, console: Console, *, quick: bool, prometheus: bool) -> int:
+    """run_demo, cancelled by SIGTERM or SIGHUP as asyncio.run cancels it on Ctrl-C: the servers and
+    Prometheus run in sessions of their own, so a closed terminal or a `kill` must not orphan them."""
+    demo = asyncio.current_task()
+    assert demo is not None
+    loop = asyncio.get_running_loop()
+    for stop in (signal.SIGTERM, signal.SIGHUP):
+        loop.add_signal_handler(stop, demo.cancel)
+    return await run_demo(workdir, console, quick=quick, prometheus=prometheus)
+
+
 def main(workdir: Path, console: Console, *, quick: bool, prometheus: bool) -> int:
     try:
-        return asyncio.run(run_demo(workdir, console, quick=quick, prometheus=prometheus))
-    except KeyboardInterrupt:
+        return asyncio.run(_until_stopped(workdir, console, quick=quick, prometheus=prometheus))
+    except (KeyboardInterrupt, asyncio.CancelledError):
         console.print("[yellow]interrupted: every server, Prometheus and the load generator were stopped[/]")
         return 130

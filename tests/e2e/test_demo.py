@@ -88,7 +88,11 @@ def test_without_prometheus_the_direct_scrape_reaches_the_same_verdicts(tmp_path
     assert "direct scrape" in summary["settings"]
 
 
-def test_ctrl_c_during_a_canary_stops_every_process_it_started(tmp_path: Path) -> None:
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "kill"])
+def test_stopping_the_demo_during_a_canary_stops_every_process_it_started(
+    tmp_path: Path, stop: signal.Signals
+) -> None:
+    """Servers and Prometheus run in sessions of their own: only the demo can stop them."""
     workdir = tmp_path / "demo"
     process = _demo(workdir)
     assert process.stdout is not None
@@ -100,7 +104,7 @@ def test_ctrl_c_during_a_canary_stops_every_process_it_started(tmp_path: Path) -
         if selector.select(timeout=1):
             seen += process.stdout.readline()
     assert len(_processes_mentioning(workdir)) >= 3, "stable, canary and Prometheus are running"
-    process.send_signal(signal.SIGINT)
+    process.send_signal(stop)
     output = _finish(process, timeout=60)
     assert process.returncode == 130, output[-2000:]
     assert "interrupted" in output
