@@ -230,11 +230,17 @@ def _replace_dir(new: Path, target: Path) -> None:
 
 
 def pack(artifact_dir: Path, tarball: Path) -> None:
-    """A .tar.gz of the artifact's listed files, for object stores and HTTP servers."""
+    """A .tar.gz of a verified artifact's listed files, for object stores and HTTP servers; written
+    beside `tarball` and renamed into place, so a reader never fetches half an archive."""
     artifact = load_artifact(artifact_dir)
-    with tarfile.open(tarball, "w:gz") as archive:
-        for name in [MANIFEST_FILE, *artifact.manifest["files"]]:
-            archive.add(artifact.root / name, arcname=name)
+    staging = tarball.with_name(f".{tarball.name}.partial")
+    try:
+        with tarfile.open(staging, "w:gz") as archive:
+            for name in [MANIFEST_FILE, *artifact.manifest["files"]]:
+                archive.add(artifact.root / name, arcname=name)
+        os.replace(staging, tarball)
+    finally:
+        staging.unlink(missing_ok=True)
 
 
 # -- reading ----------------------------------------------------------------------------------

@@ -210,6 +210,19 @@ def package(model: Path, out: Path, sign_key: Path | None) -> None:
 
 @main.command()
 @click.argument("path", type=click.Path(path_type=Path))
+@click.argument("tarball", type=click.Path(dir_okay=False, path_type=Path))
+@user_errors
+def pack(path: Path, tarball: Path) -> None:
+    """Verify the artifact at PATH and write it as TARBALL (.tar.gz), for an http(s):// artifact URI."""
+    try:
+        artifact.pack(path, tarball)
+    except OSError as exc:
+        raise InputError(f"cannot write {tarball}: {exc.strerror or exc}") from exc
+    click.echo(f"wrote {tarball}")
+
+
+@main.command()
+@click.argument("path", type=click.Path(path_type=Path))
 @click.option("--public-key", type=click.Path(path_type=Path), help="Require a valid ed25519 signature.")
 @user_errors
 def verify(path: Path, public_key: Path | None) -> None:

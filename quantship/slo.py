@@ -88,10 +88,6 @@ def default_objectives(*, latency_threshold: float) -> tuple[Objective, ...]:
     )
 
 
-def burn_rate(ratio: float, budget: float) -> float:
-    return ratio / budget
-
-
 # -- the SRE Workbook's multi-window, multi-burn-rate alerting ---------------------------------
 
 

@@ -47,7 +47,8 @@ def render(timeline: Timeline, spec: RolloutSpec | None) -> Group:
 
 def _traffic(timeline: Timeline) -> Table:
     table = Table(title="traffic and SLIs per revision (short window)", expand=True)
-    for column in ("revision", "track", "ok", "failed", "p50 ms", "p95 ms", *timeline_slis(timeline)):
+    slis = [objective.sli.value for objective in timeline.objectives]
+    for column in ("revision", "track", "ok", "failed", "p50 ms", "p95 ms", *slis):
         table.add_column(column, justify="left" if column in ("revision", "track") else "right")
     last = timeline.samples[-1] if timeline.samples else None
     for revision, sample in last.revisions.items() if last else []:
@@ -61,10 +62,6 @@ def _traffic(timeline: Timeline) -> Table:
             *(_pct(sample.ratios.get(objective.sli)) for objective in timeline.objectives),
         )
     return table
-
-
-def timeline_slis(timeline: Timeline) -> list[str]:
-    return [objective.sli.value for objective in timeline.objectives]
 
 
 def _slos(timeline: Timeline, spec: RolloutSpec | None) -> Table:

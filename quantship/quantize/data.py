@@ -227,6 +227,3 @@ class CalibrationReader(CalibrationDataReader):
         if batch is not None and self.on_batch is not None:
             self.on_batch(len(next(iter(batch.values()))) if self.dataset.stacked else 1)
         return batch
-
-    def rewind(self) -> None:
-        self._iterator = self.dataset.batches(self.batch_size)

@@ -75,11 +75,6 @@ class Batcher:
         self._task: asyncio.Task[None] | None = None
         self._closing = False
 
-    @property
-    def depth(self) -> int:
-        """Requests waiting for a batch (not counting the one running)."""
-        return self._queue.qsize()
-
     def start(self) -> None:
         self._task = asyncio.create_task(self._work(), name="batcher")
 

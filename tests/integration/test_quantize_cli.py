@@ -181,6 +181,21 @@ def test_verify_refuses_an_unsigned_artifact_when_a_key_is_required(
     _assert_one_line_error(code, err, "artifact is unsigned, but a public key is required")
 
 
+def test_pack_writes_a_tarball_that_verifies_and_refuses_a_tampered_artifact(
+    artifact_copy: Path, tmp_path: Path
+) -> None:
+    code, out, err = _cli("pack", artifact_copy, tmp_path / "digits.tar.gz")
+    assert code == 0, err
+    code, out, _ = _cli("verify", tmp_path / "digits.tar.gz")
+    assert code == 0 and "2 files match their sha256" in out
+
+    model = artifact_copy / artifact.MODEL_FILE
+    model.write_bytes(model.read_bytes()[:-1] + b"\x01")
+    code, _, err = _cli("pack", artifact_copy, tmp_path / "tampered.tar.gz")
+    _assert_one_line_error(code, err, "does not match its sha256")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["artifact", "digits.tar.gz"]
+
+
 def test_report_is_one_self_contained_html_file_with_plots(
     good_artifact: artifact.Artifact, tmp_path: Path
 ) -> None:
