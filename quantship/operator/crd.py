@@ -1,13 +1,17 @@
 """The QuantizedModel CustomResourceDefinition, rendered from code.
 
-`make generate` writes it to manifests/crd.yaml and into the Helm chart; a test checks both are
-current, and validates the example resources (and bad ones) against `schema()` with jsonschema,
-the same OpenAPI v3 schema the API server enforces. Defaults live here, so `kubectl get -o yaml`
+`make generate` writes it to manifests/crd.yaml and, as a template behind `crds.enabled`, into the
+Helm chart; a test checks both are current. The schema is structural, as apiextensions.k8s.io/v1
+demands (tests/unit/operator/test_crd_structural.py implements those rules over it): every node
+typed, closed objects without `additionalProperties` (the API server prunes unknown fields, and
+`unknown_fields` names them for the operator's warning), only value checks inside anyOf/allOf,
+and every default valid and true to every CEL rule. Defaults live here, so `kubectl get -o yaml`
 shows every value the operator acts on.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import yaml
@@ -27,6 +31,18 @@ ABORT_ANNOTATION = f"{GROUP}/abort"
 PROMOTE_ANNOTATION = f"{GROUP}/promote"
 """Set (any value) to promote the running canary now, skipping its remaining steps."""
 
+GATEWAY_NEEDS_ROUTE = {
+    "rule": "!has(self.router) || self.router != 'gateway-api' || has(self.httpRoute)",
+    "message": "traffic.httpRoute is required when traffic.router is gateway-api",
+}
+"""spec.traffic's CEL rule. `has()` guards: the API server checks it against `default: {}` as well."""
+WINDOWS_IN_ORDER = {
+    "rule": "!has(self.shortWindow) || !has(self.longWindow) "
+    "|| duration(self.shortWindow) < duration(self.longWindow)",
+    "message": "analysis.longWindow must be longer than analysis.shortWindow",
+}
+"""spec.analysis's CEL rule (the operator checks it again for objects stored before it existed)."""
+
 DURATION_PATTERN = r"^([0-9]+h)?([0-9]+m)?([0-9]+s)?$"
 URI_PATTERN = r"^(file|pvc|https?)://.+"
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
@@ -37,6 +53,7 @@ def _duration(description: str, default: str) -> dict[str, Any]:
         "type": "string",
         "pattern": DURATION_PATTERN,
         "minLength": 2,
+        "maxLength": 16,  # bounds the CEL cost of duration() in WINDOWS_IN_ORDER
         "default": default,
         "description": description,
     }
@@ -85,7 +102,6 @@ def spec_schema() -> dict[str, Any]:
             },
         },
         required=["uri"],
-        additionalProperties=False,
     )
     server = _object(
         "Flags of `quantship serve`. Unset ones take the server's defaults. Changing any starts a canary.",
@@ -108,7 +124,6 @@ def spec_schema() -> dict[str, Any]:
             ),
             "threads": _int("onnxruntime intra-op threads.", 1, 256),
         },
-        additionalProperties=False,
     )
     traffic = _object(
         "How traffic is split between the stable and the canary revision.",
@@ -129,17 +144,9 @@ def spec_schema() -> dict[str, Any]:
             },
             "port": _int("Service port of the model servers.", 1, 65535, 8080),
         },
-        additionalProperties=False,
-        # a gateway-api router needs a route; structural schemas allow value checks in anyOf
-        anyOf=[{"properties": {"router": {"enum": ["replicas"]}}}, {"required": ["httpRoute"]}],
-        **{
-            "x-kubernetes-validations": [
-                {
-                    "rule": "self.router != 'gateway-api' || has(self.httpRoute)",
-                    "message": "traffic.httpRoute is required when traffic.router is gateway-api",
-                }
-            ]
-        },
+        # The API server evaluates every rule against `default: {}` too, before nested defaults:
+        # each rule must hold where a field it reads is absent.
+        **{"x-kubernetes-validations": [GATEWAY_NEEDS_ROUTE]},
     )
     rollout = _object(
         "The canary steps.",
@@ -155,7 +162,6 @@ def spec_schema() -> dict[str, Any]:
             "stepInterval": _duration("How long each step lasts before it is judged.", "1m"),
             "progressDeadline": _duration("How long a new revision may take to become ready.", "10m"),
         },
-        additionalProperties=False,
     )
     # Defaults are the SLOs the generated alert rules and dashboards use: one source, slo.py.
     default = {objective.sli: objective for objective in slo.DEFAULT_OBJECTIVES}
@@ -178,7 +184,6 @@ def spec_schema() -> dict[str, Any]:
                 "description": "Share of requests that must be faster; 1 - objective is the error budget.",
             },
         },
-        additionalProperties=False,
     )
     slos = _object(
         "Error budgets of the canary. Burn rate = measured bad ratio / budget.",
@@ -199,7 +204,6 @@ def spec_schema() -> dict[str, Any]:
                 "Ops that may run in float instead of quantized (a hard gate).", 0, 10000, 0
             ),
         },
-        additionalProperties=False,
     )
     analysis = _object(
         "How each step is judged: multi-window burn rates from Prometheus.",
@@ -246,7 +250,7 @@ def spec_schema() -> dict[str, Any]:
                 "description": "Extra label matchers for every query, e.g. {namespace: prod}.",
             },
         },
-        additionalProperties=False,
+        **{"x-kubernetes-validations": [WINDOWS_IN_ORDER]},
     )
     return _object(
         "A quantized model served by quantship, rolled out as a canary judged by SLO burn rates.",
@@ -278,7 +282,6 @@ def spec_schema() -> dict[str, Any]:
             "analysis": {**analysis, "default": {}},
         },
         required=["artifact"],
-        additionalProperties=False,
     )
 
 
@@ -421,6 +424,52 @@ def definition() -> dict[str, Any]:
     }
 
 
+HEADER = "# Generated by `make generate` from quantship/operator/crd.py. Do not edit by hand.\n"
+KEEP_POLICY = {"helm.sh/resource-policy": "keep"}
+"""On the chart's CRD: `helm uninstall` leaves it, and so every QuantizedModel, in place."""
+
+
 def render() -> str:
-    header = "# Generated by `make generate` from quantship/operator/crd.py. Do not edit by hand.\n"
-    return header + yaml.safe_dump(definition(), sort_keys=False, width=100)
+    """manifests/crd.yaml: `kubectl apply --server-side -f` it (the object is too big for the
+    last-applied annotation of a client-side apply once it grows)."""
+    return HEADER + yaml.safe_dump(definition(), sort_keys=False, width=100)
+
+
+def render_chart_template() -> str:
+    """helm/quantship/templates/crd.yaml: a template, not a file under crds/, which Helm installs
+    once and never upgrades. Behind `crds.enabled`, kept by `helm uninstall`."""
+    body = definition()
+    body["metadata"]["annotations"] = dict(KEEP_POLICY)
+    text = yaml.safe_dump(body, sort_keys=False, width=100)
+    if "{{" in text or "}}" in text:
+        raise ValueError("the CRD's text holds template braces: Helm would read them as actions")
+    return f"{HEADER}{{{{- if .Values.crds.enabled }}}}\n{text}{{{{- end }}}}\n"
+
+
+def unknown_fields(resource: Mapping[str, Any]) -> list[str]:
+    """Paths in `resource` (spec and status) the schema does not know: a real API server prunes
+    them on write (kubectl >= 1.27 refuses them first), so they were never stored or had no effect.
+    The operator warns about them: a typo in a field name would otherwise go unnoticed."""
+    found: list[str] = []
+    root = schema()
+    for key in ("spec", "status"):
+        if key in resource:
+            _unknown(root["properties"][key], resource[key], key, found)
+    return found
+
+
+def _unknown(node: Mapping[str, Any], value: Any, path: str, found: list[str]) -> None:
+    if node.get("x-kubernetes-preserve-unknown-fields"):
+        return
+    if isinstance(value, dict) and "properties" in node:
+        for name, item in value.items():
+            if name in node["properties"]:
+                _unknown(node["properties"][name], item, f"{path}.{name}", found)
+            else:
+                found.append(f"{path}.{name}")
+    elif isinstance(value, dict) and isinstance(node.get("additionalProperties"), Mapping):
+        for name, item in value.items():
+            _unknown(node["additionalProperties"], item, f"{path}.{name}", found)
+    elif isinstance(value, list) and isinstance(node.get("items"), Mapping):
+        for index, item in enumerate(value):
+            _unknown(node["items"], item, f"{path}[{index}]", found)

@@ -1,0 +1,342 @@
+"""What a real kube-apiserver checks about a CRD and its objects that kmock and jsonschema do not,
+implemented here for the tests (never product code).
+
+The rules come from apiextensions.k8s.io/v1, "Specifying a structural schema" in the Kubernetes
+documentation, and k8s.io/apiextensions-apiserver's validation
+(ValidateCustomResourceDefinitionOpenAPISchema, the structural schema and default validation).
+Each rule has an id the tests and the issue note name:
+
+  S1  every node has a `type` (or x-kubernetes-int-or-string / x-kubernetes-preserve-unknown-fields)
+  S2  `properties` and `additionalProperties` never together (closed objects rely on pruning)
+  S3  no `$ref`, `definitions`, `dependencies`, `patternProperties`, `additionalItems`,
+      `uniqueItems: true`, tuple `items`
+  S4  inside anyOf/allOf/oneOf/not only value validations: no `type`, `default`, `description`,
+      `nullable`, `additionalProperties`, `x-kubernetes-*`; properties named there exist outside
+  S5  x-kubernetes-preserve-unknown-fields is true or absent
+  S6  an array has `items`; x-kubernetes-list-type map: object items, scalar keys that are
+      required or defaulted
+  S7  top-level metadata constrains only name and generateName, and carries no default
+  S8  every enum value is valid against its node
+  S9  every default survives pruning unchanged and is valid against its node
+  S10 x-kubernetes-validations: a rule, a one-line message (a multi-line rule needs one)
+  S11 the root is an object without additionalProperties
+
+Objects: `prune` drops unknown fields as the API server does on write, `apply_defaults` fills
+defaults as it does on read and write, `validate` is jsonschema (draft 4, OpenAPI's boolean
+exclusive bounds) plus `nullable`, and `cel_errors` evaluates every x-kubernetes-validations rule
+with cel-python, a real CEL implementation.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import celpy
+import jsonschema
+import yaml
+
+REPOSITORY = Path(__file__).resolve().parents[3]
+GATEWAY_API = REPOSITORY.parent / "shared" / "gateway-api"
+"""The Gateway API v1.0.0 CRDs, read where they lie (../shared/gateway-api/), never copied in."""
+
+JUNCTORS = ("anyOf", "allOf", "oneOf")
+NOT_IN_JUNCTORS = {"type", "default", "description", "nullable", "additionalProperties", "title"}
+FORBIDDEN = ("$ref", "definitions", "dependencies", "patternProperties", "additionalItems")
+META_FIELDS = {"name", "generateName"}
+
+
+def crd_schema(definition: Mapping[str, Any], version: str | None = None) -> dict[str, Any]:
+    versions = definition["spec"]["versions"]
+    chosen = next(v for v in versions if version is None or v["name"] == version)
+    return dict(chosen["schema"]["openAPIV3Schema"])
+
+
+def load_gateway_api() -> dict[str, dict[str, Any]]:
+    """CRD name -> CRD, from ../shared/gateway-api/."""
+    found = {}
+    for path in sorted(GATEWAY_API.glob("*.yaml")):
+        for document in yaml.safe_load_all(path.read_text()):
+            if document and document.get("kind") == "CustomResourceDefinition":
+                found[document["metadata"]["name"]] = document
+    return found
+
+
+# -- the structural rules -----------------------------------------------------------------------
+
+
+def structural_errors(root: Mapping[str, Any]) -> list[str]:
+    """Every violation of S1-S11 in an openAPIV3Schema, as `rule path: what`."""
+    errors: list[str] = []
+    if root.get("type") != "object":
+        errors.append("S11 <root>: the root must be of type object")
+    if "additionalProperties" in root:
+        errors.append("S11 <root>: no additionalProperties at the root")
+    metadata = (root.get("properties") or {}).get("metadata")
+    if metadata is not None:
+        errors += _metadata_errors(metadata)
+    for name, node in (root.get("properties") or {}).items():
+        if name != "metadata":
+            _walk(node, name, errors)
+    _common(root, "<root>", errors)
+    return errors
+
+
+def _metadata_errors(node: Mapping[str, Any]) -> list[str]:
+    errors = []
+    if node.get("type") != "object":
+        errors.append("S7 metadata: must be of type object")
+    for name, sub in (node.get("properties") or {}).items():
+        if name not in META_FIELDS:
+            errors.append(f"S7 metadata.{name}: only name and generateName may be constrained")
+        elif sub.get("type") != "string":
+            errors.append(f"S7 metadata.{name}: must be of type string")
+    for key in ("default", "additionalProperties", "x-kubernetes-validations"):
+        if key in node:
+            errors.append(f"S7 metadata: {key} is not allowed on top-level metadata")
+    for name, sub in (node.get("properties") or {}).items():
+        if "default" in sub:
+            errors.append(f"S7 metadata.{name}: no defaults in top-level metadata")
+    return errors
+
+
+def _children(node: Mapping[str, Any], path: str) -> Iterator[tuple[Mapping[str, Any], str]]:
+    for name, sub in (node.get("properties") or {}).items():
+        yield sub, f"{path}.{name}"
+    if isinstance(node.get("additionalProperties"), Mapping):
+        yield node["additionalProperties"], f"{path}.*"
+    if isinstance(node.get("items"), Mapping):
+        yield node["items"], f"{path}[]"
+
+
+def _walk(node: Mapping[str, Any], path: str, errors: list[str]) -> None:
+    preserve = node.get("x-kubernetes-preserve-unknown-fields") is True
+    if not node.get("type") and not preserve and not node.get("x-kubernetes-int-or-string"):
+        errors.append(f"S1 {path}: no type")
+    _common(node, path, errors)
+    for sub, sub_path in _children(node, path):
+        _walk(sub, sub_path, errors)
+
+
+def _common(node: Mapping[str, Any], path: str, errors: list[str]) -> None:
+    """Rules for every node, the root included."""
+    if "properties" in node and "additionalProperties" in node:
+        errors.append(f"S2 {path}: properties and additionalProperties are mutually exclusive")
+    for key in FORBIDDEN:
+        if key in node:
+            errors.append(f"S3 {path}: {key} is forbidden")
+    if node.get("uniqueItems") is True:
+        errors.append(f"S3 {path}: uniqueItems cannot be true")
+    if isinstance(node.get("items"), list):
+        errors.append(f"S3 {path}: items must be a single schema")
+    if "x-kubernetes-preserve-unknown-fields" in node and node["x-kubernetes-preserve-unknown-fields"] is not True:
+        errors.append(f"S5 {path}: x-kubernetes-preserve-unknown-fields must be true or absent")
+    if node.get("type") == "array" and not isinstance(node.get("items"), Mapping):
+        errors.append(f"S6 {path}: an array needs items")
+    if node.get("x-kubernetes-list-type") == "map":
+        errors += _list_map_errors(node, path)
+    for junctor in JUNCTORS:
+        for index, sub in enumerate(node.get(junctor) or []):
+            _value_validation(sub, node, f"{path}.{junctor}[{index}]", errors)
+    if "not" in node:
+        _value_validation(node["not"], node, f"{path}.not", errors)
+    for index, value in enumerate(node.get("enum") or []):
+        problem = first_error(_enum_schema(node), value)
+        if problem:
+            errors.append(f"S8 {path}.enum[{index}]: {problem}")
+    if "default" in node:
+        default = node["default"]
+        if prune(default, node) != default:
+            errors.append(f"S9 {path}.default: has fields the schema prunes")
+        problem = first_error(node, default)
+        if problem:
+            errors.append(f"S9 {path}.default: {problem}")
+    for index, rule in enumerate(node.get("x-kubernetes-validations") or []):
+        text, message = str(rule.get("rule", "")).strip(), rule.get("message")
+        where = f"S10 {path}.x-kubernetes-validations[{index}]"
+        if not text:
+            errors.append(f"{where}: no rule")
+        if message is not None and (not str(message).strip() or "\n" in str(message).strip()):
+            errors.append(f"{where}: the message must be one non-empty line")
+        if "\n" in text and not message:
+            errors.append(f"{where}: a multi-line rule needs a message")
+
+
+def _enum_schema(node: Mapping[str, Any]) -> dict[str, Any]:
+    return {key: node[key] for key in ("type", "nullable") if key in node}
+
+
+def _list_map_errors(node: Mapping[str, Any], path: str) -> list[str]:
+    errors = []
+    keys, items = node.get("x-kubernetes-list-map-keys") or [], node.get("items") or {}
+    if not keys:
+        errors.append(f"S6 {path}: x-kubernetes-list-type map needs x-kubernetes-list-map-keys")
+    if items.get("type") != "object":
+        errors.append(f"S6 {path}[]: items of a map list must be objects")
+    for key in keys:
+        prop = (items.get("properties") or {}).get(key)
+        if prop is None:
+            errors.append(f"S6 {path}: map key {key} is not a property of the items")
+        elif prop.get("type") in ("object", "array"):
+            errors.append(f"S6 {path}[].{key}: a map key must be a scalar")
+        elif key not in (items.get("required") or []) and "default" not in prop:
+            errors.append(f"S6 {path}[].{key}: a map key must be required or defaulted")
+    return errors
+
+
+def _value_validation(
+    node: Mapping[str, Any], outer: Mapping[str, Any] | None, path: str, errors: list[str]
+) -> None:
+    """S4: a node inside anyOf/allOf/oneOf/not, and everything below it."""
+    for key in node:
+        if key in NOT_IN_JUNCTORS or key.startswith("x-kubernetes-"):
+            errors.append(f"S4 {path}: {key} is not allowed inside anyOf/allOf/oneOf/not")
+        if key in FORBIDDEN:
+            errors.append(f"S3 {path}: {key} is forbidden")
+    outer_properties = (outer or {}).get("properties") or {}
+    for name, sub in (node.get("properties") or {}).items():
+        if outer is not None and name not in outer_properties:
+            errors.append(f"S4 {path}.{name}: not specified outside the value validation")
+        _value_validation(sub, outer_properties.get(name), f"{path}.{name}", errors)
+    if isinstance(node.get("items"), Mapping):
+        _value_validation(node["items"], (outer or {}).get("items"), f"{path}[]", errors)
+    for junctor in JUNCTORS:
+        for index, sub in enumerate(node.get(junctor) or []):
+            _value_validation(sub, outer, f"{path}.{junctor}[{index}]", errors)
+    if "not" in node:
+        _value_validation(node["not"], outer, f"{path}.not", errors)
+
+
+# -- objects: prune, default, validate ----------------------------------------------------------
+
+
+def prune(value: Any, node: Mapping[str, Any]) -> Any:
+    """`value` as the API server stores it: fields the schema does not know are dropped."""
+    if isinstance(value, dict):
+        preserve = node.get("x-kubernetes-preserve-unknown-fields") is True
+        properties = node.get("properties") or {}
+        additional = node.get("additionalProperties")
+        result = {}
+        for key, item in value.items():
+            if key in properties:
+                result[key] = prune(item, properties[key])
+            elif isinstance(additional, Mapping):
+                result[key] = prune(item, additional)
+            elif preserve or additional is True:
+                result[key] = copy.deepcopy(item)
+        return result
+    if isinstance(value, list) and isinstance(node.get("items"), Mapping):
+        return [prune(item, node["items"]) for item in value]
+    return copy.deepcopy(value)
+
+
+def prune_resource(resource: Mapping[str, Any], root: Mapping[str, Any]) -> dict[str, Any]:
+    """A whole object pruned: ObjectMeta follows its own (built-in) schema, the rest the CRD's."""
+    pruned = prune({k: v for k, v in resource.items() if k != "metadata"}, root)
+    if "metadata" in resource:
+        pruned["metadata"] = copy.deepcopy(resource["metadata"])
+    return dict(pruned)
+
+
+def apply_defaults(value: Any, node: Mapping[str, Any]) -> Any:
+    """`value` with defaults filled in as the API server does: a defaulted object gets its own
+    properties' defaults in turn."""
+    if isinstance(value, dict):
+        result = dict(value)
+        for key, sub in (node.get("properties") or {}).items():
+            if key not in result and "default" in sub:
+                result[key] = copy.deepcopy(sub["default"])
+            if key in result:
+                result[key] = apply_defaults(result[key], sub)
+        if isinstance(node.get("additionalProperties"), Mapping):
+            for key in result:
+                result[key] = apply_defaults(result[key], node["additionalProperties"])
+        return result
+    if isinstance(value, list) and isinstance(node.get("items"), Mapping):
+        return [apply_defaults(item, node["items"]) for item in value]
+    return value
+
+
+def _nullable_type(validator: Any, types: Any, instance: Any, schema: Mapping[str, Any]) -> Any:
+    if instance is None and schema.get("nullable"):
+        return
+    yield from jsonschema.Draft4Validator.VALIDATORS["type"](validator, types, instance, schema)
+
+
+OpenAPIValidator = jsonschema.validators.extend(jsonschema.Draft4Validator, {"type": _nullable_type})
+
+
+def first_error(node: Mapping[str, Any], value: Any) -> str | None:
+    error = jsonschema.exceptions.best_match(OpenAPIValidator(node).iter_errors(value))
+    if error is None:
+        return None
+    where = "/".join(str(part) for part in error.absolute_path)
+    return f"{where or '<value>'}: {error.message}"
+
+
+# -- CEL ----------------------------------------------------------------------------------------
+
+
+def rules_at(
+    node: Mapping[str, Any], value: Any, path: str = "self"
+) -> Iterator[tuple[str, Mapping[str, Any], Any]]:
+    """(path, rule, value of self) for every x-kubernetes-validations rule that applies to `value`."""
+    for rule in node.get("x-kubernetes-validations") or []:
+        yield path, rule, value
+    if isinstance(value, dict):
+        properties = node.get("properties") or {}
+        for key, item in value.items():
+            if key in properties:
+                yield from rules_at(properties[key], item, f"{path}.{key}")
+            elif isinstance(node.get("additionalProperties"), Mapping):
+                yield from rules_at(node["additionalProperties"], item, f"{path}.{key}")
+    elif isinstance(value, list) and isinstance(node.get("items"), Mapping):
+        for index, item in enumerate(value):
+            yield from rules_at(node["items"], item, f"{path}[{index}]")
+
+
+_PROGRAMS: dict[str, Any] = {}
+
+
+def compile_rule(rule: str) -> Any:
+    """The rule compiled by cel-python; a rule that does not compile raises."""
+    if rule not in _PROGRAMS:
+        environment = celpy.Environment()
+        _PROGRAMS[rule] = environment.program(environment.compile(rule))
+    return _PROGRAMS[rule]
+
+
+def evaluate(rule: str, value: Any) -> bool | str:
+    """True, False, or the evaluation error's text (a missing key, a type mismatch)."""
+    try:
+        result = compile_rule(rule).evaluate({"self": celpy.json_to_cel(value)})
+    except celpy.CELEvalError as exc:
+        return str(exc)
+    if isinstance(result, celpy.CELEvalError):
+        return str(result)
+    return bool(result)
+
+
+def cel_errors(node: Mapping[str, Any], value: Any) -> list[str]:
+    """Every rule that does not hold on `value` (transition rules, which read oldSelf, apply to
+    updates only and are left out, as on create)."""
+    failed = []
+    for path, rule, self_value in rules_at(node, value):
+        if "oldSelf" in rule["rule"]:
+            continue
+        outcome = evaluate(rule["rule"], self_value)
+        if outcome is False:  # what the API server answers: the message, else the rule
+            failed.append(f"{path}: {rule.get('message') or 'failed rule: ' + rule['rule']}")
+        elif outcome is not True:
+            failed.append(f"{path}: {rule['rule']!r} could not be evaluated: {outcome}")
+    return failed
+
+
+def admit(node: Mapping[str, Any], resource: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """What a create does with `resource`: prune, default, then validate (schema and CEL).
+    Returns the stored object and the errors (empty when admitted)."""
+    stored = apply_defaults(prune_resource(resource, node), node)
+    problems = [error.message for error in OpenAPIValidator(node).iter_errors(stored)]
+    return stored, problems + cel_errors(node, stored)

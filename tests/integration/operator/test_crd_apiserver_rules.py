@@ -1,0 +1,207 @@
+"""The QuantizedModel CRD under the rules a real kube-apiserver applies (apiserver_rules.py): a
+structural schema, defaults that validate and satisfy every CEL rule, rules that compile with a
+real CEL implementation, examples admitted unchanged, invalid objects refused with one clear
+message. The structural check itself is held to the real Gateway API CRDs, which API servers
+accept, and to one violation per rule, which it must refuse."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import apiserver_rules as rules
+import pytest
+import yaml
+
+from quantship.operator import crd
+from quantship.operator.spec import ModelSpec
+
+ROOT = rules.REPOSITORY
+SCHEMA = crd.schema()
+OLD_CRD_FRAGMENT = {  # the shape the API server refused (commit 1bdab33, manifests/crd.yaml)
+    "type": "object",
+    "properties": {
+        "spec": {
+            "type": "object",
+            "properties": {"router": {"type": "string"}},
+            "additionalProperties": False,
+        }
+    },
+}
+
+
+def with_defaults(node: Mapping[str, Any], path: str = "spec") -> Iterator[tuple[str, Mapping[str, Any]]]:
+    if "default" in node:
+        yield path, node
+    for sub, sub_path in rules._children(node, path):
+        yield from with_defaults(sub, sub_path)
+
+
+def quantized_models() -> list[tuple[str, dict[str, Any]]]:
+    """Every QuantizedModel the repository shows a user: manifests/examples/ and README.md."""
+    found = []
+    for path in sorted((ROOT / "manifests" / "examples").glob("*.yaml")):
+        for document in yaml.safe_load_all(path.read_text()):
+            if document and document.get("kind") == crd.KIND:
+                found.append((path.name, document))
+    for block in (ROOT / "README.md").read_text().split("```yaml\n")[1:]:
+        document = yaml.safe_load(block.split("```")[0])
+        if isinstance(document, dict) and document.get("kind") == crd.KIND:
+            found.append(("README.md", document))
+    return found
+
+
+def minimal(**spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": crd.API_VERSION,
+        "kind": crd.KIND,
+        "metadata": {"name": "digits", "namespace": "ml"},
+        "spec": {"artifact": {"uri": "https://models.example.com/digits.tar.gz"}, **spec},
+    }
+
+
+# -- structural -----------------------------------------------------------------------------------
+
+
+def test_the_generated_crd_and_both_rendered_copies_are_structural() -> None:
+    assert rules.structural_errors(SCHEMA) == []
+    for path in (ROOT / "manifests" / "crd.yaml", ROOT / "helm" / "quantship" / "templates" / "crd.yaml"):
+        text = path.read_text()
+        body = "\n".join(line for line in text.splitlines() if not line.startswith("{{"))
+        assert rules.structural_errors(rules.crd_schema(yaml.safe_load(body))) == [], path
+
+
+def test_the_structural_check_accepts_the_gateway_api_crds_real_api_servers_accept() -> None:
+    if not rules.GATEWAY_API.is_dir():
+        pytest.skip(f"no Gateway API CRDs at {rules.GATEWAY_API} (data outside the repository)")
+    definitions = rules.load_gateway_api()
+    assert len(definitions) == 4, sorted(definitions)
+    checked = 0
+    for name, definition in definitions.items():
+        for version in definition["spec"]["versions"]:
+            assert rules.structural_errors(version["schema"]["openAPIV3Schema"]) == [], (name, version["name"])
+            checked += 1
+    assert checked >= 8
+
+
+@pytest.mark.parametrize(
+    ("rule", "schema"),
+    [
+        ("S2", OLD_CRD_FRAGMENT),
+        ("S1", {"type": "object", "properties": {"spec": {"properties": {"a": {"type": "string"}}}}}),
+        ("S3", {"type": "object", "properties": {"s": {"type": "array", "items": {"type": "string"}, "uniqueItems": True}}}),
+        ("S3", {"type": "object", "properties": {"s": {"$ref": "#/definitions/x", "type": "object"}}}),
+        ("S3", {"type": "object", "patternProperties": {"^a": {"type": "string"}}}),
+        ("S4", {"type": "object", "properties": {"s": {"type": "object", "properties": {"a": {"type": "string"}},
+                                                       "anyOf": [{"type": "object", "required": ["a"]}]}}}),
+        ("S4", {"type": "object", "properties": {"s": {"type": "object", "properties": {"a": {"type": "string"}},
+                                                       "anyOf": [{"properties": {"b": {"enum": ["x"]}}}]}}}),
+        ("S5", {"type": "object", "properties": {"s": {"type": "object", "x-kubernetes-preserve-unknown-fields": False}}}),
+        ("S6", {"type": "object", "properties": {"s": {"type": "array"}}}),
+        ("S6", {"type": "object", "properties": {"s": {"type": "array", "x-kubernetes-list-type": "map",
+                                                       "x-kubernetes-list-map-keys": ["k"],
+                                                       "items": {"type": "object", "properties": {"k": {"type": "string"}}}}}}),
+        ("S7", {"type": "object", "properties": {"metadata": {"type": "object", "properties": {"labels": {"type": "object"}}}}}),
+        ("S8", {"type": "object", "properties": {"s": {"type": "integer", "enum": [1, "two"]}}}),
+        ("S9", {"type": "object", "properties": {"s": {"type": "object", "properties": {"a": {"type": "string"}},
+                                                       "default": {"b": 1}}}}),
+        ("S9", {"type": "object", "properties": {"s": {"type": "object", "required": ["a"],
+                                                       "properties": {"a": {"type": "string"}}, "default": {}}}}),
+        ("S10", {"type": "object", "properties": {"s": {"type": "object", "x-kubernetes-validations": [{"rule": " "}]}}}),
+        ("S11", {"type": "object", "additionalProperties": {"type": "string"}}),
+    ],
+)  # fmt: skip
+def test_the_structural_check_refuses_each_violation(rule: str, schema: dict[str, Any]) -> None:
+    errors = rules.structural_errors(schema)
+    assert any(error.startswith(f"{rule} ") for error in errors), errors
+
+
+# -- CEL --------------------------------------------------------------------------------------------
+
+
+def test_every_validation_rule_compiles_with_a_real_cel_implementation() -> None:
+    found = [rule["rule"] for _, rule, _ in rules.rules_at(SCHEMA, rules.apply_defaults(minimal(), SCHEMA))]
+    assert {crd.GATEWAY_NEEDS_ROUTE["rule"], crd.WINDOWS_IN_ORDER["rule"]} <= set(found)
+    for rule in found:
+        rules.compile_rule(rule)
+
+
+def test_every_default_is_valid_and_holds_under_every_cel_rule_before_and_after_nested_defaults() -> None:
+    checked = []
+    for path, node in with_defaults(SCHEMA["properties"]["spec"]):
+        default = node["default"]
+        assert rules.first_error(node, default) is None, path
+        assert rules.cel_errors(node, default) == [], path  # the API server checks the bare default
+        assert rules.cel_errors(node, rules.apply_defaults(copy.deepcopy(default), node)) == [], path
+        checked.append(path)
+    assert {"spec.traffic", "spec.analysis", "spec.slos.latency"} <= set(checked)
+
+
+def test_every_example_is_admitted_unchanged_and_reads_into_a_spec() -> None:
+    found = quantized_models()
+    assert {name for name, _ in found} >= {"digits-gateway.yaml", "digits-replicas.yaml", "README.md"}
+    for name, example in found:
+        assert rules.prune_resource(example, SCHEMA) == example, f"{name}: fields the API server would drop"
+        stored, errors = rules.admit(SCHEMA, example)
+        assert errors == [], name
+        assert ModelSpec.from_resource(stored).model == "digits"
+
+
+def test_server_side_defaults_are_the_ones_the_operator_fills_in_itself() -> None:
+    stored, errors = rules.admit(SCHEMA, minimal())
+    assert errors == []
+    from quantship.operator.spec import apply_defaults
+
+    assert stored["spec"] == apply_defaults(crd.spec_schema(), minimal()["spec"])
+    assert ModelSpec.from_resource(stored) == ModelSpec.from_resource(minimal())
+
+
+@pytest.mark.parametrize(
+    ("spec", "complaint"),
+    [
+        ({"traffic": {"router": "gateway-api"}}, "traffic.httpRoute is required"),
+        ({"analysis": {"shortWindow": "10m"}}, "longWindow must be longer than analysis.shortWindow"),
+        ({"analysis": {"shortWindow": "1h", "longWindow": "30m"}}, "longWindow must be longer"),
+        ({"traffic": {"router": "istio"}}, "'istio' is not one of"),
+        ({"replicas": 0}, "less than the minimum of 1"),
+        ({"rollout": {"steps": []}}, "should be non-empty"),
+        ({"rollout": {"stepInterval": "1 minute"}}, "does not match"),
+        ({"slos": {"latency": {"objective": 1}}}, "greater than or equal to the maximum"),
+        ({"artifact": {"uri": "s3://bucket/model"}}, "does not match"),
+    ],
+)
+def test_an_object_that_cannot_work_is_refused_with_one_clear_reason(spec: dict[str, Any], complaint: str) -> None:
+    resource = minimal()
+    for key, value in spec.items():
+        resource["spec"][key] = {**resource["spec"].get(key, {}), **value} if isinstance(value, dict) else value
+    _, errors = rules.admit(SCHEMA, resource)
+    assert len(errors) == 1 and complaint in errors[0], errors  # no anyOf noise beside it
+
+
+def test_unknown_fields_are_pruned_by_the_server_and_named_by_the_operator() -> None:
+    resource = minimal(replica=3, traffic={"router": "replicas", "weight": 5})
+    stored, errors = rules.admit(SCHEMA, resource)
+    assert errors == []
+    assert "replica" not in stored["spec"] and "weight" not in stored["spec"]["traffic"]
+    assert crd.unknown_fields(resource) == ["spec.traffic.weight", "spec.replica"] or sorted(
+        crd.unknown_fields(resource)
+    ) == ["spec.replica", "spec.traffic.weight"]
+    assert crd.unknown_fields(stored) == []
+    labelled = minimal(analysis={"labels": {"namespace": "prod"}}, resources={"limits": {"cpu": "1"}})
+    assert crd.unknown_fields(labelled) == []  # maps and preserved fields are not unknown
+
+
+def test_the_chart_template_and_the_manifest_carry_the_same_crd() -> None:
+    manifest = yaml.safe_load((ROOT / "manifests" / "crd.yaml").read_text())
+    template = (ROOT / "helm" / "quantship" / "templates" / "crd.yaml").read_text()
+    lines = template.splitlines()
+    assert lines[1] == "{{- if .Values.crds.enabled }}" and lines[-1] == "{{- end }}"
+    chart = yaml.safe_load("\n".join(lines[2:-1]))
+    assert chart["metadata"].pop("annotations") == crd.KEEP_POLICY
+    assert chart == manifest == crd.definition()
+
+
+def test_paths_are_read_from_the_repository() -> None:
+    assert (Path(rules.__file__).parents[3] / "pyproject.toml").is_file()
