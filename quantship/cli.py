@@ -61,16 +61,69 @@ def zoo() -> None:
 
 @zoo.command("build")
 @click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
-def zoo_build(out_dir: Path) -> None:
-    """Train the digits classifier and write it with its data files under OUT_DIR."""
+@click.option(
+    "--model",
+    "models",
+    multiple=True,
+    default=["digits"],
+    show_default=True,
+    metavar="NAME",
+    help="digits, efficientnet-lite0, minilm-l6 or all; repeat for several.",
+)
+@click.option(
+    "--build-env",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=".venv-export",
+    show_default=True,
+    help="Build-only virtualenv for torch and the pretrained models (created on demand).",
+)
+def zoo_build(out_dir: Path, models: tuple[str, ...], build_env: Path) -> None:
+    """Write sample models with their data files under OUT_DIR/NAME.
+
+    digits trains a small classifier with scikit-learn (seconds). efficientnet-lite0 and minilm-l6 are
+    pretrained models exported with PyTorch in the build virtualenv: the first build installs torch
+    there (minutes); later builds skip a model whose files are up to date."""
     from quantship import zoo as zoo_module
 
-    with stderr.status("training the digits classifier (scikit-learn, fixed seed)"):
-        sample = zoo_module.build_digits(out_dir)
-    stderr.print(
-        f"wrote {sample.root}: model.onnx, calibration.npz, calibration-skewed.npz "
-        "(one digit only), evaluation.npz, requests.npz, request.json"
-    )
+    names = zoo_module.resolve_names(models)
+    if isinstance(names, str):
+        raise InputError(names)
+    for name in names:
+        if name == "digits":
+            with stderr.status("training the digits classifier (scikit-learn, fixed seed)"):
+                sample = zoo_module.build_digits(out_dir)
+            stderr.print(
+                f"wrote {sample.root}: model.onnx, calibration.npz, calibration-skewed.npz "
+                "(one digit only), evaluation.npz, requests.npz, request.json"
+            )
+        else:
+            _build_real_model(name, out_dir, build_env)
+
+
+def _build_real_model(name: str, out_dir: Path, build_env: Path) -> None:
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from quantship.zoo import real
+
+    with Progress(
+        SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=stderr, transient=True
+    ) as progress:
+        task = progress.add_task(name)
+        last = ["starting"]
+
+        def report(message: str) -> None:
+            last[0] = message
+            progress.update(task, description=f"{name}: {message}")
+
+        try:
+            sample = real.build(name, out_dir, build_env=build_env, report=report)
+        except real.ZooBuildError as exc:
+            progress.stop()
+            stderr.print(str(exc), markup=False, highlight=False)
+            raise InputError(f"building {name} failed: {str(exc).splitlines()[0]}") from exc
+    verb = "up to date" if last[0] == "up to date" else "wrote"
+    files = ", ".join(real.files_of(name))
+    stderr.print(f"{verb} {sample.root}: {files}")
 
 
 # -- quantize, verify, report -----------------------------------------------------------------

@@ -1,7 +1,9 @@
-"""Sample models built here, from data that ships with scikit-learn: nothing is downloaded.
+"""Sample models with their data files, built on this machine from what pip installs: nothing else
+is downloaded.
 
-`quantship zoo build DIR` writes one labelled classifier (an MLP on the 8x8 digits images,
-exported with skl2onnx) and the data files the quantizer, the server and the demo read:
+`quantship zoo build DIR` (`--model digits`, the default) writes one labelled classifier (an MLP on
+the 8x8 digits images, exported with skl2onnx) and the data files the quantizer, the server and the
+demo read:
 
     DIR/digits/model.onnx                FP32 model: input X float32[N, 64]; outputs label, probabilities
     DIR/digits/calibration.npz           256 training images of every digit: a good calibration set
@@ -10,6 +12,9 @@ exported with skl2onnx) and the data files the quantizer, the server and the dem
     DIR/digits/evaluation.npz            held-out images with labels, for the accuracy gate
     DIR/digits/requests.npz              other held-out images with labels: production-like traffic
     DIR/digits/request.json              one Open Inference Protocol v2 request body
+
+`--model efficientnet-lite0` and `--model minilm-l6` export two real pretrained models with PyTorch
+in a build-only virtualenv (see quantship/zoo/real.py); `--model all` builds the three.
 
 Everything is deterministic (fixed seeds, fixed splits).
 """
@@ -28,6 +33,16 @@ SEED = 0
 SKEWED_DIGIT = 8
 INPUT_NAME = "X"
 LABELS_KEY = "labels"
+MODELS = ("digits", "efficientnet-lite0", "minilm-l6")
+
+
+def resolve_names(requested: tuple[str, ...] | list[str]) -> list[str] | str:
+    """The models to build, in MODELS order without repeats, or a one-line error naming a bad name."""
+    unknown = [name for name in requested if name != "all" and name not in MODELS]
+    if unknown:
+        return f"unknown model {unknown[0]!r}: choose from {', '.join(MODELS)}, or all"
+    wanted = set(MODELS) if "all" in requested else set(requested)
+    return [name for name in MODELS if name in wanted]
 
 
 @dataclass(frozen=True)

