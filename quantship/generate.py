@@ -22,7 +22,7 @@ def outputs() -> dict[str, Callable[[], str]]:
     return {
         **oncall.generated_files(),  # Prometheus rules, Grafana dashboards, and their copies in the chart
         "manifests/crd.yaml": crd.render,
-        "helm/quantship/crds/quantizedmodels.serving.quantship.io.yaml": crd.render,
+        "helm/quantship/templates/crd.yaml": crd.render_chart_template,
     }
 
 

@@ -68,6 +68,9 @@ def register(
             prefix=crd.GROUP, key="last-handled-configuration"
         )
         settings.posting.level = logging.INFO  # steps and promotions are Normal events worth seeing
+        # Namespaced: serve exactly the namespaces named, and follow neither namespaces nor CRDs
+        # cluster-wide (kopf would list them first, and its service account may not).
+        settings.scanning.disabled = bool(operator.namespaces)
 
     @kopf.on.login(registry=registry)
     def authenticate(**kwargs: Any) -> kopf.ConnectionInfo | None:

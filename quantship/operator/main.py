@@ -44,6 +44,15 @@ async def load_api_config() -> client.Configuration:
     return configuration
 
 
+def health_url(settings: OperatorSettings) -> str | None:
+    """kopf's liveness endpoint on the settings' address (an IPv6 address in brackets)."""
+    if not settings.health_port:
+        return None
+    host = settings.bind_address
+    host = f"[{host}]" if ":" in host else host
+    return f"http://{host}:{settings.health_port}/healthz"
+
+
 async def run(
     settings: OperatorSettings,
     *,
@@ -70,9 +79,9 @@ async def run(
     metrics_server = None
     if settings.metrics_port:
         metrics_server, _ = start_http_server(
-            settings.metrics_port, settings.metrics_host, registry=metrics_registry
+            settings.metrics_port, settings.bind_address, registry=metrics_registry
         )
-    liveness = f"http://0.0.0.0:{settings.health_port}/healthz" if settings.health_port else None
+    liveness = health_url(settings)
     try:
         await kopf.operator(
             registry=registry,

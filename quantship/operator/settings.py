@@ -17,7 +17,9 @@ class OperatorSettings:
     (a minute by default); this only bounds how late after that it happens."""
     retry_backoff: float = 10.0
     """Seconds before a failed tick (API error, missing HTTPRoute) is retried."""
-    metrics_host: str = "0.0.0.0"
+    bind_address: str = "127.0.0.1"
+    """Address the metrics and health ports listen on. Loopback: run by hand, the operator shows
+    nothing to the network; the chart passes 0.0.0.0 so the kubelet and Prometheus reach the pod."""
     metrics_port: int = 8000
     """Port of the operator's own /metrics; 0 serves none."""
     health_port: int = 8081

@@ -22,6 +22,7 @@ import yaml
 from quantship import cli, generate
 from quantship.local.prometheus import find_binary
 from quantship.oncall import links
+from quantship.operator import permissions
 
 pytestmark = pytest.mark.helm
 
@@ -235,18 +236,6 @@ def test_podmonitor_scrapes_the_servers_the_operator_creates(helm: str, all_feat
 
 # -- least privilege -----------------------------------------------------------------------------
 
-KOPF_NEEDS = {
-    # kopf watches the resource and patches its own progress and finalizers into it
-    ("serving.quantship.io", "quantizedmodels", "list"),
-    ("serving.quantship.io", "quantizedmodels", "watch"),
-    ("serving.quantship.io", "quantizedmodels", "patch"),
-    # kopf posts events (core/v1) for kopf.info / kopf.warn
-    ("", "events", "create"),
-    # kopf finds the CRD and follows its changes
-    ("apiextensions.k8s.io", "customresourcedefinitions", "get"),
-    ("apiextensions.k8s.io", "customresourcedefinitions", "list"),
-    ("apiextensions.k8s.io", "customresourcedefinitions", "watch"),
-}
 VERBS = {
     "read": "get",
     "get": "get",
@@ -279,20 +268,98 @@ def operator_calls() -> Iterator[tuple[str, str, str]]:
             yield group, resource + ("/status" if status else ""), VERBS[verb]
 
 
-def test_rbac_grants_exactly_the_calls_the_operator_makes(helm: str) -> None:
-    granted = {
-        (group, resource, verb)
-        for document in render(helm)
-        if document["kind"] == "ClusterRole"
-        for rule in document["rules"]
-        for group in rule["apiGroups"]
-        for resource in rule["resources"]
-        for verb in rule["verbs"]
+def test_the_operator_code_makes_exactly_the_calls_its_permissions_list() -> None:
+    found = set(operator_calls())
+    assert found, "found no API calls in quantship/operator"
+    assert found == set(permissions.OPERATOR)
+
+
+def granted(documents: list[dict[str, Any]]) -> dict[str | None, set[permissions.Permission]]:
+    """What the operator's ServiceAccount may do, per scope: None for cluster-wide (a
+    ClusterRoleBinding), else the namespace of a RoleBinding."""
+    roles = {
+        document["metadata"]["name"]: {
+            (group, resource, verb)
+            for rule in document["rules"]
+            for group in rule["apiGroups"]
+            for resource in rule["resources"]
+            for verb in rule["verbs"]
+        }
+        for document in documents
+        if document["kind"] in ("ClusterRole", "Role")
     }
-    needed = set(operator_calls()) | KOPF_NEEDS
-    assert len(needed) > len(KOPF_NEEDS), "found no API calls in quantship/operator"
-    assert granted - needed == set(), "granted but never used"
-    assert needed - granted == set(), "used but not granted"
+    scopes: dict[str | None, set[permissions.Permission]] = {}
+    for document in documents:
+        if document["kind"] not in ("ClusterRoleBinding", "RoleBinding"):
+            continue
+        assert [subject["name"] for subject in document["subjects"]] == ["quantship-operator"]
+        scope = document["metadata"]["namespace"] if document["kind"] == "RoleBinding" else None
+        scopes.setdefault(scope, set()).update(roles[document["roleRef"]["name"]])
+    return scopes
+
+
+def chart_args(documents: list[dict[str, Any]]) -> list[str]:
+    (container,) = one(documents, "Deployment")["spec"]["template"]["spec"]["containers"]
+    return list(container["args"])
+
+
+def test_cluster_wide_rbac_grants_exactly_what_the_operator_and_kopf_call(helm: str) -> None:
+    documents = render(helm)
+    assert "--standalone" in chart_args(documents)  # so no peering
+    in_namespaces, cluster_scope = permissions.needed(clusterwide=True, peering=False)
+    assert granted(documents) == {None: set(in_namespaces | cluster_scope)}
+
+
+def test_namespaced_rbac_grants_nothing_cluster_wide_and_no_namespaces(helm: str) -> None:
+    documents = render(helm, "--set", "operator.namespaces={ml,prod}")
+    args = chart_args(documents)
+    assert "--standalone" in args and {"--namespace=ml", "--namespace=prod"} <= set(args)
+    in_namespaces, cluster_scope = permissions.needed(clusterwide=False, peering=False)
+    assert cluster_scope == frozenset()
+    assert granted(documents) == {"ml": set(in_namespaces), "prod": set(in_namespaces)}
+    assert not any(resource == "namespaces" for _, resource, _ in in_namespaces)
+
+
+def test_peering_needs_its_own_grants_which_the_standalone_chart_leaves_out() -> None:
+    for clusterwide in (True, False):
+        alone = permissions.needed(clusterwide=clusterwide, peering=False)
+        peered = permissions.needed(clusterwide=clusterwide, peering=True)
+        extra = (peered[0] - alone[0]) | (peered[1] - alone[1])
+        assert {resource for _, resource, _ in extra} == (
+            {"clusterkopfpeerings"} if clusterwide else {"kopfpeerings"}
+        )
+
+
+# -- the CRD: a template, upgraded and kept --------------------------------------------------------
+
+
+def test_the_crd_is_a_template_in_install_and_upgrade_and_survives_uninstall(helm: str) -> None:
+    """Helm installs files under crds/ once and never upgrades them: the CRD is a template, so
+    `helm upgrade` applies schema changes; resource-policy keep leaves it (and every
+    QuantizedModel) in place on `helm uninstall`."""
+    from quantship.operator import crd
+
+    assert not (CHART / "crds").exists()
+    expected = crd.definition()
+    expected["metadata"]["annotations"] = dict(crd.KEEP_POLICY)
+    for mode in ("--install", "--is-upgrade"):
+        args = () if mode == "--install" else (mode,)
+        result = run_helm(helm, "template", "quantship", str(CHART), "--namespace", NAMESPACE, *args)
+        assert result.returncode == 0, result.stderr
+        documents = [document for document in yaml.safe_load_all(result.stdout) if document]
+        assert one(documents, "CustomResourceDefinition") == expected, mode
+    off = render(helm, "--set", "crds.enabled=false")
+    assert "CustomResourceDefinition" not in kinds(off)
+
+
+def test_the_example_model_is_created_after_the_crd_by_a_hook(helm: str, all_features: Path) -> None:
+    example = one(render(helm, "--values", str(all_features)), "QuantizedModel")
+    assert example["metadata"]["annotations"]["helm.sh/hook"] == "post-install,post-upgrade"
+
+
+def test_metrics_and_health_listen_on_every_address_of_the_pod(helm: str) -> None:
+    args = chart_args(render(helm))
+    assert "--bind-address=0.0.0.0" in args
 
 
 # -- NOTES.txt -----------------------------------------------------------------------------------

@@ -61,7 +61,7 @@ async def start_operator(cluster: Cluster) -> AsyncIterator[StartOperator]:
             namespaces=(),  # kmock 0.8 cannot parse GET /api/v1/namespaces, which namespaced kopf lists
             tick_interval=tick_interval,
             retry_backoff=0.5,
-            metrics_host="127.0.0.1",
+            bind_address="127.0.0.1",
             metrics_port=metrics_port,
             health_port=0,
             standalone=True,

@@ -1,0 +1,77 @@
+"""The Kubernetes API calls the operator makes, as RBAC names them: (API group, resource, verb).
+
+Written once here; the chart's RBAC (helm/quantship/templates/rbac.yaml) grants exactly these, and
+the tests hold three things equal to them: the chart in each mode, the calls in this package's
+code, and the requests a real kopf runtime sends (tests/integration/operator/test_operator_rbac.py).
+"""
+
+from __future__ import annotations
+
+from quantship.operator import crd
+
+Permission = tuple[str, str, str]
+
+MODELS = (crd.GROUP, crd.PLURAL)
+
+OPERATOR: frozenset[Permission] = frozenset(
+    {
+        # a QuantizedModel read fresh before each tick; its status and its one-shot annotations
+        (*MODELS, "get"),
+        (*MODELS, "patch"),
+        (crd.GROUP, f"{crd.PLURAL}/status", "patch"),
+        # one Deployment and one Service per revision (and one Service per model in replicas mode)
+        ("apps", "deployments", "get"),
+        ("apps", "deployments", "create"),
+        ("apps", "deployments", "patch"),
+        ("apps", "deployments", "delete"),
+        ("", "services", "create"),
+        ("", "services", "delete"),
+        # gateway-api mode: the weights of our backendRefs in the user's HTTPRoute
+        ("gateway.networking.k8s.io", "httproutes", "get"),
+        ("gateway.networking.k8s.io", "httproutes", "patch"),
+    }
+)
+"""Our adapters' calls (kube.py), in every namespace the operator serves."""
+
+KOPF_IN_NAMESPACES: frozenset[Permission] = frozenset(
+    {
+        # kopf lists and watches the resource, patches its progress and finalizer into it
+        (*MODELS, "list"),
+        (*MODELS, "watch"),
+        (*MODELS, "patch"),
+        # kopf.info / kopf.warn post core/v1 Events beside the object
+        ("", "events", "create"),
+    }
+)
+"""kopf's own calls in every namespace it serves."""
+
+KOPF_CLUSTER_SCANNING: frozenset[Permission] = frozenset(
+    {
+        # cluster-wide mode: kopf follows the CRD (a schema change, a re-install) without a restart
+        ("apiextensions.k8s.io", "customresourcedefinitions", "list"),
+        ("apiextensions.k8s.io", "customresourcedefinitions", "watch"),
+    }
+)
+"""kopf's cluster-scoped calls when it watches the whole cluster. In namespaced mode the operator
+turns kopf's scanning off, so it needs nothing cluster-wide: not `namespaces`, not the CRDs."""
+
+KOPF_PEERING_CLUSTER: frozenset[Permission] = frozenset(
+    {("kopf.dev", "clusterkopfpeerings", verb) for verb in ("list", "watch", "patch")}
+)
+KOPF_PEERING_NAMESPACED: frozenset[Permission] = frozenset(
+    {("kopf.dev", "kopfpeerings", verb) for verb in ("list", "watch", "patch")}
+)
+"""Peering (several replicas, one active): only without --standalone, which the chart always passes."""
+
+
+def needed(*, clusterwide: bool, peering: bool) -> tuple[frozenset[Permission], frozenset[Permission]]:
+    """(in each served namespace, at cluster scope) for a mode. Cluster-wide, the first applies in
+    every namespace through a ClusterRoleBinding."""
+    in_namespaces = OPERATOR | KOPF_IN_NAMESPACES
+    cluster_scope: frozenset[Permission] = KOPF_CLUSTER_SCANNING if clusterwide else frozenset()
+    if peering:
+        if clusterwide:
+            cluster_scope |= KOPF_PEERING_CLUSTER
+        else:
+            in_namespaces |= KOPF_PEERING_NAMESPACED
+    return in_namespaces, cluster_scope
