@@ -497,6 +497,11 @@ def fetch(uri: str, dest: Path, public_key: Path | None, pvc_root: Path, timeout
 @click.option("--tick-interval", type=click.FloatRange(min=0.1), default=5.0, show_default=True)
 @click.option("--metrics-port", type=click.IntRange(0, 65535), default=8000, show_default=True)
 @click.option("--health-port", type=click.IntRange(0, 65535), default=8081, show_default=True)
+@click.option(
+    "--bind-address",
+    help="Address of the metrics and health ports. Default: loopback (OperatorSettings.bind_address); "
+    "the chart passes 0.0.0.0.",
+)
 @click.option("--standalone", is_flag=True, help="No peering: only one replica may run.")
 @click.option("--priority", type=int, default=0, show_default=True, help="Peering priority.")
 @click.option("-v", "--verbose", is_flag=True)
@@ -505,12 +510,14 @@ def operator(
     tick_interval: float,
     metrics_port: int,
     health_port: int,
+    bind_address: str | None,
     standalone: bool,
     priority: int,
     verbose: bool,
 ) -> None:
     """Run the QuantizedModel operator (in-cluster service account, else your kubeconfig)."""
     import asyncio
+    import dataclasses
     import logging
 
     from quantship import operator as operator_module
@@ -524,6 +531,8 @@ def operator(
         standalone=standalone,
         priority=priority,
     )
+    if bind_address:  # else the settings' default, loopback
+        settings = dataclasses.replace(settings, bind_address=bind_address)
     try:
         asyncio.run(operator_module.run(settings))
     except operator_module.NoCredentials as exc:
