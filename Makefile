@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 BUILD  := build
 
-.PHONY: setup tools demo test bench lint generate check-generated chart clean
+.PHONY: setup tools demo test real-models bench lint generate check-generated chart clean
 
 setup: $(VENV)/.installed tools
 
@@ -25,6 +25,13 @@ demo: setup
 ## make test: the full suite (unit, integration with real servers, end to end).
 test: setup
 	$(BIN)/pytest
+
+## make real-models: export EfficientNet-Lite0 and all-MiniLM-L6-v2 into build/zoo (torch lives only in
+## .venv-export/, created on demand; up-to-date models are skipped), then run their tests (tests/real).
+ZOO := $(BUILD)/zoo
+real-models: setup
+	$(BIN)/quantship zoo build $(ZOO) --model efficientnet-lite0 --model minilm-l6
+	QUANTSHIP_REAL_ZOO=$(ZOO) $(BIN)/pytest tests/real
 
 bench: setup
 	$(BIN)/python -m benchmarks

@@ -126,13 +126,18 @@ def image_crops(count: int) -> tuple[np.ndarray, list[dict[str, Any]]]:
     rng = np.random.default_rng(SEED)
     crops = np.empty((count, IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8)
     provenance = []
+    used: set[tuple[str, int, int, int, bool]] = set()
     for index in range(count):
-        name, image = sources[int(rng.integers(len(sources)))]
-        height, width = image.shape[:2]
-        side = int(rng.uniform(0.3, 1.0) * min(height, width))
-        top = int(rng.integers(0, height - side + 1))
-        left = int(rng.integers(0, width - side + 1))
-        mirrored = bool(rng.random() < 0.5)
+        key = None
+        while key is None or key in used:  # every crop differs: the splits share no sample
+            name, image = sources[int(rng.integers(len(sources)))]
+            height, width = image.shape[:2]
+            side = int(rng.uniform(0.3, 1.0) * min(height, width))
+            top = int(rng.integers(0, height - side + 1))
+            left = int(rng.integers(0, width - side + 1))
+            mirrored = bool(rng.random() < 0.5)
+            key = (name, top, left, side, mirrored)
+        used.add(key)
         crop = image[top : top + side, left : left + side]
         if mirrored:
             crop = crop[:, ::-1]
