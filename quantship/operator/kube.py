@@ -192,11 +192,13 @@ class KubeWorkloads:
 class GatewayRouter:
     """`TrafficRouter` over a Gateway API HTTPRoute the user owns.
 
-    In every rule whose backendRefs name this model's Services (the shared name, as the user
-    writes it, or a revision's), those refs are replaced by the stable and canary ones with their
-    weights. Other refs, matches and filters stay as they are. A JSON patch tests each rule's
-    refs before replacing them, so a concurrent edit by the user fails the patch instead of
-    being overwritten; the next tick retries on the fresh route.
+    In every rule with a backendRef to this model's Services (the shared name, as the user writes
+    it, or a revision's), the operator changes only what routing needs: the `weight` of our refs,
+    the `name` of the ref that follows the stable revision, a copy of that ref (filters and all)
+    for the canary, and the removal of refs to retired revisions. Every other field of every ref,
+    and every other ref, match and filter, stays as the user wrote it. Each change is a JSON patch
+    op on one field, preceded by a `test` of the whole ref, so a concurrent edit by the user
+    fails the patch instead of being overwritten; the next tick retries on the fresh route.
     """
 
     def __init__(self, kube: Kube, spec: ModelSpec) -> None:
@@ -207,13 +209,20 @@ class GatewayRouter:
         self.route_name = spec.http_route
 
     async def route(self, stable: str, canary: str | None, weight: int) -> float:
-        wanted = [resources.backend_ref(self.spec, stable, 100 - weight if canary else 100)]
+        wanted: list[tuple[str, int | None]] = [
+            (resources.child_name(self.spec, stable), 100 - weight if canary else 100)
+        ]
         if canary:
-            wanted.append(resources.backend_ref(self.spec, canary, weight))
+            wanted.append((resources.child_name(self.spec, canary), weight))
         await self.set_refs(wanted)
         return float(weight) if canary else 0.0
 
-    async def set_refs(self, wanted: list[dict[str, Any]]) -> None:
+    async def release(self) -> None:
+        """Point the route back at the shared Service name, as the user wrote it (on deletion)."""
+        await self.set_refs([(self.spec.name, None)])
+
+    async def set_refs(self, wanted: list[tuple[str, int | None]]) -> None:
+        """Make our refs in each rule exactly `wanted`: (Service name, weight or None to leave it)."""
         namespace = self.spec.namespace
         route = await _read(
             self.kube.custom.get_namespaced_custom_object_without_preload_content(
@@ -226,16 +235,9 @@ class GatewayRouter:
         referenced = False
         for index, rule in enumerate(route.get("spec", {}).get("rules") or []):
             refs = rule.get("backendRefs") or []
-            if not any(self._ours(ref) for ref in refs):
-                continue
-            referenced = True
-            new = [ref for ref in refs if not self._ours(ref)] + wanted
-            if new != refs:
-                path = f"/spec/rules/{index}/backendRefs"
-                patch += [
-                    {"op": "test", "path": path, "value": refs},
-                    {"op": "replace", "path": path, "value": new},
-                ]
+            if any(self._ours(ref) for ref in refs):
+                referenced = True
+                patch += weight_patch(f"/spec/rules/{index}/backendRefs", refs, wanted, self._ours)
         if not referenced:
             raise PortError(
                 f"HTTPRoute {namespace}/{self.route_name} has no rule with a backendRef to Service "
@@ -250,12 +252,6 @@ class GatewayRouter:
                 ),
             )
 
-    async def release(self) -> None:
-        """Point the route back at the shared Service name, as the user wrote it (on deletion)."""
-        await self.set_refs(
-            [{"group": "", "kind": "Service", "name": self.spec.name, "port": self.spec.port}]
-        )
-
     def _ours(self, ref: Mapping[str, Any]) -> bool:
         return (
             ref.get("kind", "Service") == "Service"
@@ -263,6 +259,50 @@ class GatewayRouter:
             and ref.get("namespace", self.spec.namespace) == self.spec.namespace
             and resources.is_revision_service(self.spec, str(ref.get("name", "")))
         )
+
+
+def weight_patch(
+    path: str,
+    refs: list[dict[str, Any]],
+    wanted: list[tuple[str, int | None]],
+    ours: Any,
+) -> list[dict[str, Any]]:
+    """JSON patch ops turning our refs among `refs` (at `path`) into `wanted`, one field at a time.
+
+    The first wanted name (the stable revision) always lives in our first ref, the one the user
+    wrote: it is renamed when the stable revision changes, so its filters and fields stay the
+    user's. Each further name (the canary) keeps its ref, else gets a copy of the first. Our refs
+    left over are removed. Pure; `ours` says which refs are this model's."""
+    mine = [index for index, ref in enumerate(refs) if ours(ref)]
+    taken: dict[int, tuple[str, int | None]] = {mine[0]: wanted[0]}
+    added: list[tuple[str, int | None]] = []
+    for name, weight in wanted[1:]:
+        match = next((i for i in mine if i not in taken and refs[i].get("name") == name), None)
+        if match is None:
+            added.append((name, weight))
+        else:
+            taken[match] = (name, weight)
+    ops: list[dict[str, Any]] = []
+    for index, (name, weight) in sorted(taken.items()):
+        ref, at = refs[index], f"{path}/{index}"
+        changes: list[tuple[str, str | int]] = [("name", name)] if ref.get("name") != name else []
+        if weight is not None and ref.get("weight") != weight:
+            changes.append(("weight", weight))
+        if changes:
+            ops.append({"op": "test", "path": at, "value": ref})
+            ops += [{"op": "add", "path": f"{at}/{key}", "value": value} for key, value in changes]
+    for index in sorted(set(mine) - set(taken), reverse=True):
+        ops += [
+            {"op": "test", "path": f"{path}/{index}", "value": refs[index]},
+            {"op": "remove", "path": f"{path}/{index}"},
+        ]
+    template = refs[mine[0]]
+    for name, weight in added:
+        copy = {**template, "name": name}
+        if weight is not None:
+            copy["weight"] = weight
+        ops.append({"op": "add", "path": f"{path}/-", "value": copy})
+    return ops
 
 
 class ReplicaRouter:

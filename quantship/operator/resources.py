@@ -201,14 +201,3 @@ def service(spec: ModelSpec, revision: str | None, owner: Mapping[str, Any]) -> 
     }
     kopf.append_owner_reference(body, owner=dict(owner))  # type: ignore[arg-type]
     return body
-
-
-def backend_ref(spec: ModelSpec, revision: str, weight: int) -> dict[str, Any]:
-    """An HTTPRoute backendRef to one revision's Service."""
-    return {
-        "group": "",
-        "kind": "Service",
-        "name": child_name(spec, revision),
-        "port": spec.port,
-        "weight": weight,
-    }

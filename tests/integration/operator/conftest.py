@@ -19,7 +19,7 @@ import kopf
 import pytest
 from kmock_cluster import Cluster, declare
 from kubernetes.aio import client
-from operator_harness import Kubectl, Operator, StartOperator
+from operator_harness import TESTS_USER_AGENT, Kubectl, Operator, StartOperator
 from prometheus_client import CollectorRegistry
 
 from quantship.operator import OperatorSettings, run
@@ -41,6 +41,7 @@ def cluster(kmock: Cluster) -> Cluster:
 async def api(cluster: Cluster) -> AsyncIterator[client.ApiClient]:
     """The tests' own client: what kubectl and the kubelet do goes through the API too."""
     async with client.ApiClient(client.Configuration(host=str(cluster.url).rstrip("/"))) as api_client:
+        api_client.user_agent = TESTS_USER_AGENT  # tells the tests' requests from the operator's
         yield api_client
 
 
@@ -53,12 +54,16 @@ async def start_operator(cluster: Cluster) -> AsyncIterator[StartOperator]:
     url = str(cluster.url).rstrip("/")
 
     async def start(
-        metrics: MetricsSource | None = None, *, tick_interval: float = 0.2, metrics_port: int = 0
+        metrics: MetricsSource | None = None,
+        *,
+        tick_interval: float = 0.2,
+        metrics_port: int = 0,
+        namespaces: tuple[str, ...] = (),
     ) -> Operator:
         stop, ready = threading.Event(), threading.Event()
         registry = CollectorRegistry()
         settings = OperatorSettings(
-            namespaces=(),  # kmock 0.8 cannot parse GET /api/v1/namespaces, which namespaced kopf lists
+            namespaces=namespaces,  # empty: cluster-wide
             tick_interval=tick_interval,
             retry_backoff=0.5,
             bind_address="127.0.0.1",

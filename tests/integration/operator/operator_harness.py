@@ -22,6 +22,8 @@ from quantship.operator.spec import ModelSpec
 from quantship.rollout import Counts, GaugeMeasurement, Measurement, NoData, Value
 
 NAMESPACE = "ml"
+TESTS_USER_AGENT = "quantship-tests/kubectl"
+"""The User-Agent of the tests' own client (kubectl and the kubelet's part), never the operator's."""
 
 
 # -- metrics: the engine's MetricsSource port, scripted per revision ------------------------------

@@ -81,38 +81,50 @@ def test_the_structural_check_accepts_the_gateway_api_crds_real_api_servers_acce
     checked = 0
     for name, definition in definitions.items():
         for version in definition["spec"]["versions"]:
-            assert rules.structural_errors(version["schema"]["openAPIV3Schema"]) == [], (name, version["name"])
+            assert rules.structural_errors(version["schema"]["openAPIV3Schema"]) == [], (
+                name,
+                version["name"],
+            )
             checked += 1
     assert checked >= 8
+
+
+def obj(**properties: Any) -> dict[str, Any]:
+    return {"type": "object", "properties": properties}
+
+
+STRING = {"type": "string"}
+ANY_OF_WITH_TYPE = {**obj(a=STRING), "anyOf": [{"type": "object", "required": ["a"]}]}
+ANY_OF_UNKNOWN = {**obj(a=STRING), "anyOf": [{"properties": {"b": {"enum": ["x"]}}}]}
+MAP_LIST_KEY_OPTIONAL = {
+    "type": "array",
+    "x-kubernetes-list-type": "map",
+    "x-kubernetes-list-map-keys": ["k"],
+    "items": obj(k=STRING),
+}
 
 
 @pytest.mark.parametrize(
     ("rule", "schema"),
     [
         ("S2", OLD_CRD_FRAGMENT),
-        ("S1", {"type": "object", "properties": {"spec": {"properties": {"a": {"type": "string"}}}}}),
-        ("S3", {"type": "object", "properties": {"s": {"type": "array", "items": {"type": "string"}, "uniqueItems": True}}}),
-        ("S3", {"type": "object", "properties": {"s": {"$ref": "#/definitions/x", "type": "object"}}}),
-        ("S3", {"type": "object", "patternProperties": {"^a": {"type": "string"}}}),
-        ("S4", {"type": "object", "properties": {"s": {"type": "object", "properties": {"a": {"type": "string"}},
-                                                       "anyOf": [{"type": "object", "required": ["a"]}]}}}),
-        ("S4", {"type": "object", "properties": {"s": {"type": "object", "properties": {"a": {"type": "string"}},
-                                                       "anyOf": [{"properties": {"b": {"enum": ["x"]}}}]}}}),
-        ("S5", {"type": "object", "properties": {"s": {"type": "object", "x-kubernetes-preserve-unknown-fields": False}}}),
-        ("S6", {"type": "object", "properties": {"s": {"type": "array"}}}),
-        ("S6", {"type": "object", "properties": {"s": {"type": "array", "x-kubernetes-list-type": "map",
-                                                       "x-kubernetes-list-map-keys": ["k"],
-                                                       "items": {"type": "object", "properties": {"k": {"type": "string"}}}}}}),
-        ("S7", {"type": "object", "properties": {"metadata": {"type": "object", "properties": {"labels": {"type": "object"}}}}}),
-        ("S8", {"type": "object", "properties": {"s": {"type": "integer", "enum": [1, "two"]}}}),
-        ("S9", {"type": "object", "properties": {"s": {"type": "object", "properties": {"a": {"type": "string"}},
-                                                       "default": {"b": 1}}}}),
-        ("S9", {"type": "object", "properties": {"s": {"type": "object", "required": ["a"],
-                                                       "properties": {"a": {"type": "string"}}, "default": {}}}}),
-        ("S10", {"type": "object", "properties": {"s": {"type": "object", "x-kubernetes-validations": [{"rule": " "}]}}}),
-        ("S11", {"type": "object", "additionalProperties": {"type": "string"}}),
+        ("S1", obj(spec={"properties": {"a": STRING}})),
+        ("S3", obj(s={"type": "array", "items": STRING, "uniqueItems": True})),
+        ("S3", obj(s={"$ref": "#/definitions/x", "type": "object"})),
+        ("S3", {"type": "object", "patternProperties": {"^a": STRING}}),
+        ("S4", obj(s=ANY_OF_WITH_TYPE)),
+        ("S4", obj(s=ANY_OF_UNKNOWN)),
+        ("S5", obj(s={"type": "object", "x-kubernetes-preserve-unknown-fields": False})),
+        ("S6", obj(s={"type": "array"})),
+        ("S6", obj(s=MAP_LIST_KEY_OPTIONAL)),
+        ("S7", obj(metadata=obj(labels={"type": "object"}))),
+        ("S8", obj(s={"type": "integer", "enum": [1, "two"]})),
+        ("S9", obj(s={**obj(a=STRING), "default": {"b": 1}})),
+        ("S9", obj(s={**obj(a=STRING), "required": ["a"], "default": {}})),
+        ("S10", obj(s={"type": "object", "x-kubernetes-validations": [{"rule": " "}]})),
+        ("S11", {"type": "object", "additionalProperties": STRING}),
     ],
-)  # fmt: skip
+)
 def test_the_structural_check_refuses_each_violation(rule: str, schema: dict[str, Any]) -> None:
     errors = rules.structural_errors(schema)
     assert any(error.startswith(f"{rule} ") for error in errors), errors
@@ -172,10 +184,14 @@ def test_server_side_defaults_are_the_ones_the_operator_fills_in_itself() -> Non
         ({"artifact": {"uri": "s3://bucket/model"}}, "does not match"),
     ],
 )
-def test_an_object_that_cannot_work_is_refused_with_one_clear_reason(spec: dict[str, Any], complaint: str) -> None:
+def test_an_object_that_cannot_work_is_refused_with_one_clear_reason(
+    spec: dict[str, Any], complaint: str
+) -> None:
     resource = minimal()
     for key, value in spec.items():
-        resource["spec"][key] = {**resource["spec"].get(key, {}), **value} if isinstance(value, dict) else value
+        resource["spec"][key] = (
+            {**resource["spec"].get(key, {}), **value} if isinstance(value, dict) else value
+        )
     _, errors = rules.admit(SCHEMA, resource)
     assert len(errors) == 1 and complaint in errors[0], errors  # no anyOf noise beside it
 

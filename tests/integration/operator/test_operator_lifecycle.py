@@ -292,7 +292,7 @@ async def test_gateway_api_mode_sets_only_our_weights_and_gives_the_route_back_o
     await kubectl.delete()
     await eventually(lambda: kubectl.get() is None, what="the resource gone")
     refs = (kubectl.route() or {})["spec"]["rules"][0]["backendRefs"]
-    assert [ref["name"] for ref in refs] == ["legacy-digits", "digits"]
+    assert [ref["name"] for ref in refs] == ["digits", "legacy-digits"]  # renamed in place
 
 
 async def test_a_missing_httproute_degrades_the_model_until_it_appears(
