@@ -17,6 +17,8 @@ from quantship.rollout.state import to_timestamp
 READY = "Ready"
 PROGRESSING = "Progressing"
 DEGRADED = "Degraded"
+WAITING_FOR_CANARY = "WaitingForCanaryReadiness"
+"""The Progressing condition's reason while a new canary has no ready pod yet."""
 
 
 def conditions(
@@ -34,7 +36,9 @@ def conditions(
         ready = ("True", "StableServing", f"{status.stable} serves {share}% of traffic")
     else:
         ready = ("False", "NotServing", status.message or "no revision is ready yet")
-    if status.in_flight and status.canary:
+    if status.in_flight and status.canary and status.step < 0:
+        progressing = ("True", WAITING_FOR_CANARY, status.message)
+    elif status.in_flight and status.canary:
         progressing = ("True", status.phase.value, status.message)
     elif status.in_flight:
         progressing = ("True", "FirstRevision", status.message)

@@ -8,7 +8,7 @@ tests call `run_rollout`, a loop of ticks.
 
 The walk, one guarded step at a time (each returns early):
   first revision   Pending -> (ready) Promoted; it serves everything, there is nothing to compare
-  new revision     -> canary Pending -> (ready) Progressing at steps[0]
+  new revision     -> canary Progressing, waiting for readiness (step -1) -> (ready) steps[0]
   each step        wait step_interval, judge: pass -> next step (after the last: Promoted);
                    fail -> failure_limit reached? RolledBack; inconclusive -> inconclusive_limit
                    reached? RolledBack (or hold); a canary never ready by the deadline -> Failed
@@ -99,12 +99,18 @@ def analysis_due(status: RolloutStatus, spec: RolloutSpec, now: float) -> bool:
     )
 
 
+def canary_starting(status: RolloutStatus) -> bool:
+    """A canary runs but takes no traffic yet: it waits for readiness. (Phase Progressing, as Argo
+    Rollouts users expect; statuses written before that say Pending.)"""
+    return status.in_flight and status.canary is not None and status.step < 0
+
+
 def needs(status: RolloutStatus, spec: RolloutSpec, now: float) -> Needs:
     """What `decide` will look at in this state: a tick observes nothing else."""
     pending = status.phase is Phase.PENDING
     return Needs(
         stable_ready=pending and status.canary is None and status.stable == spec.revision,
-        canary_ready=pending and status.canary is not None and status.canary == spec.revision,
+        canary_ready=canary_starting(status) and status.canary == spec.revision,
         analysis=analysis_due(status, spec, now),
     )
 
@@ -160,8 +166,8 @@ def _canary(status: RolloutStatus, obs: Observations, spec: RolloutSpec) -> Deci
         if spec.revision == status.stable:
             return _roll_back(status, now, f"the spec asks for the stable revision {status.stable} again")
         return _start_canary(status, spec, now, replacing=canary)
-    # the canary is starting
-    if status.phase is Phase.PENDING:
+    # the canary is starting: waiting for its readiness
+    if canary_starting(status):
         if obs.canary_ready is None:
             return _wait(status, status.message)
         if not obs.canary_ready:
@@ -182,8 +188,10 @@ def _canary(status: RolloutStatus, obs: Observations, spec: RolloutSpec) -> Deci
     # progressing: a person promotes
     if obs.promote:
         return _promote(status, now, PROMOTED, manual=True)
-    # progressing: judge at the end of the step
+    # progressing: judge at the end of the step; while holding, the hold's reason stays
     if not analysis_due(status, spec, now) or obs.analysis is None:
+        if _holding(status, spec):
+            return _wait(status, status.message, degraded=status.message)
         return _wait(status, _progress_message(status, spec))
     return _judged(status, obs.analysis, spec, now)
 
@@ -259,7 +267,7 @@ def _without_canary(status: RolloutStatus) -> RolloutStatus:
 def _start_canary(status: RolloutStatus, spec: RolloutSpec, now: float, *, replacing: str | None) -> Decision:
     started = replace(
         _without_canary(status),
-        phase=Phase.PENDING,
+        phase=Phase.PROGRESSING,
         canary=spec.revision,
         rejected=None,
         started_at=now,
@@ -304,6 +312,12 @@ def _roll_back(
     return _decision(
         Action.ROLL_BACK, rolled_back, now, reason, analysis, retire=(status.canary,), manual=manual
     )
+
+
+def _holding(status: RolloutStatus, spec: RolloutSpec) -> bool:
+    """Too many inconclusive judgements in a row, and the spec says hold rather than roll back."""
+    limits = spec.analysis
+    return limits.on_inconclusive is OnInconclusive.HOLD and status.inconclusive >= limits.inconclusive_limit
 
 
 def _since(start: float | None, now: float) -> float:

@@ -20,9 +20,10 @@ HISTORY_LENGTH = 10
 
 class Phase(enum.StrEnum):
     PENDING = "Pending"
-    """A new revision is starting and takes no traffic yet (the first one, or a canary)."""
+    """The first revision is starting and takes no traffic yet."""
     PROGRESSING = "Progressing"
-    """A canary takes part of the traffic and is judged at the end of each step."""
+    """A canary is rolled out: first waiting for its readiness (step -1), then taking part of the
+    traffic and judged at the end of each step."""
     PROMOTED = "Promoted"
     """The asked revision serves all traffic (after passing every step, or as the first revision)."""
     ROLLED_BACK = "RolledBack"

@@ -17,6 +17,7 @@ from operator_harness import (
 )
 
 from quantship.local.prometheus import free_port
+from quantship.operator import status as conditions
 
 V1 = "https://models.example.com/digits-v1.tar.gz"
 V2 = "https://models.example.com/digits-v2.tar.gz"
@@ -107,8 +108,17 @@ async def test_a_new_artifact_is_rolled_out_step_by_step_and_promoted(
     assert canary["metadata"]["labels"]["track"] == "canary" and canary["spec"]["replicas"] == 1
     assert "--track" in (args := canary["spec"]["template"]["spec"]["containers"][0]["args"])
     assert args[args.index("--track") + 1] == "canary"
-    pending = await phase_is(kubectl, "Pending")
-    assert pending["canaryRevision"] == SECOND
+    # Progressing from the start, as Argo Rollouts shows it; a condition says what it waits for
+    waiting = await phase_is(kubectl, "Progressing")
+    assert waiting["canaryRevision"] == SECOND and waiting["step"] == -1
+    assert condition(waiting, "Progressing")["reason"] == conditions.WAITING_FOR_CANARY
+
+    def waiting_message() -> dict[str, Any] | None:
+        found = condition((kubectl.get() or {}).get("status") or {}, "Progressing")
+        return found if f"waiting for canary {SECOND} to become ready" in found["message"] else None
+
+    progressing = await eventually(waiting_message, what="the condition saying what it waits for")
+    assert progressing["status"] == "True" and progressing["reason"] == conditions.WAITING_FOR_CANARY
     await eventually(
         lambda: (kubectl.get() or {})["metadata"].get("finalizers"), what="a finalizer while the timer runs"
     )
