@@ -5,6 +5,7 @@ judgements instead of flipping between the hold and the step text on every tick.
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import Callable
 
 import pytest
@@ -77,6 +78,6 @@ async def test_a_held_canary_keeps_one_message_and_stays_degraded_between_judgem
         await asyncio.sleep(5)
     assert status.phase is Phase.PROGRESSING and len(texts) > 10
     assert all(message.startswith("holding: ") and degraded == message for message, degraded in texts)
-    changes = sum(1 for before, after in zip(texts, texts[1:], strict=False) if before != after)
+    changes = sum(1 for before, after in itertools.pairwise(texts) if before != after)
     judgements = int((5 * 60) / spec.step_interval)
     assert changes <= judgements, "the message changes only when a judgement says something new"
