@@ -101,19 +101,31 @@ def zoo_build(out_dir: Path, models: tuple[str, ...], build_env: Path) -> None:
 
 
 def _build_real_model(name: str, out_dir: Path, build_env: Path) -> None:
+    """A spinner with the current step on a terminal; one timestamped line per step in CI logs."""
+    import time
+
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     from quantship.zoo import real
 
+    started = time.monotonic()
+    last = ["starting"]
     with Progress(
-        SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=stderr, transient=True
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        TimeElapsedColumn(),
+        console=stderr,
+        transient=True,
+        disable=not stderr.is_terminal,
     ) as progress:
         task = progress.add_task(name)
-        last = ["starting"]
 
         def report(message: str) -> None:
             last[0] = message
-            progress.update(task, description=f"{name}: {message}")
+            if stderr.is_terminal:
+                progress.update(task, description=f"{name}: {message}")
+            else:
+                stderr.print(f"[{time.monotonic() - started:5.0f}s] {name}: {message}", markup=False)
 
         try:
             sample = real.build(name, out_dir, build_env=build_env, report=report)
