@@ -135,7 +135,7 @@ def _build_real_model(name: str, out_dir: Path, build_env: Path) -> None:
             raise InputError(f"building {name} failed: {str(exc).splitlines()[0]}") from exc
     verb = "up to date" if last[0] == "up to date" else "wrote"
     files = ", ".join(real.files_of(name))
-    stderr.print(f"{verb} {sample.root}: {files}")
+    stderr.print(f"{verb} {sample.root}: {files}", markup=False)
 
 
 # -- quantize, verify, report -----------------------------------------------------------------
