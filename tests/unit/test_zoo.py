@@ -76,7 +76,7 @@ def test_torch_stays_out_of_the_runtime() -> None:
             names = (
                 [alias.name for alias in node.names] if isinstance(node, ast.Import | ast.ImportFrom) else []
             )
-            module = node.module or "" if isinstance(node, ast.ImportFrom) else ""
+            module = (node.module or "") if isinstance(node, ast.ImportFrom) else ""
             assert "export_torch" not in module and "export_torch" not in names, source
             if source.name != "export_torch.py":
                 assert not module.startswith("torch") and not any(n.startswith("torch") for n in names), (
