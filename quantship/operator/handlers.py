@@ -47,6 +47,16 @@ def gateway_api(spec: kopf.Spec, **_: Any) -> bool:
     return (spec.get("traffic") or {}).get("router") == "gateway-api"
 
 
+def warn_unknown_fields(body: kopf.Body, logger: Logger) -> None:
+    """A field the schema does not know has no effect: a real API server prunes it on write (so it
+    shows only under an older CRD or another API). Say so, once per create, resume or change."""
+    unknown = crd.unknown_fields(dict(body))
+    if unknown:
+        message = f"unknown fields, ignored (the API server prunes them): {', '.join(unknown)}"
+        logger.warning(message)
+        kopf.warn(body, reason="UnknownFields", message=message)
+
+
 def register(
     registry: kopf.OperatorRegistry,
     ctx: Context,
@@ -79,7 +89,10 @@ def register(
     @kopf.on.create(*RESOURCE, registry=registry, backoff=retry_backoff, id="reconcile")
     @kopf.on.resume(*RESOURCE, registry=registry, backoff=retry_backoff, id="reconcile")
     @kopf.on.update(*RESOURCE, field="spec", registry=registry, backoff=retry_backoff, id="reconcile")
-    async def reconcile_now(namespace: str | None, name: str, logger: Logger, memo: Any, **_: Any) -> None:
+    async def reconcile_now(
+        namespace: str | None, name: str, body: kopf.Body, logger: Logger, memo: Any, **_: Any
+    ) -> None:
+        warn_unknown_fields(body, logger)
         async with _lock(memo):
             await reconcile(ctx, namespace or "default", name, logger)
 

@@ -12,10 +12,12 @@ like the rest of the operator, never with the client's generated models.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
+import aiohttp
 from kubernetes.aio import client
 
 from quantship.operator import crd, resources
@@ -28,11 +30,21 @@ M = TypeVar("M")
 GATEWAY = ("gateway.networking.k8s.io", "v1", "httproutes")
 
 
-class Kube:
-    """The API groups the operator talks to, over one ApiClient."""
+API_TIMEOUT = 30.0
+"""Seconds one API call may take before it counts as a failure (OperatorSettings.api_timeout)."""
+UNREACHABLE = "KubernetesUnreachable"
+API_ERROR = "KubernetesAPIError"
+TRANSPORT_ERRORS = (aiohttp.ClientError, OSError, asyncio.TimeoutError, json.JSONDecodeError)
+"""What a call can fail with besides an HTTP error status: connection refused or reset, DNS,
+TLS, a timeout, a body that is not JSON. Every one becomes a PortError, like an ApiException."""
 
-    def __init__(self, api: client.ApiClient) -> None:
+
+class Kube:
+    """The API groups the operator talks to, over one ApiClient. `timeout` bounds each call."""
+
+    def __init__(self, api: client.ApiClient, timeout: float = API_TIMEOUT) -> None:
         self.api = api
+        self.timeout = timeout
         self.apps = client.AppsV1Api(api)
         self.core = client.CoreV1Api(api)
         self.custom = client.CustomObjectsApi(api)
@@ -41,41 +53,65 @@ class Kube:
         return await _read(
             self.custom.get_namespaced_custom_object_without_preload_content(
                 crd.GROUP, crd.VERSION, namespace, crd.PLURAL, name
-            )
+            ),
+            timeout=self.timeout,
         )
 
     async def patch_model_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
-        await self.custom.patch_namespaced_custom_object_status(
-            crd.GROUP, crd.VERSION, namespace, crd.PLURAL, name, {"status": status}, _content_type=MERGE_PATCH
+        await _call(
+            f"writing the status of {crd.KIND} {namespace}/{name}",
+            self.custom.patch_namespaced_custom_object_status(
+                crd.GROUP,
+                crd.VERSION,
+                namespace,
+                crd.PLURAL,
+                name,
+                {"status": status},
+                _content_type=MERGE_PATCH,
+            ),
+            timeout=self.timeout,
         )
 
     async def patch_model_metadata(self, namespace: str, name: str, metadata: Mapping[str, Any]) -> None:
-        await self.custom.patch_namespaced_custom_object(
-            crd.GROUP,
-            crd.VERSION,
-            namespace,
-            crd.PLURAL,
-            name,
-            {"metadata": metadata},
-            _content_type=MERGE_PATCH,
+        await _call(
+            f"writing the metadata of {crd.KIND} {namespace}/{name}",
+            self.custom.patch_namespaced_custom_object(
+                crd.GROUP,
+                crd.VERSION,
+                namespace,
+                crd.PLURAL,
+                name,
+                {"metadata": metadata},
+                _content_type=MERGE_PATCH,
+            ),
+            timeout=self.timeout,
         )
 
 
-async def _read(response_coroutine: Any) -> dict[str, Any] | None:
-    """The JSON body of a GET, or None for 404. Other failures raise ApiException-like PortErrors."""
+async def _read(response_coroutine: Any, *, timeout: float = API_TIMEOUT) -> dict[str, Any] | None:
+    """The JSON body of a GET, or None for 404. Every other failure raises a PortError."""
     try:
-        response = await response_coroutine
+        async with asyncio.timeout(timeout):
+            response = await response_coroutine
+            async with response:
+                if response.status == 404:
+                    return None
+                body = await response.read()
+                if response.status >= 400:
+                    raise PortError(f"Kubernetes API: {response.status} {body[:200]!r}", reason=API_ERROR)
+                return dict(json.loads(body))
     except client.ApiException as exc:
         if exc.status == 404:
             return None
-        raise PortError(f"Kubernetes API: {exc.status} {exc.reason}", reason="KubernetesAPIError") from exc
-    async with response:
-        if response.status == 404:
-            return None
-        body = await response.read()
-        if response.status >= 400:
-            raise PortError(f"Kubernetes API: {response.status} {body[:200]!r}", reason="KubernetesAPIError")
-        return dict(json.loads(body))
+        raise PortError(f"Kubernetes API: {exc.status} {exc.reason}", reason=API_ERROR) from exc
+    except TRANSPORT_ERRORS as exc:
+        raise PortError(f"Kubernetes API unreachable: {_describe(exc, timeout)}", reason=UNREACHABLE) from exc
+
+
+def _describe(exc: BaseException, timeout: float) -> str:
+    if isinstance(exc, TimeoutError):
+        return f"no answer within {timeout:g} s"
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
 def _model(model: type[M], body: Mapping[str, Any]) -> M:
@@ -86,14 +122,27 @@ def _model(model: type[M], body: Mapping[str, Any]) -> M:
     return built
 
 
-async def _call(what: str, coroutine: Any, *, missing_ok: bool = False, exists_ok: bool = False) -> None:
+async def _call(
+    what: str,
+    coroutine: Any,
+    *,
+    timeout: float = API_TIMEOUT,
+    missing_ok: bool = False,
+    exists_ok: bool = False,
+) -> None:
+    """Await one write. An HTTP error status or a transport failure raises a PortError naming it."""
     try:
-        await coroutine
+        async with asyncio.timeout(timeout):
+            await coroutine
     except client.ApiException as exc:
         if (exc.status == 404 and missing_ok) or (exc.status == 409 and exists_ok):
             return
         raise PortError(
-            f"{what}: Kubernetes API answered {exc.status} {exc.reason}", reason="KubernetesAPIError"
+            f"{what}: Kubernetes API answered {exc.status} {exc.reason}", reason=API_ERROR
+        ) from exc
+    except TRANSPORT_ERRORS as exc:
+        raise PortError(
+            f"{what}: Kubernetes API unreachable: {_describe(exc, timeout)}", reason=UNREACHABLE
         ) from exc
 
 
@@ -124,6 +173,7 @@ class KubeWorkloads:
                 f"creating Deployment {name}",
                 self.kube.apps.create_namespaced_deployment(namespace, _model(client.V1Deployment, body)),
                 exists_ok=True,
+                timeout=self.kube.timeout,
             )
         elif current["metadata"].get("labels", {}).get("track") != track.value:
             await self._relabel(current, track)
@@ -133,6 +183,7 @@ class KubeWorkloads:
                 namespace, _model(client.V1Service, resources.service(self.spec, revision, self.owner))
             ),
             exists_ok=True,
+            timeout=self.kube.timeout,
         )
 
     async def ready(self, revision: str) -> bool:
@@ -146,6 +197,7 @@ class KubeWorkloads:
             self.kube.apps.patch_namespaced_deployment(
                 name, self.spec.namespace, {"spec": {"replicas": replicas}}, _content_type=MERGE_PATCH
             ),
+            timeout=self.kube.timeout,
         )
 
     async def remove(self, revision: str) -> None:
@@ -154,17 +206,20 @@ class KubeWorkloads:
             f"deleting Deployment {name}",
             self.kube.apps.delete_namespaced_deployment(name, self.spec.namespace),
             missing_ok=True,
+            timeout=self.kube.timeout,
         )
         await _call(
             f"deleting Service {name}",
             self.kube.core.delete_namespaced_service(name, self.spec.namespace),
             missing_ok=True,
+            timeout=self.kube.timeout,
         )
 
     async def _deployment(self, revision: str) -> dict[str, Any] | None:
         name = resources.child_name(self.spec, revision)
         return await _read(
-            self.kube.apps.read_namespaced_deployment_without_preload_content(name, self.spec.namespace)
+            self.kube.apps.read_namespaced_deployment_without_preload_content(name, self.spec.namespace),
+            timeout=self.kube.timeout,
         )
 
     async def _relabel(self, current: Mapping[str, Any], track: Track) -> None:
@@ -186,6 +241,7 @@ class KubeWorkloads:
             self.kube.apps.patch_namespaced_deployment(
                 name, self.spec.namespace, patch, _content_type=JSON_PATCH
             ),
+            timeout=self.kube.timeout,
         )
 
 
@@ -227,7 +283,8 @@ class GatewayRouter:
         route = await _read(
             self.kube.custom.get_namespaced_custom_object_without_preload_content(
                 *GATEWAY[:2], namespace, GATEWAY[2], self.route_name
-            )
+            ),
+            timeout=self.kube.timeout,
         )
         if route is None:
             raise PortError(f"HTTPRoute {namespace}/{self.route_name} not found", reason="HTTPRouteNotFound")
@@ -250,6 +307,7 @@ class GatewayRouter:
                 self.kube.custom.patch_namespaced_custom_object(
                     *GATEWAY[:2], namespace, GATEWAY[2], self.route_name, patch, _content_type=JSON_PATCH
                 ),
+                timeout=self.kube.timeout,
             )
 
     def _ours(self, ref: Mapping[str, Any]) -> bool:
@@ -326,6 +384,7 @@ class ReplicaRouter:
                 _model(client.V1Service, resources.service(self.spec, None, self.workloads.owner)),
             ),
             exists_ok=True,
+            timeout=self.kube.timeout,
         )
         total = self.spec.replicas
         if canary is None:

@@ -72,7 +72,9 @@ async def run(
     api = client.ApiClient(api_config if api_config is not None else await load_api_config())
     metrics_registry = metrics_registry if metrics_registry is not None else CollectorRegistry()
     registry = registry if registry is not None else kopf.OperatorRegistry()
-    ctx = Context(Kube(api), OperatorMetrics(metrics_registry), settings.retry_backoff, clock)
+    ctx = Context(
+        Kube(api, settings.api_timeout), OperatorMetrics(metrics_registry), settings.retry_backoff, clock
+    )
     if metrics_source is not None:
         ctx.metrics_source = metrics_source
     register(registry, ctx, settings, login=login)

@@ -62,9 +62,19 @@ def workloads_for(kube: Kube, spec: ModelSpec, owner: Mapping[str, Any]) -> Kube
 
 
 async def reconcile(ctx: Context, namespace: str, name: str, logger: logging.Logger | Any) -> Decision | None:
-    """Tick the rollout of one resource. Raises kopf.TemporaryError when an adapter failed (the
-    condition says why; kopf retries with backoff). Returns the decision, or None when there was
-    nothing to decide (resource gone or being deleted, spec invalid)."""
+    """Tick the rollout of one resource. Raises kopf.TemporaryError when anything talking to the
+    API failed (reading the resource, an adapter, writing status or annotations): the Degraded
+    condition says why where it can still be written, and kopf retries with backoff. Returns the
+    decision, or None when there was nothing to decide (resource gone or being deleted)."""
+    try:
+        return await _reconcile(ctx, namespace, name, logger)
+    except PortError as exc:
+        raise kopf.TemporaryError(f"{exc.reason}: {exc}", delay=ctx.retry_backoff) from exc
+
+
+async def _reconcile(
+    ctx: Context, namespace: str, name: str, logger: logging.Logger | Any
+) -> Decision | None:
     body = await ctx.kube.get_model(namespace, name)
     if body is None or body.get("metadata", {}).get("deletionTimestamp"):
         return None
@@ -93,8 +103,11 @@ async def reconcile(ctx: Context, namespace: str, name: str, logger: logging.Log
             promote=crd.PROMOTE_ANNOTATION in annotations,
         )
     except PortError as exc:
-        await _write_status(ctx, body, previous, current, (exc.reason, str(exc)), generation, now, logger)
-        raise kopf.TemporaryError(f"{exc.reason}: {exc}", delay=ctx.retry_backoff) from exc
+        try:
+            await _write_status(ctx, body, previous, current, (exc.reason, str(exc)), generation, now, logger)
+        except PortError as unwritten:  # the API is down: the log says it, the retry comes anyway
+            logger.warning("could not record %s in the status: %s", exc.reason, unwritten)
+        raise
     finally:
         close = getattr(source, "aclose", None)
         if close is not None:

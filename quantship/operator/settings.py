@@ -15,6 +15,9 @@ class OperatorSettings:
     tick_interval: float = 5.0
     """Seconds between ticks of an in-flight rollout. A judgement is due once per step interval
     (a minute by default); this only bounds how late after that it happens."""
+    api_timeout: float = 30.0
+    """Seconds one Kubernetes API call may take; past it the tick fails (Degraded) and is retried.
+    Generous: an API server under load answers in seconds, one that hangs must not stall ticks."""
     retry_backoff: float = 10.0
     """Seconds before a failed tick (API error, missing HTTPRoute) is retried."""
     bind_address: str = "127.0.0.1"

@@ -386,3 +386,15 @@ async def test_deleting_a_settled_model_needs_no_finalizer(
     await kubectl.delete()
 
     assert kubectl.get() is None
+
+
+async def test_an_unknown_field_is_named_in_a_warning_event_and_ignored(
+    kubectl: Kubectl, start_operator: StartOperator
+) -> None:
+    """A real API server prunes it (kmock keeps it): either way it has no effect, and is named."""
+    await start_operator(ScriptedMetrics())
+    await kubectl.apply({**spec_of(V1), "replica": 5})
+    (warning,) = await posted(kubectl, "UnknownFields")
+    assert warning["type"] == "Warning" and "spec.replica" in warning["message"]
+    deployment = await eventually(lambda: kubectl.deployment(f"digits-{FIRST}"), what="the stable Deployment")
+    assert deployment["spec"]["replicas"] == 2
