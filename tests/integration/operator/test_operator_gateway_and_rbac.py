@@ -13,6 +13,7 @@ import apiserver_rules as rules
 import jsonpatch
 import kmock
 import pytest
+import yaml
 from kmock_cluster import Cluster
 from operator_harness import (
     NAMESPACE,
@@ -220,3 +221,11 @@ async def test_cluster_wide_the_operator_and_kopf_send_only_what_the_cluster_rol
     assert cluster_wide >= set(cluster_scope), "kopf follows the CRD cluster-wide"
     assert {permission for _, permission in used} <= in_namespaces | cluster_scope
     assert not [r for r in requests if r.resource is not None and r.resource.plural == "namespaces"]
+
+
+def test_the_example_httproute_is_valid_under_the_real_gateway_api_schema() -> None:
+    schema = gateway_route_schema()
+    path = rules.REPOSITORY / "manifests" / "examples" / "digits-gateway.yaml"
+    routes = [doc for doc in yaml.safe_load_all(path.read_text()) if doc and doc["kind"] == "HTTPRoute"]
+    assert len(routes) == 1
+    assert_valid_route(schema, routes[0])
