@@ -176,7 +176,13 @@ def _build_real_model(name: str, out_dir: Path, build_env: Path) -> None:
 @click.option(
     "--num-bins", type=click.IntRange(min=2), default=None, help="Histogram bins (histogram methods)."
 )
-@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=8,
+    show_default=True,
+    help="Calibration rows per batch at most (memory grows with it).",
+)
 @click.option(
     "--pre-process/--no-pre-process",
     default=True,
@@ -191,11 +197,68 @@ def _build_real_model(name: str, out_dir: Path, build_env: Path) -> None:
     help="Gate: largest relative accuracy loss (or top-1 disagreement) accepted.",
 )
 @click.option(
+    "--task",
+    type=click.Choice(["classification", "embedding", "regression"]),
+    default=None,
+    help="What the output is; inferred from its dtype, shape and values when omitted.",
+)
+@click.option(
+    "--metric",
+    type=click.Choice(
+        [
+            "top1_accuracy",
+            "top1_agreement",
+            "confident_agreement",
+            "top5_overlap",
+            "kl_divergence",
+            "cosine_agreement",
+            "cosine_mean",
+            "cosine_p5",
+            "nn_agreement",
+            "relative_error",
+        ]
+    ),
+    default=None,
+    help="Gating metric. Default: top1_accuracy with labels, confident_agreement without; "
+    "cosine_agreement for embeddings; relative_error for regression.",
+)
+@click.option(
+    "--threshold",
+    type=float,
+    default=None,
+    help="The gating metric's limit in its own units (least for agreement/cosine, most for "
+    "losses). Default: from --max-accuracy-delta for accuracy and agreement shares.",
+)
+@click.option(
+    "--min-cosine",
+    type=click.FloatRange(-1, 1),
+    default=0.95,
+    show_default=True,
+    help="Embeddings: the least cosine to FP32 at which a row agrees (gate and shadow SLI).",
+)
+@click.option(
+    "--matmul-const-b-only/--no-matmul-const-b-only",
+    default=False,
+    show_default=True,
+    help="Static: quantize only MatMuls by a weight, leaving attention products in float.",
+)
+@click.option(
+    "--strategy",
+    type=click.Choice(["recipes", "fallback"]),
+    default="recipes",
+    show_default=True,
+    help="recipes: try whole-model recipes first, then op-type and node fallback; fallback: keep "
+    "the given recipe, fall back only.",
+)
+@click.option(
+    "--keep-going", is_flag=True, help="Try every recipe, keep the most quantized then fastest passing one."
+)
+@click.option(
     "--max-trials",
     type=click.IntRange(min=0),
-    default=12,
+    default=16,
     show_default=True,
-    help="Fallback trials before giving up.",
+    help="Trials after the first before giving up.",
 )
 @click.option("--exclude", multiple=True, help="Node to keep in float (repeatable).")
 @click.option("--output", "output_name", help="Model output the gate compares (default: the first).")
@@ -221,6 +284,13 @@ def quantize(
     batch_size: int,
     pre_process: bool,
     max_accuracy_delta: float,
+    task: str | None,
+    metric: str | None,
+    threshold: float | None,
+    min_cosine: float,
+    matmul_const_b_only: bool,
+    strategy: str,
+    keep_going: bool,
     max_trials: int,
     exclude: tuple[str, ...],
     output_name: str | None,
@@ -228,8 +298,10 @@ def quantize(
     quiet: bool,
 ) -> None:
     """Quantize MODEL to INT8, gate it on accuracy, and write a verifiable artifact to --out."""
+    from quantship import agreement
     from quantship import quantize as q
     from quantship.quantize import summary
+    from quantship.quantize.evaluate import Metric
 
     config = q.QuantizeConfig(
         mode=q.Mode(mode),
@@ -244,6 +316,13 @@ def quantize(
         batch_size=batch_size,
         pre_process=pre_process,
         max_accuracy_delta=max_accuracy_delta,
+        task=agreement.Task(task) if task else None,
+        metric=Metric(metric) if metric else None,
+        threshold=threshold,
+        min_cosine=min_cosine,
+        matmul_const_b_only=matmul_const_b_only,
+        strategy=q.Strategy(strategy),
+        keep_going=keep_going,
         max_trials=max_trials,
         output=output_name,
         excluded_nodes=tuple(exclude),
@@ -251,7 +330,14 @@ def quantize(
     key = artifact.load_private_key(sign_key) if sign_key else None
     progress = None if quiet else q.default_progress()
     result = q.run(
-        model, out, config, calibration=calibration, evaluation=evaluation, sign_key=key, progress=progress
+        model,
+        out,
+        config,
+        calibration=calibration,
+        evaluation=evaluation,
+        sign_key=key,
+        progress=progress,
+        warn=lambda message: stderr.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True),
     )
     stdout.print(summary.table([(out.name, result.artifact)]))
     if not result.gate_passed:

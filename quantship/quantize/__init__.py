@@ -4,7 +4,7 @@ What other parts use: `run` (the whole `quantship quantize`), `QuantizeConfig` a
 `QuantizeInputError`, `QuantizeResult`.
 """
 
-from quantship.quantize.config import Calibration, Format, Mode, Precision, QuantizeConfig
+from quantship.quantize.config import Calibration, Format, Mode, Precision, QuantizeConfig, Strategy
 from quantship.quantize.errors import QuantizeInputError
 from quantship.quantize.pipeline import QuantizeResult, default_progress, package_fp32, run
 
@@ -16,6 +16,7 @@ __all__ = [
     "QuantizeConfig",
     "QuantizeInputError",
     "QuantizeResult",
+    "Strategy",
     "default_progress",
     "package_fp32",
     "run",

@@ -8,7 +8,8 @@ from typing import Any
 
 from onnxruntime.quantization import CalibrationMethod, QuantType
 
-from quantship import runtime
+from quantship import agreement, runtime
+from quantship.quantize.evaluate import GateRequest, Metric
 
 
 class Mode(enum.StrEnum):
@@ -26,6 +27,13 @@ class Calibration(enum.StrEnum):
     PERCENTILE = "percentile"
     ENTROPY = "entropy"
     DISTRIBUTION = "distribution"
+
+
+class Strategy(enum.StrEnum):
+    RECIPES = "recipes"
+    """Stage 1 whole-model recipes, then op-type fallback, then node-wise fallback."""
+    FALLBACK = "fallback"
+    """Keep the given recipe: op-type fallback, then node-wise fallback only."""
 
 
 class Precision(enum.StrEnum):
@@ -59,14 +67,31 @@ class QuantizeConfig:
     """Only for percentile calibration: the share of values kept inside the range, in percent."""
     num_bins: int | None = None
     """Histogram bins for percentile, entropy and distribution; None keeps onnxruntime's default."""
-    batch_size: int = 32
-    """Calibration batch size; lowered to a divisor of the sample count, because histogram
-    calibrators fail on a short last batch (onnxruntime 1.32)."""
+    batch_size: int = 8
+    """Calibration batch size at most; lowered to a divisor of the sample count, because histogram
+    calibrators fail on a short last batch (onnxruntime 1.32), and for large inputs (data.py). The
+    calibrator keeps every activation of a batch alive: 32 rows of all-MiniLM-L6-v2 at 64 tokens
+    held 2 GB, 8 rows stay under 1 GB."""
+    matmul_const_b_only: bool = False
+    """Static mode: quantize only MatMuls whose second input is a weight, leaving activation x
+    activation products (attention scores) in float, where int8 hurts transformers most."""
     pre_process: bool = True
     max_accuracy_delta: float = 0.005
-    """The gate: relative top-1 accuracy loss with labels, top-1 disagreement without (0.005 = 0.5%)."""
-    max_trials: int = 12
-    """Fallback trials (re-quantizations with some nodes left in float) before giving up."""
+    """The gate: relative top-1 accuracy loss with labels, else the share of rows that may disagree
+    with FP32 (0.005 = 0.5%), unless --metric/--threshold say otherwise."""
+    task: agreement.Task | None = None
+    """classification | embedding | regression; None infers it from the output."""
+    metric: Metric | None = None
+    """The gating metric (quantize/evaluate.py lists them); None picks the task's default."""
+    threshold: float | None = None
+    """The gating metric's limit in its own units; None: its default."""
+    min_cosine: float = agreement.MIN_COSINE
+    """Embeddings: the least cosine to FP32 at which a row agrees (gate and shadow SLI)."""
+    strategy: Strategy = Strategy.RECIPES
+    max_trials: int = 16
+    """Trials after the first (recipes, then fallback) before giving up."""
+    keep_going: bool = False
+    """Run every recipe of stage 1 even after one passes, and keep the best passing one."""
     output: str | None = None
     """Which model output the gate compares; None takes the first."""
     excluded_nodes: tuple[str, ...] = field(default_factory=tuple)
@@ -78,6 +103,9 @@ class QuantizeConfig:
             return self
         is_x86 = hardware.machine.lower() in ("x86_64", "amd64", "i686")
         return replace(self, reduce_range=is_x86 and not hardware.has_vnni)
+
+    def gate_request(self) -> GateRequest:
+        return GateRequest(self.task, self.metric, self.threshold, self.max_accuracy_delta, self.min_cosine)
 
     @property
     def ort_calibration(self) -> CalibrationMethod:
@@ -100,8 +128,30 @@ class QuantizeConfig:
             params["num_bins"] = self.num_bins
         return params
 
+    def extra_options(self) -> dict[str, Any]:
+        """onnxruntime quantize_static/quantize_dynamic extra_options this config sets."""
+        if self.mode is Mode.STATIC and self.matmul_const_b_only:
+            return {"MatMulConstBOnly": True}
+        return {}
+
+    def label(self) -> str:
+        """The recipe in a few words, for progress, tables and the report."""
+        if self.mode is Mode.DYNAMIC:
+            words = ["dynamic", f"{self.weight_type.value} weights"]
+        else:
+            act = "U8" if self.activation_type is Precision.UINT8 else "S8"
+            weight = "U8" if self.weight_type is Precision.UINT8 else "S8"
+            words = ["static", f"{act}{weight}", self.calibration.value]
+            if self.matmul_const_b_only:
+                words.append("MatMulConstBOnly")
+        words.append("per-channel" if self.per_channel else "per-tensor")
+        if self.reduce_range:
+            words.append("reduce-range")
+        return " ".join(words)
+
     def to_json(self) -> dict[str, Any]:
         data = {k: (v.value if isinstance(v, enum.Enum) else v) for k, v in asdict(self).items()}
         data["excluded_nodes"] = list(self.excluded_nodes)
         data["calibration_params"] = self.calibration_params()
+        data["extra_options"] = self.extra_options()
         return data

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import subprocess
 import sys
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from onnxruntime.quantization.registry import IntegerOpsRegistry, QDQRegistry, Q
 from quantship import runtime
 from quantship.quantize.config import Format, Mode, QuantizeConfig
 from quantship.quantize.data import CalibrationReader, Dataset
-from quantship.quantize.errors import QuantizeInputError
+from quantship.quantize.errors import CalibrationFailed, QuantizeInputError
 
 # onnxruntime.quantization logs "Please consider pre-processing" through the root logger on every call.
 logging.getLogger().setLevel(max(logging.getLogger().level, logging.ERROR))
@@ -44,7 +45,7 @@ def load_model(path: Path) -> onnx.ModelProto:
     try:
         runtime.create_session(path)
     except Exception as exc:  # onnxruntime raises its own pybind types for every load failure
-        raise QuantizeInputError(f"onnxruntime cannot load {path}: {_first_line(exc)}") from exc
+        raise QuantizeInputError(f"onnxruntime cannot load {path}: {first_line(exc)}") from exc
     return model
 
 
@@ -95,8 +96,12 @@ def calibrate(
     cache_path: Path,
     on_batch: Callable[[int], None],
 ) -> TensorsData:
-    """Run onnxruntime's calibrator over the data once and save its ranges to `cache_path`."""
-    augmented = cache_path.with_name("augmented.onnx")
+    """Run onnxruntime's calibrator over the data once and save its ranges to `cache_path`.
+
+    The data goes in one batch per `collect_data` call: onnxruntime keeps every intermediate
+    output of a call until it ends (all activations, for histogram methods), and merges ranges
+    and histograms across calls. Memory stays that of one batch, whatever the sample count."""
+    augmented = cache_path.with_name(f"augmented-{config.calibration.value}.onnx")
     calibrator = create_calibrator(
         model_path,
         QUANTIZABLE_OPS,
@@ -105,10 +110,19 @@ def calibrate(
         extra_options=config.calibration_params(),
     )
     try:
-        calibrator.collect_data(CalibrationReader(dataset, batch_size, on_batch))
-        ranges = calibrator.compute_data()
+        with warnings.catch_warnings():
+            # Histogram methods square large activations in float32 ("overflow encountered in
+            # dot"); the ranges they pick are still checked by the gate.
+            warnings.simplefilter("ignore", RuntimeWarning)
+            for chunk in dataset.chunks(batch_size):
+                calibrator.collect_data(CalibrationReader(chunk, batch_size, on_batch))
+            ranges = calibrator.compute_data()
     except ValueError as exc:
-        raise QuantizeInputError(f"calibration failed on {dataset.source}: {_first_line(exc)}") from exc
+        raise CalibrationFailed(
+            f"{config.calibration.value} calibration failed on {dataset.source}: {first_line(exc)}"
+        ) from exc
+    finally:
+        augmented.unlink(missing_ok=True)
     save_tensors_data(ranges, cache_path)
     return ranges
 
@@ -131,6 +145,7 @@ def quantize(
             reduce_range=bool(config.reduce_range),
             weight_type=config.ort_weight_type,
             nodes_to_exclude=list(exclude),
+            extra_options=config.extra_options(),
         )
         return
     chosen = format or config.format
@@ -146,6 +161,7 @@ def quantize(
         nodes_to_exclude=list(exclude),
         calibrate_method=config.ort_calibration,
         calibration_cache_path=cache_path,
+        extra_options=config.extra_options(),
     )
 
 
@@ -179,6 +195,6 @@ def _unique(name: str, taken: set[str]) -> str:
     return candidate
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__

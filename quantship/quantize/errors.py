@@ -7,3 +7,8 @@ verdict, written into the artifact, and exits 1.
 
 class QuantizeInputError(Exception):
     """The model, the data or an output path cannot be used as given; the message says why."""
+
+
+class CalibrationFailed(QuantizeInputError):
+    """onnxruntime's calibrator gave up on this data with this method (a histogram of a constant
+    tensor, say). Another method may still work, so the tuner records it as a failed trial."""

@@ -1,74 +1,205 @@
-"""The accuracy gate's measurement: FP32 and INT8 side by side on the evaluation data.
+"""The accuracy gate's measurement: FP32 and INT8 side by side on the evaluation data, per task.
 
 Both models run in sessions built by `quantship.runtime`, exactly as the server builds them, so
 the INT8 numbers are those of the fused int8 kernels that will serve, not of a QDQ simulation.
+
+Each task has its own metrics, all reported; one of them gates:
+
+| task | metrics (gate default first) |
+|---|---|
+| classification, labels | top1_accuracy: relative accuracy loss (fp32 - int8) / fp32 |
+| classification, none | confident_agreement, top1_agreement, top5_overlap, kl_divergence |
+| embedding | cosine_agreement, cosine_mean, cosine_p5, nn_agreement |
+| regression | relative_error |
+
+Every metric also has a loss form (0 = identical to FP32, the gate's `delta`), so trials on one
+metric compare and rank alike whichever way the metric points.
 """
 
 from __future__ import annotations
 
 import enum
-from dataclasses import asdict, dataclass
+import math
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 
-from quantship import runtime
+from quantship import agreement, runtime
+from quantship.agreement import Kind, RowRule, Task
+from quantship.quantize import data
 from quantship.quantize.data import Dataset
 from quantship.quantize.errors import QuantizeInputError
 
-EVAL_BATCH = 256
+MAX_BATCH = 256
+MIN_CONFIDENT_ROWS = 30
+"""Fewer confident rows than this make confident agreement too coarse to gate on (one flip in 20
+is 5%): the default then falls back to plain top-1 agreement, with a warning."""
+TOP_K = 5
 
 
 class Metric(enum.StrEnum):
     TOP1_ACCURACY = "top1_accuracy"
-    """Labels given: the gated delta is the relative accuracy loss (fp32 - int8) / fp32."""
     TOP1_AGREEMENT = "top1_agreement"
-    """No labels, a classifier: the gated delta is the share of top-1 answers that differ."""
+    CONFIDENT_AGREEMENT = "confident_agreement"
+    TOP5_OVERLAP = "top5_overlap"
+    KL_DIVERGENCE = "kl_divergence"
+    COSINE_AGREEMENT = "cosine_agreement"
+    COSINE_MEAN = "cosine_mean"
+    COSINE_P5 = "cosine_p5"
+    NN_AGREEMENT = "nn_agreement"
     RELATIVE_ERROR = "relative_error"
-    """No labels, not a classifier: the gated delta is ||int8 - fp32|| / ||fp32|| of the output."""
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    task: Task
+    higher_is_better: bool
+    meaning: str
+    default_threshold: float | None = None
+    """None: derived from --max-accuracy-delta (a share of rows that may disagree, or the relative
+    accuracy loss)."""
+    needs_labels: bool = False
+    needs_scores: bool = False
+
+
+METRICS: dict[Metric, MetricSpec] = {
+    Metric.TOP1_ACCURACY: MetricSpec(
+        Task.CLASSIFICATION, False, "relative top-1 accuracy loss against the labels", needs_labels=True
+    ),
+    Metric.TOP1_AGREEMENT: MetricSpec(Task.CLASSIFICATION, True, "share of rows with FP32's top-1"),
+    Metric.CONFIDENT_AGREEMENT: MetricSpec(
+        Task.CLASSIFICATION,
+        True,
+        f"share of rows where FP32 is > {agreement.CONFIDENT_PROBABILITY:.0%} sure that keep its top-1",
+        needs_scores=True,
+    ),
+    Metric.TOP5_OVERLAP: MetricSpec(
+        Task.CLASSIFICATION,
+        True,
+        "mean share of FP32's top-5 classes in INT8's top-5",
+        0.8,
+        needs_scores=True,
+    ),
+    Metric.KL_DIVERGENCE: MetricSpec(
+        Task.CLASSIFICATION, False, "mean KL(FP32 || INT8) of the softmax, in nats", 0.05, needs_scores=True
+    ),
+    Metric.COSINE_AGREEMENT: MetricSpec(
+        Task.EMBEDDING, True, "share of rows with cosine to FP32 at least the row tolerance"
+    ),
+    Metric.COSINE_MEAN: MetricSpec(Task.EMBEDDING, True, "mean cosine similarity to FP32", 0.98),
+    Metric.COSINE_P5: MetricSpec(Task.EMBEDDING, True, "5th percentile of cosine similarity to FP32", 0.95),
+    Metric.NN_AGREEMENT: MetricSpec(
+        Task.EMBEDDING, True, "share of rows whose nearest neighbour in the set stays the same", 0.8
+    ),
+    Metric.RELATIVE_ERROR: MetricSpec(Task.REGRESSION, False, "||INT8 - FP32|| / ||FP32|| of the output"),
+}
+
+
+def loss(metric: Metric, value: float) -> float:
+    """The metric as a distance from FP32 (0 = identical): what the gate and the ranking compare."""
+    spec = METRICS[metric]
+    return 1.0 - value if spec.higher_is_better else value
+
+
+@dataclass(frozen=True)
+class Gate:
+    metric: Metric
+    threshold: float
+    """In the metric's own units: the least value accepted (higher is better) or the most."""
+    rule: RowRule
+    """Per row, for the server's shadow SLI: the same notion of disagreement."""
+    reason: str
+    """Why this metric, in a sentence, for the manifest and the console."""
+
+    @property
+    def limit(self) -> float:
+        return loss(self.metric, self.threshold)
+
+    def describe(self) -> str:
+        relation = ">=" if METRICS[self.metric].higher_is_better else "<="
+        return f"{self.metric.value} {relation} {self.threshold:g}"
 
 
 @dataclass(frozen=True)
 class Evaluation:
     metric: Metric
+    value: float
+    threshold: float
     samples: int
-    delta: float
-    fp32: float | None
-    int8: float | None
-    agreement: float | None
-    relative_error: float | None
+    values: dict[str, float | None] = field(default_factory=dict)
+    """Every metric of the task on this candidate."""
+    fp32: float | None = None
+    """Top-1 accuracy of FP32 and INT8, with labels."""
+    int8: float | None = None
 
-    def passes(self, max_delta: float) -> bool:
-        return self.delta <= max_delta
+    @property
+    def delta(self) -> float:
+        return loss(self.metric, self.value)
+
+    @property
+    def limit(self) -> float:
+        return loss(self.metric, self.threshold)
+
+    @property
+    def passed(self) -> bool:
+        return self.delta <= self.limit + 1e-12
+
+    @property
+    def agreement(self) -> float | None:
+        return self.values.get(Metric.TOP1_AGREEMENT.value)
 
     def to_json(self) -> dict[str, Any]:
-        return {**asdict(self), "metric": self.metric.value}
+        return {
+            "metric": self.metric.value,
+            "value": _finite(self.value),
+            "threshold": self.threshold,
+            "delta": _finite(self.delta),
+            "limit": self.limit,
+            "samples": self.samples,
+            "fp32": self.fp32,
+            "int8": self.int8,
+            "agreement": self.agreement,
+            "metrics": {name: _finite(value) for name, value in self.values.items()},
+        }
+
+
+def _finite(value: float | None) -> float | None:
+    """JSON has no infinity: a candidate that could not run reads as None."""
+    return value if value is None or math.isfinite(value) else None
+
+
+@dataclass(frozen=True)
+class GateRequest:
+    """What the user asked of the gate; None lets the evaluator choose from the model and data."""
+
+    task: Task | None = None
+    metric: Metric | None = None
+    threshold: float | None = None
+    max_accuracy_delta: float = 0.005
+    min_cosine: float = agreement.MIN_COSINE
 
 
 class Evaluator:
     """Holds the FP32 outputs, computed once, and judges any number of INT8 candidates against them."""
 
-    def __init__(
-        self, fp32_model: Path, dataset: Dataset, output: str | None, batch_size: int = EVAL_BATCH
-    ) -> None:
+    def __init__(self, fp32_model: Path, dataset: Dataset, output: str | None, request: GateRequest) -> None:
         self.dataset = dataset
-        self.batch_size = batch_size
+        self.batch_size = _batch_size(dataset)
         session = runtime.create_session(fp32_model)
         names = [o.name for o in session.get_outputs()]
         if output is not None and output not in names:
             raise QuantizeInputError(f"the model has no output {output!r} (outputs: {', '.join(names)})")
         self.output = output or names[0]
-        # Relative error needs float scores; a classifier's first output is often its class ids.
-        floats = [o.name for o in session.get_outputs() if o.type == "tensor(float)"]
+        # Scores are needed beside class ids: a classifier's first output is often its labels.
+        floats = [o.name for o in session.get_outputs() if o.type in ("tensor(float)", "tensor(double)")]
         self.scores = self.output if self.output in floats else (floats[0] if floats else None)
         self.reference, self.reference_scores = self._run(session)
-        if self.dataset.labels is not None and runtime.top1(self.reference) is None:
-            raise QuantizeInputError(
-                f"labels given, but output {self.output!r} of shape {list(self.reference.shape)} "
-                "is not a classifier's (class ids, or scores with classes on the last axis)"
-            )
+        self.warnings: list[str] = []
+        self.task, self.task_reason = _task(request.task, self.output, self.reference, dataset)
+        self.gate = self._choose_gate(request)
 
     def _run(self, session: ort.InferenceSession) -> tuple[np.ndarray, np.ndarray | None]:
         names = [self.output] if self.scores in (None, self.output) else [self.output, self.scores]
@@ -77,44 +208,193 @@ class Evaluator:
         outputs = [join([run[i] for run in runs]) for i in range(len(names))]
         return outputs[0], (outputs[-1] if self.scores is not None else None)
 
+    def _choose_gate(self, request: GateRequest) -> Gate:
+        labels = self.dataset.labels
+        if labels is not None and self.task is not Task.CLASSIFICATION:
+            raise QuantizeInputError(
+                f"the evaluation data has labels, but the task is {self.task.value}: labels are class ids "
+                "for a classifier (drop them, or pass --task classification)"
+            )
+        if labels is not None and runtime.top1(self.reference) is None:
+            raise QuantizeInputError(
+                f"labels given, but output {self.output!r} of shape {list(self.reference.shape)} "
+                "is not a classifier's (class ids, or scores with classes on the last axis)"
+            )
+        metric, reason = request.metric, "chosen with --metric"
+        if metric is None:
+            metric, reason = self._default_metric()
+        spec = METRICS[metric]
+        if spec.task is not self.task:
+            raise QuantizeInputError(
+                f"--metric {metric.value} is for {spec.task.value}, but the task is {self.task.value} "
+                f"({self.task_reason}); pass --task to change it"
+            )
+        if spec.needs_labels and labels is None:
+            raise QuantizeInputError(f"--metric {metric.value} needs labels in the evaluation data")
+        if spec.needs_scores and self.reference_scores is None:
+            raise QuantizeInputError(f"--metric {metric.value} needs per-class scores; the model gives none")
+        if metric is Metric.CONFIDENT_AGREEMENT:
+            confident = int(np.count_nonzero(agreement.confident(self._scores())))
+            if confident == 0:
+                raise QuantizeInputError(
+                    "--metric confident_agreement: FP32 is confident on none of the evaluation rows"
+                )
+        threshold = request.threshold
+        if threshold is None:
+            threshold = spec.default_threshold
+        if threshold is None:
+            share = request.max_accuracy_delta
+            threshold = share if not spec.higher_is_better else 1.0 - share
+        return Gate(metric, threshold, self._rule(metric, request), reason)
+
+    def _default_metric(self) -> tuple[Metric, str]:
+        if self.task is Task.EMBEDDING:
+            return Metric.COSINE_AGREEMENT, "embedding: rows agree by cosine, never by argmax"
+        if self.task is Task.REGRESSION:
+            return Metric.RELATIVE_ERROR, "regression: relative error of the output"
+        if self.dataset.labels is not None:
+            return Metric.TOP1_ACCURACY, "labels given: accuracy against them"
+        if self.reference_scores is None or runtime.top1(self.reference_scores) is None:
+            return Metric.TOP1_AGREEMENT, "no labels and no scores: top-1 agreement"
+        confident = int(np.count_nonzero(agreement.confident(self._scores())))
+        if confident < MIN_CONFIDENT_ROWS:
+            self.warnings.append(
+                f"FP32 is confident on only {confident} of {self.dataset.size} evaluation rows: gating "
+                "on top-1 agreement over all rows, which flips between near-ties count against; "
+                "labelled data would gate better"
+            )
+            return Metric.TOP1_AGREEMENT, f"no labels, too few confident rows ({confident})"
+        return (
+            Metric.CONFIDENT_AGREEMENT,
+            f"no labels: agreement on the {confident} of {self.dataset.size} rows where FP32 is sure "
+            "(flips between near-ties are not errors)",
+        )
+
+    def _rule(self, metric: Metric, request: GateRequest) -> RowRule:
+        match METRICS[metric].task:
+            case Task.CLASSIFICATION:
+                return RowRule(Kind.TOP1, confident_only=metric is Metric.CONFIDENT_AGREEMENT)
+            case Task.EMBEDDING:
+                return RowRule(Kind.COSINE, request.min_cosine)
+            case Task.REGRESSION:
+                return RowRule(Kind.RELATIVE_ERROR, agreement.MAX_RELATIVE_ERROR)
+
+    def _scores(self) -> np.ndarray:
+        return self.reference_scores if self.reference_scores is not None else self.reference
+
     def evaluate(self, int8_model: Path) -> Evaluation:
         candidate, candidate_scores = self._run(runtime.create_session(int8_model))
-        ref_top1, int8_top1 = runtime.top1(self.reference), runtime.top1(candidate)
-        agreement = None if ref_top1 is None or int8_top1 is None else float(np.mean(ref_top1 == int8_top1))
-        relative_error = (
-            _relative_error(self.reference_scores, candidate_scores)
-            if self.reference_scores is not None and candidate_scores is not None
-            else None
-        )
-        labels = self.dataset.labels
-        if labels is not None and ref_top1 is not None and int8_top1 is not None:
-            fp32_accuracy = float(np.mean(ref_top1 == labels))
-            int8_accuracy = float(np.mean(int8_top1 == labels))
-            delta = (fp32_accuracy - int8_accuracy) / fp32_accuracy if fp32_accuracy > 0 else 0.0
-            return Evaluation(
-                Metric.TOP1_ACCURACY,
-                self.dataset.size,
-                delta,
-                fp32_accuracy,
-                int8_accuracy,
-                agreement,
-                relative_error,
-            )
-        if agreement is not None:
-            return Evaluation(
-                Metric.TOP1_AGREEMENT,
-                self.dataset.size,
-                1.0 - agreement,
-                None,
-                None,
-                agreement,
-                relative_error,
-            )
+        values: dict[str, float | None]
+        fp32_accuracy = int8_accuracy = None
+        if self.task is Task.EMBEDDING:
+            values = self._embedding(candidate)
+        elif self.task is Task.REGRESSION:
+            values = {Metric.RELATIVE_ERROR.value: _global_relative_error(self.reference, candidate)}
+        else:
+            values = self._classification(candidate, candidate_scores)
+            labels = self.dataset.labels
+            if labels is not None:
+                fp32_top1, int8_top1 = runtime.top1(self.reference), runtime.top1(candidate)
+                assert fp32_top1 is not None and int8_top1 is not None  # checked when the gate was chosen
+                fp32_accuracy = float(np.mean(fp32_top1 == labels))
+                int8_accuracy = float(np.mean(int8_top1 == labels))
+                values[Metric.TOP1_ACCURACY.value] = (
+                    (fp32_accuracy - int8_accuracy) / fp32_accuracy if fp32_accuracy > 0 else 0.0
+                )
+        value = values.get(self.gate.metric.value)
+        if value is None or not math.isfinite(value):
+            value = -math.inf if METRICS[self.gate.metric].higher_is_better else math.inf
         return Evaluation(
-            Metric.RELATIVE_ERROR, self.dataset.size, relative_error or 0.0, None, None, None, relative_error
+            self.gate.metric,
+            value,
+            self.gate.threshold,
+            self.dataset.size,
+            values,
+            fp32_accuracy,
+            int8_accuracy,
         )
 
+    def failed(self) -> Evaluation:
+        """The verdict on a candidate that could not be quantized or run: the worst value."""
+        worst = -math.inf if METRICS[self.gate.metric].higher_is_better else math.inf
+        return Evaluation(self.gate.metric, worst, self.gate.threshold, self.dataset.size)
 
-def _relative_error(reference: np.ndarray, candidate: np.ndarray) -> float | None:
+    def _classification(self, candidate: np.ndarray, candidate_scores: np.ndarray | None) -> dict[str, Any]:
+        ref_top1, int8_top1 = runtime.top1(self.reference), runtime.top1(candidate)
+        values: dict[str, float | None] = {
+            Metric.TOP1_AGREEMENT.value: None
+            if ref_top1 is None or int8_top1 is None
+            else float(np.mean(ref_top1 == int8_top1))
+        }
+        if self.reference_scores is None or candidate_scores is None or self.reference_scores.ndim < 2:
+            return values
+        ref_p = agreement.probabilities(self.reference_scores)
+        int8_p = agreement.probabilities(candidate_scores)
+        sure = ref_p.max(axis=1) > agreement.CONFIDENT_PROBABILITY
+        same = ref_p.argmax(axis=1) == int8_p.argmax(axis=1)
+        values[Metric.CONFIDENT_AGREEMENT.value] = float(np.mean(same[sure])) if sure.any() else None
+        values["confident_rows"] = float(np.count_nonzero(sure))
+        k = min(TOP_K, ref_p.shape[1])
+        ref_top = np.argsort(-ref_p, axis=1)[:, :k]
+        int8_top = np.argsort(-int8_p, axis=1)[:, :k]
+        overlap = [len(set(a) & set(b)) / k for a, b in zip(ref_top, int8_top, strict=True)]
+        values[Metric.TOP5_OVERLAP.value] = float(np.mean(overlap))
+        eps = 1e-12
+        kl = np.sum(ref_p * (np.log(ref_p + eps) - np.log(int8_p + eps)), axis=1)
+        values[Metric.KL_DIVERGENCE.value] = float(np.mean(kl))
+        return values
+
+    def _embedding(self, candidate: np.ndarray) -> dict[str, float | None]:
+        cosines = agreement.cosine(candidate, self.reference)
+        assert self.gate.rule.tolerance is not None
+        return {
+            Metric.COSINE_AGREEMENT.value: float(np.mean(cosines >= self.gate.rule.tolerance)),
+            Metric.COSINE_MEAN.value: float(np.mean(cosines)),
+            Metric.COSINE_P5.value: float(np.percentile(cosines, 5)),
+            "cosine_min": float(np.min(cosines)),
+            Metric.NN_AGREEMENT.value: _nn_agreement(self.reference, candidate),
+        }
+
+
+def _task(requested: Task | None, output: str, reference: np.ndarray, dataset: Dataset) -> tuple[Task, str]:
+    """The task the user named, else one inferred from the output's dtype, shape, values and name."""
+    if requested is not None:
+        return requested, "--task"
+    name = output.lower()
+    if np.issubdtype(reference.dtype, np.integer):
+        return Task.CLASSIFICATION, f"output {output!r} holds integer class ids"
+    if reference.ndim < 2 or reference.shape[-1] == 1:
+        return Task.REGRESSION, f"output {output!r} has one value per row"
+    if dataset.labels is not None:
+        return Task.CLASSIFICATION, "the evaluation data has labels"
+    rows = reference.reshape(len(reference), -1).astype(np.float64)
+    if reference.ndim == 2 and np.allclose(np.linalg.norm(rows, axis=1), 1.0, atol=1e-3):
+        return Task.EMBEDDING, f"output {output!r} rows are unit vectors"
+    if any(hint in name for hint in ("embed", "pool", "sentence", "feature", "hidden", "vector")):
+        return Task.EMBEDDING, f"output {output!r} is named like an embedding"
+    if reference.ndim > 2:
+        return Task.EMBEDDING, f"output {output!r} has a vector per position (shape {list(reference.shape)})"
+    return Task.CLASSIFICATION, f"output {output!r} has per-class scores on its last axis"
+
+
+def _batch_size(dataset: Dataset) -> int:
+    return data.rows_per_batch(dataset, MAX_BATCH, data.EVALUATION_BATCH_BYTES) if dataset.stacked else 1
+
+
+def _nn_agreement(reference: np.ndarray, candidate: np.ndarray) -> float | None:
+    if len(reference) < 3:
+        return None
+
+    def neighbours(rows: np.ndarray) -> np.ndarray:
+        flat = rows.reshape(len(rows), -1).astype(np.float64)
+        flat = flat / np.maximum(np.linalg.norm(flat, axis=1, keepdims=True), np.finfo(np.float64).tiny)
+        similarity = flat @ flat.T
+        np.fill_diagonal(similarity, -np.inf)
+        return similarity.argmax(axis=1)
+
+    return float(np.mean(neighbours(reference) == neighbours(candidate)))
+
+
+def _global_relative_error(reference: np.ndarray, candidate: np.ndarray) -> float | None:
     norm = float(np.linalg.norm(reference))
     return float(np.linalg.norm(candidate.astype(np.float64) - reference)) / norm if norm > 0 else None

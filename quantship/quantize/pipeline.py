@@ -6,9 +6,13 @@ Works in a temporary directory; the artifact appears at `out` only when complete
 
 from __future__ import annotations
 
+import json
 import os
+import resource
+import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,20 +26,21 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 import quantship
 from quantship import artifact, runtime
-from quantship.quantize import data, engine, ranges, search, sensitivity
-from quantship.quantize.config import Format, Mode, QuantizeConfig
-from quantship.quantize.errors import QuantizeInputError
+from quantship.quantize import data, engine, ranges, sensitivity, tuner
+from quantship.quantize.config import Format, Mode, QuantizeConfig, Strategy
+from quantship.quantize.errors import CalibrationFailed, QuantizeInputError
 from quantship.quantize.evaluate import Evaluator
 
 
 @dataclass(frozen=True)
 class QuantizeResult:
     artifact: artifact.Artifact
-    trials: list[search.Trial]
-    chosen: search.Trial
+    trials: list[tuner.Trial]
+    chosen: tuner.Trial
     fp32_bytes: int
     int8_bytes: int
     seconds: float
+    warnings: list[str]
 
     @property
     def gate_passed(self) -> bool:
@@ -65,9 +70,21 @@ def run(
     evaluation: Path | None = None,
     sign_key: Ed25519PrivateKey | None = None,
     progress: Progress | None = None,
+    warn: Callable[[str], None] | None = None,
 ) -> QuantizeResult:
+    """Quantize, tune until the gate passes (or the trials run out), write the artifact.
+
+    `warn` hears every behaviour the user did not ask for (a skipped step, ignored data, a
+    weaker default metric); the manifest records the same sentences."""
     started = time.perf_counter()
     progress = progress or quiet_progress()
+    said: list[str] = []
+
+    def note(message: str) -> None:
+        said.append(message)
+        if warn is not None:
+            warn(message)
+
     _check_writable(out)
     fp32 = engine.load_model(model_path)
     inputs = data.model_inputs(fp32)
@@ -79,60 +96,125 @@ def run(
         raise QuantizeInputError(
             "dynamic quantization needs evaluation data (--evaluation) for the accuracy gate"
         )
+    if evaluation is None:
+        note("no --evaluation data: the gate compares FP32 and INT8 on the calibration data itself")
+    if calib is not None and config.mode is Mode.DYNAMIC and config.strategy is Strategy.FALLBACK:
+        note(
+            "--calibration is not used: dynamic quantization computes activation ranges at run time, "
+            "and --strategy fallback tries no static recipe"
+        )
     hardware = runtime.hardware()
     config = config.resolved(hardware)
 
     with tempfile.TemporaryDirectory(prefix="quantship-quantize-") as tmp_name, progress:
         tmp = Path(tmp_name)
+        # The gate first: a metric that cannot apply fails in a second, not after calibration.
+        evaluator = Evaluator(model_path, evalset, config.output, config.gate_request())
+        for message in evaluator.warnings:
+            note(message)
         prepared = tmp / "prepared.onnx"
         pre_processed = engine.prepare(model_path, prepared, pre_process=config.pre_process)
         prepared_model = onnx.load(str(prepared))
         _check_exclusions(config, prepared_model)
+        if pre_processed.startswith("skipped"):
+            note(f"onnxruntime's quant_pre_process was {pre_processed}; quantizing the model as given")
 
-        cache, calibrated, batch = None, None, 1
-        if calib is not None and config.mode is Mode.STATIC:
-            batch = data.calibration_batch_size(calib, config.batch_size, inputs)
-            task = progress.add_task(f"calibrating ({config.calibration.value})", total=calib.size)
-            cache = tmp / "calibration.json"
-            calibrated = engine.calibrate(
-                prepared, calib, config, batch, cache, lambda n: progress.advance(task, n)
-            )
+        gate = evaluator.gate
+        progress.console.print(
+            f"gate: {gate.describe()} on {evalset.size} samples "
+            f"({evaluator.task.value}: {evaluator.task_reason}; {gate.reason})"
+        )
+        batch = data.calibration_batch_size(calib, config.batch_size, inputs) if calib is not None else 1
+        calibrations = _Calibrations(prepared, calib, batch, tmp, progress)
+        quantizable = sum(1 for node in prepared_model.graph.node if node.op_type in engine.QUANTIZABLE_OPS)
+        quantized_by_recipe: dict[str, list[onnx.NodeProto]] = {}
+        trials_run: list[tuner.Trial] = []
+        trial_task = progress.add_task("tuning", total=config.max_trials + 1)
 
-        evaluator = Evaluator(model_path, evalset, config.output)
-        trial_task = progress.add_task("accuracy gate and fallback trials", total=config.max_trials + 1)
-        candidates: list[str] = []  # quantized nodes of the baseline: what a trial may leave in float
-
-        def attempt(phase: search.Phase, excluded: tuple[str, ...]) -> search.Trial:
+        def attempt(
+            stage: tuner.Stage, trial_config: QuantizeConfig, excluded: tuple[str, ...]
+        ) -> tuner.Trial:
             begin = time.perf_counter()
             number = len(trials_run)
-            candidate = tmp / f"trial-{number}.onnx"
-            engine.quantize(
-                prepared, candidate, config, cache_path=cache, exclude=config.excluded_nodes + excluded
+            progress.update(
+                trial_task, description=f"tuning: {stage.value} trial {number}: {trial_config.label()}"
             )
-            if not candidates:
-                quantized = engine.quantized_nodes(prepared_model, onnx.load(str(candidate)), config.mode)
-                candidates.extend(node.name for node in quantized)
-            result = evaluator.evaluate(candidate)
+            candidate = tmp / f"trial-{number}.onnx"
+            key, error, latency = trial_config.label(), None, None
+            try:
+                engine.quantize(
+                    prepared,
+                    candidate,
+                    trial_config,
+                    cache_path=calibrations.cache_for(trial_config),
+                    exclude=config.excluded_nodes + excluded,
+                )
+                if key not in quantized_by_recipe:
+                    quantized_by_recipe[key] = engine.quantized_nodes(
+                        prepared_model, onnx.load(str(candidate)), trial_config.mode
+                    )
+                result = evaluator.evaluate(candidate)
+                latency = _latency_ms(candidate, evalset) if result.passed else None
+            except CalibrationFailed as exc:
+                error = str(exc)
+                result = evaluator.failed()
+                note(f"trial {number} ({key}): {error}")
+            except QuantizeInputError:
+                raise  # the user's data or model: no other recipe fixes it
+            except Exception as exc:  # onnxruntime raises its own pybind types for every failure
+                # One recipe onnxruntime cannot quantize or run (an op it mishandles at some
+                # setting) is a failed trial, not the end of the tuning.
+                error = engine.first_line(exc)
+                result = evaluator.failed()
+                note(f"trial {number} ({key}) failed in onnxruntime: {error}")
+            quantized = len({n.name for n in quantized_by_recipe.get(key, [])} - set(excluded))
             progress.advance(trial_task)
-            trial = search.Trial(
+            trial = tuner.Trial(
                 number,
-                phase,
+                stage,
+                trial_config,
                 excluded,
-                len(set(candidates) - set(excluded)),
+                quantized,
+                quantized / quantizable if quantizable else 0.0,
                 result,
-                result.passes(config.max_accuracy_delta),
                 time.perf_counter() - begin,
+                _peak_rss_mb(),
+                latency,
+                error,
             )
             trials_run.append(trial)
             return trial
 
-        trials_run: list[search.Trial] = []
-        baseline = attempt(search.Phase.BASELINE, ())
-        errors = _sensitivity(prepared, config, cache, calib, batch, tmp, progress)
-        ranking = sensitivity.rank_nodes(errors, candidates)
-        trials = search.search(baseline, ranking, attempt, config.max_trials)
-        progress.update(trial_task, total=len(trials), completed=len(trials))
-        chosen = search.best(trials)
+        def op_type_groups(recipe: QuantizeConfig) -> dict[str, tuple[str, ...]]:
+            groups: dict[str, list[str]] = {}
+            for node in quantized_by_recipe.get(recipe.label(), []):
+                groups.setdefault(node.op_type, []).append(node.name)
+            return {op: tuple(names) for op, names in groups.items()}
+
+        sensitivities: dict[str, list[sensitivity.TensorError]] = {}
+
+        def errors_for(recipe: QuantizeConfig) -> list[sensitivity.TensorError]:
+            if recipe.label() not in sensitivities:
+                sensitivities[recipe.label()] = _sensitivity(
+                    prepared, recipe, calibrations, calib, tmp, progress
+                )
+            return sensitivities[recipe.label()]
+
+        def ranking(recipe: QuantizeConfig) -> list[str]:
+            candidates = [n.name for n in quantized_by_recipe.get(recipe.label(), [])]
+            return sensitivity.rank_nodes(errors_for(recipe), candidates)
+
+        trials = tuner.tune(
+            config, _traits(prepared_model, calib is not None, hardware), attempt, op_type_groups, ranking
+        )
+        progress.update(trial_task, total=len(trials), completed=len(trials), description="tuning: done")
+        chosen = tuner.best(trials)
+        if chosen.error is not None:
+            raise QuantizeInputError(
+                f"onnxruntime could not quantize {model_path} in any trial: {chosen.error}"
+            )
+        if not chosen.passed:
+            note(f"no trial passed the gate ({gate.describe()}); {tuner.advice(trials)}")
 
         chosen_path = tmp / f"trial-{chosen.number}.onnx"
         chosen_model = onnx.load(str(chosen_path))
@@ -144,13 +226,16 @@ def run(
             trials=trials,
             calib=calib,
             evalset=evalset,
-            calibrated=calibrated,
+            calibrated=calibrations.ranges_for(chosen.config),
             chosen_model=chosen_model,
             prepared_model=prepared_model,
-            errors=errors,
+            errors=errors_for(chosen.config),
             hardware=hardware,
             pre_processed=pre_processed,
             fallback=runtime.fallback_ops(chosen_path),
+            evaluator=evaluator,
+            warnings=said,
+            seconds=time.perf_counter() - started,
         )
         written = artifact.write_artifact(
             out,
@@ -166,7 +251,94 @@ def run(
         sizes[artifact.REFERENCE_FILE]["size"],
         sizes[artifact.MODEL_FILE]["size"],
         time.perf_counter() - started,
+        said,
     )
+
+
+class _Calibrations:
+    """Calibration runs, one per method, made when a trial first needs that method and reused
+    (onnxruntime's calibration cache) by every later trial of it."""
+
+    def __init__(
+        self,
+        prepared: Path,
+        dataset: data.Dataset | None,
+        batch_size: int,
+        tmp: Path,
+        progress: Progress,
+    ) -> None:
+        self.prepared, self.dataset, self.batch_size = prepared, dataset, batch_size
+        self.tmp, self.progress = tmp, progress
+        self._done: dict[str, tuple[Path, TensorsData]] = {}
+        self._failed: dict[str, CalibrationFailed] = {}
+
+    def _key(self, config: QuantizeConfig) -> str:
+        return json.dumps([config.calibration.value, config.calibration_params()], sort_keys=True)
+
+    def cache_for(self, config: QuantizeConfig) -> Path | None:
+        if config.mode is not Mode.STATIC or self.dataset is None:
+            return None
+        key = self._key(config)
+        if key in self._failed:
+            raise self._failed[key]
+        if key not in self._done:
+            dataset = self.dataset
+            task = self.progress.add_task(f"calibrating ({config.calibration.value})", total=dataset.size)
+            cache = self.tmp / f"calibration-{len(self._done)}.json"
+            try:
+                ranges = engine.calibrate(
+                    self.prepared,
+                    dataset,
+                    config,
+                    self.batch_size,
+                    cache,
+                    lambda n: self.progress.advance(task, n),
+                )
+            except CalibrationFailed as exc:
+                self._failed[key] = exc
+                raise
+            self._done[key] = (cache, ranges)
+        return self._done[key][0]
+
+    def ranges_for(self, config: QuantizeConfig) -> TensorsData | None:
+        if self.cache_for(config) is None:
+            return None
+        return self._done[self._key(config)][1]
+
+
+def _traits(model: onnx.ModelProto, can_calibrate: bool, hardware: runtime.Hardware) -> tuner.ModelTraits:
+    constants = {init.name for init in model.graph.initializer}
+    constants |= {out for node in model.graph.node if node.op_type == "Constant" for out in node.output}
+    matmuls = [node for node in model.graph.node if node.op_type == "MatMul"]
+    is_x86 = hardware.machine.lower() in ("x86_64", "amd64", "i686")
+    return tuner.ModelTraits(
+        has_conv=any(node.op_type == "Conv" for node in model.graph.node),
+        has_matmul=bool(matmuls) or any(node.op_type == "Gemm" for node in model.graph.node),
+        has_activation_matmul=any(len(node.input) > 1 and node.input[1] not in constants for node in matmuls),
+        can_calibrate=can_calibrate,
+        lacks_vnni=is_x86 and not hardware.has_vnni,
+    )
+
+
+LATENCY_RUNS = 15
+
+
+def _latency_ms(model: Path, dataset: data.Dataset) -> float:
+    """Batch-1 median on this machine, as served (all cores, all optimizations)."""
+    session = runtime.create_session(model)
+    row = next(dataset.subset(1).batches(1))
+    for _ in range(3):
+        session.run(None, row)
+    times = []
+    for _ in range(LATENCY_RUNS):
+        begin = time.perf_counter()
+        session.run(None, row)
+        times.append(time.perf_counter() - begin)
+    return statistics.median(times) * 1000
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
 def _check_writable(out: Path) -> None:
@@ -193,20 +365,26 @@ def _check_exclusions(config: QuantizeConfig, model: onnx.ModelProto) -> None:
 def _sensitivity(
     prepared: Path,
     config: QuantizeConfig,
-    cache: Path | None,
+    calibrations: _Calibrations,
     calib: data.Dataset | None,
-    batch: int,
     tmp: Path,
     progress: Progress,
 ) -> list[sensitivity.TensorError]:
-    """Per-tensor SQNR of a QDQ quantization of the model (static mode only: dynamic quantization
-    has no activation ranges to debug)."""
+    """Per-tensor SQNR of a QDQ quantization of the model with `config` (static mode only: dynamic
+    quantization has no activation ranges to debug)."""
     if config.mode is not Mode.STATIC or calib is None:
         return []
     task = progress.add_task("per-tensor sensitivity (qdq_loss_debug)", total=1)
     qdq = tmp / "sensitivity-qdq.onnx"
-    engine.quantize(prepared, qdq, config, cache_path=cache, exclude=config.excluded_nodes, format=Format.QDQ)
-    errors = sensitivity.measure(prepared, qdq, calib, batch, tmp)
+    engine.quantize(
+        prepared,
+        qdq,
+        config,
+        cache_path=calibrations.cache_for(config),
+        exclude=config.excluded_nodes,
+        format=Format.QDQ,
+    )
+    errors = sensitivity.measure(prepared, qdq, calib, calibrations.batch_size, tmp)
     progress.advance(task)
     return errors
 
@@ -216,8 +394,8 @@ def _manifest(
     fp32: onnx.ModelProto,
     model_path: Path,
     config: QuantizeConfig,
-    chosen: search.Trial,
-    trials: list[search.Trial],
+    chosen: tuner.Trial,
+    trials: list[tuner.Trial],
     calib: data.Dataset | None,
     evalset: data.Dataset,
     calibrated: TensorsData | None,
@@ -227,40 +405,62 @@ def _manifest(
     hardware: runtime.Hardware,
     pre_processed: str,
     fallback: dict[str, int],
+    evaluator: Evaluator,
+    warnings: list[str],
+    seconds: float,
 ) -> dict[str, Any]:
     gate = "passed" if chosen.passed else "failed"
-    final_config = replace(config, excluded_nodes=config.excluded_nodes + chosen.excluded)
+    final = replace(chosen.config, excluded_nodes=config.excluded_nodes + chosen.excluded)
+    quantization = {
+        key: value
+        for key, value in final.to_json().items()
+        if key not in ("task", "metric", "threshold", "min_cosine", "max_trials", "keep_going", "strategy")
+    }
     return {
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "model": {
             **_model_section(fp32, model_path),
             "quantized_nodes": chosen.quantized_nodes,
-            "quantized_nodes_without_fallback": trials[0].quantized_nodes,
+            "quantized_share": round(chosen.quantized_share, 4),
         },
         "runtime": _runtime_section(),
-        "quantization": {**final_config.to_json(), "pre_process": pre_processed, "precision": "int8"},
+        "task": {"name": evaluator.task.value, "why": evaluator.task_reason},
+        "quantization": {**quantization, "pre_process": pre_processed, "precision": "int8"},
         "calibration": None
-        if calib is None or config.mode is Mode.DYNAMIC
+        if calib is None or final.mode is Mode.DYNAMIC
         else {
             "sha256": calib.sha256,
             "samples": calib.size,
-            "method": config.calibration.value,
-            "params": config.calibration_params(),
+            "method": final.calibration.value,
+            "params": final.calibration_params(),
         },
         "activation_ranges": [
             r.to_json() for r in ranges.activation_ranges(chosen_model, prepared_model, calibrated)
         ],
         "validation": {
             "gate": gate,
+            "gate_reason": evaluator.gate.reason,
             "max_accuracy_delta": config.max_accuracy_delta,
+            "shadow_rule": evaluator.gate.rule.to_json(),
             "data_sha256": evalset.sha256,
             "on_calibration_data": evalset is calib,
             **chosen.evaluation.to_json(),
             "hardware": hardware.to_json(),
         },
+        "tuning": {
+            "strategy": config.strategy.value,
+            "keep_going": config.keep_going,
+            "max_trials": config.max_trials,
+            "chosen": chosen.number,
+            "stage": chosen.stage.value,
+            "seconds": round(seconds, 2),
+            "peak_rss_mb": round(max(t.peak_rss_mb for t in trials), 1),
+            "advice": None if chosen.passed else tuner.advice(trials),
+        },
         "sensitivity": [e.to_json() for e in errors],
-        "fallback_trials": [t.to_json() for t in trials],
+        "trials": [t.to_json() for t in trials],
         "fallback_ops": fallback,
+        "warnings": warnings,
     }
 
 

@@ -23,10 +23,11 @@ def render(loaded: artifact.Artifact) -> str:
     files = manifest["files"]
     fp32_bytes = files.get(artifact.REFERENCE_FILE, {}).get("size")
     int8_bytes = files[artifact.MODEL_FILE]["size"]
+    trials = manifest.get("trials", [])
     sections = [
-        ("Verdict", _verdict(validation, passed, fp32_bytes, int8_bytes)),
+        ("Verdict", _verdict(manifest, passed, fp32_bytes, int8_bytes)),
         ("FP32 vs INT8", _comparison(validation, fp32_bytes, int8_bytes)),
-        ("Fallback trials", _trials(manifest.get("fallback_trials", []), validation)),
+        ("Tuning trials", _trials(trials, manifest.get("tuning", {}))),
         ("Per-tensor SQNR", _sqnr(manifest.get("sensitivity", []))),
         ("Calibrated activation ranges", _ranges(loaded.activation_ranges)),
         ("Configuration", _config(manifest)),
@@ -44,19 +45,27 @@ def render(loaded: artifact.Artifact) -> str:
     return reporting.page(f"quantship artifact report: {source}", subtitle, sections)
 
 
-def _verdict(validation: dict[str, Any], passed: bool, fp32_bytes: int | None, int8_bytes: int) -> str:
+def _value(value: Any) -> str:
+    return "-" if value is None else f"{value:.4g}"
+
+
+def _verdict(manifest: dict[str, Any], passed: bool, fp32_bytes: int | None, int8_bytes: int) -> str:
+    validation = manifest.get("validation", {})
+    task = manifest.get("task", {})
     metric = validation.get("metric", "?")
     items = [
         ("accuracy gate", "passed" if passed else "FAILED"),
-        ("delta (gated)", reporting.percent(validation.get("delta"), signed=True)),
-        ("limit", reporting.percent(validation.get("max_accuracy_delta"))),
+        (f"{metric}", _value(validation.get("value"))),
+        ("threshold", _value(validation.get("threshold"))),
         ("top-1 agreement", reporting.percent(validation.get("agreement"))),
         ("size", f"{fp32_bytes / int8_bytes:.2f}x smaller" if fp32_bytes else "-"),
     ]
     hardware = validation.get("hardware", {})
+    task_name, task_why = html.escape(str(task.get("name", "?"))), html.escape(str(task.get("why", "")))
     note = (
-        f"<p>Measured on {validation.get('samples', '?')} samples ({html.escape(metric)}), "
-        "with the fused int8 "
+        f"<p>Task: <b>{task_name}</b> ({task_why}). "
+        f"Gate: {html.escape(metric)} ({html.escape(str(validation.get('gate_reason', '')))}), measured on "
+        f"{validation.get('samples', '?')} samples with the fused int8 "
         f"kernels of onnxruntime {html.escape(str(hardware.get('onnxruntime', '?')))} on "
         f"{html.escape(str(hardware.get('cpu', '?')))} (int8 flags: "
         f"{html.escape(', '.join(hardware.get('int8_flags', [])) or 'none')}; VNNI: {hardware.get('vnni')}). "
@@ -67,59 +76,98 @@ def _verdict(validation: dict[str, Any], passed: bool, fp32_bytes: int | None, i
             "<p class='fail'>No evaluation data was given: the gate compared FP32 and INT8 "
             "on the calibration data.</p>"
         )
+    advice = manifest.get("tuning", {}).get("advice")
+    if advice:
+        note += f"<p class='fail'>No trial passed. {html.escape(advice)}</p>"
+    for warning in manifest.get("warnings", []):
+        note += f"<p>Warning: {html.escape(warning)}</p>"
     return reporting.cards(items) + note
 
 
 def _comparison(validation: dict[str, Any], fp32_bytes: int | None, int8_bytes: int) -> str:
-    fig, (acc_ax, size_ax) = reporting.plt.subplots(1, 2, figsize=(9, 3), layout="constrained")
+    fig, (metric_ax, size_ax) = reporting.plt.subplots(1, 2, figsize=(9, 3), layout="constrained")
     if validation.get("fp32") is not None:
         values = [validation["fp32"] * 100, validation["int8"] * 100]
-        bars = acc_ax.bar(["FP32", "INT8"], values, color=["#8da0cb", "#fc8d62"])
-        acc_ax.bar_label(bars, fmt="%.2f%%")
-        acc_ax.set_ylim(max(0, min(values) - 5), 100)
-        acc_ax.set_title("top-1 accuracy (%)")
+        bars = metric_ax.bar(["FP32", "INT8"], values, color=["#8da0cb", "#fc8d62"])
+        metric_ax.bar_label(bars, fmt="%.2f%%")
+        metric_ax.set_ylim(max(0, min(values) - 5), 100)
+        metric_ax.set_title("top-1 accuracy (%)")
     else:
-        agreement = (validation.get("agreement") or 0) * 100
-        bars = acc_ax.bar(["agreement"], [agreement], color="#fc8d62")
-        acc_ax.bar_label(bars, fmt="%.2f%%")
-        acc_ax.set_title("INT8 vs FP32 top-1 agreement (%)")
+        shown = {
+            name: value
+            for name, value in (validation.get("metrics") or {}).items()
+            if value is not None and name != "confident_rows" and name != "kl_divergence"
+        }
+        bars = metric_ax.bar(list(shown), list(shown.values()), color="#fc8d62")
+        metric_ax.bar_label(bars, fmt="%.3f")
+        metric_ax.set_ylim(0, 1.05)
+        metric_ax.tick_params(axis="x", labelrotation=20, labelsize=8)
+        metric_ax.set_title("INT8 vs FP32 (1 = identical)")
     sizes = [(fp32_bytes or 0) / 1024, int8_bytes / 1024]
     bars = size_ax.bar(["FP32", "INT8"], sizes, color=["#8da0cb", "#fc8d62"])
     size_ax.bar_label(bars, fmt="%.0f KiB")
     size_ax.set_title("model file size (KiB)")
-    return reporting.figure(fig, "FP32 vs INT8 accuracy and size")
+    metrics = validation.get("metrics") or {}
+    table = reporting.table(["metric", "INT8 vs FP32"], [(name, _value(v)) for name, v in metrics.items()])
+    return reporting.figure(fig, "FP32 vs INT8 metrics and size") + table
 
 
-def _trials(trials: list[dict[str, Any]], validation: dict[str, Any]) -> str:
+def _trials(trials: list[dict[str, Any]], tuning: dict[str, Any]) -> str:
     if not trials:
         return "<p>No trials recorded.</p>"
-    limit = validation.get("max_accuracy_delta", 0) * 100
     fig, ax = reporting.new_figure(9, 3)
     numbers = [t["number"] for t in trials]
-    deltas = [t["delta"] * 100 for t in trials]
+    deltas = [(t["delta"] if t.get("delta") is not None else 1.0) for t in trials]
     colors = ["#16794c" if t["passed"] else "#b42318" for t in trials]
     ax.bar(numbers, deltas, color=colors)
-    ax.axhline(limit, color="#1d2330", linestyle="--", linewidth=1, label=f"gate {limit:.2f}%")
+    limit = trials[0].get("limit", 0)
+    ax.axhline(limit, color="#1d2330", linestyle="--", linewidth=1, label=f"gate: loss <= {limit:.4g}")
     for t, delta in zip(trials, deltas, strict=True):
-        ax.annotate(f"{t['quantized_nodes']}q", (t["number"], delta), ha="center", va="bottom", fontsize=8)
-    ax.set_xlabel("trial (label: nodes still quantized)")
-    ax.set_ylabel("delta (%)")
+        ax.annotate(f"{t['stage'][0]}", (t["number"], delta), ha="center", va="bottom", fontsize=8)
+    ax.set_xlabel("trial (r: recipe, o: op-type fallback, n: node fallback)")
+    ax.set_ylabel(f"loss of {trials[0].get('metric', '?')} (0 = FP32)")
     ax.set_xticks(numbers)
     ax.legend()
     rows = [
         (
             t["number"],
-            t["phase"],
-            ", ".join(t["excluded"]) or "-",
-            t["quantized_nodes"],
-            reporting.percent(t["delta"], True),
-            reporting.verdict(t["passed"], "pass" if t["passed"] else "fail"),
+            t["stage"],
+            t.get("recipe", "-"),
+            ", ".join(t["excluded"][:6]) + (f" (+{len(t['excluded']) - 6})" if len(t["excluded"]) > 6 else "")
+            or "-",
+            f"{t['quantized_nodes']} ({t.get('quantized_share', 0):.0%})",
+            _value(t.get("value")),
+            reporting.verdict(t["passed"], "pass" if t["passed"] else (t.get("error") or "fail")),
+            "-" if t.get("latency_ms") is None else f"{t['latency_ms']:.3f}",
             t["seconds"],
+            t.get("peak_rss_mb", "-"),
         )
         for t in trials
     ]
-    return reporting.figure(fig, "fallback trials") + reporting.table(
-        ["trial", "phase", "left in float", "quantized nodes", "delta", "gate", "seconds"], rows
+    summary = (
+        f"<p>Strategy {html.escape(str(tuning.get('strategy', '?')))}: {len(trials)} trials in "
+        f"{tuning.get('seconds', '?')} s, peak RSS {tuning.get('peak_rss_mb', '?')} MB; chose trial "
+        f"{tuning.get('chosen', '?')} ({html.escape(str(tuning.get('stage', '?')))}): the most quantized "
+        "passing trial, then the fastest batch-1 latency measured on this machine.</p>"
+    )
+    return (
+        reporting.figure(fig, "tuning trials")
+        + summary
+        + reporting.table(
+            [
+                "trial",
+                "stage",
+                "recipe",
+                "left in float",
+                "quantized nodes",
+                "metric",
+                "gate",
+                "b1 ms",
+                "seconds",
+                "peak RSS MB",
+            ],
+            rows,
+        )
     )
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from rich.table import Table
 
 from quantship import artifact, reporting
@@ -12,7 +14,7 @@ def table(rows: list[tuple[str, artifact.Artifact]], title: str = "quantization 
     out.add_column("artifact")
     out.add_column("size FP32→INT8", justify="right")
     out.add_column("top-1 FP32→INT8", justify="right")
-    out.add_column("delta", justify="right")
+    out.add_column("gate metric", justify="right")
     out.add_column("agree", justify="right")
     out.add_column("gate")
     out.add_column("trials", justify="right")
@@ -35,13 +37,22 @@ def table(rows: list[tuple[str, artifact.Artifact]], title: str = "quantization 
             name,
             size,
             accuracy,
-            reporting.percent(validation.get("delta"), signed=True),
+            _gated(validation),
             reporting.percent(validation.get("agreement")),
             f"[green]{gate}[/]" if gate == "passed" else f"[red]{gate}[/]",
-            str(len(loaded.manifest.get("fallback_trials", []))),
+            str(len(loaded.manifest.get("trials", []))),
             ", ".join(loaded.quantization.get("excluded_nodes", [])) or "-",
         )
     return out
+
+
+def _gated(validation: dict[str, Any]) -> str:
+    value = validation.get("value")
+    if value is None:
+        return "-"
+    if validation.get("metric") == "top1_accuracy":
+        return f"Δ {reporting.percent(value, signed=True)}"
+    return f"{validation.get('metric')} {value:.4g}"
 
 
 def _kib(size: int | None) -> str:

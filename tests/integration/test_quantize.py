@@ -11,7 +11,7 @@ import onnxruntime as ort
 import pytest
 
 from quantship import artifact, runtime, zoo
-from quantship.quantize import Calibration, Format, Mode, Precision, QuantizeConfig, run
+from quantship.quantize import Calibration, Format, Mode, Precision, QuantizeConfig, Strategy, run
 
 
 def test_good_artifact_passes_the_gate_and_is_much_smaller(good_artifact: artifact.Artifact) -> None:
@@ -44,7 +44,14 @@ def test_manifest_records_what_design_md_lists(
     assert manifest["calibration"]["samples"] == 256
     assert len(manifest["calibration"]["sha256"]) == 64
     assert {e["kind"] for e in manifest["sensitivity"]} == {"activation", "weight"}
-    assert manifest["fallback_trials"][0]["phase"] == "baseline"
+    assert manifest["trials"][0]["stage"] == "recipe"
+    assert manifest["task"]["name"] == "classification"
+    assert manifest["validation"]["shadow_rule"] == {
+        "kind": "top1",
+        "tolerance": None,
+        "confident_only": False,
+    }
+    assert manifest["tuning"]["peak_rss_mb"] > 0
 
 
 def test_every_quantized_activation_has_its_range(good_artifact: artifact.Artifact) -> None:
@@ -92,7 +99,10 @@ def test_fallback_keeps_sensitive_nodes_in_float_until_the_gate_passes(
     sample: zoo.SampleModel, tmp_path: Path
 ) -> None:
     # Distribution calibration fits this model's Relu outputs badly: a real 3% accuracy cliff.
-    config = QuantizeConfig(calibration=Calibration.DISTRIBUTION, reduce_range=False)
+    # The fallback strategy keeps that recipe, so only leaving nodes in float can pass.
+    config = QuantizeConfig(
+        calibration=Calibration.DISTRIBUTION, reduce_range=False, strategy=Strategy.FALLBACK
+    )
     result = run(
         sample.model, tmp_path / "a", config, calibration=sample.calibration, evaluation=sample.evaluation
     )
@@ -101,8 +111,9 @@ def test_fallback_keeps_sensitive_nodes_in_float_until_the_gate_passes(
     assert result.gate_passed
     assert result.chosen.excluded, "some nodes stayed in float"
     assert result.chosen.quantized_nodes < trials[0].quantized_nodes
-    recorded = result.artifact.manifest["fallback_trials"]
+    recorded = result.artifact.manifest["trials"]
     assert [t["number"] for t in recorded] == list(range(len(trials)))
+    assert {t["recipe"] for t in recorded} == {trials[0].config.label()}
     assert result.artifact.quantization["excluded_nodes"] == list(result.chosen.excluded)
     # The artifact holds the chosen trial's model: it must reproduce the recorded delta.
     served = runtime.create_session(result.artifact.model_path)
@@ -202,6 +213,8 @@ def test_a_regressor_without_labels_is_gated_on_relative_error_after_pre_process
     validation = result.artifact.manifest["validation"]
     assert validation["metric"] == "relative_error"
     assert validation["agreement"] is None and validation["fp32"] is None
-    assert 0 < validation["delta"] == validation["relative_error"] < 0.05
+    assert 0 < validation["delta"] == validation["metrics"]["relative_error"] < 0.05
+    assert result.artifact.manifest["task"]["name"] == "regression"
+    assert validation["shadow_rule"]["kind"] == "relative_error"
     assert result.artifact.quantization["pre_process"] == "applied"
     assert not list(Path.cwd().glob("sym_shape_infer_temp*"))

@@ -205,7 +205,7 @@ def test_report_is_one_self_contained_html_file_with_plots(
     for section in (
         "Verdict",
         "FP32 vs INT8",
-        "Fallback trials",
+        "Tuning trials",
         "Per-tensor SQNR",
         "Calibrated activation ranges",
     ):
@@ -223,3 +223,26 @@ def test_the_installed_console_script_runs(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert result.stderr.strip() == f"error: {tmp_path}: not an artifact (no manifest.json)"
+
+
+def test_a_metric_of_another_task_is_refused_in_one_line(sample: zoo.SampleModel, tmp_path: Path) -> None:
+    code, _, err = _quantize(sample, tmp_path / "a", "--metric", "cosine_p5")
+    _assert_one_line_error(code, err, "--metric cosine_p5 is for embedding, but the task is classification")
+    assert not (tmp_path / "a").exists()
+
+
+def test_labels_for_an_embedding_task_are_refused_in_one_line(
+    sample: zoo.SampleModel, tmp_path: Path
+) -> None:
+    code, _, err = _quantize(sample, tmp_path / "a", "--task", "embedding")
+    _assert_one_line_error(code, err, "labels are class ids for a classifier")
+
+
+def test_calibration_data_that_nothing_uses_is_named_in_a_warning(
+    sample: zoo.SampleModel, tmp_path: Path
+) -> None:
+    code, _, err = _quantize(sample, tmp_path / "a", "--mode", "dynamic", "--strategy", "fallback")
+    assert code == 0, err
+    assert "warning: --calibration is not used" in err
+    manifest = json.loads((tmp_path / "a" / "manifest.json").read_text())
+    assert any("--calibration is not used" in w for w in manifest["warnings"])

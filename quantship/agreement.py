@@ -1,0 +1,140 @@
+"""When a quantized model's answer for one row agrees with the FP32 reference's, per task.
+
+The accuracy gate (quantize/evaluate.py) and the server's shadow SLI (server/shadow.py) both judge
+rows through `RowRule`, and the rule travels in the artifact's manifest, so the disagreement rate
+on production traffic means what the gate measured offline:
+
+- classification: top-1 differs; with `confident_only`, only rows where the reference is confident
+  count at all. Real inputs are often ambiguous to the FP32 model itself (two classes at 30% each),
+  and a flip between near-ties says nothing about the quantization;
+- embedding: cosine similarity to the reference below `tolerance` (argmax of an embedding means
+  nothing);
+- regression: relative L2 error above `tolerance`.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from quantship import runtime
+
+
+class Task(enum.StrEnum):
+    CLASSIFICATION = "classification"
+    EMBEDDING = "embedding"
+    REGRESSION = "regression"
+
+
+CONFIDENT_PROBABILITY = 0.5
+"""A row is confident when the reference's top class holds more than half the probability: then
+no other class can be its near-tie, and a flip is a real change of answer."""
+MIN_COSINE = 0.95
+"""An embedding row agrees when its cosine to the reference is at least this. int8 rounding of a
+healthy sentence encoder stays above 0.96 (all-MiniLM-L6-v2 dynamic: 0.961 worst of 300 rows);
+a clipped range or a broken kernel falls well below."""
+MAX_RELATIVE_ERROR = 0.01
+"""A regression row agrees when its relative L2 error is at most this: well above int8 rounding
+noise of a healthy model, well below a broken range."""
+
+
+class Kind(enum.StrEnum):
+    TOP1 = "top1"
+    COSINE = "cosine"
+    RELATIVE_ERROR = "relative_error"
+
+
+def probabilities(scores: np.ndarray) -> np.ndarray:
+    """Rows of class probabilities: the scores themselves when they already are (softmax output),
+    else their softmax (logits)."""
+    rows = scores.reshape(len(scores), -1).astype(np.float64)
+    if np.all(rows >= 0) and np.allclose(rows.sum(axis=1), 1.0, atol=1e-3):
+        return rows
+    shifted = np.exp(rows - rows.max(axis=1, keepdims=True))
+    return shifted / shifted.sum(axis=1, keepdims=True)
+
+
+def confident(scores: np.ndarray) -> np.ndarray:
+    """Per row: whether the top class holds more than CONFIDENT_PROBABILITY."""
+    return probabilities(scores).max(axis=1) > CONFIDENT_PROBABILITY
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Per row cosine similarity (rows flattened; a zero row has cosine 0 to anything)."""
+    a_rows = a.reshape(len(a), -1).astype(np.float64)
+    b_rows = b.reshape(len(b), -1).astype(np.float64)
+    norms = np.linalg.norm(a_rows, axis=1) * np.linalg.norm(b_rows, axis=1)
+    dots = np.einsum("ij,ij->i", a_rows, b_rows)
+    return np.divide(dots, norms, out=np.zeros_like(dots), where=norms > 0)
+
+
+def relative_error(candidate: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """Per row ||candidate - reference|| / ||reference||."""
+    c_rows = candidate.reshape(len(candidate), -1).astype(np.float64)
+    r_rows = reference.reshape(len(reference), -1).astype(np.float64)
+    scale = np.maximum(np.linalg.norm(r_rows, axis=1), np.finfo(np.float64).tiny)
+    return np.linalg.norm(c_rows - r_rows, axis=1) / scale
+
+
+@dataclass(frozen=True)
+class RowRule:
+    """What makes one row disagree. `tolerance`: the least cosine (COSINE) or the largest relative
+    error (RELATIVE_ERROR); unused for TOP1."""
+
+    kind: Kind
+    tolerance: float | None = None
+    confident_only: bool = False
+
+    @property
+    def classifier(self) -> bool:
+        return self.kind is Kind.TOP1
+
+    def judge(self, served: np.ndarray, reference: np.ndarray) -> tuple[int, int]:
+        """(disagreeing rows, compared rows) of a batch. Rows outside the rule (an unconfident
+        reference under `confident_only`) are not compared."""
+        if served.ndim == 0:
+            served, reference = served.reshape(1), reference.reshape(1)
+        if self.kind is Kind.TOP1:
+            served_top1, reference_top1 = runtime.top1(served), runtime.top1(reference)
+            if served_top1 is None or reference_top1 is None:
+                raise ValueError("a top-1 rule needs class ids or per-class scores")
+            differs = served_top1 != reference_top1
+            if self.confident_only and np.issubdtype(reference.dtype, np.floating):
+                differs = differs[confident(reference)]
+            return int(np.count_nonzero(differs)), len(differs)
+        if self.kind is Kind.COSINE:
+            return int(np.count_nonzero(cosine(served, reference) < self._tolerance)), len(served)
+        return int(np.count_nonzero(relative_error(served, reference) > self._tolerance)), len(served)
+
+    @property
+    def _tolerance(self) -> float:
+        if self.tolerance is None:
+            raise ValueError(f"a {self.kind.value} rule needs a tolerance")
+        return self.tolerance
+
+    def describe(self) -> str:
+        match self.kind:
+            case Kind.TOP1:
+                scope = (
+                    f" (rows where FP32 > {CONFIDENT_PROBABILITY:.0%} sure)" if self.confident_only else ""
+                )
+                return f"top-1 differs{scope}"
+            case Kind.COSINE:
+                return f"cosine < {self.tolerance}"
+            case Kind.RELATIVE_ERROR:
+                return f"relative error > {self.tolerance}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": self.kind.value, "tolerance": self.tolerance, "confident_only": self.confident_only}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> RowRule:
+        tolerance = data.get("tolerance")
+        return cls(
+            Kind(data["kind"]),
+            None if tolerance is None else float(tolerance),
+            bool(data.get("confident_only", False)),
+        )

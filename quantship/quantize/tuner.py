@@ -1,0 +1,252 @@
+"""The tuner: which configurations to try, in which order, and which result to keep.
+
+Like Intel Neural Compressor's basic strategy, in three stages, each stopping at its first
+passing trial (unless asked to keep going):
+
+1. **recipes** on the whole model: per-channel weights, activation type, calibration method,
+   reduce_range (where the CPU lacks VNNI), dynamic vs static and MatMulConstBOnly for
+   transformers. Nearest recipes first: one knob changed from the user's config, then two...
+   A per-tensor CNN that falls off a cliff is usually one knob (per-channel) from passing;
+2. **op-type fallback** on the recipe that came closest: every node of one op type in float;
+3. **node-wise fallback** on that recipe: the most sensitive nodes in float one at a time, then
+   cumulatively in the order the single trials measured.
+
+Among passing trials the most quantized wins (the share of quantizable FP32 nodes still
+quantized), then the fastest on this machine (measured batch-1 latency). With none passing, the
+trial closest to the gate is the best effort.
+
+This module decides; `pipeline.py` quantizes and measures through the `Attempt` it is given.
+"""
+
+from __future__ import annotations
+
+import enum
+import itertools
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+from quantship.quantize.config import Calibration, Mode, Precision, QuantizeConfig, Strategy
+from quantship.quantize.evaluate import Evaluation
+
+
+class Stage(enum.StrEnum):
+    RECIPE = "recipe"
+    OP_TYPE = "op_type"
+    SINGLE = "node_single"
+    CUMULATIVE = "node_cumulative"
+
+
+@dataclass(frozen=True)
+class Trial:
+    number: int
+    stage: Stage
+    config: QuantizeConfig
+    excluded: tuple[str, ...]
+    """Nodes this trial left in float, beyond those the user excluded."""
+    quantized_nodes: int
+    quantized_share: float
+    """quantized_nodes over the FP32 nodes of quantizable op types: comparable across recipes."""
+    evaluation: Evaluation
+    seconds: float
+    peak_rss_mb: float
+    """The process's peak resident memory when the trial ended (a high-water mark)."""
+    latency_ms: float | None = None
+    """Batch-1 median on this machine; measured for passing trials only."""
+    error: str | None = None
+    """Why onnxruntime could not quantize or run this configuration (then it failed)."""
+
+    @property
+    def passed(self) -> bool:
+        return self.evaluation.passed
+
+    @property
+    def shortfall(self) -> float:
+        """How far the gated metric is from the limit, in loss units (<= 0 passes)."""
+        return self.evaluation.delta - self.evaluation.limit
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "number": self.number,
+            "stage": self.stage.value,
+            "recipe": self.config.label(),
+            "config": {
+                key: value
+                for key, value in self.config.to_json().items()
+                if key
+                in (
+                    "mode",
+                    "per_channel",
+                    "activation_type",
+                    "weight_type",
+                    "calibration",
+                    "reduce_range",
+                    "matmul_const_b_only",
+                )
+            },
+            "excluded": list(self.excluded),
+            "quantized_nodes": self.quantized_nodes,
+            "quantized_share": round(self.quantized_share, 4),
+            "passed": self.passed,
+            "seconds": round(self.seconds, 3),
+            "peak_rss_mb": round(self.peak_rss_mb, 1),
+            "latency_ms": None if self.latency_ms is None else round(self.latency_ms, 4),
+            "error": self.error,
+            **{k: v for k, v in self.evaluation.to_json().items() if k != "samples"},
+        }
+
+
+Attempt = Callable[[Stage, QuantizeConfig, tuple[str, ...]], Trial]
+"""Quantize with a config, leaving nodes in float, and judge it: one trial."""
+
+
+@dataclass(frozen=True)
+class ModelTraits:
+    """What decides which recipes make sense for a model."""
+
+    has_conv: bool
+    has_matmul: bool
+    has_activation_matmul: bool
+    """A MatMul of two activations (attention): what MatMulConstBOnly leaves in float."""
+    can_calibrate: bool
+    """Calibration data was given: static recipes are possible."""
+    lacks_vnni: bool
+    """x86 without VNNI: reduce_range is worth trying both ways."""
+
+    @property
+    def transformer_like(self) -> bool:
+        return self.has_matmul and not self.has_conv
+
+
+def recipes(base: QuantizeConfig, traits: ModelTraits) -> list[QuantizeConfig]:
+    """Whole-model configurations, `base` first, then by how many knobs differ from it."""
+    axes: list[tuple[str, list[Any]]] = [("per_channel", [base.per_channel, not base.per_channel])]
+    if traits.transformer_like:
+        modes = [base.mode, Mode.STATIC if base.mode is Mode.DYNAMIC else Mode.DYNAMIC]
+        axes.append(("mode", [m for m in modes if m is Mode.DYNAMIC or traits.can_calibrate]))
+    axes.append(("activation_type", _other_first(base.activation_type, list(Precision))))
+    axes.append(
+        (
+            "calibration",
+            _other_first(base.calibration, [Calibration.MINMAX, Calibration.PERCENTILE, Calibration.ENTROPY]),
+        )
+    )
+    if traits.has_activation_matmul:
+        axes.append(("matmul_const_b_only", [base.matmul_const_b_only, not base.matmul_const_b_only]))
+    if traits.lacks_vnni:
+        axes.append(("reduce_range", [base.reduce_range, not base.reduce_range]))
+
+    ranked: list[tuple[tuple[int, tuple[int, ...]], QuantizeConfig]] = []
+    seen: set[str] = set()
+    for choice in itertools.product(*(range(len(values)) for _, values in axes)):
+        config = replace(base, **{name: values[i] for (name, values), i in zip(axes, choice, strict=True)})
+        if config.mode is Mode.STATIC and not traits.can_calibrate:
+            continue
+        key = config.label()  # two configs with one label quantize alike (dynamic ignores calibration)
+        if key in seen:
+            continue
+        seen.add(key)
+        changed = tuple(axis for axis, i in enumerate(choice) if i)
+        ranked.append(((len(changed), changed), config))
+    ranked.sort(key=lambda item: item[0])
+    return [config for _, config in ranked]
+
+
+def _other_first(current: Any, values: list[Any]) -> list[Any]:
+    return [current, *(v for v in values if v != current)]
+
+
+def tune(
+    base: QuantizeConfig,
+    traits: ModelTraits,
+    attempt: Attempt,
+    op_type_groups: Callable[[QuantizeConfig], dict[str, tuple[str, ...]]],
+    sensitivity_ranking: Callable[[QuantizeConfig], list[str]],
+) -> list[Trial]:
+    """Every trial run, in order. `op_type_groups(config)`: the nodes a config quantizes, by op
+    type; `sensitivity_ranking(config)`: them, most sensitive first. Both are asked only when a
+    stage needs them (the ranking costs a qdq_loss_debug run)."""
+    budget = base.max_trials + 1
+    trials: list[Trial] = []
+
+    def run(stage: Stage, config: QuantizeConfig, excluded: tuple[str, ...]) -> Trial | None:
+        if len(trials) >= budget:
+            return None
+        trial = attempt(stage, config, excluded)
+        trials.append(trial)
+        return trial
+
+    candidates = recipes(base, traits) if base.strategy is Strategy.RECIPES else [base]
+    # Stage 1 may spend half the budget: the fallback stages need room when no recipe passes.
+    for config in candidates[: max(1, budget // 2)]:
+        trial = run(Stage.RECIPE, config, ())
+        if trial is not None and trial.passed and not base.keep_going:
+            return trials
+    if any(t.passed for t in trials):
+        return trials
+
+    closest = min(trials, key=lambda t: (t.shortfall, -t.quantized_share)).config
+    groups = op_type_groups(closest)
+    # Fewest nodes first: the cheapest op type to give up.
+    for _, nodes in sorted(groups.items(), key=lambda item: (len(item[1]), item[0]))[: max(0, budget // 4)]:
+        trial = run(Stage.OP_TYPE, closest, nodes)
+        if trial is None or trial.passed:
+            return trials
+    if len(trials) >= budget:
+        return trials
+
+    _node_search(closest, sensitivity_ranking(closest), run, budget - len(trials))
+    return trials
+
+
+def _node_search(
+    config: QuantizeConfig,
+    ranking: Sequence[str],
+    run: Callable[[Stage, QuantizeConfig, tuple[str, ...]], Trial | None],
+    budget: int,
+) -> None:
+    """Single nodes in ranking order (any pass keeps the rest quantized), then growing prefixes
+    re-ordered by the deltas the single trials measured."""
+    if not ranking or budget <= 0:
+        return
+    measured: dict[str, float] = {}
+    for node in ranking[: max(1, budget // 2)]:
+        trial = run(Stage.SINGLE, config, (node,))
+        if trial is None or trial.passed:
+            return
+        measured[node] = trial.evaluation.delta
+    # Measured single-node deltas know better than SQNR which nodes hurt most; unmeasured nodes
+    # keep their SQNR order behind the measured ones.
+    order = sorted(measured, key=measured.__getitem__) + [n for n in ranking if n not in measured]
+    for size in range(2, len(order) + 1):
+        trial = run(Stage.CUMULATIVE, config, tuple(order[:size]))
+        if trial is None or trial.passed:
+            return
+
+
+def best(trials: list[Trial]) -> Trial:
+    """The most quantized passing trial, then the fastest; else the one closest to the gate."""
+    passing = [t for t in trials if t.passed]
+    if passing:
+        return max(
+            passing,
+            key=lambda t: (
+                round(t.quantized_share, 6),
+                -(t.latency_ms if t.latency_ms is not None else float("inf")),
+                -t.evaluation.delta,
+            ),
+        )
+    return min(trials, key=lambda t: (t.shortfall, -t.quantized_share))
+
+
+def advice(trials: list[Trial]) -> str:
+    """What to try next when nothing passed: said in the report and on the console."""
+    closest = best(trials)
+    evaluation = closest.evaluation
+    return (
+        f"closest: trial {closest.number} ({closest.config.label()}"
+        f"{', ' + str(len(closest.excluded)) + ' nodes in float' if closest.excluded else ''}) with "
+        f"{evaluation.metric.value} {evaluation.value:.4g} against {evaluation.threshold:g}. Next: more or "
+        "more representative calibration data, labelled evaluation data (gate on accuracy, not agreement "
+        "with FP32 on ambiguous inputs), a larger --max-trials, or quantization-aware training."
+    )

@@ -1,0 +1,216 @@
+"""The tuner's order and choice, on scripted trial outcomes.
+
+Which recipe or node hurts is scripted here; tests/integration/test_quantize.py and tests/real/
+run the same tuner on real quantizations of the digits sample, EfficientNet-Lite0 and MiniLM.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+
+from quantship.quantize import tuner
+from quantship.quantize.config import Calibration, Mode, Precision, QuantizeConfig, Strategy
+from quantship.quantize.evaluate import Evaluation, Metric
+
+CNN = tuner.ModelTraits(
+    has_conv=True,
+    has_matmul=False,
+    has_activation_matmul=False,
+    can_calibrate=True,
+    lacks_vnni=False,
+)
+TRANSFORMER = replace(CNN, has_conv=False, has_matmul=True, has_activation_matmul=True)
+BASE = QuantizeConfig(reduce_range=False)
+NODES = {"Conv": ("c1", "c2", "c3"), "Add": ("a1", "a2")}
+ALL_NODES = 5
+
+
+def _evaluation(agreement: float) -> Evaluation:
+    return Evaluation(Metric.TOP1_AGREEMENT, agreement, 0.995, 100)
+
+
+def _attempt(
+    score: Callable[[QuantizeConfig, tuple[str, ...]], float],
+    log: list[tuple[tuner.Stage, str, tuple[str, ...]]],
+    latency: Callable[[QuantizeConfig], float] = lambda config: 1.0,
+) -> tuner.Attempt:
+    def attempt(stage: tuner.Stage, config: QuantizeConfig, excluded: tuple[str, ...]) -> tuner.Trial:
+        log.append((stage, config.label(), excluded))
+        evaluation = _evaluation(score(config, excluded))
+        quantized = ALL_NODES - len(excluded)
+        return tuner.Trial(
+            len(log) - 1,
+            stage,
+            config,
+            excluded,
+            quantized,
+            quantized / ALL_NODES,
+            evaluation,
+            0.0,
+            0.0,
+            latency(config) if evaluation.passed else None,
+        )
+
+    return attempt
+
+
+def _tune(
+    base: QuantizeConfig,
+    score: Callable[[QuantizeConfig, tuple[str, ...]], float],
+    traits: tuner.ModelTraits = CNN,
+    ranking: list[str] | None = None,
+    latency: Callable[[QuantizeConfig], float] = lambda config: 1.0,
+) -> tuple[list[tuner.Trial], list[tuple[tuner.Stage, str, tuple[str, ...]]]]:
+    log: list[tuple[tuner.Stage, str, tuple[str, ...]]] = []
+    trials = tuner.tune(
+        base,
+        traits,
+        _attempt(score, log, latency),
+        lambda config: NODES,
+        lambda config: ranking if ranking is not None else ["c2", "a1", "c1", "c3"],
+    )
+    return trials, log
+
+
+# -- stage 1: recipes --------------------------------------------------------------------------
+
+
+def test_recipes_start_with_the_users_config_then_change_one_knob_at_a_time() -> None:
+    recipes = tuner.recipes(BASE, CNN)
+    assert recipes[0] == BASE
+    assert recipes[1] == replace(BASE, per_channel=True)  # the usual cure for a per-tensor CNN cliff
+    singles = recipes[1:5]
+    assert [r.label() for r in singles] == [
+        "static U8S8 minmax per-channel",
+        "static S8S8 minmax per-tensor",
+        "static U8S8 percentile per-tensor",
+        "static U8S8 entropy per-tensor",
+    ]
+    assert len(recipes) == len({r.label() for r in recipes}) == 2 * 2 * 3
+
+
+def test_transformers_also_try_dynamic_and_matmul_const_b_only_and_cnns_do_not() -> None:
+    cnn = {r.label() for r in tuner.recipes(BASE, CNN)}
+    transformer = tuner.recipes(BASE, TRANSFORMER)
+    assert not any("dynamic" in label or "MatMulConstBOnly" in label for label in cnn)
+    assert transformer[2].mode is Mode.DYNAMIC  # one knob away, right after per-channel
+    assert any(r.matmul_const_b_only for r in transformer)
+    # Dynamic quantization ignores activation type and calibration: no duplicates of it.
+    assert sum(r.mode is Mode.DYNAMIC for r in transformer) == 2
+
+
+def test_without_calibration_data_only_dynamic_recipes_remain() -> None:
+    base = replace(BASE, mode=Mode.DYNAMIC)
+    recipes = tuner.recipes(base, replace(TRANSFORMER, can_calibrate=False))
+    assert {r.mode for r in recipes} == {Mode.DYNAMIC}
+
+
+def test_reduce_range_is_tried_both_ways_only_where_the_cpu_lacks_vnni() -> None:
+    assert {r.reduce_range for r in tuner.recipes(BASE, CNN)} == {False}
+    assert {r.reduce_range for r in tuner.recipes(BASE, replace(CNN, lacks_vnni=True))} == {False, True}
+
+
+def test_the_first_passing_recipe_ends_the_tuning() -> None:
+    trials, log = _tune(BASE, lambda config, excluded: 1.0 if config.per_channel else 0.7)
+    assert [stage for stage, _, _ in log] == [tuner.Stage.RECIPE, tuner.Stage.RECIPE]
+    assert tuner.best(trials).config.per_channel
+
+
+def test_keep_going_runs_more_recipes_and_the_fastest_of_equally_quantized_wins() -> None:
+    def latency(config: QuantizeConfig) -> float:
+        return 0.5 if config.activation_type is Precision.INT8 else 1.0
+
+    trials, log = _tune(replace(BASE, keep_going=True), lambda config, excluded: 1.0, latency=latency)
+    assert len(log) == (BASE.max_trials + 1) // 2
+    chosen = tuner.best(trials)
+    assert chosen.passed and chosen.config.activation_type is Precision.INT8 and chosen.latency_ms == 0.5
+
+
+def test_the_fallback_strategy_keeps_the_given_recipe() -> None:
+    base = replace(BASE, strategy=Strategy.FALLBACK)
+    _, log = _tune(base, lambda config, excluded: 1.0 if excluded == NODES["Add"] else 0.7)
+    assert {label for _, label, _ in log} == {base.label()}
+
+
+# -- stage 2: op types -------------------------------------------------------------------------
+
+
+def test_op_type_fallback_runs_on_the_closest_recipe_fewest_nodes_first() -> None:
+    def score(config: QuantizeConfig, excluded: tuple[str, ...]) -> float:
+        if excluded == NODES["Add"]:
+            return 1.0
+        return 0.9 if config.calibration is Calibration.PERCENTILE else 0.5
+
+    trials, log = _tune(BASE, score)
+    op_type = [entry for entry in log if entry[0] is tuner.Stage.OP_TYPE]
+    assert op_type == [(tuner.Stage.OP_TYPE, "static U8S8 percentile per-tensor", ("a1", "a2"))]
+    assert tuner.best(trials).excluded == ("a1", "a2")
+
+
+# -- stage 3: nodes ----------------------------------------------------------------------------
+
+
+def _harm(harm: dict[str, float], base: float = 0.9) -> Callable[[QuantizeConfig, tuple[str, ...]], float]:
+    """Recipes all score `base`; each node left in float removes its harm, whole op types none."""
+
+    def score(config: QuantizeConfig, excluded: tuple[str, ...]) -> float:
+        if excluded in NODES.values():
+            return base
+        return base + sum(harm.get(n, 0.0) for n in excluded)
+
+    return score
+
+
+def test_node_fallback_finds_one_bad_node_alone_in_ranking_order() -> None:
+    trials, log = _tune(replace(BASE, strategy=Strategy.FALLBACK), _harm({"a1": 0.1}))
+    singles = [excluded for stage, _, excluded in log if stage is tuner.Stage.SINGLE]
+    assert singles == [("c2",), ("a1",)]
+    assert tuner.best(trials).excluded == ("a1",)
+
+
+def test_cumulative_fallback_orders_by_measured_harm_not_by_sqnr() -> None:
+    # SQNR ranks c2 first, but measuring shows c3 and c1 do the damage together.
+    base = replace(BASE, strategy=Strategy.FALLBACK, max_trials=20)
+    trials, log = _tune(base, _harm({"c1": 0.04, "c3": 0.06}))
+    cumulative = [excluded for stage, _, excluded in log if stage is tuner.Stage.CUMULATIVE]
+    assert cumulative[0] == ("c3", "c1")
+    assert tuner.best(trials).excluded == ("c3", "c1")
+
+
+def test_the_budget_is_respected_and_the_best_effort_is_the_closest() -> None:
+    trials, log = _tune(replace(BASE, max_trials=5), _harm({n: 0.001 for n in "abcdefgh"}, base=0.5))
+    assert len(log) == 6
+    assert not any(t.passed for t in trials)
+    best = tuner.best(trials)
+    assert best.shortfall == min(t.shortfall for t in trials)
+    assert "closest: trial" in tuner.advice(trials) and "quantization-aware training" in tuner.advice(trials)
+
+
+def test_best_prefers_more_quantized_nodes_among_passing_trials() -> None:
+    def trial(number: int, excluded: tuple[str, ...], agreement: float) -> tuner.Trial:
+        quantized = ALL_NODES - len(excluded)
+        return tuner.Trial(
+            number,
+            tuner.Stage.CUMULATIVE,
+            BASE,
+            excluded,
+            quantized,
+            quantized / ALL_NODES,
+            _evaluation(agreement),
+            0.0,
+            0.0,
+            1.0,
+        )
+
+    chosen = tuner.best([trial(1, ("a", "b", "c"), 1.0), trial(2, ("a",), 0.996), trial(3, ("b",), 0.998)])
+    assert chosen.number == 3
+
+
+def test_a_trial_that_failed_in_onnxruntime_never_wins_over_a_measured_one() -> None:
+    failed = tuner.Trial(
+        0, tuner.Stage.RECIPE, BASE, (), 5, 1.0, _evaluation(float("-inf")), 0.0, 0.0, None, "boom"
+    )
+    measured = replace(failed, number=1, evaluation=_evaluation(0.5), error=None)
+    assert tuner.best([failed, measured]).number == 1
+    assert failed.to_json()["delta"] is None and failed.to_json()["error"] == "boom"
