@@ -204,12 +204,17 @@ class ModelService:
             raise LoadRefused(f"{loaded.model_path}: {exc}", reason="model") from exc
         compared = loaded.quantization.get("output") or runner.signature.outputs[0].name
         try:
-            comparator = Comparator.for_output(
-                runner.signature.output(compared), quality.disagreement_tolerance
-            )
+            spec = runner.signature.output(compared)
         except KeyError:
             raise LoadRefused(
                 f"the manifest names output {compared!r}, the model has none", reason="format"
+            ) from None
+        rule = loaded.manifest.get("validation", {}).get("shadow_rule")
+        try:
+            comparator = Comparator.for_artifact(spec, rule, quality.disagreement_tolerance)
+        except (KeyError, ValueError, TypeError, AttributeError) as exc:
+            raise LoadRefused(
+                f"the manifest's shadow_rule {rule!r} is not valid: {exc}", reason="format"
             ) from None
         reference = self._open_reference(
             settings.reference or loaded.reference_path, runner.signature, compared

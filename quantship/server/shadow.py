@@ -3,20 +3,23 @@
 The service offers a ShadowSample (inputs plus the served model's answer) to a background lane for
 a `--shadow-rate` share of requests; `ShadowEvaluator.process` runs the reference on a batch of
 them in the background thread and counts, per row, comparisons and disagreements. A Comparator
-says what "disagree" means for the compared output (the manifest's gated output, else the first):
-top-1 differs for a classifier (integer class ids, or argmax of per-class scores), relative L2
-error above the tolerance otherwise. The reference's top-1 also goes to the feedback store, so
+says what "disagree" means for the compared output (the manifest's gated output, else the first),
+by the rule the accuracy gate used (quantship/agreement.py): top-1 for a classifier (only rows
+where FP32 is confident, when the gate judged those), cosine below the tolerance for an
+embedding, relative L2 error above it otherwise. The reference's top-1 also goes to the feedback store, so
 feedback on a shadowed request needs no second reference run.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from quantship import runtime
+from quantship.agreement import Kind, RowRule
 from quantship.server.feedback import FeedbackStore
 from quantship.server.metrics import ServerMetrics
 from quantship.server.runner import Runner, Tensors, TensorSpec
@@ -25,28 +28,30 @@ from quantship.server.runner import Runner, Tensors, TensorSpec
 @dataclass(frozen=True)
 class Comparator:
     output: str
-    classifier: bool
-    """Whether the output gives classes (ids, or scores over a fixed class axis): top-1 comparison."""
-    tolerance: float
+    rule: RowRule
+    """What "disagree" means, per row: the gate's own rule, from the artifact's manifest."""
 
     @classmethod
-    def for_output(cls, spec: TensorSpec, tolerance: float) -> Comparator:
+    def for_artifact(
+        cls, spec: TensorSpec, shadow_rule: Mapping[str, Any] | None, tolerance: float
+    ) -> Comparator:
+        """The manifest's rule; for an artifact older than task-aware gates, one read from the
+        output: top-1 for class ids or per-class scores, relative error above `tolerance` otherwise."""
+        if shadow_rule is not None:
+            return cls(spec.name, RowRule.from_json(dict(shadow_rule)))
         ids = spec.dtype.kind in "iu"
         scores = spec.dtype.kind == "f" and len(spec.shape) >= 2 and (spec.shape[-1] or 0) > 1
-        return cls(spec.name, ids or scores, tolerance)
+        if ids or scores:
+            return cls(spec.name, RowRule(Kind.TOP1))
+        return cls(spec.name, RowRule(Kind.RELATIVE_ERROR, tolerance))
+
+    @property
+    def classifier(self) -> bool:
+        return self.rule.classifier
 
     def disagreements(self, served: np.ndarray, reference: np.ndarray) -> tuple[int, int]:
         """(disagreeing rows, compared rows) between the served output and the reference's."""
-        rows = len(served) if served.ndim else 1
-        if self.classifier:
-            served_top1, reference_top1 = runtime.top1(served), runtime.top1(reference)
-            if served_top1 is not None and reference_top1 is not None:
-                return int(np.count_nonzero(served_top1 != reference_top1)), rows
-        served_rows = served.reshape(rows, -1).astype(np.float64)
-        reference_rows = reference.reshape(rows, -1).astype(np.float64)
-        error = np.linalg.norm(served_rows - reference_rows, axis=1)
-        scale = np.maximum(np.linalg.norm(reference_rows, axis=1), np.finfo(np.float64).tiny)
-        return int(np.count_nonzero(error / scale > self.tolerance)), rows
+        return self.rule.judge(served, reference)
 
 
 @dataclass(frozen=True)

@@ -30,20 +30,20 @@ def value(registry: CollectorRegistry, name: str, **extra: str) -> float | None:
 
 
 def test_class_ids_disagree_where_top1_differs() -> None:
-    comparator = Comparator.for_output(TensorSpec("label", "INT64", (None,)), tolerance=0.01)
+    comparator = Comparator.for_artifact(TensorSpec("label", "INT64", (None,)), None, tolerance=0.01)
     assert comparator.classifier
     assert comparator.disagreements(np.array([1, 2, 3]), np.array([1, 0, 3])) == (1, 3)
 
 
 def test_class_scores_disagree_where_their_argmax_differs() -> None:
-    comparator = Comparator.for_output(TensorSpec("p", "FP32", (None, 3)), tolerance=0.01)
+    comparator = Comparator.for_artifact(TensorSpec("p", "FP32", (None, 3)), None, tolerance=0.01)
     served = np.array([[0.1, 0.8, 0.1], [0.5, 0.4, 0.1]], dtype=np.float32)
     reference = np.array([[0.2, 0.7, 0.1], [0.4, 0.5, 0.1]], dtype=np.float32)
     assert comparator.disagreements(served, reference) == (1, 2)  # scores differ in both, top-1 in one
 
 
 def test_other_outputs_disagree_where_relative_error_passes_the_tolerance() -> None:
-    comparator = Comparator.for_output(TensorSpec("y", "FP32", (None, 1)), tolerance=0.05)
+    comparator = Comparator.for_artifact(TensorSpec("y", "FP32", (None, 1)), None, tolerance=0.05)
     assert not comparator.classifier
     served = np.array([[1.04], [1.06], [0.0]], dtype=np.float32)
     assert comparator.disagreements(served, np.array([[1.0], [1.0], [0.0]], dtype=np.float32)) == (1, 3)
@@ -55,7 +55,7 @@ def test_shadow_evaluation_counts_rows_and_hands_reference_answers_to_feedback(
     served, reference = Runner.load(skewed_artifact.model_path), Runner.load(skewed_artifact.reference_path)
     recorder, registry = metrics()
     store = FeedbackStore(capacity=10, max_bytes=1 << 20)
-    comparator = Comparator.for_output(served.signature.output("label"), tolerance=0.01)
+    comparator = Comparator.for_artifact(served.signature.output("label"), None, tolerance=0.01)
     images = np.load(sample.requests)[zoo.INPUT_NAME]
     batch = {"X": images[:3]}
     served_label = served.run(batch)["label"]
