@@ -131,7 +131,10 @@ def _common(node: Mapping[str, Any], path: str, errors: list[str]) -> None:
         errors.append(f"S3 {path}: uniqueItems cannot be true")
     if isinstance(node.get("items"), list):
         errors.append(f"S3 {path}: items must be a single schema")
-    if "x-kubernetes-preserve-unknown-fields" in node and node["x-kubernetes-preserve-unknown-fields"] is not True:
+    if (
+        "x-kubernetes-preserve-unknown-fields" in node
+        and node["x-kubernetes-preserve-unknown-fields"] is not True
+    ):
         errors.append(f"S5 {path}: x-kubernetes-preserve-unknown-fields must be true or absent")
     if node.get("type") == "array" and not isinstance(node.get("items"), Mapping):
         errors.append(f"S6 {path}: an array needs items")
