@@ -339,7 +339,9 @@ class Evaluator:
         int8_top = np.argsort(-int8_p, axis=1)[:, :k]
         overlap = [len(set(a) & set(b)) / k for a, b in zip(ref_top, int8_top, strict=True)]
         values[Metric.TOP5_OVERLAP.value] = float(np.mean(overlap))
-        eps = 1e-12
+        # A quantized softmax output rounds small probabilities to exactly 0 (uint8: steps of
+        # 1/255), which would make KL infinite: floor both at one in a million.
+        eps = 1e-6
         kl = np.sum(ref_p * (np.log(ref_p + eps) - np.log(int8_p + eps)), axis=1)
         values[Metric.KL_DIVERGENCE.value] = float(np.mean(kl))
         return values

@@ -11,7 +11,17 @@ import onnxruntime as ort
 import pytest
 
 from quantship import artifact, runtime, zoo
-from quantship.quantize import Calibration, Format, Mode, Precision, QuantizeConfig, Strategy, run
+from quantship.quantize import (
+    Calibration,
+    Format,
+    Mode,
+    Precision,
+    QuantizeConfig,
+    QuantizeInputError,
+    Strategy,
+    run,
+)
+from quantship.quantize.evaluate import Metric
 
 
 def test_good_artifact_passes_the_gate_and_is_much_smaller(good_artifact: artifact.Artifact) -> None:
@@ -218,3 +228,84 @@ def test_a_regressor_without_labels_is_gated_on_relative_error_after_pre_process
     assert validation["shadow_rule"]["kind"] == "relative_error"
     assert result.artifact.quantization["pre_process"] == "applied"
     assert not list(Path.cwd().glob("sym_shape_infer_temp*"))
+
+
+def _embedding_model(path: Path) -> Path:
+    """A small encoder: two weight MatMuls and an L2 normalization, so rows are unit vectors."""
+    rng = np.random.default_rng(0)
+    w1 = onnx.numpy_helper.from_array(rng.normal(scale=0.2, size=(64, 128)).astype(np.float32), "w1")
+    w2 = onnx.numpy_helper.from_array(rng.normal(scale=0.2, size=(128, 32)).astype(np.float32), "w2")
+    graph = onnx.helper.make_graph(
+        [
+            onnx.helper.make_node("MatMul", ["X", "w1"], ["h"], name="encode"),
+            onnx.helper.make_node("Relu", ["h"], ["r"], name="relu"),
+            onnx.helper.make_node("MatMul", ["r", "w2"], ["e"], name="project"),
+            onnx.helper.make_node("LpNormalization", ["e"], ["embedding"], axis=1, p=2, name="normalize"),
+        ],
+        "encoder",
+        [onnx.helper.make_tensor_value_info("X", onnx.TensorProto.FLOAT, ["N", 64])],
+        [onnx.helper.make_tensor_value_info("embedding", onnx.TensorProto.FLOAT, ["N", 32])],
+        [w1, w2],
+    )
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, path)
+    return path
+
+
+def test_an_embedding_model_is_gated_on_cosine_and_its_shadow_rule_is_cosine(
+    sample: zoo.SampleModel, tmp_path: Path
+) -> None:
+    model = _embedding_model(tmp_path / "encoder.onnx")
+    evaluation = tmp_path / "evaluation.npz"
+    np.savez(evaluation, X=np.load(sample.evaluation)["X"])
+    result = run(model, tmp_path / "a", QuantizeConfig(mode=Mode.DYNAMIC), evaluation=evaluation)
+    found = result.artifact.manifest
+    assert found["task"] == {"name": "embedding", "why": "output 'embedding' rows are unit vectors"}
+    validation = found["validation"]
+    assert validation["metric"] == "cosine_agreement"
+    assert validation["shadow_rule"] == {"kind": "cosine", "tolerance": 0.95, "confident_only": False}
+    assert {"cosine_mean", "cosine_p5", "nn_agreement"} <= set(validation["metrics"])
+    # The recorded value is what the artifact's own model gives, row by row.
+    fp32 = runtime.create_session(model).run(None, {"X": np.load(evaluation)["X"]})[0]
+    int8 = runtime.create_session(result.artifact.model_path).run(None, {"X": np.load(evaluation)["X"]})[0]
+    cosines = np.sum(fp32 * int8, axis=1) / np.linalg.norm(fp32, axis=1) / np.linalg.norm(int8, axis=1)
+    assert validation["value"] == pytest.approx(float(np.mean(cosines >= 0.95)))
+    assert validation["metrics"]["cosine_mean"] == pytest.approx(float(np.mean(cosines)), rel=1e-5)
+
+
+def test_an_unlabelled_classifier_is_gated_on_the_rows_where_fp32_is_confident(
+    sample: zoo.SampleModel, tmp_path: Path
+) -> None:
+    evaluation = tmp_path / "unlabelled.npz"
+    np.savez(evaluation, X=np.load(sample.evaluation)["X"])
+    result = run(
+        sample.model,
+        tmp_path / "a",
+        QuantizeConfig(output="probabilities"),
+        calibration=sample.calibration,
+        evaluation=evaluation,
+    )
+    validation = result.artifact.manifest["validation"]
+    assert validation["metric"] == "confident_agreement"
+    assert validation["shadow_rule"] == {"kind": "top1", "tolerance": None, "confident_only": True}
+    metrics = validation["metrics"]
+    assert metrics["confident_rows"] >= 30
+    assert {"top1_agreement", "top5_overlap", "kl_divergence"} <= set(metrics)
+    assert 0 <= metrics["kl_divergence"] < float("inf")
+
+
+def test_a_metric_the_data_cannot_support_is_refused_before_calibrating(
+    sample: zoo.SampleModel, tmp_path: Path
+) -> None:
+    evaluation = tmp_path / "unlabelled.npz"
+    np.savez(evaluation, X=np.load(sample.evaluation)["X"])
+    with pytest.raises(QuantizeInputError, match="needs labels"):
+        run(
+            sample.model,
+            tmp_path / "a",
+            QuantizeConfig(metric=Metric.TOP1_ACCURACY),
+            calibration=sample.calibration,
+            evaluation=evaluation,
+        )
+    assert not (tmp_path / "a").exists()

@@ -1,0 +1,58 @@
+"""The one rule per task that both the accuracy gate and the server's shadow SLI judge rows by."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from quantship import agreement
+from quantship.agreement import Kind, RowRule
+
+
+def test_confident_only_top1_ignores_flips_between_near_ties() -> None:
+    reference = np.array([[0.9, 0.05, 0.05], [0.35, 0.33, 0.32], [0.1, 0.8, 0.1]], dtype=np.float32)
+    served = np.array([[0.1, 0.8, 0.1], [0.3, 0.4, 0.3], [0.1, 0.8, 0.1]], dtype=np.float32)
+    assert RowRule(Kind.TOP1).judge(served, reference) == (2, 3)
+    # Row 1 is a near-tie for FP32: not compared. Row 0 is a confident answer that flipped.
+    assert RowRule(Kind.TOP1, confident_only=True).judge(served, reference) == (1, 2)
+
+
+def test_logits_are_read_through_their_softmax() -> None:
+    logits = np.array([[4.0, 0.0, 0.0], [0.1, 0.0, 0.0]])
+    assert agreement.confident(logits).tolist() == [True, False]
+    probabilities = agreement.probabilities(logits)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0)
+
+
+def test_embeddings_disagree_by_cosine_not_by_argmax() -> None:
+    rng = np.random.default_rng(0)
+    reference = rng.normal(size=(4, 384)).astype(np.float32)
+    noisy = reference + rng.normal(scale=0.05, size=reference.shape).astype(np.float32)
+    # The argmax of a 384-wide embedding moves with small noise; its direction does not.
+    rule = RowRule(Kind.COSINE, 0.95)
+    assert rule.judge(noisy, reference) == (0, 4)
+    flipped = noisy.copy()
+    flipped[0] = -flipped[0]
+    assert rule.judge(flipped, reference) == (1, 4)
+    assert not rule.classifier
+
+
+def test_regression_rows_disagree_above_the_relative_error() -> None:
+    rule = RowRule(Kind.RELATIVE_ERROR, 0.05)
+    served = np.array([[1.04], [1.06], [0.0]], dtype=np.float32)
+    assert rule.judge(served, np.array([[1.0], [1.0], [0.0]], dtype=np.float32)) == (1, 3)
+
+
+@pytest.mark.parametrize(
+    "rule",
+    [RowRule(Kind.TOP1, confident_only=True), RowRule(Kind.COSINE, 0.9), RowRule(Kind.RELATIVE_ERROR, 0.01)],
+)
+def test_a_rule_travels_through_the_manifest_unchanged(rule: RowRule) -> None:
+    assert RowRule.from_json(rule.to_json()) == rule
+
+
+def test_a_rule_that_needs_a_tolerance_says_so() -> None:
+    with pytest.raises(ValueError, match="needs a tolerance"):
+        RowRule(Kind.COSINE).judge(np.ones((1, 3)), np.ones((1, 3)))
+    with pytest.raises(ValueError):
+        RowRule.from_json({"kind": "argmax"})
