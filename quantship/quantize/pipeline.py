@@ -6,10 +6,7 @@ Works in a temporary directory; the artifact appears at `out` only when complete
 
 from __future__ import annotations
 
-import json
 import os
-import resource
-import statistics
 import tempfile
 import time
 from collections.abc import Callable
@@ -26,9 +23,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 import quantship
 from quantship import artifact, runtime
-from quantship.quantize import data, engine, ranges, sensitivity, tuner
-from quantship.quantize.config import Format, Mode, QuantizeConfig, Strategy
-from quantship.quantize.errors import CalibrationFailed, QuantizeInputError
+from quantship.quantize import data, engine, ranges, sensitivity, tuner, workbench
+from quantship.quantize.config import Mode, QuantizeConfig
+from quantship.quantize.errors import QuantizeInputError
 from quantship.quantize.evaluate import Evaluator
 
 
@@ -86,23 +83,7 @@ def run(
             warn(message)
 
     _check_writable(out)
-    fp32 = engine.load_model(model_path)
-    inputs = data.model_inputs(fp32)
-    if config.mode is Mode.STATIC and calibration is None:
-        raise QuantizeInputError("static quantization needs calibration data (--calibration)")
-    calib = data.load_dataset(calibration, inputs, role="calibration") if calibration else None
-    evalset = data.load_dataset(evaluation, inputs, role="evaluation") if evaluation else calib
-    if evalset is None:
-        raise QuantizeInputError(
-            "dynamic quantization needs evaluation data (--evaluation) for the accuracy gate"
-        )
-    if evaluation is None:
-        note("no --evaluation data: the gate compares FP32 and INT8 on the calibration data itself")
-    if calib is not None and config.mode is Mode.DYNAMIC and config.strategy is Strategy.FALLBACK:
-        note(
-            "--calibration is not used: dynamic quantization computes activation ranges at run time, "
-            "and --strategy fallback tries no static recipe"
-        )
+    fp32, inputs, calib, evalset = _read_inputs(model_path, config, calibration, evaluation, note)
     hardware = runtime.hardware()
     config = config.resolved(hardware)
 
@@ -125,89 +106,23 @@ def run(
             f"({evaluator.task.value}: {evaluator.task_reason}; {gate.reason})"
         )
         batch = data.calibration_batch_size(calib, config.batch_size, inputs) if calib is not None else 1
-        calibrations = _Calibrations(prepared, calib, batch, tmp, progress)
-        quantizable = sum(1 for node in prepared_model.graph.node if node.op_type in engine.QUANTIZABLE_OPS)
-        quantized_by_recipe: dict[str, list[onnx.NodeProto]] = {}
-        trials_run: list[tuner.Trial] = []
-        trial_task = progress.add_task("tuning", total=config.max_trials + 1)
-
-        def attempt(
-            stage: tuner.Stage, trial_config: QuantizeConfig, excluded: tuple[str, ...]
-        ) -> tuner.Trial:
-            begin = time.perf_counter()
-            number = len(trials_run)
-            progress.update(
-                trial_task, description=f"tuning: {stage.value} trial {number}: {trial_config.label()}"
-            )
-            candidate = tmp / f"trial-{number}.onnx"
-            key, error, latency = trial_config.label(), None, None
-            try:
-                engine.quantize(
-                    prepared,
-                    candidate,
-                    trial_config,
-                    cache_path=calibrations.cache_for(trial_config),
-                    exclude=config.excluded_nodes + excluded,
-                )
-                if key not in quantized_by_recipe:
-                    quantized_by_recipe[key] = engine.quantized_nodes(
-                        prepared_model, onnx.load(str(candidate)), trial_config.mode
-                    )
-                result = evaluator.evaluate(candidate)
-                latency = _latency_ms(candidate, evalset) if result.passed else None
-            except CalibrationFailed as exc:
-                error = str(exc)
-                result = evaluator.failed()
-                note(f"trial {number} ({key}): {error}")
-            except QuantizeInputError:
-                raise  # the user's data or model: no other recipe fixes it
-            except Exception as exc:  # onnxruntime raises its own pybind types for every failure
-                # One recipe onnxruntime cannot quantize or run (an op it mishandles at some
-                # setting) is a failed trial, not the end of the tuning.
-                error = engine.first_line(exc)
-                result = evaluator.failed()
-                note(f"trial {number} ({key}) failed in onnxruntime: {error}")
-            quantized = len({n.name for n in quantized_by_recipe.get(key, [])} - set(excluded))
-            progress.advance(trial_task)
-            trial = tuner.Trial(
-                number,
-                stage,
-                trial_config,
-                excluded,
-                quantized,
-                quantized / quantizable if quantizable else 0.0,
-                result,
-                time.perf_counter() - begin,
-                _peak_rss_mb(),
-                latency,
-                error,
-            )
-            trials_run.append(trial)
-            return trial
-
-        def op_type_groups(recipe: QuantizeConfig) -> dict[str, tuple[str, ...]]:
-            groups: dict[str, list[str]] = {}
-            for node in quantized_by_recipe.get(recipe.label(), []):
-                groups.setdefault(node.op_type, []).append(node.name)
-            return {op: tuple(names) for op, names in groups.items()}
-
-        sensitivities: dict[str, list[sensitivity.TensorError]] = {}
-
-        def errors_for(recipe: QuantizeConfig) -> list[sensitivity.TensorError]:
-            if recipe.label() not in sensitivities:
-                sensitivities[recipe.label()] = _sensitivity(
-                    prepared, recipe, calibrations, calib, tmp, progress
-                )
-            return sensitivities[recipe.label()]
-
-        def ranking(recipe: QuantizeConfig) -> list[str]:
-            candidates = [n.name for n in quantized_by_recipe.get(recipe.label(), [])]
-            return sensitivity.rank_nodes(errors_for(recipe), candidates)
-
-        trials = tuner.tune(
-            config, _traits(prepared_model, calib is not None, hardware), attempt, op_type_groups, ranking
+        calibrations = workbench.Calibrations(prepared, calib, batch, tmp, progress)
+        bench = workbench.Workbench(
+            prepared, prepared_model, config, evaluator, calibrations, tmp, progress, note
         )
-        progress.update(trial_task, total=len(trials), completed=len(trials), description="tuning: done")
+        trials = tuner.tune(
+            config,
+            workbench.traits(prepared_model, calib is not None, hardware),
+            bench.attempt,
+            bench.op_type_groups,
+            bench.ranking,
+        )
+        bench.done()
+        if calib is not None and not any(t.config.mode is Mode.STATIC for t in trials):
+            note(
+                "--calibration is not used: dynamic quantization computes activation ranges at run "
+                "time, and no static recipe was tried"
+            )
         chosen = tuner.best(trials)
         if chosen.error is not None:
             raise QuantizeInputError(
@@ -216,7 +131,7 @@ def run(
         if not chosen.passed:
             note(f"no trial passed the gate ({gate.describe()}); {tuner.advice(trials)}")
 
-        chosen_path = tmp / f"trial-{chosen.number}.onnx"
+        chosen_path = bench.path(chosen)
         chosen_model = onnx.load(str(chosen_path))
         manifest = _manifest(
             fp32=fp32,
@@ -229,7 +144,7 @@ def run(
             calibrated=calibrations.ranges_for(chosen.config),
             chosen_model=chosen_model,
             prepared_model=prepared_model,
-            errors=errors_for(chosen.config),
+            errors=bench.errors_for(chosen.config),
             hardware=hardware,
             pre_processed=pre_processed,
             fallback=runtime.fallback_ops(chosen_path),
@@ -255,90 +170,27 @@ def run(
     )
 
 
-class _Calibrations:
-    """Calibration runs, one per method, made when a trial first needs that method and reused
-    (onnxruntime's calibration cache) by every later trial of it."""
-
-    def __init__(
-        self,
-        prepared: Path,
-        dataset: data.Dataset | None,
-        batch_size: int,
-        tmp: Path,
-        progress: Progress,
-    ) -> None:
-        self.prepared, self.dataset, self.batch_size = prepared, dataset, batch_size
-        self.tmp, self.progress = tmp, progress
-        self._done: dict[str, tuple[Path, TensorsData]] = {}
-        self._failed: dict[str, CalibrationFailed] = {}
-
-    def _key(self, config: QuantizeConfig) -> str:
-        return json.dumps([config.calibration.value, config.calibration_params()], sort_keys=True)
-
-    def cache_for(self, config: QuantizeConfig) -> Path | None:
-        if config.mode is not Mode.STATIC or self.dataset is None:
-            return None
-        key = self._key(config)
-        if key in self._failed:
-            raise self._failed[key]
-        if key not in self._done:
-            dataset = self.dataset
-            task = self.progress.add_task(f"calibrating ({config.calibration.value})", total=dataset.size)
-            cache = self.tmp / f"calibration-{len(self._done)}.json"
-            try:
-                ranges = engine.calibrate(
-                    self.prepared,
-                    dataset,
-                    config,
-                    self.batch_size,
-                    cache,
-                    lambda n: self.progress.advance(task, n),
-                )
-            except CalibrationFailed as exc:
-                self._failed[key] = exc
-                raise
-            self._done[key] = (cache, ranges)
-        return self._done[key][0]
-
-    def ranges_for(self, config: QuantizeConfig) -> TensorsData | None:
-        if self.cache_for(config) is None:
-            return None
-        return self._done[self._key(config)][1]
-
-
-def _traits(model: onnx.ModelProto, can_calibrate: bool, hardware: runtime.Hardware) -> tuner.ModelTraits:
-    constants = {init.name for init in model.graph.initializer}
-    constants |= {out for node in model.graph.node if node.op_type == "Constant" for out in node.output}
-    matmuls = [node for node in model.graph.node if node.op_type == "MatMul"]
-    is_x86 = hardware.machine.lower() in ("x86_64", "amd64", "i686")
-    return tuner.ModelTraits(
-        has_conv=any(node.op_type == "Conv" for node in model.graph.node),
-        has_matmul=bool(matmuls) or any(node.op_type == "Gemm" for node in model.graph.node),
-        has_activation_matmul=any(len(node.input) > 1 and node.input[1] not in constants for node in matmuls),
-        can_calibrate=can_calibrate,
-        lacks_vnni=is_x86 and not hardware.has_vnni,
-    )
-
-
-LATENCY_RUNS = 15
-
-
-def _latency_ms(model: Path, dataset: data.Dataset) -> float:
-    """Batch-1 median on this machine, as served (all cores, all optimizations)."""
-    session = runtime.create_session(model)
-    row = next(dataset.subset(1).batches(1))
-    for _ in range(3):
-        session.run(None, row)
-    times = []
-    for _ in range(LATENCY_RUNS):
-        begin = time.perf_counter()
-        session.run(None, row)
-        times.append(time.perf_counter() - begin)
-    return statistics.median(times) * 1000
-
-
-def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+def _read_inputs(
+    model_path: Path,
+    config: QuantizeConfig,
+    calibration: Path | None,
+    evaluation: Path | None,
+    note: Callable[[str], None],
+) -> tuple[onnx.ModelProto, list[data.InputSpec], data.Dataset | None, data.Dataset]:
+    """The FP32 model and the data, checked against it: everything the user handed in."""
+    fp32 = engine.load_model(model_path)
+    inputs = data.model_inputs(fp32)
+    if config.mode is Mode.STATIC and calibration is None:
+        raise QuantizeInputError("static quantization needs calibration data (--calibration)")
+    calib = data.load_dataset(calibration, inputs, role="calibration") if calibration else None
+    evalset = data.load_dataset(evaluation, inputs, role="evaluation") if evaluation else calib
+    if evalset is None:
+        raise QuantizeInputError(
+            "dynamic quantization needs evaluation data (--evaluation) for the accuracy gate"
+        )
+    if evaluation is None:
+        note("no --evaluation data: the gate compares FP32 and INT8 on the calibration data itself")
+    return fp32, inputs, calib, evalset
 
 
 def _check_writable(out: Path) -> None:
@@ -360,33 +212,6 @@ def _check_exclusions(config: QuantizeConfig, model: onnx.ModelProto) -> None:
         raise QuantizeInputError(
             f"--exclude names no node of the model: {', '.join(unknown)} (nodes: {known})"
         )
-
-
-def _sensitivity(
-    prepared: Path,
-    config: QuantizeConfig,
-    calibrations: _Calibrations,
-    calib: data.Dataset | None,
-    tmp: Path,
-    progress: Progress,
-) -> list[sensitivity.TensorError]:
-    """Per-tensor SQNR of a QDQ quantization of the model with `config` (static mode only: dynamic
-    quantization has no activation ranges to debug)."""
-    if config.mode is not Mode.STATIC or calib is None:
-        return []
-    task = progress.add_task("per-tensor sensitivity (qdq_loss_debug)", total=1)
-    qdq = tmp / "sensitivity-qdq.onnx"
-    engine.quantize(
-        prepared,
-        qdq,
-        config,
-        cache_path=calibrations.cache_for(config),
-        exclude=config.excluded_nodes,
-        format=Format.QDQ,
-    )
-    errors = sensitivity.measure(prepared, qdq, calib, calibrations.batch_size, tmp)
-    progress.advance(task)
-    return errors
 
 
 def _manifest(

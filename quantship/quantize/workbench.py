@@ -1,0 +1,236 @@
+"""One tuning trial at a time: quantize with a config, count what got quantized, judge it.
+
+`pipeline.run` builds a Workbench over the prepared model and hands its methods to the tuner
+(`tuner.tune`), which decides what to try; the Workbench holds what trials share: calibration
+runs per method (`Calibrations`), the nodes each recipe quantizes, the per-tensor sensitivity of
+a recipe (measured only when a stage asks for it).
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import onnx
+from onnxruntime.quantization.calibrate import TensorsData
+from rich.progress import Progress
+
+from quantship import runtime
+from quantship.quantize import data, engine, sensitivity, tuner
+from quantship.quantize.config import Format, Mode, QuantizeConfig
+from quantship.quantize.errors import CalibrationFailed, QuantizeInputError
+from quantship.quantize.evaluate import Evaluator
+
+
+class Workbench:
+    def __init__(
+        self,
+        prepared: Path,
+        prepared_model: onnx.ModelProto,
+        config: QuantizeConfig,
+        evaluator: Evaluator,
+        calibrations: Calibrations,
+        tmp: Path,
+        progress: Progress,
+        note: Callable[[str], None],
+    ) -> None:
+        self.prepared, self.prepared_model, self.config = prepared, prepared_model, config
+        self.evaluator, self.calibrations = evaluator, calibrations
+        self.tmp, self.progress, self.note = tmp, progress, note
+        self.quantizable = sum(1 for n in prepared_model.graph.node if n.op_type in engine.QUANTIZABLE_OPS)
+        self.trials: list[tuner.Trial] = []
+        self._quantized: dict[str, list[onnx.NodeProto]] = {}
+        self._sensitivity: dict[str, list[sensitivity.TensorError]] = {}
+        self._task = progress.add_task("tuning", total=config.max_trials + 1)
+
+    def path(self, trial: tuner.Trial) -> Path:
+        return self.tmp / f"trial-{trial.number}.onnx"
+
+    def attempt(self, stage: tuner.Stage, config: QuantizeConfig, excluded: tuple[str, ...]) -> tuner.Trial:
+        """tuner.Attempt: one quantization, judged on the fused int8 kernels."""
+        begin, number, key = time.perf_counter(), len(self.trials), config.label()
+        self.progress.update(self._task, description=f"tuning: {stage.value} trial {number}: {key}")
+        candidate = self.tmp / f"trial-{number}.onnx"
+        error, latency = None, None
+        try:
+            engine.quantize(
+                self.prepared,
+                candidate,
+                config,
+                cache_path=self.calibrations.cache_for(config),
+                exclude=self.config.excluded_nodes + excluded,
+            )
+            if key not in self._quantized:
+                self._quantized[key] = engine.quantized_nodes(
+                    self.prepared_model, onnx.load(str(candidate)), config.mode
+                )
+            result = self.evaluator.evaluate(candidate)
+            latency = _latency_ms(candidate, self.evaluator.dataset) if result.passed else None
+        except CalibrationFailed as exc:
+            error, result = str(exc), self.evaluator.failed()
+            self.note(f"trial {number} ({key}): {error}")
+        except QuantizeInputError:
+            raise  # the user's data or model: no other recipe fixes it
+        except Exception as exc:  # onnxruntime raises its own pybind types for every failure
+            # One recipe onnxruntime cannot quantize or run (an op it mishandles at some setting)
+            # is a failed trial, not the end of the tuning.
+            error, result = engine.first_line(exc), self.evaluator.failed()
+            self.note(f"trial {number} ({key}) failed in onnxruntime: {error}")
+        quantized = len({n.name for n in self._quantized.get(key, [])} - set(excluded))
+        self.progress.advance(self._task)
+        trial = tuner.Trial(
+            number,
+            stage,
+            config,
+            excluded,
+            quantized,
+            quantized / self.quantizable if self.quantizable else 0.0,
+            result,
+            time.perf_counter() - begin,
+            _peak_rss_mb(),
+            latency,
+            error,
+        )
+        self.trials.append(trial)
+        return trial
+
+    def op_type_groups(self, recipe: QuantizeConfig) -> dict[str, tuple[str, ...]]:
+        """The nodes `recipe` quantized, by op type (stage 2)."""
+        groups: dict[str, list[str]] = {}
+        for node in self._quantized.get(recipe.label(), []):
+            groups.setdefault(node.op_type, []).append(node.name)
+        return {op: tuple(names) for op, names in groups.items()}
+
+    def ranking(self, recipe: QuantizeConfig) -> list[str]:
+        """The nodes `recipe` quantized, most sensitive first (stage 3)."""
+        candidates = [n.name for n in self._quantized.get(recipe.label(), [])]
+        return sensitivity.rank_nodes(self.errors_for(recipe), candidates)
+
+    def errors_for(self, recipe: QuantizeConfig) -> list[sensitivity.TensorError]:
+        """Per-tensor SQNR of `recipe`, measured once."""
+        if recipe.label() not in self._sensitivity:
+            self._sensitivity[recipe.label()] = _sensitivity(
+                self.prepared, recipe, self.calibrations, self.tmp, self.progress
+            )
+        return self._sensitivity[recipe.label()]
+
+    def done(self) -> None:
+        count = len(self.trials)
+        self.progress.update(self._task, total=count, completed=count, description="tuning: done")
+
+
+class Calibrations:
+    """Calibration runs, one per method, made when a trial first needs that method and reused
+    (onnxruntime's calibration cache) by every later trial of it."""
+
+    def __init__(
+        self,
+        prepared: Path,
+        dataset: data.Dataset | None,
+        batch_size: int,
+        tmp: Path,
+        progress: Progress,
+    ) -> None:
+        self.prepared, self.dataset, self.batch_size = prepared, dataset, batch_size
+        self.tmp, self.progress = tmp, progress
+        self._done: dict[str, tuple[Path, TensorsData]] = {}
+        self._failed: dict[str, CalibrationFailed] = {}
+
+    def _key(self, config: QuantizeConfig) -> str:
+        return json.dumps([config.calibration.value, config.calibration_params()], sort_keys=True)
+
+    def cache_for(self, config: QuantizeConfig) -> Path | None:
+        if config.mode is not Mode.STATIC or self.dataset is None:
+            return None
+        key = self._key(config)
+        if key in self._failed:
+            raise self._failed[key]
+        if key not in self._done:
+            dataset = self.dataset
+            task = self.progress.add_task(f"calibrating ({config.calibration.value})", total=dataset.size)
+            cache = self.tmp / f"calibration-{len(self._done)}.json"
+            try:
+                ranges = engine.calibrate(
+                    self.prepared,
+                    dataset,
+                    config,
+                    self.batch_size,
+                    cache,
+                    lambda n: self.progress.advance(task, n),
+                )
+            except CalibrationFailed as exc:
+                self._failed[key] = exc
+                raise
+            self._done[key] = (cache, ranges)
+        return self._done[key][0]
+
+    def ranges_for(self, config: QuantizeConfig) -> TensorsData | None:
+        if self.cache_for(config) is None:
+            return None
+        return self._done[self._key(config)][1]
+
+
+def traits(model: onnx.ModelProto, can_calibrate: bool, hardware: runtime.Hardware) -> tuner.ModelTraits:
+    constants = {init.name for init in model.graph.initializer}
+    constants |= {out for node in model.graph.node if node.op_type == "Constant" for out in node.output}
+    matmuls = [node for node in model.graph.node if node.op_type == "MatMul"]
+    is_x86 = hardware.machine.lower() in ("x86_64", "amd64", "i686")
+    return tuner.ModelTraits(
+        has_conv=any(node.op_type == "Conv" for node in model.graph.node),
+        has_matmul=bool(matmuls) or any(node.op_type == "Gemm" for node in model.graph.node),
+        has_activation_matmul=any(len(node.input) > 1 and node.input[1] not in constants for node in matmuls),
+        can_calibrate=can_calibrate,
+        lacks_vnni=is_x86 and not hardware.has_vnni,
+    )
+
+
+LATENCY_RUNS = 15
+
+
+def _latency_ms(model: Path, dataset: data.Dataset) -> float:
+    """Batch-1 median on this machine, as served (all cores, all optimizations)."""
+    session = runtime.create_session(model)
+    row = next(dataset.subset(1).batches(1))
+    for _ in range(3):
+        session.run(None, row)
+    times = []
+    for _ in range(LATENCY_RUNS):
+        begin = time.perf_counter()
+        session.run(None, row)
+        times.append(time.perf_counter() - begin)
+    return statistics.median(times) * 1000
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def _sensitivity(
+    prepared: Path,
+    config: QuantizeConfig,
+    calibrations: Calibrations,
+    tmp: Path,
+    progress: Progress,
+) -> list[sensitivity.TensorError]:
+    """Per-tensor SQNR of a QDQ quantization of the model with `config` (static mode only: dynamic
+    quantization has no activation ranges to debug)."""
+    calib = calibrations.dataset
+    if config.mode is not Mode.STATIC or calib is None:
+        return []
+    task = progress.add_task("per-tensor sensitivity (qdq_loss_debug)", total=1)
+    qdq = tmp / "sensitivity-qdq.onnx"
+    engine.quantize(
+        prepared,
+        qdq,
+        config,
+        cache_path=calibrations.cache_for(config),
+        exclude=config.excluded_nodes,
+        format=Format.QDQ,
+    )
+    errors = sensitivity.measure(prepared, qdq, calib, calibrations.batch_size, tmp)
+    progress.advance(task)
+    return errors
