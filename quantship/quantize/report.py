@@ -117,17 +117,20 @@ def _trials(trials: list[dict[str, Any]], tuning: dict[str, Any]) -> str:
         return "<p>No trials recorded.</p>"
     fig, ax = reporting.new_figure(9, 3)
     numbers = [t["number"] for t in trials]
-    deltas = [(t["delta"] if t.get("delta") is not None else 1.0) for t in trials]
+    metric = trials[0].get("metric", "?")
+    values = [(t["value"] if t.get("value") is not None else 0.0) for t in trials]
     colors = ["#16794c" if t["passed"] else "#b42318" for t in trials]
-    ax.bar(numbers, deltas, color=colors)
-    limit = trials[0].get("limit", 0)
-    ax.axhline(limit, color="#1d2330", linestyle="--", linewidth=1, label=f"gate: loss <= {limit:.4g}")
-    for t, delta in zip(trials, deltas, strict=True):
-        ax.annotate(f"{t['stage'][0]}", (t["number"], delta), ha="center", va="bottom", fontsize=8)
-    ax.set_xlabel("trial (r: recipe, o: op-type fallback, n: node fallback)")
-    ax.set_ylabel(f"loss of {trials[0].get('metric', '?')} (0 = FP32)")
+    ax.bar(numbers, values, color=colors)
+    threshold = trials[0].get("threshold")
+    if threshold is not None:
+        ax.axhline(threshold, color="#1d2330", linestyle="--", linewidth=1, label=f"gate {threshold:g}")
+        ax.legend(loc="lower right")
+    for t, value in zip(trials, values, strict=True):
+        label = f"{t['stage'][0]} {value:.3g}" if t.get("value") is not None else f"{t['stage'][0]} error"
+        ax.annotate(label, (t["number"], value), ha="center", va="bottom", fontsize=8)
+    ax.set_xlabel("trial (r: recipe, o: op-type fallback, n: node fallback; green passed)")
+    ax.set_ylabel(metric)
     ax.set_xticks(numbers)
-    ax.legend()
     rows = [
         (
             t["number"],
