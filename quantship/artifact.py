@@ -78,6 +78,55 @@ class ActivationRange:
         return cls(**{k: data.get(k) for k in cls.__dataclass_fields__})  # type: ignore[arg-type]
 
 
+HISTOGRAM_BINS = 64
+"""Equal bins over an activation's representable range: 4 uint8 steps per bin, fine enough to see
+a distribution move inside the range, small enough for the manifest (a few KB per model)."""
+
+
+@dataclass(frozen=True)
+class ActivationHistogram:
+    """How calibration data spread over one activation's range: `counts` over HISTOGRAM_BINS equal
+    bins of [low, high], plus the values below and above it. The drift SLI compares production
+    traffic binned by the same `bin` with this, so both sides share this one definition."""
+
+    tensor: str
+    low: float
+    high: float
+    counts: tuple[int, ...]
+    underflow: int
+    overflow: int
+
+    @staticmethod
+    def bin(values: np.ndarray, low: float, high: float) -> tuple[np.ndarray, int, int]:
+        """(counts per bin, below low, above high) of `values`."""
+        flat = np.asarray(values, dtype=np.float64).ravel()
+        flat = flat[np.isfinite(flat)]
+        inside = flat[(flat >= low) & (flat <= high)]
+        counts, _ = np.histogram(inside, bins=HISTOGRAM_BINS, range=(low, high))
+        return counts, int(np.count_nonzero(flat < low)), int(np.count_nonzero(flat > high))
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "tensor": self.tensor,
+            "low": self.low,
+            "high": self.high,
+            "counts": list(self.counts),
+            "underflow": self.underflow,
+            "overflow": self.overflow,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> ActivationHistogram:
+        return cls(
+            str(data["tensor"]),
+            float(data["low"]),
+            float(data["high"]),
+            tuple(int(c) for c in data["counts"]),
+            int(data["underflow"]),
+            int(data["overflow"]),
+        )
+
+
 @dataclass(frozen=True)
 class Artifact:
     """A verified artifact on local disk. Construct it with `load_artifact`, never by hand."""
@@ -97,6 +146,10 @@ class Artifact:
     @property
     def activation_ranges(self) -> list[ActivationRange]:
         return [ActivationRange.from_json(r) for r in self.manifest.get("activation_ranges", [])]
+
+    @property
+    def activation_histograms(self) -> list[ActivationHistogram]:
+        return [ActivationHistogram.from_json(h) for h in self.manifest.get("activation_histograms", [])]
 
     @property
     def quantization(self) -> dict[str, Any]:

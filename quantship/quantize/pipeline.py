@@ -18,7 +18,6 @@ from typing import Any
 import onnx
 import onnxruntime
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from onnxruntime.quantization.calibrate import TensorsData
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 import quantship
@@ -27,6 +26,7 @@ from quantship.quantize import data, engine, ranges, sensitivity, tuner, workben
 from quantship.quantize.config import Mode, QuantizeConfig
 from quantship.quantize.errors import QuantizeInputError
 from quantship.quantize.evaluate import Evaluator
+from quantship.quantize.histograms import calibration_histograms
 
 
 @dataclass(frozen=True)
@@ -132,7 +132,14 @@ def run(
             note(f"no trial passed the gate ({gate.describe()}); {tuner.advice(trials)}")
 
         chosen_path = bench.path(chosen)
-        chosen_model = onnx.load(str(chosen_path))
+        chosen_ranges = ranges.activation_ranges(
+            onnx.load(str(chosen_path)), prepared_model, calibrations.ranges_for(chosen.config)
+        )
+        histograms = []
+        if calib is not None and chosen_ranges:
+            task = progress.add_task("calibration histograms (drift baseline)", total=1)
+            histograms = calibration_histograms(prepared, chosen_ranges, calib, batch)
+            progress.advance(task)
         manifest = _manifest(
             fp32=fp32,
             model_path=model_path,
@@ -141,9 +148,8 @@ def run(
             trials=trials,
             calib=calib,
             evalset=evalset,
-            calibrated=calibrations.ranges_for(chosen.config),
-            chosen_model=chosen_model,
-            prepared_model=prepared_model,
+            activation_ranges=chosen_ranges,
+            histograms=histograms,
             errors=bench.errors_for(chosen.config),
             hardware=hardware,
             pre_processed=pre_processed,
@@ -223,9 +229,8 @@ def _manifest(
     trials: list[tuner.Trial],
     calib: data.Dataset | None,
     evalset: data.Dataset,
-    calibrated: TensorsData | None,
-    chosen_model: onnx.ModelProto,
-    prepared_model: onnx.ModelProto,
+    activation_ranges: list[artifact.ActivationRange],
+    histograms: list[artifact.ActivationHistogram],
     errors: list[sensitivity.TensorError],
     hardware: runtime.Hardware,
     pre_processed: str,
@@ -259,9 +264,8 @@ def _manifest(
             "method": final.calibration.value,
             "params": final.calibration_params(),
         },
-        "activation_ranges": [
-            r.to_json() for r in ranges.activation_ranges(chosen_model, prepared_model, calibrated)
-        ],
+        "activation_ranges": [r.to_json() for r in activation_ranges],
+        "activation_histograms": [h.to_json() for h in histograms],
         "validation": {
             "gate": gate,
             "gate_reason": evaluator.gate.reason,

@@ -309,3 +309,28 @@ def test_a_metric_the_data_cannot_support_is_refused_before_calibrating(
             evaluation=evaluation,
         )
     assert not (tmp_path / "a").exists()
+
+
+def test_the_artifact_keeps_a_calibration_histogram_of_every_activation_range(
+    good_artifact: artifact.Artifact, sample: zoo.SampleModel
+) -> None:
+    histograms = {h.tensor: h for h in good_artifact.activation_histograms}
+    ranges = {r.tensor: r for r in good_artifact.activation_ranges}
+    assert set(histograms) == {t for t, r in ranges.items() if r.high > r.low}
+    samples = len(np.load(sample.calibration)["X"])
+    for tensor, histogram in histograms.items():
+        assert len(histogram.counts) == artifact.HISTOGRAM_BINS
+        assert (histogram.low, histogram.high) == (ranges[tensor].low, ranges[tensor].high)
+        seen = sum(histogram.counts) + histogram.underflow + histogram.overflow
+        assert seen % samples == 0, "every calibration sample adds the same number of values"
+    # The first hidden layer's Relu output: calibrated on the same data, almost nothing falls outside.
+    relu = max(histograms.values(), key=lambda h: sum(h.counts))
+    assert relu.underflow + relu.overflow <= sum(relu.counts) * 0.001
+
+
+def test_histogram_bins_count_values_inside_and_outside_the_range() -> None:
+    counts, below, above = artifact.ActivationHistogram.bin(
+        np.array([-1.0, 0.0, 0.5, 0.99, 1.0, 2.0, np.nan]), 0.0, 1.0
+    )
+    assert (below, above) == (1, 1)
+    assert counts.sum() == 4 and counts[0] == 1 and counts[-1] == 2 and len(counts) == artifact.HISTOGRAM_BINS
