@@ -20,7 +20,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from quantship.server.errors import InferenceFailed, NotReady, Overloaded, ServerError
-from quantship.server.runner import Runner, Tensors, batch_key
+from quantship.server.runner import Outcome, Runner, Tensors, batch_key
 from quantship.server.settings import BatchSettings
 
 log = logging.getLogger(__name__)
@@ -141,18 +141,11 @@ class Batcher:
             return _TIMEOUT
 
     async def _execute(self, batch: Sequence[_Job], rows: int) -> None:
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        for job in batch:
-            self.observer.waited(started - job.enqueued)
-        self.observer.batch_ran(rows)
+        """Run one batch and answer its requests. Supervised: whatever fails here (the model, an
+        observer, a bug of ours) fails this batch's requests with 500 and the worker goes on, so no
+        caller ever waits on a future nobody will set."""
         try:
-            results = await loop.run_in_executor(
-                self.executor,
-                self.runner.run_many,
-                [job.inputs for job in batch],
-                [job.rows for job in batch],
-            )
+            results = await self._run(batch, rows)
         except Exception as exc:
             error = exc if isinstance(exc, ServerError) else InferenceFailed(f"inference failed: {exc!r}")
             if not isinstance(exc, ServerError):
@@ -162,5 +155,19 @@ class Batcher:
                     job.future.set_exception(error)
             return
         for job, result in zip(batch, results, strict=True):
-            if not job.future.done():  # the caller may have gone away
+            if job.future.done():  # the caller may have gone away
+                continue
+            if isinstance(result, ServerError):
+                job.future.set_exception(result)
+            else:
                 job.future.set_result(result)
+
+    async def _run(self, batch: Sequence[_Job], rows: int) -> list[Outcome]:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        for job in batch:
+            self.observer.waited(started - job.enqueued)
+        self.observer.batch_ran(rows)
+        return await loop.run_in_executor(
+            self.executor, self.runner.run_batch, [job.inputs for job in batch], [job.rows for job in batch]
+        )

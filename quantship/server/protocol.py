@@ -143,7 +143,7 @@ def _parse_json(header: bytes) -> dict[str, Any]:
     if not header.strip():
         raise InvalidInput("the request body is empty: expected an inference request (JSON)")
     try:
-        document = json.loads(header)
+        document = json.loads(header, parse_constant=_no_constant)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InvalidInput(f"the request is not valid JSON: {exc}") from None
     except RecursionError:
@@ -151,6 +151,11 @@ def _parse_json(header: bytes) -> dict[str, Any]:
     if not isinstance(document, dict):
         raise InvalidInput(f"the request must be a JSON object, got {type(document).__name__}")
     return document
+
+
+def _no_constant(literal: str) -> Any:
+    """Python's json accepts NaN and Infinity; JSON does not, and a model fed them answers garbage."""
+    raise InvalidInput(f"the request holds {literal}, which is not JSON: send finite numbers")
 
 
 def _parameters(container: dict[str, Any], where: str) -> dict[str, Any]:
@@ -194,18 +199,7 @@ def _decode_input(entry: Any, index: int, reader: _BinaryReader) -> tuple[str, n
     name = entry.get("name")
     if not isinstance(name, str) or not name:
         raise InvalidInput(f"inputs[{index}] has no name")
-    datatype = entry.get("datatype")
-    if datatype not in DATATYPES:
-        raise InvalidInput(
-            f"input '{name}' has datatype {json.dumps(datatype)}; known: {', '.join(DATATYPES)}"
-        )
-    shape = entry.get("shape")
-    if not isinstance(shape, list) or not all(
-        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
-    ):
-        raise InvalidInput(f"input '{name}' has shape {json.dumps(shape)}: expected a list of integers >= 0")
-    if len(shape) > MAX_RANK:
-        raise InvalidInput(f"input '{name}' has {len(shape)} dimensions; at most {MAX_RANK} are possible")
+    datatype, shape = checked_header(name, entry.get("datatype"), entry.get("shape"))
     size = _parameters(entry, f"input '{name}'").get("binary_data_size")
     if size is not None:
         if "data" in entry:
@@ -216,6 +210,31 @@ def _decode_input(entry: Any, index: int, reader: _BinaryReader) -> tuple[str, n
     if "data" not in entry:
         raise InvalidInput(f"input '{name}' has no data: give 'data' or parameters.binary_data_size")
     return name, _from_json(name, datatype, shape, entry["data"])
+
+
+def checked_header(name: str, datatype: Any, shape: Any) -> tuple[str, list[int]]:
+    """An input's datatype and shape as the protocol allows them (both transports), or InvalidInput."""
+    if datatype not in DATATYPES:
+        raise InvalidInput(
+            f"input '{name}' has datatype {json.dumps(datatype)}; known: {', '.join(DATATYPES)}"
+        )
+    if not isinstance(shape, list) or not all(
+        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
+    ):
+        raise InvalidInput(f"input '{name}' has shape {json.dumps(shape)}: expected a list of integers >= 0")
+    if len(shape) > MAX_RANK:
+        raise InvalidInput(f"input '{name}' has {len(shape)} dimensions; at most {MAX_RANK} are possible")
+    return datatype, shape
+
+
+def from_raw(name: str, datatype: str, shape: list[int], raw: bytes | memoryview) -> np.ndarray:
+    """A tensor from its raw little-endian bytes (binary extension, gRPC raw contents); not copied."""
+    return _from_binary(name, datatype, shape, memoryview(raw))
+
+
+def to_raw(array: np.ndarray) -> bytes:
+    """An output's raw little-endian bytes (BYTES elements length-prefixed), as both transports send them."""
+    return _to_bytes(array, datatype_of(array.dtype))
 
 
 def _from_binary(name: str, datatype: str, shape: list[int], chunk: memoryview) -> np.ndarray:

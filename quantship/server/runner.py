@@ -50,6 +50,9 @@ class TensorSpec:
     datatype: str
     shape: tuple[int | None, ...]
     """Dimensions; None where the model leaves one open (a symbolic or unknown dimension)."""
+    dim_names: tuple[str | None, ...] = ()
+    """The model's name for each open dimension (`batch`, `seq`), None where it gives none. Inputs
+    sharing a name must agree on its size: checked here rather than failing deep in a kernel."""
 
     @property
     def dtype(self) -> np.dtype[Any]:
@@ -68,8 +71,10 @@ class TensorSpec:
         datatype = _ORT_DATATYPES.get(node.type)
         if datatype is None:
             raise UnsupportedModel(f"'{node.name}' is {node.type}; only plain tensors can be served")
-        shape = tuple(dim if isinstance(dim, int) and dim >= 0 else None for dim in node.shape or ())
-        return cls(node.name, datatype, shape)
+        dims = node.shape or ()
+        shape = tuple(dim if isinstance(dim, int) and dim >= 0 else None for dim in dims)
+        names = tuple(dim if isinstance(dim, str) and dim else None for dim in dims)
+        return cls(node.name, datatype, shape, names)
 
 
 @dataclass(frozen=True)
@@ -118,7 +123,23 @@ class Signature:
                     f"others {rows}"
                 )
             rows = array.shape[0]
+        self._check_named_dims(inputs)
         return rows if rows is not None else 1
+
+    def _check_named_dims(self, inputs: Tensors) -> None:
+        """Open dimensions the model names alike (`seq` of input_ids and attention_mask) must agree."""
+        seen: dict[str, tuple[str, int]] = {}
+        for spec in self.inputs:
+            for axis, name in enumerate(spec.dim_names):
+                if name is None:
+                    continue
+                size = inputs[spec.name].shape[axis]
+                first = seen.setdefault(name, (spec.name, size))
+                if first[1] != size:
+                    raise InvalidInput(
+                        f"inputs disagree on dimension '{name}': '{spec.name}' has {size} "
+                        f"(axis {axis}), '{first[0]}' has {first[1]}"
+                    )
 
     def check_outputs(self, names: Sequence[str]) -> None:
         known = [spec.name for spec in self.outputs]
@@ -152,6 +173,9 @@ class Runner:
         self.session = session
         self.signature = Signature.from_session(session)
         self._output_names = [spec.name for spec in self.signature.outputs]
+        self._run_options = ort.RunOptions()
+        # A refused input is answered 400; onnxruntime's own error log of it would be noise.
+        self._run_options.log_severity_level = 4
 
     @classmethod
     def load(cls, model: Path | bytes, *, threads: int | None = None) -> Runner:
@@ -159,28 +183,67 @@ class Runner:
 
     def run(self, inputs: Tensors) -> dict[str, np.ndarray]:
         try:
-            values = self.session.run(self._output_names, dict(inputs))
+            values = self.session.run(self._output_names, dict(inputs), self._run_options)
+        except _ORT_INVALID_ARGUMENT as exc:  # e.g. a token id past the vocabulary: the client's to fix
+            raise InvalidInput(f"the model refused the input: {_ort_message(exc)}") from None
         except Exception as exc:  # onnxruntime raises its own pybind types, none with a common base
             raise InferenceFailed(f"onnxruntime failed: {exc}") from exc
         return dict(zip(self._output_names, values, strict=True))
 
     def run_many(self, requests: Sequence[Tensors], rows: Sequence[int]) -> list[dict[str, np.ndarray]]:
-        """Run several requests, in one call where they can share a batch, and split the results."""
+        """Run several requests, in one call where they can share a batch, and split the results.
+        Raises the first request's InvalidInput, if any (for the background sessions)."""
+        outcomes = self.run_batch(requests, rows)
+        for outcome in outcomes:
+            if isinstance(outcome, InvalidInput):
+                raise outcome
+        return outcomes  # type: ignore[return-value]  # no InvalidInput left
+
+    def run_batch(self, requests: Sequence[Tensors], rows: Sequence[int]) -> list[Outcome]:
+        """Each request's outputs, or the InvalidInput that request alone caused (a token id past the
+        vocabulary): one bad request in a merged call must not fail the others, so its group is rerun
+        one request at a time."""
         if len(requests) == 1:
-            return [self.run(requests[0])]
-        results: list[dict[str, np.ndarray] | None] = [None] * len(requests)
+            return [_outcome(self.run, requests[0])]
+        results: list[Outcome | None] = [None] * len(requests)
         groups: dict[tuple[Any, ...], list[int]] = collections.defaultdict(list)
         for index, request in enumerate(requests):
             key = batch_key(request) if self.signature.batchable else ("alone", index)
             groups[key].append(index)
         for indices in groups.values():
-            merged = self.run(concat([requests[i] for i in indices]))
+            try:
+                merged = self.run(concat([requests[i] for i in indices]))
+            except InvalidInput:
+                for index in indices:
+                    results[index] = _outcome(self.run, requests[index])
+                continue
             parts = split(merged, [rows[i] for i in indices])
             if parts is None:  # outputs without a batch dimension: run each on its own
                 parts = [self.run(requests[i]) for i in indices]
             for index, part in zip(indices, parts, strict=True):
                 results[index] = part
         return [result for result in results if result is not None]
+
+
+Outcome = dict[str, np.ndarray] | InvalidInput
+
+
+def _outcome(run: Any, inputs: Tensors) -> Outcome:
+    try:
+        result: dict[str, np.ndarray] = run(inputs)
+    except InvalidInput as exc:
+        return exc
+    return result
+
+
+_ORT_INVALID_ARGUMENT: type[Exception] = getattr(
+    ort.capi.onnxruntime_pybind11_state, "InvalidArgument", ValueError
+)
+
+
+def _ort_message(exc: Exception) -> str:
+    """onnxruntime's sentence without its code prefix (`[ONNXRuntimeError] : 2 : INVALID_ARGUMENT : `)."""
+    return str(exc).rsplit(" : ", 1)[-1].strip()
 
 
 def batch_key(inputs: Tensors) -> tuple[Any, ...]:

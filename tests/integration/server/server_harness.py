@@ -93,3 +93,34 @@ def settings_for(loaded: artifact.Artifact | Path, revision: str, **changes: Any
         artifact=root, model_name=MODEL, revision=revision, track=Track.CANARY, port=free_port()
     )
     return replace(settings, **changes)
+
+
+def build_token_model(path: Path, vocabulary: int = 100, width: int = 4) -> Path:
+    """A MiniLM-shaped toy: int64 `input_ids` and `attention_mask` of shape [batch, seq] (named dims)
+    into embeddings masked by the attention mask. Out-of-vocabulary ids fail in Gather, as they do in
+    a real transformer."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    dims = ["batch", "seq"]
+    table = np.arange(vocabulary * width, dtype=np.float32).reshape(vocabulary, width)
+    graph = helper.make_graph(
+        [
+            helper.make_node("Gather", ["table", "input_ids"], ["embedded"]),
+            helper.make_node("Cast", ["attention_mask"], ["mask"], to=TensorProto.FLOAT),
+            helper.make_node("Unsqueeze", ["mask", "last"], ["mask3"]),
+            helper.make_node("Mul", ["embedded", "mask3"], ["hidden"]),
+        ],
+        "tokens",
+        [
+            helper.make_tensor_value_info("input_ids", TensorProto.INT64, dims),
+            helper.make_tensor_value_info("attention_mask", TensorProto.INT64, dims),
+        ],
+        [helper.make_tensor_value_info("hidden", TensorProto.FLOAT, [*dims, width])],
+        [numpy_helper.from_array(table, "table"), numpy_helper.from_array(np.array([2]), "last")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, path)
+    return path

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from quantship.server.batcher import Batcher
-from quantship.server.errors import InferenceFailed, NotReady, Overloaded
+from quantship.server.errors import InferenceFailed, InvalidInput, NotReady, Overloaded
 from quantship.server.runner import Runner
 from quantship.server.settings import BatchSettings
 
@@ -146,14 +146,14 @@ async def test_requests_of_different_inner_shapes_never_share_a_batch(
     await batcher.close()
 
 
-async def test_a_failing_call_fails_only_the_requests_of_its_batch(
+async def test_input_onnxruntime_refuses_fails_only_its_own_request_as_invalid(
     tiny_model: TinyModel, executor: Any
 ) -> None:
     batcher, _ = make(tiny_model(), executor)
     bad = {"X": np.zeros((1, 4), dtype=np.float32)}  # past validation, onnxruntime refuses it
     results = await asyncio.gather(batcher.submit(bad, 1), batcher.submit(rows(1), 1), return_exceptions=True)
-    assert isinstance(results[0], InferenceFailed)
-    assert "onnxruntime failed" in str(results[0])
+    assert isinstance(results[0], InvalidInput)
+    assert "the model refused the input: Got invalid dimensions for input: X" in str(results[0])
     assert isinstance(results[1], dict)
     assert (await batcher.submit(rows(1), 1))["Y"].shape == (1, 3)  # and it keeps serving
     await batcher.close()
@@ -169,3 +169,32 @@ async def test_closing_finishes_queued_requests_then_refuses_new_ones(
     assert all(task.done() and task.result()["Y"].shape == (1, 3) for task in queued)
     with pytest.raises(NotReady, match="shutting down"):
         await batcher.submit(rows(1), 1)
+
+
+class FailingObserver(Recorder):
+    """An observer that fails once: a bug in metrics code must not kill the batcher's worker."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failures = 1
+
+    def batch_ran(self, rows: int) -> None:
+        if self.failures:
+            self.failures -= 1
+            raise RuntimeError("observer broke")
+        super().batch_ran(rows)
+
+
+async def test_a_failure_in_the_worker_fails_its_batch_with_500_and_the_worker_goes_on(
+    tiny_model: TinyModel, executor: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    observer = FailingObserver()
+    batcher = Batcher(tiny_model(), BatchSettings(), executor=executor, observer=observer)
+    batcher.start()
+    with pytest.raises(InferenceFailed, match="observer broke"):
+        await batcher.submit(rows(1), 1)
+    assert "inference failed on a batch of 1 rows" in caplog.text  # logged with its traceback
+    assert caplog.records[-1].exc_info is not None
+    assert (await batcher.submit(rows(2), 2))["Y"].shape == (2, 3)  # the same worker answers
+    assert observer.batches == [2]
+    await batcher.close()

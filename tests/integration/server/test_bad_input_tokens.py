@@ -1,0 +1,95 @@
+"""Bad input to an int64 (token) model, and JSON that is not JSON: the client's mistakes are 400 with
+the model's own message, whether validation or onnxruntime finds them, and a bad request never fails
+the good ones batched with it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+from server_harness import MODEL, LocalServer, build_token_model, settings_for
+
+from quantship import artifact
+from quantship.server.errors import InvalidInput
+from quantship.server.runner import Runner
+
+INFER = f"/v2/models/{MODEL}/infer"
+
+
+@pytest.fixture(scope="module")
+def token_artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("tokens")
+    model = build_token_model(out / "tokens.onnx")
+    manifest = {"quantization": {"precision": "fp32", "mode": "none"}}
+    return artifact.write_artifact(out / "artifact", {artifact.MODEL_FILE: model}, manifest).root
+
+
+@pytest.fixture(scope="module")
+def token_server(token_artifact: Path) -> Iterator[LocalServer]:
+    server = LocalServer(settings_for(token_artifact, "tokens")).start()
+    yield server
+    server.stop()
+
+
+def tokens(ids: list[int], mask: list[int] | None = None) -> dict[str, Any]:
+    mask = [1] * len(ids) if mask is None else mask
+    return {
+        "inputs": [
+            {"name": "input_ids", "shape": [1, len(ids)], "datatype": "INT64", "data": ids},
+            {"name": "attention_mask", "shape": [1, len(mask)], "datatype": "INT64", "data": mask},
+        ]
+    }
+
+
+FRACTIONAL = {"inputs": [{**tokens([1])["inputs"][0], "data": [1.5]}, tokens([1])["inputs"][1]]}
+CASES = [
+    ("token id past the vocabulary", tokens([1, 999999, 2]),
+     "indices element out of data bounds, idx=999999"),
+    ("inputs disagree on seq", tokens([1, 2, 3], [1, 1, 1, 1]),
+     "inputs disagree on dimension 'seq': 'attention_mask' has 4 (axis 1), 'input_ids' has 3"),
+    ("fractional token ids", FRACTIONAL, "is INT64, but its data holds fractional numbers"),
+    ("id beyond int64", tokens([2**70]), "input 'input_ids'"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("body", "message"), [case[1:] for case in CASES], ids=[case[0] for case in CASES])
+def test_input_the_token_model_cannot_take_is_400_with_the_reason(
+    token_server: LocalServer, body: dict[str, Any], message: str
+) -> None:
+    counted = token_server.metric("quantship_requests_total", code="400")
+    answer = httpx.post(f"{token_server.url}{INFER}", json=body)
+    assert answer.status_code == 400, answer.text
+    assert message in answer.json()["error"]
+    assert token_server.metric("quantship_requests_total", code="400") == counted + 1
+    good = httpx.post(f"{token_server.url}{INFER}", json=tokens([1, 2, 3]))
+    assert good.status_code == 200 and good.json()["outputs"][0]["shape"] == [1, 3, 4]
+
+
+def test_a_negative_token_id_counts_from_the_end_as_onnx_gather_defines(token_server: LocalServer) -> None:
+    answer = httpx.post(f"{token_server.url}{INFER}", json=tokens([-1]))
+    assert answer.status_code == 200
+    assert answer.json()["outputs"][0]["data"] == [396.0, 397.0, 398.0, 399.0]  # row 99 of the table
+
+
+@pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity"])
+def test_json_nan_and_infinity_literals_are_400(token_server: LocalServer, literal: str) -> None:
+    body = '{"inputs": [{"name": "X", "shape": [1], "datatype": "FP32", "data": [LITERAL]}]}'
+    body = body.replace("LITERAL", literal)
+    answer = httpx.post(f"{token_server.url}{INFER}", content=body.encode())
+    assert answer.status_code == 400
+    assert answer.json()["error"] == f"the request holds {literal}, which is not JSON: send finite numbers"
+
+
+def test_one_bad_request_in_a_merged_batch_fails_alone(token_artifact: Path) -> None:
+    runner = Runner.load(token_artifact / artifact.MODEL_FILE, threads=1)
+    good = {"input_ids": np.array([[1, 2]]), "attention_mask": np.array([[1, 0]])}
+    bad = {"input_ids": np.array([[5, 100]]), "attention_mask": np.array([[1, 1]])}
+    outcomes = runner.run_batch([good, bad, good], [1, 1, 1])
+    assert isinstance(outcomes[1], InvalidInput) and "idx=100" in outcomes[1].message
+    for outcome in (outcomes[0], outcomes[2]):
+        assert isinstance(outcome, dict)
+        np.testing.assert_array_equal(outcome["hidden"], runner.run(good)["hidden"])
