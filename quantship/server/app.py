@@ -26,7 +26,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from starlette.routing import Route as StarletteRoute
 
 from quantship import __version__
-from quantship.server import protocol, schema
+from quantship.server import grpc_server, protocol, schema
 from quantship.server.errors import InvalidInput, PayloadTooLarge, ServerError, install_handlers
 from quantship.server.metrics import ServerMetrics
 from quantship.server.service import ModelService, Phase
@@ -226,9 +226,17 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         service.start()
+        rpc = None
+        if settings.grpc_port is not None:
+            endpoints = grpc_server.GrpcEndpoints(service, metrics)
+            rpc = await grpc_server.start_grpc(
+                endpoints, settings.host, settings.grpc_port, settings.max_body_bytes
+            )
         try:
             yield
         finally:
+            if rpc is not None:
+                await rpc.stop(settings.drain_timeout_s)
             await service.close()
 
     app = FastAPI(

@@ -88,6 +88,10 @@ class ServerSettings:
     """Address to listen on. Loopback by default: exposing a server is a decision, not an accident."""
     port: int = 8000
     """TCP port; 8000 is KServe's default HTTP port, so probes and Services need no change."""
+    grpc_port: int | None = None
+    """TCP port of the gRPC endpoint (`inference.GRPCInferenceService`); None serves REST only. Off by
+    default so that several local servers never fight over one port; the operator's pods pass 8081,
+    KServe's gRPC port."""
     reference: Path | None = None
     """The FP32 model for shadow evaluation; None takes the artifact's reference.onnx when present."""
     public_key: Path | None = None

@@ -9,17 +9,20 @@ import pytest
 from server_harness import LocalServer, settings_for
 
 from quantship import artifact, zoo
+from quantship.local.prometheus import free_port
 from quantship.server import QualitySettings
 
 
 @pytest.fixture(scope="session")
 def local_server(good_artifact: artifact.Artifact) -> Iterator[LocalServer]:
-    """One in-process server of the good artifact, every request shadowed and clip-checked, 1 MiB bodies."""
+    """One in-process server of the good artifact, every request shadowed and clip-checked, 1 MiB bodies,
+    REST and gRPC."""
     server = LocalServer(
         settings_for(
             good_artifact,
             "good",
             max_body_bytes=1 << 20,
+            grpc_port=free_port(),
             quality=QualitySettings(shadow_rate=1.0, clip_sample_rate=1.0),
         )
     ).start()

@@ -1,0 +1,232 @@
+"""Open Inference Protocol v2 over gRPC: `inference.GRPCInferenceService` on its own port.
+
+The same ModelService (and so the same batcher, SLIs and metrics) as the REST routes; this module
+only converts: protobuf messages to InferRequest and back, ServerErrors to gRPC status codes that
+mirror the HTTP map. `start_grpc` runs it on the event loop the app's lifespan runs on. The RPCs
+are registered by their protocol names with a generic handler (see grpc_v2/inference.proto for why
+the messages live in a package of their own).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+import numpy as np
+
+from quantship import __version__
+from quantship.server import protocol
+from quantship.server.errors import InvalidInput, ServerError
+from quantship.server.grpc_v2 import inference_pb2 as pb
+from quantship.server.metrics import ServerMetrics
+from quantship.server.protocol import InferRequest, RequestedOutput
+from quantship.server.service import ModelService
+
+log = logging.getLogger("quantship.server")
+SERVICE = "inference.GRPCInferenceService"
+
+STATUS_CODES = {
+    400: grpc.StatusCode.INVALID_ARGUMENT,
+    404: grpc.StatusCode.NOT_FOUND,
+    409: grpc.StatusCode.ALREADY_EXISTS,
+    413: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    429: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    500: grpc.StatusCode.INTERNAL,
+    503: grpc.StatusCode.UNAVAILABLE,
+}
+"""The HTTP statuses of errors.py as gRPC codes (Triton's choices); the request counter keeps the
+HTTP status for both transports, so the error SLI reads one label."""
+
+# The typed `contents` field that carries each datatype, for clients that send no raw contents.
+_CONTENTS_FIELD = {
+    "BOOL": "bool_contents",
+    **dict.fromkeys(("INT8", "INT16", "INT32"), "int_contents"),
+    "INT64": "int64_contents",
+    **dict.fromkeys(("UINT8", "UINT16", "UINT32"), "uint_contents"),
+    "UINT64": "uint64_contents",
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+    "BYTES": "bytes_contents",
+}
+
+
+def decode_request(message: pb.ModelInferRequest) -> InferRequest:
+    """The protobuf request as the service takes it. Raises InvalidInput."""
+    raw = message.raw_input_contents
+    if raw and len(raw) != len(message.inputs):
+        raise InvalidInput(
+            f"the request has {len(message.inputs)} inputs but {len(raw)} raw_input_contents: give one each"
+        )
+    if not message.inputs:
+        raise InvalidInput("the request has no inputs")
+    inputs: dict[str, np.ndarray] = {}
+    for index, tensor in enumerate(message.inputs):
+        name = tensor.name or f"inputs[{index}]"
+        datatype, shape = protocol.checked_header(name, tensor.datatype, list(tensor.shape))
+        if name in inputs:
+            raise InvalidInput(f"input '{name}' appears twice")
+        if raw:
+            inputs[name] = protocol.from_raw(name, datatype, shape, raw[index])
+        else:
+            inputs[name] = _from_contents(name, datatype, shape, tensor.contents)
+    outputs = []
+    for wanted in message.outputs:
+        if "classification" in wanted.parameters:
+            raise InvalidInput(f"output '{wanted.name}': the classification extension is not supported")
+        outputs.append(RequestedOutput(wanted.name, True))
+    return InferRequest(message.id or None, inputs, tuple(outputs), binary_outputs=True)
+
+
+def _from_contents(
+    name: str, datatype: str, shape: list[int], contents: pb.InferTensorContents
+) -> np.ndarray:
+    field = _CONTENTS_FIELD.get(datatype)
+    if field is None:
+        raise InvalidInput(f"input '{name}' is {datatype}: send it in raw_input_contents")
+    values = list(getattr(contents, field))
+    count = int(np.prod(shape))
+    if len(values) != count:
+        raise InvalidInput(f"input '{name}' has {len(values)} values in {field}; shape {shape} needs {count}")
+    if datatype == "BYTES":
+        return protocol.from_raw(name, datatype, shape, b"".join(_prefixed(value) for value in values))
+    try:
+        return np.array(values, dtype=protocol.DATATYPES[datatype]).reshape(shape)
+    except OverflowError:
+        raise InvalidInput(f"input '{name}' holds values outside the {datatype} range") from None
+
+
+def _prefixed(value: bytes) -> bytes:
+    return len(value).to_bytes(4, "little") + value
+
+
+def encode_response(
+    request: InferRequest, outputs: dict[str, np.ndarray], model: str, version: str, request_id: str
+) -> pb.ModelInferResponse:
+    names = [wanted.name for wanted in request.outputs] or list(outputs)
+    response = pb.ModelInferResponse(model_name=model, model_version=version, id=request_id)
+    for name in names:
+        array = outputs[name]
+        response.outputs.add(name=name, datatype=protocol.datatype_of(array.dtype), shape=array.shape)
+        response.raw_output_contents.append(protocol.to_raw(array))
+    return response
+
+
+class GrpcEndpoints:
+    """The RPCs, each a few lines over the service; ServerErrors become status codes in `_answer`."""
+
+    def __init__(self, service: ModelService, metrics: ServerMetrics) -> None:
+        self.service = service
+        self.metrics = metrics
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        rpcs: dict[str, tuple[Callable[..., Awaitable[Any]], Any]] = {
+            "ServerLive": (self.server_live, pb.ServerLiveRequest),
+            "ServerReady": (self.server_ready, pb.ServerReadyRequest),
+            "ModelReady": (self.model_ready, pb.ModelReadyRequest),
+            "ServerMetadata": (self.server_metadata, pb.ServerMetadataRequest),
+            "ModelMetadata": (self.model_metadata, pb.ModelMetadataRequest),
+            "ModelInfer": (self.model_infer, pb.ModelInferRequest),
+        }
+        return grpc.method_handlers_generic_handler(
+            SERVICE,
+            {
+                name: grpc.unary_unary_rpc_method_handler(
+                    _answer(call),
+                    request_deserializer=message.FromString,
+                    response_serializer=lambda response: response.SerializeToString(),
+                )
+                for name, (call, message) in rpcs.items()
+            },
+        )
+
+    async def server_live(self, request: pb.ServerLiveRequest) -> pb.ServerLiveResponse:
+        return pb.ServerLiveResponse(live=True)
+
+    async def server_ready(self, request: pb.ServerReadyRequest) -> pb.ServerReadyResponse:
+        return pb.ServerReadyResponse(ready=self._is_ready())
+
+    async def model_ready(self, request: pb.ModelReadyRequest) -> pb.ModelReadyResponse:
+        self.service.check_model(request.name, request.version or None)
+        return pb.ModelReadyResponse(ready=self._is_ready())
+
+    def _is_ready(self) -> bool:
+        try:
+            self.service.ready_model()
+        except ServerError:
+            return False
+        return True
+
+    async def server_metadata(self, request: pb.ServerMetadataRequest) -> pb.ServerMetadataResponse:
+        return pb.ServerMetadataResponse(name="quantship", version=__version__)
+
+    async def model_metadata(self, request: pb.ModelMetadataRequest) -> pb.ModelMetadataResponse:
+        self.service.check_model(request.name, request.version or None)
+        described = self.service.model_metadata()
+        response = pb.ModelMetadataResponse(
+            name=described["name"], versions=described["versions"], platform=described["platform"]
+        )
+        for spec in described["inputs"]:
+            response.inputs.add(**spec)
+        for spec in described["outputs"]:
+            response.outputs.add(**spec)
+        return response
+
+    async def model_infer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
+        started, code = time.perf_counter(), 500
+        self.metrics.requests_in_flight.inc()
+        try:
+            self.service.check_model(request.model_name, request.model_version or None)
+            self.service.ready_model()
+            decoded = decode_request(request)
+            answer = await self.service.infer(decoded)
+            encoded = encode_response(
+                decoded, dict(answer.outputs), answer.model_name, answer.model_version, answer.id
+            )
+            code = 200
+            return encoded
+        except ServerError as exc:
+            code = exc.status
+            raise
+        finally:
+            self.metrics.requests_in_flight.dec()
+            self.metrics.request_done(code, time.perf_counter() - started)
+
+
+Rpc = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
+
+
+def _answer(call: Callable[[Any], Awaitable[Any]]) -> Rpc:
+    """The RPC with its errors as status codes: ours with their message, anything else logged, INTERNAL."""
+
+    async def rpc(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            return await call(request)
+        except ServerError as exc:
+            await context.abort(STATUS_CODES.get(exc.status, grpc.StatusCode.UNKNOWN), exc.message)
+        except Exception:
+            log.exception("gRPC %s failed", getattr(call, "__name__", "call"))
+            await context.abort(grpc.StatusCode.INTERNAL, "internal error: see the server's log")
+
+    return rpc
+
+
+async def start_grpc(
+    endpoints: GrpcEndpoints, host: str, port: int, max_message_bytes: int
+) -> grpc.aio.Server:
+    """A started gRPC server on host:port, sharing the running event loop with uvicorn."""
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", max_message_bytes),
+            ("grpc.so_reuseport", 0),  # a second server on a taken port must fail, not share it
+        ]
+    )
+    server.add_generic_rpc_handlers((endpoints.handler(),))
+    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    if server.add_insecure_port(address) == 0:
+        raise OSError(f"cannot listen for gRPC on {address}")
+    await server.start()
+    return server

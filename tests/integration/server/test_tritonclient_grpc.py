@@ -1,0 +1,99 @@
+"""An unmodified tritonclient.grpc (sync and asyncio) against the server's gRPC port: the same service,
+batcher, metrics and error semantics as REST, with gRPC status codes mirroring the HTTP statuses."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+import tritonclient.grpc as triton
+import tritonclient.grpc.aio as triton_aio
+from server_harness import MODEL, LocalServer
+from tritonclient.utils import InferenceServerException
+
+from quantship import artifact
+from quantship.runtime import create_session
+
+
+@pytest.fixture(scope="module")
+def client(local_server: LocalServer) -> Iterator[Any]:
+    client = triton.InferenceServerClient(f"127.0.0.1:{local_server.settings.grpc_port}")
+    yield client
+    client.close()
+
+
+def tensor(images: np.ndarray, name: str = "X", datatype: str = "FP32") -> triton.InferInput:
+    made = triton.InferInput(name, list(images.shape), datatype)
+    made.set_data_from_numpy(images)
+    return made
+
+
+def test_health_and_metadata_over_grpc(client: Any) -> None:
+    assert client.is_server_live() and client.is_server_ready()
+    assert client.is_model_ready(MODEL) and client.is_model_ready(MODEL, model_version="good")
+    assert client.get_server_metadata(as_json=True)["name"] == "quantship"
+    metadata = client.get_model_metadata(MODEL, as_json=True)
+    assert metadata["versions"] == ["good"] and metadata["platform"] == "onnxruntime_onnx"
+    assert metadata["inputs"] == [{"name": "X", "datatype": "FP32", "shape": ["-1", "64"]}]
+    assert [output["name"] for output in metadata["outputs"]] == ["label", "probabilities"]
+
+
+def test_inference_over_grpc_answers_what_onnxruntime_answers_and_is_counted(
+    client: Any, local_server: LocalServer, good_artifact: artifact.Artifact, traffic: tuple[np.ndarray, ...]
+) -> None:
+    images = traffic[0][:5]
+    answered = local_server.metric("quantship_requests_total", code="200")
+    outputs = [triton.InferRequestedOutput("probabilities")]
+    result = client.infer(MODEL, [tensor(images)], outputs=outputs, request_id="grpc-1")
+    assert result.get_response().id == "grpc-1"
+    expected = create_session(good_artifact.model_path).run(["probabilities"], {"X": images})[0]
+    np.testing.assert_allclose(result.as_numpy("probabilities"), expected, rtol=1e-5, atol=1e-6)
+    assert result.as_numpy("label") is None  # only what was asked for
+    assert local_server.metric("quantship_requests_total", code="200") == answered + 1
+
+
+INVALID = "StatusCode.INVALID_ARGUMENT"
+
+
+@pytest.mark.parametrize(
+    ("make", "code", "http", "message"),
+    [
+        (lambda x: ("mnist", [tensor(x)]), "StatusCode.NOT_FOUND", "404", "unknown model 'mnist'"),
+        (lambda x: (MODEL, [tensor(x, "image")]), INVALID, "400", "unknown input 'image'"),
+        (lambda x: (MODEL, [tensor(x.astype(np.float64), datatype="FP64")]), INVALID, "400",
+         "input 'X' is FP64; the model expects FP32"),
+        (lambda x: (MODEL, [tensor(x[:, :63])]), INVALID, "400", "dimension 1 must be 64"),
+    ],
+    ids=["unknown model", "unknown input", "wrong dtype", "wrong width"],
+)  # fmt: skip
+def test_bad_input_over_grpc_gets_the_mirrored_status_and_the_same_message(
+    client: Any, local_server: LocalServer, traffic: tuple[np.ndarray, ...],
+    make: Any, code: str, http: str, message: str,
+) -> None:  # fmt: skip
+    counted = local_server.metric("quantship_requests_total", code=http)
+    model, inputs = make(traffic[0][:1])
+    with pytest.raises(InferenceServerException, match=message) as raised:
+        client.infer(model, inputs)
+    assert raised.value.status() == code
+    assert local_server.metric("quantship_requests_total", code=http) == counted + 1
+    assert client.infer(MODEL, [tensor(traffic[0][:1])]).as_numpy("label").shape == (1,)  # still serving
+
+
+def test_an_unknown_model_is_not_found_for_readiness_too(client: Any) -> None:
+    with pytest.raises(InferenceServerException, match="unknown model 'mnist'") as raised:
+        client.is_model_ready("mnist")
+    assert raised.value.status() == "StatusCode.NOT_FOUND"
+
+
+async def test_the_asyncio_grpc_client_works_too(
+    local_server: LocalServer, traffic: tuple[np.ndarray, ...]
+) -> None:
+    async with triton_aio.InferenceServerClient(f"127.0.0.1:{local_server.settings.grpc_port}") as client:
+        assert await client.is_model_ready(MODEL)
+        made = triton_aio.InferInput("X", [3, 64], "FP32")
+        made.set_data_from_numpy(traffic[0][:3])
+        result = await client.infer(MODEL, [made])
+        assert result.as_numpy("label").shape == (3,)
+        assert result.as_numpy("probabilities").shape == (3, 10)
