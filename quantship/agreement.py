@@ -15,6 +15,7 @@ on production traffic means what the gate measured offline:
 from __future__ import annotations
 
 import enum
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,17 +67,19 @@ def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Per row cosine similarity (rows flattened; a zero row has cosine 0 to anything)."""
     a_rows = a.reshape(len(a), -1).astype(np.float64)
     b_rows = b.reshape(len(b), -1).astype(np.float64)
-    norms = np.linalg.norm(a_rows, axis=1) * np.linalg.norm(b_rows, axis=1)
-    dots = np.einsum("ij,ij->i", a_rows, b_rows)
-    return np.divide(dots, norms, out=np.zeros_like(dots), where=norms > 0)
+    with np.errstate(invalid="ignore", over="ignore"):  # a NaN/inf row gives NaN: it disagrees
+        norms = np.linalg.norm(a_rows, axis=1) * np.linalg.norm(b_rows, axis=1)
+        dots = np.einsum("ij,ij->i", a_rows, b_rows)
+        return np.divide(dots, norms, out=np.zeros_like(dots), where=norms > 0)
 
 
 def relative_error(candidate: np.ndarray, reference: np.ndarray) -> np.ndarray:
     """Per row ||candidate - reference|| / ||reference||."""
     c_rows = candidate.reshape(len(candidate), -1).astype(np.float64)
     r_rows = reference.reshape(len(reference), -1).astype(np.float64)
-    scale = np.maximum(np.linalg.norm(r_rows, axis=1), np.finfo(np.float64).tiny)
-    return np.linalg.norm(c_rows - r_rows, axis=1) / scale
+    with np.errstate(invalid="ignore", over="ignore"):  # a NaN/inf row gives NaN: it disagrees
+        scale = np.maximum(np.linalg.norm(r_rows, axis=1), np.finfo(np.float64).tiny)
+        return np.linalg.norm(c_rows - r_rows, axis=1) / scale
 
 
 @dataclass(frozen=True)
@@ -105,15 +108,29 @@ class RowRule:
             if self.confident_only and np.issubdtype(reference.dtype, np.floating):
                 differs = differs[confident(reference)]
             return int(np.count_nonzero(differs)), len(differs)
+        # Written as "not agreeing" so that a NaN or infinite output (a broken kernel) disagrees.
         if self.kind is Kind.COSINE:
-            return int(np.count_nonzero(cosine(served, reference) < self._tolerance)), len(served)
-        return int(np.count_nonzero(relative_error(served, reference) > self._tolerance)), len(served)
+            return int(np.count_nonzero(~(cosine(served, reference) >= self._tolerance))), len(served)
+        return int(np.count_nonzero(~(relative_error(served, reference) <= self._tolerance))), len(served)
 
     @property
     def _tolerance(self) -> float:
         if self.tolerance is None:
             raise ValueError(f"a {self.kind.value} rule needs a tolerance")
         return self.tolerance
+
+    def check_output(self, dtype: np.dtype, shape: tuple[int | None, ...]) -> None:
+        """Raise ValueError unless this rule can judge an output of `dtype` and `shape` (the
+        server checks at load, not on every sampled batch)."""
+        if self.kind is Kind.TOP1:
+            ids = np.issubdtype(dtype, np.integer)
+            scores = np.issubdtype(dtype, np.floating) and len(shape) >= 2 and (shape[-1] or 2) > 1
+            if not (ids or scores):
+                raise ValueError(
+                    f"a top-1 rule needs class ids or per-class scores, not {dtype} {list(shape)}"
+                )
+        elif not np.issubdtype(dtype, np.floating):
+            raise ValueError(f"a {self.kind.value} rule needs a float output, not {dtype}")
 
     def describe(self) -> str:
         match self.kind:
@@ -132,9 +149,15 @@ class RowRule:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> RowRule:
-        tolerance = data.get("tolerance")
-        return cls(
-            Kind(data["kind"]),
-            None if tolerance is None else float(tolerance),
-            bool(data.get("confident_only", False)),
-        )
+        """The rule a manifest carries; ValueError names what is wrong with it."""
+        kind = Kind(data["kind"])
+        tolerance, confident_only = data.get("tolerance"), data.get("confident_only", False)
+        if not isinstance(confident_only, bool):
+            raise ValueError(f"confident_only must be true or false, not {confident_only!r}")
+        if kind is not Kind.TOP1:
+            if isinstance(tolerance, bool) or not isinstance(tolerance, int | float):
+                raise ValueError(f"a {kind.value} rule needs a numeric tolerance, not {tolerance!r}")
+            if not math.isfinite(tolerance):
+                raise ValueError(f"a {kind.value} rule needs a finite tolerance, not {tolerance!r}")
+            tolerance = float(tolerance)
+        return cls(kind, tolerance if kind is not Kind.TOP1 else None, confident_only)

@@ -6,7 +6,9 @@ error on stderr names the problem; nothing partial is left on disk).
 
 from __future__ import annotations
 
+import enum
 import functools
+import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -16,11 +18,38 @@ import click
 from rich.console import Console
 
 from quantship import __version__, artifact
+from quantship.agreement import Task
+from quantship.quantize import config as q_config
+from quantship.quantize.evaluate import Metric
 
 F = TypeVar("F", bound=Callable[..., Any])
 # Piped output (CI logs, files) gets room for the summary tables instead of rich's 80 columns.
 stdout = Console(width=None if sys.stdout.isatty() else 120)
 stderr = Console(stderr=True, width=None if sys.stderr.isatty() else 120)
+
+
+class _FiniteFloat(click.ParamType):
+    """A float that is a number: click's FLOAT accepts "nan" and "inf", which no gate can use."""
+
+    name = "float"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        number = click.FLOAT.convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return float(number)
+
+
+FINITE = _FiniteFloat()
+
+
+def _choice(values: type[enum.Enum]) -> click.Choice:
+    """A click choice of an enum's values: the enum is the one list of them."""
+    return click.Choice([member.value for member in values])
+
+
+_QUANTIZE = q_config.QuantizeConfig()
+"""`quantship quantize`'s defaults are the config's: written once, there."""
 
 
 class InputError(click.ClickException):
@@ -154,13 +183,24 @@ def _build_real_model(name: str, out_dir: Path, build_env: Path) -> None:
     type=click.Path(path_type=Path),
     help="Data for the gate; with a 'labels' array for accuracy.",
 )
-@click.option("--mode", type=click.Choice(["static", "dynamic"]), default="static", show_default=True)
+@click.option("--mode", type=_choice(q_config.Mode), default=_QUANTIZE.mode.value, show_default=True)
 @click.option(
-    "--format", "quant_format", type=click.Choice(["QDQ", "QOperator"]), default="QDQ", show_default=True
+    "--format",
+    "quant_format",
+    type=_choice(q_config.Format),
+    default=_QUANTIZE.format.value,
+    show_default=True,
 )
 @click.option("--per-channel", is_flag=True, help="Quantize weights per output channel.")
-@click.option("--activation-type", type=click.Choice(["uint8", "int8"]), default="uint8", show_default=True)
-@click.option("--weight-type", type=click.Choice(["int8", "uint8"]), default="int8", show_default=True)
+@click.option(
+    "--activation-type",
+    type=_choice(q_config.Precision),
+    default=_QUANTIZE.activation_type.value,
+    show_default=True,
+)
+@click.option(
+    "--weight-type", type=_choice(q_config.Precision), default=_QUANTIZE.weight_type.value, show_default=True
+)
 @click.option(
     "--reduce-range/--no-reduce-range",
     default=None,
@@ -168,18 +208,23 @@ def _build_real_model(name: str, out_dir: Path, build_env: Path) -> None:
 )
 @click.option(
     "--calibration-method",
-    type=click.Choice(["minmax", "percentile", "entropy", "distribution"]),
-    default="minmax",
+    type=_choice(q_config.Calibration),
+    default=_QUANTIZE.calibration.value,
     show_default=True,
 )
-@click.option("--percentile", type=click.FloatRange(0, 100, min_open=True), default=99.999, show_default=True)
+@click.option(
+    "--percentile",
+    type=click.FloatRange(0, 100, min_open=True),
+    default=_QUANTIZE.percentile,
+    show_default=True,
+)
 @click.option(
     "--num-bins", type=click.IntRange(min=2), default=None, help="Histogram bins (histogram methods)."
 )
 @click.option(
     "--batch-size",
     type=click.IntRange(min=1),
-    default=8,
+    default=_QUANTIZE.batch_size,
     show_default=True,
     help="Calibration rows per batch at most (memory grows with it).",
 )
@@ -191,40 +236,29 @@ def _build_real_model(name: str, out_dir: Path, build_env: Path) -> None:
 )
 @click.option(
     "--max-accuracy-delta",
-    type=float,
-    default=0.005,
+    type=FINITE,
+    default=_QUANTIZE.max_accuracy_delta,
     show_default=True,
-    help="Gate: largest relative accuracy loss (or top-1 disagreement) accepted.",
+    help="Gate: the relative accuracy loss with labels, else the share of rows that may disagree "
+    "with FP32 (top-1, or cosine below --min-cosine), or the relative error of a regressor.",
 )
 @click.option(
     "--task",
-    type=click.Choice(["classification", "embedding", "regression"]),
+    type=_choice(Task),
     default=None,
     help="What the output is; inferred from its dtype, shape and values when omitted.",
 )
 @click.option(
     "--metric",
-    type=click.Choice(
-        [
-            "top1_accuracy",
-            "top1_agreement",
-            "confident_agreement",
-            "top5_overlap",
-            "kl_divergence",
-            "cosine_agreement",
-            "cosine_mean",
-            "cosine_p5",
-            "nn_agreement",
-            "relative_error",
-        ]
-    ),
+    type=_choice(Metric),
     default=None,
-    help="Gating metric. Default: top1_accuracy with labels, confident_agreement without; "
-    "cosine_agreement for embeddings; relative_error for regression.",
+    help="Gating metric. Default: top1_accuracy with labels; without, confident_agreement (top1_agreement "
+    "when FP32 is confident on under 30 rows); cosine_agreement for embeddings; relative_error for "
+    "regression.",
 )
 @click.option(
     "--threshold",
-    type=float,
+    type=FINITE,
     default=None,
     help="The gating metric's limit in its own units (least for agreement/cosine, most for "
     "losses). Default: from --max-accuracy-delta for accuracy and agreement shares.",
@@ -232,31 +266,34 @@ def _build_real_model(name: str, out_dir: Path, build_env: Path) -> None:
 @click.option(
     "--min-cosine",
     type=click.FloatRange(-1, 1),
-    default=0.95,
+    default=_QUANTIZE.min_cosine,
     show_default=True,
     help="Embeddings: the least cosine to FP32 at which a row agrees (gate and shadow SLI).",
 )
 @click.option(
     "--matmul-const-b-only/--no-matmul-const-b-only",
-    default=False,
+    default=_QUANTIZE.matmul_const_b_only,
     show_default=True,
     help="Static: quantize only MatMuls by a weight, leaving attention products in float.",
 )
 @click.option(
     "--strategy",
-    type=click.Choice(["recipes", "fallback"]),
-    default="recipes",
+    type=_choice(q_config.Strategy),
+    default=_QUANTIZE.strategy.value,
     show_default=True,
     help="recipes: try whole-model recipes first, then op-type and node fallback; fallback: keep "
     "the given recipe, fall back only.",
 )
 @click.option(
-    "--keep-going", is_flag=True, help="Try every recipe, keep the most quantized then fastest passing one."
+    "--keep-going",
+    is_flag=True,
+    help="Run stage 1's recipes on after one passes (up to half of --max-trials), keeping the most "
+    "quantized, then fastest, passing one.",
 )
 @click.option(
     "--max-trials",
     type=click.IntRange(min=0),
-    default=16,
+    default=_QUANTIZE.max_trials,
     show_default=True,
     help="Trials after the first before giving up.",
 )
@@ -298,10 +335,8 @@ def quantize(
     quiet: bool,
 ) -> None:
     """Quantize MODEL to INT8, gate it on accuracy, and write a verifiable artifact to --out."""
-    from quantship import agreement
     from quantship import quantize as q
     from quantship.quantize import summary
-    from quantship.quantize.evaluate import Metric
 
     config = q.QuantizeConfig(
         mode=q.Mode(mode),
@@ -316,7 +351,7 @@ def quantize(
         batch_size=batch_size,
         pre_process=pre_process,
         max_accuracy_delta=max_accuracy_delta,
-        task=agreement.Task(task) if task else None,
+        task=Task(task) if task else None,
         metric=Metric(metric) if metric else None,
         threshold=threshold,
         min_cosine=min_cosine,

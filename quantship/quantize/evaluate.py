@@ -155,9 +155,9 @@ class Evaluation:
         return {
             "metric": self.metric.value,
             "value": _finite(self.value),
-            "threshold": self.threshold,
+            "threshold": _finite(self.threshold),
             "delta": _finite(self.delta),
-            "limit": self.limit,
+            "limit": _finite(self.limit),
             "samples": self.samples,
             "fp32": self.fp32,
             "int8": self.int8,
@@ -210,6 +210,12 @@ class Evaluator:
 
     def _choose_gate(self, request: GateRequest) -> Gate:
         labels = self.dataset.labels
+        floats = np.issubdtype(self.reference.dtype, np.floating)
+        if self.task is Task.CLASSIFICATION and floats and self.reference.ndim > 2:
+            raise QuantizeInputError(
+                f"output {self.output!r} has shape {list(self.reference.shape)}: classification needs "
+                "[N, classes] scores or [N] class ids (pass --output, or --task embedding)"
+            )
         if labels is not None and self.task is not Task.CLASSIFICATION:
             raise QuantizeInputError(
                 f"the evaluation data has labels, but the task is {self.task.value}: labels are class ids "
@@ -239,7 +245,15 @@ class Evaluator:
                 raise QuantizeInputError(
                     "--metric confident_agreement: FP32 is confident on none of the evaluation rows"
                 )
+        if metric is Metric.NN_AGREEMENT and self.dataset.size < 3:
+            raise QuantizeInputError("--metric nn_agreement needs at least 3 evaluation rows")
         threshold = request.threshold
+        if threshold is not None and not math.isfinite(threshold):
+            raise QuantizeInputError(f"--threshold must be a finite number, not {threshold}")
+        if not math.isfinite(request.max_accuracy_delta):
+            raise QuantizeInputError(
+                f"--max-accuracy-delta must be a finite number, not {request.max_accuracy_delta}"
+            )
         if threshold is None:
             threshold = spec.default_threshold
         if threshold is None:
@@ -370,6 +384,8 @@ def _task(requested: Task | None, output: str, reference: np.ndarray, dataset: D
     if dataset.labels is not None:
         return Task.CLASSIFICATION, "the evaluation data has labels"
     rows = reference.reshape(len(reference), -1).astype(np.float64)
+    if reference.ndim == 2 and np.all(rows >= 0) and np.allclose(rows.sum(axis=1), 1.0, atol=1e-3):
+        return Task.CLASSIFICATION, f"output {output!r} rows are probabilities (sum to 1)"
     if reference.ndim == 2 and np.allclose(np.linalg.norm(rows, axis=1), 1.0, atol=1e-3):
         return Task.EMBEDDING, f"output {output!r} rows are unit vectors"
     if any(hint in name for hint in ("embed", "pool", "sentence", "feature", "hidden", "vector")):

@@ -40,7 +40,7 @@ def table(rows: list[tuple[str, artifact.Artifact]], title: str = "quantization 
             _gated(validation),
             reporting.percent(validation.get("agreement")),
             f"[green]{gate}[/]" if gate == "passed" else f"[red]{gate}[/]",
-            str(len(loaded.manifest.get("trials", []))),
+            str(len(loaded.manifest.get("trials") or loaded.manifest.get("fallback_trials", []))),
             ", ".join(loaded.quantization.get("excluded_nodes", [])) or "-",
         )
     return out

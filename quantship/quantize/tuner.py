@@ -58,7 +58,8 @@ class Trial:
 
     @property
     def passed(self) -> bool:
-        return self.evaluation.passed
+        """The gate passed with something still quantized (all in float is FP32, not a result)."""
+        return self.evaluation.passed and self.quantized_nodes > 0
 
     @property
     def shortfall(self) -> float:
@@ -187,6 +188,8 @@ def tune(
 
     closest = min(trials, key=lambda t: (t.shortfall, -t.quantized_share)).config
     groups = op_type_groups(closest)
+    if len(groups) == 1:
+        groups = {}  # leaving the only op type in float leaves nothing quantized
     # Fewest nodes first: the cheapest op type to give up.
     for _, nodes in sorted(groups.items(), key=lambda item: (len(item[1]), item[0]))[: max(0, budget // 4)]:
         trial = run(Stage.OP_TYPE, closest, nodes)
@@ -218,7 +221,7 @@ def _node_search(
     # Measured single-node deltas know better than SQNR which nodes hurt most; unmeasured nodes
     # keep their SQNR order behind the measured ones.
     order = sorted(measured, key=measured.__getitem__) + [n for n in ranking if n not in measured]
-    for size in range(2, len(order) + 1):
+    for size in range(2, len(order)):  # all of them in float leaves nothing quantized
         trial = run(Stage.CUMULATIVE, config, tuple(order[:size]))
         if trial is None or trial.passed:
             return

@@ -206,7 +206,9 @@ def _latency_ms(model: Path, dataset: data.Dataset) -> float:
 
 
 def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    """This process's peak, or a child's (quant_pre_process runs in one) where that was higher."""
+    peaks = (resource.getrusage(who).ru_maxrss for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+    return max(peaks) / 1024  # KiB on Linux
 
 
 def _sensitivity(

@@ -38,7 +38,9 @@ class Comparator:
         """The manifest's rule; for an artifact older than task-aware gates, one read from the
         output: top-1 for class ids or per-class scores, relative error above `tolerance` otherwise."""
         if shadow_rule is not None:
-            return cls(spec.name, RowRule.from_json(dict(shadow_rule)))
+            rule = RowRule.from_json(dict(shadow_rule))
+            rule.check_output(spec.dtype, spec.shape)
+            return cls(spec.name, rule)
         ids = spec.dtype.kind in "iu"
         scores = spec.dtype.kind == "f" and len(spec.shape) >= 2 and (spec.shape[-1] or 0) > 1
         if ids or scores:

@@ -56,3 +56,35 @@ def test_a_rule_that_needs_a_tolerance_says_so() -> None:
         RowRule(Kind.COSINE).judge(np.ones((1, 3)), np.ones((1, 3)))
     with pytest.raises(ValueError):
         RowRule.from_json({"kind": "argmax"})
+
+
+def test_a_nan_or_infinite_row_always_disagrees() -> None:
+    reference = np.ones((3, 4), dtype=np.float32)
+    served = reference.copy()
+    served[1] = np.nan
+    served[2, 0] = np.inf
+    assert RowRule(Kind.COSINE, 0.95).judge(served, reference) == (2, 3)
+    assert RowRule(Kind.RELATIVE_ERROR, 0.01).judge(served, reference) == (2, 3)
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"kind": "cosine"}, "numeric tolerance"),
+        ({"kind": "cosine", "tolerance": "0.9"}, "numeric tolerance"),
+        ({"kind": "relative_error", "tolerance": float("nan")}, "finite tolerance"),
+        ({"kind": "top1", "confident_only": "false"}, "true or false"),
+    ],
+)
+def test_a_malformed_rule_in_a_manifest_is_refused_with_its_reason(data: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        RowRule.from_json(data)
+
+
+def test_a_rule_checks_that_it_fits_the_output_it_will_judge() -> None:
+    RowRule(Kind.TOP1).check_output(np.dtype(np.int64), (None,))
+    RowRule(Kind.TOP1).check_output(np.dtype(np.float32), (None, 10))
+    with pytest.raises(ValueError, match="class ids or per-class scores"):
+        RowRule(Kind.TOP1).check_output(np.dtype(np.float32), (None,))
+    with pytest.raises(ValueError, match="needs a float output"):
+        RowRule(Kind.COSINE, 0.9).check_output(np.dtype(np.int64), (None, 8))

@@ -214,3 +214,22 @@ def test_a_trial_that_failed_in_onnxruntime_never_wins_over_a_measured_one() -> 
     measured = replace(failed, number=1, evaluation=_evaluation(0.5), error=None)
     assert tuner.best([failed, measured]).number == 1
     assert failed.to_json()["delta"] is None and failed.to_json()["error"] == "boom"
+
+
+def test_leaving_every_quantized_node_in_float_is_never_tried_nor_a_pass() -> None:
+    # One op type only: its op-type fallback would be the FP32 model itself.
+    log: list[tuple[tuner.Stage, str, tuple[str, ...]]] = []
+    only_conv = {"Conv": ("c1", "c2", "c3")}
+    tuner.tune(
+        replace(BASE, strategy=Strategy.FALLBACK),
+        CNN,
+        _attempt(lambda config, excluded: 1.0 if len(excluded) == 3 else 0.5, log),
+        lambda config: only_conv,
+        lambda config: list(only_conv["Conv"]),
+    )
+    assert log and all(len(excluded) < 3 for _, _, excluded in log)
+    assert not any(stage is tuner.Stage.OP_TYPE for stage, _, _ in log)
+    nothing_quantized = tuner.Trial(
+        9, tuner.Stage.CUMULATIVE, BASE, ("c1", "c2", "c3"), 0, 0.0, _evaluation(1.0), 0.0, 0.0
+    )
+    assert nothing_quantized.evaluation.passed and not nothing_quantized.passed

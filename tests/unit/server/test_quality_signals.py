@@ -152,3 +152,13 @@ def test_the_counters_slis_read_exist_at_zero_from_the_start() -> None:
     assert value(registry, "quantship_requests_total", code="200") == 0.0
     assert value(registry, "quantship_feedback_total", variant="reference", correct="false") == 0.0
     assert value(registry, "quantship_model_load_failures_total", reason="hash_mismatch") == 0.0
+
+
+def test_a_manifest_rule_that_cannot_judge_the_output_is_refused_at_load() -> None:
+    with pytest.raises(ValueError, match="class ids or per-class scores"):
+        Comparator.for_artifact(TensorSpec("y", "FP32", (None,)), {"kind": "top1"}, tolerance=0.01)
+    with pytest.raises(ValueError, match="numeric tolerance"):
+        Comparator.for_artifact(TensorSpec("e", "FP32", (None, 8)), {"kind": "cosine"}, tolerance=0.01)
+    rule = {"kind": "cosine", "tolerance": 0.9, "confident_only": False}
+    comparator = Comparator.for_artifact(TensorSpec("e", "FP32", (None, 8)), rule, tolerance=0.01)
+    assert comparator.rule.tolerance == 0.9 and not comparator.classifier
