@@ -6,6 +6,7 @@ error on stderr names the problem; nothing partial is left on disk).
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import functools
 import math
@@ -21,6 +22,7 @@ from quantship import __version__, artifact
 from quantship.agreement import Task
 from quantship.quantize import config as q_config
 from quantship.quantize.evaluate import Metric
+from quantship.server import settings as server_settings
 
 F = TypeVar("F", bound=Callable[..., Any])
 # Piped output (CI logs, files) gets room for the summary tables instead of rich's 80 columns.
@@ -440,72 +442,123 @@ def report(path: Path, out: Path) -> None:
     click.echo(f"wrote {out}")
 
 
+def _default(owner: type, name: str) -> Any:
+    """A server settings field's default: written once, in quantship/server/settings.py."""
+    return {field.name: field.default for field in dataclasses.fields(owner)}[name]
+
+
+_SERVE, _BATCH, _QUALITY = (
+    server_settings.ServerSettings,
+    server_settings.BatchSettings,
+    server_settings.QualitySettings,
+)
+
+
 @main.command()
 @click.argument("artifact_path", metavar="ARTIFACT", type=click.Path(path_type=Path))
 @click.option("--model-name", required=True, help="Name clients address, and the `model` metric label.")
 @click.option(
     "--revision", required=True, help="This artifact's revision: the model version and `revision` label."
 )
-@click.option("--track", type=click.Choice(["stable", "canary"]), default="stable", show_default=True)
-@click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
+@click.option(
+    "--track",
+    type=click.Choice([t.value for t in server_settings.Track]),
+    default=_default(_SERVE, "track").value,
+    show_default=True,
+)
+@click.option("--host", default=_default(_SERVE, "host"), show_default=True)
+@click.option("--port", type=click.IntRange(0, 65535), default=_default(_SERVE, "port"), show_default=True)
+@click.option(
+    "--grpc-port",
+    type=click.IntRange(0, 65535),
+    default=_default(_SERVE, "grpc_port"),
+    help="Also serve Open Inference Protocol v2 over gRPC on this port (KServe's is 8081). Default: off.",
+)
 @click.option(
     "--reference",
     type=click.Path(dir_okay=False, path_type=Path),
+    default=_default(_SERVE, "reference"),
     help="FP32 model for shadow evaluation. Default: the artifact's reference.onnx when present.",
 )
 @click.option(
-    "--public-key", type=click.Path(path_type=Path), help="Refuse artifacts without a valid signature."
+    "--public-key",
+    type=click.Path(path_type=Path),
+    default=_default(_SERVE, "public_key"),
+    help="Refuse artifacts without a valid signature.",
 )
 @click.option(
-    "--max-batch-size", type=click.IntRange(min=1), default=32, show_default=True, help="Rows per batch."
+    "--max-batch-size",
+    type=click.IntRange(min=1),
+    default=_default(_BATCH, "max_batch_size"),
+    show_default=True,
+    help="Rows per batch, at most (the server may choose fewer: see the log).",
 )
 @click.option(
     "--max-queue-delay-ms",
     type=click.FloatRange(min=0),
-    default=0.0,
+    default=_default(_BATCH, "max_queue_delay_ms"),
     show_default=True,
     help="How long a request may wait for others to join its batch.",
 )
 @click.option(
     "--max-queue-size",
     type=click.IntRange(min=1),
-    default=128,
+    default=_default(_BATCH, "max_queue_size"),
     show_default=True,
     help="Requests waiting for the model; beyond it, 429.",
 )
 @click.option(
     "--shadow-rate",
     type=click.FloatRange(0, 1),
-    default=0.05,
+    default=_default(_QUALITY, "shadow_rate"),
     show_default=True,
     help="Share of requests also run through the FP32 reference, in the background.",
 )
 @click.option(
     "--clip-sample-rate",
     type=click.FloatRange(0, 1),
-    default=0.05,
+    default=_default(_QUALITY, "clip_sample_rate"),
     show_default=True,
     help="Share of requests whose activations are checked against the calibrated ranges.",
 )
-@click.option("--per-tensor-metrics", is_flag=True, help="Export clip counts per activation tensor.")
+@click.option(
+    "--per-tensor-metrics",
+    is_flag=True,
+    default=_default(_QUALITY, "per_tensor_metrics"),
+    help="Export clip counts per activation tensor.",
+)
 @click.option(
     "--feedback-capacity",
     type=click.IntRange(min=1),
-    default=10_000,
+    default=_default(_QUALITY, "feedback_capacity"),
     show_default=True,
     help="Recent requests kept for label feedback.",
 )
 @click.option(
     "--feedback-max-bytes",
     type=click.IntRange(min=0),
-    default=64 << 20,
+    default=_default(_QUALITY, "feedback_max_bytes"),
     show_default=True,
     help="Bytes of request inputs kept for feedback (the reference runs on them at feedback time).",
 )
-@click.option("--max-body-bytes", type=click.IntRange(min=1), default=16 << 20, show_default=True)
 @click.option(
-    "--threads", type=click.IntRange(min=1), help="onnxruntime intra-op threads (default: its own)."
+    "--max-body-bytes",
+    type=click.IntRange(min=1),
+    default=_default(_SERVE, "max_body_bytes"),
+    show_default=True,
+)
+@click.option(
+    "--drain-timeout-s",
+    type=click.FloatRange(min=0),
+    default=_default(_SERVE, "drain_timeout_s"),
+    show_default=True,
+    help="On SIGTERM, seconds to finish accepted requests; keep it below the pod's grace.",
+)
+@click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    default=_default(_SERVE, "threads"),
+    help="onnxruntime intra-op threads (default: its own).",
 )
 @click.option(
     "--log-level",
@@ -521,6 +574,7 @@ def serve(
     track: str,
     host: str,
     port: int,
+    grpc_port: int | None,
     reference: Path | None,
     public_key: Path | None,
     max_batch_size: int,
@@ -532,6 +586,7 @@ def serve(
     feedback_capacity: int,
     feedback_max_bytes: int,
     max_body_bytes: int,
+    drain_timeout_s: float,
     threads: int | None,
     log_level: str,
     access_log: bool,
@@ -550,10 +605,12 @@ def serve(
         track=server.Track(track),
         host=host,
         port=port,
+        grpc_port=grpc_port,
         reference=reference,
         public_key=public_key,
         threads=threads,
         max_body_bytes=max_body_bytes,
+        drain_timeout_s=drain_timeout_s,
         batching=server.BatchSettings(max_batch_size, max_queue_delay_ms, max_queue_size),
         quality=server.QualitySettings(
             shadow_rate=shadow_rate,
@@ -612,13 +669,39 @@ def keygen(private_path: Path, public_path: Path) -> None:
     help="Where pvc://CLAIM/... claims are mounted.",
 )
 @click.option("--timeout", type=click.FloatRange(min=1), default=120.0, show_default=True, help="Seconds.")
+@click.option(
+    "--max-bytes",
+    type=click.IntRange(min=1),
+    default=8 * 2**30,
+    show_default=True,
+    help="Largest download; its archive may unpack to twice that.",
+)
+@click.option(
+    "--cross-host-redirects", is_flag=True, help="Follow redirects to other hosts (refused by default)."
+)
 @user_errors
-def fetch(uri: str, dest: Path, public_key: Path | None, pvc_root: Path, timeout: float) -> None:
+def fetch(
+    uri: str,
+    dest: Path,
+    public_key: Path | None,
+    pvc_root: Path,
+    timeout: float,
+    max_bytes: int,
+    cross_host_redirects: bool,
+) -> None:
     """Fetch the artifact at URI (file://, pvc://, http(s)://...tar.gz), verify it, install it as DEST."""
     from quantship.operator import fetch as fetch_module
 
     try:
-        loaded = fetch_module.fetch(uri, dest, public_key=public_key, pvc_root=pvc_root, timeout=timeout)
+        loaded = fetch_module.fetch(
+            uri,
+            dest,
+            public_key=public_key,
+            pvc_root=pvc_root,
+            timeout=timeout,
+            max_bytes=max_bytes,
+            cross_host_redirects=cross_host_redirects,
+        )
     except fetch_module.FetchError as exc:
         raise InputError(str(exc)) from exc
     signature = "signature valid" if public_key else ("signed" if loaded.signed else "unsigned")

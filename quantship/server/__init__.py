@@ -4,10 +4,28 @@ What other parts use: `create_app` (the ASGI app, for tests and embedding), `ser
 `quantship serve` command), and the settings dataclasses. Modules inside, each with one job:
 protocol (wire format), runner (onnxruntime session and input validation), batcher (dynamic
 batching), shadow / clipping / feedback (the SLIs), background (their worker lanes), metrics,
-service (the transport-neutral core), schema (OpenAPI), errors, app (composition root, routes).
+service (the transport-neutral core), grpc_server (the gRPC transport), schema (OpenAPI), errors,
+app (composition root, routes).
+
+`create_app` and `serve` load on first use: the CLI reads the settings' defaults for its options
+without paying for FastAPI and onnxruntime on every command.
 """
 
-from quantship.server.app import create_app, serve
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
 from quantship.server.settings import BatchSettings, QualitySettings, ServerSettings, Track
 
+if TYPE_CHECKING:
+    from quantship.server.app import create_app, serve
+
 __all__ = ["BatchSettings", "QualitySettings", "ServerSettings", "Track", "create_app", "serve"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("create_app", "serve"):
+        from quantship.server import app
+
+        return getattr(app, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
