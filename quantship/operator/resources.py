@@ -18,6 +18,12 @@ from quantship.operator.spec import ModelSpec
 from quantship.rollout import Track
 
 SERVER_PORT = 8080
+GRPC_PORT = 8081  # KServe's gRPC port: `inference.GRPCInferenceService`
+# Shutdown: the kubelet runs preStop (endpoints drop the pod meanwhile), then sends SIGTERM; the server
+# drains within its budget and exits before the grace period (counted from preStop) runs out.
+GRACE_PERIOD_S = 30
+PRESTOP_SLEEP_S = 5
+DRAIN_TIMEOUT_S = GRACE_PERIOD_S - PRESTOP_SLEEP_S - 5  # 5 s left for the process to exit
 ARTIFACT_DIR = "/artifact"
 MODEL_DIR = f"{ARTIFACT_DIR}/model"
 PVC_ROOT = "/mnt/pvc"
@@ -63,7 +69,8 @@ def serve_args(spec: ModelSpec, revision: str, track: Track) -> list[str]:
     args = [
         "serve", MODEL_DIR,
         "--model-name", spec.model, "--revision", revision, "--track", track.value,
-        "--host", "0.0.0.0", "--port", str(SERVER_PORT),
+        "--host", "0.0.0.0", "--port", str(SERVER_PORT), "--grpc-port", str(GRPC_PORT),
+        "--drain-timeout-s", str(DRAIN_TIMEOUT_S),
         *spec.server_args(),
     ]  # fmt: skip
     if spec.public_key_secret:
@@ -152,7 +159,7 @@ def deployment(
                         "seccompProfile": {"type": "RuntimeDefault"},
                     },
                     "automountServiceAccountToken": False,
-                    "terminationGracePeriodSeconds": 30,
+                    "terminationGracePeriodSeconds": GRACE_PERIOD_S,
                     "initContainers": [
                         {
                             "name": "fetch",
@@ -168,7 +175,11 @@ def deployment(
                             "image": spec.image,
                             "command": ["quantship"],
                             "args": serve_args(spec, revision, track),
-                            "ports": [{"name": "http", "containerPort": SERVER_PORT, "protocol": "TCP"}],
+                            "ports": [
+                                {"name": "http", "containerPort": SERVER_PORT, "protocol": "TCP"},
+                                {"name": "grpc", "containerPort": GRPC_PORT, "protocol": "TCP"},
+                            ],
+                            "lifecycle": {"preStop": {"exec": {"command": ["sleep", str(PRESTOP_SLEEP_S)]}}},
                             "readinessProbe": probe,
                             "livenessProbe": liveness,
                             "startupProbe": startup,
@@ -196,7 +207,10 @@ def service(spec: ModelSpec, revision: str | None, owner: Mapping[str, Any]) -> 
         "metadata": {"name": name, "namespace": spec.namespace, "labels": service_labels},
         "spec": {
             "selector": selector(spec, revision),
-            "ports": [{"name": "http", "port": spec.port, "targetPort": "http", "protocol": "TCP"}],
+            "ports": [
+                {"name": "http", "port": spec.port, "targetPort": "http", "protocol": "TCP"},
+                {"name": "grpc", "port": GRPC_PORT, "targetPort": "grpc", "protocol": "TCP"},
+            ],
         },
     }
     kopf.append_owner_reference(body, owner=dict(owner))  # type: ignore[arg-type]

@@ -12,6 +12,8 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
+import socket
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -209,47 +211,77 @@ def create_app(
     registry: CollectorRegistry | None = None,
     service: ModelService | None = None,
 ) -> FastAPI:
+    """The app: metrics, service, routes, error handlers, the OpenAPI document, and a lifespan that
+    loads the model (and starts gRPC) on startup and drains within one budget on shutdown."""
     registry = registry if registry is not None else CollectorRegistry()
-    metrics = (
-        service.metrics
-        if service is not None
-        else ServerMetrics(
-            registry,
-            settings.labels,
-            max_batch_size=settings.batching.max_batch_size,
+    if service is None:
+        service = ModelService(settings, ServerMetrics(
+            registry, settings.labels, max_batch_size=settings.batching.max_batch_size,
             per_tensor=settings.quality.per_tensor_metrics,
-        )
+        ))  # fmt: skip
+    budget = ShutdownBudget(settings.drain_timeout_s)
+    app = FastAPI(
+        title="quantship model server",
+        version=__version__,
+        description="Open Inference Protocol v2 (REST, with the binary tensor extension; gRPC on its own "
+        "port), label feedback and Prometheus metrics with the quantization SLIs.",
+        lifespan=_lifespan(settings, service, budget),
+        redoc_url=None,
     )
-    service = service if service is not None else ModelService(settings, metrics)
-    endpoints = Endpoints(service, metrics, registry, settings.max_body_bytes)
+    app.state.service, app.state.shutdown = service, budget
+    endpoints = Endpoints(service, service.metrics, registry, settings.max_body_bytes)
+    documented = _add_routes(app, endpoints.routes())
+    install_handlers(app)
+    app.openapi = _openapi(app, settings, service, documented)  # type: ignore[method-assign]
+    return app
 
+
+@dataclass
+class ShutdownBudget:
+    """One drain budget from the moment shutdown begins (the signal), shared by uvicorn's connection
+    drain, gRPC's and the service's: each gets what the ones before it left."""
+
+    seconds: float
+    started: float | None = None
+
+    def begin(self) -> None:
+        if self.started is None:
+            self.started = time.monotonic()
+
+    def left(self) -> float:
+        if self.started is None:
+            return self.seconds
+        return max(0.0, self.seconds - (time.monotonic() - self.started))
+
+
+def _lifespan(
+    settings: ServerSettings, service: ModelService, budget: ShutdownBudget
+) -> Callable[[FastAPI], contextlib.AbstractAsyncContextManager[None]]:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         service.start()
         rpc = None
         if settings.grpc_port is not None:
-            endpoints = grpc_server.GrpcEndpoints(service, metrics)
             rpc = await grpc_server.start_grpc(
-                endpoints, settings.host, settings.grpc_port, settings.max_body_bytes
-            )
+                grpc_server.GrpcEndpoints(service, service.metrics),
+                settings.host, settings.grpc_port, settings.max_body_bytes,
+            )  # fmt: skip
         try:
             yield
         finally:
+            budget.begin()
+            service.stop_accepting()
             if rpc is not None:
-                await rpc.stop(settings.drain_timeout_s)
-            await service.close()
+                await rpc.stop(budget.left())
+            await service.close(budget.left())
 
-    app = FastAPI(
-        title="quantship model server",
-        version=__version__,
-        description="Open Inference Protocol v2 (REST, with the binary tensor extension), label feedback "
-        "and Prometheus metrics with the quantization SLIs.",
-        lifespan=lifespan,
-        redoc_url=None,
-    )
-    app.state.service = service
-    documented: list[APIRoute] = []  # hot routes, described for the OpenAPI document only
-    for route in endpoints.routes():
+    return lifespan
+
+
+def _add_routes(app: FastAPI, routes: list[Route]) -> list[APIRoute]:
+    """Add the routes; return the hot ones as FastAPI would describe them (for the OpenAPI document)."""
+    documented: list[APIRoute] = []
+    for route in routes:
         options: dict[str, Any] = {
             "methods": [route.method],
             "summary": route.summary,
@@ -266,8 +298,12 @@ def create_app(
             documented.append(APIRoute(route.path, route.endpoint, **{**options, "openapi_extra": extra}))
         else:
             app.add_api_route(route.path, route.endpoint, **options)
-    install_handlers(app)
+    return documented
 
+
+def _openapi(
+    app: FastAPI, settings: ServerSettings, service: ModelService, documented: list[APIRoute]
+) -> Callable[[], dict[str, Any]]:
     def openapi() -> dict[str, Any]:
         """FastAPI's document, amended; once the model is loaded, with an example request that fits it."""
         if app.openapi_schema is not None:
@@ -291,19 +327,36 @@ def create_app(
         app.openapi_schema = document
         return document
 
-    app.openapi = openapi  # type: ignore[method-assign]
-    return app
+    return openapi
+
+
+class _Server(uvicorn.Server):
+    """uvicorn, starting the drain budget and flushing the batcher the moment shutdown begins, not
+    after uvicorn has waited for connections whose requests sit in the batcher."""
+
+    def __init__(self, config: uvicorn.Config, app: FastAPI) -> None:
+        super().__init__(config)
+        self.app = app
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        budget: ShutdownBudget = self.app.state.shutdown
+        budget.begin()
+        self.app.state.service.stop_accepting()
+        self.config.timeout_graceful_shutdown = math.ceil(budget.left())
+        await super().shutdown(sockets)
 
 
 def serve(settings: ServerSettings, *, log_level: str = "info", access_log: bool = False) -> None:
-    """Run the server in this process until SIGTERM or SIGINT, then drain and exit."""
+    """Run the server in this process until SIGTERM or SIGINT, then drain within
+    `settings.drain_timeout_s` in all and exit."""
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app = create_app(settings)
     config = uvicorn.Config(
-        create_app(settings),
+        app,
         host=settings.host,
         port=settings.port,
         log_level=log_level,
         access_log=access_log,
-        timeout_graceful_shutdown=int(settings.drain_timeout_s),
+        timeout_graceful_shutdown=math.ceil(settings.drain_timeout_s),
     )
-    uvicorn.Server(config).run()
+    _Server(config, app).run()

@@ -73,6 +73,7 @@ class Batcher:
         self.observer = observer if observer is not None else _NoObserver()
         self._queue: asyncio.Queue[_Job | None] = asyncio.Queue(settings.max_queue_size)
         self._task: asyncio.Task[None] | None = None
+        self._stopper: asyncio.Task[None] | None = None
         self._closing = False
 
     def start(self) -> None:
@@ -93,13 +94,20 @@ class Batcher:
             ) from None
         return await job.future
 
+    def stop_accepting(self) -> None:
+        """Refuse new requests and run the queued ones now, without waiting for batch-mates: shutdown
+        has begun, and a request held for a queue delay would only eat the drain budget."""
+        if self._closing:
+            return
+        self._closing = True
+        if self._task is not None:  # the sentinel goes after every queued job: they all run first
+            self._stopper = asyncio.create_task(self._queue.put(None), name="batcher stop")
+
     async def close(self) -> None:
         """Refuse new requests, finish the queued ones, stop the worker."""
-        self._closing = True
-        if self._task is None:
-            return
-        await self._queue.put(None)  # after every queued job: they all run first
-        await self._task
+        self.stop_accepting()
+        if self._task is not None:
+            await self._task
 
     async def _work(self) -> None:
         carry: _Job | None = None

@@ -18,9 +18,12 @@ from quantship import slo
 P = slo.PREFIX
 LABELS = list(slo.LABELS)
 QUEUE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
-LOAD_FAILURE_REASONS = ("missing", "format", "hash_mismatch", "signature", "key", "io", "reference", "model")
+LOAD_FAILURE_REASONS = (
+    "missing", "format", "hash_mismatch", "signature", "key", "io", "reference", "model", "internal",
+)  # fmt: skip
 """ArtifactError reasons (quantship/artifact.py) plus the server's own: a reference that does not fit
-the model, a model onnxruntime cannot load or serve. Each starts at 0."""
+the model, a model onnxruntime cannot load or serve, and a failure of the server's own code while
+loading (a bug, logged with its traceback: not the artifact's fault). Each starts at 0."""
 FEEDBACK_VARIANTS = ("quantized", "reference")
 MODEL_INFO_LABELS = ("precision", "quant_mode", "calibration_method", "calibration_sha256", "runtime_version")
 SAMPLE_KINDS = ("shadow", "clip")

@@ -48,6 +48,12 @@ from quantship.server.shadow import Comparator, ShadowEvaluator, ShadowSample
 
 log = logging.getLogger("quantship.server")
 PLATFORM = "onnxruntime_onnx"  # what Triton reports for ONNX models
+# onnxruntime's own exception types (pybind, no common base): what it raises for a model it refuses.
+ORT_ERRORS: tuple[type[Exception], ...] = tuple(
+    kind
+    for kind in vars(onnxruntime.capi.onnxruntime_pybind11_state).values()
+    if isinstance(kind, type) and issubclass(kind, Exception)
+)
 
 
 class Phase(enum.StrEnum):
@@ -139,19 +145,22 @@ class ModelService:
         self._loading = asyncio.create_task(self.load(), name="model loader")
 
     async def load(self) -> None:
+        """Open the artifact in a thread, then serve it; a refusal or a failure leaves us up, unready."""
         started = time.perf_counter()
         try:
             opened = await asyncio.to_thread(self._open)
+            if self.phase is not Phase.STOPPING:
+                self._serve(opened, time.perf_counter() - started)
         except (ArtifactError, LoadRefused) as exc:
             self._refuse(exc.reason, str(exc))
-            return
-        except Exception as exc:  # onnxruntime refusing the model: its own exception types
+        except ORT_ERRORS as exc:
             self._refuse("model", f"onnxruntime cannot load {self.settings.artifact}: {exc}")
-            return
-        if self.phase is Phase.STOPPING:
-            return
+        except Exception as exc:  # ours, not the artifact's: say so, with the traceback
+            log.exception("loading %s failed in the server's own code", self.settings.artifact)
+            self._refuse("internal", f"the server failed while loading (a bug; see its log): {exc!r}")
+
+    def _serve(self, opened: Opened, seconds: float) -> None:
         self.model = self._assemble(opened)
-        seconds = time.perf_counter() - started
         self.metrics.model_loaded(
             _model_info(opened.artifact), seconds, opened.fallback, _model_sizes(opened.artifact)
         )
@@ -233,7 +242,7 @@ class ModelService:
             raise LoadRefused(f"reference model {path} does not exist", reason="reference")
         try:
             reference = Runner.load(path, threads=1)
-        except Exception as exc:
+        except ORT_ERRORS as exc:
             raise LoadRefused(f"onnxruntime cannot load reference {path}: {exc}", reason="reference") from exc
         takes = {(spec.name, spec.datatype) for spec in reference.signature.inputs}
         if takes != {(spec.name, spec.datatype) for spec in served.inputs}:
@@ -278,23 +287,39 @@ class ModelService:
         lane.start()
         return lane
 
-    async def close(self) -> None:
-        """Refuse new work, finish queued requests and sampled work, release threads and files."""
+    def stop_accepting(self) -> None:
+        """Shutdown has begun: new requests get 503, queued ones run now (see Batcher.stop_accepting)."""
         self.phase = Phase.STOPPING
         self.problem = "the server is shutting down"
-        timeout = self.settings.drain_timeout_s
-        if self._loading is not None and not self._loading.done():
-            await asyncio.wait({self._loading}, timeout=timeout)
         if self.model is not None:
-            await self.model.batcher.close()
+            self.model.batcher.stop_accepting()
+
+    async def close(self, timeout: float | None = None) -> None:
+        """Finish queued requests and sampled work within `timeout` seconds in all (default: the
+        drain timeout), then release threads and files. What is left past the deadline is dropped."""
+        self.stop_accepting()
+        deadline = time.monotonic() + (self.settings.drain_timeout_s if timeout is None else timeout)
+
+        def left() -> float:
+            return max(0.0, deadline - time.monotonic())
+
+        if self._loading is not None and not self._loading.done():
+            await asyncio.wait({self._loading}, timeout=left())
+        finished = True
+        if self.model is not None:
+            worker = asyncio.ensure_future(self.model.batcher.close())
+            finished = not (await asyncio.wait({worker}, timeout=left()))[1]
             for lane in (self.model.shadow, self.model.clip):
                 if lane is not None:
-                    await lane.close(timeout)
+                    await lane.close(left())
         self._infer_executor.shutdown(wait=False)
         self._background_executor.shutdown(wait=False)
         if self._scratch is not None:
             self._scratch.cleanup()
-        log.info("drained: every accepted request answered, background work finished")
+        if finished:
+            log.info("drained: every accepted request answered, background work finished")
+        else:
+            log.warning("drain budget spent: gave up on requests still queued for the model")
 
     # -- answering ------------------------------------------------------------------------------
 

@@ -103,9 +103,11 @@ class ServerSettings:
     max_body_bytes: int = 16 * MiB
     """Largest request body accepted, in bytes; larger ones get 413 before being read. 16 MiB holds
     a batch of 64 float32 224x224 images, far beyond the digits model's 256 bytes a row."""
-    drain_timeout_s: float = 30.0
-    """Seconds a shutdown waits for in-flight requests and sampled background work, then exits
-    anyway. Below Kubernetes' default 30 s grace period plus the pod's preStop, in practice."""
+    drain_timeout_s: float = 20.0
+    """Seconds, in all, that a shutdown spends from the signal on: uvicorn's connection drain, gRPC's,
+    the queued requests and the sampled background work share it; then the process exits anyway.
+    20 fits Kubernetes' default 30 s grace period, which also covers a 5 s preStop; the operator
+    passes its own figure, derived from the grace period it sets."""
     batching: BatchSettings = field(default_factory=BatchSettings)
     quality: QualitySettings = field(default_factory=QualitySettings)
 

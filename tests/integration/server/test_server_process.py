@@ -156,15 +156,16 @@ def test_at_saturation_the_server_answers_only_200_or_429_in_flat_memory(
         server.stop()
 
 
-def test_sigterm_stops_accepting_and_answers_every_request_in_flight(
+def test_sigterm_stops_accepting_and_answers_every_request_in_flight_within_one_budget(
     good_artifact: artifact.Artifact, tmp_path: Path
 ) -> None:
-    # A long queue delay holds the requests in the batcher while the signal arrives.
+    # A queue delay far past the drain budget holds the requests in the batcher while the signal
+    # arrives: shutdown must run them at once, not wait for batch-mates, or they outlive the budget.
     server = ServerProcess(
         good_artifact.root,
         model=MODEL,
         revision="draining",
-        extra_args=["--max-queue-delay-ms", "3000", "--max-batch-size", "64"],
+        extra_args=["--max-queue-delay-ms", "600000", "--max-batch-size", "64", "--drain-timeout-s", "20"],
         log_path=tmp_path / "serve.log",
     )
     server.start()
@@ -178,12 +179,11 @@ def test_sigterm_stops_accepting_and_answers_every_request_in_flight(
             assert server.pid is not None
             os.kill(server.pid, signal.SIGTERM)
             await until(lambda: not _answers(f"{server.url}/v2/health/live"))  # the listener is closed
-            assert not all(task.done() for task in in_flight)
-            return [(await task).status_code for task in in_flight]
+            return [(await task).status_code for task in in_flight]  # the client gives up after 60 s
 
     try:
-        assert asyncio.run(scenario()) == [200] * 8
-        assert server.stop(timeout=30) == -signal.SIGTERM  # uvicorn re-raises the signal after draining
+        assert asyncio.run(scenario()) == [200] * 8  # before the 600 s delay: shutdown flushed them
+        assert server.stop(timeout=20) == -signal.SIGTERM  # uvicorn re-raises the signal after draining
         assert "drained: every accepted request answered" in server.log_tail()
     finally:
         server.stop()

@@ -1,0 +1,65 @@
+"""A failure of the server's own code while loading is a bug, logged with its traceback and counted as
+`internal`, never reported as a broken model; a model onnxruntime refuses is still `model`."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+from prometheus_client import CollectorRegistry
+from server_harness import settings_for
+
+from quantship import artifact
+from quantship.server.metrics import ServerMetrics
+from quantship.server.service import ModelService, Opened, Phase
+from quantship.server.settings import ServerSettings
+
+
+class BuggyService(ModelService):
+    """The real service, with a bug of ours where the loaded parts are put together."""
+
+    def _assemble(self, opened: Opened) -> object:  # type: ignore[override]
+        raise KeyError("a bug of ours")
+
+
+def service_for(settings: ServerSettings, kind: type[ModelService]) -> tuple[ModelService, CollectorRegistry]:
+    registry = CollectorRegistry()
+    return kind(settings, ServerMetrics(registry, settings.labels, max_batch_size=32)), registry
+
+
+def failures(registry: CollectorRegistry, settings: ServerSettings, reason: str) -> float | None:
+    return registry.get_sample_value(
+        "quantship_model_load_failures_total", {**settings.labels, "reason": reason}
+    )
+
+
+async def test_a_bug_while_loading_is_logged_with_its_traceback_and_counted_as_internal(
+    good_artifact: artifact.Artifact, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = settings_for(good_artifact, "buggy")
+    service, registry = service_for(settings, BuggyService)
+    with caplog.at_level(logging.ERROR, logger="quantship.server"):
+        await service.load()
+    assert service.phase is Phase.REFUSED
+    assert "a bug; see its log" in service.problem and "onnxruntime" not in service.problem
+    assert failures(registry, settings, "internal") == 1
+    assert failures(registry, settings, "model") == 0
+    (traced,) = [record for record in caplog.records if record.exc_info is not None]
+    assert "failed in the server's own code" in traced.getMessage()
+    await service.close(1)
+
+
+async def test_a_model_onnxruntime_refuses_is_still_a_broken_model(tmp_path: Path) -> None:
+    garbage = tmp_path / "garbage.onnx"
+    garbage.write_bytes(b"not an onnx model")
+    manifest = {"quantization": {"precision": "fp32", "mode": "none"}}
+    written = artifact.write_artifact(tmp_path / "artifact", {artifact.MODEL_FILE: garbage}, manifest)
+    settings = settings_for(written, "broken")
+    service, registry = service_for(settings, ModelService)
+    await service.load()
+    assert service.phase is Phase.REFUSED
+    assert "onnxruntime cannot load" in service.problem
+    assert failures(registry, settings, "model") == 1
+    assert failures(registry, settings, "internal") == 0
+    await service.close(1)
