@@ -127,6 +127,8 @@ async def _reconcile(
 
 
 def _degraded_reason(decision: Decision) -> str:
+    if decision.analysis is not None and decision.analysis.misconfigured:
+        return "MetricsMisconfigured"
     if decision.analysis is not None and decision.analysis.unreachable:
         return "MetricsUnreachable"
     if decision.action is Action.JUDGED:

@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from quantship import slo
-from quantship.rollout import Phase, RolloutStatus
+from quantship.rollout import Phase, RolloutStatus, short_window_ratio
 from quantship.rollout.state import to_timestamp
 
 READY = "Ready"
@@ -63,16 +63,6 @@ def conditions(
     return built
 
 
-def accuracy_delta(status: RolloutStatus) -> float | None:
-    """The canary's share of shadow disagreements on the short window of the last judgement."""
-    analysis = status.last_analysis or {}
-    for result in analysis.get("slos", []):
-        if result.get("slo") == slo.SLI.ACCURACY_DELTA.value and result.get("windows"):
-            ratio = result["windows"][0].get("ratio")
-            return float(ratio) if ratio is not None else None
-    return None
-
-
 def status_body(
     previous: Mapping[str, Any],
     status: RolloutStatus,
@@ -83,7 +73,7 @@ def status_body(
 ) -> dict[str, Any]:
     """The full `status` to merge-patch: keys that became None are removed by the merge."""
     body = status.to_dict()
-    body["accuracyDelta"] = accuracy_delta(status)
+    body["accuracyDelta"] = short_window_ratio(status.last_analysis, slo.SLI.ACCURACY_DELTA)
     body["observedGeneration"] = generation
     body["conditions"] = conditions(
         previous.get("conditions") or [], status, degraded=degraded, generation=generation, now=now

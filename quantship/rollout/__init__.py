@@ -6,7 +6,7 @@ What other parts use: the spec and status types, `decide`/`tick`/`run_rollout`, 
 local demo (`quantship.local`) supply the adapters.
 """
 
-from quantship.rollout.analysis import Analysis, Measurements, Verdict, judge, measure
+from quantship.rollout.analysis import Analysis, Measurements, Verdict, judge, measure, short_window_ratio
 from quantship.rollout.engine import (
     Action,
     Decision,
@@ -23,6 +23,7 @@ from quantship.rollout.ports import (
     GaugeMeasurement,
     Measurement,
     MetricsSource,
+    Misconfigured,
     NoData,
     PortError,
     Track,
@@ -46,6 +47,7 @@ __all__ = [
     "Measurement",
     "Measurements",
     "MetricsSource",
+    "Misconfigured",
     "NoData",
     "Observations",
     "OnInconclusive",
@@ -68,5 +70,6 @@ __all__ = [
     "needs",
     "parse_duration",
     "run_rollout",
+    "short_window_ratio",
     "tick",
 ]

@@ -8,8 +8,9 @@ Per SLO and window: ratio = bad / total of the canary; burn rate = ratio / budge
 breached when the burn rate exceeds the threshold on *both* windows (the long one proves the burn
 is significant, the short one that it is still happening), or when the canary's burn rate
 exceeds the stable revision's by more than `max_burn_rate_increase` on both windows. A window
-with no data, an unreachable source or fewer than `min_samples` events makes the SLO
-inconclusive, never a pass.
+with no data, an unreachable or misconfigured source or fewer than `min_samples` events makes
+the SLO inconclusive, never a pass; each window says which (`Fault`). Where the stable revision
+cannot be compared with (none, no data, too few samples), the verdict's reason says so.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from quantship.rollout.ports import (
     GaugeMeasurement,
     Measurement,
     MetricsSource,
+    Misconfigured,
     NoData,
     Unreachable,
     Value,
@@ -38,6 +40,15 @@ class Verdict(enum.StrEnum):
     PASS = "pass"
     FAIL = "fail"
     INCONCLUSIVE = "inconclusive"
+
+
+class Fault(enum.StrEnum):
+    """Why a window (or the fallback-ops gate) cannot be judged."""
+
+    NO_DATA = "NoData"
+    UNREACHABLE = "Unreachable"
+    MISCONFIGURED = "Misconfigured"
+    TOO_FEW_SAMPLES = "TooFewSamples"
 
 
 # -- measuring ------------------------------------------------------------------------------------
@@ -92,6 +103,10 @@ class WindowResult:
     baseline_burn_rate: float | None = None
     problem: str | None = None
     """Why this window cannot be judged (no data, unreachable, too few samples); None when it can."""
+    fault: Fault | None = None
+    """The kind of `problem`."""
+    baseline_problem: str | None = None
+    """Why the canary was not compared with the stable revision on this window; None when it was."""
 
     @property
     def ratio(self) -> float | None:
@@ -112,6 +127,8 @@ class WindowResult:
             "burnRate": self.burn_rate,
             "baselineBurnRate": self.baseline_burn_rate,
             "problem": self.problem,
+            "fault": None if self.fault is None else self.fault.value,
+            "baselineProblem": self.baseline_problem,
         }
 
 
@@ -143,6 +160,7 @@ class GateResult:
     limit: int
     verdict: Verdict
     reason: str
+    fault: Fault | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -150,6 +168,7 @@ class GateResult:
             "limit": self.limit,
             "verdict": self.verdict.value,
             "reason": self.reason,
+            "fault": None if self.fault is None else self.fault.value,
         }
 
 
@@ -161,11 +180,20 @@ class Analysis:
     slos: tuple[SLOResult, ...]
     fallback_ops: GateResult
 
+    def faults(self) -> set[Fault]:
+        """The kinds of problem that kept windows (or the fallback-ops gate) from being judged."""
+        found = {w.fault for s in self.slos for w in s.windows} | {self.fallback_ops.fault}
+        return {fault for fault in found if fault is not None}
+
     @property
     def unreachable(self) -> bool:
         """Some answer did not come back at all (as opposed to coming back empty)."""
-        problems = [w.problem or "" for s in self.slos for w in s.windows] + [self.fallback_ops.reason]
-        return any("unreachable" in problem for problem in problems)
+        return Fault.UNREACHABLE in self.faults()
+
+    @property
+    def misconfigured(self) -> bool:
+        """Some query was refused or matched several series: waiting will not fix it."""
+        return Fault.MISCONFIGURED in self.faults()
 
     def burn_rates(self) -> dict[tuple[str, str], float]:
         """(slo, window) -> the canary's burn rate, for the operator's quantship_burn_rate gauge."""
@@ -176,13 +204,6 @@ class Analysis:
             if window.burn_rate is not None
         }
 
-    def ratio(self, sli: slo.SLI) -> float | None:
-        """The canary's bad ratio of one SLI on the short window (accuracy delta for `kubectl get`)."""
-        for result in self.slos:
-            if result.sli is sli and result.windows:
-                return result.windows[0].ratio
-        return None
-
     def to_dict(self) -> dict[str, Any]:
         return {
             "at": to_timestamp(self.at),
@@ -191,6 +212,16 @@ class Analysis:
             "slos": [result.to_dict() for result in self.slos],
             "fallbackOps": self.fallback_ops.to_dict(),
         }
+
+
+def short_window_ratio(last_analysis: Mapping[str, Any] | None, sli: slo.SLI) -> float | None:
+    """The canary's bad ratio of one SLI on the short window of a judgement in its persisted form
+    (`Analysis.to_dict`, the status's lastAnalysis): the accuracy delta `kubectl get qm` shows."""
+    for result in (last_analysis or {}).get("slos", []):
+        if result.get("slo") == sli.value and result.get("windows"):
+            ratio = result["windows"][0].get("ratio")
+            return float(ratio) if ratio is not None else None
+    return None
 
 
 def judge(measurements: Measurements, spec: RolloutSpec) -> Analysis:
@@ -225,6 +256,11 @@ def judge(measurements: Measurements, spec: RolloutSpec) -> Analysis:
         verdict, reason = Verdict.INCONCLUSIVE, "; ".join(unsure)
     else:
         verdict, reason = Verdict.PASS, "all SLOs within budget on both windows"
+    uncompared = list(
+        dict.fromkeys(w.baseline_problem for r in results for w in r.windows if w.baseline_problem)
+    )
+    if uncompared and verdict is not Verdict.INCONCLUSIVE:
+        reason += f" (not compared with the stable revision: {'; '.join(uncompared)})"
     return Analysis(measurements.at, verdict, reason, results, gate)
 
 
@@ -238,16 +274,28 @@ def _window(
     span = format_duration(window)
     match canary:
         case Unreachable(reason=why):
-            return WindowResult(window, problem=f"unreachable on {span}: {why}")
+            return WindowResult(window, problem=f"unreachable on {span}: {why}", fault=Fault.UNREACHABLE)
+        case Misconfigured(reason=why):
+            return WindowResult(window, problem=f"misconfigured on {span}: {why}", fault=Fault.MISCONFIGURED)
         case NoData(reason=why):
-            return WindowResult(window, problem=f"no data on {span}: {why}")
+            return WindowResult(window, problem=f"no data on {span}: {why}", fault=Fault.NO_DATA)
         case Counts(bad=bad, total=total) if total < min_samples:
-            return WindowResult(window, bad, total, problem=f"{total:.0f} of {min_samples} samples on {span}")
+            few = f"{total:.0f} of {min_samples} samples on {span}"
+            return WindowResult(window, bad, total, problem=few, fault=Fault.TOO_FEW_SAMPLES)
         case Counts(bad=bad, total=total):
-            baseline_burn = None
-            if isinstance(baseline, Counts) and baseline.total >= min_samples:
-                baseline_burn = objective.burn_rate(baseline.bad / baseline.total)
-            return WindowResult(window, bad, total, objective.burn_rate(bad / total), baseline_burn)
+            burn = objective.burn_rate(bad / total)
+            match baseline:
+                case Counts(bad=base_bad, total=base_total) if base_total >= min_samples:
+                    return WindowResult(window, bad, total, burn, objective.burn_rate(base_bad / base_total))
+                case Counts(total=base_total):
+                    why = f"{base_total:.0f} of {min_samples} samples"
+                case None:
+                    why = "no stable revision"
+                case NoData() | Unreachable() | Misconfigured():
+                    why = f"{type(baseline).__name__}: {baseline.reason}"
+            return WindowResult(
+                window, bad, total, burn, baseline_problem=f"{objective.sli.value} on {span}: {why}"
+            )
     raise TypeError(f"unexpected measurement {canary!r}")
 
 
@@ -292,9 +340,17 @@ def _judge_fallback(measurement: GaugeMeasurement, limit: int) -> GateResult:
         case Value(value=value):
             return GateResult(value, limit, Verdict.PASS, f"fallback ops: {value:.0f} (limit {limit})")
         case Unreachable(reason=why):
-            return GateResult(None, limit, Verdict.INCONCLUSIVE, f"fallback ops: unreachable: {why}")
+            return GateResult(
+                None, limit, Verdict.INCONCLUSIVE, f"fallback ops: unreachable: {why}", Fault.UNREACHABLE
+            )
+        case Misconfigured(reason=why):
+            return GateResult(
+                None, limit, Verdict.INCONCLUSIVE, f"fallback ops: misconfigured: {why}", Fault.MISCONFIGURED
+            )
         case NoData(reason=why):
-            return GateResult(None, limit, Verdict.INCONCLUSIVE, f"fallback ops: no data: {why}")
+            return GateResult(
+                None, limit, Verdict.INCONCLUSIVE, f"fallback ops: no data: {why}", Fault.NO_DATA
+            )
     raise TypeError(f"unexpected measurement {measurement!r}")
 
 

@@ -11,7 +11,8 @@ The walk, one guarded step at a time (each returns early):
   new revision     -> canary Progressing, waiting for readiness (step -1) -> (ready) steps[0]
   each step        wait step_interval, judge: pass -> next step (after the last: Promoted);
                    fail -> failure_limit reached? RolledBack; inconclusive -> inconclusive_limit
-                   reached? RolledBack (or hold); a canary never ready by the deadline -> Failed
+                   reached? RolledBack (or hold), but Failed when the metrics queries are
+                   misconfigured (holding cannot fix that); a canary never ready by the deadline -> Failed
   a person         abort -> RolledBack; promote -> Promoted (once the canary is ready)
 """
 
@@ -85,9 +86,9 @@ class Decision:
 
 @dataclass(frozen=True)
 class Needs:
-    stable_ready: bool = False
-    canary_ready: bool = False
-    analysis: bool = False
+    stable_ready: bool
+    canary_ready: bool
+    analysis: bool
 
 
 def analysis_due(status: RolloutStatus, spec: RolloutSpec, now: float) -> bool:
@@ -197,6 +198,7 @@ def _canary(status: RolloutStatus, obs: Observations, spec: RolloutSpec) -> Deci
 
 
 def _judged(status: RolloutStatus, analysis: Analysis, spec: RolloutSpec, now: float) -> Decision:
+    assert status.canary is not None
     limits = spec.analysis
     judged = replace(status, last_analysis=analysis.to_dict())
     step = f"step {status.step + 1} of {len(spec.steps)} at {status.weight}%"
@@ -221,9 +223,19 @@ def _judged(status: RolloutStatus, analysis: Analysis, spec: RolloutSpec, now: f
         case Verdict.INCONCLUSIVE:
             count = status.inconclusive + 1
             judged = replace(judged, inconclusive=count, step_started_at=now)
-            degraded = f"metrics unreachable: {analysis.reason}" if analysis.unreachable else None
+            degraded = None
+            if analysis.misconfigured:
+                degraded = f"metrics queries misconfigured: {analysis.reason}"
+            elif analysis.unreachable:
+                degraded = f"metrics unreachable: {analysis.reason}"
             if count >= limits.inconclusive_limit:
                 reason = f"{count} inconclusive judgements in a row at {step}: {analysis.reason}"
+                if analysis.misconfigured:  # no outage to wait out: the canary cannot be judged
+                    failed = replace(_without_canary(judged), phase=Phase.FAILED, rejected=status.canary)
+                    misconfigured = f"metrics queries misconfigured, the canary cannot be judged: {reason}"
+                    return _decision(
+                        Action.FAIL, failed, now, misconfigured, analysis, retire=(status.canary,)
+                    )
                 if limits.on_inconclusive is OnInconclusive.ROLLBACK:
                     return _roll_back(judged, now, reason, analysis=analysis)
                 held = f"holding: {reason}"

@@ -5,9 +5,12 @@ and HTTPRoutes in `quantship.operator`, local `quantship serve` processes and a 
 generator in `quantship.local`, Prometheus or direct scrapes for metrics. Every method is async
 and idempotent, so a tick that failed half-way can simply run again.
 
-A measurement is one of three outcomes, never a bare number: `Counts` (the window had events,
-possibly zero of them), `NoData` (the source answered, but has no such series yet), or
-`Unreachable` (the source did not answer). The engine judges the last two `inconclusive`.
+A measurement is one of four outcomes, never a bare number: `Counts` (the window had events,
+possibly zero of them), `NoData` (the source answered, but has no such series yet), `Unreachable`
+(the source did not answer: an outage, which may end by itself) or `Misconfigured` (the source
+answered, but the question was wrong: refused PromQL, several series where one was meant; it
+will not end by itself). The engine judges the last three `inconclusive`; a misconfiguration that
+persists fails the canary instead of holding it.
 """
 
 from __future__ import annotations
@@ -93,13 +96,21 @@ class NoData:
 
 @dataclass(frozen=True)
 class Unreachable:
-    """The source did not answer, or refused the query."""
+    """The source did not answer usefully: refused connection, timeout, a 5xx. An outage."""
 
     reason: str
 
 
-Measurement = Counts | NoData | Unreachable
-GaugeMeasurement = Value | NoData | Unreachable
+@dataclass(frozen=True)
+class Misconfigured:
+    """The source answered, but the question is wrong: it refused the query (bad PromQL, a bad
+    label name) or matched more than one series. A configuration error, not an outage."""
+
+    reason: str
+
+
+Measurement = Counts | NoData | Unreachable | Misconfigured
+GaugeMeasurement = Value | NoData | Unreachable | Misconfigured
 
 
 class MetricsSource(Protocol):

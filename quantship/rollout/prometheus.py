@@ -1,8 +1,14 @@
 """MetricsSource over Prometheus's HTTP API: the production path of the rollout engine.
 
 Instant queries of `/api/v1/query`; the PromQL text comes from `quantship.slo`, the same place
-the alert rules and dashboards take theirs from. An empty answer is `NoData`, a failed request or
-a refused query `Unreachable`: neither ever turns into a zero.
+the alert rules and dashboards take theirs from. Every way an answer can go wrong has its own
+outcome, and none ever turns into a zero:
+
+  no series, or NaN (0/0)                    -> NoData        (nothing counted yet)
+  connection refused, timeout, 5xx           -> Unreachable   (an outage: may end by itself)
+  query refused (4xx: bad PromQL or label),
+  a body that is not Prometheus's JSON,
+  more than one series                       -> Misconfigured (a configuration error: will not)
 """
 
 from __future__ import annotations
@@ -14,12 +20,24 @@ from typing import Any
 import httpx
 
 from quantship import slo
-from quantship.rollout.ports import Counts, GaugeMeasurement, Measurement, NoData, Unreachable, Value
+from quantship.rollout.ports import (
+    Counts,
+    GaugeMeasurement,
+    Measurement,
+    Misconfigured,
+    NoData,
+    Unreachable,
+    Value,
+)
 from quantship.rollout.spec import format_duration
 
 
-class _QueryFailed(Exception):
-    pass
+class _Failed(Exception):
+    """A query that produced no measurement; `outcome` is what to report instead."""
+
+    def __init__(self, outcome: Unreachable | Misconfigured) -> None:
+        super().__init__(outcome.reason)
+        self.outcome = outcome
 
 
 class PrometheusSource:
@@ -36,47 +54,92 @@ class PrometheusSource:
         bad_query, total_query = slo.bad_and_total(objective, format_duration(window_seconds), labels)
         try:
             total = await self._scalar(total_query)
-            if total is None:
-                return NoData(f"no series for {total_query}")
+            if isinstance(total, NoData):
+                return total
             bad = await self._scalar(bad_query)
-        except _QueryFailed as exc:
-            return Unreachable(str(exc))
-        if bad is None:
-            return NoData(f"no series for {bad_query}")
+        except _Failed as exc:
+            return exc.outcome
+        if isinstance(bad, NoData):
+            return bad
         return Counts(bad=bad, total=total)
 
     async def fallback_ops(self, labels: Mapping[str, str]) -> GaugeMeasurement:
         query = slo.fallback_ops_or_zero(labels)
         try:
             value = await self._scalar(query)
-        except _QueryFailed as exc:
-            return Unreachable(str(exc))
-        return NoData(f"no series for {query}") if value is None else Value(value)
+        except _Failed as exc:
+            return exc.outcome
+        return value if isinstance(value, NoData) else Value(value)
 
     async def aclose(self) -> None:
         if self._client is not None:
             await self._client.aclose()
             self._client = None
 
-    async def _scalar(self, query: str) -> float | None:
-        """The one value of an instant query's vector; None for an empty vector (or NaN: 0/0)."""
+    async def _scalar(self, query: str) -> float | NoData:
+        """The one value of an instant query's vector; NoData for an empty vector or NaN (0/0)."""
         body = await self._query(query)
-        result = body.get("data", {}).get("result", [])
+        data = body.get("data")
+        result = data.get("result") if isinstance(data, dict) else None
+        if not isinstance(result, list):
+            raise _Failed(
+                Misconfigured(f"Prometheus at {self.url} answered without a result vector: {query}")
+            )
         if not result:
-            return None
+            return NoData(f"no series for {query}")
         if len(result) > 1:
-            raise _QueryFailed(f"expected one series, got {len(result)}: {query}")
-        value = float(result[0]["value"][1])
-        return None if math.isnan(value) else value
+            labelsets = ", ".join(str(series.get("metric", {})) for series in result[:3])
+            raise _Failed(
+                Misconfigured(
+                    f"expected one series, got {len(result)} (the label selector matches more than it "
+                    f"should: {labelsets}): {query}"
+                )
+            )
+        try:
+            value = float(result[0]["value"][1])
+        except (KeyError, IndexError, TypeError, ValueError) as exc:
+            raise _Failed(
+                Misconfigured(f"Prometheus at {self.url} answered a malformed sample: {exc}")
+            ) from exc
+        return NoData(f"NaN (0/0: nothing counted) for {query}") if math.isnan(value) else value
 
     async def _query(self, query: str) -> dict[str, Any]:
         if self._client is None:
             self._client = httpx.AsyncClient(timeout=self.timeout)
+        where = f"Prometheus at {self.url}"
         try:
             response = await self._client.get(f"{self.url}/api/v1/query", params={"query": query})
+        except httpx.TimeoutException as exc:
+            raise _Failed(Unreachable(f"{where}: no answer within {self.timeout:g} s")) from exc
+        except httpx.HTTPError as exc:
+            raise _Failed(Unreachable(f"{where}: {type(exc).__name__}: {exc}")) from exc
+        if response.status_code >= 500:
+            raise _Failed(Unreachable(f"{where} answered {response.status_code}: {_error(response)}"))
+        try:
             body = response.json()
-        except (httpx.HTTPError, ValueError) as exc:
-            raise _QueryFailed(f"Prometheus at {self.url}: {type(exc).__name__}: {exc}") from exc
-        if body.get("status") != "success":
-            raise _QueryFailed(f"Prometheus refused the query ({body.get('error', response.status_code)})")
-        return dict(body)
+        except ValueError as exc:
+            raise _Failed(
+                Misconfigured(
+                    f"{where} answered {response.status_code} with a body that is not JSON: is it Prometheus?"
+                )
+            ) from exc
+        if not isinstance(body, dict):
+            raise _Failed(Misconfigured(f"{where} answered JSON that is not Prometheus's API"))
+        if response.status_code >= 400 or body.get("status") != "success":
+            raise _Failed(
+                Misconfigured(
+                    f"{where} refused the query ({response.status_code}: {_error(response)}): {query}"
+                )
+            )
+        return body
+
+
+def _error(response: httpx.Response) -> str:
+    """Prometheus's own `errorType: error` when the body has one, else the start of the body."""
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text[:200].strip() or response.reason_phrase
+    if isinstance(body, dict) and body.get("error"):
+        return f"{body.get('errorType', 'error')}: {body['error']}"
+    return response.reason_phrase

@@ -1,0 +1,261 @@
+"""PrometheusSource when Prometheus answers badly: every fault has its own outcome, none is a zero.
+
+A real HTTP server on loopback (aiohttp) plays a Prometheus that answers one way per test; a real
+Prometheus refuses a query whose label name is not PromQL. The outcomes:
+
+  5xx, timeout, connection refused                  Unreachable    an outage: waiting may help
+  refused query (400), not JSON, more than 1 series Misconfigured  a configuration error: it will not
+  empty vector, NaN                                 NoData         nothing counted yet
+
+and a judgement over such answers says which it was (`Analysis.unreachable` / `.misconfigured`),
+which is what lets the engine hold through an outage but fail a canary it can never judge.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+
+import pytest
+import pytest_asyncio
+from aiohttp import web
+
+from quantship import slo
+from quantship.local.prometheus import PrometheusProcess, free_port
+from quantship.rollout import (
+    AnalysisSpec,
+    Counts,
+    Misconfigured,
+    NoData,
+    PrometheusSource,
+    RolloutSpec,
+    Unreachable,
+    Value,
+    Verdict,
+    judge,
+    measure,
+)
+
+ERRORS = slo.Objective(slo.SLI.ERRORS, budget=0.001)
+LABELS = {"model": "digits", "revision": "v2"}
+TIMEOUT = 0.5
+"""The source's timeout: the slow Prometheus answers long after it."""
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def vector(*values: str) -> dict[str, object]:
+    """A successful instant query's body with one series per value."""
+    result = [{"metric": {"pod": f"p{n}"}, "value": [1700000000.0, value]} for n, value in enumerate(values)]
+    return {"status": "success", "data": {"resultType": "vector", "result": result}}
+
+
+@dataclass
+class Stub:
+    """A loopback HTTP server answering /api/v1/query with whatever `answer` says."""
+
+    answer: Handler
+    url: str = ""
+    queries: list[str] = field(default_factory=list)
+
+
+@pytest_asyncio.fixture
+async def stub() -> AsyncIterator[Stub]:
+    async def ok(request: web.Request) -> web.StreamResponse:
+        return web.json_response(vector("1"))
+
+    server = Stub(ok)
+
+    async def query(request: web.Request) -> web.StreamResponse:
+        server.queries.append(request.query["query"])
+        return await server.answer(request)
+
+    app = web.Application()
+    app.router.add_get("/api/v1/query", query)
+    runner = web.AppRunner(app, shutdown_timeout=0.1)
+    await runner.setup()
+    port = free_port()
+    site = web.TCPSite(runner, "127.0.0.1", port)
+    await site.start()
+    server.url = f"http://127.0.0.1:{port}"
+    yield server
+    await runner.cleanup()
+
+
+@pytest_asyncio.fixture
+async def source(stub: Stub) -> AsyncIterator[PrometheusSource]:
+    prometheus = PrometheusSource(stub.url, timeout=TIMEOUT)
+    yield prometheus
+    await prometheus.aclose()
+
+
+def answering(status: int, body: object | None = None, text: str | None = None) -> Handler:
+    async def answer(request: web.Request) -> web.StreamResponse:
+        if text is not None:
+            return web.Response(status=status, text=text, content_type="text/html")
+        return web.json_response(body, status=status)
+
+    return answer
+
+
+async def both(source: PrometheusSource) -> list[object]:
+    """What `counts` and `fallback_ops` make of the same answer."""
+    return [await source.counts(ERRORS, 300, LABELS), await source.fallback_ops(LABELS)]
+
+
+async def test_an_answer_counts_bad_and_total_from_their_own_queries(
+    stub: Stub, source: PrometheusSource
+) -> None:
+    async def answer(request: web.Request) -> web.StreamResponse:
+        query = request.query["query"]
+        value = "2" if "fallback_ops" in query else "3" if 'code=~"5.."' in query else "400"
+        return web.json_response(vector(value))
+
+    stub.answer = answer
+
+    assert await source.counts(ERRORS, 300, LABELS) == Counts(bad=3.0, total=400.0)
+    assert await source.fallback_ops(LABELS) == Value(2.0)
+    total_query, bad_query = stub.queries[:2]
+    assert 'code=~"5.."' in bad_query and 'code=~"5.."' not in total_query
+    assert "[5m]" in total_query and 'revision="v2"' in total_query
+
+
+async def test_a_5xx_is_unreachable_with_prometheus_own_words(stub: Stub, source: PrometheusSource) -> None:
+    stub.answer = answering(503, {"status": "error", "errorType": "unavailable", "error": "TSDB not ready"})
+
+    for answer in await both(source):
+        assert isinstance(answer, Unreachable), answer
+        assert "answered 503" in answer.reason and "unavailable: TSDB not ready" in answer.reason
+
+
+async def test_a_5xx_from_a_proxy_in_front_is_unreachable(stub: Stub, source: PrometheusSource) -> None:
+    stub.answer = answering(502, text="<html>Bad Gateway</html>")
+
+    for answer in await both(source):
+        assert isinstance(answer, Unreachable) and "answered 502" in answer.reason, answer
+
+
+async def test_a_prometheus_slower_than_the_timeout_is_unreachable(
+    stub: Stub, source: PrometheusSource
+) -> None:
+    async def slow(request: web.Request) -> web.StreamResponse:
+        await asyncio.sleep(30)
+        return web.json_response(vector("1"))
+
+    stub.answer = slow
+
+    for answer in await both(source):
+        assert isinstance(answer, Unreachable), answer
+        assert f"no answer within {TIMEOUT:g} s" in answer.reason
+
+
+async def test_nothing_listening_is_unreachable() -> None:
+    source = PrometheusSource(f"http://127.0.0.1:{free_port()}", timeout=TIMEOUT)
+    try:
+        for answer in await both(source):
+            assert isinstance(answer, Unreachable) and "ConnectError" in answer.reason, answer
+    finally:
+        await source.aclose()
+
+
+async def test_a_refused_query_is_a_misconfiguration_not_an_outage(
+    stub: Stub, source: PrometheusSource
+) -> None:
+    refusal = {"status": "error", "errorType": "bad_data", "error": 'parse error: unexpected "-"'}
+    stub.answer = answering(400, refusal)
+
+    for answer in await both(source):
+        assert isinstance(answer, Misconfigured), answer
+        assert "refused the query (400: bad_data: parse error" in answer.reason
+
+
+async def test_a_body_that_is_not_json_is_a_misconfiguration(stub: Stub, source: PrometheusSource) -> None:
+    stub.answer = answering(200, text="<html>Grafana login</html>")
+
+    for answer in await both(source):
+        assert isinstance(answer, Misconfigured) and "not JSON: is it Prometheus?" in answer.reason, answer
+
+
+async def test_json_that_is_not_prometheus_api_is_a_misconfiguration(
+    stub: Stub, source: PrometheusSource
+) -> None:
+    stub.answer = answering(200, {"status": "success", "data": {"rows": []}})
+    for answer in await both(source):
+        assert isinstance(answer, Misconfigured) and "without a result vector" in answer.reason, answer
+
+    stub.answer = answering(200, ["not", "an", "object"])
+    for answer in await both(source):
+        assert isinstance(answer, Misconfigured) and "not Prometheus's API" in answer.reason, answer
+
+    stub.answer = answering(200, {"status": "success", "data": {"result": [{"metric": {}, "value": []}]}})
+    for answer in await both(source):
+        assert isinstance(answer, Misconfigured) and "malformed sample" in answer.reason, answer
+
+
+async def test_more_than_one_series_is_a_label_selector_problem(stub: Stub, source: PrometheusSource) -> None:
+    stub.answer = answering(200, vector("5", "7"))
+
+    for answer in await both(source):
+        assert isinstance(answer, Misconfigured), answer
+        assert "expected one series, got 2" in answer.reason and "'pod': 'p1'" in answer.reason
+
+
+@pytest.mark.parametrize("body", [vector(), vector("NaN")], ids=["empty vector", "NaN"])
+async def test_an_empty_vector_or_nan_is_no_data_never_zero(
+    stub: Stub, source: PrometheusSource, body: dict[str, object]
+) -> None:
+    stub.answer = answering(200, body)
+
+    for answer in await both(source):
+        assert isinstance(answer, NoData), answer
+        assert ("NaN" in answer.reason) is (body != vector()), answer.reason
+
+
+async def test_nan_on_the_bad_count_alone_is_no_data(stub: Stub, source: PrometheusSource) -> None:
+    async def answer(request: web.Request) -> web.StreamResponse:
+        total = request.query["query"].startswith("sum(")
+        return web.json_response(vector("400" if total else "NaN"))
+
+    stub.answer = answer
+
+    answer = await source.counts(ERRORS, 300, LABELS)
+    assert isinstance(answer, NoData) and "NaN" in answer.reason and 'code=~"5.."' in answer.reason
+
+
+async def test_a_judgement_says_misconfigured_or_unreachable_by_type(
+    stub: Stub, source: PrometheusSource
+) -> None:
+    spec = RolloutSpec(model="digits", revision="v2", objectives=(ERRORS,), analysis=AnalysisSpec())
+
+    stub.answer = answering(200, vector("1", "2"))
+    misconfigured = judge(await measure(source, spec, "v2", "v1", now=0.0), spec)
+    stub.answer = answering(503, {"status": "error", "errorType": "unavailable", "error": "down"})
+    unreachable = judge(await measure(source, spec, "v2", "v1", now=0.0), spec)
+
+    assert misconfigured.verdict is unreachable.verdict is Verdict.INCONCLUSIVE
+    assert misconfigured.misconfigured and not misconfigured.unreachable
+    assert unreachable.unreachable and not unreachable.misconfigured
+    assert "misconfigured on 1m" in misconfigured.reason and "unreachable on 1m" in unreachable.reason
+    assert misconfigured.to_dict()["slos"][0]["windows"][0]["fault"] == "Misconfigured"
+
+
+@pytest.mark.prometheus
+async def test_a_real_prometheus_refusing_a_bad_label_name_is_a_misconfiguration(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    prometheus = PrometheusProcess(tmp_path_factory.mktemp("prometheus"), scrape_interval="1s")
+    prometheus.start()
+    source = PrometheusSource(prometheus.url, timeout=10.0)
+    try:
+        await prometheus.wait_ready()
+        # a label name with a dash (spec.analysis.labels {"k8s-namespace": ...}) is not PromQL
+        refused = await source.counts(ERRORS, 300, {**LABELS, "k8s-namespace": "prod"})
+        empty = await source.counts(ERRORS, 300, LABELS)
+    finally:
+        await source.aclose()
+        prometheus.stop()
+
+    assert isinstance(refused, Misconfigured), refused
+    assert "refused the query (400: bad_data:" in refused.reason
+    assert isinstance(empty, NoData) and "no series for" in empty.reason, empty
