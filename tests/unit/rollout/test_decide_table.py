@@ -1,0 +1,302 @@
+"""`decide` as a specification: one row per branch, status x observations x spec -> decision.
+
+Each row names the situation, the status the engine persisted, what the tick saw and how the spec
+differs from the default (revision v2, steps 5/25/50/100 %, 60 s steps, 300 s progress deadline,
+one failed judgement rolls back, three inconclusive ones in a row roll back), then the action, the
+fields of the status to persist, a phrase of the reason, and the retired revisions. Time is 1000 s.
+
+Below the table: `apply` moves traffic before it retires anything, and `run_rollout` gives up after
+`max_errors` adapter failures in a row (a hang fails by pytest-timeout instead of stalling CI).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import pytest
+from memory_ports import MemoryMetrics, MemoryRouter, MemoryWorkloads
+
+from quantship.rollout import (
+    Action,
+    Analysis,
+    Observations,
+    Phase,
+    PortError,
+    RolloutSpec,
+    RolloutStatus,
+    Track,
+    Verdict,
+    apply,
+    decide,
+    run_rollout,
+)
+from quantship.rollout.analysis import Fault, GateResult
+from quantship.rollout.spec import OnInconclusive
+
+NOW = 1000.0
+
+
+def verdict(kind: Verdict, fault: Fault | None = None) -> Analysis:
+    """A judgement whose only finding is the fallback-ops gate: enough to drive every branch."""
+    reason = f"fallback ops: {kind.value}" + (f" ({fault.value})" if fault else "")
+    return Analysis(NOW, kind, reason, (), GateResult(None, 0, kind, reason, fault))
+
+
+PASS = verdict(Verdict.PASS)
+FAIL = verdict(Verdict.FAIL)
+NO_DATA = verdict(Verdict.INCONCLUSIVE, Fault.NO_DATA)
+UNREACHABLE = verdict(Verdict.INCONCLUSIVE, Fault.UNREACHABLE)
+MISCONFIGURED = verdict(Verdict.INCONCLUSIVE, Fault.MISCONFIGURED)
+
+# persisted statuses the rows start from
+FIRST_STARTING = RolloutStatus(phase=Phase.PENDING, stable="v2", started_at=NOW - 10, message="deploying v2")
+STEADY = RolloutStatus(phase=Phase.PROMOTED, stable="v1", message="v1 serves all traffic")
+CANARY_STARTING = RolloutStatus(
+    phase=Phase.PROGRESSING, stable="v1", canary="v2", step=-1, started_at=NOW - 10, message="starting"
+)
+AT_STEP_1 = replace(CANARY_STARTING, step=0, weight=5, step_started_at=NOW - 60, started_at=NOW - 100)
+"""At 5 %, its 60 s step just over: a judgement is due."""
+AT_LAST_STEP = replace(AT_STEP_1, step=3, weight=100)
+
+
+@dataclass(frozen=True)
+class Row:
+    situation: str
+    status: RolloutStatus
+    action: Action
+    reason: str
+    """A phrase the decision's reason contains; all of it when it starts with "= "."""
+    expect: Mapping[str, Any] = field(default_factory=dict)
+    """Fields of the status to persist."""
+    seen: Mapping[str, Any] = field(default_factory=dict)
+    """Observations besides `now` (stable_ready, canary_ready, abort, promote, analysis)."""
+    spec: Mapping[str, Any] = field(default_factory=dict)
+    """Spec fields other than the default (`analysis` for AnalysisSpec fields)."""
+    retire: tuple[str, ...] = ()
+    degraded: str | None = None
+    """A phrase of the degraded condition's message; None: not degraded."""
+    manual: bool = False
+
+
+TABLE = [
+    # -- nothing runs yet --------------------------------------------------------------------------
+    Row("nothing runs: the asked revision is deployed as the first stable", RolloutStatus(),
+        Action.DEPLOY, "deploying v2 as the first revision",
+        {"phase": Phase.PENDING, "stable": "v2", "canary": None, "started_at": NOW}),
+    # -- the first revision is starting ------------------------------------------------------------
+    Row("another revision asked before the first was ready replaces it", FIRST_STARTING,
+        Action.DEPLOY, "deploying v3 instead of v2, which never became ready",
+        {"phase": Phase.PENDING, "stable": "v3", "started_at": NOW}, spec={"revision": "v3"}, retire=("v2",)),
+    Row("first revision, readiness not looked at: wait, message kept", FIRST_STARTING,
+        Action.WAIT, "deploying v2", {"phase": Phase.PENDING, "stable": "v2"}),
+    Row("first revision ready: it serves everything", FIRST_STARTING,
+        Action.SERVE, "v2 is ready and serves all traffic",
+        {"phase": Phase.PROMOTED, "stable": "v2", "weight": 0}, {"stable_ready": True}),
+    Row("first revision not ready within the deadline: wait", FIRST_STARTING,
+        Action.WAIT, "waiting for v2 to become ready", {"phase": Phase.PENDING}, {"stable_ready": False}),
+    Row("first revision not ready past the deadline: degraded, still waiting",
+        replace(FIRST_STARTING, started_at=NOW - 301),
+        Action.WAIT, "v2 not ready after 301 s (progress deadline 300 s)", {"phase": Phase.PENDING},
+        {"stable_ready": False}, degraded="not ready after 301 s"),
+    # -- steady ------------------------------------------------------------------------------------
+    Row("steady, the stable is asked: nothing to do", STEADY,
+        Action.WAIT, "v1 serves all traffic", {"phase": Phase.PROMOTED, "canary": None},
+        spec={"revision": "v1"}),
+    Row("steady, the rejected revision is asked again: not retried", replace(STEADY, rejected="v2"),
+        Action.WAIT, "v1 serves all traffic", {"phase": Phase.PROMOTED, "canary": None, "rejected": "v2"}),
+    Row("steady, a new revision: a canary starts, taking no traffic", replace(STEADY, failures=2),
+        Action.START_CANARY, "= new revision v2: starting it as a canary next to v1",
+        {"phase": Phase.PROGRESSING, "canary": "v2", "step": -1, "weight": 0, "failures": 0,
+         "started_at": NOW}),
+    # -- a canary in flight: people and spec changes -----------------------------------------------
+    Row("abort: rolled back at once", AT_STEP_1,
+        Action.ROLL_BACK, "aborted by a person",
+        {"phase": Phase.ROLLED_BACK, "stable": "v1", "canary": None, "rejected": "v2", "weight": 0},
+        {"abort": True}, retire=("v2",), manual=True),
+    Row("the spec asks for the stable again: rolled back", AT_STEP_1,
+        Action.ROLL_BACK, "asks for the stable revision v1 again",
+        {"phase": Phase.ROLLED_BACK, "canary": None, "rejected": "v2"},
+        spec={"revision": "v1"}, retire=("v2",)),
+    Row("the spec asks for a third revision: it replaces the canary", AT_STEP_1,
+        Action.START_CANARY, "(replaces canary v2)",
+        {"phase": Phase.PROGRESSING, "canary": "v3", "step": -1, "weight": 0, "started_at": NOW},
+        spec={"revision": "v3"}, retire=("v2",)),
+    # -- a canary starting -------------------------------------------------------------------------
+    Row("canary starting, readiness not looked at: wait", CANARY_STARTING,
+        Action.WAIT, "starting", {"step": -1}),
+    Row("canary not ready past the deadline: failed, the stable keeps everything",
+        replace(CANARY_STARTING, started_at=NOW - 301),
+        Action.FAIL, "canary v2 not ready after 301 s (progress deadline 300 s)",
+        {"phase": Phase.FAILED, "canary": None, "rejected": "v2", "stable": "v1"},
+        {"canary_ready": False}, retire=("v2",)),
+    Row("canary not ready, promotion asked: waits for readiness first", CANARY_STARTING,
+        Action.WAIT, "promotion asked: waiting for canary v2", {"step": -1},
+        {"canary_ready": False, "promote": True}),
+    Row("canary not ready within the deadline: wait", CANARY_STARTING,
+        Action.WAIT, "waiting for canary v2 to become ready", {"step": -1}, {"canary_ready": False}),
+    Row("canary ready and promotion asked: promoted without steps", CANARY_STARTING,
+        Action.PROMOTE, "promoted by a person",
+        {"phase": Phase.PROMOTED, "stable": "v2", "canary": None}, {"canary_ready": True, "promote": True},
+        retire=("v1",), manual=True),
+    Row("canary ready: the first step", CANARY_STARTING,
+        Action.SET_WEIGHT, "canary v2 is ready; canary at 5% (step 1 of 4)",
+        {"step": 0, "weight": 5, "step_started_at": NOW}, {"canary_ready": True}),
+    # -- a canary progressing ----------------------------------------------------------------------
+    Row("progressing, promotion asked: promoted", AT_STEP_1,
+        Action.PROMOTE, "promoted by a person", {"phase": Phase.PROMOTED, "stable": "v2"},
+        {"promote": True}, retire=("v1",), manual=True),
+    Row("progressing, step not over: wait with the progress", replace(AT_STEP_1, step_started_at=NOW - 59),
+        Action.WAIT, "canary v2 at 5% (step 1 of 4), judged every 60 s", {"step": 0}),
+    Row("progressing, step over but no judgement came: wait", AT_STEP_1,
+        Action.WAIT, "canary v2 at 5% (step 1 of 4)", {"step": 0}),
+    Row("holding between judgements: the hold's message stays, degraded",
+        replace(AT_STEP_1, inconclusive=3, step_started_at=NOW - 10, message="holding: no data"),
+        Action.WAIT, "holding: no data", {"inconclusive": 3},
+        spec={"analysis": {"on_inconclusive": OnInconclusive.HOLD}}, degraded="holding: no data"),
+    # -- judged ------------------------------------------------------------------------------------
+    Row("pass: the next step, the inconclusive count reset", replace(AT_STEP_1, inconclusive=2),
+        Action.SET_WEIGHT, "step 1 of 4 at 5% passed",
+        {"step": 1, "weight": 25, "inconclusive": 0, "step_started_at": NOW}, {"analysis": PASS}),
+    Row("pass at the last step: promoted", AT_LAST_STEP,
+        Action.PROMOTE, "passed all 4 steps",
+        {"phase": Phase.PROMOTED, "stable": "v2", "canary": None, "weight": 0}, {"analysis": PASS},
+        retire=("v1",)),
+    Row("fail at the failure limit: rolled back", AT_STEP_1,
+        Action.ROLL_BACK, "(failed judgement 1 of 1, step 1 of 4 at 5%)",
+        {"phase": Phase.ROLLED_BACK, "canary": None, "rejected": "v2"}, {"analysis": FAIL}, retire=("v2",)),
+    Row("fail below the limit: counted, the inconclusive count reset, the step restarts",
+        replace(AT_STEP_1, inconclusive=2),
+        Action.JUDGED, "failed judgement 1 of 2 at step 1 of 4",
+        {"failures": 1, "inconclusive": 0, "step": 0, "step_started_at": NOW}, {"analysis": FAIL},
+        spec={"analysis": {"failure_limit": 2}}),
+    Row("no data below the limit: counted, not degraded", AT_STEP_1,
+        Action.JUDGED, "inconclusive judgement 1 of 3",
+        {"inconclusive": 1, "step_started_at": NOW}, {"analysis": NO_DATA}),
+    Row("unreachable metrics below the limit: counted, degraded as unreachable", AT_STEP_1,
+        Action.JUDGED, "inconclusive judgement 1 of 3", {"inconclusive": 1},
+        {"analysis": UNREACHABLE}, degraded="metrics unreachable"),
+    Row("misconfigured queries below the limit: counted, degraded as misconfigured", AT_STEP_1,
+        Action.JUDGED, "inconclusive judgement 1 of 3", {"inconclusive": 1},
+        {"analysis": MISCONFIGURED}, degraded="metrics queries misconfigured"),
+    Row("inconclusive at the limit: rolled back", replace(AT_STEP_1, inconclusive=2),
+        Action.ROLL_BACK, "3 inconclusive judgements in a row",
+        {"phase": Phase.ROLLED_BACK, "rejected": "v2"}, {"analysis": UNREACHABLE}, retire=("v2",)),
+    Row("inconclusive at the limit, on_inconclusive hold: held, degraded", replace(AT_STEP_1, inconclusive=2),
+        Action.JUDGED, "holding: 3 inconclusive judgements in a row",
+        {"phase": Phase.PROGRESSING, "inconclusive": 3, "weight": 5}, {"analysis": UNREACHABLE},
+        spec={"analysis": {"on_inconclusive": OnInconclusive.HOLD}}, degraded="holding"),
+    Row("misconfigured at the limit fails even with hold: waiting cannot fix a query",
+        replace(AT_STEP_1, inconclusive=2),
+        Action.FAIL, "metrics queries misconfigured, the canary cannot be judged",
+        {"phase": Phase.FAILED, "canary": None, "rejected": "v2", "stable": "v1"},
+        {"analysis": MISCONFIGURED},
+        spec={"analysis": {"on_inconclusive": OnInconclusive.HOLD}}, retire=("v2",)),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("row", TABLE, ids=[row.situation for row in TABLE])
+def test_decide(row: Row, make_spec: Callable[..., RolloutSpec]) -> None:
+    spec = make_spec(**row.spec)
+    decision = decide(row.status, Observations(now=NOW, **row.seen), spec)
+
+    assert decision.action is row.action, decision.reason
+    if row.reason.startswith("= "):
+        assert decision.reason == row.reason.removeprefix("= ")
+    else:
+        assert row.reason in decision.reason
+    got = {name: getattr(decision.status, name) for name in row.expect}
+    assert got == dict(row.expect)
+    assert decision.retire == row.retire
+    assert decision.manual is row.manual
+    if row.degraded is None:
+        assert decision.degraded is None
+    else:
+        assert decision.degraded is not None and row.degraded in decision.degraded
+    assert decision.status.message == decision.reason
+    if row.action is Action.WAIT:  # waiting records nothing in the history
+        assert decision.status.history == row.status.history
+    else:
+        assert decision.status.history[-1]["action"] == row.action.value
+    if "analysis" in row.seen:
+        assert decision.analysis is row.seen["analysis"]
+        assert (
+            decision.status.last_analysis == row.seen["analysis"].to_dict() or not decision.status.in_flight
+        )
+
+
+def test_the_table_covers_every_action() -> None:
+    assert {row.action for row in TABLE} == set(Action)
+
+
+async def test_a_replaced_canary_loses_its_traffic_before_the_next_one_starts(
+    make_spec: Callable[..., RolloutSpec], workloads: MemoryWorkloads, router: MemoryRouter
+) -> None:
+    decision = decide(AT_STEP_1, Observations(now=NOW), make_spec("v3"))
+
+    await apply(decision, workloads=workloads, router=router)
+
+    assert router.routes == [("v1", None, 0)]
+    assert workloads.calls == [("run", "v3", "canary"), ("remove", "v2")]
+
+
+@pytest.mark.looptime
+@pytest.mark.timeout(30)
+async def test_run_rollout_gives_up_after_max_errors_failures_in_a_row(
+    make_spec: Callable[..., RolloutSpec],
+    workloads: MemoryWorkloads,
+    router: MemoryRouter,
+    metrics: MemoryMetrics,
+) -> None:
+    router.failures.extend(PortError(f"route refused {n}", reason="Refused") for n in range(10))
+    status = replace(CANARY_STARTING, started_at=None)
+    workloads.ready_after = 0.0
+    await workloads.run("v2", Track.CANARY)
+
+    with pytest.raises(PortError, match="route refused 3"):
+        await run_rollout(
+            make_spec(), status, workloads=workloads, router=router, metrics=metrics, interval=5, max_errors=4
+        )
+    assert len(router.failures) == 6  # exactly four tries, then it gave up
+
+
+class FlakyRouter(MemoryRouter):
+    """Refuses every other call: never `max_errors` failures in a row."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    async def route(self, stable: str, canary: str | None, weight: int) -> float:
+        self.calls += 1
+        if self.calls % 2:
+            raise PortError(f"route refused (call {self.calls})", reason="Refused")
+        return await super().route(stable, canary, weight)
+
+
+@pytest.mark.looptime
+@pytest.mark.timeout(30)
+async def test_run_rollout_counts_only_failures_in_a_row(
+    make_spec: Callable[..., RolloutSpec], workloads: MemoryWorkloads, metrics: MemoryMetrics
+) -> None:
+    router = FlakyRouter()
+    workloads.ready_after = 0.0
+    await workloads.run("v2", Track.CANARY)
+    status = replace(CANARY_STARTING, started_at=None)
+
+    final = await run_rollout(
+        make_spec(steps=(5, 25, 50)),
+        status,
+        workloads=workloads,
+        router=router,
+        metrics=metrics,
+        interval=5,
+        max_errors=2,
+        clock=asyncio.get_running_loop().time,
+    )
+
+    # no metrics were served: the canary is rolled back after three inconclusive judgements,
+    # having ridden out a refused route call before every step
+    assert final.phase is Phase.ROLLED_BACK and router.calls >= 4
