@@ -4,21 +4,27 @@ reference and a manifest that makes both verifiable.
 Every part reads artifacts through this module: the quantizer writes them (`write_artifact`),
 `quantship verify`, the server and the operator's fetch step load them (`load_artifact`), which
 checks every file's sha256 and, when a public key is configured, the manifest's ed25519 signature.
+A .tar.gz from outside is hostile until checked (`ArchiveLimits`): it is unpacked member by member
+with caps on size, member count and compression ratio, only regular files with plain names, and
+nothing the manifest does not name; a refused archive leaves nothing on disk.
 It imports nothing else of quantship, so any part may depend on it.
 """
 
 from __future__ import annotations
 
 import base64
+import gzip
 import hashlib
+import io
 import json
 import os
 import shutil
 import tarfile
 import tempfile
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
@@ -31,6 +37,22 @@ MODEL_FILE = "model.onnx"
 REFERENCE_FILE = "reference.onnx"
 MANIFEST_FILE = "manifest.json"
 SIGNATURE_KEY = "signature"
+
+
+@dataclass(frozen=True)
+class ArchiveLimits:
+    """What an artifact .tar.gz may hold before it is refused as hostile (reason `unsafe_archive`)."""
+
+    max_bytes: int = 16 * 2**30
+    """Unpacked bytes, all files together. 16 GiB: a large INT8 model with its FP32 reference."""
+    max_members: int = 16
+    """Entries in the archive. An artifact has a manifest, a model and a reference (and perhaps a
+    directory entry): a few, never thousands."""
+    max_ratio: float = 100.0
+    """Unpacked bytes per byte of the .tar.gz, once past `ratio_floor`. ONNX weights barely compress
+    (about 1.1x); a gzip bomb of zeros compresses a thousandfold and stops here, early."""
+    ratio_floor: int = 64 * 2**20
+    """Unpacked bytes always allowed whatever the ratio (small, sparse models compress well)."""
 
 
 class ArtifactError(Exception):
@@ -304,17 +326,40 @@ def load_artifact(
     *,
     public_key: Ed25519PublicKey | None = None,
     extract_to: Path | None = None,
+    limits: ArchiveLimits = ArchiveLimits(),
 ) -> Artifact:
     """Verify and open an artifact directory or .tar.gz.
 
     Refuses, with an ArtifactError naming the problem: a missing or unreadable manifest, an unknown
     format version, a listed file that is missing or whose size or sha256 differ, and, when a
     public key is given, a missing or invalid signature. A tarball is unpacked to `extract_to`
-    (a fresh temporary directory when None).
+    (which must not exist yet, or be empty; a fresh temporary directory when None) within `limits`,
+    and refused when it holds anything but regular files the manifest names; a refused tarball
+    leaves nothing at `extract_to`.
     """
     path = Path(path)
-    if path.is_file() and path.name.endswith((".tar.gz", ".tgz")):
-        path = _extract(path, extract_to)
+    if not (path.is_file() and path.name.endswith((".tar.gz", ".tgz"))):
+        return _verify(path, public_key)
+    created = extract_to is None or not Path(extract_to).exists()
+    dest = Path(tempfile.mkdtemp(prefix="quantship-artifact-")) if extract_to is None else Path(extract_to)
+    if dest.is_dir() and any(dest.iterdir()):
+        raise ArtifactError(f"{dest}: not empty; refusing to unpack {path} into it", reason="io")
+    try:
+        root, unpacked = _extract(path, dest, limits)
+        loaded = _verify(root, public_key)
+        unnamed = sorted(unpacked - {MANIFEST_FILE, *loaded.manifest["files"]})
+        if unnamed:
+            raise ArtifactError(
+                f"{path}: archive holds files the manifest does not name: {', '.join(unnamed)}",
+                reason="unsafe_archive",
+            )
+        return loaded
+    except BaseException:
+        _remove_unpacked(dest, created)
+        raise
+
+
+def _verify(path: Path, public_key: Ed25519PublicKey | None) -> Artifact:
     manifest = _read_manifest(path)
     for name, entry in manifest["files"].items():
         _check_file(path, name, entry)
@@ -380,17 +425,118 @@ def _check_signature(root: Path, manifest: Mapping[str, Any], public_key: Ed2551
         ) from exc
 
 
-def _extract(tarball: Path, dest: Path | None) -> Path:
-    dest = Path(tempfile.mkdtemp(prefix="quantship-artifact-")) if dest is None else dest
+class _Unsafe(Exception):
+    """An archive refused as hostile; the message says what it held."""
+
+
+class _Capped(io.RawIOBase):
+    """The decompressed stream, refusing to give more than `limit` bytes: a gzip bomb stops here
+    however its tar headers lie, before it reaches the disk or memory (pax headers are read whole)."""
+
+    def __init__(self, stream: gzip.GzipFile, limit: int, why: str) -> None:
+        self._stream, self._limit, self._why, self.read_bytes = stream, limit, why, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        data = self._stream.read(min(len(buffer), self._limit - self.read_bytes + 1))
+        self.read_bytes += len(data)
+        if self.read_bytes > self._limit:
+            raise _Unsafe(self._why)
+        buffer[: len(data)] = data
+        return len(data)
+
+
+def _extract(tarball: Path, dest: Path, limits: ArchiveLimits) -> tuple[Path, set[str]]:
+    """Unpack `tarball` into `dest` member by member; returns the artifact's root (dest, or the one
+    directory the archive wraps it in) and the names of the files unpacked."""
     dest.mkdir(parents=True, exist_ok=True)
+    packed = tarball.stat().st_size
+    unpacked_limit = min(limits.max_bytes, max(limits.ratio_floor, int(packed * limits.max_ratio)))
+    # tar's own headers and padding: 1 KiB per member at most, and the final 10 KiB record
+    stream_limit = unpacked_limit + 1024 * (limits.max_members + 1) + 10240
+    bomb = (
+        f"unpacks to more than {unpacked_limit} bytes ({packed} packed; limits: {limits.max_bytes} bytes, "
+        f"{limits.max_ratio:g}x compression past {limits.ratio_floor} bytes)"
+    )
+    wrapper: str | None = None
+    names: set[str] = set()
+    total = 0
     try:
-        with tarfile.open(tarball, "r:gz") as archive:
-            archive.extractall(dest, filter="data")
-    except (OSError, tarfile.TarError) as exc:
+        with tarball.open("rb") as raw, gzip.GzipFile(fileobj=raw) as unzipped:
+            capped = io.BufferedReader(_Capped(unzipped, stream_limit, bomb))
+            with tarfile.open(fileobj=capped, mode="r|") as archive:
+                for count, member in enumerate(archive, 1):
+                    if count > limits.max_members:
+                        raise _Unsafe(f"more than {limits.max_members} members")
+                    wrapper, name = _member_name(member, wrapper)
+                    if member.isdir() and name is None:
+                        continue
+                    if not member.isreg() or name is None:
+                        raise _Unsafe(f"{member.name!r} is a {_kind(member)}, not a regular file")
+                    total += member.size
+                    if total > unpacked_limit:
+                        raise _Unsafe(bomb)
+                    if name in names:
+                        raise _Unsafe(f"{member.name!r} appears twice")
+                    names.add(name)
+                    root = dest / wrapper if wrapper else dest
+                    root.mkdir(exist_ok=True)
+                    source = archive.extractfile(member)
+                    assert source is not None  # a regular file
+                    with source, (root / name).open("xb") as out:
+                        shutil.copyfileobj(source, out)
+    except _Unsafe as exc:
+        raise ArtifactError(f"{tarball}: refused: {exc}", reason="unsafe_archive") from exc
+    except (OSError, EOFError, tarfile.TarError, zlib.error) as exc:
         raise ArtifactError(f"{tarball}: unreadable archive: {exc}", reason="format") from exc
-    if (dest / MANIFEST_FILE).is_file():
-        return dest
-    children = [child for child in dest.iterdir() if child.is_dir()]
-    if len(children) == 1 and (children[0] / MANIFEST_FILE).is_file():
-        return children[0]
-    raise ArtifactError(f"{tarball}: archive holds no {MANIFEST_FILE}", reason="format")
+    root = dest / wrapper if wrapper else dest
+    if MANIFEST_FILE not in names:
+        raise ArtifactError(f"{tarball}: archive holds no {MANIFEST_FILE}", reason="format")
+    return root, names
+
+
+def _member_name(member: tarfile.TarInfo, wrapper: str | None) -> tuple[str | None, str | None]:
+    """(the wrapping directory, the file's name) of a member, both plain names; refuses absolute
+    names, `..`, and anything deeper than one wrapping directory (an artifact is flat)."""
+    path = PurePosixPath(member.name)
+    parts = [part for part in path.parts if part != "."]
+    if path.is_absolute() or ".." in parts or "\\" in member.name:
+        raise _Unsafe(f"{member.name!r} points outside the artifact")
+    if not parts:  # "." itself
+        return wrapper, None
+    if len(parts) > 2 or (member.isdir() and len(parts) > 1):
+        raise _Unsafe(f"{member.name!r} is nested; an artifact is flat (at most one wrapping directory)")
+    if member.isdir() or len(parts) == 2:
+        folder = parts[0]
+        if wrapper is not None and folder != wrapper:
+            raise _Unsafe(f"{member.name!r}: more than one directory ({wrapper!r} and {folder!r})")
+        return folder, None if member.isdir() else parts[1]
+    if wrapper is not None:
+        raise _Unsafe(f"{member.name!r} lies beside the directory {wrapper!r}")
+    return None, parts[0]
+
+
+def _kind(member: tarfile.TarInfo) -> str:
+    if member.issym():
+        return f"symbolic link to {member.linkname!r}"
+    if member.islnk():
+        return f"hard link to {member.linkname!r}"
+    if member.ischr() or member.isblk():
+        return "device"
+    if member.isfifo():
+        return "named pipe"
+    return "directory" if member.isdir() else f"special member (type {member.type!r})"
+
+
+def _remove_unpacked(dest: Path, created: bool) -> None:
+    """Whatever a refused archive left: `dest` itself when we made it, else its contents."""
+    if created:
+        shutil.rmtree(dest, ignore_errors=True)
+        return
+    for child in dest.iterdir() if dest.exists() else ():
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child, ignore_errors=True)
+        else:
+            child.unlink(missing_ok=True)

@@ -5,6 +5,11 @@ claim is mounted read-only under --pvc-root) or http(s)://HOST/PATH.tar.gz. The 
 in a scratch directory next to DIR, is verified there with `artifact.load_artifact` (hashes, and
 the signature when a public key is given), and only then renamed to DIR: a server never starts on
 a half-copied or tampered artifact.
+
+A download is hostile until checked: it stops at `max_bytes` (declared or not), follows redirects
+only on the same scheme, host and port unless `cross_host_redirects` is set (a compromised or
+misconfigured model server must not bounce the init container anywhere on the cluster network),
+and its archive is unpacked within `artifact.ArchiveLimits`. Refused, nothing stays on disk.
 """
 
 from __future__ import annotations
@@ -41,16 +46,68 @@ def source_path(uri: str, pvc_root: Path) -> Path | None:
     raise FetchError(f"{uri}: unsupported scheme {parsed.scheme!r} (use file://, pvc:// or http(s)://)")
 
 
-def download(url: str, target: Path, *, timeout: float) -> None:
+MAX_DOWNLOAD_BYTES = 8 * 2**30
+"""The largest .tar.gz `fetch` downloads: 8 GiB (INT8 weights barely compress; see ArchiveLimits)."""
+MAX_REDIRECTS = 5
+
+
+def download(
+    url: str,
+    target: Path,
+    *,
+    timeout: float,
+    max_bytes: int = MAX_DOWNLOAD_BYTES,
+    cross_host_redirects: bool = False,
+) -> None:
+    """GET `url` into `target`: at most `max_bytes`, redirects only to the same origin unless told."""
+    origin = _origin(url)
     try:
-        with httpx.stream("GET", url, timeout=timeout, follow_redirects=True) as response:
-            if response.status_code != 200:
-                raise FetchError(f"{url}: HTTP {response.status_code}")
-            with target.open("wb") as out:
-                for chunk in response.iter_bytes():
-                    out.write(chunk)
+        with httpx.Client(timeout=timeout, follow_redirects=False) as client:
+            for _ in range(MAX_REDIRECTS + 1):
+                with client.stream("GET", url) as response:
+                    if response.is_redirect:
+                        url = _redirect(url, response, origin, cross_host_redirects)
+                        continue
+                    if response.status_code != 200:
+                        raise FetchError(f"{url}: HTTP {response.status_code}")
+                    _save(url, response, target, max_bytes)
+                    return
     except httpx.HTTPError as exc:
         raise FetchError(f"{url}: {type(exc).__name__}: {exc}") from exc
+    raise FetchError(f"{url}: more than {MAX_REDIRECTS} redirects")
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    parsed = httpx.URL(url)
+    return parsed.scheme, parsed.host, parsed.port
+
+
+def _redirect(url: str, response: httpx.Response, origin: tuple[str, str, int | None], cross: bool) -> str:
+    location = response.headers.get("location")
+    if not location:
+        raise FetchError(f"{url}: HTTP {response.status_code} without a Location")
+    target = str(httpx.URL(url).join(location))
+    scheme = httpx.URL(target).scheme
+    if scheme not in ("http", "https") or (origin[0] == "https" and scheme != "https"):
+        raise FetchError(f"{url}: redirected to {target}: refused (not http(s), or https downgraded)")
+    if not cross and _origin(target) != origin:
+        raise FetchError(
+            f"{url}: redirected to another host ({target}): refused; allow with --cross-host-redirects"
+        )
+    return target
+
+
+def _save(url: str, response: httpx.Response, target: Path, max_bytes: int) -> None:
+    declared = response.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+        raise FetchError(f"{url}: {declared} bytes, more than the limit of {max_bytes} (--max-bytes)")
+    received = 0
+    with target.open("wb") as out:
+        for chunk in response.iter_bytes():
+            received += len(chunk)
+            if received > max_bytes:
+                raise FetchError(f"{url}: more than the limit of {max_bytes} bytes (--max-bytes)")
+            out.write(chunk)
 
 
 def fetch(
@@ -60,8 +117,11 @@ def fetch(
     public_key: Path | None = None,
     pvc_root: Path = Path("/mnt/pvc"),
     timeout: float = 120.0,
+    max_bytes: int = MAX_DOWNLOAD_BYTES,
+    cross_host_redirects: bool = False,
 ) -> artifact.Artifact:
-    """Fetch, verify and install the artifact at `uri` as `dest`. Raises FetchError or ArtifactError."""
+    """Fetch, verify and install the artifact at `uri` as `dest`. Raises FetchError or ArtifactError.
+    `max_bytes` caps the download; its archive may unpack to twice that (`artifact.ArchiveLimits`)."""
     key = artifact.load_public_key(public_key) if public_key else None
     dest.parent.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=dest.parent))
@@ -72,7 +132,9 @@ def fetch(
             if not name.endswith((".tar.gz", ".tgz")):
                 raise FetchError(f"{uri}: over http(s) an artifact is a .tar.gz")
             source = scratch / name
-            download(uri, source, timeout=timeout)
+            download(
+                uri, source, timeout=timeout, max_bytes=max_bytes, cross_host_redirects=cross_host_redirects
+            )
         if not source.exists():
             raise FetchError(f"{uri}: {source} does not exist")
         if source.is_dir():
@@ -80,7 +142,10 @@ def fetch(
             shutil.copytree(source, copied)
             loaded = artifact.load_artifact(copied, public_key=key)
         else:
-            loaded = artifact.load_artifact(source, public_key=key, extract_to=scratch / "artifact")
+            limits = artifact.ArchiveLimits(max_bytes=2 * max_bytes)
+            loaded = artifact.load_artifact(
+                source, public_key=key, extract_to=scratch / "artifact", limits=limits
+            )
         shutil.rmtree(dest, ignore_errors=True)
         loaded.root.rename(dest)
         return artifact.load_artifact(dest, public_key=key)
