@@ -55,6 +55,10 @@ class ModelMetadata(BaseModel):
     platform: str
     inputs: list[TensorMetadata]
     outputs: list[TensorMetadata]
+    batching: dict[str, Any] | None = Field(
+        None,
+        description="The batching policy measured at load: max_batch_size, reason, microseconds per row.",
+    )
 
 
 class ResponseOutput(BaseModel):

@@ -9,6 +9,7 @@ artifact leaves it up and unready, with the reason logged and counted. It never 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import enum
 import gc
 import itertools
@@ -35,6 +36,7 @@ from quantship.artifact import (
     load_artifact,
     load_public_key,
 )
+from quantship.server import batch_policy
 from quantship.server import runner as runner_module
 from quantship.server.background import Lane
 from quantship.server.batcher import Batcher
@@ -83,6 +85,7 @@ class Opened:
     observer: Runner | None
     ranges: list[ActivationRange]
     fallback: dict[str, int]
+    batching: batch_policy.BatchPolicy
 
 
 @dataclass
@@ -180,9 +183,7 @@ class ModelService:
             opened.artifact.root,
             seconds,
             quantization.get("precision", "fp32"),
-            f"up to {self.settings.batching.max_batch_size} rows"
-            if opened.runner.signature.batchable
-            else "off",
+            f"up to {opened.batching.max_batch_size} rows ({opened.batching.reason})",
             f"{self.settings.quality.shadow_rate:.0%}" if self.model.shadow else "off (no reference)",
             f"{self.settings.quality.clip_sample_rate:.0%} of {len(opened.ranges)} tensors"
             if self.model.clip
@@ -239,7 +240,8 @@ class ModelService:
             model_bytes, ranges = observer_model(loaded.model_path, ranges)
             observer = Runner.load(model_bytes, threads=1) if ranges else None
         fallback = runner_module.fallback_ops(loaded.model_path)
-        return Opened(loaded, runner, comparator, reference, observer, ranges, fallback)
+        batching = batch_policy.choose(runner, settings.batching.max_batch_size)
+        return Opened(loaded, runner, comparator, reference, observer, ranges, fallback, batching)
 
     def _open_reference(self, path: Path | None, served: Signature, compared: str) -> Runner | None:
         if path is None:
@@ -264,7 +266,10 @@ class ModelService:
     def _assemble(self, opened: Opened) -> Model:
         settings, quality = self.settings, self.settings.quality
         batcher = Batcher(
-            opened.runner, settings.batching, executor=self._infer_executor, observer=self.metrics
+            opened.runner,
+            dataclasses.replace(settings.batching, max_batch_size=opened.batching.max_batch_size),
+            executor=self._infer_executor,
+            observer=self.metrics,
         )
         batcher.start()
         feedback = (
@@ -397,11 +402,13 @@ class ModelService:
         return {"name": "quantship", "version": __version__, "extensions": ["binary_tensor_data"]}
 
     def model_metadata(self) -> dict[str, Any]:
-        signature = self.ready_model().runner.signature
+        model = self.ready_model()
+        signature = model.runner.signature
         return {
             "name": self.settings.model_name,
             "versions": [self.settings.revision],
             "platform": PLATFORM,
+            "batching": model.opened.batching.describe(),
             "inputs": [_describe(spec) for spec in signature.inputs],
             "outputs": [_describe(spec) for spec in signature.outputs],
         }

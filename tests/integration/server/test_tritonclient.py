@@ -43,6 +43,9 @@ def test_tritonclient_sees_a_live_ready_server_and_its_model(client: Any) -> Non
     assert metadata["versions"] == ["good"]
     assert metadata["inputs"] == [{"name": "X", "datatype": "FP32", "shape": [-1, 64]}]
     assert [o["name"] for o in metadata["outputs"]] == ["label", "probabilities"]
+    batching = metadata["batching"]  # the policy measured at load, capped by --max-batch-size
+    assert 1 <= batching["max_batch_size"] <= 32 and batching["reason"].startswith("measured")
+    assert "1" in batching["microseconds_per_row"]
 
 
 @pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])

@@ -1,0 +1,54 @@
+"""The batching policy: batch only up to the size that is still clearly cheaper per row. The decision is
+tested on given cost tables (timings would make it flaky); the timing itself on a real session."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+
+from quantship.server import batch_policy
+from quantship.server.runner import Runner
+
+TinyModel = Callable[..., Runner]
+
+
+def table(costs: dict[int, float]) -> Callable[[Runner, int], float]:
+    return lambda runner, rows: costs[rows]
+
+
+@pytest.mark.parametrize(
+    ("costs", "configured", "chosen"),
+    [
+        ({1: 10.0, 2: 5.0, 4: 2.5, 8: 1.3, 16: 0.7, 32: 0.4}, 32, 32),  # a tiny MLP: always cheaper
+        ({1: 10.0, 2: 10.5}, 32, 1),  # a CNN on a CPU: two rows cost twice one
+        ({1: 10.0, 2: 6.0, 4: 4.0, 8: 3.9}, 32, 4),  # cheaper until 4, then flat: capped there
+        ({1: 10.0, 2: 6.0, 4: 4.0, 6: 3.0}, 6, 6),  # the configured size is tried even if not a power of 2
+    ],
+    ids=["always cheaper", "never cheaper", "flat past 4", "odd maximum"],
+)
+def test_the_cap_is_the_last_size_clearly_cheaper_per_row(
+    tiny_model: TinyModel, costs: dict[int, float], configured: int, chosen: int
+) -> None:
+    policy = batch_policy.choose(tiny_model(), configured, table(costs))
+    assert policy.max_batch_size == chosen
+    assert set(policy.seconds_per_row) <= set(costs)
+    assert ("cheapest" in policy.reason) == (chosen > 1)
+
+
+def test_models_that_cannot_batch_or_be_probed_are_not_measured(tiny_model: TinyModel) -> None:
+    never = table({})  # a KeyError if consulted
+    assert (
+        batch_policy.choose(tiny_model(first_dim=1), 32, never).reason == "the model has no batch dimension"
+    )
+    assert batch_policy.choose(tiny_model(), 1, never).max_batch_size == 1
+    open_width = batch_policy.choose(tiny_model(width="W"), 16, never)
+    assert open_width.max_batch_size == 16 and "not measured" in open_width.reason
+
+
+def test_the_timing_runs_real_calls_and_reports_microseconds_per_row(tiny_model: TinyModel) -> None:
+    policy = batch_policy.choose(tiny_model(), 4)
+    described = policy.describe()
+    assert 1 <= described["max_batch_size"] <= 4
+    assert set(described["microseconds_per_row"]) >= {"1", "2"}  # type: ignore[operator]
+    assert all(cost > 0 for cost in described["microseconds_per_row"].values())  # type: ignore[attr-defined]
