@@ -162,3 +162,13 @@ async def test_requests_while_the_model_loads_get_503_and_say_so(good_artifact: 
             assert answer.json()["error"] == f"model '{MODEL}' is still loading"
             assert answer.headers["retry-after"] == "1"
         assert "quantship_model_load_seconds" in (await client.get("/metrics")).text
+
+
+def test_large_json_bodies_decoded_in_a_thread_answer_and_refuse_alike(http: httpx.Client) -> None:
+    rows = 400  # ~100 KiB of JSON: past the size decoded on the event loop
+    body = infer_json(shape=[rows, 64], data=[ROW] * rows)
+    assert len(json.dumps(body)) > 64 * 1024
+    answer = http.post(INFER, json=body)
+    assert answer.status_code == 200 and answer.json()["outputs"][0]["shape"] == [rows]
+    broken = http.post(INFER, content=json.dumps(body).encode()[:-3])
+    assert broken.status_code == 400 and "not valid JSON" in broken.json()["error"]
