@@ -1,7 +1,11 @@
 """The `quantship` command. Each subcommand parses its flags and calls one module; nothing else.
 
-Exit codes: 0 done; 1 a verdict went against you (accuracy gate failed); 2 bad input (a one-line
-error on stderr names the problem; nothing partial is left on disk).
+Exit codes (`ExitCode`): 0 done; 1 a verdict went against you (the accuracy gate failed); 2 the
+command line is wrong (click's usage errors, and values only the command can check, such as an
+unknown model name); 3 refused: the command was well formed, but what it was given cannot be used
+(a tampered or unsigned artifact, data of the wrong shape, a download that failed or was too big,
+a hostile archive, an unwritable output, missing credentials). 2 and 3 print one line on stderr,
+`error: ...`, naming the problem; nothing partial is left on disk.
 """
 
 from __future__ import annotations
@@ -54,15 +58,36 @@ _QUANTIZE = q_config.QuantizeConfig()
 """`quantship quantize`'s defaults are the config's: written once, there."""
 
 
-class InputError(click.ClickException):
-    exit_code = 2
+class ExitCode(enum.IntEnum):
+    OK = 0
+    VERDICT = 1
+    """A verdict went against you: the accuracy gate failed (the best effort is still written)."""
+    USAGE = 2
+    """The command line is wrong. click's own code for its usage errors; ours for what it cannot check."""
+    REFUSED = 3
+    """Well formed, but what it names cannot be used: a runtime refusal."""
 
+
+class _OneLine(click.ClickException):
     def show(self, file: Any = None) -> None:
         click.echo(f"error: {self.format_message()}", err=True)
 
 
+class BadUsage(_OneLine):
+    """A value click could not check (an unknown model name): a usage error, in one line."""
+
+    exit_code = ExitCode.USAGE
+
+
+class Refused(_OneLine):
+    """The input is well formed but cannot be used: one line, exit code 3."""
+
+    exit_code = ExitCode.REFUSED
+
+
 def user_errors(func: F) -> F:
-    """Turn the errors a person must fix into one line and exit code 2."""
+    """Turn the refusals a person must fix (ArtifactError, QuantizeInputError) into one line and
+    exit code 3 (`ExitCode.REFUSED`), distinct from click's 2 for a wrong command line."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -71,7 +96,7 @@ def user_errors(func: F) -> F:
         try:
             return func(*args, **kwargs)
         except (artifact.ArtifactError, QuantizeInputError) as exc:
-            raise InputError(str(exc)) from exc
+            raise Refused(str(exc)) from exc
 
     return wrapper  # type: ignore[return-value]
 
@@ -118,7 +143,7 @@ def zoo_build(out_dir: Path, models: tuple[str, ...], build_env: Path) -> None:
 
     names = zoo_module.resolve_names(models)
     if isinstance(names, str):
-        raise InputError(names)
+        raise BadUsage(names)
     for name in names:
         if name == "digits":
             with stderr.status("training the digits classifier (scikit-learn, fixed seed)"):
@@ -163,7 +188,7 @@ def _build_real_model(name: str, out_dir: Path, build_env: Path) -> None:
         except real.ZooBuildError as exc:
             progress.stop()
             stderr.print(str(exc), markup=False, highlight=False)
-            raise InputError(f"building {name} failed: {str(exc).splitlines()[0]}") from exc
+            raise Refused(f"building {name} failed: {str(exc).splitlines()[0]}") from exc
     verb = "up to date" if last[0] == "up to date" else "wrote"
     files = ", ".join(real.files_of(name))
     stderr.print(f"{verb} {sample.root}: {files}", markup=False)
@@ -405,7 +430,7 @@ def pack(path: Path, tarball: Path) -> None:
     try:
         artifact.pack(path, tarball)
     except OSError as exc:
-        raise InputError(f"cannot write {tarball}: {exc.strerror or exc}") from exc
+        raise Refused(f"cannot write {tarball}: {exc.strerror or exc}") from exc
     click.echo(f"wrote {tarball}")
 
 
@@ -438,7 +463,7 @@ def report(path: Path, out: Path) -> None:
     try:
         out.write_text(report_module.render(loaded))
     except OSError as exc:
-        raise InputError(f"cannot write {out}: {exc.strerror or exc}") from exc
+        raise Refused(f"cannot write {out}: {exc.strerror or exc}") from exc
     click.echo(f"wrote {out}")
 
 
@@ -703,7 +728,7 @@ def fetch(
             cross_host_redirects=cross_host_redirects,
         )
     except fetch_module.FetchError as exc:
-        raise InputError(str(exc)) from exc
+        raise Refused(str(exc)) from exc
     signature = "signature valid" if public_key else ("signed" if loaded.signed else "unsigned")
     click.echo(f"ok: {uri} -> {dest}: {len(loaded.manifest['files'])} files verified; {signature}")
 
@@ -752,7 +777,7 @@ def operator(
     try:
         asyncio.run(operator_module.run(settings))
     except operator_module.NoCredentials as exc:
-        raise InputError(str(exc)) from exc
+        raise Refused(str(exc)) from exc
 
 
 if __name__ == "__main__":

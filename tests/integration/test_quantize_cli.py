@@ -43,7 +43,7 @@ def _quantize(
 
 
 def _assert_one_line_error(code: int, stderr: str, message: str) -> None:
-    assert code == 2, stderr
+    assert code == 3, stderr  # ExitCode.REFUSED
     lines = stderr.strip().splitlines()
     assert len(lines) == 1, stderr
     assert lines[0].startswith("error: ") and message in lines[0], lines[0]
@@ -221,7 +221,7 @@ def test_the_installed_console_script_runs(tmp_path: Path) -> None:
         text=True,
         timeout=60,
     )
-    assert result.returncode == 2
+    assert result.returncode == 3  # ExitCode.REFUSED
     assert result.stderr.strip() == f"error: {tmp_path}: not an artifact (no manifest.json)"
 
 

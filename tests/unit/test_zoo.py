@@ -140,7 +140,7 @@ def test_a_failed_export_keeps_the_old_model_and_says_why(
     result = CliRunner().invoke(
         main, ["zoo", "build", str(out), "--model", "efficientnet-lite0", "--build-env", str(fake_build)]
     )
-    assert result.exit_code == 2
+    assert result.exit_code == 3  # ExitCode.REFUSED: a build that failed (an unknown name is usage: 2)
     assert "error: building efficientnet-lite0 failed: exporting efficientnet-lite0 failed (exit 3):" in (
         result.stderr
     )

@@ -76,7 +76,7 @@ def test_a_tampered_artifact_is_refused_and_nothing_is_installed(artifact_copy: 
 
     code, output = fetch(f"file://{artifact_copy}", str(tmp_path / "model"))
 
-    assert code == 2 and "does not match its sha256" in output
+    assert code == 3 and "does not match its sha256" in output
     assert not (tmp_path / "model").exists()
 
 
@@ -89,7 +89,7 @@ def test_an_unsigned_artifact_is_refused_when_a_key_is_required(
         f"file://{good_artifact.root}", str(tmp_path / "model"), "--public-key", str(tmp_path / "public.pem")
     )
 
-    assert code == 2 and "unsigned" in output
+    assert code == 3 and "unsigned" in output
     assert not (tmp_path / "model").exists()
 
 
@@ -105,11 +105,11 @@ def test_an_unsigned_artifact_is_refused_when_a_key_is_required(
 def test_a_uri_that_cannot_work_is_a_one_line_error(uri: str, complaint: str, tmp_path: Path) -> None:
     code, output = fetch(uri, str(tmp_path / "model"))
 
-    assert code == 2 and complaint in output and output.startswith("error: ")
+    assert code == 3 and complaint in output and output.startswith("error: ")
 
 
 def test_a_server_that_does_not_answer_is_an_error(tmp_path: Path, http_root: tuple[str, Path]) -> None:
     url, _ = http_root
     code, output = fetch(f"{url}/missing.tar.gz", str(tmp_path / "model"), "--timeout", "5")
 
-    assert code == 2 and "HTTP 404" in output
+    assert code == 3 and "HTTP 404" in output

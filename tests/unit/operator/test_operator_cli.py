@@ -16,5 +16,5 @@ def test_the_operator_without_credentials_says_so_in_one_line(tmp_path: Path) ->
         env={"KUBECONFIG": str(tmp_path / "missing"), "KUBERNETES_SERVICE_HOST": None},
     )
 
-    assert result.exit_code == 2
+    assert result.exit_code == 3  # ExitCode.REFUSED
     assert result.output.startswith("error: no Kubernetes credentials: not in a pod")

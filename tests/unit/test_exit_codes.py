@@ -1,0 +1,34 @@
+"""Exit codes tell a script what went wrong: 2 the command line (click's usage errors), 3 a refusal
+of what the command was given (one line, `error: ...`), never the same number for both."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from quantship.cli import ExitCode, main
+
+
+def test_a_wrong_command_line_is_a_usage_error() -> None:
+    result = CliRunner().invoke(main, ["verify"])
+
+    assert result.exit_code == ExitCode.USAGE == 2
+    assert "Usage:" in result.output and "Missing argument 'PATH'" in result.output
+
+
+def test_an_artifact_that_cannot_be_used_is_a_refusal_in_one_line(tmp_path: Path) -> None:
+    (tmp_path / "manifest.json").write_text("{not json")
+
+    result = CliRunner().invoke(main, ["verify", str(tmp_path)])
+
+    assert result.exit_code == ExitCode.REFUSED == 3
+    assert result.stderr.startswith("error: ") and len(result.stderr.strip().splitlines()) == 1
+    assert "unreadable manifest" in result.stderr
+
+
+def test_an_unknown_model_name_is_usage_not_a_refusal(tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, ["zoo", "build", str(tmp_path), "--model", "resnet50"])
+
+    assert result.exit_code == ExitCode.USAGE
+    assert result.stderr.startswith("error: unknown model 'resnet50'")
