@@ -4,6 +4,10 @@ The one place these live. The rollout engine judges canaries with them, the rule
 recording and alert rules from them, the dashboards plot them, and the server names its
 histogram buckets after them, so none of those can drift from another. Imports nothing of ours.
 
+`Metric` is the table of every metric name quantship exports (server and operator, DESIGN.md):
+the server's and the operator's metrics declare theirs from it, and the PromQL here, in the rules
+and in the dashboards selects from it. `Track` is the `track` label's values.
+
 Every SLI is a ratio of two counters, bad / total, over a window:
 
     accuracy_delta  shadow_disagreements_total / shadow_comparisons_total
@@ -27,6 +31,59 @@ from prometheus_client.utils import floatToGoString
 PREFIX = "quantship_"
 LABELS = ("model", "revision", "track")
 """Labels on every server metric (DESIGN.md)."""
+
+
+class Track(enum.StrEnum):
+    """Which side of a rollout a revision's servers are: the `track` label on every server metric."""
+
+    STABLE = "stable"
+    CANARY = "canary"
+
+
+class Metric(enum.StrEnum):
+    """Every metric quantship exports, by its full name as Prometheus stores it (DESIGN.md)."""
+
+    # the model server
+    REQUESTS_TOTAL = f"{PREFIX}requests_total"
+    REQUEST_DURATION_SECONDS = f"{PREFIX}request_duration_seconds"
+    BATCH_SIZE = f"{PREFIX}batch_size"
+    QUEUE_DURATION_SECONDS = f"{PREFIX}queue_duration_seconds"
+    SHADOW_COMPARISONS_TOTAL = f"{PREFIX}shadow_comparisons_total"
+    SHADOW_DISAGREEMENTS_TOTAL = f"{PREFIX}shadow_disagreements_total"
+    FEEDBACK_TOTAL = f"{PREFIX}feedback_total"
+    ACTIVATIONS_OBSERVED_TOTAL = f"{PREFIX}activations_observed_total"
+    ACTIVATIONS_CLIPPED_TOTAL = f"{PREFIX}activations_clipped_total"
+    FALLBACK_OPS = f"{PREFIX}fallback_ops"
+    MODEL_INFO = f"{PREFIX}model_info"
+    MODEL_SIZE_BYTES = f"{PREFIX}model_size_bytes"
+    MODEL_LOAD_SECONDS = f"{PREFIX}model_load_seconds"
+    MODEL_LOAD_FAILURES_TOTAL = f"{PREFIX}model_load_failures_total"
+    REQUESTS_IN_FLIGHT = f"{PREFIX}requests_in_flight"
+    SAMPLES_DROPPED_TOTAL = f"{PREFIX}samples_dropped_total"
+    TENSOR_ACTIVATIONS_OBSERVED_TOTAL = f"{PREFIX}tensor_activations_observed_total"
+    TENSOR_ACTIVATIONS_CLIPPED_TOTAL = f"{PREFIX}tensor_activations_clipped_total"
+    # the operator
+    ROLLOUT_WEIGHT = f"{PREFIX}rollout_weight"
+    ROLLOUT_STEP = f"{PREFIX}rollout_step"
+    ROLLOUTS_TOTAL = f"{PREFIX}rollouts_total"
+    ANALYSIS_TOTAL = f"{PREFIX}analysis_total"
+    BURN_RATE = f"{PREFIX}burn_rate"
+
+    @property
+    def declared(self) -> str:
+        """The name to give prometheus_client, which appends `_total` to a counter's name itself."""
+        return self.value.removesuffix("_total")
+
+    @property
+    def buckets(self) -> str:
+        """A histogram's bucket series."""
+        return f"{self.value}_bucket"
+
+    @property
+    def observations(self) -> str:
+        """A histogram's count series."""
+        return f"{self.value}_count"
+
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 """Buckets of quantship_request_duration_seconds, in seconds. A latency SLO threshold must be one
@@ -127,17 +184,17 @@ class Counters:
 def counters(objective: Objective) -> Counters:
     match objective.sli:
         case SLI.ACCURACY_DELTA:
-            return Counters(f"{PREFIX}shadow_disagreements_total", f"{PREFIX}shadow_comparisons_total")
+            return Counters(Metric.SHADOW_DISAGREEMENTS_TOTAL, Metric.SHADOW_COMPARISONS_TOTAL)
         case SLI.CLIP_RATE:
-            return Counters(f"{PREFIX}activations_clipped_total", f"{PREFIX}activations_observed_total")
+            return Counters(Metric.ACTIVATIONS_CLIPPED_TOTAL, Metric.ACTIVATIONS_OBSERVED_TOTAL)
         case SLI.ERRORS:
-            return Counters(f'{PREFIX}requests_total{{code=~"5.."}}', f"{PREFIX}requests_total")
+            return Counters(f'{Metric.REQUESTS_TOTAL}{{code=~"5.."}}', Metric.REQUESTS_TOTAL)
         case SLI.LATENCY:
             assert objective.latency_threshold is not None
             le = floatToGoString(objective.latency_threshold)
             return Counters(
-                f'{PREFIX}request_duration_seconds_bucket{{le="{le}"}}',
-                f"{PREFIX}request_duration_seconds_count",
+                f'{Metric.REQUEST_DURATION_SECONDS.buckets}{{le="{le}"}}',
+                Metric.REQUEST_DURATION_SECONDS.observations,
                 bad_is_complement=True,
             )
 
@@ -197,14 +254,14 @@ def fallback_ops(labels: Mapping[str, str], by: tuple[str, ...] = ()) -> str:
     Replicas of one revision report the same ops: the max per op type counts each op once."""
     grouping = f" by ({', '.join(by)})" if by else ""
     per_op = ", ".join((*by, "op_type"))
-    return f"sum{grouping}(max by ({per_op}) ({with_labels(PREFIX + 'fallback_ops', labels)}))"
+    return f"sum{grouping}(max by ({per_op}) ({with_labels(Metric.FALLBACK_OPS, labels)}))"
 
 
 def fallback_ops_or_zero(labels: Mapping[str, str], by: tuple[str, ...] = ()) -> str:
     """Like `fallback_ops`, but 0 (not "no data") where the servers are scraped (they export
     quantship_model_info) and simply list no fallback op; still empty where nothing is scraped."""
     grouping = f" by ({', '.join(by)})" if by else ""
-    return f"{fallback_ops(labels, by)} or 0 * sum{grouping}({with_labels(PREFIX + 'model_info', labels)})"
+    return f"{fallback_ops(labels, by)} or 0 * sum{grouping}({with_labels(Metric.MODEL_INFO, labels)})"
 
 
 def recording_rule(sli: SLI, window: str) -> str:

@@ -34,7 +34,7 @@ from grafana_foundation_sdk.models import prometheus as prometheus_models
 from quantship import slo
 from quantship.oncall import links, rules
 
-P = slo.PREFIX
+M = slo.Metric
 DATASOURCE = models.DataSourceRef(type_val="prometheus", uid="${datasource}")
 MODEL: Mapping[str, str] = {"model": slo.Regex("$model")}
 RATE = "$__rate_interval"
@@ -50,17 +50,18 @@ BURN_COLORS = {1.0: "yellow", 3.0: "orange", 6.0: "red", 14.4: "dark-red"}
 
 
 def latency_quantile(quantile: float, by: Sequence[str], labels: Mapping[str, str] = MODEL) -> str:
-    series = slo.with_labels(f"{P}request_duration_seconds_bucket", labels)
+    series = slo.with_labels(M.REQUEST_DURATION_SECONDS.buckets, labels)
     return f"histogram_quantile({quantile}, sum by ({', '.join((*by, 'le'))}) (rate({series}[{RATE}])))"
 
 
-def histogram_quantile(metric: str, quantile: float, by: Sequence[str]) -> str:
-    series = slo.with_labels(f"{P}{metric}_bucket", MODEL)
+def histogram_quantile(metric: slo.Metric, quantile: float, by: Sequence[str]) -> str:
+    series = slo.with_labels(metric.buckets, MODEL)
     return f"histogram_quantile({quantile}, sum by ({', '.join((*by, 'le'))}) (rate({series}[{RATE}])))"
 
 
 def per_second(metric: str, by: Sequence[str], labels: Mapping[str, str] = MODEL) -> str:
-    return f"sum by ({', '.join(by)}) (rate({slo.with_labels(P + metric, labels)}[{RATE}]))"
+    """Rate of a series of `slo.Metric` (a name from the table, or one of a histogram's series)."""
+    return f"sum by ({', '.join(by)}) (rate({slo.with_labels(metric, labels)}[{RATE}]))"
 
 
 def burn_rate(objective: slo.Objective, window: str) -> str:
@@ -71,26 +72,26 @@ def burn_rate(objective: slo.Objective, window: str) -> str:
 def per_tensor_clip_rate(window: str) -> str:
     """The clip-rate SLI per activation tensor (servers run with --per-tensor-metrics)."""
     by = ("model", "tensor")
-    clipped = slo.increase(f"{P}tensor_activations_clipped_total", window, MODEL, by)
-    observed = slo.increase(f"{P}tensor_activations_observed_total", window, MODEL, by)
+    clipped = slo.increase(M.TENSOR_ACTIVATIONS_CLIPPED_TOTAL, window, MODEL, by)
+    observed = slo.increase(M.TENSOR_ACTIVATIONS_OBSERVED_TOTAL, window, MODEL, by)
     return f"topk(20, {clipped} / ({observed} > 0))"
 
 
 def size_bytes(variant: str) -> str:
-    series = slo.with_labels(f"{P}model_size_bytes", {**MODEL, "variant": variant})
+    series = slo.with_labels(M.MODEL_SIZE_BYTES, {**MODEL, "variant": variant})
     return f"max by (model, revision) ({series})"
 
 
 def rollouts(window: str, result: str = "") -> str:
     """Rollouts that ended in `window`, by result; `result` narrows them (a regex)."""
     labels = {**MODEL, "result": slo.Regex(result)} if result else MODEL
-    return f"sum by (model, result) (increase({slo.with_labels(P + 'rollouts_total', labels)}[{window}]))"
+    return f"sum by (model, result) (increase({slo.with_labels(M.ROLLOUTS_TOTAL, labels)}[{window}]))"
 
 
 def rollouts_ended(window: str, result: str) -> str:
     """Rollouts that ended in `window` with `result`: an annotation per marker, a first rollback
     of a model (its counter series is new) included."""
-    series = slo.with_labels(P + "rollouts_total", {**MODEL, "result": slo.Regex(result)})
+    series = slo.with_labels(M.ROLLOUTS_TOTAL, {**MODEL, "result": slo.Regex(result)})
     return rules.appeared_or_increased(series, "model, result", window).strip().replace("\n", " ")
 
 
@@ -139,7 +140,7 @@ class Board:
                 builders.QueryVariable("model")
                 .label("Model")
                 .datasource(DATASOURCE)
-                .query(f"label_values({P}model_info, model)")
+                .query(f"label_values({M.MODEL_INFO}, model)")
                 .refresh(models.VariableRefresh.ON_TIME_RANGE_CHANGED)
                 .sort(models.VariableSort.ALPHABETICAL_ASC)
                 .multi(True)
@@ -304,7 +305,7 @@ def executive() -> Board:
         "Bytes of the served INT8 model and of its FP32 reference, from the artifact's manifest.",
         [
             query(
-                f"max by (model, variant) ({slo.with_labels(P + 'model_size_bytes', MODEL)})",
+                f"max by (model, variant) ({slo.with_labels(M.MODEL_SIZE_BYTES, MODEL)})",
                 "{{model}} {{variant}}",
             )
         ],
@@ -315,11 +316,7 @@ def executive() -> Board:
     board.number(
         "Canary weight",
         "Share of traffic on the canary now: 0 when no rollout is in progress.",
-        [
-            query(
-                f"max by (model) ({slo.with_labels(P + 'rollout_weight', MODEL)})", "{{model}}", instant=True
-            )
-        ],
+        [query(f"max by (model) ({slo.with_labels(M.ROLLOUT_WEIGHT, MODEL)})", "{{model}}", instant=True)],
         unit="percent",
         span=8,
     )
@@ -332,7 +329,7 @@ def executive() -> Board:
     board.table(
         "What serves now",
         "Each revision and track loaded, with its precision and quantization.",
-        [query(slo.with_labels(P + "model_info", MODEL), instant=True, as_table=True)],
+        [query(slo.with_labels(M.MODEL_INFO, MODEL), instant=True, as_table=True)],
     )
     return board
 
@@ -391,7 +388,7 @@ def oncall() -> Board:
     board.graph(
         "Canary weight",
         "Share of traffic the operator sends to the canary.",
-        [query(f"max by (model) ({slo.with_labels(P + 'rollout_weight', MODEL)})", "{{model}}")],
+        [query(f"max by (model) ({slo.with_labels(M.ROLLOUT_WEIGHT, MODEL)})", "{{model}}")],
         unit="percent",
         span=8,
     )
@@ -400,7 +397,7 @@ def oncall() -> Board:
         "Burn rate of each SLO on the analysis windows at the last judgement.",
         [
             query(
-                f"max by (model, slo, window) ({slo.with_labels(P + 'burn_rate', MODEL)})",
+                f"max by (model, slo, window) ({slo.with_labels(M.BURN_RATE, MODEL)})",
                 "{{model}} {{slo}} {{window}}",
             )
         ],
@@ -412,7 +409,7 @@ def oncall() -> Board:
         "Judgements per interval: pass, fail, inconclusive.",
         [
             query(
-                f"sum by (model, result) (increase({slo.with_labels(P + 'analysis_total', MODEL)}[{RATE}]))",
+                f"sum by (model, result) (increase({slo.with_labels(M.ANALYSIS_TOTAL, MODEL)}[{RATE}]))",
                 "{{model}} {{result}}",
             )
         ],
@@ -449,7 +446,7 @@ def debug() -> Board:
         "Ops meant to run quantized that run in float or off the preferred provider, by op type.",
         [
             query(
-                f"max by (model, revision, op_type) ({slo.with_labels(P + 'fallback_ops', MODEL)})",
+                f"max by (model, revision, op_type) ({slo.with_labels(M.FALLBACK_OPS, MODEL)})",
                 "{{model}} {{revision}} {{op_type}}",
             )
         ],
@@ -459,8 +456,8 @@ def debug() -> Board:
         "Shadow comparison volume",
         "Rows per second also run through the FP32 reference, and those that disagreed.",
         [
-            query(per_second("shadow_comparisons_total", TRACKS), "compared {{model}} {{track}}"),
-            query(per_second("shadow_disagreements_total", TRACKS), "disagreed {{model}} {{track}}"),
+            query(per_second(M.SHADOW_COMPARISONS_TOTAL, TRACKS), "compared {{model}} {{track}}"),
+            query(per_second(M.SHADOW_DISAGREEMENTS_TOTAL, TRACKS), "disagreed {{model}} {{track}}"),
         ],
         unit="reqps",
     )
@@ -469,7 +466,7 @@ def debug() -> Board:
         "Shadow and clip samples dropped because the background worker was behind: the SLIs undercount.",
         [
             query(
-                per_second("samples_dropped_total", ("model", "track", "kind")),
+                per_second(M.SAMPLES_DROPPED_TOTAL, ("model", "track", "kind")),
                 "{{model}} {{track}} {{kind}}",
             )
         ],
@@ -481,10 +478,11 @@ def debug() -> Board:
         "Rows per onnxruntime call: mean and p95.",
         [
             query(
-                f"{per_second('batch_size_sum', TRACKS)} / {per_second('batch_size_count', TRACKS)}",
+                f"{per_second(f'{M.BATCH_SIZE}_sum', TRACKS)} / "
+                f"{per_second(M.BATCH_SIZE.observations, TRACKS)}",
                 "mean {{model}} {{track}}",
             ),
-            query(histogram_quantile("batch_size", 0.95, TRACKS), "p95 {{model}} {{track}}"),
+            query(histogram_quantile(M.BATCH_SIZE, 0.95, TRACKS), "p95 {{model}} {{track}}"),
         ],
         unit="none",
         span=8,
@@ -492,7 +490,7 @@ def debug() -> Board:
     board.graph(
         "Queue time p95",
         "Time a request waits in the batcher before its batch starts.",
-        [query(histogram_quantile("queue_duration_seconds", 0.95, TRACKS), "{{model}} {{track}}")],
+        [query(histogram_quantile(M.QUEUE_DURATION_SECONDS, 0.95, TRACKS), "{{model}} {{track}}")],
         unit="s",
         span=8,
     )
@@ -506,7 +504,7 @@ def debug() -> Board:
     board.graph(
         "Requests per second by status",
         "Inference requests answered, by HTTP status code.",
-        [query(per_second("requests_total", ("model", "track", "code")), "{{model}} {{track}} {{code}}")],
+        [query(per_second(M.REQUESTS_TOTAL, ("model", "track", "code")), "{{model}} {{track}} {{code}}")],
         unit="reqps",
         span=12,
     )
@@ -515,7 +513,7 @@ def debug() -> Board:
         "Inference requests being decoded, queued or run now, per pod.",
         [
             query(
-                f"sum by (model, instance) ({slo.with_labels(P + 'requests_in_flight', MODEL)})",
+                f"sum by (model, instance) ({slo.with_labels(M.REQUESTS_IN_FLIGHT, MODEL)})",
                 "{{model}} {{instance}}",
             )
         ],
@@ -526,14 +524,14 @@ def debug() -> Board:
     board.table(
         "Model info",
         "What each pod loaded: precision, quantization mode, calibration method and data hash, runtime.",
-        [query(slo.with_labels(P + "model_info", MODEL), instant=True, as_table=True)],
+        [query(slo.with_labels(M.MODEL_INFO, MODEL), instant=True, as_table=True)],
     )
     board.number(
         "Cold start",
         "Seconds to verify, load and analyse the artifact.",
         [
             query(
-                f"max by (model, revision) ({slo.with_labels(P + 'model_load_seconds', MODEL)})",
+                f"max by (model, revision) ({slo.with_labels(M.MODEL_LOAD_SECONDS, MODEL)})",
                 "{{model}} {{revision}}",
                 instant=True,
             )
@@ -541,7 +539,7 @@ def debug() -> Board:
         unit="s",
         span=12,
     )
-    failures = slo.with_labels(P + "model_load_failures_total", MODEL)
+    failures = slo.with_labels(M.MODEL_LOAD_FAILURES_TOTAL, MODEL)
     board.number(
         "Load failures over the time range",
         "Artifacts refused (hash, signature, format) or unloadable, by reason.",

@@ -65,6 +65,8 @@ that went away over a weekend; shorter stops it sooner for one deleted on purpos
 FAILURE_WINDOW = "15m"
 """Window in which a load failure or a rollback notifies."""
 
+M = slo.Metric
+
 
 def alert_name(sli: slo.SLI, severity: str) -> str:
     camel = "".join(part.title() for part in sli.value.split("_"))
@@ -198,9 +200,9 @@ def _annotations(alert: str, summary: str, description: str) -> dict[str, str]:
 def operation_alerts() -> list[dict[str, Any]]:
     model = "{{ $labels.model }}"
     revision = f"{model} revision {{{{ $labels.revision }}}} ({{{{ $labels.track }}}})"
-    rollouts = f'{slo.PREFIX}rollouts_total{{result=~"rolled_back|failed"}}'
-    weight, step = f"{slo.PREFIX}rollout_weight", f"{slo.PREFIX}rollout_step"
-    info = f"{slo.PREFIX}model_info"
+    rollouts = f'{M.ROLLOUTS_TOTAL}{{result=~"rolled_back|failed"}}'
+    weight, step = M.ROLLOUT_WEIGHT, M.ROLLOUT_STEP
+    info = M.MODEL_INFO
     return [
         {
             "alert": "QuantshipFallbackOps",
@@ -216,7 +218,7 @@ def operation_alerts() -> list[dict[str, Any]]:
         },
         {
             "alert": "QuantshipModelLoadFailures",
-            "expr": appeared_or_increased(f"{slo.PREFIX}model_load_failures_total", f"{BY}, reason"),
+            "expr": appeared_or_increased(M.MODEL_LOAD_FAILURES_TOTAL, f"{BY}, reason"),
             "labels": {"severity": "ticket"},
             "annotations": _annotations(
                 "QuantshipModelLoadFailures",

@@ -7,6 +7,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from quantship.rollout import Action, Decision, Verdict
+from quantship.slo import Metric
 
 RESULTS = {Action.PROMOTE: "promoted", Action.ROLL_BACK: "rolled_back", Action.FAIL: "failed"}
 
@@ -14,19 +15,28 @@ RESULTS = {Action.PROMOTE: "promoted", Action.ROLL_BACK: "rolled_back", Action.F
 class OperatorMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.weight = Gauge(
-            "quantship_rollout_weight", "Canary weight achieved, percent", ["model"], registry=registry
+            Metric.ROLLOUT_WEIGHT.declared, "Canary weight achieved, percent", ["model"], registry=registry
         )
         self.step = Gauge(
-            "quantship_rollout_step", "Canary step, 1-based; 0 without a canary", ["model"], registry=registry
+            Metric.ROLLOUT_STEP.declared,
+            "Canary step, 1-based; 0 without a canary",
+            ["model"],
+            registry=registry,
         )
         self.rollouts = Counter(
-            "quantship_rollouts", "Finished canaries by result", ["model", "result"], registry=registry
+            Metric.ROLLOUTS_TOTAL.declared,
+            "Finished canaries by result",
+            ["model", "result"],
+            registry=registry,
         )
         self.analyses = Counter(
-            "quantship_analysis", "Canary judgements by verdict", ["model", "result"], registry=registry
+            Metric.ANALYSIS_TOTAL.declared,
+            "Canary judgements by verdict",
+            ["model", "result"],
+            registry=registry,
         )
         self.burn_rate = Gauge(
-            "quantship_burn_rate",
+            Metric.BURN_RATE.declared,
             "Canary burn rate at the last judgement, per SLO and window",
             ["model", "slo", "window"],
             registry=registry,

@@ -15,19 +15,14 @@ persists fails the canary instead of holding it.
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
 from quantship import slo
 
-
-class Track(enum.StrEnum):
-    """The role a revision plays; it becomes the `track` label of its servers' metrics."""
-
-    STABLE = "stable"
-    CANARY = "canary"
+Track = slo.Track
+"""The role a revision plays; it becomes the `track` label of its servers' metrics (defined in slo)."""
 
 
 class PortError(Exception):

@@ -15,11 +15,12 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from quantship import slo
 
-P = slo.PREFIX
+M = slo.Metric
 LABELS = list(slo.LABELS)
 QUEUE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 LOAD_FAILURE_REASONS = (
-    "missing", "format", "hash_mismatch", "signature", "key", "io", "reference", "model", "internal",
+    "missing", "format", "hash_mismatch", "signature", "key", "io", "unsafe_archive", "reference", "model",
+    "internal",
 )  # fmt: skip
 """ArtifactError reasons (quantship/artifact.py) plus the server's own: a reference that does not fit
 the model, a model onnxruntime cannot load or serve, and a failure of the server's own code while
@@ -51,89 +52,89 @@ class ServerMetrics:
         values = [labels[name] for name in LABELS]
         self.per_tensor = per_tensor
 
-        def counter(name: str, doc: str, extra: tuple[str, ...] = ()) -> Counter:
-            return Counter(P + name, doc, [*LABELS, *extra], registry=registry)
+        def counter(metric: slo.Metric, doc: str, extra: tuple[str, ...] = ()) -> Counter:
+            return Counter(metric.declared, doc, [*LABELS, *extra], registry=registry)
 
-        def gauge(name: str, doc: str, extra: tuple[str, ...] = ()) -> Gauge:
-            return Gauge(P + name, doc, [*LABELS, *extra], registry=registry)
+        def gauge(metric: slo.Metric, doc: str, extra: tuple[str, ...] = ()) -> Gauge:
+            return Gauge(metric.declared, doc, [*LABELS, *extra], registry=registry)
 
-        self.requests = counter("requests_total", "Inference requests by HTTP status.", ("code",))
+        self.requests = counter(M.REQUESTS_TOTAL, "Inference requests by HTTP status.", ("code",))
         self.request_duration = Histogram(
-            P + "request_duration_seconds",
+            M.REQUEST_DURATION_SECONDS.declared,
             "End-to-end latency of successful inference requests, from the first byte read to the answer.",
             LABELS,
             buckets=slo.LATENCY_BUCKETS,
             registry=registry,
         ).labels(*values)
         self.batch_size = Histogram(
-            P + "batch_size",
+            M.BATCH_SIZE.declared,
             "Rows per onnxruntime call of the served model.",
             LABELS,
             buckets=batch_buckets(max_batch_size),
             registry=registry,
         ).labels(*values)
         self.queue_duration = Histogram(
-            P + "queue_duration_seconds",
+            M.QUEUE_DURATION_SECONDS.declared,
             "Time a request waited in the batcher before its batch started.",
             LABELS,
             buckets=QUEUE_BUCKETS,
             registry=registry,
         ).labels(*values)
         self.shadow_comparisons = counter(
-            "shadow_comparisons_total", "Rows also run through the FP32 reference and compared."
+            M.SHADOW_COMPARISONS_TOTAL, "Rows also run through the FP32 reference and compared."
         ).labels(*values)
         self.shadow_disagreements = counter(
-            "shadow_disagreements_total",
+            M.SHADOW_DISAGREEMENTS_TOTAL,
             "Compared rows whose output disagrees with the reference (top-1, or relative error above "
             "the tolerance for non-classifiers).",
         ).labels(*values)
         self.feedback = counter(
-            "feedback_total",
+            M.FEEDBACK_TOTAL,
             "Ground-truth labels fed back, by variant and correctness.",
             ("variant", "correct"),
         )
         self.activations_observed = counter(
-            "activations_observed_total", "Activation values checked against their calibrated ranges."
+            M.ACTIVATIONS_OBSERVED_TOTAL, "Activation values checked against their calibrated ranges."
         ).labels(*values)
         self.activations_clipped = counter(
-            "activations_clipped_total", "Checked activation values outside their calibrated range."
+            M.ACTIVATIONS_CLIPPED_TOTAL, "Checked activation values outside their calibrated range."
         ).labels(*values)
         self.fallback_ops = gauge(
-            "fallback_ops",
+            M.FALLBACK_OPS,
             "Ops meant to run quantized that run in float or off the preferred provider, by op type.",
             ("op_type",),
         )
         self.model_info = gauge(
-            "model_info",
+            M.MODEL_INFO,
             "1 for the loaded model, with what it is.",
             MODEL_INFO_LABELS,
         )
         self.model_size_bytes = gauge(
-            "model_size_bytes",
+            M.MODEL_SIZE_BYTES,
             "File size of the served model (variant quantized) and of its FP32 reference (variant "
             "reference; an unquantized artifact's model counts as the reference).",
             ("variant",),
         )
         self.model_load_seconds = gauge(
-            "model_load_seconds", "Cold-start time of the loaded model: verify, load, analyse."
+            M.MODEL_LOAD_SECONDS, "Cold-start time of the loaded model: verify, load, analyse."
         ).labels(*values)
         self.model_load_failures = counter(
-            "model_load_failures_total", "Refused or broken artifacts, by reason.", ("reason",)
+            M.MODEL_LOAD_FAILURES_TOTAL, "Refused or broken artifacts, by reason.", ("reason",)
         )
         self.requests_in_flight = gauge(
-            "requests_in_flight", "Inference requests being answered now (decoding, queued or running)."
+            M.REQUESTS_IN_FLIGHT, "Inference requests being answered now (decoding, queued or running)."
         ).labels(*values)
         self.samples_dropped = counter(
-            "samples_dropped_total",
+            M.SAMPLES_DROPPED_TOTAL,
             "Sampled requests (shadow, clip) dropped because the background worker was behind.",
             ("kind",),
         )
         if per_tensor:
             self.tensor_observed = counter(
-                "tensor_activations_observed_total", "Activation values checked, per tensor.", ("tensor",)
+                M.TENSOR_ACTIVATIONS_OBSERVED_TOTAL, "Activation values checked, per tensor.", ("tensor",)
             )
             self.tensor_clipped = counter(
-                "tensor_activations_clipped_total", "Activation values clipped, per tensor.", ("tensor",)
+                M.TENSOR_ACTIVATIONS_CLIPPED_TOTAL, "Activation values clipped, per tensor.", ("tensor",)
             )
         self._values = values
         self._by_code = {200: self.requests.labels(*values, "200")}

@@ -5,18 +5,12 @@ Each attribute's docstring gives its unit and why the default is what it is.
 
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from quantship.slo import Track  # which side of a rollout this server is: the `track` label
+
 MiB = 1 << 20
-
-
-class Track(enum.StrEnum):
-    """Which side of a rollout this server is: a label on every metric, so SLIs compare the two."""
-
-    STABLE = "stable"
-    CANARY = "canary"
 
 
 @dataclass(frozen=True)
