@@ -11,12 +11,14 @@ shows every value the operator acts on.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
 import yaml
 
 from quantship import slo
+from quantship.rollout import AnalysisSpec, OnInconclusive, RolloutSpec, format_duration
 
 GROUP = "serving.quantship.io"
 VERSION = "v1alpha1"
@@ -46,6 +48,15 @@ WINDOWS_IN_ORDER = {
 DURATION_PATTERN = r"^([0-9]+h)?([0-9]+m)?([0-9]+s)?$"
 URI_PATTERN = r"^(file|pvc|https?)://.+"
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+
+
+def _default(spec: type[Any], name: str) -> Any:
+    """A field's default in the rollout engine's spec dataclasses: the CRD's defaults are theirs."""
+    field = {field.name: field for field in dataclasses.fields(spec)}[name]
+    if field.default is not dataclasses.MISSING:
+        return field.default
+    assert field.default_factory is not dataclasses.MISSING
+    return field.default_factory()
 
 
 def _duration(description: str, default: str) -> dict[str, Any]:
@@ -156,11 +167,17 @@ def spec_schema() -> dict[str, Any]:
                 "minItems": 1,
                 "maxItems": 20,
                 "items": {"type": "integer", "minimum": 1, "maximum": 100},
-                "default": [5, 25, 50, 100],
+                "default": list(_default(RolloutSpec, "steps")),
                 "description": "Canary weights in percent, increasing. Passing the last step promotes.",
             },
-            "stepInterval": _duration("How long each step lasts before it is judged.", "1m"),
-            "progressDeadline": _duration("How long a new revision may take to become ready.", "10m"),
+            "stepInterval": _duration(
+                "How long each step lasts before it is judged.",
+                format_duration(_default(RolloutSpec, "step_interval")),
+            ),
+            "progressDeadline": _duration(
+                "How long a new revision may take to become ready.",
+                format_duration(_default(RolloutSpec, "progress_deadline")),
+            ),
         },
     )
     # Defaults are the SLOs the generated alert rules and dashboards use: one source, slo.py.
@@ -201,7 +218,10 @@ def spec_schema() -> dict[str, Any]:
                 default[slo.SLI.CLIP_RATE].budget,
             ),
             "maxFallbackOps": _int(
-                "Ops that may run in float instead of quantized (a hard gate).", 0, 10000, 0
+                "Ops that may run in float instead of quantized (a hard gate).",
+                0,
+                10000,
+                _default(AnalysisSpec, "max_fallback_ops"),
             ),
         },
     )
@@ -214,33 +234,52 @@ def spec_schema() -> dict[str, Any]:
                 "default": "http://prometheus-operated.monitoring.svc:9090",
                 "description": "Prometheus that scrapes the model servers.",
             },
-            "shortWindow": _duration("Recent window: is the burn still going on?", "1m"),
-            "longWindow": _duration("Longer window, longer than shortWindow: is the burn significant?", "5m"),
+            "shortWindow": _duration(
+                "Recent window: is the burn still going on?",
+                format_duration(_default(AnalysisSpec, "short_window")),
+            ),
+            "longWindow": _duration(
+                "Longer window, longer than shortWindow: is the burn significant?",
+                format_duration(_default(AnalysisSpec, "long_window")),
+            ),
             "burnRateThreshold": {
                 "type": "number",
                 "minimum": 0,
                 "exclusiveMinimum": True,
                 "maximum": 1000,
-                "default": 1,
+                "default": _default(AnalysisSpec, "burn_rate_threshold"),
                 "description": "A breach is a burn rate above this on both windows.",
             },
             "maxBurnRateIncrease": {
                 "type": "number",
                 "minimum": 0,
                 "maximum": 1000,
-                "default": 0.5,
+                "default": _default(AnalysisSpec, "max_burn_rate_increase"),
                 "description": "The canary's burn rate may exceed the stable revision's by at most this "
                 "much on both windows (catches a regression inside the absolute SLO).",
             },
             "minSamples": _int(
-                "Events an SLI needs on a window to be judged; fewer is inconclusive.", 1, 10**9, 100
+                "Events an SLI needs on a window to be judged; fewer is inconclusive.",
+                1,
+                10**9,
+                _default(AnalysisSpec, "min_samples"),
             ),
-            "failureLimit": _int("Failed judgements that roll the canary back.", 1, 100, 1),
-            "inconclusiveLimit": _int("Inconclusive judgements in a row before onInconclusive.", 1, 100, 3),
+            "failureLimit": _int(
+                "Failed judgements that roll the canary back.",
+                1,
+                100,
+                _default(AnalysisSpec, "failure_limit"),
+            ),
+            "inconclusiveLimit": _int(
+                "Inconclusive judgements in a row before onInconclusive.",
+                1,
+                100,
+                _default(AnalysisSpec, "inconclusive_limit"),
+            ),
             "onInconclusive": {
                 "type": "string",
-                "enum": ["rollback", "hold"],
-                "default": "rollback",
+                "enum": [choice.value for choice in OnInconclusive],
+                "default": _default(AnalysisSpec, "on_inconclusive").value,
                 "description": "rollback: without data a canary cannot be shown safe. hold: stay at the "
                 "current weight and keep judging.",
             },
