@@ -96,7 +96,43 @@ def _object(description: str, properties: dict[str, Any], **extra: Any) -> dict[
 
 
 def spec_schema() -> dict[str, Any]:
-    artifact = _object(
+    """The QuantizedModel's spec: one function per section, below."""
+    return _object(
+        "A quantized model served by quantship, rolled out as a canary judged by SLO burn rates.",
+        {
+            "modelName": {
+                "type": "string",
+                "pattern": r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$",
+                "maxLength": 63,
+                "description": "Name in the inference API and in the `model` label of every metric. "
+                "Defaults to the resource's name.",
+            },
+            "artifact": _artifact_schema(),
+            "image": {
+                "type": "string",
+                "minLength": 1,
+                "default": "ghcr.io/quantship/quantship:0.1.0",
+                "description": "Image with the `quantship` command (serve and fetch).",
+            },
+            "replicas": _int("Model servers per revision.", 1, 100, 2),
+            "resources": {
+                "type": "object",
+                "description": "Container resources of each model server (a core/v1 ResourceRequirements).",
+                "x-kubernetes-preserve-unknown-fields": True,
+            },
+            "server": {**_server_schema(), "default": {}},
+            "traffic": {**_traffic_schema(), "default": {}},
+            "rollout": {**_rollout_schema(), "default": {}},
+            "slos": {**_slos_schema(), "default": {}},
+            "analysis": {**_analysis_schema(), "default": {}},
+        },
+        required=["artifact"],
+    )
+
+
+def _artifact_schema() -> dict[str, Any]:
+    """spec.artifact: where the INT8 artifact lives."""
+    return _object(
         "Where the INT8 artifact lives. Changing it starts a canary of the new revision.",
         {
             "uri": {
@@ -114,7 +150,11 @@ def spec_schema() -> dict[str, Any]:
         },
         required=["uri"],
     )
-    server = _object(
+
+
+def _server_schema() -> dict[str, Any]:
+    """spec.server: flags of `quantship serve`."""
+    return _object(
         "Flags of `quantship serve`. Unset ones take the server's defaults. Changing any starts a canary.",
         {
             "maxBatchSize": _int("Rows per batch the dynamic batcher builds at most.", 1, 4096),
@@ -136,7 +176,11 @@ def spec_schema() -> dict[str, Any]:
             "threads": _int("onnxruntime intra-op threads.", 1, 256),
         },
     )
-    traffic = _object(
+
+
+def _traffic_schema() -> dict[str, Any]:
+    """spec.traffic: how traffic is split."""
+    return _object(
         "How traffic is split between the stable and the canary revision.",
         {
             "router": {
@@ -159,7 +203,11 @@ def spec_schema() -> dict[str, Any]:
         # each rule must hold where a field it reads is absent.
         **{"x-kubernetes-validations": [GATEWAY_NEEDS_ROUTE]},
     )
-    rollout = _object(
+
+
+def _rollout_schema() -> dict[str, Any]:
+    """spec.rollout: the canary steps (defaults: the engine's RolloutSpec)."""
+    return _object(
         "The canary steps.",
         {
             "steps": {
@@ -180,6 +228,10 @@ def spec_schema() -> dict[str, Any]:
             ),
         },
     )
+
+
+def _slos_schema() -> dict[str, Any]:
+    """spec.slos: the error budgets (defaults: slo.DEFAULT_OBJECTIVES, as the generated rules)."""
     # Defaults are the SLOs the generated alert rules and dashboards use: one source, slo.py.
     default = {objective.sli: objective for objective in slo.DEFAULT_OBJECTIVES}
     latency_default = default[slo.SLI.LATENCY]
@@ -202,7 +254,7 @@ def spec_schema() -> dict[str, Any]:
             },
         },
     )
-    slos = _object(
+    return _object(
         "Error budgets of the canary. Burn rate = measured bad ratio / budget.",
         {
             "maxAccuracyDelta": _ratio(
@@ -225,7 +277,11 @@ def spec_schema() -> dict[str, Any]:
             ),
         },
     )
-    analysis = _object(
+
+
+def _analysis_schema() -> dict[str, Any]:
+    """spec.analysis: how each step is judged (defaults: the engine's AnalysisSpec)."""
+    return _object(
         "How each step is judged: multi-window burn rates from Prometheus.",
         {
             "prometheusUrl": {
@@ -290,37 +346,6 @@ def spec_schema() -> dict[str, Any]:
             },
         },
         **{"x-kubernetes-validations": [WINDOWS_IN_ORDER]},
-    )
-    return _object(
-        "A quantized model served by quantship, rolled out as a canary judged by SLO burn rates.",
-        {
-            "modelName": {
-                "type": "string",
-                "pattern": r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$",
-                "maxLength": 63,
-                "description": "Name in the inference API and in the `model` label of every metric. "
-                "Defaults to the resource's name.",
-            },
-            "artifact": artifact,
-            "image": {
-                "type": "string",
-                "minLength": 1,
-                "default": "ghcr.io/quantship/quantship:0.1.0",
-                "description": "Image with the `quantship` command (serve and fetch).",
-            },
-            "replicas": _int("Model servers per revision.", 1, 100, 2),
-            "resources": {
-                "type": "object",
-                "description": "Container resources of each model server (a core/v1 ResourceRequirements).",
-                "x-kubernetes-preserve-unknown-fields": True,
-            },
-            "server": {**server, "default": {}},
-            "traffic": {**traffic, "default": {}},
-            "rollout": {**rollout, "default": {}},
-            "slos": {**slos, "default": {}},
-            "analysis": {**analysis, "default": {}},
-        },
-        required=["artifact"],
     )
 
 
