@@ -19,6 +19,7 @@ import contextlib
 import json
 import signal
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -159,6 +160,21 @@ async def run_demo(workdir: Path, console: Console, *, quick: bool = False, prom
     started = time.monotonic()
     workdir = workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
+    settings = _settings(console, quick=quick, prometheus=prometheus)
+    sample, revisions = build_artifacts(workdir, console)
+
+    console.rule("2. serving, metrics and traffic")
+    console.print(settings.describe())
+    timeline = Timeline(OBJECTIVES, settings.short_window, MODEL)
+    outcomes: list[dict[str, Any]] = []
+    async with _serving(workdir, sample, revisions, settings, console) as (workloads, load, metrics):
+        await _rollouts(revisions, settings, workloads, load, metrics, timeline, console, outcomes)
+
+    console.rule("5. summary")
+    return _report(workdir, settings, revisions, timeline, outcomes, console, started)
+
+
+def _settings(console: Console, *, quick: bool, prometheus: bool) -> DemoSettings:
     settings = DemoSettings.for_run(
         quick=quick, prometheus=prometheus and find_binary("prometheus") is not None
     )
@@ -166,87 +182,105 @@ async def run_demo(workdir: Path, console: Console, *, quick: bool = False, prom
         console.print(
             "[yellow]prometheus is not installed (scripts/install-tools): scraping servers directly[/]"
         )
-    sample, revisions = build_artifacts(workdir, console)
+    return settings
 
-    console.rule("2. serving, metrics and traffic")
-    console.print(settings.describe())
-    servers = workdir / "servers"
+
+@contextlib.asynccontextmanager
+async def _serving(
+    workdir: Path,
+    sample: zoo.SampleModel,
+    revisions: list[Revision],
+    settings: DemoSettings,
+    console: Console,
+) -> AsyncIterator[tuple[LocalWorkloads, LoadGenerator, MetricsSource]]:
+    """The servers of every revision, the metrics source (Prometheus, or a direct scrape) and the
+    load generator; every process they started is stopped on the way out, whatever happened."""
     prom: PrometheusProcess | None = None
     workloads = LocalWorkloads(
         model=MODEL,
-        workdir=servers,
+        workdir=workdir / "servers",
         server_args=SERVER_ARGS,
         on_change=lambda: prom.set_targets(workloads.targets()) if prom else None,
     )
     for revision in revisions:
         workloads.add(revision.name, revision.artifact)
-    metrics: MetricsSource
-    scraper: ScrapeSource | None = None
-    if settings.prometheus:
-        prom = PrometheusProcess(workdir / "prometheus")
-        prom.start()
-        metrics = PrometheusSource(prom.url)
-    else:
-        scraper = ScrapeSource(workloads.targets, interval=1.0)
-        metrics = scraper
     load = LoadGenerator(workloads.endpoints, sample.requests, model=MODEL, rate=settings.rate)
-    timeline = Timeline(OBJECTIVES, settings.short_window, MODEL)
-    outcomes: list[dict[str, Any]] = []
-    try:
+    async with contextlib.AsyncExitStack() as stack:  # closed last in, first out
+        metrics: MetricsSource
+        scraper: ScrapeSource | None = None
+        if settings.prometheus:
+            prom = PrometheusProcess(workdir / "prometheus")
+            prom.start()
+            stack.callback(prom.stop)
+            metrics = PrometheusSource(prom.url)
+            stack.push_async_callback(metrics.aclose)
+        else:
+            metrics = scraper = ScrapeSource(workloads.targets, interval=1.0)
+            stack.push_async_callback(scraper.aclose)
+        stack.push_async_callback(workloads.aclose)
+        stack.push_async_callback(load.aclose)
         if prom is not None:
             await prom.wait_ready()
             console.print(f"Prometheus: {prom.url}")
         if scraper is not None:
             await scraper.start()
         await load.start()
-        status = RolloutStatus()
-        spec = _spec(revisions[0].name, settings)
-        with _view(console, timeline, lambda: spec) as refresh:
-            sampler = asyncio.create_task(timeline.run(workloads.tracks, metrics, load, lambda _: refresh()))
-            try:
-                for number, revision in enumerate(revisions):
-                    spec = _spec(revision.name, settings)
-                    if number:
-                        console.rule(f"{number + 2}. canary of {revision.name} ({revision.label})")
-                    status = await _rollout(
-                        spec, status, revision, workloads, load, metrics, timeline, console, outcomes, refresh
-                    )
-            finally:
-                sampler.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await sampler
-    finally:
-        await load.aclose()
-        await workloads.aclose()
-        if scraper is not None:
-            await scraper.aclose()
-        if isinstance(metrics, PrometheusSource):
-            await metrics.aclose()
-        if prom is not None:
-            prom.stop()
+        yield workloads, load, metrics
 
-    console.rule("5. summary")
+
+async def _rollouts(
+    revisions: list[Revision],
+    settings: DemoSettings,
+    workloads: LocalWorkloads,
+    load: LoadGenerator,
+    metrics: MetricsSource,
+    timeline: Timeline,
+    console: Console,
+    outcomes: list[dict[str, Any]],
+) -> None:
+    """Each revision in turn, the first as the first stable, then a canary each; a live view."""
+    status = RolloutStatus()
+    spec = _spec(revisions[0].name, settings)
+    with _view(console, timeline, lambda: spec) as refresh:
+        sampler = asyncio.create_task(timeline.run(workloads.tracks, metrics, load, lambda _: refresh()))
+        try:
+            for number, revision in enumerate(revisions):
+                spec = _spec(revision.name, settings)
+                if number:
+                    console.rule(f"{number + 2}. canary of {revision.name} ({revision.label})")
+                status = await _rollout(
+                    spec, status, revision, workloads, load, metrics, timeline, console, outcomes, refresh
+                )
+        finally:
+            sampler.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sampler
+
+
+def _report(
+    workdir: Path,
+    settings: DemoSettings,
+    revisions: list[Revision],
+    timeline: Timeline,
+    outcomes: list[dict[str, Any]],
+    console: Console,
+    started: float,
+) -> int:
+    """The HTML report, summary.json and the summary table; 0 when every outcome is the expected one."""
     report = workdir / "reports" / "demo.html"
     report.write_text(
         demo_report.render(timeline, _spec(revisions[-1].name, settings), outcomes[1:], settings.describe())
     )
     ok = all(o["phase"] == o["expected"] for o in outcomes)
-    (workdir / "summary.json").write_text(
-        json.dumps(
-            {
-                "ok": ok,
-                "settings": settings.describe(),
-                "rollouts": outcomes,
-                "decisions": [
-                    record.to_json()
-                    for record in timeline.decisions
-                    if record.decision.action.value != "Wait"
-                ],
-                "seconds": round(time.monotonic() - started, 1),
-            },
-            indent=2,
-        )
-    )
+    decisions = [r.to_json() for r in timeline.decisions if r.decision.action.value != "Wait"]
+    summary = {
+        "ok": ok,
+        "settings": settings.describe(),
+        "rollouts": outcomes,
+        "decisions": decisions,
+        "seconds": round(time.monotonic() - started, 1),
+    }
+    (workdir / "summary.json").write_text(json.dumps(summary, indent=2))
     console.print(_summary(outcomes))
     console.print(f"report: {report}  (artifact reports beside it); decisions: {workdir / 'summary.json'}")
     console.print(f"took {time.monotonic() - started:.0f} s")
