@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 BUILD  := build
 
-.PHONY: setup tools demo test real-models bench lint generate check-generated chart clean
+.PHONY: setup tools demo test real-models bench lint generate check-generated chart clean mutation
 
 setup: $(VENV)/.installed tools
 
@@ -32,6 +32,12 @@ ZOO := $(BUILD)/zoo
 real-models: setup
 	$(BIN)/quantship zoo build $(ZOO) --model efficientnet-lite0 --model minilm-l6
 	QUANTSHIP_REAL_ZOO=$(ZOO) $(BIN)/pytest tests/real
+
+## make mutation: mutants of the rollout engine (quantship/rollout/{engine,analysis,prometheus}.py) against
+## its tests, each in a private copy of the repository; prints the survivors and the score, fails when
+## a mutant named in issue 12 survives (scripts/mutate.py; about 20-40 minutes on 2 cores).
+mutation: setup
+	$(BIN)/python scripts/mutate.py --jobs 2
 
 bench: setup
 	$(BIN)/python -m benchmarks

@@ -146,7 +146,7 @@ def _first_revision(status: RolloutStatus, obs: Observations, spec: RolloutSpec)
     if obs.stable_ready is None:
         return _wait(status, status.message)
     if obs.stable_ready:
-        serving = replace(status, phase=Phase.PROMOTED, weight=0, achieved_weight=0.0)
+        serving = replace(status, phase=Phase.PROMOTED)
         return _decision(Action.SERVE, serving, obs.now, f"{status.stable} is ready and serves all traffic")
     waited = _since(status.started_at, obs.now)
     if waited > spec.progress_deadline:

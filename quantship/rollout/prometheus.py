@@ -125,7 +125,7 @@ class PrometheusSource:
             ) from exc
         if not isinstance(body, dict):
             raise _Failed(Misconfigured(f"{where} answered JSON that is not Prometheus's API"))
-        if response.status_code >= 400 or body.get("status") != "success":
+        if body.get("status") != "success":  # Prometheus's 400 (bad_data) and 422 (execution) say so
             raise _Failed(
                 Misconfigured(
                     f"{where} refused the query ({response.status_code}: {_error(response)}): {query}"

@@ -17,6 +17,7 @@ import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
+import httpx
 import pytest
 import pytest_asyncio
 from aiohttp import web
@@ -129,11 +130,29 @@ async def test_a_5xx_is_unreachable_with_prometheus_own_words(stub: Stub, source
         assert "answered 503" in answer.reason and "unavailable: TSDB not ready" in answer.reason
 
 
+async def test_a_5xx_without_prometheus_own_words_says_its_status(
+    stub: Stub, source: PrometheusSource
+) -> None:
+    stub.answer = answering(500, {"status": "error"})
+
+    for answer in await both(source):
+        assert isinstance(answer, Unreachable) and answer.reason.endswith(
+            "answered 500: Internal Server Error"
+        )
+
+
+async def test_a_5xx_with_json_that_is_no_object_is_unreachable(stub: Stub, source: PrometheusSource) -> None:
+    stub.answer = answering(503, ["overloaded"])
+
+    for answer in await both(source):
+        assert isinstance(answer, Unreachable) and answer.reason.endswith("answered 503: Service Unavailable")
+
+
 async def test_a_5xx_from_a_proxy_in_front_is_unreachable(stub: Stub, source: PrometheusSource) -> None:
     stub.answer = answering(502, text="<html>Bad Gateway</html>")
 
     for answer in await both(source):
-        assert isinstance(answer, Unreachable) and "answered 502" in answer.reason, answer
+        assert isinstance(answer, Unreachable) and "answered 502: <html>Bad Gateway</html>" in answer.reason
 
 
 async def test_a_prometheus_slower_than_the_timeout_is_unreachable(
@@ -212,6 +231,18 @@ async def test_an_empty_vector_or_nan_is_no_data_never_zero(
         assert ("NaN" in answer.reason) is (body != vector()), answer.reason
 
 
+async def test_no_total_is_no_data_whatever_the_bad_count_says(stub: Stub, source: PrometheusSource) -> None:
+    async def answer(request: web.Request) -> web.StreamResponse:
+        bad = 'code=~"5.."' in request.query["query"]
+        return web.json_response(vector("3") if bad else vector())
+
+    stub.answer = answer
+
+    answer = await source.counts(ERRORS, 300, LABELS)
+    assert isinstance(answer, NoData) and 'code=~"5.."' not in answer.reason, answer
+    assert len(stub.queries) == 1, "the bad count is not even asked for"
+
+
 async def test_nan_on_the_bad_count_alone_is_no_data(stub: Stub, source: PrometheusSource) -> None:
     async def answer(request: web.Request) -> web.StreamResponse:
         total = request.query["query"].startswith("sum(")
@@ -259,3 +290,32 @@ async def test_a_real_prometheus_refusing_a_bad_label_name_is_a_misconfiguration
     assert isinstance(refused, Misconfigured), refused
     assert "refused the query (400: bad_data:" in refused.reason
     assert isinstance(empty, NoData) and "no series for" in empty.reason, empty
+
+
+async def test_closing_the_source_closes_its_client_and_a_later_query_opens_another(stub: Stub) -> None:
+    client = httpx.AsyncClient(timeout=TIMEOUT)
+    source = PrometheusSource(stub.url, client=client)
+    await source.aclose()
+    await source.aclose()  # closing twice is fine
+
+    answer = await source.fallback_ops(LABELS)
+    await source.aclose()
+
+    assert client.is_closed and answer == Value(1.0)
+
+
+async def test_a_client_given_to_the_source_is_the_one_it_queries_with(stub: Stub) -> None:
+    sent: list[httpx.Request] = []
+
+    async def record(request: httpx.Request) -> None:
+        sent.append(request)
+
+    client = httpx.AsyncClient(timeout=TIMEOUT, event_hooks={"request": [record]})
+    source = PrometheusSource(stub.url, client=client)
+    try:
+        assert await source.fallback_ops(LABELS) == Value(1.0)
+        assert await source.fallback_ops(LABELS) == Value(1.0)
+    finally:
+        await source.aclose()
+
+    assert len(sent) == 2 and client.is_closed

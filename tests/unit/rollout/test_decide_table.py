@@ -32,6 +32,7 @@ from quantship.rollout import (
     apply,
     decide,
     run_rollout,
+    tick,
 )
 from quantship.rollout.analysis import Fault, GateResult
 from quantship.rollout.spec import OnInconclusive
@@ -53,11 +54,15 @@ MISCONFIGURED = verdict(Verdict.INCONCLUSIVE, Fault.MISCONFIGURED)
 
 # persisted statuses the rows start from
 FIRST_STARTING = RolloutStatus(phase=Phase.PENDING, stable="v2", started_at=NOW - 10, message="deploying v2")
+NO_CANARY = {"canary": None, "step": -1, "weight": 0, "achieved_weight": 0.0, "step_started_at": None}
+"""Every trace of a canary gone from the status (promoted, rolled back, failed)."""
 STEADY = RolloutStatus(phase=Phase.PROMOTED, stable="v1", message="v1 serves all traffic")
 CANARY_STARTING = RolloutStatus(
     phase=Phase.PROGRESSING, stable="v1", canary="v2", step=-1, started_at=NOW - 10, message="starting"
 )
-AT_STEP_1 = replace(CANARY_STARTING, step=0, weight=5, step_started_at=NOW - 60, started_at=NOW - 100)
+AT_STEP_1 = replace(
+    CANARY_STARTING, step=0, weight=5, achieved_weight=5.0, step_started_at=NOW - 60, started_at=NOW - 100
+)
 """At 5 %, its 60 s step just over: a judgement is due."""
 AT_LAST_STEP = replace(AT_STEP_1, step=3, weight=100)
 
@@ -101,20 +106,24 @@ TABLE = [
         replace(FIRST_STARTING, started_at=NOW - 301),
         Action.WAIT, "v2 not ready after 301 s (progress deadline 300 s)", {"phase": Phase.PENDING},
         {"stable_ready": False}, degraded="not ready after 301 s"),
+    Row("first revision not ready exactly at the deadline: not late yet",
+        replace(FIRST_STARTING, started_at=NOW - 300),
+        Action.WAIT, "waiting for v2 to become ready", {"phase": Phase.PENDING}, {"stable_ready": False}),
     # -- steady ------------------------------------------------------------------------------------
     Row("steady, the stable is asked: nothing to do", STEADY,
         Action.WAIT, "v1 serves all traffic", {"phase": Phase.PROMOTED, "canary": None},
         spec={"revision": "v1"}),
     Row("steady, the rejected revision is asked again: not retried", replace(STEADY, rejected="v2"),
         Action.WAIT, "v1 serves all traffic", {"phase": Phase.PROMOTED, "canary": None, "rejected": "v2"}),
-    Row("steady, a new revision: a canary starts, taking no traffic", replace(STEADY, failures=2),
+    Row("steady, a new revision: a canary starts, taking no traffic; the last one's traces cleared",
+        replace(STEADY, failures=2, inconclusive=1, rejected="v0", last_analysis={"verdict": "fail"}),
         Action.START_CANARY, "= new revision v2: starting it as a canary next to v1",
         {"phase": Phase.PROGRESSING, "canary": "v2", "step": -1, "weight": 0, "failures": 0,
-         "started_at": NOW}),
+         "inconclusive": 0, "rejected": None, "last_analysis": None, "started_at": NOW}),
     # -- a canary in flight: people and spec changes -----------------------------------------------
-    Row("abort: rolled back at once", AT_STEP_1,
+    Row("abort: rolled back at once, every trace of the canary gone", replace(AT_STEP_1, inconclusive=1),
         Action.ROLL_BACK, "aborted by a person",
-        {"phase": Phase.ROLLED_BACK, "stable": "v1", "canary": None, "rejected": "v2", "weight": 0},
+        {"phase": Phase.ROLLED_BACK, "stable": "v1", "rejected": "v2", "inconclusive": 0, **NO_CANARY},
         {"abort": True}, retire=("v2",), manual=True),
     Row("the spec asks for the stable again: rolled back", AT_STEP_1,
         Action.ROLL_BACK, "asks for the stable revision v1 again",
@@ -132,14 +141,18 @@ TABLE = [
         Action.FAIL, "canary v2 not ready after 301 s (progress deadline 300 s)",
         {"phase": Phase.FAILED, "canary": None, "rejected": "v2", "stable": "v1"},
         {"canary_ready": False}, retire=("v2",)),
+    Row("canary not ready exactly at the deadline: not late yet",
+        replace(CANARY_STARTING, started_at=NOW - 300),
+        Action.WAIT, "waiting for canary v2 to become ready", {"step": -1}, {"canary_ready": False}),
     Row("canary not ready, promotion asked: waits for readiness first", CANARY_STARTING,
         Action.WAIT, "promotion asked: waiting for canary v2", {"step": -1},
         {"canary_ready": False, "promote": True}),
     Row("canary not ready within the deadline: wait", CANARY_STARTING,
-        Action.WAIT, "waiting for canary v2 to become ready", {"step": -1}, {"canary_ready": False}),
-    Row("canary ready and promotion asked: promoted without steps", CANARY_STARTING,
+        Action.WAIT, "= waiting for canary v2 to become ready", {"step": -1}, {"canary_ready": False}),
+    Row("canary ready and promotion asked: promoted without steps", replace(CANARY_STARTING, rejected="v0"),
         Action.PROMOTE, "promoted by a person",
-        {"phase": Phase.PROMOTED, "stable": "v2", "canary": None}, {"canary_ready": True, "promote": True},
+        {"phase": Phase.PROMOTED, "stable": "v2", "rejected": None, **NO_CANARY},
+        {"canary_ready": True, "promote": True},
         retire=("v1",), manual=True),
     Row("canary ready: the first step", CANARY_STARTING,
         Action.SET_WEIGHT, "canary v2 is ready; canary at 5% (step 1 of 4)",
@@ -150,6 +163,13 @@ TABLE = [
         {"promote": True}, retire=("v1",), manual=True),
     Row("progressing, step not over: wait with the progress", replace(AT_STEP_1, step_started_at=NOW - 59),
         Action.WAIT, "canary v2 at 5% (step 1 of 4), judged every 60 s", {"step": 0}),
+    Row("progressing with hold, fewer inconclusive than the limit: not held",
+        replace(AT_STEP_1, inconclusive=1, step_started_at=NOW - 10),
+        Action.WAIT, "canary v2 at 5% (step 1 of 4)", {"inconclusive": 1},
+        spec={"analysis": {"on_inconclusive": OnInconclusive.HOLD}}),
+    Row("was held, the spec now says rollback: not held between judgements",
+        replace(AT_STEP_1, inconclusive=3, step_started_at=NOW - 10, message="holding: no data"),
+        Action.WAIT, "canary v2 at 5% (step 1 of 4)", {"inconclusive": 3}),
     Row("progressing, step over but no judgement came: wait", AT_STEP_1,
         Action.WAIT, "canary v2 at 5% (step 1 of 4)", {"step": 0}),
     Row("holding between judgements: the hold's message stays, degraded",
@@ -211,6 +231,7 @@ def test_decide(row: Row, make_spec: Callable[..., RolloutSpec]) -> None:
     assert got == dict(row.expect)
     assert decision.retire == row.retire
     assert decision.manual is row.manual
+    assert decision.warning is (row.action in (Action.ROLL_BACK, Action.FAIL) or row.degraded is not None)
     if row.degraded is None:
         assert decision.degraded is None
     else:
@@ -242,24 +263,87 @@ async def test_a_replaced_canary_loses_its_traffic_before_the_next_one_starts(
     assert workloads.calls == [("run", "v3", "canary"), ("remove", "v2")]
 
 
+async def test_a_fresh_canary_starts_without_touching_the_routes(
+    make_spec: Callable[..., RolloutSpec], workloads: MemoryWorkloads, router: MemoryRouter
+) -> None:
+    decision = decide(STEADY, Observations(now=NOW), make_spec())
+
+    await apply(decision, workloads=workloads, router=router)
+
+    assert router.routes == [] and workloads.calls == [("run", "v2", "canary")]
+
+
+class CountingWorkloads(MemoryWorkloads):
+    def __init__(self) -> None:
+        super().__init__(ready_after=0.0)
+        self.asked: list[str] = []
+
+    async def ready(self, revision: str) -> bool:
+        self.asked.append(revision)
+        return await super().ready(revision)
+
+
+@pytest.mark.parametrize(
+    ("status", "asked"),
+    [(CANARY_STARTING, ["v2"]), (replace(AT_STEP_1, step_started_at=NOW), []), (FIRST_STARTING, ["v2"])],
+    ids=["canary starting: its readiness", "progressing: nothing", "first revision: its readiness"],
+)
+async def test_a_tick_observes_only_what_the_state_needs(
+    make_spec: Callable[..., RolloutSpec],
+    router: MemoryRouter,
+    metrics: MemoryMetrics,
+    status: RolloutStatus,
+    asked: list[str],
+) -> None:
+    workloads = CountingWorkloads()
+
+    await tick(status, make_spec(), workloads=workloads, router=router, metrics=metrics, now=NOW)
+
+    assert workloads.asked == asked and metrics.queries == []
+
+
+class CoarseRouter(MemoryRouter):
+    """Splits by replica counts of three: 33.3 % where 25 % is asked."""
+
+    async def route(self, stable: str, canary: str | None, weight: int) -> float:
+        await super().route(stable, canary, weight)
+        return round(weight / (100 / 3)) * (100 / 3) if canary else 0.0
+
+
+async def test_what_a_coarse_router_achieves_is_folded_into_the_status_and_reason(
+    make_spec: Callable[..., RolloutSpec], workloads: MemoryWorkloads
+) -> None:
+    decision = decide(AT_STEP_1, Observations(now=NOW, analysis=PASS), make_spec())
+
+    applied = await apply(decision, workloads=workloads, router=CoarseRouter())
+
+    assert decision.status.weight == 25 and applied.status.achieved_weight == pytest.approx(100 / 3)
+    assert applied.reason.endswith("(the router achieves 33.3%)")
+    assert applied.status.message == applied.reason == applied.status.history[-1]["reason"]
+
+
 @pytest.mark.looptime
 @pytest.mark.timeout(30)
+@pytest.mark.parametrize("max_errors", [4, None], ids=["max_errors=4", "the default, 10"])
 async def test_run_rollout_gives_up_after_max_errors_failures_in_a_row(
     make_spec: Callable[..., RolloutSpec],
     workloads: MemoryWorkloads,
     router: MemoryRouter,
     metrics: MemoryMetrics,
+    max_errors: int | None,
 ) -> None:
-    router.failures.extend(PortError(f"route refused {n}", reason="Refused") for n in range(10))
+    router.failures.extend(PortError(f"route refused {n}", reason="Refused") for n in range(12))
     status = replace(CANARY_STARTING, started_at=None)
     workloads.ready_after = 0.0
     await workloads.run("v2", Track.CANARY)
+    limit = {} if max_errors is None else {"max_errors": max_errors}
+    tries = max_errors or 10
 
-    with pytest.raises(PortError, match="route refused 3"):
+    with pytest.raises(PortError, match=f"route refused {tries - 1}$"):
         await run_rollout(
-            make_spec(), status, workloads=workloads, router=router, metrics=metrics, interval=5, max_errors=4
+            make_spec(), status, workloads=workloads, router=router, metrics=metrics, interval=5, **limit
         )
-    assert len(router.failures) == 6  # exactly four tries, then it gave up
+    assert len(router.failures) == 12 - tries  # exactly that many tries, then it gave up
 
 
 class FlakyRouter(MemoryRouter):
