@@ -434,6 +434,78 @@ def pack(path: Path, tarball: Path) -> None:
     click.echo(f"wrote {tarball}")
 
 
+def _registry_options(func: F) -> F:
+    """Credentials and transport for an OCI registry; the password only from the environment."""
+    func = click.option("--insecure", is_flag=True, help="Plain HTTP (loopback registries always use it).")(
+        func
+    )
+    func = click.option(
+        "--docker-config",
+        type=click.Path(dir_okay=False, path_type=Path),
+        help="A Docker config.json with credentials (a dockerconfigjson Secret).",
+    )(func)
+    func = click.option(
+        "--username",
+        envvar="QUANTSHIP_REGISTRY_USER",
+        help="Registry user [env QUANTSHIP_REGISTRY_USER]; the password comes from "
+        "QUANTSHIP_REGISTRY_PASSWORD.",
+    )(func)
+    return func
+
+
+def _credentials(username: str | None, docker_config: Path | None) -> Any:
+    import os
+
+    from quantship import oci
+
+    return oci.Credentials(username, os.environ.get("QUANTSHIP_REGISTRY_PASSWORD"), docker_config)
+
+
+@main.command()
+@click.argument("path", type=click.Path(path_type=Path))
+@click.argument("uri")
+@_registry_options
+@user_errors
+def push(path: Path, uri: str, username: str | None, docker_config: Path | None, insecure: bool) -> None:
+    """Verify the artifact at PATH and push it to URI (oci://REGISTRY/REPO:TAG); prints the digest."""
+    from quantship import oci
+
+    try:
+        digest = oci.push(path, uri, credentials=_credentials(username, docker_config), insecure=insecure)
+    except oci.OciError as exc:
+        raise Refused(str(exc)) from exc
+    reference = oci.Reference.parse(uri)
+    click.echo(f"pushed {uri}: oci://{reference.registry}/{reference.repository}@{digest}")
+
+
+@main.command()
+@click.argument("uri")
+@click.option("-o", "--out", required=True, type=click.Path(path_type=Path), help="Directory to create.")
+@click.option("--public-key", type=click.Path(path_type=Path), help="Require a valid ed25519 signature.")
+@_registry_options
+@user_errors
+def pull(
+    uri: str,
+    out: Path,
+    public_key: Path | None,
+    username: str | None,
+    docker_config: Path | None,
+    insecure: bool,
+) -> None:
+    """Pull the artifact at URI (oci://REGISTRY/REPO:TAG or @sha256:DIGEST) into OUT, verified."""
+    from quantship import oci
+
+    key = artifact.load_public_key(public_key) if public_key else None
+    try:
+        pulled = oci.pull(
+            uri, out, credentials=_credentials(username, docker_config), insecure=insecure, public_key=key
+        )
+    except oci.OciError as exc:
+        raise Refused(str(exc)) from exc
+    gate = pulled.manifest.get("validation", {}).get("gate", "n/a")
+    click.echo(f"pulled {uri} into {pulled.root}: manifest {pulled.digest[:12]}, gate {gate}")
+
+
 @main.command()
 @click.argument("path", type=click.Path(path_type=Path))
 @click.option("--public-key", type=click.Path(path_type=Path), help="Require a valid ed25519 signature.")

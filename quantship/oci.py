@@ -1,0 +1,261 @@
+"""Artifacts in OCI registries: `quantship push` and `pull`, with `oras` as the registry client.
+
+An artifact becomes one OCI image manifest (the OCI 1.0 way of typing an artifact: by its
+config's media type, `CONFIG_MEDIA_TYPE`), whose config blob is the artifact's manifest.json
+and whose layers are its files (model.onnx, reference.onnx, manifest.json), each titled with its
+file name. The ed25519 signature lives inside manifest.json, so it travels with the artifact.
+
+Digests are verified end to end: every pulled layer against its OCI descriptor (oras does not
+check), then the files against manifest.json's sha256s (and the signature) by `load_artifact`,
+and a pull by digest against the manifest the registry served. A pull writes into a temporary
+directory beside the destination and renames it into place only when all of that holds.
+
+URIs: `oci://REGISTRY/REPO:TAG` or `oci://REGISTRY/REPO@sha256:DIGEST`. Plain HTTP is used for
+loopback registries and with `insecure=True`; credentials come from arguments or a Docker config
+file (a dockerconfigjson pull secret mounted in a pod), as HTTP basic auth.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import oras.client
+import oras.defaults
+import requests
+
+from quantship import artifact
+
+SCHEME = "oci://"
+CONFIG_MEDIA_TYPE = "application/vnd.quantship.artifact.config.v1+json"
+"""The artifact type: what `quantship pull` and the operator accept, nothing else."""
+LAYER_MEDIA_TYPES = {
+    artifact.MODEL_FILE: "application/vnd.quantship.model.onnx",
+    artifact.REFERENCE_FILE: "application/vnd.quantship.reference.onnx",
+    artifact.MANIFEST_FILE: "application/vnd.quantship.manifest.v1+json",
+}
+MANIFEST_MEDIA_TYPE = "application/vnd.oci.image.manifest.v1+json"
+CONNECT_TIMEOUT_S = 5.0
+"""A registry that does not answer /v2/ within this is down: oras itself retries for minutes."""
+
+
+class OciError(Exception):
+    """The registry, the reference or the pulled content cannot be used; the message says why."""
+
+
+@dataclass(frozen=True)
+class Reference:
+    registry: str
+    repository: str
+    tag: str | None
+    digest: str | None
+
+    @classmethod
+    def parse(cls, uri: str) -> Reference:
+        if not uri.startswith(SCHEME):
+            raise OciError(f"{uri!r} is not an oci:// URI (oci://REGISTRY/REPO:TAG or @sha256:DIGEST)")
+        rest = uri.removeprefix(SCHEME)
+        registry, _, path = rest.partition("/")
+        if not registry or not path:
+            raise OciError(f"{uri!r} names no repository (oci://REGISTRY/REPO:TAG)")
+        digest = None
+        if "@" in path:
+            path, _, digest = path.partition("@")
+            if not digest.startswith("sha256:") or len(digest) != len("sha256:") + 64:
+                raise OciError(f"{uri!r}: a digest is sha256: and 64 hex digits")
+        tag = None
+        name, colon, maybe_tag = path.rpartition(":")
+        if colon and "/" not in maybe_tag:
+            path, tag = name, maybe_tag
+        if tag is None and digest is None:
+            raise OciError(f"{uri!r} names no tag or digest (oci://REGISTRY/REPO:TAG)")
+        return cls(registry, path, tag, digest)
+
+    @property
+    def target(self) -> str:
+        """The reference as oras writes it."""
+        suffix = f"@{self.digest}" if self.digest else f":{self.tag}"
+        return f"{self.registry}/{self.repository}{suffix}"
+
+    def __str__(self) -> str:
+        return SCHEME + self.target
+
+    @property
+    def loopback(self) -> bool:
+        host = self.registry.rsplit(":", 1)[0].strip("[]")
+        return host in ("localhost", "::1") or host.startswith("127.")
+
+
+@dataclass(frozen=True)
+class Credentials:
+    username: str | None = None
+    password: str | None = None
+    docker_config: Path | None = None
+    """A Docker config.json (the content of a dockerconfigjson Secret)."""
+
+
+def push(root: Path, uri: str, *, credentials: Credentials | None = None, insecure: bool = False) -> str:
+    """Verify the artifact at `root` and push it to `uri` (a tag). Returns the pushed manifest's
+    digest, to pin with oci://REGISTRY/REPO@DIGEST."""
+    reference = Reference.parse(uri)
+    if reference.digest:
+        raise OciError(f"push to a tag, not a digest: {uri}")
+    loaded = artifact.load_artifact(root)
+    client = _client(reference, credentials, insecure)
+    with tempfile.TemporaryDirectory(prefix="quantship-push-") as tmp:
+        config = Path(tmp) / "config.json"
+        config.write_bytes((loaded.root / artifact.MANIFEST_FILE).read_bytes())
+        names = [*loaded.manifest["files"], artifact.MANIFEST_FILE]
+        files = [f"{loaded.root / name}:{LAYER_MEDIA_TYPES[name]}" for name in names]
+        response = _registry_call(
+            reference,
+            lambda: client.push(
+                target=reference.target,
+                files=files,
+                disable_path_validation=True,  # oras otherwise wants files under the working directory
+                manifest_config=f"{config}:{CONFIG_MEDIA_TYPE}",
+                manifest_annotations={"org.opencontainers.image.title": loaded.manifest["model"]["source"]},
+                quiet=True,
+            ),
+        )
+    digest = response.headers.get("Docker-Content-Digest")
+    if not digest:
+        raise OciError(f"{reference.registry} accepted the push but named no digest")
+    return str(digest)
+
+
+def pull(
+    uri: str,
+    dest: Path,
+    *,
+    credentials: Credentials | None = None,
+    insecure: bool = False,
+    public_key: Any = None,
+) -> artifact.Artifact:
+    """Pull the artifact at `uri` into `dest` (created; never half-written) and verify it."""
+    reference = Reference.parse(uri)
+    client = _client(reference, credentials, insecure)
+    container = client.get_container(reference.target)
+    manifest = _manifest(client, reference)
+    layers = manifest.get("layers", [])
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}-pull-", dir=dest.parent))
+    try:
+        for layer in layers:
+            name = (layer.get("annotations") or {}).get(oras.defaults.annotation_title, "")
+            if name not in LAYER_MEDIA_TYPES or layer.get("mediaType") != LAYER_MEDIA_TYPES[name]:
+                raise OciError(f"{reference}: layer {name or layer.get('digest')!r} is not a quantship file")
+            path = staging / name
+            _registry_call(
+                reference,
+                lambda layer=layer, path=path: client.download_blob(container, layer["digest"], str(path)),
+            )
+            if _sha256(path) != layer["digest"].removeprefix("sha256:"):
+                raise OciError(f"{reference}: layer {name} does not match its digest {layer['digest']}")
+        if not (staging / artifact.MANIFEST_FILE).is_file():
+            raise OciError(f"{reference} holds no {artifact.MANIFEST_FILE}")
+        loaded = artifact.load_artifact(staging, public_key=public_key)
+        if dest.exists():
+            raise OciError(f"{dest} exists; pull into a new directory")
+        staging.rename(dest)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return artifact.Artifact(dest, loaded.manifest, loaded.signed)
+
+
+def _manifest(client: oras.client.OrasClient, reference: Reference) -> dict[str, Any]:
+    """The image manifest, its digest checked when pulled by digest, its type checked always."""
+    container = client.get_container(reference.target)
+    url = f"{client.prefix}://{container.manifest_url()}"
+    response = _registry_call(
+        reference, lambda: client.do_request(url, "GET", headers={"Accept": MANIFEST_MEDIA_TYPE})
+    )
+    if response.status_code == 404:
+        raise OciError(f"{reference}: no such tag or digest in {reference.repository}")
+    if response.status_code in (401, 403):
+        raise OciError(f"{reference}: the registry refused the credentials ({response.status_code})")
+    if response.status_code != 200:
+        raise OciError(f"{reference}: the registry answered {response.status_code} {response.reason}")
+    if reference.digest and "sha256:" + hashlib.sha256(response.content).hexdigest() != reference.digest:
+        raise OciError(f"{reference}: the manifest served does not match the digest asked for")
+    try:
+        manifest = json.loads(response.content)
+    except ValueError as exc:
+        raise OciError(f"{reference}: the registry served a manifest that is not JSON") from exc
+    media_type = (manifest.get("config") or {}).get("mediaType")
+    if media_type != CONFIG_MEDIA_TYPE:
+        raise OciError(f"{reference} is not a quantship artifact (config media type {media_type!r})")
+    return manifest
+
+
+def _client(reference: Reference, credentials: Credentials | None, insecure: bool) -> oras.client.OrasClient:
+    """An oras client, after a quick look at /v2/: a registry that is down, or that refuses us,
+    is named at once (oras retries every request for minutes before giving up)."""
+    plain_http = insecure or reference.loopback
+    login = _login(reference, credentials)
+    url = f"{'http' if plain_http else 'https'}://{reference.registry}/v2/"
+    try:
+        answer = requests.get(url, auth=login, timeout=CONNECT_TIMEOUT_S)
+    except requests.RequestException as exc:
+        raise OciError(f"cannot reach the registry {reference.registry}: {type(exc).__name__}") from exc
+    if answer.status_code == 401 and login is None:
+        raise OciError(
+            f"{reference.registry} needs credentials: --username with QUANTSHIP_REGISTRY_PASSWORD, "
+            "or --docker-config"
+        )
+    if answer.status_code in (401, 403):
+        user = login[0] if login else "?"
+        raise OciError(f"{reference.registry} refused the credentials of {user!r}")
+    client = oras.client.OrasClient(hostname=reference.registry, insecure=plain_http, auth_backend="basic")
+    if login is not None:
+        client.auth.set_basic_auth(*login)
+    return client
+
+
+def _login(reference: Reference, credentials: Credentials | None) -> tuple[str, str] | None:
+    """(user, password) from the arguments, else from the Docker config's entry for the registry."""
+    if credentials is None:
+        return None
+    if credentials.username is not None and credentials.password is not None:
+        return credentials.username, credentials.password
+    if credentials.docker_config is None:
+        return None
+    try:
+        auths = json.loads(credentials.docker_config.read_text()).get("auths", {})
+    except (OSError, ValueError, AttributeError) as exc:
+        raise OciError(f"cannot read the Docker config {credentials.docker_config}: {exc}") from exc
+    entry = auths.get(reference.registry) or auths.get(f"https://{reference.registry}") or {}
+    if "username" in entry and "password" in entry:
+        return str(entry["username"]), str(entry["password"])
+    if "auth" in entry:
+        try:
+            user, _, password = base64.b64decode(entry["auth"]).decode().partition(":")
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise OciError(
+                f"the Docker config's auth for {reference.registry} is not base64 user:password"
+            ) from exc
+        return user, password
+    return None
+
+
+def _registry_call(reference: Reference, call: Any) -> Any:
+    try:
+        return call()
+    except oras.auth.AuthenticationException as exc:
+        raise OciError(f"{reference}: the registry refused the credentials: {exc}") from exc
+    except (requests.RequestException, ValueError) as exc:
+        message = str(exc)
+        if "401" in message or "Unauthorized" in message:
+            raise OciError(f"{reference}: the registry refused the credentials") from exc
+        raise OciError(f"{reference}: {message or type(exc).__name__}") from exc
+
+
+def _sha256(path: Path) -> str:
+    return artifact.sha256_file(path)

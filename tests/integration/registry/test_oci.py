@@ -1,0 +1,141 @@
+"""`quantship push` / `pull` against a real OCI registry on loopback (Debian's docker-registry)."""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from registry_harness import PASSWORD, USER, Registry
+
+from quantship import artifact, oci
+from quantship.cli import main
+from quantship.local.prometheus import free_port
+
+
+def _same_files(a: Path, b: Path) -> bool:
+    names = [artifact.MODEL_FILE, artifact.REFERENCE_FILE, artifact.MANIFEST_FILE]
+    return all((a / n).read_bytes() == (b / n).read_bytes() for n in names)
+
+
+def test_an_artifact_pushed_by_tag_pulls_back_identical_by_tag_and_by_digest(
+    registry: Registry, good_artifact: artifact.Artifact, tmp_path: Path
+) -> None:
+    uri = registry.uri("quantship/digits:good")
+    digest = oci.push(good_artifact.root, uri)
+    assert digest.startswith("sha256:")
+    by_tag = oci.pull(uri, tmp_path / "by-tag")
+    by_digest = oci.pull(registry.uri(f"quantship/digits@{digest}"), tmp_path / "by-digest")
+    assert by_tag.digest == by_digest.digest == good_artifact.digest
+    assert _same_files(good_artifact.root, by_tag.root) and _same_files(good_artifact.root, by_digest.root)
+    assert by_tag.gate_passed
+
+
+def test_the_signature_travels_with_the_artifact(
+    registry: Registry, good_artifact: artifact.Artifact, tmp_path: Path
+) -> None:
+    import shutil
+
+    from quantship.quantize import package_fp32
+
+    artifact.generate_keypair(tmp_path / "key.pem", tmp_path / "key.pub")
+    signed = package_fp32(
+        good_artifact.reference_path,  # type: ignore[arg-type]
+        tmp_path / "signed",
+        sign_key=artifact.load_private_key(tmp_path / "key.pem"),
+    )
+    oci.push(signed.root, registry.uri("quantship/signed:v1"))
+    public = artifact.load_public_key(tmp_path / "key.pub")
+    pulled = oci.pull(registry.uri("quantship/signed:v1"), tmp_path / "pulled", public_key=public)
+    assert pulled.signed
+    shutil.rmtree(tmp_path / "pulled")
+    artifact.generate_keypair(tmp_path / "other.pem", tmp_path / "other.pub")
+    with pytest.raises(artifact.ArtifactError):
+        oci.pull(
+            registry.uri("quantship/signed:v1"),
+            tmp_path / "pulled",
+            public_key=artifact.load_public_key(tmp_path / "other.pub"),
+        )
+    assert not (tmp_path / "pulled").exists()
+
+
+@pytest.mark.parametrize(
+    ("path", "message"),
+    [
+        ("quantship/digits:no-such-tag", "no such tag or digest"),
+        ("quantship/digits@sha256:" + "0" * 64, "no such tag or digest"),
+        ("quantship/digits", "names no tag or digest"),
+    ],
+)
+def test_a_missing_tag_or_digest_is_named(
+    registry: Registry, good_artifact: artifact.Artifact, tmp_path: Path, path: str, message: str
+) -> None:
+    oci.push(good_artifact.root, registry.uri("quantship/digits:good"))
+    with pytest.raises(oci.OciError, match=message):
+        oci.pull(registry.uri(path), tmp_path / "a")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_registry_that_is_down_is_named_at_once(good_artifact: artifact.Artifact, tmp_path: Path) -> None:
+    uri = f"oci://127.0.0.1:{free_port()}/quantship/digits:v1"
+    with pytest.raises(oci.OciError, match="cannot reach the registry"):
+        oci.push(good_artifact.root, uri)
+    with pytest.raises(oci.OciError, match="cannot reach the registry"):
+        oci.pull(uri, tmp_path / "a")
+
+
+def test_basic_auth_refuses_strangers_and_admits_credentials_and_docker_configs(
+    auth_registry: Registry, good_artifact: artifact.Artifact, tmp_path: Path
+) -> None:
+    uri = auth_registry.uri("quantship/digits:v1")
+    with pytest.raises(oci.OciError, match="needs credentials"):
+        oci.push(good_artifact.root, uri)
+    with pytest.raises(oci.OciError, match="refused the credentials"):
+        oci.push(good_artifact.root, uri, credentials=oci.Credentials(USER, "wrong"))
+    oci.push(good_artifact.root, uri, credentials=oci.Credentials(USER, PASSWORD))
+    # A dockerconfigjson pull secret, as the operator mounts it.
+    config = tmp_path / "config.json"
+    token = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+    config.write_text(json.dumps({"auths": {auth_registry.address: {"auth": token}}}))
+    pulled = oci.pull(uri, tmp_path / "a", credentials=oci.Credentials(docker_config=config))
+    assert pulled.digest == good_artifact.digest
+
+
+def _blob_path(registry_root: Path, digest: str) -> Path:
+    hexdigest = digest.removeprefix("sha256:")
+    return registry_root / "data/docker/registry/v2/blobs/sha256" / hexdigest[:2] / hexdigest / "data"
+
+
+def test_a_tampered_layer_is_refused_and_nothing_is_left_on_disk(
+    registry: Registry, good_artifact: artifact.Artifact, tmp_path: Path
+) -> None:
+    uri = registry.uri("quantship/tampered:v1")
+    oci.push(good_artifact.root, uri)
+    model_digest = "sha256:" + good_artifact.manifest["files"][artifact.MODEL_FILE]["sha256"]
+    blob = _blob_path(registry.root, model_digest)
+    original = blob.read_bytes()
+    blob.write_bytes(original[:-16] + bytes(16))
+    try:
+        with pytest.raises(oci.OciError, match="does not match its digest"):
+            oci.pull(uri, tmp_path / "a")
+        assert list(tmp_path.iterdir()) == []
+    finally:
+        blob.write_bytes(original)
+
+
+def test_the_cli_pushes_and_pulls(
+    registry: Registry, good_artifact: artifact.Artifact, tmp_path: Path
+) -> None:
+    uri = registry.uri("quantship/cli:v1")
+    pushed = CliRunner().invoke(main, ["push", str(good_artifact.root), uri])
+    assert pushed.exit_code == 0, pushed.stderr
+    assert "@sha256:" in pushed.stdout
+    pulled = CliRunner().invoke(main, ["pull", uri, "-o", str(tmp_path / "a")])
+    assert pulled.exit_code == 0, pulled.stderr
+    assert artifact.load_artifact(tmp_path / "a").digest == good_artifact.digest
+    nope = registry.uri("quantship/cli:nope")
+    missing = CliRunner().invoke(main, ["pull", nope, "-o", str(tmp_path / "b")])
+    assert missing.exit_code != 0 and len(missing.stderr.strip().splitlines()) == 1
+    assert "no such tag or digest" in missing.stderr
