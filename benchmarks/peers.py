@@ -1,0 +1,341 @@
+"""quantship against its peers, KServe and MLServer, and raw onnxruntime: same ONNX files, same load.
+
+For each model (digits FP32 and INT8, an MLP 784-2048-2048-10 FP32) and concurrency (1, 8, 32):
+wrk 4.1 (Debian's `wrk`) on core 0 sends the same one-row JSON v2 request to each server, pinned to
+core 1, for a warm-up then `PEERS_SECONDS`; every server runs one process and one onnxruntime
+intra-op thread; quantship runs its default SLIs (shadow 5%, clip 5% where the artifact has them).
+Raw onnxruntime is one thread calling session.run on one row, in this process. Each cell prints
+req/s, p50/p99, the server's CPU time per request (/proc/PID/stat), and the 1-minute load average
+at the end of the cell: figures from a loaded machine are not figures.
+
+The peers go into their own virtualenvs under build/peers/ (created on first use, git-ignored,
+never .venv): `kserve==0.21.*` and `mlserver==1.7.1`, each with onnxruntime. A peer that cannot
+be installed (no network) is left out of the table with the reason. wrk must be on PATH: as root
+this installs it (`apt-get install -y wrk`), otherwise it says so and stops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+from rich.console import Console
+from rich.table import Table
+
+from benchmarks import peer_servers
+from quantship import artifact, runtime, zoo
+from quantship.local.processes import ServerProcess
+from quantship.local.prometheus import free_port
+from quantship.quantize import QuantizeConfig
+from quantship.quantize import run as quantize
+
+ROOT = Path(__file__).resolve().parents[1]
+PEERS_DIR = ROOT / "build" / "peers"
+PEERS = {"kserve": ["kserve==0.21.*", "onnxruntime"], "mlserver": ["mlserver==1.7.1", "onnxruntime"]}
+CONCURRENCY = (1, 8, 32)
+SECONDS = int(os.environ.get("PEERS_SECONDS", 5))
+WARMUP_S = 1
+LOAD_CORE, SERVER_CORE = "0", "1"
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass(frozen=True)
+class Model:
+    name: str
+    onnx_path: Path
+    artifact: Path
+    body: str
+
+
+@dataclass(frozen=True)
+class Cell:
+    per_s: float
+    p50_ms: float
+    p99_ms: float
+    cpu_us: float | None
+    load: float
+    errors: int
+
+
+# -- tools and peers ---------------------------------------------------------------------------
+
+
+def ensure_wrk() -> str:
+    found = shutil.which("wrk")
+    if found:
+        return found
+    if os.geteuid() == 0 and shutil.which("apt-get"):
+        subprocess.run(["apt-get", "install", "-y", "--no-install-recommends", "wrk"], check=True)
+        found = shutil.which("wrk")
+    if not found:
+        raise SystemExit("wrk is not installed: `apt-get install wrk` (Debian/Ubuntu) as root, then rerun")
+    return found
+
+
+def peer_python(name: str) -> Path | str:
+    """The peer's virtualenv python, created and installed on first use; a string says why not."""
+    env = PEERS_DIR / name
+    python = env / "bin" / "python"
+    marker = env / ".installed"
+    if marker.exists():
+        return python
+    subprocess.run([sys.executable, "-m", "venv", str(env)], check=True)
+    installed = subprocess.run(
+        [str(python), "-m", "pip", "install", "--quiet", *PEERS[name]], capture_output=True, text=True
+    )
+    if installed.returncode != 0:
+        return f"pip install {' '.join(PEERS[name])} failed: {installed.stderr.strip()[-300:]}"
+    marker.touch()
+    return python
+
+
+# -- models --------------------------------------------------------------------------------------
+
+
+def build_mlp(path: Path, sizes: tuple[int, ...] = (784, 2048, 2048, 10)) -> Path:
+    """A compute-heavy FP32 MLP with random weights: ~5.8 M multiply-adds a row."""
+    rng = np.random.default_rng(0)
+    nodes, weights, previous = [], [], "X"
+    for index, (fan_in, fan_out) in enumerate(itertools.pairwise(sizes)):
+        w = numpy_helper.from_array(
+            (rng.standard_normal((fan_in, fan_out)) / fan_in**0.5).astype(np.float32), f"W{index}"
+        )
+        b = numpy_helper.from_array(np.zeros(fan_out, dtype=np.float32), f"B{index}")
+        weights += [w, b]
+        out = "logits" if index == len(sizes) - 2 else f"h{index}"
+        nodes.append(
+            helper.make_node("Gemm", [previous, w.name, b.name], [f"g{index}" if out != "logits" else out])
+        )
+        if out != "logits":
+            nodes.append(helper.make_node("Relu", [f"g{index}"], [out]))
+        previous = out
+    graph = helper.make_graph(
+        nodes, "mlp",
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["N", sizes[0]])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", sizes[-1]])],
+        weights,
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, path)
+    return path
+
+
+def _fp32_artifact(model: Path, out: Path) -> Path:
+    manifest = {"quantization": {"precision": "fp32", "mode": "none"}}
+    return artifact.write_artifact(out, {artifact.MODEL_FILE: model}, manifest).root
+
+
+def _body(width: int, row: np.ndarray) -> str:
+    data = [round(float(v), 4) for v in row.ravel()]
+    return json.dumps({"inputs": [{"name": "X", "shape": [1, width], "datatype": "FP32", "data": data}]})
+
+
+def models(workdir: Path) -> list[Model]:
+    sample = zoo.build_digits(workdir / "peers-zoo")
+    digits_row = np.load(sample.requests)[zoo.INPUT_NAME][0]
+    int8 = quantize(
+        sample.model, workdir / "peers-digits-int8", QuantizeConfig(), calibration=sample.calibration
+    )
+    mlp = build_mlp(workdir / "mlp.onnx")
+    mlp_row = np.random.default_rng(1).random(784, dtype=np.float32)
+    return [
+        Model("digits FP32", sample.model, _fp32_artifact(sample.model, workdir / "peers-digits-fp32"),
+              _body(64, digits_row)),
+        Model("digits INT8", int8.artifact.model_path, int8.artifact.root, _body(64, digits_row)),
+        Model("MLP 784-2048-2048-10", mlp, _fp32_artifact(mlp, workdir / "peers-mlp"), _body(784, mlp_row)),
+    ]  # fmt: skip
+
+
+# -- servers ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Running:
+    url: str
+    pid: int
+
+
+def _pin(pid: int) -> None:
+    for task in os.listdir(f"/proc/{pid}/task"):
+        subprocess.run(["taskset", "-pc", SERVER_CORE, task], capture_output=True)
+
+
+def _wait(url: str, body: str, process: subprocess.Popen[bytes] | None, timeout: float = 120) -> None:
+    deadline, seen = time.monotonic() + timeout, "nothing"
+    while time.monotonic() < deadline and (process is None or process.poll() is None):
+        try:
+            answer = httpx.post(url, content=body, headers={"Content-Type": "application/json"}, timeout=10)
+            if answer.status_code == 200:
+                return
+            seen = f"{answer.status_code} {answer.text[:200]}"
+        except httpx.TransportError as exc:
+            seen = repr(exc)
+        time.sleep(0.2)
+    raise RuntimeError(f"{url} never answered 200 (last: {seen})")
+
+
+@contextmanager
+def quantship(model: Model, workdir: Path) -> Iterator[Running]:
+    server = ServerProcess(
+        model.artifact, model="m", revision="bench",
+        extra_args=["--threads", "1", "--log-level", "warning"], log_path=workdir / "quantship.log",
+    )  # fmt: skip
+    server.start()
+    try:
+        asyncio.run(server.wait_ready())
+        assert server.pid is not None
+        _wait(f"{server.url}/v2/models/m/infer", model.body, None)
+        _pin(server.pid)
+        yield Running(server.url, server.pid)
+    finally:
+        server.stop()
+
+
+@contextmanager
+def peer(name: str, python: Path, model: Model, workdir: Path) -> Iterator[Running]:
+    port = free_port()
+    home = workdir / f"{name}-{model.name.split()[0]}"
+    home.mkdir(exist_ok=True)
+    env = {**os.environ, "PEER_MODEL_NAME": "m", "PEER_MODEL_PATH": str(model.onnx_path)}
+    if name == "kserve":
+        (home / "server.py").write_text(peer_servers.KSERVE)
+        command = [str(python), "server.py", "--http_port", str(port), "--grpc_port", str(free_port()),
+                   "--workers", "1", "--enable_latency_logging", "false"]  # fmt: skip
+    else:
+        (home / "runtime.py").write_text(peer_servers.MLSERVER_RUNTIME)
+        settings = {"http_port": port, "grpc_port": free_port(), "metrics_port": free_port(),
+                    "parallel_workers": 0, "host": "127.0.0.1"}  # fmt: skip
+        (home / "settings.json").write_text(json.dumps(settings))
+        model_settings = {"name": "m", "implementation": "runtime.OnnxRuntime",
+                          "parameters": {"uri": str(model.onnx_path)}}  # fmt: skip
+        (home / "model-settings.json").write_text(json.dumps(model_settings))
+        command = [str(python.parent / "mlserver"), "start", "."]
+    with open(home / "server.log", "wb") as log:
+        process = subprocess.Popen(command, cwd=home, env=env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            url = f"http://127.0.0.1:{port}"
+            _wait(f"{url}/v2/models/m/infer", model.body, process)
+            _pin(process.pid)
+            yield Running(url, process.pid)
+        finally:
+            process.terminate()
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+# -- measuring -----------------------------------------------------------------------------------
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def _wrk(wrk: str, url: str, script: Path, concurrency: int, seconds: int) -> str:
+    command = ["taskset", "-c", LOAD_CORE, wrk, "-t1", f"-c{concurrency}", f"-d{seconds}s", "--latency",
+               "-s", str(script), f"{url}/v2/models/m/infer"]  # fmt: skip
+    return subprocess.run(command, capture_output=True, text=True, check=True).stdout
+
+
+def _ms(text: str, percent: int) -> float:
+    found = re.search(rf"^\s+{percent}%\s+([\d.]+)(us|ms|s)\s*$", text, re.MULTILINE)
+    if found is None:
+        return float("nan")
+    return float(found.group(1)) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[found.group(2)]
+
+
+def measure(wrk: str, server: Running, script: Path, concurrency: int) -> Cell:
+    _wrk(wrk, server.url, script, concurrency, WARMUP_S)
+    before = _cpu_seconds(server.pid)
+    out = _wrk(wrk, server.url, script, concurrency, SECONDS)
+    used = _cpu_seconds(server.pid) - before
+    per_s = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    requests = per_s * SECONDS
+    return Cell(per_s, _ms(out, 50), _ms(out, 99), used / requests * 1e6 if requests else None,
+                os.getloadavg()[0], int(errors.group(1)) if errors else 0)  # fmt: skip
+
+
+def raw_calls_per_s(model: Path, width: int) -> float:
+    session = runtime.create_session(model, threads=1)
+    feed = {"X": np.zeros((1, width), dtype=np.float32)}
+    for _ in range(20):
+        session.run(None, feed)
+    calls, deadline = 0, time.perf_counter() + 1.0
+    while time.perf_counter() < deadline:
+        session.run(None, feed)
+        calls += 1
+    return calls
+
+
+# -- the run ---------------------------------------------------------------------------------------
+
+
+def run(workdir: Path) -> None:
+    console = Console(width=200)
+    wrk = ensure_wrk()
+    hardware = runtime.hardware()
+    pythons: dict[str, Path] = {}
+    for name in PEERS:
+        found = peer_python(name)
+        if isinstance(found, Path):
+            pythons[name] = found
+        else:
+            console.print(f"[yellow]{name} left out[/]: {found}")
+    console.print(
+        f"{time.strftime('%Y-%m-%d')}, CPU: {hardware.cpu}, {os.cpu_count()} cores; wrk on core {LOAD_CORE}, "
+        f"each server pinned to core {SERVER_CORE}; one onnxruntime thread each; {SECONDS} s a cell"
+    )
+    table = Table(
+        title="quantship vs peers: one-row JSON v2 requests (req/s, p50/p99 ms, server CPU µs a request)"
+    )
+    for column in ("model", "c", "quantship", *pythons, "raw ORT b1", "quantship / peers", "of raw", "load"):
+        table.add_column(column, justify="left" if column == "model" else "right")
+    for model in models(workdir):
+        script = workdir / "post.lua"
+        script.write_text(f'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
+                          f"wrk.body = [[{model.body}]]\n")  # fmt: skip
+        width = json.loads(model.body)["inputs"][0]["shape"][1]
+        raw = raw_calls_per_s(model.onnx_path, width)
+        cells: dict[tuple[str, int], Cell] = {}
+        with quantship(model, workdir) as server:
+            for c in CONCURRENCY:
+                cells["quantship", c] = measure(wrk, server, script, c)
+        for name, python in pythons.items():
+            with peer(name, python, model, workdir) as server:
+                for c in CONCURRENCY:
+                    cells[name, c] = measure(wrk, server, script, c)
+        for c in CONCURRENCY:
+            ours = cells["quantship", c]
+            ratios = " / ".join(f"{ours.per_s / cells[name, c].per_s:.2f}x" for name in pythons)
+            loads = max(cells[name, c].load for name in ("quantship", *pythons))
+            table.add_row(
+                model.name, str(c), _cell(ours), *(_cell(cells[name, c]) for name in pythons),
+                f"{raw:,.0f}", ratios, f"{ours.per_s / raw:.0%}", f"{loads:.2f}",
+            )  # fmt: skip
+    console.print(table)
+    console.print("load: the highest 1-minute load average seen at the end of the cell's runs (2 cores)")
+
+
+def _cell(cell: Cell) -> str:
+    cpu = "" if cell.cpu_us is None else f" {cell.cpu_us:.0f}µs"
+    errors = f" [red]{cell.errors} errors[/]" if cell.errors else ""
+    return f"{cell.per_s:,.0f} {cell.p50_ms:.1f}/{cell.p99_ms:.1f}{cpu}{errors}"
