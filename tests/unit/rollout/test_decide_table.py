@@ -313,13 +313,18 @@ class CoarseRouter(MemoryRouter):
 async def test_what_a_coarse_router_achieves_is_folded_into_the_status_and_reason(
     make_spec: Callable[..., RolloutSpec], workloads: MemoryWorkloads
 ) -> None:
-    decision = decide(AT_STEP_1, Observations(now=NOW, analysis=PASS), make_spec())
+    earlier = AT_STEP_1.with_history(NOW - 60, "SetWeight", "canary v2 is ready; canary at 5%")
+    decision = decide(earlier, Observations(now=NOW, analysis=PASS), make_spec())
 
     applied = await apply(decision, workloads=workloads, router=CoarseRouter())
+    exact = await apply(decision, workloads=workloads, router=MemoryRouter())
 
     assert decision.status.weight == 25 and applied.status.achieved_weight == pytest.approx(100 / 3)
     assert applied.reason.endswith("(the router achieves 33.3%)")
     assert applied.status.message == applied.reason == applied.status.history[-1]["reason"]
+    assert applied.status.history[:-1] == decision.status.history[:-1] == earlier.history
+    assert {**applied.status.history[-1], "reason": ""} == {**decision.status.history[-1], "reason": ""}
+    assert exact.reason == decision.reason and exact.status == replace(decision.status, achieved_weight=25.0)
 
 
 @pytest.mark.looptime
