@@ -776,6 +776,11 @@ def keygen(private_path: Path, public_path: Path) -> None:
 @click.option(
     "--cross-host-redirects", is_flag=True, help="Follow redirects to other hosts (refused by default)."
 )
+@click.option(
+    "--registry-config",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="oci://: a Docker config.json with the registry's credentials (a mounted pull secret).",
+)
 @user_errors
 def fetch(
     uri: str,
@@ -785,8 +790,10 @@ def fetch(
     timeout: float,
     max_bytes: int,
     cross_host_redirects: bool,
+    registry_config: Path | None,
 ) -> None:
-    """Fetch the artifact at URI (file://, pvc://, http(s)://...tar.gz), verify it, install it as DEST."""
+    """Fetch the artifact at URI (file://, pvc://, http(s)://...tar.gz, oci://), verify it, install it
+    as DEST."""
     from quantship.operator import fetch as fetch_module
 
     try:
@@ -798,6 +805,7 @@ def fetch(
             timeout=timeout,
             max_bytes=max_bytes,
             cross_host_redirects=cross_host_redirects,
+            registry_config=registry_config,
         )
     except fetch_module.FetchError as exc:
         raise Refused(str(exc)) from exc

@@ -46,7 +46,7 @@ WINDOWS_IN_ORDER = {
 """spec.analysis's CEL rule (the operator checks it again for objects stored before it existed)."""
 
 DURATION_PATTERN = r"^([0-9]+h)?([0-9]+m)?([0-9]+s)?$"
-URI_PATTERN = r"^(file|pvc|https?)://.+"
+URI_PATTERN = r"^(file|pvc|https?|oci)://.+"
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 
 
@@ -139,7 +139,14 @@ def _artifact_schema() -> dict[str, Any]:
                 "type": "string",
                 "pattern": URI_PATTERN,
                 "description": "file:///path (on the node image), pvc://CLAIM/PATH (a PersistentVolumeClaim "
-                "in this namespace, mounted read-only), or http(s)://.../artifact.tar.gz.",
+                "in this namespace, mounted read-only), http(s)://.../artifact.tar.gz, or "
+                "oci://REGISTRY/REPO:TAG or @sha256:DIGEST (quantship push).",
+            },
+            "pullSecret": {
+                "type": "string",
+                "pattern": DNS_LABEL,
+                "description": "For oci://: a Secret of type kubernetes.io/dockerconfigjson with the "
+                "registry's credentials (as for imagePullSecrets).",
             },
             "publicKeySecret": {
                 "type": "string",

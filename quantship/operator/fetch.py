@@ -1,7 +1,9 @@
 """`quantship fetch URI DIR`: put a verified artifact into DIR. The model servers' init container.
 
 URI is file:///path (a directory or .tar.gz on a mounted file system), pvc://CLAIM/PATH (the
-claim is mounted read-only under --pvc-root) or http(s)://HOST/PATH.tar.gz. The artifact lands
+claim is mounted read-only under --pvc-root), http(s)://HOST/PATH.tar.gz, or
+oci://REGISTRY/REPO:TAG|@DIGEST (pulled with `quantship.oci`, credentials from a Docker config
+such as a mounted dockerconfigjson pull secret). The artifact lands
 in a scratch directory next to DIR, is verified there with `artifact.load_artifact` (hashes, and
 the signature when a public key is given), and only then renamed to DIR: a server never starts on
 a half-copied or tampered artifact.
@@ -21,7 +23,7 @@ from pathlib import Path
 
 import httpx
 
-from quantship import artifact
+from quantship import artifact, oci
 
 
 class FetchError(Exception):
@@ -41,9 +43,11 @@ def source_path(uri: str, pvc_root: Path) -> Path | None:
             if ".." in Path(relative).parts:
                 raise FetchError(f"{uri}: the path must stay inside the claim")
             return pvc_root / parsed.netloc / relative
-        case "http" | "https":
+        case "http" | "https" | "oci":
             return None
-    raise FetchError(f"{uri}: unsupported scheme {parsed.scheme!r} (use file://, pvc:// or http(s)://)")
+    raise FetchError(
+        f"{uri}: unsupported scheme {parsed.scheme!r} (use file://, pvc://, http(s):// or oci://)"
+    )
 
 
 MAX_DOWNLOAD_BYTES = 8 * 2**30
@@ -119,13 +123,24 @@ def fetch(
     timeout: float = 120.0,
     max_bytes: int = MAX_DOWNLOAD_BYTES,
     cross_host_redirects: bool = False,
+    registry_config: Path | None = None,
 ) -> artifact.Artifact:
     """Fetch, verify and install the artifact at `uri` as `dest`. Raises FetchError or ArtifactError.
-    `max_bytes` caps the download; its archive may unpack to twice that (`artifact.ArchiveLimits`)."""
+    `max_bytes` caps the download; its archive may unpack to twice that (`artifact.ArchiveLimits`).
+    `registry_config`: a Docker config.json with the oci:// registry's credentials."""
     key = artifact.load_public_key(public_key) if public_key else None
     dest.parent.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=dest.parent))
     try:
+        if uri.startswith(oci.SCHEME):
+            credentials = oci.Credentials(docker_config=registry_config)
+            try:
+                pulled = oci.pull(uri, scratch / "artifact", credentials=credentials, public_key=key)
+            except oci.OciError as exc:
+                raise FetchError(str(exc)) from exc
+            shutil.rmtree(dest, ignore_errors=True)
+            pulled.root.rename(dest)
+            return artifact.load_artifact(dest, public_key=key)
         source = source_path(uri, pvc_root)
         if source is None:
             name = Path(urllib.parse.urlparse(uri).path).name

@@ -29,6 +29,8 @@ MODEL_DIR = f"{ARTIFACT_DIR}/model"
 PVC_ROOT = "/mnt/pvc"
 KEY_DIR = "/etc/quantship/keys"
 KEY_FILE = "public.pem"
+REGISTRY_DIR = "/etc/quantship/registry"
+"""The pull secret of an oci:// artifact, mounted for the fetch init container only."""
 RUN_AS = 10001  # the user of the server image (server/Dockerfile)
 MANAGED_BY = {"app.kubernetes.io/managed-by": "quantship"}
 
@@ -62,6 +64,8 @@ def fetch_command(spec: ModelSpec) -> list[str]:
     command = ["quantship", "fetch", spec.artifact_uri, MODEL_DIR, "--pvc-root", PVC_ROOT]
     if spec.public_key_secret:
         command += ["--public-key", f"{KEY_DIR}/{KEY_FILE}"]
+    if spec.pull_secret:
+        command += ["--registry-config", f"{REGISTRY_DIR}/config.json"]
     return command
 
 
@@ -96,7 +100,19 @@ def _volumes(spec: ModelSpec) -> tuple[list[dict[str, Any]], list[dict[str, Any]
     if spec.public_key_secret:
         volumes.append({"name": "keys", "secret": {"secretName": spec.public_key_secret}})
         mounts.append({"name": "keys", "mountPath": KEY_DIR, "readOnly": True})
+    if spec.pull_secret:
+        # A dockerconfigjson Secret keeps its config under this key; fetch reads it as config.json.
+        items = [{"key": ".dockerconfigjson", "path": "config.json"}]
+        volumes.append({"name": "registry", "secret": {"secretName": spec.pull_secret, "items": items}})
     return volumes, mounts
+
+
+def _fetch_mounts(spec: ModelSpec, shared: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The init container's mounts: the shared ones, and the registry's pull secret, which the
+    model server never needs to see."""
+    if not spec.pull_secret:
+        return shared
+    return [*shared, {"name": "registry", "mountPath": REGISTRY_DIR, "readOnly": True}]
 
 
 CONTAINER_SECURITY = {
@@ -166,7 +182,7 @@ def deployment(
                             "image": spec.image,
                             "command": fetch_command(spec),
                             "securityContext": CONTAINER_SECURITY,
-                            "volumeMounts": mounts,
+                            "volumeMounts": _fetch_mounts(spec, mounts),
                         }
                     ],
                     "containers": [

@@ -58,6 +58,8 @@ class ModelSpec:
     """The model's name in the inference API and the `model` label of its metrics."""
     artifact_uri: str
     public_key_secret: str | None
+    pull_secret: str | None
+    """A dockerconfigjson Secret with the oci:// registry's credentials."""
     image: str
     replicas: int
     resources: Mapping[str, Any]
@@ -129,6 +131,7 @@ class ModelSpec:
             model=model,
             artifact_uri=spec["artifact"]["uri"],
             public_key_secret=spec["artifact"].get("publicKeySecret"),
+            pull_secret=spec["artifact"].get("pullSecret"),
             image=spec["image"],
             replicas=int(spec["replicas"]),
             resources=dict(spec.get("resources") or {}),

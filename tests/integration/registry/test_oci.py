@@ -139,3 +139,22 @@ def test_the_cli_pushes_and_pulls(
     missing = CliRunner().invoke(main, ["pull", nope, "-o", str(tmp_path / "b")])
     assert missing.exit_code != 0 and len(missing.stderr.strip().splitlines()) == 1
     assert "no such tag or digest" in missing.stderr
+
+
+def test_the_operators_fetch_installs_an_oci_artifact_by_tag_and_digest_with_a_pull_secret(
+    auth_registry: Registry, good_artifact: artifact.Artifact, tmp_path: Path
+) -> None:
+    from quantship.operator import fetch
+
+    uri = auth_registry.uri("quantship/fetched:v1")
+    digest = oci.push(good_artifact.root, uri, credentials=oci.Credentials(USER, PASSWORD))
+    config = tmp_path / "config.json"  # the dockerconfigjson Secret's content, as mounted
+    token = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+    config.write_text(json.dumps({"auths": {auth_registry.address: {"auth": token}}}))
+    by_tag = fetch.fetch(uri, tmp_path / "model", registry_config=config)
+    pinned = auth_registry.uri(f"quantship/fetched@{digest}")
+    by_digest = fetch.fetch(pinned, tmp_path / "pinned", registry_config=config)
+    assert by_tag.digest == by_digest.digest == good_artifact.digest
+    with pytest.raises(fetch.FetchError, match="needs credentials"):
+        fetch.fetch(uri, tmp_path / "anonymous")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "model", "pinned"]

@@ -110,3 +110,21 @@ def test_replica_split_is_as_close_as_whole_pods_allow(
     replicas: int, weight: int, expected: tuple[int, int]
 ) -> None:
     assert split(replicas, weight) == expected
+
+
+def test_an_oci_artifact_with_a_pull_secret_mounts_it_for_the_fetch_container_only() -> None:
+    uri = "oci://registry.example:5000/models/digits@sha256:" + "a" * 64
+    spec = model(artifact={"uri": uri, "pullSecret": "registry-creds"})
+    body = resources.deployment(spec, spec.revision, Track.CANARY, 1, OWNER)
+    kubernetes_validate.validate(body, "1.30", strict=True)
+    pod = body["spec"]["template"]["spec"]
+    server, fetch = pod["containers"][0], pod["initContainers"][0]
+    assert fetch["command"][:4] == ["quantship", "fetch", uri, resources.MODEL_DIR]
+    assert fetch["command"][-2:] == ["--registry-config", f"{resources.REGISTRY_DIR}/config.json"]
+    secret = next(v for v in pod["volumes"] if v["name"] == "registry")["secret"]
+    assert secret == {
+        "secretName": "registry-creds",
+        "items": [{"key": ".dockerconfigjson", "path": "config.json"}],
+    }
+    assert any(m["mountPath"] == resources.REGISTRY_DIR for m in fetch["volumeMounts"])
+    assert not any(m["mountPath"] == resources.REGISTRY_DIR for m in server["volumeMounts"])
