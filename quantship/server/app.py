@@ -282,7 +282,6 @@ def _lifespan(
             yield
         finally:
             budget.begin()
-            service.stop_accepting()
             if rpc is not None:
                 await rpc.stop(budget.left())
             await service.close(budget.left())
@@ -353,7 +352,7 @@ class _Server(uvicorn.Server):
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         budget: ShutdownBudget = self.app.state.shutdown
         budget.begin()
-        self.app.state.service.stop_accepting()
+        self.app.state.service.hurry()
         self.config.timeout_graceful_shutdown = math.ceil(budget.left())
         await super().shutdown(sockets)
 

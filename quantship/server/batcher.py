@@ -11,6 +11,7 @@ whose first dimension is not a batch dimension runs one request per call, throug
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Sequence
 from concurrent.futures import Executor
@@ -47,6 +48,13 @@ class _Timeout:
 _TIMEOUT = _Timeout()
 
 
+class _Wake:
+    """Put in the queue by `hurry`: the worker stops waiting for batch-mates."""
+
+
+_WAKE = _Wake()
+
+
 @dataclass(eq=False)
 class _Job:
     inputs: Tensors
@@ -71,9 +79,8 @@ class Batcher:
         self.delay = settings.max_queue_delay_ms / 1000
         self.executor = executor
         self.observer = observer if observer is not None else _NoObserver()
-        self._queue: asyncio.Queue[_Job | None] = asyncio.Queue(settings.max_queue_size)
+        self._queue: asyncio.Queue[_Job | _Wake | None] = asyncio.Queue(settings.max_queue_size)
         self._task: asyncio.Task[None] | None = None
-        self._stopper: asyncio.Task[None] | None = None
         self._closing = False
 
     def start(self) -> None:
@@ -94,20 +101,23 @@ class Batcher:
             ) from None
         return await job.future
 
-    def stop_accepting(self) -> None:
-        """Refuse new requests and run the queued ones now, without waiting for batch-mates: shutdown
-        has begun, and a request held for a queue delay would only eat the drain budget."""
-        if self._closing:
-            return
-        self._closing = True
-        if self._task is not None:  # the sentinel goes after every queued job: they all run first
-            self._stopper = asyncio.create_task(self._queue.put(None), name="batcher stop")
+    def hurry(self) -> None:
+        """Shutdown has begun: stop waiting for batch-mates, since a request held for a queue delay
+        would only eat the drain budget. Requests are still taken (one may be between its checks and
+        `submit`) until `close`."""
+        self.delay = 0.0
+        with contextlib.suppress(asyncio.QueueFull):  # a full queue: the worker is not waiting
+            self._queue.put_nowait(_WAKE)
 
     async def close(self) -> None:
         """Refuse new requests, finish the queued ones, stop the worker."""
-        self.stop_accepting()
-        if self._task is not None:
-            await self._task
+        if self._closing:
+            return
+        self._closing = True
+        if self._task is None:
+            return
+        await self._queue.put(None)  # after every queued job: they all run first
+        await self._task
 
     async def _work(self) -> None:
         carry: _Job | None = None
@@ -116,6 +126,8 @@ class Batcher:
             carry = None
             if first is None:
                 return
+            if isinstance(first, _Wake):
+                continue
             batch, rows, stopping = [first], first.rows, False
             deadline = first.enqueued + self.delay
             while self.batchable and rows < self.max_rows:
@@ -137,16 +149,16 @@ class Batcher:
     async def _next(self, deadline: float) -> _Job | _Timeout | None:
         """The next waiting job, waiting for one until `deadline` (loop time); _TIMEOUT if none came."""
         try:
-            return self._queue.get_nowait()
+            job = self._queue.get_nowait()
         except asyncio.QueueEmpty:
-            pass
-        remaining = deadline - asyncio.get_running_loop().time()
-        if remaining <= 0 or self._closing:
-            return _TIMEOUT
-        try:
-            return await asyncio.wait_for(self._queue.get(), remaining)
-        except TimeoutError:
-            return _TIMEOUT
+            remaining = deadline - asyncio.get_running_loop().time()
+            if remaining <= 0 or self._closing or self.delay == 0:
+                return _TIMEOUT
+            try:
+                job = await asyncio.wait_for(self._queue.get(), remaining)
+            except TimeoutError:
+                return _TIMEOUT
+        return _TIMEOUT if isinstance(job, _Wake) else job
 
     async def _execute(self, batch: Sequence[_Job], rows: int) -> None:
         """Run one batch and answer its requests. Supervised: whatever fails here (the model, an

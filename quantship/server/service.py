@@ -298,17 +298,16 @@ class ModelService:
         lane.start()
         return lane
 
-    def stop_accepting(self) -> None:
-        """Shutdown has begun: new requests get 503, queued ones run now (see Batcher.stop_accepting)."""
-        self.phase = Phase.STOPPING
-        self.problem = "the server is shutting down"
+    def hurry(self) -> None:
+        """Shutdown has begun: queued requests run now, without waiting for batch-mates."""
         if self.model is not None:
-            self.model.batcher.stop_accepting()
+            self.model.batcher.hurry()
 
     async def close(self, timeout: float | None = None) -> None:
         """Finish queued requests and sampled work within `timeout` seconds in all (default: the
         drain timeout), then release threads and files. What is left past the deadline is dropped."""
-        self.stop_accepting()
+        self.phase = Phase.STOPPING
+        self.problem = "the server is shutting down"
         deadline = time.monotonic() + (self.settings.drain_timeout_s if timeout is None else timeout)
 
         def left() -> float:

@@ -198,3 +198,20 @@ async def test_a_failure_in_the_worker_fails_its_batch_with_500_and_the_worker_g
     assert (await batcher.submit(rows(2), 2))["Y"].shape == (2, 3)  # the same worker answers
     assert observer.batches == [2]
     await batcher.close()
+
+
+async def test_hurry_runs_waiting_requests_at_once_and_still_takes_new_ones(
+    tiny_model: TinyModel, executor: Any
+) -> None:
+    batcher, recorder = make(tiny_model(), executor, max_queue_delay_ms=60_000)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    waiting = [asyncio.create_task(batcher.submit(rows(1), 1)) for _ in range(2)]
+    await asyncio.sleep(1)  # both wait for batch-mates, 59 s of delay to go
+    batcher.hurry()  # shutdown has begun
+    assert all(result["Y"].shape == (1, 3) for result in await asyncio.gather(*waiting))
+    assert loop.time() - started < 2  # virtual time: the 60 s delay was not served
+    assert recorder.batches == [2]
+    assert (await batcher.submit(rows(1), 1))["Y"].shape == (1, 3)  # a late request is still answered
+    assert loop.time() - started < 2
+    await batcher.close()
