@@ -658,6 +658,12 @@ _SERVE, _BATCH, _QUALITY = (
     help="onnxruntime intra-op threads (default: its own).",
 )
 @click.option(
+    "--require-gate-hardware",
+    is_flag=True,
+    default=_default(_SERVE, "require_gate_hardware"),
+    help="Refuse an artifact whose accuracy gate ran on other CPU int8 features, onnxruntime or provider.",
+)
+@click.option(
     "--log-level",
     type=click.Choice(["debug", "info", "warning", "error"]),
     default="info",
@@ -685,6 +691,7 @@ def serve(
     max_body_bytes: int,
     drain_timeout_s: float,
     threads: int | None,
+    require_gate_hardware: bool,
     log_level: str,
     access_log: bool,
 ) -> None:
@@ -708,6 +715,7 @@ def serve(
         threads=threads,
         max_body_bytes=max_body_bytes,
         drain_timeout_s=drain_timeout_s,
+        require_gate_hardware=require_gate_hardware,
         batching=server.BatchSettings(max_batch_size, max_queue_delay_ms, max_queue_size),
         quality=server.QualitySettings(
             shadow_rate=shadow_rate,

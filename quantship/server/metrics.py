@@ -14,20 +14,23 @@ from collections.abc import Mapping
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from quantship import slo
+from quantship.server import hardware
 
 M = slo.Metric
 LABELS = list(slo.LABELS)
 QUEUE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 LOAD_FAILURE_REASONS = (
     "missing", "format", "hash_mismatch", "signature", "key", "io", "unsafe_archive", "reference", "model",
-    "internal",
+    "hardware", "internal",
 )  # fmt: skip
 """ArtifactError reasons (quantship/artifact.py) plus the server's own: a reference that does not fit
-the model, a model onnxruntime cannot load or serve, and a failure of the server's own code while
+the model, a model onnxruntime cannot load or serve, serving hardware that differs from the gate's
+under `--require-gate-hardware`, and a failure of the server's own code while
 loading (a bug, logged with its traceback: not the artifact's fault). Each starts at 0."""
 FEEDBACK_VARIANTS = ("quantized", "reference")
 MODEL_INFO_LABELS = ("precision", "quant_mode", "calibration_method", "calibration_sha256", "runtime_version")
 SAMPLE_KINDS = ("shadow", "clip")
+HARDWARE_INFO_LABELS = ("side", "cpu", "int8_flags", "onnxruntime", "provider")
 
 
 def batch_buckets(max_batch_size: int) -> tuple[float, ...]:
@@ -129,6 +132,21 @@ class ServerMetrics:
             "Sampled requests (shadow, clip) dropped because the background worker was behind.",
             ("kind",),
         )
+        self.hardware_mismatch = gauge(
+            M.HARDWARE_MISMATCH,
+            "1 when this node differs from where the accuracy gate measured the artifact, by aspect "
+            "(int8_flags, onnxruntime, provider); 0 when it matches or the manifest records nothing.",
+            ("aspect",),
+        )
+        self.hardware_info = gauge(
+            M.HARDWARE_INFO,
+            "1 per side (serving, gate): CPU, its int8 features, onnxruntime version and provider.",
+            HARDWARE_INFO_LABELS,
+        )
+        self.nondeterministic_outputs = gauge(
+            M.NONDETERMINISTIC_OUTPUTS,
+            "1 when a fixed probe input run twice at load gave different outputs.",
+        )
         if per_tensor:
             self.tensor_observed = counter(
                 M.TENSOR_ACTIVATIONS_OBSERVED_TOTAL, "Activation values checked, per tensor.", ("tensor",)
@@ -194,6 +212,24 @@ class ServerMetrics:
         self.model_load_seconds.set(seconds)
         for op_type, count in fallback.items():
             self.fallback_ops.labels(*self._values, op_type).set(count)
+
+    def hardware_checked(self, check: hardware.HardwareCheck) -> None:
+        for aspect in hardware.ASPECTS:
+            self.hardware_mismatch.labels(*self._values, aspect).set(int(aspect in check.differs))
+        sides = (
+            {"serving": check.serving}
+            if check.gate is None
+            else {"serving": check.serving, "gate": check.gate}
+        )
+        for side, described in sides.items():
+            self.hardware_info.labels(
+                *self._values, side, *(described[n] for n in HARDWARE_INFO_LABELS[1:])
+            ).set(1)
+
+    def probed(self, deterministic: bool | None) -> None:
+        """None (the probe could not run) exports nothing: unknown is not 'deterministic'."""
+        if deterministic is not None:
+            self.nondeterministic_outputs.labels(*self._values).set(int(not deterministic))
 
     def load_failed(self, reason: str) -> None:
         self.model_load_failures.labels(*self._values, reason).inc()

@@ -36,7 +36,7 @@ from quantship.artifact import (
     load_artifact,
     load_public_key,
 )
-from quantship.server import batch_policy
+from quantship.server import batch_policy, hardware, probe
 from quantship.server import runner as runner_module
 from quantship.server.background import Lane
 from quantship.server.batcher import Batcher
@@ -86,6 +86,7 @@ class Opened:
     ranges: list[ActivationRange]
     fallback: dict[str, int]
     batching: batch_policy.BatchPolicy
+    deterministic: bool | None
 
 
 @dataclass
@@ -173,6 +174,9 @@ class ModelService:
         self.metrics.model_loaded(
             _model_info(opened.artifact), seconds, opened.fallback, _model_sizes(opened.artifact)
         )
+        self.metrics.probed(opened.deterministic)
+        if opened.deterministic is False:
+            log.warning("the same probe input gave different outputs twice: this model is not deterministic")
         self.phase = Phase.READY
         quantization = opened.artifact.quantization
         log.info(
@@ -218,6 +222,7 @@ class ModelService:
             runner = Runner.load(loaded.model_path, threads=settings.threads)
         except UnsupportedModel as exc:
             raise LoadRefused(f"{loaded.model_path}: {exc}", reason="model") from exc
+        self._check_hardware(loaded, runner)
         compared = loaded.quantization.get("output") or runner.signature.outputs[0].name
         try:
             spec = runner.signature.output(compared)
@@ -241,7 +246,29 @@ class ModelService:
             observer = Runner.load(model_bytes, threads=1) if ranges else None
         fallback = runner_module.fallback_ops(loaded.model_path)
         batching = batch_policy.choose(runner, settings.batching.max_batch_size)
-        return Opened(loaded, runner, comparator, reference, observer, ranges, fallback, batching)
+        deterministic = probe.deterministic(runner)
+        return Opened(
+            loaded, runner, comparator, reference, observer, ranges, fallback, batching, deterministic
+        )
+
+    def _check_hardware(self, loaded: Artifact, runner: Runner) -> None:
+        """Compare this node with where the gate measured; export it, warn, or refuse when required."""
+        here = runtime.hardware(runner.session.get_providers()[0])
+        check = hardware.compare(loaded.manifest, here)
+        self.metrics.hardware_checked(check)
+        if not check.differs:
+            log.info("hardware: %s", check.describe())
+            return
+        if self.settings.require_gate_hardware:
+            raise LoadRefused(
+                f"serving hardware differs from the gate's ({check.describe()}) and "
+                "--require-gate-hardware is set",
+                reason="hardware",
+            )
+        log.warning(
+            "serving on other hardware than the accuracy gate measured, so its verdict may not hold here: %s",
+            check.describe(),
+        )
 
     def _open_reference(self, path: Path | None, served: Signature, compared: str) -> Runner | None:
         if path is None:

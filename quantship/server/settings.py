@@ -102,6 +102,11 @@ class ServerSettings:
     the queued requests and the sampled background work share it; then the process exits anyway.
     20 fits Kubernetes' default 30 s grace period, which also covers a 5 s preStop; the operator
     passes its own figure, derived from the grace period it sets."""
+    require_gate_hardware: bool = False
+    """Refuse an artifact whose gate ran on other hardware (CPU int8 features, onnxruntime version or
+    provider) than this node, as a bad artifact is refused. Off by default: a mismatch is a warning
+    and `quantship_hardware_mismatch`, since most models keep their accuracy across CPUs; turn it on
+    where the gate showed they do not (int8 accuracy can differ with and without VNNI)."""
     batching: BatchSettings = field(default_factory=BatchSettings)
     quality: QualitySettings = field(default_factory=QualitySettings)
 

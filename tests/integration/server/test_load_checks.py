@@ -1,0 +1,152 @@
+"""What the server checks at load besides the artifact's integrity: that it serves on the hardware the
+accuracy gate measured (a mismatch is a warning and a metric, or a refusal with --require-gate-hardware),
+and that a fixed probe input gives the same outputs twice. Nothing is faked but the manifest."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+from prometheus_client import CollectorRegistry
+from server_harness import LocalServer, settings_for, wait_until
+
+from quantship import artifact, runtime, zoo
+from quantship.server.metrics import ServerMetrics
+from quantship.server.service import ModelService, Phase
+from quantship.server.settings import ServerSettings
+
+
+def claiming_other_hardware(good: artifact.Artifact, out: Path) -> artifact.Artifact:
+    """The good artifact re-written (hashed again by the artifact writer) with a manifest whose gate ran
+    on CPU int8 features this machine lacks or has (VNNI toggled) and on another onnxruntime."""
+    manifest: dict[str, Any] = {
+        key: value for key, value in good.manifest.items() if key not in ("files", "format_version")
+    }
+    here = runtime.hardware()
+    recorded = dict(manifest["validation"]["hardware"])
+    recorded["int8_flags"] = sorted(set(here.int8_flags) ^ {"avx512_vnni"})
+    recorded["onnxruntime"] = "1.0.0"
+    manifest["validation"] = {**manifest["validation"], "hardware": recorded}
+    files = {name: good.root / name for name in good.manifest["files"]}
+    return artifact.write_artifact(out, files, manifest)
+
+
+def service_for(settings: ServerSettings) -> tuple[ModelService, CollectorRegistry]:
+    registry = CollectorRegistry()
+    return ModelService(settings, ServerMetrics(registry, settings.labels)), registry
+
+
+def sample(registry: CollectorRegistry, settings: ServerSettings, name: str, **labels: str) -> float | None:
+    return registry.get_sample_value(name, {**settings.labels, **labels})
+
+
+async def test_an_artifact_gated_here_shows_no_hardware_mismatch_and_deterministic_outputs(
+    good_artifact: artifact.Artifact,
+) -> None:
+    settings = settings_for(good_artifact, "here")
+    service, registry = service_for(settings)
+    await service.load()
+    assert service.phase is Phase.READY
+    for aspect in ("int8_flags", "onnxruntime", "provider"):
+        assert sample(registry, settings, "quantship_hardware_mismatch", aspect=aspect) == 0
+    sides = [s.labels for m in registry.collect() if m.name == "quantship_hardware_info" for s in m.samples]
+    assert {labels["side"] for labels in sides} == {"serving", "gate"}
+    serving, gate = sorted(sides, key=lambda labels: labels["side"] != "serving")
+    assert serving["int8_flags"] == gate["int8_flags"] == ",".join(sorted(runtime.hardware().int8_flags))
+    assert sample(registry, settings, "quantship_nondeterministic_outputs") == 0
+    await service.close(1)
+
+
+def test_an_artifact_gated_on_other_hardware_serves_with_a_warning_and_the_mismatch_exported(
+    good_artifact: artifact.Artifact, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    other = claiming_other_hardware(good_artifact, tmp_path / "other-hardware")
+    with caplog.at_level(logging.WARNING, logger="quantship.server"):
+        server = LocalServer(settings_for(other, "other")).start()
+    try:
+        assert httpx.get(f"{server.url}/v2/health/ready").status_code == 200
+        assert server.metric("quantship_hardware_mismatch", aspect="int8_flags") == 1
+        assert server.metric("quantship_hardware_mismatch", aspect="onnxruntime") == 1
+        assert server.metric("quantship_hardware_mismatch", aspect="provider") == 0
+        exposition = httpx.get(f"{server.url}/metrics").text
+        claimed = ",".join(other.manifest["validation"]["hardware"]["int8_flags"])
+        assert 'side="gate"' in exposition and f'int8_flags="{claimed}"' in exposition
+        assert 'onnxruntime="1.0.0"' in exposition
+        warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        assert any(
+            "other hardware than the accuracy gate" in m and "onnxruntime: gate 1.0.0" in m for m in warned
+        )
+        rows = np.zeros((1, 64), dtype=np.float32)
+        body = {
+            "inputs": [
+                {"name": zoo.INPUT_NAME, "datatype": "FP32", "shape": [1, 64], "data": rows.ravel().tolist()}
+            ]
+        }
+        assert httpx.post(f"{server.url}/v2/models/digits/infer", json=body).status_code == 200
+    finally:
+        server.stop()
+
+
+def test_with_require_gate_hardware_a_mismatch_is_refused_and_the_server_stays_up_unready(
+    good_artifact: artifact.Artifact, tmp_path: Path
+) -> None:
+    other = claiming_other_hardware(good_artifact, tmp_path / "other-hardware")
+    server = LocalServer(settings_for(other, "strict", require_gate_hardware=True)).start(ready=False)
+    try:
+        wait_until(lambda: server.metric("quantship_model_load_failures_total", reason="hardware") == 1)
+        assert httpx.get(f"{server.url}/v2/health/live").status_code == 200
+        ready = httpx.get(f"{server.url}/v2/health/ready")
+        assert ready.status_code == 503
+        assert server.service.phase is Phase.REFUSED
+        assert "--require-gate-hardware" in server.service.problem and "int8_flags" in server.service.problem
+        assert server.metric("quantship_hardware_mismatch", aspect="int8_flags") == 1
+    finally:
+        server.stop()
+
+
+def test_require_gate_hardware_serves_an_artifact_gated_here(good_artifact: artifact.Artifact) -> None:
+    settings = settings_for(good_artifact, "strict-here", require_gate_hardware=True)
+    server = LocalServer(settings).start()
+    try:
+        assert server.metric("quantship_model_load_failures_total", reason="hardware") == 0
+    finally:
+        server.stop()
+
+
+def random_noise_model(path: Path) -> Path:
+    """Y = X + U(0, 1) noise: a real graph whose outputs differ run to run (an unseeded RandomUniformLike)."""
+    x = helper.make_tensor_value_info("X", TensorProto.FLOAT, ["N", 4])
+    y = helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["N", 4])
+    graph = helper.make_graph(
+        [
+            helper.make_node("RandomUniformLike", ["X"], ["noise"]),
+            helper.make_node("Add", ["X", "noise"], ["Y"]),
+        ],
+        "noisy",
+        [x],
+        [y],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, path)
+    return path
+
+
+async def test_a_model_whose_outputs_differ_run_to_run_is_flagged_nondeterministic(tmp_path: Path) -> None:
+    model = random_noise_model(tmp_path / "noisy.onnx")
+    manifest = {"quantization": {"precision": "fp32", "mode": "none"}}
+    written = artifact.write_artifact(tmp_path / "noisy", {artifact.MODEL_FILE: model}, manifest)
+    settings = settings_for(written, "noisy")
+    service, registry = service_for(settings)
+    await service.load()
+    assert service.phase is Phase.READY  # a warning, not a refusal
+    assert sample(registry, settings, "quantship_nondeterministic_outputs") == 1
+    # an FP32 artifact records no gate hardware: nothing differs, only the serving side is shown
+    assert sample(registry, settings, "quantship_hardware_mismatch", aspect="int8_flags") == 0
+    await service.close(1)
