@@ -821,6 +821,92 @@ def fetch(
     click.echo(f"ok: {uri} -> {dest}: {len(loaded.manifest['files'])} files verified; {signature}")
 
 
+@main.command("quantize-job", context_settings={"ignore_unknown_options": True})
+@click.option("--model", "model_uri", required=True, help="The FP32 .onnx: file://, pvc:// or http(s)://.")
+@click.option("--calibration", "calibration_uri", required=True, help="Calibration data URI.")
+@click.option("--evaluation", "evaluation_uri", help="Gate data URI (default: the calibration data).")
+@click.option("--target", required=True, help="Where a passing artifact goes: pvc://, file:// or oci://.")
+@click.option(
+    "--workdir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("/work"),
+    show_default=True,
+    help="Scratch space for the inputs and the artifact.",
+)
+@click.option(
+    "--result-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=Path("/dev/termination-log"),
+    show_default=True,
+    help="Where the verdict goes as JSON (the container's termination message).",
+)
+@click.option(
+    "--pvc-root",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("/mnt/pvc"),
+    show_default=True,
+    help="Where pvc://CLAIM/... claims are mounted.",
+)
+@click.option(
+    "--registry-config",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="oci:// target: a Docker config.json with credentials to push.",
+)
+@click.option("--insecure", is_flag=True, help="oci:// target: plain HTTP.")
+@click.argument("quantize_args", nargs=-1, type=click.UNPROCESSED)
+@user_errors
+def quantize_job(
+    model_uri: str,
+    calibration_uri: str,
+    evaluation_uri: str | None,
+    target: str,
+    workdir: Path,
+    result_file: Path,
+    pvc_root: Path,
+    registry_config: Path | None,
+    insecure: bool,
+    quantize_args: tuple[str, ...],
+) -> None:
+    """A QuantizedModel's quantization Job: fetch the inputs, run `quantship quantize` with
+    QUANTIZE_ARGS (after --), publish the artifact to --target when the gate passed, and write the
+    verdict to --result-file. Exit 0: gate passed; 1: gate failed; 3: refused (the error in the file)."""
+    from quantship.operator import quantize_job as job
+
+    def run_quantize(model: Path, calibration: Path, evaluation: Path | None, out: Path) -> None:
+        args = [str(model), "-o", str(out), "--calibration", str(calibration), "-q"]
+        if evaluation is not None:
+            args += ["--evaluation", str(evaluation)]
+        try:
+            quantize.main([*args, *quantize_args], prog_name="quantship quantize", standalone_mode=False)
+        except SystemExit as exc:
+            if exc.code != ExitCode.VERDICT:  # a failed gate leaves its artifact, and a verdict
+                raise
+
+    try:
+        verdict = job.run(
+            model=model_uri,
+            calibration=calibration_uri,
+            evaluation=evaluation_uri,
+            target=target,
+            quantize=run_quantize,
+            workdir=workdir,
+            result_file=result_file,
+            pvc_root=pvc_root,
+            registry_config=registry_config,
+            insecure=insecure,
+        )
+    except job.JobError as exc:
+        raise Refused(str(exc)) from exc
+    if not verdict.passed:
+        stderr.print(
+            f"[red]accuracy gate failed[/]: {verdict.metric} {verdict.value} (threshold {verdict.threshold})"
+        )
+        sys.exit(ExitCode.VERDICT)
+    click.echo(
+        f"gate passed: {verdict.metric} {verdict.value} (threshold {verdict.threshold}); {verdict.artifact}"
+    )
+
+
 @main.command()
 @click.option("-n", "--namespace", "namespaces", multiple=True, help="Watch only these (repeatable).")
 @click.option("--tick-interval", type=click.FloatRange(min=0.1), default=5.0, show_default=True)

@@ -45,6 +45,11 @@ WINDOWS_IN_ORDER = {
 }
 """spec.analysis's CEL rule (the operator checks it again for objects stored before it existed)."""
 
+GATE_FAILED = "GateFailed"
+"""status.phase when spec.quantize's Job failed its accuracy gate: no canary, the stable serves on."""
+QUANTIZE_STATES = ("Running", "Passed", GATE_FAILED, "Error")
+"""status.quantize.state: the Job runs; its gate passed; its gate failed; it failed otherwise."""
+
 DURATION_PATTERN = r"^([0-9]+h)?([0-9]+m)?([0-9]+s)?$"
 URI_PATTERN = r"^(file|pvc|https?|oci)://.+"
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
@@ -108,6 +113,7 @@ def spec_schema() -> dict[str, Any]:
                 "Defaults to the resource's name.",
             },
             "artifact": _artifact_schema(),
+            "quantize": _quantize_schema(),
             "image": {
                 "type": "string",
                 "minLength": 1,
@@ -156,6 +162,109 @@ def _artifact_schema() -> dict[str, Any]:
             },
         },
         required=["uri"],
+    )
+
+
+QUANTIZE_MODES = ["static", "dynamic"]
+QUANTIZE_FORMATS = ["QDQ", "QOperator"]
+CALIBRATION_METHODS = ["minmax", "percentile", "entropy", "distribution"]
+GATE_METRICS = [
+    "top1_accuracy",
+    "top1_agreement",
+    "confident_agreement",
+    "top5_overlap",
+    "kl_divergence",
+    "cosine_agreement",
+    "cosine_mean",
+    "cosine_p5",
+    "nn_agreement",
+    "relative_error",
+]
+"""The choices of `quantship quantize` (quantship.quantize's enums; the operator does not import
+onnxruntime, so they are listed here and a test holds them equal)."""
+INPUT_URI_PATTERN = r"^(file|pvc|https?)://.+"
+TARGET_URI_PATTERN = r"^(pvc|oci)://.+"
+PULL_SECRET_FOR_OCI = {
+    "rule": "!has(self.pullSecret) || self.uri.startsWith('oci://')",
+    "message": "quantize.target.pullSecret is for an oci:// target only",
+}
+
+
+def _quantize_schema() -> dict[str, Any]:
+    """spec.quantize: a quantization Job whose passing artifact becomes the canary."""
+    quantize_options = _object(
+        "Flags of `quantship quantize`. Unset ones take its defaults.",
+        {
+            "mode": {"type": "string", "enum": QUANTIZE_MODES, "description": "--mode"},
+            "format": {"type": "string", "enum": QUANTIZE_FORMATS, "description": "--format"},
+            "perChannel": {"type": "boolean", "description": "--per-channel: weights per output channel."},
+            "calibrationMethod": {
+                "type": "string",
+                "enum": CALIBRATION_METHODS,
+                "description": "--calibration-method",
+            },
+            "metric": {"type": "string", "enum": GATE_METRICS, "description": "--metric: the gating metric."},
+            "threshold": {
+                "type": "number",
+                "minimum": -1e9,
+                "maximum": 1e9,
+                "description": "--threshold: the gating metric's limit in its own units.",
+            },
+            "maxAccuracyDelta": _ratio(
+                "--max-accuracy-delta: the gate's tolerated loss.", exclusive_zero=False
+            ),
+            "maxTrials": _int("--max-trials: tuning trials after the first.", 0, 1000),
+        },
+    )
+    return _object(
+        "Quantize an FP32 model in a Job (`quantship quantize-job`) whenever this changes. When its "
+        "accuracy gate passes, the produced artifact replaces spec.artifact as the canary; when it "
+        "fails, phase GateFailed shows the report's numbers and nothing is rolled out.",
+        {
+            "model": {
+                "type": "string",
+                "pattern": INPUT_URI_PATTERN,
+                "description": "The FP32 .onnx: file://, pvc://CLAIM/PATH or http(s)://.",
+            },
+            "calibration": {
+                "type": "string",
+                "pattern": INPUT_URI_PATTERN,
+                "description": "Calibration data (.npz keyed by input name): file://, pvc:// or http(s)://.",
+            },
+            "evaluation": {
+                "type": "string",
+                "pattern": INPUT_URI_PATTERN,
+                "description": "Gate data (.npz, with a 'labels' array for accuracy). Default: the "
+                "calibration data.",
+            },
+            "options": quantize_options,
+            "target": _object(
+                "Where the Job writes the artifact: pvc://CLAIM/PATH (under PATH/<job hash>) or "
+                "oci://REGISTRY/REPO:TAG (pushed, then served pinned by its digest).",
+                {
+                    "uri": {"type": "string", "pattern": TARGET_URI_PATTERN, "description": "The target."},
+                    "pullSecret": {
+                        "type": "string",
+                        "pattern": DNS_LABEL,
+                        "description": "For oci://: a dockerconfigjson Secret allowed to push (and pull).",
+                    },
+                },
+                required=["uri"],
+                **{"x-kubernetes-validations": [PULL_SECRET_FOR_OCI]},
+            ),
+            "signingKeySecret": {
+                "type": "string",
+                "pattern": DNS_LABEL,
+                "description": "Secret holding `private.pem` (ed25519): the Job signs the manifest.",
+            },
+            "resources": {
+                "type": "object",
+                "description": "Container resources of the Job (a core/v1 ResourceRequirements).",
+                "x-kubernetes-preserve-unknown-fields": True,
+            },
+            "activeDeadlineSeconds": _int("How long the Job may run.", 60, 7 * 24 * 3600, 3600),
+        },
+        required=["model", "calibration", "target"],
     )
 
 
@@ -375,8 +484,36 @@ def status_schema() -> dict[str, Any]:
         {
             "phase": {
                 "type": "string",
-                "enum": ["Pending", "Progressing", "Promoted", "RolledBack", "Failed"],
+                "enum": ["Pending", "Progressing", "Promoted", "RolledBack", "Failed", GATE_FAILED],
+                "description": "The rollout's phase; GateFailed: spec.quantize's Job failed its "
+                "accuracy gate (status.quantize has the numbers) and the stable serves on.",
             },
+            "quantize": _object(
+                "spec.quantize's last Job and its gate verdict.",
+                {
+                    "job": {"type": "string"},
+                    "hash": {"type": "string", "description": "Of the spec.quantize the Job runs."},
+                    "state": {"type": "string", "enum": list(QUANTIZE_STATES)},
+                    "metric": nullable_string,
+                    "value": {"type": "number", "nullable": True},
+                    "threshold": {"type": "number", "nullable": True},
+                    "artifact": {**nullable_string, "description": "The artifact it produced."},
+                    "message": {"type": "string"},
+                    "startedAt": nullable_string,
+                    "finishedAt": nullable_string,
+                    "rolloutPhase": {
+                        **nullable_string,
+                        "description": "The rollout engine's phase while phase reads GateFailed.",
+                    },
+                },
+                nullable=True,
+            ),
+            "quantizedArtifact": _object(
+                "The artifact of the last Job whose gate passed: served instead of spec.artifact while "
+                "spec.quantize is set.",
+                {"uri": {"type": "string"}, "job": {"type": "string"}},
+                nullable=True,
+            ),
             "stableRevision": nullable_string,
             "canaryRevision": nullable_string,
             "rejectedRevision": nullable_string,

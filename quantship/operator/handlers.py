@@ -20,7 +20,7 @@ from typing import Any
 
 import kopf
 
-from quantship.operator import crd
+from quantship.operator import crd, quantization
 from quantship.operator.kube import GatewayRouter
 from quantship.operator.reconcile import IN_FLIGHT, Context, reconcile
 from quantship.operator.settings import OperatorSettings
@@ -40,7 +40,9 @@ def _lock(memo: Any) -> asyncio.Lock:
 
 
 def in_flight(status: kopf.Status, **_: Any) -> bool:
-    return status.get("phase") in IN_FLIGHT
+    """A rollout is in flight, or spec.quantize's Job runs (the timer reads its verdict)."""
+    job = status.get("quantize") or {}
+    return status.get("phase") in IN_FLIGHT or job.get("state") == quantization.RUNNING
 
 
 def gateway_api(spec: kopf.Spec, **_: Any) -> bool:

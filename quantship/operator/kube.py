@@ -48,6 +48,7 @@ class Kube:
         self.apps = client.AppsV1Api(api)
         self.core = client.CoreV1Api(api)
         self.custom = client.CustomObjectsApi(api)
+        self.batch = client.BatchV1Api(api)
 
     async def get_model(self, namespace: str, name: str) -> dict[str, Any] | None:
         return await _read(
@@ -86,6 +87,33 @@ class Kube:
             ),
             timeout=self.timeout,
         )
+
+    async def get_job(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """spec.quantize's Job, or None when there is none (yet, or any more)."""
+        return await _read(
+            self.batch.read_namespaced_job_without_preload_content(name, namespace), timeout=self.timeout
+        )
+
+    async def create_job(self, namespace: str, body: Mapping[str, Any]) -> None:
+        """Create a Job; one of that name already there is the same Job (its name is its spec's hash)."""
+        await _call(
+            f"creating Job {body['metadata']['name']}",
+            self.batch.create_namespaced_job(namespace, _model(client.V1Job, body)),
+            exists_ok=True,
+            timeout=self.timeout,
+        )
+
+    async def job_pods(self, namespace: str, job: str) -> list[dict[str, Any]]:
+        """The pods of a Job (the Job controller labels them `job-name`)."""
+        listing = await _read(
+            self.core.list_namespaced_pod_without_preload_content(
+                namespace, label_selector=f"job-name={job}"
+            ),
+            timeout=self.timeout,
+        )
+        items = (listing or {}).get("items") or []
+        # filtered here too: the selector is the API server's to apply, and a test API may not
+        return [pod for pod in items if (pod.get("metadata", {}).get("labels") or {}).get("job-name") == job]
 
 
 async def _read(response_coroutine: Any, *, timeout: float = API_TIMEOUT) -> dict[str, Any] | None:

@@ -13,6 +13,17 @@ Permission = tuple[str, str, str]
 
 MODELS = (crd.GROUP, crd.PLURAL)
 
+QUANTIZE_JOB: frozenset[Permission] = frozenset(
+    {
+        # spec.quantize: one Job per version of the section, read until it finishes; its verdict
+        # is the termination message in its pod's status
+        ("batch", "jobs", "get"),
+        ("batch", "jobs", "create"),
+        ("", "pods", "list"),
+    }
+)
+"""The calls of spec.quantize (quantization.py), made only for models that have the section."""
+
 OPERATOR: frozenset[Permission] = frozenset(
     {
         # a QuantizedModel read fresh before each tick; its status and its one-shot annotations
@@ -29,6 +40,7 @@ OPERATOR: frozenset[Permission] = frozenset(
         # gateway-api mode: the weights of our backendRefs in the user's HTTPRoute
         ("gateway.networking.k8s.io", "httproutes", "get"),
         ("gateway.networking.k8s.io", "httproutes", "patch"),
+        *QUANTIZE_JOB,
     }
 )
 """Our adapters' calls (kube.py), in every namespace the operator serves."""

@@ -16,7 +16,7 @@ from typing import Any, cast
 
 import kopf
 
-from quantship.operator import crd
+from quantship.operator import crd, quantization
 from quantship.operator import status as status_module
 from quantship.operator.kube import GatewayRouter, Kube, KubeWorkloads, ReplicaRouter
 from quantship.operator.metrics import OperatorMetrics
@@ -81,9 +81,11 @@ async def _reconcile(
     metadata, previous = body["metadata"], dict(body.get("status") or {})
     generation = metadata.get("generation")
     now = ctx.clock()
-    current = RolloutStatus.from_dict(previous)
+    current = RolloutStatus.from_dict(rollout_view(previous))
     try:
-        spec = ModelSpec.from_resource(body)
+        quantize = await quantization.step(ctx.kube, body, now)
+        served = {**previous, "quantize": quantize.status, "quantizedArtifact": quantize.produced}
+        spec = ModelSpec.from_resource({**body, "status": served})
     except InvalidSpec as exc:
         await _write_status(ctx, body, previous, current, ("InvalidSpec", str(exc)), generation, now, logger)
         raise kopf.PermanentError(str(exc)) from exc
@@ -114,7 +116,11 @@ async def _reconcile(
             await close()
 
     degraded = (_degraded_reason(decision), decision.degraded) if decision.degraded else None
-    await _write_status(ctx, body, previous, decision.status, degraded, generation, now, logger)
+    await _write_status(ctx, body, previous, decision.status, degraded, generation, now, logger, quantize)
+    if quantize.event is not None:
+        reason, message, warning = quantize.event
+        (kopf.warn if warning else kopf.info)(_event_target(body), reason=reason, message=message)
+        (logger.warning if warning else logger.info)("%s: %s", reason, message)
     ctx.metrics.record(spec.model, decision)
     if decision.action is not Action.WAIT:
         _announce(body, decision, logger)
@@ -124,6 +130,40 @@ async def _reconcile(
     if used and stale:
         await ctx.kube.patch_model_metadata(namespace, name, {"annotations": dict.fromkeys(stale)})
     return decision
+
+
+def rollout_view(status: Mapping[str, Any]) -> dict[str, Any]:
+    """The status as the rollout engine wrote it: phase GateFailed is ours, laid over the engine's
+    settled phase, which status.quantize.rolloutPhase keeps meanwhile."""
+    if status.get("phase") != crd.GATE_FAILED:
+        return dict(status)
+    return {**status, "phase": (status.get("quantize") or {}).get("rolloutPhase") or "Promoted"}
+
+
+def _quantize_status(
+    previous: Mapping[str, Any],
+    new: dict[str, Any],
+    status: RolloutStatus,
+    quantize: quantization.Outcome,
+) -> dict[str, Any]:
+    """The status.quantize and status.quantizedArtifact keys to write (none when unchanged), and
+    phase GateFailed over `new`'s settled phase while the current Job's gate failed."""
+    wanted = dict(quantize.status) if quantize.status is not None else None
+    if wanted is not None:
+        wanted.pop("rolloutPhase", None)
+        if wanted.get("state") == crd.GATE_FAILED and not status.in_flight:
+            wanted["rolloutPhase"] = new["phase"]
+            new["phase"] = crd.GATE_FAILED
+    extra: dict[str, Any] = {}
+    for key, value in (("quantize", wanted), ("quantizedArtifact", quantize.produced)):
+        before = previous.get(key)
+        if before == value:
+            continue
+        if isinstance(before, Mapping) and isinstance(value, Mapping):
+            # a merge patch: keys that went away are written as null
+            value = {**dict.fromkeys(set(before) - set(value)), **value}
+        extra[key] = value
+    return extra
 
 
 def _degraded_reason(decision: Decision) -> str:
@@ -145,10 +185,13 @@ async def _write_status(
     generation: int | None,
     now: float,
     logger: logging.Logger | Any,
+    quantize: quantization.Outcome | None = None,
 ) -> None:
     new = status_module.status_body(previous, status, degraded=degraded, generation=generation, now=now)
-    if not status_module.changed(previous, new):
+    extra = _quantize_status(previous, new, status, quantize) if quantize is not None else {}
+    if not status_module.changed(previous, new) and not extra:
         return
+    new.update(extra)
     metadata = body["metadata"]
     await ctx.kube.patch_model_status(metadata.get("namespace", "default"), metadata["name"], new)
     was = {c.get("type"): c.get("status") for c in previous.get("conditions") or []}

@@ -90,6 +90,7 @@ class ModelSpec:
         traffic, slos, analysis, steps = spec["traffic"], spec["slos"], spec["analysis"], spec["rollout"]
         if traffic["router"] == "gateway-api" and not traffic.get("httpRoute"):
             raise InvalidSpec("spec.traffic.httpRoute is required when spec.traffic.router is gateway-api")
+        spec = served_artifact(spec, body.get("status") or {})
         model = spec.get("modelName") or metadata["name"]
         try:
             latency = slos["latency"]
@@ -142,6 +143,23 @@ class ModelSpec:
             prometheus_url=analysis["prometheusUrl"],
             rollout=rollout,
         )
+
+
+def served_artifact(spec: dict[str, Any], status: Mapping[str, Any]) -> dict[str, Any]:
+    """`spec` with the artifact the servers run: while spec.quantize is set and one of its Jobs
+    passed the gate (status.quantizedArtifact), that Job's artifact replaces spec.artifact, with
+    the target's pull secret; its Job's name is part of the revision (a pvc:// path or oci:// tag
+    may be reused)."""
+    produced = status.get("quantizedArtifact")
+    if not spec.get("quantize") or not produced:
+        return spec
+    artifact = {"uri": produced["uri"], "job": produced["job"]}
+    pull_secret = (spec["quantize"].get("target") or {}).get("pullSecret")
+    if pull_secret:
+        artifact["pullSecret"] = pull_secret
+    if spec["artifact"].get("publicKeySecret"):
+        artifact["publicKeySecret"] = spec["artifact"]["publicKeySecret"]
+    return {**spec, "artifact": artifact}
 
 
 def revision_of(spec: Mapping[str, Any]) -> str:

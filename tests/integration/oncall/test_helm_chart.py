@@ -245,13 +245,18 @@ VERBS = {
     "list": "list",
     "replace": "update",
 }
-BUILTIN = {("apps", "deployment"): ("apps", "deployments"), ("core", "service"): ("", "services")}
+BUILTIN = {
+    ("apps", "deployment"): ("apps", "deployments"),
+    ("core", "service"): ("", "services"),
+    ("core", "pod"): ("", "pods"),
+    ("batch", "job"): ("batch", "jobs"),
+}
 
 
 def operator_calls() -> Iterator[tuple[str, str, str]]:
     """(group, resource, verb) of each Kubernetes API call in quantship/operator/."""
     call = re.compile(
-        r"\b(apps|core|custom)\.(read|get|create|patch|delete|list|replace)_namespaced_(\w+?)"
+        r"\b(apps|core|batch|custom)\.(read|get|create|patch|delete|list|replace)_namespaced_(\w+?)"
         r"(_status)?(?:_without_preload_content)?\((.{0,120})",
         re.DOTALL,
     )

@@ -1,0 +1,313 @@
+"""spec.quantize: a Kubernetes Job that quantizes an FP32 model and gates it, then hands its
+artifact to the rollout as if spec.artifact.uri had changed to it.
+
+`QuantizeSpec.from_spec` reads the section; `job` builds the Job (pure), named by the hash of
+the section, so creating it again is a no-op and a changed section is a new Job. `step` is what a
+tick does before the rollout engine runs: create the Job when the section changed, or read its
+verdict from its pod's termination message once it finished (`quantize_job` writes it). It
+returns the new `status.quantize` and `status.quantizedArtifact` (the last passing Job's
+artifact, which `ModelSpec.from_resource` serves instead of spec.artifact) and the Event to post.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import kopf
+
+from quantship.operator import crd, resources
+from quantship.operator.kube import Kube
+from quantship.operator.quantize_job import Verdict, read_result
+from quantship.operator.spec import InvalidSpec, apply_defaults
+from quantship.rollout.state import to_timestamp
+
+CONTAINER = "quantize"
+WORK_DIR = "/work"
+RESULT_FILE = "/dev/termination-log"
+SIGNING_DIR = "/etc/quantship/signing"
+SIGNING_FILE = "private.pem"
+RUNNING, PASSED, GATE_FAILED, ERROR = crd.QUANTIZE_STATES
+
+OPTION_FLAGS = {
+    "mode": "--mode",
+    "format": "--format",
+    "calibrationMethod": "--calibration-method",
+    "metric": "--metric",
+    "threshold": "--threshold",
+    "maxAccuracyDelta": "--max-accuracy-delta",
+    "maxTrials": "--max-trials",
+}
+"""spec.quantize.options -> `quantship quantize` flags (perChannel is a switch: --per-channel)."""
+
+
+@dataclass(frozen=True)
+class QuantizeSpec:
+    model: str
+    calibration: str
+    evaluation: str | None
+    target: str
+    pull_secret: str | None
+    signing_key_secret: str | None
+    options: Mapping[str, Any]
+    resources: Mapping[str, Any]
+    active_deadline_seconds: int
+    hash: str
+    """10 hex digits over the whole section: the Job's identity."""
+    claims: tuple[str, ...] = field(default=())
+    """The PersistentVolumeClaims the inputs and a pvc:// target name, in order."""
+
+    @classmethod
+    def from_spec(cls, spec: Mapping[str, Any]) -> QuantizeSpec | None:
+        """spec.quantize read (None when absent). Raises InvalidSpec for what the schema lets by."""
+        raw = spec.get("quantize")
+        if raw is None:
+            return None
+        section = apply_defaults(crd.spec_schema()["properties"]["quantize"], dict(raw))
+        for key in ("model", "calibration", "target"):
+            if key not in section:
+                raise InvalidSpec(f"spec.quantize.{key} is required")
+        target = dict(section["target"])
+        uri = str(target.get("uri", ""))
+        if not uri.startswith(("pvc://", "oci://")):
+            raise InvalidSpec(
+                f"spec.quantize.target.uri {uri!r}: write pvc://CLAIM/PATH or oci://REGISTRY/REPO:TAG"
+            )
+        if target.get("pullSecret") and not uri.startswith("oci://"):
+            raise InvalidSpec(PULL_SECRET_MESSAGE)
+        digest = hashlib.sha256(json.dumps(section, sort_keys=True).encode()).hexdigest()[:10]
+        uris = [section["model"], section["calibration"], section.get("evaluation") or "", uri]
+        claims: list[str] = []
+        for value in uris:
+            if value.startswith("pvc://"):
+                claim, _, path = value.removeprefix("pvc://").partition("/")
+                if not claim or not path or ".." in path.split("/"):
+                    raise InvalidSpec(f"spec.quantize: {value}: write pvc://CLAIM/PATH inside the claim")
+                if claim not in claims:
+                    claims.append(claim)
+        return cls(
+            model=section["model"],
+            calibration=section["calibration"],
+            evaluation=section.get("evaluation"),
+            target=uri,
+            pull_secret=target.get("pullSecret"),
+            signing_key_secret=section.get("signingKeySecret"),
+            options=dict(section.get("options") or {}),
+            resources=dict(section.get("resources") or {}),
+            active_deadline_seconds=int(section["activeDeadlineSeconds"]),
+            hash=digest,
+            claims=tuple(claims),
+        )
+
+    @property
+    def output(self) -> str:
+        """Where this Job publishes: a pvc:// target gets a folder per Job (a stable revision's
+        pods may fetch the previous one again); an oci:// tag is pinned by digest afterwards."""
+        if self.target.startswith("pvc://"):
+            return f"{self.target.rstrip('/')}/{self.hash}"
+        return self.target
+
+    def quantize_args(self) -> list[str]:
+        args: list[str] = []
+        for key, flag in OPTION_FLAGS.items():
+            if key in self.options:
+                args += [flag, str(self.options[key])]
+        if self.options.get("perChannel"):
+            args.append("--per-channel")
+        if self.signing_key_secret:
+            args += ["--sign-key", f"{SIGNING_DIR}/{SIGNING_FILE}"]
+        return args
+
+    def command(self) -> list[str]:
+        """The Job container's command line: `quantship quantize-job ... -- QUANTIZE FLAGS`."""
+        command = ["quantship", "quantize-job", "--model", self.model, "--calibration", self.calibration]
+        if self.evaluation:
+            command += ["--evaluation", self.evaluation]
+        command += [
+            "--target", self.output,
+            "--workdir", WORK_DIR, "--result-file", RESULT_FILE, "--pvc-root", resources.PVC_ROOT,
+        ]  # fmt: skip
+        if self.pull_secret:
+            command += ["--registry-config", f"{resources.REGISTRY_DIR}/config.json"]
+        return [*command, "--", *self.quantize_args()]
+
+
+PULL_SECRET_MESSAGE = crd.PULL_SECRET_FOR_OCI["message"]
+
+
+def job_name(model: str, digest: str) -> str:
+    """At most 63 characters: the Job controller puts it in its pods' `job-name` label."""
+    return f"{model[:43].rstrip('-.')}-quantize-{digest}"
+
+
+def job(
+    spec: QuantizeSpec, *, name: str, namespace: str, image: str, owner: Mapping[str, Any]
+) -> dict[str, Any]:
+    """The Job of `spec` for the QuantizedModel `name` (pure)."""
+    labels = {
+        "app.kubernetes.io/name": "quantship-quantize",
+        "app.kubernetes.io/instance": name,
+        **resources.MANAGED_BY,
+        f"{crd.GROUP}/quantize": spec.hash,
+    }
+    volumes: list[dict[str, Any]] = [{"name": "work", "emptyDir": {}}, {"name": "tmp", "emptyDir": {}}]
+    mounts: list[dict[str, Any]] = [
+        {"name": "work", "mountPath": WORK_DIR},
+        {"name": "tmp", "mountPath": "/tmp"},
+    ]
+    target_claim = (
+        spec.target.removeprefix("pvc://").split("/", 1)[0] if spec.target.startswith("pvc://") else None
+    )
+    for index, claim in enumerate(spec.claims):
+        read_only = claim != target_claim
+        volumes.append(
+            {"name": f"claim-{index}", "persistentVolumeClaim": {"claimName": claim, "readOnly": read_only}}
+        )
+        mounts.append(
+            {"name": f"claim-{index}", "mountPath": f"{resources.PVC_ROOT}/{claim}", "readOnly": read_only}
+        )
+    if spec.pull_secret:
+        items = [{"key": ".dockerconfigjson", "path": "config.json"}]
+        volumes.append({"name": "registry", "secret": {"secretName": spec.pull_secret, "items": items}})
+        mounts.append({"name": "registry", "mountPath": resources.REGISTRY_DIR, "readOnly": True})
+    if spec.signing_key_secret:
+        items = [{"key": SIGNING_FILE, "path": SIGNING_FILE}]
+        volumes.append({"name": "signing", "secret": {"secretName": spec.signing_key_secret, "items": items}})
+        mounts.append({"name": "signing", "mountPath": SIGNING_DIR, "readOnly": True})
+    body: dict[str, Any] = {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": job_name(name, spec.hash), "namespace": namespace, "labels": labels},
+        "spec": {
+            "backoffLimit": 0,  # a gate verdict does not change on a retry; an error waits for a new spec
+            "activeDeadlineSeconds": spec.active_deadline_seconds,
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {
+                    "restartPolicy": "Never",
+                    "automountServiceAccountToken": False,
+                    "securityContext": {
+                        "runAsNonRoot": True,
+                        "runAsUser": resources.RUN_AS,
+                        "runAsGroup": resources.RUN_AS,
+                        "fsGroup": resources.RUN_AS,
+                        "seccompProfile": {"type": "RuntimeDefault"},
+                    },
+                    "containers": [
+                        {
+                            "name": CONTAINER,
+                            "image": image,
+                            "command": spec.command(),
+                            "env": [{"name": "HOME", "value": "/tmp"}],
+                            "terminationMessagePath": RESULT_FILE,
+                            "terminationMessagePolicy": "File",
+                            "resources": dict(spec.resources),
+                            "securityContext": resources.CONTAINER_SECURITY,
+                            "volumeMounts": mounts,
+                        }
+                    ],
+                    "volumes": volumes,
+                },
+            },
+        },
+    }
+    kopf.append_owner_reference(body, owner=dict(owner))  # type: ignore[arg-type]
+    return body
+
+
+def finished(job_body: Mapping[str, Any]) -> str | None:
+    """'Complete' or 'Failed' once the Job finished, else None."""
+    status = job_body.get("status") or {}
+    for condition in status.get("conditions") or []:
+        if condition.get("type") in ("Complete", "Failed") and condition.get("status") == "True":
+            return str(condition["type"])
+    if int(status.get("succeeded") or 0) > 0:
+        return "Complete"
+    if int(status.get("failed") or 0) > 0:
+        return "Failed"
+    return None
+
+
+def termination_message(pods: list[dict[str, Any]]) -> str | None:
+    """The quantize container's termination message in the newest pod that has one."""
+    for pod in reversed(pods):
+        for container in (pod.get("status") or {}).get("containerStatuses") or []:
+            terminated = (container.get("state") or {}).get("terminated") or {}
+            if container.get("name") == CONTAINER and terminated.get("message"):
+                return str(terminated["message"])
+    return None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    status: dict[str, Any] | None
+    """status.quantize to write (None: remove it)."""
+    produced: dict[str, Any] | None
+    """status.quantizedArtifact to write (None: remove it)."""
+    event: tuple[str, str, bool] | None = None
+    """(reason, message, warning) to post, once, on a change."""
+
+
+def gate_message(verdict: Verdict) -> str:
+    return f"{verdict.metric} {verdict.value} against threshold {verdict.threshold}"
+
+
+async def step(kube: Kube, body: Mapping[str, Any], now: float) -> Outcome:
+    """What spec.quantize asks of this tick (see the module docstring). Raises InvalidSpec and
+    PortError; the status is then left as it was."""
+    metadata, status = body["metadata"], body.get("status") or {}
+    spec_section = dict(body.get("spec") or {})
+    previous: dict[str, Any] | None = status.get("quantize")
+    produced: dict[str, Any] | None = status.get("quantizedArtifact")
+    quantize = QuantizeSpec.from_spec(spec_section)
+    if quantize is None:
+        return Outcome(None, None)
+    name, namespace = metadata["name"], metadata.get("namespace", "default")
+    job_id = job_name(name, quantize.hash)
+    if previous is None or previous.get("hash") != quantize.hash:
+        image = apply_defaults(crd.spec_schema(), spec_section)["image"]
+        await kube.create_job(
+            namespace, job(quantize, name=name, namespace=namespace, image=image, owner=body)
+        )
+        message = f"Job {job_id} quantizes {quantize.model} into {quantize.output}"
+        started: dict[str, Any] = {"job": job_id, "hash": quantize.hash, "state": RUNNING, "message": message}
+        started["startedAt"] = to_timestamp(now)
+        return Outcome(started, produced, ("QuantizeJobCreated", message, False))
+    if previous.get("state") != RUNNING:
+        return Outcome(previous, produced)
+    current = await kube.get_job(namespace, job_id)
+    if current is None:  # deleted while it ran: run it again
+        image = apply_defaults(crd.spec_schema(), spec_section)["image"]
+        await kube.create_job(
+            namespace, job(quantize, name=name, namespace=namespace, image=image, owner=body)
+        )
+        return Outcome(previous, produced)
+    outcome = finished(current)
+    if outcome is None:
+        return Outcome(previous, produced)
+    text = termination_message(await kube.job_pods(namespace, job_id))
+    done = {**previous, "finishedAt": to_timestamp(now)}
+    result: Verdict | str
+    if text is None:
+        conditions = (current.get("status") or {}).get("conditions") or []
+        why = next(
+            (c.get("message") or c.get("reason") for c in conditions if c.get("type") == "Failed"), None
+        )
+        result = f"{outcome.lower()} without a verdict" + (f": {why}" if why else "")
+    else:
+        result = read_result(text)
+    if isinstance(result, str):
+        done.update(state=ERROR, message=f"Job {job_id} failed: {result}")
+        return Outcome(done, produced, ("QuantizeJobFailed", done["message"], True))
+    done.update(metric=result.metric, value=result.value, threshold=result.threshold)
+    if not result.passed:
+        done.update(
+            state=GATE_FAILED, message=f"accuracy gate failed: {gate_message(result)}; nothing rolled out"
+        )
+        return Outcome(done, produced, (GATE_FAILED, done["message"], True))
+    done.update(state=PASSED, artifact=result.artifact)
+    done["message"] = f"accuracy gate passed: {gate_message(result)}; {result.artifact} becomes the canary"
+    return Outcome(done, {"uri": result.artifact, "job": job_id}, ("GatePassed", done["message"], False))

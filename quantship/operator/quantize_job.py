@@ -1,0 +1,175 @@
+"""`quantship quantize-job`: the container of spec.quantize's Job, runnable anywhere.
+
+It fetches the inputs (file://, pvc:// under --pvc-root, http(s)://), runs `quantship quantize`
+(the caller passes it in: the CLI's own command, with the flags the operator wrote), and when the
+gate passed publishes the artifact: copied to a pvc:// (or file://) target through a scratch
+directory and a rename, or pushed to an oci:// target with `quantship.oci` and named by digest.
+Its verdict goes, as one JSON object, to --result-file: in the Job that is the container's
+termination message, which the operator reads from the pod's status. The verdict:
+`{"gate": "passed"|"failed", "metric", "value", "threshold", "artifact"}`, or `{"error": ...}`
+when something failed before a verdict. The CLI exits 0 on a passed gate, 1 on a failed one.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import urllib.parse
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from quantship import artifact, oci
+from quantship.operator import fetch
+
+MAX_MESSAGE = 4096
+"""Kubernetes keeps at most this many bytes of a termination message."""
+Quantize = Callable[[Path, Path, Path | None, Path], None]
+"""(model, calibration, evaluation or None, out): runs `quantship quantize`, which writes the
+artifact (marked gate: failed when the gate failed) to out."""
+
+
+class JobError(Exception):
+    """An input or the target cannot be used: no verdict."""
+
+
+@dataclass(frozen=True)
+class Verdict:
+    passed: bool
+    metric: str | None
+    value: float | None
+    threshold: float | None
+    artifact: str | None
+    """The published artifact's URI (an oci:// one pinned by digest); None when the gate failed."""
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "gate": "passed" if self.passed else "failed",
+            "metric": self.metric,
+            "value": self.value,
+            "threshold": self.threshold,
+            "artifact": self.artifact,
+        }
+
+
+def read_result(message: str) -> Verdict | str:
+    """A termination message back: the Verdict, or the error it names (or why it cannot be read)."""
+    try:
+        data = json.loads(message)
+    except ValueError:
+        return f"no verdict in the termination message: {message[:200]!r}"
+    if not isinstance(data, Mapping):
+        return f"no verdict in the termination message: {message[:200]!r}"
+    if "error" in data:
+        return str(data["error"])
+    if data.get("gate") not in ("passed", "failed"):
+        return f"no verdict in the termination message: {message[:200]!r}"
+
+    def number(key: str) -> float | None:
+        value = data.get(key)
+        return float(value) if isinstance(value, int | float) else None
+
+    passed = data["gate"] == "passed"
+    produced = data.get("artifact")
+    if passed and not isinstance(produced, str):
+        return "the gate passed but the Job named no artifact"
+    return Verdict(
+        passed=passed,
+        metric=str(data["metric"]) if data.get("metric") is not None else None,
+        value=number("value"),
+        threshold=number("threshold"),
+        artifact=produced if passed else None,
+    )
+
+
+def write_result(result_file: Path, data: Mapping[str, Any]) -> None:
+    text = json.dumps(data)
+    if len(text.encode()) > MAX_MESSAGE:
+        text = json.dumps({"error": str(data.get("error", text))[: MAX_MESSAGE // 2]})
+    result_file.write_text(text)
+
+
+def _input(uri: str, workdir: Path, pvc_root: Path, timeout: float) -> Path:
+    try:
+        local = fetch.source_path(uri, pvc_root)
+        if local is None:
+            if uri.startswith(oci.SCHEME):
+                raise JobError(f"{uri}: inputs are file://, pvc:// or http(s)://")
+            name = Path(urllib.parse.urlparse(uri).path).name or "input"
+            folder = Path(tempfile.mkdtemp(prefix="input-", dir=workdir))
+            local = folder / name
+            fetch.download(uri, local, timeout=timeout)
+    except fetch.FetchError as exc:
+        raise JobError(str(exc)) from exc
+    if not local.is_file():
+        raise JobError(f"{uri}: {local} is not a file")
+    return local
+
+
+def _publish(out: Path, target: str, pvc_root: Path, registry_config: Path | None, insecure: bool) -> str:
+    if target.startswith(oci.SCHEME):
+        credentials = oci.Credentials(docker_config=registry_config)
+        try:
+            digest = oci.push(out, target, credentials=credentials, insecure=insecure)
+        except oci.OciError as exc:
+            raise JobError(str(exc)) from exc
+        reference = oci.Reference.parse(target)
+        return f"oci://{reference.registry}/{reference.repository}@{digest}"
+    try:
+        dest = fetch.source_path(target, pvc_root)
+    except fetch.FetchError as exc:
+        raise JobError(str(exc)) from exc
+    if dest is None:
+        raise JobError(f"{target}: a target is pvc://, file:// or oci://")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=dest.parent))
+    try:
+        shutil.copytree(out, scratch / "artifact")
+        artifact.load_artifact(scratch / "artifact")  # what landed is what was written
+        shutil.rmtree(dest, ignore_errors=True)
+        (scratch / "artifact").rename(dest)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return target
+
+
+def run(
+    *,
+    model: str,
+    calibration: str,
+    evaluation: str | None,
+    target: str,
+    quantize: Quantize,
+    workdir: Path,
+    result_file: Path,
+    pvc_root: Path = Path("/mnt/pvc"),
+    registry_config: Path | None = None,
+    insecure: bool = False,
+    timeout: float = 120.0,
+) -> Verdict:
+    """Fetch, quantize, publish when the gate passed; the verdict (or the error) goes to result_file.
+    Raises JobError (or what quantize raises) after writing the error."""
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+        model_path = _input(model, workdir, pvc_root, timeout)
+        calibration_path = _input(calibration, workdir, pvc_root, timeout)
+        gate_data = _input(evaluation, workdir, pvc_root, timeout) if evaluation else None
+        out = workdir / "artifact"
+        shutil.rmtree(out, ignore_errors=True)
+        quantize(model_path, calibration_path, gate_data, out)
+        validation = artifact.load_artifact(out).manifest.get("validation", {})
+        passed = validation.get("gate") == "passed"
+        verdict = Verdict(
+            passed=passed,
+            metric=validation.get("metric"),
+            value=validation.get("value"),
+            threshold=validation.get("threshold"),
+            artifact=_publish(out, target, pvc_root, registry_config, insecure) if passed else None,
+        )
+    except Exception as exc:
+        write_result(result_file, {"error": str(exc) or type(exc).__name__})
+        raise
+    write_result(result_file, verdict.to_json())
+    return verdict

@@ -1,0 +1,324 @@
+"""spec.quantize on kmock with the real kopf runtime: the operator creates the quantization Job;
+the tests play the Job controller and the kubelet (a pod with the container's termination
+message, the Job's status), as the API server would hold them. A passing gate starts the canary of
+the produced artifact through the rollout path a change of spec.artifact.uri takes; a failing one
+is phase GateFailed with the report's numbers, and no canary. The Job's own command line runs
+for real in tests/unit/operator/test_quantize_job_command.py."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import apiserver_rules as rules
+import pytest
+from kmock_cluster import Cluster
+from kubernetes.aio import client
+from operator_harness import (
+    NAMESPACE,
+    TESTS_USER_AGENT,
+    Kubectl,
+    ScriptedMetrics,
+    StartOperator,
+    eventually,
+    revision,
+    spec_of,
+)
+from test_operator_gateway_and_rbac import permission_of
+
+from quantship.operator import crd, permissions, quantization
+from quantship.operator.kube import MERGE_PATCH
+from quantship.operator.quantize_job import Verdict
+
+V1 = "https://models.example.com/digits-v1.tar.gz"
+FIRST = revision(V1)
+TARGET = "oci://registry.example.com/ml/digits:int8"
+PRODUCED = "oci://registry.example.com/ml/digits@sha256:" + "ab" * 32
+QUANTIZE = {
+    "model": "https://models.example.com/digits-fp32.onnx",
+    "calibration": "pvc://datasets/digits/calibration.npz",
+    "evaluation": "pvc://datasets/digits/evaluation.npz",
+    "options": {"mode": "static", "perChannel": True, "metric": "top1_agreement", "threshold": 0.99},
+    "target": {"uri": TARGET, "pullSecret": "registry"},
+}
+
+
+def status_of(kubectl: Kubectl) -> dict[str, Any]:
+    return dict((kubectl.get() or {}).get("status") or {})
+
+
+async def phase_is(kubectl: Kubectl, phase: str) -> dict[str, Any]:
+    found: dict[str, Any] = await eventually(
+        lambda: status_of(kubectl) if status_of(kubectl).get("phase") == phase else None,
+        what=f"phase {phase}",
+    )
+    return found
+
+
+async def serving(kubectl: Kubectl) -> None:
+    await kubectl.apply(spec_of(V1))
+    await eventually(lambda: kubectl.deployment(f"digits-{FIRST}"), what="the stable Deployment")
+    await kubectl.make_ready(f"digits-{FIRST}", 2)
+    await phase_is(kubectl, "Promoted")
+
+
+def job_of(kubectl: Kubectl, name: str) -> dict[str, Any] | None:
+    return kubectl.object(("batch/v1/jobs", NAMESPACE, name))
+
+
+def events(kubectl: Kubectl, reason: str) -> list[dict[str, Any]]:
+    return [event for event in kubectl.events() if event.get("reason") == reason]
+
+
+async def finish(api: client.ApiClient, job: str, *, exit_code: int, message: str) -> None:
+    """The kubelet and the Job controller: the pod ran and terminated with this message."""
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": f"{job}-x7k2p", "labels": {"job-name": job}},
+        "spec": {"containers": [{"name": quantization.CONTAINER, "image": "quantship"}]},
+    }
+    core = client.CoreV1Api(api)
+    await core.create_namespaced_pod(NAMESPACE, pod)
+    terminated = {
+        "exitCode": exit_code,
+        "reason": "Completed" if exit_code == 0 else "Error",
+        "message": message,
+    }
+    await core.patch_namespaced_pod_status(
+        pod["metadata"]["name"],
+        NAMESPACE,
+        {
+            "status": {
+                "containerStatuses": [
+                    {
+                        "name": quantization.CONTAINER,
+                        "image": "quantship",
+                        "imageID": "quantship@sha256:" + "cd" * 32,
+                        "ready": False,
+                        "restartCount": 0,
+                        "state": {"terminated": terminated},
+                    }
+                ]
+            }
+        },
+        _content_type=MERGE_PATCH,
+    )
+    done = "Complete" if exit_code == 0 else "Failed"
+    counts = {"succeeded": 1} if exit_code == 0 else {"failed": 1}
+    await client.BatchV1Api(api).patch_namespaced_job_status(
+        job,
+        NAMESPACE,
+        {"status": {**counts, "conditions": [{"type": done, "status": "True"}]}},
+        _content_type=MERGE_PATCH,
+    )
+
+
+async def quantizing(kubectl: Kubectl) -> dict[str, Any]:
+    """Ask for spec.quantize on a serving model; the Job the operator creates."""
+    await kubectl.patch({"spec": {"quantize": QUANTIZE}})
+    expected = quantization.QuantizeSpec.from_spec({"quantize": QUANTIZE})
+    assert expected is not None
+    name = quantization.job_name("digits", expected.hash)
+    job: dict[str, Any] = await eventually(lambda: job_of(kubectl, name), what="the quantization Job")
+    return job
+
+
+async def test_a_quantize_section_runs_a_job_whose_passing_artifact_becomes_the_canary_and_is_promoted(
+    cluster: Cluster, kubectl: Kubectl, api: client.ApiClient, start_operator: StartOperator
+) -> None:
+    operator = await start_operator(ScriptedMetrics(), namespaces=(NAMESPACE,))
+    await serving(kubectl)
+    job = await quantizing(kubectl)
+    name = job["metadata"]["name"]
+    await eventually(lambda: status_of(kubectl).get("quantize"), what="status.quantize")
+    # a restart while the Job runs: the status says which Job to wait for
+    await operator.shutdown()
+    operator = await start_operator(ScriptedMetrics(), namespaces=(NAMESPACE,))
+
+    # the Job: the server image running quantize-job with the section's flags, never retried,
+    # owned by the model, its verdict in the termination message, the push secret mounted
+    owner = kubectl.get()
+    assert owner is not None
+    assert job["metadata"]["ownerReferences"][0]["uid"] == owner["metadata"]["uid"]
+    assert job["spec"]["backoffLimit"] == 0
+    pod = job["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["image"] == owner["spec"].get("image", "ghcr.io/quantship/quantship:0.1.0")
+    command = container["command"]
+    assert command[:2] == ["quantship", "quantize-job"]
+    assert command[command.index("--target") + 1] == TARGET
+    assert command[command.index("--") :] == [
+        "--",
+        "--mode", "static", "--metric", "top1_agreement", "--threshold", "0.99", "--per-channel",
+    ]  # fmt: skip
+    assert command[command.index("--registry-config") + 1] == "/etc/quantship/registry/config.json"
+    assert container["terminationMessagePath"] == command[command.index("--result-file") + 1]
+    claims = [v["persistentVolumeClaim"] for v in pod["volumes"] if "persistentVolumeClaim" in v]
+    assert claims == [{"claimName": "datasets", "readOnly": True}]
+    running = status_of(kubectl)["quantize"]
+    assert (running["job"], running["state"]) == (name, "Running")
+    assert status_of(kubectl)["phase"] == "Promoted", "the stable serves on while the Job runs"
+    assert not any(
+        key[0].plural == "deployments" and key[2] != f"digits-{FIRST}" for key in kubectl.cluster.objects
+    )
+    assert events(kubectl, "QuantizeJobCreated")
+
+    verdict = Verdict(passed=True, metric="top1_agreement", value=1.0, threshold=0.99, artifact=PRODUCED)
+    await finish(api, name, exit_code=0, message=json.dumps(verdict.to_json()))
+
+    progressing = await phase_is(kubectl, "Progressing")
+    canary = progressing["canaryRevision"]
+    assert canary and canary != FIRST
+    assert progressing["quantizedArtifact"] == {"uri": PRODUCED, "job": name}
+    assert progressing["quantize"]["state"] == "Passed"
+    assert (progressing["quantize"]["metric"], progressing["quantize"]["value"]) == ("top1_agreement", 1.0)
+    deployment = await eventually(
+        lambda: kubectl.deployment(f"digits-{canary}"), what="the canary Deployment"
+    )
+    assert deployment["metadata"]["labels"]["track"] == "canary"
+    fetch = deployment["spec"]["template"]["spec"]["initContainers"][0]["command"]
+    assert fetch[2] == PRODUCED, "the canary serves the artifact the Job pushed, pinned by digest"
+    assert "--registry-config" in fetch
+    assert [
+        e["message"] for e in await eventually(lambda: events(kubectl, "GatePassed"), what="GatePassed")
+    ] == [f"accuracy gate passed: top1_agreement 1.0 against threshold 0.99; {PRODUCED} becomes the canary"]
+
+    assert [key[2] for key in kubectl.cluster.objects if key[0].plural == "jobs"] == [name], "one Job"
+    await kubectl.make_ready(f"digits-{canary}", 1)
+    promoted = await phase_is(kubectl, "Promoted")
+    assert promoted["stableRevision"] == canary
+    await operator.shutdown()
+
+    # the calls, as the API recorded them: within the namespaced role, the Job's among them
+    requests = [r for r in cluster if r.headers.get("User-Agent") != TESTS_USER_AGENT]
+    used = {found for request in requests if (found := permission_of(request)) is not None}
+    in_namespaces, _ = permissions.needed(clusterwide=False, peering=False)
+    assert {scope for scope, _ in used} == {NAMESPACE}
+    assert permissions.QUANTIZE_JOB <= {permission for _, permission in used} <= in_namespaces
+
+
+async def test_a_failed_gate_is_phase_gatefailed_with_the_numbers_and_never_a_canary(
+    kubectl: Kubectl, api: client.ApiClient, start_operator: StartOperator
+) -> None:
+    await start_operator(ScriptedMetrics())
+    await serving(kubectl)
+    job = await quantizing(kubectl)
+    name = job["metadata"]["name"]
+
+    verdict = Verdict(passed=False, metric="top1_agreement", value=0.9975, threshold=0.99, artifact=None)
+    await finish(api, name, exit_code=1, message=json.dumps(verdict.to_json()))
+
+    failed = await phase_is(kubectl, "GateFailed")
+    assert failed["quantize"] | {"state": "GateFailed", "metric": "top1_agreement"} == failed["quantize"]
+    assert (failed["quantize"]["value"], failed["quantize"]["threshold"]) == (0.9975, 0.99)
+    assert failed["quantize"]["rolloutPhase"] == "Promoted"
+    assert failed["stableRevision"] == FIRST and failed.get("canaryRevision") is None
+    assert "quantizedArtifact" not in failed
+    (event,) = await eventually(lambda: events(kubectl, "GateFailed"), what="the GateFailed event")
+    assert event["type"] == "Warning"
+    assert (
+        event["message"]
+        == "accuracy gate failed: top1_agreement 0.9975 against threshold 0.99; nothing rolled out"
+    )
+    deployments = [key[2] for key in kubectl.cluster.objects if key[0].plural == "deployments"]
+    assert deployments == [f"digits-{FIRST}"], "no canary"
+
+    # another section is another Job; the stable still serves, the phase is the rollout's again
+    await kubectl.patch({"spec": {"quantize": {"options": {"threshold": 0.95}}}})
+    await phase_is(kubectl, "Promoted")
+    assert status_of(kubectl)["quantize"]["state"] == "Running"
+    assert len([key for key in kubectl.cluster.objects if key[0].plural == "jobs"]) == 2
+
+
+async def test_a_job_that_fails_without_a_verdict_is_an_error_and_the_stable_serves_on(
+    kubectl: Kubectl, api: client.ApiClient, start_operator: StartOperator
+) -> None:
+    await start_operator(ScriptedMetrics())
+    await serving(kubectl)
+    name = (await quantizing(kubectl))["metadata"]["name"]
+    await finish(
+        api, name, exit_code=3, message='{"error": "https://models.example.com/digits-fp32.onnx: HTTP 404"}'
+    )
+
+    errored = await eventually(
+        lambda: (
+            status_of(kubectl) if status_of(kubectl).get("quantize", {}).get("state") == "Error" else None
+        ),
+        what="state Error",
+    )
+    assert (
+        errored["quantize"]["message"]
+        == f"Job {name} failed: https://models.example.com/digits-fp32.onnx: HTTP 404"
+    )
+    assert errored["phase"] == "Promoted" and errored.get("canaryRevision") is None
+    assert await eventually(lambda: events(kubectl, "QuantizeJobFailed"), what="the QuantizeJobFailed event")
+
+
+async def test_a_quantize_section_that_cannot_work_is_refused_and_the_stable_serves_on(
+    kubectl: Kubectl, start_operator: StartOperator
+) -> None:
+    """kmock validates nothing: what the CRD's CEL rule refuses reaches the operator, which says so."""
+    await start_operator(ScriptedMetrics())
+    await serving(kubectl)
+    await kubectl.patch(
+        {
+            "spec": {
+                "quantize": {**QUANTIZE, "target": {"uri": "pvc://models/digits", "pullSecret": "registry"}}
+            }
+        }
+    )
+
+    def degraded() -> dict[str, Any] | None:
+        conditions = {c["type"]: c for c in status_of(kubectl).get("conditions") or []}
+        found = conditions.get("Degraded", {})
+        return found if found.get("reason") == "InvalidSpec" else None
+
+    condition: dict[str, Any] = await eventually(degraded, what="Degraded: InvalidSpec")
+    assert condition["message"] == "quantize.target.pullSecret is for an oci:// target only"
+    assert status_of(kubectl)["phase"] == "Promoted" and "quantize" not in status_of(kubectl)
+    assert not [key for key in kubectl.cluster.objects if key[0].plural == "jobs"]
+
+
+# -- the CRD, under the rules a real API server applies (apiserver_rules.py) -----------------------
+
+
+def resource(quantize: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "apiVersion": crd.API_VERSION,
+        "kind": crd.KIND,
+        "metadata": {"name": "digits", "namespace": NAMESPACE},
+        "spec": {"artifact": {"uri": V1}, "quantize": quantize},
+    }
+
+
+def test_a_quantize_section_is_admitted_with_its_defaults_and_reads_into_the_same_job() -> None:
+    stored, errors = rules.admit(crd.schema(), resource(QUANTIZE))
+    assert errors == []
+    assert stored["spec"]["quantize"]["activeDeadlineSeconds"] == 3600
+    assert quantization.QuantizeSpec.from_spec(stored["spec"]) == quantization.QuantizeSpec.from_spec(
+        {"quantize": QUANTIZE}
+    )
+
+
+@pytest.mark.parametrize(
+    ("change", "complaint"),
+    [
+        ({"target": {"uri": "pvc://models/digits", "pullSecret": "registry"}}, "pullSecret is for an oci://"),
+        ({"target": {"uri": "https://models.example.com/out"}}, "does not match"),
+        ({"model": "oci://registry.example.com/ml/fp32:1"}, "does not match"),
+        ({"options": {"mode": "int4"}}, "'int4' is not one of"),
+        ({"options": {"maxAccuracyDelta": 2}}, "greater than the maximum"),
+    ],
+)
+def test_a_quantize_section_that_cannot_work_is_refused_by_the_api_server(
+    change: dict[str, Any], complaint: str
+) -> None:
+    _, errors = rules.admit(crd.schema(), resource({**QUANTIZE, **change}))
+    assert len(errors) == 1 and complaint in errors[0], errors
+
+
+def test_a_missing_input_is_refused_by_the_api_server() -> None:
+    section = {key: value for key, value in QUANTIZE.items() if key != "calibration"}
+    _, errors = rules.admit(crd.schema(), resource(section))
+    assert len(errors) == 1 and "'calibration' is a required property" in errors[0], errors

@@ -1,0 +1,122 @@
+"""The quantization Job's container command line, as the operator writes it, run for real
+(`python -m quantship quantize-job ...`) on the digits sample with file:// inputs and a pvc://
+target under a local claim root: the verdict it leaves in its termination-message file, its exit
+code, and the artifact the model servers' init container then fetches."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from quantship import zoo
+from quantship.operator import crd, fetch, quantization
+from quantship.operator.quantize_job import Verdict, read_result
+from quantship.quantize import config as q_config
+from quantship.quantize.evaluate import Metric
+
+TIMEOUT = 600  # two cores, other suites running at once
+
+
+def spec(
+    sample: zoo.SampleModel, *, calibration: Path | None = None, **options: Any
+) -> quantization.QuantizeSpec:
+    section = {
+        "model": f"file://{sample.model}",
+        "calibration": f"file://{calibration or sample.calibration}",
+        "evaluation": f"file://{sample.evaluation}",
+        "options": {"maxTrials": 0, **options},
+        "target": {"uri": "pvc://models/digits/int8"},
+    }
+    built = quantization.QuantizeSpec.from_spec({"quantize": section})
+    assert built is not None
+    return built
+
+
+def run_job(command: list[str], tmp_path: Path) -> tuple[subprocess.CompletedProcess[str], Path]:
+    """The container's command, with the pod's mount points moved under tmp_path."""
+    assert command[0] == "quantship"
+    local = {
+        "--workdir": tmp_path / "work",
+        "--result-file": tmp_path / "termination-log",
+        "--pvc-root": tmp_path / "pvc",
+    }
+    args = list(command[1:])
+    for flag, path in local.items():
+        args[args.index(flag) + 1] = str(path)
+    done = subprocess.run(
+        [sys.executable, "-m", "quantship", *args],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        check=False,
+    )
+    return done, local["--result-file"]
+
+
+def test_a_passing_gate_exits_0_publishes_under_the_jobs_folder_and_the_servers_can_fetch_it(
+    sample: zoo.SampleModel, tmp_path: Path
+) -> None:
+    job = spec(sample, mode="static", metric="top1_agreement", threshold=0.9)
+    done, result = run_job(job.command(), tmp_path)
+    assert done.returncode == 0, done.stderr
+    verdict = read_result(result.read_text())
+    assert isinstance(verdict, Verdict) and verdict.passed
+    assert (verdict.metric, verdict.threshold) == ("top1_agreement", 0.9)
+    assert verdict.value is not None and verdict.value >= 0.9
+    assert verdict.artifact == f"pvc://models/digits/int8/{job.hash}" == job.output
+    installed = fetch.fetch(job.output, tmp_path / "served", pvc_root=tmp_path / "pvc")
+    assert installed.manifest["validation"]["gate"] == "passed"
+    assert installed.manifest["quantization"]["mode"] == "static"
+
+
+def test_a_failing_gate_exits_1_with_the_numbers_and_publishes_nothing(
+    sample: zoo.SampleModel, tmp_path: Path
+) -> None:
+    # calibrated on one digit only, and asked to agree with FP32 on every row: it cannot
+    job = spec(sample, calibration=sample.calibration_skewed, metric="top1_agreement", threshold=1.0)
+    done, result = run_job(job.command(), tmp_path)
+    assert done.returncode == 1, done.stderr
+    written = json.loads(result.read_text())
+    assert written["gate"] == "failed" and written["artifact"] is None
+    verdict = read_result(result.read_text())
+    assert isinstance(verdict, Verdict) and not verdict.passed
+    assert (verdict.metric, verdict.threshold) == ("top1_agreement", 1.0)
+    assert verdict.value is not None and verdict.value < 1.0
+    assert not (tmp_path / "pvc").exists(), "nothing published"
+
+
+def test_an_input_that_cannot_be_read_exits_3_and_says_why_in_the_termination_message(
+    sample: zoo.SampleModel, tmp_path: Path
+) -> None:
+    job = spec(sample)
+    command = job.command()
+    command[command.index("--model") + 1] = f"file://{tmp_path}/missing.onnx"
+    done, result = run_job(command, tmp_path)
+    assert done.returncode == 3
+    assert (
+        read_result(result.read_text())
+        == f"file://{tmp_path}/missing.onnx: {tmp_path}/missing.onnx is not a file"
+    )
+    assert not (tmp_path / "pvc").exists()
+
+
+def test_the_crds_quantize_choices_are_the_quantize_commands() -> None:
+    options = crd.spec_schema()["properties"]["quantize"]["properties"]["options"]["properties"]
+    assert options["mode"]["enum"] == [m.value for m in q_config.Mode]
+    assert options["format"]["enum"] == [f.value for f in q_config.Format]
+    assert options["calibrationMethod"]["enum"] == [c.value for c in q_config.Calibration]
+    assert options["metric"]["enum"] == [m.value for m in Metric]
+    assert set(quantization.OPTION_FLAGS) | {"perChannel"} == set(options)
+
+
+def test_the_section_hash_names_the_job_and_a_pvc_target_gets_a_folder_per_job(
+    sample: zoo.SampleModel,
+) -> None:
+    one, other = spec(sample), spec(sample, threshold=0.5)
+    assert one.hash != other.hash and one == spec(sample)
+    name = quantization.job_name("a" * 60, one.hash)
+    assert len(name) <= 63 and name.endswith(f"-quantize-{one.hash}")
+    assert one.output == f"pvc://models/digits/int8/{one.hash}"
