@@ -1,0 +1,58 @@
+"""spec.quantize with an oci:// target: the Job's command line, as the operator writes it, run
+with the real CLI against the real registry behind basic auth, its push secret mounted as a
+dockerconfigjson. The verdict names the artifact pinned by digest, and the model servers' fetch
+pulls exactly that."""
+
+from __future__ import annotations
+
+import base64
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from registry_harness import PASSWORD, USER, Registry
+
+from quantship import zoo
+from quantship.operator import fetch, quantization
+from quantship.operator.quantize_job import Verdict, read_result
+
+
+def test_a_passing_job_pushes_to_the_registry_and_names_the_artifact_by_digest(
+    auth_registry: Registry, sample: zoo.SampleModel, tmp_path: Path
+) -> None:
+    tag = auth_registry.uri("quantship/quantized:int8")
+    section = {
+        "model": f"file://{sample.model}",
+        "calibration": f"file://{sample.calibration}",
+        "options": {"maxTrials": 0},
+        "target": {"uri": tag, "pullSecret": "registry-push"},
+    }
+    job = quantization.QuantizeSpec.from_spec({"quantize": section})
+    assert job is not None
+    command = job.command()
+    config = tmp_path / "config.json"  # the Secret's .dockerconfigjson, where the Job mounts it
+    token = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+    config.write_text(json.dumps({"auths": {auth_registry.address: {"auth": token}}}))
+    result = tmp_path / "termination-log"
+    local = {"--workdir": tmp_path / "work", "--result-file": result, "--registry-config": config}
+    for flag, path in local.items():
+        command[command.index(flag) + 1] = str(path)
+    assert command[0] == "quantship"
+    done = subprocess.run(
+        [sys.executable, "-m", "quantship", *command[1:]],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+
+    verdict = read_result(result.read_text())
+    assert isinstance(verdict, Verdict) and verdict.passed and verdict.artifact is not None
+    prefix = auth_registry.uri("quantship/quantized@sha256:")
+    assert verdict.artifact.startswith(prefix) and len(verdict.artifact) == len(prefix) + 64
+    served = fetch.fetch(verdict.artifact, tmp_path / "served", registry_config=config)
+    by_tag = fetch.fetch(tag, tmp_path / "by-tag", registry_config=config)
+    assert served.digest == by_tag.digest, "the pinned reference is what the tag names"
+    assert served.manifest["validation"]["gate"] == "passed"
