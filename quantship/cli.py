@@ -622,7 +622,14 @@ _SERVE, _BATCH, _QUALITY = (
     "--per-tensor-metrics",
     is_flag=True,
     default=_default(_QUALITY, "per_tensor_metrics"),
-    help="Export clip counts per activation tensor.",
+    help="Export clip counts and activation drift per activation tensor.",
+)
+@click.option(
+    "--drift-window",
+    type=click.IntRange(min=2),
+    default=_default(_QUALITY, "drift_window"),
+    show_default=True,
+    help="Clip-sampled requests the activation drift SLI compares with the calibration histograms.",
 )
 @click.option(
     "--feedback-capacity",
@@ -686,6 +693,7 @@ def serve(
     shadow_rate: float,
     clip_sample_rate: float,
     per_tensor_metrics: bool,
+    drift_window: int,
     feedback_capacity: int,
     feedback_max_bytes: int,
     max_body_bytes: int,
@@ -721,6 +729,7 @@ def serve(
             shadow_rate=shadow_rate,
             clip_sample_rate=clip_sample_rate,
             per_tensor_metrics=per_tensor_metrics,
+            drift_window=drift_window,
             feedback_capacity=feedback_capacity,
             feedback_max_bytes=feedback_max_bytes,
         ),

@@ -62,6 +62,8 @@ class Metric(enum.StrEnum):
     SAMPLES_DROPPED_TOTAL = f"{PREFIX}samples_dropped_total"
     TENSOR_ACTIVATIONS_OBSERVED_TOTAL = f"{PREFIX}tensor_activations_observed_total"
     TENSOR_ACTIVATIONS_CLIPPED_TOTAL = f"{PREFIX}tensor_activations_clipped_total"
+    ACTIVATION_DRIFT = f"{PREFIX}activation_drift"
+    ACTIVATION_DRIFT_VALUES_TOTAL = f"{PREFIX}activation_drift_values_total"
     HARDWARE_MISMATCH = f"{PREFIX}hardware_mismatch"
     HARDWARE_INFO = f"{PREFIX}hardware_info"
     NONDETERMINISTIC_OUTPUTS = f"{PREFIX}nondeterministic_outputs"

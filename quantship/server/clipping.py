@@ -4,9 +4,10 @@
 with a range in the manifest a graph output. A second session of it (so the serving session keeps
 its fused int8 kernels) runs on a `--clip-sample-rate` share of requests in the background thread;
 `ClipCounter.process` counts, with `ActivationRange.count_clipped` (the one definition of clipped),
-the values each range saturates. Exposed tensors stop onnxruntime from fusing their QDQ groups, so
-the observer runs the QDQ simulation: the values it sees are the float values the served graph
-quantizes, up to int8 rounding of earlier layers.
+the values each range saturates, and hands the same values to the drift window (server/drift.py),
+when the artifact carries calibration histograms. Exposed tensors stop onnxruntime from fusing
+their QDQ groups, so the observer runs the QDQ simulation: the values it sees are the float values
+the served graph quantizes, up to int8 rounding of earlier layers.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 import onnx
 
 from quantship.artifact import ActivationRange
+from quantship.server.drift import DriftWindow, overall
 from quantship.server.metrics import ServerMetrics
 from quantship.server.runner import Runner, Tensors
 
@@ -53,15 +55,23 @@ class ClipSample:
 
 
 class ClipCounter:
-    def __init__(self, observer: Runner, ranges: Sequence[ActivationRange], metrics: ServerMetrics) -> None:
+    def __init__(
+        self,
+        observer: Runner,
+        ranges: Sequence[ActivationRange],
+        metrics: ServerMetrics,
+        drift: DriftWindow | None = None,
+    ) -> None:
         self.observer = observer
         self.ranges = list(ranges)
         self.metrics = metrics
+        self.drift = drift
 
     def process(self, samples: Sequence[ClipSample]) -> None:
         """Blocking: runs the observer session. Called in the background thread by a Lane."""
         outputs = self.observer.run_many([s.inputs for s in samples], [s.rows for s in samples])
         per_tensor: dict[str, tuple[int, int]] = {}
+        binned = 0
         for sample, values in zip(samples, outputs, strict=True):
             for r in self.ranges:
                 tensor = values.get(r.tensor)
@@ -69,6 +79,13 @@ class ClipCounter:
                     tensor = sample.inputs[r.tensor]
                 seen, clipped = per_tensor.get(r.tensor, (0, 0))
                 per_tensor[r.tensor] = (seen + int(tensor.size), clipped + r.count_clipped(tensor))
+                if self.drift is not None:
+                    binned += self.drift.add(r.tensor, tensor)
+            if self.drift is not None:
+                self.drift.sample_done()
         observed = sum(seen for seen, _ in per_tensor.values())
         clipped = sum(outside for _, outside in per_tensor.values())
         self.metrics.activations(observed, clipped, per_tensor)
+        if self.drift is not None:
+            distances = self.drift.distances()
+            self.metrics.drifted(distances, overall(distances), binned)

@@ -30,6 +30,9 @@ loading (a bug, logged with its traceback: not the artifact's fault). Each start
 FEEDBACK_VARIANTS = ("quantized", "reference")
 MODEL_INFO_LABELS = ("precision", "quant_mode", "calibration_method", "calibration_sha256", "runtime_version")
 SAMPLE_KINDS = ("shadow", "clip")
+DRIFT_OVERALL = "all"
+"""The `tensor` label of the overall drift series (the mean over tensors), exported always; the
+per-tensor series only with --per-tensor-metrics. Select per-tensor series with tensor!="all"."""
 HARDWARE_INFO_LABELS = ("side", "cpu", "int8_flags", "onnxruntime", "provider")
 
 
@@ -132,6 +135,16 @@ class ServerMetrics:
             "Sampled requests (shadow, clip) dropped because the background worker was behind.",
             ("kind",),
         )
+        self.activation_drift = gauge(
+            M.ACTIVATION_DRIFT,
+            "Jensen-Shannon divergence (bits, 0..1) of sampled production activations over the sliding "
+            'window from the calibration histograms: per tensor, and tensor="all" for the mean.',
+            ("tensor",),
+        )
+        self.activation_drift_values = counter(
+            M.ACTIVATION_DRIFT_VALUES_TOTAL,
+            "Activation values binned into the drift window: the evidence behind the drift gauge.",
+        ).labels(*values)
         self.hardware_mismatch = gauge(
             M.HARDWARE_MISMATCH,
             "1 when this node differs from where the accuracy gate measured the artifact, by aspect "
@@ -195,6 +208,14 @@ class ServerMetrics:
             for tensor, (seen, outside) in per_tensor.items():
                 self.tensor_observed.labels(*self._values, tensor).inc(seen)
                 self.tensor_clipped.labels(*self._values, tensor).inc(outside)
+
+    def drifted(self, distances: Mapping[str, float], overall: float | None, binned: int) -> None:
+        self.activation_drift_values.inc(binned)
+        if overall is not None:
+            self.activation_drift.labels(*self._values, DRIFT_OVERALL).set(overall)
+        if self.per_tensor:
+            for tensor, distance in distances.items():
+                self.activation_drift.labels(*self._values, tensor).set(distance)
 
     def sample_dropped(self, kind: str) -> None:
         self.samples_dropped.labels(*self._values, kind).inc()

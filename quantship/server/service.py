@@ -41,6 +41,7 @@ from quantship.server import runner as runner_module
 from quantship.server.background import Lane
 from quantship.server.batcher import Batcher
 from quantship.server.clipping import ClipCounter, ClipSample, observer_model
+from quantship.server.drift import DriftWindow
 from quantship.server.errors import InvalidInput, ModelNotFound, NotReady
 from quantship.server.feedback import FeedbackStore
 from quantship.server.metrics import ServerMetrics
@@ -310,7 +311,17 @@ class ModelService:
             shadow = self._lane("shadow", evaluator.process)
         clip = None
         if opened.observer is not None:
-            counter = ClipCounter(opened.observer, opened.ranges, self.metrics)
+            observed = {r.tensor for r in opened.ranges}
+            histograms = [h for h in opened.artifact.activation_histograms if h.tensor in observed]
+            drift = DriftWindow(histograms, quality.drift_window, opened.ranges) if histograms else None
+            log.info(
+                "activation drift: %s",
+                f"{len(drift.tensors)} tensors against calibration, window {quality.drift_window} sampled"
+                " requests"
+                if drift
+                else "off (the artifact carries no calibration histograms)",
+            )
+            counter = ClipCounter(opened.observer, opened.ranges, self.metrics, drift)
             clip = self._lane("clip", counter.process)
         return Model(opened, batcher, feedback, shadow, clip)
 

@@ -45,6 +45,11 @@ class QualitySettings:
     per_tensor_metrics: bool = False
     """Also export clip counts per activation tensor (`quantship_tensor_activations_*`): one series
     per quantized tensor, hundreds for a real network, so only for the debug dashboard."""
+    drift_window: int = 512
+    """Clip-sampled requests the activation drift SLI compares with calibration, at most (it slides by
+    halves: the gauge covers the last 256 to 512). 512 is minutes of traffic at 5% sampling of a few
+    requests a second: drift is slow, and a longer window keeps sampling noise of a calm model near 0.
+    Memory does not grow with it: two 66-bin histograms per tensor."""
     disagreement_tolerance: float = 0.01
     """Relative error (L2, per row) above which a non-classifier output disagrees with the reference.
     1%: well above int8 rounding noise of a healthy model, well below a broken range."""
@@ -64,6 +69,8 @@ class QualitySettings:
         for name in ("shadow_rate", "clip_sample_rate"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be within 0..1, got {getattr(self, name)}")
+        if self.drift_window < 2:
+            raise ValueError("drift window must be >= 2 sampled requests")
         if self.disagreement_tolerance < 0:
             raise ValueError("disagreement tolerance must be >= 0")
 

@@ -1,0 +1,115 @@
+"""Activation drift: how far production activations moved from the calibration histograms.
+
+The clipped-activation rate only sees values leaving a calibrated range; a distribution that moved
+inside the range (darker images, shorter sentences) leaves the ranges, and so the quantization,
+fitted to data the model no longer sees. The artifact carries, per activation range, how the
+calibration data spread over it (`artifact.ActivationHistogram`: 64 equal bins plus under/overflow).
+The clip lane hands `DriftWindow` the same activations it checks for clipping; the window bins them
+with `ActivationHistogram.bin` (the one binning definition, shared with the quantizer) and the
+service exports the distance per tensor and overall. Calibration histograms come from the FP32 model,
+where a Relu follows an Add; the quantized graph folds that Relu into the Add's range, so the observer
+sees pre-activation values under the FP32 name: the window applies the folded activation
+(`ActivationRange.activation_low/high`) first, as the clip counter does. Without it a calm digits
+model read 0.40 on such a tensor.
+
+The distance is the Jensen-Shannon divergence in bits, not the population stability index:
+- bounded in [0, 1] and symmetric, so one alert threshold means the same for every tensor and
+  every model, and a tensor whose production values fill bins calibration left empty (the usual
+  case with 66 fixed-width bins: the tails) gives a finite, comparable figure;
+- PSI's 0.1 / 0.25 thresholds come from ten equal-population deciles; over fixed-width bins with
+  empty calibration bins PSI is infinite unless floored, and then depends on the floor.
+JS is 0 for identical histograms, 1 for disjoint ones; sampling noise of a calm window stays near 0
+(measured on the digits sample, README "Serve").
+
+The window slides by halves: two histograms per tensor, the previous half-window and the current
+one; when the current half has seen `window / 2` sampled requests it becomes the previous one. The
+distance covers the last window/2 to window sampled requests, and memory is two 66-bin histograms per
+tensor whatever the window or traffic: nothing per request is kept. Only the background thread of
+the clip lane touches it, so it needs no lock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from quantship.artifact import ActivationHistogram, ActivationRange
+
+
+def _as_bins(counts: np.ndarray, under: int, over: int) -> np.ndarray:
+    return np.concatenate(([under], counts, [over])).astype(np.float64)
+
+
+def js_divergence(p: np.ndarray, q: np.ndarray) -> float:
+    """Jensen-Shannon divergence of two histograms (counts, any scale), in bits: within [0, 1].
+    Empty bins need no floor: a bin empty on one side contributes through the mixture only."""
+    p = p / p.sum()
+    q = q / q.sum()
+    m = (p + q) / 2
+
+    def kl(a: np.ndarray) -> float:
+        nonzero = a > 0
+        return float(np.sum(a[nonzero] * np.log2(a[nonzero] / m[nonzero])))
+
+    return min(1.0, max(0.0, (kl(p) + kl(q)) / 2))
+
+
+class DriftWindow:
+    def __init__(
+        self, histograms: Sequence[ActivationHistogram], window: int, ranges: Sequence[ActivationRange] = ()
+    ) -> None:
+        """`histograms` from the artifact (those with any count); `window` in sampled requests;
+        `ranges` give the activations folded into them."""
+        self.folded = {
+            r.tensor: (r.activation_low, r.activation_high)
+            for r in ranges
+            if r.activation_low is not None or r.activation_high is not None
+        }
+        self.histograms = {h.tensor: h for h in histograms if sum(h.counts) + h.underflow + h.overflow > 0}
+        self.baseline = {
+            t: _as_bins(np.asarray(h.counts), h.underflow, h.overflow) for t, h in self.histograms.items()
+        }
+        self.half = max(1, window // 2)
+        self._previous = {t: np.zeros_like(b) for t, b in self.baseline.items()}
+        self._current = {t: np.zeros_like(b) for t, b in self.baseline.items()}
+        self._current_samples = 0
+
+    @property
+    def tensors(self) -> list[str]:
+        return list(self.histograms)
+
+    def add(self, tensor: str, values: np.ndarray) -> int:
+        """Bin one sampled request's values of `tensor`; how many were binned (finite ones)."""
+        h = self.histograms.get(tensor)
+        if h is None:
+            return 0
+        if tensor in self.folded:
+            values = np.clip(values, *self.folded[tensor])
+        counts, under, over = ActivationHistogram.bin(values, h.low, h.high)
+        binned = _as_bins(counts, under, over)
+        self._current[tensor] += binned
+        return int(binned.sum())
+
+    def sample_done(self) -> None:
+        """One sampled request binned: slide the window when its current half is full."""
+        self._current_samples += 1
+        if self._current_samples >= self.half:
+            self._previous = self._current
+            self._current = {t: np.zeros_like(b) for t, b in self.baseline.items()}
+            self._current_samples = 0
+
+    def distances(self) -> dict[str, float]:
+        """JS divergence of the window from calibration, per tensor that has values in the window."""
+        result = {}
+        for tensor, baseline in self.baseline.items():
+            window = self._previous[tensor] + self._current[tensor]
+            if window.sum() > 0:
+                result[tensor] = js_divergence(window, baseline)
+        return result
+
+
+def overall(distances: Mapping[str, float]) -> float | None:
+    """The mean over tensors: every quantized tensor weighs the same, whatever its size (the max
+    would follow the noisiest small tensor). None before any tensor has values."""
+    return float(np.mean(list(distances.values()))) if distances else None

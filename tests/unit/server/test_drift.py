@@ -1,0 +1,85 @@
+"""The drift distance (Jensen-Shannon, bits) and its sliding window, on histograms binned by the
+artifact's own `ActivationHistogram.bin`."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from quantship.artifact import ActivationHistogram, ActivationRange
+from quantship.server.drift import DriftWindow, js_divergence, overall
+
+
+def calibration(
+    values: np.ndarray, low: float = -4.0, high: float = 4.0, tensor: str = "t"
+) -> ActivationHistogram:
+    counts, under, over = ActivationHistogram.bin(values, low, high)
+    return ActivationHistogram(tensor, low, high, tuple(int(c) for c in counts), under, over)
+
+
+def test_js_is_zero_for_the_same_shape_one_for_disjoint_and_symmetric() -> None:
+    p = np.array([1.0, 3.0, 0.0, 0.0])
+    q = np.array([0.0, 0.0, 2.0, 5.0])
+    assert js_divergence(p, p * 7) == 0.0
+    assert js_divergence(p, q) == 1.0
+    r = np.array([2.0, 1.0, 1.0, 0.0])
+    assert js_divergence(p, r) == js_divergence(r, p)
+    assert 0.0 < js_divergence(p, r) < 1.0
+
+
+def test_empty_calibration_bins_give_a_finite_distance() -> None:
+    baseline = np.array([0.0, 10.0, 10.0, 0.0])
+    production = np.array([5.0, 10.0, 10.0, 5.0])  # fills bins calibration left empty
+    distance = js_divergence(production, baseline)
+    assert np.isfinite(distance) and 0.0 < distance < 0.2
+
+
+def test_a_window_of_calibration_like_values_stays_near_zero_and_a_shifted_one_rises() -> None:
+    rng = np.random.default_rng(0)
+    window = DriftWindow([calibration(rng.standard_normal(20_000))], window=64)
+    for _ in range(64):
+        window.add("t", rng.standard_normal(200))
+        window.sample_done()
+    calm = window.distances()["t"]
+    for _ in range(64):
+        window.add("t", rng.standard_normal(200) * 0.5 + 1.0)  # same range, moved inside it
+        window.sample_done()
+    shifted = window.distances()["t"]
+    assert calm < 0.01
+    assert shifted > 0.2
+
+
+def test_the_window_forgets_what_is_older_than_a_window() -> None:
+    rng = np.random.default_rng(1)
+    window = DriftWindow([calibration(rng.standard_normal(20_000))], window=20)
+    for _ in range(20):
+        window.add("t", rng.standard_normal(200) + 2.0)
+        window.sample_done()
+    assert window.distances()["t"] > 0.2
+    for _ in range(20):  # one whole window of calm traffic later, the shift has left it
+        window.add("t", rng.standard_normal(200))
+        window.sample_done()
+    assert window.distances()["t"] < 0.02
+
+
+def test_only_tensors_with_a_histogram_and_values_get_a_distance() -> None:
+    rng = np.random.default_rng(2)
+    empty = ActivationHistogram("empty", 0.0, 1.0, (0,) * 64, 0, 0)
+    window = DriftWindow([calibration(rng.standard_normal(1000), tensor="a"), empty], window=8)
+    assert window.tensors == ["a"]
+    assert window.add("unknown", np.ones(3)) == 0
+    assert window.distances() == {} and overall({}) is None
+    assert window.add("a", np.array([0.5, np.nan, 9.0])) == 2  # NaN is not binned; 9.0 overflows
+    assert set(window.distances()) == {"a"}
+    assert overall({"a": 0.2, "b": 0.4}) == np.mean([0.2, 0.4])
+
+
+def test_a_folded_relu_is_applied_before_binning_as_the_fp32_model_would() -> None:
+    rng = np.random.default_rng(3)
+    fp32 = np.maximum(rng.standard_normal(20_000), 0.0)  # calibration saw Relu outputs
+    folded = ActivationRange("t", 0.0, 4.0, 4.0 / 255, activation_low=0.0)
+    with_fold = DriftWindow([calibration(fp32, 0.0, 4.0)], window=8, ranges=[folded])
+    without = DriftWindow([calibration(fp32, 0.0, 4.0)], window=8)
+    for window in (with_fold, without):
+        window.add("t", rng.standard_normal(5_000))  # the quantized graph's pre-activation values
+    assert with_fold.distances()["t"] < 0.01
+    assert without.distances()["t"] > 0.2
