@@ -665,6 +665,27 @@ _SERVE, _BATCH, _QUALITY = (
     help="onnxruntime intra-op threads (default: its own).",
 )
 @click.option(
+    "--capture-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=_default(_SERVE, "capture_dir"),
+    help="Keep a reservoir sample of production inputs here (capture.npz, calibration format). "
+    "Off by default: it stores user inputs on disk.",
+)
+@click.option(
+    "--capture-max-samples",
+    type=click.IntRange(min=1),
+    default=_default(_SERVE, "capture_max_samples"),
+    show_default=True,
+    help="Samples the capture keeps, at most.",
+)
+@click.option(
+    "--capture-max-bytes",
+    type=click.IntRange(min=1),
+    default=_default(_SERVE, "capture_max_bytes"),
+    show_default=True,
+    help="Bytes of captured inputs, at most.",
+)
+@click.option(
     "--require-gate-hardware",
     is_flag=True,
     default=_default(_SERVE, "require_gate_hardware"),
@@ -699,6 +720,9 @@ def serve(
     max_body_bytes: int,
     drain_timeout_s: float,
     threads: int | None,
+    capture_dir: Path | None,
+    capture_max_samples: int,
+    capture_max_bytes: int,
     require_gate_hardware: bool,
     log_level: str,
     access_log: bool,
@@ -723,6 +747,9 @@ def serve(
         threads=threads,
         max_body_bytes=max_body_bytes,
         drain_timeout_s=drain_timeout_s,
+        capture_dir=capture_dir,
+        capture_max_samples=capture_max_samples,
+        capture_max_bytes=capture_max_bytes,
         require_gate_hardware=require_gate_hardware,
         batching=server.BatchSettings(max_batch_size, max_queue_delay_ms, max_queue_size),
         quality=server.QualitySettings(

@@ -3,7 +3,8 @@
 What other parts use: `create_app` (the ASGI app, for tests and embedding), `serve` (the
 `quantship serve` command), and the settings dataclasses. Modules inside, each with one job:
 protocol (wire format), runner (onnxruntime session and input validation), batcher (dynamic
-batching), shadow / clipping / feedback (the SLIs), background (their worker lanes), metrics,
+batching), shadow / clipping / drift / feedback (the SLIs), capture (production inputs for
+recalibration), hardware and probe (load-time checks), background (their worker lanes), metrics,
 service (the transport-neutral core), grpc_server (the gRPC transport), schema (OpenAPI), errors,
 app (composition root, routes).
 

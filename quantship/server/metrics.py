@@ -29,7 +29,7 @@ under `--require-gate-hardware`, and a failure of the server's own code while
 loading (a bug, logged with its traceback: not the artifact's fault). Each starts at 0."""
 FEEDBACK_VARIANTS = ("quantized", "reference")
 MODEL_INFO_LABELS = ("precision", "quant_mode", "calibration_method", "calibration_sha256", "runtime_version")
-SAMPLE_KINDS = ("shadow", "clip")
+SAMPLE_KINDS = ("shadow", "clip", "capture")
 DRIFT_OVERALL = "all"
 """The `tensor` label of the overall drift series (the mean over tensors), exported always; the
 per-tensor series only with --per-tensor-metrics. Select per-tensor series with tensor!="all"."""
@@ -132,7 +132,8 @@ class ServerMetrics:
         ).labels(*values)
         self.samples_dropped = counter(
             M.SAMPLES_DROPPED_TOTAL,
-            "Sampled requests (shadow, clip) dropped because the background worker was behind.",
+            "Sampled requests (shadow, clip, capture) dropped because the background worker was behind, or "
+            "(capture) because their shape differs from the captured samples'.",
             ("kind",),
         )
         self.activation_drift = gauge(

@@ -2,8 +2,9 @@
 
 It loads and verifies the artifact in a thread while the server already answers health checks
 (so a slow or refused load never stops /v2/health/live and /metrics), owns the sessions, the
-batcher and the two SLI lanes, answers inference and feedback, and drains on shutdown. A refused
-artifact leaves it up and unready, with the reason logged and counted. It never sees HTTP.
+batcher, the two SLI lanes and the capture lane, answers inference and feedback, and drains on
+shutdown. A refused artifact leaves it up and unready, with the reason logged and counted. It never
+sees HTTP.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from quantship.server import batch_policy, hardware, probe
 from quantship.server import runner as runner_module
 from quantship.server.background import Lane
 from quantship.server.batcher import Batcher
+from quantship.server.capture import Capture, CapturePick, Reservoir
 from quantship.server.clipping import ClipCounter, ClipSample, observer_model
 from quantship.server.drift import DriftWindow
 from quantship.server.errors import InvalidInput, ModelNotFound, NotReady
@@ -99,6 +101,13 @@ class Model:
     feedback: FeedbackStore | None
     shadow: Lane[ShadowSample] | None
     clip: Lane[ClipSample] | None
+    reservoir: Reservoir | None = None
+    capture: Lane[CapturePick] | None = None
+    capturer: Capture | None = None
+
+    @property
+    def lanes(self) -> list[Lane[Any]]:
+        return [lane for lane in (self.shadow, self.clip, self.capture) if lane is not None]
 
     @property
     def runner(self) -> Runner:
@@ -110,9 +119,8 @@ class Model:
 
     async def idle(self) -> None:
         """Until the sampled background work offered so far is done (for tests and benchmarks)."""
-        for lane in (self.shadow, self.clip):
-            if lane is not None:
-                await lane.idle()
+        for lane in self.lanes:
+            await lane.idle()
 
 
 @dataclass(frozen=True)
@@ -219,6 +227,13 @@ class ModelService:
             self._scratch = tempfile.TemporaryDirectory(prefix="quantship-serve-")
             extract_to = Path(self._scratch.name)
         loaded = load_artifact(settings.artifact, public_key=key, extract_to=extract_to)
+        if settings.capture_dir is not None:
+            try:
+                Capture.prepare(settings.capture_dir)
+            except OSError as exc:
+                raise LoadRefused(
+                    f"--capture-dir {settings.capture_dir} is not writable: {exc}", reason="io"
+                ) from exc
         try:
             runner = Runner.load(loaded.model_path, threads=settings.threads)
         except UnsupportedModel as exc:
@@ -323,7 +338,21 @@ class ModelService:
             )
             counter = ClipCounter(opened.observer, opened.ranges, self.metrics, drift)
             clip = self._lane("clip", counter.process)
-        return Model(opened, batcher, feedback, shadow, clip)
+        model = Model(opened, batcher, feedback, shadow, clip)
+        if settings.capture_dir is not None:
+            batchable = opened.runner.signature.batchable
+            model.reservoir = Reservoir(
+                opened.runner.signature, settings.capture_max_samples, settings.capture_max_bytes, self._rng
+            )
+            model.capturer = Capture(settings.capture_dir, settings.capture_flush_s, batchable=batchable)
+            model.capture = self._lane("capture", model.capturer.process)
+            log.info(
+                "capturing a reservoir of production inputs (at most %d samples, %d bytes) in %s",
+                settings.capture_max_samples,
+                settings.capture_max_bytes,
+                model.capturer.path,
+            )
+        return model
 
     def _lane(self, kind: str, process: Any) -> Lane[Any]:
         lane: Lane[Any] = Lane(
@@ -357,9 +386,10 @@ class ModelService:
         if self.model is not None:
             worker = asyncio.ensure_future(self.model.batcher.close())
             finished = not (await asyncio.wait({worker}, timeout=left()))[1]
-            for lane in (self.model.shadow, self.model.clip):
-                if lane is not None:
-                    await lane.close(left())
+            for lane in self.model.lanes:
+                await lane.close(left())
+            if self.model.capturer is not None:
+                await self._write_capture(self.model.capturer, left())
         self._infer_executor.shutdown(wait=False)
         self._background_executor.shutdown(wait=False)
         if self._scratch is not None:
@@ -368,6 +398,17 @@ class ModelService:
             log.info("drained: every accepted request answered, background work finished")
         else:
             log.warning("drain budget spent: gave up on requests still queued for the model")
+
+    async def _write_capture(self, capturer: Capture, timeout: float) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            await asyncio.wait_for(loop.run_in_executor(self._background_executor, capturer.flush), timeout)
+        except TimeoutError:
+            log.warning(
+                "drain budget spent before the capture was written; %s keeps the last one", capturer.path
+            )
+        except OSError as exc:
+            log.error("could not write the capture %s: %s", capturer.path, exc)
 
     # -- answering ------------------------------------------------------------------------------
 
@@ -407,6 +448,12 @@ class ModelService:
             model.shadow.offer(ShadowSample(request_id, inputs, rows, served))
         if model.clip is not None and self._rng.random() < quality.clip_sample_rate:
             model.clip.offer(ClipSample(inputs, rows))
+        if model.reservoir is not None and model.capture is not None:
+            picks = model.reservoir.choose(inputs, rows)
+            if picks is None:
+                self.metrics.sample_dropped("capture")
+            elif picks:
+                model.capture.offer(CapturePick(inputs, picks))
 
     async def feedback(self, request_id: str, labels: Any) -> FeedbackResult:
         model = self.ready_model()

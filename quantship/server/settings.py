@@ -109,6 +109,19 @@ class ServerSettings:
     the queued requests and the sampled background work share it; then the process exits anyway.
     20 fits Kubernetes' default 30 s grace period, which also covers a 5 s preStop; the operator
     passes its own figure, derived from the grace period it sets."""
+    capture_dir: Path | None = None
+    """Where to keep a reservoir sample of production inputs as `capture.npz`, in the calibration-data
+    format `quantship quantize --calibration` reads. None (the default) captures nothing: the file
+    holds real user inputs, so keeping them is an explicit decision (README, "Serve": privacy)."""
+    capture_max_samples: int = 1000
+    """Samples (rows) the capture keeps, at most: the upper end of a usual calibration set (100 to 1000
+    samples); more adds little to calibrated ranges and costs quantization time."""
+    capture_max_bytes: int = 128 * MiB
+    """Bytes of captured inputs, at most (held in memory and written as one file): 1000 digits rows are
+    250 KiB, 128 MiB hold ~220 EfficientNet-Lite0 images. Writing briefly needs twice this."""
+    capture_flush_s: float = 30.0
+    """Seconds between writes of the capture file, at least (and once at shutdown): each write is the
+    whole reservoir, so this bounds the disk traffic to max bytes every 30 s."""
     require_gate_hardware: bool = False
     """Refuse an artifact whose gate ran on other hardware (CPU int8 features, onnxruntime version or
     provider) than this node, as a bad artifact is refused. Off by default: a mismatch is a warning
@@ -116,6 +129,10 @@ class ServerSettings:
     where the gate showed they do not (int8 accuracy can differ with and without VNNI)."""
     batching: BatchSettings = field(default_factory=BatchSettings)
     quality: QualitySettings = field(default_factory=QualitySettings)
+
+    def __post_init__(self) -> None:
+        if self.capture_max_samples < 1 or self.capture_max_bytes < 1 or self.capture_flush_s < 0:
+            raise ValueError("capture max samples and bytes must be >= 1, the flush interval >= 0")
 
     @property
     def labels(self) -> dict[str, str]:

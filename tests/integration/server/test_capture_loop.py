@@ -1,0 +1,117 @@
+"""Capture end to end: `quantship serve --capture-dir` under tritonclient traffic keeps a reservoir of the
+rows it served, writes it at shutdown, and `quantship quantize --calibration DIR/capture.npz` calibrates
+from it: the recalibration loop with the real commands on the digits sample."""
+
+from __future__ import annotations
+
+import json
+import signal
+from pathlib import Path
+
+import httpx
+import numpy as np
+import tritonclient.http as triton
+from click.testing import CliRunner
+from server_harness import MODEL, LocalServer, build_token_model, settings_for, wait_until
+
+from quantship import artifact, zoo
+from quantship.cli import main
+from quantship.local.processes import ServerProcess
+from quantship.server.capture import CAPTURE_FILE
+
+CAPACITY = 150
+
+
+async def test_serve_captures_production_rows_that_quantize_calibrates_from(
+    good_artifact: artifact.Artifact, sample: zoo.SampleModel, tmp_path: Path
+) -> None:
+    images = np.load(sample.requests)[zoo.INPUT_NAME]
+    capture_dir = tmp_path / "capture"
+    server = ServerProcess(
+        good_artifact.root,
+        model=MODEL,
+        revision="capturing",
+        extra_args=["--capture-dir", str(capture_dir), "--capture-max-samples", str(CAPACITY)],
+        log_path=tmp_path / "serve.log",
+    )
+    server.start()
+    try:
+        await server.wait_ready()
+        client = triton.InferenceServerClient(server.address)
+        for batch in np.array_split(images, len(images) // 4):  # 200 rows in requests of 4
+            tensor = triton.InferInput(zoo.INPUT_NAME, list(batch.shape), "FP32")
+            tensor.set_data_from_numpy(batch)
+            client.infer(MODEL, [tensor])
+        client.close()
+        dropped = [
+            line
+            for line in httpx.get(f"{server.url}/metrics").text.splitlines()
+            if line.startswith("quantship_samples_dropped_total") and 'kind="capture"' in line
+        ]
+        assert len(dropped) == 1 and dropped[0].endswith(" 0.0")
+    finally:
+        assert server.stop(timeout=30) == -signal.SIGTERM, server.log_tail()  # uvicorn re-raises it
+
+    assert sorted(p.name for p in capture_dir.iterdir()) == [CAPTURE_FILE]
+    captured = np.load(capture_dir / CAPTURE_FILE)[zoo.INPUT_NAME]
+    assert captured.shape == (CAPACITY, images.shape[1]) and captured.dtype == np.float32
+    served = {row.tobytes() for row in images}
+    assert all(row.tobytes() in served for row in captured)  # rows as served, none invented
+    assert len({row.tobytes() for row in captured}) > CAPACITY * 0.9
+
+    out = tmp_path / "recalibrated"
+    result = CliRunner().invoke(
+        main,
+        ["quantize", str(sample.model), "-o", str(out), "--calibration", str(capture_dir / CAPTURE_FILE),
+         "--evaluation", str(sample.evaluation), "-q"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    manifest = json.loads((out / artifact.MANIFEST_FILE).read_text())
+    assert manifest["calibration"]["samples"] == CAPACITY
+    assert manifest["validation"]["gate"] == "passed"
+
+
+def test_rows_of_another_sequence_length_are_dropped_and_counted(tmp_path: Path) -> None:
+    model = build_token_model(tmp_path / "tokens.onnx")
+    written = artifact.write_artifact(
+        tmp_path / "tokens",
+        {artifact.MODEL_FILE: model},
+        {"quantization": {"precision": "fp32", "mode": "none"}},
+    )
+    capture_dir = tmp_path / "capture"
+    server = LocalServer(settings_for(written, "tokens", capture_dir=capture_dir)).start()
+    try:
+
+        def infer(length: int) -> int:
+            ids = np.ones((2, length), dtype=np.int64)
+            body = {
+                "inputs": [
+                    {"name": name, "datatype": "INT64", "shape": [2, length], "data": ids.ravel().tolist()}
+                    for name in ("input_ids", "attention_mask")
+                ]
+            }
+            return httpx.post(f"{server.url}/v2/models/{MODEL}/infer", json=body).status_code
+
+        assert infer(5) == 200
+        assert infer(7) == 200  # answered; only its capture is dropped
+        assert server.metric("quantship_samples_dropped_total", kind="capture") == 1
+        server.idle()
+    finally:
+        server.stop()
+    wait_until(lambda: (capture_dir / CAPTURE_FILE).exists(), what="the capture written at shutdown")
+    data = np.load(capture_dir / CAPTURE_FILE)
+    assert data["input_ids"].shape == data["attention_mask"].shape == (2, 5)
+
+
+def test_an_unwritable_capture_dir_refuses_the_load(good_artifact: artifact.Artifact, tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    server = LocalServer(settings_for(good_artifact, "nowhere", capture_dir=blocker / "capture")).start(
+        ready=False
+    )
+    try:
+        wait_until(lambda: server.metric("quantship_model_load_failures_total", reason="io") == 1)
+        assert httpx.get(f"{server.url}/v2/health/ready").status_code == 503
+        assert "--capture-dir" in server.service.problem
+    finally:
+        server.stop()

@@ -1,0 +1,59 @@
+"""The capture's reservoir (uniform over every row served, bounded by samples and bytes) and its file
+(atomic, and calibration data as `quantship quantize` reads it)."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import numpy as np
+import onnx
+from conftest import TinyModel, build_plus_one
+
+from quantship.quantize.data import load_dataset, model_inputs
+from quantship.server.capture import CAPTURE_FILE, Capture, CapturePick, Reservoir
+
+
+def test_the_reservoir_keeps_a_uniform_sample_of_every_row_served(tiny_model: TinyModel) -> None:
+    reservoir = Reservoir(tiny_model().signature, 100, 1 << 20, random.Random(7))
+    kept: dict[int, int] = {}
+    for request in range(100):  # 10,000 rows in requests of 100
+        rows = np.arange(request * 100, (request + 1) * 100, dtype=np.float32)
+        picks = reservoir.choose({"X": np.repeat(rows[:, None], 3, axis=1)}, 100)
+        assert picks is not None
+        for row, slot in picks:
+            kept[slot] = request * 100 + row
+    assert sorted(kept) == list(range(100))
+    # uniform over 0..9999: mean 5000 (standard error ~290), half of them from the second half
+    assert abs(np.mean(list(kept.values())) - 5000) < 1000
+    assert 30 <= sum(index >= 5000 for index in kept.values()) <= 70
+
+
+def test_the_byte_budget_caps_the_reservoir(tiny_model: TinyModel) -> None:
+    reservoir = Reservoir(tiny_model().signature, 1000, 10 * 12, random.Random(1))  # 3 float32 a row
+    picks = reservoir.choose({"X": np.zeros((50, 3), dtype=np.float32)}, 50)
+    assert reservoir.capacity == 10
+    assert picks is not None and {slot for _, slot in picks} == set(range(10))
+
+
+def test_rows_of_another_shape_are_not_capturable(tiny_model: TinyModel) -> None:
+    reservoir = Reservoir(tiny_model(width="W").signature, 10, 1 << 20, random.Random(1))
+    assert reservoir.choose({"X": np.zeros((2, 3), dtype=np.float32)}, 2) == ((0, 0), (1, 1))
+    assert reservoir.choose({"X": np.zeros((2, 4), dtype=np.float32)}, 2) is None
+
+
+def test_the_file_is_written_whole_and_reads_as_calibration_data(tmp_path: Path) -> None:
+    model = onnx.load(build_plus_one(tmp_path / "plus-one.onnx"))
+    directory = tmp_path / "capture"
+    Capture.prepare(directory)
+    capture = Capture(directory, flush_s=3600, batchable=True)
+    rows = np.arange(12, dtype=np.float32).reshape(4, 3)
+    capture.process([CapturePick({"X": rows}, ((0, 0), (2, 1), (3, 2)))])
+    assert not (directory / CAPTURE_FILE).exists()  # within the flush interval: not yet written
+    capture.flush()
+    capture.process([CapturePick({"X": rows + 100}, ((1, 1),))])  # replaces slot 1
+    capture.flush()
+    assert sorted(p.name for p in directory.iterdir()) == [CAPTURE_FILE]  # no temporary file left
+    data = load_dataset(directory / CAPTURE_FILE, model_inputs(model), role="calibration")
+    assert data.stacked and data.size == 3
+    np.testing.assert_array_equal(data.arrays["X"], np.stack([rows[0], rows[1] + 100, rows[3]]))
