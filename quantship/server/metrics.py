@@ -10,6 +10,8 @@ Prometheus' `increase()` counts the first events after a scrape of the fresh ser
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -46,7 +48,196 @@ def batch_buckets(max_batch_size: int) -> tuple[float, ...]:
         size *= 2
 
 
+@dataclass(frozen=True)
+class Series:
+    """One metric of the server: its attribute on ServerMetrics, its name, type and help."""
+
+    attribute: str
+    metric: slo.Metric
+    kind: type[Counter] | type[Gauge] | type[Histogram]
+    doc: str
+    extra: tuple[str, ...] = ()
+    """Labels beyond model/revision/track; with none, the attribute is the bound child."""
+    unbound: bool = False
+    """Keep the family even without extra labels: its one series appears only when first set."""
+    per_tensor: bool = False
+    """Only with --per-tensor-metrics (one series per quantized tensor)."""
+
+
+SERIES = (
+    Series("requests", M.REQUESTS_TOTAL, Counter, "Inference requests by HTTP status.", ("code",)),
+    Series(
+        "request_duration",
+        M.REQUEST_DURATION_SECONDS,
+        Histogram,
+        "End-to-end latency of successful inference requests, from the first byte read to the answer.",
+    ),
+    Series("batch_size", M.BATCH_SIZE, Histogram, "Rows per onnxruntime call of the served model."),
+    Series(
+        "queue_duration",
+        M.QUEUE_DURATION_SECONDS,
+        Histogram,
+        "Time a request waited in the batcher before its batch started.",
+    ),
+    Series(
+        "shadow_comparisons",
+        M.SHADOW_COMPARISONS_TOTAL,
+        Counter,
+        "Rows also run through the FP32 reference and compared.",
+    ),
+    Series(
+        "shadow_disagreements",
+        M.SHADOW_DISAGREEMENTS_TOTAL,
+        Counter,
+        "Compared rows that disagree with the reference by the gate's rule from the manifest (top-1, "
+        "on confident rows only where the gate judged those; cosine below the tolerance for embeddings; "
+        "relative error above it otherwise).",
+    ),
+    Series(
+        "feedback",
+        M.FEEDBACK_TOTAL,
+        Counter,
+        "Ground-truth labels fed back, by variant and correctness.",
+        ("variant", "correct"),
+    ),
+    Series(
+        "activations_observed",
+        M.ACTIVATIONS_OBSERVED_TOTAL,
+        Counter,
+        "Activation values checked against their calibrated ranges.",
+    ),
+    Series(
+        "activations_clipped",
+        M.ACTIVATIONS_CLIPPED_TOTAL,
+        Counter,
+        "Checked activation values outside their calibrated range.",
+    ),
+    Series(
+        "fallback_ops",
+        M.FALLBACK_OPS,
+        Gauge,
+        "Ops meant to run quantized that run in float or off the preferred provider, by op type.",
+        ("op_type",),
+    ),
+    Series("model_info", M.MODEL_INFO, Gauge, "1 for the loaded model, with what it is.", MODEL_INFO_LABELS),
+    Series(
+        "model_size_bytes",
+        M.MODEL_SIZE_BYTES,
+        Gauge,
+        "File size of the served model (variant quantized) and of its FP32 reference (variant "
+        "reference; an unquantized artifact's model counts as the reference).",
+        ("variant",),
+    ),
+    Series(
+        "model_load_seconds",
+        M.MODEL_LOAD_SECONDS,
+        Gauge,
+        "Cold-start time of the loaded model: verify, load, analyse.",
+    ),
+    Series(
+        "model_load_failures",
+        M.MODEL_LOAD_FAILURES_TOTAL,
+        Counter,
+        "Refused or broken artifacts, by reason.",
+        ("reason",),
+    ),
+    Series(
+        "requests_in_flight",
+        M.REQUESTS_IN_FLIGHT,
+        Gauge,
+        "Inference requests being answered now (decoding, queued or running).",
+    ),
+    Series(
+        "samples_dropped",
+        M.SAMPLES_DROPPED_TOTAL,
+        Counter,
+        "Sampled requests (shadow, clip, capture) dropped because the background worker was behind, or "
+        "(capture) because their shape differs from the captured samples'.",
+        ("kind",),
+    ),
+    Series(
+        "activation_drift",
+        M.ACTIVATION_DRIFT,
+        Gauge,
+        "Jensen-Shannon divergence (bits, 0..1) of sampled production activations over the sliding "
+        'window from the calibration histograms: per tensor, and tensor="all" for the mean.',
+        ("tensor",),
+    ),
+    Series(
+        "activation_drift_values",
+        M.ACTIVATION_DRIFT_VALUES_TOTAL,
+        Counter,
+        "Activation values binned into the drift window: the evidence behind the drift gauge.",
+    ),
+    Series(
+        "hardware_mismatch",
+        M.HARDWARE_MISMATCH,
+        Gauge,
+        "1 when this node differs from where the accuracy gate measured the artifact, by aspect "
+        "(int8_flags, onnxruntime, provider); 0 when it matches or the manifest records nothing.",
+        ("aspect",),
+    ),
+    Series(
+        "hardware_info",
+        M.HARDWARE_INFO,
+        Gauge,
+        "1 per side (serving, gate): CPU, its int8 features, onnxruntime version and provider.",
+        HARDWARE_INFO_LABELS,
+    ),
+    Series(
+        "nondeterministic_outputs",
+        M.NONDETERMINISTIC_OUTPUTS,
+        Gauge,
+        "1 when a fixed probe input run twice at load gave different outputs.",
+        unbound=True,
+    ),
+    Series(
+        "tensor_observed",
+        M.TENSOR_ACTIVATIONS_OBSERVED_TOTAL,
+        Counter,
+        "Activation values checked, per tensor.",
+        ("tensor",),
+        per_tensor=True,
+    ),
+    Series(
+        "tensor_clipped",
+        M.TENSOR_ACTIVATIONS_CLIPPED_TOTAL,
+        Counter,
+        "Activation values clipped, per tensor.",
+        ("tensor",),
+        per_tensor=True,
+    ),
+)
+"""Every metric the server exports, as data: ServerMetrics declares each on its registry."""
+
+
 class ServerMetrics:
+    """The server's metrics on one registry; attributes are named by SERIES (typed below)."""
+
+    requests: Counter
+    request_duration: Histogram
+    batch_size: Histogram
+    queue_duration: Histogram
+    shadow_comparisons: Counter
+    shadow_disagreements: Counter
+    feedback: Counter
+    activations_observed: Counter
+    activations_clipped: Counter
+    fallback_ops: Gauge
+    model_info: Gauge
+    model_size_bytes: Gauge
+    model_load_seconds: Gauge
+    model_load_failures: Counter
+    requests_in_flight: Gauge
+    samples_dropped: Counter
+    activation_drift: Gauge
+    activation_drift_values: Counter
+    hardware_mismatch: Gauge
+    hardware_info: Gauge
+    nondeterministic_outputs: Gauge
+    tensor_observed: Counter
+    tensor_clipped: Counter
+
     def __init__(
         self,
         registry: CollectorRegistry,
@@ -57,118 +248,22 @@ class ServerMetrics:
     ) -> None:
         values = [labels[name] for name in LABELS]
         self.per_tensor = per_tensor
-
-        def counter(metric: slo.Metric, doc: str, extra: tuple[str, ...] = ()) -> Counter:
-            return Counter(metric.declared, doc, [*LABELS, *extra], registry=registry)
-
-        def gauge(metric: slo.Metric, doc: str, extra: tuple[str, ...] = ()) -> Gauge:
-            return Gauge(metric.declared, doc, [*LABELS, *extra], registry=registry)
-
-        self.requests = counter(M.REQUESTS_TOTAL, "Inference requests by HTTP status.", ("code",))
-        self.request_duration = Histogram(
-            M.REQUEST_DURATION_SECONDS.declared,
-            "End-to-end latency of successful inference requests, from the first byte read to the answer.",
-            LABELS,
-            buckets=slo.LATENCY_BUCKETS,
-            registry=registry,
-        ).labels(*values)
-        self.batch_size = Histogram(
-            M.BATCH_SIZE.declared,
-            "Rows per onnxruntime call of the served model.",
-            LABELS,
-            buckets=batch_buckets(max_batch_size),
-            registry=registry,
-        ).labels(*values)
-        self.queue_duration = Histogram(
-            M.QUEUE_DURATION_SECONDS.declared,
-            "Time a request waited in the batcher before its batch started.",
-            LABELS,
-            buckets=QUEUE_BUCKETS,
-            registry=registry,
-        ).labels(*values)
-        self.shadow_comparisons = counter(
-            M.SHADOW_COMPARISONS_TOTAL, "Rows also run through the FP32 reference and compared."
-        ).labels(*values)
-        self.shadow_disagreements = counter(
-            M.SHADOW_DISAGREEMENTS_TOTAL,
-            "Compared rows whose output disagrees with the reference (top-1, or relative error above "
-            "the tolerance for non-classifiers).",
-        ).labels(*values)
-        self.feedback = counter(
-            M.FEEDBACK_TOTAL,
-            "Ground-truth labels fed back, by variant and correctness.",
-            ("variant", "correct"),
-        )
-        self.activations_observed = counter(
-            M.ACTIVATIONS_OBSERVED_TOTAL, "Activation values checked against their calibrated ranges."
-        ).labels(*values)
-        self.activations_clipped = counter(
-            M.ACTIVATIONS_CLIPPED_TOTAL, "Checked activation values outside their calibrated range."
-        ).labels(*values)
-        self.fallback_ops = gauge(
-            M.FALLBACK_OPS,
-            "Ops meant to run quantized that run in float or off the preferred provider, by op type.",
-            ("op_type",),
-        )
-        self.model_info = gauge(
-            M.MODEL_INFO,
-            "1 for the loaded model, with what it is.",
-            MODEL_INFO_LABELS,
-        )
-        self.model_size_bytes = gauge(
-            M.MODEL_SIZE_BYTES,
-            "File size of the served model (variant quantized) and of its FP32 reference (variant "
-            "reference; an unquantized artifact's model counts as the reference).",
-            ("variant",),
-        )
-        self.model_load_seconds = gauge(
-            M.MODEL_LOAD_SECONDS, "Cold-start time of the loaded model: verify, load, analyse."
-        ).labels(*values)
-        self.model_load_failures = counter(
-            M.MODEL_LOAD_FAILURES_TOTAL, "Refused or broken artifacts, by reason.", ("reason",)
-        )
-        self.requests_in_flight = gauge(
-            M.REQUESTS_IN_FLIGHT, "Inference requests being answered now (decoding, queued or running)."
-        ).labels(*values)
-        self.samples_dropped = counter(
-            M.SAMPLES_DROPPED_TOTAL,
-            "Sampled requests (shadow, clip, capture) dropped because the background worker was behind, or "
-            "(capture) because their shape differs from the captured samples'.",
-            ("kind",),
-        )
-        self.activation_drift = gauge(
-            M.ACTIVATION_DRIFT,
-            "Jensen-Shannon divergence (bits, 0..1) of sampled production activations over the sliding "
-            'window from the calibration histograms: per tensor, and tensor="all" for the mean.',
-            ("tensor",),
-        )
-        self.activation_drift_values = counter(
-            M.ACTIVATION_DRIFT_VALUES_TOTAL,
-            "Activation values binned into the drift window: the evidence behind the drift gauge.",
-        ).labels(*values)
-        self.hardware_mismatch = gauge(
-            M.HARDWARE_MISMATCH,
-            "1 when this node differs from where the accuracy gate measured the artifact, by aspect "
-            "(int8_flags, onnxruntime, provider); 0 when it matches or the manifest records nothing.",
-            ("aspect",),
-        )
-        self.hardware_info = gauge(
-            M.HARDWARE_INFO,
-            "1 per side (serving, gate): CPU, its int8 features, onnxruntime version and provider.",
-            HARDWARE_INFO_LABELS,
-        )
-        self.nondeterministic_outputs = gauge(
-            M.NONDETERMINISTIC_OUTPUTS,
-            "1 when a fixed probe input run twice at load gave different outputs.",
-        )
-        if per_tensor:
-            self.tensor_observed = counter(
-                M.TENSOR_ACTIVATIONS_OBSERVED_TOTAL, "Activation values checked, per tensor.", ("tensor",)
-            )
-            self.tensor_clipped = counter(
-                M.TENSOR_ACTIVATIONS_CLIPPED_TOTAL, "Activation values clipped, per tensor.", ("tensor",)
-            )
+        buckets = {
+            M.REQUEST_DURATION_SECONDS: slo.LATENCY_BUCKETS,
+            M.BATCH_SIZE: batch_buckets(max_batch_size),
+            M.QUEUE_DURATION_SECONDS: QUEUE_BUCKETS,
+        }
+        for series in SERIES:
+            if series.per_tensor and not per_tensor:
+                continue
+            options: dict[str, Any] = {"registry": registry}
+            if series.kind is Histogram:
+                options["buckets"] = buckets[series.metric]
+            family = series.kind(series.metric.declared, series.doc, [*LABELS, *series.extra], **options)
+            bound = not series.extra and not series.unbound
+            setattr(self, series.attribute, family.labels(*values) if bound else family)
         self._values = values
+        # The counters the SLIs and alerts read start at 0 (see the module docstring).
         self._by_code = {200: self.requests.labels(*values, "200")}
         for variant in FEEDBACK_VARIANTS:
             for correct in ("true", "false"):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from conftest import TinyModel, build_plus_one
+from tiny_models import TinyModel, build_plus_one
 
 from quantship.quantize.data import load_dataset, model_inputs
 from quantship.server.capture import CAPTURE_FILE, Capture, CapturePick, Reservoir
