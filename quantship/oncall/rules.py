@@ -13,6 +13,9 @@ Three groups:
                          SlowBurn alert that opens a ticket (3x over 1d and 2h, 1x over 3d and 6h)
   quantship-operations   fallback ops, model load failures, rollouts rolled back or stuck,
                          a model whose metrics vanished
+  quantship-quantization activation drift against calibration (recorded over DRIFT_WINDOW, overall
+                         and the largest tensor), serving hardware unlike the gate's, outputs
+                         that differ between two runs of one probe: all tickets
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import yaml
 
 from quantship import slo
 from quantship.oncall import links
+from quantship.server.metrics import DRIFT_OVERALL
 
 LABELS = slo.LABELS
 BY = ", ".join(LABELS)
@@ -65,6 +69,41 @@ that went away over a weekend; shorter stops it sooner for one deleted on purpos
 FAILURE_WINDOW = "15m"
 """Window in which a load failure or a rollback notifies."""
 
+DRIFT_WINDOW = "1h"
+"""Window the drift gauge is averaged over before it is judged: the server's own sliding window is
+a few hundred sampled requests, minutes at most; an hour smooths a burst of odd traffic away."""
+
+DRIFT_THRESHOLD = 0.05
+"""Overall drift (`tensor="all"`, the mean Jensen-Shannon divergence in bits over tensors, averaged
+over DRIFT_WINDOW) above which a model's traffic no longer looks like its calibration data.
+Measured on the digits model: held-out traffic 0.009-0.0105, images darkened x0.5 0.085-0.088; 0.05
+sits 5x above calm and below shifted. Model-dependent: EfficientNet-Lite0's mean moves only from
+0.0003 to 0.006-0.011 under a shift this rule cannot see; there the per-tensor rule
+(DRIFT_TENSOR_THRESHOLD) separates. Per model, tune by editing this value and `make generate`, or
+copy the rule with a `model=` matcher and another threshold (the chart embeds the generated file)."""
+
+DRIFT_TENSOR_THRESHOLD = 0.125
+"""Drift of the most drifted tensor (per-tensor series exist only with --per-tensor-metrics) above
+which a model drifts. EfficientNet-Lite0: held-out traffic's largest tensor 0.006, shifted traffic's
+0.25-0.54: 0.125 is 20x above calm and half the smallest shift measured. Per-model tunable as
+DRIFT_THRESHOLD is. (1/8: an exact binary fraction, so promtool tests compare it exactly.)"""
+
+DRIFT_MINIMUM_VALUES = 100_000
+"""Activation values binned over DRIFT_WINDOW below which drift is not judged: a divergence of
+~100-bin histograms estimated from fewer values is mostly sampling noise (its bias is about
+bins / (2 N ln 2) bits: 0.0007 at 100 000), and an idle model keeps its last gauge value."""
+
+DRIFT_FOR = "30m"
+"""`for:` of the drift alerts: drift is slow and a ticket; half an hour of an hour's average above
+the threshold (about 1.5 h after a shift begins) keeps a passing burst of odd inputs quiet."""
+
+HARDWARE_FOR = "5m"
+"""`for:` of the hardware-mismatch alert: the gauge is set once at load; five minutes lets a pod
+that is about to be rescheduled go without a ticket."""
+
+DETERMINISM_FOR = "5m"
+"""`for:` of the nondeterminism alert, for the same reason."""
+
 M = slo.Metric
 
 
@@ -81,12 +120,19 @@ OPERATION_ALERTS = (
     "QuantshipModelMetricsMissing",
 )
 
+QUANTIZATION_ALERTS = (
+    "QuantshipActivationDrift",
+    "QuantshipActivationDriftTensor",
+    "QuantshipHardwareMismatch",
+    "QuantshipNondeterministicOutputs",
+)
+
 
 def alert_names(objectives: Sequence[slo.Objective] = slo.DEFAULT_OBJECTIVES) -> list[str]:
     """Every alert these rules define, in order: each has a section in docs/runbooks.md."""
     severities = dict.fromkeys(window.severity for window in slo.BURN_WINDOWS)
     burns = [alert_name(objective.sli, severity) for objective in objectives for severity in severities]
-    return [*burns, *OPERATION_ALERTS]
+    return [*burns, *OPERATION_ALERTS, *QUANTIZATION_ALERTS]
 
 
 def seconds(duration: str) -> int:
@@ -277,6 +323,99 @@ def operation_alerts() -> list[dict[str, Any]]:
     ]
 
 
+# -- quantization health: drift, hardware, determinism -------------------------------------------
+
+
+def drift_rule(window: str = DRIFT_WINDOW) -> str:
+    """Recording rule: overall drift per model, revision and track, averaged over `window`."""
+    return f"model_revision_track:{M.ACTIVATION_DRIFT}:avg{window}"
+
+
+def drift_tensor_rule(window: str = DRIFT_WINDOW) -> str:
+    """Recording rule: drift of the most drifted tensor, each tensor averaged over `window`."""
+    return f"model_revision_track:{M.ACTIVATION_DRIFT}_max_tensor:avg{window}"
+
+
+def drift_evidence(window: str = DRIFT_WINDOW) -> str:
+    """Activation values binned per model, revision and track over `window`."""
+    return slo.increase(M.ACTIVATION_DRIFT_VALUES_TOTAL, window, {}, LABELS)
+
+
+def drift_recording_rules() -> list[dict[str, Any]]:
+    overall = slo.with_labels(M.ACTIVATION_DRIFT, {"tensor": DRIFT_OVERALL})
+    tensors = f'{M.ACTIVATION_DRIFT}{{tensor!="{DRIFT_OVERALL}"}}'
+    return [
+        {"record": drift_rule(), "expr": f"avg by ({BY}) (avg_over_time({overall}[{DRIFT_WINDOW}]))"},
+        # replicas of one revision average per tensor first; then the largest tensor
+        {
+            "record": drift_tensor_rule(),
+            "expr": (f"max by ({BY}) (avg by ({BY}, tensor) (avg_over_time({tensors}[{DRIFT_WINDOW}])))"),
+        },
+    ]
+
+
+def quantization_alerts() -> list[dict[str, Any]]:
+    model = "{{ $labels.model }}"
+    revision = f"{model} revision {{{{ $labels.revision }}}} ({{{{ $labels.track }}}})"
+    evidence = f"and on ({BY})\n  ({drift_evidence()} >= {DRIFT_MINIMUM_VALUES})\n"
+    recalibrate = (
+        "Recalibrate from production inputs (`quantship serve --capture-dir`) and canary the new artifact."
+    )
+    return [
+        {
+            "alert": "QuantshipActivationDrift",
+            "expr": f"{drift_rule()} > {DRIFT_THRESHOLD:g}\n{evidence}",
+            "for": DRIFT_FOR,
+            "labels": {"severity": "ticket"},
+            "annotations": _annotations(
+                "QuantshipActivationDrift",
+                f"{model}: activations drift from the calibration data",
+                f"{revision}: activations diverge {{{{ $value }}}} bits (Jensen-Shannon, mean over "
+                f"tensors, averaged over {DRIFT_WINDOW}) from the calibration histograms, above "
+                f"{DRIFT_THRESHOLD:g}: the calibrated ranges no longer fit the traffic. {recalibrate}",
+            ),
+        },
+        {
+            "alert": "QuantshipActivationDriftTensor",
+            "expr": f"{drift_tensor_rule()} > {DRIFT_TENSOR_THRESHOLD:g}\n{evidence}",
+            "for": DRIFT_FOR,
+            "labels": {"severity": "ticket"},
+            "annotations": _annotations(
+                "QuantshipActivationDriftTensor",
+                f"{model}: an activation tensor drifts from the calibration data",
+                f"{revision}: its most drifted tensor diverges {{{{ $value }}}} bits (Jensen-Shannon, "
+                f"averaged over {DRIFT_WINDOW}) from its calibration histogram, above "
+                f"{DRIFT_TENSOR_THRESHOLD:g}. {recalibrate}",
+            ),
+        },
+        {
+            "alert": "QuantshipHardwareMismatch",
+            "expr": f"max by ({BY}, aspect) ({M.HARDWARE_MISMATCH}) == 1\n",
+            "for": HARDWARE_FOR,
+            "labels": {"severity": "ticket"},
+            "annotations": _annotations(
+                "QuantshipHardwareMismatch",
+                f"{model}: serves on other hardware than its gate measured ({{{{ $labels.aspect }}}})",
+                f"{revision} serves where {{{{ $labels.aspect }}}} differs from where the accuracy "
+                f"gate measured the artifact: its accuracy may differ from the verdict's. "
+                f"{M.HARDWARE_INFO} shows both sides.",
+            ),
+        },
+        {
+            "alert": "QuantshipNondeterministicOutputs",
+            "expr": f"max by ({BY}) ({M.NONDETERMINISTIC_OUTPUTS}) > 0\n",
+            "for": DETERMINISM_FOR,
+            "labels": {"severity": "ticket"},
+            "annotations": _annotations(
+                "QuantshipNondeterministicOutputs",
+                f"{model}: the same input gives different outputs",
+                f"{revision} answered a fixed probe input twice at load with different outputs: "
+                "shadow comparisons and canary verdicts of it carry noise of their own.",
+            ),
+        },
+    ]
+
+
 # -- files ---------------------------------------------------------------------------------------
 
 
@@ -285,6 +424,7 @@ def rule_groups(objectives: Sequence[slo.Objective] = slo.DEFAULT_OBJECTIVES) ->
         {"name": "quantship-slo-ratios", "rules": recording_rules(objectives)},
         {"name": "quantship-slo-burn", "rules": burn_alerts(objectives)},
         {"name": "quantship-operations", "rules": operation_alerts()},
+        {"name": "quantship-quantization", "rules": [*drift_recording_rules(), *quantization_alerts()]},
     ]
 
 

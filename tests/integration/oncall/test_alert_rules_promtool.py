@@ -384,3 +384,130 @@ def test_operational_alerts_fire_on_their_conditions_and_only_then(
         },
     ]
     assert_passes(promtool, write_tests(tmp_path, rule_file, tests))
+
+
+# -- quantization health: drift, hardware, determinism -------------------------------------------
+
+SHIFTED, CALM = 0.09375, 0.015625
+"""Exact binary fractions (3/32, 1/64) either side of rules.DRIFT_THRESHOLD: an average of equal
+values is then exact, and promtool compares $value exactly. Near the measured digits figures
+(0.087 darkened, 0.010 held-out)."""
+
+
+def drift_series(
+    labels: dict[str, str], drift: dict[str, float], values_per_minute: int
+) -> list[dict[str, str]]:
+    """Drift gauges by tensor, held for two hours, and the evidence counter growing by the minute."""
+    return [
+        *(
+            series(f"{slo.PREFIX}activation_drift", {**labels, "tensor": t}, f"{v}x120")
+            for t, v in drift.items()
+        ),
+        series(f"{slo.PREFIX}activation_drift_values_total", labels, f"0+{values_per_minute}x120"),
+    ]
+
+
+def test_drift_thresholds_lie_between_the_cases() -> None:
+    assert CALM < rules.DRIFT_THRESHOLD < SHIFTED
+    assert 0.0625 < rules.DRIFT_TENSOR_THRESHOLD < 0.25
+
+
+def test_drift_alerts_fire_on_shifted_traffic_with_evidence_and_stay_silent_on_calm(
+    promtool: str, rule_file: Path, tmp_path: Path
+) -> None:
+    enough = rules.DRIFT_MINIMUM_VALUES // 60 * 2  # twice the minimum over the hour
+    scarce = rules.DRIFT_MINIMUM_VALUES // 60 // 2  # half of it
+    calm = {**MODEL, "model": "calm"}
+    idle = {**MODEL, "model": "idle"}
+    wide = {**MODEL, "model": "wide"}  # per-tensor series: a calm mean, one tensor shifted
+    quiet = {**MODEL, "model": "quiet"}  # per-tensor series, all below the tensor threshold
+    eval_at = (rules.seconds(rules.DRIFT_WINDOW) + rules.seconds(rules.DRIFT_FOR)) // 60 + 5
+    tests = [
+        {
+            "interval": "1m",
+            "input_series": [
+                *drift_series(MODEL, {"all": SHIFTED}, enough),
+                *drift_series(calm, {"all": CALM}, enough),
+                *drift_series(idle, {"all": SHIFTED}, scarce),
+                *drift_series(wide, {"all": CALM, "conv1": 0.25, "conv2": CALM}, enough),
+                *drift_series(quiet, {"all": CALM, "conv1": 0.0625, "conv2": CALM}, enough),
+            ],
+            "alert_rule_test": [
+                {"eval_time": "40m", "alertname": "QuantshipActivationDrift", "exp_alerts": []},
+                {
+                    "eval_time": f"{eval_at}m",
+                    "alertname": "QuantshipActivationDrift",
+                    "exp_alerts": [expected("QuantshipActivationDrift", MODEL, SHIFTED)],
+                },
+                {
+                    "eval_time": f"{eval_at}m",
+                    "alertname": "QuantshipActivationDriftTensor",
+                    "exp_alerts": [expected("QuantshipActivationDriftTensor", wide, 0.25)],
+                },
+            ],
+            "promql_expr_test": [
+                {
+                    "expr": rules.drift_rule(),
+                    "eval_time": f"{eval_at}m",
+                    "exp_samples": [
+                        {"labels": series(rules.drift_rule(), labels, "")["series"], "value": value}
+                        for labels, value in (
+                            (MODEL, SHIFTED),
+                            (calm, CALM),
+                            (idle, SHIFTED),
+                            (wide, CALM),
+                            (quiet, CALM),
+                        )
+                    ],
+                },
+                {
+                    "expr": rules.drift_tensor_rule(),
+                    "eval_time": f"{eval_at}m",
+                    "exp_samples": [
+                        {"labels": series(rules.drift_tensor_rule(), wide, "")["series"], "value": 0.25},
+                        {"labels": series(rules.drift_tensor_rule(), quiet, "")["series"], "value": 0.0625},
+                    ],
+                },
+            ],
+        }
+    ]
+    assert_passes(promtool, write_tests(tmp_path, rule_file, tests))
+
+
+def test_hardware_mismatch_and_nondeterminism_fire_naming_what_differs(
+    promtool: str, rule_file: Path, tmp_path: Path
+) -> None:
+    p = slo.PREFIX
+    other = {**MODEL, "model": "matching"}
+    aspects = {"int8_flags": 1, "onnxruntime": 0, "provider": 0}
+    tests = [
+        {
+            "interval": "1m",
+            "input_series": [
+                *(
+                    series(f"{p}hardware_mismatch", {**MODEL, "aspect": a}, f"{v}x30")
+                    for a, v in aspects.items()
+                ),
+                *(series(f"{p}hardware_mismatch", {**other, "aspect": a}, "0x30") for a in aspects),
+                series(f"{p}nondeterministic_outputs", MODEL, "1x30"),
+                series(f"{p}nondeterministic_outputs", other, "0x30"),
+            ],
+            "alert_rule_test": [
+                {"eval_time": "2m", "alertname": "QuantshipHardwareMismatch", "exp_alerts": []},
+                {"eval_time": "2m", "alertname": "QuantshipNondeterministicOutputs", "exp_alerts": []},
+                {
+                    "eval_time": "10m",
+                    "alertname": "QuantshipHardwareMismatch",
+                    "exp_alerts": [
+                        expected("QuantshipHardwareMismatch", {**MODEL, "aspect": "int8_flags"}, 1.0)
+                    ],
+                },
+                {
+                    "eval_time": "10m",
+                    "alertname": "QuantshipNondeterministicOutputs",
+                    "exp_alerts": [expected("QuantshipNondeterministicOutputs", MODEL, 1.0)],
+                },
+            ],
+        }
+    ]
+    assert_passes(promtool, write_tests(tmp_path, rule_file, tests))

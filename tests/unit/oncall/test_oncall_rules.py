@@ -94,3 +94,17 @@ def test_the_prometheusrule_holds_the_same_groups_as_the_rule_file() -> None:
 def test_a_runbook_anchor_is_githubs() -> None:
     assert links.runbook_anchor("Rolling back by hand") == "rolling-back-by-hand"
     assert links.runbook_anchor("QuantshipErrorsFastBurn") == "quantshiperrorsfastburn"
+
+
+def test_quantization_alerts_are_tickets_reading_recorded_drift() -> None:
+    recorded = {rule["record"] for rule in all_rules() if "record" in rule}
+    found = {rule["alert"]: rule for rule in alerts() if rule["alert"] in rules.QUANTIZATION_ALERTS}
+    assert set(found) == set(rules.QUANTIZATION_ALERTS)
+    assert {rule["labels"]["severity"] for rule in found.values()} == {"ticket"}
+    assert {rules.drift_rule(), rules.drift_tensor_rule()} <= recorded
+    drift, tensor = found["QuantshipActivationDrift"], found["QuantshipActivationDriftTensor"]
+    assert f"{rules.drift_rule()} > {rules.DRIFT_THRESHOLD:g}" in drift["expr"]
+    assert f"{rules.drift_tensor_rule()} > {rules.DRIFT_TENSOR_THRESHOLD:g}" in tensor["expr"]
+    for rule in (drift, tensor):
+        assert f">= {rules.DRIFT_MINIMUM_VALUES})" in rule["expr"], "drift judged without evidence"
+    assert "{{ $labels.aspect }}" in found["QuantshipHardwareMismatch"]["annotations"]["summary"]
