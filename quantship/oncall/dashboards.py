@@ -8,9 +8,12 @@ so a panel shows the number the alerts and the rollout engine judge.
   executive  accuracy delta per model, latency p95, error budget spent, size saving of INT8 over
              FP32, rollout status and history
   oncall     burn rate per SLO and window, the four SLIs by track, p95/p99 latency, fallback ops,
-             canary weight and the operator's judgements; promotions and rollbacks as annotations
-  debug      per-tensor clip rates, fallback ops by type, batch size and queue time, shadow volume,
-             per-pod latency, load time and failures, model info (quantization config, calibration hash)
+             activation drift against its alert threshold, hardware mismatch and info,
+             nondeterministic outputs, canary weight and the operator's judgements; promotions and
+             rollbacks as annotations
+  debug      per-tensor clip rates and activation drift, fallback ops by type, batch size and
+             queue time, shadow volume, per-pod latency, load time and failures, model info
+             (quantization config, calibration hash)
 
 Each dashboard has a `datasource` variable (never a hard-coded uid) and a multi-value `model`
 variable; queries match models with `=~"$model"`. Needs the dev extras (grafana-foundation-sdk).
@@ -75,6 +78,22 @@ def per_tensor_clip_rate(window: str) -> str:
     clipped = slo.increase(M.TENSOR_ACTIVATIONS_CLIPPED_TOTAL, window, MODEL, by)
     observed = slo.increase(M.TENSOR_ACTIVATIONS_OBSERVED_TOTAL, window, MODEL, by)
     return f"topk(20, {clipped} / ({observed} > 0))"
+
+
+def hardware_mismatch() -> str:
+    return f"max by ({', '.join((*TRACKS, 'aspect'))}) ({slo.with_labels(M.HARDWARE_MISMATCH, MODEL)})"
+
+
+def overall_drift() -> str:
+    """The overall drift gauge now (the server's sliding window), per revision and track."""
+    series = slo.with_labels(rules.drift_series(per_tensor=False), MODEL)
+    return f"max by ({', '.join(TRACKS)}) ({series})"
+
+
+def per_tensor_drift() -> str:
+    """Drift per activation tensor, the most drifted 20 (servers run with --per-tensor-metrics)."""
+    series = slo.with_labels(rules.drift_series(per_tensor=True), MODEL)
+    return f"topk(20, avg by (model, tensor) ({series}))"
 
 
 def size_bytes(variant: str) -> str:
@@ -384,6 +403,49 @@ def oncall() -> Board:
         unit="none",
         steps={1: "red"},
     )
+    board.row("Quantization health")
+    board.graph(
+        "Activation drift",
+        "Jensen-Shannon divergence (bits) of sampled activations from the calibration histograms, "
+        f"mean over tensors: now, and averaged over {rules.DRIFT_WINDOW} as the alert judges it. "
+        f"Dashed: the alert threshold ({rules.DRIFT_THRESHOLD:g}; per model tunable).",
+        [
+            query(
+                slo.with_labels(rules.drift_rule(), MODEL),
+                f"{{{{model}}}} {{{{track}}}} {rules.DRIFT_WINDOW}",
+            ),
+            query(overall_drift(), "{{model}} {{track}} now"),
+        ],
+        unit="none",
+        span=12,
+        steps={rules.DRIFT_THRESHOLD: "orange"},
+    )
+    board.number(
+        "Hardware mismatch",
+        "1 where a revision serves on hardware unlike the gate's, by aspect (int8_flags, "
+        "onnxruntime, provider): a ticket.",
+        [query(hardware_mismatch(), "{{model}} {{track}} {{aspect}}", instant=True)],
+        unit="none",
+        steps={1: "orange"},
+    )
+    board.number(
+        "Nondeterministic outputs",
+        "1 where a fixed probe input run twice at load gave different outputs: a ticket.",
+        [
+            query(
+                f"max by ({', '.join(TRACKS)}) ({slo.with_labels(M.NONDETERMINISTIC_OUTPUTS, MODEL)})",
+                "{{model}} {{track}}",
+                instant=True,
+            )
+        ],
+        unit="none",
+        steps={1: "red"},
+    )
+    board.table(
+        "Hardware: serving and gate",
+        "Per side (serving, gate): CPU, its int8 features, onnxruntime version, execution provider.",
+        [query(slo.with_labels(M.HARDWARE_INFO, MODEL), instant=True, as_table=True)],
+    )
     board.row("Rollout")
     board.graph(
         "Canary weight",
@@ -440,6 +502,15 @@ def debug() -> Board:
         "with --per-tensor-metrics.",
         [query(per_tensor_clip_rate(RATE), "{{model}} {{tensor}}")],
         unit="percentunit",
+    )
+    board.graph(
+        "Activation drift per tensor (top 20)",
+        "Jensen-Shannon divergence (bits) of each activation tensor's sampled values from its "
+        "calibration histogram. Needs servers run with --per-tensor-metrics. Dashed: the "
+        f"per-tensor alert threshold ({rules.DRIFT_TENSOR_THRESHOLD:g}).",
+        [query(per_tensor_drift(), "{{model}} {{tensor}}")],
+        unit="none",
+        steps={rules.DRIFT_TENSOR_THRESHOLD: "orange"},
     )
     board.graph(
         "Fallback ops by type",

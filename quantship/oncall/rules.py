@@ -341,9 +341,13 @@ def drift_evidence(window: str = DRIFT_WINDOW) -> str:
     return slo.increase(M.ACTIVATION_DRIFT_VALUES_TOTAL, window, {}, LABELS)
 
 
+def drift_series(*, per_tensor: bool) -> str:
+    """The overall drift gauge (`tensor="all"`), or the per-tensor ones (--per-tensor-metrics)."""
+    return f'{M.ACTIVATION_DRIFT}{{tensor{"!=" if per_tensor else "="}"{DRIFT_OVERALL}"}}'
+
+
 def drift_recording_rules() -> list[dict[str, Any]]:
-    overall = slo.with_labels(M.ACTIVATION_DRIFT, {"tensor": DRIFT_OVERALL})
-    tensors = f'{M.ACTIVATION_DRIFT}{{tensor!="{DRIFT_OVERALL}"}}'
+    overall, tensors = drift_series(per_tensor=False), drift_series(per_tensor=True)
     return [
         {"record": drift_rule(), "expr": f"avg by ({BY}) (avg_over_time({overall}[{DRIFT_WINDOW}]))"},
         # replicas of one revision average per tensor first; then the largest tensor

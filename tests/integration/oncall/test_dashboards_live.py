@@ -38,7 +38,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 from quantship import artifact, generate, slo, zoo
 from quantship.local.processes import ServerProcess
 from quantship.local.prometheus import PrometheusProcess, free_port
-from quantship.oncall import rules
+from quantship.oncall import dashboards, rules
 from quantship.operator.metrics import OperatorMetrics
 from quantship.quantize import Precision, QuantizeConfig, run
 from quantship.rollout import (
@@ -55,7 +55,16 @@ from quantship.rollout import (
 pytestmark = pytest.mark.prometheus
 
 MODEL, S8_MODEL = "digits", "digits-s8"
-SLI_FLAGS = ["--shadow-rate", "1.0", "--clip-sample-rate", "1.0", "--per-tensor-metrics"]
+SLI_FLAGS = [
+    "--shadow-rate",
+    "1.0",
+    "--clip-sample-rate",
+    "1.0",
+    "--per-tensor-metrics",
+    "--drift-window",
+    "32",
+]
+"""Every request sampled; a drift window of 32 sampled requests exports drift within seconds."""
 GRAFANA_VARIABLES = {
     # what Grafana puts in for a 5-minute view of a Prometheus scraping every second
     "$__rate_interval": "15s",
@@ -339,6 +348,15 @@ async def test_every_dashboard_panel_shows_data_from_real_servers_and_a_real_rol
         for series in await prometheus.query(grafana_substitute(clip.expr))
     }
     assert by_revision["skewed"] > by_revision["good"], by_revision
+
+    # The drift panel too: the canary calibrated on skewed data sees digits drift from its calibration.
+    now = dashboards.overall_drift()
+    assert any(query.expr == now for query in queries if query.panel == "oncall / Activation drift")
+    drift_by_revision = {
+        series["metric"]["revision"]: float(series["value"][1])
+        for series in await prometheus.query(grafana_substitute(now))
+    }
+    assert drift_by_revision["skewed"] > drift_by_revision["good"], drift_by_revision
 
 
 async def test_every_runbook_query_is_valid_promql(prometheus: PrometheusProcess) -> None:

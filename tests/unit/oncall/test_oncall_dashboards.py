@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from quantship import generate, slo
-from quantship.oncall import dashboards, links
+from quantship.oncall import dashboards, links, rules
 
 NAMES = ("executive", "oncall", "debug")
 
@@ -100,3 +100,19 @@ def test_the_oncall_dashboard_marks_promotions_and_rollbacks() -> None:
     names = {annotation["name"]: annotation for annotation in load("oncall")["annotations"]["list"]}
     assert 'result=~"promoted"' in names["Promotions"]["expr"]
     assert 'result=~"rolled_back|failed"' in names["Rollbacks"]["expr"]
+
+
+def test_drift_panels_draw_the_alert_thresholds_over_the_series_the_alerts_read() -> None:
+    oncall = {panel["title"]: panel for panel in panels(load("oncall"))}
+    debug = {panel["title"]: panel for panel in panels(load("debug"))}
+    drift = oncall["Activation drift"]
+    exprs = [target["expr"] for target in drift["targets"]]
+    assert f'{rules.drift_rule()}{{model=~"$model"}}' in exprs
+    steps = [step["value"] for step in drift["fieldConfig"]["defaults"]["thresholds"]["steps"]]
+    assert steps == [None, rules.DRIFT_THRESHOLD]
+    tensor = debug["Activation drift per tensor (top 20)"]
+    assert 'tensor!="all"' in tensor["targets"][0]["expr"]
+    steps = [step["value"] for step in tensor["fieldConfig"]["defaults"]["thresholds"]["steps"]]
+    assert steps == [None, rules.DRIFT_TENSOR_THRESHOLD]
+    for title in ("Hardware mismatch", "Nondeterministic outputs"):
+        assert oncall[title]["type"] == "stat"
