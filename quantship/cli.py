@@ -798,24 +798,33 @@ def keygen(private_path: Path, public_path: Path) -> None:
 # -- Kubernetes: the operator and its init container ------------------------------------------
 
 
+_pvc_root_option = click.option(
+    "--pvc-root",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Where pvc://CLAIM/... claims are mounted. Default: where the operator mounts them "
+    "(quantship.operator.fetch.PVC_ROOT).",
+)
+"""Shared by `fetch` and `quantize-job`; None keeps the fetch module's default (written there once)."""
+
+
+def _given(**options: Any) -> dict[str, Any]:
+    """The options the user set: the rest keep the called function's own defaults."""
+    return {name: value for name, value in options.items() if value is not None}
+
+
 @main.command()
 @click.argument("uri")
 @click.argument("dest", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--public-key", type=click.Path(path_type=Path), help="Require a valid ed25519 signature.")
-@click.option(
-    "--pvc-root",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=Path("/mnt/pvc"),
-    show_default=True,
-    help="Where pvc://CLAIM/... claims are mounted.",
-)
+@_pvc_root_option
 @click.option("--timeout", type=click.FloatRange(min=1), default=120.0, show_default=True, help="Seconds.")
 @click.option(
     "--max-bytes",
     type=click.IntRange(min=1),
-    default=8 * 2**30,
-    show_default=True,
-    help="Largest download; its archive may unpack to twice that.",
+    default=None,
+    help="Largest download; its archive may unpack to twice that. Default: "
+    "quantship.operator.fetch.MAX_DOWNLOAD_BYTES (8 GiB).",
 )
 @click.option(
     "--cross-host-redirects", is_flag=True, help="Follow redirects to other hosts (refused by default)."
@@ -830,9 +839,9 @@ def fetch(
     uri: str,
     dest: Path,
     public_key: Path | None,
-    pvc_root: Path,
+    pvc_root: Path | None,
     timeout: float,
-    max_bytes: int,
+    max_bytes: int | None,
     cross_host_redirects: bool,
     registry_config: Path | None,
 ) -> None:
@@ -845,11 +854,10 @@ def fetch(
             uri,
             dest,
             public_key=public_key,
-            pvc_root=pvc_root,
             timeout=timeout,
-            max_bytes=max_bytes,
             cross_host_redirects=cross_host_redirects,
             registry_config=registry_config,
+            **_given(pvc_root=pvc_root, max_bytes=max_bytes),
         )
     except fetch_module.FetchError as exc:
         raise Refused(str(exc)) from exc
@@ -876,13 +884,7 @@ def fetch(
     show_default=True,
     help="Where the verdict goes as JSON (the container's termination message).",
 )
-@click.option(
-    "--pvc-root",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=Path("/mnt/pvc"),
-    show_default=True,
-    help="Where pvc://CLAIM/... claims are mounted.",
-)
+@_pvc_root_option
 @click.option(
     "--registry-config",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -898,7 +900,7 @@ def quantize_job(
     target: str,
     workdir: Path,
     result_file: Path,
-    pvc_root: Path,
+    pvc_root: Path | None,
     registry_config: Path | None,
     insecure: bool,
     quantize_args: tuple[str, ...],
@@ -927,9 +929,9 @@ def quantize_job(
             quantize=run_quantize,
             workdir=workdir,
             result_file=result_file,
-            pvc_root=pvc_root,
             registry_config=registry_config,
             insecure=insecure,
+            **_given(pvc_root=pvc_root),
         )
     except job.JobError as exc:
         raise Refused(str(exc)) from exc

@@ -50,6 +50,8 @@ def source_path(uri: str, pvc_root: Path) -> Path | None:
     )
 
 
+PVC_ROOT = Path("/mnt/pvc")
+"""Where pvc://CLAIM/... claims are mounted: by the operator in its pods, read by fetch and the Job."""
 MAX_DOWNLOAD_BYTES = 8 * 2**30
 """The largest .tar.gz `fetch` downloads: 8 GiB (INT8 weights barely compress; see ArchiveLimits)."""
 MAX_REDIRECTS = 5
@@ -119,7 +121,7 @@ def fetch(
     dest: Path,
     *,
     public_key: Path | None = None,
-    pvc_root: Path = Path("/mnt/pvc"),
+    pvc_root: Path = PVC_ROOT,
     timeout: float = 120.0,
     max_bytes: int = MAX_DOWNLOAD_BYTES,
     cross_host_redirects: bool = False,

@@ -144,7 +144,7 @@ def run(
     quantize: Quantize,
     workdir: Path,
     result_file: Path,
-    pvc_root: Path = Path("/mnt/pvc"),
+    pvc_root: Path = fetch.PVC_ROOT,
     registry_config: Path | None = None,
     insecure: bool = False,
     timeout: float = 120.0,

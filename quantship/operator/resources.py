@@ -14,6 +14,7 @@ from typing import Any
 
 import kopf
 
+from quantship.operator import fetch
 from quantship.operator.spec import ModelSpec
 from quantship.rollout import Track
 
@@ -26,7 +27,7 @@ PRESTOP_SLEEP_S = 5
 DRAIN_TIMEOUT_S = GRACE_PERIOD_S - PRESTOP_SLEEP_S - 5  # 5 s left for the process to exit
 ARTIFACT_DIR = "/artifact"
 MODEL_DIR = f"{ARTIFACT_DIR}/model"
-PVC_ROOT = "/mnt/pvc"
+PVC_ROOT = str(fetch.PVC_ROOT)
 KEY_DIR = "/etc/quantship/keys"
 KEY_FILE = "public.pem"
 REGISTRY_DIR = "/etc/quantship/registry"
