@@ -41,9 +41,26 @@ def test_models_that_cannot_batch_or_be_probed_are_not_measured(tiny_model: Tiny
     assert (
         batch_policy.choose(tiny_model(first_dim=1), 32, never).reason == "the model has no batch dimension"
     )
-    assert batch_policy.choose(tiny_model(), 1, never).max_batch_size == 1
     open_width = batch_policy.choose(tiny_model(width="W"), 16, never)
     assert open_width.max_batch_size == 16 and "not measured" in open_width.reason
+
+
+@pytest.mark.parametrize(
+    ("costs", "configured", "inline"),
+    [
+        ({1: 15e-6, 2: 8e-6, 4: 3e-6}, 4, True),  # digits-sized: 4 rows in 12 µs
+        ({1: 60e-6, 2: 40e-6, 4: 25e-6, 8: 15e-6}, 8, False),  # 8 rows cheapest, but their call takes 120 µs
+        ({1: 490e-6, 2: 300e-6}, 2, False),  # an MLP's call: the thread hand-off is worth it
+        ({1: 40e-6}, 1, True),  # --max-batch-size 1 still measures one row to decide
+    ],
+    ids=["short at the cap", "long at the cap", "long call", "unbatched"],
+)
+def test_calls_shorter_than_a_thread_hand_off_run_on_the_event_loop(
+    tiny_model: TinyModel, costs: dict[int, float], configured: int, inline: bool
+) -> None:
+    policy = batch_policy.choose(tiny_model(), configured, table(costs))
+    assert policy.inline is inline
+    assert policy.describe()["inline"] is inline
 
 
 def test_the_timing_runs_real_calls_and_reports_microseconds_per_row(tiny_model: TinyModel) -> None:

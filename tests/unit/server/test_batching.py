@@ -4,6 +4,7 @@ loop time, so queue delays are exact."""
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -215,3 +216,29 @@ async def test_hurry_runs_waiting_requests_at_once_and_still_takes_new_ones(
     assert (await batcher.submit(rows(1), 1))["Y"].shape == (1, 3)  # a late request is still answered
     assert loop.time() - started < 2
     await batcher.close()
+
+
+class ThreadRecorder:
+    """A runner that notes which thread each batch ran on."""
+
+    def __init__(self, runner: Runner) -> None:
+        self.runner, self.signature, self.threads = runner, runner.signature, list[str]()
+
+    def run_batch(self, requests: Any, row_counts: Any) -> Any:
+        self.threads.append(threading.current_thread().name)
+        return self.runner.run_batch(requests, row_counts)
+
+
+@pytest.mark.parametrize("inline", [True, False], ids=["inline", "thread"])
+async def test_inline_batches_run_on_the_event_loop_thread_and_others_in_the_executor(
+    tiny_model: TinyModel, inline: bool
+) -> None:
+    runner = ThreadRecorder(tiny_model())
+    with ThreadPoolExecutor(1, thread_name_prefix="inference") as pool:
+        batcher = Batcher(runner, BatchSettings(), executor=pool, inline=inline)  # type: ignore[arg-type]
+        batcher.start()
+        results = await asyncio.gather(*(batcher.submit(rows(1, value=i), 1) for i in range(3)))
+        await batcher.close()
+    assert [result["Y"][0, 0] for result in results] == [1.0, 2.0, 3.0]
+    expected = threading.current_thread().name if inline else "inference_0"
+    assert runner.threads == [expected]
