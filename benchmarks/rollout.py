@@ -108,7 +108,7 @@ async def _breach_to_rollback(root: Path, console: Console) -> tuple[list[float]
     workloads = LocalWorkloads(
         model=MODEL,
         workdir=root / "servers",
-        server_args=["--shadow-rate", "1.0", "--clip-sample-rate", "1.0"],
+        server_args=["--shadow-rate", "1.0", "--clip-sample-rate", "1.0", "--sli-cpu-budget", "4"],
         on_change=(lambda: prometheus.set_targets(workloads.targets())) if prometheus else None,
     )
     scraper = ScrapeSource(workloads.targets) if prometheus is None else None

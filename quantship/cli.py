@@ -619,6 +619,13 @@ _SERVE, _BATCH, _QUALITY = (
     help="Share of requests whose activations are checked against the calibrated ranges.",
 )
 @click.option(
+    "--sli-cpu-budget",
+    type=click.FloatRange(0, 64),
+    default=_default(_QUALITY, "sli_cpu_budget"),
+    show_default=True,
+    help="CPU seconds per second the shadow and clip work may use; samples past it are dropped and counted.",
+)
+@click.option(
     "--per-tensor-metrics",
     is_flag=True,
     default=_default(_QUALITY, "per_tensor_metrics"),
@@ -713,6 +720,7 @@ def serve(
     max_queue_size: int,
     shadow_rate: float,
     clip_sample_rate: float,
+    sli_cpu_budget: float,
     per_tensor_metrics: bool,
     drift_window: int,
     feedback_capacity: int,
@@ -755,6 +763,7 @@ def serve(
         quality=server.QualitySettings(
             shadow_rate=shadow_rate,
             clip_sample_rate=clip_sample_rate,
+            sli_cpu_budget=sli_cpu_budget,
             per_tensor_metrics=per_tensor_metrics,
             drift_window=drift_window,
             feedback_capacity=feedback_capacity,

@@ -534,11 +534,13 @@ def debug() -> Board:
     )
     board.graph(
         "Sampled work dropped",
-        "Shadow and clip samples dropped because the background worker was behind: the SLIs undercount.",
+        "Samples the SLIs skipped: the background worker was behind, the SLI CPU budget "
+        "(--sli-cpu-budget) was spent, or a capture row had another shape. Budget drops are by design at "
+        "high traffic; the SLIs then rest on fewer samples a minute.",
         [
             query(
-                per_second(M.SAMPLES_DROPPED_TOTAL, ("model", "track", "kind")),
-                "{{model}} {{track}} {{kind}}",
+                per_second(M.SAMPLES_DROPPED_TOTAL, ("model", "track", "kind", "reason")),
+                "{{model}} {{track}} {{kind}} {{reason}}",
             )
         ],
         unit="reqps",

@@ -32,6 +32,9 @@ loading (a bug, logged with its traceback: not the artifact's fault). Each start
 FEEDBACK_VARIANTS = ("quantized", "reference")
 MODEL_INFO_LABELS = ("precision", "quant_mode", "calibration_method", "calibration_sha256", "runtime_version")
 SAMPLE_KINDS = ("shadow", "clip", "capture")
+SAMPLE_DROP_REASONS = ("behind", "budget", "shape")
+"""Why a sample was skipped: the background worker's queue was full, the SLI CPU budget was spent
+(shadow and clip), or (capture) its shape differs from the captured samples'."""
 DRIFT_OVERALL = "all"
 """The `tensor` label of the overall drift series (the mean over tensors), exported always; the
 per-tensor series only with --per-tensor-metrics. Select per-tensor series with tensor!="all"."""
@@ -151,9 +154,9 @@ SERIES = (
         "samples_dropped",
         M.SAMPLES_DROPPED_TOTAL,
         Counter,
-        "Sampled requests (shadow, clip, capture) dropped because the background worker was behind, or "
-        "(capture) because their shape differs from the captured samples'.",
-        ("kind",),
+        "Sampled requests (shadow, clip, capture) not processed, by reason: the background worker was "
+        "behind, the SLI CPU budget was spent, or (capture) their shape differs from the captured samples'.",
+        ("kind", "reason"),
     ),
     Series(
         "activation_drift",
@@ -271,7 +274,8 @@ class ServerMetrics:
         for reason in LOAD_FAILURE_REASONS:
             self.model_load_failures.labels(*values, reason)
         for kind in SAMPLE_KINDS:
-            self.samples_dropped.labels(*values, kind)
+            for reason in SAMPLE_DROP_REASONS:
+                self.samples_dropped.labels(*values, kind, reason)
 
     def request_done(self, code: int, seconds: float) -> None:
         """One inference request answered. Only successes enter the latency histogram: a 429 or a
@@ -313,8 +317,8 @@ class ServerMetrics:
             for tensor, distance in distances.items():
                 self.activation_drift.labels(*self._values, tensor).set(distance)
 
-    def sample_dropped(self, kind: str) -> None:
-        self.samples_dropped.labels(*self._values, kind).inc()
+    def sample_dropped(self, kind: str, reason: str) -> None:
+        self.samples_dropped.labels(*self._values, kind, reason).inc()
 
     def model_loaded(
         self,

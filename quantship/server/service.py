@@ -39,7 +39,7 @@ from quantship.artifact import (
 )
 from quantship.server import batch_policy, hardware, probe
 from quantship.server import runner as runner_module
-from quantship.server.background import Lane
+from quantship.server.background import CpuBudget, Lane
 from quantship.server.batcher import Batcher
 from quantship.server.capture import Capture, CapturePick, Reservoir
 from quantship.server.clipping import ClipCounter, ClipSample, observer_model
@@ -322,10 +322,11 @@ class ModelService:
             if opened.comparator.classifier
             else None
         )
+        sli_budget = CpuBudget(quality.sli_cpu_budget)  # one budget: shadow and clip share the worker
         shadow = None
         if opened.reference is not None and quality.shadow_rate > 0:
             evaluator = ShadowEvaluator(opened.reference, opened.comparator, self.metrics, feedback)
-            shadow = self._lane("shadow", evaluator.process)
+            shadow = self._lane("shadow", evaluator.process, sli_budget)
         clip = None
         if opened.observer is not None:
             observed = {r.tensor for r in opened.ranges}
@@ -339,7 +340,7 @@ class ModelService:
                 else "off (the artifact carries no calibration histograms)",
             )
             counter = ClipCounter(opened.observer, opened.ranges, self.metrics, drift)
-            clip = self._lane("clip", counter.process)
+            clip = self._lane("clip", counter.process, sli_budget)
         model = Model(opened, batcher, feedback, shadow, clip)
         if settings.capture_dir is not None:
             batchable = opened.runner.signature.batchable
@@ -356,13 +357,14 @@ class ModelService:
             )
         return model
 
-    def _lane(self, kind: str, process: Any) -> Lane[Any]:
+    def _lane(self, kind: str, process: Any, budget: CpuBudget | None = None) -> Lane[Any]:
         lane: Lane[Any] = Lane(
             kind,
             process,
             executor=self._background_executor,
             capacity=self.settings.quality.background_queue_size,
-            on_drop=lambda: self.metrics.sample_dropped(kind),
+            on_drop=lambda reason: self.metrics.sample_dropped(kind, reason),
+            budget=budget,
         )
         lane.start()
         return lane
@@ -453,7 +455,7 @@ class ModelService:
         if model.reservoir is not None and model.capture is not None:
             picks = model.reservoir.choose(inputs, rows)
             if picks is None:
-                self.metrics.sample_dropped("capture")
+                self.metrics.sample_dropped("capture", "shape")
             elif picks:
                 model.capture.offer(CapturePick(inputs, picks))
 

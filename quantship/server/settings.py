@@ -42,6 +42,13 @@ class QualitySettings:
     clip_sample_rate: float = 0.05
     """Share of requests (0..1) whose activations are checked against the calibrated ranges. The
     observing session cannot use fused int8 kernels, so it costs more than a served request."""
+    sli_cpu_budget: float = 0.05
+    """CPU seconds per second of wall time the shadow and clip lanes may spend, together (a share of
+    one core). Sampling by rate alone costs a share of the model's compute, and more than that on a
+    large network (EfficientNet-Lite0: +60% server CPU a request at the default rates); the budget
+    bounds what the SLIs take from serving to ~5% of a core at any traffic. Past it, samples are
+    dropped and counted (`quantship_samples_dropped_total{reason="budget"}`): at high traffic the
+    budget still buys hundreds of samples a minute on a small model."""
     per_tensor_metrics: bool = False
     """Also export clip counts per activation tensor (`quantship_tensor_activations_*`): one series
     per quantized tensor, hundreds for a real network, so only for the debug dashboard."""
@@ -69,6 +76,8 @@ class QualitySettings:
         for name in ("shadow_rate", "clip_sample_rate"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be within 0..1, got {getattr(self, name)}")
+        if self.sli_cpu_budget < 0:
+            raise ValueError("the SLI CPU budget must be >= 0 CPU seconds a second")
         if self.drift_window < 2:
             raise ValueError("drift window must be >= 2 sampled requests")
         if self.disagreement_tolerance < 0:

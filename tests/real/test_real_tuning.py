@@ -141,7 +141,7 @@ def test_the_served_embedding_model_judges_shadow_rows_by_cosine(
         minilm_dynamic,
         model="minilm",
         revision="int8",
-        extra_args=["--shadow-rate", "1.0", "--clip-sample-rate", "0"],
+        extra_args=["--shadow-rate", "1.0", "--clip-sample-rate", "0", "--sli-cpu-budget", "4"],
         log_path=tmp_path / "server.log",
     )
     server.start()

@@ -11,8 +11,9 @@ from quantship.local.traffic import LoadGenerator
 from quantship.local.workloads import LocalWorkloads
 
 MODEL = "digits"
-SAMPLED = ["--shadow-rate", "1.0", "--clip-sample-rate", "1.0"]
-"""Every request shadowed and clip-checked, so windows of seconds hold enough samples."""
+SAMPLED = ["--shadow-rate", "1.0", "--clip-sample-rate", "1.0", "--sli-cpu-budget", "4"]
+"""Every request shadowed and clip-checked (and no CPU budget to skip any), so windows of seconds hold
+enough samples."""
 
 
 @dataclass

@@ -23,7 +23,7 @@ def local_server(good_artifact: artifact.Artifact) -> Iterator[LocalServer]:
             "good",
             max_body_bytes=1 << 20,
             grpc_port=free_port(),
-            quality=QualitySettings(shadow_rate=1.0, clip_sample_rate=1.0),
+            quality=QualitySettings(shadow_rate=1.0, clip_sample_rate=1.0, sli_cpu_budget=4.0),
         )
     ).start()
     yield server

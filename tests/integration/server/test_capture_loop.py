@@ -48,7 +48,7 @@ async def test_serve_captures_production_rows_that_quantize_calibrates_from(
             for line in httpx.get(f"{server.url}/metrics").text.splitlines()
             if line.startswith("quantship_samples_dropped_total") and 'kind="capture"' in line
         ]
-        assert len(dropped) == 1 and dropped[0].endswith(" 0.0")
+        assert len(dropped) == 3 and all(line.endswith(" 0.0") for line in dropped)  # one per reason
     finally:
         assert server.stop(timeout=30) == -signal.SIGTERM, server.log_tail()  # uvicorn re-raises it
 
@@ -94,7 +94,7 @@ def test_rows_of_another_sequence_length_are_dropped_and_counted(tmp_path: Path)
 
         assert infer(5) == 200
         assert infer(7) == 200  # answered; only its capture is dropped
-        assert server.metric("quantship_samples_dropped_total", kind="capture") == 1
+        assert server.metric("quantship_samples_dropped_total", kind="capture", reason="shape") == 1
         server.idle()
     finally:
         server.stop()

@@ -19,7 +19,7 @@ def fp32_server(sample: zoo.SampleModel, tmp_path_factory: pytest.TempPathFactor
     out = tmp_path_factory.mktemp("fp32") / "digits-fp32"
     manifest = {"quantization": {"precision": "fp32", "mode": "none"}}  # as `quantize` packages an FP32 model
     written = artifact.write_artifact(out, {artifact.MODEL_FILE: sample.model}, manifest)
-    quality = QualitySettings(shadow_rate=1.0, clip_sample_rate=1.0)
+    quality = QualitySettings(shadow_rate=1.0, clip_sample_rate=1.0, sli_cpu_budget=4.0)
     server = LocalServer(settings_for(written, "fp32", quality=quality)).start()
     yield server
     server.stop()

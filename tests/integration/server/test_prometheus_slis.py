@@ -19,7 +19,14 @@ from quantship.local.prometheus import PrometheusProcess, find_binary
 
 pytestmark = pytest.mark.prometheus
 
-SLI_FLAGS = ["--shadow-rate", "1.0", "--clip-sample-rate", "1.0"]
+SLI_FLAGS = [
+    "--shadow-rate",
+    "1.0",
+    "--clip-sample-rate",
+    "1.0",
+    "--sli-cpu-budget",
+    "4",
+]  # every sample, no budget
 ROW_VALUES = 64 + 2 * 512 + 2 * 256 + 4 * 10  # activation values the digits MLP quantizes per row
 
 

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from quantship.server.background import Lane
+from quantship.server.background import CpuBudget, Lane
 
 pytestmark = pytest.mark.looptime
 
@@ -23,7 +24,7 @@ def executor() -> Iterator[ThreadPoolExecutor]:
 async def test_samples_offered_together_are_processed_in_one_hand_off(executor: ThreadPoolExecutor) -> None:
     handed: list[list[int]] = []
     lane: Lane[int] = Lane(
-        "test", handed.append, executor=executor, capacity=100, on_drop=lambda: None, max_items=4
+        "test", handed.append, executor=executor, capacity=100, on_drop=lambda reason: None, max_items=4
     )
     lane.start()
     for i in range(6):
@@ -34,17 +35,17 @@ async def test_samples_offered_together_are_processed_in_one_hand_off(executor: 
 
 
 async def test_a_full_lane_drops_and_counts_instead_of_growing(executor: ThreadPoolExecutor) -> None:
-    dropped: list[int] = []
+    dropped: list[str] = []
     release = threading.Event()
     lane: Lane[int] = Lane(
         "test",
         lambda items: release.wait(10),
         executor=executor,
         capacity=2,
-        on_drop=lambda: dropped.append(1),
+        on_drop=dropped.append,
     )
     assert [lane.offer(i) for i in range(4)] == [True, True, False, False]  # the worker has not started
-    assert len(dropped) == 2
+    assert dropped == ["behind", "behind"]
     release.set()
     lane.start()
     await lane.close(timeout=1)
@@ -60,7 +61,7 @@ async def test_a_failing_batch_is_logged_and_the_lane_goes_on(
             raise ValueError("a broken sample")
         handed.append(items)
 
-    lane: Lane[int] = Lane("shadow", process, executor=executor, capacity=10, on_drop=lambda: None)
+    lane: Lane[int] = Lane("shadow", process, executor=executor, capacity=10, on_drop=lambda reason: None)
     lane.start()
     lane.offer(0)
     await lane.idle()
@@ -73,9 +74,50 @@ async def test_a_failing_batch_is_logged_and_the_lane_goes_on(
 
 async def test_closing_processes_what_is_queued_first(executor: ThreadPoolExecutor) -> None:
     handed: list[list[int]] = []
-    lane: Lane[int] = Lane("test", handed.append, executor=executor, capacity=10, on_drop=lambda: None)
+    lane: Lane[int] = Lane("test", handed.append, executor=executor, capacity=10, on_drop=lambda reason: None)
     lane.start()
     lane.offer(7)
     await asyncio.sleep(0)
     await lane.close(timeout=1)
     assert handed == [[7]]
+
+
+def test_the_cpu_budget_refills_at_its_share_up_to_its_burst() -> None:
+    now = [0.0]
+    budget = CpuBudget(0.05, burst_s=10, clock=lambda: now[0])
+    assert budget.allows()  # starts full: 0.5 s of CPU
+    budget.spend(0.6)
+    assert not budget.allows()  # 0.1 s overdrawn
+    now[0] = 1.9
+    assert not budget.allows()  # 1.9 s x 0.05 = 0.095 refilled: still short
+    now[0] = 2.1
+    assert budget.allows()
+    now[0] = 1000.0
+    budget.allows()
+    budget.spend(0.5)
+    assert not budget.allows()  # an idle hour banked no more than the burst
+
+
+async def test_samples_past_the_cpu_budget_are_dropped_as_budget_and_never_processed(
+    executor: ThreadPoolExecutor,
+) -> None:
+    """The lane charges the budget with the worker thread's CPU time for each hand-off."""
+    handed: list[list[int]] = []
+    dropped: list[str] = []
+
+    def busy(items: list[int]) -> None:
+        handed.append(items)
+        started = time.thread_time()
+        while time.thread_time() - started < 0.02:  # 20 ms of real CPU
+            pass
+
+    budget = CpuBudget(0.001, burst_s=10)  # 10 ms of CPU to start with, 1 ms more a second
+    lane: Lane[int] = Lane(
+        "clip", busy, executor=executor, capacity=10, on_drop=dropped.append, budget=budget, max_items=1
+    )
+    lane.start()
+    assert lane.offer(1)
+    await lane.idle()
+    assert not lane.offer(2) and not lane.offer(3)  # the first hand-off overdrew the bucket
+    assert handed == [[1]] and dropped == ["budget", "budget"]
+    await lane.close(timeout=1)
