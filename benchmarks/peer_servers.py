@@ -3,7 +3,8 @@
 Written into the peer's own virtualenv and run there (never imported by quantship): `KSERVE` is a
 `kserve.Model` with a sync `predict`, started with one worker and latency logging off; `MLSERVER`
 is an MLServer runtime with `parallel_workers: 0` (the default 1 crashes with uvloop 0.23 here).
-Both run one onnxruntime session with one intra-op thread, like quantship in the benchmark.
+Both run one onnxruntime session with PEER_THREADS intra-op threads (1 unless the benchmark says),
+like quantship in the benchmark.
 """
 
 KSERVE = """
@@ -18,7 +19,7 @@ class OnnxModel(kserve.Model):
     def __init__(self, name, path):
         super().__init__(name)
         options = ort.SessionOptions()
-        options.intra_op_num_threads = 1
+        options.intra_op_num_threads = int(os.environ.get("PEER_THREADS", 1))
         self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
         self.names = [output.name for output in self.session.get_outputs()]
         self.ready = True
@@ -41,6 +42,7 @@ if __name__ == "__main__":
 """
 
 MLSERVER_RUNTIME = """
+import os
 import onnxruntime as ort
 from mlserver import MLModel
 from mlserver.codecs import NumpyCodec
@@ -50,7 +52,7 @@ from mlserver.types import InferenceRequest, InferenceResponse
 class OnnxRuntime(MLModel):
     async def load(self) -> bool:
         options = ort.SessionOptions()
-        options.intra_op_num_threads = 1
+        options.intra_op_num_threads = int(os.environ.get("PEER_THREADS", 1))
         path = self.settings.parameters.uri
         self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
         self.names = [output.name for output in self.session.get_outputs()]

@@ -37,7 +37,7 @@ from onnx import TensorProto, helper, numpy_helper
 from rich.console import Console
 from rich.table import Table
 
-from benchmarks import peer_servers
+from benchmarks import peer_servers, peers_heavy
 from quantship import artifact, runtime, zoo
 from quantship.local.processes import ServerProcess
 from quantship.local.prometheus import free_port
@@ -169,6 +169,7 @@ def models(workdir: Path) -> list[Model]:
 class Running:
     url: str
     pid: int
+    grpc_port: int | None = None
 
 
 def _pin(pid: int) -> None:
@@ -208,18 +209,21 @@ def quantship(model: Model, workdir: Path) -> Iterator[Running]:
 
 
 @contextmanager
-def peer(name: str, python: Path, model: Model, workdir: Path) -> Iterator[Running]:
-    port = free_port()
+def peer(
+    name: str, python: Path, model: Model, workdir: Path, *, threads: int = 1, pin: bool = True
+) -> Iterator[Running]:
+    port, grpc_port = free_port(), free_port()
     home = workdir / f"{name}-{model.name.split()[0]}"
     home.mkdir(exist_ok=True)
-    env = {**os.environ, "PEER_MODEL_NAME": "m", "PEER_MODEL_PATH": str(model.onnx_path)}
+    env = {**os.environ, "PEER_MODEL_NAME": "m", "PEER_MODEL_PATH": str(model.onnx_path),
+           "PEER_THREADS": str(threads)}  # fmt: skip
     if name == "kserve":
         (home / "server.py").write_text(peer_servers.KSERVE)
-        command = [str(python), "server.py", "--http_port", str(port), "--grpc_port", str(free_port()),
+        command = [str(python), "server.py", "--http_port", str(port), "--grpc_port", str(grpc_port),
                    "--workers", "1", "--enable_latency_logging", "false"]  # fmt: skip
     else:
         (home / "runtime.py").write_text(peer_servers.MLSERVER_RUNTIME)
-        settings = {"http_port": port, "grpc_port": free_port(), "metrics_port": free_port(),
+        settings = {"http_port": port, "grpc_port": grpc_port, "metrics_port": free_port(),
                     "parallel_workers": 0, "host": "127.0.0.1"}  # fmt: skip
         (home / "settings.json").write_text(json.dumps(settings))
         model_settings = {"name": "m", "implementation": "runtime.OnnxRuntime",
@@ -231,8 +235,9 @@ def peer(name: str, python: Path, model: Model, workdir: Path) -> Iterator[Runni
         try:
             url = f"http://127.0.0.1:{port}"
             _wait(f"{url}/v2/models/m/infer", model.body, process)
-            _pin(process.pid)
-            yield Running(url, process.pid)
+            if pin:
+                _pin(process.pid)
+            yield Running(url, process.pid, grpc_port)
         finally:
             process.terminate()
             try:
@@ -333,6 +338,56 @@ def run(workdir: Path) -> None:
             )  # fmt: skip
     console.print(table)
     console.print("load: the highest 1-minute load average seen at the end of the cell's runs (2 cores)")
+    heavy_table(console, wrk, pythons, workdir)
+
+
+def heavy_table(console: Console, wrk: str, pythons: dict[str, Path], workdir: Path) -> None:
+    """EfficientNet-Lite0 INT8 at c=1 over binary transports, against raw onnxruntime (peers_heavy)."""
+    artifact_root, row = peers_heavy.build(workdir)
+    name = "images"
+    ready_body = json.dumps(  # JSON, only to see each server answer once before the measurement
+        {
+            "inputs": [
+                {"name": name, "shape": list(row.shape), "datatype": "FP32", "data": row.ravel().tolist()}
+            ]
+        }
+    )
+    model = Model("EfficientNet-Lite0 INT8", artifact_root / artifact.MODEL_FILE, artifact_root, ready_body)
+    raw = peers_heavy.raw_calls_per_s(model.onnx_path, row, name)
+    peers_heavy.pin_client()
+    payload = peers_heavy.grpc_request("m", name, row)
+    cells: dict[str, peers_heavy.HeavyCell] = {}
+    with peers_heavy.quantship_server(artifact_root, workdir) as (server, grpc_port):
+        assert server.pid is not None
+        infer, close = peers_heavy.grpc_caller(grpc_port, payload)
+        cells["quantship gRPC"] = peers_heavy.measure(infer, server.pid)
+        close()
+        before = _cpu_seconds(server.pid)
+        out = peers_heavy.wrk_binary(wrk, server.url, "m", name, row, workdir)
+        used = _cpu_seconds(server.pid) - before
+        per_s = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+        cpu_ms = used / (per_s * peers_heavy.SECONDS) * 1e3 if per_s else None
+        cells["quantship HTTP binary"] = peers_heavy.HeavyCell(
+            per_s, _ms(out, 50), _ms(out, 99), cpu_ms, os.getloadavg()[0]
+        )
+    for peer_name, python in pythons.items():
+        with peer(peer_name, python, model, workdir, threads=peers_heavy.THREADS, pin=False) as running:
+            assert running.grpc_port is not None
+            infer, close = peers_heavy.grpc_caller(running.grpc_port, payload)
+            cells[f"{peer_name} gRPC"] = peers_heavy.measure(infer, running.pid)
+            close()
+    os.sched_setaffinity(0, range(os.cpu_count() or 1))
+    table = Table(
+        title=f"compute-heavy: EfficientNet-Lite0 INT8 (the tuned artifact), c=1, binary transports, "
+        f"{peers_heavy.THREADS} onnxruntime threads; raw onnxruntime {raw:.1f} calls/s"
+    )
+    for column in ("server, transport", "req/s", "of raw", "p50 / p99 ms", "server CPU ms a request", "load"):
+        table.add_column(column, justify="left" if column == "server, transport" else "right")
+    for label, cell in cells.items():
+        cpu = "" if cell.cpu_ms is None else f"{cell.cpu_ms:.2f}"
+        table.add_row(label, f"{cell.per_s:.1f}", f"{cell.per_s / raw:.0%}",
+                      f"{cell.p50_ms:.1f} / {cell.p99_ms:.1f}", cpu, f"{cell.load:.2f}")  # fmt: skip
+    console.print(table)
 
 
 def _cell(cell: Cell) -> str:
