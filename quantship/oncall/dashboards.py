@@ -28,10 +28,11 @@ from typing import Any
 
 from grafana_foundation_sdk.builders import common as common_builders
 from grafana_foundation_sdk.builders import dashboard as builders
-from grafana_foundation_sdk.builders import prometheus, stat, table, timeseries
+from grafana_foundation_sdk.builders import heatmap, prometheus, stat, table, timeseries
 from grafana_foundation_sdk.cog.encoder import JSONEncoder
 from grafana_foundation_sdk.models import common
 from grafana_foundation_sdk.models import dashboard as models
+from grafana_foundation_sdk.models import heatmap as heatmap_models
 from grafana_foundation_sdk.models import prometheus as prometheus_models
 
 from quantship import slo
@@ -90,10 +91,11 @@ def overall_drift() -> str:
     return f"max by ({', '.join(TRACKS)}) ({series})"
 
 
-def per_tensor_drift() -> str:
-    """Drift per activation tensor, the most drifted 20 (servers run with --per-tensor-metrics)."""
-    series = slo.with_labels(rules.drift_series(per_tensor=True), MODEL)
-    return f"topk(20, avg by (model, tensor) ({series}))"
+def per_tensor_drift(top: int | None = 20) -> str:
+    """Drift per activation tensor (servers run with --per-tensor-metrics): the `top` most drifted,
+    or every tensor."""
+    series = f"avg by (model, tensor) ({slo.with_labels(rules.drift_series(per_tensor=True), MODEL)})"
+    return series if top is None else f"topk({top}, {series})"
 
 
 def size_bytes(variant: str) -> str:
@@ -136,7 +138,7 @@ def thresholds(steps: dict[float, str], base: str = "green") -> builders.Thresho
     return builders.ThresholdsConfig().mode(models.ThresholdsMode.ABSOLUTE).steps(levels)
 
 
-Panel = timeseries.Panel | stat.Panel | table.Panel
+Panel = timeseries.Panel | stat.Panel | table.Panel | heatmap.Panel
 
 
 class Board:
@@ -218,6 +220,34 @@ class Board:
         if steps:
             panel = panel.thresholds(thresholds(steps))
         self.add(panel, targets, span=span, height=5)
+
+    def heat_map(
+        self, title: str, description: str, targets: Sequence[prometheus.Dataquery], *, unit: str, top: float
+    ) -> None:
+        """Series as rows (their legend names), time across, value as colour from 0 to `top` (and
+        beyond, in the darkest): Grafana's heatmap with calculation off."""
+        colours = (
+            heatmap.HeatmapColorOptions()
+            .mode(heatmap_models.HeatmapColorMode.SCHEME)
+            .scheme("Oranges")
+            .fill("dark-orange")
+            .scale(heatmap_models.HeatmapColorScale.LINEAR)
+            .exponent(0.5)
+            .steps(64)
+            .min(0)
+            .max(top)
+        )
+        panel = (
+            heatmap.Panel()
+            .title(title)
+            .description(description)
+            .calculate(False)
+            .color(colours)
+            .rows_frame(heatmap.RowsHeatmapOptions().layout(common.HeatmapCellLayout.UNKNOWN))
+            .cell_values(heatmap.CellValues().unit(unit))
+            .show_tooltip()
+        )
+        self.add(panel, targets, span=24, height=12)
 
     def table(
         self, title: str, description: str, targets: Sequence[prometheus.Dataquery], *, span: int = 24
@@ -511,6 +541,15 @@ def debug() -> Board:
         [query(per_tensor_drift(), "{{model}} {{tensor}}")],
         unit="none",
         steps={rules.DRIFT_TENSOR_THRESHOLD: "orange"},
+    )
+    board.heat_map(
+        "Activation drift heat map (every tensor)",
+        "One row per activation tensor (by name): where in the network traffic moved away from "
+        "calibration, and when. Darkest at and above twice the per-tensor alert threshold "
+        f"({rules.DRIFT_TENSOR_THRESHOLD:g} bits). Needs servers run with --per-tensor-metrics.",
+        [query(per_tensor_drift(top=None), "{{model}} {{tensor}}")],
+        unit="none",
+        top=2 * rules.DRIFT_TENSOR_THRESHOLD,
     )
     board.graph(
         "Fallback ops by type",
