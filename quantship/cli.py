@@ -652,6 +652,20 @@ _SERVE, _BATCH, _QUALITY = (
     show_default=True,
 )
 @click.option(
+    "--body-timeout-s",
+    type=click.FloatRange(min=0, min_open=True),
+    default=_default(_SERVE, "body_timeout_s"),
+    show_default=True,
+    help="Seconds a request body may take to arrive once its headers are in; then 408.",
+)
+@click.option(
+    "--idle-timeout-s",
+    type=click.FloatRange(min=0, min_open=True),
+    default=_default(_SERVE, "idle_timeout_s"),
+    show_default=True,
+    help="Seconds a connection may wait for a request's headers (new or kept alive); then it is closed.",
+)
+@click.option(
     "--drain-timeout-s",
     type=click.FloatRange(min=0),
     default=_default(_SERVE, "drain_timeout_s"),
@@ -718,6 +732,8 @@ def serve(
     feedback_capacity: int,
     feedback_max_bytes: int,
     max_body_bytes: int,
+    body_timeout_s: float,
+    idle_timeout_s: float,
     drain_timeout_s: float,
     threads: int | None,
     capture_dir: Path | None,
@@ -746,6 +762,8 @@ def serve(
         public_key=public_key,
         threads=threads,
         max_body_bytes=max_body_bytes,
+        body_timeout_s=body_timeout_s,
+        idle_timeout_s=idle_timeout_s,
         drain_timeout_s=drain_timeout_s,
         capture_dir=capture_dir,
         capture_max_samples=capture_max_samples,
