@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 import click
 from rich.console import Console
 
-from quantship import __version__, artifact
+from quantship import __version__, artifact, scratch
 from quantship.agreement import Task
 from quantship.quantize import config as q_config
 from quantship.quantize.evaluate import Metric
@@ -513,7 +513,9 @@ def pull(
 def verify(path: Path, public_key: Path | None) -> None:
     """Check an artifact's file hashes (and its signature when --public-key is given)."""
     key = artifact.load_public_key(public_key) if public_key else None
-    loaded = artifact.load_artifact(path, public_key=key)
+    scratch.sweep()  # what verifies and servers killed before us left behind
+    with artifact.opened(path, public_key=key) as loaded:  # a .tar.gz unpacked, then removed
+        pass  # verified on opening: hashes, signature and archive checks
     signature = (
         "signature valid" if key else ("signed, signature not checked" if loaded.signed else "unsigned")
     )
@@ -531,9 +533,10 @@ def report(path: Path, out: Path) -> None:
     """Write a self-contained HTML report (plots embedded) for an artifact."""
     from quantship.quantize import report as report_module
 
-    loaded = artifact.load_artifact(path)
+    with artifact.opened(path) as loaded:
+        html = report_module.render(loaded)
     try:
-        out.write_text(report_module.render(loaded))
+        out.write_text(html)
     except OSError as exc:
         raise Refused(f"cannot write {out}: {exc.strerror or exc}") from exc
     click.echo(f"wrote {out}")
