@@ -7,12 +7,13 @@ checks every file's sha256 and, when a public key is configured, the manifest's 
 A .tar.gz from outside is hostile until checked (`ArchiveLimits`): it is unpacked member by member
 with caps on size, member count and compression ratio, only regular files with plain names, and
 nothing the manifest does not name; a refused archive leaves nothing on disk.
-It imports nothing else of quantship, so any part may depend on it.
+It imports nothing else of quantship but `quantship.scratch` (a leaf too), so any part may depend on it.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import gzip
 import hashlib
 import io
@@ -22,7 +23,7 @@ import shutil
 import tarfile
 import tempfile
 import zlib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -31,6 +32,8 @@ import numpy as np
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from quantship import scratch
 
 FORMAT_VERSION = 1
 MODEL_FILE = "model.onnx"
@@ -345,15 +348,48 @@ def load_artifact(
     Refuses, with an ArtifactError naming the problem: a missing or unreadable manifest, an unknown
     format version, a listed file that is missing or whose size or sha256 differ, and, when a
     public key is given, a missing or invalid signature. A tarball is unpacked to `extract_to`
-    (which must not exist yet, or be empty; a fresh temporary directory when None) within `limits`,
-    and refused when it holds anything but regular files the manifest names; a refused tarball
-    leaves nothing at `extract_to`.
+    (which must not exist yet, or be empty) within `limits`, and refused when it holds anything but
+    regular files the manifest names; a refused tarball leaves nothing at `extract_to`. Without
+    `extract_to`, it goes to a fresh scratch directory that outlives the call (`scratch.sweep` removes
+    it once this process is gone): `opened` removes it on leaving its block.
     """
     path = Path(path)
-    if not (path.is_file() and path.name.endswith((".tar.gz", ".tgz"))):
+    if not is_archive(path):
         return _verify(path, public_key)
-    created = extract_to is None or not Path(extract_to).exists()
-    dest = Path(tempfile.mkdtemp(prefix="quantship-artifact-")) if extract_to is None else Path(extract_to)
+    if extract_to is None:
+        folder = scratch.create(scratch.ARTIFACT_PREFIX)
+        try:
+            return _unpack_and_verify(path, folder / UNPACKED, public_key, limits)
+        except BaseException:
+            scratch.remove(folder)
+            raise
+    return _unpack_and_verify(path, Path(extract_to), public_key, limits)
+
+
+UNPACKED = "artifact"
+"""The folder inside a scratch directory that a tarball is unpacked to (beside its owner file)."""
+
+
+def is_archive(path: Path) -> bool:
+    return path.is_file() and path.name.endswith((".tar.gz", ".tgz"))
+
+
+@contextlib.contextmanager
+def opened(path: Path, *, public_key: Ed25519PublicKey | None = None) -> Iterator[Artifact]:
+    """`load_artifact`, for reading the files while inside the block: a tarball is unpacked into a
+    scratch directory removed on leaving, whether it verified or not."""
+    path = Path(path)
+    if not is_archive(path):
+        yield load_artifact(path, public_key=public_key)
+        return
+    with scratch.directory(scratch.ARTIFACT_PREFIX) as folder:
+        yield load_artifact(path, public_key=public_key, extract_to=folder / UNPACKED)
+
+
+def _unpack_and_verify(
+    path: Path, dest: Path, public_key: Ed25519PublicKey | None, limits: ArchiveLimits
+) -> Artifact:
+    created = not dest.exists()
     if dest.is_dir() and any(dest.iterdir()):
         raise ArtifactError(f"{dest}: not empty; refusing to unpack {path} into it", reason="io")
     try:

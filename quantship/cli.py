@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 import click
 from rich.console import Console
 
-from quantship import __version__, artifact
+from quantship import __version__, artifact, scratch
 from quantship.agreement import Task
 from quantship.quantize import config as q_config
 from quantship.quantize.evaluate import Metric
@@ -513,7 +513,9 @@ def pull(
 def verify(path: Path, public_key: Path | None) -> None:
     """Check an artifact's file hashes (and its signature when --public-key is given)."""
     key = artifact.load_public_key(public_key) if public_key else None
-    loaded = artifact.load_artifact(path, public_key=key)
+    scratch.sweep()  # what verifies and servers killed before us left behind
+    with artifact.opened(path, public_key=key) as loaded:  # a .tar.gz unpacked, then removed
+        pass  # verified on opening: hashes, signature and archive checks
     signature = (
         "signature valid" if key else ("signed, signature not checked" if loaded.signed else "unsigned")
     )
@@ -531,9 +533,10 @@ def report(path: Path, out: Path) -> None:
     """Write a self-contained HTML report (plots embedded) for an artifact."""
     from quantship.quantize import report as report_module
 
-    loaded = artifact.load_artifact(path)
+    with artifact.opened(path) as loaded:
+        html = report_module.render(loaded)
     try:
-        out.write_text(report_module.render(loaded))
+        out.write_text(html)
     except OSError as exc:
         raise Refused(f"cannot write {out}: {exc.strerror or exc}") from exc
     click.echo(f"wrote {out}")
@@ -659,6 +662,20 @@ _SERVE, _BATCH, _QUALITY = (
     show_default=True,
 )
 @click.option(
+    "--body-timeout-s",
+    type=click.FloatRange(min=0, min_open=True),
+    default=_default(_SERVE, "body_timeout_s"),
+    show_default=True,
+    help="Seconds a request body may take to arrive once its headers are in; then 408.",
+)
+@click.option(
+    "--idle-timeout-s",
+    type=click.FloatRange(min=0, min_open=True),
+    default=_default(_SERVE, "idle_timeout_s"),
+    show_default=True,
+    help="Seconds a connection may wait for a request's headers (new or kept alive); then it is closed.",
+)
+@click.option(
     "--drain-timeout-s",
     type=click.FloatRange(min=0),
     default=_default(_SERVE, "drain_timeout_s"),
@@ -726,6 +743,8 @@ def serve(
     feedback_capacity: int,
     feedback_max_bytes: int,
     max_body_bytes: int,
+    body_timeout_s: float,
+    idle_timeout_s: float,
     drain_timeout_s: float,
     threads: int | None,
     capture_dir: Path | None,
@@ -754,6 +773,8 @@ def serve(
         public_key=public_key,
         threads=threads,
         max_body_bytes=max_body_bytes,
+        body_timeout_s=body_timeout_s,
+        idle_timeout_s=idle_timeout_s,
         drain_timeout_s=drain_timeout_s,
         capture_dir=capture_dir,
         capture_max_samples=capture_max_samples,

@@ -26,11 +26,19 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from fastapi.routing import APIRoute
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from starlette.requests import ClientDisconnect
 from starlette.routing import Route as StarletteRoute
 
 from quantship import __version__
-from quantship.server import grpc_server, protocol, schema
-from quantship.server.errors import InvalidInput, PayloadTooLarge, ServerError, install_handlers
+from quantship.server import connections, grpc_server, protocol, schema
+from quantship.server.errors import (
+    ClientClosedRequest,
+    InvalidInput,
+    PayloadTooLarge,
+    RequestTimeout,
+    ServerError,
+    install_handlers,
+)
 from quantship.server.metrics import ServerMetrics
 from quantship.server.service import ModelService, Phase
 from quantship.server.settings import ServerSettings
@@ -57,25 +65,29 @@ class Endpoints:
     """The handlers. Each one is a few lines over the service; errors are ServerErrors, mapped once."""
 
     def __init__(
-        self, service: ModelService, metrics: ServerMetrics, registry: CollectorRegistry, max_body_bytes: int
+        self,
+        service: ModelService,
+        metrics: ServerMetrics,
+        registry: CollectorRegistry,
+        body: BodyLimits,
     ) -> None:
         self.service = service
         self.metrics = metrics
         self.registry = registry
-        self.max_body_bytes = max_body_bytes
+        self.body = body
 
     def routes(self) -> list[Route]:
         model_errors = schema.errors(404, 503)
         infer = {
             **schema.ok(schema.InferenceResponse, "The outputs.", binary=True),
-            **schema.errors(400, 404, 413, 429, 500, 503),
+            **schema.errors(400, 404, 408, 413, 429, 500, 503),
         }
         infer_body = schema.request_body(schema.INFERENCE_REQUEST, binary=True)
         metadata = {**schema.ok(schema.ModelMetadata, "Inputs and outputs."), **model_errors}
         ready = {**schema.ok(schema.ModelReady, "Serving."), **model_errors}
         feedback = {
             **schema.ok(schema.FeedbackResponse, "Counted."),
-            **schema.errors(400, 404, 409, 413, 503),
+            **schema.errors(400, 404, 408, 409, 413, 503),
         }
         metrics: dict[int | str, dict[str, Any]] = {
             200: {
@@ -148,7 +160,7 @@ class Endpoints:
                 request.path_params["model_name"], request.path_params.get("model_version")
             )
             self.service.ready_model()  # 503 before reading a body we could not use
-            body = await read_body(request, self.max_body_bytes)
+            body = await read_body(request, self.body)
             decoded = await decode(body, request.headers.get(protocol.HEADER_LENGTH))
             encoded = protocol.encode_response(await self.service.infer(decoded), decoded)
             code = 200
@@ -166,7 +178,7 @@ class Endpoints:
     async def feedback(self, request: Request, model_name: str) -> JSONResponse:
         self.service.check_model(model_name)
         self.service.ready_model()
-        body = await read_body(request, self.max_body_bytes)
+        body = await read_body(request, self.body)
         try:
             document = json.loads(body)
         except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
@@ -199,22 +211,57 @@ async def decode(body: bytes, header_length: str | None) -> protocol.InferReques
     return await asyncio.to_thread(protocol.decode_request, body, header_length)
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The body, refused with 413 as soon as it is known to exceed `limit` bytes."""
+@dataclass(frozen=True)
+class BodyLimits:
+    """What a request body may cost the server: bytes (--max-body-bytes) and seconds (--body-timeout-s)."""
+
+    max_bytes: int
+    timeout_s: float
+
+
+async def read_body(request: Request, limits: BodyLimits) -> bytes:
+    """The body, refused with 413 as soon as it is known to exceed `limits.max_bytes`, with 408 when it
+    has not all arrived within `limits.timeout_s`, and with 499 when the client hangs up before the end
+    (starlette's ClientDisconnect would otherwise surface as an unhandled error: a 500)."""
     declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
+    if declared.isdigit() and int(declared) > limits.max_bytes:
         raise PayloadTooLarge(
-            f"the body is {declared} bytes; this server takes at most {limit} (--max-body-bytes)"
+            f"the body is {declared} bytes; this server takes at most {limits.max_bytes} (--max-body-bytes)"
         )
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(
-                f"the body is over {limit} bytes, the most this server takes (--max-body-bytes)"
-            )
-        chunks.append(chunk)
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async with asyncio.timeout(limits.timeout_s):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limits.max_bytes:
+                    raise PayloadTooLarge(
+                        f"the body is over {limits.max_bytes} bytes, the most this server takes "
+                        "(--max-body-bytes)"
+                    )
+                chunks.append(chunk)
+    except TimeoutError:
+        log.info(
+            "%s: body not received within %g s (%d of %s bytes); answered 408",
+            _client(request), limits.timeout_s, size, declared or "?",
+        )  # fmt: skip
+        raise RequestTimeout(
+            f"the body did not arrive within {limits.timeout_s:g} s ({size} of {declared or '?'} bytes "
+            "received; --body-timeout-s)"
+        ) from None
+    except ClientDisconnect:
+        log.info(
+            "%s: client disconnected after %d of %s body bytes; counted as 499",
+            _client(request), size, declared or "?",
+        )  # fmt: skip
+        raise ClientClosedRequest("the client disconnected before sending the whole body") from None
     return b"".join(chunks)
+
+
+def _client(request: Request) -> str:
+    peer = request.client
+    where = f"{peer.host}:{peer.port}" if peer else "a client"
+    return f"{where} {request.method} {request.url.path}"
 
 
 def create_app(
@@ -241,7 +288,8 @@ def create_app(
         redoc_url=None,
     )
     app.state.service, app.state.shutdown = service, budget
-    endpoints = Endpoints(service, service.metrics, registry, settings.max_body_bytes)
+    body = BodyLimits(settings.max_body_bytes, settings.body_timeout_s)
+    endpoints = Endpoints(service, service.metrics, registry, body)
     documented = _add_routes(app, endpoints.routes())
     install_handlers(app)
     app.openapi = _openapi(app, settings, service, documented)  # type: ignore[method-assign]
@@ -369,5 +417,6 @@ def serve(settings: ServerSettings, *, log_level: str = "info", access_log: bool
         log_level=log_level,
         access_log=access_log,
         timeout_graceful_shutdown=math.ceil(settings.drain_timeout_s),
+        **connections.uvicorn_options(settings.idle_timeout_s),
     )
     _Server(config, app).run()

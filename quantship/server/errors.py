@@ -50,6 +50,14 @@ class FeedbackConflict(ServerError):
     status = 409
 
 
+class RequestTimeout(ServerError):
+    """The body did not arrive within the body timeout: a slow (or stalled) client must not hold a
+    connection and a request slot forever. The connection is closed after the answer."""
+
+    status = 408
+    headers: ClassVar[dict[str, str]] = {"Connection": "close"}
+
+
 class PayloadTooLarge(ServerError):
     status = 413
 
@@ -59,6 +67,13 @@ class Overloaded(ServerError):
 
     status = 429
     headers: ClassVar[dict[str, str]] = {"Retry-After": "1"}
+
+
+class ClientClosedRequest(ServerError):
+    """The client went away before sending its whole body: nginx's 499. The client's doing, never a
+    5xx (that would feed the error-rate SLI); nobody is left to read the answer."""
+
+    status = 499
 
 
 class InferenceFailed(ServerError):

@@ -143,6 +143,7 @@ def request_body(schema: dict[str, Any], *, binary: bool = False) -> dict[str, A
 _WHY = {
     400: "The request is malformed or does not fit the model.",
     404: "No such model, version, or request id.",
+    408: "The body did not arrive within --body-timeout-s; the connection is closed.",
     409: "This request already got its label.",
     413: "The body is larger than --max-body-bytes.",
     429: "The queue is full (--max-queue-size); retry later.",

@@ -17,7 +17,6 @@ import itertools
 import logging
 import random
 import secrets
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -27,7 +26,7 @@ from typing import Any
 import numpy as np
 import onnxruntime
 
-from quantship import runtime
+from quantship import runtime, scratch
 from quantship.artifact import (
     MODEL_FILE,
     REFERENCE_FILE,
@@ -143,7 +142,8 @@ class ModelService:
         self._rng = rng if rng is not None else random.Random()
         self._infer_executor = ThreadPoolExecutor(1, thread_name_prefix="quantship-infer")
         self._background_executor = ThreadPoolExecutor(1, thread_name_prefix="quantship-background")
-        self._scratch: tempfile.TemporaryDirectory[str] | None = None
+        self._scratch: Path | None = None
+        """Where a .tar.gz artifact is unpacked: marked ours, removed on close, swept if we are killed."""
         self._loading: asyncio.Task[None] | None = None
         # Request ids for requests that bring none: a random prefix per process, then a counter
         # (uuid4 costs a getrandom syscall per request).
@@ -223,10 +223,11 @@ class ModelService:
         """Blocking: verify, load the sessions, analyse. Runs in a thread."""
         settings, quality = self.settings, self.settings.quality
         key = load_public_key(settings.public_key) if settings.public_key else None
+        scratch.sweep()  # what servers and verifies killed before us (kill -9, OOM) left behind
         extract_to = None
         if settings.artifact.is_file():
-            self._scratch = tempfile.TemporaryDirectory(prefix="quantship-serve-")
-            extract_to = Path(self._scratch.name)
+            self._scratch = scratch.create(scratch.SERVE_PREFIX)
+            extract_to = self._scratch / "artifact"
         loaded = load_artifact(settings.artifact, public_key=key, extract_to=extract_to)
         if settings.capture_dir is not None:
             try:
@@ -397,7 +398,7 @@ class ModelService:
         self._infer_executor.shutdown(wait=False)
         self._background_executor.shutdown(wait=False)
         if self._scratch is not None:
-            self._scratch.cleanup()
+            scratch.remove(self._scratch)
         if finished:
             log.info("drained: every accepted request answered, background work finished")
         else:

@@ -113,6 +113,16 @@ class ServerSettings:
     max_body_bytes: int = 16 * MiB
     """Largest request body accepted, in bytes; larger ones get 413 before being read. 16 MiB holds
     a batch of 64 float32 224x224 images, far beyond the digits model's 256 bytes a row."""
+    body_timeout_s: float = 30.0
+    """Seconds a request's whole body may take to arrive, from the moment its headers are in; then
+    408 and the connection is closed. uvicorn has no such limit: a client trickling a body would hold
+    a connection and an in-flight request forever. 30 s lets the largest body (16 MiB) arrive at
+    ~560 KB/s, far below any in-cluster link (an ingress buffers slow clients' bodies before it)."""
+    idle_timeout_s: float = 75.0
+    """Seconds a connection may wait for a request's headers to be complete: a fresh connection, and
+    one kept alive between requests; then it is closed (408 if part of a request had come). Longer than
+    the usual load balancers' and proxies' idle timeouts (60 s), as nginx's keepalive_timeout of 75 s,
+    so that they close first and never send a request on a connection the server is closing."""
     drain_timeout_s: float = 20.0
     """Seconds, in all, that a shutdown spends from the signal on: uvicorn's connection drain, gRPC's,
     the queued requests and the sampled background work share it; then the process exits anyway.
@@ -140,6 +150,8 @@ class ServerSettings:
     quality: QualitySettings = field(default_factory=QualitySettings)
 
     def __post_init__(self) -> None:
+        if self.body_timeout_s <= 0 or self.idle_timeout_s <= 0:
+            raise ValueError("body and idle timeouts must be > 0 seconds")
         if self.capture_max_samples < 1 or self.capture_max_bytes < 1 or self.capture_flush_s < 0:
             raise ValueError("capture max samples and bytes must be >= 1, the flush interval >= 0")
 

@@ -1,0 +1,129 @@
+"""Scratch directories that are provably ours: marked with their owner, removed when done, and swept
+when the owner died without removing them (kill -9, the OOM killer).
+
+`create` makes `<tmp>/<prefix>XXXX` holding an owner file: the process id, its start time and its
+pid namespace. `sweep` removes a directory only when all of this holds: its name has one of our
+prefixes, it is a real directory of this user (no symlink), its owner file reads, and that owner is
+dead (no such process, or the pid now belongs to a process started later). A live process's
+directory, one from another pid namespace (a container sharing /tmp) and anything unmarked are left
+alone: a leak is better than deleting a running server's model from under it.
+It imports nothing else of quantship, so any part may use it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+log = logging.getLogger("quantship.scratch")
+
+SERVE_PREFIX = "quantship-serve-"
+"""A model server's directory: the .tar.gz artifact it serves, unpacked."""
+ARTIFACT_PREFIX = "quantship-artifact-"
+"""An artifact .tar.gz unpacked to be verified or read (`quantship verify`, `quantship report`)."""
+PREFIXES = (SERVE_PREFIX, ARTIFACT_PREFIX)
+OWNER_FILE = ".quantship-owner"
+
+
+@dataclass(frozen=True)
+class Owner:
+    pid: int
+    started: int | None
+    """Start time of the process, in clock ticks since boot (/proc/PID/stat): tells a reused pid."""
+    pid_namespace: str | None
+    """/proc/self/ns/pid: a pid means nothing in another namespace."""
+
+    @classmethod
+    def me(cls) -> Owner:
+        pid = os.getpid()
+        return cls(pid, _start_time(pid), _pid_namespace())
+
+    def is_dead(self) -> bool:
+        """True only when this process certainly exits no more: unknown counts as alive."""
+        if self.pid_namespace != _pid_namespace():
+            return False
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            pass  # alive, another user's
+        started = _start_time(self.pid)
+        return self.started is not None and started is not None and started != self.started
+
+
+def create(prefix: str, root: Path | None = None) -> Path:
+    """A fresh directory `<root>/<prefix>XXXX` (root: the system's temporary directory), marked ours."""
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir=root))
+    staging = path / f"{OWNER_FILE}.partial"
+    staging.write_text(json.dumps(asdict(Owner.me())))
+    staging.rename(path / OWNER_FILE)  # a sweeper never reads half an owner file
+    return path
+
+
+def remove(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def directory(prefix: str, root: Path | None = None) -> Iterator[Path]:
+    """A scratch directory (`create`) removed on leaving, whatever happened inside."""
+    path = create(prefix, root)
+    try:
+        yield path
+    finally:
+        remove(path)
+
+
+def sweep(root: Path | None = None, prefixes: tuple[str, ...] = PREFIXES) -> list[Path]:
+    """Remove the directories under `root` (default: the system's temporary directory) left by dead
+    quantship processes (see the module docstring for what proves it); returns what was removed."""
+    folder = Path(tempfile.gettempdir() if root is None else root)
+    removed = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return []
+    for entry in entries:
+        if entry.name.startswith(prefixes) and _owned_by_the_dead(entry):
+            remove(Path(entry.path))
+            removed.append(Path(entry.path))
+    if removed:
+        log.info(
+            "removed %d scratch directories of dead quantship processes: %s",
+            len(removed), ", ".join(path.name for path in removed),
+        )  # fmt: skip
+    return removed
+
+
+def _owned_by_the_dead(entry: os.DirEntry[str]) -> bool:
+    try:
+        if not entry.is_dir(follow_symlinks=False) or entry.stat(follow_symlinks=False).st_uid != os.getuid():
+            return False
+        owner = Owner(**json.loads((Path(entry.path) / OWNER_FILE).read_text()))
+    except (OSError, ValueError, TypeError):
+        return False  # unmarked, half-made, or not ours to judge
+    return isinstance(owner.pid, int) and owner.pid > 0 and owner.is_dead()
+
+
+def _start_time(pid: int) -> int | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # Field 22; the command name (field 2) may hold spaces and parentheses, so count from its end.
+    return int(stat.rsplit(")", 1)[1].split()[19])
+
+
+def _pid_namespace() -> str | None:
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return None

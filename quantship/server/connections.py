@@ -1,0 +1,89 @@
+"""HTTP connections that cannot be held open forever: uvicorn's protocol with an idle timeout.
+
+uvicorn arms its keep-alive timer only after a response, and the first byte received disarms it for
+good: a connection that never sends a request, or trickles its headers, stays open forever (200 such
+connections were measured to stay open indefinitely). `IdleTimeoutProtocol` gives every connection a
+deadline while it waits for a request's headers: from the moment it opens, and again after each
+response. A connection with no request under way is closed silently at the deadline (the keep-alive
+case); one whose headers are still arriving gets 408 first. Once the headers are in, the body timeout
+takes over (`app.read_body`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+log = logging.getLogger("quantship.server")
+
+_TIMEOUT_MESSAGE = b"the request headers did not arrive within the idle timeout (--idle-timeout-s)"
+TIMEOUT_RESPONSE = (
+    b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; charset=utf-8\r\n"
+    b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(_TIMEOUT_MESSAGE), _TIMEOUT_MESSAGE)
+)
+
+
+class IdleTimeoutProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol, closing connections that wait longer than `timeout_keep_alive`
+    (our --idle-timeout-s) for a request's headers."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._idle: asyncio.TimerHandle | None = None
+        self._partial = False
+        """Bytes of a request have come since the last response, but not yet all of its headers."""
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm()
+
+    def data_received(self, data: bytes) -> None:
+        self._partial = self._idle is not None
+        super().data_received(data)
+
+    def on_headers_complete(self) -> None:
+        self._disarm()  # a request is under way: the body timeout and the app take it from here
+        super().on_headers_complete()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if self.timeout_keep_alive_task is not None:  # uvicorn waits for the next request: so do we
+            self._arm()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def _arm(self) -> None:
+        self._disarm()
+        self._partial = False
+        self._idle = self.loop.call_later(self.timeout_keep_alive, self._expired)
+
+    def _disarm(self) -> None:
+        if self._idle is not None:
+            self._idle.cancel()
+            self._idle = None
+
+    def _expired(self) -> None:
+        self._idle = None
+        if self.transport.is_closing():
+            return
+        if self._partial:
+            log.info(
+                "%s: request headers incomplete after %g s; answered 408 and closed",
+                _peer(self.client), self.timeout_keep_alive,
+            )  # fmt: skip
+            self.transport.write(TIMEOUT_RESPONSE)
+        self.transport.close()
+
+
+def _peer(client: tuple[str, int] | None) -> str:
+    return f"{client[0]}:{client[1]}" if client else "a client"
+
+
+def uvicorn_options(idle_timeout_s: float) -> dict[str, Any]:
+    """The uvicorn.Config options that give connections the idle timeout."""
+    return {"http": IdleTimeoutProtocol, "timeout_keep_alive": idle_timeout_s}

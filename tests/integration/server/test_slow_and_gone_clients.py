@@ -1,0 +1,204 @@
+"""Clients that hang up mid-body, trickle a body, or hold connections idle, against `quantship serve`.
+
+One real server process with half-second body and idle timeouts; raw sockets send what no HTTP
+client library would (half a body, a body at a trickle, nothing at all), tritonclient checks the
+server still answers normal traffic after each fault.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import select
+import socket
+import time
+from collections.abc import Iterator
+from typing import BinaryIO
+
+import httpx
+import numpy as np
+import pytest
+import tritonclient.http as triton
+from prometheus_client.parser import text_string_to_metric_families
+from server_harness import MODEL, wait_until
+
+from quantship import artifact, slo
+from quantship.local.processes import ServerProcess
+
+INFER = f"/v2/models/{MODEL}/infer"
+TIMEOUT_S = 0.5
+DEADLINE_S = 30.0
+"""How long a test waits for the server to act on a half-second timeout: generous, for a loaded box."""
+REQUESTS = slo.Metric.REQUESTS_TOTAL
+
+
+@pytest.fixture(scope="module")
+def server(
+    good_artifact: artifact.Artifact, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerProcess]:
+    log = tmp_path_factory.mktemp("slow-clients") / "serve.log"
+    process = ServerProcess(
+        good_artifact.root,
+        model=MODEL,
+        revision="good",
+        extra_args=["--body-timeout-s", str(TIMEOUT_S), "--idle-timeout-s", str(TIMEOUT_S)],
+        log_path=log,
+    )
+    process.start()
+    try:
+        asyncio.run(process.wait_ready(timeout=120))
+        yield process
+    finally:
+        process.stop()
+
+
+def count(server: ServerProcess, code: int) -> float:
+    """quantship_requests_total{code=...} as the server exports it (0 while the series is absent)."""
+    families = text_string_to_metric_families(httpx.get(f"{server.url}/metrics").text)
+    return sum(
+        sample.value
+        for family in families
+        for sample in family.samples
+        if sample.name == REQUESTS and sample.labels.get("code") == str(code)
+    )
+
+
+def assert_still_serving(server: ServerProcess) -> None:
+    client = triton.InferenceServerClient(server.address)
+    try:
+        tensor = triton.InferInput("X", [1, 64], "FP32")
+        tensor.set_data_from_numpy(np.zeros((1, 64), np.float32))
+        result = client.infer(MODEL, [tensor])
+        assert result.as_numpy("label").shape == (1,)
+    finally:
+        client.close()
+
+
+def connect(server: ServerProcess) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=DEADLINE_S)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
+
+
+def headers(length: int) -> bytes:
+    return (
+        f"POST {INFER} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {length}\r\n\r\n"
+    ).encode()
+
+
+def body() -> bytes:
+    return json.dumps(
+        {"inputs": [{"name": "X", "shape": [1, 64], "datatype": "FP32", "data": [0.0] * 64}]}
+    ).encode()
+
+
+def read_until_closed(sock: socket.socket) -> bytes:
+    """Everything the server sends until it closes the connection; fails if it never does."""
+    received = b""
+    sock.settimeout(DEADLINE_S)
+    while True:
+        try:
+            chunk = sock.recv(65536)
+        except TimeoutError:
+            raise AssertionError(f"the server kept the connection open for {DEADLINE_S} s") from None
+        except ConnectionResetError:
+            return received
+        if not chunk:
+            return received
+        received += chunk
+
+
+def read_response(stream: BinaryIO) -> bytes:
+    """The status line of one whole HTTP response (headers and a Content-Length body)."""
+    status = stream.readline()
+    length = 0
+    while (line := stream.readline()) not in (b"\r\n", b""):
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+    stream.read(length)
+    return status
+
+
+def log_lines(server: ServerProcess, needle: str) -> list[str]:
+    assert server.log_path is not None
+    return [line for line in server.log_path.read_text(errors="replace").splitlines() if needle in line]
+
+
+# -- a client gone mid-body: 499, never 5xx ---------------------------------------------------
+
+
+def test_a_client_gone_mid_body_counts_as_499_not_as_a_server_error(server: ServerProcess) -> None:
+    before_499, before_500 = count(server, 499), count(server, 500)
+    whole = body()
+    for _ in range(10):
+        with connect(server) as sock:
+            sock.sendall(headers(len(whole)) + whole[: len(whole) // 2])
+            time.sleep(0.05)  # the server has the headers and half the body, and waits for the rest
+    wait_until(lambda: count(server, 499) == before_499 + 10, timeout=DEADLINE_S, what="ten 499s")
+    assert count(server, 500) == before_500
+    gone = log_lines(server, "client disconnected after")
+    assert len(gone) >= 10 and all("counted as 499" in line for line in gone)
+    assert not log_lines(server, "Exception in ASGI application")
+    assert not log_lines(server, "Traceback")
+    assert_still_serving(server)
+
+
+# -- a body at a trickle: 408 within the body timeout --------------------------------------------
+
+
+def test_a_body_at_a_trickle_gets_408_and_the_connection_closed(server: ServerProcess) -> None:
+    before = count(server, 408)
+    declared = 10 * 1024 * 1024 // 16  # within the server's --max-body-bytes; never all sent
+    with connect(server) as sock:
+        sock.sendall(headers(declared))
+        answer, sent, deadline = b"", 0, time.monotonic() + DEADLINE_S
+        while not answer and time.monotonic() < deadline:
+            try:
+                sock.sendall(b" " * 1024)  # 1 KiB every 50 ms: 20 KB/s, far too slow for the timeout
+                sent += 1024
+            except (BrokenPipeError, ConnectionResetError):
+                break
+            if select.select([sock], [], [], 0.05)[0]:
+                answer = sock.recv(65536)
+        assert sent < declared
+        answer += read_until_closed(sock)
+    assert answer.startswith(b"HTTP/1.1 408 "), answer[:200]
+    assert b"--body-timeout-s" in answer
+    wait_until(lambda: count(server, 408) == before + 1, timeout=DEADLINE_S, what="the 408 counted")
+    assert_still_serving(server)
+
+
+# -- idle connections: closed after the idle timeout ----------------------------------------------
+
+
+def test_connections_that_send_nothing_are_closed(server: ServerProcess) -> None:
+    sockets = [connect(server) for _ in range(20)]
+    try:
+        for sock in sockets:
+            assert read_until_closed(sock) == b""  # closed, silently: no request, no answer
+    finally:
+        for sock in sockets:
+            sock.close()
+    assert_still_serving(server)
+
+
+def test_headers_at_a_trickle_get_408_and_the_connection_closed(server: ServerProcess) -> None:
+    with connect(server) as sock:
+        sock.sendall(f"POST {INFER} HTTP/1.1\r\nHost: 127.0.0.1\r\n".encode())  # never the blank line
+        answer = read_until_closed(sock)
+    assert answer.startswith(b"HTTP/1.1 408 "), answer[:200]
+    assert b"--idle-timeout-s" in answer
+    assert_still_serving(server)
+
+
+def test_a_kept_alive_connection_serves_requests_then_closes_when_idle(server: ServerProcess) -> None:
+    whole = body()
+    with connect(server) as sock, sock.makefile("rb") as stream:
+        # Two requests on one connection, pipelined so that no pause between them meets the timeout.
+        sock.sendall(2 * (headers(len(whole)) + whole))
+        assert read_response(stream).startswith(b"HTTP/1.1 200 ")
+        assert read_response(stream).startswith(b"HTTP/1.1 200 ")
+        assert read_until_closed(sock) == b""
+    assert_still_serving(server)
