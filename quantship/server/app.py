@@ -201,12 +201,14 @@ class Endpoints:
 
 
 INLINE_DECODE_BYTES = 64 * 1024
-"""Bodies up to this size decode on the event loop (tens of microseconds); larger ones, a JSON batch
-of images say, decode in a thread so that they do not stall every other request for milliseconds."""
+"""JSON up to this size decodes on the event loop (tens of microseconds); more, a JSON batch of
+images say, decodes in a thread so that it does not stall every other request for milliseconds.
+Binary tensors are never parsed (views of the body), so only the JSON header counts."""
 
 
 async def decode(body: bytes, header_length: str | None) -> protocol.InferRequest:
-    if len(body) <= INLINE_DECODE_BYTES:
+    json_bytes = len(body) if header_length is None or not header_length.isdigit() else int(header_length)
+    if json_bytes <= INLINE_DECODE_BYTES:
         return protocol.decode_request(body, header_length)
     return await asyncio.to_thread(protocol.decode_request, body, header_length)
 

@@ -9,6 +9,7 @@ the messages live in a package of their own).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -19,7 +20,7 @@ import numpy as np
 
 from quantship import __version__
 from quantship.server import protocol
-from quantship.server.errors import InvalidInput, ServerError
+from quantship.server.errors import ClientClosedRequest, InvalidInput, ServerError
 from quantship.server.grpc_v2 import inference_pb2 as pb
 from quantship.server.metrics import ServerMetrics
 from quantship.server.protocol import InferRequest, RequestedOutput
@@ -189,6 +190,9 @@ class GrpcEndpoints:
             return encoded
         except ServerError as exc:
             code = exc.status
+            raise
+        except asyncio.CancelledError:  # the client cancelled or its deadline passed: not our error
+            code = ClientClosedRequest.status
             raise
         finally:
             self.metrics.requests_in_flight.dec()

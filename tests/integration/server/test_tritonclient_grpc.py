@@ -3,6 +3,7 @@ batcher, metrics and error semantics as REST, with gRPC status codes mirroring t
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from typing import Any
 
@@ -97,3 +98,28 @@ async def test_the_asyncio_grpc_client_works_too(
         result = await client.infer(MODEL, [made])
         assert result.as_numpy("label").shape == (3,)
         assert result.as_numpy("probabilities").shape == (3, 10)
+
+
+async def test_calls_the_client_gives_up_on_count_as_499_never_as_server_errors(
+    local_server: LocalServer, traffic: tuple[np.ndarray, ...]
+) -> None:
+    """Big requests with deadlines shorter than their queueing: some are cancelled while the server
+    holds them, which is the client's doing (was: counted 500, feeding the error-rate SLI)."""
+    rows = np.tile(traffic[0], (2048 // len(traffic[0]) + 1, 1))[:2048]
+    errors_before = local_server.metric("quantship_requests_total", code="500")
+    async with triton_aio.InferenceServerClient(f"127.0.0.1:{local_server.settings.grpc_port}") as client:
+
+        async def impatient(deadline_s: float) -> None:
+            made = triton_aio.InferInput("X", list(rows.shape), "FP32")
+            made.set_data_from_numpy(rows)
+            try:
+                await client.infer(MODEL, [made], client_timeout=deadline_s)
+            except InferenceServerException as exc:
+                assert "Deadline" in str(exc), exc
+
+        for _ in range(20):  # until the server has seen a cancellation (the first round, as a rule)
+            await asyncio.gather(*(impatient(0.01 + 0.005 * i) for i in range(40)))
+            if local_server.metric("quantship_requests_total", code="499") > 0:
+                break
+    assert local_server.metric("quantship_requests_total", code="499") > 0
+    assert local_server.metric("quantship_requests_total", code="500") == errors_before
