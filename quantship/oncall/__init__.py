@@ -23,6 +23,11 @@ def generated_files() -> dict[str, Callable[[], str]]:
 
         return rules.render_prometheus_rule()
 
+    def threshold_template() -> str:
+        from quantship.oncall import rules
+
+        return rules.threshold_template()
+
     def dashboard(name: str) -> Callable[[], str]:
         def render() -> str:
             from quantship.oncall import dashboards
@@ -35,6 +40,7 @@ def generated_files() -> dict[str, Callable[[], str]]:
         "manifests/prometheus-rules.yaml": rule_file,
         "manifests/prometheusrule.yaml": prometheus_rule,
         "helm/quantship/files/prometheus-rules.yaml": rule_file,
+        "helm/quantship/files/drift-thresholds.yaml": threshold_template,
     }
     for name in ("executive", "oncall", "debug"):
         files[f"dashboards/{name}.json"] = dashboard(name)

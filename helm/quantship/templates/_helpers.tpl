@@ -47,5 +47,6 @@ true
 {{- $rules := .Files.Get "files/prometheus-rules.yaml" -}}
 {{- $rules = $rules | replace "http://localhost:3000" (trimSuffix "/" .Values.grafana.url) -}}
 {{- $rules = $rules | replace "https://github.com/quantship/quantship/blob/main/docs/runbooks.md" .Values.alerts.runbookUrl -}}
-{{- $rules -}}
+{{- $rules }}
+{{ tpl (.Files.Get "files/drift-thresholds.yaml") . }}
 {{- end -}}

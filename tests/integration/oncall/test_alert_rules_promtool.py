@@ -474,6 +474,43 @@ def test_drift_alerts_fire_on_shifted_traffic_with_evidence_and_stay_silent_on_c
     assert_passes(promtool, write_tests(tmp_path, rule_file, tests))
 
 
+def test_models_with_their_own_drift_thresholds_are_judged_by_them_and_the_rest_by_the_defaults(
+    promtool: str, tmp_path: Path
+) -> None:
+    """`strict` alerts on calm traffic, `lenient` stays silent on shifted traffic and a shifted tensor,
+    the model without thresholds keeps the defaults (as the chart's alerts.driftThresholds renders)."""
+    own = {"strict": {"overall": 0.0078125}, "lenient": {"overall": 0.125, "tensor": 0.5}}
+    rule_file = tmp_path / "rules.yaml"
+    groups = [*rules.rule_groups(), {"name": rules.THRESHOLD_GROUP, "rules": rules.threshold_rules(own)}]
+    rule_file.write_text(rules.dump({"groups": groups}))
+    enough = rules.DRIFT_MINIMUM_VALUES // 60 * 2
+    strict = {**MODEL, "model": "strict"}
+    lenient = {**MODEL, "model": "lenient"}
+    eval_at = (rules.seconds(rules.DRIFT_WINDOW) + rules.seconds(rules.DRIFT_FOR)) // 60 + 5
+    tests = [
+        {
+            "interval": "1m",
+            "input_series": [
+                *drift_series(MODEL, {"all": SHIFTED}, enough),
+                *drift_series(strict, {"all": CALM}, enough),
+                *drift_series(lenient, {"all": SHIFTED, "conv1": 0.25}, enough),
+            ],
+            "alert_rule_test": [
+                {
+                    "eval_time": f"{eval_at}m",
+                    "alertname": "QuantshipActivationDrift",
+                    "exp_alerts": [
+                        expected("QuantshipActivationDrift", MODEL, SHIFTED),
+                        expected("QuantshipActivationDrift", strict, CALM),
+                    ],
+                },
+                {"eval_time": f"{eval_at}m", "alertname": "QuantshipActivationDriftTensor", "exp_alerts": []},
+            ],
+        }
+    ]
+    assert_passes(promtool, write_tests(tmp_path, rule_file, tests))
+
+
 def test_hardware_mismatch_and_nondeterminism_fire_naming_what_differs(
     promtool: str, rule_file: Path, tmp_path: Path
 ) -> None:

@@ -21,7 +21,7 @@ import yaml
 
 from quantship import cli, generate
 from quantship.local.prometheus import find_binary
-from quantship.oncall import links
+from quantship.oncall import links, rules
 from quantship.operator import permissions
 
 pytestmark = pytest.mark.helm
@@ -220,6 +220,31 @@ def test_prometheusrule_holds_the_generated_rules_with_this_installs_links(
         [promtool, "check", "rules", str(spec)], capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_per_model_drift_thresholds_render_as_the_rules_module_writes_them(
+    helm: str, all_features: Path, tmp_path: Path
+) -> None:
+    own = {"digits": {"overall": 0.08}, "effnet": {"overall": 0.01, "tensor": 0.2}}
+    rule = one(
+        render(
+            helm, "--values", str(all_features), "--set-json", f"alerts.driftThresholds={json.dumps(own)}"
+        ),
+        "PrometheusRule",
+    )
+    groups = {group["name"]: group["rules"] for group in rule["spec"]["groups"]}
+    assert groups[rules.THRESHOLD_GROUP] == rules.threshold_rules(own)
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump(rule["spec"]))
+    promtool = find_binary("promtool")
+    assert promtool, "promtool is missing: run scripts/install-tools"
+    checked = subprocess.run(
+        [promtool, "check", "rules", str(spec)], capture_output=True, text=True, timeout=60
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    refused = run_helm(helm, "template", "q", str(generate.ROOT / "helm" / "quantship"),
+                       "--set-json", 'alerts.driftThresholds={"digits": {"overall": "high"}}')  # fmt: skip
+    assert refused.returncode != 0 and "driftThresholds" in refused.stderr
 
 
 def test_podmonitor_scrapes_the_servers_the_operator_creates(helm: str, all_features: Path) -> None:
