@@ -1,0 +1,78 @@
+"""The operator with the real kopf runtime against kmock, when something goes wrong under it: a
+canary that dies mid-step, an API server that refuses a write with its reason, and a namespace
+deleted with the operator down (no finalizer where no HTTPRoute needs releasing)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from operator_harness import Kubectl, ScriptedMetrics, StartOperator, eventually, revision, spec_of
+from test_operator_lifecycle import condition, phase_is, posted, serving
+
+V1 = "https://models.example.com/digits-v1.tar.gz"
+V2 = "https://models.example.com/digits-v2.tar.gz"
+FIRST, SECOND = revision(V1), revision(V2)
+GATEWAY = {"router": "gateway-api", "httpRoute": "digits"}
+SLOW_STEPS = {"steps": [25, 50, 100], "stepInterval": "10m"}
+"""No judgement can come due within a test: whatever happens at a step happens without one."""
+
+
+def weights(kubectl: Kubectl) -> dict[str, int]:
+    """Our backendRefs in the route's first rule, by Service name: their weights."""
+    refs = (kubectl.route() or {})["spec"]["rules"][0]["backendRefs"]
+    return {ref["name"]: ref.get("weight", 1) for ref in refs if ref["name"].startswith("digits")}
+
+
+# -- a dead canary (issue 15, item 3) -----------------------------------------------------------------
+
+
+async def test_a_canary_that_dies_mid_step_is_rolled_back_at_once_and_loses_all_traffic(
+    kubectl: Kubectl, start_operator: StartOperator
+) -> None:
+    await kubectl.create_route(rules=[{"backendRefs": [{"name": "digits", "port": 8080}]}])
+    await start_operator(ScriptedMetrics())
+    await serving(kubectl, spec_of(V1, traffic=GATEWAY, rollout=SLOW_STEPS))
+    await kubectl.patch({"spec": {"artifact": {"uri": V2}}})
+    await eventually(lambda: kubectl.deployment(f"digits-{SECOND}"), what="the canary Deployment")
+    await kubectl.make_ready(f"digits-{SECOND}", 2)
+    await eventually(
+        lambda: weights(kubectl) == {f"digits-{FIRST}": 75, f"digits-{SECOND}": 25}, what="the canary at 25%"
+    )
+
+    await kubectl.make_ready(f"digits-{SECOND}", 0)  # its servers were killed: none passes readiness
+
+    status = await phase_is(kubectl, "RolledBack", timeout=10)
+    assert status["message"].startswith(f"canary not ready: {SECOND} has no ready server at step 1 of 3")
+    assert status["inconclusive"] == 0 and status["failures"] == 0, "no judgement was waited for"
+    assert weights(kubectl) == {f"digits-{FIRST}": 100}, "nothing routed to the dead canary"
+    assert kubectl.deployment(f"digits-{SECOND}") is None
+    (event,) = await posted(kubectl, "RollBack")
+    assert event["type"] == "Warning" and event["message"].startswith("canary not ready:")
+
+
+async def test_a_stable_that_dies_mid_step_holds_the_judgement_and_says_so(
+    kubectl: Kubectl, start_operator: StartOperator
+) -> None:
+    await start_operator(ScriptedMetrics())
+    await serving(kubectl, spec_of(V1, rollout={**SLOW_STEPS, "stepInterval": "1s"}))
+    await kubectl.patch({"spec": {"artifact": {"uri": V2}}})
+    await eventually(lambda: kubectl.deployment(f"digits-{SECOND}"), what="the canary Deployment")
+    await kubectl.make_ready(f"digits-{SECOND}")
+    await eventually(lambda: ((kubectl.get() or {}).get("status") or {}).get("step") == 0, what="step 1")
+
+    await kubectl.make_ready(f"digits-{FIRST}", 0)
+
+    def degraded() -> dict[str, Any] | None:
+        found = condition((kubectl.get() or {}).get("status") or {}, "Degraded")
+        return found if found["status"] == "True" else None
+
+    trouble = await eventually(degraded, what="a Degraded condition")
+    assert trouble["message"].startswith(f"stable not ready: {FIRST} has no ready server")
+    held = (kubectl.get() or {})["status"]["step"]
+    await asyncio.sleep(3)  # three judgements would have come due meanwhile
+    status = (kubectl.get() or {})["status"]
+    assert status["phase"] == "Progressing" and status["step"] == held, "no step judged against a dead stable"
+
+    await kubectl.make_ready(f"digits-{FIRST}", 2)
+    await phase_is(kubectl, "Promoted", timeout=30)
