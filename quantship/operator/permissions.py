@@ -35,6 +35,7 @@ OPERATOR: frozenset[Permission] = frozenset(
         ("apps", "deployments", "create"),
         ("apps", "deployments", "patch"),
         ("apps", "deployments", "delete"),
+        ("", "services", "get"),
         ("", "services", "create"),
         ("", "services", "delete"),
         # gateway-api mode: the weights of our backendRefs in the user's HTTPRoute

@@ -7,7 +7,17 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from operator_harness import Kubectl, ScriptedMetrics, StartOperator, eventually, revision, spec_of
+import kmock
+from kmock_cluster import Cluster
+from operator_harness import (
+    TESTS_USER_AGENT,
+    Kubectl,
+    ScriptedMetrics,
+    StartOperator,
+    eventually,
+    revision,
+    spec_of,
+)
 from test_operator_lifecycle import condition, phase_is, posted, serving
 
 V1 = "https://models.example.com/digits-v1.tar.gz"
@@ -76,3 +86,67 @@ async def test_a_stable_that_dies_mid_step_holds_the_judgement_and_says_so(
 
     await kubectl.make_ready(f"digits-{FIRST}", 2)
     await phase_is(kubectl, "Promoted", timeout=30)
+
+
+# -- the API server's own words (issue 15, item 10) -------------------------------------------------
+
+RANGE_FULL = "failed to allocate a serviceIP: range is full"
+
+
+def creating_services(request: kmock.Request) -> bool:
+    return (
+        request.method == "POST"
+        and request.resource is not None
+        and request.resource.plural == "services"
+        and request.headers.get("User-Agent") != TESTS_USER_AGENT
+    )
+
+
+async def test_an_api_error_keeps_the_reason_the_api_server_gave(
+    cluster: Cluster, kubectl: Kubectl, start_operator: StartOperator
+) -> None:
+    cluster.refuse(
+        creating_services, kmock.KubernetesError(status=500, reason="InternalError", message=RANGE_FULL)
+    )
+    await start_operator(ScriptedMetrics())
+    await kubectl.apply(spec_of(V1))
+
+    def degraded() -> dict[str, Any] | None:
+        found = [
+            c
+            for c in ((kubectl.get() or {}).get("status") or {}).get("conditions", [])
+            if c["type"] == "Degraded"
+        ]
+        return found[0] if found and found[0]["status"] == "True" else None
+
+    trouble = await eventually(degraded, what="a Degraded condition")
+    assert trouble["reason"] == "KubernetesAPIError"
+    assert trouble["message"] == (
+        f"creating Service digits-{FIRST}: Kubernetes API answered 500 Internal Server Error "
+        f"(InternalError: {RANGE_FULL})"
+    )
+    (event,) = await posted(kubectl, "KubernetesAPIError")
+    assert event["type"] == "Warning" and RANGE_FULL in event["message"]
+
+
+async def test_a_rollout_sends_no_request_the_api_server_must_refuse(
+    cluster: Cluster, kubectl: Kubectl, start_operator: StartOperator
+) -> None:
+    """No read before a create (404) and no create of what exists (409): every answer the
+    operator gets from the first reconcile through a promotion is a success."""
+    await start_operator(ScriptedMetrics())
+    await serving(kubectl, spec_of(V1, rollout={"steps": [50, 100], "stepInterval": "1s"}))
+    await kubectl.patch({"spec": {"artifact": {"uri": V2}}})
+    await eventually(lambda: kubectl.deployment(f"digits-{SECOND}"), what="the canary Deployment")
+    await kubectl.make_ready(f"digits-{SECOND}", 2)
+    await phase_is(kubectl, "Promoted", timeout=30)
+
+    ours = [
+        (request, code)
+        for request, code in cluster.answers
+        if request.headers.get("User-Agent") != TESTS_USER_AGENT
+    ]
+    refused = [f"{code} {request.method} {request.url.path}" for request, code in ours if code in (404, 409)]
+    assert refused == []
+    created = [request.url.path for request, code in ours if request.method == "POST" and code < 300]
+    assert any(path.endswith("/services") for path in created), "the operator's creates were recorded"
