@@ -21,8 +21,9 @@ import aiohttp
 from kubernetes.aio import client
 
 from quantship.operator import crd, resources
+from quantship.operator.status import has_served
 from quantship.operator.spec import ModelSpec
-from quantship.rollout import Phase, PortError, Track
+from quantship.rollout import PortError, Track
 
 MERGE_PATCH = "application/merge-patch+json"
 JSON_PATCH = "application/json-patch+json"
@@ -439,7 +440,10 @@ class ReplicaRouter:
     async def route(self, stable: str, canary: str | None, weight: int) -> float:
         # created when the first revision starts serving; after that, read (a router switched from
         # gateway-api, or a Service deleted by hand, gets it again): no request answered 409
-        if not _served(self.workloads.owner) or await self.workloads.read_service(self.spec.name) is None:
+        if (
+            not has_served(self.workloads.owner.get("status") or {})
+            or await self.workloads.read_service(self.spec.name) is None
+        ):
             await _call(
                 f"creating Service {self.spec.name}",
                 self.kube.core.create_namespaced_service(
@@ -464,13 +468,6 @@ def _revisions(owner: Mapping[str, Any]) -> set[str]:
     """The revisions the QuantizedModel's status names: their Deployments were created before."""
     status = owner.get("status") or {}
     return {status[key] for key in ("stableRevision", "canaryRevision") if status.get(key)}
-
-
-def _served(owner: Mapping[str, Any]) -> bool:
-    """Whether a revision of the model has served (the status is past its first Pending)."""
-    status = owner.get("status") or {}
-    phase = status.get("phase")
-    return bool(phase) and (phase != Phase.PENDING.value or bool(status.get("canaryRevision")))
 
 
 def split(total: int, weight: int) -> tuple[int, int]:

@@ -21,6 +21,13 @@ WAITING_FOR_CANARY = "WaitingForCanaryReadiness"
 """The Progressing condition's reason while a new canary has no ready pod yet."""
 
 
+def has_served(status: Mapping[str, Any]) -> bool:
+    """Whether a revision of the model has served traffic: the status is past its first Pending
+    (the shared Service exists, an HTTPRoute points at a revision)."""
+    phase = status.get("phase")
+    return bool(phase) and (phase != Phase.PENDING.value or bool(status.get("canaryRevision")))
+
+
 def conditions(
     previous: Sequence[Mapping[str, Any]],
     status: RolloutStatus,

@@ -1,6 +1,7 @@
 """The operator with the real kopf runtime against kmock, when something goes wrong under it: a
 canary that dies mid-step, an API server that refuses a write with its reason, and a namespace
-deleted with the operator down (no finalizer where no HTTPRoute needs releasing)."""
+deleted with the operator down (no finalizer where no HTTPRoute needs releasing), and canary
+pods no node can take (spec.placement.matchGateHardware)."""
 
 from __future__ import annotations
 
@@ -150,3 +151,81 @@ async def test_a_rollout_sends_no_request_the_api_server_must_refuse(
     assert refused == []
     created = [request.url.path for request, code in ours if request.method == "POST" and code < 300]
     assert any(path.endswith("/services") for path in created), "the operator's creates were recorded"
+
+
+# -- the finalizer, only while an HTTPRoute must be released (issue 15, item 11) -----------------------
+
+
+def finalizers(kubectl: Kubectl) -> list[str]:
+    return list(((kubectl.get() or {}).get("metadata") or {}).get("finalizers") or [])
+
+
+def model_reads(cluster: Cluster) -> int:
+    """The operator's reads of the QuantizedModel so far (one per tick)."""
+    return sum(
+        1
+        for request, _ in cluster.answers
+        if request.method == "GET"
+        and request.headers.get("User-Agent") != TESTS_USER_AGENT
+        and request.resource is not None
+        and request.resource.plural == "quantizedmodels"
+        and request.name == "digits"
+    )
+
+
+async def test_a_model_mid_rollout_carries_no_finalizer_and_goes_with_the_operator_down(
+    cluster: Cluster, kubectl: Kubectl, start_operator: StartOperator
+) -> None:
+    operator = await start_operator(ScriptedMetrics())
+    await serving(kubectl, spec_of(V1, rollout=SLOW_STEPS))
+    await kubectl.patch({"spec": {"artifact": {"uri": V2}}})
+    await eventually(lambda: kubectl.deployment(f"digits-{SECOND}"), what="the canary Deployment")
+    await kubectl.make_ready(f"digits-{SECOND}")
+    await eventually(lambda: ((kubectl.get() or {}).get("status") or {}).get("step") == 0, what="step 1")
+    ticks = model_reads(cluster)
+    await eventually(lambda: model_reads(cluster) > ticks + 3, what="the analysis ticking")
+    assert finalizers(kubectl) == [], "replicas mode mid-rollout: nothing to release, no finalizer"
+
+    await operator.shutdown()
+    await kubectl.delete()  # what deleting its namespace does to it
+
+    assert kubectl.get() is None, "gone at once, with nobody to remove a finalizer"
+
+
+async def test_the_analysis_ends_when_its_model_is_deleted_mid_rollout(
+    cluster: Cluster, kubectl: Kubectl, start_operator: StartOperator
+) -> None:
+    await start_operator(ScriptedMetrics())
+    await serving(kubectl, spec_of(V1, rollout=SLOW_STEPS))
+    await kubectl.patch({"spec": {"artifact": {"uri": V2}}})
+    await eventually(lambda: kubectl.deployment(f"digits-{SECOND}"), what="the canary Deployment")
+
+    await kubectl.delete()
+    assert kubectl.get() is None
+    await asyncio.sleep(1)  # the tick that finds it gone (0.2 s ticks)
+    after = model_reads(cluster)
+    await asyncio.sleep(1)
+
+    assert model_reads(cluster) == after, "no ticks of a model that is gone"
+
+
+async def test_gateway_mode_holds_the_finalizer_only_once_the_route_is_ours_to_release(
+    kubectl: Kubectl, start_operator: StartOperator
+) -> None:
+    await start_operator(ScriptedMetrics())
+    await kubectl.apply(spec_of(V1, traffic=GATEWAY))
+    await eventually(lambda: kubectl.deployment(f"digits-{FIRST}"), what="the stable Deployment")
+    await kubectl.make_ready(f"digits-{FIRST}", 2)
+    await posted(kubectl, "HTTPRouteNotFound")  # no route yet: nothing of the user's was touched
+    assert finalizers(kubectl) == []
+
+    await kubectl.create_route(rules=[{"backendRefs": [{"name": "digits", "port": 8080}]}])
+    await phase_is(kubectl, "Promoted")
+    assert await eventually(lambda: finalizers(kubectl), what="the finalizer") == [
+        "serving.quantship.io/finalizer"
+    ]
+    assert weights(kubectl) == {f"digits-{FIRST}": 100}
+
+    await kubectl.delete()
+    await eventually(lambda: kubectl.get() is None, what="the model gone once the route is released")
+    assert weights(kubectl) == {"digits": 100}, "the route points at the model's Service name again"
