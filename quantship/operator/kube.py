@@ -21,8 +21,8 @@ import aiohttp
 from kubernetes.aio import client
 
 from quantship.operator import crd, resources
-from quantship.operator.status import has_served
 from quantship.operator.spec import ModelSpec
+from quantship.operator.status import has_served
 from quantship.rollout import PortError, Track
 
 MERGE_PATCH = "application/merge-patch+json"
@@ -103,6 +103,21 @@ class Kube:
             exists_ok=True,
             timeout=self.timeout,
         )
+
+    async def pods(self, namespace: str, labels: Mapping[str, str]) -> list[dict[str, Any]]:
+        """The pods carrying all of `labels` (a revision's, for spec.placement)."""
+        selector = ",".join(f"{key}={value}" for key, value in labels.items())
+        listing = await _read(
+            self.core.list_namespaced_pod_without_preload_content(namespace, label_selector=selector),
+            timeout=self.timeout,
+        )
+        items = (listing or {}).get("items") or []
+        # filtered here too: the selector is the API server's to apply, and a test API may not
+        return [
+            pod
+            for pod in items
+            if all((pod.get("metadata", {}).get("labels") or {}).get(k) == v for k, v in labels.items())
+        ]
 
     async def job_pods(self, namespace: str, job: str) -> list[dict[str, Any]]:
         """The pods of a Job (the Job controller labels them `job-name`)."""

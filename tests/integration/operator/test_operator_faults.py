@@ -6,11 +6,14 @@ pods no node can take (spec.placement.matchGateHardware)."""
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 import kmock
 from kmock_cluster import Cluster
+from kubernetes.aio import client
 from operator_harness import (
+    NAMESPACE,
     TESTS_USER_AGENT,
     Kubectl,
     ScriptedMetrics,
@@ -20,6 +23,11 @@ from operator_harness import (
     spec_of,
 )
 from test_operator_lifecycle import condition, phase_is, posted, serving
+from test_operator_quantize_job import PRODUCED, finish, quantizing
+
+from quantship.operator import placement
+from quantship.operator.kube import MERGE_PATCH
+from quantship.operator.quantize_job import Verdict
 
 V1 = "https://models.example.com/digits-v1.tar.gz"
 V2 = "https://models.example.com/digits-v2.tar.gz"
@@ -229,3 +237,102 @@ async def test_gateway_mode_holds_the_finalizer_only_once_the_route_is_ours_to_r
     await kubectl.delete()
     await eventually(lambda: kubectl.get() is None, what="the model gone once the route is released")
     assert weights(kubectl) == {"digits": 100}, "the route points at the model's Service name again"
+
+
+# -- canaries pinned to nodes like the gate's (issue 13, item 4) ---------------------------------------
+
+GATE_FLAGS = ("avx2", "avx512f", "avx512_vnni")
+
+
+def gate_hardware(kubectl: Kubectl) -> dict[str, Any] | None:
+    found = [
+        c
+        for c in ((kubectl.get() or {}).get("status") or {}).get("conditions") or []
+        if c["type"] == placement.MATCHED
+    ]
+    return found[0] if found else None
+
+
+async def scheduled(api: client.ApiClient, revision_id: str, *, node: str | None, why: str = "") -> None:
+    """The scheduler's word on a pod of the revision: placed on `node`, or unschedulable (`why`)."""
+    name = f"digits-{revision_id}-5d8f9-abcde"
+    labels = {"app.kubernetes.io/instance": "digits", "model": "digits", "revision": revision_id}
+    core = client.CoreV1Api(api)
+    if not any(pod.metadata.name == name for pod in (await core.list_namespaced_pod(NAMESPACE)).items):
+        body = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": name, "labels": labels},
+            "spec": {"containers": [{"name": "server", "image": "quantship"}]},
+        }
+        await core.create_namespaced_pod(NAMESPACE, body)
+    if node is None:
+        state = {"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": why}
+        await core.patch_namespaced_pod_status(
+            name,
+            NAMESPACE,
+            {"status": {"phase": "Pending", "conditions": [state]}},
+            _content_type=MERGE_PATCH,
+        )
+    else:
+        await core.patch_namespaced_pod(
+            name, NAMESPACE, {"spec": {"nodeName": node}}, _content_type=MERGE_PATCH
+        )
+        state = {"type": "PodScheduled", "status": "True"}
+        await core.patch_namespaced_pod_status(
+            name,
+            NAMESPACE,
+            {"status": {"phase": "Running", "conditions": [state]}},
+            _content_type=MERGE_PATCH,
+        )
+
+
+async def test_match_gate_hardware_pins_the_canary_and_says_when_no_node_matches(
+    kubectl: Kubectl, api: client.ApiClient, start_operator: StartOperator
+) -> None:
+    await start_operator(ScriptedMetrics())
+    await serving(kubectl, spec_of(V1, placement={"matchGateHardware": True}))
+    unknown = await eventually(lambda: gate_hardware(kubectl), what="GateHardwareMatched")
+    assert (unknown["status"], unknown["reason"]) == ("Unknown", "GateHardwareUnknown")
+    assert "affinity" not in kubectl.deployment(f"digits-{FIRST}")["spec"]["template"]["spec"]  # type: ignore[index]
+
+    job = await quantizing(kubectl)
+    verdict = Verdict(True, "top1_agreement", 1.0, 0.99, PRODUCED, int8_flags=GATE_FLAGS)
+    await finish(api, job["metadata"]["name"], exit_code=0, message=json.dumps(verdict.to_json()))
+    progressing = await phase_is(kubectl, "Progressing")
+    canary = progressing["canaryRevision"]
+    assert progressing["quantizedArtifact"]["int8Flags"] == list(GATE_FLAGS)
+    deployment = await eventually(
+        lambda: kubectl.deployment(f"digits-{canary}"), what="the canary Deployment"
+    )
+    required = deployment["spec"]["template"]["spec"]["affinity"]["nodeAffinity"][
+        "requiredDuringSchedulingIgnoredDuringExecution"
+    ]
+    (term,) = required["nodeSelectorTerms"]
+    expressions = {e["key"]: (e["operator"], e.get("values")) for e in term["matchExpressions"]}
+    cpuid = "feature.node.kubernetes.io/cpu-cpuid."
+    assert expressions[f"{cpuid}AVX512VNNI"] == ("In", ["true"])
+    assert expressions[f"{cpuid}AVX2"] == ("In", ["true"])
+    assert expressions[f"{cpuid}AMXINT8"] == ("DoesNotExist", None), "exactly the gate's kernels"
+
+    why = "0/3 nodes are available: 3 node(s) didn't match Pod's node affinity/selector."
+    await scheduled(api, canary, node=None, why=why)
+    unmatched = await eventually(
+        lambda: (found := gate_hardware(kubectl)) and found["status"] == "False" and found, what="False"
+    )
+    assert unmatched["reason"] == "NoMatchingNode"
+    assert unmatched["message"] == (
+        f"no node can take {canary}'s pods with the gate's int8 CPU features "
+        f"(avx2, avx512f, avx512_vnni; node-feature-discovery labels): {why}"
+    )
+    (event,) = await posted(kubectl, "NoMatchingNode")
+    assert event["type"] == "Warning"
+
+    await scheduled(api, canary, node="vnni-node-1")  # a node with the labels joined
+    matched = await eventually(
+        lambda: (found := gate_hardware(kubectl)) and found["status"] == "True" and found, what="True"
+    )
+    assert (
+        matched["message"]
+        == f"{canary} runs on nodes with the gate's int8 CPU features (avx2, avx512f, avx512_vnni)"
+    )
