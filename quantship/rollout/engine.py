@@ -113,7 +113,7 @@ def needs(status: RolloutStatus, spec: RolloutSpec, now: float) -> Needs:
     at on every tick of a canary, not only while it starts: a server that dies mid-step must lose
     its traffic at once, not after a run of judgements reading "no data"."""
     pending = status.phase is Phase.PENDING
-    canary = status.in_flight and status.canary is not None and status.canary == spec.revision
+    canary = status.in_flight and status.canary == spec.revision  # not one the spec has moved on from
     return Needs(
         stable_ready=(pending and status.canary is None and status.stable == spec.revision)
         or (canary and not canary_starting(status)),

@@ -299,6 +299,20 @@ class CountingWorkloads(MemoryWorkloads):
         return await super().ready(revision)
 
 
+async def test_a_tick_observes_no_readiness_of_a_canary_the_spec_moved_on_from(
+    make_spec: Callable[..., RolloutSpec], router: MemoryRouter, metrics: MemoryMetrics
+) -> None:
+    workloads = CountingWorkloads()
+
+    decision = await tick(
+        replace(AT_STEP_1, step_started_at=NOW), make_spec("v3"), workloads=workloads, router=router,
+        metrics=metrics, now=NOW,
+    )  # fmt: skip
+
+    assert decision.action is Action.START_CANARY
+    assert workloads.asked == [], "the replaced canary's readiness (and the stable's) decides nothing"
+
+
 @pytest.mark.parametrize(
     ("status", "asked"),
     [
