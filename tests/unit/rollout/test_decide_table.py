@@ -319,8 +319,14 @@ async def test_a_tick_observes_no_readiness_of_a_canary_the_spec_moved_on_from(
         (CANARY_STARTING, ["v2"]),
         (replace(AT_STEP_1, step_started_at=NOW), ["v1", "v2"]),
         (FIRST_STARTING, ["v2"]),
+        (STEADY, []),
     ],
-    ids=["canary starting: its readiness", "progressing: both readinesses", "first revision: its readiness"],
+    ids=[
+        "canary starting: its readiness",
+        "progressing: both readinesses",
+        "first revision: its readiness",
+        "steady, a canary to start: nothing",
+    ],
 )
 async def test_a_tick_observes_only_what_the_state_needs(
     make_spec: Callable[..., RolloutSpec],
