@@ -22,10 +22,11 @@ from operator_harness import (
     revision,
     spec_of,
 )
+from test_operator_gateway_and_rbac import permission_of
 from test_operator_lifecycle import condition, phase_is, posted, serving
 from test_operator_quantize_job import PRODUCED, finish, quantizing
 
-from quantship.operator import placement
+from quantship.operator import permissions, placement
 from quantship.operator.kube import MERGE_PATCH
 from quantship.operator.quantize_job import Verdict
 
@@ -288,7 +289,7 @@ async def scheduled(api: client.ApiClient, revision_id: str, *, node: str | None
 
 
 async def test_match_gate_hardware_pins_the_canary_and_says_when_no_node_matches(
-    kubectl: Kubectl, api: client.ApiClient, start_operator: StartOperator
+    cluster: Cluster, kubectl: Kubectl, api: client.ApiClient, start_operator: StartOperator
 ) -> None:
     await start_operator(ScriptedMetrics())
     await serving(kubectl, spec_of(V1, placement={"matchGateHardware": True}))
@@ -336,3 +337,9 @@ async def test_match_gate_hardware_pins_the_canary_and_says_when_no_node_matches
         matched["message"]
         == f"{canary} runs on nodes with the gate's int8 CPU features (avx2, avx512f, avx512_vnni)"
     )
+
+    # the pod reads are calls the chart's role grants
+    requests = [r for r in cluster if r.headers.get("User-Agent") != TESTS_USER_AGENT]
+    used = {found[1] for request in requests if (found := permission_of(request)) is not None}
+    in_namespaces, cluster_scope = permissions.needed(clusterwide=True, peering=False)
+    assert permissions.PLACEMENT <= used <= in_namespaces | cluster_scope
