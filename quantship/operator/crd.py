@@ -131,6 +131,7 @@ def spec_schema() -> dict[str, Any]:
             "rollout": {**_rollout_schema(), "default": {}},
             "slos": {**_slos_schema(), "default": {}},
             "analysis": {**_analysis_schema(), "default": {}},
+            "placement": {**_placement_schema(), "default": {}},
         },
         required=["artifact"],
     )
@@ -290,6 +291,24 @@ def _server_schema() -> dict[str, Any]:
                 exclusive_zero=False,
             ),
             "threads": _int("onnxruntime intra-op threads.", 1, 256),
+        },
+    )
+
+
+def _placement_schema() -> dict[str, Any]:
+    """spec.placement: where the model servers may run."""
+    return _object(
+        "Where the model servers run.",
+        {
+            "matchGateHardware": {
+                "type": "boolean",
+                "default": False,
+                "description": "Schedule a revision's servers only on nodes whose CPU has exactly the int8 "
+                "features of the machine its accuracy gate ran on (node-feature-discovery's "
+                "feature.node.kubernetes.io/cpu-cpuid.* labels, e.g. AVX512VNNI): int8 accuracy depends on "
+                "them. Known for artifacts spec.quantize produced; applies to Deployments created after it "
+                "is set. Condition GateHardwareMatched says whether a node could take them.",
+            },
         },
     )
 
@@ -511,7 +530,17 @@ def status_schema() -> dict[str, Any]:
             "quantizedArtifact": _object(
                 "The artifact of the last Job whose gate passed: served instead of spec.artifact while "
                 "spec.quantize is set.",
-                {"uri": {"type": "string"}, "job": {"type": "string"}},
+                {
+                    "uri": {"type": "string"},
+                    "job": {"type": "string"},
+                    "int8Flags": {
+                        "type": "array",
+                        "items": {"type": "string"},
+                        "nullable": True,
+                        "description": "The int8 CPU features of the machine its gate ran on (its manifest's "
+                        "validation.hardware), for spec.placement.matchGateHardware.",
+                    },
+                },
                 nullable=True,
             ),
             "stableRevision": nullable_string,

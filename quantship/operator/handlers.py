@@ -2,11 +2,15 @@
 
 - create / resume / spec change: tick at once (children appear within a second of `kubectl apply`);
   kopf retries a failed tick with backoff (`retry_backoff`).
-- a timer every `tick_interval` seconds while a rollout is in flight (phase Pending or
-  Progressing) judges the steps; it only exists then, and so does the finalizer kopf needs to stop
-  it, so a settled resource carries no finalizer.
-- delete, gateway-api mode only: point the user's HTTPRoute back at the model's Service name
-  (a finalizer, because the route is not ours to garbage-collect). Children go with their owner.
+- a daemon ticking every `tick_interval` seconds while a rollout is in flight (phase Pending or
+  Progressing) judges the steps; kopf starts it then and stops it when the rollout settles. It ends
+  by itself once the resource is gone, so it needs no finalizer (kopf would add one for it).
+- delete, gateway-api mode only, once the operator has routed the user's HTTPRoute: point it back
+  at the model's Service name (a finalizer, because the route is not ours to garbage-collect).
+  Children go with their owner.
+
+So a model carries the finalizer only while an HTTPRoute must be released: deleting the namespace
+of any other model, mid-rollout or not, does not wait for the operator.
 
 Ticks of one resource never overlap: the handlers share a lock in kopf's per-resource memo.
 """
@@ -14,6 +18,7 @@ Ticks of one resource never overlap: the handlers share a lock in kopf's per-res
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -21,6 +26,7 @@ from typing import Any
 import kopf
 
 from quantship.operator import crd, quantization
+from quantship.operator import status as status_module
 from quantship.operator.kube import GatewayRouter
 from quantship.operator.reconcile import IN_FLIGHT, Context, reconcile
 from quantship.operator.settings import OperatorSettings
@@ -47,6 +53,24 @@ def in_flight(status: kopf.Status, **_: Any) -> bool:
 
 def gateway_api(spec: kopf.Spec, **_: Any) -> bool:
     return (spec.get("traffic") or {}).get("router") == "gateway-api"
+
+
+def route_to_release(spec: kopf.Spec, status: kopf.Status, **_: Any) -> bool:
+    """gateway-api mode, and the operator has pointed the HTTPRoute at a revision: deleting the
+    model must point it back first. Until then the route is as the user wrote it."""
+    return gateway_api(spec) and status_module.has_served(status)
+
+
+def without_finalizer(registry: kopf.OperatorRegistry, handler_id: str) -> None:
+    """Let a daemon run without the finalizer kopf gives every daemon and timer so it can stop it
+    before the object goes (kopf offers no option; nolar/kopf#1074). Ours ends by itself when the
+    resource is gone, and a finalizer on every model mid-rollout keeps its namespace Terminating
+    while the operator is down."""
+    spawning = registry._spawning
+    spawning._handlers = [
+        dataclasses.replace(handler, requires_finalizer=False) if handler.id == handler_id else handler
+        for handler in spawning._handlers
+    ]
 
 
 def warn_unknown_fields(body: kopf.Body, logger: Logger) -> None:
@@ -98,23 +122,27 @@ def register(
         async with _lock(memo):
             await reconcile(ctx, namespace or "default", name, logger)
 
-    @kopf.timer(
-        *RESOURCE,
-        registry=registry,
-        interval=tick_interval,
-        when=in_flight,
-        backoff=retry_backoff,
-        id="analysis",
-    )
-    async def analysis(namespace: str | None, name: str, logger: Logger, memo: Any, **_: Any) -> None:
-        async with _lock(memo):
-            try:
-                await reconcile(ctx, namespace or "default", name, logger)
-            except (kopf.TemporaryError, kopf.PermanentError) as exc:
-                # the condition and event are written; the next interval is the retry
-                logger.warning("tick failed, next in %.0f s: %s", tick_interval, exc)
+    @kopf.daemon(*RESOURCE, registry=registry, when=in_flight, backoff=retry_backoff, id="analysis")
+    async def analysis(
+        namespace: str | None, name: str, logger: Logger, memo: Any, stopped: kopf.DaemonStopped, **_: Any
+    ) -> None:
+        while not stopped:
+            async with _lock(memo):
+                try:
+                    decision = await reconcile(ctx, namespace or "default", name, logger)
+                except (kopf.TemporaryError, kopf.PermanentError) as exc:
+                    # the condition and event are written; the next interval is the retry
+                    logger.warning("tick failed, next in %.0f s: %s", tick_interval, exc)
+                else:
+                    if decision is None:
+                        return  # gone, or being deleted: nothing more to tick
+            await stopped.wait(tick_interval)
 
-    @kopf.on.delete(*RESOURCE, registry=registry, when=gateway_api, backoff=retry_backoff, id="release-route")
+    without_finalizer(registry, "analysis")
+
+    @kopf.on.delete(
+        *RESOURCE, registry=registry, when=route_to_release, backoff=retry_backoff, id="release-route"
+    )
     async def release_route(body: kopf.Body, logger: Logger, **_: Any) -> None:
         try:
             spec = ModelSpec.from_resource(body)

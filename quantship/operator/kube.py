@@ -22,6 +22,7 @@ from kubernetes.aio import client
 
 from quantship.operator import crd, resources
 from quantship.operator.spec import ModelSpec
+from quantship.operator.status import has_served
 from quantship.rollout import PortError, Track
 
 MERGE_PATCH = "application/merge-patch+json"
@@ -103,6 +104,21 @@ class Kube:
             timeout=self.timeout,
         )
 
+    async def pods(self, namespace: str, labels: Mapping[str, str]) -> list[dict[str, Any]]:
+        """The pods carrying all of `labels` (a revision's, for spec.placement)."""
+        selector = ",".join(f"{key}={value}" for key, value in labels.items())
+        listing = await _read(
+            self.core.list_namespaced_pod_without_preload_content(namespace, label_selector=selector),
+            timeout=self.timeout,
+        )
+        items = (listing or {}).get("items") or []
+        # filtered here too: the selector is the API server's to apply, and a test API may not
+        return [
+            pod
+            for pod in items
+            if all((pod.get("metadata", {}).get("labels") or {}).get(k) == v for k, v in labels.items())
+        ]
+
     async def job_pods(self, namespace: str, job: str) -> list[dict[str, Any]]:
         """The pods of a Job (the Job controller labels them `job-name`)."""
         listing = await _read(
@@ -126,14 +142,32 @@ async def _read(response_coroutine: Any, *, timeout: float = API_TIMEOUT) -> dic
                     return None
                 body = await response.read()
                 if response.status >= 400:
-                    raise PortError(f"Kubernetes API: {response.status} {body[:200]!r}", reason=API_ERROR)
+                    answer = _answer(response.status, response.reason, body)
+                    raise PortError(f"Kubernetes API answered {answer}", reason=API_ERROR)
                 return dict(json.loads(body))
     except client.ApiException as exc:
         if exc.status == 404:
             return None
-        raise PortError(f"Kubernetes API: {exc.status} {exc.reason}", reason=API_ERROR) from exc
+        answer = _answer(exc.status, exc.reason, exc.body)
+        raise PortError(f"Kubernetes API answered {answer}", reason=API_ERROR) from exc
     except TRANSPORT_ERRORS as exc:
         raise PortError(f"Kubernetes API unreachable: {_describe(exc, timeout)}", reason=UNREACHABLE) from exc
+
+
+def _answer(status: int | None, phrase: str | None, body: bytes | str | None) -> str:
+    """An error answer as the API server meant it: the status, and its Status object's reason and
+    message (where the cause is: "failed to allocate a serviceIP: range is full"), else the body."""
+    text = body.decode(errors="replace") if isinstance(body, bytes) else (body or "")
+    try:
+        answer = json.loads(text) if text else None
+    except ValueError:
+        answer = None
+    head = f"{status} {phrase or ''}".strip()
+    if isinstance(answer, dict) and answer.get("kind") == "Status":
+        reason, message = answer.get("reason"), answer.get("message")
+        details = ": ".join(str(part) for part in (reason, message) if part)
+        return f"{head} ({details})" if details else head
+    return f"{head}: {text[:200]}" if text.strip() else head
 
 
 def _describe(exc: BaseException, timeout: float) -> str:
@@ -157,21 +191,24 @@ async def _call(
     timeout: float = API_TIMEOUT,
     missing_ok: bool = False,
     exists_ok: bool = False,
-) -> None:
-    """Await one write. An HTTP error status or a transport failure raises a PortError naming it."""
+) -> bool:
+    """Await one write; False when it found the object already gone (404, `missing_ok`) or there
+    (409, `exists_ok`). An HTTP error status or a transport failure raises a PortError naming it,
+    with the API server's own reason."""
     try:
         async with asyncio.timeout(timeout):
             await coroutine
     except client.ApiException as exc:
         if (exc.status == 404 and missing_ok) or (exc.status == 409 and exists_ok):
-            return
+            return False
         raise PortError(
-            f"{what}: Kubernetes API answered {exc.status} {exc.reason}", reason=API_ERROR
+            f"{what}: Kubernetes API answered {_answer(exc.status, exc.reason, exc.body)}", reason=API_ERROR
         ) from exc
     except TRANSPORT_ERRORS as exc:
         raise PortError(
             f"{what}: Kubernetes API unreachable: {_describe(exc, timeout)}", reason=UNREACHABLE
         ) from exc
+    return True
 
 
 class KubeWorkloads:
@@ -187,8 +224,11 @@ class KubeWorkloads:
         """Replicas a new canary starts with (1 in replicas mode: each one takes a share at once)."""
 
     async def run(self, revision: str, track: Track) -> None:
+        # A revision the status does not name yet is new: create it outright. Reading first would
+        # be answered 404 on every new revision, and creating what exists 409 on every promotion.
         namespace, name = self.spec.namespace, resources.child_name(self.spec, revision)
-        current = await self._deployment(revision)
+        known = revision in _revisions(self.owner)
+        current = await self._deployment(revision) if known else None
         if current is None:
             if revision != self.spec.revision:
                 raise PortError(
@@ -197,22 +237,24 @@ class KubeWorkloads:
                 )
             replicas = self.spec.replicas if track is Track.STABLE else self.canary_replicas
             body = resources.deployment(self.spec, revision, track, replicas, self.owner)
-            await _call(
+            created = await _call(
                 f"creating Deployment {name}",
                 self.kube.apps.create_namespaced_deployment(namespace, _model(client.V1Deployment, body)),
                 exists_ok=True,
                 timeout=self.kube.timeout,
             )
-        elif current["metadata"].get("labels", {}).get("track") != track.value:
+            if not created:  # a tick that failed half-way created it: carry on from what is there
+                current = await self._deployment(revision)
+        if current is not None and current["metadata"].get("labels", {}).get("track") != track.value:
             await self._relabel(current, track)
-        await _call(
-            f"creating Service {name}",
-            self.kube.core.create_namespaced_service(
-                namespace, _model(client.V1Service, resources.service(self.spec, revision, self.owner))
-            ),
-            exists_ok=True,
-            timeout=self.kube.timeout,
-        )
+        if current is None or await self.read_service(name) is None:
+            service = resources.service(self.spec, revision, self.owner)
+            await _call(
+                f"creating Service {name}",
+                self.kube.core.create_namespaced_service(namespace, _model(client.V1Service, service)),
+                exists_ok=True,
+                timeout=self.kube.timeout,
+            )
 
     async def ready(self, revision: str) -> bool:
         current = await self._deployment(revision)
@@ -240,6 +282,12 @@ class KubeWorkloads:
             f"deleting Service {name}",
             self.kube.core.delete_namespaced_service(name, self.spec.namespace),
             missing_ok=True,
+            timeout=self.kube.timeout,
+        )
+
+    async def read_service(self, name: str) -> dict[str, Any] | None:
+        return await _read(
+            self.kube.core.read_namespaced_service_without_preload_content(name, self.spec.namespace),
             timeout=self.kube.timeout,
         )
 
@@ -405,15 +453,21 @@ class ReplicaRouter:
         self.workloads = workloads
 
     async def route(self, stable: str, canary: str | None, weight: int) -> float:
-        await _call(
-            f"creating Service {self.spec.name}",
-            self.kube.core.create_namespaced_service(
-                self.spec.namespace,
-                _model(client.V1Service, resources.service(self.spec, None, self.workloads.owner)),
-            ),
-            exists_ok=True,
-            timeout=self.kube.timeout,
-        )
+        # created when the first revision starts serving; after that, read (a router switched from
+        # gateway-api, or a Service deleted by hand, gets it again): no request answered 409
+        if (
+            not has_served(self.workloads.owner.get("status") or {})
+            or await self.workloads.read_service(self.spec.name) is None
+        ):
+            await _call(
+                f"creating Service {self.spec.name}",
+                self.kube.core.create_namespaced_service(
+                    self.spec.namespace,
+                    _model(client.V1Service, resources.service(self.spec, None, self.workloads.owner)),
+                ),
+                exists_ok=True,
+                timeout=self.kube.timeout,
+            )
         total = self.spec.replicas
         if canary is None:
             await self.workloads.scale(stable, total)
@@ -423,6 +477,12 @@ class ReplicaRouter:
         await self.workloads.scale(canary, canary_replicas)
         await self.workloads.scale(stable, stable_replicas)
         return 100.0 * canary_replicas / (canary_replicas + stable_replicas)
+
+
+def _revisions(owner: Mapping[str, Any]) -> set[str]:
+    """The revisions the QuantizedModel's status names: their Deployments were created before."""
+    status = owner.get("status") or {}
+    return {status[key] for key in ("stableRevision", "canaryRevision") if status.get(key)}
 
 
 def split(total: int, weight: int) -> tuple[int, int]:

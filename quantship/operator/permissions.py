@@ -24,6 +24,14 @@ QUANTIZE_JOB: frozenset[Permission] = frozenset(
 )
 """The calls of spec.quantize (quantization.py), made only for models that have the section."""
 
+PLACEMENT: frozenset[Permission] = frozenset(
+    {
+        # spec.placement.matchGateHardware: whether the scheduler could place a revision's pods
+        ("", "pods", "list"),
+    }
+)
+"""The calls of spec.placement (reconcile.py), made only for models that set it."""
+
 OPERATOR: frozenset[Permission] = frozenset(
     {
         # a QuantizedModel read fresh before each tick; its status and its one-shot annotations
@@ -35,12 +43,14 @@ OPERATOR: frozenset[Permission] = frozenset(
         ("apps", "deployments", "create"),
         ("apps", "deployments", "patch"),
         ("apps", "deployments", "delete"),
+        ("", "services", "get"),
         ("", "services", "create"),
         ("", "services", "delete"),
         # gateway-api mode: the weights of our backendRefs in the user's HTTPRoute
         ("gateway.networking.k8s.io", "httproutes", "get"),
         ("gateway.networking.k8s.io", "httproutes", "patch"),
         *QUANTIZE_JOB,
+        *PLACEMENT,
     }
 )
 """Our adapters' calls (kube.py), in every namespace the operator serves."""

@@ -310,4 +310,7 @@ async def step(kube: Kube, body: Mapping[str, Any], now: float) -> Outcome:
         return Outcome(done, produced, (GATE_FAILED, done["message"], True))
     done.update(state=PASSED, artifact=result.artifact)
     done["message"] = f"accuracy gate passed: {gate_message(result)}; {result.artifact} becomes the canary"
-    return Outcome(done, {"uri": result.artifact, "job": job_id}, ("GatePassed", done["message"], False))
+    produced = {"uri": result.artifact, "job": job_id}
+    if result.int8_flags is not None:  # for spec.placement.matchGateHardware
+        produced["int8Flags"] = list(result.int8_flags)
+    return Outcome(done, produced, ("GatePassed", done["message"], False))

@@ -43,6 +43,8 @@ class Verdict:
     threshold: float | None
     artifact: str | None
     """The published artifact's URI (an oci:// one pinned by digest); None when the gate failed."""
+    int8_flags: tuple[str, ...] | None = None
+    """The int8 CPU features of the machine the gate ran on (the manifest's validation.hardware)."""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -51,6 +53,7 @@ class Verdict:
             "value": self.value,
             "threshold": self.threshold,
             "artifact": self.artifact,
+            "int8Flags": list(self.int8_flags) if self.int8_flags is not None else None,
         }
 
 
@@ -81,7 +84,12 @@ def read_result(message: str) -> Verdict | str:
         value=number("value"),
         threshold=number("threshold"),
         artifact=produced if passed else None,
+        int8_flags=_flags(data.get("int8Flags")),
     )
+
+
+def _flags(value: Any) -> tuple[str, ...] | None:
+    return tuple(str(flag) for flag in value) if isinstance(value, list) else None
 
 
 def write_result(result_file: Path, data: Mapping[str, Any]) -> None:
@@ -167,6 +175,7 @@ def run(
             value=validation.get("value"),
             threshold=validation.get("threshold"),
             artifact=_publish(out, target, pvc_root, registry_config, insecure) if passed else None,
+            int8_flags=_flags((validation.get("hardware") or {}).get("int8_flags")),
         )
     except Exception as exc:
         write_result(result_file, {"error": str(exc) or type(exc).__name__})

@@ -16,7 +16,7 @@ from typing import Any, cast
 
 import kopf
 
-from quantship.operator import crd, quantization
+from quantship.operator import crd, placement, quantization, resources
 from quantship.operator import status as status_module
 from quantship.operator.kube import GatewayRouter, Kube, KubeWorkloads, ReplicaRouter
 from quantship.operator.metrics import OperatorMetrics
@@ -116,7 +116,10 @@ async def _reconcile(
             await close()
 
     degraded = (_degraded_reason(decision), decision.degraded) if decision.degraded else None
-    await _write_status(ctx, body, previous, decision.status, degraded, generation, now, logger, quantize)
+    placed = await _placement(ctx.kube, spec, decision.status, previous)
+    await _write_status(
+        ctx, body, previous, decision.status, degraded, generation, now, logger, quantize, placed
+    )
     if quantize.event is not None:
         reason, message, warning = quantize.event
         (kopf.warn if warning else kopf.info)(_event_target(body), reason=reason, message=message)
@@ -130,6 +133,29 @@ async def _reconcile(
     if used and stale:
         await ctx.kube.patch_model_metadata(namespace, name, {"annotations": dict.fromkeys(stale)})
     return decision
+
+
+async def _placement(
+    kube: Kube, spec: ModelSpec, status: RolloutStatus, previous: Mapping[str, Any]
+) -> tuple[str, str, str] | None:
+    """GateHardwareMatched for the newest revision (the canary, else the stable), with
+    spec.placement.matchGateHardware: the scheduler's verdict on its pods, read until one is placed."""
+    revision = status.canary or status.stable
+    if not spec.match_gate_hardware or revision is None:
+        return None
+    if spec.gate_int8_flags is None:
+        return placement.condition(revision, None, [])
+    before = next(
+        (c for c in previous.get("conditions") or [] if c.get("type") == status_module.GATE_HARDWARE), None
+    )
+    kept = (before["status"], before["reason"], before["message"]) if before else None
+    if kept and kept[0] == "True" and kept[2].startswith(f"{revision} "):
+        return kept  # placed: nothing more to learn from its pods
+    pods = await kube.pods(spec.namespace, resources.selector(spec, revision))
+    found = placement.condition(revision, spec.gate_int8_flags, pods)
+    if found is not None:
+        return found
+    return kept or ("Unknown", "Scheduling", f"waiting for {revision}'s pods to be scheduled")
 
 
 def rollout_view(status: Mapping[str, Any]) -> dict[str, Any]:
@@ -186,8 +212,11 @@ async def _write_status(
     now: float,
     logger: logging.Logger | Any,
     quantize: quantization.Outcome | None = None,
+    placed: tuple[str, str, str] | None = None,
 ) -> None:
-    new = status_module.status_body(previous, status, degraded=degraded, generation=generation, now=now)
+    new = status_module.status_body(
+        previous, status, degraded=degraded, generation=generation, now=now, placed=placed
+    )
     extra = _quantize_status(previous, new, status, quantize) if quantize is not None else {}
     if not status_module.changed(previous, new) and not extra:
         return
@@ -198,6 +227,9 @@ async def _write_status(
     if degraded and was.get(status_module.DEGRADED) != "True":
         kopf.warn(_event_target(body), reason=degraded[0], message=degraded[1])
         logger.warning("%s: %s", degraded[0], degraded[1])
+    if placed and placed[0] == "False" and was.get(status_module.GATE_HARDWARE) != "False":
+        kopf.warn(_event_target(body), reason=placed[1], message=placed[2])
+        logger.warning("%s: %s", placed[1], placed[2])
 
 
 def _event_target(body: Mapping[str, Any]) -> kopf.Body:

@@ -14,7 +14,7 @@ from typing import Any
 
 import kopf
 
-from quantship.operator import fetch
+from quantship.operator import fetch, placement
 from quantship.operator.spec import ModelSpec
 from quantship.rollout import Track
 
@@ -210,6 +210,8 @@ def deployment(
             },
         },
     }
+    if spec.match_gate_hardware and spec.gate_int8_flags is not None:
+        body["spec"]["template"]["spec"]["affinity"] = placement.node_affinity(spec.gate_int8_flags)
     kopf.append_owner_reference(body, owner=dict(owner))  # type: ignore[arg-type]
     return body
 

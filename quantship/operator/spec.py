@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from quantship import slo
-from quantship.operator import crd
+from quantship.operator import crd, placement
 from quantship.rollout import AnalysisSpec, OnInconclusive, RolloutSpec, parse_duration
 
 SERVER_FLAGS = {
@@ -69,6 +69,11 @@ class ModelSpec:
     port: int
     prometheus_url: str
     rollout: RolloutSpec
+    match_gate_hardware: bool = False
+    """spec.placement.matchGateHardware: pin the servers to nodes with the gate's int8 CPU features."""
+    gate_int8_flags: tuple[str, ...] | None = None
+    """The int8 CPU features the served artifact's gate ran with; None where the operator cannot
+    know them (an artifact it did not produce through spec.quantize)."""
 
     @property
     def revision(self) -> str:
@@ -90,6 +95,13 @@ class ModelSpec:
         traffic, slos, analysis, steps = spec["traffic"], spec["slos"], spec["analysis"], spec["rollout"]
         if traffic["router"] == "gateway-api" and not traffic.get("httpRoute"):
             raise InvalidSpec("spec.traffic.httpRoute is required when spec.traffic.router is gateway-api")
+        gate_int8_flags = gate_hardware(spec, body.get("status") or {})
+        unmapped = sorted(set(gate_int8_flags or ()) - set(placement.NFD_LABELS))
+        if spec["placement"]["matchGateHardware"] and unmapped:
+            raise InvalidSpec(
+                f"spec.placement.matchGateHardware: the gate's int8 CPU features {unmapped} have no "
+                "node-feature-discovery label this operator knows; upgrade it, or set the field to false"
+            )
         spec = served_artifact(spec, body.get("status") or {})
         model = spec.get("modelName") or metadata["name"]
         try:
@@ -142,6 +154,8 @@ class ModelSpec:
             port=int(traffic["port"]),
             prometheus_url=analysis["prometheusUrl"],
             rollout=rollout,
+            match_gate_hardware=bool(spec["placement"]["matchGateHardware"]),
+            gate_int8_flags=gate_int8_flags,
         )
 
 
@@ -160,6 +174,14 @@ def served_artifact(spec: dict[str, Any], status: Mapping[str, Any]) -> dict[str
     if spec["artifact"].get("publicKeySecret"):
         artifact["publicKeySecret"] = spec["artifact"]["publicKeySecret"]
     return {**spec, "artifact": artifact}
+
+
+def gate_hardware(spec: Mapping[str, Any], status: Mapping[str, Any]) -> tuple[str, ...] | None:
+    """The int8 CPU features the served artifact was gated on, where the operator learnt them: from
+    spec.quantize's Job, which reads the manifest it produced (status.quantizedArtifact.int8Flags)."""
+    produced = status.get("quantizedArtifact") if spec.get("quantize") else None
+    flags = (produced or {}).get("int8Flags")
+    return tuple(str(flag) for flag in flags) if isinstance(flags, list) else None
 
 
 def revision_of(spec: Mapping[str, Any]) -> str:

@@ -17,8 +17,17 @@ from quantship.rollout.state import to_timestamp
 READY = "Ready"
 PROGRESSING = "Progressing"
 DEGRADED = "Degraded"
+GATE_HARDWARE = "GateHardwareMatched"
+"""spec.placement.matchGateHardware: whether a node with the gate's int8 CPU features took the pods."""
 WAITING_FOR_CANARY = "WaitingForCanaryReadiness"
 """The Progressing condition's reason while a new canary has no ready pod yet."""
+
+
+def has_served(status: Mapping[str, Any]) -> bool:
+    """Whether a revision of the model has served traffic: the status is past its first Pending
+    (the shared Service exists, an HTTPRoute points at a revision)."""
+    phase = status.get("phase")
+    return bool(phase) and (phase != Phase.PENDING.value or bool(status.get("canaryRevision")))
 
 
 def conditions(
@@ -28,8 +37,10 @@ def conditions(
     degraded: tuple[str, str] | None,
     generation: int | None,
     now: float,
+    placed: tuple[str, str, str] | None = None,
 ) -> list[dict[str, Any]]:
-    """The three conditions for `status`; `degraded` is (reason, message) when something is wrong."""
+    """The three conditions for `status`; `degraded` is (reason, message) when something is wrong;
+    `placed` the (status, reason, message) of GateHardwareMatched, written only when given."""
     serving = status.stable is not None and not (status.phase is Phase.PENDING and status.canary is None)
     if serving:
         share = 100 - round(status.achieved_weight) if status.canary else 100
@@ -47,7 +58,10 @@ def conditions(
     trouble = ("True", *degraded) if degraded else ("False", "AsExpected", "")
     old = {condition.get("type"): condition for condition in previous}
     built = []
-    for kind, (state, reason, message) in ((READY, ready), (PROGRESSING, progressing), (DEGRADED, trouble)):
+    kinds = [(READY, ready), (PROGRESSING, progressing), (DEGRADED, trouble)]
+    if placed is not None:
+        kinds.append((GATE_HARDWARE, placed))
+    for kind, (state, reason, message) in kinds:
         before = old.get(kind, {})
         since = before.get("lastTransitionTime") if before.get("status") == state else None
         condition = {
@@ -70,13 +84,19 @@ def status_body(
     degraded: tuple[str, str] | None,
     generation: int | None,
     now: float,
+    placed: tuple[str, str, str] | None = None,
 ) -> dict[str, Any]:
     """The full `status` to merge-patch: keys that became None are removed by the merge."""
     body = status.to_dict()
     body["accuracyDelta"] = short_window_ratio(status.last_analysis, slo.SLI.ACCURACY_DELTA)
     body["observedGeneration"] = generation
     body["conditions"] = conditions(
-        previous.get("conditions") or [], status, degraded=degraded, generation=generation, now=now
+        previous.get("conditions") or [],
+        status,
+        degraded=degraded,
+        generation=generation,
+        now=now,
+        placed=placed,
     )
     return body
 

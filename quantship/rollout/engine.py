@@ -9,7 +9,9 @@ tests call `run_rollout`, a loop of ticks.
 The walk, one guarded step at a time (each returns early):
   first revision   Pending -> (ready) Promoted; it serves everything, there is nothing to compare
   new revision     -> canary Progressing, waiting for readiness (step -1) -> (ready) steps[0]
-  each step        wait step_interval, judge: pass -> next step (after the last: Promoted);
+  each step        a canary with no ready server -> RolledBack at once ("canary not ready: ...");
+                   a stable with none -> hold the judgement (Degraded) until it is back;
+                   wait step_interval, judge: pass -> next step (after the last: Promoted);
                    fail -> failure_limit reached? RolledBack; inconclusive -> inconclusive_limit
                    reached? RolledBack (or hold), but Failed when the metrics queries are
                    misconfigured (holding cannot fix that); a canary never ready by the deadline -> Failed
@@ -107,11 +109,15 @@ def canary_starting(status: RolloutStatus) -> bool:
 
 
 def needs(status: RolloutStatus, spec: RolloutSpec, now: float) -> Needs:
-    """What `decide` will look at in this state: a tick observes nothing else."""
+    """What `decide` will look at in this state: a tick observes nothing else. Readiness is looked
+    at on every tick of a canary, not only while it starts: a server that dies mid-step must lose
+    its traffic at once, not after a run of judgements reading "no data"."""
     pending = status.phase is Phase.PENDING
+    canary = status.in_flight and status.canary == spec.revision  # not one the spec has moved on from
     return Needs(
-        stable_ready=pending and status.canary is None and status.stable == spec.revision,
-        canary_ready=canary_starting(status) and status.canary == spec.revision,
+        stable_ready=(pending and status.canary is None and status.stable == spec.revision)
+        or (canary and not canary_starting(status)),
+        canary_ready=canary,
         analysis=analysis_due(status, spec, now),
     )
 
@@ -186,9 +192,16 @@ def _canary(status: RolloutStatus, obs: Observations, spec: RolloutSpec) -> Deci
         if obs.promote:
             return _promote(status, now, PROMOTED, manual=True)
         return _set_step(status, spec, 0, now, f"canary {canary} is ready")
+    # progressing: a canary that lost its servers takes no more traffic (Argo and Flagger do the same)
+    if obs.canary_ready is False:
+        return _roll_back(status, now, _not_ready(status, spec))
     # progressing: a person promotes
     if obs.promote:
         return _promote(status, now, PROMOTED, manual=True)
+    # progressing: no judgement against a stable that is down (its SLIs are no baseline); hold
+    if obs.stable_ready is False:
+        down = f"stable not ready: {status.stable} has no ready server; judging canary {canary} waits for it"
+        return _wait(status, down, degraded=down)
     # progressing: judge at the end of the step; while holding, the hold's reason stays
     if not analysis_due(status, spec, now) or obs.analysis is None:
         if _holding(status, spec):
@@ -332,6 +345,13 @@ def _holding(status: RolloutStatus, spec: RolloutSpec) -> bool:
     return limits.on_inconclusive is OnInconclusive.HOLD and status.inconclusive >= limits.inconclusive_limit
 
 
+def _not_ready(status: RolloutStatus, spec: RolloutSpec) -> str:
+    return (
+        f"canary not ready: {status.canary} has no ready server at step {status.step + 1} of "
+        f"{len(spec.steps)} ({status.weight}% of traffic); rolled back at once, so no request goes to it"
+    )
+
+
 def _since(start: float | None, now: float) -> float:
     return 0.0 if start is None else now - start
 
@@ -363,7 +383,7 @@ async def tick(
     stable_ready = await workloads.ready(status.stable) if need.stable_ready and status.stable else None
     canary_ready = await workloads.ready(status.canary) if need.canary_ready and status.canary else None
     analysis = None
-    if need.analysis and status.canary:
+    if need.analysis and status.canary and canary_ready is not False and stable_ready is not False:
         analysis = judge(await measure(metrics, spec, status.canary, status.stable, now), spec)
     observations = Observations(now, stable_ready, canary_ready, abort, promote, analysis)
     decision = decide(status, observations, spec)

@@ -109,10 +109,12 @@ class PrometheusSource:
         where = f"Prometheus at {self.url}"
         try:
             response = await self._client.get(f"{self.url}/api/v1/query", params={"query": query})
-        except httpx.TimeoutException as exc:
-            raise _Failed(Unreachable(f"{where}: no answer within {self.timeout:g} s")) from exc
+        except httpx.TimeoutException as exc:  # e.g. a Prometheus stopped (SIGSTOP) or swamped
+            raise _Failed(
+                Unreachable(f"{where}: {_fault(exc)}, no answer within {self.timeout:g} s, to {query}")
+            ) from exc
         except httpx.HTTPError as exc:
-            raise _Failed(Unreachable(f"{where}: {type(exc).__name__}: {exc}")) from exc
+            raise _Failed(Unreachable(f"{where}: {_fault(exc)}, to {query}")) from exc
         if response.status_code >= 500:
             raise _Failed(Unreachable(f"{where} answered {response.status_code}: {_error(response)}"))
         try:
@@ -132,6 +134,12 @@ class PrometheusSource:
                 )
             )
         return body
+
+
+def _fault(exc: httpx.HTTPError) -> str:
+    """The kind of transport fault, with httpx's words where it has any (a ReadTimeout has none)."""
+    text = str(exc).strip()
+    return f"{type(exc).__name__} ({text})" if text else type(exc).__name__
 
 
 def _error(response: httpx.Response) -> str:

@@ -6,12 +6,15 @@ kmock 0.8 emulates the Kubernetes API statefully but leaves some work to a real 
 for `generateName` on create; a fresh `resourceVersion` on every write (kopf's finalizer patch
 tests it), in lists too, and watches that start from it instead of replaying old versions; a
 `generation` bump when a write touches `spec`; 422, not 500, when a JSON patch's `test` fails.
+It also records the status it answered each request with (`answers`), and answers the requests a
+test picks with an error of its choice (`refuse`), as a real API server in trouble would.
 """
 
 from __future__ import annotations
 
 import datetime
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -29,8 +32,29 @@ class Cluster(kmock.KubernetesEmulator):
     """kmock plus the metadata a real API server stamps on every object."""
 
     _latest: int = attrs.field(default=0, init=False)
+    answers: list[tuple[kmock.Request, int]] = attrs.field(factory=list, init=False)
+    """Every request with the HTTP status it was answered with, in order."""
+    refusals: list[tuple[Callable[[kmock.Request], bool], kmock.KubernetesError]] = attrs.field(
+        factory=list, init=False
+    )
+
+    def refuse(self, which: Callable[[kmock.Request], bool], error: kmock.KubernetesError) -> None:
+        """Answer every request `which` picks with `error` (a Status body with its reason) from now on."""
+        self.refusals.append((which, error))
 
     async def _handle(self, request: kmock.Request) -> Any:
+        try:
+            response = await self._answer(request)
+        except kmock.KubernetesError as exc:  # kmock's own 404 and 409, rendered by its caller
+            self.answers.append((request, exc.status))
+            raise
+        self.answers.append((request, int(getattr(response, "status", 200))))
+        return response
+
+    async def _answer(self, request: kmock.Request) -> Any:
+        for which, error in self.refusals:
+            if which(request):
+                return await self._render_error(error)
         if request.resource is not None and isinstance(request.data, dict | list):
             self._latest += 1
             version = str(self._latest)

@@ -167,6 +167,7 @@ def test_server_side_defaults_are_the_ones_the_operator_fills_in_itself() -> Non
     from quantship.operator.spec import apply_defaults
 
     assert stored["spec"] == apply_defaults(crd.spec_schema(), minimal()["spec"])
+    assert stored["spec"]["placement"] == {"matchGateHardware": False}, "not pinned unless asked"
     assert ModelSpec.from_resource(stored) == ModelSpec.from_resource(minimal())
 
 
@@ -182,6 +183,7 @@ def test_server_side_defaults_are_the_ones_the_operator_fills_in_itself() -> Non
         ({"rollout": {"stepInterval": "1 minute"}}, "does not match"),
         ({"slos": {"latency": {"objective": 1}}}, "greater than or equal to the maximum"),
         ({"artifact": {"uri": "s3://bucket/model"}}, "does not match"),
+        ({"placement": {"matchGateHardware": "yes"}}, "'yes' is not of type 'boolean'"),
     ],
 )
 def test_an_object_that_cannot_work_is_refused_with_one_clear_reason(

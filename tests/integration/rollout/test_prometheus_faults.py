@@ -14,6 +14,8 @@ which is what lets the engine hold through an outage but fail a canary it can ne
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -166,7 +168,7 @@ async def test_a_prometheus_slower_than_the_timeout_is_unreachable(
 
     for answer in await both(source):
         assert isinstance(answer, Unreachable), answer
-        assert f"no answer within {TIMEOUT:g} s" in answer.reason
+        assert f"no answer within {TIMEOUT:g} s, to " in answer.reason
 
 
 async def test_nothing_listening_is_unreachable() -> None:
@@ -290,6 +292,35 @@ async def test_a_real_prometheus_refusing_a_bad_label_name_is_a_misconfiguration
     assert isinstance(refused, Misconfigured), refused
     assert "refused the query (400: bad_data:" in refused.reason
     assert isinstance(empty, NoData) and "no series for" in empty.reason, empty
+
+
+@pytest.mark.prometheus
+async def test_a_real_prometheus_that_stops_answering_names_the_fault_the_url_the_query_and_the_timeout(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    prometheus = PrometheusProcess(tmp_path_factory.mktemp("prometheus"), scrape_interval="1s")
+    prometheus.start()
+    source = PrometheusSource(prometheus.url, timeout=TIMEOUT)
+    # quantship.local.prometheus has no pid of its own to give; its Popen has one
+    pid = prometheus._process.pid  # type: ignore[union-attr]
+    try:
+        await prometheus.wait_ready()
+        answering = await source.counts(ERRORS, 300, LABELS)
+        os.kill(pid, signal.SIGSTOP)  # alive, connections accepted by the kernel, never answered
+        try:
+            stopped = await source.counts(ERRORS, 300, LABELS)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+    finally:
+        await source.aclose()
+        prometheus.stop()
+
+    assert isinstance(answering, NoData), answering
+    assert isinstance(stopped, Unreachable), stopped
+    _, total = slo.bad_and_total(ERRORS, "5m", LABELS)
+    assert stopped.reason == (
+        f"Prometheus at {prometheus.url}: ReadTimeout, no answer within {TIMEOUT:g} s, to {total}"
+    )
 
 
 async def test_closing_the_source_closes_its_client_and_a_later_query_opens_another(stub: Stub) -> None:

@@ -6,6 +6,7 @@ and a whole tick, which kopf then retries."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -97,3 +98,23 @@ async def test_a_tick_against_an_unreachable_api_is_a_temporary_error_kopf_retri
             await reconcile(ctx, "ml", "digits", logging.getLogger("test"))
     assert caught.value.delay == 7.0 and kube.UNREACHABLE in str(caught.value)
     assert isinstance(caught.value.__cause__, PortError)
+
+
+def test_an_error_answer_keeps_the_api_servers_own_words() -> None:
+    """A Status body's reason and message (the cause), else the start of whatever body came."""
+    status = json.dumps(
+        {
+            "kind": "Status",
+            "reason": "InternalError",
+            "message": "failed to allocate a serviceIP: range is full",
+        }
+    ).encode()
+    assert kube._answer(500, "Internal Server Error", status) == (
+        "500 Internal Server Error (InternalError: failed to allocate a serviceIP: range is full)"
+    )
+    assert (
+        kube._answer(502, "Bad Gateway", b"<html>Bad Gateway</html>")
+        == "502 Bad Gateway: <html>Bad Gateway</html>"
+    )
+    assert kube._answer(503, "Service Unavailable", b"") == "503 Service Unavailable"
+    assert kube._answer(500, None, '{"kind": "Status"}') == "500"

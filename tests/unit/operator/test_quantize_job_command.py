@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from quantship import zoo
+from quantship import runtime, zoo
 from quantship.operator import crd, fetch, quantization
 from quantship.operator.quantize_job import Verdict, read_result
 from quantship.quantize import config as q_config
@@ -70,6 +70,9 @@ def test_a_passing_gate_exits_0_publishes_under_the_jobs_folder_and_the_servers_
     installed = fetch.fetch(job.output, tmp_path / "served", pvc_root=tmp_path / "pvc")
     assert installed.manifest["validation"]["gate"] == "passed"
     assert installed.manifest["quantization"]["mode"] == "static"
+    # the gate machine's int8 features travel with the verdict (for spec.placement.matchGateHardware)
+    recorded = installed.manifest["validation"]["hardware"]["int8_flags"]
+    assert verdict.int8_flags == tuple(recorded) == runtime.hardware().int8_flags
 
 
 def test_a_failing_gate_exits_1_with_the_numbers_and_publishes_nothing(

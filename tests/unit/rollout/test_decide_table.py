@@ -176,6 +176,22 @@ TABLE = [
         replace(AT_STEP_1, inconclusive=3, step_started_at=NOW - 10, message="holding: no data"),
         Action.WAIT, "holding: no data", {"inconclusive": 3},
         spec={"analysis": {"on_inconclusive": OnInconclusive.HOLD}}, degraded="holding: no data"),
+    Row("progressing, the canary lost its servers: rolled back at once, no judgement waited for",
+        replace(AT_STEP_1, step_started_at=NOW - 10),
+        Action.ROLL_BACK, "= canary not ready: v2 has no ready server at step 1 of 4 (5% of traffic); "
+        "rolled back at once, so no request goes to it",
+        {"phase": Phase.ROLLED_BACK, "stable": "v1", "rejected": "v2", **NO_CANARY},
+        {"canary_ready": False, "stable_ready": True}, retire=("v2",)),
+    Row("progressing, the canary not ready at a judgement due: rolled back, not judged", AT_STEP_1,
+        Action.ROLL_BACK, "canary not ready: v2", {"phase": Phase.ROLLED_BACK, "rejected": "v2"},
+        {"canary_ready": False, "stable_ready": True}, retire=("v2",)),
+    Row("progressing, the canary not ready wins over a promotion asked", AT_STEP_1,
+        Action.ROLL_BACK, "canary not ready: v2", {"phase": Phase.ROLLED_BACK, "stable": "v1"},
+        {"canary_ready": False, "promote": True}, retire=("v2",)),
+    Row("progressing, the stable lost its servers: no judgement against it, degraded", AT_STEP_1,
+        Action.WAIT, "= stable not ready: v1 has no ready server; judging canary v2 waits for it",
+        {"phase": Phase.PROGRESSING, "step": 0, "weight": 5},
+        {"canary_ready": True, "stable_ready": False}, degraded="stable not ready: v1"),
     # -- judged ------------------------------------------------------------------------------------
     Row("pass: the next step, the inconclusive count reset", replace(AT_STEP_1, inconclusive=2),
         Action.SET_WEIGHT, "step 1 of 4 at 5% passed",
@@ -283,10 +299,34 @@ class CountingWorkloads(MemoryWorkloads):
         return await super().ready(revision)
 
 
+async def test_a_tick_observes_no_readiness_of_a_canary_the_spec_moved_on_from(
+    make_spec: Callable[..., RolloutSpec], router: MemoryRouter, metrics: MemoryMetrics
+) -> None:
+    workloads = CountingWorkloads()
+
+    decision = await tick(
+        replace(AT_STEP_1, step_started_at=NOW), make_spec("v3"), workloads=workloads, router=router,
+        metrics=metrics, now=NOW,
+    )  # fmt: skip
+
+    assert decision.action is Action.START_CANARY
+    assert workloads.asked == [], "the replaced canary's readiness (and the stable's) decides nothing"
+
+
 @pytest.mark.parametrize(
     ("status", "asked"),
-    [(CANARY_STARTING, ["v2"]), (replace(AT_STEP_1, step_started_at=NOW), []), (FIRST_STARTING, ["v2"])],
-    ids=["canary starting: its readiness", "progressing: nothing", "first revision: its readiness"],
+    [
+        (CANARY_STARTING, ["v2"]),
+        (replace(AT_STEP_1, step_started_at=NOW), ["v1", "v2"]),
+        (FIRST_STARTING, ["v2"]),
+        (STEADY, []),
+    ],
+    ids=[
+        "canary starting: its readiness",
+        "progressing: both readinesses",
+        "first revision: its readiness",
+        "steady, a canary to start: nothing",
+    ],
 )
 async def test_a_tick_observes_only_what_the_state_needs(
     make_spec: Callable[..., RolloutSpec],
@@ -372,6 +412,7 @@ async def test_run_rollout_counts_only_failures_in_a_row(
 ) -> None:
     router = FlakyRouter()
     workloads.ready_after = 0.0
+    await workloads.run("v1", Track.STABLE)  # a stable that is down would hold every judgement
     await workloads.run("v2", Track.CANARY)
     status = replace(CANARY_STARTING, started_at=None)
 
