@@ -26,6 +26,11 @@ one; when the current half has seen `window / 2` sampled requests it becomes the
 distance covers the last window/2 to window sampled requests, and memory is two 66-bin histograms per
 tensor whatever the window or traffic: nothing per request is kept. Only the background thread of
 the clip lane touches it, so it needs no lock.
+
+A sampled request's tensor is binned from at most MAX_BINNED_VALUES of its values, evenly strided:
+a histogram of 66 bins is settled long before that, and binning every value of a CNN is the clip
+lane's largest cost (EfficientNet-Lite0: 7.1M values a request over 62 tensors, 139 ms to bin them
+all, measured, against 47 ms for the observing session itself).
 """
 
 from __future__ import annotations
@@ -35,6 +40,9 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from quantship.artifact import ActivationHistogram, ActivationRange
+
+MAX_BINNED_VALUES = 8192
+"""Values of one tensor of one sampled request binned at most (see the module docstring)."""
 
 
 def _as_bins(counts: np.ndarray, under: int, over: int) -> np.ndarray:
@@ -74,6 +82,7 @@ class DriftWindow:
         self._previous = {t: np.zeros_like(b) for t, b in self.baseline.items()}
         self._current = {t: np.zeros_like(b) for t, b in self.baseline.items()}
         self._current_samples = 0
+        self._offset = 0
 
     @property
     def tensors(self) -> list[str]:
@@ -84,9 +93,14 @@ class DriftWindow:
         h = self.histograms.get(tensor)
         if h is None:
             return 0
+        flat = np.asarray(values).reshape(-1)
+        if flat.size > MAX_BINNED_VALUES:
+            step = -(-flat.size // MAX_BINNED_VALUES)
+            self._offset += 1  # each request starts elsewhere: no position is always skipped
+            flat = flat[self._offset % step :: step]
         if tensor in self.folded:
-            values = np.clip(values, *self.folded[tensor])
-        counts, under, over = ActivationHistogram.bin(values, h.low, h.high)
+            flat = np.clip(flat, *self.folded[tensor])
+        counts, under, over = ActivationHistogram.bin(flat, h.low, h.high)
         binned = _as_bins(counts, under, over)
         self._current[tensor] += binned
         return int(binned.sum())

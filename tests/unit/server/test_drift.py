@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from quantship.artifact import ActivationHistogram, ActivationRange
-from quantship.server.drift import DriftWindow, js_divergence, overall
+from quantship.server.drift import MAX_BINNED_VALUES, DriftWindow, js_divergence, overall
 
 
 def calibration(
@@ -83,3 +83,26 @@ def test_a_folded_relu_is_applied_before_binning_as_the_fp32_model_would() -> No
         window.add("t", rng.standard_normal(5_000))  # the quantized graph's pre-activation values
     assert with_fold.distances()["t"] < 0.01
     assert without.distances()["t"] > 0.2
+
+
+def test_a_large_tensor_is_binned_from_a_strided_subset_that_keeps_its_shape() -> None:
+    """A CNN's activations: millions of values a request. At most MAX_BINNED_VALUES of each tensor are
+    binned, spread over the whole tensor (a channel-by-channel layout: the subset must not see only
+    the first channels), and the distance is what binning every value gives."""
+    rng = np.random.default_rng(1)
+    # 16 channels of 4096 values, each channel its own mean: calibration saw the same layout
+    layout = np.arange(16, dtype=np.float32)[:, None] * 0.25 - 2.0
+    calibrated = calibration((layout + rng.standard_normal((16, 4096))).ravel())
+    window = DriftWindow([calibrated], window=8)
+    everything = DriftWindow([calibrated], window=8)
+    sample = layout + rng.standard_normal((16, 4096))
+    assert window.add("t", sample) <= MAX_BINNED_VALUES < sample.size
+    for _ in range(3):
+        window.add("t", layout + rng.standard_normal((16, 4096)))
+    full = ActivationHistogram.bin(sample, calibrated.low, calibrated.high)
+    everything._current["t"] += np.concatenate(([full[1]], full[0], [full[2]]))
+    assert window.distances()["t"] < 0.01
+    assert abs(window.distances()["t"] - everything.distances()["t"]) < 0.01
+    shifted = DriftWindow([calibrated], window=8)
+    shifted.add("t", (layout + rng.standard_normal((16, 4096))) * 0.5)
+    assert shifted.distances()["t"] > 0.05
