@@ -1,5 +1,6 @@
 """`quantship demo --quick` end to end, as a person runs it: real servers, a real Prometheus, the
-rollout engine, then the outcome read back from what the demo wrote and from the process table."""
+rollout engine, the real quantizer recalibrating from a server's capture, then the outcome read back
+from what the demo wrote and from the process table."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+from quantship.oncall.rules import DRIFT_THRESHOLD
 
 pytestmark = pytest.mark.prometheus
 
@@ -106,9 +109,24 @@ def _check_outcome(workdir: Path, output: str, code: int) -> dict:
     rollback = next(d for d in summary["decisions"] if d["action"] == "RollBack")
     clip = next(s for s in rollback["analysis"]["slos"] if s["slo"] == "clip_rate")
     assert clip["verdict"] == "fail" and all(w["burnRate"] > 1 for w in clip["windows"])
-    assert (workdir / "reports" / "demo.html").read_text().count("data:image/png;base64,") >= 5
+    _check_drift_loop(summary, rollouts)
+    assert (workdir / "reports" / "demo.html").read_text().count("data:image/png;base64,") >= 6
     assert not _processes_mentioning(workdir), "every child process is gone"
     return summary
+
+
+def _check_drift_loop(summary: dict, rollouts: dict) -> None:
+    """Drifted traffic raised the stable's drift SLI over the alert threshold; the artifact the real
+    quantizer recalibrated from the stable's capture was promoted, its drift back under it."""
+    drift = summary["drift"]
+    assert drift["threshold"] == DRIFT_THRESHOLD
+    assert drift["revision"] == "v2-int8"
+    assert drift["calm"] < DRIFT_THRESHOLD < drift["drifted"], drift
+    assert drift["capturedRows"] > 0
+    recalibrated = rollouts[drift["recalibrated"]]
+    assert recalibrated["phase"] == drift["phase"] == "Promoted", recalibrated["reason"]
+    assert drift["after"] < DRIFT_THRESHOLD, drift
+    assert drift["ok"] is True
 
 
 def test_the_quick_demo_promotes_the_good_canary_and_rolls_the_skewed_one_back(tmp_path: Path) -> None:
@@ -117,6 +135,7 @@ def test_the_quick_demo_promotes_the_good_canary_and_rolls_the_skewed_one_back(t
     summary = _check_outcome(tmp_path / "demo", output, process.returncode)
     assert "Prometheus" in summary["settings"]
     assert "RollBack: " in output and "clip_rate" in output
+    assert "drift rose to" in output and "recalibrating on the" in output
 
 
 def test_without_prometheus_the_direct_scrape_reaches_the_same_verdicts(tmp_path: Path) -> None:
