@@ -62,6 +62,7 @@ from quantship.rollout import (
     run_rollout,
 )
 from quantship.server.capture import CAPTURE_FILE
+from quantship.server.settings import ServerSettings
 
 MODEL = "digits"
 
@@ -110,8 +111,13 @@ the 0.05 threshold (held-out images as they are: 0.004-0.01), while FP32 stays 9
 ones (x0.5, 0.085 bits) leave FP32 82% accurate and wavering: even an INT8 model calibrated on them
 disagrees with it on 0.5-0.75% of the rows, over the accuracy budget, and its canary would be rolled
 back for what is no quantization fault."""
+CAPTURE_DRIFTED_S = 10.0
+"""Seconds of drifted traffic a capture must span to be recalibrated from: 500-600 drifted rows at
+the demo's rates, most of the reservoir (the normal rows served before the drift stay in it)."""
 DRIFT_TIMEOUT = 60.0
-"""Seconds the drift phase waits for the drift to rise and, after, for a capture (written every 30 s)."""
+"""Seconds the drift phase waits for the drift to rise over the threshold (it takes 1-3)."""
+CAPTURE_TIMEOUT = CAPTURE_DRIFTED_S + ServerSettings.capture_flush_s + 20.0
+"""Seconds the drift phase waits for that capture: the server writes one at most every flush interval."""
 
 
 @dataclass(frozen=True)
@@ -340,6 +346,7 @@ async def _drift(
     assert status.stable is not None and timeline.drift is not None
     console.rule(f"5. drift: {status.stable}'s traffic moves away from its calibration data")
     loop.revision = status.stable
+    timeline.begin(f"drift of {loop.revision}", status)  # what the live view's header names
     scope = {"model": MODEL, "revision": loop.revision}
     loop.calm = await timeline.drift(scope)
     console.print(
@@ -358,7 +365,7 @@ async def _drift(
             f"{loop.rose_in:.0f} s, over the threshold (QuantshipActivationDrift fires when an hour's "
             f"average stays over it); waiting for the server to write its capture of the drifted rows"
         )
-        loop.captured = await wait_for_capture(capture, since, DRIFT_TIMEOUT)
+        loop.captured = await wait_for_capture(capture, since + CAPTURE_DRIFTED_S, CAPTURE_TIMEOUT)
         settled = await timeline.drift(scope)  # the window now holds drifted requests only
         loop.drifted = max(loop.drifted, settled or 0.0)
         out = workdir / "artifacts" / "int8-recalibrated"
