@@ -6,7 +6,7 @@
 3. A canary of the good INT8 artifact through the rollout engine: judged at each step, promoted.
 4. A canary of the badly calibrated one: the engine rolls it back on its own, with the burn rates
    that decided it.
-5. Drift: the stable's traffic turns darker; its activation drift SLI rises over the drift alert's
+5. Drift: the stable's images turn twice as bright; its activation drift SLI rises over the drift alert's
    threshold; the real quantizer recalibrates from the rows the stable captured (`--capture-dir`).
 6. A canary of the recalibrated artifact on the same drifted traffic: promoted, its drift back
    under the threshold.
@@ -102,8 +102,8 @@ class DemoSettings:
 OBJECTIVES = slo.default_objectives(latency_threshold=0.25)
 DRIFT_WINDOW = 128
 """Sampled requests the servers' drift gauge covers (--drift-window). The default, 512, is ten
-seconds of the demo's traffic; 128 follows a drift within three, and its sampling noise on calm
-digits traffic (about 0.01-0.02 bits) stays well under the alert's threshold."""
+seconds of the demo's traffic; 128 follows a drift within three, and calm digits traffic still
+reads 0.006-0.009 bits, well under the alert's threshold."""
 SERVER_ARGS = ["--shadow-rate", "1.0", "--clip-sample-rate", "1.0", "--drift-window", str(DRIFT_WINDOW)]
 DRIFT_SCALE = 2.0
 """The drift phase sends the stable its images twice as bright: drift 0.12 bits on digits, well over

@@ -23,11 +23,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 
 from quantship import slo
 from quantship.local.lifetime import die_with_parent
-from quantship.local.prometheus import PrometheusProcess
+from quantship.local.prometheus import PrometheusError, PrometheusProcess
 from quantship.local.scrape import ScrapeSource
 from quantship.oncall.rules import DRIFT_THRESHOLD, drift_series
 
@@ -44,7 +45,10 @@ class RecalibrationError(Exception):
 
 def prometheus_drift(prometheus: PrometheusProcess) -> DriftReader:
     async def read(labels: Mapping[str, str]) -> float | None:
-        result = await prometheus.query(f"max({slo.with_labels(DRIFT_SERIES, labels)})")
+        try:
+            result = await prometheus.query(f"max({slo.with_labels(DRIFT_SERIES, labels)})")
+        except (PrometheusError, httpx.HTTPError, ValueError):  # a figure missed, not a demo stopped
+            return None
         return float(result[0]["value"][1]) if result else None
 
     return read
