@@ -111,6 +111,12 @@ the 0.05 threshold (held-out images as they are: 0.004-0.01), while FP32 stays 9
 ones (x0.5, 0.085 bits) leave FP32 82% accurate and wavering: even an INT8 model calibrated on them
 disagrees with it on 0.5-0.75% of the rows, over the accuracy budget, and its canary would be rolled
 back for what is no quantization fault."""
+CAPTURE_ROWS = 3000
+"""Rows each server's capture keeps (--capture-max-samples; 3000 digits rows are 750 KiB): more than
+the stable serves before its first capture write, so the reservoir keeps every row it served, each of
+the 397 distinct request rows drifted among them, and the recalibrated ranges are those of the drifted
+traffic itself. A random subset is a gamble: of ten recalibrations on 256 rows, one disagreed with
+FP32 on 3 drifted rows, over the accuracy budget, and its canary would have been rolled back."""
 CAPTURE_DRIFTED_S = 10.0
 """Seconds of drifted traffic a capture must span to be recalibrated from: 500-600 drifted rows at
 the demo's rates, most of the reservoir (the normal rows served before the drift stay in it)."""
@@ -174,10 +180,8 @@ def build_artifacts(workdir: Path, console: Console) -> tuple[zoo.SampleModel, l
 
 def _capture_args(workdir: Path, revision: str) -> list[str]:
     """Every revision keeps a capture, as production would: whichever is stable when the traffic
-    drifts is recalibrated from its own. The default size (1000 rows) holds each of the 397 request
-    rows the demo sends: the recalibrated ranges are those of the whole drifted traffic, not of a
-    random subset (with 256 rows, 1 recalibration in 10 disagreed with FP32 on 3 rows, over budget)."""
-    return ["--capture-dir", str(_capture_dir(workdir, revision))]
+    drifts is recalibrated from its own."""
+    return ["--capture-dir", str(_capture_dir(workdir, revision)), "--capture-max-samples", str(CAPTURE_ROWS)]
 
 
 def _capture_dir(workdir: Path, revision: str) -> Path:
