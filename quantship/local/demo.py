@@ -6,7 +6,11 @@
 3. A canary of the good INT8 artifact through the rollout engine: judged at each step, promoted.
 4. A canary of the badly calibrated one: the engine rolls it back on its own, with the burn rates
    that decided it.
-5. A summary, `summary.json`, and an HTML report with the rollouts over time.
+5. Drift: the stable's images turn twice as bright; its activation drift SLI rises over the drift alert's
+   threshold; the real quantizer recalibrates from the rows the stable captured (`--capture-dir`).
+6. A canary of the recalibrated artifact on the same drifted traffic: promoted, its drift back
+   under the threshold.
+7. A summary, `summary.json`, and an HTML report with the rollouts over time.
 
 The engine is the operator's (`quantship.rollout`); only the adapters are local: `quantship serve`
 processes as Workloads, the load generator as TrafficRouter. Ctrl-C stops every process started.
@@ -31,6 +35,16 @@ from rich.table import Table
 from quantship import artifact, slo, zoo
 from quantship.local import demo_report, live
 from quantship.local.prometheus import PrometheusProcess, find_binary
+from quantship.local.recalibration import (
+    DriftLoop,
+    DriftReader,
+    RecalibrationError,
+    prometheus_drift,
+    recalibrate,
+    scraped_drift,
+    wait_for_capture,
+    wait_for_drift,
+)
 from quantship.local.scrape import ScrapeSource
 from quantship.local.timeline import Timeline
 from quantship.local.traffic import LoadGenerator
@@ -47,6 +61,8 @@ from quantship.rollout import (
     RolloutStatus,
     run_rollout,
 )
+from quantship.server.capture import CAPTURE_FILE
+from quantship.server.settings import ServerSettings
 
 MODEL = "digits"
 
@@ -84,7 +100,30 @@ class DemoSettings:
 # Requests share two cores with the servers, Prometheus and this process: the latency SLO only
 # catches real regressions here, not scheduler noise.
 OBJECTIVES = slo.default_objectives(latency_threshold=0.25)
-SERVER_ARGS = ["--shadow-rate", "1.0", "--clip-sample-rate", "1.0"]
+DRIFT_WINDOW = 128
+"""Sampled requests the servers' drift gauge covers (--drift-window). The default, 512, is ten
+seconds of the demo's traffic; 128 follows a drift within three, and calm digits traffic still
+reads 0.006-0.009 bits, well under the alert's threshold."""
+SERVER_ARGS = ["--shadow-rate", "1.0", "--clip-sample-rate", "1.0", "--drift-window", str(DRIFT_WINDOW)]
+DRIFT_SCALE = 2.0
+"""The drift phase sends the stable its images twice as bright: drift 0.12 bits on digits, well over
+the 0.05 threshold (held-out images as they are: 0.004-0.01), while FP32 stays 94% accurate. Darker
+ones (x0.5, 0.085 bits) leave FP32 82% accurate and wavering: even an INT8 model calibrated on them
+disagrees with it on 0.5-0.75% of the rows, over the accuracy budget, and its canary would be rolled
+back for what is no quantization fault."""
+CAPTURE_ROWS = 3000
+"""Rows each server's capture keeps (--capture-max-samples; 3000 digits rows are 750 KiB): more than
+the stable serves before its first capture write, so the reservoir keeps every row it served, each of
+the 397 distinct request rows drifted among them, and the recalibrated ranges are those of the drifted
+traffic itself. A random subset is a gamble: of ten recalibrations on 256 rows, one disagreed with
+FP32 on 3 drifted rows, over the accuracy budget, and its canary would have been rolled back."""
+CAPTURE_DRIFTED_S = 10.0
+"""Seconds of drifted traffic a capture must span to be recalibrated from: 500-600 drifted rows at
+the demo's rates, most of the reservoir (the normal rows served before the drift stay in it)."""
+DRIFT_TIMEOUT = 60.0
+"""Seconds the drift phase waits for the drift to rise over the threshold (it takes 1-3)."""
+CAPTURE_TIMEOUT = CAPTURE_DRIFTED_S + ServerSettings.capture_flush_s + 20.0
+"""Seconds the drift phase waits for that capture: the server writes one at most every flush interval."""
 
 
 @dataclass(frozen=True)
@@ -139,6 +178,16 @@ def build_artifacts(workdir: Path, console: Console) -> tuple[zoo.SampleModel, l
     ]
 
 
+def _capture_args(workdir: Path, revision: str) -> list[str]:
+    """Every revision keeps a capture, as production would: whichever is stable when the traffic
+    drifts is recalibrated from its own."""
+    return ["--capture-dir", str(_capture_dir(workdir, revision)), "--capture-max-samples", str(CAPTURE_ROWS)]
+
+
+def _capture_dir(workdir: Path, revision: str) -> Path:
+    return workdir / "captures" / revision
+
+
 def _spec(revision: str, settings: DemoSettings) -> RolloutSpec:
     return RolloutSpec(
         model=MODEL,
@@ -167,11 +216,23 @@ async def run_demo(workdir: Path, console: Console, *, quick: bool = False, prom
     console.print(settings.describe())
     timeline = Timeline(OBJECTIVES, settings.short_window, MODEL)
     outcomes: list[dict[str, Any]] = []
-    async with _serving(workdir, sample, revisions, settings, console) as (workloads, load, metrics):
-        await _rollouts(revisions, settings, workloads, load, metrics, timeline, console, outcomes)
+    drift = DriftLoop(revision="", scale=DRIFT_SCALE)
+    async with _serving(workdir, sample, revisions, settings, console) as (workloads, load, metrics, reader):
+        timeline.drift = reader
+        await _rollouts(
+            revisions,
+            settings,
+            workloads,
+            load,
+            metrics,
+            timeline,
+            console,
+            outcomes,
+            (workdir, sample, drift),
+        )
 
-    console.rule("5. summary")
-    return _report(workdir, settings, revisions, timeline, outcomes, console, started)
+    console.rule("7. summary")
+    return _report(workdir, settings, revisions, timeline, outcomes, drift, console, started)
 
 
 def _settings(console: Console, *, quick: bool, prometheus: bool) -> DemoSettings:
@@ -192,9 +253,10 @@ async def _serving(
     revisions: list[Revision],
     settings: DemoSettings,
     console: Console,
-) -> AsyncIterator[tuple[LocalWorkloads, LoadGenerator, MetricsSource]]:
-    """The servers of every revision, the metrics source (Prometheus, or a direct scrape) and the
-    load generator; every process they started is stopped on the way out, whatever happened."""
+) -> AsyncIterator[tuple[LocalWorkloads, LoadGenerator, MetricsSource, DriftReader]]:
+    """The servers of every revision, the metrics source (Prometheus, or a direct scrape), where the
+    drift gauge is read from, and the load generator; every process they started is stopped on the
+    way out, whatever happened."""
     prom: PrometheusProcess | None = None
     workloads = LocalWorkloads(
         model=MODEL,
@@ -203,7 +265,7 @@ async def _serving(
         on_change=lambda: prom.set_targets(workloads.targets()) if prom else None,
     )
     for revision in revisions:
-        workloads.add(revision.name, revision.artifact)
+        workloads.add(revision.name, revision.artifact, _capture_args(workdir, revision.name))
     load = LoadGenerator(workloads.endpoints, sample.requests, model=MODEL, rate=settings.rate)
     async with contextlib.AsyncExitStack() as stack:  # closed last in, first out
         metrics: MetricsSource
@@ -214,9 +276,11 @@ async def _serving(
             stack.callback(prom.stop)
             metrics = PrometheusSource(prom.url)
             stack.push_async_callback(metrics.aclose)
+            drift = prometheus_drift(prom)
         else:
             metrics = scraper = ScrapeSource(workloads.targets, interval=1.0)
             stack.push_async_callback(scraper.aclose)
+            drift = scraped_drift(scraper)
         stack.push_async_callback(workloads.aclose)
         stack.push_async_callback(load.aclose)
         if prom is not None:
@@ -225,7 +289,7 @@ async def _serving(
         if scraper is not None:
             await scraper.start()
         await load.start()
-        yield workloads, load, metrics
+        yield workloads, load, metrics, drift
 
 
 async def _rollouts(
@@ -237,8 +301,10 @@ async def _rollouts(
     timeline: Timeline,
     console: Console,
     outcomes: list[dict[str, Any]],
+    drift: tuple[Path, zoo.SampleModel, DriftLoop],
 ) -> None:
-    """Each revision in turn, the first as the first stable, then a canary each; a live view."""
+    """Each revision in turn, the first as the first stable, then a canary each, then the drift
+    loop's recalibrated revision; a live view."""
     status = RolloutStatus()
     spec = _spec(revisions[0].name, settings)
     with _view(console, timeline, lambda: spec) as refresh:
@@ -251,10 +317,102 @@ async def _rollouts(
                 status = await _rollout(
                     spec, status, revision, workloads, load, metrics, timeline, console, outcomes, refresh
                 )
+            workdir, sample, loop = drift
+            recalibrated = await _drift(workdir, sample, loop, status, workloads, load, timeline, console)
+            if recalibrated is not None:
+                spec = _spec(recalibrated.name, settings)
+                console.rule(
+                    f"6. canary of {recalibrated.name} ({recalibrated.label}) on the drifted traffic"
+                )
+                status = await _rollout(
+                    spec, status, recalibrated, workloads, load, metrics, timeline, console, outcomes, refresh
+                )
+                _drift_after(loop, recalibrated, status, timeline, console)
         finally:
             sampler.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await sampler
+
+
+async def _drift(
+    workdir: Path,
+    sample: zoo.SampleModel,
+    loop: DriftLoop,
+    status: RolloutStatus,
+    workloads: LocalWorkloads,
+    load: LoadGenerator,
+    timeline: Timeline,
+    console: Console,
+) -> Revision | None:
+    """Drift the stable's traffic, watch its drift SLI cross the alert threshold, recalibrate from its
+    capture. The recalibrated revision to canary, or None when the loop could not go on (why is
+    printed, and `loop` stays not ok)."""
+    assert status.stable is not None and timeline.drift is not None
+    console.rule(f"5. drift: {status.stable}'s traffic moves away from its calibration data")
+    loop.revision = status.stable
+    timeline.begin(f"drift of {loop.revision}", status)  # what the live view's header names
+    scope = {"model": MODEL, "revision": loop.revision}
+    loop.calm = await timeline.drift(scope)
+    console.print(
+        f"{timeline.now():5.0f}s {loop.revision}: activation drift {_bits(loop.calm)} on real traffic "
+        f"(drift alert threshold {loop.threshold:g}); sending it images {loop.scale:g}x as bright"
+    )
+    since = time.time()
+    load.drift(loop.revision, loop.scale)
+    capture = _capture_dir(workdir, loop.revision) / CAPTURE_FILE
+    try:
+        loop.drifted, loop.rose_in = await wait_for_drift(
+            timeline.drift, scope, loop.threshold, DRIFT_TIMEOUT
+        )
+        console.print(
+            f"{timeline.now():5.0f}s {loop.revision}: drift rose to {_bits(loop.drifted)} in "
+            f"{loop.rose_in:.0f} s, over the threshold (QuantshipActivationDrift fires when an hour's "
+            f"average stays over it); waiting for the server to write its capture of the drifted rows"
+        )
+        loop.captured = await wait_for_capture(capture, since + CAPTURE_DRIFTED_S, CAPTURE_TIMEOUT)
+        settled = await timeline.drift(scope)  # the window now holds drifted requests only
+        loop.drifted = max(loop.drifted, settled or 0.0)
+        out = workdir / "artifacts" / "int8-recalibrated"
+        console.print(
+            f"{timeline.now():5.0f}s {loop.revision}: drift {_bits(loop.drifted)}; recalibrating on the "
+            f"{loop.captured} rows captured: quantship quantize "
+            f"{sample.model.name} --calibration {capture.name} --evaluation {sample.evaluation.name} -o {out}"
+        )
+        await recalibrate(sample.model, capture, sample.evaluation, out)
+    except RecalibrationError as exc:
+        console.print(f"[bold red]drift loop stopped[/]: {exc}")
+        return None
+    recalibrated = artifact.load_artifact(out)
+    (workdir / "reports" / "int8-recalibrated.html").write_text(quantize_report.render(recalibrated))
+    console.print(summary.table([("int8-recalibrated", recalibrated)]))
+    revision = Revision("v4-int8-recal", out, "INT8, recalibrated on the drifted capture", Phase.PROMOTED)
+    workloads.add(revision.name, revision.artifact, _capture_args(workdir, revision.name))
+    load.drift(revision.name, loop.scale)  # the canary sees the traffic the stable sees
+    loop.recalibrated = revision.name
+    return revision
+
+
+def _drift_after(
+    loop: DriftLoop, revision: Revision, status: RolloutStatus, timeline: Timeline, console: Console
+) -> None:
+    """The recalibrated revision's drift on the drifted traffic: its last reading as the canary, after
+    a whole step at full weight (the promoted stable is a fresh process whose window starts empty)."""
+    loop.phase = status.phase.value
+    readings = [
+        s.revisions[revision.name].drift
+        for s in timeline.samples
+        if revision.name in s.revisions and s.revisions[revision.name].track == "canary"
+    ]
+    loop.after = next((d for d in reversed(readings) if d is not None), None)
+    style = "green" if loop.ok else "red"
+    console.print(
+        f"[{style}]{revision.name}: drift on the same drifted traffic {_bits(loop.after)}[/] "
+        f"(threshold {loop.threshold:g}; {loop.revision}: {_bits(loop.drifted)}); {loop.phase}"
+    )
+
+
+def _bits(value: float | None) -> str:
+    return "not reported" if value is None else f"{value:.3f} bits"
 
 
 def _report(
@@ -263,25 +421,31 @@ def _report(
     revisions: list[Revision],
     timeline: Timeline,
     outcomes: list[dict[str, Any]],
+    drift: DriftLoop,
     console: Console,
     started: float,
 ) -> int:
-    """The HTML report, summary.json and the summary table; 0 when every outcome is the expected one."""
+    """The HTML report, summary.json and the summary table; 0 when every outcome is the expected one
+    and the drift loop went round (drift over the threshold, recalibrated, promoted, back under)."""
     report = workdir / "reports" / "demo.html"
     report.write_text(
-        demo_report.render(timeline, _spec(revisions[-1].name, settings), outcomes[1:], settings.describe())
+        demo_report.render(
+            timeline, _spec(revisions[-1].name, settings), outcomes[1:], drift, settings.describe()
+        )
     )
-    ok = all(o["phase"] == o["expected"] for o in outcomes)
+    ok = all(o["phase"] == o["expected"] for o in outcomes) and drift.ok
     decisions = [r.to_json() for r in timeline.decisions if r.decision.action.value != "Wait"]
     summary = {
         "ok": ok,
         "settings": settings.describe(),
         "rollouts": outcomes,
+        "drift": drift.to_json(),
         "decisions": decisions,
         "seconds": round(time.monotonic() - started, 1),
     }
     (workdir / "summary.json").write_text(json.dumps(summary, indent=2))
     console.print(_summary(outcomes))
+    console.print(_drift_summary(drift))
     console.print(f"report: {report}  (artifact reports beside it); decisions: {workdir / 'summary.json'}")
     console.print(f"took {time.monotonic() - started:.0f} s")
     if not ok:
@@ -365,6 +529,35 @@ def _summary(outcomes: list[dict[str, Any]]) -> Table:
             str(o["judgements"]),
             o["reason"],
         )
+    return table
+
+
+def _drift_summary(loop: DriftLoop) -> Table:
+    table = Table(
+        title=f"drift loop: images {loop.scale:g}x as bright, alert threshold {loop.threshold:g} bits"
+    )
+    for column in (
+        "stable",
+        "drift before",
+        "drift drifted",
+        "rose in",
+        "captured",
+        "recalibrated",
+        "drift after",
+        "result",
+    ):
+        table.add_column(column)
+    style = "green" if loop.ok else "red"
+    table.add_row(
+        loop.revision or "-",
+        _bits(loop.calm),
+        _bits(loop.drifted),
+        "-" if loop.rose_in is None else f"{loop.rose_in:.0f} s",
+        "-" if loop.captured is None else f"{loop.captured} rows",
+        loop.recalibrated or "-",
+        _bits(loop.after),
+        f"[{style}]{loop.phase or 'not run'}[/]",
+    )
     return table
 
 

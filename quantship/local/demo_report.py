@@ -1,8 +1,9 @@
 """The demo's HTML report: the rollouts over time, every decision, and the numbers behind them.
 
 Plots (matplotlib, embedded): canary weight with the decision points, each revision's accuracy
-delta, clip rate and client latency over time, and the burn rates of each judgement against the
-threshold. Then the decision log with every reason as the engine wrote it.
+delta, clip rate, activation drift (against the drift alert's threshold) and client latency over
+time, and the burn rates of each judgement against the threshold; the drift loop's figures. Then
+the decision log with every reason as the engine wrote it.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from quantship import reporting, slo
+from quantship.local.recalibration import DriftLoop
 from quantship.local.timeline import DecisionRecord, Timeline
 from quantship.rollout import Action, RolloutSpec
 
@@ -22,17 +24,25 @@ _MARKS = {
 _COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b"]
 
 
-def render(timeline: Timeline, spec: RolloutSpec, outcomes: Sequence[dict[str, Any]], settings: str) -> str:
+def render(
+    timeline: Timeline,
+    spec: RolloutSpec,
+    outcomes: Sequence[dict[str, Any]],
+    drift: DriftLoop,
+    settings: str,
+) -> str:
     sections = [
         ("Outcome", _outcome(outcomes)),
+        ("Drift loop: drifted traffic, recalibration from the capture, canary", _drift_loop(drift)),
         ("Canary weight and decisions", _weight(timeline)),
         ("Accuracy delta (shadow top-1 disagreement vs FP32)", _sli(timeline, slo.SLI.ACCURACY_DELTA)),
         ("Clipped-activation rate", _sli(timeline, slo.SLI.CLIP_RATE)),
+        ("Activation drift (Jensen-Shannon divergence from calibration)", _drift(timeline, drift)),
         ("Latency (client side)", _latency(timeline)),
         ("Burn rates at each judgement", _burn_rates(timeline, spec)),
         ("Decision log", _log(timeline)),
     ]
-    return reporting.page("quantship demo: two canary rollouts", settings, sections)
+    return reporting.page("quantship demo: canary rollouts and a recalibration", settings, sections)
 
 
 def _outcome(outcomes: Sequence[dict[str, Any]]) -> str:
@@ -48,6 +58,25 @@ def _outcome(outcomes: Sequence[dict[str, Any]]) -> str:
         for o in outcomes
     ]
     return reporting.table(["revision", "artifact", "result", "took", "judgements", "why"], rows)
+
+
+def _drift_loop(loop: DriftLoop) -> str:
+    def bits(value: float | None) -> str:
+        return "-" if value is None else f"{value:.3f} bits"
+
+    rows = [
+        ("stable whose traffic drifted", loop.revision or "-"),
+        ("traffic", f"inputs x{loop.scale:g}"),
+        ("drift alert threshold", f"{loop.threshold:g} bits"),
+        ("drift before", bits(loop.calm)),
+        ("drift once drifted", bits(loop.drifted)),
+        ("rose over the threshold in", "-" if loop.rose_in is None else f"{loop.rose_in:.0f} s"),
+        ("capture recalibrated from", "-" if loop.captured is None else f"{loop.captured} rows"),
+        ("recalibrated revision", loop.recalibrated or "-"),
+        ("its drift on the same traffic", bits(loop.after)),
+        ("its rollout", reporting.verdict(loop.ok, loop.phase or "not run")),
+    ]
+    return reporting.table(["", ""], rows)
 
 
 def _decision_lines(ax: Any, decisions: Sequence[DecisionRecord]) -> None:
@@ -125,6 +154,27 @@ def _sli(timeline: Timeline, sli: slo.SLI) -> str:
         "" if plotted else "<p>No revision reported this SLI (an FP32 stable has no reference or ranges).</p>"
     )
     return reporting.figure(fig, f"{sli.value} over time") + note
+
+
+def _drift(timeline: Timeline, loop: DriftLoop) -> str:
+    fig, ax = reporting.new_figure(10, 3)
+    plotted = False
+    for color, (revision, points) in zip(_COLORS, _series(timeline).items(), strict=False):
+        drift = [(at, data.drift) for at, data in points if data.drift is not None]
+        if drift:
+            ax.plot(*zip(*drift, strict=True), label=revision, color=color)
+            plotted = True
+    ax.axhline(loop.threshold, color="#b42318", linestyle="--", label=f"alert threshold {loop.threshold:g}")
+    ax.set_ylabel("drift (bits, tensor=all)")
+    ax.set_xlabel("seconds since start")
+    ax.legend(fontsize=8, loc="upper left")
+    _decision_lines(ax, timeline.decisions)
+    note = (
+        ""
+        if plotted
+        else "<p>No revision reported drift (an FP32 artifact has no calibration histograms).</p>"
+    )
+    return reporting.figure(fig, "activation drift over time") + note
 
 
 def _latency(timeline: Timeline) -> str:

@@ -48,7 +48,7 @@ def render(timeline: Timeline, spec: RolloutSpec | None) -> Group:
 def _traffic(timeline: Timeline) -> Table:
     table = Table(title="traffic and SLIs per revision (short window)", expand=True)
     slis = [objective.sli.value for objective in timeline.objectives]
-    for column in ("revision", "track", "ok", "failed", "p50 ms", "p95 ms", *slis):
+    for column in ("revision", "track", "ok", "failed", "p50 ms", "p95 ms", *slis, "drift bits"):
         table.add_column(column, justify="left" if column in ("revision", "track") else "right")
     last = timeline.samples[-1] if timeline.samples else None
     for revision, sample in last.revisions.items() if last else []:
@@ -60,6 +60,7 @@ def _traffic(timeline: Timeline) -> Table:
             _ms(sample.latency_p50),
             _ms(sample.latency_p95),
             *(_pct(sample.ratios.get(objective.sli)) for objective in timeline.objectives),
+            "-" if sample.drift is None else f"{sample.drift:.3f}",
         )
     return table
 

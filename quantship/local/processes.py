@@ -17,6 +17,7 @@ from pathlib import Path
 
 import httpx
 
+from quantship.local.lifetime import die_with_parent
 from quantship.local.prometheus import free_port
 
 
@@ -73,6 +74,7 @@ class ServerProcess:
                 stderr=subprocess.STDOUT,
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},
                 start_new_session=True,  # our Ctrl-C handling stops it in order, not the terminal's
+                preexec_fn=die_with_parent(),  # and a kill -9 of ours does not orphan it
             )
         finally:
             if log is not subprocess.DEVNULL:

@@ -20,6 +20,8 @@ from typing import Any
 import httpx
 import yaml
 
+from quantship.local.lifetime import die_with_parent
+
 PROJECT_TOOLS = Path(__file__).resolve().parents[2] / ".tools"
 
 
@@ -117,6 +119,7 @@ class PrometheusProcess:
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # Ctrl-C in a terminal reaches us, and we stop it in order
+            preexec_fn=die_with_parent(),  # and a kill -9 of ours does not orphan it
         )
         log.close()
 

@@ -190,6 +190,21 @@ class ScrapeSource:
             return Value(sum(per_op.values()))
         return Value(0) if served else NoData(f"no server with {slo.selector(scope)} scraped")
 
+    # -- gauges, for the demo's own figures (not part of the MetricsSource port) -----------------
+
+    def latest(self, series: str, labels: Mapping[str, str]) -> float | None:
+        """The largest value of a gauge `series` (`name{label="v"}`) within `labels` in each target's
+        last scrape, as PromQL's `max(series{labels})` reads it now; None when no target has it."""
+        selector, scope = Selector.parse(series), dict(labels)
+        values = [
+            value
+            for target in self._known.values()
+            if target.history
+            for (name, frozen), value in target.history[-1][1].items()
+            if selector.matches(name, dict(frozen)) and _within(dict(frozen), scope)
+        ]
+        return max(values) if values else None
+
     # -- inside ---------------------------------------------------------------------------------
 
     def _targets_for(self, scope: Mapping[str, str]) -> list[Target]:

@@ -1,8 +1,9 @@
 """What the demo saw, second by second: the record behind its live view and its report.
 
 A `Timeline` samples the running system once a second — the canary weight the router applies,
-each serving revision's SLI ratios from the same MetricsSource the engine judges with, and the
-client-side latency the load generator measured — and keeps every decision of the engine.
+each serving revision's SLI ratios from the same MetricsSource the engine judges with, its
+activation drift from the same metrics, and the client-side latency the load generator
+measured — and keeps every decision of the engine.
 Nothing is computed ahead or scripted: a figure is here only if the system produced it.
 """
 
@@ -16,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from quantship import slo
+from quantship.local.recalibration import DriftReader
 from quantship.local.traffic import LoadGenerator
 from quantship.rollout import Counts, Decision, MetricsSource, RolloutStatus
 
@@ -30,6 +32,8 @@ class RevisionSample:
     latency_p50: float | None
     latency_p95: float | None
     """Seconds, from the client's own clock, over the last sampling interval."""
+    drift: float | None = None
+    """The overall activation drift gauge (Jensen-Shannon bits); None: not exported (FP32)."""
 
 
 @dataclass(frozen=True)
@@ -70,6 +74,8 @@ class Timeline:
     decisions: list[DecisionRecord] = field(default_factory=list)
     rollout: str = ""
     status: RolloutStatus = field(default_factory=RolloutStatus)
+    drift: DriftReader | None = None
+    """Where each revision's activation drift is read from; None: not sampled."""
 
     def now(self) -> float:
         return time.monotonic() - self.started
@@ -97,6 +103,8 @@ class Timeline:
                 objective.sli: (m.bad / m.total if isinstance(m, Counts) and m.total else None)
                 for objective, m in zip(self.objectives, measured, strict=True)
             }
+            scope = {"model": self.model, "revision": revision}
+            drift = await self.drift(scope) if self.drift is not None else None
             sent = load.sent.get(revision)
             recent = sorted(seconds for at, seconds in (sent.latencies if sent else ()) if at >= since)
             revisions[revision] = RevisionSample(
@@ -106,6 +114,7 @@ class Timeline:
                 ratios=ratios,
                 latency_p50=statistics.median(recent) if recent else None,
                 latency_p95=recent[int(0.95 * (len(recent) - 1))] if recent else None,
+                drift=drift,
             )
         sample = Sample(self.now(), self.rollout, self.status.weight if self.status.canary else 0, revisions)
         self.samples.append(sample)

@@ -45,12 +45,15 @@ class LocalWorkloads:
         self.ready_timeout = ready_timeout
         self.on_change = on_change
         self._artifacts: dict[str, Path] = {}
+        self._args: dict[str, list[str]] = {}
         self._processes: dict[str, list[ServerProcess]] = {}
         self._tracks: dict[str, Track] = {}
 
-    def add(self, revision: str, artifact: Path) -> None:
-        """Register the artifact a revision serves; `run` starts it."""
+    def add(self, revision: str, artifact: Path, args: Sequence[str] = ()) -> None:
+        """Register the artifact a revision serves, and `quantship serve` flags for its processes
+        alone (after `server_args`); `run` starts it."""
         self._artifacts[revision] = artifact
+        self._args[revision] = list(args)
 
     # -- the Workloads port ---------------------------------------------------------------------
 
@@ -148,7 +151,7 @@ class LocalWorkloads:
             model=self.model,
             revision=revision,
             track=track.value,
-            extra_args=self.server_args,
+            extra_args=[*self.server_args, *self._args[revision]],
             log_path=self.workdir / f"server-{revision}-{index}.log",
         )
         process.start()

@@ -1,5 +1,6 @@
 """`quantship demo --quick` end to end, as a person runs it: real servers, a real Prometheus, the
-rollout engine, then the outcome read back from what the demo wrote and from the process table."""
+rollout engine, the real quantizer recalibrating from a server's capture, then the outcome read back
+from what the demo wrote and from the process table."""
 
 from __future__ import annotations
 
@@ -7,12 +8,15 @@ import json
 import os
 import selectors
 import signal
+import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+
+from quantship.oncall.rules import DRIFT_THRESHOLD
 
 pytestmark = pytest.mark.prometheus
 
@@ -29,9 +33,9 @@ def _demo(workdir: Path, *flags: str) -> subprocess.Popen[str]:
     )
 
 
-def _processes_mentioning(workdir: Path) -> list[str]:
-    """Command lines of live processes that were started for this demo (servers, Prometheus)."""
-    found = []
+def _processes_mentioning(workdir: Path) -> dict[int, str]:
+    """Command lines of live processes that were started for this demo (servers, Prometheus), by pid."""
+    found = {}
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit() or int(proc.name) == os.getpid():
             continue
@@ -40,8 +44,45 @@ def _processes_mentioning(workdir: Path) -> list[str]:
         except OSError:
             continue
         if str(workdir) in cmdline and " demo " not in cmdline:
-            found.append(f"{proc.name}: {cmdline}")
+            found[int(proc.name)] = cmdline
     return found
+
+
+def _wait_for(process: subprocess.Popen[str], text: str, timeout: float = 180) -> str:
+    """The demo's output up to the line holding `text`."""
+    assert process.stdout is not None
+    selector = selectors.DefaultSelector()
+    selector.register(process.stdout, selectors.EVENT_READ)
+    seen, deadline = "", time.monotonic() + timeout
+    while text not in seen:
+        assert time.monotonic() < deadline and process.poll() is None, seen[-3000:]
+        if selector.select(timeout=1):
+            seen += process.stdout.readline()
+    return seen
+
+
+def _listening_port(cmdline: str) -> int:
+    """The loopback port a server (--port N) or Prometheus (--web.listen-address=HOST:N) listens on."""
+    words = cmdline.split()
+    if "--port" in words:
+        return int(words[words.index("--port") + 1])
+    address = next(w for w in words if w.startswith("--web.listen-address="))
+    return int(address.rsplit(":", 1)[1])
+
+
+def _alive(pid: int) -> bool:
+    """Running, not a zombie (an orphan whose new parent does not reap it has ended all the same)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+def _accepts(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(1.0)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
 def _finish(process: subprocess.Popen[str], timeout: float) -> str:
@@ -68,9 +109,24 @@ def _check_outcome(workdir: Path, output: str, code: int) -> dict:
     rollback = next(d for d in summary["decisions"] if d["action"] == "RollBack")
     clip = next(s for s in rollback["analysis"]["slos"] if s["slo"] == "clip_rate")
     assert clip["verdict"] == "fail" and all(w["burnRate"] > 1 for w in clip["windows"])
-    assert (workdir / "reports" / "demo.html").read_text().count("data:image/png;base64,") >= 5
+    _check_drift_loop(summary, rollouts)
+    assert (workdir / "reports" / "demo.html").read_text().count("data:image/png;base64,") >= 6
     assert not _processes_mentioning(workdir), "every child process is gone"
     return summary
+
+
+def _check_drift_loop(summary: dict, rollouts: dict) -> None:
+    """Drifted traffic raised the stable's drift SLI over the alert threshold; the artifact the real
+    quantizer recalibrated from the stable's capture was promoted, its drift back under it."""
+    drift = summary["drift"]
+    assert drift["threshold"] == DRIFT_THRESHOLD
+    assert drift["revision"] == "v2-int8"
+    assert drift["calm"] < DRIFT_THRESHOLD < drift["drifted"], drift
+    assert drift["capturedRows"] > 0
+    recalibrated = rollouts[drift["recalibrated"]]
+    assert recalibrated["phase"] == drift["phase"] == "Promoted", recalibrated["reason"]
+    assert drift["after"] < DRIFT_THRESHOLD, drift
+    assert drift["ok"] is True
 
 
 def test_the_quick_demo_promotes_the_good_canary_and_rolls_the_skewed_one_back(tmp_path: Path) -> None:
@@ -79,6 +135,7 @@ def test_the_quick_demo_promotes_the_good_canary_and_rolls_the_skewed_one_back(t
     summary = _check_outcome(tmp_path / "demo", output, process.returncode)
     assert "Prometheus" in summary["settings"]
     assert "RollBack: " in output and "clip_rate" in output
+    assert "drift rose to" in output and "recalibrating on the" in output
 
 
 def test_without_prometheus_the_direct_scrape_reaches_the_same_verdicts(tmp_path: Path) -> None:
@@ -95,17 +152,34 @@ def test_stopping_the_demo_during_a_canary_stops_every_process_it_started(
     """Servers and Prometheus run in sessions of their own: only the demo can stop them."""
     workdir = tmp_path / "demo"
     process = _demo(workdir)
-    assert process.stdout is not None
-    selector = selectors.DefaultSelector()
-    selector.register(process.stdout, selectors.EVENT_READ)
-    seen, deadline = "", time.monotonic() + 180
-    while "canary at 50%" not in seen:  # a canary is taking traffic: servers, Prometheus, load all up
-        assert time.monotonic() < deadline and process.poll() is None, seen[-3000:]
-        if selector.select(timeout=1):
-            seen += process.stdout.readline()
+    _wait_for(process, "canary at 50%")  # a canary is taking traffic: servers, Prometheus, load all up
     assert len(_processes_mentioning(workdir)) >= 3, "stable, canary and Prometheus are running"
     process.send_signal(stop)
     output = _finish(process, timeout=60)
     assert process.returncode == 130, output[-2000:]
     assert "interrupted" in output
     assert not _processes_mentioning(workdir), "every child process is gone"
+
+
+def test_a_killed_demo_takes_its_servers_and_prometheus_with_it(tmp_path: Path) -> None:
+    """SIGKILL leaves the demo no chance to stop anything: its children must end on their own, not
+    linger under PID 1 still listening (issue 15)."""
+    workdir = tmp_path / "demo"
+    process = _demo(workdir)
+    _wait_for(process, "canary at 50%")
+    children = {pid: _listening_port(cmdline) for pid, cmdline in _processes_mentioning(workdir).items()}
+    assert len(children) >= 3, "stable, canary and Prometheus are running"
+    assert all(_accepts(port) for port in children.values())
+    process.kill()
+    process.communicate()
+    try:
+        deadline = time.monotonic() + 15  # a server's drain and Prometheus's shutdown take a second or two
+        while any(_alive(pid) for pid in children) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        survivors = {pid: port for pid, port in children.items() if _alive(pid)}
+        assert not survivors, f"still running after the demo was killed (pid: port): {survivors}"
+        assert not [port for port in children.values() if _accepts(port)], "a port still accepts"
+    finally:
+        for pid in children:  # the processes this test saw start; whatever the outcome, none outlives it
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)

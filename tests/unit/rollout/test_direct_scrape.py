@@ -10,6 +10,7 @@ from collections.abc import Iterator
 import pytest
 
 from quantship import slo
+from quantship.local.recalibration import DRIFT_SERIES
 from quantship.local.scrape import ScrapeSource, Selector
 from quantship.rollout import Counts, NoData, Value
 
@@ -100,3 +101,24 @@ async def test_increase_over_the_window_survives_a_counter_reset(
     await source.scrape_once()
     assert await source.fallback_ops(labels) == Value(2)
     assert isinstance(await source.counts(ERRORS, 600, {"model": "digits", "revision": "v3"}), NoData)
+
+
+async def test_latest_reads_a_gauge_as_max_of_the_last_scrape(
+    exporter: http.server.ThreadingHTTPServer,
+) -> None:
+    """The demo's drift figures without Prometheus: `max(quantship_activation_drift{tensor="all",...})`
+    over the last scrape of every target within the labels, other tensors and revisions ignored."""
+    address = f"127.0.0.1:{exporter.server_address[1]}"
+    source = ScrapeSource(lambda: [(address, {"model": "digits", "revision": "v2"})])
+    drift = "# TYPE quantship_activation_drift gauge\n" + "".join(
+        f'quantship_activation_drift{{model="digits",revision="{revision}",tensor="{tensor}"}} {value}\n'
+        for revision, tensor, value in (("v2", "all", 0.02), ("v2", "fc1", 0.9), ("v3", "all", 0.5))
+    )
+    assert source.latest(DRIFT_SERIES, {"model": "digits", "revision": "v2"}) is None, "nothing scraped yet"
+    exporter.text = drift  # type: ignore[attr-defined]
+    await source.scrape_once()
+    exporter.text = drift.replace("} 0.02", "} 0.07")  # type: ignore[attr-defined]
+    await source.scrape_once()
+    assert source.latest(DRIFT_SERIES, {"model": "digits", "revision": "v2"}) == 0.07
+    assert source.latest(DRIFT_SERIES, {"model": "digits"}) == 0.5
+    assert source.latest(DRIFT_SERIES, {"model": "digits", "revision": "v9"}) is None
