@@ -710,6 +710,13 @@ _SERVE, _BATCH, _QUALITY = (
     help="Bytes of captured inputs, at most.",
 )
 @click.option(
+    "--capture-flush-s",
+    type=click.FloatRange(min=0),
+    default=_default(_SERVE, "capture_flush_s"),
+    show_default=True,
+    help="Seconds between writes of the capture file, at least (and once at shutdown).",
+)
+@click.option(
     "--require-gate-hardware",
     is_flag=True,
     default=_default(_SERVE, "require_gate_hardware"),
@@ -750,6 +757,7 @@ def serve(
     capture_dir: Path | None,
     capture_max_samples: int,
     capture_max_bytes: int,
+    capture_flush_s: float,
     require_gate_hardware: bool,
     log_level: str,
     access_log: bool,
@@ -779,6 +787,7 @@ def serve(
         capture_dir=capture_dir,
         capture_max_samples=capture_max_samples,
         capture_max_bytes=capture_max_bytes,
+        capture_flush_s=capture_flush_s,
         require_gate_hardware=require_gate_hardware,
         batching=server.BatchSettings(max_batch_size, max_queue_delay_ms, max_queue_size),
         quality=server.QualitySettings(

@@ -62,7 +62,6 @@ from quantship.rollout import (
     run_rollout,
 )
 from quantship.server.capture import CAPTURE_FILE
-from quantship.server.settings import ServerSettings
 
 MODEL = "digits"
 
@@ -104,7 +103,10 @@ DRIFT_WINDOW = 128
 """Sampled requests the servers' drift gauge covers (--drift-window). The default, 512, is ten
 seconds of the demo's traffic; 128 follows a drift within three, and calm digits traffic still
 reads 0.006-0.009 bits, well under the alert's threshold."""
-SERVER_ARGS = ["--shadow-rate", "1.0", "--clip-sample-rate", "1.0", "--drift-window", str(DRIFT_WINDOW)]
+SERVER_ARGS = [
+    "--shadow-rate", "1.0", "--clip-sample-rate", "1.0", "--sli-cpu-budget", "2",  # every request judged
+    "--drift-window", str(DRIFT_WINDOW),
+]  # fmt: skip
 DRIFT_SCALE = 2.0
 """The drift phase sends the stable its images twice as bright: drift 0.12 bits on digits, well over
 the 0.05 threshold (held-out images as they are: 0.004-0.01), while FP32 stays 94% accurate. Darker
@@ -122,7 +124,10 @@ CAPTURE_DRIFTED_S = 10.0
 the demo's rates, most of the reservoir (the normal rows served before the drift stay in it)."""
 DRIFT_TIMEOUT = 60.0
 """Seconds the drift phase waits for the drift to rise over the threshold (it takes 1-3)."""
-CAPTURE_TIMEOUT = CAPTURE_DRIFTED_S + ServerSettings.capture_flush_s + 20.0
+CAPTURE_FLUSH_S = 5.0
+"""Seconds between the servers' capture writes (--capture-flush-s; the default, 30, suits a node's
+disk, not a demo that waits for the file)."""
+CAPTURE_TIMEOUT = CAPTURE_DRIFTED_S + CAPTURE_FLUSH_S + 20.0
 """Seconds the drift phase waits for that capture: the server writes one at most every flush interval."""
 
 
@@ -181,7 +186,10 @@ def build_artifacts(workdir: Path, console: Console) -> tuple[zoo.SampleModel, l
 def _capture_args(workdir: Path, revision: str) -> list[str]:
     """Every revision keeps a capture, as production would: whichever is stable when the traffic
     drifts is recalibrated from its own."""
-    return ["--capture-dir", str(_capture_dir(workdir, revision)), "--capture-max-samples", str(CAPTURE_ROWS)]
+    return [
+        "--capture-dir", str(_capture_dir(workdir, revision)), "--capture-max-samples", str(CAPTURE_ROWS),
+        "--capture-flush-s", str(CAPTURE_FLUSH_S),
+    ]  # fmt: skip
 
 
 def _capture_dir(workdir: Path, revision: str) -> Path:

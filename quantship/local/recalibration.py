@@ -133,7 +133,7 @@ async def wait_for_drift(
 
 async def wait_for_capture(path: Path, since: float, timeout: float) -> int:
     """Until the server writes `path` after `since` (time.time()): the rows it holds. The server
-    writes its capture at most every 30 s (ServerSettings.capture_flush_s) and at shutdown."""
+    writes its capture at most every --capture-flush-s seconds and at shutdown."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:

@@ -24,6 +24,11 @@ from quantship.rollout import PortError, Track
 
 log = logging.getLogger(__name__)
 
+READY_FAILURES = 3
+"""Failed readiness checks in a row before a live server counts as not ready: the failureThreshold
+of the operator's readinessProbe (quantship/operator/resources.py), so that the demo judges
+readiness as a cluster would."""
+
 
 class LocalWorkloads:
     def __init__(
@@ -48,6 +53,8 @@ class LocalWorkloads:
         self._args: dict[str, list[str]] = {}
         self._processes: dict[str, list[ServerProcess]] = {}
         self._tracks: dict[str, Track] = {}
+        self._failures: dict[str, int] = {}
+        """Readiness checks failed in a row, by server URL, of servers that answered ready once."""
 
     def add(self, revision: str, artifact: Path, args: Sequence[str] = ()) -> None:
         """Register the artifact a revision serves, and `quantship serve` flags for its processes
@@ -82,20 +89,32 @@ class LocalWorkloads:
         await self._stop(current)
 
     async def ready(self, revision: str) -> bool:
+        """Every process of the revision is ready, as a kubelet's readiness probe would say: a process
+        that exited is not ready at once; a live one that answered ready before stays ready until
+        READY_FAILURES checks in a row fail (a slow answer on a loaded machine is not a dead server,
+        and the rollout engine rolls a canary that is not ready back at once)."""
         processes = self._processes.get(revision)
         if not processes:
             return False
         async with httpx.AsyncClient(timeout=2.0) as client:
-            for process in processes:
-                if not process.running():
-                    log.warning("revision %s: server exited:\n%s", revision, process.log_tail())
-                    return False
-                try:
-                    if (await client.get(f"{process.url}/v2/health/ready")).status_code != 200:
-                        return False
-                except httpx.TransportError:
-                    return False
-        return True
+            answers = [await self._probe(client, revision, process) for process in processes]
+        return all(answers)
+
+    async def _probe(self, client: httpx.AsyncClient, revision: str, process: ServerProcess) -> bool:
+        if not process.running():
+            log.warning("revision %s: server exited:\n%s", revision, process.log_tail())
+            return False
+        try:
+            answered = (await client.get(f"{process.url}/v2/health/ready")).status_code == 200
+        except httpx.TransportError:
+            answered = False
+        if answered:
+            self._failures[process.url] = 0
+            return True
+        if process.url not in self._failures:
+            return False  # never ready yet
+        self._failures[process.url] += 1
+        return self._failures[process.url] < READY_FAILURES
 
     async def scale(self, revision: str, replicas: int) -> None:
         processes = self._processes.get(revision)
