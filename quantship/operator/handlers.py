@@ -7,6 +7,8 @@
   it, so a settled resource carries no finalizer.
 - delete, gateway-api mode only: point the user's HTTPRoute back at the model's Service name
   (a finalizer, because the route is not ours to garbage-collect). Children go with their owner.
+- indexes of our Deployments and Services (watched.py): a tick reads them, and the resource's
+  own body kopf keeps current, instead of GETting them.
 
 Ticks of one resource never overlap: the handlers share a lock in kopf's per-resource memo.
 """
@@ -20,7 +22,7 @@ from typing import Any
 
 import kopf
 
-from quantship.operator import crd, quantization
+from quantship.operator import crd, quantization, watched
 from quantship.operator.kube import GatewayRouter
 from quantship.operator.reconcile import IN_FLIGHT, Context, reconcile
 from quantship.operator.settings import OperatorSettings
@@ -84,6 +86,8 @@ def register(
         # cluster-wide (kopf would list them first, and its service account may not).
         settings.scanning.disabled = bool(operator.namespaces)
 
+    watched.register(registry)
+
     @kopf.on.login(registry=registry)
     def authenticate(**kwargs: Any) -> kopf.ConnectionInfo | None:
         return login(**kwargs) if login is not None else kopf.login_via_client(**kwargs)
@@ -92,11 +96,12 @@ def register(
     @kopf.on.resume(*RESOURCE, registry=registry, backoff=retry_backoff, id="reconcile")
     @kopf.on.update(*RESOURCE, field="spec", registry=registry, backoff=retry_backoff, id="reconcile")
     async def reconcile_now(
-        namespace: str | None, name: str, body: kopf.Body, logger: Logger, memo: Any, **_: Any
+        namespace: str | None, name: str, body: kopf.Body, logger: Logger, memo: Any, **kwargs: Any
     ) -> None:
         warn_unknown_fields(body, logger)
         async with _lock(memo):
-            await reconcile(ctx, namespace or "default", name, logger)
+            children = watched.Children.from_handler(kwargs)
+            await reconcile(ctx, namespace or "default", name, logger, seen=body, children=children)
 
     @kopf.timer(
         *RESOURCE,
@@ -106,10 +111,14 @@ def register(
         backoff=retry_backoff,
         id="analysis",
     )
-    async def analysis(namespace: str | None, name: str, logger: Logger, memo: Any, **_: Any) -> None:
+    async def analysis(
+        namespace: str | None, name: str, body: kopf.Body, logger: Logger, memo: Any, **kwargs: Any
+    ) -> None:
         async with _lock(memo):
+            children = watched.Children.from_handler(kwargs)
             try:
-                await reconcile(ctx, namespace or "default", name, logger)
+                # kopf's body of a timer is live: it follows the watch, also while we wait for the lock
+                await reconcile(ctx, namespace or "default", name, logger, seen=body, children=children)
             except (kopf.TemporaryError, kopf.PermanentError) as exc:
                 # the condition and event are written; the next interval is the retry
                 logger.warning("tick failed, next in %.0f s: %s", tick_interval, exc)

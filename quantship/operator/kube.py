@@ -22,6 +22,7 @@ from kubernetes.aio import client
 
 from quantship.operator import crd, resources
 from quantship.operator.spec import ModelSpec
+from quantship.operator.watched import Children, Written
 from quantship.rollout import PortError, Track
 
 MERGE_PATCH = "application/merge-patch+json"
@@ -45,21 +46,21 @@ class Kube:
     def __init__(self, api: client.ApiClient, timeout: float = API_TIMEOUT) -> None:
         self.api = api
         self.timeout = timeout
+        self.written = Written()
+        """What our status writes returned, until kopf's watch delivers it (see watched.py)."""
         self.apps = client.AppsV1Api(api)
         self.core = client.CoreV1Api(api)
         self.custom = client.CustomObjectsApi(api)
         self.batch = client.BatchV1Api(api)
 
-    async def get_model(self, namespace: str, name: str) -> dict[str, Any] | None:
-        return await _read(
-            self.custom.get_namespaced_custom_object_without_preload_content(
-                crd.GROUP, crd.VERSION, namespace, crd.PLURAL, name
-            ),
-            timeout=self.timeout,
-        )
+    def latest_model(self, seen: Mapping[str, Any]) -> dict[str, Any]:
+        """The resource as it stands: `seen` (kopf's body, kept current by its watch), or our own
+        later status write of it while the watch has not delivered that yet. No GET: kopf's
+        watch already brings every version."""
+        return self.written.latest(seen)
 
     async def patch_model_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
-        await _call(
+        written = await _call(
             f"writing the status of {crd.KIND} {namespace}/{name}",
             self.custom.patch_namespaced_custom_object_status(
                 crd.GROUP,
@@ -72,6 +73,7 @@ class Kube:
             ),
             timeout=self.timeout,
         )
+        self.written.wrote(written)
 
     async def patch_model_metadata(self, namespace: str, name: str, metadata: Mapping[str, Any]) -> None:
         await _call(
@@ -157,14 +159,15 @@ async def _call(
     timeout: float = API_TIMEOUT,
     missing_ok: bool = False,
     exists_ok: bool = False,
-) -> None:
-    """Await one write. An HTTP error status or a transport failure raises a PortError naming it."""
+) -> Any:
+    """Await one write; its answer (None for a 404 or 409 let pass). An HTTP error status or a
+    transport failure raises a PortError naming it."""
     try:
         async with asyncio.timeout(timeout):
-            await coroutine
+            return await coroutine
     except client.ApiException as exc:
         if (exc.status == 404 and missing_ok) or (exc.status == 409 and exists_ok):
-            return
+            return None
         raise PortError(
             f"{what}: Kubernetes API answered {exc.status} {exc.reason}", reason=API_ERROR
         ) from exc
@@ -178,13 +181,21 @@ class KubeWorkloads:
     """`Workloads` as one Deployment and one Service per revision, owned by the QuantizedModel."""
 
     def __init__(
-        self, kube: Kube, spec: ModelSpec, owner: Mapping[str, Any], *, canary_replicas: int | None = None
+        self,
+        kube: Kube,
+        spec: ModelSpec,
+        owner: Mapping[str, Any],
+        *,
+        canary_replicas: int | None = None,
+        children: Children | None = None,
     ) -> None:
         self.kube = kube
         self.spec = spec
         self.owner = owner
         self.canary_replicas = canary_replicas if canary_replicas is not None else spec.replicas
         """Replicas a new canary starts with (1 in replicas mode: each one takes a share at once)."""
+        self.children = children if children is not None else Children()
+        """Our Deployments and Services as kopf's watches hold them: read there before the API."""
 
     async def run(self, revision: str, track: Track) -> None:
         namespace, name = self.spec.namespace, resources.child_name(self.spec, revision)
@@ -205,6 +216,14 @@ class KubeWorkloads:
             )
         elif current["metadata"].get("labels", {}).get("track") != track.value:
             await self._relabel(current, track)
+        await self.create_service(revision)
+
+    async def create_service(self, revision: str | None) -> None:
+        """A revision's Service (None: the model's shared one), unless the watch has it already."""
+        namespace = self.spec.namespace
+        name = resources.child_name(self.spec, revision) if revision else self.spec.name
+        if self.children.service(namespace, name) is not None:
+            return
         await _call(
             f"creating Service {name}",
             self.kube.core.create_namespaced_service(
@@ -245,7 +264,10 @@ class KubeWorkloads:
 
     async def _deployment(self, revision: str) -> dict[str, Any] | None:
         name = resources.child_name(self.spec, revision)
-        return await _read(
+        watched = self.children.deployment(self.spec.namespace, name)
+        if watched is not None:
+            return watched
+        return await _read(  # not seen (yet): created a moment ago, or gone
             self.kube.apps.read_namespaced_deployment_without_preload_content(name, self.spec.namespace),
             timeout=self.kube.timeout,
         )
@@ -405,15 +427,7 @@ class ReplicaRouter:
         self.workloads = workloads
 
     async def route(self, stable: str, canary: str | None, weight: int) -> float:
-        await _call(
-            f"creating Service {self.spec.name}",
-            self.kube.core.create_namespaced_service(
-                self.spec.namespace,
-                _model(client.V1Service, resources.service(self.spec, None, self.workloads.owner)),
-            ),
-            exists_ok=True,
-            timeout=self.kube.timeout,
-        )
+        await self.workloads.create_service(None)
         total = self.spec.replicas
         if canary is None:
             await self.workloads.scale(stable, total)

@@ -26,8 +26,7 @@ QUANTIZE_JOB: frozenset[Permission] = frozenset(
 
 OPERATOR: frozenset[Permission] = frozenset(
     {
-        # a QuantizedModel read fresh before each tick; its status and its one-shot annotations
-        (*MODELS, "get"),
+        # a QuantizedModel's status and its one-shot annotations (it is read from kopf's watch)
         (*MODELS, "patch"),
         (crd.GROUP, f"{crd.PLURAL}/status", "patch"),
         # one Deployment and one Service per revision (and one Service per model in replicas mode)
@@ -57,6 +56,18 @@ KOPF_IN_NAMESPACES: frozenset[Permission] = frozenset(
 )
 """kopf's own calls in every namespace it serves."""
 
+KOPF_INDEXES: frozenset[Permission] = frozenset(
+    {
+        # kopf indexes our Deployments and Services (watched.py): a tick reads them there, not by
+        # a GET each (issue 15). kopf filters by our label itself: it lists and watches them all.
+        ("apps", "deployments", "list"),
+        ("apps", "deployments", "watch"),
+        ("", "services", "list"),
+        ("", "services", "watch"),
+    }
+)
+"""kopf's calls for the operator's indexes, in every namespace it serves."""
+
 KOPF_CLUSTER_SCANNING: frozenset[Permission] = frozenset(
     {
         # cluster-wide mode: kopf follows the CRD (a schema change, a re-install) without a restart
@@ -79,7 +90,7 @@ KOPF_PEERING_NAMESPACED: frozenset[Permission] = frozenset(
 def needed(*, clusterwide: bool, peering: bool) -> tuple[frozenset[Permission], frozenset[Permission]]:
     """(in each served namespace, at cluster scope) for a mode. Cluster-wide, the first applies in
     every namespace through a ClusterRoleBinding."""
-    in_namespaces = OPERATOR | KOPF_IN_NAMESPACES
+    in_namespaces = OPERATOR | KOPF_IN_NAMESPACES | KOPF_INDEXES
     cluster_scope: frozenset[Permission] = KOPF_CLUSTER_SCANNING if clusterwide else frozenset()
     if peering:
         if clusterwide:
