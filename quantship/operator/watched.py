@@ -111,6 +111,3 @@ class Written:
             return written
         del self._bodies[key]
         return dict(seen)
-
-    def forget(self, namespace: str, name: str) -> None:
-        self._bodies.pop((namespace, name), None)
