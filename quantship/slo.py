@@ -72,6 +72,7 @@ class Metric(enum.StrEnum):
     ROLLOUT_STEP = f"{PREFIX}rollout_step"
     ROLLOUTS_TOTAL = f"{PREFIX}rollouts_total"
     ANALYSIS_TOTAL = f"{PREFIX}analysis_total"
+    ANALYSIS_LAG_SECONDS = f"{PREFIX}analysis_lag_seconds"
     BURN_RATE = f"{PREFIX}burn_rate"
 
     @property

@@ -3,11 +3,15 @@
 - create / resume / spec change: tick at once (children appear within a second of `kubectl apply`);
   kopf retries a failed tick with backoff (`retry_backoff`).
 - a daemon ticking every `tick_interval` seconds while a rollout is in flight (phase Pending or
-  Progressing) judges the steps; kopf starts it then and stops it when the rollout settles. It ends
-  by itself once the resource is gone, so it needs no finalizer (kopf would add one for it).
+  Progressing) judges the steps; kopf starts it then and stops it when the rollout settles. Its
+  ticks keep a fixed rate (the next is due `tick_interval` after the last began, not after it
+  ended: a slow API answer must not push every later judgement back). It ends by itself once the
+  resource is gone, so it needs no finalizer (kopf would add one for it).
 - delete, gateway-api mode only, once the operator has routed the user's HTTPRoute: point it back
   at the model's Service name (a finalizer, because the route is not ours to garbage-collect).
   Children go with their owner.
+- indexes of our Deployments and Services (watched.py): a tick reads them, and the resource's
+  own body kopf keeps current, instead of GETting them.
 
 So a model carries the finalizer only while an HTTPRoute must be released: deleting the namespace
 of any other model, mid-rollout or not, does not wait for the operator.
@@ -25,7 +29,7 @@ from typing import Any
 
 import kopf
 
-from quantship.operator import crd, quantization
+from quantship.operator import crd, quantization, watched
 from quantship.operator import status as status_module
 from quantship.operator.kube import GatewayRouter
 from quantship.operator.reconcile import IN_FLIGHT, Context, reconcile
@@ -35,6 +39,8 @@ from quantship.rollout import PortError
 
 RESOURCE = (crd.GROUP, crd.VERSION, crd.PLURAL)
 FINALIZER = f"{crd.GROUP}/finalizer"
+TICK_DONE = "analysis tick done"
+"""Logged (debug) after each tick of the analysis daemon: what tests count ticks by."""
 Logger = logging.Logger | logging.LoggerAdapter[Any]
 
 
@@ -108,6 +114,8 @@ def register(
         # cluster-wide (kopf would list them first, and its service account may not).
         settings.scanning.disabled = bool(operator.namespaces)
 
+    watched.register(registry)
+
     @kopf.on.login(registry=registry)
     def authenticate(**kwargs: Any) -> kopf.ConnectionInfo | None:
         return login(**kwargs) if login is not None else kopf.login_via_client(**kwargs)
@@ -116,27 +124,45 @@ def register(
     @kopf.on.resume(*RESOURCE, registry=registry, backoff=retry_backoff, id="reconcile")
     @kopf.on.update(*RESOURCE, field="spec", registry=registry, backoff=retry_backoff, id="reconcile")
     async def reconcile_now(
-        namespace: str | None, name: str, body: kopf.Body, logger: Logger, memo: Any, **_: Any
+        namespace: str | None, name: str, body: kopf.Body, logger: Logger, memo: Any, **kwargs: Any
     ) -> None:
         warn_unknown_fields(body, logger)
         async with _lock(memo):
-            await reconcile(ctx, namespace or "default", name, logger)
+            children = watched.Children.from_handler(kwargs)
+            await reconcile(ctx, namespace or "default", name, logger, seen=body, children=children)
 
     @kopf.daemon(*RESOURCE, registry=registry, when=in_flight, backoff=retry_backoff, id="analysis")
     async def analysis(
-        namespace: str | None, name: str, logger: Logger, memo: Any, stopped: kopf.DaemonStopped, **_: Any
+        namespace: str | None,
+        name: str,
+        body: kopf.Body,
+        logger: Logger,
+        memo: Any,
+        stopped: kopf.DaemonStopped,
+        **kwargs: Any,
     ) -> None:
+        loop = asyncio.get_running_loop()
+        due = loop.time()
+        uid = body.get("metadata", {}).get("uid")
         while not stopped:
+            if not watched.still_there(kwargs, namespace or "default", name, uid):
+                return  # deleted: with no finalizer, kopf does not stop this daemon for it
             async with _lock(memo):
+                children = watched.Children.from_handler(kwargs)
                 try:
-                    decision = await reconcile(ctx, namespace or "default", name, logger)
+                    # a daemon's body is live: it follows the watch, also while we wait for the lock
+                    decision = await reconcile(
+                        ctx, namespace or "default", name, logger, seen=body, children=children
+                    )
                 except (kopf.TemporaryError, kopf.PermanentError) as exc:
                     # the condition and event are written; the next interval is the retry
                     logger.warning("tick failed, next in %.0f s: %s", tick_interval, exc)
                 else:
                     if decision is None:
                         return  # gone, or being deleted: nothing more to tick
-            await stopped.wait(tick_interval)
+                logger.debug(TICK_DONE)
+            due = max(due + tick_interval, loop.time())  # fixed rate; a late tick does not pile up
+            await stopped.wait(due - loop.time())
 
     without_finalizer(registry, "analysis")
 

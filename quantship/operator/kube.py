@@ -23,6 +23,7 @@ from kubernetes.aio import client
 from quantship.operator import crd, resources
 from quantship.operator.spec import ModelSpec
 from quantship.operator.status import has_served
+from quantship.operator.watched import Children, Written
 from quantship.rollout import PortError, Track
 
 MERGE_PATCH = "application/merge-patch+json"
@@ -46,21 +47,21 @@ class Kube:
     def __init__(self, api: client.ApiClient, timeout: float = API_TIMEOUT) -> None:
         self.api = api
         self.timeout = timeout
+        self.written = Written()
+        """What our status writes returned, until kopf's watch delivers it (see watched.py)."""
         self.apps = client.AppsV1Api(api)
         self.core = client.CoreV1Api(api)
         self.custom = client.CustomObjectsApi(api)
         self.batch = client.BatchV1Api(api)
 
-    async def get_model(self, namespace: str, name: str) -> dict[str, Any] | None:
-        return await _read(
-            self.custom.get_namespaced_custom_object_without_preload_content(
-                crd.GROUP, crd.VERSION, namespace, crd.PLURAL, name
-            ),
-            timeout=self.timeout,
-        )
+    def latest_model(self, seen: Mapping[str, Any]) -> dict[str, Any]:
+        """The resource as it stands: `seen` (kopf's body, kept current by its watch), or our own
+        later status write of it while the watch has not delivered that yet. No GET: kopf's
+        watch already brings every version."""
+        return self.written.latest(seen)
 
     async def patch_model_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
-        await _call(
+        written = await _call(
             f"writing the status of {crd.KIND} {namespace}/{name}",
             self.custom.patch_namespaced_custom_object_status(
                 crd.GROUP,
@@ -73,6 +74,7 @@ class Kube:
             ),
             timeout=self.timeout,
         )
+        self.written.wrote(written)
 
     async def patch_model_metadata(self, namespace: str, name: str, metadata: Mapping[str, Any]) -> None:
         await _call(
@@ -191,16 +193,16 @@ async def _call(
     timeout: float = API_TIMEOUT,
     missing_ok: bool = False,
     exists_ok: bool = False,
-) -> bool:
-    """Await one write; False when it found the object already gone (404, `missing_ok`) or there
-    (409, `exists_ok`). An HTTP error status or a transport failure raises a PortError naming it,
-    with the API server's own reason."""
+) -> Any:
+    """Await one write; its answer (None for a 404 or 409 let pass: the object was already gone, or
+    there). An HTTP error status or a transport failure raises a PortError naming it, with the API
+    server's own reason."""
     try:
         async with asyncio.timeout(timeout):
-            await coroutine
+            return await coroutine
     except client.ApiException as exc:
         if (exc.status == 404 and missing_ok) or (exc.status == 409 and exists_ok):
-            return False
+            return None
         raise PortError(
             f"{what}: Kubernetes API answered {_answer(exc.status, exc.reason, exc.body)}", reason=API_ERROR
         ) from exc
@@ -215,13 +217,21 @@ class KubeWorkloads:
     """`Workloads` as one Deployment and one Service per revision, owned by the QuantizedModel."""
 
     def __init__(
-        self, kube: Kube, spec: ModelSpec, owner: Mapping[str, Any], *, canary_replicas: int | None = None
+        self,
+        kube: Kube,
+        spec: ModelSpec,
+        owner: Mapping[str, Any],
+        *,
+        canary_replicas: int | None = None,
+        children: Children | None = None,
     ) -> None:
         self.kube = kube
         self.spec = spec
         self.owner = owner
         self.canary_replicas = canary_replicas if canary_replicas is not None else spec.replicas
         """Replicas a new canary starts with (1 in replicas mode: each one takes a share at once)."""
+        self.children = children if children is not None else Children()
+        """Our Deployments and Services as kopf's watches hold them: read there before the API."""
 
     async def run(self, revision: str, track: Track) -> None:
         # A revision the status does not name yet is new: create it outright. Reading first would
@@ -243,18 +253,30 @@ class KubeWorkloads:
                 exists_ok=True,
                 timeout=self.kube.timeout,
             )
-            if not created:  # a tick that failed half-way created it: carry on from what is there
+            if created is None:  # a tick that failed half-way created it: carry on from what is there
                 current = await self._deployment(revision)
         if current is not None and current["metadata"].get("labels", {}).get("track") != track.value:
             await self._relabel(current, track)
-        if current is None or await self.read_service(name) is None:
-            service = resources.service(self.spec, revision, self.owner)
-            await _call(
-                f"creating Service {name}",
-                self.kube.core.create_namespaced_service(namespace, _model(client.V1Service, service)),
-                exists_ok=True,
-                timeout=self.kube.timeout,
-            )
+        await self.create_service(revision, may_exist=current is not None)
+
+    async def create_service(self, revision: str | None, *, may_exist: bool) -> None:
+        """A revision's Service (None: the model's shared one), unless it exists: the watch holds it,
+        or, where it `may_exist` (its Deployment did), a read finds it. So a first reconcile sends
+        no create answered 409, and a warm tick no request at all."""
+        namespace = self.spec.namespace
+        name = resources.child_name(self.spec, revision) if revision else self.spec.name
+        if self.children.service(namespace, name) is not None:
+            return
+        if may_exist and await self.read_service(name) is not None:
+            return
+        await _call(
+            f"creating Service {name}",
+            self.kube.core.create_namespaced_service(
+                namespace, _model(client.V1Service, resources.service(self.spec, revision, self.owner))
+            ),
+            exists_ok=True,
+            timeout=self.kube.timeout,
+        )
 
     async def ready(self, revision: str) -> bool:
         current = await self._deployment(revision)
@@ -293,7 +315,10 @@ class KubeWorkloads:
 
     async def _deployment(self, revision: str) -> dict[str, Any] | None:
         name = resources.child_name(self.spec, revision)
-        return await _read(
+        watched = self.children.deployment(self.spec.namespace, name)
+        if watched is not None:
+            return watched
+        return await _read(  # not seen (yet): created a moment ago, or gone
             self.kube.apps.read_namespaced_deployment_without_preload_content(name, self.spec.namespace),
             timeout=self.kube.timeout,
         )
@@ -453,21 +478,10 @@ class ReplicaRouter:
         self.workloads = workloads
 
     async def route(self, stable: str, canary: str | None, weight: int) -> float:
-        # created when the first revision starts serving; after that, read (a router switched from
-        # gateway-api, or a Service deleted by hand, gets it again): no request answered 409
-        if (
-            not has_served(self.workloads.owner.get("status") or {})
-            or await self.workloads.read_service(self.spec.name) is None
-        ):
-            await _call(
-                f"creating Service {self.spec.name}",
-                self.kube.core.create_namespaced_service(
-                    self.spec.namespace,
-                    _model(client.V1Service, resources.service(self.spec, None, self.workloads.owner)),
-                ),
-                exists_ok=True,
-                timeout=self.kube.timeout,
-            )
+        # the model's Service may exist once a revision has served (or was deleted by hand)
+        await self.workloads.create_service(
+            None, may_exist=has_served(self.workloads.owner.get("status") or {})
+        )
         total = self.spec.replicas
         if canary is None:
             await self.workloads.scale(stable, total)

@@ -21,7 +21,7 @@ from quantship.operator.metrics import OperatorMetrics
 from quantship.operator.reconcile import Context
 from quantship.operator.settings import OperatorSettings
 from quantship.operator.spec import ModelSpec
-from quantship.rollout import MetricsSource
+from quantship.rollout import MetricsSource, PrometheusSources
 
 
 class NoCredentials(Exception):
@@ -77,6 +77,8 @@ async def run(
     )
     if metrics_source is not None:
         ctx.metrics_source = metrics_source
+    else:
+        ctx.prometheus = PrometheusSources()
     register(registry, ctx, settings, login=login)
     metrics_server = None
     if settings.metrics_port:
@@ -97,4 +99,6 @@ async def run(
         if metrics_server is not None:
             metrics_server.shutdown()
             metrics_server.server_close()
+        if ctx.prometheus is not None:
+            await ctx.prometheus.aclose()
         await api.close()

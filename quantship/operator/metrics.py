@@ -1,15 +1,18 @@
 """The operator's own metrics (DESIGN.md), on a registry passed in: weight, step, rollouts,
-judgements and burn rates per model. `reconcile` records each tick's decision here; the operator
-serves the registry on its /metrics port."""
+judgements and burn rates per model, and how late the judgements ran. `reconcile` records each
+tick's decision here; the operator serves the registry on its /metrics port."""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from quantship.rollout import Action, Decision, Verdict
 from quantship.slo import Metric
 
 RESULTS = {Action.PROMOTE: "promoted", Action.ROLL_BACK: "rolled_back", Action.FAIL: "failed"}
+LAG_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+"""Seconds a judgement ran after it was due. Below the tick interval (5 s) is the schedule's own
+granularity; above it, the operator is falling behind (it did, at 200 canaries, before issue 15)."""
 
 
 class OperatorMetrics:
@@ -41,6 +44,13 @@ class OperatorMetrics:
             ["model", "slo", "window"],
             registry=registry,
         )
+        self.analysis_lag = Histogram(
+            Metric.ANALYSIS_LAG_SECONDS.declared,
+            "Seconds each canary judgement ran after it was due (step start + step interval); "
+            "one operator-wide distribution: a late schedule is the operator's, not a model's",
+            registry=registry,
+            buckets=LAG_BUCKETS,
+        )
         self._seen: set[str] = set()
 
     def record(self, model: str, decision: Decision) -> None:
@@ -61,3 +71,7 @@ class OperatorMetrics:
                 self.burn_rate.labels(model, sli, window).set(rate)
         if decision.action in RESULTS:
             self.rollouts.labels(model, RESULTS[decision.action]).inc()
+
+    def judged_late(self, seconds: float) -> None:
+        """A judgement ran `seconds` after it was due."""
+        self.analysis_lag.observe(max(seconds, 0.0))

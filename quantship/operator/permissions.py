@@ -32,23 +32,31 @@ PLACEMENT: frozenset[Permission] = frozenset(
 )
 """The calls of spec.placement (reconcile.py), made only for models that set it."""
 
+CACHE_MISS_READS: frozenset[Permission] = frozenset(
+    {
+        # a Deployment or Service the indexes do not hold (yet): created a moment ago, or gone
+        ("apps", "deployments", "get"),
+        ("", "services", "get"),
+    }
+)
+"""Reads the adapters make only when kopf's indexes miss (watched.py): rare, but they must be
+granted."""
+
 OPERATOR: frozenset[Permission] = frozenset(
     {
-        # a QuantizedModel read fresh before each tick; its status and its one-shot annotations
-        (*MODELS, "get"),
+        # a QuantizedModel's status and its one-shot annotations (it is read from kopf's watch)
         (*MODELS, "patch"),
         (crd.GROUP, f"{crd.PLURAL}/status", "patch"),
         # one Deployment and one Service per revision (and one Service per model in replicas mode)
-        ("apps", "deployments", "get"),
         ("apps", "deployments", "create"),
         ("apps", "deployments", "patch"),
         ("apps", "deployments", "delete"),
-        ("", "services", "get"),
         ("", "services", "create"),
         ("", "services", "delete"),
         # gateway-api mode: the weights of our backendRefs in the user's HTTPRoute
         ("gateway.networking.k8s.io", "httproutes", "get"),
         ("gateway.networking.k8s.io", "httproutes", "patch"),
+        *CACHE_MISS_READS,
         *QUANTIZE_JOB,
         *PLACEMENT,
     }
@@ -66,6 +74,18 @@ KOPF_IN_NAMESPACES: frozenset[Permission] = frozenset(
     }
 )
 """kopf's own calls in every namespace it serves."""
+
+KOPF_INDEXES: frozenset[Permission] = frozenset(
+    {
+        # kopf indexes our Deployments and Services (watched.py): a tick reads them there, not by
+        # a GET each (issue 15). kopf filters by our label itself: it lists and watches them all.
+        ("apps", "deployments", "list"),
+        ("apps", "deployments", "watch"),
+        ("", "services", "list"),
+        ("", "services", "watch"),
+    }
+)
+"""kopf's calls for the operator's indexes, in every namespace it serves."""
 
 KOPF_CLUSTER_SCANNING: frozenset[Permission] = frozenset(
     {
@@ -89,7 +109,7 @@ KOPF_PEERING_NAMESPACED: frozenset[Permission] = frozenset(
 def needed(*, clusterwide: bool, peering: bool) -> tuple[frozenset[Permission], frozenset[Permission]]:
     """(in each served namespace, at cluster scope) for a mode. Cluster-wide, the first applies in
     every namespace through a ClusterRoleBinding."""
-    in_namespaces = OPERATOR | KOPF_IN_NAMESPACES
+    in_namespaces = OPERATOR | KOPF_IN_NAMESPACES | KOPF_INDEXES
     cluster_scope: frozenset[Permission] = KOPF_CLUSTER_SCANNING if clusterwide else frozenset()
     if peering:
         if clusterwide:

@@ -32,7 +32,7 @@ from quantship.rollout.ports import (
     Value,
     Workloads,
 )
-from quantship.rollout.prometheus import PrometheusSource
+from quantship.rollout.prometheus import PrometheusSource, PrometheusSources
 from quantship.rollout.spec import AnalysisSpec, OnInconclusive, RolloutSpec, format_duration, parse_duration
 from quantship.rollout.state import Phase, RolloutStatus
 
@@ -54,6 +54,7 @@ __all__ = [
     "Phase",
     "PortError",
     "PrometheusSource",
+    "PrometheusSources",
     "RolloutSpec",
     "RolloutStatus",
     "Track",

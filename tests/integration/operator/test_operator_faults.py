@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from typing import Any
 
 import kmock
+import pytest
 from kmock_cluster import Cluster
 from kubernetes.aio import client
 from operator_harness import (
@@ -26,7 +28,7 @@ from test_operator_gateway_and_rbac import permission_of
 from test_operator_lifecycle import condition, phase_is, posted, serving
 from test_operator_quantize_job import PRODUCED, finish, quantizing
 
-from quantship.operator import permissions, placement
+from quantship.operator import handlers, permissions, placement
 from quantship.operator.kube import MERGE_PATCH
 from quantship.operator.quantize_job import Verdict
 
@@ -169,30 +171,23 @@ def finalizers(kubectl: Kubectl) -> list[str]:
     return list(((kubectl.get() or {}).get("metadata") or {}).get("finalizers") or [])
 
 
-def model_reads(cluster: Cluster) -> int:
-    """The operator's reads of the QuantizedModel so far (one per tick)."""
-    return sum(
-        1
-        for request, _ in cluster.answers
-        if request.method == "GET"
-        and request.headers.get("User-Agent") != TESTS_USER_AGENT
-        and request.resource is not None
-        and request.resource.plural == "quantizedmodels"
-        and request.name == "digits"
-    )
+def ticks(caplog: pytest.LogCaptureFixture) -> int:
+    """Ticks of the analysis daemon so far (each logs handlers.TICK_DONE at debug)."""
+    return sum(record.getMessage() == handlers.TICK_DONE for record in caplog.records)
 
 
 async def test_a_model_mid_rollout_carries_no_finalizer_and_goes_with_the_operator_down(
-    cluster: Cluster, kubectl: Kubectl, start_operator: StartOperator
+    kubectl: Kubectl, start_operator: StartOperator, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.DEBUG, logger="kopf.objects")
     operator = await start_operator(ScriptedMetrics())
     await serving(kubectl, spec_of(V1, rollout=SLOW_STEPS))
     await kubectl.patch({"spec": {"artifact": {"uri": V2}}})
     await eventually(lambda: kubectl.deployment(f"digits-{SECOND}"), what="the canary Deployment")
     await kubectl.make_ready(f"digits-{SECOND}")
     await eventually(lambda: ((kubectl.get() or {}).get("status") or {}).get("step") == 0, what="step 1")
-    ticks = model_reads(cluster)
-    await eventually(lambda: model_reads(cluster) > ticks + 3, what="the analysis ticking")
+    before = ticks(caplog)
+    await eventually(lambda: ticks(caplog) > before + 3, what="the analysis ticking")
     assert finalizers(kubectl) == [], "replicas mode mid-rollout: nothing to release, no finalizer"
 
     await operator.shutdown()
@@ -202,8 +197,9 @@ async def test_a_model_mid_rollout_carries_no_finalizer_and_goes_with_the_operat
 
 
 async def test_the_analysis_ends_when_its_model_is_deleted_mid_rollout(
-    cluster: Cluster, kubectl: Kubectl, start_operator: StartOperator
+    kubectl: Kubectl, start_operator: StartOperator, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.DEBUG, logger="kopf.objects")
     await start_operator(ScriptedMetrics())
     await serving(kubectl, spec_of(V1, rollout=SLOW_STEPS))
     await kubectl.patch({"spec": {"artifact": {"uri": V2}}})
@@ -212,10 +208,10 @@ async def test_the_analysis_ends_when_its_model_is_deleted_mid_rollout(
     await kubectl.delete()
     assert kubectl.get() is None
     await asyncio.sleep(1)  # the tick that finds it gone (0.2 s ticks)
-    after = model_reads(cluster)
+    after = ticks(caplog)
     await asyncio.sleep(1)
 
-    assert model_reads(cluster) == after, "no ticks of a model that is gone"
+    assert ticks(caplog) == after, "no ticks of a model that is gone"
 
 
 async def test_gateway_mode_holds_the_finalizer_only_once_the_route_is_ours_to_release(

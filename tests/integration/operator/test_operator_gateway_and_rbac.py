@@ -198,10 +198,14 @@ async def test_namespaced_gateway_rollout_keeps_the_route_valid_and_stays_within
     used = {found for request in requests if (found := permission_of(request)) is not None}
     assert {scope for scope, _ in used} == {NAMESPACE}, "a request outside the served namespace"
     # both ways: nothing beyond what the chart grants, and nothing granted that this run never used
-    # (but spec.quantize's Job, test_operator_quantize_job.py, and spec.placement's pod reads,
-    # test_operator_faults.py, which record those calls)
+    # (but spec.quantize's Job, test_operator_quantize_job.py, spec.placement's pod reads,
+    # test_operator_faults.py, which record those calls, and the GETs of a cache miss, which warm
+    # indexes may never need)
     unused_here = permissions.QUANTIZE_JOB | permissions.PLACEMENT
-    assert {permission for _, permission in used} == in_namespaces - unused_here
+    assert in_namespaces - unused_here - permissions.CACHE_MISS_READS <= {
+        permission for _, permission in used
+    }
+    assert {permission for _, permission in used} <= in_namespaces - unused_here
     assert not cluster_scope
     assert not [r for r in requests if r.resource is not None and r.resource.plural == "namespaces"]
     used_kinds = {permission for _, permission in used}

@@ -32,6 +32,7 @@ from quantship.rollout import (
     Misconfigured,
     NoData,
     PrometheusSource,
+    PrometheusSources,
     RolloutSpec,
     Unreachable,
     Value,
@@ -350,3 +351,47 @@ async def test_a_client_given_to_the_source_is_the_one_it_queries_with(stub: Stu
         await source.aclose()
 
     assert len(sent) == 2 and client.is_closed
+
+
+# -- the operator's sources: one client, a bound on queries in flight, outages remembered a moment --
+
+
+async def test_the_operators_sources_share_one_client_per_process_closed_once(stub: Stub) -> None:
+    sources = PrometheusSources(timeout=TIMEOUT)
+    first, again, other = sources(stub.url), sources(stub.url), sources(f"{stub.url}/")
+
+    assert first is again and await first.fallback_ops(LABELS) == Value(1.0)
+    assert await other.fallback_ops(LABELS) == Value(1.0)
+    await sources.aclose()
+    assert sources.client.is_closed
+
+
+async def test_after_a_refused_connection_the_queries_of_the_next_moment_report_it_without_connecting() -> (
+    None
+):
+    sent: list[httpx.Request] = []
+
+    async def record(request: httpx.Request) -> None:
+        sent.append(request)
+
+    now = [0.0]
+    client = httpx.AsyncClient(timeout=TIMEOUT, event_hooks={"request": [record]})
+    spec = RolloutSpec(model="digits", revision="v2", objectives=(ERRORS,), analysis=AnalysisSpec())
+    source = PrometheusSource(
+        f"http://127.0.0.1:{free_port()}",
+        client=client,
+        in_flight=asyncio.Semaphore(1),  # one at a time, as when many judgements queue
+        outage_memory=1.0,
+        clock=lambda: now[0],
+    )
+    try:
+        analysis = judge(await measure(source, spec, "v2", "v1", now=0.0), spec)
+        connected_once = len(sent)
+        now[0] = 1.0  # a moment later: Prometheus may be back, ask again
+        later = await source.fallback_ops(LABELS)
+    finally:
+        await client.aclose()
+
+    assert analysis.verdict is Verdict.INCONCLUSIVE and analysis.unreachable
+    assert connected_once == 1, f"{connected_once} connections for one judgement of a Prometheus that is down"
+    assert isinstance(later, Unreachable) and len(sent) == 2

@@ -61,7 +61,6 @@ async def silent_server() -> AsyncIterator[int]:
 def calls(api: Kube) -> dict[str, Callable[[], Awaitable[Any]]]:
     workloads = KubeWorkloads(api, SPEC, RESOURCE)
     return {
-        "get_model": lambda: api.get_model("ml", "digits"),
         "patch_model_status": lambda: api.patch_model_status("ml", "digits", {"phase": "Pending"}),
         "patch_model_metadata": lambda: api.patch_model_metadata("ml", "digits", {"annotations": {}}),
         "run": lambda: workloads.run(SPEC.revision, Track.STABLE),
@@ -95,7 +94,7 @@ async def test_a_tick_against_an_unreachable_api_is_a_temporary_error_kopf_retri
     async with client.ApiClient(client.Configuration(host=f"http://127.0.0.1:{closed_port()}")) as api_client:
         ctx = Context(Kube(api_client, timeout=5.0), OperatorMetrics(CollectorRegistry()), retry_backoff=7.0)
         with pytest.raises(kopf.TemporaryError) as caught:
-            await reconcile(ctx, "ml", "digits", logging.getLogger("test"))
+            await reconcile(ctx, "ml", "digits", logging.getLogger("test"), seen=RESOURCE)
     assert caught.value.delay == 7.0 and kube.UNREACHABLE in str(caught.value)
     assert isinstance(caught.value.__cause__, PortError)
 
