@@ -26,6 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from quantship import slo
 from quantship.rollout import Counts, GaugeMeasurement, Measurement, NoData, Unreachable, Value
+from quantship.rollout.prometheus import transport_fault
 
 log = logging.getLogger(__name__)
 
@@ -137,8 +138,14 @@ class ScrapeSource:
                 for family in text_string_to_metric_families(response.text)
                 for sample in family.samples
             }
-        except (httpx.HTTPError, ValueError) as exc:
-            target.error = f"{target.address}: {type(exc).__name__}: {exc}"
+        except httpx.TimeoutException as exc:  # a ReadTimeout has no words of its own
+            target.error = f"{target.address}: {transport_fault(exc)}, no answer within {self.timeout:g} s"
+            return
+        except httpx.HTTPError as exc:
+            target.error = f"{target.address}: {transport_fault(exc)}"
+            return
+        except ValueError as exc:
+            target.error = f"{target.address}: unreadable metrics: {exc}"
             return
         target.error = None
         target.history.append((now, samples))

@@ -177,6 +177,8 @@ class LocalWorkloads:
         return process
 
     async def _stop(self, processes: Sequence[ServerProcess]) -> None:
+        for process in processes:  # a later server on the same port starts not ready
+            self._failures.pop(process.url, None)
         await asyncio.gather(*(asyncio.to_thread(process.stop) for process in processes))
 
     def _changed(self) -> None:

@@ -72,11 +72,25 @@ def without_finalizer(registry: kopf.OperatorRegistry, handler_id: str) -> None:
     before the object goes (kopf offers no option; nolar/kopf#1074). Ours ends by itself when the
     resource is gone, and a finalizer on every model mid-rollout keeps its namespace Terminating
     while the operator is down."""
-    spawning = registry._spawning
+    spawning = registry._spawning  # kopf's private registry (checked on kopf 1.45): fail loudly
+    ours = [handler for handler in spawning._handlers if handler.id == handler_id]
+    if len(ours) != 1 or getattr(ours[0], "requires_finalizer", None) is not True:
+        raise RuntimeError(f"kopf's registry changed: cannot run daemon {handler_id!r} without a finalizer")
     spawning._handlers = [
         dataclasses.replace(handler, requires_finalizer=False) if handler.id == handler_id else handler
         for handler in spawning._handlers
     ]
+
+
+async def _sleep_unless_stopped(stopped: kopf.DaemonStopped, seconds: float) -> None:
+    """`seconds`, or until kopf stops the daemon. Not `stopped.wait(seconds)`: that is a wait_for,
+    and on Python 3.11 a wait_for cancelled as its delay ends raises TimeoutError, which kopf takes
+    for the delay and so swallows the cancellation (seen as an operator that would not stop)."""
+    waiter = asyncio.ensure_future(stopped.wait())
+    try:
+        await asyncio.wait({waiter}, timeout=seconds)
+    finally:
+        waiter.cancel()
 
 
 def warn_unknown_fields(body: kopf.Body, logger: Logger) -> None:
@@ -113,6 +127,7 @@ def register(
         # Namespaced: serve exactly the namespaces named, and follow neither namespaces nor CRDs
         # cluster-wide (kopf would list them first, and its service account may not).
         settings.scanning.disabled = bool(operator.namespaces)
+        watched.watch_only_ours(settings)
 
     watched.register(registry)
 
@@ -148,6 +163,8 @@ def register(
             if not watched.still_there(kwargs, namespace or "default", name, uid):
                 return  # deleted: with no finalizer, kopf does not stop this daemon for it
             async with _lock(memo):
+                if stopped:  # settled or exiting while this tick waited for the lock
+                    return
                 children = watched.Children.from_handler(kwargs)
                 try:
                     # a daemon's body is live: it follows the watch, also while we wait for the lock
@@ -162,7 +179,7 @@ def register(
                         return  # gone, or being deleted: nothing more to tick
                 logger.debug(TICK_DONE)
             due = max(due + tick_interval, loop.time())  # fixed rate; a late tick does not pile up
-            await stopped.wait(due - loop.time())
+            await _sleep_unless_stopped(stopped, due - loop.time())
 
     without_finalizer(registry, "analysis")
 

@@ -210,7 +210,6 @@ async def _call(
         raise PortError(
             f"{what}: Kubernetes API unreachable: {_describe(exc, timeout)}", reason=UNREACHABLE
         ) from exc
-    return True
 
 
 class KubeWorkloads:

@@ -78,7 +78,7 @@ KOPF_IN_NAMESPACES: frozenset[Permission] = frozenset(
 KOPF_INDEXES: frozenset[Permission] = frozenset(
     {
         # kopf indexes our Deployments and Services (watched.py): a tick reads them there, not by
-        # a GET each (issue 15). kopf filters by our label itself: it lists and watches them all.
+        # a GET each (issue 15); its list and watch ask for our label only (a label selector).
         ("apps", "deployments", "list"),
         ("apps", "deployments", "watch"),
         ("", "services", "list"),

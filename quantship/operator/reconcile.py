@@ -140,7 +140,7 @@ async def _reconcile(
         raise
 
     degraded = (_degraded_reason(decision), decision.degraded) if decision.degraded else None
-    placed = await _placement(ctx.kube, spec, decision.status, previous)
+    placed = await _placement(ctx.kube, spec, decision.status, previous, logger)
     await _write_status(
         ctx, body, previous, decision.status, degraded, generation, now, logger, quantize, placed
     )
@@ -162,7 +162,7 @@ async def _reconcile(
 
 
 async def _placement(
-    kube: Kube, spec: ModelSpec, status: RolloutStatus, previous: Mapping[str, Any]
+    kube: Kube, spec: ModelSpec, status: RolloutStatus, previous: Mapping[str, Any], logger: Any
 ) -> tuple[str, str, str] | None:
     """GateHardwareMatched for the newest revision (the canary, else the stable), with
     spec.placement.matchGateHardware: the scheduler's verdict on its pods, read until one is placed."""
@@ -177,7 +177,11 @@ async def _placement(
     kept = (before["status"], before["reason"], before["message"]) if before else None
     if kept and kept[0] == "True" and kept[2].startswith(f"{revision} "):
         return kept  # placed: nothing more to learn from its pods
-    pods = await kube.pods(spec.namespace, resources.selector(spec, revision))
+    try:
+        pods = await kube.pods(spec.namespace, resources.selector(spec, revision))
+    except PortError as exc:  # the tick has acted already: its status must be written regardless
+        logger.warning("could not read %s's pods for %s: %s", revision, status_module.GATE_HARDWARE, exc)
+        return kept
     found = placement.condition(revision, spec.gate_int8_flags, pods)
     if found is not None:
         return found

@@ -58,6 +58,15 @@ def register(registry: kopf.OperatorRegistry) -> None:
     kopf.index(crd.GROUP, crd.VERSION, crd.PLURAL, id=MODELS_INDEX, registry=registry)(index_uid)
 
 
+def watch_only_ours(settings: kopf.OperatorSettings) -> None:
+    """Ask the API server for our Deployments and Services only (a label selector on kopf's list and
+    watch): without it kopf lists and watches every one in the served namespaces, cluster-wide all
+    of them, and filters by `labels=` on its side."""
+    selector = ",".join(f"{key}={value}" for key, value in resources.MANAGED_BY.items())
+    for resource in (DEPLOYMENTS, SERVICES):
+        settings.watching.label_selectors[resource] = selector
+
+
 def still_there(kwargs: Mapping[str, Any], namespace: str, name: str, uid: str | None) -> bool:
     """The model with this uid is still in the watch (False once deleted, or replaced by a new one)."""
     models = kwargs.get(MODELS_INDEX)

@@ -131,15 +131,22 @@ class PrometheusSource:
         where = f"Prometheus at {self.url}"
         async with self._in_flight or contextlib.nullcontext():
             if self._outage is not None and self._clock() - self._outage[0] < self.outage_memory:
-                raise _Failed(self._outage[1])  # a moment ago it did not answer: not again so soon
+                since = self._clock() - self._outage[0]
+                raise _Failed(  # a moment ago it could not be reached: not again so soon
+                    Unreachable(f"{self._outage[1].reason} ({since:.1f} s ago; not retried yet for {query})")
+                )
             try:
                 response = await self._client.get(f"{self.url}/api/v1/query", params={"query": query})
-            except httpx.TimeoutException as exc:  # e.g. a Prometheus stopped (SIGSTOP) or swamped
-                raise self._down(
-                    Unreachable(f"{where}: {_fault(exc)}, no answer within {self.timeout:g} s, to {query}")
+            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:  # down: no connection at all
+                raise self._down(Unreachable(f"{where}: {transport_fault(exc)}, to {query}")) from exc
+            except httpx.TimeoutException as exc:  # e.g. a Prometheus stopped (SIGSTOP), or one slow query
+                raise _Failed(
+                    Unreachable(
+                        f"{where}: {transport_fault(exc)}, no answer within {self.timeout:g} s, to {query}"
+                    )
                 ) from exc
             except httpx.HTTPError as exc:
-                raise self._down(Unreachable(f"{where}: {_fault(exc)}, to {query}")) from exc
+                raise _Failed(Unreachable(f"{where}: {transport_fault(exc)}, to {query}")) from exc
         self._outage = None
         if response.status_code >= 500:
             raise _Failed(Unreachable(f"{where} answered {response.status_code}: {_error(response)}"))
@@ -162,7 +169,7 @@ class PrometheusSource:
         return body
 
 
-def _fault(exc: httpx.HTTPError) -> str:
+def transport_fault(exc: httpx.HTTPError) -> str:
     """The kind of transport fault, with httpx's words where it has any (a ReadTimeout has none)."""
     text = str(exc).strip()
     return f"{type(exc).__name__} ({text})" if text else type(exc).__name__
@@ -171,7 +178,8 @@ def _fault(exc: httpx.HTTPError) -> str:
 IN_FLIGHT = 20
 """Queries one process (the operator) has in flight to Prometheus at most, and its connections."""
 OUTAGE_MEMORY = 1.0
-"""Seconds the operator's queries take a failed connection to Prometheus as the answer, without
+"""Seconds the operator's queries take a failed connection to Prometheus (refused, or no connection
+within the timeout; a slow answer to one query is not an outage) as the answer, without
 connecting: a judgement asks 17 queries, and 200 canaries judged during an outage would open
 ~700 doomed connections a second. The next judgement (a step later) tries again."""
 

@@ -51,7 +51,9 @@ class CpuBudget:
         return self._tokens > 0
 
     def spend(self, seconds: float) -> None:
-        self._tokens -= seconds
+        # samples already queued when the bucket ran dry still run and are charged; the debt is
+        # floored at one bucket, so a burst never silences the SLIs for more than one refill
+        self._tokens = max(-self.capacity, self._tokens - seconds)
 
 
 class Lane(Generic[T]):

@@ -167,7 +167,8 @@ def _check_tensor(spec: TensorSpec, array: np.ndarray) -> None:
 
 
 class Runner:
-    """One onnxruntime session. `run` is blocking: call it from a worker thread, never the event loop."""
+    """One onnxruntime session. `run` is blocking: call it from a worker thread, or on the event loop
+    only for calls measured shorter than a thread hand-off (batch_policy.INLINE_CALL_S)."""
 
     def __init__(self, session: ort.InferenceSession) -> None:
         self.session = session

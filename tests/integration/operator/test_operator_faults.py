@@ -339,3 +339,31 @@ async def test_match_gate_hardware_pins_the_canary_and_says_when_no_node_matches
     used = {found[1] for request in requests if (found := permission_of(request)) is not None}
     in_namespaces, cluster_scope = permissions.needed(clusterwide=True, peering=False)
     assert permissions.PLACEMENT <= used <= in_namespaces | cluster_scope
+
+
+def listing_pods(request: kmock.Request) -> bool:
+    return (
+        request.method == "GET"
+        and request.resource is not None
+        and request.resource.plural == "pods"
+        and request.headers.get("User-Agent") != TESTS_USER_AGENT
+    )
+
+
+async def test_a_failed_pod_read_for_placement_never_costs_a_tick_its_status(
+    cluster: Cluster, kubectl: Kubectl, api: client.ApiClient, start_operator: StartOperator
+) -> None:
+    """The pods are read after the tick has acted (routes moved, Deployments relabelled): failing
+    there must not leave the status behind what the cluster now is."""
+    await start_operator(ScriptedMetrics())
+    await serving(kubectl, spec_of(V1, placement={"matchGateHardware": True}))
+    job = await quantizing(kubectl)
+    verdict = Verdict(True, "top1_agreement", 1.0, 0.99, PRODUCED, int8_flags=GATE_FLAGS)
+    await finish(api, job["metadata"]["name"], exit_code=0, message=json.dumps(verdict.to_json()))
+    canary = (await phase_is(kubectl, "Progressing"))["canaryRevision"]
+    cluster.refuse(
+        listing_pods, kmock.KubernetesError(status=500, reason="InternalError", message="etcd down")
+    )
+    await kubectl.make_ready(f"digits-{canary}", 2)
+    promoted = await phase_is(kubectl, "Promoted", timeout=60)
+    assert promoted["stableRevision"] == canary

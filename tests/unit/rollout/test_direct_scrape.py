@@ -4,6 +4,7 @@ the window, across targets, through counter resets, and with the bad series abse
 from __future__ import annotations
 
 import http.server
+import socket
 import threading
 from collections.abc import Iterator
 
@@ -12,7 +13,7 @@ import pytest
 from quantship import slo
 from quantship.local.recalibration import DRIFT_SERIES
 from quantship.local.scrape import ScrapeSource, Selector
-from quantship.rollout import Counts, NoData, Value
+from quantship.rollout import Counts, NoData, Unreachable, Value
 
 ERRORS = slo.Objective(slo.SLI.ERRORS, budget=0.001)
 LATENCY = slo.Objective(slo.SLI.LATENCY, budget=0.01, latency_threshold=0.1)
@@ -122,3 +123,15 @@ async def test_latest_reads_a_gauge_as_max_of_the_last_scrape(
     assert source.latest(DRIFT_SERIES, {"model": "digits", "revision": "v2"}) == 0.07
     assert source.latest(DRIFT_SERIES, {"model": "digits"}) == 0.5
     assert source.latest(DRIFT_SERIES, {"model": "digits", "revision": "v9"}) is None
+
+
+async def test_a_server_that_stops_answering_is_named_with_what_failed() -> None:
+    """A listening socket that never answers (a SIGSTOPped server): the reason says it timed out and
+    after how long, never `ReadTimeout: ` with nothing after the colon (issue 15)."""
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        address = f"127.0.0.1:{silent.getsockname()[1]}"
+        source = ScrapeSource(lambda: [(address, {"model": "digits", "revision": "v2"})], timeout=0.2)
+        await source.scrape_once()
+        measured = await source.counts(ERRORS, 600, {"model": "digits", "revision": "v2"})
+    assert isinstance(measured, Unreachable)
+    assert f"{address}: ReadTimeout, no answer within 0.2 s" in measured.reason
