@@ -19,6 +19,7 @@ model.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -77,6 +78,9 @@ class Lane(Generic[T]):
         self.max_items = max_items
         self.gather_s = gather_s
         self._queue: asyncio.Queue[T | None] = asyncio.Queue(capacity)
+        self._enough = asyncio.Event()
+        """Set once a hand-off's worth is queued: gathering stops early (a burst of offers faster
+        than max_items per gather_s would otherwise fill the queue while the lane waits)."""
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -91,6 +95,8 @@ class Lane(Generic[T]):
         except asyncio.QueueFull:
             self.on_drop(BEHIND)
             return False
+        if self._queue.qsize() >= self.max_items - 1:  # with the one the lane holds: a hand-off
+            self._enough.set()
         return True
 
     async def idle(self) -> None:
@@ -118,7 +124,9 @@ class Lane(Generic[T]):
             first = await self._queue.get()
             items, stopping = ([] if first is None else [first]), first is None
             if not stopping and self._queue.qsize() < self.max_items - 1:
-                await asyncio.sleep(self.gather_s)  # let more samples join this hand-off
+                self._enough.clear()  # let more samples join this hand-off, up to a full one
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._enough.wait(), self.gather_s)
             while not stopping and len(items) < self.max_items and not self._queue.empty():
                 item = self._queue.get_nowait()
                 if item is None:

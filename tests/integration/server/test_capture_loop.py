@@ -20,9 +20,6 @@ from quantship.local.processes import ServerProcess
 from quantship.server.capture import CAPTURE_FILE
 
 CAPACITY = 150
-CAPTURE_FLAGS = ["--shadow-rate", "0", "--clip-sample-rate", "0", "--capture-dir"]
-"""The background thread for the capture alone: shadow and clip samples queued on it could put a
-burst of picks behind on a loaded machine (a "behind" drop, lossy by design)."""
 
 
 async def test_serve_captures_production_rows_that_quantize_calibrates_from(
@@ -34,7 +31,7 @@ async def test_serve_captures_production_rows_that_quantize_calibrates_from(
         good_artifact.root,
         model=MODEL,
         revision="capturing",
-        extra_args=[*CAPTURE_FLAGS, str(capture_dir), "--capture-max-samples", str(CAPACITY)],
+        extra_args=["--capture-dir", str(capture_dir), "--capture-max-samples", str(CAPACITY)],
         log_path=tmp_path / "serve.log",
     )
     server.start()

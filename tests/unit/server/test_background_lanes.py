@@ -121,3 +121,26 @@ async def test_samples_past_the_cpu_budget_are_dropped_as_budget_and_never_proce
     assert not lane.offer(2) and not lane.offer(3)  # the first hand-off overdrew the bucket
     assert handed == [[1]] and dropped == ["budget", "budget"]
     await lane.close(timeout=1)
+
+
+async def test_a_full_hand_off_goes_at_once_without_waiting_out_the_gathering(
+    executor: ThreadPoolExecutor,
+) -> None:
+    """Offers faster than `max_items` per `gather_s` must not fill the queue while the lane waits:
+    a burst of inline-served requests (1,300 a second) did, dropping capture picks as "behind"."""
+    handed: list[list[int]] = []
+    lane: Lane[int] = Lane(
+        "capture", handed.append, executor=executor, capacity=8, on_drop=lambda reason: None,
+        max_items=4, gather_s=60.0,
+    )  # fmt: skip
+    lane.start()
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    lane.offer(0)
+    await asyncio.sleep(0)  # the lane takes the first and begins to gather
+    for i in range(1, 4):
+        lane.offer(i)
+    await lane.idle()
+    assert handed == [[0, 1, 2, 3]]
+    assert loop.time() - started < 1.0, "waited out the gathering with a full hand-off queued"
+    await lane.close(timeout=1)
