@@ -17,7 +17,7 @@ from pathlib import Path
 
 import httpx
 
-from quantship.local.lifetime import die_with_parent
+from quantship.local.lifetime import dying_with_parent
 from quantship.local.prometheus import free_port
 
 
@@ -69,12 +69,11 @@ class ServerProcess:
         log = self.log_path.open("ab") if self.log_path else subprocess.DEVNULL
         try:
             self._process = subprocess.Popen(
-                self.command(),
+                dying_with_parent(self.command()),  # and a kill -9 of ours does not orphan it
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},
                 start_new_session=True,  # our Ctrl-C handling stops it in order, not the terminal's
-                preexec_fn=die_with_parent(),  # and a kill -9 of ours does not orphan it
             )
         finally:
             if log is not subprocess.DEVNULL:

@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 import yaml
 
-from quantship.local.lifetime import die_with_parent
+from quantship.local.lifetime import dying_with_parent
 
 PROJECT_TOOLS = Path(__file__).resolve().parents[2] / ".tools"
 
@@ -108,18 +108,19 @@ class PrometheusProcess:
         config_path.write_text(yaml.safe_dump(config))
         log = self.log_path.open("wb")
         self._process = subprocess.Popen(
-            [
-                self.binary,
-                f"--config.file={config_path}",
-                f"--storage.tsdb.path={self.workdir / 'data'}",
-                f"--web.listen-address=127.0.0.1:{self.port}",
-                "--web.enable-lifecycle",
-                "--storage.tsdb.retention.time=1d",
-            ],
+            dying_with_parent(
+                [  # and a kill -9 of ours does not orphan it
+                    self.binary,
+                    f"--config.file={config_path}",
+                    f"--storage.tsdb.path={self.workdir / 'data'}",
+                    f"--web.listen-address=127.0.0.1:{self.port}",
+                    "--web.enable-lifecycle",
+                    "--storage.tsdb.retention.time=1d",
+                ]
+            ),
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # Ctrl-C in a terminal reaches us, and we stop it in order
-            preexec_fn=die_with_parent(),  # and a kill -9 of ours does not orphan it
         )
         log.close()
 

@@ -27,7 +27,7 @@ import httpx
 import numpy as np
 
 from quantship import slo
-from quantship.local.lifetime import die_with_parent
+from quantship.local.lifetime import dying_with_parent
 from quantship.local.prometheus import PrometheusError, PrometheusProcess
 from quantship.local.scrape import ScrapeSource
 from quantship.oncall.rules import DRIFT_THRESHOLD, drift_series
@@ -155,10 +155,9 @@ async def recalibrate(model: Path, capture: Path, evaluation: Path, out: Path) -
         "--calibration", str(capture), "--evaluation", str(evaluation), "-q",
     ]  # fmt: skip
     child = await asyncio.create_subprocess_exec(
-        *command,
+        *dying_with_parent(command),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
-        preexec_fn=die_with_parent(),
     )
     try:
         output, _ = await child.communicate()
