@@ -38,6 +38,7 @@ from rich.console import Console
 from rich.table import Table
 
 from benchmarks import peer_servers, peers_heavy
+from benchmarks.process_cpu import cpu_seconds
 from quantship import artifact, runtime, zoo
 from quantship.local.processes import ServerProcess
 from quantship.local.prometheus import free_port
@@ -51,7 +52,6 @@ CONCURRENCY = (1, 8, 32)
 SECONDS = int(os.environ.get("PEERS_SECONDS", 5))
 WARMUP_S = 1
 LOAD_CORE, SERVER_CORE = "0", "1"
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 @dataclass(frozen=True)
@@ -249,11 +249,6 @@ def peer(
 # -- measuring -----------------------------------------------------------------------------------
 
 
-def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
-
-
 def _wrk(wrk: str, url: str, script: Path, concurrency: int, seconds: int) -> str:
     command = ["taskset", "-c", LOAD_CORE, wrk, "-t1", f"-c{concurrency}", f"-d{seconds}s", "--latency",
                "-s", str(script), f"{url}/v2/models/m/infer"]  # fmt: skip
@@ -269,9 +264,9 @@ def _ms(text: str, percent: int) -> float:
 
 def measure(wrk: str, server: Running, script: Path, concurrency: int) -> Cell:
     _wrk(wrk, server.url, script, concurrency, WARMUP_S)
-    before = _cpu_seconds(server.pid)
+    before = cpu_seconds(server.pid)
     out = _wrk(wrk, server.url, script, concurrency, SECONDS)
-    used = _cpu_seconds(server.pid) - before
+    used = cpu_seconds(server.pid) - before
     per_s = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     requests = per_s * SECONDS
@@ -362,9 +357,9 @@ def heavy_table(console: Console, wrk: str, pythons: dict[str, Path], workdir: P
         infer, close = peers_heavy.grpc_caller(grpc_port, payload)
         cells["quantship gRPC"] = peers_heavy.measure(infer, server.pid)
         close()
-        before = _cpu_seconds(server.pid)
+        before = cpu_seconds(server.pid)
         out = peers_heavy.wrk_binary(wrk, server.url, "m", name, row, workdir)
-        used = _cpu_seconds(server.pid) - before
+        used = cpu_seconds(server.pid) - before
         per_s = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
         cpu_ms = used / (per_s * peers_heavy.SECONDS) * 1e3 if per_s else None
         cells["quantship HTTP binary"] = peers_heavy.HeavyCell(

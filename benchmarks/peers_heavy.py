@@ -28,6 +28,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 
+from benchmarks.process_cpu import cpu_seconds
 from quantship import runtime, zoo
 from quantship.local.processes import ServerProcess
 from quantship.local.prometheus import free_port
@@ -112,13 +113,13 @@ def grpc_caller(port: int, payload: bytes) -> tuple[Callable[[], None], Callable
 def measure(call: Callable[[], None], pid: int) -> HeavyCell:
     for _ in range(WARMUP_CALLS):
         call()
-    before, latencies = _cpu_seconds(pid), []
+    before, latencies = cpu_seconds(pid), []
     started = time.perf_counter()
     while time.perf_counter() - started < SECONDS:
         sent = time.perf_counter()
         call()
         latencies.append(time.perf_counter() - sent)
-    elapsed, used = time.perf_counter() - started, _cpu_seconds(pid) - before
+    elapsed, used = time.perf_counter() - started, cpu_seconds(pid) - before
     ordered = sorted(latencies)
     return HeavyCell(
         len(latencies) / elapsed,
@@ -163,11 +164,6 @@ def quantship_server(artifact: Path, workdir: Path) -> Iterator[tuple[ServerProc
         yield server, grpc_port
     finally:
         server.stop()
-
-
-def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def pin_client() -> None:

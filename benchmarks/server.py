@@ -44,6 +44,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
 from rich.table import Table
 
+from benchmarks.process_cpu import cpu_seconds
 from quantship import runtime, zoo
 from quantship.local.processes import ServerProcess
 from quantship.local.prometheus import free_port
@@ -57,7 +58,6 @@ MEASURE_S = float(os.environ.get("BENCH_MEASURE_S", 1.5))
 THREADS = 1
 ROOT = Path(__file__).resolve().parents[1]
 INFER = "/v2/models/digits/infer"
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 @dataclass(frozen=True)
@@ -132,11 +132,6 @@ class Target:
     """quantship: scrape batch sizes and shadow comparisons around each point."""
 
 
-def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime + stime, all threads
-
-
 async def _drive(url: str, body: bytes, concurrency: int, on_start: Callable[[], None]) -> list[float]:
     loop = asyncio.get_running_loop()
     start_measuring = loop.time() + WARMUP_S
@@ -177,11 +172,11 @@ def measure(target: Target, body: bytes, concurrency: int) -> Point:
     marks: dict[str, float] = {}
 
     def on_start() -> None:
-        marks["cpu"] = _cpu_seconds(target.pid)
+        marks["cpu"] = cpu_seconds(target.pid)
 
     before = _scrape(target.url, *names) if target.metrics else []
     latencies = asyncio.run(_drive(target.url + INFER, body, concurrency, on_start))
-    cpu = _cpu_seconds(target.pid) - marks["cpu"]
+    cpu = cpu_seconds(target.pid) - marks["cpu"]
     point = _summary(target.variant, concurrency, latencies, MEASURE_S)
     note = ""
     if target.metrics:

@@ -33,6 +33,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from benchmarks.process_cpu import cpu_seconds
 from quantship import zoo
 from quantship.local.processes import ServerProcess
 from quantship.local.prometheus import free_port
@@ -149,15 +150,10 @@ def grpc_load(port: int, payload: bytes) -> Load:
 def cpu_us_per_request(pid: int, load: Load, concurrency: int) -> tuple[float, float]:
     """(requests a second, server CPU µs a request)."""
     asyncio.run(load(concurrency, WARMUP_S))
-    before, started = _cpu_seconds(pid), time.perf_counter()
+    before, started = cpu_seconds(pid), time.perf_counter()
     answered = asyncio.run(load(concurrency, SECONDS))
-    elapsed, used = time.perf_counter() - started, _cpu_seconds(pid) - before
+    elapsed, used = time.perf_counter() - started, cpu_seconds(pid) - before
     return answered / elapsed, used / answered * 1e6
-
-
-def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _pin(pid: int) -> None:
