@@ -112,9 +112,11 @@ def _weight_matching(fp32_path: Path, qdq_path: Path) -> dict[str, dict[str, np.
             shape = [1] * quantized.ndim
             shape[axis] = -1
             scale, zero_point = scale.reshape(shape), zero_point.reshape(shape)
+        # At least 1-d: a scalar weight (MiniLM's attention scale) dequantizes to a numpy scalar,
+        # which compute_weight_error cannot take (it measures arrays: a TypeError).
         matching[name] = {
-            "float": floats[name],
-            "dequantized": ((quantized - zero_point) * scale).astype(np.float32),
+            "float": np.atleast_1d(floats[name]),
+            "dequantized": np.atleast_1d(((quantized - zero_point) * scale).astype(np.float32)),
         }
     return matching
 

@@ -1,0 +1,69 @@
+"""Weight SQNR from hand-made float and QDQ graphs: what `sensitivity.measure` feeds onnxruntime."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+from onnxruntime.quantization.qdq_loss_debug import compute_weight_error
+
+from quantship.quantize import sensitivity
+
+
+def _save(path: Path, nodes: list[onnx.NodeProto], initializers: list[onnx.TensorProto]) -> Path:
+    graph = helper.make_graph(
+        nodes, "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])],
+        initializers,
+    )  # fmt: skip
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path
+
+
+def test_a_scalar_weight_gets_an_sqnr_not_a_type_error(tmp_path: Path) -> None:
+    # all-MiniLM-L6-v2's attention scale is such a 0-d weight: static tuning crashed on it.
+    scale_value = np.array(0.125, dtype=np.float32)
+    fp32 = _save(tmp_path / "fp32.onnx", [helper.make_node("Mul", ["x", "w"], ["y"])],
+                 [numpy_helper.from_array(scale_value, "w")])  # fmt: skip
+    qdq = _save(
+        tmp_path / "qdq.onnx",
+        [
+            helper.make_node("DequantizeLinear", ["w_quantized", "w_scale", "w_zero_point"], ["w_dq"]),
+            helper.make_node("Mul", ["x", "w_dq"], ["y"]),
+        ],
+        [
+            numpy_helper.from_array(np.array(127, dtype=np.uint8), "w_quantized"),
+            numpy_helper.from_array(np.array(0.001, dtype=np.float32), "w_scale"),
+            numpy_helper.from_array(np.array(2, dtype=np.uint8), "w_zero_point"),
+        ],
+    )
+    errors = compute_weight_error(sensitivity._weight_matching(fp32, qdq))
+    # dequantized (127 - 2) * 0.001 = 0.125: exact, so the SQNR is as high as float32 allows
+    assert list(errors) == ["w"] and errors["w"] > 100
+
+
+def test_per_channel_zero_points_are_subtracted_without_wrapping(tmp_path: Path) -> None:
+    weights = np.array([[0.5, -0.25], [-0.3, 0.2]], dtype=np.float32)
+    fp32 = _save(tmp_path / "fp32.onnx", [helper.make_node("MatMul", ["x", "w"], ["y"])],
+                 [numpy_helper.from_array(weights, "w")])  # fmt: skip
+    scale = np.array([0.01, 0.002], dtype=np.float32)
+    zero_point = np.array([116, 128], dtype=np.uint8)
+    quantized = np.clip(np.round(weights / scale) + zero_point, 0, 255).astype(np.uint8)
+    qdq = _save(
+        tmp_path / "qdq.onnx",
+        [
+            helper.make_node("DequantizeLinear", ["w_quantized", "w_scale", "w_zero_point"], ["w_dq"], axis=1),
+            helper.make_node("MatMul", ["x", "w_dq"], ["y"]),
+        ],
+        [numpy_helper.from_array(quantized, "w_quantized"), numpy_helper.from_array(scale, "w_scale"),
+         numpy_helper.from_array(zero_point, "w_zero_point")],
+    )  # fmt: skip
+    matched = sensitivity._weight_matching(fp32, qdq)["w"]
+    np.testing.assert_allclose(matched["dequantized"], weights, atol=0.005)
+    assert compute_weight_error({"w": matched})["w"] == pytest.approx(
+        20 * np.log10(np.linalg.norm(weights) / np.linalg.norm(weights - matched["dequantized"]))
+    )
