@@ -111,6 +111,36 @@ def test_reduce_range_is_tried_both_ways_only_where_the_cpu_lacks_vnni() -> None
     assert {r.reduce_range for r in tuner.recipes(BASE, replace(CNN, lacks_vnni=True))} == {False, True}
 
 
+def test_without_vnni_the_exact_u8u8_kernel_is_the_knob_after_per_channel() -> None:
+    no_vnni = replace(CNN, lacks_vnni=True)
+    base = replace(BASE, reduce_range=True)  # what `resolved` picks on such a CPU
+    recipes = tuner.recipes(base, no_vnni)
+    assert [r.label() for r in recipes[:4]] == [
+        "static U8S8 minmax per-tensor reduce-range",
+        "static U8S8 minmax per-channel reduce-range",
+        "static U8U8 minmax per-tensor",
+        "static U8S8 minmax per-tensor",
+    ]
+    # Per-channel U8U8 (EfficientNet-Lite0's best on AVX2) is within stage 1's half of the budget.
+    stage_one = recipes[: (base.max_trials + 1) // 2]
+    assert "static U8U8 minmax per-channel" in [r.label() for r in stage_one]
+    # No x86 kernel takes int8 activations with uint8 weights; with VNNI, no U8U8 recipe at all.
+    assert not any(r.activation_type is Precision.INT8 and r.weight_type is Precision.UINT8 for r in recipes)
+    assert {r.weight_type for r in tuner.recipes(BASE, CNN)} == {Precision.INT8}
+
+
+def test_without_vnni_the_default_budget_reaches_the_u8u8_recipe_that_passes() -> None:
+    base = replace(BASE, reduce_range=True)
+
+    def score(config: QuantizeConfig, excluded: tuple[str, ...]) -> float:
+        exact = config.weight_type is Precision.UINT8 and config.per_channel
+        return 0.998 if exact else 0.85
+
+    trials, log = _tune(base, score, replace(CNN, lacks_vnni=True))
+    assert trials[-1].passed and log[-1] == (tuner.Stage.RECIPE, "static U8U8 minmax per-channel", ())
+    assert tuner.best(trials).config.weight_type is Precision.UINT8
+
+
 def test_the_first_passing_recipe_ends_the_tuning() -> None:
     trials, log = _tune(BASE, lambda config, excluded: 1.0 if config.per_channel else 0.7)
     assert [stage for stage, _, _ in log] == [tuner.Stage.RECIPE, tuner.Stage.RECIPE]
