@@ -5,7 +5,8 @@ passing trial (unless asked to keep going):
 
 1. **recipes** on the whole model: per-channel weights, the int8 kernel (where the CPU lacks
    VNNI: reduce_range or uint8 weights), activation type, calibration method, dynamic vs static
-   and MatMulConstBOnly for transformers. Nearest recipes first: one knob changed from the user's config, then two...
+   and MatMulConstBOnly for transformers. Nearest recipes first: one knob changed from the
+   user's config, then two...
    A per-tensor CNN that falls off a cliff is usually one knob (per-channel) from passing;
 2. **op-type fallback** on the recipe that came closest: every node of one op type in float;
 3. **node-wise fallback** on that recipe: the most sensitive nodes in float one at a time, then
@@ -164,11 +165,12 @@ def _values(name: str, values: list[Any]) -> list[dict[str, Any]]:
 
 def _kernels(base: QuantizeConfig) -> list[dict[str, Any]]:
     """Which int8 kernel runs, on x86 without VNNI: there it decides accuracy more than any other
-    knob, so it comes right after per-channel weights (and, for transformers, the mode). U8S8 multiplies in 16-bit pairs that saturate with 8-bit weights,
-    unless reduce_range makes them 7-bit (exact, but coarser weights); U8U8 widens to 32 bits first:
-    exact with 8-bit weights, and slower. Measured on EfficientNet-Lite0 (AMD EPYC, AVX2), per-channel,
-    confident agreement with FP32: U8S8 0.82, U8S8 reduce-range 0.82, U8U8 0.98."""
-    kernels = [
+    knob, so it comes right after per-channel weights (and, for transformers, the mode). U8S8
+    multiplies in 16-bit pairs that saturate with 8-bit weights, unless reduce_range makes them
+    7-bit (exact, but coarser weights); U8U8 widens to 32 bits first: exact with 8-bit weights, and
+    slower. Measured on EfficientNet-Lite0 (AMD EPYC, AVX2), per-channel, confident agreement with
+    FP32: U8S8 0.82, U8S8 reduce-range 0.82, U8U8 0.98."""
+    kernels: list[dict[str, Any]] = [
         {"weight_type": base.weight_type, "reduce_range": base.reduce_range},
         {"weight_type": Precision.UINT8, "reduce_range": False},
         {"weight_type": base.weight_type, "reduce_range": not base.reduce_range},
