@@ -9,7 +9,6 @@ one table and stay thin: check the model, read the body, decode, call the servic
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import logging
@@ -26,19 +25,13 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from fastapi.routing import APIRoute
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from starlette.requests import ClientDisconnect
 from starlette.routing import Route as StarletteRoute
+from starlette.types import Receive, Scope, Send
 
 from quantship import __version__
-from quantship.server import connections, grpc_server, protocol, schema
-from quantship.server.errors import (
-    ClientClosedRequest,
-    InvalidInput,
-    PayloadTooLarge,
-    RequestTimeout,
-    ServerError,
-    install_handlers,
-)
+from quantship.server import connections, grpc_server, schema
+from quantship.server.errors import InvalidInput, install_handlers
+from quantship.server.infer_route import BodyLimits, InferRoute, receive_body
 from quantship.server.metrics import ServerMetrics
 from quantship.server.service import ModelService, Phase
 from quantship.server.settings import ServerSettings
@@ -152,33 +145,18 @@ class Endpoints:
 
     # -- inference and feedback -----------------------------------------------------------------
 
-    async def infer(self, request: Request) -> Response:
-        started, code = time.perf_counter(), 500
-        self.metrics.requests_in_flight.inc()
-        try:
-            self.service.check_model(
-                request.path_params["model_name"], request.path_params.get("model_version")
-            )
-            self.service.ready_model()  # 503 before reading a body we could not use
-            body = await read_body(request, self.body)
-            decoded = await decode(body, request.headers.get(protocol.HEADER_LENGTH))
-            encoded = protocol.encode_response(await self.service.infer(decoded), decoded)
-            code = 200
-        except ServerError as exc:
-            code = exc.status
-            raise
-        finally:
-            self.metrics.requests_in_flight.dec()
-            self.metrics.request_done(code, time.perf_counter() - started)
-        headers = (
-            None if encoded.header_length is None else {protocol.HEADER_LENGTH: str(encoded.header_length)}
-        )
-        return Response(encoded.body, media_type=encoded.content_type, headers=headers)
+    @staticmethod
+    async def infer(request: Request) -> Response:
+        """Inference: `infer_route.InferRoute`, in front of the router, answers every POST to this
+        path; the route is here to be documented and to give other methods their 405."""
+        raise AssertionError("InferRoute answers inference requests before routing")
 
     async def feedback(self, request: Request, model_name: str) -> JSONResponse:
         self.service.check_model(model_name)
         self.service.ready_model()
-        body = await read_body(request, self.body)
+        body = await receive_body(
+            request.receive, request.headers.get("content-length", ""), self.body, _client(request)
+        )
         try:
             document = json.loads(body)
         except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
@@ -198,66 +176,6 @@ class Endpoints:
                 "reference_correct": result.reference_correct,
             }
         )
-
-
-INLINE_DECODE_BYTES = 64 * 1024
-"""JSON up to this size decodes on the event loop (tens of microseconds); more, a JSON batch of
-images say, decodes in a thread so that it does not stall every other request for milliseconds.
-Binary tensors are never parsed (views of the body), so only the JSON header counts."""
-
-
-async def decode(body: bytes, header_length: str | None) -> protocol.InferRequest:
-    json_bytes = len(body) if header_length is None or not header_length.isdigit() else int(header_length)
-    if json_bytes <= INLINE_DECODE_BYTES:
-        return protocol.decode_request(body, header_length)
-    return await asyncio.to_thread(protocol.decode_request, body, header_length)
-
-
-@dataclass(frozen=True)
-class BodyLimits:
-    """What a request body may cost the server: bytes (--max-body-bytes) and seconds (--body-timeout-s)."""
-
-    max_bytes: int
-    timeout_s: float
-
-
-async def read_body(request: Request, limits: BodyLimits) -> bytes:
-    """The body, refused with 413 as soon as it is known to exceed `limits.max_bytes`, with 408 when it
-    has not all arrived within `limits.timeout_s`, and with 499 when the client hangs up before the end
-    (starlette's ClientDisconnect would otherwise surface as an unhandled error: a 500)."""
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limits.max_bytes:
-        raise PayloadTooLarge(
-            f"the body is {declared} bytes; this server takes at most {limits.max_bytes} (--max-body-bytes)"
-        )
-    chunks: list[bytes] = []
-    size = 0
-    try:
-        async with asyncio.timeout(limits.timeout_s):
-            async for chunk in request.stream():
-                size += len(chunk)
-                if size > limits.max_bytes:
-                    raise PayloadTooLarge(
-                        f"the body is over {limits.max_bytes} bytes, the most this server takes "
-                        "(--max-body-bytes)"
-                    )
-                chunks.append(chunk)
-    except TimeoutError:
-        log.info(
-            "%s: body not received within %g s (%d of %s bytes); answered 408",
-            _client(request), limits.timeout_s, size, declared or "?",
-        )  # fmt: skip
-        raise RequestTimeout(
-            f"the body did not arrive within {limits.timeout_s:g} s ({size} of {declared or '?'} bytes "
-            "received; --body-timeout-s)"
-        ) from None
-    except ClientDisconnect:
-        log.info(
-            "%s: client disconnected after %d of %s body bytes; counted as 499",
-            _client(request), size, declared or "?",
-        )  # fmt: skip
-        raise ClientClosedRequest("the client disconnected before sending the whole body") from None
-    return b"".join(chunks)
 
 
 def _client(request: Request) -> str:
@@ -281,7 +199,9 @@ def create_app(
             per_tensor=settings.quality.per_tensor_metrics,
         ))  # fmt: skip
     budget = ShutdownBudget(settings.drain_timeout_s)
-    app = FastAPI(
+    body = BodyLimits(settings.max_body_bytes, settings.body_timeout_s)
+    app = ModelServerApp(
+        InferRoute(service, service.metrics, body),
         title="quantship model server",
         version=__version__,
         description="Open Inference Protocol v2 (REST, with the binary tensor extension; gRPC on its own "
@@ -290,12 +210,26 @@ def create_app(
         redoc_url=None,
     )
     app.state.service, app.state.shutdown = service, budget
-    body = BodyLimits(settings.max_body_bytes, settings.body_timeout_s)
     endpoints = Endpoints(service, service.metrics, registry, body)
     documented = _add_routes(app, endpoints.routes())
     install_handlers(app)
     app.openapi = _openapi(app, settings, service, documented)  # type: ignore[method-assign]
     return app
+
+
+class ModelServerApp(FastAPI):
+    """FastAPI, with inference requests handed to `InferRoute` before any of FastAPI's layers."""
+
+    def __init__(self, infer: InferRoute, **options: Any) -> None:
+        super().__init__(**options)
+        self.infer_route = infer
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        match = self.infer_route.match(scope)
+        if match is not None:
+            await self.infer_route(scope, receive, send, match)
+        else:
+            await super().__call__(scope, receive, send)
 
 
 @dataclass

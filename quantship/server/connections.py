@@ -6,7 +6,7 @@ connections were measured to stay open indefinitely). `IdleTimeoutProtocol` give
 deadline while it waits for a request's headers: from the moment it opens, and again after each
 response. A connection with no request under way is closed silently at the deadline (the keep-alive
 case); one whose headers are still arriving gets 408 first. Once the headers are in, the body timeout
-takes over (`app.read_body`).
+takes over (`infer_route.receive_body`).
 """
 
 from __future__ import annotations

@@ -19,9 +19,11 @@ from prometheus_client import CollectorRegistry
 from quantship import artifact
 from quantship.local.prometheus import free_port
 from quantship.server import ServerSettings, Track, create_app
+from quantship.server.metrics import ServerMetrics
 from quantship.server.service import ModelService
 
 MODEL = "digits"
+ServiceFactory = Callable[[ServerSettings, ServerMetrics], ModelService]
 
 
 def wait_until(condition: Callable[[], Any], *, timeout: float = 30.0, what: str = "condition") -> Any:
@@ -38,10 +40,15 @@ def wait_until(condition: Callable[[], Any], *, timeout: float = 30.0, what: str
 class LocalServer:
     """`create_app(settings)` served by a real uvicorn on 127.0.0.1, in a thread of this process."""
 
-    def __init__(self, settings: ServerSettings) -> None:
+    def __init__(self, settings: ServerSettings, service: ServiceFactory = ModelService) -> None:
+        """`service` builds the model service (a subclass, to put a fault where no input can)."""
         self.settings = settings
         self.registry = CollectorRegistry()
-        self.app = create_app(settings, registry=self.registry)
+        metrics = ServerMetrics(
+            self.registry, settings.labels, max_batch_size=settings.batching.max_batch_size,
+            per_tensor=settings.quality.per_tensor_metrics,
+        )  # fmt: skip
+        self.app = create_app(settings, registry=self.registry, service=service(settings, metrics))
         config = uvicorn.Config(
             self.app, host="127.0.0.1", port=settings.port, log_level="warning", loop="asyncio", lifespan="on"
         )

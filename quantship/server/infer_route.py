@@ -1,0 +1,172 @@
+"""The inference endpoint as bare ASGI, answered before FastAPI sees the request.
+
+`POST /v2/models/{model}[/versions/{version}]/infer` is nearly all of a server's traffic. FastAPI's
+layers around an endpoint (a telemetry check, four middlewares, the router, a Request, a Response
+and its headers) cost a tiny model's request about as much CPU as everything else it does, so the
+app (app.py) hands this path to `InferRoute` straight from the ASGI scope; FastAPI still documents
+the route and answers everything else. Errors are the same `{"error": ...}` bodies and codes as
+FastAPI's handlers give, and a bug of ours is a logged 500, never a dropped connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import time
+from dataclasses import dataclass
+
+from starlette.types import Receive, Scope, Send
+
+from quantship.server import protocol
+from quantship.server.errors import (
+    ClientClosedRequest,
+    PayloadTooLarge,
+    RequestTimeout,
+    ServerError,
+    error_body,
+)
+from quantship.server.metrics import ServerMetrics
+from quantship.server.service import ModelService
+
+log = logging.getLogger("quantship.server")
+
+
+INFER_PATH = re.compile(r"/v2/models/(?P<model>[^/]+)(?:/versions/(?P<version>[^/]+))?/infer")
+_HEADER_LENGTH = protocol.HEADER_LENGTH.lower().encode()
+
+INLINE_DECODE_BYTES = 64 * 1024
+"""JSON up to this size decodes on the event loop (tens of microseconds); more, a JSON batch of
+images say, decodes in a thread so that it does not stall every other request for milliseconds.
+Binary tensors are never parsed (views of the body), so only the JSON header counts."""
+
+
+@dataclass(frozen=True)
+class BodyLimits:
+    """What a request body may cost the server: bytes (--max-body-bytes) and seconds (--body-timeout-s)."""
+
+    max_bytes: int
+    timeout_s: float
+
+
+async def receive_body(receive: Receive, declared: str, limits: BodyLimits, where: str) -> bytes:
+    """The body from ASGI `receive`, refused with 413 as soon as it is known to exceed
+    `limits.max_bytes`, with 408 when it has not all arrived within `limits.timeout_s`, and with 499
+    when the client hangs up before the end. `declared` is the Content-Length header ("" if none);
+    `where` names the request in the log."""
+    if declared.isdigit() and int(declared) > limits.max_bytes:
+        raise PayloadTooLarge(
+            f"the body is {declared} bytes; this server takes at most {limits.max_bytes} (--max-body-bytes)"
+        )
+    chunks: list[bytes] = []
+    size, more = 0, True
+    try:
+        async with asyncio.timeout(limits.timeout_s):
+            while more:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    log.info("%s: client disconnected after %d of %s body bytes; counted as 499",
+                             where, size, declared or "?")  # fmt: skip
+                    raise ClientClosedRequest("the client disconnected before sending the whole body")
+                chunk = message.get("body", b"")
+                size += len(chunk)
+                if size > limits.max_bytes:
+                    raise PayloadTooLarge(
+                        f"the body is over {limits.max_bytes} bytes, the most this server takes "
+                        "(--max-body-bytes)"
+                    )
+                chunks.append(chunk)
+                more = message.get("more_body", False)
+    except TimeoutError:
+        log.info("%s: body not received within %g s (%d of %s bytes); answered 408",
+                 where, limits.timeout_s, size, declared or "?")  # fmt: skip
+        raise RequestTimeout(
+            f"the body did not arrive within {limits.timeout_s:g} s ({size} of {declared or '?'} bytes "
+            "received; --body-timeout-s)"
+        ) from None
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+async def decode(body: bytes, header_length: str | None) -> protocol.InferRequest:
+    json_bytes = len(body) if header_length is None or not header_length.isdigit() else int(header_length)
+    if json_bytes <= INLINE_DECODE_BYTES:
+        return protocol.decode_request(body, header_length)
+    return await asyncio.to_thread(protocol.decode_request, body, header_length)
+
+
+class InferRoute:
+    """ASGI for the inference path; `match` says whether a request is one."""
+
+    def __init__(self, service: ModelService, metrics: ServerMetrics, limits: BodyLimits) -> None:
+        self.service = service
+        self.metrics = metrics
+        self.limits = limits
+
+    @staticmethod
+    def match(scope: Scope) -> re.Match[str] | None:
+        if scope["type"] != "http" or scope["method"] != "POST":
+            return None
+        return INFER_PATH.fullmatch(scope["path"])
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send, match: re.Match[str]) -> None:
+        await self._infer(scope, receive, send, match["model"], match["version"])
+
+    async def _infer(
+        self, scope: Scope, receive: Receive, send: Send, model: str, version: str | None
+    ) -> None:
+        started = time.perf_counter()
+        self.metrics.requests_in_flight.inc()
+        try:
+            encoded = await self._answer(scope, receive, model, version)
+            length = encoded.header_length
+            answer = _Answer(200, encoded.body, encoded.content_type,
+                             [] if length is None else [(_HEADER_LENGTH, str(length).encode())])  # fmt: skip
+        except ServerError as exc:
+            headers = [(name.lower().encode(), value.encode()) for name, value in exc.headers.items()]
+            answer = _Answer(exc.status, _error(exc.message), protocol.JSON_TYPE, headers)
+        except Exception:
+            log.exception("%s: failed", _where(scope))
+            answer = _Answer(500, _error("internal server error"), protocol.JSON_TYPE, [])
+        finally:  # counted before the answer leaves: a client that then reads /metrics sees it
+            self.metrics.requests_in_flight.dec()
+        self.metrics.request_done(answer.status, time.perf_counter() - started)
+        await answer.send(send)
+
+    async def _answer(
+        self, scope: Scope, receive: Receive, model: str, version: str | None
+    ) -> protocol.Encoded:
+        self.service.check_model(model, version)
+        self.service.ready_model()  # 503 before reading a body we could not use
+        declared, header_length = "", None
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                declared = value.decode("latin-1")
+            elif name == _HEADER_LENGTH:
+                header_length = value.decode("latin-1")
+        body = await receive_body(receive, declared, self.limits, _where(scope))
+        request = await decode(body, header_length)
+        return protocol.encode_response(await self.service.infer(request), request)
+
+
+def _error(message: str) -> bytes:
+    return json.dumps(error_body(message)).encode()
+
+
+@dataclass(frozen=True)
+class _Answer:
+    status: int
+    body: bytes
+    content_type: str
+    headers: list[tuple[bytes, bytes]]
+
+    async def send(self, send: Send) -> None:
+        headers = [(b"content-type", self.content_type.encode()), (b"content-length", b"%d" % len(self.body))]
+        await send({"type": "http.response.start", "status": self.status, "headers": headers + self.headers})
+        await send({"type": "http.response.body", "body": self.body})
+
+
+def _where(scope: Scope) -> str:
+    client = scope.get("client")
+    peer = f"{client[0]}:{client[1]}" if client else "a client"
+    return f"{peer} {scope['method']} {scope['path']}"
