@@ -21,6 +21,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor
@@ -28,6 +30,19 @@ from typing import Generic, TypeVar
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+NICE = 19
+"""The background thread's nice value: the lowest CPU priority, so that on a busy core the kernel
+runs the event loop and the inference thread first. On one core at c=1 (digits INT8, default
+sampling) the SLI work pushed p99 from 1.5-2.1 ms (SLIs off) to 4.5-5.2 ms; at nice 19, 2.4-3.2 ms."""
+
+
+def lower_priority() -> None:
+    """Give the calling thread the lowest CPU priority (a ThreadPoolExecutor initializer). Linux keeps
+    a nice value per thread, so this touches no other thread; elsewhere it quietly does nothing."""
+    with contextlib.suppress(OSError, AttributeError):  # no such call, or not allowed
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), NICE)
+
 
 BEHIND, BUDGET = "behind", "budget"
 """Why a lane dropped a sample: its queue was full, or the shared CPU budget was spent."""

@@ -38,7 +38,7 @@ from quantship.artifact import (
 )
 from quantship.server import batch_policy, hardware, probe
 from quantship.server import runner as runner_module
-from quantship.server.background import CpuBudget, Lane
+from quantship.server.background import CpuBudget, Lane, lower_priority
 from quantship.server.batcher import Batcher
 from quantship.server.capture import Capture, CapturePick, Reservoir
 from quantship.server.clipping import ClipCounter, ClipSample, observer_model
@@ -141,7 +141,9 @@ class ModelService:
         self.model: Model | None = None
         self._rng = rng if rng is not None else random.Random()
         self._infer_executor = ThreadPoolExecutor(1, thread_name_prefix="quantship-infer")
-        self._background_executor = ThreadPoolExecutor(1, thread_name_prefix="quantship-background")
+        self._background_executor = ThreadPoolExecutor(
+            1, thread_name_prefix="quantship-background", initializer=lower_priority
+        )
         self._scratch: Path | None = None
         """Where a .tar.gz artifact is unpacked: marked ours, removed on close, swept if we are killed."""
         self._loading: asyncio.Task[None] | None = None

@@ -7,10 +7,11 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 
-from quantship.server.background import CpuBudget, Lane
+from quantship.server.background import NICE, CpuBudget, Lane, lower_priority
 
 pytestmark = pytest.mark.looptime
 
@@ -144,3 +145,17 @@ async def test_a_full_hand_off_goes_at_once_without_waiting_out_the_gathering(
     assert handed == [[0, 1, 2, 3]]
     assert loop.time() - started < 1.0, "waited out the gathering with a full hand-off queued"
     await lane.close(timeout=1)
+
+
+def _nice_of(thread_id: int) -> int:
+    # /proc/<pid>/task/<tid>/stat: the 19th field is the nice value (after the parenthesised name)
+    fields = Path(f"/proc/self/task/{thread_id}/stat").read_text().rpartition(")")[2].split()
+    return int(fields[16])
+
+
+def test_the_background_thread_runs_at_the_lowest_priority_and_no_other_thread_does() -> None:
+    with ThreadPoolExecutor(1, initializer=lower_priority) as background, ThreadPoolExecutor(1) as other:
+        background_tid = background.submit(threading.get_native_id).result()
+        other_tid = other.submit(threading.get_native_id).result()
+        assert _nice_of(background_tid) == NICE == 19
+        assert _nice_of(other_tid) == _nice_of(threading.get_native_id()) == 0
