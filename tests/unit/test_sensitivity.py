@@ -56,7 +56,9 @@ def test_per_channel_zero_points_are_subtracted_without_wrapping(tmp_path: Path)
     qdq = _save(
         tmp_path / "qdq.onnx",
         [
-            helper.make_node("DequantizeLinear", ["w_quantized", "w_scale", "w_zero_point"], ["w_dq"], axis=1),
+            helper.make_node(
+                "DequantizeLinear", ["w_quantized", "w_scale", "w_zero_point"], ["w_dq"], axis=1
+            ),
             helper.make_node("MatMul", ["x", "w_dq"], ["y"]),
         ],
         [numpy_helper.from_array(quantized, "w_quantized"), numpy_helper.from_array(scale, "w_scale"),
