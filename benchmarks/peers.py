@@ -349,14 +349,14 @@ def heavy_table(console: Console, wrk: str, pythons: dict[str, Path], workdir: P
     )
     model = Model("EfficientNet-Lite0 INT8", artifact_root / artifact.MODEL_FILE, artifact_root, ready_body)
     raw = peers_heavy.raw_calls_per_s(model.onnx_path, row, name)
-    peers_heavy.pin_client()
     payload = peers_heavy.grpc_request("m", name, row)
     cells: dict[str, peers_heavy.HeavyCell] = {}
     with peers_heavy.quantship_server(artifact_root, workdir) as (server, grpc_port):
         assert server.pid is not None
-        infer, close = peers_heavy.grpc_caller(grpc_port, payload)
-        cells["quantship gRPC"] = peers_heavy.measure(infer, server.pid)
-        close()
+        with peers_heavy.pinned_client():
+            infer, close = peers_heavy.grpc_caller(grpc_port, payload)
+            cells["quantship gRPC"] = peers_heavy.measure(infer, server.pid)
+            close()
         before = cpu_seconds(server.pid)
         out = peers_heavy.wrk_binary(wrk, server.url, "m", name, row, workdir)
         used = cpu_seconds(server.pid) - before
@@ -368,10 +368,10 @@ def heavy_table(console: Console, wrk: str, pythons: dict[str, Path], workdir: P
     for peer_name, python in pythons.items():
         with peer(peer_name, python, model, workdir, threads=peers_heavy.THREADS, pin=False) as running:
             assert running.grpc_port is not None
-            infer, close = peers_heavy.grpc_caller(running.grpc_port, payload)
-            cells[f"{peer_name} gRPC"] = peers_heavy.measure(infer, running.pid)
-            close()
-    os.sched_setaffinity(0, range(os.cpu_count() or 1))
+            with peers_heavy.pinned_client():
+                infer, close = peers_heavy.grpc_caller(running.grpc_port, payload)
+                cells[f"{peer_name} gRPC"] = peers_heavy.measure(infer, running.pid)
+                close()
     table = Table(
         title=f"compute-heavy: EfficientNet-Lite0 INT8 (the tuned artifact), c=1, binary transports, "
         f"{peers_heavy.THREADS} onnxruntime threads; raw onnxruntime {raw:.1f} calls/s"
