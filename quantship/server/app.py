@@ -155,7 +155,7 @@ class Endpoints:
         self.service.check_model(model_name)
         self.service.ready_model()
         body = await receive_body(
-            request.receive, request.headers.get("content-length", ""), self.body, _client(request)
+            request.receive, request.headers.get("content-length", ""), self.body, lambda: _client(request)
         )
         try:
             document = json.loads(body)

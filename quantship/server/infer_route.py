@@ -15,6 +15,7 @@ import json
 import logging
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from starlette.types import Receive, Scope, Send
@@ -50,11 +51,13 @@ class BodyLimits:
     timeout_s: float
 
 
-async def receive_body(receive: Receive, declared: str, limits: BodyLimits, where: str) -> bytes:
+async def receive_body(
+    receive: Receive, declared: str, limits: BodyLimits, where: Callable[[], str]
+) -> bytes:
     """The body from ASGI `receive`, refused with 413 as soon as it is known to exceed
     `limits.max_bytes`, with 408 when it has not all arrived within `limits.timeout_s`, and with 499
     when the client hangs up before the end. `declared` is the Content-Length header ("" if none);
-    `where` names the request in the log."""
+    `where()` names the request in the log (built only then: a string a request costs CPU)."""
     if declared.isdigit() and int(declared) > limits.max_bytes:
         raise PayloadTooLarge(
             f"the body is {declared} bytes; this server takes at most {limits.max_bytes} (--max-body-bytes)"
@@ -67,7 +70,7 @@ async def receive_body(receive: Receive, declared: str, limits: BodyLimits, wher
                 message = await receive()
                 if message["type"] == "http.disconnect":
                     log.info("%s: client disconnected after %d of %s body bytes; counted as 499",
-                             where, size, declared or "?")  # fmt: skip
+                             where(), size, declared or "?")  # fmt: skip
                     raise ClientClosedRequest("the client disconnected before sending the whole body")
                 chunk = message.get("body", b"")
                 size += len(chunk)
@@ -80,7 +83,7 @@ async def receive_body(receive: Receive, declared: str, limits: BodyLimits, wher
                 more = message.get("more_body", False)
     except TimeoutError:
         log.info("%s: body not received within %g s (%d of %s bytes); answered 408",
-                 where, limits.timeout_s, size, declared or "?")  # fmt: skip
+                 where(), limits.timeout_s, size, declared or "?")  # fmt: skip
         raise RequestTimeout(
             f"the body did not arrive within {limits.timeout_s:g} s ({size} of {declared or '?'} bytes "
             "received; --body-timeout-s)"
@@ -128,8 +131,9 @@ class InferRoute:
         except Exception:
             log.exception("%s: failed", _where(scope))
             answer = _Answer(500, _error("internal server error"), protocol.JSON_TYPE, [])
-        finally:  # counted before the answer leaves: a client that then reads /metrics sees it
+        finally:
             self.metrics.requests_in_flight.dec()
+        # counted before the answer leaves: a client that then reads /metrics sees it
         self.metrics.request_done(answer.status, time.perf_counter() - started)
         await answer.send(send)
 
@@ -144,7 +148,7 @@ class InferRoute:
                 declared = value.decode("latin-1")
             elif name == _HEADER_LENGTH:
                 header_length = value.decode("latin-1")
-        body = await receive_body(receive, declared, self.limits, _where(scope))
+        body = await receive_body(receive, declared, self.limits, lambda: _where(scope))
         request = await decode(body, header_length)
         return protocol.encode_response(await self.service.infer(request), request)
 
