@@ -237,7 +237,9 @@ async def test_a_restarted_operator_resumes_the_rollout_from_the_status(
     kubectl: Kubectl, start_operator: StartOperator
 ) -> None:
     first = await start_operator(ScriptedMetrics())
-    await serving(kubectl, spec_of(V1, rollout={"steps": [25, 50, 100], "stepInterval": "2s"}))
+    # Steps long enough that the rollout is still under way when the first operator has stopped:
+    # at 2 s a step, a slow CI machine saw it promoted before the shutdown returned.
+    await serving(kubectl, spec_of(V1, rollout={"steps": [25, 50, 100], "stepInterval": "5s"}))
     await kubectl.patch({"spec": {"artifact": {"uri": V2}}})
     await eventually(lambda: kubectl.deployment(f"digits-{SECOND}"), what="the canary Deployment")
     await kubectl.make_ready(f"digits-{SECOND}")
@@ -247,7 +249,7 @@ async def test_a_restarted_operator_resumes_the_rollout_from_the_status(
     assert stored["phase"] == "Progressing" and stored["canaryRevision"] == SECOND
 
     await start_operator(ScriptedMetrics())
-    status = await phase_is(kubectl, "Promoted", timeout=30)
+    status = await phase_is(kubectl, "Promoted", timeout=60)
 
     assert status["stableRevision"] == SECOND
     actions = [entry["action"] for entry in status["history"]]
