@@ -49,9 +49,8 @@ class Route:
     openapi_extra: dict[str, Any] | None = None
     response_class: type[Response] = field(default=JSONResponse)
     hot: bool = False
-    """Served as a plain Starlette route: the endpoint takes the Request and reads path parameters
-    itself, skipping FastAPI's per-request dependency solving (measured ~100 µs of CPU a request,
-    as much as the rest of the inference path for the digits model). Documented all the same."""
+    """Answered by `InferRoute` before FastAPI sees the request (infer_route.py); the route stays,
+    as a plain Starlette route first in the table, to be documented and to answer other methods 405."""
 
 
 class Endpoints:
