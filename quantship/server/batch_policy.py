@@ -26,11 +26,13 @@ REPEATS = 5
 BUDGET_S = 2.0
 """Most seconds the measurement may add to loading; sizes not reached by then are not chosen."""
 INLINE_CALL_S = 100e-6
-"""A call at the chosen size this short runs on the event loop instead of the inference thread:
-handing it to the thread and back (a queue, two wake-ups, the loop's self-pipe) costs more CPU than
-the call. Measured on digits INT8 (a ~15 µs call), inline saved 50-70 µs of server CPU per request
-at concurrency 1. Anything longer goes to the thread, so that the loop keeps reading requests while
-onnxruntime (which releases the GIL) runs."""
+"""A call measured this short runs on the event loop instead of the inference thread: handing it to
+the thread and back (a queue, two wake-ups, the loop's self-pipe) costs more CPU than the call.
+Measured on digits INT8 (a ~15 µs call), inline saved 50-70 µs of server CPU per request at
+concurrency 1. Anything longer goes to the thread, so that the loop keeps reading requests while
+onnxruntime (which releases the GIL) runs. Decided per call by its rows, not once for the largest
+batch: on a slower CPU digits INT8 takes 36-72 µs for one row but 110-190 µs for 32, and a server
+at concurrency 1 (one-row calls) should not pay the hand-off because full batches would."""
 
 
 @dataclass(frozen=True)
@@ -40,14 +42,15 @@ class BatchPolicy:
     reason: str
     seconds_per_row: dict[int, float] = field(default_factory=dict)
     """The measured cost of one row at each batch size tried."""
-    inline: bool = False
-    """Calls run on the event loop (measured shorter than INLINE_CALL_S at max_batch_size)."""
+    inline_rows: int = 0
+    """Calls of at most this many rows run on the event loop (the largest measured size whose call
+    took no longer than INLINE_CALL_S); 0: every call goes to the inference thread."""
 
     def describe(self) -> dict[str, object]:
         return {
             "max_batch_size": self.max_batch_size,
             "reason": self.reason,
-            "inline": self.inline,
+            "inline_rows": self.inline_rows,
             "microseconds_per_row": {
                 str(size): round(cost * 1e6, 1) for size, cost in self.seconds_per_row.items()
             },
@@ -67,7 +70,7 @@ def choose(
         return BatchPolicy(configured, "not measured: inputs with open dimensions besides the batch")
     if configured == 1:
         one_row = {1: measure(runner, 1)}
-        return BatchPolicy(1, "--max-batch-size 1", one_row, _inline(one_row, 1))
+        return BatchPolicy(1, "--max-batch-size 1", one_row, _inline_rows(one_row, 1))
     costs: dict[int, float] = {}
     chosen, deadline = 1, time.perf_counter() + BUDGET_S
     size = 1
@@ -78,14 +81,17 @@ def choose(
                 break
             chosen = size
         size = size * 2 if size * 2 <= configured or size == configured else configured
-    inline = _inline(costs, chosen)
+    inline = _inline_rows(costs, chosen)
     if chosen == 1:
         return BatchPolicy(1, "measured: no batch size is cheaper per row than one row", costs, inline)
     return BatchPolicy(chosen, f"measured: {chosen} rows are the cheapest per row", costs, inline)
 
 
-def _inline(costs: dict[int, float], size: int) -> bool:
-    return costs[size] * size <= INLINE_CALL_S
+def _inline_rows(costs: dict[int, float], cap: int) -> int:
+    """The largest measured size, up to `cap`, whose whole call fits INLINE_CALL_S (0 if none). A call
+    of fewer rows costs no more than that one, so every call up to it can run inline."""
+    fitting = [size for size, per_row in costs.items() if size <= cap and per_row * size <= INLINE_CALL_S]
+    return max(fitting, default=0)
 
 
 def _seconds_per_row(runner: Runner, rows: int) -> float:

@@ -3,11 +3,11 @@
 The service submits each validated request; one worker task takes the oldest, adds whatever else
 is waiting (and, with a queue delay, what arrives until the oldest has waited that long) up to
 `max_batch_size` rows, runs the batch in the inference thread, and hands each request its rows of
-the outputs (or runs it on the event loop itself, for a model whose calls are shorter than a hand-off
-to the thread: see batch_policy.INLINE_CALL_S). Only requests whose inputs agree beyond the first
-dimension share a batch. The queue
-is bounded: when it is full, `submit` raises Overloaded at once rather than growing memory. A model
-whose first dimension is not a batch dimension runs one request per call, through the same queue.
+the outputs (or runs it on the event loop itself, for a batch of at most `inline_rows` rows, whose
+call was measured shorter than a hand-off to the thread: see batch_policy.INLINE_CALL_S). Only
+requests whose inputs agree beyond the first dimension share a batch. The queue is bounded: when it
+is full, `submit` raises Overloaded at once rather than growing memory. A model whose first
+dimension is not a batch dimension runs one request per call, through the same queue.
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ class Batcher:
         settings: BatchSettings,
         *,
         executor: Executor,
-        inline: bool = False,
+        inline_rows: int = 0,
         observer: BatchObserver | None = None,
     ) -> None:
         self.runner = runner
@@ -81,7 +81,7 @@ class Batcher:
         self.max_rows = settings.max_batch_size
         self.delay = settings.max_queue_delay_ms / 1000
         self.executor = executor
-        self.inline = inline
+        self.inline_rows = inline_rows
         self.observer = observer if observer is not None else _NoObserver()
         self._queue: asyncio.Queue[_Job | _Wake | None] = asyncio.Queue(settings.max_queue_size)
         self._task: asyncio.Task[None] | None = None
@@ -193,6 +193,6 @@ class Batcher:
             self.observer.waited(started - job.enqueued)
         self.observer.batch_ran(rows)
         inputs, row_counts = [job.inputs for job in batch], [job.rows for job in batch]
-        if self.inline:
+        if rows <= self.inline_rows:
             return self.runner.run_batch(inputs, row_counts)
         return await loop.run_in_executor(self.executor, self.runner.run_batch, inputs, row_counts)

@@ -199,7 +199,7 @@ class ModelService:
             seconds,
             quantization.get("precision", "fp32"),
             f"up to {opened.batching.max_batch_size} rows ({opened.batching.reason})"
-            + (", on the event loop" if opened.batching.inline else ""),
+            + (f", calls of up to {n} rows on the event loop" if (n := opened.batching.inline_rows) else ""),
             f"{self.settings.quality.shadow_rate:.0%}" if self.model.shadow else "off (no reference)",
             f"{self.settings.quality.clip_sample_rate:.0%} of {len(opened.ranges)} tensors"
             if self.model.clip
@@ -316,7 +316,7 @@ class ModelService:
             opened.runner,
             dataclasses.replace(settings.batching, max_batch_size=opened.batching.max_batch_size),
             executor=self._infer_executor,
-            inline=opened.batching.inline,
+            inline_rows=opened.batching.inline_rows,
             observer=self.metrics,
         )
         batcher.start()

@@ -46,21 +46,22 @@ def test_models_that_cannot_batch_or_be_probed_are_not_measured(tiny_model: Tiny
 
 
 @pytest.mark.parametrize(
-    ("costs", "configured", "inline"),
+    ("costs", "configured", "inline_rows"),
     [
-        ({1: 15e-6, 2: 8e-6, 4: 3e-6}, 4, True),  # digits-sized: 4 rows in 12 µs
-        ({1: 60e-6, 2: 40e-6, 4: 25e-6, 8: 15e-6}, 8, False),  # 8 rows cheapest, but their call takes 120 µs
-        ({1: 490e-6, 2: 300e-6}, 2, False),  # an MLP's call: the thread hand-off is worth it
-        ({1: 40e-6}, 1, True),  # --max-batch-size 1 still measures one row to decide
+        ({1: 15e-6, 2: 8e-6, 4: 3e-6}, 4, 4),  # digits-sized: 4 rows in 12 µs
+        ({1: 60e-6, 2: 40e-6, 4: 30e-6, 8: 15e-6}, 8, 2),  # 8 rows cheapest, but only 2 rows' call fits
+        ({1: 490e-6, 2: 300e-6}, 2, 0),  # an MLP's call: the thread hand-off is worth it
+        ({1: 40e-6}, 1, 1),  # --max-batch-size 1 still measures one row to decide
+        ({1: 40e-6, 2: 20e-6, 4: 19e-6}, 4, 2),  # 4 rows fit, but are not cheaper: batches stop at 2
     ],
-    ids=["short at the cap", "long at the cap", "long call", "unbatched"],
+    ids=["short at the cap", "long at the cap", "long call", "unbatched", "past the cap"],
 )
 def test_calls_shorter_than_a_thread_hand_off_run_on_the_event_loop(
-    tiny_model: TinyModel, costs: dict[int, float], configured: int, inline: bool
+    tiny_model: TinyModel, costs: dict[int, float], configured: int, inline_rows: int
 ) -> None:
     policy = batch_policy.choose(tiny_model(), configured, table(costs))
-    assert policy.inline is inline
-    assert policy.describe()["inline"] is inline
+    assert policy.inline_rows == inline_rows
+    assert policy.describe()["inline_rows"] == inline_rows
 
 
 def test_the_timing_runs_real_calls_and_reports_microseconds_per_row(tiny_model: TinyModel) -> None:

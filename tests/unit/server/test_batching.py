@@ -229,16 +229,16 @@ class ThreadRecorder:
         return self.runner.run_batch(requests, row_counts)
 
 
-@pytest.mark.parametrize("inline", [True, False], ids=["inline", "thread"])
-async def test_inline_batches_run_on_the_event_loop_thread_and_others_in_the_executor(
-    tiny_model: TinyModel, inline: bool
+@pytest.mark.parametrize(("inline_rows", "on_loop"), [(3, True), (2, False), (0, False)])
+async def test_batches_up_to_inline_rows_run_on_the_event_loop_thread_and_others_in_the_executor(
+    tiny_model: TinyModel, inline_rows: int, on_loop: bool
 ) -> None:
     runner = ThreadRecorder(tiny_model())
     with ThreadPoolExecutor(1, thread_name_prefix="inference") as pool:
-        batcher = Batcher(runner, BatchSettings(), executor=pool, inline=inline)  # type: ignore[arg-type]
+        batcher = Batcher(runner, BatchSettings(), executor=pool, inline_rows=inline_rows)  # type: ignore[arg-type]
         batcher.start()
         results = await asyncio.gather(*(batcher.submit(rows(1, value=i), 1) for i in range(3)))
         await batcher.close()
     assert [result["Y"][0, 0] for result in results] == [1.0, 2.0, 3.0]
-    expected = threading.current_thread().name if inline else "inference_0"
-    assert runner.threads == [expected]
+    expected = threading.current_thread().name if on_loop else "inference_0"
+    assert runner.threads == [expected]  # one call of 3 rows
