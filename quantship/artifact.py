@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import functools
 import gzip
 import hashlib
 import io
@@ -108,6 +109,15 @@ HISTOGRAM_BINS = 64
 a distribution move inside the range, small enough for the manifest (a few KB per model)."""
 
 
+@functools.lru_cache(maxsize=1024)
+def _bin_edges(first: float, last: float) -> np.ndarray:
+    """The HISTOGRAM_BINS + 1 edges over [first, last]: computed once a range, since the server bins
+    the same few ranges over and over (read-only, as it is shared)."""
+    edges = np.linspace(first, last, HISTOGRAM_BINS + 1)
+    edges.flags.writeable = False
+    return edges
+
+
 @dataclass(frozen=True)
 class ActivationHistogram:
     """How calibration data spread over one activation's range: `counts` over HISTOGRAM_BINS equal
@@ -136,7 +146,7 @@ class ActivationHistogram:
         index = ((inside - first) * (HISTOGRAM_BINS / (last - first))).astype(np.intp)
         np.minimum(index, HISTOGRAM_BINS - 1, out=index)  # `high` itself is in the last bin
         # Rounding can put a value next to an edge one bin off: settle it against the edges, as numpy does.
-        edges = np.linspace(first, last, HISTOGRAM_BINS + 1)
+        edges = _bin_edges(first, last)
         index -= inside < edges[index]
         index += (inside >= edges[index + 1]) & (index != HISTOGRAM_BINS - 1)
         counts = np.bincount(index, minlength=HISTOGRAM_BINS)

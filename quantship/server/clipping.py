@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import onnx
 
 from quantship.artifact import ActivationRange
@@ -68,24 +69,39 @@ class ClipCounter:
         self.drift = drift
 
     def process(self, samples: Sequence[ClipSample]) -> None:
-        """Blocking: runs the observer session. Called in the background thread by a Lane."""
+        """Blocking: runs the observer session. Called in the background thread by a Lane.
+
+        Counting and binning go a tensor at a time over all of the hand-off's requests together:
+        per request, digits' 9 tensors cost 1.0-1.8 ms of numpy calls on tiny arrays a sample (AMD
+        EPYC), more than the observing session itself."""
         outputs = self.observer.run_many([s.inputs for s in samples], [s.rows for s in samples])
+        pairs = list(zip(samples, outputs, strict=True))
         per_tensor: dict[str, tuple[int, int]] = {}
         binned = 0
-        for sample, values in zip(samples, outputs, strict=True):
+        while pairs:
+            size = len(pairs) if self.drift is None else min(len(pairs), self.drift.room())
+            chunk, pairs = pairs[:size], pairs[size:]
             for r in self.ranges:
-                tensor = values.get(r.tensor)
-                if tensor is None:
-                    tensor = sample.inputs[r.tensor]
+                values = _flat_values(r.tensor, chunk)
                 seen, clipped = per_tensor.get(r.tensor, (0, 0))
-                per_tensor[r.tensor] = (seen + int(tensor.size), clipped + r.count_clipped(tensor))
+                per_tensor[r.tensor] = (seen + int(values.size), clipped + r.count_clipped(values))
                 if self.drift is not None:
-                    binned += self.drift.add(r.tensor, tensor)
+                    binned += self.drift.add(r.tensor, values, samples=len(chunk))
             if self.drift is not None:
-                self.drift.sample_done()
+                self.drift.samples_done(len(chunk))
         observed = sum(seen for seen, _ in per_tensor.values())
         clipped = sum(outside for _, outside in per_tensor.values())
         self.metrics.activations(observed, clipped, per_tensor)
         if self.drift is not None:
             distances = self.drift.distances()
             self.metrics.drifted(distances, overall(distances), binned)
+
+
+def _flat_values(tensor: str, chunk: Sequence[tuple[ClipSample, dict[str, np.ndarray]]]) -> np.ndarray:
+    """`tensor`'s values in every request of `chunk`, as one flat array: an observed output, or for
+    a graph input, the request's own."""
+    flat = []
+    for sample, outputs in chunk:
+        observed = outputs.get(tensor)
+        flat.append((sample.inputs[tensor] if observed is None else observed).reshape(-1))
+    return flat[0] if len(flat) == 1 else np.concatenate(flat)

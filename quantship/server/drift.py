@@ -52,15 +52,21 @@ def _as_bins(counts: np.ndarray, under: int, over: int) -> np.ndarray:
 def js_divergence(p: np.ndarray, q: np.ndarray) -> float:
     """Jensen-Shannon divergence of two histograms (counts, any scale), in bits: within [0, 1].
     Empty bins need no floor: a bin empty on one side contributes through the mixture only."""
-    p = p / p.sum()
-    q = q / q.sum()
+    return float(js_divergences(p[np.newaxis], q[np.newaxis])[0])
+
+
+def js_divergences(p: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """`js_divergence` of each row of `p` with the same row of `q` (rows with counts on both sides),
+    in one numpy pass: the clip lane computes a model's tensors after every hand-off."""
+    p = p / p.sum(axis=1, keepdims=True)
+    q = q / q.sum(axis=1, keepdims=True)
     m = (p + q) / 2
 
-    def kl(a: np.ndarray) -> float:
-        nonzero = a > 0
-        return float(np.sum(a[nonzero] * np.log2(a[nonzero] / m[nonzero])))
+    def kl(a: np.ndarray) -> np.ndarray:
+        ratio = np.divide(a, m, out=np.ones_like(a), where=a > 0)  # a bin empty in `a` adds 0 * log 1
+        return (a * np.log2(ratio)).sum(axis=1)
 
-    return min(1.0, max(0.0, (kl(p) + kl(q)) / 2))
+    return np.clip((kl(p) + kl(q)) / 2, 0.0, 1.0)
 
 
 class DriftWindow:
@@ -88,14 +94,17 @@ class DriftWindow:
     def tensors(self) -> list[str]:
         return list(self.histograms)
 
-    def add(self, tensor: str, values: np.ndarray) -> int:
-        """Bin one sampled request's values of `tensor`; how many were binned (finite ones)."""
+    def add(self, tensor: str, values: np.ndarray, samples: int = 1) -> int:
+        """Bin `samples` sampled requests' values of `tensor` (all of them in one array: the clip lane
+        bins a hand-off's requests together, one numpy pass a tensor instead of one a request); how
+        many were binned (finite ones). Count them with `samples_done` after every tensor is added."""
         h = self.histograms.get(tensor)
         if h is None:
             return 0
         flat = np.asarray(values).reshape(-1)
-        if flat.size > MAX_BINNED_VALUES:
-            step = -(-flat.size // MAX_BINNED_VALUES)
+        most = MAX_BINNED_VALUES * samples
+        if flat.size > most:
+            step = -(-flat.size // most)
             self._offset += 1  # each request starts elsewhere: no position is always skipped
             flat = flat[self._offset % step :: step]
         if tensor in self.folded:
@@ -105,9 +114,15 @@ class DriftWindow:
         self._current[tensor] += binned
         return int(binned.sum())
 
-    def sample_done(self) -> None:
-        """One sampled request binned: slide the window when its current half is full."""
-        self._current_samples += 1
+    def room(self) -> int:
+        """Sampled requests the current half-window takes before it slides: a batch added at once
+        must not span a slide, or the window would cover more requests than it says."""
+        return self.half - self._current_samples
+
+    def samples_done(self, samples: int = 1) -> None:
+        """`samples` sampled requests binned (at most `room()`): slide the window when its current
+        half is full."""
+        self._current_samples += samples
         if self._current_samples >= self.half:
             self._previous = self._current
             self._current = {t: np.zeros_like(b) for t, b in self.baseline.items()}
@@ -115,12 +130,12 @@ class DriftWindow:
 
     def distances(self) -> dict[str, float]:
         """JS divergence of the window from calibration, per tensor that has values in the window."""
-        result = {}
-        for tensor, baseline in self.baseline.items():
-            window = self._previous[tensor] + self._current[tensor]
-            if window.sum() > 0:
-                result[tensor] = js_divergence(window, baseline)
-        return result
+        tensors = [t for t in self.baseline if self._previous[t].any() or self._current[t].any()]
+        if not tensors:
+            return {}
+        windows = np.stack([self._previous[t] + self._current[t] for t in tensors])
+        baselines = np.stack([self.baseline[t] for t in tensors])
+        return dict(zip(tensors, js_divergences(windows, baselines).tolist(), strict=True))
 
 
 def overall(distances: Mapping[str, float]) -> float | None:

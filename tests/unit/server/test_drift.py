@@ -38,11 +38,11 @@ def test_a_window_of_calibration_like_values_stays_near_zero_and_a_shifted_one_r
     window = DriftWindow([calibration(rng.standard_normal(20_000))], window=64)
     for _ in range(64):
         window.add("t", rng.standard_normal(200))
-        window.sample_done()
+        window.samples_done()
     calm = window.distances()["t"]
     for _ in range(64):
         window.add("t", rng.standard_normal(200) * 0.5 + 1.0)  # same range, moved inside it
-        window.sample_done()
+        window.samples_done()
     shifted = window.distances()["t"]
     assert calm < 0.01
     assert shifted > 0.2
@@ -53,11 +53,11 @@ def test_the_window_forgets_what_is_older_than_a_window() -> None:
     window = DriftWindow([calibration(rng.standard_normal(20_000))], window=20)
     for _ in range(20):
         window.add("t", rng.standard_normal(200) + 2.0)
-        window.sample_done()
+        window.samples_done()
     assert window.distances()["t"] > 0.2
     for _ in range(20):  # one whole window of calm traffic later, the shift has left it
         window.add("t", rng.standard_normal(200))
-        window.sample_done()
+        window.samples_done()
     assert window.distances()["t"] < 0.02
 
 

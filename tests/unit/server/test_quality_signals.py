@@ -8,6 +8,7 @@ from prometheus_client import CollectorRegistry
 
 from quantship import artifact, slo, zoo
 from quantship.server.clipping import ClipCounter, ClipSample, observer_model
+from quantship.server.drift import DriftWindow
 from quantship.server.errors import FeedbackConflict, UnknownRequest
 from quantship.server.feedback import FeedbackStore
 from quantship.server.metrics import ServerMetrics
@@ -133,6 +134,36 @@ def test_an_artifact_calibrated_on_one_digit_clips_far_more_of_real_traffic(
     good, skewed = clip_rate(good_artifact), clip_rate(skewed_artifact)
     assert skewed > 0.002
     assert skewed > 20 * good
+
+
+def test_a_hand_off_counted_at_once_reads_as_its_requests_one_at_a_time(
+    skewed_artifact: artifact.Artifact, sample: zoo.SampleModel
+) -> None:
+    """The clip lane counts and bins a hand-off's requests together, a tensor at a time; the counts
+    and the drift window (which slides every 4 requests here, inside the hand-off of 10) must be
+    those of the same requests processed one by one."""
+    images = np.load(sample.requests)[zoo.INPUT_NAME][:10]
+    model, ranges = observer_model(skewed_artifact.model_path, skewed_artifact.activation_ranges)
+    histograms = skewed_artifact.activation_histograms
+    samples = [ClipSample({"X": images[i : i + 1]}, 1) for i in range(len(images))]
+
+    def run(hand_offs: list[list[ClipSample]]) -> tuple[CollectorRegistry, dict[str, float]]:
+        recorder, registry = metrics(per_tensor=True)
+        window = DriftWindow(histograms, window=8, ranges=ranges)
+        counter = ClipCounter(Runner.load(model), ranges, recorder, window)
+        for hand_off in hand_offs:
+            counter.process(hand_off)
+        return registry, window.distances()
+
+    (together, together_drift), (alone, alone_drift) = run([samples]), run([[s] for s in samples])
+    M = slo.Metric
+    assert value(together, M.ACTIVATIONS_CLIPPED_TOTAL)  # the skewed artifact clips: a comparison
+    for name in (M.ACTIVATIONS_OBSERVED_TOTAL, M.ACTIVATIONS_CLIPPED_TOTAL, M.ACTIVATION_DRIFT_VALUES_TOTAL):
+        assert value(together, name) == value(alone, name), name
+    for tensor in [r.tensor for r in ranges]:
+        clipped = M.TENSOR_ACTIVATIONS_CLIPPED_TOTAL
+        assert value(together, clipped, tensor=tensor) == value(alone, clipped, tensor=tensor), tensor
+    assert together_drift and together_drift == pytest.approx(alone_drift, abs=1e-12)
 
 
 # -- metrics -----------------------------------------------------------------------------------
