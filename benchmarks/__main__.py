@@ -11,7 +11,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-SUITES = ["quantize", "real_models", "server", "transport", "peers", "rollout", "operator_scale"]
+SUITES = ["quantize", "real_models", "server", "transport", "peers", "sli_cost", "rollout", "operator_scale"]
 
 
 def main(names: list[str]) -> None:

@@ -192,10 +192,10 @@ def _wait(url: str, body: str, process: subprocess.Popen[bytes] | None, timeout:
 
 
 @contextmanager
-def quantship(model: Model, workdir: Path) -> Iterator[Running]:
+def quantship(model: Model, workdir: Path, *flags: str, log_name: str = "quantship") -> Iterator[Running]:
     server = ServerProcess(
         model.artifact, model="m", revision="bench",
-        extra_args=["--threads", "1", "--log-level", "warning"], log_path=workdir / "quantship.log",
+        extra_args=["--threads", "1", "--log-level", "warning", *flags], log_path=workdir / f"{log_name}.log",
     )  # fmt: skip
     server.start()
     try:
@@ -247,6 +247,14 @@ def peer(
 
 
 # -- measuring -----------------------------------------------------------------------------------
+
+
+def post_script(path: Path, body: str) -> Path:
+    """A wrk script that POSTs `body` as JSON."""
+    path.write_text(
+        f'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\nwrk.body = [[{body}]]\n'
+    )
+    return path
 
 
 def _wrk(wrk: str, url: str, script: Path, concurrency: int, seconds: int) -> str:
@@ -310,9 +318,7 @@ def run(workdir: Path) -> None:
     for column in ("model", "c", "quantship", *pythons, "raw ORT b1", "quantship / peers", "of raw", "load"):
         table.add_column(column, justify="left" if column == "model" else "right")
     for model in models(workdir):
-        script = workdir / "post.lua"
-        script.write_text(f'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
-                          f"wrk.body = [[{model.body}]]\n")  # fmt: skip
+        script = post_script(workdir / "post.lua", model.body)
         width = json.loads(model.body)["inputs"][0]["shape"][1]
         raw = raw_calls_per_s(model.onnx_path, width)
         cells: dict[tuple[str, int], Cell] = {}

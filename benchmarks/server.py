@@ -161,7 +161,8 @@ async def _drive(url: str, body: bytes, concurrency: int, on_start: Callable[[],
     return latencies
 
 
-def _scrape(url: str, *names: str) -> list[float]:
+def scrape_sums(url: str, *names: str) -> list[float]:
+    """Each named metric of a quantship server, summed over its series."""
     text = httpx.get(f"{url}/metrics").text
     samples = [sample for family in text_string_to_metric_families(text) for sample in family.samples]
     return [sum(s.value for s in samples if s.name == name) for name in names]
@@ -174,14 +175,14 @@ def measure(target: Target, body: bytes, concurrency: int) -> Point:
     def on_start() -> None:
         marks["cpu"] = cpu_seconds(target.pid)
 
-    before = _scrape(target.url, *names) if target.metrics else []
+    before = scrape_sums(target.url, *names) if target.metrics else []
     latencies = asyncio.run(_drive(target.url + INFER, body, concurrency, on_start))
     cpu = cpu_seconds(target.pid) - marks["cpu"]
     point = _summary(target.variant, concurrency, latencies, MEASURE_S)
     note = ""
     if target.metrics:
         rows, calls, shadowed = (
-            after - b for after, b in zip(_scrape(target.url, *names), before, strict=True)
+            after - b for after, b in zip(scrape_sums(target.url, *names), before, strict=True)
         )
         note = f"{rows / calls:.1f} rows/call" if calls else ""
         note += f", {shadowed / rows:.1%} shadowed" if shadowed and rows else ""
