@@ -199,8 +199,10 @@ def create_app(
         ))  # fmt: skip
     budget = ShutdownBudget(settings.drain_timeout_s)
     body = BodyLimits(settings.max_body_bytes, settings.body_timeout_s)
+    endpoints = Endpoints(service, service.metrics, registry, body)
+    routes = endpoints.routes()
     app = ModelServerApp(
-        InferRoute(service, service.metrics, body),
+        InferRoute(service, service.metrics, body, [route.path for route in routes if route.hot]),
         title="quantship model server",
         version=__version__,
         description="Open Inference Protocol v2 (REST, with the binary tensor extension; gRPC on its own "
@@ -209,8 +211,7 @@ def create_app(
         redoc_url=None,
     )
     app.state.service, app.state.shutdown = service, budget
-    endpoints = Endpoints(service, service.metrics, registry, body)
-    documented = _add_routes(app, endpoints.routes())
+    documented = _add_routes(app, routes)
     install_handlers(app)
     app.openapi = _openapi(app, settings, service, documented)  # type: ignore[method-assign]
     return app
@@ -224,9 +225,9 @@ class ModelServerApp(FastAPI):
         self.infer_route = infer
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        match = self.infer_route.match(scope)
-        if match is not None:
-            await self.infer_route(scope, receive, send, match)
+        params = self.infer_route.match(scope)
+        if params is not None:
+            await self.infer_route(scope, receive, send, params)
         else:
             await super().__call__(scope, receive, send)
 

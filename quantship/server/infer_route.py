@@ -13,11 +13,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from starlette.routing import compile_path
 from starlette.types import Receive, Scope, Send
 
 from quantship.server import protocol
@@ -34,7 +34,6 @@ from quantship.server.service import ModelService
 log = logging.getLogger("quantship.server")
 
 
-INFER_PATH = re.compile(r"/v2/models/(?P<model>[^/]+)(?:/versions/(?P<version>[^/]+))?/infer")
 _HEADER_LENGTH = protocol.HEADER_LENGTH.lower().encode()
 
 INLINE_DECODE_BYTES = 64 * 1024
@@ -101,19 +100,28 @@ async def decode(body: bytes, header_length: str | None) -> protocol.InferReques
 class InferRoute:
     """ASGI for the inference path; `match` says whether a request is one."""
 
-    def __init__(self, service: ModelService, metrics: ServerMetrics, limits: BodyLimits) -> None:
+    def __init__(
+        self, service: ModelService, metrics: ServerMetrics, limits: BodyLimits, paths: Sequence[str]
+    ) -> None:
+        """`paths`: the app's route templates this answers (`/v2/models/{model_name}/infer`, ...),
+        compiled as Starlette compiles them, so that the path is spelled once, in the route table."""
         self.service = service
         self.metrics = metrics
         self.limits = limits
+        self.patterns = [compile_path(path)[0] for path in paths]
 
-    @staticmethod
-    def match(scope: Scope) -> re.Match[str] | None:
+    def match(self, scope: Scope) -> dict[str, str] | None:
+        """The path parameters of an inference request (`model_name`, maybe `model_version`), or None."""
         if scope["type"] != "http" or scope["method"] != "POST":
             return None
-        return INFER_PATH.fullmatch(scope["path"])
+        for pattern in self.patterns:
+            found = pattern.match(scope["path"])
+            if found is not None:
+                return found.groupdict()
+        return None
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send, match: re.Match[str]) -> None:
-        await self._infer(scope, receive, send, match["model"], match["version"])
+    async def __call__(self, scope: Scope, receive: Receive, send: Send, params: dict[str, str]) -> None:
+        await self._infer(scope, receive, send, params["model_name"], params.get("model_version"))
 
     async def _infer(
         self, scope: Scope, receive: Receive, send: Send, model: str, version: str | None
