@@ -110,9 +110,10 @@ def run(
         bench = workbench.Workbench(
             prepared, prepared_model, config, evaluator, calibrations, tmp, progress, note
         )
+        traits = workbench.traits(prepared_model, calib is not None, hardware)
         trials = tuner.tune(
             config,
-            workbench.traits(prepared_model, calib is not None, hardware),
+            traits,
             bench.attempt,
             bench.op_type_groups,
             bench.ranking,
@@ -128,8 +129,9 @@ def run(
             raise QuantizeInputError(
                 f"onnxruntime could not quantize {model_path} in any trial: {chosen.error}"
             )
-        if not chosen.passed:
-            note(f"no trial passed the gate ({gate.describe()}); {tuner.advice(trials)}")
+        advice = None if chosen.passed else tuner.advice(trials, traits)
+        if advice is not None:
+            note(f"no trial passed the gate ({gate.describe()}); {advice}")
 
         chosen_path = bench.path(chosen)
         chosen_ranges = ranges.activation_ranges(
@@ -146,6 +148,7 @@ def run(
             config=config,
             chosen=chosen,
             trials=trials,
+            advice=advice,
             calib=calib,
             evalset=evalset,
             activation_ranges=chosen_ranges,
@@ -227,6 +230,7 @@ def _manifest(
     config: QuantizeConfig,
     chosen: tuner.Trial,
     trials: list[tuner.Trial],
+    advice: str | None,
     calib: data.Dataset | None,
     evalset: data.Dataset,
     activation_ranges: list[artifact.ActivationRange],
@@ -284,7 +288,7 @@ def _manifest(
             "stage": chosen.stage.value,
             "seconds": round(seconds, 2),
             "peak_rss_mb": round(max(t.peak_rss_mb for t in trials), 1),
-            "advice": None if chosen.passed else tuner.advice(trials),
+            "advice": advice,
         },
         "sensitivity": [e.to_json() for e in errors],
         "trials": [t.to_json() for t in trials],

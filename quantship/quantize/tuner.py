@@ -280,14 +280,21 @@ def best(trials: list[Trial]) -> Trial:
     return min(trials, key=lambda t: (t.shortfall, -t.quantized_share))
 
 
-def advice(trials: list[Trial]) -> str:
+def advice(trials: list[Trial], traits: ModelTraits) -> str:
     """What to try next when nothing passed: said in the report and on the console."""
     closest = best(trials)
     evaluation = closest.evaluation
+    hardware = (
+        " This CPU lacks VNNI: its int8 kernels either sum pairs of products in 16 bits (U8S8, which "
+        "saturates), use 7-bit weights (reduce_range) or run U8U8, and the tuner tried each; on a CPU "
+        "with VNNI or AMX, U8S8 is exact, so the same model may pass there (quantize where it is served)."
+        if traits.lacks_vnni
+        else ""
+    )
     return (
         f"closest: trial {closest.number} ({closest.config.label()}"
         f"{', ' + str(len(closest.excluded)) + ' nodes in float' if closest.excluded else ''}) with "
         f"{evaluation.metric.value} {evaluation.value:.4g} against {evaluation.threshold:g}. Next: more or "
         "more representative calibration data, labelled evaluation data (gate on accuracy, not agreement "
-        "with FP32 on ambiguous inputs), a larger --max-trials, or quantization-aware training."
+        "with FP32 on ambiguous inputs), a larger --max-trials, or quantization-aware training." + hardware
     )

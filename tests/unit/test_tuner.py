@@ -214,7 +214,16 @@ def test_the_budget_is_respected_and_the_best_effort_is_the_closest() -> None:
     assert not any(t.passed for t in trials)
     best = tuner.best(trials)
     assert best.shortfall == min(t.shortfall for t in trials)
-    assert "closest: trial" in tuner.advice(trials) and "quantization-aware training" in tuner.advice(trials)
+    said = tuner.advice(trials, CNN)
+    assert "closest: trial" in said and "quantization-aware training" in said
+    assert "VNNI" not in said
+
+
+def test_the_advice_names_the_missing_vnni_where_it_decided_the_kernels() -> None:
+    no_vnni = replace(CNN, lacks_vnni=True)
+    trials, _ = _tune(replace(BASE, max_trials=5), _harm({n: 0.001 for n in "abcdefgh"}, base=0.5), no_vnni)
+    said = tuner.advice(trials, no_vnni)
+    assert "lacks VNNI" in said and "U8U8" in said and said.startswith("closest: trial")
 
 
 def test_best_prefers_more_quantized_nodes_among_passing_trials() -> None:
