@@ -96,6 +96,13 @@ class DemoSettings:
         )
 
 
+INCONCLUSIVE_LIMIT = 5
+"""Judgements short of data the demo sits out before rolling back (the default is 3). Its canaries
+share two cores with the other servers, Prometheus, this process and, for the recalibrated one, the
+quantize run that just finished: on a slow 2-core machine that canary's first three 5 s windows once
+held 35-46 of the 50 samples a verdict needs, and it was rolled back for want of data, not for any
+fault. Two more steps' worth of waiting; a canary that never gets traffic is still rolled back."""
+
 # Requests share two cores with the servers, Prometheus and this process: the latency SLO only
 # catches real regressions here, not scheduler noise.
 OBJECTIVES = slo.default_objectives(latency_threshold=0.25)
@@ -208,6 +215,7 @@ def _spec(revision: str, settings: DemoSettings) -> RolloutSpec:
             short_window=settings.short_window,
             long_window=settings.long_window,
             min_samples=settings.min_samples,
+            inconclusive_limit=INCONCLUSIVE_LIMIT,
         ),
     )
 
