@@ -12,7 +12,7 @@ the served graph quantizes, up to int8 rounding of earlier layers.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,8 +72,8 @@ class ClipCounter:
         """Blocking: runs the observer session. Called in the background thread by a Lane.
 
         Counting and binning go a tensor at a time over all of the hand-off's requests together:
-        per request, digits' 9 tensors cost 1.0-1.8 ms of numpy calls on tiny arrays a sample (AMD
-        EPYC), more than the observing session itself."""
+        one request at a time, digits' 9 tensors cost 1.0-1.8 ms of numpy calls on tiny arrays a
+        sample (AMD EPYC), more than the observing session itself."""
         outputs = self.observer.run_many([s.inputs for s in samples], [s.rows for s in samples])
         pairs = list(zip(samples, outputs, strict=True))
         per_tensor: dict[str, tuple[int, int]] = {}
@@ -82,26 +82,37 @@ class ClipCounter:
             size = len(pairs) if self.drift is None else min(len(pairs), self.drift.room())
             chunk, pairs = pairs[:size], pairs[size:]
             for r in self.ranges:
-                values = _flat_values(r.tensor, chunk)
+                requests = [_values(r.tensor, sample, observed) for sample, observed in chunk]
                 seen, clipped = per_tensor.get(r.tensor, (0, 0))
-                per_tensor[r.tensor] = (seen + int(values.size), clipped + r.count_clipped(values))
+                per_tensor[r.tensor] = (
+                    seen + sum(int(values.size) for values in requests),
+                    clipped + _count_clipped(r, requests),
+                )
                 if self.drift is not None:
-                    binned += self.drift.add(r.tensor, values, samples=len(chunk))
+                    binned += self.drift.add(r.tensor, requests)
             if self.drift is not None:
                 self.drift.samples_done(len(chunk))
-        observed = sum(seen for seen, _ in per_tensor.values())
-        clipped = sum(outside for _, outside in per_tensor.values())
-        self.metrics.activations(observed, clipped, per_tensor)
+        observed_values = sum(seen for seen, _ in per_tensor.values())
+        clipped_values = sum(outside for _, outside in per_tensor.values())
+        self.metrics.activations(observed_values, clipped_values, per_tensor)
         if self.drift is not None:
             distances = self.drift.distances()
             self.metrics.drifted(distances, overall(distances), binned)
 
 
-def _flat_values(tensor: str, chunk: Sequence[tuple[ClipSample, dict[str, np.ndarray]]]) -> np.ndarray:
-    """`tensor`'s values in every request of `chunk`, as one flat array: an observed output, or for
-    a graph input, the request's own."""
-    flat = []
-    for sample, outputs in chunk:
-        observed = outputs.get(tensor)
-        flat.append((sample.inputs[tensor] if observed is None else observed).reshape(-1))
-    return flat[0] if len(flat) == 1 else np.concatenate(flat)
+JOIN_VALUES = 1 << 16
+"""A tensor's values over a hand-off are joined into one array to be counted at once up to this many
+(a copy of a small model's few kilobytes); past it, each request counts on its own, so that a CNN's
+megabytes a request are never copied."""
+
+
+def _values(tensor: str, sample: ClipSample, outputs: Mapping[str, np.ndarray]) -> np.ndarray:
+    """One request's `tensor`, flat: an observed output, or for a graph input, the request's own."""
+    observed = outputs.get(tensor)
+    return (sample.inputs[tensor] if observed is None else observed).reshape(-1)
+
+
+def _count_clipped(r: ActivationRange, requests: Sequence[np.ndarray]) -> int:
+    if len(requests) > 1 and sum(values.size for values in requests) <= JOIN_VALUES:
+        return r.count_clipped(np.concatenate(requests))
+    return sum(r.count_clipped(values) for values in requests)

@@ -94,19 +94,16 @@ class DriftWindow:
     def tensors(self) -> list[str]:
         return list(self.histograms)
 
-    def add(self, tensor: str, values: np.ndarray, samples: int = 1) -> int:
-        """Bin `samples` sampled requests' values of `tensor` (all of them in one array: the clip lane
-        bins a hand-off's requests together, one numpy pass a tensor instead of one a request); how
-        many were binned (finite ones). Count them with `samples_done` after every tensor is added."""
+    def add(self, tensor: str, requests: Sequence[np.ndarray]) -> int:
+        """Bin `tensor`'s values from each of a hand-off's sampled requests (each capped at
+        MAX_BINNED_VALUES, then all binned in one numpy pass: one request at a time, binning was
+        most of the clip lane's cost on a small model); how many were binned (finite ones). Count
+        the requests with `samples_done` once every tensor is added."""
         h = self.histograms.get(tensor)
         if h is None:
             return 0
-        flat = np.asarray(values).reshape(-1)
-        most = MAX_BINNED_VALUES * samples
-        if flat.size > most:
-            step = -(-flat.size // most)
-            self._offset += 1  # each request starts elsewhere: no position is always skipped
-            flat = flat[self._offset % step :: step]
+        parts = [self._capped(np.asarray(values).reshape(-1)) for values in requests]
+        flat = parts[0] if len(parts) == 1 else np.concatenate(parts)
         if tensor in self.folded:
             flat = np.clip(flat, *self.folded[tensor])
         counts, under, over = ActivationHistogram.bin(flat, h.low, h.high)
@@ -114,14 +111,23 @@ class DriftWindow:
         self._current[tensor] += binned
         return int(binned.sum())
 
+    def _capped(self, flat: np.ndarray) -> np.ndarray:
+        """At most MAX_BINNED_VALUES of one request's values, evenly strided (a view, no copy)."""
+        if flat.size <= MAX_BINNED_VALUES:
+            return flat
+        step = -(-flat.size // MAX_BINNED_VALUES)
+        self._offset += 1  # each request starts elsewhere: no position is always skipped
+        return flat[self._offset % step :: step]
+
     def room(self) -> int:
         """Sampled requests the current half-window takes before it slides: a batch added at once
         must not span a slide, or the window would cover more requests than it says."""
         return self.half - self._current_samples
 
     def samples_done(self, samples: int = 1) -> None:
-        """`samples` sampled requests binned (at most `room()`): slide the window when its current
-        half is full."""
+        """`samples` sampled requests binned: slide the window when its current half is full."""
+        if samples > self.room():
+            raise ValueError(f"{samples} requests do not fit the {self.room()} left before the window slides")
         self._current_samples += samples
         if self._current_samples >= self.half:
             self._previous = self._current
