@@ -103,6 +103,7 @@ class Lane(Generic[T]):
         """Set once a hand-off's worth is queued: gathering stops early (a burst of offers faster
         than max_items per gather_s would otherwise fill the queue while the lane waits)."""
         self._task: asyncio.Task[None] | None = None
+        self._closing = False
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._work(), name=f"{self.name} lane")
@@ -135,6 +136,8 @@ class Lane(Generic[T]):
             self._task.cancel()
 
     async def _finish(self) -> None:
+        self._closing = True  # nothing more is coming: no gathering from here on
+        self._enough.set()
         await self._queue.put(None)
         assert self._task is not None
         await self._task
@@ -144,7 +147,7 @@ class Lane(Generic[T]):
         while True:
             first = await self._queue.get()
             items, stopping = ([] if first is None else [first]), first is None
-            if not stopping and self._queue.qsize() < self.max_items - 1:
+            if not stopping and not self._closing and self._queue.qsize() < self.max_items - 1:
                 self._enough.clear()  # let more samples join this hand-off, up to a full one
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._enough.wait(), self.gather_s)

@@ -147,6 +147,22 @@ async def test_a_full_hand_off_goes_at_once_without_waiting_out_the_gathering(
     await lane.close(timeout=1)
 
 
+async def test_closing_does_not_wait_out_the_gathering(executor: ThreadPoolExecutor) -> None:
+    """Shutdown's drain budget is shared: a lane gathering for batch-mates stops at once."""
+    handed: list[list[int]] = []
+    lane: Lane[int] = Lane(
+        "test", handed.append, executor=executor, capacity=10, on_drop=lambda reason: None, gather_s=60.0
+    )
+    lane.start()
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    lane.offer(7)
+    await asyncio.sleep(0)  # the lane takes it and begins to gather
+    await lane.close(timeout=120)
+    assert handed == [[7]]
+    assert loop.time() - started < 1.0, "closing waited out the gathering"
+
+
 def _nice_of(thread_id: int) -> int:
     # /proc/<pid>/task/<tid>/stat: the 19th field is the nice value (after the parenthesised name)
     fields = Path(f"/proc/self/task/{thread_id}/stat").read_text().rpartition(")")[2].split()
