@@ -134,14 +134,19 @@ class QuantizeConfig:
             return {"MatMulConstBOnly": True}
         return {}
 
+    @property
+    def int8_pair(self) -> str:
+        """Activations then weights, as onnxruntime names its int8 kernels: U8S8, U8U8, S8S8 (dynamic
+        quantization always has uint8 activations)."""
+        act = "U8" if self.mode is Mode.DYNAMIC or self.activation_type is Precision.UINT8 else "S8"
+        return act + ("U8" if self.weight_type is Precision.UINT8 else "S8")
+
     def label(self) -> str:
         """The recipe in a few words, for progress, tables and the report."""
         if self.mode is Mode.DYNAMIC:
             words = ["dynamic", f"{self.weight_type.value} weights"]
         else:
-            act = "U8" if self.activation_type is Precision.UINT8 else "S8"
-            weight = "U8" if self.weight_type is Precision.UINT8 else "S8"
-            words = ["static", f"{act}{weight}", self.calibration.value]
+            words = ["static", self.int8_pair, self.calibration.value]
             if self.matmul_const_b_only:
                 words.append("MatMulConstBOnly")
         words.append("per-channel" if self.per_channel else "per-tensor")

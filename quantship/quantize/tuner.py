@@ -280,17 +280,29 @@ def best(trials: list[Trial]) -> Trial:
     return min(trials, key=lambda t: (t.shortfall, -t.quantized_share))
 
 
+def _kernel(config: QuantizeConfig) -> str:
+    return config.int8_pair + (" reduce-range" if config.reduce_range else "")
+
+
+def _without_vnni(trials: list[Trial]) -> str:
+    """What the missing VNNI meant for this model: the kernels tried, and those the budget left out."""
+    tried = list(dict.fromkeys(_kernel(t.config) for t in trials))
+    untried = [k for k in ("U8S8", "U8S8 reduce-range", "U8U8") if k not in tried]
+    return (
+        " This CPU lacks VNNI, so the int8 kernel decides accuracy: U8S8 sums pairs of products in 16 "
+        "bits (which saturates), reduce-range makes weights 7-bit, U8U8 is exact but slower. Tried: "
+        + ", ".join(tried)
+        + (f"; not reached within --max-trials: {', '.join(untried)}" if untried else "")
+        + ". On a CPU with VNNI or AMX, U8S8 is exact: the same model may pass there (quantize where "
+        "it is served)."
+    )
+
+
 def advice(trials: list[Trial], traits: ModelTraits) -> str:
     """What to try next when nothing passed: said in the report and on the console."""
     closest = best(trials)
     evaluation = closest.evaluation
-    hardware = (
-        " This CPU lacks VNNI: its int8 kernels either sum pairs of products in 16 bits (U8S8, which "
-        "saturates), use 7-bit weights (reduce_range) or run U8U8, and the tuner tried each; on a CPU "
-        "with VNNI or AMX, U8S8 is exact, so the same model may pass there (quantize where it is served)."
-        if traits.lacks_vnni
-        else ""
-    )
+    hardware = _without_vnni(trials) if traits.lacks_vnni else ""
     return (
         f"closest: trial {closest.number} ({closest.config.label()}"
         f"{', ' + str(len(closest.excluded)) + ' nodes in float' if closest.excluded else ''}) with "

@@ -219,11 +219,16 @@ def test_the_budget_is_respected_and_the_best_effort_is_the_closest() -> None:
     assert "VNNI" not in said
 
 
-def test_the_advice_names_the_missing_vnni_where_it_decided_the_kernels() -> None:
+def test_the_advice_names_the_missing_vnni_and_the_kernels_tried_and_not() -> None:
     no_vnni = replace(CNN, lacks_vnni=True)
-    trials, _ = _tune(replace(BASE, max_trials=5), _harm({n: 0.001 for n in "abcdefgh"}, base=0.5), no_vnni)
+    harm = _harm({n: 0.001 for n in "abcdefgh"}, base=0.5)
+    trials, _ = _tune(replace(BASE, max_trials=8), harm, no_vnni)
     said = tuner.advice(trials, no_vnni)
-    assert "lacks VNNI" in said and "U8U8" in said and said.startswith("closest: trial")
+    assert "lacks VNNI" in said and said.startswith("closest: trial")
+    assert "Tried: U8S8, U8U8, U8S8 reduce-range" in said and "not reached" not in said
+    one, _ = _tune(replace(BASE, max_trials=0), harm, no_vnni)
+    said = tuner.advice(one, no_vnni)
+    assert "Tried: U8S8; not reached within --max-trials: U8S8 reduce-range, U8U8" in said
 
 
 def test_best_prefers_more_quantized_nodes_among_passing_trials() -> None:
