@@ -27,12 +27,15 @@ from rich.table import Table
 from benchmarks import peers
 from benchmarks.server import scrape_sums
 from quantship import runtime
+from quantship.slo import Metric
 
 ROUNDS = int(os.environ.get("SLI_ROUNDS", 5))
 OFF = ("--shadow-rate", "0", "--clip-sample-rate", "0")
 TARGET = 0.05
-SAMPLES = ("quantship_shadow_comparisons_total", "quantship_samples_dropped_total")
+SAMPLES = (Metric.SHADOW_COMPARISONS_TOTAL.value, Metric.SAMPLES_DROPPED_TOTAL.value)
 """Scraped around each measured cell of the SLI server: what it compared, and what it skipped."""
+CELL_S = peers.WARMUP_S + peers.SECONDS
+"""Seconds of load between the two scrapes of a cell: its warm-up and its measurement."""
 
 
 def run(workdir: Path) -> None:
@@ -73,14 +76,15 @@ def run(workdir: Path) -> None:
         pairs = list(zip(cells["SLIs off", c], cells["default SLIs", c], strict=True))
         each = [1 - on_round.per_s / off_round.per_s for off_round, on_round in pairs]
         cost = statistics.median(each)
-        cpu_cost = statistics.median((b.cpu_us or 0) / (a.cpu_us or 1) - 1 for a, b in pairs)
+        cpu_costs = [b.cpu_us / a.cpu_us - 1 for a, b in pairs if a.cpu_us and b.cpu_us]
+        cpu_cost = f"{statistics.median(cpu_costs):+.1%}" if cpu_costs else "n/a"
         costs.append(cost)
         loads = max(cell.load for variant in ("SLIs off", "default SLIs") for cell in cells[variant, c])
         table.add_row(
-            str(c), peers._cell(off), peers._cell(on), f"{cost:+.1%}", f"{cpu_cost:+.1%}",
+            str(c), peers._cell(off), peers._cell(on), f"{cost:+.1%}", cpu_cost,
             " ".join(f"{x:+.0%}" for x in each),
-            f"{statistics.median(s for s, _ in sampled[c]) / peers.SECONDS:.0f}, "
-            f"{statistics.median(d for _, d in sampled[c]) / peers.SECONDS:.0f}",
+            f"{statistics.median(s for s, _ in sampled[c]) / CELL_S:.0f}, "
+            f"{statistics.median(d for _, d in sampled[c]) / CELL_S:.0f}",
             f"{loads:.2f}",
         )  # fmt: skip
     console.print(table)

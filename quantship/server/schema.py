@@ -57,7 +57,8 @@ class ModelMetadata(BaseModel):
     outputs: list[TensorMetadata]
     batching: dict[str, Any] | None = Field(
         None,
-        description="The batching policy measured at load: max_batch_size, reason, microseconds per row.",
+        description="The batching policy measured at load: max_batch_size, reason, microseconds per row, "
+        "inline_rows (calls of at most this many rows run on the event loop; 0: none).",
     )
 
 
