@@ -21,9 +21,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import signal
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,6 +45,7 @@ from quantship.local.recalibration import (
     wait_for_drift,
 )
 from quantship.local.scrape import ScrapeSource
+from quantship.local.stopping import Stopper
 from quantship.local.timeline import Timeline
 from quantship.local.traffic import LoadGenerator
 from quantship.local.workloads import LocalWorkloads
@@ -220,8 +220,16 @@ def _spec(revision: str, settings: DemoSettings) -> RolloutSpec:
     )
 
 
-async def run_demo(workdir: Path, console: Console, *, quick: bool = False, prometheus: bool = True) -> int:
-    """The whole demo; returns the exit code (0: promoted the good artifact, rolled back the bad one)."""
+async def run_demo(
+    workdir: Path,
+    console: Console,
+    *,
+    quick: bool = False,
+    prometheus: bool = True,
+    on_unwind: Callable[[], None] = lambda: None,
+) -> int:
+    """The whole demo; returns the exit code (0: promoted the good artifact, rolled back the bad one).
+    `on_unwind` is called once the demo begins to stop the processes it started, however it ends."""
     started = time.monotonic()
     workdir = workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
@@ -233,7 +241,8 @@ async def run_demo(workdir: Path, console: Console, *, quick: bool = False, prom
     timeline = Timeline(OBJECTIVES, settings.short_window, MODEL)
     outcomes: list[dict[str, Any]] = []
     drift = DriftLoop(revision="", scale=DRIFT_SCALE)
-    async with _serving(workdir, sample, revisions, settings, console) as (workloads, load, metrics, reader):
+    serving = _serving(workdir, sample, revisions, settings, console, on_unwind)
+    async with serving as (workloads, load, metrics, reader):
         timeline.drift = reader
         await _rollouts(
             revisions,
@@ -269,6 +278,7 @@ async def _serving(
     revisions: list[Revision],
     settings: DemoSettings,
     console: Console,
+    on_unwind: Callable[[], None],
 ) -> AsyncIterator[tuple[LocalWorkloads, LoadGenerator, MetricsSource, DriftReader]]:
     """The servers of every revision, the metrics source (Prometheus, or a direct scrape), where the
     drift gauge is read from, and the load generator; every process they started is stopped on the
@@ -305,7 +315,10 @@ async def _serving(
         if scraper is not None:
             await scraper.start()
         await load.start()
-        yield workloads, load, metrics, drift
+        try:
+            yield workloads, load, metrics, drift
+        finally:
+            on_unwind()
 
 
 async def _rollouts(
@@ -578,14 +591,13 @@ def _drift_summary(loop: DriftLoop) -> Table:
 
 
 async def _until_stopped(workdir: Path, console: Console, *, quick: bool, prometheus: bool) -> int:
-    """run_demo, cancelled by SIGTERM or SIGHUP as asyncio.run cancels it on Ctrl-C: the servers and
-    Prometheus run in sessions of their own, so a closed terminal or a `kill` must not orphan them."""
+    """run_demo, cancelled by Ctrl-C, SIGTERM or SIGHUP (stopping.py): the servers and Prometheus run
+    in sessions of their own, so a closed terminal or a `kill` must not orphan them."""
     demo = asyncio.current_task()
     assert demo is not None
-    loop = asyncio.get_running_loop()
-    for stop in (signal.SIGTERM, signal.SIGHUP):
-        loop.add_signal_handler(stop, demo.cancel)
-    return await run_demo(workdir, console, quick=quick, prometheus=prometheus)
+    stopper = Stopper(demo)
+    stopper.install()
+    return await run_demo(workdir, console, quick=quick, prometheus=prometheus, on_unwind=stopper.unwind)
 
 
 def main(workdir: Path, console: Console, *, quick: bool, prometheus: bool) -> int:
