@@ -50,6 +50,12 @@ GATHER_S = 0.2
 to minutes, so a fifth of a second of lag costs them nothing, and at a few dozen samples a second
 (5% of a 1,000 req/s server) it makes hand-offs of ~10 instead of ~2."""
 
+ROWS_A_CALL = 32
+"""Rows the background sessions (reference, observer) run in one call, at most: a hand-off of 16
+one-row samples is one call, but large requests go one at a time, so that a hand-off never holds
+sixteen requests' activations at once (256-row digits requests gathered together: +20-30 MiB of
+RSS, measured; an image model's activations are megabytes a row)."""
+
 BEHIND, BUDGET = "behind", "budget"
 """Why a lane dropped a sample: its queue was full, or the shared CPU budget was spent."""
 

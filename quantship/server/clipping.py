@@ -20,6 +20,7 @@ import numpy as np
 import onnx
 
 from quantship.artifact import ActivationRange
+from quantship.server.background import ROWS_A_CALL
 from quantship.server.drift import DriftWindow, overall
 from quantship.server.metrics import ServerMetrics
 from quantship.server.runner import Runner, Tensors
@@ -74,7 +75,9 @@ class ClipCounter:
         Counting and binning go a tensor at a time over all of the hand-off's requests together:
         one request at a time, digits' 9 tensors cost 1.0-1.8 ms of numpy calls on tiny arrays a
         sample (AMD EPYC), more than the observing session itself."""
-        outputs = self.observer.run_many([s.inputs for s in samples], [s.rows for s in samples])
+        outputs = self.observer.run_many(
+            [s.inputs for s in samples], [s.rows for s in samples], max_rows=ROWS_A_CALL
+        )
         pairs = list(zip(samples, outputs, strict=True))
         per_tensor: dict[str, tuple[int, int]] = {}
         binned = 0

@@ -8,7 +8,7 @@ batcher and the background workers merge requests with `concat` and `split`. Kno
 from __future__ import annotations
 
 import collections
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -191,10 +191,15 @@ class Runner:
             raise InferenceFailed(f"onnxruntime failed: {exc}") from exc
         return dict(zip(self._output_names, values, strict=True))
 
-    def run_many(self, requests: Sequence[Tensors], rows: Sequence[int]) -> list[dict[str, np.ndarray]]:
-        """Run several requests, in one call where they can share a batch, and split the results.
-        Raises the first request's InvalidInput, if any (for the background sessions)."""
-        outcomes = self.run_batch(requests, rows)
+    def run_many(
+        self, requests: Sequence[Tensors], rows: Sequence[int], *, max_rows: int
+    ) -> list[dict[str, np.ndarray]]:
+        """Run several requests, in calls of at most `max_rows` rows where they can share a batch (a
+        larger request runs alone), and split the results. Raises the first request's InvalidInput,
+        if any (for the background sessions)."""
+        outcomes: list[Outcome] = []
+        for chunk in _row_chunks(rows, max_rows):
+            outcomes += self.run_batch([requests[i] for i in chunk], [rows[i] for i in chunk])
         for outcome in outcomes:
             if isinstance(outcome, InvalidInput):
                 raise outcome
@@ -227,6 +232,18 @@ class Runner:
 
 
 Outcome = dict[str, np.ndarray] | InvalidInput
+
+
+def _row_chunks(rows: Sequence[int], most: int) -> Iterator[range]:
+    """Consecutive requests, as index ranges of at most `most` rows (a larger request alone)."""
+    start, total = 0, 0
+    for index, count in enumerate(rows):
+        if index > start and total + count > most:
+            yield range(start, index)
+            start, total = index, 0
+        total += count
+    if rows:
+        yield range(start, len(rows))
 
 
 def _outcome(run: Any, inputs: Tensors) -> Outcome:

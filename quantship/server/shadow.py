@@ -20,6 +20,7 @@ import numpy as np
 
 from quantship import runtime
 from quantship.agreement import Kind, RowRule
+from quantship.server.background import ROWS_A_CALL
 from quantship.server.feedback import FeedbackStore
 from quantship.server.metrics import ServerMetrics
 from quantship.server.runner import Runner, Tensors, TensorSpec
@@ -80,7 +81,9 @@ class ShadowEvaluator:
 
     def process(self, samples: Sequence[ShadowSample]) -> None:
         """Blocking: runs the reference. Called in the background thread by a Lane."""
-        outputs = self.reference.run_many([s.inputs for s in samples], [s.rows for s in samples])
+        outputs = self.reference.run_many(
+            [s.inputs for s in samples], [s.rows for s in samples], max_rows=ROWS_A_CALL
+        )
         for sample, output in zip(samples, outputs, strict=True):
             reference = output[self.comparator.output]
             disagreeing, rows = self.comparator.disagreements(sample.served, reference)

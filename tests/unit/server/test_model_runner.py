@@ -65,9 +65,22 @@ def test_unknown_outputs_are_refused_with_the_ones_the_model_gives(tiny_model: T
 def test_run_many_merges_what_can_share_a_batch_and_splits_answers_back(tiny_model: TinyModel) -> None:
     runner = tiny_model(width="W")
     requests = [{"X": np.full((n, w), n, dtype=np.float32)} for n, w in ((1, 3), (2, 5), (3, 3))]
-    answers = runner.run_many(requests, [1, 2, 3])
-    for (n, w), answer in zip(((1, 3), (2, 5), (3, 3)), answers, strict=True):
-        np.testing.assert_array_equal(answer["Y"], np.full((n, w), n + 1, dtype=np.float32))
+    for max_rows in (32, 3, 1):  # one call, two (1 + 2 rows, then 3), one a request
+        answers = runner.run_many(requests, [1, 2, 3], max_rows=max_rows)
+        for (n, w), answer in zip(((1, 3), (2, 5), (3, 3)), answers, strict=True):
+            np.testing.assert_array_equal(answer["Y"], np.full((n, w), n + 1, dtype=np.float32))
+
+
+def test_run_many_never_runs_more_than_max_rows_in_one_call(tiny_model: TinyModel) -> None:
+    """The background sessions' memory: a hand-off of large requests goes one call at a time."""
+    runner = tiny_model()
+    calls: list[int] = []
+    run = runner.run
+    runner.run = lambda inputs: calls.append(len(inputs["X"])) or run(inputs)  # type: ignore[method-assign]
+    requests = [{"X": np.ones((n, 3), dtype=np.float32)} for n in (1, 1, 1, 40, 2, 2)]
+    answers = runner.run_many(requests, [1, 1, 1, 40, 2, 2], max_rows=4)
+    assert calls == [3, 40, 4]
+    assert [len(answer["Y"]) for answer in answers] == [1, 1, 1, 40, 2, 2]
 
 
 def test_fallback_ops_report_zero_for_every_quantized_op_type_that_fused(
