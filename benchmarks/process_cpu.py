@@ -8,9 +8,15 @@ from pathlib import Path
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
+def _stat(path: Path) -> list[str]:
+    """The fields of a /proc stat file after the parenthesised name: [0] is the state (field 3), so
+    utime is [11], stime [12], nice [16]."""
+    return path.read_text().rsplit(")", 1)[1].split()
+
+
 def cpu_seconds(pid: int) -> float:
     """User plus system CPU seconds process `pid` has used so far (/proc/PID/stat)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    fields = _stat(Path(f"/proc/{pid}/stat"))
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
@@ -20,7 +26,7 @@ def niced_cpu_seconds(pid: int, nice: int) -> float:
     ticks = 0
     for task in Path(f"/proc/{pid}/task").iterdir():
         try:
-            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+            fields = _stat(task / "stat")
         except FileNotFoundError:  # the thread ended meanwhile
             continue
         if int(fields[16]) == nice:

@@ -287,7 +287,9 @@ def _kernel(config: QuantizeConfig) -> str:
 def _without_vnni(trials: list[Trial]) -> str:
     """What the missing VNNI meant for this model: the kernels tried, and those the budget left out."""
     tried = list(dict.fromkeys(_kernel(t.config) for t in trials))
-    untried = [k for k in ("U8S8", "U8S8 reduce-range", "U8U8") if k not in tried]
+    base = trials[0].config  # the first recipe is the user's own configuration
+    knob = [replace(base, **kernel) for kernel in _kernels(base)]
+    untried = [k for k in dict.fromkeys(_kernel(c) for c in knob if not _no_x86_kernel(c)) if k not in tried]
     return (
         " This CPU lacks VNNI, so the int8 kernel decides accuracy: U8S8 sums pairs of products in 16 "
         "bits (which saturates), reduce-range makes weights 7-bit, U8U8 is exact but slower. Tried: "

@@ -81,10 +81,10 @@ def choose(
                 break
             chosen = size
         size = size * 2 if size * 2 <= configured or size == configured else configured
-    inline = _inline_rows(costs, chosen)
+    inline_rows = _inline_rows(costs, chosen)
     if chosen == 1:
-        return BatchPolicy(1, "measured: no batch size is cheaper per row than one row", costs, inline)
-    return BatchPolicy(chosen, f"measured: {chosen} rows are the cheapest per row", costs, inline)
+        return BatchPolicy(1, "measured: no batch size is cheaper per row than one row", costs, inline_rows)
+    return BatchPolicy(chosen, f"measured: {chosen} rows are the cheapest per row", costs, inline_rows)
 
 
 def _inline_rows(costs: dict[int, float], cap: int) -> int:

@@ -228,7 +228,10 @@ def test_the_advice_names_the_missing_vnni_and_the_kernels_tried_and_not() -> No
     assert "Tried: U8S8, U8U8, U8S8 reduce-range" in said and "not reached" not in said
     one, _ = _tune(replace(BASE, max_trials=0), harm, no_vnni)
     said = tuner.advice(one, no_vnni)
-    assert "Tried: U8S8; not reached within --max-trials: U8S8 reduce-range, U8U8" in said
+    assert "Tried: U8S8; not reached within --max-trials: U8U8, U8S8 reduce-range" in said
+    s8s8 = replace(BASE, max_trials=0, activation_type=Precision.INT8)
+    one, _ = _tune(s8s8, harm, no_vnni)  # S8U8 has no x86 kernel: never offered as untried
+    assert "Tried: S8S8; not reached within --max-trials: S8S8 reduce-range." in tuner.advice(one, no_vnni)
 
 
 def test_best_prefers_more_quantized_nodes_among_passing_trials() -> None:
