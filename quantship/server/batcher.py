@@ -4,7 +4,8 @@ The service submits each validated request; one worker task takes the oldest, ad
 is waiting (and, with a queue delay, what arrives until the oldest has waited that long) up to
 `max_batch_size` rows, runs the batch in the inference thread, and hands each request its rows of
 the outputs (or runs it on the event loop itself, for a batch of at most `inline_rows` rows, whose
-call was measured shorter than a hand-off to the thread: see batch_policy.INLINE_CALL_S). Only
+call was measured shorter than a hand-off to the thread: see batch_policy.INLINE_CALL_S). While
+traffic comes one request at a time, such a request skips the queue and the worker (`_alone`). Only
 requests whose inputs agree beyond the first dimension share a batch. The queue is bounded: when it
 is full, `submit` raises Overloaded at once rather than growing memory. A model whose first
 dimension is not a batch dimension runs one request per call, through the same queue.
@@ -49,6 +50,10 @@ class _Timeout:
 
 _TIMEOUT = _Timeout()
 
+LONE_BATCHES = 8
+"""Batches in a row of one request each after which a request may run without the queue (`_alone`):
+enough to tell traffic at concurrency 1 from a lull between bursts."""
+
 
 class _Wake:
     """Put in the queue by `hurry`: the worker stops waiting for batch-mates."""
@@ -86,6 +91,12 @@ class Batcher:
         self._queue: asyncio.Queue[_Job | _Wake | None] = asyncio.Queue(settings.max_queue_size)
         self._task: asyncio.Task[None] | None = None
         self._closing = False
+        self._idle = False
+        """The worker waits for a first job on an empty queue."""
+        self._ran_alone_this_turn = False
+        """A request ran alone on the loop in this turn of the event loop (see `submit`)."""
+        self._lone_batches = 0
+        """Batches in a row that held one request: traffic without concurrency (see `_alone`)."""
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._work(), name="batcher")
@@ -95,6 +106,12 @@ class Batcher:
         if self._closing:
             raise NotReady("the server is shutting down")
         loop = asyncio.get_running_loop()
+        if self._alone(rows):
+            self._ran_alone_this_turn = True
+            loop.call_soon(self._next_turn)
+            return self._run_alone(inputs, rows)
+        if self._ran_alone_this_turn:  # came with one that ran alone: there is concurrency
+            self._lone_batches = 0
         job = _Job(inputs, rows, batch_key(inputs), loop.time(), loop.create_future())
         try:
             self._queue.put_nowait(job)
@@ -104,6 +121,26 @@ class Batcher:
                 "retry later"
             ) from None
         return await job.future
+
+    def _alone(self, rows: int) -> bool:
+        """Whether this request may skip the queue and run at once, here on the loop: when the worker
+        would have made it a batch of its own and run it on the loop anyway. That saves the queue, a
+        future and two task switches (a quarter of a tiny model's request CPU at concurrency 1), but
+        must not cost batching under concurrency: requests that arrive together run in the same turn
+        of the loop, so only the first of a turn may skip, and only after LONE_BATCHES batches in a
+        row held one request. A request queued behind one that skipped shows concurrency and stops
+        the skipping until single-request batches come back."""
+        return (
+            self._lone_batches >= LONE_BATCHES
+            and self._idle
+            and not self._ran_alone_this_turn
+            and rows <= self.inline_rows
+            and self.delay == 0
+            and self._queue.empty()
+        )
+
+    def _next_turn(self) -> None:
+        self._ran_alone_this_turn = False
 
     def hurry(self) -> None:
         """Shutdown has begun: stop waiting for batch-mates, since a request held for a queue delay
@@ -126,8 +163,14 @@ class Batcher:
     async def _work(self) -> None:
         carry: _Job | None = None
         while True:
-            first = carry if carry is not None else await self._queue.get()
-            carry = None
+            if carry is None:
+                self._idle = True
+                try:
+                    first = await self._queue.get()
+                finally:
+                    self._idle = False
+            else:
+                first, carry = carry, None
             if first is None:
                 return
             if isinstance(first, _Wake):
@@ -171,9 +214,7 @@ class Batcher:
         try:
             results = await self._run(batch, rows)
         except Exception as exc:
-            error = exc if isinstance(exc, ServerError) else InferenceFailed(f"inference failed: {exc!r}")
-            if not isinstance(exc, ServerError):
-                log.exception("inference failed on a batch of %d rows", rows)
+            error = _failure(exc, rows)
             for job in batch:
                 if not job.future.done():
                     job.future.set_exception(error)
@@ -186,9 +227,26 @@ class Batcher:
             else:
                 job.future.set_result(result)
 
+    def _ran(self, requests: int) -> None:
+        self._lone_batches = self._lone_batches + 1 if requests == 1 else 0
+
+    def _run_alone(self, inputs: Tensors, rows: int) -> Outputs:
+        """One request as a batch of its own, on the event loop; as `_execute` would answer it."""
+        self._ran(1)
+        self.observer.waited(0.0)
+        self.observer.batch_ran(rows)
+        try:
+            [result] = self.runner.run_batch([inputs], [rows])
+        except Exception as exc:
+            raise _failure(exc, rows) from None
+        if isinstance(result, ServerError):
+            raise result
+        return result
+
     async def _run(self, batch: Sequence[_Job], rows: int) -> list[Outcome]:
         loop = asyncio.get_running_loop()
         started = loop.time()
+        self._ran(len(batch))
         for job in batch:
             self.observer.waited(started - job.enqueued)
         self.observer.batch_ran(rows)
@@ -196,3 +254,12 @@ class Batcher:
         if rows <= self.inline_rows:
             return self.runner.run_batch(inputs, row_counts)
         return await loop.run_in_executor(self.executor, self.runner.run_batch, inputs, row_counts)
+
+
+def _failure(exc: Exception, rows: int) -> ServerError:
+    """What a batch's callers get for an exception its run raised: ours (a 4xx) as it is, anything
+    else a logged 500."""
+    if isinstance(exc, ServerError):
+        return exc
+    log.exception("inference failed on a batch of %d rows", rows, exc_info=exc)
+    return InferenceFailed(f"inference failed: {exc!r}")

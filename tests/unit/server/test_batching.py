@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from quantship.server.batcher import Batcher
+from quantship.server.batcher import LONE_BATCHES, Batcher
 from quantship.server.errors import InferenceFailed, InvalidInput, NotReady, Overloaded
 from quantship.server.runner import Runner
 from quantship.server.settings import BatchSettings
@@ -242,3 +242,78 @@ async def test_batches_up_to_inline_rows_run_on_the_event_loop_thread_and_others
     assert [result["Y"][0, 0] for result in results] == [1.0, 2.0, 3.0]
     expected = threading.current_thread().name if on_loop else "inference_0"
     assert runner.threads == [expected]  # one call of 3 rows
+
+
+class TaskRecorder:
+    """A runner that notes which task each call ran in: the batcher's worker, or the caller's own."""
+
+    def __init__(self, runner: Runner, fail: Exception | None = None) -> None:
+        self.runner, self.signature, self.tasks, self.fail = runner, runner.signature, list[str](), fail
+
+    def run_batch(self, requests: Any, row_counts: Any) -> Any:
+        task = asyncio.current_task()
+        self.tasks.append(task.get_name() if task is not None else "?")
+        if self.fail is not None:
+            raise self.fail
+        return self.runner.run_batch(requests, row_counts)
+
+
+def make_inline(runner: Any, executor: Any, **settings: Any) -> tuple[Batcher, Recorder]:
+    recorder = Recorder()
+    batcher = Batcher(runner, BatchSettings(**settings), executor=executor, inline_rows=4, observer=recorder)
+    batcher.start()
+    return batcher, recorder
+
+
+async def test_one_request_at_a_time_skips_the_queue_after_lone_batches_and_concurrency_stops_it(
+    tiny_model: TinyModel, executor: Any
+) -> None:
+    runner = TaskRecorder(tiny_model())
+    batcher, recorder = make_inline(runner, executor)
+
+    async def one(value: float, name: str) -> float:
+        answer = await asyncio.create_task(batcher.submit(rows(1, value=value), 1), name=name)
+        return float(answer["Y"][0, 0])
+
+    count = LONE_BATCHES + 2
+    assert [await one(i, f"alone-{i}") for i in range(count)] == [i + 1 for i in range(count)]
+    assert runner.tasks == ["batcher"] * LONE_BATCHES + [f"alone-{count - 2}", f"alone-{count - 1}"]
+    assert recorder.waits[-2:] == [0.0, 0.0] and recorder.batches[-2:] == [1, 1]  # observed all the same
+
+    runner.tasks.clear()
+    together = await asyncio.gather(*(one(10 + i, f"together-{i}") for i in range(3)))
+    assert together == [11.0, 12.0, 13.0]
+    assert runner.tasks == ["together-0", "batcher"]  # the first of a turn alone; the others share a batch
+    assert recorder.batches[-2:] == [1, 2]
+
+    for i in range(LONE_BATCHES):
+        await one(i, "sequential")
+    runner.tasks.clear()
+    assert await asyncio.gather(one(1, "pair-0"), one(2, "pair-1")) == [2.0, 3.0]
+    assert runner.tasks == ["pair-0", "batcher"]  # a batch of one, but it came with another
+
+    runner.tasks.clear()
+    await one(20, "after")
+    assert runner.tasks == ["batcher"]  # concurrency seen: back through the queue until lone batches return
+    await batcher.close()
+
+
+async def test_a_request_that_skips_the_queue_gets_the_errors_the_worker_would_give(
+    tiny_model: TinyModel, executor: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    runner = TaskRecorder(tiny_model())
+    batcher, _ = make_inline(runner, executor)
+    for _ in range(LONE_BATCHES):
+        await batcher.submit(rows(1), 1)
+    bad = {"X": np.zeros((1, 4), dtype=np.float32)}  # past validation, onnxruntime refuses it
+    with pytest.raises(InvalidInput, match="the model refused the input"):
+        await asyncio.create_task(batcher.submit(bad, 1), name="bad")
+    runner.fail = RuntimeError("kernel broke")
+    with pytest.raises(InferenceFailed, match="kernel broke"):
+        await asyncio.create_task(batcher.submit(rows(1), 1), name="broken")
+    assert runner.tasks[-2:] == ["bad", "broken"]  # both ran in the caller's task
+    assert "inference failed on a batch of 1 rows" in caplog.text
+    assert caplog.records[-1].exc_info is not None
+    runner.fail = None
+    assert (await batcher.submit(rows(2), 2))["Y"].shape == (2, 3)  # and it keeps serving
+    await batcher.close()
