@@ -57,7 +57,7 @@ def top1(output: np.ndarray) -> np.ndarray | None:
     or the argmax of per-class scores; None when the output is neither. The gate's agreement and
     the server's shadow disagreements both read answers through this one definition."""
     rows = output.reshape(len(output), -1) if output.ndim else output.reshape(1, 1)
-    if np.issubdtype(output.dtype, np.integer):
+    if output.dtype.kind in "iu":  # integers (np.issubdtype says the same, at ~10x the cost a request)
         return rows[:, 0]
     if output.ndim >= 2 and output.shape[-1] > 1:
         return np.argmax(output, axis=-1).reshape(len(output), -1)[:, 0]

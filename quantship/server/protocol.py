@@ -91,7 +91,9 @@ class Encoded:
 def datatype_of(dtype: np.dtype[Any]) -> str:
     if dtype.kind in "OUS":
         return "BYTES"
-    name = _DATATYPE_OF.get(dtype.newbyteorder("="))
+    name = _DATATYPE_OF.get(dtype)  # native byte order: found as it is, without building a dtype
+    if name is None:
+        name = _DATATYPE_OF.get(dtype.newbyteorder("="))
     if name is None:
         raise ValueError(f"numpy dtype {dtype} has no Open Inference Protocol datatype")
     return name
@@ -143,7 +145,7 @@ def _parse_json(header: bytes) -> dict[str, Any]:
     if not header.strip():
         raise InvalidInput("the request body is empty: expected an inference request (JSON)")
     try:
-        document = json.loads(header, parse_constant=_no_constant)
+        document = _DECODER.decode(header.decode("utf-8-sig"))  # UTF-8 as RFC 8259 asks; a BOM is let pass
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InvalidInput(f"the request is not valid JSON: {exc}") from None
     except RecursionError:
@@ -156,6 +158,12 @@ def _parse_json(header: bytes) -> dict[str, Any]:
 def _no_constant(literal: str) -> Any:
     """Python's json accepts NaN and Infinity; JSON does not, and a model fed them answers garbage."""
     raise InvalidInput(f"the request holds {literal}, which is not JSON: send finite numbers")
+
+
+_DECODER = json.JSONDecoder(parse_constant=_no_constant)
+"""One decoder for every request (json.loads with an option builds a new one per call)."""
+_ENCODER = json.JSONEncoder(separators=(",", ":"))
+"""Compact JSON for response headers, one encoder for every response (as `_DECODER`)."""
 
 
 def _parameters(container: dict[str, Any], where: str) -> dict[str, Any]:
@@ -366,7 +374,7 @@ def encode_response(response: InferResponse, request: InferRequest) -> Encoded:
         "id": response.id,
         "outputs": entries,
     }
-    header = json.dumps(document, separators=(",", ":")).encode()
+    header = _ENCODER.encode(document).encode()
     if chunks:
         return Encoded(header + b"".join(chunks), BINARY_TYPE, len(header))
     return Encoded(header, JSON_TYPE, None)

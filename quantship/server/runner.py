@@ -8,6 +8,7 @@ batcher and the background workers merge requests with `concat` and `split`. Kno
 from __future__ import annotations
 
 import collections
+import functools
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,7 +90,7 @@ class Signature:
             tuple(TensorSpec.from_ort(node) for node in session.get_outputs()),
         )
 
-    @property
+    @functools.cached_property
     def batchable(self) -> bool:
         """True when every input's first dimension is open: a batch dimension requests can share."""
         return bool(self.inputs) and all(spec.shape and spec.shape[0] is None for spec in self.inputs)
@@ -102,16 +103,14 @@ class Signature:
 
     def validate(self, inputs: Tensors) -> int:
         """Check names, dtypes and shapes against the model; return the request's row count."""
-        expected = {spec.name for spec in self.inputs}
-        takes = ", ".join(spec.describe() for spec in self.inputs)
         for name in inputs:
-            if name not in expected:
-                raise InvalidInput(f"unknown input '{name}'; the model takes {takes}")
+            if name not in self._input_names:
+                raise InvalidInput(f"unknown input '{name}'; the model takes {self._takes()}")
         rows: int | None = None
         for spec in self.inputs:
             array = inputs.get(spec.name)
             if array is None:
-                raise InvalidInput(f"missing input '{spec.name}'; the model takes {takes}")
+                raise InvalidInput(f"missing input '{spec.name}'; the model takes {self._takes()}")
             _check_tensor(spec, array)
             if not self.batchable:
                 continue
@@ -125,6 +124,13 @@ class Signature:
             rows = array.shape[0]
         self._check_named_dims(inputs)
         return rows if rows is not None else 1
+
+    @functools.cached_property
+    def _input_names(self) -> frozenset[str]:
+        return frozenset(spec.name for spec in self.inputs)
+
+    def _takes(self) -> str:
+        return ", ".join(spec.describe() for spec in self.inputs)
 
     def _check_named_dims(self, inputs: Tensors) -> None:
         """Open dimensions the model names alike (`seq` of input_ids and attention_mask) must agree."""
@@ -282,9 +288,11 @@ def split(outputs: Tensors, rows: Sequence[int]) -> list[dict[str, np.ndarray]] 
         return [dict(outputs)]
     if any(value.ndim == 0 or value.shape[0] != total for value in outputs.values()):
         return None
-    bounds = np.cumsum(rows)[:-1]
-    pieces = {name: np.split(value, bounds) for name, value in outputs.items()}
-    return [{name: pieces[name][i] for name in outputs} for i in range(len(rows))]
+    parts, start = [], 0
+    for count in rows:
+        parts.append({name: value[start : start + count] for name, value in outputs.items()})
+        start += count
+    return parts
 
 
 def fallback_ops(model_path: Path, *, providers: list[str] | None = None) -> dict[str, int]:

@@ -70,6 +70,14 @@ def test_binary_tensors_are_read_in_input_order_from_after_the_header() -> None:
     assert request.outputs == (RequestedOutput("Y", True), RequestedOutput("Z", None))
 
 
+def test_a_utf8_byte_order_mark_is_let_pass() -> None:
+    body = (
+        b"\xef\xbb\xbf"
+        + json.dumps({"inputs": [{"name": "X", "shape": [1], "datatype": "FP32", "data": [1]}]}).encode()
+    )
+    assert protocol.decode_request(body).inputs["X"].tolist() == [1.0]
+
+
 def test_binary_bytes_elements_carry_their_length_prefix() -> None:
     raw = b"".join(struct.pack("<I", len(s)) + s for s in (b"hi", b"", b"there"))
     body, length = binary_body(
@@ -87,6 +95,8 @@ def test_binary_bytes_elements_carry_their_length_prefix() -> None:
     ("body", "header_length", "message"),
     [
         (b"{", None, "not valid JSON"),
+        ('{"inputs": []}'.encode("utf-16"), None, "not valid JSON: 'utf-8' codec can't decode"),
+        (b'{"inputs": [{"name": "X", "shape": [1], "datatype": "FP32", "data": [NaN]}]}', None, "NaN"),
         (b"[]", None, "must be a JSON object"),
         (b'{"inputs": []}', None, "has no inputs"),
         (b'{"inputs": [{"name": "X", "shape": [2], "datatype": "FP32", "data": [1]}]}', None, "has 1 values"),
