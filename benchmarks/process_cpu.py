@@ -20,15 +20,18 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
-def niced_cpu_seconds(pid: int, nice: int) -> float:
-    """CPU seconds so far of `pid`'s threads that run at `nice` (/proc/PID/task/*/stat): the server's
-    SLI thread is the one at background.NICE."""
-    ticks = 0
+def cpu_seconds_by_nice(pid: int, nice: int) -> tuple[float, float]:
+    """CPU seconds so far of `pid`'s threads at `nice`, and of its other threads (/proc/PID/task/*/stat):
+    the server's SLI thread is the one at background.NICE, serving (event loop, inference) the others."""
+    at, others = 0, 0
     for task in Path(f"/proc/{pid}/task").iterdir():
         try:
             fields = _stat(task / "stat")
         except FileNotFoundError:  # the thread ended meanwhile
             continue
+        ticks = int(fields[11]) + int(fields[12])
         if int(fields[16]) == nice:
-            ticks += int(fields[11]) + int(fields[12])
-    return ticks / CLOCK_TICKS
+            at += ticks
+        else:
+            others += ticks
+    return at / CLOCK_TICKS, others / CLOCK_TICKS
