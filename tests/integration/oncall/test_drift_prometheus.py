@@ -122,12 +122,16 @@ async def test_prometheus_sees_drift_near_zero_then_rising_and_the_generated_ale
     stop = threading.Event()
     shifting = asyncio.create_task(asyncio.to_thread(send, server, images * 0.5, stop))
     try:
-        shifted = await wait_for(prometheus, DRIFT, lambda v: v > 0.06)
+        await wait_for(prometheus, DRIFT, lambda v: v > 0.06)
         pending = await wait_for(
             prometheus,
             f'ALERTS{{alertname="QuantshipActivationDrift", alertstate="pending", revision="{REVISION}"}}',
             lambda v: v == 1,
         )
+        # read once the alert is pending, with the window full of shifted traffic: the first value
+        # past 0.06 is still rising. Settled, it reads 0.076-0.084 here, and calm 0.010-0.021 (a window
+        # of 32 samples is noisy): 4x calm once failed, so 3x
+        shifted = await value(prometheus, DRIFT)
         recorded = await value(prometheus, f'{rules.drift_rule()}{{revision="{REVISION}"}}')
         clipped = await value(prometheus, f'quantship_activations_clipped_total{{revision="{REVISION}"}}')
         observed = await value(prometheus, f'quantship_activations_observed_total{{revision="{REVISION}"}}')
@@ -137,7 +141,7 @@ async def test_prometheus_sees_drift_near_zero_then_rising_and_the_generated_ale
     print(
         f"drift in Prometheus: calm {calm:.4f}, shifted {shifted:.4f}, recorded hourly average {recorded:.4f}"
     )
-    assert shifted > 4 * calm
+    assert shifted is not None and shifted > 3 * calm, f"calm {calm}, shifted {shifted}"
     assert recorded is not None and rules.DRIFT_THRESHOLD < recorded <= shifted  # spans both phases
     assert pending == 1
     assert observed and clipped is not None and clipped / observed < 0.001  # the clip SLI barely moved
