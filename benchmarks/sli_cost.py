@@ -71,7 +71,7 @@ def run(workdir: Path) -> None:
                     cell = peers.measure(wrk, server, script, c)
                     cells.setdefault((variant, c), []).append(cell)
                     sli_after, serving_after = cpu_seconds_by_nice(server.pid, NICE)
-                    requests = cell.per_s * CELL_S
+                    requests = max(cell.per_s * CELL_S, 1.0)  # a failed cell answers nothing
                     serving_us.setdefault((variant, c), []).append(
                         (serving_after - serving_cpu) / requests * 1e6
                     )
@@ -98,7 +98,7 @@ def run(workdir: Path) -> None:
         loads = max(cell.load for variant in VARIANTS for cell in cells[variant, c])
         serving_off, serving_on = (statistics.median(serving_us[variant, c]) for variant in VARIANTS)
         paired = zip(serving_us[VARIANTS[0], c], serving_us[VARIANTS[1], c], strict=True)
-        serving_costs = [on_us / off_us - 1 for off_us, on_us in paired]
+        serving_costs = [on_us / off_us - 1 for off_us, on_us in paired if off_us > 0] or [float("nan")]
         table.add_row(
             str(c), peers._cell(off), peers._cell(on), f"{cost:+.1%}", cpu_cost,
             " ".join(f"{x:+.0%}" for x in each),

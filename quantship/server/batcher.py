@@ -8,7 +8,8 @@ call was measured shorter than a hand-off to the thread: see batch_policy.INLINE
 traffic comes one request at a time, such a request skips the queue and the worker (`_alone`). Only
 requests whose inputs agree beyond the first dimension share a batch. The queue is bounded: when it
 is full, `submit` raises Overloaded at once rather than growing memory. A model whose first
-dimension is not a batch dimension runs one request per call, through the same queue.
+dimension is not a batch dimension runs one request per call, through the same queue (or past it,
+as above).
 """
 
 from __future__ import annotations
@@ -232,10 +233,10 @@ class Batcher:
 
     def _run_alone(self, inputs: Tensors, rows: int) -> Outputs:
         """One request as a batch of its own, on the event loop; as `_execute` would answer it."""
-        self._ran(1)
-        self.observer.waited(0.0)
-        self.observer.batch_ran(rows)
         try:
+            self._ran(1)
+            self.observer.waited(0.0)
+            self.observer.batch_ran(rows)
             [result] = self.runner.run_batch([inputs], [rows])
         except Exception as exc:
             raise _failure(exc, rows) from None

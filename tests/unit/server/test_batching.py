@@ -251,8 +251,12 @@ class TaskRecorder:
         self.runner, self.signature, self.tasks, self.fail = runner, runner.signature, list[str](), fail
 
     def run_batch(self, requests: Any, row_counts: Any) -> Any:
-        task = asyncio.current_task()
-        self.tasks.append(task.get_name() if task is not None else "?")
+        try:
+            task = asyncio.current_task()
+        except RuntimeError:  # no event loop here: the inference thread
+            self.tasks.append("executor")
+        else:
+            self.tasks.append(task.get_name() if task is not None else "?")
         if self.fail is not None:
             raise self.fail
         return self.runner.run_batch(requests, row_counts)
@@ -278,13 +282,17 @@ async def test_one_request_at_a_time_skips_the_queue_after_lone_batches_and_conc
     count = LONE_BATCHES + 2
     assert [await one(i, f"alone-{i}") for i in range(count)] == [i + 1 for i in range(count)]
     assert runner.tasks == ["batcher"] * LONE_BATCHES + [f"alone-{count - 2}", f"alone-{count - 1}"]
-    assert recorder.waits[-2:] == [0.0, 0.0] and recorder.batches[-2:] == [1, 1]  # observed all the same
+    assert len(recorder.waits) == len(recorder.batches) == count  # observed all the same
+
+    runner.tasks.clear()
+    assert (await batcher.submit(rows(5), 5))["Y"].shape == (5, 3)
+    assert runner.tasks == ["executor"]  # more rows than inline_rows: the worker hands it to its thread
 
     runner.tasks.clear()
     together = await asyncio.gather(*(one(10 + i, f"together-{i}") for i in range(3)))
     assert together == [11.0, 12.0, 13.0]
     assert runner.tasks == ["together-0", "batcher"]  # the first of a turn alone; the others share a batch
-    assert recorder.batches[-2:] == [1, 2]
+    assert recorder.batches[-2:] == [1, 2] and len(recorder.waits) == count + 4
 
     for i in range(LONE_BATCHES):
         await one(i, "sequential")
@@ -316,4 +324,13 @@ async def test_a_request_that_skips_the_queue_gets_the_errors_the_worker_would_g
     assert caplog.records[-1].exc_info is not None
     runner.fail = None
     assert (await batcher.submit(rows(2), 2))["Y"].shape == (2, 3)  # and it keeps serving
+    await batcher.close()
+
+
+async def test_with_a_queue_delay_no_request_skips_the_queue(tiny_model: TinyModel, executor: Any) -> None:
+    runner = TaskRecorder(tiny_model())
+    batcher, _ = make_inline(runner, executor, max_queue_delay_ms=1)
+    for _ in range(LONE_BATCHES + 2):
+        await asyncio.create_task(batcher.submit(rows(1), 1), name="caller")
+    assert runner.tasks == ["batcher"] * (LONE_BATCHES + 2)  # a delay asks to wait for batch-mates
     await batcher.close()
