@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import orjson
 
 from quantship.server.errors import InvalidInput
 
@@ -145,25 +146,36 @@ def _parse_json(header: bytes) -> dict[str, Any]:
     if not header.strip():
         raise InvalidInput("the request body is empty: expected an inference request (JSON)")
     try:
-        document = _DECODER.decode(header.decode("utf-8-sig"))  # UTF-8 as RFC 8259 asks; a BOM is let pass
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InvalidInput(f"the request is not valid JSON: {exc}") from None
-    except RecursionError:
-        raise InvalidInput("the request is not valid JSON: nested too deeply") from None
+        # orjson: UTF-8 only as RFC 8259 asks, no NaN or Infinity, ~8x faster than json on numbers
+        document = orjson.loads(header.removeprefix(_UTF8_BOM))  # a BOM is let pass
+    except orjson.JSONDecodeError as exc:
+        raise InvalidInput(_json_error(exc)) from None
     if not isinstance(document, dict):
         raise InvalidInput(f"the request must be a JSON object, got {type(document).__name__}")
     return document
 
 
-def _no_constant(literal: str) -> Any:
-    """Python's json accepts NaN and Infinity; JSON does not, and a model fed them answers garbage."""
-    raise InvalidInput(f"the request holds {literal}, which is not JSON: send finite numbers")
+_UTF8_BOM = b"\xef\xbb\xbf"
 
 
-_DECODER = json.JSONDecoder(parse_constant=_no_constant)
-"""One decoder for every request (json.loads with an option builds a new one per call)."""
+def _json_error(exc: orjson.JSONDecodeError) -> str:
+    """What is wrong with the request's JSON; non-finite numbers by name, since Python's json (and so
+    many clients) writes them, and a model fed them answers garbage."""
+    text, at = exc.doc, exc.pos
+    for literal in ("NaN", "Infinity"):
+        if text.startswith(literal, at):
+            signed = "-" if literal == "Infinity" and text[at - 1 : at] == "-" else ""
+            return f"the request holds {signed}{literal}, which is not JSON: send finite numbers"
+    if exc.msg.startswith("str is not valid UTF-8"):
+        return "the request is not valid JSON: it is not UTF-8 text"
+    if exc.msg.startswith("number is infinity"):
+        return f"the request holds a number past the FP64 range at character {at}: send finite numbers"
+    return f"the request is not valid JSON: {exc}"
+
+
 _ENCODER = json.JSONEncoder(separators=(",", ":"))
-"""Compact JSON for response headers, one encoder for every response (as `_DECODER`)."""
+"""Compact JSON for response headers, one encoder for every response. Not orjson: it writes a
+model's NaN outputs as null, where Triton writes NaN and Python clients read it."""
 
 
 def _parameters(container: dict[str, Any], where: str) -> dict[str, Any]:
@@ -302,6 +314,9 @@ def _from_json(name: str, datatype: str, shape: list[int], data: Any) -> np.ndar
     if array.size:
         accepted = _ACCEPTED_KINDS.get(datatype, "iu")
         if array.dtype.kind not in accepted:
+            if array.dtype.kind == "f" and np.abs(array).max() >= 2.0**63:
+                # orjson reads integers past 64 bits as floats: name the range, not a fraction
+                raise InvalidInput(f"input '{name}' holds values outside the {datatype} range")
             found = _KIND_NAMES.get(array.dtype.kind, "values of mixed or unknown types")
             raise InvalidInput(f"input '{name}' is {datatype}, but its data holds {found}")
         dtype = DATATYPES[datatype]

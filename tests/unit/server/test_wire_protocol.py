@@ -95,8 +95,24 @@ def test_binary_bytes_elements_carry_their_length_prefix() -> None:
     ("body", "header_length", "message"),
     [
         (b"{", None, "not valid JSON"),
-        ('{"inputs": []}'.encode("utf-16"), None, "not valid JSON: 'utf-8' codec can't decode"),
-        (b'{"inputs": [{"name": "X", "shape": [1], "datatype": "FP32", "data": [NaN]}]}', None, "NaN"),
+        ('{"inputs": []}'.encode("utf-16"), None, "not valid JSON: it is not UTF-8 text"),
+        (b'{"inputs": [{"name": "X", "shape": [1], "datatype": "FP32", "data": [NaN]}]}', None, "holds NaN"),
+        (
+            b'{"inputs": [{"name": "X", "shape": [2], "datatype": "FP32", "data": [1, -Infinity]}]}',
+            None,
+            "holds -Infinity, which is not JSON",
+        ),
+        (
+            b'{"inputs": [{"name": "X", "shape": [1], "datatype": "FP64", "data": [1e400]}]}',
+            None,
+            "a number past the FP64 range at character 69",
+        ),
+        (
+            b'{"inputs": [{"name": "X", "shape": [1], "datatype": "INT64", "data": [99999999999999999999]}]}',
+            None,
+            "outside the INT64 range",
+        ),
+        (b'{"inputs": [{"name": "X", "shape": [1], "datatype": "INT64", "data": [7.0]}]}', None, "fraction"),
         (b"[]", None, "must be a JSON object"),
         (b'{"inputs": []}', None, "has no inputs"),
         (b'{"inputs": [{"name": "X", "shape": [2], "datatype": "FP32", "data": [1]}]}', None, "has 1 values"),
