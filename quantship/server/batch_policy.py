@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from quantship.server import cpus
 from quantship.server.runner import Runner
 
 CHEAPER = 0.9
@@ -33,6 +34,13 @@ concurrency 1. Anything longer goes to the thread, so that the loop keeps readin
 onnxruntime (which releases the GIL) runs. Decided per call by its rows, not once for the largest
 batch: on a slower CPU digits INT8 takes 36-72 µs for one row but 110-190 µs for 32, and a server
 at concurrency 1 (one-row calls) should not pay the hand-off because full batches would."""
+ALONE_CALL_S = 0.05
+"""With one CPU to run on, a request that comes alone (batcher.LONE_BATCHES) runs on the event loop
+for calls up to this long, whatever INLINE_CALL_S says: handing it to the thread buys overlap of
+onnxruntime with HTTP work only when a second CPU can take one of them, and otherwise costs CPU
+(an MLP 784-2048-2048-10 at c=1, 0.7 ms a call: -15% CPU a request, +18% req/s on one core; on two
+cores the same change was +23% at c=1 but -5-7% at c=2 and c=4, so it is kept to one CPU). Longer
+calls still go to the thread: the loop must answer health probes while a long call runs."""
 
 
 @dataclass(frozen=True)
@@ -45,12 +53,25 @@ class BatchPolicy:
     inline_rows: int = 0
     """Calls of at most this many rows run on the event loop (the largest measured size whose call
     took no longer than INLINE_CALL_S); 0: every call goes to the inference thread."""
+    alone_rows: int = 0
+    """A request that comes alone runs on the event loop up to this many rows: inline_rows, or with
+    at most one CPU to run on, the largest measured size whose call fits ALONE_CALL_S."""
+
+    def summary(self) -> str:
+        """The policy in a phrase, for the log."""
+        text = f"up to {self.max_batch_size} rows ({self.reason})"
+        if self.inline_rows:
+            text += f", calls of up to {self.inline_rows} rows on the event loop"
+        if self.alone_rows > self.inline_rows:
+            text += f", up to {self.alone_rows} rows for a request that comes alone (one CPU)"
+        return text
 
     def describe(self) -> dict[str, object]:
         return {
             "max_batch_size": self.max_batch_size,
             "reason": self.reason,
             "inline_rows": self.inline_rows,
+            "alone_rows": self.alone_rows,
             "microseconds_per_row": {
                 str(size): round(cost * 1e6, 1) for size, cost in self.seconds_per_row.items()
             },
@@ -58,10 +79,15 @@ class BatchPolicy:
 
 
 def choose(
-    runner: Runner, configured: int, measure: Callable[[Runner, int], float] | None = None
+    runner: Runner,
+    configured: int,
+    measure: Callable[[Runner, int], float] | None = None,
+    *,
+    usable_cpus: float | None = None,
 ) -> BatchPolicy:
     """The batch size cap for `runner`, at most `configured`. `measure(runner, rows)` gives seconds per
-    row of one call (default: timed onnxruntime calls on zeros)."""
+    row of one call (default: timed onnxruntime calls on zeros); `usable_cpus` defaults to this
+    process's (cpus.usable)."""
     measure = measure if measure is not None else _seconds_per_row
     signature = runner.signature
     if not signature.batchable:
@@ -69,8 +95,25 @@ def choose(
     if any(None in spec.shape[1:] or spec.datatype == "BYTES" for spec in signature.inputs):
         return BatchPolicy(configured, "not measured: inputs with open dimensions besides the batch")
     if configured == 1:
-        one_row = {1: measure(runner, 1)}
-        return BatchPolicy(1, "--max-batch-size 1", one_row, _inline_rows(one_row, 1))
+        costs, chosen, reason = {1: measure(runner, 1)}, 1, "--max-batch-size 1"
+    else:
+        costs, chosen = _measure_sizes(runner, configured, measure)
+        reason = (
+            f"measured: {chosen} rows are the cheapest per row"
+            if chosen > 1
+            else "measured: no batch size is cheaper per row than one row"
+        )
+    one_cpu = (usable_cpus if usable_cpus is not None else cpus.usable()) <= 1
+    inline_rows = _rows_within(costs, chosen, INLINE_CALL_S)
+    alone_rows = max(inline_rows, _rows_within(costs, chosen, ALONE_CALL_S)) if one_cpu else inline_rows
+    return BatchPolicy(chosen, reason, costs, inline_rows, alone_rows)
+
+
+def _measure_sizes(
+    runner: Runner, configured: int, measure: Callable[[Runner, int], float]
+) -> tuple[dict[int, float], int]:
+    """Seconds per row at 1, 2, 4, ... rows, and the size to batch up to: the last that was clearly
+    cheaper per row than the one before."""
     costs: dict[int, float] = {}
     chosen, deadline = 1, time.perf_counter() + BUDGET_S
     size = 1
@@ -81,16 +124,13 @@ def choose(
                 break
             chosen = size
         size = size * 2 if size * 2 <= configured or size == configured else configured
-    inline_rows = _inline_rows(costs, chosen)
-    if chosen == 1:
-        return BatchPolicy(1, "measured: no batch size is cheaper per row than one row", costs, inline_rows)
-    return BatchPolicy(chosen, f"measured: {chosen} rows are the cheapest per row", costs, inline_rows)
+    return costs, chosen
 
 
-def _inline_rows(costs: dict[int, float], cap: int) -> int:
-    """The largest measured size, up to `cap`, whose whole call fits INLINE_CALL_S (0 if none). A call
-    of fewer rows costs no more than that one, so every call up to it can run inline."""
-    fitting = [size for size, per_row in costs.items() if size <= cap and per_row * size <= INLINE_CALL_S]
+def _rows_within(costs: dict[int, float], cap: int, seconds: float) -> int:
+    """The largest measured size, up to `cap`, whose whole call fits `seconds` (0 if none). A call of
+    fewer rows costs no more than that one, so every call up to it fits too."""
+    fitting = [size for size, per_row in costs.items() if size <= cap and per_row * size <= seconds]
     return max(fitting, default=0)
 
 

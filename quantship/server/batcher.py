@@ -5,7 +5,9 @@ is waiting (and, with a queue delay, what arrives until the oldest has waited th
 `max_batch_size` rows, runs the batch in the inference thread, and hands each request its rows of
 the outputs (or runs it on the event loop itself, for a batch of at most `inline_rows` rows, whose
 call was measured shorter than a hand-off to the thread: see batch_policy.INLINE_CALL_S). While
-traffic comes one request at a time, such a request skips the queue and the worker (`_alone`). Only
+traffic comes one request at a time, a request of at most `alone_rows` rows skips the queue and the
+worker and runs on the loop (`_alone`; more rows than inline_rows only with one CPU to run on: see
+batch_policy.ALONE_CALL_S). Only
 requests whose inputs agree beyond the first dimension share a batch. The queue is bounded: when it
 is full, `submit` raises Overloaded at once rather than growing memory. A model whose first
 dimension is not a batch dimension runs one request per call, through the same queue (or past it,
@@ -80,6 +82,7 @@ class Batcher:
         *,
         executor: Executor,
         inline_rows: int = 0,
+        alone_rows: int | None = None,
         observer: BatchObserver | None = None,
     ) -> None:
         self.runner = runner
@@ -88,6 +91,7 @@ class Batcher:
         self.delay = settings.max_queue_delay_ms / 1000
         self.executor = executor
         self.inline_rows = inline_rows
+        self.alone_rows = inline_rows if alone_rows is None else alone_rows
         self.observer = observer if observer is not None else _NoObserver()
         self._queue: asyncio.Queue[_Job | _Wake | None] = asyncio.Queue(settings.max_queue_size)
         self._task: asyncio.Task[None] | None = None
@@ -125,17 +129,18 @@ class Batcher:
 
     def _alone(self, rows: int) -> bool:
         """Whether this request may skip the queue and run at once, here on the loop: when the worker
-        would have made it a batch of its own and run it on the loop anyway. That saves the queue, a
-        future and two task switches (a quarter of a tiny model's request CPU at concurrency 1), but
-        must not cost batching under concurrency: requests that arrive together run in the same turn
-        of the loop, so only the first of a turn may skip, and only after LONE_BATCHES batches in a
-        row held one request. A request queued behind one that skipped shows concurrency and stops
-        the skipping until single-request batches come back."""
+        would have made it a batch of its own, of at most `alone_rows` rows. That saves the queue, a
+        future and two task switches (a quarter of a tiny model's request CPU at concurrency 1), and
+        beyond inline_rows the hand-off to the thread, but must not cost batching under concurrency:
+        requests that arrive together run in the same turn of the loop, so only the first of a turn
+        may skip, and only after LONE_BATCHES batches in a row held one request. A request queued
+        behind one that skipped shows concurrency and stops the skipping until single-request
+        batches come back."""
         return (
             self._lone_batches >= LONE_BATCHES
             and self._idle
             and not self._ran_alone_this_turn
-            and rows <= self.inline_rows
+            and rows <= self.alone_rows
             and self.delay == 0
             and self._queue.empty()
         )

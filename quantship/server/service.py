@@ -198,8 +198,7 @@ class ModelService:
             opened.artifact.root,
             seconds,
             quantization.get("precision", "fp32"),
-            f"up to {opened.batching.max_batch_size} rows ({opened.batching.reason})"
-            + (f", calls of up to {n} rows on the event loop" if (n := opened.batching.inline_rows) else ""),
+            opened.batching.summary(),
             f"{self.settings.quality.shadow_rate:.0%}" if self.model.shadow else "off (no reference)",
             f"{self.settings.quality.clip_sample_rate:.0%} of {len(opened.ranges)} tensors"
             if self.model.clip
@@ -317,6 +316,7 @@ class ModelService:
             dataclasses.replace(settings.batching, max_batch_size=opened.batching.max_batch_size),
             executor=self._infer_executor,
             inline_rows=opened.batching.inline_rows,
+            alone_rows=opened.batching.alone_rows,
             observer=self.metrics,
         )
         batcher.start()

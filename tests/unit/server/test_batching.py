@@ -334,3 +334,21 @@ async def test_with_a_queue_delay_no_request_skips_the_queue(tiny_model: TinyMod
         await asyncio.create_task(batcher.submit(rows(1), 1), name="caller")
     assert runner.tasks == ["batcher"] * (LONE_BATCHES + 2)  # a delay asks to wait for batch-mates
     await batcher.close()
+
+
+async def test_past_inline_rows_only_a_request_that_comes_alone_runs_on_the_loop_up_to_alone_rows(
+    tiny_model: TinyModel, executor: Any
+) -> None:
+    runner = TaskRecorder(tiny_model())
+    batcher = Batcher(runner, BatchSettings(), executor=executor, inline_rows=0, alone_rows=3)  # type: ignore[arg-type]
+    batcher.start()
+    for _ in range(LONE_BATCHES):
+        await batcher.submit(rows(2), 2)
+    assert runner.tasks == ["executor"] * LONE_BATCHES  # queued batches go by inline_rows: the thread
+
+    runner.tasks.clear()
+    await asyncio.create_task(batcher.submit(rows(3), 3), name="alone")
+    await asyncio.sleep(0)  # a new turn of the loop
+    await asyncio.create_task(batcher.submit(rows(4), 4), name="too-big")
+    assert runner.tasks == ["alone", "executor"]
+    await batcher.close()
