@@ -191,9 +191,17 @@ def _wait(url: str, body: str, process: subprocess.Popen[bytes] | None, timeout:
     raise RuntimeError(f"{url} never answered 200 (last: {seen})")
 
 
+class _PinnedServer(ServerProcess):
+    """quantship started on the server core, not moved there once up: it sizes its batch policy by
+    the CPUs it may use (batch_policy.ALONE_CALL_S), as under a Kubernetes CPU limit."""
+
+    def command(self) -> list[str]:
+        return ["taskset", "-c", SERVER_CORE, *super().command()]
+
+
 @contextmanager
 def quantship(model: Model, workdir: Path, *flags: str, log_name: str = "quantship") -> Iterator[Running]:
-    server = ServerProcess(
+    server = _PinnedServer(
         model.artifact, model="m", revision="bench",
         extra_args=["--threads", "1", "--log-level", "warning", *flags], log_path=workdir / f"{log_name}.log",
     )  # fmt: skip
@@ -202,7 +210,6 @@ def quantship(model: Model, workdir: Path, *flags: str, log_name: str = "quantsh
         asyncio.run(server.wait_ready())
         assert server.pid is not None
         _wait(f"{server.url}/v2/models/m/infer", model.body, None)
-        _pin(server.pid)
         yield Running(server.url, server.pid)
     finally:
         server.stop()
