@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -175,3 +176,5 @@ def test_the_background_thread_runs_at_the_lowest_priority_and_no_other_thread_d
         other_tid = other.submit(threading.get_native_id).result()
         assert _nice_of(background_tid) == NICE == 19
         assert _nice_of(other_tid) == _nice_of(threading.get_native_id()) == 0
+        assert os.sched_getscheduler(background_tid) == os.SCHED_IDLE  # preempted by any other thread
+        assert os.sched_getscheduler(other_tid) == os.sched_getscheduler(0) == os.SCHED_OTHER
