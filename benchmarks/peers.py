@@ -192,8 +192,9 @@ def _wait(url: str, body: str, process: subprocess.Popen[bytes] | None, timeout:
 
 
 class _PinnedServer(ServerProcess):
-    """quantship started on the server core, not moved there once up: it sizes its batch policy by
-    the CPUs it may use (batch_policy.ALONE_CALL_S), as under a Kubernetes CPU limit."""
+    """quantship started on the server core, not moved there once up: its batch policy depends on
+    the CPUs it may use when it loads (batch_policy.ALONE_CALL_S). The peers' do not, so they are
+    moved once up, as before."""
 
     def command(self) -> list[str]:
         return ["taskset", "-c", SERVER_CORE, *super().command()]

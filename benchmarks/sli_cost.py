@@ -114,8 +114,8 @@ def run(workdir: Path) -> None:
         "SLIs off -> on (median of the rounds' paired costs): what the SLIs cost the request path. "
         "SLI thread: the server's nice-19 thread's CPU a request, and its share of the server's CPU a "
         "request: the SLIs' own work. shadowed, dropped: FP32 comparisons made, and shadow and clip samples "
-        "skipped, a second (medians). The SLI thread runs at nice 19: on a saturated core it gets what "
-        "serving leaves, and what it cannot take is dropped (quantship_samples_dropped_total)"
+        "skipped, a second (medians). The SLI thread runs at nice 19 and SCHED_IDLE: on a saturated core it "
+        "gets what serving leaves, and what it cannot take is dropped (quantship_samples_dropped_total)"
     )
     worst = max(costs)
     verdict = "[green]met[/]" if worst <= TARGET else "[red]missed[/]"

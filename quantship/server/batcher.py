@@ -6,12 +6,11 @@ is waiting (and, with a queue delay, what arrives until the oldest has waited th
 the outputs (or runs it on the event loop itself, for a batch of at most `inline_rows` rows, whose
 call was measured shorter than a hand-off to the thread: see batch_policy.INLINE_CALL_S). While
 traffic comes one request at a time, a request of at most `alone_rows` rows skips the queue and the
-worker and runs on the loop (`_alone`; more rows than inline_rows only with one CPU to run on: see
-batch_policy.ALONE_CALL_S). Only
-requests whose inputs agree beyond the first dimension share a batch. The queue is bounded: when it
-is full, `submit` raises Overloaded at once rather than growing memory. A model whose first
-dimension is not a batch dimension runs one request per call, through the same queue (or past it,
-as above).
+worker and runs on the loop (`_alone`; past inline_rows only with one CPU to run on: see
+batch_policy.ALONE_CALL_S). Only requests whose inputs agree beyond the first dimension share a
+batch. The queue is bounded: when it is full, `submit` raises Overloaded at once rather than
+growing memory. A model whose first dimension is not a batch dimension runs one request per call,
+through the same queue (or past it, as above).
 """
 
 from __future__ import annotations

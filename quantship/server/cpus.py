@@ -12,7 +12,8 @@ CGROUP_ROOT = Path("/sys/fs/cgroup")
 
 def usable(cgroup_root: Path = CGROUP_ROOT) -> float:
     """CPUs' worth of time this process can get (fractional under a quota such as 1.5)."""
-    affinity = float(len(os.sched_getaffinity(0)))
+    get_affinity = getattr(os, "sched_getaffinity", None)  # Linux only
+    affinity = float(len(get_affinity(0)) if get_affinity is not None else os.cpu_count() or 1)
     quota = _quota(cgroup_root)
     return affinity if quota is None else min(affinity, quota)
 

@@ -19,6 +19,7 @@ prefixed by a 4-byte little-endian length.
 
 from __future__ import annotations
 
+import codecs
 import json
 import math
 import struct
@@ -143,19 +144,17 @@ def _split(body: bytes, header_length: str | None) -> tuple[bytes, memoryview]:
 
 
 def _parse_json(header: bytes) -> dict[str, Any]:
+    header = header.removeprefix(codecs.BOM_UTF8)  # a BOM is let pass
     if not header.strip():
         raise InvalidInput("the request body is empty: expected an inference request (JSON)")
     try:
         # orjson: UTF-8 only as RFC 8259 asks, no NaN or Infinity, ~8x faster than json on numbers
-        document = orjson.loads(header.removeprefix(_UTF8_BOM))  # a BOM is let pass
+        document = orjson.loads(header)
     except orjson.JSONDecodeError as exc:
         raise InvalidInput(_json_error(exc)) from None
     if not isinstance(document, dict):
         raise InvalidInput(f"the request must be a JSON object, got {type(document).__name__}")
     return document
-
-
-_UTF8_BOM = b"\xef\xbb\xbf"
 
 
 def _json_error(exc: orjson.JSONDecodeError) -> str:
@@ -314,7 +313,11 @@ def _from_json(name: str, datatype: str, shape: list[int], data: Any) -> np.ndar
     if array.size:
         accepted = _ACCEPTED_KINDS.get(datatype, "iu")
         if array.dtype.kind not in accepted:
-            if array.dtype.kind == "f" and np.abs(array).max() >= 2.0**63:
+            if (
+                array.dtype.kind == "f"
+                and DATATYPES[datatype].kind in "iu"
+                and np.abs(array).max() >= 2.0**63
+            ):
                 # orjson reads integers past 64 bits as floats: name the range, not a fraction
                 raise InvalidInput(f"input '{name}' holds values outside the {datatype} range")
             found = _KIND_NAMES.get(array.dtype.kind, "values of mixed or unknown types")

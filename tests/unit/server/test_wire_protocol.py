@@ -95,6 +95,7 @@ def test_binary_bytes_elements_carry_their_length_prefix() -> None:
     ("body", "header_length", "message"),
     [
         (b"{", None, "not valid JSON"),
+        (b"\xef\xbb\xbf \n", None, "the request body is empty"),  # a BOM alone is no request
         ('{"inputs": []}'.encode("utf-16"), None, "not valid JSON: it is not UTF-8 text"),
         (b'{"inputs": [{"name": "X", "shape": [1], "datatype": "FP32", "data": [NaN]}]}', None, "holds NaN"),
         (
