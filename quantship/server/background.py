@@ -45,8 +45,8 @@ def lower_priority() -> None:
     running nice-19 one before its time slice ends, so a request arriving while the SLI thread ran
     waited for it: p99 at c=1 1.2 ms against 0.35 ms with the SLIs off (digits INT8, one core, AMD
     EPYC, Linux 6.18). Any other thread preempts a SCHED_IDLE one at once: p99 0.5 ms. The price is
-    on a saturated core, where the SLI thread gets less of what is left (digits INT8 c=32: ~21 FP32
-    comparisons a second instead of ~90), the rest dropped and counted. Linux keeps both per
+    on a saturated core, where the SLI thread gets less of what is left (digits INT8 c=32: ~24 FP32
+    comparisons a second instead of ~100), the rest dropped and counted. Linux keeps both per
     thread, so this touches no other thread; elsewhere, or where not allowed, it quietly does less."""
     tid = threading.get_native_id()
     with contextlib.suppress(OSError, AttributeError):  # no such call, or not allowed
