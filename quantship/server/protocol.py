@@ -173,8 +173,8 @@ def _json_error(exc: orjson.JSONDecodeError) -> str:
 
 
 _ENCODER = json.JSONEncoder(separators=(",", ":"))
-"""Compact JSON for response headers, one encoder for every response. Not orjson: it writes a
-model's NaN outputs as null, where Triton writes NaN and Python clients read it."""
+"""Compact JSON for a response whose outputs hold NaN or infinities, which orjson (used for all
+others, ~10 µs faster a response) would write as null: Triton writes NaN, and Python clients read it."""
 
 
 def _parameters(container: dict[str, Any], where: str) -> dict[str, Any]:
@@ -374,7 +374,7 @@ def _requested_outputs(document: dict[str, Any]) -> tuple[RequestedOutput, ...]:
 
 def encode_response(response: InferResponse, request: InferRequest) -> Encoded:
     requested = request.outputs or tuple(RequestedOutput(name, None) for name in response.outputs)
-    entries, chunks = [], []
+    entries, chunks, finite = [], [], True
     for wanted in requested:
         array = response.outputs[wanted.name]
         datatype = datatype_of(array.dtype)
@@ -385,6 +385,7 @@ def encode_response(response: InferResponse, request: InferRequest) -> Encoded:
             chunks.append(raw)
         else:
             entry["data"] = _to_json(array, datatype)
+            finite = finite and (array.dtype.kind != "f" or bool(np.isfinite(array).all()))
         entries.append(entry)
     document = {
         "model_name": response.model_name,
@@ -392,7 +393,7 @@ def encode_response(response: InferResponse, request: InferRequest) -> Encoded:
         "id": response.id,
         "outputs": entries,
     }
-    header = _ENCODER.encode(document).encode()
+    header = orjson.dumps(document) if finite else _ENCODER.encode(document).encode()
     if chunks:
         return Encoded(header + b"".join(chunks), BINARY_TYPE, len(header))
     return Encoded(header, JSON_TYPE, None)

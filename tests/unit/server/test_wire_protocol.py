@@ -194,6 +194,23 @@ def test_json_responses_carry_data_and_the_request_id() -> None:
     ]
 
 
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+def test_non_finite_outputs_are_written_as_triton_writes_them_and_others_as_plain_numbers(
+    value: float,
+) -> None:
+    scores = np.array([[0.1, value]], dtype=np.float32)
+    encoded = protocol.encode_response(
+        InferResponse("m", "r", "x", {"scores": scores}), InferRequest("x", {}, (), False)
+    )
+    assert encoded.body.count(b"null") == 0  # NaN and Infinity as Python and Triton write them
+    [output] = json.loads(encoded.body)["outputs"]
+    np.testing.assert_array_equal(np.asarray(output["data"], dtype=np.float32), scores.ravel())
+    finite = protocol.encode_response(
+        InferResponse("m", "r", "x", {"scores": np.nan_to_num(scores)}), InferRequest("x", {}, (), False)
+    )
+    assert json.loads(finite.body)["outputs"][0]["data"] == np.nan_to_num(scores).ravel().tolist()
+
+
 def test_binary_outputs_follow_the_header_in_the_order_requested() -> None:
     encoded, answer = response(False, RequestedOutput("scores", True), RequestedOutput("label", False))
     assert encoded.content_type == "application/octet-stream"
