@@ -38,9 +38,10 @@ ALONE_CALL_S = 0.05
 """With one CPU to run on, a request that comes alone (batcher.LONE_BATCHES) runs on the event loop
 for calls up to this long, whatever INLINE_CALL_S says: handing it to the thread buys overlap of
 onnxruntime with HTTP work only when a second CPU can take one of them, and otherwise costs CPU
-(an MLP 784-2048-2048-10 at c=1, 0.7 ms a call: -15% CPU a request, +18% req/s on one core; on two
-cores the same change was +23% at c=1 but -5-7% at c=2 and c=4, so it is kept to one CPU). Longer
-calls still go to the thread: the loop must answer health probes while a long call runs."""
+(an MLP 784-2048-2048-10 at c=1, 0.7 ms a call: -12-15% CPU a request, +13-18% req/s on one
+core in two A/B runs; on two cores the same change was +23% at c=1 but -5-7% at c=2 and c=4, so it
+is kept to one CPU). Longer calls still go to the thread: the loop must answer health probes
+while a long call runs."""
 
 
 @dataclass(frozen=True)
