@@ -144,6 +144,10 @@ class ModelService:
         self._background_executor = ThreadPoolExecutor(
             1, thread_name_prefix="quantship-background", initializer=lower_priority
         )
+        # A /feedback whose answer was not shadowed runs the reference while its client waits: at
+        # normal priority, and not queued behind the SLI lanes' batches on the background thread,
+        # which a saturated core starves (SCHED_IDLE) by design.
+        self._feedback_executor = ThreadPoolExecutor(1, thread_name_prefix="quantship-feedback")
         self._scratch: Path | None = None
         """Where a .tar.gz artifact is unpacked: marked ours, removed on close, swept if we are killed."""
         self._loading: asyncio.Task[None] | None = None
@@ -399,6 +403,7 @@ class ModelService:
                 await self._write_capture(self.model.capturer, left())
         self._infer_executor.shutdown(wait=False)
         self._background_executor.shutdown(wait=False)
+        self._feedback_executor.shutdown(wait=False)
         if self._scratch is not None:
             scratch.remove(self._scratch)
         if finished:
@@ -473,7 +478,7 @@ class ModelService:
         reference = answer.reference
         if reference is None and model.opened.reference is not None and answer.inputs is not None:
             outputs = await asyncio.get_running_loop().run_in_executor(
-                self._background_executor, model.opened.reference.run, answer.inputs
+                self._feedback_executor, model.opened.reference.run, answer.inputs
             )
             reference = runtime.top1(outputs[model.comparator.output])
         answer = model.feedback.mark_labelled(request_id)
