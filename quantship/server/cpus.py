@@ -1,37 +1,74 @@
 """How many CPUs this process may use: its affinity (taskset, a cpuset) and its cgroup's CPU quota (a
 Kubernetes CPU limit), whichever is smaller. os.cpu_count() reports the machine's, which a pod with
-`limits.cpu: 1` on a 64-core node must not believe."""
+`limits.cpu: 1` on a 64-core node must not believe.
+
+The quota is read from this process's own cgroup (/proc/self/cgroup) and every cgroup above it, the
+smallest counting, as the kernel enforces them all: a container sees its own group at the mount's
+root (a cgroup namespace, or a bind mount in cgroup v1), a process on a host in a systemd slice sees
+the path of its group below the host's root."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
+MEMBERSHIP = Path("/proc/self/cgroup")
+V1_CPU_MOUNTS = ("cpu", "cpu,cpuacct")
 
 
-def usable(cgroup_root: Path = CGROUP_ROOT) -> float:
+def usable(cgroup_root: Path = CGROUP_ROOT, membership: Path = MEMBERSHIP) -> float:
     """CPUs' worth of time this process can get (fractional under a quota such as 1.5)."""
     get_affinity = getattr(os, "sched_getaffinity", None)  # Linux only
     affinity = float(len(get_affinity(0)) if get_affinity is not None else os.cpu_count() or 1)
-    quota = _quota(cgroup_root)
-    return affinity if quota is None else min(affinity, quota)
+    quotas = [quota for group in _own_groups(cgroup_root, membership) if (quota := _quota(group)) is not None]
+    return min([affinity, *quotas])
 
 
-def _quota(root: Path) -> float | None:
-    """The CFS quota in CPUs: cgroup v2 `cpu.max` ("150000 100000"; "max ..." is none), else v1's
-    `cpu.cfs_quota_us` / `cpu.cfs_period_us` (-1 is none). None when there is none or it cannot be
-    read: then the affinity alone counts."""
+def _own_groups(root: Path, membership: Path) -> Iterator[Path]:
+    """The directories of this process's cgroup and of each one above it, up to the mount's root:
+    cgroup v2's unified hierarchy, and v1's cpu controller where mounted."""
+    paths = _membership(membership)
+    mounts = [(root, paths.get("", "/"))]  # v2: "0::/kubepods/..."
+    mounts += [(root / name, paths.get("cpu", "/")) for name in V1_CPU_MOUNTS if (root / name).is_dir()]
+    for mount, path in mounts:
+        group = mount / path.lstrip("/")
+        if not group.is_dir():  # the path is the host's, the mount shows this group at its root
+            group = mount
+        yield group
+        while group != mount:
+            group = group.parent
+            yield group
+
+
+def _membership(membership: Path) -> dict[str, str]:
+    """Controller -> cgroup path from /proc/self/cgroup ("" for v2's unified line); empty if unread."""
     try:
-        limit, period = (root / "cpu.max").read_text().split()[:2]
+        lines = membership.read_text().splitlines()
+    except OSError:
+        return {}
+    paths: dict[str, str] = {}
+    for line in lines:  # "id:controllers:path"; v2's controllers are "", which splits to [""]
+        fields = line.split(":", 2)
+        if len(fields) == 3:
+            for controller in fields[1].split(","):
+                paths.setdefault(controller, fields[2])
+    return paths
+
+
+def _quota(group: Path) -> float | None:
+    """The group's CFS quota in CPUs: cgroup v2 `cpu.max` ("150000 100000"; "max ..." is none), else
+    v1's `cpu.cfs_quota_us` / `cpu.cfs_period_us` (-1 is none). None when it has none or it cannot
+    be read."""
+    try:
+        limit, period = (group / "cpu.max").read_text().split()[:2]
         return None if limit == "max" else int(limit) / int(period)
     except (OSError, ValueError, ZeroDivisionError):
         pass
-    for v1 in (root / "cpu", root / "cpu,cpuacct"):
-        try:
-            limit_us = int((v1 / "cpu.cfs_quota_us").read_text())
-            period_us = int((v1 / "cpu.cfs_period_us").read_text())
-        except (OSError, ValueError):
-            continue
-        return None if limit_us <= 0 or period_us <= 0 else limit_us / period_us
-    return None
+    try:
+        limit_us = int((group / "cpu.cfs_quota_us").read_text())
+        period_us = int((group / "cpu.cfs_period_us").read_text())
+    except (OSError, ValueError):
+        return None
+    return None if limit_us <= 0 or period_us <= 0 else limit_us / period_us
