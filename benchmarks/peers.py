@@ -191,7 +191,7 @@ def _wait(url: str, body: str, process: subprocess.Popen[bytes] | None, timeout:
     raise RuntimeError(f"{url} never answered 200 (last: {seen})")
 
 
-class _PinnedServer(ServerProcess):
+class PinnedServer(ServerProcess):
     """quantship started on the server core, not moved there once up: its batch policy depends on
     the CPUs it may use when it loads (batch_policy.ALONE_CALL_S). The peers' do not, so they are
     moved once up, as before."""
@@ -202,7 +202,7 @@ class _PinnedServer(ServerProcess):
 
 @contextmanager
 def quantship(model: Model, workdir: Path, *flags: str, log_name: str = "quantship") -> Iterator[Running]:
-    server = _PinnedServer(
+    server = PinnedServer(
         model.artifact, model="m", revision="bench",
         extra_args=["--threads", "1", "--log-level", "warning", *flags], log_path=workdir / f"{log_name}.log",
     )  # fmt: skip

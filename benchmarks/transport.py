@@ -33,9 +33,9 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from benchmarks.peers import LOAD_CORE, SERVER_CORE, PinnedServer
 from benchmarks.process_cpu import cpu_seconds
 from quantship import zoo
-from quantship.local.processes import ServerProcess
 from quantship.local.prometheus import free_port
 from quantship.quantize import QuantizeConfig
 from quantship.quantize import run as quantize
@@ -44,7 +44,7 @@ from quantship.server.grpc_v2 import inference_pb2 as pb
 CONCURRENCY = (1, 8, 32)
 SECONDS = float(os.environ.get("TRANSPORT_SECONDS", 4))
 WARMUP_S = 1.0
-CLIENT_CORE, SERVER_CORE = 0, 1
+CLIENT_CORE, SERVER_CORE_ID = int(LOAD_CORE), int(SERVER_CORE)  # the peers suite's cores
 INFER = "/inference.GRPCInferenceService/ModelInfer"
 ANSWER = b"x" * 40
 
@@ -68,12 +68,12 @@ async def _bare_asgi(scope: dict[str, Any], receive: Any, send: Any) -> None:
 def _serve_bare_http(port: int) -> None:
     import uvicorn
 
-    os.sched_setaffinity(0, {SERVER_CORE})
+    os.sched_setaffinity(0, {SERVER_CORE_ID})
     uvicorn.run(_bare_asgi, host="127.0.0.1", port=port, log_level="warning", access_log=False)
 
 
 def _serve_bare_grpc(port: int) -> None:
-    os.sched_setaffinity(0, {SERVER_CORE})
+    os.sched_setaffinity(0, {SERVER_CORE_ID})
 
     async def answer(request: bytes, context: Any) -> bytes:
         return ANSWER
@@ -156,11 +156,6 @@ def cpu_us_per_request(pid: int, load: Load, concurrency: int) -> tuple[float, f
     return answered / elapsed, used / answered * 1e6
 
 
-def _pin(pid: int) -> None:
-    for task in os.listdir(f"/proc/{pid}/task"):
-        os.sched_setaffinity(int(task), {SERVER_CORE})
-
-
 # -- the run -----------------------------------------------------------------------------------------
 
 
@@ -197,7 +192,7 @@ def run(workdir: Path) -> None:
         }
     loads.append(os.getloadavg()[0])
     grpc_port = free_port()
-    server = ServerProcess(
+    server = PinnedServer(  # on SERVER_CORE from the start: its batch policy reads the CPUs it may use
         built.artifact.root, model="m", revision="bench",
         extra_args=["--threads", "1", "--grpc-port", str(grpc_port), "--log-level", "warning"],
         log_path=workdir / "transport-quantship.log",
@@ -206,7 +201,6 @@ def run(workdir: Path) -> None:
     try:
         asyncio.run(server.wait_ready())
         assert server.pid is not None
-        _pin(server.pid)
         load = http_load(f"{server.url}/v2/models/m/infer", header + row.tobytes(), binary_headers)
         rows["quantship HTTP binary"] = {c: cpu_us_per_request(server.pid, load, c) for c in CONCURRENCY}
         load = grpc_load(grpc_port, payload)
