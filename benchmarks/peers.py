@@ -4,7 +4,8 @@ For each model (digits FP32 and INT8, an MLP 784-2048-2048-10 FP32) and concurre
 wrk 4.1 (Debian's `wrk`) on core 0 sends the same one-row JSON v2 request to each server, pinned to
 core 1, for a warm-up then `PEERS_SECONDS`; every server runs one process and one onnxruntime
 intra-op thread; quantship runs its default SLIs (shadow 5%, clip 5% where the artifact has them).
-Raw onnxruntime is one thread calling session.run on one row, in this process. Each cell prints
+Raw onnxruntime is one thread calling session.run on one row, in this process; beside the peers
+runs a floor, the least a Python server can do (benchmarks/floor_server.py). Each cell prints
 req/s, p50/p99, the server's CPU time per request (/proc/PID/stat), and the 1-minute load average
 at the end of the cell: figures from a loaded machine are not figures.
 
@@ -25,7 +26,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +53,7 @@ CONCURRENCY = (1, 8, 32)
 SECONDS = int(os.environ.get("PEERS_SECONDS", 5))
 WARMUP_S = 1
 LOAD_CORE, SERVER_CORE = "0", "1"
+FLOOR = "bare ASGI + ORT"
 
 
 @dataclass(frozen=True)
@@ -217,6 +219,23 @@ def quantship(model: Model, workdir: Path, *flags: str, log_name: str = "quantsh
 
 
 @contextmanager
+def floor(model: Model, workdir: Path) -> Iterator[Running]:
+    """benchmarks.floor_server on the model, started on the server core."""
+    port = free_port()
+    command = ["taskset", "-c", SERVER_CORE, sys.executable, "-m", "benchmarks.floor_server",
+               str(model.onnx_path), str(port)]  # fmt: skip
+    with open(workdir / "floor.log", "wb") as log:
+        process = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            url = f"http://127.0.0.1:{port}"
+            _wait(f"{url}/v2/models/m/infer", model.body, process)
+            yield Running(url, process.pid)
+        finally:
+            process.terminate()
+            process.wait(30)
+
+
+@contextmanager
 def peer(
     name: str, python: Path, model: Model, workdir: Path, *, threads: int = 1, pin: bool = True
 ) -> Iterator[Running]:
@@ -306,7 +325,7 @@ def raw_calls_per_s(model: Path, width: int) -> float:
 
 
 def run(workdir: Path) -> None:
-    console = Console(width=200)
+    console = Console(width=240)
     wrk = ensure_wrk()
     hardware = runtime.hardware()
     pythons: dict[str, Path] = {}
@@ -323,7 +342,8 @@ def run(workdir: Path) -> None:
     table = Table(
         title="quantship vs peers: one-row JSON v2 requests (req/s, p50/p99 ms, server CPU µs a request)"
     )
-    for column in ("model", "c", "quantship", *pythons, "raw ORT b1", "quantship / peers", "of raw", "load"):
+    ratio_columns = ("quantship / peers", "floor / peers", "of floor", "of raw")
+    for column in ("model", "c", "quantship", *pythons, FLOOR, "raw ORT b1", *ratio_columns, "load"):
         table.add_column(column, justify="left" if column == "model" else "right")
     for model in models(workdir):
         script = post_script(workdir / "post.lua", model.body)
@@ -337,15 +357,21 @@ def run(workdir: Path) -> None:
             with peer(name, python, model, workdir) as server:
                 for c in CONCURRENCY:
                     cells[name, c] = measure(wrk, server, script, c)
+        with floor(model, workdir) as server:
+            for c in CONCURRENCY:
+                cells[FLOOR, c] = measure(wrk, server, script, c)
         for c in CONCURRENCY:
-            ours = cells["quantship", c]
-            ratios = " / ".join(f"{ours.per_s / cells[name, c].per_s:.2f}x" for name in pythons)
-            loads = max(cells[name, c].load for name in ("quantship", *pythons))
-            table.add_row(
-                model.name, str(c), _cell(ours), *(_cell(cells[name, c]) for name in pythons),
-                f"{raw:,.0f}", ratios, f"{ours.per_s / raw:.0%}", f"{loads:.2f}",
-            )  # fmt: skip
+            ours, least = cells["quantship", c], cells[FLOOR, c]
+            loads = max(cells[name, c].load for name in ("quantship", *pythons, FLOOR))
+            servers = [_cell(cells[name, c]) for name in ("quantship", *pythons, FLOOR)]
+            versus = [_ratios(ours, cells, pythons, c), _ratios(least, cells, pythons, c)]
+            of = [f"{ours.per_s / least.per_s:.0%}", f"{ours.per_s / raw:.0%}"]
+            table.add_row(model.name, str(c), *servers, f"{raw:,.0f}", *versus, *of, f"{loads:.2f}")
     console.print(table)
+    console.print(
+        f"{FLOOR}: benchmarks/floor_server.py, the least a Python server on uvicorn can do (orjson, one "
+        "session.run on the event loop, nothing else): where it is under 2x a peer, no Python server is over"
+    )
     console.print("load: the highest 1-minute load average seen at the end of the cell's runs (2 cores)")
     heavy_table(console, wrk, pythons, workdir)
 
@@ -397,6 +423,10 @@ def heavy_table(console: Console, wrk: str, pythons: dict[str, Path], workdir: P
         table.add_row(label, f"{cell.per_s:.1f}", f"{cell.per_s / raw:.0%}",
                       f"{cell.p50_ms:.1f} / {cell.p99_ms:.1f}", cpu, f"{cell.load:.2f}")  # fmt: skip
     console.print(table)
+
+
+def _ratios(cell: Cell, cells: dict[tuple[str, int], Cell], peers: Iterable[str], c: int) -> str:
+    return " / ".join(f"{cell.per_s / cells[name, c].per_s:.2f}x" for name in peers)
 
 
 def _cell(cell: Cell) -> str:
