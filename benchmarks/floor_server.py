@@ -4,7 +4,8 @@ A bare ASGI function on uvicorn (httptools, uvloop, as quantship runs): read the
 JSON with orjson, one onnxruntime session.run on the event loop, write the outputs as v2 JSON. No
 validation, errors, metrics, batching or SLIs. It answers what any Python server on this stack could
 at best, so the peers table shows how much of a cell is the server and how much is onnxruntime and
-HTTP: where the floor itself is under 2x a peer, no Python server reaches 2x there.
+HTTP. At c=1, where batching has nothing to merge, a server on uvicorn does no less than this: where
+the floor is under 2x a peer there, none reaches 2x. With concurrency, batching can beat it.
 
 `python -m benchmarks.floor_server MODEL PORT` (one intra-op thread, like every server in the suite).
 """

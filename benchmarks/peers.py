@@ -5,7 +5,7 @@ wrk 4.1 (Debian's `wrk`) on core 0 sends the same one-row JSON v2 request to eac
 core 1, for a warm-up then `PEERS_SECONDS`; every server runs one process and one onnxruntime
 intra-op thread; quantship runs its default SLIs (shadow 5%, clip 5% where the artifact has them).
 Raw onnxruntime is one thread calling session.run on one row, in this process; beside the peers
-runs a floor, the least a Python server can do (benchmarks/floor_server.py). Each cell prints
+runs a floor, the least a Python server can do at c=1 (benchmarks/floor_server.py). Each cell prints
 req/s, p50/p99, the server's CPU time per request (/proc/PID/stat), and the 1-minute load average
 at the end of the cell: figures from a loaded machine are not figures.
 
@@ -370,7 +370,7 @@ def run(workdir: Path) -> None:
     console.print(table)
     console.print(
         f"{FLOOR}: benchmarks/floor_server.py, the least a Python server on uvicorn can do (orjson, one "
-        "session.run on the event loop, nothing else): where it is under 2x a peer, no Python server is over"
+        "session.run on the event loop, nothing else, no batching): at c=1 no server on uvicorn does less"
     )
     console.print("load: the highest 1-minute load average seen at the end of the cell's runs (2 cores)")
     heavy_table(console, wrk, pythons, workdir)
