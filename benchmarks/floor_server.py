@@ -1,7 +1,8 @@
 """The least a Python server can do for the peers suite's requests: a floor, not a product.
 
-A bare ASGI function on uvicorn (httptools, uvloop, as quantship runs): read the body, parse the v2
-JSON with orjson, one onnxruntime session.run on the event loop, write the outputs as v2 JSON. No
+A bare ASGI function on uvicorn as quantship runs it (httptools, uvloop, quantship's HTTP protocol
+that sends a response in one write: server/connections.py): read the body, parse the v2 JSON with
+orjson, one onnxruntime session.run on the event loop, write the outputs as v2 JSON. No
 validation, errors, metrics, batching or SLIs. It answers what any Python server on this stack could
 at best, so the peers table shows how much of a cell is the server and how much is onnxruntime and
 HTTP. At c=1, where batching has nothing to merge, a server on uvicorn does no less than this: where
@@ -22,7 +23,7 @@ import orjson
 import uvicorn
 
 from quantship import runtime
-from quantship.server import protocol
+from quantship.server import connections, protocol
 
 
 def app_for(session: ort.InferenceSession) -> Any:
@@ -58,7 +59,7 @@ def app_for(session: ort.InferenceSession) -> Any:
 def main(model: str, port: int) -> None:
     session = runtime.create_session(Path(model), threads=1)  # quantship's session options
     uvicorn.run(app_for(session), host="127.0.0.1", port=port, log_level="warning", access_log=False,
-                loop="uvloop", http="httptools")  # fmt: skip
+                loop="uvloop", http=connections.HttpProtocol)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@ Issue 11 asks for <= 100 µs of server CPU a request on the binary/gRPC path for
 a Python server can reach is bounded by its transport before any model runs, so each quantship
 figure stands beside the same transport answering a constant from an empty handler:
 
-    bare uvicorn         a raw ASGI app under uvicorn (httptools, uvloop): reads the body, answers 40 bytes
+    bare uvicorn         a raw ASGI app under uvicorn (httptools, uvloop, quantship's one-write HTTP
+                         protocol): reads the body, answers 40 bytes
     bare grpc.aio        a generic grpc.aio handler returning 40 bytes (the server quantship runs)
     quantship HTTP bin   POST /v2/models/m/infer with the binary tensor extension, one row in and out
     quantship gRPC       ModelInfer with raw_input_contents, one row
@@ -39,6 +40,7 @@ from quantship import zoo
 from quantship.local.prometheus import free_port
 from quantship.quantize import QuantizeConfig
 from quantship.quantize import run as quantize
+from quantship.server import connections
 from quantship.server.grpc_v2 import inference_pb2 as pb
 
 CONCURRENCY = (1, 8, 32)
@@ -69,7 +71,8 @@ def _serve_bare_http(port: int) -> None:
     import uvicorn
 
     os.sched_setaffinity(0, {SERVER_CORE_ID})
-    uvicorn.run(_bare_asgi, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+    uvicorn.run(_bare_asgi, host="127.0.0.1", port=port, log_level="warning", access_log=False,
+                http=connections.HttpProtocol)  # fmt: skip
 
 
 def _serve_bare_grpc(port: int) -> None:

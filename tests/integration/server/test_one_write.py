@@ -1,0 +1,255 @@
+"""Responses leave in one TCP segment: `one_write.OneWriteTransport` over a real socket, and
+`quantship serve` answering through it.
+
+A TCP stream hides how its bytes were written; the receiving socket's kernel counters do not: Linux's
+tcp_info counts the segments that carried data (`tcpi_data_segs_in`, since 4.6). On loopback a write
+under the MSS (~64 KiB) is one segment, so a head and a body written apart are two.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import struct
+from collections.abc import AsyncIterator, Iterator
+
+import httpx
+import numpy as np
+import onnxruntime as ort
+import pytest
+from server_harness import MODEL
+
+from quantship import artifact
+from quantship.local.processes import ServerProcess
+from quantship.server import protocol
+from quantship.server.one_write import HOLD_BYTES, OneWriteTransport
+
+TCPI_DATA_SEGS_IN = 152
+"""offsetof(struct tcp_info, tcpi_data_segs_in) in linux/tcp.h: a u32 after 152 bytes of older fields."""
+TIMEOUT_S = 30.0
+HEAD = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 11\r\n\r\n"
+BODY = b'{"ok":true}'
+
+
+def data_segments_in(sock: socket.socket) -> int:
+    """How many segments carrying data this socket has received."""
+    info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 256)
+    assert len(info) >= TCPI_DATA_SEGS_IN + 4, "this kernel's tcp_info has no tcpi_data_segs_in (Linux < 4.6)"
+    count: int = struct.unpack_from("I", info, TCPI_DATA_SEGS_IN)[0]
+    return count
+
+
+def receive(sock: socket.socket, size: int) -> bytes:
+    sock.settimeout(TIMEOUT_S)
+    received = b""
+    while len(received) < size:
+        chunk = sock.recv(size - len(received))
+        assert chunk, f"the connection closed after {len(received)} of {size} bytes"
+        received += chunk
+    return received
+
+
+# -- the transport, over a real loopback connection --------------------------------------------
+
+
+@pytest.fixture
+async def connection() -> AsyncIterator[tuple[OneWriteTransport, socket.socket]]:
+    """A OneWriteTransport over the server side of a real loopback connection, and the client side."""
+    loop = asyncio.get_running_loop()
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        client = socket.create_connection(listener.getsockname())
+        accepted, _ = listener.accept()
+    transport, _ = await loop.connect_accepted_socket(asyncio.Protocol, accepted)
+    try:
+        yield OneWriteTransport(transport, loop), client
+    finally:
+        transport.abort()
+        client.close()
+
+
+async def test_a_head_and_its_body_written_in_one_turn_leave_as_one_segment(
+    connection: tuple[OneWriteTransport, socket.socket],
+) -> None:
+    transport, client = connection
+    before = data_segments_in(client)
+    transport.write(HEAD)
+    transport.write(BODY)
+    assert receive(client, len(HEAD + BODY)) == HEAD + BODY
+    assert data_segments_in(client) - before == 1
+
+
+async def test_a_write_nothing_follows_leaves_at_the_end_of_the_loop_turn(
+    connection: tuple[OneWriteTransport, socket.socket],
+) -> None:
+    """An interim `100 Continue`, or the head of a streamed response, waits for no body."""
+    transport, client = connection
+    before = data_segments_in(client)
+    interim = b"HTTP/1.1 100 Continue\r\n\r\n"
+    transport.write(interim)
+    assert data_segments_in(client) == before, "held within the turn"
+    assert transport.get_write_buffer_size() == len(interim)
+    await asyncio.sleep(0)
+    assert receive(client, len(interim)) == interim
+    assert data_segments_in(client) - before == 1
+    assert transport.get_write_buffer_size() == 0
+
+
+async def test_writes_of_different_turns_stay_apart_and_in_order(
+    connection: tuple[OneWriteTransport, socket.socket],
+) -> None:
+    transport, client = connection
+    before = data_segments_in(client)
+    transport.write(HEAD)
+    await asyncio.sleep(0)
+    transport.write(BODY)
+    await asyncio.sleep(0)
+    assert receive(client, len(HEAD + BODY)) == HEAD + BODY
+    assert data_segments_in(client) - before == 2
+
+
+async def test_a_large_write_after_a_held_one_arrives_whole_and_after_it(
+    connection: tuple[OneWriteTransport, socket.socket],
+) -> None:
+    transport, client = connection
+    large = bytes(range(256)) * (HOLD_BYTES // 256 + 1)  # past HOLD_BYTES: not joined
+    transport.write(HEAD)
+    transport.write(memoryview(large))
+    read = asyncio.get_running_loop().run_in_executor(None, receive, client, len(HEAD + large))
+    assert await read == HEAD + large  # read while the loop runs: the transport may buffer some
+
+
+async def test_close_sends_what_is_held_and_abort_drops_it(
+    connection: tuple[OneWriteTransport, socket.socket],
+) -> None:
+    transport, client = connection
+    transport.write(HEAD)
+    transport.close()
+    await asyncio.sleep(0.05)  # the close completes on the loop
+    assert receive(client, len(HEAD)) == HEAD
+    assert client.recv(1) == b"", "closed after the held bytes"
+
+    loop = asyncio.get_running_loop()
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        other = socket.create_connection(listener.getsockname())
+        accepted, _ = listener.accept()
+    real, _ = await loop.connect_accepted_socket(asyncio.Protocol, accepted)
+    aborting = OneWriteTransport(real, loop)
+    with other:
+        aborting.write(HEAD)
+        aborting.abort()
+        await asyncio.sleep(0.05)
+        other.settimeout(TIMEOUT_S)
+        assert other.recv(1) == b"", "closed, and the held bytes never sent"
+        assert data_segments_in(other) == 0
+
+
+# -- quantship serve ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def server(
+    good_artifact: artifact.Artifact, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerProcess]:
+    log = tmp_path_factory.mktemp("one-write") / "serve.log"
+    process = ServerProcess(good_artifact.root, model=MODEL, revision="good", log_path=log)
+    process.start()
+    try:
+        asyncio.run(process.wait_ready(timeout=120))
+        yield process
+    finally:
+        process.stop()
+
+
+def one_response(sock: socket.socket) -> tuple[bytes, bytes]:
+    """(status line, body) of one HTTP response with a Content-Length."""
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += receive(sock, 1)
+    status, *lines = head[:-4].split(b"\r\n")
+    lengths = [int(line.split(b":")[1]) for line in lines if line.lower().startswith(b"content-length:")]
+    assert len(lengths) == 1, head
+    return status, receive(sock, lengths[0])
+
+
+def request(method: str, path: str, body: bytes = b"", *headers: str, length: int | None = None) -> bytes:
+    """The request's bytes; `length` declares a body that is not sent with them."""
+    declared = len(body) if length is None else length
+    lines = [f"{method} {path} HTTP/1.1", "host: 127.0.0.1", f"content-length: {declared}", *headers]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+INFER = f"/v2/models/{MODEL}/infer"
+ROW = np.linspace(0, 1, 64, dtype=np.float32)
+JSON_BODY = json.dumps(
+    {"inputs": [{"name": "X", "shape": [1, 64], "datatype": "FP32", "data": ROW.tolist()}]}
+)
+BINARY_HEADER = json.dumps(
+    {"inputs": [{"name": "X", "shape": [1, 64], "datatype": "FP32", "parameters": {"binary_data_size": 256}}]}
+).encode()
+
+
+BINARY_LENGTH = f"{protocol.HEADER_LENGTH}: {len(BINARY_HEADER)}"
+SMALL_RESPONSES = {
+    "JSON inference": (request("POST", INFER, JSON_BODY.encode()), b"200"),
+    "binary inference": (
+        request("POST", INFER, BINARY_HEADER + ROW.tobytes(), BINARY_LENGTH),
+        b"200",
+    ),
+    "a refused body": (request("POST", INFER, b"{not json"), b"400"),
+    "an unknown model": (request("POST", "/v2/models/nope/infer", JSON_BODY.encode()), b"404"),
+    "readiness (FastAPI)": (request("GET", "/v2/health/ready"), b"200"),
+    "model metadata (FastAPI)": (request("GET", f"/v2/models/{MODEL}"), b"200"),
+}
+
+
+@pytest.mark.parametrize("what", SMALL_RESPONSES)
+def test_a_small_response_leaves_the_server_as_one_segment(server: ServerProcess, what: str) -> None:
+    sent, status = SMALL_RESPONSES[what]
+    with socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT_S) as sock:
+        for _ in range(3):  # and again on the kept-alive connection
+            before = data_segments_in(sock)
+            sock.sendall(sent)
+            line, _ = one_response(sock)
+            assert line.split()[1] == status, line
+            assert data_segments_in(sock) - before == 1, f"{what}: answered in more than one segment"
+
+
+def test_expect_100_continue_is_answered_before_the_body_is_sent(server: ServerProcess) -> None:
+    body = JSON_BODY.encode()
+    with socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT_S) as sock:
+        sock.sendall(request("POST", INFER, b"", "expect: 100-continue", length=len(body)))
+        interim = b"HTTP/1.1 100 Continue\r\n\r\n"
+        assert receive(sock, len(interim)) == interim
+        sock.sendall(body)
+        line, answer = one_response(sock)
+    assert line.split()[1] == b"200"
+    assert json.loads(answer)["model_name"] == MODEL
+
+
+def test_pipelined_requests_are_answered_whole_and_in_order(server: ServerProcess) -> None:
+    with socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT_S) as sock:
+        sock.sendall(request("GET", "/v2/health/live") + request("POST", INFER, JSON_BODY.encode())
+                     + request("GET", f"/v2/models/{MODEL}"))  # fmt: skip
+        answers = [one_response(sock) for _ in range(3)]
+    assert [line.split()[1] for line, _ in answers] == [b"200"] * 3
+    assert "outputs" in json.loads(answers[1][1])
+    assert json.loads(answers[2][1])["name"] == MODEL
+
+
+def test_a_response_larger_than_what_is_joined_arrives_whole(
+    server: ServerProcess, good_artifact: artifact.Artifact
+) -> None:
+    rows = np.random.default_rng(3).random((4096, 64), dtype=np.float32)
+    header = json.dumps({"inputs": [{"name": "X", "shape": list(rows.shape), "datatype": "FP32",
+                                     "parameters": {"binary_data_size": rows.nbytes}}]}).encode()  # fmt: skip
+    answer = httpx.post(
+        f"{server.url}{INFER}", content=header + rows.tobytes(), timeout=TIMEOUT_S,
+        headers={protocol.HEADER_LENGTH: str(len(header)), "content-type": "application/octet-stream"},
+    )  # fmt: skip
+    assert answer.status_code == 200, answer.text
+    assert len(answer.content) > HOLD_BYTES
+    session = ort.InferenceSession(good_artifact.model_path, providers=["CPUExecutionProvider"])
+    expected = session.run(["label"], {"X": rows})[0]
+    served = {output["name"]: output["data"] for output in answer.json()["outputs"]}
+    assert served["label"] == expected.tolist()
