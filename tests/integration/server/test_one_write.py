@@ -12,12 +12,13 @@ import asyncio
 import json
 import socket
 import struct
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 
 import httpx
 import numpy as np
 import onnxruntime as ort
 import pytest
+import uvloop
 from server_harness import MODEL
 
 from quantship import artifact
@@ -50,98 +51,142 @@ def receive(sock: socket.socket, size: int) -> bytes:
     return received
 
 
-# -- the transport, over a real loopback connection --------------------------------------------
+# -- the transport, over a real loopback connection, on both event loops -----------------------
+
+LOOPS = {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
+"""uvicorn runs on uvloop when it is installed (it is, in production) and on asyncio otherwise."""
+Scenario = Callable[[OneWriteTransport, socket.socket], Awaitable[None]]
 
 
-@pytest.fixture
-async def connection() -> AsyncIterator[tuple[OneWriteTransport, socket.socket]]:
-    """A OneWriteTransport over the server side of a real loopback connection, and the client side."""
-    loop = asyncio.get_running_loop()
-    with socket.create_server(("127.0.0.1", 0)) as listener:
-        client = socket.create_connection(listener.getsockname())
-        accepted, _ = listener.accept()
-    transport, _ = await loop.connect_accepted_socket(asyncio.Protocol, accepted)
+def over_loopback(loop: str, scenario: Scenario) -> None:
+    """Run `scenario(transport, client)` on a fresh event loop of that kind: a OneWriteTransport over
+    the server side of a real loopback connection, and the client's socket."""
+
+    async def main() -> None:
+        running = asyncio.get_running_loop()
+        with socket.create_server(("127.0.0.1", 0)) as listener:
+            client = socket.create_connection(listener.getsockname())
+            accepted, _ = listener.accept()
+        real, _ = await running.connect_accepted_socket(asyncio.Protocol, accepted)
+        with client:
+            try:
+                await scenario(OneWriteTransport(real, running), client)
+            finally:
+                real.abort()
+                await asyncio.sleep(0)  # the abort completes on the loop
+
+    with asyncio.Runner(loop_factory=LOOPS[loop]) as runner:
+        runner.run(main())
+
+
+async def read(client: socket.socket, size: int) -> bytes:
+    """`size` bytes from the client socket, read in a thread so that the loop goes on meanwhile."""
+    return await asyncio.get_running_loop().run_in_executor(None, receive, client, size)
+
+
+def ended(client: socket.socket) -> bool:
+    """Whether the other side has closed (or reset) the connection, with nothing more to read."""
+    client.settimeout(TIMEOUT_S)
     try:
-        yield OneWriteTransport(transport, loop), client
-    finally:
+        return client.recv(1) == b""
+    except ConnectionResetError:
+        return True
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_a_head_and_its_body_written_together_leave_as_one_segment(loop: str) -> None:
+    async def scenario(transport: OneWriteTransport, client: socket.socket) -> None:
+        before = data_segments_in(client)
+        transport.write(HEAD)
+        transport.write(BODY)
+        assert await read(client, len(HEAD + BODY)) == HEAD + BODY
+        assert data_segments_in(client) - before == 1
+
+    over_loopback(loop, scenario)
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_a_write_nothing_follows_leaves_with_the_next_round_of_callbacks(loop: str) -> None:
+    """An interim `100 Continue`, the head of a HEAD answer or of a streamed response: no body comes."""
+
+    async def scenario(transport: OneWriteTransport, client: socket.socket) -> None:
+        before = data_segments_in(client)
+        interim = b"HTTP/1.1 100 Continue\r\n\r\n"
+        transport.write(interim)
+        assert data_segments_in(client) == before, "held until the loop runs its callbacks"
+        assert transport.get_write_buffer_size() == len(interim)
+        await asyncio.sleep(0)
+        assert await read(client, len(interim)) == interim
+        assert data_segments_in(client) - before == 1
+        assert transport.get_write_buffer_size() == 0
+
+    over_loopback(loop, scenario)
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_writes_with_the_loop_between_them_stay_apart_and_in_order(loop: str) -> None:
+    async def scenario(transport: OneWriteTransport, client: socket.socket) -> None:
+        before = data_segments_in(client)
+        transport.write(HEAD)
+        await asyncio.sleep(0)
+        transport.write(BODY)
+        await asyncio.sleep(0)
+        assert await read(client, len(HEAD + BODY)) == HEAD + BODY
+        assert data_segments_in(client) - before == 2
+
+    over_loopback(loop, scenario)
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_a_large_write_is_never_held_and_follows_a_held_one(loop: str) -> None:
+    async def scenario(transport: OneWriteTransport, client: socket.socket) -> None:
+        large = bytes(range(256)) * (HOLD_BYTES // 256 + 1)
+        transport.write(memoryview(large))
+        assert transport.get_write_buffer_size() < len(large), "not held"
+        transport.write(HEAD)
+        transport.write(memoryview(large))
+        assert await read(client, 2 * len(large) + len(HEAD)) == large + HEAD + large
+
+    over_loopback(loop, scenario)
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_writelines_and_write_eof_send_what_is_held_first(loop: str) -> None:
+    async def scenario(transport: OneWriteTransport, client: socket.socket) -> None:
+        before = data_segments_in(client)
+        transport.write(HEAD)
+        transport.writelines([BODY[:5], b"", BODY[5:]])
+        assert await read(client, len(HEAD + BODY)) == HEAD + BODY
+        assert data_segments_in(client) - before == 1
+        transport.write(HEAD)
+        transport.write_eof()
+        assert await read(client, len(HEAD)) == HEAD
+        assert ended(client)
+
+    over_loopback(loop, scenario)
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_close_sends_what_is_held(loop: str) -> None:
+    async def scenario(transport: OneWriteTransport, client: socket.socket) -> None:
+        transport.write(HEAD)
+        transport.close()
+        assert await read(client, len(HEAD)) == HEAD
+        assert ended(client)
+
+    over_loopback(loop, scenario)
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_abort_drops_what_is_held(loop: str) -> None:
+    async def scenario(transport: OneWriteTransport, client: socket.socket) -> None:
+        transport.write(HEAD)
         transport.abort()
-        client.close()
+        await asyncio.sleep(0.05)  # the abort completes on the loop
+        assert ended(client)
+        assert data_segments_in(client) == 0, "the held bytes were sent"
 
-
-async def test_a_head_and_its_body_written_in_one_turn_leave_as_one_segment(
-    connection: tuple[OneWriteTransport, socket.socket],
-) -> None:
-    transport, client = connection
-    before = data_segments_in(client)
-    transport.write(HEAD)
-    transport.write(BODY)
-    assert receive(client, len(HEAD + BODY)) == HEAD + BODY
-    assert data_segments_in(client) - before == 1
-
-
-async def test_a_write_nothing_follows_leaves_at_the_end_of_the_loop_turn(
-    connection: tuple[OneWriteTransport, socket.socket],
-) -> None:
-    """An interim `100 Continue`, or the head of a streamed response, waits for no body."""
-    transport, client = connection
-    before = data_segments_in(client)
-    interim = b"HTTP/1.1 100 Continue\r\n\r\n"
-    transport.write(interim)
-    assert data_segments_in(client) == before, "held within the turn"
-    assert transport.get_write_buffer_size() == len(interim)
-    await asyncio.sleep(0)
-    assert receive(client, len(interim)) == interim
-    assert data_segments_in(client) - before == 1
-    assert transport.get_write_buffer_size() == 0
-
-
-async def test_writes_of_different_turns_stay_apart_and_in_order(
-    connection: tuple[OneWriteTransport, socket.socket],
-) -> None:
-    transport, client = connection
-    before = data_segments_in(client)
-    transport.write(HEAD)
-    await asyncio.sleep(0)
-    transport.write(BODY)
-    await asyncio.sleep(0)
-    assert receive(client, len(HEAD + BODY)) == HEAD + BODY
-    assert data_segments_in(client) - before == 2
-
-
-async def test_a_large_write_after_a_held_one_arrives_whole_and_after_it(
-    connection: tuple[OneWriteTransport, socket.socket],
-) -> None:
-    transport, client = connection
-    large = bytes(range(256)) * (HOLD_BYTES // 256 + 1)  # past HOLD_BYTES: not joined
-    transport.write(HEAD)
-    transport.write(memoryview(large))
-    read = asyncio.get_running_loop().run_in_executor(None, receive, client, len(HEAD + large))
-    assert await read == HEAD + large  # read while the loop runs: the transport may buffer some
-
-
-async def test_close_sends_what_is_held_and_abort_drops_it(
-    connection: tuple[OneWriteTransport, socket.socket],
-) -> None:
-    transport, client = connection
-    transport.write(HEAD)
-    transport.close()
-    await asyncio.sleep(0.05)  # the close completes on the loop
-    assert receive(client, len(HEAD)) == HEAD
-    assert client.recv(1) == b"", "closed after the held bytes"
-
-    loop = asyncio.get_running_loop()
-    with socket.create_server(("127.0.0.1", 0)) as listener:
-        other = socket.create_connection(listener.getsockname())
-        accepted, _ = listener.accept()
-    real, _ = await loop.connect_accepted_socket(asyncio.Protocol, accepted)
-    aborting = OneWriteTransport(real, loop)
-    with other:
-        aborting.write(HEAD)
-        aborting.abort()
-        await asyncio.sleep(0.05)
-        other.settimeout(TIMEOUT_S)
-        assert other.recv(1) == b"", "closed, and the held bytes never sent"
-        assert data_segments_in(other) == 0
+    over_loopback(loop, scenario)
 
 
 # -- quantship serve ---------------------------------------------------------------------------
@@ -253,3 +298,31 @@ def test_a_response_larger_than_what_is_joined_arrives_whole(
     expected = session.run(["label"], {"X": rows})[0]
     served = {output["name"]: output["data"] for output in answer.json()["outputs"]}
     assert served["label"] == expected.tolist()
+
+
+def test_a_head_request_gets_its_head_alone_and_the_connection_goes_on(server: ServerProcess) -> None:
+    """uvicorn writes no body for HEAD: the held head leaves with the loop's next round of callbacks."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT_S) as sock:
+        before = data_segments_in(sock)
+        sock.sendall(request("HEAD", "/v2/health/ready"))
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += receive(sock, 1)
+        assert head.startswith(b"HTTP/1.1 ")
+        assert data_segments_in(sock) - before == 1
+        sock.sendall(request("GET", "/v2/health/live"))
+        line, _ = one_response(sock)
+    assert line.split()[1] == b"200", "no body bytes came between the two answers"
+
+
+def test_an_answer_before_closing_leaves_in_one_segment_then_the_connection_closes(
+    server: ServerProcess,
+) -> None:
+    with socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT_S) as sock:
+        before = data_segments_in(sock)
+        sock.sendall(request("GET", f"/v2/models/{MODEL}", b"", "connection: close"))
+        line, answer = one_response(sock)
+        assert line.split()[1] == b"200"
+        assert json.loads(answer)["name"] == MODEL
+        assert data_segments_in(sock) - before == 1
+        assert ended(sock)
