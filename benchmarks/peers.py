@@ -4,8 +4,11 @@ For each model (digits FP32 and INT8, an MLP 784-2048-2048-10 FP32) and concurre
 wrk 4.1 (Debian's `wrk`) on core 0 sends the same one-row JSON v2 request to each server, pinned to
 core 1, for a warm-up then `PEERS_SECONDS`; every server runs one process and one onnxruntime
 intra-op thread; quantship runs its default SLIs (shadow 5%, clip 5% where the artifact has them).
-Raw onnxruntime is one thread calling session.run on one row, in this process; beside the peers
-runs a floor, the least a Python server can do at c=1 (benchmarks/floor_server.py). Each cell prints
+Raw onnxruntime is one thread calling session.run on one row, in this process, measured again
+before each concurrency; beside the peers runs a floor, the least a Python server can do at c=1
+(benchmarks/floor_server.py). A model's servers are all up at once and take their turns within each
+cell, in an order that flips from cell to cell, so that a ratio compares minutes-apart runs of this
+noisy VM no more. Each cell prints
 req/s, p50/p99, the server's CPU time per request (/proc/PID/stat), and the 1-minute load average
 at the end of the cell: figures from a loaded machine are not figures.
 
@@ -18,16 +21,18 @@ this installs it (`apt-get install -y wrk`), otherwise it says so and stops.
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import json
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -348,25 +353,28 @@ def run(workdir: Path) -> None:
     for model in models(workdir):
         script = post_script(workdir / "post.lua", model.body)
         width = json.loads(model.body)["inputs"][0]["shape"][1]
-        raw = raw_calls_per_s(model.onnx_path, width)
         cells: dict[tuple[str, int], Cell] = {}
-        with quantship(model, workdir) as server:
-            for c in CONCURRENCY:
-                cells["quantship", c] = measure(wrk, server, script, c)
-        for name, python in pythons.items():
-            with peer(name, python, model, workdir) as server:
-                for c in CONCURRENCY:
-                    cells[name, c] = measure(wrk, server, script, c)
-        with floor(model, workdir) as server:
-            for c in CONCURRENCY:
-                cells[FLOOR, c] = measure(wrk, server, script, c)
+        raws: dict[int, float] = {}
+        with ExitStack() as stack:
+            # All up at once (idle but for the one under load), measured back to back in each cell:
+            # this VM's speed drifts by a third within an hour, so a ratio of cells minutes apart
+            # would measure the drift. The order flips from cell to cell, so no server is always first.
+            servers = {"quantship": stack.enter_context(quantship(model, workdir))}
+            for name, python in pythons.items():
+                servers[name] = stack.enter_context(peer(name, python, model, workdir))
+            servers[FLOOR] = stack.enter_context(floor(model, workdir))
+            for index, c in enumerate(CONCURRENCY):
+                raws[c] = raw_calls_per_s(model.onnx_path, width)
+                for name in list(servers)[:: 1 if index % 2 == 0 else -1]:
+                    cells[name, c] = measure(wrk, servers[name], script, c)
         for c in CONCURRENCY:
+            raw = raws[c]
             ours, least = cells["quantship", c], cells[FLOOR, c]
             loads = max(cells[name, c].load for name in ("quantship", *pythons, FLOOR))
-            servers = [_cell(cells[name, c]) for name in ("quantship", *pythons, FLOOR)]
+            shown = [_cell(cells[name, c]) for name in ("quantship", *pythons, FLOOR)]
             versus = [_ratios(ours, cells, pythons, c), _ratios(least, cells, pythons, c)]
             of = [f"{ours.per_s / least.per_s:.0%}", f"{ours.per_s / raw:.0%}"]
-            table.add_row(model.name, str(c), *servers, f"{raw:,.0f}", *versus, *of, f"{loads:.2f}")
+            table.add_row(model.name, str(c), *shown, f"{raw:,.0f}", *versus, *of, f"{loads:.2f}")
     console.print(table)
     console.print(
         f"{FLOOR}: benchmarks/floor_server.py, the least a Python server on uvicorn can do (orjson, one "
@@ -376,8 +384,14 @@ def run(workdir: Path) -> None:
     heavy_table(console, wrk, pythons, workdir)
 
 
+HEAVY_ROUNDS = 2
+"""Rounds of the compute-heavy cell, the order of its servers flipped each round (see heavy_table)."""
+
+
 def heavy_table(console: Console, wrk: str, pythons: dict[str, Path], workdir: Path) -> None:
-    """EfficientNet-Lite0 INT8 at c=1 over binary transports, against raw onnxruntime (peers_heavy)."""
+    """EfficientNet-Lite0 INT8 at c=1 over binary transports, against raw onnxruntime (peers_heavy).
+    As in the main table, every server is up at once and they take turns, with raw onnxruntime, in
+    HEAVY_ROUNDS rounds whose order flips: a share of raw is then of a raw measured minutes around it."""
     artifact_root, row = peers_heavy.build(workdir)
     name = "images"
     ready_body = json.dumps(  # JSON, only to see each server answer once before the measurement
@@ -388,41 +402,69 @@ def heavy_table(console: Console, wrk: str, pythons: dict[str, Path], workdir: P
         }
     )
     model = Model("EfficientNet-Lite0 INT8", artifact_root / artifact.MODEL_FILE, artifact_root, ready_body)
-    raw = peers_heavy.raw_calls_per_s(model.onnx_path, row, name)
     payload = peers_heavy.grpc_request("m", name, row)
-    cells: dict[str, peers_heavy.HeavyCell] = {}
-    with peers_heavy.quantship_server(artifact_root, workdir) as (server, grpc_port):
+    rounds: dict[str, list[peers_heavy.HeavyCell]] = {}
+    raws: list[float] = []
+    with ExitStack() as stack:
+        server, grpc_port = stack.enter_context(peers_heavy.quantship_server(artifact_root, workdir))
         assert server.pid is not None
-        with peers_heavy.pinned_client():
-            infer, close = peers_heavy.grpc_caller(grpc_port, payload)
-            cells["quantship gRPC"] = peers_heavy.measure(infer, server.pid)
-            close()
-        before = cpu_seconds(server.pid)
-        out = peers_heavy.wrk_binary(wrk, server.url, "m", name, row, workdir)
-        used = cpu_seconds(server.pid) - before
-        per_s = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-        cpu_ms = used / (per_s * peers_heavy.SECONDS) * 1e3 if per_s else None
-        cells["quantship HTTP binary"] = peers_heavy.HeavyCell(
-            per_s, _ms(out, 50), _ms(out, 99), cpu_ms, os.getloadavg()[0]
-        )
-    for peer_name, python in pythons.items():
-        with peer(peer_name, python, model, workdir, threads=peers_heavy.THREADS, pin=False) as running:
+        quantship_pid: int = server.pid
+        grpc_ports = {"quantship": grpc_port}
+        pids = {"quantship": quantship_pid}
+        for peer_name, python in pythons.items():
+            running = stack.enter_context(
+                peer(peer_name, python, model, workdir, threads=peers_heavy.THREADS, pin=False)
+            )
             assert running.grpc_port is not None
+            grpc_ports[peer_name], pids[peer_name] = running.grpc_port, running.pid
+
+        def over_grpc(server_name: str) -> peers_heavy.HeavyCell:
             with peers_heavy.pinned_client():
-                infer, close = peers_heavy.grpc_caller(running.grpc_port, payload)
-                cells[f"{peer_name} gRPC"] = peers_heavy.measure(infer, running.pid)
-                close()
+                infer, close = peers_heavy.grpc_caller(grpc_ports[server_name], payload)
+                try:
+                    return peers_heavy.measure(infer, pids[server_name])
+                finally:
+                    close()
+
+        def over_http_binary() -> peers_heavy.HeavyCell:
+            before = cpu_seconds(quantship_pid)
+            out = peers_heavy.wrk_binary(wrk, server.url, "m", name, row, workdir)
+            used = cpu_seconds(quantship_pid) - before
+            per_s = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+            cpu_ms = used / (per_s * peers_heavy.SECONDS) * 1e3 if per_s else None
+            return peers_heavy.HeavyCell(per_s, _ms(out, 50), _ms(out, 99), cpu_ms, os.getloadavg()[0])
+
+        cells: dict[str, Callable[[], peers_heavy.HeavyCell]] = {
+            "quantship gRPC": lambda: over_grpc("quantship"),
+            "quantship HTTP binary": over_http_binary,
+        }
+        for peer_name in pythons:
+            cells[f"{peer_name} gRPC"] = functools.partial(over_grpc, peer_name)
+        for index in range(HEAVY_ROUNDS):
+            raws.append(peers_heavy.raw_calls_per_s(model.onnx_path, row, name))
+            for label in list(cells)[:: 1 if index % 2 == 0 else -1]:
+                rounds.setdefault(label, []).append(cells[label]())
+    raw = statistics.mean(raws)
     table = Table(
         title=f"compute-heavy: EfficientNet-Lite0 INT8 (the tuned artifact), c=1, binary transports, "
-        f"{peers_heavy.THREADS} onnxruntime threads; raw onnxruntime {raw:.1f} calls/s"
+        f"{peers_heavy.THREADS} onnxruntime threads; raw onnxruntime {raw:.1f} calls/s "
+        f"({' / '.join(f'{value:.1f}' for value in raws)} in {HEAVY_ROUNDS} rounds)"
     )
     for column in ("server, transport", "req/s", "of raw", "p50 / p99 ms", "server CPU ms a request", "load"):
         table.add_column(column, justify="left" if column == "server, transport" else "right")
-    for label, cell in cells.items():
-        cpu = "" if cell.cpu_ms is None else f"{cell.cpu_ms:.2f}"
-        table.add_row(label, f"{cell.per_s:.1f}", f"{cell.per_s / raw:.0%}",
-                      f"{cell.p50_ms:.1f} / {cell.p99_ms:.1f}", cpu, f"{cell.load:.2f}")  # fmt: skip
+    for label, measured in rounds.items():
+        per_s = statistics.mean(cell.per_s for cell in measured)
+        cpus = [cell.cpu_ms for cell in measured if cell.cpu_ms is not None]
+        cpu = f"{statistics.mean(cpus):.2f}" if cpus else ""
+        p50 = statistics.mean(cell.p50_ms for cell in measured)
+        p99 = max(cell.p99_ms for cell in measured)
+        table.add_row(label, f"{per_s:.1f}", f"{per_s / raw:.0%}", f"{p50:.1f} / {p99:.1f}", cpu,
+                      f"{max(cell.load for cell in measured):.2f}")  # fmt: skip
     console.print(table)
+    console.print(
+        f"compute-heavy: req/s, p50 and CPU are the means of {HEAVY_ROUNDS} rounds of "
+        f"{peers_heavy.SECONDS:g} s, p99 and load the highest"
+    )
 
 
 def _ratios(cell: Cell, cells: dict[tuple[str, int], Cell], peers: Iterable[str], c: int) -> str:
