@@ -5,9 +5,9 @@ uvicorn writes a response's status line and headers (`http.response.start`) and 
 wake-ups of the client and, on loopback, the receiving side's TCP work twice on the server's CPU.
 Joined: half the segments, and on digits (wrk against one core, ten interleaved rounds) a median
 +12% req/s and 10% less server CPU a request at concurrency 32; at 1 and 8 nothing this VM's noise
-lets one measure (+3% and -1% req/s). aiohttp sends a
-head with its body for the same reason (aio-libs/aiohttp#10991); uvicorn does not, so
-`connections.HttpProtocol` hands its requests this wrapper of the real transport instead.
+lets one measure (+3% and -1% req/s). aiohttp sends a head with its body for the same reason
+(aio-libs/aiohttp#10991); uvicorn does not, so `connections.HttpProtocol` hands its requests this
+wrapper of the real transport instead.
 
 The rule: a write of at most HOLD_BYTES is held, and leaves with the next write if that comes before
 the event loop's next round of callbacks (a body sent right after its head: every response
