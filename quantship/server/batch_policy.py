@@ -26,6 +26,14 @@ REPEATS = 5
 """Timed calls per size; the fastest counts (the others met the scheduler or the cache)."""
 BUDGET_S = 2.0
 """Most seconds the measurement may add to loading; sizes not reached by then are not chosen."""
+ROUNDS = 3
+"""Times the ladder of sizes is climbed, ROUND_GAP_S apart; each size keeps its fastest round. While
+the model loads, the rest of the server starts on the event loop thread, and this VM's neighbours
+come and go: on one CPU, every call overlapping such a burst takes up to twice as long, and a small
+model's whole ladder (a few ms) can fall in one. Climbed once, 3 of 8 starts of digits INT8 on one
+core read one row at 39-43 µs instead of 28-30 and one of them capped batches at 4 rows instead of
+32; a burst would now have to last through every round to mislead the choice."""
+ROUND_GAP_S = 0.05
 INLINE_CALL_S = 100e-6
 """A call measured this short runs on the event loop instead of the inference thread: handing it to
 the thread and back (a queue, two wake-ups, the loop's self-pipe) costs more CPU than the call.
@@ -113,19 +121,39 @@ def choose(
 def _measure_sizes(
     runner: Runner, configured: int, measure: Callable[[Runner, int], float]
 ) -> tuple[dict[int, float], int]:
-    """Seconds per row at 1, 2, 4, ... rows, and the size to batch up to: the last that was clearly
-    cheaper per row than the one before."""
+    """Seconds per row at 1, 2, 4, ... rows, the fastest of ROUNDS climbs, and the size to batch up
+    to: the last that was clearly cheaper per row than the one before. Each climb stops where the
+    costs so far stop falling, so a later round climbs past a size a burst made look dear."""
     costs: dict[int, float] = {}
-    chosen, deadline = 1, time.perf_counter() + BUDGET_S
-    size = 1
-    while size <= configured and time.perf_counter() < deadline:
-        costs[size] = measure(runner, size)
-        if size > 1:
-            if costs[size] >= CHEAPER * costs[chosen]:
+    deadline = time.perf_counter() + BUDGET_S
+    for round_ in range(ROUNDS):
+        if round_:
+            time.sleep(ROUND_GAP_S)
+        for size in _ladder(configured):
+            if time.perf_counter() >= deadline:
                 break
-            chosen = size
-        size = size * 2 if size * 2 <= configured or size == configured else configured
-    return costs, chosen
+            costs[size] = min(measure(runner, size), costs.get(size, float("inf")))
+            if _cheapest(costs) < size:
+                break
+    return costs, _cheapest(costs)
+
+
+def _ladder(configured: int) -> list[int]:
+    """1, 2, 4, ... up to `configured`, which is tried even if it is not a power of two."""
+    sizes = [1]
+    while sizes[-1] < configured:
+        sizes.append(min(sizes[-1] * 2, configured))
+    return sizes
+
+
+def _cheapest(costs: dict[int, float]) -> int:
+    """Climbing the measured sizes in order, the last one clearly cheaper per row than the one before."""
+    chosen = 1
+    for size in sorted(costs)[1:]:
+        if costs[size] >= CHEAPER * costs[chosen]:
+            break
+        chosen = size
+    return chosen
 
 
 def _rows_within(costs: dict[int, float], cap: int, seconds: float) -> int:

@@ -91,3 +91,29 @@ def test_with_one_cpu_a_request_alone_runs_on_the_loop_up_to_a_call_of_alone_cal
     assert policy.alone_rows == alone_rows
     assert policy.describe()["alone_rows"] == alone_rows
     assert ("comes alone" in policy.summary()) is (alone_rows > policy.inline_rows)
+
+
+def test_a_size_a_burst_made_look_dear_is_climbed_past_in_a_later_round(tiny_model: TinyModel) -> None:
+    """On a busy core one round can meet a burst of other work (the server's own start, a neighbour):
+    the fastest of the rounds counts, and a later round climbs on where that one stopped."""
+    true = {1: 10.0, 2: 5.0, 4: 2.5, 8: 1.3, 16: 0.7, 32: 0.4}
+    calls: list[int] = []
+
+    def bursty(runner: Runner, rows: int) -> float:
+        calls.append(rows)
+        return true[rows] * (3.0 if len(calls) == 4 else 1.0)  # the first call at 8 rows met a burst
+
+    policy = batch_policy.choose(tiny_model(), 32, bursty)
+    assert calls[:4] == [1, 2, 4, 8], "the first round stopped at the dear size"
+    assert policy.max_batch_size == 32
+    assert policy.seconds_per_row == true
+
+
+def test_every_round_measures_every_size_it_reaches_and_keeps_the_fastest(tiny_model: TinyModel) -> None:
+    slow_first_round = iter([2.0] * 6 + [1.0] * 12)  # a whole first round at half speed
+
+    def measure(runner: Runner, rows: int) -> float:
+        return next(slow_first_round) * {1: 10.0, 2: 5.0, 4: 2.5, 8: 1.3, 16: 0.7, 32: 0.4}[rows]
+
+    policy = batch_policy.choose(tiny_model(), 32, measure)
+    assert policy.seconds_per_row == {1: 10.0, 2: 5.0, 4: 2.5, 8: 1.3, 16: 0.7, 32: 0.4}
