@@ -18,12 +18,14 @@ Target (issue 11): the SLIs cost <= 5% of throughput at c=1, 8 and 32. Printed a
 
 from __future__ import annotations
 
+import json
 import os
 import statistics
 import time
 from contextlib import ExitStack
 from pathlib import Path
 
+import httpx
 from rich.console import Console
 from rich.table import Table
 
@@ -62,6 +64,9 @@ def run(workdir: Path) -> None:
             VARIANTS[0]: stack.enter_context(peers.quantship(model, workdir, *OFF, log_name="slis-off")),
             VARIANTS[1]: stack.enter_context(peers.quantship(model, workdir, log_name="slis-on")),
         }
+        for variant, server in servers.items():  # chosen at load by timing: the two may differ
+            batching = httpx.get(f"{server.url}/v2/models/m", timeout=10).json()["batching"]
+            console.print(f"{variant}: batching {json.dumps(batching)}")
         for round_ in range(ROUNDS):
             for c in peers.CONCURRENCY:
                 order = list(servers.items())[:: 1 if round_ % 2 == 0 else -1]  # neither always goes first
