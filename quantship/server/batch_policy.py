@@ -30,10 +30,12 @@ ROUNDS = 3
 """Times the ladder of sizes is climbed, ROUND_GAP_S apart; each size keeps its fastest round. While
 the model loads, the rest of the server starts on the event loop thread, and this VM's neighbours
 come and go: on one CPU, every call overlapping such a burst takes up to twice as long, and a small
-model's whole ladder (a few ms) can fall in one. Climbed once, 3 of 8 starts of digits INT8 on one
-core read one row at 39-43 µs instead of 28-30 and one of them capped batches at 4 rows instead of
-32; a burst would now have to last through every round to mislead the choice."""
+model's whole ladder (a few ms) can fall in one. Climbed once (five back-to-back calls a size, or,
+tried too, calls spread over 25 ms), 5 of 14 starts of digits INT8 on one core read one row at 39-80
+µs instead of 28-38, and one capped batches at 4 rows instead of 32; a burst would now have to last
+through every round to mislead the choice."""
 ROUND_GAP_S = 0.05
+"""Seconds between rounds: longer than a burst of the server's own start, short enough for loading."""
 INLINE_CALL_S = 100e-6
 """A call measured this short runs on the event loop instead of the inference thread: handing it to
 the thread and back (a queue, two wake-ups, the loop's self-pipe) costs more CPU than the call.
