@@ -289,10 +289,25 @@ def post_script(path: Path, body: str) -> Path:
     return path
 
 
+def wrk_command(wrk: str, url: str, script: Path, concurrency: int, seconds: int) -> list[str]:
+    """wrk on the load core: one thread, `concurrency` connections, latency percentiles printed."""
+    return ["taskset", "-c", LOAD_CORE, wrk, "-t1", f"-c{concurrency}", f"-d{seconds}s", "--latency",
+            "-s", str(script), f"{url}/v2/models/m/infer"]  # fmt: skip
+
+
 def _wrk(wrk: str, url: str, script: Path, concurrency: int, seconds: int) -> str:
-    command = ["taskset", "-c", LOAD_CORE, wrk, "-t1", f"-c{concurrency}", f"-d{seconds}s", "--latency",
-               "-s", str(script), f"{url}/v2/models/m/infer"]  # fmt: skip
+    command = wrk_command(wrk, url, script, concurrency, seconds)
     return subprocess.run(command, capture_output=True, text=True, check=True).stdout
+
+
+def parse_wrk(out: str, cpu_s: float | None, seconds: float = SECONDS) -> Cell:
+    """A cell from wrk's report of `seconds` of load and the server CPU seconds they took."""
+    per_s = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    requests = per_s * seconds
+    cpu_us = cpu_s / requests * 1e6 if cpu_s is not None and requests else None
+    return Cell(per_s, _ms(out, 50), _ms(out, 99), cpu_us, os.getloadavg()[0],
+                int(errors.group(1)) if errors else 0)  # fmt: skip
 
 
 def _ms(text: str, percent: int) -> float:
@@ -306,12 +321,7 @@ def measure(wrk: str, server: Running, script: Path, concurrency: int) -> Cell:
     _wrk(wrk, server.url, script, concurrency, WARMUP_S)
     before = cpu_seconds(server.pid)
     out = _wrk(wrk, server.url, script, concurrency, SECONDS)
-    used = cpu_seconds(server.pid) - before
-    per_s = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    requests = per_s * SECONDS
-    return Cell(per_s, _ms(out, 50), _ms(out, 99), used / requests * 1e6 if requests else None,
-                os.getloadavg()[0], int(errors.group(1)) if errors else 0)  # fmt: skip
+    return parse_wrk(out, cpu_seconds(server.pid) - before)
 
 
 def raw_calls_per_s(model: Path, width: int) -> float:
