@@ -125,6 +125,50 @@ async def test_samples_past_the_cpu_budget_are_dropped_as_budget_and_never_proce
     await lane.close(timeout=1)
 
 
+def test_a_reservation_is_charged_at_once_and_settled_with_what_the_batch_took() -> None:
+    budget = CpuBudget(0.05, burst_s=10, clock=lambda: 0.0)  # 0.5 s, no refill
+    budget.reserve(0.3)
+    budget.reserve(0.3)
+    assert not budget.allows()  # 0.6 s reserved: overdrawn before anything ran
+    budget.spend(0.1, reserved=0.6)  # both ran, cheaper than expected
+    assert budget.allows()  # 0.4 s left
+    budget.spend(0.45)
+    assert not budget.allows()
+
+
+async def test_a_starved_worker_cannot_bank_more_work_than_the_budget(executor: ThreadPoolExecutor) -> None:
+    """Offers reserve the last hand-off's cost a sample when queued: while the worker is held up (a
+    saturated core), the lane takes what the budget covers and drops the rest, instead of filling
+    its queue with work that would all run once the core frees up."""
+    handed: list[list[int]] = []
+    release = threading.Event()
+
+    def first_busy_then_held(items: list[int]) -> None:
+        handed.append(items)
+        if len(handed) == 1:
+            started = time.thread_time()
+            while time.thread_time() - started < 0.02:  # 20 ms of real CPU: the price of a sample
+                pass
+        else:
+            release.wait(10)
+
+    dropped: list[str] = []
+    budget = CpuBudget(0.01, burst_s=10, clock=lambda: 0.0)  # 100 ms of CPU, no refill
+    lane: Lane[int] = Lane(
+        "shadow", first_busy_then_held, executor=executor, capacity=50, on_drop=dropped.append,
+        budget=budget, max_items=1,
+    )  # fmt: skip
+    lane.start()
+    assert lane.offer(0)
+    await lane.idle()  # priced: ~20 ms a sample, ~80 ms of budget left
+    accepted = [lane.offer(i) for i in range(1, 11)]
+    assert accepted == [True] * 4 + [False] * 6  # 4 x 20 ms reserved; the queue had room for all 10
+    assert dropped == ["budget"] * 6
+    release.set()
+    await lane.close(timeout=5)
+    assert sorted(i for items in handed for i in items) == [0, 1, 2, 3, 4]
+
+
 async def test_a_full_hand_off_goes_at_once_without_waiting_out_the_gathering(
     executor: ThreadPoolExecutor,
 ) -> None:
