@@ -126,14 +126,24 @@ def observed(
         )
         asyncio.run(traffic_through(images, labels))
         for revision in ("good", "skewed"):
-            # background shadow and clip work done, feedback counted, and all of it scraped
-            selector = f'{{revision="{revision}"}}'
-            feedback = f'{{revision="{revision}",variant="reference"}}'
+            # every sample's background work done or dropped (the lanes are lossy by design: a
+            # SCHED_IDLE worker behind 8 concurrent clients on a busy 2-core box can fill its queue),
+            # feedback counted, and all of it scraped
+            selected = f'revision="{revision}"'
+            shadowed = (
+                f"sum(quantship_shadow_comparisons_total{{{selected}}})"
+                f' + sum(quantship_samples_dropped_total{{{selected},kind="shadow"}})'
+            )
+            observed = (
+                f"sum(quantship_activations_observed_total{{{selected}}})"
+                f' + {ROW_VALUES} * sum(quantship_samples_dropped_total{{{selected},kind="clip"}})'
+            )
+            feedback = f'sum(quantship_feedback_total{{{selected},variant="reference"}})'
             wait_until(
-                lambda selector=selector, feedback=feedback: result.query(
-                    f"quantship_shadow_comparisons_total{selector} == {len(images)}"
-                    f" and on() quantship_activations_observed_total{selector} == {len(images) * ROW_VALUES}"
-                    f" and on() sum(quantship_feedback_total{feedback}) == {len(images)}"
+                lambda shadowed=shadowed, observed=observed, feedback=feedback: result.query(
+                    f"{shadowed} == {len(images)}"
+                    f" and on() {observed} == {len(images) * ROW_VALUES}"
+                    f" and on() {feedback} == {len(images)}"
                 ),
                 timeout=60,
                 what=f"Prometheus to scrape the finished SLI counters of {revision}",
