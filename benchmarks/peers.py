@@ -457,11 +457,15 @@ def heavy_table(console: Console, wrk: str, pythons: dict[str, Path], workdir: P
         }
         for peer_name in pythons:
             cells[f"{peer_name} gRPC"] = functools.partial(over_grpc, peer_name)
-        raws.append(peers_heavy.raw_calls_per_s(model.onnx_path, row, name, peers_heavy.SECONDS / 2))
+
+        def measure_raw() -> None:
+            raws.append(peers_heavy.raw_calls_per_s(model.onnx_path, row, name, peers_heavy.SECONDS / 2))
+
+        measure_raw()
         for index in range(HEAVY_ROUNDS):
             for label in list(cells)[:: 1 if index % 2 == 0 else -1]:
                 rounds.setdefault(label, []).append(cells[label]())
-                raws.append(peers_heavy.raw_calls_per_s(model.onnx_path, row, name, peers_heavy.SECONDS / 2))
+                measure_raw()
                 of_raw.setdefault(label, []).append(rounds[label][-1].per_s / statistics.mean(raws[-2:]))
     raw = statistics.mean(raws)
     table = Table(
