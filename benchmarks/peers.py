@@ -224,17 +224,23 @@ def quantship(model: Model, workdir: Path, *flags: str, log_name: str = "quantsh
 
 
 @contextmanager
-def floor(model: Model, workdir: Path) -> Iterator[Running]:
-    """benchmarks.floor_server on the model, started on the server core."""
-    port = free_port()
-    command = ["taskset", "-c", SERVER_CORE, sys.executable, "-m", "benchmarks.floor_server",
-               str(model.onnx_path), str(port)]  # fmt: skip
+def floor(
+    model: Model, workdir: Path, *, threads: int = 1, grpc: bool = False, pin: bool = True
+) -> Iterator[Running]:
+    """benchmarks.floor_server on the model, started on the server core unless `pin` is off."""
+    port, grpc_port = free_port(), (free_port() if grpc else None)
+    command = [sys.executable, "-m", "benchmarks.floor_server", str(model.onnx_path), str(port),
+               "--threads", str(threads)]  # fmt: skip
+    if grpc_port is not None:
+        command += ["--grpc-port", str(grpc_port)]
+    if pin:
+        command = ["taskset", "-c", SERVER_CORE, *command]
     with open(workdir / "floor.log", "wb") as log:
         process = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
         try:
             url = f"http://127.0.0.1:{port}"
             _wait(f"{url}/v2/models/m/infer", model.body, process)
-            yield Running(url, process.pid)
+            yield Running(url, process.pid, grpc_port)
         finally:
             process.terminate()
             process.wait(30)
@@ -398,13 +404,17 @@ HEAVY_ROUNDS = 3
 """Rounds of the compute-heavy cell, the order of its servers flipped each round (see heavy_table).
 Two were too few on a VNNI host, where a ~4 ms call makes the share of raw move by 30 points from
 one round to the next (HTTP binary 106% then 76%, 2026-12-03)."""
+GRPC, HTTP_BINARY = "gRPC", "HTTP binary"
+HEAVY_FLOOR = "floor"
+"""The floor server in the compute-heavy table, on gRPC and on HTTP binary: bare grpcio or uvicorn."""
 
 
 def heavy_table(console: Console, wrk: str, pythons: dict[str, Path], workdir: Path) -> None:
-    """EfficientNet-Lite0 INT8 at c=1 over binary transports, against raw onnxruntime (peers_heavy).
-    As in the main table, every server is up at once and they take turns in HEAVY_ROUNDS rounds whose
-    order flips; raw onnxruntime is measured before the first cell and after every cell, so that each
-    cell's share of raw is of the raw measured on either side of it."""
+    """EfficientNet-Lite0 INT8 at c=1 over binary transports, against raw onnxruntime (peers_heavy)
+    and the floor server on the same transports (the least a Python server on uvicorn or grpcio can
+    add to a call). As in the main table, every server is up at once and they take turns in
+    HEAVY_ROUNDS rounds whose order flips; raw onnxruntime is measured before the first cell and
+    after every cell, so that each cell's share of raw is of the raw measured on either side of it."""
     artifact_root, row = peers_heavy.build(workdir)
     name = "images"
     ready_body = json.dumps(  # JSON, only to see each server answer once before the measurement
@@ -416,47 +426,49 @@ def heavy_table(console: Console, wrk: str, pythons: dict[str, Path], workdir: P
     )
     model = Model("EfficientNet-Lite0 INT8", artifact_root / artifact.MODEL_FILE, artifact_root, ready_body)
     payload = peers_heavy.grpc_request("m", name, row)
-    rounds: dict[str, list[peers_heavy.HeavyCell]] = {}
+    rounds: dict[tuple[str, str], list[peers_heavy.HeavyCell]] = {}
     raws: list[float] = []
-    of_raw: dict[str, list[float]] = {}
+    of_raw: dict[tuple[str, str], list[float]] = {}
     """Each cell's req/s over the mean of the raw onnxruntime measured just before and just after
     it: raw calls/s moved by 3x within minutes on one host (120-364, 2026-12-03), so a share of a
     raw measured a round earlier measured the drift as much as the server."""
     with ExitStack() as stack:
         server, grpc_port = stack.enter_context(peers_heavy.quantship_server(artifact_root, workdir))
         assert server.pid is not None
-        quantship_pid: int = server.pid
-        grpc_ports = {"quantship": grpc_port}
-        pids = {"quantship": quantship_pid}
+        running = {"quantship": Running(server.url, server.pid, grpc_port)}
+        running[HEAVY_FLOOR] = stack.enter_context(
+            floor(model, workdir, threads=peers_heavy.THREADS, grpc=True, pin=False)
+        )
         for peer_name, python in pythons.items():
-            running = stack.enter_context(
+            running[peer_name] = stack.enter_context(
                 peer(peer_name, python, model, workdir, threads=peers_heavy.THREADS, pin=False)
             )
-            assert running.grpc_port is not None
-            grpc_ports[peer_name], pids[peer_name] = running.grpc_port, running.pid
 
         def over_grpc(server_name: str) -> peers_heavy.HeavyCell:
+            port = running[server_name].grpc_port
+            assert port is not None
             with peers_heavy.pinned_client():
-                infer, close = peers_heavy.grpc_caller(grpc_ports[server_name], payload)
+                infer, close = peers_heavy.grpc_caller(port, payload)
                 try:
-                    return peers_heavy.measure(infer, pids[server_name])
+                    return peers_heavy.measure(infer, running[server_name].pid)
                 finally:
                     close()
 
-        def over_http_binary() -> peers_heavy.HeavyCell:
-            before = cpu_seconds(quantship_pid)
-            out = peers_heavy.wrk_binary(wrk, server.url, "m", name, row, workdir)
-            used = cpu_seconds(quantship_pid) - before
+        def over_http_binary(server_name: str) -> peers_heavy.HeavyCell:
+            target = running[server_name]
+            before = cpu_seconds(target.pid)
+            out = peers_heavy.wrk_binary(wrk, target.url, "m", name, row, workdir)
+            used = cpu_seconds(target.pid) - before
             per_s = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
             cpu_ms = used / (per_s * peers_heavy.SECONDS) * 1e3 if per_s else None
             return peers_heavy.HeavyCell(per_s, _ms(out, 50), _ms(out, 99), cpu_ms, os.getloadavg()[0])
 
-        cells: dict[str, Callable[[], peers_heavy.HeavyCell]] = {
-            "quantship gRPC": lambda: over_grpc("quantship"),
-            "quantship HTTP binary": over_http_binary,
-        }
+        cells: dict[tuple[str, str], Callable[[], peers_heavy.HeavyCell]] = {}
+        for server_name in ("quantship", HEAVY_FLOOR):
+            cells[server_name, GRPC] = functools.partial(over_grpc, server_name)
+            cells[server_name, HTTP_BINARY] = functools.partial(over_http_binary, server_name)
         for peer_name in pythons:
-            cells[f"{peer_name} gRPC"] = functools.partial(over_grpc, peer_name)
+            cells[peer_name, GRPC] = functools.partial(over_grpc, peer_name)
 
         def measure_raw() -> None:
             raws.append(peers_heavy.raw_calls_per_s(model.onnx_path, row, name, peers_heavy.SECONDS / 2))
@@ -473,22 +485,37 @@ def heavy_table(console: Console, wrk: str, pythons: dict[str, Path], workdir: P
         f"{peers_heavy.THREADS} onnxruntime threads; raw onnxruntime {raw:.1f} calls/s "
         f"({min(raws):.1f}-{max(raws):.1f} measured before and after each cell)"
     )
-    for column in ("server, transport", "req/s", "of raw", "p50 / p99 ms", "server CPU ms a request", "load"):
+    columns = (
+        "server, transport",
+        "req/s",
+        "of raw",
+        "of floor",
+        "p50 / p99 ms",
+        "server CPU ms a request",
+        "load",
+    )
+    for column in columns:
         table.add_column(column, justify="left" if column == "server, transport" else "right")
+    per_s = {label: statistics.mean(cell.per_s for cell in measured) for label, measured in rounds.items()}
     for label, measured in rounds.items():
-        per_s = statistics.mean(cell.per_s for cell in measured)
         cpus = [cell.cpu_ms for cell in measured if cell.cpu_ms is not None]
         cpu = f"{statistics.mean(cpus):.2f}" if cpus else ""
         p50 = statistics.mean(cell.p50_ms for cell in measured)
         p99 = max(cell.p99_ms for cell in measured)
         shares = " ".join(f"{share:.0%}" for share in of_raw[label])
-        table.add_row(label, f"{per_s:.1f}", f"{statistics.mean(of_raw[label]):.0%} ({shares})",
-                      f"{p50:.1f} / {p99:.1f}", cpu, f"{max(c.load for c in measured):.2f}")  # fmt: skip
+        floor_label = (HEAVY_FLOOR, label[1])
+        of_floor = "" if label == floor_label else f"{per_s[label] / per_s[floor_label]:.0%}"
+        share = f"{statistics.mean(of_raw[label]):.0%} ({shares})"
+        table.add_row(" ".join(label), f"{per_s[label]:.1f}", share, of_floor, f"{p50:.1f} / {p99:.1f}", cpu,
+                      f"{max(c.load for c in measured):.2f}")  # fmt: skip
     console.print(table)
     console.print(
         f"compute-heavy: req/s, p50 and CPU are the means of {HEAVY_ROUNDS} rounds of "
         f"{peers_heavy.SECONDS:g} s, p99 and load the highest; of raw: the mean of each round's req/s "
-        "over the raw onnxruntime measured just before and after that cell (each round's share in brackets)"
+        "over the raw onnxruntime measured just before and after that cell (each round's share in brackets); "
+        f"of floor: req/s over the {HEAVY_FLOOR}'s on the same transport (benchmarks/floor_server.py: "
+        f"bare grpcio or uvicorn, session.run on the event loop, {peers_heavy.THREADS} threads); where the "
+        "floor is under 90% of raw, no Python server on that transport reaches 90%"
     )
 
 
