@@ -29,11 +29,12 @@ import uvicorn
 
 from quantship import runtime
 from quantship.server import connections, protocol
+from quantship.server.grpc_server import SERVICE
 from quantship.server.grpc_v2 import inference_pb2 as pb
 
-BINARY_HEADER = b"inference-header-content-length"
-GRPC_SERVICE = "inference.GRPCInferenceService"
+BINARY_HEADER = protocol.HEADER_LENGTH.lower().encode()  # as ASGI gives header names
 MAX_MESSAGE = 64 << 20
+"""Bytes a gRPC message may have, each way (grpcio's default is 4 MiB; an image request is more)."""
 
 
 def _json_feed(body: bytes) -> dict[str, np.ndarray]:
@@ -114,7 +115,7 @@ async def start_grpc(session: ort.InferenceSession, port: int) -> grpc.aio.Serve
         return response
 
     handler = grpc.method_handlers_generic_handler(
-        GRPC_SERVICE,
+        SERVICE,
         {
             "ModelInfer": grpc.unary_unary_rpc_method_handler(
                 model_infer,

@@ -28,6 +28,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 
+from benchmarks.floor_server import MAX_MESSAGE
 from benchmarks.process_cpu import cpu_seconds
 from quantship import runtime, zoo
 from quantship.local.processes import ServerProcess
@@ -42,7 +43,6 @@ THREADS = 2
 SECONDS = float(os.environ.get("PEERS_HEAVY_SECONDS", 10))
 WARMUP_CALLS = 10
 CLIENT_CORE = 0
-MAX_MESSAGE = 64 << 20
 INFER = "/inference.GRPCInferenceService/ModelInfer"
 
 
