@@ -458,10 +458,11 @@ def heavy_table(console: Console, wrk: str, pythons: dict[str, Path], workdir: P
             target = running[server_name]
             before = cpu_seconds(target.pid)
             out = peers_heavy.wrk_binary(wrk, target.url, "m", name, row, workdir)
-            used = cpu_seconds(target.pid) - before
-            per_s = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-            cpu_ms = used / (per_s * peers_heavy.SECONDS) * 1e3 if per_s else None
-            return peers_heavy.HeavyCell(per_s, _ms(out, 50), _ms(out, 99), cpu_ms, os.getloadavg()[0])
+            cell = parse_wrk(out, cpu_seconds(target.pid) - before, peers_heavy.SECONDS)
+            if cell.errors:  # as the gRPC client raises on a failed call: errors are not throughput
+                raise RuntimeError(f"{server_name} answered {cell.errors} binary requests with an error")
+            cpu_ms = None if cell.cpu_us is None else cell.cpu_us / 1e3
+            return peers_heavy.HeavyCell(cell.per_s, cell.p50_ms, cell.p99_ms, cpu_ms, cell.load)
 
         cells: dict[tuple[str, str], Callable[[], peers_heavy.HeavyCell]] = {}
         for server_name in ("quantship", HEAVY_FLOOR):
