@@ -59,6 +59,12 @@ SECONDS = int(os.environ.get("PEERS_SECONDS", 5))
 WARMUP_S = 1
 LOAD_CORE, SERVER_CORE = "0", "1"
 FLOOR = "bare ASGI + ORT"
+RAW_IDLE_S = 0.0003
+"""The sleep before each call of the "raw after idle" column (c=1 rows): about what a one-row request's
+round trip leaves a server's core idle between calls at c=1 (the floor answers digits in ~0.24 ms
+a request). A call after such a pause is slower than one in a tight loop: the MLP's 0.80 ms
+became 1.12 ms (medians of 6 interleaved rounds, 2026-12-03), so at c=1 even the call alone takes
+longer than the raw column's, in any server."""
 
 
 @dataclass(frozen=True)
@@ -330,16 +336,22 @@ def measure(wrk: str, server: Running, script: Path, concurrency: int) -> Cell:
     return parse_wrk(out, cpu_seconds(server.pid) - before)
 
 
-def raw_calls_per_s(model: Path, width: int) -> float:
+def raw_calls_per_s(model: Path, width: int, idle_s: float = 0.0) -> float:
+    """session.run calls on one row a second of their own time: back to back, or each after `idle_s`
+    asleep (RAW_IDLE_S)."""
     session = runtime.create_session(model, threads=1)
     feed = {"X": np.zeros((1, width), dtype=np.float32)}
     for _ in range(20):
         session.run(None, feed)
-    calls, deadline = 0, time.perf_counter() + 1.0
+    calls, running, deadline = 0, 0.0, time.perf_counter() + 1.0
     while time.perf_counter() < deadline:
+        if idle_s:
+            time.sleep(idle_s)
+        started = time.perf_counter()
         session.run(None, feed)
+        running += time.perf_counter() - started
         calls += 1
-    return calls
+    return calls / running
 
 
 # -- the run ---------------------------------------------------------------------------------------
@@ -364,13 +376,15 @@ def run(workdir: Path) -> None:
         title="quantship vs peers: one-row JSON v2 requests (req/s, p50/p99 ms, server CPU µs a request)"
     )
     ratio_columns = ("quantship / peers", "floor / peers", "of floor", "of raw")
-    for column in ("model", "c", "quantship", *pythons, FLOOR, "raw ORT b1", *ratio_columns, "load"):
+    raw_columns = ("raw ORT b1", "raw after idle")
+    for column in ("model", "c", "quantship", *pythons, FLOOR, *raw_columns, *ratio_columns, "load"):
         table.add_column(column, justify="left" if column == "model" else "right")
     for model in models(workdir):
         script = post_script(workdir / "post.lua", model.body)
         width = json.loads(model.body)["inputs"][0]["shape"][1]
         cells: dict[tuple[str, int], Cell] = {}
         raws: dict[int, float] = {}
+        raw_after_idle = 0.0
         with ExitStack() as stack:
             # All up at once (idle but for the one under load), measured back to back in each cell:
             # this VM's speed drifts by a third within an hour, so a ratio of cells minutes apart
@@ -381,6 +395,8 @@ def run(workdir: Path) -> None:
             servers[FLOOR] = stack.enter_context(floor(model, workdir))
             for index, c in enumerate(CONCURRENCY):
                 raws[c] = raw_calls_per_s(model.onnx_path, width)
+                if c == 1:
+                    raw_after_idle = raw_calls_per_s(model.onnx_path, width, RAW_IDLE_S)
                 for name in list(servers)[:: 1 if index % 2 == 0 else -1]:
                     cells[name, c] = measure(wrk, servers[name], script, c)
         for c in CONCURRENCY:
@@ -390,11 +406,17 @@ def run(workdir: Path) -> None:
             shown = [_cell(cells[name, c]) for name in ("quantship", *pythons, FLOOR)]
             versus = [_ratios(ours, cells, pythons, c), _ratios(least, cells, pythons, c)]
             of = [f"{ours.per_s / least.per_s:.0%}", f"{ours.per_s / raw:.0%}"]
-            table.add_row(model.name, str(c), *shown, f"{raw:,.0f}", *versus, *of, f"{loads:.2f}")
+            after_idle = f"{raw_after_idle:,.0f}" if c == 1 else ""
+            table.add_row(model.name, str(c), *shown, f"{raw:,.0f}", after_idle, *versus, *of, f"{loads:.2f}")
     console.print(table)
     console.print(
         f"{FLOOR}: benchmarks/floor_server.py, the least a Python server on uvicorn can do (orjson, one "
         "session.run on the event loop, nothing else, no batching): at c=1 no server on uvicorn does less"
+    )
+    console.print(
+        "raw ORT b1: session.run calls a second of their own time, back to back; raw after idle: the "
+        f"same with {RAW_IDLE_S * 1e3:g} ms asleep before each call, as a server's core idles between "
+        "requests at c=1"
     )
     console.print("load: the highest 1-minute load average seen at the end of the cell's runs (2 cores)")
     heavy_table(console, wrk, pythons, workdir)
