@@ -336,14 +336,15 @@ def measure(wrk: str, server: Running, script: Path, concurrency: int) -> Cell:
     return parse_wrk(out, cpu_seconds(server.pid) - before)
 
 
-def raw_calls_per_s(model: Path, width: int, idle_s: float = 0.0) -> float:
-    """session.run calls on one row a second of their own time: back to back, or each after `idle_s`
-    asleep (RAW_IDLE_S)."""
-    session = runtime.create_session(model, threads=1)
-    feed = {"X": np.zeros((1, width), dtype=np.float32)}
-    for _ in range(20):
+def raw_calls_per_s(
+    model: Path, feed: dict[str, np.ndarray], *, threads: int = 1, seconds: float = 1.0, idle_s: float = 0.0
+) -> float:
+    """session.run calls on `feed` a second of their own time, for `seconds`: back to back, or each
+    after `idle_s` asleep (RAW_IDLE_S). Both tables' raw onnxruntime."""
+    session = runtime.create_session(model, threads=threads)
+    for _ in range(peers_heavy.WARMUP_CALLS):
         session.run(None, feed)
-    calls, running, deadline = 0, 0.0, time.perf_counter() + 1.0
+    calls, running, deadline = 0, 0.0, time.perf_counter() + seconds
     while time.perf_counter() < deadline:
         if idle_s:
             time.sleep(idle_s)
@@ -382,6 +383,7 @@ def run(workdir: Path) -> None:
     for model in models(workdir):
         script = post_script(workdir / "post.lua", model.body)
         width = json.loads(model.body)["inputs"][0]["shape"][1]
+        feed = {"X": np.zeros((1, width), dtype=np.float32)}
         cells: dict[tuple[str, int], Cell] = {}
         raws: dict[int, float] = {}
         raw_after_idle = 0.0
@@ -394,9 +396,9 @@ def run(workdir: Path) -> None:
                 servers[name] = stack.enter_context(peer(name, python, model, workdir))
             servers[FLOOR] = stack.enter_context(floor(model, workdir))
             for index, c in enumerate(CONCURRENCY):
-                raws[c] = raw_calls_per_s(model.onnx_path, width)
+                raws[c] = raw_calls_per_s(model.onnx_path, feed)
                 if c == 1:
-                    raw_after_idle = raw_calls_per_s(model.onnx_path, width, RAW_IDLE_S)
+                    raw_after_idle = raw_calls_per_s(model.onnx_path, feed, idle_s=RAW_IDLE_S)
                 for name in list(servers)[:: 1 if index % 2 == 0 else -1]:
                     cells[name, c] = measure(wrk, servers[name], script, c)
         for c in CONCURRENCY:
@@ -494,7 +496,9 @@ def heavy_table(console: Console, wrk: str, pythons: dict[str, Path], workdir: P
             cells[peer_name, GRPC] = functools.partial(over_grpc, peer_name)
 
         def measure_raw() -> None:
-            raws.append(peers_heavy.raw_calls_per_s(model.onnx_path, row, name, peers_heavy.SECONDS / 2))
+            raws.append(raw_calls_per_s(
+                model.onnx_path, {name: row}, threads=peers_heavy.THREADS, seconds=peers_heavy.SECONDS / 2
+            ))  # fmt: skip
 
         measure_raw()
         for index in range(HEAVY_ROUNDS):

@@ -30,7 +30,7 @@ import numpy as np
 
 from benchmarks.floor_server import MAX_MESSAGE
 from benchmarks.process_cpu import cpu_seconds
-from quantship import runtime, zoo
+from quantship import zoo
 from quantship.local.processes import ServerProcess
 from quantship.local.prometheus import free_port
 from quantship.quantize import QuantizeConfig
@@ -71,18 +71,6 @@ def build(workdir: Path) -> tuple[Path, np.ndarray]:
     with np.load(sample.requests) as requests:
         row = np.ascontiguousarray(requests[requests.files[0]][:1], dtype=np.float32)
     return result.artifact.root, row
-
-
-def raw_calls_per_s(model: Path, row: np.ndarray, name: str, seconds: float = SECONDS) -> float:
-    session = runtime.create_session(model, threads=THREADS)
-    feed = {name: row}
-    for _ in range(WARMUP_CALLS):
-        session.run(None, feed)
-    calls, started = 0, time.perf_counter()
-    while time.perf_counter() - started < seconds:
-        session.run(None, feed)
-        calls += 1
-    return calls / (time.perf_counter() - started)
 
 
 def grpc_request(model: str, name: str, row: np.ndarray) -> bytes:

@@ -16,8 +16,9 @@ ROOT = Path(__file__).resolve().parents[3]
 def test_raw_after_idle_counts_the_calls_not_the_sleep_between_them(sample: zoo.SampleModel) -> None:
     idle_s = 0.05  # a second holds at most 20 such pauses
     code = (
-        "import sys; from pathlib import Path; from benchmarks import peers; "
-        "print(peers.raw_calls_per_s(Path(sys.argv[1]), width=64, idle_s=float(sys.argv[2])))"
+        "import sys; from pathlib import Path; import numpy as np; from benchmarks import peers; "
+        "feed = {'X': np.zeros((1, 64), dtype=np.float32)}; "
+        "print(peers.raw_calls_per_s(Path(sys.argv[1]), feed, idle_s=float(sys.argv[2])))"
     )
     done = subprocess.run(
         [sys.executable, "-c", code, str(sample.model), str(idle_s)],
