@@ -11,6 +11,7 @@ FastAPI's handlers give, and a bug of ours is a logged 500, never a dropped conn
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -21,6 +22,7 @@ from starlette.routing import compile_path
 from starlette.types import Receive, Scope, Send
 
 from quantship.server import protocol
+from quantship.server.connections import BODY_ARRIVAL
 from quantship.server.errors import (
     ClientClosedRequest,
     PayloadTooLarge,
@@ -50,13 +52,24 @@ class BodyLimits:
     timeout_s: float
 
 
+_NO_DEADLINE = contextlib.nullcontext()
+
+
+def arrived(scope: Scope) -> bool:
+    """Whether the server says the request's whole body is already here (connections.BODY_ARRIVAL)."""
+    arrival = scope.get("extensions", {}).get(BODY_ARRIVAL)
+    return arrival is not None and arrival.get("complete") is True
+
+
 async def receive_body(
-    receive: Receive, declared: str, limits: BodyLimits, where: Callable[[], str]
+    receive: Receive, declared: str, limits: BodyLimits, where: Callable[[], str], *, here: bool = False
 ) -> bytes:
     """The body from ASGI `receive`, refused with 413 as soon as it is known to exceed
     `limits.max_bytes`, with 408 when it has not all arrived within `limits.timeout_s`, and with 499
     when the client hangs up before the end. `declared` is the Content-Length header ("" if none);
-    `where()` names the request in the log (built only then: a string a request costs CPU)."""
+    `where()` names the request in the log (built only then: a string a request costs CPU). `here`:
+    the server has said the whole body arrived (`arrived`), so reading it cannot wait, and no
+    deadline is armed."""
     if declared.isdigit() and int(declared) > limits.max_bytes:
         raise PayloadTooLarge(
             f"the body is {declared} bytes; this server takes at most {limits.max_bytes} (--max-body-bytes)"
@@ -64,7 +77,7 @@ async def receive_body(
     chunks: list[bytes] = []
     size, more = 0, True
     try:
-        async with asyncio.timeout(limits.timeout_s):
+        async with _NO_DEADLINE if here else asyncio.timeout(limits.timeout_s):
             while more:
                 message = await receive()
                 if message["type"] == "http.disconnect":
@@ -156,7 +169,7 @@ class InferRoute:
                 declared = value.decode("latin-1")
             elif name == _HEADER_LENGTH:
                 header_length = value.decode("latin-1")
-        body = await receive_body(receive, declared, self.limits, lambda: _where(scope))
+        body = await receive_body(receive, declared, self.limits, lambda: _where(scope), here=arrived(scope))
         request = await decode(body, header_length)
         return protocol.encode_response(await self.service.infer(request), request)
 

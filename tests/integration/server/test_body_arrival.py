@@ -1,0 +1,127 @@
+"""A body that arrived with its headers is read without a deadline (connections.BODY_ARRIVAL).
+
+uvicorn with quantship's HTTP protocol, on both event loops, in a thread of this process; the app
+records what the protocol told it and reads the body as the inference route does. Raw sockets
+choose how the request is cut: in one write, or the headers first and the body later.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+import uvicorn
+from server_harness import wait_until
+
+from quantship.local.prometheus import free_port
+from quantship.server import connections
+from quantship.server.errors import RequestTimeout
+from quantship.server.infer_route import BodyLimits, arrived, receive_body
+
+BODY = b'{"inputs": []}'
+LIMITS = BodyLimits(max_bytes=1 << 20, timeout_s=5.0)
+
+
+@dataclass
+class Recorder:
+    """An ASGI app answering 200 with the body it read; it keeps, per request, whether the body had
+    arrived when the app first ran, and the body."""
+
+    seen: list[tuple[bool, bytes]] = field(default_factory=list)
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        here = arrived(scope)
+        body = await receive_body(receive, "", LIMITS, lambda: "test", here=here)
+        self.seen.append((here, body))
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+
+@pytest.fixture(params=["uvloop", "asyncio"])
+def server(request: pytest.FixtureRequest) -> Iterator[tuple[Recorder, int]]:
+    app, port = Recorder(), free_port()
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=port, loop=request.param, lifespan="off", log_level="warning",
+        **connections.uvicorn_options(5.0),
+    )  # fmt: skip
+    runner = uvicorn.Server(config)
+    thread = threading.Thread(target=runner.run, daemon=True)
+    thread.start()
+    wait_until(lambda: runner.started, what="uvicorn to start")
+    try:
+        yield app, port
+    finally:
+        runner.should_exit = True
+        thread.join(timeout=10)
+
+
+def head(length: int = len(BODY)) -> bytes:
+    return f"POST /x HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-length: {length}\r\n\r\n".encode()
+
+
+def answers(sock: socket.socket, count: int) -> int:
+    """Read until `count` responses have come; how many said 200."""
+    received = b""
+    while received.count(b"\r\n\r\nok") < count:
+        chunk = sock.recv(65536)
+        assert chunk, f"the server closed the connection after {received!r}"
+        received += chunk
+    return received.count(b"HTTP/1.1 200 ")
+
+
+def test_a_request_sent_in_one_write_reaches_the_app_with_its_body_arrived(
+    server: tuple[Recorder, int],
+) -> None:
+    app, port = server
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(head() + BODY)
+        assert answers(sock, 1) == 1
+        sock.sendall(2 * (head() + BODY))  # pipelined, on the kept-alive connection
+        assert answers(sock, 2) == 2
+    assert app.seen == [(True, BODY)] * 3
+
+
+def test_a_body_sent_after_its_headers_is_read_under_the_deadline(server: tuple[Recorder, int]) -> None:
+    app, port = server
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(head())
+        time.sleep(0.2)  # the app runs on the headers alone, and waits for the body
+        sock.sendall(BODY[:5])
+        time.sleep(0.05)
+        sock.sendall(BODY[5:])
+        assert answers(sock, 1) == 1
+    assert app.seen == [(False, BODY)]
+
+
+def test_a_scope_without_the_extension_is_not_arrived() -> None:
+    assert not arrived({"type": "http"})
+    assert not arrived({"type": "http", "extensions": {}})
+    assert not arrived({"type": "http", "extensions": {connections.BODY_ARRIVAL: {"complete": False}}})
+    assert not arrived({"type": "http", "extensions": {connections.BODY_ARRIVAL: {}}})
+    assert arrived({"type": "http", "extensions": {connections.BODY_ARRIVAL: {"complete": True}}})
+
+
+def slow_receive(seconds: float) -> Any:
+    """An ASGI receive whose one message takes `seconds` to come."""
+
+    async def receive() -> dict[str, Any]:
+        await asyncio.sleep(seconds)
+        return {"type": "http.request", "body": BODY, "more_body": False}
+
+    return receive
+
+
+def test_the_deadline_applies_unless_the_body_has_arrived() -> None:
+    limits = BodyLimits(max_bytes=1 << 20, timeout_s=0.01)
+    with pytest.raises(RequestTimeout):
+        asyncio.run(receive_body(slow_receive(0.1), "", limits, lambda: "test"))
+    # said to be here: no deadline armed (a receive that then waited would not be cut off)
+    assert asyncio.run(receive_body(slow_receive(0.1), "", limits, lambda: "test", here=True)) == BODY
