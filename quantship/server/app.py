@@ -31,7 +31,7 @@ from starlette.types import Receive, Scope, Send
 from quantship import __version__
 from quantship.server import connections, grpc_server, schema
 from quantship.server.errors import InvalidInput, install_handlers
-from quantship.server.infer_route import BodyLimits, InferRoute, receive_body
+from quantship.server.infer_route import BodyLimits, InferRoute, arrived, receive_body
 from quantship.server.metrics import ServerMetrics
 from quantship.server.service import ModelService, Phase
 from quantship.server.settings import ServerSettings
@@ -154,8 +154,9 @@ class Endpoints:
         self.service.check_model(model_name)
         self.service.ready_model()
         body = await receive_body(
-            request.receive, request.headers.get("content-length", ""), self.body, lambda: _client(request)
-        )
+            request.receive, request.headers.get("content-length", ""), self.body, lambda: _client(request),
+            here=arrived(request.scope),
+        )  # fmt: skip
         try:
             document = json.loads(body)
         except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
