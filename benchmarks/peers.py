@@ -8,10 +8,10 @@ every server runs one process and one onnxruntime intra-op thread; quantship run
 Raw onnxruntime is one thread calling session.run on one row, in this process, measured again
 before each concurrency; beside the peers runs a floor, the least a Python server can do at c=1
 (benchmarks/floor_server.py). A model's servers are all up at once and take their turns within each
-cell, in an order that flips from cell to cell, so that a ratio compares minutes-apart runs of this
-noisy VM no more. Each cell prints
-req/s, p50/p99, the server's CPU time per request (/proc/PID/stat), and the 1-minute load average
-at the end of the cell: figures from a loaded machine are not figures.
+cell, in an order that flips from round to round and cell to cell, so that a ratio compares
+minutes-apart runs of this noisy VM no more. Each cell prints req/s, p50/p99, the server's CPU time
+per request (/proc/PID/stat), and the 1-minute load average at the end of the cell: figures from a
+loaded machine are not figures.
 
 The peers go into their own virtualenvs under build/peers/ (created on first use, git-ignored,
 never .venv): `kserve==0.21.*` and `mlserver==1.7.1`, each with onnxruntime. A peer that cannot

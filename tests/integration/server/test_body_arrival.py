@@ -30,8 +30,8 @@ LIMITS = BodyLimits(max_bytes=1 << 20, timeout_s=5.0)
 
 @dataclass
 class Recorder:
-    """An ASGI app answering 200 with the body it read; it keeps, per request, whether the body had
-    arrived when the app first ran, and the body."""
+    """An ASGI app that reads the body as the inference route does and answers 200 "ok"; it keeps, per
+    request, whether the body had arrived when the app first ran, and the body it read."""
 
     seen: list[tuple[bool, bytes]] = field(default_factory=list)
 
