@@ -174,7 +174,9 @@ def _json_error(exc: orjson.JSONDecodeError) -> str:
 
 _ENCODER = json.JSONEncoder(separators=(",", ":"))
 """Compact JSON for a response whose outputs hold NaN or infinities, which orjson (used for all
-others, ~10 µs faster a response) would write as null: Triton writes NaN, and Python clients read it."""
+others, ~10 µs faster a response) writes as null: Triton writes NaN, and Python clients read it.
+Found by the null in orjson's output rather than by checking each float output first (np.isfinite
+and a reduction, ~2 µs a response: a tenth of a tiny model's call)."""
 
 
 def _parameters(container: dict[str, Any], where: str) -> dict[str, Any]:
@@ -373,19 +375,21 @@ def _requested_outputs(document: dict[str, Any]) -> tuple[RequestedOutput, ...]:
 
 
 def encode_response(response: InferResponse, request: InferRequest) -> Encoded:
-    requested = request.outputs or tuple(RequestedOutput(name, None) for name in response.outputs)
-    entries, chunks, finite = [], [], True
-    for wanted in requested:
-        array = response.outputs[wanted.name]
+    if request.outputs:
+        requested = [(wanted.name, wanted.binary) for wanted in request.outputs]
+    else:
+        requested = [(name, None) for name in response.outputs]
+    entries, chunks = [], []
+    for name, binary in requested:
+        array = response.outputs[name]
         datatype = datatype_of(array.dtype)
-        entry: dict[str, Any] = {"name": wanted.name, "datatype": datatype, "shape": list(array.shape)}
-        if wanted.binary if wanted.binary is not None else request.binary_outputs:
+        entry: dict[str, Any] = {"name": name, "datatype": datatype, "shape": list(array.shape)}
+        if binary if binary is not None else request.binary_outputs:
             raw = _to_bytes(array, datatype)
             entry["parameters"] = {"binary_data_size": len(raw)}
             chunks.append(raw)
         else:
             entry["data"] = _to_json(array, datatype)
-            finite = finite and (array.dtype.kind != "f" or bool(np.isfinite(array).all()))
         entries.append(entry)
     document = {
         "model_name": response.model_name,
@@ -393,7 +397,9 @@ def encode_response(response: InferResponse, request: InferRequest) -> Encoded:
         "id": response.id,
         "outputs": entries,
     }
-    header = orjson.dumps(document) if finite else _ENCODER.encode(document).encode()
+    header = orjson.dumps(document)
+    if b"null" in header:  # orjson's NaN or infinity, or a null or "null" of ours: rare, right either way
+        header = _ENCODER.encode(document).encode()
     if chunks:
         return Encoded(header + b"".join(chunks), BINARY_TYPE, len(header))
     return Encoded(header, JSON_TYPE, None)
