@@ -177,7 +177,7 @@ class GrpcEndpoints:
 
     async def model_infer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
         started, code = time.perf_counter(), 500
-        self.metrics.requests_in_flight.inc()
+        self.metrics.request_started()
         try:
             self.service.check_model(request.model_name, request.model_version or None)
             self.service.ready_model()
@@ -195,7 +195,7 @@ class GrpcEndpoints:
             code = ClientClosedRequest.status
             raise
         finally:
-            self.metrics.requests_in_flight.dec()
+            self.metrics.request_left()
             self.metrics.request_done(code, time.perf_counter() - started)
 
 

@@ -140,7 +140,7 @@ class InferRoute:
         self, scope: Scope, receive: Receive, send: Send, model: str, version: str | None
     ) -> None:
         started = time.perf_counter()
-        self.metrics.requests_in_flight.inc()
+        self.metrics.request_started()
         try:
             encoded = await self._answer(scope, receive, model, version)
             length = encoded.header_length
@@ -153,7 +153,7 @@ class InferRoute:
             log.exception("%s: failed", _where(scope))
             answer = _Answer(500, _error("internal server error"), protocol.JSON_TYPE, [])
         finally:
-            self.metrics.requests_in_flight.dec()
+            self.metrics.request_left()
         # counted before the answer leaves: a client that then reads /metrics sees it
         self.metrics.request_done(answer.status, time.perf_counter() - started)
         await answer.send(send)

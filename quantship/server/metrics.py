@@ -266,6 +266,10 @@ class ServerMetrics:
             bound = not series.extra and not series.unbound
             setattr(self, series.attribute, family.labels(*values) if bound else family)
         self._values = values
+        # Counted in a plain int and read at scrape time: requests start and finish on the event loop,
+        # and the gauge's own inc and dec take a lock each (two of a tiny request's ~10 metric updates).
+        self._in_flight = 0
+        self.requests_in_flight.set_function(lambda: self._in_flight)
         # The counters the SLIs and alerts read start at 0 (see the module docstring).
         self._by_code = {200: self.requests.labels(*values, "200")}
         for variant in FEEDBACK_VARIANTS:
@@ -276,6 +280,13 @@ class ServerMetrics:
         for kind in SAMPLE_KINDS:
             for reason in SAMPLE_DROP_REASONS:
                 self.samples_dropped.labels(*values, kind, reason)
+
+    def request_started(self) -> None:
+        """An inference request is being answered (event loop thread only); `request_left` ends it."""
+        self._in_flight += 1
+
+    def request_left(self) -> None:
+        self._in_flight -= 1
 
     def request_done(self, code: int, seconds: float) -> None:
         """One inference request answered. Only successes enter the latency histogram: a 429 or a

@@ -53,6 +53,7 @@ def test_inference_over_grpc_answers_what_onnxruntime_answers_and_is_counted(
     np.testing.assert_allclose(result.as_numpy("probabilities"), expected, rtol=1e-5, atol=1e-6)
     assert result.as_numpy("label") is None  # only what was asked for
     assert local_server.metric("quantship_requests_total", code="200") == answered + 1
+    assert local_server.metric("quantship_requests_in_flight") == 0
 
 
 INVALID = "StatusCode.INVALID_ARGUMENT"
@@ -123,3 +124,8 @@ async def test_calls_the_client_gives_up_on_count_as_499_never_as_server_errors(
                 break
     assert local_server.metric("quantship_requests_total", code="499") > 0
     assert local_server.metric("quantship_requests_total", code="500") == errors_before
+    for _ in range(100):  # what the server still held when the clients left is answered or cancelled
+        if local_server.metric("quantship_requests_in_flight") == 0:
+            break
+        await asyncio.sleep(0.05)
+    assert local_server.metric("quantship_requests_in_flight") == 0
