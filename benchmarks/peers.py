@@ -543,7 +543,7 @@ def heavy_table(console: Console, wrk: str, pythons: dict[str, Path], workdir: P
         "req/s",
         "of raw",
         "of floor",
-        "p50 / p99 ms",
+        "p50 / p99 (highest) ms",
         "server CPU ms a request",
         "load",
     )
@@ -554,17 +554,19 @@ def heavy_table(console: Console, wrk: str, pythons: dict[str, Path], workdir: P
         cpus = [cell.cpu_ms for cell in measured if cell.cpu_ms is not None]
         cpu = f"{statistics.mean(cpus):.2f}" if cpus else ""
         p50 = statistics.mean(cell.p50_ms for cell in measured)
-        p99 = max(cell.p99_ms for cell in measured)
+        p99s = [cell.p99_ms for cell in measured]
+        latency = f"{p50:.1f} / {statistics.median(p99s):.1f} ({max(p99s):.1f})"
         shares = " ".join(f"{share:.0%}" for share in of_raw[label])
         floor_label = (HEAVY_FLOOR, label[1])
         of_floor = "" if label == floor_label else f"{per_s[label] / per_s[floor_label]:.0%}"
         share = f"{statistics.mean(of_raw[label]):.0%} ({shares})"
-        table.add_row(" ".join(label), f"{per_s[label]:.1f}", share, of_floor, f"{p50:.1f} / {p99:.1f}", cpu,
+        table.add_row(" ".join(label), f"{per_s[label]:.1f}", share, of_floor, latency, cpu,
                       f"{max(c.load for c in measured):.2f}")  # fmt: skip
     console.print(table)
     console.print(
         f"compute-heavy: req/s, p50 and CPU are the means of {HEAVY_ROUNDS} rounds of "
-        f"{peers_heavy.SECONDS:g} s, p99 and load the highest; of raw: the mean of each round's req/s "
+        f"{peers_heavy.SECONDS:g} s, p99 their median (the highest in brackets) as in the main table, load "
+        "the highest; of raw: the mean of each round's req/s "
         "over the raw onnxruntime measured just before and after that cell (each round's share in brackets); "
         f"of floor: req/s over the {HEAVY_FLOOR}'s on the same transport (benchmarks/floor_server.py: "
         f"bare grpcio or uvicorn, session.run on the event loop, {peers_heavy.THREADS} threads); where the "
