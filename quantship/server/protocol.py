@@ -175,8 +175,9 @@ def _json_error(exc: orjson.JSONDecodeError) -> str:
 _ENCODER = json.JSONEncoder(separators=(",", ":"))
 """Compact JSON for a response whose outputs hold NaN or infinities, which orjson (used for all
 others, ~10 µs faster a response) writes as null: Triton writes NaN, and Python clients read it.
-Found by the null in orjson's output rather than by checking each float output first (np.isfinite
-and a reduction, ~2 µs a response: a tenth of a tiny model's call)."""
+Found by the null in orjson's output rather than by checking each float output first: np.isfinite
+and a reduction take ~2 µs in a loop, but 14 µs a request measured in the server (digits INT8,
+paired rounds), run from caches the model's call has just cooled."""
 
 
 def _parameters(container: dict[str, Any], where: str) -> dict[str, Any]:
