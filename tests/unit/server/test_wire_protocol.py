@@ -211,6 +211,17 @@ def test_non_finite_outputs_are_written_as_triton_writes_them_and_others_as_plai
     assert json.loads(finite.body)["outputs"][0]["data"] == np.nan_to_num(scores).ravel().tolist()
 
 
+def test_a_null_of_ours_takes_the_slow_encoder_and_reads_the_same() -> None:
+    """Non-finite floats are found by the null orjson writes for them; a "null" in an id (or any
+    string) takes the same slower path, and must come out as the fast one would have written it."""
+    scores = np.array([[0.25, 0.75]], dtype=np.float32)
+    request = InferRequest("null", {}, (), False)
+    encoded = protocol.encode_response(InferResponse("m", "r", "null", {"scores": scores}), request)
+    document = json.loads(encoded.body)
+    assert document["id"] == "null"
+    assert document["outputs"][0]["data"] == scores.ravel().tolist()
+
+
 def test_binary_outputs_follow_the_header_in_the_order_requested() -> None:
     encoded, answer = response(False, RequestedOutput("scores", True), RequestedOutput("label", False))
     assert encoded.content_type == "application/octet-stream"
