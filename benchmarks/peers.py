@@ -94,16 +94,23 @@ class Cell:
 # -- tools and peers ---------------------------------------------------------------------------
 
 
-def ensure_wrk() -> str:
-    found = shutil.which("wrk")
+def ensure_tool(command: str, package: str) -> str:
+    """The path of a load generator, installed from Debian's `package` when this runs as root."""
+    found = shutil.which(command)
     if found:
         return found
     if os.geteuid() == 0 and shutil.which("apt-get"):
-        subprocess.run(["apt-get", "install", "-y", "--no-install-recommends", "wrk"], check=True)
-        found = shutil.which("wrk")
+        subprocess.run(["apt-get", "install", "-y", "--no-install-recommends", package], check=True)
+        found = shutil.which(command)
     if not found:
-        raise SystemExit("wrk is not installed: `apt-get install wrk` (Debian/Ubuntu) as root, then rerun")
+        raise SystemExit(
+            f"{command} is not installed: `apt-get install {package}` (Debian/Ubuntu) as root, then rerun"
+        )
     return found
+
+
+def ensure_wrk() -> str:
+    return ensure_tool("wrk", "wrk")
 
 
 def peer_python(name: str) -> Path | str:

@@ -11,9 +11,12 @@ figure stands beside the same transport answering a constant from an empty handl
     quantship gRPC       ModelInfer with raw_input_contents, one row
 
 on digits INT8 (a 64-input MLP; onnxruntime alone runs one row in ~15 µs), default SLIs, one
-onnxruntime thread. Each server runs in its own process pinned to core 1; the load comes from this
-process on core 0 (aiohttp / grpc.aio clients, `c` callers in a closed loop), and CPU is the
-server process's (/proc/PID/stat) over the measured seconds.
+onnxruntime thread. Each server runs in its own process pinned to core 1; the load comes from C
+clients pinned to core 0, `c` requests in flight in a closed loop: wrk (HTTP/1.1, `c` connections,
+as in the peers suite) and h2load (nghttp2's, one HTTP/2 connection with `c` streams, as a gRPC
+channel carries its calls). CPU is the server process's (/proc/PID/stat) over the measured seconds.
+The suite used Python clients (aiohttp, grpc.aio) until 2026-12-04; on this 2-core host they could
+not keep the bare uvicorn floor busy, so its figures at c = 8 and 32 measured the client.
 """
 
 from __future__ import annotations
@@ -21,19 +24,22 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
+import subprocess
 import time
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import grpc
 import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from benchmarks import peers
 from benchmarks.peers import LOAD_CORE, SERVER_CORE, PinnedServer
 from benchmarks.process_cpu import cpu_seconds
 from quantship import zoo
@@ -44,15 +50,11 @@ from quantship.server import connections
 from quantship.server.grpc_v2 import inference_pb2 as pb
 
 CONCURRENCY = (1, 8, 32)
-SECONDS = float(os.environ.get("TRANSPORT_SECONDS", 4))
-WARMUP_S = 1.0
+SECONDS = int(os.environ.get("TRANSPORT_SECONDS", 4))
+WARMUP_S = 1
 CLIENT_CORE, SERVER_CORE_ID = int(LOAD_CORE), int(SERVER_CORE)  # the peers suite's cores
 INFER = "/inference.GRPCInferenceService/ModelInfer"
 ANSWER = b"x" * 40
-
-Load = Callable[[int, float], Coroutine[Any, Any, int]]
-"""(concurrency, seconds) -> requests answered."""
-
 
 # -- the floors: the transports with nothing behind them ----------------------------------------------
 
@@ -112,51 +114,77 @@ def bare(target: Callable[[int], None]) -> Iterator[tuple[int, int]]:
 # -- load ---------------------------------------------------------------------------------------------
 
 
-def http_load(url: str, body: bytes, headers: dict[str, str]) -> Load:
-    async def run(concurrency: int, seconds: float) -> int:
-        done, stop = 0, time.perf_counter() + seconds
-        async with aiohttp.ClientSession() as session:
+@dataclass(frozen=True)
+class Answered:
+    requests: int
+    per_s: float
 
-            async def caller() -> None:
-                nonlocal done
-                while time.perf_counter() < stop:
-                    async with session.post(url, data=body, headers=headers) as answer:
-                        if answer.status != 200:
-                            raise RuntimeError(f"{url} answered {answer.status}: {await answer.text()}")
-                        await answer.read()
-                    done += 1
 
-            await asyncio.gather(*(caller() for _ in range(concurrency)))
-        return done
+Load = Callable[[int, int], Answered]
+"""(concurrency, seconds) -> what a C load generator on the client core had answered."""
+
+
+def http_load(wrk: str, url: str, script: Path) -> Load:
+    """wrk, one thread, `concurrency` connections, each posting the script's body."""
+
+    def run(concurrency: int, seconds: int) -> Answered:
+        out = _on_client_core(wrk, "-t1", f"-c{concurrency}", f"-d{seconds}s", "-s", str(script), url)
+        refused = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+        if refused:
+            raise RuntimeError(f"{url}: {refused.group(1)} requests not answered 200:\n{out}")
+        return Answered(int(_find(r"(\d+) requests in", out)), float(_find(r"Requests/sec:\s+([\d.]+)", out)))
+
+    return run
+
+
+def grpc_load(h2load: str, port: int, frame: Path) -> Load:
+    """h2load (nghttp2's C client) on one HTTP/2 connection, as a gRPC channel multiplexes its calls:
+    `concurrency` streams, each posting the length-prefixed ModelInferRequest in `frame`. h2load
+    reads HTTP statuses, not grpc-status trailers: `check_grpc_answers` proves the payload first."""
+
+    def run(concurrency: int, seconds: int) -> Answered:
+        out = _on_client_core(
+            h2load, "-c1", f"-m{concurrency}", f"-D{seconds}", "-d", str(frame),
+            "-H", "content-type: application/grpc", "-H", "te: trailers", f"http://127.0.0.1:{port}{INFER}",
+        )  # fmt: skip
+        done, succeeded = (int(n) for n in re.findall(r"(\d+) (?:done|succeeded)", out)[:2])
+        if succeeded != done:
+            raise RuntimeError(f"gRPC port {port}: {done - succeeded} of {done} requests failed:\n{out}")
+        return Answered(succeeded, float(_find(r"finished in [\d.]+s, ([\d.]+) req/s", out)))
 
     return run
 
 
-def grpc_load(port: int, payload: bytes) -> Load:
-    async def run(concurrency: int, seconds: float) -> int:
-        done, stop = 0, time.perf_counter() + seconds
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-            call = channel.unary_unary(INFER)
+def grpc_frame(payload: bytes, path: Path) -> Path:
+    """gRPC's length-prefixed message: a 0 byte (not compressed), the length in 4 bytes, the message."""
+    path.write_bytes(b"\0" + len(payload).to_bytes(4, "big") + payload)
+    return path
 
-            async def caller() -> None:
-                nonlocal done
-                while time.perf_counter() < stop:
-                    await call(payload)
-                    done += 1
 
-            await asyncio.gather(*(caller() for _ in range(concurrency)))
-        return done
+def check_grpc_answers(port: int, payload: bytes) -> None:
+    """One call through grpcio: raises unless the server answers the payload with status OK."""
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        channel.unary_unary(INFER)(payload, timeout=30)
 
-    return run
+
+def _on_client_core(*command: str) -> str:
+    pinned = ["taskset", "-c", str(CLIENT_CORE), *command]
+    return subprocess.run(pinned, capture_output=True, text=True, check=True).stdout
+
+
+def _find(pattern: str, text: str) -> str:
+    found = re.search(pattern, text)
+    if found is None:
+        raise RuntimeError(f"no {pattern!r} in the load generator's report:\n{text}")
+    return found.group(1)
 
 
 def cpu_us_per_request(pid: int, load: Load, concurrency: int) -> tuple[float, float]:
     """(requests a second, server CPU µs a request)."""
-    asyncio.run(load(concurrency, WARMUP_S))
-    before, started = cpu_seconds(pid), time.perf_counter()
-    answered = asyncio.run(load(concurrency, SECONDS))
-    elapsed, used = time.perf_counter() - started, cpu_seconds(pid) - before
-    return answered / elapsed, used / answered * 1e6
+    load(concurrency, WARMUP_S)
+    before = cpu_seconds(pid)
+    answered = load(concurrency, SECONDS)
+    return answered.per_s, (cpu_seconds(pid) - before) / answered.requests * 1e6
 
 
 # -- the run -----------------------------------------------------------------------------------------
@@ -174,25 +202,32 @@ def run(workdir: Path) -> None:
                     "parameters": {"binary_data_size": row.nbytes}}],
         "parameters": {"binary_data_output": True},
     }).encode()  # fmt: skip
-    binary_headers = {
-        "Inference-Header-Content-Length": str(len(header)),
-        "Content-Type": "application/octet-stream",
-    }
     request = pb.ModelInferRequest(model_name="m")
     request.inputs.add(name=zoo.INPUT_NAME, datatype="FP32", shape=[1, row.shape[1]])
     request.raw_input_contents.append(row.tobytes())
     payload = request.SerializeToString()
 
-    os.sched_setaffinity(0, {CLIENT_CORE})
+    wrk, h2load = peers.ensure_wrk(), peers.ensure_tool("h2load", "nghttp2-client")
+    binary_body = workdir / "transport-binary.body"
+    binary_body.write_bytes(header + row.tobytes())
+    script = workdir / "transport-binary.lua"
+    script.write_text(
+        'wrk.method = "POST"\n'
+        'wrk.headers["Content-Type"] = "application/octet-stream"\n'
+        f'wrk.headers["Inference-Header-Content-Length"] = "{len(header)}"\n'
+        f'local file = io.open("{binary_body}", "rb")\nwrk.body = file:read("*all")\nfile:close()\n'
+    )
+    frame = grpc_frame(payload, workdir / "transport-request.grpc")
+
     rows: dict[str, dict[int, tuple[float, float]]] = {}
     loads: list[float] = []
     with bare(_serve_bare_http) as (pid, port):
-        load = http_load(f"http://127.0.0.1:{port}/v2/models/m/infer", header + row.tobytes(), binary_headers)
+        load = http_load(wrk, f"http://127.0.0.1:{port}/v2/models/m/infer", script)
         rows["bare uvicorn (floor)"] = {c: cpu_us_per_request(pid, load, c) for c in CONCURRENCY}
     with bare(_serve_bare_grpc) as (pid, port):
-        rows["bare grpc.aio (floor)"] = {
-            c: cpu_us_per_request(pid, grpc_load(port, payload), c) for c in CONCURRENCY
-        }
+        check_grpc_answers(port, payload)
+        load = grpc_load(h2load, port, frame)
+        rows["bare grpc.aio (floor)"] = {c: cpu_us_per_request(pid, load, c) for c in CONCURRENCY}
     loads.append(os.getloadavg()[0])
     grpc_port = free_port()
     server = PinnedServer(  # on SERVER_CORE from the start: its batch policy reads the CPUs it may use
@@ -204,13 +239,13 @@ def run(workdir: Path) -> None:
     try:
         asyncio.run(server.wait_ready())
         assert server.pid is not None
-        load = http_load(f"{server.url}/v2/models/m/infer", header + row.tobytes(), binary_headers)
+        load = http_load(wrk, f"{server.url}/v2/models/m/infer", script)
         rows["quantship HTTP binary"] = {c: cpu_us_per_request(server.pid, load, c) for c in CONCURRENCY}
-        load = grpc_load(grpc_port, payload)
+        check_grpc_answers(grpc_port, payload)
+        load = grpc_load(h2load, grpc_port, frame)
         rows["quantship gRPC"] = {c: cpu_us_per_request(server.pid, load, c) for c in CONCURRENCY}
     finally:
         server.stop()
-        os.sched_setaffinity(0, range(os.cpu_count() or 1))
     loads.append(os.getloadavg()[0])
 
     table = Table(
