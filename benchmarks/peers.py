@@ -44,7 +44,7 @@ from onnx import TensorProto, helper, numpy_helper
 from rich.console import Console
 from rich.table import Table
 
-from benchmarks import peer_servers, peers_heavy
+from benchmarks import goals, peer_servers, peers_heavy
 from benchmarks.process_cpu import cpu_seconds
 from quantship import artifact, runtime, zoo
 from quantship.local.processes import ServerProcess
@@ -79,6 +79,8 @@ class Model:
     onnx_path: Path
     artifact: Path
     body: str
+    compute_heavy: bool = False
+    """One of issue 11's compute-heavy models, judged against raw onnxruntime (goals.py)."""
 
 
 @dataclass(frozen=True)
@@ -184,7 +186,8 @@ def models(workdir: Path) -> list[Model]:
         Model("digits FP32", sample.model, _fp32_artifact(sample.model, workdir / "peers-digits-fp32"),
               _body(64, digits_row)),
         Model("digits INT8", int8.artifact.model_path, int8.artifact.root, _body(64, digits_row)),
-        Model("MLP 784-2048-2048-10", mlp, _fp32_artifact(mlp, workdir / "peers-mlp"), _body(784, mlp_row)),
+        Model("MLP 784-2048-2048-10", mlp, _fp32_artifact(mlp, workdir / "peers-mlp"), _body(784, mlp_row),
+              compute_heavy=True),
     ]  # fmt: skip
 
 
@@ -407,6 +410,7 @@ def run(workdir: Path) -> None:
     raw_columns = ("raw ORT b1", "raw after idle")
     for column in ("model", "c", "quantship", *pythons, FLOOR, *raw_columns, *ratio_columns, "load"):
         table.add_column(column, justify="left" if column == "model" else "right")
+    judged: list[goals.PeersRow] = []
     for model in models(workdir):
         script = post_script(workdir / "post.lua", model.body)
         width = json.loads(model.body)["inputs"][0]["shape"][1]
@@ -440,6 +444,10 @@ def run(workdir: Path) -> None:
             of = [f"{ours.per_s / least.per_s:.0%}", f"{ours.per_s / raw:.0%}"]
             after_idle = f"{raw_after_idle:,.0f}" if c == 1 else ""
             table.add_row(model.name, str(c), *shown, f"{raw:,.0f}", after_idle, *versus, *of, f"{loads:.2f}")
+            peer_figures = {name: _figures(cells[name, c]) for name in pythons}
+            judged.append(goals.PeersRow(
+                model.name, c, _figures(ours), peer_figures, _figures(least), raw, model.compute_heavy
+            ))  # fmt: skip
     console.print(table)
     console.print(
         f"{FLOOR}: benchmarks/floor_server.py, the least a Python server on uvicorn can do (orjson, one "
@@ -454,7 +462,9 @@ def run(workdir: Path) -> None:
         f"each figure: the median of the cell's {ROUNDS} rounds; load: the highest 1-minute load average "
         "seen at the end of the cell's runs (2 cores)"
     )
-    heavy_table(console, wrk, pythons, workdir)
+    verdicts = goals.peers_verdicts(judged)
+    verdicts += heavy_table(console, wrk, pythons, workdir)
+    goals.show(console, verdicts)
 
 
 HEAVY_ROUNDS = 3
@@ -466,7 +476,7 @@ HEAVY_FLOOR = "floor"
 """The floor server in the compute-heavy table, on gRPC and on HTTP binary: bare grpcio or uvicorn."""
 
 
-def heavy_table(console: Console, wrk: str, pythons: dict[str, Path], workdir: Path) -> None:
+def heavy_table(console: Console, wrk: str, pythons: dict[str, Path], workdir: Path) -> list[goals.Verdict]:
     """EfficientNet-Lite0 INT8 at c=1 over binary transports, against raw onnxruntime (peers_heavy)
     and the floor server on the same transports (the least a Python server on uvicorn or grpcio can
     add to a call). As in the main table, every server is up at once and they take turns in
@@ -579,10 +589,21 @@ def heavy_table(console: Console, wrk: str, pythons: dict[str, Path], workdir: P
         f"bare grpcio or uvicorn, session.run on the event loop, {peers_heavy.THREADS} threads); where the "
         "floor is under 90% of raw, no Python server on that transport reaches 90%"
     )
+    transports = (GRPC, HTTP_BINARY)
+    return goals.heavy_verdicts(
+        {t: statistics.mean(of_raw["quantship", t]) for t in transports},
+        {t: statistics.mean(of_raw[HEAVY_FLOOR, t]) for t in transports},
+        statistics.median(cell.p99_ms for cell in rounds["quantship", GRPC]),
+        {name: statistics.median(cell.p99_ms for cell in rounds[name, GRPC]) for name in pythons},
+    )
 
 
 def _ratios(cell: Cell, cells: dict[tuple[str, int], Cell], peers: Iterable[str], c: int) -> str:
     return " / ".join(f"{cell.per_s / cells[name, c].per_s:.2f}x" for name in peers)
+
+
+def _figures(cell: Cell) -> goals.Figures:
+    return goals.Figures(cell.per_s, cell.p99_ms)
 
 
 def _cell(cell: Cell) -> str:

@@ -36,7 +36,7 @@ import httpx
 from rich.console import Console
 from rich.table import Table
 
-from benchmarks import peers
+from benchmarks import goals, peers
 from benchmarks.process_cpu import cpu_seconds_by_nice
 from benchmarks.server import scrape_sums
 from quantship import runtime
@@ -46,7 +46,6 @@ from quantship.slo import Metric
 ROUNDS = int(os.environ.get("SLI_ROUNDS", 5))
 OFF = ("--shadow-rate", "0", "--clip-sample-rate", "0")
 SLIS_OFF, CONTROL, SLIS_ON = "SLIs off", "control (off)", "default SLIs"
-TARGET = 0.05
 SAMPLES = (Metric.SHADOW_COMPARISONS_TOTAL.value, Metric.SAMPLES_DROPPED_TOTAL.value)
 """Scraped around each measured cell of the SLI server: what it compared, and what it skipped."""
 
@@ -116,9 +115,7 @@ def run(workdir: Path) -> None:
                 )
                 sampled.setdefault(c, []).append((compared, dropped))
     costs = _table(console, cells, serving_us, sli_us, sampled)
-    worst = max(costs)
-    verdict = "[green]met[/]" if worst <= TARGET else "[red]missed[/]"
-    console.print(f"worst throughput cost {worst:+.1%} (target <= {TARGET:.0%}): {verdict}")
+    goals.show(console, [goals.sli_cost_verdict(dict(zip(peers.CONCURRENCY, costs, strict=True)))])
 
 
 def _costs(cells: dict[tuple[str, int], list[peers.Cell]], variant: str, c: int) -> list[float]:

@@ -39,7 +39,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from benchmarks import peers
+from benchmarks import goals, peers
 from benchmarks.peers import LOAD_CORE, SERVER_CORE, PinnedServer
 from benchmarks.process_cpu import cpu_seconds
 from quantship import zoo
@@ -258,3 +258,8 @@ def run(workdir: Path) -> None:
         table.add_row(name, *(f"{cpu:.0f} µs ({per_s:,.0f}/s)" for per_s, cpu in cells.values()))
     console.print(table)
     console.print(f"1-minute load average: {min(loads):.2f}-{max(loads):.2f} (2 cores)")
+    cpu_us = {name: {c: cpu for c, (_, cpu) in cells.items()} for name, cells in rows.items()}
+    goals.show(console, [goals.tiny_cpu_verdict(
+        {"HTTP binary": cpu_us["quantship HTTP binary"], "gRPC": cpu_us["quantship gRPC"]},
+        {"HTTP binary": cpu_us["bare uvicorn (floor)"], "gRPC": cpu_us["bare grpc.aio (floor)"]},
+    )])  # fmt: skip

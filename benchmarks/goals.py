@@ -1,0 +1,160 @@
+"""Issue 11's serving goals, judged on one run's figures: each suite prints its verdicts under its
+tables, so that whoever re-measures reads met or not met, and by how much, without doing the sums.
+
+The verdicts are of that run on that machine only: on a slower CPU (a longer call) the transport's
+share shrinks and the shares of raw onnxruntime grow, as the README's Performance section shows."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from rich.console import Console
+
+PEER_RATIO = 2.0
+"""quantship's req/s over each peer's, in every cell of the peers table."""
+RAW_SHARE = 0.90
+"""quantship's req/s over raw onnxruntime's calls/s on the compute-heavy cells."""
+TINY_CPU_US = 100.0
+"""Server CPU a request on the binary and gRPC paths for a tiny model (digits)."""
+SLI_COST = 0.05
+"""Throughput the default SLIs may cost, at every concurrency."""
+COMPUTE_HEAVY_MIN_C = 8
+"""The MLP counts as compute-heavy at this concurrency and above (issue 11: "the MLP at c>=8")."""
+
+
+@dataclass(frozen=True)
+class Figures:
+    """One server's figures in one cell."""
+
+    per_s: float
+    p99_ms: float
+
+
+@dataclass(frozen=True)
+class PeersRow:
+    """One cell of the peers table: quantship, the peers, the floor and raw onnxruntime."""
+
+    model: str
+    c: int
+    ours: Figures
+    peers: Mapping[str, Figures]
+    floor: Figures
+    raw_per_s: float
+    compute_heavy: bool
+    """The model is one of the issue's compute-heavy ones (then c >= COMPUTE_HEAVY_MIN_C counts)."""
+
+    @property
+    def label(self) -> str:
+        return f"{self.model} c={self.c}"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    goal: str
+    met: bool
+    detail: str
+
+    def line(self) -> str:
+        mark = "[green]met[/]" if self.met else "[red]not met[/]"
+        return f"{mark}: {self.goal}: {self.detail}"
+
+
+def peers_verdicts(rows: Iterable[PeersRow]) -> list[Verdict]:
+    rows = list(rows)
+    slow = [row for row in rows if any(row.ours.per_s < PEER_RATIO * p.per_s for p in row.peers.values())]
+    long_tail = [row for row in rows if any(row.ours.p99_ms > p.p99_ms for p in row.peers.values())]
+    heavy = [row for row in rows if row.compute_heavy and row.c >= COMPUTE_HEAVY_MIN_C]
+
+    def ratios(row: PeersRow, server: Figures) -> str:
+        return " / ".join(f"{server.per_s / p.per_s:.2f}x" for p in row.peers.values())
+
+    def p99s(row: PeersRow) -> str:
+        peers = ", ".join(f"{name} {p.p99_ms:.1f}" for name, p in row.peers.items())
+        return f"{row.label} {row.ours.p99_ms:.1f} ms against {peers}"
+
+    return [
+        Verdict(
+            f">= {PEER_RATIO:g}x both peers' req/s in every cell",
+            not slow,
+            f"{len(rows) - len(slow)} of {len(rows)} cells"
+            + "".join(
+                f"; {row.label} {ratios(row, row.ours)} (the floor {ratios(row, row.floor)})" for row in slow
+            ),
+        ),
+        Verdict(
+            "p99 <= both peers' in every cell",
+            not long_tail,
+            f"{len(rows) - len(long_tail)} of {len(rows)} cells"
+            + "".join(f"; {p99s(row)}" for row in long_tail),
+        ),
+        Verdict(
+            f">= {RAW_SHARE:.0%} of raw onnxruntime, compute-heavy cells of the table",
+            all(row.ours.per_s >= RAW_SHARE * row.raw_per_s for row in heavy),
+            "; ".join(f"{row.label} {row.ours.per_s / row.raw_per_s:.0%}" for row in heavy) or "no such cell",
+        ),
+    ]
+
+
+def heavy_verdicts(
+    of_raw: Mapping[str, float],
+    floor_of_raw: Mapping[str, float],
+    ours_p99: float,
+    peers_p99: Mapping[str, float],
+) -> list[Verdict]:
+    """The compute-heavy cell: quantship's share of raw on each transport (beside the floor's on it),
+    and its gRPC p99 against each peer's gRPC p99."""
+    shares = "; ".join(
+        f"{transport} {share:.0%} (the floor {floor_of_raw[transport]:.0%})"
+        for transport, share in of_raw.items()
+    )
+    peers = ", ".join(f"{name} {p99:.1f}" for name, p99 in peers_p99.items())
+    return [
+        Verdict(
+            f">= {RAW_SHARE:.0%} of raw onnxruntime, compute-heavy cell",
+            all(share >= RAW_SHARE for share in of_raw.values()),
+            shares,
+        ),
+        Verdict(
+            "p99 <= the peers', compute-heavy cell over gRPC",
+            all(ours_p99 <= p99 for p99 in peers_p99.values()),
+            f"{ours_p99:.1f} ms against {peers or 'no peer'}",
+        ),
+    ]
+
+
+def tiny_cpu_verdict(
+    cpu_us: Mapping[str, Mapping[int, float]], floors: Mapping[str, Mapping[int, float]]
+) -> Verdict:
+    """Server CPU a request on each binary transport, judged at its cheapest concurrency (batching
+    spreads a call over a batch's requests) and shown at every one, beside its floor's."""
+
+    def figures(cells: Mapping[int, float]) -> str:
+        return " / ".join(f"{cpu:.0f}" for cpu in cells.values())
+
+    concurrency = " / ".join(str(c) for c in next(iter(cpu_us.values())))
+    detail = "; ".join(
+        f"{transport} {figures(cells)} µs (the floor {figures(floors[transport])})"
+        for transport, cells in cpu_us.items()
+    )
+    return Verdict(
+        f"<= {TINY_CPU_US:.0f} µs of server CPU a request on each binary path for a tiny model, at its "
+        f"cheapest c (c = {concurrency})",
+        all(min(cells.values()) <= TINY_CPU_US for cells in cpu_us.values()),
+        detail,
+    )
+
+
+def sli_cost_verdict(costs: Mapping[int, float]) -> Verdict:
+    """The default SLIs' throughput cost (median of paired rounds) at each concurrency."""
+    return Verdict(
+        f"default SLIs cost <= {SLI_COST:.0%} of throughput at every concurrency",
+        all(cost <= SLI_COST for cost in costs.values()),
+        ", ".join(f"c={c} {cost:+.1%}" for c, cost in costs.items()),
+    )
+
+
+def show(console: Console, verdicts: Iterable[Verdict]) -> None:
+    console.print("issue 11's goals on this run:")
+    for verdict in verdicts:
+        console.print(f"  {verdict.line()}")

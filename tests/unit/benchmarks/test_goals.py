@@ -1,0 +1,83 @@
+"""The benchmark suites judge issue 11's goals on their own figures (benchmarks/goals.py, run from
+the repository root as the suites run: `benchmarks` is not an installed package). A verdict must
+fail on the one cell that misses, judge only the cells the goal names, and say by how much."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[3]
+
+JUDGE = """
+import json, sys
+from benchmarks.goals import Figures as F, PeersRow
+from benchmarks.goals import heavy_verdicts, peers_verdicts, sli_cost_verdict, tiny_cpu_verdict
+rows = [
+    PeersRow("digits INT8", 32, F(6060, 13.8), {"kserve": F(1243, 40.0), "mlserver": F(1576, 122.7)},
+             F(7505, 9.9), 40062, False),
+    PeersRow("MLP", 1, F(637, 2.5), {"kserve": F(359, 4.8), "mlserver": F(398, 4.9)},
+             F(642, 3.1), 1274, True),
+    PeersRow("MLP", 8, F(1284, 10.9), {"kserve": F(347, 31.1), "mlserver": F(390, 38.0)},
+             F(723, 23.9), 1110, True),
+]
+tail = [PeersRow("digits FP32", 1, F(3057, 2.9), {"kserve": F(1007, 2.7), "mlserver": F(1185, 3.0)},
+                 F(4390, 0.6), 40647, False)]
+slow_heavy = [PeersRow("MLP", 32, F(1000, 20.0), {"kserve": F(400, 99.0)}, F(900, 99.0), 1699, True)]
+verdicts = {
+    "peers": peers_verdicts(rows),
+    "tail": peers_verdicts(tail),
+    "slow_heavy": peers_verdicts(slow_heavy),
+    "heavy": heavy_verdicts({"gRPC": 0.66, "HTTP binary": 0.92}, {"gRPC": 0.67, "HTTP binary": 0.78},
+                            13.6, {"kserve": 11.8, "mlserver": 23.1}),
+    "heavy_met": heavy_verdicts({"gRPC": 0.95}, {"gRPC": 0.97}, 11.8, {"kserve": 11.8}),
+    "tiny": [tiny_cpu_verdict({"HTTP binary": {1: 260, 8: 172, 32: 95}, "gRPC": {1: 500, 8: 417, 32: 440}},
+                              {"HTTP binary": {1: 101, 8: 47, 32: 40}, "gRPC": {1: 337, 8: 342, 32: 349}})],
+    "tiny_met": [tiny_cpu_verdict({"HTTP binary": {1: 260, 32: 95}}, {"HTTP binary": {1: 101, 32: 40}})],
+    "sli": [sli_cost_verdict({1: 0.047, 8: 0.029, 32: 0.039}), sli_cost_verdict({1: 0.01, 8: 0.051})],
+}
+print(json.dumps({name: [[v.met, v.detail] for v in found] for name, found in verdicts.items()}))
+"""
+
+
+def judged() -> dict[str, list[tuple[bool, str]]]:
+    done = subprocess.run(
+        [sys.executable, "-c", JUDGE], cwd=ROOT, capture_output=True, text=True, timeout=120, check=True
+    )
+    found: dict[str, list[tuple[bool, str]]] = json.loads(done.stdout.strip().splitlines()[-1])
+    return found
+
+
+def test_each_goal_fails_on_the_cell_that_misses_it_and_says_by_how_much() -> None:
+    verdicts = judged()
+
+    ratio, p99, raw = verdicts["peers"]
+    assert not ratio[0]
+    assert ratio[1].startswith("2 of 3 cells; MLP c=1 1.77x / 1.60x (the floor 1.79x / 1.61x)")
+    assert p99 == [True, "3 of 3 cells"]
+    assert raw == [True, "MLP c=8 116%"]  # c=1 is not one of the compute-heavy cells
+
+    assert verdicts["tail"][1] == [
+        False,
+        "0 of 1 cells; digits FP32 c=1 2.9 ms against kserve 2.7, mlserver 3.0",
+    ]
+    assert verdicts["slow_heavy"][2] == [False, "MLP c=32 59%"]
+
+    share, heavy_p99 = verdicts["heavy"]
+    assert share == [False, "gRPC 66% (the floor 67%); HTTP binary 92% (the floor 78%)"]
+    assert heavy_p99 == [False, "13.6 ms against kserve 11.8, mlserver 23.1"]
+    assert [met for met, _ in verdicts["heavy_met"]] == [True, True]  # a p99 equal to a peer's is not over it
+
+    [tiny] = verdicts["tiny"]
+    assert not tiny[0]  # HTTP binary reaches 95 µs at c=32, gRPC never does
+    assert tiny[1] == (
+        "HTTP binary 260 / 172 / 95 µs (the floor 101 / 47 / 40); "
+        "gRPC 500 / 417 / 440 µs (the floor 337 / 342 / 349)"
+    )
+    assert verdicts["tiny_met"][0][0]
+
+    met, missed = verdicts["sli"]
+    assert met == [True, "c=1 +4.7%, c=8 +2.9%, c=32 +3.9%"]
+    assert missed[0] is False
