@@ -70,8 +70,8 @@ def peers_verdicts(rows: Iterable[PeersRow]) -> list[Verdict]:
         return " / ".join(f"{server.per_s / p.per_s:.2f}x" for p in row.peers.values())
 
     def p99s(row: PeersRow) -> str:
-        peers = ", ".join(f"{name} {p.p99_ms:.1f}" for name, p in row.peers.items())
-        return f"{row.label} {row.ours.p99_ms:.1f} ms against {peers}"
+        peers = ", ".join(f"{name} {_ms(p.p99_ms)}" for name, p in row.peers.items())
+        return f"{row.label} {_ms(row.ours.p99_ms)} ms against {peers}"
 
     return [
         Verdict(
@@ -108,7 +108,7 @@ def heavy_verdicts(
         f"{transport} {share:.0%} (the floor {floor_of_raw[transport]:.0%})"
         for transport, share in of_raw.items()
     )
-    peers = ", ".join(f"{name} {p99:.1f}" for name, p99 in peers_p99.items())
+    peers = ", ".join(f"{name} {_ms(p99)}" for name, p99 in peers_p99.items())
     return [
         Verdict(
             f">= {RAW_SHARE:.0%} of raw onnxruntime, compute-heavy cell",
@@ -118,7 +118,7 @@ def heavy_verdicts(
         Verdict(
             "p99 <= the peers', compute-heavy cell over gRPC",
             all(ours_p99 <= p99 for p99 in peers_p99.values()),
-            f"{ours_p99:.1f} ms against {peers or 'no peer'}",
+            f"{_ms(ours_p99)} ms against {peers or 'no peer'}",
         ),
     ]
 
@@ -152,6 +152,11 @@ def sli_cost_verdict(costs: Mapping[int, float]) -> Verdict:
         all(cost <= SLI_COST for cost in costs.values()),
         ", ".join(f"c={c} {cost:+.1%}" for c, cost in costs.items()),
     )
+
+
+def _ms(milliseconds: float) -> str:
+    """A p99 with the digits that tell two close ones apart (wrk reports sub-10 ms to 0.01 ms)."""
+    return f"{milliseconds:.2f}" if milliseconds < 10 else f"{milliseconds:.1f}"
 
 
 def show(console: Console, verdicts: Iterable[Verdict]) -> None:

@@ -118,21 +118,27 @@ def measure(call: Callable[[], None], pid: int) -> HeavyCell:
     )
 
 
-def wrk_binary(wrk: str, url: str, model: str, name: str, row: np.ndarray, workdir: Path) -> str:
-    """wrk's output for one connection sending the binary-extension request for SECONDS."""
-    header = json.dumps({
-        "inputs": [{"name": name, "shape": list(row.shape), "datatype": "FP32",
-                    "parameters": {"binary_data_size": row.nbytes}}],
-    }).encode()  # fmt: skip
-    body = workdir / "effnet-binary.body"
-    body.write_bytes(header + row.tobytes())
-    script = workdir / "effnet-binary.lua"
+def binary_script(stem: Path, header: bytes, tensors: bytes) -> Path:
+    """A wrk script (stem.lua) that POSTs a binary-extension request: the JSON header, then the
+    tensors' bytes (kept in stem.body, which the script reads)."""
+    body, script = stem.with_suffix(".body"), stem.with_suffix(".lua")
+    body.write_bytes(header + tensors)
     script.write_text(
         'wrk.method = "POST"\n'
         'wrk.headers["Content-Type"] = "application/octet-stream"\n'
         f'wrk.headers["Inference-Header-Content-Length"] = "{len(header)}"\n'
         f'local file = io.open("{body}", "rb")\nwrk.body = file:read("*all")\nfile:close()\n'
     )
+    return script
+
+
+def wrk_binary(wrk: str, url: str, model: str, name: str, row: np.ndarray, workdir: Path) -> str:
+    """wrk's output for one connection sending the binary-extension request for SECONDS."""
+    header = json.dumps({
+        "inputs": [{"name": name, "shape": list(row.shape), "datatype": "FP32",
+                    "parameters": {"binary_data_size": row.nbytes}}],
+    }).encode()  # fmt: skip
+    script = binary_script(workdir / "effnet-binary", header, row.tobytes())
     command = ["taskset", "-c", str(CLIENT_CORE), wrk, "-t1", "-c1", f"-d{int(SECONDS)}s", "--latency",
                "-s", str(script), f"{url}/v2/models/{model}/infer"]  # fmt: skip
     return subprocess.run(command, capture_output=True, text=True, check=True).stdout

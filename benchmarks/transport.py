@@ -39,7 +39,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from benchmarks import goals, peers
+from benchmarks import goals, peers, peers_heavy
 from benchmarks.peers import LOAD_CORE, SERVER_CORE, PinnedServer
 from benchmarks.process_cpu import cpu_seconds
 from quantship import zoo
@@ -208,15 +208,7 @@ def run(workdir: Path) -> None:
     payload = request.SerializeToString()
 
     wrk, h2load = peers.ensure_wrk(), peers.ensure_tool("h2load", "nghttp2-client")
-    binary_body = workdir / "transport-binary.body"
-    binary_body.write_bytes(header + row.tobytes())
-    script = workdir / "transport-binary.lua"
-    script.write_text(
-        'wrk.method = "POST"\n'
-        'wrk.headers["Content-Type"] = "application/octet-stream"\n'
-        f'wrk.headers["Inference-Header-Content-Length"] = "{len(header)}"\n'
-        f'local file = io.open("{binary_body}", "rb")\nwrk.body = file:read("*all")\nfile:close()\n'
-    )
+    script = peers_heavy.binary_script(workdir / "transport-binary", header, row.tobytes())
     frame = grpc_frame(payload, workdir / "transport-request.grpc")
 
     rows: dict[str, dict[int, tuple[float, float]]] = {}

@@ -61,7 +61,7 @@ def test_each_goal_fails_on_the_cell_that_misses_it_and_says_by_how_much() -> No
 
     assert verdicts["tail"][1] == [
         False,
-        "0 of 1 cells; digits FP32 c=1 2.9 ms against kserve 2.7, mlserver 3.0",
+        "0 of 1 cells; digits FP32 c=1 2.90 ms against kserve 2.70, mlserver 3.00",
     ]
     assert verdicts["slow_heavy"][2] == [False, "MLP c=32 59%"]
 
