@@ -53,7 +53,7 @@ from quantship.server.grpc_v2 import inference_pb2 as pb
 CONCURRENCY = (1, 8, 32)
 SECONDS = int(os.environ.get("TRANSPORT_SECONDS", 4))
 WARMUP_S = 1
-CLIENT_CORE, SERVER_CORE_ID = int(LOAD_CORE), int(SERVER_CORE)  # the peers suite's cores
+SERVER_CORE_ID = int(SERVER_CORE)  # the peers suite's cores: servers on SERVER_CORE, load on LOAD_CORE
 INFER = "/inference.GRPCInferenceService/ModelInfer"
 ANSWER = b"x" * 40
 
@@ -125,15 +125,16 @@ Load = Callable[[int, int], Answered]
 """(concurrency, seconds) -> what a C load generator on the client core had answered."""
 
 
-def http_load(wrk: str, url: str, script: Path) -> Load:
-    """wrk, one thread, `concurrency` connections, each posting the script's body."""
+def http_load(wrk: str, base_url: str, script: Path) -> Load:
+    """wrk as the peers suite runs it (peers.wrk_command: one thread on the load core, `concurrency`
+    connections), each posting the script's body to `base_url`/v2/models/m/infer."""
 
     def run(concurrency: int, seconds: int) -> Answered:
-        out = _on_client_core(wrk, "-t1", f"-c{concurrency}", f"-d{seconds}s", "-s", str(script), url)
-        refused = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-        if refused:
-            raise RuntimeError(f"{url}: {refused.group(1)} requests not answered 200:\n{out}")
-        return Answered(int(_find(r"(\d+) requests in", out)), float(_find(r"Requests/sec:\s+([\d.]+)", out)))
+        out = _report(peers.wrk_command(wrk, base_url, script, concurrency, seconds))
+        cell = peers.parse_wrk(out, None, seconds)
+        if cell.errors:
+            raise RuntimeError(f"{base_url}: {cell.errors} requests not answered 200:\n{out}")
+        return Answered(int(_find(r"(\d+) requests in", out)), cell.per_s)
 
     return run
 
@@ -144,10 +145,10 @@ def grpc_load(h2load: str, port: int, frame: Path) -> Load:
     reads HTTP statuses, not grpc-status trailers: `check_grpc_answers` proves the payload first."""
 
     def run(concurrency: int, seconds: int) -> Answered:
-        out = _on_client_core(
-            h2load, "-c1", f"-m{concurrency}", f"-D{seconds}", "-d", str(frame),
+        out = _report([
+            "taskset", "-c", LOAD_CORE, h2load, "-c1", f"-m{concurrency}", f"-D{seconds}", "-d", str(frame),
             "-H", "content-type: application/grpc", "-H", "te: trailers", f"http://127.0.0.1:{port}{INFER}",
-        )  # fmt: skip
+        ])  # fmt: skip
         done, succeeded = (int(n) for n in re.findall(r"(\d+) (?:done|succeeded)", out)[:2])
         if succeeded != done:
             raise RuntimeError(f"gRPC port {port}: {done - succeeded} of {done} requests failed:\n{out}")
@@ -168,9 +169,8 @@ def check_grpc_answers(port: int, payload: bytes) -> None:
         channel.unary_unary(INFER)(payload, timeout=30)
 
 
-def _on_client_core(*command: str) -> str:
-    pinned = ["taskset", "-c", str(CLIENT_CORE), *command]
-    return subprocess.run(pinned, capture_output=True, text=True, check=True).stdout
+def _report(command: list[str]) -> str:
+    return subprocess.run(command, capture_output=True, text=True, check=True).stdout
 
 
 def _find(pattern: str, text: str) -> str:
@@ -215,7 +215,7 @@ def run(workdir: Path) -> None:
     rows: dict[str, dict[int, tuple[float, float]]] = {}
     loads: list[float] = []
     with bare(_serve_bare_http) as (pid, port):
-        load = http_load(wrk, f"http://127.0.0.1:{port}/v2/models/m/infer", script)
+        load = http_load(wrk, f"http://127.0.0.1:{port}", script)
         rows["bare uvicorn (floor)"] = {c: cpu_us_per_request(pid, load, c) for c in CONCURRENCY}
     with bare(_serve_bare_grpc) as (pid, port):
         check_grpc_answers(port, payload)
@@ -232,7 +232,7 @@ def run(workdir: Path) -> None:
     try:
         asyncio.run(server.wait_ready())
         assert server.pid is not None
-        load = http_load(wrk, f"{server.url}/v2/models/m/infer", script)
+        load = http_load(wrk, server.url, script)
         rows["quantship HTTP binary"] = {c: cpu_us_per_request(server.pid, load, c) for c in CONCURRENCY}
         check_grpc_answers(grpc_port, payload)
         load = grpc_load(h2load, grpc_port, frame)
