@@ -18,6 +18,7 @@ import os
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import httpx
 import pytest
@@ -295,6 +296,24 @@ async def test_a_real_prometheus_refusing_a_bad_label_name_is_a_misconfiguration
     assert isinstance(empty, NoData) and "no series for" in empty.reason, empty
 
 
+async def _until_stopped(pid: int) -> None:
+    """Until every thread of `pid` is stopped. kill() only queues SIGSTOP: a thread running on the
+    other CPU stops when it next enters the kernel, and on a busy VM that was late enough for
+    Prometheus to answer the query sent right after (a flaky NoData, 2026-12-04)."""
+
+    def state(task: Path) -> str:
+        try:
+            return (task / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except FileNotFoundError:  # a thread that exited meanwhile holds nothing up
+            return "T"
+
+    for _ in range(500):
+        if all(state(task) == "T" for task in Path(f"/proc/{pid}/task").iterdir()):
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"Prometheus (pid {pid}) did not stop within 5 s of SIGSTOP")
+
+
 @pytest.mark.prometheus
 async def test_a_real_prometheus_that_stops_answering_names_the_fault_the_url_the_query_and_the_timeout(
     tmp_path_factory: pytest.TempPathFactory,
@@ -309,6 +328,7 @@ async def test_a_real_prometheus_that_stops_answering_names_the_fault_the_url_th
         answering = await source.counts(ERRORS, 300, LABELS)
         os.kill(pid, signal.SIGSTOP)  # alive, connections accepted by the kernel, never answered
         try:
+            await _until_stopped(pid)
             stopped = await source.counts(ERRORS, 300, LABELS)
         finally:
             os.kill(pid, signal.SIGCONT)
