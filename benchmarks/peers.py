@@ -5,9 +5,11 @@ wrk 4.1 (Debian's `wrk`) on core 0 sends the same one-row JSON v2 request to eac
 core 1, for a warm-up then `PEERS_SECONDS`, in `PEERS_ROUNDS` rounds whose medians a cell shows;
 every server runs one process and one onnxruntime intra-op thread; quantship runs its default SLIs
 (shadow 5%, clip 5% where the artifact has them).
-Raw onnxruntime is one thread calling session.run on one row, in this process, measured again
-before each concurrency; beside the peers runs a floor, the least a Python server can do at c=1
-(benchmarks/floor_server.py). A model's servers are all up at once and take their turns within each
+Raw onnxruntime is one thread calling session.run on one row, in this process, for 1 s before a
+cell's first round and after each, the median shown: one second before the cell alone read the
+MLP's raw a fifth apart from one cell to the next (1,310 / 1,588 / 1,544 calls/s, 2026-12-04), and
+moved the cell's share of raw with it. Beside the peers runs a floor, the least a Python server can
+do at c=1 (benchmarks/floor_server.py). A model's servers are all up at once and take their turns within each
 cell, in an order that flips from round to round and cell to cell, so that a ratio compares
 minutes-apart runs of this noisy VM no more. Each cell prints req/s, p50/p99, the server's CPU time
 per request (/proc/PID/stat), and the 1-minute load average at the end of the cell: figures from a
@@ -428,12 +430,14 @@ def run(workdir: Path) -> None:
                 servers[name] = stack.enter_context(peer(name, python, model, workdir))
             servers[FLOOR] = stack.enter_context(floor(model, workdir))
             for index, c in enumerate(CONCURRENCY):
-                raws[c] = raw_calls_per_s(model.onnx_path, feed)
+                raw_spread = [raw_calls_per_s(model.onnx_path, feed)]
                 if c == 1:
                     raw_after_idle = raw_calls_per_s(model.onnx_path, feed, idle_s=RAW_IDLE_S)
                 for turn in range(ROUNDS):
                     for name in list(servers)[:: 1 if (index + turn) % 2 == 0 else -1]:
                         rounds.setdefault((name, c), []).append(measure(wrk, servers[name], script, c))
+                    raw_spread.append(raw_calls_per_s(model.onnx_path, feed))
+                raws[c] = statistics.median(raw_spread)
         cells = {key: median_cell(found) for key, found in rounds.items()}
         for c in CONCURRENCY:
             raw = raws[c]
@@ -454,9 +458,9 @@ def run(workdir: Path) -> None:
         "session.run on the event loop, nothing else, no batching): at c=1 no server on uvicorn does less"
     )
     console.print(
-        "raw ORT b1: session.run calls a second of their own time, back to back; raw after idle: the "
-        f"same with {RAW_IDLE_S * 1e3:g} ms asleep before each call, as a server's core idles between "
-        "requests at c=1"
+        "raw ORT b1: session.run calls a second of their own time, back to back, the median of 1 s "
+        f"measured before the cell's first round and after each; raw after idle: 1 s with "
+        f"{RAW_IDLE_S * 1e3:g} ms asleep before each call, as a server's core idles between requests at c=1"
     )
     console.print(
         f"each figure: the median of the cell's {ROUNDS} rounds; load: the highest 1-minute load average "
