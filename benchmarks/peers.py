@@ -9,9 +9,9 @@ Raw onnxruntime is one thread calling session.run on one row, in this process, f
 cell's first round and after each, the median shown: one second before the cell alone read the
 MLP's raw a fifth apart from one cell to the next (1,310 / 1,588 / 1,544 calls/s, 2026-12-04), and
 moved the cell's share of raw with it. Beside the peers runs a floor, the least a Python server can
-do at c=1 (benchmarks/floor_server.py). A model's servers are all up at once and take their turns within each
-cell, in an order that flips from round to round and cell to cell, so that a ratio compares
-minutes-apart runs of this noisy VM no more. Each cell prints req/s, p50/p99, the server's CPU time
+do at c=1 (benchmarks/floor_server.py). A model's servers are all up at once and take their turns
+within each cell, in an order that flips from round to round and cell to cell, so that a ratio
+compares minutes-apart runs of this noisy VM no more. Each cell prints req/s, p50/p99, the server's CPU time
 per request (/proc/PID/stat), and the 1-minute load average at the end of the cell: figures from a
 loaded machine are not figures.
 
@@ -459,7 +459,7 @@ def run(workdir: Path) -> None:
     )
     console.print(
         "raw ORT b1: session.run calls a second of their own time, back to back, the median of 1 s "
-        f"measured before the cell's first round and after each; raw after idle: 1 s with "
+        "measured before the cell's first round and after each; raw after idle: 1 s with "
         f"{RAW_IDLE_S * 1e3:g} ms asleep before each call, as a server's core idles between requests at c=1"
     )
     console.print(
