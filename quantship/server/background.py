@@ -19,6 +19,14 @@ the charge is settled with the measured CPU once it ran: charged only once run, 
 on a busy core let its queues fill with whatever they held, and ran it all when the load eased
 (EfficientNet-Lite0 INT8, 8 s of gRPC load: 3.8 s of CPU in the 8 s after, at 65% of a core while
 raw onnxruntime measured beside it ran 30-50% slower; 2026-12-03).
+
+Until a lane knows what a sample costs, its first hand-off is one sample, the probe; samples offered
+meanwhile are queued unpriced and charged when they are taken, at the probe's price, or dropped as
+"budget" if it does not cover them. Admitted for nothing, a fresh server's queues filled while a
+starved worker ran its first hand-off, and all of it ran outside the budget, the debt past one
+bucket forgiven (EfficientNet-Lite0 INT8 at c=1: clip samples 60 ms of CPU each, four unpriced
+hand-offs of 2.6 s where the bucket holds 0.5, the worker at 8-13% of a core 11 s after the start
+against a 5% budget; 2026-12-04).
 """
 
 from __future__ import annotations
@@ -124,11 +132,12 @@ class Lane(Generic[T]):
         self.budget = budget
         self.max_items = max_items
         self.gather_s = gather_s
-        self._queue: asyncio.Queue[tuple[T, float] | None] = asyncio.Queue(capacity)
-        """Samples with the CPU seconds each reserved from the budget; None asks the lane to stop."""
-        self._cost = 0.0
-        """CPU seconds a sample took in the last hand-off: what the next offer reserves. Until the
-        first hand-off has run samples reserve nothing, and only the queue's capacity bounds them."""
+        self._queue: asyncio.Queue[tuple[T, float | None] | None] = asyncio.Queue(capacity)
+        """Samples with the CPU seconds each reserved from the budget (None: offered before the lane
+        knew the price, charged when taken); None asks the lane to stop."""
+        self._cost: float | None = None
+        """CPU seconds a sample took in the last hand-off: what the next offer reserves. None until
+        a hand-off has run: the lane is probing."""
         self._enough = asyncio.Event()
         """Set once a hand-off's worth is queued: gathering stops early (a burst of offers faster
         than max_items per gather_s would otherwise fill the queue while the lane waits)."""
@@ -139,7 +148,7 @@ class Lane(Generic[T]):
         self._task = asyncio.create_task(self._work(), name=f"{self.name} lane")
 
     def offer(self, item: T) -> bool:
-        reserved = 0.0
+        reserved: float | None = 0.0
         if self.budget is not None:
             if not self.budget.allows():
                 self.on_drop(BUDGET)
@@ -150,7 +159,7 @@ class Lane(Generic[T]):
         except asyncio.QueueFull:
             self.on_drop(BEHIND)
             return False
-        if self.budget is not None:
+        if self.budget is not None and reserved is not None:
             self.budget.reserve(reserved)
         if self._queue.qsize() >= self.max_items - 1:  # with the one the lane holds: a hand-off
             self._enough.set()
@@ -182,23 +191,27 @@ class Lane(Generic[T]):
         while True:
             first = await self._queue.get()
             offered, stopping = ([] if first is None else [first]), first is None
-            if not stopping and not self._closing and self._queue.qsize() < self.max_items - 1:
+            probing = self.budget is not None and self._cost is None
+            wanted = 1 if probing else self.max_items
+            if not stopping and not probing and not self._closing and self._queue.qsize() < wanted - 1:
                 self._enough.clear()  # let more samples join this hand-off, up to a full one
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._enough.wait(), self.gather_s)
-            while not stopping and len(offered) < self.max_items and not self._queue.empty():
+            while not stopping and len(offered) < wanted and not self._queue.empty():
                 next_one = self._queue.get_nowait()
                 if next_one is None:
                     stopping = True
                 else:
                     offered.append(next_one)
+            if not probing:
+                offered = self._charge_unpriced(offered)
             items = [item for item, _ in offered]
             try:
                 if items:
                     spent = await loop.run_in_executor(self.executor, self._timed, items)
                     self._cost = spent / len(items)
                     if self.budget is not None:
-                        self.budget.spend(spent, reserved=sum(reserved for _, reserved in offered))
+                        self.budget.spend(spent, reserved=sum(reserved or 0.0 for _, reserved in offered))
             except Exception:  # what it reserved stays spent: it may well have run
                 log.exception("%s: processing %d sampled requests failed", self.name, len(items))
             finally:
@@ -206,6 +219,23 @@ class Lane(Generic[T]):
                     self._queue.task_done()
             if stopping:
                 return
+
+    def _charge_unpriced(self, offered: list[tuple[T, float | None]]) -> list[tuple[T, float | None]]:
+        """Charge samples queued while the lane was probing at the price it found; drop, as "budget",
+        those the budget does not cover."""
+        if self.budget is None or self._cost is None:
+            return offered
+        kept: list[tuple[T, float | None]] = []
+        for item, reserved in offered:
+            if reserved is None:
+                if not self.budget.allows():
+                    self.on_drop(BUDGET)
+                    self._queue.task_done()
+                    continue
+                reserved = self._cost
+                self.budget.reserve(reserved)
+            kept.append((item, reserved))
+        return kept
 
     def _timed(self, items: list[T]) -> float:
         """Process `items` in the worker thread; the CPU seconds that took on it (the background

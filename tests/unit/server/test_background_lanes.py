@@ -169,6 +169,41 @@ async def test_a_starved_worker_cannot_bank_more_work_than_the_budget(executor: 
     assert sorted(i for items in handed for i in items) == [0, 1, 2, 3, 4]
 
 
+async def test_a_lane_probes_with_one_sample_and_charges_what_queued_meanwhile_at_its_price(
+    executor: ThreadPoolExecutor,
+) -> None:
+    """Before the lane knows what a sample costs, samples queue unpriced behind a probe of one; once
+    it has run they are charged at its price when taken, and what the budget does not cover is
+    dropped, instead of all running for nothing while a starved worker catches up."""
+    handed: list[list[int]] = []
+    probe_may_run = threading.Event()
+
+    def held_then_busy(items: list[int]) -> None:
+        handed.append(items)
+        if len(handed) == 1:
+            probe_may_run.wait(10)
+            started = time.thread_time()
+            while time.thread_time() - started < 0.02:  # 20 ms of real CPU: the price of a sample
+                pass
+
+    dropped: list[str] = []
+    budget = CpuBudget(0.01, burst_s=10, clock=lambda: 0.0)  # 100 ms of CPU, no refill
+    lane: Lane[int] = Lane(
+        "clip", held_then_busy, executor=executor, capacity=50, on_drop=dropped.append,
+        budget=budget, max_items=16,
+    )  # fmt: skip
+    lane.start()
+    assert lane.offer(0)
+    await asyncio.sleep(0)  # the lane hands the probe off at once, without gathering batch-mates
+    assert all(lane.offer(i) for i in range(1, 11))  # unpriced: queued, not yet charged
+    probe_may_run.set()
+    await lane.idle()
+    # the probe took ~20 ms of the 100: the next four are charged 20 ms each, the other six dropped
+    assert handed == [[0], [1, 2, 3, 4]]
+    assert dropped == ["budget"] * 6
+    await lane.close(timeout=5)
+
+
 async def test_a_full_hand_off_goes_at_once_without_waiting_out_the_gathering(
     executor: ThreadPoolExecutor,
 ) -> None:
