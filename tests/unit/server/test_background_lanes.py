@@ -17,6 +17,13 @@ from quantship.server.background import NICE, CpuBudget, Lane, lower_priority
 pytestmark = pytest.mark.looptime
 
 
+def _burn(seconds: float) -> None:
+    """Spend `seconds` of this thread's CPU: a price the lane measures with the thread's clock."""
+    started = time.thread_time()
+    while time.thread_time() - started < seconds:
+        pass
+
+
 @pytest.fixture
 def executor() -> Iterator[ThreadPoolExecutor]:
     with ThreadPoolExecutor(1) as pool:
@@ -109,9 +116,7 @@ async def test_samples_past_the_cpu_budget_are_dropped_as_budget_and_never_proce
 
     def busy(items: list[int]) -> None:
         handed.append(items)
-        started = time.thread_time()
-        while time.thread_time() - started < 0.02:  # 20 ms of real CPU
-            pass
+        _burn(0.02)
 
     budget = CpuBudget(0.001, burst_s=10)  # 10 ms of CPU to start with, 1 ms more a second
     lane: Lane[int] = Lane(
@@ -146,9 +151,7 @@ async def test_a_starved_worker_cannot_bank_more_work_than_the_budget(executor: 
     def first_busy_then_held(items: list[int]) -> None:
         handed.append(items)
         if len(handed) == 1:
-            started = time.thread_time()
-            while time.thread_time() - started < 0.02:  # 20 ms of real CPU: the price of a sample
-                pass
+            _burn(0.02)  # the price of a sample
         else:
             release.wait(10)
 
@@ -182,9 +185,7 @@ async def test_a_lane_probes_with_one_sample_and_charges_what_queued_meanwhile_a
         handed.append(items)
         if len(handed) == 1:
             probe_may_run.wait(10)
-            started = time.thread_time()
-            while time.thread_time() - started < 0.02:  # 20 ms of real CPU: the price of a sample
-                pass
+            _burn(0.02)  # the price of a sample
 
     dropped: list[str] = []
     budget = CpuBudget(0.01, burst_s=10, clock=lambda: 0.0)  # 100 ms of CPU, no refill
