@@ -478,6 +478,9 @@ one round to the next (HTTP binary 106% then 76%, 2026-12-03)."""
 GRPC, HTTP_BINARY = "gRPC", "HTTP binary"
 HEAVY_FLOOR = "floor"
 """The floor server in the compute-heavy table, on gRPC and on HTTP binary: bare grpcio or uvicorn."""
+HEAVY_SLIS_OFF = "quantship, SLIs off"
+"""quantship in the compute-heavy table with no SLI sampling, over gRPC: beside the default server's
+row, what the SLIs cost a model whose reference and observer sessions are dear."""
 
 
 def heavy_table(console: Console, wrk: str, pythons: dict[str, Path], workdir: Path) -> list[goals.Verdict]:
@@ -504,9 +507,14 @@ def heavy_table(console: Console, wrk: str, pythons: dict[str, Path], workdir: P
     it: raw calls/s moved by 3x within minutes on one host (120-364, 2026-12-03), so a share of a
     raw measured a round earlier measured the drift as much as the server."""
     with ExitStack() as stack:
-        server, grpc_port = stack.enter_context(peers_heavy.quantship_server(artifact_root, workdir))
-        assert server.pid is not None
-        running = {"quantship": Running(server.url, server.pid, grpc_port)}
+        running: dict[str, Running] = {}
+        for server_name, flags in (("quantship", ()), (HEAVY_SLIS_OFF, peers_heavy.SLIS_OFF)):
+            log_name = "quantship-heavy" if not flags else "quantship-heavy-slis-off"
+            server, grpc_port = stack.enter_context(
+                peers_heavy.quantship_server(artifact_root, workdir, *flags, log_name=log_name)
+            )
+            assert server.pid is not None
+            running[server_name] = Running(server.url, server.pid, grpc_port)
         running[HEAVY_FLOOR] = stack.enter_context(
             floor(model, workdir, threads=peers_heavy.THREADS, grpc=True, pin=False)
         )
@@ -539,6 +547,8 @@ def heavy_table(console: Console, wrk: str, pythons: dict[str, Path], workdir: P
         for server_name in ("quantship", HEAVY_FLOOR):
             cells[server_name, GRPC] = functools.partial(over_grpc, server_name)
             cells[server_name, HTTP_BINARY] = functools.partial(over_http_binary, server_name)
+            if server_name == "quantship":
+                cells[HEAVY_SLIS_OFF, GRPC] = functools.partial(over_grpc, HEAVY_SLIS_OFF)
         for peer_name in pythons:
             cells[peer_name, GRPC] = functools.partial(over_grpc, peer_name)
 
@@ -591,7 +601,9 @@ def heavy_table(console: Console, wrk: str, pythons: dict[str, Path], workdir: P
         "over the raw onnxruntime measured just before and after that cell (each round's share in brackets); "
         f"of floor: req/s over the {HEAVY_FLOOR}'s on the same transport (benchmarks/floor_server.py: "
         f"bare grpcio or uvicorn, session.run on the event loop, {peers_heavy.THREADS} threads); where the "
-        "floor is under 90% of raw, no Python server on that transport reaches 90%"
+        "floor is under 90% of raw, no Python server on that transport reaches 90%; "
+        f"{HEAVY_SLIS_OFF}: the same artifact served with {' '.join(peers_heavy.SLIS_OFF)}, what the default "
+        "SLIs cost this model"
     )
     transports = (GRPC, HTTP_BINARY)
     return goals.heavy_verdicts(

@@ -144,13 +144,20 @@ def wrk_binary(wrk: str, url: str, model: str, name: str, row: np.ndarray, workd
     return subprocess.run(command, capture_output=True, text=True, check=True).stdout
 
 
+SLIS_OFF = ("--shadow-rate", "0", "--clip-sample-rate", "0")
+"""`quantship serve` flags that sample nothing for the SLIs: what their default costs is measured against."""
+
+
 @contextmanager
-def quantship_server(artifact: Path, workdir: Path) -> Iterator[tuple[ServerProcess, int]]:
+def quantship_server(
+    artifact: Path, workdir: Path, *flags: str, log_name: str = "quantship-heavy"
+) -> Iterator[tuple[ServerProcess, int]]:
     grpc_port = free_port()
     server = ServerProcess(
         artifact, model="m", revision="bench",
-        extra_args=["--threads", str(THREADS), "--grpc-port", str(grpc_port), "--log-level", "warning"],
-        log_path=workdir / "quantship-heavy.log",
+        extra_args=["--threads", str(THREADS), "--grpc-port", str(grpc_port), "--log-level", "warning",
+                    *flags],
+        log_path=workdir / f"{log_name}.log",
     )  # fmt: skip
     server.start()
     try:

@@ -36,7 +36,7 @@ import httpx
 from rich.console import Console
 from rich.table import Table
 
-from benchmarks import goals, peers
+from benchmarks import goals, peers, peers_heavy
 from benchmarks.process_cpu import cpu_seconds_by_nice
 from benchmarks.server import scrape_sums
 from quantship import runtime
@@ -44,7 +44,6 @@ from quantship.server.background import NICE
 from quantship.slo import Metric
 
 ROUNDS = int(os.environ.get("SLI_ROUNDS", 5))
-OFF = ("--shadow-rate", "0", "--clip-sample-rate", "0")
 SLIS_OFF, CONTROL, SLIS_ON = "SLIs off", "control (off)", "default SLIs"
 SAMPLES = (Metric.SHADOW_COMPARISONS_TOTAL.value, Metric.SAMPLES_DROPPED_TOTAL.value)
 """Scraped around each measured cell of the SLI server: what it compared, and what it skipped."""
@@ -82,10 +81,11 @@ def run(workdir: Path) -> None:
     serving_us: dict[tuple[str, int], list[float]] = {}
     sli_us: dict[int, list[float]] = {}
     sampled: dict[int, list[tuple[float, float]]] = {}
+    off = peers_heavy.SLIS_OFF
     with ExitStack() as stack:
         servers = {
-            SLIS_OFF: stack.enter_context(peers.quantship(model, workdir, *OFF, log_name="slis-off")),
-            CONTROL: stack.enter_context(peers.quantship(model, workdir, *OFF, log_name="slis-off-control")),
+            SLIS_OFF: stack.enter_context(peers.quantship(model, workdir, *off, log_name="slis-off")),
+            CONTROL: stack.enter_context(peers.quantship(model, workdir, *off, log_name="slis-off-control")),
             SLIS_ON: stack.enter_context(peers.quantship(model, workdir, log_name="slis-on")),
         }
         for variant, server in servers.items():  # chosen at load by timing: they could differ
