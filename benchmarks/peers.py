@@ -508,8 +508,11 @@ def heavy_table(console: Console, wrk: str, pythons: dict[str, Path], workdir: P
     raw measured a round earlier measured the drift as much as the server."""
     with ExitStack() as stack:
         running: dict[str, Running] = {}
-        for server_name, flags in (("quantship", ()), (HEAVY_SLIS_OFF, peers_heavy.SLIS_OFF)):
-            log_name = "quantship-heavy" if not flags else "quantship-heavy-slis-off"
+        quantships = (
+            ("quantship", (), "quantship-heavy"),
+            (HEAVY_SLIS_OFF, peers_heavy.SLIS_OFF, "quantship-heavy-slis-off"),
+        )
+        for server_name, flags, log_name in quantships:
             server, grpc_port = stack.enter_context(
                 peers_heavy.quantship_server(artifact_root, workdir, *flags, log_name=log_name)
             )
@@ -544,13 +547,10 @@ def heavy_table(console: Console, wrk: str, pythons: dict[str, Path], workdir: P
             return peers_heavy.HeavyCell(cell.per_s, cell.p50_ms, cell.p99_ms, cpu_ms, cell.load)
 
         cells: dict[tuple[str, str], Callable[[], peers_heavy.HeavyCell]] = {}
-        for server_name in ("quantship", HEAVY_FLOOR):
+        for server_name in ("quantship", HEAVY_SLIS_OFF, HEAVY_FLOOR, *pythons):
             cells[server_name, GRPC] = functools.partial(over_grpc, server_name)
-            cells[server_name, HTTP_BINARY] = functools.partial(over_http_binary, server_name)
-            if server_name == "quantship":
-                cells[HEAVY_SLIS_OFF, GRPC] = functools.partial(over_grpc, HEAVY_SLIS_OFF)
-        for peer_name in pythons:
-            cells[peer_name, GRPC] = functools.partial(over_grpc, peer_name)
+            if server_name in ("quantship", HEAVY_FLOOR):  # the servers with the binary extension
+                cells[server_name, HTTP_BINARY] = functools.partial(over_http_binary, server_name)
 
         def measure_raw() -> None:
             raws.append(raw_calls_per_s(
