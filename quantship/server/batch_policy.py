@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from quantship.server import cpus
 from quantship.server.runner import Runner
 
 CHEAPER = 0.9
@@ -45,13 +44,16 @@ onnxruntime (which releases the GIL) runs. Decided per call by its rows, not onc
 batch: on a slower CPU digits INT8 takes 36-72 µs for one row but 110-190 µs for 32, and a server
 at concurrency 1 (one-row calls) should not pay the hand-off because full batches would."""
 ALONE_CALL_S = 0.05
-"""With one CPU to run on, a request that comes alone (batcher.LONE_BATCHES) runs on the event loop
-for calls up to this long, whatever INLINE_CALL_S says: handing it to the thread buys overlap of
-onnxruntime with HTTP work only when a second CPU can take one of them, and otherwise costs CPU
-(an MLP 784-2048-2048-10 at c=1, 0.7 ms a call: -12-15% CPU a request, +13-18% req/s on one
-core in two A/B runs; on two cores the same change was +23% at c=1 but -5-7% at c=2 and c=4, so it
-is kept to one CPU). Longer calls still go to the thread: the loop must answer health probes
-while a long call runs."""
+"""A request that comes alone (batcher.LONE_BATCHES, and none arrived unseen during the last such
+call: batcher.UNSEEN_WAIT_S) runs on the event loop for calls up to this long, whatever
+INLINE_CALL_S says: with nothing to overlap, the hand-off to the thread and back only costs. An MLP
+784-2048-2048-10 at c=1 on one core (0.7 ms a call): -12-15% CPU a request, +13-18% req/s.
+EfficientNet-Lite0 INT8 on 2 CPUs, 2 intra-op threads, gRPC at c=1 (a 3 ms call): p99 lower in 14
+of 14 rounds, 6.6-10.4 ms against 8.0-14.0 (2026-12-04). Under concurrency a call on the loop would
+hold back the next request's reading and decoding, which the thread overlaps with it (-3-7% req/s at
+c=2 and 4 on two CPUs, where lone requests ran on the loop whatever came meanwhile), so the batcher
+stops once a request arrived while such a call ran. Longer calls still go to the thread: the loop
+must answer health probes while a long call runs."""
 
 
 @dataclass(frozen=True)
@@ -65,8 +67,8 @@ class BatchPolicy:
     """Calls of at most this many rows run on the event loop (the largest measured size whose call
     took no longer than INLINE_CALL_S); 0: every call goes to the inference thread."""
     alone_rows: int = 0
-    """A request that comes alone runs on the event loop up to this many rows: inline_rows, or with
-    at most one CPU to run on, the largest measured size whose call fits ALONE_CALL_S."""
+    """A request that comes alone runs on the event loop up to this many rows: the largest measured
+    size whose call fits ALONE_CALL_S, or inline_rows if more."""
 
     def summary(self) -> str:
         """The policy in a phrase, for the log."""
@@ -74,7 +76,7 @@ class BatchPolicy:
         if self.inline_rows:
             text += f", calls of up to {self.inline_rows} rows on the event loop"
         if self.alone_rows > self.inline_rows:
-            text += f", up to {self.alone_rows} rows for a request that comes alone (one CPU)"
+            text += f", up to {self.alone_rows} rows for a request that comes alone"
         return text
 
     def describe(self) -> dict[str, object]:
@@ -93,12 +95,9 @@ def choose(
     runner: Runner,
     configured: int,
     measure: Callable[[Runner, int], float] | None = None,
-    *,
-    usable_cpus: float | None = None,
 ) -> BatchPolicy:
     """The batch size cap for `runner`, at most `configured`. `measure(runner, rows)` gives seconds per
-    row of one call (default: timed onnxruntime calls on zeros); `usable_cpus` defaults to this
-    process's (cpus.usable)."""
+    row of one call (default: timed onnxruntime calls on zeros)."""
     measure = measure if measure is not None else _seconds_per_row
     signature = runner.signature
     if not signature.batchable:
@@ -114,9 +113,8 @@ def choose(
             if chosen > 1
             else "measured: no batch size is cheaper per row than one row"
         )
-    one_cpu = (usable_cpus if usable_cpus is not None else cpus.usable()) <= 1
     inline_rows = _rows_within(costs, chosen, INLINE_CALL_S)
-    alone_rows = max(inline_rows, _rows_within(costs, chosen, ALONE_CALL_S)) if one_cpu else inline_rows
+    alone_rows = max(inline_rows, _rows_within(costs, chosen, ALONE_CALL_S))
     return BatchPolicy(chosen, reason, costs, inline_rows, alone_rows)
 
 

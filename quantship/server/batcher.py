@@ -6,11 +6,10 @@ is waiting (and, with a queue delay, what arrives until the oldest has waited th
 the outputs (or runs it on the event loop itself, for a batch of at most `inline_rows` rows, whose
 call was measured shorter than a hand-off to the thread: see batch_policy.INLINE_CALL_S). While
 traffic comes one request at a time, a request of at most `alone_rows` rows skips the queue and the
-worker and runs on the loop (`_alone`; past inline_rows only with one CPU to run on: see
-batch_policy.ALONE_CALL_S). Only requests whose inputs agree beyond the first dimension share a
-batch. The queue is bounded: when it is full, `submit` raises Overloaded at once rather than
-growing memory. A model whose first dimension is not a batch dimension runs one request per call,
-through the same queue (or past it, as above).
+worker and runs on the loop (`_alone`; why: batch_policy.ALONE_CALL_S). Only requests whose inputs
+agree beyond the first dimension share a batch. The queue is bounded: when it is full, `submit`
+raises Overloaded at once rather than growing memory. A model whose first dimension is not a batch
+dimension runs one request per call, through the same queue (or past it, as above).
 """
 
 from __future__ import annotations
@@ -18,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
@@ -55,6 +55,19 @@ _TIMEOUT = _Timeout()
 LONE_BATCHES = 8
 """Batches in a row of one request each after which a request may run without the queue (`_alone`):
 enough to tell traffic at concurrency 1 from a lull between bursts."""
+
+
+UNSEEN_WAIT_S = 10e-6
+"""A request submitted after less than this much time off the CPU since a call that held the event
+loop ended had arrived while the call ran (`_arrived_during_a_long_call`): the loop went from the
+call to it without once waiting for input. At concurrency 1 the loop waits for the client's next
+request for longer than this (a wake-up alone takes tens of µs); a preemption in between errs
+towards running on the loop, as before this check."""
+
+
+def _time_off_cpu() -> float:
+    """Seconds the calling thread has spent off the CPU (asleep or preempted), plus a constant."""
+    return time.perf_counter() - time.thread_time()
 
 
 class _Wake:
@@ -106,6 +119,8 @@ class Batcher:
         """A request ran alone on the loop in this turn of the event loop (see `submit`)."""
         self._lone_batches = 0
         """Batches in a row that held one request: traffic without concurrency (see `_alone`)."""
+        self._long_call_ended: float | None = None
+        """_time_off_cpu() when the last call past inline_rows that ran alone on the loop ended."""
 
     def start(self) -> None:
         self._task = self.loop.create_task(self._work(), name="batcher")
@@ -121,6 +136,8 @@ class Batcher:
         if self._closing:
             raise NotReady("the server is shutting down")
         loop = self.loop
+        if self._arrived_during_a_long_call():
+            self._lone_batches = 0
         if self._alone(rows):
             self._ran_alone_this_turn = True
             loop.call_soon(self._next_turn)
@@ -154,6 +171,15 @@ class Batcher:
             and self.delay == 0
             and self._queue.empty()
         )
+
+    def _arrived_during_a_long_call(self) -> bool:
+        """Whether this request came while a call longer than a hand-off held the loop: concurrency the
+        loop could not see (the second client's request waited unread in its socket), under which
+        running each request on the loop in turn holds back the next one's reading and decoding.
+        Told by the loop thread's time off the CPU since that call ended: none means it went on to
+        this request without waiting for one (UNSEEN_WAIT_S)."""
+        ended, self._long_call_ended = self._long_call_ended, None
+        return ended is not None and _time_off_cpu() - ended < UNSEEN_WAIT_S
 
     def _next_turn(self) -> None:
         self._ran_alone_this_turn = False
@@ -244,7 +270,10 @@ class Batcher:
                 job.future.set_result(result)
 
     def _ran(self, requests: int) -> None:
-        self._lone_batches = self._lone_batches + 1 if requests == 1 else 0
+        """Count a batch that ran: lone if it held one request and none waited when it ended (with
+        batches capped at one request, that is how concurrency shows)."""
+        lone = requests == 1 and self._queue.empty()
+        self._lone_batches = self._lone_batches + 1 if lone else 0
 
     def _run_alone(self, inputs: Tensors, rows: int) -> Outputs:
         """One request as a batch of its own, on the event loop; as `_execute` would answer it."""
@@ -255,6 +284,9 @@ class Batcher:
             [result] = self.runner.run_batch([inputs], [rows])
         except Exception as exc:
             raise _failure(exc, rows) from None
+        finally:
+            if rows > self.inline_rows:
+                self._long_call_ended = _time_off_cpu()
         if isinstance(result, ServerError):
             raise result
         return result
@@ -262,14 +294,16 @@ class Batcher:
     async def _run(self, batch: Sequence[_Job], rows: int) -> list[Outcome]:
         loop = self.loop
         started = loop.time()
-        self._ran(len(batch))
         for job in batch:
             self.observer.waited(started - job.enqueued)
         self.observer.batch_ran(rows)
         inputs, row_counts = [job.inputs for job in batch], [job.rows for job in batch]
-        if rows <= self.inline_rows:
-            return self.runner.run_batch(inputs, row_counts)
-        return await loop.run_in_executor(self.executor, self.runner.run_batch, inputs, row_counts)
+        try:
+            if rows <= self.inline_rows:
+                return self.runner.run_batch(inputs, row_counts)
+            return await loop.run_in_executor(self.executor, self.runner.run_batch, inputs, row_counts)
+        finally:
+            self._ran(len(batch))  # once it ran: whether requests came meanwhile counts too
 
 
 def _failure(exc: Exception, rows: int) -> ServerError:

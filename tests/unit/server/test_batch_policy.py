@@ -73,21 +73,19 @@ def test_the_timing_runs_real_calls_and_reports_microseconds_per_row(tiny_model:
 
 
 @pytest.mark.parametrize(
-    ("costs", "usable_cpus", "alone_rows"),
+    ("costs", "alone_rows"),
     [
-        ({1: 490e-6, 2: 300e-6, 4: 260e-6}, 1.0, 4),  # an MLP on one CPU: alone up to the batch cap
-        ({1: 490e-6, 2: 300e-6, 4: 260e-6}, 0.5, 4),  # limits.cpu: 500m counts as one CPU
-        ({1: 490e-6, 2: 300e-6, 4: 260e-6}, 2.0, 0),  # a second CPU: the thread overlaps it with HTTP
-        ({1: 15e-6, 2: 8e-6, 4: 3e-6}, 2.0, 4),  # short calls run on the loop anyway (inline_rows)
-        ({1: 0.02, 2: 0.015, 4: 0.013}, 1.0, 2),  # batches of 4, but their 52 ms call is too long
-        ({1: 0.2, 2: 0.2}, 1.0, 0),  # a 200 ms call stays in the thread: the loop answers probes meanwhile
+        ({1: 490e-6, 2: 300e-6, 4: 260e-6}, 4),  # an MLP: alone up to the batch cap
+        ({1: 15e-6, 2: 8e-6, 4: 3e-6}, 4),  # short calls run on the loop anyway (inline_rows)
+        ({1: 0.02, 2: 0.015, 4: 0.013}, 2),  # batches of 4, but their 52 ms call is too long
+        ({1: 0.2, 2: 0.2}, 0),  # a 200 ms call stays in the thread: the loop answers probes meanwhile
     ],
-    ids=["one cpu", "half a cpu", "two cpus", "short calls", "long batch", "long call"],
+    ids=["mlp", "short calls", "long batch", "long call"],
 )
-def test_with_one_cpu_a_request_alone_runs_on_the_loop_up_to_a_call_of_alone_call_s(
-    tiny_model: TinyModel, costs: dict[int, float], usable_cpus: float, alone_rows: int
+def test_a_request_alone_runs_on_the_loop_up_to_a_call_of_alone_call_s(
+    tiny_model: TinyModel, costs: dict[int, float], alone_rows: int
 ) -> None:
-    policy = batch_policy.choose(tiny_model(), 4, table(costs), usable_cpus=usable_cpus)
+    policy = batch_policy.choose(tiny_model(), 4, table(costs))
     assert policy.alone_rows == alone_rows
     assert policy.describe()["alone_rows"] == alone_rows
     assert ("comes alone" in policy.summary()) is (alone_rows > policy.inline_rows)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -12,6 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from quantship.server import batcher as batcher_module
 from quantship.server.batcher import LONE_BATCHES, Batcher
 from quantship.server.errors import InferenceFailed, InvalidInput, NotReady, Overloaded
 from quantship.server.runner import Runner
@@ -352,3 +354,73 @@ async def test_past_inline_rows_only_a_request_that_comes_alone_runs_on_the_loop
     await asyncio.create_task(batcher.submit(rows(4), 4), name="too-big")
     assert runner.tasks == ["alone", "executor"]
     await batcher.close()
+
+
+class OffCpuClock:
+    """Stands in for batcher._time_off_cpu, the event loop thread's time off the CPU: the test moves it."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+
+    def __call__(self) -> float:
+        return self.seconds
+
+
+@pytest.mark.parametrize(
+    ("waited_s", "then_ran_in"),
+    [(1e-3, ["second", "third"]), (0.0, ["executor", "executor"])],
+    ids=["the loop waited for the next request", "the next request was already there"],
+)
+async def test_a_request_that_arrived_while_a_long_call_held_the_loop_sends_requests_through_the_queue(
+    tiny_model: TinyModel,
+    executor: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    waited_s: float,
+    then_ran_in: list[str],
+) -> None:
+    """At concurrency 2, a call running on the loop leaves the other client's request unread until it
+    ends, and the loop goes on to that request without waiting for input. Run on the loop in turn, the
+    two clients' requests would be read and called one after the other; so that one and the next go
+    through the queue until lone batches return. At concurrency 1 the loop waits for the next request
+    off the CPU, and it runs on the loop like the first."""
+    clock = OffCpuClock()
+    monkeypatch.setattr(batcher_module, "_time_off_cpu", clock)
+    runner = TaskRecorder(tiny_model())
+    batcher = Batcher(runner, BatchSettings(), executor=executor, inline_rows=0, alone_rows=3)  # type: ignore[arg-type]
+    batcher.start()
+    for _ in range(LONE_BATCHES):
+        await batcher.submit(rows(1), 1)
+    runner.tasks.clear()
+    await asyncio.create_task(batcher.submit(rows(1), 1), name="first")
+    for name in ("second", "third"):
+        clock.seconds += waited_s
+        await asyncio.create_task(batcher.submit(rows(1), 1), name=name)
+    assert runner.tasks == ["first", *then_ran_in]
+    await batcher.close()
+
+
+async def test_batches_of_one_that_left_requests_waiting_are_not_traffic_one_at_a_time(
+    tiny_model: TinyModel, executor: Any
+) -> None:
+    """With batches capped at one request (a model batching does not pay for), every batch holds one:
+    concurrency shows as requests still waiting when a batch ends, and such batches must not count
+    towards LONE_BATCHES."""
+    runner = TaskRecorder(tiny_model())
+    settings = BatchSettings(max_batch_size=1)
+    batcher = Batcher(runner, settings, executor=executor, inline_rows=0, alone_rows=1)  # type: ignore[arg-type]
+    batcher.start()
+    pairs = 3
+    for _ in range(pairs):
+        await asyncio.gather(batcher.submit(rows(1), 1), batcher.submit(rows(1), 1))
+    for _ in range(LONE_BATCHES - 2 * pairs):
+        await batcher.submit(rows(1), 1)
+    runner.tasks.clear()
+    await asyncio.create_task(batcher.submit(rows(1), 1), name="after")
+    assert runner.tasks == ["executor"]  # LONE_BATCHES batches of one, but the pairs' were not lone
+    await batcher.close()
+
+
+def test_time_off_cpu_counts_a_sleep() -> None:
+    before = batcher_module._time_off_cpu()
+    time.sleep(0.01)
+    assert batcher_module._time_off_cpu() - before >= 0.009
