@@ -686,7 +686,8 @@ _SERVE, _BATCH, _QUALITY = (
     "--threads",
     type=click.IntRange(min=1),
     default=_default(_SERVE, "threads"),
-    help="onnxruntime intra-op threads (default: its own).",
+    help="onnxruntime intra-op threads (default: its own, one per physical core; under a smaller CPU "
+    "quota, the quota).",
 )
 @click.option(
     "--capture-dir",

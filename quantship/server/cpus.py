@@ -20,10 +20,23 @@ V1_CPU_MOUNTS = ("cpu", "cpu,cpuacct")
 
 def usable(cgroup_root: Path = CGROUP_ROOT, membership: Path = MEMBERSHIP) -> float:
     """CPUs' worth of time this process can get (fractional under a quota such as 1.5)."""
-    get_affinity = getattr(os, "sched_getaffinity", None)  # Linux only
-    affinity = float(len(get_affinity(0)) if get_affinity is not None else os.cpu_count() or 1)
     quotas = [quota for group in _own_groups(cgroup_root, membership) if (quota := _quota(group)) is not None]
-    return min([affinity, *quotas])
+    return min([_affinity(), *quotas])
+
+
+def serving_threads(cgroup_root: Path = CGROUP_ROOT, membership: Path = MEMBERSHIP) -> int | None:
+    """onnxruntime intra-op threads for a serving session nobody chose a number for: None (onnxruntime's
+    own default, one per physical core it may run on, which follows the affinity), unless a CPU quota
+    allows less than the affinity holds: then the quota, rounded down, at least one. onnxruntime does
+    not read cgroup quotas (microsoft/onnxruntime#29510), so a pod with limits.cpu: 2 on a 64-core node
+    would get a pool of 32 threads, spinning against a quota of 2 that throttles them all."""
+    cpus = usable(cgroup_root, membership)
+    return None if cpus >= _affinity() else max(1, int(cpus))
+
+
+def _affinity() -> float:
+    get_affinity = getattr(os, "sched_getaffinity", None)  # Linux only
+    return float(len(get_affinity(0)) if get_affinity is not None else os.cpu_count() or 1)
 
 
 def _own_groups(root: Path, membership: Path) -> Iterator[Path]:

@@ -36,7 +36,7 @@ from quantship.artifact import (
     load_artifact,
     load_public_key,
 )
-from quantship.server import batch_policy, hardware, probe
+from quantship.server import batch_policy, cpus, hardware, probe
 from quantship.server import runner as runner_module
 from quantship.server.background import CpuBudget, Lane, lower_priority
 from quantship.server.batcher import Batcher
@@ -241,8 +241,11 @@ class ModelService:
                 raise LoadRefused(
                     f"--capture-dir {settings.capture_dir} is not writable: {exc}", reason="io"
                 ) from exc
+        threads = settings.threads or cpus.serving_threads()
+        if threads != settings.threads:
+            log.info("onnxruntime intra-op threads: %d, what the CPU quota allows", threads)
         try:
-            runner = Runner.load(loaded.model_path, threads=settings.threads)
+            runner = Runner.load(loaded.model_path, threads=threads)
         except UnsupportedModel as exc:
             raise LoadRefused(f"{loaded.model_path}: {exc}", reason="model") from exc
         self._check_hardware(loaded, runner)

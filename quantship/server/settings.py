@@ -108,8 +108,9 @@ class ServerSettings:
     """ed25519 public key (PEM): when given, an artifact without a valid signature is refused."""
     threads: int | None = None
     """onnxruntime intra-op threads of the serving session; None lets onnxruntime choose (one per
-    physical core). Background sessions (reference, clip observer) always use one thread, so the
-    SLIs never take more than one core away from serving."""
+    physical core it may run on), or under a CPU quota that allows less (Kubernetes' limits.cpu), the
+    quota rounded down (cpus.serving_threads). Background sessions (reference, clip observer) always
+    use one thread, so the SLIs never take more than one core away from serving."""
     max_body_bytes: int = 16 * MiB
     """Largest request body accepted, in bytes; larger ones get 413 before being read. 16 MiB holds
     a batch of 64 float32 224x224 images, far beyond the digits model's 256 bytes a row."""

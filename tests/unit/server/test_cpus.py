@@ -88,3 +88,20 @@ def test_a_process_pinned_to_one_cpu_has_one() -> None:
         ["taskset", "-c", cpu, sys.executable, "-c", code], capture_output=True, text=True, check=True
     )
     assert 0 < float(pinned.stdout) <= 1.0  # one, or less under a CPU quota
+
+
+@pytest.mark.parametrize(
+    ("quota", "expected"),
+    [
+        ("50000 100000\n", 1),  # limits.cpu: 500m: one thread, not none
+        ("150000 100000\n", None if AFFINITY <= 1.5 else 1),  # 1.5 CPUs: one thread, rounded down
+        ("max 100000\n", None),  # no quota: onnxruntime's own default, which follows the affinity
+        (f"{AFFINITY * 100000} 100000\n", None),  # a quota no smaller than the affinity
+    ],
+    ids=["half a cpu", "one and a half", "no quota", "quota of the affinity"],
+)
+def test_serving_threads_follow_a_cpu_quota_smaller_than_the_affinity(
+    tmp_path: Path, quota: str, expected: int | None
+) -> None:
+    at_root = membership(tmp_path, "0::/\n")
+    assert cpus.serving_threads(cgroup(tmp_path, {"cpu.max": quota}), at_root) == expected
