@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from quantship.server import cpus
 from quantship.server.runner import Runner
 
 CHEAPER = 0.9
@@ -44,16 +45,16 @@ onnxruntime (which releases the GIL) runs. Decided per call by its rows, not onc
 batch: on a slower CPU digits INT8 takes 36-72 µs for one row but 110-190 µs for 32, and a server
 at concurrency 1 (one-row calls) should not pay the hand-off because full batches would."""
 ALONE_CALL_S = 0.05
-"""A request that comes alone (batcher.LONE_BATCHES, and none arrived unseen during the last such
-call: batcher.UNSEEN_WAIT_S) runs on the event loop for calls up to this long, whatever
-INLINE_CALL_S says: with nothing to overlap, the hand-off to the thread and back only costs. An MLP
-784-2048-2048-10 at c=1 on one core (0.7 ms a call): -12-15% CPU a request, +13-18% req/s.
-EfficientNet-Lite0 INT8 on 2 CPUs, 2 intra-op threads, gRPC at c=1 (a 3 ms call): p99 lower in 14
-of 14 rounds, 6.6-10.4 ms against 8.0-14.0 (2026-12-04). Under concurrency a call on the loop would
-hold back the next request's reading and decoding, which the thread overlaps with it (-3-7% req/s at
-c=2 and 4 on two CPUs, where lone requests ran on the loop whatever came meanwhile), so the batcher
-stops once a request arrived while such a call ran. Longer calls still go to the thread: the loop
-must answer health probes while a long call runs."""
+"""A request that comes alone (batcher.LONE_BATCHES) runs on the event loop for calls up to this
+long, whatever INLINE_CALL_S says: with nothing to overlap, the hand-off to the thread and back
+only costs. An MLP 784-2048-2048-10 at c=1 on one core (0.7 ms a call): -12-15% CPU a request,
++13-18% req/s. EfficientNet-Lite0 INT8 on 2 CPUs, 2 intra-op threads, gRPC at c=1 (a 3 ms call):
+p99 lower in 14 of 14 rounds, 6.6-10.4 ms against 8.0-14.0 (2026-12-04). With more than one CPU, a
+call on the loop would hold back a concurrent request's reading and decoding, which the thread
+overlaps with it (-3-7% req/s at c=2 and 4 when such requests ran on the loop in turn), so the
+batcher probes for concurrency there (batcher.ALONE_RUNS); with one CPU, running them in turn on
+the loop was the faster (MLP c=2: 518-624 against 396-547 req/s through the thread). Longer calls
+still go to the thread: the loop must answer health probes while a long call runs."""
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,9 @@ class BatchPolicy:
     alone_rows: int = 0
     """A request that comes alone runs on the event loop up to this many rows: the largest measured
     size whose call fits ALONE_CALL_S, or inline_rows if more."""
+    overlap: bool = True
+    """More than one CPU to run on: a call in the inference thread overlaps with the event loop's
+    work, so the batcher probes for concurrency behind calls on the loop (batcher.ALONE_RUNS)."""
 
     def summary(self) -> str:
         """The policy in a phrase, for the log."""
@@ -77,6 +81,7 @@ class BatchPolicy:
             text += f", calls of up to {self.inline_rows} rows on the event loop"
         if self.alone_rows > self.inline_rows:
             text += f", up to {self.alone_rows} rows for a request that comes alone"
+            text += " (probing for concurrency)" if self.overlap else " (one CPU)"
         return text
 
     def describe(self) -> dict[str, object]:
@@ -85,6 +90,7 @@ class BatchPolicy:
             "reason": self.reason,
             "inline_rows": self.inline_rows,
             "alone_rows": self.alone_rows,
+            "overlap": self.overlap,
             "microseconds_per_row": {
                 str(size): round(cost * 1e6, 1) for size, cost in self.seconds_per_row.items()
             },
@@ -95,9 +101,12 @@ def choose(
     runner: Runner,
     configured: int,
     measure: Callable[[Runner, int], float] | None = None,
+    *,
+    usable_cpus: float | None = None,
 ) -> BatchPolicy:
     """The batch size cap for `runner`, at most `configured`. `measure(runner, rows)` gives seconds per
-    row of one call (default: timed onnxruntime calls on zeros)."""
+    row of one call (default: timed onnxruntime calls on zeros); `usable_cpus` defaults to this
+    process's (cpus.usable)."""
     measure = measure if measure is not None else _seconds_per_row
     signature = runner.signature
     if not signature.batchable:
@@ -115,7 +124,8 @@ def choose(
         )
     inline_rows = _rows_within(costs, chosen, INLINE_CALL_S)
     alone_rows = max(inline_rows, _rows_within(costs, chosen, ALONE_CALL_S))
-    return BatchPolicy(chosen, reason, costs, inline_rows, alone_rows)
+    overlap = (usable_cpus if usable_cpus is not None else cpus.usable()) > 1
+    return BatchPolicy(chosen, reason, costs, inline_rows, alone_rows, overlap)
 
 
 def _measure_sizes(

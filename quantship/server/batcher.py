@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
@@ -57,17 +56,17 @@ LONE_BATCHES = 8
 enough to tell traffic at concurrency 1 from a lull between bursts."""
 
 
-UNSEEN_WAIT_S = 10e-6
-"""A request submitted after less than this much time off the CPU since a call that held the event
-loop ended had arrived while the call ran (`_arrived_during_a_long_call`): the loop went from the
-call to it without once waiting for input. At concurrency 1 the loop waits for the client's next
-request for longer than this (a wake-up alone takes tens of µs); a preemption in between errs
-towards running on the loop, as before this check."""
-
-
-def _time_off_cpu() -> float:
-    """Seconds the calling thread has spent off the CPU (asleep or preempted), plus a constant."""
-    return time.perf_counter() - time.thread_time()
+ALONE_RUNS = 16
+"""Where a call in the thread can overlap with the loop's work (`overlap`: more than one CPU),
+requests in a row that may run alone on the loop with a call past inline_rows; the next goes
+through the queue to the thread, as a probe. A call on the loop keeps requests that arrive
+meanwhile unread, so the loop cannot see concurrency there: a second client's request waits in its
+socket and then looks alone in turn, and the two clients' requests are read and run one after the
+other where the thread would overlap them. The probe's call leaves the loop free to read them, and
+a request waiting when it ends stops the skipping (`_ran`). At concurrency 1 it costs one hand-off
+in ALONE_RUNS + 1 requests. (Telling concurrency by the loop's time off the CPU since the call
+ended failed with a fast client: at c=1, wrk's next request arrived before the loop had finished
+with the last one for a third of the requests.)"""
 
 
 class _Wake:
@@ -95,6 +94,7 @@ class Batcher:
         executor: Executor,
         inline_rows: int = 0,
         alone_rows: int | None = None,
+        overlap: bool = True,
         observer: BatchObserver | None = None,
     ) -> None:
         self.runner = runner
@@ -104,6 +104,10 @@ class Batcher:
         self.executor = executor
         self.inline_rows = inline_rows
         self.alone_rows = inline_rows if alone_rows is None else alone_rows
+        self.overlap = overlap
+        """A call in the inference thread can overlap with the loop's work (more than one CPU), so
+        concurrency behind a call on the loop costs: probe for it (ALONE_RUNS). With one CPU there
+        is nothing to overlap, and a request that looks alone runs on the loop whatever waits."""
         self.observer = observer if observer is not None else _NoObserver()
         self._queue: asyncio.Queue[_Job | _Wake | None] = asyncio.Queue(settings.max_queue_size)
         self._task: asyncio.Task[None] | None = None
@@ -119,8 +123,8 @@ class Batcher:
         """A request ran alone on the loop in this turn of the event loop (see `submit`)."""
         self._lone_batches = 0
         """Batches in a row that held one request: traffic without concurrency (see `_alone`)."""
-        self._long_call_ended: float | None = None
-        """_time_off_cpu() when the last call past inline_rows that ran alone on the loop ended."""
+        self._alone_runs = 0
+        """Requests in a row that ran alone with a call past inline_rows (see ALONE_RUNS)."""
 
     def start(self) -> None:
         self._task = self.loop.create_task(self._work(), name="batcher")
@@ -136,8 +140,6 @@ class Batcher:
         if self._closing:
             raise NotReady("the server is shutting down")
         loop = self.loop
-        if self._arrived_during_a_long_call():
-            self._lone_batches = 0
         if self._alone(rows):
             self._ran_alone_this_turn = True
             loop.call_soon(self._next_turn)
@@ -162,24 +164,16 @@ class Batcher:
         requests that arrive together run in the same turn of the loop, so only the first of a turn
         may skip, and only after LONE_BATCHES batches in a row held one request. A request queued
         behind one that skipped shows concurrency and stops the skipping until single-request
-        batches come back."""
+        batches come back; so does one that came while a probe ran (ALONE_RUNS)."""
         return (
             self._lone_batches >= LONE_BATCHES
             and self._idle
             and not self._ran_alone_this_turn
             and rows <= self.alone_rows
+            and (rows <= self.inline_rows or not self.overlap or self._alone_runs < ALONE_RUNS)
             and self.delay == 0
             and self._queue.empty()
         )
-
-    def _arrived_during_a_long_call(self) -> bool:
-        """Whether this request came while a call longer than a hand-off held the loop: concurrency the
-        loop could not see (the second client's request waited unread in its socket), under which
-        running each request on the loop in turn holds back the next one's reading and decoding.
-        Told by the loop thread's time off the CPU since that call ended: none means it went on to
-        this request without waiting for one (UNSEEN_WAIT_S)."""
-        ended, self._long_call_ended = self._long_call_ended, None
-        return ended is not None and _time_off_cpu() - ended < UNSEEN_WAIT_S
 
     def _next_turn(self) -> None:
         self._ran_alone_this_turn = False
@@ -270,23 +264,23 @@ class Batcher:
                 job.future.set_result(result)
 
     def _ran(self, requests: int) -> None:
-        """Count a batch that ran: lone if it held one request and none waited when it ended (with
-        batches capped at one request, that is how concurrency shows)."""
-        lone = requests == 1 and self._queue.empty()
+        """Count a batch that ran: lone if it held one request and, where concurrency costs
+        (`overlap`), none waited when it ended: with batches capped at one request, that is how
+        concurrency shows."""
+        lone = requests == 1 and not (self.overlap and not self._queue.empty())
         self._lone_batches = self._lone_batches + 1 if lone else 0
 
     def _run_alone(self, inputs: Tensors, rows: int) -> Outputs:
         """One request as a batch of its own, on the event loop; as `_execute` would answer it."""
         try:
             self._ran(1)
+            if rows > self.inline_rows:
+                self._alone_runs += 1
             self.observer.waited(0.0)
             self.observer.batch_ran(rows)
             [result] = self.runner.run_batch([inputs], [rows])
         except Exception as exc:
             raise _failure(exc, rows) from None
-        finally:
-            if rows > self.inline_rows:
-                self._long_call_ended = _time_off_cpu()
         if isinstance(result, ServerError):
             raise result
         return result
@@ -294,6 +288,7 @@ class Batcher:
     async def _run(self, batch: Sequence[_Job], rows: int) -> list[Outcome]:
         loop = self.loop
         started = loop.time()
+        self._alone_runs = 0  # a probe, or traffic through the queue anyway
         for job in batch:
             self.observer.waited(started - job.enqueued)
         self.observer.batch_ran(rows)

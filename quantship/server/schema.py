@@ -59,7 +59,8 @@ class ModelMetadata(BaseModel):
         None,
         description="The batching policy measured at load: max_batch_size, reason, microseconds per row, "
         "inline_rows (calls of at most this many rows run on the event loop; 0: none), alone_rows (the same "
-        "for a request that comes alone, while none arrive during its call).",
+        "for a request that comes alone), overlap (more than one CPU: requests that look alone are probed "
+        "for concurrency).",
     )
 
 

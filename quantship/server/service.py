@@ -324,6 +324,7 @@ class ModelService:
             executor=self._infer_executor,
             inline_rows=opened.batching.inline_rows,
             alone_rows=opened.batching.alone_rows,
+            overlap=opened.batching.overlap,
             observer=self.metrics,
         )
         batcher.start()

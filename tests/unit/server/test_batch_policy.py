@@ -91,6 +91,16 @@ def test_a_request_alone_runs_on_the_loop_up_to_a_call_of_alone_call_s(
     assert ("comes alone" in policy.summary()) is (alone_rows > policy.inline_rows)
 
 
+@pytest.mark.parametrize(("usable_cpus", "overlap"), [(0.5, False), (1.0, False), (1.5, True), (2.0, True)])
+def test_with_more_than_one_cpu_the_thread_overlaps_the_loop_and_lone_requests_are_probed(
+    tiny_model: TinyModel, usable_cpus: float, overlap: bool
+) -> None:
+    policy = batch_policy.choose(tiny_model(), 2, table({1: 490e-6, 2: 300e-6}), usable_cpus=usable_cpus)
+    assert policy.overlap is overlap
+    assert policy.describe()["overlap"] is overlap
+    assert ("probing for concurrency" in policy.summary()) is overlap
+
+
 def test_a_size_a_burst_made_look_dear_is_climbed_past_in_a_later_round(tiny_model: TinyModel) -> None:
     """On a busy core one round can meet a burst of other work (the server's own start, a neighbour):
     the fastest of the rounds counts, and a later round climbs on where that one stopped."""

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -13,8 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from quantship.server import batcher as batcher_module
-from quantship.server.batcher import LONE_BATCHES, Batcher
+from quantship.server.batcher import ALONE_RUNS, LONE_BATCHES, Batcher
 from quantship.server.errors import InferenceFailed, InvalidInput, NotReady, Overloaded
 from quantship.server.runner import Runner
 from quantship.server.settings import BatchSettings
@@ -356,46 +354,78 @@ async def test_past_inline_rows_only_a_request_that_comes_alone_runs_on_the_loop
     await batcher.close()
 
 
-class OffCpuClock:
-    """Stands in for batcher._time_off_cpu, the event loop thread's time off the CPU: the test moves it."""
+def alone_ready(runner: Any, executor: Any, *, overlap: bool = True) -> Batcher:
+    """A batcher whose calls all pass inline_rows (the thread's, or the loop's for a request alone):
+    after `lone_batches`, the next request runs alone."""
+    settings = BatchSettings()
+    batcher = Batcher(runner, settings, executor=executor, inline_rows=0, alone_rows=3, overlap=overlap)
+    batcher.start()
+    return batcher
 
-    def __init__(self) -> None:
-        self.seconds = 0.0
 
-    def __call__(self) -> float:
-        return self.seconds
+async def lone_batches(batcher: Batcher) -> None:
+    for _ in range(LONE_BATCHES):
+        await batcher.submit(rows(1), 1)
 
 
 @pytest.mark.parametrize(
-    ("waited_s", "then_ran_in"),
-    [(1e-3, ["second", "third"]), (0.0, ["executor", "executor"])],
-    ids=["the loop waited for the next request", "the next request was already there"],
+    ("overlap", "pattern"),
+    [(True, ["caller"] * ALONE_RUNS + ["executor"]), (False, ["caller"] * (ALONE_RUNS + 1))],
+    ids=["more than one cpu", "one cpu"],
 )
-async def test_a_request_that_arrived_while_a_long_call_held_the_loop_sends_requests_through_the_queue(
-    tiny_model: TinyModel,
-    executor: Any,
-    monkeypatch: pytest.MonkeyPatch,
-    waited_s: float,
-    then_ran_in: list[str],
+async def test_past_inline_rows_one_request_in_alone_runs_goes_through_the_queue_as_a_probe(
+    tiny_model: TinyModel, executor: Any, overlap: bool, pattern: list[str]
 ) -> None:
-    """At concurrency 2, a call running on the loop leaves the other client's request unread until it
-    ends, and the loop goes on to that request without waiting for input. Run on the loop in turn, the
-    two clients' requests would be read and called one after the other; so that one and the next go
-    through the queue until lone batches return. At concurrency 1 the loop waits for the next request
-    off the CPU, and it runs on the loop like the first."""
-    clock = OffCpuClock()
-    monkeypatch.setattr(batcher_module, "_time_off_cpu", clock)
+    """Where a call in the thread overlaps the loop's work; with one CPU nothing needs probing."""
     runner = TaskRecorder(tiny_model())
-    batcher = Batcher(runner, BatchSettings(), executor=executor, inline_rows=0, alone_rows=3)  # type: ignore[arg-type]
-    batcher.start()
-    for _ in range(LONE_BATCHES):
+    batcher = alone_ready(runner, executor, overlap=overlap)
+    await lone_batches(batcher)
+    runner.tasks.clear()
+    for _ in range(2 * (ALONE_RUNS + 1)):
+        await asyncio.create_task(batcher.submit(rows(1), 1), name="caller")
+    assert runner.tasks == pattern * 2  # at c=1, the probes find nothing and the skipping goes on
+    await batcher.close()
+
+
+class HeldInThread(TaskRecorder):
+    """A TaskRecorder whose calls in the inference thread wait for `open`, so that requests can
+    arrive while one runs; `running` is set when one has begun."""
+
+    def __init__(self, runner: Runner) -> None:
+        super().__init__(runner)
+        self.open, self.running = threading.Event(), threading.Event()
+        self.open.set()
+
+    def run_batch(self, requests: Any, row_counts: Any) -> Any:
+        outcomes = super().run_batch(requests, row_counts)
+        if self.tasks[-1] == "executor":
+            self.running.set()
+            self.open.wait(10)
+        return outcomes
+
+
+async def test_a_request_that_arrives_while_the_probe_runs_stops_the_skipping(
+    tiny_model: TinyModel, executor: Any
+) -> None:
+    """At concurrency 2, a second client's request arrives while a call runs on the loop and is read
+    only once it ends: it looks alone, and so would every request after it. The probe's call runs
+    in the thread, the loop reads the request that comes meanwhile, and requests go through the
+    queue from then on, until lone batches return."""
+    runner = HeldInThread(tiny_model())
+    batcher = alone_ready(runner, executor)
+    await lone_batches(batcher)
+    for _ in range(ALONE_RUNS):
         await batcher.submit(rows(1), 1)
     runner.tasks.clear()
-    await asyncio.create_task(batcher.submit(rows(1), 1), name="first")
-    for name in ("second", "third"):
-        clock.seconds += waited_s
-        await asyncio.create_task(batcher.submit(rows(1), 1), name=name)
-    assert runner.tasks == ["first", *then_ran_in]
+    runner.open.clear()
+    probe = asyncio.create_task(batcher.submit(rows(1), 1), name="probe")
+    await asyncio.to_thread(runner.running.wait, 10)
+    second = asyncio.create_task(batcher.submit(rows(1), 1), name="second")
+    await asyncio.sleep(0)  # queued behind the probe
+    runner.open.set()
+    await asyncio.gather(probe, second)
+    await asyncio.create_task(batcher.submit(rows(1), 1), name="next")
+    assert runner.tasks == ["executor"] * 3  # the probe, the one that came meanwhile, and the next
     await batcher.close()
 
 
@@ -403,11 +433,11 @@ async def test_batches_of_one_that_left_requests_waiting_are_not_traffic_one_at_
     tiny_model: TinyModel, executor: Any
 ) -> None:
     """With batches capped at one request (a model batching does not pay for), every batch holds one:
-    concurrency shows as requests still waiting when a batch ends, and such batches must not count
-    towards LONE_BATCHES."""
+    concurrency shows as requests still waiting when a batch ends, and where it costs (`overlap`),
+    such batches must not count towards LONE_BATCHES."""
     runner = TaskRecorder(tiny_model())
     settings = BatchSettings(max_batch_size=1)
-    batcher = Batcher(runner, settings, executor=executor, inline_rows=0, alone_rows=1)  # type: ignore[arg-type]
+    batcher = Batcher(runner, settings, executor=executor, inline_rows=0, alone_rows=1, overlap=True)  # type: ignore[arg-type]
     batcher.start()
     pairs = 3
     for _ in range(pairs):
@@ -418,9 +448,3 @@ async def test_batches_of_one_that_left_requests_waiting_are_not_traffic_one_at_
     await asyncio.create_task(batcher.submit(rows(1), 1), name="after")
     assert runner.tasks == ["executor"]  # LONE_BATCHES batches of one, but the pairs' were not lone
     await batcher.close()
-
-
-def test_time_off_cpu_counts_a_sleep() -> None:
-    before = batcher_module._time_off_cpu()
-    time.sleep(0.01)
-    assert batcher_module._time_off_cpu() - before >= 0.009
