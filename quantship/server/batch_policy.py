@@ -49,7 +49,7 @@ ALONE_CALL_S = 0.05
 long, whatever INLINE_CALL_S says: with nothing to overlap, the hand-off to the thread and back
 only costs. An MLP 784-2048-2048-10 at c=1 on one core (0.7 ms a call): -12-15% CPU a request,
 +13-18% req/s. EfficientNet-Lite0 INT8 on 2 CPUs, 2 intra-op threads, gRPC at c=1 (a 3 ms call):
-p99 lower in 14 of 14 rounds, 6.6-10.4 ms against 8.0-14.0 (2026-12-04). With more than one CPU, a
+a lower p99 in 19 of 19 interleaved rounds over four runs (2026-12-04). With more than one CPU, a
 call on the loop would hold back a concurrent request's reading and decoding, which the thread
 overlaps with it (-3-7% req/s at c=2 and 4 when such requests ran on the loop in turn), so the
 batcher probes for concurrency there (batcher.ALONE_RUNS); with one CPU, running them in turn on

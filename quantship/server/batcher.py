@@ -267,8 +267,8 @@ class Batcher:
         """Count a batch that ran: lone if it held one request and, where concurrency costs
         (`overlap`), none waited when it ended: with batches capped at one request, that is how
         concurrency shows."""
-        lone = requests == 1 and not (self.overlap and not self._queue.empty())
-        self._lone_batches = self._lone_batches + 1 if lone else 0
+        others_waited = self.overlap and not self._queue.empty()
+        self._lone_batches = self._lone_batches + 1 if requests == 1 and not others_waited else 0
 
     def _run_alone(self, inputs: Tensors, rows: int) -> Outputs:
         """One request as a batch of its own, on the event loop; as `_execute` would answer it."""
