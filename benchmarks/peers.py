@@ -224,8 +224,8 @@ def _wait(url: str, body: str, process: subprocess.Popen[bytes] | None, timeout:
 
 class PinnedServer(ServerProcess):
     """quantship started on the server core, not moved there once up: its batch policy depends on
-    the CPUs it may use when it loads (batch_policy.ALONE_CALL_S). The peers' do not, so they are
-    moved once up, as before."""
+    the CPUs it may use when it loads (BatchPolicy.overlap: with one, lone requests are not probed
+    for concurrency). The peers' do not, so they are moved once up, as before."""
 
     def command(self) -> list[str]:
         return ["taskset", "-c", SERVER_CORE, *super().command()]

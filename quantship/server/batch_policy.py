@@ -49,9 +49,10 @@ ALONE_CALL_S = 0.05
 long, whatever INLINE_CALL_S says: with nothing to overlap, the hand-off to the thread and back
 only costs. An MLP 784-2048-2048-10 at c=1 on one core (0.7 ms a call): -12-15% CPU a request,
 +13-18% req/s. EfficientNet-Lite0 INT8 on 2 CPUs, 2 intra-op threads, gRPC at c=1 (a 3 ms call):
-a lower p99 in 19 of 19 interleaved rounds over four runs (2026-12-04). With more than one CPU, a
-call on the loop would hold back a concurrent request's reading and decoding, which the thread
-overlaps with it (-3-7% req/s at c=2 and 4 when such requests ran on the loop in turn), so the
+a lower p99 in 19 of 19 interleaved rounds over four runs of three forms of the rule, 5 of 5 for
+this one (2026-12-04). With more than one CPU, a call on the loop would hold back a concurrent
+request's reading and decoding, which the thread overlaps with it (3-10% fewer req/s at c=2 in
+sessions 15 and 16, where such requests ran on the loop in turn), so the
 batcher probes for concurrency there (batcher.ALONE_RUNS); with one CPU, running them in turn on
 the loop was the faster (MLP c=2: 518-624 against 396-547 req/s through the thread). Longer calls
 still go to the thread: the loop must answer health probes while a long call runs."""
@@ -108,11 +109,13 @@ def choose(
     row of one call (default: timed onnxruntime calls on zeros); `usable_cpus` defaults to this
     process's (cpus.usable)."""
     measure = measure if measure is not None else _seconds_per_row
+    overlap = (usable_cpus if usable_cpus is not None else cpus.usable()) > 1
     signature = runner.signature
     if not signature.batchable:
-        return BatchPolicy(1, "the model has no batch dimension")
+        return BatchPolicy(1, "the model has no batch dimension", overlap=overlap)
     if any(None in spec.shape[1:] or spec.datatype == "BYTES" for spec in signature.inputs):
-        return BatchPolicy(configured, "not measured: inputs with open dimensions besides the batch")
+        reason = "not measured: inputs with open dimensions besides the batch"
+        return BatchPolicy(configured, reason, overlap=overlap)
     if configured == 1:
         costs, chosen, reason = {1: measure(runner, 1)}, 1, "--max-batch-size 1"
     else:
@@ -124,7 +127,6 @@ def choose(
         )
     inline_rows = _rows_within(costs, chosen, INLINE_CALL_S)
     alone_rows = max(inline_rows, _rows_within(costs, chosen, ALONE_CALL_S))
-    overlap = (usable_cpus if usable_cpus is not None else cpus.usable()) > 1
     return BatchPolicy(chosen, reason, costs, inline_rows, alone_rows, overlap)
 
 

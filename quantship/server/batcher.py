@@ -265,10 +265,10 @@ class Batcher:
 
     def _ran(self, requests: int) -> None:
         """Count a batch that ran: lone if it held one request and, where concurrency costs
-        (`overlap`), none waited when it ended: with batches capped at one request, that is how
-        concurrency shows."""
-        others_waited = self.overlap and not self._queue.empty()
-        self._lone_batches = self._lone_batches + 1 if requests == 1 and not others_waited else 0
+        (`overlap`), none waited in the queue when it ended: with batches capped at one request,
+        that is how concurrency shows."""
+        concurrency_seen = self.overlap and not self._queue.empty()
+        self._lone_batches = self._lone_batches + 1 if requests == 1 and not concurrency_seen else 0
 
     def _run_alone(self, inputs: Tensors, rows: int) -> Outputs:
         """One request as a batch of its own, on the event loop; as `_execute` would answer it."""

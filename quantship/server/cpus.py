@@ -29,7 +29,12 @@ def serving_threads(cgroup_root: Path = CGROUP_ROOT, membership: Path = MEMBERSH
     own default, one per physical core it may run on, which follows the affinity), unless a CPU quota
     allows less than the affinity holds: then the quota, rounded down, at least one. onnxruntime does
     not read cgroup quotas (microsoft/onnxruntime#29510), so a pod with limits.cpu: 2 on a 64-core node
-    would get a pool of 32 threads, spinning against a quota of 2 that throttles them all."""
+    would get a pool of 32 threads, spinning against a quota of 2 that throttles them all. A deployer's
+    ORT_INTRA_OP_NUM_THREADS (read by onnxruntime itself since that issue's fix) is left to it. On
+    a host with SMT, a quota between the physical cores and the logical CPUs (limits.cpu: 6 on 4
+    cores, 8 threads) gives more threads than onnxruntime's own default would."""
+    if os.environ.get("ORT_INTRA_OP_NUM_THREADS"):
+        return None
     cpus = usable(cgroup_root, membership)
     return None if cpus >= _affinity() else max(1, int(cpus))
 

@@ -404,40 +404,47 @@ class HeldInThread(TaskRecorder):
         return outcomes
 
 
+@pytest.mark.parametrize(
+    ("another_comes", "then_ran_in"),
+    [(True, ["executor", "executor"]), (False, ["next"])],
+    ids=["a request comes meanwhile", "none comes"],
+)
 async def test_a_request_that_arrives_while_the_probe_runs_stops_the_skipping(
-    tiny_model: TinyModel, executor: Any
+    tiny_model: TinyModel, executor: Any, another_comes: bool, then_ran_in: list[str]
 ) -> None:
     """At concurrency 2, a second client's request arrives while a call runs on the loop and is read
     only once it ends: it looks alone, and so would every request after it. The probe's call runs
     in the thread, the loop reads the request that comes meanwhile, and requests go through the
-    queue from then on, until lone batches return."""
+    queue from then on, until lone batches return. With none, the next request runs alone again."""
     runner = HeldInThread(tiny_model())
     batcher = alone_ready(runner, executor)
     await lone_batches(batcher)
-    for _ in range(ALONE_RUNS):
-        await batcher.submit(rows(1), 1)
     runner.tasks.clear()
+    for _ in range(ALONE_RUNS):
+        await asyncio.create_task(batcher.submit(rows(1), 1), name="alone")
+    runner.running.clear()
     runner.open.clear()
     probe = asyncio.create_task(batcher.submit(rows(1), 1), name="probe")
-    await asyncio.to_thread(runner.running.wait, 10)
-    second = asyncio.create_task(batcher.submit(rows(1), 1), name="second")
+    await asyncio.to_thread(runner.running.wait, 10)  # the probe's call has begun in the thread
+    meanwhile = [asyncio.create_task(batcher.submit(rows(1), 1), name="second")] if another_comes else []
     await asyncio.sleep(0)  # queued behind the probe
     runner.open.set()
-    await asyncio.gather(probe, second)
+    await asyncio.gather(probe, *meanwhile)
     await asyncio.create_task(batcher.submit(rows(1), 1), name="next")
-    assert runner.tasks == ["executor"] * 3  # the probe, the one that came meanwhile, and the next
+    assert runner.tasks == ["alone"] * ALONE_RUNS + ["executor", *then_ran_in]
     await batcher.close()
 
 
+@pytest.mark.parametrize(("overlap", "after_ran_in"), [(True, "executor"), (False, "after")])
 async def test_batches_of_one_that_left_requests_waiting_are_not_traffic_one_at_a_time(
-    tiny_model: TinyModel, executor: Any
+    tiny_model: TinyModel, executor: Any, overlap: bool, after_ran_in: str
 ) -> None:
     """With batches capped at one request (a model batching does not pay for), every batch holds one:
     concurrency shows as requests still waiting when a batch ends, and where it costs (`overlap`),
-    such batches must not count towards LONE_BATCHES."""
+    such batches must not count towards LONE_BATCHES. With one CPU they count, as before."""
     runner = TaskRecorder(tiny_model())
     settings = BatchSettings(max_batch_size=1)
-    batcher = Batcher(runner, settings, executor=executor, inline_rows=0, alone_rows=1, overlap=True)  # type: ignore[arg-type]
+    batcher = Batcher(runner, settings, executor=executor, inline_rows=0, alone_rows=1, overlap=overlap)
     batcher.start()
     pairs = 3
     for _ in range(pairs):
@@ -446,5 +453,5 @@ async def test_batches_of_one_that_left_requests_waiting_are_not_traffic_one_at_
         await batcher.submit(rows(1), 1)
     runner.tasks.clear()
     await asyncio.create_task(batcher.submit(rows(1), 1), name="after")
-    assert runner.tasks == ["executor"]  # LONE_BATCHES batches of one, but the pairs' were not lone
+    assert runner.tasks == [after_ran_in]  # LONE_BATCHES batches of one; each pair's first left one waiting
     await batcher.close()

@@ -105,3 +105,11 @@ def test_serving_threads_follow_a_cpu_quota_smaller_than_the_affinity(
 ) -> None:
     at_root = membership(tmp_path, "0::/\n")
     assert cpus.serving_threads(cgroup(tmp_path, {"cpu.max": quota}), at_root) == expected
+
+
+def test_serving_threads_leave_onnxruntimes_own_variable_to_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ORT_INTRA_OP_NUM_THREADS", "3")
+    quota = cgroup(tmp_path, {"cpu.max": "50000 100000\n"})
+    assert cpus.serving_threads(quota, membership(tmp_path, "0::/\n")) is None
