@@ -52,10 +52,10 @@ only costs. An MLP 784-2048-2048-10 at c=1 on one core (0.7 ms a call): -12-15% 
 a lower p99 in 19 of 19 interleaved rounds over four runs of three forms of the rule, 5 of 5 for
 this one (2026-12-04). With more than one CPU, a call on the loop would hold back a concurrent
 request's reading and decoding, which the thread overlaps with it (6-10% fewer req/s at c=2 in
-sessions 15 and 16, where such requests ran on the loop in turn), so the
-batcher probes for concurrency there (batcher.ALONE_RUNS); with one CPU, running them in turn on
-the loop was the faster (MLP c=2: 518-624 against 396-547 req/s through the thread). Longer calls
-still go to the thread: the loop must answer health probes while a long call runs."""
+sessions 15 and 16, where such requests ran on the loop in turn), so the batcher probes for
+concurrency there (batcher.ALONE_RUNS); with one CPU, running them in turn on the loop was the
+faster (MLP c=2: 518-624 against 396-547 req/s through the thread). Longer calls still go to the
+thread: the loop must answer health probes while a long call runs."""
 
 
 @dataclass(frozen=True)
