@@ -9,12 +9,17 @@ the path of its group below the host's root."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 MEMBERSHIP = Path("/proc/self/cgroup")
+CPU_TOPOLOGY = Path("/sys/devices/system/cpu")
+CORE_FILES = ("core_cpus_list", "thread_siblings_list")
+"""A CPU's topology file that lists the CPUs of its physical core, by the name since Linux 5.4 and the
+older one that it replaced."""
 V1_CPU_MOUNTS = ("cpu", "cpu,cpuacct")
 
 
@@ -24,19 +29,41 @@ def usable(cgroup_root: Path = CGROUP_ROOT, membership: Path = MEMBERSHIP) -> fl
     return min([_affinity(), *quotas])
 
 
-def serving_threads(cgroup_root: Path = CGROUP_ROOT, membership: Path = MEMBERSHIP) -> int | None:
+def serving_threads(
+    cgroup_root: Path = CGROUP_ROOT, membership: Path = MEMBERSHIP, topology: Path = CPU_TOPOLOGY
+) -> int | None:
     """onnxruntime intra-op threads for a serving session nobody chose a number for: None (onnxruntime's
     own default, one per physical core it may run on, which follows the affinity), unless a CPU quota
-    allows less than the affinity holds: then the quota, rounded down, at least one. onnxruntime does
-    not read cgroup quotas (microsoft/onnxruntime#29510), so a pod with limits.cpu: 2 on a 64-core node
-    would get a pool of 32 threads, spinning against a quota of 2 that throttles them all. A deployer's
-    ORT_INTRA_OP_NUM_THREADS (read by onnxruntime itself since that issue's fix) is left to it. On
-    a host with SMT, a quota between the physical cores and the logical CPUs (limits.cpu: 6 on 4
-    cores, 8 threads) gives more threads than onnxruntime's own default would."""
+    allows less than that default: then the quota, rounded down, at least one. onnxruntime does not
+    read cgroup quotas (microsoft/onnxruntime#29510), so a pod with limits.cpu: 2 on a 64-core node
+    would get a pool of 32 threads, spinning against a quota of 2 that throttles them all. On a host
+    with SMT, a quota between the physical cores and the logical CPUs (limits.cpu: 6 on 4 cores, 8
+    CPUs) keeps the default, one thread per core. A deployer's ORT_INTRA_OP_NUM_THREADS (read by
+    onnxruntime itself since that issue's fix) is left to it."""
     if os.environ.get("ORT_INTRA_OP_NUM_THREADS"):
         return None
     cpus = usable(cgroup_root, membership)
-    return None if cpus >= _affinity() else max(1, int(cpus))
+    default = physical_cores(topology) or _affinity()
+    return None if cpus >= default else max(1, int(cpus))
+
+
+def physical_cores(topology: Path = CPU_TOPOLOGY) -> int | None:
+    """Physical cores among the CPUs this process may run on, SMT siblings counted once, as
+    onnxruntime sizes its default pool; None where the topology cannot be read."""
+    get_affinity = getattr(os, "sched_getaffinity", None)  # Linux only
+    if get_affinity is None:
+        return None
+    cores = set()
+    for cpu in get_affinity(0):
+        siblings = None
+        for name in CORE_FILES:
+            with contextlib.suppress(OSError):
+                siblings = (topology / f"cpu{cpu}" / "topology" / name).read_text().strip()
+                break
+        if siblings is None:
+            return None
+        cores.add(siblings)
+    return len(cores) or None
 
 
 def _affinity() -> float:

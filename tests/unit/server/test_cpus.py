@@ -14,6 +14,19 @@ from quantship.server import cpus
 AFFINITY = len(os.sched_getaffinity(0))
 
 
+def topology(tmp_path: Path, threads_per_core: int, file: str = "core_cpus_list") -> Path:
+    """/sys/devices/system/cpu for the CPUs this process may use, `threads_per_core` of them to a
+    physical core (SMT siblings), each core listing its CPUs as the kernel does ("4,5") in `file`."""
+    root = tmp_path / "sys-devices-system-cpu"
+    allowed = sorted(os.sched_getaffinity(0))
+    for start in range(0, len(allowed), threads_per_core):
+        siblings = allowed[start : start + threads_per_core]
+        for cpu in siblings:
+            (root / f"cpu{cpu}" / "topology").mkdir(parents=True)
+            (root / f"cpu{cpu}" / "topology" / file).write_text(",".join(map(str, siblings)) + "\n")
+    return root
+
+
 def cgroup(tmp_path: Path, files: dict[str, str]) -> Path:
     root = tmp_path / "sys-fs-cgroup"
     for name, text in files.items():
@@ -104,7 +117,48 @@ def test_serving_threads_follow_a_cpu_quota_smaller_than_the_affinity(
     tmp_path: Path, quota: str, expected: int | None
 ) -> None:
     at_root = membership(tmp_path, "0::/\n")
-    assert cpus.serving_threads(cgroup(tmp_path, {"cpu.max": quota}), at_root) == expected
+    no_smt = topology(tmp_path, threads_per_core=1)
+    assert cpus.serving_threads(cgroup(tmp_path, {"cpu.max": quota}), at_root, no_smt) == expected
+
+
+PHYSICAL = -(-AFFINITY // 2)
+"""Physical cores of this process's CPUs taken two to a core."""
+
+
+@pytest.mark.parametrize(
+    ("quota", "expected"),
+    [
+        # between the physical cores and the CPUs: onnxruntime's default, one thread per core
+        (f"{PHYSICAL * 100000 + 50000} 100000\n", None),
+        ("50000 100000\n", 1),  # below the cores: the quota rounded down, at least one
+    ],
+    ids=["between cores and cpus", "below the cores"],
+)
+def test_serving_threads_on_smt_count_physical_cores(
+    tmp_path: Path, quota: str, expected: int | None
+) -> None:
+    smt = topology(tmp_path, threads_per_core=2)
+    assert cpus.physical_cores(smt) == PHYSICAL
+    assert (
+        cpus.serving_threads(cgroup(tmp_path, {"cpu.max": quota}), membership(tmp_path, "0::/\n"), smt)
+        == expected
+    )
+
+
+def test_kernels_before_5_4_name_a_cores_cpus_thread_siblings_list(tmp_path: Path) -> None:
+    assert cpus.physical_cores(topology(tmp_path, 2, file="thread_siblings_list")) == PHYSICAL
+
+
+def test_an_unreadable_topology_counts_every_cpu_a_core(tmp_path: Path) -> None:
+    assert cpus.physical_cores(tmp_path / "no-such-dir") is None
+    quota = cgroup(tmp_path, {"cpu.max": "150000 100000\n"})
+    expected = None if AFFINITY <= 1.5 else 1
+    assert cpus.serving_threads(quota, membership(tmp_path, "0::/\n"), tmp_path / "no-such-dir") == expected
+
+
+def test_the_hosts_topology_is_read() -> None:
+    assert cpus.physical_cores() is not None
+    assert 1 <= cpus.physical_cores() <= AFFINITY
 
 
 def test_serving_threads_leave_onnxruntimes_own_variable_to_it(
