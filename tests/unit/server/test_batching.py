@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from quantship.server.batcher import ALONE_RUNS, LONE_BATCHES, Batcher
+from quantship.server.batcher import LONE_BATCHES, PROBE_INTERVAL_S, Batcher
 from quantship.server.errors import InferenceFailed, InvalidInput, NotReady, Overloaded
 from quantship.server.runner import Runner
 from quantship.server.settings import BatchSettings
@@ -369,21 +369,25 @@ async def lone_batches(batcher: Batcher) -> None:
 
 
 @pytest.mark.parametrize(
-    ("overlap", "pattern"),
-    [(True, ["caller"] * ALONE_RUNS + ["executor"]), (False, ["caller"] * (ALONE_RUNS + 1))],
+    ("overlap", "after_the_interval"),
+    [(True, "executor"), (False, "caller")],
     ids=["more than one cpu", "one cpu"],
 )
-async def test_past_inline_rows_one_request_in_alone_runs_goes_through_the_queue_as_a_probe(
-    tiny_model: TinyModel, executor: Any, overlap: bool, pattern: list[str]
+async def test_past_inline_rows_a_request_a_probe_interval_goes_through_the_queue_as_a_probe(
+    tiny_model: TinyModel, executor: Any, overlap: bool, after_the_interval: str
 ) -> None:
     """Where a call in the thread overlaps the loop's work; with one CPU nothing needs probing."""
     runner = TaskRecorder(tiny_model())
     batcher = alone_ready(runner, executor, overlap=overlap)
     await lone_batches(batcher)
-    runner.tasks.clear()
-    for _ in range(2 * (ALONE_RUNS + 1)):
+    for _ in range(2):
+        runner.tasks.clear()
+        for _ in range(3):  # within the interval since the last batch through the queue
+            await asyncio.create_task(batcher.submit(rows(1), 1), name="caller")
+        await asyncio.sleep(PROBE_INTERVAL_S)
         await asyncio.create_task(batcher.submit(rows(1), 1), name="caller")
-    assert runner.tasks == pattern * 2  # at c=1, the probes find nothing and the skipping goes on
+        # at c=1, the probe finds nothing and the skipping goes on
+        assert runner.tasks == ["caller"] * 3 + [after_the_interval]
     await batcher.close()
 
 
@@ -420,8 +424,8 @@ async def test_a_request_that_arrives_while_the_probe_runs_stops_the_skipping(
     batcher = alone_ready(runner, executor)
     await lone_batches(batcher)
     runner.tasks.clear()
-    for _ in range(ALONE_RUNS):
-        await asyncio.create_task(batcher.submit(rows(1), 1), name="alone")
+    await asyncio.create_task(batcher.submit(rows(1), 1), name="alone")
+    await asyncio.sleep(PROBE_INTERVAL_S)
     runner.running.clear()
     runner.open.clear()
     probe = asyncio.create_task(batcher.submit(rows(1), 1), name="probe")
@@ -431,7 +435,7 @@ async def test_a_request_that_arrives_while_the_probe_runs_stops_the_skipping(
     runner.open.set()
     await asyncio.gather(probe, *meanwhile)
     await asyncio.create_task(batcher.submit(rows(1), 1), name="next")
-    assert runner.tasks == ["alone"] * ALONE_RUNS + ["executor", *then_ran_in]
+    assert runner.tasks == ["alone", "executor", *then_ran_in]
     await batcher.close()
 
 
