@@ -53,7 +53,7 @@ a lower p99 in 19 of 19 interleaved rounds over four runs of three forms of the 
 this one (2026-12-04). With more than one CPU, a call on the loop would hold back a concurrent
 request's reading and decoding, which the thread overlaps with it (6-10% fewer req/s at c=2 in
 sessions 15 and 16, where such requests ran on the loop in turn), so the batcher probes for
-concurrency there (batcher.PROBE_INTERVAL_S); with one CPU, running them in turn on the loop was the
+concurrency there (batcher.PROBE_AFTER_RUNS); with one CPU, running them in turn on the loop was the
 faster (MLP c=2: 518-624 against 396-547 req/s through the thread). Longer calls still go to the
 thread: the loop must answer health probes while a long call runs."""
 
@@ -73,7 +73,7 @@ class BatchPolicy:
     size whose call fits ALONE_CALL_S, or inline_rows if more."""
     overlap: bool = True
     """More than one CPU to run on: a call in the inference thread overlaps with the event loop's
-    work, so the batcher probes for concurrency behind calls on the loop (batcher.PROBE_INTERVAL_S)."""
+    work, so the batcher probes for concurrency behind calls on the loop (batcher.PROBE_AFTER_RUNS)."""
 
     def summary(self) -> str:
         """The policy in a phrase, for the log."""

@@ -58,20 +58,23 @@ enough to tell traffic at concurrency 1 from a lull between bursts."""
 
 
 PROBE_INTERVAL_S = 1.0
-"""Where a call in the thread can overlap with the loop's work (`overlap`: more than one CPU), how
-long after a batch through the queue requests may run alone on the loop with a call past
-inline_rows; the next goes through the queue to the thread, as a probe. A call on the loop keeps
-requests that arrive meanwhile unread, so the loop cannot see concurrency there: a second client's
-request waits in its socket and then looks alone in turn, and the two clients' requests are read
-and run one after the other where the thread would overlap them. The probe's call leaves the loop
-free to read them, and a request waiting when it ends stops the skipping (`_ran`). A probe costs
-one hand-off, whatever the model (EfficientNet-Lite0 INT8 at c=1, gRPC: 1.1 ms more than a request
-on the loop, on a 2-CPU KVM guest), so spacing probes by time bounds their cost to a share of the
-wall time, and hidden concurrency is found within PROBE_INTERVAL_S. Spaced by requests (one in 17),
-they were 6% of that model's requests and half of its slowest 1% (2026-12-04). (Telling
-concurrency by the loop's time off the CPU since the call ended failed with a fast client: at c=1,
-wrk's next request arrived before the loop had finished with the last one for a third of the
-requests.)"""
+"""Seconds since the last call in the inference thread before the next probe (PROBE_AFTER_RUNS)."""
+PROBE_AFTER_RUNS = 16
+"""Where a call in the thread can overlap with the loop's work (`overlap`: more than one CPU), a
+request that may run alone on the loop with a call past inline_rows goes through the queue to the
+thread instead, as a probe, once both PROBE_INTERVAL_S seconds and PROBE_AFTER_RUNS such requests
+have passed since the last call in the thread. A call on the loop keeps requests that arrive
+meanwhile unread, so the loop cannot see concurrency there: a second client's request waits in its
+socket and then looks alone in turn, and the two clients' requests are read and run one after the
+other where the thread would overlap them. The probe's call leaves the loop free to read them, and
+a request waiting when it ends stops the skipping (`_ran`). A probe costs one hand-off whatever the
+model (EfficientNet-Lite0 INT8 at c=1, gRPC: 1.1 ms more than a request on the loop, on a 2-CPU KVM
+guest): spaced by requests alone (one in 17), probes were 6% of that model's requests and half of
+its slowest 1% (2026-12-04); spaced by time too, they are ~0.1% of the wall time at any rate, one
+request in 17 at most at low traffic, and hidden concurrency is found within a second at high
+traffic. (Telling concurrency by the loop's time off the CPU since the call ended failed with a
+fast client: at c=1, wrk's next request arrived before the loop had finished with the last one for
+a third of the requests.)"""
 
 
 class _Wake:
@@ -111,8 +114,8 @@ class Batcher:
         self.alone_rows = inline_rows if alone_rows is None else alone_rows
         self.overlap = overlap
         """A call in the inference thread can overlap with the loop's work (more than one CPU), so
-        concurrency behind a call on the loop costs: probe for it (PROBE_INTERVAL_S). With one CPU there
-        is nothing to overlap, and a request that looks alone runs on the loop whatever waits."""
+        concurrency behind a call on the loop costs: probe for it (PROBE_AFTER_RUNS). With one CPU
+        there is nothing to overlap, and a request that looks alone runs on the loop whatever waits."""
         self.observer = observer if observer is not None else _NoObserver()
         self._queue: asyncio.Queue[_Job | _Wake | None] = asyncio.Queue(settings.max_queue_size)
         self._task: asyncio.Task[None] | None = None
@@ -128,9 +131,11 @@ class Batcher:
         """A request ran alone on the loop in this turn of the event loop (see `submit`)."""
         self._lone_batches = 0
         """Batches in a row that held one request: traffic without concurrency (see `_alone`)."""
-        self._queue_ran_at = -math.inf
-        """Loop time at which a batch through the queue last ended: a probe, or traffic through the
-        queue anyway (see PROBE_INTERVAL_S)."""
+        self._thread_ran_at = -math.inf
+        """Loop time at which the last call in the inference thread ended: a probe, or traffic
+        through the queue anyway (see PROBE_AFTER_RUNS)."""
+        self._alone_runs = 0
+        """Requests that ran alone on the loop with a call past inline_rows since then."""
 
     def start(self) -> None:
         self._task = self.loop.create_task(self._work(), name="batcher")
@@ -170,7 +175,7 @@ class Batcher:
         requests that arrive together run in the same turn of the loop, so only the first of a turn
         may skip, and only after LONE_BATCHES batches in a row held one request. A request queued
         behind one that skipped shows concurrency and stops the skipping until single-request
-        batches come back; so does one that came while a probe ran (PROBE_INTERVAL_S)."""
+        batches come back; so does one that came while a probe ran (PROBE_AFTER_RUNS)."""
         return (
             self._lone_batches >= LONE_BATCHES
             and self._idle
@@ -179,7 +184,8 @@ class Batcher:
             and (
                 rows <= self.inline_rows
                 or not self.overlap
-                or self.loop.time() - self._queue_ran_at < PROBE_INTERVAL_S
+                or self._alone_runs < PROBE_AFTER_RUNS
+                or self.loop.time() - self._thread_ran_at < PROBE_INTERVAL_S
             )
             and self.delay == 0
             and self._queue.empty()
@@ -284,6 +290,8 @@ class Batcher:
         """One request as a batch of its own, on the event loop; as `_execute` would answer it."""
         try:
             self._ran(1)
+            if rows > self.inline_rows:
+                self._alone_runs += 1
             self.observer.waited(0.0)
             self.observer.batch_ran(rows)
             [result] = self.runner.run_batch([inputs], [rows])
@@ -306,7 +314,8 @@ class Batcher:
             return await loop.run_in_executor(self.executor, self.runner.run_batch, inputs, row_counts)
         finally:
             self._ran(len(batch))  # once it ran: whether requests came meanwhile counts too
-            self._queue_ran_at = loop.time()
+            if rows > self.inline_rows:  # the loop was free during the call (a probe, or traffic)
+                self._thread_ran_at, self._alone_runs = loop.time(), 0
 
 
 def _failure(exc: Exception, rows: int) -> ServerError:

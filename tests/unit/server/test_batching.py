@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from quantship.server.batcher import LONE_BATCHES, PROBE_INTERVAL_S, Batcher
+from quantship.server.batcher import LONE_BATCHES, PROBE_AFTER_RUNS, PROBE_INTERVAL_S, Batcher
 from quantship.server.errors import InferenceFailed, InvalidInput, NotReady, Overloaded
 from quantship.server.runner import Runner
 from quantship.server.settings import BatchSettings
@@ -368,26 +368,36 @@ async def lone_batches(batcher: Batcher) -> None:
         await batcher.submit(rows(1), 1)
 
 
+async def alone(batcher: Batcher, requests: int = 1) -> None:
+    """Requests one at a time, each in a turn of the loop of its own (a task named "caller")."""
+    for _ in range(requests):
+        await asyncio.create_task(batcher.submit(rows(1), 1), name="caller")
+
+
 @pytest.mark.parametrize(
-    ("overlap", "after_the_interval"),
-    [(True, "executor"), (False, "caller")],
-    ids=["more than one cpu", "one cpu"],
+    ("overlap", "probe"), [(True, "executor"), (False, "caller")], ids=["more than one cpu", "one cpu"]
 )
-async def test_past_inline_rows_a_request_a_probe_interval_goes_through_the_queue_as_a_probe(
-    tiny_model: TinyModel, executor: Any, overlap: bool, after_the_interval: str
+async def test_past_inline_rows_a_probe_goes_through_the_queue_once_a_probe_interval_and_runs_have_passed(
+    tiny_model: TinyModel, executor: Any, overlap: bool, probe: str
 ) -> None:
-    """Where a call in the thread overlaps the loop's work; with one CPU nothing needs probing."""
+    """Where a call in the thread overlaps the loop's work; with one CPU nothing needs probing. At
+    c=1 the probes find nothing and the skipping goes on."""
     runner = TaskRecorder(tiny_model())
     batcher = alone_ready(runner, executor, overlap=overlap)
-    await lone_batches(batcher)
-    for _ in range(2):
-        runner.tasks.clear()
-        for _ in range(3):  # within the interval since the last batch through the queue
-            await asyncio.create_task(batcher.submit(rows(1), 1), name="caller")
+    await lone_batches(batcher)  # through the thread: the interval and the count start there
+    runner.tasks.clear()
+    await alone(batcher, 2 * PROBE_AFTER_RUNS)  # high traffic: the interval holds them on the loop
+    await asyncio.sleep(PROBE_INTERVAL_S * 0.9)
+    await alone(batcher)
+    await asyncio.sleep(PROBE_INTERVAL_S * 0.2)
+    await alone(batcher)
+    assert runner.tasks == ["caller"] * (2 * PROBE_AFTER_RUNS + 1) + [probe]
+
+    runner.tasks.clear()  # low traffic: a probe interval between requests, but probes only so often
+    for _ in range(PROBE_AFTER_RUNS + 1):
         await asyncio.sleep(PROBE_INTERVAL_S)
-        await asyncio.create_task(batcher.submit(rows(1), 1), name="caller")
-        # at c=1, the probe finds nothing and the skipping goes on
-        assert runner.tasks == ["caller"] * 3 + [after_the_interval]
+        await alone(batcher)
+    assert runner.tasks == ["caller"] * PROBE_AFTER_RUNS + [probe]
     await batcher.close()
 
 
@@ -424,7 +434,8 @@ async def test_a_request_that_arrives_while_the_probe_runs_stops_the_skipping(
     batcher = alone_ready(runner, executor)
     await lone_batches(batcher)
     runner.tasks.clear()
-    await asyncio.create_task(batcher.submit(rows(1), 1), name="alone")
+    for _ in range(PROBE_AFTER_RUNS):
+        await asyncio.create_task(batcher.submit(rows(1), 1), name="alone")
     await asyncio.sleep(PROBE_INTERVAL_S)
     runner.running.clear()
     runner.open.clear()
@@ -435,7 +446,7 @@ async def test_a_request_that_arrives_while_the_probe_runs_stops_the_skipping(
     runner.open.set()
     await asyncio.gather(probe, *meanwhile)
     await asyncio.create_task(batcher.submit(rows(1), 1), name="next")
-    assert runner.tasks == ["alone", "executor", *then_ran_in]
+    assert runner.tasks == ["alone"] * PROBE_AFTER_RUNS + ["executor", *then_ran_in]
     await batcher.close()
 
 
