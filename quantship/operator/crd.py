@@ -290,6 +290,14 @@ def _server_schema() -> dict[str, Any]:
                 "Share of requests whose activations are checked against calibrated ranges (clip rate SLI).",
                 exclusive_zero=False,
             ),
+            "sliCpuBudget": {
+                "type": "number",
+                "minimum": 0,
+                "maximum": 64,
+                "description": "CPU seconds a second the shadow and clip SLIs may spend, together; "
+                "samples past it are dropped and counted. Raise it where a model's SLIs get too few "
+                "samples for the analysis' minSamples (a large network at the default gets a few a minute).",
+            },
             "threads": _int("onnxruntime intra-op threads.", 1, 256),
         },
     )

@@ -26,6 +26,7 @@ SERVER_FLAGS = {
     "maxQueueSize": "--max-queue-size",
     "shadowRate": "--shadow-rate",
     "clipSampleRate": "--clip-sample-rate",
+    "sliCpuBudget": "--sli-cpu-budget",
     "threads": "--threads",
 }
 """spec.server fields -> `quantship serve` flags."""

@@ -131,6 +131,7 @@ DELETE = object()
         ("analysis.failureLimit", 0, "less than the minimum"),
         ("analysis.prometheusUrl", "prometheus:9090", "does not match"),
         ("server.shadowRate", 2, "greater than the maximum"),
+        ("server.sliCpuBudget", -1, "less than the minimum"),
     ],
 )
 def test_the_schema_rejects_a_resource_that_cannot_work(path: str, value: Any, complaint: str) -> None:

@@ -7,9 +7,10 @@ from typing import Any
 import kubernetes_validate
 import pytest
 
-from quantship.operator import resources
+from quantship import cli
+from quantship.operator import crd, resources
 from quantship.operator.kube import split
-from quantship.operator.spec import ModelSpec
+from quantship.operator.spec import SERVER_FLAGS, ModelSpec
 from quantship.rollout import Track
 
 OWNER = {
@@ -25,7 +26,7 @@ def model(**spec: Any) -> ModelSpec:
 
 
 def test_a_revision_runs_as_a_non_root_read_only_deployment_with_probes_and_scrape_annotations() -> None:
-    spec = model(server={"maxBatchSize": 8, "shadowRate": 0.1})
+    spec = model(server={"maxBatchSize": 8, "shadowRate": 0.1, "sliCpuBudget": 0.05})
     body = resources.deployment(spec, spec.revision, Track.CANARY, 2, OWNER)
 
     kubernetes_validate.validate(body, "1.30", strict=True)
@@ -48,6 +49,7 @@ def test_a_revision_runs_as_a_non_root_read_only_deployment_with_probes_and_scra
     assert args[:2] == ["serve", resources.MODEL_DIR]
     assert args[args.index("--track") + 1] == "canary" and args[args.index("--revision") + 1] == spec.revision
     assert args[args.index("--max-batch-size") + 1] == "8" and args[args.index("--shadow-rate") + 1] == "0.1"
+    assert args[args.index("--sli-cpu-budget") + 1] == "0.05"
     annotations = body["spec"]["template"]["metadata"]["annotations"]
     assert annotations == {
         "prometheus.io/scrape": "true",
@@ -64,6 +66,11 @@ def test_a_revision_runs_as_a_non_root_read_only_deployment_with_probes_and_scra
             "blockOwnerDeletion": True,
         }
     ]
+
+
+def test_every_server_field_of_the_crd_is_a_flag_that_quantship_serve_takes() -> None:
+    assert set(crd.spec_schema()["properties"]["server"]["properties"]) == set(SERVER_FLAGS)
+    assert set(SERVER_FLAGS.values()) <= {option for param in cli.serve.params for option in param.opts}
 
 
 def test_a_pvc_artifact_and_a_signing_key_are_mounted_read_only() -> None:
