@@ -2,7 +2,7 @@
 them off, under the peers suite's wrk load (digits INT8, one-row JSON, wrk on core 0, the servers
 pinned to core 1, one onnxruntime thread each).
 
-Default sampling is `--shadow-rate 0.05 --clip-sample-rate 0.05` within `--sli-cpu-budget 0.05`;
+Default sampling is `--shadow-rate 0.05 --clip-sample-rate 0.05` within the default `--sli-cpu-budget`;
 "off" is `--shadow-rate 0 --clip-sample-rate 0`. Three servers run at once: SLIs off, SLIs off
 again (the control), and default SLIs, and each cell loads all three at the same moment, one wrk
 each, so that they share core 1 and whatever this VM's speed does during the cell. The cost is how

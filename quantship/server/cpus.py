@@ -53,7 +53,7 @@ def physical_cores(topology: Path = CPU_TOPOLOGY) -> int | None:
     get_affinity = getattr(os, "sched_getaffinity", None)  # Linux only
     if get_affinity is None:
         return None
-    cores = set()
+    cores: set[str] = set()
     for cpu in get_affinity(0):
         siblings = None
         for name in CORE_FILES:

@@ -47,13 +47,12 @@ class QualitySettings:
     one core). Sampling by rate alone costs a share of the model's compute, and more than that on a
     large network (EfficientNet-Lite0: +60% server CPU a request at the default rates); the budget
     bounds what the SLIs take from serving at any traffic. Past it, samples are dropped and counted
-    (`quantship_samples_dropped_total{reason="budget"}`). 1%, not the 5% it was: on a model whose
-    reference and observer sessions are dear, every request served while the SLI thread works in the
-    gaps runs slower, although that thread yields the CPU at once (SCHED_IDLE: the caches and memory
-    bandwidth it shares are the likely cause), and at 5% it worked through 96% of EfficientNet-Lite0's
-    requests at c=1 (p50 +0.7 ms), and p99 read 1.4-3.1 ms over the SLIs off (medians of four
-    interleaved A/B runs, higher in 22 of 26 rounds); at 1%, level with them in two runs (2026-12-04).
-    A small model's samples are cheap, so there 1% still buys many a second."""
+    (`quantship_samples_dropped_total{reason="budget"}`). 1%, not the 5% it was: requests served
+    while the SLI thread works in the gaps run slower although it yields the CPU at once, and at 5%
+    it worked through almost every request of EfficientNet-Lite0 at c=1, p99 1.4-3.1 ms over the
+    SLIs off; at 1%, level with them (docs/performance-history.md, session 19). A small model's
+    samples are cheap, so there 1% still buys dozens a second; a large one's SLIs get a few a minute
+    unless a deployer raises it."""
     per_tensor_metrics: bool = False
     """Also export clip counts per activation tensor (`quantship_tensor_activations_*`): one series
     per quantized tensor, hundreds for a real network, so only for the debug dashboard."""

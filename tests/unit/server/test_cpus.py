@@ -157,8 +157,10 @@ def test_an_unreadable_topology_counts_every_cpu_a_core(tmp_path: Path) -> None:
 
 
 def test_the_hosts_topology_is_read() -> None:
-    assert cpus.physical_cores() is not None
-    assert 1 <= cpus.physical_cores() <= AFFINITY
+    if not (cpus.CPU_TOPOLOGY / f"cpu{min(os.sched_getaffinity(0))}" / "topology").is_dir():
+        pytest.skip("this kernel shows no CPU topology in sysfs (gVisor, some containers)")
+    cores = cpus.physical_cores()
+    assert cores is not None and 1 <= cores <= AFFINITY
 
 
 def test_serving_threads_leave_onnxruntimes_own_variable_to_it(
