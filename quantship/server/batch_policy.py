@@ -46,16 +46,17 @@ batch: on a slower CPU digits INT8 takes 36-72 µs for one row but 110-190 µs f
 at concurrency 1 (one-row calls) should not pay the hand-off because full batches would."""
 ALONE_CALL_S = 0.05
 """A request that comes alone (batcher.LONE_BATCHES) runs on the event loop for calls up to this
-long, whatever INLINE_CALL_S says: with nothing to overlap, the hand-off to the thread and back
-only costs. An MLP 784-2048-2048-10 at c=1 on one core (0.7 ms a call): -12-15% CPU a request,
-+13-18% req/s. EfficientNet-Lite0 INT8 on 2 CPUs, 2 intra-op threads, gRPC at c=1 (a 3 ms call):
-a lower p99 in 19 of 19 interleaved rounds over four runs of three forms of the rule, 5 of 5 for
-this one (2026-12-04). With more than one CPU, a call on the loop would hold back a concurrent
-request's reading and decoding, which the thread overlaps with it (6-10% fewer req/s at c=2 in
-sessions 15 and 16, where such requests ran on the loop in turn), so the batcher probes for
-concurrency there (batcher.PROBE_AFTER_RUNS); with one CPU, running them in turn on the loop was the
-faster (MLP c=2: 518-624 against 396-547 req/s through the thread). Longer calls still go to the
-thread: the loop must answer health probes while a long call runs."""
+long, whatever INLINE_CALL_S says: with nothing to overlap, the hand-off to the thread and back only
+costs. An MLP 784-2048-2048-10 at c=1 on one core (0.7 ms a call): -12-15% CPU a request, +13-18%
+req/s. EfficientNet-Lite0 INT8 on 2 CPUs, 2 intra-op threads, gRPC at c=1 (a 3 ms call): a lower p99
+in 19 of 19 interleaved rounds over four runs of three forms of the rule (2026-12-04), and with its
+probes spaced by time as well, p99 9.6 against 10.4 ms (batcher.PROBE_AFTER_RUNS). With more than
+one CPU, a call on the loop would hold back a concurrent request's reading and decoding, which the
+thread overlaps with it (6-10% fewer req/s at c=2 in sessions 15 and 16, where such requests ran on
+the loop in turn), so the batcher probes for concurrency there (batcher.PROBE_AFTER_RUNS); with one
+CPU, running them in turn on the loop was the faster (MLP c=2: 518-624 against 396-547 req/s through
+the thread). Longer calls still go to the thread: the loop must answer health probes while a long
+call runs."""
 
 
 @dataclass(frozen=True)

@@ -50,11 +50,11 @@ def serving_threads(
 def physical_cores(topology: Path = CPU_TOPOLOGY) -> int | None:
     """Physical cores among the CPUs this process may run on, SMT siblings counted once, as
     onnxruntime sizes its default pool; None where the topology cannot be read."""
-    get_affinity = getattr(os, "sched_getaffinity", None)  # Linux only
-    if get_affinity is None:
+    allowed = _allowed_cpus()
+    if allowed is None:
         return None
     cores: set[str] = set()
-    for cpu in get_affinity(0):
+    for cpu in allowed:
         siblings = None
         for name in CORE_FILES:
             with contextlib.suppress(OSError):
@@ -67,8 +67,14 @@ def physical_cores(topology: Path = CPU_TOPOLOGY) -> int | None:
 
 
 def _affinity() -> float:
+    allowed = _allowed_cpus()
+    return float(len(allowed) if allowed is not None else os.cpu_count() or 1)
+
+
+def _allowed_cpus() -> set[int] | None:
+    """The CPUs this process may run on (taskset, a cpuset); None where the OS does not say."""
     get_affinity = getattr(os, "sched_getaffinity", None)  # Linux only
-    return float(len(get_affinity(0)) if get_affinity is not None else os.cpu_count() or 1)
+    return get_affinity(0) if get_affinity is not None else None
 
 
 def _own_groups(root: Path, membership: Path) -> Iterator[Path]:
