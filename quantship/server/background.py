@@ -9,10 +9,11 @@ time, far more than the reference model's run, and the SLI work itself is cheape
 samples, or per GATHER_S, keeps 5% sampling cheap. A full queue drops the sample and counts it:
 sampling must never hold memory or delay answers. A failing `process` is logged and the lane goes on.
 
-Lanes can share a CpuBudget: the CPU seconds their work may take per wall-clock second. Sampling a
-share of requests costs a share of the model's compute, and on a large network the observing
-session and the binning cost more than the served call (EfficientNet-Lite0 INT8: +60% server CPU
-a request at 5% shadow and 5% clip sampling, measured). Past the budget, offered samples are
+A lane can have a CpuBudget: the CPU seconds its work may take per wall-clock second (the service
+gives the shadow and clip lanes half of `--sli-cpu-budget` each). Sampling a share of requests
+costs a share of the model's compute, and on a large network the observing session and the binning
+cost more than the served call (EfficientNet-Lite0 INT8: +60% server CPU a request at 5% shadow and
+5% clip sampling, measured). Past the budget, offered samples are
 dropped and counted (reason "budget") until the bucket refills: a slow SLI signal, never a slower
 model. A sample is charged when it is queued, at what the lane's last hand-off cost a sample, and
 the charge is settled with the measured CPU once it ran: charged only once run, a worker starved
