@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Set
 from pathlib import Path
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
@@ -23,14 +23,20 @@ older one that it replaced."""
 V1_CPU_MOUNTS = ("cpu", "cpu,cpuacct")
 
 
-def usable(cgroup_root: Path = CGROUP_ROOT, membership: Path = MEMBERSHIP) -> float:
-    """CPUs' worth of time this process can get (fractional under a quota such as 1.5)."""
+def usable(
+    cgroup_root: Path = CGROUP_ROOT, membership: Path = MEMBERSHIP, allowed: Set[int] | None = None
+) -> float:
+    """CPUs' worth of time this process can get (fractional under a quota such as 1.5). `allowed`:
+    the CPUs it may run on, when not its own affinity's (tests give a host of their own)."""
     quotas = [quota for group in _own_groups(cgroup_root, membership) if (quota := _quota(group)) is not None]
-    return min([_affinity(), *quotas])
+    return min([_count(_allowed_cpus() if allowed is None else allowed), *quotas])
 
 
 def serving_threads(
-    cgroup_root: Path = CGROUP_ROOT, membership: Path = MEMBERSHIP, topology: Path = CPU_TOPOLOGY
+    cgroup_root: Path = CGROUP_ROOT,
+    membership: Path = MEMBERSHIP,
+    topology: Path = CPU_TOPOLOGY,
+    allowed: Set[int] | None = None,
 ) -> int | None:
     """onnxruntime intra-op threads for a serving session nobody chose a number for: None (onnxruntime's
     own default, one per physical core it may run on, which follows the affinity), unless a CPU quota
@@ -42,15 +48,16 @@ def serving_threads(
     onnxruntime itself since that issue's fix) is left to it."""
     if os.environ.get("ORT_INTRA_OP_NUM_THREADS"):
         return None
-    cpus = usable(cgroup_root, membership)
-    default = physical_cores(topology) or _affinity()
+    allowed = _allowed_cpus() if allowed is None else allowed
+    cpus = usable(cgroup_root, membership, allowed)
+    default = physical_cores(topology, allowed) or _count(allowed)
     return None if cpus >= default else max(1, int(cpus))
 
 
-def physical_cores(topology: Path = CPU_TOPOLOGY) -> int | None:
-    """Physical cores among the CPUs this process may run on, SMT siblings counted once, as
-    onnxruntime sizes its default pool; None where the topology cannot be read."""
-    allowed = _allowed_cpus()
+def physical_cores(topology: Path = CPU_TOPOLOGY, allowed: Set[int] | None = None) -> int | None:
+    """Physical cores among the CPUs this process may run on (or `allowed`), SMT siblings counted
+    once, as onnxruntime sizes its default pool; None where the topology cannot be read."""
+    allowed = _allowed_cpus() if allowed is None else allowed
     if allowed is None:
         return None
     cores: set[str] = set()
@@ -66,8 +73,8 @@ def physical_cores(topology: Path = CPU_TOPOLOGY) -> int | None:
     return len(cores) or None
 
 
-def _affinity() -> float:
-    allowed = _allowed_cpus()
+def _count(allowed: Set[int] | None) -> float:
+    """CPUs in `allowed`; the machine's where the OS does not say which this process may use."""
     return float(len(allowed) if allowed is not None else os.cpu_count() or 1)
 
 
