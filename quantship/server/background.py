@@ -79,8 +79,13 @@ one-row samples is one call, but large requests go one at a time, so that a hand
 sixteen requests' activations at once (256-row digits requests gathered together: +20-30 MiB of
 RSS, measured; an image model's activations are megabytes a row)."""
 
+TELL_PRICE_AFTER = 4
+"""Hand-offs after which a budgeted lane logs what a sample costs and what its budget buys at that
+price: the first few pay for warming the session up (EfficientNet-Lite0 beside a busy server, its
+reference: 14.9, 12.3, 11.0, then 9.5-10.9 ms; its observer: 75, 50, 44, then 40-43 ms)."""
+
 BEHIND, BUDGET = "behind", "budget"
-"""Why a lane dropped a sample: its queue was full, or the shared CPU budget was spent."""
+"""Why a lane dropped a sample: its queue was full, or its CPU budget was spent."""
 
 
 class CpuBudget:
@@ -139,6 +144,8 @@ class Lane(Generic[T]):
         self._cost: float | None = None
         """CPU seconds a sample took in the last hand-off: what the next offer reserves. None until
         a hand-off has run: the lane is probing."""
+        self._priced = 0
+        """Hand-offs run, for the one log line that says what the budget buys."""
         self._enough = asyncio.Event()
         """Set once a hand-off's worth is queued: gathering stops early (a burst of offers faster
         than max_items per gather_s would otherwise fill the queue while the lane waits)."""
@@ -211,6 +218,9 @@ class Lane(Generic[T]):
                 if items:
                     spent = await loop.run_in_executor(self.executor, self._timed, items)
                     self._cost = spent / len(items)
+                    self._priced += 1
+                    if self._priced == TELL_PRICE_AFTER:
+                        self._tell_price(self._cost)
                     if self.budget is not None:
                         self.budget.spend(spent, reserved=sum(reserved or 0.0 for _, reserved in offered))
             except Exception:  # what it reserved stays spent: it may well have run
@@ -220,6 +230,19 @@ class Lane(Generic[T]):
                     self._queue.task_done()
             if stopping:
                 return
+
+    def _tell_price(self, cost: float) -> None:
+        """Log once what the budget buys: a rollout analysis that finds too few samples a window
+        says so, and this says why (EfficientNet-Lite0's reference run: ~10 ms, ~30 a minute at
+        the default budget's half)."""
+        if self.budget is None:
+            return
+        affordable = f"{60 * self.budget.share / cost:.0f}" if cost > 0 else "any number"
+        log.info(
+            "%s: a sample costs %.2f ms of CPU; its budget of %.3g CPU seconds a second pays for %s a "
+            "minute at most (--sli-cpu-budget)",
+            self.name, cost * 1e3, self.budget.share, affordable,
+        )  # fmt: skip
 
     def _charge_unpriced(self, offered: list[tuple[T, float | None]]) -> list[tuple[T, float | None]]:
         """Charge samples queued while the lane was probing at the price it found; drop, as "budget",
