@@ -51,6 +51,17 @@ class Fault(enum.StrEnum):
     TOO_FEW_SAMPLES = "TooFewSamples"
 
 
+MORE_TRAFFIC = "more traffic to the canary, or longer windows"
+MORE_SAMPLES = {
+    slo.SLI.ACCURACY_DELTA: "more traffic, a higher shadow rate, or a higher SLI CPU budget: the server "
+    "logs how many comparisons a minute its budget pays for",
+    slo.SLI.CLIP_RATE: "more traffic, a higher clip sample rate, or a higher SLI CPU budget",
+}
+"""What gives an SLO more samples, said in the reason of a verdict that had too few. The shadow and
+clip samples are taken within a CPU budget: on an image model the default buys a few dozen
+comparisons a minute, under the default minSamples on the short window whatever the traffic."""
+
+
 # -- measuring ------------------------------------------------------------------------------------
 
 
@@ -311,7 +322,10 @@ def _judge_slo(objective: slo.Objective, windows: list[WindowResult], spec: Roll
 
     problems = [w.problem for w in windows if w.problem]
     if problems:
-        return result(Verdict.INCONCLUSIVE, f"{name}: {', '.join(problems)}")
+        reason = f"{name}: {', '.join(problems)}"
+        if any(w.fault is Fault.TOO_FEW_SAMPLES for w in windows):
+            reason += f" (to get more: {MORE_SAMPLES.get(objective.sli, MORE_TRAFFIC)})"
+        return result(Verdict.INCONCLUSIVE, reason)
     burns = " and ".join(
         f"{w.burn_rate:.2f} on {format_duration(w.window)} ({_percent(w.ratio)} of budget "
         f"{_percent(objective.budget)})"
