@@ -626,8 +626,8 @@ _SERVE, _BATCH, _QUALITY = (
     type=click.FloatRange(0, 64),
     default=_default(_QUALITY, "sli_cpu_budget"),
     show_default=True,
-    help="CPU seconds per second the shadow and clip work may use, half each; samples past it are dropped "
-    "and counted.",
+    help="CPU seconds per second the shadow and clip work may use, split evenly between the two that run; "
+    "samples past it are dropped and counted.",
 )
 @click.option(
     "--per-tensor-metrics",

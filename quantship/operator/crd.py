@@ -294,10 +294,10 @@ def _server_schema() -> dict[str, Any]:
                 "type": "number",
                 "minimum": 0,
                 "maximum": 64,
-                "description": "CPU seconds a second the shadow and clip SLIs may spend, together (half "
-                "each); samples past it are dropped and counted. Raise it where a model's SLIs get too few "
-                "samples for the analysis' minSamples (a large network at the default gets a few dozen a "
-                "minute).",
+                "description": "CPU seconds a second the shadow and clip SLIs may spend, split evenly "
+                "between the two that run; samples past it are dropped and counted. Raise it where a "
+                "model's SLIs get too few samples for the analysis' minSamples (a large network at the "
+                "default gets a few dozen a minute).",
             },
             "threads": _int("onnxruntime intra-op threads.", 1, 256),
         },

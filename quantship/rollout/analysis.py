@@ -51,15 +51,18 @@ class Fault(enum.StrEnum):
     TOO_FEW_SAMPLES = "TooFewSamples"
 
 
-MORE_TRAFFIC = "more traffic to the canary, or longer windows"
 MORE_SAMPLES = {
-    slo.SLI.ACCURACY_DELTA: "more traffic, a higher shadow rate, or a higher SLI CPU budget: the server "
-    "logs how many comparisons a minute its budget pays for",
-    slo.SLI.CLIP_RATE: "more traffic, a higher clip sample rate, or a higher SLI CPU budget",
+    slo.SLI.ACCURACY_DELTA: "if the canary drops shadow samples for budget "
+    '(quantship_samples_dropped_total{kind="shadow",reason="budget"}), a higher SLI CPU budget '
+    "(spec.server.sliCpuBudget; its server logs how many samples a minute the budget pays for), "
+    "else a higher shadow rate or more traffic",
+    slo.SLI.CLIP_RATE: "a higher clip sample rate or SLI CPU budget, or more traffic",
 }
-"""What gives an SLO more samples, said in the reason of a verdict that had too few. The shadow and
-clip samples are taken within a CPU budget: on an image model the default buys a few dozen
-comparisons a minute, under the default minSamples on the short window whatever the traffic."""
+"""What gives a sampled SLO more samples, said in the reason of a verdict that had too few (latency
+and errors count every request: only traffic or longer windows help them, which goes without
+saying). The shadow and clip samples are taken within a CPU budget: on an image model the default
+buys a few dozen comparisons a minute, under the default minSamples on the short window whatever
+the traffic."""
 
 
 # -- measuring ------------------------------------------------------------------------------------
@@ -323,8 +326,8 @@ def _judge_slo(objective: slo.Objective, windows: list[WindowResult], spec: Roll
     problems = [w.problem for w in windows if w.problem]
     if problems:
         reason = f"{name}: {', '.join(problems)}"
-        if any(w.fault is Fault.TOO_FEW_SAMPLES for w in windows):
-            reason += f" (to get more: {MORE_SAMPLES.get(objective.sli, MORE_TRAFFIC)})"
+        if objective.sli in MORE_SAMPLES and any(w.fault is Fault.TOO_FEW_SAMPLES for w in windows):
+            reason += f" (to get more: {MORE_SAMPLES[objective.sli]})"
         return result(Verdict.INCONCLUSIVE, reason)
     burns = " and ".join(
         f"{w.burn_rate:.2f} on {format_duration(w.window)} ({_percent(w.ratio)} of budget "

@@ -10,7 +10,7 @@ samples, or per GATHER_S, keeps 5% sampling cheap. A full queue drops the sample
 sampling must never hold memory or delay answers. A failing `process` is logged and the lane goes on.
 
 A lane can have a CpuBudget: the CPU seconds its work may take per wall-clock second (the service
-gives the shadow and clip lanes half of `--sli-cpu-budget` each). Sampling a share of requests
+splits `--sli-cpu-budget` evenly between the shadow and clip lanes that run). Sampling a share of requests
 costs a share of the model's compute, and on a large network the observing session and the binning
 cost more than the served call (EfficientNet-Lite0 INT8: +60% server CPU a request at 5% shadow and
 5% clip sampling, measured). Past the budget, offered samples are
@@ -144,8 +144,8 @@ class Lane(Generic[T]):
         self._cost: float | None = None
         """CPU seconds a sample took in the last hand-off: what the next offer reserves. None until
         a hand-off has run: the lane is probing."""
-        self._priced = 0
-        """Hand-offs run, for the one log line that says what the budget buys."""
+        self._hand_offs = 0
+        """Hand-offs run: a budgeted lane says what its budget buys after TELL_PRICE_AFTER."""
         self._enough = asyncio.Event()
         """Set once a hand-off's worth is queued: gathering stops early (a burst of offers faster
         than max_items per gather_s would otherwise fill the queue while the lane waits)."""
@@ -218,9 +218,9 @@ class Lane(Generic[T]):
                 if items:
                     spent = await loop.run_in_executor(self.executor, self._timed, items)
                     self._cost = spent / len(items)
-                    self._priced += 1
-                    if self._priced == TELL_PRICE_AFTER:
-                        self._tell_price(self._cost)
+                    self._hand_offs += 1
+                    if self.budget is not None and self._hand_offs == TELL_PRICE_AFTER:
+                        self._tell_price(self.budget, self._cost)
                     if self.budget is not None:
                         self.budget.spend(spent, reserved=sum(reserved or 0.0 for _, reserved in offered))
             except Exception:  # what it reserved stays spent: it may well have run
@@ -231,17 +231,15 @@ class Lane(Generic[T]):
             if stopping:
                 return
 
-    def _tell_price(self, cost: float) -> None:
+    def _tell_price(self, budget: CpuBudget, cost: float) -> None:
         """Log once what the budget buys: a rollout analysis that finds too few samples a window
         says so, and this says why (EfficientNet-Lite0's reference run: ~10 ms, ~30 a minute at
         the default budget's half)."""
-        if self.budget is None:
-            return
-        affordable = f"{60 * self.budget.share / cost:.0f}" if cost > 0 else "any number"
+        affordable = f"{60 * budget.share / cost:.3g}" if cost > 0 else "any number of"
         log.info(
-            "%s: a sample costs %.2f ms of CPU; its budget of %.3g CPU seconds a second pays for %s a "
-            "minute at most (--sli-cpu-budget)",
-            self.name, cost * 1e3, self.budget.share, affordable,
+            "%s: a sample costs %.2f ms of CPU; this lane's part of the SLI CPU budget, %.3g CPU "
+            "seconds a second, pays for %s samples a minute at most",
+            self.name, cost * 1e3, budget.share, affordable,
         )  # fmt: skip
 
     def _charge_unpriced(self, offered: list[tuple[T, float | None]]) -> list[tuple[T, float | None]]:

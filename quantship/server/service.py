@@ -333,17 +333,20 @@ class ModelService:
             if opened.comparator.classifier
             else None
         )
-        # Each SLI lane pays from its own equal part of the budget. Shared first come, first served,
-        # EfficientNet-Lite0's clip samples (35 ms of CPU each, the reference's 9) took three quarters
-        # of it: 9-17 FP32 comparisons a minute at c=1; 30-32 with a part each (2026-12-04).
         reference = opened.reference if quality.shadow_rate > 0 else None
-        lane_share = quality.sli_cpu_budget / max(1, (reference is not None) + (opened.observer is not None))
+        observer = opened.observer  # None unless clip sampling is on and the model has ranges
+        # Each SLI lane that runs pays from its own equal part of the budget. Shared first come,
+        # first served, EfficientNet-Lite0's clip samples (40-45 ms of CPU each beside a busy
+        # server, the reference's ~10) took three quarters of it: 9-17 FP32 comparisons a minute
+        # at c=1; 30-32 with a part each (2026-12-04).
+        running = sum(session is not None for session in (reference, observer))
+        lane_share = quality.sli_cpu_budget / max(1, running)
         shadow = None
         if reference is not None:
             evaluator = ShadowEvaluator(reference, opened.comparator, self.metrics, feedback)
             shadow = self._lane("shadow", evaluator.process, CpuBudget(lane_share))
         clip = None
-        if opened.observer is not None:
+        if observer is not None:
             observed = {r.tensor for r in opened.ranges}
             histograms = [h for h in opened.artifact.activation_histograms if h.tensor in observed]
             drift = DriftWindow(histograms, quality.drift_window, opened.ranges) if histograms else None
@@ -354,7 +357,7 @@ class ModelService:
                 if drift
                 else "off (the artifact carries no calibration histograms)",
             )
-            counter = ClipCounter(opened.observer, opened.ranges, self.metrics, drift)
+            counter = ClipCounter(observer, opened.ranges, self.metrics, drift)
             clip = self._lane("clip", counter.process, CpuBudget(lane_share))
         model = Model(opened, batcher, feedback, shadow, clip)
         if settings.capture_dir is not None:

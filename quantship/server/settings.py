@@ -44,8 +44,9 @@ class QualitySettings:
     observing session cannot use fused int8 kernels, so it costs more than a served request."""
     sli_cpu_budget: float = 0.01
     """CPU seconds per second of wall time the shadow and clip lanes may spend, together (a share of
-    one core), half each: each lane pays from its own part, so that the clip lane's dearer samples
-    cannot crowd out the accuracy SLO's comparisons. Sampling by rate alone costs a share of the
+    one core), split evenly between the lanes that run (a lone lane gets all of it): each pays from
+    its own part, so that the clip lane's dearer samples cannot crowd out the accuracy SLO's
+    comparisons. Sampling by rate alone costs a share of the
     model's compute, and more than that on a large network (EfficientNet-Lite0: +60% server CPU a
     request at the default rates); the budget bounds what the SLIs take from serving at any traffic.
     Past it, samples are dropped and counted (`quantship_samples_dropped_total{reason="budget"}`).

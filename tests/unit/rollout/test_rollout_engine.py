@@ -194,11 +194,12 @@ async def test_too_few_samples_are_inconclusive_never_a_pass(
     judged = [d for d in decisions if d.analysis is not None]
     assert [d.analysis.verdict.value for d in judged if d.analysis] == ["inconclusive"] * 3
     assert "30 of 50 samples on 30s" in judged[0].reason
-    # and what would give more: for the accuracy SLO, sampled within the SLI CPU budget, that too
-    assert "accuracy_delta: 30 of 50 samples on 30s (to get more: more traffic, a higher shadow rate" in (
+    # and what would give more where it is not only traffic: the sampled SLIs' rates and CPU budget
+    assert "accuracy_delta: 30 of 50 samples on 30s (to get more: if the canary drops shadow samples" in (
         judged[0].reason
     )
-    assert "errors: 30 of 50 samples on 30s (to get more: more traffic to the canary" in judged[0].reason
+    assert "clip_rate: 30 of 50 samples on 30s (to get more: a higher clip sample rate" in judged[0].reason
+    assert "errors: 30 of 50 samples on 30s;" in judged[0].reason
     assert final.phase is Phase.ROLLED_BACK and router.weights == [5]
     assert "3 inconclusive judgements in a row" in decisions[-1].reason
     assert looptime == 5 + 3 * 60 + TICK

@@ -211,31 +211,40 @@ async def test_a_lane_logs_once_what_its_budget_buys_once_warm(
     executor: ThreadPoolExecutor, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A rollout analysis with too few samples says so; the log says why. Priced once the session
-    is warm, after TELL_PRICE_AFTER hand-offs: the first ones pay for warming it up."""
+    is warm, at the TELL_PRICE_AFTER-th hand-off: the first ones pay for warming it up. A lane
+    without a budget says nothing."""
     caplog.set_level(logging.INFO, logger="quantship.server.background")
     handed = 0
 
     def costly(items: list[int]) -> None:
         nonlocal handed
         handed += 1
-        _burn(0.05 if handed < TELL_PRICE_AFTER else 0.01 * len(items))
+        price = 0.05 if handed < TELL_PRICE_AFTER else 0.01 if handed == TELL_PRICE_AFTER else 0.03
+        _burn(price * len(items))
 
     budget = CpuBudget(0.1, burst_s=10, clock=lambda: 0.0)  # 1 s of CPU, no refill
     lane: Lane[int] = Lane(
         "shadow", costly, executor=executor, capacity=50, on_drop=lambda reason: None,
         budget=budget, max_items=16, gather_s=0.0,
     )  # fmt: skip
+    unbudgeted: Lane[int] = Lane(
+        "capture", lambda items: None, executor=executor, capacity=50, on_drop=lambda reason: None,
+        gather_s=0.0,
+    )  # fmt: skip
     lane.start()
+    unbudgeted.start()
     for turn in range(TELL_PRICE_AFTER + 2):
-        assert lane.offer(turn)
+        assert lane.offer(turn) and unbudgeted.offer(turn)
         await lane.idle()
+        await unbudgeted.idle()
     await lane.close(timeout=5)
+    await unbudgeted.close(timeout=5)
     told = [r.getMessage() for r in caplog.records if "pays for" in r.getMessage()]
     assert len(told) == 1
-    found = re.search(r"^shadow: a sample costs ([\d.]+) ms .* pays for (\d+) a minute", told[0])
+    found = re.search(r"^shadow: a sample costs ([\d.]+) ms .* pays for ([\d.]+) samples a minute", told[0])
     assert found is not None
-    assert 10 <= float(found.group(1)) < 50  # the warm price, not the first hand-offs'
-    assert 300 <= int(found.group(2)) <= 600  # 6 s of CPU a minute at 10 ms or a little more
+    assert 10 <= float(found.group(1)) < 30  # the warm price at that hand-off, not before or after
+    assert 300 <= float(found.group(2)) <= 600  # 6 s of CPU a minute at 10 ms or a little more
 
 
 async def test_a_full_hand_off_goes_at_once_without_waiting_out_the_gathering(
