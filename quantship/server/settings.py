@@ -46,15 +46,15 @@ class QualitySettings:
     """CPU seconds per second of wall time the shadow and clip lanes may spend, together (a share of
     one core), split evenly between the lanes that run (a lone lane gets all of it): each pays from
     its own part, so that the clip lane's dearer samples cannot crowd out the accuracy SLO's
-    comparisons. Sampling by rate alone costs a share of the
-    model's compute, and more than that on a large network (EfficientNet-Lite0: +60% server CPU a
-    request at the default rates); the budget bounds what the SLIs take from serving at any traffic.
-    Past it, samples are dropped and counted (`quantship_samples_dropped_total{reason="budget"}`).
-    1%, not the 5% it was: requests served while the SLI thread works in the gaps run slower
-    although it yields the CPU at once, and at 5% it worked through almost every request of
-    EfficientNet-Lite0 at c=1, p99 1.4-3.1 ms over the SLIs off; at 1%, level with them
-    (docs/performance-history.md, session 19). A small model's samples are cheap, so there 1% still
-    buys dozens a second; a large one's SLIs get a few dozen a minute unless a deployer raises it."""
+    comparisons. Sampling by rate alone costs a share of the model's compute, and more than that on
+    a large network (EfficientNet-Lite0: +60% server CPU a request at the default rates); the budget
+    bounds what the SLIs take from serving at any traffic. Past it, samples are dropped and counted
+    (`quantship_samples_dropped_total{reason="budget"}`). 1%, not the 5% it was: requests served
+    while the SLI thread works in the gaps run slower although it yields the CPU at once, and at 5%
+    it worked through almost every request of EfficientNet-Lite0 at c=1, p99 1.4-3.1 ms over the
+    SLIs off; at 1%, level with them (docs/performance-history.md, session 19). A small model's
+    samples are cheap, so there 1% still buys dozens a second; a large one's SLIs get a few dozen a
+    minute unless a deployer raises it."""
     per_tensor_metrics: bool = False
     """Also export clip counts per activation tensor (`quantship_tensor_activations_*`): one series
     per quantized tensor, hundreds for a real network, so only for the debug dashboard."""
