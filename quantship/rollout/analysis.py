@@ -53,7 +53,7 @@ class Fault(enum.StrEnum):
 
 MORE_SAMPLES = {
     slo.SLI.ACCURACY_DELTA: "if the canary drops shadow samples for budget "
-    '(quantship_samples_dropped_total{kind="shadow",reason="budget"}), a higher SLI CPU budget '
+    f'({slo.Metric.SAMPLES_DROPPED_TOTAL}{{kind="shadow",reason="budget"}}), a higher SLI CPU budget '
     "(spec.server.sliCpuBudget; its server logs how many samples a minute the budget pays for), "
     "else a higher shadow rate or more traffic",
     slo.SLI.CLIP_RATE: "a higher clip sample rate or SLI CPU budget, or more traffic",
