@@ -554,6 +554,14 @@ _SERVE, _BATCH, _QUALITY = (
 )
 
 
+def _by_track(name: str) -> str:
+    """A quality setting's defaults, in the flag's help: a canary has its own for some."""
+    stable = _default(_QUALITY, name)
+    canary = server_settings.CANARY_QUALITY.get(name, stable)
+    on_canary = f"; on --track canary: {canary:g}" if canary != stable else ""
+    return f"[default: {stable:g}{on_canary}]"
+
+
 @main.command()
 @click.argument("artifact_path", metavar="ARTIFACT", type=click.Path(path_type=Path))
 @click.option("--model-name", required=True, help="Name clients address, and the `model` metric label.")
@@ -565,6 +573,8 @@ _SERVE, _BATCH, _QUALITY = (
     type=click.Choice([t.value for t in server_settings.Track]),
     default=_default(_SERVE, "track").value,
     show_default=True,
+    help="Which side of a rollout this server is (the `track` label). A canary's SLIs sample more by "
+    "default, to be judged: see --shadow-rate and --sli-cpu-budget.",
 )
 @click.option("--host", default=_default(_SERVE, "host"), show_default=True)
 @click.option("--port", type=click.IntRange(0, 65535), default=_default(_SERVE, "port"), show_default=True)
@@ -610,24 +620,23 @@ _SERVE, _BATCH, _QUALITY = (
 @click.option(
     "--shadow-rate",
     type=click.FloatRange(0, 1),
-    default=_default(_QUALITY, "shadow_rate"),
-    show_default=True,
-    help="Share of requests also run through the FP32 reference, in the background.",
+    default=None,  # not given: the track's default (QualitySettings.for_track)
+    help="Share of requests also run through the FP32 reference, in the background. "
+    f"{_by_track('shadow_rate')}",
 )
 @click.option(
     "--clip-sample-rate",
     type=click.FloatRange(0, 1),
-    default=_default(_QUALITY, "clip_sample_rate"),
-    show_default=True,
-    help="Share of requests whose activations are checked against the calibrated ranges.",
+    default=None,  # not given: the track's default (QualitySettings.for_track)
+    help="Share of requests whose activations are checked against the calibrated ranges. "
+    f"{_by_track('clip_sample_rate')}",
 )
 @click.option(
     "--sli-cpu-budget",
     type=click.FloatRange(0, 64),
-    default=_default(_QUALITY, "sli_cpu_budget"),
-    show_default=True,
+    default=None,  # not given: the track's default (QualitySettings.for_track)
     help="CPU seconds per second the shadow and clip work may use, split evenly between the two that run; "
-    "samples past it are dropped and counted.",
+    f"samples past it are dropped and counted. {_by_track('sli_cpu_budget')}",
 )
 @click.option(
     "--per-tensor-metrics",
@@ -744,9 +753,9 @@ def serve(
     max_batch_size: int,
     max_queue_delay_ms: float,
     max_queue_size: int,
-    shadow_rate: float,
-    clip_sample_rate: float,
-    sli_cpu_budget: float,
+    shadow_rate: float | None,
+    clip_sample_rate: float | None,
+    sli_cpu_budget: float | None,
     per_tensor_metrics: bool,
     drift_window: int,
     feedback_capacity: int,
@@ -792,7 +801,8 @@ def serve(
         capture_flush_s=capture_flush_s,
         require_gate_hardware=require_gate_hardware,
         batching=server.BatchSettings(max_batch_size, max_queue_delay_ms, max_queue_size),
-        quality=server.QualitySettings(
+        quality=server.QualitySettings.for_track(
+            server.Track(track),
             shadow_rate=shadow_rate,
             clip_sample_rate=clip_sample_rate,
             sli_cpu_budget=sli_cpu_budget,

@@ -195,7 +195,8 @@ class ModelService:
         self.phase = Phase.READY
         quantization = opened.artifact.quantization
         log.info(
-            "serving %s revision %s (%s track) from %s in %.2f s: %s, batching %s, shadow %s, clip %s",
+            "serving %s revision %s (%s track) from %s in %.2f s: %s, batching %s, shadow %s, clip %s, "
+            "SLI CPU budget %g CPU seconds a second",
             self.settings.model_name,
             self.settings.revision,
             self.settings.track,
@@ -207,6 +208,7 @@ class ModelService:
             f"{self.settings.quality.clip_sample_rate:.0%} of {len(opened.ranges)} tensors"
             if self.model.clip
             else "off",
+            self.settings.quality.sli_cpu_budget,
         )
         if opened.fallback and any(opened.fallback.values()):
             log.warning("ops running in float instead of int8: %s", opened.fallback)

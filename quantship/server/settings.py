@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from quantship.slo import Track  # which side of a rollout this server is: the `track` label
 
@@ -54,7 +55,7 @@ class QualitySettings:
     it worked through almost every request of EfficientNet-Lite0 at c=1, p99 1.4-3.1 ms over the
     SLIs off; at 1%, level with them (docs/performance-history.md, session 19). A small model's
     samples are cheap, so there 1% still buys dozens a second; a large one's SLIs get a few dozen a
-    minute unless a deployer raises it."""
+    minute unless a deployer raises it. A canary, to be judged, has its own: `CANARY_QUALITY`."""
     per_tensor_metrics: bool = False
     """Also export clip counts per activation tensor (`quantship_tensor_activations_*`): one series
     per quantized tensor, hundreds for a real network, so only for the debug dashboard."""
@@ -78,6 +79,13 @@ class QualitySettings:
     """Bytes of request inputs kept for feedback, at most (the reference's answer is computed at
     feedback time from them, unless the request was shadow-sampled). Oldest entries go first."""
 
+    @classmethod
+    def for_track(cls, track: Track, **given: Any) -> QualitySettings:
+        """The settings of a server on `track`: the fields `given` (None: not given), and the
+        track's defaults for the rest (`CANARY_QUALITY` on a canary, the class's elsewhere)."""
+        defaults = CANARY_QUALITY if track is Track.CANARY else {}
+        return cls(**{**defaults, **{name: value for name, value in given.items() if value is not None}})
+
     def __post_init__(self) -> None:
         for name in ("shadow_rate", "clip_sample_rate"):
             if not 0.0 <= getattr(self, name) <= 1.0:
@@ -88,6 +96,22 @@ class QualitySettings:
             raise ValueError("drift window must be >= 2 sampled requests")
         if self.disagreement_tolerance < 0:
             raise ValueError("disagreement tolerance must be >= 0")
+
+
+CANARY_QUALITY: dict[str, Any] = {"shadow_rate": 1.0, "sli_cpu_budget": 0.05}
+"""A canary's defaults where they differ: its SLIs exist to judge it, and the analysis wants
+`minSamples` (100) FP32 comparisons in its short window (60 s), 1.7 a second. At the stable defaults
+a canary on the first step (5% of the traffic) got those only from 667 requests a second of
+traffic, and on a large network the budget's shadow half paid for ~0.5 reference runs a second
+(EfficientNet-Lite0: ~10 ms of CPU each) whatever the traffic: such a canary was inconclusive, then
+rolled back. A canary offers every request (the budget alone decides) and may spend 5% of a core,
+whose shadow half pays for ~2.5 runs a second there. Only rows the FP32 model is sure of are
+compared (the gate's rule): 2.5 runs a second are 150 comparisons a minute where it is sure of all,
+~35 on the zoo's EfficientNet-Lite0 requests, where it is sure of a quarter; a model like that
+needs a higher budget (the verdict says so). The SLI thread yields the CPU at once (SCHED_IDLE); at
+5%, EfficientNet-Lite0's p99 at c=1 read 1.4-3.1 ms over the SLIs off (docs/performance-history.md,
+session 19), far from the latency SLO's 100 ms. Promotion restarts the pods as `stable`, with the
+stable defaults. Given values (the flags, spec.server) apply on both tracks."""
 
 
 @dataclass(frozen=True)

@@ -1,11 +1,16 @@
-"""`quantship serve` takes its defaults from the server settings dataclasses, where each is written once."""
+"""`quantship serve` takes its defaults from the server settings dataclasses, where each is written once;
+the quality settings a canary samples differently take theirs from the track."""
 
 from __future__ import annotations
 
 import dataclasses
 
+import pytest
+
 from quantship import cli
-from quantship.server import BatchSettings, QualitySettings, ServerSettings
+from quantship.rollout import AnalysisSpec
+from quantship.server import BatchSettings, QualitySettings, ServerSettings, Track
+from quantship.server.settings import CANARY_QUALITY
 
 
 def test_every_serve_option_named_after_a_setting_defaults_to_that_setting() -> None:
@@ -17,6 +22,40 @@ def test_every_serve_option_named_after_a_setting_defaults_to_that_setting() -> 
     }
     options = {param.name: param.default for param in cli.serve.params if param.name in defaults}
     assert len(options) >= 14  # host, port, grpc_port, batching, sampling, feedback, body, drain ...
+    # None: not given, so that QualitySettings.for_track fills in the track's default
+    by_track = {name for name, default in options.items() if default is None and defaults[name] is not None}
+    assert set(CANARY_QUALITY) <= by_track <= {field.name for field in dataclasses.fields(QualitySettings)}
     for name, default in options.items():
-        expected = defaults[name]
-        assert default == getattr(expected, "value", expected), name
+        if name not in by_track:
+            expected = defaults[name]
+            assert default == getattr(expected, "value", expected), name
+
+
+def test_a_stable_server_takes_the_class_defaults() -> None:
+    assert QualitySettings.for_track(Track.STABLE, shadow_rate=None, sli_cpu_budget=None) == QualitySettings()
+
+
+def test_a_canary_offers_every_request_and_may_spend_more_of_a_core() -> None:
+    stable, canary = QualitySettings(), QualitySettings.for_track(Track.CANARY)
+    assert canary.shadow_rate == 1.0  # the budget alone decides which requests are compared
+    assert canary.sli_cpu_budget > stable.sli_cpu_budget
+    assert canary.clip_sample_rate == stable.clip_sample_rate  # clip counts activations: never short
+    assert dataclasses.replace(canary, **{name: getattr(stable, name) for name in CANARY_QUALITY}) == stable
+
+
+def test_the_canary_budget_buys_an_image_model_the_analysis_samples() -> None:
+    """The arithmetic behind the default, with the price measured beside a busy server: an
+    EfficientNet-Lite0 comparison costs ~10 ms of CPU (9.85 ms in the lane's own log)."""
+    price_s = 0.010
+    lanes = 2  # shadow and clip split the budget evenly
+    per_second = QualitySettings.for_track(Track.CANARY).sli_cpu_budget / lanes / price_s
+    analysis = AnalysisSpec()
+    assert per_second * analysis.short_window >= 1.2 * analysis.min_samples
+    stable = QualitySettings().sli_cpu_budget / lanes / price_s
+    assert stable * analysis.short_window < analysis.min_samples  # why the canary has its own
+
+
+@pytest.mark.parametrize("track", list(Track))
+def test_given_values_apply_on_both_tracks(track: Track) -> None:
+    given = QualitySettings.for_track(track, shadow_rate=0.2, clip_sample_rate=0.0, sli_cpu_budget=0.003)
+    assert (given.shadow_rate, given.clip_sample_rate, given.sli_cpu_budget) == (0.2, 0.0, 0.003)

@@ -1,0 +1,67 @@
+"""`quantship serve --track canary` with no sampling flags compares every request it can afford with
+FP32, as the rollout analysis needs; a stable server keeps sampling 5%. Real processes, the real CLI,
+real digits traffic."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import httpx
+import numpy as np
+from server_harness import MODEL, wait_until
+from test_server_process import sample_value
+
+from quantship import artifact, zoo
+from quantship.local.processes import ServerProcess
+from quantship.server import QualitySettings, Track
+
+REQUESTS = 40
+
+
+def send(server: ServerProcess, rows: np.ndarray) -> None:
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        for row in rows:
+            body = {"inputs": [{"name": zoo.INPUT_NAME, "shape": [1, row.size], "datatype": "FP32",
+                                "data": row.tolist()}]}  # fmt: skip
+            assert client.post(f"/v2/models/{MODEL}/infer", json=body).status_code == 200
+
+
+def comparisons(server: ServerProcess) -> float:
+    return sample_value(server.url, "quantship_shadow_comparisons_total") or 0.0
+
+
+def test_a_canary_compares_every_request_its_budget_affords_by_default(
+    good_artifact: artifact.Artifact, traffic: tuple[np.ndarray, np.ndarray], tmp_path: Path
+) -> None:
+    servers = {
+        track: ServerProcess(
+            good_artifact.root,
+            model=MODEL,
+            revision=track.value,
+            track=track.value,
+            log_path=tmp_path / f"{track.value}.log",
+        )
+        for track in Track
+    }
+    for server in servers.values():
+        server.start()
+    try:
+        for server in servers.values():
+            asyncio.run(server.wait_ready())
+            send(server, traffic[0][:REQUESTS])
+        canary = servers[Track.CANARY]
+        # Rows the FP32 model is unsure of are not compared (the gate's rule): most digits rows are sure.
+        wait_until(lambda: comparisons(canary) >= 0.75 * REQUESTS, what="the canary's comparisons")
+        assert (sample_value(canary.url, "quantship_samples_dropped_total", kind="shadow") or 0) == 0
+        for track, server in servers.items():
+            quality = QualitySettings.for_track(track)
+            said = f"shadow {quality.shadow_rate:.0%}, clip {quality.clip_sample_rate:.0%}"
+            assert said in server.log_tail(), server.log_tail()
+            assert f"SLI CPU budget {quality.sli_cpu_budget:g} CPU seconds a second" in server.log_tail()
+        # The stable server samples 5%: 40 requests give it two comparisons on average, all 40 with a
+        # chance of 1e-52. Whatever is still queued can only add to that count, never reach 30.
+        assert comparisons(servers[Track.STABLE]) < 0.75 * REQUESTS
+    finally:
+        for server in servers.values():
+            server.stop()
