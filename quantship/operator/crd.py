@@ -19,6 +19,7 @@ import yaml
 
 from quantship import slo
 from quantship.rollout import AnalysisSpec, OnInconclusive, RolloutSpec, format_duration
+from quantship.server.settings import QualitySettings, Track
 
 GROUP = "serving.quantship.io"
 VERSION = "v1alpha1"
@@ -269,6 +270,13 @@ def _quantize_schema() -> dict[str, Any]:
     )
 
 
+def _by_track(name: str) -> str:
+    """What the server takes for an unset quality field, on either track: set values apply to both."""
+    stable = getattr(QualitySettings(), name)
+    canary = getattr(QualitySettings.for_track(Track.CANARY), name)
+    return f"Unset: {stable:g} on the stable revision, {canary:g} on the canary (a set value applies to both)"
+
+
 def _server_schema() -> dict[str, Any]:
     """spec.server: flags of `quantship serve`."""
     return _object(
@@ -283,7 +291,8 @@ def _server_schema() -> dict[str, Any]:
             },
             "maxQueueSize": _int("Requests waiting at most; more are refused with 503.", 1, 100000),
             "shadowRate": _ratio(
-                "Share of requests also run through the FP32 reference (accuracy delta SLI).",
+                "Share of requests also run through the FP32 reference (accuracy delta SLI). "
+                f"{_by_track('shadow_rate')}, whose SLI CPU budget then decides.",
                 exclusive_zero=False,
             ),
             "clipSampleRate": _ratio(
@@ -295,9 +304,11 @@ def _server_schema() -> dict[str, Any]:
                 "minimum": 0,
                 "maximum": 64,
                 "description": "CPU seconds a second the shadow and clip SLIs may spend, split evenly "
-                "between the two that run; samples past it are dropped and counted. Raise it where a "
-                "model's SLIs get too few samples for the analysis' minSamples (a large network at the "
-                "default gets a few dozen a minute).",
+                "between the two that run; samples past it are dropped and counted. "
+                f"{_by_track('sli_cpu_budget')}. The canary's default pays for ~150 FP32 runs a minute "
+                "of an image model (EfficientNet-Lite0): the analysis' default minSamples where the FP32 "
+                "model is sure of most rows, as only those are compared. Raise it where a canary's SLIs "
+                "still get too few samples.",
             },
             "threads": _int("onnxruntime intra-op threads.", 1, 256),
         },

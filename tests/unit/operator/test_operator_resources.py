@@ -68,6 +68,15 @@ def test_a_revision_runs_as_a_non_root_read_only_deployment_with_probes_and_scra
     ]
 
 
+@pytest.mark.parametrize("track", list(Track))
+def test_unset_sampling_is_left_to_the_server_so_that_it_follows_the_track(track: Track) -> None:
+    """A canary's server samples more by default (QualitySettings.for_track), and promotion only
+    flips --track: the operator passes no sampling value the spec does not set."""
+    args = resources.serve_args(model(server={"maxBatchSize": 8}), "0123456789", track)
+    assert not {"--shadow-rate", "--clip-sample-rate", "--sli-cpu-budget"} & set(args)
+    assert args[args.index("--track") + 1] == track.value
+
+
 def test_every_server_field_of_the_crd_is_a_flag_that_quantship_serve_takes() -> None:
     assert set(crd.spec_schema()["properties"]["server"]["properties"]) == set(SERVER_FLAGS)
     assert set(SERVER_FLAGS.values()) <= {option for param in cli.serve.params for option in param.opts}
