@@ -207,6 +207,36 @@ async def test_a_lane_probes_with_one_sample_and_charges_what_queued_meanwhile_a
     await lane.close(timeout=5)
 
 
+async def test_while_probing_a_lane_holds_one_hand_off_of_unpriced_samples_at_most(
+    executor: ThreadPoolExecutor,
+) -> None:
+    """A canary offers every request and each sample holds its inputs: behind a slow probe, only
+    `max_items` wait unpriced; the rest are dropped as "budget", however large the budget."""
+    probe_may_run = threading.Event()
+    handed: list[list[int]] = []
+
+    def held(items: list[int]) -> None:
+        handed.append(items)
+        probe_may_run.wait(10)
+
+    dropped: list[str] = []
+    budget = CpuBudget(1.0, burst_s=10, clock=lambda: 0.0)  # 10 s of CPU: not what limits here
+    lane: Lane[int] = Lane(
+        "shadow", held, executor=executor, capacity=50, on_drop=dropped.append, budget=budget, max_items=4,
+    )  # fmt: skip
+    lane.start()
+    assert lane.offer(0)
+    await asyncio.sleep(0)  # the probe is handed off
+    accepted = [lane.offer(i) for i in range(1, 11)]
+    assert accepted == [True] * 4 + [False] * 6
+    assert dropped == ["budget"] * 6
+    probe_may_run.set()
+    await lane.idle()
+    assert lane.offer(11)  # priced now: the queue's capacity applies again
+    await lane.close(timeout=5)
+    assert sorted(i for items in handed for i in items) == [0, 1, 2, 3, 4, 11]
+
+
 async def test_a_lane_logs_once_what_its_budget_buys_once_warm(
     executor: ThreadPoolExecutor, caplog: pytest.LogCaptureFixture
 ) -> None:
