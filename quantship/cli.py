@@ -556,8 +556,7 @@ _SERVE, _BATCH, _QUALITY = (
 
 def _by_track(name: str) -> str:
     """A quality setting's defaults, in the flag's help: a canary has its own for some."""
-    stable = _default(_QUALITY, name)
-    canary = server_settings.CANARY_QUALITY.get(name, stable)
+    stable, canary = (_QUALITY.default(name, track) for track in server_settings.Track)
     on_canary = f"; on --track canary: {canary:g}" if canary != stable else ""
     return f"[default: {stable:g}{on_canary}]"
 
@@ -740,7 +739,19 @@ def _by_track(name: str) -> str:
     show_default=True,
 )
 @click.option("--access-log", is_flag=True, help="Log every request (costs throughput).")
-def serve(
+def serve(log_level: str, access_log: bool, **options: Any) -> None:
+    """Serve ARTIFACT (a directory or .tar.gz) over Open Inference Protocol v2 with quantization SLIs.
+
+    A refused artifact (tampered, badly signed, missing) keeps the server up and unready: it answers
+    /v2/health/live and /metrics, 503 elsewhere, and counts quantship_model_load_failures_total.
+    """
+    from quantship import server
+
+    server.serve(serve_settings(**options), log_level=log_level, access_log=access_log)
+
+
+def serve_settings(
+    *,
     artifact_path: Path,
     model_name: str,
     revision: str,
@@ -770,21 +781,13 @@ def serve(
     capture_max_bytes: int,
     capture_flush_s: float,
     require_gate_hardware: bool,
-    log_level: str,
-    access_log: bool,
-) -> None:
-    """Serve ARTIFACT (a directory or .tar.gz) over Open Inference Protocol v2 with quantization SLIs.
-
-    A refused artifact (tampered, badly signed, missing) keeps the server up and unready: it answers
-    /v2/health/live and /metrics, 503 elsewhere, and counts quantship_model_load_failures_total.
-    """
-    from quantship import server
-
-    settings = server.ServerSettings(
+) -> server_settings.ServerSettings:
+    """The settings `serve` runs with, from its parsed options (the track picks unset SLI defaults)."""
+    return server_settings.ServerSettings(
         artifact=artifact_path,
         model_name=model_name,
         revision=revision,
-        track=server.Track(track),
+        track=server_settings.Track(track),
         host=host,
         port=port,
         grpc_port=grpc_port,
@@ -800,9 +803,9 @@ def serve(
         capture_max_bytes=capture_max_bytes,
         capture_flush_s=capture_flush_s,
         require_gate_hardware=require_gate_hardware,
-        batching=server.BatchSettings(max_batch_size, max_queue_delay_ms, max_queue_size),
-        quality=server.QualitySettings.for_track(
-            server.Track(track),
+        batching=server_settings.BatchSettings(max_batch_size, max_queue_delay_ms, max_queue_size),
+        quality=server_settings.QualitySettings.for_track(
+            server_settings.Track(track),
             shadow_rate=shadow_rate,
             clip_sample_rate=clip_sample_rate,
             sli_cpu_budget=sli_cpu_budget,
@@ -812,7 +815,6 @@ def serve(
             feedback_max_bytes=feedback_max_bytes,
         ),
     )
-    server.serve(settings, log_level=log_level, access_log=access_log)
 
 
 @main.command()

@@ -5,8 +5,10 @@ Each attribute's docstring gives its unit and why the default is what it is.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from quantship.slo import Track  # which side of a rollout this server is: the `track` label
@@ -80,11 +82,16 @@ class QualitySettings:
     feedback time from them, unless the request was shadow-sampled). Oldest entries go first."""
 
     @classmethod
-    def for_track(cls, track: Track, **given: Any) -> QualitySettings:
+    def for_track(cls, track: Track | str, **given: Any) -> QualitySettings:
         """The settings of a server on `track`: the fields `given` (None: not given), and the
         track's defaults for the rest (`CANARY_QUALITY` on a canary, the class's elsewhere)."""
-        defaults = CANARY_QUALITY if track is Track.CANARY else {}
+        defaults = CANARY_QUALITY if Track(track) is Track.CANARY else {}
         return cls(**{**defaults, **{name: value for name, value in given.items() if value is not None}})
+
+    @classmethod
+    def default(cls, name: str, track: Track | str) -> Any:
+        """One field's default on `track` (for help texts and the CRD's descriptions)."""
+        return getattr(cls.for_track(track), name)
 
     def __post_init__(self) -> None:
         for name in ("shadow_rate", "clip_sample_rate"):
@@ -98,20 +105,18 @@ class QualitySettings:
             raise ValueError("disagreement tolerance must be >= 0")
 
 
-CANARY_QUALITY: dict[str, Any] = {"shadow_rate": 1.0, "sli_cpu_budget": 0.05}
-"""A canary's defaults where they differ: its SLIs exist to judge it, and the analysis wants
-`minSamples` (100) FP32 comparisons in its short window (60 s), 1.7 a second. At the stable defaults
-a canary on the first step (5% of the traffic) got those only from 667 requests a second of
-traffic, and on a large network the budget's shadow half paid for ~0.5 reference runs a second
-(EfficientNet-Lite0: ~10 ms of CPU each) whatever the traffic: such a canary was inconclusive, then
-rolled back. A canary offers every request (the budget alone decides) and may spend 5% of a core,
-whose shadow half pays for ~2.5 runs a second there. Only rows the FP32 model is sure of are
-compared (the gate's rule): 2.5 runs a second are 150 comparisons a minute where it is sure of all,
-~35 on the zoo's EfficientNet-Lite0 requests, where it is sure of a quarter; a model like that
-needs a higher budget (the verdict says so). The SLI thread yields the CPU at once (SCHED_IDLE); at
-5%, EfficientNet-Lite0's p99 at c=1 read 1.4-3.1 ms over the SLIs off (docs/performance-history.md,
-session 19), far from the latency SLO's 100 ms. Promotion restarts the pods as `stable`, with the
-stable defaults. Given values (the flags, spec.server) apply on both tracks."""
+CANARY_QUALITY: Mapping[str, Any] = MappingProxyType({"shadow_rate": 1.0, "sli_cpu_budget": 0.05})
+"""A canary's defaults where they differ from the stable's: its SLIs exist to judge it, and the
+analysis wants `minSamples` (100) FP32 comparisons in its 60 s window. At the stable's, a canary on
+the first step (5% of the traffic) got those only from 667 requests a second, and an image model's
+budget paid for ~30 reference runs a minute (EfficientNet-Lite0: ~10 ms of CPU each) whatever the
+traffic, so such a canary was inconclusive, then rolled back. A canary offers every request (the
+budget alone decides which run) and its shadow half of 5% of a core pays for ~150 runs a minute
+there: the analysis' 100 comparisons where the gate compares every row, or, under the confident
+agreement rule (only rows FP32 is sure of), where FP32 is sure of two thirds of them. Given values
+(flags, spec.server) apply on both tracks; promotion restarts the pods as `stable`, with the
+stable's defaults. Figures: README, "A canary samples by budget"; docs/performance-history.md,
+session 21."""
 
 
 @dataclass(frozen=True)
@@ -179,6 +184,8 @@ class ServerSettings:
     where the gate showed they do not (int8 accuracy can differ with and without VNNI)."""
     batching: BatchSettings = field(default_factory=BatchSettings)
     quality: QualitySettings = field(default_factory=QualitySettings)
+    """`quantship serve` builds it for its track (`QualitySettings.for_track`); left out here, it is
+    the stable's defaults whatever `track` says."""
 
     def __post_init__(self) -> None:
         if self.body_timeout_s <= 0 or self.idle_timeout_s <= 0:

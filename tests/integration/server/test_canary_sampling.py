@@ -51,17 +51,18 @@ def test_a_canary_compares_every_request_its_budget_affords_by_default(
             asyncio.run(server.wait_ready())
             send(server, traffic[0][:REQUESTS])
         canary = servers[Track.CANARY]
-        # Rows the FP32 model is unsure of are not compared (the gate's rule): most digits rows are sure.
-        wait_until(lambda: comparisons(canary) >= 0.75 * REQUESTS, what="the canary's comparisons")
+        # digits' gate had labels, so its rule compares every row; digits' runs cost ~0.1 ms, so the
+        # canary's budget affords them all
+        wait_until(lambda: comparisons(canary) == REQUESTS, what="the canary's comparisons")
         assert (sample_value(canary.url, "quantship_samples_dropped_total", kind="shadow") or 0) == 0
         for track, server in servers.items():
             quality = QualitySettings.for_track(track)
             said = f"shadow {quality.shadow_rate:.0%}, clip {quality.clip_sample_rate:.0%}"
             assert said in server.log_tail(), server.log_tail()
             assert f"SLI CPU budget {quality.sli_cpu_budget:g} CPU seconds a second" in server.log_tail()
-        # The stable server samples 5%: 40 requests give it two comparisons on average, all 40 with a
-        # chance of 1e-52. Whatever is still queued can only add to that count, never reach 30.
-        assert comparisons(servers[Track.STABLE]) < 0.75 * REQUESTS
+        # The stable server samples 5%: 40 requests give it two comparisons on average, 20 or more
+        # with a chance of 5e-16. Whatever is still queued can only add to that count.
+        assert comparisons(servers[Track.STABLE]) < REQUESTS / 2
     finally:
         for server in servers.values():
             server.stop()

@@ -8,9 +8,21 @@ import dataclasses
 import pytest
 
 from quantship import cli
+from quantship.operator import crd
+from quantship.operator.spec import SERVER_FLAGS
 from quantship.rollout import AnalysisSpec
 from quantship.server import BatchSettings, QualitySettings, ServerSettings, Track
 from quantship.server.settings import CANARY_QUALITY
+
+SAMPLING_FLAGS = {"shadow_rate": "--shadow-rate", "clip_sample_rate": "--clip-sample-rate",
+                  "sli_cpu_budget": "--sli-cpu-budget"}  # fmt: skip
+
+
+def settings(*args: str) -> ServerSettings:
+    """What `quantship serve ARGS` would run with: click's own parsing, then the command's settings."""
+    context = cli.serve.make_context("serve", ["artifact", "--model-name", "m", "--revision", "r", *args])
+    options = {k: v for k, v in context.params.items() if k not in ("log_level", "access_log")}
+    return cli.serve_settings(**options)
 
 
 def test_every_serve_option_named_after_a_setting_defaults_to_that_setting() -> None:
@@ -31,12 +43,34 @@ def test_every_serve_option_named_after_a_setting_defaults_to_that_setting() -> 
             assert default == getattr(expected, "value", expected), name
 
 
+@pytest.mark.parametrize("track", list(Track))
+def test_serve_takes_the_tracks_sampling_defaults_and_every_given_value(track: Track) -> None:
+    assert settings("--track", track.value).quality == QualitySettings.for_track(track)
+    given = {"shadow_rate": 0.2, "clip_sample_rate": 0.3, "sli_cpu_budget": 0.003}
+    for name, value in given.items():
+        chosen = settings("--track", track.value, SAMPLING_FLAGS[name], str(value)).quality
+        assert getattr(chosen, name) == value
+        assert chosen == dataclasses.replace(QualitySettings.for_track(track), **{name: value})
+
+
+def test_the_help_and_the_crd_say_each_tracks_default() -> None:
+    helps = {param.name: param.help or "" for param in cli.serve.params}
+    described = crd.spec_schema()["properties"]["server"]["properties"]
+    crd_field = {flag: field for field, flag in SERVER_FLAGS.items()}
+    for name, value in CANARY_QUALITY.items():
+        stable = getattr(QualitySettings(), name)
+        assert f"[default: {stable:g}; on --track canary: {value:g}]" in helps[name]
+        said = f"Unset: {stable:g} on the stable revision, {value:g} on the canary"
+        assert said in described[crd_field[SAMPLING_FLAGS[name]]]["description"]
+
+
 def test_a_stable_server_takes_the_class_defaults() -> None:
     assert QualitySettings.for_track(Track.STABLE, shadow_rate=None, sli_cpu_budget=None) == QualitySettings()
 
 
 def test_a_canary_offers_every_request_and_may_spend_more_of_a_core() -> None:
     stable, canary = QualitySettings(), QualitySettings.for_track(Track.CANARY)
+    assert QualitySettings.for_track(Track.CANARY.value) == canary  # a track given as its name
     assert canary.shadow_rate == 1.0  # the budget alone decides which requests are compared
     assert canary.sli_cpu_budget > stable.sli_cpu_budget
     assert canary.clip_sample_rate == stable.clip_sample_rate  # clip counts activations: never short
