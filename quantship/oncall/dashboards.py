@@ -575,7 +575,8 @@ def debug() -> Board:
         "Sampled work dropped",
         "Samples the SLIs skipped: the background worker was behind, the SLI CPU budget "
         "(--sli-cpu-budget) was spent, or a capture row had another shape. Budget drops are by design at "
-        "high traffic; the SLIs then rest on fewer samples a minute.",
+        "high traffic, and on a canary (which offers every request to the shadow lane) at any; the SLIs "
+        "then rest on fewer samples a minute.",
         [
             query(
                 per_second(M.SAMPLES_DROPPED_TOTAL, ("model", "track", "kind", "reason")),

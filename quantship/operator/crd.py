@@ -272,8 +272,7 @@ def _quantize_schema() -> dict[str, Any]:
 
 def _by_track(name: str) -> str:
     """What the server takes for an unset quality field, on either track: set values apply to both."""
-    stable = getattr(QualitySettings(), name)
-    canary = getattr(QualitySettings.for_track(Track.CANARY), name)
+    stable, canary = (QualitySettings.default(name, track) for track in (Track.STABLE, Track.CANARY))
     return f"Unset: {stable:g} on the stable revision, {canary:g} on the canary (a set value applies to both)"
 
 
@@ -306,9 +305,9 @@ def _server_schema() -> dict[str, Any]:
                 "description": "CPU seconds a second the shadow and clip SLIs may spend, split evenly "
                 "between the two that run; samples past it are dropped and counted. "
                 f"{_by_track('sli_cpu_budget')}. The canary's default pays for ~150 FP32 runs a minute "
-                "of an image model (EfficientNet-Lite0): the analysis' default minSamples where the FP32 "
-                "model is sure of most rows, as only those are compared. Raise it where a canary's SLIs "
-                "still get too few samples.",
+                "of an image model (EfficientNet-Lite0): the analysis' default minSamples where the gate "
+                "compares every row, or, under the confident-agreement rule, where FP32 is sure of two "
+                "thirds of them. Raise it where a canary's SLIs still get too few samples.",
             },
             "threads": _int("onnxruntime intra-op threads.", 1, 256),
         },

@@ -54,15 +54,17 @@ class Fault(enum.StrEnum):
 MORE_SAMPLES = {
     slo.SLI.ACCURACY_DELTA: "if the canary drops shadow samples for budget "
     f'({slo.Metric.SAMPLES_DROPPED_TOTAL}{{kind="shadow",reason="budget"}}), a higher SLI CPU budget '
-    "(spec.server.sliCpuBudget; its server logs how many samples a minute the budget pays for, and "
-    "of those only rows the FP32 model is sure of are compared), else a higher shadow rate or more traffic",
+    "(spec.server.sliCpuBudget, both tracks'; its server logs how many samples a minute the budget pays "
+    "for, and under the confident-agreement rule only rows the FP32 model is sure of are compared), else "
+    "more traffic (or a higher shadow rate, where one was set below 1)",
     slo.SLI.CLIP_RATE: "a higher clip sample rate or SLI CPU budget, or more traffic",
 }
 """What gives a sampled SLO more samples, said in the reason of a verdict that had too few (latency
 and errors count every request: only traffic or longer windows help them, which goes without
 saying). The shadow and clip samples are taken within a CPU budget: on an image model a canary's
 default pays for ~150 reference runs a minute, and fewer comparisons where the FP32 model is unsure
-of many rows (a quarter of the zoo's EfficientNet-Lite0 requests are compared)."""
+of many rows under the confident-agreement rule (it is sure of a fifth of the zoo's EfficientNet-Lite0
+requests)."""
 
 
 # -- measuring ------------------------------------------------------------------------------------
