@@ -11,7 +11,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-SUITES = ["quantize", "real_models", "server", "transport", "peers", "sli_cost", "rollout", "operator_scale"]
+SUITES = [
+    "quantize", "real_models", "server", "transport", "peers", "sli_cost", "canary_samples", "rollout",
+    "operator_scale",
+]  # fmt: skip
 
 
 def main(names: list[str]) -> None:

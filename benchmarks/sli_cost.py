@@ -41,9 +41,12 @@ from benchmarks.process_cpu import cpu_seconds_by_nice
 from benchmarks.server import scrape_sums
 from quantship import runtime
 from quantship.server.background import NICE
-from quantship.slo import Metric
+from quantship.slo import Metric, Track
 
 ROUNDS = int(os.environ.get("SLI_ROUNDS", 5))
+TRACK = Track(os.environ.get("SLI_TRACK", Track.STABLE))
+"""The SLI server's track: `SLI_TRACK=canary` measures a canary's defaults (every request offered to
+the shadow lane, a 5% budget) instead of the stable's."""
 SLIS_OFF, CONTROL, SLIS_ON = "SLIs off", "control (off)", "default SLIs"
 SAMPLES = (Metric.SHADOW_COMPARISONS_TOTAL.value, Metric.SAMPLES_DROPPED_TOTAL.value)
 """Scraped around each measured cell of the SLI server: what it compared, and what it skipped."""
@@ -75,7 +78,7 @@ def run(workdir: Path) -> None:
     console.print(
         f"{time.strftime('%Y-%m-%d')}, CPU: {runtime.hardware().cpu}, {os.cpu_count()} cores; "
         f"{model.name}; three servers loaded at once, {ROUNDS} rounds of {peers.SECONDS} s a cell, "
-        "median shown"
+        f"median shown; the SLI server on the {TRACK.value} track"
     )
     cells: dict[tuple[str, int], list[peers.Cell]] = {}
     serving_us: dict[tuple[str, int], list[float]] = {}
@@ -86,7 +89,9 @@ def run(workdir: Path) -> None:
         servers = {
             SLIS_OFF: stack.enter_context(peers.quantship(model, workdir, *off, log_name="slis-off")),
             CONTROL: stack.enter_context(peers.quantship(model, workdir, *off, log_name="slis-off-control")),
-            SLIS_ON: stack.enter_context(peers.quantship(model, workdir, log_name="slis-on")),
+            SLIS_ON: stack.enter_context(
+                peers.quantship(model, workdir, "--track", TRACK.value, log_name="slis-on")
+            ),
         }
         for variant, server in servers.items():  # chosen at load by timing: they could differ
             batching = httpx.get(f"{server.url}/v2/models/m", timeout=10).json()["batching"]

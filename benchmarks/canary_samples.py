@@ -1,0 +1,136 @@
+"""What a canary's accuracy SLO gets to judge: FP32 comparisons a minute on an image model.
+
+The rollout analysis needs `minSamples` comparisons (100 by default) in its short window (60 s).
+A server on the stable track samples 5% of requests within 0.01 CPU seconds a second; one on the
+canary track offers every request within 0.05 (`quantship.server.settings.CANARY_QUALITY`). This
+suite serves the compute-heavy cell's EfficientNet-Lite0 INT8 artifact (`peers_heavy.build`) with
+the default settings of each track, over gRPC (the grpcio client, one call at a time), and counts
+the comparisons each makes from its `/metrics`:
+
+- open loop at a canary's share of 60 requests a second on the first of the default steps (5%: 3 a
+  second);
+- one call at a time, back to back: a canary that has all the traffic it can take;
+
+each over the rows of the zoo's requests the FP32 model is sure of (only those are compared: the
+gate's rule), and the first also over all 200 rows (FP32 is sure of about a fifth). The stable
+track's defaults are what every canary ran before it had its own: the alternative, side by side.
+Each cell is a fresh server, as a canary's first step is: the budget's 10 s burst is in its count.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import numpy as np
+import onnxruntime as ort
+from rich.console import Console
+from rich.table import Table
+
+from benchmarks import peers_heavy
+from benchmarks.floor_server import MAX_MESSAGE
+from benchmarks.server import scrape_sums
+from quantship import agreement, artifact, zoo
+from quantship.local.processes import ServerProcess
+from quantship.local.prometheus import free_port
+from quantship.rollout import AnalysisSpec, RolloutSpec
+from quantship.slo import Metric, Track
+
+MODEL = "m"
+INPUT = "images"
+SECONDS = float(os.environ.get("CANARY_SECONDS", 60))
+TRAFFIC = 60.0
+"""Requests a second to the model, of which the first step's share goes to the canary."""
+FIRST_STEP = RolloutSpec(model=MODEL, revision="", objectives=()).steps[0]  # the default steps' first
+OPEN_LOOP_RATE = TRAFFIC * FIRST_STEP / 100
+
+
+@dataclass(frozen=True)
+class Cell:
+    requests: int
+    seconds: float
+    comparisons: float
+    load: float
+
+
+def run(workdir: Path) -> None:
+    console = Console(width=150)
+    console.print("building EfficientNet-Lite0 and tuning its INT8 artifact ...")
+    root, _ = peers_heavy.build(workdir)
+    with np.load(zoo.SampleModel(peers_heavy.ZOO / peers_heavy.MODEL).requests) as requests:
+        rows = requests[INPUT].astype(np.float32)
+    sure = rows[_sure(root / artifact.REFERENCE_FILE, rows)]
+    console.print(f"FP32 is sure of {len(sure)} of the {len(rows)} request rows")
+    traffic = [
+        (f"{OPEN_LOOP_RATE:g} req/s, rows FP32 is sure of", sure, OPEN_LOOP_RATE),
+        (f"{OPEN_LOOP_RATE:g} req/s, all {len(rows)} rows", rows, OPEN_LOOP_RATE),
+        ("one call at a time, rows FP32 is sure of", sure, None),
+    ]
+    minimum = AnalysisSpec().min_samples
+    table = Table(title=f"FP32 comparisons a minute, EfficientNet-Lite0 INT8 ({SECONDS:g} s a cell)")
+    for column in ("server", "traffic", "req/s", "comparisons / min", f">= minSamples ({minimum})", "load"):
+        table.add_column(column, justify="left" if column in ("server", "traffic") else "right")
+    for track in (Track.STABLE, Track.CANARY):
+        for label, cell_rows, rate in traffic:
+            cell = _cell(root, track, workdir / f"canary-samples-{track.value}.log", cell_rows, rate)
+            per_minute = 60 / cell.seconds
+            table.add_row(
+                f"{track.value} track (defaults)",
+                label,
+                f"{cell.requests / cell.seconds:.1f}",
+                f"{cell.comparisons * per_minute:.0f}",
+                "yes" if cell.comparisons * per_minute >= minimum else "no",
+                f"{cell.load:.2f}",
+            )
+            console.print(f"{track.value}, {label}: {cell}", highlight=False)
+    console.print(table)
+
+
+def _sure(reference: Path, rows: np.ndarray) -> np.ndarray:
+    session = ort.InferenceSession(str(reference), providers=["CPUExecutionProvider"])
+    batches = [rows[start : start + 16] for start in range(0, len(rows), 16)]
+    scores = np.concatenate([session.run(None, {INPUT: batch})[0] for batch in batches])
+    return agreement.confident(scores)
+
+
+def _cell(root: Path, track: Track, log: Path, rows: np.ndarray, rate: float | None) -> Cell:
+    port = free_port()
+    server = ServerProcess(
+        root,
+        model=MODEL,
+        revision=track.value,
+        track=track.value,
+        extra_args=["--threads", str(peers_heavy.THREADS), "--grpc-port", str(port)],
+        log_path=log,
+    )
+    server.start()
+    compared = Metric.SHADOW_COMPARISONS_TOTAL.value
+    options = [
+        ("grpc.max_receive_message_length", MAX_MESSAGE),
+        ("grpc.max_send_message_length", MAX_MESSAGE),
+    ]
+    try:
+        asyncio.run(server.wait_ready())
+        payloads = [peers_heavy.grpc_request(MODEL, INPUT, row[None]) for row in rows]
+        with grpc.insecure_channel(f"127.0.0.1:{port}", options=options) as channel:
+            infer = channel.unary_unary(peers_heavy.INFER)
+            for payload in payloads[: peers_heavy.WARMUP_CALLS]:
+                infer(payload, timeout=60)
+            time.sleep(1)  # the warm-up's samples are counted before the cell starts
+            (before,) = scrape_sums(server.url, compared)
+            sent, started = 0, time.monotonic()
+            while (now := time.monotonic()) - started < SECONDS:
+                if rate is not None and (due := started + sent / rate) > now:
+                    time.sleep(due - now)
+                infer(payloads[sent % len(payloads)], timeout=60)
+                sent += 1
+            seconds = time.monotonic() - started
+        time.sleep(1)  # the lane's last hand-off
+        (after,) = scrape_sums(server.url, compared)
+    finally:
+        server.stop()
+    return Cell(sent, seconds, after - before, os.getloadavg()[0])
