@@ -23,12 +23,12 @@ measured beside it ran 30-50% slower; 2026-12-03).
 
 Until a lane knows what a sample costs, its first hand-off is one sample, the probe; samples offered
 meanwhile are queued unpriced and charged when they are taken, at the probe's price, or dropped as
-"budget" if it does not cover them, and no more than a hand-off's worth (`max_items`) wait so: a
-canary offers every request, and each holds its inputs (16 MiB at most). Admitted for nothing, a
-fresh server's queues filled while a starved worker ran its first hand-off, and all of it ran
-outside the budget, the debt past one bucket forgiven (EfficientNet-Lite0 INT8 at c=1: clip samples
-60 ms of CPU each, four unpriced hand-offs of 2.6 s where the bucket holds 0.5, the worker at 8-13%
-of a core 11 s after the start against a 5% budget; 2026-12-04).
+"budget" if it does not cover them; no more than a hand-off's worth (`max_items`) wait so, the rest
+dropped as "behind": a canary offers every request, and each holds its inputs (16 MiB at most).
+Admitted for nothing, a fresh server's queues filled while a starved worker ran its first hand-off,
+and all of it ran outside the budget, the debt past one bucket forgiven (EfficientNet-Lite0 INT8 at
+c=1: clip samples 60 ms of CPU each, four unpriced hand-offs of 2.6 s where the bucket holds 0.5,
+the worker at 8-13% of a core 11 s after the start against a 5% budget; 2026-12-04).
 """
 
 from __future__ import annotations
@@ -159,10 +159,13 @@ class Lane(Generic[T]):
     def offer(self, item: T) -> bool:
         reserved: float | None = 0.0
         if self.budget is not None:
-            # while probing, at most one hand-off's worth waits unpriced: each holds a request's
-            # inputs, and a canary offers every request
-            if not self.budget.allows() or (self._cost is None and self._queue.qsize() >= self.max_items):
+            if not self.budget.allows():
                 self.on_drop(BUDGET)
+                return False
+            # while probing, at most one hand-off's worth waits unpriced, behind the probe: each
+            # holds a request's inputs, and a canary offers every request
+            if self._cost is None and self._queue.qsize() >= self.max_items:
+                self.on_drop(BEHIND)
                 return False
             reserved = self._cost
         try:

@@ -20,7 +20,9 @@ WINDOW = 64  # sampled requests; every request is sampled here
 
 
 @pytest.fixture
-def drift_server(good_artifact: artifact.Artifact) -> Iterator[LocalServer]:
+def drift_server(
+    good_artifact: artifact.Artifact, traffic: tuple[np.ndarray, np.ndarray]
+) -> Iterator[LocalServer]:
     # a queue that holds every sampled request of the test: no sample is dropped, so each window holds
     # exactly the traffic sent (dropping under load is the lane's right, tested elsewhere)
     quality = QualitySettings(
@@ -32,6 +34,8 @@ def drift_server(good_artifact: artifact.Artifact) -> Iterator[LocalServer]:
         sli_cpu_budget=4.0,
     )
     server = LocalServer(settings_for(good_artifact, "drift", quality=quality)).start()
+    # One sample first: until a lane knows a sample's price, it lets only a hand-off's worth wait
+    send(server, traffic[0][:1], clients=1)
     yield server
     server.stop()
 

@@ -211,7 +211,7 @@ async def test_while_probing_a_lane_holds_one_hand_off_of_unpriced_samples_at_mo
     executor: ThreadPoolExecutor,
 ) -> None:
     """A canary offers every request and each sample holds its inputs: behind a slow probe, only
-    `max_items` wait unpriced; the rest are dropped as "budget", however large the budget."""
+    `max_items` wait unpriced; the rest are dropped as "behind", however large the budget."""
     probe_may_run = threading.Event()
     handed: list[list[int]] = []
 
@@ -229,7 +229,7 @@ async def test_while_probing_a_lane_holds_one_hand_off_of_unpriced_samples_at_mo
     await asyncio.sleep(0)  # the probe is handed off
     accepted = [lane.offer(i) for i in range(1, 11)]
     assert accepted == [True] * 4 + [False] * 6
-    assert dropped == ["budget"] * 6
+    assert dropped == ["behind"] * 6
     probe_may_run.set()
     await lane.idle()
     assert lane.offer(11)  # priced now: the queue's capacity applies again
