@@ -634,8 +634,15 @@ def _by_track(name: str) -> str:
     "--sli-cpu-budget",
     type=click.FloatRange(0, 64),
     default=None,  # not given: the track's default (QualitySettings.for_track)
-    help="CPU seconds per second the shadow and clip work may use, split evenly between the two that run; "
-    f"samples past it are dropped and counted. {_by_track('sli_cpu_budget')}",
+    help="CPU seconds per second the shadow and clip work may use, split between the two that run (see "
+    f"--shadow-budget-share); samples past it are dropped and counted. {_by_track('sli_cpu_budget')}",
+)
+@click.option(
+    "--shadow-budget-share",
+    type=click.FloatRange(0, 1),
+    default=None,  # not given: the track's default (QualitySettings.for_track)
+    help="Share of the SLI CPU budget the shadow lane pays from when the clip lane runs too; the clip lane "
+    f"pays from the rest. {_by_track('shadow_budget_share')}",
 )
 @click.option(
     "--per-tensor-metrics",
@@ -767,6 +774,7 @@ def serve_settings(
     shadow_rate: float | None,
     clip_sample_rate: float | None,
     sli_cpu_budget: float | None,
+    shadow_budget_share: float | None,
     per_tensor_metrics: bool,
     drift_window: int,
     feedback_capacity: int,
@@ -809,6 +817,7 @@ def serve_settings(
             shadow_rate=shadow_rate,
             clip_sample_rate=clip_sample_rate,
             sli_cpu_budget=sli_cpu_budget,
+            shadow_budget_share=shadow_budget_share,
             per_tensor_metrics=per_tensor_metrics,
             drift_window=drift_window,
             feedback_capacity=feedback_capacity,

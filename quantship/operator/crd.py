@@ -302,13 +302,18 @@ def _server_schema() -> dict[str, Any]:
                 "type": "number",
                 "minimum": 0,
                 "maximum": 64,
-                "description": "CPU seconds a second the shadow and clip SLIs may spend, split evenly "
-                "between the two that run; samples past it are dropped and counted. "
-                f"{_by_track('sli_cpu_budget')}. The canary's default pays for ~150 FP32 runs a minute "
+                "description": "CPU seconds a second the shadow and clip SLIs may spend, split between "
+                "the two that run (shadowBudgetShare); samples past it are dropped and counted. "
+                f"{_by_track('sli_cpu_budget')}. The canary's default pays for ~240 FP32 runs a minute "
                 "of an image model (EfficientNet-Lite0): the analysis' default minSamples where the gate "
-                "compares every row, or, under the confident-agreement rule, where FP32 is sure of two "
-                "thirds of them. Raise it where a canary's SLIs still get too few samples.",
+                "compares every row, or, under the confident-agreement rule, where FP32 is sure of 42% "
+                "of them. Raise it where a canary's SLIs still get too few samples.",
             },
+            "shadowBudgetShare": _ratio(
+                "Share of sliCpuBudget the shadow SLI pays from when the clip SLI runs too; the clip SLI "
+                f"pays from the rest. {_by_track('shadow_budget_share')}.",
+                exclusive_zero=False,
+            ),
             "threads": _int("onnxruntime intra-op threads.", 1, 256),
         },
     )

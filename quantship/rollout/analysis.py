@@ -62,7 +62,7 @@ MORE_SAMPLES = {
 """What gives a sampled SLO more samples, said in the reason of a verdict that had too few (latency
 and errors count every request: only traffic or longer windows help them, which goes without
 saying). The shadow and clip samples are taken within a CPU budget: on an image model a canary's
-default pays for ~150 reference runs a minute, and fewer comparisons where the FP32 model is unsure
+default pays for ~240 reference runs a minute, and fewer comparisons where the FP32 model is unsure
 of many rows under the confident-agreement rule (it is sure of a fifth of the zoo's EfficientNet-Lite0
 requests)."""
 

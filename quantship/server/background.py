@@ -10,7 +10,8 @@ samples, or per GATHER_S, keeps 5% sampling cheap. A full queue drops the sample
 sampling must never hold memory or delay answers. A failing `process` is logged and the lane goes on.
 
 A lane can have a CpuBudget: the CPU seconds its work may take per wall-clock second (the service
-splits `--sli-cpu-budget` evenly between the shadow and clip lanes that run). Sampling a share of
+splits `--sli-cpu-budget` between the shadow and clip lanes that run, `--shadow-budget-share` to the
+shadow lane). Sampling a share of
 requests costs a share of the model's compute, and on a large network the observing session and the
 binning cost more than the served call (EfficientNet-Lite0 INT8: +60% server CPU a request at 5%
 shadow and 5% clip sampling, measured). Past the budget, offered samples are dropped and counted

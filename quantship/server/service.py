@@ -337,16 +337,18 @@ class ModelService:
         )
         reference = opened.reference if quality.shadow_rate > 0 else None
         observer = opened.observer  # None unless clip sampling is on and the model has ranges
-        # Each SLI lane that runs pays from its own equal part of the budget. Shared first come,
-        # first served, EfficientNet-Lite0's clip samples (40-45 ms of CPU each beside a busy
-        # server, the reference's ~10) took three quarters of it: 9-17 FP32 comparisons a minute
-        # at c=1; 30-32 with a part each (2026-12-04).
-        running = sum(session is not None for session in (reference, observer))
-        lane_share = quality.sli_cpu_budget / max(1, running)
+        # Each SLI lane that runs pays from its own part of the budget (the shadow lane's is
+        # shadow_budget_share of it when both run). Shared first come, first served,
+        # EfficientNet-Lite0's clip samples (40-45 ms of CPU each beside a busy server, the
+        # reference's ~10) took three quarters of it: 9-17 FP32 comparisons a minute at c=1; 30-32
+        # with half each (2026-12-04).
+        both = reference is not None and observer is not None
+        shadow_part = quality.sli_cpu_budget * (quality.shadow_budget_share if both else 1.0)
+        clip_part = quality.sli_cpu_budget - shadow_part if both else quality.sli_cpu_budget
         shadow = None
         if reference is not None:
             evaluator = ShadowEvaluator(reference, opened.comparator, self.metrics, feedback)
-            shadow = self._lane("shadow", evaluator.process, CpuBudget(lane_share))
+            shadow = self._lane("shadow", evaluator.process, CpuBudget(shadow_part))
         clip = None
         if observer is not None:
             observed = {r.tensor for r in opened.ranges}
@@ -360,7 +362,7 @@ class ModelService:
                 else "off (the artifact carries no calibration histograms)",
             )
             counter = ClipCounter(observer, opened.ranges, self.metrics, drift)
-            clip = self._lane("clip", counter.process, CpuBudget(lane_share))
+            clip = self._lane("clip", counter.process, CpuBudget(clip_part))
         model = Model(opened, batcher, feedback, shadow, clip)
         if settings.capture_dir is not None:
             batchable = opened.runner.signature.batchable

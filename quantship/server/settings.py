@@ -46,18 +46,24 @@ class QualitySettings:
     """Share of requests (0..1) whose activations are checked against the calibrated ranges. The
     observing session cannot use fused int8 kernels, so it costs more than a served request."""
     sli_cpu_budget: float = 0.01
-    """CPU seconds per second of wall time the shadow and clip lanes may spend, together (a share of
-    one core), split evenly between the lanes that run (a lone lane gets all of it): each pays from
-    its own part, so that the clip lane's dearer samples cannot crowd out the accuracy SLO's
-    comparisons. Sampling by rate alone costs a share of the model's compute, and more than that on
-    a large network (EfficientNet-Lite0: +60% server CPU a request at the default rates); the budget
-    bounds what the SLIs take from serving at any traffic. Past it, samples are dropped and counted
-    (`quantship_samples_dropped_total{reason="budget"}`). 1%, not the 5% it was: requests served
-    while the SLI thread works in the gaps run slower although it yields the CPU at once, and at 5%
-    it worked through almost every request of EfficientNet-Lite0 at c=1, p99 1.4-3.1 ms over the
-    SLIs off; at 1%, level with them (docs/performance-history.md, session 19). A small model's
-    samples are cheap, so there 1% still buys dozens a second; a large one's SLIs get a few dozen a
-    minute unless a deployer raises it. A canary, to be judged, has its own: `CANARY_QUALITY`."""
+    """CPU seconds per second of wall time the shadow and clip lanes may spend, together (a share
+    of one core), split between the lanes that run (`shadow_budget_share`; a lone lane gets all
+    of it): each pays from its own part, so that the clip lane's dearer samples cannot crowd out
+    the accuracy SLO's comparisons. Sampling by rate alone costs a share of the model's compute,
+    and more than that on a large network (EfficientNet-Lite0: +60% server CPU a request at the
+    default rates); the budget bounds what the SLIs take from serving at any traffic. Past it,
+    samples are dropped and counted (`quantship_samples_dropped_total{reason="budget"}`). 1%,
+    not the 5% it was: requests served while the SLI thread works in the gaps run slower
+    although it yields the CPU at once, and at 5% it worked through almost every request of
+    EfficientNet-Lite0 at c=1, p99 1.4-3.1 ms over the SLIs off; at 1%, level with them
+    (docs/performance-history.md, session 19). A small model's samples are cheap, so there 1%
+    still buys dozens a second; a large one's SLIs get a few dozen a minute unless a deployer
+    raises it. A canary, to be judged, has its own: `CANARY_QUALITY`."""
+    shadow_budget_share: float = 0.5
+    """Share (0..1) of the SLI CPU budget the shadow lane pays from when the clip lane runs too; the
+    clip lane pays from the rest. Half on the stable track, where both SLIs matter alike. A canary's
+    shadow lane gets more (`CANARY_QUALITY`): the analysis wants 100 FP32 comparisons a window, and
+    there one clip sample of an image model counts millions of activation values."""
     per_tensor_metrics: bool = False
     """Also export clip counts per activation tensor (`quantship_tensor_activations_*`): one series
     per quantized tensor, hundreds for a real network, so only for the debug dashboard."""
@@ -94,7 +100,7 @@ class QualitySettings:
         return getattr(cls.for_track(track), name)
 
     def __post_init__(self) -> None:
-        for name in ("shadow_rate", "clip_sample_rate"):
+        for name in ("shadow_rate", "clip_sample_rate", "shadow_budget_share"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be within 0..1, got {getattr(self, name)}")
         if self.sli_cpu_budget < 0:
@@ -105,15 +111,18 @@ class QualitySettings:
             raise ValueError("disagreement tolerance must be >= 0")
 
 
-CANARY_QUALITY: Mapping[str, Any] = MappingProxyType({"shadow_rate": 1.0, "sli_cpu_budget": 0.05})
+CANARY_QUALITY: Mapping[str, Any] = MappingProxyType(
+    {"shadow_rate": 1.0, "sli_cpu_budget": 0.05, "shadow_budget_share": 0.8}
+)
 """A canary's defaults where they differ from the stable's: its SLIs exist to judge it, and the
 analysis wants `minSamples` (100) FP32 comparisons in its 60 s window. At the stable's, a canary on
 the first step (5% of the traffic) got those only from 667 requests a second, and an image model's
 budget paid for ~30 reference runs a minute (EfficientNet-Lite0: ~10 ms of CPU each) whatever the
 traffic, so such a canary was inconclusive, then rolled back. A canary offers every request (the
-budget alone decides which run) and its shadow half of 5% of a core pays for ~150 runs a minute
-there: the analysis' 100 comparisons where the gate compares every row, or, under the confident
-agreement rule (only rows FP32 is sure of), where FP32 is sure of two thirds of them. Given values
+budget alone decides which run) and may spend 5% of a core, of which the shadow lane's 80% pays for
+~240 runs a minute there: the analysis' 100 comparisons where the gate compares every row, or,
+under the confident-agreement rule (only rows FP32 is sure of), where FP32 is sure of 42% of them.
+The clip lane's 20% is twice the stable's part, and its SLI needs few samples. Given values
 (flags, spec.server) apply on both tracks; promotion restarts the pods as `stable`, with the
 stable's defaults. Figures: README, "A canary samples by budget"; docs/performance-history.md,
 session 21."""

@@ -1,4 +1,5 @@
-"""`--sli-cpu-budget` is split evenly between the SLI lanes that run, each paying from its own part:
+"""`--sli-cpu-budget` is split between the SLI lanes that run (evenly on the stable track, mostly to the
+shadow lane on a canary), each paying from its own part:
 shared first come, first served, an image model's clip samples (~4x a reference run) took most of it
 and left the accuracy SLO a dozen comparisons a minute. Real service, real digits artifact."""
 
@@ -15,7 +16,7 @@ from quantship import artifact
 from quantship.server.background import CpuBudget, Lane
 from quantship.server.metrics import ServerMetrics
 from quantship.server.service import Model, ModelService, Phase
-from quantship.server.settings import QualitySettings
+from quantship.server.settings import QualitySettings, Track
 
 
 @asynccontextmanager
@@ -43,11 +44,25 @@ async def test_the_shadow_and_clip_lanes_each_pay_from_their_own_half(
         assert budget(model.shadow).share == budget(model.clip).share == pytest.approx(0.01)
 
 
+async def test_a_canary_gives_the_shadow_lane_most_of_its_budget(good_artifact: artifact.Artifact) -> None:
+    """The analysis needs FP32 comparisons; one clip sample counts every activation value."""
+    canary = QualitySettings.for_track(Track.CANARY)
+    async with loaded(good_artifact, canary) as model:
+        assert budget(model.shadow).share == pytest.approx(canary.sli_cpu_budget * canary.shadow_budget_share)
+        assert budget(model.clip).share == pytest.approx(
+            canary.sli_cpu_budget * (1 - canary.shadow_budget_share)
+        )
+        assert budget(model.shadow).share > budget(model.clip).share
+
+
 @pytest.mark.parametrize(
     ("off", "running"),
     [
-        (lambda total: QualitySettings(sli_cpu_budget=total, clip_sample_rate=0), "shadow"),
-        (lambda total: QualitySettings(sli_cpu_budget=total, shadow_rate=0), "clip"),
+        (
+            lambda total: QualitySettings(sli_cpu_budget=total, clip_sample_rate=0, shadow_budget_share=0.8),
+            "shadow",
+        ),
+        (lambda total: QualitySettings(sli_cpu_budget=total, shadow_rate=0, shadow_budget_share=0.8), "clip"),
     ],
     ids=["clip off", "shadow off"],
 )

@@ -14,8 +14,12 @@ from quantship.rollout import AnalysisSpec
 from quantship.server import BatchSettings, QualitySettings, ServerSettings, Track
 from quantship.server.settings import CANARY_QUALITY
 
-SAMPLING_FLAGS = {"shadow_rate": "--shadow-rate", "clip_sample_rate": "--clip-sample-rate",
-                  "sli_cpu_budget": "--sli-cpu-budget"}  # fmt: skip
+SAMPLING_FLAGS = {
+    "shadow_rate": "--shadow-rate",
+    "clip_sample_rate": "--clip-sample-rate",
+    "sli_cpu_budget": "--sli-cpu-budget",
+    "shadow_budget_share": "--shadow-budget-share",
+}
 
 
 def settings(*args: str) -> ServerSettings:
@@ -46,7 +50,7 @@ def test_every_serve_option_named_after_a_setting_defaults_to_that_setting() -> 
 @pytest.mark.parametrize("track", list(Track))
 def test_serve_takes_the_tracks_sampling_defaults_and_every_given_value(track: Track) -> None:
     assert settings("--track", track.value).quality == QualitySettings.for_track(track)
-    given = {"shadow_rate": 0.2, "clip_sample_rate": 0.3, "sli_cpu_budget": 0.003}
+    given = {"shadow_rate": 0.2, "clip_sample_rate": 0.3, "sli_cpu_budget": 0.003, "shadow_budget_share": 0.6}
     for name, value in given.items():
         chosen = settings("--track", track.value, SAMPLING_FLAGS[name], str(value)).quality
         assert getattr(chosen, name) == value
@@ -81,12 +85,13 @@ def test_the_canary_budget_buys_an_image_model_the_analysis_samples() -> None:
     """The arithmetic behind the default, with the price measured beside a busy server: an
     EfficientNet-Lite0 comparison costs ~10 ms of CPU (9.85 ms in the lane's own log)."""
     price_s = 0.010
-    lanes = 2  # shadow and clip split the budget evenly
-    per_second = QualitySettings.for_track(Track.CANARY).sli_cpu_budget / lanes / price_s
+
+    def runs_a_window(quality: QualitySettings) -> float:  # the shadow lane's part, with clip running
+        return quality.sli_cpu_budget * quality.shadow_budget_share / price_s * analysis.short_window
+
     analysis = AnalysisSpec()
-    assert per_second * analysis.short_window >= 1.2 * analysis.min_samples
-    stable = QualitySettings().sli_cpu_budget / lanes / price_s
-    assert stable * analysis.short_window < analysis.min_samples  # why the canary has its own
+    assert runs_a_window(QualitySettings.for_track(Track.CANARY)) >= 2 * analysis.min_samples
+    assert runs_a_window(QualitySettings()) < analysis.min_samples  # why the canary has its own
 
 
 @pytest.mark.parametrize("track", list(Track))
