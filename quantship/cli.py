@@ -554,11 +554,13 @@ _SERVE, _BATCH, _QUALITY = (
 )
 
 
-def _by_track(name: str) -> str:
-    """A quality setting's defaults, in the flag's help: a canary has its own for some."""
+def _sampling_option(flag: str, kind: click.ParamType, help: str) -> Callable[[F], F]:
+    """An SLI sampling option whose default depends on --track: None when not given (then
+    QualitySettings.for_track fills in the track's), both tracks' defaults in its help."""
+    name = flag.removeprefix("--").replace("-", "_")
     stable, canary = (_QUALITY.default(name, track) for track in server_settings.Track)
     on_canary = f"; on --track canary: {canary:g}" if canary != stable else ""
-    return f"[default: {stable:g}{on_canary}]"
+    return click.option(flag, type=kind, default=None, help=f"{help} [default: {stable:g}{on_canary}]")
 
 
 @main.command()
@@ -573,7 +575,7 @@ def _by_track(name: str) -> str:
     default=_default(_SERVE, "track").value,
     show_default=True,
     help="Which side of a rollout this server is (the `track` label). A canary's SLIs sample more by "
-    "default, to be judged: see --shadow-rate and --sli-cpu-budget.",
+    "default, to be judged: see --shadow-rate, --sli-cpu-budget and --shadow-budget-share.",
 )
 @click.option("--host", default=_default(_SERVE, "host"), show_default=True)
 @click.option("--port", type=click.IntRange(0, 65535), default=_default(_SERVE, "port"), show_default=True)
@@ -616,33 +618,27 @@ def _by_track(name: str) -> str:
     show_default=True,
     help="Requests waiting for the model; beyond it, 429.",
 )
-@click.option(
+@_sampling_option(
     "--shadow-rate",
-    type=click.FloatRange(0, 1),
-    default=None,  # not given: the track's default (QualitySettings.for_track)
-    help="Share of requests also run through the FP32 reference, in the background. "
-    f"{_by_track('shadow_rate')}",
+    click.FloatRange(0, 1),
+    "Share of requests also run through the FP32 reference, in the background.",
 )
-@click.option(
+@_sampling_option(
     "--clip-sample-rate",
-    type=click.FloatRange(0, 1),
-    default=None,  # not given: the track's default (QualitySettings.for_track)
-    help="Share of requests whose activations are checked against the calibrated ranges. "
-    f"{_by_track('clip_sample_rate')}",
+    click.FloatRange(0, 1),
+    "Share of requests whose activations are checked against the calibrated ranges.",
 )
-@click.option(
+@_sampling_option(
     "--sli-cpu-budget",
-    type=click.FloatRange(0, 64),
-    default=None,  # not given: the track's default (QualitySettings.for_track)
-    help="CPU seconds per second the shadow and clip work may use, split between the two that run (see "
-    f"--shadow-budget-share); samples past it are dropped and counted. {_by_track('sli_cpu_budget')}",
+    click.FloatRange(0, 64),
+    "CPU seconds per second the shadow and clip work may use, split between the two that run (see "
+    "--shadow-budget-share); samples past it are dropped and counted.",
 )
-@click.option(
+@_sampling_option(
     "--shadow-budget-share",
-    type=click.FloatRange(0, 1),
-    default=None,  # not given: the track's default (QualitySettings.for_track)
-    help="Share of the SLI CPU budget the shadow lane pays from when the clip lane runs too; the clip lane "
-    f"pays from the rest. {_by_track('shadow_budget_share')}",
+    click.FloatRange(0, 1),
+    "Share of the SLI CPU budget the shadow lane pays from when the clip lane runs too; the clip lane "
+    "pays from the rest.",
 )
 @click.option(
     "--per-tensor-metrics",

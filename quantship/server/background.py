@@ -11,16 +11,15 @@ sampling must never hold memory or delay answers. A failing `process` is logged 
 
 A lane can have a CpuBudget: the CPU seconds its work may take per wall-clock second (the service
 splits `--sli-cpu-budget` between the shadow and clip lanes that run, `--shadow-budget-share` to the
-shadow lane). Sampling a share of
-requests costs a share of the model's compute, and on a large network the observing session and the
-binning cost more than the served call (EfficientNet-Lite0 INT8: +60% server CPU a request at 5%
-shadow and 5% clip sampling, measured). Past the budget, offered samples are dropped and counted
-(reason "budget") until the bucket refills: a slow SLI signal, never a slower model. A sample is
-charged when it is queued, at what the lane's last hand-off cost a sample, and the charge is
-settled with the measured CPU once it ran: charged only once run, a worker starved on a busy core
-let its queues fill with whatever they held, and ran it all when the load eased (EfficientNet-Lite0
-INT8, 8 s of gRPC load: 3.8 s of CPU in the 8 s after, at 65% of a core while raw onnxruntime
-measured beside it ran 30-50% slower; 2026-12-03).
+shadow lane). Sampling a share of requests costs a share of the model's compute, and on a large
+network the observing session and the binning cost more than the served call (EfficientNet-Lite0
+INT8: +60% server CPU a request at 5% shadow and 5% clip sampling, measured). Past the budget,
+offered samples are dropped and counted (reason "budget") until the bucket refills: a slow SLI
+signal, never a slower model. A sample is charged when it is queued, at what the lane's last
+hand-off cost a sample, and the charge is settled with the measured CPU once it ran: charged only
+once run, a worker starved on a busy core let its queues fill with whatever they held, and ran it
+all when the load eased (EfficientNet-Lite0 INT8, 8 s of gRPC load: 3.8 s of CPU in the 8 s after,
+at 65% of a core while raw onnxruntime measured beside it ran 30-50% slower; 2026-12-03).
 
 Until a lane knows what a sample costs, its first hand-off is one sample, the probe; samples offered
 meanwhile are queued unpriced and charged when they are taken, at the probe's price, or dropped as
