@@ -634,6 +634,14 @@ def _sampling_option(flag: str, kind: click.ParamType, help: str) -> Callable[[F
     "CPU seconds per second the shadow and clip work may use, split between the two that run (see "
     "--shadow-budget-share); samples past it are dropped and counted.",
 )
+@click.option(
+    "--canary-sli-cpu-budget",
+    type=click.FloatRange(0, 64),
+    default=None,
+    help="The SLI CPU budget of a server on --track canary, in place of --sli-cpu-budget, for a model "
+    "whose canary needs more FP32 comparisons than that buys. A stable server ignores it, so promotion "
+    "(which changes only --track) restores the stable's budget. [default: --sli-cpu-budget]",
+)
 @_sampling_option(
     "--shadow-budget-share",
     click.FloatRange(0, 1),
@@ -770,6 +778,7 @@ def serve_settings(
     shadow_rate: float | None,
     clip_sample_rate: float | None,
     sli_cpu_budget: float | None,
+    canary_sli_cpu_budget: float | None,
     shadow_budget_share: float | None,
     per_tensor_metrics: bool,
     drift_window: int,
@@ -813,6 +822,7 @@ def serve_settings(
             shadow_rate=shadow_rate,
             clip_sample_rate=clip_sample_rate,
             sli_cpu_budget=sli_cpu_budget,
+            canary_sli_cpu_budget=canary_sli_cpu_budget,
             shadow_budget_share=shadow_budget_share,
             per_tensor_metrics=per_tensor_metrics,
             drift_window=drift_window,

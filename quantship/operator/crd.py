@@ -307,7 +307,16 @@ def _server_schema() -> dict[str, Any]:
                 f"{_by_track('sli_cpu_budget')}. The canary's default pays for ~240 FP32 runs a minute "
                 "of an image model (EfficientNet-Lite0): the analysis' default minSamples where the gate "
                 "compares every row, or, under the confident-agreement rule, where FP32 is sure of 42% "
-                "of them. Raise it where a canary's SLIs still get too few samples.",
+                "of them. Raise canarySliCpuBudget where a canary's SLIs still get too few samples.",
+            },
+            "canarySliCpuBudget": {
+                "type": "number",
+                "minimum": 0,
+                "maximum": 64,
+                "description": "The SLI CPU budget of the canary's servers, in place of sliCpuBudget, for a "
+                "model whose reference runs cost more than that budget can pay for in the analysis' "
+                "windows (the canary's server logs what its budget buys a minute). The stable's servers "
+                "ignore it: promotion restarts them with the stable's budget. Unset: sliCpuBudget's.",
             },
             "shadowBudgetShare": _ratio(
                 "Share of sliCpuBudget the shadow SLI pays from when the clip SLI runs too; the clip SLI "

@@ -27,6 +27,7 @@ SERVER_FLAGS = {
     "shadowRate": "--shadow-rate",
     "clipSampleRate": "--clip-sample-rate",
     "sliCpuBudget": "--sli-cpu-budget",
+    "canarySliCpuBudget": "--canary-sli-cpu-budget",
     "shadowBudgetShare": "--shadow-budget-share",
     "threads": "--threads",
 }

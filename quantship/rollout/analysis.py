@@ -53,10 +53,11 @@ class Fault(enum.StrEnum):
 
 MORE_SAMPLES = {
     slo.SLI.ACCURACY_DELTA: "if the canary drops shadow samples for budget "
-    f'({slo.Metric.SAMPLES_DROPPED_TOTAL}{{kind="shadow",reason="budget"}}), a higher SLI CPU budget '
-    "(spec.server.sliCpuBudget, which applies to both tracks; its server logs how many samples a minute "
-    "the budget pays for, and under the confident-agreement rule only rows the FP32 model is sure of are "
-    "compared), else more traffic (or a higher shadow rate, where one was set below 1)",
+    f'({slo.Metric.SAMPLES_DROPPED_TOTAL}{{kind="shadow",reason="budget"}}), a higher canary SLI CPU '
+    "budget (spec.server.canarySliCpuBudget, which the stable's servers ignore; its server logs how many "
+    "samples a minute the budget pays for, and under the confident-agreement rule only rows the FP32 "
+    "model is sure of are compared), else more traffic (or a higher shadow rate, where one was set "
+    "below 1)",
     slo.SLI.CLIP_RATE: "a higher clip sample rate or SLI CPU budget, or more traffic",
 }
 """What gives a sampled SLO more samples, said in the reason of a verdict that had too few (latency

@@ -88,10 +88,22 @@ class QualitySettings:
     feedback time from them, unless the request was shadow-sampled). Oldest entries go first."""
 
     @classmethod
-    def for_track(cls, track: Track | str, **given: Any) -> QualitySettings:
+    def for_track(
+        cls, track: Track | str, *, canary_sli_cpu_budget: float | None = None, **given: Any
+    ) -> QualitySettings:
         """The settings of a server on `track`: the fields `given` (None: not given), and the
-        track's defaults for the rest (`CANARY_QUALITY` on a canary, the class's elsewhere)."""
-        defaults = CANARY_QUALITY if Track(track) is Track.CANARY else {}
+        track's defaults for the rest (`CANARY_QUALITY` on a canary, the class's elsewhere).
+
+        `canary_sli_cpu_budget`, where given, is a canary's `sli_cpu_budget` in place of the one
+        given for both tracks. A stable server ignores it: promotion changes only a server's
+        track, so a promoted canary's servers restart with the stable's budget."""
+        canary = Track(track) is Track.CANARY
+        if canary_sli_cpu_budget is not None:
+            if canary_sli_cpu_budget < 0:
+                raise ValueError("the canary's SLI CPU budget must be >= 0 CPU seconds a second")
+            if canary:
+                given = {**given, "sli_cpu_budget": canary_sli_cpu_budget}
+        defaults = CANARY_QUALITY if canary else {}
         return cls(**{**defaults, **{name: value for name, value in given.items() if value is not None}})
 
     @classmethod
@@ -123,8 +135,10 @@ budget alone decides which run) and may spend 5% of a core, of which the shadow 
 ~240 runs a minute there: the analysis' 100 comparisons where the gate compares every row, or,
 under the confident-agreement rule (only rows FP32 is sure of), where FP32 is sure of 42% of them.
 The clip lane's 20% is twice the stable's part, and its SLI needs few samples. Given values
-(flags, spec.server) apply on both tracks; promotion restarts the pods as `stable`, with the
-stable's defaults. Figures: README, "A canary samples by budget"; docs/performance-history.md,
+(flags, spec.server) apply on both tracks, but for the canary's own budget
+(`--canary-sli-cpu-budget`, spec.server.canarySliCpuBudget): a model whose reference runs cost more
+gets its canary more without raising the stable's. Promotion restarts the pods as `stable`, with
+the stable's defaults. Figures: README, "A canary samples by budget"; docs/performance-history.md,
 session 21."""
 
 

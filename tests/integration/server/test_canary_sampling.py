@@ -74,3 +74,45 @@ def test_a_canary_compares_every_request_its_budget_affords_by_default(
     finally:
         for server in servers.values():
             server.stop()
+
+
+def test_the_canary_budget_is_spent_by_a_canary_and_ignored_by_a_stable_server(
+    good_artifact: artifact.Artifact, traffic: tuple[np.ndarray, np.ndarray], tmp_path: Path
+) -> None:
+    """The same flags on both tracks, as the operator passes spec.server to every revision: no SLI
+    budget for the stable, a canary's own. The stable compares nothing; the canary everything."""
+    flags = ("--shadow-rate", "1", "--sli-cpu-budget", "0", "--canary-sli-cpu-budget", "0.05")
+    servers = {
+        track: ServerProcess(
+            good_artifact.root,
+            model=MODEL,
+            revision=track.value,
+            track=track.value,
+            extra_args=flags,
+            log_path=tmp_path / f"{track.value}.log",
+        )
+        for track in Track
+    }
+    for server in servers.values():
+        server.start()
+    try:
+        canary, stable = servers[Track.CANARY], servers[Track.STABLE]
+        for server in servers.values():
+            asyncio.run(server.wait_ready())
+        send(canary, traffic[0][:1])  # the lane prices its first sample alone
+        wait_until(lambda: comparisons(canary) == 1, what="the canary's first comparison")
+        for server in servers.values():
+            send(server, traffic[0][1 : REQUESTS + 1])
+        wait_until(lambda: comparisons(canary) == REQUESTS + 1, what="the canary's comparisons")
+        assert sample_value(canary.url, DROPPED, kind="shadow", reason="budget") == 0
+        assert "SLI CPU budget 0.05 CPU seconds a second" in canary.log_tail()
+        assert "SLI CPU budget 0 CPU seconds a second" in stable.log_tail()
+        # every request was offered (rate 1) and refused by the empty budget, none compared
+        wait_until(
+            lambda: sample_value(stable.url, DROPPED, kind="shadow", reason="budget") == REQUESTS,
+            what="the stable's budget drops",
+        )
+        assert comparisons(stable) == 0
+    finally:
+        for server in servers.values():
+            server.stop()

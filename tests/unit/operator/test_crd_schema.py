@@ -132,6 +132,8 @@ DELETE = object()
         ("analysis.prometheusUrl", "prometheus:9090", "does not match"),
         ("server.shadowRate", 2, "greater than the maximum"),
         ("server.sliCpuBudget", -1, "less than the minimum"),
+        ("server.canarySliCpuBudget", -0.5, "less than the minimum"),
+        ("server.canarySliCpuBudget", 65, "greater than the maximum"),
     ],
 )
 def test_the_schema_rejects_a_resource_that_cannot_work(path: str, value: Any, complaint: str) -> None:

@@ -77,6 +77,22 @@ def test_unset_sampling_is_left_to_the_server_so_that_it_follows_the_track(track
     assert args[args.index("--track") + 1] == track.value
 
 
+def test_the_canary_budget_is_a_canarys_alone_and_promotion_drops_it_without_editing_args() -> None:
+    """The operator passes spec.server.canarySliCpuBudget to every revision; promotion flips only
+    --track (kube's relabel), and the promoted server then takes the shared budget."""
+    spec = model(server={"sliCpuBudget": 0.02, "canarySliCpuBudget": 0.3})
+    canary = resources.serve_args(spec, "0123456789", Track.CANARY)
+    promoted = list(canary)
+    promoted[promoted.index("--track") + 1] = Track.STABLE.value
+
+    def budget(args: list[str]) -> float:
+        context = cli.serve.make_context("serve", args[1:])  # args[0] is the subcommand
+        options = {k: v for k, v in context.params.items() if k not in ("log_level", "access_log")}
+        return cli.serve_settings(**options).quality.sli_cpu_budget
+
+    assert (budget(canary), budget(promoted)) == (0.3, 0.02)
+
+
 def test_every_server_field_of_the_crd_is_a_flag_that_quantship_serve_takes() -> None:
     assert set(crd.spec_schema()["properties"]["server"]["properties"]) == set(SERVER_FLAGS)
     assert set(SERVER_FLAGS.values()) <= {option for param in cli.serve.params for option in param.opts}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import click
 import pytest
 
 from quantship import cli
@@ -98,3 +99,33 @@ def test_the_canary_budget_buys_an_image_model_the_analysis_samples() -> None:
 def test_given_values_apply_on_both_tracks(track: Track) -> None:
     given = QualitySettings.for_track(track, shadow_rate=0.2, clip_sample_rate=0.0, sli_cpu_budget=0.003)
     assert (given.shadow_rate, given.clip_sample_rate, given.sli_cpu_budget) == (0.2, 0.0, 0.003)
+
+
+@pytest.mark.parametrize(
+    ("args", "budget"),
+    [
+        (("--track", "canary", "--canary-sli-cpu-budget", "0.2"), 0.2),
+        (("--track", "canary", "--sli-cpu-budget", "0.003", "--canary-sli-cpu-budget", "0.2"), 0.2),
+        (("--track", "canary", "--sli-cpu-budget", "0.003"), 0.003),
+        (("--track", "stable", "--sli-cpu-budget", "0.003", "--canary-sli-cpu-budget", "0.2"), 0.003),
+        (("--track", "stable", "--canary-sli-cpu-budget", "0.2"), QualitySettings().sli_cpu_budget),
+    ],
+)
+def test_the_canary_budget_replaces_the_shared_one_on_a_canary_alone(
+    args: tuple[str, ...], budget: float
+) -> None:
+    quality = settings(*args).quality
+    assert quality.sli_cpu_budget == budget
+    # the rest is the track's, untouched by the canary's budget
+    track = args[args.index("--track") + 1]
+    assert dataclasses.replace(quality, sli_cpu_budget=QualitySettings.default("sli_cpu_budget", track)) == (
+        QualitySettings.for_track(track)
+    )
+
+
+def test_a_negative_canary_budget_is_refused_on_either_track() -> None:
+    for track in Track:
+        with pytest.raises(ValueError, match="canary's SLI CPU budget"):
+            QualitySettings.for_track(track, canary_sli_cpu_budget=-0.1)
+    with pytest.raises(click.BadParameter):
+        settings("--canary-sli-cpu-budget", "-1")
