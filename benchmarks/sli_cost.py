@@ -47,6 +47,9 @@ ROUNDS = int(os.environ.get("SLI_ROUNDS", 5))
 TRACK = Track(os.environ.get("SLI_TRACK", Track.STABLE))
 """The SLI server's track: `SLI_TRACK=canary` measures a canary's defaults (every request offered to
 the shadow lane, a 5% budget) instead of the stable's."""
+SLI_ARGS = tuple(os.environ.get("SLI_ARGS", "").split())
+"""More `quantship serve` flags for the SLI server (`SLI_ARGS="--sli-cpu-budget 0.01"`): which of a
+track's settings costs what."""
 SLIS_OFF, CONTROL, SLIS_ON = "SLIs off", "control (off)", "default SLIs"
 SAMPLES = (Metric.SHADOW_COMPARISONS_TOTAL.value, Metric.SAMPLES_DROPPED_TOTAL.value)
 """Scraped around each measured cell of the SLI server: what it compared, and what it skipped."""
@@ -78,7 +81,7 @@ def run(workdir: Path) -> None:
     console.print(
         f"{time.strftime('%Y-%m-%d')}, CPU: {runtime.hardware().cpu}, {os.cpu_count()} cores; "
         f"{model.name}; three servers loaded at once, {ROUNDS} rounds of {peers.SECONDS} s a cell, "
-        f"median shown; the SLI server on the {TRACK.value} track"
+        f"median shown; the SLI server on the {TRACK.value} track {' '.join(SLI_ARGS)}"
     )
     cells: dict[tuple[str, int], list[peers.Cell]] = {}
     serving_us: dict[tuple[str, int], list[float]] = {}
@@ -90,7 +93,7 @@ def run(workdir: Path) -> None:
             SLIS_OFF: stack.enter_context(peers.quantship(model, workdir, *off, log_name="slis-off")),
             CONTROL: stack.enter_context(peers.quantship(model, workdir, *off, log_name="slis-off-control")),
             SLIS_ON: stack.enter_context(
-                peers.quantship(model, workdir, "--track", TRACK.value, log_name="slis-on")
+                peers.quantship(model, workdir, "--track", TRACK.value, *SLI_ARGS, log_name="slis-on")
             ),
         }
         for variant, server in servers.items():  # chosen at load by timing: they could differ

@@ -40,6 +40,18 @@ class Track(enum.StrEnum):
     CANARY = "canary"
 
 
+class DropReason(enum.StrEnum):
+    """Why a server skipped a sample: the `reason` label of quantship_samples_dropped_total."""
+
+    BEHIND = "behind"
+    """The background worker's queue was full, or a hand-off's worth already waits while a lane
+    prices its first sample: the worker gets too little CPU (it runs on idle CPU only)."""
+    BUDGET = "budget"
+    """The SLI CPU budget (shadow and clip) was spent."""
+    SHAPE = "shape"
+    """A capture row's shape differs from the captured samples'."""
+
+
 class Metric(enum.StrEnum):
     """Every metric quantship exports, by its full name as Prometheus stores it (DESIGN.md)."""
 

@@ -315,8 +315,10 @@ def _server_schema() -> dict[str, Any]:
                 "maximum": 64,
                 "description": "The SLI CPU budget of the canary's servers, in place of sliCpuBudget, for a "
                 "model whose reference runs cost more than that budget can pay for in the analysis' "
-                "windows (the canary's server logs what its budget buys a minute). The stable's servers "
-                "ignore it: promotion restarts them with the stable's budget. Unset: sliCpuBudget's.",
+                "windows (the canary's server logs what its budget buys a minute). It buys samples from "
+                "idle CPU only: a canary whose cores are busy serving needs CPU or replicas instead. The "
+                "stable's servers ignore it: promotion restarts them with the stable's budget. Unset: "
+                "sliCpuBudget's.",
             },
             "shadowBudgetShare": _ratio(
                 "Share of sliCpuBudget the shadow SLI pays from when the clip SLI runs too; the clip SLI "

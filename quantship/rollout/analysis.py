@@ -51,13 +51,15 @@ class Fault(enum.StrEnum):
     TOO_FEW_SAMPLES = "TooFewSamples"
 
 
+_SHADOW_DROPS = f'{slo.Metric.SAMPLES_DROPPED_TOTAL}{{kind="shadow",reason="%s"}}'
 MORE_SAMPLES = {
     slo.SLI.ACCURACY_DELTA: "if the canary drops shadow samples for budget "
-    f'({slo.Metric.SAMPLES_DROPPED_TOTAL}{{kind="shadow",reason="budget"}}), a higher canary SLI CPU '
-    "budget (spec.server.canarySliCpuBudget, which the stable's servers ignore; its server logs how many "
-    "samples a minute the budget pays for, and under the confident-agreement rule only rows the FP32 "
-    "model is sure of are compared), else more traffic (or a higher shadow rate, where one was set "
-    "below 1)",
+    f"({_SHADOW_DROPS % slo.DropReason.BUDGET}), a higher canary SLI CPU budget "
+    "(spec.server.canarySliCpuBudget, which the stable's servers ignore; its server logs how many samples "
+    "a minute the budget pays for, and under the confident-agreement rule only rows the FP32 model is sure "
+    f"of are compared); if it drops them as behind ({_SHADOW_DROPS % slo.DropReason.BEHIND}), its CPU is "
+    "busy serving and the SLIs take idle CPU only: more CPU or replicas (spec.resources, spec.replicas); "
+    "else more traffic (or a higher shadow rate, where one was set below 1)",
     slo.SLI.CLIP_RATE: "a higher clip sample rate or SLI CPU budget, or more traffic",
 }
 """What gives a sampled SLO more samples, said in the reason of a verdict that had too few (latency
@@ -65,7 +67,9 @@ and errors count every request: only traffic or longer windows help them, which 
 saying). The shadow and clip samples are taken within a CPU budget: on an image model a canary's
 default pays for ~240 reference runs a minute, and fewer comparisons where the FP32 model is unsure
 of many rows under the confident-agreement rule (it is sure of a fifth of the zoo's EfficientNet-Lite0
-requests)."""
+requests). The SLI thread runs at SCHED_IDLE, so a budget buys samples from idle CPU only: a canary
+whose cores are busy serving drops them as "behind" whatever its budget (EfficientNet-Lite0 back to
+back: 0.2 gave no more comparisons than 0.05; 2026-12-05)."""
 
 
 # -- measuring ------------------------------------------------------------------------------------

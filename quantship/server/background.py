@@ -43,6 +43,8 @@ from collections.abc import Callable
 from concurrent.futures import Executor
 from typing import Generic, TypeVar
 
+from quantship.slo import DropReason
+
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
@@ -85,9 +87,6 @@ TELL_PRICE_AFTER = 4
 price: the first few pay for warming the session up (EfficientNet-Lite0 beside a busy server, its
 reference: 14.9, 12.3, 11.0, then 9.5-10.9 ms; its observer: 75, 50, 44, then 40-43 ms)."""
 
-BEHIND, BUDGET = "behind", "budget"
-"""Why a lane dropped a sample: its queue was full, or its CPU budget was spent."""
-
 
 class CpuBudget:
     """A token bucket of CPU seconds: `share` seconds accrue per second of wall time, up to `burst_s`
@@ -127,7 +126,7 @@ class Lane(Generic[T]):
         *,
         executor: Executor,
         capacity: int,
-        on_drop: Callable[[str], None],
+        on_drop: Callable[[DropReason], None],
         budget: CpuBudget | None = None,
         max_items: int = 16,
         gather_s: float = GATHER_S,
@@ -160,18 +159,18 @@ class Lane(Generic[T]):
         reserved: float | None = 0.0
         if self.budget is not None:
             if not self.budget.allows():
-                self.on_drop(BUDGET)
+                self.on_drop(DropReason.BUDGET)
                 return False
             # while probing, at most one hand-off's worth waits unpriced, behind the probe: each
             # holds a request's inputs, and a canary offers every request
             if self._cost is None and self._queue.qsize() >= self.max_items:
-                self.on_drop(BEHIND)
+                self.on_drop(DropReason.BEHIND)
                 return False
             reserved = self._cost
         try:
             self._queue.put_nowait((item, reserved))
         except asyncio.QueueFull:
-            self.on_drop(BEHIND)
+            self.on_drop(DropReason.BEHIND)
             return False
         if self.budget is not None and reserved is not None:
             self.budget.reserve(reserved)
@@ -257,7 +256,7 @@ class Lane(Generic[T]):
         for item, reserved in offered:
             if reserved is None:
                 if not self.budget.allows():
-                    self.on_drop(BUDGET)
+                    self.on_drop(DropReason.BUDGET)
                     self._queue.task_done()
                     continue
                 reserved = self._cost

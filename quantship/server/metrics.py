@@ -32,9 +32,6 @@ loading (a bug, logged with its traceback: not the artifact's fault). Each start
 FEEDBACK_VARIANTS = ("quantized", "reference")
 MODEL_INFO_LABELS = ("precision", "quant_mode", "calibration_method", "calibration_sha256", "runtime_version")
 SAMPLE_KINDS = ("shadow", "clip", "capture")
-SAMPLE_DROP_REASONS = ("behind", "budget", "shape")
-"""Why a sample was skipped: the background worker's queue was full, the SLI CPU budget was spent
-(shadow and clip), or (capture) its shape differs from the captured samples'."""
 DRIFT_OVERALL = "all"
 """The `tensor` label of the overall drift series (the mean over tensors), exported always; the
 per-tensor series only with --per-tensor-metrics. Select per-tensor series with tensor!="all"."""
@@ -281,7 +278,7 @@ class ServerMetrics:
         self._dropped = {
             (kind, reason): self.samples_dropped.labels(*values, kind, reason)
             for kind in SAMPLE_KINDS
-            for reason in SAMPLE_DROP_REASONS
+            for reason in slo.DropReason
         }
 
     def request_started(self) -> None:
@@ -331,7 +328,7 @@ class ServerMetrics:
             for tensor, distance in distances.items():
                 self.activation_drift.labels(*self._values, tensor).set(distance)
 
-    def sample_dropped(self, kind: str, reason: str) -> None:
+    def sample_dropped(self, kind: str, reason: slo.DropReason) -> None:
         self._dropped[kind, reason].inc()
 
     def model_loaded(

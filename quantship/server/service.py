@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import onnxruntime
 
-from quantship import runtime, scratch
+from quantship import runtime, scratch, slo
 from quantship.artifact import (
     MODEL_FILE,
     REFERENCE_FILE,
@@ -478,7 +478,7 @@ class ModelService:
         if model.reservoir is not None and model.capture is not None:
             picks = model.reservoir.choose(inputs, rows)
             if picks is None:
-                self.metrics.sample_dropped("capture", "shape")
+                self.metrics.sample_dropped("capture", slo.DropReason.SHAPE)
             elif picks:
                 model.capture.offer(CapturePick(inputs, picks))
 
