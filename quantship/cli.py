@@ -575,7 +575,8 @@ def _sampling_option(flag: str, kind: click.ParamType, help: str) -> Callable[[F
     default=_default(_SERVE, "track").value,
     show_default=True,
     help="Which side of a rollout this server is (the `track` label). A canary's SLIs sample more by "
-    "default, to be judged: see --shadow-rate, --sli-cpu-budget and --shadow-budget-share.",
+    "default, to be judged: see --shadow-rate, --sli-cpu-budget, --canary-sli-cpu-budget and "
+    "--shadow-budget-share.",
 )
 @click.option("--host", default=_default(_SERVE, "host"), show_default=True)
 @click.option("--port", type=click.IntRange(0, 65535), default=_default(_SERVE, "port"), show_default=True)
@@ -630,17 +631,18 @@ def _sampling_option(flag: str, kind: click.ParamType, help: str) -> Callable[[F
 )
 @_sampling_option(
     "--sli-cpu-budget",
-    click.FloatRange(0, 64),
+    click.FloatRange(0, server_settings.MAX_SLI_CPU_BUDGET),
     "CPU seconds per second the shadow and clip work may use, split between the two that run (see "
     "--shadow-budget-share); samples past it are dropped and counted.",
 )
 @click.option(
     "--canary-sli-cpu-budget",
-    type=click.FloatRange(0, 64),
+    type=click.FloatRange(0, server_settings.MAX_SLI_CPU_BUDGET),
     default=None,
     help="The SLI CPU budget of a server on --track canary, in place of --sli-cpu-budget, for a model "
     "whose canary needs more FP32 comparisons than that buys. A stable server ignores it, so promotion "
-    "(which changes only --track) restores the stable's budget. [default: --sli-cpu-budget]",
+    "(which changes only --track) restores the stable's budget. [default: --sli-cpu-budget's, else "
+    f"{_QUALITY.default('sli_cpu_budget', server_settings.Track.CANARY):g}]",
 )
 @_sampling_option(
     "--shadow-budget-share",
@@ -758,7 +760,11 @@ def serve(log_level: str, access_log: bool, **options: Any) -> None:
     """
     from quantship import server
 
-    server.serve(serve_settings(**options), log_level=log_level, access_log=access_log)
+    try:
+        settings = serve_settings(**options)
+    except ValueError as error:  # what click's ranges let through (NaN) and the settings refuse
+        raise click.UsageError(str(error)) from None
+    server.serve(settings, log_level=log_level, access_log=access_log)
 
 
 def serve_settings(

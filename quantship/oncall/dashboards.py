@@ -573,10 +573,11 @@ def debug() -> Board:
     )
     board.graph(
         "Sampled work dropped",
-        "Samples the SLIs skipped: the background worker was behind, the SLI CPU budget "
-        "(--sli-cpu-budget) was spent, or a capture row had another shape. Budget drops are by design at "
-        "high traffic, and on a canary (which offers every request to the shadow lane) at any; the SLIs "
-        "then rest on fewer samples a minute.",
+        "Samples the SLIs skipped: the background worker was behind (it runs on idle CPU only), the SLI "
+        "CPU budget (--sli-cpu-budget; a canary's --canary-sli-cpu-budget where set) was spent, or a "
+        "capture row had another shape. Budget drops are by design at high traffic, and on a canary (which "
+        "offers every request to the shadow lane) at any; the SLIs then rest on fewer samples a minute. "
+        "A steady rate of behind drops says the server's CPU is busy serving.",
         [
             query(
                 per_second(M.SAMPLES_DROPPED_TOTAL, ("model", "track", "kind", "reason")),

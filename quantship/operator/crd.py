@@ -19,7 +19,7 @@ import yaml
 
 from quantship import slo
 from quantship.rollout import AnalysisSpec, OnInconclusive, RolloutSpec, format_duration
-from quantship.server.settings import QualitySettings, Track
+from quantship.server.settings import MAX_SLI_CPU_BUDGET, QualitySettings, Track
 
 GROUP = "serving.quantship.io"
 VERSION = "v1alpha1"
@@ -271,9 +271,9 @@ def _quantize_schema() -> dict[str, Any]:
 
 
 def _by_track(name: str) -> str:
-    """What the server takes for an unset quality field, on either track: set values apply to both."""
+    """What the server takes for an unset quality field, on either track."""
     stable, canary = (QualitySettings.default(name, track) for track in (Track.STABLE, Track.CANARY))
-    return f"Unset: {stable:g} on the stable revision, {canary:g} on the canary (a set value applies to both)"
+    return f"Unset: {stable:g} on the stable revision, {canary:g} on the canary"
 
 
 def _server_schema() -> dict[str, Any]:
@@ -291,7 +291,8 @@ def _server_schema() -> dict[str, Any]:
             "maxQueueSize": _int("Requests waiting at most; more are refused with 503.", 1, 100000),
             "shadowRate": _ratio(
                 "Share of requests also run through the FP32 reference (accuracy delta SLI). "
-                f"{_by_track('shadow_rate')}, whose SLI CPU budget then decides.",
+                f"{_by_track('shadow_rate')}, whose SLI CPU budget then decides (a set value applies "
+                "to both).",
                 exclusive_zero=False,
             ),
             "clipSampleRate": _ratio(
@@ -301,10 +302,11 @@ def _server_schema() -> dict[str, Any]:
             "sliCpuBudget": {
                 "type": "number",
                 "minimum": 0,
-                "maximum": 64,
+                "maximum": MAX_SLI_CPU_BUDGET,
                 "description": "CPU seconds a second the shadow and clip SLIs may spend, split between "
                 "the two that run (shadowBudgetShare); samples past it are dropped and counted. "
-                f"{_by_track('sli_cpu_budget')}. The canary's default pays for ~240 FP32 runs a minute "
+                f"{_by_track('sli_cpu_budget')}; a value set here applies to both, unless "
+                "canarySliCpuBudget is set. The canary's default pays for ~240 FP32 runs a minute "
                 "of an image model (EfficientNet-Lite0): the analysis' default minSamples where the gate "
                 "compares every row, or, under the confident-agreement rule, where FP32 is sure of 42% "
                 "of them. Raise canarySliCpuBudget where a canary's SLIs still get too few samples.",
@@ -312,17 +314,19 @@ def _server_schema() -> dict[str, Any]:
             "canarySliCpuBudget": {
                 "type": "number",
                 "minimum": 0,
-                "maximum": 64,
+                "maximum": MAX_SLI_CPU_BUDGET,
                 "description": "The SLI CPU budget of the canary's servers, in place of sliCpuBudget, for a "
                 "model whose reference runs cost more than that budget can pay for in the analysis' "
                 "windows (the canary's server logs what its budget buys a minute). It buys samples from "
                 "idle CPU only: a canary whose cores are busy serving needs CPU or replicas instead. The "
-                "stable's servers ignore it: promotion restarts them with the stable's budget. Unset: "
-                "sliCpuBudget's.",
+                "stable revision's servers ignore it, and promotion restarts the canary's as stable, with "
+                "sliCpuBudget's. Unset: sliCpuBudget's, else "
+                f"{QualitySettings.default('sli_cpu_budget', Track.CANARY):g}. Like any field here, "
+                "changing it starts a new canary.",
             },
             "shadowBudgetShare": _ratio(
                 "Share of sliCpuBudget the shadow SLI pays from when the clip SLI runs too; the clip SLI "
-                f"pays from the rest. {_by_track('shadow_budget_share')}.",
+                f"pays from the rest. {_by_track('shadow_budget_share')} (a set value applies to both).",
                 exclusive_zero=False,
             ),
             "threads": _int("onnxruntime intra-op threads.", 1, 256),

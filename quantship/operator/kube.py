@@ -326,9 +326,7 @@ class KubeWorkloads:
         """Promotion: the track label and the server's --track flag change; the pods roll."""
         containers = current["spec"]["template"]["spec"]["containers"]
         index = next(i for i, c in enumerate(containers) if c["name"] == "server")
-        args = list(containers[index].get("args", []))
-        if "--track" in args:
-            args[args.index("--track") + 1] = track.value
+        args = resources.on_track(containers[index].get("args", []), track)
         patch = [
             {"op": "test", "path": "/metadata/name", "value": current["metadata"]["name"]},
             {"op": "add", "path": "/metadata/labels/track", "value": track.value},

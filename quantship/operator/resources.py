@@ -83,6 +83,15 @@ def serve_args(spec: ModelSpec, revision: str, track: Track) -> list[str]:
     return args
 
 
+def on_track(args: list[str], track: Track) -> list[str]:
+    """A server's args moved to `track` (promotion): only --track changes, so sampling the spec left
+    unset follows the new track, and a stable server ignores the canary's own SLI budget."""
+    moved = list(args)
+    if "--track" in moved:
+        moved[moved.index("--track") + 1] = track.value
+    return moved
+
+
 def _volumes(spec: ModelSpec) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Volumes and the mounts both containers share: the fetched artifact, /tmp (the root file
     system is read-only), the artifact's claim for pvc:// and the signing key."""

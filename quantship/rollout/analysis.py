@@ -60,7 +60,8 @@ MORE_SAMPLES = {
     f"of are compared); if it drops them as behind ({_SHADOW_DROPS % slo.DropReason.BEHIND}), its CPU is "
     "busy serving and the SLIs take idle CPU only: more CPU or replicas (spec.resources, spec.replicas); "
     "else more traffic (or a higher shadow rate, where one was set below 1)",
-    slo.SLI.CLIP_RATE: "a higher clip sample rate or SLI CPU budget, or more traffic",
+    slo.SLI.CLIP_RATE: "a higher clip sample rate or canary SLI CPU budget (spec.server.clipSampleRate, "
+    "spec.server.canarySliCpuBudget), or more traffic",
 }
 """What gives a sampled SLO more samples, said in the reason of a verdict that had too few (latency
 and errors count every request: only traffic or longer windows help them, which goes without
@@ -69,7 +70,7 @@ default pays for ~240 reference runs a minute, and fewer comparisons where the F
 of many rows under the confident-agreement rule (it is sure of a fifth of the zoo's EfficientNet-Lite0
 requests). The SLI thread runs at SCHED_IDLE, so a budget buys samples from idle CPU only: a canary
 whose cores are busy serving drops them as "behind" whatever its budget (EfficientNet-Lite0 back to
-back: 0.2 gave no more comparisons than 0.05; 2026-12-05)."""
+back: 0.2 gave no more comparisons than 0.05; 2026-12-04)."""
 
 
 # -- measuring ------------------------------------------------------------------------------------

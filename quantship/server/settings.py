@@ -35,6 +35,11 @@ class BatchSettings:
             raise ValueError("max batch size and queue size must be >= 1, queue delay >= 0")
 
 
+MAX_SLI_CPU_BUDGET = 1.0
+"""The most an SLI CPU budget may be, in CPU seconds a second: the SLI work runs on one thread, which
+cannot spend more than one core's time."""
+
+
 @dataclass(frozen=True)
 class QualitySettings:
     """The quantization SLIs: how much traffic they sample and how much memory they may hold."""
@@ -99,8 +104,7 @@ class QualitySettings:
         track, so a promoted canary's servers restart with the stable's budget."""
         canary = Track(track) is Track.CANARY
         if canary_sli_cpu_budget is not None:
-            if canary_sli_cpu_budget < 0:
-                raise ValueError("the canary's SLI CPU budget must be >= 0 CPU seconds a second")
+            _check_budget("the canary's SLI CPU budget", canary_sli_cpu_budget)
             if canary:
                 given = {**given, "sli_cpu_budget": canary_sli_cpu_budget}
         defaults = CANARY_QUALITY if canary else {}
@@ -115,12 +119,18 @@ class QualitySettings:
         for name in ("shadow_rate", "clip_sample_rate", "shadow_budget_share"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be within 0..1, got {getattr(self, name)}")
-        if self.sli_cpu_budget < 0:
-            raise ValueError("the SLI CPU budget must be >= 0 CPU seconds a second")
+        _check_budget("the SLI CPU budget", self.sli_cpu_budget)
         if self.drift_window < 2:
             raise ValueError("drift window must be >= 2 sampled requests")
         if self.disagreement_tolerance < 0:
             raise ValueError("disagreement tolerance must be >= 0")
+
+
+def _check_budget(what: str, budget: float) -> None:
+    if not 0 <= budget <= MAX_SLI_CPU_BUDGET:  # NaN too
+        raise ValueError(
+            f"{what} must be within 0..{MAX_SLI_CPU_BUDGET:g} CPU seconds a second, got {budget}"
+        )
 
 
 CANARY_QUALITY: Mapping[str, Any] = MappingProxyType(
@@ -135,11 +145,11 @@ budget alone decides which run) and may spend 5% of a core, of which the shadow 
 ~240 runs a minute there: the analysis' 100 comparisons where the gate compares every row, or,
 under the confident-agreement rule (only rows FP32 is sure of), where FP32 is sure of 42% of them.
 The clip lane's 20% is twice the stable's part, and its SLI needs few samples. Given values
-(flags, spec.server) apply on both tracks, but for the canary's own budget
+(flags, spec.server) apply on both tracks, except the canary's own budget
 (`--canary-sli-cpu-budget`, spec.server.canarySliCpuBudget): a model whose reference runs cost more
-gets its canary more without raising the stable's. Promotion restarts the pods as `stable`, with
-the stable's defaults. Figures: README, "A canary samples by budget"; docs/performance-history.md,
-session 21."""
+than this budget pays for gets its canary more without raising the stable's. Promotion restarts
+the pods as `stable`, with the stable's defaults. Figures: README, "A canary samples by budget";
+docs/performance-history.md, sessions 21 and 22."""
 
 
 @dataclass(frozen=True)

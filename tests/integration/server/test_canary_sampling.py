@@ -80,8 +80,11 @@ def test_the_canary_budget_is_spent_by_a_canary_and_ignored_by_a_stable_server(
     good_artifact: artifact.Artifact, traffic: tuple[np.ndarray, np.ndarray], tmp_path: Path
 ) -> None:
     """The same flags on both tracks, as the operator passes spec.server to every revision: no SLI
-    budget for the stable, a canary's own. The stable compares nothing; the canary everything."""
-    flags = ("--shadow-rate", "1", "--sli-cpu-budget", "0", "--canary-sli-cpu-budget", "0.05")
+    budget for the stable, a canary's own (not its default). The stable compares nothing; the
+    canary everything."""
+    canary_budget = 0.07
+    assert canary_budget != QualitySettings.default("sli_cpu_budget", Track.CANARY)
+    flags = ("--shadow-rate", "1", "--sli-cpu-budget", "0", "--canary-sli-cpu-budget", str(canary_budget))
     servers = {
         track: ServerProcess(
             good_artifact.root,
@@ -105,7 +108,7 @@ def test_the_canary_budget_is_spent_by_a_canary_and_ignored_by_a_stable_server(
             send(server, traffic[0][1 : REQUESTS + 1])
         wait_until(lambda: comparisons(canary) == REQUESTS + 1, what="the canary's comparisons")
         assert sample_value(canary.url, DROPPED, kind="shadow", reason="budget") == 0
-        assert "SLI CPU budget 0.05 CPU seconds a second" in canary.log_tail()
+        assert f"SLI CPU budget {canary_budget:g} CPU seconds a second" in canary.log_tail()
         assert "SLI CPU budget 0 CPU seconds a second" in stable.log_tail()
         # every request was offered (rate 1) and refused by the empty budget, none compared
         wait_until(

@@ -79,11 +79,11 @@ def test_unset_sampling_is_left_to_the_server_so_that_it_follows_the_track(track
 
 def test_the_canary_budget_is_a_canarys_alone_and_promotion_drops_it_without_editing_args() -> None:
     """The operator passes spec.server.canarySliCpuBudget to every revision; promotion flips only
-    --track (kube's relabel), and the promoted server then takes the shared budget."""
+    --track, and the promoted server then takes the shared budget."""
     spec = model(server={"sliCpuBudget": 0.02, "canarySliCpuBudget": 0.3})
     canary = resources.serve_args(spec, "0123456789", Track.CANARY)
-    promoted = list(canary)
-    promoted[promoted.index("--track") + 1] = Track.STABLE.value
+    promoted = resources.on_track(canary, Track.STABLE)
+    assert [a for a, b in zip(canary, promoted, strict=True) if a != b] == [Track.CANARY.value]
 
     def budget(args: list[str]) -> float:
         context = cli.serve.make_context("serve", args[1:])  # args[0] is the subcommand

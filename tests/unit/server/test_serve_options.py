@@ -7,6 +7,7 @@ import dataclasses
 
 import click
 import pytest
+from click.testing import CliRunner
 
 from quantship import cli
 from quantship.operator import crd
@@ -129,3 +130,12 @@ def test_a_negative_canary_budget_is_refused_on_either_track() -> None:
             QualitySettings.for_track(track, canary_sli_cpu_budget=-0.1)
     with pytest.raises(click.BadParameter):
         settings("--canary-sli-cpu-budget", "-1")
+
+
+@pytest.mark.parametrize("flag", ["--sli-cpu-budget", "--canary-sli-cpu-budget", "--shadow-rate"])
+def test_a_nan_that_clicks_range_lets_through_is_a_usage_error_not_a_traceback(flag: str) -> None:
+    args = ["serve", "artifact", "--model-name", "m", "--revision", "r", flag, "nan"]
+    result = CliRunner().invoke(cli.main, args)
+    assert result.exit_code == 2, result.output  # click's usage error
+    assert "got nan" in result.output and result.exception is not None
+    assert not isinstance(result.exception, ValueError)
