@@ -36,23 +36,25 @@ from rich.table import Table
 
 from benchmarks import peers_heavy
 from benchmarks.floor_server import MAX_MESSAGE
-from benchmarks.server import scrape_sums
+from benchmarks.server import scrape_matching, scrape_sums
 from quantship import agreement, artifact, zoo
 from quantship.local.processes import ServerProcess
 from quantship.local.prometheus import free_port
 from quantship.rollout import AnalysisSpec, RolloutSpec
-from quantship.slo import Metric, Track
+from quantship.slo import DropReason, Metric, Track
 
 MODEL = "m"
 INPUT = "images"
 SECONDS = float(os.environ.get("CANARY_SECONDS", 60))
 TRAFFIC = 60.0
 """Requests a second to the model, of which the first step's share goes to the canary."""
+DROPPED = Metric.SAMPLES_DROPPED_TOTAL.value
+DROPS = (DropReason.BUDGET, DropReason.BEHIND)
 STEPS = RolloutSpec(model=MODEL, revision="", objectives=()).steps  # the default steps
 FIRST_STEP_RATE, SECOND_STEP_RATE = (TRAFFIC * weight / 100 for weight in STEPS[:2])
 RAISED_BUDGET = float(os.environ.get("CANARY_BUDGET", 0.2))
-"""The raised canary budget: 4x the default, ~960 reference runs a minute at EfficientNet-Lite0's
-~10 ms, if the nice-19 SLI thread finds that much idle CPU beside the served calls."""
+"""The raised canary budget (0.2: 4x the default, ~960 reference runs a minute at EfficientNet-Lite0's
+~10 ms), if the nice-19 SLI thread finds that much idle CPU beside the served calls."""
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,9 @@ class Cell:
     requests: int
     seconds: float
     comparisons: float
+    dropped: dict[DropReason, float]
+    """Shadow samples dropped, by reason: `budget` (the budget refused them), `behind` (the SLI
+    thread, on idle CPU only, did not keep up)."""
     load: float
 
 
@@ -86,13 +91,15 @@ def run(workdir: Path) -> None:
     ]  # fmt: skip
     minimum = AnalysisSpec().min_samples
     table = Table(title=f"FP32 comparisons a minute, EfficientNet-Lite0 INT8 ({SECONDS:g} s a cell)")
-    for column in ("server", "traffic", "req/s", "comparisons / min", f">= minSamples ({minimum})", "load"):
+    columns = ("server", "traffic", "req/s", "comparisons / min", f">= minSamples ({minimum})",
+               "dropped / min: budget, behind", "load")  # fmt: skip
+    for column in columns:
         table.add_column(column, justify="left" if column in ("server", "traffic") else "right")
     for server, track, flags in servers:
         for label, cell_rows, rate in traffic:
             if flags and rate == FIRST_STEP_RATE:  # short of traffic there, not of budget
                 continue
-            log = workdir / f"canary-samples-{track.value}.log"
+            log = workdir / f"canary-samples-{track.value}{''.join(flags)}.log"
             cell = _cell(root, track, flags, log, cell_rows, rate)
             per_minute = 60 / cell.seconds
             table.add_row(
@@ -101,6 +108,7 @@ def run(workdir: Path) -> None:
                 f"{cell.requests / cell.seconds:.1f}",
                 f"{cell.comparisons * per_minute:.0f}",
                 "yes" if cell.comparisons * per_minute >= minimum else "no",
+                ", ".join(f"{cell.dropped[reason] * per_minute:.0f}" for reason in DROPS),
                 f"{cell.load:.2f}",
             )
             console.print(f"{server}, {label}: {cell}", highlight=False)
@@ -141,6 +149,7 @@ def _cell(
                 infer(payload, timeout=60)
             time.sleep(1)  # the warm-up's samples are counted before the cell starts
             (before,) = scrape_sums(server.url, compared)
+            dropped_before = _dropped(server.url)
             sent, started = 0, time.monotonic()
             while (now := time.monotonic()) - started < SECONDS:
                 if rate is not None and (due := started + sent / rate) > now:
@@ -150,6 +159,11 @@ def _cell(
             seconds = time.monotonic() - started
         time.sleep(1)  # the lane's last hand-off
         (after,) = scrape_sums(server.url, compared)
+        dropped = {reason: n - dropped_before[reason] for reason, n in _dropped(server.url).items()}
     finally:
         server.stop()
-    return Cell(sent, seconds, after - before, os.getloadavg()[0])
+    return Cell(sent, seconds, after - before, dropped, os.getloadavg()[0])
+
+
+def _dropped(url: str) -> dict[DropReason, float]:
+    return {reason: scrape_matching(url, DROPPED, kind="shadow", reason=reason.value) for reason in DROPS}

@@ -168,6 +168,13 @@ def scrape_sums(url: str, *names: str) -> list[float]:
     return [sum(s.value for s in samples if s.name == name) for name in names]
 
 
+def scrape_matching(url: str, name: str, **labels: str) -> float:
+    """One metric of a quantship server, summed over its series that carry `labels`."""
+    text = httpx.get(f"{url}/metrics").text
+    samples = [sample for family in text_string_to_metric_families(text) for sample in family.samples]
+    return sum(s.value for s in samples if s.name == name and labels.items() <= s.labels.items())
+
+
 def measure(target: Target, body: bytes, concurrency: int) -> Point:
     names = ("quantship_batch_size_sum", "quantship_batch_size_count", "quantship_shadow_comparisons_total")
     marks: dict[str, float] = {}

@@ -81,7 +81,7 @@ def run(workdir: Path) -> None:
     console.print(
         f"{time.strftime('%Y-%m-%d')}, CPU: {runtime.hardware().cpu}, {os.cpu_count()} cores; "
         f"{model.name}; three servers loaded at once, {ROUNDS} rounds of {peers.SECONDS} s a cell, "
-        f"median shown; the SLI server on the {TRACK.value} track {' '.join(SLI_ARGS)}"
+        f"median shown; the SLI server on the {' '.join((TRACK.value, 'track', *SLI_ARGS))}"
     )
     cells: dict[tuple[str, int], list[peers.Cell]] = {}
     serving_us: dict[tuple[str, int], list[float]] = {}
