@@ -20,6 +20,7 @@ from quantship.operator import crd
 from quantship.operator.spec import InvalidSpec, ModelSpec, apply_defaults
 from quantship.rollout import OnInconclusive
 from quantship.rollout.analysis import MORE_SAMPLES
+from quantship.server.settings import MAX_SLI_CPU_BUDGET
 
 ROOT = Path(__file__).resolve().parents[3]
 EXAMPLES = ROOT / "manifests" / "examples"
@@ -135,7 +136,7 @@ DELETE = object()
         ("server.shadowRate", 2, "greater than the maximum"),
         ("server.sliCpuBudget", -1, "less than the minimum"),
         ("server.canarySliCpuBudget", -0.5, "less than the minimum"),
-        ("server.canarySliCpuBudget", 1.5, "greater than the maximum"),
+        ("server.canarySliCpuBudget", MAX_SLI_CPU_BUDGET + 1, "greater than the maximum"),
     ],
 )
 def test_the_schema_rejects_a_resource_that_cannot_work(path: str, value: Any, complaint: str) -> None:
