@@ -40,6 +40,18 @@ class Track(enum.StrEnum):
     CANARY = "canary"
 
 
+class SampleKind(enum.StrEnum):
+    """Which background lane a sampled request goes to: the `kind` label of
+    quantship_samples_dropped_total."""
+
+    SHADOW = "shadow"
+    """Run through the FP32 reference (the accuracy delta SLI)."""
+    CLIP = "clip"
+    """Checked against the calibrated activation ranges (the clip rate SLI, activation drift)."""
+    CAPTURE = "capture"
+    """Kept in the reservoir of production inputs (`--capture-dir`)."""
+
+
 class DropReason(enum.StrEnum):
     """Why a server skipped a sample: the `reason` label of quantship_samples_dropped_total."""
 

@@ -51,7 +51,7 @@ class Fault(enum.StrEnum):
     TOO_FEW_SAMPLES = "TooFewSamples"
 
 
-_SHADOW_DROPS = f'{slo.Metric.SAMPLES_DROPPED_TOTAL}{{kind="shadow",reason="%s"}}'
+_SHADOW_DROPS = f'{slo.Metric.SAMPLES_DROPPED_TOTAL}{{kind="{slo.SampleKind.SHADOW}",reason="%s"}}'
 MORE_SAMPLES = {
     slo.SLI.ACCURACY_DELTA: "if the canary drops shadow samples for budget "
     f"({_SHADOW_DROPS % slo.DropReason.BUDGET}), a higher canary SLI CPU budget "

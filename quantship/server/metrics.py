@@ -31,7 +31,6 @@ under `--require-gate-hardware`, and a failure of the server's own code while
 loading (a bug, logged with its traceback: not the artifact's fault). Each starts at 0."""
 FEEDBACK_VARIANTS = ("quantized", "reference")
 MODEL_INFO_LABELS = ("precision", "quant_mode", "calibration_method", "calibration_sha256", "runtime_version")
-SAMPLE_KINDS = ("shadow", "clip", "capture")
 DRIFT_OVERALL = "all"
 """The `tensor` label of the overall drift series (the mean over tensors), exported always; the
 per-tensor series only with --per-tensor-metrics. Select per-tensor series with tensor!="all"."""
@@ -277,7 +276,7 @@ class ServerMetrics:
         # bound once: a canary counts a budget drop for most requests (labels() costs ~1 µs a call)
         self._dropped = {
             (kind, reason): self.samples_dropped.labels(*values, kind, reason)
-            for kind in SAMPLE_KINDS
+            for kind in slo.SampleKind
             for reason in slo.DropReason
         }
 
@@ -328,7 +327,7 @@ class ServerMetrics:
             for tensor, distance in distances.items():
                 self.activation_drift.labels(*self._values, tensor).set(distance)
 
-    def sample_dropped(self, kind: str, reason: slo.DropReason) -> None:
+    def sample_dropped(self, kind: slo.SampleKind, reason: slo.DropReason) -> None:
         self._dropped[kind, reason].inc()
 
     def model_loaded(

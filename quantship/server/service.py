@@ -348,7 +348,7 @@ class ModelService:
         shadow = None
         if reference is not None:
             evaluator = ShadowEvaluator(reference, opened.comparator, self.metrics, feedback)
-            shadow = self._lane("shadow", evaluator.process, CpuBudget(shadow_part))
+            shadow = self._lane(slo.SampleKind.SHADOW, evaluator.process, CpuBudget(shadow_part))
         clip = None
         if observer is not None:
             observed = {r.tensor for r in opened.ranges}
@@ -362,7 +362,7 @@ class ModelService:
                 else "off (the artifact carries no calibration histograms)",
             )
             counter = ClipCounter(observer, opened.ranges, self.metrics, drift)
-            clip = self._lane("clip", counter.process, CpuBudget(clip_part))
+            clip = self._lane(slo.SampleKind.CLIP, counter.process, CpuBudget(clip_part))
         model = Model(opened, batcher, feedback, shadow, clip)
         if settings.capture_dir is not None:
             batchable = opened.runner.signature.batchable
@@ -370,7 +370,7 @@ class ModelService:
                 opened.runner.signature, settings.capture_max_samples, settings.capture_max_bytes, self._rng
             )
             model.capturer = Capture(settings.capture_dir, settings.capture_flush_s, batchable=batchable)
-            model.capture = self._lane("capture", model.capturer.process)
+            model.capture = self._lane(slo.SampleKind.CAPTURE, model.capturer.process)
             log.info(
                 "capturing a reservoir of production inputs (at most %d samples, %d bytes) in %s",
                 settings.capture_max_samples,
@@ -379,7 +379,7 @@ class ModelService:
             )
         return model
 
-    def _lane(self, kind: str, process: Any, budget: CpuBudget | None = None) -> Lane[Any]:
+    def _lane(self, kind: slo.SampleKind, process: Any, budget: CpuBudget | None = None) -> Lane[Any]:
         lane: Lane[Any] = Lane(
             kind,
             process,
@@ -478,7 +478,7 @@ class ModelService:
         if model.reservoir is not None and model.capture is not None:
             picks = model.reservoir.choose(inputs, rows)
             if picks is None:
-                self.metrics.sample_dropped("capture", slo.DropReason.SHAPE)
+                self.metrics.sample_dropped(slo.SampleKind.CAPTURE, slo.DropReason.SHAPE)
             elif picks:
                 model.capture.offer(CapturePick(inputs, picks))
 
