@@ -57,7 +57,8 @@ class DropReason(enum.StrEnum):
 
     BEHIND = "behind"
     """The background worker's queue was full, or a hand-off's worth already waits while a lane
-    prices its first sample: the worker gets too little CPU (it runs on idle CPU only)."""
+    prices its first sample. At a steady rate: the worker gets too little CPU (it runs on idle CPU
+    only)."""
     BUDGET = "budget"
     """The SLI CPU budget (shadow and clip) was spent."""
     SHAPE = "shape"
