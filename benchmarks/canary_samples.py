@@ -36,12 +36,12 @@ from rich.table import Table
 
 from benchmarks import peers_heavy
 from benchmarks.floor_server import MAX_MESSAGE
-from benchmarks.server import scrape_matching, scrape_sums
+from benchmarks.server import scrape_sums
 from quantship import agreement, artifact, zoo
 from quantship.local.processes import ServerProcess
 from quantship.local.prometheus import free_port
 from quantship.rollout import AnalysisSpec, RolloutSpec
-from quantship.slo import DropReason, Metric, Track
+from quantship.slo import DropReason, Metric, SampleKind, Track
 
 MODEL = "m"
 INPUT = "images"
@@ -166,4 +166,4 @@ def _cell(
 
 
 def _dropped(url: str) -> dict[DropReason, float]:
-    return {reason: scrape_matching(url, DROPPED, kind="shadow", reason=reason.value) for reason in DROPS}
+    return {reason: scrape_sums(url, DROPPED, kind=SampleKind.SHADOW, reason=reason)[0] for reason in DROPS}

@@ -161,18 +161,12 @@ async def _drive(url: str, body: bytes, concurrency: int, on_start: Callable[[],
     return latencies
 
 
-def scrape_sums(url: str, *names: str) -> list[float]:
-    """Each named metric of a quantship server, summed over its series."""
+def scrape_sums(url: str, *names: str, **labels: str) -> list[float]:
+    """Each named metric of a quantship server, summed over its series (those carrying `labels`)."""
     text = httpx.get(f"{url}/metrics").text
     samples = [sample for family in text_string_to_metric_families(text) for sample in family.samples]
-    return [sum(s.value for s in samples if s.name == name) for name in names]
-
-
-def scrape_matching(url: str, name: str, **labels: str) -> float:
-    """One metric of a quantship server, summed over its series that carry `labels`."""
-    text = httpx.get(f"{url}/metrics").text
-    samples = [sample for family in text_string_to_metric_families(text) for sample in family.samples]
-    return sum(s.value for s in samples if s.name == name and labels.items() <= s.labels.items())
+    matching = [s for s in samples if labels.items() <= s.labels.items()]
+    return [sum(s.value for s in matching if s.name == name) for name in names]
 
 
 def measure(target: Target, body: bytes, concurrency: int) -> Point:

@@ -17,7 +17,7 @@ from test_server_process import sample_value
 from quantship import artifact, zoo
 from quantship.local.processes import ServerProcess
 from quantship.server import QualitySettings, Track
-from quantship.slo import DropReason, Metric
+from quantship.slo import DropReason, Metric, SampleKind
 
 REQUESTS = 40
 DROPPED = Metric.SAMPLES_DROPPED_TOTAL.value
@@ -75,7 +75,7 @@ def test_a_canary_compares_every_request_its_budget_affords_by_default(
         # canary's budget affords them all
         wait_until(lambda: comparisons(canary) == REQUESTS + 1, what="the canary's comparisons")
         for reason in (DropReason.BEHIND, DropReason.BUDGET):
-            dropped = sample_value(canary.url, DROPPED, kind="shadow", reason=reason)
+            dropped = sample_value(canary.url, DROPPED, kind=SampleKind.SHADOW, reason=reason)
             assert dropped == 0, reason
         for track, server in servers.items():
             quality = QualitySettings.for_track(track)
@@ -103,12 +103,15 @@ def test_the_canary_budget_is_spent_by_a_canary_and_ignored_by_a_stable_server(
         for server in servers.values():
             send(server, traffic[0][1 : REQUESTS + 1])
         wait_until(lambda: comparisons(canary) == REQUESTS + 1, what="the canary's comparisons")
-        assert sample_value(canary.url, DROPPED, kind="shadow", reason=DropReason.BUDGET) == 0
+        assert sample_value(canary.url, DROPPED, kind=SampleKind.SHADOW, reason=DropReason.BUDGET) == 0
         assert f"SLI CPU budget {canary_budget:g} CPU seconds a second" in canary.log_tail()
         assert "SLI CPU budget 0 CPU seconds a second" in stable.log_tail()
         # every request was offered (rate 1) and refused by the empty budget, none compared
         wait_until(
-            lambda: sample_value(stable.url, DROPPED, kind="shadow", reason=DropReason.BUDGET) == REQUESTS,
+            lambda: (
+                sample_value(stable.url, DROPPED, kind=SampleKind.SHADOW, reason=DropReason.BUDGET)
+                == REQUESTS
+            ),
             what="the stable's budget drops",
         )
         assert comparisons(stable) == 0
