@@ -8,6 +8,7 @@ time, far more than the reference model's run, and the SLI work itself is cheape
 (digits' clip counting: 0.8 ms a sample one at a time, 0.11 ms in sixteens); one hand-off per 16
 samples, or per GATHER_S, keeps 5% sampling cheap. A full queue drops the sample and counts it:
 sampling must never hold memory or delay answers. A failing `process` is logged and the lane goes on.
+A lane that drops most of its samples as behind for minutes says so in the log (starvation.py).
 
 A lane can have a CpuBudget: the CPU seconds its work may take per wall-clock second (the service
 splits `--sli-cpu-budget` between the shadow and clip lanes that run, `--shadow-budget-share` to the
@@ -43,6 +44,7 @@ from collections.abc import Callable
 from concurrent.futures import Executor
 from typing import Generic, TypeVar
 
+from quantship.server.starvation import StarvationWatch
 from quantship.slo import DropReason
 
 log = logging.getLogger(__name__)
@@ -151,6 +153,7 @@ class Lane(Generic[T]):
         than max_items per gather_s would otherwise fill the queue while the lane waits)."""
         self._task: asyncio.Task[None] | None = None
         self._closing = False
+        self._starvation = StarvationWatch(name, clock=lambda: asyncio.get_running_loop().time())
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._work(), name=f"{self.name} lane")
@@ -164,19 +167,23 @@ class Lane(Generic[T]):
             # while probing, at most one hand-off's worth waits unpriced, behind the probe: each
             # holds a request's inputs, and a canary offers every request
             if self._cost is None and self._queue.qsize() >= self.max_items:
-                self.on_drop(DropReason.BEHIND)
+                self._dropped_behind()
                 return False
             reserved = self._cost
         try:
             self._queue.put_nowait((item, reserved))
         except asyncio.QueueFull:
-            self.on_drop(DropReason.BEHIND)
+            self._dropped_behind()
             return False
         if self.budget is not None and reserved is not None:
             self.budget.reserve(reserved)
         if self._queue.qsize() >= self.max_items - 1:  # with the one the lane holds: a hand-off
             self._enough.set()
         return True
+
+    def _dropped_behind(self) -> None:
+        self.on_drop(DropReason.BEHIND)
+        self._starvation.behind()
 
     async def idle(self) -> None:
         """Until everything offered so far has been processed (tests and shutdown wait on this)."""
@@ -224,6 +231,7 @@ class Lane(Generic[T]):
                     spent = await loop.run_in_executor(self.executor, self._timed, items)
                     self._cost = spent / len(items)
                     self._hand_offs += 1
+                    self._starvation.processed(len(items))
                     if self.budget is not None and self._hand_offs == TELL_PRICE_AFTER:
                         self._tell_price(self.budget, self._cost)
                     if self.budget is not None:

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from quantship.server.background import NICE, TELL_PRICE_AFTER, CpuBudget, Lane, lower_priority
+from quantship.server.starvation import MIN_BEHIND_PER_S, STARVED_WINDOWS, WINDOW_S
 
 pytestmark = pytest.mark.looptime
 
@@ -330,3 +331,26 @@ def test_the_background_thread_runs_at_the_lowest_priority_and_no_other_thread_d
         assert _nice_of(other_tid) == _nice_of(threading.get_native_id()) == 0
         assert os.sched_getscheduler(background_tid) == os.SCHED_IDLE  # preempted by any other thread
         assert os.sched_getscheduler(other_tid) == os.sched_getscheduler(0) == os.SCHED_OTHER
+
+
+async def test_a_lane_whose_worker_gets_no_cpu_for_minutes_says_so_in_the_log(
+    executor: ThreadPoolExecutor, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A worker that never runs (as SCHED_IDLE holds it on busy cores) while offers keep coming:
+    drops as behind, and a warning once they have lasted STARVED_WINDOWS windows of the loop's
+    clock. (The worker is held by not starting the lane: a thread held in real time would hold
+    the loop's virtual clock to it.)"""
+    caplog.set_level(logging.WARNING, logger="quantship.server.starvation")
+    dropped: list[str] = []
+    lane: Lane[int] = Lane("clip", lambda items: None, executor=executor, capacity=4, on_drop=dropped.append)
+    offers_a_window = int(MIN_BEHIND_PER_S * WINDOW_S) + 20
+    for window in range(STARVED_WINDOWS + 1):
+        assert not caplog.records
+        for i in range(offers_a_window):
+            lane.offer(i)
+            await asyncio.sleep(WINDOW_S / offers_a_window)
+        assert len(dropped) == (window + 1) * offers_a_window - 4 and set(dropped) == {"behind"}
+    warned = [record.getMessage() for record in caplog.records]
+    assert len(warned) == 1 and warned[0].startswith("clip: the SLI worker is starved of CPU")
+    lane.start()
+    await lane.close(timeout=5)
