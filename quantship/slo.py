@@ -65,6 +65,13 @@ class DropReason(enum.StrEnum):
     """A capture row's shape differs from the captured samples'."""
 
 
+STARVED_BEHIND_PER_S = 1.0
+"""Samples a second, at least, that a server's lane drops as behind for its SLI worker to count as
+starved of CPU (the server's log, server/starvation.py, and the QuantshipSliStarved alert). A fresh
+pod drops a few while its lanes price their first sample; a starved canary dropped ~250 a second
+(EfficientNet-Lite0 INT8, back to back at --canary-sli-cpu-budget 0.2, 2026-12-05)."""
+
+
 class Metric(enum.StrEnum):
     """Every metric quantship exports, by its full name as Prometheus stores it (DESIGN.md)."""
 

@@ -66,6 +66,10 @@ MISSING_LOOKBACK = "6h"
 """How far back a model must have reported to be missed: longer keeps the alert up for a model
 that went away over a weekend; shorter stops it sooner for one deleted on purpose."""
 
+SLI_STARVED_WINDOW = "10m"
+"""Window the behind drops are averaged over for QuantshipSliStarved; with its 15m `for:`, a server
+starved for ~20 minutes, not a burst of traffic or a pod pricing its first samples."""
+
 FAILURE_WINDOW = "15m"
 """Window in which a load failure or a rollback notifies."""
 
@@ -118,6 +122,7 @@ OPERATION_ALERTS = (
     "QuantshipRolloutRolledBack",
     "QuantshipRolloutStuck",
     "QuantshipModelMetricsMissing",
+    "QuantshipSliStarved",
 )
 
 QUANTIZATION_ALERTS = (
@@ -249,6 +254,7 @@ def operation_alerts() -> list[dict[str, Any]]:
     rollouts = f'{M.ROLLOUTS_TOTAL}{{result=~"rolled_back|failed"}}'
     weight, step = M.ROLLOUT_WEIGHT, M.ROLLOUT_STEP
     info = M.MODEL_INFO
+    behind = f'{M.SAMPLES_DROPPED_TOTAL}{{reason="{slo.DropReason.BEHIND}"}}'
     return [
         {
             "alert": "QuantshipFallbackOps",
@@ -318,6 +324,23 @@ def operation_alerts() -> list[dict[str, Any]]:
                 f"{model}: no server reports metrics any more",
                 f"Prometheus scraped {model} within {MISSING_LOOKBACK} but scrapes no server of it "
                 "now: every SLO alert of the model is blind.",
+            ),
+        },
+        {
+            "alert": "QuantshipSliStarved",
+            "expr": (
+                f"sum by ({BY}, kind) (rate({behind}[{SLI_STARVED_WINDOW}]))\n"
+                f"> {slo.STARVED_BEHIND_PER_S:g}\n"
+            ),
+            "for": "15m",
+            "labels": {"severity": "ticket"},
+            "annotations": _annotations(
+                "QuantshipSliStarved",
+                f"{model}: its {{{{ $labels.kind }}}} SLI samples get too little CPU",
+                f"{revision} drops {{{{ $value | humanize }}}} {{{{ $labels.kind }}}} samples a second "
+                f"as behind (over {SLI_STARVED_WINDOW}): its cores are busy serving, and the SLI "
+                "thread runs on idle CPU only, so its SLIs and a canary's verdicts see few samples. "
+                "More CPU or replicas help; a larger SLI CPU budget does not.",
             ),
         },
     ]

@@ -8,8 +8,9 @@ EfficientNet-Lite0 INT8 traffic dropped ~15,000 shadow samples a minute as behin
 this says it to whoever reads only the pod's logs, and that a budget will not help.
 
 A lane is starved over a window when it dropped more samples as behind than it processed, and at
-least one a second: a fresh lane drops a few while it prices its first sample, and a burst of
-traffic for a few seconds should not read as a server short of CPU. The warning comes once
+least slo.STARVED_BEHIND_PER_S a second: a fresh lane drops a few while it prices its first
+sample, and a burst of traffic for a few seconds should not read as a server short of CPU. The
+QuantshipSliStarved alert says it to Prometheus' users at the same rate. The warning comes once
 `STARVED_WINDOWS` windows in a row were starved, again every `REPEAT_S` while it lasts, and an
 info line when a window is not.
 """
@@ -19,7 +20,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from quantship.slo import DropReason, Metric
+from quantship.slo import STARVED_BEHIND_PER_S, DropReason, Metric
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +32,6 @@ STARVED_WINDOWS = 2
 """Starved windows in a row before the warning: two minutes, a steady rate rather than a burst."""
 REPEAT_S = 600.0
 """Seconds between warnings while the lane stays starved."""
-MIN_BEHIND_PER_S = 1.0
-"""Behind drops a second, at least, for a window to be starved."""
 
 
 class StarvationWatch:
@@ -64,7 +63,7 @@ class StarvationWatch:
         if now >= self._window_end + WINDOW_S:
             # a whole window without a behind drop or a hand-off: no traffic, nothing to tell
             self._starved_in_a_row, self._warned_at = 0, None
-        elif self._behind > max(self._processed, MIN_BEHIND_PER_S * WINDOW_S):
+        elif self._behind > max(self._processed, STARVED_BEHIND_PER_S * WINDOW_S):
             self._starved_in_a_row += 1
             if self._starved_in_a_row >= STARVED_WINDOWS and (
                 self._warned_at is None or now - self._warned_at >= REPEAT_S

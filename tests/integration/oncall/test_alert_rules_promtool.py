@@ -85,9 +85,22 @@ def go_value(value: float) -> str:
     return str(int(value)) if value.is_integer() else repr(value)
 
 
+def humanize(value: float) -> str:
+    """Prometheus' `humanize` for values of 1 and up: four significant digits, a k, M, G... prefix."""
+    assert value >= 1, "only values of 1 and up are rendered here"
+    prefix = ""
+    for larger in ("k", "M", "G", "T"):
+        if value < 1000:
+            break
+        value, prefix = value / 1000, larger
+    return f"{value:.4g}{prefix}"
+
+
 def expand(template: str, labels: dict[str, str], value: float) -> str:
     """Render the few template forms our annotations use, as Prometheus would."""
     text = template.replace("{{ $value | humanizePercentage }}", f"{value * 100:.4g}%")
+    if "{{ $value | humanize }}" in text:
+        text = text.replace("{{ $value | humanize }}", humanize(value))
     text = text.replace("{{ $value }}", go_value(value))
     return re.sub(r"\{\{ \$labels\.(\w+) \}\}", lambda match: labels[match[1]], text)
 
@@ -296,6 +309,11 @@ def test_operational_alerts_fire_on_their_conditions_and_only_then(
 ) -> None:
     p = slo.PREFIX
     rolled_back = {"model": "digits", "result": "rolled_back"}
+    stable = {**MODEL, "revision": "r1", "track": "stable"}
+
+    def dropped(labels: dict[str, str], values: str) -> dict[str, str]:
+        return series(f"{p}samples_dropped_total", labels, values)
+
     tests = [
         {  # fallback ops: 2 Conv in float on the canary, none on stable
             "interval": "1m",
@@ -379,6 +397,24 @@ def test_operational_alerts_fire_on_their_conditions_and_only_then(
                     "eval_time": "50m",
                     "alertname": "QuantshipModelMetricsMissing",
                     "exp_alerts": [expected("QuantshipModelMetricsMissing", {"model": "digits"}, 1.0)],
+                },
+            ],
+        },
+        {  # a canary whose shadow lane is starved (~250 drops a second, as measured); the stable
+            # drops only for budget, and a fresh pod's probe drops a few dozen once
+            "interval": "1m",
+            "input_series": [
+                dropped({**MODEL, "kind": "shadow", "reason": "behind"}, "0+15000x60"),
+                dropped({**MODEL, "kind": "clip", "reason": "behind"}, "0+50x60"),
+                dropped({**stable, "kind": "shadow", "reason": "budget"}, "0+15000x60"),
+                dropped({**stable, "kind": "shadow", "reason": "behind"}, "0 40x60"),
+            ],
+            "alert_rule_test": [
+                {"eval_time": "12m", "alertname": "QuantshipSliStarved", "exp_alerts": []},
+                {
+                    "eval_time": "30m",
+                    "alertname": "QuantshipSliStarved",
+                    "exp_alerts": [expected("QuantshipSliStarved", {**MODEL, "kind": "shadow"}, 250.0)],
                 },
             ],
         },

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from quantship.server.background import NICE, TELL_PRICE_AFTER, CpuBudget, Lane, lower_priority
-from quantship.server.starvation import MIN_BEHIND_PER_S, STARVED_WINDOWS, WINDOW_S
+from quantship.server.starvation import STARVED_WINDOWS, WINDOW_S
+from quantship.slo import STARVED_BEHIND_PER_S
 
 pytestmark = pytest.mark.looptime
 
@@ -343,7 +344,7 @@ async def test_a_lane_whose_worker_gets_no_cpu_for_minutes_says_so_in_the_log(
     caplog.set_level(logging.WARNING, logger="quantship.server.starvation")
     dropped: list[str] = []
     lane: Lane[int] = Lane("clip", lambda items: None, executor=executor, capacity=4, on_drop=dropped.append)
-    offers_a_window = int(MIN_BEHIND_PER_S * WINDOW_S) + 20
+    offers_a_window = int(STARVED_BEHIND_PER_S * WINDOW_S) + 20
     for window in range(STARVED_WINDOWS + 1):
         assert not caplog.records
         for i in range(offers_a_window):

@@ -6,9 +6,10 @@ import logging
 
 import pytest
 
-from quantship.server.starvation import MIN_BEHIND_PER_S, REPEAT_S, STARVED_WINDOWS, WINDOW_S, StarvationWatch
+from quantship.server.starvation import REPEAT_S, STARVED_WINDOWS, WINDOW_S, StarvationWatch
+from quantship.slo import STARVED_BEHIND_PER_S
 
-STEADY = int(MIN_BEHIND_PER_S * WINDOW_S) * 10
+STEADY = int(STARVED_BEHIND_PER_S * WINDOW_S) * 10
 """Behind drops a window, well past the floor: a starved canary drops ~15,000 a minute."""
 
 
@@ -79,7 +80,7 @@ def test_the_warning_repeats_while_it_lasts_and_the_recovery_is_told(
 @pytest.mark.parametrize(
     ("behind", "processed"),
     [
-        (int(MIN_BEHIND_PER_S * WINDOW_S) - 1, 0),  # a fresh lane pricing its first sample
+        (int(STARVED_BEHIND_PER_S * WINDOW_S) - 1, 0),  # a fresh lane pricing its first sample
         (STEADY, STEADY + 1),  # drops, but the worker keeps most of what it is offered
     ],
     ids=["few drops", "more processed than dropped"],
