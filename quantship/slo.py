@@ -259,6 +259,12 @@ def with_labels(series: str, labels: Mapping[str, str]) -> str:
     return f"{series}{{{extra}}}"
 
 
+def dropped_samples(reason: DropReason, kind: SampleKind | None = None) -> str:
+    """quantship_samples_dropped_total of one drop reason (and one kind of sample)."""
+    labels = {"reason": reason} if kind is None else {"kind": kind, "reason": reason}
+    return with_labels(Metric.SAMPLES_DROPPED_TOTAL, labels)
+
+
 def increase(series: str, window: str, labels: Mapping[str, str], by: tuple[str, ...] = ()) -> str:
     grouping = f" by ({', '.join(by)})" if by else ""
     return f"sum{grouping}(increase({with_labels(series, labels)}[{window}]))"

@@ -67,8 +67,11 @@ MISSING_LOOKBACK = "6h"
 that went away over a weekend; shorter stops it sooner for one deleted on purpose."""
 
 SLI_STARVED_WINDOW = "10m"
-"""Window the behind drops are averaged over for QuantshipSliStarved; with its 15m `for:`, a server
-starved for ~20 minutes, not a burst of traffic or a pod pricing its first samples."""
+"""Window a server's behind drops are averaged over for QuantshipSliStarved."""
+
+SLI_STARVED_FOR = "15m"
+"""`for:` of QuantshipSliStarved: with its window, a server starved for ~20 minutes, not a burst of
+traffic or a pod pricing its first samples (its log warns after two)."""
 
 FAILURE_WINDOW = "15m"
 """Window in which a load failure or a rollback notifies."""
@@ -254,7 +257,7 @@ def operation_alerts() -> list[dict[str, Any]]:
     rollouts = f'{M.ROLLOUTS_TOTAL}{{result=~"rolled_back|failed"}}'
     weight, step = M.ROLLOUT_WEIGHT, M.ROLLOUT_STEP
     info = M.MODEL_INFO
-    behind = f'{M.SAMPLES_DROPPED_TOTAL}{{reason="{slo.DropReason.BEHIND}"}}'
+    behind = slo.dropped_samples(slo.DropReason.BEHIND)
     return [
         {
             "alert": "QuantshipFallbackOps",
@@ -328,17 +331,18 @@ def operation_alerts() -> list[dict[str, Any]]:
         },
         {
             "alert": "QuantshipSliStarved",
+            # the most starved server of a revision: the threshold is a server's, as in its log
             "expr": (
-                f"sum by ({BY}, kind) (rate({behind}[{SLI_STARVED_WINDOW}]))\n"
+                f"max by ({BY}, kind) (rate({behind}[{SLI_STARVED_WINDOW}]))\n"
                 f"> {slo.STARVED_BEHIND_PER_S:g}\n"
             ),
-            "for": "15m",
+            "for": SLI_STARVED_FOR,
             "labels": {"severity": "ticket"},
             "annotations": _annotations(
                 "QuantshipSliStarved",
                 f"{model}: its {{{{ $labels.kind }}}} SLI samples get too little CPU",
-                f"{revision} drops {{{{ $value | humanize }}}} {{{{ $labels.kind }}}} samples a second "
-                f"as behind (over {SLI_STARVED_WINDOW}): its cores are busy serving, and the SLI "
+                f"A server of {revision} drops {{{{ $value | humanize }}}} {{{{ $labels.kind }}}} samples a "
+                f"second as behind (over {SLI_STARVED_WINDOW}): its cores are busy serving, and the SLI "
                 "thread runs on idle CPU only, so its SLIs and a canary's verdicts see few samples. "
                 "More CPU or replicas help; a larger SLI CPU budget does not.",
             ),

@@ -51,13 +51,13 @@ class Fault(enum.StrEnum):
     TOO_FEW_SAMPLES = "TooFewSamples"
 
 
-_SHADOW_DROPS = f'{slo.Metric.SAMPLES_DROPPED_TOTAL}{{kind="{slo.SampleKind.SHADOW}",reason="%s"}}'
 MORE_SAMPLES = {
     slo.SLI.ACCURACY_DELTA: "if the canary drops shadow samples for budget "
-    f"({_SHADOW_DROPS % slo.DropReason.BUDGET}), a higher canary SLI CPU budget "
+    f"({slo.dropped_samples(slo.DropReason.BUDGET, slo.SampleKind.SHADOW)}), a higher canary SLI CPU budget "
     "(spec.server.canarySliCpuBudget, which the stable's servers ignore; its server logs how many samples "
     "a minute the budget pays for, and under the confident-agreement rule only rows the FP32 model is sure "
-    f"of are compared); if it drops them as behind ({_SHADOW_DROPS % slo.DropReason.BEHIND}), its CPU is "
+    f"of are compared); if it drops them as behind "
+    f"({slo.dropped_samples(slo.DropReason.BEHIND, slo.SampleKind.SHADOW)}), its CPU is "
     "busy serving and the SLIs take idle CPU only: more CPU or replicas (spec.resources, spec.replicas); "
     "else more traffic (or a higher shadow rate, where one was set below 1)",
     slo.SLI.CLIP_RATE: "a higher clip sample rate or canary SLI CPU budget (spec.server.clipSampleRate, "

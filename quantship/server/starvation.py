@@ -9,29 +9,30 @@ this says it to whoever reads only the pod's logs, and that a budget will not he
 
 A lane is starved over a window when it dropped more samples as behind than it processed, and at
 least slo.STARVED_BEHIND_PER_S a second: a fresh lane drops a few while it prices its first
-sample, and a burst of traffic for a few seconds should not read as a server short of CPU. The
-QuantshipSliStarved alert says it to Prometheus' users at the same rate. The warning comes once
-`STARVED_WINDOWS` windows in a row were starved, again every `REPEAT_S` while it lasts, and an
-info line when a window is not.
+sample, and a burst of traffic for a few seconds should not read as a server short of CPU. Windows
+lie on a fixed grid of the event loop's clock; one without a drop or a hand-off (no traffic) is not
+starved. The warning comes once `STARVED_WINDOWS` windows in a row were starved, and again at most
+every `REPEAT_S` however starvation comes and goes; an info line follows the first window that is
+not starved after a warning. The QuantshipSliStarved alert reads the same threshold per server,
+without the comparison with processed samples, which no metric counts.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 
-from quantship.slo import STARVED_BEHIND_PER_S, DropReason, Metric
+from quantship.slo import STARVED_BEHIND_PER_S, DropReason, dropped_samples
 
 log = logging.getLogger(__name__)
-
-_BEHIND_DROPS = f'{Metric.SAMPLES_DROPPED_TOTAL}{{reason="{DropReason.BEHIND}"}}'
 
 WINDOW_S = 60.0
 """Seconds a window counts drops and processed samples over: a rollout's analysis reads minutes."""
 STARVED_WINDOWS = 2
 """Starved windows in a row before the warning: two minutes, a steady rate rather than a burst."""
 REPEAT_S = 600.0
-"""Seconds between warnings while the lane stays starved."""
+"""Seconds between warnings, at least, while the lane stays starved or starves again."""
 
 
 class StarvationWatch:
@@ -44,7 +45,9 @@ class StarvationWatch:
         self._window_end: float | None = None
         self._behind = self._processed = 0
         self._starved_in_a_row = 0
-        self._warned_at: float | None = None
+        self._last_warning: float | None = None
+        self._told_starved = False
+        """A warning stands that no info line has answered yet."""
 
     def behind(self) -> None:
         self._roll()
@@ -58,35 +61,40 @@ class StarvationWatch:
         now = self.clock()
         if self._window_end is None:
             self._window_end = now + WINDOW_S
+            return
         if now < self._window_end:
             return
-        if now >= self._window_end + WINDOW_S:
-            # a whole window without a behind drop or a hand-off: no traffic, nothing to tell
-            self._starved_in_a_row, self._warned_at = 0, None
-        elif self._behind > max(self._processed, STARVED_BEHIND_PER_S * WINDOW_S):
+        self._judge(self._window_end)
+        ended = math.floor((now - self._window_end) / WINDOW_S) + 1  # this one and any without events
+        if ended > 1:
+            self._judge(self._window_end + WINDOW_S)  # empty: the rest would change nothing more
+        self._window_end += ended * WINDOW_S
+
+    def _judge(self, end: float) -> None:
+        """The window that ended at `end`, on the counts so far; then the counts start again."""
+        if self._behind > max(self._processed, STARVED_BEHIND_PER_S * WINDOW_S):
             self._starved_in_a_row += 1
             if self._starved_in_a_row >= STARVED_WINDOWS and (
-                self._warned_at is None or now - self._warned_at >= REPEAT_S
+                self._last_warning is None or end - self._last_warning >= REPEAT_S
             ):
-                self._warn(now)
+                self._warn(end)
         else:
             self._starved_in_a_row = 0
-            if self._warned_at is not None:
+            if self._told_starved:
                 log.info(
-                    "%s: the SLI worker keeps up again: %d samples processed and %d dropped as behind "
-                    "in the last %.0f s", self.lane, self._processed, self._behind, WINDOW_S,
+                    "%s: the SLI worker is no longer starved: %d samples processed and %d dropped as "
+                    "behind in the last %.0f s", self.lane, self._processed, self._behind, WINDOW_S,
                 )  # fmt: skip
-                self._warned_at = None
+                self._told_starved = False
         self._behind = self._processed = 0
-        self._window_end = now + WINDOW_S
 
-    def _warn(self, now: float) -> None:
-        self._warned_at = now
+    def _warn(self, end: float) -> None:
+        self._last_warning, self._told_starved = end, True
         log.warning(
             "%s: the SLI worker is starved of CPU: in the last %.0f s it processed %d samples and "
-            "dropped %d as behind (%s), %d minutes "
-            "in a row. It runs only on CPU the serving threads leave idle, and this server's CPUs are "
-            "busy serving: more CPU or replicas give the SLIs samples; a larger SLI CPU budget does not",
-            self.lane, WINDOW_S, self._processed, self._behind, _BEHIND_DROPS,
+            "dropped %d as behind (%s), %d minutes in a row. It runs only on CPU the serving threads "
+            "leave idle, and this server's CPUs are busy serving: more CPU or replicas give the SLIs "
+            "samples; a larger SLI CPU budget does not",
+            self.lane, WINDOW_S, self._processed, self._behind, dropped_samples(DropReason.BEHIND),
             self._starved_in_a_row * WINDOW_S // 60,
         )  # fmt: skip

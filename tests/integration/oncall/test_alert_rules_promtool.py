@@ -311,6 +311,9 @@ def test_operational_alerts_fire_on_their_conditions_and_only_then(
     rolled_back = {"model": "digits", "result": "rolled_back"}
     stable = {**MODEL, "revision": "r1", "track": "stable"}
 
+    pod_a, pod_b = {"pod": "digits-r2-a"}, {"pod": "digits-r2-b"}
+    starved_for = rules.seconds(rules.SLI_STARVED_FOR) // 60
+
     def dropped(labels: dict[str, str], values: str) -> dict[str, str]:
         return series(f"{p}samples_dropped_total", labels, values)
 
@@ -400,22 +403,28 @@ def test_operational_alerts_fire_on_their_conditions_and_only_then(
                 },
             ],
         },
-        {  # a canary whose shadow lane is starved (~250 drops a second, as measured); the stable
+        {  # a canary one of whose servers has its shadow lane starved (~250 drops a second, as
+            # measured); its clip lanes drop under a second each (over one together); the stable
             # drops only for budget, and a fresh pod's probe drops a few dozen once
             "interval": "1m",
             "input_series": [
-                dropped({**MODEL, "kind": "shadow", "reason": "behind"}, "0+15000x60"),
-                dropped({**MODEL, "kind": "clip", "reason": "behind"}, "0+50x60"),
-                dropped({**stable, "kind": "shadow", "reason": "budget"}, "0+15000x60"),
-                dropped({**stable, "kind": "shadow", "reason": "behind"}, "0 40x60"),
+                dropped({**MODEL, **pod_a, "kind": "shadow", "reason": "behind"}, "0+15000x60"),
+                dropped({**MODEL, **pod_b, "kind": "shadow", "reason": "behind"}, "0+0x60"),
+                dropped({**MODEL, **pod_a, "kind": "clip", "reason": "behind"}, "0+50x60"),
+                dropped({**MODEL, **pod_b, "kind": "clip", "reason": "behind"}, "0+50x60"),
+                dropped({**stable, **pod_a, "kind": "shadow", "reason": "budget"}, "0+15000x60"),
+                dropped({**stable, **pod_a, "kind": "shadow", "reason": "behind"}, "0 40x60"),
             ],
-            "alert_rule_test": [
-                {"eval_time": "12m", "alertname": "QuantshipSliStarved", "exp_alerts": []},
-                {
-                    "eval_time": "30m",
-                    "alertname": "QuantshipSliStarved",
-                    "exp_alerts": [expected("QuantshipSliStarved", {**MODEL, "kind": "shadow"}, 250.0)],
-                },
+            "alert_rule_test": [  # shadow's rate is over the threshold from its first minute on
+                {"eval_time": f"{starved_for}m", "alertname": "QuantshipSliStarved", "exp_alerts": []},
+                *(
+                    {
+                        "eval_time": f"{minutes}m",
+                        "alertname": "QuantshipSliStarved",
+                        "exp_alerts": [expected("QuantshipSliStarved", {**MODEL, "kind": "shadow"}, 250.0)],
+                    }
+                    for minutes in (starved_for + 2, 50)  # by 50m, clip's would have fired if summed
+                ),
             ],
         },
     ]

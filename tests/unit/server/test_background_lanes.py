@@ -334,24 +334,42 @@ def test_the_background_thread_runs_at_the_lowest_priority_and_no_other_thread_d
         assert os.sched_getscheduler(other_tid) == os.sched_getscheduler(0) == os.SCHED_OTHER
 
 
+@pytest.mark.parametrize("probing", [False, True], ids=["queue full", "a probe's worth queued"])
 async def test_a_lane_whose_worker_gets_no_cpu_for_minutes_says_so_in_the_log(
-    executor: ThreadPoolExecutor, caplog: pytest.LogCaptureFixture
+    executor: ThreadPoolExecutor, caplog: pytest.LogCaptureFixture, probing: bool
 ) -> None:
     """A worker that never runs (as SCHED_IDLE holds it on busy cores) while offers keep coming:
-    drops as behind, and a warning once they have lasted STARVED_WINDOWS windows of the loop's
-    clock. (The worker is held by not starting the lane: a thread held in real time would hold
-    the loop's virtual clock to it.)"""
-    caplog.set_level(logging.WARNING, logger="quantship.server.starvation")
+    drops as behind, from a full queue or, while a budgeted lane prices its first sample, past one
+    hand-off's worth; a warning once they have lasted STARVED_WINDOWS windows of the loop's clock.
+    Then the worker runs and the lane says it is no longer starved, counting what it processed.
+    (The worker is held by not starting the lane: a thread held in real time would hold the
+    loop's virtual clock to it.)"""
+    caplog.set_level(logging.INFO, logger="quantship.server.starvation")
     dropped: list[str] = []
-    lane: Lane[int] = Lane("clip", lambda items: None, executor=executor, capacity=4, on_drop=dropped.append)
+    lane: Lane[int] = Lane(
+        "clip", lambda items: None, executor=executor, on_drop=dropped.append, max_items=4,
+        capacity=100 if probing else 4, budget=CpuBudget(1.0) if probing else None,
+    )  # fmt: skip
+    for i in range(4 + 1):  # a hand-off's worth queued; the drop opens the first window, at 0
+        lane.offer(i)
     offers_a_window = int(STARVED_BEHIND_PER_S * WINDOW_S) + 20
     for window in range(STARVED_WINDOWS + 1):
         assert not caplog.records
         for i in range(offers_a_window):
             lane.offer(i)
             await asyncio.sleep(WINDOW_S / offers_a_window)
-        assert len(dropped) == (window + 1) * offers_a_window - 4 and set(dropped) == {"behind"}
+        assert len(dropped) == 1 + (window + 1) * offers_a_window and set(dropped) == {"behind"}
     warned = [record.getMessage() for record in caplog.records]
     assert len(warned) == 1 and warned[0].startswith("clip: the SLI worker is starved of CPU")
     lane.start()
+    await lane.idle()  # the 4 queued all along, in the window from 180 s
+    for i in range(10):
+        lane.offer(i)
+        await lane.idle()
+    await asyncio.sleep(WINDOW_S)
+    lane.offer(0)
+    await lane.idle()  # this hand-off, past 240 s, ends that window
+    told = [record.getMessage() for record in caplog.records if record.levelno == logging.INFO]
+    assert told == ["clip: the SLI worker is no longer starved: 14 samples processed and 0 dropped "
+                    "as behind in the last 60 s"]  # fmt: skip
     await lane.close(timeout=5)
