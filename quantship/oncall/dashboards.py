@@ -433,6 +433,19 @@ def oncall() -> Board:
         unit="none",
         steps={1: "red"},
     )
+    board.graph(
+        "SLI samples dropped as behind",
+        "Samples a second each revision's most starved server drops because its SLI worker, which "
+        f"runs on idle CPU only, is behind, averaged over {rules.SLI_STARVED_WINDOW} as "
+        "QuantshipSliStarved judges it. Dashed: the alert threshold "
+        f"({slo.STARVED_BEHIND_PER_S:g} a second). Over it, the server's cores are busy serving and its "
+        "SLIs see few samples: more CPU or replicas help, a budget does not. Budget drops, by design, "
+        "are on the debug dashboard (Sampled work dropped).",
+        [query(rules.sli_starved(MODEL), "{{model}} {{track}} {{revision}} {{kind}}")],
+        unit="reqps",
+        span=6,
+        steps={slo.STARVED_BEHIND_PER_S: "orange"},
+    )
     board.row("Quantization health")
     board.graph(
         "Activation drift",

@@ -251,13 +251,19 @@ def _annotations(alert: str, summary: str, description: str) -> dict[str, str]:
     }
 
 
+def sli_starved(labels: Mapping[str, str] | None = None) -> str:
+    """Samples a second that each revision's most starved server drops as behind, by kind, as
+    QuantshipSliStarved judges them: the most starved, since the threshold is a server's (its log's)."""
+    behind = slo.with_labels(slo.dropped_samples(slo.DropReason.BEHIND), labels or {})
+    return f"max by ({BY}, kind) (rate({behind}[{SLI_STARVED_WINDOW}]))"
+
+
 def operation_alerts() -> list[dict[str, Any]]:
     model = "{{ $labels.model }}"
     revision = f"{model} revision {{{{ $labels.revision }}}} ({{{{ $labels.track }}}})"
     rollouts = f'{M.ROLLOUTS_TOTAL}{{result=~"rolled_back|failed"}}'
     weight, step = M.ROLLOUT_WEIGHT, M.ROLLOUT_STEP
     info = M.MODEL_INFO
-    behind = slo.dropped_samples(slo.DropReason.BEHIND)
     return [
         {
             "alert": "QuantshipFallbackOps",
@@ -331,11 +337,7 @@ def operation_alerts() -> list[dict[str, Any]]:
         },
         {
             "alert": "QuantshipSliStarved",
-            # the most starved server of a revision: the threshold is a server's, as in its log
-            "expr": (
-                f"max by ({BY}, kind) (rate({behind}[{SLI_STARVED_WINDOW}]))\n"
-                f"> {slo.STARVED_BEHIND_PER_S:g}\n"
-            ),
+            "expr": f"{sli_starved()}\n> {slo.STARVED_BEHIND_PER_S:g}\n",
             "for": SLI_STARVED_FOR,
             "labels": {"severity": "ticket"},
             "annotations": _annotations(

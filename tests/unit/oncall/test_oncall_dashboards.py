@@ -75,6 +75,14 @@ def test_panel_ids_are_unique_and_every_panel_but_rows_has_a_query(name: str) ->
         assert panel["type"] == "row" or panel.get("targets"), panel["title"]
 
 
+@pytest.mark.parametrize("name", NAMES)
+def test_every_panel_fits_grafanas_24_columns(name: str) -> None:
+    """A panel past the 24th column is moved by Grafana on load, not where the layout put it."""
+    for panel in panels(load(name)):
+        place = panel["gridPos"]
+        assert place["x"] + place["w"] <= 24, (panel["title"], place)
+
+
 def test_dashboards_have_the_uids_the_alerts_link_to() -> None:
     assert [load(name)["uid"] for name in NAMES] == [links.EXECUTIVE_UID, links.ONCALL_UID, links.DEBUG_UID]
 
@@ -116,3 +124,14 @@ def test_drift_panels_draw_the_alert_thresholds_over_the_series_the_alerts_read(
     assert steps == [None, rules.DRIFT_TENSOR_THRESHOLD]
     for title in ("Hardware mismatch", "Nondeterministic outputs"):
         assert oncall[title]["type"] == "stat"
+
+
+def test_the_oncall_dashboard_plots_what_the_sli_starved_alert_reads_under_its_threshold() -> None:
+    """The alert links the on-call dashboard: there, the series it judges and its threshold."""
+    starved = {panel["title"]: panel for panel in panels(load("oncall"))}["SLI samples dropped as behind"]
+    (alert,) = [rule for rule in rules.operation_alerts() if rule["alert"] == "QuantshipSliStarved"]
+    assert alert["expr"].startswith(rules.sli_starved())
+    plotted = [target["expr"] for target in starved["targets"]]
+    assert plotted == [rules.sli_starved({"model": slo.Regex("$model")})]
+    steps = [step["value"] for step in starved["fieldConfig"]["defaults"]["thresholds"]["steps"]]
+    assert steps == [None, slo.STARVED_BEHIND_PER_S]
