@@ -311,7 +311,7 @@ def test_operational_alerts_fire_on_their_conditions_and_only_then(
     rolled_back = {"model": "digits", "result": "rolled_back"}
     stable = {**MODEL, "revision": "r1", "track": "stable"}
 
-    pod_a, pod_b = {"pod": "digits-r2-a"}, {"pod": "digits-r2-b"}
+    pod_a, pod_b = {"instance": "10.0.0.1:8080"}, {"instance": "10.0.0.2:8080"}
     starved_for = rules.seconds(rules.SLI_STARVED_FOR) // 60
 
     def dropped(labels: dict[str, str], values: str) -> dict[str, str]:
