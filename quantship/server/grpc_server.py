@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 import numpy as np
+from google.protobuf.message import DecodeError, Message
 
 from quantship import __version__
 from quantship.server import protocol
@@ -54,6 +56,18 @@ _CONTENTS_FIELD = {
 }
 
 
+Parsed = TypeVar("Parsed", bound=Message)
+
+
+def parse(message: type[Parsed], raw: bytes) -> Parsed:
+    """The RPC's request message from its bytes; a malformed one is the client's error (InvalidInput),
+    where grpcio, left to parse it, would log a traceback and answer UNKNOWN."""
+    try:
+        return message.FromString(raw)
+    except DecodeError:
+        raise InvalidInput(f"the request is not a valid {message.DESCRIPTOR.name} message") from None
+
+
 def decode_request(message: pb.ModelInferRequest) -> InferRequest:
     """The protobuf request as the service takes it. Raises InvalidInput."""
     raw = message.raw_input_contents
@@ -70,6 +84,8 @@ def decode_request(message: pb.ModelInferRequest) -> InferRequest:
         if name in inputs:
             raise InvalidInput(f"input '{name}' appears twice")
         if raw:
+            if tensor.HasField("contents"):
+                raise InvalidInput(f"input '{name}' has both contents and raw_input_contents: give one")
             inputs[name] = protocol.from_raw(name, datatype, shape, raw[index])
         else:
             inputs[name] = _from_contents(name, datatype, shape, tensor.contents)
@@ -78,6 +94,7 @@ def decode_request(message: pb.ModelInferRequest) -> InferRequest:
         if "classification" in wanted.parameters:
             raise InvalidInput(f"output '{wanted.name}': the classification extension is not supported")
         outputs.append(RequestedOutput(wanted.name, True))
+    protocol.check_unique_outputs(outputs)
     return InferRequest(message.id or None, inputs, tuple(outputs), binary_outputs=True)
 
 
@@ -88,7 +105,7 @@ def _from_contents(
     if field is None:
         raise InvalidInput(f"input '{name}' is {datatype}: send it in raw_input_contents")
     values = list(getattr(contents, field))
-    count = int(np.prod(shape))
+    count = math.prod(shape)
     if len(values) != count:
         raise InvalidInput(f"input '{name}' has {len(values)} values in {field}; shape {shape} needs {count}")
     if datatype == "BYTES":
@@ -123,23 +140,23 @@ class GrpcEndpoints:
         self.metrics = metrics
 
     def handler(self) -> grpc.GenericRpcHandler:
-        rpcs: dict[str, tuple[Callable[..., Awaitable[Any]], Any]] = {
-            "ServerLive": (self.server_live, pb.ServerLiveRequest),
-            "ServerReady": (self.server_ready, pb.ServerReadyRequest),
-            "ModelReady": (self.model_ready, pb.ModelReadyRequest),
-            "ServerMetadata": (self.server_metadata, pb.ServerMetadataRequest),
-            "ModelMetadata": (self.model_metadata, pb.ModelMetadataRequest),
-            "ModelInfer": (self.model_infer, pb.ModelInferRequest),
+        """Each RPC takes its request's bytes (no request_deserializer): it parses them itself, so
+        that a malformed message is answered INVALID_ARGUMENT, and counted as a 400 by ModelInfer."""
+        rpcs: dict[str, OnBytes] = {
+            "ServerLive": _parsed(self.server_live, pb.ServerLiveRequest),
+            "ServerReady": _parsed(self.server_ready, pb.ServerReadyRequest),
+            "ModelReady": _parsed(self.model_ready, pb.ModelReadyRequest),
+            "ServerMetadata": _parsed(self.server_metadata, pb.ServerMetadataRequest),
+            "ModelMetadata": _parsed(self.model_metadata, pb.ModelMetadataRequest),
+            "ModelInfer": self.model_infer,
         }
         return grpc.method_handlers_generic_handler(
             SERVICE,
             {
                 name: grpc.unary_unary_rpc_method_handler(
-                    _answer(call),
-                    request_deserializer=message.FromString,
-                    response_serializer=lambda response: response.SerializeToString(),
+                    _answer(call), response_serializer=lambda response: response.SerializeToString()
                 )
-                for name, (call, message) in rpcs.items()
+                for name, call in rpcs.items()
             },
         )
 
@@ -175,10 +192,11 @@ class GrpcEndpoints:
             response.outputs.add(**spec)
         return response
 
-    async def model_infer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
+    async def model_infer(self, raw: bytes) -> pb.ModelInferResponse:
         started, code = time.perf_counter(), 500
         self.metrics.request_started()
         try:
+            request = parse(pb.ModelInferRequest, raw)
             self.service.check_model(request.model_name, request.model_version or None)
             self.service.ready_model()
             decoded = decode_request(request)
@@ -200,6 +218,17 @@ class GrpcEndpoints:
 
 
 Rpc = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
+OnBytes = Callable[[bytes], Awaitable[Any]]
+
+
+def _parsed(call: Callable[[Parsed], Awaitable[Any]], message: type[Parsed]) -> OnBytes:
+    """`call`, taking its request's bytes."""
+
+    async def rpc(raw: bytes) -> Any:
+        return await call(parse(message, raw))
+
+    rpc.__name__ = call.__name__  # for the log of a failure
+    return rpc
 
 
 def _answer(call: Callable[[Any], Awaitable[Any]]) -> Rpc:

@@ -23,7 +23,7 @@ import codecs
 import json
 import math
 import struct
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +36,7 @@ HEADER_LENGTH = "Inference-Header-Content-Length"
 JSON_TYPE = "application/json"
 BINARY_TYPE = "application/octet-stream"
 MAX_RANK = 32  # numpy's limit on dimensions
+_MAX_ARRAY_BYTES = np.iinfo(np.intp).max  # numpy's limit on an array's size, zero-length or not
 
 DATATYPES: dict[str, np.dtype[Any]] = {
     "BOOL": np.dtype(np.bool_),
@@ -246,6 +247,9 @@ def checked_header(name: str, datatype: Any, shape: Any) -> tuple[str, list[int]
         raise InvalidInput(f"input '{name}' has shape {json.dumps(shape)}: expected a list of integers >= 0")
     if len(shape) > MAX_RANK:
         raise InvalidInput(f"input '{name}' has {len(shape)} dimensions; at most {MAX_RANK} are possible")
+    # numpy refuses such a shape even with a zero in it ([2**40, 2**40, 0]): no body can fill the rest
+    if math.prod(d for d in shape if d) * DATATYPES[datatype].itemsize > _MAX_ARRAY_BYTES:
+        raise InvalidInput(f"input '{name}' has shape {shape}: larger than any array can be")
     return datatype, shape
 
 
@@ -354,14 +358,11 @@ def _requested_outputs(document: dict[str, Any]) -> tuple[RequestedOutput, ...]:
     value = document["outputs"]
     if not isinstance(value, list):
         raise InvalidInput("'outputs' must be a list of {\"name\": ...} objects")
-    outputs, seen = [], set()
+    outputs = []
     for index, entry in enumerate(value):
         if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
             raise InvalidInput(f"outputs[{index}] must be an object with a name")
         name = entry["name"]
-        if name in seen:
-            raise InvalidInput(f"output '{name}' is requested twice")
-        seen.add(name)
         parameters = _parameters(entry, f"output '{name}'")
         if parameters.get("classification"):
             raise InvalidInput(f"output '{name}': the classification extension is not supported")
@@ -369,7 +370,17 @@ def _requested_outputs(document: dict[str, Any]) -> tuple[RequestedOutput, ...]:
         if binary is not None and not isinstance(binary, bool):
             raise InvalidInput(f"output '{name}': parameters.binary_data must be true or false")
         outputs.append(RequestedOutput(name, binary))
+    check_unique_outputs(outputs)
     return tuple(outputs)
+
+
+def check_unique_outputs(outputs: Sequence[RequestedOutput]) -> None:
+    """Raises InvalidInput for an output requested twice (both transports)."""
+    seen = set()
+    for output in outputs:
+        if output.name in seen:
+            raise InvalidInput(f"output '{output.name}' is requested twice")
+        seen.add(output.name)
 
 
 # -- encoding ----------------------------------------------------------------------------------

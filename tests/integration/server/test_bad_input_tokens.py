@@ -11,9 +11,12 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+import tritonclient.grpc as triton
 from server_harness import MODEL, LocalServer, build_token_model, settings_for
+from tritonclient.utils import InferenceServerException
 
 from quantship import artifact
+from quantship.local.prometheus import free_port
 from quantship.server.errors import InvalidInput
 from quantship.server.runner import Runner
 
@@ -30,7 +33,7 @@ def token_artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def token_server(token_artifact: Path) -> Iterator[LocalServer]:
-    server = LocalServer(settings_for(token_artifact, "tokens")).start()
+    server = LocalServer(settings_for(token_artifact, "tokens", grpc_port=free_port())).start()
     yield server
     server.stop()
 
@@ -67,6 +70,27 @@ def test_input_the_token_model_cannot_take_is_400_with_the_reason(
     assert token_server.metric("quantship_requests_total", code="400") == counted + 1
     good = httpx.post(f"{token_server.url}{INFER}", json=tokens([1, 2, 3]))
     assert good.status_code == 200 and good.json()["outputs"][0]["shape"] == [1, 3, 4]
+
+
+@pytest.mark.parametrize(
+    ("ids", "mask", "message"),
+    [([1, 999999, 2], [1, 1, 1], CASES[0][2]), ([1, 2, 3], [1, 1, 1, 1], CASES[1][2])],
+    ids=[CASES[0][0], CASES[1][0]],
+)
+def test_over_grpc_the_same_input_is_invalid_argument_with_the_same_reason(
+    token_server: LocalServer, ids: list[int], mask: list[int], message: str
+) -> None:
+    counted = token_server.metric("quantship_requests_total", code="400")
+    with triton.InferenceServerClient(f"127.0.0.1:{token_server.settings.grpc_port}") as client:
+        inputs = []
+        for name, values in (("input_ids", ids), ("attention_mask", mask)):
+            inputs.append(triton.InferInput(name, [1, len(values)], "INT64"))
+            inputs[-1].set_data_from_numpy(np.array([values], dtype=np.int64))
+        with pytest.raises(InferenceServerException) as raised:
+            client.infer(MODEL, inputs)
+        assert raised.value.status() == "StatusCode.INVALID_ARGUMENT"
+        assert message in raised.value.message()
+    assert token_server.metric("quantship_requests_total", code="400") == counted + 1
 
 
 def test_a_negative_token_id_counts_from_the_end_as_onnx_gather_defines(token_server: LocalServer) -> None:

@@ -1,0 +1,98 @@
+"""Malformed ModelInfer messages, the kind tritonclient never sends but a hand-made or buggy client
+does, sent with grpcio's own stubs: each is the client's error (INVALID_ARGUMENT, counted as a 400)
+with a message naming the problem, never a traceback in the log or an INTERNAL, and the server keeps
+serving."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import grpc
+import numpy as np
+import pytest
+from server_harness import MODEL, LocalServer
+
+from quantship.server.grpc_server import SERVICE
+from quantship.server.grpc_v2 import inference_pb2 as pb
+
+ROW = np.zeros((1, 64), dtype=np.float32)
+
+
+def request(
+    shape: list[int],
+    *,
+    raw: bytes | None = None,
+    fp32: list[float] | None = None,
+    outputs: Sequence[str] = (),
+) -> bytes:
+    message = pb.ModelInferRequest(model_name=MODEL)
+    tensor = message.inputs.add(name="X", datatype="FP32", shape=shape)
+    if fp32 is not None:
+        tensor.contents.fp32_contents.extend(fp32)
+    if raw is not None:
+        message.raw_input_contents.append(raw)
+    for name in outputs:
+        message.outputs.add(name=name)
+    return message.SerializeToString()
+
+
+CASES: dict[str, tuple[bytes, str]] = {
+    "not protobuf": (b"\xff\xff\xff\xff", "the request is not a valid ModelInferRequest message"),
+    "cut short": (request([1, 64], raw=ROW.tobytes())[:-7], "not a valid ModelInferRequest message"),
+    "raw and typed contents": (
+        request([1, 64], raw=ROW.tobytes(), fp32=[0.0] * 64),
+        "input 'X' has both contents and raw_input_contents: give one",
+    ),
+    "an output twice": (
+        request([1, 64], raw=ROW.tobytes(), outputs=("label", "label")),
+        "output 'label' is requested twice",
+    ),
+    # the element count wrapped around to 0 in 64-bit arithmetic, and numpy refused the shape: was a 500
+    "a shape past any array, typed contents": (
+        request([2**32, 2**32, 64], fp32=[]),
+        "input 'X' has shape [4294967296, 4294967296, 64]: larger than any array can be",
+    ),
+    "a shape past any array, zero elements": (
+        request([2**40, 2**40, 0], raw=b""),
+        "input 'X' has shape [1099511627776, 1099511627776, 0]: larger than any array can be",
+    ),
+    "too few typed values": (request([1, 64], fp32=[0.0] * 63), "has 63 values in fp32_contents"),
+}
+
+
+@pytest.fixture(scope="module")
+def infer(local_server: LocalServer) -> Iterator[Callable[[bytes], bytes]]:
+    with grpc.insecure_channel(f"127.0.0.1:{local_server.settings.grpc_port}") as channel:
+        call = channel.unary_unary(f"/{SERVICE}/ModelInfer")  # bytes in, bytes out: nothing parses them
+        yield lambda payload: call(payload, timeout=30)
+
+
+@pytest.mark.parametrize(("payload", "message"), CASES.values(), ids=CASES.keys())
+def test_a_malformed_message_is_the_clients_error_and_the_server_keeps_serving(
+    infer: Callable[[bytes], bytes], local_server: LocalServer, caplog: Any, payload: bytes, message: str
+) -> None:
+    counted = local_server.metric("quantship_requests_total", code="400")
+    with caplog.at_level(logging.WARNING), pytest.raises(grpc.RpcError) as raised:
+        infer(payload)
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT, raised.value.details()
+    assert message in raised.value.details()
+    assert local_server.metric("quantship_requests_total", code="400") == counted + 1
+    assert [record.getMessage() for record in caplog.records if record.levelno >= logging.ERROR] == []
+    answer = pb.ModelInferResponse.FromString(infer(request([1, 64], raw=ROW.tobytes())))
+    assert [output.name for output in answer.outputs] == ["label", "probabilities"]
+
+
+def test_other_rpcs_refuse_a_malformed_message_too(local_server: LocalServer, caplog: Any) -> None:
+    with grpc.insecure_channel(f"127.0.0.1:{local_server.settings.grpc_port}") as channel:
+        metadata = channel.unary_unary(f"/{SERVICE}/ModelMetadata")
+        with caplog.at_level(logging.WARNING), pytest.raises(grpc.RpcError) as raised:
+            metadata(b"\xff\xff", timeout=30)
+        assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "not a valid ModelMetadataRequest message" in raised.value.details()
+        assert [record for record in caplog.records if record.levelno >= logging.ERROR] == []
+        answer = pb.ModelMetadataResponse.FromString(
+            metadata(pb.ModelMetadataRequest(name=MODEL).SerializeToString(), timeout=30)
+        )
+        assert answer.name == MODEL
