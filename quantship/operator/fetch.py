@@ -105,7 +105,7 @@ def _redirect(url: str, response: httpx.Response, origin: tuple[str, str, int | 
 
 def _save(url: str, response: httpx.Response, target: Path, max_bytes: int) -> None:
     declared = response.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+    if declared is not None and declared.isdecimal() and int(declared) > max_bytes:
         raise FetchError(f"{url}: {declared} bytes, more than the limit of {max_bytes} (--max-bytes)")
     received = 0
     with target.open("wb") as out:

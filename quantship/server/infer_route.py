@@ -70,7 +70,7 @@ async def receive_body(
     `where()` names the request in the log (built only then: a string a request costs CPU). `here`:
     the server has said the whole body arrived (`arrived`), so reading it cannot wait, and no
     deadline is armed."""
-    if declared.isdigit() and int(declared) > limits.max_bytes:
+    if declared.isdecimal() and int(declared) > limits.max_bytes:
         raise PayloadTooLarge(
             f"the body is {declared} bytes; this server takes at most {limits.max_bytes} (--max-body-bytes)"
         )
@@ -104,7 +104,7 @@ async def receive_body(
 
 
 async def decode(body: bytes, header_length: str | None) -> protocol.InferRequest:
-    json_bytes = len(body) if header_length is None or not header_length.isdigit() else int(header_length)
+    json_bytes = len(body) if header_length is None or not header_length.isdecimal() else int(header_length)
     if json_bytes <= INLINE_DECODE_BYTES:
         return protocol.decode_request(body, header_length)
     return await asyncio.to_thread(protocol.decode_request, body, header_length)

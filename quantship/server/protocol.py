@@ -134,7 +134,7 @@ def _split(body: bytes, header_length: str | None) -> tuple[bytes, memoryview]:
     """The JSON header and the binary section; the latter a view, so tensors are never copied here."""
     if header_length is None:
         return body, memoryview(b"")
-    if not header_length.strip().isdigit():
+    if not header_length.strip().isdecimal():  # what int() reads: "²" is a digit, not a decimal
         raise InvalidInput(f"{HEADER_LENGTH} must be a byte count, got {header_length!r}")
     length = int(header_length)
     if length > len(body):

@@ -94,6 +94,8 @@ CATALOGUE = [
          request=binary(sized(256), ONE_ROW, length=99999)),
     Case("header length not a number", 400, "must be a byte count, got 'ten'",
          request={"content": b"{}", "headers": {"Inference-Header-Content-Length": "ten"}}),
+    Case("header length a superscript digit", 400, "must be a byte count, got '²'",
+         request={"content": b"{}", "headers": {"Inference-Header-Content-Length": b"\xb2"}}),
     Case("binary without its header", 400, "no Inference-Header-Content-Length header",
          request={"json": sized(256)}),
     Case("data and binary both", 400, "has both 'data' and parameters.binary_data_size",
