@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -10,7 +11,9 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from server_harness import MODEL, LocalServer, settings_for
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from server_harness import MODEL, LocalServer, mostly, settings_for
 
 from quantship import artifact
 from quantship.server import create_app
@@ -179,3 +182,47 @@ def test_large_json_bodies_decoded_in_a_thread_answer_and_refuse_alike(http: htt
     assert answer.status_code == 200 and answer.json()["outputs"][0]["shape"] == [rows]
     broken = http.post(INFER, content=json.dumps(body).encode()[:-3])
     assert broken.status_code == 400 and "not valid JSON" in broken.json()["error"]
+
+
+# -- whatever a client sends: 200 or 400, never a server error ------------------------------------------
+
+DIMENSIONS = st.one_of(st.sampled_from([0, 1, 64, -1, 2**32, 2**63 - 1, 2**64]), st.integers(0, 9))
+
+
+@st.composite
+def bodies(draw: st.DrawFn) -> tuple[bytes, dict[str, str]]:
+    """Requests near the model's (X, FP32 [-1, 64]), JSON or binary, each field mostly right."""
+    inputs, binary = [], b""
+    for _ in range(draw(mostly(1, 0, 2, 3))):
+        datatype = draw(mostly("FP32", "FP64", "INT64", "BOOL", "BYTES", "FLOAT", None))
+        shape = draw(st.one_of(st.sampled_from([[1, 64], [2, 64]]), st.lists(DIMENSIONS, max_size=4)))
+        tensor: dict[str, Any] = {"name": draw(mostly("X", "Y", "", 5)), "datatype": datatype, "shape": shape}
+        count = math.prod(shape) if all(d >= 0 for d in shape) else -1
+        if draw(st.booleans()):
+            right = count * 4 if 0 <= count <= 256 else 0
+            size = draw(mostly(right, right + 1, 7, -1, 2**64))
+            tensor["parameters"] = {"binary_data_size": size}
+            binary += draw(st.binary(min_size=size, max_size=size)) if 0 <= size <= 2048 else b""
+        else:
+            length = draw(mostly(count if 0 <= count <= 256 else 0, 63, 3))
+            values = st.floats(-1e6, 1e6) | st.integers(-(2**70), 2**70) | st.booleans() | st.text(max_size=2)
+            elements = st.floats(-1e6, 1e6) if draw(mostly(True, False)) else values
+            tensor["data"] = draw(st.lists(elements, min_size=length, max_size=length))
+        inputs.append(tensor)
+    document: dict[str, Any] = {"inputs": inputs}
+    names = draw(st.lists(st.sampled_from(["label", "probabilities", "nope"]), max_size=3))
+    if names:
+        document["outputs"] = [
+            {"name": name, "parameters": {"binary_data": draw(st.booleans())}} for name in names
+        ]
+    header = json.dumps(document).encode()
+    length = draw(mostly(str(len(header)) if binary else None, "0", "-1", "+5", "1e3", str(2**70)))
+    return header + binary, {} if length is None else {"Inference-Header-Content-Length": length}
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(request=bodies())
+def test_no_request_body_is_a_server_error(http: httpx.Client, request: tuple[bytes, dict[str, str]]) -> None:
+    body, headers = request
+    answer = http.post(INFER, content=body, headers=headers)
+    assert answer.status_code in (200, 400), answer.text

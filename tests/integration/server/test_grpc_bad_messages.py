@@ -6,13 +6,16 @@ serving."""
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import grpc
 import numpy as np
 import pytest
-from server_harness import MODEL, LocalServer
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from server_harness import MODEL, LocalServer, mostly
 
 from quantship.server.grpc_server import SERVICE
 from quantship.server.grpc_v2 import inference_pb2 as pb
@@ -96,3 +99,61 @@ def test_other_rpcs_refuse_a_malformed_message_too(local_server: LocalServer, ca
             metadata(pb.ModelMetadataRequest(name=MODEL).SerializeToString(), timeout=30)
         )
         assert answer.name == MODEL
+
+
+# -- whatever a client sends: never a server error ------------------------------------------------------
+
+DIMENSIONS = st.one_of(st.sampled_from([0, 1, 64, 2**31, 2**32, 2**62, 2**63 - 1]), st.integers(0, 9))
+TYPED = {
+    "fp32_contents": st.floats(width=32),
+    "fp64_contents": st.floats(),
+    "int64_contents": st.integers(-(2**63), 2**63 - 1),
+    "int_contents": st.integers(-(2**31), 2**31 - 1),
+    "uint64_contents": st.integers(0, 2**64 - 1),
+    "bool_contents": st.booleans(),
+    "bytes_contents": st.binary(max_size=8),
+}
+
+
+@st.composite
+def messages(draw: st.DrawFn) -> bytes:
+    """ModelInfer requests near the model's (X, FP32 [-1, 64]), raw or typed, each field mostly right."""
+    message = pb.ModelInferRequest(model_name=draw(mostly(MODEL, "", "other")))
+    raw = draw(st.booleans())
+    for _ in range(draw(mostly(1, 0, 2, 3))):
+        shape = draw(st.one_of(st.sampled_from([[1, 64], [2, 64]]), st.lists(DIMENSIONS, max_size=4)))
+        datatype = draw(
+            mostly("FP32", "FP64", "FP16", "INT64", "INT8", "UINT64", "BOOL", "BYTES", "", "FLOAT")
+        )
+        tensor = message.inputs.add(name=draw(mostly("X", "Y", "")), datatype=datatype, shape=shape)
+        count = math.prod(shape)
+        if raw:
+            right = count * 4 if count <= 256 else 0
+            size = draw(mostly(right, right + 1, 0, 7))
+            message.raw_input_contents.append(draw(st.binary(min_size=size, max_size=size)))
+        else:
+            field = draw(mostly("fp32_contents", *sorted(TYPED)))
+            length = draw(mostly(count if count <= 256 else 0, 63, 3))
+            getattr(tensor.contents, field).extend(
+                draw(st.lists(TYPED[field], min_size=length, max_size=length))
+            )
+    for name in draw(st.lists(st.sampled_from(["label", "probabilities", "nope"]), max_size=3)):
+        message.outputs.add(name=name)
+    encoded = message.SerializeToString()
+    if draw(mostly(False, True)):  # and bytes that are not quite a message
+        cut = draw(st.integers(0, len(encoded)))
+        encoded = encoded[:cut] + draw(st.binary(max_size=4)) + encoded[cut + 1 :]
+    return encoded
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(payload=messages())
+def test_no_message_is_a_server_error(
+    infer: Callable[[bytes], bytes], local_server: LocalServer, payload: bytes
+) -> None:
+    failures = local_server.metric("quantship_requests_total", code="500")
+    try:
+        infer(payload)
+    except grpc.RpcError as exc:
+        assert exc.code() in {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND}, exc.details()
+    assert local_server.metric("quantship_requests_total", code="500") == failures
