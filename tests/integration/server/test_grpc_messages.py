@@ -1,7 +1,7 @@
-"""Malformed ModelInfer messages, the kind tritonclient never sends but a hand-made or buggy client
-does, sent with grpcio's own stubs: each is the client's error (INVALID_ARGUMENT, counted as a 400)
-with a message naming the problem, never a traceback in the log or an INTERNAL, and the server keeps
-serving."""
+"""ModelInfer messages made by hand with grpcio's own stubs, as clients other than tritonclient make
+them: typed contents (KServe's SDK sends those) answer as raw contents do; and malformed ones, the kind
+a buggy client sends, are each the client's error (INVALID_ARGUMENT, counted as a 400) with a message
+naming the problem, never a traceback in the log or an INTERNAL, and the server keeps serving."""
 
 from __future__ import annotations
 
@@ -70,6 +70,17 @@ def infer(local_server: LocalServer) -> Iterator[Callable[[bytes], bytes]]:
     with grpc.insecure_channel(f"127.0.0.1:{local_server.settings.grpc_port}") as channel:
         call = channel.unary_unary(f"/{SERVICE}/ModelInfer")  # bytes in, bytes out: nothing parses them
         yield lambda payload: call(payload, timeout=30)
+
+
+def test_typed_contents_answer_as_raw_contents_do(
+    infer: Callable[[bytes], bytes], traffic: tuple[np.ndarray, ...]
+) -> None:
+    rows = traffic[0][:3]
+    typed = pb.ModelInferResponse.FromString(infer(request([3, 64], fp32=rows.ravel().tolist())))
+    raw = pb.ModelInferResponse.FromString(infer(request([3, 64], raw=rows.tobytes())))
+    assert [output.name for output in typed.outputs] == ["label", "probabilities"]
+    assert list(typed.outputs[1].shape) == [3, 10]
+    assert typed.raw_output_contents == raw.raw_output_contents
 
 
 @pytest.mark.parametrize(("payload", "message"), CASES.values(), ids=CASES.keys())
