@@ -590,9 +590,9 @@ def debug() -> Board:
         "CPU budget (--sli-cpu-budget; a canary's --canary-sli-cpu-budget where set) was spent, or a "
         "capture row had another shape. Budget drops are by design at high traffic, and on a canary (which "
         "offers every request to the shadow lane) at any; the SLIs then rest on fewer samples a minute. "
-        f"Behind drops over {slo.STARVED_BEHIND_PER_S:g} a second from one server say its CPU is busy "
-        "serving: QuantshipSliStarved (the on-call dashboard's panel), where more CPU or replicas help "
-        "and a larger budget does not.",
+        f"Behind drops over {slo.STARVED_BEHIND_PER_S:g} a second from one server mean its CPU is busy "
+        "serving (alert QuantshipSliStarved, on the on-call dashboard): more CPU or replicas help; a "
+        "larger budget does not.",
         [
             query(
                 per_second(M.SAMPLES_DROPPED_TOTAL, ("model", "track", "kind", "reason")),

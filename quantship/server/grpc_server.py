@@ -10,6 +10,7 @@ the messages live in a package of their own).
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import math
 import time
@@ -30,6 +31,10 @@ from quantship.server.service import ModelService
 
 log = logging.getLogger("quantship.server")
 SERVICE = "inference.GRPCInferenceService"
+
+MAX_MESSAGE_CHARS = 512
+"""The longest error message a gRPC status carries (see `_brief`): at most 6 KiB once UTF-8 and
+percent-encoded, as grpc-message is."""
 
 STATUS_CODES = {
     400: grpc.StatusCode.INVALID_ARGUMENT,
@@ -56,10 +61,10 @@ _CONTENTS_FIELD = {
 }
 
 
-Parsed = TypeVar("Parsed", bound=Message)
+M = TypeVar("M", bound=Message)
 
 
-def parse(message: type[Parsed], raw: bytes) -> Parsed:
+def parse(message: type[M], raw: bytes) -> M:
     """The RPC's request message from its bytes; a malformed one is the client's error (InvalidInput),
     where grpcio, left to parse it, would log a traceback and answer UNKNOWN."""
     try:
@@ -144,11 +149,11 @@ class GrpcEndpoints:
         """Each RPC takes its request's bytes (no request_deserializer): it parses them itself, so
         that a malformed message is answered INVALID_ARGUMENT, and counted as a 400 by ModelInfer."""
         rpcs: dict[str, OnBytes] = {
-            "ServerLive": _parsed(self.server_live, pb.ServerLiveRequest),
-            "ServerReady": _parsed(self.server_ready, pb.ServerReadyRequest),
-            "ModelReady": _parsed(self.model_ready, pb.ModelReadyRequest),
-            "ServerMetadata": _parsed(self.server_metadata, pb.ServerMetadataRequest),
-            "ModelMetadata": _parsed(self.model_metadata, pb.ModelMetadataRequest),
+            "ServerLive": _on_bytes(self.server_live, pb.ServerLiveRequest),
+            "ServerReady": _on_bytes(self.server_ready, pb.ServerReadyRequest),
+            "ModelReady": _on_bytes(self.model_ready, pb.ModelReadyRequest),
+            "ServerMetadata": _on_bytes(self.server_metadata, pb.ServerMetadataRequest),
+            "ModelMetadata": _on_bytes(self.model_metadata, pb.ModelMetadataRequest),
             "ModelInfer": self.model_infer,
         }
         return grpc.method_handlers_generic_handler(
@@ -222,29 +227,38 @@ Rpc = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
 OnBytes = Callable[[bytes], Awaitable[Any]]
 
 
-def _parsed(call: Callable[[Parsed], Awaitable[Any]], message: type[Parsed]) -> OnBytes:
+def _on_bytes(call: Callable[[M], Awaitable[Any]], message: type[M]) -> OnBytes:
     """`call`, taking its request's bytes."""
 
+    @functools.wraps(call)  # its name, for the log of a failure
     async def rpc(raw: bytes) -> Any:
         return await call(parse(message, raw))
 
-    rpc.__name__ = call.__name__  # for the log of a failure
     return rpc
 
 
-def _answer(call: Callable[[Any], Awaitable[Any]]) -> Rpc:
+def _answer(call: OnBytes) -> Rpc:
     """The RPC with its errors as status codes: ours with their message, anything else logged, INTERNAL."""
 
     async def rpc(request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
             return await call(request)
         except ServerError as exc:
-            await context.abort(STATUS_CODES.get(exc.status, grpc.StatusCode.UNKNOWN), exc.message)
+            await context.abort(STATUS_CODES.get(exc.status, grpc.StatusCode.UNKNOWN), _brief(exc.message))
         except Exception:
             log.exception("gRPC %s failed", getattr(call, "__name__", "call"))
             await context.abort(grpc.StatusCode.INTERNAL, "internal error: see the server's log")
 
     return rpc
+
+
+def _brief(message: str) -> str:
+    """A message short enough for the trailers it travels in: one that echoes a client's 20 KB input
+    name would pass the client's metadata limit (8 KiB by default), and the client would read
+    RESOURCE_EXHAUSTED in place of the error."""
+    if len(message) <= MAX_MESSAGE_CHARS:
+        return message
+    return message[: MAX_MESSAGE_CHARS - 1] + "…"
 
 
 async def start_grpc(

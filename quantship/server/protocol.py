@@ -241,13 +241,15 @@ def checked_header(name: str, datatype: Any, shape: Any) -> tuple[str, list[int]
         raise InvalidInput(
             f"input '{name}' has datatype {json.dumps(datatype)}; known: {', '.join(DATATYPES)}"
         )
+    if isinstance(shape, list) and len(shape) > MAX_RANK:  # before the shape is echoed in a message
+        raise InvalidInput(f"input '{name}' has {len(shape)} dimensions; at most {MAX_RANK} are possible")
     if not isinstance(shape, list) or not all(
         isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
     ):
         raise InvalidInput(f"input '{name}' has shape {json.dumps(shape)}: expected a list of integers >= 0")
-    if len(shape) > MAX_RANK:
-        raise InvalidInput(f"input '{name}' has {len(shape)} dimensions; at most {MAX_RANK} are possible")
-    # numpy refuses such a shape even with a zero in it ([2**40, 2**40, 0]): no body can fill the rest
+    # numpy's rule: the non-zero dimensions times the item size must fit its index type, even when a
+    # zero dimension leaves no elements ([2**40, 2**40, 0]); without a zero, the byte count check
+    # would refuse such a shape later, with no body big enough to match it
     if math.prod(d for d in shape if d) * DATATYPES[datatype].itemsize > _MAX_ARRAY_BYTES:
         raise InvalidInput(f"input '{name}' has shape {shape}: larger than any array can be")
     return datatype, shape

@@ -138,3 +138,8 @@ def mostly(right: Any, *wrong: Any) -> st.SearchStrategy[Any]:
     """For fuzzing: `right` 8 times in 9, else one of `wrong`, so that most requests get past the early
     checks to the later ones."""
     return st.sampled_from([right] * 8 * len(wrong) + list(wrong))
+
+
+def shapes(dimensions: st.SearchStrategy[int]) -> st.SearchStrategy[list[int]]:
+    """For fuzzing: the digits model's shapes ([rows, 64]) or any of up to four `dimensions`."""
+    return st.one_of(st.sampled_from([[1, 64], [2, 64]]), st.lists(dimensions, max_size=4))
