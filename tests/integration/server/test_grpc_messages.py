@@ -42,6 +42,13 @@ def infer_request(
     return message.SerializeToString()
 
 
+def classified(count: int) -> bytes:
+    """A request whose output asks for Triton's classification extension (top `count` classes)."""
+    message = pb.ModelInferRequest.FromString(infer_request([1, 64], raw=ROW.tobytes()))
+    message.outputs.add(name="label").parameters["classification"].int64_param = count
+    return message.SerializeToString()
+
+
 CASES: dict[str, tuple[bytes, str]] = {
     "not protobuf": (b"\xff\xff\xff\xff", "the request is not a valid ModelInferRequest message"),
     "cut short": (infer_request([1, 64], raw=ROW.tobytes())[:-7], "not a valid ModelInferRequest message"),
@@ -62,6 +69,7 @@ CASES: dict[str, tuple[bytes, str]] = {
         infer_request([2**40, 2**40, 0], raw=b""),
         "input 'X' has shape [1099511627776, 1099511627776, 0]: larger than any array can be",
     ),
+    "the classification extension": (classified(2), "output 'label': the classification extension is not"),
     "too few typed values": (infer_request([1, 64], fp32=[0.0] * 63), "has 63 values in fp32_contents"),
     # echoed whole, these passed the client's 8 KiB metadata limit: it read RESOURCE_EXHAUSTED
     "a 20 KB input name": (
@@ -91,6 +99,11 @@ def test_typed_contents_answer_as_raw_contents_do(
     assert [output.name for output in typed.outputs] == ["label", "probabilities"]
     assert list(typed.outputs[1].shape) == [3, 10]
     assert typed.raw_output_contents == raw.raw_output_contents
+
+
+def test_classification_of_none_is_no_classification_as_over_http(infer: Callable[[bytes], bytes]) -> None:
+    answer = pb.ModelInferResponse.FromString(infer(classified(0)))
+    assert [output.name for output in answer.outputs] == ["label"]
 
 
 @pytest.mark.parametrize(("payload", "message"), CASES.values(), ids=CASES.keys())
