@@ -10,7 +10,6 @@ one table and stay thin: check the model, read the body, decode, call the servic
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import socket
@@ -29,7 +28,7 @@ from starlette.routing import Route as StarletteRoute
 from starlette.types import Receive, Scope, Send
 
 from quantship import __version__
-from quantship.server import connections, grpc_server, schema
+from quantship.server import connections, grpc_server, protocol, schema
 from quantship.server.errors import InvalidInput, install_handlers
 from quantship.server.infer_route import BodyLimits, InferRoute, arrived, receive_body
 from quantship.server.metrics import ServerMetrics
@@ -157,15 +156,8 @@ class Endpoints:
             request.receive, request.headers.get("content-length", ""), self.body, lambda: _client(request),
             here=arrived(request.scope),
         )  # fmt: skip
-        try:
-            document = json.loads(body)
-        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-            raise InvalidInput(f"feedback is not valid JSON: {exc}") from None
-        if (
-            not isinstance(document, dict)
-            or not isinstance(document.get("id"), str)
-            or "label" not in document
-        ):
+        document = protocol.parse_json_object(body, "feedback")  # as strict as an inference request's
+        if not isinstance(document.get("id"), str) or "label" not in document:
             raise InvalidInput('feedback must be {"id": "<request id>", "label": <class id or list of them>}')
         result = await self.service.feedback(document["id"], document["label"])
         return JSONResponse(

@@ -108,7 +108,7 @@ def datatype_of(dtype: np.dtype[Any]) -> str:
 def decode_request(body: bytes, header_length: str | None = None) -> InferRequest:
     """Parse a request body (JSON, or JSON header plus binary tensors). Raises InvalidInput."""
     header, binary = _split(body, header_length)
-    document = _parse_json(header)
+    document = parse_json_object(header)
     parameters = _parameters(document, "the request")
     request_id = document.get("id")
     if "id" in document and not isinstance(request_id, str):
@@ -144,10 +144,11 @@ def _split(body: bytes, header_length: str | None) -> tuple[bytes, memoryview]:
     return body[:length], memoryview(body)[length:]
 
 
-def _parse_json(header: bytes) -> dict[str, Any]:
+def parse_json_object(header: bytes, expected: str = "an inference request") -> dict[str, Any]:
+    """A request's JSON object, read as RFC 8259 defines JSON (no NaN, UTF-8 only). Raises InvalidInput."""
     header = header.removeprefix(codecs.BOM_UTF8)  # a BOM is let pass
     if not header.strip():
-        raise InvalidInput("the request body is empty: expected an inference request (JSON)")
+        raise InvalidInput(f"the request body is empty: expected {expected} (JSON)")
     try:
         # orjson: UTF-8 only as RFC 8259 asks, no NaN or Infinity, ~8x faster than json on numbers
         document = orjson.loads(header)

@@ -116,6 +116,10 @@ CATALOGUE = [
     Case("unknown route", 404, "no route /v2/nothing", method="GET", path="/v2/nothing"),
     Case("feedback for an unknown id", 404, "no recent request with id 'never-seen'",
          path=f"/v2/models/{MODEL}/feedback", request={"json": {"id": "never-seen", "label": 3}}),
+    Case("feedback with NaN", 400, "the request holds NaN, which is not JSON",
+         path=f"/v2/models/{MODEL}/feedback", request={"content": b'{"id": "x", "label": 1, "p": NaN}'}),
+    Case("empty feedback", 400, "the request body is empty: expected feedback (JSON)",
+         path=f"/v2/models/{MODEL}/feedback", request={"content": b""}),
     Case("feedback without a label", 400, 'feedback must be {"id": "<request id>"',
          path=f"/v2/models/{MODEL}/feedback", request={"json": {"id": "x"}}),
 ]  # fmt: skip
