@@ -12,7 +12,9 @@ import httpx
 import numpy as np
 import pytest
 import tritonclient.grpc as triton
-from server_harness import MODEL, LocalServer, build_token_model, settings_for
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from server_harness import MODEL, LocalServer, build_token_model, mostly, settings_for
 from tritonclient.utils import InferenceServerException
 
 from quantship import artifact
@@ -94,6 +96,13 @@ def test_over_grpc_the_same_input_is_invalid_argument_with_the_same_reason(
     assert token_server.metric("quantship_requests_total", code="400") == counted + 1
 
 
+def test_a_sequence_of_length_0_is_answered(token_server: LocalServer) -> None:
+    """Its rows hold no elements, so no class id to remember for feedback (was a 500: IndexError)."""
+    answer = httpx.post(f"{token_server.url}{INFER}", json=tokens([]))
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["outputs"][0]["shape"] == [1, 0, 4]
+
+
 def test_a_negative_token_id_counts_from_the_end_as_onnx_gather_defines(token_server: LocalServer) -> None:
     answer = httpx.post(f"{token_server.url}{INFER}", json=tokens([-1]))
     assert answer.status_code == 200
@@ -118,3 +127,33 @@ def test_one_bad_request_in_a_merged_batch_fails_alone(token_artifact: Path) -> 
     for outcome in (outcomes[0], outcomes[2]):
         assert isinstance(outcome, dict)
         np.testing.assert_array_equal(outcome["hidden"], runner.run(good)["hidden"])
+
+
+# -- whatever a client sends: 200 or 400, never a server error ------------------------------------------
+
+TOKEN_IDS = st.integers(-200, 200) | st.sampled_from([2**63 - 1, -(2**63), 99, -100, 100])  # vocabulary 100
+
+
+@st.composite
+def token_bodies(draw: st.DrawFn) -> dict[str, Any]:
+    """Token requests, each field mostly right: ids in and out of the vocabulary, sequences of any
+    length down to 0, inputs whose batch or sequence disagree, missing, twice, or of another type."""
+    rows, seq = draw(mostly(1, 2, 0)), draw(st.integers(0, 5))
+    names = draw(mostly(["input_ids", "attention_mask"], ["input_ids"], ["input_ids", "input_ids"]))
+    inputs = []
+    for name in names:
+        its_rows, its_seq = draw(mostly(rows, rows + 1, 0)), draw(mostly(seq, seq + 1, 0))
+        values = TOKEN_IDS if name == "input_ids" else st.integers(-2, 2)
+        data = draw(st.lists(values, min_size=its_rows * its_seq, max_size=its_rows * its_seq))
+        shape = draw(mostly([its_rows, its_seq], [its_rows * its_seq], [its_rows, its_seq, 1]))
+        inputs.append(
+            {"name": name, "shape": shape, "datatype": draw(mostly("INT64", "INT32", "FP32")), "data": data}
+        )
+    return {"inputs": inputs}
+
+
+@settings(max_examples=300, deadline=None, database=None, derandomize=True)
+@given(body=token_bodies())
+def test_no_token_request_is_a_server_error(token_server: LocalServer, body: dict[str, Any]) -> None:
+    answer = httpx.post(f"{token_server.url}{INFER}", json=body)
+    assert answer.status_code in (200, 400), answer.text
