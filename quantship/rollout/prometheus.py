@@ -8,7 +8,7 @@ outcome, and none ever turns into a zero:
   connection refused, timeout, 5xx           -> Unreachable   (an outage: may end by itself)
   query refused (4xx: bad PromQL or label),
   a body that is not Prometheus's JSON,
-  more than one series                       -> Misconfigured (a configuration error: will not)
+  more than one series, an infinite count    -> Misconfigured (a configuration error: will not)
 """
 
 from __future__ import annotations
@@ -110,7 +110,9 @@ class PrometheusSource:
         if not result:
             return NoData(f"no series for {query}")
         if len(result) > 1:
-            labelsets = ", ".join(str(series.get("metric", {})) for series in result[:3])
+            labelsets = ", ".join(
+                str(series.get("metric", {}) if isinstance(series, dict) else series) for series in result[:3]
+            )
             raise _Failed(
                 Misconfigured(
                     f"expected one series, got {len(result)} (the label selector matches more than it "
@@ -123,7 +125,13 @@ class PrometheusSource:
             raise _Failed(
                 Misconfigured(f"Prometheus at {self.url} answered a malformed sample: {exc}")
             ) from exc
-        return NoData(f"NaN (0/0: nothing counted) for {query}") if math.isnan(value) else value
+        if math.isnan(value):
+            return NoData(f"NaN (0/0: nothing counted) for {query}")
+        if math.isinf(value):  # every query here counts something; a total of +Inf made any ratio 0.
+            # (A count below 0 passes: total - good, as the latency SLI counts its bad events, can come
+            # out a little under 0 from increase()'s extrapolation of two series.)
+            raise _Failed(Misconfigured(f"Prometheus at {self.url} answered {value:g}, not a count: {query}"))
+        return value
 
     async def _query(self, query: str) -> dict[str, Any]:
         if self._client is None:

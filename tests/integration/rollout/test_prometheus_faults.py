@@ -14,6 +14,8 @@ which is what lets the engine hold through an outage but fail a canary it can ne
 from __future__ import annotations
 
 import asyncio
+import json
+import math
 import os
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -24,6 +26,8 @@ import httpx
 import pytest
 import pytest_asyncio
 from aiohttp import web
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from quantship import slo
 from quantship.local.prometheus import PrometheusProcess, free_port
@@ -224,6 +228,26 @@ async def test_more_than_one_series_is_a_label_selector_problem(stub: Stub, sour
         assert "expected one series, got 2" in answer.reason and "'pod': 'p1'" in answer.reason
 
 
+async def test_series_that_are_not_objects_are_a_misconfiguration_too(
+    stub: Stub, source: PrometheusSource
+) -> None:
+    stub.answer = answering(200, {"status": "success", "data": {"result": [None, 7]}})
+
+    for answer in await both(source):
+        assert isinstance(answer, Misconfigured) and "expected one series, got 2" in answer.reason, answer
+
+
+@pytest.mark.parametrize("value", ["+Inf", "-Inf"])
+async def test_an_infinite_count_is_a_misconfiguration_never_a_pass(
+    stub: Stub, source: PrometheusSource, value: str
+) -> None:
+    """A total of +Inf made any canary's error ratio 0."""
+    stub.answer = answering(200, vector(value))
+
+    for answer in await both(source):
+        assert isinstance(answer, Misconfigured) and "not a count" in answer.reason, answer
+
+
 @pytest.mark.parametrize("body", [vector(), vector("NaN")], ids=["empty vector", "NaN"])
 async def test_an_empty_vector_or_nan_is_no_data_never_zero(
     stub: Stub, source: PrometheusSource, body: dict[str, object]
@@ -415,3 +439,44 @@ async def test_after_a_refused_connection_the_queries_of_the_next_moment_report_
     assert analysis.verdict is Verdict.INCONCLUSIVE and analysis.unreachable
     assert connected_once == 1, f"{connected_once} connections for one judgement of a Prometheus that is down"
     assert isinstance(later, Unreachable) and len(sent) == 2
+
+
+# -- whatever Prometheus answers: an outcome, never an exception ------------------------------------------
+
+SCALARS = st.one_of(
+    st.none(), st.booleans(), st.integers(-10, 10**20), st.floats(), st.text(max_size=5),
+    st.sampled_from(["1", "NaN", "+Inf", "-Inf", "-3", "1e400", "0", ""]),
+)  # fmt: skip
+JSON = st.recursive(
+    SCALARS,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+    max_leaves=8,
+)
+SAMPLES = st.fixed_dictionaries(
+    {"metric": st.dictionaries(st.text(max_size=4), st.text(max_size=4), max_size=2),
+     "value": st.tuples(st.floats(0, 2e9), SCALARS).map(list) | JSON}
+) | JSON  # fmt: skip
+VECTOR = st.fixed_dictionaries({"resultType": st.just("vector"), "result": st.lists(SAMPLES, max_size=3)})
+BODIES = (
+    st.fixed_dictionaries({"status": st.sampled_from(["success", "error", None]), "data": VECTOR | JSON})
+    | JSON
+)
+
+
+@settings(
+    max_examples=300, deadline=None, database=None, derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],  # the stub answers each example anew
+)  # fmt: skip
+@given(body=BODIES, status=st.sampled_from([200, 200, 200, 400, 422, 500, 503, 204]))
+async def test_any_answer_is_an_outcome_never_an_exception(
+    stub: Stub, source: PrometheusSource, body: object, status: int
+) -> None:
+    async def answer(request: web.Request) -> web.StreamResponse:
+        return web.Response(status=status, text=json.dumps(body), content_type="application/json")
+
+    stub.answer = answer
+    for outcome in await both(source):
+        assert isinstance(outcome, Counts | Value | NoData | Unreachable | Misconfigured), outcome
+        if isinstance(outcome, Counts | Value):
+            counted = [outcome.bad, outcome.total] if isinstance(outcome, Counts) else [outcome.value]
+            assert all(math.isfinite(count) for count in counted), outcome
