@@ -100,6 +100,8 @@ class RowRule:
         reference under `confident_only`) are not compared."""
         if served.ndim == 0:
             served, reference = served.reshape(1), reference.reshape(1)
+        if not served.size:  # rows of no elements (a token model's answer to a sequence of length 0)
+            return 0, 0
         if self.kind is Kind.TOP1:
             served_top1, reference_top1 = runtime.top1(served), runtime.top1(reference)
             if served_top1 is None or reference_top1 is None:

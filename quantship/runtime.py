@@ -54,11 +54,11 @@ def create_session(
 
 def top1(output: np.ndarray) -> np.ndarray | None:
     """A classifier's class id per row: the ids themselves (an integer output such as a `label`),
-    or the argmax of per-class scores; None when the output is neither. The gate's agreement and
-    the server's shadow disagreements both read answers through this one definition."""
-    if output.ndim and not output.size:
-        # no rows: no ids; rows of no elements (a token model's answer to a sequence of length 0): no class
-        return None if len(output) else np.zeros(0, dtype=np.int64)
+    or the argmax of per-class scores; None when the output is neither, or has no elements (a token
+    model's answer to a sequence of length 0). The gate's agreement and the server's shadow
+    disagreements both read answers through this one definition."""
+    if not output.size:
+        return None
     rows = output.reshape(len(output), -1) if output.ndim else output.reshape(1, 1)
     if output.dtype.kind in "iu":  # integers (np.issubdtype says the same, at ~10x the cost a request)
         return rows[:, 0]

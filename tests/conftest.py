@@ -6,9 +6,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from quantship import artifact, zoo
 from quantship.quantize import QuantizeConfig, run
+
+# Property tests draw the same examples on every run (a red CI is a bug, not a draw), keep no example
+# database in the tree, and set no deadline: a test server's first requests warm up and batch.
+settings.register_profile("quantship", deadline=None, database=None, derandomize=True)
+settings.load_profile("quantship")
 
 
 @pytest.fixture(scope="session")

@@ -120,17 +120,20 @@ class PrometheusSource:
                 )
             )
         try:
-            value = float(result[0]["value"][1])
+            sample = result[0]["value"][1]
+            value = float(sample)
         except (KeyError, IndexError, TypeError, ValueError) as exc:
             raise _Failed(
                 Misconfigured(f"Prometheus at {self.url} answered a malformed sample: {exc}")
             ) from exc
         if math.isnan(value):
             return NoData(f"NaN (0/0: nothing counted) for {query}")
-        if math.isinf(value):  # every query here counts something; a total of +Inf made any ratio 0.
-            # (A count below 0 passes: total - good, as the latency SLI counts its bad events, can come
-            # out a little under 0 from increase()'s extrapolation of two series.)
-            raise _Failed(Misconfigured(f"Prometheus at {self.url} answered {value:g}, not a count: {query}"))
+        if math.isinf(value):  # every query here counts something; a total of +Inf made any ratio 0
+            raise _Failed(
+                Misconfigured(f"Prometheus at {self.url} answered {sample!r}, not a count: {query}")
+            )
+        # A count under 0 is let pass: total - good, as the latency SLI counts its bad events, can come
+        # out a little under 0 from increase()'s extrapolation of two series.
         return value
 
     async def _query(self, query: str) -> dict[str, Any]:

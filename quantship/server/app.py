@@ -52,6 +52,10 @@ class Route:
     as a plain Starlette route first in the table, to be documented and to answer other methods 405."""
 
 
+FEEDBACK_FORM = '{"id": "<request id>", "label": <class id or list of them>}'
+"""What a feedback body holds, as its error messages say."""
+
+
 class Endpoints:
     """The handlers. Each one is a few lines over the service; errors are ServerErrors, mapped once."""
 
@@ -156,9 +160,9 @@ class Endpoints:
             request.receive, request.headers.get("content-length", ""), self.body, lambda: _client(request),
             here=arrived(request.scope),
         )  # fmt: skip
-        document = protocol.parse_json_object(body, "feedback")  # as strict as an inference request's
+        document = protocol.parse_json_object(body, f"feedback, {FEEDBACK_FORM}")  # strict, as for inference
         if not isinstance(document.get("id"), str) or "label" not in document:
-            raise InvalidInput('feedback must be {"id": "<request id>", "label": <class id or list of them>}')
+            raise InvalidInput(f"feedback must be {FEEDBACK_FORM}")
         result = await self.service.feedback(document["id"], document["label"])
         return JSONResponse(
             {

@@ -96,14 +96,16 @@ def decode_request(message: pb.ModelInferRequest) -> InferRequest:
             inputs[name] = _from_contents(name, datatype, shape, tensor.contents)
     outputs = []
     for wanted in message.outputs:
-        if _value(wanted.parameters.get("classification")):  # as over HTTP: 0 or false asks for none
+        if _parameter_value(
+            wanted.parameters.get("classification")
+        ):  # as over HTTP: 0 or false asks for none
             raise InvalidInput(f"output '{wanted.name}': the classification extension is not supported")
         outputs.append(RequestedOutput(wanted.name, True))
     protocol.check_unique_outputs(outputs)
     return InferRequest(message.id or None, inputs, tuple(outputs), binary_outputs=True)
 
 
-def _value(parameter: pb.InferParameter | None) -> Any:
+def _parameter_value(parameter: pb.InferParameter | None) -> Any:
     """The value an InferParameter holds, whichever of its fields (None if it is absent or unset)."""
     choice = None if parameter is None else parameter.WhichOneof("parameter_choice")
     return None if choice is None else getattr(parameter, choice)

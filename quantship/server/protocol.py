@@ -144,18 +144,21 @@ def _split(body: bytes, header_length: str | None) -> tuple[bytes, memoryview]:
     return body[:length], memoryview(body)[length:]
 
 
-def parse_json_object(header: bytes, expected: str = "an inference request") -> dict[str, Any]:
-    """A request's JSON object, read as RFC 8259 defines JSON (no NaN, UTF-8 only). Raises InvalidInput."""
-    header = header.removeprefix(codecs.BOM_UTF8)  # a BOM is let pass
-    if not header.strip():
+def parse_json_object(body: bytes, expected: str = "an inference request") -> dict[str, Any]:
+    """A request's JSON object, read as RFC 8259 defines JSON (no NaN, UTF-8 only); InvalidInput,
+    saying what was `expected`, for anything else."""
+    body = body.removeprefix(codecs.BOM_UTF8)  # a BOM is let pass
+    if not body.strip():
         raise InvalidInput(f"the request body is empty: expected {expected} (JSON)")
     try:
         # orjson: UTF-8 only as RFC 8259 asks, no NaN or Infinity, ~8x faster than json on numbers
-        document = orjson.loads(header)
+        document = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise InvalidInput(_json_error(exc)) from None
     if not isinstance(document, dict):
-        raise InvalidInput(f"the request must be a JSON object, got {type(document).__name__}")
+        raise InvalidInput(
+            f"the request must be a JSON object, got {type(document).__name__}: expected {expected}"
+        )
     return document
 
 

@@ -532,7 +532,9 @@ def _describe(spec: runner_module.TensorSpec) -> dict[str, Any]:
 def _labels(value: Any, rows: int, request_id: str) -> np.ndarray:
     labels = value if isinstance(value, list) else [value]
     if not all(isinstance(label, int) and not isinstance(label, bool) for label in labels):
-        raise InvalidInput("label must be a class id (an integer), or a list of them for a batched request")
+        raise InvalidInput(
+            "label must be a class id (an integer within 64 bits), or a list of them for a batched request"
+        )
     if len(labels) != rows:
         raise InvalidInput(f"request {request_id!r} had {rows} rows: give {rows} labels, not {len(labels)}")
     try:

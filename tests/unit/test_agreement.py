@@ -44,6 +44,16 @@ def test_regression_rows_disagree_above_the_relative_error() -> None:
 
 
 @pytest.mark.parametrize(
+    "rule", [RowRule(Kind.TOP1), RowRule(Kind.TOP1, confident_only=True), RowRule(Kind.COSINE, 0.9)]
+)
+def test_rows_of_no_elements_are_not_compared(rule: RowRule) -> None:
+    """A token model's answer to a sequence of length 0 ([1, 0, width]): nothing to agree or disagree
+    on (top-1 raised, and cosine counted the row as disagreeing: zero norms)."""
+    empty = np.zeros((1, 0, 4), dtype=np.float32)
+    assert rule.judge(empty, empty) == (0, 0)
+
+
+@pytest.mark.parametrize(
     "rule",
     [RowRule(Kind.TOP1, confident_only=True), RowRule(Kind.COSINE, 0.9), RowRule(Kind.RELATIVE_ERROR, 0.01)],
 )

@@ -15,9 +15,8 @@ from quantship.runtime import top1
         (np.array([3, 1]), [3, 1]),  # class ids, one a row
         (np.array([[0.1, 0.7, 0.2], [0.5, 0.3, 0.2]], dtype=np.float32), [1, 0]),  # scores
         (np.array([[[0.1, 0.9], [0.8, 0.2]]]), [1]),  # a score per position: the first position's
-        (np.zeros((0, 10), dtype=np.float32), []),  # no rows
     ],
-    ids=["ids", "scores", "per position", "no rows"],
+    ids=["ids", "scores", "per position"],
 )
 def test_class_ids_by_row(output: np.ndarray, expected: list[int]) -> None:
     found = top1(output)
@@ -32,8 +31,9 @@ def test_class_ids_by_row(output: np.ndarray, expected: list[int]) -> None:
         np.float32(2.5).reshape(()),
         np.zeros((1, 0, 4), dtype=np.float32),  # a token model's answer to a sequence of length 0
         np.zeros((2, 0), dtype=np.int64),
+        np.zeros((0, 10), dtype=np.float32),  # no rows
     ],
-    ids=["one score", "scalar", "empty sequence", "empty id rows"],
+    ids=["one score", "scalar", "empty sequence", "empty id rows", "no rows"],
 )
 def test_no_class_ids_where_an_output_gives_none(output: np.ndarray) -> None:
     assert top1(output) is None

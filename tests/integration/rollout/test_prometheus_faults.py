@@ -464,7 +464,7 @@ BODIES = (
 
 
 @settings(
-    max_examples=300, deadline=None, database=None, derandomize=True,
+    max_examples=300,
     suppress_health_check=[HealthCheck.function_scoped_fixture],  # the stub answers each example anew
 )  # fmt: skip
 @given(body=BODIES, status=st.sampled_from([200, 200, 200, 400, 422, 500, 503, 204]))

@@ -118,7 +118,7 @@ CATALOGUE = [
          path=f"/v2/models/{MODEL}/feedback", request={"json": {"id": "never-seen", "label": 3}}),
     Case("feedback with NaN", 400, "the request holds NaN, which is not JSON",
          path=f"/v2/models/{MODEL}/feedback", request={"content": b'{"id": "x", "label": 1, "p": NaN}'}),
-    Case("empty feedback", 400, "the request body is empty: expected feedback (JSON)",
+    Case("empty feedback", 400, "the request body is empty: expected feedback, {\"id\"",
          path=f"/v2/models/{MODEL}/feedback", request={"content": b""}),
     Case("feedback without a label", 400, 'feedback must be {"id": "<request id>"',
          path=f"/v2/models/{MODEL}/feedback", request={"json": {"id": "x"}}),
@@ -224,7 +224,7 @@ def bodies(draw: st.DrawFn) -> tuple[bytes, dict[str, str]]:
     return header + binary, {} if length is None else {"Inference-Header-Content-Length": length}
 
 
-@settings(max_examples=300, deadline=None, database=None, derandomize=True)
+@settings(max_examples=300)
 @given(request=bodies())
 def test_no_request_body_is_a_server_error(http: httpx.Client, request: tuple[bytes, dict[str, str]]) -> None:
     body, headers = request

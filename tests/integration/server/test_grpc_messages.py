@@ -181,7 +181,7 @@ def messages(draw: st.DrawFn) -> bytes:
     return encoded
 
 
-@settings(max_examples=300, deadline=None, database=None, derandomize=True)
+@settings(max_examples=300)
 @given(payload=messages())
 def test_no_message_is_a_server_error(
     infer: Callable[[bytes], bytes], local_server: LocalServer, payload: bytes
