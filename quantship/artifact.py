@@ -59,6 +59,11 @@ class ArchiveLimits:
     """Unpacked bytes always allowed whatever the ratio (small, sparse models compress well)."""
 
 
+MAX_DOWNLOAD_BYTES = 8 * 2**30
+"""The largest artifact downloaded (a .tar.gz over http(s), or an OCI pull's layers together):
+8 GiB. INT8 weights barely compress, so its archive may unpack to twice that (ArchiveLimits)."""
+
+
 class ArtifactError(Exception):
     """An artifact that must not be served. Permanent: retrying the same bytes cannot help.
 

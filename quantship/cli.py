@@ -892,13 +892,18 @@ def _given(**options: Any) -> dict[str, Any]:
 @click.argument("dest", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--public-key", type=click.Path(path_type=Path), help="Require a valid ed25519 signature.")
 @_pvc_root_option
-@click.option("--timeout", type=click.FloatRange(min=1), default=120.0, show_default=True, help="Seconds.")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=1),
+    default=None,
+    help="Seconds any one connect or read may wait. Default: quantship.oci.TIMEOUT_S (120).",
+)
 @click.option(
     "--max-bytes",
     type=click.IntRange(min=1),
     default=None,
-    help="Largest download; its archive may unpack to twice that. Default: "
-    "quantship.operator.fetch.MAX_DOWNLOAD_BYTES (8 GiB).",
+    help="Largest download (an oci:// artifact's layers together); a .tar.gz may unpack to twice "
+    "that. Default: quantship.artifact.MAX_DOWNLOAD_BYTES (8 GiB).",
 )
 @click.option(
     "--cross-host-redirects", is_flag=True, help="Follow redirects to other hosts (refused by default)."
@@ -914,7 +919,7 @@ def fetch(
     dest: Path,
     public_key: Path | None,
     pvc_root: Path | None,
-    timeout: float,
+    timeout: float | None,
     max_bytes: int | None,
     cross_host_redirects: bool,
     registry_config: Path | None,
@@ -928,10 +933,9 @@ def fetch(
             uri,
             dest,
             public_key=public_key,
-            timeout=timeout,
             cross_host_redirects=cross_host_redirects,
             registry_config=registry_config,
-            **_given(pvc_root=pvc_root, max_bytes=max_bytes),
+            **_given(pvc_root=pvc_root, max_bytes=max_bytes, timeout=timeout),
         )
     except fetch_module.FetchError as exc:
         raise Refused(str(exc)) from exc

@@ -10,6 +10,11 @@ check), then the files against manifest.json's sha256s (and the signature) by `l
 and a pull by digest against the manifest the registry served. A pull writes into a temporary
 directory beside the destination and renames it into place only when all of that holds.
 
+A registry's answers are hostile until checked, as the operator's init container pulls from
+wherever a QuantizedModel points: the manifest is read up to `MAX_MANIFEST_BYTES` and must match
+`MANIFEST_SCHEMA` before any of it is used; layers are downloaded up to the sizes their
+descriptors declare, all of them within `max_bytes`; no connect or read waits past `timeout`.
+
 URIs: `oci://REGISTRY/REPO:TAG` or `oci://REGISTRY/REPO@sha256:DIGEST`. Plain HTTP is used for
 loopback registries and with `insecure=True`; credentials come from arguments or a Docker config
 file (a dockerconfigjson pull secret mounted in a pod), as HTTP basic auth.
@@ -22,13 +27,17 @@ import hashlib
 import json
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import oras.client
 import oras.defaults
 import requests
+import requests.adapters
 
 from quantship import artifact
 
@@ -43,6 +52,43 @@ LAYER_MEDIA_TYPES = {
 MANIFEST_MEDIA_TYPE = "application/vnd.oci.image.manifest.v1+json"
 CONNECT_TIMEOUT_S = 5.0
 """A registry that does not answer /v2/ within this is down: oras itself retries for minutes."""
+TIMEOUT_S = 120.0
+"""Seconds a registry may keep any one connect or read waiting (requests waits forever unless
+told). A request that fails before its answer begins is retried by oras: 6 tries, ~2 minutes apart
+in all. One that stalls inside a manifest or a layer fails at once."""
+MAX_MANIFEST_BYTES = 4 * 2**20
+"""The largest manifest read: 4 MiB, the size the OCI distribution spec asks every registry to
+accept. An artifact's is under 2 KB; a registry that streams more is refused, not held in memory."""
+CHUNK_BYTES = 2**20
+
+_TITLE = oras.defaults.annotation_title
+MANIFEST_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["config", "layers"],
+    "properties": {
+        "config": {"type": "object"},
+        "layers": {
+            "type": "array",
+            "maxItems": len(LAYER_MEDIA_TYPES),
+            "items": {
+                "type": "object",
+                "required": ["mediaType", "digest", "size", "annotations"],
+                "properties": {
+                    "mediaType": {"type": "string"},
+                    "digest": {"type": "string", "pattern": "^sha256:[0-9a-f]{64}$"},
+                    "size": {"type": "integer", "minimum": 0},
+                    "annotations": {
+                        "type": "object",
+                        "required": [_TITLE],
+                        "properties": {_TITLE: {"enum": sorted(LAYER_MEDIA_TYPES)}},
+                    },
+                },
+            },
+        },
+    },
+}
+"""What `pull` reads of an image manifest (JSON Schema). The digest pattern also keeps a served
+digest from steering the blob URL elsewhere on the registry (`sha256:../..`)."""
 
 
 class OciError(Exception):
@@ -100,30 +146,35 @@ class Credentials:
     """A Docker config.json (the content of a dockerconfigjson Secret)."""
 
 
-def push(root: Path, uri: str, *, credentials: Credentials | None = None, insecure: bool = False) -> str:
+def push(
+    root: Path,
+    uri: str,
+    *,
+    credentials: Credentials | None = None,
+    insecure: bool = False,
+    timeout: float = TIMEOUT_S,
+) -> str:
     """Verify the artifact at `root` and push it to `uri` (a tag). Returns the pushed manifest's
     digest, to pin with oci://REGISTRY/REPO@DIGEST."""
     reference = Reference.parse(uri)
     if reference.digest:
         raise OciError(f"push to a tag, not a digest: {uri}")
     loaded = artifact.load_artifact(root)
-    client = _client(reference, credentials, insecure)
+    client = _client(reference, credentials, insecure, timeout)
     with tempfile.TemporaryDirectory(prefix="quantship-push-") as tmp:
         config = Path(tmp) / "config.json"
         config.write_bytes((loaded.root / artifact.MANIFEST_FILE).read_bytes())
         names = [*loaded.manifest["files"], artifact.MANIFEST_FILE]
         files = [f"{loaded.root / name}:{LAYER_MEDIA_TYPES[name]}" for name in names]
-        response = _registry_call(
-            reference,
-            lambda: client.push(
+        with _registry_errors(reference):
+            response = client.push(
                 target=reference.target,
                 files=files,
                 disable_path_validation=True,  # oras otherwise wants files under the working directory
                 manifest_config=f"{config}:{CONFIG_MEDIA_TYPE}",
                 manifest_annotations={"org.opencontainers.image.title": loaded.manifest["model"]["source"]},
                 quiet=True,
-            ),
-        )
+            )
     digest = response.headers.get("Docker-Content-Digest")
     if not digest:
         raise OciError(f"{reference.registry} accepted the push but named no digest")
@@ -137,27 +188,27 @@ def pull(
     credentials: Credentials | None = None,
     insecure: bool = False,
     public_key: Any = None,
+    timeout: float = TIMEOUT_S,
+    max_bytes: int = artifact.MAX_DOWNLOAD_BYTES,
 ) -> artifact.Artifact:
-    """Pull the artifact at `uri` into `dest` (created; never half-written) and verify it."""
+    """Pull the artifact at `uri` into `dest` (created; never half-written) and verify it.
+    `max_bytes` caps the layers' sizes together, as their descriptors declare them."""
     reference = Reference.parse(uri)
-    client = _client(reference, credentials, insecure)
-    container = client.get_container(reference.target)
-    manifest = _manifest(client, reference)
-    layers = manifest.get("layers", [])
+    client = _client(reference, credentials, insecure, timeout)
+    layers = _manifest(client, reference)["layers"]
+    declared = sum(int(layer["size"]) for layer in layers)
+    if declared > max_bytes:
+        raise OciError(
+            f"{reference}: its layers declare {declared} bytes, more than the limit of {max_bytes}"
+        )
     dest.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}-pull-", dir=dest.parent))
     try:
         for layer in layers:
-            name = (layer.get("annotations") or {}).get(oras.defaults.annotation_title, "")
-            if name not in LAYER_MEDIA_TYPES or layer.get("mediaType") != LAYER_MEDIA_TYPES[name]:
-                raise OciError(f"{reference}: layer {name or layer.get('digest')!r} is not a quantship file")
-            path = staging / name
-            _registry_call(
-                reference,
-                lambda layer=layer, path=path: client.download_blob(container, layer["digest"], str(path)),
-            )
-            if _sha256(path) != layer["digest"].removeprefix("sha256:"):
-                raise OciError(f"{reference}: layer {name} does not match its digest {layer['digest']}")
+            name = layer["annotations"][_TITLE]
+            if layer["mediaType"] != LAYER_MEDIA_TYPES[name]:
+                raise OciError(f"{reference}: layer {name!r} has media type {layer['mediaType']!r}")
+            _download(client, reference, layer, staging / name)
         if not (staging / artifact.MANIFEST_FILE).is_file():
             raise OciError(f"{reference} holds no {artifact.MANIFEST_FILE}")
         loaded = artifact.load_artifact(staging, public_key=public_key)
@@ -171,38 +222,98 @@ def pull(
 
 
 def _manifest(client: oras.client.OrasClient, reference: Reference) -> dict[str, Any]:
-    """The image manifest, its digest checked when pulled by digest, its type checked always."""
+    """The image manifest: read within MAX_MANIFEST_BYTES, its digest checked when pulled by
+    digest, its shape (MANIFEST_SCHEMA) and artifact type checked always."""
     container = client.get_container(reference.target)
     url = f"{client.prefix}://{container.manifest_url()}"
-    response = _registry_call(
-        reference, lambda: client.do_request(url, "GET", headers={"Accept": MANIFEST_MEDIA_TYPE})
-    )
-    if response.status_code == 404:
-        raise OciError(f"{reference}: no such tag or digest in {reference.repository}")
-    if response.status_code in (401, 403):
-        raise OciError(f"{reference}: the registry refused the credentials ({response.status_code})")
-    if response.status_code != 200:
-        raise OciError(f"{reference}: the registry answered {response.status_code} {response.reason}")
-    if reference.digest and "sha256:" + hashlib.sha256(response.content).hexdigest() != reference.digest:
+    headers = {"Accept": MANIFEST_MEDIA_TYPE}
+    with _registry_errors(reference), client.do_request(url, "GET", headers=headers, stream=True) as response:
+        if response.status_code == 404:
+            raise OciError(f"{reference}: no such tag or digest in {reference.repository}")
+        if response.status_code in (401, 403):
+            raise OciError(f"{reference}: the registry refused the credentials ({response.status_code})")
+        if response.status_code != 200:
+            raise OciError(f"{reference}: the registry answered {response.status_code} {response.reason}")
+        too_long = f"{reference}: the manifest is longer than {MAX_MANIFEST_BYTES} bytes: refused"
+        body = b"".join(_capped(response, MAX_MANIFEST_BYTES, too_long))
+    if reference.digest and "sha256:" + hashlib.sha256(body).hexdigest() != reference.digest:
         raise OciError(f"{reference}: the manifest served does not match the digest asked for")
     try:
-        manifest = json.loads(response.content)
-    except ValueError as exc:
+        manifest = json.loads(body)
+    except (ValueError, RecursionError) as exc:
         raise OciError(f"{reference}: the registry served a manifest that is not JSON") from exc
-    media_type = (manifest.get("config") or {}).get("mediaType")
+    error = jsonschema.exceptions.best_match(
+        jsonschema.Draft7Validator(MANIFEST_SCHEMA).iter_errors(manifest)
+    )
+    if error is not None:
+        where = "/".join(str(part) for part in error.absolute_path) or "the top"
+        # jsonschema's message quotes the offending value whole: a line, not the registry's answer.
+        what = error.message.replace(repr(error.instance), _brief(repr(error.instance), 60))
+        raise OciError(
+            f"{reference}: the registry served a manifest quantship cannot read: at {where}, {what}"
+        )
+    media_type = manifest["config"].get("mediaType")
     if media_type != CONFIG_MEDIA_TYPE:
-        raise OciError(f"{reference} is not a quantship artifact (config media type {media_type!r})")
+        raise OciError(
+            f"{reference} is not a quantship artifact (config media type {_brief(repr(media_type))})"
+        )
     return manifest
 
 
-def _client(reference: Reference, credentials: Credentials | None, insecure: bool) -> oras.client.OrasClient:
-    """An oras client, after a quick look at /v2/: a registry that is down, or that refuses us,
-    is named at once (oras retries every request for minutes before giving up)."""
+def _download(
+    client: oras.client.OrasClient, reference: Reference, layer: dict[str, Any], path: Path
+) -> None:
+    """One layer into `path`: no more bytes than its descriptor's size, and its digest checked."""
+    name, size = path.name, int(layer["size"])
+    container = client.get_container(reference.target)
+    with _registry_errors(reference), client.get_blob(container, layer["digest"], stream=True) as response:
+        if response.status_code != 200:
+            raise OciError(f"{reference}: layer {name}: the registry answered {response.status_code}")
+        received = 0
+        with path.open("wb") as out:
+            too_long = f"{reference}: layer {name} is longer than the {size} bytes its descriptor declares"
+            for chunk in _capped(response, size, too_long):
+                out.write(chunk)
+                received += len(chunk)
+    if received != size:
+        raise OciError(f"{reference}: layer {name} ended at {received} of its declared {size} bytes")
+    if _sha256(path) != layer["digest"].removeprefix("sha256:"):
+        raise OciError(f"{reference}: layer {name} does not match its digest {layer['digest']}")
+
+
+def _capped(response: requests.Response, limit: int, too_long: str) -> Iterator[bytes]:
+    """The body's chunks, refused once past `limit` bytes: a registry cannot fill memory or disk."""
+    received = 0
+    for chunk in response.iter_content(CHUNK_BYTES):
+        received += len(chunk)
+        if received > limit:
+            raise OciError(too_long)
+        yield chunk
+
+
+class _Timeouts(requests.adapters.HTTPAdapter):
+    """A transport adapter that gives every request a timeout: oras sets none."""
+
+    def __init__(self, timeout: float) -> None:
+        super().__init__()
+        self.timeout = timeout
+
+    def send(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:  # type: ignore[override]
+        if kwargs.get("timeout") is None:
+            kwargs["timeout"] = self.timeout
+        return super().send(request, **kwargs)
+
+
+def _client(
+    reference: Reference, credentials: Credentials | None, insecure: bool, timeout: float
+) -> oras.client.OrasClient:
+    """An oras client whose requests time out, after a quick look at /v2/: a registry that is
+    down, or that refuses us, is named at once (oras retries every request for minutes)."""
     plain_http = insecure or reference.loopback
     login = _login(reference, credentials)
     url = f"{'http' if plain_http else 'https'}://{reference.registry}/v2/"
     try:
-        answer = requests.get(url, auth=login, timeout=CONNECT_TIMEOUT_S)
+        answer = requests.get(url, auth=login, timeout=min(CONNECT_TIMEOUT_S, timeout))
     except requests.RequestException as exc:
         raise OciError(f"cannot reach the registry {reference.registry}: {type(exc).__name__}") from exc
     if answer.status_code == 401 and login is None:
@@ -214,6 +325,8 @@ def _client(reference: Reference, credentials: Credentials | None, insecure: boo
         user = login[0] if login else "?"
         raise OciError(f"{reference.registry} refused the credentials of {user!r}")
     client = oras.client.OrasClient(hostname=reference.registry, insecure=plain_http, auth_backend="basic")
+    for scheme in ("http://", "https://"):
+        client.session.mount(scheme, _Timeouts(timeout))
     if login is not None:
         client.auth.set_basic_auth(*login)
     return client
@@ -245,16 +358,23 @@ def _login(reference: Reference, credentials: Credentials | None) -> tuple[str, 
     return None
 
 
-def _registry_call(reference: Reference, call: Any) -> Any:
+@contextmanager
+def _registry_errors(reference: Reference) -> Iterator[None]:
+    """What oras and requests raise, as an OciError that names the reference."""
     try:
-        return call()
+        yield
     except oras.auth.AuthenticationException as exc:
         raise OciError(f"{reference}: the registry refused the credentials: {exc}") from exc
     except (requests.RequestException, ValueError) as exc:
         message = str(exc)
         if "401" in message or "Unauthorized" in message:
             raise OciError(f"{reference}: the registry refused the credentials") from exc
-        raise OciError(f"{reference}: {message or type(exc).__name__}") from exc
+        raise OciError(f"{reference}: {_brief(message) or type(exc).__name__}") from exc
+
+
+def _brief(text: str, limit: int = 200) -> str:
+    """At most `limit` characters of what a registry sent: an error line, not its whole answer."""
+    return text if len(text) <= limit else text[:limit] + "…"
 
 
 def _sha256(path: Path) -> str:

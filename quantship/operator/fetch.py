@@ -52,8 +52,6 @@ def source_path(uri: str, pvc_root: Path) -> Path | None:
 
 PVC_ROOT = Path("/mnt/pvc")
 """Where pvc://CLAIM/... claims are mounted: by the operator in its pods, read by fetch and the Job."""
-MAX_DOWNLOAD_BYTES = 8 * 2**30
-"""The largest .tar.gz `fetch` downloads: 8 GiB (INT8 weights barely compress; see ArchiveLimits)."""
 MAX_REDIRECTS = 5
 
 
@@ -62,7 +60,7 @@ def download(
     target: Path,
     *,
     timeout: float,
-    max_bytes: int = MAX_DOWNLOAD_BYTES,
+    max_bytes: int = artifact.MAX_DOWNLOAD_BYTES,
     cross_host_redirects: bool = False,
 ) -> None:
     """GET `url` into `target`: at most `max_bytes`, redirects only to the same origin unless told."""
@@ -122,13 +120,14 @@ def fetch(
     *,
     public_key: Path | None = None,
     pvc_root: Path = PVC_ROOT,
-    timeout: float = 120.0,
-    max_bytes: int = MAX_DOWNLOAD_BYTES,
+    timeout: float = oci.TIMEOUT_S,
+    max_bytes: int = artifact.MAX_DOWNLOAD_BYTES,
     cross_host_redirects: bool = False,
     registry_config: Path | None = None,
 ) -> artifact.Artifact:
     """Fetch, verify and install the artifact at `uri` as `dest`. Raises FetchError or ArtifactError.
-    `max_bytes` caps the download; its archive may unpack to twice that (`artifact.ArchiveLimits`).
+    `max_bytes` caps the download (an OCI pull's layers together); a .tar.gz may unpack to twice
+    that (`artifact.ArchiveLimits`). `timeout` bounds each connect and read.
     `registry_config`: a Docker config.json with the oci:// registry's credentials."""
     key = artifact.load_public_key(public_key) if public_key else None
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -137,7 +136,14 @@ def fetch(
         if uri.startswith(oci.SCHEME):
             credentials = oci.Credentials(docker_config=registry_config)
             try:
-                pulled = oci.pull(uri, scratch / "artifact", credentials=credentials, public_key=key)
+                pulled = oci.pull(
+                    uri,
+                    scratch / "artifact",
+                    credentials=credentials,
+                    public_key=key,
+                    timeout=timeout,
+                    max_bytes=max_bytes,
+                )
             except oci.OciError as exc:
                 raise FetchError(str(exc)) from exc
             shutil.rmtree(dest, ignore_errors=True)

@@ -116,11 +116,13 @@ def _input(uri: str, workdir: Path, pvc_root: Path, timeout: float) -> Path:
     return local
 
 
-def _publish(out: Path, target: str, pvc_root: Path, registry_config: Path | None, insecure: bool) -> str:
+def _publish(
+    out: Path, target: str, pvc_root: Path, registry_config: Path | None, insecure: bool, timeout: float
+) -> str:
     if target.startswith(oci.SCHEME):
         credentials = oci.Credentials(docker_config=registry_config)
         try:
-            digest = oci.push(out, target, credentials=credentials, insecure=insecure)
+            digest = oci.push(out, target, credentials=credentials, insecure=insecure, timeout=timeout)
         except oci.OciError as exc:
             raise JobError(str(exc)) from exc
         reference = oci.Reference.parse(target)
@@ -155,7 +157,7 @@ def run(
     pvc_root: Path = fetch.PVC_ROOT,
     registry_config: Path | None = None,
     insecure: bool = False,
-    timeout: float = 120.0,
+    timeout: float = oci.TIMEOUT_S,
 ) -> Verdict:
     """Fetch, quantize, publish when the gate passed; the verdict (or the error) goes to result_file.
     Raises JobError (or what quantize raises) after writing the error."""
@@ -174,7 +176,7 @@ def run(
             metric=validation.get("metric"),
             value=validation.get("value"),
             threshold=validation.get("threshold"),
-            artifact=_publish(out, target, pvc_root, registry_config, insecure) if passed else None,
+            artifact=_publish(out, target, pvc_root, registry_config, insecure, timeout) if passed else None,
             int8_flags=_flags((validation.get("hardware") or {}).get("int8_flags")),
         )
     except Exception as exc:

@@ -1,0 +1,134 @@
+"""A registry on loopback that answers each path as a test tells it: a copy of what the real
+registry served, bent out of shape. A real HTTP server (the standard library's), so the client's
+real sockets, streaming and timeouts are what is tested."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import requests
+
+from quantship import oci
+
+Answer = Callable[[BaseHTTPRequestHandler], None]
+"""Writes one whole answer (status, headers, body) to the handler."""
+
+
+@dataclass
+class HostileRegistry:
+    address: str
+    answers: dict[str, Answer]
+    """URL path -> its answer. /v2/ answers 200; any other path 404."""
+    requested: list[str] = field(default_factory=list)
+    released: threading.Event = field(default_factory=threading.Event)
+    """Set at the end: answers that stall stop waiting."""
+
+    def uri(self, repository: str, tag: str = "v1") -> str:
+        return f"oci://{self.address}/{repository}:{tag}"
+
+    def manifest_path(self, repository: str, tag: str = "v1") -> str:
+        return f"/v2/{repository}/manifests/{tag}"
+
+    def blob_path(self, repository: str, digest: str) -> str:
+        return f"/v2/{repository}/blobs/{digest}"
+
+    def copy(self, source: str, repository: str) -> tuple[bytes, dict[str, bytes]]:
+        """Serve, under `repository:v1`, what a real registry serves at `source` (oci://...:TAG):
+        its manifest and its blobs, byte for byte. Returns them, to bend."""
+        reference = oci.Reference.parse(source)
+        base = f"http://{reference.registry}/v2/{reference.repository}"
+        accept = {"Accept": oci.MANIFEST_MEDIA_TYPE}
+        manifest = requests.get(f"{base}/manifests/{reference.tag}", headers=accept, timeout=10).content
+        blobs = {
+            layer["digest"]: requests.get(f"{base}/blobs/{layer['digest']}", timeout=10).content
+            for layer in json.loads(manifest)["layers"]
+        }
+        self.answers[self.manifest_path(repository)] = body(manifest, oci.MANIFEST_MEDIA_TYPE)
+        for digest, content in blobs.items():
+            self.answers[self.blob_path(repository, digest)] = body(content)
+        return manifest, blobs
+
+
+def body(content: bytes, content_type: str = "application/octet-stream") -> Answer:
+    def answer(handler: BaseHTTPRequestHandler) -> None:
+        handler.send_response(200)
+        handler.send_header("Content-Type", content_type)
+        handler.send_header("Content-Length", str(len(content)))
+        handler.end_headers()
+        handler.wfile.write(content)
+
+    return answer
+
+
+def endless(chunk: bytes, *, stop: threading.Event, limit: int = 2**30) -> Answer:
+    """A body that goes on (up to `limit` bytes, with no Content-Length) until the client hangs up."""
+
+    def answer(handler: BaseHTTPRequestHandler) -> None:
+        handler.send_response(200)
+        handler.send_header("Content-Type", oci.MANIFEST_MEDIA_TYPE)
+        handler.end_headers()
+        sent = 0
+        try:
+            while sent < limit and not stop.is_set():
+                handler.wfile.write(chunk)
+                sent += len(chunk)
+        except OSError:
+            pass  # the client hung up: what a refusal looks like from here
+
+    return answer
+
+
+def stalls_after(content: bytes, declared: int, *, until: threading.Event) -> Answer:
+    """Headers and `content` (declaring `declared` bytes), then nothing until `until` is set."""
+
+    def answer(handler: BaseHTTPRequestHandler) -> None:
+        handler.send_response(200)
+        handler.send_header("Content-Type", oci.MANIFEST_MEDIA_TYPE)
+        handler.send_header("Content-Length", str(declared))
+        handler.end_headers()
+        handler.wfile.write(content)
+        handler.wfile.flush()
+        until.wait(60)
+
+    return answer
+
+
+@contextmanager
+def serving() -> Iterator[HostileRegistry]:
+    registry: HostileRegistry
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self) -> None:
+            registry.requested.append(self.path)
+            if self.path == "/v2/":
+                body(b"{}", "application/json")(self)
+                return
+            answer = registry.answers.get(self.path)
+            if answer is None:
+                self.send_response(404)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            answer(self)
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    registry = HostileRegistry(f"127.0.0.1:{server.server_address[1]}", {})
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield registry
+    finally:
+        registry.released.set()
+        server.shutdown()
+        server.server_close()

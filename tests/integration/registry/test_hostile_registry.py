@@ -1,0 +1,304 @@
+"""`oci.pull` against a registry that answers badly: what the real registry served for a pushed
+artifact, bent one way per test and served from loopback (`hostile_registry`). The operator's init
+container pulls from wherever a QuantizedModel points, so every answer is refused with a message
+that says why, before it is used, without filling memory or disk, without waiting forever, and
+with nothing left behind."""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+import tempfile
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hostile_registry import HostileRegistry, body, endless, serving, stalls_after
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from registry_harness import Registry
+
+from quantship import artifact, oci
+from quantship.operator import fetch
+
+REPOSITORY = "quantship/bent"
+TITLE = "org.opencontainers.image.title"
+
+
+@pytest.fixture(scope="module")
+def pushed(registry: Registry, good_artifact: artifact.Artifact) -> str:
+    uri = registry.uri("quantship/hostile-source:v1")
+    oci.push(good_artifact.root, uri)
+    return uri
+
+
+@dataclass
+class Served:
+    registry: HostileRegistry
+    manifest: dict[str, Any]
+    """The real registry's manifest, parsed: bend a deep copy of it."""
+    blobs: dict[str, bytes]
+
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
+        """How hypothesis prints this argument of a failing example: not its 2 MB of blobs."""
+        printer.text(f"Served({self.uri!r})")
+
+    @property
+    def uri(self) -> str:
+        return self.registry.uri(REPOSITORY)
+
+    def serve_manifest(self, content: bytes) -> None:
+        self.registry.answers[self.registry.manifest_path(REPOSITORY)] = body(
+            content, oci.MANIFEST_MEDIA_TYPE
+        )
+
+    def layer(self, name: str) -> dict[str, Any]:
+        return next(layer for layer in self.manifest["layers"] if layer["annotations"][TITLE] == name)
+
+    def serve_blob(self, name: str, answer: Callable[..., None]) -> None:
+        self.registry.answers[self.registry.blob_path(REPOSITORY, self.layer(name)["digest"])] = answer
+
+    @property
+    def blobs_requested(self) -> list[str]:
+        return [path for path in self.registry.requested if "/blobs/" in path]
+
+
+@pytest.fixture
+def served(pushed: str) -> Iterator[Served]:
+    with serving() as registry:
+        manifest, blobs = registry.copy(pushed, REPOSITORY)
+        yield Served(registry, json.loads(manifest), blobs)
+
+
+def test_the_copy_of_the_real_registry_pulls(
+    served: Served, good_artifact: artifact.Artifact, tmp_path: Path
+) -> None:
+    """The bent answers below start from one that works."""
+    assert oci.pull(served.uri, tmp_path / "a").digest == good_artifact.digest
+    assert len(served.blobs_requested) == 3
+
+
+def _bent(change: Callable[[dict[str, Any]], Any]) -> Callable[[dict[str, Any]], bytes]:
+    def bend(manifest: dict[str, Any]) -> bytes:
+        bent = copy.deepcopy(manifest)
+        result = change(bent)
+        return json.dumps(bent if result is None else result).encode()
+
+    return bend
+
+
+def _set(path: str, value: Any) -> Callable[[dict[str, Any]], bytes]:
+    """Set the node at `path` ("layers/0/digest") to `value`; `value` None deletes it."""
+
+    def change(manifest: dict[str, Any]) -> None:
+        *parents, last = path.split("/")
+        node: Any = manifest
+        for part in parents:
+            node = node[int(part)] if isinstance(node, list) else node[part]
+        key: Any = int(last) if isinstance(node, list) else last
+        if value is None:
+            del node[key]
+        else:
+            node[key] = value
+
+    return _bent(change)
+
+
+def _raw(content: bytes) -> Callable[[dict[str, Any]], bytes]:
+    return lambda manifest: content
+
+
+BENT_MANIFESTS = {
+    "a JSON array": (_bent(lambda m: [m]), "at the top, .* is not of type 'object'"),
+    "not JSON": (_raw(b"<html>Service Unavailable</html>"), "a manifest that is not JSON"),
+    "NaN for its layers": (_raw(b'{"config": {}, "layers": NaN}'), "at layers, nan is not of type 'array'"),
+    "nested deeper than the parser goes": (_raw(b"[" * 100_000 + b"]" * 100_000), "not JSON"),
+    "a config that is not an object": (_set("config", "x"), "at config, 'x' is not of type 'object'"),
+    "no layers": (_set("layers", None), "'layers' is a required property"),
+    "layers that are not a list": (_set("layers", {"a": 1}), "at layers, .* is not of type 'array'"),
+    "more layers than an artifact has files": (
+        _bent(lambda m: m.update(layers=m["layers"] * 2)),
+        "at layers, .* is too long",
+    ),
+    "a layer that is not an object": (_set("layers/0", 1), "at layers/0, 1 is not of type 'object'"),
+    "a layer without a digest": (_set("layers/0/digest", None), "'digest' is a required property"),
+    "a digest that walks out of the blob path": (
+        _set("layers/0/digest", "sha256:../../../v2/_catalog"),
+        "at layers/0/digest, .* does not match",
+    ),
+    "a digest that is not sha256": (_set("layers/0/digest", "md5:" + "0" * 32), "at layers/0/digest"),
+    "a size that is a string": (
+        _set("layers/0/size", "12"),
+        "at layers/0/size, '12' is not of type 'integer'",
+    ),
+    "a size that is true": (_set("layers/0/size", True), "at layers/0/size, True is not of type 'integer'"),
+    "a fractional size": (_set("layers/0/size", 1.5), "at layers/0/size, 1.5 is not of type 'integer'"),
+    "a negative size": (_set("layers/0/size", -1), "at layers/0/size, -1 is less than the minimum of 0"),
+    "no title": (_set("layers/0/annotations", {}), "is a required property"),
+    "a title that is a path": (
+        _set(f"layers/0/annotations/{TITLE}", "../../../etc/cron.d/x"),
+        f"at layers/0/annotations/{TITLE}, .* is not one of",
+    ),
+    "another artifact's config": (
+        _set("config/mediaType", "application/vnd.oci.image.config.v1+json"),
+        "is not a quantship artifact",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", BENT_MANIFESTS)
+def test_a_manifest_quantship_cannot_read_is_refused_before_any_layer_is_fetched(
+    served: Served, tmp_path: Path, case: str
+) -> None:
+    bend, message = BENT_MANIFESTS[case]
+    served.serve_manifest(bend(served.manifest))
+    with pytest.raises(oci.OciError, match=message):
+        oci.pull(served.uri, tmp_path / "a")
+    assert served.blobs_requested == []
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_layer_typed_as_another_file_is_refused_before_it_is_fetched(
+    served: Served, tmp_path: Path
+) -> None:
+    first = served.manifest["layers"][0]
+    other = next(name for name in oci.LAYER_MEDIA_TYPES if name != first["annotations"][TITLE])
+    served.serve_manifest(_set("layers/0/mediaType", oci.LAYER_MEDIA_TYPES[other])(served.manifest))
+    with pytest.raises(oci.OciError, match="has media type"):
+        oci.pull(served.uri, tmp_path / "a")
+    assert served.blobs_requested == []
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_manifest_that_never_ends_is_refused_at_the_oci_limit(served: Served, tmp_path: Path) -> None:
+    stop = threading.Event()
+    served.registry.answers[served.registry.manifest_path(REPOSITORY)] = endless(b" " * 65536, stop=stop)
+    try:
+        with pytest.raises(oci.OciError, match=f"manifest is longer than {oci.MAX_MANIFEST_BYTES} bytes"):
+            oci.pull(served.uri, tmp_path / "a")
+    finally:
+        stop.set()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_layer_longer_than_its_descriptor_is_cut_off_there(served: Served, tmp_path: Path) -> None:
+    stop = threading.Event()
+    served.serve_blob(artifact.MODEL_FILE, endless(b"\0" * 65536, stop=stop))
+    size = served.layer(artifact.MODEL_FILE)["size"]
+    try:
+        with pytest.raises(oci.OciError, match=f"layer model.onnx is longer than the {size} bytes"):
+            oci.pull(served.uri, tmp_path / "a")
+    finally:
+        stop.set()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_layer_shorter_than_its_descriptor_is_refused(served: Served, tmp_path: Path) -> None:
+    layer = served.layer(artifact.MODEL_FILE)
+    served.serve_blob(artifact.MODEL_FILE, body(served.blobs[layer["digest"]][:-10]))
+    size = layer["size"]
+    with pytest.raises(oci.OciError, match=f"layer model.onnx ended at {size - 10} of its declared {size}"):
+        oci.pull(served.uri, tmp_path / "a")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_layers_declaring_more_than_the_limit_are_refused_before_any_is_fetched(
+    served: Served, tmp_path: Path
+) -> None:
+    declared = sum(layer["size"] for layer in served.manifest["layers"])
+    with pytest.raises(
+        oci.OciError, match=f"declare {declared} bytes, more than the limit of {declared - 1}"
+    ):
+        oci.pull(served.uri, tmp_path / "a", max_bytes=declared - 1)
+    assert served.blobs_requested == []
+    served.serve_manifest(_set("layers/0/size", 2**70)(served.manifest))  # a size past int64
+    with pytest.raises(oci.OciError, match="more than the limit"):
+        oci.pull(served.uri, tmp_path / "a")
+    assert served.blobs_requested == []
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("where", ["manifest", "layer"])
+def test_a_registry_that_stalls_mid_answer_times_out(served: Served, tmp_path: Path, where: str) -> None:
+    """Without a timeout, requests waits forever: the init container would never end."""
+    stalled = stalls_after(b"{", declared=1000, until=served.registry.released)
+    if where == "manifest":
+        served.registry.answers[served.registry.manifest_path(REPOSITORY)] = stalled
+    else:
+        served.serve_blob(artifact.MODEL_FILE, stalled)
+    with pytest.raises(oci.OciError, match="timed out"):
+        oci.pull(served.uri, tmp_path / "a", timeout=1)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_fetch_holds_an_oci_artifact_to_its_max_bytes(pushed: str, tmp_path: Path) -> None:
+    """The init container's --max-bytes, against the real registry."""
+    with pytest.raises(fetch.FetchError, match="more than the limit of 1000"):
+        fetch.fetch(pushed, tmp_path / "model", max_bytes=1000)
+    assert list(tmp_path.iterdir()) == []
+
+
+def _nodes(value: Any, path: tuple[Any, ...] = ()) -> Iterator[tuple[Any, ...]]:
+    """The path of every node in a JSON value, the root included."""
+    yield path
+    if isinstance(value, dict):
+        for key, child in value.items():
+            yield from _nodes(child, (*path, key))
+    elif isinstance(value, list):
+        for index, child in enumerate(value):
+            yield from _nodes(child, (*path, index))
+
+
+class LayerDigest(int):
+    """Stands, among the values drawn, for the digest of the manifest's layer of that index: a real
+    blob under another layer's title or size."""
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=80),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=12), children, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=200, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    which=st.integers(min_value=0),
+    value=JSON | st.builds(LayerDigest, st.integers(0, 2)) | st.integers(-1, 10**6),
+)
+def test_fuzz_a_bent_manifest_is_pulled_whole_or_refused_with_a_message(
+    served: Served, good_artifact: artifact.Artifact, which: int, value: Any
+) -> None:
+    """One node of the real manifest replaced (the digests, sizes and titles among them): the pull
+    gives the artifact itself, or refuses with OciError or ArtifactError, leaving nothing behind."""
+    bent = copy.deepcopy(served.manifest)
+    nodes = list(_nodes(bent))
+    path = nodes[which % len(nodes)]
+    if isinstance(value, LayerDigest):
+        value = served.manifest["layers"][value]["digest"]
+    if path:
+        parent: Any = bent
+        for part in path[:-1]:
+            parent = parent[part]
+        parent[path[-1]] = value
+    else:
+        bent = value
+    served.serve_manifest(json.dumps(bent).encode())
+    scratch = Path(tempfile.mkdtemp())
+    try:
+        try:
+            pulled = oci.pull(served.uri, scratch / "a")
+        except (oci.OciError, artifact.ArtifactError) as exc:
+            assert str(exc)
+            assert list(scratch.iterdir()) == []
+        else:
+            assert pulled.digest == good_artifact.digest
+    finally:
+        shutil.rmtree(scratch)
