@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from quantship import slo
+from quantship.operator import names
 from quantship.rollout import AnalysisSpec, OnInconclusive, RolloutSpec, format_duration
 from quantship.server.settings import MAX_SLI_CPU_BUDGET, QualitySettings, Track
 
@@ -51,9 +52,32 @@ GATE_FAILED = "GateFailed"
 QUANTIZE_STATES = ("Running", "Passed", GATE_FAILED, "Error")
 """status.quantize.state: the Job runs; its gate passed; its gate failed; it failed otherwise."""
 
-DURATION_PATTERN = r"^([0-9]+h)?([0-9]+m)?([0-9]+s)?$"
-URI_PATTERN = r"^(file|pvc|https?|oci)://.+"
+DURATION_PATTERN = r"^([0-9]{1,4}h)?([0-9]{1,4}m)?([0-9]{1,5}s)?$"
+"""At most 9999h9999m99999s (about 14 months): a longer window overflows Prometheus' durations
+and the API server's CEL duration(), and no rollout waits that long."""
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+_CLAIM = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*"
+"""A PersistentVolumeClaim's name (a DNS-1123 subdomain): it is mounted at PVC_ROOT/CLAIM."""
+
+
+def uri_pattern(*schemes: str) -> str:
+    """URIs of these schemes; a pvc:// one names a claim that can exist (pvc://CLAIM[/PATH])."""
+    others = "|".join(scheme for scheme in schemes if scheme != "pvc")
+    pvc = f"|pvc://{_CLAIM}(/.*)?" if "pvc" in schemes else ""
+    return f"^(({others})://.+{pvc})$"
+
+
+URI_PATTERN = uri_pattern("file", "pvc", "http", "https", "oci")
+IMAGE_PATTERN = r"^[a-zA-Z0-9\[][a-zA-Z0-9._/:@\[\]-]*$"
+"""A container image reference's characters (registry[:port]/path[:tag][@digest]): no spaces,
+which the API server refuses in a Pod."""
+_NUMBER = r"(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))"
+QUANTITY = {
+    "anyOf": [{"type": "integer"}, {"type": "string"}],
+    "x-kubernetes-int-or-string": True,
+    "pattern": rf"^(\+|-)?{_NUMBER}(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?{_NUMBER}))?$",
+}
+"""A resource.Quantity, as Kubernetes' own CRDs declare it (100m, 2Gi, 1e3)."""
 
 
 def _default(spec: type[Any], name: str) -> Any:
@@ -70,7 +94,7 @@ def _duration(description: str, default: str) -> dict[str, Any]:
         "type": "string",
         "pattern": DURATION_PATTERN,
         "minLength": 2,
-        "maxLength": 16,  # bounds the CEL cost of duration() in WINDOWS_IN_ORDER
+        "maxLength": 16,  # the pattern's longest; bounds the CEL cost of duration() in WINDOWS_IN_ORDER
         "default": default,
         "description": description,
     }
@@ -101,6 +125,32 @@ def _object(description: str, properties: dict[str, Any], **extra: Any) -> dict[
     return {"type": "object", "description": description, "properties": properties, **extra}
 
 
+def _name_of(description: str) -> dict[str, Any]:
+    """A reference to an object in the namespace (a Secret, an HTTPRoute) by its name."""
+    return {"type": "string", "pattern": DNS_LABEL, "maxLength": 63, "description": description}
+
+
+def _resources(description: str) -> dict[str, Any]:
+    """A core/v1 ResourceRequirements: checked here, as the Pod would be (a bad quantity is refused
+    at `kubectl apply`, not by every Deployment the operator then tries to create)."""
+    quantities = {"type": "object", "additionalProperties": QUANTITY}
+    claim = _object("A resource claim of the pod, by name.", {"name": {"type": "string"}}, required=["name"])
+    return _object(
+        description,
+        {
+            "limits": {**quantities, "description": "Most of each resource the container may use."},
+            "requests": {**quantities, "description": "What the scheduler reserves for the container."},
+            "claims": {
+                "type": "array",
+                "items": claim,
+                "x-kubernetes-list-type": "map",
+                "x-kubernetes-list-map-keys": ["name"],
+                "description": "Dynamic resource claims the container uses.",
+            },
+        },
+    )
+
+
 def spec_schema() -> dict[str, Any]:
     """The QuantizedModel's spec: one function per section, below."""
     return _object(
@@ -108,25 +158,21 @@ def spec_schema() -> dict[str, Any]:
         {
             "modelName": {
                 "type": "string",
-                "pattern": r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$",
-                "maxLength": 63,
-                "description": "Name in the inference API and in the `model` label of every metric. "
-                "Defaults to the resource's name.",
+                "pattern": names.LABEL_VALUE,
+                "maxLength": names.MAX_LABEL_VALUE_LENGTH,
+                "description": "Name in the inference API and in the `model` label of the pods and "
+                "of every metric. Defaults to the resource's name.",
             },
             "artifact": _artifact_schema(),
             "quantize": _quantize_schema(),
             "image": {
                 "type": "string",
-                "minLength": 1,
+                "pattern": IMAGE_PATTERN,
                 "default": "ghcr.io/quantship/quantship:0.1.0",
                 "description": "Image with the `quantship` command (serve and fetch).",
             },
             "replicas": _int("Model servers per revision.", 1, 100, 2),
-            "resources": {
-                "type": "object",
-                "description": "Container resources of each model server (a core/v1 ResourceRequirements).",
-                "x-kubernetes-preserve-unknown-fields": True,
-            },
+            "resources": _resources("Container resources of each model server."),
             "server": {**_server_schema(), "default": {}},
             "traffic": {**_traffic_schema(), "default": {}},
             "rollout": {**_rollout_schema(), "default": {}},
@@ -150,18 +196,14 @@ def _artifact_schema() -> dict[str, Any]:
                 "in this namespace, mounted read-only), http(s)://.../artifact.tar.gz, or "
                 "oci://REGISTRY/REPO:TAG or @sha256:DIGEST (quantship push).",
             },
-            "pullSecret": {
-                "type": "string",
-                "pattern": DNS_LABEL,
-                "description": "For oci://: a Secret of type kubernetes.io/dockerconfigjson with the "
-                "registry's credentials (as for imagePullSecrets).",
-            },
-            "publicKeySecret": {
-                "type": "string",
-                "pattern": DNS_LABEL,
-                "description": "Secret holding `public.pem`: the artifact's ed25519 signature must verify "
-                "with it, or the revision never starts.",
-            },
+            "pullSecret": _name_of(
+                "For oci://: a Secret of type kubernetes.io/dockerconfigjson with the "
+                "registry's credentials (as for imagePullSecrets)."
+            ),
+            "publicKeySecret": _name_of(
+                "Secret holding `public.pem`: the artifact's ed25519 signature must verify "
+                "with it, or the revision never starts."
+            ),
         },
         required=["uri"],
     )
@@ -184,8 +226,8 @@ GATE_METRICS = [
 ]
 """The choices of `quantship quantize` (quantship.quantize's enums; the operator does not import
 onnxruntime, so they are listed here and a test holds them equal)."""
-INPUT_URI_PATTERN = r"^(file|pvc|https?)://.+"
-TARGET_URI_PATTERN = r"^(pvc|oci)://.+"
+INPUT_URI_PATTERN = uri_pattern("file", "pvc", "http", "https")
+TARGET_URI_PATTERN = uri_pattern("pvc", "oci")
 PULL_SECRET_FOR_OCI = {
     "rule": "!has(self.pullSecret) || self.uri.startsWith('oci://')",
     "message": "quantize.target.pullSecret is for an oci:// target only",
@@ -245,25 +287,17 @@ def _quantize_schema() -> dict[str, Any]:
                 "oci://REGISTRY/REPO:TAG (pushed, then served pinned by its digest).",
                 {
                     "uri": {"type": "string", "pattern": TARGET_URI_PATTERN, "description": "The target."},
-                    "pullSecret": {
-                        "type": "string",
-                        "pattern": DNS_LABEL,
-                        "description": "For oci://: a dockerconfigjson Secret allowed to push (and pull).",
-                    },
+                    "pullSecret": _name_of(
+                        "For oci://: a dockerconfigjson Secret allowed to push (and pull)."
+                    ),
                 },
                 required=["uri"],
                 **{"x-kubernetes-validations": [PULL_SECRET_FOR_OCI]},
             ),
-            "signingKeySecret": {
-                "type": "string",
-                "pattern": DNS_LABEL,
-                "description": "Secret holding `private.pem` (ed25519): the Job signs the manifest.",
-            },
-            "resources": {
-                "type": "object",
-                "description": "Container resources of the Job (a core/v1 ResourceRequirements).",
-                "x-kubernetes-preserve-unknown-fields": True,
-            },
+            "signingKeySecret": _name_of(
+                "Secret holding `private.pem` (ed25519): the Job signs the manifest."
+            ),
+            "resources": _resources("Container resources of the Job."),
             "activeDeadlineSeconds": _int("How long the Job may run.", 60, 7 * 24 * 3600, 3600),
         },
         required=["model", "calibration", "target"],
@@ -365,12 +399,10 @@ def _traffic_schema() -> dict[str, Any]:
                 "replicas: one Service over both revisions, split by replica ratio (coarse; status shows "
                 "the achieved weight).",
             },
-            "httpRoute": {
-                "type": "string",
-                "pattern": DNS_LABEL,
-                "description": "gateway-api only: the HTTPRoute (same namespace) whose rules reference the "
-                "Service named like this resource; only those backendRefs are rewritten.",
-            },
+            "httpRoute": _name_of(
+                "gateway-api only: the HTTPRoute (same namespace) whose rules reference the "
+                "Service named like this resource; only those backendRefs are rewritten."
+            ),
             "port": _int("Service port of the model servers.", 1, 65535, 8080),
         },
         # The API server evaluates every rule against `default: {}` too, before nested defaults:
@@ -516,7 +548,8 @@ def _analysis_schema() -> dict[str, Any]:
             "labels": {
                 "type": "object",
                 "additionalProperties": {"type": "string"},
-                "description": "Extra label matchers for every query, e.g. {namespace: prod}.",
+                "description": "Extra label matchers for every query, e.g. {namespace: prod}. Names are "
+                "Prometheus label names, not model or revision (the operator sets those).",
             },
         },
         **{"x-kubernetes-validations": [WINDOWS_IN_ORDER]},
@@ -637,7 +670,18 @@ def schema() -> dict[str, Any]:
         "properties": {
             "apiVersion": {"type": "string"},
             "kind": {"type": "string"},
-            "metadata": {"type": "object"},
+            "metadata": {
+                "type": "object",
+                "properties": {
+                    "name": {
+                        "type": "string",
+                        "pattern": names.DNS_1035_LABEL,
+                        "maxLength": names.MAX_NAME_LENGTH,
+                        "description": "Names the model's Services (NAME and NAME-REVISION): a DNS-1035 "
+                        "label, short enough for the revision's suffix.",
+                    }
+                },
+            },
             "spec": spec_schema(),
             "status": status_schema(),
         },

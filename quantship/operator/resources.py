@@ -14,7 +14,7 @@ from typing import Any
 
 import kopf
 
-from quantship.operator import fetch, placement
+from quantship.operator import fetch, names, placement
 from quantship.operator.spec import ModelSpec
 from quantship.rollout import Track
 
@@ -42,7 +42,8 @@ def child_name(spec: ModelSpec, revision: str) -> str:
 
 def is_revision_service(spec: ModelSpec, name: str) -> bool:
     """Whether a Service name is one of this model's per-revision Services (or its shared one)."""
-    return name == spec.name or re.fullmatch(rf"{re.escape(spec.name)}-[0-9a-f]{{10}}", name) is not None
+    revision = rf"{re.escape(spec.name)}-[0-9a-f]{{{names.REVISION_DIGITS}}}"
+    return name == spec.name or re.fullmatch(revision, name) is not None
 
 
 def selector(spec: ModelSpec, revision: str | None = None) -> dict[str, str]:

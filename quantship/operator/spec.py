@@ -12,12 +12,13 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from quantship import slo
-from quantship.operator import crd, placement
+from quantship.operator import crd, names, placement
 from quantship.rollout import AnalysisSpec, OnInconclusive, RolloutSpec, parse_duration
 
 SERVER_FLAGS = {
@@ -95,6 +96,7 @@ class ModelSpec:
         spec = apply_defaults(crd.spec_schema(), dict(body.get("spec") or {}))
         if "uri" not in spec.get("artifact", {}):
             raise InvalidSpec("spec.artifact.uri is required")
+        _check_names(metadata["name"], spec)
         traffic, slos, analysis, steps = spec["traffic"], spec["slos"], spec["analysis"], spec["rollout"]
         if traffic["router"] == "gateway-api" and not traffic.get("httpRoute"):
             raise InvalidSpec("spec.traffic.httpRoute is required when spec.traffic.router is gateway-api")
@@ -162,6 +164,19 @@ class ModelSpec:
         )
 
 
+def _check_names(name: str, spec: Mapping[str, Any]) -> None:
+    """What the CRD refuses at admission, for a resource admitted before it did: the operator
+    would create Services Kubernetes refuses and run queries Prometheus cannot parse."""
+    if len(name) > names.MAX_NAME_LENGTH or not re.fullmatch(names.DNS_1035_LABEL, name):
+        raise InvalidSpec(
+            f"metadata.name {name!r} cannot name the model's Services: a DNS-1035 label "
+            f"(a-z, 0-9, -) of at most {names.MAX_NAME_LENGTH} characters"
+        )
+    errors = names.analysis_label_errors(spec["analysis"].get("labels") or {})
+    if errors:
+        raise InvalidSpec(f"spec.analysis.labels: {'; '.join(errors)}")
+
+
 def served_artifact(spec: dict[str, Any], status: Mapping[str, Any]) -> dict[str, Any]:
     """`spec` with the artifact the servers run: while spec.quantize is set and one of its Jobs
     passed the gate (status.quantizedArtifact), that Job's artifact replaces spec.artifact, with
@@ -188,7 +203,7 @@ def gate_hardware(spec: Mapping[str, Any], status: Mapping[str, Any]) -> tuple[s
 
 
 def revision_of(spec: Mapping[str, Any]) -> str:
-    """A revision id: 10 hex digits over everything that changes what the servers do. Replicas,
+    """A revision id: hex digits over everything that changes what the servers do. Replicas,
     SLOs and rollout settings are not part of it: changing them starts no canary."""
     served = {
         "artifact": spec.get("artifact"),
@@ -196,4 +211,4 @@ def revision_of(spec: Mapping[str, Any]) -> str:
         "server": spec.get("server") or {},
         "modelName": spec.get("modelName"),
     }
-    return hashlib.sha256(json.dumps(served, sort_keys=True).encode()).hexdigest()[:10]
+    return hashlib.sha256(json.dumps(served, sort_keys=True).encode()).hexdigest()[: names.REVISION_DIGITS]

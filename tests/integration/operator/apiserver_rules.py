@@ -21,21 +21,30 @@ Each rule has an id the tests and the issue note name:
   S10 x-kubernetes-validations: a rule, a one-line message (a multi-line rule needs one)
   S11 the root is an object without additionalProperties
 
+(S4 allows x-kubernetes-int-or-string its own `anyOf: [{type: integer}, {type: string}]`.)
+
 Objects: `prune` drops unknown fields as the API server does on write, `apply_defaults` fills
 defaults as it does on read and write, `validate` is jsonschema (draft 4, OpenAPI's boolean
-exclusive bounds) plus `nullable`, and `cel_errors` evaluates every x-kubernetes-validations rule
-with cel-python, a real CEL implementation.
+exclusive bounds) plus `nullable`, with `pattern` matched by RE2 as Go's regexp matches it, and
+`cel_errors` evaluates every x-kubernetes-validations rule with cel-python, a real CEL
+implementation. `admit` also checks the name as for any custom resource (a DNS-1123 subdomain).
+
+Built-in objects the operator creates: `object_errors` applies apimachinery's name and label
+rules and core/v1's checks of what a pod spec takes from a QuantizedModel (volume and secret
+names, mount paths, images, resource quantities).
 """
 
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import celpy
 import jsonschema
+import re2
 import yaml
 
 REPOSITORY = Path(__file__).resolve().parents[3]
@@ -142,7 +151,8 @@ def _common(node: Mapping[str, Any], path: str, errors: list[str]) -> None:
         errors += _list_map_errors(node, path)
     for junctor in JUNCTORS:
         for index, sub in enumerate(node.get(junctor) or []):
-            _value_validation(sub, node, f"{path}.{junctor}[{index}]", errors)
+            if not _int_or_string_pattern(node, junctor, index):
+                _value_validation(sub, node, f"{path}.{junctor}[{index}]", errors)
     if "not" in node:
         _value_validation(node["not"], node, f"{path}.not", errors)
     for index, value in enumerate(node.get("enum") or []):
@@ -165,6 +175,20 @@ def _common(node: Mapping[str, Any], path: str, errors: list[str]) -> None:
             errors.append(f"{where}: the message must be one non-empty line")
         if "\n" in text and not message:
             errors.append(f"{where}: a multi-line rule needs a message")
+
+
+INT_OR_STRING = [{"type": "integer"}, {"type": "string"}]
+
+
+def _int_or_string_pattern(node: Mapping[str, Any], junctor: str, index: int) -> bool:
+    """S4's exception (XIntOrString in apiextensions' types_jsonschema.go): with
+    x-kubernetes-int-or-string, `anyOf: [{type: integer}, {type: string}]` may name types, as may
+    that anyOf as the first item of an allOf."""
+    if node.get("x-kubernetes-int-or-string") is not True:
+        return False
+    if junctor == "anyOf":
+        return node["anyOf"] == INT_OR_STRING
+    return junctor == "allOf" and index == 0 and node["allOf"][0] == {"anyOf": INT_OR_STRING}
 
 
 def _enum_schema(node: Mapping[str, Any]) -> dict[str, Any]:
@@ -268,7 +292,17 @@ def _nullable_type(validator: Any, types: Any, instance: Any, schema: Mapping[st
     yield from jsonschema.Draft4Validator.VALIDATORS["type"](validator, types, instance, schema)
 
 
-OpenAPIValidator = jsonschema.validators.extend(jsonschema.Draft4Validator, {"type": _nullable_type})
+def _re2_pattern(validator: Any, pattern: str, instance: Any, schema: Mapping[str, Any]) -> Any:
+    """The API server matches `pattern` with Go's regexp (RE2): its `$` is the end of the text, where
+    Python's also matches before a final newline ("name\n" would pass). RE2 itself, as cel-python's
+    matches() uses it."""
+    if isinstance(instance, str) and not re2.search(pattern, instance):
+        yield jsonschema.ValidationError(f"{instance!r} does not match {pattern!r}")
+
+
+OpenAPIValidator = jsonschema.validators.extend(
+    jsonschema.Draft4Validator, {"type": _nullable_type, "pattern": _re2_pattern}
+)
 
 
 def first_error(node: Mapping[str, Any], value: Any) -> str | None:
@@ -338,8 +372,119 @@ def cel_errors(node: Mapping[str, Any], value: Any) -> list[str]:
 
 
 def admit(node: Mapping[str, Any], resource: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
-    """What a create does with `resource`: prune, default, then validate (schema and CEL).
-    Returns the stored object and the errors (empty when admitted)."""
+    """What a create does with `resource`: check its name as for any custom resource, prune,
+    default, then validate (schema and CEL). Returns the stored object and the errors (empty when
+    admitted)."""
     stored = apply_defaults(prune_resource(resource, node), node)
-    problems = [error.message for error in OpenAPIValidator(node).iter_errors(stored)]
+    problems = dns_1123_subdomain_errors(str((resource.get("metadata") or {}).get("name", "")))
+    problems += [error.message for error in OpenAPIValidator(node).iter_errors(stored)]
     return stored, problems + cel_errors(node, stored)
+
+
+# -- names and labels of built-in objects ---------------------------------------------------------
+# k8s.io/apimachinery/pkg/util/validation (IsDNS1123Subdomain, IsDNS1035Label, IsQualifiedName,
+# IsValidLabelValue), as ValidateObjectMeta and the kinds' own validation apply them: a custom
+# resource's or a Deployment's or Job's name is a DNS-1123 subdomain, a Service's a DNS-1035 label.
+
+_DNS_1123_LABEL = "[a-z0-9]([-a-z0-9]*[a-z0-9])?"
+_DNS_1123_SUBDOMAIN = re.compile(rf"{_DNS_1123_LABEL}(\.{_DNS_1123_LABEL})*")
+_DNS_1035_LABEL = re.compile("[a-z]([-a-z0-9]*[a-z0-9])?")
+_QUALIFIED_NAME = re.compile("([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]")
+_LABEL_VALUE = re.compile("(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?")
+NAME_RULES = {"Service": "dns-1035-label"}
+"""The kinds whose name is not a DNS-1123 subdomain."""
+
+
+def dns_1123_subdomain_errors(name: str) -> list[str]:
+    if len(name) > 253 or not _DNS_1123_SUBDOMAIN.fullmatch(name):
+        return [f"name {name!r}: a DNS-1123 subdomain (lowercase alphanumerics, '-', '.'; <= 253)"]
+    return []
+
+
+def dns_1035_label_errors(name: str) -> list[str]:
+    if len(name) > 63 or not _DNS_1035_LABEL.fullmatch(name):
+        return [f"name {name!r}: a DNS-1035 label (a letter, then lowercase alphanumerics or '-'; <= 63)"]
+    return []
+
+
+def label_errors(labels: Mapping[str, str], where: str) -> list[str]:
+    errors = []
+    for key, value in labels.items():
+        prefix, slash, name = key.rpartition("/")
+        if slash and dns_1123_subdomain_errors(prefix):
+            errors.append(f"{where}: label key {key!r}: its prefix is not a DNS-1123 subdomain")
+        if len(name) > 63 or not _QUALIFIED_NAME.fullmatch(name):
+            errors.append(f"{where}: label key {key!r} is not a qualified name")
+        if not isinstance(value, str) or len(value) > 63 or not _LABEL_VALUE.fullmatch(value):
+            errors.append(f"{where}: label {key}={value!r}: not a label value (<= 63, alphanumerics, '-_.')")
+    return errors
+
+
+def object_errors(body: Mapping[str, Any]) -> list[str]:
+    """What the API server refuses in a built-in object's name and labels (its pod template's and
+    selectors' labels too)."""
+    metadata = body.get("metadata") or {}
+    name = str(metadata.get("name", ""))
+    rule = NAME_RULES.get(body.get("kind", ""), "dns-1123-subdomain")
+    errors = dns_1035_label_errors(name) if rule == "dns-1035-label" else dns_1123_subdomain_errors(name)
+    errors += label_errors(metadata.get("labels") or {}, "metadata.labels")
+    spec = body.get("spec") or {}
+    selector = spec.get("selector") or {}
+    if body.get("kind") != "Service":  # a Service's selector is the labels themselves
+        selector = selector.get("matchLabels") or {}
+    errors += label_errors(selector, "spec.selector")
+    template = spec.get("template") or {}
+    errors += label_errors(
+        (template.get("metadata") or {}).get("labels") or {}, "spec.template.metadata.labels"
+    )
+    errors += pod_spec_errors(template.get("spec") or {})
+    return [f"{body.get('kind')} {name}: {error}" for error in errors]
+
+
+# The pod spec, as core/v1 validation (ValidatePodSpec) checks what the operator fills from a spec:
+# volume names are DNS-1123 labels, a mount path has no '..' segment, an image has no surrounding
+# whitespace, secret names are DNS-1123 subdomains, resource quantities parse (resource.Quantity).
+_QUANTITY = re.compile(
+    r"[+-]?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE][+-]?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?"
+)
+
+
+def pod_spec_errors(pod: Mapping[str, Any]) -> list[str]:
+    errors = []
+    for volume in pod.get("volumes") or []:
+        if len(volume["name"]) > 63 or not re.fullmatch(_DNS_1123_LABEL, volume["name"]):
+            errors.append(f"volume name {volume['name']!r} is not a DNS-1123 label")
+        secret = (volume.get("secret") or {}).get("secretName")
+        if secret is not None:
+            errors += [f"volume {volume['name']}: secret {e}" for e in dns_1123_subdomain_errors(secret)]
+        claim = (volume.get("persistentVolumeClaim") or {}).get("claimName")
+        if claim is not None and not claim:
+            errors.append(f"volume {volume['name']}: claimName is required")
+    for container in [*(pod.get("initContainers") or []), *(pod.get("containers") or [])]:
+        where = f"container {container['name']}"
+        image = container.get("image", "")
+        if not image or image != image.strip():
+            errors.append(f"{where}: image {image!r} is empty or has surrounding whitespace")
+        for mount in container.get("volumeMounts") or []:
+            if ".." in mount["mountPath"].split("/"):
+                errors.append(f"{where}: mountPath {mount['mountPath']!r} must not contain '..'")
+        errors += [f"{where}: {error}" for error in resource_errors(container.get("resources") or {})]
+    return errors
+
+
+def resource_errors(resources: Mapping[str, Any]) -> list[str]:
+    """A container's resources: limits and requests map names to quantities."""
+    errors = []
+    if not isinstance(resources, Mapping):
+        return [f"resources {resources!r} is not an object"]
+    for key, value in resources.items():
+        if key == "claims":
+            continue
+        if key not in ("limits", "requests") or not isinstance(value, Mapping):
+            errors.append(f"resources.{key}: not limits or requests of quantities")
+            continue
+        for resource, quantity in value.items():
+            text = str(quantity) if isinstance(quantity, int) and not isinstance(quantity, bool) else quantity
+            if not isinstance(text, str) or not _QUANTITY.fullmatch(text):
+                errors.append(f"resources.{key}.{resource}: {quantity!r} is not a quantity")
+    return errors

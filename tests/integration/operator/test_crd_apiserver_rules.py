@@ -15,7 +15,7 @@ import apiserver_rules as rules
 import pytest
 import yaml
 
-from quantship.operator import crd
+from quantship.operator import crd, names, resources
 from quantship.operator.spec import ModelSpec
 
 ROOT = rules.REPOSITORY
@@ -114,6 +114,11 @@ MAP_LIST_KEY_OPTIONAL = {
         ("S3", {"type": "object", "patternProperties": {"^a": STRING}}),
         ("S4", obj(s=ANY_OF_WITH_TYPE)),
         ("S4", obj(s=ANY_OF_UNKNOWN)),
+        ("S4", obj(s={"anyOf": rules.INT_OR_STRING})),  # types in anyOf without the extension
+        (
+            "S4",
+            obj(s={"x-kubernetes-int-or-string": True, "anyOf": [{"type": "integer"}, {"type": "boolean"}]}),
+        ),
         ("S5", obj(s={"type": "object", "x-kubernetes-preserve-unknown-fields": False})),
         ("S6", obj(s={"type": "array"})),
         ("S6", obj(s=MAP_LIST_KEY_OPTIONAL)),
@@ -128,6 +133,14 @@ MAP_LIST_KEY_OPTIONAL = {
 def test_the_structural_check_refuses_each_violation(rule: str, schema: dict[str, Any]) -> None:
     errors = rules.structural_errors(schema)
     assert any(error.startswith(f"{rule} ") for error in errors), errors
+
+
+def test_the_structural_check_allows_int_or_string_its_own_anyof() -> None:
+    """What apiextensions allows with x-kubernetes-int-or-string (and controller-gen writes for a
+    resource.Quantity): types in anyOf, directly or as allOf's first item."""
+    direct = {"x-kubernetes-int-or-string": True, "anyOf": rules.INT_OR_STRING, "pattern": "^[0-9]+m?$"}
+    nested = {"x-kubernetes-int-or-string": True, "allOf": [{"anyOf": rules.INT_OR_STRING}, {"maxLength": 8}]}
+    assert rules.structural_errors(obj(a=direct, b=nested)) == []
 
 
 # -- CEL --------------------------------------------------------------------------------------------
@@ -184,6 +197,15 @@ def test_server_side_defaults_are_the_ones_the_operator_fills_in_itself() -> Non
         ({"slos": {"latency": {"objective": 1}}}, "greater than or equal to the maximum"),
         ({"artifact": {"uri": "s3://bucket/model"}}, "does not match"),
         ({"placement": {"matchGateHardware": "yes"}}, "'yes' is not of type 'boolean'"),
+        # What the operator's children would carry, refused by Kubernetes after the resource was admitted:
+        ({"modelName": "digits-"}, "does not match"),  # the pods' `model` label
+        ({"modelName": "digits\n"}, "does not match"),  # Go's $ is the end of the text; Python's is not
+        ({"resources": {"limits": {"cpu": "lots"}}}, "does not match"),  # not a resource.Quantity
+        ({"resources": {"limits": {"cpu": "500m", "memory": 2**30}}, "replicas": "two"}, "is not of type"),
+        ({"image": "ghcr.io/quantship/quantship:0.1.0 "}, "does not match"),  # the Pod refuses spaces
+        ({"artifact": {"uri": "pvc://../models/digits"}}, "does not match"),  # no such claim name
+        ({"artifact": {"uri": "oci://r/x:1", "pullSecret": "s" * 64}}, "is too long"),
+        ({"analysis": {"longWindow": "99999h"}}, "does not match"),  # past Prometheus' durations
     ],
 )
 def test_an_object_that_cannot_work_is_refused_with_one_clear_reason(
@@ -196,6 +218,33 @@ def test_an_object_that_cannot_work_is_refused_with_one_clear_reason(
         )
     _, errors = rules.admit(SCHEMA, resource)
     assert len(errors) == 1 and complaint in errors[0], errors  # no anyOf noise beside it
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["digits.v2", "Digits", "9digits", "digits-", "d" * (names.MAX_NAME_LENGTH + 1)],
+)
+def test_a_name_that_cannot_name_the_models_services_is_refused(name: str) -> None:
+    """A custom resource's name may be any DNS-1123 subdomain; NAME and NAME-REVISION must also be
+    Services' names (DNS-1035 labels)."""
+    resource = minimal()
+    resource["metadata"]["name"] = name
+    _, errors = rules.admit(SCHEMA, resource)
+    assert errors and all(repr(name) in error for error in errors), errors
+
+
+def test_the_longest_name_admitted_names_services_kubernetes_admits() -> None:
+    resource = minimal()
+    resource["metadata"]["name"] = "d" * names.MAX_NAME_LENGTH
+    stored, errors = rules.admit(SCHEMA, resource)
+    assert errors == []
+    spec = ModelSpec.from_resource(stored)
+    for revision in (spec.revision, None):
+        service = resources.service(
+            spec, revision, {"apiVersion": "v1", "kind": "X", "metadata": {"name": "o", "uid": "1"}}
+        )
+        assert rules.object_errors(service) == []
+    assert len(resources.child_name(spec, spec.revision)) == 63
 
 
 def test_unknown_fields_are_pruned_by_the_server_and_named_by_the_operator() -> None:

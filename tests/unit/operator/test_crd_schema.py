@@ -151,6 +151,10 @@ def test_the_schema_rejects_a_resource_that_cannot_work(path: str, value: Any, c
         ("analysis.shortWindow", "10m", "windows must satisfy 0 < short < long"),
         ("rollout.steps", [50, 25], "step weights must increase"),
         ("traffic.router", "gateway-api", "httpRoute is required"),
+        # label names are not checked by the CRD (a CEL rule over a map's keys would cost too much)
+        ("analysis.labels", {"k8s-namespace": "prod"}, "is not a Prometheus label name"),
+        ("analysis.labels", {"__name__": "up"}, "names starting with __ are Prometheus' own"),
+        ("analysis.labels", {"model": "digits"}, "is set by the operator"),
     ],
 )
 def test_a_spec_the_schema_cannot_catch_is_refused_with_the_reason(
@@ -158,6 +162,17 @@ def test_a_spec_the_schema_cannot_catch_is_refused_with_the_reason(
 ) -> None:
     with pytest.raises(InvalidSpec, match=complaint):
         ModelSpec.from_resource(with_spec(path, value))
+
+
+def test_a_resource_admitted_before_the_crd_checked_its_name_is_refused_with_the_reason() -> None:
+    """The CRD now refuses such names; an object stored before that must not loop on the API
+    server's refusal of its Services."""
+    resource = minimal()
+    resource["metadata"]["name"] = "digits.v2"
+    with pytest.raises(
+        InvalidSpec, match=re.escape("metadata.name 'digits.v2' cannot name the model's Services")
+    ):
+        ModelSpec.from_resource(resource)
 
 
 def test_the_revision_follows_what_the_servers_run_not_the_rollout_settings() -> None:

@@ -1,0 +1,103 @@
+"""Whatever QuantizedModel a real API server admits, the operator can act on.
+
+Resources are drawn from the CRD's own schema (`schema_values`) and kept when `apiserver_rules`
+admits them (structural schema, defaults, CEL with cel-python, the name rule of any custom
+resource). For each:
+  - it reads into a ModelSpec, or is refused with InvalidSpec (a Degraded condition), never with
+    another exception (kopf would retry it forever);
+  - every object the operator then creates (each revision's Deployment and Service, the shared
+    Service, the quantize Job) has a name and labels the API server admits (apimachinery's rules;
+    kmock checks none of this);
+  - every PromQL query of its analysis parses in a real Prometheus (a query it refuses would fail
+    every canary of the model as misconfigured).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from typing import Any
+
+import apiserver_rules
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from schema_values import values
+
+from quantship.local.prometheus import PrometheusProcess
+from quantship.operator import crd, names, quantization, resources
+from quantship.operator.spec import InvalidSpec, ModelSpec
+from quantship.rollout import PrometheusSources, Track, judge, measure
+
+ROOT = crd.schema()
+OWNER = {"apiVersion": crd.API_VERSION, "kind": crd.KIND, "metadata": {"name": "owner", "uid": "1234"}}
+CANARY, STABLE = "0123456789", "abcdefabcd"
+
+NAMES = (
+    st.from_regex(names.DNS_1035_LABEL, fullmatch=True)
+    | st.from_regex(r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?", fullmatch=True)  # any custom resource's: dots too
+    | st.text(alphabet="abcxyz-", min_size=40, max_size=70)
+)
+
+
+def resource(name: str, spec: dict[str, Any]) -> dict[str, Any]:
+    return {"apiVersion": crd.API_VERSION, "kind": crd.KIND, "metadata": {"name": name}, "spec": spec}
+
+
+# cel-python raises the interpreter's recursion limit when it first compiles a rule; hypothesis
+# refuses to run a test during which that happens.
+apiserver_rules.admit(ROOT, resource("warm-up", {"artifact": {"uri": "file:///warm-up"}}))
+
+
+def children(spec: ModelSpec, quantize: quantization.QuantizeSpec | None) -> Iterator[dict[str, Any]]:
+    """Every object the operator creates for `spec`, both revisions on both tracks."""
+    for revision, track in ((STABLE, Track.STABLE), (CANARY, Track.CANARY)):
+        yield resources.deployment(spec, revision, track, spec.replicas, OWNER)
+        yield resources.service(spec, revision, OWNER)
+    yield resources.service(spec, None, OWNER)
+    if quantize is not None:
+        body = quantization.job(quantize, name=spec.name, namespace="ml", image=spec.image, owner=OWNER)
+        assert body["metadata"]["name"] == quantization.job_name(spec.name, quantize.hash)
+        yield body
+
+
+@pytest.fixture(scope="module")
+def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrometheusProcess]:
+    process = PrometheusProcess(tmp_path_factory.mktemp("prometheus"))
+    process.start()
+    try:
+        asyncio.run(process.wait_ready())
+        yield process
+    finally:
+        process.stop()
+
+
+async def _refusal(spec: ModelSpec, url: str) -> str | None:
+    """Why the analysis is misconfigured (Prometheus refused a query), or None. Over the operator's
+    own client (PrometheusSources)."""
+    sources = PrometheusSources()
+    try:
+        analysis = judge(await measure(sources(url), spec.rollout, CANARY, STABLE, now=0.0), spec.rollout)
+    finally:
+        await sources.aclose()
+    return analysis.reason if analysis.misconfigured else None
+
+
+@pytest.mark.prometheus
+@settings(max_examples=300, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(name=NAMES, spec=values(ROOT["properties"]["spec"]))
+def test_fuzz_an_admitted_resource_reads_or_is_refused_and_builds_only_what_kubernetes_admits(
+    prometheus: PrometheusProcess, name: str, spec: dict[str, Any]
+) -> None:
+    stored, problems = apiserver_rules.admit(ROOT, resource(name, spec))
+    if problems:
+        return
+    try:  # what a tick reads, in the order it reads it (reconcile._reconcile)
+        quantize = quantization.QuantizeSpec.from_spec(stored["spec"])
+        model = ModelSpec.from_resource(stored)
+    except InvalidSpec as refused:
+        assert str(refused)
+        return
+    for body in children(model, quantize):
+        assert apiserver_rules.object_errors(body) == []
+    assert asyncio.run(_refusal(model, prometheus.url)) is None
