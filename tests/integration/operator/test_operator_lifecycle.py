@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import httpx
+import pytest
 from operator_harness import (
     NAMESPACE,
     Kubectl,
@@ -351,13 +352,20 @@ async def test_an_unreachable_prometheus_is_inconclusive_and_rolls_back_with_the
     assert kubectl.deployment(f"digits-{FIRST}") is not None
 
 
+@pytest.mark.parametrize(
+    ("analysis", "reason"),
+    [
+        ({"shortWindow": "10m"}, "windows must satisfy 0 < short < long"),
+        ({"labels": {"k8s-namespace": "prod"}}, "'k8s-namespace' is not a Prometheus label name"),
+    ],
+)
 async def test_a_spec_that_cannot_work_is_refused_with_a_condition_and_the_stable_keeps_serving(
-    kubectl: Kubectl, start_operator: StartOperator
+    kubectl: Kubectl, start_operator: StartOperator, analysis: dict[str, Any], reason: str
 ) -> None:
     await start_operator(ScriptedMetrics())
     await serving(kubectl, spec_of(V1))
 
-    await kubectl.patch({"spec": {"artifact": {"uri": V2}, "analysis": {"shortWindow": "10m"}}})
+    await kubectl.patch({"spec": {"artifact": {"uri": V2}, "analysis": analysis}})
 
     def invalid() -> dict[str, Any] | None:
         status = (kubectl.get() or {}).get("status") or {}
@@ -369,7 +377,7 @@ async def test_a_spec_that_cannot_work_is_refused_with_a_condition_and_the_stabl
         return found[0] if found else None
 
     trouble = await eventually(invalid, what="an InvalidSpec condition")
-    assert "windows must satisfy 0 < short < long" in trouble["message"]
+    assert reason in trouble["message"]
     assert (kubectl.get() or {})["status"]["phase"] == "Promoted"
     assert (
         kubectl.deployment(f"digits-{SECOND}") is None and kubectl.deployment(f"digits-{FIRST}") is not None
