@@ -14,6 +14,9 @@ A registry's answers are hostile until checked, as the operator's init container
 wherever a QuantizedModel points: the manifest is read up to `MAX_MANIFEST_BYTES` and must match
 `MANIFEST_SCHEMA` before any of it is used; layers are downloaded up to the sizes their
 descriptors declare, all of them within `max_bytes`; no connect or read waits past `timeout`.
+So a pull is two plain GETs (the manifest, then each layer) over one requests session, made once
+each and streamed: oras's requests would read a failed answer's body whole and retry it for
+minutes, and its basic-auth backend raises AttributeError on a 401 when it holds no credentials.
 
 URIs: `oci://REGISTRY/REPO:TAG` or `oci://REGISTRY/REPO@sha256:DIGEST`. Plain HTTP is used for
 loopback registries and with `insecure=True`; credentials come from arguments or a Docker config
@@ -27,7 +30,7 @@ import hashlib
 import json
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +38,7 @@ from typing import Any
 
 import jsonschema
 import oras.client
+import oras.container
 import oras.defaults
 import requests
 import requests.adapters
@@ -54,8 +58,8 @@ CONNECT_TIMEOUT_S = 5.0
 """A registry that does not answer /v2/ within this is down: oras itself retries for minutes."""
 TIMEOUT_S = 120.0
 """Seconds a registry may keep any one connect or read waiting (requests waits forever unless
-told). A request that fails before its answer begins is retried by oras: 6 tries, ~2 minutes apart
-in all. One that stalls inside a manifest or a layer fails at once."""
+told). A pull makes each request once; a push goes through oras, which retries a failed request
+5 times, sleeping 131 s in all between tries."""
 MAX_MANIFEST_BYTES = 4 * 2**20
 """The largest manifest read: 4 MiB, the size the OCI distribution spec asks every registry to
 accept. An artifact's is under 2 KB; a registry that streams more is refused, not held in memory."""
@@ -172,7 +176,7 @@ def push(
                 files=files,
                 disable_path_validation=True,  # oras otherwise wants files under the working directory
                 manifest_config=f"{config}:{CONFIG_MEDIA_TYPE}",
-                manifest_annotations={"org.opencontainers.image.title": loaded.manifest["model"]["source"]},
+                manifest_annotations={_TITLE: loaded.manifest["model"]["source"]},
                 quiet=True,
             )
     digest = response.headers.get("Docker-Content-Digest")
@@ -194,46 +198,81 @@ def pull(
     """Pull the artifact at `uri` into `dest` (created; never half-written) and verify it.
     `max_bytes` caps the layers' sizes together, as their descriptors declare them."""
     reference = Reference.parse(uri)
-    client = _client(reference, credentials, insecure, timeout)
-    layers = _manifest(client, reference)["layers"]
-    declared = sum(int(layer["size"]) for layer in layers)
-    if declared > max_bytes:
-        raise OciError(
-            f"{reference}: its layers declare {declared} bytes, more than the limit of {max_bytes}"
-        )
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}-pull-", dir=dest.parent))
-    try:
-        for layer in layers:
-            name = layer["annotations"][_TITLE]
-            if layer["mediaType"] != LAYER_MEDIA_TYPES[name]:
-                raise OciError(f"{reference}: layer {name!r} has media type {layer['mediaType']!r}")
-            _download(client, reference, layer, staging / name)
-        if not (staging / artifact.MANIFEST_FILE).is_file():
-            raise OciError(f"{reference} holds no {artifact.MANIFEST_FILE}")
-        loaded = artifact.load_artifact(staging, public_key=public_key)
-        if dest.exists():
-            raise OciError(f"{dest} exists; pull into a new directory")
-        staging.rename(dest)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    registry = _Registry.open(reference, credentials, insecure, timeout)
+    with registry.session:
+        layers = _manifest(registry)["layers"]
+        declared = sum(int(layer["size"]) for layer in layers)
+        if declared > max_bytes:
+            raise OciError(
+                f"{reference}: its layers declare {declared} bytes, more than the limit of {max_bytes}"
+            )
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}-pull-", dir=dest.parent))
+        try:
+            for layer in layers:
+                name = layer["annotations"][_TITLE]
+                if layer["mediaType"] != LAYER_MEDIA_TYPES[name]:
+                    raise OciError(f"{reference}: layer {name!r} has media type {layer['mediaType']!r}")
+                _download(registry, layer, staging / name)
+            if not (staging / artifact.MANIFEST_FILE).is_file():
+                raise OciError(f"{reference} holds no {artifact.MANIFEST_FILE}")
+            loaded = artifact.load_artifact(staging, public_key=public_key)
+            if dest.exists():
+                raise OciError(f"{dest} exists; pull into a new directory")
+            staging.rename(dest)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
     return artifact.Artifact(dest, loaded.manifest, loaded.signed)
 
 
-def _manifest(client: oras.client.OrasClient, reference: Reference) -> dict[str, Any]:
+@dataclass(frozen=True)
+class _Registry:
+    """One repository of a registry, read over a session whose requests time out and carry the
+    credentials. URLs as oras builds them."""
+
+    reference: Reference
+    session: requests.Session
+    prefix: str
+    """http or https."""
+    login: tuple[str, str] | None
+
+    @classmethod
+    def open(
+        cls, reference: Reference, credentials: Credentials | None, insecure: bool, timeout: float
+    ) -> _Registry:
+        plain_http = insecure or reference.loopback
+        login = _login(reference, credentials)
+        _probe(reference, login, plain_http, timeout)
+        session = requests.Session()
+        session.auth = login
+        for scheme in ("http://", "https://"):
+            session.mount(scheme, _Timeouts(timeout))
+        return cls(reference, session, "http" if plain_http else "https", login)
+
+    def get(self, path: str, what: str, headers: Mapping[str, str] | None = None) -> requests.Response:
+        """The streamed answer to GET `path` (from oras's Container), if it is a 200."""
+        response = self.session.get(f"{self.prefix}://{path}", headers=headers, stream=True)
+        if response.status_code == 200:
+            return response
+        response.close()  # unread: a registry's error page can be as long as it likes
+        status, where = response.status_code, f"{self.reference}: {what}"
+        if status == 404:
+            raise OciError(f"{self.reference}: no such {what} in {self.reference.repository}")
+        if status in (401, 403) and self.login is None:
+            raise OciError(f"{where}: the registry wants credentials ({status})")
+        if status in (401, 403):
+            raise OciError(f"{where}: the registry refused the credentials ({status})")
+        raise OciError(f"{where}: the registry answered {status} {_brief(response.reason or '')}")
+
+
+def _manifest(registry: _Registry) -> dict[str, Any]:
     """The image manifest: read within MAX_MANIFEST_BYTES, its digest checked when pulled by
     digest, its shape (MANIFEST_SCHEMA) and artifact type checked always."""
-    container = client.get_container(reference.target)
-    url = f"{client.prefix}://{container.manifest_url()}"
-    headers = {"Accept": MANIFEST_MEDIA_TYPE}
-    with _registry_errors(reference), client.do_request(url, "GET", headers=headers, stream=True) as response:
-        if response.status_code == 404:
-            raise OciError(f"{reference}: no such tag or digest in {reference.repository}")
-        if response.status_code in (401, 403):
-            raise OciError(f"{reference}: the registry refused the credentials ({response.status_code})")
-        if response.status_code != 200:
-            raise OciError(f"{reference}: the registry answered {response.status_code} {response.reason}")
+    reference = registry.reference
+    url = oras.container.Container(reference.target).manifest_url()
+    accept = {"Accept": MANIFEST_MEDIA_TYPE}
+    with _registry_errors(reference), registry.get(url, "tag or digest", accept) as response:
         too_long = f"{reference}: the manifest is longer than {MAX_MANIFEST_BYTES} bytes: refused"
         body = b"".join(_capped(response, MAX_MANIFEST_BYTES, too_long))
     if reference.digest and "sha256:" + hashlib.sha256(body).hexdigest() != reference.digest:
@@ -260,20 +299,23 @@ def _manifest(client: oras.client.OrasClient, reference: Reference) -> dict[str,
     return manifest
 
 
-def _download(
-    client: oras.client.OrasClient, reference: Reference, layer: dict[str, Any], path: Path
-) -> None:
+def _download(registry: _Registry, layer: dict[str, Any], path: Path) -> None:
     """One layer into `path`: no more bytes than its descriptor's size, and its digest checked."""
-    name, size = path.name, int(layer["size"])
-    container = client.get_container(reference.target)
-    with _registry_errors(reference), client.get_blob(container, layer["digest"], stream=True) as response:
-        if response.status_code != 200:
-            raise OciError(f"{reference}: layer {name}: the registry answered {response.status_code}")
-        received = 0
-        with path.open("wb") as out:
+    reference, name, size = registry.reference, path.name, int(layer["size"])
+    url = oras.container.Container(reference.target).get_blob_url(layer["digest"])
+    received = 0
+    with _registry_errors(reference), registry.get(url, f"layer {name}") as response:
+        try:
+            out = path.open("wb")
+        except OSError as exc:
+            raise OciError(f"{reference}: cannot write layer {name}: {exc.strerror or exc}") from exc
+        with out:
             too_long = f"{reference}: layer {name} is longer than the {size} bytes its descriptor declares"
             for chunk in _capped(response, size, too_long):
-                out.write(chunk)
+                try:
+                    out.write(chunk)
+                except OSError as exc:  # a full disk, most likely: not a traceback
+                    raise OciError(f"{reference}: cannot write layer {name}: {exc.strerror or exc}") from exc
                 received += len(chunk)
     if received != size:
         raise OciError(f"{reference}: layer {name} ended at {received} of its declared {size} bytes")
@@ -311,11 +353,23 @@ def _client(
     down, or that refuses us, is named at once (oras retries every request for minutes)."""
     plain_http = insecure or reference.loopback
     login = _login(reference, credentials)
+    _probe(reference, login, plain_http, timeout)
+    client = oras.client.OrasClient(hostname=reference.registry, insecure=plain_http, auth_backend="basic")
+    for scheme in ("http://", "https://"):
+        client.session.mount(scheme, _Timeouts(timeout))
+    if login is not None:
+        client.auth.set_basic_auth(*login)
+    return client
+
+
+def _probe(reference: Reference, login: tuple[str, str] | None, plain_http: bool, timeout: float) -> None:
+    """A quick look at /v2/ (its body unread): a registry that is down, or refuses us, is named."""
     url = f"{'http' if plain_http else 'https'}://{reference.registry}/v2/"
     try:
-        answer = requests.get(url, auth=login, timeout=min(CONNECT_TIMEOUT_S, timeout))
+        answer = requests.get(url, auth=login, timeout=min(CONNECT_TIMEOUT_S, timeout), stream=True)
     except requests.RequestException as exc:
         raise OciError(f"cannot reach the registry {reference.registry}: {type(exc).__name__}") from exc
+    answer.close()
     if answer.status_code == 401 and login is None:
         raise OciError(
             f"{reference.registry} needs credentials: --username with QUANTSHIP_REGISTRY_PASSWORD, "
@@ -324,12 +378,6 @@ def _client(
     if answer.status_code in (401, 403):
         user = login[0] if login else "?"
         raise OciError(f"{reference.registry} refused the credentials of {user!r}")
-    client = oras.client.OrasClient(hostname=reference.registry, insecure=plain_http, auth_backend="basic")
-    for scheme in ("http://", "https://"):
-        client.session.mount(scheme, _Timeouts(timeout))
-    if login is not None:
-        client.auth.set_basic_auth(*login)
-    return client
 
 
 def _login(reference: Reference, credentials: Credentials | None) -> tuple[str, str] | None:

@@ -23,7 +23,7 @@ Answer = Callable[[BaseHTTPRequestHandler], None]
 class HostileRegistry:
     address: str
     answers: dict[str, Answer]
-    """URL path -> its answer. /v2/ answers 200; any other path 404."""
+    """URL path -> its answer. Unless told, /v2/ answers 200 and any other path 404."""
     requested: list[str] = field(default_factory=list)
     released: threading.Event = field(default_factory=threading.Event)
     """Set at the end: answers that stall stop waiting."""
@@ -54,9 +54,9 @@ class HostileRegistry:
         return manifest, blobs
 
 
-def body(content: bytes, content_type: str = "application/octet-stream") -> Answer:
+def body(content: bytes, content_type: str = "application/octet-stream", status: int = 200) -> Answer:
     def answer(handler: BaseHTTPRequestHandler) -> None:
-        handler.send_response(200)
+        handler.send_response(status)
         handler.send_header("Content-Type", content_type)
         handler.send_header("Content-Length", str(len(content)))
         handler.end_headers()
@@ -65,11 +65,11 @@ def body(content: bytes, content_type: str = "application/octet-stream") -> Answ
     return answer
 
 
-def endless(chunk: bytes, *, stop: threading.Event, limit: int = 2**30) -> Answer:
+def endless(chunk: bytes, *, stop: threading.Event, limit: int = 2**30, status: int = 200) -> Answer:
     """A body that goes on (up to `limit` bytes, with no Content-Length) until the client hangs up."""
 
     def answer(handler: BaseHTTPRequestHandler) -> None:
-        handler.send_response(200)
+        handler.send_response(status)
         handler.send_header("Content-Type", oci.MANIFEST_MEDIA_TYPE)
         handler.end_headers()
         sent = 0
@@ -79,6 +79,15 @@ def endless(chunk: bytes, *, stop: threading.Event, limit: int = 2**30) -> Answe
                 sent += len(chunk)
         except OSError:
             pass  # the client hung up: what a refusal looks like from here
+
+    return answer
+
+
+def stalls(*, until: threading.Event) -> Answer:
+    """Nothing at all, not even a status line, until `until` is set."""
+
+    def answer(handler: BaseHTTPRequestHandler) -> None:
+        until.wait(60)
 
     return answer
 
@@ -107,10 +116,9 @@ def serving() -> Iterator[HostileRegistry]:
 
         def do_GET(self) -> None:
             registry.requested.append(self.path)
-            if self.path == "/v2/":
-                body(b"{}", "application/json")(self)
-                return
             answer = registry.answers.get(self.path)
+            if answer is None and self.path == "/v2/":
+                answer = body(b"{}", "application/json")
             if answer is None:
                 self.send_response(404)
                 self.send_header("Content-Length", "0")
@@ -124,7 +132,7 @@ def serving() -> Iterator[HostileRegistry]:
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     server.daemon_threads = True
     registry = HostileRegistry(f"127.0.0.1:{server.server_address[1]}", {})
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     try:
         yield registry

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hostile_registry import HostileRegistry, body, endless, serving, stalls_after
+from hostile_registry import HostileRegistry, body, endless, serving, stalls, stalls_after
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from registry_harness import Registry
@@ -223,17 +223,58 @@ def test_layers_declaring_more_than_the_limit_are_refused_before_any_is_fetched(
 
 
 @pytest.mark.timeout(30)
-@pytest.mark.parametrize("where", ["manifest", "layer"])
-def test_a_registry_that_stalls_mid_answer_times_out(served: Served, tmp_path: Path, where: str) -> None:
-    """Without a timeout, requests waits forever: the init container would never end."""
-    stalled = stalls_after(b"{", declared=1000, until=served.registry.released)
-    if where == "manifest":
+@pytest.mark.parametrize("where", ["manifest", "layer", "manifest headers", "layer headers"])
+def test_a_registry_that_stalls_times_out_once(served: Served, tmp_path: Path, where: str) -> None:
+    """Without a timeout, requests waits forever: the init container would never end. A stall
+    before the headers is not retried (oras would retry it 5 times, sleeping 131 s between)."""
+    until = served.registry.released
+    stalled = stalls(until=until) if "headers" in where else stalls_after(b"{", declared=1000, until=until)
+    if where.startswith("manifest"):
         served.registry.answers[served.registry.manifest_path(REPOSITORY)] = stalled
     else:
         served.serve_blob(artifact.MODEL_FILE, stalled)
     with pytest.raises(oci.OciError, match="timed out"):
         oci.pull(served.uri, tmp_path / "a", timeout=1)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("where", "status", "message"),
+    [
+        ("manifest", 401, "tag or digest: the registry wants credentials \\(401\\)"),
+        ("manifest", 403, "tag or digest: the registry wants credentials \\(403\\)"),
+        ("layer", 401, "layer model.onnx: the registry wants credentials \\(401\\)"),
+        ("manifest", 500, "tag or digest: the registry answered 500"),
+        ("layer", 503, "layer model.onnx: the registry answered 503"),
+    ],
+)
+def test_a_refusal_after_v2_is_named_at_once_and_its_body_is_not_read(
+    served: Served, tmp_path: Path, where: str, status: int, message: str
+) -> None:
+    """A repository behind credentials on a registry whose /v2/ is open, or a registry failing:
+    oras raised AttributeError for a 401 without credentials, and read a 500's body whole."""
+    stop = threading.Event()
+    refusal = endless(b"x" * 65536, stop=stop, status=status)  # an error page that never ends
+    if where == "manifest":
+        served.registry.answers[served.registry.manifest_path(REPOSITORY)] = refusal
+    else:
+        served.serve_blob(artifact.MODEL_FILE, refusal)
+    try:
+        with pytest.raises(oci.OciError, match=message):
+            oci.pull(served.uri, tmp_path / "a")
+    finally:
+        stop.set()
+    assert served.registry.requested.count(served.registry.manifest_path(REPOSITORY)) == 1  # no retry
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_v2_check_reads_no_body(served: Served, tmp_path: Path) -> None:
+    stop = threading.Event()
+    served.registry.answers["/v2/"] = endless(b" " * 65536, stop=stop)
+    try:
+        assert oci.pull(served.uri, tmp_path / "a").signed is False
+    finally:
+        stop.set()
 
 
 def test_fetch_holds_an_oci_artifact_to_its_max_bytes(pushed: str, tmp_path: Path) -> None:
