@@ -55,29 +55,28 @@ QUANTIZE_STATES = ("Running", "Passed", GATE_FAILED, "Error")
 DURATION_PATTERN = r"^([0-9]{1,4}h)?([0-9]{1,4}m)?([0-9]{1,5}s)?$"
 """At most 9999h9999m99999s (about 14 months): a longer window overflows Prometheus' durations
 and the API server's CEL duration(), and no rollout waits that long."""
-DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
-_CLAIM = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*"
-"""A PersistentVolumeClaim's name (a DNS-1123 subdomain): it is mounted at PVC_ROOT/CLAIM."""
 
 
 def uri_pattern(*schemes: str) -> str:
     """URIs of these schemes; a pvc:// one names a claim that can exist (pvc://CLAIM[/PATH])."""
     others = "|".join(scheme for scheme in schemes if scheme != "pvc")
-    pvc = f"|pvc://{_CLAIM}(/.*)?" if "pvc" in schemes else ""
+    pvc = f"|pvc://{names.SUBDOMAIN}(/.*)?" if "pvc" in schemes else ""
     return f"^(({others})://.+{pvc})$"
 
 
 URI_PATTERN = uri_pattern("file", "pvc", "http", "https", "oci")
 IMAGE_PATTERN = r"^[a-zA-Z0-9\[][a-zA-Z0-9._/:@\[\]-]*$"
-"""A container image reference's characters (registry[:port]/path[:tag][@digest]): no spaces,
-which the API server refuses in a Pod."""
+"""A container image reference's characters (registry[:port]/path[:tag][@digest]). No reference
+holds whitespace, and a Pod's image with some at either end is refused by the API server."""
 _NUMBER = r"(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))"
 QUANTITY = {
     "anyOf": [{"type": "integer"}, {"type": "string"}],
     "x-kubernetes-int-or-string": True,
-    "pattern": rf"^(\+|-)?{_NUMBER}(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?{_NUMBER}))?$",
+    "minimum": 0,  # for an integer; the pattern has no minus sign for a string
+    "pattern": rf"^\+?{_NUMBER}(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?{_NUMBER}))?$",
 }
-"""A resource.Quantity, as Kubernetes' own CRDs declare it (100m, 2Gi, 1e3)."""
+"""A resource.Quantity, as Kubernetes' own CRDs declare it (100m, 2Gi, 1e3), not negative (which
+a container's resources refuse)."""
 
 
 def _default(spec: type[Any], name: str) -> Any:
@@ -127,26 +126,24 @@ def _object(description: str, properties: dict[str, Any], **extra: Any) -> dict[
 
 def _name_of(description: str) -> dict[str, Any]:
     """A reference to an object in the namespace (a Secret, an HTTPRoute) by its name."""
-    return {"type": "string", "pattern": DNS_LABEL, "maxLength": 63, "description": description}
+    return {
+        "type": "string",
+        "pattern": names.DNS_1123_SUBDOMAIN,
+        "maxLength": 253,
+        "description": description,
+    }
 
 
 def _resources(description: str) -> dict[str, Any]:
-    """A core/v1 ResourceRequirements: checked here, as the Pod would be (a bad quantity is refused
-    at `kubectl apply`, not by every Deployment the operator then tries to create)."""
+    """A core/v1 ResourceRequirements' limits and requests (no claims: the pods name no resource
+    claims to use). A bad quantity is refused at `kubectl apply`, not by every Deployment the
+    operator then tries to create; names and request <= limit are InvalidSpec (`names`)."""
     quantities = {"type": "object", "additionalProperties": QUANTITY}
-    claim = _object("A resource claim of the pod, by name.", {"name": {"type": "string"}}, required=["name"])
     return _object(
         description,
         {
             "limits": {**quantities, "description": "Most of each resource the container may use."},
             "requests": {**quantities, "description": "What the scheduler reserves for the container."},
-            "claims": {
-                "type": "array",
-                "items": claim,
-                "x-kubernetes-list-type": "map",
-                "x-kubernetes-list-map-keys": ["name"],
-                "description": "Dynamic resource claims the container uses.",
-            },
         },
     )
 

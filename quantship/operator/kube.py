@@ -101,7 +101,7 @@ class Kube:
         """Create a Job; one of that name already there is the same Job (its name is its spec's hash)."""
         await _call(
             f"creating Job {body['metadata']['name']}",
-            self.batch.create_namespaced_job(namespace, _model(client.V1Job, body)),
+            self.batch.create_namespaced_job(namespace, to_model(client.V1Job, body)),
             exists_ok=True,
             timeout=self.timeout,
         )
@@ -178,7 +178,7 @@ def _describe(exc: BaseException, timeout: float) -> str:
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
-def _model(model: type[M], body: Mapping[str, Any]) -> M:
+def to_model(model: type[M], body: Mapping[str, Any]) -> M:
     """The client's typed model of a body we built as a dict (its create calls take only models)."""
     built = model.from_dict(dict(body))  # type: ignore[attr-defined]
     if built is None:
@@ -248,7 +248,7 @@ class KubeWorkloads:
             body = resources.deployment(self.spec, revision, track, replicas, self.owner)
             created = await _call(
                 f"creating Deployment {name}",
-                self.kube.apps.create_namespaced_deployment(namespace, _model(client.V1Deployment, body)),
+                self.kube.apps.create_namespaced_deployment(namespace, to_model(client.V1Deployment, body)),
                 exists_ok=True,
                 timeout=self.kube.timeout,
             )
@@ -271,7 +271,7 @@ class KubeWorkloads:
         await _call(
             f"creating Service {name}",
             self.kube.core.create_namespaced_service(
-                namespace, _model(client.V1Service, resources.service(self.spec, revision, self.owner))
+                namespace, to_model(client.V1Service, resources.service(self.spec, revision, self.owner))
             ),
             exists_ok=True,
             timeout=self.kube.timeout,

@@ -19,7 +19,7 @@ from typing import Any
 
 import kopf
 
-from quantship.operator import crd, resources
+from quantship.operator import crd, names, resources
 from quantship.operator.kube import Kube
 from quantship.operator.quantize_job import Verdict, read_result
 from quantship.operator.spec import InvalidSpec, apply_defaults
@@ -96,7 +96,7 @@ class QuantizeSpec:
             pull_secret=target.get("pullSecret"),
             signing_key_secret=section.get("signingKeySecret"),
             options=dict(section.get("options") or {}),
-            resources=dict(section.get("resources") or {}),
+            resources=_checked_resources(section.get("resources") or {}),
             active_deadline_seconds=int(section["activeDeadlineSeconds"]),
             hash=digest,
             claims=tuple(claims),
@@ -136,6 +136,13 @@ class QuantizeSpec:
 
 
 PULL_SECRET_MESSAGE = crd.PULL_SECRET_FOR_OCI["message"]
+
+
+def _checked_resources(requirements: Mapping[str, Any]) -> dict[str, Any]:
+    errors = names.container_resource_errors(requirements)
+    if errors:
+        raise InvalidSpec(f"spec.quantize.resources: {'; '.join(errors)}")
+    return dict(requirements)
 
 
 def job_name(model: str, digest: str) -> str:
@@ -204,7 +211,7 @@ def job(
                             "env": [{"name": "HOME", "value": "/tmp"}],
                             "terminationMessagePath": RESULT_FILE,
                             "terminationMessagePolicy": "File",
-                            "resources": dict(spec.resources),
+                            "resources": resources.container_resources(spec.resources),
                             "securityContext": resources.CONTAINER_SECURITY,
                             "volumeMounts": mounts,
                         }

@@ -62,6 +62,14 @@ def labels(spec: ModelSpec, revision: str, track: Track) -> dict[str, str]:
     }
 
 
+def container_resources(requirements: Mapping[str, Any]) -> dict[str, Any]:
+    """spec.resources as a container takes them: quantities as strings. The CRD admits 2 for "2",
+    as a Pod does, but the API client's typed model takes only strings."""
+    return {
+        key: {name: str(quantity) for name, quantity in value.items()} for key, value in requirements.items()
+    }
+
+
 def fetch_command(spec: ModelSpec) -> list[str]:
     command = ["quantship", "fetch", spec.artifact_uri, MODEL_DIR, "--pvc-root", PVC_ROOT]
     if spec.public_key_secret:
@@ -210,7 +218,7 @@ def deployment(
                             "readinessProbe": probe,
                             "livenessProbe": liveness,
                             "startupProbe": startup,
-                            "resources": dict(spec.resources),
+                            "resources": container_resources(spec.resources),
                             "securityContext": CONTAINER_SECURITY,
                             "volumeMounts": mounts,
                         }

@@ -165,8 +165,9 @@ class ModelSpec:
 
 
 def _check_names(name: str, spec: Mapping[str, Any]) -> None:
-    """What the CRD refuses at admission, for a resource admitted before it did: the operator
-    would create Services Kubernetes refuses and run queries Prometheus cannot parse."""
+    """What the CRD refuses at admission (for a resource admitted before it did), and what it
+    cannot say: the operator would create objects Kubernetes refuses, and run queries Prometheus
+    cannot parse, again at every retry."""
     if len(name) > names.MAX_NAME_LENGTH or not re.fullmatch(names.DNS_1035_LABEL, name):
         raise InvalidSpec(
             f"metadata.name {name!r} cannot name the model's Services: a DNS-1035 label "
@@ -175,6 +176,9 @@ def _check_names(name: str, spec: Mapping[str, Any]) -> None:
     errors = names.analysis_label_errors(spec["analysis"].get("labels") or {})
     if errors:
         raise InvalidSpec(f"spec.analysis.labels: {'; '.join(errors)}")
+    errors = names.container_resource_errors(spec.get("resources") or {})
+    if errors:
+        raise InvalidSpec(f"spec.resources: {'; '.join(errors)}")
 
 
 def served_artifact(spec: dict[str, Any], status: Mapping[str, Any]) -> dict[str, Any]:

@@ -46,6 +46,7 @@ import celpy
 import jsonschema
 import re2
 import yaml
+from kubernetes.utils import parse_quantity
 
 REPOSITORY = Path(__file__).resolve().parents[3]
 GATEWAY_API = REPOSITORY.parent / "shared" / "gateway-api"
@@ -443,10 +444,10 @@ def object_errors(body: Mapping[str, Any]) -> list[str]:
 
 # The pod spec, as core/v1 validation (ValidatePodSpec) checks what the operator fills from a spec:
 # volume names are DNS-1123 labels, a mount path has no '..' segment, an image has no surrounding
-# whitespace, secret names are DNS-1123 subdomains, resource quantities parse (resource.Quantity).
-_QUANTITY = re.compile(
-    r"[+-]?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE][+-]?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?"
-)
+# whitespace, secret names are DNS-1123 subdomains, and resources (ValidateResourceRequirements)
+# name container resources with quantities (resource.ParseQuantity: the official client's
+# parse_quantity here) that are not negative, no request above its limit.
+STANDARD_RESOURCES = ("cpu", "memory", "ephemeral-storage")
 
 
 def pod_spec_errors(pod: Mapping[str, Any]) -> list[str]:
@@ -473,18 +474,25 @@ def pod_spec_errors(pod: Mapping[str, Any]) -> list[str]:
 
 
 def resource_errors(resources: Mapping[str, Any]) -> list[str]:
-    """A container's resources: limits and requests map names to quantities."""
-    errors = []
+    """A container's resources: limits and requests of container resources."""
     if not isinstance(resources, Mapping):
         return [f"resources {resources!r} is not an object"]
+    errors, amounts = [], {}
     for key, value in resources.items():
-        if key == "claims":
-            continue
         if key not in ("limits", "requests") or not isinstance(value, Mapping):
-            errors.append(f"resources.{key}: not limits or requests of quantities")
+            errors.append(f"resources.{key}: not limits or requests")
             continue
-        for resource, quantity in value.items():
-            text = str(quantity) if isinstance(quantity, int) and not isinstance(quantity, bool) else quantity
-            if not isinstance(text, str) or not _QUANTITY.fullmatch(text):
-                errors.append(f"resources.{key}.{resource}: {quantity!r} is not a quantity")
+        for name, quantity in value.items():
+            if name not in STANDARD_RESOURCES and not name.startswith("hugepages-") and "/" not in name:
+                errors.append(f"resources.{key}.{name}: must be a standard resource for containers")
+            try:
+                amounts[key, name] = amount = parse_quantity(quantity)
+            except (ValueError, TypeError):
+                errors.append(f"resources.{key}.{name}: {quantity!r} is not a quantity")
+                continue
+            if amount < 0:
+                errors.append(f"resources.{key}.{name}: {quantity!r} must be greater than or equal to 0")
+    for (key, name), amount in amounts.items():
+        if key == "requests" and ("limits", name) in amounts and amount > amounts["limits", name]:
+            errors.append(f"resources.requests.{name}: must be less than or equal to the {name} limit")
     return errors

@@ -22,10 +22,11 @@ import apiserver_rules
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from kubernetes import client
 from schema_values import values
 
 from quantship.local.prometheus import PrometheusProcess
-from quantship.operator import crd, names, quantization, resources
+from quantship.operator import crd, kube, names, quantization, resources
 from quantship.operator.spec import InvalidSpec, ModelSpec
 from quantship.rollout import PrometheusSources, Track, judge, measure
 
@@ -44,9 +45,24 @@ def resource(name: str, spec: dict[str, Any]) -> dict[str, Any]:
     return {"apiVersion": crd.API_VERSION, "kind": crd.KIND, "metadata": {"name": name}, "spec": spec}
 
 
-# cel-python raises the interpreter's recursion limit when it first compiles a rule; hypothesis
-# refuses to run a test during which that happens.
-apiserver_rules.admit(ROOT, resource("warm-up", {"artifact": {"uri": "file:///warm-up"}}))
+TYPED = {"Deployment": client.V1Deployment, "Service": client.V1Service, "Job": client.V1Job}
+"""The API client's models the operator builds each kind into before it sends it."""
+SPEC = ROOT["properties"]["spec"]
+QUANTITIES = st.dictionaries(
+    st.sampled_from(["cpu", "memory", "ephemeral-storage", "hugepages-2Mi", "example.com/gpu"])
+    | st.text(max_size=8),
+    values(crd.QUANTITY),
+    max_size=3,
+)
+RESOURCES = st.fixed_dictionaries({}, optional={"limits": QUANTITIES, "requests": QUANTITIES})
+"""Container resources, mostly named as Kubernetes names them (the schema cannot say)."""
+
+
+@pytest.fixture(scope="module", autouse=True)
+def cel_compiled() -> None:
+    """cel-python raises the interpreter's recursion limit when it first compiles a rule; hypothesis
+    refuses to run a test during which that happens."""
+    apiserver_rules.admit(ROOT, resource("warm-up", {"artifact": {"uri": "file:///warm-up"}}))
 
 
 def children(spec: ModelSpec, quantize: quantization.QuantizeSpec | None) -> Iterator[dict[str, Any]]:
@@ -85,11 +101,23 @@ async def _refusal(spec: ModelSpec, url: str) -> str | None:
 
 @pytest.mark.prometheus
 @settings(max_examples=300, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-@given(name=NAMES, spec=values(ROOT["properties"]["spec"]))
+@given(
+    name=NAMES,
+    spec=values(SPEC),
+    # the sections with the most to check, drawn more often than the whole spec's draw has them
+    extra=st.fixed_dictionaries(
+        {},
+        optional={
+            "resources": RESOURCES,
+            "quantize": values(SPEC["properties"]["quantize"]),
+            "analysis": values(SPEC["properties"]["analysis"]),
+        },
+    ),
+)
 def test_fuzz_an_admitted_resource_reads_or_is_refused_and_builds_only_what_kubernetes_admits(
-    prometheus: PrometheusProcess, name: str, spec: dict[str, Any]
+    prometheus: PrometheusProcess, name: str, spec: dict[str, Any], extra: dict[str, Any]
 ) -> None:
-    stored, problems = apiserver_rules.admit(ROOT, resource(name, spec))
+    stored, problems = apiserver_rules.admit(ROOT, resource(name, {**spec, **extra}))
     if problems:
         return
     try:  # what a tick reads, in the order it reads it (reconcile._reconcile)
@@ -100,4 +128,5 @@ def test_fuzz_an_admitted_resource_reads_or_is_refused_and_builds_only_what_kube
         return
     for body in children(model, quantize):
         assert apiserver_rules.object_errors(body) == []
+        kube.to_model(TYPED[body["kind"]], body)  # raises what the client refuses
     assert asyncio.run(_refusal(model, prometheus.url)) is None

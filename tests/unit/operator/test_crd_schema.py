@@ -155,6 +155,8 @@ def test_the_schema_rejects_a_resource_that_cannot_work(path: str, value: Any, c
         ("analysis.labels", {"k8s-namespace": "prod"}, "is not a Prometheus label name"),
         ("analysis.labels", {"__name__": "up"}, "names starting with __ are Prometheus' own"),
         ("analysis.labels", {"model": "digits"}, "is set by the operator"),
+        ("resources", {"limits": {"gpu": 1}}, "'gpu' is not a container resource"),
+        ("resources", {"limits": {"cpu": "1"}, "requests": {"cpu": "1500m"}}, "the request 1500m is more"),
     ],
 )
 def test_a_spec_the_schema_cannot_catch_is_refused_with_the_reason(

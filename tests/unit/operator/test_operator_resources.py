@@ -6,10 +6,11 @@ from typing import Any
 
 import kubernetes_validate
 import pytest
+from kubernetes import client
 
 from quantship import cli
 from quantship.operator import crd, resources
-from quantship.operator.kube import split
+from quantship.operator.kube import split, to_model
 from quantship.operator.spec import SERVER_FLAGS, ModelSpec
 from quantship.rollout import Track
 
@@ -109,6 +110,14 @@ def test_a_pvc_artifact_and_a_signing_key_are_mounted_read_only() -> None:
     assert mounts["source"] == {"name": "source", "mountPath": "/mnt/pvc/models", "readOnly": True}
     assert pod["initContainers"][0]["command"][-2:] == ["--public-key", "/etc/quantship/keys/public.pem"]
     assert pod["containers"][0]["args"][-2:] == ["--public-key", "/etc/quantship/keys/public.pem"]
+
+
+def test_integer_quantities_reach_the_api_client_as_the_strings_it_takes() -> None:
+    """The CRD admits `cpu: 2`, as a Pod does; the client's typed models take only strings."""
+    spec = model(resources={"limits": {"cpu": 2, "memory": "1Gi"}, "requests": {"cpu": "500m"}})
+    body = resources.deployment(spec, spec.revision, Track.STABLE, 1, OWNER)
+    typed = to_model(client.V1Deployment, body)
+    assert typed.spec.template.spec.containers[0].resources.limits == {"cpu": "2", "memory": "1Gi"}
 
 
 def test_services_select_one_revision_or_the_whole_model() -> None:

@@ -11,9 +11,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from quantship import runtime, zoo
 from quantship.operator import crd, fetch, quantization
 from quantship.operator.quantize_job import Verdict, read_result
+from quantship.operator.spec import InvalidSpec
 from quantship.quantize import config as q_config
 from quantship.quantize.evaluate import Metric
 
@@ -123,3 +126,14 @@ def test_the_section_hash_names_the_job_and_a_pvc_target_gets_a_folder_per_job(
     name = quantization.job_name("a" * 60, one.hash)
     assert len(name) <= 63 and name.endswith(f"-quantize-{one.hash}")
     assert one.output == f"pvc://models/digits/int8/{one.hash}"
+
+
+def test_job_resources_kubernetes_would_refuse_are_an_invalid_spec() -> None:
+    section = {
+        "model": "file:///models/digits.onnx",
+        "calibration": "file:///data/calibration.npz",
+        "target": {"uri": "pvc://models/digits/int8"},
+        "resources": {"limits": {"memory": "1Gi", "gpu": 1}, "requests": {"memory": "2Gi"}},
+    }
+    with pytest.raises(InvalidSpec, match=r"'gpu' is not a container resource.*the request 2Gi is more"):
+        quantization.QuantizeSpec.from_spec({"quantize": section})
