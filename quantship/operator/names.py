@@ -40,6 +40,8 @@ RESERVED_LABELS = frozenset({"model", "revision"})
 """Labels every query already matches on, by the revision it judges."""
 
 
+SECTIONS = ("limits", "requests")
+"""What a container's resources hold here (no claims: the pods name no resource claims)."""
 STANDARD_RESOURCES = frozenset({"cpu", "memory", "ephemeral-storage"})
 """A container's resources without a domain (and hugepages-<size>); others are example.com/name."""
 
@@ -48,14 +50,19 @@ def container_resource_errors(requirements: Mapping[str, Any]) -> list[str]:
     """What core/v1 refuses in a container's limits and requests that a schema cannot say (or, in
     a resource admitted before the CRD said it, a quantity's syntax): a name that is not a
     container resource, a request above its limit."""
-    errors = []
-    sections = {key: requirements.get(key) or {} for key in ("limits", "requests")}
+    if not isinstance(requirements, Mapping):
+        return [f"{requirements!r} is not limits and requests"]
+    errors = [f"{key}: only limits and requests are taken" for key in requirements if key not in SECTIONS]
+    sections = {key: requirements.get(key) or {} for key in SECTIONS}
     amounts: dict[str, dict[str, Any]] = {key: {} for key in sections}
     for key, section in sections.items():
-        for name, quantity in section.items():
+        if not isinstance(section, Mapping):
+            errors.append(f"{key}: {section!r} does not map resources to quantities")
+            sections[key] = {}
+        for name, quantity in sections[key].items():
             try:
                 amounts[key][name] = parse_quantity(quantity)
-            except ValueError:
+            except (ValueError, TypeError):
                 errors.append(f"{key}.{name}: {quantity!r} is not a quantity")
     for name in sorted({*sections["limits"], *sections["requests"]}):
         if name not in STANDARD_RESOURCES and not name.startswith("hugepages-") and "/" not in name:
