@@ -1,4 +1,4 @@
-"""Artifacts in OCI registries: `quantship push` and `pull`, with `oras` as the registry client.
+"""Artifacts in OCI registries: `quantship push` (with `oras`) and `pull` (two GETs, see below).
 
 An artifact becomes one OCI image manifest (the OCI 1.0 way of typing an artifact: by its
 config's media type, `CONFIG_MEDIA_TYPE`), whose config blob is the artifact's manifest.json
@@ -30,6 +30,7 @@ import hashlib
 import json
 import shutil
 import tempfile
+import urllib.parse
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -64,6 +65,7 @@ MAX_MANIFEST_BYTES = 4 * 2**20
 """The largest manifest read: 4 MiB, the size the OCI distribution spec asks every registry to
 accept. An artifact's is under 2 KB; a registry that streams more is refused, not held in memory."""
 CHUNK_BYTES = 2**20
+MAX_REDIRECTS = 5
 
 _TITLE = oras.defaults.annotation_title
 MANIFEST_SCHEMA: dict[str, Any] = {
@@ -206,8 +208,9 @@ def pull(
             raise OciError(
                 f"{reference}: its layers declare {declared} bytes, more than the limit of {max_bytes}"
             )
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}-pull-", dir=dest.parent))
+        with _disk_errors(f"{reference}: cannot write beside {dest}"):
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}-pull-", dir=dest.parent))
         try:
             for layer in layers:
                 name = layer["annotations"][_TITLE]
@@ -219,7 +222,8 @@ def pull(
             loaded = artifact.load_artifact(staging, public_key=public_key)
             if dest.exists():
                 raise OciError(f"{dest} exists; pull into a new directory")
-            staging.rename(dest)
+            with _disk_errors(f"{reference}: cannot move the artifact to {dest}"):
+                staging.rename(dest)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
@@ -244,19 +248,34 @@ class _Registry:
         plain_http = insecure or reference.loopback
         login = _login(reference, credentials)
         _probe(reference, login, plain_http, timeout)
-        session = requests.Session()
-        session.auth = login
+        session = _OwnRedirects()
         for scheme in ("http://", "https://"):
             session.mount(scheme, _Timeouts(timeout))
         return cls(reference, session, "http" if plain_http else "https", login)
 
     def get(self, path: str, what: str, headers: Mapping[str, str] | None = None) -> requests.Response:
-        """The streamed answer to GET `path` (from oras's Container), if it is a 200."""
-        response = self.session.get(f"{self.prefix}://{path}", headers=headers, stream=True)
+        """The streamed answer to GET `path` (from oras's Container), if it is a 200. Redirects
+        (blob storage) are followed here, each answer closed unread (requests reads a redirect's
+        body whole), the credentials sent to the registry's host only."""
+        url, where = f"{self.prefix}://{path}", f"{self.reference}: {what}"
+        for _ in range(MAX_REDIRECTS + 1):
+            own = urllib.parse.urlsplit(url).netloc == self.reference.registry
+            response = self.session.get(url, headers=headers, stream=True, auth=self.login if own else None)
+            if not response.is_redirect:
+                break
+            response.close()
+            target = urllib.parse.urljoin(url, response.headers["location"])
+            if urllib.parse.urlsplit(target).scheme not in ("http", "https") or (
+                url.startswith("https:") and not target.startswith("https:")
+            ):
+                raise OciError(f"{where}: redirected to {_brief(target)}: not http(s), or https downgraded")
+            url = target
+        else:
+            raise OciError(f"{where}: more than {MAX_REDIRECTS} redirects")
         if response.status_code == 200:
             return response
         response.close()  # unread: a registry's error page can be as long as it likes
-        status, where = response.status_code, f"{self.reference}: {what}"
+        status = response.status_code
         if status == 404:
             raise OciError(f"{self.reference}: no such {what} in {self.reference.repository}")
         if status in (401, 403) and self.login is None:
@@ -304,23 +323,29 @@ def _download(registry: _Registry, layer: dict[str, Any], path: Path) -> None:
     reference, name, size = registry.reference, path.name, int(layer["size"])
     url = oras.container.Container(reference.target).get_blob_url(layer["digest"])
     received = 0
+    too_long = f"{reference}: layer {name} is longer than the {size} bytes its descriptor declares"
     with _registry_errors(reference), registry.get(url, f"layer {name}") as response:
-        try:
-            out = path.open("wb")
-        except OSError as exc:
-            raise OciError(f"{reference}: cannot write layer {name}: {exc.strerror or exc}") from exc
-        with out:
-            too_long = f"{reference}: layer {name} is longer than the {size} bytes its descriptor declares"
-            for chunk in _capped(response, size, too_long):
-                try:
-                    out.write(chunk)
-                except OSError as exc:  # a full disk, most likely: not a traceback
-                    raise OciError(f"{reference}: cannot write layer {name}: {exc.strerror or exc}") from exc
+        chunks = _capped(response, size, too_long)
+        with _disk_errors(f"{reference}: cannot write layer {name}"), path.open("wb") as out:
+            for chunk in chunks:
+                out.write(chunk)
                 received += len(chunk)
     if received != size:
         raise OciError(f"{reference}: layer {name} ended at {received} of its declared {size} bytes")
     if _sha256(path) != layer["digest"].removeprefix("sha256:"):
         raise OciError(f"{reference}: layer {name} does not match its digest {layer['digest']}")
+
+
+@contextmanager
+def _disk_errors(what: str) -> Iterator[None]:
+    """An OSError of the local disk (most likely full), as an OciError: not a traceback. Reading
+    the registry's answer raises requests' own errors, which are OSErrors too: they pass."""
+    try:
+        yield
+    except requests.RequestException:
+        raise
+    except OSError as exc:
+        raise OciError(f"{what}: {exc.strerror or exc}") from exc
 
 
 def _capped(response: requests.Response, limit: int, too_long: str) -> Iterator[bytes]:
@@ -331,6 +356,15 @@ def _capped(response: requests.Response, limit: int, too_long: str) -> Iterator[
         if received > limit:
             raise OciError(too_long)
         yield chunk
+
+
+class _OwnRedirects(requests.Session):
+    """A session that leaves every redirect to its caller. requests reads a redirect's body whole
+    when it follows one, and even when told not to (to fill in `Response.next`): a registry could
+    send an endless one. With no redirect target, it never starts."""
+
+    def get_redirect_target(self, response: requests.Response) -> None:
+        return None
 
 
 class _Timeouts(requests.adapters.HTTPAdapter):
@@ -366,11 +400,12 @@ def _probe(reference: Reference, login: tuple[str, str] | None, plain_http: bool
     """A quick look at /v2/ (its body unread): a registry that is down, or refuses us, is named."""
     url = f"{'http' if plain_http else 'https'}://{reference.registry}/v2/"
     try:
-        answer = requests.get(url, auth=login, timeout=min(CONNECT_TIMEOUT_S, timeout), stream=True)
+        with _OwnRedirects() as session:
+            answer = session.get(url, auth=login, timeout=min(CONNECT_TIMEOUT_S, timeout), stream=True)
+            answer.close()
     except requests.RequestException as exc:
         raise OciError(f"cannot reach the registry {reference.registry}: {type(exc).__name__}") from exc
-    answer.close()
-    if answer.status_code == 401 and login is None:
+    if answer.status_code in (401, 403) and login is None:
         raise OciError(
             f"{reference.registry} needs credentials: --username with QUANTSHIP_REGISTRY_PASSWORD, "
             "or --docker-config"
@@ -415,7 +450,10 @@ def _registry_errors(reference: Reference) -> Iterator[None]:
         raise OciError(f"{reference}: the registry refused the credentials: {exc}") from exc
     except (requests.RequestException, ValueError) as exc:
         message = str(exc)
-        if "401" in message or "Unauthorized" in message:
+        answer = getattr(exc, "response", None)  # an HTTPError's; a pull reads statuses itself
+        refused = answer is not None and answer.status_code in (401, 403)
+        # oras's push says some refusals only in a ValueError's text
+        if refused or (isinstance(exc, ValueError) and ("401" in message or "Unauthorized" in message)):
             raise OciError(f"{reference}: the registry refused the credentials") from exc
         raise OciError(f"{reference}: {_brief(message) or type(exc).__name__}") from exc
 

@@ -25,6 +25,8 @@ class HostileRegistry:
     answers: dict[str, Answer]
     """URL path -> its answer. Unless told, /v2/ answers 200 and any other path 404."""
     requested: list[str] = field(default_factory=list)
+    authorized: list[bool] = field(default_factory=list)
+    """For each request in `requested`: whether it carried an Authorization header."""
     released: threading.Event = field(default_factory=threading.Event)
     """Set at the end: answers that stall stop waiting."""
 
@@ -83,6 +85,22 @@ def endless(chunk: bytes, *, stop: threading.Event, limit: int = 2**30, status: 
     return answer
 
 
+def redirect(location: str, *, stop: threading.Event) -> Answer:
+    """A 307 to `location` whose body goes on until the client hangs up (or `stop`)."""
+
+    def answer(handler: BaseHTTPRequestHandler) -> None:
+        handler.send_response(307)
+        handler.send_header("Location", location)
+        handler.end_headers()
+        try:
+            while not stop.is_set():
+                handler.wfile.write(b"<html>moved</html>" * 4096)
+        except OSError:
+            pass
+
+    return answer
+
+
 def stalls(*, until: threading.Event) -> Answer:
     """Nothing at all, not even a status line, until `until` is set."""
 
@@ -116,6 +134,7 @@ def serving() -> Iterator[HostileRegistry]:
 
         def do_GET(self) -> None:
             registry.requested.append(self.path)
+            registry.authorized.append(self.headers.get("Authorization") is not None)
             answer = registry.answers.get(self.path)
             if answer is None and self.path == "/v2/":
                 answer = body(b"{}", "application/json")

@@ -9,6 +9,8 @@ from __future__ import annotations
 import copy
 import json
 import shutil
+import subprocess
+import sys
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
@@ -17,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hostile_registry import HostileRegistry, body, endless, serving, stalls, stalls_after
+from hostile_registry import HostileRegistry, body, endless, redirect, serving, stalls, stalls_after
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from registry_harness import Registry
@@ -268,13 +270,81 @@ def test_a_refusal_after_v2_is_named_at_once_and_its_body_is_not_read(
     assert list(tmp_path.iterdir()) == []
 
 
-def test_the_v2_check_reads_no_body(served: Served, tmp_path: Path) -> None:
+@pytest.mark.parametrize("answer", ["endless", "redirect"])
+def test_the_v2_check_reads_no_body(served: Served, tmp_path: Path, answer: str) -> None:
     stop = threading.Event()
-    served.registry.answers["/v2/"] = endless(b" " * 65536, stop=stop)
+    served.registry.answers["/v2/"] = (
+        endless(b" " * 65536, stop=stop) if answer == "endless" else redirect("/v2/", stop=stop)
+    )
     try:
         assert oci.pull(served.uri, tmp_path / "a").signed is False
     finally:
         stop.set()
+
+
+def test_a_layer_redirected_to_blob_storage_is_followed_without_reading_the_redirect_or_sending_credentials(
+    served: Served, good_artifact: artifact.Artifact, tmp_path: Path
+) -> None:
+    """As registries send blobs to S3: a 307 to another host. requests would read the redirect's
+    body whole (it never ends here), and its credentials are the registry's, not the storage's."""
+    stop = threading.Event()
+    digest = served.layer(artifact.MODEL_FILE)["digest"]
+    with serving() as storage:
+        storage.answers["/blobs/model"] = body(served.blobs[digest])
+        served.serve_blob(artifact.MODEL_FILE, redirect(f"http://{storage.address}/blobs/model", stop=stop))
+        try:
+            credentials = oci.Credentials("user", "secret")
+            assert (
+                oci.pull(served.uri, tmp_path / "a", credentials=credentials).digest == good_artifact.digest
+            )
+        finally:
+            stop.set()
+        assert storage.requested == ["/blobs/model"] and storage.authorized == [False]
+    assert all(served.registry.authorized)
+
+
+@pytest.mark.parametrize(
+    ("location", "message"),
+    [
+        ("/v2/quantship/bent/manifests/v1", "more than 5 redirects"),
+        ("ftp://storage.example/blob", "redirected to ftp://storage.example/blob: not http"),
+    ],
+)
+def test_a_redirect_loop_or_to_another_scheme_is_refused(
+    served: Served, tmp_path: Path, location: str, message: str
+) -> None:
+    stop = threading.Event()
+    served.registry.answers[served.registry.manifest_path(REPOSITORY)] = redirect(location, stop=stop)
+    try:
+        with pytest.raises(oci.OciError, match=message):
+            oci.pull(served.uri, tmp_path / "a")
+    finally:
+        stop.set()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_disk_that_refuses_a_write_is_a_refusal_not_a_traceback(served: Served, tmp_path: Path) -> None:
+    """The init container's emptyDir full: here a file size limit (RLIMIT_FSIZE) below model.onnx's,
+    in a `quantship pull` of its own."""
+    limit = served.layer(artifact.MODEL_FILE)["size"] // 2
+    pull = (
+        "import resource, signal, sys\n"
+        f"resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit}))\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG, not the signal's kill\n"
+        "from quantship.cli import main\n"
+        "main()\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", pull, "pull", served.uri, "-o", str(tmp_path / "a")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 3, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        f"error: {served.uri}: cannot write layer model.onnx: File too large"
+    ]
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_fetch_holds_an_oci_artifact_to_its_max_bytes(pushed: str, tmp_path: Path) -> None:
