@@ -43,13 +43,14 @@ RESERVED_LABELS = frozenset({"model", "revision"})
 SECTIONS = ("limits", "requests")
 """What a container's resources hold here (no claims: the pods name no resource claims)."""
 STANDARD_RESOURCES = frozenset({"cpu", "memory", "ephemeral-storage"})
-"""A container's resources without a domain (and hugepages-<size>); others are example.com/name."""
+"""A container's resources without a domain, besides hugepages-<page size>."""
+_QUALIFIED = re.compile(rf"(?P<domain>{SUBDOMAIN})/(?P<name>[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)")
 
 
 def container_resource_errors(requirements: Mapping[str, Any]) -> list[str]:
-    """What core/v1 refuses in a container's limits and requests that a schema cannot say (or, in
-    a resource admitted before the CRD said it, a quantity's syntax): a name that is not a
-    container resource, a request above its limit."""
+    """What core/v1 (ValidateResourceRequirements) refuses in a container's limits and requests
+    that a schema cannot say, or that a resource stored before the CRD said it may hold. An
+    extended resource (example.com/gpu) is whole and cannot be overcommitted: request = limit."""
     if not isinstance(requirements, Mapping):
         return [f"{requirements!r} is not limits and requests"]
     errors = [f"{key}: only limits and requests are taken" for key in requirements if key not in SECTIONS]
@@ -61,20 +62,53 @@ def container_resource_errors(requirements: Mapping[str, Any]) -> list[str]:
             sections[key] = {}
         for name, quantity in sections[key].items():
             try:
-                amounts[key][name] = parse_quantity(quantity)
-            except (ValueError, TypeError):
+                amount = parse_quantity(quantity)
+            except (ValueError, TypeError, ArithmeticError):
+                amount = None
+            if amount is None or not amount.is_finite() or amount < 0:
                 errors.append(f"{key}.{name}: {quantity!r} is not a quantity")
+            else:
+                amounts[key][name] = amount
+    limits, requests = amounts["limits"], amounts["requests"]
     for name in sorted({*sections["limits"], *sections["requests"]}):
-        if name not in STANDARD_RESOURCES and not name.startswith("hugepages-") and "/" not in name:
+        kind = _resource_kind(name)
+        if kind is None:
             errors.append(
                 f"{name!r} is not a container resource "
-                "(cpu, memory, ephemeral-storage, hugepages-*, or domain/name)"
+                "(cpu, memory, ephemeral-storage, hugepages-<size>, or domain/name, e.g. nvidia.com/gpu)"
             )
-        limit, request = amounts["limits"].get(name), amounts["requests"].get(name)
-        if limit is not None and request is not None and request > limit:
+        elif kind == "extended":
+            if any(
+                amount != amount.to_integral_value()
+                for amount in (limits.get(name), requests.get(name))
+                if amount is not None
+            ):
+                errors.append(f"{name}: an extended resource is a whole number")
+            elif name in requests and limits.get(name) != requests[name]:
+                errors.append(f"{name}: an extended resource's request needs an equal limit")
+        elif kind == "hugepages" and not {"cpu", "memory"} & {*limits, *requests}:
+            errors.append(f"{name}: hugepages need a cpu or memory request or limit")
+        if name in limits and name in requests and requests[name] > limits[name]:
             asked, most = sections["requests"][name], sections["limits"][name]
             errors.append(f"{name}: the request {asked} is more than the limit {most}")
     return errors
+
+
+def _resource_kind(name: str) -> str | None:
+    """standard, hugepages or extended; None for a name a container cannot take."""
+    if name in STANDARD_RESOURCES:
+        return "standard"
+    if name.startswith("hugepages-"):
+        try:
+            return "hugepages" if parse_quantity(name.removeprefix("hugepages-")) > 0 else None
+        except (ValueError, ArithmeticError):
+            return None
+    qualified = _QUALIFIED.fullmatch(name)
+    if qualified is None or len(qualified["domain"]) > 253 or len(qualified["name"]) > 63:
+        return None
+    domain = qualified["domain"]
+    native = domain == "kubernetes.io" or domain.endswith(".kubernetes.io")
+    return None if native else "extended"
 
 
 def analysis_label_errors(labels: dict[str, str]) -> list[str]:

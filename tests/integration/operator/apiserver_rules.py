@@ -474,7 +474,7 @@ def pod_spec_errors(pod: Mapping[str, Any]) -> list[str]:
 
 
 def resource_errors(resources: Mapping[str, Any]) -> list[str]:
-    """A container's resources: limits and requests of container resources."""
+    """A container's resources, as ValidateResourceRequirements words it."""
     if not isinstance(resources, Mapping):
         return [f"resources {resources!r} is not an object"]
     errors, amounts = [], {}
@@ -483,16 +483,47 @@ def resource_errors(resources: Mapping[str, Any]) -> list[str]:
             errors.append(f"resources.{key}: not limits or requests")
             continue
         for name, quantity in value.items():
-            if name not in STANDARD_RESOURCES and not name.startswith("hugepages-") and "/" not in name:
+            if not _container_resource_name(name):
                 errors.append(f"resources.{key}.{name}: must be a standard resource for containers")
             try:
                 amounts[key, name] = amount = parse_quantity(quantity)
-            except (ValueError, TypeError):
+            except (ValueError, TypeError, ArithmeticError):
                 errors.append(f"resources.{key}.{name}: {quantity!r} is not a quantity")
                 continue
-            if amount < 0:
+            if not amount.is_finite() or amount < 0:
                 errors.append(f"resources.{key}.{name}: {quantity!r} must be greater than or equal to 0")
-    for (key, name), amount in amounts.items():
-        if key == "requests" and ("limits", name) in amounts and amount > amounts["limits", name]:
-            errors.append(f"resources.requests.{name}: must be less than or equal to the {name} limit")
+            elif "/" in name and amount != int(amount):
+                errors.append(f"resources.{key}.{name}: must be an integer")
+    names = {name for _, name in amounts}
+    for name in names:
+        limit, request = amounts.get(("limits", name)), amounts.get(("requests", name))
+        if request is not None and limit is not None and request > limit:
+            errors.append(f"resources.requests.{name}: must be less than or equal to {name} limit")
+        if "/" in name and request is not None and limit is None:
+            errors.append(f"resources.limits.{name}: Limit must be set for non overcommitable resources")
+        elif "/" in name and request is not None and request != limit:
+            errors.append(f"resources.requests.{name}: must be equal to {name} limit")
+        if name.startswith("hugepages-") and not names & {"cpu", "memory"}:
+            errors.append("resources: HugePages require cpu or memory")
     return errors
+
+
+def _container_resource_name(name: str) -> bool:
+    """validateContainerResourceName: a standard container resource, or a qualified name outside
+    the kubernetes.io domain (an extended resource)."""
+    if name in STANDARD_RESOURCES:
+        return True
+    if name.startswith("hugepages-"):
+        try:
+            return parse_quantity(name.removeprefix("hugepages-")) > 0
+        except (ValueError, ArithmeticError):
+            return False
+    prefix, slash, rest = name.partition("/")
+    if (
+        not slash
+        or dns_1123_subdomain_errors(prefix)
+        or len(rest) > 63
+        or not _QUALIFIED_NAME.fullmatch(rest)
+    ):
+        return False
+    return not (prefix == "kubernetes.io" or prefix.endswith(".kubernetes.io"))

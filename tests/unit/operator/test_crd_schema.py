@@ -157,6 +157,10 @@ def test_the_schema_rejects_a_resource_that_cannot_work(path: str, value: Any, c
         ("analysis.labels", {"model": "digits"}, "is set by the operator"),
         ("resources", {"limits": {"gpu": 1}}, "'gpu' is not a container resource"),
         ("resources", {"limits": {"cpu": "1"}, "requests": {"cpu": "1500m"}}, "the request 1500m is more"),
+        ("resources", {"limits": {"nvidia.com/gpu": "500m"}}, "an extended resource is a whole number"),
+        ("resources", {"requests": {"nvidia.com/gpu": 1}}, "an extended resource's request needs an equal"),
+        ("resources", {"limits": {"hugepages-2Mi": "4Mi"}}, "hugepages need a cpu or memory"),
+        ("resources", {"limits": {"node.kubernetes.io/x": 1}}, "is not a container resource"),
     ],
 )
 def test_a_spec_the_schema_cannot_catch_is_refused_with_the_reason(
