@@ -62,7 +62,10 @@ def body(content: bytes, content_type: str = "application/octet-stream", status:
         handler.send_header("Content-Type", content_type)
         handler.send_header("Content-Length", str(len(content)))
         handler.end_headers()
-        handler.wfile.write(content)
+        try:
+            handler.wfile.write(content)
+        except OSError:
+            pass  # the client hung up (it refused what it had read): not the server's error
 
     return answer
 
