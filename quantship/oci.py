@@ -35,7 +35,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import jsonschema
 import oras.client
@@ -45,6 +45,8 @@ import requests
 import requests.adapters
 
 from quantship import artifact
+
+S = TypeVar("S", bound=requests.Session)
 
 SCHEME = "oci://"
 CONFIG_MEDIA_TYPE = "application/vnd.quantship.artifact.config.v1+json"
@@ -56,7 +58,8 @@ LAYER_MEDIA_TYPES = {
 }
 MANIFEST_MEDIA_TYPE = "application/vnd.oci.image.manifest.v1+json"
 CONNECT_TIMEOUT_S = 5.0
-"""A registry that does not answer /v2/ within this is down: oras itself retries for minutes."""
+"""A registry that does not answer /v2/ within this is down: named at once, before a push's oras
+would retry for minutes."""
 TIMEOUT_S = 120.0
 """Seconds a registry may keep any one connect or read waiting (requests waits forever unless
 told). A pull makes each request once; a push goes through oras, which retries a failed request
@@ -248,9 +251,7 @@ class _Registry:
         plain_http = insecure or reference.loopback
         login = _login(reference, credentials)
         _probe(reference, login, plain_http, timeout)
-        session = _OwnRedirects()
-        for scheme in ("http://", "https://"):
-            session.mount(scheme, _Timeouts(timeout))
+        session = _Timeouts.on(_OwnRedirects(), timeout)
         return cls(reference, session, "http" if plain_http else "https", login)
 
     def get(self, path: str, what: str, headers: Mapping[str, str] | None = None) -> requests.Response:
@@ -374,6 +375,13 @@ class _Timeouts(requests.adapters.HTTPAdapter):
         super().__init__()
         self.timeout = timeout
 
+    @classmethod
+    def on(cls, session: S, timeout: float) -> S:
+        """`session`, every request of it now timing out."""
+        for scheme in ("http://", "https://"):
+            session.mount(scheme, cls(timeout))
+        return session
+
     def send(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:  # type: ignore[override]
         if kwargs.get("timeout") is None:
             kwargs["timeout"] = self.timeout
@@ -389,8 +397,7 @@ def _client(
     login = _login(reference, credentials)
     _probe(reference, login, plain_http, timeout)
     client = oras.client.OrasClient(hostname=reference.registry, insecure=plain_http, auth_backend="basic")
-    for scheme in ("http://", "https://"):
-        client.session.mount(scheme, _Timeouts(timeout))
+    _Timeouts.on(client.session, timeout)
     if login is not None:
         client.auth.set_basic_auth(*login)
     return client

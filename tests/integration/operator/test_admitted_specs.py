@@ -20,7 +20,7 @@ from typing import Any
 
 import apiserver_rules
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from kubernetes import client
 from schema_values import values
@@ -100,6 +100,25 @@ async def _refusal(spec: ModelSpec, url: str) -> str | None:
 
 
 @pytest.mark.prometheus
+@example(  # one that reaches every check, whatever the draws do
+    name="digits",
+    spec={
+        "artifact": {"uri": "oci://registry.example/ml/digits:v2"},
+        "analysis": {"labels": {"env": "prod"}},
+    },
+    extra={
+        "resources": {
+            "limits": {"cpu": 2, "memory": "1Gi", "nvidia.com/gpu": 1},
+            "requests": {"cpu": "500m"},
+        },
+        "quantize": {
+            "model": "pvc://models/digits.onnx",
+            "calibration": "https://data.example/calibration.npz",
+            "target": {"uri": "oci://registry.example/ml/digits:int8", "pullSecret": "push"},
+            "resources": {"limits": {"memory": "4Gi"}},
+        },
+    },
+)
 @settings(max_examples=300, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(
     name=NAMES,
