@@ -102,12 +102,13 @@ class QuantizeSpec:
             claims=tuple(claims),
         )
 
-    @property
-    def output(self) -> str:
-        """Where this Job publishes: a pvc:// target gets a folder per Job (a stable revision's
-        pods may fetch the previous one again); an oci:// tag is pinned by digest afterwards."""
+    def output(self, owner: str) -> str:
+        """Where the Job of the QuantizedModel `owner` publishes. A pvc:// target gets a folder per
+        model and Job: a stable revision's pods may fetch the previous one again, and two models
+        with the same section quantize side by side, never into one folder. An oci:// tag is
+        pinned by digest afterwards."""
         if self.target.startswith("pvc://"):
-            return f"{self.target.rstrip('/')}/{self.hash}"
+            return f"{self.target.rstrip('/')}/{owner}/{self.hash}"
         return self.target
 
     def quantize_args(self) -> list[str]:
@@ -121,13 +122,14 @@ class QuantizeSpec:
             args += ["--sign-key", f"{SIGNING_DIR}/{SIGNING_FILE}"]
         return args
 
-    def command(self) -> list[str]:
-        """The Job container's command line: `quantship quantize-job ... -- QUANTIZE FLAGS`."""
+    def command(self, owner: str) -> list[str]:
+        """The command line of the QuantizedModel `owner`'s Job container: `quantship quantize-job
+        ... -- QUANTIZE FLAGS`."""
         command = ["quantship", "quantize-job", "--model", self.model, "--calibration", self.calibration]
         if self.evaluation:
             command += ["--evaluation", self.evaluation]
         command += [
-            "--target", self.output,
+            "--target", self.output(owner),
             "--workdir", WORK_DIR, "--result-file", RESULT_FILE, "--pvc-root", resources.PVC_ROOT,
         ]  # fmt: skip
         if self.pull_secret:
@@ -146,8 +148,18 @@ def _checked_resources(requirements: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def job_name(model: str, digest: str) -> str:
-    """At most 63 characters: the Job controller puts it in its pods' `job-name` label."""
-    return f"{model[:43].rstrip('-.')}-quantize-{digest}"
+    """MODEL-quantize-DIGEST, at most 63 characters: the Job controller puts it in its pods'
+    `job-name` label. A name too long for that is cut, and what was cut stays as a hash of the
+    whole name: two models sharing a long prefix (and a quantize section) do not share a Job."""
+    name = f"{model}-quantize-{digest}"
+    if len(name) <= names.MAX_LABEL_VALUE_LENGTH:
+        return name
+    whole = hashlib.sha256(model.encode()).hexdigest()[:_NAME_HASH_DIGITS]
+    kept = names.MAX_LABEL_VALUE_LENGTH - len(f"-{whole}-quantize-{digest}")
+    return f"{model[:kept].rstrip('-.')}-{whole}-quantize-{digest}"
+
+
+_NAME_HASH_DIGITS = 6
 
 
 def job(
@@ -207,7 +219,7 @@ def job(
                         {
                             "name": CONTAINER,
                             "image": image,
-                            "command": spec.command(),
+                            "command": spec.command(name),
                             "env": [{"name": "HOME", "value": "/tmp"}],
                             "terminationMessagePath": RESULT_FILE,
                             "terminationMessagePolicy": "File",
@@ -279,7 +291,7 @@ async def step(kube: Kube, body: Mapping[str, Any], now: float) -> Outcome:
         await kube.create_job(
             namespace, job(quantize, name=name, namespace=namespace, image=image, owner=body)
         )
-        message = f"Job {job_id} quantizes {quantize.model} into {quantize.output}"
+        message = f"Job {job_id} quantizes {quantize.model} into {quantize.output(name)}"
         started: dict[str, Any] = {"job": job_id, "hash": quantize.hash, "state": RUNNING, "message": message}
         started["startedAt"] = to_timestamp(now)
         return Outcome(started, produced, ("QuantizeJobCreated", message, False))

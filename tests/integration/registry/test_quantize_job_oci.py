@@ -30,7 +30,7 @@ def test_a_passing_job_pushes_to_the_registry_and_names_the_artifact_by_digest(
     }
     job = quantization.QuantizeSpec.from_spec({"quantize": section})
     assert job is not None
-    command = job.command()
+    command = job.command("digits")
     config = tmp_path / "config.json"  # the Secret's .dockerconfigjson, where the Job mounts it
     token = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
     config.write_text(json.dumps({"auths": {auth_registry.address: {"auth": token}}}))

@@ -6,6 +6,7 @@ code, and the artifact the model servers' init container then fetches."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +15,7 @@ from typing import Any
 import pytest
 
 from quantship import runtime, zoo
-from quantship.operator import crd, fetch, quantization
+from quantship.operator import crd, fetch, names, quantization
 from quantship.operator.quantize_job import Verdict, read_result
 from quantship.operator.spec import InvalidSpec
 from quantship.quantize import config as q_config
@@ -63,14 +64,14 @@ def test_a_passing_gate_exits_0_publishes_under_the_jobs_folder_and_the_servers_
     sample: zoo.SampleModel, tmp_path: Path
 ) -> None:
     job = spec(sample, mode="static", metric="top1_agreement", threshold=0.9)
-    done, result = run_job(job.command(), tmp_path)
+    done, result = run_job(job.command("digits"), tmp_path)
     assert done.returncode == 0, done.stderr
     verdict = read_result(result.read_text())
     assert isinstance(verdict, Verdict) and verdict.passed
     assert (verdict.metric, verdict.threshold) == ("top1_agreement", 0.9)
     assert verdict.value is not None and verdict.value >= 0.9
-    assert verdict.artifact == f"pvc://models/digits/int8/{job.hash}" == job.output
-    installed = fetch.fetch(job.output, tmp_path / "served", pvc_root=tmp_path / "pvc")
+    assert verdict.artifact == f"pvc://models/digits/int8/digits/{job.hash}" == job.output("digits")
+    installed = fetch.fetch(verdict.artifact, tmp_path / "served", pvc_root=tmp_path / "pvc")
     assert installed.manifest["validation"]["gate"] == "passed"
     assert installed.manifest["quantization"]["mode"] == "static"
     # the gate machine's int8 features travel with the verdict (for spec.placement.matchGateHardware)
@@ -83,7 +84,7 @@ def test_a_failing_gate_exits_1_with_the_numbers_and_publishes_nothing(
 ) -> None:
     # calibrated on one digit only, and asked to agree with FP32 on every row: it cannot
     job = spec(sample, calibration=sample.calibration_skewed, metric="top1_agreement", threshold=1.0)
-    done, result = run_job(job.command(), tmp_path)
+    done, result = run_job(job.command("digits"), tmp_path)
     assert done.returncode == 1, done.stderr
     written = json.loads(result.read_text())
     assert written["gate"] == "failed" and written["artifact"] is None
@@ -98,7 +99,7 @@ def test_an_input_that_cannot_be_read_exits_3_and_says_why_in_the_termination_me
     sample: zoo.SampleModel, tmp_path: Path
 ) -> None:
     job = spec(sample)
-    command = job.command()
+    command = job.command("digits")
     command[command.index("--model") + 1] = f"file://{tmp_path}/missing.onnx"
     done, result = run_job(command, tmp_path)
     assert done.returncode == 3
@@ -118,14 +119,26 @@ def test_the_crds_quantize_choices_are_the_quantize_commands() -> None:
     assert set(quantization.OPTION_FLAGS) | {"perChannel"} == set(options)
 
 
-def test_the_section_hash_names_the_job_and_a_pvc_target_gets_a_folder_per_job(
+def test_the_section_hash_names_the_job_and_a_pvc_target_gets_a_folder_per_model_and_job(
     sample: zoo.SampleModel,
 ) -> None:
     one, other = spec(sample), spec(sample, threshold=0.5)
     assert one.hash != other.hash and one == spec(sample)
-    name = quantization.job_name("a" * 60, one.hash)
-    assert len(name) <= 63 and name.endswith(f"-quantize-{one.hash}")
-    assert one.output == f"pvc://models/digits/int8/{one.hash}"
+    assert quantization.job_name("digits", one.hash) == f"digits-quantize-{one.hash}"
+    assert one.output("digits") == f"pvc://models/digits/int8/digits/{one.hash}"
+    # two models asking for the same section write side by side, not into one folder
+    assert one.output("digits-eu") != one.output("digits-us")
+
+
+@pytest.mark.parametrize("length", [names.MAX_NAME_LENGTH - 1, names.MAX_NAME_LENGTH])
+def test_long_names_sharing_a_prefix_get_jobs_of_their_own(sample: zoo.SampleModel, length: int) -> None:
+    digest = spec(sample).hash
+    first, second = ("m" * (length - 1) + "a", "m" * (length - 1) + "b")
+    jobs = {quantization.job_name(model, digest) for model in (first, second)}
+    assert len(jobs) == 2
+    for job in jobs:
+        assert re.fullmatch(names.DNS_1123_LABEL, job) and len(job) <= 63, job
+        assert job.startswith("m" * 30) and job.endswith(f"-quantize-{digest}")
 
 
 def test_job_resources_kubernetes_would_refuse_are_an_invalid_spec() -> None:
