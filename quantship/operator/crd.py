@@ -3,8 +3,8 @@
 `make generate` writes it to manifests/crd.yaml and, as a template behind `crds.enabled`, into the
 Helm chart; a test checks both are current. The schema is structural, as apiextensions.k8s.io/v1
 demands (tests/unit/operator/test_crd_structural.py implements those rules over it): every node
-typed, closed objects without `additionalProperties` (the API server prunes unknown fields, and
-`unknown_fields` names them for the operator's warning), only value checks inside anyOf/allOf,
+typed, closed objects without `additionalProperties` (the API server prunes unknown fields on
+write and on read, and warns the client that sent them), only value checks inside anyOf/allOf,
 and every default valid and true to every CEL rule. Defaults live here, so `kubectl get -o yaml`
 shows every value the operator acts on.
 """
@@ -12,7 +12,6 @@ shows every value the operator acts on.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
 from typing import Any
 
 import yaml
@@ -761,32 +760,3 @@ def render_chart_template() -> str:
     if "{{" in text or "}}" in text:
         raise ValueError("the CRD's text holds template braces: Helm would read them as actions")
     return f"{HEADER}{{{{- if .Values.crds.enabled }}}}\n{text}{{{{- end }}}}\n"
-
-
-def unknown_fields(resource: Mapping[str, Any]) -> list[str]:
-    """Paths in `resource` (spec and status) the schema does not know: a real API server prunes
-    them on write (kubectl >= 1.27 refuses them first), so they were never stored or had no effect.
-    The operator warns about them: a typo in a field name would otherwise go unnoticed."""
-    found: list[str] = []
-    root = schema()
-    for key in ("spec", "status"):
-        if key in resource:
-            _unknown(root["properties"][key], resource[key], key, found)
-    return found
-
-
-def _unknown(node: Mapping[str, Any], value: Any, path: str, found: list[str]) -> None:
-    if node.get("x-kubernetes-preserve-unknown-fields"):
-        return
-    if isinstance(value, dict) and "properties" in node:
-        for name, item in value.items():
-            if name in node["properties"]:
-                _unknown(node["properties"][name], item, f"{path}.{name}", found)
-            else:
-                found.append(f"{path}.{name}")
-    elif isinstance(value, dict) and isinstance(node.get("additionalProperties"), Mapping):
-        for name, item in value.items():
-            _unknown(node["additionalProperties"], item, f"{path}.{name}", found)
-    elif isinstance(value, list) and isinstance(node.get("items"), Mapping):
-        for index, item in enumerate(value):
-            _unknown(node["items"], item, f"{path}[{index}]", found)

@@ -94,16 +94,6 @@ async def _sleep_unless_stopped(stopped: kopf.DaemonStopped, seconds: float) -> 
         waiter.cancel()
 
 
-def warn_unknown_fields(body: kopf.Body, logger: Logger) -> None:
-    """A field the schema does not know has no effect: a real API server prunes it on write (so it
-    shows only under an older CRD or another API). Say so, once per create, resume or change."""
-    unknown = crd.unknown_fields(dict(body))
-    if unknown:
-        message = f"unknown fields, ignored (the API server prunes them): {', '.join(unknown)}"
-        logger.warning(message)
-        kopf.warn(body, reason="UnknownFields", message=message)
-
-
 def register(
     registry: kopf.OperatorRegistry,
     ctx: Context,
@@ -142,7 +132,6 @@ def register(
     async def reconcile_now(
         namespace: str | None, name: str, body: kopf.Body, logger: Logger, memo: Any, **kwargs: Any
     ) -> None:
-        warn_unknown_fields(body, logger)
         async with _lock(memo):
             children = watched.Children.from_handler(kwargs)
             await reconcile(ctx, namespace or "default", name, logger, seen=body, children=children)

@@ -260,6 +260,20 @@ def prune(value: Any, node: Mapping[str, Any]) -> Any:
     return copy.deepcopy(value)
 
 
+def pruned_fields(written: Any, stored: Any, path: str = "") -> list[str]:
+    """The paths of `written` that are not in `stored` (what pruning dropped)."""
+    if not (isinstance(written, dict) and isinstance(stored, dict)):
+        return []
+    dropped = []
+    for key, item in written.items():
+        where = f"{path}.{key}" if path else str(key)
+        if key not in stored:
+            dropped.append(where)
+        else:
+            dropped += pruned_fields(item, stored[key], where)
+    return dropped
+
+
 def prune_resource(resource: Mapping[str, Any], root: Mapping[str, Any]) -> dict[str, Any]:
     """A whole object pruned: ObjectMeta follows its own (built-in) schema, the rest the CRD's."""
     pruned = prune({k: v for k, v in resource.items() if k != "metadata"}, root)
@@ -321,18 +335,32 @@ def rules_at(
     node: Mapping[str, Any], value: Any, path: str = "self"
 ) -> Iterator[tuple[str, Mapping[str, Any], Any]]:
     """(path, rule, value of self) for every x-kubernetes-validations rule that applies to `value`."""
+    for where, rule, self_value, _ in _rules_with_old(node, value, ABSENT, path):
+        yield where, rule, self_value
+
+
+ABSENT = object()
+"""No such value in the old object."""
+
+
+def _rules_with_old(
+    node: Mapping[str, Any], value: Any, old: Any, path: str
+) -> Iterator[tuple[str, Mapping[str, Any], Any, Any]]:
+    """rules_at, with the value at the same place in the old object (or ABSENT)."""
     for rule in node.get("x-kubernetes-validations") or []:
-        yield path, rule, value
+        yield path, rule, value, old
     if isinstance(value, dict):
         properties = node.get("properties") or {}
         for key, item in value.items():
+            was = old.get(key, ABSENT) if isinstance(old, dict) else ABSENT
             if key in properties:
-                yield from rules_at(properties[key], item, f"{path}.{key}")
+                yield from _rules_with_old(properties[key], item, was, f"{path}.{key}")
             elif isinstance(node.get("additionalProperties"), Mapping):
-                yield from rules_at(node["additionalProperties"], item, f"{path}.{key}")
+                yield from _rules_with_old(node["additionalProperties"], item, was, f"{path}.{key}")
     elif isinstance(value, list) and isinstance(node.get("items"), Mapping):
         for index, item in enumerate(value):
-            yield from rules_at(node["items"], item, f"{path}[{index}]")
+            was = old[index] if isinstance(old, list) and index < len(old) else ABSENT
+            yield from _rules_with_old(node["items"], item, was, f"{path}[{index}]")
 
 
 _PROGRAMS: dict[str, Any] = {}
@@ -357,12 +385,13 @@ def evaluate(rule: str, value: Any) -> bool | str:
     return bool(result)
 
 
-def cel_errors(node: Mapping[str, Any], value: Any) -> list[str]:
+def cel_errors(node: Mapping[str, Any], value: Any, old: Any = ABSENT) -> list[str]:
     """Every rule that does not hold on `value` (transition rules, which read oldSelf, apply to
-    updates only and are left out, as on create)."""
+    updates only and are left out, as on create). With the `old` object of an update, a rule on a
+    value the update left unchanged is not evaluated (ratcheting)."""
     failed = []
-    for path, rule, self_value in rules_at(node, value):
-        if "oldSelf" in rule["rule"]:
+    for path, rule, self_value, was in _rules_with_old(node, value, old, "self"):
+        if "oldSelf" in rule["rule"] or (was is not ABSENT and was == self_value):
             continue
         outcome = evaluate(rule["rule"], self_value)
         if outcome is False:  # what the API server answers: the message, else the rule
@@ -372,14 +401,35 @@ def cel_errors(node: Mapping[str, Any], value: Any) -> list[str]:
     return failed
 
 
-def admit(node: Mapping[str, Any], resource: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
-    """What a create does with `resource`: check its name as for any custom resource, prune,
-    default, then validate (schema and CEL). Returns the stored object and the errors (empty when
-    admitted)."""
+def admit(
+    node: Mapping[str, Any], resource: Mapping[str, Any], old: Mapping[str, Any] | None = None
+) -> tuple[dict[str, Any], list[str]]:
+    """What a create (or, given the stored `old` object, an update) does with `resource`: check its
+    name as for any custom resource, prune, default, then validate (schema and CEL). Returns the
+    stored object and the errors (empty when admitted).
+
+    An update ratchets (KEP-4008: on by default since Kubernetes 1.30, GA in 1.33): an error in a
+    value the update left as it was does not refuse it, so a resource stored before a rule existed
+    can still be written, its status included. Before 1.30 every such write is refused."""
     stored = apply_defaults(prune_resource(resource, node), node)
     problems = dns_1123_subdomain_errors(str((resource.get("metadata") or {}).get("name", "")))
-    problems += [error.message for error in OpenAPIValidator(node).iter_errors(stored)]
-    return stored, problems + cel_errors(node, stored)
+    for error in OpenAPIValidator(node).iter_errors(stored):
+        where = tuple(error.absolute_path)
+        if old is None or _at(stored, where) != _at(old, where) or _at(old, where) is ABSENT:
+            problems.append(error.message)
+    return stored, problems + cel_errors(node, stored, ABSENT if old is None else old)
+
+
+def _at(value: Any, path: tuple[Any, ...]) -> Any:
+    """The value at `path` (keys and indexes), or ABSENT."""
+    for part in path:
+        if (isinstance(value, dict) and part in value) or (
+            isinstance(value, list) and isinstance(part, int) and part < len(value)
+        ):
+            value = value[part]
+        else:
+            return ABSENT
+    return value
 
 
 # -- names and labels of built-in objects ---------------------------------------------------------

@@ -2,17 +2,17 @@
 
 kopf runs in a thread of its own, as `kopf.testing.KopfRunner` does: at exit `kopf.operator`
 cancels every task created after it started, which in the test's loop would include the test's
-own. The API is kmock with the gaps a real API server fills done by `kmock_cluster.Cluster`.
-What kmock cannot do at all — run pods, collect garbage by owner reference, validate against
-the CRD schema, apply its defaults — the tests do by hand (`make_ready`), test elsewhere (the
-schema, with jsonschema), or check only the inputs of (ownerReferences).
+own. The API is kmock with the gaps a real API server fills done by `kmock_cluster.Cluster`,
+which also writes QuantizedModels by the CRD's rules (`apiserver_rules`). What kmock cannot do
+at all — run pods, collect garbage by owner reference — the tests do by hand (`make_ready`) or
+check only the inputs of (ownerReferences).
 """
 
 from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import kopf
@@ -32,9 +32,14 @@ def kmock_options(kmock_options: dict[str, Any]) -> dict[str, Any]:
 
 
 @pytest.fixture
-def cluster(kmock: Cluster) -> Cluster:
+def cluster(kmock: Cluster) -> Iterator[Cluster]:
+    """The API. Afterwards: nothing the operator wrote into a QuantizedModel was refused or pruned
+    by the API server's rules (a status field the CRD does not know would be lost silently)."""
     declare(kmock)
-    return kmock
+    yield kmock
+    operator = lambda request: request.headers.get("User-Agent") != TESTS_USER_AGENT  # noqa: E731
+    assert [why for request, why in kmock.invalid if operator(request)] == []
+    assert [fields for request, fields in kmock.pruned if operator(request)] == []
 
 
 @pytest.fixture

@@ -8,15 +8,26 @@ tests it), in lists too, and watches that start from it instead of replaying old
 `generation` bump when a write touches `spec`; 422, not 500, when a JSON patch's `test` fails.
 It also records the status it answered each request with (`answers`), and answers the requests a
 test picks with an error of its choice (`refuse`), as a real API server in trouble would.
+
+Every write of a QuantizedModel goes through what the API server does with a custom resource
+(`apiserver_rules`): the status subresource's split (a write of the object keeps its status, a
+write of /status changes only the status, a create drops it), pruning of the fields the CRD does
+not know, its defaults, and its schema and CEL rules, refused with 422 Invalid. So every operator
+test also checks that what the operator writes into status survives a real API server: a field
+left out of the CRD's status schema would be pruned (and the operator's state lost at a restart),
+a value of the wrong type refused at every write.
 """
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import datetime
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
+import apiserver_rules
 import attrs
 import jsonpatch
 import kmock
@@ -37,6 +48,21 @@ class Cluster(kmock.KubernetesEmulator):
     refusals: list[tuple[Callable[[kmock.Request], bool], kmock.KubernetesError]] = attrs.field(
         factory=list, init=False
     )
+    invalid: list[tuple[kmock.Request, str]] = attrs.field(factory=list, init=False)
+    """Every QuantizedModel write refused as invalid, with the API server's reasons."""
+    pruned: list[tuple[kmock.Request, list[str]]] = attrs.field(factory=list, init=False)
+    """Every QuantizedModel write that held fields the CRD does not know, with their paths."""
+    _older_crd: bool = attrs.field(default=False, init=False)
+
+    @contextlib.contextmanager
+    def older_crd(self) -> Iterator[None]:
+        """Writes stored, pruned and defaulted as under a CRD without today's rules: what a resource
+        written before an upgrade holds (the API server does not check a stored object again)."""
+        self._older_crd = True
+        try:
+            yield
+        finally:
+            self._older_crd = False
 
     def refuse(self, which: Callable[[kmock.Request], bool], error: kmock.KubernetesError) -> None:
         """Answer every request `which` picks with `error` (a Status body with its reason) from now on."""
@@ -70,6 +96,14 @@ class Cluster(kmock.KubernetesEmulator):
                 metadata["resourceVersion"] = version
             elif request.action == kmock.action.UPDATE:
                 self._stamp_update(request, version)
+            if (request.resource.group, request.resource.plural) == (crd.GROUP, crd.PLURAL):
+                refused = self._admit_custom_resource(request)
+                if refused:
+                    message = f"{crd.KIND} {request.name or ''} is invalid: {'; '.join(refused)}"
+                    self.invalid.append((request, message))
+                    return await self._render_error(
+                        kmock.KubernetesError(status=422, reason="Invalid", message=message)
+                    )
         try:
             return await super()._handle(request)
         except jsonpatch.JsonPatchException as exc:  # a failed "test": the object changed meanwhile
@@ -93,6 +127,46 @@ class Cluster(kmock.KubernetesEmulator):
                     continue
             yield event
 
+    def _admit_custom_resource(self, request: kmock.Request) -> list[str]:
+        """What the API server makes of a write of a QuantizedModel: the errors that refuse it, or
+        none, and then `request.data` is rewritten to store the object as it would (split by the
+        status subresource, pruned, defaulted)."""
+        key = (request.resource, request.namespace, request.name)
+        current = self.objects[key].raw if key in self.objects and not self.objects[key].deleted else None
+        if request.action == kmock.action.CREATE and isinstance(request.data, dict):
+            written = {k: v for k, v in request.data.items() if k != "status"}
+        elif request.action == kmock.action.UPDATE and current is not None:
+            trial = kmock.Object(copy.deepcopy(current))  # patched as kmock then patches it
+            try:
+                trial.patch(request.data)
+                patched = trial.raw
+            except jsonpatch.JsonPatchException:
+                return []  # a failed "test": answered 422 as for any resource
+            if request.subresource == "status":
+                written = {**copy.deepcopy(current), "status": patched.get("status")}
+                written["metadata"] = {**current["metadata"], **_stamped(patched["metadata"])}
+            else:
+                written = {**patched, "status": copy.deepcopy(current.get("status"))}
+            if written.get("status") is None:
+                written.pop("status", None)
+        else:
+            return []
+        old = current if request.action == kmock.action.UPDATE else None
+        stored, problems = apiserver_rules.admit(crd.schema(), written, old)
+        if problems and not self._older_crd:
+            return problems
+        dropped = apiserver_rules.pruned_fields(written, stored)
+        if dropped:
+            self.pruned.append((request, dropped))
+        # kmock's request is frozen, its data is not: rewritten in place, kind for kind
+        if isinstance(request.data, list):
+            request.data[:] = [{"op": "replace", "path": "", "value": stored}]
+        else:
+            patch = stored if request.action == kmock.action.CREATE else _merge_patch(current or {}, stored)
+            request.data.clear()
+            request.data.update(patch)
+        return []
+
     def _stamp_update(self, request: kmock.Request, version: str) -> None:
         key = (request.resource, request.namespace, request.name)
         current = self.objects[key] if key in self.objects and not self.objects[key].deleted else {}
@@ -110,6 +184,25 @@ class Cluster(kmock.KubernetesEmulator):
             request.data.append({"op": "add", "path": "/metadata/resourceVersion", "value": version})
             if touches_spec:
                 request.data.append({"op": "add", "path": "/metadata/generation", "value": generation + 1})
+
+
+def _merge_patch(current: Mapping[str, Any], target: Mapping[str, Any]) -> dict[str, Any]:
+    """The JSON merge patch that turns `current` into `target`."""
+    patch: dict[str, Any] = {key: None for key in current if key not in target}
+    for key, value in target.items():
+        old = current.get(key)
+        if isinstance(value, dict) and isinstance(old, dict):
+            nested = _merge_patch(old, value)
+            if nested:
+                patch[key] = nested
+        elif key not in current or value != old:
+            patch[key] = copy.deepcopy(value)
+    return patch
+
+
+def _stamped(metadata: Mapping[str, Any]) -> dict[str, Any]:
+    """What a write stamps on the metadata itself (resourceVersion, generation): kept on /status."""
+    return {key: metadata[key] for key in ("resourceVersion", "generation") if key in metadata}
 
 
 def declare(cluster: kmock.KubernetesEmulator) -> None:

@@ -256,18 +256,20 @@ async def test_a_job_that_fails_without_a_verdict_is_an_error_and_the_stable_ser
 
 
 async def test_a_quantize_section_that_cannot_work_is_refused_and_the_stable_serves_on(
-    kubectl: Kubectl, start_operator: StartOperator
+    cluster: Cluster, kubectl: Kubectl, start_operator: StartOperator
 ) -> None:
-    """kmock validates nothing: what the CRD's CEL rule refuses reaches the operator, which says so."""
+    """What the CRD's CEL rule refuses today, stored before it did, reaches the operator, which
+    says so (its status writes pass: the API server ratchets what they leave unchanged)."""
     await start_operator(ScriptedMetrics())
     await serving(kubectl)
-    await kubectl.patch(
-        {
-            "spec": {
-                "quantize": {**QUANTIZE, "target": {"uri": "pvc://models/digits", "pullSecret": "registry"}}
-            }
-        }
+    section = {**QUANTIZE, "target": {"uri": "pvc://models/digits", "pullSecret": "registry"}}
+    with pytest.raises(client.ApiException) as refused:
+        await kubectl.patch({"spec": {"quantize": section}})
+    assert refused.value.status == 422 and "pullSecret is for an oci:// target only" in str(
+        refused.value.body
     )
+    with cluster.older_crd():
+        await kubectl.patch({"spec": {"quantize": section}})
 
     def degraded() -> dict[str, Any] | None:
         conditions = {c["type"]: c for c in status_of(kubectl).get("conditions") or []}

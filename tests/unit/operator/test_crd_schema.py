@@ -202,17 +202,6 @@ def test_the_manifest_carries_the_generated_crd() -> None:
     assert yaml.safe_load(crd.render()) == copy.deepcopy(crd.definition())
 
 
-def test_unknown_fields_are_named_with_their_path() -> None:
-    """The schema has no additionalProperties: false (a real API server refuses it beside
-    properties); unknown fields are pruned on write instead, and the operator warns about any
-    it sees (tests/integration/operator/test_crd_apiserver_rules.py prunes as the server does)."""
-    resource = with_spec("artifact.extra", "x")
-    resource["spec"]["rollout"] = {"steps": [50, 100], "stepsInterval": "2m"}
-    VALIDATOR.validate(resource)
-    assert crd.unknown_fields(resource) == ["spec.artifact.extra", "spec.rollout.stepsInterval"]
-    assert crd.unknown_fields(minimal()) == []
-
-
 def test_every_spec_field_a_verdicts_hint_names_is_in_the_crd() -> None:
     """A verdict with too few samples tells the deployer which fields give more: they must exist."""
     named = {path for hint in MORE_SAMPLES.values() for path in re.findall(r"spec(?:\.\w+)+", hint)}
