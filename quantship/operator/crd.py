@@ -56,10 +56,19 @@ DURATION_PATTERN = r"^([0-9]{1,4}h)?([0-9]{1,4}m)?([0-9]{1,5}s)?$"
 and the API server's CEL duration(), and no rollout waits that long."""
 
 
-def uri_pattern(*schemes: str) -> str:
-    """URIs of these schemes; a pvc:// one names a claim that can exist (pvc://CLAIM[/PATH])."""
+_SEGMENT = r"([^/.][^/]*|\.[^/.][^/]*|\.\.[^/]+|\.)"
+"""A path segment, not empty and not `..` (RE2 has no lookahead)."""
+_IN_CLAIM = f"/({_SEGMENT}?/)*{_SEGMENT}(/{_SEGMENT}?)*"
+"""A path inside a claim: not empty, never up out of it."""
+
+
+def uri_pattern(*schemes: str, in_claim: bool = False) -> str:
+    """URIs of these schemes; a pvc:// one names a claim that can exist and stays inside it
+    (pvc://CLAIM[/PATH], no `..`), and with `in_claim` names a path in it (pvc://CLAIM/PATH, as a
+    quantize Job mounts it)."""
     others = "|".join(scheme for scheme in schemes if scheme != "pvc")
-    pvc = f"|pvc://{names.SUBDOMAIN}(/.*)?" if "pvc" in schemes else ""
+    path = _IN_CLAIM if in_claim else f"(/{_SEGMENT}?)*"
+    pvc = f"|pvc://{names.SUBDOMAIN}{path}" if "pvc" in schemes else ""
     return f"^(({others})://.+{pvc})$"
 
 
@@ -222,8 +231,8 @@ GATE_METRICS = [
 ]
 """The choices of `quantship quantize` (quantship.quantize's enums; the operator does not import
 onnxruntime, so they are listed here and a test holds them equal)."""
-INPUT_URI_PATTERN = uri_pattern("file", "pvc", "http", "https")
-TARGET_URI_PATTERN = uri_pattern("pvc", "oci")
+INPUT_URI_PATTERN = uri_pattern("file", "pvc", "http", "https", in_claim=True)
+TARGET_URI_PATTERN = uri_pattern("pvc", "oci", in_claim=True)
 PULL_SECRET_FOR_OCI = {
     "rule": "!has(self.pullSecret) || self.uri.startsWith('oci://')",
     "message": "quantize.target.pullSecret is for an oci:// target only",

@@ -10,11 +10,15 @@ resource). For each:
     kmock checks none of this);
   - every PromQL query of its analysis parses in a real Prometheus (a query it refuses would fail
     every canary of the model as misconfigured).
+The same draws then go through the operator itself (the real kopf runtime) against the tests' API
+server, which writes QuantizedModels by the CRD's rules: each admitted resource gets a status, no
+write of the operator is refused or pruned, and what it created passes Kubernetes' rules.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import Iterator
 from typing import Any
 
@@ -22,7 +26,10 @@ import apiserver_rules
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
+from kmock_cluster import Cluster
 from kubernetes import client
+from kubernetes.aio.client import ApiException
+from operator_harness import Kubectl, ScriptedMetrics, StartOperator, eventually
 from schema_values import values
 
 from quantship.local.prometheus import PrometheusProcess
@@ -149,3 +156,98 @@ def test_fuzz_an_admitted_resource_reads_or_is_refused_and_builds_only_what_kube
         assert apiserver_rules.object_errors(body) == []
         kube.to_model(TYPED[body["kind"]], body)  # raises what the client refuses
     assert asyncio.run(_refusal(model, prometheus.url)) is None
+
+
+# -- the same draws through the operator: the real kopf runtime against the tests' API server ------
+
+RESOURCES_PER_RUN = 12
+ACTED = 60.0
+"""Seconds for the operator to act on every resource of a run (2 cores, other suites beside)."""
+RUNS = itertools.count()
+
+
+def acted_on(body: dict[str, Any] | None) -> bool:
+    """The operator wrote a status: a phase, or a condition saying why it cannot."""
+    status = (body or {}).get("status") or {}
+    return bool(status.get("phase") or status.get("conditions"))
+
+
+RICH = (  # reaches every object the operator creates: Deployment, Services, the quantize Job
+    {
+        "artifact": {"uri": "oci://registry.example/ml/digits:v2"},
+        "analysis": {"labels": {"env": "prod"}},
+        "traffic": {"router": "gateway-api", "httpRoute": "digits"},
+    },
+    {
+        "resources": {
+            "limits": {"cpu": 2, "memory": "1Gi", "nvidia.com/gpu": 1},
+            "requests": {"cpu": "500m"},
+        },
+        "quantize": {
+            "model": "pvc://models/digits.onnx",
+            "calibration": "https://data.example/calibration.npz",
+            "target": {"uri": "oci://registry.example/ml/digits:int8", "pullSecret": "push"},
+            "resources": {"limits": {"memory": "4Gi"}},
+        },
+    },
+)
+
+
+@example(drawn=[RICH, ({**RICH[0], "traffic": {"router": "replicas"}}, RICH[1])])
+@settings(
+    max_examples=3,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    drawn=st.lists(
+        st.tuples(
+            values(SPEC),
+            st.fixed_dictionaries(
+                {},
+                optional={
+                    "resources": RESOURCES,
+                    "quantize": values(SPEC["properties"]["quantize"]),
+                    "analysis": values(SPEC["properties"]["analysis"]),
+                },
+            ),
+        ),
+        min_size=RESOURCES_PER_RUN,
+        max_size=RESOURCES_PER_RUN,
+    )
+)
+async def test_fuzz_the_operator_acts_on_every_admitted_resource_and_writes_only_what_the_api_server_takes(
+    cluster: Cluster,
+    kubectl: Kubectl,
+    start_operator: StartOperator,
+    drawn: list[tuple[dict[str, Any], dict[str, Any]]],
+) -> None:
+    """Each admitted resource gets a status (a phase, or a condition saying why not); no write of
+    the operator is refused or pruned (the cluster fixture's teardown), and every object it
+    created passes Kubernetes' name, label and pod rules and builds into the client's typed model.
+    An operator per draw (hypothesis draws while nothing else runs); each resumes the draws before."""
+    run = next(RUNS)
+    admitted = []
+    for index, (spec, extra) in enumerate(drawn):
+        name = f"fuzz-{run}-{index}"
+        try:
+            await kubectl.apply({**spec, **extra}, name=name)
+        except ApiException as refused:
+            assert refused.status == 422
+            continue
+        admitted.append(name)
+    operator = await start_operator(ScriptedMetrics())
+    try:
+        await eventually(
+            lambda: all(acted_on(kubectl.get(name)) for name in admitted),
+            timeout=ACTED,
+            what=f"a status on each of {admitted}",
+        )
+    finally:
+        await operator.shutdown()
+    for key, stored in list(cluster.objects.items()):
+        body = stored.raw
+        if stored.deleted or body.get("kind") not in TYPED:
+            continue
+        assert apiserver_rules.object_errors(body) == [], key
+        kube.to_model(TYPED[body["kind"]], body)

@@ -204,6 +204,7 @@ def test_server_side_defaults_are_the_ones_the_operator_fills_in_itself() -> Non
         ({"resources": {"limits": {"cpu": "500m", "memory": 2**30}}, "replicas": "two"}, "is not of type"),
         ({"image": "ghcr.io/quantship/quantship:0.1.0 "}, "does not match"),  # the Pod refuses spaces
         ({"artifact": {"uri": "pvc://../models/digits"}}, "does not match"),  # no such claim name
+        ({"artifact": {"uri": "pvc://models/../secrets"}}, "does not match"),  # out of the claim
         ({"artifact": {"uri": "oci://r/x:1", "pullSecret": "s" * 254}}, "is too long"),
         ({"resources": {"requests": {"memory": "-1Gi"}}}, "does not match"),  # negative
         ({"resources": {"limits": {"cpu": -1}}}, "less than the minimum of 0"),

@@ -3,6 +3,7 @@ through a canary to promotion or rollback, deletion, restarts, and resources tha
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import httpx
@@ -399,3 +400,20 @@ async def test_deleting_a_settled_model_needs_no_finalizer(
     await kubectl.delete()
 
     assert kubectl.get() is None
+
+
+async def test_a_spec_that_fails_every_tick_is_logged_once_as_a_warning(
+    kubectl: Kubectl, start_operator: StartOperator, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Steps that do not increase pass the schema and fail every tick of the new model: the log says
+    it once, not every tick interval until someone changes the spec."""
+    caplog.set_level(logging.DEBUG, logger="kopf.objects")
+    await start_operator(ScriptedMetrics())
+    await kubectl.apply(spec_of(V1, rollout={"steps": [50, 20], "stepInterval": "1s"}))
+
+    def failures() -> list[logging.LogRecord]:
+        return [r for r in caplog.records if r.getMessage().startswith("tick failed")]
+
+    await eventually(lambda: len(failures()) >= 3, what="three failed ticks")
+    warned = [r for r in failures() if r.levelno >= logging.WARNING]
+    assert len(warned) == 1 and "step weights must increase" in warned[0].getMessage()

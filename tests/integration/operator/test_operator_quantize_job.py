@@ -311,6 +311,11 @@ def test_a_quantize_section_is_admitted_with_its_defaults_and_reads_into_the_sam
         ({"model": "oci://registry.example.com/ml/fp32:1"}, "does not match"),
         ({"options": {"mode": "int4"}}, "'int4' is not one of"),
         ({"options": {"maxAccuracyDelta": 2}}, "greater than the maximum"),
+        # the Job mounts the claim and reads or writes a path inside it
+        ({"target": {"uri": "pvc://models"}}, "does not match"),
+        ({"target": {"uri": "pvc://models/"}}, "does not match"),
+        ({"calibration": "pvc://datasets/../secrets/key"}, "does not match"),
+        ({"evaluation": "pvc://datasets/digits/.."}, "does not match"),
     ],
 )
 def test_a_quantize_section_that_cannot_work_is_refused_by_the_api_server(
