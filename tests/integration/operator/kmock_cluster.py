@@ -9,13 +9,15 @@ tests it), in lists too, and watches that start from it instead of replaying old
 It also records the status it answered each request with (`answers`), and answers the requests a
 test picks with an error of its choice (`refuse`), as a real API server in trouble would.
 
-Every write of a QuantizedModel goes through what the API server does with a custom resource
-(`apiserver_rules`): the status subresource's split (a write of the object keeps its status, a
-write of /status changes only the status, a create drops it), pruning of the fields the CRD does
-not know, its defaults, and its schema and CEL rules, refused with 422 Invalid. So every operator
-test also checks that what the operator writes into status survives a real API server: a field
-left out of the CRD's status schema would be pruned (and the operator's state lost at a restart),
-a value of the wrong type refused at every write.
+Every write of a QuantizedModel or an HTTPRoute goes through what the API server does with a
+custom resource (`apiserver_rules`, with Gateway API's own CRD for routes): the status
+subresource's split (a write of the object keeps its status, a write of /status changes only the
+status, a create drops it), pruning of the fields the CRD does not know, its defaults, its schema
+and CEL rules (422 Invalid), ratcheting on update. Deployments, Services and Jobs are checked by
+apimachinery's name and label rules and core/v1's pod checks. So every operator test also checks
+that what the operator writes survives a real API server: a status field left out of the CRD's
+schema would be pruned (and the operator's state lost at a restart), a value of the wrong type
+refused at every write; the conftest's teardown fails on either.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import datetime
+import functools
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
@@ -36,6 +39,21 @@ from quantship.operator import crd
 
 QM = f"{crd.GROUP}/{crd.VERSION}/{crd.PLURAL}"
 ROUTES = "gateway.networking.k8s.io/v1/httproutes"
+ROUTE = ("gateway.networking.k8s.io", "httproutes")
+STORED_AS = {"op": "replace", "path": ""}
+"""The operation the cluster adds to a JSON patch of a custom resource: the object as stored."""
+BUILT_IN_CHECKED = {("apps", "deployments"), ("", "services"), ("batch", "jobs")}
+"""The built-in kinds the operator writes, checked by apimachinery's and core/v1's rules."""
+
+
+@functools.cache
+def _route_schema() -> dict[str, Any] | None:
+    """HTTPRoute's schema from the Gateway API CRDs beside the repository (None without them)."""
+    if not apiserver_rules.GATEWAY_API.is_dir():
+        return None
+    return apiserver_rules.crd_schema(
+        apiserver_rules.load_gateway_api()["httproutes.gateway.networking.k8s.io"], "v1"
+    )
 
 
 @attrs.define(kw_only=True)
@@ -96,14 +114,14 @@ class Cluster(kmock.KubernetesEmulator):
                 metadata["resourceVersion"] = version
             elif request.action == kmock.action.UPDATE:
                 self._stamp_update(request, version)
-            if (request.resource.group, request.resource.plural) == (crd.GROUP, crd.PLURAL):
-                refused = self._admit_custom_resource(request)
-                if refused:
-                    message = f"{crd.KIND} {request.name or ''} is invalid: {'; '.join(refused)}"
-                    self.invalid.append((request, message))
-                    return await self._render_error(
-                        kmock.KubernetesError(status=422, reason="Invalid", message=message)
-                    )
+            refused = self._validate(request)
+            if refused:
+                kind = request.resource.plural
+                message = f"{kind} {request.name or ''} is invalid: {'; '.join(refused)}"
+                self.invalid.append((request, message))
+                return await self._render_error(
+                    kmock.KubernetesError(status=422, reason="Invalid", message=message)
+                )
         try:
             return await super()._handle(request)
         except jsonpatch.JsonPatchException as exc:  # a failed "test": the object changed meanwhile
@@ -127,40 +145,61 @@ class Cluster(kmock.KubernetesEmulator):
                     continue
             yield event
 
-    def _admit_custom_resource(self, request: kmock.Request) -> list[str]:
-        """What the API server makes of a write of a QuantizedModel: the errors that refuse it, or
-        none, and then `request.data` is rewritten to store the object as it would (split by the
-        status subresource, pruned, defaulted)."""
+    def _validate(self, request: kmock.Request) -> list[str]:
+        """Why the API server would refuse this write (nothing when it would not). A custom resource
+        of ours or Gateway API's is then stored as it would be (`_admit_custom_resource`)."""
+        kind = (request.resource.group, request.resource.plural)
+        if kind == (crd.GROUP, crd.PLURAL):
+            return self._admit_custom_resource(request, crd.schema())
+        if kind == ROUTE and (schema := _route_schema()) is not None:
+            return self._admit_custom_resource(request, schema)
+        if kind in BUILT_IN_CHECKED:
+            written, _ = self._written(request)
+            return [] if written is None else apiserver_rules.object_errors(written)
+        return []
+
+    def _written(self, request: kmock.Request) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+        """(the object as this write would leave it, the object stored before it): the status
+        subresource's split applied (a write of the object keeps its status, a write of /status
+        changes only the status, a create drops it). (None, None) for anything but a write."""
         key = (request.resource, request.namespace, request.name)
         current = self.objects[key].raw if key in self.objects and not self.objects[key].deleted else None
         if request.action == kmock.action.CREATE and isinstance(request.data, dict):
-            written = {k: v for k, v in request.data.items() if k != "status"}
-        elif request.action == kmock.action.UPDATE and current is not None:
-            trial = kmock.Object(copy.deepcopy(current))  # patched as kmock then patches it
-            try:
-                trial.patch(request.data)
-                patched = trial.raw
-            except jsonpatch.JsonPatchException:
-                return []  # a failed "test": answered 422 as for any resource
-            if request.subresource == "status":
-                written = {**copy.deepcopy(current), "status": patched.get("status")}
-                written["metadata"] = {**current["metadata"], **_stamped(patched["metadata"])}
-            else:
-                written = {**patched, "status": copy.deepcopy(current.get("status"))}
-            if written.get("status") is None:
-                written.pop("status", None)
+            return {k: v for k, v in request.data.items() if k != "status"}, None
+        if request.action != kmock.action.UPDATE or current is None:
+            return None, None
+        trial = kmock.Object(copy.deepcopy(current))  # patched as kmock then patches it
+        try:
+            trial.patch(request.data)
+        except jsonpatch.JsonPatchException:
+            return None, None  # a failed "test": answered 422 as for any resource
+        patched = trial.raw
+        if request.subresource == "status":
+            written = {**copy.deepcopy(current), "status": patched.get("status")}
+            written["metadata"] = {**current["metadata"], **_stamped(patched["metadata"])}
         else:
+            written = {**patched, "status": copy.deepcopy(current.get("status"))}
+        if written.get("status") is None:
+            written.pop("status", None)
+        return written, current
+
+    def _admit_custom_resource(self, request: kmock.Request, schema: Mapping[str, Any]) -> list[str]:
+        """What the API server makes of a write of a custom resource: the errors that refuse it, or
+        none, and then the write stores the object as the API server would (pruned, defaulted).
+        kmock's request is frozen and is what it matches reactions by, its data is not: a JSON
+        patch gets a last operation, STORED_AS (the client's stay readable before it); a merge
+        patch or a new object is rewritten in place."""
+        written, current = self._written(request)
+        if written is None:
             return []
-        old = current if request.action == kmock.action.UPDATE else None
-        stored, problems = apiserver_rules.admit(crd.schema(), written, old)
+        stored, problems = apiserver_rules.admit(schema, written, current)
         if problems and not self._older_crd:
             return problems
         dropped = apiserver_rules.pruned_fields(written, stored)
         if dropped:
             self.pruned.append((request, dropped))
-        # kmock's request is frozen, its data is not: rewritten in place, kind for kind
         if isinstance(request.data, list):
-            request.data[:] = [{"op": "replace", "path": "", "value": stored}]
+            request.data.append({**STORED_AS, "value": stored})
         else:
             patch = stored if request.action == kmock.action.CREATE else _merge_patch(current or {}, stored)
             request.data.clear()

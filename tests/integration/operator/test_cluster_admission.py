@@ -97,3 +97,26 @@ async def test_an_update_ratchets_a_value_stored_before_the_rule_that_refuses_it
     stored = kubectl.get() or {}
     assert stored["status"]["phase"] == "Pending" and stored["spec"]["replicas"] == 3
     assert stored["spec"]["analysis"]["longWindow"] == "5m"
+
+
+async def test_the_objects_the_operator_writes_beside_are_checked_too(kubectl: Kubectl) -> None:
+    """A Deployment by apimachinery's and core/v1's rules; an HTTPRoute by the Gateway API's CRD
+    (its schema, CEL rules and defaults), as the operator's weights patch it."""
+    deployment = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "digits", "labels": {"model": "digits-"}},
+        "spec": {"selector": {"matchLabels": {"app": "digits"}}, "template": {}},
+    }
+    body = await refused(kubectl.apps.create_namespaced_deployment(NAMESPACE, deployment))
+    assert "label model='digits-'" in body
+    await kubectl.create_route(rules=[{"backendRefs": [{"name": "digits", "port": 8080}]}])
+    assert (kubectl.route() or {})["spec"]["rules"][0]["backendRefs"][0]["weight"] == 1  # defaulted
+    weights = [{"op": "replace", "path": "/spec/rules/0/backendRefs/0/weight", "value": -1}]
+    body = await refused(
+        kubectl.custom.patch_namespaced_custom_object(
+            "gateway.networking.k8s.io", "v1", NAMESPACE, "httproutes", "digits", weights,
+            _content_type=JSON_PATCH,
+        )
+    )  # fmt: skip
+    assert "less than the minimum of 0" in body
