@@ -122,14 +122,16 @@ async def _measure(size: int, workdir: Path) -> Result:
 
     class CountingCluster(Cluster):  # type: ignore[misc]
         """kmock counting the operator's requests itself: kmock matches each request against every
-        one it recorded before (quadratic), so it keeps only the latest here."""
+        one it recorded before (quadratic), so it keeps only the latest here, and as few of the
+        answers and refusals it records."""
 
         operator_requests = 0
 
         async def _handle(self, request: kmock.Request) -> Any:
             if request.headers.get("User-Agent") != BENCH_USER_AGENT:
                 CountingCluster.operator_requests += 1
-            del self._requests[:-RECORDED]
+            for recorded in (self._requests, self.answers, self.invalid, self.pruned):
+                del recorded[:-RECORDED]
             return await super()._handle(request)
 
     workdir.mkdir(parents=True, exist_ok=True)

@@ -27,7 +27,8 @@ Objects: `prune` drops unknown fields as the API server does on write, `apply_de
 defaults as it does on read and write, `validate` is jsonschema (draft 4, OpenAPI's boolean
 exclusive bounds) plus `nullable`, with `pattern` matched by RE2 as Go's regexp matches it, and
 `cel_errors` evaluates every x-kubernetes-validations rule with cel-python, a real CEL
-implementation. `admit` also checks the name as for any custom resource (a DNS-1123 subdomain).
+implementation. `admit` also checks the name as for any custom resource (a DNS-1123 subdomain),
+and on an update ratchets what the update left unchanged (KEP-4008).
 
 Built-in objects the operator creates: `object_errors` applies apimachinery's name and label
 rules and core/v1's checks of what a pod spec takes from a QuantizedModel (volume and secret
@@ -241,13 +242,16 @@ def _value_validation(
 
 
 def prune(value: Any, node: Mapping[str, Any]) -> Any:
-    """`value` as the API server stores it: fields the schema does not know are dropped."""
+    """`value` as the API server stores it: fields the schema does not know are dropped, and so is
+    a null where the schema does not say `nullable` (then defaulted, as if never sent)."""
     if isinstance(value, dict):
         preserve = node.get("x-kubernetes-preserve-unknown-fields") is True
         properties = node.get("properties") or {}
         additional = node.get("additionalProperties")
         result = {}
         for key, item in value.items():
+            if key in properties and item is None and not properties[key].get("nullable"):
+                continue
             if key in properties:
                 result[key] = prune(item, properties[key])
             elif isinstance(additional, Mapping):
@@ -358,9 +362,9 @@ def _rules_with_old(
             elif isinstance(node.get("additionalProperties"), Mapping):
                 yield from _rules_with_old(node["additionalProperties"], item, was, f"{path}.{key}")
     elif isinstance(value, list) and isinstance(node.get("items"), Mapping):
+        same = value == old  # items are matched to the old ones only in an unchanged list
         for index, item in enumerate(value):
-            was = old[index] if isinstance(old, list) and index < len(old) else ABSENT
-            yield from _rules_with_old(node["items"], item, was, f"{path}[{index}]")
+            yield from _rules_with_old(node["items"], item, item if same else ABSENT, f"{path}[{index}]")
 
 
 _PROGRAMS: dict[str, Any] = {}
@@ -408,28 +412,50 @@ def admit(
     name as for any custom resource, prune, default, then validate (schema and CEL). Returns the
     stored object and the errors (empty when admitted).
 
-    An update ratchets (KEP-4008: on by default since Kubernetes 1.30, GA in 1.33): an error in a
-    value the update left as it was does not refuse it, so a resource stored before a rule existed
-    can still be written, its status included. Before 1.30 every such write is refused."""
+    An update ratchets (KEP-4008: on by default since Kubernetes 1.30, GA in 1.33): an error of a
+    value check (pattern, enum, bounds, a CEL rule without oldSelf) in a value the update left as
+    it was does not refuse it, so a resource stored before a rule existed can still be written,
+    its status included. Before 1.30 every such write is refused. Kept stricter than the API
+    server where unsure: `type` and `required` errors always refuse, and a list's items count as
+    unchanged only when the whole list is."""
     stored = apply_defaults(prune_resource(resource, node), node)
     problems = dns_1123_subdomain_errors(str((resource.get("metadata") or {}).get("name", "")))
     for error in OpenAPIValidator(node).iter_errors(stored):
-        where = tuple(error.absolute_path)
-        if old is None or _at(stored, where) != _at(old, where) or _at(old, where) is ABSENT:
+        ratchets = old is not None and error.validator in RATCHETED
+        if not (ratchets and _unchanged(stored, old, tuple(error.absolute_path))):
             problems.append(error.message)
     return stored, problems + cel_errors(node, stored, ABSENT if old is None else old)
 
 
-def _at(value: Any, path: tuple[Any, ...]) -> Any:
-    """The value at `path` (keys and indexes), or ABSENT."""
+RATCHETED = frozenset(
+    {
+        "pattern", "enum", "format", "maximum", "minimum", "exclusiveMaximum", "exclusiveMinimum",
+        "maxLength", "minLength", "maxItems", "minItems", "maxProperties", "minProperties", "multipleOf",
+    }
+)  # fmt: skip
+"""The schema checks whose errors an update ratchets here."""
+
+
+def _unchanged(new: Any, old: Any, path: tuple[Any, ...]) -> bool:
+    """The value at `path` is the same in both objects: fields matched by name, list items only
+    when the whole list is the same."""
     for part in path:
-        if (isinstance(value, dict) and part in value) or (
-            isinstance(value, list) and isinstance(part, int) and part < len(value)
+        if isinstance(new, list) and new != old:
+            return False
+        if (
+            isinstance(new, dict | list)
+            and isinstance(old, type(new))
+            and _has(new, part)
+            and _has(old, part)
         ):
-            value = value[part]
+            new, old = new[part], old[part]
         else:
-            return ABSENT
-    return value
+            return False
+    return bool(new == old)
+
+
+def _has(value: dict[str, Any] | list[Any], part: Any) -> bool:
+    return part in value if isinstance(value, dict) else isinstance(part, int) and part < len(value)
 
 
 # -- names and labels of built-in objects ---------------------------------------------------------

@@ -67,9 +67,11 @@ class Cluster(kmock.KubernetesEmulator):
         factory=list, init=False
     )
     invalid: list[tuple[kmock.Request, str]] = attrs.field(factory=list, init=False)
-    """Every QuantizedModel write refused as invalid, with the API server's reasons."""
+    """Every write refused as invalid (of a custom resource or a checked built-in object), with the
+    API server's reasons."""
     pruned: list[tuple[kmock.Request, list[str]]] = attrs.field(factory=list, init=False)
-    """Every QuantizedModel write that held fields the CRD does not know, with their paths."""
+    """Every write of a custom resource that lost something on the way: fields the CRD does not
+    know, or a status sent to the object (or a spec to /status), with their paths."""
     _older_crd: bool = attrs.field(default=False, init=False)
 
     @contextlib.contextmanager
@@ -154,34 +156,46 @@ class Cluster(kmock.KubernetesEmulator):
         if kind == ROUTE and (schema := _route_schema()) is not None:
             return self._admit_custom_resource(request, schema)
         if kind in BUILT_IN_CHECKED:
-            written, _ = self._written(request)
+            written, _, _ = self._written(request)
             return [] if written is None else apiserver_rules.object_errors(written)
         return []
 
-    def _written(self, request: kmock.Request) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
-        """(the object as this write would leave it, the object stored before it): the status
-        subresource's split applied (a write of the object keeps its status, a write of /status
-        changes only the status, a create drops it). (None, None) for anything but a write."""
+    def _written(
+        self, request: kmock.Request
+    ) -> tuple[dict[str, Any] | None, dict[str, Any] | None, list[str]]:
+        """(the object as this write would leave it, the object stored before it, what the status
+        subresource's split dropped): a write of the object keeps its status, a write of /status
+        changes only the status, a create drops it. (None, None, []) for anything but a write."""
         key = (request.resource, request.namespace, request.name)
         current = self.objects[key].raw if key in self.objects and not self.objects[key].deleted else None
         if request.action == kmock.action.CREATE and isinstance(request.data, dict):
-            return {k: v for k, v in request.data.items() if k != "status"}, None
+            dropped = ["status (a create drops it)"] if request.data.get("status") else []
+            return {k: v for k, v in request.data.items() if k != "status"}, None, dropped
         if request.action != kmock.action.UPDATE or current is None:
-            return None, None
+            return None, None, []
         trial = kmock.Object(copy.deepcopy(current))  # patched as kmock then patches it
         try:
             trial.patch(request.data)
         except jsonpatch.JsonPatchException:
-            return None, None  # a failed "test": answered 422 as for any resource
+            return None, None, []  # a failed "test": answered 422 as for any resource
         patched = trial.raw
         if request.subresource == "status":
             written = {**copy.deepcopy(current), "status": patched.get("status")}
             written["metadata"] = {**current["metadata"], **_stamped(patched["metadata"])}
+            ignored = [
+                key
+                for key in patched
+                if key not in ("status", "metadata") and patched[key] != current.get(key)
+            ]
+            dropped = [f"{key} (sent to /status)" for key in ignored]
         else:
             written = {**patched, "status": copy.deepcopy(current.get("status"))}
+            dropped = (
+                ["status (sent to the object)"] if patched.get("status") != current.get("status") else []
+            )
         if written.get("status") is None:
             written.pop("status", None)
-        return written, current
+        return written, current, dropped
 
     def _admit_custom_resource(self, request: kmock.Request, schema: Mapping[str, Any]) -> list[str]:
         """What the API server makes of a write of a custom resource: the errors that refuse it, or
@@ -189,13 +203,13 @@ class Cluster(kmock.KubernetesEmulator):
         kmock's request is frozen and is what it matches reactions by, its data is not: a JSON
         patch gets a last operation, STORED_AS (the client's stay readable before it); a merge
         patch or a new object is rewritten in place."""
-        written, current = self._written(request)
+        written, current, dropped = self._written(request)
         if written is None:
             return []
         stored, problems = apiserver_rules.admit(schema, written, current)
         if problems and not self._older_crd:
             return problems
-        dropped = apiserver_rules.pruned_fields(written, stored)
+        dropped += apiserver_rules.pruned_fields(written, stored)
         if dropped:
             self.pruned.append((request, dropped))
         if isinstance(request.data, list):

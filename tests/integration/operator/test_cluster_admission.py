@@ -53,7 +53,7 @@ async def test_a_status_write_changes_the_status_only_and_loses_the_fields_the_c
     await patch_status(kubectl, {"spec": {"replicas": 7}, "status": {"phase": "Pending", "typo": 1}})
     stored = kubectl.get() or {}
     assert stored["status"] == {"phase": "Pending"} and stored["spec"]["replicas"] == 2
-    assert [fields for _, fields in cluster.pruned] == [["status.typo"]]
+    assert [fields for _, fields in cluster.pruned] == [["spec (sent to /status)", "status.typo"]]
     # a JSON patch is split and pruned the same way
     await patch_status(kubectl, [{"op": "add", "path": "/status/step", "value": 1}], JSON_PATCH)
     assert (kubectl.get() or {})["status"] == {"phase": "Pending", "step": 1}
