@@ -56,10 +56,16 @@ DURATION_PATTERN = r"^([0-9]{1,4}h)?([0-9]{1,4}m)?([0-9]{1,5}s)?$"
 and the API server's CEL duration(), and no rollout waits that long."""
 
 
-_SEGMENT = r"([^/.][^/]*|\.[^/.][^/]*|\.\.[^/]+|\.)"
-"""A path segment, not empty and not `..` (RE2 has no lookahead)."""
-_IN_CLAIM = f"/({_SEGMENT}?/)*{_SEGMENT}(/{_SEGMENT}?)*"
-"""A path inside a claim: not empty, never up out of it."""
+_PATH_CHAR = r"[^/?#%\s\x00-\x1f\x7f]"
+"""A character of a pvc:// path: what urlparse would cut the path at (? #), percent-encoding (the
+Job would decode it), space and control characters are not."""
+_NOT_DOT = r"[^/.?#%\s\x00-\x1f\x7f]"
+_NAMED = f"({_NOT_DOT}{_PATH_CHAR}*|\\.{_NOT_DOT}{_PATH_CHAR}*|\\.\\.{_PATH_CHAR}+)"
+"""A path segment that names something: not empty, not `.` or `..` (RE2 has no lookahead)."""
+_SEGMENT = f"({_NAMED}|\\.)?"
+"""Any path segment but `..`."""
+_IN_CLAIM = f"/({_SEGMENT}/)*{_NAMED}(/{_SEGMENT})*"
+"""A path inside a claim: it names something below the claim, and never goes up out of it."""
 
 
 def uri_pattern(*schemes: str, in_claim: bool = False) -> str:
@@ -67,7 +73,7 @@ def uri_pattern(*schemes: str, in_claim: bool = False) -> str:
     (pvc://CLAIM[/PATH], no `..`), and with `in_claim` names a path in it (pvc://CLAIM/PATH, as a
     quantize Job mounts it)."""
     others = "|".join(scheme for scheme in schemes if scheme != "pvc")
-    path = _IN_CLAIM if in_claim else f"(/{_SEGMENT}?)*"
+    path = _IN_CLAIM if in_claim else f"(/{_SEGMENT})*"
     pvc = f"|pvc://{names.SUBDOMAIN}{path}" if "pvc" in schemes else ""
     return f"^(({others})://.+{pvc})$"
 

@@ -39,6 +39,8 @@ def source_path(uri: str, pvc_root: Path) -> Path | None:
         case "pvc":
             if not parsed.netloc:
                 raise FetchError(f"{uri}: write pvc://CLAIM/PATH")
+            if "?" in uri or "#" in uri:  # urlparse would cut the path there: a shorter path, silently
+                raise FetchError(f"{uri}: a pvc:// path has no ? or #")
             relative = urllib.parse.unquote(parsed.path).lstrip("/")
             if ".." in Path(relative).parts:
                 raise FetchError(f"{uri}: the path must stay inside the claim")

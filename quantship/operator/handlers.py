@@ -162,12 +162,12 @@ def register(
                 except (kopf.TemporaryError, kopf.PermanentError) as exc:
                     # the condition and event are written; the next interval is the retry. Said
                     # once: a spec that cannot work fails every tick until it is changed.
-                    repeated = memo.get("failed") == str(exc)
-                    memo["failed"] = str(exc)
+                    repeated = memo.get("last_tick_failure") == str(exc)
+                    memo["last_tick_failure"] = str(exc)
                     level = logging.DEBUG if repeated else logging.WARNING
                     logger.log(level, "tick failed, next in %.0f s: %s", tick_interval, exc)
                 else:
-                    memo.pop("failed", None)
+                    memo.pop("last_tick_failure", None)
                     if decision is None:
                         return  # gone, or being deleted: nothing more to tick
                 logger.debug(TICK_DONE)

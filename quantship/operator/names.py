@@ -10,6 +10,7 @@ and PromQL's for a label name.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -86,8 +87,16 @@ def container_resource_errors(requirements: Mapping[str, Any]) -> list[str]:
                 errors.append(f"{name}: an extended resource is a whole number")
             elif name in requests and limits.get(name) != requests[name]:
                 errors.append(f"{name}: an extended resource's request needs an equal limit")
-        elif kind == "hugepages" and not {"cpu", "memory"} & {*limits, *requests}:
-            errors.append(f"{name}: hugepages need a cpu or memory request or limit")
+        elif kind == "hugepages":
+            if not {"cpu", "memory"} & {*limits, *requests}:
+                errors.append(f"{name}: hugepages need a cpu or memory request or limit")
+            page = parse_quantity(name.removeprefix("hugepages-"))
+            for section, amounts_of in (("limits", limits), ("requests", requests)):
+                amount = amounts_of.get(name)
+                if amount is not None and (page != int(page) or math.ceil(amount) % page):
+                    errors.append(
+                        f"{section}.{name}: {sections[section][name]} is not a whole number of pages"
+                    )
         if name in limits and name in requests and requests[name] > limits[name]:
             asked, most = sections["requests"][name], sections["limits"][name]
             errors.append(f"{name}: the request {asked} is more than the limit {most}")

@@ -19,7 +19,7 @@ from typing import Any
 
 import kopf
 
-from quantship.operator import crd, names, resources
+from quantship.operator import crd, fetch, names, resources
 from quantship.operator.kube import Kube
 from quantship.operator.quantize_job import Verdict, read_result
 from quantship.operator.spec import InvalidSpec, apply_defaults
@@ -83,9 +83,7 @@ class QuantizeSpec:
         claims: list[str] = []
         for value in uris:
             if value.startswith("pvc://"):
-                claim, _, path = value.removeprefix("pvc://").partition("/")
-                if not claim or not path or ".." in path.split("/"):
-                    raise InvalidSpec(f"spec.quantize: {value}: write pvc://CLAIM/PATH inside the claim")
+                claim = _claim_of(value)
                 if claim not in claims:
                     claims.append(claim)
         return cls(
@@ -138,6 +136,19 @@ class QuantizeSpec:
 
 
 PULL_SECRET_MESSAGE = crd.PULL_SECRET_FOR_OCI["message"]
+
+
+def _claim_of(uri: str) -> str:
+    """The claim a pvc:// input or target of the Job names, read as the Job reads it (`fetch`):
+    a path inside the claim, not the claim itself."""
+    message = f"spec.quantize: {uri}: write pvc://CLAIM/PATH inside the claim"
+    try:
+        path = fetch.source_path(uri, fetch.PVC_ROOT)
+    except fetch.FetchError as exc:
+        raise InvalidSpec(f"{message} ({exc})") from exc
+    if path is None or path.parent == fetch.PVC_ROOT:  # the claim itself
+        raise InvalidSpec(message)
+    return path.relative_to(fetch.PVC_ROOT).parts[0]
 
 
 def _checked_resources(requirements: Mapping[str, Any]) -> dict[str, Any]:
@@ -286,6 +297,8 @@ async def step(kube: Kube, body: Mapping[str, Any], now: float) -> Outcome:
         return Outcome(None, None)
     name, namespace = metadata["name"], metadata.get("namespace", "default")
     job_id = job_name(name, quantize.hash)
+    if previous is not None and previous.get("hash") == quantize.hash and previous.get("job"):
+        job_id = previous["job"]  # the name it was created with (an older operator may have named it)
     if previous is None or previous.get("hash") != quantize.hash:
         image = apply_defaults(crd.spec_schema(), spec_section)["image"]
         await kube.create_job(

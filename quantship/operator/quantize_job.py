@@ -133,6 +133,8 @@ def _publish(
         raise JobError(str(exc)) from exc
     if dest is None:
         raise JobError(f"{target}: a target is pvc://, file:// or oci://")
+    if target.startswith("pvc://") and dest.parent == pvc_root:  # what is there would be replaced
+        raise JobError(f"{target}: a target is a path inside the claim, not the claim itself")
     dest.parent.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=dest.parent))
     try:

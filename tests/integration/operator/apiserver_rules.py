@@ -38,6 +38,7 @@ names, mount paths, images, resource quantities).
 from __future__ import annotations
 
 import copy
+import math
 import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -581,7 +582,20 @@ def resource_errors(resources: Mapping[str, Any]) -> list[str]:
             errors.append(f"resources.requests.{name}: must be equal to {name} limit")
         if name.startswith("hugepages-") and not names & {"cpu", "memory"}:
             errors.append("resources: HugePages require cpu or memory")
+        for key in ("limits", "requests"):  # validateResourceQuantityHugePageValue
+            amount = amounts.get((key, name)) if name.startswith("hugepages-") else None
+            if amount is not None and not _divisible_huge_pages(name, amount):
+                errors.append(f"resources.{key}.{name}: is not positive integer multiple of {name}")
     return errors
+
+
+def _divisible_huge_pages(name: str, quantity: Any) -> bool:
+    """IsHugePageResourceValueDivisible: the page size is whole bytes, and the quantity's Value()
+    (rounded up to a whole number) a multiple of it."""
+    page = parse_quantity(name.removeprefix("hugepages-"))
+    if page <= 0 or page * 1000 % 1000 != 0:
+        return False
+    return math.ceil(quantity) % int(page) == 0
 
 
 def _container_resource_name(name: str) -> bool:

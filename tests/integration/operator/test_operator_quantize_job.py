@@ -255,6 +255,38 @@ async def test_a_job_that_fails_without_a_verdict_is_an_error_and_the_stable_ser
     assert await eventually(lambda: events(kubectl, "QuantizeJobFailed"), what="the QuantizeJobFailed event")
 
 
+async def test_a_job_running_under_the_name_an_older_operator_gave_it_is_followed_not_run_again(
+    kubectl: Kubectl, api: client.ApiClient, start_operator: StartOperator
+) -> None:
+    """Job names changed for long model names (a hash of the whole name): after an upgrade the
+    operator follows the Job status.quantize.job names, and never starts the section twice."""
+    operator = await start_operator(ScriptedMetrics())
+    await serving(kubectl)
+    job = await quantizing(kubectl)
+    await eventually(lambda: status_of(kubectl).get("quantize"), what="status.quantize")
+    await operator.shutdown()
+    older = "digits-older-quantize-name"  # what an older operator called it
+    batch = client.BatchV1Api(api)
+    await batch.delete_namespaced_job(job["metadata"]["name"], NAMESPACE)
+    await batch.create_namespaced_job(NAMESPACE, {**job, "metadata": {**job["metadata"], "name": older}})
+    await kubectl.custom.patch_namespaced_custom_object_status(
+        crd.GROUP, crd.VERSION, NAMESPACE, crd.PLURAL, "digits",
+        {"status": {"quantize": {"job": older}}}, _content_type=MERGE_PATCH,
+    )  # fmt: skip
+
+    await start_operator(ScriptedMetrics())
+    await finish(api, older, exit_code=3, message='{"error": "calibration.npz: HTTP 404"}')
+    errored = await eventually(
+        lambda: (
+            status_of(kubectl)["quantize"] if status_of(kubectl)["quantize"]["state"] == "Error" else None
+        ),
+        what="state Error",
+    )
+    assert errored["message"] == f"Job {older} failed: calibration.npz: HTTP 404"
+    jobs = [key[2] for key, found in kubectl.cluster.objects.items() if key[0].plural == "jobs"]
+    assert [name for name in jobs if kubectl.object(("batch/v1/jobs", NAMESPACE, name))] == [older]
+
+
 async def test_a_quantize_section_that_cannot_work_is_refused_and_the_stable_serves_on(
     cluster: Cluster, kubectl: Kubectl, start_operator: StartOperator
 ) -> None:

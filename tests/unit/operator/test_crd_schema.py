@@ -160,6 +160,11 @@ def test_the_schema_rejects_a_resource_that_cannot_work(path: str, value: Any, c
         ("resources", {"limits": {"nvidia.com/gpu": "500m"}}, "an extended resource is a whole number"),
         ("resources", {"requests": {"nvidia.com/gpu": 1}}, "an extended resource's request needs an equal"),
         ("resources", {"limits": {"hugepages-2Mi": "4Mi"}}, "hugepages need a cpu or memory"),
+        (
+            "resources",
+            {"limits": {"hugepages-2Mi": "3Mi", "memory": "1Gi"}},
+            "3Mi is not a whole number of pages",
+        ),
         ("resources", {"limits": {"node.kubernetes.io/x": 1}}, "is not a container resource"),
     ],
 )
