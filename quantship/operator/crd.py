@@ -56,10 +56,11 @@ DURATION_PATTERN = r"^([0-9]{1,4}h)?([0-9]{1,4}m)?([0-9]{1,5}s)?$"
 and the API server's CEL duration(), and no rollout waits that long."""
 
 
-_PATH_CHAR = r"[^/?#%\s\x00-\x1f\x7f]"
-"""A character of a pvc:// path: what urlparse would cut the path at (? #), percent-encoding (the
-Job would decode it), space and control characters are not."""
-_NOT_DOT = r"[^/.?#%\s\x00-\x1f\x7f]"
+_NOT_IN_PATH = r"/?#%\s\x00-\x1f\x7f"
+"""What a pvc:// path segment holds none of: the separator, what urlparse would cut the path at
+(? #), percent-encoding (fetch would decode it), ASCII space and control characters."""
+_PATH_CHAR = f"[^{_NOT_IN_PATH}]"
+_NOT_DOT = f"[^.{_NOT_IN_PATH}]"
 _NAMED = f"({_NOT_DOT}{_PATH_CHAR}*|\\.{_NOT_DOT}{_PATH_CHAR}*|\\.\\.{_PATH_CHAR}+)"
 """A path segment that names something: not empty, not `.` or `..` (RE2 has no lookahead)."""
 _SEGMENT = f"({_NAMED}|\\.)?"

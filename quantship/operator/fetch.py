@@ -16,6 +16,7 @@ and its archive is unpacked within `artifact.ArchiveLimits`. Refused, nothing st
 
 from __future__ import annotations
 
+import re
 import shutil
 import tempfile
 import urllib.parse
@@ -24,6 +25,7 @@ from pathlib import Path
 import httpx
 
 from quantship import artifact, oci
+from quantship.operator import names
 
 
 class FetchError(Exception):
@@ -37,8 +39,8 @@ def source_path(uri: str, pvc_root: Path) -> Path | None:
         case "file":
             return Path(urllib.parse.unquote(parsed.netloc + parsed.path))
         case "pvc":
-            if not parsed.netloc:
-                raise FetchError(f"{uri}: write pvc://CLAIM/PATH")
+            if not re.fullmatch(names.SUBDOMAIN, parsed.netloc):
+                raise FetchError(f"{uri}: write pvc://CLAIM/PATH (a claim's name is a DNS-1123 subdomain)")
             if "?" in uri or "#" in uri:  # urlparse would cut the path there: a shorter path, silently
                 raise FetchError(f"{uri}: a pvc:// path has no ? or #")
             relative = urllib.parse.unquote(parsed.path).lstrip("/")
@@ -50,6 +52,11 @@ def source_path(uri: str, pvc_root: Path) -> Path | None:
     raise FetchError(
         f"{uri}: unsupported scheme {parsed.scheme!r} (use file://, pvc://, http(s):// or oci://)"
     )
+
+
+def pvc_claim(uri: str) -> str:
+    """The claim a pvc:// URI names, read as `source_path` reads it."""
+    return urllib.parse.urlparse(uri).netloc
 
 
 PVC_ROOT = Path("/mnt/pvc")

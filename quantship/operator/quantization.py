@@ -148,7 +148,7 @@ def _claim_of(uri: str) -> str:
         raise InvalidSpec(f"{message} ({exc})") from exc
     if path is None or path.parent == fetch.PVC_ROOT:  # the claim itself
         raise InvalidSpec(message)
-    return path.relative_to(fetch.PVC_ROOT).parts[0]
+    return fetch.pvc_claim(uri)
 
 
 def _checked_resources(requirements: Mapping[str, Any]) -> dict[str, Any]:
@@ -188,9 +188,7 @@ def job(
         {"name": "work", "mountPath": WORK_DIR},
         {"name": "tmp", "mountPath": "/tmp"},
     ]
-    target_claim = (
-        spec.target.removeprefix("pvc://").split("/", 1)[0] if spec.target.startswith("pvc://") else None
-    )
+    target_claim = fetch.pvc_claim(spec.target) if spec.target.startswith("pvc://") else None
     for index, claim in enumerate(spec.claims):
         read_only = claim != target_claim
         volumes.append(
@@ -281,6 +279,24 @@ class Outcome:
     """(reason, message, warning) to post, once, on a change."""
 
 
+async def _recorded_job(
+    kube: Kube, body: Mapping[str, Any], quantize: QuantizeSpec, recorded: str
+) -> dict[str, Any] | None:
+    """The Job status.quantize.job names, if it runs this section for this model (its labels and
+    owner say so): after an upgrade that named Jobs otherwise, the one still running is followed,
+    not started again. Any other Job of that name is not this model's business."""
+    metadata = body["metadata"]
+    found = await kube.get_job(metadata.get("namespace", "default"), recorded)
+    labels = ((found or {}).get("metadata") or {}).get("labels") or {}
+    owners = ((found or {}).get("metadata") or {}).get("ownerReferences") or []
+    ours = (
+        labels.get("app.kubernetes.io/instance") == metadata["name"]
+        and labels.get(f"{crd.GROUP}/quantize") == quantize.hash
+        and any(owner.get("uid") == metadata.get("uid") for owner in owners)
+    )
+    return found if ours else None
+
+
 def gate_message(verdict: Verdict) -> str:
     return f"{verdict.metric} {verdict.value} against threshold {verdict.threshold}"
 
@@ -297,8 +313,6 @@ async def step(kube: Kube, body: Mapping[str, Any], now: float) -> Outcome:
         return Outcome(None, None)
     name, namespace = metadata["name"], metadata.get("namespace", "default")
     job_id = job_name(name, quantize.hash)
-    if previous is not None and previous.get("hash") == quantize.hash and previous.get("job"):
-        job_id = previous["job"]  # the name it was created with (an older operator may have named it)
     if previous is None or previous.get("hash") != quantize.hash:
         image = apply_defaults(crd.spec_schema(), spec_section)["image"]
         await kube.create_job(
@@ -310,7 +324,13 @@ async def step(kube: Kube, body: Mapping[str, Any], now: float) -> Outcome:
         return Outcome(started, produced, ("QuantizeJobCreated", message, False))
     if previous.get("state") != RUNNING:
         return Outcome(previous, produced)
-    current = await kube.get_job(namespace, job_id)
+    recorded = str(previous.get("job") or job_id)
+    current = await _recorded_job(kube, body, quantize, recorded) if recorded != job_id else None
+    if current is not None:
+        job_id = recorded  # the name an older operator gave it
+    else:
+        current = await kube.get_job(namespace, job_id)
+    previous = {**previous, "job": job_id}
     if current is None:  # deleted while it ran: run it again
         image = apply_defaults(crd.spec_schema(), spec_section)["image"]
         await kube.create_job(

@@ -113,7 +113,7 @@ def _volumes(spec: ModelSpec) -> tuple[list[dict[str, Any]], list[dict[str, Any]
         {"name": "tmp", "mountPath": "/tmp"},
     ]
     if spec.artifact_uri.startswith("pvc://"):
-        claim = spec.artifact_uri.removeprefix("pvc://").split("/", 1)[0]
+        claim = fetch.pvc_claim(spec.artifact_uri)
         volumes.append({"name": "source", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}})
         mounts.append({"name": "source", "mountPath": f"{PVC_ROOT}/{claim}", "readOnly": True})
     if spec.public_key_secret:

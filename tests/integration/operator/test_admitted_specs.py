@@ -160,7 +160,7 @@ def test_fuzz_an_admitted_resource_reads_or_is_refused_and_builds_only_what_kube
 
 # -- the same draws through the operator: the real kopf runtime against the tests' API server ------
 
-RESOURCES_PER_RUN = 12
+RESOURCES_PER_RUN = 8
 ACTED = 60.0
 """Seconds for the operator to act on every resource of a run (2 cores, other suites beside)."""
 RUNS = itertools.count()
@@ -170,6 +170,26 @@ def acted_on(body: dict[str, Any] | None) -> bool:
     """The operator wrote a status: a phase, or a condition saying why it cannot."""
     status = (body or {}).get("status") or {}
     return bool(status.get("phase") or status.get("conditions"))
+
+
+def settled(body: dict[str, Any] | None) -> bool:
+    """Serving its first revision, or stopped by what a condition says (an invalid spec, no route)."""
+    status = (body or {}).get("status") or {}
+    degraded = any(c["type"] == "Degraded" and c["status"] == "True" for c in status.get("conditions") or [])
+    return degraded or status.get("phase") not in (None, "Pending")
+
+
+def observed(body: dict[str, Any] | None) -> bool:
+    """The operator wrote a status for the spec's latest version."""
+    status = (body or {}).get("status") or {}
+    return status.get("observedGeneration") == (body or {}).get("metadata", {}).get("generation")
+
+
+async def ready(kubectl: Kubectl, cluster: Cluster, prefix: str) -> None:
+    """The kubelet's part: the pods of every Deployment named `prefix`... are ready."""
+    for key, stored in list(cluster.objects.items()):
+        if key[0].plural == "deployments" and key[2].startswith(prefix) and not stored.deleted:
+            await kubectl.make_ready(key[2], stored.raw["spec"]["replicas"])
 
 
 RICH = (  # reaches every object the operator creates: Deployment, Services, the quantize Job
@@ -222,27 +242,47 @@ async def test_fuzz_the_operator_acts_on_every_admitted_resource_and_writes_only
     start_operator: StartOperator,
     drawn: list[tuple[dict[str, Any], dict[str, Any]]],
 ) -> None:
-    """Each admitted resource gets a status (a phase, or a condition saying why not), and the API
-    server refused or pruned no write of the operator: not of a QuantizedModel's status, nor of a
-    Deployment, Service or Job it created (the tests' API server checks them by Kubernetes' rules).
-    An operator per draw (hypothesis draws while nothing else runs); each resumes the draws before."""
-    run = next(RUNS)
+    """Each admitted resource gets a status (a phase, or a condition saying why not); once its pods
+    are ready it serves (or a condition says why not); a new artifact is acted on (a canary, or a
+    condition). Throughout, the API server refused or pruned no write of the operator: not of a
+    QuantizedModel's status, nor of a Deployment, Service or Job it created (the tests' API server
+    checks them by Kubernetes' rules). An operator per draw: hypothesis draws while nothing else
+    runs."""
+    prefix = f"fuzz-{next(RUNS)}-"
     admitted = []
     for index, (spec, extra) in enumerate(drawn):
-        name = f"fuzz-{run}-{index}"
+        name = f"{prefix}{index}"
         try:
             await kubectl.apply({**spec, **extra}, name=name)
         except ApiException as refused:
             assert refused.status == 422
             continue
         admitted.append(name)
-    operator = await start_operator(ScriptedMetrics())
+    operator = await start_operator(ScriptedMetrics(), tick_interval=0.5)
     try:
         await eventually(
             lambda: all(acted_on(kubectl.get(name)) for name in admitted),
             timeout=ACTED,
             what=f"a status on each of {admitted}",
         )
+        await ready(kubectl, cluster, prefix)
+        await eventually(
+            lambda: all(settled(kubectl.get(name)) for name in admitted),
+            timeout=ACTED,
+            what=f"each of {admitted} serving, or saying why not",
+        )
+        for name in admitted:
+            await kubectl.patch(
+                {"spec": {"artifact": {"uri": f"https://models.example/{name}-v2.tar.gz"}}}, name
+            )
+        await eventually(
+            lambda: all(observed(kubectl.get(name)) for name in admitted),
+            timeout=ACTED,
+            what=f"each of {admitted} acting on its new artifact",
+        )
+        for name in admitted:  # the next draw's operator has these to resume no more
+            await kubectl.delete(name)
+        await eventually(lambda: not any(kubectl.get(name) for name in admitted), what="the draws deleted")
     finally:
         await operator.shutdown()
     by_operator = [

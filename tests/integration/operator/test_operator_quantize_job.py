@@ -255,36 +255,50 @@ async def test_a_job_that_fails_without_a_verdict_is_an_error_and_the_stable_ser
     assert await eventually(lambda: events(kubectl, "QuantizeJobFailed"), what="the QuantizeJobFailed event")
 
 
-async def test_a_job_running_under_the_name_an_older_operator_gave_it_is_followed_not_run_again(
-    kubectl: Kubectl, api: client.ApiClient, start_operator: StartOperator
+@pytest.mark.parametrize("recorded", ["ours, by an older name", "gone", "another model's"])
+async def test_after_a_restart_the_job_status_names_is_followed_only_when_it_runs_this_section(
+    kubectl: Kubectl, api: client.ApiClient, start_operator: StartOperator, recorded: str
 ) -> None:
     """Job names changed for long model names (a hash of the whole name): after an upgrade the
-    operator follows the Job status.quantize.job names, and never starts the section twice."""
+    operator follows the Job status.quantize.job names, and never starts the section twice; a
+    name that runs nothing of this model's and this section's is not followed."""
     operator = await start_operator(ScriptedMetrics())
     await serving(kubectl)
     job = await quantizing(kubectl)
+    own = job["metadata"]["name"]
     await eventually(lambda: status_of(kubectl).get("quantize"), what="status.quantize")
     await operator.shutdown()
-    older = "digits-older-quantize-name"  # what an older operator called it
+    named = "digits-older-quantize-name"
     batch = client.BatchV1Api(api)
-    await batch.delete_namespaced_job(job["metadata"]["name"], NAMESPACE)
-    await batch.create_namespaced_job(NAMESPACE, {**job, "metadata": {**job["metadata"], "name": older}})
+    kept = {key: job["metadata"][key] for key in ("labels", "ownerReferences")}
+    if recorded == "ours, by an older name":  # what an older operator called it
+        await batch.delete_namespaced_job(own, NAMESPACE)
+        await batch.create_namespaced_job(NAMESPACE, {**job, "metadata": {**kept, "name": named}})
+    elif recorded == "another model's":
+        labels = {**kept["labels"], "app.kubernetes.io/instance": "other"}
+        await batch.create_namespaced_job(NAMESPACE, {**job, "metadata": {"name": named, "labels": labels}})
     await kubectl.custom.patch_namespaced_custom_object_status(
         crd.GROUP, crd.VERSION, NAMESPACE, crd.PLURAL, "digits",
-        {"status": {"quantize": {"job": older}}}, _content_type=MERGE_PATCH,
+        {"status": {"quantize": {"job": named}}}, _content_type=MERGE_PATCH,
     )  # fmt: skip
 
     await start_operator(ScriptedMetrics())
-    await finish(api, older, exit_code=3, message='{"error": "calibration.npz: HTTP 404"}')
+    followed = named if recorded == "ours, by an older name" else own
+    await eventually(lambda: job_of(kubectl, followed), what=f"the Job {followed}")
+    await finish(api, followed, exit_code=3, message='{"error": "calibration.npz: HTTP 404"}')
     errored = await eventually(
         lambda: (
             status_of(kubectl)["quantize"] if status_of(kubectl)["quantize"]["state"] == "Error" else None
         ),
         what="state Error",
     )
-    assert errored["message"] == f"Job {older} failed: calibration.npz: HTTP 404"
-    jobs = [key[2] for key, found in kubectl.cluster.objects.items() if key[0].plural == "jobs"]
-    assert [name for name in jobs if kubectl.object(("batch/v1/jobs", NAMESPACE, name))] == [older]
+    assert errored["message"] == f"Job {followed} failed: calibration.npz: HTTP 404"
+    assert errored["job"] == followed
+    jobs = [key[2] for key in kubectl.cluster.objects if key[0].plural == "jobs"]
+    ran = [name for name in jobs if kubectl.object(("batch/v1/jobs", NAMESPACE, name))]
+    assert (
+        ran == {"ours, by an older name": [named], "gone": [own], "another model's": [own, named]}[recorded]
+    )
 
 
 async def test_a_quantize_section_that_cannot_work_is_refused_and_the_stable_serves_on(

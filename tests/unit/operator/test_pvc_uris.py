@@ -21,8 +21,11 @@ ROOT = Path("/mnt/pvc")
 
 
 def admitted(pattern: str) -> st.SearchStrategy[str]:
-    """pvc:// URIs drawn from the pattern (Python's re) and kept when RE2 matches them too."""
-    return st.from_regex(pattern, fullmatch=True).filter(
+    """pvc:// URIs drawn from the pattern and kept when RE2 matches them. Drawn with Python's re,
+    whose \\s is also Unicode's spaces, where Go's and RE2's is ASCII's: the pattern drawn from
+    says so, so that URIs holding Unicode spaces are drawn too."""
+    ascii_spaces = pattern.replace(r"\s", r"\t\n\f\r ")
+    return st.from_regex(ascii_spaces, fullmatch=True).filter(
         lambda uri: uri.startswith("pvc://") and re2.search(pattern, uri) is not None
     )
 
@@ -44,6 +47,7 @@ def section(**uris: str) -> dict[str, object]:
 @settings(max_examples=300)
 @example("pvc://models/./x")
 @example("pvc://models/..x")
+@example("pvc://models/a\xa0b\u2028\x85")  # spaces to Unicode, not to RE2
 @given(admitted(crd.TARGET_URI_PATTERN))
 def test_an_admitted_quantize_target_is_published_strictly_inside_its_claim(uri: str) -> None:
     spec = quantization.QuantizeSpec.from_spec(section(target=uri))
@@ -100,3 +104,13 @@ def test_a_job_never_publishes_over_the_claim_itself(
     with pytest.raises(quantize_job.JobError, match=r"not the claim itself|no \? or #"):
         quantize_job._publish(good_artifact.root, target, tmp_path / "pvc", None, False, 1.0)
     assert (claim / "keep.onnx").read_bytes() == b"the claim's other files"
+
+
+@pytest.mark.parametrize("uri", ["pvc://../etc/passwd", "pvc://Models/x", "pvc:///x", "pvc://a_b/x"])
+def test_a_claim_no_persistent_volume_claim_can_be_named_is_refused_where_it_is_read(uri: str) -> None:
+    """A resource stored before the CRD checked claims: fetch (the init container, the Job) and the
+    operator refuse it, rather than resolving it outside the claims' root."""
+    with pytest.raises(fetch.FetchError, match="DNS-1123 subdomain"):
+        fetch.source_path(uri, ROOT)
+    with pytest.raises(InvalidSpec, match="inside the claim"):
+        quantization.QuantizeSpec.from_spec(section(calibration=uri))
