@@ -158,6 +158,10 @@ def _checked_resources(requirements: Mapping[str, Any]) -> dict[str, Any]:
     return dict(requirements)
 
 
+_NAME_HASH_DIGITS = 6
+"""Hex digits of a cut model name's hash in its Job's name."""
+
+
 def job_name(model: str, digest: str) -> str:
     """MODEL-quantize-DIGEST, at most 63 characters: the Job controller puts it in its pods'
     `job-name` label. A name too long for that is cut, and what was cut stays as a hash of the
@@ -168,9 +172,6 @@ def job_name(model: str, digest: str) -> str:
     whole = hashlib.sha256(model.encode()).hexdigest()[:_NAME_HASH_DIGITS]
     kept = names.MAX_LABEL_VALUE_LENGTH - len(f"-{whole}-quantize-{digest}")
     return f"{model[:kept].rstrip('-.')}-{whole}-quantize-{digest}"
-
-
-_NAME_HASH_DIGITS = 6
 
 
 def job(
