@@ -65,6 +65,24 @@ RESOURCES = st.fixed_dictionaries({}, optional={"limits": QUANTITIES, "requests"
 """Container resources, mostly named as Kubernetes names them (the schema cannot say)."""
 
 
+RICH_SPEC = {
+    "artifact": {"uri": "oci://registry.example/ml/digits:v2"},
+    "analysis": {"labels": {"env": "prod"}},
+}
+RICH_EXTRA = {
+    "resources": {"limits": {"cpu": 2, "memory": "1Gi", "nvidia.com/gpu": 1}, "requests": {"cpu": "500m"}},
+    "quantize": {
+        "model": "pvc://models/digits.onnx",
+        "calibration": "https://data.example/calibration.npz",
+        "target": {"uri": "oci://registry.example/ml/digits:int8", "pullSecret": "push"},
+        "resources": {"limits": {"memory": "4Gi"}},
+    },
+}
+"""A resource that reaches every check and every object the operator creates (Deployments,
+Services, the quantize Job), whatever the draws do."""
+GATEWAY = {"router": "gateway-api", "httpRoute": "digits"}
+
+
 @pytest.fixture(scope="module", autouse=True)
 def cel_compiled() -> None:
     """cel-python raises the interpreter's recursion limit when it first compiles a rule; hypothesis
@@ -107,25 +125,7 @@ async def _refusal(spec: ModelSpec, url: str) -> str | None:
 
 
 @pytest.mark.prometheus
-@example(  # one that reaches every check, whatever the draws do
-    name="digits",
-    spec={
-        "artifact": {"uri": "oci://registry.example/ml/digits:v2"},
-        "analysis": {"labels": {"env": "prod"}},
-    },
-    extra={
-        "resources": {
-            "limits": {"cpu": 2, "memory": "1Gi", "nvidia.com/gpu": 1},
-            "requests": {"cpu": "500m"},
-        },
-        "quantize": {
-            "model": "pvc://models/digits.onnx",
-            "calibration": "https://data.example/calibration.npz",
-            "target": {"uri": "oci://registry.example/ml/digits:int8", "pullSecret": "push"},
-            "resources": {"limits": {"memory": "4Gi"}},
-        },
-    },
-)
+@example(name="digits", spec=RICH_SPEC, extra=RICH_EXTRA)  # reaches every check, whatever is drawn
 @settings(max_examples=300, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(
     name=NAMES,
@@ -192,28 +192,7 @@ async def ready(kubectl: Kubectl, cluster: Cluster, prefix: str) -> None:
             await kubectl.make_ready(key[2], stored.raw["spec"]["replicas"])
 
 
-RICH = (  # reaches every object the operator creates: Deployment, Services, the quantize Job
-    {
-        "artifact": {"uri": "oci://registry.example/ml/digits:v2"},
-        "analysis": {"labels": {"env": "prod"}},
-        "traffic": {"router": "gateway-api", "httpRoute": "digits"},
-    },
-    {
-        "resources": {
-            "limits": {"cpu": 2, "memory": "1Gi", "nvidia.com/gpu": 1},
-            "requests": {"cpu": "500m"},
-        },
-        "quantize": {
-            "model": "pvc://models/digits.onnx",
-            "calibration": "https://data.example/calibration.npz",
-            "target": {"uri": "oci://registry.example/ml/digits:int8", "pullSecret": "push"},
-            "resources": {"limits": {"memory": "4Gi"}},
-        },
-    },
-)
-
-
-@example(drawn=[RICH, ({**RICH[0], "traffic": {"router": "replicas"}}, RICH[1])])
+@example(drawn=[({**RICH_SPEC, "traffic": GATEWAY}, RICH_EXTRA), (RICH_SPEC, RICH_EXTRA)])
 @settings(
     max_examples=3,
     deadline=None,
