@@ -19,7 +19,7 @@ import kopf
 import pytest
 from kmock_cluster import Cluster, declare
 from kubernetes.aio import client
-from operator_harness import TESTS_USER_AGENT, Kubectl, Operator, StartOperator
+from operator_harness import TESTS_USER_AGENT, Kubectl, Operator, StartOperator, lost_writes
 from prometheus_client import CollectorRegistry
 
 from quantship.operator import OperatorSettings, run
@@ -33,13 +33,11 @@ def kmock_options(kmock_options: dict[str, Any]) -> dict[str, Any]:
 
 @pytest.fixture
 def cluster(kmock: Cluster) -> Iterator[Cluster]:
-    """The API. Afterwards: nothing the operator wrote into a QuantizedModel was refused or pruned
-    by the API server's rules (a status field the CRD does not know would be lost silently)."""
+    """The API. Afterwards: nothing the operator wrote was refused or pruned by the API server's
+    rules (a status field the CRD does not know would be lost silently)."""
     declare(kmock)
     yield kmock
-    operator = lambda request: request.headers.get("User-Agent") != TESTS_USER_AGENT  # noqa: E731
-    assert [why for request, why in kmock.invalid if operator(request)] == []
-    assert [fields for request, fields in kmock.pruned if operator(request)] == []
+    assert lost_writes(kmock) == []
 
 
 @pytest.fixture

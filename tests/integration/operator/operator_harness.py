@@ -26,6 +26,17 @@ TESTS_USER_AGENT = "quantship-tests/kubectl"
 """The User-Agent of the tests' own client (kubectl and the kubelet's part), never the operator's."""
 
 
+def lost_writes(cluster: Cluster) -> list[tuple[str, str]]:
+    """(the request, what was lost) for each write of the operator's (not the tests') that the API
+    server refused, or stored without some of what it sent."""
+    lost = [*cluster.invalid, *((request, ", ".join(fields)) for request, fields in cluster.pruned)]
+    return [
+        (f"{request.method.name} {request.url}", str(why))
+        for request, why in lost
+        if request.headers.get("User-Agent") != TESTS_USER_AGENT
+    ]
+
+
 # -- metrics: the engine's MetricsSource port, scripted per revision ------------------------------
 
 
