@@ -14,8 +14,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import numpy as np
-
 from quantship.server import cpus
 from quantship.server.runner import Runner
 
@@ -177,10 +175,7 @@ def _rows_within(costs: dict[int, float], cap: int, seconds: float) -> int:
 
 
 def _seconds_per_row(runner: Runner, rows: int) -> float:
-    inputs = {
-        spec.name: np.zeros((rows, *(dim or 1 for dim in spec.shape[1:])), dtype=spec.dtype)
-        for spec in runner.signature.inputs
-    }
+    inputs = runner.zeros(rows)
     runner.run(inputs)  # warm-up: the first call at a new shape plans memory
     best = float("inf")
     for _ in range(REPEATS):

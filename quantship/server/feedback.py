@@ -4,13 +4,15 @@ For each answered request of a classifier the service remembers, by request id, 
 model's top-1 per row and, when a reference model is loaded, the request's inputs. The reference's
 top-1 comes from the shadow evaluator when the request was sampled; otherwise the service computes
 it at feedback time from the kept inputs. Entries are dropped oldest first beyond `capacity`
-entries or `max_bytes` of inputs, so a label arriving too late gets 404, never unbounded memory.
+entries or `max_bytes` of what they hold (ids, answers, the bodies their inputs view), so a label
+arriving too late gets 404, never unbounded memory.
 The shadow worker thread attaches reference answers, hence the lock.
 """
 
 from __future__ import annotations
 
 import collections
+import sys
 import threading
 from dataclasses import dataclass
 
@@ -49,7 +51,8 @@ class FeedbackStore:
         return self._bytes
 
     def remember(self, request_id: str, rows: int, served: np.ndarray, inputs: Tensors | None) -> None:
-        nbytes = served.nbytes + (sum(a.nbytes for a in inputs.values()) if inputs is not None else 0)
+        held = _held_bytes(inputs) if inputs is not None else 0
+        nbytes = sys.getsizeof(request_id) + served.nbytes + held
         if nbytes > self.max_bytes:
             return  # one request larger than the whole store: keep the others instead
         with self._lock:
@@ -91,7 +94,22 @@ class FeedbackStore:
                 raise FeedbackConflict(f"request {request_id!r} already got its label")
             answer.labelled = True
             if answer.inputs is not None:
-                self._bytes -= answer.nbytes - answer.served.nbytes
-                answer.nbytes = answer.served.nbytes
+                kept = sys.getsizeof(request_id) + answer.served.nbytes
+                self._bytes -= answer.nbytes - kept
+                answer.nbytes = kept
                 answer.inputs = None
             return answer
+
+
+def _held_bytes(inputs: Tensors) -> int:
+    """Bytes the inputs keep alive: an array viewing a request's body (the binary extension, gRPC's
+    raw contents) holds the whole body, counted once however many inputs view it."""
+    held: dict[int, int] = {}
+    for array in inputs.values():
+        owner: object = array
+        while isinstance(owner, np.ndarray) and owner.base is not None:
+            owner = owner.base
+        if isinstance(owner, memoryview):
+            owner = owner.obj
+        held[id(owner)] = owner.nbytes if isinstance(owner, np.ndarray) else sys.getsizeof(owner)
+    return sum(held.values())

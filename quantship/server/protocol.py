@@ -241,7 +241,7 @@ def _decode_input(entry: Any, index: int, reader: _BinaryReader) -> tuple[str, n
 
 def checked_header(name: str, datatype: Any, shape: Any) -> tuple[str, list[int]]:
     """An input's datatype and shape as the protocol allows them (both transports), or InvalidInput."""
-    if datatype not in DATATYPES:
+    if not isinstance(datatype, str) or datatype not in DATATYPES:
         raise InvalidInput(
             f"input '{name}' has datatype {json.dumps(datatype)}; known: {', '.join(DATATYPES)}"
         )
@@ -282,7 +282,10 @@ def _from_binary(name: str, datatype: str, shape: list[int], chunk: memoryview) 
             f"input '{name}' has {len(chunk)} bytes of binary data; {datatype} {shape} needs "
             f"{count * dtype.itemsize}"
         )
-    return np.frombuffer(chunk, dtype=dtype.newbyteorder("<")).reshape(shape)
+    array = np.frombuffer(chunk, dtype=dtype.newbyteorder("<")).reshape(shape)
+    if datatype == "BOOL" and array.size and array.view(np.uint8).max() > 1:
+        raise InvalidInput(f"input '{name}' is BOOL: every byte must be 0 or 1")
+    return array
 
 
 def _unpack_bytes(name: str, chunk: memoryview) -> list[str]:
@@ -340,7 +343,13 @@ def _from_json(name: str, datatype: str, shape: list[int], data: Any) -> np.ndar
             info = np.iinfo(dtype)
             if array.min() < info.min or array.max() > info.max:
                 raise InvalidInput(f"input '{name}' holds values outside the {datatype} range")
-        return array.astype(dtype, copy=False).reshape(shape)
+        with np.errstate(over="ignore"):  # an overflow is refused just below, by name
+            converted = array.astype(dtype, copy=False).reshape(shape)
+        # JSON holds no infinity (parse_json_object refuses the literals): one here is a number past
+        # the datatype's range (1e300 as FP32), which the model would answer with garbage
+        if dtype.kind == "f" and not np.isfinite(converted).all():
+            raise InvalidInput(f"input '{name}' holds values outside the {datatype} range")
+        return converted
     return np.zeros(shape, dtype=DATATYPES[datatype])
 
 

@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import collections
 import functools
-from collections.abc import Iterator, Mapping, Sequence
+import logging
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +27,15 @@ from quantship.server.errors import InferenceFailed, InvalidInput
 from quantship.server.protocol import DATATYPES, datatype_of
 
 Tensors = Mapping[str, np.ndarray]
+
+log = logging.getLogger(__name__)
+
+CONTROL_INTERVAL_S = 1.0
+"""How long a control run's verdict on the model stands (see `Runner.run`): at most one extra call a
+second, however many requests fail."""
+
+FAILURE_LOG_INTERVAL_S = 10.0
+"""A failing model logs one line per this many seconds, with the count of failures since."""
 
 _ORT_DATATYPES = {
     "tensor(bool)": "BOOL",
@@ -183,6 +196,8 @@ class Runner:
         self._run_options = ort.RunOptions()
         # A refused input is answered 400; onnxruntime's own error log of it would be noise.
         self._run_options.log_severity_level = 4
+        self._control = _Control(lambda: self._call(self.zeros(1)))
+        self._failures = _ThrottledLog(FAILURE_LOG_INTERVAL_S)
 
     @classmethod
     def load(cls, model: Path | bytes, *, threads: int | None = None) -> Runner:
@@ -190,12 +205,25 @@ class Runner:
 
     def run(self, inputs: Tensors) -> dict[str, np.ndarray]:
         try:
-            values = self.session.run(self._output_names, dict(inputs), self._run_options)
+            values = self._call(inputs)
         except _ORT_INVALID_ARGUMENT as exc:  # e.g. a token id past the vocabulary: the client's to fix
             raise InvalidInput(f"the model refused the input: {_ort_message(exc)}") from None
         except Exception as exc:  # onnxruntime raises its own pybind types, none with a common base
-            raise InferenceFailed(f"onnxruntime failed: {exc}") from exc
+            # A kernel's FAIL (inputs that cannot broadcast, an index past a gather's axis) names no
+            # culprit. If the model still runs on a control input, the input was at fault: 400.
+            if self._control.passes():
+                raise InvalidInput(f"the model could not run on the input: {_ort_message(exc)}") from None
+            self._failures.error("onnxruntime failed, on a control input too: %s", exc)
+            raise InferenceFailed(f"onnxruntime failed: {_ort_message(exc)}") from exc
         return dict(zip(self._output_names, values, strict=True))
+
+    def _call(self, inputs: Tensors) -> list[Any]:
+        return self.session.run(self._output_names, dict(inputs), self._run_options)
+
+    def zeros(self, rows: int) -> dict[str, np.ndarray]:
+        """An input of zeros (empty strings for BYTES): `rows` rows where the first dimension is open,
+        1 in every other open dimension. What the batch policy times, and the control input."""
+        return {spec.name: _zeros(spec, rows) for spec in self.signature.inputs}
 
     def run_many(
         self, requests: Sequence[Tensors], rows: Sequence[int], *, max_rows: int
@@ -225,7 +253,7 @@ class Runner:
         for indices in groups.values():
             try:
                 merged = self.run(concat([requests[i] for i in indices]))
-            except InvalidInput:
+            except (InvalidInput, InferenceFailed):  # whichever request caused it fails alone
                 for index in indices:
                     results[index] = _outcome(self.run, requests[index])
                 continue
@@ -265,9 +293,63 @@ _ORT_INVALID_ARGUMENT: type[Exception] = getattr(
 )
 
 
+_SOURCE_LOCATION = re.compile(r"\S+\.(?:h|cc|cpp):\d+ (?:[^()]*\([^()]*\)(?: const)? (?:\[with [^\]]*\] )?)?")
+"""Where in onnxruntime's C++ an ORT_ENFORCE failed (`/onnxruntime_src/...h:563 void ...Append(...) `):
+nothing a client can act on."""
+
+
 def _ort_message(exc: Exception) -> str:
-    """onnxruntime's sentence without its code prefix (`[ONNXRuntimeError] : 2 : INVALID_ARGUMENT : `)."""
-    return str(exc).rsplit(" : ", 1)[-1].strip()
+    """onnxruntime's sentence without its code prefix (`[ONNXRuntimeError] : 2 : INVALID_ARGUMENT : `)
+    and without the C++ source location some carry."""
+    return _SOURCE_LOCATION.sub("", str(exc).rsplit(" : ", 1)[-1].strip())
+
+
+def _zeros(spec: TensorSpec, rows: int) -> np.ndarray:
+    open_size = [rows] + [1] * len(spec.shape)  # the first dimension, open, holds the rows
+    shape = tuple(open_size[axis] if dim is None else dim for axis, dim in enumerate(spec.shape))
+    if spec.datatype == "BYTES":
+        return np.full(shape, "", dtype=object)
+    return np.zeros(shape, dtype=spec.dtype)
+
+
+class _Control:
+    """Whether the model runs on zeros (`Runner.zeros(1)`) at all: the verdict that tells a failure
+    the input caused from one of the model's (or the host's). Rerun at most every
+    CONTROL_INTERVAL_S; a model that fails on zeros too is never judged the input's fault."""
+
+    def __init__(self, call: Callable[[], object]) -> None:
+        self._call = call
+        self._checked_at = -float("inf")
+        self._passed = False
+        self._lock = threading.Lock()
+
+    def passes(self) -> bool:
+        with self._lock:
+            if time.monotonic() - self._checked_at >= CONTROL_INTERVAL_S:
+                try:
+                    self._call()
+                    self._passed = True
+                except Exception:  # the same pybind types as in Runner.run
+                    self._passed = False
+                self._checked_at = time.monotonic()
+            return self._passed
+
+
+class _ThrottledLog:
+    """One log line per `interval` seconds at the most, with how many were held back since."""
+
+    def __init__(self, interval: float) -> None:
+        self._interval = interval
+        self._logged_at = -float("inf")
+        self._held = 0
+
+    def error(self, message: str, *args: object) -> None:
+        now = time.monotonic()
+        if now - self._logged_at < self._interval:
+            self._held += 1
+            return
+        held, self._logged_at, self._held = self._held, now, 0
+        log.error(message + (f" ({held} more since the last line)" if held else ""), *args)
 
 
 def batch_key(inputs: Tensors) -> tuple[Any, ...]:

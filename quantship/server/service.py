@@ -489,7 +489,7 @@ class ModelService:
                 f"feedback needs a classifier; output {model.comparator.output!r} gives no class ids"
             )
         answer = model.feedback.get(request_id)
-        expected = _labels(labels, answer.rows, request_id)
+        expected = _labels(labels, answer.rows, request_id, _classes(model))
         reference = answer.reference
         if reference is None and model.opened.reference is not None and answer.inputs is not None:
             outputs = await asyncio.get_running_loop().run_in_executor(
@@ -529,7 +529,9 @@ def _describe(spec: runner_module.TensorSpec) -> dict[str, Any]:
     return {"name": spec.name, "datatype": spec.datatype, "shape": spec.wire_shape}
 
 
-def _labels(value: Any, rows: int, request_id: str) -> np.ndarray:
+def _labels(value: Any, rows: int, request_id: str, classes: int | None) -> np.ndarray:
+    """The labels as class ids, or InvalidInput: a label no class can have would count as a wrong
+    answer of both models and move the accuracy SLI."""
     labels = value if isinstance(value, list) else [value]
     if not all(isinstance(label, int) and not isinstance(label, bool) for label in labels):
         raise InvalidInput(
@@ -537,10 +539,20 @@ def _labels(value: Any, rows: int, request_id: str) -> np.ndarray:
         )
     if len(labels) != rows:
         raise InvalidInput(f"request {request_id!r} had {rows} rows: give {rows} labels, not {len(labels)}")
-    try:
-        return np.asarray(labels, dtype=np.int64)
-    except OverflowError:
-        raise InvalidInput("labels must be class ids that fit in 64 bits") from None
+    highest = classes - 1 if classes is not None else 2**63 - 1
+    for label in labels:
+        if not 0 <= label <= highest:
+            raise InvalidInput(f"label {label} is not a class id: the model's are 0 to {highest}")
+    return np.asarray(labels, dtype=np.int64)
+
+
+def _classes(model: Model) -> int | None:
+    """How many classes the model scores, when its output has a fixed score per class (None for an
+    output of class ids, or an open class dimension)."""
+    spec = model.runner.signature.output(model.comparator.output)
+    if spec.datatype.startswith("FP") and len(spec.shape) >= 2 and spec.shape[-1] is not None:
+        return spec.shape[-1]
+    return None
 
 
 def _model_sizes(loaded: Artifact) -> dict[str, int]:

@@ -134,6 +134,33 @@ def build_token_model(path: Path, vocabulary: int = 100, width: int = 4) -> Path
     return path
 
 
+def build_picking_model(path: Path) -> Path:
+    """FP32 `values` [batch, width], int64 `positions` [batch, picks] and `shifts` [batch, moves]:
+    picked = GatherElements(values, positions + shifts, axis=1). Its dimensions are named apart, so no
+    check before the call can tell a bad request: an index past `width` or shifts of another length
+    than positions fail inside onnxruntime, with FAIL rather than INVALID_ARGUMENT."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [
+            helper.make_node("Add", ["positions", "shifts"], ["moved"]),
+            helper.make_node("GatherElements", ["values", "moved"], ["picked"], axis=1),
+        ],
+        "picking",
+        [
+            helper.make_tensor_value_info("values", TensorProto.FLOAT, ["batch", "width"]),
+            helper.make_tensor_value_info("positions", TensorProto.INT64, ["batch", "picks"]),
+            helper.make_tensor_value_info("shifts", TensorProto.INT64, ["batch", "moves"]),
+        ],
+        [helper.make_tensor_value_info("picked", TensorProto.FLOAT, ["batch", "picks"])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, path)
+    return path
+
+
 def mostly(right: Any, *wrong: Any) -> st.SearchStrategy[Any]:
     """For fuzzing: `right` 8 times in 9, else one of `wrong`, so that most requests get past the early
     checks to the later ones."""

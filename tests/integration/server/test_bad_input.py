@@ -66,6 +66,10 @@ CATALOGUE = [
          request={"json": infer_json(shape=[1, 63], data=ROW[:63])}),
     Case("wrong dtype", 400, "input 'X' is FP64; the model expects FP32",
          request={"json": infer_json(datatype="FP64")}),
+    Case("datatype not a string", 400, "input 'X' has datatype [\"FP32\"]; known: BOOL",
+         request={"json": infer_json(datatype=["FP32"])}),
+    Case("number past FP32", 400, "input 'X' holds values outside the FP32 range",
+         request={"json": infer_json(data=[1e300] + ROW[1:])}),
     Case("element count", 400, "input 'X' has 63 values; shape [1, 64] needs 64",
          request={"json": infer_json(data=ROW[:63])}),
     Case("strings for floats", 400, "is FP32, but its data holds strings",
@@ -158,7 +162,11 @@ def test_the_catalogue_covers_at_least_twenty_kinds_of_bad_input() -> None:
 def test_feedback_must_give_one_label_per_row(http: httpx.Client) -> None:
     body = infer_json(shape=[2, 64], data=ROW * 2) | {"id": "two-rows"}
     assert http.post(INFER, json=body).status_code == 200
-    for label, message in ((3, "had 2 rows: give 2 labels, not 1"), ([1, True], "must be a class id")):
+    for label, message in (
+        (3, "had 2 rows: give 2 labels, not 1"),
+        ([1, True], "must be a class id"),
+        ([1, -5], "label -5 is not a class id"),  # it would count as a wrong answer of both models
+    ):
         answer = http.post(f"/v2/models/{MODEL}/feedback", json={"id": "two-rows", "label": label})
         assert answer.status_code == 400 and message in answer.json()["error"]
     labelled = http.post(f"/v2/models/{MODEL}/feedback", json={"id": "two-rows", "label": [1, 2]})

@@ -14,12 +14,13 @@ import pytest
 import tritonclient.grpc as triton
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from server_harness import MODEL, LocalServer, build_token_model, mostly, settings_for
+from server_harness import MODEL, LocalServer, build_picking_model, build_token_model, mostly, settings_for
 from tritonclient.utils import InferenceServerException
 
 from quantship import artifact
 from quantship.local.prometheus import free_port
 from quantship.server.errors import InvalidInput
+from quantship.server.protocol import datatype_of
 from quantship.server.runner import Runner
 
 INFER = f"/v2/models/{MODEL}/infer"
@@ -134,6 +135,89 @@ def test_one_bad_request_in_a_merged_batch_fails_alone(token_artifact: Path) -> 
     for outcome in (outcomes[0], outcomes[2]):
         assert isinstance(outcome, dict)
         np.testing.assert_array_equal(outcome["hidden"], runner.run(good)["hidden"])
+
+
+# -- failures onnxruntime reports as FAIL: the input's fault when the model runs on a control input ----
+
+
+@pytest.fixture(scope="module")
+def picking_artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("picking")
+    model = build_picking_model(out / "picking.onnx")
+    manifest = {"quantization": {"precision": "fp32", "mode": "none"}}
+    return artifact.write_artifact(out / "artifact", {artifact.MODEL_FILE: model}, manifest).root
+
+
+def picks(positions: list[int], shifts: list[int] | None = None) -> dict[str, np.ndarray]:
+    shifts = [0] * len(positions) if shifts is None else shifts
+    return {
+        "values": np.array([[10.0, 11.0, 12.0, 13.0]], dtype=np.float32),
+        "positions": np.array([positions], dtype=np.int64),
+        "shifts": np.array([shifts], dtype=np.int64),
+    }
+
+
+PICKING_CASES = [
+    ("index past the gathered axis", picks([1, 9]), "GatherElements"),
+    ("shifts of another length than positions", picks([1, 2], [0, 0, 0]),
+     "Attempting to broadcast an axis by a dimension other than 1. 2 by 3"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("inputs", "message"), [case[1:] for case in PICKING_CASES], ids=[case[0] for case in PICKING_CASES]
+)
+def test_input_a_kernel_fails_on_is_400_over_both_transports_and_the_server_keeps_serving(
+    picking_artifact: Path, inputs: dict[str, np.ndarray], message: str
+) -> None:
+    server = LocalServer(settings_for(picking_artifact, "picking", grpc_port=free_port())).start()
+    try:
+        with triton.InferenceServerClient(f"127.0.0.1:{server.settings.grpc_port}") as grpc_client:
+            with pytest.raises(InferenceServerException) as raised:
+                grpc_client.infer(MODEL, _triton_inputs(inputs))
+            assert raised.value.status() == "StatusCode.INVALID_ARGUMENT"
+            assert message in raised.value.message()
+            assert ".h:" not in raised.value.message() and "onnxruntime_src" not in raised.value.message()
+            answer = httpx.post(f"{server.url}{INFER}", json=_json_body(inputs))
+            assert answer.status_code == 400 and message in answer.json()["error"], answer.text
+            good = grpc_client.infer(MODEL, _triton_inputs(picks([3, 0])))
+            np.testing.assert_array_equal(good.as_numpy("picked"), [[13.0, 10.0]])
+        assert server.metric("quantship_requests_total", code="400") == 2
+        assert server.metric("quantship_requests_total", code="500") == 0
+    finally:
+        server.stop()
+
+
+def test_a_request_a_kernel_fails_on_fails_alone_in_a_merged_batch(picking_artifact: Path) -> None:
+    runner = Runner.load(picking_artifact / artifact.MODEL_FILE, threads=1)
+    good, bad = picks([3, 0]), picks([1, 9])
+    outcomes = runner.run_batch([good, bad, good], [1, 1, 1])
+    assert isinstance(outcomes[1], InvalidInput) and "GatherElements" in outcomes[1].message
+    for outcome in (outcomes[0], outcomes[2]):
+        assert isinstance(outcome, dict)
+        np.testing.assert_array_equal(outcome["picked"], [[13.0, 10.0]])
+
+
+def _triton_inputs(inputs: dict[str, np.ndarray]) -> list[triton.InferInput]:
+    made = []
+    for name, array in inputs.items():
+        made.append(triton.InferInput(name, list(array.shape), datatype_of(array.dtype)))
+        made[-1].set_data_from_numpy(array)
+    return made
+
+
+def _json_body(inputs: dict[str, np.ndarray]) -> dict[str, Any]:
+    return {
+        "inputs": [
+            {
+                "name": name,
+                "shape": list(array.shape),
+                "datatype": datatype_of(array.dtype),
+                "data": array.ravel().tolist(),
+            }
+            for name, array in inputs.items()
+        ]
+    }
 
 
 # -- whatever a client sends: 200 or 400, never a server error ------------------------------------------

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
 from quantship import artifact, slo, zoo
+from quantship.server import service
 from quantship.server.clipping import ClipCounter, ClipSample, observer_model
 from quantship.server.drift import DriftWindow
-from quantship.server.errors import FeedbackConflict, UnknownRequest
+from quantship.server.errors import FeedbackConflict, InvalidInput, UnknownRequest
 from quantship.server.feedback import FeedbackStore
 from quantship.server.metrics import ServerMetrics
 from quantship.server.runner import Runner, TensorSpec
@@ -82,12 +85,28 @@ def test_the_feedback_store_forgets_the_oldest_beyond_its_capacity() -> None:
 
 def test_the_feedback_store_keeps_its_inputs_within_max_bytes() -> None:
     store = FeedbackStore(capacity=100, max_bytes=1000)
+    entry = sys.getsizeof("0") + 8 + 200  # the id, the served class, the input
     for i in range(10):
         store.remember(str(i), 1, np.array([0], dtype=np.int64), {"X": np.zeros(50, dtype=np.float32)})
     assert store.nbytes <= 1000
-    assert len(store) == 4  # 208 bytes each
+    assert len(store) == 1000 // entry
     store.mark_labelled("9")
-    assert store.nbytes == 3 * 208 + 8  # a labelled answer lets its inputs go
+    assert store.nbytes == (len(store) - 1) * entry + entry - 200  # a labelled answer lets its inputs go
+
+
+def test_the_feedback_store_counts_long_ids_and_the_bodies_inputs_view() -> None:
+    store = FeedbackStore(capacity=100, max_bytes=100_000)
+    store.remember("x" * 60_000, 1, np.array([0], dtype=np.int64), None)
+    store.remember("y" * 60_000, 1, np.array([0], dtype=np.int64), None)
+    assert len(store) == 1  # two ids of 60 kB do not fit 100 kB
+    body = bytes(80_000)  # a binary request: a header, then two inputs' bytes, both viewing the body
+    inputs = {
+        "a": np.frombuffer(memoryview(body)[1000:1400], dtype=np.float32),
+        "b": np.frombuffer(memoryview(body)[1400:1800], dtype=np.float32),
+    }
+    store.remember("z", 1, np.array([0], dtype=np.int64), inputs)
+    assert store.nbytes >= len(body)  # the whole body, once, not the 800 bytes the inputs span
+    assert store.nbytes < 2 * len(body)
 
 
 def test_a_request_gets_one_label() -> None:
@@ -193,3 +212,11 @@ def test_a_manifest_rule_that_cannot_judge_the_output_is_refused_at_load() -> No
     rule = {"kind": "cosine", "tolerance": 0.9, "confident_only": False}
     comparator = Comparator.for_artifact(TensorSpec("e", "FP32", (None, 8)), rule, tolerance=0.01)
     assert comparator.rule.tolerance == 0.9 and not comparator.classifier
+
+
+def test_labels_past_the_models_classes_are_refused() -> None:
+    np.testing.assert_array_equal(service._labels([0, 9], 2, "a", classes=10), [0, 9])
+    with pytest.raises(InvalidInput, match="label 10 is not a class id: the model's are 0 to 9"):
+        service._labels([0, 10], 2, "a", classes=10)
+    with pytest.raises(InvalidInput, match="label -1 is not a class id"):
+        service._labels(-1, 1, "a", classes=None)

@@ -134,6 +134,21 @@ def test_binary_bytes_elements_carry_their_length_prefix() -> None:
             'datatype "FP8"',
         ),
         (
+            b'{"inputs": [{"name": "X", "shape": [1], "datatype": ["FP32"], "data": [1]}]}',
+            None,
+            'datatype \\["FP32"\\]; known',
+        ),
+        (
+            b'{"inputs": [{"name": "X", "shape": [2], "datatype": "FP32", "data": [1, 1e300]}]}',
+            None,
+            "outside the FP32 range",
+        ),
+        (
+            b'{"inputs": [{"name": "X", "shape": [1], "datatype": "FP16", "data": [70000]}]}',
+            None,
+            "outside the FP16 range",
+        ),
+        (
             b'{"inputs": [{"name": "X", "shape": [-1], "datatype": "FP32", "data": [1]}]}',
             None,
             "integers >= 0",
@@ -174,6 +189,17 @@ def test_binary_sizes_that_do_not_add_up_are_refused() -> None:
     }
     body, length = binary_body(wrong, b"\0" * 8)
     with pytest.raises(InvalidInput, match="FP32 \\[3\\] needs 12"):
+        protocol.decode_request(body, length)
+
+
+def test_binary_bool_bytes_other_than_0_and_1_are_refused() -> None:
+    declared = {
+        "inputs": [{"name": "M", "shape": [3], "datatype": "BOOL", "parameters": {"binary_data_size": 3}}]
+    }
+    body, length = binary_body(declared, b"\x01\x00\x01")
+    np.testing.assert_array_equal(protocol.decode_request(body, length).inputs["M"], [True, False, True])
+    body, length = binary_body(declared, b"\x01\x02\x00")
+    with pytest.raises(InvalidInput, match="input 'M' is BOOL: every byte must be 0 or 1"):
         protocol.decode_request(body, length)
 
 
