@@ -1,3 +1,3 @@
-from quantship.cli import main
+from quantship.cli import run
 
-main()
+run()

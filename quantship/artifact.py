@@ -21,6 +21,7 @@ import io
 import json
 import os
 import shutil
+import stat
 import tarfile
 import tempfile
 import zlib
@@ -58,6 +59,10 @@ class ArchiveLimits:
     ratio_floor: int = 64 * 2**20
     """Unpacked bytes always allowed whatever the ratio (small, sparse models compress well)."""
 
+
+MAX_MANIFEST_BYTES = 64 * 2**20
+"""The largest manifest read: a few KB per activation tensor's histogram, so 64 MiB is thousands of
+times a real one's size, and far from what a file that never ends (a link to /dev/zero) would give."""
 
 MAX_DOWNLOAD_BYTES = 8 * 2**30
 """The largest artifact downloaded (a .tar.gz over http(s), or an OCI pull's layers together):
@@ -208,8 +213,13 @@ class Artifact:
         return dict(self.manifest.get("quantization", {}))
 
     @property
+    def gate(self) -> str:
+        """The accuracy gate's verdict (`passed`, `failed`), or `unknown` where the manifest has none."""
+        return str(self.manifest.get("validation", {}).get("gate", "unknown"))
+
+    @property
     def gate_passed(self) -> bool:
-        return self.manifest.get("validation", {}).get("gate") == "passed"
+        return self.gate == "passed"
 
     @property
     def digest(self) -> str:
@@ -235,18 +245,27 @@ def canonical_bytes(manifest: Mapping[str, Any]) -> bytes:
 
 
 def generate_keypair(private_path: Path, public_path: Path) -> None:
+    """Write a new key pair. Refuses to replace either file: a signing key overwritten by mistake
+    leaves every artifact it signed unverifiable. The private key is never readable by others, not
+    even between its creation and a chmod."""
+    for path in (private_path, public_path):
+        if path.exists():
+            raise ArtifactError(f"{path} exists; refusing to replace a key (remove it first)", reason="key")
     key = Ed25519PrivateKey.generate()
-    private_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
+    private = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
-    private_path.chmod(0o600)
-    public_path.write_bytes(
-        key.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
+    public = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
+    try:
+        with os.fdopen(os.open(private_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as stream:
+            stream.write(private)
+        public_path.write_bytes(public)
+    except OSError as exc:
+        raise ArtifactError(
+            f"cannot write the key pair: {exc.strerror or exc}: {exc.filename}", reason="key"
+        ) from exc
 
 
 def load_private_key(path: Path) -> Ed25519PrivateKey:
@@ -314,18 +333,22 @@ def write_artifact(
             json.dumps(full, indent=2, sort_keys=True, allow_nan=False) + "\n"
         )
         staging.chmod(0o755)
-        _replace_dir(staging, out_dir)
+        replace_dir(staging, out_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return Artifact(root=out_dir, manifest=full, signed=sign_key is not None)
 
 
-def _replace_dir(new: Path, target: Path) -> None:
-    if not target.exists():
+def replace_dir(new: Path, target: Path) -> None:
+    """Put the artifact directory `new` in place as `target`: where nothing is, in place of an empty
+    directory, or in place of an older artifact. Anything else at `target` is someone's data: refused."""
+    if target.is_dir() and not target.is_symlink() and not any(target.iterdir()):
+        target.rmdir()
+    if not target.exists() and not target.is_symlink():
         os.rename(new, target)
         return
-    if not (target / MANIFEST_FILE).is_file():
+    if target.is_symlink() or not (target / MANIFEST_FILE).is_file():
         raise ArtifactError(f"{target} exists and is not an artifact; refusing to replace it", reason="io")
     old = target.with_name(f".{target.name}.old")
     shutil.rmtree(old, ignore_errors=True)
@@ -362,7 +385,9 @@ def load_artifact(
 
     Refuses, with an ArtifactError naming the problem: a missing or unreadable manifest, an unknown
     format version, a listed file that is missing or whose size or sha256 differ, and, when a
-    public key is given, a missing or invalid signature. A tarball is unpacked to `extract_to`
+    public key is given, a missing or invalid signature; a directory holding anything its manifest
+    does not name (onnxruntime would read an unlisted file a model names as external data, unverified).
+    A tarball is unpacked to `extract_to`
     (which must not exist yet, or be empty) within `limits`, and refused when it holds anything but
     regular files the manifest names; a refused tarball leaves nothing at `extract_to`. Without
     `extract_to`, it goes to a fresh scratch directory that outlives the call (`scratch.sweep` removes
@@ -370,7 +395,9 @@ def load_artifact(
     """
     path = Path(path)
     if not is_archive(path):
-        return _verify(path, public_key)
+        loaded = _verify(path, public_key)
+        _check_nothing_unlisted(path, loaded.manifest)
+        return loaded
     if extract_to is None:
         folder = scratch.create(scratch.ARTIFACT_PREFIX)
         try:
@@ -379,6 +406,59 @@ def load_artifact(
             scratch.remove(folder)
             raise
     return _unpack_and_verify(path, Path(extract_to), public_key, limits)
+
+
+def copy_listed(
+    source: Path,
+    dest: Path,
+    *,
+    public_key: Ed25519PublicKey | None = None,
+    max_bytes: int = MAX_DOWNLOAD_BYTES,
+) -> Artifact:
+    """Copy the artifact directory `source` to `dest` (which must not exist), then verify the copy.
+
+    Only the manifest and the files it lists are read, each a regular file (a mounted ConfigMap's
+    links to one count) of the listed size, copied no further than that size: an unlisted file, a
+    link to /dev/zero or a file still growing cannot reach `dest`. Other entries in `source` (a
+    claim's lost+found) are left alone."""
+    manifest = _read_manifest(source)
+    listed = manifest["files"]
+    if sum(entry["size"] for entry in listed.values()) > max_bytes:
+        raise ArtifactError(f"{source}: the listed files hold more than {max_bytes} bytes", reason="format")
+    dest.mkdir()
+    try:
+        for name in [MANIFEST_FILE, *listed]:
+            if Path(name).name != name:
+                raise ArtifactError(
+                    f"{source}: manifest names a file outside the artifact: {name!r}", reason="format"
+                )
+            size = listed[name]["size"] if name in listed else MAX_MANIFEST_BYTES
+            _copy_at_most(source / name, dest / name, size, exact=name in listed)
+        return load_artifact(dest, public_key=public_key)
+    except BaseException:
+        shutil.rmtree(dest, ignore_errors=True)
+        raise
+
+
+def _copy_at_most(source: Path, target: Path, size: int, *, exact: bool) -> None:
+    try:  # O_NONBLOCK: opening a FIFO must not wait for a writer before fstat refuses it
+        with os.fdopen(os.open(source, os.O_RDONLY | os.O_NONBLOCK), "rb") as stream:
+            if not stat.S_ISREG(os.fstat(stream.fileno()).st_mode):
+                raise ArtifactError(f"{source}: not a regular file", reason="format")
+            copied = 0
+            with target.open("wb") as out:
+                while block := stream.read(min(1 << 20, size + 1 - copied)):
+                    copied += len(block)
+                    if copied > size:
+                        break
+                    out.write(block)
+    except FileNotFoundError:
+        raise ArtifactError(f"{source}: listed in the manifest but missing", reason="missing") from None
+    if copied > size or (exact and copied != size):
+        raise ArtifactError(
+            f"{source}: {'larger' if copied > size else 'smaller'} than the manifest says (tampered?)",
+            reason="hash_mismatch",
+        )
 
 
 UNPACKED = "artifact"
@@ -430,7 +510,113 @@ def _verify(path: Path, public_key: Ed25519PublicKey | None) -> Artifact:
         raise ArtifactError(f"{path}: manifest lists no {MODEL_FILE}", reason="format")
     if public_key is not None:
         _check_signature(path, manifest, public_key)
-    return Artifact(root=path, manifest=manifest, signed=SIGNATURE_KEY in manifest)
+    return Artifact(root=path, manifest=manifest, signed=isinstance(manifest.get(SIGNATURE_KEY), dict))
+
+
+_NUMBER = {"type": "number"}
+_MAYBE_NUMBER = {"type": ["number", "null"]}
+_COUNT = {"type": "integer", "minimum": 0}
+MANIFEST_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["format_version", "files"],
+    "properties": {
+        "format_version": {"type": "integer"},
+        "files": {
+            "type": "object",
+            "additionalProperties": {
+                "type": "object",
+                "required": ["sha256", "size"],
+                "properties": {"sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"}, "size": _COUNT},
+            },
+        },
+        SIGNATURE_KEY: {
+            "type": "object",
+            "properties": {"algorithm": {"type": "string"}, "value": {"type": "string"}},
+        },
+        "model": {"type": "object", "properties": {"source": {"type": "string"}}},
+        "validation": {
+            "type": "object",
+            "properties": {
+                "gate": {"type": "string"},
+                "shadow_rule": {"type": ["object", "null"]},
+                "hardware": {"type": "object"},
+            },
+        },
+        **{key: {"type": "object"} for key in ("quantization", "runtime", "tuning", "task")},
+        "calibration": {"type": ["object", "null"]},  # null: dynamic quantization calibrates nothing
+        **{key: {"type": "array"} for key in ("sensitivity", "trials", "warnings")},
+        "activation_ranges": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["tensor", "low", "high", "scale"],
+                "properties": {
+                    "tensor": {"type": "string"},
+                    **dict.fromkeys(("low", "high", "scale"), _NUMBER),
+                    **dict.fromkeys(
+                        ("calibrated_min", "calibrated_max", "activation_low", "activation_high"),
+                        _MAYBE_NUMBER,
+                    ),
+                },
+            },
+        },
+        "activation_histograms": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["tensor", "low", "high", "counts", "underflow", "overflow"],
+                "properties": {
+                    "tensor": {"type": "string"},
+                    "low": _NUMBER,
+                    "high": _NUMBER,
+                    "counts": {"type": "array", "items": _COUNT},
+                    "underflow": _COUNT,
+                    "overflow": _COUNT,
+                },
+            },
+        },
+    },
+}
+"""The types of what quantship reads from a manifest: a hostile or damaged one is refused on loading,
+by name, rather than failing later in whichever part reads the field (other keys are free)."""
+
+
+def _schema_problem(manifest: Any) -> str | None:
+    import jsonschema  # here: ~60 ms to import, and every command imports this module
+
+    error = jsonschema.exceptions.best_match(_manifest_validator().iter_errors(manifest))
+    if error is None:
+        return None
+    where = "".join(f"[{part!r}]" for part in error.absolute_path) or "the manifest"
+    return f"{where}: {error.message[:200]}"
+
+
+@functools.cache
+def _manifest_validator() -> Any:
+    import jsonschema
+
+    return jsonschema.Draft7Validator(MANIFEST_SCHEMA)
+
+
+def _check_nothing_unlisted(root: Path, manifest: Mapping[str, Any]) -> None:
+    unlisted = sorted(
+        entry.name for entry in root.iterdir() if entry.name not in {MANIFEST_FILE, *manifest["files"]}
+    )
+    if unlisted:
+        raise ArtifactError(
+            f"{root}: holds what its manifest does not name: {', '.join(unlisted)} (an artifact is "
+            "exactly the files its manifest lists)",
+            reason="format",
+        )
+
+
+def _parse_manifest(text: str) -> Any:
+    """JSON as a manifest may hold it: no NaN or Infinity (a signature could not cover them)."""
+    return json.loads(text, parse_constant=_refuse_constant)
+
+
+def _refuse_constant(name: str) -> None:
+    raise ValueError(f"{name} is not a JSON number")
 
 
 def _read_manifest(root: Path) -> dict[str, Any]:
@@ -439,18 +625,28 @@ def _read_manifest(root: Path) -> dict[str, Any]:
         raise ArtifactError(f"{root}: no such artifact", reason="missing")
     if not manifest_path.is_file():
         raise ArtifactError(f"{root}: not an artifact (no {MANIFEST_FILE})", reason="format")
+    if manifest_path.stat().st_size > MAX_MANIFEST_BYTES:
+        raise ArtifactError(f"{manifest_path}: larger than {MAX_MANIFEST_BYTES} bytes", reason="format")
     try:
-        manifest = json.loads(manifest_path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        manifest = _parse_manifest(manifest_path.read_text())
+    except (
+        OSError,
+        UnicodeDecodeError,
+        ValueError,
+        RecursionError,
+    ) as exc:  # a JSONDecodeError is a ValueError
         raise ArtifactError(f"{manifest_path}: unreadable manifest: {exc}", reason="format") from exc
     if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
         raise ArtifactError(f"{manifest_path}: manifest has no file list", reason="format")
-    if manifest.get("format_version") != FORMAT_VERSION:
+    version = manifest.get("format_version")
+    if type(version) is not int or version != FORMAT_VERSION:  # True == 1, but is no version
         raise ArtifactError(
-            f"{manifest_path}: format version {manifest.get('format_version')!r}, this quantship reads "
-            f"{FORMAT_VERSION}",
+            f"{manifest_path}: format version {version!r}, this quantship reads {FORMAT_VERSION}",
             reason="format",
         )
+    problem = _schema_problem(manifest)
+    if problem is not None:
+        raise ArtifactError(f"{manifest_path}: {problem}", reason="format")
     return manifest
 
 

@@ -14,6 +14,7 @@ import dataclasses
 import enum
 import functools
 import math
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -105,6 +106,14 @@ def user_errors(func: F) -> F:
 @click.version_option(__version__, prog_name="quantship")
 def main() -> None:
     """Ship quantized ONNX models to production safely."""
+
+
+def run() -> None:
+    """The console script: `main`, with SIGTERM (a pod deleted, a CI job's timeout) ending a command as
+    Ctrl-C does, by an exception, so that its cleanups run and no scratch or partial file stays.
+    `serve`, `operator` and `demo` put their own handlers (a drain, a stop) over this one."""
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    main()
 
 
 # -- sample models ----------------------------------------------------------------------------
@@ -502,8 +511,7 @@ def pull(
         )
     except oci.OciError as exc:
         raise Refused(str(exc)) from exc
-    gate = pulled.manifest.get("validation", {}).get("gate", "n/a")
-    click.echo(f"pulled {uri} into {pulled.root}: manifest {pulled.digest[:12]}, gate {gate}")
+    click.echo(f"pulled {uri} into {pulled.root}: manifest {pulled.digest[:12]}, gate {pulled.gate}")
 
 
 @main.command()
@@ -519,10 +527,8 @@ def verify(path: Path, public_key: Path | None) -> None:
     signature = (
         "signature valid" if key else ("signed, signature not checked" if loaded.signed else "unsigned")
     )
-    gate = loaded.manifest.get("validation", {}).get("gate", "unknown")
-    click.echo(
-        f"ok: {path}: {len(loaded.manifest['files'])} files match their sha256; {signature}; gate {gate}"
-    )
+    files = len(loaded.manifest["files"])
+    click.echo(f"ok: {path}: {files} files match their sha256; {signature}; gate {loaded.gate}")
 
 
 @main.command()
@@ -863,6 +869,7 @@ def demo(workdir: Path, quick: bool, prometheus: bool) -> None:
 @main.command()
 @click.option("--private", "private_path", required=True, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--public", "public_path", required=True, type=click.Path(dir_okay=False, path_type=Path))
+@user_errors
 def keygen(private_path: Path, public_path: Path) -> None:
     """Create an ed25519 key pair for signing artifacts (PEM files)."""
     artifact.generate_keypair(private_path, public_path)

@@ -169,6 +169,12 @@ def push(
     if reference.digest:
         raise OciError(f"push to a tag, not a digest: {uri}")
     loaded = artifact.load_artifact(root)
+    unknown = sorted(set(loaded.manifest["files"]) - set(LAYER_MEDIA_TYPES))
+    if unknown:
+        raise OciError(
+            f"{root}: an OCI artifact carries {artifact.MODEL_FILE} and {artifact.REFERENCE_FILE}; "
+            f"the manifest also lists {', '.join(unknown)}"
+        )
     client = _client(reference, credentials, insecure, timeout)
     with tempfile.TemporaryDirectory(prefix="quantship-push-") as tmp:
         config = Path(tmp) / "config.json"
@@ -181,7 +187,7 @@ def push(
                 files=files,
                 disable_path_validation=True,  # oras otherwise wants files under the working directory
                 manifest_config=f"{config}:{CONFIG_MEDIA_TYPE}",
-                manifest_annotations={_TITLE: loaded.manifest["model"]["source"]},
+                manifest_annotations={_TITLE: loaded.manifest.get("model", {}).get("source", root.name)},
                 quiet=True,
             )
     digest = response.headers.get("Docker-Content-Digest")

@@ -28,7 +28,9 @@ SERVE_PREFIX = "quantship-serve-"
 """A model server's directory: the .tar.gz artifact it serves, unpacked."""
 ARTIFACT_PREFIX = "quantship-artifact-"
 """An artifact .tar.gz unpacked to be verified or read (`quantship verify`, `quantship report`)."""
-PREFIXES = (SERVE_PREFIX, ARTIFACT_PREFIX)
+QUANTIZE_PREFIX = "quantship-quantize-"
+"""A quantization's working files: the prepared model, each trial's candidate."""
+PREFIXES = (SERVE_PREFIX, ARTIFACT_PREFIX, QUANTIZE_PREFIX)
 OWNER_FILE = ".quantship-owner"
 
 

@@ -34,7 +34,10 @@ class FetchError(Exception):
 
 def source_path(uri: str, pvc_root: Path) -> Path | None:
     """The local path of a file:// or pvc:// URI; None for http(s)://."""
-    parsed = urllib.parse.urlparse(uri)
+    try:
+        parsed = urllib.parse.urlparse(uri)
+    except ValueError as exc:  # an unclosed [ in the host
+        raise FetchError(f"{uri}: not a URI: {exc}") from None
     match parsed.scheme:
         case "file":
             return Path(urllib.parse.unquote(parsed.netloc + parsed.path))
@@ -75,7 +78,11 @@ def download(
     """GET `url` into `target`: at most `max_bytes`, redirects only to the same origin unless told."""
     origin = _origin(url)
     try:
-        with httpx.Client(timeout=timeout, follow_redirects=False) as client:
+        # identity: the body is the archive's own bytes. A server that sends it gzip-encoded anyway
+        # (an object store's Content-Encoding on a .tar.gz) is read raw (`_save`), never inflated
+        # past the archive's limits.
+        headers = {"Accept-Encoding": "identity"}
+        with httpx.Client(timeout=timeout, follow_redirects=False, headers=headers) as client:
             for _ in range(MAX_REDIRECTS + 1):
                 with client.stream("GET", url) as response:
                     if response.is_redirect:
@@ -116,7 +123,7 @@ def _save(url: str, response: httpx.Response, target: Path, max_bytes: int) -> N
         raise FetchError(f"{url}: {declared} bytes, more than the limit of {max_bytes} (--max-bytes)")
     received = 0
     with target.open("wb") as out:
-        for chunk in response.iter_bytes():
+        for chunk in response.iter_raw():
             received += len(chunk)
             if received > max_bytes:
                 raise FetchError(f"{url}: more than the limit of {max_bytes} bytes (--max-bytes)")
@@ -139,8 +146,11 @@ def fetch(
     that (`artifact.ArchiveLimits`). `timeout` bounds each connect and read.
     `registry_config`: a Docker config.json with the oci:// registry's credentials."""
     key = artifact.load_public_key(public_key) if public_key else None
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=dest.parent))
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        scratch = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=dest.parent))
+    except OSError as exc:
+        raise FetchError(f"cannot write beside {dest}: {exc.strerror or exc}") from exc
     try:
         if uri.startswith(oci.SCHEME):
             credentials = oci.Credentials(docker_config=registry_config)
@@ -155,9 +165,7 @@ def fetch(
                 )
             except oci.OciError as exc:
                 raise FetchError(str(exc)) from exc
-            shutil.rmtree(dest, ignore_errors=True)
-            pulled.root.rename(dest)
-            return artifact.load_artifact(dest, public_key=key)
+            return _install(pulled, dest, key)
         source = source_path(uri, pvc_root)
         if source is None:
             name = Path(urllib.parse.urlparse(uri).path).name
@@ -169,17 +177,25 @@ def fetch(
             )
         if not source.exists():
             raise FetchError(f"{uri}: {source} does not exist")
-        if source.is_dir():
-            copied = scratch / "artifact"
-            shutil.copytree(source, copied)
-            loaded = artifact.load_artifact(copied, public_key=key)
+        if source.is_dir():  # only what its manifest lists: not a claim's lost+found, nor an unlisted link
+            loaded = artifact.copy_listed(source, scratch / "artifact", public_key=key, max_bytes=max_bytes)
         else:
             limits = artifact.ArchiveLimits(max_bytes=2 * max_bytes)
             loaded = artifact.load_artifact(
                 source, public_key=key, extract_to=scratch / "artifact", limits=limits
             )
-        shutil.rmtree(dest, ignore_errors=True)
-        loaded.root.rename(dest)
-        return artifact.load_artifact(dest, public_key=key)
+        return _install(loaded, dest, key)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _install(
+    loaded: artifact.Artifact, dest: Path, key: artifact.Ed25519PublicKey | None
+) -> artifact.Artifact:
+    """Put the verified artifact in place as `dest`: where nothing is, an empty directory or an older
+    artifact was. Anything else at `dest` is someone's data: refused, untouched."""
+    try:
+        artifact.replace_dir(loaded.root, dest)
+    except OSError as exc:
+        raise FetchError(f"cannot install the artifact as {dest}: {exc.strerror or exc}") from exc
+    return artifact.load_artifact(dest, public_key=key)

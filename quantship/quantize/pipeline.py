@@ -7,7 +7,6 @@ Works in a temporary directory; the artifact appears at `out` only when complete
 from __future__ import annotations
 
 import os
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -21,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 import quantship
-from quantship import artifact, runtime
+from quantship import artifact, runtime, scratch
 from quantship.quantize import data, engine, ranges, sensitivity, tuner, workbench
 from quantship.quantize.config import Mode, QuantizeConfig
 from quantship.quantize.errors import QuantizeInputError
@@ -87,8 +86,8 @@ def run(
     hardware = runtime.hardware()
     config = config.resolved(hardware)
 
-    with tempfile.TemporaryDirectory(prefix="quantship-quantize-") as tmp_name, progress:
-        tmp = Path(tmp_name)
+    scratch.sweep()  # what quantizations, servers and verifies killed before us (kill -9) left behind
+    with scratch.directory(scratch.QUANTIZE_PREFIX) as tmp, progress:
         # The gate first: a metric that cannot apply fails in a second, not after calibration.
         evaluator = Evaluator(model_path, evalset, config.output, config.gate_request())
         for message in evaluator.warnings:

@@ -170,6 +170,20 @@ def test_sign_then_verify_and_tamper(sample: zoo.SampleModel, tmp_path: Path) ->
     _assert_one_line_error(code, err, "model.onnx does not match its sha256")
 
 
+def test_keygen_never_replaces_a_key_and_keeps_the_private_one_to_its_owner(tmp_path: Path) -> None:
+    private, public = tmp_path / "k.pem", tmp_path / "k.pub"
+    assert _cli("keygen", "--private", private, "--public", public)[0] == 0
+    assert private.stat().st_mode & 0o777 == 0o600
+    kept = private.read_bytes()
+    code, _, err = _cli("keygen", "--private", private, "--public", tmp_path / "other.pub")
+    _assert_one_line_error(code, err, "k.pem exists; refusing to replace a key")
+    assert private.read_bytes() == kept and not (tmp_path / "other.pub").exists()
+    code, _, err = _cli(
+        "keygen", "--private", tmp_path / "no" / "such" / "k.pem", "--public", tmp_path / "n.pub"
+    )
+    _assert_one_line_error(code, err, "cannot write the key pair")
+
+
 def test_verify_refuses_an_unsigned_artifact_when_a_key_is_required(
     good_artifact: artifact.Artifact, tmp_path: Path
 ) -> None:

@@ -96,10 +96,29 @@ def test_missing_listed_file_is_refused(artifact_copy: Path) -> None:
         ("[]", "no file list"),
         ('{"format_version": 99, "files": {}}', "format version 99"),
         (
-            '{"format_version": 1, "files": {"../../etc/passwd": {"size": 1, "sha256": "x"}}}',
+            '{"format_version": 1, "files": {"../../etc/passwd": {"size": 1, "sha256": "%s"}}}' % ("0" * 64),
             "outside the artifact",
         ),
         ('{"format_version": 1, "files": {}}', "lists no model.onnx"),
+        # hostile or damaged: refused by name on loading, never a traceback in whatever reads the field
+        ('{"format_version": true, "files": {}}', "format version True"),
+        (
+            '{"format_version": 1, "files": {"model.onnx": "deadbeef"}}',
+            r"\['files'\]\['model.onnx'\]: 'deadbeef' is not of type 'object'",
+        ),
+        (
+            '{"format_version": 1, "files": {"model.onnx": {"size": "9", "sha256": "%s"}}}' % ("0" * 64),
+            r"\['size'\]: '9' is not of type 'integer'",
+        ),
+        ('{"format_version": 1, "files": {}, "validation": null}', r"\['validation'\]: None is not of type"),
+        ('{"format_version": 1, "files": {}, "signature": {"value": 123}}', r"\['value'\]: 123 is not"),
+        (
+            '{"format_version": 1, "files": {}, "activation_ranges": [{"tensor": 5, "low": "x"}]}',
+            r"\['activation_ranges'\]\[0\]",
+        ),
+        ('{"format_version": 1, "files": {}, "x": NaN}', "NaN is not a JSON number"),
+        ('{"format_version": 1, "files": {}, "x": %s}' % ("9" * 5000), "unreadable manifest"),
+        ("[" * 100_000 + "]" * 100_000, "unreadable manifest"),
     ],
 )
 def test_malformed_manifests_are_refused(tmp_path: Path, manifest_text: str, message: str) -> None:

@@ -78,6 +78,18 @@ def test_a_missing_tag_or_digest_is_named(
     assert list(tmp_path.iterdir()) == []
 
 
+def test_an_artifact_no_oci_layer_can_carry_is_refused_by_name(
+    registry: Registry, good_artifact: artifact.Artifact, tmp_path: Path
+) -> None:
+    """It verifies (its manifest lists and hashes notes.txt), but a pull could not put it back."""
+    notes = tmp_path / "notes.txt"
+    notes.write_text("trained on Tuesday")
+    files = {artifact.MODEL_FILE: good_artifact.model_path, "notes.txt": notes}
+    odd = artifact.write_artifact(tmp_path / "odd", files, {"quantization": {"precision": "fp32"}})
+    with pytest.raises(oci.OciError, match=r"the manifest also lists notes\.txt"):
+        oci.push(odd.root, registry.uri("quantship/digits:odd"))
+
+
 def test_a_registry_that_is_down_is_named_at_once(good_artifact: artifact.Artifact, tmp_path: Path) -> None:
     uri = f"oci://127.0.0.1:{free_port()}/quantship/digits:v1"
     with pytest.raises(oci.OciError, match="cannot reach the registry"):

@@ -69,7 +69,7 @@ CATALOGUE = [
     Case("datatype not a string", 400, "input 'X' has datatype [\"FP32\"]; known: BOOL",
          request={"json": infer_json(datatype=["FP32"])}),
     Case("number past FP32", 400, "input 'X' holds values outside the FP32 range",
-         request={"json": infer_json(data=[1e300] + ROW[1:])}),
+         request={"json": infer_json(data=[1e300, *ROW[1:]])}),
     Case("element count", 400, "input 'X' has 63 values; shape [1, 64] needs 64",
          request={"json": infer_json(data=ROW[:63])}),
     Case("strings for floats", 400, "is FP32, but its data holds strings",

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import http.server
+import os
 import shutil
 import threading
 from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -43,6 +45,111 @@ def test_a_directory_on_a_file_uri_is_copied_and_verified(
     assert code == 0, output
     assert artifact.load_artifact(tmp_path / "model").digest == good_artifact.digest
     assert [p.name for p in tmp_path.iterdir()] == ["model"], "no scratch left behind"
+
+
+def external_data_model(folder: Path, weights: str) -> Path:
+    """An artifact whose model.onnx keeps its one weight in the external file `weights`, which the
+    manifest does not list: what onnxruntime reads from beside model.onnx, unverified."""
+    from onnx import TensorProto, helper, numpy_helper, save_model
+
+    weight = numpy_helper.from_array(np.arange(4, dtype=np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["X", "w"], ["Y"])],
+        "leaky",
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, [4])],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [4])],
+        [weight],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    built = folder / "built"
+    built.mkdir()
+    save_model(model, built / "model.onnx", save_as_external_data=True, location=weights, size_threshold=0)
+    manifest = {"quantization": {"precision": "fp32", "mode": "none"}}
+    return artifact.write_artifact(
+        folder / "artifact", {artifact.MODEL_FILE: built / "model.onnx"}, manifest
+    ).root
+
+
+def test_an_unlisted_file_beside_the_model_never_reaches_the_server(tmp_path: Path) -> None:
+    """A link named as the model's external data, to a secret on the fetching node: the artifact is
+    refused where it lies, and a fetch copies only what the manifest lists."""
+    secret = tmp_path / "secret"
+    secret.write_bytes(np.full(4, 7, dtype=np.float32).tobytes())
+    root = external_data_model(tmp_path, "weights.bin")
+    (root / "weights.bin").symlink_to(secret)
+
+    with pytest.raises(artifact.ArtifactError, match=r"holds what its manifest does not name: weights\.bin"):
+        artifact.load_artifact(root)
+    code, output = fetch(f"file://{root}", str(tmp_path / "model"))
+
+    assert code == 0, output
+    assert sorted(p.name for p in (tmp_path / "model").iterdir()) == ["manifest.json", "model.onnx"]
+
+
+def test_a_claims_other_entries_are_not_copied(good_artifact: artifact.Artifact, tmp_path: Path) -> None:
+    """An artifact at a claim's root shares it with lost+found; a link to /dev/zero is never read."""
+    claim = tmp_path / "claim"
+    shutil.copytree(good_artifact.root, claim)
+    (claim / "lost+found").mkdir()
+    (claim / "zeros").symlink_to("/dev/zero")
+
+    code, output = fetch(f"file://{claim}", str(tmp_path / "model"))
+
+    assert code == 0, output
+    assert artifact.load_artifact(tmp_path / "model").digest == good_artifact.digest
+
+
+@pytest.mark.parametrize("listed", ["/dev/zero", "fifo"])
+def test_a_listed_file_that_is_not_a_regular_file_is_refused(
+    artifact_copy: Path, tmp_path: Path, listed: str
+) -> None:
+    (artifact_copy / artifact.REFERENCE_FILE).unlink()
+    if listed == "fifo":
+        os.mkfifo(artifact_copy / artifact.REFERENCE_FILE)
+    else:
+        (artifact_copy / artifact.REFERENCE_FILE).symlink_to(listed)
+
+    code, output = fetch(f"file://{artifact_copy}", str(tmp_path / "out" / "model"))
+
+    assert code == 3 and "reference.onnx: not a regular file" in output, output
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_dest_holding_someones_data_is_refused_and_left_alone(
+    good_artifact: artifact.Artifact, tmp_path: Path
+) -> None:
+    dest = tmp_path / "work"
+    (dest / "src").mkdir(parents=True)
+    (dest / "src" / "thesis.txt").write_text("my work")
+
+    code, output = fetch(f"file://{good_artifact.root}", str(dest))
+
+    assert code == 3 and "exists and is not an artifact; refusing to replace it" in output, output
+    assert (dest / "src" / "thesis.txt").read_text() == "my work"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["work"], "no scratch left behind"
+
+
+def test_dest_may_be_an_empty_folder_or_an_older_artifact(
+    good_artifact: artifact.Artifact, artifact_copy: Path, tmp_path: Path
+) -> None:
+    empty = tmp_path / "mount"
+    empty.mkdir()
+    assert fetch(f"file://{good_artifact.root}", str(empty))[0] == 0
+    assert fetch(f"file://{artifact_copy}", str(empty))[0] == 0
+    assert artifact.load_artifact(empty).digest == good_artifact.digest
+
+
+@pytest.mark.parametrize(
+    "dest", ["/proc/quantship-dest", "FILE/sub"], ids=["unwritable parent", "a file as parent"]
+)
+def test_a_dest_that_cannot_be_written_is_a_one_line_error(
+    good_artifact: artifact.Artifact, tmp_path: Path, dest: str
+) -> None:
+    (tmp_path / "FILE").write_text("a file")
+    code, output = fetch(f"file://{good_artifact.root}", dest.replace("FILE", str(tmp_path / "FILE")))
+
+    assert code == 3 and "cannot write beside" in output and output.startswith("error: "), output
 
 
 def test_a_tarball_over_http_is_downloaded_unpacked_and_verified(
@@ -100,6 +207,7 @@ def test_an_unsigned_artifact_is_refused_when_a_key_is_required(
         ("https://127.0.0.1:9/digits", "over http(s) an artifact is a .tar.gz"),
         ("pvc://models/../../etc", "must stay inside the claim"),
         ("file:///nonexistent/digits", "does not exist"),
+        ("http://[::1/digits.tar.gz", "not a URI"),
     ],
 )
 def test_a_uri_that_cannot_work_is_a_one_line_error(uri: str, complaint: str, tmp_path: Path) -> None:

@@ -8,10 +8,16 @@ refused by the artifact checks. Every refusal leaves DEST absent and no scratch 
 
 from __future__ import annotations
 
+import contextlib
+import gzip
 import http.server
 import io
+import signal
+import subprocess
+import sys
 import tarfile
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import ClassVar
@@ -24,8 +30,8 @@ from quantship.cli import main
 
 
 class Handler(http.server.BaseHTTPRequestHandler):
-    """/NAME (with its length), /chunked/NAME (no length declared), /moved/PATH (302 to
-    `redirect_to`/PATH) over the archives in `files`."""
+    """/NAME (with its length), /chunked/NAME (no length declared), /encoded/NAME (sent as
+    `Content-Encoding: gzip`), /moved/PATH (302 to `redirect_to`/PATH) over the archives in `files`."""
 
     protocol_version = "HTTP/1.1"
     files: ClassVar[dict[str, bytes]] = {}
@@ -38,7 +44,17 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self.send_header("Content-Length", "0")
             self.end_headers()
             return
-        name = self.path.lstrip("/").removeprefix("chunked/")
+        if self.path.startswith("/drip/"):  # a body that never ends, a byte every 0.1 s
+            self.send_response(200)
+            self.send_header("Content-Length", str(2**30))
+            self.end_headers()
+            with contextlib.suppress(OSError):
+                for _ in range(600):
+                    self.wfile.write(b"x")
+                    self.wfile.flush()
+                    time.sleep(0.1)
+            return
+        name = self.path.lstrip("/").removeprefix("chunked/").removeprefix("encoded/")
         body = self.files.get(name)
         if body is None:
             self.send_response(404)
@@ -46,6 +62,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self.end_headers()
             return
         self.send_response(200)
+        if self.path.startswith("/encoded/"):  # what an object store does with Content-Encoding set
+            self.send_header("Content-Encoding", "gzip")
         if self.path.startswith("/chunked/"):
             self.send_header("Transfer-Encoding", "chunked")
             self.end_headers()
@@ -75,7 +93,8 @@ def server(good_artifact: artifact.Artifact, tmp_path_factory: pytest.TempPathFa
         link = tarfile.TarInfo("escape")
         link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
         archive.addfile(link)
-    files = {"good.tar.gz": packed.read_bytes(), "bad.tar.gz": hostile.getvalue()}
+    bomb = gzip.compress(bytes(64 * 2**20))  # 64 KiB that a client inflating the encoding makes 64 MiB
+    files = {"good.tar.gz": packed.read_bytes(), "bad.tar.gz": hostile.getvalue(), "bomb.tar.gz": bomb}
     handler = type("Serving", (Handler,), {"files": files})
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     port = httpd.server_address[1]
@@ -137,3 +156,36 @@ def test_a_hostile_archive_is_refused_and_nothing_is_installed(server: str, tmp_
 
     assert code == 3 and "symbolic link to '/etc/passwd'" in output, output
     assert nothing_installed(tmp_path / "out")
+
+
+def test_a_tarball_sent_gzip_encoded_is_saved_as_sent_not_inflated(server: str, tmp_path: Path) -> None:
+    """An object store labels a .tar.gz `Content-Encoding: gzip`: the body is the archive itself."""
+    code, output = fetch(f"{server}/encoded/good.tar.gz", str(tmp_path / "model"))
+    assert code == 0, output
+
+
+def test_an_encoded_body_is_held_to_max_bytes_as_sent(server: str, tmp_path: Path) -> None:
+    """64 KiB sent, 64 MiB inflated: saved as sent, it is within 1 MB and the archive checks refuse
+    it (zeros hold no manifest); inflated, it would have been written out to the limit first."""
+    code, output = fetch(
+        f"{server}/encoded/bomb.tar.gz", str(tmp_path / "out" / "model"), "--max-bytes", "1000000"
+    )
+    assert code == 3 and "archive holds no manifest.json" in output, output
+    assert nothing_installed(tmp_path / "out")
+
+
+def test_a_fetch_ended_by_sigterm_leaves_no_scratch_behind(server: str, tmp_path: Path) -> None:
+    """An init container deleted mid-download (SIGTERM) cleans up as Ctrl-C would."""
+    out = tmp_path / "out"
+    fetching = subprocess.Popen(
+        [sys.executable, "-m", "quantship", "fetch", f"{server}/drip/slow.tar.gz", str(out / "model")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    deadline = time.monotonic() + 30
+    while not (out.exists() and any(out.glob(".model-*/slow.tar.gz"))):  # downloading
+        assert time.monotonic() < deadline and fetching.poll() is None, fetching.communicate()
+        time.sleep(0.05)
+    fetching.send_signal(signal.SIGTERM)
+    assert fetching.wait(timeout=30) == 128 + signal.SIGTERM
+    assert nothing_installed(out)
