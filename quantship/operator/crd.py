@@ -38,7 +38,11 @@ GATEWAY_NEEDS_ROUTE = {
     "rule": "!has(self.router) || self.router != 'gateway-api' || has(self.httpRoute)",
     "message": "traffic.httpRoute is required when traffic.router is gateway-api",
 }
-"""spec.traffic's CEL rule. `has()` guards: the API server checks it against `default: {}` as well."""
+PORT_NOT_GRPC = {
+    "rule": f"!has(self.port) || self.port != {names.GRPC_PORT}",
+    "message": f"traffic.port must not be {names.GRPC_PORT}, the model Services' gRPC port",
+}
+"""spec.traffic's CEL rules. `has()` guards: the API server checks them against `default: {}` as well."""
 WINDOWS_IN_ORDER = {
     "rule": "!has(self.shortWindow) || !has(self.longWindow) "
     "|| duration(self.shortWindow) < duration(self.longWindow)",
@@ -419,7 +423,7 @@ def _traffic_schema() -> dict[str, Any]:
         },
         # The API server evaluates every rule against `default: {}` too, before nested defaults:
         # each rule must hold where a field it reads is absent.
-        **{"x-kubernetes-validations": [GATEWAY_NEEDS_ROUTE]},
+        **{"x-kubernetes-validations": [GATEWAY_NEEDS_ROUTE, PORT_NOT_GRPC]},
     )
 
 

@@ -17,6 +17,10 @@ from typing import Any
 
 from kubernetes.utils import parse_quantity
 
+GRPC_PORT = 8081
+"""The model Services' gRPC port (KServe's, for `inference.GRPCInferenceService`) beside
+spec.traffic.port: a Service refuses two ports of one protocol and number, so the CRD refuses this."""
+
 _LABEL = "[a-z0-9]([-a-z0-9]*[a-z0-9])?"
 DNS_1123_LABEL = f"^{_LABEL}$"
 SUBDOMAIN = rf"{_LABEL}(\.{_LABEL})*"

@@ -63,6 +63,12 @@ OPERATOR: frozenset[Permission] = frozenset(
 )
 """Our adapters' calls (kube.py), in every namespace the operator serves."""
 
+OWNER_REFERENCES: frozenset[Permission] = frozenset({(crd.GROUP, f"{crd.PLURAL}/finalizers", "update")})
+"""No call of ours: what the OwnerReferencesPermissionEnforcement admission plugin (on in OpenShift
+and hardened clusters) asks of a client that sets `blockOwnerDeletion` in an ownerReference, as
+kopf.append_owner_reference does on every Deployment, Service and Job we create. Without it each
+create is 403 there."""
+
 KOPF_IN_NAMESPACES: frozenset[Permission] = frozenset(
     {
         # kopf lists and watches the resource, patches its progress and finalizer into it
@@ -109,7 +115,7 @@ KOPF_PEERING_NAMESPACED: frozenset[Permission] = frozenset(
 def needed(*, clusterwide: bool, peering: bool) -> tuple[frozenset[Permission], frozenset[Permission]]:
     """(in each served namespace, at cluster scope) for a mode. Cluster-wide, the first applies in
     every namespace through a ClusterRoleBinding."""
-    in_namespaces = OPERATOR | KOPF_IN_NAMESPACES | KOPF_INDEXES
+    in_namespaces = OPERATOR | OWNER_REFERENCES | KOPF_IN_NAMESPACES | KOPF_INDEXES
     cluster_scope: frozenset[Permission] = KOPF_CLUSTER_SCANNING if clusterwide else frozenset()
     if peering:
         if clusterwide:

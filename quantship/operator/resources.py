@@ -19,7 +19,7 @@ from quantship.operator.spec import ModelSpec
 from quantship.rollout import Track
 
 SERVER_PORT = 8080
-GRPC_PORT = 8081  # KServe's gRPC port: `inference.GRPCInferenceService`
+GRPC_PORT = names.GRPC_PORT
 # Shutdown: the kubelet runs preStop (endpoints drop the pod meanwhile), then sends SIGTERM; the server
 # drains within its budget and exits before the grace period (counted from preStop) runs out.
 GRACE_PERIOD_S = 30

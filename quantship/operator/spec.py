@@ -179,6 +179,8 @@ def _check_names(name: str, spec: Mapping[str, Any]) -> None:
     errors = names.container_resource_errors(spec.get("resources") or {})
     if errors:
         raise InvalidSpec(f"spec.resources: {'; '.join(errors)}")
+    if (spec.get("traffic") or {}).get("port") == names.GRPC_PORT:
+        raise InvalidSpec(crd.PORT_NOT_GRPC["message"])
 
 
 def served_artifact(spec: dict[str, Any], status: Mapping[str, Any]) -> dict[str, Any]:

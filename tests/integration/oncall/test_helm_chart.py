@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import click
 import jsonschema
 import kubernetes_validate
 import pytest
@@ -22,7 +23,9 @@ import yaml
 from quantship import cli, generate
 from quantship.local.prometheus import find_binary
 from quantship.oncall import links, rules
-from quantship.operator import permissions
+from quantship.operator import names, permissions, resources
+from quantship.operator.spec import ModelSpec
+from quantship.rollout import Track
 
 pytestmark = pytest.mark.helm
 
@@ -350,6 +353,22 @@ def test_namespaced_rbac_grants_nothing_cluster_wide_and_no_namespaces(helm: str
     assert not any(resource == "namespaces" for _, resource, _ in in_namespaces)
 
 
+def test_the_owner_of_every_child_that_blocks_its_deletion_grants_updating_its_finalizers(helm: str) -> None:
+    """OwnerReferencesPermissionEnforcement refuses a blockOwnerDeletion reference to an owner whose
+    finalizers the client may not update: every create of a child would be 403 there."""
+    owner = {"apiVersion": "serving.quantship.io/v1alpha1", "kind": "QuantizedModel",
+             "metadata": {"name": "digits", "namespace": "ml", "uid": "1"}}  # fmt: skip
+    spec = ModelSpec.from_resource({**owner, "spec": {"artifact": {"uri": "file:///models/digits"}}})
+    children = [
+        resources.service(spec, None, owner),
+        resources.deployment(spec, spec.revision, Track.STABLE, 1, owner),
+    ]
+    assert all(child["metadata"]["ownerReferences"][0]["blockOwnerDeletion"] for child in children)
+    for scopes in (granted(render(helm)), granted(render(helm, "--set", "operator.namespaces={ml}"))):
+        for grants in scopes.values():
+            assert ("serving.quantship.io", "quantizedmodels/finalizers", "update") in grants
+
+
 def test_peering_needs_its_own_grants_which_the_standalone_chart_leaves_out() -> None:
     for clusterwide in (True, False):
         alone = permissions.needed(clusterwide=clusterwide, peering=False)
@@ -384,7 +403,38 @@ def test_the_crd_is_a_template_in_install_and_upgrade_and_survives_uninstall(hel
 
 def test_the_example_model_is_created_after_the_crd_by_a_hook(helm: str, all_features: Path) -> None:
     example = one(render(helm, "--values", str(all_features)), "QuantizedModel")
-    assert example["metadata"]["annotations"]["helm.sh/hook"] == "post-install,post-upgrade"
+    assert example["metadata"]["annotations"]["helm.sh/hook"] == "post-install"  # an upgrade re-creating
+    # it would delete its Deployments with it, and any edit of its artifact
+
+
+def test_values_the_operator_or_the_crd_would_refuse_are_refused_by_the_chart(helm: str) -> None:
+    """What `helm install` admits must not crash-loop the operator or fail the example's hook."""
+    tick = next(param for param in cli.operator.params if param.name == "tick_interval")
+    assert isinstance(tick.type, click.FloatRange)
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    assert schema["properties"]["operator"]["properties"]["tickInterval"]["minimum"] == tick.type.min
+    model_name = schema["definitions"]["modelName"]
+    assert model_name == {
+        "type": "string",
+        "pattern": names.DNS_1035_LABEL,
+        "maxLength": names.MAX_NAME_LENGTH,
+    }
+    refused = [
+        ("--set-json", "operator.tickInterval=0.05"),
+        ("--set-string", "example.name=9digits"),
+        ("--set-string", f"example.name={'d' * (names.MAX_NAME_LENGTH + 1)}"),
+    ]
+    for flag, setting in refused:
+        result = run_helm(helm, "template", "quantship", str(CHART), flag, setting)
+        assert result.returncode != 0 and "don't meet the specifications of the schema" in result.stderr, (
+            setting
+        )
+
+
+def test_an_ipv6_bind_address_renders_as_an_argument(helm: str) -> None:
+    documents = render(helm, "--set-string", "operator.bindAddress=::", "--set", "operator.namespaces={ml}")
+    assert_valid(documents)
+    assert {"--bind-address=::", "--namespace=ml"} <= set(chart_args(documents))
 
 
 def test_metrics_and_health_listen_on_every_address_of_the_pod(helm: str) -> None:

@@ -516,7 +516,23 @@ def object_errors(body: Mapping[str, Any]) -> list[str]:
         (template.get("metadata") or {}).get("labels") or {}, "spec.template.metadata.labels"
     )
     errors += pod_spec_errors(template.get("spec") or {})
+    if body.get("kind") == "Service":
+        errors += service_port_errors(spec.get("ports") or [])
     return [f"{body.get('kind')} {name}: {error}" for error in errors]
+
+
+def service_port_errors(ports: list[Mapping[str, Any]]) -> list[str]:
+    """ValidateService's: port names unique, and no two ports of one protocol and number."""
+    errors, names, pairs = [], set(), set()
+    for index, port in enumerate(ports):
+        pair = (port.get("protocol", "TCP"), port.get("port"))
+        if pair in pairs:
+            errors.append(f"spec.ports[{index}]: Duplicate value: {pair}")
+        if port.get("name") in names:
+            errors.append(f"spec.ports[{index}].name: Duplicate value: {port.get('name')!r}")
+        pairs.add(pair)
+        names.add(port.get("name"))
+    return errors
 
 
 # The pod spec, as core/v1 validation (ValidatePodSpec) checks what the operator fills from a spec:

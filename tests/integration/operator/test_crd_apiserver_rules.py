@@ -7,6 +7,7 @@ accept, and to one violation per rule, which it must refuse."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ import pytest
 import yaml
 
 from quantship.operator import crd, names, resources
-from quantship.operator.spec import ModelSpec
+from quantship.operator.spec import InvalidSpec, ModelSpec
 
 ROOT = rules.REPOSITORY
 SCHEMA = crd.schema()
@@ -248,6 +249,27 @@ def test_the_longest_name_admitted_names_services_kubernetes_admits() -> None:
         )
         assert rules.object_errors(service) == []
     assert len(resources.child_name(spec, spec.revision)) == 63
+
+
+@pytest.mark.parametrize("port", [1, 8080, 8082, 65535, names.GRPC_PORT])
+def test_a_traffic_port_is_admitted_only_where_the_models_services_can_carry_it(port: int) -> None:
+    """The Services carry spec.traffic.port and the gRPC port: one number twice is refused by the
+    API server (ValidateService), so the CRD refuses it first, and the operator for a resource stored
+    before it did."""
+    owner = {"apiVersion": "v1", "kind": "X", "metadata": {"name": "o", "uid": "1"}}
+    admitted, _ = rules.admit(SCHEMA, minimal())
+    spec = dataclasses.replace(ModelSpec.from_resource(admitted), port=port)
+    service_errors = rules.object_errors(resources.service(spec, None, owner))
+    _, errors = rules.admit(SCHEMA, minimal(traffic={"port": port}))
+    if port != names.GRPC_PORT:
+        assert errors == [] and service_errors == []
+        return
+    assert any("spec.ports[1]: Duplicate value" in error for error in service_errors), service_errors
+    assert any(crd.PORT_NOT_GRPC["message"] in error for error in errors), errors
+    stored_before_the_rule = copy.deepcopy(admitted)
+    stored_before_the_rule["spec"]["traffic"]["port"] = port
+    with pytest.raises(InvalidSpec, match=r"traffic\.port must not be 8081"):
+        ModelSpec.from_resource(stored_before_the_rule)
 
 
 def test_unknown_fields_are_pruned_by_the_server_and_maps_are_kept() -> None:

@@ -201,9 +201,9 @@ async def test_namespaced_gateway_rollout_keeps_the_route_valid_and_stays_within
     assert {scope for scope, _ in used} == {NAMESPACE}, "a request outside the served namespace"
     # both ways: nothing beyond what the chart grants, and nothing granted that this run never used
     # (but spec.quantize's Job, test_operator_quantize_job.py, spec.placement's pod reads,
-    # test_operator_faults.py, which record those calls, and the GETs of a cache miss, which warm
-    # indexes may never need)
-    unused_here = permissions.QUANTIZE_JOB | permissions.PLACEMENT
+    # test_operator_faults.py, which record those calls, the GETs of a cache miss, which warm
+    # indexes may never need, and the owner references' grant, which no call uses)
+    unused_here = permissions.QUANTIZE_JOB | permissions.PLACEMENT | permissions.OWNER_REFERENCES
     assert in_namespaces - unused_here - permissions.CACHE_MISS_READS <= {
         permission for _, permission in used
     }
