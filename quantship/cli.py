@@ -108,12 +108,26 @@ def main() -> None:
     """Ship quantized ONNX models to production safely."""
 
 
+class Terminated(BaseException):
+    """SIGTERM arrived: unwinds the command (its `finally` blocks and context managers run), past
+    click and anything catching Exception, to `run`."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated
+
+
 def run() -> None:
     """The console script: `main`, with SIGTERM (a pod deleted, a CI job's timeout) ending a command as
-    Ctrl-C does, by an exception, so that its cleanups run and no scratch or partial file stays.
-    `serve`, `operator` and `demo` put their own handlers (a drain, a stop) over this one."""
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
-    main()
+    Ctrl-C does, by an exception, so that its cleanups run and no scratch or partial file stays; then
+    the process ends by the signal, as its parent expects. `serve`, `operator` and `demo` put their own
+    handlers (a drain, a stop) over this one."""
+    signal.signal(signal.SIGTERM, _terminate)
+    try:
+        main()
+    except Terminated:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.raise_signal(signal.SIGTERM)
 
 
 # -- sample models ----------------------------------------------------------------------------

@@ -75,7 +75,7 @@ class Endpoints:
         model_errors = schema.errors(404, 503)
         infer = {
             **schema.ok(schema.InferenceResponse, "The outputs.", binary=True),
-            **schema.errors(400, 404, 408, 413, 429, 500, 503),
+            **schema.errors(400, 404, 408, 413, 415, 429, 500, 503),
         }
         infer_body = schema.request_body(schema.INFERENCE_REQUEST, binary=True)
         metadata = {**schema.ok(schema.ModelMetadata, "Inputs and outputs."), **model_errors}

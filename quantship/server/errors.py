@@ -62,6 +62,12 @@ class PayloadTooLarge(ServerError):
     status = 413
 
 
+class UnsupportedMediaType(ServerError):
+    """A body in a Content-Encoding this server does not read."""
+
+    status = 415
+
+
 class Overloaded(ServerError):
     """The queue is full. Retry later, or elsewhere: nothing was done."""
 

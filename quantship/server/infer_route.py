@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from starlette.routing import compile_path
 from starlette.types import Receive, Scope, Send
 
-from quantship.server import protocol
+from quantship.server import content_encoding, protocol
 from quantship.server.connections import BODY_ARRIVAL
 from quantship.server.errors import (
     ClientClosedRequest,
@@ -163,13 +163,17 @@ class InferRoute:
     ) -> protocol.Encoded:
         self.service.check_model(model, version)
         self.service.ready_model()  # 503 before reading a body we could not use
-        declared, header_length = "", None
+        declared, header_length, coding = "", None, ""
         for name, value in scope["headers"]:
             if name == b"content-length":
                 declared = value.decode("latin-1")
             elif name == _HEADER_LENGTH:
                 header_length = value.decode("latin-1")
+            elif name == b"content-encoding":
+                coding = value.decode("latin-1")
         body = await receive_body(receive, declared, self.limits, lambda: _where(scope), here=arrived(scope))
+        if coding:  # inflating may take milliseconds: off the event loop
+            body = await asyncio.to_thread(content_encoding.decoded, body, coding, self.limits.max_bytes)
         request = await decode(body, header_length)
         return protocol.encode_response(await self.service.infer(request), request)
 

@@ -148,9 +148,10 @@ _WHY = {
     404: "No such model, version, or request id.",
     408: "The body did not arrive within --body-timeout-s; the connection is closed.",
     409: "This request already got its label.",
-    413: "The body is larger than --max-body-bytes.",
+    413: "The body is larger than --max-body-bytes (inflated, if sent gzip or deflate).",
+    415: "A Content-Encoding other than gzip or deflate.",
     429: "The queue is full (--max-queue-size); retry later.",
-    500: "Inference failed inside onnxruntime.",
+    500: "Inference failed inside onnxruntime, on a control input too: the model or the host.",
     503: "The model is loading, was refused, or the server is shutting down.",
 }
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import math
 from collections.abc import Iterator
@@ -66,6 +67,15 @@ CATALOGUE = [
          request={"json": infer_json(shape=[1, 63], data=ROW[:63])}),
     Case("wrong dtype", 400, "input 'X' is FP64; the model expects FP32",
          request={"json": infer_json(datatype="FP64")}),
+    Case("unknown content encoding", 415, "Content-Encoding 'br' is not supported",
+         request={"json": infer_json(), "headers": {"Content-Encoding": "br"}}),
+    Case("not gzip", 400, "the body is not valid gzip data",
+         request={"content": b'{"inputs": []}', "headers": {"Content-Encoding": "gzip"}}),
+    Case("truncated gzip", 400, "the body ends inside its gzip data",
+         request={"content": gzip.compress(json.dumps(infer_json()).encode())[:-12],
+                  "headers": {"Content-Encoding": "gzip"}}),
+    Case("gzip bomb", 413, "inflates to over 1048576 bytes",
+         request={"content": gzip.compress(bytes(2 << 20)), "headers": {"Content-Encoding": "gzip"}}),
     Case("datatype not a string", 400, "input 'X' has datatype [\"FP32\"]; known: BOOL",
          request={"json": infer_json(datatype=["FP32"])}),
     Case("number past FP32", 400, "input 'X' holds values outside the FP32 range",

@@ -24,7 +24,7 @@ def fuzzed_server(good_artifact: artifact.Artifact) -> Iterator[LocalServer]:
 def test_the_openapi_document_documents_every_status_each_route_answers(fuzzed_server: LocalServer) -> None:
     document = httpx.get(f"{fuzzed_server.url}/openapi.json").json()
     infer = document["paths"]["/v2/models/{model_name}/infer"]["post"]
-    assert sorted(infer["responses"]) == ["200", "400", "404", "408", "413", "429", "500", "503"]
+    assert sorted(infer["responses"]) == ["200", "400", "404", "408", "413", "415", "429", "500", "503"]
     assert set(infer["requestBody"]["content"]) == {"application/json", "application/octet-stream"}
     example = infer["requestBody"]["content"]["application/json"]["example"]
     assert httpx.post(f"{fuzzed_server.url}/v2/models/digits/infer", json=example).status_code == 200

@@ -48,13 +48,28 @@ def test_tritonclient_sees_a_live_ready_server_and_its_model(client: Any) -> Non
     assert "1" in batching["microseconds_per_row"]
 
 
-@pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
+@pytest.mark.parametrize(
+    ("binary", "compression"),
+    [(True, None), (False, None), (True, "gzip"), (False, "deflate")],
+    ids=["binary", "json", "binary gzip", "json deflate"],
+)
 def test_inference_answers_what_onnxruntime_answers(
-    client: Any, good_artifact: artifact.Artifact, traffic: tuple[np.ndarray, np.ndarray], binary: bool
+    client: Any,
+    good_artifact: artifact.Artifact,
+    traffic: tuple[np.ndarray, np.ndarray],
+    binary: bool,
+    compression: str | None,
 ) -> None:
+    """Compressed too: tritonclient's request_compression_algorithm, as Triton takes it."""
     images = traffic[0][:5]
     inputs, outputs = request(images, binary=binary)
-    result = client.infer(MODEL, inputs, outputs=outputs)
+    result = client.infer(
+        MODEL,
+        inputs,
+        outputs=outputs,
+        request_compression_algorithm=compression,
+        response_compression_algorithm=compression,
+    )
     expected_label, expected_probabilities = create_session(good_artifact.model_path).run(None, {"X": images})
     np.testing.assert_array_equal(result.as_numpy("label"), expected_label)
     np.testing.assert_allclose(result.as_numpy("probabilities"), expected_probabilities, rtol=1e-5, atol=1e-6)
