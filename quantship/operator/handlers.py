@@ -94,6 +94,18 @@ async def _sleep_unless_stopped(stopped: kopf.DaemonStopped, seconds: float) -> 
         waiter.cancel()
 
 
+CRD_POLL_S = 2.0
+"""How often a namespaced operator started before its CRD asks whether it is served yet."""
+CRD_WAIT_LOG_S = 30.0
+
+
+async def _models_served(ctx: Context) -> bool:
+    try:
+        return await ctx.kube.models_served()
+    except PortError:  # the API server is not there yet either: keep waiting
+        return False
+
+
 def register(
     registry: kopf.OperatorRegistry,
     ctx: Context,
@@ -121,6 +133,23 @@ def register(
         watched.watch_only_ours(settings)
 
     watched.register(registry)
+
+    if operator.namespaces:
+
+        @kopf.on.startup(registry=registry)
+        async def wait_for_the_crd(logger: kopf.Logger, **_: Any) -> None:
+            """Namespaced, kopf scans the API's resources once, at start (it may not watch CRDs): an
+            operator up before its CRD is served would never watch a QuantizedModel. Waits before any
+            watch starts (the liveness endpoint too: the pod restarts if it takes longer than the
+            startup probe allows, and waits again)."""
+            waited, said = 0.0, -float("inf")
+            while not await _models_served(ctx):
+                if waited - said >= CRD_WAIT_LOG_S:
+                    served = f"{crd.PLURAL}.{crd.GROUP}/{crd.VERSION}"
+                    logger.warning(f"waiting for the API server to serve {served} (is the CRD applied?)")
+                    said = waited
+                await asyncio.sleep(CRD_POLL_S)
+                waited += CRD_POLL_S
 
     @kopf.on.login(registry=registry)
     def authenticate(**kwargs: Any) -> kopf.ConnectionInfo | None:

@@ -121,6 +121,15 @@ class Kube:
             if all((pod.get("metadata", {}).get("labels") or {}).get(k) == v for k, v in labels.items())
         ]
 
+    async def models_served(self) -> bool:
+        """Whether the API server serves QuantizedModels (API discovery, which every authenticated
+        client may read): False until the CRD is established."""
+        listing = await _read(
+            self.custom.get_api_resources_without_preload_content(crd.GROUP, crd.VERSION),
+            timeout=self.timeout,
+        )
+        return any(resource.get("name") == crd.PLURAL for resource in (listing or {}).get("resources") or [])
+
     async def job_pods(self, namespace: str, job: str) -> list[dict[str, Any]]:
         """The pods of a Job (the Job controller labels them `job-name`)."""
         listing = await _read(

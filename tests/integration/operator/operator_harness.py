@@ -71,6 +71,8 @@ class Operator:
     thread: threading.Thread
     stop: threading.Event
     registry: CollectorRegistry
+    ready: threading.Event
+    """Set once kopf's startup handlers have run and its watches begin."""
 
     async def shutdown(self) -> None:
         self.stop.set()

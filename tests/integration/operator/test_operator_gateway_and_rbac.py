@@ -6,6 +6,7 @@ the operator and kopf send is one the chart's namespaced RBAC grants, none clust
 
 from __future__ import annotations
 
+import asyncio
 import re
 from typing import Any
 
@@ -14,7 +15,7 @@ import jsonpatch
 import kmock
 import pytest
 import yaml
-from kmock_cluster import Cluster
+from kmock_cluster import QM, Cluster
 from operator_harness import (
     NAMESPACE,
     TESTS_USER_AGENT,
@@ -212,6 +213,24 @@ async def test_namespaced_gateway_rollout_keeps_the_route_valid_and_stays_within
     assert not [r for r in requests if r.resource is not None and r.resource.plural == "namespaces"]
     used_kinds = {permission for _, permission in used}
     assert (crd.GROUP, crd.PLURAL, "watch") in used_kinds and ("", "events", "create") in used_kinds
+
+
+async def test_a_namespaced_operator_started_before_its_crd_waits_for_it_then_serves(
+    cluster: Cluster, kubectl: Kubectl, start_operator: StartOperator
+) -> None:
+    """kopf scans the API's resources once when it may not watch CRDs: started first, the operator
+    would never watch a QuantizedModel (a chart with crds.enabled=false, the CRD applied later)."""
+    served = cluster.resources[QM]
+    del cluster.resources[QM]
+    operator = await start_operator(ScriptedMetrics(), namespaces=(NAMESPACE,), ready_within=0)
+    discovery = f"/apis/{crd.GROUP}/{crd.VERSION}"
+    asked = lambda: sum(1 for r in cluster if r.url.path == discovery) >= 2 or None  # noqa: E731
+    await eventually(asked, what="the operator to ask twice whether QuantizedModels are served")
+    assert not operator.ready.is_set()
+    cluster.resources[QM] = served
+    assert await asyncio.to_thread(operator.ready.wait, 30)
+    await kubectl.apply(spec_of(V1))
+    await eventually(lambda: kubectl.deployment(f"digits-{FIRST}"), what="the stable Deployment")
 
 
 async def test_cluster_wide_the_operator_and_kopf_send_only_what_the_cluster_role_grants(
