@@ -342,15 +342,17 @@ def write_artifact(
 
 def replace_dir(new: Path, target: Path) -> None:
     """Put the artifact directory `new` in place as `target`: where nothing is, in place of an empty
-    directory, or in place of an older artifact. Anything else at `target` is someone's data: refused."""
+    directory, or in place of an older artifact (a manifest quantship reads, and nothing it does not
+    list). Anything else at `target` is someone's data: refused, untouched."""
     if target.is_dir() and not target.is_symlink() and not any(target.iterdir()):
         target.rmdir()
     if not target.exists() and not target.is_symlink():
         os.rename(new, target)
         return
-    if target.is_symlink() or not (target / MANIFEST_FILE).is_file():
-        raise ArtifactError(f"{target} exists and is not an artifact; refusing to replace it", reason="io")
-    old = target.with_name(f".{target.name}.old")
+    old = target.with_name(f".{target.name}.old")  # a replacement cut short left it: ours as well
+    for ours in (target, old):
+        if (ours.exists() or ours.is_symlink()) and not _is_artifact_dir(ours):
+            raise ArtifactError(f"{ours} exists and is not an artifact; refusing to replace it", reason="io")
     shutil.rmtree(old, ignore_errors=True)
     os.rename(target, old)
     os.rename(new, target)
@@ -395,9 +397,7 @@ def load_artifact(
     """
     path = Path(path)
     if not is_archive(path):
-        loaded = _verify(path, public_key)
-        _check_nothing_unlisted(path, loaded.manifest)
-        return loaded
+        return _verify(path, public_key, exact=True)
     if extract_to is None:
         folder = scratch.create(scratch.ARTIFACT_PREFIX)
         try:
@@ -428,7 +428,7 @@ def copy_listed(
     dest.mkdir()
     try:
         for name in [MANIFEST_FILE, *listed]:
-            if Path(name).name != name:
+            if not _is_plain_name(name):
                 raise ArtifactError(
                     f"{source}: manifest names a file outside the artifact: {name!r}", reason="format"
                 )
@@ -441,19 +441,26 @@ def copy_listed(
 
 
 def _copy_at_most(source: Path, target: Path, size: int, *, exact: bool) -> None:
-    try:  # O_NONBLOCK: opening a FIFO must not wait for a writer before fstat refuses it
-        with os.fdopen(os.open(source, os.O_RDONLY | os.O_NONBLOCK), "rb") as stream:
-            if not stat.S_ISREG(os.fstat(stream.fileno()).st_mode):
-                raise ArtifactError(f"{source}: not a regular file", reason="format")
-            copied = 0
-            with target.open("wb") as out:
-                while block := stream.read(min(1 << 20, size + 1 - copied)):
-                    copied += len(block)
-                    if copied > size:
-                        break
-                    out.write(block)
+    try:
+        descriptor = os.open(source, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO must not wait for a writer
     except FileNotFoundError:
         raise ArtifactError(f"{source}: listed in the manifest but missing", reason="missing") from None
+    except OSError as exc:
+        raise ArtifactError(f"{source}: cannot read it: {exc.strerror or exc}", reason="io") from None
+    try:
+        if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+            raise ArtifactError(f"{source}: not a regular file", reason="format")
+        copied = 0
+        with target.open("wb") as out:
+            while block := os.read(descriptor, min(1 << 20, size + 1 - copied)):
+                copied += len(block)
+                if copied > size:
+                    break
+                out.write(block)
+    except OSError as exc:
+        raise ArtifactError(f"copying {source}: {exc.strerror or exc}", reason="io") from None
+    finally:
+        os.close(descriptor)
     if copied > size or (exact and copied != size):
         raise ArtifactError(
             f"{source}: {'larger' if copied > size else 'smaller'} than the manifest says (tampered?)",
@@ -502,8 +509,11 @@ def _unpack_and_verify(
         raise
 
 
-def _verify(path: Path, public_key: Ed25519PublicKey | None) -> Artifact:
+def _verify(path: Path, public_key: Ed25519PublicKey | None, *, exact: bool = False) -> Artifact:
+    """`exact`: refuse anything in `path` the manifest does not list (checked before any hashing)."""
     manifest = _read_manifest(path)
+    if exact:
+        _check_nothing_unlisted(path, manifest)
     for name, entry in manifest["files"].items():
         _check_file(path, name, entry)
     if MODEL_FILE not in manifest["files"]:
@@ -539,10 +549,14 @@ MANIFEST_SCHEMA: dict[str, Any] = {
             "properties": {
                 "gate": {"type": "string"},
                 "shadow_rule": {"type": ["object", "null"]},
-                "hardware": {"type": "object"},
+                "hardware": {
+                    "type": "object",
+                    "properties": {"int8_flags": {"type": "array", "items": {"type": "string"}}},
+                },
             },
         },
-        **{key: {"type": "object"} for key in ("quantization", "runtime", "tuning", "task")},
+        "quantization": {"type": "object", "properties": {"output": {"type": ["string", "null"]}}},
+        **{key: {"type": "object"} for key in ("runtime", "tuning", "task")},
         "calibration": {"type": ["object", "null"]},  # null: dynamic quantization calibrates nothing
         **{key: {"type": "array"} for key in ("sensitivity", "trials", "warnings")},
         "activation_ranges": {
@@ -598,6 +612,16 @@ def _manifest_validator() -> Any:
     return jsonschema.Draft7Validator(MANIFEST_SCHEMA)
 
 
+def _is_artifact_dir(path: Path) -> bool:
+    if path.is_symlink() or not path.is_dir():
+        return False
+    try:
+        _check_nothing_unlisted(path, _read_manifest(path))
+    except ArtifactError:
+        return False
+    return True
+
+
 def _check_nothing_unlisted(root: Path, manifest: Mapping[str, Any]) -> None:
     unlisted = sorted(
         entry.name for entry in root.iterdir() if entry.name not in {MANIFEST_FILE, *manifest["files"]}
@@ -605,7 +629,7 @@ def _check_nothing_unlisted(root: Path, manifest: Mapping[str, Any]) -> None:
     if unlisted:
         raise ArtifactError(
             f"{root}: holds what its manifest does not name: {', '.join(unlisted)} (an artifact is "
-            "exactly the files its manifest lists)",
+            "exactly the files its manifest lists; `quantship fetch file://DIR DEST` copies only those)",
             reason="format",
         )
 
@@ -650,9 +674,14 @@ def _read_manifest(root: Path) -> dict[str, Any]:
     return manifest
 
 
+def _is_plain_name(name: str) -> bool:
+    """A file's name in the artifact's own folder: no separator, and not '', '.' or '..'."""
+    return name not in ("", ".", "..") and Path(name).name == name
+
+
 def _check_file(root: Path, name: str, entry: Mapping[str, Any]) -> None:
     # Names come from the manifest, which may be hostile: never follow one out of the artifact.
-    if Path(name).name != name:
+    if not _is_plain_name(name):
         raise ArtifactError(f"{root}: manifest names a file outside the artifact: {name!r}", reason="format")
     file = root / name
     if not file.is_file():

@@ -114,6 +114,7 @@ class Terminated(BaseException):
 
 
 def _terminate(signum: int, frame: object) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends the cleanups too
     raise Terminated
 
 
@@ -784,6 +785,9 @@ def serve(log_level: str, access_log: bool, **options: Any) -> None:
         settings = serve_settings(**options)
     except ValueError as error:  # what click's ranges let through (NaN) and the settings refuse
         raise click.UsageError(str(error)) from None
+    # uvicorn drains on SIGTERM, then raises it again to end as its parent expects: by the default
+    # action, not by unwinding (which would wait for a model still loading in a thread).
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     server.serve(settings, log_level=log_level, access_log=access_log)
 
 
@@ -923,8 +927,8 @@ def _given(**options: Any) -> dict[str, Any]:
     "--max-bytes",
     type=click.IntRange(min=1),
     default=None,
-    help="Largest download (an oci:// artifact's layers together); a .tar.gz may unpack to twice "
-    "that. Default: quantship.artifact.MAX_DOWNLOAD_BYTES (8 GiB).",
+    help="Largest download (an oci:// artifact's layers together); a .tar.gz may unpack to, and an "
+    "artifact directory hold, twice that. Default: quantship.artifact.MAX_DOWNLOAD_BYTES (8 GiB).",
 )
 @click.option(
     "--cross-host-redirects", is_flag=True, help="Follow redirects to other hosts (refused by default)."

@@ -178,7 +178,9 @@ def fetch(
         if not source.exists():
             raise FetchError(f"{uri}: {source} does not exist")
         if source.is_dir():  # only what its manifest lists: not a claim's lost+found, nor an unlisted link
-            loaded = artifact.copy_listed(source, scratch / "artifact", public_key=key, max_bytes=max_bytes)
+            loaded = artifact.copy_listed(
+                source, scratch / "artifact", public_key=key, max_bytes=2 * max_bytes
+            )
         else:
             limits = artifact.ArchiveLimits(max_bytes=2 * max_bytes)
             loaded = artifact.load_artifact(

@@ -138,10 +138,10 @@ def _publish(
     dest.parent.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=dest.parent))
     try:
-        shutil.copytree(out, scratch / "artifact")
-        artifact.load_artifact(scratch / "artifact")  # what landed is what was written
-        shutil.rmtree(dest, ignore_errors=True)
-        (scratch / "artifact").rename(dest)
+        published = artifact.copy_listed(out, scratch / "artifact")  # what lands is what was written
+        artifact.replace_dir(published.root, dest)  # never over anything but an older artifact
+    except artifact.ArtifactError as exc:
+        raise JobError(f"{target}: {exc}") from exc
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return target

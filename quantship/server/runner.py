@@ -31,8 +31,9 @@ Tensors = Mapping[str, np.ndarray]
 log = logging.getLogger(__name__)
 
 CONTROL_INTERVAL_S = 1.0
-"""How long a control run's verdict on the model stands (see `Runner.run`): at most one extra call a
-second, however many requests fail."""
+"""How long a control run's verdict stands for requests of one shape (see `_Controls`)."""
+CONTROL_SHAPES = 64
+"""Shapes whose verdicts are kept at once."""
 
 FAILURE_LOG_INTERVAL_S = 10.0
 """A failing model logs one line per this many seconds, with the count of failures since."""
@@ -196,7 +197,7 @@ class Runner:
         self._run_options = ort.RunOptions()
         # A refused input is answered 400; onnxruntime's own error log of it would be noise.
         self._run_options.log_severity_level = 4
-        self._control = _Control(lambda: self._call(self.zeros(1)))
+        self._controls = _Controls(self._call)
         self._failures = _ThrottledLog(FAILURE_LOG_INTERVAL_S)
 
     @classmethod
@@ -208,12 +209,13 @@ class Runner:
             values = self._call(inputs)
         except _ORT_INVALID_ARGUMENT as exc:  # e.g. a token id past the vocabulary: the client's to fix
             raise InvalidInput(f"the model refused the input: {_ort_message(exc)}") from None
-        except Exception as exc:  # onnxruntime raises its own pybind types, none with a common base
-            # A kernel's FAIL (inputs that cannot broadcast, an index past a gather's axis) names no
-            # culprit. If the model still runs on a control input, the input was at fault: 400.
-            if self._control.passes():
+        except _ORT_FAILURES as exc:  # a kernel's FAIL names no culprit: an index past a gather's axis?
+            if self._controls.values_at_fault(inputs):
                 raise InvalidInput(f"the model could not run on the input: {_ort_message(exc)}") from None
-            self._failures.error("onnxruntime failed, on a control input too: %s", exc)
+            self._failures.error("onnxruntime failed, on zeros of the same shapes too: %s", exc)
+            raise InferenceFailed(f"onnxruntime failed: {_ort_message(exc)}") from exc
+        except Exception as exc:  # onnxruntime's other pybind types (none with a common base), or ours
+            self._failures.error("onnxruntime failed: %s", exc)
             raise InferenceFailed(f"onnxruntime failed: {_ort_message(exc)}") from exc
         return dict(zip(self._output_names, values, strict=True))
 
@@ -222,7 +224,7 @@ class Runner:
 
     def zeros(self, rows: int) -> dict[str, np.ndarray]:
         """An input of zeros (empty strings for BYTES): `rows` rows where the first dimension is open,
-        1 in every other open dimension. What the batch policy times, and the control input."""
+        1 in every other open dimension: what the batch policy times."""
         return {spec.name: _zeros(spec, rows) for spec in self.signature.inputs}
 
     def run_many(
@@ -291,6 +293,12 @@ def _outcome(run: Any, inputs: Tensors) -> Outcome:
 _ORT_INVALID_ARGUMENT: type[Exception] = getattr(
     ort.capi.onnxruntime_pybind11_state, "InvalidArgument", ValueError
 )
+_ORT_FAILURES: tuple[type[Exception], ...] = tuple(
+    getattr(ort.capi.onnxruntime_pybind11_state, name)
+    for name in ("Fail", "RuntimeException")
+    if hasattr(ort.capi.onnxruntime_pybind11_state, name)
+)
+"""A kernel's ORT_ENFORCE or a failed status: raised as often for a request's values as for a bug."""
 
 
 _SOURCE_LOCATION = re.compile(r"\S+\.(?:h|cc|cpp):\d+ (?:[^()]*\([^()]*\)(?: const)? (?:\[with [^\]]*\] )?)?")
@@ -312,27 +320,42 @@ def _zeros(spec: TensorSpec, rows: int) -> np.ndarray:
     return np.zeros(shape, dtype=spec.dtype)
 
 
-class _Control:
-    """Whether the model runs on zeros (`Runner.zeros(1)`) at all: the verdict that tells a failure
-    the input caused from one of the model's (or the host's). Rerun at most every
-    CONTROL_INTERVAL_S; a model that fails on zeros too is never judged the input's fault."""
+class _Controls:
+    """Whether the model runs on zeros shaped as a failed request was. If it does, the request's
+    values caused the failure (an index past an axis): the client's to change, 400. If not, its
+    shapes do not suit the model, or the model is broken at them, and nobody can tell which: a 500,
+    which the error SLI counts, so a canary broken on real traffic's shapes still rolls back. One run
+    per shape per CONTROL_INTERVAL_S, for at most CONTROL_SHAPES shapes: a failing request costs one
+    call more at most."""
 
-    def __init__(self, call: Callable[[], object]) -> None:
+    def __init__(self, call: Callable[[Tensors], object]) -> None:
         self._call = call
-        self._checked_at = -float("inf")
-        self._passed = False
-        self._lock = threading.Lock()
+        self._verdicts: collections.OrderedDict[tuple[Any, ...], tuple[float, bool]] = (
+            collections.OrderedDict()
+        )
+        self._lock = threading.Lock()  # threads and the event loop both run models; never held for a call
 
-    def passes(self) -> bool:
+    def values_at_fault(self, inputs: Tensors) -> bool:
+        key = tuple((name, array.dtype.str, array.shape) for name, array in sorted(inputs.items()))
         with self._lock:
-            if time.monotonic() - self._checked_at >= CONTROL_INTERVAL_S:
-                try:
-                    self._call()
-                    self._passed = True
-                except Exception:  # the same pybind types as in Runner.run
-                    self._passed = False
-                self._checked_at = time.monotonic()
-            return self._passed
+            known = self._verdicts.get(key)
+        if known is not None and time.monotonic() - known[0] < CONTROL_INTERVAL_S:
+            return known[1]
+        zeros = {
+            name: np.full(array.shape, "", dtype=object) if array.dtype.kind == "O" else np.zeros_like(array)
+            for name, array in inputs.items()
+        }
+        try:
+            self._call(zeros)
+            runs = True
+        except Exception:  # any of onnxruntime's pybind types
+            runs = False
+        with self._lock:
+            self._verdicts[key] = (time.monotonic(), runs)
+            self._verdicts.move_to_end(key)
+            while len(self._verdicts) > CONTROL_SHAPES:
+                self._verdicts.popitem(last=False)
+        return runs
 
 
 class _ThrottledLog:
@@ -342,13 +365,15 @@ class _ThrottledLog:
         self._interval = interval
         self._logged_at = -float("inf")
         self._held = 0
+        self._lock = threading.Lock()
 
     def error(self, message: str, *args: object) -> None:
         now = time.monotonic()
-        if now - self._logged_at < self._interval:
-            self._held += 1
-            return
-        held, self._logged_at, self._held = self._held, now, 0
+        with self._lock:
+            if now - self._logged_at < self._interval:
+                self._held += 1
+                return
+            held, self._logged_at, self._held = self._held, now, 0
         log.error(message + (f" ({held} more since the last line)" if held else ""), *args)
 
 

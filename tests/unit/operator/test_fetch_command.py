@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.server
+import json
 import os
 import shutil
 import threading
@@ -128,6 +129,23 @@ def test_dest_holding_someones_data_is_refused_and_left_alone(
     assert code == 3 and "exists and is not an artifact; refusing to replace it" in output, output
     assert (dest / "src" / "thesis.txt").read_text() == "my work"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["work"], "no scratch left behind"
+
+
+@pytest.mark.parametrize("listed", ["..", "sub"])
+def test_a_listed_name_that_is_a_folder_is_a_one_line_error(
+    good_artifact: artifact.Artifact, tmp_path: Path, listed: str
+) -> None:
+    source = tmp_path / "src" / "artifact"
+    shutil.copytree(good_artifact.root, source)
+    (source / "sub").mkdir()
+    manifest = json.loads((source / artifact.MANIFEST_FILE).read_text())
+    manifest["files"][listed] = {"sha256": "0" * 64, "size": 1}
+    (source / artifact.MANIFEST_FILE).write_text(json.dumps(manifest))
+
+    code, output = fetch(f"file://{source}", str(tmp_path / "out" / "model"))
+
+    assert code == 3 and output.startswith("error: "), output
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
 def test_dest_may_be_an_empty_folder_or_an_older_artifact(

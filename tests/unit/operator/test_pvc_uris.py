@@ -106,6 +106,23 @@ def test_a_job_never_publishes_over_the_claim_itself(
     assert (claim / "keep.onnx").read_bytes() == b"the claim's other files"
 
 
+def test_a_job_publishes_over_an_older_artifact_but_never_over_other_data(
+    good_artifact: artifact.Artifact, tmp_path: Path
+) -> None:
+    """A folder holding a manifest.json of its own (a web app's) is not an artifact."""
+    claim = tmp_path / "pvc" / "models"
+    quantize_job._publish(good_artifact.root, "pvc://models/digits", tmp_path / "pvc", None, False, 1.0)
+    quantize_job._publish(good_artifact.root, "pvc://models/digits", tmp_path / "pvc", None, False, 1.0)
+    assert artifact.load_artifact(claim / "digits").digest == good_artifact.digest
+    (claim / "app").mkdir()
+    (claim / "app" / "manifest.json").write_text('{"name": "a web app"}')
+    (claim / "app" / "index.html").write_text("<h1>mine</h1>")
+    with pytest.raises(quantize_job.JobError, match="exists and is not an artifact"):
+        quantize_job._publish(good_artifact.root, "pvc://models/app", tmp_path / "pvc", None, False, 1.0)
+    assert (claim / "app" / "index.html").read_text() == "<h1>mine</h1>"
+    assert sorted(p.name for p in claim.iterdir()) == ["app", "digits"], "no scratch left behind"
+
+
 @pytest.mark.parametrize("uri", ["pvc://../etc/passwd", "pvc://Models/x", "pvc:///x", "pvc://a_b/x"])
 def test_a_claim_no_persistent_volume_claim_can_be_named_is_refused_where_it_is_read(uri: str) -> None:
     """A resource stored before the CRD checked claims: fetch (the init container, the Job) and the
