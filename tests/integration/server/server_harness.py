@@ -103,6 +103,12 @@ def settings_for(loaded: artifact.Artifact | Path, revision: str, **changes: Any
     return replace(settings, **changes)
 
 
+def fp32_artifact(model: Path, out: Path) -> Path:
+    """`model` served as it is (precision fp32): the root of an artifact written to `out`."""
+    manifest = {"quantization": {"precision": "fp32", "mode": "none"}}
+    return artifact.write_artifact(out, {artifact.MODEL_FILE: model}, manifest).root
+
+
 def build_token_model(path: Path, vocabulary: int = 100, width: int = 4) -> Path:
     """A MiniLM-shaped toy: int64 `input_ids` and `attention_mask` of shape [batch, seq] (named dims)
     into embeddings masked by the attention mask. Out-of-vocabulary ids fail in Gather, as they do in

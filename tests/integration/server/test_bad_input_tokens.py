@@ -14,7 +14,15 @@ import pytest
 import tritonclient.grpc as triton
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from server_harness import MODEL, LocalServer, build_picking_model, build_token_model, mostly, settings_for
+from server_harness import (
+    MODEL,
+    LocalServer,
+    build_picking_model,
+    build_token_model,
+    fp32_artifact,
+    mostly,
+    settings_for,
+)
 from tritonclient.utils import InferenceServerException
 
 from quantship import artifact
@@ -29,9 +37,7 @@ INFER = f"/v2/models/{MODEL}/infer"
 @pytest.fixture(scope="module")
 def token_artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("tokens")
-    model = build_token_model(out / "tokens.onnx")
-    manifest = {"quantization": {"precision": "fp32", "mode": "none"}}
-    return artifact.write_artifact(out / "artifact", {artifact.MODEL_FILE: model}, manifest).root
+    return fp32_artifact(build_token_model(out / "tokens.onnx"), out / "artifact")
 
 
 @pytest.fixture(scope="module")
@@ -137,15 +143,13 @@ def test_one_bad_request_in_a_merged_batch_fails_alone(token_artifact: Path) -> 
         np.testing.assert_array_equal(outcome["hidden"], runner.run(good)["hidden"])
 
 
-# -- failures onnxruntime reports as FAIL: the input's fault when the model runs on a control input ----
+# -- failures onnxruntime reports as FAIL: the input's fault when zeros of its shapes run ----------------
 
 
 @pytest.fixture(scope="module")
 def picking_artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("picking")
-    model = build_picking_model(out / "picking.onnx")
-    manifest = {"quantization": {"precision": "fp32", "mode": "none"}}
-    return artifact.write_artifact(out / "artifact", {artifact.MODEL_FILE: model}, manifest).root
+    return fp32_artifact(build_picking_model(out / "picking.onnx"), out / "artifact")
 
 
 def picks(positions: list[int], shifts: list[int] | None = None) -> dict[str, np.ndarray]:
