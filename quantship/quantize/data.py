@@ -9,6 +9,7 @@ it has one more dimension, the model has no batch axis and each sample is run al
 from __future__ import annotations
 
 import hashlib
+import zipfile
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -123,6 +124,13 @@ def load_dataset(
         raise QuantizeInputError(f"{role} data {path}: inputs mix batched and unbatched layouts")
     stacked = next(iter(stacked_flags.values()))
     for spec in inputs:
+        array = raw[spec.name]
+        if array.dtype.kind == "f" and not np.isfinite(array).all():
+            bad = int(array.size - np.count_nonzero(np.isfinite(array)))
+            raise QuantizeInputError(
+                f"{role} data {path}: '{spec.name}' holds {bad} NaN or infinite values: the FP32 model's "
+                "answers to them judge nothing, and calibration cannot range them"
+            )
         fixed = spec.batch_dim
         if stacked and fixed is not None and size % fixed:
             raise QuantizeInputError(
@@ -145,17 +153,20 @@ def _read_arrays(path: Path, role: str) -> dict[str, np.ndarray]:
             if not files:
                 raise QuantizeInputError(f"{role} data folder {path} holds no .npy files")
             return {file.stem: np.load(file, allow_pickle=False) for file in files}
-        loaded = np.load(path, allow_pickle=False)
-        if not isinstance(loaded, np.lib.npyio.NpzFile):
-            raise QuantizeInputError(f"{role} data {path} is a single array; use an .npz keyed by input name")
-        with loaded:
-            return {name: loaded[name] for name in loaded.files}
+        with path.open("rb") as stream:  # ours to close: numpy leaks a file it opened on a bad zip
+            loaded = np.load(stream, allow_pickle=False)
+            if not isinstance(loaded, np.lib.npyio.NpzFile):
+                raise QuantizeInputError(
+                    f"{role} data {path} is a single array; use an .npz keyed by input name"
+                )
+            with loaded:
+                return {name: loaded[name] for name in loaded.files}
     except QuantizeInputError:
         raise
     except FileNotFoundError as exc:
         raise QuantizeInputError(f"{role} data {path} does not exist") from exc
-    except (OSError, ValueError) as exc:
-        raise QuantizeInputError(f"{role} data {path} is not readable .npz/.npy data: {exc}") from exc
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:  # EOFError: an empty file
+        raise QuantizeInputError(f"{role} data {path} is not readable .npz/.npy data: {exc!s}") from exc
 
 
 def _check_array(array: np.ndarray, spec: InputSpec, role: str, path: Path) -> bool:
@@ -194,6 +205,8 @@ def _check_labels(labels: np.ndarray, size: int, role: str, path: Path) -> np.nd
         raise QuantizeInputError(
             f"{role} data {path}: labels must be integer class ids, got {labels.dtype.name}"
         )
+    if labels.size and labels.min() < 0:
+        raise QuantizeInputError(f"{role} data {path}: labels must be class ids >= 0, got {labels.min()}")
     return labels
 
 

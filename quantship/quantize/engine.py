@@ -23,7 +23,7 @@ from onnxruntime.quantization.registry import IntegerOpsRegistry, QDQRegistry, Q
 from quantship import runtime
 from quantship.quantize.config import Format, Mode, QuantizeConfig
 from quantship.quantize.data import CalibrationReader, Dataset
-from quantship.quantize.errors import CalibrationFailed, QuantizeInputError
+from quantship.quantize.errors import CalibrationFailed, QuantizeInputError, first_line
 
 # onnxruntime.quantization logs "Please consider pre-processing" through the root logger on every call.
 logging.getLogger().setLevel(max(logging.getLogger().level, logging.ERROR))
@@ -32,12 +32,35 @@ QUANTIZABLE_OPS = sorted(set(QLinearOpsRegistry) | set(QDQRegistry))
 DYNAMIC_OPS = sorted(IntegerOpsRegistry)
 
 
+MAX_INLINE_BYTES = 2**31 - 1
+"""protobuf's limit on one message: a model over it must keep its weights in external data."""
+
+
+def self_contained(path: Path, folder: Path) -> Path:
+    """`path` when its weights are inside it; else a copy in `folder` with them inlined. An artifact
+    hashes and ships its files one by one: a weights file beside the model would be neither listed nor
+    copied, and the artifact's model would not load."""
+    model = onnx.load(str(path), load_external_data=False)
+    if not any(tensor.data_location == onnx.TensorProto.EXTERNAL for tensor in model.graph.initializer):
+        return path
+    onnx.load_external_data_for_model(model, str(path.parent))
+    if model.ByteSize() > MAX_INLINE_BYTES:
+        raise QuantizeInputError(
+            f"{path}: over 2 GB with its external data; artifacts hold self-contained models only (for now)"
+        )
+    inlined = folder / path.name
+    onnx.save(model, str(inlined))
+    return inlined
+
+
 def load_model(path: Path) -> onnx.ModelProto:
     """Load an FP32 model, refusing what is not ONNX or what onnxruntime cannot run."""
     try:
         model = onnx.load(str(path))
     except FileNotFoundError as exc:
         raise QuantizeInputError(f"model {path} does not exist") from exc
+    except onnx.checker.ValidationError as exc:  # external data that is missing or not a file
+        raise QuantizeInputError(f"{path}: {first_line(exc)}") from exc
     except (DecodeError, OSError, ValueError, RuntimeError) as exc:
         raise QuantizeInputError(f"{path} is not an ONNX model: {exc}") from exc
     if not model.graph.node:
@@ -193,8 +216,3 @@ def _unique(name: str, taken: set[str]) -> str:
         candidate, suffix = f"{name}_{suffix}", suffix + 1
     taken.add(candidate)
     return candidate
-
-
-def first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__

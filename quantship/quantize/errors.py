@@ -12,3 +12,9 @@ class QuantizeInputError(Exception):
 class CalibrationFailed(QuantizeInputError):
     """onnxruntime's calibrator gave up on this data with this method (a histogram of a constant
     tensor, say). Another method may still work, so the tuner records it as a failed trial."""
+
+
+def first_line(exc: BaseException) -> str:
+    """An exception's first line: onnxruntime's and onnx's messages go on for pages."""
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__

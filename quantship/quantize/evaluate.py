@@ -31,7 +31,7 @@ from quantship import agreement, runtime
 from quantship.agreement import Kind, RowRule, Task
 from quantship.quantize import data
 from quantship.quantize.data import Dataset
-from quantship.quantize.errors import QuantizeInputError
+from quantship.quantize.errors import QuantizeInputError, first_line
 
 MAX_BATCH = 256
 MIN_CONFIDENT_ROWS = 30
@@ -171,6 +171,10 @@ def _finite(value: float | None) -> float | None:
     return value if value is None or math.isfinite(value) else None
 
 
+_QUIET = ort.RunOptions()
+_QUIET.log_severity_level = 4  # a failed run raises, and says why in one line: not onnxruntime's log too
+
+
 @dataclass(frozen=True)
 class GateRequest:
     """What the user asked of the gate; None lets the evaluator choose from the model and data."""
@@ -187,8 +191,12 @@ class Evaluator:
 
     def __init__(self, fp32_model: Path, dataset: Dataset, output: str | None, request: GateRequest) -> None:
         self.dataset = dataset
-        self.batch_size = _batch_size(dataset)
         session = runtime.create_session(fp32_model)
+        fixed = {
+            shape[0] for node in session.get_inputs() if (shape := node.shape) and isinstance(shape[0], int)
+        }
+        # a model whose batch size is fixed takes batches of exactly that (load_dataset checked they cut)
+        self.batch_size = fixed.pop() if fixed and dataset.stacked else _batch_size(dataset)
         names = [o.name for o in session.get_outputs()]
         if output is not None and output not in names:
             raise QuantizeInputError(f"the model has no output {output!r} (outputs: {', '.join(names)})")
@@ -196,14 +204,33 @@ class Evaluator:
         # Scores are needed beside class ids: a classifier's first output is often its labels.
         floats = [o.name for o in session.get_outputs() if o.type in ("tensor(float)", "tensor(double)")]
         self.scores = self.output if self.output in floats else (floats[0] if floats else None)
-        self.reference, self.reference_scores = self._run(session)
+        try:
+            self.reference, self.reference_scores = self._run(session)
+        except Exception as exc:  # onnxruntime's pybind types: the data does not suit the FP32 model
+            raise QuantizeInputError(
+                f"the FP32 model fails on the evaluation data {dataset.source}: {first_line(exc)}"
+            ) from exc
         self.warnings: list[str] = []
         self.task, self.task_reason = _task(request.task, self.output, self.reference, dataset)
         self.gate = self._choose_gate(request)
+        self._check_labels_fit()
+
+    def _check_labels_fit(self) -> None:
+        """Labels the FP32 model never agrees with are not this model's class ids (shifted, another
+        numbering): every relative loss against them reads 0, and any INT8 model would pass."""
+        top1 = runtime.top1(self.reference) if self.dataset.labels is not None else None
+        if top1 is None or self.task is not Task.CLASSIFICATION:
+            return
+        assert self.dataset.labels is not None
+        if not np.any(top1 == self.dataset.labels):
+            raise QuantizeInputError(
+                f"evaluation data {self.dataset.source}: the FP32 model gets none of its "
+                f"{len(top1)} labels right; are they this model's class ids?"
+            )
 
     def _run(self, session: ort.InferenceSession) -> tuple[np.ndarray, np.ndarray | None]:
         names = [self.output] if self.scores in (None, self.output) else [self.output, self.scores]
-        runs = [session.run(names, batch) for batch in self.dataset.batches(self.batch_size)]
+        runs = [session.run(names, batch, _QUIET) for batch in self.dataset.batches(self.batch_size)]
         join = np.concatenate if self.dataset.stacked else np.stack
         outputs = [join([run[i] for run in runs]) for i in range(len(names))]
         return outputs[0], (outputs[-1] if self.scores is not None else None)

@@ -88,6 +88,7 @@ def run(
 
     scratch.sweep()  # what quantizations, servers and verifies killed before us (kill -9) left behind
     with scratch.directory(scratch.QUANTIZE_PREFIX) as tmp, progress:
+        model_path = engine.self_contained(model_path, tmp)  # the reference ships as one file
         # The gate first: a metric that cannot apply fails in a second, not after calibration.
         evaluator = Evaluator(model_path, evalset, config.output, config.gate_request())
         for message in evaluator.warnings:
@@ -306,6 +307,13 @@ def package_fp32(
     """
     _check_writable(out)
     fp32 = engine.load_model(model_path)
+    with scratch.directory(scratch.QUANTIZE_PREFIX) as tmp:
+        return _package(fp32, engine.self_contained(model_path, tmp), out, sign_key)
+
+
+def _package(
+    fp32: onnx.ModelProto, model_path: Path, out: Path, sign_key: Ed25519PrivateKey | None
+) -> artifact.Artifact:
     manifest = {
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "model": _model_section(fp32, model_path),

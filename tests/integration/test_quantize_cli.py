@@ -11,9 +11,11 @@ import numpy as np
 import onnx
 import pytest
 from click.testing import CliRunner
+from onnx import TensorProto, helper, numpy_helper
 
 from quantship import artifact, zoo
 from quantship.cli import main
+from quantship.runtime import create_session
 
 
 def _cli(*args: str | Path) -> tuple[int, str, str]:
@@ -250,6 +252,96 @@ def test_labels_for_an_embedding_task_are_refused_in_one_line(
 ) -> None:
     code, _, err = _quantize(sample, tmp_path / "a", "--task", "embedding")
     _assert_one_line_error(code, err, "labels are class ids for a classifier")
+
+
+def test_labels_the_fp32_model_never_gets_right_are_refused_not_judged(
+    sample: zoo.SampleModel, tmp_path: Path
+) -> None:
+    """Shifted or foreign labels: FP32 accuracy 0 made every relative loss 0, so any model passed."""
+    with np.load(sample.evaluation) as held_out:
+        shifted = _npz(tmp_path / "shifted.npz", X=held_out["X"], labels=held_out["labels"] + 1000)
+    code, _, err = _cli("quantize", sample.model, "-o", tmp_path / "a", "--calibration", sample.calibration,
+                        "--evaluation", shifted, "-q")  # fmt: skip
+    _assert_one_line_error(code, err, "the FP32 model gets none of its")
+    assert not (tmp_path / "a").exists()
+
+
+def test_a_fixed_batch_model_is_evaluated_in_its_own_batches(tmp_path: Path) -> None:
+    model = _fixed_batch_model(tmp_path / "b1.onnx", batch=1)
+    calibration = _npz(
+        tmp_path / "cal.npz", X=np.random.default_rng(0).normal(size=(64, 16)).astype(np.float32)
+    )
+    code, _, err = _cli("quantize", model, "-o", tmp_path / "a", "--calibration", calibration, "-q")
+    assert code in (0, 1) and "Traceback" not in err, err
+    assert (tmp_path / "a" / "manifest.json").exists()
+
+
+def test_data_the_fp32_model_cannot_run_is_refused_in_one_line(tmp_path: Path) -> None:
+    model = _fixed_batch_model(tmp_path / "b1.onnx", batch=1)
+    calibration = _npz(tmp_path / "cal.npz", X=np.zeros((4, 1, 15), np.float32))  # 15 values, not 16
+    code, _, err = _cli("quantize", model, "-o", tmp_path / "a", "--calibration", calibration, "-q")
+    assert code == 3 and "Traceback" not in err, err
+
+
+def _rows(count: int) -> np.ndarray:
+    return np.random.default_rng(0).normal(size=(count, 16)).astype(np.float32)
+
+
+def _save_with_external_data(model: Path, path: Path, location: str) -> None:
+    onnx.save(
+        onnx.load(str(model)), str(path), save_as_external_data=True, location=location, size_threshold=0
+    )
+
+
+def _fixed_batch_model(path: Path, *, batch: int) -> Path:
+    """Y = MatMul(X, W), X float32[batch, 16]: a batch size fixed in the graph, as exporters leave it."""
+    weight = numpy_helper.from_array(np.random.default_rng(1).normal(size=(16, 4)).astype(np.float32), "W")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["X", "W"], ["Y"])],
+        "fixed",
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, [batch, 16])],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [batch, 4])],
+        [weight],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, path)
+    return path
+
+
+def test_a_model_with_external_data_ships_self_contained(tmp_path: Path) -> None:
+    """Weights beside the model (as a model over 2 GB must keep them) are inlined into the artifact:
+    copied as it was, its model.onnx or reference.onnx would be a stub no server can load."""
+    model = _fixed_batch_model(tmp_path / "b1.onnx", batch=1)
+    external = tmp_path / "ext" / "model.onnx"
+    external.parent.mkdir()
+    onnx.save(
+        onnx.load(str(model)), str(external), save_as_external_data=True, location="w.data", size_threshold=0
+    )
+    calibration = _npz(
+        tmp_path / "cal.npz", X=np.random.default_rng(0).normal(size=(32, 16)).astype(np.float32)
+    )
+    assert _cli("package", external, "-o", tmp_path / "fp32")[0] == 0
+    code, _, err = _cli("quantize", external, "-o", tmp_path / "int8", "--calibration", calibration, "-q")
+    assert code in (0, 1), err
+    for path in (tmp_path / "fp32" / artifact.MODEL_FILE, tmp_path / "int8" / artifact.REFERENCE_FILE):
+        (output,) = create_session(path).run(None, {"X": np.ones((1, 16), np.float32)})
+        assert output.shape == (1, 4)
+        assert artifact.load_artifact(path.parent).root == path.parent
+
+
+def test_a_model_whose_external_data_is_missing_is_refused_in_one_line(tmp_path: Path) -> None:
+    model = _fixed_batch_model(tmp_path / "b1.onnx", batch=1)
+    loaded = onnx.load(str(model))
+    onnx.save(
+        loaded, str(tmp_path / "ext.onnx"), save_as_external_data=True, location="ext.data", size_threshold=0
+    )
+    (tmp_path / "ext.data").unlink()
+    calibration = _npz(tmp_path / "cal.npz", X=np.zeros((4, 16), np.float32))
+    code, _, err = _cli(
+        "quantize", tmp_path / "ext.onnx", "-o", tmp_path / "a", "--calibration", calibration, "-q"
+    )
+    _assert_one_line_error(code, err, "ext.data")
 
 
 def test_calibration_data_that_nothing_uses_is_named_in_a_warning(

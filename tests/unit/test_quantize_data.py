@@ -57,6 +57,9 @@ def test_unbatched_samples_run_one_at_a_time(tmp_path: Path) -> None:
         ({"X": np.zeros((0, 64), np.float32)}, "holds 0 samples"),
         ({"X": np.zeros((4, 64), np.float32), "labels": np.arange(3)}, "labels do not match the samples"),
         ({"X": np.zeros((4, 64), np.float32), "labels": np.ones(4)}, "labels must be integer class ids"),
+        ({"X": np.zeros((4, 64), np.float32), "labels": np.array([0, 1, -4, 2])}, "class ids >= 0, got -4"),
+        ({"X": np.full((4, 64), np.nan, np.float32)}, "'X' holds 256 NaN or infinite values"),
+        ({"X": np.array([[np.inf] + [0.0] * 63] * 4, np.float32)}, "'X' holds 4 NaN or infinite values"),
     ],
 )
 def test_bad_data_is_refused_with_a_reason(
@@ -75,6 +78,13 @@ def test_missing_and_unreadable_files(tmp_path: Path) -> None:
     (tmp_path / "junk.npz").write_text("not numpy")
     with pytest.raises(QuantizeInputError, match="not readable"):
         data.load_dataset(tmp_path / "junk.npz", DIGITS, role="calibration")
+    (tmp_path / "empty.npz").write_bytes(b"")  # numpy: EOFError
+    (tmp_path / "broken.npz").write_bytes(
+        b"PK\x03\x04" + b"\0" * 40
+    )  # a zip's magic, then nothing: BadZipFile
+    for name in ("empty.npz", "broken.npz"):
+        with pytest.raises(QuantizeInputError, match="not readable"):
+            data.load_dataset(tmp_path / name, DIGITS, role="calibration")
 
 
 def test_a_single_npy_file_is_not_enough(tmp_path: Path) -> None:
