@@ -302,7 +302,7 @@ def _window(
         case NoData(reason=why):
             return WindowResult(window, problem=f"no data on {span}: {why}", fault=Fault.NO_DATA)
         case Counts(bad=bad, total=total) if total < min_samples:
-            few = f"{total:.0f} of {min_samples} samples on {span}"
+            few = f"{total:.4g} of {min_samples} samples on {span}"
             return WindowResult(window, bad, total, problem=few, fault=Fault.TOO_FEW_SAMPLES)
         case Counts(bad=bad, total=total):
             burn = objective.burn_rate(bad / total)
@@ -310,7 +310,7 @@ def _window(
                 case Counts(bad=base_bad, total=base_total) if base_total >= min_samples:
                     return WindowResult(window, bad, total, burn, objective.burn_rate(base_bad / base_total))
                 case Counts(total=base_total):
-                    why = f"{base_total:.0f} of {min_samples} samples"
+                    why = f"{base_total:.4g} of {min_samples} samples"
                 case None:
                     why = "no stable revision"
                 case NoData() | Unreachable() | Misconfigured():
@@ -360,10 +360,10 @@ def _judge_fallback(measurement: GaugeMeasurement, limit: int) -> GateResult:
     match measurement:
         case Value(value=value) if value > limit:
             return GateResult(
-                value, limit, Verdict.FAIL, f"fallback ops: {value:.0f} ops run in float (limit {limit})"
+                value, limit, Verdict.FAIL, f"fallback ops: {value:.4g} ops run in float (limit {limit})"
             )
         case Value(value=value):
-            return GateResult(value, limit, Verdict.PASS, f"fallback ops: {value:.0f} (limit {limit})")
+            return GateResult(value, limit, Verdict.PASS, f"fallback ops: {value:.4g} (limit {limit})")
         case Unreachable(reason=why):
             return GateResult(
                 None, limit, Verdict.INCONCLUSIVE, f"fallback ops: unreachable: {why}", Fault.UNREACHABLE

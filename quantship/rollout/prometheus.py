@@ -5,16 +5,24 @@ the alert rules and dashboards take theirs from. Every way an answer can go wron
 outcome, and none ever turns into a zero:
 
   no series, or NaN (0/0)                    -> NoData        (nothing counted yet)
-  connection refused, timeout, 5xx           -> Unreachable   (an outage: may end by itself)
+  connection refused, timeout, 5xx, 429, 408,
+  a partial answer (warnings)                -> Unreachable   (an outage: may end by itself)
   query refused (4xx: bad PromQL or label),
-  a body that is not Prometheus's JSON,
-  more than one series, an infinite count    -> Misconfigured (a configuration error: will not)
+  a body that is not Prometheus's JSON (or
+  over MAX_ANSWER_BYTES), not a vector, more
+  than one series, an infinite or negative
+  count                                      -> Misconfigured (a configuration error: will not)
+
+Each query, its wait for a turn included, ends within QUERY_DEADLINE_TIMEOUTS times the source's
+timeout however the server dribbles its answer: a judgement's time is bounded whatever Prometheus does.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import http
+import json
 import math
 import time
 from collections.abc import Callable, Mapping
@@ -79,6 +87,12 @@ class PrometheusSource:
             return exc.outcome
         if isinstance(bad, NoData):
             return bad
+        if bad < 0:  # total - good (the latency SLI's bad events) can come out a little under 0
+            if bad < -NEGATIVE_SLACK * max(total, 1.0):  # from increase()'s extrapolation of two series
+                return Misconfigured(
+                    f"Prometheus at {self.url} counted {bad:g} bad events of {total:g}: {bad_query}"
+                )
+            bad = 0.0
         return Counts(bad=bad, total=total)
 
     async def fallback_ops(self, labels: Mapping[str, str]) -> GaugeMeasurement:
@@ -87,7 +101,11 @@ class PrometheusSource:
             value = await self._scalar(query)
         except _Failed as exc:
             return exc.outcome
-        return value if isinstance(value, NoData) else Value(value)
+        if isinstance(value, NoData):
+            return value
+        if value < 0:
+            return Misconfigured(f"Prometheus at {self.url} counted {value:g} ops: {query}")
+        return Value(value)
 
     async def aclose(self) -> None:
         if self._client is not None:
@@ -103,6 +121,12 @@ class PrometheusSource:
         body = await self._query(query)
         data = body.get("data")
         result = data.get("result") if isinstance(data, dict) else None
+        if isinstance(data, dict) and data.get("resultType", "vector") != "vector":  # a matrix, a scalar
+            raise _Failed(
+                Misconfigured(
+                    f"Prometheus at {self.url} answered a {data.get('resultType')!r}, not a vector: {query}"
+                )
+            )
         if not isinstance(result, list):
             raise _Failed(
                 Misconfigured(f"Prometheus at {self.url} answered without a result vector: {query}")
@@ -121,8 +145,10 @@ class PrometheusSource:
             )
         try:
             sample = result[0]["value"][1]
+            if isinstance(sample, bool):  # float(True) is 1.0; Prometheus writes a sample as a string
+                raise TypeError(f"{sample!r} is not a number")
             value = float(sample)
-        except (KeyError, IndexError, TypeError, ValueError) as exc:
+        except (KeyError, IndexError, TypeError, ValueError, OverflowError) as exc:
             raise _Failed(
                 Misconfigured(f"Prometheus at {self.url} answered a malformed sample: {exc}")
             ) from exc
@@ -132,14 +158,41 @@ class PrometheusSource:
             raise _Failed(
                 Misconfigured(f"Prometheus at {self.url} answered {sample!r}, not a count: {query}")
             )
-        # A count under 0 is let pass: total - good, as the latency SLI counts its bad events, can come
-        # out a little under 0 from increase()'s extrapolation of two series.
-        return value
+        return value  # under 0 only for a bad count a little under 0: `counts` and `fallback_ops` judge
 
     async def _query(self, query: str) -> dict[str, Any]:
         if self._client is None:
             self._client = httpx.AsyncClient(timeout=self.timeout)
         where = f"Prometheus at {self.url}"
+        try:
+            # the turn, the connection and the whole answer: httpx's timeout bounds each read only
+            async with asyncio.timeout(QUERY_DEADLINE_TIMEOUTS * self.timeout):
+                status, body = await self._get(query, where)
+        except TimeoutError as exc:  # queued behind hung queries, or an answer dribbled a byte at a time
+            deadline = QUERY_DEADLINE_TIMEOUTS * self.timeout
+            raise _Failed(Unreachable(f"{where}: no whole answer within {deadline:g} s, to {query}")) from exc
+        self._outage = None
+        if status >= 500 or status in (408, 429):  # a proxy or query frontend under load says 429
+            raise _Failed(Unreachable(f"{where} answered {status}: {_error(body, status)}"))
+        try:
+            answer = json.loads(body)
+        except (ValueError, RecursionError) as exc:  # a JSONDecodeError is a ValueError; so is 4300+ digits
+            raise _Failed(
+                Misconfigured(f"{where} answered {status} with a body that is not JSON: is it Prometheus?")
+            ) from exc
+        if not isinstance(answer, dict):
+            raise _Failed(Misconfigured(f"{where} answered JSON that is not Prometheus's API"))
+        if answer.get("status") != "success" or status != 200:  # Prometheus's 400 and 422 say so
+            raise _Failed(
+                Misconfigured(f"{where} refused the query ({status}: {_error(body, status)}): {query}")
+            )
+        if answer.get("warnings"):  # a partial answer (a store down behind Thanos, say): not all counted
+            raise _Failed(Unreachable(f"{where} answered in part ({answer['warnings']!r:.200}): {query}"))
+        return answer
+
+    async def _get(self, query: str, where: str) -> tuple[int, bytes]:
+        """The status and body (at most MAX_ANSWER_BYTES) of the query, once it has its turn."""
+        assert self._client is not None
         async with self._in_flight or contextlib.nullcontext():
             if self._outage is not None and self._clock() - self._outage[0] < self.outage_memory:
                 since = self._clock() - self._outage[0]
@@ -147,7 +200,17 @@ class PrometheusSource:
                     Unreachable(f"{self._outage[1].reason} ({since:.1f} s ago; not retried yet for {query})")
                 )
             try:
-                response = await self._client.get(f"{self.url}/api/v1/query", params={"query": query})
+                async with self._client.stream(
+                    "GET", f"{self.url}/api/v1/query", params={"query": query}
+                ) as response:
+                    body = bytearray()
+                    async for chunk in response.aiter_bytes():
+                        body += chunk
+                        if len(body) > MAX_ANSWER_BYTES:
+                            raise _Failed(
+                                Misconfigured(f"{where} answered over {MAX_ANSWER_BYTES} bytes to {query}")
+                            )
+                    return response.status_code, bytes(body)
             except (httpx.ConnectError, httpx.ConnectTimeout) as exc:  # down: no connection at all
                 raise self._down(Unreachable(f"{where}: {transport_fault(exc)}, to {query}")) from exc
             except httpx.TimeoutException as exc:  # e.g. a Prometheus stopped (SIGSTOP), or one slow query
@@ -158,26 +221,6 @@ class PrometheusSource:
                 ) from exc
             except httpx.HTTPError as exc:
                 raise _Failed(Unreachable(f"{where}: {transport_fault(exc)}, to {query}")) from exc
-        self._outage = None
-        if response.status_code >= 500:
-            raise _Failed(Unreachable(f"{where} answered {response.status_code}: {_error(response)}"))
-        try:
-            body = response.json()
-        except ValueError as exc:
-            raise _Failed(
-                Misconfigured(
-                    f"{where} answered {response.status_code} with a body that is not JSON: is it Prometheus?"
-                )
-            ) from exc
-        if not isinstance(body, dict):
-            raise _Failed(Misconfigured(f"{where} answered JSON that is not Prometheus's API"))
-        if body.get("status") != "success":  # Prometheus's 400 (bad_data) and 422 (execution) say so
-            raise _Failed(
-                Misconfigured(
-                    f"{where} refused the query ({response.status_code}: {_error(response)}): {query}"
-                )
-            )
-        return body
 
 
 def transport_fault(exc: httpx.HTTPError) -> str:
@@ -185,6 +228,15 @@ def transport_fault(exc: httpx.HTTPError) -> str:
     text = str(exc).strip()
     return f"{type(exc).__name__} ({text})" if text else type(exc).__name__
 
+
+QUERY_DEADLINE_TIMEOUTS = 2
+"""A query's whole time, in timeouts: its turn, its connection and every read of its answer."""
+MAX_ANSWER_BYTES = 4 * 2**20
+"""The largest answer read: one series is ~150 bytes, so 4 MiB is a selector matching tens of thousands
+(Misconfigured) long before the operator's memory, with IN_FLIGHT answers at once, is at stake."""
+NEGATIVE_SLACK = 0.01
+"""How far under 0 a bad count may come, as a share of its total, before it is a misconfiguration
+rather than increase()'s extrapolation; within it, it counts as 0."""
 
 IN_FLIGHT = 20
 """Queries one process (the operator) has in flight to Prometheus at most, and its connections."""
@@ -233,12 +285,18 @@ class PrometheusSources:
         await self.client.aclose()
 
 
-def _error(response: httpx.Response) -> str:
+def _error(body: bytes, status: int) -> str:
     """Prometheus's own `errorType: error` when the body has one, else the start of the body."""
     try:
-        body = response.json()
-    except ValueError:
-        return response.text[:200].strip() or response.reason_phrase
-    if isinstance(body, dict) and body.get("error"):
-        return f"{body.get('errorType', 'error')}: {body['error']}"
-    return response.reason_phrase
+        answer = json.loads(body)
+    except (ValueError, RecursionError):
+        return body[:200].decode(errors="replace").strip() or _reason(status)
+    if isinstance(answer, dict) and answer.get("error"):
+        return f"{answer.get('errorType', 'error')}: {answer['error']}"
+    return _reason(status)
+
+
+def _reason(status: int) -> str:
+    with contextlib.suppress(ValueError):
+        return http.HTTPStatus(status).phrase
+    return f"HTTP {status}"

@@ -248,6 +248,108 @@ async def test_an_infinite_count_is_a_misconfiguration_never_a_pass(
         assert isinstance(answer, Misconfigured) and "not a count" in answer.reason, answer
 
 
+def raw(status: int, text: str) -> Handler:
+    async def answer(request: web.Request) -> web.StreamResponse:
+        return web.Response(status=status, text=text, content_type="application/json")
+
+    return answer
+
+
+PARTIAL = {**vector("1"), "warnings": ["partial response: store 10.0.0.3 unreachable"]}
+MATRIX = {
+    "status": "success",
+    "data": {"resultType": "matrix", "result": [{"metric": {}, "value": [1, "1"]}]},
+}
+ANSWERS_THAT_ARE_NOT_COUNTS = [
+    # (what, handler, outcome, words): none may become a measurement, none an exception
+    ("429 from a query frontend", answering(429, {"status": "error", "error": "busy"}), Unreachable, "429"),
+    ("408", answering(408, {"status": "error", "error": "slow"}), Unreachable, "408"),
+    ("a partial answer", answering(200, PARTIAL), Unreachable, "answered in part"),
+    ("a matrix", answering(200, MATRIX), Misconfigured, "'matrix', not a vector"),
+    ("success in a redirect", answering(302, vector("1")), Misconfigured, "refused the query (302"),
+    ("a boolean sample", answering(200, {**vector("1"), "data": {"resultType": "vector",
+     "result": [{"metric": {}, "value": [1, True]}]}}), Misconfigured, "malformed sample"),
+    ("a number past a float", raw(200, json.dumps(vector("1")).replace('"1"]', "1" + "0" * 400 + "]")),
+     Misconfigured, "malformed sample"),
+    ("JSON nested past recursion", raw(200, "[" * 100_000 + "]" * 100_000), Misconfigured, "not JSON"),
+    ("a 503 nested past recursion", raw(503, "[" * 100_000 + "]" * 100_000), Unreachable, "503"),
+    ("an answer over MAX_ANSWER_BYTES", raw(200, json.dumps(vector("1")) + " " * (5 * 2**20)),
+     Misconfigured, "over 4194304 bytes"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("handler", "outcome", "words"),
+    [case[1:] for case in ANSWERS_THAT_ARE_NOT_COUNTS],
+    ids=[case[0] for case in ANSWERS_THAT_ARE_NOT_COUNTS],
+)
+async def test_answers_that_are_not_counts_are_outcomes_never_measurements(
+    stub: Stub, source: PrometheusSource, handler: Handler, outcome: type, words: str
+) -> None:
+    stub.answer = handler
+    for answer in await both(source):
+        assert isinstance(answer, outcome) and words in answer.reason, answer
+
+
+async def test_a_count_under_zero_is_zero_within_extrapolation_and_a_misconfiguration_beyond(
+    stub: Stub, source: PrometheusSource
+) -> None:
+    """The latency SLI's bad events are total - good: a little under 0 from increase()'s extrapolation."""
+
+    def counting(bad: str) -> Handler:
+        async def answer(request: web.Request) -> web.StreamResponse:
+            total = request.query["query"].startswith("sum(increase(quantship_requests_total")
+            return web.json_response(vector("1000" if total else bad))
+
+        return answer
+
+    stub.answer = counting("-0.4")
+    assert await source.counts(ERRORS, 300, LABELS) == Counts(bad=0.0, total=1000.0)
+    stub.answer = counting("-1000")
+    answer = await source.counts(ERRORS, 300, LABELS)
+    assert isinstance(answer, Misconfigured) and "-1000 bad events of 1000" in answer.reason, answer
+    stub.answer = answering(200, vector("-5"))
+    ops = await source.fallback_ops(LABELS)
+    assert isinstance(ops, Misconfigured) and "-5 ops" in ops.reason, ops
+
+
+async def test_an_answer_dribbled_a_byte_at_a_time_ends_within_the_query_deadline(
+    stub: Stub, source: PrometheusSource
+) -> None:
+    """httpx's timeout bounds each read: a byte every 0.2 s never trips a 0.5 s one."""
+
+    async def dribble(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "application/json"})
+        await response.prepare(request)
+        for byte in json.dumps(vector("1")).encode():
+            await response.write(bytes([byte]))
+            await asyncio.sleep(0.2)
+        return response
+
+    stub.answer = dribble
+    started = asyncio.get_running_loop().time()
+    answer = await source.fallback_ops(LABELS)
+    assert isinstance(answer, Unreachable) and "no whole answer within 1 s" in answer.reason, answer
+    assert asyncio.get_running_loop().time() - started < 5 * TIMEOUT
+
+
+async def test_a_query_waiting_its_turn_behind_hung_ones_ends_within_the_query_deadline(stub: Stub) -> None:
+    """The operator's queries share IN_FLIGHT turns: behind hung ones, each would wait their timeouts."""
+
+    async def hung(request: web.Request) -> web.StreamResponse:
+        await asyncio.sleep(30)
+        return web.json_response(vector("1"))
+
+    stub.answer = hung
+    source = PrometheusSource(stub.url, timeout=TIMEOUT, in_flight=asyncio.Semaphore(1))
+    try:
+        answers = await asyncio.gather(*(source.fallback_ops(LABELS) for _ in range(4)))
+    finally:
+        await source.aclose()
+    assert all(isinstance(answer, Unreachable) for answer in answers), answers
+    assert any("no whole answer within 1 s" in answer.reason for answer in answers), answers
+
+
 @pytest.mark.parametrize("body", [vector(), vector("NaN")], ids=["empty vector", "NaN"])
 async def test_an_empty_vector_or_nan_is_no_data_never_zero(
     stub: Stub, source: PrometheusSource, body: dict[str, object]
@@ -444,7 +546,7 @@ async def test_after_a_refused_connection_the_queries_of_the_next_moment_report_
 # -- whatever Prometheus answers: an outcome, never an exception ------------------------------------------
 
 SCALARS = st.one_of(
-    st.none(), st.booleans(), st.integers(-10, 10**20), st.floats(), st.text(max_size=5),
+    st.none(), st.booleans(), st.integers(-10, 10**400), st.floats(), st.text(max_size=5),
     st.sampled_from(["1", "NaN", "+Inf", "-Inf", "-3", "1e400", "0", ""]),
 )  # fmt: skip
 JSON = st.recursive(
