@@ -50,6 +50,13 @@ class _FiniteFloat(click.ParamType):
 FINITE = _FiniteFloat()
 
 
+class _FiniteRange(click.FloatRange):
+    """click's FloatRange, refusing NaN too (every comparison with NaN is false, so it passes a range)."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        return super().convert(FINITE.convert(value, param, ctx), param, ctx)
+
+
 def _choice(values: type[enum.Enum]) -> click.Choice:
     """A click choice of an enum's values: the enum is the one list of them."""
     return click.Choice([member.value for member in values])
@@ -265,7 +272,7 @@ def _build_real_model(name: str, out_dir: Path, build_env: Path) -> None:
 )
 @click.option(
     "--percentile",
-    type=click.FloatRange(0, 100, min_open=True),
+    type=_FiniteRange(0, 100, min_open=True),
     default=_QUANTIZE.percentile,
     show_default=True,
 )
@@ -287,7 +294,7 @@ def _build_real_model(name: str, out_dir: Path, build_env: Path) -> None:
 )
 @click.option(
     "--max-accuracy-delta",
-    type=FINITE,
+    type=_FiniteRange(0, 1),  # a share: of accuracy, of rows, or a relative error
     default=_QUANTIZE.max_accuracy_delta,
     show_default=True,
     help="Gate: the relative accuracy loss with labels, else the share of rows that may disagree "
@@ -316,7 +323,7 @@ def _build_real_model(name: str, out_dir: Path, build_env: Path) -> None:
 )
 @click.option(
     "--min-cosine",
-    type=click.FloatRange(-1, 1),
+    type=_FiniteRange(-1, 1),
     default=_QUANTIZE.min_cosine,
     show_default=True,
     help="Embeddings: the least cosine to FP32 at which a row agrees (gate and shadow SLI).",

@@ -113,9 +113,17 @@ class Workbench:
     def errors_for(self, recipe: QuantizeConfig) -> list[sensitivity.TensorError]:
         """Per-tensor SQNR of `recipe`, measured once."""
         if recipe.label() not in self._sensitivity:
-            self._sensitivity[recipe.label()] = _sensitivity(
-                self.prepared, recipe, self.calibrations, self.tmp, self.progress
-            )
+            try:
+                errors = _sensitivity(self.prepared, recipe, self.calibrations, self.tmp, self.progress)
+            except QuantizeInputError:
+                raise
+            except Exception as exc:  # onnxruntime's pybind types, as in a trial: a ranking lost, not the run
+                errors = []
+                self.note(
+                    f"per-tensor sensitivity of {recipe.label()} failed in onnxruntime: "
+                    f"{engine.first_line(exc)}; nodes are tried in graph order"
+                )
+            self._sensitivity[recipe.label()] = errors
         return self._sensitivity[recipe.label()]
 
     def done(self) -> None:

@@ -309,6 +309,23 @@ def _fixed_batch_model(path: Path, *, batch: int) -> Path:
     return path
 
 
+def test_a_model_no_recipe_can_quantize_ends_in_a_refusal_not_a_traceback(tmp_path: Path) -> None:
+    """skl2onnx's LogisticRegression without ZipMap lists the ai.onnx domain twice: onnxruntime fails
+    every trial, and the per-tensor sensitivity the node search wants (it was a traceback)."""
+    from skl2onnx import to_onnx
+    from sklearn.linear_model import LogisticRegression
+
+    rows = _rows(300)[:, :8]
+    labels = (rows[:, 0] > 0).astype(int) + (rows[:, 1] > 0)
+    model = to_onnx(LogisticRegression().fit(rows, labels), rows[:1], options={"zipmap": False})
+    (tmp_path / "lr.onnx").write_bytes(model.SerializeToString())
+    data = _npz(tmp_path / "data.npz", X=rows, labels=labels)
+    code, _, err = _cli("quantize", tmp_path / "lr.onnx", "-o", tmp_path / "a", "--calibration", data, "-q")
+    assert code == 3 and "Traceback" not in err, err
+    assert err.strip().splitlines()[-1].startswith("error: onnxruntime could not quantize")
+    assert not (tmp_path / "a").exists()
+
+
 def test_a_model_with_external_data_ships_self_contained(tmp_path: Path) -> None:
     """Weights beside the model (as a model over 2 GB must keep them) are inlined into the artifact:
     copied as it was, its model.onnx or reference.onnx would be a stub no server can load."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from quantship.cli import ExitCode, main
@@ -15,6 +16,18 @@ def test_a_wrong_command_line_is_a_usage_error() -> None:
 
     assert result.exit_code == ExitCode.USAGE == 2
     assert "Usage:" in result.output and "Missing argument 'PATH'" in result.output
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [("--max-accuracy-delta", "-0.5"), ("--max-accuracy-delta", "5"), ("--max-accuracy-delta", "nan"),
+     ("--min-cosine", "nan"), ("--percentile", "nan")],
+)  # fmt: skip
+def test_gate_settings_no_gate_can_use_are_usage_errors_before_any_work(option: str, value: str) -> None:
+    """They used to run every trial first (a negative delta), or let a 150% loss pass (5)."""
+    result = CliRunner().invoke(main, ["quantize", "model.onnx", "-o", "out", option, value])
+    assert result.exit_code == ExitCode.USAGE, result.output
+    assert option in result.output
 
 
 def test_an_artifact_that_cannot_be_used_is_a_refusal_in_one_line(tmp_path: Path) -> None:
