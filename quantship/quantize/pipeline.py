@@ -96,7 +96,8 @@ def run(
         prepared = tmp / "prepared.onnx"
         pre_processed = engine.prepare(model_path, prepared, pre_process=config.pre_process)
         prepared_model = onnx.load(str(prepared))
-        _check_exclusions(config, prepared_model)
+        _check_quantizable(prepared_model, model_path)
+        _check_exclusions(config, prepared_model, pre_processed=pre_processed == "applied")
         if pre_processed.startswith("skipped"):
             note(f"onnxruntime's quant_pre_process was {pre_processed}; quantizing the model as given")
 
@@ -212,15 +213,28 @@ def _check_writable(out: Path) -> None:
         raise QuantizeInputError(f"{out} exists and is not an artifact; refusing to overwrite it")
 
 
-def _check_exclusions(config: QuantizeConfig, model: onnx.ModelProto) -> None:
-    """onnxruntime ignores unknown names in nodes_to_exclude; a typo would silently quantize the node."""
+def _check_exclusions(config: QuantizeConfig, model: onnx.ModelProto, *, pre_processed: bool) -> None:
+    """onnxruntime ignores unknown names in nodes_to_exclude; a typo would silently quantize the node.
+    The names are the prepared model's: pre-processing fuses nodes under new names."""
     names = {node.name for node in model.graph.node}
     unknown = [name for name in config.excluded_nodes if name not in names]
     if unknown:
         known = ", ".join(sorted(names)[:12]) + (" ..." if len(names) > 12 else "")
-        raise QuantizeInputError(
-            f"--exclude names no node of the model: {', '.join(unknown)} (nodes: {known})"
+        fused = (
+            " after onnxruntime's pre-processing (--no-pre-process keeps your names)" if pre_processed else ""
         )
+        raise QuantizeInputError(
+            f"--exclude names no node of the model{fused}: {', '.join(unknown)} (nodes: {known})"
+        )
+
+
+def _check_quantizable(model: onnx.ModelProto, source: Path) -> None:
+    """A model none of whose ops onnxruntime quantizes would run every trial and fail the gate with
+    advice about calibration data: say what it is at once."""
+    ops = {node.op_type for node in model.graph.node if node.domain in ("", "ai.onnx")}
+    if not ops & (set(engine.QUANTIZABLE_OPS) | set(engine.DYNAMIC_OPS)):
+        found = ", ".join(sorted({node.op_type for node in model.graph.node}))
+        raise QuantizeInputError(f"{source}: onnxruntime quantizes none of the model's ops ({found})")
 
 
 def _manifest(

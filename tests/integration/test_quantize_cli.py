@@ -64,7 +64,11 @@ def test_quantize_writes_an_artifact_and_prints_the_summary(sample: zoo.SampleMo
 
 
 def test_a_failed_gate_exits_1_and_marks_the_artifact(sample: zoo.SampleModel, tmp_path: Path) -> None:
-    code, _, err = _quantize(sample, tmp_path / "a", "--max-accuracy-delta", "-1", "--max-trials", "1")
+    with np.load(sample.calibration) as calibration:
+        zeros = _npz(tmp_path / "zeros.npz", X=np.zeros_like(calibration["X"]))  # every range collapses
+    recipe_only = ("--strategy", "fallback", "--max-trials", "0")
+    code, _, err = _cli("quantize", sample.model, "-o", tmp_path / "a", "--calibration", zeros,
+                        "--evaluation", sample.evaluation, *recipe_only, "-q")  # fmt: skip
     assert code == 1
     assert "accuracy gate failed" in err
     assert json.loads((tmp_path / "a" / "manifest.json").read_text())["validation"]["gate"] == "failed"
@@ -310,20 +314,39 @@ def _fixed_batch_model(path: Path, *, batch: int) -> Path:
 
 
 def test_a_model_no_recipe_can_quantize_ends_in_a_refusal_not_a_traceback(tmp_path: Path) -> None:
-    """skl2onnx's LogisticRegression without ZipMap lists the ai.onnx domain twice: onnxruntime fails
-    every trial, and the per-tensor sensitivity the node search wants (it was a traceback)."""
-    from skl2onnx import to_onnx
-    from sklearn.linear_model import LogisticRegression
-
-    rows = _rows(300)[:, :8]
-    labels = (rows[:, 0] > 0).astype(int) + (rows[:, 1] > 0)
-    model = to_onnx(LogisticRegression().fit(rows, labels), rows[:1], options={"zipmap": False})
-    (tmp_path / "lr.onnx").write_bytes(model.SerializeToString())
-    data = _npz(tmp_path / "data.npz", X=rows, labels=labels)
-    code, _, err = _cli("quantize", tmp_path / "lr.onnx", "-o", tmp_path / "a", "--calibration", data, "-q")
+    """A model importing the ONNX domain twice (as skl2onnx's classifiers without ZipMap do) fails in
+    onnxruntime's quantizer: every trial, then the per-tensor sensitivity the node search wants (that
+    was a traceback)."""
+    model = onnx.load(str(_fixed_batch_model(tmp_path / "mm.onnx", batch=1)))
+    model.graph.input[0].type.tensor_type.shape.dim[0].dim_param = "N"
+    model.graph.output[0].type.tensor_type.shape.dim[0].dim_param = "N"
+    model.opset_import.append(helper.make_opsetid("ai.onnx", 17))
+    onnx.save(model, str(tmp_path / "twice.onnx"))
+    data = _npz(tmp_path / "data.npz", X=_rows(64))
+    code, _, err = _cli(
+        "quantize", tmp_path / "twice.onnx", "-o", tmp_path / "a", "--calibration", data, "-q"
+    )
     assert code == 3 and "Traceback" not in err, err
+    assert "per-tensor sensitivity of static U8S8 minmax per-tensor failed in onnxruntime" in err
     assert err.strip().splitlines()[-1].startswith("error: onnxruntime could not quantize")
     assert not (tmp_path / "a").exists()
+
+
+def test_a_model_none_of_whose_ops_onnxruntime_quantizes_is_refused_at_once(tmp_path: Path) -> None:
+    graph = helper.make_graph(
+        [helper.make_node("Abs", ["X"], ["Y"])],
+        "abs",
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["N", 16])],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["N", 16])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(tmp_path / "abs.onnx"))
+    data = _npz(tmp_path / "data.npz", X=_rows(16))
+    code, _, err = _cli("quantize", tmp_path / "abs.onnx", "-o", tmp_path / "a", "--calibration", data, "-q")
+    assert code == 3 and err.strip().splitlines()[-1].endswith(
+        "onnxruntime quantizes none of the model's ops (Abs)"
+    )
 
 
 def test_a_model_with_external_data_ships_self_contained(tmp_path: Path) -> None:
