@@ -11,7 +11,7 @@ import logging
 import subprocess
 import sys
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import onnx
@@ -41,16 +41,31 @@ def self_contained(path: Path, folder: Path) -> Path:
     hashes and ships its files one by one: a weights file beside the model would be neither listed nor
     copied, and the artifact's model would not load."""
     model = onnx.load(str(path), load_external_data=False)
-    if not any(tensor.data_location == onnx.TensorProto.EXTERNAL for tensor in model.graph.initializer):
+    if not any(tensor.data_location == onnx.TensorProto.EXTERNAL for tensor in _tensors(model.graph)):
         return path
     onnx.load_external_data_for_model(model, str(path.parent))
     if model.ByteSize() > MAX_INLINE_BYTES:
         raise QuantizeInputError(
             f"{path}: over 2 GB with its external data; artifacts hold self-contained models only (for now)"
         )
-    inlined = folder / path.name
+    inlined = folder / "self-contained" / path.name  # apart from the run's other files (prepared.onnx)
+    inlined.parent.mkdir()
     onnx.save(model, str(inlined))
     return inlined
+
+
+def _tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
+    """Every tensor a graph holds: initializers and constants' attributes, in subgraphs too."""
+    yield from graph.initializer
+    for node in graph.node:
+        for attribute in node.attribute:
+            if attribute.HasField("t"):
+                yield attribute.t
+            yield from attribute.tensors
+            if attribute.HasField("g"):
+                yield from _tensors(attribute.g)
+            for subgraph in attribute.graphs:
+                yield from _tensors(subgraph)
 
 
 def load_model(path: Path) -> onnx.ModelProto:

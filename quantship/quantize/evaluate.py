@@ -171,6 +171,9 @@ def _finite(value: float | None) -> float | None:
     return value if value is None or math.isfinite(value) else None
 
 
+LABELS_FIT_ROWS = 20
+"""Labelled rows from which an FP32 model right on none of them means the labels are not its own."""
+
 _QUIET = ort.RunOptions()
 _QUIET.log_severity_level = 4  # a failed run raises, and says why in one line: not onnxruntime's log too
 
@@ -195,8 +198,10 @@ class Evaluator:
         fixed = {
             shape[0] for node in session.get_inputs() if (shape := node.shape) and isinstance(shape[0], int)
         }
-        # a model whose batch size is fixed takes batches of exactly that (load_dataset checked they cut)
-        self.batch_size = fixed.pop() if fixed and dataset.stacked else _batch_size(dataset)
+        self.fixed_batch: int | None = fixed.pop() if fixed and dataset.stacked else None
+        """The model's own batch size when it fixes one: every run takes exactly that (load_dataset
+        checked the data cuts into it)."""
+        self.batch_size = self.fixed_batch or _batch_size(dataset)
         names = [o.name for o in session.get_outputs()]
         if output is not None and output not in names:
             raise QuantizeInputError(f"the model has no output {output!r} (outputs: {', '.join(names)})")
@@ -212,20 +217,32 @@ class Evaluator:
             ) from exc
         self.warnings: list[str] = []
         self.task, self.task_reason = _task(request.task, self.output, self.reference, dataset)
+        self._check_reference_finite()
         self.gate = self._choose_gate(request)
         self._check_labels_fit()
 
+    def _check_reference_finite(self) -> None:
+        """FP32 answers of NaN or infinity compare as garbage: any INT8 model could pass against them."""
+        if self.reference.dtype.kind == "f" and not np.isfinite(self.reference).all():
+            rows = self.reference.reshape(len(self.reference), -1)
+            bad = int(np.count_nonzero(~np.isfinite(rows).all(axis=1)))
+            raise QuantizeInputError(
+                f"the FP32 model answers NaN or infinity on {bad} of the {len(rows)} rows of "
+                f"{self.dataset.source}: they cannot judge a quantized model"
+            )
+
     def _check_labels_fit(self) -> None:
         """Labels the FP32 model never agrees with are not this model's class ids (shifted, another
-        numbering): every relative loss against them reads 0, and any INT8 model would pass."""
-        top1 = runtime.top1(self.reference) if self.dataset.labels is not None else None
-        if top1 is None or self.task is not Task.CLASSIFICATION:
+        numbering): the gate's relative loss against them reads 0, and any INT8 model would pass.
+        Judged on LABELS_FIT_ROWS rows or more: on fewer, none right can be chance."""
+        labels = self.dataset.labels
+        if labels is None or self.gate.metric is not Metric.TOP1_ACCURACY or len(labels) < LABELS_FIT_ROWS:
             return
-        assert self.dataset.labels is not None
-        if not np.any(top1 == self.dataset.labels):
+        top1 = runtime.top1(self.reference)
+        if top1 is not None and not np.any(top1 == labels):
             raise QuantizeInputError(
                 f"evaluation data {self.dataset.source}: the FP32 model gets none of its "
-                f"{len(top1)} labels right; are they this model's class ids?"
+                f"{len(labels)} labels right (accuracy 0); are they this model's class ids?"
             )
 
     def _run(self, session: ort.InferenceSession) -> tuple[np.ndarray, np.ndarray | None]:

@@ -88,13 +88,13 @@ def run(
 
     scratch.sweep()  # what quantizations, servers and verifies killed before us (kill -9) left behind
     with scratch.directory(scratch.QUANTIZE_PREFIX) as tmp, progress:
-        model_path = engine.self_contained(model_path, tmp)  # the reference ships as one file
+        fp32_path = engine.self_contained(model_path, tmp)  # the reference ships as one file
         # The gate first: a metric that cannot apply fails in a second, not after calibration.
-        evaluator = Evaluator(model_path, evalset, config.output, config.gate_request())
+        evaluator = Evaluator(fp32_path, evalset, config.output, config.gate_request())
         for message in evaluator.warnings:
             note(message)
         prepared = tmp / "prepared.onnx"
-        pre_processed = engine.prepare(model_path, prepared, pre_process=config.pre_process)
+        pre_processed = engine.prepare(fp32_path, prepared, pre_process=config.pre_process)
         prepared_model = onnx.load(str(prepared))
         _check_quantizable(prepared_model, model_path)
         _check_exclusions(config, prepared_model, pre_processed=pre_processed == "applied")
@@ -164,7 +164,7 @@ def run(
         )
         written = artifact.write_artifact(
             out,
-            {artifact.MODEL_FILE: chosen_path, artifact.REFERENCE_FILE: model_path},
+            {artifact.MODEL_FILE: chosen_path, artifact.REFERENCE_FILE: fp32_path},
             manifest,
             sign_key=sign_key,
         )

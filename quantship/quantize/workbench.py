@@ -69,7 +69,8 @@ class Workbench:
                     self.prepared_model, onnx.load(str(candidate)), config.mode
                 )
             result = self.evaluator.evaluate(candidate)
-            latency = _latency_ms(candidate, self.evaluator.dataset) if result.passed else None
+            rows = self.evaluator.fixed_batch or 1
+            latency = _latency_ms(candidate, self.evaluator.dataset, rows) if result.passed else None
         except CalibrationFailed as exc:
             error, result = str(exc), self.evaluator.failed()
             self.note(f"trial {number} ({key}): {error}")
@@ -199,10 +200,11 @@ def traits(model: onnx.ModelProto, can_calibrate: bool, hardware: runtime.Hardwa
 LATENCY_RUNS = 15
 
 
-def _latency_ms(model: Path, dataset: data.Dataset) -> float:
-    """Batch-1 median on this machine, as served (all cores, all optimizations)."""
+def _latency_ms(model: Path, dataset: data.Dataset, rows: int) -> float:
+    """The median of a call of `rows` rows (1; a model that fixes its batch size, that size) on this
+    machine, as served (all cores, all optimizations)."""
     session = runtime.create_session(model)
-    row = next(dataset.subset(1).batches(1))
+    row = next(dataset.subset(rows).batches(rows))
     for _ in range(3):
         session.run(None, row)
     times = []

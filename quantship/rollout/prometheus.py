@@ -13,8 +13,9 @@ outcome, and none ever turns into a zero:
   than one series, an infinite or negative
   count                                      -> Misconfigured (a configuration error: will not)
 
-Each query, its wait for a turn included, ends within QUERY_DEADLINE_TIMEOUTS times the source's
-timeout however the server dribbles its answer: a judgement's time is bounded whatever Prometheus does.
+Each query, from its turn on, ends within QUERY_DEADLINE_TIMEOUTS times the source's timeout however
+the server dribbles its answer, and one that times out answers the queries queued behind it for the
+outage memory: a judgement's time is bounded whatever Prometheus does.
 """
 
 from __future__ import annotations
@@ -164,13 +165,20 @@ class PrometheusSource:
         if self._client is None:
             self._client = httpx.AsyncClient(timeout=self.timeout)
         where = f"Prometheus at {self.url}"
-        try:
-            # the turn, the connection and the whole answer: httpx's timeout bounds each read only
-            async with asyncio.timeout(QUERY_DEADLINE_TIMEOUTS * self.timeout):
-                status, body = await self._get(query, where)
-        except TimeoutError as exc:  # queued behind hung queries, or an answer dribbled a byte at a time
+        async with self._in_flight or contextlib.nullcontext():
+            if self._outage is not None and self._clock() - self._outage[0] < self.outage_memory:
+                since = self._clock() - self._outage[0]
+                raise _Failed(  # a moment ago it could not be reached: not again so soon
+                    Unreachable(f"{self._outage[1].reason} ({since:.1f} s ago; not retried yet for {query})")
+                )
             deadline = QUERY_DEADLINE_TIMEOUTS * self.timeout
-            raise _Failed(Unreachable(f"{where}: no whole answer within {deadline:g} s, to {query}")) from exc
+            try:  # from its turn on: the connection and the whole answer (httpx bounds each read only)
+                async with asyncio.timeout(deadline):
+                    status, body = await self._get(query, where)
+            except TimeoutError as exc:  # an answer dribbled a byte at a time
+                raise self._down(
+                    Unreachable(f"{where}: no whole answer within {deadline:g} s, to {query}")
+                ) from exc
         self._outage = None
         if status >= 500 or status in (408, 429):  # a proxy or query frontend under load says 429
             raise _Failed(Unreachable(f"{where} answered {status}: {_error(body, status)}"))
@@ -191,36 +199,39 @@ class PrometheusSource:
         return answer
 
     async def _get(self, query: str, where: str) -> tuple[int, bytes]:
-        """The status and body (at most MAX_ANSWER_BYTES) of the query, once it has its turn."""
+        """The status and body (at most MAX_ANSWER_BYTES) of the query."""
         assert self._client is not None
-        async with self._in_flight or contextlib.nullcontext():
-            if self._outage is not None and self._clock() - self._outage[0] < self.outage_memory:
-                since = self._clock() - self._outage[0]
-                raise _Failed(  # a moment ago it could not be reached: not again so soon
-                    Unreachable(f"{self._outage[1].reason} ({since:.1f} s ago; not retried yet for {query})")
-                )
-            try:
-                async with self._client.stream(
-                    "GET", f"{self.url}/api/v1/query", params={"query": query}
-                ) as response:
-                    body = bytearray()
-                    async for chunk in response.aiter_bytes():
-                        body += chunk
-                        if len(body) > MAX_ANSWER_BYTES:
-                            raise _Failed(
-                                Misconfigured(f"{where} answered over {MAX_ANSWER_BYTES} bytes to {query}")
-                            )
-                    return response.status_code, bytes(body)
-            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:  # down: no connection at all
-                raise self._down(Unreachable(f"{where}: {transport_fault(exc)}, to {query}")) from exc
-            except httpx.TimeoutException as exc:  # e.g. a Prometheus stopped (SIGSTOP), or one slow query
-                raise _Failed(
-                    Unreachable(
-                        f"{where}: {transport_fault(exc)}, no answer within {self.timeout:g} s, to {query}"
+        try:
+            asking = self._client.stream(
+                "GET", f"{self.url}/api/v1/query", params={"query": query}, headers=_IDENTITY
+            )
+            async with asking as response:
+                body = bytearray()
+                async for chunk in response.aiter_raw():  # identity asked: a compressed answer is refused
+                    body += chunk
+                    if len(body) > MAX_ANSWER_BYTES:
+                        raise _Failed(
+                            Misconfigured(f"{where} answered over {MAX_ANSWER_BYTES} bytes to {query}")
+                        )
+                if response.headers.get("content-encoding", "identity") != "identity":
+                    raise _Failed(
+                        Misconfigured(
+                            f"{where} answered {response.headers['content-encoding']}-encoded: {query}"
+                        )
                     )
-                ) from exc
-            except httpx.HTTPError as exc:
-                raise _Failed(Unreachable(f"{where}: {transport_fault(exc)}, to {query}")) from exc
+                return response.status_code, bytes(body)
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:  # down: no connection at all
+            raise self._down(Unreachable(f"{where}: {transport_fault(exc)}, to {query}")) from exc
+        except (
+            httpx.TimeoutException
+        ) as exc:  # e.g. a Prometheus stopped (SIGSTOP): the queries behind wait not
+            raise self._down(
+                Unreachable(
+                    f"{where}: {transport_fault(exc)}, no answer within {self.timeout:g} s, to {query}"
+                )
+            ) from exc
+        except httpx.HTTPError as exc:
+            raise _Failed(Unreachable(f"{where}: {transport_fault(exc)}, to {query}")) from exc
 
 
 def transport_fault(exc: httpx.HTTPError) -> str:
@@ -229,6 +240,8 @@ def transport_fault(exc: httpx.HTTPError) -> str:
     return f"{type(exc).__name__} ({text})" if text else type(exc).__name__
 
 
+_IDENTITY = {"Accept-Encoding": "identity"}
+"""An answer is a few hundred bytes: uncompressed, its size is known before it is inflated."""
 QUERY_DEADLINE_TIMEOUTS = 2
 """A query's whole time, in timeouts: its turn, its connection and every read of its answer."""
 MAX_ANSWER_BYTES = 4 * 2**20
@@ -241,10 +254,10 @@ rather than increase()'s extrapolation; within it, it counts as 0."""
 IN_FLIGHT = 20
 """Queries one process (the operator) has in flight to Prometheus at most, and its connections."""
 OUTAGE_MEMORY = 1.0
-"""Seconds the operator's queries take a failed connection to Prometheus (refused, or no connection
-within the timeout; a slow answer to one query is not an outage) as the answer, without
-connecting: a judgement asks 17 queries, and 200 canaries judged during an outage would open
-~700 doomed connections a second. The next judgement (a step later) tries again."""
+"""Seconds the operator's queries take a failed connection to Prometheus (refused, no connection
+within the timeout, or no whole answer in time) as the answer, without connecting: a judgement asks
+17 queries, and 200 canaries judged during an outage would open ~700 doomed connections a second,
+or each wait out its timeout behind the hung ones. The next judgement (a step later) tries again."""
 
 
 class PrometheusSources:

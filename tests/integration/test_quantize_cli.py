@@ -15,6 +15,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from quantship import artifact, zoo
 from quantship.cli import main
+from quantship.quantize import engine
 from quantship.runtime import create_session
 
 
@@ -270,21 +271,36 @@ def test_labels_the_fp32_model_never_gets_right_are_refused_not_judged(
     assert not (tmp_path / "a").exists()
 
 
-def test_a_fixed_batch_model_is_evaluated_in_its_own_batches(tmp_path: Path) -> None:
-    model = _fixed_batch_model(tmp_path / "b1.onnx", batch=1)
-    calibration = _npz(
-        tmp_path / "cal.npz", X=np.random.default_rng(0).normal(size=(64, 16)).astype(np.float32)
-    )
+@pytest.mark.parametrize("batch", [1, 4])
+def test_a_fixed_batch_model_is_evaluated_and_timed_in_its_own_batches(tmp_path: Path, batch: int) -> None:
+    model = _fixed_batch_model(tmp_path / "fixed.onnx", batch=batch)
+    calibration = _npz(tmp_path / "cal.npz", X=_rows(64))
     code, _, err = _cli("quantize", model, "-o", tmp_path / "a", "--calibration", calibration, "-q")
-    assert code in (0, 1) and "Traceback" not in err, err
-    assert (tmp_path / "a" / "manifest.json").exists()
+    assert code == 0 and "Traceback" not in err, err
+    trials = json.loads((tmp_path / "a" / "manifest.json").read_text())["trials"]
+    assert any(trial.get("latency_ms") for trial in trials), trials
 
 
 def test_data_the_fp32_model_cannot_run_is_refused_in_one_line(tmp_path: Path) -> None:
-    model = _fixed_batch_model(tmp_path / "b1.onnx", batch=1)
-    calibration = _npz(tmp_path / "cal.npz", X=np.zeros((4, 1, 15), np.float32))  # 15 values, not 16
-    code, _, err = _cli("quantize", model, "-o", tmp_path / "a", "--calibration", calibration, "-q")
+    """Token ids past a Gather's table fit every shape check: onnxruntime refuses them."""
+    table = numpy_helper.from_array(np.arange(30, dtype=np.float32).reshape(10, 3), "table")
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["table", "ids"], ["embedded"]),
+         helper.make_node("MatMul", ["embedded", "table_t"], ["scores"])],
+        "tokens",
+        [helper.make_tensor_value_info("ids", TensorProto.INT64, ["N", 4])],
+        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["N", 4, 10])],
+        [table, numpy_helper.from_array(np.arange(30, dtype=np.float32).reshape(3, 10), "table_t")],
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(tmp_path / "tokens.onnx"))
+    calibration = _npz(tmp_path / "cal.npz", ids=np.full((8, 4), 105, np.int64))
+    code, _, err = _cli(
+        "quantize", tmp_path / "tokens.onnx", "-o", tmp_path / "a", "--calibration", calibration
+    )
     assert code == 3 and "Traceback" not in err, err
+    assert "error: the FP32 model fails on the evaluation data" in err and "idx=105" in err, err
 
 
 def _rows(count: int) -> np.ndarray:
@@ -368,6 +384,28 @@ def test_a_model_with_external_data_ships_self_contained(tmp_path: Path) -> None
         (output,) = create_session(path).run(None, {"X": np.ones((1, 16), np.float32)})
         assert output.shape == (1, 4)
         assert artifact.load_artifact(path.parent).root == path.parent
+
+
+def test_external_data_in_a_constant_is_inlined_too(tmp_path: Path) -> None:
+    weight = numpy_helper.from_array(np.ones((16, 4), np.float32), "w")
+    graph = helper.make_graph(
+        [
+            helper.make_node("Constant", [], ["W"], value=weight),
+            helper.make_node("MatMul", ["X", "W"], ["Y"]),
+        ],
+        "constant",
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["N", 16])],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["N", 4])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(tmp_path / "c.onnx"), save_as_external_data=True, location="c.data",
+              size_threshold=0, convert_attribute=True)  # fmt: skip
+    (tmp_path / "work").mkdir()
+    inlined = engine.self_contained(tmp_path / "c.onnx", tmp_path / "work")
+    assert inlined != tmp_path / "c.onnx" and not list(inlined.parent.glob("*.data"))
+    (output,) = create_session(inlined).run(None, {"X": np.ones((1, 16), np.float32)})
+    np.testing.assert_array_equal(output, np.full((1, 4), 16, np.float32))
 
 
 def test_a_model_whose_external_data_is_missing_is_refused_in_one_line(tmp_path: Path) -> None:
