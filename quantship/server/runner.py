@@ -212,7 +212,7 @@ class Runner:
         except _ORT_FAILURES as exc:  # a kernel's FAIL names no culprit: an index past a gather's axis?
             if self._controls.values_at_fault(inputs):
                 raise InvalidInput(f"the model could not run on the input: {_ort_message(exc)}") from None
-            self._failures.error("onnxruntime failed, on zeros of the same shapes too: %s", exc)
+            self._failures.error("onnxruntime failed, on ones of the same shapes too: %s", exc)
             raise InferenceFailed(f"onnxruntime failed: {_ort_message(exc)}") from exc
         except Exception as exc:  # onnxruntime's other pybind types (none with a common base), or ours
             self._failures.error("onnxruntime failed: %s", exc)
@@ -321,8 +321,9 @@ def _zeros(spec: TensorSpec, rows: int) -> np.ndarray:
 
 
 class _Controls:
-    """Whether the model runs on zeros shaped as a failed request was. If it does, the request's
-    values caused the failure (an index past an axis): the client's to change, 400. If not, its
+    """Whether the model runs on ones shaped as a failed request was (ones, not zeros: a divisor of
+    0 in an integer Div would kill the process; ones are a valid mask, id and count). If it does,
+    the request's values caused the failure (an index past an axis): the client's to change, 400. If not, its
     shapes do not suit the model, or the model is broken at them, and nobody can tell which: a 500,
     which the error SLI counts, so a canary broken on real traffic's shapes still rolls back. One run
     per shape per CONTROL_INTERVAL_S, for at most CONTROL_SHAPES shapes: a failing request costs one
@@ -341,12 +342,12 @@ class _Controls:
             known = self._verdicts.get(key)
         if known is not None and time.monotonic() - known[0] < CONTROL_INTERVAL_S:
             return known[1]
-        zeros = {
-            name: np.full(array.shape, "", dtype=object) if array.dtype.kind == "O" else np.zeros_like(array)
+        ones = {
+            name: np.full(array.shape, "", dtype=object) if array.dtype.kind == "O" else np.ones_like(array)
             for name, array in inputs.items()
         }
         try:
-            self._call(zeros)
+            self._call(ones)
             runs = True
         except Exception:  # any of onnxruntime's pybind types
             runs = False

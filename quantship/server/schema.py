@@ -151,7 +151,7 @@ _WHY = {
     413: "The body is larger than --max-body-bytes (inflated, if sent gzip or deflate).",
     415: "A Content-Encoding other than gzip or deflate.",
     429: "The queue is full (--max-queue-size); retry later.",
-    500: "Inference failed inside onnxruntime, on zeros of the request's shapes too.",
+    500: "Inference failed inside onnxruntime, on ones of the request's shapes too.",
     503: "The model is loading, was refused, or the server is shutting down.",
 }
 

@@ -143,7 +143,7 @@ def test_one_bad_request_in_a_merged_batch_fails_alone(token_artifact: Path) -> 
         np.testing.assert_array_equal(outcome["hidden"], runner.run(good)["hidden"])
 
 
-# -- failures onnxruntime reports as FAIL: the input's fault when zeros of its shapes run ----------------
+# -- failures onnxruntime reports as FAIL: the input's fault when ones of its shapes run -----------------
 
 
 @pytest.fixture(scope="module")
@@ -162,9 +162,9 @@ def picks(positions: list[int], shifts: list[int] | None = None) -> dict[str, np
 
 
 PICKING_CASES = [
-    # zeros of the same shapes run: the values are at fault, the client's to change
+    # ones of the same shapes run: the values are at fault, the client's to change
     ("index past the gathered axis", picks([1, 9]), "GatherElements", 400),
-    # zeros of the same shapes fail too: the shapes do not suit the model, or the model is broken at
+    # ones of the same shapes fail too: the shapes do not suit the model, or the model is broken at
     # them (a canary so broken must count as failing): the model's message, as a 500
     ("shifts of another length than positions", picks([1, 2], [0, 0, 0]),
      "Attempting to broadcast an axis by a dimension other than 1. 2 by 3", 500),
@@ -177,7 +177,7 @@ GRPC_CODES = {400: "StatusCode.INVALID_ARGUMENT", 500: "StatusCode.INTERNAL"}
     [case[1:] for case in PICKING_CASES],
     ids=[case[0] for case in PICKING_CASES],
 )
-def test_input_a_kernel_fails_on_is_judged_by_zeros_of_its_shapes_and_the_server_keeps_serving(
+def test_input_a_kernel_fails_on_is_judged_by_ones_of_its_shapes_and_the_server_keeps_serving(
     picking_artifact: Path, inputs: dict[str, np.ndarray], message: str, status: int
 ) -> None:
     server = LocalServer(settings_for(picking_artifact, "picking", grpc_port=free_port())).start()

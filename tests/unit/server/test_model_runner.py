@@ -87,7 +87,7 @@ def test_run_many_never_runs_more_than_max_rows_in_one_call(tiny_model: TinyMode
     assert [len(answer["Y"]) for answer in answers] == [1, 1, 1, 40, 2, 2]
 
 
-def test_a_model_that_fails_on_zeros_of_the_same_shapes_too_is_a_logged_server_error(
+def test_a_model_that_fails_on_ones_of_the_same_shapes_too_is_a_logged_server_error(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Reshaping [N, W] to [1] works for one value only: real requests of 8 fail whatever their
@@ -110,7 +110,7 @@ def test_a_model_that_fails_on_zeros_of_the_same_shapes_too_is_a_logged_server_e
             with pytest.raises(InferenceFailed, match=r"onnxruntime failed: .*Reshape"):
                 runner.run({"X": x(1, 8)})
     assert len(caplog.records) == 1
-    assert "on zeros of the same shapes too" in caplog.records[0].getMessage()
+    assert "on ones of the same shapes too" in caplog.records[0].getMessage()
 
 
 def test_fallback_ops_report_zero_for_every_quantized_op_type_that_fused(
