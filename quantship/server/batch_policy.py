@@ -10,6 +10,7 @@ and its figures go to the log and to the model's metadata (`/v2/models/{name}`).
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,6 +25,10 @@ REPEATS = 5
 """Timed calls per size; the fastest counts (the others met the scheduler or the cache)."""
 BUDGET_S = 2.0
 """Most seconds the measurement may add to loading; sizes not reached by then are not chosen."""
+FILLS = (1, 0)
+"""What the synthetic input is filled with, the first the model runs on: ones first, a valid mask,
+token id, count and divisor (onnxruntime refuses an integer Div by 0, and a model that divides by
+an input would never load); zeros where a one is out of range (an index into a table of one row)."""
 ROUNDS = 3
 """Times the ladder of sizes is climbed, ROUND_GAP_S apart; each size keeps its fastest round. While
 the model loads, the rest of the server starts on the event loop thread, and this VM's neighbours
@@ -105,9 +110,8 @@ def choose(
     usable_cpus: float | None = None,
 ) -> BatchPolicy:
     """The batch size cap for `runner`, at most `configured`. `measure(runner, rows)` gives seconds per
-    row of one call (default: timed onnxruntime calls on zeros); `usable_cpus` defaults to this
-    process's (cpus.usable)."""
-    measure = measure if measure is not None else _seconds_per_row
+    row of one call (default: timed onnxruntime calls on the first of FILLS the model runs on; on
+    none, batching is off); `usable_cpus` defaults to this process's (cpus.usable)."""
     overlap = (usable_cpus if usable_cpus is not None else cpus.usable()) > 1
     signature = runner.signature
     if not signature.batchable:
@@ -115,6 +119,11 @@ def choose(
     if any(None in spec.shape[1:] or spec.datatype == "BYTES" for spec in signature.inputs):
         reason = "not measured: inputs with open dimensions besides the batch"
         return BatchPolicy(configured, reason, overlap=overlap)
+    fill, failure = _runnable_fill(runner)
+    if fill is None:
+        reason = f"not measured: the model fails on inputs of {' and of '.join(map(str, FILLS))} ({failure})"
+        return BatchPolicy(1, reason, overlap=overlap)
+    measure = measure if measure is not None else functools.partial(_seconds_per_row, fill=fill)
     if configured == 1:
         costs, chosen, reason = {1: measure(runner, 1)}, 1, "--max-batch-size 1"
     else:
@@ -174,8 +183,19 @@ def _rows_within(costs: dict[int, float], cap: int, seconds: float) -> int:
     return max(fitting, default=0)
 
 
-def _seconds_per_row(runner: Runner, rows: int) -> float:
-    inputs = runner.zeros(rows)
+def _runnable_fill(runner: Runner) -> tuple[int | None, str]:
+    """The first of FILLS whose one-row input the model runs on, or None and the last failure."""
+    failure = ""
+    for fill in FILLS:
+        refusal = runner.refusal(runner.filled(1, fill))
+        if refusal is None:
+            return fill, ""
+        failure = refusal
+    return None, failure
+
+
+def _seconds_per_row(runner: Runner, rows: int, *, fill: int) -> float:
+    inputs = runner.filled(rows, fill)
     runner.run(inputs)  # warm-up: the first call at a new shape plans memory
     best = float("inf")
     for _ in range(REPEATS):

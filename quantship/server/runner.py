@@ -219,13 +219,22 @@ class Runner:
             raise InferenceFailed(f"onnxruntime failed: {_ort_message(exc)}") from exc
         return dict(zip(self._output_names, values, strict=True))
 
+    def refusal(self, inputs: Tensors) -> str | None:
+        """Why the model cannot run on `inputs` (onnxruntime's message), or None when it can: for the
+        server's own synthetic inputs, which no control run judges and no error log needs."""
+        try:
+            self._call(inputs)
+        except Exception as exc:  # any of onnxruntime's pybind types
+            return _ort_message(exc)
+        return None
+
     def _call(self, inputs: Tensors) -> list[Any]:
         return self.session.run(self._output_names, dict(inputs), self._run_options)
 
-    def zeros(self, rows: int) -> dict[str, np.ndarray]:
-        """An input of zeros (empty strings for BYTES): `rows` rows where the first dimension is open,
-        1 in every other open dimension: what the batch policy times."""
-        return {spec.name: _zeros(spec, rows) for spec in self.signature.inputs}
+    def filled(self, rows: int, fill: int) -> dict[str, np.ndarray]:
+        """An input of `fill` everywhere (empty strings for BYTES): `rows` rows where the first
+        dimension is open, 1 in every other open dimension: what the batch policy times."""
+        return {spec.name: _filled(spec, rows, fill) for spec in self.signature.inputs}
 
     def run_many(
         self, requests: Sequence[Tensors], rows: Sequence[int], *, max_rows: int
@@ -312,17 +321,17 @@ def _ort_message(exc: Exception) -> str:
     return _SOURCE_LOCATION.sub("", str(exc).rsplit(" : ", 1)[-1].strip())
 
 
-def _zeros(spec: TensorSpec, rows: int) -> np.ndarray:
+def _filled(spec: TensorSpec, rows: int, fill: int) -> np.ndarray:
     open_size = [rows] + [1] * len(spec.shape)  # the first dimension, open, holds the rows
     shape = tuple(open_size[axis] if dim is None else dim for axis, dim in enumerate(spec.shape))
     if spec.datatype == "BYTES":
         return np.full(shape, "", dtype=object)
-    return np.zeros(shape, dtype=spec.dtype)
+    return np.full(shape, fill, dtype=spec.dtype)
 
 
 class _Controls:
-    """Whether the model runs on ones shaped as a failed request was (ones, not zeros: a divisor of
-    0 in an integer Div would kill the process; ones are a valid mask, id and count). If it does,
+    """Whether the model runs on ones shaped as a failed request was (ones, not zeros: onnxruntime
+    refuses an integer Div by 0; ones are a valid mask, id, count and divisor). If it does,
     the request's values caused the failure (an index past an axis): the client's to change, 400. If not, its
     shapes do not suit the model, or the model is broken at them, and nobody can tell which: a 500,
     which the error SLI counts, so a canary broken on real traffic's shapes still rolls back. One run

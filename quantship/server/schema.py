@@ -191,15 +191,19 @@ def pin_path_parameters(document: dict[str, Any], values: dict[str, str]) -> dic
     return document
 
 
+_EXAMPLE_VALUES: dict[str, Any] = {"BYTES": "", "BOOL": True}
+
+
 def infer_example(signature: Signature) -> dict[str, Any] | None:
-    """A valid one-row request for the loaded model (zeros), or None when it would be too large."""
+    """A one-row request for the loaded model, or None when it would be too large. Ones (true for
+    BOOL, empty strings for BYTES), as the batch policy's first try: a valid mask, id and divisor."""
     inputs = []
     for spec in signature.inputs:
         shape = [1 if dim is None else dim for dim in spec.shape]
         count = math.prod(shape)
         if count > EXAMPLE_MAX_VALUES:
             return None
-        data: list[Any] = [""] * count if spec.datatype == "BYTES" else [0] * count
+        data: list[Any] = [_EXAMPLE_VALUES.get(spec.datatype, 1)] * count
         inputs.append({"name": spec.name, "shape": shape, "datatype": spec.datatype, "data": data})
     return {"id": "example", "inputs": inputs}
 

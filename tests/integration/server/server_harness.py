@@ -140,6 +140,36 @@ def build_token_model(path: Path, vocabulary: int = 100, width: int = 4) -> Path
     return path
 
 
+def build_divide_by_input(path: Path, *, offset: int = 0) -> Path:
+    """Q = 12 // (D * (D - offset)), on int64: onnxruntime refuses a divisor of 0 ("Integer division by
+    zero"), so offset 0 fails on zeros only and offset 1 on zeros and ones."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    d = helper.make_tensor_value_info("D", TensorProto.INT64, ["N", 2])
+    q = helper.make_tensor_value_info("Q", TensorProto.INT64, ["N", 2])
+    constants = [
+        numpy_helper.from_array(np.array(12, dtype=np.int64), "twelve"),
+        numpy_helper.from_array(np.array(offset, dtype=np.int64), "offset"),
+    ]
+    graph = helper.make_graph(
+        [
+            helper.make_node("Sub", ["D", "offset"], ["shifted"]),
+            helper.make_node("Mul", ["D", "shifted"], ["divisor"]),
+            helper.make_node("Div", ["twelve", "divisor"], ["Q"]),
+        ],
+        "divide_by_input",
+        [d],
+        [q],
+        constants,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, path)
+    return path
+
+
 def build_picking_model(path: Path) -> Path:
     """FP32 `values` [batch, width], int64 `positions` [batch, picks] and `shifts` [batch, moves]:
     picked = GatherElements(values, positions + shifts, axis=1). Its dimensions are named apart, so no

@@ -1,6 +1,7 @@
 """What the server checks at load besides the artifact's integrity: that it serves on the hardware the
 accuracy gate measured (a mismatch is a warning and a metric, or a refusal with --require-gate-hardware),
-and that a fixed probe input gives the same outputs twice. Nothing is faked but the manifest."""
+that a fixed probe input gives the same outputs twice, and that a model the batch policy's synthetic
+input fails on is still served. Nothing is faked but the manifest."""
 
 from __future__ import annotations
 
@@ -14,10 +15,12 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 from prometheus_client import CollectorRegistry
-from server_harness import LocalServer, settings_for, wait_until
+from server_harness import LocalServer, build_divide_by_input, fp32_artifact, settings_for, wait_until
 
 from quantship import artifact, runtime, zoo
+from quantship.server import batch_policy
 from quantship.server.metrics import ServerMetrics
+from quantship.server.runner import Runner
 from quantship.server.service import ModelService, Phase
 from quantship.server.settings import ServerSettings
 
@@ -150,3 +153,52 @@ async def test_a_model_whose_outputs_differ_run_to_run_is_flagged_nondeterminist
     # an FP32 artifact records no gate hardware: nothing differs, only the serving side is shown
     assert sample(registry, settings, "quantship_hardware_mismatch", aspect="int8_flags") == 0
     await service.close(1)
+
+
+def test_a_model_that_divides_by_its_input_is_timed_on_ones(tmp_path: Path) -> None:
+    """Zeros would be refused ("Integer division by zero"): timed on them, the model was never served."""
+    runner = Runner.load(build_divide_by_input(tmp_path / "divide.onnx"), threads=1)
+    assert runner.refusal(runner.filled(1, 0)) is not None
+
+    policy = batch_policy.choose(runner, 4)
+
+    assert policy.reason.startswith("measured")
+    assert set(policy.seconds_per_row) >= {1, 2}
+
+
+def test_a_model_no_synthetic_input_runs_is_served_unbatched_and_says_why(tmp_path: Path) -> None:
+    runner = Runner.load(build_divide_by_input(tmp_path / "divide.onnx", offset=1), threads=1)
+
+    policy = batch_policy.choose(runner, 32, lambda runner, rows: pytest.fail("nothing to time"))
+
+    assert policy.max_batch_size == 1 and policy.seconds_per_row == {}
+    assert policy.reason.startswith("not measured: the model fails on inputs of 1 and of 0")
+    assert "Integer division by zero" in policy.reason
+
+
+@pytest.mark.parametrize("offset", [0, 1], ids=["fails on zeros", "fails on zeros and ones"])
+def test_a_model_that_fails_on_synthetic_inputs_is_served_and_answers_its_example(
+    tmp_path: Path, offset: int
+) -> None:
+    model = build_divide_by_input(tmp_path / "divide.onnx", offset=offset)
+    server = LocalServer(settings_for(fp32_artifact(model, tmp_path / "divide"), "divide")).start()
+    try:
+        document = httpx.get(f"{server.url}/openapi.json").json()
+        infer = next(ops["post"] for path, ops in document["paths"].items() if path.endswith("/infer"))
+        example = infer["requestBody"]["content"]["application/json"]["example"]
+        infer_url = f"{server.url}/v2/models/{server.settings.model_name}/infer"
+        answers = {divisor: httpx.post(infer_url, json=divide(divisor)) for divisor in (3, 0)}
+        if offset == 0:
+            assert httpx.post(infer_url, json=example).json()["outputs"][0]["data"] == [12, 12]
+        assert answers[3].json()["outputs"][0]["data"] == [12 // (3 * (3 - offset))] * 2
+        # judged by ones of its shapes (runner._Controls): they run on offset 0 only
+        assert answers[0].status_code == (500 if offset else 400)
+        assert "Integer division by zero" in answers[0].json()["error"]
+        metadata = httpx.get(f"{server.url}/v2/models/{server.settings.model_name}").json()
+        assert metadata["batching"]["reason"].startswith("not measured" if offset else "measured")
+    finally:
+        server.stop()
+
+
+def divide(divisor: int) -> dict[str, Any]:
+    return {"inputs": [{"name": "D", "shape": [1, 2], "datatype": "INT64", "data": [divisor, divisor]}]}
