@@ -197,6 +197,9 @@ class BurnWindow:
     short: str
 
 
+SLO_PERIOD = "30d"
+"""The period an error budget is spent over: the burn factors below are the SRE Workbook's for 30 days
+(14.4x for an hour spends 2% of it)."""
 BURN_WINDOWS = (
     BurnWindow("page", 14.4, "1h", "5m"),
     BurnWindow("page", 6.0, "6h", "30m"),

@@ -320,12 +320,13 @@ def executive() -> Board:
         unit="s",
     )
     board.number(
-        "Error budget spent over the time range",
-        "Bad ratio of each SLO over the dashboard's time range, as a share of its budget: 100% is the "
-        "whole budget.",
+        f"Error budget spent, last {slo.SLO_PERIOD}",
+        f"Share of each SLO's error budget spent over its period ({slo.SLO_PERIOD}, or as far back as "
+        "Prometheus keeps data): the bad ratio over the period / the budget. 100% is the whole budget; "
+        "the burn rate panels of the on-call dashboard show how fast it goes now.",
         [
             query(
-                f"{slo.ratio(objective, RANGE, MODEL, ('model',))} / {objective.budget}",
+                f"{slo.ratio(objective, slo.SLO_PERIOD, MODEL, ('model',))} / {objective.budget}",
                 f"{{{{model}}}} {_sli_title(objective.sli)}",
                 instant=True,
             )
@@ -447,21 +448,40 @@ def oncall() -> Board:
         steps={slo.STARVED_BEHIND_PER_S: "orange"},
     )
     board.row("Quantization health")
+    overall, largest = (
+        slo.with_labels(rule, MODEL) for rule in (rules.drift_rule(), rules.drift_tensor_rule())
+    )
     board.graph(
         "Activation drift",
         "Jensen-Shannon divergence (bits) of sampled activations from the calibration histograms, "
-        f"mean over tensors: now, and averaged over {rules.DRIFT_WINDOW} as the alert judges it. "
-        f"Dashed: the alert threshold ({rules.DRIFT_THRESHOLD:g}; per model tunable).",
+        f"mean over tensors: now, and averaged over {rules.DRIFT_WINDOW} as QuantshipActivationDrift "
+        "judges it, against each model's threshold (its own where the chart's alerts.driftThresholds "
+        f"sets one). Dashed: the default threshold ({rules.DRIFT_THRESHOLD:g}).",
         [
-            query(
-                slo.with_labels(rules.drift_rule(), MODEL),
-                f"{{{{model}}}} {{{{track}}}} {rules.DRIFT_WINDOW}",
-            ),
+            query(overall, f"{{{{model}}}} {{{{track}}}} {rules.DRIFT_WINDOW}"),
             query(overall_drift(), "{{model}} {{track}} now"),
+            query(rules.model_threshold(overall, rules.DRIFT_THRESHOLD, tensor=False), "{{model}} threshold"),
         ],
         unit="none",
         span=12,
         steps={rules.DRIFT_THRESHOLD: "orange"},
+    )
+    board.graph(
+        "Activation drift, most drifted tensor",
+        f"The drift of the most drifted activation tensor, each averaged over {rules.DRIFT_WINDOW}, as "
+        "QuantshipActivationDriftTensor judges it, against each model's threshold. Dashed: the default "
+        f"({rules.DRIFT_TENSOR_THRESHOLD:g}). Needs servers run with --per-tensor-metrics; which tensor: "
+        "the debug dashboard.",
+        [
+            query(largest, f"{{{{model}}}} {{{{track}}}} {{{{revision}}}} {rules.DRIFT_WINDOW}"),
+            query(
+                rules.model_threshold(largest, rules.DRIFT_TENSOR_THRESHOLD, tensor=True),
+                "{{model}} threshold",
+            ),
+        ],
+        unit="none",
+        span=12,
+        steps={rules.DRIFT_TENSOR_THRESHOLD: "orange"},
     )
     board.number(
         "Hardware mismatch",
@@ -488,6 +508,7 @@ def oncall() -> Board:
         "Hardware: serving and gate",
         "Per side (serving, gate): CPU, its int8 features, onnxruntime version, execution provider.",
         [query(slo.with_labels(M.HARDWARE_INFO, MODEL), instant=True, as_table=True)],
+        span=12,
     )
     board.row("Rollout")
     board.graph(
@@ -611,7 +632,10 @@ def debug() -> Board:
                 f"{per_second(M.BATCH_SIZE.observations, TRACKS)}",
                 "mean {{model}} {{track}}",
             ),
-            query(histogram_quantile(M.BATCH_SIZE, 0.95, TRACKS), "p95 {{model}} {{track}}"),
+            # interpolated inside the first bucket (0, 1], p95 could read 0.97 rows: a call has one at least
+            query(
+                f"clamp_min({histogram_quantile(M.BATCH_SIZE, 0.95, TRACKS)}, 1)", "p95 {{model}} {{track}}"
+            ),
         ],
         unit="none",
         span=8,

@@ -380,6 +380,14 @@ def above_threshold(recorded: str, default: float, *, tensor: bool) -> str:
     )
 
 
+def model_threshold(recorded: str, default: float, *, tensor: bool) -> str:
+    """Each model in `recorded` with the drift threshold its alert applies (its own, or `default`):
+    what a dashboard plots beside the drift."""
+    models = f"group by (model) ({recorded})"
+    own = drift_threshold_rule(tensor=tensor)
+    return f"{own} and on (model) {models} or on (model) ({models} * 0 + {default:g})"
+
+
 def threshold_rules(thresholds: Mapping[str, Mapping[str, float]]) -> list[dict[str, Any]]:
     """Recording rules that give models their own drift thresholds, from {model: {"overall": bits,
     "tensor": bits}} (either key may be left out). The chart renders the same rules from its values
