@@ -99,6 +99,16 @@ def error_body(message: str) -> dict[str, str]:
     return {"error": message}
 
 
+def statuses() -> tuple[int, ...]:
+    """Every HTTP status an error of ours answers with (those of ServerError's subclasses)."""
+    found, pending = {ServerError.status}, list(ServerError.__subclasses__())
+    while pending:
+        kind = pending.pop()
+        found.add(kind.status)
+        pending += kind.__subclasses__()
+    return tuple(sorted(found))
+
+
 def install_handlers(app: FastAPI) -> None:
     async def server_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, ServerError)

@@ -220,3 +220,12 @@ def test_labels_past_the_models_classes_are_refused() -> None:
         service._labels([0, 10], 2, "a", classes=10)
     with pytest.raises(InvalidInput, match="label -1 is not a class id"):
         service._labels(-1, 1, "a", classes=None)
+
+
+def test_every_code_the_server_answers_with_is_counted_from_zero() -> None:
+    """A series born at its third 500 shows Prometheus' increase() none of the three: on a canary's
+    first scrape that was every error of a window (the error SLI read 0 of 3)."""
+    _, registry = metrics()
+    requests = f"{slo.Metric.REQUESTS_TOTAL}"
+    for code in ("200", "400", "404", "408", "413", "429", "499", "500", "503"):
+        assert value(registry, requests, code=code) == 0, code
