@@ -7,10 +7,13 @@ the same data can go to the resource's status, an Event, a log line and the oper
 Per SLO and window: ratio = bad / total of the canary; burn rate = ratio / budget. The SLO is
 breached when the burn rate exceeds the threshold on *both* windows (the long one proves the burn
 is significant, the short one that it is still happening), or when the canary's burn rate
-exceeds the stable revision's by more than `max_burn_rate_increase` on both windows. A window
+exceeds the stable revision's by more than `max_burn_rate_increase` on both windows, and each
+window holds MIN_BAD_EVENTS bad events at least (fewer: inconclusive, see there). A window
 with no data, an unreachable or misconfigured source or fewer than `min_samples` events makes
-the SLO inconclusive, never a pass; each window says which (`Fault`). Where the stable revision
-cannot be compared with (none, no data, too few samples), the verdict's reason says so.
+the SLO inconclusive, never a pass; each window says which (`Fault`); but a window short of
+samples whose bad events alone breach, however the missing samples turn out, counts as breached.
+Where the stable revision cannot be compared with (none, no data, too few samples), the
+verdict's reason says so.
 """
 
 from __future__ import annotations
@@ -50,6 +53,15 @@ class Fault(enum.StrEnum):
     MISCONFIGURED = "Misconfigured"
     TOO_FEW_SAMPLES = "TooFewSamples"
 
+
+MIN_BAD_EVENTS = 3
+"""Bad events a window needs before its burn rate can fail a canary. Against a 0.1% budget one error
+in 124 requests is a burn of 8: with canary and stable both failing 0.05% of 40 requests a second
+(half the budget), a rule without this rolled 41% of healthy canaries back (one error, counted by both
+windows, decided). Fewer bad events over the threshold make the SLO inconclusive, so a canary that
+keeps burning with few requests still rolls back after `inconclusive_limit` judgements (or holds);
+a single error leaves the short window a minute later. Compared as round(bad): Prometheus'
+increase() extrapolates counts to the window's edges."""
 
 MORE_SAMPLES = {
     slo.SLI.ACCURACY_DELTA: "if the canary drops shadow samples for budget "
@@ -129,6 +141,10 @@ class WindowResult:
     """The kind of `problem`."""
     baseline_problem: str | None = None
     """Why the canary was not compared with the stable revision on this window; None when it was."""
+    least_burn_rate: float | None = None
+    """The burn rate however the samples a window lacks turn out (all good: bad / min_samples), so
+    that 60 errors of 60 requests fail a canary without waiting for the 100th; the burn rate itself
+    on a window with enough samples."""
 
     @property
     def ratio(self) -> float | None:
@@ -303,12 +319,16 @@ def _window(
             return WindowResult(window, problem=f"no data on {span}: {why}", fault=Fault.NO_DATA)
         case Counts(bad=bad, total=total) if total < min_samples:
             few = f"{total:.4g} of {min_samples} samples on {span}"
-            return WindowResult(window, bad, total, problem=few, fault=Fault.TOO_FEW_SAMPLES)
+            least = objective.burn_rate(min(bad, total) / min_samples)
+            return WindowResult(
+                window, bad, total, problem=few, fault=Fault.TOO_FEW_SAMPLES, least_burn_rate=least
+            )
         case Counts(bad=bad, total=total):
             burn = objective.burn_rate(bad / total)
             match baseline:
                 case Counts(bad=base_bad, total=base_total) if base_total >= min_samples:
-                    return WindowResult(window, bad, total, burn, objective.burn_rate(base_bad / base_total))
+                    base_burn = objective.burn_rate(base_bad / base_total)
+                    return WindowResult(window, bad, total, burn, base_burn, least_burn_rate=burn)
                 case Counts(total=base_total):
                     why = f"{base_total:.4g} of {min_samples} samples"
                 case None:
@@ -316,7 +336,12 @@ def _window(
                 case NoData() | Unreachable() | Misconfigured():
                     why = f"{type(baseline).__name__}: {baseline.reason}"
             return WindowResult(
-                window, bad, total, burn, baseline_problem=f"{objective.sli.value} on {span}: {why}"
+                window,
+                bad,
+                total,
+                burn,
+                baseline_problem=f"{objective.sli.value} on {span}: {why}",
+                least_burn_rate=burn,
             )
     raise TypeError(f"unexpected measurement {canary!r}")
 
@@ -331,6 +356,18 @@ def _judge_slo(objective: slo.Objective, windows: list[WindowResult], spec: Roll
             objective.sli, objective.budget, threshold, max_increase, tuple(windows), verdict, reason
         )
 
+    few_bad = [w for w in windows if w.bad is not None and round(w.bad) < MIN_BAD_EVENTS]
+    short_of_samples = any(w.problem for w in windows)
+    if short_of_samples and not few_bad and all(_above(w.least_burn_rate, threshold) for w in windows):
+        least = " and ".join(
+            f"{w.least_burn_rate:.2f} on {format_duration(w.window)} ({w.bad:.4g} bad of {w.total:.4g})"
+            for w in windows
+        )
+        return result(
+            Verdict.FAIL,
+            f"{name} burn rate above {threshold:g} on both windows, whatever the samples still missing "
+            f"of {spec.analysis.min_samples} bring: {least}",
+        )
     problems = [w.problem for w in windows if w.problem]
     if problems:
         reason = f"{name}: {', '.join(problems)}"
@@ -342,18 +379,28 @@ def _judge_slo(objective: slo.Objective, windows: list[WindowResult], spec: Roll
         f"{_percent(objective.budget)})"
         for w in windows
     )
-    if all(w.burn_rate is not None and w.burn_rate > threshold for w in windows):
-        return result(Verdict.FAIL, f"{name} burn rate above {threshold:g} on both windows: {burns}")
-    increases = [w.increase for w in windows]
-    if all(increase is not None and increase > max_increase for increase in increases):
+    if all(_above(w.burn_rate, threshold) for w in windows):
+        breach = f"{name} burn rate above {threshold:g} on both windows: {burns}"
+    elif all(increase is not None and increase > max_increase for increase in [w.increase for w in windows]):
         detail = " and ".join(
             f"{w.burn_rate:.2f} vs {w.baseline_burn_rate:.2f} on {format_duration(w.window)}" for w in windows
         )
-        return result(
-            Verdict.FAIL,
-            f"{name} burns more than {max_increase:g} above the stable revision on both windows: {detail}",
+        breach = (
+            f"{name} burns more than {max_increase:g} above the stable revision on both windows: {detail}"
         )
-    return result(Verdict.PASS, f"{name} burn rate {burns}")
+    else:
+        return result(Verdict.PASS, f"{name} burn rate {burns}")
+    if few_bad:
+        counts = " and ".join(f"{w.bad:.4g} on {format_duration(w.window)}" for w in few_bad)
+        return result(
+            Verdict.INCONCLUSIVE,
+            f"{breach}; but bad events {counts} are too few to tell from chance ({MIN_BAD_EVENTS} at least)",
+        )
+    return result(Verdict.FAIL, breach)
+
+
+def _above(burn_rate: float | None, threshold: float) -> bool:
+    return burn_rate is not None and burn_rate > threshold
 
 
 def _judge_fallback(measurement: GaugeMeasurement, limit: int) -> GateResult:

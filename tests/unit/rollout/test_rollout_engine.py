@@ -116,7 +116,8 @@ async def test_canary_burning_an_slo_on_both_windows_is_rolled_back_with_the_num
     looptime: float,
 ) -> None:
     metrics.serve("v1", GOOD)
-    metrics.serve("v2", bad(sli, ratio))
+    # 100 events a second: 18 bad clip events on the 30 s window at 0.006 (analysis.MIN_BAD_EVENTS)
+    metrics.serve("v2", bad(sli, ratio), events_per_second=100.0)
 
     final, decisions = await roll(make_spec(), workloads, router, metrics)
 
