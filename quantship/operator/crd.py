@@ -634,6 +634,13 @@ def status_schema() -> dict[str, Any]:
             "stableRevision": nullable_string,
             "canaryRevision": nullable_string,
             "rejectedRevision": nullable_string,
+            "retiringRevisions": {
+                "type": "array",
+                "items": {"type": "string"},
+                "description": "Revisions whose Deployments are being removed: once the status naming "
+                "their successor is saved, and once the stable serves (a rollback keeps the canary's "
+                "servers until then).",
+            },
             "step": {"type": "integer", "description": "Index into spec.rollout.steps; -1 before the first."},
             "weight": {"type": "integer", "description": "Canary weight asked, percent."},
             "achievedWeight": {

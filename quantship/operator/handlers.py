@@ -53,9 +53,14 @@ def _lock(memo: Any) -> asyncio.Lock:
 
 
 def in_flight(status: kopf.Status, **_: Any) -> bool:
-    """A rollout is in flight, or spec.quantize's Job runs (the timer reads its verdict)."""
+    """A rollout is in flight, revisions it retired are still to remove (an API error left them), or
+    spec.quantize's Job runs (the timer reads its verdict)."""
     job = status.get("quantize") or {}
-    return status.get("phase") in IN_FLIGHT or job.get("state") == quantization.RUNNING
+    return (
+        status.get("phase") in IN_FLIGHT
+        or bool(status.get("retiringRevisions"))
+        or job.get("state") == quantization.RUNNING
+    )
 
 
 def gateway_api(spec: kopf.Spec, **_: Any) -> bool:

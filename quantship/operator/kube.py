@@ -474,8 +474,8 @@ class ReplicaRouter:
     """`TrafficRouter` without a gateway: one Service over both revisions, weight = replica share.
 
     With N replicas, the canary gets round(N * weight) of them (at least 1, and at least 1 stays
-    stable before the last step); the achieved weight returned says how close that comes: with 4
-    replicas, 5% becomes 1 canary pod of 4 = 25%.
+    stable until promotion: at 100%, N canaries and 1 stable); the achieved weight returned says how
+    close that comes: with 4 replicas, 5% becomes 1 canary pod of 4 = 25%, 100% 4 of 5 = 80%.
     """
 
     def __init__(self, kube: Kube, spec: ModelSpec, workloads: KubeWorkloads) -> None:
@@ -506,8 +506,10 @@ def _revisions(owner: Mapping[str, Any]) -> set[str]:
 
 
 def split(total: int, weight: int) -> tuple[int, int]:
-    """(canary, stable) replicas closest to `weight` percent for the canary, with `total` in all."""
+    """(canary, stable) replicas closest to `weight` percent for the canary, with `total` in all;
+    at 100%, `total` canaries and one stable: a stable scaled to 0 would leave the last step waiting
+    for it to be ready (never judged, never promoted) and a rollback from it with no server at all."""
     if weight >= 100:
-        return total, 0
+        return total, 1
     canary = min(max(1, round(total * weight / 100)), max(total - 1, 1))
     return canary, max(total - canary, 1)

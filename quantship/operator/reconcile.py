@@ -32,6 +32,7 @@ from quantship.rollout import (
     PrometheusSources,
     RolloutStatus,
     TrafficRouter,
+    retire,
     tick,
 )
 
@@ -144,6 +145,12 @@ async def _reconcile(
     await _write_status(
         ctx, body, previous, decision.status, degraded, generation, now, logger, quantize, placed
     )
+    # Removed only now that the status naming their successor is saved (a promotion whose write
+    # failed would resume at a stable revision already gone); kept in it until they are gone.
+    retired = await retire(decision.status, workloads)
+    if retired.retiring != decision.status.retiring:
+        patch = {"retiringRevisions": list(retired.retiring) or None}
+        await ctx.kube.patch_model_status(namespace, name, patch)
     if quantize.event is not None:
         reason, message, warning = quantize.event
         (kopf.warn if warning else kopf.info)(_event_target(body), reason=reason, message=message)

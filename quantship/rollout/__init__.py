@@ -1,6 +1,6 @@
 """The rollout engine: canary steps judged by SLO burn rates. Knows nothing of Kubernetes.
 
-What other parts use: the spec and status types, `decide`/`tick`/`run_rollout`, the three ports
+What other parts use: the spec and status types, `decide`/`tick`/`retire`/`run_rollout`, the three ports
 (`Workloads`, `TrafficRouter`, `MetricsSource`) with their measurement types, and
 `PrometheusSource`, the production MetricsSource. The operator (`quantship.operator`) and the
 local demo (`quantship.local`) supply the adapters.
@@ -15,6 +15,7 @@ from quantship.rollout.engine import (
     apply,
     decide,
     needs,
+    retire,
     run_rollout,
     tick,
 )
@@ -70,6 +71,7 @@ __all__ = [
     "measure",
     "needs",
     "parse_duration",
+    "retire",
     "run_rollout",
     "short_window_ratio",
     "tick",

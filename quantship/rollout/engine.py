@@ -75,7 +75,8 @@ class Decision:
     reason: str
     analysis: Analysis | None = None
     retire: tuple[str, ...] = ()
-    """Revisions to remove once traffic has left them."""
+    """Revisions to remove once traffic has left them: the status keeps them (`retiring`) until
+    `retire` has removed them."""
     manual: bool = False
     """Taken because a person asked (abort / promote): the request is used up."""
     degraded: str | None = None
@@ -274,9 +275,9 @@ def _decision(
     manual: bool = False,
     degraded: str | None = None,
 ) -> Decision:
-    return Decision(
-        action, status.with_history(now, action.value, reason), reason, analysis, retire, manual, degraded
-    )
+    retiring = tuple(dict.fromkeys((*status.retiring, *retire)))
+    recorded = replace(status, retiring=retiring).with_history(now, action.value, reason)
+    return Decision(action, recorded, reason, analysis, retire, manual, degraded)
 
 
 def _wait(status: RolloutStatus, reason: str, *, degraded: str | None = None) -> Decision:
@@ -391,7 +392,7 @@ async def tick(
 
 
 async def apply(decision: Decision, *, workloads: Workloads, router: TrafficRouter) -> Decision:
-    """Carry a decision out: traffic moves before anything is removed, so nothing serves nobody.
+    """Carry a decision out, but for removing revisions: that is `retire`'s, once the status is saved.
     Returns the decision with what the router achieved folded into its status and reason."""
     status, reason = decision.status, decision.reason
     match decision.action:
@@ -424,9 +425,30 @@ async def apply(decision: Decision, *, workloads: Workloads, router: TrafficRout
             await router.route(status.stable, None, 0)
         case Action.WAIT | Action.JUDGED:
             pass
-    for revision in decision.retire:
-        await workloads.remove(revision)
     return replace(decision, status=status, reason=reason)
+
+
+async def retire(status: RolloutStatus, workloads: Workloads) -> RolloutStatus:
+    """Remove the revisions `status.retiring` names, and return the status without them. Call it
+    once `status` is saved: removed before, a promotion whose status write failed would resume at a
+    stable revision that is gone. A revision that still serves while the stable does not (a
+    rollback from 100%, where the stable had scaled down) stays until the stable is ready: traffic
+    moves before anything is removed, so nothing serves nobody."""
+    if not status.retiring:
+        return status
+    kept: list[str] = []
+    stable_ready: bool | None = None
+    for revision in status.retiring:
+        if revision in (status.stable, status.canary):
+            continue  # asked for again meanwhile: not to remove
+        if await workloads.ready(revision):
+            if stable_ready is None:
+                stable_ready = status.stable is not None and await workloads.ready(status.stable)
+            if not stable_ready:
+                kept.append(revision)
+                continue
+        await workloads.remove(revision)
+    return replace(status, retiring=tuple(kept))
 
 
 # -- the loop the local demo and the tests run ----------------------------------------------------
@@ -480,12 +502,16 @@ async def run_rollout(
             continue
         errors = 0
         status = decision.status
+        try:
+            status = await retire(status, workloads)
+        except PortError as exc:  # kept in the status: the next tick removes them
+            log.warning("rollout of %s: %s (retried next tick)", spec.revision, exc)
         if decision.manual:
             intervention.abort = intervention.promote = False
         if on_decision is not None:
             on_decision(decision)
         if decision.action is not Action.WAIT:
             log.info("rollout of %s: %s: %s", spec.revision, decision.action.value, decision.reason)
-        if decision.action is Action.WAIT and not status.in_flight:
+        if decision.action is Action.WAIT and not status.in_flight and not status.retiring:
             return status
         await asyncio.sleep(interval)

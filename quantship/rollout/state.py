@@ -70,6 +70,10 @@ class RolloutStatus:
     last_analysis: Mapping[str, Any] | None = None
     history: tuple[Mapping[str, Any], ...] = ()
     message: str = ""
+    retiring: tuple[str, ...] = ()
+    """Revisions to remove, kept here until they are gone (`engine.retire`): removed only once a
+    status naming their successor is saved, and never while they are the last that serve, so that
+    a tick cut off half-way or a restarted operator finishes the job instead of losing it."""
 
     @property
     def in_flight(self) -> bool:
@@ -104,6 +108,7 @@ class RolloutStatus:
             "lastAnalysis": dict(self.last_analysis) if self.last_analysis is not None else None,
             "history": [dict(entry) for entry in self.history],
             "message": self.message,
+            "retiringRevisions": list(self.retiring) or None,  # None: the merge patch removes the key
         }
 
     @classmethod
@@ -126,4 +131,5 @@ class RolloutStatus:
             last_analysis=data.get("lastAnalysis"),
             history=tuple(data.get("history") or ()),
             message=str(data.get("message") or ""),
+            retiring=tuple(data.get("retiringRevisions") or ()),
         )

@@ -140,7 +140,7 @@ def test_services_select_one_revision_or_the_whole_model() -> None:
         (4, 5, (1, 3)),
         (4, 25, (1, 3)),
         (4, 50, (2, 2)),
-        (4, 100, (4, 0)),
+        (4, 100, (4, 1)),  # one stable stays until promotion: a rollback target that serves
         (2, 25, (1, 1)),
         (1, 50, (1, 1)),
         (10, 5, (1, 9)),

@@ -31,6 +31,7 @@ from quantship.rollout import (
     Verdict,
     apply,
     decide,
+    retire,
     run_rollout,
     tick,
 )
@@ -273,10 +274,38 @@ async def test_a_replaced_canary_loses_its_traffic_before_the_next_one_starts(
 ) -> None:
     decision = decide(AT_STEP_1, Observations(now=NOW), make_spec("v3"))
 
-    await apply(decision, workloads=workloads, router=router)
+    applied = await apply(decision, workloads=workloads, router=router)
+    assert applied.status.retiring == ("v2",), "removed only once the status saying so is saved"
+    retired = await retire(applied.status, workloads)
 
     assert router.routes == [("v1", None, 0)]
     assert workloads.calls == [("run", "v3", "canary"), ("remove", "v2")]
+    assert retired.retiring == ()
+
+
+async def test_a_revision_that_serves_while_the_stable_does_not_is_kept_until_the_stable_serves(
+    workloads: MemoryWorkloads,
+) -> None:
+    """A rollback from 100%: the stable had scaled down for the canary and takes a while to be
+    ready again. Removing the canary at once would leave no server at all."""
+    workloads.running = {"v1": Track.STABLE, "v2": Track.CANARY}
+    workloads.never_ready = {"v1"}
+    rolled_back = RolloutStatus(phase=Phase.ROLLED_BACK, stable="v1", rejected="v2", retiring=("v2",))
+
+    waiting = await retire(rolled_back, workloads)
+    workloads.never_ready.clear()
+    done = await retire(waiting, workloads)
+
+    assert waiting.retiring == ("v2",) and done.retiring == ()
+    assert workloads.calls == [("remove", "v2")]
+
+
+async def test_a_retiring_revision_asked_for_again_is_not_removed(workloads: MemoryWorkloads) -> None:
+    again = RolloutStatus(phase=Phase.PROGRESSING, stable="v1", canary="v2", retiring=("v2", "v3"))
+
+    retired = await retire(again, workloads)
+
+    assert retired.retiring == () and workloads.calls == [("remove", "v3")]
 
 
 async def test_a_fresh_canary_starts_without_touching_the_routes(

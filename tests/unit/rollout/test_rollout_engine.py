@@ -21,6 +21,7 @@ from quantship.rollout import (
     RolloutSpec,
     RolloutStatus,
     Track,
+    retire,
     run_rollout,
     tick,
 )
@@ -392,9 +393,14 @@ async def test_a_new_revision_during_a_canary_replaces_it_and_the_stable_one_aga
     workloads.running["v1"] = Track.STABLE
     ports = {"workloads": workloads, "router": router, "metrics": metrics}
 
-    started = await tick(STABLE, make_spec("v2"), now=clock(), **ports)  # type: ignore[arg-type]
-    replaced = await tick(started.status, make_spec("v3"), now=clock(), **ports)  # type: ignore[arg-type]
-    reverted = await tick(replaced.status, make_spec("v1"), now=clock(), **ports)  # type: ignore[arg-type]
+    async def saved(status: RolloutStatus, revision: str) -> tuple[Decision, RolloutStatus]:
+        """One tick as the operator runs it: decide and act, save the status, then retire."""
+        decision = await tick(status, make_spec(revision), now=clock(), **ports)  # type: ignore[arg-type]
+        return decision, await retire(decision.status, workloads)
+
+    _, started = await saved(STABLE, "v2")
+    replaced, after_replacing = await saved(started, "v3")
+    reverted, _ = await saved(after_replacing, "v1")
 
     assert replaced.action is Action.START_CANARY and "replaces canary v2" in replaced.reason
     assert replaced.status.canary == "v3" and "v2" not in workloads.running
