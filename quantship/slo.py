@@ -31,6 +31,10 @@ from prometheus_client.utils import floatToGoString
 PREFIX = "quantship_"
 LABELS = ("model", "revision", "track")
 """Labels on every server metric (DESIGN.md)."""
+NAMESPACE = "namespace"
+"""The label a scrape gives a pod's namespace (the chart's PodMonitor; Prometheus' kubernetes_sd
+examples relabel to it), not the server's own: the same model and revision in two namespaces are
+two deployments, which rules and canary analysis keep apart by it (locally absent: harmless)."""
 
 
 class Track(enum.StrEnum):

@@ -564,8 +564,10 @@ def _analysis_schema() -> dict[str, Any]:
             "labels": {
                 "type": "object",
                 "additionalProperties": {"type": "string"},
-                "description": "Extra label matchers for every query, e.g. {namespace: prod}. Names are "
-                "Prometheus label names, not model or revision (the operator sets those).",
+                "description": "Extra label matchers for every query, e.g. {cluster: eu-1}. Names are "
+                "Prometheus label names, not model or revision (the operator sets those). Every query "
+                f"matches {names.NAMESPACE_LABEL} = the model's namespace unless set here (to '' where "
+                "the scrape adds no namespace label, or to the namespace the series carry).",
             },
         },
         **{"x-kubernetes-validations": [WINDOWS_IN_ORDER]},

@@ -17,6 +17,8 @@ from typing import Any
 
 from kubernetes.utils import parse_quantity
 
+from quantship import slo
+
 GRPC_PORT = 8081
 """The model Services' gRPC port (KServe's, for `inference.GRPCInferenceService`) beside
 spec.traffic.port: a Service refuses two ports of one protocol and number, so the CRD refuses this."""
@@ -43,6 +45,10 @@ MAX_LABEL_VALUE_LENGTH = 63
 PROMQL_LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 RESERVED_LABELS = frozenset({"model", "revision"})
 """Labels every query already matches on, by the revision it judges."""
+NAMESPACE_LABEL = slo.NAMESPACE
+"""Every analysis query matches the model's own namespace on it, unless spec.analysis.labels sets
+it: the same artifact in two namespaces is the same revision, and a canary judged on the other
+namespace's traffic was promoted with none of its own."""
 
 
 SECTIONS = ("limits", "requests")

@@ -138,7 +138,10 @@ class ModelSpec:
                     inconclusive_limit=int(analysis["inconclusiveLimit"]),
                     on_inconclusive=OnInconclusive(analysis["onInconclusive"]),
                     max_fallback_ops=int(slos["maxFallbackOps"]),
-                    labels=dict(analysis.get("labels") or {}),
+                    labels={
+                        names.NAMESPACE_LABEL: metadata.get("namespace", "default"),
+                        **(analysis.get("labels") or {}),
+                    },
                 ),
             )
         except (ValueError, TypeError, KeyError) as exc:

@@ -55,7 +55,9 @@ def series(name: str, labels: dict[str, str], values: str) -> dict[str, str]:
     return {"series": f"{name}{{{matchers}}}", "values": values}
 
 
-def sli_series(objective: slo.Objective, total: int, bad: int, minutes: int) -> list[dict[str, str]]:
+def sli_series(
+    objective: slo.Objective, total: int, bad: int, minutes: int, labels: dict[str, str] = MODEL
+) -> list[dict[str, str]]:
     """Counters of one SLI growing by `total` events a minute, `bad` of them bad."""
     p = slo.PREFIX
     match objective.sli:
@@ -77,7 +79,7 @@ def sli_series(objective: slo.Objective, total: int, bad: int, minutes: int) -> 
                 (f"{p}request_duration_seconds_count", {}, total),
                 (f"{p}request_duration_seconds_bucket", le, total - bad),
             ]
-    return [series(name, {**MODEL, **extra}, f"0+{step}x{minutes}") for name, extra, step in pairs]
+    return [series(name, {**labels, **extra}, f"0+{step}x{minutes}") for name, extra, step in pairs]
 
 
 def go_value(value: float) -> str:
@@ -102,6 +104,12 @@ def expand(template: str, labels: dict[str, str], value: float) -> str:
     if "{{ $value | humanize }}" in text:
         text = text.replace("{{ $value | humanize }}", humanize(value))
     text = text.replace("{{ $value }}", go_value(value))
+    # {{ with $labels.x }}{{ . }}/{{ end }}: "x/" where the label is set, nothing where not
+    text = re.sub(
+        r"\{\{ with \$labels\.(\w+) \}\}\{\{ \. \}\}(.*?)\{\{ end \}\}",
+        lambda match: f"{labels[match[1]]}{match[2]}" if labels.get(match[1]) else "",
+        text,
+    )
     return re.sub(r"\{\{ \$labels\.(\w+) \}\}", lambda match: labels[match[1]], text)
 
 
@@ -229,6 +237,39 @@ def test_each_ticket_alert_fires_at_its_burn_rate_and_stays_silent_just_below(
     ]
     tests = [burn_test(objective, case) for case in cases]
     assert_passes(promtool, write_tests(tmp_path, rule_file, tests, every="5m"))
+
+
+def test_the_same_model_and_revision_in_two_namespaces_are_judged_apart(
+    promtool: str, rule_file: Path, tmp_path: Path
+) -> None:
+    """The same artifact is the same revision everywhere: summed over namespaces, a staging canary
+    failing 10% of its requests was diluted by prod's ten times as many good ones, and paged nobody."""
+    objective = OBJECTIVES[slo.SLI.ERRORS]
+    minutes = evaluate_after(FAST_1H)
+    staging, prod = ({**MODEL, slo.NAMESPACE: namespace} for namespace in ("staging", "prod"))
+    page = rules.alert_name(objective.sli, "page")
+    tests = [
+        {
+            "interval": "1m",
+            "input_series": [
+                *sli_series(objective, 100, 10, minutes + 5, staging),
+                *sli_series(objective, 1000, 0, minutes + 5, prod),
+            ],
+            "alert_rule_test": [
+                {
+                    "eval_time": f"{minutes}m",
+                    "alertname": page,
+                    "exp_alerts": [
+                        expected(page, staging, 0.1, long_window=window.long) for window in (FAST_1H, FAST_6H)
+                    ],
+                }
+            ],
+        }
+    ]
+    assert_passes(promtool, write_tests(tmp_path, rule_file, tests, every="5m"))
+    assert expand(rule(page, long_window="1h")["annotations"]["summary"], staging, 0.1).startswith(
+        "staging/digits: "
+    )
 
 
 def test_a_low_traffic_model_does_not_page_but_opens_a_ticket(

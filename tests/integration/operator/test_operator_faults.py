@@ -68,7 +68,7 @@ async def test_a_canary_that_dies_mid_step_is_rolled_back_at_once_and_loses_all_
     assert status["message"].startswith(f"canary not ready: {SECOND} has no ready server at step 1 of 3")
     assert status["inconclusive"] == 0 and status["failures"] == 0, "no judgement was waited for"
     assert weights(kubectl) == {f"digits-{FIRST}": 100}, "nothing routed to the dead canary"
-    assert kubectl.deployment(f"digits-{SECOND}") is None
+    await eventually(lambda: kubectl.deployment(f"digits-{SECOND}") is None, what="the canary removed")
     (event,) = await posted(kubectl, "RollBack")
     assert event["type"] == "Warning" and event["message"].startswith("canary not ready:")
 
