@@ -9,6 +9,7 @@ one table and stay thin: check the model, read the body, decode, call the servic
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import math
@@ -120,7 +121,7 @@ class Endpoints:
         return JSONResponse({"live": True})
 
     async def ready(self) -> JSONResponse:
-        self.service.ready_model()
+        self.service.check_ready()
         return JSONResponse({"ready": True})
 
     async def model_metadata(self, model_name: str) -> JSONResponse:
@@ -139,7 +140,7 @@ class Endpoints:
 
     def _model_ready(self, model_name: str, model_version: str | None) -> JSONResponse:
         self.service.check_model(model_name, model_version)
-        self.service.ready_model()
+        self.service.check_ready()
         return JSONResponse({"name": model_name, "ready": True})
 
     async def prometheus(self) -> Response:
@@ -229,13 +230,24 @@ class ModelServerApp(FastAPI):
             await super().__call__(scope, receive, send)
 
 
+DRAIN_RESERVE = 0.25
+"""The share of the drain budget that connections (uvicorn's and gRPC's, drained side by side) may
+not take: the queued requests, the sampled work and the capture's last write get it. Without it one
+client dribbling a body held the whole budget, and the capture was never written."""
+
+
 @dataclass
 class ShutdownBudget:
     """One drain budget from the moment shutdown begins (the signal), shared by uvicorn's connection
-    drain, gRPC's and the service's: each gets what the ones before it left."""
+    drain and gRPC's, side by side, then the service's: each gets what the ones before it left."""
 
     seconds: float
     started: float | None = None
+    grpc_stopped: asyncio.Future[None] | None = None
+    """gRPC's drain, begun with uvicorn's: no new call is taken from the signal on."""
+
+    def for_connections(self) -> float:
+        return max(0.0, self.left() - DRAIN_RESERVE * self.seconds)
 
     def begin(self) -> None:
         if self.started is None:
@@ -259,12 +271,13 @@ def _lifespan(
                 grpc_server.GrpcEndpoints(service, service.metrics),
                 settings.host, settings.grpc_port, settings.max_body_bytes,
             )  # fmt: skip
+        app.state.rpc = rpc
         try:
             yield
         finally:
             budget.begin()
             if rpc is not None:
-                await rpc.stop(budget.left())
+                await (budget.grpc_stopped or rpc.stop(budget.for_connections()))
             await service.close(budget.left())
 
     return lifespan
@@ -334,7 +347,10 @@ class _Server(uvicorn.Server):
         budget: ShutdownBudget = self.app.state.shutdown
         budget.begin()
         self.app.state.service.hurry()
-        self.config.timeout_graceful_shutdown = math.ceil(budget.left())
+        rpc = getattr(self.app.state, "rpc", None)
+        if rpc is not None and budget.grpc_stopped is None:
+            budget.grpc_stopped = asyncio.ensure_future(rpc.stop(budget.for_connections()))
+        self.config.timeout_graceful_shutdown = math.floor(budget.for_connections())
         await super().shutdown(sockets)
 
 

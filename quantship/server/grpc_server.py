@@ -186,7 +186,7 @@ class GrpcEndpoints:
 
     def _is_ready(self) -> bool:
         try:
-            self.service.ready_model()
+            self.service.check_ready()
         except ServerError:
             return False
         return True

@@ -138,6 +138,8 @@ class ModelService:
         self.metrics = metrics
         self.phase = Phase.LOADING
         self.problem = f"model {settings.model_name!r} is still loading"
+        self.draining = False
+        """Shutdown has begun: readiness says no (so load balancers stop sending), requests still run."""
         self.model: Model | None = None
         self._rng = rng if rng is not None else random.Random()
         self._infer_executor = ThreadPoolExecutor(1, thread_name_prefix="quantship-infer")
@@ -392,7 +394,9 @@ class ModelService:
         return lane
 
     def hurry(self) -> None:
-        """Shutdown has begun: queued requests run now, without waiting for batch-mates."""
+        """Shutdown has begun: readiness turns false, queued requests run now, without waiting for
+        batch-mates."""
+        self.draining = True
         if self.model is not None:
             self.model.batcher.hurry()
 
@@ -452,6 +456,13 @@ class ModelService:
         if self.phase is Phase.READY and self.model is not None:
             return self.model
         raise NotReady(self.problem)
+
+    def check_ready(self) -> None:
+        """What readiness probes ask: a model to serve, and no shutdown under way (its requests
+        still run, but a load balancer must stop sending new ones)."""
+        self.ready_model()
+        if self.draining:
+            raise NotReady("the server is shutting down")
 
     async def infer(self, request: InferRequest) -> InferResponse:
         model = self.ready_model()

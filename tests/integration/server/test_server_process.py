@@ -4,20 +4,25 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import json
 import os
 import signal
+import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 import numpy as np
+import tritonclient.grpc as grpcclient
 from prometheus_client.parser import text_string_to_metric_families
 from server_harness import MODEL, LocalServer, settings_for, wait_until
+from tritonclient.utils import InferenceServerException
 
 from quantship import artifact
 from quantship.local.processes import ServerProcess
+from quantship.local.prometheus import free_port
 
 INFER = f"/v2/models/{MODEL}/infer"
 
@@ -191,5 +196,52 @@ def test_sigterm_stops_accepting_and_answers_every_request_in_flight_within_one_
         assert asyncio.run(scenario()) == [200] * 8  # before the 600 s delay: shutdown flushed them
         assert server.stop(timeout=20) == -signal.SIGTERM  # uvicorn re-raises the signal after draining
         assert "drained: every accepted request answered" in server.log_tail()
+    finally:
+        server.stop()
+
+
+def test_a_client_dribbling_its_body_leaves_the_drain_budget_to_grpc_and_the_capture(
+    good_artifact: artifact.Artifact, tmp_path: Path
+) -> None:
+    """From the signal on, readiness is false on both protocols and gRPC takes no new call (its drain
+    runs beside uvicorn's, not after it), and a share of the budget (app.DRAIN_RESERVE) is kept from
+    connections: one upload stalled past the budget used to take all of it, so that gRPC calls in
+    flight were cut and the capture was never written."""
+    grpc_port = free_port()
+    capture = tmp_path / "capture"
+    server = ServerProcess(
+        good_artifact.root,
+        model=MODEL,
+        revision="dribbled",
+        extra_args=[
+            "--grpc-port", str(grpc_port), "--drain-timeout-s", "4", "--body-timeout-s", "60",
+            "--capture-dir", str(capture), "--capture-flush-s", "3600",
+        ],
+        log_path=tmp_path / "serve.log",
+    )  # fmt: skip
+    server.start()
+    try:
+        asyncio.run(server.wait_ready())
+        for _ in range(3):
+            assert httpx.post(
+                f"{server.url}{INFER}", **binary_request(np.ones((4, 64), np.float32))
+            ).is_success  # type: ignore[arg-type]
+        host, port = server.address.rsplit(":", 1)
+        dribbling = socket.create_connection((host, int(port)))
+        dribbling.sendall(f"POST {INFER} HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{{".encode())
+        rpc = grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}")
+        assert rpc.is_server_ready()
+        signalled = time.monotonic()
+        assert server.pid is not None
+        os.kill(server.pid, signal.SIGTERM)
+
+        time.sleep(0.5)
+        with contextlib.suppress(InferenceServerException):  # UNAVAILABLE: the listener is closed
+            assert not rpc.is_server_ready(client_timeout=2)
+        assert server.stop(timeout=10) == -signal.SIGTERM
+        assert time.monotonic() - signalled < 4 + 1
+        assert (capture / "capture.npz").is_file(), "the last capture write got its share of the budget"
+        assert "drained: every accepted request answered" in server.log_tail()
+        dribbling.close()
     finally:
         server.stop()
