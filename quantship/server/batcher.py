@@ -225,7 +225,7 @@ class Batcher:
                 first, carry = carry, None
             if first is None:
                 return
-            if isinstance(first, _Wake):
+            if isinstance(first, _Wake) or first.future.done():  # done: its caller gave up (cancelled)
                 continue
             batch, rows, stopping = [first], first.rows, False
             deadline = first.enqueued + self.delay
@@ -236,6 +236,8 @@ class Batcher:
                 if job is None:
                     stopping = True
                     break
+                if job.future.done():
+                    continue
                 if job.key != first.key or rows + job.rows > self.max_rows:
                     carry = job  # starts the next batch
                     break
@@ -262,7 +264,14 @@ class Batcher:
     async def _execute(self, batch: Sequence[_Job], rows: int) -> None:
         """Run one batch and answer its requests. Supervised: whatever fails here (the model, an
         observer, a bug of ours) fails this batch's requests with 500 and the worker goes on, so no
-        caller ever waits on a future nobody will set."""
+        caller ever waits on a future nobody will set. Requests whose callers gave up while they
+        waited for batch-mates (a gRPC deadline or cancellation) do not run: under overload with
+        client timeouts, their rows were most of the work, and fresh requests waited behind them."""
+        if any(job.future.done() for job in batch):
+            batch = [job for job in batch if not job.future.done()]
+            rows = sum(job.rows for job in batch)
+            if not batch:
+                return
         try:
             results = await self._run(batch, rows)
         except Exception as exc:

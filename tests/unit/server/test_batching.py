@@ -470,3 +470,24 @@ async def test_batches_of_one_that_left_requests_waiting_are_not_traffic_one_at_
     await asyncio.create_task(batcher.submit(rows(1), 1), name="after")
     assert runner.tasks == [after_ran_in]  # LONE_BATCHES batches of one; each pair's first left one waiting
     await batcher.close()
+
+
+@pytest.mark.parametrize("given_up", [[0], [1, 2], [0, 1, 2]], ids=["the first", "later ones", "all"])
+async def test_requests_whose_callers_gave_up_while_queued_do_not_run(
+    tiny_model: TinyModel, executor: Any, given_up: list[int]
+) -> None:
+    """A gRPC deadline or cancellation while a request waits for batch-mates: its rows are not run
+    (under overload with client timeouts they were most of the work; fresh requests waited behind)."""
+    batcher, recorder = make(tiny_model(), executor, max_queue_delay_ms=10.0)
+    calls = [asyncio.ensure_future(batcher.submit(rows(i + 1, value=i), i + 1)) for i in range(3)]
+    await asyncio.sleep(0.001)  # queued, waiting for batch-mates
+    for i in given_up:
+        calls[i].cancel()
+
+    answered = [await call for i, call in enumerate(calls) if i not in given_up]
+
+    kept = [i for i in range(3) if i not in given_up]
+    assert recorder.batches == ([sum(i + 1 for i in kept)] if kept else [])
+    for i, result in zip(kept, answered, strict=True):
+        np.testing.assert_array_equal(result["Y"], np.full((i + 1, 3), i + 1.0))
+    await batcher.close()
