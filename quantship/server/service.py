@@ -491,7 +491,7 @@ class ModelService:
             if picks is None:
                 self.metrics.sample_dropped(slo.SampleKind.CAPTURE, slo.DropReason.SHAPE)
             elif picks:
-                model.capture.offer(CapturePick(inputs, picks))
+                model.capture.offer(CapturePick(inputs, picks, model.reservoir.capacity or 0))
 
     async def feedback(self, request_id: str, labels: Any) -> FeedbackResult:
         model = self.ready_model()
