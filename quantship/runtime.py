@@ -106,6 +106,18 @@ def hardware(provider: str = CPU_PROVIDER) -> Hardware:
     return Hardware(platform.machine(), cpu, tuple(f for f in _INT8_FLAGS if f in flags), provider)
 
 
+ROW_MIXING_OPS = frozenset({"DynamicQuantizeLinear", "DynamicQuantizeMatMul", "DynamicQuantizeLSTM"})
+"""Ops that compute one quantization scale over their whole input: every row of a call. A row's
+answer then depends on the rows it runs with (MiniLM dynamic INT8: cosine 0.987 to its own answer
+alone, as large as the whole quantization error)."""
+
+
+def rows_mix(model_path: Path) -> bool:
+    """Whether a row's outputs depend on the other rows of its call (dynamic quantization)."""
+    graph = onnx.load(str(model_path), load_external_data=False).graph
+    return any(node.op_type in ROW_MIXING_OPS for node in graph.node)
+
+
 def fallback_ops(model_path: Path, *, providers: list[str] | None = None) -> dict[str, int]:
     """Ops meant to run quantized that run in float, by op type.
 

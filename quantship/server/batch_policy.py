@@ -102,16 +102,24 @@ class BatchPolicy:
         }
 
 
+ROWS_MIX = (
+    "not batched: dynamic quantization takes one scale over a call's rows, so a request's answers "
+    "would depend on the requests it ran with"
+)
+
+
 def choose(
     runner: Runner,
     configured: int,
     measure: Callable[[Runner, int], float] | None = None,
     *,
     usable_cpus: float | None = None,
+    rows_mix: bool = False,
 ) -> BatchPolicy:
     """The batch size cap for `runner`, at most `configured`. `measure(runner, rows)` gives seconds per
     row of one call (default: timed onnxruntime calls on the first of FILLS the model runs on; on
-    none, batching is off); `usable_cpus` defaults to this process's (cpus.usable)."""
+    none, batching is off); `usable_cpus` defaults to this process's (cpus.usable). A model whose
+    rows mix (`runtime.rows_mix`) never merges requests: its answers would not be reproducible."""
     overlap = (usable_cpus if usable_cpus is not None else cpus.usable()) > 1
     signature = runner.signature
     if not signature.batchable:
@@ -124,8 +132,8 @@ def choose(
         reason = f"not measured: the model fails on inputs of {' and of '.join(map(str, FILLS))} ({failure})"
         return BatchPolicy(1, reason, overlap=overlap)
     measure = measure if measure is not None else functools.partial(_seconds_per_row, fill=fill)
-    if configured == 1:
-        costs, chosen, reason = {1: measure(runner, 1)}, 1, "--max-batch-size 1"
+    if rows_mix or configured == 1:
+        costs, chosen, reason = {1: measure(runner, 1)}, 1, ROWS_MIX if rows_mix else "--max-batch-size 1"
     else:
         costs, chosen = _measure_sizes(runner, configured, measure)
         reason = (

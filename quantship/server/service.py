@@ -275,7 +275,8 @@ class ModelService:
             model_bytes, ranges = observer_model(loaded.model_path, ranges)
             observer = Runner.load(model_bytes, threads=1) if ranges else None
         fallback = runner_module.fallback_ops(loaded.model_path)
-        batching = batch_policy.choose(runner, settings.batching.max_batch_size)
+        rows_mix = runtime.rows_mix(loaded.model_path)
+        batching = batch_policy.choose(runner, settings.batching.max_batch_size, rows_mix=rows_mix)
         deterministic = probe.deterministic(runner)
         return Opened(
             loaded, runner, comparator, reference, observer, ranges, fallback, batching, deterministic

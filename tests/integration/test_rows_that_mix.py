@@ -1,0 +1,82 @@
+"""Dynamic quantization takes one scale over all the rows of a call, so a row's answer depends on the
+rows it runs with. The server never merges requests of such a model, and the accuracy gate judges it
+row by row, as the server runs a request of one row (in 256-row calls it measured numbers no request
+would get). Real onnxruntime sessions on the sample model, quantized dynamically by onnxruntime."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime
+import pytest
+from onnxruntime.quantization import quantize_dynamic, quantize_static
+
+from quantship import agreement, runtime, zoo
+from quantship.quantize.data import load_dataset, model_inputs
+from quantship.quantize.evaluate import Evaluator, GateRequest, Metric, Task
+from quantship.server import batch_policy
+from quantship.server.runner import Runner
+
+
+@pytest.fixture(scope="module")
+def dynamic_model(sample: zoo.SampleModel, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("dynamic") / "dynamic.onnx"
+    quantize_dynamic(sample.model, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def dimmed_rows(sample: zoo.SampleModel, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Evaluation rows, every other one at 5% brightness: batched with bright rows, a dim row gets
+    their scale, a coarse one for its values."""
+    rows = np.load(sample.evaluation)[zoo.INPUT_NAME].astype(np.float32)
+    rows[::2] *= 0.05
+    path = tmp_path_factory.mktemp("dimmed") / "dimmed.npz"
+    np.savez(path, **{zoo.INPUT_NAME: rows})
+    return path
+
+
+def test_dynamic_quantization_mixes_rows_and_static_does_not(
+    sample: zoo.SampleModel, dynamic_model: Path, tmp_path: Path
+) -> None:
+    class Rows:
+        def __init__(self) -> None:
+            self.rows = iter([{zoo.INPUT_NAME: np.load(sample.calibration)[zoo.INPUT_NAME][:64]}])
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self.rows, None)
+
+    static = tmp_path / "static.onnx"
+    quantize_static(sample.model, static, Rows())
+
+    assert runtime.rows_mix(dynamic_model) and not runtime.rows_mix(static)
+    assert not runtime.rows_mix(Path(sample.model))
+
+
+def test_the_server_never_merges_requests_whose_rows_mix(dynamic_model: Path) -> None:
+    runner = Runner.load(dynamic_model, threads=1)
+
+    policy = batch_policy.choose(runner, 32, rows_mix=True)
+
+    assert policy.max_batch_size == 1 and policy.reason == batch_policy.ROWS_MIX
+    assert set(policy.seconds_per_row) == {1}, "one row timed: where it runs (loop or thread)"
+
+
+def test_the_gate_judges_rows_that_mix_one_at_a_time(
+    sample: zoo.SampleModel, dynamic_model: Path, dimmed_rows: Path
+) -> None:
+    fp32 = onnxruntime.InferenceSession(sample.model)
+    int8 = onnxruntime.InferenceSession(str(dynamic_model))
+    rows = np.load(dimmed_rows)[zoo.INPUT_NAME]
+    reference = fp32.run(["probabilities"], {zoo.INPUT_NAME: rows})[0]
+    alone = np.concatenate([int8.run(["probabilities"], {zoo.INPUT_NAME: row[None]})[0] for row in rows])
+    batched = int8.run(["probabilities"], {zoo.INPUT_NAME: rows})[0]
+    dataset = load_dataset(dimmed_rows, model_inputs(onnx.load(sample.model)), role="evaluation")
+    evaluator = Evaluator(Path(sample.model), dataset, "probabilities", GateRequest(task=Task.EMBEDDING))
+
+    judged = evaluator.evaluate(dynamic_model).values[Metric.COSINE_MEAN.value]
+
+    assert judged == pytest.approx(float(np.mean(agreement.cosine(alone, reference))), abs=1e-9)
+    assert judged != pytest.approx(float(np.mean(agreement.cosine(batched, reference))), abs=1e-6)
