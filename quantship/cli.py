@@ -74,6 +74,8 @@ class ExitCode(enum.IntEnum):
     """The command line is wrong. click's own code for its usage errors; ours for what it cannot check."""
     REFUSED = 3
     """Well formed, but what it names cannot be used: a runtime refusal."""
+    INTERRUPTED = 130
+    """Ctrl-C (128 + SIGINT, as a shell reports a command it interrupted)."""
 
 
 class _OneLine(click.ClickException):
@@ -94,8 +96,9 @@ class Refused(_OneLine):
 
 
 def user_errors(func: F) -> F:
-    """Turn the refusals a person must fix (ArtifactError, QuantizeInputError) into one line and
-    exit code 3 (`ExitCode.REFUSED`), distinct from click's 2 for a wrong command line."""
+    """Turn the refusals a person must fix (ArtifactError, QuantizeInputError, a file that cannot be
+    written or read: OSError) into one line and exit code 3 (`ExitCode.REFUSED`), distinct from
+    click's 2 for a wrong command line."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -104,6 +107,8 @@ def user_errors(func: F) -> F:
         try:
             return func(*args, **kwargs)
         except (artifact.ArtifactError, QuantizeInputError) as exc:
+            raise Refused(str(exc)) from exc
+        except OSError as exc:  # an unwritable output, a directory where a file must go
             raise Refused(str(exc)) from exc
 
     return wrapper  # type: ignore[return-value]
@@ -132,10 +137,17 @@ def run() -> None:
     handlers (a drain, a stop) over this one."""
     signal.signal(signal.SIGTERM, _terminate)
     try:
-        main()
+        code = main.main(standalone_mode=False)
     except Terminated:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.raise_signal(signal.SIGTERM)
+    except click.exceptions.Abort:  # Ctrl-C: 130, as a shell reports it; click's own is 1, a failed gate's
+        click.echo("interrupted", err=True)
+        sys.exit(ExitCode.INTERRUPTED)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 # -- sample models ----------------------------------------------------------------------------
@@ -164,6 +176,7 @@ def zoo() -> None:
     show_default=True,
     help="Build-only virtualenv for torch and the pretrained models (created on demand).",
 )
+@user_errors
 def zoo_build(out_dir: Path, models: tuple[str, ...], build_env: Path) -> None:
     """Write sample models with their data files under OUT_DIR/NAME.
 
@@ -884,6 +897,7 @@ def serve_settings(
     show_default=True,
     help="Judge through a real Prometheus when installed; else scrape the servers directly.",
 )
+@user_errors
 def demo(workdir: Path, quick: bool, prometheus: bool) -> None:
     """Run the whole flow locally: quantize, serve, roll a good canary out, roll a bad one back."""
     from quantship.local import demo as demo_module

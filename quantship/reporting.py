@@ -48,7 +48,7 @@ def new_figure(width: float = 9, height: float = 3.5) -> tuple[Figure, Any]:
 def figure(fig: Figure, alt: str) -> str:
     """The figure as an <img> with the PNG inlined; closes the figure."""
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110)
+    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")  # legends placed beside the axes too
     plt.close(fig)
     encoded = base64.b64encode(buffer.getvalue()).decode()
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{encoded}">'

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import shutil
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -190,6 +191,9 @@ def build_artifacts(workdir: Path, console: Console) -> tuple[zoo.SampleModel, l
     ]
 
 
+RECALIBRATED = Path("artifacts") / "int8-recalibrated"
+
+
 def _capture_args(workdir: Path, revision: str) -> list[str]:
     """Every revision keeps a capture, as production would: whichever is stable when the traffic
     drifts is recalibrated from its own."""
@@ -220,21 +224,51 @@ def _spec(revision: str, settings: DemoSettings) -> RolloutSpec:
     )
 
 
+PREVIOUS_RUN = (
+    "summary.json",
+    "reports/demo.html",
+    "reports/int8-recalibrated.html",
+    "captures",
+    "prometheus/data",
+)
+"""What a run leaves that the next must not read as its own: Prometheus keeps the old servers' gauges
+for its 5-minute lookback (a rerun read the last run's drift, 0.128 bits, as its calm one and said
+"rose in 0 s" with ok: true), and an interrupted rerun left the last summary saying ok."""
+
+
+def clear_previous_run(workdir: Path) -> Path:
+    """The workdir, made, without the previous run's outputs (PREVIOUS_RUN and its recalibrated
+    artifact; nothing else of what may be there is touched)."""
+    workdir = workdir.resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    for name in PREVIOUS_RUN:
+        path = workdir / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+    recalibrated = workdir / RECALIBRATED
+    if (recalibrated / artifact.MANIFEST_FILE).is_file():
+        shutil.rmtree(recalibrated)
+    return workdir
+
+
 async def run_demo(
     workdir: Path,
     console: Console,
+    built: tuple[zoo.SampleModel, list[Revision]],
     *,
     quick: bool = False,
     prometheus: bool = True,
     on_unwind: Callable[[], None] = lambda: None,
+    started: float | None = None,
 ) -> int:
-    """The whole demo; returns the exit code (0: promoted the good artifact, rolled back the bad one).
-    `on_unwind` is called once the demo begins to stop the processes it started, however it ends."""
-    started = time.monotonic()
-    workdir = workdir.resolve()
-    workdir.mkdir(parents=True, exist_ok=True)
+    """The demo from step 2 on, with step 1's `built` (build_artifacts); returns the exit code (0:
+    promoted the good artifact, rolled back the bad one). `on_unwind` is called once the demo begins
+    to stop the processes it started, however it ends."""
+    started = time.monotonic() if started is None else started
     settings = _settings(console, quick=quick, prometheus=prometheus)
-    sample, revisions = build_artifacts(workdir, console)
+    sample, revisions = built
 
     console.rule("2. serving, metrics and traffic")
     console.print(settings.describe())
@@ -401,7 +435,7 @@ async def _drift(
         loop.captured = await wait_for_capture(capture, since + CAPTURE_DRIFTED_S, CAPTURE_TIMEOUT)
         settled = await timeline.drift(scope)  # the window now holds drifted requests only
         loop.drifted = max(loop.drifted, settled or 0.0)
-        out = workdir / "artifacts" / "int8-recalibrated"
+        out = workdir / RECALIBRATED
         console.print(
             f"{timeline.now():5.0f}s {loop.revision}: drift {_bits(loop.drifted)}; recalibrating on the "
             f"{loop.captured} rows captured: quantship quantize "
@@ -499,7 +533,7 @@ async def _rollout(
 
     def on_decision(decision: Any) -> None:
         timeline.record(decision)
-        if decision.action.value != "Wait" and not console.is_terminal:
+        if decision.action.value != "Wait" and not can_show_live(console):
             console.print(
                 f"{timeline.now():5.0f}s {revision.name}: {decision.action.value}: {decision.reason}"
             )
@@ -536,11 +570,20 @@ async def _rollout(
 @contextlib.contextmanager
 def _view(console: Console, timeline: Timeline, spec: Any) -> Any:
     """A live view on a terminal; elsewhere (CI logs, pipes) decisions are printed as lines instead."""
-    if not console.is_terminal:
+    if not can_show_live(console):
         yield lambda: None
         return
     with Live(live.render(timeline, spec()), console=console, refresh_per_second=4, transient=True) as view:
         yield lambda: view.update(live.render(timeline, spec()))
+
+
+def can_show_live(console: Console) -> bool:
+    """Whether a live view can show: a terminal, not a dumb one (rich's Live draws nothing there),
+    at least LIVE_MIN_WIDTH wide (narrower, every cell of its tables reads "…")."""
+    return console.is_terminal and not console.is_dumb_terminal and console.width >= LIVE_MIN_WIDTH
+
+
+LIVE_MIN_WIDTH = 80
 
 
 def _summary(outcomes: list[dict[str, Any]]) -> Table:
@@ -590,19 +633,36 @@ def _drift_summary(loop: DriftLoop) -> Table:
     return table
 
 
-async def _until_stopped(workdir: Path, console: Console, *, quick: bool, prometheus: bool) -> int:
+async def _until_stopped(
+    workdir: Path,
+    console: Console,
+    built: tuple[zoo.SampleModel, list[Revision]],
+    *,
+    quick: bool,
+    prometheus: bool,
+    started: float,
+) -> int:
     """run_demo, cancelled by Ctrl-C, SIGTERM or SIGHUP (stopping.py): the servers and Prometheus run
     in sessions of their own, so a closed terminal or a `kill` must not orphan them."""
     demo = asyncio.current_task()
     assert demo is not None
     stopper = Stopper(demo)
     stopper.install()
-    return await run_demo(workdir, console, quick=quick, prometheus=prometheus, on_unwind=stopper.unwind)
+    return await run_demo(
+        workdir, console, built, quick=quick, prometheus=prometheus, on_unwind=stopper.unwind, started=started
+    )
 
 
 def main(workdir: Path, console: Console, *, quick: bool, prometheus: bool) -> int:
+    """The demo. Step 1 (training and quantizing: no process of ours runs yet) before the event loop,
+    where Ctrl-C stops it at once: on the loop, its handlers waited for the quantizing to end."""
+    started = time.monotonic()
     try:
-        return asyncio.run(_until_stopped(workdir, console, quick=quick, prometheus=prometheus))
+        workdir = clear_previous_run(workdir)
+        built = build_artifacts(workdir, console)
+        return asyncio.run(
+            _until_stopped(workdir, console, built, quick=quick, prometheus=prometheus, started=started)
+        )
     except (KeyboardInterrupt, asyncio.CancelledError):
         console.print("[yellow]interrupted: every server, Prometheus and the load generator were stopped[/]")
         return 130

@@ -114,7 +114,7 @@ def _weight(timeline: Timeline) -> str:
     ax.set_ylim(-5, 105)
     ax.set_ylabel("canary weight (%)")
     ax.set_xlabel("seconds since start")
-    ax.legend(loc="center left", fontsize=8)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)  # beside: over it hid v2's 50% step
     _decision_lines(ax, timeline.decisions)
     return reporting.figure(fig, "canary weight over time")
 
@@ -224,7 +224,7 @@ def _burn_rates(timeline: Timeline, spec: RolloutSpec) -> str:
     ax.set_ylim(bottom=0)
     ax.set_ylabel("burn rate (ratio / budget)")
     ax.set_xlabel("seconds since start")
-    ax.legend(fontsize=7, ncol=4, loc="upper left")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside: over it hid failing points
     return reporting.figure(fig, "burn rates at judgements")
 
 

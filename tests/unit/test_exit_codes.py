@@ -45,3 +45,18 @@ def test_an_unknown_model_name_is_usage_not_a_refusal(tmp_path: Path) -> None:
 
     assert result.exit_code == ExitCode.USAGE
     assert result.stderr.startswith("error: unknown model 'resnet50'")
+
+
+@pytest.mark.parametrize("command", [["zoo", "build"], ["demo", "--quick", "--workdir"]], ids=["zoo", "demo"])
+def test_an_output_that_cannot_be_written_is_a_refusal_in_one_line(
+    tmp_path: Path, command: list[str]
+) -> None:
+    """A traceback and exit 1 (the demo's "an outcome differs") before."""
+    blocked = tmp_path / "a-file"
+    blocked.write_text("")
+
+    result = CliRunner().invoke(main, [*command, str(blocked / "out")])
+
+    assert result.exit_code == ExitCode.REFUSED, result.output
+    assert result.stderr.startswith("error: ") and len(result.stderr.strip().splitlines()) == 1
+    assert "Not a directory" in result.stderr

@@ -1,0 +1,61 @@
+"""What a demo run starts from (nothing of the previous run's that it could read as its own), and
+where it shows its progress (a live view only where one can draw)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from quantship import artifact
+from quantship.local import demo
+
+
+def test_a_rerun_starts_without_the_previous_runs_outputs_and_leaves_the_rest(tmp_path: Path) -> None:
+    """Prometheus' old data held the last servers' drift gauges: a rerun read 0.128 bits as calm."""
+    for name in demo.PREVIOUS_RUN:
+        path = tmp_path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if "." in path.name:
+            path.write_text("old")
+        else:
+            (path / "chunks").mkdir(parents=True)
+    recalibrated = tmp_path / demo.RECALIBRATED
+    recalibrated.mkdir(parents=True)
+    (recalibrated / artifact.MANIFEST_FILE).write_text("{}")
+    mine = tmp_path / "artifacts" / "mine" / "notes.txt"
+    mine.parent.mkdir(parents=True)
+    mine.write_text("a user's file")
+
+    assert demo.clear_previous_run(tmp_path) == tmp_path.resolve()
+
+    assert not any((tmp_path / name).exists() for name in demo.PREVIOUS_RUN)
+    assert not recalibrated.exists() and mine.read_text() == "a user's file"
+
+
+def test_a_folder_where_the_recalibrated_artifact_goes_is_kept_unless_it_is_one(tmp_path: Path) -> None:
+    folder = tmp_path / demo.RECALIBRATED
+    folder.mkdir(parents=True)
+    (folder / "notes.txt").write_text("not an artifact")
+
+    demo.clear_previous_run(tmp_path)
+
+    assert (folder / "notes.txt").exists()
+
+
+@pytest.mark.parametrize(
+    ("terminal", "term", "width", "live"),
+    [
+        (True, "xterm", 120, True),
+        (True, "dumb", 120, False),
+        (True, "xterm", 40, False),
+        (False, "xterm", 120, False),
+    ],
+    ids=["terminal", "dumb terminal", "narrow terminal", "pipe"],
+)
+def test_the_live_view_shows_only_where_it_can_draw(
+    terminal: bool, term: str, width: int, live: bool
+) -> None:
+    console = Console(force_terminal=terminal, width=width, _environ={"TERM": term, "COLUMNS": str(width)})
+    assert demo.can_show_live(console) is live
