@@ -63,6 +63,11 @@ def in_flight(status: kopf.Status, **_: Any) -> bool:
     )
 
 
+def settled(status: kopf.Status, **kwargs: Any) -> bool:
+    """Nothing in flight: the resync timer's models (the analysis daemon has the others)."""
+    return bool(status.get("stableRevision")) and not in_flight(status, **kwargs)
+
+
 def gateway_api(spec: kopf.Spec, **_: Any) -> bool:
     return (spec.get("traffic") or {}).get("router") == "gateway-api"
 
@@ -208,6 +213,26 @@ def register(
             await _sleep_unless_stopped(stopped, tick_interval)
 
     without_finalizer(registry, "analysis")
+
+    @kopf.timer(
+        *RESOURCE,
+        registry=registry,
+        interval=operator.resync_interval,
+        initial_delay=operator.resync_interval,
+        when=settled,
+        backoff=retry_backoff,
+        id="resync",
+    )
+    async def resync(
+        namespace: str | None, name: str, body: kopf.Body, logger: Logger, memo: Any, **kwargs: Any
+    ) -> None:
+        """A settled model, now and then: its stable Deployment as the spec says (made again if
+        deleted by hand, scaled back, resources), which no event of the model's would bring."""
+        async with _lock(memo):
+            children = watched.Children.from_handler(kwargs)
+            await reconcile(ctx, namespace or "default", name, logger, seen=body, children=children)
+
+    without_finalizer(registry, "resync")
 
     @kopf.on.delete(
         *RESOURCE, registry=registry, when=route_to_release, backoff=retry_backoff, id="release-route"

@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 import aiohttp
 from kubernetes.aio import client
+from kubernetes.utils import parse_quantity
 
 from quantship.operator import crd, resources
 from quantship.operator.spec import ModelSpec
@@ -331,6 +332,39 @@ class KubeWorkloads:
             timeout=self.kube.timeout,
         )
 
+    async def conform(self, revision: str) -> None:
+        """A settled model's stable Deployment as the spec asks now: made again if deleted by hand
+        (while the spec still asks for its revision), with the spec's replicas and the server's
+        resources. Neither starts a canary (`revision_of` leaves them out), so nothing else would
+        apply them; a Deployment that matches costs no request."""
+        current = await self._deployment(revision)
+        if current is None:
+            if revision == self.spec.revision:
+                await self.run(revision, Track.STABLE)
+            return
+        wanted = resources.deployment(self.spec, revision, Track.STABLE, self.spec.replicas, self.owner)
+        containers = current["spec"]["template"]["spec"]["containers"]
+        index = next((i for i, c in enumerate(containers) if c.get("name") == "server"), None)
+        patch: list[dict[str, Any]] = []
+        if current["spec"].get("replicas") != self.spec.replicas:
+            patch.append({"op": "replace", "path": "/spec/replicas", "value": self.spec.replicas})
+        server = next(c for c in wanted["spec"]["template"]["spec"]["containers"] if c["name"] == "server")
+        asked = server.get("resources") or {}
+        if index is not None and not _same_resources(containers[index].get("resources") or {}, asked):
+            path = f"/spec/template/spec/containers/{index}/resources"
+            patch.append({"op": "add", "path": path, "value": asked})
+        if not patch:
+            return
+        name = current["metadata"]["name"]
+        patch.insert(0, {"op": "test", "path": "/metadata/name", "value": name})
+        await _call(
+            f"updating Deployment {name} to the spec's replicas and resources",
+            self.kube.apps.patch_namespaced_deployment(
+                name, self.spec.namespace, patch, _content_type=JSON_PATCH
+            ),
+            timeout=self.kube.timeout,
+        )
+
     async def _relabel(self, current: Mapping[str, Any], track: Track) -> None:
         """Promotion: the track label and the server's --track flag change; the pods roll."""
         containers = current["spec"]["template"]["spec"]["containers"]
@@ -497,6 +531,20 @@ class ReplicaRouter:
         await self.workloads.scale(canary, canary_replicas)
         await self.workloads.scale(stable, stable_replicas)
         return 100.0 * canary_replicas / (canary_replicas + stable_replicas)
+
+
+def _same_resources(current: Mapping[str, Any], asked: Mapping[str, Any]) -> bool:
+    """Whether a container's resources are those asked, as quantities (the API server writes 0.5 as
+    500m): a textual difference would patch the Deployment on every tick."""
+    if set(current) != set(asked):
+        return False
+    for kind in asked:
+        have, want = current[kind] or {}, asked[kind] or {}
+        if set(have) != set(want):
+            return False
+        if any(parse_quantity(str(have[name])) != parse_quantity(str(want[name])) for name in want):
+            return False
+    return True
 
 
 def _revisions(owner: Mapping[str, Any]) -> set[str]:

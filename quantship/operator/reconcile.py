@@ -151,6 +151,8 @@ async def _reconcile(
     if retired.retiring != decision.status.retiring:
         patch = {"retiringRevisions": list(retired.retiring) or None}
         await ctx.kube.patch_model_status(namespace, name, patch)
+    if retired.stable is not None and not retired.in_flight and not retired.retiring:
+        await workloads.conform(retired.stable)  # replicas and resources as the spec says now
     if quantize.event is not None:
         reason, message, warning = quantize.event
         (kopf.warn if warning else kopf.info)(_event_target(body), reason=reason, message=message)

@@ -15,6 +15,9 @@ class OperatorSettings:
     tick_interval: float = 5.0
     """Seconds between ticks of an in-flight rollout. A judgement is due once per step interval
     (a minute by default); this only bounds how late after that it happens."""
+    resync_interval: float = 60.0
+    """Seconds between checks of a settled model's stable Deployment against its spec (replicas,
+    resources, deleted by hand); one that matches costs no request: the watch holds it."""
     api_timeout: float = 30.0
     """Seconds one Kubernetes API call may take; past it the tick fails (Degraded) and is retried.
     Generous: an API server under load answers in seconds, one that hangs must not stall ticks."""

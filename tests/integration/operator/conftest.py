@@ -60,6 +60,7 @@ async def start_operator(cluster: Cluster) -> AsyncIterator[StartOperator]:
         metrics: MetricsSource | None = None,
         *,
         tick_interval: float = 0.2,
+        resync_interval: float = 60.0,
         metrics_port: int = 0,
         namespaces: tuple[str, ...] = (),
         ready_within: float = 30,
@@ -69,6 +70,7 @@ async def start_operator(cluster: Cluster) -> AsyncIterator[StartOperator]:
         settings = OperatorSettings(
             namespaces=namespaces,  # empty: cluster-wide
             tick_interval=tick_interval,
+            resync_interval=resync_interval,
             retry_backoff=0.5,
             bind_address="127.0.0.1",
             metrics_port=metrics_port,

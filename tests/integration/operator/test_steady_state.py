@@ -1,0 +1,54 @@
+"""A settled model's stable Deployment follows its spec: `replicas` and `resources` (which start no
+canary: the revision leaves them out) are applied, and a Deployment deleted or scaled down by hand is
+made again or scaled back by the resync timer. Real kopf runtime against kmock."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from operator_harness import NAMESPACE, Kubectl, ScriptedMetrics, StartOperator, eventually, spec_of
+from test_operator_lifecycle import FIRST, V1, serving
+
+STABLE = f"digits-{FIRST}"
+
+
+def server(deployment: dict[str, Any] | None) -> dict[str, Any]:
+    assert deployment is not None
+    return next(c for c in deployment["spec"]["template"]["spec"]["containers"] if c["name"] == "server")
+
+
+async def test_replicas_and_resources_changed_on_a_settled_model_reach_its_deployment(
+    kubectl: Kubectl, start_operator: StartOperator
+) -> None:
+    await start_operator(ScriptedMetrics())
+    await serving(kubectl, spec_of(V1))
+    limits = {"limits": {"cpu": "2", "memory": "2Gi"}, "requests": {"cpu": "500m", "memory": "1Gi"}}
+
+    await kubectl.patch({"spec": {"replicas": 5, "resources": limits}})
+
+    deployment = await eventually(
+        lambda: (found := kubectl.deployment(STABLE)) and found["spec"]["replicas"] == 5 and found,
+        what="the stable at 5 replicas",
+    )
+    assert server(deployment)["resources"] == limits
+    assert kubectl.deployment(f"digits-{FIRST}") is not None, "no canary: the same revision"
+    assert (kubectl.get() or {})["status"]["stableRevision"] == FIRST
+
+
+async def test_a_stable_deployment_deleted_or_scaled_down_by_hand_is_restored(
+    kubectl: Kubectl, start_operator: StartOperator
+) -> None:
+    await start_operator(ScriptedMetrics(), resync_interval=0.5)
+    await serving(kubectl, spec_of(V1))
+    replicas = kubectl.deployment(STABLE)["spec"]["replicas"]  # type: ignore[index]
+
+    await kubectl.apps.patch_namespaced_deployment(STABLE, NAMESPACE, {"spec": {"replicas": 0}})
+    await eventually(
+        lambda: (kubectl.deployment(STABLE) or {}).get("spec", {}).get("replicas") == replicas,
+        what="scaled back",
+    )
+    await kubectl.apps.delete_namespaced_deployment(STABLE, NAMESPACE)
+    await eventually(lambda: kubectl.deployment(STABLE) is None, what="deleted")
+
+    restored = await eventually(lambda: kubectl.deployment(STABLE), what="made again")
+    assert restored["spec"]["replicas"] == replicas and restored["metadata"]["labels"]["track"] == "stable"
