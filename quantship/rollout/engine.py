@@ -34,6 +34,9 @@ from quantship.rollout.state import Phase, RolloutStatus
 
 log = logging.getLogger(__name__)
 
+CLOCK_STEP_BACK_S = 30.0
+"""A step that began this far in the future began by another clock (stepped back, or another
+operator replica's): more than any skew between replicas NTP keeps, less than a step."""
 ABORTED = "aborted by a person (annotation serving.quantship.io/abort)"
 PROMOTED = "promoted by a person (annotation serving.quantship.io/promote)"
 
@@ -203,6 +206,12 @@ def _canary(status: RolloutStatus, obs: Observations, spec: RolloutSpec) -> Deci
     if obs.stable_ready is False:
         down = f"stable not ready: {status.stable} has no ready server; judging canary {canary} waits for it"
         return _wait(status, down, degraded=down)
+    # progressing: a clock that went back (NTP, another operator replica taking over) would hold the
+    # step for as long as it went back: the step's interval starts again now
+    if status.step_started_at is not None and now < status.step_started_at - CLOCK_STEP_BACK_S:
+        back = status.step_started_at - now
+        went_back = f"the clock went back {back:.0f} s: this step's interval starts again"
+        return _wait(replace(status, step_started_at=now), went_back)
     # progressing: judge at the end of the step; while holding, the hold's reason stays
     if not analysis_due(status, spec, now) or obs.analysis is None:
         if _holding(status, spec):

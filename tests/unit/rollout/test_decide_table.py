@@ -36,6 +36,7 @@ from quantship.rollout import (
     tick,
 )
 from quantship.rollout.analysis import Fault, GateResult
+from quantship.rollout.engine import analysis_due
 from quantship.rollout.spec import OnInconclusive
 
 NOW = 1000.0
@@ -459,3 +460,24 @@ async def test_run_rollout_counts_only_failures_in_a_row(
     # no metrics were served: the canary is rolled back after three inconclusive judgements,
     # having ridden out a refused route call before every step
     assert final.phase is Phase.ROLLED_BACK and router.calls >= 4
+
+
+def test_a_clock_that_went_back_restarts_the_step_instead_of_holding_it_as_long(
+    make_spec: Callable[..., RolloutSpec],
+) -> None:
+    """An hour back: the step would have waited an hour more for its judgement."""
+    back = NOW - 3600
+
+    decision = decide(AT_STEP_1, Observations(now=back, canary_ready=True, stable_ready=True), make_spec())
+    later = decide(decision.status, Observations(now=back + 60, canary_ready=True), make_spec())
+
+    assert decision.action is Action.WAIT and "the clock went back 3540 s" in decision.reason
+    assert decision.status.step_started_at == back and decision.status.step == AT_STEP_1.step
+    assert analysis_due(later.status, make_spec(), back + 60), "due one interval later, on the new clock"
+
+
+def test_a_skew_within_the_tolerance_is_no_step_back(make_spec: Callable[..., RolloutSpec]) -> None:
+    started = replace(AT_STEP_1, step_started_at=NOW)
+    decision = decide(started, Observations(now=NOW - 5, canary_ready=True, stable_ready=True), make_spec())
+
+    assert decision.status.step_started_at == NOW and "clock" not in decision.reason
