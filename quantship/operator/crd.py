@@ -33,6 +33,11 @@ ABORT_ANNOTATION = f"{GROUP}/abort"
 """Set (any value) to roll the running canary back now."""
 PROMOTE_ANNOTATION = f"{GROUP}/promote"
 """Set (any value) to promote the running canary now, skipping its remaining steps."""
+RETRY_ANNOTATION = f"{GROUP}/retry"
+"""Set (any value) to roll the rolled back or failed revision the spec still asks for out again (as
+`kubectl argo rollouts retry`): after fixing what failed it, e.g. the analysis' Prometheus or labels."""
+ANNOTATIONS = (ABORT_ANNOTATION, PROMOTE_ANNOTATION, RETRY_ANNOTATION)
+"""Requests to the operator: each used up once acted on (removed), or meaningless in the state."""
 
 GATEWAY_NEEDS_ROUTE = {
     "rule": "!has(self.router) || self.router != 'gateway-api' || has(self.httpRoute)",

@@ -175,6 +175,22 @@ def register(
             children = watched.Children.from_handler(kwargs)
             await reconcile(ctx, namespace or "default", name, logger, seen=body, children=children)
 
+    retry_asked = {crd.RETRY_ANNOTATION: kopf.PRESENT}
+
+    @kopf.on.event(*RESOURCE, registry=registry, annotations=retry_asked, when=settled, id="retry")
+    async def retry_now(
+        namespace: str | None, name: str, body: kopf.Body, logger: Logger, memo: Any, **kwargs: Any
+    ) -> None:
+        """The retry annotation on a settled model: no tick runs to see it (the analysis daemon runs
+        only in flight), and no update handler would (kopf's diff leaves out our group's annotations,
+        its own storage's prefix). Its reconcile uses the annotation up, so this runs once."""
+        async with _lock(memo):
+            children = watched.Children.from_handler(kwargs)
+            try:
+                await reconcile(ctx, namespace or "default", name, logger, seen=body, children=children)
+            except (kopf.TemporaryError, kopf.PermanentError) as exc:  # event handlers are not retried
+                logger.warning("retry not started, the resync will try again: %s", exc)
+
     @kopf.daemon(*RESOURCE, registry=registry, when=in_flight, backoff=retry_backoff, id="analysis")
     async def analysis(
         namespace: str | None,

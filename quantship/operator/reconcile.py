@@ -132,6 +132,7 @@ async def _reconcile(
             now=now,
             abort=crd.ABORT_ANNOTATION in annotations,
             promote=crd.PROMOTE_ANNOTATION in annotations,
+            retry=crd.RETRY_ANNOTATION in annotations,
         )
     except PortError as exc:
         try:
@@ -164,7 +165,7 @@ async def _reconcile(
         _announce(body, decision, logger)
     # the annotations are one-shot requests: used up once acted on, meaningless without a canary
     used = decision.manual or not decision.status.in_flight
-    stale = [key for key in (crd.ABORT_ANNOTATION, crd.PROMOTE_ANNOTATION) if key in annotations]
+    stale = [key for key in crd.ANNOTATIONS if key in annotations]
     if used and stale:
         await ctx.kube.patch_model_metadata(namespace, name, {"annotations": dict.fromkeys(stale)})
     return decision

@@ -39,6 +39,7 @@ CLOCK_STEP_BACK_S = 30.0
 operator replica's): more than any skew between replicas NTP keeps, less than a step."""
 ABORTED = "aborted by a person (annotation serving.quantship.io/abort)"
 PROMOTED = "promoted by a person (annotation serving.quantship.io/promote)"
+RETRIED = "retried by a person (annotation serving.quantship.io/retry): revision"
 
 
 class Action(enum.StrEnum):
@@ -67,6 +68,8 @@ class Observations:
     """A person asked to abort the canary (annotation serving.quantship.io/abort)."""
     promote: bool = False
     """A person asked to promote the canary now (annotation serving.quantship.io/promote)."""
+    retry: bool = False
+    """A person asked to roll the rejected revision out again (annotation serving.quantship.io/retry)."""
     analysis: Analysis | None = None
 
 
@@ -141,7 +144,9 @@ def decide(status: RolloutStatus, obs: Observations, spec: RolloutSpec) -> Decis
     # a canary is in flight
     if status.canary is not None:
         return _canary(status, obs, spec)
-    # steady: the stable serves everything; a new revision starts a canary
+    # steady: the stable serves everything; a new revision (or a rejected one retried) starts a canary
+    if spec.revision == status.rejected and obs.retry:
+        return replace(_start_canary(status, spec, obs.now, replacing=None, why=RETRIED), manual=True)
     if spec.revision in (status.stable, status.rejected):
         return _wait(status, status.message)
     return _start_canary(status, spec, obs.now, replacing=None)
@@ -299,7 +304,9 @@ def _without_canary(status: RolloutStatus) -> RolloutStatus:
     )
 
 
-def _start_canary(status: RolloutStatus, spec: RolloutSpec, now: float, *, replacing: str | None) -> Decision:
+def _start_canary(
+    status: RolloutStatus, spec: RolloutSpec, now: float, *, replacing: str | None, why: str = ""
+) -> Decision:
     started = replace(
         _without_canary(status),
         phase=Phase.PROGRESSING,
@@ -309,7 +316,7 @@ def _start_canary(status: RolloutStatus, spec: RolloutSpec, now: float, *, repla
         failures=0,
         last_analysis=None,
     )
-    reason = f"new revision {spec.revision}: starting it as a canary next to {status.stable}"
+    reason = f"{why or 'new revision'} {spec.revision}: starting it as a canary next to {status.stable}"
     if replacing:
         reason += f" (replaces canary {replacing})"
     return _decision(Action.START_CANARY, started, now, reason, retire=(replacing,) if replacing else ())
@@ -386,6 +393,7 @@ async def tick(
     now: float,
     abort: bool = False,
     promote: bool = False,
+    retry: bool = False,
 ) -> Decision:
     """One step of the rollout. Raises PortError when an adapter fails: nothing is committed then,
     and the next tick decides again from the same status (every effect is idempotent)."""
@@ -395,7 +403,7 @@ async def tick(
     analysis = None
     if need.analysis and status.canary and canary_ready is not False and stable_ready is not False:
         analysis = judge(await measure(metrics, spec, status.canary, status.stable, now), spec)
-    observations = Observations(now, stable_ready, canary_ready, abort, promote, analysis)
+    observations = Observations(now, stable_ready, canary_ready, abort, promote, retry, analysis)
     decision = decide(status, observations, spec)
     return await apply(decision, workloads=workloads, router=router)
 

@@ -417,3 +417,29 @@ async def test_a_spec_that_fails_every_tick_is_logged_once_as_a_warning(
     await eventually(lambda: len(failures()) >= 3, what="three failed ticks")
     warned = [r for r in failures() if r.levelno >= logging.WARNING]
     assert len(warned) == 1 and "step weights must increase" in warned[0].getMessage()
+
+
+async def test_the_retry_annotation_rolls_a_rejected_revision_out_again_and_is_used_up(
+    kubectl: Kubectl, start_operator: StartOperator
+) -> None:
+    """The same artifact, after what failed it was fixed (here: its metrics), without a new revision."""
+    metrics = ScriptedMetrics(bad={SECOND})
+    await start_operator(metrics)
+    await serving(kubectl, spec_of(V1, rollout={"steps": [50, 100], "stepInterval": "1s"}))
+    await kubectl.patch({"spec": {"artifact": {"uri": V2}}})
+    await eventually(lambda: kubectl.deployment(f"digits-{SECOND}"), what="the canary Deployment")
+    await kubectl.make_ready(f"digits-{SECOND}")
+    await phase_is(kubectl, "RolledBack")
+    await eventually(lambda: kubectl.deployment(f"digits-{SECOND}") is None, what="the canary removed")
+
+    metrics.bad.clear()
+    await kubectl.patch({"metadata": {"annotations": {"serving.quantship.io/retry": "now"}}})
+    await eventually(lambda: kubectl.deployment(f"digits-{SECOND}"), what="the canary again")
+    await kubectl.make_ready(f"digits-{SECOND}", 2)
+    status = await phase_is(kubectl, "Promoted", timeout=30)
+
+    assert status["stableRevision"] == SECOND and "rejectedRevision" not in status
+    annotations = (kubectl.get() or {})["metadata"].get("annotations") or {}
+    assert "serving.quantship.io/retry" not in annotations
+    started = await posted(kubectl, "StartCanary", 2)
+    assert started[-1]["message"].startswith("retried by a person")

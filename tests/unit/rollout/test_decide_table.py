@@ -481,3 +481,28 @@ def test_a_skew_within_the_tolerance_is_no_step_back(make_spec: Callable[..., Ro
     decision = decide(started, Observations(now=NOW - 5, canary_ready=True, stable_ready=True), make_spec())
 
     assert decision.status.step_started_at == NOW and "clock" not in decision.reason
+
+
+REJECTED = RolloutStatus(phase=Phase.ROLLED_BACK, stable="v1", rejected="v2", message="rolled back: ...")
+
+
+def test_a_rejected_revision_is_not_tried_again_unless_a_person_retries_it(
+    make_spec: Callable[..., RolloutSpec],
+) -> None:
+    """As `kubectl argo rollouts retry`: once the analysis' Prometheus or labels are fixed, the same
+    artifact can be rolled out again without changing it."""
+    waiting = decide(REJECTED, Observations(now=NOW), make_spec())
+    retried = decide(REJECTED, Observations(now=NOW, retry=True), make_spec())
+
+    assert waiting.action is Action.WAIT
+    assert retried.action is Action.START_CANARY and retried.manual, "the annotation is used up"
+    assert retried.status.canary == "v2" and retried.status.rejected is None
+    assert retried.reason.startswith("retried by a person (annotation serving.quantship.io/retry)")
+
+
+def test_a_retry_without_a_rejected_revision_changes_nothing(make_spec: Callable[..., RolloutSpec]) -> None:
+    promoted = RolloutStatus(phase=Phase.PROMOTED, stable="v2")
+
+    decision = decide(promoted, Observations(now=NOW, retry=True), make_spec())
+
+    assert decision.action is Action.WAIT and not decision.manual
