@@ -59,7 +59,12 @@ class RequestTimeout(ServerError):
 
 
 class PayloadTooLarge(ServerError):
+    """Answered as soon as the body is known to be too large, often before the client sent it all:
+    the connection is closed after the answer, or the rest of the body would be read as a request
+    (a stray 408 "the request headers did not arrive" followed the 413)."""
+
     status = 413
+    headers: ClassVar[dict[str, str]] = {"Connection": "close"}
 
 
 class UnsupportedMediaType(ServerError):

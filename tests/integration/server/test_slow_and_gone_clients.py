@@ -202,3 +202,16 @@ def test_a_kept_alive_connection_serves_requests_then_closes_when_idle(server: S
         assert read_response(stream).startswith(b"HTTP/1.1 200 ")
         assert read_until_closed(sock) == b""
     assert_still_serving(server)
+
+
+def test_a_body_refused_before_it_arrived_gets_413_and_the_connection_closed(server: ServerProcess) -> None:
+    """Kept open, the rest of the body was read as the next request's headers: a second, stray
+    answer (408) came at the idle timeout."""
+    with connect(server) as sock:
+        sock.sendall(headers(64 * 1024 * 1024) + b'{"inputs": [')  # past --max-body-bytes
+        status = sock.makefile("rb").readline()
+        sock.sendall(b" " * 4096)  # the rest of the body keeps coming
+        rest = read_until_closed(sock)
+    assert status.startswith(b"HTTP/1.1 413 "), status
+    assert b"HTTP/1.1" not in rest, "one answer, then the connection closed"
+    assert_still_serving(server)
