@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import errno
 import functools
 import math
 import signal
@@ -109,6 +110,8 @@ def user_errors(func: F) -> F:
         except (artifact.ArtifactError, QuantizeInputError) as exc:
             raise Refused(str(exc)) from exc
         except OSError as exc:  # an unwritable output, a directory where a file must go
+            if exc.errno == errno.EPIPE or isinstance(exc, TimeoutError):
+                raise  # a reader that went away (`| head`: click's own quiet exit), or ours to fix
             raise Refused(str(exc)) from exc
 
     return wrapper  # type: ignore[return-value]

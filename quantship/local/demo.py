@@ -236,11 +236,20 @@ for its 5-minute lookback (a rerun read the last run's drift, 0.128 bits, as its
 "rose in 0 s" with ok: true), and an interrupted rerun left the last summary saying ok."""
 
 
+WORKDIR_MARK = ".quantship-demo"
+"""A file the demo leaves in its workdir: only there does a run remove a previous one's outputs (a
+`--workdir .` must not lose a user's ./captures or ./summary.json)."""
+
+
 def clear_previous_run(workdir: Path) -> Path:
-    """The workdir, made, without the previous run's outputs (PREVIOUS_RUN and its recalibrated
-    artifact; nothing else of what may be there is touched)."""
+    """The workdir, made and marked (WORKDIR_MARK), without a previous demo run's outputs
+    (PREVIOUS_RUN and its recalibrated artifact; nothing else of what may be there is touched)."""
     workdir = workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
+    mark = workdir / WORKDIR_MARK
+    if not mark.is_file():
+        mark.write_text("quantship demo --workdir: each run replaces the previous one's outputs here\n")
+        return workdir
     for name in PREVIOUS_RUN:
         path = workdir / name
         if path.is_dir() and not path.is_symlink():

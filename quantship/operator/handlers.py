@@ -244,6 +244,9 @@ def register(
     ) -> None:
         """A settled model, now and then: its stable Deployment as the spec says (made again if
         deleted by hand, scaled back, resources), which no event of the model's would bring."""
+        uid = body.get("metadata", {}).get("uid")
+        if not watched.still_there(kwargs, namespace or "default", name, uid):
+            return  # deleted: a Deployment made again now would have no owner
         async with _lock(memo):
             children = watched.Children.from_handler(kwargs)
             await reconcile(ctx, namespace or "default", name, logger, seen=body, children=children)

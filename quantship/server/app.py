@@ -350,7 +350,8 @@ class _Server(uvicorn.Server):
         rpc = getattr(self.app.state, "rpc", None)
         if rpc is not None and budget.grpc_stopped is None:
             budget.grpc_stopped = asyncio.ensure_future(rpc.stop(budget.for_connections()))
-        self.config.timeout_graceful_shutdown = math.floor(budget.for_connections())
+        # a float: uvicorn hands it to asyncio.timeout (typed int; a floor cut requests at 0 under 1.3 s)
+        self.config.timeout_graceful_shutdown = budget.for_connections()  # type: ignore[assignment]
         await super().shutdown(sockets)
 
 

@@ -110,8 +110,9 @@ class Capture:
         self.batchable = batchable
         self.arrays: dict[str, np.ndarray] | None = None
         """One array per input, a sample per reservoir slot (allocated at the first pick)."""
-        self.filled = 0
-        """Slots holding a sample: the reservoir fills them in order, then replaces."""
+        self.held: np.ndarray | None = None
+        """Which slots hold a sample. The reservoir fills them in order, but a hand-off the lane
+        dropped (full, or at shutdown) leaves a hole: its row is uninitialised memory, never written."""
         self.dirty = False
         self._written_at = time.monotonic()
 
@@ -137,15 +138,17 @@ class Capture:
         """Blocking: called in the background thread by the capture lane."""
         for item in items:
             arrays = self.arrays if self.arrays is not None else self._allocate(item)
+            assert self.held is not None
             for row, slot in item.picks:
                 for name, array in item.inputs.items():
                     arrays[name][slot] = array[row] if self.batchable else array
-                self.filled = max(self.filled, slot + 1)
+                self.held[slot] = True
         self.dirty = self.dirty or bool(items)
         if self.dirty and time.monotonic() - self._written_at >= self.flush_s:
             self.flush()
 
     def _allocate(self, item: CapturePick) -> dict[str, np.ndarray]:
+        self.held = np.zeros(item.capacity, dtype=bool)
         self.arrays = {
             name: np.empty(
                 (item.capacity, *(array.shape[1:] if self.batchable else array.shape)), array.dtype
@@ -154,21 +157,29 @@ class Capture:
         }
         return self.arrays
 
-    def flush(self) -> None:
+    def flush(self, *, final: bool = False) -> None:
         """Write what the reservoir holds, if anything changed: temp file, fsync, rename. A failure
-        is logged and retried `flush_s` later (the samples stay)."""
-        if not self.dirty or self.arrays is None or not self.filled:
+        is logged and retried `flush_s` later (the samples stay); the `final` one, at shutdown, raises."""
+        if not self.dirty or self.arrays is None or self.held is None:
+            return
+        count = int(np.count_nonzero(self.held))
+        if not count:
             return
         self._written_at = time.monotonic()
+        # slices while the slots are filled without a hole (no copy); the held rows otherwise
+        whole = bool(self.held[:count].all())
+        samples = {name: array[:count] if whole else array[self.held] for name, array in self.arrays.items()}
         try:
-            self._write({name: array[: self.filled] for name, array in self.arrays.items()})
+            self._write(samples)
         except OSError as exc:
+            if final:
+                raise
             log.warning(
                 "capture: could not write %s (%s); trying again in %g s", self.path, exc, self.flush_s
             )
             return
         self.dirty = False
-        log.debug("capture: wrote %d samples to %s", self.filled, self.path)
+        log.debug("capture: wrote %d samples to %s", count, self.path)
 
     def _write(self, arrays: dict[str, Any]) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)  # removed while serving: made again

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import enum
+import functools
 import gc
 import itertools
 import logging
@@ -434,7 +435,8 @@ class ModelService:
     async def _write_capture(self, capturer: Capture, timeout: float) -> None:
         loop = asyncio.get_running_loop()
         try:
-            await asyncio.wait_for(loop.run_in_executor(self._background_executor, capturer.flush), timeout)
+            final = functools.partial(capturer.flush, final=True)
+            await asyncio.wait_for(loop.run_in_executor(self._background_executor, final), timeout)
         except TimeoutError:
             log.warning(
                 "drain budget spent before the capture was written; %s keeps the last one", capturer.path

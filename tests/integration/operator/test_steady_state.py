@@ -31,7 +31,12 @@ async def test_replicas_and_resources_changed_on_a_settled_model_reach_its_deplo
         what="the stable at 5 replicas",
     )
     assert server(deployment)["resources"] == limits
-    assert kubectl.deployment(f"digits-{FIRST}") is not None, "no canary: the same revision"
+    deployments = [
+        key[2]
+        for key, obj in kubectl.cluster.objects.items()
+        if key[0].plural == "deployments" and not obj.deleted
+    ]
+    assert deployments == [STABLE], "no canary: the same revision"
     assert (kubectl.get() or {})["status"]["stableRevision"] == FIRST
 
 

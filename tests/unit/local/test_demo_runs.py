@@ -14,6 +14,7 @@ from quantship.local import demo
 
 def test_a_rerun_starts_without_the_previous_runs_outputs_and_leaves_the_rest(tmp_path: Path) -> None:
     """Prometheus' old data held the last servers' drift gauges: a rerun read 0.128 bits as calm."""
+    demo.clear_previous_run(tmp_path)  # the first run marks its workdir
     for name in demo.PREVIOUS_RUN:
         path = tmp_path / name
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -34,7 +35,19 @@ def test_a_rerun_starts_without_the_previous_runs_outputs_and_leaves_the_rest(tm
     assert not recalibrated.exists() and mine.read_text() == "a user's file"
 
 
+def test_a_workdir_no_demo_ran_in_loses_nothing(tmp_path: Path) -> None:
+    """`--workdir .`: the user's own ./summary.json and ./captures stay."""
+    (tmp_path / "summary.json").write_text("a user's")
+    (tmp_path / "captures").mkdir()
+
+    demo.clear_previous_run(tmp_path)
+
+    assert (tmp_path / "summary.json").read_text() == "a user's" and (tmp_path / "captures").is_dir()
+    assert (tmp_path / demo.WORKDIR_MARK).is_file()
+
+
 def test_a_folder_where_the_recalibrated_artifact_goes_is_kept_unless_it_is_one(tmp_path: Path) -> None:
+    demo.clear_previous_run(tmp_path)
     folder = tmp_path / demo.RECALIBRATED
     folder.mkdir(parents=True)
     (folder / "notes.txt").write_text("not an artifact")

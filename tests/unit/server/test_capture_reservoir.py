@@ -71,7 +71,8 @@ def test_the_capture_holds_its_samples_in_arrays_of_its_capacity(tmp_path: Path)
     capture.process([CapturePick({"X": rows}, tuple((row, row) for row in range(5)), capacity=1000)])
 
     assert capture.arrays is not None and capture.arrays["X"].shape == (1000, 64)
-    assert capture.arrays["X"].nbytes == 1000 * 64 * 4 and capture.filled == 5
+    assert capture.arrays["X"].nbytes == 1000 * 64 * 4
+    assert capture.held is not None and int(capture.held.sum()) == 5
 
 
 def test_a_capture_directory_removed_while_serving_is_made_again_and_a_failed_write_waits(
@@ -108,3 +109,27 @@ def test_a_killed_writers_temporary_file_is_removed_at_the_next_start(tmp_path: 
     Capture.prepare(tmp_path)
 
     assert not stale.exists() and fresh.exists()
+
+
+def test_a_slot_whose_hand_off_was_dropped_is_not_written_as_a_sample(tmp_path: Path) -> None:
+    """The lane drops a full hand-off (or the queue at shutdown): slot 1 never held a row, and writing
+    slots 0 to 2 put a row of uninitialised memory in the recalibration data."""
+    model = onnx.load(build_plus_one(tmp_path / "plus-one.onnx"))
+    capture = Capture(tmp_path, flush_s=3600, batchable=True)
+    rows = np.arange(9, dtype=np.float32).reshape(3, 3) + 1
+    capture.process([CapturePick({"X": rows[:1]}, ((0, 0),), capacity=4)])
+    capture.process([CapturePick({"X": rows[2:]}, ((0, 2),), capacity=4)])  # slot 1's hand-off was dropped
+
+    capture.flush()
+
+    data = load_dataset(tmp_path / CAPTURE_FILE, model_inputs(model), role="calibration")
+    np.testing.assert_array_equal(data.arrays["X"], rows[[0, 2]])
+
+
+def test_the_last_write_at_shutdown_says_it_failed(tmp_path: Path) -> None:
+    capture = Capture(tmp_path / "a-file" / "capture", flush_s=3600, batchable=True)
+    (tmp_path / "a-file").write_text("")
+    capture.process([CapturePick({"X": np.ones((1, 3), dtype=np.float32)}, ((0, 0),), capacity=2)])
+
+    with pytest.raises(OSError):
+        capture.flush(final=True)
