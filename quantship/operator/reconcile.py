@@ -37,6 +37,9 @@ from quantship.rollout import (
 )
 
 IN_FLIGHT = ("Pending", "Progressing")
+QUANTIZE_JOB_TROUBLE = "QuantizeJobError"
+"""The Degraded reason while spec.quantize's Job cannot be created or read: said, and retried at the
+next tick or resync, while the rollout itself goes on (it stopped every tick, a bad canary included)."""
 
 
 @dataclass
@@ -111,8 +114,13 @@ async def _reconcile(
     generation = metadata.get("generation")
     now = ctx.clock()
     current = RolloutStatus.from_dict(rollout_view(previous))
+    trouble: tuple[str, str] | None = None
     try:
-        quantize = await quantization.step(ctx.kube, body, now)
+        try:
+            quantize = await quantization.step(ctx.kube, body, now)
+        except PortError as exc:  # a Job refused (policy, quota, RBAC) or unreadable: the rollout goes on
+            quantize = quantization.Outcome(previous.get("quantize"), previous.get("quantizedArtifact"))
+            trouble = (QUANTIZE_JOB_TROUBLE, f"spec.quantize: {exc}")
         served = {**previous, "quantize": quantize.status, "quantizedArtifact": quantize.produced}
         spec = ModelSpec.from_resource({**body, "status": served})
     except InvalidSpec as exc:
@@ -141,7 +149,7 @@ async def _reconcile(
             logger.warning("could not record %s in the status: %s", exc.reason, unwritten)
         raise
 
-    degraded = (_degraded_reason(decision), decision.degraded) if decision.degraded else None
+    degraded = (_degraded_reason(decision), decision.degraded) if decision.degraded else trouble
     placed = await _placement(ctx.kube, spec, decision.status, previous, logger)
     await _write_status(
         ctx, body, previous, decision.status, degraded, generation, now, logger, quantize, placed

@@ -11,6 +11,7 @@ import json
 from typing import Any
 
 import apiserver_rules as rules
+import kmock
 import pytest
 from kmock_cluster import Cluster
 from kubernetes.aio import client
@@ -375,3 +376,33 @@ def test_a_missing_input_is_refused_by_the_api_server() -> None:
     section = {key: value for key, value in QUANTIZE.items() if key != "calibration"}
     _, errors = rules.admit(crd.schema(), resource(section))
     assert len(errors) == 1 and "'calibration' is a required property" in errors[0], errors
+
+
+async def test_a_job_the_api_refuses_leaves_the_rollout_going_and_degraded_says_why(
+    cluster: Cluster, kubectl: Kubectl, start_operator: StartOperator
+) -> None:
+    """A quota or an admission policy refusing the Job used to stop every tick of the model: a
+    canary burning its budget kept its traffic, and nothing said why."""
+    second = "https://models.example.com/digits-v2.tar.gz"
+    canary = revision(second)
+    await start_operator(ScriptedMetrics(bad={canary}))
+    await kubectl.apply(spec_of(V1, rollout={"steps": [25, 50, 100], "stepInterval": "2s"}))
+    await eventually(lambda: kubectl.deployment(f"digits-{FIRST}"), what="the stable Deployment")
+    await kubectl.make_ready(f"digits-{FIRST}", 2)
+    await phase_is(kubectl, "Promoted")
+    quota = "exceeded quota: jobs, requested: count/jobs.batch=1, used: count/jobs.batch=50"
+
+    def job_created(request: Any) -> bool:
+        ours = request.headers.get("User-Agent") != TESTS_USER_AGENT
+        return ours and request.method == "POST" and getattr(request.resource, "plural", None) == "jobs"
+
+    cluster.refuse(job_created, kmock.KubernetesError(status=403, reason="Forbidden", message=quota))
+    await kubectl.patch({"spec": {"artifact": {"uri": second}, "quantize": QUANTIZE}})
+    await eventually(lambda: kubectl.deployment(f"digits-{canary}"), what="the canary Deployment")
+    await kubectl.make_ready(f"digits-{canary}", 2)
+
+    status = await phase_is(kubectl, "RolledBack")  # judged as ever: the canary burns its clip budget
+    degraded = next(c for c in status["conditions"] if c["type"] == "Degraded")
+    assert degraded["status"] == "True" and degraded["reason"] == "QuantizeJobError"
+    assert quota in degraded["message"] and "spec.quantize" in degraded["message"]
+    assert "quantize" not in status, "no Job ran: nothing to report of one"
