@@ -212,6 +212,11 @@ def job(
         "metadata": {"name": job_name(name, spec.hash), "namespace": namespace, "labels": labels},
         "spec": {
             "backoffLimit": 0,  # a gate verdict does not change on a retry; an error waits for a new spec
+            # but a pod the cluster took away (a drained node, an eviction, preemption) decided
+            # nothing: run it again rather than fail the section for good (Kubernetes 1.26+)
+            "podFailurePolicy": {
+                "rules": [{"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]}]
+            },
             "activeDeadlineSeconds": spec.active_deadline_seconds,
             "template": {
                 "metadata": {"labels": labels},
@@ -257,6 +262,29 @@ def finished(job_body: Mapping[str, Any]) -> str | None:
         return "Complete"
     if int(status.get("failed") or 0) > 0:
         return "Failed"
+    return None
+
+
+def pod_trouble(pods: list[dict[str, Any]]) -> str | None:
+    """What befell the newest pod that says (evicted, OOMKilled), for a Job that ended without a
+    verdict: its own message then is the kubelet's, or the log's tail, and names neither."""
+    for pod in reversed(pods):
+        status = pod.get("status") or {}
+        said = (
+            [f"pod {status['reason']}: {status.get('message') or ''}".rstrip(": ")]
+            if status.get("reason")
+            else []
+        )
+        for container in status.get("containerStatuses") or []:
+            terminated = (container.get("state") or {}).get("terminated") or {}
+            if container.get("name") == CONTAINER and terminated.get("reason") not in (
+                None,
+                "Completed",
+                "Error",
+            ):
+                said.append(f"container {terminated['reason']}, exit code {terminated.get('exitCode')}")
+        if said:
+            return "; ".join(said)
     return None
 
 
@@ -341,7 +369,8 @@ async def step(kube: Kube, body: Mapping[str, Any], now: float) -> Outcome:
     outcome = finished(current)
     if outcome is None:
         return Outcome(previous, produced)
-    text = termination_message(await kube.job_pods(namespace, job_id))
+    pods = await kube.job_pods(namespace, job_id)
+    text = termination_message(pods)
     done = {**previous, "finishedAt": to_timestamp(now)}
     result: Verdict | str
     if text is None:
@@ -353,7 +382,10 @@ async def step(kube: Kube, body: Mapping[str, Any], now: float) -> Outcome:
     else:
         result = read_result(text)
     if isinstance(result, str):
-        done.update(state=ERROR, message=f"Job {job_id} failed: {result}")
+        trouble = pod_trouble(pods)
+        done.update(
+            state=ERROR, message=f"Job {job_id} failed: {result}" + (f" ({trouble})" if trouble else "")
+        )
         return Outcome(done, produced, ("QuantizeJobFailed", done["message"], True))
     done.update(metric=result.metric, value=result.value, threshold=result.threshold)
     if not result.passed:

@@ -71,8 +71,11 @@ def events(kubectl: Kubectl, reason: str) -> list[dict[str, Any]]:
     return [event for event in kubectl.events() if event.get("reason") == reason]
 
 
-async def finish(api: client.ApiClient, job: str, *, exit_code: int, message: str) -> None:
-    """The kubelet and the Job controller: the pod ran and terminated with this message."""
+async def finish(
+    api: client.ApiClient, job: str, *, exit_code: int, message: str, reason: str | None = None
+) -> None:
+    """The kubelet and the Job controller: the pod ran and terminated with this message (and this
+    container reason, e.g. OOMKilled)."""
     pod = {
         "apiVersion": "v1",
         "kind": "Pod",
@@ -83,7 +86,7 @@ async def finish(api: client.ApiClient, job: str, *, exit_code: int, message: st
     await core.create_namespaced_pod(NAMESPACE, pod)
     terminated = {
         "exitCode": exit_code,
-        "reason": "Completed" if exit_code == 0 else "Error",
+        "reason": reason or ("Completed" if exit_code == 0 else "Error"),
         "message": message,
     }
     await core.patch_namespaced_pod_status(
@@ -254,6 +257,27 @@ async def test_a_job_that_fails_without_a_verdict_is_an_error_and_the_stable_ser
     )
     assert errored["phase"] == "Promoted" and errored.get("canaryRevision") is None
     assert await eventually(lambda: events(kubectl, "QuantizeJobFailed"), what="the QuantizeJobFailed event")
+
+
+async def test_a_job_killed_for_its_memory_says_so(
+    kubectl: Kubectl, api: client.ApiClient, start_operator: StartOperator
+) -> None:
+    """The termination message then is the log's tail (FallbackToLogsOnError): it named no OOMKilled."""
+    await start_operator(ScriptedMetrics())
+    await serving(kubectl)
+    job = await quantizing(kubectl)
+    name = job["metadata"]["name"]
+    await finish(api, name, exit_code=137, message="calibrating: 40%", reason="OOMKilled")
+
+    def errored() -> dict[str, Any] | None:
+        status = status_of(kubectl)
+        return status if status.get("quantize", {}).get("state") == "Error" else None
+
+    message = (await eventually(errored, what="state Error"))["quantize"]["message"]
+    assert message.endswith("(container OOMKilled, exit code 137)")
+    # a pod the cluster took away (drain, eviction) decides nothing: not counted against the Job
+    rules = job["spec"]["podFailurePolicy"]["rules"]
+    assert rules == [{"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]}]
 
 
 @pytest.mark.parametrize("recorded", ["ours, by an older name", "gone", "another model's"])
