@@ -98,14 +98,16 @@ class Kube:
             self.batch.read_namespaced_job_without_preload_content(name, namespace), timeout=self.timeout
         )
 
-    async def create_job(self, namespace: str, body: Mapping[str, Any]) -> None:
-        """Create a Job; one of that name already there is the same Job (its name is its spec's hash)."""
-        await _call(
+    async def create_job(self, namespace: str, body: Mapping[str, Any]) -> bool:
+        """Create a Job; one of that name already there is the same Job (its name is its spec's hash):
+        True when this call created it, False when it was there (from an earlier run of the section)."""
+        created = await _call(
             f"creating Job {body['metadata']['name']}",
             self.batch.create_namespaced_job(namespace, to_model(client.V1Job, body)),
             exists_ok=True,
             timeout=self.timeout,
         )
+        return created is not None
 
     async def pods(self, namespace: str, labels: Mapping[str, str]) -> list[dict[str, Any]]:
         """The pods carrying all of `labels` (a revision's, for spec.placement)."""

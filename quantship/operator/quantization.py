@@ -344,13 +344,20 @@ async def step(kube: Kube, body: Mapping[str, Any], now: float) -> Outcome:
     job_id = job_name(name, quantize.hash)
     if previous is None or previous.get("hash") != quantize.hash:
         image = apply_defaults(crd.spec_schema(), spec_section)["image"]
-        await kube.create_job(
+        created = await kube.create_job(
             namespace, job(quantize, name=name, namespace=namespace, image=image, owner=body)
         )
         message = f"Job {job_id} quantizes {quantize.model} into {quantize.output(name)}"
+        if not created:  # the section was reverted to, or removed and added again: its Job stands
+            message = (
+                f"Job {job_id} of this section exists already: followed, not run again "
+                "(change the section to run another)"
+            )
         started: dict[str, Any] = {"job": job_id, "hash": quantize.hash, "state": RUNNING, "message": message}
         started["startedAt"] = to_timestamp(now)
-        return Outcome(started, produced, ("QuantizeJobCreated", message, False))
+        return Outcome(
+            started, produced, ("QuantizeJobCreated" if created else "QuantizeJobFound", message, False)
+        )
     if previous.get("state") != RUNNING:
         return Outcome(previous, produced)
     recorded = str(previous.get("job") or job_id)

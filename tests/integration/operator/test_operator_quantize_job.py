@@ -430,3 +430,24 @@ async def test_a_job_the_api_refuses_leaves_the_rollout_going_and_degraded_says_
     assert degraded["status"] == "True" and degraded["reason"] == "QuantizeJobError"
     assert quota in degraded["message"] and "spec.quantize" in degraded["message"]
     assert "quantize" not in status, "no Job ran: nothing to report of one"
+
+
+async def test_a_section_reverted_to_follows_its_job_and_says_no_job_was_created(
+    kubectl: Kubectl, api: client.ApiClient, start_operator: StartOperator
+) -> None:
+    """A Job's name is its section's hash: going back to a section finds its Job, done long ago. The
+    operator said "QuantizeJobCreated" of it, and then replayed its old outcome as news."""
+    await start_operator(ScriptedMetrics())
+    await serving(kubectl)
+    first = (await quantizing(kubectl))["metadata"]["name"]
+    await finish(api, first, exit_code=3, message='{"error": "the registry answered 503"}')
+    await eventually(lambda: status_of(kubectl).get("quantize", {}).get("state") == "Error", what="Error")
+    other = {**QUANTIZE, "options": {**QUANTIZE["options"], "threshold": 0.98}}
+    await kubectl.patch({"spec": {"quantize": other}})
+    await eventually(lambda: len(events(kubectl, "QuantizeJobCreated")) == 2, what="the second Job")
+
+    await kubectl.patch({"spec": {"quantize": QUANTIZE}})
+
+    (found,) = await eventually(lambda: events(kubectl, "QuantizeJobFound"), what="the first Job found")
+    assert found["message"].startswith(f"Job {first} of this section exists already")
+    assert len(events(kubectl, "QuantizeJobCreated")) == 2, "no Job was created"
