@@ -346,10 +346,12 @@ def replace_dir(new: Path, target: Path) -> None:
     list). Anything else at `target` is someone's data: refused, untouched."""
     if target.is_dir() and not target.is_symlink() and not any(target.iterdir()):
         target.rmdir()
+    old = target.with_name(f".{target.name}.old")  # a replacement cut short left it: ours as well
     if not target.exists() and not target.is_symlink():
         os.rename(new, target)
+        if _is_artifact_dir(old):  # cut short between its two renames (kill -9): the older one
+            shutil.rmtree(old, ignore_errors=True)
         return
-    old = target.with_name(f".{target.name}.old")  # a replacement cut short left it: ours as well
     for ours in (target, old):
         if (ours.exists() or ours.is_symlink()) and not _is_artifact_dir(ours):
             raise ArtifactError(f"{ours} exists and is not an artifact; refusing to replace it", reason="io")

@@ -12,9 +12,11 @@ when something failed before a verdict. The CLI exits 0 on a passed gate, 1 on a
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import tempfile
+import time
 import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -116,6 +118,21 @@ def _input(uri: str, workdir: Path, pvc_root: Path, timeout: float) -> Path:
     return local
 
 
+STALE_PUBLISH_S = 3600.0
+"""A publish scratch folder this old is a killed Job's (kill -9, OOM, a node lost mid-publish): a
+publish takes minutes at most, and a younger one may be another Job's, publishing now."""
+
+
+def _sweep_publishes(dest: Path) -> None:
+    """Remove the scratch folders killed publishes to `dest` left beside it (artifact-sized, on a
+    shared claim, and nothing else ever removes them)."""
+    stale = time.time() - STALE_PUBLISH_S
+    for leftover in dest.parent.glob(f".{dest.name}-*"):
+        with contextlib.suppress(OSError):  # gone meanwhile, or not ours to remove
+            if leftover.is_dir() and not leftover.is_symlink() and leftover.stat().st_mtime < stale:
+                shutil.rmtree(leftover)
+
+
 def _publish(
     out: Path, target: str, pvc_root: Path, registry_config: Path | None, insecure: bool, timeout: float
 ) -> str:
@@ -136,6 +153,7 @@ def _publish(
     if target.startswith("pvc://") and dest.parent == pvc_root:  # what is there would be replaced
         raise JobError(f"{target}: a target is a path inside the claim, not the claim itself")
     dest.parent.mkdir(parents=True, exist_ok=True)
+    _sweep_publishes(dest)
     scratch = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=dest.parent))
     try:
         published = artifact.copy_listed(out, scratch / "artifact")  # what lands is what was written

@@ -6,16 +6,19 @@ code, and the artifact the model servers' init container then fetches."""
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from quantship import runtime, zoo
-from quantship.operator import crd, fetch, names, quantization
+from quantship import artifact, runtime, zoo
+from quantship.operator import crd, fetch, names, quantization, quantize_job
 from quantship.operator.quantize_job import Verdict, read_result
 from quantship.operator.spec import InvalidSpec
 from quantship.quantize import config as q_config
@@ -150,3 +153,25 @@ def test_job_resources_kubernetes_would_refuse_are_an_invalid_spec() -> None:
     }
     with pytest.raises(InvalidSpec, match=r"'gpu' is not a container resource.*the request 2Gi is more"):
         quantization.QuantizeSpec.from_spec({"quantize": section})
+
+
+def test_a_publish_killed_half_way_leaves_nothing_once_the_next_one_ran(
+    sample: zoo.SampleModel, good_artifact: artifact.Artifact, tmp_path: Path
+) -> None:
+    """kill -9 between replace_dir's two renames, or mid-copy: `.NAME.old` (the older artifact) and
+    `.NAME-xxxx` (the scratch) stayed on the shared claim for ever, artifact-sized each."""
+    job = spec(sample, mode="static", metric="top1_agreement", threshold=0.9)
+    dest = tmp_path / "pvc" / "models" / "digits" / "int8" / "digits" / job.hash
+    dest.parent.mkdir(parents=True)
+    shutil.copytree(good_artifact.root, dest.parent / f".{dest.name}.old")  # cut short after the first rename
+    killed = dest.parent / f".{dest.name}-k1ll3d"
+    shutil.copytree(good_artifact.root, killed / "artifact")  # a killed copy, an hour and more ago
+    old = time.time() - 2 * quantize_job.STALE_PUBLISH_S
+    os.utime(killed, (old, old))
+    racing = dest.parent / f".{dest.name}-n0wn0w"  # another Job's, publishing now
+    racing.mkdir()
+
+    done, _ = run_job(job.command("digits"), tmp_path)
+
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in dest.parent.iterdir()) == sorted([dest.name, racing.name])
