@@ -241,6 +241,15 @@ WORKDIR_MARK = ".quantship-demo"
 `--workdir .` must not lose a user's ./captures or ./summary.json)."""
 
 
+def _written_by_a_demo(summary: Path) -> bool:
+    """A summary.json of the demo's own form: a workdir of a demo from before WORKDIR_MARK."""
+    try:
+        written = json.loads(summary.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(written, dict) and {"ok", "rollouts", "drift", "decisions"} <= set(written)
+
+
 def clear_previous_run(workdir: Path) -> Path:
     """The workdir, made and marked (WORKDIR_MARK), without a previous demo run's outputs
     (PREVIOUS_RUN and its recalibrated artifact; nothing else of what may be there is touched)."""
@@ -249,7 +258,8 @@ def clear_previous_run(workdir: Path) -> Path:
     mark = workdir / WORKDIR_MARK
     if not mark.is_file():
         mark.write_text("quantship demo --workdir: each run replaces the previous one's outputs here\n")
-        return workdir
+        if not _written_by_a_demo(workdir / "summary.json"):
+            return workdir
     for name in PREVIOUS_RUN:
         path = workdir / name
         if path.is_dir() and not path.is_symlink():

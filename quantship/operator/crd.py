@@ -615,6 +615,12 @@ def status_schema() -> dict[str, Any]:
                     "message": {"type": "string"},
                     "startedAt": nullable_string,
                     "finishedAt": nullable_string,
+                    "found": {
+                        "type": "boolean",
+                        "nullable": True,
+                        "description": "The Job was there already (the section was reverted to): its "
+                        "outcome is recorded without an event.",
+                    },
                     "rolloutPhase": {
                         **nullable_string,
                         "description": "The rollout engine's phase while phase reads GateFailed.",

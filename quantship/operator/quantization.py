@@ -265,10 +265,23 @@ def finished(job_body: Mapping[str, Any]) -> str | None:
     return None
 
 
+def _by_age(pods: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Oldest first, by creation time (the API lists pods by name, whose suffix is random)."""
+    return sorted(pods, key=lambda pod: str((pod.get("metadata") or {}).get("creationTimestamp") or ""))
+
+
+def _disrupted(pod: dict[str, Any]) -> bool:
+    """Taken away by the cluster (eviction, drain, preemption): the podFailurePolicy ignores it."""
+    conditions = (pod.get("status") or {}).get("conditions") or []
+    return any(c.get("type") == "DisruptionTarget" and c.get("status") == "True" for c in conditions)
+
+
 def pod_trouble(pods: list[dict[str, Any]]) -> str | None:
-    """What befell the newest pod that says (evicted, OOMKilled), for a Job that ended without a
-    verdict: its own message then is the kubelet's, or the log's tail, and names neither."""
-    for pod in reversed(pods):
+    """What befell the Job's last pod (evicted, OOMKilled), for a Job that ended without a verdict:
+    its termination message then is the kubelet's, if any, and names neither. Pods the cluster took
+    away are not the Job's failure (podFailurePolicy): the newest other one says."""
+    counted = [pod for pod in _by_age(pods) if not _disrupted(pod)]
+    for pod in counted[-1:]:
         status = pod.get("status") or {}
         said = (
             [f"pod {status['reason']}: {status.get('message') or ''}".rstrip(": ")]
@@ -290,7 +303,7 @@ def pod_trouble(pods: list[dict[str, Any]]) -> str | None:
 
 def termination_message(pods: list[dict[str, Any]]) -> str | None:
     """The quantize container's termination message in the newest pod that has one."""
-    for pod in reversed(pods):
+    for pod in reversed(_by_age(pods)):
         for container in (pod.get("status") or {}).get("containerStatuses") or []:
             terminated = (container.get("state") or {}).get("terminated") or {}
             if container.get("name") == CONTAINER and terminated.get("message"):
@@ -354,6 +367,8 @@ async def step(kube: Kube, body: Mapping[str, Any], now: float) -> Outcome:
                 "(change the section to run another)"
             )
         started: dict[str, Any] = {"job": job_id, "hash": quantize.hash, "state": RUNNING, "message": message}
+        if not created:
+            started["found"] = True  # its outcome, read next, is recorded without an event: no news
         started["startedAt"] = to_timestamp(now)
         return Outcome(
             started, produced, ("QuantizeJobCreated" if created else "QuantizeJobFound", message, False)
@@ -378,7 +393,8 @@ async def step(kube: Kube, body: Mapping[str, Any], now: float) -> Outcome:
         return Outcome(previous, produced)
     pods = await kube.job_pods(namespace, job_id)
     text = termination_message(pods)
-    done = {**previous, "finishedAt": to_timestamp(now)}
+    done = {**{k: v for k, v in previous.items() if k != "found"}, "finishedAt": to_timestamp(now)}
+    found = bool(previous.get("found"))  # a reverted-to section's Job: its outcome is no news
     result: Verdict | str
     if text is None:
         conditions = (current.get("status") or {}).get("conditions") or []
@@ -393,16 +409,16 @@ async def step(kube: Kube, body: Mapping[str, Any], now: float) -> Outcome:
         done.update(
             state=ERROR, message=f"Job {job_id} failed: {result}" + (f" ({trouble})" if trouble else "")
         )
-        return Outcome(done, produced, ("QuantizeJobFailed", done["message"], True))
+        return Outcome(done, produced, None if found else ("QuantizeJobFailed", done["message"], True))
     done.update(metric=result.metric, value=result.value, threshold=result.threshold)
     if not result.passed:
         done.update(
             state=GATE_FAILED, message=f"accuracy gate failed: {gate_message(result)}; nothing rolled out"
         )
-        return Outcome(done, produced, (GATE_FAILED, done["message"], True))
+        return Outcome(done, produced, None if found else (GATE_FAILED, done["message"], True))
     done.update(state=PASSED, artifact=result.artifact)
     done["message"] = f"accuracy gate passed: {gate_message(result)}; {result.artifact} becomes the canary"
     produced = {"uri": result.artifact, "job": job_id}
     if result.int8_flags is not None:  # for spec.placement.matchGateHardware
         produced["int8Flags"] = list(result.int8_flags)
-    return Outcome(done, produced, ("GatePassed", done["message"], False))
+    return Outcome(done, produced, None if found else ("GatePassed", done["message"], False))

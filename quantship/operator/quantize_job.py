@@ -13,6 +13,7 @@ when something failed before a verdict. The CLI exits 0 on a passed gate, 1 on a
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import shutil
 import tempfile
@@ -118,6 +119,9 @@ def _input(uri: str, workdir: Path, pvc_root: Path, timeout: float) -> Path:
     return local
 
 
+PUBLISH_PREFIX = ".{}.publish-"
+"""A publish's scratch folder beside its target, named apart from anything else's: a user's
+`.NAME-cache`, another target's scratch sharing the prefix, `.NAME.old`."""
 STALE_PUBLISH_S = 3600.0
 """A publish scratch folder this old is a killed Job's (kill -9, OOM, a node lost mid-publish): a
 publish takes minutes at most, and a younger one may be another Job's, publishing now."""
@@ -127,7 +131,7 @@ def _sweep_publishes(dest: Path) -> None:
     """Remove the scratch folders killed publishes to `dest` left beside it (artifact-sized, on a
     shared claim, and nothing else ever removes them)."""
     stale = time.time() - STALE_PUBLISH_S
-    for leftover in dest.parent.glob(f".{dest.name}-*"):
+    for leftover in dest.parent.glob(f"{glob.escape(PUBLISH_PREFIX.format(dest.name))}*"):
         with contextlib.suppress(OSError):  # gone meanwhile, or not ours to remove
             if leftover.is_dir() and not leftover.is_symlink() and leftover.stat().st_mtime < stale:
                 shutil.rmtree(leftover)
@@ -154,7 +158,7 @@ def _publish(
         raise JobError(f"{target}: a target is a path inside the claim, not the claim itself")
     dest.parent.mkdir(parents=True, exist_ok=True)
     _sweep_publishes(dest)
-    scratch = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=dest.parent))
+    scratch = Path(tempfile.mkdtemp(prefix=PUBLISH_PREFIX.format(dest.name), dir=dest.parent))
     try:
         published = artifact.copy_listed(out, scratch / "artifact")  # what lands is what was written
         artifact.replace_dir(published.root, dest)  # never over anything but an older artifact

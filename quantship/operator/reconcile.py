@@ -149,7 +149,10 @@ async def _reconcile(
             logger.warning("could not record %s in the status: %s", exc.reason, unwritten)
         raise
 
-    degraded = (_degraded_reason(decision), decision.degraded) if decision.degraded else trouble
+    degraded = trouble
+    if decision.degraded:  # the rollout's trouble first; the Job's, if any, is said too
+        said = f"{decision.degraded}; {trouble[1]}" if trouble else decision.degraded
+        degraded = (_degraded_reason(decision), said)
     placed = await _placement(ctx.kube, spec, decision.status, previous, logger)
     await _write_status(
         ctx, body, previous, decision.status, degraded, generation, now, logger, quantize, placed

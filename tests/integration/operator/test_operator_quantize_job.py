@@ -262,7 +262,7 @@ async def test_a_job_that_fails_without_a_verdict_is_an_error_and_the_stable_ser
 async def test_a_job_killed_for_its_memory_says_so(
     kubectl: Kubectl, api: client.ApiClient, start_operator: StartOperator
 ) -> None:
-    """The termination message then is the log's tail (FallbackToLogsOnError): it named no OOMKilled."""
+    """The termination message then is whatever the container last wrote, if anything: no OOMKilled."""
     await start_operator(ScriptedMetrics())
     await serving(kubectl)
     job = await quantizing(kubectl)
@@ -450,4 +450,9 @@ async def test_a_section_reverted_to_follows_its_job_and_says_no_job_was_created
 
     (found,) = await eventually(lambda: events(kubectl, "QuantizeJobFound"), what="the first Job found")
     assert found["message"].startswith(f"Job {first} of this section exists already")
+    await eventually(
+        lambda: status_of(kubectl).get("quantize", {}).get("state") == "Error", what="its outcome"
+    )
     assert len(events(kubectl, "QuantizeJobCreated")) == 2, "no Job was created"
+    assert len(events(kubectl, "QuantizeJobFailed")) == 1, "its old outcome is no news"
+    assert "found" not in status_of(kubectl)["quantize"]

@@ -3,6 +3,7 @@ where it shows its progress (a live view only where one can draw)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -72,3 +73,13 @@ def test_the_live_view_shows_only_where_it_can_draw(
 ) -> None:
     console = Console(force_terminal=terminal, width=width, _environ={"TERM": term, "COLUMNS": str(width)})
     assert demo.can_show_live(console) is live
+
+
+def test_a_workdir_a_demo_wrote_before_it_marked_workdirs_is_cleared_too(tmp_path: Path) -> None:
+    summary = {"ok": True, "rollouts": [], "drift": {}, "decisions": []}
+    (tmp_path / "summary.json").write_text(json.dumps(summary))
+    (tmp_path / "prometheus" / "data").mkdir(parents=True)
+
+    demo.clear_previous_run(tmp_path)
+
+    assert not (tmp_path / "summary.json").exists() and not (tmp_path / "prometheus" / "data").exists()

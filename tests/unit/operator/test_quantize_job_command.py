@@ -164,14 +164,38 @@ def test_a_publish_killed_half_way_leaves_nothing_once_the_next_one_ran(
     dest = tmp_path / "pvc" / "models" / "digits" / "int8" / "digits" / job.hash
     dest.parent.mkdir(parents=True)
     shutil.copytree(good_artifact.root, dest.parent / f".{dest.name}.old")  # cut short after the first rename
-    killed = dest.parent / f".{dest.name}-k1ll3d"
+    scratch = quantize_job.PUBLISH_PREFIX.format(dest.name)
+    killed = dest.parent / f"{scratch}k1ll3d"
     shutil.copytree(good_artifact.root, killed / "artifact")  # a killed copy, an hour and more ago
+    users = dest.parent / f".{dest.name}-cache"  # not a publish's: a user's, however old
+    users.mkdir()
     old = time.time() - 2 * quantize_job.STALE_PUBLISH_S
-    os.utime(killed, (old, old))
-    racing = dest.parent / f".{dest.name}-n0wn0w"  # another Job's, publishing now
+    for leftover in (killed, users):
+        os.utime(leftover, (old, old))
+    racing = dest.parent / f"{scratch}n0wn0w"  # another Job's, publishing now
     racing.mkdir()
 
     done, _ = run_job(job.command("digits"), tmp_path)
 
     assert done.returncode == 0, done.stderr
-    assert sorted(p.name for p in dest.parent.iterdir()) == sorted([dest.name, racing.name])
+    assert sorted(p.name for p in dest.parent.iterdir()) == sorted([dest.name, racing.name, users.name])
+
+
+def pod(name: str, created: str, *, reason: str = "", terminated: str = "", disrupted: bool = False) -> Any:
+    status: dict[str, Any] = {"reason": reason} if reason else {}
+    if terminated:
+        status["containerStatuses"] = [
+            {"name": quantization.CONTAINER, "state": {"terminated": {"reason": terminated, "exitCode": 137}}}
+        ]
+    if disrupted:
+        status["conditions"] = [{"type": "DisruptionTarget", "status": "True"}]
+    return {"metadata": {"name": name, "creationTimestamp": created}, "status": status}
+
+
+def test_what_befell_the_jobs_last_pod_is_said_not_an_eviction_it_ignored() -> None:
+    evicted = pod("digits-q-zz", "2026-12-05T10:00:00Z", reason="Evicted", disrupted=True)
+    killed = pod("digits-q-aa", "2026-12-05T10:05:00Z", terminated="OOMKilled")  # listed first by name
+    quiet = pod("digits-q-bb", "2026-12-05T10:05:00Z")
+
+    assert quantization.pod_trouble([killed, evicted]) == "container OOMKilled, exit code 137"
+    assert quantization.pod_trouble([quiet, evicted]) is None, "the eviction did not count"
