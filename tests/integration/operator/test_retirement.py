@@ -5,6 +5,7 @@ left nothing serving). Real kopf runtime against kmock; the refusals are the API
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import kmock
@@ -20,6 +21,29 @@ QUICK = {"steps": [50, 100], "stepInterval": "1s"}
 
 def ours(request: kmock.Request) -> bool:
     return request.headers.get("User-Agent") != TESTS_USER_AGENT
+
+
+async def promoted_with_refusals(
+    cluster: Cluster,
+    kubectl: Kubectl,
+    start_operator: StartOperator,
+    refused: Callable[[kmock.Request], bool],
+) -> dict[str, Any]:
+    """V1 serving, then V2 rolled out while the API server answers `refused` requests with 500: the
+    status once V2 is promoted, V1 removed and nothing left retiring."""
+    await start_operator(ScriptedMetrics())
+    await serving(kubectl, spec_of(V1, rollout=QUICK))
+    cluster.refuse(refused, ETCD_TIMEOUT)
+    await kubectl.patch({"spec": {"artifact": {"uri": V2}}})
+    await eventually(lambda: kubectl.deployment(f"digits-{SECOND}"), what="the canary Deployment")
+    await kubectl.make_ready(f"digits-{SECOND}", 2)
+    status = await phase_is(kubectl, "Promoted", timeout=60)
+    await eventually(lambda: kubectl.deployment(f"digits-{FIRST}") is None, what="the old stable removed")
+    await eventually(
+        lambda: not (kubectl.get() or {}).get("status", {}).get("retiringRevisions"),
+        what="retiringRevisions emptied",
+    )
+    return status
 
 
 async def test_a_refused_promotion_write_removes_nothing_and_the_promotion_completes(
@@ -41,20 +65,7 @@ async def test_a_refused_promotion_write_removes_nothing_and_the_promotion_compl
             refused.append(kubectl.deployment(f"digits-{FIRST}") is not None)
         return hit
 
-    await start_operator(ScriptedMetrics())
-    await serving(kubectl, spec_of(V1, rollout=QUICK))
-    cluster.refuse(promotion_write, ETCD_TIMEOUT)
-    await kubectl.patch({"spec": {"artifact": {"uri": V2}}})
-    await eventually(lambda: kubectl.deployment(f"digits-{SECOND}"), what="the canary Deployment")
-    await kubectl.make_ready(f"digits-{SECOND}", 2)
-
-    status = await phase_is(kubectl, "Promoted", timeout=60)
-    await eventually(lambda: kubectl.deployment(f"digits-{FIRST}") is None, what="the old stable removed")
-
-    await eventually(
-        lambda: not (kubectl.get() or {}).get("status", {}).get("retiringRevisions"),
-        what="retiringRevisions emptied",
-    )
+    status = await promoted_with_refusals(cluster, kubectl, start_operator, promotion_write)
 
     assert refused == [True, True, True], "the old stable stood through every refused write"
     assert status["stableRevision"] == SECOND and kubectl.deployment(f"digits-{SECOND}") is not None
@@ -72,19 +83,7 @@ async def test_a_refused_removal_stays_in_the_status_until_it_is_done(
             refusals.append(str(((kubectl.get() or {}).get("status") or {}).get("retiringRevisions")))
         return hit
 
-    await start_operator(ScriptedMetrics())
-    await serving(kubectl, spec_of(V1, rollout=QUICK))
-    cluster.refuse(removal, ETCD_TIMEOUT)
-    await kubectl.patch({"spec": {"artifact": {"uri": V2}}})
-    await eventually(lambda: kubectl.deployment(f"digits-{SECOND}"), what="the canary Deployment")
-    await kubectl.make_ready(f"digits-{SECOND}", 2)
-
-    await phase_is(kubectl, "Promoted", timeout=60)
-    await eventually(lambda: kubectl.deployment(f"digits-{FIRST}") is None, what="the old stable removed")
-    await eventually(
-        lambda: not (kubectl.get() or {}).get("status", {}).get("retiringRevisions"),
-        what="retiringRevisions emptied",
-    )
+    await promoted_with_refusals(cluster, kubectl, start_operator, removal)
 
     assert refusals == [str([FIRST])] * 2, "each refused removal was on record in the status"
 

@@ -174,36 +174,32 @@ def test_an_encoded_body_is_held_to_max_bytes_as_sent(server: str, tmp_path: Pat
     assert nothing_installed(tmp_path / "out")
 
 
-def test_a_fetch_ended_by_sigterm_leaves_no_scratch_behind(server: str, tmp_path: Path) -> None:
-    """An init container deleted mid-download (SIGTERM) cleans up as Ctrl-C would."""
-    out = tmp_path / "out"
+def downloading(server: str, out: Path) -> subprocess.Popen[bytes]:
+    """`quantship fetch` of a body that never ends, once its download has begun."""
     fetching = subprocess.Popen(
         [sys.executable, "-m", "quantship", "fetch", f"{server}/drip/slow.tar.gz", str(out / "model")],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
     )
     deadline = time.monotonic() + 30
-    while not (out.exists() and any(out.glob(".model-*/slow.tar.gz"))):  # downloading
+    while not (out.exists() and any(out.glob(".model-*/slow.tar.gz"))):
         assert time.monotonic() < deadline and fetching.poll() is None, fetching.communicate()
         time.sleep(0.05)
+    return fetching
+
+
+def test_a_fetch_ended_by_sigterm_leaves_no_scratch_behind(server: str, tmp_path: Path) -> None:
+    """An init container deleted mid-download (SIGTERM) cleans up as Ctrl-C would."""
+    fetching = downloading(server, tmp_path / "out")
     fetching.send_signal(signal.SIGTERM)
     assert fetching.wait(timeout=30) == -signal.SIGTERM  # ended by the signal, once cleaned up
-    assert nothing_installed(out)
+    assert nothing_installed(tmp_path / "out")
 
 
 def test_a_fetch_ended_by_ctrl_c_exits_130_and_leaves_no_scratch_behind(server: str, tmp_path: Path) -> None:
     """click's own answer to Ctrl-C is "Aborted!" and 1: the code of a failed accuracy gate."""
-    out = tmp_path / "out"
-    fetching = subprocess.Popen(
-        [sys.executable, "-m", "quantship", "fetch", f"{server}/drip/slow.tar.gz", str(out / "model")],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    deadline = time.monotonic() + 30
-    while not (out.exists() and any(out.glob(".model-*/slow.tar.gz"))):  # downloading
-        assert time.monotonic() < deadline and fetching.poll() is None, fetching.communicate()
-        time.sleep(0.05)
+    fetching = downloading(server, tmp_path / "out")
     fetching.send_signal(signal.SIGINT)
     output, _ = fetching.communicate(timeout=30)
     assert fetching.returncode == 130 and b"interrupted" in output, output
-    assert nothing_installed(out)
+    assert nothing_installed(tmp_path / "out")
