@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -47,8 +48,10 @@ def rows(n: int, value: float = 0.0, width: int = 3) -> dict[str, np.ndarray]:
 
 
 def make(runner: Any, executor: Any, **settings: Any) -> tuple[Batcher, Recorder]:
+    """A started batcher whose waits are timed in loop time (virtual here: exact)."""
     recorder = Recorder()
-    batcher = Batcher(runner, BatchSettings(**settings), executor=executor, observer=recorder)
+    clock = asyncio.get_running_loop().time
+    batcher = Batcher(runner, BatchSettings(**settings), executor=executor, observer=recorder, clock=clock)
     batcher.start()
     return batcher, recorder
 
@@ -490,4 +493,20 @@ async def test_requests_whose_callers_gave_up_while_queued_do_not_run(
     assert recorder.batches == ([sum(i + 1 for i in kept)] if kept else [])
     for i, result in zip(kept, answered, strict=True):
         np.testing.assert_array_equal(result["Y"], np.full((i + 1, 3), i + 1.0))
+    await batcher.close()
+
+
+async def test_waits_are_timed_finer_than_a_millisecond(tiny_model: TinyModel, executor: Any) -> None:
+    """uvloop's loop.time() counts whole milliseconds: a 0.3 ms wait read 0 or 1 ms, and the
+    histogram's sub-millisecond buckets held only zeros. The batcher's own clock is perf_counter."""
+    recorder = Recorder()
+    settings = BatchSettings(max_queue_delay_ms=0.3)
+    batcher = Batcher(tiny_model(), settings, executor=executor, observer=recorder)
+    batcher.start()
+    started = time.perf_counter()
+
+    await asyncio.gather(*(batcher.submit(rows(1), 1) for _ in range(2)))
+
+    assert 0 < recorder.waits[0] <= time.perf_counter() - started
+    assert recorder.waits[0] != round(recorder.waits[0], 3), "not whole milliseconds"
     await batcher.close()
