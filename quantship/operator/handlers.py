@@ -125,6 +125,14 @@ def register(
 ) -> None:
     tick_interval, retry_backoff = operator.tick_interval, operator.retry_backoff
 
+    async def reconcile_locked(
+        namespace: str | None, name: str, body: kopf.Body, logger: Logger, memo: Any, kwargs: dict[str, Any]
+    ) -> None:
+        """One tick of the resource under its lock, with our children as kopf's indexes hold them."""
+        async with _lock(memo):
+            children = watched.Children.from_handler(kwargs)
+            await reconcile(ctx, namespace or "default", name, logger, seen=body, children=children)
+
     @kopf.on.startup(registry=registry)
     def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
         settings.peering.standalone = operator.standalone
@@ -171,9 +179,7 @@ def register(
     async def reconcile_now(
         namespace: str | None, name: str, body: kopf.Body, logger: Logger, memo: Any, **kwargs: Any
     ) -> None:
-        async with _lock(memo):
-            children = watched.Children.from_handler(kwargs)
-            await reconcile(ctx, namespace or "default", name, logger, seen=body, children=children)
+        await reconcile_locked(namespace, name, body, logger, memo, kwargs)
 
     retry_asked = {crd.RETRY_ANNOTATION: kopf.PRESENT}
 
@@ -184,12 +190,10 @@ def register(
         """The retry annotation on a settled model: no tick runs to see it (the analysis daemon runs
         only in flight), and no update handler would (kopf's diff leaves out our group's annotations,
         its own storage's prefix). Its reconcile uses the annotation up, so this runs once."""
-        async with _lock(memo):
-            children = watched.Children.from_handler(kwargs)
-            try:
-                await reconcile(ctx, namespace or "default", name, logger, seen=body, children=children)
-            except (kopf.TemporaryError, kopf.PermanentError) as exc:  # event handlers are not retried
-                logger.warning("retry not started, the resync will try again: %s", exc)
+        try:
+            await reconcile_locked(namespace, name, body, logger, memo, kwargs)
+        except (kopf.TemporaryError, kopf.PermanentError) as exc:  # event handlers are not retried
+            logger.warning("retry not started, the resync will try again: %s", exc)
 
     @kopf.daemon(*RESOURCE, registry=registry, when=in_flight, backoff=retry_backoff, id="analysis")
     async def analysis(
@@ -247,9 +251,7 @@ def register(
         uid = body.get("metadata", {}).get("uid")
         if not watched.still_there(kwargs, namespace or "default", name, uid):
             return  # deleted: a Deployment made again now would have no owner
-        async with _lock(memo):
-            children = watched.Children.from_handler(kwargs)
-            await reconcile(ctx, namespace or "default", name, logger, seen=body, children=children)
+        await reconcile_locked(namespace, name, body, logger, memo, kwargs)
 
     without_finalizer(registry, "resync")
 

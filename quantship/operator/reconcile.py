@@ -157,14 +157,6 @@ async def _reconcile(
     await _write_status(
         ctx, body, previous, decision.status, degraded, generation, now, logger, quantize, placed
     )
-    # Removed only now that the status naming their successor is saved (a promotion whose write
-    # failed would resume at a stable revision already gone); kept in it until they are gone.
-    retired = await retire(decision.status, workloads)
-    if retired.retiring != decision.status.retiring:
-        patch = {"retiringRevisions": list(retired.retiring) or None}
-        await ctx.kube.patch_model_status(namespace, name, patch)
-    if retired.stable is not None and not retired.in_flight and not retired.retiring:
-        await workloads.conform(retired.stable)  # replicas and resources as the spec says now
     if quantize.event is not None:
         reason, message, warning = quantize.event
         (kopf.warn if warning else kopf.info)(_event_target(body), reason=reason, message=message)
@@ -179,6 +171,16 @@ async def _reconcile(
     stale = [key for key in crd.ANNOTATIONS if key in annotations]
     if used and stale:
         await ctx.kube.patch_model_metadata(namespace, name, {"annotations": dict.fromkeys(stale)})
+    # Last, once the decision is announced and counted (a removal that fails here must not lose its
+    # Promote event: the next tick decides from the saved status and has nothing to announce).
+    # Removed only now that the status naming their successor is saved (a promotion whose write
+    # failed would resume at a stable revision already gone); kept in it until they are gone.
+    retired = await retire(decision.status, workloads)
+    if retired.retiring != decision.status.retiring:
+        patch = {"retiringRevisions": list(retired.retiring) or None}
+        await ctx.kube.patch_model_status(namespace, name, patch)
+    if retired.stable is not None and not retired.in_flight and not retired.retiring:
+        await workloads.conform(retired.stable)  # replicas and resources as the spec says now
     return decision
 
 

@@ -86,6 +86,10 @@ async def test_a_refused_removal_stays_in_the_status_until_it_is_done(
     await promoted_with_refusals(cluster, kubectl, start_operator, removal)
 
     assert refusals == [str([FIRST])] * 2, "each refused removal was on record in the status"
+    # the promotion was announced although its removal failed: the next tick has nothing to announce
+    await eventually(
+        lambda: any(event.get("reason") == "Promote" for event in kubectl.events()), what="the Promote event"
+    )
 
 
 async def test_at_100_percent_the_replicas_router_keeps_one_stable_server_until_promotion(
