@@ -109,6 +109,20 @@ class Kube:
         )
         return created is not None
 
+    async def delete_job(self, namespace: str, name: str, uid: str) -> None:
+        """Delete the Job `uid` names, and its pods with it (a Job deleted alone leaves them
+        running); gone already, or replaced by another of that name, is fine."""
+        options = client.V1DeleteOptions(
+            propagation_policy="Background", preconditions=client.V1Preconditions(uid=uid)
+        )
+        await _call(
+            f"deleting Job {name}",
+            self.batch.delete_namespaced_job(name, namespace, body=options),
+            missing_ok=True,
+            exists_ok=True,  # 409: the uid precondition failed, another Job has that name now
+            timeout=self.timeout,
+        )
+
     async def pods(self, namespace: str, labels: Mapping[str, str]) -> list[dict[str, Any]]:
         """The pods carrying all of `labels` (a revision's, for spec.placement)."""
         selector = ",".join(f"{key}={value}" for key, value in labels.items())

@@ -16,9 +16,11 @@ MODELS = (crd.GROUP, crd.PLURAL)
 QUANTIZE_JOB: frozenset[Permission] = frozenset(
     {
         # spec.quantize: one Job per version of the section, read until it finishes; its verdict
-        # is the termination message in its pod's status
+        # is the termination message in its pod's status. A section changed or removed while its
+        # Job runs has that Job deleted.
         ("batch", "jobs", "get"),
         ("batch", "jobs", "create"),
+        ("batch", "jobs", "delete"),
         ("", "pods", "list"),
     }
 )

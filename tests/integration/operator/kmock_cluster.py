@@ -101,6 +101,11 @@ class Cluster(kmock.KubernetesEmulator):
         for which, error in self.refusals:
             if which(request):
                 return await self._render_error(error)
+        conflict = self._failed_precondition(request)
+        if conflict:
+            return await self._render_error(
+                kmock.KubernetesError(status=409, reason="Conflict", message=conflict)
+            )
         if request.resource is not None and isinstance(request.data, dict | list):
             self._latest += 1
             version = str(self._latest)
@@ -130,6 +135,24 @@ class Cluster(kmock.KubernetesEmulator):
             return await self._render_error(
                 kmock.KubernetesError(status=422, reason="Invalid", message=str(exc))
             )
+
+    def _failed_precondition(self, request: kmock.Request) -> str | None:
+        """A DELETE whose DeleteOptions.preconditions (uid, resourceVersion) the stored object does
+        not meet: 409, and nothing is deleted."""
+        if request.action != kmock.action.DELETE or not isinstance(request.data, dict):
+            return None
+        wanted = request.data.get("preconditions") or {}
+        key = (request.resource, request.namespace, request.name)
+        stored = self.objects[key].raw if key in self.objects and not self.objects[key].deleted else None
+        if not wanted or stored is None:
+            return None
+        for field in ("uid", "resourceVersion"):
+            if wanted.get(field) is not None and wanted[field] != stored["metadata"].get(field):
+                return (
+                    f"Precondition failed: {field} in precondition: {wanted[field]}, "
+                    f"{field} in object meta: {stored['metadata'].get(field)}"
+                )
+        return None
 
     async def _serve_list(self, request: kmock.Request) -> Any:
         listing = await super()._serve_list(request)

@@ -199,7 +199,8 @@ async def test_a_quantize_section_runs_a_job_whose_passing_artifact_becomes_the_
     used = {found for request in requests if (found := permission_of(request)) is not None}
     in_namespaces, _ = permissions.needed(clusterwide=False, peering=False)
     assert {scope for scope, _ in used} == {NAMESPACE}
-    assert permissions.QUANTIZE_JOB <= {permission for _, permission in used} <= in_namespaces
+    cancelling = {("batch", "jobs", "delete")}  # only a superseded Job's (tested below)
+    assert permissions.QUANTIZE_JOB - cancelling <= {permission for _, permission in used} <= in_namespaces
 
 
 async def test_a_failed_gate_is_phase_gatefailed_with_the_numbers_and_never_a_canary(
@@ -456,3 +457,57 @@ async def test_a_section_reverted_to_follows_its_job_and_says_no_job_was_created
     assert len(events(kubectl, "QuantizeJobCreated")) == 2, "no Job was created"
     assert len(events(kubectl, "QuantizeJobFailed")) == 1, "its old outcome is no news"
     assert "found" not in status_of(kubectl)["quantize"]
+
+
+@pytest.mark.parametrize("change", ["changed", "removed"])
+async def test_a_job_whose_section_changes_or_goes_while_it_runs_is_deleted_with_its_pods(
+    kubectl: Kubectl, start_operator: StartOperator, change: str
+) -> None:
+    """No one reads a superseded Job's verdict, and a quantization holds its CPU and memory for
+    minutes: it is deleted (Background: its pods go too), as Argo Rollouts aborts a replaced
+    revision's analysis. A Job that finished stays (a section reverted to finds its outcome)."""
+    await start_operator(ScriptedMetrics())
+    await serving(kubectl)
+    first = (await quantizing(kubectl))["metadata"]["name"]
+    await eventually(lambda: status_of(kubectl).get("quantize"), what="status.quantize")
+
+    if change == "changed":
+        other = {**QUANTIZE, "options": {**QUANTIZE["options"], "threshold": 0.98}}
+        await kubectl.patch({"spec": {"quantize": other}})
+        (_, created) = await eventually(
+            lambda: events(kubectl, "QuantizeJobCreated")[1:] and events(kubectl, "QuantizeJobCreated"),
+            what="the second Job",
+        )
+        assert created["message"].endswith(f"; Job {first} of the previous section was cancelled")
+    else:
+        await kubectl.patch({"spec": {"quantize": None}})
+        (cancelled,) = await eventually(lambda: events(kubectl, "QuantizeJobCancelled"), what="the event")
+        assert cancelled["message"] == f"Job {first} of the previous section was cancelled"
+        assert "quantize" not in status_of(kubectl)
+
+    await eventually(lambda: job_of(kubectl, first) is None, what="the first Job deleted")
+    (deletion,) = [
+        request
+        for request, _ in kubectl.cluster.answers
+        if request.action == kmock.action.DELETE and request.resource.plural == "jobs"
+    ]
+    assert deletion.name == first
+    assert permission_of(deletion) == (NAMESPACE, ("batch", "jobs", "delete"))
+    assert ("batch", "jobs", "delete") in permissions.QUANTIZE_JOB
+    assert deletion.data["propagationPolicy"] == "Background"
+
+
+async def test_a_finished_job_is_not_deleted_when_its_section_changes(
+    kubectl: Kubectl, api: client.ApiClient, start_operator: StartOperator
+) -> None:
+    await start_operator(ScriptedMetrics())
+    await serving(kubectl)
+    first = (await quantizing(kubectl))["metadata"]["name"]
+    await finish(api, first, exit_code=3, message='{"error": "the registry answered 503"}')
+    await eventually(lambda: status_of(kubectl).get("quantize", {}).get("state") == "Error", what="Error")
+
+    await kubectl.patch({"spec": {"quantize": None}})
+
+    await eventually(lambda: "quantize" not in status_of(kubectl), what="status.quantize removed")
+    assert job_of(kubectl, first) is not None
+    assert not events(kubectl, "QuantizeJobCancelled")
