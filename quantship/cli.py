@@ -1096,6 +1096,10 @@ def operator(
     verbose: bool,
 ) -> None:
     """Run the QuantizedModel operator (in-cluster service account, else your kubeconfig)."""
+    if metrics_port and metrics_port == health_port:
+        raise click.BadParameter(
+            f"{health_port} is --metrics-port too: each needs its own", param_hint="--health-port"
+        )
     import asyncio
     import dataclasses
     import logging

@@ -46,7 +46,7 @@ ALL_FEATURES = {
         "dashboards": {"annotations": {"grafana_folder": "quantship"}},
     },
     "alerts": {"runbookUrl": "https://wiki.example.org/quantship/runbooks"},
-    "example": {"enabled": True},
+    "example": {"enabled": True, "namespace": "ml"},
 }
 
 
@@ -429,6 +429,43 @@ def test_values_the_operator_or_the_crd_would_refuse_are_refused_by_the_chart(he
         assert result.returncode != 0 and "don't meet the specifications of the schema" in result.stderr, (
             setting
         )
+
+
+@pytest.mark.parametrize(
+    ("settings", "refusal"),
+    [
+        (["--set", "operator.metricsPort=8081"], "operator.metricsPort and operator.healthPort must differ"),
+        (
+            ["--set", "operator.namespaces={ml}", "--set", "example.enabled=true"],
+            "example.namespace quantship is not in operator.namespaces",
+        ),
+    ],
+)
+def test_values_that_would_leave_the_operator_crashing_or_the_example_unserved_are_refused(
+    helm: str, settings: list[str], refusal: str
+) -> None:
+    """The operator would crash-loop on one port bound twice; an example model outside the served
+    namespaces would never get a status, and nothing would say why."""
+    result = run_helm(helm, "template", "quantship", str(CHART), "--namespace", NAMESPACE, *settings)
+    assert result.returncode != 0
+    assert refusal in result.stderr
+
+
+def test_dashboards_keep_three_names_under_the_longest_release_name_and_render_without_the_sidecar_label(
+    helm: str,
+) -> None:
+    longest = "q" * 53  # helm's limit for a release name
+    result = run_helm(
+        helm, "template", longest, str(CHART), "--namespace", NAMESPACE,
+        "--set", "grafana.dashboards.labels.grafana_dashboard=null",
+        "--set", "grafana.dashboards.labels.dashboards=quantship",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    maps = [doc for doc in yaml.safe_load_all(result.stdout) if doc and doc["kind"] == "ConfigMap"]
+    names = {config_map["metadata"]["name"] for config_map in maps}
+    assert len(names) == 3 and all(len(name) <= 63 for name in names), names
+    assert all(config_map["metadata"]["labels"]["dashboards"] == "quantship" for config_map in maps)
+    assert all("grafana_dashboard" not in config_map["metadata"]["labels"] for config_map in maps)
 
 
 def test_an_ipv6_bind_address_renders_as_an_argument(helm: str) -> None:
