@@ -40,10 +40,14 @@ from quantship.oncall import links, rules
 
 M = slo.Metric
 DATASOURCE = models.DataSourceRef(type_val="prometheus", uid="${datasource}")
-MODEL: Mapping[str, str] = {"model": slo.Regex("$model")}
+MODEL: Mapping[str, str] = {slo.NAMESPACE: slo.Regex("$namespace"), "model": slo.Regex("$model")}
+"""The servers' series: a model is namespace and name (the scrape adds `namespace`), as the rules group."""
+OPERATOR_MODEL: Mapping[str, str] = {"model": slo.Regex("$model")}
+"""The operator's series: keyed by model name only (their `namespace` is the operator's own)."""
 RATE = "$__rate_interval"
 RANGE = "$__range"
-TRACKS = ("model", "revision", "track")
+NAMED = (slo.NAMESPACE, "model")
+TRACKS = (*NAMED, "revision", "track")
 TAGS = ["quantship"]
 OBJECTIVES = {objective.sli: objective for objective in slo.DEFAULT_OBJECTIVES}
 BURN_COLORS = {1.0: "yellow", 3.0: "orange", 6.0: "red", 14.4: "dark-red"}
@@ -75,7 +79,7 @@ def burn_rate(objective: slo.Objective, window: str) -> str:
 
 def per_tensor_clip_rate(window: str) -> str:
     """The clip-rate SLI per activation tensor (servers run with --per-tensor-metrics)."""
-    by = ("model", "tensor")
+    by = (*NAMED, "tensor")
     clipped = slo.increase(M.TENSOR_ACTIVATIONS_CLIPPED_TOTAL, window, MODEL, by)
     observed = slo.increase(M.TENSOR_ACTIVATIONS_OBSERVED_TOTAL, window, MODEL, by)
     return f"topk(20, {clipped} / ({observed} > 0))"
@@ -94,25 +98,27 @@ def overall_drift() -> str:
 def per_tensor_drift(top: int | None = 20) -> str:
     """Drift per activation tensor (servers run with --per-tensor-metrics): the `top` most drifted,
     or every tensor."""
-    series = f"avg by (model, tensor) ({slo.with_labels(rules.drift_series(per_tensor=True), MODEL)})"
+    series = (
+        f"avg by (namespace, model, tensor) ({slo.with_labels(rules.drift_series(per_tensor=True), MODEL)})"
+    )
     return series if top is None else f"topk({top}, {series})"
 
 
 def size_bytes(variant: str) -> str:
     series = slo.with_labels(M.MODEL_SIZE_BYTES, {**MODEL, "variant": variant})
-    return f"max by (model, revision) ({series})"
+    return f"max by (namespace, model, revision) ({series})"
 
 
 def rollouts(window: str, result: str = "") -> str:
     """Rollouts that ended in `window`, by result; `result` narrows them (a regex)."""
-    labels = {**MODEL, "result": slo.Regex(result)} if result else MODEL
+    labels = {**OPERATOR_MODEL, "result": slo.Regex(result)} if result else OPERATOR_MODEL
     return f"sum by (model, result) (increase({slo.with_labels(M.ROLLOUTS_TOTAL, labels)}[{window}]))"
 
 
 def rollouts_ended(window: str, result: str) -> str:
     """Rollouts that ended in `window` with `result`: an annotation per marker, a first rollback
     of a model (its counter series is new) included."""
-    series = slo.with_labels(M.ROLLOUTS_TOTAL, {**MODEL, "result": slo.Regex(result)})
+    series = slo.with_labels(M.ROLLOUTS_TOTAL, {**OPERATOR_MODEL, "result": slo.Regex(result)})
     return rules.appeared_or_increased(series, "model, result", window).strip().replace("\n", " ")
 
 
@@ -158,10 +164,22 @@ class Board:
             .timezone("browser")
             .with_variable(builders.DatasourceVariable("datasource").label("Data source").type("prometheus"))
             .with_variable(
+                # "All" is .* so that it also matches series without the label (no Kubernetes scrape)
+                builders.QueryVariable(slo.NAMESPACE)
+                .label("Namespace")
+                .datasource(DATASOURCE)
+                .query(f"label_values({M.MODEL_INFO}, {slo.NAMESPACE})")
+                .refresh(models.VariableRefresh.ON_TIME_RANGE_CHANGED)
+                .sort(models.VariableSort.ALPHABETICAL_ASC)
+                .multi(True)
+                .include_all(True)
+                .all_value(".*")
+            )
+            .with_variable(
                 builders.QueryVariable("model")
                 .label("Model")
                 .datasource(DATASOURCE)
-                .query(f"label_values({M.MODEL_INFO}, model)")
+                .query(f'label_values({M.MODEL_INFO}{{{slo.NAMESPACE}=~"$namespace"}}, model)')
                 .refresh(models.VariableRefresh.ON_TIME_RANGE_CHANGED)
                 .sort(models.VariableSort.ALPHABETICAL_ASC)
                 .multi(True)
@@ -309,14 +327,14 @@ def executive() -> Board:
         "Accuracy delta per model",
         "Share of shadow comparisons where the INT8 output disagrees with the FP32 reference. "
         f"Dashed: the SLO's budget ({accuracy.budget:.1%}).",
-        [query(slo.ratio(accuracy, RATE, MODEL, ("model",)), "{{model}}")],
+        [query(slo.ratio(accuracy, RATE, MODEL, NAMED), "{{namespace}}/{{model}}")],
         unit="percentunit",
         steps={accuracy.budget: "red"},
     )
     board.graph(
         "Latency p95 per model",
         "95th percentile of successful inference requests, end to end.",
-        [query(latency_quantile(0.95, ("model",)), "{{model}}")],
+        [query(latency_quantile(0.95, NAMED), "{{namespace}}/{{model}}")],
         unit="s",
     )
     board.number(
@@ -326,8 +344,8 @@ def executive() -> Board:
         "the burn rate panels of the on-call dashboard show how fast it goes now.",
         [
             query(
-                f"{slo.ratio(objective, slo.SLO_PERIOD, MODEL, ('model',))} / {objective.budget}",
-                f"{{{{model}}}} {_sli_title(objective.sli)}",
+                f"{slo.ratio(objective, slo.SLO_PERIOD, MODEL, NAMED)} / {objective.budget}",
+                f"{{{{namespace}}}}/{{{{model}}}} {_sli_title(objective.sli)}",
                 instant=True,
             )
             for objective in slo.DEFAULT_OBJECTIVES
@@ -343,7 +361,7 @@ def executive() -> Board:
         [
             query(
                 f"1 - {size_bytes('quantized')} / {size_bytes('reference')}",
-                "{{model}} {{revision}}",
+                "{{namespace}}/{{model}} {{revision}}",
                 instant=True,
             )
         ],
@@ -355,8 +373,8 @@ def executive() -> Board:
         "Bytes of the served INT8 model and of its FP32 reference, from the artifact's manifest.",
         [
             query(
-                f"max by (model, variant) ({slo.with_labels(M.MODEL_SIZE_BYTES, MODEL)})",
-                "{{model}} {{variant}}",
+                f"max by (namespace, model, variant) ({slo.with_labels(M.MODEL_SIZE_BYTES, MODEL)})",
+                "{{namespace}}/{{model}} {{variant}}",
             )
         ],
         unit="bytes",
@@ -366,7 +384,13 @@ def executive() -> Board:
     board.number(
         "Canary weight",
         "Share of traffic on the canary now: 0 when no rollout is in progress.",
-        [query(f"max by (model) ({slo.with_labels(M.ROLLOUT_WEIGHT, MODEL)})", "{{model}}", instant=True)],
+        [
+            query(
+                f"max by (model) ({slo.with_labels(M.ROLLOUT_WEIGHT, OPERATOR_MODEL)})",
+                "{{model}}",
+                instant=True,
+            )
+        ],
         unit="percent",
         span=8,
     )
@@ -402,7 +426,10 @@ def oncall() -> Board:
             f"Bad ratio over each window divided by the budget ({objective.budget:g}). Pages at 14.4x "
             "(1h and 5m) and 6x (6h and 30m); tickets at 3x (1d and 2h) and 1x (3d and 6h).",
             [
-                query(burn_rate(objective, window), f"{{{{model}}}} {{{{track}}}} {window}")
+                query(
+                    burn_rate(objective, window),
+                    f"{{{{namespace}}}}/{{{{model}}}} {{{{track}}}} {window}",
+                )
                 for window in slo.RULE_WINDOWS
             ],
             unit="suffix:x",
@@ -413,7 +440,12 @@ def oncall() -> Board:
         board.graph(
             f"{_sli_title(objective.sli).capitalize()}: bad ratio",
             f"{SLI_MEANING[objective.sli]}, per revision and track. Dashed: the budget.",
-            [query(slo.ratio(objective, RATE, MODEL, TRACKS), "{{model}} {{track}} {{revision}}")],
+            [
+                query(
+                    slo.ratio(objective, RATE, MODEL, TRACKS),
+                    "{{namespace}}/{{model}} {{track}} {{revision}}",
+                )
+            ],
             unit="percentunit",
             span=6,
             steps={objective.budget: "red"},
@@ -422,15 +454,15 @@ def oncall() -> Board:
         "Latency p95 and p99",
         "Successful inference requests, end to end, per track.",
         [
-            query(latency_quantile(0.95, TRACKS), "p95 {{model}} {{track}}"),
-            query(latency_quantile(0.99, TRACKS), "p99 {{model}} {{track}}"),
+            query(latency_quantile(0.95, TRACKS), "p95 {{namespace}}/{{model}} {{track}}"),
+            query(latency_quantile(0.99, TRACKS), "p99 {{namespace}}/{{model}} {{track}}"),
         ],
         unit="s",
     )
     board.number(
         "Fallback ops",
         "Ops meant to run quantized that run in float, per revision: any is a ticket.",
-        [query(slo.fallback_ops_or_zero(MODEL, TRACKS), "{{model}} {{track}}", instant=True)],
+        [query(slo.fallback_ops_or_zero(MODEL, TRACKS), "{{namespace}}/{{model}} {{track}}", instant=True)],
         unit="none",
         steps={1: "red"},
     )
@@ -442,7 +474,7 @@ def oncall() -> Board:
         f"({slo.STARVED_BEHIND_PER_S:g} a second). Over it, the server's cores are busy serving and its "
         "SLIs see few samples: more CPU or replicas help, a budget does not. Budget drops, by design, "
         "are on the debug dashboard (Sampled work dropped).",
-        [query(rules.sli_starved(MODEL), "{{model}} {{track}} {{revision}} {{kind}}")],
+        [query(rules.sli_starved(MODEL), "{{namespace}}/{{model}} {{track}} {{revision}} {{kind}}")],
         unit="reqps",
         span=6,
         steps={slo.STARVED_BEHIND_PER_S: "orange"},
@@ -458,8 +490,8 @@ def oncall() -> Board:
         "judges it, against each model's threshold (its own where the chart's alerts.driftThresholds "
         f"sets one). Dashed: the default threshold ({rules.DRIFT_THRESHOLD:g}).",
         [
-            query(overall, f"{{{{model}}}} {{{{track}}}} {rules.DRIFT_WINDOW}"),
-            query(overall_drift(), "{{model}} {{track}} now"),
+            query(overall, f"{{{{namespace}}}}/{{{{model}}}} {{{{track}}}} {rules.DRIFT_WINDOW}"),
+            query(overall_drift(), "{{namespace}}/{{model}} {{track}} now"),
             query(rules.model_threshold(overall, rules.DRIFT_THRESHOLD, tensor=False), "{{model}} threshold"),
         ],
         unit="none",
@@ -473,7 +505,10 @@ def oncall() -> Board:
         f"({rules.DRIFT_TENSOR_THRESHOLD:g}). Needs servers run with --per-tensor-metrics; which tensor: "
         "the debug dashboard.",
         [
-            query(largest, f"{{{{model}}}} {{{{track}}}} {{{{revision}}}} {rules.DRIFT_WINDOW}"),
+            query(
+                largest,
+                f"{{{{namespace}}}}/{{{{model}}}} {{{{track}}}} {{{{revision}}}} {rules.DRIFT_WINDOW}",
+            ),
             query(
                 rules.model_threshold(largest, rules.DRIFT_TENSOR_THRESHOLD, tensor=True),
                 "{{model}} threshold",
@@ -487,7 +522,7 @@ def oncall() -> Board:
         "Hardware mismatch",
         "1 where a revision serves on hardware unlike the gate's, by aspect (int8_flags, "
         "onnxruntime, provider): a ticket.",
-        [query(hardware_mismatch(), "{{model}} {{track}} {{aspect}}", instant=True)],
+        [query(hardware_mismatch(), "{{namespace}}/{{model}} {{track}} {{aspect}}", instant=True)],
         unit="none",
         steps={1: "orange"},
     )
@@ -497,7 +532,7 @@ def oncall() -> Board:
         [
             query(
                 f"max by ({', '.join(TRACKS)}) ({slo.with_labels(M.NONDETERMINISTIC_OUTPUTS, MODEL)})",
-                "{{model}} {{track}}",
+                "{{namespace}}/{{model}} {{track}}",
                 instant=True,
             )
         ],
@@ -514,7 +549,7 @@ def oncall() -> Board:
     board.graph(
         "Canary weight",
         "Share of traffic the operator sends to the canary.",
-        [query(f"max by (model) ({slo.with_labels(M.ROLLOUT_WEIGHT, MODEL)})", "{{model}}")],
+        [query(f"max by (model) ({slo.with_labels(M.ROLLOUT_WEIGHT, OPERATOR_MODEL)})", "{{model}}")],
         unit="percent",
         span=8,
     )
@@ -523,7 +558,7 @@ def oncall() -> Board:
         "Burn rate of each SLO on the analysis windows at the last judgement.",
         [
             query(
-                f"max by (model, slo, window) ({slo.with_labels(M.BURN_RATE, MODEL)})",
+                f"max by (model, slo, window) ({slo.with_labels(M.BURN_RATE, OPERATOR_MODEL)})",
                 "{{model}} {{slo}} {{window}}",
             )
         ],
@@ -535,7 +570,7 @@ def oncall() -> Board:
         "Judgements per interval: pass, fail, inconclusive.",
         [
             query(
-                f"sum by (model, result) (increase({slo.with_labels(M.ANALYSIS_TOTAL, MODEL)}[{RATE}]))",
+                f"sum by (model, result) (increase({slo.with_labels(M.ANALYSIS_TOTAL, OPERATOR_MODEL)}[{RATE}]))",
                 "{{model}} {{result}}",
             )
         ],
@@ -564,7 +599,7 @@ def debug() -> Board:
         "Clip rate per tensor (top 20)",
         "Share of each activation tensor's values outside its calibrated range. Needs servers run "
         "with --per-tensor-metrics.",
-        [query(per_tensor_clip_rate(RATE), "{{model}} {{tensor}}")],
+        [query(per_tensor_clip_rate(RATE), "{{namespace}}/{{model}} {{tensor}}")],
         unit="percentunit",
     )
     board.graph(
@@ -572,7 +607,7 @@ def debug() -> Board:
         "Jensen-Shannon divergence (bits) of each activation tensor's sampled values from its "
         "calibration histogram. Needs servers run with --per-tensor-metrics. Dashed: the "
         f"per-tensor alert threshold ({rules.DRIFT_TENSOR_THRESHOLD:g}).",
-        [query(per_tensor_drift(), "{{model}} {{tensor}}")],
+        [query(per_tensor_drift(), "{{namespace}}/{{model}} {{tensor}}")],
         unit="none",
         steps={rules.DRIFT_TENSOR_THRESHOLD: "orange"},
     )
@@ -581,7 +616,7 @@ def debug() -> Board:
         "One row per activation tensor (by name): where in the network traffic moved away from "
         "calibration, and when. Darkest at and above twice the per-tensor alert threshold "
         f"({rules.DRIFT_TENSOR_THRESHOLD:g} bits). Needs servers run with --per-tensor-metrics.",
-        [query(per_tensor_drift(top=None), "{{model}} {{tensor}}")],
+        [query(per_tensor_drift(top=None), "{{namespace}}/{{model}} {{tensor}}")],
         unit="none",
         top=2 * rules.DRIFT_TENSOR_THRESHOLD,
     )
@@ -590,8 +625,8 @@ def debug() -> Board:
         "Ops meant to run quantized that run in float or off the preferred provider, by op type.",
         [
             query(
-                f"max by (model, revision, op_type) ({slo.with_labels(M.FALLBACK_OPS, MODEL)})",
-                "{{model}} {{revision}} {{op_type}}",
+                f"max by (namespace, model, revision, op_type) ({slo.with_labels(M.FALLBACK_OPS, MODEL)})",
+                "{{namespace}}/{{model}} {{revision}} {{op_type}}",
             )
         ],
         unit="none",
@@ -600,8 +635,13 @@ def debug() -> Board:
         "Shadow comparison volume",
         "Rows per second also run through the FP32 reference, and those that disagreed.",
         [
-            query(per_second(M.SHADOW_COMPARISONS_TOTAL, TRACKS), "compared {{model}} {{track}}"),
-            query(per_second(M.SHADOW_DISAGREEMENTS_TOTAL, TRACKS), "disagreed {{model}} {{track}}"),
+            query(
+                per_second(M.SHADOW_COMPARISONS_TOTAL, TRACKS), "compared {{namespace}}/{{model}} {{track}}"
+            ),
+            query(
+                per_second(M.SHADOW_DISAGREEMENTS_TOTAL, TRACKS),
+                "disagreed {{namespace}}/{{model}} {{track}}",
+            ),
         ],
         unit="reqps",
     )
@@ -616,8 +656,8 @@ def debug() -> Board:
         "larger budget does not.",
         [
             query(
-                per_second(M.SAMPLES_DROPPED_TOTAL, ("model", "track", "kind", "reason")),
-                "{{model}} {{track}} {{kind}} {{reason}}",
+                per_second(M.SAMPLES_DROPPED_TOTAL, (*NAMED, "track", "kind", "reason")),
+                "{{namespace}}/{{model}} {{track}} {{kind}} {{reason}}",
             )
         ],
         unit="reqps",
@@ -630,11 +670,12 @@ def debug() -> Board:
             query(
                 f"{per_second(f'{M.BATCH_SIZE}_sum', TRACKS)} / "
                 f"{per_second(M.BATCH_SIZE.observations, TRACKS)}",
-                "mean {{model}} {{track}}",
+                "mean {{namespace}}/{{model}} {{track}}",
             ),
             # interpolated inside the first bucket (0, 1], p95 could read 0.97 rows: a call has one at least
             query(
-                f"clamp_min({histogram_quantile(M.BATCH_SIZE, 0.95, TRACKS)}, 1)", "p95 {{model}} {{track}}"
+                f"clamp_min({histogram_quantile(M.BATCH_SIZE, 0.95, TRACKS)}, 1)",
+                "p95 {{namespace}}/{{model}} {{track}}",
             ),
         ],
         unit="none",
@@ -643,21 +684,36 @@ def debug() -> Board:
     board.graph(
         "Queue time p95",
         "Time a request waits in the batcher before its batch starts.",
-        [query(histogram_quantile(M.QUEUE_DURATION_SECONDS, 0.95, TRACKS), "{{model}} {{track}}")],
+        [
+            query(
+                histogram_quantile(M.QUEUE_DURATION_SECONDS, 0.95, TRACKS),
+                "{{namespace}}/{{model}} {{track}}",
+            )
+        ],
         unit="s",
         span=8,
     )
     board.graph(
         "Latency p95 per pod",
         "Successful inference requests, per pod (scrape instance).",
-        [query(latency_quantile(0.95, ("model", "pod", "instance")), "{{model}} {{pod}} {{instance}}")],
+        [
+            query(
+                latency_quantile(0.95, (*NAMED, "pod", "instance")),
+                "{{namespace}}/{{model}} {{pod}} {{instance}}",
+            )
+        ],
         unit="s",
         span=8,
     )
     board.graph(
         "Requests per second by status",
         "Inference requests answered, by HTTP status code.",
-        [query(per_second(M.REQUESTS_TOTAL, ("model", "track", "code")), "{{model}} {{track}} {{code}}")],
+        [
+            query(
+                per_second(M.REQUESTS_TOTAL, (*NAMED, "track", "code")),
+                "{{namespace}}/{{model}} {{track}} {{code}}",
+            )
+        ],
         unit="reqps",
         span=12,
     )
@@ -666,8 +722,8 @@ def debug() -> Board:
         "Inference requests being decoded, queued or run now, per pod.",
         [
             query(
-                f"sum by (model, instance) ({slo.with_labels(M.REQUESTS_IN_FLIGHT, MODEL)})",
-                "{{model}} {{instance}}",
+                f"sum by (namespace, model, instance) ({slo.with_labels(M.REQUESTS_IN_FLIGHT, MODEL)})",
+                "{{namespace}}/{{model}} {{instance}}",
             )
         ],
         unit="short",
@@ -684,8 +740,8 @@ def debug() -> Board:
         "Seconds to verify, load and analyse the artifact.",
         [
             query(
-                f"max by (model, revision) ({slo.with_labels(M.MODEL_LOAD_SECONDS, MODEL)})",
-                "{{model}} {{revision}}",
+                f"max by (namespace, model, revision) ({slo.with_labels(M.MODEL_LOAD_SECONDS, MODEL)})",
+                "{{namespace}}/{{model}} {{revision}}",
                 instant=True,
             )
         ],
@@ -698,8 +754,8 @@ def debug() -> Board:
         "Artifacts refused (hash, signature, format) or unloadable, by reason.",
         [
             query(
-                f"sum by (model, reason) (increase({failures}[{RANGE}]))",
-                "{{model}} {{reason}}",
+                f"sum by (namespace, model, reason) (increase({failures}[{RANGE}]))",
+                "{{namespace}}/{{model}} {{reason}}",
                 instant=True,
             )
         ],

@@ -20,9 +20,15 @@ ONCALL_UID = "quantship-oncall"
 DEBUG_UID = "quantship-debug"
 
 
-def dashboard_url(uid: str, model: str, base: str = GRAFANA_URL) -> str:
-    """A dashboard opened on one model; `model` may be an alert template such as {{ $labels.model }}."""
-    return f"{base}/d/{uid}/?var-model={model}"
+NAMESPACE_PARAMETER = "{{ with $labels.namespace }}&var-namespace={{ . }}{{ end }}"
+"""An alert's namespace as the dashboards' `namespace` variable, where its series carry one (a
+Kubernetes scrape); without, the variable stays at All."""
+
+
+def dashboard_url(uid: str, model: str, base: str = GRAFANA_URL, namespace: str = NAMESPACE_PARAMETER) -> str:
+    """A dashboard opened on one model; `model` may be an alert template such as {{ $labels.model }},
+    and `namespace` the query parameter its namespace adds."""
+    return f"{base}/d/{uid}/?var-model={model}{namespace}"
 
 
 def runbook_anchor(heading: str) -> str:

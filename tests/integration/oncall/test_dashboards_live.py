@@ -71,6 +71,7 @@ GRAFANA_VARIABLES = {
     "$__interval": "2s",
     "$__range": "5m",
     "$model": f"{MODEL}|{S8_MODEL}",
+    "$namespace": ".*",  # All: these servers are scraped without a namespace label
 }
 NO_DATA_HERE: dict[str, str] = {}
 """Panel title (or "annotation: NAME") -> why it cannot have data in this test."""

@@ -4,6 +4,7 @@ follows the `model` variable, ids are unique, and the SLI panels read slo.py's s
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -13,6 +14,17 @@ from quantship import generate, slo
 from quantship.oncall import dashboards, links, rules
 
 NAMES = ("executive", "oncall", "debug")
+SERVED = 'model=~"$model",namespace=~"$namespace"'
+"""A server's series on the dashboards: one model of one namespace."""
+OPERATOR_SERIES = tuple(
+    str(metric)
+    for metric in (
+        slo.Metric.ROLLOUT_WEIGHT,
+        slo.Metric.ROLLOUTS_TOTAL,
+        slo.Metric.ANALYSIS_TOTAL,
+        slo.Metric.BURN_RATE,
+    )
+)
 
 
 def load(name: str) -> dict[str, Any]:
@@ -51,7 +63,11 @@ def test_each_dashboard_has_a_datasource_and_a_multi_value_model_variable(name: 
     assert variables["datasource"]["query"] == "prometheus"
     model = variables["model"]
     assert model["type"] == "query" and model["multi"] and model["includeAll"]
-    assert model["query"] == f"label_values({slo.PREFIX}model_info, model)"
+    assert model["query"] == f'label_values({slo.PREFIX}model_info{{namespace=~"$namespace"}}, model)'
+    namespace = variables["namespace"]
+    assert namespace["type"] == "query" and namespace["multi"] and namespace["includeAll"]
+    assert namespace["query"] == f"label_values({slo.PREFIX}model_info, namespace)"
+    assert namespace["allValue"] == ".*", "All must match series scraped without a namespace too"
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -62,8 +78,15 @@ def test_every_panel_query_follows_the_model_variable(name: str) -> None:
     for target in targets:
         assert 'model=~"$model"' in target["expr"], target["expr"]
         assert target["refId"]
-    for annotation in board["annotations"].get("list", []):
-        assert 'model=~"$model"' in annotation["expr"]
+        if any(series in target["expr"] for series in OPERATOR_SERIES):
+            assert "namespace" not in target["expr"], "the operator's series carry its own namespace"
+        elif "threshold" in target.get("legendFormat", ""):  # a drift threshold: one per model name
+            assert 'namespace=~"$namespace"' in target["expr"], target["expr"]
+        else:  # a server's series: one model is one namespace's, as the alerts judge it
+            assert 'namespace=~"$namespace"' in target["expr"], target["expr"]
+            for grouping in re.findall(r"by \(([^)]*)\)", target["expr"]):
+                assert "namespace" in grouping or "model" not in grouping, target["expr"]
+            assert "{{namespace}}/{{model}}" in target.get("legendFormat", "{{namespace}}/{{model}}"), target
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -91,7 +114,7 @@ def test_the_oncall_dashboard_plots_every_slos_burn_rate_over_every_recorded_win
     exprs = [target["expr"] for panel in panels(load("oncall")) for target in panel.get("targets", [])]
     for objective in slo.DEFAULT_OBJECTIVES:
         for window in slo.RULE_WINDOWS:
-            expected = f'{slo.recording_rule(objective.sli, window)}{{model=~"$model"}} / {objective.budget}'
+            expected = f'{slo.recording_rule(objective.sli, window)}{{{SERVED}}} / {objective.budget}'
             assert expected in exprs
 
 
@@ -99,7 +122,7 @@ def test_sli_panels_use_the_ratio_slo_py_defines() -> None:
     exprs = {target["expr"] for panel in panels(load("oncall")) for target in panel.get("targets", [])}
     for objective in slo.DEFAULT_OBJECTIVES:
         assert (
-            slo.ratio(objective, "$__rate_interval", {"model": slo.Regex("$model")}, dashboards.TRACKS)
+            slo.ratio(objective, "$__rate_interval", dashboards.MODEL, dashboards.TRACKS)
             in exprs
         )
 
@@ -115,7 +138,7 @@ def test_drift_panels_draw_the_alert_thresholds_over_the_series_the_alerts_read(
     debug = {panel["title"]: panel for panel in panels(load("debug"))}
     drift = oncall["Activation drift"]
     exprs = [target["expr"] for target in drift["targets"]]
-    assert f'{rules.drift_rule()}{{model=~"$model"}}' in exprs
+    assert f"{rules.drift_rule()}{{{SERVED}}}" in exprs
     steps = [step["value"] for step in drift["fieldConfig"]["defaults"]["thresholds"]["steps"]]
     assert steps == [None, rules.DRIFT_THRESHOLD]
     tensor = debug["Activation drift per tensor (top 20)"]
@@ -132,6 +155,6 @@ def test_the_oncall_dashboard_plots_what_the_sli_starved_alert_reads_under_its_t
     (alert,) = [rule for rule in rules.operation_alerts() if rule["alert"] == "QuantshipSliStarved"]
     assert alert["expr"].startswith(rules.sli_starved())
     plotted = [target["expr"] for target in starved["targets"]]
-    assert plotted == [rules.sli_starved({"model": slo.Regex("$model")})]
+    assert plotted == [rules.sli_starved(dashboards.MODEL)]
     steps = [step["value"] for step in starved["fieldConfig"]["defaults"]["thresholds"]["steps"]]
     assert steps == [None, slo.STARVED_BEHIND_PER_S]

@@ -69,7 +69,10 @@ def test_alerts_link_the_generated_oncall_dashboard_on_their_model() -> None:
     oncall = json.loads((generate.ROOT / "dashboards" / "oncall.json").read_text())
     for rule in alerts():
         link = rule["annotations"]["dashboard"]
-        assert link == f"{links.GRAFANA_URL}/d/{oncall['uid']}/?var-model={{{{ $labels.model }}}}"
+        assert (
+            link
+            == f"{links.GRAFANA_URL}/d/{oncall['uid']}/?var-model={{{{ $labels.model }}}}{links.NAMESPACE_PARAMETER}"
+        )
         assert "{{ $labels.model }}" in rule["annotations"]["summary"], (
             f"{rule['alert']} does not name the model"
         )
