@@ -565,12 +565,13 @@ def oncall() -> Board:
         unit="suffix:x",
         span=8,
     )
+    analyses = slo.with_labels(M.ANALYSIS_TOTAL, OPERATOR_MODEL)
     board.graph(
         "Analysis verdicts",
         "Judgements per interval: pass, fail, inconclusive.",
         [
             query(
-                f"sum by (model, result) (increase({slo.with_labels(M.ANALYSIS_TOTAL, OPERATOR_MODEL)}[{RATE}]))",
+                f"sum by (model, result) (increase({analyses}[{RATE}]))",
                 "{{model}} {{result}}",
             )
         ],

@@ -71,7 +71,8 @@ def test_alerts_link_the_generated_oncall_dashboard_on_their_model() -> None:
         link = rule["annotations"]["dashboard"]
         assert (
             link
-            == f"{links.GRAFANA_URL}/d/{oncall['uid']}/?var-model={{{{ $labels.model }}}}{links.NAMESPACE_PARAMETER}"
+            == f"{links.GRAFANA_URL}/d/{oncall['uid']}/?var-model={{{{ $labels.model }}}}"
+            + links.NAMESPACE_PARAMETER
         )
         assert "{{ $labels.model }}" in rule["annotations"]["summary"], (
             f"{rule['alert']} does not name the model"
