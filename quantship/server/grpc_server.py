@@ -21,7 +21,6 @@ import grpc
 import numpy as np
 from google.protobuf.message import DecodeError, Message
 
-from quantship import __version__
 from quantship.server import protocol
 from quantship.server.errors import ClientClosedRequest, InvalidInput, ServerError
 from quantship.server.grpc_v2 import inference_pb2 as pb
@@ -192,7 +191,10 @@ class GrpcEndpoints:
         return True
 
     async def server_metadata(self, request: pb.ServerMetadataRequest) -> pb.ServerMetadataResponse:
-        return pb.ServerMetadataResponse(name="quantship", version=__version__)
+        described = self.service.server_metadata()
+        return pb.ServerMetadataResponse(
+            name=described["name"], version=described["version"], extensions=described["extensions"]
+        )
 
     async def model_metadata(self, request: pb.ModelMetadataRequest) -> pb.ModelMetadataResponse:
         self.service.check_model(request.name, request.version or None)
@@ -275,8 +277,10 @@ async def start_grpc(
     """A started gRPC server on host:port, sharing the running event loop with uvicorn."""
     server = grpc.aio.server(
         options=[
+            # --max-body-bytes bounds what a client sends; an answer is bounded by the model (an
+            # embedding may be larger than its tokens), and HTTP answers it whole: as Triton, no cap
             ("grpc.max_receive_message_length", max_message_bytes),
-            ("grpc.max_send_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", -1),
             ("grpc.so_reuseport", 0),  # a second server on a taken port must fail, not share it
         ]
     )

@@ -5,16 +5,19 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import pytest
 import tritonclient.grpc as triton
 import tritonclient.grpc.aio as triton_aio
-from server_harness import MODEL, LocalServer
+from server_harness import MODEL, LocalServer, build_token_model, fp32_artifact, settings_for
 from tritonclient.utils import InferenceServerException
 
 from quantship import artifact
+from quantship.local.prometheus import free_port
 from quantship.runtime import create_session
 
 
@@ -129,3 +132,30 @@ async def test_calls_the_client_gives_up_on_count_as_499_never_as_server_errors(
             break
         await asyncio.sleep(0.05)
     assert local_server.metric("quantship_requests_in_flight") == 0
+
+
+def test_server_metadata_lists_the_same_extensions_as_over_http(
+    client: Any, local_server: LocalServer
+) -> None:
+    over_http = httpx.get(f"{local_server.url}/v2").json()
+    assert client.get_server_metadata(as_json=True).get("extensions") == over_http["extensions"]
+
+
+def test_an_answer_larger_than_the_request_limit_is_sent_whole(tmp_path: Path) -> None:
+    """--max-body-bytes bounds what clients send. An embedding is larger than its tokens: 64 tokens
+    in (1 KiB) are 16 KiB out. gRPC refused to send it (RESOURCE_EXHAUSTED after the model ran, and
+    counted 200), where HTTP answered it."""
+    model = fp32_artifact(build_token_model(tmp_path / "tokens.onnx", width=64), tmp_path / "artifact")
+    limit = 4096
+    server = LocalServer(settings_for(model, "tokens", grpc_port=free_port(), max_body_bytes=limit)).start()
+    client = triton.InferenceServerClient(f"127.0.0.1:{server.settings.grpc_port}")
+    try:
+        ids = np.arange(64, dtype=np.int64).reshape(1, 64) % 100
+        inputs = [tensor(ids, "input_ids", "INT64"), tensor(np.ones_like(ids), "attention_mask", "INT64")]
+        result = client.infer(MODEL, inputs)
+        hidden = result.as_numpy("hidden")
+        assert hidden.nbytes > limit
+        np.testing.assert_array_equal(hidden[0, :, 0], np.arange(64) * 64)
+    finally:
+        client.close()
+        server.stop()
