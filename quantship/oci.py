@@ -28,7 +28,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import shutil
+import re
 import tempfile
 import urllib.parse
 from collections.abc import Iterator, Mapping
@@ -44,7 +44,7 @@ import oras.defaults
 import requests
 import requests.adapters
 
-from quantship import artifact
+from quantship import artifact, scratch
 
 S = TypeVar("S", bound=requests.Session)
 
@@ -104,6 +104,17 @@ class OciError(Exception):
     """The registry, the reference or the pulled content cannot be used; the message says why."""
 
 
+_LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?"
+_REGISTRY = rf"({_LABEL}(\.{_LABEL})*|\[[0-9A-Fa-f:.]+\])(:[0-9]{{1,5}})?"
+_COMPONENT = r"[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*"
+_TAG = r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}"
+REFERENCE_PATTERN = rf"{_REGISTRY}/{_COMPONENT}(/{_COMPONENT})*(:{_TAG})?(@sha256:[0-9a-f]{{64}})?"
+"""REGISTRY/REPO[:TAG][@DIGEST] as the OCI distribution spec and Docker's reference grammar write
+them (RE2 too: the CRD's pattern holds it). Anything looser is ambiguous: oras reads the registry
+as the first part that looks like a host, anywhere in the reference, so `reg/x//evil:1/y:t` sent
+the credentials for `reg` to `evil`."""
+
+
 @dataclass(frozen=True)
 class Reference:
     registry: str
@@ -116,27 +127,34 @@ class Reference:
         if not uri.startswith(SCHEME):
             raise OciError(f"{uri!r} is not an oci:// URI (oci://REGISTRY/REPO:TAG or @sha256:DIGEST)")
         rest = uri.removeprefix(SCHEME)
+        if not re.fullmatch(REFERENCE_PATTERN, rest):
+            raise OciError(
+                f"{_brief(repr(uri))} is not an OCI reference: oci://REGISTRY[:PORT]/REPO:TAG or "
+                "@sha256:DIGEST, REPO in lower-case letters, digits, '.', '_', '-', split by '/'"
+            )
         registry, _, path = rest.partition("/")
-        if not registry or not path:
-            raise OciError(f"{uri!r} names no repository (oci://REGISTRY/REPO:TAG)")
-        digest = None
-        if "@" in path:
-            path, _, digest = path.partition("@")
-            if not digest.startswith("sha256:") or len(digest) != len("sha256:") + 64:
-                raise OciError(f"{uri!r}: a digest is sha256: and 64 hex digits")
-        tag = None
-        name, colon, maybe_tag = path.rpartition(":")
-        if colon and "/" not in maybe_tag:
-            path, tag = name, maybe_tag
-        if tag is None and digest is None:
+        path, _, digest = path.partition("@")
+        name, colon, tag = path.rpartition(":")
+        if colon:
+            path = name
+        if not colon and not digest:
             raise OciError(f"{uri!r} names no tag or digest (oci://REGISTRY/REPO:TAG)")
-        return cls(registry, path, tag, digest)
+        return cls(registry, path, tag if colon else None, digest or None)
 
     @property
     def target(self) -> str:
         """The reference as oras writes it."""
         suffix = f"@{self.digest}" if self.digest else f":{self.tag}"
         return f"{self.registry}/{self.repository}{suffix}"
+
+    def container(self) -> oras.container.Container:
+        """oras's view of this reference, which builds every URL: it must name our registry and
+        repository, or a request (and the credentials) would go elsewhere."""
+        container = oras.container.Container(self.target)
+        named = "/".join(part for part in (container.namespace, container.repository) if part)
+        if (container.registry, named) != (self.registry, self.repository):
+            raise OciError(f"{self}: oras reads it as {container.registry}/{named}: refused")
+        return container
 
     def __str__(self) -> str:
         return SCHEME + self.target
@@ -168,11 +186,23 @@ def push(
     reference = Reference.parse(uri)
     if reference.digest:
         raise OciError(f"push to a tag, not a digest: {uri}")
-    loaded = artifact.load_artifact(root)
+    reference.container()  # where oras will send the files and the credentials
+    with artifact.opened(root) as loaded:  # a .tar.gz unpacked for the push, removed after it
+        return _push(loaded, root, reference, credentials, insecure, timeout)
+
+
+def _push(
+    loaded: artifact.Artifact,
+    source: Path,
+    reference: Reference,
+    credentials: Credentials | None,
+    insecure: bool,
+    timeout: float,
+) -> str:
     unknown = sorted(set(loaded.manifest["files"]) - set(LAYER_MEDIA_TYPES))
     if unknown:
         raise OciError(
-            f"{root}: an OCI artifact carries {artifact.MODEL_FILE} and {artifact.REFERENCE_FILE}; "
+            f"{source}: an OCI artifact carries {artifact.MODEL_FILE} and {artifact.REFERENCE_FILE}; "
             f"the manifest also lists {', '.join(unknown)}"
         )
     client = _client(reference, credentials, insecure, timeout)
@@ -187,7 +217,7 @@ def push(
                 files=files,
                 disable_path_validation=True,  # oras otherwise wants files under the working directory
                 manifest_config=f"{config}:{CONFIG_MEDIA_TYPE}",
-                manifest_annotations={_TITLE: loaded.manifest.get("model", {}).get("source", root.name)},
+                manifest_annotations={_TITLE: loaded.manifest.get("model", {}).get("source", source.name)},
                 quiet=True,
             )
     digest = response.headers.get("Docker-Content-Digest")
@@ -209,6 +239,8 @@ def pull(
     """Pull the artifact at `uri` into `dest` (created; never half-written) and verify it.
     `max_bytes` caps the layers' sizes together, as their descriptors declare them."""
     reference = Reference.parse(uri)
+    if dest.exists():  # before any download: it may be gigabytes
+        raise OciError(f"{dest} exists; pull into a new directory")
     registry = _Registry.open(reference, credentials, insecure, timeout)
     with registry.session:
         layers = _manifest(registry)["layers"]
@@ -217,10 +249,11 @@ def pull(
             raise OciError(
                 f"{reference}: its layers declare {declared} bytes, more than the limit of {max_bytes}"
             )
-        with _disk_errors(f"{reference}: cannot write beside {dest}"):
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}-pull-", dir=dest.parent))
-        try:
+        # beside dest, so the rename is atomic; what a killed pull left there is swept
+        with (
+            _disk_errors(f"{reference}: cannot write beside {dest}"),
+            scratch.beside(dest, "pull") as staging,
+        ):
             for layer in layers:
                 name = layer["annotations"][_TITLE]
                 if layer["mediaType"] != LAYER_MEDIA_TYPES[name]:
@@ -228,14 +261,17 @@ def pull(
                 _download(registry, layer, staging / name)
             if not (staging / artifact.MANIFEST_FILE).is_file():
                 raise OciError(f"{reference} holds no {artifact.MANIFEST_FILE}")
-            loaded = artifact.load_artifact(staging, public_key=public_key)
+            try:
+                loaded = artifact.load_artifact(staging, public_key=public_key)
+            except artifact.ArtifactError as exc:  # named by what was pulled, not the scratch folder
+                raise artifact.ArtifactError(
+                    str(exc).replace(str(staging), str(reference)), reason=exc.reason
+                ) from exc
             if dest.exists():
                 raise OciError(f"{dest} exists; pull into a new directory")
+            staging.chmod(0o755)  # as write_artifact leaves an artifact: a server of another user reads it
             with _disk_errors(f"{reference}: cannot move the artifact to {dest}"):
                 staging.rename(dest)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
     return artifact.Artifact(dest, loaded.manifest, loaded.signed)
 
 
@@ -296,7 +332,7 @@ def _manifest(registry: _Registry) -> dict[str, Any]:
     """The image manifest: read within MAX_MANIFEST_BYTES, its digest checked when pulled by
     digest, its shape (MANIFEST_SCHEMA) and artifact type checked always."""
     reference = registry.reference
-    url = oras.container.Container(reference.target).manifest_url()
+    url = reference.container().manifest_url()
     accept = {"Accept": MANIFEST_MEDIA_TYPE}
     with _registry_errors(reference), registry.get(url, "tag or digest", accept) as response:
         too_long = f"{reference}: the manifest is longer than {MAX_MANIFEST_BYTES} bytes: refused"
@@ -328,7 +364,7 @@ def _manifest(registry: _Registry) -> dict[str, Any]:
 def _download(registry: _Registry, layer: dict[str, Any], path: Path) -> None:
     """One layer into `path`: no more bytes than its descriptor's size, and its digest checked."""
     reference, name, size = registry.reference, path.name, int(layer["size"])
-    url = oras.container.Container(reference.target).get_blob_url(layer["digest"])
+    url = reference.container().get_blob_url(layer["digest"])
     received = 0
     too_long = f"{reference}: layer {name} is longer than the {size} bytes its descriptor declares"
     with _registry_errors(reference), registry.get(url, f"layer {name}") as response:

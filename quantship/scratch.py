@@ -13,6 +13,7 @@ It imports nothing else of quantship, so any part may use it.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -82,6 +83,37 @@ def directory(prefix: str, root: Path | None = None) -> Iterator[Path]:
         yield path
     finally:
         remove(path)
+
+
+@contextlib.contextmanager
+def beside(dest: Path, kind: str) -> Iterator[Path]:
+    """A scratch directory `.NAME.KIND-XXXX` beside `dest`, in which what becomes `dest` is built
+    (then renamed into place), removed on leaving. While it lives, an exclusive lock on the parent
+    directory is held: so every other such directory is a dead run's (kill -9, the OOM killer, a
+    restarted init container: another pid namespace, where an owner file proves nothing) and is
+    removed first. Runs into one directory take turns. Where the file system has no locks, no
+    sweep: a leak rather than another run's files deleted."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    prefix = f".{dest.name}.{kind}-"
+    parent = os.open(dest.parent, os.O_RDONLY | os.O_DIRECTORY)  # no lock file to leave behind
+    try:
+        try:
+            fcntl.flock(parent, fcntl.LOCK_EX)
+            locked = True
+        except OSError:
+            locked = False
+        if locked:
+            for entry in os.scandir(dest.parent):
+                if entry.name.startswith(prefix) and entry.is_dir(follow_symlinks=False):
+                    log.info("removed %s, left by a %s that was killed", entry.name, kind)
+                    remove(Path(entry.path))
+        path = Path(tempfile.mkdtemp(prefix=prefix, dir=dest.parent))
+        try:
+            yield path
+        finally:
+            remove(path)
+    finally:
+        os.close(parent)  # and the lock with it
 
 
 def sweep(root: Path | None = None, prefixes: tuple[str, ...] = PREFIXES) -> list[Path]:

@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from quantship import slo
+from quantship import oci, slo
 from quantship.operator import names
 from quantship.rollout import AnalysisSpec, OnInconclusive, RolloutSpec, format_duration
 from quantship.server.settings import MAX_SLI_CPU_BUDGET, QualitySettings, Track
@@ -82,10 +82,14 @@ def uri_pattern(*schemes: str, in_claim: bool = False) -> str:
     """URIs of these schemes; a pvc:// one names a claim that can exist and stays inside it
     (pvc://CLAIM[/PATH], no `..`), and with `in_claim` names a path in it (pvc://CLAIM/PATH, as a
     quantize Job mounts it)."""
-    others = "|".join(scheme for scheme in schemes if scheme != "pvc")
+    others = "|".join(scheme for scheme in schemes if scheme not in ("pvc", "oci"))
     path = _IN_CLAIM if in_claim else f"(/{_SEGMENT})*"
-    pvc = f"|pvc://{names.SUBDOMAIN}{path}" if "pvc" in schemes else ""
-    return f"^(({others})://.+{pvc})$"
+    alternatives = [f"({others})://.+"] if others else []
+    if "oci" in schemes:  # an ambiguous reference sent a registry's credentials elsewhere (oci.py)
+        alternatives.append(f"oci://{oci.REFERENCE_PATTERN}")
+    if "pvc" in schemes:
+        alternatives.append(f"pvc://{names.SUBDOMAIN}{path}")
+    return f"^({'|'.join(alternatives)})$"
 
 
 URI_PATTERN = uri_pattern("file", "pvc", "http", "https", "oci")

@@ -17,14 +17,12 @@ and its archive is unpacked within `artifact.ArchiveLimits`. Refused, nothing st
 from __future__ import annotations
 
 import re
-import shutil
-import tempfile
 import urllib.parse
 from pathlib import Path
 
 import httpx
 
-from quantship import artifact, oci
+from quantship import artifact, oci, scratch
 from quantship.operator import names
 
 
@@ -147,48 +145,55 @@ def fetch(
     `registry_config`: a Docker config.json with the oci:// registry's credentials."""
     key = artifact.load_public_key(public_key) if public_key else None
     try:
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        scratch = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=dest.parent))
+        # beside dest, so the rename is atomic; what a killed fetch (an OOM-killed init container,
+        # restarted on the same emptyDir) left there is swept
+        with scratch.beside(dest, "fetch") as folder:
+            return _fetch_into(
+                folder, uri, dest, key, pvc_root, timeout, max_bytes, cross_host_redirects, registry_config
+            )
     except OSError as exc:
         raise FetchError(f"cannot write beside {dest}: {exc.strerror or exc}") from exc
-    try:
-        if uri.startswith(oci.SCHEME):
-            credentials = oci.Credentials(docker_config=registry_config)
-            try:
-                pulled = oci.pull(
-                    uri,
-                    scratch / "artifact",
-                    credentials=credentials,
-                    public_key=key,
-                    timeout=timeout,
-                    max_bytes=max_bytes,
-                )
-            except oci.OciError as exc:
-                raise FetchError(str(exc)) from exc
-            return _install(pulled, dest, key)
-        source = source_path(uri, pvc_root)
-        if source is None:
-            name = Path(urllib.parse.urlparse(uri).path).name
-            if not name.endswith((".tar.gz", ".tgz")):
-                raise FetchError(f"{uri}: over http(s) an artifact is a .tar.gz")
-            source = scratch / name
-            download(
-                uri, source, timeout=timeout, max_bytes=max_bytes, cross_host_redirects=cross_host_redirects
-            )
-        if not source.exists():
-            raise FetchError(f"{uri}: {source} does not exist")
-        if source.is_dir():  # only what its manifest lists: not a claim's lost+found, nor an unlisted link
-            loaded = artifact.copy_listed(
-                source, scratch / "artifact", public_key=key, max_bytes=2 * max_bytes
-            )
-        else:
-            limits = artifact.ArchiveLimits(max_bytes=2 * max_bytes)
-            loaded = artifact.load_artifact(
-                source, public_key=key, extract_to=scratch / "artifact", limits=limits
-            )
-        return _install(loaded, dest, key)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _fetch_into(
+    folder: Path,
+    uri: str,
+    dest: Path,
+    key: artifact.Ed25519PublicKey | None,
+    pvc_root: Path,
+    timeout: float,
+    max_bytes: int,
+    cross_host_redirects: bool,
+    registry_config: Path | None,
+) -> artifact.Artifact:
+    if uri.startswith(oci.SCHEME):
+        credentials = oci.Credentials(docker_config=registry_config)
+        try:
+            pulled = oci.pull(
+                uri, folder / "artifact", credentials=credentials, public_key=key, timeout=timeout,
+                max_bytes=max_bytes,
+            )  # fmt: skip
+        except oci.OciError as exc:
+            raise FetchError(str(exc)) from exc
+        return _install(pulled, dest, key)
+    source = source_path(uri, pvc_root)
+    if source is None:
+        name = Path(urllib.parse.urlparse(uri).path).name
+        if not name.endswith((".tar.gz", ".tgz")):
+            raise FetchError(f"{uri}: over http(s) an artifact is a .tar.gz")
+        source = folder / name
+        download(uri, source, timeout=timeout, max_bytes=max_bytes, cross_host_redirects=cross_host_redirects)
+    if not source.exists():
+        raise FetchError(f"{uri}: {source} does not exist")
+    if source.is_dir():  # only what its manifest lists: not a claim's lost+found, nor an unlisted link
+        return _install(
+            artifact.copy_listed(source, folder / "artifact", public_key=key, max_bytes=2 * max_bytes),
+            dest,
+            key,
+        )
+    limits = artifact.ArchiveLimits(max_bytes=2 * max_bytes)
+    loaded = artifact.load_artifact(source, public_key=key, extract_to=folder / "artifact", limits=limits)
+    return _install(loaded, dest, key)
 
 
 def _install(

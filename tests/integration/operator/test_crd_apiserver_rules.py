@@ -207,6 +207,10 @@ def test_server_side_defaults_are_the_ones_the_operator_fills_in_itself() -> Non
         ({"artifact": {"uri": "pvc://../models/digits"}}, "does not match"),  # no such claim name
         ({"artifact": {"uri": "pvc://models/../secrets"}}, "does not match"),  # out of the claim
         ({"artifact": {"uri": "oci://r/x:1", "pullSecret": "s" * 254}}, "is too long"),
+        # a reference oras reads as naming another registry: the pull secret's credentials went there
+        ({"artifact": {"uri": "oci://r.io//evil.example:5000/x:1"}}, "does not match"),
+        ({"artifact": {"uri": "oci://r.io/evil.example:5000/x:1"}}, "does not match"),
+        ({"artifact": {"uri": "oci://r.io/ml/digits:"}}, "does not match"),
         ({"resources": {"requests": {"memory": "-1Gi"}}}, "does not match"),  # negative
         ({"resources": {"limits": {"cpu": -1}}}, "less than the minimum of 0"),
         ({"analysis": {"longWindow": "99999h"}}, "does not match"),  # past Prometheus' durations

@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import base64
+import contextlib
+import http.server
 import json
+import os
+import stat
+import tempfile
+import threading
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 from click.testing import CliRunner
 from registry_harness import PASSWORD, USER, Registry
 
-from quantship import artifact, oci
+from quantship import artifact, oci, scratch
 from quantship.cli import main
 from quantship.local.prometheus import free_port
 
@@ -170,3 +177,73 @@ def test_the_operators_fetch_installs_an_oci_artifact_by_tag_and_digest_with_a_p
     with pytest.raises(fetch.FetchError, match="needs credentials"):
         fetch.fetch(uri, tmp_path / "anonymous")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "model", "pinned"]
+
+
+class _Recorder(http.server.BaseHTTPRequestHandler):
+    seen: ClassVar[list[tuple[str, str | None]]] = []
+
+    def do_GET(self) -> None:
+        self.seen.append((self.path, self.headers.get("Authorization")))
+        self.send_response(401)
+        self.send_header("WWW-Authenticate", 'Basic realm="x"')
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    do_HEAD = do_POST = do_PUT = do_GET
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.mark.parametrize(
+    "hostile",
+    ["{registry}//{other}/stolen:v1", "{registry}/{other}/stolen:v1", "{registry}/x/{other}/stolen:v1"],
+)
+def test_a_reference_that_could_name_another_host_is_refused_before_any_request(
+    auth_registry: Registry, good_artifact: artifact.Artifact, tmp_path: Path, hostile: str
+) -> None:
+    """oras reads the registry as the first part of a reference that looks like a host: these sent
+    the credentials for the registry named first (and the model) to the other."""
+    recorder = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Recorder)
+    threading.Thread(target=recorder.serve_forever, daemon=True).start()
+    other = f"127.0.0.1:{recorder.server_address[1]}"
+    uri = "oci://" + hostile.format(registry=auth_registry.address, other=other)
+    try:
+        with pytest.raises(oci.OciError, match="is not an OCI reference"):
+            oci.push(good_artifact.root, uri, credentials=oci.Credentials(USER, PASSWORD))
+        with pytest.raises(oci.OciError, match="is not an OCI reference"):
+            oci.pull(uri, tmp_path / "a", credentials=oci.Credentials(USER, PASSWORD))
+        result = CliRunner().invoke(
+            main, ["pull", uri.replace("stolen:v1", "stolen:"), "-o", str(tmp_path / "b")]
+        )
+        assert result.exit_code == 3 and result.output.count("\n") == 1, result.output
+    finally:
+        recorder.shutdown()
+    assert _Recorder.seen == []
+    assert list(tmp_path.iterdir()) == []
+
+
+def _my_scratch() -> set[str]:
+    """This process's artifact scratch directories in the system's temporary directory."""
+    mine = set()
+    for folder in Path(tempfile.gettempdir()).glob(f"{scratch.ARTIFACT_PREFIX}*"):
+        with contextlib.suppress(OSError, ValueError):
+            if json.loads((folder / scratch.OWNER_FILE).read_text())["pid"] == os.getpid():
+                mine.add(folder.name)
+    return mine
+
+
+def test_a_tarball_pushed_leaves_nothing_unpacked_and_pulls_back_readable_by_all(
+    registry: Registry, good_artifact: artifact.Artifact, tmp_path: Path
+) -> None:
+    """A CI runner pushes and goes: the unpacked copy went with it. A pulled artifact is 0755 like
+    one written by `quantize`, for a server running as another user."""
+    tarball = tmp_path / "digits.tar.gz"
+    artifact.pack(good_artifact.root, tarball)
+    before = _my_scratch()
+    oci.push(tarball, registry.uri("quantship/tarball:v1"))
+    assert _my_scratch() == before
+    pulled = oci.pull(registry.uri("quantship/tarball:v1"), tmp_path / "pulled")
+    assert stat.S_IMODE(pulled.root.stat().st_mode) == 0o755
+    with pytest.raises(oci.OciError, match="exists; pull into a new directory"):
+        oci.pull(registry.uri("quantship/tarball:v1"), tmp_path / "pulled")

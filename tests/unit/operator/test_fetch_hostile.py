@@ -182,7 +182,7 @@ def downloading(server: str, out: Path) -> subprocess.Popen[bytes]:
         stderr=subprocess.STDOUT,
     )
     deadline = time.monotonic() + 30
-    while not (out.exists() and any(out.glob(".model-*/slow.tar.gz"))):
+    while not (out.exists() and any(out.glob(".model.fetch-*/slow.tar.gz"))):
         assert time.monotonic() < deadline and fetching.poll() is None, fetching.communicate()
         time.sleep(0.05)
     return fetching
