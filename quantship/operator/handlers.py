@@ -181,19 +181,22 @@ def register(
     ) -> None:
         await reconcile_locked(namespace, name, body, logger, memo, kwargs)
 
-    retry_asked = {crd.RETRY_ANNOTATION: kopf.PRESENT}
+    def settled_and_asked(annotations: kopf.Annotations, status: kopf.Status, **kwargs: Any) -> bool:
+        return settled(status, **kwargs) and any(key in annotations for key in crd.ANNOTATIONS)
 
-    @kopf.on.event(*RESOURCE, registry=registry, annotations=retry_asked, when=settled, id="retry")
-    async def retry_now(
+    @kopf.on.event(*RESOURCE, registry=registry, when=settled_and_asked, id="one-shot")
+    async def one_shot_now(
         namespace: str | None, name: str, body: kopf.Body, logger: Logger, memo: Any, **kwargs: Any
     ) -> None:
-        """The retry annotation on a settled model: no tick runs to see it (the analysis daemon runs
-        only in flight), and no update handler would (kopf's diff leaves out our group's annotations,
-        its own storage's prefix). Its reconcile uses the annotation up, so this runs once."""
+        """A one-shot annotation on a settled model: no tick runs to see it (the analysis daemon
+        runs only in flight), and no update handler would (kopf's diff leaves out our group's
+        annotations, its own storage's prefix). Its reconcile uses it up, so this runs once: retry
+        rolls the rejected revision out again; promote and abort, with no canary to act on, are
+        dropped then and there rather than left for the next canary."""
         try:
             await reconcile_locked(namespace, name, body, logger, memo, kwargs)
         except (kopf.TemporaryError, kopf.PermanentError) as exc:  # event handlers are not retried
-            logger.warning("retry not started, the resync will try again: %s", exc)
+            logger.warning("one-shot annotation not acted on, the resync will try again: %s", exc)
 
     @kopf.daemon(*RESOURCE, registry=registry, when=in_flight, backoff=retry_backoff, id="analysis")
     async def analysis(

@@ -130,6 +130,9 @@ async def _reconcile(
     workloads = workloads_for(ctx.kube, spec, body, children)
     source = ctx.source_for(spec)
     annotations = metadata.get("annotations") or {}
+    # promote and abort are for the canary in flight: given while none was, they would act on the
+    # next one, which no one has seen yet (as `kubectl argo rollouts promote` of a settled rollout)
+    for_a_canary = current.in_flight
     try:
         decision = await tick(
             current,
@@ -138,8 +141,8 @@ async def _reconcile(
             router=router_for(ctx.kube, spec, workloads),
             metrics=source,
             now=now,
-            abort=crd.ABORT_ANNOTATION in annotations,
-            promote=crd.PROMOTE_ANNOTATION in annotations,
+            abort=for_a_canary and crd.ABORT_ANNOTATION in annotations,
+            promote=for_a_canary and crd.PROMOTE_ANNOTATION in annotations,
             retry=crd.RETRY_ANNOTATION in annotations,
         )
     except PortError as exc:
@@ -167,7 +170,7 @@ async def _reconcile(
     if decision.action is not Action.WAIT:
         _announce(body, decision, logger)
     # the annotations are one-shot requests: used up once acted on, meaningless without a canary
-    used = decision.manual or not decision.status.in_flight
+    used = decision.manual or not for_a_canary or not decision.status.in_flight
     stale = [key for key in crd.ANNOTATIONS if key in annotations]
     if used and stale:
         await ctx.kube.patch_model_metadata(namespace, name, {"annotations": dict.fromkeys(stale)})

@@ -443,3 +443,52 @@ async def test_the_retry_annotation_rolls_a_rejected_revision_out_again_and_is_u
     assert "serving.quantship.io/retry" not in annotations
     started = await posted(kubectl, "StartCanary", 2)
     assert started[-1]["message"].startswith("retried by a person")
+
+
+@pytest.mark.parametrize("request_", ["promote", "abort"])
+async def test_a_promote_or_abort_given_while_no_canary_runs_is_dropped_not_kept_for_the_next(
+    kubectl: Kubectl, start_operator: StartOperator, request_: str
+) -> None:
+    """A person's promote (or abort) that arrived a moment after the decision: kept, it promoted the
+    next canary unjudged (or rolled it back) once ready. With no canary to act on it is used up at
+    once, as `kubectl argo rollouts promote` of a settled rollout changes nothing."""
+    await start_operator(ScriptedMetrics())
+    await serving(kubectl, spec_of(V1, rollout={"steps": [50, 100], "stepInterval": "1h"}))
+    key = f"serving.quantship.io/{request_}"
+
+    await kubectl.patch({"metadata": {"annotations": {key: "now"}}})
+
+    await eventually(
+        lambda: key not in ((kubectl.get() or {})["metadata"].get("annotations") or {}),
+        what=f"the {request_} annotation used up",
+    )
+    await kubectl.patch({"spec": {"artifact": {"uri": V2}}})
+    await eventually(lambda: kubectl.deployment(f"digits-{SECOND}"), what="the canary Deployment")
+    await kubectl.make_ready(f"digits-{SECOND}")
+    status = await phase_is(kubectl, "Progressing")
+    await posted(kubectl, "SetWeight")
+    assert status["canaryRevision"] == SECOND and status["stableRevision"] == FIRST
+    assert [entry["action"] for entry in status["history"]][-1:] == ["StartCanary"]
+
+
+async def test_a_promote_on_the_tick_that_starts_a_canary_is_not_acted_on(
+    kubectl: Kubectl, start_operator: StartOperator
+) -> None:
+    """The annotation and the new artifact in one write (or the annotation before the operator saw
+    it): it was given while no canary ran, so it is not for this one."""
+    await start_operator(ScriptedMetrics())
+    await serving(kubectl, spec_of(V1, rollout={"steps": [50, 100], "stepInterval": "1h"}))
+
+    await kubectl.patch(
+        {
+            "metadata": {"annotations": {"serving.quantship.io/promote": "now"}},
+            "spec": {"artifact": {"uri": V2}},
+        }
+    )
+
+    await eventually(lambda: kubectl.deployment(f"digits-{SECOND}"), what="the canary Deployment")
+    await kubectl.make_ready(f"digits-{SECOND}")
+    await phase_is(kubectl, "Progressing")
+    await posted(kubectl, "SetWeight")
+    assert "serving.quantship.io/promote" not in ((kubectl.get() or {})["metadata"].get("annotations") or {})
+    assert (kubectl.get() or {})["status"]["stableRevision"] == FIRST
