@@ -252,6 +252,29 @@ class Analysis:
         }
 
 
+def metrics_trouble(faults: set[Fault], reason: str) -> str | None:
+    """What keeps the analysis from judging that an operator must see (the Degraded condition):
+    queries Prometheus refused, or a Prometheus that does not answer. None for mere lack of data."""
+    if Fault.MISCONFIGURED in faults:
+        return f"metrics queries misconfigured: {reason}"
+    if Fault.UNREACHABLE in faults:
+        return f"metrics unreachable: {reason}"
+    return None
+
+
+def persisted_faults(last_analysis: Mapping[str, Any] | None) -> set[Fault]:
+    """`Analysis.faults` of a judgement in its persisted form (the status's lastAnalysis)."""
+    if not last_analysis:
+        return set()
+    found = [
+        window.get("fault")
+        for result in last_analysis.get("slos", [])
+        for window in result.get("windows", [])
+    ]
+    found.append((last_analysis.get("fallbackOps") or {}).get("fault"))
+    return {Fault(fault) for fault in found if fault in set(Fault)}
+
+
 def short_window_ratio(last_analysis: Mapping[str, Any] | None, sli: slo.SLI) -> float | None:
     """The canary's bad ratio of one SLI on the short window of a judgement in its persisted form
     (`Analysis.to_dict`, the status's lastAnalysis): the accuracy delta `kubectl get qm` shows."""

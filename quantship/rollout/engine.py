@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from quantship.rollout.analysis import Analysis, Verdict, judge, measure
+from quantship.rollout.analysis import Analysis, Verdict, judge, measure, metrics_trouble, persisted_faults
 from quantship.rollout.ports import MetricsSource, PortError, Track, TrafficRouter, Workloads
 from quantship.rollout.spec import OnInconclusive, RolloutSpec
 from quantship.rollout.state import Phase, RolloutStatus
@@ -221,7 +221,7 @@ def _canary(status: RolloutStatus, obs: Observations, spec: RolloutSpec) -> Deci
     if not analysis_due(status, spec, now) or obs.analysis is None:
         if _holding(status, spec):
             return _wait(status, status.message, degraded=status.message)
-        return _wait(status, _progress_message(status, spec))
+        return _wait(status, _progress_message(status, spec), degraded=_still_in_trouble(status))
     return _judged(status, obs.analysis, spec, now)
 
 
@@ -251,11 +251,7 @@ def _judged(status: RolloutStatus, analysis: Analysis, spec: RolloutSpec, now: f
         case Verdict.INCONCLUSIVE:
             count = status.inconclusive + 1
             judged = replace(judged, inconclusive=count, step_started_at=now)
-            degraded = None
-            if analysis.misconfigured:
-                degraded = f"metrics queries misconfigured: {analysis.reason}"
-            elif analysis.unreachable:
-                degraded = f"metrics unreachable: {analysis.reason}"
+            degraded = metrics_trouble(analysis.faults(), analysis.reason)
             if count >= limits.inconclusive_limit:
                 reason = f"{count} inconclusive judgements in a row at {step}: {analysis.reason}"
                 if analysis.misconfigured:  # no outage to wait out: the canary cannot be judged
@@ -353,6 +349,17 @@ def _roll_back(
     rolled_back = replace(_without_canary(status), phase=Phase.ROLLED_BACK, rejected=status.canary)
     return _decision(
         Action.ROLL_BACK, rolled_back, now, reason, analysis, retire=(status.canary,), manual=manual
+    )
+
+
+def _still_in_trouble(status: RolloutStatus) -> str | None:
+    """Between judgements, the trouble the last inconclusive one met (Prometheus down, queries
+    refused) is still the news: Degraded stays until a judgement gets through, rather than
+    flipping back to healthy on every tick in between and warning again at each judgement."""
+    if status.inconclusive == 0 or not status.last_analysis:
+        return None
+    return metrics_trouble(
+        persisted_faults(status.last_analysis), str(status.last_analysis.get("reason", ""))
     )
 
 

@@ -492,3 +492,37 @@ async def test_a_promote_on_the_tick_that_starts_a_canary_is_not_acted_on(
     await posted(kubectl, "SetWeight")
     assert "serving.quantship.io/promote" not in ((kubectl.get() or {})["metadata"].get("annotations") or {})
     assert (kubectl.get() or {})["status"]["stableRevision"] == FIRST
+
+
+async def test_degraded_stays_true_between_judgements_while_prometheus_is_unreachable(
+    cluster: Cluster, kubectl: Kubectl, start_operator: StartOperator
+) -> None:
+    """Each tick between two inconclusive judgements wrote Degraded False, and the next judgement
+    True again with a new Warning: `kubectl wait --for=condition=Degraded` and alerts on the
+    condition flapped for as long as Prometheus was down."""
+    await start_operator()  # the real PrometheusSource, at a port where nothing listens
+    analysis = {"prometheusUrl": "http://127.0.0.1:9", "inconclusiveLimit": 4, "minSamples": 10}
+    rollout = {"steps": [50, 100], "stepInterval": "1s"}
+    await serving(kubectl, spec_of(V1, analysis=analysis, rollout=rollout))
+    await kubectl.patch({"spec": {"artifact": {"uri": V2}}})
+    await eventually(lambda: kubectl.deployment(f"digits-{SECOND}"), what="the canary Deployment")
+    await kubectl.make_ready(f"digits-{SECOND}")
+
+    await phase_is(kubectl, "RolledBack", timeout=60)
+
+    writes = [
+        request.data["status"]
+        for request, _ in cluster.answers
+        if request.subresource == "status" and isinstance(request.data, dict)
+    ]
+    phases = [write.get("phase") for write in writes]
+    until_rolled_back = writes[: phases.index("RolledBack")]  # a status write holds what changed
+    degraded = [
+        condition["status"]
+        for write in until_rolled_back
+        for condition in write.get("conditions") or []
+        if condition["type"] == "Degraded"
+    ]
+    assert "True" in degraded and "False" not in degraded[degraded.index("True") :], degraded
+    await posted(kubectl, "RollBack")
+    assert len(events(kubectl, "MetricsUnreachable")) == 1, "once, not per judgement"
