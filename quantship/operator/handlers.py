@@ -198,6 +198,13 @@ def register(
         except (kopf.TemporaryError, kopf.PermanentError) as exc:  # event handlers are not retried
             logger.warning("one-shot annotation not acted on, the resync will try again: %s", exc)
 
+    @kopf.on.event(*RESOURCE, registry=registry, id="forget")
+    def forget_deleted(type: str | None, namespace: str | None, name: str, **_: Any) -> None:
+        """A deleted model's gauges leave /metrics (no finalizer: the watch's DELETED is enough, and
+        a restart starts from empty series anyway)."""
+        if type == "DELETED":
+            ctx.metrics.forget((namespace or "default", name))
+
     @kopf.daemon(*RESOURCE, registry=registry, when=in_flight, backoff=retry_backoff, id="analysis")
     async def analysis(
         namespace: str | None,

@@ -4,12 +4,16 @@ tick's decision here; the operator serves the registry on its /metrics port."""
 
 from __future__ import annotations
 
+import contextlib
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from quantship.rollout import Action, Decision, Verdict
 from quantship.slo import Metric
 
 RESULTS = {Action.PROMOTE: "promoted", Action.ROLL_BACK: "rolled_back", Action.FAIL: "failed"}
+Owner = tuple[str, str]
+"""A QuantizedModel: (namespace, name)."""
 LAG_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 """Seconds a judgement ran after it was due. Below the tick interval (5 s) is the schedule's own
 granularity; above it, the operator is falling behind (it did, at 200 canaries, before issue 15)."""
@@ -52,8 +56,17 @@ class OperatorMetrics:
             buckets=LAG_BUCKETS,
         )
         self._seen: set[str] = set()
+        self._models: dict[Owner, str] = {}
+        """The model name (spec.modelName) each resource's series were recorded under."""
+        self._burn_labels: dict[str, set[tuple[str, str]]] = {}
 
-    def record(self, model: str, decision: Decision) -> None:
+    def record(self, model: str, decision: Decision, owner: Owner | None = None) -> None:
+        """A tick's decision for `model`, ticked for the resource `owner` (namespace, name)."""
+        if owner is not None:
+            renamed = self._models.get(owner)
+            self._models[owner] = model
+            if renamed is not None and renamed != model:
+                self._forget_unowned(renamed)
         if model not in self._seen:
             # Every result starts at 0 when a model is first seen: `increase()` cannot count the
             # first rollback of a model whose counter appears already at 1.
@@ -69,8 +82,27 @@ class OperatorMetrics:
             self.analyses.labels(model, decision.analysis.verdict.value).inc()
             for (sli, window), rate in decision.analysis.burn_rates().items():
                 self.burn_rate.labels(model, sli, window).set(rate)
+                self._burn_labels.setdefault(model, set()).add((sli, window))
         if decision.action in RESULTS:
             self.rollouts.labels(model, RESULTS[decision.action]).inc()
+
+    def forget(self, owner: Owner) -> None:
+        """The resource `owner` is gone: its gauges go too, unless another resource (of another
+        namespace) records the same model name. Frozen mid-canary, its weight would read as a
+        rollout stuck for ever (QuantshipRolloutStuck). Counters stay: they only ever count."""
+        model = self._models.pop(owner, None)
+        if model is not None:
+            self._forget_unowned(model)
+
+    def _forget_unowned(self, model: str) -> None:
+        if model in self._models.values():
+            return
+        for gauge in (self.weight, self.step):
+            with contextlib.suppress(KeyError):
+                gauge.remove(model)
+        for sli, window in self._burn_labels.pop(model, set()):
+            with contextlib.suppress(KeyError):
+                self.burn_rate.remove(model, sli, window)
 
     def judged_late(self, seconds: float) -> None:
         """A judgement ran `seconds` after it was due."""

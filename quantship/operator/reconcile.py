@@ -164,7 +164,7 @@ async def _reconcile(
         reason, message, warning = quantize.event
         (kopf.warn if warning else kopf.info)(_event_target(body), reason=reason, message=message)
         (logger.warning if warning else logger.info)("%s: %s", reason, message)
-    ctx.metrics.record(spec.model, decision)
+    ctx.metrics.record(spec.model, decision, owner=(namespace, name))
     if decision.analysis is not None and current.step_started_at is not None:
         ctx.metrics.judged_late(now - (current.step_started_at + spec.rollout.step_interval))
     if decision.action is not Action.WAIT:

@@ -526,3 +526,28 @@ async def test_degraded_stays_true_between_judgements_while_prometheus_is_unreac
     assert "True" in degraded and "False" not in degraded[degraded.index("True") :], degraded
     await posted(kubectl, "RollBack")
     assert len(events(kubectl, "MetricsUnreachable")) == 1, "once, not per judgement"
+
+
+async def test_a_model_deleted_mid_canary_takes_its_gauges_off_metrics(
+    kubectl: Kubectl, start_operator: StartOperator
+) -> None:
+    """Frozen at 50% after the model was gone, the weight read as a rollout stuck for ever
+    (QuantshipRolloutStuck fired an hour later and until the operator restarted)."""
+    operator = await start_operator(ScriptedMetrics())
+    await serving(kubectl, spec_of(V1, rollout={"steps": [50, 100], "stepInterval": "1h"}))
+    await kubectl.patch({"spec": {"artifact": {"uri": V2}}})
+    await eventually(lambda: kubectl.deployment(f"digits-{SECOND}"), what="the canary Deployment")
+    await kubectl.make_ready(f"digits-{SECOND}")
+    weight = {"model": "digits"}
+    await eventually(
+        lambda: operator.registry.get_sample_value("quantship_rollout_weight", weight) == 50, what="50%"
+    )
+
+    await kubectl.delete()
+
+    await eventually(
+        lambda: operator.registry.get_sample_value("quantship_rollout_weight", weight) is None,
+        what="the weight gone",
+    )
+    assert operator.registry.get_sample_value("quantship_rollout_step", weight) is None
+    assert operator.registry.get_sample_value("quantship_analysis_total", {**weight, "result": "pass"}) == 0
