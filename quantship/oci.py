@@ -20,7 +20,20 @@ minutes, and its basic-auth backend raises AttributeError on a 401 when it holds
 
 URIs: `oci://REGISTRY/REPO:TAG` or `oci://REGISTRY/REPO@sha256:DIGEST`. Plain HTTP is used for
 loopback registries and with `insecure=True`; credentials come from arguments or a Docker config
-file (a dockerconfigjson pull secret mounted in a pod), as HTTP basic auth.
+file (a dockerconfigjson pull secret mounted in a pod).
+
+Authentication follows the registry's challenge (`WWW-Authenticate`), first asked of /v2/ without
+credentials, then of any 401 a GET meets:
+- `Basic`: the credentials go, as HTTP basic auth, to the registry's own host only.
+- `Bearer realm=...,service=...` (the distribution token spec: Docker Hub, GHCR, Harbor, Quay,
+  GitLab, ACR): a token is asked of the realm for `repository:REPO:pull` (a push:
+  `pull,push`), anonymously or with the credentials as basic auth, and sent to the registry as
+  `Authorization: Bearer`. The credentials go to that realm only, never to the registry itself,
+  and only over https unless the registry is itself plain HTTP (loopback or `insecure`); the
+  realm's answer is read within `MAX_TOKEN_BYTES`, and a redirect from it is refused. A push
+  asks for its token before oras starts (oras would ask for the first request's pull scope and
+  use that token for the upload) and sends basic credentials nowhere but that realm.
+- any other scheme is refused with its name.
 """
 
 from __future__ import annotations
@@ -38,6 +51,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import jsonschema
+import oras.auth
 import oras.client
 import oras.container
 import oras.defaults
@@ -67,8 +81,13 @@ told). A pull makes each request once; a push goes through oras, which retries a
 MAX_MANIFEST_BYTES = 4 * 2**20
 """The largest manifest read: 4 MiB, the size the OCI distribution spec asks every registry to
 accept. An artifact's is under 2 KB; a registry that streams more is refused, not held in memory."""
+MAX_TOKEN_BYTES = 2**20
+"""The largest answer read from a token realm: 1 MiB. A token is a JWT of a few KB; a realm that
+streams more is refused, not held in memory."""
 CHUNK_BYTES = 2**20
 MAX_REDIRECTS = 5
+PULL, PUSH = "pull", "pull,push"
+"""The actions a token is asked for (the `scope` repository:REPO:ACTIONS of the token spec)."""
 
 _TITLE = oras.defaults.annotation_title
 MANIFEST_SCHEMA: dict[str, Any] = {
@@ -275,16 +294,21 @@ def pull(
     return artifact.Artifact(dest, loaded.manifest, loaded.signed)
 
 
-@dataclass(frozen=True)
+@dataclass
 class _Registry:
-    """One repository of a registry, read over a session whose requests time out and carry the
-    credentials. URLs as oras builds them."""
+    """One repository of a registry, read over a session whose requests time out. URLs as oras
+    builds them. What it sends to authenticate follows the registry's challenges: nothing, basic
+    credentials, or a bearer token from the realm the registry names."""
 
     reference: Reference
     session: requests.Session
     prefix: str
     """http or https."""
     login: tuple[str, str] | None
+    basic: bool = False
+    """The registry asked for basic auth: the credentials go with every request to its host."""
+    token: str | None = None
+    """The bearer token the registry's realm issued: it goes with every request to its host."""
 
     @classmethod
     def open(
@@ -292,20 +316,70 @@ class _Registry:
     ) -> _Registry:
         plain_http = insecure or reference.loopback
         login = _login(reference, credentials)
-        _probe(reference, login, plain_http, timeout)
+        asked = _probe(reference, login, plain_http, timeout)
         session = _Timeouts.on(_OwnRedirects(), timeout)
-        return cls(reference, session, "http" if plain_http else "https", login)
+        registry = cls(reference, session, "http" if plain_http else "https", login)
+        if asked is not None:
+            registry.answer(asked)
+        return registry
+
+    @property
+    def plain_http(self) -> bool:
+        return self.prefix == "http"
+
+    def answer(self, challenge: _Challenge) -> bool:
+        """Take up what the registry asked for; False when nothing new can be sent."""
+        _supported(challenge, self.reference)
+        if challenge.scheme == "bearer":  # a new token each time: the last may have expired
+            self.token = _token(challenge, self.reference, PULL, self.login, self.plain_http, self.session)
+            return True
+        if self.login is None or self.basic:
+            return False
+        self.basic = True
+        return True
 
     def get(self, path: str, what: str, headers: Mapping[str, str] | None = None) -> requests.Response:
-        """The streamed answer to GET `path` (from oras's Container), if it is a 200. Redirects
-        (blob storage) are followed here, each answer closed unread (requests reads a redirect's
-        body whole), the credentials sent to the registry's host only."""
+        """The streamed answer to GET `path` (from oras's Container), if it is a 200. A 401 of the
+        registry's own is answered (a token asked of its realm, or the basic credentials) and the
+        GET made once more."""
         url, where = f"{self.prefix}://{path}", f"{self.reference}: {what}"
+        response = self._follow(url, where, headers)
+        if response.status_code == 401 and self._own(response.url) and self.answer(_challenge(response)):
+            response.close()
+            response = self._follow(url, where, headers)
+        if response.status_code == 200:
+            return response
+        response.close()  # unread: a registry's error page can be as long as it likes
+        status = response.status_code
+        if status == 404:
+            raise OciError(f"{self.reference}: no such {what} in {self.reference.repository}")
+        if status in (401, 403):
+            raise OciError(f"{where}: {self._refusal(status)}")
+        raise OciError(f"{where}: the registry answered {status} {_brief(response.reason or '')}")
+
+    def _refusal(self, status: int) -> str:
+        if self.login is None:
+            return f"the registry wants credentials ({status})"
+        if self.token is not None:
+            return f"the registry refused the token its realm issued to {self.login[0]!r} ({status})"
+        return f"the registry refused the credentials ({status})"
+
+    def _own(self, url: str) -> bool:
+        return urllib.parse.urlsplit(url).netloc == self.reference.registry
+
+    def _follow(self, url: str, where: str, headers: Mapping[str, str] | None) -> requests.Response:
+        """The answer to GET `url`, redirects (blob storage) followed here, each answer closed
+        unread (requests reads a redirect's body whole), credentials sent to the registry's host
+        only."""
         for _ in range(MAX_REDIRECTS + 1):
-            own = urllib.parse.urlsplit(url).netloc == self.reference.registry
-            response = self.session.get(url, headers=headers, stream=True, auth=self.login if own else None)
+            own = self._own(url)
+            sent = {**(headers or {})}
+            if own and self.token is not None:
+                sent["Authorization"] = f"Bearer {self.token}"
+            basic = self.login if own and self.basic and self.token is None else None
+            response = self.session.get(url, headers=sent, stream=True, auth=basic)
             if not response.is_redirect:
-                break
+                return response
             response.close()
             target = urllib.parse.urljoin(url, response.headers["location"])
             if urllib.parse.urlsplit(target).scheme not in ("http", "https") or (
@@ -313,19 +387,7 @@ class _Registry:
             ):
                 raise OciError(f"{where}: redirected to {_brief(target)}: not http(s), or https downgraded")
             url = target
-        else:
-            raise OciError(f"{where}: more than {MAX_REDIRECTS} redirects")
-        if response.status_code == 200:
-            return response
-        response.close()  # unread: a registry's error page can be as long as it likes
-        status = response.status_code
-        if status == 404:
-            raise OciError(f"{self.reference}: no such {what} in {self.reference.repository}")
-        if status in (401, 403) and self.login is None:
-            raise OciError(f"{where}: the registry wants credentials ({status})")
-        if status in (401, 403):
-            raise OciError(f"{where}: the registry refused the credentials ({status})")
-        raise OciError(f"{where}: the registry answered {status} {_brief(response.reason or '')}")
+        raise OciError(f"{where}: more than {MAX_REDIRECTS} redirects")
 
 
 def _manifest(registry: _Registry) -> dict[str, Any]:
@@ -430,38 +492,213 @@ class _Timeouts(requests.adapters.HTTPAdapter):
         return super().send(request, **kwargs)
 
 
+class _Withheld(oras.auth.AuthenticationException):
+    """Basic credentials about to go to an origin they are not for. An AuthenticationException
+    because oras lets those through at once (it retries any other error for minutes)."""
+
+
+class _CredentialsOnlyTo(_Timeouts):
+    """Timeouts, and basic credentials sent to one origin (scheme://host) only: oras sends them to
+    any realm a 401 names and any upload location a registry gives."""
+
+    def __init__(self, timeout: float, origin: str) -> None:
+        super().__init__(timeout)
+        self.origin = origin
+
+    @classmethod
+    def guard(cls, session: S, timeout: float, origin: str) -> S:
+        """`session`, every request of it now timing out and sending basic credentials to
+        `origin` only."""
+        for scheme in ("http://", "https://"):
+            session.mount(scheme, cls(timeout, origin))
+        return session
+
+    def send(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:  # type: ignore[override]
+        basic = str(request.headers.get("Authorization", "")).lower().startswith("basic ")
+        if basic and _origin(request.url or "") != self.origin:
+            raise _Withheld(f"credentials for {self.origin} withheld from {_origin(request.url or '')}")
+        return super().send(request, **kwargs)
+
+
 def _client(
     reference: Reference, credentials: Credentials | None, insecure: bool, timeout: float
 ) -> oras.client.OrasClient:
     """An oras client whose requests time out, after a quick look at /v2/: a registry that is
-    down, or that refuses us, is named at once (oras retries every request for minutes)."""
+    down, or that refuses us, is named at once (oras retries every request for minutes). A
+    registry that wants tokens gets oras's token backend, holding a push token asked of its realm
+    here; basic credentials go to one origin only: the realm, or the registry that asked for them."""
     plain_http = insecure or reference.loopback
     login = _login(reference, credentials)
-    _probe(reference, login, plain_http, timeout)
-    client = oras.client.OrasClient(hostname=reference.registry, insecure=plain_http, auth_backend="basic")
-    _Timeouts.on(client.session, timeout)
-    if login is not None:
-        client.auth.set_basic_auth(*login)
+    asked = _probe(reference, login, plain_http, timeout)
+    if asked is None or asked.scheme == "basic":
+        client = oras.client.OrasClient(
+            hostname=reference.registry, insecure=plain_http, auth_backend="basic"
+        )
+        origin = f"{'http' if plain_http else 'https'}://{reference.registry}"
+        _CredentialsOnlyTo.guard(client.session, timeout, origin)
+        if login is not None:
+            client.auth.set_basic_auth(*login)
+        return client
+    if login is None:  # an anonymous token may pull, never push
+        raise OciError(_needs_credentials(reference))
+    with _Timeouts.on(_OwnRedirects(), timeout) as session:
+        token = _token(asked, reference, PUSH, login, plain_http, session)
+    client = oras.client.OrasClient(hostname=reference.registry, insecure=plain_http, auth_backend="token")
+    _CredentialsOnlyTo.guard(client.session, timeout, _origin(_realm(asked, reference, plain_http)))
+    # oras would ask for the first request's scope (pull) and send that token with the upload
+    client.auth.set_token_auth(token)
+    client.auth.set_basic_auth(*login)  # for oras to renew the token, at the realm
     return client
 
 
-def _probe(reference: Reference, login: tuple[str, str] | None, plain_http: bool, timeout: float) -> None:
-    """A quick look at /v2/ (its body unread): a registry that is down, or refuses us, is named."""
+@dataclass(frozen=True)
+class _Challenge:
+    """What a registry asks for in WWW-Authenticate (RFC 9110 11.6.1)."""
+
+    scheme: str
+    """Lower-case: basic, bearer, or one quantship does not speak."""
+    params: Mapping[str, str]
+
+
+_AUTH_ITEM = re.compile(r'([!#$%&\'*+.^_`|~0-9A-Za-z-]+)\s*(?:=\s*("(?:[^"\\]|\\.)*"|[^\s,]*))?')
+
+
+def _challenge(response: requests.Response) -> _Challenge:
+    """The answer's challenge, Bearer preferred when it offers several. A 401 that names none is
+    taken as asking for basic credentials, as registries behind a plain proxy do."""
+    challenges: list[tuple[str, dict[str, str]]] = []
+    for match in _AUTH_ITEM.finditer(response.headers.get("WWW-Authenticate", "")):
+        name, value = match.groups()
+        if value is None:  # a bare token starts the next challenge
+            challenges.append((name.lower(), {}))
+        elif challenges:
+            unquoted = re.sub(r"\\(.)", r"\1", value[1:-1]) if value.startswith('"') else value
+            challenges[-1][1][name.lower()] = unquoted
+    bearer = [challenge for challenge in challenges if challenge[0] == "bearer"]
+    return _Challenge(*(bearer or challenges or [("basic", {})])[0])
+
+
+def _supported(challenge: _Challenge, reference: Reference) -> None:
+    if challenge.scheme not in ("basic", "bearer"):
+        raise OciError(
+            f"{reference.registry} asks for {challenge.scheme!r} authentication: quantship speaks "
+            "basic auth and bearer tokens (the distribution token spec) only"
+        )
+
+
+def _probe(
+    reference: Reference, login: tuple[str, str] | None, plain_http: bool, timeout: float
+) -> _Challenge | None:
+    """A quick look at /v2/ (its body unread), first without credentials: a registry that is down
+    is named. Returns what it asks for: nothing (None), basic auth (the credentials checked here,
+    sent to it alone), or a bearer token (nothing is sent to it: the credentials are the realm's)."""
     url = f"{'http' if plain_http else 'https'}://{reference.registry}/v2/"
+    answer = _look(reference, url, None, timeout)
+    if answer.status_code not in (401, 403):
+        return None
+    asked = _challenge(answer)
+    _supported(asked, reference)
+    if asked.scheme == "bearer":
+        return asked
+    if login is None:
+        raise OciError(_needs_credentials(reference))
+    if _look(reference, url, login, timeout).status_code in (401, 403):
+        raise OciError(f"{reference.registry} refused the credentials of {login[0]!r}")
+    return asked
+
+
+def _look(reference: Reference, url: str, login: tuple[str, str] | None, timeout: float) -> requests.Response:
+    """The status and headers of GET `url`, its body unread."""
     try:
         with _OwnRedirects() as session:
             answer = session.get(url, auth=login, timeout=min(CONNECT_TIMEOUT_S, timeout), stream=True)
             answer.close()
     except requests.RequestException as exc:
         raise OciError(f"cannot reach the registry {reference.registry}: {type(exc).__name__}") from exc
-    if answer.status_code in (401, 403) and login is None:
+    return answer
+
+
+def _needs_credentials(reference: Reference) -> str:
+    return (
+        f"{reference.registry} needs credentials: --username with QUANTSHIP_REGISTRY_PASSWORD, "
+        "or --docker-config"
+    )
+
+
+def _realm(challenge: _Challenge, reference: Reference, plain_http: bool) -> str:
+    """The token realm the registry named, if credentials may go there: https, or http when the
+    registry itself is plain HTTP."""
+    realm = challenge.params.get("realm", "")
+    parts = urllib.parse.urlsplit(realm)
+    schemes = ("https", "http") if plain_http else ("https",)
+    if parts.scheme not in schemes or not parts.hostname:
         raise OciError(
-            f"{reference.registry} needs credentials: --username with QUANTSHIP_REGISTRY_PASSWORD, "
-            "or --docker-config"
+            f"{reference.registry} names the token realm {_brief(repr(realm))}: refused, quantship asks "
+            f"a realm for tokens over {' or '.join(schemes)} only"
         )
-    if answer.status_code in (401, 403):
-        user = login[0] if login else "?"
-        raise OciError(f"{reference.registry} refused the credentials of {user!r}")
+    return realm
+
+
+def _origin(url: str) -> str:
+    parts = urllib.parse.urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def _token(
+    challenge: _Challenge,
+    reference: Reference,
+    actions: str,
+    login: tuple[str, str] | None,
+    plain_http: bool,
+    session: requests.Session,
+) -> str:
+    """A bearer token for `actions` on the reference's repository, asked of the realm the
+    registry's challenge names: with the credentials (basic auth, to that realm alone), or
+    anonymously. The realm's answer is read within MAX_TOKEN_BYTES; a redirect is refused."""
+    realm = _realm(challenge, reference, plain_http)
+    host = urllib.parse.urlsplit(realm).netloc
+    params = {"scope": f"repository:{reference.repository}:{actions}"}
+    if "service" in challenge.params:
+        params["service"] = challenge.params["service"]
+    too_long = f"the token realm {host} answered more than {MAX_TOKEN_BYTES} bytes: refused"
+    try:
+        with session.get(realm, params=params, auth=login, stream=True) as answer:
+            _check_token_answer(answer, host, reference, login)
+            body = b"".join(_capped(answer, MAX_TOKEN_BYTES, too_long))
+    except requests.RequestException as exc:
+        raise OciError(
+            f"cannot reach the token realm {host} of {reference.registry}: {type(exc).__name__}"
+        ) from exc
+    try:
+        data = json.loads(body)
+    except (ValueError, RecursionError):
+        data = None
+    # the spec names it `token`; OAuth2 realms (ACR) say `access_token`
+    token = (data.get("token") or data.get("access_token")) if isinstance(data, dict) else None
+    if not isinstance(token, str) or not re.fullmatch(r"[\x21-\x7e]+", token):
+        raise OciError(f"the token realm {host} of {reference.registry} answered no token")
+    return token
+
+
+def _check_token_answer(
+    answer: requests.Response, host: str, reference: Reference, login: tuple[str, str] | None
+) -> None:
+    """Refuse a token realm's answer that is not a token, naming why."""
+    status = answer.status_code
+    if answer.is_redirect:  # the credentials go to the realm the registry named, nowhere else
+        raise OciError(
+            f"the token realm {host} of {reference.registry} redirected the token request: refused"
+        )
+    if status in (401, 403) and login is not None:
+        raise OciError(
+            f"the token realm {host} of {reference.registry} refused the credentials of {login[0]!r}"
+        )
+    if status in (401, 403):
+        raise OciError(f"{_needs_credentials(reference)} (its token realm {host} gives no anonymous token)")
+    if status != 200:
+        raise OciError(
+            f"the token realm {host} of {reference.registry} answered {status} {_brief(answer.reason or '')}"
+        )
 
 
 def _login(reference: Reference, credentials: Credentials | None) -> tuple[str, str] | None:
@@ -495,6 +732,8 @@ def _registry_errors(reference: Reference) -> Iterator[None]:
     """What oras and requests raise, as an OciError that names the reference."""
     try:
         yield
+    except _Withheld as exc:
+        raise OciError(f"{reference}: {exc}") from exc
     except oras.auth.AuthenticationException as exc:
         raise OciError(f"{reference}: the registry refused the credentials: {exc}") from exc
     except (requests.RequestException, ValueError) as exc:

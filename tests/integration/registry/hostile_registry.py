@@ -69,6 +69,30 @@ def body(content: bytes, content_type: str = "application/octet-stream", status:
     return answer
 
 
+def challenge(header: str) -> Answer:
+    """A 401 asking for `header` (WWW-Authenticate), whatever the request carried."""
+
+    def answer(handler: BaseHTTPRequestHandler) -> None:
+        handler.send_response(401)
+        handler.send_header("WWW-Authenticate", header)
+        handler.send_header("Content-Length", "0")
+        handler.end_headers()
+
+    return answer
+
+
+def asks_basic(then: Answer) -> Answer:
+    """A 401 asking for basic auth to a request that carries no Authorization, else `then`."""
+
+    def answer(handler: BaseHTTPRequestHandler) -> None:
+        if handler.headers.get("Authorization") is None:
+            challenge('Basic realm="hostile"')(handler)
+        else:
+            then(handler)
+
+    return answer
+
+
 def endless(chunk: bytes, *, stop: threading.Event, limit: int = 2**30, status: int = 200) -> Answer:
     """A body that goes on (up to `limit` bytes, with no Content-Length) until the client hangs up."""
 
@@ -137,7 +161,7 @@ def serving() -> Iterator[HostileRegistry]:
         def do_GET(self) -> None:
             registry.requested.append(self.path)
             registry.authorized.append(self.headers.get("Authorization") is not None)
-            answer = registry.answers.get(self.path)
+            answer = registry.answers.get(self.path) or registry.answers.get(self.path.partition("?")[0])
             if answer is None and self.path == "/v2/":
                 answer = body(b"{}", "application/json")
             if answer is None:

@@ -19,7 +19,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hostile_registry import HostileRegistry, body, endless, redirect, serving, stalls, stalls_after
+from hostile_registry import (
+    HostileRegistry,
+    asks_basic,
+    body,
+    endless,
+    redirect,
+    serving,
+    stalls,
+    stalls_after,
+)
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from registry_harness import Registry
@@ -289,6 +298,7 @@ def test_a_layer_redirected_to_blob_storage_is_followed_without_reading_the_redi
     body whole (it never ends here), and its credentials are the registry's, not the storage's."""
     stop = threading.Event()
     digest = served.layer(artifact.MODEL_FILE)["digest"]
+    served.registry.answers["/v2/"] = asks_basic(body(b"{}", "application/json"))
     with serving() as storage:
         storage.answers["/blobs/model"] = body(served.blobs[digest])
         served.serve_blob(artifact.MODEL_FILE, redirect(f"http://{storage.address}/blobs/model", stop=stop))
@@ -300,7 +310,19 @@ def test_a_layer_redirected_to_blob_storage_is_followed_without_reading_the_redi
         finally:
             stop.set()
         assert storage.requested == ["/blobs/model"] and storage.authorized == [False]
-    assert all(served.registry.authorized)
+    # /v2/ asked without credentials, then with them; every later request carries them
+    assert served.registry.authorized[0] is False and all(served.registry.authorized[1:])
+
+
+def test_a_repository_behind_basic_auth_on_an_open_registry_gets_the_credentials_when_it_asks(
+    served: Served, good_artifact: artifact.Artifact, tmp_path: Path
+) -> None:
+    """/v2/ answers without credentials, the manifest asks for them: the 401 is answered once."""
+    path = served.registry.manifest_path(REPOSITORY)
+    served.registry.answers[path] = asks_basic(served.registry.answers[path])
+    credentials = oci.Credentials("user", "secret")
+    assert oci.pull(served.uri, tmp_path / "a", credentials=credentials).digest == good_artifact.digest
+    assert served.registry.requested.count(path) == 2
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,154 @@
+"""`quantship push` / `pull` against a real registry behind token auth (the scheme of Docker Hub,
+GHCR, Harbor, Quay, GitLab and ACR): Debian's docker-registry trusting the tokens of a token server
+in this process. The credentials go to the token realm, the registry sees only tokens."""
+
+from __future__ import annotations
+
+import base64
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from hostile_registry import body, challenge, redirect, serving
+from registry_harness import PUBLIC, TOKEN_PASSWORD, TOKEN_USER, Registry, TokenServer, relaying
+
+from quantship import artifact, oci
+from quantship.cli import main
+
+ALICE = oci.Credentials(TOKEN_USER, TOKEN_PASSWORD)
+
+
+@contextmanager
+def answering_in(tokens: TokenServer, name: str) -> Iterator[None]:
+    """The token server sends its tokens under `name` for a while."""
+    tokens.answer_field = name
+    try:
+        yield
+    finally:
+        tokens.answer_field = "token"
+
+
+def _cli(*args: str, password: str | None = None) -> tuple[int, str]:
+    env = {"QUANTSHIP_REGISTRY_PASSWORD": password} if password is not None else {}
+    result = CliRunner().invoke(main, list(args), env=env)
+    return result.exit_code, result.output
+
+
+@pytest.mark.parametrize("answer_field", ["token", "access_token"])
+def test_a_public_repository_pulls_without_credentials_on_an_anonymous_token(
+    token_registry: tuple[Registry, TokenServer],
+    good_artifact: artifact.Artifact,
+    tmp_path: Path,
+    answer_field: str,
+) -> None:
+    registry, tokens = token_registry
+    uri = registry.uri(f"{PUBLIC}digits:v1")
+    oci.push(good_artifact.root, uri, credentials=ALICE)
+    with answering_in(tokens, answer_field):
+        code, output = _cli("pull", uri, "-o", str(tmp_path / "a"))
+    assert code == 0, output
+    assert artifact.load_artifact(tmp_path / "a").digest == good_artifact.digest
+    assert tokens.authorizations[-1] is None  # asked anonymously
+
+
+def test_a_private_repository_wants_credentials_when_the_anonymous_token_grants_nothing(
+    token_registry: tuple[Registry, TokenServer], good_artifact: artifact.Artifact, tmp_path: Path
+) -> None:
+    registry, _ = token_registry
+    uri = registry.uri("private/digits:v1")
+    oci.push(good_artifact.root, uri, credentials=ALICE)
+    with pytest.raises(oci.OciError, match=r"tag or digest: the registry wants credentials \(401\)"):
+        oci.pull(uri, tmp_path / "a")
+    with pytest.raises(oci.OciError, match="needs credentials"):
+        oci.push(good_artifact.root, uri)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_push_and_pull_with_credentials_send_the_password_to_the_realm_only(
+    token_registry: tuple[Registry, TokenServer], good_artifact: artifact.Artifact, tmp_path: Path
+) -> None:
+    """Everything the client sent the registry passes through a relay that keeps it: tokens, and
+    never the password in any form."""
+    registry, tokens = token_registry
+    basic = "Basic " + base64.b64encode(f"{TOKEN_USER}:{TOKEN_PASSWORD}".encode()).decode()
+    asked_before = len(tokens.authorizations)
+    with relaying(registry.address) as relay:
+        uri = relay.uri("models/digits:v1")
+        code, output = _cli(
+            "push", str(good_artifact.root), uri, "--username", TOKEN_USER, password=TOKEN_PASSWORD
+        )
+        assert code == 0, output
+        digest = output.strip().rpartition("@")[2]
+        pulled = oci.pull(relay.uri(f"models/digits@{digest}"), tmp_path / "a", credentials=ALICE)
+        sent = bytes(relay.sent)
+    assert pulled.digest == good_artifact.digest
+    assert b"Authorization: Bearer " in sent
+    for secret in (TOKEN_PASSWORD, basic.split()[1], "Basic "):
+        assert secret.encode() not in sent
+    assert tokens.authorizations[asked_before:] == [basic, basic]  # one token for the push, one for the pull
+
+
+def test_a_wrong_password_is_named_as_refused_by_the_realm(
+    token_registry: tuple[Registry, TokenServer], good_artifact: artifact.Artifact, tmp_path: Path
+) -> None:
+    registry, tokens = token_registry
+    uri = registry.uri("models/digits:v1")
+    oci.push(good_artifact.root, uri, credentials=ALICE)
+    refused = f"the token realm {tokens.address} of {registry.address} refused the credentials of 'alice'"
+    for command in (["pull", uri, "-o", str(tmp_path / "a")], ["push", str(good_artifact.root), uri]):
+        code, output = _cli(*command, "--username", TOKEN_USER, password="wrong")
+        assert code == 3 and output.count("\n") == 1, output
+        assert refused in output
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("header", "message"),
+    [
+        (
+            'Negotiate realm="corp"',
+            "asks for 'negotiate' authentication: quantship speaks basic auth and bearer",
+        ),
+        ('Bearer realm="ftp://{address}/token"', "names the token realm 'ftp://.*': refused"),
+        ('Bearer service="registry"', "names the token realm '': refused"),
+    ],
+)
+def test_a_challenge_quantship_cannot_answer_is_named_and_nothing_is_sent(
+    good_artifact: artifact.Artifact, tmp_path: Path, header: str, message: str
+) -> None:
+    with serving() as registry:
+        registry.answers["/v2/"] = challenge(header.format(address=registry.address))
+        for attempt in (
+            lambda: oci.pull(registry.uri("models/digits"), tmp_path / "a", credentials=ALICE),
+            lambda: oci.push(good_artifact.root, registry.uri("models/digits"), credentials=ALICE),
+        ):
+            with pytest.raises(oci.OciError, match=message):
+                attempt()
+    assert registry.requested == ["/v2/", "/v2/"] and not any(registry.authorized)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_realm_that_redirects_the_token_request_is_refused_before_the_credentials_follow(
+    tmp_path: Path,
+) -> None:
+    stop = threading.Event()
+    with serving() as registry, serving() as elsewhere:
+        registry.answers["/v2/"] = challenge(f'Bearer realm="http://{registry.address}/token"')
+        registry.answers["/token"] = redirect(f"http://{elsewhere.address}/token", stop=stop)
+        elsewhere.answers["/token"] = body(b'{"token": "t"}', "application/json")
+        try:
+            with pytest.raises(oci.OciError, match="redirected the token request: refused"):
+                oci.pull(registry.uri("models/digits"), tmp_path / "a", credentials=ALICE)
+        finally:
+            stop.set()
+    assert elsewhere.requested == []
+
+
+def test_a_realm_is_asked_over_https_unless_the_registry_itself_is_plain_http() -> None:
+    asked = oci._Challenge("bearer", {"realm": "http://auth.example/token"})
+    with pytest.raises(oci.OciError, match="over https only"):
+        oci._realm(asked, oci.Reference.parse("oci://registry.example/models/digits:v1"), plain_http=False)
+    assert oci._realm(asked, oci.Reference.parse("oci://127.0.0.1:5000/models/digits:v1"), plain_http=True)
