@@ -179,8 +179,9 @@ def _canary(status: RolloutStatus, obs: Observations, spec: RolloutSpec) -> Deci
         return _roll_back(status, now, ABORTED, manual=True)
     # the spec moved on while the canary ran
     if spec.revision != canary:
-        if spec.revision == status.stable:
-            return _roll_back(status, now, f"the spec asks for the stable revision {status.stable} again")
+        if spec.revision == status.stable:  # a person's revert, not the canary's failure: not rejected
+            reverted = f"the spec asks for the stable revision {status.stable} again"
+            return _roll_back(status, now, reverted, reject=False)
         return _start_canary(status, spec, now, replacing=canary)
     # the canary is starting: waiting for its readiness
     if canary_starting(status):
@@ -343,10 +344,19 @@ def _promote(
 
 
 def _roll_back(
-    status: RolloutStatus, now: float, reason: str, *, analysis: Analysis | None = None, manual: bool = False
+    status: RolloutStatus,
+    now: float,
+    reason: str,
+    *,
+    analysis: Analysis | None = None,
+    manual: bool = False,
+    reject: bool = True,
 ) -> Decision:
+    """Back to the stable revision; the canary rejected (not tried again until the spec asks for
+    another) unless `reject` is False."""
     assert status.canary is not None
-    rolled_back = replace(_without_canary(status), phase=Phase.ROLLED_BACK, rejected=status.canary)
+    rejected = status.canary if reject else status.rejected
+    rolled_back = replace(_without_canary(status), phase=Phase.ROLLED_BACK, rejected=rejected)
     return _decision(
         Action.ROLL_BACK, rolled_back, now, reason, analysis, retire=(status.canary,), manual=manual
     )
