@@ -157,8 +157,19 @@ async def _reconcile(
         said = f"{decision.degraded}; {trouble[1]}" if trouble else decision.degraded
         degraded = (_degraded_reason(decision), said)
     placed = await _placement(ctx.kube, spec, decision.status, previous, logger)
+    stable_ready = await _stable_ready(workloads, decision.status, logger)
     await _write_status(
-        ctx, body, previous, decision.status, degraded, generation, now, logger, quantize, placed
+        ctx,
+        body,
+        previous,
+        decision.status,
+        degraded,
+        generation,
+        now,
+        logger,
+        quantize,
+        placed,
+        stable_ready,
     )
     if quantize.event is not None:
         reason, message, warning = quantize.event
@@ -185,6 +196,18 @@ async def _reconcile(
     if retired.stable is not None and not retired.in_flight and not retired.retiring:
         await workloads.conform(retired.stable)  # replicas and resources as the spec says now
     return decision
+
+
+async def _stable_ready(workloads: KubeWorkloads, status: RolloutStatus, logger: Any) -> bool | None:
+    """Whether the stable revision has a ready server, for the Ready condition (from the index of
+    our Deployments: a settled model's resync reads it for free). None when it cannot be read."""
+    if status.stable is None:
+        return None
+    try:
+        return await workloads.ready(status.stable)
+    except PortError as exc:  # the tick has acted already: its status must be written regardless
+        logger.warning("could not read whether %s is ready: %s", status.stable, exc)
+        return None
 
 
 async def _placement(
@@ -269,10 +292,12 @@ async def _write_status(
     logger: logging.Logger | Any,
     quantize: quantization.Outcome | None = None,
     placed: tuple[str, str, str] | None = None,
+    stable_ready: bool | None = None,
 ) -> None:
     new = status_module.status_body(
-        previous, status, degraded=degraded, generation=generation, now=now, placed=placed
-    )
+        previous, status, degraded=degraded, generation=generation, now=now, placed=placed,
+        stable_ready=stable_ready,
+    )  # fmt: skip
     extra = _quantize_status(previous, new, status, quantize) if quantize is not None else {}
     if not status_module.changed(previous, new) and not extra:
         return

@@ -19,6 +19,8 @@ PROGRESSING = "Progressing"
 DEGRADED = "Degraded"
 GATE_HARDWARE = "GateHardwareMatched"
 """spec.placement.matchGateHardware: whether a node with the gate's int8 CPU features took the pods."""
+STABLE_NOT_READY = "StableNotReady"
+"""The Ready condition's reason while the stable revision has no ready server."""
 WAITING_FOR_CANARY = "WaitingForCanaryReadiness"
 """The Progressing condition's reason while a new canary has no ready pod yet."""
 
@@ -38,11 +40,15 @@ def conditions(
     generation: int | None,
     now: float,
     placed: tuple[str, str, str] | None = None,
+    stable_ready: bool | None = None,
 ) -> list[dict[str, Any]]:
     """The three conditions for `status`; `degraded` is (reason, message) when something is wrong;
-    `placed` the (status, reason, message) of GateHardwareMatched, written only when given."""
+    `placed` the (status, reason, message) of GateHardwareMatched, written only when given;
+    `stable_ready` whether the stable revision has a ready server (None: not known)."""
     serving = status.stable is not None and not (status.phase is Phase.PENDING and status.canary is None)
-    if serving:
+    if serving and stable_ready is False:  # `kubectl wait --for=condition=Ready` means it serves
+        ready = ("False", STABLE_NOT_READY, f"{status.stable} has no ready server")
+    elif serving:
         share = 100 - round(status.achieved_weight) if status.canary else 100
         ready = ("True", "StableServing", f"{status.stable} serves {share}% of traffic")
     else:
@@ -85,6 +91,7 @@ def status_body(
     generation: int | None,
     now: float,
     placed: tuple[str, str, str] | None = None,
+    stable_ready: bool | None = None,
 ) -> dict[str, Any]:
     """The full `status` to merge-patch: keys that became None are removed by the merge."""
     body = status.to_dict()
@@ -97,6 +104,7 @@ def status_body(
         generation=generation,
         now=now,
         placed=placed,
+        stable_ready=stable_ready,
     )
     return body
 

@@ -57,3 +57,24 @@ async def test_a_stable_deployment_deleted_or_scaled_down_by_hand_is_restored(
 
     restored = await eventually(lambda: kubectl.deployment(STABLE), what="made again")
     assert restored["spec"]["replicas"] == replicas and restored["metadata"]["labels"]["track"] == "stable"
+
+
+async def test_ready_is_false_while_the_stable_has_no_ready_server_and_true_again_after(
+    kubectl: Kubectl, start_operator: StartOperator
+) -> None:
+    """`kubectl wait --for=condition=Ready` means the model serves: it said True, "serves 100% of
+    traffic", with no ready server at all, for as long as that lasted."""
+    await start_operator(ScriptedMetrics(), resync_interval=0.5)
+    await serving(kubectl, spec_of(V1))
+
+    def ready() -> dict[str, Any]:
+        conditions = ((kubectl.get() or {}).get("status") or {}).get("conditions") or []
+        return next(c for c in conditions if c["type"] == "Ready")
+
+    await kubectl.make_ready(STABLE, 0)
+    down = await eventually(lambda: ready()["status"] == "False" and ready(), what="Ready False")
+    assert down["reason"] == "StableNotReady" and down["message"] == f"{FIRST} has no ready server"
+
+    await kubectl.make_ready(STABLE, 2)
+    up = await eventually(lambda: ready()["status"] == "True" and ready(), what="Ready True again")
+    assert up["reason"] == "StableServing"
