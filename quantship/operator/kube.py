@@ -338,6 +338,10 @@ class KubeWorkloads:
             timeout=self.kube.timeout,
         )
 
+    async def deployment(self, revision: str) -> dict[str, Any] | None:
+        """A revision's Deployment as the index holds it (else as the API does), or None."""
+        return await self._deployment(revision)
+
     async def _deployment(self, revision: str) -> dict[str, Any] | None:
         name = resources.child_name(self.spec, revision)
         watched = self.children.deployment(self.spec.namespace, name)
@@ -547,6 +551,17 @@ class ReplicaRouter:
         await self.workloads.scale(canary, canary_replicas)
         await self.workloads.scale(stable, stable_replicas)
         return 100.0 * canary_replicas / (canary_replicas + stable_replicas)
+
+    async def rebalance(self, stable: str, canary: str, weight: int) -> float | None:
+        """The split of `weight` again, if the Deployments no longer hold it: spec.replicas changed
+        mid-canary (scaled up for load, as Argo Rollouts rescales both ReplicaSets at once), or a
+        Deployment scaled by hand. None when they hold it (read from the index: no request)."""
+        wanted = dict(zip((canary, stable), split(self.spec.replicas, weight), strict=True))
+        for revision, replicas in wanted.items():
+            current = await self.workloads.deployment(revision)
+            if current is not None and current["spec"].get("replicas") != replicas:
+                return await self.route(stable, canary, weight)
+        return None
 
 
 def _same_resources(current: Mapping[str, Any], asked: Mapping[str, Any]) -> bool:

@@ -10,6 +10,7 @@ that changes nothing sends no request. Every decision goes, with the same text, 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -133,18 +134,20 @@ async def _reconcile(
     # promote and abort are for the canary in flight: given while none was, they would act on the
     # next one, which no one has seen yet (as `kubectl argo rollouts promote` of a settled rollout)
     for_a_canary = current.in_flight
+    router = router_for(ctx.kube, spec, workloads)
     try:
         decision = await tick(
             current,
             spec.rollout,
             workloads=workloads,
-            router=router_for(ctx.kube, spec, workloads),
+            router=router,
             metrics=source,
             now=now,
             abort=for_a_canary and crd.ABORT_ANNOTATION in annotations,
             promote=for_a_canary and crd.PROMOTE_ANNOTATION in annotations,
             retry=crd.RETRY_ANNOTATION in annotations,
         )
+        decision = await _rebalanced(router, decision)
     except PortError as exc:
         try:
             await _write_status(ctx, body, previous, current, (exc.reason, str(exc)), generation, now, logger)
@@ -196,6 +199,21 @@ async def _reconcile(
     if retired.stable is not None and not retired.in_flight and not retired.retiring:
         await workloads.conform(retired.stable)  # replicas and resources as the spec says now
     return decision
+
+
+async def _rebalanced(router: TrafficRouter, decision: Decision) -> Decision:
+    """A canary between steps keeps its weight's split of spec.replicas as they change (the replicas
+    router; a gateway's weights do not depend on them). The engine routes only at a step."""
+    status = decision.status
+    routed = decision.action in (Action.SET_WEIGHT, Action.PROMOTE, Action.ROLL_BACK, Action.FAIL)
+    if routed or not isinstance(router, ReplicaRouter) or not (status.in_flight and status.canary):
+        return decision
+    if status.stable is None or status.step < 0:
+        return decision
+    achieved = await router.rebalance(status.stable, status.canary, status.weight)
+    if achieved is None:
+        return decision
+    return dataclasses.replace(decision, status=dataclasses.replace(status, achieved_weight=achieved))
 
 
 async def _stable_ready(workloads: KubeWorkloads, status: RolloutStatus, logger: Any) -> bool | None:

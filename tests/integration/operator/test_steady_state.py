@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from operator_harness import NAMESPACE, Kubectl, ScriptedMetrics, StartOperator, eventually, spec_of
-from test_operator_lifecycle import FIRST, V1, serving
+from test_operator_lifecycle import FIRST, SECOND, V1, V2, serving
 
 STABLE = f"digits-{FIRST}"
 
@@ -78,3 +78,29 @@ async def test_ready_is_false_while_the_stable_has_no_ready_server_and_true_agai
     await kubectl.make_ready(STABLE, 2)
     up = await eventually(lambda: ready()["status"] == "True" and ready(), what="Ready True again")
     assert up["reason"] == "StableServing"
+
+
+async def test_replicas_changed_mid_canary_rescale_both_tracks_to_the_same_weight_at_once(
+    kubectl: Kubectl, start_operator: StartOperator
+) -> None:
+    """Scaled up for load mid-canary, the model got no server more until the next step (an hour
+    here), or ever while a canary was held; Argo Rollouts rescales both ReplicaSets at once."""
+    await start_operator(ScriptedMetrics())
+    await serving(kubectl, spec_of(V1, rollout={"steps": [25, 100], "stepInterval": "1h"}))
+    await kubectl.patch({"spec": {"artifact": {"uri": V2}}})
+    canary = f"digits-{SECOND}"
+    await eventually(lambda: kubectl.deployment(canary), what="the canary Deployment")
+    await kubectl.make_ready(canary)
+    await eventually(lambda: ((kubectl.get() or {}).get("status") or {}).get("step") == 0, what="step 1")
+
+    await kubectl.patch({"spec": {"replicas": 8}})
+
+    def replicas() -> tuple[int, int]:
+        return tuple((kubectl.deployment(name) or {})["spec"]["replicas"] for name in (canary, STABLE))  # type: ignore[return-value]
+
+    await eventually(lambda: replicas() == (2, 6), what="8 servers, 2 of them canaries (25%)")
+    status = await eventually(
+        lambda: (found := (kubectl.get() or {})["status"])["achievedWeight"] == 25.0 and found,
+        what="the achieved weight",
+    )
+    assert status["step"] == 0 and status["phase"] == "Progressing"
