@@ -48,12 +48,33 @@ class Kind(enum.StrEnum):
     RELATIVE_ERROR = "relative_error"
 
 
-def probabilities(scores: np.ndarray) -> np.ndarray:
-    """Rows of class probabilities: the scores themselves when they already are (softmax output),
-    else their softmax (logits)."""
+PROBABILITY_SUM_TOLERANCE = 1e-3
+"""Rows of non-negative scores summing to 1 within this are probabilities (a softmax output), not
+logits."""
+
+
+def are_probabilities(scores: np.ndarray) -> bool:
+    """Whether every row is already a probability distribution (a softmax output)."""
     rows = scores.reshape(len(scores), -1).astype(np.float64)
-    if np.all(rows >= 0) and np.allclose(rows.sum(axis=1), 1.0, atol=1e-3):
-        return rows
+    return bool(np.all(rows >= 0) and np.allclose(rows.sum(axis=1), 1.0, atol=PROBABILITY_SUM_TOLERANCE))
+
+
+def probabilities(scores: np.ndarray, normalized: bool | None = None) -> np.ndarray:
+    """Rows of class probabilities. `normalized`: whether the scores already are probabilities
+    (then rows are only rescaled to sum to 1) or logits (then softmaxed); None judges these scores.
+    Two outputs compared must be read alike, so the caller decides from the FP32 reference: an
+    INT8 softmax output's rows sum to 0.992..1 (uint8 steps), and softmaxing them again as logits
+    flattens them (KL 1.43 where it is 0.0068)."""
+    rows = scores.reshape(len(scores), -1).astype(np.float64)
+    if normalized is None:
+        normalized = are_probabilities(rows)
+    if normalized:
+        rows = np.maximum(rows, 0.0)  # keeps NaN: a broken row stays broken, and disagrees
+        sums = rows.sum(axis=1, keepdims=True)
+        # A row rounded to all zeros (every class under one uint8 step) says only "all small".
+        flat = (sums == 0)[:, 0]
+        rows[flat], sums[flat] = 1.0, rows.shape[1]
+        return rows / sums
     shifted = np.exp(rows - rows.max(axis=1, keepdims=True))
     return shifted / shifted.sum(axis=1, keepdims=True)
 

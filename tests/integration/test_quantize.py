@@ -295,6 +295,34 @@ def test_an_unlabelled_classifier_is_gated_on_the_rows_where_fp32_is_confident(
     assert 0 <= metrics["kl_divergence"] < float("inf")
 
 
+def test_kl_divergence_of_a_softmax_output_reads_the_int8_probabilities_as_probabilities(
+    sample: zoo.SampleModel, tmp_path: Path
+) -> None:
+    """An INT8 softmax output's rows sum to 0.992..1 (uint8 steps): they are probabilities as FP32's
+    are, not logits to softmax again (which read KL 1.43 and rejected every static recipe)."""
+    result = run(
+        sample.model,
+        tmp_path / "a",
+        QuantizeConfig(metric=Metric.KL_DIVERGENCE, output="probabilities", max_trials=0),
+        calibration=sample.calibration,
+        evaluation=sample.evaluation,
+    )
+    manifest = result.artifact.manifest
+    assert manifest["validation"]["gate"] == "passed"
+    assert manifest["quantization"]["mode"] == "static"
+    x = np.load(sample.evaluation)["X"]
+    fp32 = runtime.create_session(sample.model).run(["probabilities"], {"X": x})[0].astype(np.float64)
+    int8 = runtime.create_session(result.artifact.model_path).run(["probabilities"], {"X": x})[0]
+    int8 = int8.astype(np.float64) / int8.sum(axis=1, keepdims=True)
+    eps = 1e-6
+    kl = np.mean(np.sum(fp32 * (np.log(fp32 + eps) - np.log(int8 + eps)), axis=1))
+    metrics = manifest["validation"]["metrics"]
+    assert metrics["kl_divergence"] == pytest.approx(kl, rel=1e-4)
+    # All but the top class round to exactly 0 in INT8: their order is no disagreement.
+    assert metrics["top1_agreement"] == 1.0
+    assert metrics["top5_overlap"] == 1.0
+
+
 def test_a_metric_the_data_cannot_support_is_refused_before_calibrating(
     sample: zoo.SampleModel, tmp_path: Path
 ) -> None:

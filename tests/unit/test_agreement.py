@@ -98,3 +98,15 @@ def test_a_rule_checks_that_it_fits_the_output_it_will_judge() -> None:
         RowRule(Kind.TOP1).check_output(np.dtype(np.float32), (None,))
     with pytest.raises(ValueError, match="needs a float output"):
         RowRule(Kind.COSINE, 0.9).check_output(np.dtype(np.int64), (None, 8))
+
+
+def test_probabilities_decided_by_the_reference_are_renormalised_not_softmaxed() -> None:
+    # An INT8 softmax output: uint8 steps leave its rows summing to 0.992, under the 1e-3 a
+    # reference's probabilities sum within.
+    int8 = np.array([[0.992, 0.0, 0.0], [0.5, 0.492, 0.0]])
+    read_alone = agreement.probabilities(int8)
+    assert read_alone[0, 0] < 0.6  # softmaxed as logits: flattened
+    read_as_probabilities = agreement.probabilities(int8, normalized=True)
+    np.testing.assert_allclose(read_as_probabilities, int8 / int8.sum(axis=1, keepdims=True))
+    # A row rounded to all zeros says only that every class was small.
+    np.testing.assert_allclose(agreement.probabilities(np.zeros((1, 4)), normalized=True), 0.25)
