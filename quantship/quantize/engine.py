@@ -30,6 +30,14 @@ logging.getLogger().setLevel(max(logging.getLogger().level, logging.ERROR))
 
 QUANTIZABLE_OPS = sorted(set(QLinearOpsRegistry) | set(QDQRegistry))
 DYNAMIC_OPS = sorted(IntegerOpsRegistry)
+FOLLOWER_OPS = frozenset(
+    {"Relu", "Clip", "MaxPool", "Reshape", "Squeeze", "Unsqueeze", "Flatten", "Transpose", "Slice", "TopK"}
+)
+"""Ops onnxruntime quantizes only when their input already is (Direct8BitOp, removable activations):
+alone, or after float ops, they stay float."""
+FLOAT_TYPES = frozenset(
+    {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16}
+)
 
 
 MAX_INLINE_BYTES = 2**31 - 1
@@ -223,6 +231,41 @@ def quantized_nodes(fp32: onnx.ModelProto, quantized: onnx.ModelProto, mode: Mod
         if twin is None or twin.op_type != node.op_type or any(name in dq_outputs for name in twin.input):
             result.append(node)
     return result
+
+
+def leading_quantizable_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
+    """Nodes onnxruntime can quantize on their own: an op it quantizes, not one that only follows a
+    quantized input (FOLLOWER_OPS), with a float input (it leaves int64 arithmetic alone). An input
+    of unknown type counts as float: the check refuses only what surely cannot quantize."""
+    ops = (set(QUANTIZABLE_OPS) | set(DYNAMIC_OPS)) - FOLLOWER_OPS
+    candidates = [node for node in model.graph.node if node.domain in ("", "ai.onnx") and node.op_type in ops]
+    if not candidates:
+        return []
+    types = _tensor_types(model)
+    if not all(name in types for node in candidates for name in node.input if name):
+        types = _tensor_types(_with_inferred_types(model))  # only then: it copies the model
+    return [
+        node
+        for node in candidates
+        if any(types.get(name, onnx.TensorProto.FLOAT) in FLOAT_TYPES for name in node.input if name)
+    ]
+
+
+def _with_inferred_types(model: onnx.ModelProto) -> onnx.ModelProto:
+    try:
+        return onnx.shape_inference.infer_shapes(model)
+    except Exception:  # onnx raises its own C++ types; the model's own value_info is all there is
+        return model
+
+
+def _tensor_types(model: onnx.ModelProto) -> dict[str, int]:
+    """Element type of every tensor whose type the model states."""
+    graph = model.graph
+    types = {init.name: init.data_type for init in graph.initializer}
+    for value in (*graph.input, *graph.value_info, *graph.output):
+        if value.type.tensor_type.elem_type:
+            types[value.name] = value.type.tensor_type.elem_type
+    return types
 
 
 def _unique(name: str, taken: set[str]) -> str:

@@ -83,6 +83,7 @@ def run(
 
     _check_writable(out)
     fp32, inputs, calib, evalset = _read_inputs(model_path, config, calibration, evaluation, note)
+    _check_quantizable(fp32, model_path)
     hardware = runtime.hardware()
     config = config.resolved(hardware)
 
@@ -96,7 +97,6 @@ def run(
         prepared = tmp / "prepared.onnx"
         pre_processed = engine.prepare(fp32_path, prepared, pre_process=config.pre_process)
         prepared_model = onnx.load(str(prepared))
-        _check_quantizable(prepared_model, model_path)
         _check_exclusions(config, prepared_model, pre_processed=pre_processed == "applied")
         if pre_processed.startswith("skipped"):
             note(f"onnxruntime's quant_pre_process was {pre_processed}; quantizing the model as given")
@@ -130,6 +130,7 @@ def run(
             raise QuantizeInputError(
                 f"onnxruntime could not quantize {model_path} in any trial: {chosen.error}"
             )
+        _check_something_quantized(trials, config, model_path)
         advice = None if chosen.passed else tuner.advice(trials, traits)
         if advice is not None:
             note(f"no trial passed the gate ({gate.describe()}); {advice}")
@@ -231,10 +232,31 @@ def _check_exclusions(config: QuantizeConfig, model: onnx.ModelProto, *, pre_pro
 def _check_quantizable(model: onnx.ModelProto, source: Path) -> None:
     """A model none of whose ops onnxruntime quantizes would run every trial and fail the gate with
     advice about calibration data: say what it is at once."""
-    ops = {node.op_type for node in model.graph.node if node.domain in ("", "ai.onnx")}
-    if not ops & (set(engine.QUANTIZABLE_OPS) | set(engine.DYNAMIC_OPS)):
-        found = ", ".join(sorted({node.op_type for node in model.graph.node}))
-        raise QuantizeInputError(f"{source}: onnxruntime quantizes none of the model's ops ({found})")
+    if engine.leading_quantizable_nodes(model):
+        return
+    found = {node.op_type for node in model.graph.node}
+    followers = sorted(found & engine.FOLLOWER_OPS)
+    on_ints = sorted(found & (set(engine.QUANTIZABLE_OPS) | set(engine.DYNAMIC_OPS)) - engine.FOLLOWER_OPS)
+    why = [f"{', '.join(followers)} only after an op it quantized"] if followers else []
+    why += [f"{', '.join(on_ints)} only on float inputs"] if on_ints else []
+    because = f": it quantizes {' and '.join(why)}" if why else ""
+    raise QuantizeInputError(
+        f"{source}: onnxruntime quantizes none of the model's ops ({', '.join(sorted(found))}){because}"
+    )
+
+
+def _check_something_quantized(trials: list[tuner.Trial], config: QuantizeConfig, source: Path) -> None:
+    """The backstop of _check_quantizable: trials that all left every node in float are FP32 under
+    another name, whatever the gate said of them."""
+    if any(trial.quantized_nodes for trial in trials):
+        return
+    why = " (or --exclude named every node it would)" if config.excluded_nodes else ""
+    if all(trial.config.mode is Mode.DYNAMIC for trial in trials):
+        ops = ", ".join(sorted(set(engine.DYNAMIC_OPS) - engine.FOLLOWER_OPS))
+        why += f"; dynamic quantization covers only {ops} (static, with --calibration, covers more)"
+    raise QuantizeInputError(
+        f"{source}: onnxruntime quantized no node of the model in any of {len(trials)} trials{why}"
+    )
 
 
 def _manifest(

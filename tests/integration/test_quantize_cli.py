@@ -365,6 +365,64 @@ def test_a_model_none_of_whose_ops_onnxruntime_quantizes_is_refused_at_once(tmp_
     )
 
 
+def _one_node_model(path: Path, nodes: list[onnx.NodeProto], dtype: int = TensorProto.FLOAT) -> Path:
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("X", dtype, ["N", 16])],
+        [helper.make_tensor_value_info("Y", dtype, ["N", 16])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("nodes", "dtype", "why"),
+    [
+        ([helper.make_node("Relu", ["X"], ["Y"])], TensorProto.FLOAT, "Relu only after an op it quantized"),
+        (
+            [
+                helper.make_node("Relu", ["X"], ["T"]),
+                helper.make_node("Transpose", ["T"], ["Y"], perm=[0, 1]),
+            ],
+            TensorProto.FLOAT,
+            "Relu, Transpose only after an op it quantized",
+        ),
+        ([helper.make_node("Add", ["X", "X"], ["Y"])], TensorProto.INT64, "Add only on float inputs"),
+    ],
+)
+def test_a_model_whose_ops_onnxruntime_never_quantizes_there_is_refused_at_once(
+    tmp_path: Path, nodes: list[onnx.NodeProto], dtype: int, why: str
+) -> None:
+    """Ops in onnxruntime's registries that it quantizes only after a quantized op, or only on float
+    inputs: 8 trials quantized 0 nodes and the gate "failed" with advice about calibration data."""
+    model = _one_node_model(tmp_path / "m.onnx", nodes, dtype)
+    rows = _rows(16) if dtype == TensorProto.FLOAT else np.arange(16 * 16).reshape(16, 16)
+    data = _npz(tmp_path / "data.npz", X=rows)
+    code, _, err = _cli(
+        "quantize", model, "-o", tmp_path / "a", "--calibration", data, "--evaluation", data, "-q"
+    )
+    _assert_one_line_error(code, err, f"onnxruntime quantizes none of the model's ops ({nodes[0].op_type}")
+    assert err.strip().splitlines()[-1].endswith(f"it quantizes {why}")
+    assert not (tmp_path / "a").exists()
+
+
+def test_trials_that_all_quantized_nothing_are_refused_not_a_failed_gate(tmp_path: Path) -> None:
+    """A float Add quantizes in static mode, never in dynamic: every trial is the FP32 model."""
+    model = _one_node_model(tmp_path / "add.onnx", [helper.make_node("Add", ["X", "X"], ["Y"])])
+    data = _npz(tmp_path / "data.npz", X=_rows(16))
+    code, _, err = _cli(
+        "quantize", model, "-o", tmp_path / "a", "--mode", "dynamic", "--evaluation", data, "-q"
+    )
+    assert code == 3, err  # ExitCode.REFUSED
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "onnxruntime quantized no node of the model in any of" in last
+    assert "dynamic quantization covers only" in last and "accuracy gate" not in err
+    assert not (tmp_path / "a").exists()
+
+
 def test_a_model_with_external_data_ships_self_contained(tmp_path: Path) -> None:
     """Weights beside the model (as a model over 2 GB must keep them) are inlined into the artifact:
     copied as it was, its model.onnx or reference.onnx would be a stub no server can load."""
