@@ -340,6 +340,24 @@ def write_artifact(
     return Artifact(root=out_dir, manifest=full, signed=sign_key is not None)
 
 
+GATE_FAILED_SUFFIX = ".gate-failed"
+"""Where a failed gate's best effort goes when `-o` holds an artifact it must not replace."""
+
+
+def gate_failed_path(out: Path) -> Path:
+    """`<out>.gate-failed`: beside `out`, for a best effort that must not replace what `out` holds."""
+    return out.with_name(out.name + GATE_FAILED_SUFFIX)
+
+
+def holds_servable(path: Path) -> bool:
+    """Whether `path` holds an artifact not marked `gate: failed` (a passing INT8 model, an FP32
+    package): one that `verify` accepts and `serve` serves, which a failed gate must not replace."""
+    if not _is_artifact_dir(path):
+        return False
+    validation = _read_manifest(path).get("validation")
+    return not (isinstance(validation, dict) and validation.get("gate") == "failed")
+
+
 def replace_dir(new: Path, target: Path) -> None:
     """Put the artifact directory `new` in place as `target`: where nothing is, in place of an empty
     directory, or in place of an older artifact (a manifest quantship reads, and nothing it does not

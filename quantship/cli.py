@@ -448,9 +448,13 @@ def quantize(
         progress=progress,
         warn=lambda message: stderr.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True),
     )
-    stdout.print(summary.table([(out.name, result.artifact)]))
+    stdout.print(summary.table([(result.written_to.name, result.artifact)]))
     if not result.gate_passed:
-        stderr.print(f"[red]accuracy gate failed[/]: best effort written to {out} (marked gate: failed)")
+        kept = f"; the artifact at {out}, whose gate did not fail, is left as it was" if result.kept else ""
+        stderr.print(
+            f"[red]accuracy gate failed[/]: best effort written to {result.written_to} "
+            f"(marked gate: failed){kept}"
+        )
         sys.exit(1)
 
 

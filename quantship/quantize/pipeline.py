@@ -37,6 +37,14 @@ class QuantizeResult:
     int8_bytes: int
     seconds: float
     warnings: list[str]
+    out: Path
+    written_to: Path
+    """Where the artifact went: `out`, or `<out>.gate-failed` when the gate failed and `out` holds
+    an artifact it must not replace (`kept`)."""
+
+    @property
+    def kept(self) -> bool:
+        return self.written_to != self.out
 
     @property
     def gate_passed(self) -> bool:
@@ -163,8 +171,9 @@ def run(
             warnings=said,
             seconds=time.perf_counter() - started,
         )
+        destination = _destination(out, chosen.passed)
         written = artifact.write_artifact(
-            out,
+            destination,
             {artifact.MODEL_FILE: chosen_path, artifact.REFERENCE_FILE: fp32_path},
             manifest,
             sign_key=sign_key,
@@ -178,7 +187,17 @@ def run(
         sizes[artifact.MODEL_FILE]["size"],
         time.perf_counter() - started,
         said,
+        out,
+        destination,
     )
+
+
+def _destination(out: Path, passed: bool) -> Path:
+    """`out`, unless the gate failed and `out` holds a servable artifact: a rerun whose gate failed
+    replaced it, and then `verify` said ok of the failed model and `serve` served it."""
+    if passed or not artifact.holds_servable(out):
+        return out
+    return artifact.gate_failed_path(out)
 
 
 def _read_inputs(
@@ -210,8 +229,9 @@ def _check_writable(out: Path) -> None:
     existing = next((p for p in (parent, *parent.parents) if p.exists()), None)
     if existing is None or not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
         raise QuantizeInputError(f"cannot write the artifact to {out}: {existing or parent} is not writable")
-    if out.exists() and not (out / artifact.MANIFEST_FILE).is_file():
-        raise QuantizeInputError(f"{out} exists and is not an artifact; refusing to overwrite it")
+    for destination in (out, artifact.gate_failed_path(out)):  # the second, should the gate fail
+        if destination.exists() and not (destination / artifact.MANIFEST_FILE).is_file():
+            raise QuantizeInputError(f"{destination} exists and is not an artifact; refusing to overwrite it")
 
 
 def _check_exclusions(config: QuantizeConfig, model: onnx.ModelProto, *, pre_processed: bool) -> None:

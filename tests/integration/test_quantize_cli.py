@@ -75,6 +75,28 @@ def test_a_failed_gate_exits_1_and_marks_the_artifact(sample: zoo.SampleModel, t
     assert json.loads((tmp_path / "a" / "manifest.json").read_text())["validation"]["gate"] == "failed"
 
 
+def test_a_rerun_whose_gate_fails_leaves_a_passing_artifact_and_writes_beside_it(
+    sample: zoo.SampleModel, tmp_path: Path
+) -> None:
+    """A failed rerun into the `-o` of a passing artifact replaced it: `verify` then said ok and
+    `serve` served the failed model."""
+    out = tmp_path / "prod"
+    assert _quantize(sample, out)[0] == 0
+    passing = artifact.load_artifact(out).digest
+    code, stdout, err = _quantize(sample, out, "--threshold", "-1", "--max-trials", "0")
+    assert code == 1, err
+    assert artifact.load_artifact(out).digest == passing
+    failed = artifact.load_artifact(artifact.gate_failed_path(out))
+    assert failed.gate == "failed" and failed.root.name == "prod.gate-failed"
+    message = " ".join(err.split())
+    assert f"best effort written to {out}.gate-failed" in message and "is left as it was" in message
+    assert "prod.gate-failed" in stdout
+    # A failed best effort is no artifact to keep: the next failed run replaces it, in place.
+    assert _quantize(sample, failed.root, "--threshold", "-1", "--max-trials", "0")[0] == 1
+    assert artifact.load_artifact(failed.root).digest != failed.digest
+    assert not artifact.gate_failed_path(failed.root).exists()
+
+
 BAD_INPUTS = {
     "not an onnx file": ("model", b"this is text, not protobuf", "is not an ONNX model"),
     "model onnxruntime cannot load": ("broken-model", None, "onnxruntime cannot load"),
