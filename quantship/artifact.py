@@ -23,7 +23,6 @@ import os
 import shutil
 import stat
 import tarfile
-import tempfile
 import zlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -305,19 +304,22 @@ def write_artifact(
 ) -> Artifact:
     """Write `files` (artifact name -> source path) and a manifest to `out_dir`, all or nothing.
 
-    Everything is written to a sibling temporary directory that is renamed into place at the end,
-    so a reader never sees a half-written artifact and a failure leaves nothing behind.
+    Everything is written to a sibling scratch directory that is renamed into place at the end,
+    so a reader never sees a half-written artifact and a failure leaves nothing behind (what a
+    kill -9 leaves, the next write sweeps).
     """
     if MODEL_FILE not in files:
         raise ArtifactError(f"an artifact needs {MODEL_FILE}", reason="format")
     out_dir = out_dir.resolve()
     parent = out_dir.parent
+    # Built in a scratch directory beside out_dir, under a lock on their parent: one that a killed
+    # write left (kill -9 mid-copy: an artifact's size, forever) is swept by the next.
+    building = contextlib.ExitStack()
     try:
-        parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=parent))
+        staging = building.enter_context(scratch.beside(out_dir, WRITE_SCRATCH))
     except OSError as exc:
         raise ArtifactError(f"cannot write to {parent}: {exc.strerror or exc}", reason="io") from exc
-    try:
+    with building:
         entries: dict[str, dict[str, Any]] = {}
         for name, source in files.items():
             shutil.copyfile(source, staging / name)
@@ -334,12 +336,11 @@ def write_artifact(
         )
         staging.chmod(0o755)
         replace_dir(staging, out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return Artifact(root=out_dir, manifest=full, signed=sign_key is not None)
 
 
+WRITE_SCRATCH = "write"
+"""The kind of write_artifact's scratch directories beside their destination: `.NAME.write-XXXX`."""
 GATE_FAILED_SUFFIX = ".gate-failed"
 """Where a failed gate's best effort goes when `-o` holds an artifact it must not replace."""
 
@@ -362,21 +363,44 @@ def replace_dir(new: Path, target: Path) -> None:
     """Put the artifact directory `new` in place as `target`: where nothing is, in place of an empty
     directory, or in place of an older artifact (a manifest quantship reads, and nothing it does not
     list). Anything else at `target` is someone's data: refused, untouched."""
+    restore_interrupted(target)
     if target.is_dir() and not target.is_symlink() and not any(target.iterdir()):
         target.rmdir()
-    old = target.with_name(f".{target.name}.old")  # a replacement cut short left it: ours as well
     if not target.exists() and not target.is_symlink():
         os.rename(new, target)
-        if _is_artifact_dir(old):  # cut short between its two renames (kill -9): the older one
-            shutil.rmtree(old, ignore_errors=True)
         return
+    old = _displaced(target)
     for ours in (target, old):
         if (ours.exists() or ours.is_symlink()) and not _is_artifact_dir(ours):
             raise ArtifactError(f"{ours} exists and is not an artifact; refusing to replace it", reason="io")
     shutil.rmtree(old, ignore_errors=True)
-    os.rename(target, old)
-    os.rename(new, target)
+    try:
+        os.rename(target, old)
+        os.rename(new, target)
+    except BaseException:  # Ctrl-C, SIGTERM (cli.Terminated) or a failure about the two renames
+        if target.exists():  # not moved aside yet, or the new one in place: `old` is only litter
+            shutil.rmtree(old, ignore_errors=True)
+        restore_interrupted(target)
+        raise
     shutil.rmtree(old, ignore_errors=True)
+
+
+def restore_interrupted(target: Path) -> None:
+    """Put back the artifact a replacement moved aside (`.NAME.old`) when the new one never took
+    its place: killed between the two renames, `target` was gone and the good artifact hidden."""
+    old = _displaced(target)
+    if not target.exists() and not target.is_symlink() and _is_artifact_dir(old):
+        try:
+            os.rename(old, target)
+        except OSError as exc:
+            raise ArtifactError(
+                f"cannot put back the artifact {old} moved aside: {exc.strerror or exc}", reason="io"
+            ) from exc
+
+
+def _displaced(target: Path) -> Path:
+    """Where replace_dir moves the artifact it replaces, until the new one is in place."""
+    return target.with_name(f".{target.name}.old")
 
 
 def pack(artifact_dir: Path, tarball: Path) -> None:

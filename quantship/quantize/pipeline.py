@@ -90,6 +90,7 @@ def run(
             warn(message)
 
     _check_writable(out)
+    artifact.restore_interrupted(out)  # before judging what is there (a failed gate must not replace it)
     fp32, inputs, calib, evalset = _read_inputs(model_path, config, calibration, evaluation, note)
     _check_quantizable(fp32, model_path)
     hardware = runtime.hardware()

@@ -91,6 +91,12 @@ def test_a_rerun_whose_gate_fails_leaves_a_passing_artifact_and_writes_beside_it
     message = " ".join(err.split())
     assert f"best effort written to {out}.gate-failed" in message and "is left as it was" in message
     assert "prod.gate-failed" in stdout
+    # kill -9 between a replacement's two renames hid the passing artifact in `.prod.old`: the
+    # next run puts it back before judging what `-o` holds.
+    out.rename(tmp_path / ".prod.old")
+    assert _quantize(sample, out, "--threshold", "-1", "--max-trials", "0")[0] == 1
+    assert artifact.load_artifact(out).digest == passing
+    assert not (tmp_path / ".prod.old").exists()
     # A failed best effort is no artifact to keep: the next failed run replaces it, in place.
     assert _quantize(sample, failed.root, "--threshold", "-1", "--max-trials", "0")[0] == 1
     assert artifact.load_artifact(failed.root).digest != failed.digest

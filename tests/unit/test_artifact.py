@@ -54,6 +54,35 @@ def test_a_failed_write_leaves_nothing_behind(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_replacement_failing_between_its_two_renames_puts_the_older_artifact_back(tmp_path: Path) -> None:
+    """The except path an interrupt (Ctrl-C, SIGTERM) between the renames takes: it left nothing at
+    the destination and the good artifact hidden in `.NAME.old`."""
+    written = _write(tmp_path, tmp_path / "a")
+    with pytest.raises(FileNotFoundError):  # the second rename: its source is gone
+        artifact.replace_dir(tmp_path / "vanished", tmp_path / "a")
+    assert artifact.load_artifact(tmp_path / "a").manifest == written.manifest
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "m.onnx"]
+
+
+def test_an_artifact_a_killed_replacement_moved_aside_is_put_back(tmp_path: Path) -> None:
+    """kill -9 between the two renames: nothing at `a`, the previous artifact in `.a.old`."""
+    written = _write(tmp_path, tmp_path / "a")
+    (tmp_path / "a").rename(tmp_path / ".a.old")
+    artifact.restore_interrupted(tmp_path / "a")
+    assert artifact.load_artifact(tmp_path / "a").manifest == written.manifest
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "m.onnx"]
+    artifact.restore_interrupted(tmp_path / "b")  # nothing moved aside: nothing to do
+    assert not (tmp_path / "b").exists()
+
+
+def test_the_staging_of_a_write_killed_mid_copy_is_swept_by_the_next(tmp_path: Path) -> None:
+    killed = tmp_path / f".a.{artifact.WRITE_SCRATCH}-k1ll3d"  # kill -9 mid-copy: artifact-sized
+    killed.mkdir()
+    (killed / artifact.MODEL_FILE).write_bytes(b"half a model")
+    _write(tmp_path, tmp_path / "a")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "m.onnx"]
+
+
 def test_refuses_to_replace_a_directory_that_is_not_an_artifact(tmp_path: Path) -> None:
     (tmp_path / "precious").mkdir()
     (tmp_path / "precious" / "thesis.txt").write_text("years of work")
