@@ -431,15 +431,17 @@ def _task(requested: Task | None, output: str, reference: np.ndarray, dataset: D
         return Task.CLASSIFICATION, f"output {output!r} holds integer class ids"
     if reference.ndim < 2 or reference.shape[-1] == 1:
         return Task.REGRESSION, f"output {output!r} has one value per row"
-    if dataset.labels is not None:
-        return Task.CLASSIFICATION, "the evaluation data has labels"
     rows = reference.reshape(len(reference), -1).astype(np.float64)
     if reference.ndim == 2 and agreement.are_probabilities(rows):
         return Task.CLASSIFICATION, f"output {output!r} rows are probabilities (sum to 1)"
+    # An embedding's signs before the labels: labels beside a sentence encoder's data made it a
+    # 384-class argmax classifier, where the gate should say the labels do not apply.
     if reference.ndim == 2 and np.allclose(np.linalg.norm(rows, axis=1), 1.0, atol=1e-3):
         return Task.EMBEDDING, f"output {output!r} rows are unit vectors"
     if any(hint in name for hint in ("embed", "pool", "sentence", "feature", "hidden", "vector")):
         return Task.EMBEDDING, f"output {output!r} is named like an embedding"
+    if dataset.labels is not None:
+        return Task.CLASSIFICATION, "the evaluation data has labels"
     if reference.ndim > 2:
         return Task.EMBEDDING, f"output {output!r} has a vector per position (shape {list(reference.shape)})"
     return Task.CLASSIFICATION, f"output {output!r} has per-class scores on its last axis"

@@ -274,6 +274,18 @@ def test_an_embedding_model_is_gated_on_cosine_and_its_shadow_rule_is_cosine(
     assert validation["metrics"]["cosine_mean"] == pytest.approx(float(np.mean(cosines)), rel=1e-5)
 
 
+def test_labels_beside_an_embedding_models_data_are_refused_not_read_as_class_ids(
+    sample: zoo.SampleModel, tmp_path: Path
+) -> None:
+    model = _embedding_model(tmp_path / "encoder.onnx")
+    evaluation = tmp_path / "evaluation.npz"
+    with np.load(sample.evaluation) as data:
+        np.savez(evaluation, X=data["X"], labels=data["labels"])
+    with pytest.raises(QuantizeInputError, match="the evaluation data has labels, but the task is embedding"):
+        run(model, tmp_path / "a", QuantizeConfig(mode=Mode.DYNAMIC), evaluation=evaluation)
+    assert not (tmp_path / "a").exists()
+
+
 def test_an_unlabelled_classifier_is_gated_on_the_rows_where_fp32_is_confident(
     sample: zoo.SampleModel, tmp_path: Path
 ) -> None:

@@ -35,5 +35,17 @@ def test_the_task_is_inferred_from_the_output(output: str, values: np.ndarray, t
 
 def test_labels_make_a_float_output_a_classifier_and_the_user_has_the_last_word() -> None:
     rows = np.array([[0.6, 0.8]] * 3, dtype=np.float32)
-    assert _task(None, "out", rows, _data(3, labels=True))[0] is Task.CLASSIFICATION
+    assert _task(None, "out", rows * 2, _data(3, labels=True))[0] is Task.CLASSIFICATION
     assert _task(Task.REGRESSION, "out", rows, _data(3)) == (Task.REGRESSION, "--task")
+
+
+@pytest.mark.parametrize(
+    ("output", "values"),
+    [
+        ("out", np.array([[0.6, 0.8], [1.0, 0.0], [0.0, 1.0]], dtype=np.float32)),
+        ("sentence_embedding", np.array([[3.0, 4.0, 1.0]] * 3, dtype=np.float32)),
+    ],
+)
+def test_labels_do_not_make_an_embedding_a_classifier(output: str, values: np.ndarray) -> None:
+    """MiniLM with labels 0..9 beside its data was gated as a 384-class argmax classifier."""
+    assert _task(None, output, values, _data(3, labels=True))[0] is Task.EMBEDDING
