@@ -357,10 +357,6 @@ async def _cancel_superseded(kube: Kube, body: Mapping[str, Any], previous: Mapp
     return f"Job {job_id} of the previous section was cancelled"
 
 
-def gate_message(verdict: Verdict) -> str:
-    return f"{verdict.metric} {verdict.value} against threshold {verdict.threshold}"
-
-
 async def step(kube: Kube, body: Mapping[str, Any], now: float) -> Outcome:
     """What spec.quantize asks of this tick (see the module docstring). Raises InvalidSpec and
     PortError; the status is then left as it was."""
@@ -436,11 +432,11 @@ async def step(kube: Kube, body: Mapping[str, Any], now: float) -> Outcome:
     done.update(metric=result.metric, value=result.value, threshold=result.threshold)
     if not result.passed:
         done.update(
-            state=GATE_FAILED, message=f"accuracy gate failed: {gate_message(result)}; nothing rolled out"
+            state=GATE_FAILED, message=f"accuracy gate failed: {result.describe()}; nothing rolled out"
         )
         return Outcome(done, produced, None if found else (GATE_FAILED, done["message"], True))
     done.update(state=PASSED, artifact=result.artifact)
-    done["message"] = f"accuracy gate passed: {gate_message(result)}; {result.artifact} becomes the canary"
+    done["message"] = f"accuracy gate passed: {result.describe()}; {result.artifact} becomes the canary"
     produced = {"uri": result.artifact, "job": job_id}
     if result.int8_flags is not None:  # for spec.placement.matchGateHardware
         produced["int8Flags"] = list(result.int8_flags)

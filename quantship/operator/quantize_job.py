@@ -22,10 +22,13 @@ import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from quantship import artifact, oci
 from quantship.operator import fetch
+
+if TYPE_CHECKING:
+    from quantship.quantize.evaluate import MetricSpec
 
 MAX_MESSAGE = 4096
 """Kubernetes keeps at most this many bytes of a termination message."""
@@ -48,6 +51,11 @@ class Verdict:
     """The published artifact's URI (an oci:// one pinned by digest); None when the gate failed."""
     int8_flags: tuple[str, ...] | None = None
     """The int8 CPU features of the machine the gate ran on (the manifest's validation.hardware)."""
+    meaning: str | None = None
+    """What the metric's number is (top1_accuracy's is a relative loss, not an accuracy); None from
+    a Job of an older quantship."""
+    higher_is_better: bool | None = None
+    """Whether the threshold is the least value the gate accepts, or the most."""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -57,7 +65,22 @@ class Verdict:
             "threshold": self.threshold,
             "artifact": self.artifact,
             "int8Flags": list(self.int8_flags) if self.int8_flags is not None else None,
+            "meaning": self.meaning,
+            "higherIsBetter": self.higher_is_better,
         }
+
+    def describe(self) -> str:
+        """The gate's number in words: `top1_accuracy 0.02 against threshold 0.01` read as an
+        accuracy of 2%, where it is a relative loss of 2% and the limit the most allowed."""
+        meaning = f" ({self.meaning})" if self.meaning else ""
+        match self.higher_is_better:
+            case True:
+                limit = "the gate needs at least"
+            case False:
+                limit = "the gate allows at most"
+            case None:
+                limit = "threshold"
+        return f"{self.metric}{meaning} {self.value}; {limit} {self.threshold}"
 
 
 def read_result(message: str) -> Verdict | str:
@@ -81,6 +104,7 @@ def read_result(message: str) -> Verdict | str:
     produced = data.get("artifact")
     if passed and not isinstance(produced, str):
         return "the gate passed but the Job named no artifact"
+    meaning, higher = data.get("meaning"), data.get("higherIsBetter")
     return Verdict(
         passed=passed,
         metric=str(data["metric"]) if data.get("metric") is not None else None,
@@ -88,7 +112,20 @@ def read_result(message: str) -> Verdict | str:
         threshold=number("threshold"),
         artifact=produced if passed else None,
         int8_flags=_flags(data.get("int8Flags")),
+        meaning=meaning[:200] if isinstance(meaning, str) else None,
+        higher_is_better=higher if isinstance(higher, bool) else None,
     )
+
+
+def _metric_spec(metric: Any) -> MetricSpec | None:
+    """The gating metric's MetricSpec, or None for a name this quantship does not know. Imported
+    here, in the Job, which quantizes: the operator reading the verdict runs without onnxruntime."""
+    from quantship.quantize.evaluate import METRICS, Metric
+
+    try:
+        return METRICS[Metric(metric)]
+    except ValueError:
+        return None
 
 
 def _flags(value: Any) -> tuple[str, ...] | None:
@@ -195,6 +232,7 @@ def run(
         quantize(model_path, calibration_path, gate_data, out)
         validation = artifact.load_artifact(out).manifest.get("validation", {})
         passed = validation.get("gate") == "passed"
+        spec = _metric_spec(validation.get("metric"))
         verdict = Verdict(
             passed=passed,
             metric=validation.get("metric"),
@@ -202,6 +240,8 @@ def run(
             threshold=validation.get("threshold"),
             artifact=_publish(out, target, pvc_root, registry_config, insecure, timeout) if passed else None,
             int8_flags=_flags((validation.get("hardware") or {}).get("int8_flags")),
+            meaning=spec.meaning if spec else None,
+            higher_is_better=spec.higher_is_better if spec else None,
         )
     except Exception as exc:
         write_result(result_file, {"error": str(exc) or type(exc).__name__})

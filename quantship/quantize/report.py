@@ -147,11 +147,16 @@ def _trials(trials: list[dict[str, Any]], tuning: dict[str, Any]) -> str:
         )
         for t in trials
     ]
+    why = (
+        "the most quantized passing trial, then the fastest batch-1 latency measured on this machine"
+        if any(t["passed"] for t in trials)
+        else "no trial passed the gate: the one that came closest to it, written as a best effort "
+        "marked gate: failed"
+    )
     summary = (
         f"<p>Strategy {html.escape(str(tuning.get('strategy', '?')))}: {len(trials)} trials in "
         f"{tuning.get('seconds', '?')} s, peak RSS {tuning.get('peak_rss_mb', '?')} MB; chose trial "
-        f"{tuning.get('chosen', '?')} ({html.escape(str(tuning.get('stage', '?')))}): the most quantized "
-        "passing trial, then the fastest batch-1 latency measured on this machine.</p>"
+        f"{tuning.get('chosen', '?')} ({html.escape(str(tuning.get('stage', '?')))}): {why}.</p>"
     )
     return (
         reporting.figure(fig, "tuning trials")

@@ -7,6 +7,7 @@ from typing import Any
 from rich.table import Table
 
 from quantship import artifact, reporting
+from quantship.quantize.evaluate import Metric
 
 
 def table(rows: list[tuple[str, artifact.Artifact]], title: str = "quantization summary") -> Table:
@@ -50,8 +51,10 @@ def _gated(validation: dict[str, Any]) -> str:
     value = validation.get("value")
     if value is None:
         return "-"
-    if validation.get("metric") == "top1_accuracy":
-        return f"Δ {reporting.percent(value, signed=True)}"
+    if validation.get("metric") == Metric.TOP1_ACCURACY.value:
+        # The gated value is the relative accuracy loss: a negative one is INT8 doing better.
+        word = "gain" if value < 0 else "loss"
+        return f"accuracy {word} {reporting.percent(abs(value))}"
     return f"{validation.get('metric')} {value:.4g}"
 
 

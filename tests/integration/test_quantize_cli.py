@@ -61,7 +61,11 @@ def test_quantize_writes_an_artifact_and_prints_the_summary(sample: zoo.SampleMo
     code, out, err = _quantize(sample, tmp_path / "a")
     assert code == 0, err
     assert "quantization summary" in out and "passed" in out
-    assert artifact.load_artifact(tmp_path / "a").gate_passed
+    written = artifact.load_artifact(tmp_path / "a")
+    assert written.gate_passed
+    # The gated number is the relative accuracy loss; "97.75%→98.00% | Δ -0.26%" read backwards.
+    loss = written.manifest["validation"]["value"]
+    assert f"accuracy {'gain' if loss < 0 else 'loss'} {abs(loss):.2%}" in out and "Δ" not in out
 
 
 def test_a_failed_gate_exits_1_and_marks_the_artifact(sample: zoo.SampleModel, tmp_path: Path) -> None:
@@ -73,6 +77,10 @@ def test_a_failed_gate_exits_1_and_marks_the_artifact(sample: zoo.SampleModel, t
     assert code == 1
     assert "accuracy gate failed" in err
     assert json.loads((tmp_path / "a" / "manifest.json").read_text())["validation"]["gate"] == "failed"
+    assert _cli("report", tmp_path / "a", "-o", tmp_path / "r.html")[0] == 0
+    page = (tmp_path / "r.html").read_text()
+    assert "no trial passed the gate: the one that came closest to it" in page
+    assert "most quantized passing trial" not in page
 
 
 def test_a_rerun_whose_gate_fails_leaves_a_passing_artifact_and_writes_beside_it(

@@ -30,6 +30,7 @@ from test_operator_gateway_and_rbac import permission_of
 from quantship.operator import crd, permissions, quantization
 from quantship.operator.kube import MERGE_PATCH
 from quantship.operator.quantize_job import Verdict
+from quantship.quantize.evaluate import METRICS, Metric
 
 V1 = "https://models.example.com/digits-v1.tar.gz"
 FIRST = revision(V1)
@@ -186,7 +187,7 @@ async def test_a_quantize_section_runs_a_job_whose_passing_artifact_becomes_the_
     assert "--registry-config" in fetch
     assert [
         e["message"] for e in await eventually(lambda: events(kubectl, "GatePassed"), what="GatePassed")
-    ] == [f"accuracy gate passed: top1_agreement 1.0 against threshold 0.99; {PRODUCED} becomes the canary"]
+    ] == [f"accuracy gate passed: top1_agreement 1.0; threshold 0.99; {PRODUCED} becomes the canary"]
 
     assert [key[2] for key in kubectl.cluster.objects if key[0].plural == "jobs"] == [name], "one Job"
     await kubectl.make_ready(f"digits-{canary}", 1)
@@ -211,12 +212,15 @@ async def test_a_failed_gate_is_phase_gatefailed_with_the_numbers_and_never_a_ca
     job = await quantizing(kubectl)
     name = job["metadata"]["name"]
 
-    verdict = Verdict(passed=False, metric="top1_agreement", value=0.9975, threshold=0.99, artifact=None)
+    # top1_accuracy's number is a relative loss: "top1_accuracy 0.02 against threshold 0.01" read
+    # as an accuracy of 2%
+    meaning = METRICS[Metric.TOP1_ACCURACY].meaning
+    verdict = Verdict(False, "top1_accuracy", 0.02, 0.01, None, meaning=meaning, higher_is_better=False)
     await finish(api, name, exit_code=1, message=json.dumps(verdict.to_json()))
 
     failed = await phase_is(kubectl, "GateFailed")
-    assert failed["quantize"] | {"state": "GateFailed", "metric": "top1_agreement"} == failed["quantize"]
-    assert (failed["quantize"]["value"], failed["quantize"]["threshold"]) == (0.9975, 0.99)
+    assert failed["quantize"] | {"state": "GateFailed", "metric": "top1_accuracy"} == failed["quantize"]
+    assert (failed["quantize"]["value"], failed["quantize"]["threshold"]) == (0.02, 0.01)
     assert failed["quantize"]["rolloutPhase"] == "Promoted"
     assert failed["stableRevision"] == FIRST and failed.get("canaryRevision") is None
     assert "quantizedArtifact" not in failed
@@ -224,7 +228,8 @@ async def test_a_failed_gate_is_phase_gatefailed_with_the_numbers_and_never_a_ca
     assert event["type"] == "Warning"
     assert (
         event["message"]
-        == "accuracy gate failed: top1_agreement 0.9975 against threshold 0.99; nothing rolled out"
+        == f"accuracy gate failed: top1_accuracy ({meaning}) 0.02; the gate allows at most 0.01; "
+        "nothing rolled out"
     )
     deployments = [key[2] for key in kubectl.cluster.objects if key[0].plural == "deployments"]
     assert deployments == [f"digits-{FIRST}"], "no canary"

@@ -95,6 +95,9 @@ def test_a_failing_gate_exits_1_with_the_numbers_and_publishes_nothing(
     assert isinstance(verdict, Verdict) and not verdict.passed
     assert (verdict.metric, verdict.threshold) == ("top1_agreement", 1.0)
     assert verdict.value is not None and verdict.value < 1.0
+    # what the number is travels with it: the operator says it without importing onnxruntime
+    assert (verdict.meaning, verdict.higher_is_better) == ("share of rows with FP32's top-1", True)
+    assert verdict.describe().endswith("; the gate needs at least 1.0")
     assert not (tmp_path / "pvc").exists(), "nothing published"
 
 
