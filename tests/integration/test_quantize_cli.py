@@ -68,6 +68,19 @@ def test_quantize_writes_an_artifact_and_prints_the_summary(sample: zoo.SampleMo
     assert f"accuracy {'gain' if loss < 0 else 'loss'} {abs(loss):.2%}" in out and "Δ" not in out
 
 
+def test_an_empty_directory_at_out_is_written_into_a_full_one_refused(
+    sample: zoo.SampleModel, tmp_path: Path
+) -> None:
+    (tmp_path / "empty").mkdir()
+    assert _quantize(sample, tmp_path / "empty")[0] == 0
+    assert artifact.load_artifact(tmp_path / "empty").gate_passed
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "notes.txt").write_text("mine")
+    code, _, err = _quantize(sample, tmp_path / "full")
+    _assert_one_line_error(code, err, "exists and is not an artifact; refusing to overwrite it")
+    assert [p.name for p in (tmp_path / "full").iterdir()] == ["notes.txt"]
+
+
 def test_a_failed_gate_exits_1_and_marks_the_artifact(sample: zoo.SampleModel, tmp_path: Path) -> None:
     with np.load(sample.calibration) as calibration:
         zeros = _npz(tmp_path / "zeros.npz", X=np.zeros_like(calibration["X"]))  # every range collapses
