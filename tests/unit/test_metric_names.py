@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, generate_latest
 
 from quantship import generate, slo
 from quantship.operator.metrics import OperatorMetrics
@@ -60,3 +60,13 @@ def test_a_counter_is_declared_without_the_suffix_prometheus_client_appends() ->
     assert slo.Metric.ROLLOUTS_TOTAL.declared == "quantship_rollouts"
     assert slo.Metric.ROLLOUT_WEIGHT.declared == "quantship_rollout_weight"
     assert slo.Metric.REQUEST_DURATION_SECONDS.buckets == "quantship_request_duration_seconds_bucket"
+
+
+def test_no_created_series_are_exported_beside_counters_and_histograms() -> None:
+    """A third of a server's series (61 of 186 in one scrape), and nothing reads them."""
+    server, operator = CollectorRegistry(), CollectorRegistry()
+    ServerMetrics(server, {"model": "m", "revision": "r", "track": slo.Track.CANARY}, per_tensor=True)
+    OperatorMetrics(operator)
+    text = generate_latest(server).decode() + generate_latest(operator).decode()
+    assert "quantship_requests_total" in text
+    assert "_created" not in text
