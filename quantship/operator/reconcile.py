@@ -28,6 +28,7 @@ from quantship.operator.watched import Children
 from quantship.rollout import (
     Action,
     Decision,
+    Fault,
     MetricsSource,
     PortError,
     PrometheusSources,
@@ -290,9 +291,10 @@ def _quantize_status(
 
 
 def _degraded_reason(decision: Decision) -> str:
-    if decision.analysis is not None and decision.analysis.misconfigured:
+    faults = decision.analysis.faults() if decision.analysis is not None else set()
+    if decision.fault is Fault.MISCONFIGURED or Fault.MISCONFIGURED in faults:
         return "MetricsMisconfigured"
-    if decision.analysis is not None and decision.analysis.unreachable:
+    if decision.fault is Fault.UNREACHABLE or Fault.UNREACHABLE in faults:
         return "MetricsUnreachable"
     if decision.action is Action.JUDGED:
         return "AnalysisInconclusive"

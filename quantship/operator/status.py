@@ -46,6 +46,15 @@ def conditions(
     `placed` the (status, reason, message) of GateHardwareMatched, written only when given;
     `stable_ready` whether the stable revision has a ready server (None: not known)."""
     serving = status.stable is not None and not (status.phase is Phase.PENDING and status.canary is None)
+    old = {condition.get("type"): condition for condition in previous}
+    was = old.get(READY, {})
+    unread = stable_ready is None and status.stable is not None
+    if (
+        unread
+        and was.get("reason") == STABLE_NOT_READY
+        and was.get("message", "").startswith(f"{status.stable} ")
+    ):
+        stable_ready = False  # not read this time (a tick that failed): what was last known holds
     if serving and stable_ready is False:  # `kubectl wait --for=condition=Ready` means it serves
         ready = ("False", STABLE_NOT_READY, f"{status.stable} has no ready server")
     elif serving:
@@ -62,7 +71,6 @@ def conditions(
     else:
         progressing = ("False", status.phase.value, status.message)
     trouble = ("True", *degraded) if degraded else ("False", "AsExpected", "")
-    old = {condition.get("type"): condition for condition in previous}
     built = []
     kinds = [(READY, ready), (PROGRESSING, progressing), (DEGRADED, trouble)]
     if placed is not None:

@@ -6,7 +6,15 @@ What other parts use: the spec and status types, `decide`/`tick`/`retire`/`run_r
 local demo (`quantship.local`) supply the adapters.
 """
 
-from quantship.rollout.analysis import Analysis, Measurements, Verdict, judge, measure, short_window_ratio
+from quantship.rollout.analysis import (
+    Analysis,
+    Fault,
+    Measurements,
+    Verdict,
+    judge,
+    measure,
+    short_window_ratio,
+)
 from quantship.rollout.engine import (
     Action,
     Decision,
@@ -43,6 +51,7 @@ __all__ = [
     "AnalysisSpec",
     "Counts",
     "Decision",
+    "Fault",
     "GaugeMeasurement",
     "Intervention",
     "Measurement",

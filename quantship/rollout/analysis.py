@@ -252,12 +252,20 @@ class Analysis:
         }
 
 
-def metrics_trouble(faults: set[Fault], reason: str) -> str | None:
+def metrics_fault(faults: set[Fault]) -> Fault | None:
     """What keeps the analysis from judging that an operator must see (the Degraded condition):
     queries Prometheus refused, or a Prometheus that does not answer. None for mere lack of data."""
-    if Fault.MISCONFIGURED in faults:
+    for fault in (Fault.MISCONFIGURED, Fault.UNREACHABLE):
+        if fault in faults:
+            return fault
+    return None
+
+
+def metrics_trouble(fault: Fault | None, reason: str) -> str | None:
+    """The Degraded message of `metrics_fault`'s fault."""
+    if fault is Fault.MISCONFIGURED:
         return f"metrics queries misconfigured: {reason}"
-    if Fault.UNREACHABLE in faults:
+    if fault is Fault.UNREACHABLE:
         return f"metrics unreachable: {reason}"
     return None
 

@@ -27,7 +27,16 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from quantship.rollout.analysis import Analysis, Verdict, judge, measure, metrics_trouble, persisted_faults
+from quantship.rollout.analysis import (
+    Analysis,
+    Fault,
+    Verdict,
+    judge,
+    measure,
+    metrics_fault,
+    metrics_trouble,
+    persisted_faults,
+)
 from quantship.rollout.ports import MetricsSource, PortError, Track, TrafficRouter, Workloads
 from quantship.rollout.spec import OnInconclusive, RolloutSpec
 from quantship.rollout.state import Phase, RolloutStatus
@@ -87,6 +96,8 @@ class Decision:
     """Taken because a person asked (abort / promote): the request is used up."""
     degraded: str | None = None
     """Why the rollout is stuck without having failed (no data, not ready past the deadline)."""
+    fault: Fault | None = None
+    """When `degraded` is the metrics' trouble (Prometheus unreachable, queries refused): which."""
 
     @property
     def warning(self) -> bool:
@@ -222,7 +233,9 @@ def _canary(status: RolloutStatus, obs: Observations, spec: RolloutSpec) -> Deci
     if not analysis_due(status, spec, now) or obs.analysis is None:
         if _holding(status, spec):
             return _wait(status, status.message, degraded=status.message)
-        return _wait(status, _progress_message(status, spec), degraded=_still_in_trouble(status))
+        fault = _still_in_trouble(status)
+        said = metrics_trouble(fault, str((status.last_analysis or {}).get("reason", "")))
+        return _wait(status, _progress_message(status, spec), degraded=said, fault=fault)
     return _judged(status, obs.analysis, spec, now)
 
 
@@ -252,7 +265,8 @@ def _judged(status: RolloutStatus, analysis: Analysis, spec: RolloutSpec, now: f
         case Verdict.INCONCLUSIVE:
             count = status.inconclusive + 1
             judged = replace(judged, inconclusive=count, step_started_at=now)
-            degraded = metrics_trouble(analysis.faults(), analysis.reason)
+            fault = metrics_fault(analysis.faults())
+            degraded = metrics_trouble(fault, analysis.reason)
             if count >= limits.inconclusive_limit:
                 reason = f"{count} inconclusive judgements in a row at {step}: {analysis.reason}"
                 if analysis.misconfigured:  # no outage to wait out: the canary cannot be judged
@@ -268,7 +282,9 @@ def _judged(status: RolloutStatus, analysis: Analysis, spec: RolloutSpec, now: f
             reason = (
                 f"inconclusive judgement {count} of {limits.inconclusive_limit} at {step}: {analysis.reason}"
             )
-            return _decision(Action.JUDGED, judged, now, reason, analysis=analysis, degraded=degraded)
+            return _decision(
+                Action.JUDGED, judged, now, reason, analysis=analysis, degraded=degraded, fault=fault
+            )
     raise AssertionError(analysis.verdict)
 
 
@@ -285,14 +301,17 @@ def _decision(
     retire: tuple[str, ...] = (),
     manual: bool = False,
     degraded: str | None = None,
+    fault: Fault | None = None,
 ) -> Decision:
     retiring = tuple(dict.fromkeys((*status.retiring, *retire)))
     recorded = replace(status, retiring=retiring).with_history(now, action.value, reason)
-    return Decision(action, recorded, reason, analysis, retire, manual, degraded)
+    return Decision(action, recorded, reason, analysis, retire, manual, degraded, fault)
 
 
-def _wait(status: RolloutStatus, reason: str, *, degraded: str | None = None) -> Decision:
-    return Decision(Action.WAIT, replace(status, message=reason), reason, degraded=degraded)
+def _wait(
+    status: RolloutStatus, reason: str, *, degraded: str | None = None, fault: Fault | None = None
+) -> Decision:
+    return Decision(Action.WAIT, replace(status, message=reason), reason, degraded=degraded, fault=fault)
 
 
 def _without_canary(status: RolloutStatus) -> RolloutStatus:
@@ -362,15 +381,13 @@ def _roll_back(
     )
 
 
-def _still_in_trouble(status: RolloutStatus) -> str | None:
+def _still_in_trouble(status: RolloutStatus) -> Fault | None:
     """Between judgements, the trouble the last inconclusive one met (Prometheus down, queries
     refused) is still the news: Degraded stays until a judgement gets through, rather than
     flipping back to healthy on every tick in between and warning again at each judgement."""
     if status.inconclusive == 0 or not status.last_analysis:
         return None
-    return metrics_trouble(
-        persisted_faults(status.last_analysis), str(status.last_analysis.get("reason", ""))
-    )
+    return metrics_fault(persisted_faults(status.last_analysis))
 
 
 def _holding(status: RolloutStatus, spec: RolloutSpec) -> bool:

@@ -518,12 +518,13 @@ async def test_degraded_stays_true_between_judgements_while_prometheus_is_unreac
     phases = [write.get("phase") for write in writes]
     until_rolled_back = writes[: phases.index("RolledBack")]  # a status write holds what changed
     degraded = [
-        condition["status"]
+        (condition["status"], condition["reason"])
         for write in until_rolled_back
         for condition in write.get("conditions") or []
         if condition["type"] == "Degraded"
     ]
-    assert "True" in degraded and "False" not in degraded[degraded.index("True") :], degraded
+    first = degraded.index(("True", "MetricsUnreachable"))
+    assert set(degraded[first:]) == {("True", "MetricsUnreachable")}, degraded  # no NotReady in between
     await posted(kubectl, "RollBack")
     assert len(events(kubectl, "MetricsUnreachable")) == 1, "once, not per judgement"
 

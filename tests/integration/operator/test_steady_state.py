@@ -4,12 +4,29 @@ made again or scaled back by the resync timer. Real kopf runtime against kmock."
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
-from operator_harness import NAMESPACE, Kubectl, ScriptedMetrics, StartOperator, eventually, spec_of
+import kmock
+import pytest
+from kmock_cluster import Cluster
+from operator_harness import (
+    NAMESPACE,
+    TESTS_USER_AGENT,
+    Kubectl,
+    ScriptedMetrics,
+    StartOperator,
+    eventually,
+    spec_of,
+)
 from test_operator_lifecycle import FIRST, SECOND, V1, V2, serving
 
 STABLE = f"digits-{FIRST}"
+
+
+def ready(kubectl: Kubectl) -> dict[str, Any]:
+    conditions = ((kubectl.get() or {}).get("status") or {}).get("conditions") or []
+    return dict(next(c for c in conditions if c["type"] == "Ready"))
 
 
 def server(deployment: dict[str, Any] | None) -> dict[str, Any]:
@@ -67,16 +84,16 @@ async def test_ready_is_false_while_the_stable_has_no_ready_server_and_true_agai
     await start_operator(ScriptedMetrics(), resync_interval=0.5)
     await serving(kubectl, spec_of(V1))
 
-    def ready() -> dict[str, Any]:
-        conditions = ((kubectl.get() or {}).get("status") or {}).get("conditions") or []
-        return next(c for c in conditions if c["type"] == "Ready")
-
     await kubectl.make_ready(STABLE, 0)
-    down = await eventually(lambda: ready()["status"] == "False" and ready(), what="Ready False")
+    down = await eventually(
+        lambda: ready(kubectl)["status"] == "False" and ready(kubectl), what="Ready False"
+    )
     assert down["reason"] == "StableNotReady" and down["message"] == f"{FIRST} has no ready server"
 
     await kubectl.make_ready(STABLE, 2)
-    up = await eventually(lambda: ready()["status"] == "True" and ready(), what="Ready True again")
+    up = await eventually(
+        lambda: ready(kubectl)["status"] == "True" and ready(kubectl), what="Ready True again"
+    )
     assert up["reason"] == "StableServing"
 
 
@@ -104,3 +121,50 @@ async def test_replicas_changed_mid_canary_rescale_both_tracks_to_the_same_weigh
         what="the achieved weight",
     )
     assert status["step"] == 0 and status["phase"] == "Progressing"
+
+
+def operator_requests(cluster: Cluster) -> list[kmock.Request]:
+    return [request for request in cluster if request.headers.get("User-Agent") != TESTS_USER_AGENT]
+
+
+@pytest.mark.parametrize("stable_ready", [True, False], ids=["stable ready", "stable not ready"])
+async def test_a_settled_models_resync_sends_no_request_once_its_status_says_so(
+    cluster: Cluster, kubectl: Kubectl, start_operator: StartOperator, stable_ready: bool
+) -> None:
+    """The resync reads the Deployment index: with hundreds of settled models, a request each per
+    resync would be the operator's whole load on the API server."""
+    await start_operator(ScriptedMetrics(), resync_interval=0.3)
+    await serving(kubectl, spec_of(V1))
+    if not stable_ready:
+        await kubectl.make_ready(STABLE, 0)
+        await eventually(lambda: ready(kubectl)["status"] == "False", what="Ready False")
+    await asyncio.sleep(1)
+    before = len(operator_requests(cluster))
+
+    await asyncio.sleep(2)  # several resyncs
+
+    during = operator_requests(cluster)[before:]
+    assert not during, [f"{request.method} {request.url}" for request in during]
+
+
+async def test_ready_stays_false_when_a_tick_cannot_read_the_stable_or_fails(
+    kubectl: Kubectl, start_operator: StartOperator
+) -> None:
+    """A spec that cannot work (here resources the API admits and the operator refuses) writes its
+    condition without reading the stable: Ready went back to True, serving 100%, with no server."""
+    await start_operator(ScriptedMetrics(), resync_interval=0.3)
+    await serving(kubectl, spec_of(V1))
+    await kubectl.make_ready(STABLE, 0)
+    await eventually(lambda: ready(kubectl)["status"] == "False", what="Ready False")
+
+    bad = {"limits": {"example.com/gpu": "1"}, "requests": {"example.com/gpu": "2"}}
+    await kubectl.patch({"spec": {"resources": bad}})
+
+    await eventually(
+        lambda: any(
+            c["type"] == "Degraded" and c["reason"] == "InvalidSpec"
+            for c in (kubectl.get() or {})["status"]["conditions"]
+        ),
+        what="Degraded InvalidSpec",
+    )
+    assert ready(kubectl)["status"] == "False" and ready(kubectl)["reason"] == "StableNotReady"
