@@ -17,6 +17,7 @@ import fcntl
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -85,35 +86,57 @@ def directory(prefix: str, root: Path | None = None) -> Iterator[Path]:
         remove(path)
 
 
+BESIDE_SUFFIX = re.compile(r"[a-z0-9_]{8}")
+"""What tempfile.mkdtemp adds to a prefix: a name beside `dest` that is more than the prefix and
+this (`.model.write-v2.old`, the artifact `-o model.write-v2` moved aside) is not ours."""
+
+
 @contextlib.contextmanager
 def beside(dest: Path, kind: str) -> Iterator[Path]:
-    """A scratch directory `.NAME.KIND-XXXX` beside `dest`, in which what becomes `dest` is built
-    (then renamed into place), removed on leaving. While it lives, an exclusive lock on the parent
-    directory is held: so every other such directory is a dead run's (kill -9, the OOM killer, a
-    restarted init container: another pid namespace, where an owner file proves nothing) and is
-    removed first. Runs into one directory take turns. Where the file system has no locks, no
-    sweep: a leak rather than another run's files deleted."""
+    """A scratch directory `.NAME.KIND-XXXXXXXX` beside `dest`, in which what becomes `dest` is
+    built (then renamed into place), removed on leaving. Its run holds an exclusive lock on it while
+    it lives (the kernel lets go when the process dies: kill -9, the OOM killer, a restarted init
+    container in another pid namespace, where an owner file would prove nothing); so another such
+    directory whose lock can be taken is a dead run's, and is removed first. Runs never wait for
+    each other. Where the file system has no locks, no sweep: a leak rather than a live run's
+    files deleted."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     prefix = f".{dest.name}.{kind}-"
-    parent = os.open(dest.parent, os.O_RDONLY | os.O_DIRECTORY)  # no lock file to leave behind
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir=dest.parent))
+    held = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         try:
-            fcntl.flock(parent, fcntl.LOCK_EX)
-            locked = True
+            fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
-            locked = False
-        if locked:
-            for entry in os.scandir(dest.parent):
-                if entry.name.startswith(prefix) and entry.is_dir(follow_symlinks=False):
-                    log.info("removed %s, left by a %s that was killed", entry.name, kind)
-                    remove(Path(entry.path))
-        path = Path(tempfile.mkdtemp(prefix=prefix, dir=dest.parent))
-        try:
-            yield path
-        finally:
-            remove(path)
+            pass  # no locks here: and so no sweep, below, either
+        else:
+            _sweep_beside(dest.parent, prefix, keep=path)
+        yield path
     finally:
-        os.close(parent)  # and the lock with it
+        os.close(held)  # and the lock with it
+        remove(path)
+
+
+def _sweep_beside(parent: Path, prefix: str, *, keep: Path) -> None:
+    for entry in os.scandir(parent):
+        name = entry.name
+        if not name.startswith(prefix) or not BESIDE_SUFFIX.fullmatch(name[len(prefix) :]):
+            continue
+        if entry.path == str(keep) or not entry.is_dir(follow_symlinks=False):
+            continue
+        try:
+            other = os.open(entry.path, os.O_RDONLY | os.O_DIRECTORY)
+        except OSError:
+            continue  # gone meanwhile, or not ours to open
+        try:
+            fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)  # held: a live run's
+        except OSError:
+            continue
+        else:
+            log.info("removed %s, left by a run that was killed", name)
+            remove(Path(entry.path))
+        finally:
+            os.close(other)
 
 
 def sweep(root: Path | None = None, prefixes: tuple[str, ...] = PREFIXES) -> list[Path]:

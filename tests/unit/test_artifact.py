@@ -76,7 +76,7 @@ def test_an_artifact_a_killed_replacement_moved_aside_is_put_back(tmp_path: Path
 
 
 def test_the_staging_of_a_write_killed_mid_copy_is_swept_by_the_next(tmp_path: Path) -> None:
-    killed = tmp_path / f".a.{artifact.WRITE_SCRATCH}-k1ll3d"  # kill -9 mid-copy: artifact-sized
+    killed = tmp_path / f".a.{artifact.WRITE_SCRATCH}-k1ll3d00"  # kill -9 mid-copy: artifact-sized
     killed.mkdir()
     (killed / artifact.MODEL_FILE).write_bytes(b"half a model")
     _write(tmp_path, tmp_path / "a")

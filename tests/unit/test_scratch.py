@@ -92,16 +92,21 @@ def test_an_owner_from_another_pid_namespace_is_never_judged_dead() -> None:
 
 def test_a_directory_beside_dest_sweeps_what_killed_runs_left_and_nothing_else(tmp_path: Path) -> None:
     """What an OOM-killed init container left beside its artifact, in an emptyDir it comes back to:
-    its owner was in another pid namespace, so only the lock proves it dead."""
+    its owner was in another pid namespace, so only the lock it no longer holds proves it dead."""
     dest = tmp_path / "model"
-    killed = [tmp_path / ".model.fetch-a1b2", tmp_path / ".model.fetch-c3d4"]
+    killed = [tmp_path / ".model.fetch-a1b2c3d4", tmp_path / ".model.fetch-e5f6g7h8"]
     for leftover in killed:
         (leftover / "artifact").mkdir(parents=True)
         (leftover / "artifact" / "model.onnx").write_bytes(b"half a model")
-    kept = [tmp_path / ".model-cache", tmp_path / ".model.pull-e5f6", tmp_path / ".other.fetch-0000"]
+    kept = [
+        tmp_path / ".model-cache",
+        tmp_path / ".model.pull-e5f6g7h8",  # another kind
+        tmp_path / ".other.fetch-00000000",  # another destination
+        tmp_path / ".model.fetch-v2.old",  # `-o model.fetch-v2`'s artifact, moved aside
+    ]
     for folder in kept:
         folder.mkdir()
-    (tmp_path / ".model.fetch-file").write_text("not a directory: not ours")
+    (tmp_path / ".model.fetch-notadir").write_text("not a directory: not ours")
 
     with scratch.beside(dest, "fetch") as folder:
         assert folder.parent == tmp_path and folder.name.startswith(".model.fetch-")
@@ -109,23 +114,27 @@ def test_a_directory_beside_dest_sweeps_what_killed_runs_left_and_nothing_else(t
         assert all(folder.exists() for folder in kept)
     assert not folder.exists()
     assert sorted(path.name for path in tmp_path.iterdir()) == sorted(
-        [*(folder.name for folder in kept), ".model.fetch-file"]
+        [*(folder.name for folder in kept), ".model.fetch-notadir"]
     )
 
 
-def test_a_directory_beside_dest_waits_for_a_live_run_and_leaves_its_folder(tmp_path: Path) -> None:
-    """Runs into one directory take turns: the second sweeps only once the first is done."""
+def test_a_live_runs_directory_beside_dest_is_left_and_neither_run_waits(tmp_path: Path) -> None:
+    """Two runs into one directory: the second sweeps only what no live run holds, at once."""
     code = (
-        "import sys, time; from pathlib import Path; from quantship import scratch\n"
+        "import sys; from pathlib import Path; from quantship import scratch\n"
         "with scratch.beside(Path(sys.argv[1]) / 'model', 'fetch') as folder:\n"
-        "    print(folder, flush=True); time.sleep(1)\n"
-        "    (folder / 'part').write_text('written to the end')\n"
-        "    (Path(sys.argv[1]) / 'first-left').write_text('')\n"
+        "    (folder / 'part').write_text('being written')\n"
+        "    print(folder, flush=True); sys.stdin.readline()\n"
     )
-    first = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True)
-    assert first.stdout is not None
-    assert Path(first.stdout.readline().strip()).is_dir()  # the first run is inside
+    first = subprocess.Popen(
+        [sys.executable, "-c", code, str(tmp_path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    assert first.stdout is not None and first.stdin is not None
+    live = Path(first.stdout.readline().strip())
 
     with scratch.beside(tmp_path / "model", "fetch"):
-        assert (tmp_path / "first-left").exists(), "entered while the first run was inside"
-    assert first.wait(timeout=30) == 0, "the first run's folder was never taken from under it"
+        assert (live / "part").read_text() == "being written"
+    first.stdin.write("done\n")
+    first.stdin.close()
+    assert first.wait(timeout=30) == 0
+    assert not live.exists(), "removed by its own run"
