@@ -448,13 +448,17 @@ def _task(requested: Task | None, output: str, reference: np.ndarray, dataset: D
 
 
 def _top_k_overlap(reference: np.ndarray, candidate: np.ndarray, k: int) -> float:
-    """Mean share of the reference's top-k classes that are in the candidate's top k. A class is
-    in the candidate's top k when it scores at least the candidate's k-th score: a quantized
-    softmax rounds the small classes to exactly 0, and the order among those ties is arbitrary
-    (ranking them counted 0.57 overlap at 100% top-1 agreement)."""
+    """Mean share of the reference's top-k classes that are in the candidate's top k. Classes tied
+    with the candidate's k-th score share the places left among them: a quantized softmax rounds
+    the small classes to exactly 0, and ranking those ties arbitrarily counted 0.57 overlap at 100%
+    top-1 agreement; counting every tie as kept, a constant (collapsed) row scored 1.0."""
     reference_top = np.argsort(-reference, axis=1, kind="stable")[:, :k]
     kth_score = -np.sort(-candidate, axis=1)[:, k - 1 : k]
-    kept = np.take_along_axis(candidate, reference_top, axis=1) >= kth_score
+    above = (candidate > kth_score).sum(axis=1, keepdims=True)
+    tied = (candidate == kth_score).sum(axis=1, keepdims=True)
+    share_of_a_tie = (k - above) / np.maximum(tied, 1)
+    scores = np.take_along_axis(candidate, reference_top, axis=1)
+    kept = np.where(scores > kth_score, 1.0, np.where(scores == kth_score, share_of_a_tie, 0.0))
     return float(np.mean(kept))
 
 

@@ -89,6 +89,7 @@ def run(
         if warn is not None:
             warn(message)
 
+    out = out.resolve()  # `current -> v3/`: the artifact judged below is v3, as write_artifact writes it
     _check_writable(out)
     artifact.restore_interrupted(out)  # before judging what is there (a failed gate must not replace it)
     fp32, inputs, calib, evalset = _read_inputs(model_path, config, calibration, evaluation, note)

@@ -124,6 +124,23 @@ def test_a_rerun_whose_gate_fails_leaves_a_passing_artifact_and_writes_beside_it
     assert not artifact.gate_failed_path(failed.root).exists()
 
 
+def test_a_failed_rerun_through_a_symlink_leaves_the_passing_artifact_behind_it(
+    sample: zoo.SampleModel, tmp_path: Path
+) -> None:
+    """`current -> v3/`, the usual way to deploy: the link was judged (no artifact: a link), and the
+    write then followed it over the passing v3."""
+    real = tmp_path / "v3"
+    assert _quantize(sample, real)[0] == 0
+    passing = artifact.load_artifact(real).digest
+    (tmp_path / "current").symlink_to("v3")
+
+    code, _, err = _quantize(sample, tmp_path / "current", "--threshold", "-1", "--max-trials", "0")
+
+    assert code == 1, err
+    assert artifact.load_artifact(real).digest == passing
+    assert artifact.load_artifact(artifact.gate_failed_path(real)).gate == "failed"
+
+
 BAD_INPUTS = {
     "not an onnx file": ("model", b"this is text, not protobuf", "is not an ONNX model"),
     "model onnxruntime cannot load": ("broken-model", None, "onnxruntime cannot load"),

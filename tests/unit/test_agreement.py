@@ -110,3 +110,16 @@ def test_probabilities_decided_by_the_reference_are_renormalised_not_softmaxed()
     np.testing.assert_allclose(read_as_probabilities, int8 / int8.sum(axis=1, keepdims=True))
     # A row rounded to all zeros says only that every class was small.
     np.testing.assert_allclose(agreement.probabilities(np.zeros((1, 4)), normalized=True), 0.25)
+
+
+def test_top5_overlap_shares_the_places_left_among_ties_so_a_collapsed_row_scores_what_chance_gives() -> None:
+    """A constant candidate row ties every class with its 5th score: counting every tie as kept
+    scored a collapsed model 1.0."""
+    from quantship.quantize.evaluate import _top_k_overlap
+
+    reference = np.random.default_rng(0).normal(size=(20, 1000))
+    assert _top_k_overlap(reference, reference, 5) == 1.0
+    assert _top_k_overlap(reference, np.zeros_like(reference), 5) == pytest.approx(5 / 1000)
+    flattened = reference.copy()
+    flattened[flattened < np.sort(flattened, axis=1)[:, -2:-1]] = 0.0  # all but the top 2 rounded to 0
+    assert _top_k_overlap(reference, flattened, 5) == pytest.approx((2 + 3 * 3 / 998) / 5)
