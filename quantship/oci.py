@@ -152,6 +152,7 @@ class Reference:
                 "@sha256:DIGEST, REPO in lower-case letters, digits, '.', '_', '-', split by '/'"
             )
         registry, _, path = rest.partition("/")
+        registry = registry.lower()  # a host name has no case; requests writes it lower in every URL
         path, _, digest = path.partition("@")
         name, colon, tag = path.rpartition(":")
         if colon:

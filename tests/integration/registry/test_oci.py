@@ -247,3 +247,17 @@ def test_a_tarball_pushed_leaves_nothing_unpacked_and_pulls_back_readable_by_all
     assert stat.S_IMODE(pulled.root.stat().st_mode) == 0o755
     with pytest.raises(oci.OciError, match="exists; pull into a new directory"):
         oci.pull(registry.uri("quantship/tarball:v1"), tmp_path / "pulled")
+
+
+def test_a_registry_host_written_in_capitals_is_the_same_host(
+    auth_registry: Registry, good_artifact: artifact.Artifact, tmp_path: Path
+) -> None:
+    """requests writes a host in lower case: the credentials, kept for `LocalHost`, were withheld
+    from `localhost`, and the push failed."""
+    port = auth_registry.address.rsplit(":", 1)[1]
+    uri = f"oci://LocalHost:{port}/quantship/capitals:v1"
+    credentials = oci.Credentials(USER, PASSWORD)
+    oci.push(good_artifact.root, uri, credentials=credentials)
+    pulled = oci.pull(uri, tmp_path / "a", credentials=credentials)
+    assert pulled.digest == good_artifact.digest
+    assert str(oci.Reference.parse(uri)) == f"oci://localhost:{port}/quantship/capitals:v1"
