@@ -312,14 +312,20 @@ def termination_message(pods: list[dict[str, Any]]) -> str | None:
     return None
 
 
+Event = tuple[str, str, bool]
+"""(reason, message, warning)."""
+
+
 @dataclass(frozen=True)
 class Outcome:
     status: dict[str, Any] | None
     """status.quantize to write (None: remove it)."""
     produced: dict[str, Any] | None
     """status.quantizedArtifact to write (None: remove it)."""
-    event: tuple[str, str, bool] | None = None
+    event: Event | None = None
     """(reason, message, warning) to post, once, on a change."""
+    cancelled: Event | None = None
+    """The Job of the section this one replaced: deleted, or (a Warning) left running."""
 
 
 async def _owned_job(
@@ -339,22 +345,28 @@ async def _owned_job(
     return found if ours else None
 
 
-async def _cancel_superseded(kube: Kube, body: Mapping[str, Any], previous: Mapping[str, Any] | None) -> str:
+async def _cancel_superseded(
+    kube: Kube, body: Mapping[str, Any], previous: Mapping[str, Any] | None
+) -> Event | None:
     """Delete the Job of a section changed or removed while it ran, as Argo Rollouts aborts the
     analysis of a replaced revision: its verdict would be read by no one, and a quantization holds
-    its CPU and memory for minutes. What was done, as a sentence ("" when nothing ran)."""
+    its CPU and memory for minutes. The event that says so (None when nothing ran)."""
     if not previous or previous.get("state") != RUNNING or not previous.get("job"):
-        return ""
+        return None
     job_id = str(previous["job"])
     try:
         running = await _owned_job(kube, body, job_id, str(previous.get("hash")))
         if running is None:
-            return ""
+            return None
         namespace = body["metadata"].get("namespace", "default")
         await kube.delete_job(namespace, job_id, str(running["metadata"]["uid"]))
     except PortError as exc:  # RBAC from an older chart, the API down: it runs to its end, unread
-        return f"Job {job_id} of the previous section could not be cancelled and runs on ({exc})"
-    return f"Job {job_id} of the previous section was cancelled"
+        return (
+            "QuantizeJobNotCancelled",
+            f"Job {job_id} of the previous section could not be cancelled and runs on ({exc})",
+            True,
+        )
+    return ("QuantizeJobCancelled", f"Job {job_id} of the previous section was cancelled", False)
 
 
 async def step(kube: Kube, body: Mapping[str, Any], now: float) -> Outcome:
@@ -366,8 +378,7 @@ async def step(kube: Kube, body: Mapping[str, Any], now: float) -> Outcome:
     produced: dict[str, Any] | None = status.get("quantizedArtifact")
     quantize = QuantizeSpec.from_spec(spec_section)
     if quantize is None:
-        cancelled = await _cancel_superseded(kube, body, previous)
-        return Outcome(None, None, ("QuantizeJobCancelled", cancelled, False) if cancelled else None)
+        return Outcome(None, None, cancelled=await _cancel_superseded(kube, body, previous))
     name, namespace = metadata["name"], metadata.get("namespace", "default")
     job_id = job_name(name, quantize.hash)
     if previous is None or previous.get("hash") != quantize.hash:
@@ -382,14 +393,15 @@ async def step(kube: Kube, body: Mapping[str, Any], now: float) -> Outcome:
                 "(change the section to run another)"
             )
         cancelled = await _cancel_superseded(kube, body, previous)
-        if cancelled:
-            message += f"; {cancelled}"
         started: dict[str, Any] = {"job": job_id, "hash": quantize.hash, "state": RUNNING, "message": message}
         if not created:
             started["found"] = True  # its outcome, read next, is recorded without an event: no news
         started["startedAt"] = to_timestamp(now)
         return Outcome(
-            started, produced, ("QuantizeJobCreated" if created else "QuantizeJobFound", message, False)
+            started,
+            produced,
+            ("QuantizeJobCreated" if created else "QuantizeJobFound", message, False),
+            cancelled,
         )
     if previous.get("state") != RUNNING:
         return Outcome(previous, produced)

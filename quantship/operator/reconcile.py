@@ -175,10 +175,11 @@ async def _reconcile(
         placed,
         stable_ready,
     )
-    if quantize.event is not None:
-        reason, message, warning = quantize.event
-        (kopf.warn if warning else kopf.info)(_event_target(body), reason=reason, message=message)
-        (logger.warning if warning else logger.info)("%s: %s", reason, message)
+    for event in (quantize.cancelled, quantize.event):
+        if event is not None:
+            reason, message, warning = event
+            (kopf.warn if warning else kopf.info)(_event_target(body), reason=reason, message=message)
+            (logger.warning if warning else logger.info)("%s: %s", reason, message)
     ctx.metrics.record(spec.model, decision, owner=(namespace, name))
     if decision.analysis is not None and current.step_started_at is not None:
         ctx.metrics.judged_late(now - (current.step_started_at + spec.rollout.step_interval))

@@ -479,16 +479,13 @@ async def test_a_job_whose_section_changes_or_goes_while_it_runs_is_deleted_with
     if change == "changed":
         other = {**QUANTIZE, "options": {**QUANTIZE["options"], "threshold": 0.98}}
         await kubectl.patch({"spec": {"quantize": other}})
-        (_, created) = await eventually(
-            lambda: events(kubectl, "QuantizeJobCreated")[1:] and events(kubectl, "QuantizeJobCreated"),
-            what="the second Job",
-        )
-        assert created["message"].endswith(f"; Job {first} of the previous section was cancelled")
+        await eventually(lambda: len(events(kubectl, "QuantizeJobCreated")) == 2, what="the second Job")
     else:
         await kubectl.patch({"spec": {"quantize": None}})
-        (cancelled,) = await eventually(lambda: events(kubectl, "QuantizeJobCancelled"), what="the event")
-        assert cancelled["message"] == f"Job {first} of the previous section was cancelled"
-        assert "quantize" not in status_of(kubectl)
+        await eventually(lambda: "quantize" not in status_of(kubectl), what="status.quantize removed")
+    (cancelled,) = await eventually(lambda: events(kubectl, "QuantizeJobCancelled"), what="the event")
+    assert cancelled["message"] == f"Job {first} of the previous section was cancelled"
+    assert cancelled["type"] == "Normal"
 
     await eventually(lambda: job_of(kubectl, first) is None, what="the first Job deleted")
     (deletion,) = [
@@ -515,4 +512,29 @@ async def test_a_finished_job_is_not_deleted_when_its_section_changes(
 
     await eventually(lambda: "quantize" not in status_of(kubectl), what="status.quantize removed")
     assert job_of(kubectl, first) is not None
+    assert not events(kubectl, "QuantizeJobCancelled")
+
+
+async def test_a_job_the_api_will_not_let_us_delete_runs_on_and_a_warning_says_so(
+    cluster: Cluster, kubectl: Kubectl, start_operator: StartOperator
+) -> None:
+    """The RBAC of an older chart has no jobs delete: the Job runs to its end, unread, and a Normal
+    event said it was "cancelled ... could not be cancelled"."""
+    await start_operator(ScriptedMetrics())
+    await serving(kubectl)
+    first = (await quantizing(kubectl))["metadata"]["name"]
+    await eventually(lambda: status_of(kubectl).get("quantize"), what="status.quantize")
+    forbidden = kmock.KubernetesError(status=403, reason="Forbidden", message="jobs.batch is forbidden")
+    cluster.refuse(
+        lambda request: request.action == kmock.action.DELETE and request.resource.plural == "jobs", forbidden
+    )
+
+    await kubectl.patch({"spec": {"quantize": None}})
+
+    (warning,) = await eventually(lambda: events(kubectl, "QuantizeJobNotCancelled"), what="the warning")
+    assert (
+        warning["type"] == "Warning"
+        and f"Job {first} of the previous section could not be cancelled" in warning["message"]
+    )
+    assert "403" in warning["message"] and job_of(kubectl, first) is not None
     assert not events(kubectl, "QuantizeJobCancelled")
