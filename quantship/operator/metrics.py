@@ -63,6 +63,8 @@ class OperatorMetrics:
         self._models: dict[Owner, str] = {}
         """The model name (spec.modelName) each resource's series were recorded under."""
         self._burn_labels: dict[str, set[tuple[str, str]]] = {}
+        self._last: dict[Owner, tuple[float, float]] = {}
+        """Each resource's last (weight, step): a namesake's, once the other resource is gone."""
 
     def record(self, model: str, decision: Decision, owner: Owner | None = None) -> None:
         """A tick's decision for `model`, ticked for the resource `owner` (namespace, name)."""
@@ -80,8 +82,11 @@ class OperatorMetrics:
             for verdict in Verdict:
                 self.analyses.labels(model, verdict.value)
         status = decision.status
-        self.weight.labels(model).set(status.achieved_weight if status.canary else 0)
-        self.step.labels(model).set(status.step + 1 if status.canary else 0)
+        weight, step = (status.achieved_weight, status.step + 1) if status.canary else (0.0, 0)
+        self.weight.labels(model).set(weight)
+        self.step.labels(model).set(step)
+        if owner is not None:
+            self._last[owner] = (weight, step)
         if decision.analysis is not None:
             self.analyses.labels(model, decision.analysis.verdict.value).inc()
             for (sli, window), rate in decision.analysis.burn_rates().items():
@@ -95,11 +100,16 @@ class OperatorMetrics:
         namespace) records the same model name. Frozen mid-canary, its weight would read as a
         rollout stuck for ever (QuantshipRolloutStuck). Counters stay: they only ever count."""
         model = self._models.pop(owner, None)
+        self._last.pop(owner, None)
         if model is not None:
             self._forget_unowned(model)
 
     def _forget_unowned(self, model: str) -> None:
-        if model in self._models.values():
+        namesakes = [owner for owner, name in self._models.items() if name == model]
+        if namesakes:  # the survivor's own figures, not the gone resource's frozen ones
+            weight, step = self._last.get(namesakes[0], (0.0, 0))
+            self.weight.labels(model).set(weight)
+            self.step.labels(model).set(step)
             return
         for gauge in (self.weight, self.step):
             with contextlib.suppress(KeyError):

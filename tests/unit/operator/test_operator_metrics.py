@@ -35,6 +35,18 @@ def test_a_forgotten_resource_takes_its_gauges_unless_a_namesake_still_records_t
     metrics.forget(("prod", "digits"))  # a second DELETED event: nothing to do
 
 
+def test_a_namesake_left_shows_its_own_figures_not_the_gone_resources_frozen_ones() -> None:
+    registry = CollectorRegistry()
+    metrics = OperatorMetrics(registry)
+    settled = RolloutStatus(phase=Phase.PROMOTED, stable="a1")
+    metrics.record("digits", Decision(Action.WAIT, settled, "serving"), owner=("staging", "digits"))
+    metrics.record("digits", Decision(Action.SET_WEIGHT, CANARY, "step 1"), owner=("prod", "digits"))
+
+    metrics.forget(("prod", "digits"))
+
+    assert weight(registry) == 0  # staging's, until its next tick; not prod's 50% canary
+
+
 def test_a_renamed_model_leaves_no_gauge_under_its_old_name() -> None:
     registry = CollectorRegistry()
     metrics = OperatorMetrics(registry)
