@@ -231,6 +231,8 @@ def _check_writable(out: Path) -> None:
     existing = next((p for p in (parent, *parent.parents) if p.exists()), None)
     if existing is None or not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
         raise QuantizeInputError(f"cannot write the artifact to {out}: {existing or parent} is not writable")
+    if os.path.ismount(out):  # the artifact is built beside it and renamed into place: not across
+        raise QuantizeInputError(f"{out} is a mount point: write the artifact to a directory inside it")
     for destination in (out, artifact.gate_failed_path(out)):  # the second, should the gate fail
         if _in_the_way(destination):
             raise QuantizeInputError(f"{destination} exists and is not an artifact; refusing to overwrite it")
@@ -238,7 +240,7 @@ def _check_writable(out: Path) -> None:
 
 def _in_the_way(destination: Path) -> bool:
     """Something at `destination` that writing an artifact there would replace but is not one: an
-    empty directory (made for the artifact, a mount point) is not in the way."""
+    empty directory (made for the artifact) is not in the way."""
     if destination.is_dir() and not destination.is_symlink() and not any(destination.iterdir()):
         return False
     return destination.exists() and not (destination / artifact.MANIFEST_FILE).is_file()

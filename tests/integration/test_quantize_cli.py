@@ -79,6 +79,10 @@ def test_an_empty_directory_at_out_is_written_into_a_full_one_refused(
     code, _, err = _quantize(sample, tmp_path / "full")
     _assert_one_line_error(code, err, "exists and is not an artifact; refusing to overwrite it")
     assert [p.name for p in (tmp_path / "full").iterdir()] == ["notes.txt"]
+    # a mount point (here /proc, one on every Linux): the artifact is renamed into place, never
+    # across file systems; refused at once, not with EBUSY after the calibration and the trials
+    code, _, err = _quantize(sample, Path("/proc"))
+    _assert_one_line_error(code, err, "/proc is a mount point: write the artifact to a directory inside it")
 
 
 def test_a_failed_gate_exits_1_and_marks_the_artifact(sample: zoo.SampleModel, tmp_path: Path) -> None:
