@@ -102,19 +102,44 @@ def beside(dest: Path, kind: str) -> Iterator[Path]:
     files deleted."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     prefix = f".{dest.name}.{kind}-"
-    path = Path(tempfile.mkdtemp(prefix=prefix, dir=dest.parent))
-    held = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    path, held, locked = _made_and_held(dest.parent, prefix)
     try:
-        try:
-            fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            pass  # no locks here: and so no sweep, below, either
-        else:
+        if locked:  # else no locks here: and so no sweep either
             _sweep_beside(dest.parent, prefix, keep=path)
         yield path
     finally:
         os.close(held)  # and the lock with it
         remove(path)
+
+
+BESIDE_ATTEMPTS = 100
+
+
+def _made_and_held(parent: Path, prefix: str) -> tuple[Path, int, bool]:
+    """A new directory and an open descriptor holding its lock (False: the file system has none).
+    Between mkdtemp and the lock another run may take it for a dead run's and sweep it: then it is
+    gone, or that run holds its lock, and a new one is made."""
+    for _ in range(BESIDE_ATTEMPTS):
+        path = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+        try:
+            held = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        except FileNotFoundError:
+            continue  # swept already
+        try:
+            fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:  # a sweeper holds it, and removes it
+            os.close(held)
+            continue
+        except OSError:
+            return path, held, False
+        try:
+            same = os.stat(path).st_ino == os.fstat(held).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            return path, held, True
+        os.close(held)  # swept before our lock: what we hold is gone
+    raise OSError(f"could not make a scratch directory in {parent}: other runs kept sweeping it")
 
 
 def _sweep_beside(parent: Path, prefix: str, *, keep: Path) -> None:
