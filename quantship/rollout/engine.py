@@ -231,9 +231,9 @@ def _canary(status: RolloutStatus, obs: Observations, spec: RolloutSpec) -> Deci
         return _wait(replace(status, step_started_at=now), went_back)
     # progressing: judge at the end of the step; while holding, the hold's reason stays
     if not analysis_due(status, spec, now) or obs.analysis is None:
-        if _holding(status, spec):
-            return _wait(status, status.message, degraded=status.message)
         fault = _still_in_trouble(status)
+        if _holding(status, spec):
+            return _wait(status, status.message, degraded=status.message, fault=fault)
         said = metrics_trouble(fault, str((status.last_analysis or {}).get("reason", "")))
         return _wait(status, _progress_message(status, spec), degraded=said, fault=fault)
     return _judged(status, obs.analysis, spec, now)
@@ -278,7 +278,9 @@ def _judged(status: RolloutStatus, analysis: Analysis, spec: RolloutSpec, now: f
                 if limits.on_inconclusive is OnInconclusive.ROLLBACK:
                     return _roll_back(judged, now, reason, analysis=analysis)
                 held = f"holding: {reason}"
-                return _decision(Action.JUDGED, judged, now, held, analysis=analysis, degraded=held)
+                return _decision(
+                    Action.JUDGED, judged, now, held, analysis=analysis, degraded=held, fault=fault
+                )
             reason = (
                 f"inconclusive judgement {count} of {limits.inconclusive_limit} at {step}: {analysis.reason}"
             )

@@ -14,6 +14,7 @@ from quantship import slo
 from quantship.rollout import (
     Action,
     Decision,
+    Fault,
     Intervention,
     OnInconclusive,
     Phase,
@@ -442,3 +443,34 @@ async def test_an_adapter_failure_commits_nothing_and_the_next_tick_retries(
     assert final.phase is Phase.PROMOTED
     assert router.weights == [5, 25, 50, 100]
     assert [d.action for d in decisions].count(Action.SET_WEIGHT) == 4
+
+
+async def test_a_held_canary_says_prometheus_is_down_on_every_tick_not_only_at_judgements(
+    make_spec: Callable[..., RolloutSpec],
+    workloads: MemoryWorkloads,
+    router: MemoryRouter,
+    metrics: MemoryMetrics,
+) -> None:
+    """Held after too many inconclusive judgements, the ticks between judgements said no fault: the
+    Degraded reason flipped from MetricsUnreachable to NotReady and back at every judgement."""
+    metrics.serve("v1", GOOD)
+    metrics.serve("v2", GOOD)
+    metrics.down = True
+    spec = make_spec(analysis={"inconclusive_limit": 2, "on_inconclusive": OnInconclusive.HOLD})
+
+    async def recover() -> None:
+        await asyncio.sleep(5 + 4 * 60 + 1)
+        metrics.down = False
+
+    recovering = asyncio.create_task(recover())
+    workloads.running["v1"] = Track.STABLE
+    decisions: list[Decision] = []
+    await run_rollout(
+        spec, RolloutStatus(phase=Phase.PROMOTED, stable="v1"), workloads=workloads, router=router,
+        metrics=metrics, interval=5.0, clock=asyncio.get_running_loop().time, on_decision=decisions.append,
+    )  # fmt: skip
+    await recovering
+
+    troubled = [decision for decision in decisions if decision.degraded]
+    assert any(decision.action is Action.WAIT for decision in troubled), "held between judgements"
+    assert {decision.fault for decision in troubled} == {Fault.UNREACHABLE}
