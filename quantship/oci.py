@@ -714,7 +714,7 @@ def _login(reference: Reference, credentials: Credentials | None) -> tuple[str, 
         auths = json.loads(credentials.docker_config.read_text()).get("auths", {})
     except (OSError, ValueError, AttributeError) as exc:
         raise OciError(f"cannot read the Docker config {credentials.docker_config}: {exc}") from exc
-    entry = auths.get(reference.registry) or auths.get(f"https://{reference.registry}") or {}
+    entry = _auth_for(auths, reference.registry)
     if "username" in entry and "password" in entry:
         return str(entry["username"]), str(entry["password"])
     if "auth" in entry:
@@ -726,6 +726,18 @@ def _login(reference: Reference, credentials: Credentials | None) -> tuple[str, 
             ) from exc
         return user, password
     return None
+
+
+def _auth_for(auths: Any, registry: str) -> dict[str, Any]:
+    """The Docker config's entry for `registry`: keyed by its host as someone wrote it, with or
+    without a scheme and a path (`https://Registry.Example.com/v1/`); a host has no case."""
+    if not isinstance(auths, dict):
+        return {}
+    for key, entry in auths.items():
+        written = str(key) if "://" in str(key) else f"//{key}"
+        if urllib.parse.urlsplit(written).netloc.lower() == registry and isinstance(entry, dict):
+            return entry
+    return {}
 
 
 @contextmanager

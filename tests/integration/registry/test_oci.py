@@ -261,3 +261,9 @@ def test_a_registry_host_written_in_capitals_is_the_same_host(
     pulled = oci.pull(uri, tmp_path / "a", credentials=credentials)
     assert pulled.digest == good_artifact.digest
     assert str(oci.Reference.parse(uri)) == f"oci://localhost:{port}/quantship/capitals:v1"
+    # a pull secret made with `kubectl create secret docker-registry --docker-server=https://LocalHost:…/`
+    config = tmp_path / "config.json"
+    token = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+    config.write_text(json.dumps({"auths": {f"https://LocalHost:{port}/v1/": {"auth": token}}}))
+    again = oci.pull(uri, tmp_path / "b", credentials=oci.Credentials(docker_config=config))
+    assert again.digest == good_artifact.digest
