@@ -227,12 +227,12 @@ def _read_inputs(
 
 def _check_writable(out: Path) -> None:
     """Fail before an hour of calibration, not after."""
+    if os.path.ismount(out):  # the artifact is built beside it and renamed into place: not across
+        raise QuantizeInputError(f"{out} is a mount point: write the artifact to a directory inside it")
     parent = out.resolve().parent
     existing = next((p for p in (parent, *parent.parents) if p.exists()), None)
     if existing is None or not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
         raise QuantizeInputError(f"cannot write the artifact to {out}: {existing or parent} is not writable")
-    if os.path.ismount(out):  # the artifact is built beside it and renamed into place: not across
-        raise QuantizeInputError(f"{out} is a mount point: write the artifact to a directory inside it")
     for destination in (out, artifact.gate_failed_path(out)):  # the second, should the gate fail
         if _in_the_way(destination):
             raise QuantizeInputError(f"{destination} exists and is not an artifact; refusing to overwrite it")
