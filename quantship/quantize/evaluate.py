@@ -448,17 +448,25 @@ def _task(requested: Task | None, output: str, reference: np.ndarray, dataset: D
 
 
 def _top_k_overlap(reference: np.ndarray, candidate: np.ndarray, k: int) -> float:
-    """Mean share of the reference's top-k classes that are in the candidate's top k. Classes tied
-    with the candidate's k-th score share the places left among them: a quantized softmax rounds
-    the small classes to exactly 0, and ranking those ties arbitrarily counted 0.57 overlap at 100%
-    top-1 agreement; counting every tie as kept, a constant (collapsed) row scored 1.0."""
+    """Mean share of the reference's top-k classes that are in the candidate's top k. A class tied
+    with the candidate's k-th score is kept when the reference scores it within one of the
+    candidate's steps of that score: a quantized softmax rounds the small classes to exactly 0, and
+    their order was lost to rounding, not changed (ranking those ties counted 0.57 overlap at 100%
+    top-1 agreement). Other ties share the places left: a collapsed (constant) row has no step,
+    and scores what chance gives, not 1.0."""
     reference_top = np.argsort(-reference, axis=1, kind="stable")[:, :k]
     kth_score = -np.sort(-candidate, axis=1)[:, k - 1 : k]
+    gaps = np.diff(np.sort(candidate, axis=1), axis=1)
+    gaps[gaps <= 0] = np.inf
+    step = gaps.min(axis=1, keepdims=True) if gaps.shape[1] else np.full((len(candidate), 1), np.inf)
+    step[np.isinf(step)] = 0.0  # one value only: no resolution to lose an order to
     above = (candidate > kth_score).sum(axis=1, keepdims=True)
     tied = (candidate == kth_score).sum(axis=1, keepdims=True)
     share_of_a_tie = (k - above) / np.maximum(tied, 1)
     scores = np.take_along_axis(candidate, reference_top, axis=1)
-    kept = np.where(scores > kth_score, 1.0, np.where(scores == kth_score, share_of_a_tie, 0.0))
+    rounded_alike = np.abs(np.take_along_axis(reference, reference_top, axis=1) - kth_score) <= step
+    tie = np.where(rounded_alike, 1.0, share_of_a_tie)
+    kept = np.where(scores > kth_score, 1.0, np.where(scores == kth_score, tie, 0.0))
     return float(np.mean(kept))
 
 

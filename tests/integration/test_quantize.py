@@ -331,18 +331,18 @@ def test_kl_divergence_of_a_softmax_output_reads_the_int8_probabilities_as_proba
     metrics = manifest["validation"]["metrics"]
     assert metrics["kl_divergence"] == pytest.approx(kl, rel=1e-4)
     assert metrics["top1_agreement"] == 1.0
-    # Most classes round to exactly 0 in INT8: tied with the 5th score, they share the places left
-    # (the overlap a random order among them would give on average), neither all kept nor ranked.
-    shares = []
-    for reference_row, int8_row in zip(fp32, int8, strict=True):
+    # Most classes round to exactly 0 in INT8, tied with the 5th score; FP32 scores them within one
+    # INT8 step of 0: their order was lost to rounding, not changed, and they count as kept.
+    steps = [min(b - a for a, b in zip(sorted(set(row)), sorted(set(row))[1:], strict=False)) for row in int8]
+    kept = []
+    for reference_row, int8_row, step in zip(fp32, int8, steps, strict=True):
         fifth = sorted(int8_row, reverse=True)[4]
-        above, tied = sum(v > fifth for v in int8_row), sum(v == fifth for v in int8_row)
-        top = sorted(range(len(reference_row)), key=lambda c: -reference_row[c])[:5]
-        shares += [
-            1.0 if int8_row[c] > fifth else (5 - above) / tied if int8_row[c] == fifth else 0.0 for c in top
-        ]
-    assert metrics["top5_overlap"] == pytest.approx(sum(shares) / len(shares))
-    assert metrics["top5_overlap"] < 1.0
+        for c in sorted(range(len(reference_row)), key=lambda c: -reference_row[c])[:5]:
+            kept.append(
+                int8_row[c] > fifth or (int8_row[c] == fifth and abs(reference_row[c] - fifth) <= step)
+            )
+    assert metrics["top5_overlap"] == pytest.approx(sum(kept) / len(kept))
+    assert metrics["top5_overlap"] > 0.95
 
 
 def test_a_metric_the_data_cannot_support_is_refused_before_calibrating(

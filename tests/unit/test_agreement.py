@@ -112,14 +112,15 @@ def test_probabilities_decided_by_the_reference_are_renormalised_not_softmaxed()
     np.testing.assert_allclose(agreement.probabilities(np.zeros((1, 4)), normalized=True), 0.25)
 
 
-def test_top5_overlap_shares_the_places_left_among_ties_so_a_collapsed_row_scores_what_chance_gives() -> None:
+def test_top5_overlap_keeps_ties_lost_to_rounding_and_scores_a_collapsed_row_as_chance() -> None:
     """A constant candidate row ties every class with its 5th score: counting every tie as kept
-    scored a collapsed model 1.0."""
+    scored a collapsed model 1.0. Classes a quantized softmax rounded to 0, which the reference
+    scores within one step of 0, lost only their order."""
     from quantship.quantize.evaluate import _top_k_overlap
 
     reference = np.random.default_rng(0).normal(size=(20, 1000))
     assert _top_k_overlap(reference, reference, 5) == 1.0
     assert _top_k_overlap(reference, np.zeros_like(reference), 5) == pytest.approx(5 / 1000)
-    flattened = reference.copy()
-    flattened[flattened < np.sort(flattened, axis=1)[:, -2:-1]] = 0.0  # all but the top 2 rounded to 0
-    assert _top_k_overlap(reference, flattened, 5) == pytest.approx((2 + 3 * 3 / 998) / 5)
+    probabilities = np.array([[0.9, 0.05, 0.03, 0.01, 0.005, 0.003, 0.002]])
+    rounded = np.array([[0.9, 0.1, 0.0, 0.0, 0.0, 0.0, 0.0]])  # steps of 0.1: the rest is below one
+    assert _top_k_overlap(probabilities, rounded, 5) == 1.0
