@@ -104,10 +104,11 @@ def expand(template: str, labels: dict[str, str], value: float) -> str:
     if "{{ $value | humanize }}" in text:
         text = text.replace("{{ $value | humanize }}", humanize(value))
     text = text.replace("{{ $value }}", go_value(value))
-    # {{ with $labels.x }}{{ . }}/{{ end }}: "x/" where the label is set, nothing where not
+    # {{ with $labels.x }}...{{ . }}...{{ end }}: the inside, with x for {{ . }}, where the label is
+    # set; nothing where not
     text = re.sub(
-        r"\{\{ with \$labels\.(\w+) \}\}\{\{ \. \}\}(.*?)\{\{ end \}\}",
-        lambda match: f"{labels[match[1]]}{match[2]}" if labels.get(match[1]) else "",
+        r"\{\{ with \$labels\.(\w+) \}\}(.*?)\{\{ end \}\}",
+        lambda match: match[2].replace("{{ . }}", labels[match[1]]) if labels.get(match[1]) else "",
         text,
     )
     return re.sub(r"\{\{ \$labels\.(\w+) \}\}", lambda match: labels[match[1]], text)
