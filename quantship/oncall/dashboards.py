@@ -147,6 +147,21 @@ def thresholds(steps: dict[float, str], base: str = "green") -> builders.Thresho
 Panel = timeseries.Panel | stat.Panel | table.Panel | heatmap.Panel
 
 
+def _labels_variable(label: str, title: str, series: str, *, every: str) -> builders.QueryVariable:
+    """A multi-value variable of `label`'s values in `series`; "All" stands for the regex `every`."""
+    return (
+        builders.QueryVariable(label)
+        .label(title)
+        .datasource(DATASOURCE)
+        .query(f"label_values({series}, {label})")
+        .refresh(models.VariableRefresh.ON_TIME_RANGE_CHANGED)
+        .sort(models.VariableSort.ALPHABETICAL_ASC)
+        .multi(True)
+        .include_all(True)
+        .all_value(every)
+    )
+
+
 class Board:
     """One dashboard under construction: numbers its panels and their queries as Grafana expects."""
 
@@ -163,28 +178,12 @@ class Board:
             .time("now-6h", "now")
             .timezone("browser")
             .with_variable(builders.DatasourceVariable("datasource").label("Data source").type("prometheus"))
+            # "All" is .* for namespaces: it also matches series without the label (no Kubernetes scrape)
+            .with_variable(_labels_variable(slo.NAMESPACE, "Namespace", M.MODEL_INFO, every=".*"))
             .with_variable(
-                # "All" is .* so that it also matches series without the label (no Kubernetes scrape)
-                builders.QueryVariable(slo.NAMESPACE)
-                .label("Namespace")
-                .datasource(DATASOURCE)
-                .query(f"label_values({M.MODEL_INFO}, {slo.NAMESPACE})")
-                .refresh(models.VariableRefresh.ON_TIME_RANGE_CHANGED)
-                .sort(models.VariableSort.ALPHABETICAL_ASC)
-                .multi(True)
-                .include_all(True)
-                .all_value(".*")
-            )
-            .with_variable(
-                builders.QueryVariable("model")
-                .label("Model")
-                .datasource(DATASOURCE)
-                .query(f'label_values({M.MODEL_INFO}{{{slo.NAMESPACE}=~"$namespace"}}, model)')
-                .refresh(models.VariableRefresh.ON_TIME_RANGE_CHANGED)
-                .sort(models.VariableSort.ALPHABETICAL_ASC)
-                .multi(True)
-                .include_all(True)
-                .all_value(".+")
+                _labels_variable(
+                    "model", "Model", f'{M.MODEL_INFO}{{{slo.NAMESPACE}=~"$namespace"}}', every=".+"
+                )
             )
             .link(
                 builders.DashboardLink("quantship")

@@ -214,16 +214,10 @@ def token_server() -> Iterator[TokenServer]:
             pass
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
     key, certificate = _issuer_key()
     tokens = TokenServer(f"127.0.0.1:{server.server_address[1]}", key, certificate)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
+    with _serving(server):
         yield tokens
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 @dataclass
@@ -265,12 +259,19 @@ def relaying(target: str) -> Iterator[Relay]:
             back.join(30)
 
     server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
     relay = Relay(f"127.0.0.1:{server.server_address[1]}")
+    with _serving(server):
+        yield relay
+
+
+@contextmanager
+def _serving(server: socketserver.BaseServer) -> Iterator[None]:
+    """`server` answering in a thread of its own (a thread per connection) until the block ends."""
+    server.daemon_threads = True  # type: ignore[attr-defined]
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     try:
-        yield relay
+        yield
     finally:
         server.shutdown()
         server.server_close()
