@@ -312,8 +312,8 @@ def write_artifact(
         raise ArtifactError(f"an artifact needs {MODEL_FILE}", reason="format")
     out_dir = out_dir.resolve()
     parent = out_dir.parent
-    # Built in a scratch directory beside out_dir, under a lock on their parent: one that a killed
-    # write left (kill -9 mid-copy: an artifact's size, forever) is swept by the next.
+    # Built in a scratch directory beside out_dir (scratch.beside): one that a killed write left
+    # (kill -9 mid-copy: an artifact's size, forever) is swept by the next.
     building = contextlib.ExitStack()
     try:
         staging = building.enter_context(scratch.beside(out_dir, WRITE_SCRATCH))

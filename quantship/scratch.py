@@ -7,6 +7,9 @@ prefixes, it is a real directory of this user (no symlink), its owner file reads
 dead (no such process, or the pid now belongs to a process started later). A live process's
 directory, one from another pid namespace (a container sharing /tmp) and anything unmarked are left
 alone: a leak is better than deleting a running server's model from under it.
+`beside` makes a directory next to a destination instead (what a pull, a fetch or a write renames into
+place), proven live by the lock its run holds on it rather than by an owner file, which would be
+renamed into place with it.
 It imports nothing else of quantship, so any part may use it.
 """
 

@@ -25,10 +25,10 @@ NAMESPACE_PARAMETER = "{{ with $labels.namespace }}&var-namespace={{ . }}{{ end 
 Kubernetes scrape); without, the variable stays at All."""
 
 
-def dashboard_url(uid: str, model: str, base: str = GRAFANA_URL, namespace: str = NAMESPACE_PARAMETER) -> str:
-    """A dashboard opened on one model; `model` may be an alert template such as {{ $labels.model }},
-    and `namespace` the query parameter its namespace adds."""
-    return f"{base}/d/{uid}/?var-model={model}{namespace}"
+def dashboard_url(uid: str, model: str, base: str = GRAFANA_URL) -> str:
+    """A dashboard opened on one model, in its alert's namespace; `model` may be an alert template
+    such as {{ $labels.model }}."""
+    return f"{base}/d/{uid}/?var-model={model}{NAMESPACE_PARAMETER}"
 
 
 def runbook_anchor(heading: str) -> str:

@@ -16,6 +16,7 @@ and its archive is unpacked within `artifact.ArchiveLimits`. Refused, nothing st
 
 from __future__ import annotations
 
+import contextlib
 import re
 import urllib.parse
 from pathlib import Path
@@ -144,15 +145,17 @@ def fetch(
     that (`artifact.ArchiveLimits`). `timeout` bounds each connect and read.
     `registry_config`: a Docker config.json with the oci:// registry's credentials."""
     key = artifact.load_public_key(public_key) if public_key else None
+    # beside dest, so the rename is atomic; what a killed fetch (an OOM-killed init container,
+    # restarted on the same emptyDir) left there is swept
+    building = contextlib.ExitStack()
     try:
-        # beside dest, so the rename is atomic; what a killed fetch (an OOM-killed init container,
-        # restarted on the same emptyDir) left there is swept
-        with scratch.beside(dest, "fetch") as folder:
-            return _fetch_into(
-                folder, uri, dest, key, pvc_root, timeout, max_bytes, cross_host_redirects, registry_config
-            )
+        folder = building.enter_context(scratch.beside(dest, "fetch"))
     except OSError as exc:
         raise FetchError(f"cannot write beside {dest}: {exc.strerror or exc}") from exc
+    with building:
+        return _fetch_into(
+            folder, uri, dest, key, pvc_root, timeout, max_bytes, cross_host_redirects, registry_config
+        )
 
 
 def _fetch_into(

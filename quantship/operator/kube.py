@@ -263,7 +263,7 @@ class KubeWorkloads:
         # be answered 404 on every new revision, and creating what exists 409 on every promotion.
         namespace, name = self.spec.namespace, resources.child_name(self.spec, revision)
         known = revision in _revisions(self.owner)
-        current = await self._deployment(revision) if known else None
+        current = await self.deployment(revision) if known else None
         if current is None:
             if revision != self.spec.revision:
                 raise PortError(
@@ -279,7 +279,7 @@ class KubeWorkloads:
                 timeout=self.kube.timeout,
             )
             if created is None:  # a tick that failed half-way created it: carry on from what is there
-                current = await self._deployment(revision)
+                current = await self.deployment(revision)
         if current is not None and current["metadata"].get("labels", {}).get("track") != track.value:
             await self._relabel(current, track)
         await self.create_service(revision, may_exist=current is not None)
@@ -304,7 +304,7 @@ class KubeWorkloads:
         )
 
     async def ready(self, revision: str) -> bool:
-        current = await self._deployment(revision)
+        current = await self.deployment(revision)
         return current is not None and int(current.get("status", {}).get("readyReplicas") or 0) >= 1
 
     async def scale(self, revision: str, replicas: int) -> None:
@@ -340,9 +340,6 @@ class KubeWorkloads:
 
     async def deployment(self, revision: str) -> dict[str, Any] | None:
         """A revision's Deployment as the index holds it (else as the API does), or None."""
-        return await self._deployment(revision)
-
-    async def _deployment(self, revision: str) -> dict[str, Any] | None:
         name = resources.child_name(self.spec, revision)
         watched = self.children.deployment(self.spec.namespace, name)
         if watched is not None:
@@ -357,7 +354,7 @@ class KubeWorkloads:
         (while the spec still asks for its revision), with the spec's replicas and the server's
         resources. Neither starts a canary (`revision_of` leaves them out), so nothing else would
         apply them; a Deployment that matches costs no request."""
-        current = await self._deployment(revision)
+        current = await self.deployment(revision)
         if current is None:
             if revision == self.spec.revision:
                 await self.run(revision, Track.STABLE)

@@ -292,10 +292,9 @@ def _quantize_status(
 
 
 def _degraded_reason(decision: Decision) -> str:
-    faults = decision.analysis.faults() if decision.analysis is not None else set()
-    if decision.fault is Fault.MISCONFIGURED or Fault.MISCONFIGURED in faults:
+    if decision.fault is Fault.MISCONFIGURED:
         return "MetricsMisconfigured"
-    if decision.fault is Fault.UNREACHABLE or Fault.UNREACHABLE in faults:
+    if decision.fault is Fault.UNREACHABLE:
         return "MetricsUnreachable"
     if decision.action is Action.JUDGED:
         return "AnalysisInconclusive"
