@@ -246,10 +246,9 @@ def canonical_bytes(manifest: Mapping[str, Any]) -> bytes:
 def generate_keypair(private_path: Path, public_path: Path) -> None:
     """Write a new key pair. Refuses to replace either file: a signing key overwritten by mistake
     leaves every artifact it signed unverifiable. The private key is never readable by others, not
-    even between its creation and a chmod."""
-    for path in (private_path, public_path):
-        if path.exists():
-            raise ArtifactError(f"{path} exists; refusing to replace a key (remove it first)", reason="key")
+    even between its creation and a chmod; a pair that cannot be written whole leaves neither half."""
+    if private_path.resolve() == public_path.resolve():
+        raise ArtifactError(f"{private_path}: the private and public keys need two files", reason="key")
     key = Ed25519PrivateKey.generate()
     private = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
@@ -257,10 +256,23 @@ def generate_keypair(private_path: Path, public_path: Path) -> None:
     public = key.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
+    _write_new_key(private_path, private, 0o600)
     try:
-        with os.fdopen(os.open(private_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as stream:
-            stream.write(private)
-        public_path.write_bytes(public)
+        _write_new_key(public_path, public, 0o644)
+    except ArtifactError:
+        private_path.unlink()  # half a pair is useless, and would block the rerun
+        raise
+
+
+def _write_new_key(path: Path, content: bytes, mode: int) -> None:
+    """`content` in a file created here: an existing one, even one made a moment ago, is kept."""
+    try:
+        with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode), "wb") as stream:
+            stream.write(content)
+    except FileExistsError as exc:
+        raise ArtifactError(
+            f"{path} exists; refusing to replace a key (remove it first)", reason="key"
+        ) from exc
     except OSError as exc:
         raise ArtifactError(
             f"cannot write the key pair: {exc.strerror or exc}: {exc.filename}", reason="key"

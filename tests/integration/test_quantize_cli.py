@@ -261,6 +261,26 @@ def test_keygen_never_replaces_a_key_and_keeps_the_private_one_to_its_owner(tmp_
     _assert_one_line_error(code, err, "cannot write the key pair")
 
 
+def test_keygen_refuses_one_file_for_both_keys(tmp_path: Path) -> None:
+    """Written in turn, the public key would replace the private one, and keygen said it wrote both."""
+    code, _, err = _cli("keygen", "--private", tmp_path / "k.pem", "--public", tmp_path / "." / "k.pem")
+    _assert_one_line_error(code, err, "the private and public keys need two files")
+    assert not (tmp_path / "k.pem").exists()
+
+
+def test_keygen_leaves_no_half_pair_when_the_public_key_cannot_be_written(tmp_path: Path) -> None:
+    """A private key left alone would refuse every rerun, and its public half was never written."""
+    private = tmp_path / "k.pem"
+    code, _, err = _cli("keygen", "--private", private, "--public", tmp_path / "no" / "k.pub")
+    _assert_one_line_error(code, err, "cannot write the key pair")
+    assert not private.exists()
+    (tmp_path / "taken.pub").write_text("someone's key")
+    code, _, err = _cli("keygen", "--private", private, "--public", tmp_path / "taken.pub")
+    _assert_one_line_error(code, err, "taken.pub exists; refusing to replace a key")
+    assert not private.exists() and (tmp_path / "taken.pub").read_text() == "someone's key"
+    assert _cli("keygen", "--private", private, "--public", tmp_path / "k.pub")[0] == 0
+
+
 def test_verify_refuses_an_unsigned_artifact_when_a_key_is_required(
     good_artifact: artifact.Artifact, tmp_path: Path
 ) -> None:
