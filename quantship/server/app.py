@@ -264,13 +264,13 @@ def _lifespan(
 ) -> Callable[[FastAPI], contextlib.AbstractAsyncContextManager[None]]:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        service.start()
         rpc = None
-        if settings.grpc_port is not None:
+        if settings.grpc_port is not None:  # first: a taken port then leaves no model loading behind
             rpc = await grpc_server.start_grpc(
                 grpc_server.GrpcEndpoints(service, service.metrics),
                 settings.host, settings.grpc_port, settings.max_body_bytes,
             )  # fmt: skip
+        service.start()
         app.state.rpc = rpc
         try:
             yield

@@ -13,6 +13,7 @@ import asyncio
 import functools
 import logging
 import math
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -271,6 +272,23 @@ def _brief(message: str) -> str:
     return message[: MAX_MESSAGE_CHARS - 1] + "…"
 
 
+def check_port(host: str, port: int) -> None:
+    """Raise OSError, in one line, when gRPC could not listen on `host:port`. Asked before uvicorn
+    starts: the same failure inside the app's startup reaches the log as uvicorn's traceback. A port
+    taken between this check and the bind still fails there (`start_grpc`)."""
+    if port == 0:
+        return  # any free port
+    try:
+        for family, kind, proto, _, address in socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        ):
+            with socket.socket(family, kind, proto) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as grpc-core binds
+                probe.bind(address)
+    except OSError as exc:
+        raise OSError(f"cannot listen for gRPC on {host}:{port}: {exc.strerror or exc}") from None
+
+
 async def start_grpc(
     endpoints: GrpcEndpoints, host: str, port: int, max_message_bytes: int
 ) -> grpc.aio.Server:
@@ -286,7 +304,11 @@ async def start_grpc(
     )
     server.add_generic_rpc_handlers((endpoints.handler(),))
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    if server.add_insecure_port(address) == 0:
-        raise OSError(f"cannot listen for gRPC on {address}")
+    try:
+        bound = server.add_insecure_port(address)
+    except RuntimeError:  # grpcio >= 1.60 raises where older ones returned 0
+        bound = 0
+    if bound == 0:
+        raise OSError(f"cannot listen for gRPC on {address} (in use, or not an address of this host)")
     await server.start()
     return server

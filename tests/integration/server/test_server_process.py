@@ -8,6 +8,8 @@ import json
 import os
 import signal
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -98,6 +100,31 @@ def _answers(url: str) -> bool:
         return httpx.get(url).status_code == 200
     except httpx.TransportError:
         return False
+
+
+def test_a_taken_grpc_port_is_one_line_and_leaves_no_unpacked_artifact(
+    good_artifact: artifact.Artifact, tmp_path: Path
+) -> None:
+    """grpcio raises where it used to return 0: the start failed inside uvicorn's startup, with its
+    traceback, after the .tar.gz had begun to unpack, and that copy stayed in the temp dir."""
+    tarball = tmp_path / "digits.tar.gz"
+    artifact.pack(good_artifact.root, tarball)
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        run = subprocess.run(
+            [sys.executable, "-m", "quantship", "serve", str(tarball), "--model-name", MODEL,
+             "--revision", "r1", "--port", str(free_port()), "--grpc-port", str(port)],
+            capture_output=True, text=True, timeout=60, env={**os.environ, "TMPDIR": str(scratch)},
+        )  # fmt: skip
+    assert run.returncode == 3, run.stderr
+    assert run.stderr.strip().splitlines() == [
+        f"error: cannot listen for gRPC on 127.0.0.1:{port}: Address already in use"
+    ]
+    assert list(scratch.iterdir()) == []
 
 
 def test_an_unsigned_artifact_is_refused_when_a_public_key_is_required(
