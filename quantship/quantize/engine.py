@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import onnx
+from google.protobuf import json_format, text_format
 from google.protobuf.message import DecodeError
 from onnxruntime.quantization import QuantFormat, quantize_dynamic, quantize_static
 from onnxruntime.quantization.calibrate import TensorsData, create_calibrator, save_tensors_data
@@ -84,8 +85,16 @@ def load_model(path: Path) -> onnx.ModelProto:
         raise QuantizeInputError(f"model {path} does not exist") from exc
     except onnx.checker.ValidationError as exc:  # external data that is missing or not a file
         raise QuantizeInputError(f"{path}: {first_line(exc)}") from exc
-    except (DecodeError, OSError, ValueError, RuntimeError) as exc:
-        raise QuantizeInputError(f"{path} is not an ONNX model: {exc}") from exc
+    # onnx picks its parser by the file's suffix: a .json or .txt given by mistake fails to parse as text
+    except (
+        DecodeError,
+        json_format.ParseError,
+        text_format.ParseError,
+        OSError,
+        ValueError,
+        RuntimeError,
+    ) as exc:
+        raise QuantizeInputError(f"{path} is not an ONNX model: {first_line(exc)}") from exc
     if not model.graph.node:
         raise QuantizeInputError(f"{path} is not an ONNX model: its graph has no nodes")
     try:

@@ -147,6 +147,9 @@ def test_a_failed_rerun_through_a_symlink_leaves_the_passing_artifact_behind_it(
 
 BAD_INPUTS = {
     "not an onnx file": ("model", b"this is text, not protobuf", "is not an ONNX model"),
+    # onnx parses these as JSON or text protobuf, by their suffix: a request given by mistake
+    "a request given as the model": ("request.json", b'{"id": "x", "inputs": []}', "is not an ONNX model"),
+    "a text file given as the model": ("notes.txt", b"not: [a model", "is not an ONNX model"),
     "model onnxruntime cannot load": ("broken-model", None, "onnxruntime cannot load"),
     "calibration missing an input": (
         "calibration",
@@ -174,8 +177,8 @@ def test_bad_input_gets_one_line_exit_2_and_leaves_nothing(
 ) -> None:
     kind, payload, message = BAD_INPUTS[case]
     model, calibration, evaluation = sample.model, sample.calibration, sample.evaluation
-    if kind == "model":
-        model = tmp_path / "model.onnx"
+    if kind == "model" or "." in kind:
+        model = tmp_path / ("model.onnx" if kind == "model" else kind)
         model.write_bytes(payload)  # type: ignore[arg-type]
     elif kind == "broken-model":
         broken = onnx.load(str(sample.model))
