@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 import kopf
+import yaml
 from kubernetes.aio import client, config
 from prometheus_client import CollectorRegistry, start_http_server
 
@@ -22,6 +23,15 @@ from quantship.operator.reconcile import Context
 from quantship.operator.settings import OperatorSettings
 from quantship.operator.spec import ModelSpec
 from quantship.rollout import MetricsSource, PrometheusSources
+
+KUBECONFIG_MISTAKES = (yaml.YAMLError, OSError, TypeError, AttributeError, KeyError, ValueError)
+"""What the kubernetes client's loader raises, beside its ConfigException, on a kubeconfig that is not
+YAML, not a file, or not shaped as one (a list where a map goes, a number where a URL goes)."""
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text.splitlines()[0] if text else ''}"
 
 
 class NoCredentials(Exception):
@@ -41,6 +51,11 @@ async def load_api_config() -> client.Configuration:
                 f"no Kubernetes credentials: not in a pod ({in_cluster}), "
                 f"and no usable kubeconfig ({kubeconfig})"
             ) from kubeconfig
+        except KUBECONFIG_MISTAKES as malformed:
+            raise NoCredentials(
+                f"not in a pod, and the kubeconfig {config.KUBE_CONFIG_DEFAULT_LOCATION} is malformed: "
+                f"{_first_line(malformed)}"
+            ) from malformed
     return configuration
 
 

@@ -1,9 +1,14 @@
-"""`quantship operator` outside a cluster and without a kubeconfig: one line saying so, exit 2."""
+"""`quantship operator` outside a cluster, without a kubeconfig or with a malformed one: one line
+saying so, exit 3."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from quantship.cli import main
@@ -26,3 +31,33 @@ def test_one_port_for_metrics_and_health_is_a_usage_error_not_a_crash() -> None:
     assert result.exit_code == 2
     assert "Invalid value for --health-port: 9000 is --metrics-port too" in result.output
     assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+MALFORMED_KUBECONFIGS = {
+    "not yaml": "clusters: [unclosed\n",
+    "not a map": "just a sentence\n",
+    "a number where a list goes": "clusters: 5\n",
+    "a number where a url goes": (
+        "current-context: x\ncontexts: [{name: x, context: {cluster: c, user: u}}]\n"
+        "clusters: [{name: c, cluster: {server: 5}}]\nusers: [{name: u, user: {}}]\n"
+    ),
+}
+
+
+@pytest.mark.parametrize("content", MALFORMED_KUBECONFIGS.values(), ids=list(MALFORMED_KUBECONFIGS))
+def test_a_malformed_kubeconfig_is_one_line_naming_it(tmp_path: Path, content: str) -> None:
+    """The client's loader raises YAML, type and attribute errors beside its own: each was a traceback.
+    A process of its own: the client reads KUBECONFIG once, when first imported."""
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(content)
+    environment = {name: value for name, value in os.environ.items() if name != "KUBERNETES_SERVICE_HOST"}
+    run = subprocess.run(
+        [sys.executable, "-m", "quantship", "operator", "--metrics-port", "0", "--health-port", "0"],
+        capture_output=True, text=True, timeout=60, env={**environment, "KUBECONFIG": str(kubeconfig)},
+    )  # fmt: skip
+
+    assert run.returncode == 3, run.stderr
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(
+        f"error: not in a pod, and the kubeconfig {kubeconfig} is malformed"
+    )
