@@ -418,6 +418,8 @@ def _displaced(target: Path) -> Path:
 def pack(artifact_dir: Path, tarball: Path) -> None:
     """A .tar.gz of a verified artifact's listed files, for object stores and HTTP servers; written
     beside `tarball` and renamed into place, so a reader never fetches half an archive."""
+    if not tarball.name.endswith(ARCHIVE_SUFFIXES):  # serve, verify and fetch know archives by name
+        raise ArtifactError(f"{tarball}: an artifact archive's name ends in .tar.gz or .tgz", reason="format")
     artifact = load_artifact(artifact_dir)
     staging = tarball.with_name(f".{tarball.name}.partial")
     try:
@@ -524,12 +526,14 @@ def _copy_at_most(source: Path, target: Path, size: int, *, exact: bool) -> None
         )
 
 
+ARCHIVE_SUFFIXES = (".tar.gz", ".tgz")
+"""How an artifact archive is named: what `serve`, `verify` and `fetch` tell from a directory by."""
 UNPACKED = "artifact"
 """The folder inside a scratch directory that a tarball is unpacked to (beside its owner file)."""
 
 
 def is_archive(path: Path) -> bool:
-    return path.is_file() and path.name.endswith((".tar.gz", ".tgz"))
+    return path.is_file() and path.name.endswith(ARCHIVE_SUFFIXES)
 
 
 @contextlib.contextmanager

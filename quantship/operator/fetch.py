@@ -182,7 +182,7 @@ def _fetch_into(
     source = source_path(uri, pvc_root)
     if source is None:
         name = Path(urllib.parse.urlparse(uri).path).name
-        if not name.endswith((".tar.gz", ".tgz")):
+        if not name.endswith(artifact.ARCHIVE_SUFFIXES):
             raise FetchError(f"{uri}: over http(s) an artifact is a .tar.gz")
         source = folder / name
         download(uri, source, timeout=timeout, max_bytes=max_bytes, cross_host_redirects=cross_host_redirects)

@@ -310,6 +310,17 @@ def test_pack_writes_a_tarball_that_verifies_and_refuses_a_tampered_artifact(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["artifact", "digits.tar.gz"]
 
 
+def test_pack_refuses_a_name_that_verify_and_serve_would_not_take_for_an_archive(
+    good_artifact: artifact.Artifact, tmp_path: Path
+) -> None:
+    """They tell an archive from a directory by its name: a digits.zip was written, then refused."""
+    code, _, err = _cli("pack", good_artifact.root, tmp_path / "digits.zip")
+    _assert_one_line_error(code, err, "an artifact archive's name ends in .tar.gz or .tgz")
+    assert list(tmp_path.iterdir()) == []
+    assert _cli("pack", good_artifact.root, tmp_path / "digits.tgz")[0] == 0
+    assert _cli("verify", tmp_path / "digits.tgz")[0] == 0
+
+
 def test_report_is_one_self_contained_html_file_with_plots(
     good_artifact: artifact.Artifact, tmp_path: Path
 ) -> None:
