@@ -1,11 +1,11 @@
 """The `quantship` command. Each subcommand parses its flags and calls one module; nothing else.
 
 Exit codes (`ExitCode`): 0 done; 1 a verdict went against you (the accuracy gate failed); 2 the
-command line is wrong (click's usage errors, and values only the command can check, such as an
-unknown model name); 3 refused: the command was well formed, but what it was given cannot be used
+command line is wrong (click's usage errors, and a name from a list the command knows, such as an
+unknown zoo model); 3 refused: the command was well formed, but what it was given cannot be used
 (a tampered or unsigned artifact, data of the wrong shape, a download that failed or was too big,
-a hostile archive, an unwritable output, missing credentials). 2 and 3 print one line on stderr,
-`error: ...`, naming the problem; nothing partial is left on disk.
+a hostile archive, an unwritable output, missing credentials, an output or node the model lacks).
+2 and 3 print one line on stderr, `error: ...`, naming the problem; nothing partial is left on disk.
 """
 
 from __future__ import annotations
