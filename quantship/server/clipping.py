@@ -7,7 +7,9 @@ its fused int8 kernels) runs on a `--clip-sample-rate` share of requests in the 
 the values each range saturates, and hands the same values to the drift window (server/drift.py),
 when the artifact carries calibration histograms. Exposed tensors stop onnxruntime from fusing
 their QDQ groups, so the observer runs the QDQ simulation: the values it sees are the float values
-the served graph quantizes, up to int8 rounding of earlier layers.
+the served graph quantizes, up to int8 rounding of earlier layers. An observed tensor without the
+batch dimension (a static BERT's position embeddings, gathered from a constant) comes whole to each
+request of a merged call (`Runner.run_batch`) and counts once a request, as its own call would.
 """
 
 from __future__ import annotations

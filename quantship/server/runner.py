@@ -190,9 +190,13 @@ class Runner:
     """One onnxruntime session. `run` is blocking: call it from a worker thread, or on the event loop
     only for calls measured shorter than a thread hand-off (batch_policy.INLINE_CALL_S)."""
 
-    def __init__(self, session: ort.InferenceSession) -> None:
+    def __init__(self, session: ort.InferenceSession, value_free: frozenset[str] = frozenset()) -> None:
+        """`value_free`: outputs computed from no input's values (see `value_free_outputs`); only
+        those may be shared by the requests of a merged call when they have no batch dimension."""
         self.session = session
         self.signature = Signature.from_session(session)
+        self._value_free = value_free
+        self._layout: _BatchLayout | None = None  # learned at the first merged call that needs it
         self._output_names = [spec.name for spec in self.signature.outputs]
         self._run_options = ort.RunOptions()
         # A refused input is answered 400; onnxruntime's own error log of it would be noise.
@@ -202,7 +206,13 @@ class Runner:
 
     @classmethod
     def load(cls, model: Path | bytes, *, threads: int | None = None) -> Runner:
-        return cls(runtime.create_session(model, threads=threads))
+        session = runtime.create_session(model, threads=threads)
+        proto = (
+            onnx.load_from_string(model)
+            if isinstance(model, bytes)
+            else onnx.load(str(model), load_external_data=False)
+        )
+        return cls(session, value_free_outputs(proto.graph))
 
     def run(self, inputs: Tensors) -> dict[str, np.ndarray]:
         try:
@@ -253,7 +263,8 @@ class Runner:
     def run_batch(self, requests: Sequence[Tensors], rows: Sequence[int]) -> list[Outcome]:
         """Each request's outputs, or the InvalidInput that request alone caused (a token id past the
         vocabulary): one bad request in a merged call must not fail the others, so its group is rerun
-        one request at a time."""
+        one request at a time. An output without the batch dimension is given whole to each request
+        when it reads no input's values (`_probe_layout`); otherwise requests run alone."""
         if len(requests) == 1:
             return [_outcome(self.run, requests[0])]
         results: list[Outcome | None] = [None] * len(requests)
@@ -262,18 +273,89 @@ class Runner:
             key = batch_key(request) if self.signature.batchable else ("alone", index)
             groups[key].append(index)
         for indices in groups.values():
+            if len(indices) > 1 and self._layout is not None and self._layout.alone:
+                for index in indices:  # outputs no merged call can answer for each request
+                    results[index] = _outcome(self.run, requests[index])
+                continue
             try:
                 merged = self.run(concat([requests[i] for i in indices]))
             except (InvalidInput, InferenceFailed):  # whichever request caused it fails alone
                 for index in indices:
                     results[index] = _outcome(self.run, requests[index])
                 continue
-            parts = split(merged, [rows[i] for i in indices])
-            if parts is None:  # outputs without a batch dimension: run each on its own
+            parts = self._split(merged, [rows[i] for i in indices])
+            if parts is None:  # the merged call cannot answer for each: run each on its own
                 parts = [self.run(requests[i]) for i in indices]
             for index, part in zip(indices, parts, strict=True):
                 results[index] = part
         return [result for result in results if result is not None]
+
+    def _split(self, merged: Tensors, rows: Sequence[int]) -> list[dict[str, np.ndarray]] | None:
+        """`split`, sharing the outputs the layout shares; the layout is learned the first time an
+        output lacks the batch dimension (a static transformer's position embeddings), not before:
+        a model whose outputs all carry it never pays the probe."""
+        shared = self._layout.shared if self._layout is not None else frozenset()
+        parts = split(merged, rows, shared)
+        if parts is None and self._layout is None:
+            self._layout = self._probe_layout()
+            parts = None if self._layout.alone else split(merged, rows, self._layout.shared)
+        return parts
+
+    def _probe_layout(self) -> _BatchLayout:
+        """Which outputs lack the batch dimension, and whether all of them may be shared, from two
+        calls on ones (1 row, then 2): shared where they are value-free and the same at both."""
+        try:
+            one, two = (
+                dict(zip(self._output_names, self._call(self.filled(n, 1)), strict=True)) for n in (1, 2)
+            )
+        except Exception as exc:  # any of onnxruntime's pybind types
+            log.warning("outputs without a batch dimension, and ones fail (%s): requests run alone", exc)
+            return _BatchLayout(frozenset(), alone=True)
+        batchless = {name for name in one if not (_leads(one[name], 1) and _leads(two[name], 2))}
+        shared = frozenset(
+            name
+            for name in batchless
+            if name in self._value_free
+            and one[name].shape == two[name].shape
+            and np.array_equal(one[name], two[name])
+        )
+        if shared != batchless:
+            log.info(
+                "outputs %s lack a batch dimension and depend on it: requests run alone", batchless - shared
+            )
+        return _BatchLayout(shared, alone=shared != batchless)
+
+
+@dataclass(frozen=True)
+class _BatchLayout:
+    shared: frozenset[str]
+    """Outputs without a batch dimension that every request of a merged call shares as they are."""
+    alone: bool
+    """Some output without a batch dimension cannot be shared: requests never merge."""
+
+
+def _leads(value: np.ndarray, rows: int) -> bool:
+    return value.ndim > 0 and value.shape[0] == rows
+
+
+SHAPE_ONLY_OPS = frozenset({"Shape", "Size"})
+"""Ops whose output depends on their input's shape, not its values."""
+
+
+def value_free_outputs(graph: onnx.GraphProto) -> frozenset[str]:
+    """Graph outputs computed from no input's values: from initializers, constants and input shapes
+    (through SHAPE_ONLY_OPS) only, so equal for every request of one shape. A node with a subgraph
+    (If, Loop, Scan) counts as reading every input, since its body may name any outer value."""
+    read = {i.name for i in graph.input}
+    for node in graph.node:  # ONNX requires topological order
+        if node.op_type in SHAPE_ONLY_OPS:
+            continue
+        has_body = any(
+            a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute
+        )
+        if has_body or any(name in read for name in node.input):
+            read.update(node.output)
+    return frozenset(o.name for o in graph.output if o.name not in read)
 
 
 Outcome = dict[str, np.ndarray] | InvalidInput
@@ -398,16 +480,24 @@ def concat(requests: Sequence[Tensors]) -> dict[str, np.ndarray]:
     return {name: np.concatenate([request[name] for request in requests]) for name in requests[0]}
 
 
-def split(outputs: Tensors, rows: Sequence[int]) -> list[dict[str, np.ndarray]] | None:
-    """Cut batch outputs back into per-request outputs; None when an output has no matching batch dim."""
+def split(
+    outputs: Tensors, rows: Sequence[int], shared: frozenset[str] = frozenset()
+) -> list[dict[str, np.ndarray]] | None:
+    """Cut batch outputs back into per-request outputs, each request getting the `shared` ones whole;
+    None when another output has no matching batch dim."""
     total = sum(rows)
     if len(rows) == 1:
         return [dict(outputs)]
-    if any(value.ndim == 0 or value.shape[0] != total for value in outputs.values()):
+    if any(name not in shared and not _leads(value, total) for name, value in outputs.items()):
         return None
     parts, start = [], 0
     for count in rows:
-        parts.append({name: value[start : start + count] for name, value in outputs.items()})
+        parts.append(
+            {
+                name: value if name in shared else value[start : start + count]
+                for name, value in outputs.items()
+            }
+        )
         start += count
     return parts
 

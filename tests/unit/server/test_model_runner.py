@@ -10,10 +10,11 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
+from tiny_models import POSITION_TABLE, build_positions
 
 from quantship import artifact
 from quantship.server.errors import InferenceFailed, InvalidInput
-from quantship.server.runner import Runner, fallback_ops
+from quantship.server.runner import Runner, fallback_ops, value_free_outputs
 
 TinyModel = Callable[..., Runner]
 
@@ -85,6 +86,51 @@ def test_run_many_never_runs_more_than_max_rows_in_one_call(tiny_model: TinyMode
     answers = runner.run_many(requests, [1, 1, 1, 40, 2, 2], max_rows=4)
     assert calls == [3, 40, 4]
     assert [len(answer["Y"]) for answer in answers] == [1, 1, 1, 40, 2, 2]
+
+
+def counting_calls(runner: Runner) -> list[int]:
+    """The rows of each call `runner.run` makes from now on."""
+    calls: list[int] = []
+    run = runner.run
+    runner.run = lambda inputs: calls.append(len(inputs["X"])) or run(inputs)  # type: ignore[method-assign]
+    return calls
+
+
+def test_an_output_without_a_batch_dimension_computed_from_shapes_is_shared_in_one_call(
+    tmp_path: Path,
+) -> None:
+    """A static BERT's position embeddings (1, seq, hidden) for any batch: the merged call answers
+    every request (each gets them whole, as its own call would), not a second call per request."""
+    runner = Runner.load(build_positions(tmp_path / "positions.onnx"), threads=1)
+    requests = [{"X": np.full((n, 5), n, dtype=np.float32)} for n in (1, 2, 1, 1)]
+    calls = counting_calls(runner)
+    answers = runner.run_many(requests, [1, 2, 1, 1], max_rows=32)
+    assert calls == [5]
+    for request, answer in zip(requests, answers, strict=True):
+        np.testing.assert_array_equal(answer["Y"], request["X"] * 2 + 1)
+        np.testing.assert_array_equal(answer["P"], POSITION_TABLE[np.newaxis, :5])
+
+
+def test_an_output_without_a_batch_dimension_that_reads_the_values_makes_requests_run_alone(
+    tmp_path: Path,
+) -> None:
+    """A sum over the batch differs for every batch: no merged call can answer for each request.
+    Learned once (that merged call is rerun a request at a time); from then on, one call a request."""
+    runner = Runner.load(build_positions(tmp_path / "positions.onnx", batch_sum=True), threads=1)
+    requests = [{"X": np.full((n, 5), n, dtype=np.float32)} for n in (1, 2, 1)]
+    calls = counting_calls(runner)
+    runner.run_many(requests, [1, 2, 1], max_rows=32)
+    assert calls == [4, 1, 2, 1]
+    calls.clear()
+    answers = runner.run_many(requests, [1, 2, 1], max_rows=32)
+    assert calls == [1, 2, 1]
+    for request, answer in zip(requests, answers, strict=True):
+        np.testing.assert_array_equal(answer["S"], request["X"].sum(axis=0, keepdims=True))
+
+
+def test_value_free_outputs_are_those_reading_input_shapes_and_constants_only(tmp_path: Path) -> None:
+    graph = onnx.load(str(build_positions(tmp_path / "positions.onnx", batch_sum=True))).graph
+    assert value_free_outputs(graph) == {"P"}
 
 
 def test_a_model_that_fails_on_ones_of_the_same_shapes_too_is_a_logged_server_error(

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
+from tiny_models import POSITION_TABLE, build_positions
 
 from quantship import artifact, slo, zoo
 from quantship.server import service
@@ -183,6 +185,71 @@ def test_a_hand_off_counted_at_once_reads_as_its_requests_one_at_a_time(
         clipped = M.TENSOR_ACTIVATIONS_CLIPPED_TOTAL
         assert value(together, clipped, tensor=tensor) == value(alone, clipped, tensor=tensor), tensor
     assert together_drift and together_drift == pytest.approx(alone_drift, abs=1e-12)
+
+
+def numpy_js(p: np.ndarray, q: np.ndarray) -> float:
+    """Jensen-Shannon divergence in bits, written out apart from drift.py's."""
+    p, q = p / p.sum(), q / q.sum()
+    m = (p + q) / 2
+    return float(sum((a[a > 0] * np.log2(a[a > 0] / m[a > 0])).sum() for a in (p, q)) / 2)
+
+
+def numpy_bins(values: np.ndarray, low: float, high: float) -> np.ndarray:
+    inside, _ = np.histogram(values[(values >= low) & (values <= high)], bins=64, range=(low, high))
+    return np.concatenate(([(values < low).sum()], inside, [(values > high).sum()])).astype(float)
+
+
+def test_a_tensor_without_a_batch_dimension_is_observed_once_a_request_in_one_call(tmp_path: Path) -> None:
+    """A static BERT's position embeddings (1, seq, hidden) whatever the batch: the hand-off runs
+    the observer once, and every request counts and bins them once, as its own call would give them;
+    the counts and the drift are what numpy computes from the requests and the table."""
+    path = build_positions(tmp_path / "positions.onnx")
+    calibration = {"H": np.linspace(-1, 1, 640), "P": np.linspace(-1.1, 0.6, 640)}
+    ranges = [
+        artifact.ActivationRange(t, float(v.min()), float(v.max()), 0.1) for t, v in calibration.items()
+    ]
+    histograms = [
+        artifact.ActivationHistogram(t, r.low, r.high, tuple(int(c) for c in b[0]), b[1], b[2])
+        for (t, v), r in zip(calibration.items(), ranges, strict=True)
+        for b in [artifact.ActivationHistogram.bin(v, r.low, r.high)]
+    ]
+    model, kept = observer_model(path, ranges)
+    recorder, registry = metrics(per_tensor=True)
+    window = DriftWindow(histograms, window=64, ranges=kept)
+    counter = ClipCounter(Runner.load(model, threads=1), kept, recorder, window)
+    calls = 0
+    run = counter.observer.run
+
+    def counted(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        nonlocal calls
+        calls += 1
+        return run(inputs)
+
+    counter.observer.run = counted  # type: ignore[method-assign]
+    rng = np.random.default_rng(7)
+    requests = [rng.standard_normal((n, 5)).astype(np.float32) / 2 for n in (1, 1, 3, 1, 1, 1, 2, 1)]
+    counter.process([ClipSample({"X": x}, len(x)) for x in requests])
+    assert calls == 1
+
+    observed = {
+        "H": np.concatenate([2 * x.ravel() for x in requests]),
+        "P": np.tile(POSITION_TABLE[:5].ravel(), 8),
+    }
+    M = slo.Metric
+    for r in ranges:
+        half = r.scale / 2
+        clipped = int(((observed[r.tensor] < r.low - half) | (observed[r.tensor] > r.high + half)).sum())
+        assert (
+            value(registry, M.TENSOR_ACTIVATIONS_OBSERVED_TOTAL, tensor=r.tensor) == observed[r.tensor].size
+        )
+        assert value(registry, M.TENSOR_ACTIVATIONS_CLIPPED_TOTAL, tensor=r.tensor) == clipped
+    assert clipped == 3 * 8  # P's -1.5, -1.25 and 0.75, once a request
+    drift = window.distances()
+    for r in ranges:
+        expected = numpy_js(
+            numpy_bins(observed[r.tensor], r.low, r.high), numpy_bins(calibration[r.tensor], r.low, r.high)
+        )
+        assert drift[r.tensor] == pytest.approx(expected, abs=1e-9), r.tensor
 
 
 # -- metrics -----------------------------------------------------------------------------------

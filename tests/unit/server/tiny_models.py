@@ -34,3 +34,48 @@ def build_plus_one(path: Path, *, first_dim: int | str = "N", width: int | str =
     model.ir_version = 8
     onnx.save(model, path)
     return path
+
+
+POSITIONS = 8
+POSITION_TABLE = np.arange(POSITIONS * 2, dtype=np.float32).reshape(POSITIONS, 2) / 4 - 1.5
+"""The position embeddings of `build_positions`: row i embeds position i."""
+
+
+def build_positions(path: Path, *, batch_sum: bool = False) -> Path:
+    """H = 2X for X [N, W], and P = POSITION_TABLE[:W] as (1, W, 2) whatever N: the position
+    embeddings of a static BERT export, gathered from a constant by X's shape, not its values.
+    Outputs Y = H + 1 and P; `batch_sum` adds S, X summed over the batch: without a batch
+    dimension too, but different for every batch."""
+    x = helper.make_tensor_value_info("X", TensorProto.FLOAT, ["N", "W"])
+    outputs = [
+        helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["N", "W"]),
+        helper.make_tensor_value_info("P", TensorProto.FLOAT, [1, "W", 2]),
+    ]
+    nodes = [
+        helper.make_node("Mul", ["X", "two"], ["H"]),
+        helper.make_node("Add", ["H", "one"], ["Y"]),
+        helper.make_node("Shape", ["X"], ["shape"]),
+        helper.make_node("Slice", ["shape", "width_at", "width_end"], ["width"]),
+        helper.make_node("Slice", ["positions", "zero", "width", "axis_one"], ["ids"]),
+        helper.make_node("Gather", ["table", "ids"], ["P"]),
+    ]
+    if batch_sum:
+        nodes.append(helper.make_node("ReduceSum", ["X", "zero"], ["S"], keepdims=1))
+        outputs.append(helper.make_tensor_value_info("S", TensorProto.FLOAT, [1, "W"]))
+    constants = {
+        "one": np.array(1.0, dtype=np.float32),
+        "two": np.array(2.0, dtype=np.float32),
+        "width_at": np.array([1], dtype=np.int64),
+        "width_end": np.array([2], dtype=np.int64),
+        "zero": np.array([0], dtype=np.int64),
+        "axis_one": np.array([1], dtype=np.int64),
+        "positions": np.arange(POSITIONS, dtype=np.int64)[np.newaxis],
+        "table": POSITION_TABLE,
+    }
+    graph = helper.make_graph(
+        nodes, "positions", [x], outputs, [numpy_helper.from_array(v, k) for k, v in constants.items()]
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, path)
+    return path
