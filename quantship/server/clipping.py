@@ -94,7 +94,7 @@ class ClipCounter:
                     clipped + _count_clipped(r, requests),
                 )
                 if self.drift is not None:
-                    binned += self.drift.add(r.tensor, requests)
+                    binned += self.drift.add(r.tensor, requests, [sample.rows for sample, _ in chunk])
             if self.drift is not None:
                 self.drift.samples_done(len(chunk))
         observed_values = sum(seen for seen, _ in per_tensor.values())

@@ -27,10 +27,15 @@ distance covers the last window/2 to window sampled requests, and memory is two 
 tensor whatever the window or traffic: nothing per request is kept. Only the background thread of
 the clip lane touches it, so it needs no lock.
 
-A sampled request's tensor is binned from at most MAX_BINNED_VALUES of its values, evenly strided:
-a histogram of 66 bins is settled long before that, and binning every value of a CNN is the clip
-lane's largest cost (EfficientNet-Lite0: 7.1M values a request over 62 tensors, 139 ms to bin them
-all, measured, against 47 ms for the observing session itself).
+A sampled request's tensor is binned from at most MAX_BINNED_VALUES_A_ROW of its values for each of
+its rows, evenly strided: a histogram of 66 bins is settled long before that, and binning every value
+of a CNN is the clip lane's largest cost (EfficientNet-Lite0: 7.1M values a row over 62 tensors, 139
+ms to bin them all, measured, against 47 ms for the observing session itself). The cap grows with the
+rows so that every row weighs alike however clients batch them: a cap a request read the same 12
+images at 0.170 as 12 one-row requests and 0.103 with 8 of them in one request. Binning a request so
+costs at most the cap's values a row and tensor, never more than the observed outputs it reads (the
+observer's own cost grows with the rows as well). The window still counts sampled requests: its
+memory is the histograms whatever their rows, and within it every row weighs alike.
 """
 
 from __future__ import annotations
@@ -41,8 +46,8 @@ import numpy as np
 
 from quantship.artifact import ActivationHistogram, ActivationRange
 
-MAX_BINNED_VALUES = 8192
-"""Values of one tensor of one sampled request binned at most (see the module docstring)."""
+MAX_BINNED_VALUES_A_ROW = 8192
+"""Values of one tensor binned at most for each row of a sampled request (see the module docstring)."""
 
 
 def _as_bins(counts: np.ndarray, under: int, over: int) -> np.ndarray:
@@ -73,8 +78,9 @@ class DriftWindow:
     def __init__(
         self, histograms: Sequence[ActivationHistogram], window: int, ranges: Sequence[ActivationRange] = ()
     ) -> None:
-        """`histograms` from the artifact (those with any count); `window` in sampled requests;
-        `ranges` give the activations folded into them."""
+        """`histograms` from the artifact (those with any count); `window` in sampled requests
+        (whatever their rows; each row weighs alike within it); `ranges` give the activations folded
+        into them."""
         self.folded = {
             r.tensor: (r.activation_low, r.activation_high)
             for r in ranges
@@ -94,15 +100,18 @@ class DriftWindow:
     def tensors(self) -> list[str]:
         return list(self.histograms)
 
-    def add(self, tensor: str, requests: Sequence[np.ndarray]) -> int:
-        """Bin `tensor`'s values from each of a hand-off's sampled requests (each capped at
-        MAX_BINNED_VALUES, then all binned in one numpy pass: one request at a time, binning was
-        most of the clip lane's cost on a small model); how many were binned (finite ones). Count
-        the requests with `samples_done` once every tensor is added."""
+    def add(self, tensor: str, requests: Sequence[np.ndarray], rows: Sequence[int]) -> int:
+        """Bin `tensor`'s values from each of a hand-off's sampled requests, of `rows` rows each
+        (each capped at MAX_BINNED_VALUES_A_ROW a row, then all binned in one numpy pass: one request
+        at a time, binning was most of the clip lane's cost on a small model); how many were binned
+        (finite ones). Count the requests with `samples_done` once every tensor is added."""
         h = self.histograms.get(tensor)
         if h is None:
             return 0
-        parts = [self._capped(np.asarray(values).reshape(-1)) for values in requests]
+        parts = [
+            self._capped(np.asarray(values).reshape(-1), MAX_BINNED_VALUES_A_ROW * count)
+            for values, count in zip(requests, rows, strict=True)
+        ]
         flat = parts[0] if len(parts) == 1 else np.concatenate(parts)
         if tensor in self.folded:
             flat = np.clip(flat, *self.folded[tensor])
@@ -111,11 +120,13 @@ class DriftWindow:
         self._current[tensor] += binned
         return int(binned.sum())
 
-    def _capped(self, flat: np.ndarray) -> np.ndarray:
-        """At most MAX_BINNED_VALUES of one request's values, evenly strided (a view, no copy)."""
-        if flat.size <= MAX_BINNED_VALUES:
+    def _capped(self, flat: np.ndarray, cap: int) -> np.ndarray:
+        """At most `cap` of one request's values, evenly strided (a view, no copy): rows of a request
+        lie one after the other, so each gets its share, a row's values over the same stride a
+        one-row request of that row would get."""
+        if flat.size <= cap:
             return flat
-        step = -(-flat.size // MAX_BINNED_VALUES)
+        step = -(-flat.size // cap)
         self._offset += 1  # each request starts elsewhere: no position is always skipped
         return flat[self._offset % step :: step]
 

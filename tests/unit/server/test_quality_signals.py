@@ -252,6 +252,30 @@ def test_a_tensor_without_a_batch_dimension_is_observed_once_a_request_in_one_ca
         assert drift[r.tensor] == pytest.approx(expected, abs=1e-9), r.tensor
 
 
+def test_the_clip_lane_bins_a_batched_request_as_its_rows_one_a_request(tmp_path: Path) -> None:
+    """The same 12 rows of 20,000 values (past the drift window's cap), the 8 shifted ones one
+    request or each their own: the clip lane hands the window each request's rows, so both read
+    alike (a stride of 3 within rows on both sides; see test_drift for the tolerance)."""
+    model, kept = observer_model(
+        build_positions(tmp_path / "positions.onnx"), [artifact.ActivationRange("H", -4.0, 4.0, 0.1)]
+    )
+    rng = np.random.default_rng(8)
+    counts, under, over = artifact.ActivationHistogram.bin(2 * rng.standard_normal(50_000), -4.0, 4.0)
+    histogram = artifact.ActivationHistogram("H", -4.0, 4.0, tuple(int(c) for c in counts), under, over)
+    calm = rng.standard_normal((4, 20_000)).astype(np.float32)
+    shifted = rng.standard_normal((8, 20_000)).astype(np.float32) + 1.5
+
+    def drift(requests: list[np.ndarray]) -> float:
+        window = DriftWindow([histogram], window=64, ranges=kept)
+        counter = ClipCounter(Runner.load(model, threads=1), kept, metrics()[0], window)
+        counter.process([ClipSample({"X": x}, len(x)) for x in requests])
+        return window.distances()["H"]
+
+    rows = drift([calm[i : i + 1] for i in range(4)] + [shifted[i : i + 1] for i in range(8)])
+    assert rows > 0.1
+    assert drift([calm[i : i + 1] for i in range(4)] + [shifted]) == pytest.approx(rows, abs=0.005)
+
+
 # -- metrics -----------------------------------------------------------------------------------
 
 
