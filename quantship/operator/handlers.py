@@ -36,7 +36,7 @@ from quantship.operator.kube import GatewayRouter
 from quantship.operator.reconcile import IN_FLIGHT, Context, reconcile
 from quantship.operator.settings import OperatorSettings
 from quantship.operator.spec import InvalidSpec, ModelSpec
-from quantship.rollout import PortError
+from quantship.rollout import Decision, PortError
 
 RESOURCE = (crd.GROUP, crd.VERSION, crd.PLURAL)
 FINALIZER = f"{crd.GROUP}/finalizer"
@@ -126,12 +126,20 @@ def register(
     tick_interval, retry_backoff = operator.tick_interval, operator.retry_backoff
 
     async def reconcile_locked(
-        namespace: str | None, name: str, body: kopf.Body, logger: Logger, memo: Any, kwargs: dict[str, Any]
-    ) -> None:
+        namespace: str | None,
+        name: str,
+        body: kopf.Body,
+        logger: Logger,
+        memo: Any,
+        kwargs: dict[str, Any],
+        fresh: bool = False,
+    ) -> Decision | None:
         """One tick of the resource under its lock, with our children as kopf's indexes hold them."""
         async with _lock(memo):
             children = watched.Children.from_handler(kwargs)
-            await reconcile(ctx, namespace or "default", name, logger, seen=body, children=children)
+            return await reconcile(
+                ctx, namespace or "default", name, logger, seen=body, children=children, fresh=fresh
+            )
 
     @kopf.on.startup(registry=registry)
     def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
@@ -257,11 +265,14 @@ def register(
         namespace: str | None, name: str, body: kopf.Body, logger: Logger, memo: Any, **kwargs: Any
     ) -> None:
         """A settled model, now and then: its stable Deployment as the spec says (made again if
-        deleted by hand, scaled back, resources), which no event of the model's would bring."""
+        deleted by hand, scaled back, resources) and its Services, which no event of the model's
+        would bring. The stable is read from the API, not the index: after a watch's 410 kopf lists
+        again but keeps what was deleted meanwhile (its indexes are not informers)."""
         uid = body.get("metadata", {}).get("uid")
-        if not watched.still_there(kwargs, namespace or "default", name, uid):
+        if memo.get("gone") or not watched.still_there(kwargs, namespace or "default", name, uid):
             return  # deleted: a Deployment made again now would have no owner
-        await reconcile_locked(namespace, name, body, logger, memo, kwargs)
+        if await reconcile_locked(namespace, name, body, logger, memo, kwargs, fresh=True) is None:
+            memo["gone"] = True  # deleted, maybe while the watch was away: kopf keeps calling
 
     without_finalizer(registry, "resync")
 

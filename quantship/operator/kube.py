@@ -40,6 +40,16 @@ API_ERROR = "KubernetesAPIError"
 TRANSPORT_ERRORS = (aiohttp.ClientError, OSError, asyncio.TimeoutError, json.JSONDecodeError)
 """What a call can fail with besides an HTTP error status: connection refused or reset, DNS,
 TLS, a timeout, a body that is not JSON. Every one becomes a PortError, like an ApiException."""
+MODEL_GONE = "ModelGone"
+
+
+class ModelGone(PortError):
+    """The QuantizedModel a tick acts for is no longer in the API (404 on its own status write, or
+    on the read before making a child again): deleted while a watch was away, so kopf, which lists
+    again after a 410 without computing deletions, still holds it."""
+
+    def __init__(self, namespace: str, name: str) -> None:
+        super().__init__(f"{crd.KIND} {namespace}/{name} is gone from the API", reason=MODEL_GONE)
 
 
 class Kube:
@@ -50,6 +60,10 @@ class Kube:
         self.timeout = timeout
         self.written = Written()
         """What our status writes returned, until kopf's watch delivers it (see watched.py)."""
+        self.last_seen: dict[tuple[str, str], dict[str, Any]] = {}
+        """Each of our Deployments as a tick last read it, by (namespace, name): what makes a stable
+        deleted mid-canary again, whose revision the spec no longer describes (as Argo Rollouts
+        makes a ReplicaSet again from its template). Lost at a restart, like any memory."""
         self.apps = client.AppsV1Api(api)
         self.core = client.CoreV1Api(api)
         self.custom = client.CustomObjectsApi(api)
@@ -62,6 +76,7 @@ class Kube:
         return self.written.latest(seen)
 
     async def patch_model_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
+        """Raises ModelGone on 404: the model was deleted, whatever kopf's watch still holds."""
         written = await _call(
             f"writing the status of {crd.KIND} {namespace}/{name}",
             self.custom.patch_namespaced_custom_object_status(
@@ -74,8 +89,22 @@ class Kube:
                 _content_type=MERGE_PATCH,
             ),
             timeout=self.timeout,
+            missing_ok=True,
         )
+        if written is None:
+            raise ModelGone(namespace, name)
         self.written.wrote(written)
+
+    async def model_exists(self, namespace: str, name: str, uid: str | None) -> bool:
+        """Whether the API still has this model (this uid): asked before making a child again, as a
+        child made for a model deleted while the watch was away would be collected again at once."""
+        found = await _read(
+            self.custom.get_namespaced_custom_object_without_preload_content(
+                crd.GROUP, crd.VERSION, namespace, crd.PLURAL, name
+            ),
+            timeout=self.timeout,
+        )
+        return found is not None and found.get("metadata", {}).get("uid") == uid
 
     async def patch_model_metadata(self, namespace: str, name: str, metadata: Mapping[str, Any]) -> None:
         await _call(
@@ -270,36 +299,117 @@ class KubeWorkloads:
                     f"Deployment {namespace}/{name} is gone and revision {revision} is no longer in the spec",
                     reason="RevisionGone",
                 )
-            replicas = self.spec.replicas if track is Track.STABLE else self.canary_replicas
-            body = resources.deployment(self.spec, revision, track, replicas, self.owner)
+            if await self._create_deployment(self._built(revision, track)):
+                await self.ensure_service(revision, may_exist=False)
+                return
+            current = await self.deployment(revision)  # there: a tick that failed half-way, or an old owner's
+        if current is not None:
+            await self._adopt("Deployment", current)
+            if current["metadata"].get("labels", {}).get("track") != track.value:
+                await self._relabel(current, track)
+        await self.ensure_service(revision, may_exist=True)
+
+    async def restore(self, revision: str, track: Track, *, fresh: bool = False) -> bool:
+        """Make `revision`'s Deployment again if it is gone (deleted by hand, or collected after its
+        model was deleted and created again): True when this call made it. From the spec while it
+        asks for `revision`, else from the body last seen (a stable mid-canary); neither: False,
+        and the engine finds it not ready. `fresh` reads the API rather than the index, which after
+        a watch's 410 still holds what was deleted meanwhile (kopf computes no deletions on a relist)."""
+        name = resources.child_name(self.spec, revision)
+        current = await (self._read_deployment(name) if fresh else self.deployment(revision))
+        if current is not None:
+            return False
+        body = self._built(revision, track) if revision == self.spec.revision else self._from_last_seen(name)
+        if body is None:
+            return False
+        model, uid = self.owner["metadata"]["name"], self.owner["metadata"].get("uid")
+        if not await self.kube.model_exists(self.spec.namespace, model, uid):
+            raise ModelGone(self.spec.namespace, model)
+        made = await self._create_deployment(body)
+        await self.ensure_service(revision, may_exist=True)
+        return made
+
+    def _built(self, revision: str, track: Track) -> dict[str, Any]:
+        replicas = self.spec.replicas if track is Track.STABLE else self.canary_replicas
+        return resources.deployment(self.spec, revision, track, replicas, self.owner)
+
+    def _from_last_seen(self, name: str) -> dict[str, Any] | None:
+        seen = self.kube.last_seen.get((self.spec.namespace, name))
+        return resources.made_again(seen, self.owner) if seen is not None else None
+
+    async def _create_deployment(self, body: Mapping[str, Any]) -> bool:
+        """Create a Deployment: True, or False when one of its name is there already (409)."""
+        name = body["metadata"]["name"]
+        created = await _call(
+            f"creating Deployment {name}",
+            self.kube.apps.create_namespaced_deployment(
+                self.spec.namespace, to_model(client.V1Deployment, body)
+            ),
+            exists_ok=True,
+            timeout=self.kube.timeout,
+        )
+        return created is not None
+
+    async def ensure_service(self, revision: str | None, *, may_exist: bool = True) -> None:
+        """A revision's Service (None: the model's shared one) as the spec wants it: made if missing;
+        its selector, ports and owner put back if someone changed them (as Flagger restores its
+        Services). Read from the index: one that matches costs no request; where it `may_exist` (its
+        Deployment did) a miss is read from the API, else created outright (no 409 on a new revision)."""
+        namespace = self.spec.namespace
+        wanted = resources.service(self.spec, revision, self.owner)
+        name = wanted["metadata"]["name"]
+        current = self.children.service(namespace, name)
+        if current is None and may_exist:
+            current = await self.read_service(name)
+        if current is None:
             created = await _call(
-                f"creating Deployment {name}",
-                self.kube.apps.create_namespaced_deployment(namespace, to_model(client.V1Deployment, body)),
+                f"creating Service {name}",
+                self.kube.core.create_namespaced_service(namespace, to_model(client.V1Service, wanted)),
                 exists_ok=True,
                 timeout=self.kube.timeout,
             )
-            if created is None:  # a tick that failed half-way created it: carry on from what is there
-                current = await self.deployment(revision)
-        if current is not None and current["metadata"].get("labels", {}).get("track") != track.value:
-            await self._relabel(current, track)
-        await self.create_service(revision, may_exist=current is not None)
+            current = None if created is not None else await self.read_service(name)
+            if current is None:
+                return
+        await self._adopt("Service", current)
+        patch = service_patch(current, wanted)
+        if patch:
+            await _call(
+                f"restoring the selector and ports of Service {name}",
+                self.kube.core.patch_namespaced_service(name, namespace, patch, _content_type=JSON_PATCH),
+                timeout=self.kube.timeout,
+            )
 
-    async def create_service(self, revision: str | None, *, may_exist: bool) -> None:
-        """A revision's Service (None: the model's shared one), unless it exists: the watch holds it,
-        or, where it `may_exist` (its Deployment did), a read finds it. So a first reconcile sends
-        no create answered 409, and a warm tick no request at all."""
-        namespace = self.spec.namespace
-        name = resources.child_name(self.spec, revision) if revision else self.spec.name
-        if self.children.service(namespace, name) is not None:
+    async def _adopt(self, kind: str, current: Mapping[str, Any]) -> None:
+        """A child whose controller is another QuantizedModel of this name (deleted and created again
+        at once: `kubectl replace --force`) becomes ours, so that the garbage collector, which
+        removes the dependents of the old uid, leaves it: one being deleted already is waited for."""
+        metadata = current["metadata"]
+        uid = self.owner.get("metadata", {}).get("uid")
+        controller = next((r for r in metadata.get("ownerReferences") or [] if r.get("controller")), None)
+        if controller is None or controller.get("uid") == uid:
             return
-        if may_exist and await self.read_service(name) is not None:
-            return
+        name = f"{kind} {self.spec.namespace}/{metadata['name']}"
+        if controller.get("kind") != crd.KIND:
+            raise PortError(f"{name} is controlled by {controller.get('kind')}", reason="ChildNotOurs")
+        if metadata.get("deletionTimestamp"):
+            raise PortError(
+                f"{name} of the model's previous incarnation is being deleted: made again once it is gone",
+                reason="ChildBeingDeleted",
+            )
+        wanted = resources.owned({}, self.owner)["metadata"]["ownerReferences"]
+        patch = [
+            {"op": "test", "path": "/metadata/uid", "value": metadata["uid"]},
+            {"op": "add", "path": "/metadata/ownerReferences", "value": wanted},
+        ]
+        call = (
+            self.kube.apps.patch_namespaced_deployment
+            if kind == "Deployment"
+            else self.kube.core.patch_namespaced_service
+        )
         await _call(
-            f"creating Service {name}",
-            self.kube.core.create_namespaced_service(
-                namespace, to_model(client.V1Service, resources.service(self.spec, revision, self.owner))
-            ),
-            exists_ok=True,
+            f"adopting {name}",
+            call(metadata["name"], self.spec.namespace, patch, _content_type=JSON_PATCH),
             timeout=self.kube.timeout,
         )
 
@@ -319,6 +429,7 @@ class KubeWorkloads:
 
     async def remove(self, revision: str) -> None:
         name = resources.child_name(self.spec, revision)
+        self.kube.last_seen.pop((self.spec.namespace, name), None)
         await _call(
             f"deleting Deployment {name}",
             self.kube.apps.delete_namespaced_deployment(name, self.spec.namespace),
@@ -343,21 +454,26 @@ class KubeWorkloads:
         name = resources.child_name(self.spec, revision)
         watched = self.children.deployment(self.spec.namespace, name)
         if watched is not None:
+            self.kube.last_seen[self.spec.namespace, name] = watched
             return watched
-        return await _read(  # not seen (yet): created a moment ago, or gone
+        return await self._read_deployment(name)  # not seen (yet): created a moment ago, or gone
+
+    async def _read_deployment(self, name: str) -> dict[str, Any] | None:
+        found = await _read(
             self.kube.apps.read_namespaced_deployment_without_preload_content(name, self.spec.namespace),
             timeout=self.kube.timeout,
         )
+        if found is not None:
+            self.kube.last_seen[self.spec.namespace, name] = found
+        return found
 
     async def conform(self, revision: str) -> None:
-        """A settled model's stable Deployment as the spec asks now: made again if deleted by hand
-        (while the spec still asks for its revision), with the spec's replicas and the server's
-        resources. Neither starts a canary (`revision_of` leaves them out), so nothing else would
-        apply them; a Deployment that matches costs no request."""
+        """A settled model's stable Deployment as the spec asks now (`restore` made it again if it
+        was gone): the spec's replicas and the server's resources. Neither starts a canary
+        (`revision_of` leaves them out), so nothing else would apply them; a Deployment that
+        matches costs no request."""
         current = await self.deployment(revision)
         if current is None:
-            if revision == self.spec.revision:
-                await self.run(revision, Track.STABLE)
             return
         wanted = resources.deployment(self.spec, revision, Track.STABLE, self.spec.replicas, self.owner)
         containers = current["spec"]["template"]["spec"]["containers"]
@@ -536,7 +652,7 @@ class ReplicaRouter:
 
     async def route(self, stable: str, canary: str | None, weight: int) -> float:
         # the model's Service may exist once a revision has served (or was deleted by hand)
-        await self.workloads.create_service(
+        await self.workloads.ensure_service(
             None, may_exist=has_served(self.workloads.owner.get("status") or {})
         )
         total = self.spec.replicas
@@ -559,6 +675,27 @@ class ReplicaRouter:
             if current is not None and current["spec"].get("replicas") != replicas:
                 return await self.route(stable, canary, weight)
         return None
+
+
+def service_patch(current: Mapping[str, Any], wanted: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The JSON patch putting a Service's selector and ports back as `wanted` (none if they are)."""
+    patch: list[dict[str, Any]] = []
+    spec, asked = current.get("spec") or {}, wanted["spec"]
+    if (spec.get("selector") or {}) != asked["selector"]:
+        patch.append({"op": "add", "path": "/spec/selector", "value": asked["selector"]})
+    if _ports(spec.get("ports") or []) != _ports(asked["ports"]):
+        patch.append({"op": "add", "path": "/spec/ports", "value": asked["ports"]})
+    if patch:
+        patch.insert(0, {"op": "test", "path": "/metadata/uid", "value": current["metadata"].get("uid")})
+    return patch
+
+
+def _ports(ports: list[Mapping[str, Any]]) -> set[tuple[Any, ...]]:
+    """A Service's ports as what routes traffic: the API server adds the defaults we set anyway."""
+    return {
+        (p.get("name"), p.get("port"), str(p.get("targetPort", p.get("port"))), p.get("protocol") or "TCP")
+        for p in ports
+    }
 
 
 def _same_resources(current: Mapping[str, Any], asked: Mapping[str, Any]) -> bool:

@@ -21,7 +21,7 @@ import kopf
 
 from quantship.operator import crd, placement, quantization, resources
 from quantship.operator import status as status_module
-from quantship.operator.kube import GatewayRouter, Kube, KubeWorkloads, ReplicaRouter
+from quantship.operator.kube import GatewayRouter, Kube, KubeWorkloads, ModelGone, ReplicaRouter
 from quantship.operator.metrics import OperatorMetrics
 from quantship.operator.spec import InvalidSpec, ModelSpec
 from quantship.operator.watched import Children
@@ -30,18 +30,23 @@ from quantship.rollout import (
     Decision,
     Fault,
     MetricsSource,
+    Phase,
     PortError,
     PrometheusSources,
     RolloutStatus,
+    Track,
     TrafficRouter,
     retire,
     tick,
 )
+from quantship.rollout.engine import canary_starting, made_again
 
 IN_FLIGHT = ("Pending", "Progressing")
 QUANTIZE_JOB_TROUBLE = "QuantizeJobError"
 """The Degraded reason while spec.quantize's Job cannot be created or read: said, and retried at the
 next tick or resync, while the rollout itself goes on (it stopped every tick, a bad canary included)."""
+RESTORED = "Restored"
+"""The Event reason of a Deployment the rollout needs that was gone and was made again."""
 
 
 @dataclass
@@ -88,15 +93,21 @@ async def reconcile(
     *,
     seen: Mapping[str, Any],
     children: Children | None = None,
+    fresh: bool = False,
 ) -> Decision | None:
     """Tick the rollout of one resource: `seen` is its body as kopf's watch delivered it,
     `children` our Deployments and Services as kopf's indexes hold them. Raises
     kopf.TemporaryError when anything talking to the API failed (an adapter,
     writing status or annotations): the Degraded condition says why where it can still be written,
     and kopf retries with backoff. Returns the decision, or None when there was nothing to decide
-    (resource gone or being deleted)."""
+    (resource gone or being deleted). `fresh`: read the stable Deployment from the API, not the
+    index (the resync: see `KubeWorkloads.restore`)."""
     try:
-        return await _reconcile(ctx, namespace, name, logger, seen, children)
+        return await _reconcile(ctx, namespace, name, logger, seen, children, fresh)
+    except ModelGone as exc:  # deleted while the watch was away: kopf will never say DELETED
+        logger.info("%s: its ticks end and its gauges go", exc)
+        ctx.metrics.forget((namespace, name))
+        return None
     except PortError as exc:
         raise kopf.TemporaryError(f"{exc.reason}: {exc}", delay=ctx.retry_backoff) from exc
 
@@ -108,6 +119,7 @@ async def _reconcile(
     logger: logging.Logger | Any,
     seen: Mapping[str, Any],
     children: Children | None,
+    fresh: bool,
 ) -> Decision | None:
     body = ctx.kube.latest_model(seen)
     if body.get("metadata", {}).get("deletionTimestamp"):
@@ -137,6 +149,7 @@ async def _reconcile(
     for_a_canary = current.in_flight
     router = router_for(ctx.kube, spec, workloads)
     try:
+        restored = await _restore(workloads, current, spec, fresh, body, logger)
         decision = await tick(
             current,
             spec.rollout,
@@ -147,8 +160,11 @@ async def _reconcile(
             abort=for_a_canary and crd.ABORT_ANNOTATION in annotations,
             promote=for_a_canary and crd.PROMOTE_ANNOTATION in annotations,
             retry=crd.RETRY_ANNOTATION in annotations,
+            restored=restored,
         )
         decision = await _rebalanced(router, decision)
+    except ModelGone:
+        raise
     except PortError as exc:
         try:
             await _write_status(ctx, body, previous, current, (exc.reason, str(exc)), generation, now, logger)
@@ -200,7 +216,53 @@ async def _reconcile(
         await ctx.kube.patch_model_status(namespace, name, patch)
     if retired.stable is not None and not retired.in_flight and not retired.retiring:
         await workloads.conform(retired.stable)  # replicas and resources as the spec says now
+    await _conform_services(workloads, spec, retired)
     return decision
+
+
+def _to_restore(status: RolloutStatus, spec: ModelSpec) -> list[tuple[str, Track]]:
+    """The revisions whose Deployments the rollout needs now, whatever the phase: the stable (but a
+    first revision the spec has moved on from: it is replaced), and a canary waiting for readiness.
+    A canary gone mid-step is not made again: with no server it is rolled back at once."""
+    wanted: list[tuple[str, Track]] = []
+    replaced = status.canary is None and status.phase is Phase.PENDING and status.stable != spec.revision
+    if status.stable is not None and not replaced:
+        wanted.append((status.stable, Track.STABLE))
+    if status.canary == spec.revision and canary_starting(status):
+        wanted.append((status.canary, Track.CANARY))
+    return wanted
+
+
+async def _restore(
+    workloads: KubeWorkloads,
+    status: RolloutStatus,
+    spec: ModelSpec,
+    fresh: bool,
+    body: Mapping[str, Any],
+    logger: Any,
+) -> tuple[str, ...]:
+    """Make the Deployments the rollout needs again where they are gone (as Argo Rollouts makes a
+    deleted ReplicaSet again), each said in a warning Event; the revisions made again. The stable
+    is read `fresh` from the API on a settled model's resync, where the index may be stale."""
+    made: list[str] = []
+    for revision, track in _to_restore(status, spec):
+        if await workloads.restore(revision, track, fresh=fresh and track is Track.STABLE):
+            made.append(revision)
+            name = resources.child_name(spec, revision)
+            message = f"Deployment {name}: {track.value} {made_again(revision)}"
+            kopf.warn(_event_target(body), reason=RESTORED, message=message)
+            logger.warning("%s: %s", RESTORED, message)
+    return tuple(made)
+
+
+async def _conform_services(workloads: KubeWorkloads, spec: ModelSpec, status: RolloutStatus) -> None:
+    """The Services of the revisions that serve, and the shared one once it routes (replicas mode),
+    made again or put back if deleted or edited by hand; from the index, free when they match."""
+    for revision in (status.stable, status.canary):
+        if revision is not None:
+            await workloads.ensure_service(revision)
+    if spec.router == "replicas" and status_module.has_served(workloads.owner.get("status") or {}):
+        await workloads.ensure_service(None)
 
 
 async def _rebalanced(router: TrafficRouter, decision: Decision) -> Decision:

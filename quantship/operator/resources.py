@@ -8,6 +8,7 @@ the model over every revision, so the replica ratio splits traffic. Called by th
 
 from __future__ import annotations
 
+import copy
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -230,8 +231,26 @@ def deployment(
     }
     if spec.match_gate_hardware and spec.gate_int8_flags is not None:
         body["spec"]["template"]["spec"]["affinity"] = placement.node_affinity(spec.gate_int8_flags)
+    return owned(body, owner)
+
+
+def owned(body: dict[str, Any], owner: Mapping[str, Any]) -> dict[str, Any]:
+    """`body` with the QuantizedModel `owner` as its controller (the garbage collector follows it)."""
     kopf.append_owner_reference(body, owner=dict(owner))  # type: ignore[arg-type]
     return body
+
+
+def made_again(seen: Mapping[str, Any], owner: Mapping[str, Any]) -> dict[str, Any]:
+    """A Deployment to create again as it was last seen (its spec, name and labels), owned by `owner`:
+    for a revision the spec no longer describes (the stable, mid-canary)."""
+    metadata = seen["metadata"]
+    body = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {k: metadata[k] for k in ("name", "namespace", "labels", "annotations") if k in metadata},
+        "spec": copy.deepcopy(seen["spec"]),
+    }
+    return owned(body, owner)
 
 
 def service(spec: ModelSpec, revision: str | None, owner: Mapping[str, Any]) -> dict[str, Any]:
@@ -250,5 +269,4 @@ def service(spec: ModelSpec, revision: str | None, owner: Mapping[str, Any]) -> 
             ],
         },
     }
-    kopf.append_owner_reference(body, owner=dict(owner))  # type: ignore[arg-type]
-    return body
+    return owned(body, owner)

@@ -11,6 +11,9 @@ The walk, one guarded step at a time (each returns early):
   new revision     -> canary Progressing, waiting for readiness (step -1) -> (ready) steps[0]
   each step        a canary with no ready server -> RolledBack at once ("canary not ready: ...");
                    a stable with none -> hold the judgement (Degraded) until it is back;
+  gone             a revision the rollout needs whose servers were deleted (the first one, the
+                   stable, a starting canary) is made again by the caller: "gone, made again", and
+                   a starting revision's progress deadline starts again
                    wait step_interval, judge: pass -> next step (after the last: Promoted);
                    fail -> failure_limit reached? RolledBack; inconclusive -> inconclusive_limit
                    reached? RolledBack (or hold), but Failed when the metrics queries are
@@ -80,6 +83,8 @@ class Observations:
     retry: bool = False
     """A person asked to roll the rejected revision out again (annotation serving.quantship.io/retry)."""
     analysis: Analysis | None = None
+    restored: tuple[str, ...] = ()
+    """Revisions whose servers were gone and were made again just before this tick."""
 
 
 @dataclass(frozen=True)
@@ -169,6 +174,8 @@ def _first_revision(status: RolloutStatus, obs: Observations, spec: RolloutSpec)
         first = replace(status, stable=spec.revision, started_at=obs.now)
         reason = f"deploying {spec.revision} instead of {status.stable}, which never became ready"
         return _decision(Action.DEPLOY, first, obs.now, reason, retire=(status.stable,))
+    if status.stable in obs.restored:  # its pods start again: so does its deadline
+        return _wait(replace(status, started_at=obs.now), f"{made_again(status.stable)}; waiting for it")
     if obs.stable_ready is None:
         return _wait(status, status.message)
     if obs.stable_ready:
@@ -196,6 +203,8 @@ def _canary(status: RolloutStatus, obs: Observations, spec: RolloutSpec) -> Deci
         return _start_canary(status, spec, now, replacing=canary)
     # the canary is starting: waiting for its readiness
     if canary_starting(status):
+        if canary in obs.restored:  # its pods start again: so does its deadline
+            return _wait(replace(status, started_at=now), f"canary {made_again(canary)}; waiting for it")
         if obs.canary_ready is None:
             return _wait(status, status.message)
         if not obs.canary_ready:
@@ -222,6 +231,8 @@ def _canary(status: RolloutStatus, obs: Observations, spec: RolloutSpec) -> Deci
     # progressing: no judgement against a stable that is down (its SLIs are no baseline); hold
     if obs.stable_ready is False:
         down = f"stable not ready: {status.stable} has no ready server; judging canary {canary} waits for it"
+        if status.stable in obs.restored:
+            down = f"stable {made_again(status.stable)}; judging canary {canary} waits for it to be ready"
         return _wait(status, down, degraded=down)
     # progressing: a clock that went back (NTP, another operator replica taking over) would hold the
     # step for as long as it went back: the step's interval starts again now
@@ -405,6 +416,10 @@ def _not_ready(status: RolloutStatus, spec: RolloutSpec) -> str:
     )
 
 
+def made_again(revision: str) -> str:
+    return f"{revision} was gone, made again"
+
+
 def _since(start: float | None, now: float) -> float:
     return 0.0 if start is None else now - start
 
@@ -430,16 +445,18 @@ async def tick(
     abort: bool = False,
     promote: bool = False,
     retry: bool = False,
+    restored: tuple[str, ...] = (),
 ) -> Decision:
     """One step of the rollout. Raises PortError when an adapter fails: nothing is committed then,
-    and the next tick decides again from the same status (every effect is idempotent)."""
+    and the next tick decides again from the same status (every effect is idempotent). `restored`:
+    revisions the caller found gone and made again (`Observations.restored`)."""
     need = needs(status, spec, now)
     stable_ready = await workloads.ready(status.stable) if need.stable_ready and status.stable else None
     canary_ready = await workloads.ready(status.canary) if need.canary_ready and status.canary else None
     analysis = None
     if need.analysis and status.canary and canary_ready is not False and stable_ready is not False:
         analysis = judge(await measure(metrics, spec, status.canary, status.stable, now), spec)
-    observations = Observations(now, stable_ready, canary_ready, abort, promote, retry, analysis)
+    observations = Observations(now, stable_ready, canary_ready, abort, promote, retry, analysis, restored)
     decision = decide(status, observations, spec)
     return await apply(decision, workloads=workloads, router=router)
 
