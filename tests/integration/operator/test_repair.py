@@ -1,0 +1,159 @@
+"""What a person or the garbage collector removes or edits, the operator puts back, whatever the
+phase: a Deployment the rollout needs (the first revision, the stable mid-canary), the model's
+Services, and the children of a model deleted and created again at once. Real kopf runtime
+against kmock; kmock collects no garbage, so `collect_garbage` does what the collector would."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from kubernetes.aio import client
+from operator_harness import NAMESPACE, Kubectl, ScriptedMetrics, StartOperator, eventually, spec_of
+from test_operator_lifecycle import FIRST, SECOND, V1, V2, condition, phase_is, posted, serving
+
+STABLE, CANARY = f"digits-{FIRST}", f"digits-{SECOND}"
+
+
+def status(kubectl: Kubectl) -> dict[str, Any]:
+    return dict((kubectl.get() or {}).get("status") or {})
+
+
+async def test_the_first_revisions_deployment_deleted_while_pending_is_made_again(
+    kubectl: Kubectl, start_operator: StartOperator
+) -> None:
+    """It stayed Pending for ever, then "not ready after 8 s", Degraded, with nothing to wait for."""
+    await start_operator(ScriptedMetrics(), resync_interval=0.5)
+    await kubectl.apply(
+        spec_of(V1, rollout={"steps": [25, 100], "stepInterval": "1s", "progressDeadline": "3s"})
+    )
+    first = await eventually(lambda: kubectl.deployment(STABLE), what="the first Deployment")
+
+    await kubectl.apps.delete_namespaced_deployment(STABLE, NAMESPACE)
+
+    again = await eventually(
+        lambda: (
+            (found := kubectl.deployment(STABLE))
+            and found["metadata"]["uid"] != first["metadata"]["uid"]
+            and found
+        ),
+        what="the first revision's Deployment made again",
+    )
+    assert again["spec"]["replicas"] == 2 and again["metadata"]["labels"]["track"] == "stable"
+    [event] = await posted(kubectl, "Restored")
+    assert event["message"] == f"Deployment {STABLE}: stable {FIRST} was gone, made again"
+    assert status(kubectl)["phase"] == "Pending"
+    await kubectl.make_ready(STABLE, 2)
+    await phase_is(kubectl, "Promoted")
+
+
+async def test_the_stable_deleted_mid_canary_is_made_again_as_it_was_and_judging_goes_on(
+    kubectl: Kubectl, start_operator: StartOperator
+) -> None:
+    """It was held for ever ("stable not ready ... waits for it"), the shared Service sending 100%
+    to the unjudged canary while the status said 25%."""
+    await start_operator(ScriptedMetrics(), resync_interval=0.5)
+    await serving(kubectl, spec_of(V1, rollout={"steps": [25, 50, 100], "stepInterval": "1s"}))
+    await kubectl.patch({"spec": {"artifact": {"uri": V2}}})
+    await eventually(lambda: kubectl.deployment(CANARY), what="the canary")
+    await kubectl.make_ready(CANARY, 1)
+    await eventually(lambda: status(kubectl).get("step") == 0, what="step 1 at 25%")
+    before = kubectl.deployment(STABLE)
+    assert before is not None
+
+    await kubectl.apps.delete_namespaced_deployment(STABLE, NAMESPACE)
+
+    again = await eventually(
+        lambda: (
+            (found := kubectl.deployment(STABLE))
+            and found["metadata"]["uid"] != before["metadata"]["uid"]
+            and found
+        ),
+        what="the stable made again",
+    )
+    assert again["spec"]["template"] == before["spec"]["template"], "V1's servers, not the spec's V2"
+    assert again["metadata"]["labels"]["track"] == "stable"
+    assert again["metadata"]["ownerReferences"] == before["metadata"]["ownerReferences"]
+    await eventually(
+        lambda: (kubectl.deployment(STABLE) or {})["spec"]["replicas"] == 1,
+        what="25% of 2 replicas: 1 stable",
+    )
+    held = await eventually(
+        lambda: condition(status(kubectl), "Degraded")["status"] == "True" and status(kubectl), what="held"
+    )
+    assert held["message"] == (
+        f"stable {FIRST} was gone, made again; judging canary {SECOND} waits for it to be ready"
+    )
+    await kubectl.make_ready(STABLE, 1)
+    await eventually(lambda: status(kubectl).get("step", 0) >= 1, what="judging going on")
+
+
+async def test_a_models_services_deleted_or_edited_by_hand_are_put_back(
+    kubectl: Kubectl, start_operator: StartOperator, api: client.ApiClient
+) -> None:
+    """They stayed deleted, or selecting nothing, while Ready said True."""
+    await start_operator(ScriptedMetrics(), resync_interval=0.5)
+    await serving(kubectl, spec_of(V1))
+    core = client.CoreV1Api(api)
+    shared, revision = kubectl.service("digits"), kubectl.service(STABLE)
+    assert shared is not None and revision is not None
+
+    await core.delete_namespaced_service("digits", NAMESPACE)
+    await core.delete_namespaced_service(STABLE, NAMESPACE)
+    await eventually(lambda: kubectl.service("digits") and kubectl.service(STABLE), what="made again")
+    assert kubectl.service("digits")["spec"] == shared["spec"]  # type: ignore[index]
+    assert kubectl.service(STABLE)["spec"] == revision["spec"]  # type: ignore[index]
+
+    await core.patch_namespaced_service(
+        "digits", NAMESPACE, {"spec": {"selector": {"app": "other"}, "ports": [{"name": "x", "port": 1}]}}
+    )
+    await eventually(
+        lambda: kubectl.service("digits")["spec"] == shared["spec"],  # type: ignore[index]
+        what="the selector and ports put back",
+    )
+
+
+async def collect_garbage(kubectl: Kubectl, api: client.ApiClient, uid: str) -> list[str]:
+    """What the garbage collector does once an owner is gone: delete what it still owns."""
+    core, apps = client.CoreV1Api(api), client.AppsV1Api(api)
+    gone = []
+    for (resource, namespace, name), obj in list(kubectl.cluster.objects.items()):
+        references = obj.raw.get("metadata", {}).get("ownerReferences") or []
+        if obj.deleted or not any(reference.get("uid") == uid for reference in references):
+            continue
+        if resource.plural == "deployments":
+            await apps.delete_namespaced_deployment(name, namespace)
+        else:
+            await core.delete_namespaced_service(name, namespace)
+        gone.append(f"{resource.plural}/{name}")
+    return gone
+
+
+async def test_a_model_deleted_and_created_again_at_once_adopts_its_predecessors_children(
+    kubectl: Kubectl, start_operator: StartOperator, api: client.ApiClient
+) -> None:
+    """`kubectl replace --force`: the new model took the old one's children as they were, owned by
+    the old uid, and the garbage collector then removed them under it."""
+    await start_operator(ScriptedMetrics(), resync_interval=0.5)
+    await serving(kubectl, spec_of(V1))
+    old = (kubectl.get() or {})["metadata"]["uid"]
+
+    await kubectl.delete()
+    await kubectl.apply(spec_of(V1))
+    new = (kubectl.get() or {})["metadata"]["uid"]
+    await phase_is(kubectl, "Promoted")
+
+    def owners() -> dict[str, list[str]]:
+        return {
+            f"{resource.plural}/{name}": [
+                reference["uid"] for reference in obj.raw["metadata"].get("ownerReferences") or []
+            ]
+            for (resource, _, name), obj in kubectl.cluster.objects.items()
+            if resource.plural in ("deployments", "services") and not obj.deleted
+        }
+
+    expected = {f"deployments/{STABLE}": [new], f"services/{STABLE}": [new], "services/digits": [new]}
+    await eventually(lambda: owners() == expected, what=f"every child owned by {new}, none by {old}")
+    assert await collect_garbage(kubectl, api, old) == []
+    await asyncio.sleep(1)
+    assert kubectl.deployment(STABLE) and kubectl.service(STABLE) and kubectl.service("digits")
