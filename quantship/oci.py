@@ -42,7 +42,6 @@ import base64
 import hashlib
 import json
 import re
-import tempfile
 import urllib.parse
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -226,8 +225,9 @@ def _push(
             f"the manifest also lists {', '.join(unknown)}"
         )
     client = _client(reference, credentials, insecure, timeout)
-    with tempfile.TemporaryDirectory(prefix="quantship-push-") as tmp:
-        config = Path(tmp) / "config.json"
+    scratch.sweep()  # what pushes killed before us (kill -9) left behind
+    with scratch.directory(scratch.PUSH_PREFIX) as tmp:
+        config = tmp / "config.json"
         config.write_bytes((loaded.root / artifact.MANIFEST_FILE).read_bytes())
         names = [*loaded.manifest["files"], artifact.MANIFEST_FILE]
         files = [f"{loaded.root / name}:{LAYER_MEDIA_TYPES[name]}" for name in names]

@@ -35,7 +35,9 @@ ARTIFACT_PREFIX = "quantship-artifact-"
 """An artifact .tar.gz unpacked to be verified or read (`quantship verify`, `quantship report`)."""
 QUANTIZE_PREFIX = "quantship-quantize-"
 """A quantization's working files: the prepared model, each trial's candidate."""
-PREFIXES = (SERVE_PREFIX, ARTIFACT_PREFIX, QUANTIZE_PREFIX)
+PUSH_PREFIX = "quantship-push-"
+"""A push's OCI config blob (the manifest, copied)."""
+PREFIXES = (SERVE_PREFIX, ARTIFACT_PREFIX, QUANTIZE_PREFIX, PUSH_PREFIX)
 OWNER_FILE = ".quantship-owner"
 
 

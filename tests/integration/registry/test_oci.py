@@ -8,6 +8,8 @@ import http.server
 import json
 import os
 import stat
+import subprocess
+import sys
 import tempfile
 import threading
 from pathlib import Path
@@ -247,6 +249,28 @@ def test_a_tarball_pushed_leaves_nothing_unpacked_and_pulls_back_readable_by_all
     assert stat.S_IMODE(pulled.root.stat().st_mode) == 0o755
     with pytest.raises(oci.OciError, match="exists; pull into a new directory"):
         oci.pull(registry.uri("quantship/tarball:v1"), tmp_path / "pulled")
+
+
+def test_a_push_killed_mid_way_is_swept_by_the_next_push(
+    registry: Registry, good_artifact: artifact.Artifact
+) -> None:
+    """A push's scratch (its config blob) was a plain temporary directory: after a kill -9 it stayed
+    for ever, since no sweep knew its prefix."""
+    killed = scratch.create(scratch.PUSH_PREFIX)
+    owner = json.loads((killed / scratch.OWNER_FILE).read_text())
+    (killed / scratch.OWNER_FILE).write_text(json.dumps({**owner, "pid": _dead_pid()}))
+    oci.push(good_artifact.root, registry.uri("quantship/swept:v1"))
+    assert not killed.exists()
+    assert not any(
+        json.loads((folder / scratch.OWNER_FILE).read_text())["pid"] == os.getpid()
+        for folder in Path(tempfile.gettempdir()).glob(f"{scratch.PUSH_PREFIX}*")
+    )
+
+
+def _dead_pid() -> int:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
 
 
 def test_a_registry_host_written_in_capitals_is_the_same_host(
