@@ -8,6 +8,7 @@ calibration cache format; every fallback trial re-quantizes from that cache
 from __future__ import annotations
 
 import logging
+import signal
 import subprocess
 import sys
 import warnings
@@ -22,6 +23,7 @@ from onnxruntime.quantization.calibrate import TensorsData, create_calibrator, s
 from onnxruntime.quantization.registry import IntegerOpsRegistry, QDQRegistry, QLinearOpsRegistry
 
 from quantship import runtime
+from quantship.local.lifetime import dying_with_parent
 from quantship.quantize.config import Format, Mode, QuantizeConfig
 from quantship.quantize.data import CalibrationReader, Dataset
 from quantship.quantize.errors import CalibrationFailed, QuantizeInputError, first_line
@@ -118,17 +120,11 @@ def prepare(model_path: Path, out_path: Path, *, pre_process: bool) -> str:
         named.rename(out_path)
         return "not requested"
     # onnxruntime's own CLI, in a child process whose working directory is ours: on failure its
-    # symbolic shape inference drops a debug model into the current directory.
+    # symbolic shape inference drops a debug model into the current directory. It dies with us: a
+    # kill -9 of a quantization left it running for minutes, writing into a scratch being swept.
+    preprocess = [sys.executable, "-m", "onnxruntime.quantization.preprocess"]
     result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "onnxruntime.quantization.preprocess",
-            "--input",
-            str(named),
-            "--output",
-            str(out_path),
-        ],
+        dying_with_parent([*preprocess, "--input", str(named), "--output", str(out_path)], signal.SIGKILL),
         cwd=out_path.parent,
         capture_output=True,
         text=True,

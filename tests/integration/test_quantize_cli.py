@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -592,3 +596,53 @@ def test_calibration_data_that_nothing_uses_is_named_in_a_warning(
     assert "warning: --calibration is not used" in err
     manifest = json.loads((tmp_path / "a" / "manifest.json").read_text())
     assert any("--calibration is not used" in w for w in manifest["warnings"])
+
+
+def test_a_quantization_killed_outright_takes_its_pre_processing_child_with_it(
+    sample: zoo.SampleModel, tmp_path: Path
+) -> None:
+    """onnxruntime's pre-processing runs in a child process: a kill -9 of the quantization left it
+    running, for minutes on a large model, writing into a scratch directory being swept. The child
+    is stopped once found, so that it cannot finish on its own before its parent is killed."""
+    quantize = subprocess.Popen(
+        [sys.executable, "-m", "quantship", "quantize", str(sample.model), "-o", str(tmp_path / "a"),
+         "--calibration", str(sample.calibration), "-q"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    child = None
+    try:
+        child = _wait_for_child(quantize.pid, b"onnxruntime.quantization.preprocess")
+        os.kill(child, signal.SIGSTOP)
+        quantize.kill()
+        quantize.wait(timeout=30)
+        deadline = time.monotonic() + 10
+        while _running(child) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _running(child), "pre-processing outlived a kill -9 of its quantization"
+    finally:
+        quantize.kill()
+        if child is not None and _running(child):
+            os.kill(child, signal.SIGKILL)
+
+
+def _wait_for_child(parent: int, marker: bytes, timeout: float = 60) -> int:
+    """A child of `parent` whose command line holds `marker`, once it runs Python itself (past any
+    launcher that exec's it)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for entry in Path("/proc").iterdir():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                ours = int(fields[1]) == parent and marker in (entry / "cmdline").read_bytes()
+                if ours and Path(os.readlink(entry / "exe")).name.startswith("python"):
+                    return int(entry.name)
+        time.sleep(0.005)
+    raise AssertionError(f"no child of {parent} ran {marker!r} within {timeout} s")
+
+
+def _running(pid: int) -> bool:
+    """Alive, stopped included; a zombie that its new parent has not reaped yet has ended."""
+    try:
+        return (Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]) != "Z"
+    except (OSError, IndexError):
+        return False
