@@ -22,6 +22,8 @@ import asyncio
 import contextlib
 import json
 import shutil
+import signal
+import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -667,9 +669,28 @@ async def _until_stopped(
     assert demo is not None
     stopper = Stopper(demo)
     stopper.install()
-    return await run_demo(
-        workdir, console, built, quick=quick, prometheus=prometheus, on_unwind=stopper.unwind, started=started
-    )
+    try:
+        return await run_demo(
+            workdir,
+            console,
+            built,
+            quick=quick,
+            prometheus=prometheus,
+            on_unwind=stopper.unwind,
+            started=started,
+        )
+    except asyncio.CancelledError:
+        if stopper.signal not in (None, signal.SIGINT):
+            raise StoppedBy(stopper.signal) from None
+        raise
+
+
+class StoppedBy(Exception):
+    """The demo was stopped by a signal other than Ctrl-C: the process ends by it once cleaned up."""
+
+    def __init__(self, sig: signal.Signals) -> None:
+        super().__init__(sig.name)
+        self.signal = sig
 
 
 def main(workdir: Path, console: Console, *, quick: bool, prometheus: bool) -> int:
@@ -682,6 +703,10 @@ def main(workdir: Path, console: Console, *, quick: bool, prometheus: bool) -> i
         return asyncio.run(
             _until_stopped(workdir, console, built, quick=quick, prometheus=prometheus, started=started)
         )
-    except (KeyboardInterrupt, asyncio.CancelledError):
+    except (KeyboardInterrupt, asyncio.CancelledError, StoppedBy) as stop:
         console.print("[yellow]interrupted: every server, Prometheus and the load generator were stopped[/]")
+        if isinstance(stop, StoppedBy):  # a kill or a closed terminal: end by it, as its sender expects
+            sys.stdout.flush()
+            signal.signal(stop.signal, signal.SIG_DFL)
+            signal.raise_signal(stop.signal)
         return 130

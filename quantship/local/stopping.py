@@ -27,15 +27,19 @@ class Stopper:
         self.task = task
         self.retry_s = retry_s
         self.unwinding = False
+        self.signal: signal.Signals | None = None
+        """The first signal that stopped the task: how the process should end once it has unwound."""
 
     def install(self, signals: Iterable[signal.Signals] = SIGNALS) -> None:
         """Stop on these signals (replacing asyncio.run's own Ctrl-C handler, which cancels once)."""
         loop = self.task.get_loop()
         for sig in signals:
-            loop.add_signal_handler(sig, self.stop)
+            loop.add_signal_handler(sig, self.stop, sig)
 
-    def stop(self) -> None:
+    def stop(self, sig: signal.Signals | None = None) -> None:
         """Cancel the task, and again every `retry_s` until it unwinds or ends."""
+        if self.signal is None:
+            self.signal = sig
         if self.task.done() or self.unwinding:
             return
         self.task.cancel()
