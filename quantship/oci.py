@@ -32,7 +32,11 @@ credentials, then of any 401 a GET meets:
   and only over https unless the registry is itself plain HTTP (loopback or `insecure`); the
   realm's answer is read within `MAX_TOKEN_BYTES`, and a redirect from it is refused. A push
   asks for its token before oras starts (oras would ask for the first request's pull scope and
-  use that token for the upload) and sends basic credentials nowhere but that realm.
+  use that token for the upload) and sends basic credentials nowhere but that realm. A token is
+  renewed, for the same scope, once its `expires_in` has passed, and when the registry answers
+  401 to it (it expired by the registry's clock): the request goes once more with the fresh
+  token, and a second 401 is final. A push's renewal lives in its session's transport adapter,
+  as oras resends the token it holds, unrenewed.
 - any other scheme is refused with its name.
 """
 
@@ -42,8 +46,9 @@ import base64
 import hashlib
 import json
 import re
+import time
 import urllib.parse
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,6 +88,10 @@ accept. An artifact's is under 2 KB; a registry that streams more is refused, no
 MAX_TOKEN_BYTES = 2**20
 """The largest answer read from a token realm: 1 MiB. A token is a JWT of a few KB; a realm that
 streams more is refused, not held in memory."""
+MIN_TOKEN_LIFETIME_S = 60
+"""Seconds a bearer token is taken to live when its realm says less or nothing: the token spec's
+default for `expires_in`, and the floor Docker's client puts on it. The registry's own refusal
+renews a token that dies sooner."""
 CHUNK_BYTES = 2**20
 MAX_REDIRECTS = 5
 PULL, PUSH = "pull", "pull,push"
@@ -306,9 +315,10 @@ class _Registry:
     prefix: str
     """http or https."""
     login: tuple[str, str] | None
+    timeout: float
     basic: bool = False
     """The registry asked for basic auth: the credentials go with every request to its host."""
-    token: str | None = None
+    bearer: _Bearer | None = None
     """The bearer token the registry's realm issued: it goes with every request to its host."""
 
     @classmethod
@@ -319,7 +329,7 @@ class _Registry:
         login = _login(reference, credentials)
         asked = _probe(reference, login, plain_http, timeout)
         session = _Timeouts.on(_OwnRedirects(), timeout)
-        registry = cls(reference, session, "http" if plain_http else "https", login)
+        registry = cls(reference, session, "http" if plain_http else "https", login, timeout)
         if asked is not None:
             registry.answer(asked)
         return registry
@@ -332,7 +342,11 @@ class _Registry:
         """Take up what the registry asked for; False when nothing new can be sent."""
         _supported(challenge, self.reference)
         if challenge.scheme == "bearer":  # a new token each time: the last may have expired
-            self.token = _token(challenge, self.reference, PULL, self.login, self.plain_http, self.session)
+            if self.bearer is None:
+                self.bearer = _Bearer(
+                    challenge, self.reference, PULL, self.login, self.plain_http, self.timeout
+                )
+            self.bearer.renew(challenge)
             return True
         if self.login is None or self.basic:
             return False
@@ -361,7 +375,7 @@ class _Registry:
     def _refusal(self, status: int) -> str:
         if self.login is None:
             return f"the registry wants credentials ({status})"
-        if self.token is not None:
+        if self.bearer is not None:
             return f"the registry refused the token its realm issued to {self.login[0]!r} ({status})"
         return f"the registry refused the credentials ({status})"
 
@@ -375,9 +389,9 @@ class _Registry:
         for _ in range(MAX_REDIRECTS + 1):
             own = self._own(url)
             sent = {**(headers or {})}
-            if own and self.token is not None:
-                sent["Authorization"] = f"Bearer {self.token}"
-            basic = self.login if own and self.basic and self.token is None else None
+            if own and self.bearer is not None:
+                sent["Authorization"] = f"Bearer {self.bearer.current()}"
+            basic = self.login if own and self.basic and self.bearer is None else None
             response = self.session.get(url, headers=sent, stream=True, auth=basic)
             if not response.is_redirect:
                 return response
@@ -521,6 +535,61 @@ class _CredentialsOnlyTo(_Timeouts):
         return super().send(request, **kwargs)
 
 
+class _Refused(oras.auth.AuthenticationException):
+    """The registry refused a token just renewed, or a token could not be had: an
+    AuthenticationException because oras lets those through at once (it retries any other error
+    for minutes)."""
+
+
+class _BearerTo(_Timeouts):
+    """Timeouts, and a bearer token sent to the registry's origin and no other Authorization
+    anywhere (the credentials stay with `_Bearer`, for the realm). A 401 of the registry's renews
+    the token and sends the request once more (its body is bytes: oras reads every file whole);
+    a second 401 is final."""
+
+    def __init__(self, timeout: float, registry: str, bearer: _Bearer) -> None:
+        super().__init__(timeout)
+        self.registry = registry
+        self.bearer = bearer
+
+    @classmethod
+    def carrying(cls, session: S, timeout: float, registry: str, bearer: _Bearer) -> S:
+        """`session`, its requests timing out and `bearer`'s token going to `registry`
+        (scheme://host) only."""
+        for scheme in ("http://", "https://"):
+            session.mount(scheme, cls(timeout, registry, bearer))
+        return session
+
+    def send(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:  # type: ignore[override]
+        if _origin(request.url or "") != self.registry:
+            request.headers.pop("Authorization", None)  # the token is the registry's alone
+            return super().send(request, **kwargs)
+        request.headers["Authorization"] = f"Bearer {self._token(self.bearer.current)}"
+        response = super().send(request, **kwargs)
+        if response.status_code != 401:
+            return response
+        response.close()
+        asked = _challenge(response)
+        if asked.scheme != "bearer":
+            raise _Refused(f"the registry refused its token and asks for {asked.scheme!r} authentication")
+        if not isinstance(request.body, bytes | str | None):
+            raise _Refused("the registry refused its token in the middle of an upload it cannot resend")
+        request.headers["Authorization"] = f"Bearer {self._token(lambda: self.bearer.renew(asked))}"
+        response = super().send(request, **kwargs)
+        if response.status_code == 401:
+            response.close()
+            raise _Refused("the registry refused the token its realm had just renewed (401)")
+        return response
+
+    @staticmethod
+    def _token(asking: Callable[[], str]) -> str:
+        """What `asking` returns; a realm's refusal as one oras lets through at once."""
+        try:
+            return asking()
+        except OciError as exc:
+            raise _Refused(str(exc)) from exc
+
+
 def _client(
     reference: Reference, credentials: Credentials | None, insecure: bool, timeout: float
 ) -> oras.client.OrasClient:
@@ -542,13 +611,13 @@ def _client(
         return client
     if login is None:  # an anonymous token may pull, never push
         raise OciError(_needs_credentials(reference))
-    with _Timeouts.on(_OwnRedirects(), timeout) as session:
-        token = _token(asked, reference, PUSH, login, plain_http, session)
+    # asked here, so a realm's refusal is named before oras starts; oras would ask for the first
+    # request's scope (pull) and send that token with the upload, and never renew one it holds
+    bearer = _Bearer(asked, reference, PUSH, login, plain_http, timeout)
+    bearer.renew()
     client = oras.client.OrasClient(hostname=reference.registry, insecure=plain_http, auth_backend="token")
-    _CredentialsOnlyTo.guard(client.session, timeout, _origin(_realm(asked, reference, plain_http)))
-    # oras would ask for the first request's scope (pull) and send that token with the upload
-    client.auth.set_token_auth(token)
-    client.auth.set_basic_auth(*login)  # for oras to renew the token, at the realm
+    registry = f"{'http' if plain_http else 'https'}://{reference.registry}"
+    _BearerTo.carrying(client.session, timeout, registry, bearer)
     return client
 
 
@@ -645,6 +714,43 @@ def _origin(url: str) -> str:
     return f"{parts.scheme}://{parts.netloc}"
 
 
+@dataclass
+class _Bearer:
+    """The bearer token of one push or pull: for its actions on its repository, from the realm the
+    registry's challenge names. Renewed before a request once its `expires_in` has passed, and
+    whenever the registry refuses it (the registry's clock decides; Docker Hub's tokens live
+    300 s): a push or pull may outlive any one token."""
+
+    challenge: _Challenge
+    reference: Reference
+    actions: str
+    login: tuple[str, str] | None
+    plain_http: bool
+    timeout: float
+    clock: Callable[[], float] = time.monotonic
+    token: str = ""
+    expires: float = float("-inf")
+    """When (on `clock`) the token's lifetime ends, counted from when it was asked for."""
+
+    def current(self) -> str:
+        """The token, renewed first if its lifetime has passed."""
+        return self.token if self.clock() < self.expires else self.renew()
+
+    def renew(self, challenge: _Challenge | None = None) -> str:
+        """A fresh token, asked of the realm `challenge` names (else the last one's); its scope
+        stays this operation's, whatever the challenge asks (a HEAD's challenge asks for pull
+        only, and that token would not do for the upload after it)."""
+        if challenge is not None:
+            self.challenge = challenge
+        asked = self.clock()
+        with _Timeouts.on(_OwnRedirects(), self.timeout) as session:
+            self.token, lifetime = _token(
+                self.challenge, self.reference, self.actions, self.login, self.plain_http, session
+            )
+        self.expires = asked + lifetime
+        return self.token
+
+
 def _token(
     challenge: _Challenge,
     reference: Reference,
@@ -652,10 +758,11 @@ def _token(
     login: tuple[str, str] | None,
     plain_http: bool,
     session: requests.Session,
-) -> str:
-    """A bearer token for `actions` on the reference's repository, asked of the realm the
-    registry's challenge names: with the credentials (basic auth, to that realm alone), or
-    anonymously. The realm's answer is read within MAX_TOKEN_BYTES; a redirect is refused."""
+) -> tuple[str, float]:
+    """A bearer token for `actions` on the reference's repository, and the seconds it lives,
+    asked of the realm the registry's challenge names: with the credentials (basic auth, to that
+    realm alone), or anonymously. The realm's answer is read within MAX_TOKEN_BYTES; a redirect
+    is refused."""
     realm = _realm(challenge, reference, plain_http)
     host = urllib.parse.urlsplit(realm).netloc
     params = {"scope": f"repository:{reference.repository}:{actions}"}
@@ -678,7 +785,16 @@ def _token(
     token = (data.get("token") or data.get("access_token")) if isinstance(data, dict) else None
     if not isinstance(token, str) or not re.fullmatch(r"[\x21-\x7e]+", token):
         raise OciError(f"the token realm {host} of {reference.registry} answered no token")
-    return token
+    return token, _lifetime(data)
+
+
+def _lifetime(answer: dict[str, Any]) -> float:
+    """The seconds a token lives, from the realm's `expires_in`: MIN_TOKEN_LIFETIME_S at least.
+    Its `issued_at` is not read: it is on the realm's clock, which may be minutes off ours."""
+    expires_in = answer.get("expires_in")
+    if not isinstance(expires_in, int | float) or isinstance(expires_in, bool):
+        return MIN_TOKEN_LIFETIME_S
+    return max(float(expires_in), MIN_TOKEN_LIFETIME_S)
 
 
 def _check_token_answer(
@@ -745,7 +861,7 @@ def _registry_errors(reference: Reference) -> Iterator[None]:
     """What oras and requests raise, as an OciError that names the reference."""
     try:
         yield
-    except _Withheld as exc:
+    except (_Withheld, _Refused) as exc:
         raise OciError(f"{reference}: {exc}") from exc
     except oras.auth.AuthenticationException as exc:
         raise OciError(f"{reference}: the registry refused the credentials: {exc}") from exc

@@ -111,6 +111,13 @@ class TokenServer:
     """The JSON member the token is sent in: the spec allows `token` and `access_token`."""
     authorizations: list[str | None] = field(default_factory=list)
     """The Authorization header of each token request, in order."""
+    expired: int = 0
+    """How many of the next tokens are issued already expired: an hour ago, past the minute
+    docker-registry allows for clock skew, so the registry refuses them as it would a token that
+    outlived its `expires_in` in the middle of a push or pull."""
+    pull_only: int = 0
+    """How many of the next tokens grant pull alone, whatever they were asked for: a push's
+    reads pass and its first write is refused, half-way through."""
 
     @property
     def realm(self) -> str:
@@ -127,6 +134,12 @@ class TokenServer:
 
     def issue(self, access: list[dict[str, object]], user: str | None) -> str:
         now = int(time.time())
+        if self.pull_only:
+            self.pull_only -= 1
+            access = [{**entry, "actions": ["pull"]} for entry in access]
+        if self.expired:
+            self.expired -= 1
+            now -= 3600 + 300  # its exp, now + 300, an hour ago
         header = {
             "alg": "ES256",
             "typ": "JWT",
