@@ -30,7 +30,9 @@ credentials, then of any 401 a GET meets:
   `pull,push`), anonymously or with the credentials as basic auth, and sent to the registry as
   `Authorization: Bearer`. The credentials go to that realm only, never to the registry itself,
   and only over https unless the registry is itself plain HTTP (loopback or `insecure`); the
-  realm's answer is read within `MAX_TOKEN_BYTES`, and a redirect from it is refused. A push
+  realm's answer is read within `MAX_TOKEN_BYTES`, and a redirect from it is refused. A Docker
+  config's `identitytoken` (ACR's `docker login` writes one) is sent there in the password's
+  stead, POSTed as the OAuth2 refresh-token grant of the token spec, under the same rules. A push
   asks for its token before oras starts (oras would ask for the first request's pull scope and
   use that token for the upload) and sends basic credentials nowhere but that realm. A token is
   renewed, for the same scope, once its `expires_in` has passed, and when the registry answers
@@ -94,6 +96,8 @@ default for `expires_in`, and the floor Docker's client puts on it. The registry
 renews a token that dies sooner."""
 CHUNK_BYTES = 2**20
 MAX_REDIRECTS = 5
+CLIENT_ID = "quantship"
+"""Who asks, in an identity token's exchange (the OAuth2 `client_id` the token spec requires)."""
 PULL, PUSH = "pull", "pull,push"
 """The actions a token is asked for (the `scope` repository:REPO:ACTIONS of the token spec)."""
 
@@ -191,6 +195,30 @@ class Reference:
     def loopback(self) -> bool:
         host = self.registry.rsplit(":", 1)[0].strip("[]")
         return host in ("localhost", "::1") or host.startswith("127.")
+
+
+@dataclass(frozen=True)
+class _Login:
+    """What quantship holds for a registry: a user and password, and maybe an identity token
+    from a Docker config (an OAuth2 refresh token: `docker login` to ACR writes one, beside the
+    user 00000000-0000-0000-0000-000000000000 and an empty password). A token realm is sent the
+    identity token instead of the password."""
+
+    user: str
+    password: str
+    identity_token: str | None = None
+
+    @property
+    def basic(self) -> tuple[str, str]:
+        """As HTTP basic auth."""
+        return self.user, self.password
+
+    @property
+    def named(self) -> str:
+        """What a refusal refused."""
+        if self.identity_token is not None:
+            return "the Docker config's identity token"
+        return f"the credentials of {self.user!r}"
 
 
 @dataclass(frozen=True)
@@ -314,7 +342,7 @@ class _Registry:
     session: requests.Session
     prefix: str
     """http or https."""
-    login: tuple[str, str] | None
+    login: _Login | None
     timeout: float
     basic: bool = False
     """The registry asked for basic auth: the credentials go with every request to its host."""
@@ -376,7 +404,7 @@ class _Registry:
         if self.login is None:
             return f"the registry wants credentials ({status})"
         if self.bearer is not None:
-            return f"the registry refused the token its realm issued to {self.login[0]!r} ({status})"
+            return f"the registry refused the token its realm issued for {self.login.named} ({status})"
         return f"the registry refused the credentials ({status})"
 
     def _own(self, url: str) -> bool:
@@ -391,7 +419,7 @@ class _Registry:
             sent = {**(headers or {})}
             if own and self.bearer is not None:
                 sent["Authorization"] = f"Bearer {self.bearer.current()}"
-            basic = self.login if own and self.basic and self.bearer is None else None
+            basic = self.login.basic if self.login and own and self.basic and self.bearer is None else None
             response = self.session.get(url, headers=sent, stream=True, auth=basic)
             if not response.is_redirect:
                 return response
@@ -607,7 +635,7 @@ def _client(
         origin = f"{'http' if plain_http else 'https'}://{reference.registry}"
         _CredentialsOnlyTo.guard(client.session, timeout, origin)
         if login is not None:
-            client.auth.set_basic_auth(*login)
+            client.auth.set_basic_auth(*login.basic)
         return client
     if login is None:  # an anonymous token may pull, never push
         raise OciError(_needs_credentials(reference))
@@ -656,9 +684,7 @@ def _supported(challenge: _Challenge, reference: Reference) -> None:
         )
 
 
-def _probe(
-    reference: Reference, login: tuple[str, str] | None, plain_http: bool, timeout: float
-) -> _Challenge | None:
+def _probe(reference: Reference, login: _Login | None, plain_http: bool, timeout: float) -> _Challenge | None:
     """A quick look at /v2/ (its body unread), first without credentials: a registry that is down
     is named. Returns what it asks for: nothing (None), basic auth (the credentials checked here,
     sent to it alone), or a bearer token (nothing is sent to it: the credentials are the realm's)."""
@@ -672,8 +698,8 @@ def _probe(
         return asked
     if login is None:
         raise OciError(_needs_credentials(reference))
-    if _look(reference, url, login, timeout).status_code in (401, 403):
-        raise OciError(f"{reference.registry} refused the credentials of {login[0]!r}")
+    if _look(reference, url, login.basic, timeout).status_code in (401, 403):
+        raise OciError(f"{reference.registry} refused {login.named}")
     return asked
 
 
@@ -724,7 +750,7 @@ class _Bearer:
     challenge: _Challenge
     reference: Reference
     actions: str
-    login: tuple[str, str] | None
+    login: _Login | None
     plain_http: bool
     timeout: float
     clock: Callable[[], float] = time.monotonic
@@ -755,14 +781,14 @@ def _token(
     challenge: _Challenge,
     reference: Reference,
     actions: str,
-    login: tuple[str, str] | None,
+    login: _Login | None,
     plain_http: bool,
     session: requests.Session,
 ) -> tuple[str, float]:
     """A bearer token for `actions` on the reference's repository, and the seconds it lives,
-    asked of the realm the registry's challenge names: with the credentials (basic auth, to that
-    realm alone), or anonymously. The realm's answer is read within MAX_TOKEN_BYTES; a redirect
-    is refused."""
+    asked of the realm the registry's challenge names: with an identity token (the OAuth2
+    refresh-token grant, POSTed), the credentials (basic auth), both to that realm alone, or
+    anonymously. The realm's answer is read within MAX_TOKEN_BYTES; a redirect is refused."""
     realm = _realm(challenge, reference, plain_http)
     host = urllib.parse.urlsplit(realm).netloc
     params = {"scope": f"repository:{reference.repository}:{actions}"}
@@ -770,7 +796,7 @@ def _token(
         params["service"] = challenge.params["service"]
     too_long = f"the token realm {host} answered more than {MAX_TOKEN_BYTES} bytes: refused"
     try:
-        with session.get(realm, params=params, auth=login, stream=True) as answer:
+        with _ask_realm(session, realm, params, login) as answer:
             _check_token_answer(answer, host, reference, login)
             body = b"".join(_capped(answer, MAX_TOKEN_BYTES, too_long))
     except requests.RequestException as exc:
@@ -788,6 +814,23 @@ def _token(
     return token, _lifetime(data)
 
 
+def _ask_realm(
+    session: requests.Session, realm: str, params: dict[str, str], login: _Login | None
+) -> requests.Response:
+    """The realm's streamed answer to a token request: the OAuth2 refresh-token grant when
+    `login` holds an identity token (https://distribution.github.io/distribution/spec/auth/oauth/),
+    else the token spec's GET, with the credentials as basic auth when there are any."""
+    if login is not None and login.identity_token is not None:
+        form = {
+            **params,
+            "grant_type": "refresh_token",
+            "refresh_token": login.identity_token,
+            "client_id": CLIENT_ID,
+        }
+        return session.post(realm, data=form, stream=True)
+    return session.get(realm, params=params, auth=login.basic if login else None, stream=True)
+
+
 def _lifetime(answer: dict[str, Any]) -> float:
     """The seconds a token lives, from the realm's `expires_in`: MIN_TOKEN_LIFETIME_S at least.
     Its `issued_at` is not read: it is on the realm's clock, which may be minutes off ours."""
@@ -798,7 +841,7 @@ def _lifetime(answer: dict[str, Any]) -> float:
 
 
 def _check_token_answer(
-    answer: requests.Response, host: str, reference: Reference, login: tuple[str, str] | None
+    answer: requests.Response, host: str, reference: Reference, login: _Login | None
 ) -> None:
     """Refuse a token realm's answer that is not a token, naming why."""
     status = answer.status_code
@@ -807,9 +850,7 @@ def _check_token_answer(
             f"the token realm {host} of {reference.registry} redirected the token request: refused"
         )
     if status in (401, 403) and login is not None:
-        raise OciError(
-            f"the token realm {host} of {reference.registry} refused the credentials of {login[0]!r}"
-        )
+        raise OciError(f"the token realm {host} of {reference.registry} refused {login.named}")
     if status in (401, 403):
         raise OciError(f"{_needs_credentials(reference)} (its token realm {host} gives no anonymous token)")
     if status != 200:
@@ -818,12 +859,13 @@ def _check_token_answer(
         )
 
 
-def _login(reference: Reference, credentials: Credentials | None) -> tuple[str, str] | None:
-    """(user, password) from the arguments, else from the Docker config's entry for the registry."""
+def _login(reference: Reference, credentials: Credentials | None) -> _Login | None:
+    """The user and password from the arguments, else the Docker config's entry for the registry
+    (with its identity token, if it has one)."""
     if credentials is None:
         return None
     if credentials.username is not None and credentials.password is not None:
-        return credentials.username, credentials.password
+        return _Login(credentials.username, credentials.password)
     if credentials.docker_config is None:
         return None
     try:
@@ -831,8 +873,11 @@ def _login(reference: Reference, credentials: Credentials | None) -> tuple[str, 
     except (OSError, ValueError, AttributeError) as exc:
         raise OciError(f"cannot read the Docker config {credentials.docker_config}: {exc}") from exc
     entry = _auth_for(auths, reference.registry)
+    identity = entry.get("identitytoken") or None
+    if identity is not None and not (isinstance(identity, str) and re.fullmatch(r"[\x21-\x7e]+", identity)):
+        raise OciError(f"the Docker config's identitytoken for {reference.registry} is not a token")
     if "username" in entry and "password" in entry:
-        return str(entry["username"]), str(entry["password"])
+        return _Login(str(entry["username"]), str(entry["password"]), identity)
     if "auth" in entry:
         try:
             user, _, password = base64.b64decode(entry["auth"]).decode().partition(":")
@@ -840,8 +885,8 @@ def _login(reference: Reference, credentials: Credentials | None) -> tuple[str, 
             raise OciError(
                 f"the Docker config's auth for {reference.registry} is not base64 user:password"
             ) from exc
-        return user, password
-    return None
+        return _Login(user, password, identity)
+    return _Login("", "", identity) if identity is not None else None
 
 
 def _auth_for(auths: Any, registry: str) -> dict[str, Any]:

@@ -171,6 +171,8 @@ def serving() -> Iterator[HostileRegistry]:
                 return
             answer(self)
 
+        do_POST = do_GET  # a token realm's OAuth2 grant; the form is left unread
+
         def log_message(self, format: str, *args: object) -> None:
             pass
 

@@ -36,6 +36,8 @@ BINARY = shutil.which("docker-registry") or str(REPO / ".tools/bin/docker-regist
 USER, PASSWORD = "ci", "s3cret-pass"
 TOKEN_USER, TOKEN_PASSWORD = "alice", "t0ken-pass"
 """The one account of the token server: it may pull and push anywhere."""
+IDENTITY_TOKEN = "alice-refresh-t0ken"
+"""The account's identity token (an OAuth2 refresh token, as `docker login` to ACR keeps one)."""
 PUBLIC = "public/"
 """Repositories under this prefix anyone may pull: the token server issues anonymous pull tokens."""
 SERVICE, ISSUER = "quantship-tests", "quantship-test-tokens"
@@ -100,9 +102,11 @@ def start(root: Path, *, auth: bool, tokens: TokenServer | None = None) -> Regis
 @dataclass
 class TokenServer:
     """A token server as the distribution token spec describes it: GET /token?service=&scope=,
-    HTTP basic auth optional, a JWT signed with `key` (its certificate is the registry's bundle).
-    TOKEN_USER with TOKEN_PASSWORD gets the actions asked for; anyone gets pull under PUBLIC; a
-    wrong password is a 401."""
+    HTTP basic auth optional, a JWT signed with `key` (its certificate is the registry's bundle);
+    and POST /token, the OAuth2 refresh-token grant of its spec (a form: grant_type=refresh_token,
+    refresh_token, service, scope, client_id). TOKEN_USER with TOKEN_PASSWORD, or IDENTITY_TOKEN,
+    gets the actions asked for; anyone gets pull under PUBLIC; a wrong password or identity token
+    is a 401."""
 
     address: str
     key: ec.EllipticCurvePrivateKey
@@ -111,6 +115,8 @@ class TokenServer:
     """The JSON member the token is sent in: the spec allows `token` and `access_token`."""
     authorizations: list[str | None] = field(default_factory=list)
     """The Authorization header of each token request, in order."""
+    forms: list[dict[str, list[str]]] = field(default_factory=list)
+    """The form of each POST, in order."""
     expired: int = 0
     """How many of the next tokens are issued already expired: an hour ago, past the minute
     docker-registry allows for clock skew, so the registry refuses them as it would a token that
@@ -202,17 +208,24 @@ def token_server() -> Iterator[TokenServer]:
             authorization = self.headers.get("Authorization")
             tokens.authorizations.append(authorization)
             accepted, user = _user(authorization)
-            query = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query)
-            access = [tokens.grant(scope, user) for scope in query.get("scope", [])]
-            if not accepted or query.get("service") != [SERVICE] or None in access:
-                status, answer = (
-                    (401, {"details": "incorrect username or password"})
-                    if not accepted
-                    else (
-                        400,
-                        {"details": "bad service or scope"},
-                    )
-                )
+            self.answer(accepted, user, urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query))
+
+        def do_POST(self) -> None:
+            tokens.authorizations.append(self.headers.get("Authorization"))
+            length = int(self.headers.get("Content-Length", "0"))
+            form = urllib.parse.parse_qs(self.rfile.read(length).decode())
+            tokens.forms.append(form)
+            grant = {name: form.get(name) for name in ("grant_type", "refresh_token")}
+            accepted = grant == {"grant_type": ["refresh_token"], "refresh_token": [IDENTITY_TOKEN]}
+            self.answer(accepted and bool(form.get("client_id")), TOKEN_USER, form)
+
+        def answer(self, accepted: bool, user: str | None, asked: dict[str, list[str]]) -> None:
+            """A token for the scopes `asked` names, or why not."""
+            access = [tokens.grant(scope, user) for scope in asked.get("scope", [])]
+            if not accepted:
+                status, answer = 401, {"details": "incorrect username, password or refresh token"}
+            elif asked.get("service") != [SERVICE] or None in access:
+                status, answer = 400, {"details": "bad service or scope"}
             else:
                 granted = [entry for entry in access if entry is not None]
                 status, answer = 200, {tokens.answer_field: tokens.issue(granted, user), "expires_in": 300}

@@ -5,6 +5,7 @@ in this process. The credentials go to the token realm, the registry sees only t
 from __future__ import annotations
 
 import base64
+import json
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -13,12 +14,30 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 from hostile_registry import body, challenge, redirect, serving
-from registry_harness import PUBLIC, TOKEN_PASSWORD, TOKEN_USER, Registry, TokenServer, relaying
+from registry_harness import (
+    IDENTITY_TOKEN,
+    PUBLIC,
+    SERVICE,
+    TOKEN_PASSWORD,
+    TOKEN_USER,
+    Registry,
+    TokenServer,
+    relaying,
+)
 
 from quantship import artifact, oci
 from quantship.cli import main
 
 ALICE = oci.Credentials(TOKEN_USER, TOKEN_PASSWORD)
+ACR_USER = "00000000-0000-0000-0000-000000000000"
+"""The user `docker login` writes beside an identity token, with an empty password."""
+
+
+def identity_config(path: Path, registry: str, identity_token: str = IDENTITY_TOKEN) -> oci.Credentials:
+    """A Docker config as `docker login` to ACR writes it, at `path`, for `registry`."""
+    auth = base64.b64encode(f"{ACR_USER}:".encode()).decode()
+    path.write_text(json.dumps({"auths": {registry: {"auth": auth, "identitytoken": identity_token}}}))
+    return oci.Credentials(docker_config=path)
 
 
 @contextmanager
@@ -91,6 +110,50 @@ def test_push_and_pull_with_credentials_send_the_password_to_the_realm_only(
     assert tokens.authorizations[asked_before:] == [basic, basic]  # one token for the push, one for the pull
 
 
+def test_an_identity_token_is_exchanged_at_the_realm_and_only_the_access_token_reaches_the_registry(
+    token_registry: tuple[Registry, TokenServer], good_artifact: artifact.Artifact, tmp_path: Path
+) -> None:
+    registry, tokens = token_registry
+    asked_before = len(tokens.authorizations)
+    with relaying(registry.address) as relay:
+        config = identity_config(tmp_path / "config.json", relay.address)
+        digest = oci.push(good_artifact.root, relay.uri("acr/digits:v1"), credentials=config)
+        pulled = oci.pull(relay.uri(f"acr/digits@{digest}"), tmp_path / "a", credentials=config)
+        sent = bytes(relay.sent)
+    assert pulled.digest == good_artifact.digest
+    assert b"Authorization: Bearer " in sent
+    for secret in (IDENTITY_TOKEN, ACR_USER, "Basic "):
+        assert secret.encode() not in sent
+    assert tokens.authorizations[asked_before:] == [None, None]  # no basic auth to the realm either
+    assert tokens.forms[-2:] == [
+        {
+            "grant_type": ["refresh_token"],
+            "refresh_token": [IDENTITY_TOKEN],
+            "client_id": [oci.CLIENT_ID],
+            "service": [SERVICE],
+            "scope": [f"repository:acr/digits:{actions}"],
+        }
+        for actions in (oci.PUSH, oci.PULL)
+    ]
+
+
+def test_a_refused_identity_token_is_named_in_one_line(
+    token_registry: tuple[Registry, TokenServer], good_artifact: artifact.Artifact, tmp_path: Path
+) -> None:
+    registry, tokens = token_registry
+    uri = registry.uri("acr/digits:v1")
+    oci.push(good_artifact.root, uri, credentials=ALICE)
+    config = identity_config(tmp_path / "config.json", registry.address, "revoked")
+    refused = (
+        f"the token realm {tokens.address} of {registry.address} refused the Docker config's identity token"
+    )
+    for command in (["pull", uri, "-o", str(tmp_path / "a")], ["push", str(good_artifact.root), uri]):
+        code, output = _cli(*command, "--docker-config", str(config.docker_config))
+        assert code == 3 and output.count("\n") == 1, output
+        assert refused in output
+    assert not (tmp_path / "a").exists()
+
+
 def test_a_wrong_password_is_named_as_refused_by_the_realm(
     token_registry: tuple[Registry, TokenServer], good_artifact: artifact.Artifact, tmp_path: Path
 ) -> None:
@@ -131,17 +194,19 @@ def test_a_challenge_quantship_cannot_answer_is_named_and_nothing_is_sent(
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("identity", [False, True], ids=["password", "identity-token"])
 def test_a_realm_that_redirects_the_token_request_is_refused_before_the_credentials_follow(
-    tmp_path: Path,
+    tmp_path: Path, identity: bool
 ) -> None:
     stop = threading.Event()
     with serving() as registry, serving() as elsewhere:
         registry.answers["/v2/"] = challenge(f'Bearer realm="http://{registry.address}/token"')
         registry.answers["/token"] = redirect(f"http://{elsewhere.address}/token", stop=stop)
         elsewhere.answers["/token"] = body(b'{"token": "t"}', "application/json")
+        credentials = identity_config(tmp_path / "config.json", registry.address) if identity else ALICE
         try:
             with pytest.raises(oci.OciError, match="redirected the token request: refused"):
-                oci.pull(registry.uri("models/digits"), tmp_path / "a", credentials=ALICE)
+                oci.pull(registry.uri("models/digits"), tmp_path / "a", credentials=credentials)
         finally:
             stop.set()
     assert elsewhere.requested == []

@@ -42,7 +42,7 @@ def _bearer(registry: Registry, tokens: TokenServer, path: str, actions: str, **
         oci._Challenge("bearer", {"realm": tokens.realm, "service": SERVICE}),
         oci.Reference.parse(registry.uri(path)),
         actions,
-        (TOKEN_USER, TOKEN_PASSWORD),
+        oci._Login(TOKEN_USER, TOKEN_PASSWORD),
         plain_http=True,
         timeout=10,
         **clock,  # type: ignore[arg-type]
@@ -87,7 +87,7 @@ def test_a_token_refused_right_after_its_renewal_fails_in_one_line(
         (["push", str(good_artifact.root), uri], "the registry refused the token its realm had just renewed"),
         (
             ["pull", uri, "-o", str(tmp_path / "a")],
-            "the registry refused the token its realm issued to 'alice'",
+            "the registry refused the token its realm issued for the credentials of 'alice'",
         ),
     ):
         before = len(tokens.authorizations)
