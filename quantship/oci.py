@@ -30,9 +30,11 @@ credentials, then of any 401 a GET meets:
   `pull,push`), anonymously or with the credentials as basic auth, and sent to the registry as
   `Authorization: Bearer`. The credentials go to that realm only, never to the registry itself,
   and only over https unless the registry is itself plain HTTP (loopback or `insecure`); the
-  realm's answer is read within `MAX_TOKEN_BYTES`, and a redirect from it is refused. A Docker
-  config's `identitytoken` (ACR's `docker login` writes one) is sent there in the password's
-  stead, POSTed as the OAuth2 refresh-token grant of the token spec, under the same rules. A push
+  realm's answer is read within `MAX_TOKEN_BYTES`, and a redirect from it is refused; the realm
+  is the first challenge's for the whole push or pull, and a later challenge naming a realm on
+  another origin is refused, unasked. A Docker config's `identitytoken` (ACR's `docker login`
+  writes one) is sent there in the password's stead, POSTed as the OAuth2 refresh-token grant of
+  the token spec, under the same rules. A push
   asks for its token before oras starts (oras would ask for the first request's pull scope and
   use that token for the upload) and sends basic credentials nowhere but that realm. A token is
   renewed, for the same scope, once its `expires_in` has passed, and when the registry answers
@@ -765,8 +767,10 @@ class _Bearer:
     def renew(self, challenge: _Challenge | None = None) -> str:
         """A fresh token, asked of the realm `challenge` names (else the last one's); its scope
         stays this operation's, whatever the challenge asks (a HEAD's challenge asks for pull
-        only, and that token would not do for the upload after it)."""
+        only, and that token would not do for the upload after it). The realm stays on the
+        first challenge's origin: a challenge naming another is refused, unasked."""
         if challenge is not None:
+            self._same_realm(challenge)
             self.challenge = challenge
         asked = self.clock()
         with _Timeouts.on(_OwnRedirects(), self.timeout) as session:
@@ -775,6 +779,18 @@ class _Bearer:
             )
         self.expires = asked + lifetime
         return self.token
+
+    def _same_realm(self, challenge: _Challenge) -> None:
+        """Refuse a challenge whose realm is on another origin (scheme, host, port) than the first
+        one's: the credentials went to that realm, and a registry (or whoever answers in its
+        name) does not get to send them elsewhere half-way."""
+        pinned = _origin(_realm(self.challenge, self.reference, self.plain_http))
+        named = _origin(_realm(challenge, self.reference, self.plain_http))
+        if named != pinned:
+            raise OciError(
+                f"{self.reference.registry} named the token realm {_brief(pinned)}, then "
+                f"{_brief(named)}: refused, a push or pull asks one realm for its tokens"
+            )
 
 
 def _token(

@@ -24,7 +24,10 @@ Answer = Callable[[BaseHTTPRequestHandler], None]
 class HostileRegistry:
     address: str
     answers: dict[str, Answer]
-    """URL path -> its answer. Unless told, /v2/ answers 200 and any other path 404."""
+    """URL path -> its answer. Unless told, /v2/ answers 200 and any other path `otherwise`."""
+    otherwise: Answer | None = None
+    """The answer to a path `answers` does not name (a push's blobs, whatever their digests);
+    None: 404."""
     requested: list[str] = field(default_factory=list)
     authorized: list[bool] = field(default_factory=list)
     """For each request in `requested`: whether it carried an Authorization header."""
@@ -152,7 +155,8 @@ def stalls_after(content: bytes, declared: int, *, until: threading.Event) -> An
 
 
 @contextmanager
-def serving() -> Iterator[HostileRegistry]:
+def serving(host: str = "127.0.0.1") -> Iterator[HostileRegistry]:
+    """A registry on `host` (any of 127.0.0.0/8: another host, as far as a client can tell)."""
     registry: HostileRegistry
 
     class Handler(BaseHTTPRequestHandler):
@@ -164,6 +168,7 @@ def serving() -> Iterator[HostileRegistry]:
             answer = registry.answers.get(self.path) or registry.answers.get(self.path.partition("?")[0])
             if answer is None and self.path == "/v2/":
                 answer = body(b"{}", "application/json")
+            answer = answer or registry.otherwise
             if answer is None:
                 self.send_response(404)
                 self.send_header("Content-Length", "0")
@@ -172,13 +177,14 @@ def serving() -> Iterator[HostileRegistry]:
             answer(self)
 
         do_POST = do_GET  # a token realm's OAuth2 grant; the form is left unread
+        do_HEAD = do_GET  # a push asks first whether a blob is there
 
         def log_message(self, format: str, *args: object) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server = ThreadingHTTPServer((host, 0), Handler)
     server.daemon_threads = True
-    registry = HostileRegistry(f"127.0.0.1:{server.server_address[1]}", {})
+    registry = HostileRegistry(f"{host}:{server.server_address[1]}", {})
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     try:

@@ -212,6 +212,36 @@ def test_a_realm_that_redirects_the_token_request_is_refused_before_the_credenti
     assert elsewhere.requested == []
 
 
+@pytest.mark.parametrize("identity", [False, True], ids=["password", "identity-token"])
+@pytest.mark.parametrize("elsewhere_on", ["127.0.0.2", "127.0.0.1"], ids=["another-host", "another-port"])
+def test_a_later_challenge_naming_another_realm_is_refused_and_nothing_goes_there(
+    good_artifact: artifact.Artifact, tmp_path: Path, identity: bool, elsewhere_on: str
+) -> None:
+    """The first challenge's realm is asked for a token; every later request (a push's first
+    blob, a pull's manifest) is answered with a 401 naming a realm elsewhere, which would hand out
+    a token too. The credentials went to the first realm, and go nowhere else half-way."""
+    with serving() as registry, serving(elsewhere_on) as elsewhere:
+        registry.answers["/v2/"] = challenge(f'Bearer realm="http://{registry.address}/token"')
+        registry.answers["/token"] = body(b'{"token": "first"}', "application/json")
+        registry.otherwise = challenge(f'Bearer realm="http://{elsewhere.address}/token",service="s"')
+        elsewhere.answers["/token"] = body(b'{"token": "elsewhere"}', "application/json")
+        config = identity_config(tmp_path / "config.json", registry.address)
+        login = ["--docker-config", str(config.docker_config)] if identity else ["--username", TOKEN_USER]
+        uri = registry.uri("models/digits")
+        refused = (
+            f"{registry.address} named the token realm http://{registry.address}, "
+            f"then http://{elsewhere.address}: refused"
+        )
+        for command in (["push", str(good_artifact.root), uri], ["pull", uri, "-o", str(tmp_path / "a")]):
+            code, output = _cli(*command, *login, password=TOKEN_PASSWORD)
+            assert elsewhere.requested == [], command[0]
+            assert code == 3 and output.count("\n") == 1, output
+            assert refused in output
+    # the first realm was asked once for the push, once for the pull
+    assert sum(path.partition("?")[0] == "/token" for path in registry.requested) == 2
+    assert not (tmp_path / "a").exists()
+
+
 def test_a_realm_is_asked_over_https_unless_the_registry_itself_is_plain_http() -> None:
     asked = oci._Challenge("bearer", {"realm": "http://auth.example/token"})
     with pytest.raises(oci.OciError, match="over https only"):
