@@ -110,6 +110,8 @@ class Metric(enum.StrEnum):
     ANALYSIS_TOTAL = f"{PREFIX}analysis_total"
     ANALYSIS_LAG_SECONDS = f"{PREFIX}analysis_lag_seconds"
     BURN_RATE = f"{PREFIX}burn_rate"
+    SLO_BUDGET = f"{PREFIX}slo_budget"
+    """Each QuantizedModel's own error budget per SLO (spec.slos), which its burn alerts judge."""
 
     @property
     def declared(self) -> str:

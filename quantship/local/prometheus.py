@@ -96,7 +96,8 @@ class PrometheusProcess:
                 {
                     "job_name": "quantship",
                     "scrape_timeout": self.scrape_interval,
-                    # The servers label their own series (model, revision, track); keep theirs.
+                    # The servers label their own series (model, revision, track), the operator its
+                    # own with each model's namespace too; keep theirs.
                     "honor_labels": True,
                     "file_sd_configs": [{"files": [str(self._targets_file)], "refresh_interval": "1s"}],
                 }

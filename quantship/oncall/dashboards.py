@@ -41,9 +41,8 @@ from quantship.oncall import links, rules
 M = slo.Metric
 DATASOURCE = models.DataSourceRef(type_val="prometheus", uid="${datasource}")
 MODEL: Mapping[str, str] = {slo.NAMESPACE: slo.Regex("$namespace"), "model": slo.Regex("$model")}
-"""The servers' series: a model is namespace and name (the scrape adds `namespace`), as the rules group."""
-OPERATOR_MODEL: Mapping[str, str] = {"model": slo.Regex("$model")}
-"""The operator's series: keyed by model name only (their `namespace` is the operator's own)."""
+"""A model is namespace and name, as the rules group: the servers' series (the scrape adds `namespace`)
+and the operator's (it labels them with the QuantizedModel's namespace; the scrape honors it)."""
 RATE = "$__rate_interval"
 RANGE = "$__range"
 NAMED = (slo.NAMESPACE, "model")
@@ -111,15 +110,19 @@ def size_bytes(variant: str) -> str:
 
 def rollouts(window: str, result: str = "") -> str:
     """Rollouts that ended in `window`, by result; `result` narrows them (a regex)."""
-    labels = {**OPERATOR_MODEL, "result": slo.Regex(result)} if result else OPERATOR_MODEL
-    return f"sum by (model, result) (increase({slo.with_labels(M.ROLLOUTS_TOTAL, labels)}[{window}]))"
+    labels = {**MODEL, "result": slo.Regex(result)} if result else MODEL
+    return (
+        f"sum by (namespace, model, result) (increase({slo.with_labels(M.ROLLOUTS_TOTAL, labels)}[{window}]))"
+    )
 
 
 def rollouts_ended(window: str, result: str) -> str:
     """Rollouts that ended in `window` with `result`: an annotation per marker, a first rollback
     of a model (its counter series is new) included."""
-    series = slo.with_labels(M.ROLLOUTS_TOTAL, {**OPERATOR_MODEL, "result": slo.Regex(result)})
-    return rules.appeared_or_increased(series, "model, result", window).strip().replace("\n", " ")
+    series = slo.with_labels(M.ROLLOUTS_TOTAL, {**MODEL, "result": slo.Regex(result)})
+    return (
+        rules.appeared_or_increased(series, f"{rules.MODEL_KEY}, result", window).strip().replace("\n", " ")
+    )
 
 
 # -- building blocks -----------------------------------------------------------------------------
@@ -385,8 +388,8 @@ def executive() -> Board:
         "Share of traffic on the canary now: 0 when no rollout is in progress.",
         [
             query(
-                f"max by (model) ({slo.with_labels(M.ROLLOUT_WEIGHT, OPERATOR_MODEL)})",
-                "{{model}}",
+                f"max by (namespace, model) ({slo.with_labels(M.ROLLOUT_WEIGHT, MODEL)})",
+                "{{namespace}}/{{model}}",
                 instant=True,
             )
         ],
@@ -416,8 +419,12 @@ def oncall() -> Board:
         "quantship / on-call",
         "Which SLO burns, how fast, on which revision; what the rollout did about it.",
     )
-    board.annotate("Promotions", "green", rollouts_ended(RATE, "promoted"), "{{model}} promoted")
-    board.annotate("Rollbacks", "red", rollouts_ended(RATE, "rolled_back|failed"), "{{model}} {{result}}")
+    board.annotate(
+        "Promotions", "green", rollouts_ended(RATE, "promoted"), "{{namespace}}/{{model}} promoted"
+    )
+    board.annotate(
+        "Rollbacks", "red", rollouts_ended(RATE, "rolled_back|failed"), "{{namespace}}/{{model}} {{result}}"
+    )
     board.row("Error budget burn (recording rules; dashed: the alert tiers)")
     for objective in slo.DEFAULT_OBJECTIVES:
         board.graph(
@@ -548,7 +555,12 @@ def oncall() -> Board:
     board.graph(
         "Canary weight",
         "Share of traffic the operator sends to the canary.",
-        [query(f"max by (model) ({slo.with_labels(M.ROLLOUT_WEIGHT, OPERATOR_MODEL)})", "{{model}}")],
+        [
+            query(
+                f"max by (namespace, model) ({slo.with_labels(M.ROLLOUT_WEIGHT, MODEL)})",
+                "{{namespace}}/{{model}}",
+            )
+        ],
         unit="percent",
         span=8,
     )
@@ -557,21 +569,21 @@ def oncall() -> Board:
         "Burn rate of each SLO on the analysis windows at the last judgement.",
         [
             query(
-                f"max by (model, slo, window) ({slo.with_labels(M.BURN_RATE, OPERATOR_MODEL)})",
-                "{{model}} {{slo}} {{window}}",
+                f"max by (namespace, model, slo, window) ({slo.with_labels(M.BURN_RATE, MODEL)})",
+                "{{namespace}}/{{model}} {{slo}} {{window}}",
             )
         ],
         unit="suffix:x",
         span=8,
     )
-    analyses = slo.with_labels(M.ANALYSIS_TOTAL, OPERATOR_MODEL)
+    analyses = slo.with_labels(M.ANALYSIS_TOTAL, MODEL)
     board.graph(
         "Analysis verdicts",
         "Judgements per interval: pass, fail, inconclusive.",
         [
             query(
-                f"sum by (model, result) (increase({analyses}[{RATE}]))",
-                "{{model}} {{result}}",
+                f"sum by (namespace, model, result) (increase({analyses}[{RATE}]))",
+                "{{namespace}}/{{model}} {{result}}",
             )
         ],
         unit="short",

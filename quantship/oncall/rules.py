@@ -4,7 +4,8 @@
 rule file for `rule_files:` and promtool), manifests/prometheusrule.yaml (the Prometheus
 Operator's PrometheusRule) and helm/quantship/files/prometheus-rules.yaml (what the chart
 embeds). SLI ratios come from `slo.ratio`, windows and burn factors from `slo.BURN_WINDOWS`,
-objectives from `slo.DEFAULT_OBJECTIVES`: the alerts judge the numbers the rollout engine judges.
+objectives from `slo.DEFAULT_OBJECTIVES`, budgets from each model's own spec.slos where the
+operator reports them (`quantship_slo_budget`): the alerts judge the numbers the rollout engine judges.
 
 Three groups:
   quantship-slo-ratios   each SLO's bad ratio per model, revision and track over slo.RULE_WINDOWS
@@ -34,6 +35,8 @@ LABELS = (slo.NAMESPACE, *slo.LABELS)
 """What every rule groups by: a model's namespace too, which the scrape adds (a staging canary's
 errors were summed with prod's traffic under one model and revision, and paged nobody)."""
 BY = ", ".join(LABELS)
+MODEL_KEY = f"{slo.NAMESPACE}, model"
+"""A model, as both the servers' and the operator's series name it: its namespace and name."""
 MODEL = "{{ with $labels.namespace }}{{ . }}/{{ end }}{{ $labels.model }}"
 """How an alert's text names the model: namespace/model where the scrape adds a namespace."""
 
@@ -185,15 +188,40 @@ def recording_rules(objectives: Sequence[slo.Objective]) -> list[dict[str, Any]]
 # -- burn-rate alerts ----------------------------------------------------------------------------
 
 
+def own_budget(sli: slo.SLI) -> str:
+    """Each model's own error budget of `sli` (its spec.slos), as the operator reports it."""
+    series = slo.with_labels(M.SLO_BUDGET, {"slo": sli.value})
+    return f"max by ({MODEL_KEY}) ({series})"
+
+
+def above_budget(recorded: str, objective: slo.Objective, window: slo.BurnWindow) -> str:
+    """`recorded` where it exceeds `window.factor` times its model's own budget, or times the
+    default budget for models the operator does not report (it is down, or serves none of them:
+    the demo). The latency SLO's threshold (which bucket `recorded` reads) stays the default's:
+    only its budget is the model's own."""
+    own = own_budget(objective.sli)
+    return (
+        f"(\n  {recorded} > on ({MODEL_KEY}) group_left () ({window.factor:g} * {own})\n"
+        f"  or\n  {recorded} > {threshold(objective, window)} unless on ({MODEL_KEY}) {own}\n)"
+    )
+
+
+def budget_used(objective: slo.Objective) -> str:
+    """An alert template printing the budget its model was judged by: its own, or the default."""
+    own = slo.with_labels(M.SLO_BUDGET, {"slo": objective.sli.value})
+    mine = own.removesuffix("}") + ",namespace=%q,model=%q}"
+    return (
+        f"{{{{ with printf `max({mine})` $labels.namespace $labels.model | query }}}}"
+        f"{{{{ . | first | value }}}}{{{{ else }}}}{objective.budget:g}{{{{ end }}}}"
+    )
+
+
 def burn_alert(objective: slo.Objective, window: slo.BurnWindow) -> dict[str, Any]:
-    limit = threshold(objective, window)
     total = slo.increase(slo.counters(objective).total, window.long, {}, LABELS)
     expr = (
-        "(\n"
-        f"  {slo.recording_rule(objective.sli, window.long)} > {limit}\n"
+        f"{above_budget(slo.recording_rule(objective.sli, window.long), objective, window)}\n"
         "and\n"
-        f"  {slo.recording_rule(objective.sli, window.short)} > {limit}\n"
-        ")\n"
+        f"{above_budget(slo.recording_rule(objective.sli, window.short), objective, window)}\n"
         f"and on ({BY})\n"
         f"  ({total} >= {minimum_events(window)})\n"
     )
@@ -218,8 +246,8 @@ def burn_alert(objective: slo.Objective, window: slo.BurnWindow) -> dict[str, An
             "description": (
                 f"Model {MODEL} revision {{{{ $labels.revision }}}} "
                 f"({{{{ $labels.track }}}}): the {objective.sli.value} bad ratio is "
-                f"{{{{ $value | humanizePercentage }}}} over {window.long}, above {limit:.4g} "
-                f"({window.factor:g}x the {objective.budget:g} budget) over {window.long} and "
+                f"{{{{ $value | humanizePercentage }}}} over {window.long}, above {window.factor:g}x "
+                f"the {budget_used(objective)} budget over {window.long} and "
                 f"{window.short}. At this pace a 30-day budget lasts {30 / window.factor:.3g} days."
             ),
             "dashboard": links.dashboard_url(links.ONCALL_UID, "{{ $labels.model }}"),
@@ -293,7 +321,7 @@ def operation_alerts() -> list[dict[str, Any]]:
         },
         {
             "alert": "QuantshipRolloutRolledBack",
-            "expr": appeared_or_increased(rollouts, "model, result"),
+            "expr": appeared_or_increased(rollouts, f"{MODEL_KEY}, result"),
             "labels": {"severity": "ticket"},
             "annotations": _annotations(
                 "QuantshipRolloutRolledBack",
@@ -305,12 +333,12 @@ def operation_alerts() -> list[dict[str, Any]]:
         {
             "alert": "QuantshipRolloutStuck",
             "expr": (
-                f"max by (model) ({weight}) > 0\n"
+                f"max by ({MODEL_KEY}) ({weight}) > 0\n"
                 f"and\n"
-                f"max by (model) (changes({step}[{ROLLOUT_STUCK_AFTER}])) == 0\n"
+                f"max by ({MODEL_KEY}) (changes({step}[{ROLLOUT_STUCK_AFTER}])) == 0\n"
                 # and reported a whole window ago: a step seen for minutes cannot have been stuck for an hour
                 f"and\n"
-                f"max by (model) ({step} offset {ROLLOUT_STUCK_AFTER})\n"
+                f"max by ({MODEL_KEY}) ({step} offset {ROLLOUT_STUCK_AFTER})\n"
             ),
             "for": "15m",
             "labels": {"severity": "ticket"},
@@ -325,9 +353,9 @@ def operation_alerts() -> list[dict[str, Any]]:
         {
             "alert": "QuantshipModelMetricsMissing",
             "expr": (
-                f"max by ({slo.NAMESPACE}, model) (max_over_time({info}[{MISSING_LOOKBACK}]))\n"
+                f"max by ({MODEL_KEY}) (max_over_time({info}[{MISSING_LOOKBACK}]))\n"
                 f"unless\n"
-                f"max by ({slo.NAMESPACE}, model) ({info})\n"
+                f"max by ({MODEL_KEY}) ({info})\n"
             ),
             "for": "10m",
             "labels": {"severity": "ticket"},

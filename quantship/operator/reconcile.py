@@ -140,6 +140,7 @@ async def _reconcile(
     except InvalidSpec as exc:
         await _write_status(ctx, body, previous, current, ("InvalidSpec", str(exc)), generation, now, logger)
         raise kopf.PermanentError(str(exc)) from exc
+    ctx.metrics.budgets((namespace, name), spec.model, spec.rollout.objectives)
 
     workloads = workloads_for(ctx.kube, spec, body, children)
     source = ctx.source_for(spec)
@@ -196,7 +197,7 @@ async def _reconcile(
             reason, message, warning = event
             (kopf.warn if warning else kopf.info)(_event_target(body), reason=reason, message=message)
             (logger.warning if warning else logger.info)("%s: %s", reason, message)
-    ctx.metrics.record(spec.model, decision, owner=(namespace, name))
+    ctx.metrics.record((namespace, name), spec.model, decision)
     if decision.analysis is not None and current.step_started_at is not None:
         ctx.metrics.judged_late(now - (current.step_started_at + spec.rollout.step_interval))
     if decision.action is not Action.WAIT:

@@ -35,7 +35,9 @@ def test_the_server_and_the_operator_export_exactly_the_table() -> None:
     OperatorMetrics(operator)
 
     assert exported(server) | exported(operator) == set(slo.Metric)
-    assert exported(operator) == {m for m in slo.Metric if m.name.startswith(("ROLLOUT", "ANALYSIS", "BURN"))}
+    assert exported(operator) == {
+        m for m in slo.Metric if m.name.startswith(("ROLLOUT", "ANALYSIS", "BURN", "SLO"))
+    }
 
 
 def test_rules_dashboards_and_the_engine_select_only_names_from_the_table() -> None:
@@ -52,7 +54,13 @@ def test_rules_dashboards_and_the_engine_select_only_names_from_the_table() -> N
     }
     assert not unknown
     everything = set().union(*selected.values())
-    assert {slo.Metric.ROLLOUTS_TOTAL, slo.Metric.ROLLOUT_WEIGHT, slo.Metric.BURN_RATE} <= everything
+    operator = {
+        slo.Metric.ROLLOUTS_TOTAL,
+        slo.Metric.ROLLOUT_WEIGHT,
+        slo.Metric.BURN_RATE,
+        slo.Metric.SLO_BUDGET,
+    }
+    assert operator <= everything
     assert slo.Metric.SHADOW_DISAGREEMENTS_TOTAL in selected["engine"]
 
 

@@ -98,9 +98,18 @@ def humanize(value: float) -> str:
     return f"{value:.4g}{prefix}"
 
 
-def expand(template: str, labels: dict[str, str], value: float) -> str:
-    """Render the few template forms our annotations use, as Prometheus would."""
-    text = template.replace("{{ $value | humanizePercentage }}", f"{value * 100:.4g}%")
+BUDGET_QUERY = re.compile(
+    r"\{\{ with printf `[^`]*` \$labels\.namespace \$labels\.model \| query \}\}"
+    r"\{\{ \. \| first \| value \}\}\{\{ else \}\}([^{]*)\{\{ end \}\}"
+)
+"""rules.budget_used: the model's own budget where the operator reports one, else the default."""
+
+
+def expand(template: str, labels: dict[str, str], value: float, budget: float | None = None) -> str:
+    """Render the few template forms our annotations use, as Prometheus would; `budget` is the model's
+    own SLO budget the operator reports (None: it reports none)."""
+    text = BUDGET_QUERY.sub(lambda match: match[1] if budget is None else go_value(budget), template)
+    text = text.replace("{{ $value | humanizePercentage }}", f"{value * 100:.4g}%")
     if "{{ $value | humanize }}" in text:
         text = text.replace("{{ $value | humanize }}", humanize(value))
     text = text.replace("{{ $value }}", go_value(value))
@@ -125,13 +134,15 @@ def rule(alert: str, **labels: str) -> dict[str, Any]:
     return found[0]
 
 
-def expected(alert: str, labels: dict[str, str], value: float, **rule_labels: str) -> dict[str, Any]:
+def expected(
+    alert: str, labels: dict[str, str], value: float, budget: float | None = None, **rule_labels: str
+) -> dict[str, Any]:
     defined = rule(alert, **rule_labels)
     all_labels = {**labels, **defined["labels"]}
     return {
         "exp_labels": all_labels,
         "exp_annotations": {
-            key: expand(text, all_labels, value) for key, text in defined["annotations"].items()
+            key: expand(text, all_labels, value, budget) for key, text in defined["annotations"].items()
         },
     }
 
@@ -273,6 +284,62 @@ def test_the_same_model_and_revision_in_two_namespaces_are_judged_apart(
     )
 
 
+def test_each_model_burns_its_own_budget_and_a_model_without_one_the_default(
+    promtool: str, rule_file: Path, tmp_path: Path
+) -> None:
+    """One model name in three namespaces: `tight` (spec.slos.maxErrorRate 0.0001) pages at a 0.5%
+    error ratio, under the default budget's 6x; `loose` (0.05) stays quiet at 10%, 100x the default;
+    `plain`, whose budget the operator does not report (served without it), is judged by the default
+    at 10% too. The budgets carry the scrape's own labels besides (job, instance)."""
+    objective = OBJECTIVES[slo.SLI.ERRORS]
+    minutes = evaluate_after(FAST_6H)
+    tight, loose, plain = ({**MODEL, slo.NAMESPACE: namespace} for namespace in ("tight", "loose", "plain"))
+    scrape = {"job": "quantship-operator", "instance": "10.0.0.9:8000"}
+    own = {"tight": 0.0001, "loose": 0.05}
+    assert own["tight"] * FAST_6H.factor < 0.005 < objective.budget * FAST_6H.factor
+    assert objective.budget * FAST_1H.factor < 0.1 < own["loose"] * FAST_6H.factor
+    budgets = [
+        series(
+            str(slo.Metric.SLO_BUDGET),
+            {slo.NAMESPACE: namespace, "model": "digits", "slo": objective.sli.value, **scrape},
+            f"{budget}x{minutes + 5}",
+        )
+        for namespace, budget in own.items()
+    ]
+    page = rules.alert_name(objective.sli, "page")
+    tests = [
+        {
+            "interval": "1m",
+            "input_series": [
+                *budgets,
+                *sli_series(objective, EVENTS_PER_MINUTE, EVENTS_PER_MINUTE // 200, minutes + 5, tight),
+                *sli_series(objective, EVENTS_PER_MINUTE, EVENTS_PER_MINUTE // 10, minutes + 5, loose),
+                *sli_series(objective, EVENTS_PER_MINUTE, EVENTS_PER_MINUTE // 10, minutes + 5, plain),
+            ],
+            "alert_rule_test": [
+                {
+                    "eval_time": f"{minutes}m",
+                    "alertname": page,
+                    "exp_alerts": [
+                        *(
+                            expected(page, tight, 0.005, own["tight"], long_window=window.long)
+                            for window in (FAST_1H, FAST_6H)
+                        ),
+                        *(
+                            expected(page, plain, 0.1, long_window=window.long)
+                            for window in (FAST_1H, FAST_6H)
+                        ),
+                    ],
+                }
+            ],
+        }
+    ]
+    assert_passes(promtool, write_tests(tmp_path, rule_file, tests, every="5m"))
+    description = rule(page, long_window="1h")["annotations"]["description"]
+    assert "above 14.4x the 0.0001 budget" in expand(description, tight, 0.005, own["tight"])
+    assert "above 14.4x the 0.001 budget" in expand(description, plain, 0.1)
+
+
 def test_a_low_traffic_model_does_not_page_but_opens_a_ticket(
     promtool: str, rule_file: Path, tmp_path: Path
 ) -> None:
@@ -350,7 +417,8 @@ def test_operational_alerts_fire_on_their_conditions_and_only_then(
     promtool: str, rule_file: Path, tmp_path: Path
 ) -> None:
     p = slo.PREFIX
-    rolled_back = {"model": "digits", "result": "rolled_back"}
+    prod, staging = ({slo.NAMESPACE: namespace, "model": "digits"} for namespace in ("prod", "staging"))
+    rolled_back = {**staging, "result": "rolled_back"}
     stable = {**MODEL, "revision": "r1", "track": "stable"}
 
     pod_a, pod_b = {"instance": "10.0.0.1:8080"}, {"instance": "10.0.0.2:8080"}
@@ -392,10 +460,12 @@ def test_operational_alerts_fire_on_their_conditions_and_only_then(
                 {"eval_time": "40m", "alertname": "QuantshipModelLoadFailures", "exp_alerts": []},
             ],
         },
-        {  # promotions say nothing; a rollback (a new series) and a second one (an increase) notify
+        {  # promotions say nothing; a rollback (a new series) and a second one (an increase) notify,
+            # naming the namespace whose rollout it was (a namesake in prod promotes meanwhile)
             "interval": "1m",
             "input_series": [
-                series(f"{p}rollouts_total", {"model": "digits", "result": "promoted"}, "1+1x90"),
+                series(f"{p}rollouts_total", {**prod, "result": "promoted"}, "1+1x90"),
+                series(f"{p}rollouts_total", {**prod, "result": "rolled_back"}, "0x90"),
                 series(f"{p}rollouts_total", rolled_back, "_x29 1x30 2x30"),
             ],
             "alert_rule_test": [
@@ -413,20 +483,21 @@ def test_operational_alerts_fire_on_their_conditions_and_only_then(
                 },
             ],
         },
-        {  # one canary stuck at 25% on step 1; another advancing every 10 minutes
+        {  # one canary stuck at 25% on step 1 (staging's); its namesake in prod advancing every
+            # 10 minutes, at a larger weight
             "interval": "1m",
             "input_series": [
-                series(f"{p}rollout_weight", {"model": "stuck"}, "25x120"),
-                series(f"{p}rollout_step", {"model": "stuck"}, "1x120"),
-                series(f"{p}rollout_weight", {"model": "moving"}, "25x120"),
-                series(f"{p}rollout_step", {"model": "moving"}, "1 " * 10 + "2 " * 50 + "3 " * 61),
+                series(f"{p}rollout_weight", staging, "25x120"),
+                series(f"{p}rollout_step", staging, "1x120"),
+                series(f"{p}rollout_weight", prod, "50x120"),
+                series(f"{p}rollout_step", prod, "1 " * 10 + "2 " * 50 + "3 " * 61),
             ],
             "alert_rule_test": [
                 {"eval_time": "50m", "alertname": "QuantshipRolloutStuck", "exp_alerts": []},
                 {
                     "eval_time": "80m",
                     "alertname": "QuantshipRolloutStuck",
-                    "exp_alerts": [expected("QuantshipRolloutStuck", {"model": "stuck"}, 25.0)],
+                    "exp_alerts": [expected("QuantshipRolloutStuck", staging, 25.0)],
                 },
             ],
         },

@@ -227,7 +227,7 @@ async def roll_out_skewed_then_good(
         "router": RecordingRouter(),
         "metrics": PrometheusSource(prometheus.url),
         "interval": 0.5,
-        "on_decision": lambda decision: metrics.record(MODEL, decision),
+        "on_decision": lambda decision: metrics.record(("default", MODEL), MODEL, decision),
     }
     status = RolloutStatus(phase=Phase.PROMOTED, stable="good")
     status = await run_rollout(rollout("skewed"), status, **ports)

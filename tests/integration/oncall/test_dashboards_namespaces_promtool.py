@@ -1,7 +1,8 @@
 """The dashboards under the real promtool with one model in two namespaces: staging's canary fails a
 quarter of its requests, prod's (100x the traffic) none. The alerts page for staging (the rules
 group by namespace) and link the on-call dashboard with its namespace; there, the errors panel and
-the burn rates show staging's 25%, not the 0.25% of both namespaces summed."""
+the burn rates show staging's 25%, not the 0.25% of both namespaces summed. The operator's series
+(one canary per namespace, both named digits) are told apart the same way."""
 
 from __future__ import annotations
 
@@ -24,10 +25,28 @@ PER_MINUTE = {"staging": {"200": 30, "500": 10}, "prod": {"200": 4000}}
 GRAFANA = {"$__rate_interval": "5m", "$model": "digits"}
 
 
+def matchers(labels: dict[str, str]) -> str:
+    return "{" + ",".join(f'{key}="{value}"' for key, value in sorted(labels.items())) + "}"
+
+
+def promtool_test(tmp_path: Path, tests: list[dict[str, Any]]) -> None:
+    promtool = find_binary("promtool")
+    assert promtool, "promtool is missing: run scripts/install-tools (make setup does)"
+    rule_file = tmp_path / "rules.yaml"
+    rule_file.write_text(rules.render_rule_file())
+    test_file = tmp_path / "test.yaml"
+    test_file.write_text(
+        yaml.safe_dump({"rule_files": [str(rule_file)], "evaluation_interval": "1m", "tests": tests})
+    )
+    result = subprocess.run(
+        [promtool, "test", "rules", str(test_file)], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 def series(namespace: str, code: str, per_minute: int) -> dict[str, str]:
     labels = {**LABELS, "namespace": namespace, "code": code}
-    matchers = ",".join(f'{key}="{value}"' for key, value in sorted(labels.items()))
-    return {"series": f"{slo.Metric.REQUESTS_TOTAL}{{{matchers}}}", "values": f"0+{per_minute}x40"}
+    return {"series": f"{slo.Metric.REQUESTS_TOTAL}{matchers(labels)}", "values": f"0+{per_minute}x40"}
 
 
 def panel_exprs(title: str, namespace: str) -> list[str]:
@@ -46,24 +65,18 @@ def panel_exprs(title: str, namespace: str) -> list[str]:
 def expected(expr: str, ratio_by_namespace: dict[str, float], name: str = "") -> dict[str, Any]:
     samples = []
     for namespace, ratio in ratio_by_namespace.items():
-        labels = ",".join(f'{k}="{v}"' for k, v in sorted({**LABELS, "namespace": namespace}.items()))
-        samples.append({"labels": f"{name}{{{labels}}}", "value": ratio})
+        samples.append({"labels": f"{name}{matchers({**LABELS, 'namespace': namespace})}", "value": ratio})
     return {"expr": expr, "eval_time": "30m", "exp_samples": samples}
 
 
 def test_the_oncall_dashboard_shows_each_namespaces_errors_as_the_alert_judged_them(tmp_path: Path) -> None:
-    promtool = find_binary("promtool")
-    assert promtool, "promtool is missing: run scripts/install-tools (make setup does)"
-    rule_file = tmp_path / "rules.yaml"
-    rule_file.write_text(rules.render_rule_file())
     errors = next(objective for objective in slo.DEFAULT_OBJECTIVES if objective.sli is slo.SLI.ERRORS)
     (staging_errors,) = panel_exprs("Errors: bad ratio", "staging")
     (every_errors,) = panel_exprs("Errors: bad ratio", ".*")  # All
     burn_5m = next(expr for expr in panel_exprs("Burn rate: errors", "staging") if "ratio_rate5m" in expr)
-    test = {
-        "rule_files": [str(rule_file)],
-        "evaluation_interval": "1m",
-        "tests": [
+    promtool_test(
+        tmp_path,
+        [
             {
                 "interval": "1m",
                 "input_series": [
@@ -78,10 +91,40 @@ def test_the_oncall_dashboard_shows_each_namespaces_errors_as_the_alert_judged_t
                 ],
             }
         ],
-    }
-    test_file = tmp_path / "test.yaml"
-    test_file.write_text(yaml.safe_dump(test))
-    result = subprocess.run(
-        [promtool, "test", "rules", str(test_file)], capture_output=True, text=True, timeout=120
     )
-    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def operator_series(metric: slo.Metric, namespace: str, value: float, **labels: str) -> dict[str, str]:
+    """The operator's series of one model as scraped with honorLabels: the QuantizedModel's namespace,
+    and the scrape's own job and instance."""
+    scraped = {"namespace": namespace, "model": "digits", "job": "quantship", "instance": "10.0.0.9:8000"}
+    return {"series": f"{metric}{matchers({**scraped, **labels})}", "values": f"{value}x40"}
+
+
+def test_the_rollout_panels_show_each_namespaces_canary_of_one_model_name(tmp_path: Path) -> None:
+    weights, burns = {"staging": 25.0, "prod": 50.0}, {"staging": 10.0, "prod": 0.5}
+    (staging_weight,) = panel_exprs("Canary weight", "staging")
+    (every_weight,) = panel_exprs("Canary weight", ".*")
+    (staging_burn,) = panel_exprs("Canary burn rates the operator judged", "staging")
+    burn = {"slo": "errors", "window": "5m"}
+
+    def samples(expr: str, values: dict[str, float], **labels: str) -> dict[str, Any]:
+        found = [
+            {"labels": matchers({"model": "digits", "namespace": namespace, **labels}), "value": value}
+            for namespace, value in values.items()
+        ]
+        return {"expr": expr, "eval_time": "30m", "exp_samples": found}
+
+    test = {
+        "interval": "1m",
+        "input_series": [
+            *(operator_series(slo.Metric.ROLLOUT_WEIGHT, ns, value) for ns, value in weights.items()),
+            *(operator_series(slo.Metric.BURN_RATE, ns, value, **burn) for ns, value in burns.items()),
+        ],
+        "promql_expr_test": [
+            samples(staging_weight, {"staging": 25.0}),
+            samples(every_weight, weights),
+            samples(staging_burn, {"staging": 10.0}, **burn),
+        ],
+    }
+    promtool_test(tmp_path, [test])

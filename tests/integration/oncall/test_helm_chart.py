@@ -101,7 +101,7 @@ def assert_valid(documents: list[dict[str, Any]]) -> None:
                 kubernetes_validate.validate(document, version, strict=True)
 
 
-ENDPOINT = {"port", "path", "interval"}
+ENDPOINT = {"port", "path", "interval", "honorLabels"}
 MONITORING_FIELDS = {
     "ServiceMonitor": ({"selector", "namespaceSelector", "endpoints"}, "endpoints", ENDPOINT),
     "PodMonitor": ({"selector", "namespaceSelector", "podMetricsEndpoints"}, "podMetricsEndpoints", ENDPOINT),
@@ -260,6 +260,15 @@ def test_podmonitor_scrapes_the_servers_the_operator_creates(helm: str, all_feat
     assert selector.items() <= server_labels.items()
     assert pod_monitor["spec"]["podMetricsEndpoints"][0]["port"] == "http"
     assert pod_monitor["spec"]["namespaceSelector"] == {"matchNames": ["ml", "prod"]}
+
+
+def test_servicemonitor_keeps_the_namespace_the_operator_labels_its_series_with(
+    helm: str, all_features: Path
+) -> None:
+    """Without honorLabels, the scrape's `namespace` (the operator's own) replaces each model's."""
+    service_monitor = one(render(helm, "--values", str(all_features)), "ServiceMonitor")
+    (endpoint,) = service_monitor["spec"]["endpoints"]
+    assert endpoint["honorLabels"] is True and endpoint["port"] == "metrics"
 
 
 # -- least privilege -----------------------------------------------------------------------------

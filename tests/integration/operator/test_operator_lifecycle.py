@@ -19,12 +19,15 @@ from operator_harness import (
     spec_of,
 )
 
+from quantship import slo
 from quantship.local.prometheus import free_port
 from quantship.operator import status as conditions
 
 V1 = "https://models.example.com/digits-v1.tar.gz"
 V2 = "https://models.example.com/digits-v2.tar.gz"
 FIRST, SECOND = revision(V1), revision(V2)
+DIGITS = {slo.NAMESPACE: NAMESPACE, "model": "digits"}
+"""The labels of the model's series on the operator's /metrics."""
 
 
 async def phase_is(kubectl: Kubectl, phase: str, *, timeout: float = 20.0) -> dict[str, Any]:
@@ -145,22 +148,18 @@ async def test_a_new_artifact_is_rolled_out_step_by_step_and_promoted(
         "Promote",
     ]
     metrics = operator.registry
+    assert metrics.get_sample_value("quantship_rollouts_total", {**DIGITS, "result": "promoted"}) == 1
+    assert metrics.get_sample_value("quantship_analysis_total", {**DIGITS, "result": "pass"}) == 2
     assert (
-        metrics.get_sample_value("quantship_rollouts_total", {"model": "digits", "result": "promoted"}) == 1
-    )
-    assert metrics.get_sample_value("quantship_analysis_total", {"model": "digits", "result": "pass"}) == 2
-    assert (
-        metrics.get_sample_value(
-            "quantship_burn_rate", {"model": "digits", "slo": "clip_rate", "window": "1m"}
-        )
-        == 0
+        metrics.get_sample_value("quantship_burn_rate", {**DIGITS, "slo": "clip_rate", "window": "1m"}) == 0
     )
     async with httpx.AsyncClient() as client:
         exposed = (await client.get(f"http://127.0.0.1:{port}/metrics")).text
-    assert 'quantship_rollouts_total{model="digits",result="promoted"} 1.0' in exposed
-    assert 'quantship_rollouts_total{model="digits",result="rolled_back"} 0.0' in exposed, "exported from 0"
-    assert 'quantship_analysis_total{model="digits",result="fail"} 0.0' in exposed
-    assert 'quantship_rollout_step{model="digits"} 0.0' in exposed
+    labels = f'model="digits",namespace="{NAMESPACE}"'
+    assert f'quantship_rollouts_total{{{labels},result="promoted"}} 1.0' in exposed
+    assert f'quantship_rollouts_total{{{labels},result="rolled_back"}} 0.0' in exposed, "exported from 0"
+    assert f'quantship_analysis_total{{{labels},result="fail"}} 0.0' in exposed
+    assert f"quantship_rollout_step{{{labels}}} 0.0" in exposed
 
 
 async def test_a_canary_burning_its_clip_budget_is_rolled_back_and_the_stable_keeps_serving(
@@ -184,14 +183,12 @@ async def test_a_canary_burning_its_clip_budget_is_rolled_back_and_the_stable_ke
     clip = next(s for s in status["lastAnalysis"]["slos"] if s["slo"] == "clip_rate")
     assert [w["burnRate"] for w in clip["windows"]] == [10.0, 10.0] and clip["budget"] == 0.001
     assert (
-        operator.registry.get_sample_value(
-            "quantship_rollouts_total", {"model": "digits", "result": "rolled_back"}
-        )
+        operator.registry.get_sample_value("quantship_rollouts_total", {**DIGITS, "result": "rolled_back"})
         == 1
     )
     assert (
         operator.registry.get_sample_value(
-            "quantship_burn_rate", {"model": "digits", "slo": "clip_rate", "window": "5m"}
+            "quantship_burn_rate", {**DIGITS, "slo": "clip_rate", "window": "5m"}
         )
         == 10
     )
@@ -539,7 +536,7 @@ async def test_a_model_deleted_mid_canary_takes_its_gauges_off_metrics(
     await kubectl.patch({"spec": {"artifact": {"uri": V2}}})
     await eventually(lambda: kubectl.deployment(f"digits-{SECOND}"), what="the canary Deployment")
     await kubectl.make_ready(f"digits-{SECOND}")
-    weight = {"model": "digits"}
+    weight = DIGITS
     await eventually(
         lambda: operator.registry.get_sample_value("quantship_rollout_weight", weight) == 50, what="50%"
     )
@@ -552,3 +549,30 @@ async def test_a_model_deleted_mid_canary_takes_its_gauges_off_metrics(
     )
     assert operator.registry.get_sample_value("quantship_rollout_step", weight) is None
     assert operator.registry.get_sample_value("quantship_analysis_total", {**weight, "result": "pass"}) == 0
+
+
+async def test_the_specs_slo_budgets_are_exported_and_go_with_the_model(
+    kubectl: Kubectl, start_operator: StartOperator
+) -> None:
+    """What the burn alerts judge the model by: its own spec.slos, not the defaults."""
+    operator = await start_operator(ScriptedMetrics())
+    slos = {
+        "maxErrorRate": 0.05,
+        "maxClipRate": 0.0001,
+        "latency": {"thresholdSeconds": 0.25, "objective": 0.95},
+    }
+    await serving(kubectl, spec_of(V1, slos=slos))
+
+    def budget(sli: slo.SLI) -> float | None:
+        return operator.registry.get_sample_value(slo.Metric.SLO_BUDGET.value, {**DIGITS, "slo": sli.value})
+
+    assert budget(slo.SLI.ERRORS) == 0.05 and budget(slo.SLI.CLIP_RATE) == 0.0001
+    assert budget(slo.SLI.LATENCY) == 0.05, "1 - the latency objective"
+    assert budget(slo.SLI.ACCURACY_DELTA) == 0.005, "the CRD's default where the spec says nothing"
+
+    await kubectl.patch({"spec": {"slos": {"maxErrorRate": 0.01}}})
+    await eventually(lambda: budget(slo.SLI.ERRORS) == 0.01, what="the changed budget")
+
+    await kubectl.delete()
+
+    await eventually(lambda: all(budget(sli) is None for sli in slo.SLI), what="the budgets gone")

@@ -13,12 +13,21 @@ import httpx
 import kmock
 import pytest
 from kmock_cluster import Cluster
-from operator_harness import TESTS_USER_AGENT, Kubectl, ScriptedMetrics, StartOperator, eventually, revision
+from operator_harness import (
+    NAMESPACE,
+    TESTS_USER_AGENT,
+    Kubectl,
+    ScriptedMetrics,
+    StartOperator,
+    eventually,
+    revision,
+)
 from operator_harness import spec_of as base_spec
 from test_operator_lifecycle import phase_is, serving
 
 from quantship.local.prometheus import PrometheusProcess, free_port
 from quantship.operator import handlers
+from quantship.slo import NAMESPACE as NAMESPACE_LABEL
 from quantship.slo import Metric
 
 V1 = "https://models.example.com/digits-v1.tar.gz"
@@ -85,7 +94,8 @@ def conntrack(url: str) -> dict[str, float]:
 def judgements(operator_registry: object) -> float:
     get = operator_registry.get_sample_value  # type: ignore[attr-defined]
     return sum(
-        get(Metric.ANALYSIS_TOTAL.value, {"model": "digits", "result": result}) or 0.0
+        get(Metric.ANALYSIS_TOTAL.value, {NAMESPACE_LABEL: NAMESPACE, "model": "digits", "result": result})
+        or 0.0
         for result in ("pass", "fail", "inconclusive")
     )
 

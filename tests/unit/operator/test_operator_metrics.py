@@ -1,10 +1,11 @@
 """The operator's gauges follow the resources that record them: a deleted model's go, a namesake's
-(the same model name in another namespace: the series are keyed by name) stay."""
+(the same model name in another namespace: its own series, by the `namespace` label) stay."""
 
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry
 
+from quantship import slo
 from quantship.operator.metrics import OperatorMetrics
 from quantship.rollout import Action, Decision
 from quantship.rollout.state import Phase, RolloutStatus
@@ -12,46 +13,62 @@ from quantship.rollout.state import Phase, RolloutStatus
 CANARY = RolloutStatus(
     phase=Phase.PROGRESSING, stable="a1", canary="b2", step=0, weight=50, achieved_weight=50.0
 )
+SETTLED = RolloutStatus(phase=Phase.PROMOTED, stable="a1")
 
 
-def weight(registry: CollectorRegistry, model: str = "digits") -> float | None:
-    return registry.get_sample_value("quantship_rollout_weight", {"model": model})
+def sample(registry: CollectorRegistry, metric: slo.Metric, namespace: str, **labels: str) -> float | None:
+    return registry.get_sample_value(metric.value, {slo.NAMESPACE: namespace, "model": "digits", **labels})
 
 
-def test_a_forgotten_resource_takes_its_gauges_unless_a_namesake_still_records_them() -> None:
+def weight(registry: CollectorRegistry, namespace: str, model: str = "digits") -> float | None:
+    return sample(registry, slo.Metric.ROLLOUT_WEIGHT, namespace, model=model)
+
+
+def test_the_same_model_name_in_two_namespaces_is_two_series() -> None:
     registry = CollectorRegistry()
     metrics = OperatorMetrics(registry)
-    metrics.record("digits", Decision(Action.SET_WEIGHT, CANARY, "step 1"), owner=("prod", "digits"))
-    metrics.record("digits", Decision(Action.WAIT, CANARY, "waiting"), owner=("staging", "digits"))
+    metrics.record(("prod", "digits"), "digits", Decision(Action.SET_WEIGHT, CANARY, "step 1"))
+    metrics.record(("staging", "digits"), "digits", Decision(Action.WAIT, SETTLED, "serving"))
+
+    assert weight(registry, "prod") == 50 and weight(registry, "staging") == 0
+
+
+def test_a_forgotten_resource_takes_exactly_its_own_gauges() -> None:
+    registry = CollectorRegistry()
+    metrics = OperatorMetrics(registry)
+    metrics.record(("prod", "digits"), "digits", Decision(Action.SET_WEIGHT, CANARY, "step 1"))
+    metrics.record(("staging", "digits"), "digits", Decision(Action.SET_WEIGHT, CANARY, "step 1"))
+    metrics.budgets(("staging", "digits"), "digits", slo.DEFAULT_OBJECTIVES)
 
     metrics.forget(("staging", "digits"))
-    assert weight(registry) == 50
-    metrics.forget(("prod", "digits"))
-    assert weight(registry) is None
-    assert registry.get_sample_value("quantship_rollout_step", {"model": "digits"}) is None
-    assert (
-        registry.get_sample_value("quantship_rollouts_total", {"model": "digits", "result": "promoted"}) == 0
-    )
-    metrics.forget(("prod", "digits"))  # a second DELETED event: nothing to do
 
-
-def test_a_namesake_left_shows_its_own_figures_not_the_gone_resources_frozen_ones() -> None:
-    registry = CollectorRegistry()
-    metrics = OperatorMetrics(registry)
-    settled = RolloutStatus(phase=Phase.PROMOTED, stable="a1")
-    metrics.record("digits", Decision(Action.WAIT, settled, "serving"), owner=("staging", "digits"))
-    metrics.record("digits", Decision(Action.SET_WEIGHT, CANARY, "step 1"), owner=("prod", "digits"))
-
-    metrics.forget(("prod", "digits"))
-
-    assert weight(registry) == 0  # staging's, until its next tick; not prod's 50% canary
+    assert weight(registry, "prod") == 50, "the namesake in another namespace is untouched"
+    assert weight(registry, "staging") is None
+    assert sample(registry, slo.Metric.ROLLOUT_STEP, "staging") is None
+    assert sample(registry, slo.Metric.SLO_BUDGET, "staging", slo="errors") is None
+    assert sample(registry, slo.Metric.ROLLOUTS_TOTAL, "staging", result="promoted") == 0, "counters stay"
+    metrics.forget(("staging", "digits"))  # a second DELETED event: nothing to do
 
 
 def test_a_renamed_model_leaves_no_gauge_under_its_old_name() -> None:
     registry = CollectorRegistry()
     metrics = OperatorMetrics(registry)
-    metrics.record("digits", Decision(Action.SET_WEIGHT, CANARY, "step 1"), owner=("prod", "digits"))
+    metrics.record(("prod", "digits"), "digits", Decision(Action.SET_WEIGHT, CANARY, "step 1"))
+    metrics.budgets(("prod", "digits"), "digits", slo.DEFAULT_OBJECTIVES)
 
-    metrics.record("digits-v2", Decision(Action.WAIT, CANARY, "waiting"), owner=("prod", "digits"))
+    metrics.record(("prod", "digits"), "digits-v2", Decision(Action.WAIT, CANARY, "waiting"))
 
-    assert weight(registry) is None and weight(registry, "digits-v2") == 50
+    assert weight(registry, "prod") is None and weight(registry, "prod", "digits-v2") == 50
+    assert sample(registry, slo.Metric.SLO_BUDGET, "prod", slo="errors") is None
+
+
+def test_the_budgets_are_the_specs_and_follow_its_changes() -> None:
+    registry = CollectorRegistry()
+    metrics = OperatorMetrics(registry)
+    tight = slo.Objective(slo.SLI.ERRORS, budget=0.0001)
+    metrics.budgets(("prod", "digits"), "digits", slo.DEFAULT_OBJECTIVES)
+
+    metrics.budgets(("prod", "digits"), "digits", [tight])
+
+    assert sample(registry, slo.Metric.SLO_BUDGET, "prod", slo="errors") == 0.0001
+    assert sample(registry, slo.Metric.SLO_BUDGET, "prod", slo="clip_rate") is None
