@@ -69,6 +69,19 @@ ROLLOUT_STUCK_AFTER = "1h"
 """A canary whose step has not moved for this long (plus the alert's 15m `for`) is stuck: steps
 are minutes apart, and too many inconclusive analyses end a rollout on their own."""
 
+BUDGET_HELD = "1h"
+"""How long a model's last reported SLO budget (quantship_slo_budget) still holds after the operator
+stops reporting it. A scrape that fails (the operator restarting, upgraded, rescheduled: minutes)
+ends the series at once with a stale marker, and without this every model would be judged by the
+default budgets meanwhile: a loose one paged, a tight one silent. An hour rides out restarts and
+short outages; longer would let a renamed or deleted model's old budget, or a restarted operator's
+old series (another `instance`, max'd with the new one), count for as long. An operator gone longer
+is a ticket (QuantshipSloBudgetMissing) and the defaults apply."""
+
+BUDGET_MISSING_FOR = "15m"
+"""`for:` of QuantshipSloBudgetMissing, after BUDGET_HELD has run out: a model the operator has just
+created reports its budgets before its servers come up, so this only waits out scrape timing."""
+
 MISSING_LOOKBACK = "6h"
 """How far back a model must have reported to be missed: longer keeps the alert up for a model
 that went away over a weekend; shorter stops it sooner for one deleted on purpose."""
@@ -132,6 +145,7 @@ OPERATION_ALERTS = (
     "QuantshipRolloutRolledBack",
     "QuantshipRolloutStuck",
     "QuantshipModelMetricsMissing",
+    "QuantshipSloBudgetMissing",
     "QuantshipSliStarved",
 )
 
@@ -188,17 +202,22 @@ def recording_rules(objectives: Sequence[slo.Objective]) -> list[dict[str, Any]]
 # -- burn-rate alerts ----------------------------------------------------------------------------
 
 
+def held(budgets: str) -> str:
+    """The operator's `budgets` (a quantship_slo_budget selector), each at its last value within
+    BUDGET_HELD: an operator restarting leaves the models' own budgets in force."""
+    return f"last_over_time({budgets}[{BUDGET_HELD}])"
+
+
 def own_budget(sli: slo.SLI) -> str:
     """Each model's own error budget of `sli` (its spec.slos), as the operator reports it."""
-    series = slo.with_labels(M.SLO_BUDGET, {"slo": sli.value})
-    return f"max by ({MODEL_KEY}) ({series})"
+    return f"max by ({MODEL_KEY}) ({held(slo.with_labels(M.SLO_BUDGET, {'slo': sli.value}))})"
 
 
 def above_budget(recorded: str, objective: slo.Objective, window: slo.BurnWindow) -> str:
     """`recorded` where it exceeds `window.factor` times its model's own budget, or times the
-    default budget for models the operator does not report (it is down, or serves none of them:
-    the demo). The latency SLO's threshold (which bucket `recorded` reads) stays the default's:
-    only its budget is the model's own."""
+    default budget for models the operator does not report (it has been down for over BUDGET_HELD,
+    or serves none of them: the demo). The latency SLO's threshold (which bucket `recorded` reads)
+    stays the default's: only its budget is the model's own."""
     own = own_budget(objective.sli)
     return (
         f"(\n  {recorded} > on ({MODEL_KEY}) group_left () ({window.factor:g} * {own})\n"
@@ -211,7 +230,7 @@ def budget_used(objective: slo.Objective) -> str:
     own = slo.with_labels(M.SLO_BUDGET, {"slo": objective.sli.value})
     mine = own.removesuffix("}") + ",namespace=%q,model=%q}"
     return (
-        f"{{{{ with printf `max({mine})` $labels.namespace $labels.model | query }}}}"
+        f"{{{{ with printf `max({held(mine)})` $labels.namespace $labels.model | query }}}}"
         f"{{{{ . | first | value }}}}{{{{ else }}}}{objective.budget:g}{{{{ end }}}}"
     )
 
@@ -364,6 +383,24 @@ def operation_alerts() -> list[dict[str, Any]]:
                 f"{model}: no server reports metrics any more",
                 f"Prometheus scraped {model} within {MISSING_LOOKBACK} but scrapes no server of it "
                 "now: every SLO alert of the model is blind.",
+            ),
+        },
+        {
+            "alert": "QuantshipSloBudgetMissing",
+            "expr": (
+                f"max by ({MODEL_KEY}) ({info})\n"
+                f"unless on ({MODEL_KEY})\n"
+                f"max by ({MODEL_KEY}) ({held(M.SLO_BUDGET)})\n"
+            ),
+            "for": BUDGET_MISSING_FOR,
+            "labels": {"severity": "ticket"},
+            "annotations": _annotations(
+                "QuantshipSloBudgetMissing",
+                f"{model}: no SLO budgets reported; its burn alerts judge the default budgets",
+                f"Prometheus scrapes servers of {model} but has had no {M.SLO_BUDGET} of it for "
+                f"{BUDGET_HELD}: its burn alerts judge the default budgets, not its spec.slos. The "
+                "operator is down or unscraped, does not manage this model, or the servers' scrape adds "
+                "no namespace to match the budgets by.",
             ),
         },
         {

@@ -340,6 +340,65 @@ def test_each_model_burns_its_own_budget_and_a_model_without_one_the_default(
     assert "above 14.4x the 0.001 budget" in expand(description, plain, 0.1)
 
 
+def test_a_models_own_budget_holds_while_the_operator_restarts_then_the_default_with_a_ticket(
+    promtool: str, rule_file: Path, tmp_path: Path
+) -> None:
+    """`loose` (maxErrorRate 0.05) fails 10% of its requests. Its operator's scrape fails at `down`
+    (a stale marker ends the budget series at once): for BUDGET_HELD its own budget still holds, so
+    it stays quiet; after that the default budget judges it (it pages) and QuantshipSloBudgetMissing
+    says so. `kept`, whose budget the operator goes on reporting, opens no such ticket."""
+    objective = OBJECTIVES[slo.SLI.ERRORS]
+    down = evaluate_after(FAST_6H)
+    held = rules.seconds(rules.BUDGET_HELD) // 60
+    after = held + rules.seconds(rules.BUDGET_MISSING_FOR) // 60 + 10
+    end = down + after + 5
+    loose, kept = ({**MODEL, slo.NAMESPACE: namespace} for namespace in ("loose", "kept"))
+    scrape = {"job": "quantship-operator", "instance": "10.0.0.9:8000"}
+
+    def budget(namespace: str, values: str) -> dict[str, str]:
+        labels = {slo.NAMESPACE: namespace, "model": "digits", "slo": objective.sli.value, **scrape}
+        return series(str(slo.Metric.SLO_BUDGET), labels, values)
+
+    def info(labels: dict[str, str]) -> dict[str, str]:
+        return series(str(slo.Metric.MODEL_INFO), {**labels, "precision": "int8"}, f"1x{end}")
+
+    page, missing = rules.alert_name(objective.sli, "page"), "QuantshipSloBudgetMissing"
+    unjudged = {slo.NAMESPACE: "loose", "model": "digits"}
+    tests = [
+        {
+            "interval": "1m",
+            "input_series": [
+                budget("loose", f"0.05x{down} stale"),
+                budget("kept", f"0.05x{end}"),
+                info(loose),
+                info(kept),
+                *sli_series(objective, EVENTS_PER_MINUTE, EVENTS_PER_MINUTE // 10, end, loose),
+                *sli_series(objective, EVENTS_PER_MINUTE, EVENTS_PER_MINUTE // 10, end, kept),
+            ],
+            "alert_rule_test": [
+                *(
+                    {"eval_time": f"{minutes}m", "alertname": alert, "exp_alerts": []}
+                    for minutes in (down, down + 10, down + held - 5)
+                    for alert in (page, missing)
+                ),
+                {
+                    "eval_time": f"{down + after}m",
+                    "alertname": page,
+                    "exp_alerts": [
+                        expected(page, loose, 0.1, long_window=window.long) for window in (FAST_1H, FAST_6H)
+                    ],
+                },
+                {
+                    "eval_time": f"{down + after}m",
+                    "alertname": missing,
+                    "exp_alerts": [expected(missing, unjudged, 1.0)],
+                },
+            ],
+        }
+    ]
+    assert_passes(promtool, write_tests(tmp_path, rule_file, tests, every="5m"))
+
+
 def test_a_low_traffic_model_does_not_page_but_opens_a_ticket(
     promtool: str, rule_file: Path, tmp_path: Path
 ) -> None:
