@@ -72,8 +72,9 @@ def per_second(metric: str, by: Sequence[str], labels: Mapping[str, str] = MODEL
 
 
 def burn_rate(objective: slo.Objective, window: str) -> str:
-    """An SLO's burn rate over a window, from the recording rule the alerts read."""
-    return f"{slo.with_labels(slo.recording_rule(objective.sli, window), MODEL)} / {objective.budget}"
+    """An SLO's burn rate over a window, from the recording rule the alerts read, over each model's
+    own budget or the default, as the alerts judge it."""
+    return rules.burn_rate(objective, slo.with_labels(slo.recording_rule(objective.sli, window), MODEL))
 
 
 def per_tensor_clip_rate(window: str) -> str:
@@ -328,7 +329,7 @@ def executive() -> Board:
     board.graph(
         "Accuracy delta per model",
         "Share of shadow comparisons where the INT8 output disagrees with the FP32 reference. "
-        f"Dashed: the SLO's budget ({accuracy.budget:.1%}).",
+        f"Dashed: the default budget ({accuracy.budget:.1%}); a model's spec.slos may set its own.",
         [query(slo.ratio(accuracy, RATE, MODEL, NAMED), "{{namespace}}/{{model}}")],
         unit="percentunit",
         steps={accuracy.budget: "red"},
@@ -342,11 +343,13 @@ def executive() -> Board:
     board.number(
         f"Error budget spent, last {slo.SLO_PERIOD}",
         f"Share of each SLO's error budget spent over its period ({slo.SLO_PERIOD}, or as far back as "
-        "Prometheus keeps data): the bad ratio over the period / the budget. 100% is the whole budget; "
-        "the burn rate panels of the on-call dashboard show how fast it goes now.",
+        "Prometheus keeps data): the bad ratio over the period / the model's own budget (its spec.slos, "
+        "as the operator reports it), or the default where none is reported, as the burn alerts judge "
+        "it. 100% is the whole budget; the burn rate panels of the on-call dashboard show how fast it "
+        "goes now.",
         [
             query(
-                f"{slo.ratio(objective, slo.SLO_PERIOD, MODEL, NAMED)} / {objective.budget}",
+                rules.burn_rate(objective, slo.ratio(objective, slo.SLO_PERIOD, MODEL, NAMED)),
                 f"{{{{namespace}}}}/{{{{model}}}} {_sli_title(objective.sli)}",
                 instant=True,
             )
@@ -429,8 +432,9 @@ def oncall() -> Board:
     for objective in slo.DEFAULT_OBJECTIVES:
         board.graph(
             f"Burn rate: {_sli_title(objective.sli)}",
-            f"Bad ratio over each window divided by the budget ({objective.budget:g}). Pages at 14.4x "
-            "(1h and 5m) and 6x (6h and 30m); tickets at 3x (1d and 2h) and 1x (3d and 6h).",
+            "Bad ratio over each window divided by the model's own budget (its spec.slos, as the "
+            f"operator reports it) or the default ({objective.budget:g}), as the alerts judge it. "
+            "Pages at 14.4x (1h and 5m) and 6x (6h and 30m); tickets at 3x (1d and 2h) and 1x (3d and 6h).",
             [
                 query(
                     burn_rate(objective, window),
@@ -445,7 +449,8 @@ def oncall() -> Board:
     for objective in slo.DEFAULT_OBJECTIVES:
         board.graph(
             f"{_sli_title(objective.sli).capitalize()}: bad ratio",
-            f"{SLI_MEANING[objective.sli]}, per revision and track. Dashed: the budget.",
+            f"{SLI_MEANING[objective.sli]}, per revision and track. Dashed: the default budget (a model's "
+            "spec.slos may set its own: the burn rates divide by it).",
             [
                 query(
                     slo.ratio(objective, RATE, MODEL, TRACKS),

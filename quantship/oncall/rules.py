@@ -213,16 +213,26 @@ def own_budget(sli: slo.SLI) -> str:
     return f"max by ({MODEL_KEY}) ({held(slo.with_labels(M.SLO_BUDGET, {'slo': sli.value}))})"
 
 
+def model_budget(objective: slo.Objective, models: str) -> str:
+    """Each model of `models` (series with its namespace and model labels) with the budget of
+    `objective` it is judged by: its own where the operator reports one, else the default (the
+    operator down for over BUDGET_HELD, or serving none of them: the demo). What the burn alerts
+    compare with and the dashboards' burn rates divide by. The latency SLO's threshold (which bucket
+    the ratio reads) stays the default's: only its budget is the model's own."""
+    default = f"group by ({MODEL_KEY}) ({models}) * 0 + {objective.budget:g}"
+    return f"({own_budget(objective.sli)} or on ({MODEL_KEY}) ({default}))"
+
+
+def burn_rate(objective: slo.Objective, ratio: str) -> str:
+    """`ratio` (bad ratios of `objective` by namespace and model, maybe finer) over each model's
+    budget (model_budget): how many times too fast it burns, as the alerts judge it."""
+    return f"{ratio} / on ({MODEL_KEY}) group_left () {model_budget(objective, ratio)}"
+
+
 def above_budget(recorded: str, objective: slo.Objective, window: slo.BurnWindow) -> str:
-    """`recorded` where it exceeds `window.factor` times its model's own budget, or times the
-    default budget for models the operator does not report (it has been down for over BUDGET_HELD,
-    or serves none of them: the demo). The latency SLO's threshold (which bucket `recorded` reads)
-    stays the default's: only its budget is the model's own."""
-    own = own_budget(objective.sli)
-    return (
-        f"(\n  {recorded} > on ({MODEL_KEY}) group_left () ({window.factor:g} * {own})\n"
-        f"  or\n  {recorded} > {threshold(objective, window)} unless on ({MODEL_KEY}) {own}\n)"
-    )
+    """`recorded` where it exceeds `window.factor` times its model's budget (model_budget)."""
+    budget = model_budget(objective, recorded)
+    return f"(\n  {recorded} > on ({MODEL_KEY}) group_left () ({window.factor:g} * {budget})\n)"
 
 
 def budget_used(objective: slo.Objective) -> str:

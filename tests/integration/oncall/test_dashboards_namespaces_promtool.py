@@ -49,8 +49,8 @@ def series(namespace: str, code: str, per_minute: int) -> dict[str, str]:
     return {"series": f"{slo.Metric.REQUESTS_TOTAL}{matchers(labels)}", "values": f"0+{per_minute}x40"}
 
 
-def panel_exprs(title: str, namespace: str) -> list[str]:
-    board = json.loads((generate.ROOT / "dashboards" / "oncall.json").read_text())
+def panel_exprs(title: str, namespace: str, board_name: str = "oncall") -> list[str]:
+    board = json.loads((generate.ROOT / "dashboards" / f"{board_name}.json").read_text())
     (panel,) = [panel for panel in board["panels"] if panel["title"] == title]
     exprs = []
     for target in panel["targets"]:
@@ -128,3 +128,48 @@ def test_the_rollout_panels_show_each_namespaces_canary_of_one_model_name(tmp_pa
         ],
     }
     promtool_test(tmp_path, [test])
+
+
+def test_the_burn_panels_divide_a_models_errors_by_its_own_budget_as_the_alerts_judge_them(
+    tmp_path: Path,
+) -> None:
+    """staging's spec.slos.maxErrorRate is 0.05 (the operator reports it); prod reports none. At 25%
+    errors staging burns 5x its own budget (no page: the alerts compare with 14.4 x 0.05), not the
+    250x of the default budget, on the on-call burn panel and on the executive's budget spent; prod
+    reads against the default."""
+    errors = next(objective for objective in slo.DEFAULT_OBJECTIVES if objective.sli is slo.SLI.ERRORS)
+    own = 0.05
+    (burn_5m,) = [expr for expr in panel_exprs("Burn rate: errors", ".*") if "ratio_rate5m" in expr]
+    spent_title = f"Error budget spent, last {slo.SLO_PERIOD}"
+    (spent,) = [expr for expr in panel_exprs(spent_title, ".*", "executive") if 'code=~"5..' in expr]
+    budget = operator_series(slo.Metric.SLO_BUDGET, "staging", own, slo=errors.sli.value)
+    promtool_test(
+        tmp_path,
+        [
+            {
+                "interval": "1m",
+                "input_series": [
+                    budget,
+                    *(
+                        series(namespace, code, count)
+                        for namespace, codes in PER_MINUTE.items()
+                        for code, count in codes.items()
+                    ),
+                ],
+                "promql_expr_test": [
+                    expected(burn_5m, {"staging": 0.25 / own, "prod": 0.0}),
+                    {
+                        "expr": spent,
+                        "eval_time": "30m",
+                        "exp_samples": [
+                            {
+                                "labels": matchers({"namespace": "staging", "model": "digits"}),
+                                "value": 0.25 / own,
+                            },
+                            {"labels": matchers({"namespace": "prod", "model": "digits"}), "value": 0.0},
+                        ],
+                    },
+                ],
+            }
+        ],
+    )

@@ -37,15 +37,23 @@ def test_burn_alerts_read_only_recorded_ratios() -> None:
             assert name in recorded, f"{rule['alert']} reads {name}, which no rule records"
 
 
-def test_burn_thresholds_are_the_burn_factor_times_the_budget() -> None:
+def test_burn_thresholds_are_the_burn_factor_times_the_models_budget_or_the_default() -> None:
     budgets = {o.sli.value: o.budget for o in slo.DEFAULT_OBJECTIVES}
     factors = {w.long: w.factor for w in slo.BURN_WINDOWS}
     for rule in alerts():
         labels = rule["labels"]
         if "slo" not in labels:
             continue
-        limits = {float(x) for x in re.findall(r"ratio_rate\w+ > ([0-9.e-]+)", rule["expr"])}
-        assert limits == {round(factors[labels["long_window"]] * budgets[labels["slo"]], 12)}, rule["alert"]
+        expr = rule["expr"]
+        limits = {
+            float(x)
+            for x in re.findall(
+                r"ratio_rate\w+ > on \(namespace, model\) group_left \(\) \(([0-9.]+) \*", expr
+            )
+        }
+        assert limits == {factors[labels["long_window"]]}, rule["alert"]
+        assert {float(x) for x in re.findall(r"\* 0 \+ ([0-9.e-]+)\)", expr)} == {budgets[labels["slo"]]}
+        assert f'quantship_slo_budget{{slo="{labels["slo"]}"}}' in expr, rule["alert"]
 
 
 def test_every_alert_has_a_runbook_section_with_confirmation_queries() -> None:
