@@ -22,6 +22,8 @@ Owner = tuple[str, str]
 """A QuantizedModel: (namespace, name)."""
 Model = tuple[str, str]
 """The labels a QuantizedModel's series carry: (namespace, spec.modelName)."""
+Sample = tuple[Gauge, tuple[str, ...]]
+"""One series of a model's gauge: the gauge and its labels after namespace and model."""
 LAG_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 """Seconds a judgement ran after it was due. Below the tick interval (5 s) is the schedule's own
 granularity; above it, the operator is falling behind (it did, at 200 canaries, before issue 15)."""
@@ -77,8 +79,10 @@ class OperatorMetrics:
         self._seen: set[Model] = set()
         self._models: dict[Owner, Model] = {}
         """The (namespace, model name) each resource's series were recorded under."""
-        self._burn_labels: dict[Model, set[tuple[str, str]]] = {}
-        self._budget_labels: dict[Model, set[str]] = {}
+        self._figures: dict[Owner, dict[Sample, float]] = {}
+        """Each resource's last figure of every gauge series it set. Two resources of one namespace
+        may name one model (workloads are named by metadata.name): their series are shared, and
+        when one goes, the other's own figures come back rather than the series going."""
 
     def record(self, owner: Owner, model: str, decision: Decision) -> None:
         """A tick's decision for the resource `owner` (namespace, name), whose spec names `model`."""
@@ -93,13 +97,12 @@ class OperatorMetrics:
                 self.analyses.labels(*key, verdict.value)
         status = decision.status
         weight, step = (status.achieved_weight, status.step + 1) if status.canary else (0.0, 0)
-        self.weight.labels(*key).set(weight)
-        self.step.labels(*key).set(step)
+        self._set(owner, self.weight, (), weight)
+        self._set(owner, self.step, (), step)
         if decision.analysis is not None:
             self.analyses.labels(*key, decision.analysis.verdict.value).inc()
             for (sli, window), rate in decision.analysis.burn_rates().items():
-                self.burn_rate.labels(*key, sli, window).set(rate)
-                self._burn_labels.setdefault(key, set()).add((sli, window))
+                self._set(owner, self.burn_rate, (sli, window), rate)
         if decision.action in RESULTS:
             self.rollouts.labels(*key, RESULTS[decision.action]).inc()
 
@@ -108,40 +111,52 @@ class OperatorMetrics:
         key = self._recorded_as(owner, model)
         set_now = set()
         for objective in objectives:
-            self.slo_budget.labels(*key, objective.sli.value).set(objective.budget)
-            set_now.add(objective.sli.value)
-        for gone in self._budget_labels.get(key, set()) - set_now:
-            with contextlib.suppress(KeyError):
-                self.slo_budget.remove(*key, gone)
-        self._budget_labels[key] = set_now
+            self._set(owner, self.slo_budget, (objective.sli.value,), objective.budget)
+            set_now.add((self.slo_budget, (objective.sli.value,)))
+        figures = self._figures[owner]
+        dropped = [sample for sample in figures if sample[0] is self.slo_budget and sample not in set_now]
+        for sample in dropped:
+            del figures[sample]
+        self._withdraw(key, dropped)
 
     def forget(self, owner: Owner) -> None:
-        """The resource `owner` is gone: its gauges go too. Frozen mid-canary, its weight would read as
-        a rollout stuck for ever (QuantshipRolloutStuck). Counters stay: they only ever count."""
+        """The resource `owner` is gone: its gauges go too, unless another resource of its namespace
+        records the same model name (that one's own figures come back). Frozen mid-canary, its
+        weight would read as a rollout stuck for ever (QuantshipRolloutStuck). Counters stay: they
+        only ever count."""
         key = self._models.pop(owner, None)
+        figures = self._figures.pop(owner, {})
         if key is not None:
-            self._remove_gauges(key)
+            self._withdraw(key, figures)
 
     def judged_late(self, seconds: float) -> None:
         """A judgement ran `seconds` after it was due."""
         self.analysis_lag.observe(max(seconds, 0.0))
 
     def _recorded_as(self, owner: Owner, model: str) -> Model:
-        """The series key of `owner`'s model; a renamed model's gauges under its old name go."""
+        """The series key of `owner`'s model; a renamed model's gauges under its old name go
+        (those a namesake also set take its figures)."""
         key = (owner[0], model)
         previous = self._models.get(owner)
         self._models[owner] = key
         if previous is not None and previous != key:
-            self._remove_gauges(previous)
+            self._withdraw(previous, self._figures.pop(owner, {}))
         return key
 
-    def _remove_gauges(self, key: Model) -> None:
-        for gauge in (self.weight, self.step):
+    def _set(self, owner: Owner, gauge: Gauge, labels: tuple[str, ...], value: float) -> None:
+        """Set `gauge` of `owner`'s model (`labels` after namespace and model) and remember it."""
+        gauge.labels(*self._models[owner], *labels).set(value)
+        self._figures.setdefault(owner, {})[(gauge, labels)] = value
+
+    def _withdraw(self, key: Model, samples: Iterable[Sample]) -> None:
+        """`samples` of the model `key` no longer stand for the resource that set them: each takes
+        the figure a namesake (another resource recording `key`) last set, or goes where none did."""
+        namesakes = [self._figures.get(owner, {}) for owner, model in self._models.items() if model == key]
+        for sample in samples:
+            gauge, labels = sample
+            figure = next((figures[sample] for figures in namesakes if sample in figures), None)
+            if figure is not None:
+                gauge.labels(*key, *labels).set(figure)
+                continue
             with contextlib.suppress(KeyError):
-                gauge.remove(*key)
-        for sli, window in self._burn_labels.pop(key, set()):
-            with contextlib.suppress(KeyError):
-                self.burn_rate.remove(*key, sli, window)
-        for sli in self._budget_labels.pop(key, set()):
-            with contextlib.suppress(KeyError):
-                self.slo_budget.remove(*key, sli)
+                gauge.remove(*key, *labels)
