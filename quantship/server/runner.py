@@ -344,12 +344,15 @@ SHAPE_ONLY_OPS = frozenset({"Shape", "Size"})
 
 def value_free_outputs(graph: onnx.GraphProto) -> frozenset[str]:
     """Graph outputs computed from no input's values: from initializers, constants and input shapes
-    (through SHAPE_ONLY_OPS) only, so equal for every request of one shape. A node with a subgraph
-    (If, Loop, Scan) counts as reading every input, since its body may name any outer value."""
-    read = {i.name for i in graph.input}
+    (through SHAPE_ONLY_OPS) only, so equal for every request of one shape. The shape of a computed
+    tensor reads values when that tensor does: NonZero's count, a Reshape to a shape read from the
+    input. A node with a subgraph (If, Loop, Scan) counts as reading every input, since its body may
+    name any outer value."""
+    inputs = {i.name for i in graph.input}
+    read = set(inputs)
     for node in graph.node:  # ONNX requires topological order
-        if node.op_type in SHAPE_ONLY_OPS:
-            continue
+        if node.op_type in SHAPE_ONLY_OPS and (node.input[0] in inputs or node.input[0] not in read):
+            continue  # the shape of a request's input, or of a tensor no input's values reach
         has_body = any(
             a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute
         )

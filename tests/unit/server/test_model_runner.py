@@ -133,6 +133,43 @@ def test_value_free_outputs_are_those_reading_input_shapes_and_constants_only(tm
     assert value_free_outputs(graph) == {"P"}
 
 
+def test_the_shape_of_a_tensor_the_values_decide_is_no_shared_output(tmp_path: Path) -> None:
+    """How many of a row's values are under 0.5, through Shape(NonZero(...)): a count without a batch
+    dimension that a merged call must not give each request whole (it gave all three the batch's 5)."""
+    graph = helper.make_graph(
+        [
+            helper.make_node("Mul", ["X", "two"], ["Y"]),
+            helper.make_node("Less", ["X", "half"], ["low"]),
+            helper.make_node("NonZero", ["low"], ["where"]),  # (2, count): the values decide the shape
+            helper.make_node("Shape", ["where"], ["dims"]),
+            helper.make_node("Slice", ["dims", "one", "two_i"], ["C"]),
+        ],
+        "count",
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["N", "W"])],
+        [
+            helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["N", "W"]),
+            helper.make_tensor_value_info("C", TensorProto.INT64, [1]),
+        ],
+        [
+            numpy_helper.from_array(np.array(2.0, np.float32), "two"),
+            numpy_helper.from_array(np.array(0.5, np.float32), "half"),
+            numpy_helper.from_array(np.array([1], np.int64), "one"),
+            numpy_helper.from_array(np.array([2], np.int64), "two_i"),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, tmp_path / "count.onnx")
+    assert value_free_outputs(model.graph) == frozenset()
+    runner = Runner.load(tmp_path / "count.onnx", threads=1)
+    requests = [
+        {"X": np.array([row], np.float32)} for row in ([0.1, 0.2, 0.9], [0.9, 0.9, 0.9], [0.0, 0.0, 0.0])
+    ]
+    for _ in range(2):  # the first merged call learns the layout, the second uses it
+        answers = runner.run_batch(requests, [1, 1, 1])
+        assert [answer["C"].tolist() for answer in answers] == [[2], [0], [3]]  # type: ignore[index]
+
+
 def test_a_model_that_fails_on_ones_of_the_same_shapes_too_is_a_logged_server_error(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
