@@ -2,8 +2,9 @@
 reference and a manifest that makes both verifiable.
 
 Every part reads artifacts through this module: the quantizer writes them (`write_artifact`),
-`quantship verify`, the server and the operator's fetch step load them (`load_artifact`), which
-checks every file's sha256 and, when a public key is configured, the manifest's ed25519 signature.
+`quantship verify` and the operator's fetch step load them (`load_artifact`), which checks every
+file's sha256 and, when a public key is configured, the manifest's ed25519 signature; the server
+loads them with `load_verified`, which also hands over the bytes it hashed of the files it serves.
 A .tar.gz from outside is hostile until checked (`ArchiveLimits`): it is unpacked member by member
 with caps on size, member count and compression ratio, only regular files with plain names, and
 nothing the manifest does not name; a refused archive leaves nothing on disk.
@@ -24,7 +25,7 @@ import shutil
 import stat
 import tarfile
 import zlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -453,17 +454,48 @@ def load_artifact(
     `extract_to`, it goes to a fresh scratch directory that outlives the call (`scratch.sweep` removes
     it once this process is gone): `opened` removes it on leaving its block.
     """
+    return load_verified(path, public_key=public_key, extract_to=extract_to, limits=limits).artifact
+
+
+@dataclass(frozen=True)
+class Verified:
+    """A verified artifact and the very bytes of the files it was asked to keep, as read and hashed.
+
+    Whoever serves the artifact builds from `contents`, never by opening a path again: a file swapped
+    after hashing (a rerun `quantize -o`, or anyone who can write the folder) then never gets in.
+    `take` hands a file's bytes over and forgets them, so they are freed once their user is done."""
+
+    artifact: Artifact
+    contents: dict[str, bytes]
+
+    def take(self, name: str) -> bytes | None:
+        """The kept bytes of `name` (None where the manifest lists no such file), released here."""
+        return self.contents.pop(name, None)
+
+
+def load_verified(
+    path: Path,
+    *,
+    keep: Collection[str] = (),
+    public_key: Ed25519PublicKey | None = None,
+    extract_to: Path | None = None,
+    limits: ArchiveLimits = ArchiveLimits(),
+) -> Verified:
+    """`load_artifact`, keeping in memory the listed files named in `keep`: each is read once, and
+    those bytes are the ones hashed against the manifest (whose signature is checked over the
+    manifest as read). Files not kept are hashed as they stream by."""
     path = Path(path)
+    kept = frozenset(keep)
     if not is_archive(path):
-        return _verify(path, public_key, exact=True)
+        return _verify(path, public_key, kept, exact=True)
     if extract_to is None:
         folder = scratch.create(scratch.ARTIFACT_PREFIX)
         try:
-            return _unpack_and_verify(path, folder / UNPACKED, public_key, limits)
+            return _unpack_and_verify(path, folder / UNPACKED, public_key, limits, kept)
         except BaseException:
             scratch.remove(folder)
             raise
-    return _unpack_and_verify(path, Path(extract_to), public_key, limits)
+    return _unpack_and_verify(path, Path(extract_to), public_key, limits, kept)
 
 
 def copy_listed(
@@ -549,15 +581,19 @@ def opened(path: Path, *, public_key: Ed25519PublicKey | None = None) -> Iterato
 
 
 def _unpack_and_verify(
-    path: Path, dest: Path, public_key: Ed25519PublicKey | None, limits: ArchiveLimits
-) -> Artifact:
+    path: Path,
+    dest: Path,
+    public_key: Ed25519PublicKey | None,
+    limits: ArchiveLimits,
+    keep: frozenset[str] = frozenset(),
+) -> Verified:
     created = not dest.exists()
     if dest.is_dir() and any(dest.iterdir()):
         raise ArtifactError(f"{dest}: not empty; refusing to unpack {path} into it", reason="io")
     try:
         root, unpacked = _extract(path, dest, limits)
-        loaded = _verify(root, public_key)
-        unnamed = sorted(unpacked - {MANIFEST_FILE, *loaded.manifest["files"]})
+        loaded = _verify(root, public_key, keep)
+        unnamed = sorted(unpacked - {MANIFEST_FILE, *loaded.artifact.manifest["files"]})
         if unnamed:
             raise ArtifactError(
                 f"{path}: archive holds files the manifest does not name: {', '.join(unnamed)}",
@@ -569,18 +605,26 @@ def _unpack_and_verify(
         raise
 
 
-def _verify(path: Path, public_key: Ed25519PublicKey | None, *, exact: bool = False) -> Artifact:
-    """`exact`: refuse anything in `path` the manifest does not list (checked before any hashing)."""
+def _verify(
+    path: Path, public_key: Ed25519PublicKey | None, keep: frozenset[str], *, exact: bool = False
+) -> Verified:
+    """`exact`: refuse anything in `path` the manifest does not list (checked before any hashing).
+    `keep`: the listed files to read into memory, hashing those very bytes."""
     manifest = _read_manifest(path)
     if exact:
         _check_nothing_unlisted(path, manifest)
+    contents: dict[str, bytes] = {}
     for name, entry in manifest["files"].items():
-        _check_file(path, name, entry)
+        if name in keep:
+            contents[name] = _read_checked(path, name, entry)
+        else:
+            _check_file(path, name, entry)
     if MODEL_FILE not in manifest["files"]:
         raise ArtifactError(f"{path}: manifest lists no {MODEL_FILE}", reason="format")
     if public_key is not None:
         _check_signature(path, manifest, public_key)
-    return Artifact(root=path, manifest=manifest, signed=isinstance(manifest.get(SIGNATURE_KEY), dict))
+    signed = isinstance(manifest.get(SIGNATURE_KEY), dict)
+    return Verified(Artifact(root=path, manifest=manifest, signed=signed), contents)
 
 
 _NUMBER = {"type": "number"}
@@ -740,21 +784,62 @@ def _is_plain_name(name: str) -> bool:
 
 
 def _check_file(root: Path, name: str, entry: Mapping[str, Any]) -> None:
+    file = _listed_file(root, name)
+    _check_size(root, name, entry, file.stat().st_size)
+    _check_digest(root, name, entry, sha256_file(file))
+
+
+def _read_checked(root: Path, name: str, entry: Mapping[str, Any]) -> bytes:
+    """The bytes of a listed file, read once (no further than one byte past its listed size), checked
+    against the manifest: the very bytes its user gets."""
+    file = _listed_file(root, name)
+    content = _read_at_most(file, entry["size"] + 1)
+    _check_size(root, name, entry, len(content))
+    _check_digest(root, name, entry, hashlib.sha256(content).hexdigest())
+    return content
+
+
+def _listed_file(root: Path, name: str) -> Path:
     # Names come from the manifest, which may be hostile: never follow one out of the artifact.
     if not _is_plain_name(name):
         raise ArtifactError(f"{root}: manifest names a file outside the artifact: {name!r}", reason="format")
     file = root / name
     if not file.is_file():
         raise ArtifactError(f"{root}: {name} is listed in the manifest but missing", reason="missing")
-    if file.stat().st_size != entry.get("size"):
+    return file
+
+
+def _check_size(root: Path, name: str, entry: Mapping[str, Any], size: int) -> None:
+    if size != entry.get("size"):
         raise ArtifactError(
-            f"{root}: {name} is {file.stat().st_size} bytes, manifest says {entry.get('size')} (tampered?)",
+            f"{root}: {name} is {size} bytes, manifest says {entry.get('size')} (tampered?)",
             reason="hash_mismatch",
         )
-    if sha256_file(file) != entry.get("sha256"):
+
+
+def _check_digest(root: Path, name: str, entry: Mapping[str, Any], sha256: str) -> None:
+    if sha256 != entry.get("sha256"):
         raise ArtifactError(
             f"{root}: {name} does not match its sha256 in the manifest (tampered?)", reason="hash_mismatch"
         )
+
+
+def _read_at_most(file: Path, limit: int) -> bytes:
+    """Up to `limit` bytes of a regular file (one swapped for a FIFO since it was checked must not
+    block the read, nor a link to /dev/zero fill memory)."""
+    try:
+        descriptor = os.open(file, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError as exc:
+        raise ArtifactError(f"{file}: cannot read it: {exc.strerror or exc}", reason="io") from None
+    try:
+        if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+            raise ArtifactError(f"{file}: not a regular file", reason="format")
+        with os.fdopen(descriptor, "rb", closefd=False) as stream:
+            return stream.read(limit)
+    except OSError as exc:
+        raise ArtifactError(f"reading {file}: {exc.strerror or exc}", reason="io") from None
+    finally:
+        os.close(descriptor)
 
 
 def _check_signature(root: Path, manifest: Mapping[str, Any], public_key: Ed25519PublicKey) -> None:

@@ -46,10 +46,22 @@ def session_options(
 def create_session(
     model: Path | bytes, *, providers: list[str] | None = None, threads: int | None = None
 ) -> ort.InferenceSession:
-    source = str(model) if isinstance(model, Path) else model
     return ort.InferenceSession(
-        source, session_options(threads=threads), providers=providers or [CPU_PROVIDER]
+        _source(model), session_options(threads=threads), providers=providers or [CPU_PROVIDER]
     )
+
+
+def load_proto(model: Path | bytes) -> onnx.ModelProto:
+    """The model's graph: parsed from its bytes (what the server verified and serves), or read from
+    its file without external data (an artifact's models hold their weights inline)."""
+    if isinstance(model, bytes):
+        return onnx.load_from_string(model)
+    return onnx.load(str(model), load_external_data=False)
+
+
+def _source(model: Path | bytes) -> str | bytes:
+    """The model as onnxruntime's session takes it: a path's string, or the bytes themselves."""
+    return model if isinstance(model, bytes) else str(model)
 
 
 def top1(output: np.ndarray) -> np.ndarray | None:
@@ -112,13 +124,13 @@ answer then depends on the rows it runs with (MiniLM dynamic INT8: cosine 0.987 
 alone, as large as the whole quantization error)."""
 
 
-def rows_mix(model_path: Path) -> bool:
+def rows_mix(model: Path | bytes | onnx.ModelProto) -> bool:
     """Whether a row's outputs depend on the other rows of its call (dynamic quantization)."""
-    graph = onnx.load(str(model_path), load_external_data=False).graph
-    return any(node.op_type in ROW_MIXING_OPS for node in graph.node)
+    proto = model if isinstance(model, onnx.ModelProto) else load_proto(model)
+    return any(node.op_type in ROW_MIXING_OPS for node in proto.graph.node)
 
 
-def fallback_ops(model_path: Path, *, providers: list[str] | None = None) -> dict[str, int]:
+def fallback_ops(model: Path | bytes, *, providers: list[str] | None = None) -> dict[str, int]:
     """Ops meant to run quantized that run in float, by op type.
 
     In the optimized graph, a float compute node fed by DequantizeLinear and feeding
@@ -133,7 +145,7 @@ def fallback_ops(model_path: Path, *, providers: list[str] | None = None) -> dic
         record_assignment = providers[0] != CPU_PROVIDER
         if record_assignment:
             options.add_session_config_entry("session.record_ep_graph_assignment_info", "1")
-        session = ort.InferenceSession(str(model_path), options, providers=providers)
+        session = ort.InferenceSession(_source(model), options, providers=providers)
         graph = onnx.load(str(optimized), load_external_data=False).graph
     counts = collections.Counter(_unfused_qdq_nodes(graph))
     if record_assignment:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import onnx
@@ -35,14 +34,16 @@ def observable(model: onnx.ModelProto, ranges: Sequence[ActivationRange]) -> lis
 
 
 def observer_model(
-    model_path: Path, ranges: Sequence[ActivationRange]
+    served: onnx.ModelProto, ranges: Sequence[ActivationRange]
 ) -> tuple[bytes, list[ActivationRange]]:
-    """The model with every range's tensor also a graph output, and the ranges it can observe.
+    """The served model (parsed, left as it is) with every range's tensor also a graph output, and
+    the ranges it can observe.
 
     A range whose tensor is a graph input is observed from the request itself; one whose tensor is
     not in the graph at all (a manifest that does not fit the model) is left out.
     """
-    model = onnx.load(str(model_path))
+    model = onnx.ModelProto()
+    model.CopyFrom(served)
     present = {o.name for o in model.graph.output} | {i.name for i in model.graph.input}
     kept = observable(model, ranges)
     for r in kept:

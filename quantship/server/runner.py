@@ -206,13 +206,8 @@ class Runner:
 
     @classmethod
     def load(cls, model: Path | bytes, *, threads: int | None = None) -> Runner:
-        session = runtime.create_session(model, threads=threads)
-        proto = (
-            onnx.load_from_string(model)
-            if isinstance(model, bytes)
-            else onnx.load(str(model), load_external_data=False)
-        )
-        return cls(session, value_free_outputs(proto.graph))
+        session = runtime.create_session(model, threads=threads)  # first: onnxruntime names what is wrong
+        return cls(session, value_free_outputs(runtime.load_proto(model).graph))
 
     def run(self, inputs: Tensors) -> dict[str, np.ndarray]:
         try:
@@ -505,14 +500,17 @@ def split(
     return parts
 
 
-def fallback_ops(model_path: Path, *, providers: list[str] | None = None) -> dict[str, int]:
+def fallback_ops(
+    model: Path | bytes, *, proto: onnx.ModelProto | None = None, providers: list[str] | None = None
+) -> dict[str, int]:
     """Ops meant to run quantized that fall back to float, by op type, with 0 for the types that fused.
 
-    The counts come from `quantship.runtime.fallback_ops` (the optimized graph). The zeros matter:
-    every op type meant to run quantized gets a series, so "no fallback" reads as 0, not as no data.
+    `proto`: `model` already parsed. The counts come from `quantship.runtime.fallback_ops` (the
+    optimized graph). The zeros matter: every op type meant to run quantized gets a series, so "no
+    fallback" reads as 0, not as no data.
     """
-    graph = onnx.load(str(model_path), load_external_data=False).graph
-    counts = runtime.fallback_ops(model_path, providers=providers)
+    graph = (proto if proto is not None else runtime.load_proto(model)).graph
+    counts = runtime.fallback_ops(model, providers=providers)
     return {**dict.fromkeys(sorted(_meant_quantized(graph)), 0), **counts}
 
 

@@ -34,8 +34,9 @@ from quantship.artifact import (
     ActivationRange,
     Artifact,
     ArtifactError,
-    load_artifact,
+    Verified,
     load_public_key,
+    load_verified,
 )
 from quantship.server import batch_policy, cpus, hardware, probe
 from quantship.server import runner as runner_module
@@ -231,14 +232,26 @@ class ModelService:
 
     def _open(self) -> Opened:
         """Blocking: verify, load the sessions, analyse. Runs in a thread."""
-        settings, quality = self.settings, self.settings.quality
+        return self._build(self._verify())
+
+    def _verify(self) -> Verified:
+        """The artifact verified, with the bytes of the files served (the model, and the reference
+        unless --reference replaces it) read once and hashed: everything is built from those."""
+        settings = self.settings
         key = load_public_key(settings.public_key) if settings.public_key else None
         scratch.sweep()  # what servers and verifies killed before us (kill -9, OOM) left behind
         extract_to = None
         if settings.artifact.is_file():
             self._scratch = scratch.create(scratch.SERVE_PREFIX)
             extract_to = self._scratch / "artifact"
-        loaded = load_artifact(settings.artifact, public_key=key, extract_to=extract_to)
+        served = (MODEL_FILE,) if settings.reference is not None else (MODEL_FILE, REFERENCE_FILE)
+        return load_verified(settings.artifact, keep=served, public_key=key, extract_to=extract_to)
+
+    def _build(self, verified: Verified) -> Opened:
+        """Sessions and load-time analysis, all from the verified bytes, never from the files again
+        (swapped since they were hashed, they would be served as this artifact). Each file's bytes
+        are released once what needs them is built."""
+        settings, quality, loaded = self.settings, self.settings.quality, verified.artifact
         if settings.capture_dir is not None:
             try:
                 Capture.prepare(settings.capture_dir)
@@ -249,10 +262,13 @@ class ModelService:
         threads = settings.threads or cpus.serving_threads()
         if threads != settings.threads:
             log.info("onnxruntime intra-op threads: %d, what the CPU quota allows", threads)
+        model = verified.take(MODEL_FILE)
+        assert model is not None  # load_verified kept it: every artifact lists its model
         try:
-            runner = Runner.load(loaded.model_path, threads=threads)
+            runner = Runner.load(model, threads=threads)
         except UnsupportedModel as exc:
             raise LoadRefused(f"{loaded.model_path}: {exc}", reason="model") from exc
+        proto = runtime.load_proto(model)  # once onnxruntime took it: for the graph analyses below
         self._check_hardware(loaded, runner)
         compared = loaded.quantization.get("output") or runner.signature.outputs[0].name
         try:
@@ -268,15 +284,14 @@ class ModelService:
             raise LoadRefused(
                 f"the manifest's shadow_rule {rule!r} is not valid: {exc}", reason="format"
             ) from None
-        reference = self._open_reference(
-            settings.reference or loaded.reference_path, runner.signature, compared
-        )
         observer, ranges = None, loaded.activation_ranges
         if ranges and quality.clip_sample_rate > 0:
-            model_bytes, ranges = observer_model(loaded.model_path, ranges)
-            observer = Runner.load(model_bytes, threads=1) if ranges else None
-        fallback = runner_module.fallback_ops(loaded.model_path)
-        rows_mix = runtime.rows_mix(loaded.model_path)
+            observed, ranges = observer_model(proto, ranges)
+            observer = Runner.load(observed, threads=1) if ranges else None
+        fallback = runner_module.fallback_ops(model, proto=proto)
+        rows_mix = runtime.rows_mix(proto)
+        del model, proto  # the served model's bytes and graph: its sessions hold what they need
+        reference = self._open_reference(self._reference_model(verified), runner.signature, compared)
         batching = batch_policy.choose(runner, settings.batching.max_batch_size, rows_mix=rows_mix)
         deterministic = probe.deterministic(runner)
         return Opened(
@@ -302,13 +317,31 @@ class ModelService:
             check.describe(),
         )
 
-    def _open_reference(self, path: Path | None, served: Signature, compared: str) -> Runner | None:
+    def _reference_model(self, verified: Verified) -> tuple[Path, bytes] | None:
+        """The reference to shadow with, and its bytes: --reference FILE's, read once here, or the
+        artifact's, as verified (None where there is neither)."""
+        path = self.settings.reference
         if path is None:
-            return None
+            content = verified.take(REFERENCE_FILE)
+            return None if content is None else (verified.artifact.root / REFERENCE_FILE, content)
         if not path.is_file():
             raise LoadRefused(f"reference model {path} does not exist", reason="reference")
         try:
-            reference = Runner.load(path, threads=1)
+            return path, path.read_bytes()
+        except OSError as exc:
+            raise LoadRefused(
+                f"cannot read reference {path}: {exc.strerror or exc}", reason="reference"
+            ) from exc
+
+    def _open_reference(
+        self, source: tuple[Path, bytes] | None, served: Signature, compared: str
+    ) -> Runner | None:
+        """A session of the reference (`source`: its path, for messages, and its bytes)."""
+        if source is None:
+            return None
+        path, content = source
+        try:
+            reference = Runner.load(content, threads=1)
         except ORT_ERRORS as exc:
             raise LoadRefused(f"onnxruntime cannot load reference {path}: {exc}", reason="reference") from exc
         takes = {(spec.name, spec.datatype) for spec in reference.signature.inputs}

@@ -118,6 +118,43 @@ def test_missing_listed_file_is_refused(artifact_copy: Path) -> None:
     assert caught.value.reason == "missing"
 
 
+def test_the_kept_files_are_the_bytes_hashed_and_are_given_once(artifact_copy: Path) -> None:
+    """What the server builds from: the listed files it asked for, read once and checked, handed
+    over (and forgotten) by `take`; files it did not ask for are checked but not kept."""
+    on_disk = (artifact_copy / artifact.MODEL_FILE).read_bytes()
+    verified = artifact.load_verified(artifact_copy, keep=[artifact.MODEL_FILE])
+    assert verified.artifact.manifest == artifact.load_artifact(artifact_copy).manifest
+    assert set(verified.contents) == {artifact.MODEL_FILE}
+    assert verified.take(artifact.MODEL_FILE) == on_disk
+    assert verified.take(artifact.MODEL_FILE) is None and verified.take(artifact.REFERENCE_FILE) is None
+
+
+def test_a_kept_file_is_checked_like_any_other(artifact_copy: Path) -> None:
+    model = artifact_copy / artifact.MODEL_FILE
+    model.write_bytes(model.read_bytes() + b"one byte past its listed size, and more")
+    with pytest.raises(ArtifactError, match="bytes, manifest says") as caught:
+        artifact.load_verified(artifact_copy, keep=[artifact.MODEL_FILE])
+    assert caught.value.reason == "hash_mismatch"
+    reference = artifact_copy / artifact.REFERENCE_FILE
+    tampered = bytearray(reference.read_bytes())
+    tampered[100] ^= 0xFF
+    reference.write_bytes(bytes(tampered))
+    model.write_bytes(model.read_bytes()[: -len(b"one byte past its listed size, and more")])
+    with pytest.raises(ArtifactError, match="does not match its sha256") as caught:
+        artifact.load_verified(artifact_copy, keep=[artifact.MODEL_FILE, artifact.REFERENCE_FILE])
+    assert caught.value.reason == "hash_mismatch"
+
+
+def test_a_tarball_s_kept_files_are_its_unpacked_bytes(
+    good_artifact: artifact.Artifact, tmp_path: Path
+) -> None:
+    tarball = tmp_path / "digits.tar.gz"
+    artifact.pack(good_artifact.root, tarball)
+    verified = artifact.load_verified(tarball, keep=[artifact.REFERENCE_FILE], extract_to=tmp_path / "x")
+    assert verified.artifact.digest == good_artifact.digest
+    assert verified.contents == {artifact.REFERENCE_FILE: good_artifact.reference_path.read_bytes()}
+
+
 @pytest.mark.parametrize(
     ("manifest_text", "message"),
     [

@@ -10,7 +10,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 from tiny_models import POSITION_TABLE, build_positions
 
-from quantship import artifact, slo, zoo
+from quantship import artifact, runtime, slo, zoo
 from quantship.server import service
 from quantship.server.clipping import ClipCounter, ClipSample, observer_model
 from quantship.server.drift import DriftWindow
@@ -123,7 +123,7 @@ def test_a_request_gets_one_label() -> None:
 
 
 def count_clips(loaded: artifact.Artifact, images: np.ndarray, per_tensor: bool = False) -> CollectorRegistry:
-    model, ranges = observer_model(loaded.model_path, loaded.activation_ranges)
+    model, ranges = observer_model(runtime.load_proto(loaded.model_path), loaded.activation_ranges)
     recorder, registry = metrics(per_tensor)
     counter = ClipCounter(Runner.load(model), ranges, recorder)
     counter.process([ClipSample({"X": images[i : i + 1]}, 1) for i in range(len(images))])
@@ -164,7 +164,9 @@ def test_a_hand_off_counted_at_once_reads_as_its_requests_one_at_a_time(
     and the drift window (which slides every 4 requests here, inside the hand-off of 10) must be
     those of the same requests processed one by one."""
     images = np.load(sample.requests)[zoo.INPUT_NAME][:10]
-    model, ranges = observer_model(skewed_artifact.model_path, skewed_artifact.activation_ranges)
+    model, ranges = observer_model(
+        runtime.load_proto(skewed_artifact.model_path), skewed_artifact.activation_ranges
+    )
     histograms = skewed_artifact.activation_histograms
     samples = [ClipSample({"X": images[i : i + 1]}, 1) for i in range(len(images))]
 
@@ -213,7 +215,7 @@ def test_a_tensor_without_a_batch_dimension_is_observed_once_a_request_in_one_ca
         for (t, v), r in zip(calibration.items(), ranges, strict=True)
         for b in [artifact.ActivationHistogram.bin(v, r.low, r.high)]
     ]
-    model, kept = observer_model(path, ranges)
+    model, kept = observer_model(runtime.load_proto(path), ranges)
     recorder, registry = metrics(per_tensor=True)
     window = DriftWindow(histograms, window=64, ranges=kept)
     counter = ClipCounter(Runner.load(model, threads=1), kept, recorder, window)
@@ -257,7 +259,8 @@ def test_the_clip_lane_bins_a_batched_request_as_its_rows_one_a_request(tmp_path
     request or each their own: the clip lane hands the window each request's rows, so both read
     alike (a stride of 3 within rows on both sides; see test_drift for the tolerance)."""
     model, kept = observer_model(
-        build_positions(tmp_path / "positions.onnx"), [artifact.ActivationRange("H", -4.0, 4.0, 0.1)]
+        runtime.load_proto(build_positions(tmp_path / "positions.onnx")),
+        [artifact.ActivationRange("H", -4.0, 4.0, 0.1)],
     )
     rng = np.random.default_rng(8)
     counts, under, over = artifact.ActivationHistogram.bin(2 * rng.standard_normal(50_000), -4.0, 4.0)
