@@ -67,6 +67,10 @@ class DropReason(enum.StrEnum):
     """The SLI CPU budget (shadow and clip) was spent."""
     SHAPE = "shape"
     """A capture row's shape differs from the captured samples'."""
+    FAILED = "failed"
+    """The lane's work failed on the hand-off that held the sample (a reference or observer session
+    that cannot run on what the served model took): each of its samples is lost, and counted, so a
+    rollout reads why it has no data rather than nothing at all."""
 
 
 STARVED_BEHIND_PER_S = 1.0

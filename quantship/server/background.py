@@ -7,7 +7,8 @@ costs a wake-up and a contended GIL, measured at several hundred microseconds of
 time, far more than the reference model's run, and the SLI work itself is cheaper by the batch
 (digits' clip counting: 0.8 ms a sample one at a time, 0.11 ms in sixteens); one hand-off per 16
 samples, or per GATHER_S, keeps 5% sampling cheap. A full queue drops the sample and counts it:
-sampling must never hold memory or delay answers. A failing `process` is logged and the lane goes on.
+sampling must never hold memory or delay answers. A failing `process` loses its samples, counted
+(reason "failed") and logged a line per FAILURE_LOG_INTERVAL_S at most, and the lane goes on.
 A lane that drops most of its samples as behind for minutes says so in the log (starvation.py).
 
 A lane can have a CpuBudget: the CPU seconds its work may take per wall-clock second (the service
@@ -44,6 +45,8 @@ from collections.abc import Callable
 from concurrent.futures import Executor
 from typing import Generic, TypeVar
 
+from quantship.server.errors import InferenceFailed, InvalidInput
+from quantship.server.runner import FAILURE_LOG_INTERVAL_S, ThrottledLog
 from quantship.server.starvation import StarvationWatch
 from quantship.slo import DropReason
 
@@ -154,6 +157,7 @@ class Lane(Generic[T]):
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self._starvation = StarvationWatch(name, clock=lambda: asyncio.get_running_loop().time())
+        self._failures = ThrottledLog(FAILURE_LOG_INTERVAL_S, log)
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._work(), name=f"{self.name} lane")
@@ -236,13 +240,25 @@ class Lane(Generic[T]):
                         self._tell_price(self.budget, self._cost)
                     if self.budget is not None:
                         self.budget.spend(spent, reserved=sum(reserved or 0.0 for _, reserved in offered))
-            except Exception:  # what it reserved stays spent: it may well have run
-                log.exception("%s: processing %d sampled requests failed", self.name, len(items))
+            except Exception as exc:  # what it reserved stays spent: it may well have run
+                self._failed(items, exc)
             finally:
                 for _ in range(len(items) + (1 if stopping else 0)):
                     self._queue.task_done()
             if stopping:
                 return
+
+    def _failed(self, items: list[T], exc: Exception) -> None:
+        """Count each sample of a failed hand-off as dropped, and say so at most once per
+        FAILURE_LOG_INTERVAL_S: a session that cannot run on what the model serves fails every
+        hand-off, and a canary offers every request. A traceback only where it is ours to fix."""
+        for _ in items:
+            self.on_drop(DropReason.FAILED)
+        expected = isinstance(exc, InvalidInput | InferenceFailed)  # the session refused the inputs
+        self._failures.error(
+            "%s: %d sampled requests lost, their processing failed: %s",
+            self.name, len(items), exc, exc_info=not expected,
+        )  # fmt: skip
 
     def _tell_price(self, budget: CpuBudget, cost: float) -> None:
         """Log once what the budget buys: a rollout analysis that finds too few samples a window

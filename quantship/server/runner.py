@@ -202,7 +202,7 @@ class Runner:
         # A refused input is answered 400; onnxruntime's own error log of it would be noise.
         self._run_options.log_severity_level = 4
         self._controls = _Controls(self._call)
-        self._failures = _ThrottledLog(FAILURE_LOG_INTERVAL_S)
+        self._failures = ThrottledLog(FAILURE_LOG_INTERVAL_S)
 
     @classmethod
     def load(cls, model: Path | bytes, *, threads: int | None = None) -> Runner:
@@ -448,23 +448,29 @@ class _Controls:
         return runs
 
 
-class _ThrottledLog:
+class ThrottledLog:
     """One log line per `interval` seconds at the most, with how many were held back since."""
 
-    def __init__(self, interval: float) -> None:
+    def __init__(self, interval: float, logger: logging.Logger = log) -> None:
         self._interval = interval
+        self._logger = logger
         self._logged_at = -float("inf")
         self._held = 0
         self._lock = threading.Lock()
 
-    def error(self, message: str, *args: object) -> None:
+    def error(self, message: str, *args: object, exc_info: bool = False) -> None:
         now = time.monotonic()
         with self._lock:
             if now - self._logged_at < self._interval:
                 self._held += 1
                 return
             held, self._logged_at, self._held = self._held, now, 0
-        log.error(message + (f" ({held} more since the last line)" if held else ""), *args)
+        self._logger.error(
+            message + (f" ({held} more since the last line)" if held else ""),
+            *args,
+            exc_info=exc_info,
+            stacklevel=2,  # the line is the caller's
+        )
 
 
 def batch_key(inputs: Tensors) -> tuple[Any, ...]:

@@ -49,7 +49,7 @@ from quantship.server.errors import InvalidInput, ModelNotFound, NotReady
 from quantship.server.feedback import FeedbackStore
 from quantship.server.metrics import ServerMetrics
 from quantship.server.protocol import InferRequest, InferResponse
-from quantship.server.runner import Runner, Signature, Tensors, UnsupportedModel
+from quantship.server.runner import Runner, Signature, Tensors, TensorSpec, UnsupportedModel
 from quantship.server.settings import ServerSettings
 from quantship.server.shadow import Comparator, ShadowEvaluator, ShadowSample
 
@@ -336,7 +336,9 @@ class ModelService:
     def _open_reference(
         self, source: tuple[Path, bytes] | None, served: Signature, compared: str
     ) -> Runner | None:
-        """A session of the reference (`source`: its path, for messages, and its bytes)."""
+        """A session of the reference (`source`: its path, for messages, and its bytes), refused
+        unless it takes what the served model takes (names, types, ranks, fixed dimensions): one
+        that took other shapes would fail every shadow sample, and the rollout would see no data."""
         if source is None:
             return None
         path, content = source
@@ -344,11 +346,9 @@ class ModelService:
             reference = Runner.load(content, threads=1)
         except ORT_ERRORS as exc:
             raise LoadRefused(f"onnxruntime cannot load reference {path}: {exc}", reason="reference") from exc
-        takes = {(spec.name, spec.datatype) for spec in reference.signature.inputs}
-        if takes != {(spec.name, spec.datatype) for spec in served.inputs}:
+        if not _takes_alike(reference.signature.inputs, served.inputs):
             raise LoadRefused(
-                f"reference {path} takes {sorted(takes)}, the served model "
-                f"{sorted((s.name, s.datatype) for s in served.inputs)}",
+                f"reference {path} takes {_inputs(reference.signature)}, the served model {_inputs(served)}",
                 reason="reference",
             )
         if compared not in {spec.name for spec in reference.signature.outputs}:
@@ -570,6 +570,27 @@ class ModelService:
             "inputs": [_describe(spec) for spec in signature.inputs],
             "outputs": [_describe(spec) for spec in signature.outputs],
         }
+
+
+def _takes_alike(reference: tuple[TensorSpec, ...], served: tuple[TensorSpec, ...]) -> bool:
+    """Whether the reference takes the served model's inputs: the same names and types, the same
+    ranks, and equal sizes where both fix a dimension (an open one takes any)."""
+    by_name = {spec.name: spec for spec in reference}
+    if by_name.keys() != {spec.name for spec in served} or len(by_name) != len(served):
+        return False
+    return all(_fits(by_name[spec.name], spec) for spec in served)
+
+
+def _fits(reference: TensorSpec, served: TensorSpec) -> bool:
+    return (
+        reference.datatype == served.datatype
+        and len(reference.shape) == len(served.shape)
+        and all(a is None or b is None or a == b for a, b in zip(reference.shape, served.shape, strict=True))
+    )
+
+
+def _inputs(signature: Signature) -> str:
+    return ", ".join(spec.describe() for spec in sorted(signature.inputs, key=lambda spec: spec.name))
 
 
 def _describe(spec: runner_module.TensorSpec) -> dict[str, Any]:
