@@ -19,6 +19,7 @@ from quantship.cli import main
 from quantship.local.processes import ServerProcess
 from quantship.server.capture import CAPTURE_FILE
 from quantship.server.settings import QualitySettings
+from quantship.slo import DropReason
 
 CAPACITY = 150
 
@@ -54,7 +55,9 @@ async def test_serve_captures_production_rows_that_quantize_calibrates_from(
             for line in httpx.get(f"{server.url}/metrics").text.splitlines()
             if line.startswith("quantship_samples_dropped_total") and 'kind="capture"' in line
         ]
-        assert len(dropped) == 3 and all(line.endswith(" 0.0") for line in dropped)  # one per reason
+        assert len(dropped) == len(DropReason) and all(
+            line.endswith(" 0.0") for line in dropped
+        )  # one a reason
     finally:
         assert server.stop(timeout=30) == -signal.SIGTERM, server.log_tail()  # uvicorn re-raises it
 
