@@ -12,6 +12,7 @@ from __future__ import annotations
 import collections
 import platform
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,6 +58,27 @@ def load_proto(model: Path | bytes) -> onnx.ModelProto:
     if isinstance(model, bytes):
         return onnx.load_from_string(model)
     return onnx.load(str(model), load_external_data=False)
+
+
+def keeps_weights_outside(model: onnx.ModelProto) -> bool:
+    """Whether any tensor of the model (in subgraphs too) keeps its data in a file beside it. An
+    artifact's models hold theirs inline: a session built from a model's bytes would look for such a
+    file in the working directory, never hashed."""
+    return any(tensor.data_location == onnx.TensorProto.EXTERNAL for tensor in _tensors(model.graph))
+
+
+def _tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
+    """Every tensor a graph holds: initializers and constants' attributes, in subgraphs too."""
+    yield from graph.initializer
+    for node in graph.node:
+        for attribute in node.attribute:
+            if attribute.HasField("t"):
+                yield attribute.t
+            yield from attribute.tensors
+            if attribute.HasField("g"):
+                yield from _tensors(attribute.g)
+            for subgraph in attribute.graphs:
+                yield from _tensors(subgraph)
 
 
 def _source(model: Path | bytes) -> str | bytes:

@@ -12,7 +12,7 @@ import signal
 import subprocess
 import sys
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import onnx
@@ -52,7 +52,7 @@ def self_contained(path: Path, folder: Path) -> Path:
     hashes and ships its files one by one: a weights file beside the model would be neither listed nor
     copied, and the artifact's model would not load."""
     model = onnx.load(str(path), load_external_data=False)
-    if not any(tensor.data_location == onnx.TensorProto.EXTERNAL for tensor in _tensors(model.graph)):
+    if not runtime.keeps_weights_outside(model):
         return path
     onnx.load_external_data_for_model(model, str(path.parent))
     if model.ByteSize() > MAX_INLINE_BYTES:
@@ -63,20 +63,6 @@ def self_contained(path: Path, folder: Path) -> Path:
     inlined.parent.mkdir()
     onnx.save(model, str(inlined))
     return inlined
-
-
-def _tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
-    """Every tensor a graph holds: initializers and constants' attributes, in subgraphs too."""
-    yield from graph.initializer
-    for node in graph.node:
-        for attribute in node.attribute:
-            if attribute.HasField("t"):
-                yield attribute.t
-            yield from attribute.tensors
-            if attribute.HasField("g"):
-                yield from _tensors(attribute.g)
-            for subgraph in attribute.graphs:
-                yield from _tensors(subgraph)
 
 
 def load_model(path: Path) -> onnx.ModelProto:

@@ -205,9 +205,12 @@ class Runner:
         self._failures = ThrottledLog(FAILURE_LOG_INTERVAL_S)
 
     @classmethod
-    def load(cls, model: Path | bytes, *, threads: int | None = None) -> Runner:
+    def load(
+        cls, model: Path | bytes, *, threads: int | None = None, proto: onnx.ModelProto | None = None
+    ) -> Runner:
+        """A session of `model`; `proto`, its graph when the caller has parsed it already."""
         session = runtime.create_session(model, threads=threads)  # first: onnxruntime names what is wrong
-        return cls(session, value_free_outputs(runtime.load_proto(model).graph))
+        return cls(session, value_free_outputs((proto or runtime.load_proto(model)).graph))
 
     def run(self, inputs: Tensors) -> dict[str, np.ndarray]:
         try:

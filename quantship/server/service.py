@@ -25,7 +25,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 import onnxruntime
+from google.protobuf.message import DecodeError
 
 from quantship import runtime, scratch, slo
 from quantship.artifact import (
@@ -264,11 +266,12 @@ class ModelService:
             log.info("onnxruntime intra-op threads: %d, what the CPU quota allows", threads)
         model = verified.take(MODEL_FILE)
         assert model is not None  # load_verified kept it: every artifact lists its model
+        proto = _inline_graph(model, loaded.model_path, reason="format")
         try:
-            runner = Runner.load(model, threads=threads)
+            runner = Runner.load(model, threads=threads, proto=proto)
         except UnsupportedModel as exc:
             raise LoadRefused(f"{loaded.model_path}: {exc}", reason="model") from exc
-        proto = runtime.load_proto(model)  # once onnxruntime took it: for the graph analyses below
+        proto = proto or runtime.load_proto(model)  # onnxruntime took it: for the graph analyses below
         self._check_hardware(loaded, runner)
         compared = loaded.quantization.get("output") or runner.signature.outputs[0].name
         try:
@@ -342,8 +345,9 @@ class ModelService:
         if source is None:
             return None
         path, content = source
+        proto = _inline_graph(content, path, reason="reference")
         try:
-            reference = Runner.load(content, threads=1)
+            reference = Runner.load(content, threads=1, proto=proto)
         except ORT_ERRORS as exc:
             raise LoadRefused(f"onnxruntime cannot load reference {path}: {exc}", reason="reference") from exc
         if not _takes_alike(reference.signature.inputs, served.inputs):
@@ -570,6 +574,21 @@ class ModelService:
             "inputs": [_describe(spec) for spec in signature.inputs],
             "outputs": [_describe(spec) for spec in signature.outputs],
         }
+
+
+def _inline_graph(content: bytes, path: Path, *, reason: str) -> onnx.ModelProto | None:
+    """The graph of verified model bytes; None when protobuf cannot read them (onnxruntime will say
+    why). Refused when its weights live in a file beside it: a session built from bytes looks for
+    that file in the working directory, unhashed, whatever the artifact's own copy says."""
+    try:
+        proto = runtime.load_proto(content)
+    except DecodeError:
+        return None
+    if runtime.keeps_weights_outside(proto):
+        raise LoadRefused(
+            f"{path} keeps weights in external data; an artifact's models hold theirs inline", reason=reason
+        )
+    return proto
 
 
 def _takes_alike(reference: tuple[TensorSpec, ...], served: tuple[TensorSpec, ...]) -> bool:

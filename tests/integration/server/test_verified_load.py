@@ -111,3 +111,30 @@ async def test_a_folder_swapped_after_verifying_serves_the_verified_bytes(
         assert model.opened.fallback
     finally:
         await service.close(1)
+
+
+async def test_a_model_keeping_its_weights_beside_it_is_refused_not_served_with_other_weights(
+    tmp_path: Path, monkeypatch: Any
+) -> None:
+    """A session built from bytes reads external weights from the working directory: a weights.bin
+    there, never hashed, was served in place of the artifact's own (hashed) copy."""
+    model = onnx.load(str(build_always_seven(tmp_path / "seven.onnx")))
+    onnx.save(model, str(tmp_path / "external.onnx"), save_as_external_data=True, location="weights.bin",
+              size_threshold=0)  # fmt: skip
+    written = artifact.write_artifact(
+        tmp_path / "art",
+        {MODEL_FILE: tmp_path / "external.onnx", "weights.bin": tmp_path / "weights.bin"},
+        {"quantization": {"precision": "fp32", "mode": "none"}},
+    )
+    elsewhere = tmp_path / "cwd"
+    elsewhere.mkdir()
+    (elsewhere / "weights.bin").write_bytes((tmp_path / "weights.bin").read_bytes())
+    monkeypatch.chdir(elsewhere)  # where onnxruntime would look: a file an attacker could place
+    settings = settings_for(written, "external-v1")
+    service = ModelService(settings, ServerMetrics(CollectorRegistry(), settings.labels))
+    await service.load()
+    try:
+        assert service.phase is Phase.REFUSED
+        assert "keeps weights in external data" in (service.problem or "")
+    finally:
+        await service.close(1)
