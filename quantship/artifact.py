@@ -266,17 +266,25 @@ def generate_keypair(private_path: Path, public_path: Path) -> None:
 
 
 def _write_new_key(path: Path, content: bytes, mode: int) -> None:
-    """`content` in a file created here: an existing one, even one made a moment ago, is kept."""
+    """`content` in a file created here: an existing one, even one made a moment ago, is kept; one
+    made here and not written whole (a full disk) is removed, or it would refuse every rerun."""
     try:
-        with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode), "wb") as stream:
-            stream.write(content)
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     except FileExistsError as exc:
         raise ArtifactError(
             f"{path} exists; refusing to replace a key (remove it first)", reason="key"
         ) from exc
     except OSError as exc:
         raise ArtifactError(
-            f"cannot write the key pair: {exc.strerror or exc}: {exc.filename}", reason="key"
+            f"cannot write the key pair: {path}: {exc.strerror or exc}", reason="key"
+        ) from exc
+    try:
+        with os.fdopen(descriptor, "wb") as stream:
+            stream.write(content)
+    except OSError as exc:
+        path.unlink()
+        raise ArtifactError(
+            f"cannot write the key pair: {path}: {exc.strerror or exc}", reason="key"
         ) from exc
 
 
@@ -794,6 +802,11 @@ def _read_checked(root: Path, name: str, entry: Mapping[str, Any]) -> bytes:
     against the manifest: the very bytes its user gets."""
     file = _listed_file(root, name)
     content = _read_at_most(file, entry["size"] + 1)
+    if len(content) > entry["size"]:  # read no further: how much larger is not known here
+        raise ArtifactError(
+            f"{root}: {name} is larger than the {entry['size']} bytes the manifest says (tampered?)",
+            reason="hash_mismatch",
+        )
     _check_size(root, name, entry, len(content))
     _check_digest(root, name, entry, hashlib.sha256(content).hexdigest())
     return content

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -131,8 +133,10 @@ def test_the_kept_files_are_the_bytes_hashed_and_are_given_once(artifact_copy: P
 
 def test_a_kept_file_is_checked_like_any_other(artifact_copy: Path) -> None:
     model = artifact_copy / artifact.MODEL_FILE
+    listed = model.stat().st_size
     model.write_bytes(model.read_bytes() + b"one byte past its listed size, and more")
-    with pytest.raises(ArtifactError, match="bytes, manifest says") as caught:
+    # read no further than one byte past: it says so, not a size it never read (it said listed + 1)
+    with pytest.raises(ArtifactError, match=f"is larger than the {listed} bytes the manifest says") as caught:
         artifact.load_verified(artifact_copy, keep=[artifact.MODEL_FILE])
     assert caught.value.reason == "hash_mismatch"
     reference = artifact_copy / artifact.REFERENCE_FILE
@@ -296,3 +300,26 @@ def test_activation_histogram_bins_are_numpys_histogram_bins(
                                range=(low, high))  # fmt: skip
     np.testing.assert_array_equal(counts, expected)
     assert (below, above) == (np.count_nonzero(finite < low), np.count_nonzero(finite > high))
+
+
+def test_a_key_not_written_whole_is_removed_so_a_rerun_can_write_the_pair(tmp_path: Path) -> None:
+    """A full disk mid-write (here a file-size limit of 60 bytes) left a truncated private key, and
+    every rerun was refused: 'exists'."""
+    code = (
+        "import resource, sys\n"
+        "from pathlib import Path\n"
+        "from quantship import artifact\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (60, resource.RLIM_INFINITY))\n"
+        "try:\n"
+        "    artifact.generate_keypair(Path(sys.argv[1]) / 'k.pem', Path(sys.argv[1]) / 'k.pub')\n"
+        "except artifact.ArtifactError as error:\n"
+        "    print(error)\n"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=60
+    )
+    assert run.stdout.startswith(f"cannot write the key pair: {tmp_path / 'k.pem'}: File too large"), (
+        run.stderr
+    )
+    assert list(tmp_path.iterdir()) == []
+    artifact.generate_keypair(tmp_path / "k.pem", tmp_path / "k.pub")
