@@ -350,7 +350,7 @@ class ModelService:
             reference = Runner.load(content, threads=1, proto=proto)
         except ORT_ERRORS as exc:
             raise LoadRefused(f"onnxruntime cannot load reference {path}: {exc}", reason="reference") from exc
-        if not _takes_alike(reference.signature.inputs, served.inputs):
+        if not _takes_alike(reference.signature.inputs, served.inputs, _unshaped_inputs(proto)):
             raise LoadRefused(
                 f"reference {path} takes {_inputs(reference.signature)}, the served model {_inputs(served)}",
                 reason="reference",
@@ -591,21 +591,32 @@ def _inline_graph(content: bytes, path: Path, *, reason: str) -> onnx.ModelProto
     return proto
 
 
-def _takes_alike(reference: tuple[TensorSpec, ...], served: tuple[TensorSpec, ...]) -> bool:
+def _takes_alike(
+    reference: tuple[TensorSpec, ...], served: tuple[TensorSpec, ...], unshaped: frozenset[str]
+) -> bool:
     """Whether the reference takes the served model's inputs: the same names and types, the same
-    ranks, and equal sizes where both fix a dimension (an open one takes any)."""
+    ranks, and equal sizes where both fix a dimension (an open one takes any; an input declaring no
+    shape at all, in `unshaped`, takes any shape)."""
     by_name = {spec.name: spec for spec in reference}
     if by_name.keys() != {spec.name for spec in served} or len(by_name) != len(served):
         return False
-    return all(_fits(by_name[spec.name], spec) for spec in served)
+    return all(_fits(by_name[spec.name], spec, spec.name in unshaped) for spec in served)
 
 
-def _fits(reference: TensorSpec, served: TensorSpec) -> bool:
-    return (
-        reference.datatype == served.datatype
-        and len(reference.shape) == len(served.shape)
+def _fits(reference: TensorSpec, served: TensorSpec, unshaped: bool) -> bool:
+    if reference.datatype != served.datatype:
+        return False
+    return unshaped or (
+        len(reference.shape) == len(served.shape)
         and all(a is None or b is None or a == b for a, b in zip(reference.shape, served.shape, strict=True))
     )
+
+
+def _unshaped_inputs(model: onnx.ModelProto | None) -> frozenset[str]:
+    """Inputs that declare no shape: onnxruntime lists them with shape [], a scalar's."""
+    if model is None:
+        return frozenset()
+    return frozenset(i.name for i in model.graph.input if not i.type.tensor_type.HasField("shape"))
 
 
 def _inputs(signature: Signature) -> str:

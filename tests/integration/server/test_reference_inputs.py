@@ -25,11 +25,12 @@ from quantship.server.service import ModelService, Phase
 from quantship.slo import DropReason, Metric, SampleKind
 
 
-def build_reference(path: Path, columns: int | None) -> Path:
-    """Digits-shaped outputs (`label`, `probabilities`) from X float[N, columns] (None: left open)
-    through a [32, 10] MatMul: it runs on 32 columns only, whatever it declares."""
+def build_reference(path: Path, columns: int | None, *, shaped: bool = True, width: int = 32) -> Path:
+    """Digits-shaped outputs (`label`, `probabilities`) from X float[N, columns] (None: left open;
+    `shaped=False`: no shape declared at all) through a [width, 10] MatMul: it runs on `width`
+    columns only, whatever it declares."""
     weights = numpy_helper.from_array(
-        np.random.default_rng(0).standard_normal((32, 10)).astype(np.float32), "W"
+        np.random.default_rng(0).standard_normal((width, 10)).astype(np.float32), "W"
     )
     graph = helper.make_graph(
         [
@@ -37,7 +38,7 @@ def build_reference(path: Path, columns: int | None) -> Path:
             helper.make_node("ArgMax", ["probabilities"], ["label"], axis=1, keepdims=0),
         ],
         "reference",
-        [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["N", columns])],
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["N", columns] if shaped else None)],
         [
             helper.make_tensor_value_info("label", TensorProto.INT64, ["N"]),
             helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", 10]),
@@ -76,6 +77,21 @@ async def test_a_reference_declaring_other_input_shapes_is_refused_at_load(
             "quantship_model_load_failures_total", {**settings.labels, "reason": "reference"}
         )
         assert failures == 1
+    finally:
+        await service.close(1)
+
+
+async def test_a_reference_declaring_no_input_shape_takes_any_and_is_served(
+    good_artifact: artifact.Artifact, tmp_path: Path
+) -> None:
+    """onnxruntime lists an input without a declared shape as [], a scalar's: it was refused by rank."""
+    unshaped = build_reference(tmp_path / "unshaped.onnx", None, shaped=False, width=64)
+    settings = settings_for(good_artifact, "unshaped", reference=unshaped)
+    service = ModelService(settings, ServerMetrics(CollectorRegistry(), settings.labels))
+    await service.load()
+    try:
+        assert service.phase is Phase.READY, service.problem
+        assert service.ready_model().opened.reference is not None
     finally:
         await service.close(1)
 
