@@ -63,8 +63,17 @@ keeps burning with few requests still rolls back after `inconclusive_limit` judg
 a single error leaves the short window a minute later. Compared as round(bad): Prometheus'
 increase() extrapolates counts to the window's edges."""
 
+
+def _failing(kind: slo.SampleKind, model: str) -> str:
+    failed = slo.dropped_samples(slo.DropReason.FAILED, kind)
+    return (
+        f"if the canary drops {kind.value} samples as failed ({failed}), the {model} fails on its "
+        "requests (its server logs why): no budget helps, rebuild the artifact; "
+    )
+
+
 MORE_SAMPLES = {
-    slo.SLI.ACCURACY_DELTA: "if the canary drops shadow samples for budget "
+    slo.SLI.ACCURACY_DELTA: _failing(slo.SampleKind.SHADOW, "FP32 reference") + "if it drops them for budget "
     f"({slo.dropped_samples(slo.DropReason.BUDGET, slo.SampleKind.SHADOW)}), a higher canary SLI CPU budget "
     "(spec.server.canarySliCpuBudget, which the stable's servers ignore; its server logs how many samples "
     "a minute the budget pays for, and under the confident-agreement rule only rows the FP32 model is sure "
@@ -72,7 +81,8 @@ MORE_SAMPLES = {
     f"({slo.dropped_samples(slo.DropReason.BEHIND, slo.SampleKind.SHADOW)}), its CPU is "
     "busy serving and the SLIs take idle CPU only: more CPU or replicas (spec.resources, spec.replicas); "
     "else more traffic (or a higher shadow rate, where one was set below 1)",
-    slo.SLI.CLIP_RATE: "a higher clip sample rate or canary SLI CPU budget (spec.server.clipSampleRate, "
+    slo.SLI.CLIP_RATE: _failing(slo.SampleKind.CLIP, "observer copy of the model")
+    + "else a higher clip sample rate or canary SLI CPU budget (spec.server.clipSampleRate, "
     "spec.server.canarySliCpuBudget), or more traffic",
 }
 """What gives a sampled SLO more samples, said in the reason of a verdict that had too few (latency

@@ -201,7 +201,10 @@ async def test_too_few_samples_are_inconclusive_never_a_pass(
     assert "accuracy_delta: 30 of 50 samples on 30s (to get more: if the canary drops shadow samples" in (
         judged[0].reason
     )
-    assert "clip_rate: 30 of 50 samples on 30s (to get more: a higher clip sample rate" in judged[0].reason
+    assert "clip_rate: 30 of 50 samples on 30s (to get more: if the canary drops clip samples as failed" in (
+        judged[0].reason
+    )
+    assert "else a higher clip sample rate" in judged[0].reason
     assert "errors: 30 of 50 samples on 30s;" in judged[0].reason
     assert final.phase is Phase.ROLLED_BACK and router.weights == [5]
     assert "3 inconclusive judgements in a row" in decisions[-1].reason
