@@ -351,12 +351,16 @@ class KubeWorkloads:
         return created is not None
 
     async def ensure_service(self, revision: str | None, *, may_exist: bool = True) -> None:
-        """A revision's Service (None: the model's shared one) as the spec wants it: made if missing;
-        its selector, ports and owner put back if someone changed them (as Flagger restores its
-        Services). Read from the index: one that matches costs no request; where it `may_exist` (its
-        Deployment did) a miss is read from the API, else created outright (no 409 on a new revision)."""
+        """A revision's Service (None: the model's shared one) made if missing; its selector (the pods
+        its Deployment selects: `_pods_of`), ports and owner put back if someone changed them (as
+        Flagger restores its Services). Read from the index: one that matches costs no request;
+        where it `may_exist` (its Deployment did) a miss is read from the API, else created outright
+        (no 409 on a new revision)."""
         namespace = self.spec.namespace
-        wanted = resources.service(self.spec, revision, self.owner)
+        pods = self._pods_of(revision) if revision else resources.shared_selector(self.spec)
+        if pods is None:
+            return  # neither its Deployment nor the spec says which pods it selects: left as it is
+        wanted = resources.service(self.spec, revision, self.owner, pods)
         name = wanted["metadata"]["name"]
         current = self.children.service(namespace, name)
         if current is None and may_exist:
@@ -379,6 +383,17 @@ class KubeWorkloads:
                 self.kube.core.patch_namespaced_service(name, namespace, patch, _content_type=JSON_PATCH),
                 timeout=self.kube.timeout,
             )
+
+    def _pods_of(self, revision: str) -> dict[str, str] | None:
+        """The labels `revision`'s Deployment selects its pods by, as the index (or the last read)
+        holds it, else as the spec makes it while the spec asks for `revision`; None if neither.
+        Not the current spec's: spec.modelName (the `model` label) is part of the revision and a
+        Deployment's selector cannot change, so a stable keeps the model it was made with."""
+        namespace, name = self.spec.namespace, resources.child_name(self.spec, revision)
+        made = self.children.deployment(namespace, name) or self.kube.last_seen.get((namespace, name))
+        if made is not None:
+            return dict((made.get("spec") or {}).get("selector", {}).get("matchLabels") or {}) or None
+        return resources.selector(self.spec, revision) if revision == self.spec.revision else None
 
     async def _adopt(self, kind: str, current: Mapping[str, Any]) -> None:
         """A child whose controller is another QuantizedModel of this name (deleted and created again

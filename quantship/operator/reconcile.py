@@ -310,7 +310,8 @@ async def _placement(
     if kept and kept[0] == "True" and kept[2].startswith(f"{revision} "):
         return kept  # placed: nothing more to learn from its pods
     try:
-        pods = await kube.pods(spec.namespace, resources.selector(spec, revision))
+        # not by `model`: a stable made before spec.modelName changed keeps the old one
+        pods = await kube.pods(spec.namespace, {**resources.shared_selector(spec), "revision": revision})
     except PortError as exc:  # the tick has acted already: its status must be written regardless
         logger.warning("could not read %s's pods for %s: %s", revision, status_module.GATE_HARDWARE, exc)
         return kept

@@ -47,11 +47,15 @@ def is_revision_service(spec: ModelSpec, name: str) -> bool:
     return name == spec.name or re.fullmatch(revision, name) is not None
 
 
-def selector(spec: ModelSpec, revision: str | None = None) -> dict[str, str]:
-    labels = {"app.kubernetes.io/instance": spec.name, "model": spec.model}
-    if revision is not None:
-        labels["revision"] = revision
-    return labels
+def selector(spec: ModelSpec, revision: str) -> dict[str, str]:
+    """The labels a new revision's Deployment selects its pods by (its selector never changes after)."""
+    return {"app.kubernetes.io/instance": spec.name, "model": spec.model, "revision": revision}
+
+
+def shared_selector(spec: ModelSpec) -> dict[str, str]:
+    """The pods of every revision of the model: the instance label only, as spec.modelName (the `model`
+    label) is part of the revision, and a stable made before it changed keeps the old one."""
+    return {"app.kubernetes.io/instance": spec.name}
 
 
 def labels(spec: ModelSpec, revision: str, track: Track) -> dict[str, str]:
@@ -253,16 +257,20 @@ def made_again(seen: Mapping[str, Any], owner: Mapping[str, Any]) -> dict[str, A
     return owned(body, owner)
 
 
-def service(spec: ModelSpec, revision: str | None, owner: Mapping[str, Any]) -> dict[str, Any]:
-    """The Service of one revision; with `revision` None, the model's shared Service (replicas mode)."""
+def service(
+    spec: ModelSpec, revision: str | None, owner: Mapping[str, Any], pods: Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    """The Service of one revision; with `revision` None, the model's shared Service (replicas mode).
+    `pods`: the labels a revision's Deployment selects (by default those of a new one from `spec`)."""
     name = child_name(spec, revision) if revision else spec.name
-    service_labels = {**MANAGED_BY, **selector(spec, revision)}
+    if pods is None:
+        pods = selector(spec, revision) if revision else shared_selector(spec)
     body: dict[str, Any] = {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": {"name": name, "namespace": spec.namespace, "labels": service_labels},
+        "metadata": {"name": name, "namespace": spec.namespace, "labels": {**MANAGED_BY, **pods}},
         "spec": {
-            "selector": selector(spec, revision),
+            "selector": dict(pods),
             "ports": [
                 {"name": "http", "port": spec.port, "targetPort": "http", "protocol": "TCP"},
                 {"name": "grpc", "port": GRPC_PORT, "targetPort": "grpc", "protocol": "TCP"},

@@ -129,6 +129,8 @@ def test_services_select_one_revision_or_the_whole_model() -> None:
         kubernetes_validate.validate(body, "1.30", strict=True)
     assert one["spec"]["selector"]["revision"] == spec.revision
     assert "revision" not in shared["spec"]["selector"] and shared["metadata"]["name"] == "digits"
+    # not by `model`: both tracks, whatever spec.modelName each was made with (part of the revision)
+    assert shared["spec"]["selector"] == {"app.kubernetes.io/instance": "digits"}
     assert resources.is_revision_service(spec, one["metadata"]["name"])
     assert resources.is_revision_service(spec, "digits")
     assert not resources.is_revision_service(spec, "digits-legacy")
