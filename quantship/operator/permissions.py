@@ -44,6 +44,18 @@ CACHE_MISS_READS: frozenset[Permission] = frozenset(
 """Reads the adapters make only when kopf's indexes miss (watched.py): rare, but they must be
 granted."""
 
+REPAIRS: frozenset[Permission] = frozenset(
+    {
+        # a Service's selector and ports put back, a child of the model's previous uid adopted
+        # (its ownerReferences: Deployments are patched anyway)
+        ("", "services", "patch"),
+        # a model deleted while the watch was away: asked before a gone Deployment is made again
+        (*MODELS, "get"),
+    }
+)
+"""Calls made only when something was removed or edited by hand (kube.py): they must be granted,
+or every repair is refused and the rollout stays Degraded."""
+
 OPERATOR: frozenset[Permission] = frozenset(
     {
         # a QuantizedModel's status and its one-shot annotations (it is read from kopf's watch)
@@ -59,6 +71,7 @@ OPERATOR: frozenset[Permission] = frozenset(
         ("gateway.networking.k8s.io", "httproutes", "get"),
         ("gateway.networking.k8s.io", "httproutes", "patch"),
         *CACHE_MISS_READS,
+        *REPAIRS,
         *QUANTIZE_JOB,
         *PLACEMENT,
     }

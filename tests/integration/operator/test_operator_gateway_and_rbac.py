@@ -16,6 +16,7 @@ import kmock
 import pytest
 import yaml
 from kmock_cluster import QM, Cluster
+from kubernetes.aio import client
 from operator_harness import (
     NAMESPACE,
     TESTS_USER_AGENT,
@@ -26,7 +27,7 @@ from operator_harness import (
     revision,
     spec_of,
 )
-from test_operator_lifecycle import phase_is
+from test_operator_lifecycle import phase_is, serving
 
 from quantship.operator import crd, permissions
 from quantship.operator.kube import weight_patch
@@ -204,8 +205,9 @@ async def test_namespaced_gateway_rollout_keeps_the_route_valid_and_stays_within
     # (but spec.quantize's Job, test_operator_quantize_job.py, spec.placement's pod reads,
     # test_operator_faults.py, which record those calls, the GETs of a cache miss, which warm
     # indexes may never need, and the owner references' grant, which no call uses)
+    # (and the repairs, test_a_namespaced_operators_repairs_stay_within_namespaced_rbac)
     unused_here = permissions.QUANTIZE_JOB | permissions.PLACEMENT | permissions.OWNER_REFERENCES
-    assert in_namespaces - unused_here - permissions.CACHE_MISS_READS <= {
+    assert in_namespaces - unused_here - permissions.CACHE_MISS_READS - permissions.REPAIRS <= {
         permission for _, permission in used
     }
     assert {permission for _, permission in used} <= in_namespaces - unused_here
@@ -213,6 +215,49 @@ async def test_namespaced_gateway_rollout_keeps_the_route_valid_and_stays_within
     assert not [r for r in requests if r.resource is not None and r.resource.plural == "namespaces"]
     used_kinds = {permission for _, permission in used}
     assert (crd.GROUP, crd.PLURAL, "watch") in used_kinds and ("", "events", "create") in used_kinds
+
+
+async def test_a_namespaced_operators_repairs_stay_within_namespaced_rbac(
+    cluster: Cluster, kubectl: Kubectl, start_operator: StartOperator, api: client.ApiClient
+) -> None:
+    """A Deployment deleted and made again, a Service edited and put back, a model created again at
+    once adopting its children: each repair sent calls the chart did not grant (403 in a cluster,
+    and the rollout Degraded for ever)."""
+    await start_operator(ScriptedMetrics(), namespaces=(NAMESPACE,), resync_interval=0.5)
+    stable = f"digits-{FIRST}"
+    await serving(kubectl, spec_of(V1))
+    apps, core = client.AppsV1Api(api), client.CoreV1Api(api)
+
+    before = (kubectl.deployment(stable) or {})["metadata"]["uid"]
+    await apps.delete_namespaced_deployment(stable, NAMESPACE)
+    await eventually(
+        lambda: (kubectl.deployment(stable) or {}).get("metadata", {}).get("uid") not in (None, before),
+        what="the stable Deployment made again",
+    )
+    await kubectl.make_ready(stable, 2)
+    shared = (kubectl.service("digits") or {})["spec"]["selector"]
+    await core.patch_namespaced_service("digits", NAMESPACE, {"spec": {"selector": {"app": "other"}}})
+    await eventually(
+        lambda: (kubectl.service("digits") or {})["spec"]["selector"] == shared, what="the selector back"
+    )
+    await kubectl.delete()
+    await kubectl.apply(spec_of(V1))
+    uid = (kubectl.get() or {})["metadata"]["uid"]
+    await phase_is(kubectl, "Promoted")
+    await eventually(
+        lambda: all(
+            [r["uid"] for r in (child or {}).get("metadata", {}).get("ownerReferences") or []] == [uid]
+            for child in (kubectl.deployment(stable), kubectl.service(stable), kubectl.service("digits"))
+        ),
+        what="the children adopted by the model created again",
+    )
+
+    in_namespaces, _ = permissions.needed(clusterwide=False, peering=False)
+    requests = [r for r in cluster if r.headers.get("User-Agent") != TESTS_USER_AGENT]
+    used = {found for request in requests if (found := permission_of(request)) is not None}
+    assert {scope for scope, _ in used} == {NAMESPACE}, "a request outside the served namespace"
+    assert {permission for _, permission in used} <= in_namespaces
+    assert {permission for _, permission in used} >= permissions.REPAIRS, "every repair call was made"
 
 
 async def test_a_namespaced_operator_started_before_its_crd_waits_for_it_then_serves(
