@@ -41,6 +41,8 @@ TRANSPORT_ERRORS = (aiohttp.ClientError, OSError, asyncio.TimeoutError, json.JSO
 """What a call can fail with besides an HTTP error status: connection refused or reset, DNS,
 TLS, a timeout, a body that is not JSON. Every one becomes a PortError, like an ApiException."""
 MODEL_GONE = "ModelGone"
+CHILD_NOT_OURS = "ChildNotOurs"
+"""The Degraded reason of a Deployment or Service of a name the model needs that another controls."""
 
 
 class ModelGone(PortError):
@@ -398,15 +400,20 @@ class KubeWorkloads:
     async def _adopt(self, kind: str, current: Mapping[str, Any]) -> None:
         """A child whose controller is another QuantizedModel of this name (deleted and created again
         at once: `kubectl replace --force`) becomes ours, so that the garbage collector, which
-        removes the dependents of the old uid, leaves it: one being deleted already is waited for."""
+        removes the dependents of the old uid, leaves it: one being deleted already is waited for.
+        Any other is not ours, and never patched: ChildNotOurs. The user's, or another model's
+        child of this name: model `a`'s revision Service `a-0123456789` is the shared Service a
+        model named `a-0123456789` wants, and adopting it in turn flipped its traffic each tick."""
         metadata = current["metadata"]
         uid = self.owner.get("metadata", {}).get("uid")
         controller = next((r for r in metadata.get("ownerReferences") or [] if r.get("controller")), None)
-        if controller is None or controller.get("uid") == uid:
+        if controller is not None and controller.get("uid") == uid:
             return
         name = f"{kind} {self.spec.namespace}/{metadata['name']}"
-        if controller.get("kind") != crd.KIND:
-            raise PortError(f"{name} is controlled by {controller.get('kind')}", reason="ChildNotOurs")
+        if not self._predecessor(controller):
+            raise PortError(
+                f"{name} exists and is not this model's: {_controlled_by(controller)}", reason=CHILD_NOT_OURS
+            )
         if metadata.get("deletionTimestamp"):
             raise PortError(
                 f"{name} of the model's previous incarnation is being deleted: made again once it is gone",
@@ -426,6 +433,16 @@ class KubeWorkloads:
             f"adopting {name}",
             call(metadata["name"], self.spec.namespace, patch, _content_type=JSON_PATCH),
             timeout=self.kube.timeout,
+        )
+
+    def _predecessor(self, controller: Mapping[str, Any] | None) -> bool:
+        """Whether a controller reference names a QuantizedModel of this model's name (of its
+        namespace: an owner reference cannot name another's)."""
+        return (
+            controller is not None
+            and controller.get("kind") == crd.KIND
+            and str(controller.get("apiVersion", "")).split("/")[0] == crd.GROUP
+            and controller.get("name") == self.owner.get("metadata", {}).get("name")
         )
 
     async def ready(self, revision: str) -> bool:
@@ -690,6 +707,12 @@ class ReplicaRouter:
             if current is not None and current["spec"].get("replicas") != replicas:
                 return await self.route(stable, canary, weight)
         return None
+
+
+def _controlled_by(controller: Mapping[str, Any] | None) -> str:
+    if controller is None:
+        return "no controller (made by hand?): rename or delete it"
+    return f"controlled by {controller.get('kind')} {controller.get('name')}"
 
 
 def service_patch(current: Mapping[str, Any], wanted: Mapping[str, Any]) -> list[dict[str, Any]]:

@@ -1,0 +1,97 @@
+"""The operator adopts only the children of a model of the same name (deleted and created again at
+once): a Deployment or Service of a name it needs that another controls, or no one, is left as it
+is, and said (Degraded, reason ChildNotOurs). Real kopf runtime against kmock."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import kmock
+from kmock_cluster import Cluster
+from kubernetes.aio import client
+from operator_harness import (
+    NAMESPACE,
+    TESTS_USER_AGENT,
+    Kubectl,
+    ScriptedMetrics,
+    StartOperator,
+    eventually,
+    spec_of,
+)
+from test_operator_lifecycle import FIRST, V1, phase_is, serving
+
+from quantship.operator.kube import CHILD_NOT_OURS
+
+NAMESAKE = f"digits-{FIRST}"
+"""A model named like model digits' revision Service: its shared Service has that name too."""
+
+
+def degraded_by(kubectl: Kubectl, name: str) -> dict[str, Any] | None:
+    conditions = ((kubectl.get(name) or {}).get("status") or {}).get("conditions") or []
+    found = next((c for c in conditions if c["type"] == "Degraded"), None)
+    return found if found and found["reason"] == CHILD_NOT_OURS else None
+
+
+def service_writes(cluster: Cluster, since: int) -> list[kmock.Request]:
+    """The operator's patches and deletions of Services after the `since`-th request (a create
+    answered 409 changes nothing: a model that has not served yet tries it at each tick)."""
+    return [
+        request
+        for request in list(cluster)[since:]
+        if request.headers.get("User-Agent") != TESTS_USER_AGENT
+        and request.resource is not None
+        and request.resource.plural == "services"
+        and request.action in (kmock.action.UPDATE, kmock.action.DELETE)
+    ]
+
+
+async def test_a_model_named_like_anothers_revision_service_leaves_it_to_its_owner(
+    cluster: Cluster, kubectl: Kubectl, start_operator: StartOperator
+) -> None:
+    """Both models adopted the Service in turn and patched its selector back, each tick: 21 writes
+    in 3 s, its traffic flipping between the two models' pods."""
+    await start_operator(ScriptedMetrics(), resync_interval=0.5)
+    await serving(kubectl, spec_of(V1))
+    theirs = kubectl.service(NAMESAKE) or {}
+
+    await kubectl.apply(spec_of(V1), name=NAMESAKE)
+    await eventually(lambda: kubectl.deployment(f"{NAMESAKE}-{FIRST}"), what="the namesake's Deployment")
+    await kubectl.make_ready(f"{NAMESAKE}-{FIRST}", 2)
+    said = await eventually(lambda: degraded_by(kubectl, NAMESAKE), what="the namesake Degraded")
+    assert f"Service {NAMESPACE}/{NAMESAKE} exists and is not this model's" in said["message"]
+    assert "controlled by QuantizedModel digits" in said["message"]
+
+    since = len(list(cluster))
+    await asyncio.sleep(3)  # ticks and resyncs of both models
+    assert service_writes(cluster, since) == []
+    now = kubectl.service(NAMESAKE) or {}
+    assert now["metadata"]["ownerReferences"] == theirs["metadata"]["ownerReferences"]
+    assert now["spec"]["selector"] == theirs["spec"]["selector"]
+    assert (await phase_is(kubectl, "Promoted"))["stableRevision"] == FIRST  # model digits unharmed
+
+
+async def test_a_service_made_by_hand_under_the_models_name_is_not_patched(
+    cluster: Cluster, kubectl: Kubectl, start_operator: StartOperator, api: client.ApiClient
+) -> None:
+    """The repair put the model's selector and ports on a Service no one had given it."""
+    mine = {"app": "mine"}
+    await client.CoreV1Api(api).create_namespaced_service(
+        NAMESPACE,
+        {
+            "metadata": {"name": "digits"},
+            "spec": {"selector": mine, "ports": [{"name": "web", "port": 80}]},
+        },
+    )
+    await start_operator(ScriptedMetrics(), resync_interval=0.5)
+    await kubectl.apply(spec_of(V1))
+    await eventually(lambda: kubectl.deployment(f"digits-{FIRST}"), what="the first Deployment")
+    await kubectl.make_ready(f"digits-{FIRST}", 2)
+    said = await eventually(lambda: degraded_by(kubectl, "digits"), what="Degraded, ChildNotOurs")
+    assert "no controller" in said["message"]
+
+    since = len(list(cluster))
+    await asyncio.sleep(2)
+    found = kubectl.service("digits") or {}
+    assert found["spec"]["selector"] == mine and not found["metadata"].get("ownerReferences")
+    assert service_writes(cluster, since) == []
