@@ -208,10 +208,11 @@ def register(
 
     @kopf.on.event(*RESOURCE, registry=registry, id="forget")
     def forget_deleted(type: str | None, namespace: str | None, name: str, **_: Any) -> None:
-        """A deleted model's gauges leave /metrics (no finalizer: the watch's DELETED is enough, and
-        a restart starts from empty series anyway)."""
+        """A deleted model's gauges leave /metrics, and its Deployments `Kube.last_seen` (no
+        finalizer: the watch's DELETED is enough, and a restart starts from empty series anyway)."""
         if type == "DELETED":
             ctx.metrics.forget((namespace or "default", name))
+            ctx.kube.forget(namespace or "default", name)
 
     @kopf.daemon(*RESOURCE, registry=registry, when=in_flight, backoff=retry_backoff, id="analysis")
     async def analysis(

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
@@ -21,7 +22,7 @@ import aiohttp
 from kubernetes.aio import client
 from kubernetes.utils import parse_quantity
 
-from quantship.operator import crd, resources
+from quantship.operator import crd, names, resources
 from quantship.operator.spec import ModelSpec
 from quantship.operator.status import has_served
 from quantship.operator.watched import Children, Written
@@ -70,6 +71,13 @@ class Kube:
         self.core = client.CoreV1Api(api)
         self.custom = client.CustomObjectsApi(api)
         self.batch = client.BatchV1Api(api)
+
+    def forget(self, namespace: str, model: str) -> None:
+        """Drop a deleted model's Deployments from `last_seen` (its revisions': MODEL-<hex digits>),
+        which would otherwise stay for the operator's lifetime."""
+        revision = re.compile(rf"{re.escape(model)}-[0-9a-f]{{{names.REVISION_DIGITS}}}")
+        for key in [k for k in self.last_seen if k[0] == namespace and revision.fullmatch(k[1])]:
+            del self.last_seen[key]
 
     def latest_model(self, seen: Mapping[str, Any]) -> dict[str, Any]:
         """The resource as it stands: `seen` (kopf's body, kept current by its watch), or our own

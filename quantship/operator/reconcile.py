@@ -107,6 +107,7 @@ async def reconcile(
     except ModelGone as exc:  # deleted while the watch was away: kopf will never say DELETED
         logger.info("%s: its ticks end and its gauges go", exc)
         ctx.metrics.forget((namespace, name))
+        ctx.kube.forget(namespace, name)
         return None
     except PortError as exc:
         raise kopf.TemporaryError(f"{exc.reason}: {exc}", delay=ctx.retry_backoff) from exc
