@@ -572,6 +572,18 @@ UNPACKED = "artifact"
 """The folder inside a scratch directory that a tarball is unpacked to (beside its owner file)."""
 
 
+def refuse_inside_an_artifact(out: Path) -> None:
+    """Refuse to write `out` inside an artifact's directory: a file or folder its manifest does not
+    list makes the artifact unverifiable, and every server then refuses it (`report -o ART/r.html`)."""
+    for folder in out.absolute().parents:
+        if (folder / MANIFEST_FILE).is_file():
+            raise ArtifactError(
+                f"{out} is inside the artifact {folder}: anything its manifest does not list makes it "
+                "unverifiable; write it elsewhere",
+                reason="format",
+            )
+
+
 def is_archive(path: Path) -> bool:
     return path.is_file() and path.name.endswith(ARCHIVE_SUFFIXES)
 

@@ -478,6 +478,7 @@ def package(model: Path, out: Path, sign_key: Path | None) -> None:
 @user_errors
 def pack(path: Path, tarball: Path) -> None:
     """Verify the artifact at PATH and write it as TARBALL (.tar.gz), for an http(s):// artifact URI."""
+    artifact.refuse_inside_an_artifact(tarball)
     try:
         artifact.pack(path, tarball)
     except OSError as exc:
@@ -581,6 +582,7 @@ def report(path: Path, out: Path) -> None:
     """Write a self-contained HTML report (plots embedded) for an artifact."""
     from quantship.quantize import report as report_module
 
+    artifact.refuse_inside_an_artifact(out)
     with artifact.opened(path) as loaded:
         html = report_module.render(loaded)
     try:
@@ -925,6 +927,8 @@ def demo(workdir: Path, quick: bool, prometheus: bool) -> None:
 @user_errors
 def keygen(private_path: Path, public_path: Path) -> None:
     """Create an ed25519 key pair for signing artifacts (PEM files)."""
+    for path in (private_path, public_path):  # a private key there would ship with the artifact
+        artifact.refuse_inside_an_artifact(path)
     artifact.generate_keypair(private_path, public_path)
     click.echo(f"wrote {private_path} (keep it secret) and {public_path}")
 

@@ -300,6 +300,10 @@ def pull(
     reference = Reference.parse(uri)
     if dest.exists():  # before any download: it may be gigabytes
         raise OciError(f"{dest} exists; pull into a new directory")
+    try:
+        artifact.refuse_inside_an_artifact(dest)
+    except artifact.ArtifactError as exc:
+        raise OciError(str(exc)) from None
     registry = _Registry.open(reference, credentials, insecure, timeout)
     with registry.session:
         layers = _manifest(registry)["layers"]

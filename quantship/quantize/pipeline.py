@@ -227,6 +227,10 @@ def _read_inputs(
 
 def _check_writable(out: Path) -> None:
     """Fail before an hour of calibration, not after."""
+    try:
+        artifact.refuse_inside_an_artifact(out)
+    except artifact.ArtifactError as exc:
+        raise QuantizeInputError(str(exc)) from None
     if os.path.ismount(out):  # the artifact is built beside it and renamed into place: not across
         raise QuantizeInputError(f"{out} is a mount point: write the artifact to a directory inside it")
     parent = out.resolve().parent

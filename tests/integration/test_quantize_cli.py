@@ -646,3 +646,25 @@ def _running(pid: int) -> bool:
         return (Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]) != "Z"
     except (OSError, IndexError):
         return False
+
+
+WRITES_INTO = {
+    "report": lambda art, sample: ["report", art, "-o", art / "report.html"],
+    "quantize": lambda art, sample: [
+        "quantize", sample.model, "-o", art / "v2", "--calibration", sample.calibration, "-q",
+    ],
+    "pack": lambda art, sample: ["pack", art, art / "digits.tar.gz"],
+    "keygen": lambda art, sample: ["keygen", "--private", art / "k.pem", "--public", art.parent / "k.pub"],
+    "pull": lambda art, sample: ["pull", "oci://127.0.0.1:1/ml/digits:v1", "-o", art / "pulled"],
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("command", WRITES_INTO, ids=list(WRITES_INTO))
+def test_nothing_is_written_inside_an_artifact(
+    artifact_copy: Path, sample: zoo.SampleModel, command: str
+) -> None:
+    """A file its manifest does not list makes an artifact unverifiable, and every server refuses it:
+    `report -o ART/report.html` exited 0 and broke ART."""
+    code, _, err = _cli(*WRITES_INTO[command](artifact_copy, sample))
+    _assert_one_line_error(code, err, f"is inside the artifact {artifact_copy}")
+    assert _cli("verify", artifact_copy)[0] == 0
