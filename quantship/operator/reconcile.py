@@ -152,6 +152,7 @@ async def _reconcile(
     router = router_for(ctx.kube, spec, workloads)
     try:
         restored = await _restore(workloads, current, spec, fresh, body, logger)
+        await _conform_services(workloads, spec, current)  # here, so that a conflict writes Degraded
         decision = await tick(
             current,
             spec.rollout,
@@ -218,7 +219,6 @@ async def _reconcile(
         await ctx.kube.patch_model_status(namespace, name, patch)
     if retired.stable is not None and not retired.in_flight and not retired.retiring:
         await workloads.conform(retired.stable)  # replicas and resources as the spec says now
-    await _conform_services(workloads, spec, retired)
     return decision
 
 

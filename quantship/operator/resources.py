@@ -52,15 +52,20 @@ def selector(spec: ModelSpec, revision: str) -> dict[str, str]:
     return {"app.kubernetes.io/instance": spec.name, "model": spec.model, "revision": revision}
 
 
+SERVER_NAME = {"app.kubernetes.io/name": "quantship-server"}
+"""What every model server pod is: with the instance label, a model's servers and nothing else (a Helm
+release named like the model labels its own pods with the same instance)."""
+
+
 def shared_selector(spec: ModelSpec) -> dict[str, str]:
-    """The pods of every revision of the model: the instance label only, as spec.modelName (the `model`
-    label) is part of the revision, and a stable made before it changed keeps the old one."""
-    return {"app.kubernetes.io/instance": spec.name}
+    """The server pods of every revision of the model: not by spec.modelName (the `model` label), which
+    is part of the revision: a stable made before it changed keeps the old one."""
+    return {**SERVER_NAME, "app.kubernetes.io/instance": spec.name}
 
 
 def labels(spec: ModelSpec, revision: str, track: Track) -> dict[str, str]:
     return {
-        "app.kubernetes.io/name": "quantship-server",
+        **SERVER_NAME,
         **MANAGED_BY,
         **selector(spec, revision),
         "track": track.value,

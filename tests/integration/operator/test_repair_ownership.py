@@ -95,3 +95,23 @@ async def test_a_service_made_by_hand_under_the_models_name_is_not_patched(
     found = kubectl.service("digits") or {}
     assert found["spec"]["selector"] == mine and not found["metadata"].get("ownerReferences")
     assert service_writes(cluster, since) == []
+
+
+async def test_a_settled_models_service_replaced_by_hand_is_said_degraded_not_only_logged(
+    kubectl: Kubectl, start_operator: StartOperator, api: client.ApiClient
+) -> None:
+    """The Services were conformed after the status was written: a settled model's conflict was a
+    retried log line, and Degraded stayed False, AsExpected, on every resync."""
+    core = client.CoreV1Api(api)
+    await start_operator(ScriptedMetrics(), resync_interval=0.5)
+    await serving(kubectl, spec_of(V1))
+    await core.delete_namespaced_service("digits", NAMESPACE)
+    mine = {"app": "mine"}
+    service = {
+        "metadata": {"name": "digits"},
+        "spec": {"selector": mine, "ports": [{"name": "web", "port": 80}]},
+    }
+    await core.create_namespaced_service(NAMESPACE, service)
+    said = await eventually(lambda: degraded_by(kubectl, "digits"), what="Degraded, ChildNotOurs")
+    assert "no controller" in said["message"]
+    assert (kubectl.service("digits") or {})["spec"]["selector"] == mine  # left to whoever made it

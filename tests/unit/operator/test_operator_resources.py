@@ -130,7 +130,11 @@ def test_services_select_one_revision_or_the_whole_model() -> None:
     assert one["spec"]["selector"]["revision"] == spec.revision
     assert "revision" not in shared["spec"]["selector"] and shared["metadata"]["name"] == "digits"
     # not by `model`: both tracks, whatever spec.modelName each was made with (part of the revision)
-    assert shared["spec"]["selector"] == {"app.kubernetes.io/instance": "digits"}
+    # a Helm release named like the model labels its pods with the same instance: not selected
+    assert shared["spec"]["selector"] == {
+        "app.kubernetes.io/name": "quantship-server",
+        "app.kubernetes.io/instance": "digits",
+    }
     assert resources.is_revision_service(spec, one["metadata"]["name"])
     assert resources.is_revision_service(spec, "digits")
     assert not resources.is_revision_service(spec, "digits-legacy")
