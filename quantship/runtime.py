@@ -12,7 +12,7 @@ from __future__ import annotations
 import collections
 import platform
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -68,17 +68,28 @@ def keeps_weights_outside(model: onnx.ModelProto) -> bool:
 
 
 def _tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
-    """Every tensor a graph holds: initializers and constants' attributes, in subgraphs too."""
+    """Every tensor a graph holds: initializers and constants' attributes, dense or sparse (values and
+    indices), in subgraphs too."""
     yield from graph.initializer
+    yield from _of_sparse(graph.sparse_initializer)
     for node in graph.node:
         for attribute in node.attribute:
             if attribute.HasField("t"):
                 yield attribute.t
             yield from attribute.tensors
+            if attribute.HasField("sparse_tensor"):
+                yield from _of_sparse([attribute.sparse_tensor])
+            yield from _of_sparse(attribute.sparse_tensors)
             if attribute.HasField("g"):
                 yield from _tensors(attribute.g)
             for subgraph in attribute.graphs:
                 yield from _tensors(subgraph)
+
+
+def _of_sparse(sparse: Iterable[onnx.SparseTensorProto]) -> Iterator[onnx.TensorProto]:
+    for tensor in sparse:
+        yield tensor.values
+        yield tensor.indices
 
 
 def _source(model: Path | bytes) -> str | bytes:
