@@ -67,8 +67,8 @@ increase() extrapolates counts to the window's edges."""
 def _failing(kind: slo.SampleKind, model: str) -> str:
     failed = slo.dropped_samples(slo.DropReason.FAILED, kind)
     return (
-        f"if the canary drops {kind.value} samples as failed ({failed}), the {model} fails on its "
-        "requests (its server logs why): no budget helps, rebuild the artifact; "
+        f"if the canary drops {kind.value} samples as failed ({failed}), its {model} fails (see its "
+        "log): rebuild the artifact; "
     )
 
 
@@ -81,7 +81,7 @@ MORE_SAMPLES = {
     f"({slo.dropped_samples(slo.DropReason.BEHIND, slo.SampleKind.SHADOW)}), its CPU is "
     "busy serving and the SLIs take idle CPU only: more CPU or replicas (spec.resources, spec.replicas); "
     "else more traffic (or a higher shadow rate, where one was set below 1)",
-    slo.SLI.CLIP_RATE: _failing(slo.SampleKind.CLIP, "observer copy of the model")
+    slo.SLI.CLIP_RATE: _failing(slo.SampleKind.CLIP, "observer model")
     + "else a higher clip sample rate or canary SLI CPU budget (spec.server.clipSampleRate, "
     "spec.server.canarySliCpuBudget), or more traffic",
 }
