@@ -734,6 +734,13 @@ def _sampling_option(flag: str, kind: click.ParamType, help: str) -> Callable[[F
     show_default=True,
 )
 @click.option(
+    "--max-header-bytes",
+    type=click.IntRange(min=1),
+    default=_default(_SERVE, "max_header_bytes"),
+    show_default=True,
+    help="Bytes a request's line and headers may take; then 431 and the connection is closed.",
+)
+@click.option(
     "--body-timeout-s",
     type=click.FloatRange(min=0, min_open=True),
     default=_default(_SERVE, "body_timeout_s"),
@@ -851,6 +858,7 @@ def serve_settings(
     feedback_capacity: int,
     feedback_max_bytes: int,
     max_body_bytes: int,
+    max_header_bytes: int,
     body_timeout_s: float,
     idle_timeout_s: float,
     drain_timeout_s: float,
@@ -874,6 +882,7 @@ def serve_settings(
         public_key=public_key,
         threads=threads,
         max_body_bytes=max_body_bytes,
+        max_header_bytes=max_header_bytes,
         body_timeout_s=body_timeout_s,
         idle_timeout_s=idle_timeout_s,
         drain_timeout_s=drain_timeout_s,

@@ -367,6 +367,6 @@ def serve(settings: ServerSettings, *, log_level: str = "info", access_log: bool
         log_level=log_level,
         access_log=access_log,
         timeout_graceful_shutdown=math.ceil(settings.drain_timeout_s),
-        **connections.uvicorn_options(settings.idle_timeout_s),
+        **connections.uvicorn_options(settings.idle_timeout_s, settings.max_header_bytes),
     )
     _Server(config, app).run()

@@ -1,4 +1,5 @@
-"""uvicorn's HTTP protocol with two fixes: an idle timeout, and small responses sent in one write.
+"""uvicorn's HTTP protocol with three fixes: an idle timeout, a bound on a request's head, and small
+responses sent in one write.
 
 uvicorn arms its keep-alive timer only after a response, and the first byte received disarms it for
 good: a connection that never sends a request, or trickles its headers, stays open forever (200 such
@@ -10,6 +11,12 @@ takes over (`infer_route.receive_body`), for bodies that did not arrive with the
 protocol tells the app which did through the scope (`BODY_ARRIVAL`), and a body already here is
 read without arming a deadline (asyncio.timeout: 7 µs of a tiny model's ~145 µs request, the median
 of 20 paired rounds in process).
+
+A request's head (request line and headers) may take at most --max-header-bytes; past that the
+client gets 431 and the connection is closed, as nginx and h11 do. httptools has no limit, and builds
+a header's value by appending each piece it receives: a 64 MiB header cost 4.3 s of CPU with the
+event loop stalled (a liveness probe waited 7.5 s) and 180 MiB. The head is counted as it arrives,
+in `data_received`, since httptools hands a header over only once it is whole.
 
 Each connection writes through `one_write.OneWriteTransport`, so a response's head and body leave in
 one TCP segment rather than two (why, and the rule: one_write.py).
@@ -24,6 +31,7 @@ from typing import Any
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from quantship.server.one_write import OneWriteTransport
+from quantship.server.settings import ServerSettings
 
 log = logging.getLogger("quantship.server")
 
@@ -31,6 +39,12 @@ _TIMEOUT_MESSAGE = b"the request headers did not arrive within the idle timeout 
 TIMEOUT_RESPONSE = (
     b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; charset=utf-8\r\n"
     b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(_TIMEOUT_MESSAGE), _TIMEOUT_MESSAGE)
+)
+
+_TOO_LARGE_MESSAGE = b"the request's headers are over the most this server takes (--max-header-bytes)"
+HEAD_TOO_LARGE_RESPONSE = (
+    b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: text/plain; charset=utf-8\r\n"
+    b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(_TOO_LARGE_MESSAGE), _TOO_LARGE_MESSAGE)
 )
 
 
@@ -42,7 +56,9 @@ message's end, so a request sent in one piece is complete before the app first r
 
 class HttpProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol, closing connections that wait longer than `timeout_keep_alive`
-    (our --idle-timeout-s) for a request's headers, and writing through a OneWriteTransport."""
+    (our --idle-timeout-s) for a request's headers, answering 431 to a request whose head is over
+    `h11_max_incomplete_event_size` bytes (our --max-header-bytes: uvicorn's setting for the same
+    limit, which only its h11 protocol applies), and writing through a OneWriteTransport."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -51,6 +67,16 @@ class HttpProtocol(HttpToolsProtocol):
         """Bytes of a request have come since the last response, but not yet all of its headers."""
         self._arrival: dict[object, object] = {"complete": False}
         """The BODY_ARRIVAL extension of the request being parsed."""
+        self._max_head = self.config.h11_max_incomplete_event_size or ServerSettings.max_header_bytes
+        self._in_head = True
+        """The bytes coming now are a request's head: from the connection's start, and from the end of
+        each request's body to the end of the next one's headers."""
+        self._head_bytes = 0
+        """Bytes of the head under way received so far."""
+        self._heads = 0
+        """Heads complete on this connection, to tell whether one ended inside a piece of data."""
+        self._body_bytes = 0
+        """Bytes of body in the piece of data being parsed."""
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(OneWriteTransport(transport, self.loop))
@@ -58,15 +84,41 @@ class HttpProtocol(HttpToolsProtocol):
 
     def data_received(self, data: bytes) -> None:
         self._partial = self._idle is not None
+        self._body_bytes, heads = 0, self._heads
         super().data_received(data)
+        if self._in_head and not self.transport.is_closing():
+            self._count_head(len(data) - self._body_bytes, restarted=self._heads != heads)
+
+    def _count_head(self, received: int, *, restarted: bool) -> None:
+        """Count `received` bytes of a head still incomplete; past the limit, 431 and close. A head that
+        began in the same piece as another ended (pipelined requests) is counted from the next piece
+        on: httptools does not say where in a piece a head starts, and one piece (at most 256 KiB)
+        is cheap to parse."""
+        self._head_bytes = 0 if restarted else self._head_bytes + received
+        if self._head_bytes <= self._max_head:
+            return
+        log.info(
+            "%s: request head over %d bytes (--max-header-bytes); answered 431 and closed",
+            _peer(self.client), self._max_head,
+        )  # fmt: skip
+        self._disarm()
+        self.transport.write(HEAD_TOO_LARGE_RESPONSE)
+        self.transport.close()
+
+    def on_body(self, body: bytes) -> None:
+        self._body_bytes += len(body)
+        super().on_body(body)
 
     def on_headers_complete(self) -> None:
+        self._in_head, self._head_bytes = False, 0
+        self._heads += 1
         self._disarm()  # a request is under way: the body timeout and the app take it from here
         self._arrival = {"complete": False}
         self.scope.setdefault("extensions", {})[BODY_ARRIVAL] = self._arrival
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:
+        self._in_head = True
         self._arrival["complete"] = True
         super().on_message_complete()
 
@@ -106,6 +158,11 @@ def _peer(client: tuple[str, int] | None) -> str:
     return f"{client[0]}:{client[1]}" if client else "a client"
 
 
-def uvicorn_options(idle_timeout_s: float) -> dict[str, Any]:
-    """The uvicorn.Config options that give connections the idle timeout and one-write responses."""
-    return {"http": HttpProtocol, "timeout_keep_alive": idle_timeout_s}
+def uvicorn_options(idle_timeout_s: float, max_header_bytes: int) -> dict[str, Any]:
+    """The uvicorn.Config options that give connections the idle timeout, the bound on a request's
+    head and one-write responses."""
+    return {
+        "http": HttpProtocol,
+        "timeout_keep_alive": idle_timeout_s,
+        "h11_max_incomplete_event_size": max_header_bytes,
+    }

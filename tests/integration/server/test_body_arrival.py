@@ -23,6 +23,7 @@ from quantship.local.prometheus import free_port
 from quantship.server import connections
 from quantship.server.errors import RequestTimeout
 from quantship.server.infer_route import BodyLimits, arrived, receive_body
+from quantship.server.settings import ServerSettings
 
 BODY = b'{"inputs": []}'
 LIMITS = BodyLimits(max_bytes=1 << 20, timeout_s=5.0)
@@ -50,7 +51,7 @@ def server(request: pytest.FixtureRequest) -> Iterator[tuple[Recorder, int]]:
     app, port = Recorder(), free_port()
     config = uvicorn.Config(
         app, host="127.0.0.1", port=port, loop=request.param, lifespan="off", log_level="warning",
-        **connections.uvicorn_options(5.0),
+        **connections.uvicorn_options(5.0, ServerSettings.max_header_bytes),
     )  # fmt: skip
     runner = uvicorn.Server(config)
     thread = threading.Thread(target=runner.run, daemon=True)

@@ -30,6 +30,7 @@ TIMEOUT_S = 0.5
 DEADLINE_S = 30.0
 """How long a test waits for the server to act on a half-second timeout: generous, for a loaded box."""
 REQUESTS = slo.Metric.REQUESTS_TOTAL
+MAX_HEADER_BYTES = 16 * 1024
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +42,14 @@ def server(
         good_artifact.root,
         model=MODEL,
         revision="good",
-        extra_args=["--body-timeout-s", str(TIMEOUT_S), "--idle-timeout-s", str(TIMEOUT_S)],
+        extra_args=[
+            "--body-timeout-s",
+            str(TIMEOUT_S),
+            "--idle-timeout-s",
+            str(TIMEOUT_S),
+            "--max-header-bytes",
+            str(MAX_HEADER_BYTES),
+        ],
         log_path=log,
     )
     process.start()
@@ -215,3 +223,37 @@ def test_a_body_refused_before_it_arrived_gets_413_and_the_connection_closed(ser
     assert status.startswith(b"HTTP/1.1 413 "), status
     assert b"HTTP/1.1" not in rest, "one answer, then the connection closed"
     assert_still_serving(server)
+
+
+# -- a request's head past --max-header-bytes: 431 -----------------------------------------------
+
+
+def test_a_head_over_the_limit_gets_431_and_the_connection_closed(server: ServerProcess) -> None:
+    """Unbounded, httptools took a 64 MiB header whole (200), its CPU time quadratic in the size."""
+    header = b"X-Big: " + b"a" * (2 * MAX_HEADER_BYTES) + b"\r\n"
+    with connect(server) as sock:
+        sock.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        try:
+            for start in range(0, len(header), 4096):  # in pieces, as a large header arrives
+                sock.sendall(header[start : start + 4096])
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # refused before it was all sent
+        answer = read_until_closed(sock)
+    assert answer.startswith(b"HTTP/1.1 431 "), answer[:200]
+    assert b"--max-header-bytes" in answer
+    assert log_lines(server, "answered 431 and closed")
+    assert_still_serving(server)
+
+
+def test_heads_within_the_limit_pass_alone_and_pipelined(server: ServerProcess) -> None:
+    """A head just under the limit, sent in one piece with the body, and then pipelined behind a
+    request: the bytes of a body are not counted as the next request's head."""
+    whole = body()
+    near = b"X-Padding: " + b"a" * (MAX_HEADER_BYTES - 512) + b"\r\n"
+    head = headers(len(whole)).replace(b"\r\n\r\n", b"\r\n" + near + b"\r\n")
+    with connect(server) as sock, sock.makefile("rb") as stream:
+        sock.sendall(head + whole)
+        assert read_response(stream).startswith(b"HTTP/1.1 200 ")
+        sock.sendall(2 * (head + whole))
+        assert read_response(stream).startswith(b"HTTP/1.1 200 ")
+        assert read_response(stream).startswith(b"HTTP/1.1 200 ")
