@@ -350,9 +350,21 @@ class _Server(uvicorn.Server):
         rpc = getattr(self.app.state, "rpc", None)
         if rpc is not None and budget.grpc_stopped is None:
             budget.grpc_stopped = asyncio.ensure_future(rpc.stop(budget.for_connections()))
+        # At the connections' deadline, uploads still arriving are cut; requests whose body is here
+        # run on, and uvicorn cancels what is left at the budget's end (InferRoute answers it 503).
+        self.app.state.service.connections_deadline = time.monotonic() + budget.for_connections()
+        cut = asyncio.get_running_loop().call_later(budget.for_connections(), self._cut_uploads)
         # a float: uvicorn hands it to asyncio.timeout (typed int; a floor cut requests at 0 under 1.3 s)
-        self.config.timeout_graceful_shutdown = budget.for_connections()  # type: ignore[assignment]
-        await super().shutdown(sockets)
+        self.config.timeout_graceful_shutdown = budget.left()  # type: ignore[assignment]
+        try:
+            await super().shutdown(sockets)
+        finally:
+            cut.cancel()
+
+    def _cut_uploads(self) -> None:
+        for connection in list(self.server_state.connections):
+            if isinstance(connection, connections.HttpProtocol):
+                connection.cut_upload()
 
 
 def serve(settings: ServerSettings, *, log_level: str = "info", access_log: bool = False) -> None:

@@ -47,11 +47,18 @@ HEAD_TOO_LARGE_RESPONSE = (
     b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(_TOO_LARGE_MESSAGE), _TOO_LARGE_MESSAGE)
 )
 
+_CUT_MESSAGE = b"the server is shutting down and the request's body had not all arrived; retry elsewhere"
+CUT_RESPONSE = (
+    b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\nretry-after: 1\r\n"
+    b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(_CUT_MESSAGE), _CUT_MESSAGE)
+)
+
 
 BODY_ARRIVAL = "quantship.body_arrival"
 """An ASGI scope extension (`scope["extensions"]`, a dict as the spec has them): `{"complete": bool}`,
 whether the request's whole body has arrived. `HttpProtocol` sets it as the parser reaches the
-message's end, so a request sent in one piece is complete before the app first runs."""
+message's end, so a request sent in one piece is complete before the app first runs; and
+`{"cut": True}` when shutdown closed the connection while the body was arriving (`cut_upload`)."""
 
 
 class HttpProtocol(HttpToolsProtocol):
@@ -126,6 +133,25 @@ class HttpProtocol(HttpToolsProtocol):
         super().on_response_complete()
         if self.timeout_keep_alive_task is not None:  # uvicorn waits for the next request: so do we
             self._arm()
+
+    def cut_upload(self) -> None:
+        """Shutdown's share for connections is over: a request whose body is still arriving is answered
+        503 and its connection closed (the app sees the client gone, and counts a 503: `BODY_ARRIVAL`).
+        A request whose body is here is left to run: the service's drain bounds it."""
+        cycle = self.cycle
+        if (
+            cycle is None
+            or cycle.response_complete
+            or self._arrival["complete"]
+            or self.transport.is_closing()
+        ):
+            return
+        self._arrival["cut"] = True
+        log.info("%s: body still arriving when the drain's share for connections ended; answered 503 and "
+                 "closed", _peer(self.client))  # fmt: skip
+        if not cycle.response_started:
+            self.transport.write(CUT_RESPONSE)
+        self.transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()

@@ -23,7 +23,7 @@ import numpy as np
 from google.protobuf.message import DecodeError, Message
 
 from quantship.server import protocol
-from quantship.server.errors import ClientClosedRequest, InvalidInput, ServerError
+from quantship.server.errors import ClientClosedRequest, InvalidInput, NotReady, ServerError
 from quantship.server.grpc_v2 import inference_pb2 as pb
 from quantship.server.metrics import ServerMetrics
 from quantship.server.protocol import InferRequest, RequestedOutput
@@ -226,8 +226,12 @@ class GrpcEndpoints:
         except ServerError as exc:
             code = exc.status
             raise
-        except asyncio.CancelledError:  # the client cancelled or its deadline passed: not our error
-            code = ClientClosedRequest.status
+        except asyncio.CancelledError:
+            if self.service.connections_spent():  # shutdown's grace ended: the server cut it (UNAVAILABLE)
+                code = NotReady.status
+                self.service.request_cut()
+            else:  # the client cancelled or its deadline passed: not our error
+                code = ClientClosedRequest.status
             raise
         finally:
             self.metrics.request_left()

@@ -25,6 +25,7 @@ from quantship.server import content_encoding, protocol
 from quantship.server.connections import BODY_ARRIVAL
 from quantship.server.errors import (
     ClientClosedRequest,
+    NotReady,
     PayloadTooLarge,
     RequestTimeout,
     ServerError,
@@ -53,6 +54,12 @@ class BodyLimits:
 
 
 _NO_DEADLINE = contextlib.nullcontext()
+
+
+def cut_by_shutdown(scope: Scope) -> bool:
+    """Whether shutdown closed the connection while the body was arriving (connections.BODY_ARRIVAL)."""
+    arrival = scope.get("extensions", {}).get(BODY_ARRIVAL)
+    return arrival is not None and arrival.get("cut") is True
 
 
 def arrived(scope: Scope) -> bool:
@@ -147,8 +154,14 @@ class InferRoute:
             answer = _Answer(200, encoded.body, encoded.content_type,
                              [] if length is None else [(_HEADER_LENGTH, str(length).encode())])  # fmt: skip
         except ServerError as exc:
+            if isinstance(exc, ClientClosedRequest) and cut_by_shutdown(scope):
+                exc = NotReady(exc.message)  # gone because shutdown cut its upload (logged there): 503
             headers = [(name.lower().encode(), value.encode()) for name, value in exc.headers.items()]
             answer = _Answer(exc.status, _error(exc.message), protocol.JSON_TYPE, headers)
+        except asyncio.CancelledError:
+            if not self.service.draining:
+                raise
+            answer = self._cut(scope)
         except Exception:
             log.exception("%s: failed", _where(scope))
             answer = _Answer(500, _error("internal server error"), protocol.JSON_TYPE, [])
@@ -157,6 +170,16 @@ class InferRoute:
         # counted before the answer leaves: a client that then reads /metrics sees it
         self.metrics.request_done(answer.status, time.perf_counter() - started)
         await answer.send(send)
+
+    def _cut(self, scope: Scope) -> _Answer:
+        """uvicorn cancels what is unanswered when shutdown's budget ends (its graceful timeout, set to
+        the end of the budget): a retryable 503 that closes the connection, counted, and no traceback."""
+        task = asyncio.current_task()
+        if task is not None:
+            task.uncancel()  # handled: the answer is ours to send
+        self.service.request_cut()
+        log.info("%s: unanswered when the drain budget ended; answered 503", _where(scope))
+        return _Answer(503, _CUT_ERROR, protocol.JSON_TYPE, _CUT_HEADERS)
 
     async def _answer(
         self, scope: Scope, receive: Receive, model: str, version: str | None
@@ -180,6 +203,10 @@ class InferRoute:
 
 def _error(message: str) -> bytes:
     return json.dumps(error_body(message)).encode()
+
+
+_CUT_ERROR = _error("the server is shutting down and the drain budget ended before the answer; retry")
+_CUT_HEADERS = [(b"retry-after", b"1"), (b"connection", b"close")]
 
 
 @dataclass(frozen=True)

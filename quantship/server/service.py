@@ -134,6 +134,11 @@ class FeedbackResult:
     reference_correct: int | None
 
 
+CUT_SLACK_S = 0.05
+"""How early, in seconds, a cancellation may come of a timer set for the connections' deadline and
+still be that deadline's (`ModelService.connections_spent`)."""
+
+
 class ModelService:
     def __init__(
         self, settings: ServerSettings, metrics: ServerMetrics, *, rng: random.Random | None = None
@@ -144,6 +149,11 @@ class ModelService:
         self.problem = f"model {settings.model_name!r} is still loading"
         self.draining = False
         """Shutdown has begun: readiness says no (so load balancers stop sending), requests still run."""
+        self.connections_deadline: float | None = None
+        """When shutdown's share for connections ends (time.monotonic()): past it, a call cut by the
+        transport's drain was cut by the server, not given up by its client (`connections_spent`)."""
+        self.cut_requests = 0
+        """Requests accepted but answered 503 unfinished at shutdown (`request_cut`), for the drain's log."""
         self.model: Model | None = None
         self._rng = rng if rng is not None else random.Random()
         self._infer_executor = ThreadPoolExecutor(1, thread_name_prefix="quantship-infer")
@@ -439,6 +449,16 @@ class ModelService:
         if self.model is not None:
             self.model.batcher.hurry()
 
+    def connections_spent(self) -> bool:
+        """Whether shutdown's share for connections has ended (within CUT_SLACK_S: gRPC's own timer
+        for the same deadline may fire a little early)."""
+        deadline = self.connections_deadline
+        return deadline is not None and time.monotonic() >= deadline - CUT_SLACK_S
+
+    def request_cut(self) -> None:
+        """A request was answered 503 because shutdown's budget ended before its answer."""
+        self.cut_requests += 1
+
     async def close(self, timeout: float | None = None) -> None:
         """Finish queued requests and sampled work within `timeout` seconds in all (default: the
         drain timeout), then release threads and files. What is left past the deadline is dropped."""
@@ -464,7 +484,12 @@ class ModelService:
         self._feedback_executor.shutdown(wait=False)
         if self._scratch is not None:
             scratch.remove(self._scratch)
-        if finished:
+        if self.cut_requests:
+            log.warning(
+                "drain budget spent: %d accepted requests cut unanswered (503 or UNAVAILABLE)",
+                self.cut_requests,
+            )
+        elif finished:
             log.info("drained: every accepted request answered, background work finished")
         else:
             log.warning("drain budget spent: gave up on requests still queued for the model")

@@ -6,6 +6,7 @@ import asyncio
 import collections
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -273,5 +274,55 @@ def test_a_client_dribbling_its_body_leaves_the_drain_budget_to_grpc_and_the_cap
         assert (capture / "capture.npz").is_file(), "the last capture write got its share of the budget"
         assert "drained: every accepted request answered" in server.log_tail()
         dribbling.close()
+    finally:
+        server.stop()
+
+
+def test_requests_unanswered_when_the_drain_budget_ends_get_a_counted_503_not_a_500(
+    good_artifact: artifact.Artifact, tmp_path: Path
+) -> None:
+    """With no drain budget, uvicorn cancels what is in flight 0.1 s after the signal: that was a 500
+    with a CancelledError traceback, uncounted, and the log said every accepted request was answered.
+    Large requests (a few tens of milliseconds of the model each, run one after another) keep most
+    of them in flight then; each one answered must be 200 or a retryable 503, and the log counts the
+    503s: accepted requests in the drain's last line, uploads still arriving one line each."""
+    server = ServerProcess(
+        good_artifact.root,
+        model=MODEL,
+        revision="cut",
+        extra_args=["--drain-timeout-s", "0", "--max-batch-size", "1", "--max-body-bytes", str(16 << 20)],
+        log_path=tmp_path / "serve.log",
+    )
+    server.start()
+    request = binary_request(np.ones((32 * 1024, 64), dtype=np.float32))
+
+    async def scenario() -> list[httpx.Response | BaseException]:
+        await server.wait_ready()
+        async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
+            in_flight = [asyncio.create_task(client.post(INFER, **request)) for _ in range(12)]  # type: ignore[arg-type]
+            await until(lambda: sample_value(server.url, "quantship_requests_in_flight") == 12)
+            await asyncio.sleep(0.3)  # the bodies arrive (an upload still arriving is cut, its client reset)
+            assert server.pid is not None
+            os.kill(server.pid, signal.SIGTERM)
+            return list(await asyncio.gather(*in_flight, return_exceptions=True))
+
+    try:
+        outcomes = asyncio.run(scenario())
+        assert server.stop(timeout=20) == -signal.SIGTERM
+        answers = [outcome for outcome in outcomes if isinstance(outcome, httpx.Response)]
+        codes = collections.Counter(answer.status_code for answer in answers)
+        assert set(codes) <= {200, 503}, codes
+        assert all(
+            answer.headers.get("connection") == "close" for answer in answers if answer.status_code == 503
+        )
+        assert server.log_path is not None
+        log = server.log_path.read_text()
+        accepted = re.search(r"drain budget spent: (\d+) accepted requests cut unanswered", log)
+        assert accepted is not None, f"the log says requests were cut: {codes}"
+        assert int(accepted[1]) > 0
+        uploads = log.count("body still arriving when the drain's share for connections ended")
+        assert int(accepted[1]) + uploads == len(outcomes) - codes[200]
+        assert "drained: every accepted request answered" not in log
+        assert "Traceback" not in log
     finally:
         server.stop()
