@@ -29,7 +29,7 @@ from starlette.routing import Route as StarletteRoute
 from starlette.types import Receive, Scope, Send
 
 from quantship import __version__
-from quantship.server import connections, grpc_server, protocol, schema
+from quantship.server import connections, content_encoding, grpc_server, protocol, schema
 from quantship.server.errors import InvalidInput, install_handlers
 from quantship.server.infer_route import BodyLimits, InferRoute, arrived, receive_body
 from quantship.server.metrics import ServerMetrics
@@ -83,7 +83,7 @@ class Endpoints:
         ready = {**schema.ok(schema.ModelReady, "Serving."), **model_errors}
         feedback = {
             **schema.ok(schema.FeedbackResponse, "Counted."),
-            **schema.errors(400, 404, 408, 409, 413, 503),
+            **schema.errors(400, 404, 408, 409, 413, 415, 503),
         }
         metrics: dict[int | str, dict[str, Any]] = {
             200: {
@@ -161,6 +161,9 @@ class Endpoints:
             request.receive, request.headers.get("content-length", ""), self.body, lambda: _client(request),
             here=arrived(request.scope),
         )  # fmt: skip
+        coding = request.headers.get("content-encoding", "")
+        if coding:  # as for inference: inflated off the event loop, within --max-body-bytes
+            body = await asyncio.to_thread(content_encoding.decoded, body, coding, self.body.max_bytes)
         document = protocol.parse_json_object(body, f"feedback, {FEEDBACK_FORM}")  # strict, as for inference
         if not isinstance(document.get("id"), str) or "label" not in document:
             raise InvalidInput(f"feedback must be {FEEDBACK_FORM}")

@@ -17,7 +17,10 @@ _WBITS = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
 
 
 def decoded(body: bytes, coding: str, max_bytes: int) -> bytes:
-    """The body as sent before `coding` (a Content-Encoding value; "" or identity: as it is)."""
+    """The body as sent before `coding` (a Content-Encoding value; "" or identity: as it is). A gzip
+    body may be several members one after another (RFC 1952; gzip -d, Go and Python read them all):
+    they inflate to one body, and `max_bytes` bounds them together, so a bomb split into members is
+    a 413 as a single one is."""
     coding = coding.strip().lower()
     if coding in ("", "identity"):
         return body
@@ -26,17 +29,37 @@ def decoded(body: bytes, coding: str, max_bytes: int) -> bytes:
         raise UnsupportedMediaType(
             f"Content-Encoding {coding!r} is not supported: send gzip, deflate or none"
         )
-    inflater = zlib.decompressobj(wbits)
-    try:
-        inflated = inflater.decompress(body, max_bytes + 1)
-    except zlib.error as exc:
-        raise InvalidInput(f"the body is not valid {coding} data: {exc}") from None
-    if len(inflated) > max_bytes:
-        raise PayloadTooLarge(
-            f"the body inflates to over {max_bytes} bytes, the most this server takes (--max-body-bytes)"
-        )
-    if not inflater.eof:
-        raise InvalidInput(f"the body ends inside its {coding} data")
-    if inflater.unused_data:
-        raise InvalidInput(f"the body has {len(inflater.unused_data)} bytes after its {coding} data")
-    return inflated
+    view, pieces, size, offset = memoryview(body), [], 0, 0
+    while True:  # one member a round
+        inflater = zlib.decompressobj(wbits)
+        feed = _FIRST_FEED
+        while not inflater.eof:
+            if offset == len(view):
+                raise InvalidInput(f"the body ends inside its {coding} data")
+            chunk = view[offset : offset + feed]
+            offset, feed = offset + len(chunk), feed * 2
+            try:  # past max_bytes + 1 bytes out it stops, and the body is refused whatever follows
+                piece = inflater.decompress(chunk, max_bytes - size + 1)
+            except zlib.error as exc:
+                raise InvalidInput(f"the body is not valid {coding} data: {exc}") from None
+            size += len(piece)
+            if size > max_bytes:
+                raise PayloadTooLarge(
+                    f"the body inflates to over {max_bytes} bytes, the most this server takes "
+                    "(--max-body-bytes)"
+                )
+            pieces.append(piece)
+        offset -= len(inflater.unused_data)
+        if offset == len(view):
+            return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+        if coding != "gzip" or view[offset : offset + 2] != _GZIP_MAGIC:
+            raise InvalidInput(f"the body has {len(view) - offset} bytes after its {coding} data")
+
+
+_GZIP_MAGIC = b"\x1f\x8b"
+"""The first bytes of a gzip member (RFC 1952): what tells another member from trailing garbage."""
+
+_FIRST_FEED = 512
+"""Bytes of a member fed to zlib first, doubling while it has not ended: what follows a member's end
+in the piece fed is copied (zlib's unused_data), so feeding the whole rest would copy the body once
+a member, quadratic in a body of many tiny members; this way each member costs about its own size."""

@@ -76,6 +76,11 @@ CATALOGUE = [
                   "headers": {"Content-Encoding": "gzip"}}),
     Case("gzip bomb", 413, "inflates to over 1048576 bytes",
          request={"content": gzip.compress(bytes(2 << 20)), "headers": {"Content-Encoding": "gzip"}}),
+    Case("gzip bomb in members", 413, "inflates to over 1048576 bytes",
+         request={"content": gzip.compress(bytes(600_000)) * 2, "headers": {"Content-Encoding": "gzip"}}),
+    Case("bytes after gzip", 400, "the body has 2 bytes after its gzip data",
+         request={"content": gzip.compress(json.dumps(infer_json()).encode()) + b"\n\n",
+                  "headers": {"Content-Encoding": "gzip"}}),
     Case("datatype not a string", 400, "input 'X' has datatype [\"FP32\"]; known: BOOL",
          request={"json": infer_json(datatype=["FP32"])}),
     Case("number past FP32", 400, "input 'X' holds values outside the FP32 range",
@@ -134,6 +139,11 @@ CATALOGUE = [
          path=f"/v2/models/{MODEL}/feedback", request={"content": b'{"id": "x", "label": 1, "p": NaN}'}),
     Case("empty feedback", 400, "the request body is empty: expected feedback, {\"id\"",
          path=f"/v2/models/{MODEL}/feedback", request={"content": b""}),
+    Case("feedback gzip bomb", 413, "inflates to over 1048576 bytes", path=f"/v2/models/{MODEL}/feedback",
+         request={"content": gzip.compress(bytes(2 << 20)), "headers": {"Content-Encoding": "gzip"}}),
+    Case("feedback in an unknown coding", 415, "Content-Encoding 'br' is not supported",
+         path=f"/v2/models/{MODEL}/feedback",
+         request={"json": {"id": "x", "label": 1}, "headers": {"Content-Encoding": "br"}}),
     Case("feedback without a label", 400, 'feedback must be {"id": "<request id>"',
          path=f"/v2/models/{MODEL}/feedback", request={"json": {"id": "x"}}),
 ]  # fmt: skip
@@ -181,6 +191,24 @@ def test_feedback_must_give_one_label_per_row(http: httpx.Client) -> None:
         assert answer.status_code == 400 and message in answer.json()["error"]
     labelled = http.post(f"/v2/models/{MODEL}/feedback", json={"id": "two-rows", "label": [1, 2]})
     assert labelled.status_code == 200
+
+
+def test_gzip_bodies_of_several_members_and_compressed_feedback_are_read(http: httpx.Client) -> None:
+    """RFC 1952 lets a gzip body be members one after another (gzip -d, Go and Python read them all);
+    feedback is inflated as inference is."""
+    body = json.dumps(infer_json() | {"id": "in-members"}).encode()
+    half = len(body) // 2
+    members = gzip.compress(body[:half]) + gzip.compress(body[half:])
+    answer = http.post(INFER, content=members, headers={"Content-Encoding": "gzip"})
+    assert answer.status_code == 200, answer.text
+    plain = http.post(INFER, content=body)
+    assert answer.json() == plain.json()
+    feedback = gzip.compress(json.dumps({"id": "in-members", "label": 0}).encode())
+    counted = http.post(
+        f"/v2/models/{MODEL}/feedback", content=feedback, headers={"Content-Encoding": "gzip"}
+    )
+    assert counted.status_code == 200, counted.text
+    assert counted.json()["id"] == "in-members" and counted.json()["rows"] == 1
 
 
 async def test_requests_while_the_model_loads_get_503_and_say_so(good_artifact: artifact.Artifact) -> None:
