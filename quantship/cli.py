@@ -734,6 +734,13 @@ def _sampling_option(flag: str, kind: click.ParamType, help: str) -> Callable[[F
     show_default=True,
 )
 @click.option(
+    "--json-decode-budget-bytes",
+    type=click.IntRange(min=1),
+    default=_default(_SERVE, "json_decode_budget_bytes"),
+    show_default=True,
+    help="Bytes of JSON requests decoded at once (each costs 11-17x its size); more wait their turn.",
+)
+@click.option(
     "--max-header-bytes",
     type=click.IntRange(min=1),
     default=_default(_SERVE, "max_header_bytes"),
@@ -858,6 +865,7 @@ def serve_settings(
     feedback_capacity: int,
     feedback_max_bytes: int,
     max_body_bytes: int,
+    json_decode_budget_bytes: int,
     max_header_bytes: int,
     body_timeout_s: float,
     idle_timeout_s: float,
@@ -882,6 +890,7 @@ def serve_settings(
         public_key=public_key,
         threads=threads,
         max_body_bytes=max_body_bytes,
+        json_decode_budget_bytes=json_decode_budget_bytes,
         max_header_bytes=max_header_bytes,
         body_timeout_s=body_timeout_s,
         idle_timeout_s=idle_timeout_s,

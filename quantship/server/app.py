@@ -30,6 +30,7 @@ from starlette.types import Receive, Scope, Send
 
 from quantship import __version__
 from quantship.server import connections, content_encoding, grpc_server, protocol, schema
+from quantship.server.byte_budget import ByteBudget
 from quantship.server.errors import InvalidInput, install_handlers
 from quantship.server.infer_route import BodyLimits, InferRoute, arrived, receive_body
 from quantship.server.metrics import ServerMetrics
@@ -203,7 +204,13 @@ def create_app(
     endpoints = Endpoints(service, service.metrics, registry, body)
     routes = endpoints.routes()
     app = ModelServerApp(
-        InferRoute(service, service.metrics, body, [route.path for route in routes if route.hot]),
+        InferRoute(
+            service,
+            service.metrics,
+            body,
+            [route.path for route in routes if route.hot],
+            ByteBudget(settings.json_decode_budget_bytes),
+        ),
         title="quantship model server",
         version=__version__,
         description="Open Inference Protocol v2 (REST, with the binary tensor extension; gRPC on its own "
