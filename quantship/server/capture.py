@@ -7,8 +7,10 @@ input name, samples along the first axis), so "drift alert, recalibrate, canary"
 
 Work is split as the SLI lanes split it. On the response path `Reservoir.choose` draws one random
 number per row and copies nothing; the rows it picks go to the capture lane, whose background thread
-stores them (`Capture.process`) and writes the file at most every `flush_s` seconds and at shutdown,
-to a temporary file renamed over the old one, so a reader never sees half a file. A full lane drops
+stores them (`Capture.process`) and writes the file at most every `flush_s` seconds (the service asks
+the same thread every `flush_s` to write what is due, so rows reach the file after traffic stops),
+and at shutdown, to a temporary file renamed over the old one, so a reader never sees half a file.
+A full lane drops
 the pick and counts it (`quantship_samples_dropped_total{kind="capture"}`), as do rows whose shape
 differs from the first one kept (a token model's other sequence lengths: one array cannot hold them).
 

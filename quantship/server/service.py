@@ -167,6 +167,8 @@ class ModelService:
         self._scratch: Path | None = None
         """Where a .tar.gz artifact is unpacked: marked ours, removed on close, swept if we are killed."""
         self._loading: asyncio.Task[None] | None = None
+        self._capture_flusher: asyncio.Task[None] | None = None
+        """Writes a capture that is due while no traffic comes (`_flush_capture_periodically`)."""
         # Request ids for requests that bring none: a random prefix per process, then a counter
         # (uuid4 costs a getrandom syscall per request).
         self._id_prefix = secrets.token_hex(6)
@@ -422,6 +424,7 @@ class ModelService:
             )
             model.capturer = Capture(settings.capture_dir, settings.capture_flush_s, batchable=batchable)
             model.capture = self._lane(slo.SampleKind.CAPTURE, model.capturer.process)
+            self._capture_flusher = self._flush_capture_periodically(model.capturer)
             log.info(
                 "capturing a reservoir of production inputs (at most %d samples, %d bytes) in %s",
                 settings.capture_max_samples,
@@ -429,6 +432,22 @@ class ModelService:
                 model.capturer.path,
             )
         return model
+
+    def _flush_capture_periodically(self, capturer: Capture) -> asyncio.Task[None] | None:
+        """The capture lane writes only as a hand-off arrives: without this, rows captured before
+        traffic stopped waited for the next request or shutdown. Every `flush_s` the background
+        thread, the one the lane writes on (so never two writes at once), is asked to write what
+        is due; with 0 every hand-off is written as it comes, and nothing is needed."""
+        if capturer.flush_s <= 0:
+            return None
+
+        async def flush_when_due() -> None:
+            loop = asyncio.get_running_loop()
+            while True:
+                await asyncio.sleep(capturer.flush_s)
+                await loop.run_in_executor(self._background_executor, capturer.process, [])
+
+        return asyncio.get_running_loop().create_task(flush_when_due(), name="capture flusher")
 
     def _lane(self, kind: slo.SampleKind, process: Any, budget: CpuBudget | None = None) -> Lane[Any]:
         lane: Lane[Any] = Lane(
@@ -477,6 +496,8 @@ class ModelService:
             finished = not (await asyncio.wait({worker}, timeout=left()))[1]
             for lane in self.model.lanes:
                 await lane.close(left())
+            if self._capture_flusher is not None:
+                self._capture_flusher.cancel()  # the last write follows, on the same thread
             if self.model.capturer is not None:
                 await self._write_capture(self.model.capturer, left())
         self._infer_executor.shutdown(wait=False)

@@ -124,3 +124,29 @@ def test_an_unwritable_capture_dir_refuses_the_load(good_artifact: artifact.Arti
         assert "--capture-dir" in server.service.problem
     finally:
         server.stop()
+
+
+def test_captured_rows_reach_the_file_within_the_flush_period_without_more_traffic(
+    good_artifact: artifact.Artifact, tmp_path: Path
+) -> None:
+    """The lane wrote only as a hand-off came: rows captured before traffic stopped stayed out of the
+    file until the next request or shutdown. They are written within a period or two; the test polls
+    the file with the server running and no request after them."""
+    capture_dir, flush_s = tmp_path / "capture", 3.0
+    server = LocalServer(
+        settings_for(good_artifact, "flushing", capture_dir=capture_dir, capture_flush_s=flush_s)
+    ).start()
+    rows = np.arange(5 * 64, dtype=np.float32).reshape(5, 64)
+    body = {"inputs": [{"name": "X", "shape": [5, 64], "datatype": "FP32", "data": rows.ravel().tolist()}]}
+    try:
+        assert httpx.post(f"{server.url}/v2/models/{MODEL}/infer", json=body).status_code == 200
+        server.idle()  # the capture lane has the rows; nothing else will come
+
+        def written() -> int:
+            path = capture_dir / CAPTURE_FILE
+            return np.load(path)["X"].shape[0] if path.exists() else 0
+
+        wait_until(lambda: written() == 5, timeout=10 * flush_s, what="the captured rows in the file")
+        assert sorted(map(tuple, np.load(capture_dir / CAPTURE_FILE)["X"])) == sorted(map(tuple, rows))
+    finally:
+        server.stop()
