@@ -242,8 +242,10 @@ class ModelServerApp(FastAPI):
 
 DRAIN_RESERVE = 0.25
 """The share of the drain budget that connections (uvicorn's and gRPC's, drained side by side) may
-not take: the queued requests, the sampled work and the capture's last write get it. Without it one
-client dribbling a body held the whole budget, and the capture was never written."""
+not take: HTTP requests and gRPC calls still unanswered when the rest is spent get 503 (UNAVAILABLE),
+and the reserve goes to the model call under way, the sampled work and the capture's last write.
+Without it one client dribbling a body, or requests still running, held the whole budget, and the
+capture was never written."""
 
 
 @dataclass
@@ -360,12 +362,13 @@ class _Server(uvicorn.Server):
         rpc = getattr(self.app.state, "rpc", None)
         if rpc is not None and budget.grpc_stopped is None:
             budget.grpc_stopped = asyncio.ensure_future(rpc.stop(budget.for_connections()))
-        # At the connections' deadline, uploads still arriving are cut; requests whose body is here
-        # run on, and uvicorn cancels what is left at the budget's end (InferRoute answers it 503).
+        # At the connections' deadline, uploads still arriving are cut (a raw 503) and uvicorn cancels
+        # the requests still running (InferRoute answers them 503): the rest of the budget, the
+        # reserve, is the queued model work's, the background work's and the capture's last write's.
         self.app.state.service.connections_deadline = time.monotonic() + budget.for_connections()
         cut = asyncio.get_running_loop().call_later(budget.for_connections(), self._cut_uploads)
         # a float: uvicorn hands it to asyncio.timeout (typed int; a floor cut requests at 0 under 1.3 s)
-        self.config.timeout_graceful_shutdown = budget.left()  # type: ignore[assignment]
+        self.config.timeout_graceful_shutdown = budget.for_connections()  # type: ignore[assignment]
         try:
             await super().shutdown(sockets)
         finally:

@@ -184,13 +184,14 @@ class InferRoute:
         await answer.send(send)
 
     def _cut(self, scope: Scope) -> _Answer:
-        """uvicorn cancels what is unanswered when shutdown's budget ends (its graceful timeout, set to
-        the end of the budget): a retryable 503 that closes the connection, counted, and no traceback."""
+        """uvicorn cancels what is unanswered when shutdown's share for connections ends (its graceful
+        timeout, app.DRAIN_RESERVE): a retryable 503 that closes the connection, counted, and no
+        traceback."""
         task = asyncio.current_task()
         if task is not None:
             task.uncancel()  # handled: the answer is ours to send
         self.service.request_cut()
-        log.info("%s: unanswered when the drain budget ended; answered 503", _where(scope))
+        log.info("%s: unanswered when the drain's share for connections ended; answered 503", _where(scope))
         return _Answer(503, _CUT_ERROR, protocol.JSON_TYPE, _CUT_HEADERS)
 
     async def _answer(
@@ -217,7 +218,7 @@ def _error(message: str) -> bytes:
     return json.dumps(error_body(message)).encode()
 
 
-_CUT_ERROR = _error("the server is shutting down and the drain budget ended before the answer; retry")
+_CUT_ERROR = _error("the server is shutting down and its drain ended before the answer; retry")
 _CUT_HEADERS = [(b"retry-after", b"1"), (b"connection", b"close")]
 
 

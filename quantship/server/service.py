@@ -507,7 +507,8 @@ class ModelService:
             scratch.remove(self._scratch)
         if self.cut_requests:
             log.warning(
-                "drain budget spent: %d accepted requests cut unanswered (503 or UNAVAILABLE)",
+                "drain's share for connections spent: %d accepted requests cut unanswered "
+                "(503 or UNAVAILABLE)",
                 self.cut_requests,
             )
         elif finished:

@@ -317,12 +317,75 @@ def test_requests_unanswered_when_the_drain_budget_ends_get_a_counted_503_not_a_
         )
         assert server.log_path is not None
         log = server.log_path.read_text()
-        accepted = re.search(r"drain budget spent: (\d+) accepted requests cut unanswered", log)
+        accepted = re.search(
+            r"drain's share for connections spent: (\d+) accepted requests cut unanswered", log
+        )
         assert accepted is not None, f"the log says requests were cut: {codes}"
         assert int(accepted[1]) > 0
         uploads = log.count("body still arriving when the drain's share for connections ended")
         assert int(accepted[1]) + uploads == len(outcomes) - codes[200]
         assert "drained: every accepted request answered" not in log
         assert "Traceback" not in log
+    finally:
+        server.stop()
+
+
+def test_requests_running_past_the_connections_share_leave_the_rest_of_the_budget_to_the_capture(
+    good_artifact: artifact.Artifact, tmp_path: Path
+) -> None:
+    """uvicorn waited for requests still running until the whole drain budget was spent, and the
+    capture's last write, after it, got no time: capture.npz was never written. Requests still
+    unanswered at the connections' share (app.DRAIN_RESERVE) get a counted 503 (uploads still arriving
+    a raw one, logged one line each); the rest of the budget is the capture's. Large requests, run one
+    at a time, outlast the budget."""
+    capture = tmp_path / "capture"
+    server = ServerProcess(
+        good_artifact.root,
+        model=MODEL,
+        revision="captured",
+        extra_args=[
+            "--drain-timeout-s", "2", "--max-batch-size", "1", "--max-body-bytes", str(16 << 20),
+            "--capture-dir", str(capture), "--capture-flush-s", "3600",
+            "--shadow-rate", "0", "--clip-sample-rate", "0",
+        ],
+        log_path=tmp_path / "serve.log",
+    )  # fmt: skip
+    server.start()
+    request = binary_request(np.ones((32 * 1024, 64), dtype=np.float32))
+    sent = 64
+
+    def heads_in() -> bool:  # every request's headers are in: each is an accepted request
+        answered = sample_value(server.url, "quantship_requests_total", code="200") or 0
+        return (sample_value(server.url, "quantship_requests_in_flight") or 0) + answered - 1 == sent
+
+    async def scenario() -> list[httpx.Response | BaseException]:
+        await server.wait_ready()
+        async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
+            small = binary_request(np.ones((4, 64), dtype=np.float32))
+            assert (await client.post(INFER, **small)).is_success  # type: ignore[arg-type]  # a row to capture
+            tasks = [asyncio.create_task(client.post(INFER, **request)) for _ in range(sent)]  # type: ignore[arg-type]
+            await until(heads_in)
+            assert server.pid is not None
+            os.kill(server.pid, signal.SIGTERM)
+            return list(await asyncio.gather(*tasks, return_exceptions=True))
+
+    try:
+        outcomes = asyncio.run(scenario())
+        assert server.stop(timeout=20) == -signal.SIGTERM
+        assert server.log_path is not None
+        log = server.log_path.read_text()
+        accepted = re.search(
+            r"drain's share for connections spent: (\d+) accepted requests cut unanswered", log
+        )
+        assert accepted is not None, "requests were still running when the connections' share ended"
+        uploads = log.count("body still arriving when the drain's share for connections ended")
+        codes = collections.Counter(
+            outcome.status_code if isinstance(outcome, httpx.Response) else "no answer"
+            for outcome in outcomes
+        )
+        assert set(codes) <= {200, 503, "no answer"}, codes
+        assert codes["no answer"] <= uploads, codes  # an upload cut may reset its client before the 503
+        assert int(accepted[1]) + uploads == sent - codes[200], (codes, uploads)
+        assert (capture / "capture.npz").is_file(), "the capture's last write got the budget's reserve"
     finally:
         server.stop()
