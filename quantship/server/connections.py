@@ -137,10 +137,15 @@ class HttpProtocol(HttpToolsProtocol):
     def cut_upload(self) -> None:
         """Shutdown's share for connections is over: a request whose body is still arriving is answered
         503 and its connection closed (the app sees the client gone, and counts a 503: `BODY_ARRIVAL`).
-        A request whose body is here is left to run: the service's drain bounds it."""
+        A request whose body is here is left to the drain (uvicorn cancels it; the app answers 503).
+        With pipelined requests waiting (`pipeline`), `cycle` is the last one parsed, not the one
+        running: a raw 503 would be read as the running request's answer, whose body had arrived. So
+        nothing is written: the running request gets its answer (or the drain's 503, which closes the
+        connection), and the one waiting is left to the drain like any other."""
         cycle = self.cycle
         if (
-            cycle is None
+            self.pipeline
+            or cycle is None
             or cycle.response_complete
             or self._arrival["complete"]
             or self.transport.is_closing()

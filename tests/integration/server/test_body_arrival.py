@@ -26,6 +26,7 @@ from quantship.server.infer_route import BodyLimits, arrived, receive_body
 from quantship.server.settings import ServerSettings
 
 BODY = b'{"inputs": []}'
+HELD = "/held"
 LIMITS = BodyLimits(max_bytes=1 << 20, timeout_s=5.0)
 
 
@@ -35,13 +36,20 @@ class Recorder:
     request, whether the body had arrived when the app first ran, and the body it read."""
 
     seen: list[tuple[bool, bytes]] = field(default_factory=list)
+    released: threading.Event = field(default_factory=threading.Event)
+    """A request to HELD waits for this before it answers."""
+    runner: uvicorn.Server | None = None
+    loop: asyncio.AbstractEventLoop | None = None
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return
+        self.loop = asyncio.get_running_loop()
         here = arrived(scope)
         body = await receive_body(receive, "", LIMITS, lambda: "test", here=here)
         self.seen.append((here, body))
+        while scope["path"] == HELD and not self.released.is_set():
+            await asyncio.sleep(0.01)
         await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
         await send({"type": "http.response.body", "body": b"ok"})
 
@@ -54,6 +62,7 @@ def server(request: pytest.FixtureRequest) -> Iterator[tuple[Recorder, int]]:
         **connections.uvicorn_options(5.0, ServerSettings.max_header_bytes),
     )  # fmt: skip
     runner = uvicorn.Server(config)
+    app.runner = runner
     thread = threading.Thread(target=runner.run, daemon=True)
     thread.start()
     wait_until(lambda: runner.started, what="uvicorn to start")
@@ -64,8 +73,8 @@ def server(request: pytest.FixtureRequest) -> Iterator[tuple[Recorder, int]]:
         thread.join(timeout=10)
 
 
-def head(length: int = len(BODY)) -> bytes:
-    return f"POST /x HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-length: {length}\r\n\r\n".encode()
+def head(length: int = len(BODY), path: str = "/x") -> bytes:
+    return f"POST {path} HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-length: {length}\r\n\r\n".encode()
 
 
 def answers(sock: socket.socket, count: int) -> int:
@@ -126,3 +135,29 @@ def test_the_deadline_applies_unless_the_body_has_arrived() -> None:
         asyncio.run(receive_body(slow_receive(0.1), "", limits, lambda: "test"))
     # said to be here: no deadline armed (a receive that then waited would not be cut off)
     assert asyncio.run(receive_body(slow_receive(0.1), "", limits, lambda: "test", here=True)) == BODY
+
+
+def test_shutdown_cuts_no_upload_of_a_request_pipelined_behind_a_running_one(
+    server: tuple[Recorder, int],
+) -> None:
+    """At the drain's share for connections, `cut_upload` wrote its raw 503 for the last request
+    parsed, pipelined behind one still running whose body had arrived: the client read it as the
+    running request's answer. The running request is answered; the pipelined one is the drain's."""
+    app, port = server
+    assert app.runner is not None
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(head(path=HELD) + BODY + head() + BODY[:5])  # the second body half sent
+        wait_until(lambda: len(app.seen) == 1, what="the first request to run")
+        protocols = list(app.runner.server_state.connections)
+        assert len(protocols) == 1 and protocols[0].pipeline, "the second request waits in the pipeline"
+        assert app.loop is not None
+        cut = asyncio.run_coroutine_threadsafe(_cut_uploads(protocols), app.loop)
+        cut.result(timeout=10)
+        app.released.set()
+        first = sock.makefile("rb").readline()
+    assert first.startswith(b"HTTP/1.1 200 "), first
+
+
+async def _cut_uploads(protocols: list[Any]) -> None:
+    for protocol in protocols:
+        protocol.cut_upload()
