@@ -32,7 +32,7 @@ from quantship import __version__
 from quantship.server import connections, content_encoding, grpc_server, protocol, schema
 from quantship.server.byte_budget import ByteBudget
 from quantship.server.errors import InvalidInput, install_handlers
-from quantship.server.infer_route import BodyLimits, InferRoute, arrived, receive_body
+from quantship.server.infer_route import BodyLimits, InferRoute, arrived, cut_by_shutdown, receive_body
 from quantship.server.metrics import ServerMetrics
 from quantship.server.service import ModelService, Phase
 from quantship.server.settings import ServerSettings
@@ -160,7 +160,7 @@ class Endpoints:
         self.service.ready_model()
         body = await receive_body(
             request.receive, request.headers.get("content-length", ""), self.body, lambda: _client(request),
-            here=arrived(request.scope),
+            here=arrived(request.scope), cut=lambda: cut_by_shutdown(request.scope),
         )  # fmt: skip
         coding = request.headers.get("content-encoding", "")
         if coding:  # as for inference: inflated off the event loop, within --max-body-bytes

@@ -69,15 +69,26 @@ def arrived(scope: Scope) -> bool:
     return arrival is not None and arrival.get("complete") is True
 
 
+def _never() -> bool:
+    return False
+
+
 async def receive_body(
-    receive: Receive, declared: str, limits: BodyLimits, where: Callable[[], str], *, here: bool = False
+    receive: Receive,
+    declared: str,
+    limits: BodyLimits,
+    where: Callable[[], str],
+    *,
+    here: bool = False,
+    cut: Callable[[], bool] = _never,
 ) -> bytes:
     """The body from ASGI `receive`, refused with 413 as soon as it is known to exceed
     `limits.max_bytes`, with 408 when it has not all arrived within `limits.timeout_s`, and with 499
     when the client hangs up before the end. `declared` is the Content-Length header ("" if none);
     `where()` names the request in the log (built only then: a string a request costs CPU). `here`:
     the server has said the whole body arrived (`arrived`), so reading it cannot wait, and no
-    deadline is armed."""
+    deadline is armed. `cut()`: whether a disconnect is shutdown's (`cut_by_shutdown`), which logged
+    it and answered 503 (counted so by InferRoute): then this logs nothing."""
     if declared.isdecimal() and int(declared) > limits.max_bytes:
         raise PayloadTooLarge(
             f"the body is {declared} bytes; this server takes at most {limits.max_bytes} (--max-body-bytes)"
@@ -89,6 +100,8 @@ async def receive_body(
             while more:
                 message = await receive()
                 if message["type"] == "http.disconnect":
+                    if cut():
+                        raise ClientClosedRequest("shutdown closed the connection before the whole body came")
                     log.info("%s: client disconnected after %d of %s body bytes; counted as 499",
                              where(), size, declared or "?")  # fmt: skip
                     raise ClientClosedRequest("the client disconnected before sending the whole body")
@@ -207,7 +220,14 @@ class InferRoute:
                 header_length = value.decode("latin-1")
             elif name == b"content-encoding":
                 coding = value.decode("latin-1")
-        body = await receive_body(receive, declared, self.limits, lambda: _where(scope), here=arrived(scope))
+        body = await receive_body(
+            receive,
+            declared,
+            self.limits,
+            lambda: _where(scope),
+            here=arrived(scope),
+            cut=lambda: cut_by_shutdown(scope),
+        )
         if coding:  # inflating may take milliseconds: off the event loop
             body = await asyncio.to_thread(content_encoding.decoded, body, coding, self.limits.max_bytes)
         request = await decode(body, header_length, self.json_budget)

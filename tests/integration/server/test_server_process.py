@@ -389,3 +389,36 @@ def test_requests_running_past_the_connections_share_leave_the_rest_of_the_budge
         assert (capture / "capture.npz").is_file(), "the capture's last write got the budget's reserve"
     finally:
         server.stop()
+
+
+def test_an_upload_cut_at_shutdown_is_logged_as_the_503_it_is_counted(
+    good_artifact: artifact.Artifact, tmp_path: Path
+) -> None:
+    """Shutdown's cut of an upload still arriving (a 503, counted 503) was also logged by the body's
+    reader as a client that hung up, "counted as 499"."""
+    server = ServerProcess(
+        good_artifact.root,
+        model=MODEL,
+        revision="upload-cut",
+        extra_args=["--drain-timeout-s", "1", "--body-timeout-s", "60"],
+        log_path=tmp_path / "serve.log",
+    )
+    server.start()
+    try:
+        asyncio.run(server.wait_ready())
+        host, port = server.address.rsplit(":", 1)
+        with socket.create_connection((host, int(port)), timeout=20) as uploading:
+            uploading.sendall(f"POST {INFER} HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{{".encode())
+            asyncio.run(until(lambda: sample_value(server.url, "quantship_requests_in_flight") == 1))
+            assert server.pid is not None
+            os.kill(server.pid, signal.SIGTERM)
+            assert uploading.makefile("rb").readline().startswith(b"HTTP/1.1 503 ")
+        assert server.stop(timeout=10) == -signal.SIGTERM
+        assert server.log_path is not None
+        log = server.log_path.read_text()
+        assert (
+            log.count("body still arriving when the drain's share for connections ended; answered 503") == 1
+        )
+        assert "counted as 499" not in log
+    finally:
+        server.stop()
