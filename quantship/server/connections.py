@@ -16,7 +16,10 @@ A request's head (request line and headers) may take at most --max-header-bytes;
 client gets 431 and the connection is closed, as nginx and h11 do. httptools has no limit, and builds
 a header's value by appending each piece it receives: a 64 MiB header cost 4.3 s of CPU with the
 event loop stalled (a liveness probe waited 7.5 s) and 180 MiB. The head is counted as it arrives,
-in `data_received`, since httptools hands a header over only once it is whole.
+in `data_received`, before httptools parses a piece (it hands a header over only once it is whole):
+to its end, the first empty line, exactly. Only one head is not counted whole: one that begins in
+the same piece of data as another request's message ends (pipelining), whose bytes in that piece
+(at most one read, 256 KiB) are not counted, as httptools does not say where in a piece it began.
 
 Each connection writes through `one_write.OneWriteTransport`, so a response's head and body leave in
 one TCP segment rather than two (why, and the rule: one_write.py).
@@ -76,14 +79,14 @@ class HttpProtocol(HttpToolsProtocol):
         """The BODY_ARRIVAL extension of the request being parsed."""
         self._max_head = self.config.h11_max_incomplete_event_size or ServerSettings.max_header_bytes
         self._in_head = True
-        """The bytes coming now are a request's head: from the connection's start, and from the end of
-        each request's body to the end of the next one's headers."""
+        """A request's head is under way, or the next bytes begin one: from the connection's start, and
+        from the end of each request's message to the end of the next one's headers."""
         self._head_bytes = 0
-        """Bytes of the head under way received so far."""
-        self._heads = 0
-        """Heads complete on this connection, to tell whether one ended inside a piece of data."""
-        self._body_bytes = 0
-        """Bytes of body in the piece of data being parsed."""
+        """Bytes of the head under way received in earlier pieces of data."""
+        self._head_tail = b""
+        """Their last 3 bytes: the head's end (an empty line) may be split between two pieces."""
+        self._head_began = False
+        """A head began inside the piece being parsed (after another request's message ended)."""
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(OneWriteTransport(transport, self.loop))
@@ -91,19 +94,25 @@ class HttpProtocol(HttpToolsProtocol):
 
     def data_received(self, data: bytes) -> None:
         self._partial = self._idle is not None
-        self._body_bytes, heads = 0, self._heads
-        super().data_received(data)
-        if self._in_head and not self.transport.is_closing():
-            self._count_head(len(data) - self._body_bytes, restarted=self._heads != heads)
-
-    def _count_head(self, received: int, *, restarted: bool) -> None:
-        """Count `received` bytes of a head still incomplete; past the limit, 431 and close. A head that
-        began in the same piece as another ended (pipelined requests) is counted from the next piece
-        on: httptools does not say where in a piece a head starts, and one piece (at most 256 KiB)
-        is cheap to parse."""
-        self._head_bytes = 0 if restarted else self._head_bytes + received
-        if self._head_bytes <= self._max_head:
+        if self._in_head and self._head_size(data) > self._max_head:
+            self._refuse_head()  # before httptools parses it: that is the cost the limit avoids
             return
+        self._head_began = False
+        super().data_received(data)
+        if self._in_head and not self.transport.is_closing():  # a head is under way after this piece
+            if self._head_began:  # counted from the next piece: httptools does not say where it began
+                self._head_bytes = 0
+            else:
+                self._head_bytes += len(data)
+            self._head_tail = (self._head_tail + data)[-3:]
+
+    def _head_size(self, data: bytes) -> int:
+        """The size of the head under way once `data` is in: to its end if `data` holds it (the first
+        empty line), else all of `data`."""
+        end = (self._head_tail + data).find(b"\r\n\r\n")
+        return self._head_bytes + (len(data) if end < 0 else end + 4 - len(self._head_tail))
+
+    def _refuse_head(self) -> None:
         log.info(
             "%s: request head over %d bytes (--max-header-bytes); answered 431 and closed",
             _peer(self.client), self._max_head,
@@ -112,20 +121,15 @@ class HttpProtocol(HttpToolsProtocol):
         self.transport.write(HEAD_TOO_LARGE_RESPONSE)
         self.transport.close()
 
-    def on_body(self, body: bytes) -> None:
-        self._body_bytes += len(body)
-        super().on_body(body)
-
     def on_headers_complete(self) -> None:
-        self._in_head, self._head_bytes = False, 0
-        self._heads += 1
+        self._in_head, self._head_bytes, self._head_tail = False, 0, b""
         self._disarm()  # a request is under way: the body timeout and the app take it from here
         self._arrival = {"complete": False}
         self.scope.setdefault("extensions", {})[BODY_ARRIVAL] = self._arrival
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:
-        self._in_head = True
+        self._in_head = self._head_began = True  # what follows in this piece, if anything, is a head
         self._arrival["complete"] = True
         super().on_message_complete()
 

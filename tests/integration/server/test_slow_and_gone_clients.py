@@ -8,6 +8,7 @@ server still answers normal traffic after each fault.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import select
 import socket
@@ -256,4 +257,33 @@ def test_heads_within_the_limit_pass_alone_and_pipelined(server: ServerProcess) 
         assert read_response(stream).startswith(b"HTTP/1.1 200 ")
         sock.sendall(2 * (head + whole))
         assert read_response(stream).startswith(b"HTTP/1.1 200 ")
+        assert read_response(stream).startswith(b"HTTP/1.1 200 ")
+
+
+def test_a_head_over_the_limit_sent_in_one_piece_with_its_body_gets_431(server: ServerProcess) -> None:
+    """A head was counted only while it stayed incomplete at the end of a piece of data: one that
+    arrived whole in one piece, whatever its size, was taken (a 100,000-byte header got 200)."""
+    big = b"X-Big: " + b"a" * (4 * MAX_HEADER_BYTES) + b"\r\n"
+    whole = body()
+    with connect(server) as sock:
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # refused before all of it came
+            sock.sendall(headers(len(whole)).replace(b"\r\n\r\n", b"\r\n" + big + b"\r\n") + whole)
+        answer = read_until_closed(sock)
+    assert answer.startswith(b"HTTP/1.1 431 "), answer[:200]
+    assert_still_serving(server)
+
+
+def test_a_chunked_body_framing_is_not_counted_as_the_next_head(server: ServerProcess) -> None:
+    """Once a message ended, the rest of the piece of data it ended in (a chunked body's size lines,
+    which on_body does not report) was counted as the next head: a valid request of many one-byte
+    chunks was answered 200, counted, then refused 431 and its connection closed."""
+    whole = body()
+    chunked = b"%x\r\n%s\r\n" % (len(whole), whole) + b"1\r\n \r\n" * (MAX_HEADER_BYTES // 2) + b"0\r\n\r\n"
+    head = headers(0).replace(b"Content-Length: 0", b"Transfer-Encoding: chunked")
+    with connect(server) as sock, sock.makefile("rb") as stream:
+        sock.sendall(head)
+        time.sleep(0.2)  # the body comes in pieces of its own
+        sock.sendall(chunked)
+        assert read_response(stream).startswith(b"HTTP/1.1 200 ")
+        sock.sendall(headers(len(whole)) + whole)  # the connection is still open, and serves
         assert read_response(stream).startswith(b"HTTP/1.1 200 ")
