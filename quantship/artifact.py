@@ -40,6 +40,8 @@ from quantship import scratch
 FORMAT_VERSION = 1
 MODEL_FILE = "model.onnx"
 REFERENCE_FILE = "reference.onnx"
+FP32_PRECISION = "fp32"
+"""quantization.precision of an unquantized baseline (`quantship package`): no gate, no reference."""
 MANIFEST_FILE = "manifest.json"
 SIGNATURE_KEY = "signature"
 

@@ -104,6 +104,36 @@ def loss(metric: Metric, value: float) -> float:
     return 1.0 - value if spec.higher_is_better else value
 
 
+def known(name: Any) -> Metric | None:
+    """A manifest's metric name as a Metric; None for one this quantship does not know."""
+    try:
+        return Metric(name)
+    except ValueError:
+        return None
+
+
+def loss_name(metric: Metric) -> str:
+    """What the metric's number is called where people read it. top1_accuracy's number is the
+    relative accuracy loss: shown as `top1_accuracy 0` a 97.75% model read as 0% accurate."""
+    return "relative accuracy loss" if metric is Metric.TOP1_ACCURACY else metric.value
+
+
+def stated(metric: Metric, value: float) -> str:
+    """A gated number in words, for the console summary and the report."""
+    if metric is Metric.TOP1_ACCURACY:
+        # A negative relative loss is INT8 doing better than FP32 on the labels.
+        return f"accuracy {'gain' if value < 0 else 'loss'} {abs(value):.2%}"
+    return f"{metric.value} {value:.4g}"
+
+
+def condition(metric: Metric, threshold: float) -> str:
+    """The gate's condition in words: `top1_accuracy: relative accuracy loss <= 0.50%`."""
+    if metric is Metric.TOP1_ACCURACY:
+        return f"{metric.value}: {loss_name(metric)} <= {threshold:.2%}"
+    relation = ">=" if METRICS[metric].higher_is_better else "<="
+    return f"{metric.value} {relation} {threshold:g}"
+
+
 @dataclass(frozen=True)
 class Gate:
     metric: Metric
@@ -119,8 +149,7 @@ class Gate:
         return loss(self.metric, self.threshold)
 
     def describe(self) -> str:
-        relation = ">=" if METRICS[self.metric].higher_is_better else "<="
-        return f"{self.metric.value} {relation} {self.threshold:g}"
+        return condition(self.metric, self.threshold)
 
 
 @dataclass(frozen=True)

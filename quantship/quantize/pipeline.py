@@ -390,7 +390,7 @@ def _package(
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "model": _model_section(fp32, model_path),
         "runtime": _runtime_section(),
-        "quantization": {"precision": "fp32", "mode": "none"},
+        "quantization": {"precision": artifact.FP32_PRECISION, "mode": "none"},
     }
     return artifact.write_artifact(out, {artifact.MODEL_FILE: model_path}, manifest, sign_key=sign_key)
 

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from quantship import artifact, reporting
+from quantship.quantize import evaluate
 
 _MAX_BARS = 40
 
@@ -24,12 +25,17 @@ def render(loaded: artifact.Artifact) -> str:
     fp32_bytes = files.get(artifact.REFERENCE_FILE, {}).get("size")
     int8_bytes = files[artifact.MODEL_FILE]["size"]
     trials = manifest.get("trials", [])
-    sections = [
-        ("Verdict", _verdict(manifest, passed, fp32_bytes, int8_bytes)),
-        ("FP32 vs INT8", _comparison(validation, fp32_bytes, int8_bytes)),
-        ("Tuning trials", _trials(trials, manifest.get("tuning", {}))),
-        ("Per-tensor SQNR", _sqnr(manifest.get("sensitivity", []))),
-        ("Calibrated activation ranges", _ranges(loaded.activation_ranges)),
+    if _is_baseline(manifest):
+        sections = [("Verdict", _baseline_verdict(int8_bytes))]
+    else:
+        sections = [
+            ("Verdict", _verdict(manifest, passed, fp32_bytes, int8_bytes)),
+            ("FP32 vs INT8", _comparison(validation, fp32_bytes, int8_bytes)),
+            ("Tuning trials", _trials(trials, manifest.get("tuning", {}))),
+            ("Per-tensor SQNR", _sqnr(manifest.get("sensitivity", []))),
+            ("Calibrated activation ranges", _ranges(loaded.activation_ranges)),
+        ]
+    sections += [
         ("Configuration", _config(manifest)),
         (
             "Files",
@@ -49,14 +55,50 @@ def _value(value: Any) -> str:
     return "-" if value is None else f"{value:.4g}"
 
 
+def _is_baseline(manifest: dict[str, Any]) -> bool:
+    """`quantship package` writes the FP32 model as given: no quantization, no gate to report."""
+    return manifest.get("quantization", {}).get("precision") == artifact.FP32_PRECISION
+
+
+def _baseline_verdict(model_bytes: int) -> str:
+    items = [
+        ("precision", artifact.FP32_PRECISION),
+        ("verdict", "unquantized baseline, no gate"),
+        ("size", f"{model_bytes / 1024:.0f} KiB"),
+    ]
+    return reporting.cards(items) + (
+        "<p>This artifact holds the FP32 model as given (<code>quantship package</code>): nothing was "
+        "quantized, so there is no accuracy gate, no INT8 comparison and no calibration to report.</p>"
+    )
+
+
+def _gated_value(metric: str, value: float | None) -> str:
+    """top1_accuracy's number is a relative loss, as a percentage; other metrics in their own units."""
+    if value is not None and evaluate.known(metric) is evaluate.Metric.TOP1_ACCURACY:
+        return reporting.percent(value)
+    return _value(value)
+
+
+def _named(metric: str) -> str:
+    known = evaluate.known(metric)
+    return evaluate.loss_name(known) if known else metric
+
+
+def _gate(validation: dict[str, Any]) -> str:
+    metric, threshold = evaluate.known(validation.get("metric")), validation.get("threshold")
+    if metric is None or threshold is None:
+        return f"{validation.get('metric', '?')} threshold {_value(threshold)}"
+    return evaluate.condition(metric, threshold)
+
+
 def _verdict(manifest: dict[str, Any], passed: bool, fp32_bytes: int | None, int8_bytes: int) -> str:
     validation = manifest.get("validation", {})
     task = manifest.get("task", {})
     metric = validation.get("metric", "?")
     items = [
         ("accuracy gate", "passed" if passed else "FAILED"),
-        (f"{metric}", _value(validation.get("value"))),
-        ("threshold", _value(validation.get("threshold"))),
+        (_named(metric), _gated_value(metric, validation.get("value"))),
+        ("gate", _gate(validation)),
         ("top-1 agreement", reporting.percent(validation.get("agreement"))),
         ("size", f"{fp32_bytes / int8_bytes:.2f}x smaller" if fp32_bytes else "-"),
     ]
@@ -85,31 +127,70 @@ def _verdict(manifest: dict[str, Any], passed: bool, fp32_bytes: int | None, int
 
 
 def _comparison(validation: dict[str, Any], fp32_bytes: int | None, int8_bytes: int) -> str:
-    fig, (metric_ax, size_ax) = reporting.plt.subplots(1, 2, figsize=(9, 3), layout="constrained")
-    if validation.get("fp32") is not None:
-        values = [validation["fp32"] * 100, validation["int8"] * 100]
-        bars = metric_ax.bar(["FP32", "INT8"], values, color=["#8da0cb", "#fc8d62"])
-        metric_ax.bar_label(bars, fmt="%.2f%%")
-        metric_ax.set_ylim(max(0, min(values) - 5), 100)
-        metric_ax.set_title("top-1 accuracy (%)")
-    else:
-        shown = {
-            name: value
-            for name, value in (validation.get("metrics") or {}).items()
-            if value is not None and name != "confident_rows" and name != "kl_divergence"
-        }
-        bars = metric_ax.bar(list(shown), list(shown.values()), color="#fc8d62")
-        metric_ax.bar_label(bars, fmt="%.3f")
-        metric_ax.set_ylim(0, 1.05)
-        metric_ax.tick_params(axis="x", labelrotation=20, labelsize=8)
-        metric_ax.set_title("INT8 vs FP32 (1 = identical)")
+    metrics = validation.get("metrics") or {}
+    plotted = {
+        name: (known, value)
+        for name, value in metrics.items()
+        if value is not None and (known := evaluate.known(name)) is not None
+    }
+    # Shares and cosines read on a 0-1 axis where 1 is FP32; losses (relative error, KL in nats)
+    # are 0 when identical and unbounded, so they get an axis of their own.
+    higher = {n: v for n, (m, v) in plotted.items() if evaluate.METRICS[m].higher_is_better}
+    lower = {
+        n: v
+        for n, (m, v) in plotted.items()
+        if not evaluate.METRICS[m].higher_is_better and m is not evaluate.Metric.TOP1_ACCURACY
+    }
+    with_accuracy = validation.get("fp32") is not None
+    panels = int(with_accuracy) + int(bool(higher)) + int(bool(lower)) + 1
+    fig, axes = reporting.plt.subplots(1, panels, figsize=(3.2 * panels, 3), layout="constrained")
+    axes = list(np.atleast_1d(axes))
+    if with_accuracy:
+        _accuracy_panel(axes.pop(0), validation)
+    if higher:
+        _metric_panel(axes.pop(0), higher, "INT8 vs FP32, higher is better (1 = identical)", (0, 1.05))
+    if lower:
+        _metric_panel(axes.pop(0), lower, "INT8 vs FP32, lower is better (0 = identical)", None)
+    size_ax = axes.pop(0)
     sizes = [(fp32_bytes or 0) / 1024, int8_bytes / 1024]
     bars = size_ax.bar(["FP32", "INT8"], sizes, color=["#8da0cb", "#fc8d62"])
     size_ax.bar_label(bars, fmt="%.0f KiB")
     size_ax.set_title("model file size (KiB)")
-    metrics = validation.get("metrics") or {}
-    table = reporting.table(["metric", "INT8 vs FP32"], [(name, _value(v)) for name, v in metrics.items()])
-    return reporting.figure(fig, "FP32 vs INT8 metrics and size") + table
+    rows = [(name, _gated_value(name, v), _meaning(name)) for name, v in metrics.items()]
+    table = reporting.table(["metric", "INT8 vs FP32", "what it measures"], rows)
+    return reporting.figure(fig, "; ".join(map(_panel_text, fig.axes))) + table
+
+
+def _panel_text(ax: Any) -> str:
+    """A panel's title and bars in words, for the image's alt text (and readers without images)."""
+    names = ax.xaxis.get_major_formatter().format_ticks(ax.get_xticks())  # tick labels are set at draw
+    return f"{ax.get_title()}: {', '.join(names)}"
+
+
+def _accuracy_panel(ax: Any, validation: dict[str, Any]) -> None:
+    values = [validation["fp32"] * 100, validation["int8"] * 100]
+    bars = ax.bar(["FP32", "INT8"], values, color=["#8da0cb", "#fc8d62"])
+    ax.bar_label(bars, fmt="%.2f%%")
+    ax.set_ylim(max(0, min(values) - 5), 100)
+    ax.set_title("top-1 accuracy (%)")
+
+
+def _metric_panel(ax: Any, values: dict[str, float], title: str, ylim: tuple[float, float] | None) -> None:
+    bars = ax.bar(list(values), list(values.values()), color="#fc8d62")
+    ax.bar_label(bars, fmt="%.3g")
+    if ylim is not None:
+        ax.set_ylim(*ylim)
+    ax.tick_params(axis="x", labelrotation=20, labelsize=8)
+    ax.set_title(title, fontsize=9)
+
+
+def _meaning(name: str) -> str:
+    metric = evaluate.known(name)
+    if metric is None:
+        return "rows where FP32 is confident (a count)" if name == "confident_rows" else "-"
+    spec = evaluate.METRICS[metric]
+    better = "higher is better, 1 = identical" if spec.higher_is_better else "lower is better, 0 = identical"
+    return f"{spec.meaning} ({better})"
 
 
 def _trials(trials: list[dict[str, Any]], tuning: dict[str, Any]) -> str:
@@ -126,10 +207,14 @@ def _trials(trials: list[dict[str, Any]], tuning: dict[str, Any]) -> str:
         ax.axhline(threshold, color="#1d2330", linestyle="--", linewidth=1, label=f"gate {threshold:g}")
         ax.legend(loc="lower right")
     for t, value in zip(trials, values, strict=True):
-        label = f"{t['stage'][0]} {value:.3g}" if t.get("value") is not None else f"{t['stage'][0]} error"
+        label = (
+            f"{t['stage'][0]} {_gated_value(metric, value)}"
+            if t.get("value") is not None
+            else f"{t['stage'][0]} error"
+        )
         ax.annotate(label, (t["number"], value), ha="center", va="bottom", fontsize=8)
     ax.set_xlabel("trial (r: recipe, o: op-type fallback, n: node fallback; green passed)")
-    ax.set_ylabel(metric)
+    ax.set_ylabel(_named(metric))
     ax.set_xticks(numbers)
     rows = [
         (
@@ -139,7 +224,7 @@ def _trials(trials: list[dict[str, Any]], tuning: dict[str, Any]) -> str:
             ", ".join(t["excluded"][:6]) + (f" (+{len(t['excluded']) - 6})" if len(t["excluded"]) > 6 else "")
             or "-",
             f"{t['quantized_nodes']} ({t.get('quantized_share', 0):.0%})",
-            _value(t.get("value")),
+            _gated_value(metric, t.get("value")),
             reporting.verdict(t["passed"], "pass" if t["passed"] else (t.get("error") or "fail")),
             "-" if t.get("latency_ms") is None else f"{t['latency_ms']:.3f}",
             t["seconds"],
@@ -168,7 +253,7 @@ def _trials(trials: list[dict[str, Any]], tuning: dict[str, Any]) -> str:
                 "recipe",
                 "left in float",
                 "quantized nodes",
-                "metric",
+                html.escape(_named(metric)),
                 "gate",
                 "b1 ms",
                 "seconds",

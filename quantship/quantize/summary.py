@@ -7,7 +7,7 @@ from typing import Any
 from rich.table import Table
 
 from quantship import artifact, reporting
-from quantship.quantize.evaluate import Metric
+from quantship.quantize import evaluate
 
 
 def table(rows: list[tuple[str, artifact.Artifact]], title: str = "quantization summary") -> Table:
@@ -51,11 +51,8 @@ def _gated(validation: dict[str, Any]) -> str:
     value = validation.get("value")
     if value is None:
         return "-"
-    if validation.get("metric") == Metric.TOP1_ACCURACY.value:
-        # The gated value is the relative accuracy loss: a negative one is INT8 doing better.
-        word = "gain" if value < 0 else "loss"
-        return f"accuracy {word} {reporting.percent(abs(value))}"
-    return f"{validation.get('metric')} {value:.4g}"
+    metric = evaluate.known(validation.get("metric"))
+    return evaluate.stated(metric, value) if metric else f"{validation.get('metric')} {value:.4g}"
 
 
 def _kib(size: int | None) -> str:

@@ -325,6 +325,48 @@ def test_pack_refuses_a_name_that_verify_and_serve_would_not_take_for_an_archive
     assert _cli("verify", tmp_path / "digits.tgz")[0] == 0
 
 
+def test_report_names_the_gated_number_as_the_relative_loss_it_is(
+    good_artifact: artifact.Artifact, tmp_path: Path
+) -> None:
+    """The headline read `top1_accuracy 0  threshold 0.005` for a model at 97.75%: the number is the
+    relative accuracy loss, and the threshold the most of it allowed."""
+    assert _cli("report", good_artifact.root, "-o", tmp_path / "r.html")[0] == 0
+    page = (tmp_path / "r.html").read_text()
+    loss = good_artifact.manifest["validation"]["value"]
+    assert f"relative accuracy loss<b>{loss:.2%}</b>" in page
+    assert "top1_accuracy: relative accuracy loss &lt;= 0.50%" in page
+    assert "top1_accuracy<b>" not in page and "threshold<b>" not in page
+    assert "<td>relative top-1 accuracy loss against the labels (lower is better, 0 = identical)</td>" in page
+
+
+def test_report_plots_a_regression_error_on_its_own_lower_is_better_axis(
+    sample: zoo.SampleModel, tmp_path: Path
+) -> None:
+    """relative_error 0.0019 was a bar on a 0-1 axis titled `INT8 vs FP32 (1 = identical)`."""
+    with np.load(sample.evaluation) as evaluation:
+        unlabelled = _npz(tmp_path / "eval.npz", X=evaluation["X"])
+    regression = ("--task", "regression", "--output", "probabilities", "--mode", "dynamic")
+    code, _, err = _cli("quantize", sample.model, "-o", tmp_path / "a", "--evaluation", unlabelled,
+                        "--strategy", "fallback", "--max-trials", "0", "-q", *regression)  # fmt: skip
+    assert code == 0, err
+    assert _cli("report", tmp_path / "a", "-o", tmp_path / "r.html")[0] == 0
+    page = (tmp_path / "r.html").read_text()
+    assert 'alt="INT8 vs FP32, lower is better (0 = identical): relative_error; model file size' in page
+    assert "1 = identical" not in page
+
+
+def test_report_of_an_fp32_package_says_it_is_an_unquantized_baseline(
+    sample: zoo.SampleModel, tmp_path: Path
+) -> None:
+    """It said `accuracy gate FAILED` and `? ... fused int8 kernels of onnxruntime ? on ?`."""
+    assert _cli("package", sample.model, "-o", tmp_path / "fp32")[0] == 0
+    code, _, err = _cli("report", tmp_path / "fp32", "-o", tmp_path / "r.html")
+    assert code == 0, err
+    page = (tmp_path / "r.html").read_text()
+    assert "precision<b>fp32</b>" in page and "verdict<b>unquantized baseline, no gate</b>" in page
+    assert "FAILED" not in page and "int8 kernels" not in page and "?" not in page
+
+
 def test_report_is_one_self_contained_html_file_with_plots(
     good_artifact: artifact.Artifact, tmp_path: Path
 ) -> None:
