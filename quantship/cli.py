@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import click
+from click.core import ParameterSource
 from rich.console import Console
 
 from quantship import __version__, artifact, scratch
@@ -436,6 +437,7 @@ def quantize(
         output=output_name,
         excluded_nodes=tuple(exclude),
     )
+    _check_quantize_options(config, click.get_current_context())
     key = artifact.load_private_key(sign_key) if sign_key else None
     progress = None if quiet else q.default_progress()
     result = q.run(
@@ -456,6 +458,45 @@ def quantize(
             f"(marked gate: failed){kept}"
         )
         sys.exit(1)
+
+
+_OPTION_OF_FIELD = {
+    "format": "quant_format",
+    "calibration": "calibration_method",
+    "activation_type": "activation_type",
+    "percentile": "percentile",
+    "num_bins": "num_bins",
+    "batch_size": "batch_size",
+    "matmul_const_b_only": "matmul_const_b_only",
+}
+"""quantize's parameter for each config field a recipe may leave unread."""
+
+
+def _check_quantize_options(config: q_config.QuantizeConfig, ctx: click.Context) -> None:
+    """Refuse options that cannot work together; name, once, those given that will not apply."""
+    from quantship.quantize.evaluate import METRICS
+
+    if problems := config.problems():
+        raise BadUsage(problems[0])
+    given = {name for name in ctx.params if ctx.get_parameter_source(name) is not ParameterSource.DEFAULT}
+    if "max_accuracy_delta" in given and (
+        config.threshold is not None
+        or (config.metric is not None and METRICS[config.metric].default_threshold is not None)
+    ):
+        why = "--threshold" if config.threshold is not None else f"--metric {config.metric}'s own default"
+        raise BadUsage(f"--max-accuracy-delta does not apply: the gate's limit is {why}")
+    unread = config.not_applied({field for field, param in _OPTION_OF_FIELD.items() if param in given})
+    if unread:
+        options = ", ".join(_option_name(ctx, _OPTION_OF_FIELD[field]) for field in unread)
+        stderr.print(
+            f"[yellow]warning:[/] ignored, {config.label()} does not use them: {options}",
+            highlight=False,
+            soft_wrap=True,
+        )
+
+
+def _option_name(ctx: click.Context, param: str) -> str:
+    return next(p.opts[0] for p in ctx.command.params if p.name == param)
 
 
 @main.command()

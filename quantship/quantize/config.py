@@ -49,6 +49,22 @@ _ORT_CALIBRATION = {
 }
 _ORT_TYPE = {Precision.INT8: QuantType.QInt8, Precision.UINT8: QuantType.QUInt8}
 
+MIN_NUM_BINS = {Calibration.ENTROPY: 128, Calibration.DISTRIBUTION: 512}
+"""The fewest histogram bins onnxruntime 1.32 calibrates with: entropy searches thresholds outward
+from its 128 quantized bins (fewer failed after the whole calibration, with numpy's 'negative
+dimensions are not allowed'), distribution refuses under 512."""
+STATIC_ONLY = (
+    "format",
+    "activation_type",
+    "calibration",
+    "percentile",
+    "num_bins",
+    "batch_size",
+    "matmul_const_b_only",
+)
+"""Fields dynamic quantization never reads: it has no calibration, its activations are uint8
+(quantized per request by DynamicQuantizeLinear) and its ops are MatMulInteger/ConvInteger."""
+
 
 @dataclass(frozen=True)
 class QuantizeConfig:
@@ -96,6 +112,24 @@ class QuantizeConfig:
     """Which model output the gate compares; None takes the first."""
     excluded_nodes: tuple[str, ...] = field(default_factory=tuple)
     """Nodes the user keeps in float from the start."""
+
+    def problems(self) -> list[str]:
+        """Settings that cannot work together, found before any calibration runs."""
+        least = MIN_NUM_BINS.get(self.calibration)
+        if least and self.num_bins is not None and self.num_bins < least:
+            return [
+                f"--num-bins {self.num_bins}: {self.calibration.value} calibration needs at least {least}"
+            ]
+        return []
+
+    def not_applied(self, given: set[str]) -> list[str]:
+        """Of the fields a user set (`given`), those this config never reads: for the user to hear."""
+        unread = set(STATIC_ONLY) if self.mode is Mode.DYNAMIC else set()
+        if self.calibration is not Calibration.PERCENTILE:
+            unread.add("percentile")
+        if self.calibration is Calibration.MINMAX:
+            unread.add("num_bins")
+        return [name for name in STATIC_ONLY if name in given and name in unread]
 
     def resolved(self, hardware: runtime.Hardware) -> QuantizeConfig:
         """The config with automatic choices made for this hardware."""
@@ -155,8 +189,13 @@ class QuantizeConfig:
         return " ".join(words)
 
     def to_json(self) -> dict[str, Any]:
+        """The settings that applied: a dynamic config's static-only fields are null, not the values
+        it was handed (a manifest said `calibration entropy, activation_type int8` for a model with
+        no calibration and uint8 activations)."""
         data = {k: (v.value if isinstance(v, enum.Enum) else v) for k, v in asdict(self).items()}
         data["excluded_nodes"] = list(self.excluded_nodes)
         data["calibration_params"] = self.calibration_params()
         data["extra_options"] = self.extra_options()
+        if self.mode is Mode.DYNAMIC:
+            data.update(dict.fromkeys((*STATIC_ONLY, "calibration_params")))
         return data

@@ -63,6 +63,8 @@ class MetricSpec:
     accuracy loss)."""
     needs_labels: bool = False
     needs_scores: bool = False
+    domain: tuple[float, float] = (0.0, 1.0)
+    """The values the metric can take: a threshold outside passes every model or none."""
 
 
 METRICS: dict[Metric, MetricSpec] = {
@@ -84,17 +86,28 @@ METRICS: dict[Metric, MetricSpec] = {
         needs_scores=True,
     ),
     Metric.KL_DIVERGENCE: MetricSpec(
-        Task.CLASSIFICATION, False, "mean KL(FP32 || INT8) of the softmax, in nats", 0.05, needs_scores=True
+        Task.CLASSIFICATION,
+        False,
+        "mean KL(FP32 || INT8) of the softmax, in nats",
+        0.05,
+        needs_scores=True,
+        domain=(0.0, math.inf),
     ),
     Metric.COSINE_AGREEMENT: MetricSpec(
         Task.EMBEDDING, True, "share of rows with cosine to FP32 at least the row tolerance"
     ),
-    Metric.COSINE_MEAN: MetricSpec(Task.EMBEDDING, True, "mean cosine similarity to FP32", 0.98),
-    Metric.COSINE_P5: MetricSpec(Task.EMBEDDING, True, "5th percentile of cosine similarity to FP32", 0.95),
+    Metric.COSINE_MEAN: MetricSpec(
+        Task.EMBEDDING, True, "mean cosine similarity to FP32", 0.98, domain=(-1.0, 1.0)
+    ),
+    Metric.COSINE_P5: MetricSpec(
+        Task.EMBEDDING, True, "5th percentile of cosine similarity to FP32", 0.95, domain=(-1.0, 1.0)
+    ),
     Metric.NN_AGREEMENT: MetricSpec(
         Task.EMBEDDING, True, "share of rows whose nearest neighbour in the set stays the same", 0.8
     ),
-    Metric.RELATIVE_ERROR: MetricSpec(Task.REGRESSION, False, "||INT8 - FP32|| / ||FP32|| of the output"),
+    Metric.RELATIVE_ERROR: MetricSpec(
+        Task.REGRESSION, False, "||INT8 - FP32|| / ||FP32|| of the output", domain=(0.0, math.inf)
+    ),
 }
 
 
@@ -132,6 +145,18 @@ def condition(metric: Metric, threshold: float) -> str:
         return f"{metric.value}: {loss_name(metric)} <= {threshold:.2%}"
     relation = ">=" if METRICS[metric].higher_is_better else "<="
     return f"{metric.value} {relation} {threshold:g}"
+
+
+def _check_in_domain(metric: Metric, threshold: float) -> None:
+    spec = METRICS[metric]
+    low, high = spec.domain
+    if low <= threshold <= high:
+        return
+    passes = "every" if (threshold < low) == spec.higher_is_better else "no"
+    span = f"at least {low:g}" if math.isinf(high) else f"between {low:g} and {high:g}"
+    raise QuantizeInputError(
+        f"--threshold {threshold:g}: {metric.value} is {span}, so the gate would pass {passes} model"
+    )
 
 
 @dataclass(frozen=True)
@@ -330,6 +355,8 @@ class Evaluator:
             raise QuantizeInputError(
                 f"--max-accuracy-delta must be a finite number, not {request.max_accuracy_delta}"
             )
+        if threshold is not None:
+            _check_in_domain(metric, threshold)
         if threshold is None:
             threshold = spec.default_threshold
         if threshold is None:

@@ -89,6 +89,8 @@ def run(
         if warn is not None:
             warn(message)
 
+    if problems := config.problems():
+        raise QuantizeInputError(problems[0])
     out = out.resolve()  # `current -> v3/`: the artifact judged below is v3, as write_artifact writes it
     _check_writable(out)
     artifact.restore_interrupted(out)  # before judging what is there (a failed gate must not replace it)

@@ -710,3 +710,65 @@ def test_nothing_is_written_inside_an_artifact(
     code, _, err = _cli(*WRITES_INTO[command](artifact_copy, sample))
     _assert_one_line_error(code, err, f"is inside the artifact {artifact_copy}")
     assert _cli("verify", artifact_copy)[0] == 0
+
+
+def _assert_usage_error(code: int, stderr: str, message: str) -> None:
+    assert code == 2, stderr  # ExitCode.USAGE
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], stderr
+
+
+def test_a_dynamic_manifest_records_only_settings_that_applied_and_says_which_were_ignored(
+    sample: zoo.SampleModel, tmp_path: Path
+) -> None:
+    """It recorded activation_type int8, calibration entropy, num_bins 300 and format QDQ for a
+    MatMulInteger model with uint8 activations and no calibration, and said nothing."""
+    code, _, err = _cli("quantize", sample.model, "-o", tmp_path / "a", "--evaluation", sample.evaluation,
+                        "--mode", "dynamic", "--activation-type", "int8", "--calibration-method", "entropy",
+                        "--num-bins", "300", "--format", "QDQ", "--weight-type", "int8", "-q")  # fmt: skip
+    assert code == 0, err
+    quantization = artifact.load_artifact(tmp_path / "a").quantization
+    assert quantization["mode"] == "dynamic" and quantization["weight_type"] == "int8"
+    for unused in ("format", "activation_type", "calibration", "num_bins", "calibration_params"):
+        assert quantization[unused] is None, unused
+    ignored = [line for line in err.splitlines() if line.startswith("warning: ignored")]
+    assert len(ignored) == 1, err
+    assert ignored[0].endswith(": --format, --activation-type, --calibration-method, --num-bins"), err
+
+
+@pytest.mark.parametrize(("method", "bins", "least"), [("entropy", "127", 128), ("distribution", "500", 512)])
+def test_too_few_histogram_bins_for_the_method_are_refused_before_calibrating(
+    sample: zoo.SampleModel, tmp_path: Path, method: str, bins: str, least: int
+) -> None:
+    """Entropy with 100 bins calibrated for minutes, then failed with numpy's 'negative dimensions'."""
+    code, _, err = _quantize(sample, tmp_path / "a", "--calibration-method", method, "--num-bins", bins)
+    _assert_usage_error(code, err, f"--num-bins {bins}: {method} calibration needs at least {least}")
+    assert not (tmp_path / "a").exists()
+
+
+@pytest.mark.parametrize(
+    ("gate", "verdict"),
+    [
+        (("--threshold", "-1"), "top1_accuracy is between 0 and 1, so the gate would pass no model"),
+        (("--threshold", "2"), "top1_accuracy is between 0 and 1, so the gate would pass every model"),
+        (("--metric", "top1_agreement", "--threshold", "-1"), "so the gate would pass every model"),
+        (("--metric", "kl_divergence", "--threshold", "-0.1"), "kl_divergence is at least 0"),
+    ],
+)
+def test_a_threshold_outside_the_metrics_range_is_refused(
+    sample: zoo.SampleModel, tmp_path: Path, gate: tuple[str, ...], verdict: str
+) -> None:
+    code, _, err = _quantize(sample, tmp_path / "a", *gate)
+    _assert_one_line_error(code, err, verdict)
+
+
+def test_max_accuracy_delta_with_a_metric_that_has_its_own_limit_is_refused(
+    sample: zoo.SampleModel, tmp_path: Path
+) -> None:
+    """kl_divergence gates at 0.05 nats: --max-accuracy-delta 0.01 was taken and never applied."""
+    code, _, err = _quantize(
+        sample, tmp_path / "a", "--metric", "kl_divergence", "--max-accuracy-delta", "0.01"
+    )
+    _assert_usage_error(
+        code, err, "--max-accuracy-delta does not apply: the gate's limit is --metric kl_divergence"
+    )
