@@ -7,6 +7,8 @@ calibration cache format; every fallback trial re-quantizes from that cache
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import signal
 import subprocess
@@ -151,9 +153,12 @@ def calibrate(
             # Histogram methods square large activations in float32 ("overflow encountered in
             # dot"); the ranges they pick are still checked by the gate.
             warnings.simplefilter("ignore", RuntimeWarning)
-            for chunk in dataset.chunks(batch_size):
-                calibrator.collect_data(CalibrationReader(chunk, batch_size, on_batch))
-            ranges = calibrator.compute_data()
+            # Histogram calibrators print() per batch ("Collecting tensor data and making histogram
+            # ...", "Finding optimal threshold ..."): noise on stdout, mixed into the summary table.
+            with contextlib.redirect_stdout(io.StringIO()):
+                for chunk in dataset.chunks(batch_size):
+                    calibrator.collect_data(CalibrationReader(chunk, batch_size, on_batch))
+                ranges = calibrator.compute_data()
     except ValueError as exc:
         raise CalibrationFailed(
             f"{config.calibration.value} calibration failed on {dataset.source}: {first_line(exc)}"

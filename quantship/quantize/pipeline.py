@@ -114,10 +114,11 @@ def run(
             note(f"onnxruntime's quant_pre_process was {pre_processed}; quantizing the model as given")
 
         gate = evaluator.gate
-        progress.console.print(
-            f"gate: {gate.describe()} on {evalset.size} samples "
-            f"({evaluator.task.value}: {evaluator.task_reason}; {gate.reason})"
-        )
+        if not progress.disable:  # -q: the summary table alone on stdout
+            progress.console.print(
+                f"gate: {gate.describe()} on {evalset.size} samples "
+                f"({evaluator.task.value}: {evaluator.task_reason}; {gate.reason})"
+            )
         batch = data.calibration_batch_size(calib, config.batch_size, inputs) if calib is not None else 1
         calibrations = workbench.Calibrations(prepared, calib, batch, tmp, progress)
         bench = workbench.Workbench(

@@ -772,3 +772,15 @@ def test_max_accuracy_delta_with_a_metric_that_has_its_own_limit_is_refused(
     _assert_usage_error(
         code, err, "--max-accuracy-delta does not apply: the gate's limit is --metric kl_divergence"
     )
+
+
+def test_quiet_prints_the_summary_alone_even_with_a_histogram_calibration(
+    sample: zoo.SampleModel, tmp_path: Path
+) -> None:
+    """-q printed onnxruntime's 'Collecting tensor data and making histogram ...' once a batch,
+    'Finding optimal threshold ...' and the gate line, mixed into the summary table."""
+    code, out, err = _quantize(sample, tmp_path / "a", "--calibration-method", "entropy", "--max-trials", "0")
+    assert code in (0, 1), err
+    assert "Collecting tensor data" not in out and "optimal threshold" not in out
+    assert "gate:" not in out
+    assert out.lstrip().startswith("quantization summary"), out[:200]
