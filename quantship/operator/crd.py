@@ -638,6 +638,14 @@ def status_schema() -> dict[str, Any]:
                 {
                     "uri": {"type": "string"},
                     "job": {"type": "string"},
+                    "target": {
+                        "type": "string",
+                        "description": "The spec.quantize.target.uri it was published to.",
+                    },
+                    "pullSecret": {
+                        "type": "string",
+                        "description": "That target's pullSecret: the servers fetch the artifact with it.",
+                    },
                     "int8Flags": {
                         "type": "array",
                         "items": {"type": "string"},

@@ -328,6 +328,17 @@ class Outcome:
     """The Job of the section this one replaced: deleted, or (a Warning) left running."""
 
 
+def published(uri: str, job_id: str, quantize: QuantizeSpec) -> dict[str, Any]:
+    """status.quantizedArtifact of a passing Job: its artifact, with the target it was published to
+    and that target's pull secret. The servers fetch it with that secret until another Job passes,
+    whatever spec.quantize.target says meanwhile (a new target's secret may not read the old
+    registry)."""
+    produced: dict[str, Any] = {"uri": uri, "job": job_id, "target": quantize.target}
+    if quantize.pull_secret:
+        produced["pullSecret"] = quantize.pull_secret
+    return produced
+
+
 async def _owned_job(
     kube: Kube, body: Mapping[str, Any], job_id: str, section_hash: str
 ) -> dict[str, Any] | None:
@@ -449,7 +460,7 @@ async def step(kube: Kube, body: Mapping[str, Any], now: float) -> Outcome:
         return Outcome(done, produced, None if found else (GATE_FAILED, done["message"], True))
     done.update(state=PASSED, artifact=result.artifact)
     done["message"] = f"accuracy gate passed: {result.describe()}; {result.artifact} becomes the canary"
-    produced = {"uri": result.artifact, "job": job_id}
+    produced = published(str(result.artifact), job_id, quantize)
     if result.int8_flags is not None:  # for spec.placement.matchGateHardware
         produced["int8Flags"] = list(result.int8_flags)
     return Outcome(done, produced, None if found else ("GatePassed", done["message"], False))

@@ -189,13 +189,17 @@ def _check_names(name: str, spec: Mapping[str, Any]) -> None:
 def served_artifact(spec: dict[str, Any], status: Mapping[str, Any]) -> dict[str, Any]:
     """`spec` with the artifact the servers run: while spec.quantize is set and one of its Jobs
     passed the gate (status.quantizedArtifact), that Job's artifact replaces spec.artifact, with
-    the target's pull secret; its Job's name is part of the revision (a pvc:// path or oci:// tag
-    may be reused)."""
+    the pull secret of the target it was published to (not the section's now: an edited target
+    is a new Job, and until it passes the artifact serves as before); its Job's name is part of
+    the revision (a pvc:// path or oci:// tag may be reused)."""
     produced = status.get("quantizedArtifact")
     if not spec.get("quantize") or not produced:
         return spec
     artifact = {"uri": produced["uri"], "job": produced["job"]}
-    pull_secret = (spec["quantize"].get("target") or {}).get("pullSecret")
+    if "target" in produced:
+        pull_secret = produced.get("pullSecret")
+    else:  # recorded by an older operator, which kept no target: the section's secret, as it did
+        pull_secret = (spec["quantize"].get("target") or {}).get("pullSecret")
     if pull_secret:
         artifact["pullSecret"] = pull_secret
     if spec["artifact"].get("publicKeySecret"):

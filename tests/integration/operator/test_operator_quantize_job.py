@@ -175,7 +175,12 @@ async def test_a_quantize_section_runs_a_job_whose_passing_artifact_becomes_the_
     progressing = await phase_is(kubectl, "Progressing")
     canary = progressing["canaryRevision"]
     assert canary and canary != FIRST
-    assert progressing["quantizedArtifact"] == {"uri": PRODUCED, "job": name}
+    assert progressing["quantizedArtifact"] == {
+        "uri": PRODUCED,
+        "job": name,
+        "target": TARGET,
+        "pullSecret": "registry",
+    }
     assert progressing["quantize"]["state"] == "Passed"
     assert (progressing["quantize"]["metric"], progressing["quantize"]["value"]) == ("top1_agreement", 1.0)
     deployment = await eventually(
@@ -462,6 +467,45 @@ async def test_a_section_reverted_to_follows_its_job_and_says_no_job_was_created
     assert len(events(kubectl, "QuantizeJobCreated")) == 2, "no Job was created"
     assert len(events(kubectl, "QuantizeJobFailed")) == 1, "its old outcome is no news"
     assert "found" not in status_of(kubectl)["quantize"]
+
+
+async def test_a_promoted_artifact_keeps_its_pull_secret_when_the_target_moves(
+    kubectl: Kubectl, api: client.ApiClient, start_operator: StartOperator
+) -> None:
+    """The artifact serves with the credentials of the registry it was pushed to. Moving the target
+    to another registry (with its own push secret) runs a new Job; it gave the old artifact the
+    new secret, which is a new revision: a canary whose fetch the old registry refuses (401)."""
+    await start_operator(ScriptedMetrics())
+    await serving(kubectl)
+    name = (await quantizing(kubectl))["metadata"]["name"]
+    verdict = Verdict(passed=True, metric="top1_agreement", value=1.0, threshold=0.99, artifact=PRODUCED)
+    await finish(api, name, exit_code=0, message=json.dumps(verdict.to_json()))
+    canary = (await phase_is(kubectl, "Progressing"))["canaryRevision"]
+    await eventually(lambda: kubectl.deployment(f"digits-{canary}"), what="the canary Deployment")
+    await kubectl.make_ready(f"digits-{canary}", 1)
+    await phase_is(kubectl, "Promoted")
+
+    moved = {**QUANTIZE, "target": {"uri": "oci://other.example.com/ml/digits:int8", "pullSecret": "other"}}
+    await kubectl.patch({"spec": {"quantize": moved}})
+    expected = quantization.QuantizeSpec.from_spec({"quantize": moved})
+    assert expected is not None
+    await eventually(
+        lambda: status_of(kubectl).get("quantize", {}).get("hash") == expected.hash, what="the new Job"
+    )
+
+    status = status_of(kubectl)
+    assert (status["phase"], status["stableRevision"], status.get("canaryRevision")) == (
+        "Promoted",
+        canary,
+        None,
+    ), "no canary until the new Job passes"
+    assert status["quantizedArtifact"]["pullSecret"] == "registry"
+    stable = kubectl.deployment(f"digits-{canary}")
+    assert stable is not None
+    secrets = [
+        v["secret"]["secretName"] for v in stable["spec"]["template"]["spec"]["volumes"] if "secret" in v
+    ]
+    assert secrets == ["registry"]
 
 
 @pytest.mark.parametrize("change", ["changed", "removed"])
