@@ -146,6 +146,9 @@ REFERENCE_PATTERN = rf"{_REGISTRY}/{_COMPONENT}(/{_COMPONENT})*(:{_TAG})?(@sha25
 them (RE2 too: the CRD's pattern holds it). Anything looser is ambiguous: oras reads the registry
 as the first part that looks like a host, anywhere in the reference, so `reg/x//evil:1/y:t` sent
 the credentials for `reg` to `evil`."""
+PUSH_REFERENCE_PATTERN = rf"{_REGISTRY}/{_COMPONENT}(/{_COMPONENT})*:{_TAG}"
+"""REGISTRY/REPO:TAG: what `push` writes to. A digest names content that exists, not a place to
+write (the registry decides the pushed manifest's digest)."""
 
 
 @dataclass(frozen=True)
@@ -241,12 +244,19 @@ def push(
 ) -> str:
     """Verify the artifact at `root` and push it to `uri` (a tag). Returns the pushed manifest's
     digest, to pin with oci://REGISTRY/REPO@DIGEST."""
-    reference = Reference.parse(uri)
-    if reference.digest:
-        raise OciError(f"push to a tag, not a digest: {uri}")
-    reference.container()  # where oras will send the files and the credentials
+    reference = push_reference(uri)
     with artifact.opened(root) as loaded:  # a .tar.gz unpacked for the push, removed after it
         return _push(loaded, root, reference, credentials, insecure, timeout)
+
+
+def push_reference(uri: str) -> Reference:
+    """`uri` read as a place `push` can write to: a tag, no digest, that oras reads as written.
+    Raises OciError; checks no registry."""
+    reference = Reference.parse(uri)
+    if reference.digest or not reference.tag:
+        raise OciError(f"push to a tag, not a digest: {uri} (oci://REGISTRY/REPO:TAG)")
+    reference.container()  # where oras will send the files and the credentials
+    return reference
 
 
 def _push(

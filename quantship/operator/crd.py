@@ -78,15 +78,15 @@ _IN_CLAIM = f"/({_SEGMENT}/)*{_NAMED}(/{_SEGMENT})*"
 """A path inside a claim: it names something below the claim, and never goes up out of it."""
 
 
-def uri_pattern(*schemes: str, in_claim: bool = False) -> str:
+def uri_pattern(*schemes: str, in_claim: bool = False, oci_reference: str = oci.REFERENCE_PATTERN) -> str:
     """URIs of these schemes; a pvc:// one names a claim that can exist and stays inside it
     (pvc://CLAIM[/PATH], no `..`), and with `in_claim` names a path in it (pvc://CLAIM/PATH, as a
-    quantize Job mounts it)."""
+    quantize Job mounts it); an oci:// one is an `oci_reference`."""
     others = "|".join(scheme for scheme in schemes if scheme not in ("pvc", "oci"))
     path = _IN_CLAIM if in_claim else f"(/{_SEGMENT})*"
     alternatives = [f"({others})://.+"] if others else []
     if "oci" in schemes:  # an ambiguous reference sent a registry's credentials elsewhere (oci.py)
-        alternatives.append(f"oci://{oci.REFERENCE_PATTERN}")
+        alternatives.append(f"oci://{oci_reference}")
     if "pvc" in schemes:
         alternatives.append(f"pvc://{names.SUBDOMAIN}{path}")
     return f"^({'|'.join(alternatives)})$"
@@ -252,7 +252,8 @@ GATE_METRICS = [
 """The choices of `quantship quantize` (quantship.quantize's enums; the operator does not import
 onnxruntime, so they are listed here and a test holds them equal)."""
 INPUT_URI_PATTERN = uri_pattern("file", "pvc", "http", "https", in_claim=True)
-TARGET_URI_PATTERN = uri_pattern("pvc", "oci", in_claim=True)
+TARGET_URI_PATTERN = uri_pattern("pvc", "oci", in_claim=True, oci_reference=oci.PUSH_REFERENCE_PATTERN)
+"""A target a Job can publish to: a path in a claim, or an oci:// tag (no digest: the Job pushes)."""
 PULL_SECRET_FOR_OCI = {
     "rule": "!has(self.pullSecret) || self.uri.startsWith('oci://')",
     "message": "quantize.target.pullSecret is for an oci:// target only",

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -73,10 +74,7 @@ class QuantizeSpec:
                 raise InvalidSpec(f"spec.quantize.{key} is required")
         target = dict(section["target"])
         uri = str(target.get("uri", ""))
-        if not uri.startswith(("pvc://", "oci://")):
-            raise InvalidSpec(
-                f"spec.quantize.target.uri {uri!r}: write pvc://CLAIM/PATH or oci://REGISTRY/REPO:TAG"
-            )
+        _check_target(uri)
         if target.get("pullSecret") and not uri.startswith("oci://"):
             raise InvalidSpec(PULL_SECRET_MESSAGE)
         digest = hashlib.sha256(json.dumps(section, sort_keys=True).encode()).hexdigest()[:10]
@@ -137,6 +135,17 @@ class QuantizeSpec:
 
 
 PULL_SECRET_MESSAGE = crd.PULL_SECRET_FOR_OCI["message"]
+
+
+def _check_target(uri: str) -> None:
+    """A target the CRD refuses, admitted before it did. A pvc:// one: `_claim_of` says what is
+    wrong with it (in the claim's words)."""
+    pushable = uri.startswith("oci://") and re.fullmatch(crd.TARGET_URI_PATTERN, uri)
+    if not (pushable or uri.startswith("pvc://")):
+        raise InvalidSpec(
+            f"spec.quantize.target.uri {uri!r}: write pvc://CLAIM/PATH or oci://REGISTRY/REPO:TAG "
+            "(a tag to push to, no digest)"
+        )
 
 
 def _claim_of(uri: str) -> str:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import glob
 import json
+import os
 import shutil
 import tempfile
 import time
@@ -174,6 +175,40 @@ def _sweep_publishes(dest: Path) -> None:
                 shutil.rmtree(leftover)
 
 
+def _target_dir(target: str, pvc_root: Path) -> Path:
+    """Where a pvc:// or file:// target's artifact goes."""
+    try:
+        dest = fetch.source_path(target, pvc_root)
+    except fetch.FetchError as exc:
+        raise JobError(str(exc)) from exc
+    if dest is None:
+        raise JobError(f"{target}: a target is pvc://, file:// or oci://")
+    if target.startswith("pvc://") and dest.parent == pvc_root:  # what is there would be replaced
+        raise JobError(f"{target}: a target is a path inside the claim, not the claim itself")
+    return dest
+
+
+def check_target(target: str, pvc_root: Path) -> None:
+    """Refuse a target the artifact could never be published to, before the inputs are fetched and
+    quantized (minutes of CPU, up to the Job's deadline): an oci:// one that is no tag, a folder
+    whose parent cannot be created or written (a read-only claim, a file in the way). The registry
+    itself is not asked: its answer may change by the time the push comes."""
+    if target.startswith(oci.SCHEME):
+        try:
+            oci.push_reference(target)
+        except oci.OciError as exc:
+            raise JobError(str(exc)) from exc
+        return
+    parent = _target_dir(target, pvc_root).parent
+    existing = parent  # creates nothing: a gate that fails publishes nothing, not even folders
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise JobError(f"{target}: {existing} is not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):  # a read-only claim, a folder not ours
+        raise JobError(f"{target}: cannot write to {existing}")
+
+
 def _publish(
     out: Path, target: str, pvc_root: Path, registry_config: Path | None, insecure: bool, timeout: float
 ) -> str:
@@ -185,14 +220,7 @@ def _publish(
             raise JobError(str(exc)) from exc
         reference = oci.Reference.parse(target)
         return f"oci://{reference.registry}/{reference.repository}@{digest}"
-    try:
-        dest = fetch.source_path(target, pvc_root)
-    except fetch.FetchError as exc:
-        raise JobError(str(exc)) from exc
-    if dest is None:
-        raise JobError(f"{target}: a target is pvc://, file:// or oci://")
-    if target.startswith("pvc://") and dest.parent == pvc_root:  # what is there would be replaced
-        raise JobError(f"{target}: a target is a path inside the claim, not the claim itself")
+    dest = _target_dir(target, pvc_root)
     dest.parent.mkdir(parents=True, exist_ok=True)
     _sweep_publishes(dest)
     scratch = Path(tempfile.mkdtemp(prefix=PUBLISH_PREFIX.format(dest.name), dir=dest.parent))
@@ -223,6 +251,7 @@ def run(
     """Fetch, quantize, publish when the gate passed; the verdict (or the error) goes to result_file.
     Raises JobError (or what quantize raises) after writing the error."""
     try:
+        check_target(target, pvc_root)
         workdir.mkdir(parents=True, exist_ok=True)
         model_path = _input(model, workdir, pvc_root, timeout)
         calibration_path = _input(calibration, workdir, pvc_root, timeout)

@@ -30,6 +30,7 @@ from test_operator_gateway_and_rbac import permission_of
 from quantship.operator import crd, permissions, quantization
 from quantship.operator.kube import MERGE_PATCH
 from quantship.operator.quantize_job import Verdict
+from quantship.operator.spec import InvalidSpec
 from quantship.quantize.evaluate import METRICS, Metric
 
 V1 = "https://models.example.com/digits-v1.tar.gz"
@@ -398,6 +399,13 @@ def test_a_quantize_section_is_admitted_with_its_defaults_and_reads_into_the_sam
         ({"target": {"uri": "pvc://models/"}}, "does not match"),
         ({"calibration": "pvc://datasets/../secrets/key"}, "does not match"),
         ({"evaluation": "pvc://datasets/digits/.."}, "does not match"),
+        # the Job pushes to a tag: without one, or to a digest, it fails after the whole quantization
+        ({"target": {"uri": "oci://registry.example.com/ml/digits"}}, "does not match"),
+        ({"target": {"uri": f"oci://registry.example.com/ml/digits@sha256:{'ab' * 32}"}}, "does not match"),
+        (
+            {"target": {"uri": f"oci://registry.example.com/ml/digits:int8@sha256:{'ab' * 32}"}},
+            "does not match",
+        ),
     ],
 )
 def test_a_quantize_section_that_cannot_work_is_refused_by_the_api_server(
@@ -405,6 +413,13 @@ def test_a_quantize_section_that_cannot_work_is_refused_by_the_api_server(
 ) -> None:
     _, errors = rules.admit(crd.schema(), resource({**QUANTIZE, **change}))
     assert len(errors) == 1 and complaint in errors[0], errors
+
+
+@pytest.mark.parametrize("tail", ["", f"@sha256:{'ab' * 32}", f":int8@sha256:{'ab' * 32}"])
+def test_an_oci_target_admitted_before_it_needed_a_tag_is_an_invalid_spec(tail: str) -> None:
+    uri = f"oci://registry.example.com/ml/digits{tail}"
+    with pytest.raises(InvalidSpec, match="a tag to push to, no digest"):
+        quantization.QuantizeSpec.from_spec({"quantize": {**QUANTIZE, "target": {"uri": uri}}})
 
 
 def test_a_missing_input_is_refused_by_the_api_server() -> None:

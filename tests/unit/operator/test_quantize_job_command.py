@@ -116,6 +116,34 @@ def test_an_input_that_cannot_be_read_exits_3_and_says_why_in_the_termination_me
     assert not (tmp_path / "pvc").exists()
 
 
+@pytest.mark.parametrize(
+    "target",
+    [
+        "oci://127.0.0.1:9/ml/digits",
+        f"oci://127.0.0.1:9/ml/digits@sha256:{'ab' * 32}",
+        f"oci://127.0.0.1:9/ml/digits:int8@sha256:{'ab' * 32}",
+        "pvc://models/in-the-way/int8",  # a file where the folder goes
+    ],
+)
+def test_a_target_that_cannot_be_published_to_is_refused_before_anything_is_fetched_or_quantized(
+    sample: zoo.SampleModel, tmp_path: Path, target: str
+) -> None:
+    """The Job found out at the push, after the whole quantization (up to its deadline of CPU)."""
+    (tmp_path / "pvc" / "models").mkdir(parents=True)
+    (tmp_path / "pvc" / "models" / "in-the-way").write_text("a file")
+    command = spec(sample).command("digits")
+    command[command.index("--target") + 1] = target
+    command[command.index("--model") + 1] = f"file://{tmp_path}/missing.onnx"  # never looked at
+
+    done, result = run_job(command, tmp_path)
+
+    assert done.returncode == 3
+    said = read_result(result.read_text())
+    assert isinstance(said, str) and target in said, said
+    assert "missing.onnx" not in said
+    assert not (tmp_path / "work" / "artifact").exists(), "nothing quantized"
+
+
 def test_the_crds_quantize_choices_are_the_quantize_commands() -> None:
     options = crd.spec_schema()["properties"]["quantize"]["properties"]["options"]["properties"]
     assert options["mode"]["enum"] == [m.value for m in q_config.Mode]
