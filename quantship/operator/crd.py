@@ -623,8 +623,8 @@ def status_schema() -> dict[str, Any]:
                     "found": {
                         "type": "boolean",
                         "nullable": True,
-                        "description": "The Job was there already (the section was reverted to): its "
-                        "outcome is recorded without an event.",
+                        "description": "The Job was there already, finished (the section was reverted to): "
+                        "its outcome is recorded without an event.",
                     },
                     "rolloutPhase": {
                         **nullable_string,

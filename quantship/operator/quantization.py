@@ -389,6 +389,14 @@ async def _cancel_superseded(
     return ("QuantizeJobCancelled", f"Job {job_id} of the previous section was cancelled", False)
 
 
+async def _finished_already(kube: Kube, namespace: str, job_id: str) -> bool:
+    """Whether the Job of this name, there before we created it, had finished: a section reverted to,
+    whose outcome is old news. One still running is the Job this operator created on a tick whose
+    status write was lost (or its own, left running when the section changed): its verdict is news."""
+    existing = await kube.get_job(namespace, job_id)
+    return existing is not None and finished(existing) is not None
+
+
 async def step(kube: Kube, body: Mapping[str, Any], now: float) -> Outcome:
     """What spec.quantize asks of this tick (see the module docstring). Raises InvalidSpec and
     PortError; the status is then left as it was."""
@@ -406,21 +414,22 @@ async def step(kube: Kube, body: Mapping[str, Any], now: float) -> Outcome:
         created = await kube.create_job(
             namespace, job(quantize, name=name, namespace=namespace, image=image, owner=body)
         )
+        found = not created and await _finished_already(kube, namespace, job_id)
         message = f"Job {job_id} quantizes {quantize.model} into {quantize.output(name)}"
-        if not created:  # the section was reverted to, or removed and added again: its Job stands
+        if found:  # the section was reverted to, or removed and added again: its Job stands
             message = (
                 f"Job {job_id} of this section exists already: followed, not run again "
                 "(change the section to run another)"
             )
         cancelled = await _cancel_superseded(kube, body, previous)
         started: dict[str, Any] = {"job": job_id, "hash": quantize.hash, "state": RUNNING, "message": message}
-        if not created:
+        if found:
             started["found"] = True  # its outcome, read next, is recorded without an event: no news
         started["startedAt"] = to_timestamp(now)
         return Outcome(
             started,
             produced,
-            ("QuantizeJobCreated" if created else "QuantizeJobFound", message, False),
+            ("QuantizeJobFound" if found else "QuantizeJobCreated", message, False),
             cancelled,
         )
     if previous.get("state") != RUNNING:

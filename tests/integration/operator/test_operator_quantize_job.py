@@ -523,6 +523,43 @@ async def test_a_promoted_artifact_keeps_its_pull_secret_when_the_target_moves(
     assert secrets == ["registry"]
 
 
+async def test_a_job_whose_status_write_was_lost_is_followed_as_the_one_just_created(
+    cluster: Cluster, kubectl: Kubectl, api: client.ApiClient, start_operator: StartOperator
+) -> None:
+    """The status write after the Job's creation fails once (an API blip, a restart between the two
+    calls): the next tick's create answers 409. It called its own new Job "found", a reverted-to
+    section's, and posted none of its verdict's events."""
+    await start_operator(ScriptedMetrics())
+    await serving(kubectl)
+    blipped: list[Any] = []
+
+    def first_quantize_status_write(request: Any) -> bool:
+        if request.headers.get("User-Agent") == TESTS_USER_AGENT or blipped:
+            return False
+        data = request.data if isinstance(request.data, dict) else {}
+        writing = request.method == "PATCH" and getattr(request.resource, "plural", None) == crd.PLURAL
+        if writing and "quantize" in (data.get("status") or {}):
+            blipped.append(request)
+            return True
+        return False
+
+    cluster.refuse(
+        first_quantize_status_write,
+        kmock.KubernetesError(status=503, reason="ServiceUnavailable", message="etcd blip"),
+    )
+    name = (await quantizing(kubectl))["metadata"]["name"]
+    running = await eventually(lambda: status_of(kubectl).get("quantize"), what="status.quantize")
+    assert blipped, "the first write was refused"
+    assert "found" not in running
+    assert running["message"].startswith(f"Job {name} quantizes ")
+    assert not events(kubectl, "QuantizeJobFound")
+    verdict = Verdict(passed=True, metric="top1_agreement", value=1.0, threshold=0.99, artifact=PRODUCED)
+    await finish(api, name, exit_code=0, message=json.dumps(verdict.to_json()))
+
+    await eventually(lambda: events(kubectl, "GatePassed"), what="the verdict's event")
+    assert len(events(kubectl, "QuantizeJobCreated")) == 1
+
+
 @pytest.mark.parametrize("change", ["changed", "removed"])
 async def test_a_job_whose_section_changes_or_goes_while_it_runs_is_deleted_with_its_pods(
     kubectl: Kubectl, start_operator: StartOperator, change: str
