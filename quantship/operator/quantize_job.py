@@ -15,7 +15,9 @@ from __future__ import annotations
 import contextlib
 import glob
 import json
+import math
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -26,7 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from quantship import artifact, oci
-from quantship.operator import fetch
+from quantship.operator import crd, fetch
 
 if TYPE_CHECKING:
     from quantship.quantize.evaluate import MetricSpec
@@ -97,25 +99,36 @@ def read_result(message: str) -> Verdict | str:
     if data.get("gate") not in ("passed", "failed"):
         return f"no verdict in the termination message: {message[:200]!r}"
 
-    def number(key: str) -> float | None:
-        value = data.get(key)
-        return float(value) if isinstance(value, int | float) else None
-
     passed = data["gate"] == "passed"
     produced = data.get("artifact")
-    if passed and not isinstance(produced, str):
-        return "the gate passed but the Job named no artifact"
+    if passed:
+        if not isinstance(produced, str):
+            return "the gate passed but the Job named no artifact"
+        if not re.fullmatch(crd.URI_PATTERN, produced):  # it goes into the servers' fetch command
+            return f"the gate passed but the Job named no artifact URI: {produced[:200]!r}"
     meaning, higher = data.get("meaning"), data.get("higherIsBetter")
     return Verdict(
         passed=passed,
         metric=str(data["metric"]) if data.get("metric") is not None else None,
-        value=number("value"),
-        threshold=number("threshold"),
+        value=_number(data.get("value")),
+        threshold=_number(data.get("threshold")),
         artifact=produced if passed else None,
         int8_flags=_flags(data.get("int8Flags")),
         meaning=meaning[:200] if isinstance(meaning, str) else None,
         higher_is_better=higher if isinstance(higher, bool) else None,
     )
+
+
+def _number(value: Any) -> float | None:
+    """A verdict's number, or None where it is none the status can hold: JSON reads 1e999 as inf
+    (which the status patch cannot write) and a 400-digit integer overflows a float."""
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
 
 
 def _metric_spec(metric: Any) -> MetricSpec | None:

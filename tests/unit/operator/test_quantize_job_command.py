@@ -144,6 +144,33 @@ def test_a_target_that_cannot_be_published_to_is_refused_before_anything_is_fetc
     assert not (tmp_path / "work" / "artifact").exists(), "nothing quantized"
 
 
+@pytest.mark.parametrize("number", ["1" + "0" * 400, "1e999", "-1e999"])
+def test_a_verdicts_number_the_status_cannot_hold_reads_as_none(number: str) -> None:
+    """A 400-digit integer raised OverflowError out of every tick; 1e999 became inf, which the status
+    patch cannot write as JSON."""
+    verdict = read_result(f'{{"gate": "failed", "metric": "x", "value": {number}, "threshold": {number}}}')
+    assert isinstance(verdict, Verdict)
+    assert (verdict.value, verdict.threshold) == (None, None)
+
+
+@pytest.mark.parametrize(
+    "produced",
+    [
+        "--insecure",  # a flag of the servers' fetch command
+        "ftp://models.example.com/digits",
+        "pvc://models/../secrets",
+        "oci://registry.example.com/x//evil.example.com:1/y:t",
+        "file:///models/a\nhttps://evil.example.com/b",
+    ],
+)
+def test_a_passed_verdict_whose_artifact_is_no_uri_the_crd_takes_is_malformed(produced: str) -> None:
+    """It goes into the servers' fetch command as spec.artifact.uri would, which the CRD checks."""
+    message = json.dumps(
+        {"gate": "passed", "metric": "x", "value": 1.0, "threshold": 0.9, "artifact": produced}
+    )
+    assert read_result(message) == f"the gate passed but the Job named no artifact URI: {produced!r}"
+
+
 def test_the_crds_quantize_choices_are_the_quantize_commands() -> None:
     options = crd.spec_schema()["properties"]["quantize"]["properties"]["options"]["properties"]
     assert options["mode"]["enum"] == [m.value for m in q_config.Mode]
