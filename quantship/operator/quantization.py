@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import signal
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -311,6 +312,29 @@ def pod_trouble(pods: list[dict[str, Any]]) -> str | None:
     return None
 
 
+def exit_status(pods: list[dict[str, Any]]) -> str | None:
+    """How the quantize container of the Job's last pod (not one the cluster took away) exited with
+    an error, for a Job without a verdict: a crash (a segfault: exit code 139, SIGSEGV) writes none.
+    Other reasons (OOMKilled) `pod_trouble` says."""
+    counted = [pod for pod in _by_age(pods) if not _disrupted(pod)]
+    for pod in counted[-1:]:
+        for container in (pod.get("status") or {}).get("containerStatuses") or []:
+            terminated = (container.get("state") or {}).get("terminated") or {}
+            code = terminated.get("exitCode")
+            if container.get("name") == CONTAINER and terminated.get("reason") == "Error" and code:
+                named = _signal_name(code)
+                return f"exit code {code}" + (f", {named}" if named else "")
+    return None
+
+
+def _signal_name(exit_code: int) -> str | None:
+    """The signal a shell-style exit code above 128 stands for (137: SIGKILL)."""
+    try:
+        return signal.Signals(int(exit_code) - 128).name if int(exit_code) > 128 else None
+    except ValueError:
+        return None
+
+
 def termination_message(pods: list[dict[str, Any]]) -> str | None:
     """The quantize container's termination message in the newest pod that has one."""
     for pod in reversed(_by_age(pods)):
@@ -461,7 +485,12 @@ async def step(kube: Kube, body: Mapping[str, Any], now: float) -> Outcome:
         why = next(
             (c.get("message") or c.get("reason") for c in conditions if c.get("type") == "Failed"), None
         )
-        result = f"{outcome.lower()} without a verdict" + (f": {why}" if why else "")
+        crashed = exit_status(pods)
+        result = (
+            f"{outcome.lower()} without a verdict"
+            + (f": {why}" if why else "")
+            + (f" (its container: {crashed})" if crashed else "")
+        )
     else:
         result = read_result(text)
     if isinstance(result, str):

@@ -271,6 +271,27 @@ async def test_a_job_that_fails_without_a_verdict_is_an_error_and_the_stable_ser
     assert await eventually(lambda: events(kubectl, "QuantizeJobFailed"), what="the QuantizeJobFailed event")
 
 
+async def test_a_job_that_crashed_without_a_verdict_says_its_exit_code_and_signal(
+    kubectl: Kubectl, api: client.ApiClient, start_operator: StartOperator
+) -> None:
+    """A segfault in a native library writes no verdict, and the kubelet's reason is a bare Error:
+    the message said only "failed without a verdict"."""
+    await start_operator(ScriptedMetrics())
+    await serving(kubectl)
+    name = (await quantizing(kubectl))["metadata"]["name"]
+    await finish(api, name, exit_code=139, message="")
+
+    errored = await eventually(
+        lambda: (
+            status_of(kubectl) if status_of(kubectl).get("quantize", {}).get("state") == "Error" else None
+        ),
+        what="state Error",
+    )
+    assert errored["quantize"]["message"] == (
+        f"Job {name} failed: failed without a verdict (its container: exit code 139, SIGSEGV)"
+    )
+
+
 async def test_a_job_killed_for_its_memory_says_so(
     kubectl: Kubectl, api: client.ApiClient, start_operator: StartOperator
 ) -> None:
