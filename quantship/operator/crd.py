@@ -620,6 +620,11 @@ def status_schema() -> dict[str, Any]:
                     "message": {"type": "string"},
                     "startedAt": nullable_string,
                     "finishedAt": nullable_string,
+                    "waiting": {
+                        **nullable_string,
+                        "description": "Why the running Job's pod has not started (ImagePullBackOff, "
+                        "Unschedulable, CreateContainerConfigError); the message has the details.",
+                    },
                     "found": {
                         "type": "boolean",
                         "nullable": True,

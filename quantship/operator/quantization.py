@@ -312,6 +312,29 @@ def pod_trouble(pods: list[dict[str, Any]]) -> str | None:
     return None
 
 
+_STARTING = ("ContainerCreating", "PodInitializing")
+"""A container's waiting reasons on its way to start: not trouble."""
+_MAX_WAITING_MESSAGE = 300
+"""Characters of the kubelet's or the scheduler's message kept (an image pull's can be long)."""
+
+
+def pod_waiting(pods: list[dict[str, Any]]) -> tuple[str, str] | None:
+    """Why the Job's newest pod has not started, as the scheduler (PodScheduled False:
+    Unschedulable, a claim that does not exist) or the kubelet (the quantize container waiting:
+    ImagePullBackOff, CreateContainerConfigError for a missing Secret) says: (reason, message)."""
+    for pod in _by_age(pods)[-1:]:
+        status = pod.get("status") or {}
+        for condition in status.get("conditions") or []:
+            if condition.get("type") == "PodScheduled" and condition.get("status") == "False":
+                message = str(condition.get("message") or "")[:_MAX_WAITING_MESSAGE]
+                return str(condition.get("reason") or "Unschedulable"), message
+        for container in status.get("containerStatuses") or []:
+            waiting = (container.get("state") or {}).get("waiting") or {}
+            if container.get("name") == CONTAINER and waiting.get("reason") not in (None, *_STARTING):
+                return str(waiting["reason"]), str(waiting.get("message") or "")[:_MAX_WAITING_MESSAGE]
+    return None
+
+
 def exit_status(pods: list[dict[str, Any]]) -> str | None:
     """How the quantize container of the Job's last pod (not one the cluster took away) exited with
     an error, for a Job without a verdict: a crash (a segfault: exit code 139, SIGSEGV) writes none.
@@ -413,6 +436,33 @@ async def _cancel_superseded(
     return ("QuantizeJobCancelled", f"Job {job_id} of the previous section was cancelled", False)
 
 
+def _started_message(job_id: str, quantize: QuantizeSpec, name: str) -> str:
+    return f"Job {job_id} quantizes {quantize.model} into {quantize.output(name)}"
+
+
+def _while_running(
+    previous: dict[str, Any],
+    produced: dict[str, Any] | None,
+    waiting: tuple[str, str] | None,
+    started: str,
+) -> Outcome:
+    """A running Job whose pod has not started (an image that cannot be pulled, a Secret or claim
+    missing, no node fits) would read Running until its deadline: status.quantize says why (and
+    `waiting` the reason), and a Warning posts once per reason; once the pod starts, it says so no
+    more."""
+    reason = waiting[0] if waiting else None
+    if reason == previous.get("waiting"):
+        return Outcome(previous, produced)
+    if waiting is None:
+        return Outcome(
+            {**{k: v for k, v in previous.items() if k != "waiting"}, "message": started}, produced
+        )
+    said = f"Job {previous['job']} has not started: {reason}" + (f": {waiting[1]}" if waiting[1] else "")
+    return Outcome(
+        {**previous, "waiting": reason, "message": said}, produced, ("QuantizeJobNotStarted", said, True)
+    )
+
+
 async def _finished_already(kube: Kube, namespace: str, job_id: str) -> bool:
     """Whether the Job of this name, there before we created it, had finished: a section reverted to,
     whose outcome is old news. One still running is the Job this operator created on a tick whose
@@ -439,7 +489,7 @@ async def step(kube: Kube, body: Mapping[str, Any], now: float) -> Outcome:
             namespace, job(quantize, name=name, namespace=namespace, image=image, owner=body)
         )
         found = not created and await _finished_already(kube, namespace, job_id)
-        message = f"Job {job_id} quantizes {quantize.model} into {quantize.output(name)}"
+        message = _started_message(job_id, quantize, name)
         if found:  # the section was reverted to, or removed and added again: its Job stands
             message = (
                 f"Job {job_id} of this section exists already: followed, not run again "
@@ -473,11 +523,14 @@ async def step(kube: Kube, body: Mapping[str, Any], now: float) -> Outcome:
         )
         return Outcome(previous, produced)
     outcome = finished(current)
-    if outcome is None:
-        return Outcome(previous, produced)
     pods = await kube.job_pods(namespace, job_id)
+    if outcome is None:
+        return _while_running(previous, produced, pod_waiting(pods), _started_message(job_id, quantize, name))
     text = termination_message(pods)
-    done = {**{k: v for k, v in previous.items() if k != "found"}, "finishedAt": to_timestamp(now)}
+    done = {
+        **{k: v for k, v in previous.items() if k not in ("found", "waiting")},
+        "finishedAt": to_timestamp(now),
+    }
     found = bool(previous.get("found"))  # a reverted-to section's Job: its outcome is no news
     result: Verdict | str
     if text is None:
@@ -490,6 +543,8 @@ async def step(kube: Kube, body: Mapping[str, Any], now: float) -> Outcome:
             f"{outcome.lower()} without a verdict"
             + (f": {why}" if why else "")
             + (f" (its container: {crashed})" if crashed else "")
+            # the deadline came for a pod that never started (the Job controller deleted it)
+            + (f" (its pod never started: {previous['waiting']})" if previous.get("waiting") else "")
         )
     else:
         result = read_result(text)

@@ -292,6 +292,89 @@ async def test_a_job_that_crashed_without_a_verdict_says_its_exit_code_and_signa
     )
 
 
+async def test_a_job_whose_pod_never_starts_says_why_while_it_waits_and_when_its_deadline_comes(
+    cluster: Cluster, kubectl: Kubectl, api: client.ApiClient, start_operator: StartOperator
+) -> None:
+    """An image that cannot be pulled (a Secret or claim missing, no node that fits) read Running
+    with no event until activeDeadlineSeconds, and then failed without the reason."""
+    await start_operator(ScriptedMetrics())
+    await serving(kubectl)
+    name = (await quantizing(kubectl))["metadata"]["name"]
+    core = client.CoreV1Api(api)
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": f"{name}-x7k2p", "labels": {"job-name": name}},
+        "spec": {"containers": [{"name": quantization.CONTAINER, "image": "quantship"}]},
+    }
+    await core.create_namespaced_pod(NAMESPACE, pod)
+    pulling = {"reason": "ImagePullBackOff", "message": 'Back-off pulling image "ghcr.io/quantship/typo"'}
+    container = {
+        "name": quantization.CONTAINER,
+        "image": "quantship",
+        "imageID": "",
+        "ready": False,
+        "restartCount": 0,
+    }
+    await core.patch_namespaced_pod_status(
+        pod["metadata"]["name"],
+        NAMESPACE,
+        {"status": {"phase": "Pending", "containerStatuses": [{**container, "state": {"waiting": pulling}}]}},
+        _content_type=MERGE_PATCH,
+    )
+
+    said = f'Job {name} has not started: ImagePullBackOff: Back-off pulling image "ghcr.io/quantship/typo"'
+    (event,) = await eventually(lambda: events(kubectl, "QuantizeJobNotStarted"), what="the Warning")
+    assert (event["type"], event["message"]) == ("Warning", said)
+    waiting = status_of(kubectl)["quantize"]
+    assert (waiting["state"], waiting["waiting"], waiting["message"]) == ("Running", "ImagePullBackOff", said)
+
+    def pod_lists() -> int:
+        return sum(
+            1
+            for request in cluster
+            if request.headers.get("User-Agent") != TESTS_USER_AGENT
+            and request.method == "GET"
+            and getattr(request.resource, "plural", None) == "pods"
+        )
+
+    seen = pod_lists()
+    await eventually(lambda: pod_lists() >= seen + 3, what="three more ticks")
+    assert len(events(kubectl, "QuantizeJobNotStarted")) == 1, "once per reason, not every tick"
+
+    # the deadline: the Job controller deletes the pod and fails the Job
+    await core.delete_namespaced_pod(pod["metadata"]["name"], NAMESPACE)
+    await client.BatchV1Api(api).patch_namespaced_job_status(
+        name,
+        NAMESPACE,
+        {
+            "status": {
+                "failed": 1,
+                "conditions": [
+                    {
+                        "type": "Failed",
+                        "status": "True",
+                        "reason": "DeadlineExceeded",
+                        "message": "Job was active longer than specified deadline",
+                    }
+                ],
+            }
+        },
+        _content_type=MERGE_PATCH,
+    )
+    failed = await eventually(
+        lambda: (
+            status_of(kubectl)["quantize"] if status_of(kubectl)["quantize"]["state"] == "Error" else None
+        ),
+        what="state Error",
+    )
+    assert failed["message"] == (
+        f"Job {name} failed: failed without a verdict: Job was active longer than specified deadline "
+        "(its pod never started: ImagePullBackOff)"
+    )
+    assert "waiting" not in failed
+
+
 async def test_a_job_killed_for_its_memory_says_so(
     kubectl: Kubectl, api: client.ApiClient, start_operator: StartOperator
 ) -> None:

@@ -257,3 +257,42 @@ def test_what_befell_the_jobs_last_pod_is_said_not_an_eviction_it_ignored() -> N
 
     assert quantization.pod_trouble([killed, evicted]) == "container OOMKilled, exit code 137"
     assert quantization.pod_trouble([quiet, evicted]) is None, "the eviction did not count"
+
+
+def test_why_the_jobs_newest_pod_has_not_started_is_the_schedulers_or_the_kubelets_word() -> None:
+    unschedulable = {
+        "metadata": {"name": "digits-q-aa", "creationTimestamp": "2026-12-05T10:05:00Z"},
+        "status": {
+            "conditions": [
+                {"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": "0/3 nodes"}
+            ]
+        },
+    }
+    creating = {
+        "metadata": {"name": "digits-q-bb", "creationTimestamp": "2026-12-05T10:06:00Z"},
+        "status": {
+            "containerStatuses": [
+                {"name": quantization.CONTAINER, "state": {"waiting": {"reason": "ContainerCreating"}}}
+            ]
+        },
+    }
+    missing_secret = {
+        "metadata": {"name": "digits-q-cc", "creationTimestamp": "2026-12-05T10:07:00Z"},
+        "status": {
+            "containerStatuses": [
+                {
+                    "name": quantization.CONTAINER,
+                    "state": {
+                        "waiting": {"reason": "CreateContainerConfigError", "message": 'secret "s" not found'}
+                    },
+                }
+            ]
+        },
+    }
+
+    assert quantization.pod_waiting([unschedulable]) == ("Unschedulable", "0/3 nodes")
+    assert quantization.pod_waiting([unschedulable, creating]) is None, "the newest is on its way"
+    assert quantization.pod_waiting([missing_secret, creating]) == (
+        "CreateContainerConfigError",
+        'secret "s" not found',
+    )
