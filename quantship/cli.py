@@ -1060,6 +1060,8 @@ def fetch(
             registry_config=registry_config,
             **_given(pvc_root=pvc_root, max_bytes=max_bytes, timeout=timeout),
         )
+    except fetch_module.CrossHostRedirect as exc:
+        raise Refused(f"{exc}; or allow it with --cross-host-redirects") from exc
     except fetch_module.FetchError as exc:
         raise Refused(str(exc)) from exc
     signature = "signature valid" if public_key else ("signed" if loaded.signed else "unsigned")

@@ -31,6 +31,11 @@ class FetchError(Exception):
     """The artifact could not be fetched (bad URI, missing file, download failed)."""
 
 
+class CrossHostRedirect(FetchError):
+    """A download redirected to another host, which `cross_host_redirects` did not allow. Its
+    message names no flag: `quantship fetch` has one, the quantize Job and the CRD have none."""
+
+
 def source_path(uri: str, pvc_root: Path) -> Path | None:
     """The local path of a file:// or pvc:// URI; None for http(s)://."""
     try:
@@ -110,8 +115,8 @@ def _redirect(url: str, response: httpx.Response, origin: tuple[str, str, int | 
     if scheme not in ("http", "https") or (origin[0] == "https" and scheme != "https"):
         raise FetchError(f"{url}: redirected to {target}: refused (not http(s), or https downgraded)")
     if not cross and _origin(target) != origin:
-        raise FetchError(
-            f"{url}: redirected to another host ({target}): refused; allow with --cross-host-redirects"
+        raise CrossHostRedirect(
+            f"{url}: redirected to another host ({target}): refused (give the URL it redirects to)"
         )
     return target
 

@@ -12,6 +12,7 @@ import contextlib
 import gzip
 import http.server
 import io
+import json
 import signal
 import subprocess
 import sys
@@ -129,6 +130,29 @@ def test_a_redirect_to_another_host_is_refused(server: str, tmp_path: Path) -> N
     assert code == 3 and output.startswith("error: ")
     assert "redirected to another host (http://localhost:" in output and "--cross-host-redirects" in output
     assert nothing_installed(tmp_path / "out")
+
+
+def test_the_quantize_job_refuses_a_redirect_to_another_host_naming_no_flag_it_lacks(
+    server: str, tmp_path: Path
+) -> None:
+    """It said "allow with --cross-host-redirects", which neither quantize-job nor spec.quantize has
+    (quantize-job passed the flag on to `quantship quantize`)."""
+    result = CliRunner().invoke(
+        main,
+        [
+            "quantize-job", "--model", f"{server}/moved/model.onnx", "--calibration", "file:///nowhere.npz",
+            "--target", "pvc://models/digits", "--pvc-root", str(tmp_path / "pvc"),
+            "--workdir", str(tmp_path / "work"), "--result-file", str(tmp_path / "result"),
+        ],
+    )  # fmt: skip
+
+    assert result.exit_code == 3, result.output
+    verdict = json.loads((tmp_path / "result").read_text())
+    assert verdict["error"] == (
+        f"{server}/moved/model.onnx: redirected to another host ({server.replace('127.0.0.1', 'localhost')}"
+        "/model.onnx): refused (give the URL it redirects to)"
+    )
+    assert "--cross-host-redirects" not in result.output
 
 
 def test_a_redirect_to_another_host_is_followed_when_allowed(server: str, tmp_path: Path) -> None:
