@@ -254,6 +254,10 @@ onnxruntime, so they are listed here and a test holds them equal)."""
 INPUT_URI_PATTERN = uri_pattern("file", "pvc", "http", "https", in_claim=True)
 TARGET_URI_PATTERN = uri_pattern("pvc", "oci", in_claim=True, oci_reference=oci.PUSH_REFERENCE_PATTERN)
 """A target a Job can publish to: a path in a claim, or an oci:// tag (no digest: the Job pushes)."""
+ONE_GATE_LIMIT = {
+    "rule": "!has(self.threshold) || !has(self.maxAccuracyDelta)",
+    "message": "quantize.options: threshold or maxAccuracyDelta, not both (each sets the gate's limit)",
+}
 PULL_SECRET_FOR_OCI = {
     "rule": "!has(self.pullSecret) || self.uri.startsWith('oci://')",
     "message": "quantize.target.pullSecret is for an oci:// target only",
@@ -285,6 +289,7 @@ def _quantize_schema() -> dict[str, Any]:
             ),
             "maxTrials": _int("--max-trials: tuning trials after the first.", 0, 1000),
         },
+        **{"x-kubernetes-validations": [ONE_GATE_LIMIT]},
     )
     return _object(
         "Quantize an FP32 model in a Job (`quantship quantize-job`) whenever this changes. When its "

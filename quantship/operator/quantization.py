@@ -78,6 +78,9 @@ class QuantizeSpec:
         _check_target(uri)
         if target.get("pullSecret") and not uri.startswith("oci://"):
             raise InvalidSpec(PULL_SECRET_MESSAGE)
+        options = section.get("options") or {}
+        if "threshold" in options and "maxAccuracyDelta" in options:  # quantize refuses both (exit 2)
+            raise InvalidSpec(crd.ONE_GATE_LIMIT["message"])
         digest = hashlib.sha256(json.dumps(section, sort_keys=True).encode()).hexdigest()[:10]
         uris = [section["model"], section["calibration"], section.get("evaluation") or "", uri]
         claims: list[str] = []
@@ -93,7 +96,7 @@ class QuantizeSpec:
             target=uri,
             pull_secret=target.get("pullSecret"),
             signing_key_secret=section.get("signingKeySecret"),
-            options=dict(section.get("options") or {}),
+            options=dict(options),
             resources=_checked_resources(section.get("resources") or {}),
             active_deadline_seconds=int(section["activeDeadlineSeconds"]),
             hash=digest,

@@ -498,6 +498,11 @@ def test_a_quantize_section_is_admitted_with_its_defaults_and_reads_into_the_sam
         ({"model": "oci://registry.example.com/ml/fp32:1"}, "does not match"),
         ({"options": {"mode": "int4"}}, "'int4' is not one of"),
         ({"options": {"maxAccuracyDelta": 2}}, "greater than the maximum"),
+        # quantize refuses both (a usage error): the Job would fail at once
+        (
+            {"options": {"threshold": 0.9, "maxAccuracyDelta": 0.01}},
+            "threshold or maxAccuracyDelta, not both",
+        ),
         # the Job mounts the claim and reads or writes a path inside it
         ({"target": {"uri": "pvc://models"}}, "does not match"),
         ({"target": {"uri": "pvc://models/"}}, "does not match"),
@@ -524,6 +529,13 @@ def test_an_oci_target_admitted_before_it_needed_a_tag_is_an_invalid_spec(tail: 
     uri = f"oci://registry.example.com/ml/digits{tail}"
     with pytest.raises(InvalidSpec, match="a tag to push to, no digest"):
         quantization.QuantizeSpec.from_spec({"quantize": {**QUANTIZE, "target": {"uri": uri}}})
+
+
+def test_both_gate_limits_stored_before_the_rule_are_an_invalid_spec() -> None:
+    """quantize refuses --threshold with --max-accuracy-delta: the Job would fail at once, exit 2."""
+    options = {"threshold": 0.9, "maxAccuracyDelta": 0.01}
+    with pytest.raises(InvalidSpec, match="threshold or maxAccuracyDelta, not both"):
+        quantization.QuantizeSpec.from_spec({"quantize": {**QUANTIZE, "options": options}})
 
 
 def test_a_missing_input_is_refused_by_the_api_server() -> None:
