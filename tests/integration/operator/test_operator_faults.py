@@ -253,7 +253,8 @@ def gate_hardware(kubectl: Kubectl) -> dict[str, Any] | None:
 async def scheduled(api: client.ApiClient, revision_id: str, *, node: str | None, why: str = "") -> None:
     """The scheduler's word on a pod of the revision: placed on `node`, or unschedulable (`why`)."""
     name = f"digits-{revision_id}-5d8f9-abcde"
-    labels = {"app.kubernetes.io/instance": "digits", "model": "digits", "revision": revision_id}
+    deployment = await client.AppsV1Api(api).read_namespaced_deployment(f"digits-{revision_id}", NAMESPACE)
+    labels = deployment.spec.template.metadata.labels  # as its ReplicaSet labels its pods
     core = client.CoreV1Api(api)
     if not any(pod.metadata.name == name for pod in (await core.list_namespaced_pod(NAMESPACE)).items):
         body = {
