@@ -84,12 +84,20 @@ class ArtifactError(Exception):
 
 @dataclass(frozen=True)
 class ActivationRange:
-    """What one QuantizeLinear node of the served model can represent, and what calibration saw.
+    """What one quantized activation of the served model can represent, and what calibration saw.
 
-    Values of `tensor` more than half a step (`scale / 2`) outside [low, high] saturate; closer
-    ones only round. `activation_low/high` are the bounds of an activation (Relu, Clip) that
-    quantization folded into this range: values the activation would have removed anyway are
-    not clipping, so clip counters apply the activation first.
+    QDQ (and any QuantizeLinear reading a float tensor): `tensor` is the QuantizeLinear's float
+    input; its values more than half a step (`scale / 2`) outside [low, high] saturate, closer ones
+    only round. `activation_low/high` are the bounds of an activation (Relu, Clip) that quantization
+    folded into this range: values the activation would have removed anyway are not clipping, so
+    clip counters apply the activation first.
+
+    QOperator: a QLinear op (QLinearConv, QLinearMatMul, QGemm, ...) requantizes its output inside
+    its kernel, so no float tensor exists to look at. `tensor` is then the op's int8 output,
+    `requantized_by` its op type, `zero_point` the output's, and `float_tensor` the FP32 model's tensor
+    it stands for (calibrated, and binned for the drift baseline). Its values are read dequantized
+    (`as_float`) and one counts as clipped when its code is an end of the type (saturated), see
+    `count_clipped`.
     """
 
     tensor: str
@@ -100,13 +108,63 @@ class ActivationRange:
     calibrated_max: float | None = None
     activation_low: float | None = None
     activation_high: float | None = None
+    requantized_by: str | None = None
+    zero_point: int | None = None
+    float_tensor: str | None = None
+
+    def as_float(self, observed: np.ndarray) -> np.ndarray:
+        """`tensor`'s observed values in float: a QLinear op's int8 codes dequantized, others as they are."""
+        if self.requantized_by is None:
+            return observed
+        # float64, as `low`/`high` were computed: the end codes land on them exactly
+        return (observed.astype(np.float64) - (self.zero_point or 0)) * self.scale
+
+    def requantized(self, values: np.ndarray) -> np.ndarray:
+        """FP32 values of `float_tensor` as the QLinear op outputs them, dequantized: rounded to a code
+        (half to even, as QuantizeLinear) and saturated at the type's ends. Calibration histograms
+        bin these, so they compare with what `as_float` gives the server (a value past an end is
+        in the end bin on both sides, never in a histogram's underflow or overflow)."""
+        steps = np.rint(np.asarray(values, dtype=np.float64) / self.scale)
+        np.clip(steps, round(self.low / self.scale), round(self.high / self.scale), out=steps)
+        return steps * self.scale
 
     def count_clipped(self, values: np.ndarray) -> int:
-        """How many of `values` (this tensor, in float) the quantized graph saturates."""
+        """How many of `values` (this tensor, in float: `as_float`) the quantized graph saturates."""
+        if self.requantized_by is not None:
+            return self._count_saturated(values)
         if self.activation_low is not None or self.activation_high is not None:
             values = np.clip(values, self.activation_low, self.activation_high)
         half_step = self.scale / 2
         return int(np.count_nonzero((values < self.low - half_step) | (values > self.high + half_step)))
+
+    def _count_saturated(self, values: np.ndarray) -> int:
+        """A QLinear op's dequantized output: values at a counted end code (within half a step of
+        low or high, so exactly the end codes). The code only says the op's result reached the end,
+        so this also counts results that rounded there from up to half a step inside the bound."""
+        half_step = self.scale / 2
+        low, high = self.saturating_ends()
+        saturated = np.zeros(values.shape, dtype=bool)
+        if low:
+            saturated |= values <= self.low + half_step
+        if high:
+            saturated |= values >= self.high - half_step
+        return int(np.count_nonzero(saturated))
+
+    def saturating_ends(self) -> tuple[bool, bool]:
+        """Which end codes of a QLinear op's output count as clipping. Not an end that stands for 0:
+        the quantizer widens every range to include 0, so a range starting (or ending) at 0 is a
+        tensor calibrated never below (above) 0 (a Relu's, a Softmax's), and its end code holds the
+        zeros. Not an end within a step of the bound of a folded activation (Relu, Clip) or of the
+        op's own output (a Softmax's 1.0, which the quantizer's fixed scale 1/256 puts a step past
+        its last code): a code there is that bound, rounded, not a value cut off."""
+        half_step = self.scale / 2
+        low = abs(self.low) > half_step and (
+            self.activation_low is None or self.activation_low < self.low - self.scale
+        )
+        high = abs(self.high) > half_step and (
+            self.activation_high is None or self.activation_high > self.high + self.scale
+        )
+        return low, high
 
     def to_json(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if v is not None}
@@ -697,6 +755,8 @@ MANIFEST_SCHEMA: dict[str, Any] = {
                         ("calibrated_min", "calibrated_max", "activation_low", "activation_high"),
                         _MAYBE_NUMBER,
                     ),
+                    **{key: {"type": ["string", "null"]} for key in ("requantized_by", "float_tensor")},
+                    "zero_point": {"type": ["integer", "null"]},
                 },
             },
         },

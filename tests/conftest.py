@@ -10,6 +10,7 @@ from hypothesis import settings
 
 from quantship import artifact, zoo
 from quantship.quantize import QuantizeConfig, run
+from quantship.quantize.config import Format
 
 # Property tests draw the same examples on every run (a red CI is a bug, not a draw), keep no example
 # database in the tree, and set no deadline: a test server's first requests warm up and batch.
@@ -39,6 +40,22 @@ def skewed_artifact(sample: zoo.SampleModel, tmp_path_factory: pytest.TempPathFa
         sample.model,
         out,
         QuantizeConfig(),
+        calibration=sample.calibration_skewed,
+        evaluation=sample.evaluation,
+    ).artifact
+
+
+@pytest.fixture(scope="session")
+def qoperator_skewed_artifact(
+    sample: zoo.SampleModel, tmp_path_factory: pytest.TempPathFactory
+) -> artifact.Artifact:
+    """The skewed calibration in QOperator format: QLinear ops requantize every activation in their
+    kernels, and real traffic saturates their outputs."""
+    out = tmp_path_factory.mktemp("artifacts") / "digits-qoperator-skewed"
+    return run(
+        sample.model,
+        out,
+        QuantizeConfig(format=Format.QOPERATOR),
         calibration=sample.calibration_skewed,
         evaluation=sample.evaluation,
     ).artifact

@@ -4,7 +4,8 @@ The artifact keeps one `ActivationHistogram` per activation range, the baseline 
 compares production traffic with: clipping only sees values leaving the range, a histogram also
 sees a distribution that moved inside it. The values come from the FP32 model (the prepared one
 the quantizer calibrated), run over the calibration data with those tensors exposed as outputs,
-one batch at a time.
+one batch at a time. A QLinear op's output (QOperator) reaches the server only as int8 codes, so
+its FP32 values are binned as the op would output them (`ActivationRange.requantized`).
 """
 
 from __future__ import annotations
@@ -28,8 +29,9 @@ def calibration_histograms(
     tensors = {name for node in model.graph.node for name in node.output} | {
         i.name for i in model.graph.input
     }
-    # The quantizer renames a quantized graph output `y` to `y_QuantizeLinear_Input`: same values.
-    fp32_name = {r.tensor: r.tensor.removesuffix(_RENAMED_OUTPUT) for r in ranges}
+    # The quantizer renames a quantized graph output `y` to `y_QuantizeLinear_Input`: same values. A
+    # QLinear op's int8 output (QOperator) names the FP32 tensor it stands for.
+    fp32_name = {r.tensor: r.float_tensor or r.tensor.removesuffix(_RENAMED_OUTPUT) for r in ranges}
     wanted = [r for r in ranges if r.high > r.low and fp32_name[r.tensor] in tensors]
     if not wanted:
         return []
@@ -43,7 +45,10 @@ def calibration_histograms(
     for batch in dataset.batches(batch_size):
         outputs = dict(zip(names, session.run(names, batch), strict=True))
         for r in wanted:
-            counts, below, above = ActivationHistogram.bin(outputs[fp32_name[r.tensor]], r.low, r.high)
+            values = outputs[fp32_name[r.tensor]]
+            if r.requantized_by is not None:  # the server sees this tensor as the op's int8 codes
+                values = r.requantized(values)
+            counts, below, above = ActivationHistogram.bin(values, r.low, r.high)
             totals[r.tensor] = counts if not totals[r.tensor].size else totals[r.tensor] + counts
             under[r.tensor] += below
             over[r.tensor] += above

@@ -1,11 +1,18 @@
-"""The activation ranges a quantized model can represent, read from its QuantizeLinear nodes.
+"""The activation ranges a quantized model can represent, read from its QuantizeLinear nodes and,
+in a QOperator model, from the output scale and zero point of its QLinear ops.
 
 The server counts values outside these ranges (the clipped-activation SLI), so they must be the
 ranges the served graph really clamps to: scale * (qmin - zero_point) .. scale * (qmax - zero_point),
 not the raw calibration min/max (the quantizer widens those to include 0 and rounds them).
+
+A QOperator model quantizes only its float inputs with QuantizeLinear; every tensor after that is
+requantized inside a QLinear op's kernel (the output scale and zero point are the op's inputs), so
+its range belongs to the op's int8 output (`ActivationRange.requantized_by`).
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import numpy as np
 import onnx
@@ -17,40 +24,130 @@ from quantship.artifact import ActivationRange
 
 _SCALE_SUFFIX = "_scale"  # onnxruntime names a tensor's scale <tensor>_scale, after the tensor it calibrated
 
+OUTPUT_SCALE_INPUT = {
+    "QLinearConv": 6,
+    "QLinearConvTranspose": 6,
+    "QLinearMatMul": 6,
+    "QLinearAdd": 6,
+    "QLinearMul": 6,
+    "QGemm": 7,
+    "QLinearWhere": 7,
+    "QLinearSoftmax": 3,
+    "QLinearSigmoid": 3,
+    "QLinearLeakyRelu": 3,
+    "QLinearAveragePool": 3,
+    "QLinearGlobalAveragePool": 3,
+    "QLinearReduceMean": 3,
+    "QLinearConcat": 0,
+}
+"""Where each requantizing op of onnxruntime's QOperator format takes its output scale (the zero
+point follows it), from the ONNX and com.microsoft operator specifications. Int8 ops without one
+(MaxPool, Reshape, Transpose, ...) pass codes through on their input's scale: they cannot clip."""
+
+OUTPUT_BOUNDS = {"QLinearSoftmax": (0.0, 1.0), "QLinearSigmoid": (0.0, 1.0)}
+"""Ops whose output is bounded by what they compute: recorded as the range's activation bounds, so
+an end code that only stands for the bound (a sure prediction's 1.0) is not counted as clipping."""
+
 
 def activation_ranges(
     quantized: onnx.ModelProto, fp32: onnx.ModelProto, calibrated: TensorsData | None
 ) -> list[ActivationRange]:
-    constants = {init.name: numpy_helper.to_array(init) for init in quantized.graph.initializer}
-    fp32_producers = {out: node for node in fp32.graph.node for out in node.output}
-    producers = {out: node for node in quantized.graph.node for out in node.output}
+    graph = _Graphs(quantized, fp32, calibrated)
     ranges = []
     for node in quantized.graph.node:
-        if node.op_type != runtime.QUANTIZE or node.input[0] in constants:
-            continue  # weights are quantized once, offline; only activations can clip at run time
-        scale = constants.get(node.input[1])
-        zero_point = constants.get(node.input[2]) if len(node.input) > 2 else None
-        if scale is None or scale.size != 1:
+        if node.op_type == runtime.QUANTIZE and node.input[0] not in graph.constants:
+            # (weights are quantized once, offline; only activations can clip at run time)
+            found = _quantize_linear_range(node, graph)
+        elif node.op_type in OUTPUT_SCALE_INPUT:
+            found = _requantized_range(node, graph)
+        else:
             continue
-        qtype = zero_point.dtype if zero_point is not None else np.dtype(np.uint8)
-        zp = int(zero_point) if zero_point is not None else 0
-        info = np.iinfo(qtype)
-        meant = node.input[1].removesuffix(_SCALE_SUFFIX)
-        calibrated_min, calibrated_max = _calibrated(calibrated, meant)
-        activation = _folded_activation(producers.get(node.input[0]), fp32_producers.get(meant), fp32)
-        ranges.append(
-            ActivationRange(
-                tensor=node.input[0],
-                low=float(scale) * (info.min - zp),
-                high=float(scale) * (info.max - zp),
-                scale=float(scale),
-                calibrated_min=calibrated_min,
-                calibrated_max=calibrated_max,
-                activation_low=activation[0],
-                activation_high=activation[1],
-            )
-        )
+        if found is not None:
+            ranges.append(found)
     return ranges
+
+
+class _Graphs:
+    """What the range readers look up in the quantized and the FP32 graph."""
+
+    def __init__(self, quantized: onnx.ModelProto, fp32: onnx.ModelProto, calibrated: TensorsData | None):
+        self.fp32 = fp32
+        self.calibrated = calibrated
+        self.constants = {init.name: numpy_helper.to_array(init) for init in quantized.graph.initializer}
+        self.producers = {out: node for node in quantized.graph.node for out in node.output}
+        self.fp32_producers = {out: node for node in fp32.graph.node for out in node.output}
+        self.fp32_consumers: dict[str, list[onnx.NodeProto]] = {}
+        for node in fp32.graph.node:
+            for name in node.input:
+                self.fp32_consumers.setdefault(name, []).append(node)
+
+
+def _quantize_linear_range(node: onnx.NodeProto, graph: _Graphs) -> ActivationRange | None:
+    """A QuantizeLinear's float input: what the served graph quantizes, observed as it is."""
+    scale_name = node.input[1]
+    meant = scale_name.removesuffix(_SCALE_SUFFIX)
+    activation = _folded_activation(
+        graph.producers.get(node.input[0]), graph.fp32_producers.get(meant), graph.fp32
+    )
+    return _range(node.input[0], node, 1, graph, _calibrated(graph.calibrated, meant), activation)
+
+
+def _requantized_range(node: onnx.NodeProto, graph: _Graphs) -> ActivationRange | None:
+    """A QLinear op's int8 output (QOperator). Its scale is named after the FP32 tensor calibrated
+    for it; when a Relu/Clip followed that tensor and the quantizer fused it into the op (its output
+    is gone from the quantized graph), the op's output stands for the activation's output, and the
+    activation's bounds are the range's own ends, not clipping."""
+    at = OUTPUT_SCALE_INPUT[node.op_type]
+    if len(node.input) <= at or not node.input[at]:
+        return None  # a QGemm without an output scale returns float: nothing requantized
+    meant = node.input[at].removesuffix(_SCALE_SUFFIX)
+    fused = _fused_activation(meant, graph)
+    float_tensor = meant if fused is None else fused.output[0]
+    if fused is not None:
+        activation = _activation_bounds(fused, graph.fp32)
+    else:
+        activation = OUTPUT_BOUNDS.get(node.op_type, (None, None))
+    found = _range(node.output[0], node, at, graph, _calibrated(graph.calibrated, float_tensor), activation)
+    if found is None:
+        return None
+    return dataclasses.replace(found, requantized_by=node.op_type, float_tensor=float_tensor)
+
+
+def _range(
+    tensor: str,
+    node: onnx.NodeProto,
+    at: int,
+    graph: _Graphs,
+    calibrated: tuple[float | None, float | None],
+    activation: tuple[float | None, float | None],
+) -> ActivationRange | None:
+    """The range `node` quantizes `tensor` to, from its scale at input `at` and zero point after it."""
+    scale = graph.constants.get(node.input[at])
+    zero_point = graph.constants.get(node.input[at + 1]) if len(node.input) > at + 1 else None
+    if scale is None or scale.size != 1:
+        return None
+    qtype = zero_point.dtype if zero_point is not None else np.dtype(np.uint8)
+    zp = int(zero_point) if zero_point is not None else 0
+    info = np.iinfo(qtype)
+    return ActivationRange(
+        tensor=tensor,
+        low=float(scale) * (info.min - zp),
+        high=float(scale) * (info.max - zp),
+        scale=float(scale),
+        calibrated_min=calibrated[0],
+        calibrated_max=calibrated[1],
+        activation_low=activation[0],
+        activation_high=activation[1],
+        zero_point=zp if node.op_type != runtime.QUANTIZE else None,
+    )
+
+
+def _fused_activation(meant: str, graph: _Graphs) -> onnx.NodeProto | None:
+    """The FP32 Relu/Clip that alone read `meant` and is gone from the quantized graph."""
+    consumers = graph.fp32_consumers.get(meant, [])
+    if len(consumers) != 1 or consumers[0].op_type not in ("Relu", "Clip"):
+        return None
+    return None if consumers[0].output[0] in graph.producers else consumers[0]
 
 
 def _calibrated(calibrated: TensorsData | None, tensor: str) -> tuple[float | None, float | None]:
@@ -69,9 +166,16 @@ def _folded_activation(
         return None, None
     if producer is not None and producer.op_type == fp32_producer.op_type:
         return None, None  # the activation still runs
-    if fp32_producer.op_type == "Relu":
+    return _activation_bounds(fp32_producer, fp32)
+
+
+def _activation_bounds(
+    activation: onnx.NodeProto, fp32: onnx.ModelProto
+) -> tuple[float | None, float | None]:
+    """A Relu's or Clip's bounds (a Clip's from its constant min/max inputs)."""
+    if activation.op_type == "Relu":
         return 0.0, None
-    inputs = list(fp32_producer.input)
+    inputs = list(activation.input)
     constants = {
         init.name: float(numpy_helper.to_array(init))
         for init in fp32.graph.initializer

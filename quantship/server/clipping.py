@@ -10,6 +10,17 @@ their QDQ groups, so the observer runs the QDQ simulation: the values it sees ar
 the served graph quantizes, up to int8 rounding of earlier layers. An observed tensor without the
 batch dimension (a static BERT's position embeddings, gathered from a constant) comes whole to each
 request of a merged call (`Runner.run_batch`) and counts once a request, as its own call would.
+
+A QOperator model has a QuantizeLinear only where a float tensor enters int8 (its inputs); every
+other activation is requantized inside a QLinear op's kernel (QLinearConv, QLinearMatMul, QGemm,
+QLinearAdd, QLinearSoftmax, ...) and never exists in float. Its manifest ranges name those ops' int8
+outputs (`ActivationRange.requantized_by`), which the observer exposes like any tensor; the counter
+dequantizes them (`ActivationRange.as_float`) and counts a value as clipped when its code is an end
+of the int8 type, i.e. the kernel saturated it (`ActivationRange.count_clipped`; not an end that
+stands for 0 or for a folded Relu/Clip's bound, which hold ordinary values). A code at the end also
+holds results within half a step inside the bound, so this reads at most that band higher than QDQ's
+"more than half a step outside". Drift bins the dequantized values against the calibration histogram
+of the FP32 tensor the op's output stands for.
 """
 
 from __future__ import annotations
@@ -88,7 +99,7 @@ class ClipCounter:
             size = len(pairs) if self.drift is None else min(len(pairs), self.drift.room())
             chunk, pairs = pairs[:size], pairs[size:]
             for r in self.ranges:
-                requests = [_values(r.tensor, sample, observed) for sample, observed in chunk]
+                requests = [_values(r, sample, observed) for sample, observed in chunk]
                 seen, clipped = per_tensor.get(r.tensor, (0, 0))
                 per_tensor[r.tensor] = (
                     seen + sum(int(values.size) for values in requests),
@@ -112,10 +123,11 @@ JOIN_VALUES = 1 << 16
 megabytes a request are never copied."""
 
 
-def _values(tensor: str, sample: ClipSample, outputs: Mapping[str, np.ndarray]) -> np.ndarray:
-    """One request's `tensor`, flat: an observed output, or for a graph input, the request's own."""
-    observed = outputs.get(tensor)
-    return (sample.inputs[tensor] if observed is None else observed).reshape(-1)
+def _values(r: ActivationRange, sample: ClipSample, outputs: Mapping[str, np.ndarray]) -> np.ndarray:
+    """One request's `r.tensor` in float, flat: an observed output (a QLinear op's dequantized), or for
+    a graph input, the request's own."""
+    observed = outputs.get(r.tensor)
+    return r.as_float(sample.inputs[r.tensor] if observed is None else observed).reshape(-1)
 
 
 def _count_clipped(r: ActivationRange, requests: Sequence[np.ndarray]) -> int:

@@ -385,3 +385,44 @@ def test_histogram_bins_count_values_inside_and_outside_the_range() -> None:
     )
     assert (below, above) == (1, 1)
     assert counts.sum() == 4 and counts[0] == 1 and counts[-1] == 2 and len(counts) == artifact.HISTOGRAM_BINS
+
+
+def qlinear_outputs(model: onnx.ModelProto) -> dict[str, tuple[onnx.NodeProto, float, np.ndarray]]:
+    """Each requantizing op's int8 output with its op, output scale and zero point, found by
+    onnxruntime's naming (output `t_quantized`, scale `t_scale`, zero point `t_zero_point`), apart
+    from the op-by-op input positions quantship reads."""
+    constants = {init.name: onnx.numpy_helper.to_array(init) for init in model.graph.initializer}
+    found = {}
+    for node in model.graph.node:
+        if node.op_type.startswith("QLinear") or node.op_type == "QGemm":
+            stem = node.output[0].removesuffix("_quantized")
+            assert f"{stem}_scale" in node.input and f"{stem}_zero_point" in node.input, node.name
+            found[node.output[0]] = (node, float(constants[f"{stem}_scale"]), constants[f"{stem}_zero_point"])
+    return found
+
+
+def test_a_qoperator_artifact_has_the_range_and_histogram_of_every_qlinear_output(
+    qoperator_skewed_artifact: artifact.Artifact,
+) -> None:
+    model = onnx.load(str(qoperator_skewed_artifact.model_path))
+    outputs = qlinear_outputs(model)
+    # digits: 3 QLinearMatMul, 3 QLinearAdd (two with their Relu fused), 1 QLinearSoftmax
+    assert sorted(node.op_type for node, _, _ in outputs.values()) == ["QLinearAdd"] * 3 + [
+        "QLinearMatMul"
+    ] * 3 + ["QLinearSoftmax"]
+    ranges = {r.tensor: r for r in qoperator_skewed_artifact.activation_ranges}
+    assert set(ranges) == set(outputs) | {"cast_input"}  # and the graph input's QuantizeLinear
+    for tensor, (node, scale, zero_point) in outputs.items():
+        info = np.iinfo(zero_point.dtype)
+        r = ranges[tensor]
+        assert r.requantized_by == node.op_type and r.zero_point == int(zero_point)
+        assert r.scale == pytest.approx(scale)
+        assert r.low == pytest.approx(scale * (info.min - int(zero_point)))
+        assert r.high == pytest.approx(scale * (info.max - int(zero_point)))
+    fused = [r for r in ranges.values() if r.float_tensor in ("next_activations", "next_activations1")]
+    assert len(fused) == 2 and all(r.low == 0.0 and r.activation_low == 0.0 for r in fused)
+    histograms = {h.tensor: h for h in qoperator_skewed_artifact.activation_histograms}
+    assert set(histograms) == set(ranges)
+    for tensor, (_, _, _) in outputs.items():
+        h = histograms[tensor]
+        assert sum(h.counts) > 0 and h.underflow == h.overflow == 0  # the codes' values, never past an end

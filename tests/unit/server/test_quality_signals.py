@@ -323,3 +323,42 @@ def test_every_code_the_server_answers_with_is_counted_from_zero() -> None:
     requests = f"{slo.Metric.REQUESTS_TOTAL}"
     for code in ("200", "400", "404", "408", "413", "429", "499", "500", "503"):
         assert value(registry, requests, code=code) == 0, code
+
+
+def test_a_qoperator_model_counts_saturated_codes_of_every_qlinear_output(
+    qoperator_skewed_artifact: artifact.Artifact, sample: zoo.SampleModel
+) -> None:
+    """QOperator: the QLinear ops requantize in their kernels, so the clip SLI counts their outputs'
+    codes at an end of the type, computed here apart: from the ops' own zero points, a low end that
+    stands for 0 (a fused Relu's) and a Softmax's codes (bounded by 1) not counted."""
+    import onnx
+
+    images = np.load(sample.requests)[zoo.INPUT_NAME][:200]
+    registry = count_clips(qoperator_skewed_artifact, images, per_tensor=True)
+    model = onnx.load(str(qoperator_skewed_artifact.model_path))
+    constants = {init.name: onnx.numpy_helper.to_array(init) for init in model.graph.initializer}
+    qlinear = {n.output[0]: n for n in model.graph.node if n.op_type.startswith("QLinear")}
+    model.graph.output.extend(onnx.ValueInfoProto(name=name) for name in qlinear)
+    session = runtime.create_session(model.SerializeToString())
+    codes = dict(zip(qlinear, session.run(list(qlinear), {"X": images}), strict=True))
+    expected_total = 0
+    for tensor, node in qlinear.items():
+        zero_point = constants[tensor.removesuffix("_quantized") + "_zero_point"]
+        info = np.iinfo(zero_point.dtype)
+        saturated = 0
+        if node.op_type != "QLinearSoftmax":
+            saturated += int(np.count_nonzero(codes[tensor] == info.max))
+            if int(zero_point) != info.min:
+                saturated += int(np.count_nonzero(codes[tensor] == info.min))
+        observed = value(registry, "quantship_tensor_activations_observed_total", tensor=tensor)
+        assert observed == codes[tensor].size, tensor
+        assert value(registry, "quantship_tensor_activations_clipped_total", tensor=tensor) == saturated, (
+            tensor
+        )
+        expected_total += saturated
+    assert expected_total > 0  # the skewed calibration saturates real traffic: a comparison
+    inputs = value(registry, "quantship_tensor_activations_clipped_total", tensor="cast_input")
+    assert value(registry, "quantship_activations_clipped_total") == expected_total + inputs
+    # 64 inputs, 512 + 512 and 256 + 256 hidden values, 3 x 10 scores a row (the QDQ graph quantizes
+    # the probabilities twice: 4 x 10)
+    assert value(registry, "quantship_activations_observed_total") == 200 * (64 + 2 * 512 + 2 * 256 + 3 * 10)
