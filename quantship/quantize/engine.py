@@ -36,10 +36,23 @@ logging.getLogger().setLevel(max(logging.getLogger().level, logging.ERROR))
 QUANTIZABLE_OPS = sorted(set(QLinearOpsRegistry) | set(QDQRegistry))
 DYNAMIC_OPS = sorted(IntegerOpsRegistry)
 FOLLOWER_OPS = frozenset(
-    {"Relu", "Clip", "MaxPool", "Reshape", "Squeeze", "Unsqueeze", "Flatten", "Transpose", "Slice", "TopK"}
+    {
+        "Relu",
+        "Clip",
+        "MaxPool",
+        "Reshape",
+        "Squeeze",
+        "Unsqueeze",
+        "Flatten",
+        "Transpose",
+        "Slice",
+        "TopK",
+        "ArgMax",
+    }
 )
-"""Ops onnxruntime quantizes only when their input already is (Direct8BitOp, removable activations):
-alone, or after float ops, they stay float."""
+"""Ops onnxruntime quantizes only when their input already is (Direct8BitOp, removable activations,
+ArgMax on the int8 tensor): alone, or after float ops, they stay float. Leaving one in float keeps
+no range of its own out of the model, so the tuner does not try them."""
 FLOAT_TYPES = frozenset(
     {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16}
 )
@@ -207,26 +220,50 @@ def quantize(
     )
 
 
-def quantized_nodes(fp32: onnx.ModelProto, quantized: onnx.ModelProto, mode: Mode) -> list[onnx.NodeProto]:
+def quantized_nodes(
+    fp32: onnx.ModelProto, quantized: onnx.ModelProto, mode: Mode, format: Format
+) -> list[onnx.NodeProto]:
     """FP32 nodes the quantized model runs quantized, in graph order.
 
-    QDQ: the node reads a DequantizeLinear output. QOperator and dynamic: the node was replaced, so
-    its name is gone (quantized ops get new names derived from it); a float node that survived
-    under its own name with its own op type was not quantized.
+    The node was replaced (QOperator, dynamic: quantized ops get new names derived from it; QDQ:
+    a removed Relu or Clip was folded into its producer's range), or, in QDQ, it runs on
+    dequantized operands only, as onnxruntime fuses it into an int8 kernel. A node left in float
+    keeps its name and op type: in QOperator a float op after a quantized one reads a
+    DequantizeLinear output all the same, and in QDQ an excluded node still reads its producer's
+    Q/DQ pair but keeps its float weights.
     """
     q_nodes = {node.name: node for node in quantized.graph.node}
-    dq_outputs = {
-        out for node in quantized.graph.node if node.op_type == runtime.DEQUANTIZE for out in node.output
-    }
     candidates = DYNAMIC_OPS if mode is Mode.DYNAMIC else QUANTIZABLE_OPS
+    qdq = mode is Mode.STATIC and format is Format.QDQ
+    runs_dequantized = _runs_dequantized(fp32, quantized) if qdq else lambda _: False
     result = []
     for node in fp32.graph.node:
         if node.op_type not in candidates:
             continue
         twin = q_nodes.get(node.name)
-        if twin is None or twin.op_type != node.op_type or any(name in dq_outputs for name in twin.input):
+        if twin is None or twin.op_type != node.op_type or runs_dequantized(twin):
             result.append(node)
     return result
+
+
+def _runs_dequantized(fp32: onnx.ModelProto, quantized: onnx.ModelProto) -> Callable[[onnx.NodeProto], bool]:
+    """Whether a QDQ node reads a DequantizeLinear output and no other float tensor (a float
+    initializer is a weight left unquantized; a float activation is a producer left in float):
+    onnxruntime fuses only such a node into an int8 kernel."""
+    dq_outputs = {
+        out for node in quantized.graph.node if node.op_type == runtime.DEQUANTIZE for out in node.output
+    }
+    float_tensors = {init.name for init in quantized.graph.initializer if init.data_type in FLOAT_TYPES} | {
+        name for name, kind in _tensor_types(fp32).items() if kind in FLOAT_TYPES
+    }
+
+    def check(node: onnx.NodeProto) -> bool:
+        inputs = [name for name in node.input if name]
+        return any(name in dq_outputs for name in inputs) and not any(
+            name in float_tensors for name in inputs if name not in dq_outputs
+        )
+
+    return check
 
 
 def leading_quantizable_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:

@@ -66,7 +66,7 @@ class Workbench:
             )
             if key not in self._quantized:
                 self._quantized[key] = engine.quantized_nodes(
-                    self.prepared_model, onnx.load(str(candidate)), config.mode
+                    self.prepared_model, onnx.load(str(candidate)), config.mode, config.format
                 )
             result = self.evaluator.evaluate(candidate)
             rows = self.evaluator.fixed_batch or 1
@@ -81,7 +81,9 @@ class Workbench:
             # is a failed trial, not the end of the tuning.
             error, result = engine.first_line(exc), self.evaluator.failed()
             self.note(f"trial {number} ({key}) failed in onnxruntime: {error}")
-        quantized = len({n.name for n in self._quantized.get(key, [])} - set(excluded))
+        quantized = len(
+            {n.name for n in self._quantized.get(key, [])} - set(self.config.excluded_nodes + excluded)
+        )
         self.progress.advance(self._task)
         trial = tuner.Trial(
             number,
@@ -100,16 +102,26 @@ class Workbench:
         return trial
 
     def op_type_groups(self, recipe: QuantizeConfig) -> dict[str, tuple[str, ...]]:
-        """The nodes `recipe` quantized, by op type (stage 2)."""
+        """The nodes `recipe` quantized that the tuner may leave in float, by op type (stage 2)."""
         groups: dict[str, list[str]] = {}
-        for node in self._quantized.get(recipe.label(), []):
+        for node in self._fallback_candidates(recipe):
             groups.setdefault(node.op_type, []).append(node.name)
         return {op: tuple(names) for op, names in groups.items()}
 
     def ranking(self, recipe: QuantizeConfig) -> list[str]:
-        """The nodes `recipe` quantized, most sensitive first (stage 3)."""
-        candidates = [n.name for n in self._quantized.get(recipe.label(), [])]
+        """The nodes `recipe` quantized that the tuner may leave in float, most sensitive first (stage 3)."""
+        candidates = [n.name for n in self._fallback_candidates(recipe)]
         return sensitivity.rank_nodes(self.errors_for(recipe), candidates)
+
+    def _fallback_candidates(self, recipe: QuantizeConfig) -> list[onnx.NodeProto]:
+        """Quantized nodes with a range of their own: not one the user already left in float, not a
+        follower (engine.FOLLOWER_OPS), whose exclusion would only move its producer's range."""
+        excluded = set(self.config.excluded_nodes)
+        return [
+            node
+            for node in self._quantized.get(recipe.label(), [])
+            if node.name not in excluded and node.op_type not in engine.FOLLOWER_OPS
+        ]
 
     def errors_for(self, recipe: QuantizeConfig) -> list[sensitivity.TensorError]:
         """Per-tensor SQNR of `recipe`, measured once."""

@@ -19,6 +19,7 @@ from quantship.quantize import (
     QuantizeConfig,
     QuantizeInputError,
     Strategy,
+    engine,
     run,
 )
 from quantship.quantize.evaluate import Metric
@@ -121,6 +122,11 @@ def test_fallback_keeps_sensitive_nodes_in_float_until_the_gate_passes(
     assert result.gate_passed
     assert result.chosen.excluded, "some nodes stayed in float"
     assert result.chosen.quantized_nodes < trials[0].quantized_nodes
+    # Followers (Relu folded into the Add before it, ArgMax on the int8 softmax) have no range of
+    # their own: leaving them in float spends a trial on nothing.
+    op_types = {node.name: node.op_type for node in onnx.load(str(sample.model)).graph.node}
+    tried = {op_types[name] for trial in trials for name in trial.excluded}
+    assert tried and not tried & engine.FOLLOWER_OPS
     recorded = result.artifact.manifest["trials"]
     assert [t["number"] for t in recorded] == list(range(len(trials)))
     assert {t["recipe"] for t in recorded} == {trials[0].config.label()}
@@ -130,6 +136,28 @@ def test_fallback_keeps_sensitive_nodes_in_float_until_the_gate_passes(
     data = np.load(sample.evaluation)
     accuracy = float(np.mean(served.run(["label"], {"X": data["X"]})[0] == data["labels"]))
     assert accuracy == pytest.approx(result.chosen.evaluation.int8)
+
+
+def test_an_excluded_node_is_not_counted_as_quantized(
+    good_artifact: artifact.Artifact, sample: zoo.SampleModel, tmp_path: Path
+) -> None:
+    # In QDQ the excluded MatMul still reads its producer's Q/DQ pair; its weight stays float, and
+    # onnxruntime runs it in float.
+    result = run(
+        sample.model,
+        tmp_path / "a",
+        QuantizeConfig(excluded_nodes=("MatMul1",)),
+        calibration=sample.calibration,
+        evaluation=sample.evaluation,
+    )
+    assert result.chosen.config.label() == good_artifact.manifest["trials"][0]["recipe"]
+    assert result.artifact.manifest["model"]["quantized_nodes"] == (
+        good_artifact.manifest["model"]["quantized_nodes"] - 1
+    )
+    written = onnx.load(str(result.artifact.model_path))
+    counted = engine.quantized_nodes(onnx.load(str(sample.model)), written, Mode.STATIC, Format.QDQ)
+    assert "MatMul1" not in {node.name for node in counted}
+    assert runtime.fallback_ops(result.artifact.model_path) == {"MatMul": 1}
 
 
 def test_no_passing_trial_still_writes_a_best_effort_marked_failed(
