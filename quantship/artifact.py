@@ -38,6 +38,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from quantship import scratch
 
 FORMAT_VERSION = 1
+REQUANTIZED_FORMAT_VERSION = 2
+"""A manifest whose activation ranges include requantized outputs (a QOperator model's QLinear ops:
+int8 codes, `requantized_by` set). A server that predates them reads those codes as floats: it
+would count most values clipped and report a huge drift, so they are refused by version instead."""
+FORMAT_VERSIONS = (FORMAT_VERSION, REQUANTIZED_FORMAT_VERSION)
 MODEL_FILE = "model.onnx"
 REFERENCE_FILE = "reference.onnx"
 FP32_PRECISION = "fp32"
@@ -376,6 +381,13 @@ def _public_key_id(key: Ed25519PublicKey) -> str:
 # -- writing ----------------------------------------------------------------------------------
 
 
+def _format_version(manifest: Mapping[str, Any]) -> int:
+    """The oldest format that holds `manifest`: see REQUANTIZED_FORMAT_VERSION."""
+    ranges = manifest.get("activation_ranges") or []
+    requantized = any(isinstance(r, Mapping) and r.get("requantized_by") for r in ranges)
+    return REQUANTIZED_FORMAT_VERSION if requantized else FORMAT_VERSION
+
+
 def write_artifact(
     out_dir: Path,
     files: Mapping[str, Path],
@@ -405,7 +417,7 @@ def write_artifact(
         for name, source in files.items():
             shutil.copyfile(source, staging / name)
             entries[name] = {"sha256": sha256_file(staging / name), "size": (staging / name).stat().st_size}
-        full = {"format_version": FORMAT_VERSION, **manifest, "files": entries}
+        full = {"format_version": _format_version(manifest), **manifest, "files": entries}
         if sign_key is not None:
             full[SIGNATURE_KEY] = {
                 "algorithm": "ed25519",
@@ -849,10 +861,10 @@ def _read_manifest(root: Path) -> dict[str, Any]:
     if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
         raise ArtifactError(f"{manifest_path}: manifest has no file list", reason="format")
     version = manifest.get("format_version")
-    if type(version) is not int or version != FORMAT_VERSION:  # True == 1, but is no version
+    if type(version) is not int or version not in FORMAT_VERSIONS:  # True == 1, but is no version
+        readable = " and ".join(map(str, FORMAT_VERSIONS))
         raise ArtifactError(
-            f"{manifest_path}: format version {version!r}, this quantship reads {FORMAT_VERSION}",
-            reason="format",
+            f"{manifest_path}: format version {version!r}, this quantship reads {readable}", reason="format"
         )
     problem = _schema_problem(manifest)
     if problem is not None:

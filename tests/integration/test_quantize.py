@@ -432,6 +432,8 @@ def qlinear_outputs(model: onnx.ModelProto) -> dict[str, tuple[onnx.NodeProto, f
 def test_a_qoperator_artifact_has_the_range_and_histogram_of_every_qlinear_output(
     qoperator_skewed_artifact: artifact.Artifact,
 ) -> None:
+    # a server that predates requantized ranges would read their int8 codes as floats: it must refuse
+    assert qoperator_skewed_artifact.manifest["format_version"] == artifact.REQUANTIZED_FORMAT_VERSION
     model = onnx.load(str(qoperator_skewed_artifact.model_path))
     outputs = qlinear_outputs(model)
     # digits: 3 QLinearMatMul, 3 QLinearAdd (two with their Relu fused), 1 QLinearSoftmax
