@@ -473,7 +473,9 @@ _OPTION_OF_FIELD = {
 
 
 def _check_quantize_options(config: q_config.QuantizeConfig, ctx: click.Context) -> None:
-    """Refuse options that cannot work together; name, once, those given that will not apply."""
+    """Refuse options that cannot work together; name, once, those given that will not apply (a
+    warning, not a refusal: the operator's quantize Job passes what a QuantizedModel sets, and a run
+    that would have worked must not fail after its downloads)."""
     from quantship.quantize.evaluate import METRICS
 
     if problems := config.problems():
@@ -484,7 +486,11 @@ def _check_quantize_options(config: q_config.QuantizeConfig, ctx: click.Context)
         or (config.metric is not None and METRICS[config.metric].default_threshold is not None)
     ):
         why = "--threshold" if config.threshold is not None else f"--metric {config.metric}'s own default"
-        raise BadUsage(f"--max-accuracy-delta does not apply: the gate's limit is {why}")
+        stderr.print(
+            f"[yellow]warning:[/] --max-accuracy-delta ignored: the gate's limit is {why}",
+            highlight=False,
+            soft_wrap=True,
+        )
     unread = config.not_applied({field for field, param in _OPTION_OF_FIELD.items() if param in given})
     if unread:
         options = ", ".join(_option_name(ctx, _OPTION_OF_FIELD[field]) for field in unread)
