@@ -113,19 +113,13 @@ def selector(spec: RolloutSpec, revision: str) -> dict[str, str]:
     return {**spec.analysis.labels, "model": spec.model, "revision": revision}
 
 
-def baseline_selector(spec: RolloutSpec, revision: str) -> dict[str, str]:
-    """Labels of the stable revision's series: by revision without the model's name. A stable made
-    before spec.modelName changed (the change is what starts the canary) serves under the old name."""
-    return {**spec.analysis.labels, "revision": revision}
-
-
 async def measure(
     source: MetricsSource, spec: RolloutSpec, canary: str, stable: str | None, now: float
 ) -> Measurements:
     """Every count `judge` needs: each SLO on both windows for the canary and the stable revision."""
     keys = [(objective, window) for objective in spec.objectives for window in spec.analysis.windows]
     canary_labels = selector(spec, canary)
-    stable_labels = baseline_selector(spec, stable) if stable else None
+    stable_labels = selector(spec, stable) if stable else None
     # asyncio.gather() of nothing is a future of []: no baseline without a stable revision
     counted, baseline, fallback_ops = await asyncio.gather(
         asyncio.gather(*(source.counts(o, w, canary_labels) for o, w in keys)),

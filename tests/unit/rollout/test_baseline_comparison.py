@@ -8,7 +8,7 @@ comparison was left out, instead of passing as if it had been made.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 
 from memory_ports import OBJECTIVES
 
@@ -29,7 +29,6 @@ from quantship.rollout import (
     judge,
     short_window_ratio,
 )
-from quantship.rollout.analysis import measure
 
 GOOD = Counts(bad=0, total=1000)
 SLOW = Counts(bad=15, total=1000)
@@ -140,28 +139,3 @@ def test_the_accuracy_delta_kubectl_shows_is_the_short_window_ratio_of_the_persi
     assert short_window_ratio(persisted, slo.SLI.ACCURACY_DELTA) == 0.003
     assert short_window_ratio(persisted, slo.SLI.ERRORS) == 0.0
     assert short_window_ratio(None, slo.SLI.ACCURACY_DELTA) is None
-
-
-async def test_the_stable_baseline_is_read_by_revision_not_by_the_current_model_name(
-    make_spec: Callable[..., RolloutSpec],
-) -> None:
-    """spec.modelName is part of the revision: its change starts the canary, and the stable, made
-    before, serves and labels its series with the old name. Read with the new one, it had no data."""
-    asked: list[dict[str, str]] = []
-
-    class Recording:
-        async def counts(
-            self, objective: slo.Objective, window: int, labels: Mapping[str, str]
-        ) -> Measurement:
-            asked.append(dict(labels))
-            return NoData("recorded only")
-
-        async def fallback_ops(self, labels: Mapping[str, str]) -> NoData:
-            return NoData("recorded only")
-
-    spec = make_spec()
-    await measure(Recording(), spec, "canary0001", "stable0001", 0.0)
-    stable = [labels for labels in asked if labels["revision"] == "stable0001"]
-    canary = [labels for labels in asked if labels["revision"] == "canary0001"]
-    assert stable and all("model" not in labels for labels in stable)
-    assert canary and all(labels["model"] == spec.model for labels in canary)
