@@ -7,6 +7,7 @@ Works in a temporary directory; the artifact appears at `out` only when complete
 from __future__ import annotations
 
 import os
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -17,6 +18,7 @@ from typing import Any
 import onnx
 import onnxruntime
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 import quantship
@@ -62,6 +64,9 @@ def default_progress() -> Progress:
         MofNCompleteColumn(),
         TimeElapsedColumn(),
         transient=False,
+        # the stream of now, held: calibration silences onnxruntime's print()s by redirecting
+        # sys.stdout, and a console that looked it up at each redraw went quiet with them
+        console=Console(file=sys.stdout),
     )
 
 
