@@ -246,6 +246,11 @@ def quantized_nodes(
     return result
 
 
+DATA_OPERANDS = {"Clip": 1, "Resize": 1, "Pad": 1, "Reshape": 1, "Expand": 1, "Tile": 1, "Slice": 1}
+"""How many leading inputs of these ops carry the data onnxruntime quantizes; the rest (Clip's min and
+max, Resize's roi and scales, Pad's pads...) are parameters it leaves in float by design."""
+
+
 def _runs_dequantized(fp32: onnx.ModelProto, quantized: onnx.ModelProto) -> Callable[[onnx.NodeProto], bool]:
     """Whether a QDQ node reads a DequantizeLinear output and no other float tensor (a float
     initializer is a weight left unquantized; a float activation is a producer left in float):
@@ -258,7 +263,8 @@ def _runs_dequantized(fp32: onnx.ModelProto, quantized: onnx.ModelProto) -> Call
     }
 
     def check(node: onnx.NodeProto) -> bool:
-        inputs = [name for name in node.input if name]
+        operands = DATA_OPERANDS.get(node.op_type)
+        inputs = [name for name in node.input[:operands] if name]
         return any(name in dq_outputs for name in inputs) and not any(
             name in float_tensors for name in inputs if name not in dq_outputs
         )

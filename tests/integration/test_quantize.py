@@ -456,3 +456,49 @@ def test_a_qoperator_artifact_has_the_range_and_histogram_of_every_qlinear_outpu
     for tensor, (_, _, _) in outputs.items():
         h = histograms[tensor]
         assert sum(h.counts) > 0 and h.underflow == h.overflow == 0  # the codes' values, never past an end
+
+
+def test_a_clip_that_stays_between_its_neighbours_counts_as_quantized(tmp_path: Path) -> None:
+    """Clip's min and max are float initializers by design, not weights left in float: a Clip that
+    onnxruntime cannot fold into its producer (whose output also feeds a residual Add) runs on Q/DQ
+    operands, and counted as left in float."""
+    from onnx import TensorProto, helper, numpy_helper
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
+
+    rng = np.random.default_rng(0)
+
+    def tensor(name: str, *shape: int) -> onnx.TensorProto:
+        return numpy_helper.from_array((rng.standard_normal(shape) * 0.1).astype(np.float32), name)
+
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["x", "w1"], ["m1"], name="matmul1"),
+            helper.make_node("Clip", ["m1", "low", "high"], ["c1"], name="clip1"),
+            helper.make_node("MatMul", ["c1", "w2"], ["m2"], name="matmul2"),
+            helper.make_node("Add", ["m2", "m1"], ["y"], name="residual"),
+        ],
+        "residual",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8])],
+        [
+            tensor("w1", 8, 8),
+            tensor("w2", 8, 8),
+            numpy_helper.from_array(np.array(0.0, np.float32), "low"),
+            numpy_helper.from_array(np.array(6.0, np.float32), "high"),
+        ],
+    )
+    fp32 = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.save(fp32, tmp_path / "fp32.onnx")
+
+    class Feeds(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.left = iter([{"x": rng.standard_normal((1, 8)).astype(np.float32)} for _ in range(4)])
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self.left, None)
+
+    quantize_static(tmp_path / "fp32.onnx", tmp_path / "qdq.onnx", Feeds(), quant_format=QuantFormat.QDQ)
+    qdq = onnx.load(str(tmp_path / "qdq.onnx"))
+    assert any(node.op_type == "Clip" for node in qdq.graph.node), "the Clip stayed: not folded"
+    counted = {node.name for node in engine.quantized_nodes(fp32, qdq, Mode.STATIC, Format.QDQ)}
+    assert "clip1" in counted and {"matmul1", "matmul2"} <= counted
