@@ -152,7 +152,6 @@ async def _reconcile(
     router = router_for(ctx.kube, spec, workloads)
     try:
         restored = await _restore(workloads, current, spec, fresh, body, logger)
-        await _conform_services(workloads, spec, current)  # here, so that a conflict writes Degraded
         decision = await tick(
             current,
             spec.rollout,
@@ -179,6 +178,10 @@ async def _reconcile(
     if decision.degraded:  # the rollout's trouble first; the Job's, if any, is said too
         said = f"{decision.degraded}; {trouble[1]}" if trouble else decision.degraded
         degraded = (_degraded_reason(decision), said)
+    try:  # after the tick: a Service in conflict must not keep a failing canary from its rollback
+        await _conform_services(workloads, spec, decision.status)
+    except PortError as exc:
+        degraded = degraded or (exc.reason, str(exc))
     placed = await _placement(ctx.kube, spec, decision.status, previous, logger)
     stable_ready = await _stable_ready(workloads, decision.status, logger)
     await _write_status(
