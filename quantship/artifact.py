@@ -100,9 +100,9 @@ class ActivationRange:
     QOperator: a QLinear op (QLinearConv, QLinearMatMul, QGemm, ...) requantizes its output inside
     its kernel, so no float tensor exists to look at. `tensor` is then the op's int8 output,
     `requantized_by` its op type, `zero_point` the output's, and `float_tensor` the FP32 model's tensor
-    it stands for (calibrated, and binned for the drift baseline). Its values are read dequantized
-    (`as_float`) and one counts as clipped when its code is an end of the type (saturated), see
-    `count_clipped`.
+    it stands for (calibrated, and binned for the drift baseline). Its codes are counted as they
+    are, one clipped when it is an end of the type (saturated, see `count_clipped`), and read
+    dequantized (`as_float`) where values are needed (drift).
     """
 
     tensor: str
@@ -133,27 +133,30 @@ class ActivationRange:
         np.clip(steps, round(self.low / self.scale), round(self.high / self.scale), out=steps)
         return steps * self.scale
 
-    def count_clipped(self, values: np.ndarray) -> int:
-        """How many of `values` (this tensor, in float: `as_float`) the quantized graph saturates."""
+    def count_clipped(self, observed: np.ndarray) -> int:
+        """How many of `observed` (this tensor as the served graph holds it: a QLinear op's int8
+        codes, any other tensor in float) the quantized graph saturates."""
         if self.requantized_by is not None:
-            return self._count_saturated(values)
+            return self._count_saturated(observed)
+        values = observed
         if self.activation_low is not None or self.activation_high is not None:
             values = np.clip(values, self.activation_low, self.activation_high)
         half_step = self.scale / 2
         return int(np.count_nonzero((values < self.low - half_step) | (values > self.high + half_step)))
 
-    def _count_saturated(self, values: np.ndarray) -> int:
-        """A QLinear op's dequantized output: values at a counted end code (within half a step of
-        low or high, so exactly the end codes). The code only says the op's result reached the end,
-        so this also counts results that rounded there from up to half a step inside the bound."""
-        half_step = self.scale / 2
+    def _count_saturated(self, codes: np.ndarray) -> int:
+        """A QLinear op's output codes at a counted end (`low` and `high` dequantize the type's
+        ends). The code only says the op's result reached the end, so this also counts results that
+        rounded there from up to half a step inside the bound. Compared as codes, not dequantized:
+        a float64 copy of every value cost more than the observing session on a CNN."""
         low, high = self.saturating_ends()
-        saturated = np.zeros(values.shape, dtype=bool)
+        zero_point = self.zero_point or 0
+        count = 0
         if low:
-            saturated |= values <= self.low + half_step
+            count += int(np.count_nonzero(codes <= zero_point + round(self.low / self.scale)))
         if high:
-            saturated |= values >= self.high - half_step
-        return int(np.count_nonzero(saturated))
+            count += int(np.count_nonzero(codes >= zero_point + round(self.high / self.scale)))
+        return count
 
     def saturating_ends(self) -> tuple[bool, bool]:
         """Which end codes of a QLinear op's output count as clipping. Not an end that stands for 0:

@@ -15,12 +15,12 @@ A QOperator model has a QuantizeLinear only where a float tensor enters int8 (it
 other activation is requantized inside a QLinear op's kernel (QLinearConv, QLinearMatMul, QGemm,
 QLinearAdd, QLinearSoftmax, ...) and never exists in float. Its manifest ranges name those ops' int8
 outputs (`ActivationRange.requantized_by`), which the observer exposes like any tensor; the counter
-dequantizes them (`ActivationRange.as_float`) and counts a value as clipped when its code is an end
-of the int8 type, i.e. the kernel saturated it (`ActivationRange.count_clipped`; not an end that
-stands for 0 or for a folded Relu/Clip's bound, which hold ordinary values). A code at the end also
-holds results within half a step inside the bound, so this reads at most that band higher than QDQ's
-"more than half a step outside". Drift bins the dequantized values against the calibration histogram
-of the FP32 tensor the op's output stands for.
+counts a code as clipped when it is an end of the int8 type, i.e. the kernel saturated it
+(`ActivationRange.count_clipped`, on the codes themselves; not an end that stands for 0 or for a
+folded Relu/Clip's bound, which hold ordinary values). A code at the end also holds results within
+half a step inside the bound, so this reads at most that band higher than QDQ's "more than half a
+step outside". Drift dequantizes the codes it bins (`ActivationRange.as_float`, in the drift window)
+and compares them with the calibration histogram of the FP32 tensor the op's output stands for.
 """
 
 from __future__ import annotations
@@ -124,10 +124,10 @@ megabytes a request are never copied."""
 
 
 def _values(r: ActivationRange, sample: ClipSample, outputs: Mapping[str, np.ndarray]) -> np.ndarray:
-    """One request's `r.tensor` in float, flat: an observed output (a QLinear op's dequantized), or for
-    a graph input, the request's own."""
+    """One request's `r.tensor`, flat: an observed output (a QLinear op's int8 codes), or for a graph
+    input, the request's own."""
     observed = outputs.get(r.tensor)
-    return r.as_float(sample.inputs[r.tensor] if observed is None else observed).reshape(-1)
+    return (sample.inputs[r.tensor] if observed is None else observed).reshape(-1)
 
 
 def _count_clipped(r: ActivationRange, requests: Sequence[np.ndarray]) -> int:

@@ -80,7 +80,8 @@ class DriftWindow:
     ) -> None:
         """`histograms` from the artifact (those with any count); `window` in sampled requests
         (whatever their rows; each row weighs alike within it); `ranges` give the activations folded
-        into them."""
+        into them, and which tensors come as a QLinear op's int8 codes (dequantized once capped)."""
+        self.requantized = {r.tensor: r for r in ranges if r.requantized_by is not None}
         self.folded = {
             r.tensor: (r.activation_low, r.activation_high)
             for r in ranges
@@ -101,10 +102,11 @@ class DriftWindow:
         return list(self.histograms)
 
     def add(self, tensor: str, requests: Sequence[np.ndarray], rows: Sequence[int]) -> int:
-        """Bin `tensor`'s values from each of a hand-off's sampled requests, of `rows` rows each
-        (each capped at MAX_BINNED_VALUES_A_ROW a row, then all binned in one numpy pass: one request
-        at a time, binning was most of the clip lane's cost on a small model); how many were binned
-        (finite ones). Count the requests with `samples_done` once every tensor is added."""
+        """Bin `tensor`'s values (a QLinear op's int8 codes where its range says so) from each of a
+        hand-off's sampled requests, of `rows` rows each (each capped at MAX_BINNED_VALUES_A_ROW a
+        row, then all binned in one numpy pass: one request at a time, binning was most of the clip
+        lane's cost on a small model); how many were binned (finite ones). Count the requests with
+        `samples_done` once every tensor is added."""
         h = self.histograms.get(tensor)
         if h is None:
             return 0
@@ -113,6 +115,8 @@ class DriftWindow:
             for values, count in zip(requests, rows, strict=True)
         ]
         flat = parts[0] if len(parts) == 1 else np.concatenate(parts)
+        if tensor in self.requantized:
+            flat = self.requantized[tensor].as_float(flat)
         if tensor in self.folded:
             flat = np.clip(flat, *self.folded[tensor])
         counts, under, over = ActivationHistogram.bin(flat, h.low, h.high)

@@ -326,21 +326,25 @@ def test_a_key_not_written_whole_is_removed_so_a_rerun_can_write_the_pair(tmp_pa
 
 
 def test_a_qlinear_output_counts_its_saturated_end_codes_only() -> None:
-    """QOperator: values are int8 codes dequantized; an end code is clipping unless it stands for 0
-    or for the op's own bound (a Softmax's 1.0, a step past the last code)."""
+    """QOperator: the observed values are the op's int8 codes; an end code is clipping unless it
+    stands for 0 or for the op's own bound (a Softmax's 1.0, a step past the last code)."""
     matmul = ActivationRange(
         "t", low=-1.28, high=1.27, scale=0.01, requantized_by="QLinearMatMul", zero_point=0
     )
     codes = np.array([-128, -127, 0, 126, 127, 127], dtype=np.int8)
-    assert matmul.count_clipped(matmul.as_float(codes)) == 3
+    assert matmul.count_clipped(codes) == 3
+    shifted = ActivationRange(  # a zero point off 0: the ends are still the type's
+        "t", low=-0.05 * 131, high=0.05 * 124, scale=0.05, requantized_by="QLinearConv", zero_point=3
+    )
+    assert shifted.count_clipped(np.array([-128, -127, 3, 126, 127], dtype=np.int8)) == 2
     relu = ActivationRange(
         "t", 0.0, 2.55, 0.01, activation_low=0.0, requantized_by="QLinearAdd", zero_point=-128
     )
-    assert relu.count_clipped(relu.as_float(np.array([-128, -128, 0, 127], dtype=np.int8))) == 1
+    assert relu.count_clipped(np.array([-128, -128, 0, 127], dtype=np.int8)) == 1
     softmax = ActivationRange(
         "t", 0.0, 255 / 256, 1 / 256, 0.0, 1.0, 0.0, 1.0, requantized_by="QLinearSoftmax", zero_point=0
     )
-    assert softmax.count_clipped(softmax.as_float(np.array([0, 255, 255], dtype=np.uint8))) == 0
+    assert softmax.count_clipped(np.array([0, 255, 255], dtype=np.uint8)) == 0
     assert matmul.requantized(np.array([-5.0, 0.004, 0.006, 5.0])).tolist() == pytest.approx(
         [-1.28, 0.0, 0.01, 1.27]
     )

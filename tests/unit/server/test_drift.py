@@ -86,6 +86,22 @@ def test_a_folded_relu_is_applied_before_binning_as_the_fp32_model_would() -> No
     assert without.distances()["t"] > 0.2
 
 
+def test_a_qlinear_ops_codes_are_binned_dequantized() -> None:
+    """QOperator: the clip lane hands the window an op's int8 codes, which calibration binned as the
+    float values they stand for: a calm window of codes reads near 0, as those values would."""
+    rng = np.random.default_rng(5)
+    scale, zero_point = 8.0 / 255, -1
+    requantized = ActivationRange(
+        "t", (-128 - zero_point) * scale, (127 - zero_point) * scale, scale,
+        requantized_by="QLinearConv", zero_point=zero_point,
+    )  # fmt: skip
+    fp32 = rng.standard_normal(20_000)
+    window = DriftWindow([calibration(requantized.requantized(fp32))], window=8, ranges=[requantized])
+    codes = np.clip(np.rint(rng.standard_normal(5_000) / scale) + zero_point, -128, 127).astype(np.int8)
+    window.add("t", [codes], [1])
+    assert window.distances()["t"] < 0.01
+
+
 def test_a_large_tensor_is_binned_from_a_strided_subset_that_keeps_its_shape() -> None:
     """A CNN's activations: millions of values a request. At most MAX_BINNED_VALUES_A_ROW of each tensor are
     binned, spread over the whole tensor (a channel-by-channel layout: the subset must not see only
