@@ -359,7 +359,7 @@ def _window(
         case NoData(reason=why):
             return WindowResult(window, problem=f"no data on {span}: {why}", fault=Fault.NO_DATA)
         case Counts(bad=bad, total=total) if total < min_samples:
-            few = f"{total:.4g} of {min_samples} samples on {span}"
+            few = f"{total:.4g} samples of the {min_samples} needed on {span}"
             least = objective.burn_rate(min(bad, total) / min_samples)
             return WindowResult(
                 window, bad, total, problem=few, fault=Fault.TOO_FEW_SAMPLES, least_burn_rate=least
@@ -371,7 +371,7 @@ def _window(
                     base_burn = objective.burn_rate(base_bad / base_total)
                     return WindowResult(window, bad, total, burn, base_burn, least_burn_rate=burn)
                 case Counts(total=base_total):
-                    why = f"{base_total:.4g} of {min_samples} samples"
+                    why = f"{base_total:.4g} samples of the {min_samples} needed"
                 case None:
                     why = "no stable revision"
                 case NoData() | Unreachable() | Misconfigured():
@@ -416,7 +416,7 @@ def _judge_slo(objective: slo.Objective, windows: list[WindowResult], spec: Roll
             reason += f" (to get more: {MORE_SAMPLES[objective.sli]})"
         return result(Verdict.INCONCLUSIVE, reason)
     burns = " and ".join(
-        f"{w.burn_rate:.2f} on {format_duration(w.window)} ({_percent(w.ratio)} of budget "
+        f"{w.burn_rate:.2f} on {format_duration(w.window)} ({_percent(w.ratio)} bad against a budget of "
         f"{_percent(objective.budget)})"
         for w in windows
     )

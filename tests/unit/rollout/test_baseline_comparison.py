@@ -63,9 +63,11 @@ def test_a_baseline_with_too_few_samples_is_named_in_the_reason(
 
     assert analysis.verdict is Verdict.PASS
     assert "not compared with the stable revision" in analysis.reason
-    assert "latency on 30s: 49 of 50 samples" in analysis.reason
+    assert "latency on 30s: 49 samples of the 50 needed" in analysis.reason
     window = analysis.to_dict()["slos"][0]["windows"][0]
-    assert window["baselineBurnRate"] is None and window["baselineProblem"].endswith("49 of 50 samples")
+    assert window["baselineBurnRate"] is None and window["baselineProblem"].endswith(
+        "49 samples of the 50 needed"
+    )
 
 
 def test_a_baseline_without_data_or_unreachable_is_named_with_its_kind(
@@ -102,8 +104,8 @@ def test_the_regression_the_comparison_would_catch_passes_only_with_the_gap_said
     assert compared.verdict is Verdict.FAIL and "above the stable revision" in compared.reason
     assert uncompared.verdict is Verdict.PASS
     assert (
-        "not compared with the stable revision: latency on 30s: 10 of 50 samples; latency on 2m: 10 of 50"
-        in uncompared.reason
+        "not compared with the stable revision: latency on 30s: 10 samples of the 50 needed; "
+        "latency on 2m: 10 samples of the 50" in uncompared.reason
     )
 
 

@@ -85,4 +85,4 @@ def test_a_window_short_of_samples_stays_inconclusive_when_the_rest_could_change
 ) -> None:
     verdict, reason = errors_analysis(spec, canary)
 
-    assert verdict is Verdict.INCONCLUSIVE and "60 of 100 samples" in reason
+    assert verdict is Verdict.INCONCLUSIVE and "60 samples of the 100 needed" in reason

@@ -51,7 +51,8 @@ def test_a_burn_rate_exactly_at_the_threshold_is_no_breach(latency_spec: Rollout
 
     assert analysis.verdict is Verdict.PASS
     assert analysis.slos[0].reason == (
-        "latency burn rate 1.00 on 30s (1.000% of budget 1.000%) and 1.00 on 2m (1.000% of budget 1.000%)"
+        "latency burn rate 1.00 on 30s (1.000% bad against a budget of 1.000%) and "
+        "1.00 on 2m (1.000% bad against a budget of 1.000%)"
     )
 
 

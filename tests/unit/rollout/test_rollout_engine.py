@@ -196,16 +196,18 @@ async def test_too_few_samples_are_inconclusive_never_a_pass(
 
     judged = [d for d in decisions if d.analysis is not None]
     assert [d.analysis.verdict.value for d in judged if d.analysis] == ["inconclusive"] * 3
-    assert "30 of 50 samples on 30s" in judged[0].reason
+    assert "30 samples of the 50 needed on 30s" in judged[0].reason
     # and what would give more where it is not only traffic: the sampled SLIs' rates and CPU budget
-    assert "accuracy_delta: 30 of 50 samples on 30s (to get more: if the canary drops shadow samples" in (
-        judged[0].reason
+    assert (
+        "accuracy_delta: 30 samples of the 50 needed on 30s (to get more: if the canary drops shadow samples"
+        in (judged[0].reason)
     )
-    assert "clip_rate: 30 of 50 samples on 30s (to get more: if the canary drops clip samples as failed" in (
-        judged[0].reason
+    assert (
+        "clip_rate: 30 samples of the 50 needed on 30s (to get more: if the canary drops clip samples "
+        "as failed" in (judged[0].reason)
     )
     assert "else a higher clip sample rate" in judged[0].reason
-    assert "errors: 30 of 50 samples on 30s;" in judged[0].reason
+    assert "errors: 30 samples of the 50 needed on 30s;" in judged[0].reason
     assert final.phase is Phase.ROLLED_BACK and router.weights == [5]
     assert "3 inconclusive judgements in a row" in decisions[-1].reason
     assert looptime == 5 + 3 * 60 + TICK
