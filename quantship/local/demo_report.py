@@ -221,11 +221,20 @@ def _burn_rates(timeline: Timeline, spec: RolloutSpec) -> str:
         label=f"threshold {spec.analysis.burn_rate_threshold:g}",
     )
     ax.set_yscale("symlog", linthresh=0.01)
-    ax.set_ylim(bottom=0)
+    ax.set_ylim(0, _headroom(max([spec.analysis.burn_rate_threshold, *_plotted_values(ax)])))
     ax.set_ylabel("burn rate (ratio / budget)")
     ax.set_xlabel("seconds since start")
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside: over it hid failing points
     return reporting.figure(fig, "burn rates at judgements")
+
+
+def _plotted_values(ax: Any) -> list[float]:
+    return [float(y) for collection in ax.collections for _, y in collection.get_offsets()]
+
+
+def _headroom(top: float) -> float:
+    """An upper limit that leaves the highest point whole, above its marker's size (on a symlog axis)."""
+    return top * 2 if top > 1 else top + 1
 
 
 def _log(timeline: Timeline) -> str:
@@ -235,10 +244,10 @@ def _log(timeline: Timeline) -> str:
             record.rollout,
             record.decision.action.value,
             record.decision.status.phase.value,
-            f"{record.decision.status.weight}%",
+            f"{record.decision.status.weight}%" if record.decision.status.canary is not None else "-",
             record.decision.reason,
         )
         for record in timeline.decisions
         if record.decision.action is not Action.WAIT
     ]
-    return reporting.table(["at", "rollout", "action", "phase", "weight", "reason"], rows)
+    return reporting.table(["at", "rollout", "action", "phase", "canary weight", "reason"], rows)
