@@ -283,6 +283,12 @@ def increase(series: str, window: str, labels: Mapping[str, str], by: tuple[str,
     return f"sum{grouping}(increase({with_labels(series, labels)}[{window}]))"
 
 
+def requests(window: str, labels: Mapping[str, str], by: tuple[str, ...] = ()) -> str:
+    """Requests answered over `window`, whatever their code: the traffic behind every SLI, which the
+    alerts' minimum-traffic guards count (the SLIs' own totals are values, rows or requests)."""
+    return increase(Metric.REQUESTS_TOTAL, window, labels, by)
+
+
 def bad_and_total(
     objective: Objective, window: str, labels: Mapping[str, str], by: tuple[str, ...] = ()
 ) -> tuple[str, str]:

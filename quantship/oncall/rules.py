@@ -49,14 +49,18 @@ PENDING = {"1h": "2m", "6h": "15m", "1d": "1h", "3d": "3h"}
 """`for:` of each burn tier, by its long window. The short window already makes an alert stop soon
 after the burn stops; these make a blip of a few evaluations notify no one."""
 
-PAGE_EVENTS_PER_SECOND = 0.1
-"""An SLO may page only for a model whose SLI counted at least this many events per second,
+PAGE_REQUESTS_PER_SECOND = 0.1
+"""An SLO may page only for a revision that answered at least this many requests per second,
 averaged over the long window (360 an hour). Below it, two failures among twenty requests read as
-a 10% error ratio: real, but nothing to wake someone for; the ticket tiers still see it."""
+a 10% error ratio: real, but nothing to wake someone for; the ticket tiers still see it. Counted in
+requests (`slo.requests`), whatever the SLI counts: the clip rate counts activation values (one
+digits row is 1640 of them) and the accuracy delta rows, so one odd request met a minimum of their
+own events and paged."""
 
-TICKET_MINIMUM_EVENTS = 100
-"""An SLO opens a ticket only after this many events in the long window: fewer cannot tell a 1x
-burn from noise."""
+TICKET_MINIMUM_REQUESTS = 100
+"""An SLO opens a ticket only after this many requests in the long window: fewer cannot tell a 1x
+burn from noise. (The sampled SLIs see a share of them; no metric counts the requests sampled, so
+the guard cannot ask for sampled ones: a low sample rate leaves their alerts noisier.)"""
 
 SUMMARIES = {
     slo.SLI.ACCURACY_DELTA: "INT8 outputs disagree with the FP32 reference",
@@ -172,10 +176,16 @@ def seconds(duration: str) -> int:
     return int(match[1]) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[match[2]]
 
 
-def minimum_events(window: slo.BurnWindow) -> int:
+def minimum_requests(window: slo.BurnWindow) -> int:
+    """Requests a revision must have answered over `window.long` for its SLOs to alert at that tier."""
     if window.severity == "page":
-        return int(PAGE_EVENTS_PER_SECOND * seconds(window.long))
-    return TICKET_MINIMUM_EVENTS
+        return int(PAGE_REQUESTS_PER_SECOND * seconds(window.long))
+    return TICKET_MINIMUM_REQUESTS
+
+
+def enough_traffic(window: slo.BurnWindow) -> str:
+    """`and` clause: only revisions with minimum_requests over the long window, by every label."""
+    return f"and on ({BY})\n  ({slo.requests(window.long, {}, LABELS)} >= {minimum_requests(window)})\n"
 
 
 def threshold(objective: slo.Objective, window: slo.BurnWindow) -> float:
@@ -246,13 +256,11 @@ def budget_used(objective: slo.Objective) -> str:
 
 
 def burn_alert(objective: slo.Objective, window: slo.BurnWindow) -> dict[str, Any]:
-    total = slo.increase(slo.counters(objective).total, window.long, {}, LABELS)
     expr = (
         f"{above_budget(slo.recording_rule(objective.sli, window.long), objective, window)}\n"
         "and\n"
         f"{above_budget(slo.recording_rule(objective.sli, window.short), objective, window)}\n"
-        f"and on ({BY})\n"
-        f"  ({total} >= {minimum_events(window)})\n"
+        f"{enough_traffic(window)}"
     )
     name = alert_name(objective.sli, window.severity)
     what = SUMMARIES[objective.sli]

@@ -56,10 +56,18 @@ def series(name: str, labels: dict[str, str], values: str) -> dict[str, str]:
 
 
 def sli_series(
-    objective: slo.Objective, total: int, bad: int, minutes: int, labels: dict[str, str] = MODEL
+    objective: slo.Objective,
+    total: int,
+    bad: int,
+    minutes: int,
+    labels: dict[str, str] = MODEL,
+    requests: int | None = None,
 ) -> list[dict[str, str]]:
-    """Counters of one SLI growing by `total` events a minute, `bad` of them bad."""
+    """Counters of one SLI growing by `total` events a minute, `bad` of them bad, and the requests
+    they came from (`requests` a minute; as many as events where None)."""
     p = slo.PREFIX
+    answered = [(f"{p}requests_total", {"code": "200"}, total if requests is None else requests)]
+    pairs: list[tuple[str, dict[str, str], int]]
     match objective.sli:
         case slo.SLI.ACCURACY_DELTA:
             pairs = [(f"{p}shadow_comparisons_total", {}, total), (f"{p}shadow_disagreements_total", {}, bad)]
@@ -69,6 +77,8 @@ def sli_series(
                 (f"{p}activations_clipped_total", {}, bad),
             ]
         case slo.SLI.ERRORS:
+            assert requests is None, "the errors SLI's events are requests"
+            answered = []
             pairs = [
                 (f"{p}requests_total", {"code": "200"}, total - bad),
                 (f"{p}requests_total", {"code": "500"}, bad),
@@ -79,6 +89,7 @@ def sli_series(
                 (f"{p}request_duration_seconds_count", {}, total),
                 (f"{p}request_duration_seconds_bucket", le, total - bad),
             ]
+    pairs += answered
     return [series(name, {**labels, **extra}, f"0+{step}x{minutes}") for name, extra, step in pairs]
 
 
@@ -444,6 +455,63 @@ def test_the_same_burn_pages_once_traffic_reaches_the_minimum(
             ],
         }
         for objective in slo.DEFAULT_OBJECTIVES
+    ]
+    assert_passes(promtool, write_tests(tmp_path, rule_file, tests, every="5m"))
+
+
+SAMPLED = (OBJECTIVES[slo.SLI.CLIP_RATE], OBJECTIVES[slo.SLI.ACCURACY_DELTA])
+VALUES_A_ROW = 1640
+"""Activation values the clip rate counts for one digits row (measured): a single request is
+thousands of the clip SLI's events."""
+BAD_A_ROW = 164
+"""10% of them bad: above every page tier of both sampled SLOs (14.4 x 0.5% = 7.2%)."""
+
+
+def test_one_odd_request_of_a_sampled_sli_does_not_page(
+    promtool: str, rule_file: Path, tmp_path: Path
+) -> None:
+    """One request in the hour, its clip sample 164 of 1640 values out of range (100x the budget), or
+    its 1640 rows compared with 10% disagreeing: thousands of the SLI's own events, but one request."""
+    tests = [
+        {
+            "interval": "1m",
+            "input_series": [
+                {**entry, "values": entry["values"].replace("0+", "0 ")}  # one step, then flat
+                for entry in sli_series(objective, VALUES_A_ROW, BAD_A_ROW, 20, requests=1)
+            ],
+            "alert_rule_test": [
+                {
+                    "eval_time": f"{minutes}m",
+                    "alertname": rules.alert_name(objective.sli, "page"),
+                    "exp_alerts": [],
+                }
+                for minutes in (3, 4, 5)
+            ],
+        }
+        for objective in SAMPLED
+    ]
+    assert_passes(promtool, write_tests(tmp_path, rule_file, tests))
+
+
+def test_sustained_bad_samples_of_few_large_requests_still_page(
+    promtool: str, rule_file: Path, tmp_path: Path
+) -> None:
+    """8 requests a minute (480 over the hour: enough for the 1h tier, not for 6h), each 1640 values
+    or rows, 10% of them bad."""
+    minutes = evaluate_after(FAST_1H)
+    tests = [
+        {
+            "interval": "1m",
+            "input_series": sli_series(objective, 8 * VALUES_A_ROW, 8 * BAD_A_ROW, minutes + 5, requests=8),
+            "alert_rule_test": [
+                {
+                    "eval_time": f"{minutes}m",
+                    "alertname": rules.alert_name(objective.sli, "page"),
+                    "exp_alerts": burn_expected(objective, BAD_A_ROW / VALUES_A_ROW, FAST_1H),
+                }
+            ],
+        }
+        for objective in SAMPLED
     ]
     assert_passes(promtool, write_tests(tmp_path, rule_file, tests, every="5m"))
 
