@@ -490,6 +490,17 @@ def oncall() -> Board:
         span=6,
         steps={slo.STARVED_BEHIND_PER_S: "orange"},
     )
+    board.graph(
+        "Requests shed (429)",
+        "Share of each revision's requests answered 429 because its batcher's queue was full, over "
+        f"{rules.SHED_WINDOW} as QuantshipRequestsShed judges it. Dashed: the alert threshold "
+        f"({rules.SHED_RATIO:.0%}). No SLO counts them: nothing was done for them, so neither the errors "
+        "nor the latency SLI sees them. Lasting shedding wants replicas.",
+        [query(rules.shed_ratio(MODEL), "{{namespace}}/{{model}} {{track}} {{revision}}")],
+        unit="percentunit",
+        span=6,
+        steps={rules.SHED_RATIO: "orange"},
+    )
     board.row("Quantization health")
     overall, largest = (
         slo.with_labels(rule, MODEL) for rule in (rules.drift_rule(), rules.drift_tensor_rule())

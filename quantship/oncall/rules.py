@@ -29,6 +29,7 @@ import yaml
 
 from quantship import slo
 from quantship.oncall import links
+from quantship.server.errors import Overloaded
 from quantship.server.metrics import DRIFT_OVERALL
 
 LABELS = (slo.NAMESPACE, *slo.LABELS)
@@ -97,6 +98,18 @@ SLI_STARVED_FOR = "15m"
 """`for:` of QuantshipSliStarved: with its window, a server starved for ~20 minutes, not a burst of
 traffic or a pod pricing its first samples (its log warns after two)."""
 
+SHED_WINDOW = "30m"
+"""Window the share of requests shed (429: the batcher's queue full) is judged over."""
+
+SHED_RATIO = 0.05
+"""Share of a revision's requests shed over SHED_WINDOW above which it opens a ticket. Shedding is
+the server protecting its latency, by design in a burst, and no SLO counts it (the errors SLI is 5xx
+only, as the canary analysis judges it): one request in twenty turned away for half an hour is
+traffic the revision lacks the replicas for."""
+
+SHED_FOR = "15m"
+"""`for:` of QuantshipRequestsShed: with its window, shedding that lasts, not a burst."""
+
 FAILURE_WINDOW = "15m"
 """Window in which a load failure or a rollback notifies."""
 
@@ -151,6 +164,7 @@ OPERATION_ALERTS = (
     "QuantshipModelMetricsMissing",
     "QuantshipSloBudgetMissing",
     "QuantshipSliStarved",
+    "QuantshipRequestsShed",
 )
 
 QUANTIZATION_ALERTS = (
@@ -183,9 +197,9 @@ def minimum_requests(window: slo.BurnWindow) -> int:
     return TICKET_MINIMUM_REQUESTS
 
 
-def enough_traffic(window: slo.BurnWindow) -> str:
-    """`and` clause: only revisions with minimum_requests over the long window, by every label."""
-    return f"and on ({BY})\n  ({slo.requests(window.long, {}, LABELS)} >= {minimum_requests(window)})\n"
+def enough_traffic(window: str, minimum: int) -> str:
+    """`and` clause: only revisions that answered `minimum` requests over `window`, by every label."""
+    return f"and on ({BY})\n  ({slo.requests(window, {}, LABELS)} >= {minimum})\n"
 
 
 def threshold(objective: slo.Objective, window: slo.BurnWindow) -> float:
@@ -260,7 +274,7 @@ def burn_alert(objective: slo.Objective, window: slo.BurnWindow) -> dict[str, An
         f"{above_budget(slo.recording_rule(objective.sli, window.long), objective, window)}\n"
         "and\n"
         f"{above_budget(slo.recording_rule(objective.sli, window.short), objective, window)}\n"
-        f"{enough_traffic(window)}"
+        f"{enough_traffic(window.long, minimum_requests(window))}"
     )
     name = alert_name(objective.sli, window.severity)
     what = SUMMARIES[objective.sli]
@@ -324,6 +338,15 @@ def sli_starved(labels: Mapping[str, str] | None = None) -> str:
     QuantshipSliStarved judges them: the most starved, since the threshold is a server's (its log's)."""
     behind = slo.with_labels(slo.dropped_samples(slo.DropReason.BEHIND), labels or {})
     return f"max by ({BY}, kind) (rate({behind}[{SLI_STARVED_WINDOW}]))"
+
+
+def shed_ratio(labels: Mapping[str, str] | None = None, window: str = SHED_WINDOW) -> str:
+    """Share of each revision's requests answered 429 (shed: the batcher's queue was full) over
+    `window`, as QuantshipRequestsShed judges it. The server exports the 429 series from its start,
+    at 0."""
+    shed = slo.with_labels(M.REQUESTS_TOTAL, {"code": str(Overloaded.status)})
+    total = slo.requests(window, labels or {}, LABELS)
+    return f"{slo.increase(shed, window, labels or {}, LABELS)} / ({total} > 0)"
 
 
 def operation_alerts() -> list[dict[str, Any]]:
@@ -433,6 +456,21 @@ def operation_alerts() -> list[dict[str, Any]]:
                 f"second as behind (over {SLI_STARVED_WINDOW}): its cores are busy serving, and the SLI "
                 "thread runs on idle CPU only, so its SLIs and a canary's verdicts see few samples. "
                 "More CPU or replicas help; a larger SLI CPU budget does not.",
+            ),
+        },
+        {
+            "alert": "QuantshipRequestsShed",
+            "expr": (
+                f"{shed_ratio()} > {SHED_RATIO:g}\n{enough_traffic(SHED_WINDOW, TICKET_MINIMUM_REQUESTS)}"
+            ),
+            "for": SHED_FOR,
+            "labels": {"severity": "ticket"},
+            "annotations": _annotations(
+                "QuantshipRequestsShed",
+                f"{model}: {{{{ $value | humanizePercentage }}}} of requests shed (429, queue full)",
+                f"{revision} answered {{{{ $value | humanizePercentage }}}} of its requests over "
+                f"{SHED_WINDOW} with {Overloaded.status} (its batcher's queue was full), above "
+                f"{SHED_RATIO:.0%}: clients are turned away for want of capacity. No SLO counts them.",
             ),
         },
     ]

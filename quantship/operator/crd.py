@@ -353,7 +353,7 @@ def _server_schema() -> dict[str, Any]:
                 "maximum": 1000,
                 "description": "Milliseconds a request may wait for a batch to fill.",
             },
-            "maxQueueSize": _int("Requests waiting at most; more are refused with 503.", 1, 100000),
+            "maxQueueSize": _int("Requests waiting at most; more are refused at once with 429.", 1, 100000),
             "shadowRate": _ratio(
                 "Share of requests also run through the FP32 reference (accuracy delta SLI). "
                 f"{_by_track('shadow_rate')}, whose SLI CPU budget then decides (a set value applies "

@@ -671,6 +671,44 @@ def test_operational_alerts_fire_on_their_conditions_and_only_then(
     assert_passes(promtool, write_tests(tmp_path, rule_file, tests))
 
 
+def test_lasting_load_shedding_opens_a_ticket_but_a_trickle_or_a_small_share_does_not(
+    promtool: str, rule_file: Path, tmp_path: Path
+) -> None:
+    """`shedding` answers a quarter of its 40 requests a minute with 429 (the queue full); `busy`
+    sheds 4 of 100 a minute, under SHED_RATIO; `quiet` sheds half of 2 a minute, under the
+    minimum of requests. No SLO counts a 429: this alert alone says clients are refused."""
+    shedding, busy, quiet = ({**MODEL, "model": model} for model in ("shedding", "busy", "quiet"))
+    assert 4 / 100 < rules.SHED_RATIO < 10 / 40
+    assert 2 * rules.seconds(rules.SHED_WINDOW) // 60 < rules.TICKET_MINIMUM_REQUESTS
+
+    def answered(labels: dict[str, str], ok: int, shed: int) -> list[dict[str, str]]:
+        return [
+            series(str(slo.Metric.REQUESTS_TOTAL), {**labels, "code": "200"}, f"0+{ok}x90"),
+            series(str(slo.Metric.REQUESTS_TOTAL), {**labels, "code": "429"}, f"0+{shed}x90"),
+        ]
+
+    shed_for = rules.seconds(rules.SHED_FOR) // 60
+    alert = "QuantshipRequestsShed"
+    tests = [
+        {
+            "interval": "1m",
+            "input_series": [*answered(shedding, 30, 10), *answered(busy, 96, 4), *answered(quiet, 1, 1)],
+            "alert_rule_test": [
+                {"eval_time": f"{shed_for - 5}m", "alertname": alert, "exp_alerts": []},
+                *(
+                    {
+                        "eval_time": f"{minutes}m",
+                        "alertname": alert,
+                        "exp_alerts": [expected(alert, shedding, 0.25)],
+                    }
+                    for minutes in (shed_for + 5, 80)
+                ),
+            ],
+        }
+    ]
+    assert_passes(promtool, write_tests(tmp_path, rule_file, tests))
+
+
 # -- quantization health: drift, hardware, determinism -------------------------------------------
 
 SHIFTED, CALM = 0.09375, 0.015625
