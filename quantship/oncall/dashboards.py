@@ -438,7 +438,7 @@ def oncall() -> Board:
             [
                 query(
                     burn_rate(objective, window),
-                    f"{{{{namespace}}}}/{{{{model}}}} {{{{track}}}} {window}",
+                    f"{{{{namespace}}}}/{{{{model}}}} {{{{track}}}} {{{{revision}}}} {window}",
                 )
                 for window in slo.RULE_WINDOWS
             ],
@@ -463,17 +463,23 @@ def oncall() -> Board:
         )
     board.graph(
         "Latency p95 and p99",
-        "Successful inference requests, end to end, per track.",
+        "Successful inference requests, end to end, per revision and track.",
         [
-            query(latency_quantile(0.95, TRACKS), "p95 {{namespace}}/{{model}} {{track}}"),
-            query(latency_quantile(0.99, TRACKS), "p99 {{namespace}}/{{model}} {{track}}"),
+            query(latency_quantile(0.95, TRACKS), "p95 {{namespace}}/{{model}} {{track}} {{revision}}"),
+            query(latency_quantile(0.99, TRACKS), "p99 {{namespace}}/{{model}} {{track}} {{revision}}"),
         ],
         unit="s",
     )
     board.number(
         "Fallback ops",
         "Ops meant to run quantized that run in float, per revision: any is a ticket.",
-        [query(slo.fallback_ops_or_zero(MODEL, TRACKS), "{{namespace}}/{{model}} {{track}}", instant=True)],
+        [
+            query(
+                slo.fallback_ops_or_zero(MODEL, TRACKS),
+                "{{namespace}}/{{model}} {{track}} {{revision}}",
+                instant=True,
+            )
+        ],
         unit="none",
         steps={1: "red"},
     )
@@ -512,8 +518,11 @@ def oncall() -> Board:
         "judges it, against each model's threshold (its own where the chart's alerts.driftThresholds "
         f"sets one). Dashed: the default threshold ({rules.DRIFT_THRESHOLD:g}).",
         [
-            query(overall, f"{{{{namespace}}}}/{{{{model}}}} {{{{track}}}} {rules.DRIFT_WINDOW}"),
-            query(overall_drift(), "{{namespace}}/{{model}} {{track}} now"),
+            query(
+                overall,
+                f"{{{{namespace}}}}/{{{{model}}}} {{{{track}}}} {{{{revision}}}} {rules.DRIFT_WINDOW}",
+            ),
+            query(overall_drift(), "{{namespace}}/{{model}} {{track}} {{revision}} now"),
             query(rules.model_threshold(overall, rules.DRIFT_THRESHOLD, tensor=False), "{{model}} threshold"),
         ],
         unit="none",
@@ -544,7 +553,11 @@ def oncall() -> Board:
         "Hardware mismatch",
         "1 where a revision serves on hardware unlike the gate's, by aspect (int8_flags, "
         "onnxruntime, provider): a ticket.",
-        [query(hardware_mismatch(), "{{namespace}}/{{model}} {{track}} {{aspect}}", instant=True)],
+        [
+            query(
+                hardware_mismatch(), "{{namespace}}/{{model}} {{track}} {{revision}} {{aspect}}", instant=True
+            )
+        ],
         unit="none",
         steps={1: "orange"},
     )
@@ -554,7 +567,7 @@ def oncall() -> Board:
         [
             query(
                 f"max by ({', '.join(TRACKS)}) ({slo.with_labels(M.NONDETERMINISTIC_OUTPUTS, MODEL)})",
-                "{{namespace}}/{{model}} {{track}}",
+                "{{namespace}}/{{model}} {{track}} {{revision}}",
                 instant=True,
             )
         ],

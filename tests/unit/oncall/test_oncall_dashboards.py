@@ -144,3 +144,34 @@ def test_the_oncall_dashboard_plots_what_the_sli_starved_alert_reads_under_its_t
     assert plotted == [rules.sli_starved(dashboards.MODEL)]
     steps = [step["value"] for step in starved["fieldConfig"]["defaults"]["thresholds"]["steps"]]
     assert steps == [None, slo.STARVED_BEHIND_PER_S]
+
+
+def legends(board: str, title: str) -> list[str]:
+    """The legends of a panel's targets, but for a model's threshold (one line per model)."""
+    panel = {panel["title"]: panel for panel in panels(load(board))}[title]
+    return [
+        target["legendFormat"] for target in panel["targets"] if "threshold" not in target["legendFormat"]
+    ]
+
+
+PER_REVISION = {
+    "oncall": (
+        *(f"Burn rate: {dashboards._sli_title(objective.sli)}" for objective in slo.DEFAULT_OBJECTIVES),
+        "Latency p95 and p99",
+        "Fallback ops",
+        "Activation drift",
+        "Activation drift, most drifted tensor",
+        "Hardware mismatch",
+        "Nondeterministic outputs",
+    ),
+}
+"""Panels whose series are per revision and track: two stable revisions in one range (before and
+after a promotion), or a canary of the same track in two namespaces, are told apart by the legend."""
+
+
+@pytest.mark.parametrize(("board", "title"), [(b, t) for b, titles in PER_REVISION.items() for t in titles])
+def test_legends_of_per_revision_panels_name_the_track_and_the_revision(board: str, title: str) -> None:
+    found = legends(board, title)
+    assert found
+    for legend in found:
+        assert "{{track}}" in legend and "{{revision}}" in legend, f"{title}: {legend}"
