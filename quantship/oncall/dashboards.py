@@ -49,6 +49,8 @@ NAMED = (slo.NAMESPACE, "model")
 TRACKS = (*NAMED, "revision", "track")
 TAGS = ["quantship"]
 OBJECTIVES = {objective.sli: objective for objective in slo.DEFAULT_OBJECTIVES}
+PER_TENSOR = "{{namespace}}/{{model}} {{track}} {{revision}} {{tensor}}"
+"""Legend of the per-tensor panels (a tensor of each revision and track)."""
 BURN_COLORS = {1.0: "yellow", 3.0: "orange", 6.0: "red", 14.4: "dark-red"}
 """Burn-rate thresholds drawn on the burn panels: the factors of slo.BURN_WINDOWS."""
 
@@ -78,8 +80,9 @@ def burn_rate(objective: slo.Objective, window: str) -> str:
 
 
 def per_tensor_clip_rate(window: str) -> str:
-    """The clip-rate SLI per activation tensor (servers run with --per-tensor-metrics)."""
-    by = (*NAMED, "tensor")
+    """The clip-rate SLI per activation tensor (servers run with --per-tensor-metrics), of each
+    revision and track: a canary's clipping is not diluted by the stable's."""
+    by = (*TRACKS, "tensor")
     clipped = slo.increase(M.TENSOR_ACTIVATIONS_CLIPPED_TOTAL, window, MODEL, by)
     observed = slo.increase(M.TENSOR_ACTIVATIONS_OBSERVED_TOTAL, window, MODEL, by)
     return f"topk(20, {clipped} / ({observed} > 0))"
@@ -96,11 +99,10 @@ def overall_drift() -> str:
 
 
 def per_tensor_drift(top: int | None = 20) -> str:
-    """Drift per activation tensor (servers run with --per-tensor-metrics): the `top` most drifted,
-    or every tensor."""
-    series = (
-        f"avg by (namespace, model, tensor) ({slo.with_labels(rules.drift_series(per_tensor=True), MODEL)})"
-    )
+    """Drift per activation tensor (servers run with --per-tensor-metrics) of each revision and track,
+    its replicas averaged: the `top` most drifted, or every tensor."""
+    by = ", ".join((*TRACKS, "tensor"))
+    series = f"avg by ({by}) ({slo.with_labels(rules.drift_series(per_tensor=True), MODEL)})"
     return series if top is None else f"topk({top}, {series})"
 
 
@@ -638,26 +640,27 @@ def debug() -> Board:
     board.row("Quantization")
     board.graph(
         "Clip rate per tensor (top 20)",
-        "Share of each activation tensor's values outside its calibrated range. Needs servers run "
-        "with --per-tensor-metrics.",
-        [query(per_tensor_clip_rate(RATE), "{{namespace}}/{{model}} {{tensor}}")],
+        "Share of each activation tensor's values outside its calibrated range, per revision and "
+        "track. Needs servers run with --per-tensor-metrics.",
+        [query(per_tensor_clip_rate(RATE), PER_TENSOR)],
         unit="percentunit",
     )
     board.graph(
         "Activation drift per tensor (top 20)",
         "Jensen-Shannon divergence (bits) of each activation tensor's sampled values from its "
-        "calibration histogram. Needs servers run with --per-tensor-metrics. Dashed: the "
+        "calibration histogram, per revision and track. Needs servers run with --per-tensor-metrics. "
+        "Dashed: the "
         f"per-tensor alert threshold ({rules.DRIFT_TENSOR_THRESHOLD:g}).",
-        [query(per_tensor_drift(), "{{namespace}}/{{model}} {{tensor}}")],
+        [query(per_tensor_drift(), PER_TENSOR)],
         unit="none",
         steps={rules.DRIFT_TENSOR_THRESHOLD: "orange"},
     )
     board.heat_map(
         "Activation drift heat map (every tensor)",
-        "One row per activation tensor (by name): where in the network traffic moved away from "
-        "calibration, and when. Darkest at and above twice the per-tensor alert threshold "
+        "One row per activation tensor of each revision and track: where in the network traffic "
+        "moved away from calibration, and when. Darkest at and above twice the per-tensor alert threshold "
         f"({rules.DRIFT_TENSOR_THRESHOLD:g} bits). Needs servers run with --per-tensor-metrics.",
-        [query(per_tensor_drift(top=None), "{{namespace}}/{{model}} {{tensor}}")],
+        [query(per_tensor_drift(top=None), PER_TENSOR)],
         unit="none",
         top=2 * rules.DRIFT_TENSOR_THRESHOLD,
     )

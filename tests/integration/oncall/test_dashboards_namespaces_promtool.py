@@ -2,7 +2,8 @@
 quarter of its requests, prod's (100x the traffic) none. The alerts page for staging (the rules
 group by namespace) and link the on-call dashboard with its namespace; there, the errors panel and
 the burn rates show staging's 25%, not the 0.25% of both namespaces summed. The operator's series
-(one canary per namespace, both named digits) are told apart the same way."""
+(one canary per namespace, both named digits) are told apart the same way, and the debug dashboard's
+per-tensor panels keep a canary apart from the stable."""
 
 from __future__ import annotations
 
@@ -169,6 +170,62 @@ def test_the_burn_panels_divide_a_models_errors_by_its_own_budget_as_the_alerts_
                             {"labels": matchers({"namespace": "prod", "model": "digits"}), "value": 0.0},
                         ],
                     },
+                ],
+            }
+        ],
+    )
+
+
+def test_the_per_tensor_panels_keep_a_canary_apart_from_the_stable(tmp_path: Path) -> None:
+    """The canary clips half of tensor conv's values and drifts 0.5 bits on it; the stable (ten times
+    the traffic, two replicas) clips none and drifts 0.0625. Summed, the clip rate read 4.5% for
+    both revisions, and drift averaged over them and their replicas."""
+    canary, stable = {**LABELS, "namespace": "prod"}, {**LABELS, "namespace": "prod", "revision": "r1"}
+    stable["track"] = "stable"
+    tensor = {"tensor": "conv"}
+    metric = slo.Metric
+
+    def counter(name: slo.Metric, labels: dict[str, str], per_minute: int) -> dict[str, str]:
+        return {"series": f"{name}{matchers({**labels, **tensor})}", "values": f"0+{per_minute}x40"}
+
+    def drift(labels: dict[str, str], bits: float) -> dict[str, str]:
+        return {
+            "series": f"{metric.ACTIVATION_DRIFT}{matchers({**labels, **tensor})}",
+            "values": f"{bits}x40",
+        }
+
+    pod_a, pod_b = {"instance": "10.0.0.1:8080"}, {"instance": "10.0.0.2:8080"}
+    input_series = [
+        counter(metric.TENSOR_ACTIVATIONS_OBSERVED_TOTAL, canary, 100),
+        counter(metric.TENSOR_ACTIVATIONS_CLIPPED_TOTAL, canary, 50),
+        counter(metric.TENSOR_ACTIVATIONS_OBSERVED_TOTAL, stable, 1000),
+        counter(metric.TENSOR_ACTIVATIONS_CLIPPED_TOTAL, stable, 0),
+        drift(canary, 0.5),
+        drift({**stable, **pod_a}, 0.0625),
+        drift({**stable, **pod_b}, 0.0625),
+    ]
+
+    def per_revision(expr: str, values: dict[str, float]) -> dict[str, Any]:
+        samples = [
+            {"labels": matchers({**labels, **tensor}), "value": value}
+            for labels, value in ((canary, values["canary"]), (stable, values["stable"]))
+        ]
+        return {"expr": expr, "eval_time": "30m", "exp_samples": samples}
+
+    (clip,) = panel_exprs("Clip rate per tensor (top 20)", "prod", "debug")
+    (top,) = panel_exprs("Activation drift per tensor (top 20)", "prod", "debug")
+    (every,) = panel_exprs("Activation drift heat map (every tensor)", "prod", "debug")
+    drifts = {"canary": 0.5, "stable": 0.0625}
+    promtool_test(
+        tmp_path,
+        [
+            {
+                "interval": "1m",
+                "input_series": input_series,
+                "promql_expr_test": [
+                    per_revision(clip, {"canary": 0.5, "stable": 0.0}),
+                    per_revision(top, drifts),
+                    per_revision(every, drifts),
                 ],
             }
         ],

@@ -164,6 +164,11 @@ PER_REVISION = {
         "Hardware mismatch",
         "Nondeterministic outputs",
     ),
+    "debug": (
+        "Clip rate per tensor (top 20)",
+        "Activation drift per tensor (top 20)",
+        "Activation drift heat map (every tensor)",
+    ),
 }
 """Panels whose series are per revision and track: two stable revisions in one range (before and
 after a promotion), or a canary of the same track in two namespaces, are told apart by the legend."""
