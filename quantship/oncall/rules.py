@@ -259,13 +259,33 @@ def above_budget(recorded: str, objective: slo.Objective, window: slo.BurnWindow
     return f"(\n  {recorded} > on ({MODEL_KEY}) group_left () ({window.factor:g} * {budget})\n)"
 
 
+def alerts_own_budget(objective: slo.Objective) -> str:
+    """PromQL, for printf with an alert's namespace and model (%q each), of that model's own budget."""
+    own = slo.with_labels(M.SLO_BUDGET, {"slo": objective.sli.value})
+    return f"max({held(own.removesuffix('}') + ',namespace=%q,model=%q}')})"
+
+
 def budget_used(objective: slo.Objective) -> str:
     """An alert template printing the budget its model was judged by: its own, or the default."""
-    own = slo.with_labels(M.SLO_BUDGET, {"slo": objective.sli.value})
-    mine = own.removesuffix("}") + ",namespace=%q,model=%q}"
     return (
-        f"{{{{ with printf `max({held(mine)})` $labels.namespace $labels.model | query }}}}"
+        f"{{{{ with printf `{alerts_own_budget(objective)}` $labels.namespace $labels.model | query }}}}"
         f"{{{{ . | first | value }}}}{{{{ else }}}}{objective.budget:g}{{{{ end }}}}"
+    )
+
+
+def period_days() -> float:
+    """slo.SLO_PERIOD in days."""
+    return seconds(slo.SLO_PERIOD) / seconds("1d")
+
+
+def budget_lasts(objective: slo.Objective) -> str:
+    """An alert template printing the days an SLO_PERIOD's budget lasts at the burn its alert saw:
+    the period times the budget (the model's own, or the default) over $value, the bad ratio over the
+    long window. Templates have no arithmetic; PromQL, through `query`, has."""
+    days = f"{period_days():g} * ({alerts_own_budget(objective)} or vector({objective.budget:g})) / %g"
+    return (
+        f"{{{{ with printf `{days}` $labels.namespace $labels.model $value | query }}}}"
+        '{{ . | first | value | printf "%.3g" }}{{ end }}'
     )
 
 
@@ -299,7 +319,8 @@ def burn_alert(objective: slo.Objective, window: slo.BurnWindow) -> dict[str, An
                 f"({{{{ $labels.track }}}}): the {objective.sli.value} bad ratio is "
                 f"{{{{ $value | humanizePercentage }}}} over {window.long}, above {window.factor:g}x "
                 f"the {budget_used(objective)} budget over {window.long} and "
-                f"{window.short}. At this pace a 30-day budget lasts {30 / window.factor:.3g} days."
+                f"{window.short}. At this pace a {period_days():g}-day budget lasts "
+                f"{budget_lasts(objective)} days."
             ),
             "dashboard": links.dashboard_url(links.ONCALL_UID, "{{ $labels.model }}"),
             "runbook_url": links.runbook_url(name),

@@ -114,12 +114,20 @@ BUDGET_QUERY = re.compile(
     r"\{\{ \. \| first \| value \}\}\{\{ else \}\}([^{]*)\{\{ end \}\}"
 )
 """rules.budget_used: the model's own budget where the operator reports one, else the default."""
+BUDGET_LASTS = re.compile(
+    r"\{\{ with printf `([0-9.]+) \* \([^`]* or vector\(([^)]*)\)\) / %g` \$labels\.namespace "
+    r"\$labels\.model \$value \| query \}\}\{\{ \. \| first \| value \| printf \"%\.3g\" \}\}\{\{ end \}\}"
+)
+"""rules.budget_lasts: the days a budget (the model's own, else the default) lasts at $value."""
 
 
 def expand(template: str, labels: dict[str, str], value: float, budget: float | None = None) -> str:
     """Render the few template forms our annotations use, as Prometheus would; `budget` is the model's
     own SLO budget the operator reports (None: it reports none)."""
     text = BUDGET_QUERY.sub(lambda match: match[1] if budget is None else go_value(budget), template)
+    text = BUDGET_LASTS.sub(
+        lambda match: f"{float(match[1]) * (float(match[2]) if budget is None else budget) / value:.3g}", text
+    )
     text = text.replace("{{ $value | humanizePercentage }}", f"{value * 100:.4g}%")
     if "{{ $value | humanize }}" in text:
         text = text.replace("{{ $value | humanize }}", humanize(value))
@@ -349,6 +357,9 @@ def test_each_model_burns_its_own_budget_and_a_model_without_one_the_default(
     description = rule(page, long_window="1h")["annotations"]["description"]
     assert "above 14.4x the 0.0001 budget" in expand(description, tight, 0.005, own["tight"])
     assert "above 14.4x the 0.001 budget" in expand(description, plain, 0.1)
+    # the days left at the burn seen (30 x budget / ratio), not at the tier's factor (30 / 14.4)
+    assert "a 30-day budget lasts 0.6 days" in expand(description, tight, 0.005, own["tight"])
+    assert "a 30-day budget lasts 0.3 days" in expand(description, plain, 0.1)
 
 
 def test_a_models_own_budget_holds_while_the_operator_restarts_then_the_default_with_a_ticket(
