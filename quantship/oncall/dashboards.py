@@ -8,6 +8,7 @@ so a panel shows the number the alerts and the rollout engine judge.
   executive  accuracy delta per model, latency p95, error budget spent, size saving of INT8 over
              FP32, rollout status and history
   oncall     burn rate per SLO and window, the four SLIs by track, p95/p99 latency, fallback ops,
+             SLI samples dropped as behind, requests shed (429),
              activation drift against its alert threshold, hardware mismatch and info,
              nondeterministic outputs, canary weight and the operator's judgements; promotions and
              rollbacks as annotations
@@ -112,11 +113,11 @@ def size_bytes(variant: str) -> str:
 
 
 def rollouts(window: str, result: str = "") -> str:
-    """Rollouts that ended in `window`, by result; `result` narrows them (a regex)."""
+    """Rollouts that ended in `window`, by result; `result` narrows them (a regex). Whole numbers:
+    increase() extrapolates to the window's edges, and one rollback read 1.00958."""
     labels = {**MODEL, "result": slo.Regex(result)} if result else MODEL
-    return (
-        f"sum by (namespace, model, result) (increase({slo.with_labels(M.ROLLOUTS_TOTAL, labels)}[{window}]))"
-    )
+    series = slo.with_labels(M.ROLLOUTS_TOTAL, labels)
+    return f"round(sum by (namespace, model, result) (increase({series}[{window}])))"
 
 
 def rollouts_ended(window: str, result: str) -> str:

@@ -13,7 +13,8 @@ Three groups:
                          FastBurn alert that pages (14.4x over 1h and 5m, 6x over 6h and 30m) and a
                          SlowBurn alert that opens a ticket (3x over 1d and 2h, 1x over 3d and 6h)
   quantship-operations   fallback ops, model load failures, rollouts rolled back or stuck,
-                         a model whose metrics vanished
+                         a model whose metrics vanished, SLI samples starved of CPU, lasting
+                         load shedding (429s, which no SLO counts)
   quantship-quantization activation drift against calibration (recorded over DRIFT_WINDOW, overall
                          and the largest tensor), serving hardware unlike the gate's, outputs
                          that differ between two runs of one probe: all tickets

@@ -23,7 +23,7 @@ pytestmark = pytest.mark.prometheus
 
 LABELS = {"model": "digits", "revision": "r2", "track": "canary"}
 PER_MINUTE = {"staging": {"200": 30, "500": 10}, "prod": {"200": 4000}}
-GRAFANA = {"$__rate_interval": "5m", "$model": "digits"}
+GRAFANA = {"$__rate_interval": "5m", "$__range": "17m30s", "$model": "digits"}
 
 
 def matchers(labels: dict[str, str]) -> str:
@@ -226,6 +226,37 @@ def test_the_per_tensor_panels_keep_a_canary_apart_from_the_stable(tmp_path: Pat
                     per_revision(clip, {"canary": 0.5, "stable": 0.0}),
                     per_revision(top, drifts),
                     per_revision(every, drifts),
+                ],
+            }
+        ],
+    )
+
+
+def test_the_rollout_tables_count_one_rollback_as_one(tmp_path: Path) -> None:
+    """increase() extrapolates a counter's rise to the window's edges: one rollback in a window of
+    17.5 minutes, sampled every minute, reads 1.029 (1.00958 measured over a live range)."""
+    rolled_back = operator_series(slo.Metric.ROLLOUTS_TOTAL, "prod", 0, result="rolled_back")
+    rolled_back["values"] = "1x20 2x20"  # an earlier one before the window; this one at minute 20
+    tables = (("executive", "Rollouts over the time range"), ("oncall", "Recent promotions and rollbacks"))
+    exprs = [expr for board, title in tables for expr in panel_exprs(title, "prod", board)]
+    assert all("[17m30s]" in expr for expr in exprs)
+    one = {
+        "labels": matchers({"model": "digits", "namespace": "prod", "result": "rolled_back"}),
+        "value": 1.0,
+    }
+    promtool_test(
+        tmp_path,
+        [
+            {
+                "interval": "1m",
+                "input_series": [rolled_back],
+                "promql_expr_test": [
+                    {
+                        "expr": expr,
+                        "eval_time": "30m",
+                        "exp_samples": [one],
+                    }
+                    for expr in exprs
                 ],
             }
         ],
