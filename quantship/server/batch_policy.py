@@ -108,6 +108,12 @@ ROWS_MIX = (
 )
 
 
+UNSPLIT = (
+    "not batched: an output without the batch dimension depends on the batch or on the values, so no "
+    "merged call can answer for each request"
+)
+
+
 def choose(
     runner: Runner,
     configured: int,
@@ -119,12 +125,16 @@ def choose(
     """The batch size cap for `runner`, at most `configured`. `measure(runner, rows)` gives seconds per
     row of one call (default: timed onnxruntime calls on the first of FILLS the model runs on; on
     none, batching is off); `usable_cpus` defaults to this process's (cpus.usable). A model whose
-    rows mix (`runtime.rows_mix`) never merges requests: its answers would not be reproducible."""
+    rows mix (`runtime.rows_mix`) never merges requests: its answers would not be reproducible; nor
+    does one whose outputs a merged call cannot split (`Runner.layout`, learned here, at load)."""
     overlap = (usable_cpus if usable_cpus is not None else cpus.usable()) > 1
     signature = runner.signature
     if not signature.batchable:
         return BatchPolicy(1, "the model has no batch dimension", overlap=overlap)
+    unsplit = runner.layout.alone
     if any(None in spec.shape[1:] or spec.datatype == "BYTES" for spec in signature.inputs):
+        if unsplit:
+            return BatchPolicy(1, UNSPLIT, overlap=overlap)
         reason = "not measured: inputs with open dimensions besides the batch"
         return BatchPolicy(configured, reason, overlap=overlap)
     fill, failure = _runnable_fill(runner)
@@ -132,8 +142,9 @@ def choose(
         reason = f"not measured: the model fails on inputs of {' and of '.join(map(str, FILLS))} ({failure})"
         return BatchPolicy(1, reason, overlap=overlap)
     measure = measure if measure is not None else functools.partial(_seconds_per_row, fill=fill)
-    if rows_mix or configured == 1:
-        costs, chosen, reason = {1: measure(runner, 1)}, 1, ROWS_MIX if rows_mix else "--max-batch-size 1"
+    if rows_mix or unsplit or configured == 1:
+        reason = ROWS_MIX if rows_mix else UNSPLIT if unsplit else "--max-batch-size 1"
+        costs, chosen = {1: measure(runner, 1)}, 1
     else:
         costs, chosen = _measure_sizes(runner, configured, measure)
         reason = (

@@ -2,7 +2,10 @@
 
 The service builds one Runner per session (served INT8 model, FP32 reference, clip observer) from
 `quantship.runtime.create_session`, so the server runs the kernels the accuracy gate judged. The
-batcher and the background workers merge requests with `concat` and `split`. Knows nothing of HTTP.
+batcher and the background workers merge requests with `concat` and `split`, cutting back only the
+outputs the model's `BatchLayout` says carry the batch: decided once, from the declared output shapes
+and, where they leave it open, probe calls, never from the sizes of one merged call (a NonZero's
+count can equal its rows by chance). Knows nothing of HTTP.
 """
 
 from __future__ import annotations
@@ -196,7 +199,6 @@ class Runner:
         self.session = session
         self.signature = Signature.from_session(session)
         self._value_free = value_free
-        self._layout: _BatchLayout | None = None  # learned at the first merged call that needs it
         self._output_names = [spec.name for spec in self.signature.outputs]
         self._run_options = ort.RunOptions()
         # A refused input is answered 400; onnxruntime's own error log of it would be noise.
@@ -261,8 +263,8 @@ class Runner:
     def run_batch(self, requests: Sequence[Tensors], rows: Sequence[int]) -> list[Outcome]:
         """Each request's outputs, or the InvalidInput that request alone caused (a token id past the
         vocabulary): one bad request in a merged call must not fail the others, so its group is rerun
-        one request at a time. An output without the batch dimension is given whole to each request
-        when it reads no input's values (`_probe_layout`); otherwise requests run alone."""
+        one request at a time. Requests merge only where the `layout` can answer for each of them;
+        otherwise they run alone."""
         if len(requests) == 1:
             return [_outcome(self.run, requests[0])]
         results: list[Outcome | None] = [None] * len(requests)
@@ -271,7 +273,7 @@ class Runner:
             key = batch_key(request) if self.signature.batchable else ("alone", index)
             groups[key].append(index)
         for indices in groups.values():
-            if len(indices) > 1 and self._layout is not None and self._layout.alone:
+            if len(indices) > 1 and self.layout.alone:
                 for index in indices:  # outputs no merged call can answer for each request
                     results[index] = _outcome(self.run, requests[index])
                 continue
@@ -281,59 +283,106 @@ class Runner:
                 for index in indices:
                     results[index] = _outcome(self.run, requests[index])
                 continue
-            parts = self._split(merged, [rows[i] for i in indices])
-            if parts is None:  # the merged call cannot answer for each: run each on its own
+            parts = split(merged, [rows[i] for i in indices], self.layout) if len(indices) > 1 else [merged]
+            if parts is None:  # a batch output did not lead with the rows after all: run each alone
                 parts = [self.run(requests[i]) for i in indices]
             for index, part in zip(indices, parts, strict=True):
                 results[index] = part
         return [result for result in results if result is not None]
 
-    def _split(self, merged: Tensors, rows: Sequence[int]) -> list[dict[str, np.ndarray]] | None:
-        """`split`, sharing the outputs the layout shares; the layout is learned the first time an
-        output lacks the batch dimension (a static transformer's position embeddings), not before:
-        a model whose outputs all carry it never pays the probe."""
-        shared = self._layout.shared if self._layout is not None else frozenset()
-        parts = split(merged, rows, shared)
-        if parts is None and self._layout is None:
-            self._layout = self._probe_layout()
-            parts = None if self._layout.alone else split(merged, rows, self._layout.shared)
-        return parts
+    @functools.cached_property
+    def layout(self) -> BatchLayout:
+        """Which outputs a merged call cuts back into each request's rows and which it gives each
+        request whole: from the declared shapes (`declared_batch_outputs`), and for the outputs they
+        leave undecided, from `_probe_layout` (once; the batch policy asks at load). A model whose
+        outputs all declare the inputs' batch dimension makes no call for it."""
+        batched = declared_batch_outputs(self.signature)
+        undecided = frozenset(self._output_names) - batched
+        if not undecided:
+            return BatchLayout(batched, frozenset(), alone=False)
+        return self._probe_layout(batched, undecided)
 
-    def _probe_layout(self) -> _BatchLayout:
-        """Which outputs lack the batch dimension, and whether all of them may be shared, from two
-        calls on ones (1 row, then 2): shared where they are value-free and the same at both."""
-        try:
-            one, two = (
-                dict(zip(self._output_names, self._call(self.filled(n, 1)), strict=True)) for n in (1, 2)
+    def _probe_layout(self, batched: frozenset[str], undecided: frozenset[str]) -> BatchLayout:
+        """`undecided` outputs that lead with the rows in every probe run carry the batch; the others
+        are shared where value-free (`value_free_outputs`) and equal in every run; if any is neither,
+        requests run alone."""
+        runs = self._probe_runs()
+        if not runs:
+            log.warning(
+                "outputs %s do not declare the batch dimension, and the model fails on every probe "
+                "input: requests run alone",
+                ", ".join(sorted(undecided)),
             )
-        except Exception as exc:  # any of onnxruntime's pybind types
-            log.warning("outputs without a batch dimension, and ones fail (%s): requests run alone", exc)
-            return _BatchLayout(frozenset(), alone=True)
-        batchless = {name for name in one if not (_leads(one[name], 1) and _leads(two[name], 2))}
+            return BatchLayout(batched, frozenset(), alone=True)
+        leading = frozenset(name for name in undecided if all(_leads(out[name], n) for n, out in runs))
+        first = runs[0][1]
         shared = frozenset(
             name
-            for name in batchless
-            if name in self._value_free
-            and one[name].shape == two[name].shape
-            and np.array_equal(one[name], two[name])
+            for name in undecided - leading
+            if name in self._value_free and all(_same(out[name], first[name]) for _, out in runs)
         )
-        if shared != batchless:
+        unshared = undecided - leading - shared
+        if unshared:
             log.info(
-                "outputs %s lack a batch dimension and depend on it: requests run alone", batchless - shared
+                "outputs %s lack a batch dimension and depend on the batch or the values: requests run alone",
+                ", ".join(sorted(unshared)),
             )
-        return _BatchLayout(shared, alone=shared != batchless)
+        return BatchLayout(batched | leading, shared, alone=bool(unshared))
+
+    def _probe_runs(self) -> list[tuple[int, dict[str, np.ndarray]]]:
+        """(rows, outputs) at each of PROBE_ROWS, for each of PROBE_FILLS the model runs on at all of
+        them."""
+        runs: list[tuple[int, dict[str, np.ndarray]]] = []
+        for fill in PROBE_FILLS:
+            inputs = [
+                {spec.name: _probe_tensor(spec, rows, fill) for spec in self.signature.inputs}
+                for rows in PROBE_ROWS
+            ]
+            try:
+                outputs = [dict(zip(self._output_names, self._call(i), strict=True)) for i in inputs]
+            except Exception:  # any of onnxruntime's pybind types: this fill is out of the model's range
+                continue
+            runs += zip(PROBE_ROWS, outputs, strict=True)
+        return runs
 
 
 @dataclass(frozen=True)
-class _BatchLayout:
+class BatchLayout:
+    """How the outputs of a merged call go back to its requests."""
+
+    batched: frozenset[str]
+    """Outputs whose first dimension is the batch: each request gets its rows."""
     shared: frozenset[str]
-    """Outputs without a batch dimension that every request of a merged call shares as they are."""
+    """Outputs without it that every request of a merged call gets whole (value-free and the same
+    whatever the rows: a static transformer's position embeddings, a list of class ids)."""
     alone: bool
-    """Some output without a batch dimension cannot be shared: requests never merge."""
+    """Some output is neither: no merged call can answer for each request, so requests never merge."""
+
+
+PROBE_ROWS = (1, 2, 3)
+"""Row counts of the layout probe: an undeclared output that leads with the rows at each carries the batch."""
+PROBE_FILLS: tuple[int | None, ...] = (1, 0, None)
+"""What the probe's inputs hold: ones, zeros (as batch_policy.FILLS), and None: values of both signs
+that differ from element to element (`_probe_tensor`), so that a leading dimension the values decide
+(NonZero's count) is unlikely to equal the rows in every run. Fills the model fails on are skipped."""
+
+
+def declared_batch_outputs(signature: Signature) -> frozenset[str]:
+    """Outputs whose declared first dimension has the name of the inputs' first (batch) dimension. A
+    fixed first dimension is no batch; an unnamed one, or one named otherwise (NonZero's `K`), is
+    left to the probe."""
+    batch_names = {spec.dim_names[0] for spec in signature.inputs if spec.dim_names and spec.dim_names[0]}
+    return frozenset(
+        spec.name for spec in signature.outputs if spec.dim_names and spec.dim_names[0] in batch_names
+    )
 
 
 def _leads(value: np.ndarray, rows: int) -> bool:
     return value.ndim > 0 and value.shape[0] == rows
+
+
+def _same(a: np.ndarray, b: np.ndarray) -> bool:
+    return a.shape == b.shape and bool(np.array_equal(a, b))
 
 
 SHAPE_ONLY_OPS = frozenset({"Shape", "Size"})
@@ -412,6 +461,18 @@ def _filled(spec: TensorSpec, rows: int, fill: int) -> np.ndarray:
     return np.full(shape, fill, dtype=spec.dtype)
 
 
+def _probe_tensor(spec: TensorSpec, rows: int, fill: int | None) -> np.ndarray:
+    """`_filled`, or for fill None, values that change sign and size from one element to the next
+    (-2, -1, 0, 1, 2, ...; 0, 1, 2, ... for unsigned types, False, True, ... for BOOL)."""
+    if fill is not None or spec.datatype == "BYTES":
+        return _filled(spec, rows, fill or 0)
+    shape = _filled(spec, rows, 0).shape
+    count = np.arange(int(np.prod(shape)))
+    kind = spec.dtype.kind
+    values = count % 2 == 1 if kind == "b" else count % 5 if kind == "u" else count % 5 - 2
+    return values.astype(spec.dtype).reshape(shape)
+
+
 class _Controls:
     """Whether the model runs on ones shaped as a failed request was (ones, not zeros: onnxruntime
     refuses an integer Div by 0; ones are a valid mask, id, count and divisor). If it does,
@@ -487,21 +548,18 @@ def concat(requests: Sequence[Tensors]) -> dict[str, np.ndarray]:
     return {name: np.concatenate([request[name] for request in requests]) for name in requests[0]}
 
 
-def split(
-    outputs: Tensors, rows: Sequence[int], shared: frozenset[str] = frozenset()
-) -> list[dict[str, np.ndarray]] | None:
-    """Cut batch outputs back into per-request outputs, each request getting the `shared` ones whole;
-    None when another output has no matching batch dim."""
+def split(outputs: Tensors, rows: Sequence[int], layout: BatchLayout) -> list[dict[str, np.ndarray]] | None:
+    """Cut a merged call's outputs back into each request's: its rows of the `layout`'s batched
+    outputs, and its shared ones whole; None when a batched output does not lead with the call's rows
+    (the layout is never `alone` here: such requests do not merge)."""
     total = sum(rows)
-    if len(rows) == 1:
-        return [dict(outputs)]
-    if any(name not in shared and not _leads(value, total) for name, value in outputs.items()):
+    if not all(_leads(outputs[name], total) for name in layout.batched):
         return None
     parts, start = [], 0
     for count in rows:
         parts.append(
             {
-                name: value if name in shared else value[start : start + count]
+                name: value[start : start + count] if name in layout.batched else value
                 for name, value in outputs.items()
             }
         )
