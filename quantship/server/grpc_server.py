@@ -88,6 +88,7 @@ def decode_request(message: pb.ModelInferRequest) -> InferRequest:
         datatype, shape = protocol.checked_header(name, tensor.datatype, list(tensor.shape))
         if name in inputs:
             raise InvalidInput(f"input '{name}' appears twice")
+        protocol.refuse_shared_memory(f"input '{name}'", tensor.parameters)
         if raw:
             if tensor.HasField("contents"):
                 raise InvalidInput(f"input '{name}' has both contents and raw_input_contents: give one")
@@ -96,6 +97,7 @@ def decode_request(message: pb.ModelInferRequest) -> InferRequest:
             inputs[name] = _from_contents(name, datatype, shape, tensor.contents)
     outputs = []
     for wanted in message.outputs:
+        protocol.refuse_shared_memory(f"output '{wanted.name}'", wanted.parameters)
         if _parameter_value(
             wanted.parameters.get("classification")
         ):  # as over HTTP: 0 or false asks for none

@@ -23,7 +23,7 @@ import codecs
 import json
 import math
 import struct
-from collections.abc import Mapping, Sequence
+from collections.abc import Container, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -227,7 +227,9 @@ def _decode_input(entry: Any, index: int, reader: _BinaryReader) -> tuple[str, n
     if not isinstance(name, str) or not name:
         raise InvalidInput(f"inputs[{index}] has no name")
     datatype, shape = checked_header(name, entry.get("datatype"), entry.get("shape"))
-    size = _parameters(entry, f"input '{name}'").get("binary_data_size")
+    parameters = _parameters(entry, f"input '{name}'")
+    refuse_shared_memory(f"input '{name}'", parameters)
+    size = parameters.get("binary_data_size")
     if size is not None:
         if "data" in entry:
             raise InvalidInput(f"input '{name}' has both 'data' and parameters.binary_data_size")
@@ -379,6 +381,7 @@ def _requested_outputs(document: dict[str, Any]) -> tuple[RequestedOutput, ...]:
             raise InvalidInput(f"outputs[{index}] must be an object with a name")
         name = entry["name"]
         parameters = _parameters(entry, f"output '{name}'")
+        refuse_shared_memory(f"output '{name}'", parameters)
         if parameters.get("classification"):
             raise InvalidInput(f"output '{name}': the classification extension is not supported")
         binary = parameters.get("binary_data")
@@ -387,6 +390,20 @@ def _requested_outputs(document: dict[str, Any]) -> tuple[RequestedOutput, ...]:
         outputs.append(RequestedOutput(name, binary))
     check_unique_outputs(outputs)
     return tuple(outputs)
+
+
+SHARED_MEMORY_PARAMETERS = ("shared_memory_region", "shared_memory_byte_size", "shared_memory_offset")
+"""Parameters of Triton's shared-memory extension, which this server does not offer (nor list in
+`/v2`'s extensions): ignored, an output asked for in a region came back inline, and an input read
+from one was called empty."""
+
+
+def refuse_shared_memory(where: str, parameters: Container[str]) -> None:
+    """Raises InvalidInput where `parameters` (of an input or output, either transport) name a
+    shared-memory region, as Triton refuses a region it does not know."""
+    for key in SHARED_MEMORY_PARAMETERS:
+        if key in parameters:
+            raise InvalidInput(f"{where}: shared memory (parameters.{key}) is not supported by this server")
 
 
 def check_unique_outputs(outputs: Sequence[RequestedOutput]) -> None:

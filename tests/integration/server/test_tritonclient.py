@@ -172,3 +172,21 @@ def test_every_answered_row_is_shadowed_and_clip_checked_in_the_background(
     )
     local_server.idle()
     assert local_server.metric("quantship_activations_observed_total") == observed + 7 * 1640
+
+
+@pytest.mark.parametrize("tensor", ["input", "output"])
+def test_a_tensor_in_shared_memory_is_refused_as_unsupported(
+    client: Any, traffic: tuple[np.ndarray, ...], tensor: str
+) -> None:
+    """The shared-memory extension is not offered: an output asked for in a region came back inline
+    (200), an input read from one was called empty. Refused as Triton refuses a region it lacks."""
+    inputs, outputs = request(traffic[0][:1], binary=True)
+    if tensor == "input":
+        inputs[0] = triton.InferInput("X", [1, 64], "FP32")
+        inputs[0].set_shared_memory("region", 256)
+    else:
+        outputs[1].set_shared_memory("region", 40)
+    with pytest.raises(InferenceServerException, match=r"shared memory .* is not supported") as raised:
+        client.infer(MODEL, inputs, outputs=outputs)
+    assert raised.value.status() == "400"
+    assert f"{tensor} '" in raised.value.message()

@@ -86,6 +86,23 @@ def test_bad_input_over_grpc_gets_the_mirrored_status_and_the_same_message(
     assert client.infer(MODEL, [tensor(traffic[0][:1])]).as_numpy("label").shape == (1,)  # still serving
 
 
+@pytest.mark.parametrize("where", ["input", "output"])
+def test_a_tensor_in_shared_memory_is_refused_as_unsupported_over_grpc(
+    client: Any, traffic: tuple[np.ndarray, ...], where: str
+) -> None:
+    """As over HTTP: not answered inline (an output) nor called empty (an input)."""
+    inputs, outputs = [tensor(traffic[0][:1])], [triton.InferRequestedOutput("probabilities")]
+    if where == "input":
+        inputs = [triton.InferInput("X", [1, 64], "FP32")]
+        inputs[0].set_shared_memory("region", 256)
+    else:
+        outputs[0].set_shared_memory("region", 40)
+    with pytest.raises(InferenceServerException, match=r"shared memory .* is not supported") as raised:
+        client.infer(MODEL, inputs, outputs=outputs)
+    assert raised.value.status() == "StatusCode.INVALID_ARGUMENT"
+    assert f"{where} '" in raised.value.message()
+
+
 def test_an_unknown_model_is_not_found_for_readiness_too(client: Any) -> None:
     with pytest.raises(InferenceServerException, match="unknown model 'mnist'") as raised:
         client.is_model_ready("mnist")
