@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import struct
+from typing import Any
 
 import numpy as np
 import pytest
@@ -172,6 +173,34 @@ def test_malformed_requests_are_refused_with_the_problem_named(
 ) -> None:
     with pytest.raises(InvalidInput, match=message):
         protocol.decode_request(body, header_length)
+
+
+@pytest.mark.parametrize(
+    ("datatype", "data"),
+    [
+        ("FP32", [True, 0.5]),  # read as [1.0, 0.5]: np.asarray promoted the true
+        ("FP32", [[0.5, 0.25], [2.0, False]]),
+        ("INT64", [3, True]),
+        ("UINT8", [[1, 2], [False, 4]]),
+    ],
+)
+def test_booleans_among_numbers_are_refused_as_all_booleans_are(datatype: str, data: list[Any]) -> None:
+    shape = list(np.shape(data))
+    body = json.dumps({"inputs": [{"name": "X", "shape": shape, "datatype": datatype, "data": data}]})
+    with pytest.raises(InvalidInput, match=f"input 'X' is {datatype}, but its data holds booleans"):
+        protocol.decode_request(body.encode())
+
+
+def test_numbers_that_are_0_and_1_in_a_body_with_booleans_elsewhere_are_numbers() -> None:
+    """A `false` in the outputs' parameters (tritonclient's JSON mode) makes 0 and 1 no booleans."""
+    body = json.dumps(
+        {
+            "inputs": [{"name": "X", "shape": [2, 2], "datatype": "FP32", "data": [[0, 1.0], [0.5, 1]]}],
+            "outputs": [{"name": "Y", "parameters": {"binary_data": False}}],
+        }
+    )
+    decoded = protocol.decode_request(body.encode()).inputs["X"]
+    np.testing.assert_array_equal(decoded, np.array([[0, 1], [0.5, 1]], dtype=np.float32))
 
 
 def test_binary_sizes_that_do_not_add_up_are_refused() -> None:
