@@ -25,6 +25,7 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from fastapi.routing import APIRoute
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Route as StarletteRoute
 from starlette.types import Receive, Scope, Send
 
@@ -52,6 +53,8 @@ class Route:
     hot: bool = False
     """Answered by `InferRoute` before FastAPI sees the request (infer_route.py); the route stays,
     as a plain Starlette route first in the table, to be documented and to answer other methods 405."""
+    documented: bool = True
+    """In the OpenAPI document; False for a path routed only to be answered as one not served."""
 
 
 FEEDBACK_FORM = '{"id": "<request id>", "label": <class id or list of them>}'
@@ -99,6 +102,8 @@ class Endpoints:
             Route("GET", "/v2/health/live", self.live, "Liveness", schema.ok(schema.Live, "Up.")),
             Route("GET", "/v2/health/ready", self.ready, "Readiness",
                   {**schema.ok(schema.Ready, "Serving."), **schema.errors(503)}),
+            Route("GET", "/v2/models/stats", self.no_route, "Statistics (not offered)", schema.errors(404),
+                  documented=False),
             Route("GET", v2_model, self.model_metadata, "Model metadata", metadata),
             Route("GET", v2_version, self.version_metadata, "Model version metadata", metadata),
             Route("GET", f"{v2_model}/ready", self.model_ready, "Model readiness", ready),
@@ -143,6 +148,13 @@ class Endpoints:
         self.service.check_model(model_name, model_version)
         self.service.check_ready()
         return JSONResponse({"name": model_name, "ready": True})
+
+    @staticmethod
+    async def no_route() -> JSONResponse:
+        """Triton's statistics extension is not offered: `/v2/models/stats` (every model's, what
+        tritonclient asks for without a model name) is answered 404 "no route" as `/v2/models/{m}/stats`
+        is, rather than matched by the metadata route as a model named 'stats'."""
+        raise StarletteHTTPException(404)
 
     async def prometheus(self) -> Response:
         return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)
@@ -306,6 +318,7 @@ def _add_routes(app: FastAPI, routes: list[Route]) -> list[APIRoute]:
             "response_model": None,
             "response_class": route.response_class,
             "openapi_extra": route.openapi_extra,
+            "include_in_schema": route.documented,
         }
         if route.hot:  # matched first: Starlette tries routes in order, and this is the busy one
             app.router.routes.insert(

@@ -190,3 +190,13 @@ def test_a_tensor_in_shared_memory_is_refused_as_unsupported(
         client.infer(MODEL, inputs, outputs=outputs)
     assert raised.value.status() == "400"
     assert f"{tensor} '" in raised.value.message()
+
+
+def test_statistics_of_every_model_are_not_offered_as_for_one_model(client: Any) -> None:
+    """`/v2/models/stats` was read as the metadata of a model named 'stats' (404 unknown model)."""
+    answers = []
+    for model in ("", MODEL):
+        with pytest.raises(InferenceServerException) as raised:
+            client.get_inference_statistics(model)
+        answers.append((raised.value.status(), raised.value.message()))
+    assert answers == [("404", "no route /v2/models/stats"), ("404", f"no route /v2/models/{MODEL}/stats")]
