@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from quantship.server import cpus
-from quantship.server.runner import Runner
+from quantship.server.runner import Runner, Signature
 
 CHEAPER = 0.9
 """A size is worth batching to when its cost per row is below 90% of the previous size's: within
@@ -132,11 +132,11 @@ def choose(
     if not signature.batchable:
         return BatchPolicy(1, "the model has no batch dimension", overlap=overlap)
     unsplit = runner.layout.alone
-    if any(None in spec.shape[1:] or spec.datatype == "BYTES" for spec in signature.inputs):
+    unmeasurable = _unmeasurable(signature)
+    if unmeasurable:
         if unsplit:
             return BatchPolicy(1, UNSPLIT, overlap=overlap)
-        reason = "not measured: inputs with open dimensions besides the batch"
-        return BatchPolicy(configured, reason, overlap=overlap)
+        return BatchPolicy(configured, f"not measured: {unmeasurable}", overlap=overlap)
     fill, failure = _runnable_fill(runner)
     if fill is None:
         reason = f"not measured: the model fails on inputs of {' and of '.join(map(str, FILLS))} ({failure})"
@@ -155,6 +155,20 @@ def choose(
     inline_rows = _rows_within(costs, chosen, INLINE_CALL_S)
     alone_rows = max(inline_rows, _rows_within(costs, chosen, ALONE_CALL_S))
     return BatchPolicy(chosen, reason, costs, inline_rows, alone_rows, overlap)
+
+
+def _unmeasurable(signature: Signature) -> str:
+    """Why a synthetic input cannot stand for real ones ('' if it can), a reason for each kind of input:
+    an open dimension besides the batch (a sequence: the synthetic one has length 1), strings (BYTES:
+    the synthetic ones are empty)."""
+    reasons = []
+    open_dims = [spec.name for spec in signature.inputs if None in spec.shape[1:]]
+    if open_dims:
+        reasons.append(f"inputs with open dimensions besides the batch ({', '.join(open_dims)})")
+    strings = [spec.name for spec in signature.inputs if spec.datatype == "BYTES"]
+    if strings:
+        reasons.append(f"string (BYTES) inputs, whose cost depends on their contents ({', '.join(strings)})")
+    return "; ".join(reasons)
 
 
 def _measure_sizes(

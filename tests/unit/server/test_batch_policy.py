@@ -4,8 +4,10 @@ tested on given cost tables (timings would make it flaky); the timing itself on 
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
+from tiny_models import build_with_text
 
 from quantship.server import batch_policy
 from quantship.server.runner import Runner
@@ -42,7 +44,29 @@ def test_models_that_cannot_batch_or_be_probed_are_not_measured(tiny_model: Tiny
         batch_policy.choose(tiny_model(first_dim=1), 32, never).reason == "the model has no batch dimension"
     )
     open_width = batch_policy.choose(tiny_model(width="W"), 16, never)
-    assert open_width.max_batch_size == 16 and "not measured" in open_width.reason
+    assert open_width.max_batch_size == 16
+    assert open_width.reason == "not measured: inputs with open dimensions besides the batch (X)"
+
+
+@pytest.mark.parametrize(
+    ("width", "reason"),
+    [
+        (3, "not measured: string (BYTES) inputs, whose cost depends on their contents (T)"),
+        (
+            "W",
+            "not measured: inputs with open dimensions besides the batch (X); "
+            "string (BYTES) inputs, whose cost depends on their contents (T)",
+        ),
+    ],
+    ids=["strings only", "strings and an open width"],
+)
+def test_each_reason_not_to_measure_is_named_for_itself(
+    tmp_path: Path, width: int | str, reason: str
+) -> None:
+    """A string input was said to be an input with open dimensions besides the batch."""
+    runner = Runner.load(build_with_text(tmp_path / "text.onnx", width=width), threads=1)
+    policy = batch_policy.choose(runner, 16, table({}))
+    assert (policy.max_batch_size, policy.reason) == (16, reason)
 
 
 @pytest.mark.parametrize(

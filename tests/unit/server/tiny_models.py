@@ -79,3 +79,24 @@ def build_positions(path: Path, *, batch_sum: bool = False) -> Path:
     model.ir_version = 8
     onnx.save(model, path)
     return path
+
+
+def build_with_text(path: Path, *, width: int | str = 3) -> Path:
+    """build_plus_one's Y = X + 1, with a string input T [N, 2] passed through as the output U."""
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["X", "one"], ["Y"]), helper.make_node("Identity", ["T"], ["U"])],
+        "with_text",
+        [
+            helper.make_tensor_value_info("X", TensorProto.FLOAT, ["N", width]),
+            helper.make_tensor_value_info("T", TensorProto.STRING, ["N", 2]),
+        ],
+        [
+            helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["N", width]),
+            helper.make_tensor_value_info("U", TensorProto.STRING, ["N", 2]),
+        ],
+        [numpy_helper.from_array(np.array(1.0, dtype=np.float32), "one")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, path)
+    return path
