@@ -311,7 +311,7 @@ class Runner:
             log.warning(
                 "outputs %s do not declare the batch dimension, and the model fails on every probe "
                 "input: requests run alone",
-                ", ".join(sorted(undecided)),
+                ", ".join(map(repr, sorted(undecided))),
             )
             return BatchLayout(batched, frozenset(), alone=True)
         leading = frozenset(name for name in undecided if all(_leads(out[name], n) for n, out in runs))
@@ -325,7 +325,7 @@ class Runner:
         if unshared:
             log.info(
                 "outputs %s lack a batch dimension and depend on the batch or the values: requests run alone",
-                ", ".join(sorted(unshared)),
+                ", ".join(map(repr, sorted(unshared))),
             )
         return BatchLayout(batched | leading, shared, alone=bool(unshared))
 
