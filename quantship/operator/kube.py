@@ -509,23 +509,17 @@ class KubeWorkloads:
 
     async def conform(self, revision: str) -> None:
         """A settled model's stable Deployment as the spec asks now (`restore` made it again if it
-        was gone): the spec's replicas and the server's resources. Neither starts a canary
-        (`revision_of` leaves them out), so nothing else would apply them; a Deployment that
-        matches costs no request."""
+        was gone): the spec's replicas and its containers' resources (server and fetch). Neither
+        starts a canary (`revision_of` leaves them out), so nothing else would apply them; a
+        Deployment that matches costs no request."""
         current = await self.deployment(revision)
         if current is None:
             return
         wanted = resources.deployment(self.spec, revision, Track.STABLE, self.spec.replicas, self.owner)
-        containers = current["spec"]["template"]["spec"]["containers"]
-        index = next((i for i, c in enumerate(containers) if c.get("name") == "server"), None)
         patch: list[dict[str, Any]] = []
         if current["spec"].get("replicas") != self.spec.replicas:
             patch.append({"op": "replace", "path": "/spec/replicas", "value": self.spec.replicas})
-        server = next(c for c in wanted["spec"]["template"]["spec"]["containers"] if c["name"] == "server")
-        asked = server.get("resources") or {}
-        if index is not None and not _same_resources(containers[index].get("resources") or {}, asked):
-            path = f"/spec/template/spec/containers/{index}/resources"
-            patch.append({"op": "add", "path": path, "value": asked})
+        patch += _resource_patches(current, wanted)
         if not patch:
             return
         name = current["metadata"]["name"]
@@ -742,6 +736,20 @@ def _ports(ports: list[Mapping[str, Any]]) -> set[tuple[Any, ...]]:
         (p.get("name"), p.get("port"), str(p.get("targetPort", p.get("port"))), p.get("protocol") or "TCP")
         for p in ports
     }
+
+
+def _resource_patches(current: Mapping[str, Any], wanted: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """JSON patch operations giving each container of `current` that `wanted` names (the server and
+    the fetch init container) the resources `wanted` gives it."""
+    operations = []
+    for kind in ("initContainers", "containers"):
+        asked = {c["name"]: c.get("resources") or {} for c in wanted["spec"]["template"]["spec"][kind]}
+        for index, container in enumerate(current["spec"]["template"]["spec"].get(kind) or []):
+            name = container.get("name")
+            if name in asked and not _same_resources(container.get("resources") or {}, asked[name]):
+                path = f"/spec/template/spec/{kind}/{index}/resources"
+                operations.append({"op": "add", "path": path, "value": asked[name]})
+    return operations
 
 
 def _same_resources(current: Mapping[str, Any], asked: Mapping[str, Any]) -> bool:

@@ -210,6 +210,10 @@ def deployment(
                             "name": "fetch",
                             "image": spec.image,
                             "command": fetch_command(spec),
+                            # a compute ResourceQuota refuses a pod any container of which, init
+                            # ones included, asks for nothing; the pod's request is the larger of
+                            # the two (they never run together), so this costs nothing
+                            "resources": container_resources(spec.resources),
                             "securityContext": CONTAINER_SECURITY,
                             "volumeMounts": _fetch_mounts(spec, mounts),
                         }

@@ -34,6 +34,10 @@ def server(deployment: dict[str, Any] | None) -> dict[str, Any]:
     return next(c for c in deployment["spec"]["template"]["spec"]["containers"] if c["name"] == "server")
 
 
+def fetch(deployment: dict[str, Any]) -> dict[str, Any]:
+    return next(c for c in deployment["spec"]["template"]["spec"]["initContainers"] if c["name"] == "fetch")
+
+
 async def test_replicas_and_resources_changed_on_a_settled_model_reach_its_deployment(
     kubectl: Kubectl, start_operator: StartOperator
 ) -> None:
@@ -48,6 +52,7 @@ async def test_replicas_and_resources_changed_on_a_settled_model_reach_its_deplo
         what="the stable at 5 replicas",
     )
     assert server(deployment)["resources"] == limits
+    assert fetch(deployment)["resources"] == limits, "a compute quota counts the init container too"
     deployments = [
         key[2]
         for key, obj in kubectl.cluster.objects.items()

@@ -120,6 +120,17 @@ def test_integer_quantities_reach_the_api_client_as_the_strings_it_takes() -> No
     assert typed.spec.template.spec.containers[0].resources.limits == {"cpu": "2", "memory": "1Gi"}
 
 
+def test_the_fetch_init_container_asks_for_the_servers_resources_as_a_compute_quota_requires() -> None:
+    """A namespace's compute ResourceQuota refuses a pod any container of which, init containers
+    included, names no limits.memory (when no LimitRange fills it in)."""
+    asked = {"requests": {"cpu": "500m", "memory": "512Mi"}, "limits": {"cpu": 1, "memory": "1Gi"}}
+    spec = model(resources=asked)
+    pod = resources.deployment(spec, spec.revision, Track.STABLE, 2, OWNER)["spec"]["template"]["spec"]
+    given = {c["name"]: c.get("resources") for c in pod["initContainers"] + pod["containers"]}
+    as_strings = {"requests": {"cpu": "500m", "memory": "512Mi"}, "limits": {"cpu": "1", "memory": "1Gi"}}
+    assert given == {"fetch": as_strings, "server": as_strings}
+
+
 def test_services_select_one_revision_or_the_whole_model() -> None:
     spec = model()
     one = resources.service(spec, spec.revision, OWNER)
