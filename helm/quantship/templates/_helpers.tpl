@@ -1,7 +1,17 @@
 {{/* Names and labels shared by every object of the chart. */}}
 
 {{- define "quantship.name" -}}
-{{- printf "%s-operator" .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- include "quantship.suffixed" (list .Release.Name "operator") -}}
+{{- end -}}
+
+{{/*
+A name and a suffix within 63 characters: the name is cut before the suffix is added, never the
+suffix, which would make "<name>-crds" of a long name the name itself (two objects, one name).
+Call with (list $name "suffix").
+*/}}
+{{- define "quantship.suffixed" -}}
+{{- $suffix := index . 1 -}}
+{{- printf "%s-%s" (index . 0 | trunc (int (sub 62 (len $suffix))) | trimSuffix "-") $suffix -}}
 {{- end -}}
 
 {{- define "quantship.labels" -}}

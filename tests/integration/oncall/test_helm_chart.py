@@ -460,10 +460,53 @@ def test_values_that_would_leave_the_operator_crashing_or_the_example_unserved_a
     assert refusal in result.stderr
 
 
+LONGEST_RELEASE = "q" * 53  # helm's limit for a release name
+DNS_1123_LABEL = "[a-z0-9]([-a-z0-9]*[a-z0-9])?"
+DNS_1123_SUBDOMAIN = re.compile(rf"{DNS_1123_LABEL}(\.{DNS_1123_LABEL})*")
+DNS_1035_LABEL = re.compile("[a-z]([-a-z0-9]*[a-z0-9])?")
+RBAC_KINDS = {"ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"}
+
+
+def name_error(document: dict[str, Any]) -> str | None:
+    """What the API server says of an object's name (apimachinery's rule for its kind): a Service's
+    is a DNS-1035 label, RBAC's a path segment, every other a DNS-1123 subdomain."""
+    kind, name = document["kind"], document["metadata"]["name"]
+    if kind == "Service":
+        valid = len(name) <= 63 and DNS_1035_LABEL.fullmatch(name) is not None
+    elif kind in RBAC_KINDS:
+        valid = name not in ("", ".", "..") and not any(c in name for c in "/%")
+    else:
+        valid = len(name) <= 253 and DNS_1123_SUBDOMAIN.fullmatch(name) is not None
+    return None if valid else f"{kind} {name!r}"
+
+
+def assert_names_unique_and_valid(documents: list[dict[str, Any]]) -> None:
+    keys = [(d["kind"], d["metadata"].get("namespace"), d["metadata"]["name"]) for d in documents]
+    assert len(set(keys)) == len(keys), sorted(key for key in keys if keys.count(key) > 1)
+    assert [error for document in documents if (error := name_error(document))] == []
+
+
+@pytest.mark.parametrize(
+    "mode", [["--set-json", "operator.namespaces=[]"], ["--set", "operator.namespaces={ml,prod}"]]
+)
+def test_every_object_has_its_own_valid_name_under_the_longest_release_name(
+    helm: str, all_features: Path, mode: list[str]
+) -> None:
+    """A suffix cut off the name made `<53 chars>-operator-crds` the ClusterRole `<53 chars>-operator`."""
+    result = run_helm(
+        helm, "template", LONGEST_RELEASE, str(CHART), "--namespace", NAMESPACE, "--include-crds",
+        "-f", str(all_features), *mode, "--set", "example.enabled=false",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    documents = [document for document in yaml.safe_load_all(result.stdout) if document]
+    assert {"ClusterRole", "Service", "PodMonitor"} <= set(kinds(documents))
+    assert_names_unique_and_valid(documents)
+
+
 def test_dashboards_keep_three_names_under_the_longest_release_name_and_render_without_the_sidecar_label(
     helm: str,
 ) -> None:
-    longest = "q" * 53  # helm's limit for a release name
+    longest = LONGEST_RELEASE
     result = run_helm(
         helm, "template", longest, str(CHART), "--namespace", NAMESPACE,
         "--set", "grafana.dashboards.labels.grafana_dashboard=null",
