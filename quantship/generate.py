@@ -17,12 +17,13 @@ ROOT = Path(__file__).resolve().parents[1]
 def outputs() -> dict[str, Callable[[], str]]:
     """Path -> renderer. Imports lazily: each renderer pulls in only what it needs."""
     from quantship import oncall
-    from quantship.operator import crd
+    from quantship.operator import crd, values_schema
 
     return {
         **oncall.generated_files(),  # Prometheus rules, Grafana dashboards, and their copies in the chart
         "manifests/crd.yaml": crd.render,
         "helm/quantship/templates/crd.yaml": crd.render_chart_template,
+        values_schema.PATH: values_schema.render,  # its example.* pieces: the CRD's
     }
 
 

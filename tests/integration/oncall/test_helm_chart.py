@@ -24,7 +24,7 @@ from quantship import cli, generate
 from quantship.local.prometheus import find_binary
 from quantship.oncall import links, rules
 from quantship.operator import names, permissions, resources
-from quantship.operator.spec import ModelSpec
+from quantship.operator.spec import InvalidSpec, ModelSpec
 from quantship.rollout import Track
 
 pytestmark = pytest.mark.helm
@@ -432,12 +432,79 @@ def test_values_the_operator_or_the_crd_would_refuse_are_refused_by_the_chart(he
         ("--set-json", "operator.tickInterval=0.05"),
         ("--set-string", "example.name=9digits"),
         ("--set-string", f"example.name={'d' * (names.MAX_NAME_LENGTH + 1)}"),
+        *EXAMPLES_THE_CRD_REFUSES,
     ]
     for flag, setting in refused:
         result = run_helm(helm, "template", "quantship", str(CHART), flag, setting)
         assert result.returncode != 0 and "don't meet the specifications of the schema" in result.stderr, (
             setting
         )
+
+
+EXAMPLES_THE_CRD_REFUSES = [
+    ("--set", "example.replicas=101"),
+    ("--set-string", "example.stepInterval=99999h"),
+    ("--set-string", "example.image=my image:1"),
+    ("--set-string", "example.artifactUri=pvc://Models/digits"),
+    ("--set-json", f"example.steps={list(range(1, 22))}"),
+    ("--set-string", "example.prometheusUrl=http://"),
+]
+
+
+def test_example_values_the_crd_refuses_are_refused_by_the_chart_and_the_crd_agrees(helm: str) -> None:
+    """example.* becomes the example model's spec: a value the chart admitted and the API server
+    refused failed `helm install` in its post-install hook, after everything else was created."""
+    documents = render(helm, "--set", "example.enabled=true")
+    schema = one(documents, "CustomResourceDefinition")["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    for flag, setting in EXAMPLES_THE_CRD_REFUSES:
+        result = run_helm(helm, "template", "quantship", str(CHART), flag, setting)
+        assert "don't meet the specifications of the schema" in result.stderr, setting
+        example = one(documents, "QuantizedModel")
+        field, _, value = setting.partition("=")
+        model = {
+            **example,
+            "spec": {**example["spec"], **example_spec(field.removeprefix("example."), value)},
+        }
+        assert jsonschema.Draft4Validator(schema).is_valid(example)
+        assert not jsonschema.Draft4Validator(schema).is_valid(model), f"the CRD admits {setting}"
+
+
+def example_spec(value_name: str, value: str) -> dict[str, Any]:
+    """The spec fields an example value becomes (templates/example-quantizedmodel.yaml)."""
+    parsed = json.loads(value) if value_name in ("replicas", "steps") else value
+    return {
+        "replicas": {"replicas": parsed},
+        "image": {"image": parsed},
+        "artifactUri": {"artifact": {"uri": parsed}},
+        "steps": {"rollout": {"steps": parsed}},
+        "stepInterval": {"rollout": {"stepInterval": parsed}},
+        "prometheusUrl": {"analysis": {"prometheusUrl": parsed}},
+    }[value_name]
+
+
+@pytest.mark.parametrize(
+    ("setting", "refusal"),
+    [
+        ("example.steps={50,25}", "example.steps [50,25] must increase"),
+        ("example.steps={25,25,100}", "example.steps [25,25,100] must increase"),
+        ("example.stepInterval=0s", "example.stepInterval 0s must be longer than zero"),
+        ("example.stepInterval=0h00m", "example.stepInterval 0h00m must be longer than zero"),
+    ],
+)
+def test_example_values_the_operator_would_mark_invalid_are_refused_by_the_chart(
+    helm: str, setting: str, refusal: str
+) -> None:
+    """The CRD admits them; the operator's ModelSpec refuses them (InvalidSpec), as checked here."""
+    result = run_helm(
+        helm, "template", "quantship", str(CHART), "--set", "example.enabled=true", "--set", setting
+    )
+    assert result.returncode != 0 and refusal in result.stderr, result.stderr
+    model = one(render(helm, "--set", "example.enabled=true"), "QuantizedModel")
+    field, _, value = setting.partition("=")
+    value = value.replace("{", "[").replace("}", "]") if field == "example.steps" else value
+    model["spec"] = {**model["spec"], **example_spec(field.removeprefix("example."), value)}
+    with pytest.raises(InvalidSpec):
+        ModelSpec.from_resource(model)
 
 
 @pytest.mark.parametrize(
