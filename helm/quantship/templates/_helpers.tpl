@@ -14,6 +14,18 @@ Call with (list $name "suffix").
 {{- printf "%s-%s" (index . 0 | trunc (int (sub 62 (len $suffix))) | trimSuffix "-") $suffix -}}
 {{- end -}}
 
+{{/*
+The operator's metrics Service. A Service's name is a DNS-1035 label, stricter than a release name:
+a dot (rel.v1) becomes "-"; a leading digit is refused here, in one line, rather than by the API
+server halfway through the install.
+*/}}
+{{- define "quantship.metricsService" -}}
+{{- if regexMatch "^[0-9]" .Release.Name -}}
+{{- fail (printf "release name %s starts with a digit, which a Service's name cannot: name the release with a letter first" .Release.Name) -}}
+{{- end -}}
+{{- include "quantship.suffixed" (list (include "quantship.name" . | replace "." "-") "metrics") -}}
+{{- end -}}
+
 {{- define "quantship.labels" -}}
 app.kubernetes.io/name: quantship
 app.kubernetes.io/instance: {{ .Release.Name }}

@@ -570,6 +570,26 @@ def test_every_object_has_its_own_valid_name_under_the_longest_release_name(
     assert_names_unique_and_valid(documents)
 
 
+def test_a_dotted_release_name_gives_the_metrics_service_a_dns_1035_name(
+    helm: str, all_features: Path
+) -> None:
+    """Helm takes `rel.v1` as a release name; a Service's name takes no dot."""
+    result = run_helm(
+        helm, "template", "rel.v1", str(CHART), "--namespace", NAMESPACE, "--include-crds",
+        "-f", str(all_features), "--set", "example.enabled=false",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    documents = [document for document in yaml.safe_load_all(result.stdout) if document]
+    assert one(documents, "Service")["metadata"]["name"] == "rel-v1-operator-metrics"
+    assert_names_unique_and_valid(documents)
+
+
+def test_a_release_name_a_service_cannot_take_is_refused_in_one_line(helm: str) -> None:
+    result = run_helm(helm, "template", "1rel", str(CHART), "--namespace", NAMESPACE)
+    assert result.returncode != 0
+    assert "release name 1rel starts with a digit, which a Service's name cannot" in result.stderr
+
+
 def test_dashboards_keep_three_names_under_the_longest_release_name_and_render_without_the_sidecar_label(
     helm: str,
 ) -> None:
