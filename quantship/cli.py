@@ -1011,6 +1011,19 @@ _pvc_root_option = click.option(
 """Shared by `fetch` and `quantize-job`; None keeps the fetch module's default (written there once)."""
 
 
+def _ip_address(value: str | None) -> str | None:
+    """An IP address for a listener, refused here in one line rather than by each model server's
+    start (a crash loop in every pod)."""
+    import ipaddress
+
+    if value is not None:
+        try:
+            ipaddress.ip_address(value)
+        except ValueError:
+            raise click.BadParameter(f"{value!r} is not an IPv4 or IPv6 address") from None
+    return value
+
+
 def _given(**options: Any) -> dict[str, Any]:
     """The options the user set: the rest keep the called function's own defaults."""
     return {name: value for name, value in options.items() if value is not None}
@@ -1164,6 +1177,12 @@ def quantize_job(
     help="Address of the metrics and health ports. Default: loopback (OperatorSettings.bind_address); "
     "the chart passes 0.0.0.0.",
 )
+@click.option(
+    "--server-bind-address",
+    callback=lambda _ctx, _param, value: _ip_address(value),
+    help="Address the model servers' HTTP and gRPC ports listen on. Default: every IPv4 address "
+    "(OperatorSettings.server_bind_address, 0.0.0.0); :: on an IPv6 cluster.",
+)
 @click.option("--standalone", is_flag=True, help="No peering: only one replica may run.")
 @click.option("--priority", type=int, default=0, show_default=True, help="Peering priority.")
 @click.option("-v", "--verbose", is_flag=True)
@@ -1173,6 +1192,7 @@ def operator(
     metrics_port: int,
     health_port: int,
     bind_address: str | None,
+    server_bind_address: str | None,
     standalone: bool,
     priority: int,
     verbose: bool,
@@ -1199,6 +1219,8 @@ def operator(
     )
     if bind_address:  # else the settings' default, loopback
         settings = dataclasses.replace(settings, bind_address=bind_address)
+    if server_bind_address:
+        settings = dataclasses.replace(settings, server_bind_address=server_bind_address)
     try:
         asyncio.run(operator_module.run(settings))
     except operator_module.NoCredentials as exc:

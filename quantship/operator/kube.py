@@ -23,6 +23,7 @@ from kubernetes.aio import client
 from kubernetes.utils import parse_quantity
 
 from quantship.operator import crd, names, resources
+from quantship.operator.settings import SERVER_BIND_ADDRESS
 from quantship.operator.spec import ModelSpec
 from quantship.operator.status import has_served
 from quantship.operator.watched import Children, Written
@@ -288,6 +289,7 @@ class KubeWorkloads:
         *,
         canary_replicas: int | None = None,
         children: Children | None = None,
+        server_host: str = SERVER_BIND_ADDRESS,
     ) -> None:
         self.kube = kube
         self.spec = spec
@@ -296,6 +298,8 @@ class KubeWorkloads:
         """Replicas a new canary starts with (1 in replicas mode: each one takes a share at once)."""
         self.children = children if children is not None else Children()
         """Our Deployments and Services as kopf's watches hold them: read there before the API."""
+        self.server_host = server_host
+        """Where a new Deployment's server listens (OperatorSettings.server_bind_address)."""
 
     async def run(self, revision: str, track: Track) -> None:
         # A revision the status does not name yet is new: create it outright. Reading first would
@@ -341,7 +345,7 @@ class KubeWorkloads:
 
     def _built(self, revision: str, track: Track) -> dict[str, Any]:
         replicas = self.spec.replicas if track is Track.STABLE else self.canary_replicas
-        return resources.deployment(self.spec, revision, track, replicas, self.owner)
+        return resources.deployment(self.spec, revision, track, replicas, self.owner, self.server_host)
 
     def _from_last_seen(self, name: str) -> dict[str, Any] | None:
         seen = self.kube.last_seen.get((self.spec.namespace, name))
@@ -515,7 +519,9 @@ class KubeWorkloads:
         current = await self.deployment(revision)
         if current is None:
             return
-        wanted = resources.deployment(self.spec, revision, Track.STABLE, self.spec.replicas, self.owner)
+        wanted = resources.deployment(
+            self.spec, revision, Track.STABLE, self.spec.replicas, self.owner, self.server_host
+        )
         patch: list[dict[str, Any]] = []
         if current["spec"].get("replicas") != self.spec.replicas:
             patch.append({"op": "replace", "path": "/spec/replicas", "value": self.spec.replicas})

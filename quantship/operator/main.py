@@ -88,7 +88,11 @@ async def run(
     metrics_registry = metrics_registry if metrics_registry is not None else CollectorRegistry()
     registry = registry if registry is not None else kopf.OperatorRegistry()
     ctx = Context(
-        Kube(api, settings.api_timeout), OperatorMetrics(metrics_registry), settings.retry_backoff, clock
+        Kube(api, settings.api_timeout),
+        OperatorMetrics(metrics_registry),
+        settings.retry_backoff,
+        clock,
+        server_host=settings.server_bind_address,
     )
     if metrics_source is not None:
         ctx.metrics_source = metrics_source

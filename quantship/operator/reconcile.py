@@ -23,6 +23,7 @@ from quantship.operator import crd, placement, quantization, resources
 from quantship.operator import status as status_module
 from quantship.operator.kube import GatewayRouter, Kube, KubeWorkloads, ModelGone, ReplicaRouter
 from quantship.operator.metrics import OperatorMetrics
+from quantship.operator.settings import SERVER_BIND_ADDRESS
 from quantship.operator.spec import InvalidSpec, ModelSpec
 from quantship.operator.watched import Children
 from quantship.rollout import (
@@ -62,6 +63,8 @@ class Context:
     the one HTTP client of `prometheus` (built per tick, a client cost ~39 ms of CPU)."""
     prometheus: PrometheusSources | None = None
     """The operator's Prometheus client; `main.run` builds it and closes it at shutdown."""
+    server_host: str = SERVER_BIND_ADDRESS
+    """Where the model servers listen (OperatorSettings.server_bind_address)."""
 
     def source_for(self, spec: ModelSpec) -> MetricsSource:
         if self.metrics_source is not None:
@@ -78,11 +81,17 @@ def router_for(kube: Kube, spec: ModelSpec, workloads: KubeWorkloads) -> Traffic
 
 
 def workloads_for(
-    kube: Kube, spec: ModelSpec, owner: Mapping[str, Any], children: Children | None = None
+    kube: Kube,
+    spec: ModelSpec,
+    owner: Mapping[str, Any],
+    children: Children | None = None,
+    server_host: str = SERVER_BIND_ADDRESS,
 ) -> KubeWorkloads:
     # behind one shared Service every ready canary pod takes a share at once: start with one
     canary_replicas = 1 if spec.router == "replicas" else spec.replicas
-    return KubeWorkloads(kube, spec, owner, canary_replicas=canary_replicas, children=children)
+    return KubeWorkloads(
+        kube, spec, owner, canary_replicas=canary_replicas, children=children, server_host=server_host
+    )
 
 
 async def reconcile(
@@ -143,7 +152,7 @@ async def _reconcile(
         raise kopf.PermanentError(str(exc)) from exc
     ctx.metrics.budgets((namespace, name), spec.model, spec.rollout.objectives)
 
-    workloads = workloads_for(ctx.kube, spec, body, children)
+    workloads = workloads_for(ctx.kube, spec, body, children, ctx.server_host)
     source = ctx.source_for(spec)
     annotations = metadata.get("annotations") or {}
     # promote and abort are for the canary in flight: given while none was, they would act on the

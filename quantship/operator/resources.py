@@ -16,6 +16,7 @@ from typing import Any
 import kopf
 
 from quantship.operator import fetch, names, placement
+from quantship.operator.settings import SERVER_BIND_ADDRESS
 from quantship.operator.spec import ModelSpec
 from quantship.rollout import Track
 
@@ -89,11 +90,12 @@ def fetch_command(spec: ModelSpec) -> list[str]:
     return command
 
 
-def serve_args(spec: ModelSpec, revision: str, track: Track) -> list[str]:
+def serve_args(spec: ModelSpec, revision: str, track: Track, host: str = SERVER_BIND_ADDRESS) -> list[str]:
+    """`quantship serve`'s arguments; `host` is where its HTTP and gRPC ports listen."""
     args = [
         "serve", MODEL_DIR,
         "--model-name", spec.model, "--revision", revision, "--track", track.value,
-        "--host", "0.0.0.0", "--port", str(SERVER_PORT), "--grpc-port", str(GRPC_PORT),
+        "--host", host, "--port", str(SERVER_PORT), "--grpc-port", str(GRPC_PORT),
         "--drain-timeout-s", str(DRAIN_TIMEOUT_S),
         *spec.server_args(),
     ]  # fmt: skip
@@ -155,7 +157,12 @@ CONTAINER_SECURITY = {
 
 
 def deployment(
-    spec: ModelSpec, revision: str, track: Track, replicas: int, owner: Mapping[str, Any]
+    spec: ModelSpec,
+    revision: str,
+    track: Track,
+    replicas: int,
+    owner: Mapping[str, Any],
+    host: str = SERVER_BIND_ADDRESS,
 ) -> dict[str, Any]:
     volumes, mounts = _volumes(spec)
     probe = {
@@ -223,7 +230,7 @@ def deployment(
                             "name": "server",
                             "image": spec.image,
                             "command": ["quantship"],
-                            "args": serve_args(spec, revision, track),
+                            "args": serve_args(spec, revision, track, host),
                             "ports": [
                                 {"name": "http", "containerPort": SERVER_PORT, "protocol": "TCP"},
                                 {"name": "grpc", "containerPort": GRPC_PORT, "protocol": "TCP"},

@@ -7,6 +7,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+SERVER_BIND_ADDRESS = "0.0.0.0"
+"""What the model servers listen on by default: every IPv4 address of the pod, which a kernel
+without IPv6 has too. An IPv6 cluster passes `::` (--server-bind-address)."""
+
 
 @dataclass(frozen=True)
 class OperatorSettings:
@@ -26,6 +30,8 @@ class OperatorSettings:
     bind_address: str = "127.0.0.1"
     """Address the metrics and health ports listen on. Loopback: run by hand, the operator shows
     nothing to the network; the chart passes 0.0.0.0 so the kubelet and Prometheus reach the pod."""
+    server_bind_address: str = SERVER_BIND_ADDRESS
+    """Address the model servers' HTTP and gRPC ports listen on (`quantship serve --host`)."""
     metrics_port: int = 8000
     """Port of the operator's own /metrics; 0 serves none."""
     health_port: int = 8081

@@ -23,7 +23,7 @@ import yaml
 from quantship import cli, generate
 from quantship.local.prometheus import find_binary
 from quantship.oncall import links, rules
-from quantship.operator import names, permissions, resources
+from quantship.operator import OperatorSettings, names, permissions, resources
 from quantship.operator.spec import InvalidSpec, ModelSpec
 from quantship.rollout import Track
 
@@ -608,14 +608,20 @@ def test_dashboards_keep_three_names_under_the_longest_release_name_and_render_w
 
 
 def test_an_ipv6_bind_address_renders_as_an_argument(helm: str) -> None:
-    documents = render(helm, "--set-string", "operator.bindAddress=::", "--set", "operator.namespaces={ml}")
+    documents = render(
+        helm,
+        "--set-string", "operator.bindAddress=::",
+        "--set-string", "operator.serverBindAddress=::",
+        "--set", "operator.namespaces={ml}",
+    )  # fmt: skip
     assert_valid(documents)
-    assert {"--bind-address=::", "--namespace=ml"} <= set(chart_args(documents))
+    assert {"--bind-address=::", "--server-bind-address=::", "--namespace=ml"} <= set(chart_args(documents))
 
 
 def test_metrics_and_health_listen_on_every_address_of_the_pod(helm: str) -> None:
     args = chart_args(render(helm))
     assert "--bind-address=0.0.0.0" in args
+    assert f"--server-bind-address={OperatorSettings.server_bind_address}" in args, "IPv4-only kernels too"
 
 
 # -- NOTES.txt -----------------------------------------------------------------------------------

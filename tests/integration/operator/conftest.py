@@ -64,6 +64,7 @@ async def start_operator(cluster: Cluster) -> AsyncIterator[StartOperator]:
         metrics_port: int = 0,
         namespaces: tuple[str, ...] = (),
         ready_within: float = 30,
+        server_bind_address: str = OperatorSettings.server_bind_address,
     ) -> Operator:
         stop, ready = threading.Event(), threading.Event()
         registry = CollectorRegistry()
@@ -73,6 +74,7 @@ async def start_operator(cluster: Cluster) -> AsyncIterator[StartOperator]:
             resync_interval=resync_interval,
             retry_backoff=0.5,
             bind_address="127.0.0.1",
+            server_bind_address=server_bind_address,
             metrics_port=metrics_port,
             health_port=0,
             standalone=True,

@@ -62,6 +62,17 @@ async def test_replicas_and_resources_changed_on_a_settled_model_reach_its_deplo
     assert (kubectl.get() or {})["status"]["stableRevision"] == FIRST
 
 
+async def test_the_servers_listen_where_the_operator_is_told(
+    kubectl: Kubectl, start_operator: StartOperator
+) -> None:
+    """An IPv6 single-stack cluster: the pod has no IPv4 address for 0.0.0.0 to reach."""
+    await start_operator(ScriptedMetrics(), server_bind_address="::")
+    await serving(kubectl, spec_of(V1))
+
+    args = server(kubectl.deployment(STABLE))["args"]
+    assert args[args.index("--host") + 1] == "::"
+
+
 async def test_a_stable_deployment_deleted_or_scaled_down_by_hand_is_restored(
     kubectl: Kubectl, start_operator: StartOperator
 ) -> None:

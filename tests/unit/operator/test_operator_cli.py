@@ -33,6 +33,14 @@ def test_one_port_for_metrics_and_health_is_a_usage_error_not_a_crash() -> None:
     assert result.exception is None or isinstance(result.exception, SystemExit)
 
 
+def test_a_server_bind_address_that_is_no_ip_address_is_a_usage_error() -> None:
+    """Every model server would otherwise crash-loop on it, pod after pod."""
+    result = CliRunner().invoke(main, ["operator", "--server-bind-address", "localhost6"])
+
+    assert result.exit_code == 2
+    assert "'localhost6' is not an IPv4 or IPv6 address" in result.output
+
+
 MALFORMED_KUBECONFIGS = {
     "not yaml": "clusters: [unclosed\n",
     "not a map": "just a sentence\n",
