@@ -441,6 +441,29 @@ def test_values_the_operator_or_the_crd_would_refuse_are_refused_by_the_chart(he
         )
 
 
+def test_extra_env_takes_string_values_and_value_from_and_refuses_a_number(helm: str) -> None:
+    """`--set operator.extraEnv[0].value=4` rendered `value: 4`, which the API server refuses (an
+    EnvVar's value is a string) after Helm created the rest of the release."""
+    name = ("--set", "operator.extraEnv[0].name=WORKERS")
+    result = run_helm(
+        helm, "template", "quantship", str(CHART), *name, "--set", "operator.extraEnv[0].value=4"
+    )
+    assert result.returncode != 0 and "operator.extraEnv.0.value: Invalid type" in result.stderr, (
+        result.stderr
+    )
+    documents = render(
+        helm, *name, "--set-string", "operator.extraEnv[0].value=4",
+        "--set", "operator.extraEnv[1].name=POD",
+        "--set", "operator.extraEnv[1].valueFrom.fieldRef.fieldPath=metadata.name",
+    )  # fmt: skip
+    assert_valid(documents)
+    container = one(documents, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    assert container["env"] == [
+        {"name": "WORKERS", "value": "4"},
+        {"name": "POD", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+    ]
+
+
 EXAMPLES_THE_CRD_REFUSES = [
     ("--set", "example.replicas=101"),
     ("--set-string", "example.stepInterval=99999h"),
