@@ -199,6 +199,7 @@ class Runner:
         self.session = session
         self.signature = Signature.from_session(session)
         self._value_free = value_free
+        self._layout: BatchLayout | None = None
         self._output_names = [spec.name for spec in self.signature.outputs]
         self._run_options = ort.RunOptions()
         # A refused input is answered 400; onnxruntime's own error log of it would be noise.
@@ -273,7 +274,8 @@ class Runner:
             key = batch_key(request) if self.signature.batchable else ("alone", index)
             groups[key].append(index)
         for indices in groups.values():
-            if len(indices) > 1 and self.layout.alone:
+            layout = self._layout_for(requests[indices[0]]) if len(indices) > 1 else None
+            if layout is not None and layout.alone:
                 for index in indices:  # outputs no merged call can answer for each request
                     results[index] = _outcome(self.run, requests[index])
                 continue
@@ -283,35 +285,52 @@ class Runner:
                 for index in indices:
                     results[index] = _outcome(self.run, requests[index])
                 continue
-            parts = split(merged, [rows[i] for i in indices], self.layout) if len(indices) > 1 else [merged]
+            parts = split(merged, [rows[i] for i in indices], layout) if layout is not None else [merged]
             if parts is None:  # a batch output did not lead with the rows after all: run each alone
                 parts = [self.run(requests[i]) for i in indices]
             for index, part in zip(indices, parts, strict=True):
                 results[index] = part
         return [result for result in results if result is not None]
 
-    @functools.cached_property
+    @property
     def layout(self) -> BatchLayout:
         """Which outputs a merged call cuts back into each request's rows and which it gives each
         request whole: from the declared shapes (`declared_batch_outputs`), and for the outputs they
-        leave undecided, from `_probe_layout` (once; the batch policy asks at load). A model whose
-        outputs all declare the inputs' batch dimension makes no call for it."""
+        leave open, from probe calls on filled inputs (once; the batch policy asks at load). A model
+        whose outputs all declare the inputs' batch dimension makes no call for it. `undecided` where
+        the filled inputs do not suit the model (an open dimension besides the batch that size 1
+        does not fit): the first merged call decides, with probes shaped as its requests."""
+        if self._layout is None:  # two threads may both probe: the same calls, the same answer
+            self._layout = self._decide_layout(None)
+        return self._layout
+
+    def _layout_for(self, request: Tensors) -> BatchLayout:
+        layout = self.layout
+        if layout.undecided:
+            shapes = {name: tuple(value.shape[1:]) for name, value in request.items()}
+            layout = self._layout = self._decide_layout(shapes)
+        return layout
+
+    def _decide_layout(self, shapes: Mapping[str, tuple[int, ...]] | None) -> BatchLayout:
+        """Outputs left open by their declared shapes that lead with the rows in every probe run, of
+        at least two fills, carry the batch; the others are shared where value-free
+        (`value_free_outputs`) and equal in every run; if any is neither, requests run alone. With
+        fewer than two fills the model runs on, nothing is decided from the `shapes` of filled inputs
+        (None) and requests run alone once even a request's `shapes` did not help: one fill whose
+        values decide a count (NonZero of ones) could lead with the rows by chance."""
         batched = declared_batch_outputs(self.signature)
         undecided = frozenset(self._output_names) - batched
         if not undecided:
             return BatchLayout(batched, frozenset(), alone=False)
-        return self._probe_layout(batched, undecided)
-
-    def _probe_layout(self, batched: frozenset[str], undecided: frozenset[str]) -> BatchLayout:
-        """`undecided` outputs that lead with the rows in every probe run carry the batch; the others
-        are shared where value-free (`value_free_outputs`) and equal in every run; if any is neither,
-        requests run alone."""
-        runs = self._probe_runs()
-        if not runs:
+        fills, runs = self._probe_runs(shapes)
+        if fills < 2:
+            if shapes is None:
+                return BatchLayout(batched, frozenset(), alone=False, undecided=True)
             log.warning(
-                "outputs %s do not declare the batch dimension, and the model fails on every probe "
-                "input: requests run alone",
+                "outputs %s do not declare the batch dimension, and the model runs on %s of the probe "
+                "inputs: requests run alone",
                 ", ".join(map(repr, sorted(undecided))),
+                "none" if fills == 0 else "one",
             )
             return BatchLayout(batched, frozenset(), alone=True)
         leading = frozenset(name for name in undecided if all(_leads(out[name], n) for n, out in runs))
@@ -329,21 +348,30 @@ class Runner:
             )
         return BatchLayout(batched | leading, shared, alone=bool(unshared))
 
-    def _probe_runs(self) -> list[tuple[int, dict[str, np.ndarray]]]:
-        """(rows, outputs) at each of PROBE_ROWS, for each of PROBE_FILLS the model runs on at all of
-        them."""
+    def _probe_runs(
+        self, shapes: Mapping[str, tuple[int, ...]] | None
+    ) -> tuple[int, list[tuple[int, dict[str, np.ndarray]]]]:
+        """How many of PROBE_FILLS the model runs on at every one of PROBE_ROWS, and (rows, outputs)
+        of those runs; each input's dimensions past the batch from `shapes`, else 1 where open."""
+        fills = 0
         runs: list[tuple[int, dict[str, np.ndarray]]] = []
         for fill in PROBE_FILLS:
             inputs = [
-                {spec.name: _probe_tensor(spec, rows, fill) for spec in self.signature.inputs}
+                {
+                    spec.name: _probe_tensor(
+                        spec, rows, fill, None if shapes is None else shapes.get(spec.name)
+                    )
+                    for spec in self.signature.inputs
+                }
                 for rows in PROBE_ROWS
             ]
             try:
                 outputs = [dict(zip(self._output_names, self._call(i), strict=True)) for i in inputs]
             except Exception:  # any of onnxruntime's pybind types: this fill is out of the model's range
                 continue
+            fills += 1
             runs += zip(PROBE_ROWS, outputs, strict=True)
-        return runs
+        return fills, runs
 
 
 @dataclass(frozen=True)
@@ -357,14 +385,19 @@ class BatchLayout:
     whatever the rows: a static transformer's position embeddings, a list of class ids)."""
     alone: bool
     """Some output is neither: no merged call can answer for each request, so requests never merge."""
+    undecided: bool = False
+    """Not known yet: the first merged call decides (`Runner.layout`)."""
 
 
 PROBE_ROWS = (1, 2, 3)
 """Row counts of the layout probe: an undeclared output that leads with the rows at each carries the batch."""
 PROBE_FILLS: tuple[int | None, ...] = (1, 0, None)
 """What the probe's inputs hold: ones, zeros (as batch_policy.FILLS), and None: values of both signs
-that differ from element to element (`_probe_tensor`), so that a leading dimension the values decide
-(NonZero's count) is unlikely to equal the rows in every run. Fills the model fails on are skipped."""
+and no zero, that differ from element to element (`_probe_tensor`), so that a leading dimension the
+values decide (NonZero's count) is unlikely to equal the rows in every run, and a model that refuses
+zeros (an integer Div) still runs two fills. Fills the model fails on are skipped."""
+PROBE_SEED = 20261205
+"""The scattered fill's values come from this seed: the same probe, the same layout, on every load."""
 
 
 def declared_batch_outputs(signature: Signature) -> frozenset[str]:
@@ -461,16 +494,25 @@ def _filled(spec: TensorSpec, rows: int, fill: int) -> np.ndarray:
     return np.full(shape, fill, dtype=spec.dtype)
 
 
-def _probe_tensor(spec: TensorSpec, rows: int, fill: int | None) -> np.ndarray:
-    """`_filled`, or for fill None, values that change sign and size from one element to the next
-    (-2, -1, 0, 1, 2, ...; 0, 1, 2, ... for unsigned types, False, True, ... for BOOL)."""
-    if fill is not None or spec.datatype == "BYTES":
-        return _filled(spec, rows, fill or 0)
-    shape = _filled(spec, rows, 0).shape
-    count = np.arange(int(np.prod(shape)))
+def _probe_tensor(spec: TensorSpec, rows: int, fill: int | None, tail: tuple[int, ...] | None) -> np.ndarray:
+    """`rows` rows of `fill` (`_filled`), each shaped `tail` where given; for fill None, scattered
+    values: of both signs, never 0, in no pattern a stride could line up (a column of a row-major
+    tensor must hold both signs as well): -3 to 3 from a fixed seed (1 to 5 for unsigned types,
+    False and True for BOOL)."""
+    shape = _filled(spec, rows, 0).shape if tail is None else (rows, *tail)
+    if spec.datatype == "BYTES":
+        return np.full(shape, "", dtype=object)
+    if fill is not None:
+        return np.full(shape, fill, dtype=spec.dtype)
+    random = np.random.default_rng(PROBE_SEED)
     kind = spec.dtype.kind
-    values = count % 2 == 1 if kind == "b" else count % 5 if kind == "u" else count % 5 - 2
-    return values.astype(spec.dtype).reshape(shape)
+    if kind == "b":
+        values = random.integers(0, 2, shape).astype(bool)
+    elif kind == "u":
+        values = random.integers(1, 6, shape)
+    else:
+        values = random.integers(1, 4, shape) * random.choice([-1, 1], shape)
+    return values.astype(spec.dtype)
 
 
 class _Controls:

@@ -123,6 +123,74 @@ def test_a_count_equal_to_the_rows_on_ones_and_zeros_is_caught_by_the_scattered_
     assert runner.layout.alone
 
 
+def build_graph(
+    path: Path, nodes: list[onnx.NodeProto], x: Any, outputs: list[Any], constants: dict[str, Any]
+) -> Path:
+    graph = helper.make_graph(
+        nodes,
+        path.stem,
+        [x],
+        outputs,
+        [numpy_helper.from_array(np.array(v), k) for k, v in constants.items()],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, path)
+    return path
+
+
+def test_a_count_of_a_model_that_refuses_zeros_is_judged_on_two_fills_not_on_ones_alone(
+    tmp_path: Path,
+) -> None:
+    """q = 100 / x (an integer Div: onnxruntime refuses a 0) and `where`, the rows whose q > 0. On
+    ones K is the rows; the scattered fill has no zero, so the model runs on it and K differs."""
+    nodes = [
+        helper.make_node("Div", ["hundred", "x"], ["q"]),
+        helper.make_node("Greater", ["q", "zero"], ["picked"]),
+        helper.make_node("NonZero", ["picked"], ["nonzero"]),
+        helper.make_node("Transpose", ["nonzero"], ["where"], perm=[1, 0]),
+    ]
+    x = helper.make_tensor_value_info("x", TensorProto.INT64, ["N", 1])
+    outputs = [
+        helper.make_tensor_value_info("q", TensorProto.INT64, ["N", 1]),
+        helper.make_tensor_value_info("where", TensorProto.INT64, ["K", 2]),
+    ]
+    path = build_graph(
+        tmp_path / "div.onnx", nodes, x, outputs, {"hundred": np.int64(100), "zero": np.int64(0)}
+    )
+    runner = Runner.load(path, threads=1)
+    requests = [{"x": np.array([[5]], np.int64)}, {"x": np.array([[7]], np.int64)}]
+
+    outcomes = runner.run_batch(requests, [1, 1])
+
+    for request, outcome in zip(requests, outcomes, strict=True):  # each request's only row is its row 0
+        assert outcome["where"].tolist() == runner.session.run(None, request)[1].tolist() == [[0, 0]]  # type: ignore[index]
+    assert runner.layout.alone
+
+
+def test_a_model_the_filled_probe_cannot_run_is_decided_by_its_first_merged_call(tmp_path: Path) -> None:
+    """y = x reshaped to [rows, 2, S/2], declared under other names than the input's (as exporters
+    name them): probes of width 1 fail, so the load leaves it undecided (batched as configured, not
+    refused), and the first merged call probes at its requests' width and cuts y as rows."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "S"])
+    outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["Reshapey_dim_0", 2, "Reshapey_dim_2"])]
+    nodes = [helper.make_node("Reshape", ["x", "shape"], ["y"])]
+    path = build_graph(
+        tmp_path / "reshape.onnx", nodes, x, outputs, {"shape": np.array([0, 2, -1], np.int64)}
+    )
+    runner = Runner.load(path, threads=1)
+    assert runner.layout.undecided and batch_policy.choose(runner, 8).max_batch_size == 8
+    requests = [{"x": np.arange(4 * n, dtype=np.float32).reshape(n, 4)} for n in (1, 2)]
+    calls = counting_calls(runner)
+
+    outcomes = runner.run_batch(requests, [1, 2])
+
+    assert calls == [3]
+    assert runner.layout == BatchLayout(frozenset({"y"}), frozenset(), alone=False)
+    for request, outcome in zip(requests, outcomes, strict=True):
+        np.testing.assert_array_equal(outcome["y"], request["x"].reshape(len(request["x"]), 2, 2))  # type: ignore[index]
+
+
 def test_an_output_the_model_does_not_declare_batched_is_learned_by_the_probe(tmp_path: Path) -> None:
     """y declared [M, 4], a name other than the input's N: the probe finds it leading with the rows at
     every size and fill, so the requests share one call."""
