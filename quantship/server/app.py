@@ -102,7 +102,7 @@ class Endpoints:
             Route("GET", "/v2/health/live", self.live, "Liveness", schema.ok(schema.Live, "Up.")),
             Route("GET", "/v2/health/ready", self.ready, "Readiness",
                   {**schema.ok(schema.Ready, "Serving."), **schema.errors(503)}),
-            Route("GET", "/v2/models/stats", self.no_route, "Statistics (not offered)", schema.errors(404),
+            Route("GET", "/v2/models/stats", self.statistics, "Statistics (not offered)", schema.errors(404),
                   documented=False),
             Route("GET", v2_model, self.model_metadata, "Model metadata", metadata),
             Route("GET", v2_version, self.version_metadata, "Model version metadata", metadata),
@@ -149,11 +149,13 @@ class Endpoints:
         self.service.check_ready()
         return JSONResponse({"name": model_name, "ready": True})
 
-    @staticmethod
-    async def no_route() -> JSONResponse:
+    async def statistics(self) -> JSONResponse:
         """Triton's statistics extension is not offered: `/v2/models/stats` (every model's, what
         tritonclient asks for without a model name) is answered 404 "no route" as `/v2/models/{m}/stats`
-        is, rather than matched by the metadata route as a model named 'stats'."""
+        is, rather than matched by the metadata route as a model named 'stats' (unless that is the
+        model served: its metadata, as for any other name)."""
+        if self.service.settings.model_name == "stats":
+            return await self.model_metadata("stats")
         raise StarletteHTTPException(404)
 
     async def prometheus(self) -> Response:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 import tritonclient.http as triton
 import tritonclient.http.aio as triton_aio
-from server_harness import MODEL, LocalServer, wait_until
+from server_harness import MODEL, LocalServer, build_token_model, fp32_artifact, settings_for, wait_until
 from tritonclient.utils import InferenceServerException
 
 from quantship import artifact
@@ -200,3 +201,14 @@ def test_statistics_of_every_model_are_not_offered_as_for_one_model(client: Any)
             client.get_inference_statistics(model)
         answers.append((raised.value.status(), raised.value.message()))
     assert answers == [("404", "no route /v2/models/stats"), ("404", f"no route /v2/models/{MODEL}/stats")]
+
+
+def test_a_model_named_stats_keeps_its_metadata(tmp_path: Path) -> None:
+    model = build_token_model(tmp_path / "m.onnx")
+    server = LocalServer(settings_for(fp32_artifact(model, tmp_path / "a"), "r1", model_name="stats")).start()
+    try:
+        client = triton.InferenceServerClient(server.address)
+        assert client.get_model_metadata("stats")["name"] == "stats"
+        client.close()
+    finally:
+        server.stop()
