@@ -725,6 +725,40 @@ def _verify(
 _NUMBER = {"type": "number"}
 _MAYBE_NUMBER = {"type": ["number", "null"]}
 _COUNT = {"type": "integer", "minimum": 0}
+_STRING = {"type": "string"}
+_MAYBE_STRING = {"type": ["string", "null"]}
+_FLAG = {"type": "boolean"}
+_EVALUATION = {  # quantize.evaluate.Evaluation.to_json: in the validation and in every trial
+    "metric": _STRING,
+    **dict.fromkeys(("value", "threshold", "delta", "limit", "fp32", "int8", "agreement"), _MAYBE_NUMBER),
+    "samples": _COUNT,
+    "metrics": {"type": "object", "additionalProperties": _MAYBE_NUMBER},
+}
+_TRIAL = {  # quantize.tuner.Trial.to_json
+    "type": "object",
+    "required": ["number", "stage", "excluded", "quantized_nodes", "passed", "seconds"],
+    "properties": {
+        **_EVALUATION,
+        "number": _COUNT,
+        **dict.fromkeys(("stage", "recipe"), _STRING),
+        "config": {"type": "object"},
+        "excluded": {"type": "array", "items": _STRING},
+        "quantized_nodes": _COUNT,
+        **dict.fromkeys(("quantized_share", "seconds", "peak_rss_mb"), _NUMBER),
+        "passed": _FLAG,
+        "latency_ms": _MAYBE_NUMBER,
+        "error": _MAYBE_STRING,
+    },
+}
+_TENSOR_ERROR = {  # quantize.sensitivity.TensorError.to_json
+    "type": "object",
+    "required": ["tensor", "kind", "sqnr_db"],
+    "properties": {
+        **dict.fromkeys(("tensor", "kind"), _STRING),
+        **dict.fromkeys(("node", "op_type"), _MAYBE_STRING),
+        **dict.fromkeys(("sqnr_db", "qdq_sqnr_db"), _MAYBE_NUMBER),
+    },
+}
 MANIFEST_SCHEMA: dict[str, Any] = {
     "type": "object",
     "required": ["format_version", "files"],
@@ -742,22 +776,45 @@ MANIFEST_SCHEMA: dict[str, Any] = {
             "type": "object",
             "properties": {"algorithm": {"type": "string"}, "value": {"type": "string"}},
         },
+        "created": _STRING,
         "model": {"type": "object", "properties": {"source": {"type": "string"}}},
         "validation": {
             "type": "object",
             "properties": {
-                "gate": {"type": "string"},
+                **_EVALUATION,
+                **dict.fromkeys(("gate", "gate_reason", "data_sha256"), _STRING),
+                "max_accuracy_delta": _MAYBE_NUMBER,
+                "on_calibration_data": _FLAG,
                 "shadow_rule": {"type": ["object", "null"]},
                 "hardware": {
                     "type": "object",
-                    "properties": {"int8_flags": {"type": "array", "items": {"type": "string"}}},
+                    "properties": {
+                        "int8_flags": {"type": "array", "items": {"type": "string"}},
+                        "vnni": _FLAG,
+                        **dict.fromkeys(
+                            ("machine", "cpu", "provider", "onnxruntime", "graph_optimization_level"), _STRING
+                        ),
+                    },
                 },
             },
         },
+        "tuning": {
+            "type": "object",
+            "properties": {
+                **dict.fromkeys(("strategy", "stage"), _STRING),
+                "keep_going": _FLAG,
+                **dict.fromkeys(("max_trials", "chosen"), _COUNT),
+                **dict.fromkeys(("seconds", "peak_rss_mb"), _NUMBER),
+                "advice": _MAYBE_STRING,
+            },
+        },
+        "task": {"type": "object", "properties": dict.fromkeys(("name", "why"), _STRING)},
+        "trials": {"type": "array", "items": _TRIAL},
+        "sensitivity": {"type": "array", "items": _TENSOR_ERROR},
+        "warnings": {"type": "array", "items": _STRING},
         "quantization": {"type": "object", "properties": {"output": {"type": ["string", "null"]}}},
-        **{key: {"type": "object"} for key in ("runtime", "tuning", "task")},
+        "runtime": {"type": "object"},
         "calibration": {"type": ["object", "null"]},  # null: dynamic quantization calibrates nothing
-        **{key: {"type": "array"} for key in ("sensitivity", "trials", "warnings")},
         "activation_ranges": {
             "type": "array",
             "items": {

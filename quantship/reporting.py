@@ -70,6 +70,12 @@ def _cell(value: Any) -> str:
     return f"<td>{html.escape('-' if value is None else str(value))}</td>"
 
 
+def fill(template: str, *values: Any) -> str:
+    """`template`, trusted markup, with each `{}` filled by a value escaped: how what a manifest
+    holds (any string: it is edited by hand, or hostile) goes into a sentence of a page."""
+    return template.format(*(html.escape("-" if value is None else str(value)) for value in values))
+
+
 class Raw:
     """Markup to place in a table cell as is (already escaped by the caller)."""
 

@@ -6,7 +6,6 @@ SQNR, calibrated ranges, the hardware the gate ran on.
 
 from __future__ import annotations
 
-import html
 from typing import Any
 
 import numpy as np
@@ -103,15 +102,19 @@ def _verdict(manifest: dict[str, Any], passed: bool, fp32_bytes: int | None, int
         ("size", f"{fp32_bytes / int8_bytes:.2f}x smaller" if fp32_bytes else "-"),
     ]
     hardware = validation.get("hardware", {})
-    task_name, task_why = html.escape(str(task.get("name", "?"))), html.escape(str(task.get("why", "")))
-    note = (
-        f"<p>Task: <b>{task_name}</b> ({task_why}). "
-        f"Gate: {html.escape(metric)} ({html.escape(str(validation.get('gate_reason', '')))}), measured on "
-        f"{validation.get('samples', '?')} samples with the fused int8 "
-        f"kernels of onnxruntime {html.escape(str(hardware.get('onnxruntime', '?')))} on "
-        f"{html.escape(str(hardware.get('cpu', '?')))} (int8 flags: "
-        f"{html.escape(', '.join(hardware.get('int8_flags', [])) or 'none')}; VNNI: {hardware.get('vnni')}). "
-        "The verdict holds for that hardware: int8 kernels differ between CPUs.</p>"
+    note = reporting.fill(
+        "<p>Task: <b>{}</b> ({}). Gate: {} ({}), measured on {} samples with the fused int8 kernels of "
+        "onnxruntime {} on {} (int8 flags: {}; VNNI: {}). The verdict holds for that hardware: int8 "
+        "kernels differ between CPUs.</p>",
+        task.get("name", "?"),
+        task.get("why", ""),
+        metric,
+        validation.get("gate_reason", ""),
+        validation.get("samples", "?"),
+        hardware.get("onnxruntime", "?"),
+        hardware.get("cpu", "?"),
+        ", ".join(hardware.get("int8_flags", [])) or "none",
+        hardware.get("vnni"),
     )
     if validation.get("on_calibration_data"):
         note += (
@@ -120,9 +123,9 @@ def _verdict(manifest: dict[str, Any], passed: bool, fp32_bytes: int | None, int
         )
     advice = manifest.get("tuning", {}).get("advice")
     if advice:
-        note += f"<p class='fail'>No trial passed. {html.escape(advice)}</p>"
+        note += reporting.fill("<p class='fail'>No trial passed. {}</p>", advice)
     for warning in manifest.get("warnings", []):
-        note += f"<p>Warning: {html.escape(warning)}</p>"
+        note += reporting.fill("<p>Warning: {}</p>", warning)
     return reporting.cards(items) + note
 
 
@@ -141,7 +144,7 @@ def _comparison(validation: dict[str, Any], fp32_bytes: int | None, int8_bytes: 
         for n, (m, v) in plotted.items()
         if not evaluate.METRICS[m].higher_is_better and m is not evaluate.Metric.TOP1_ACCURACY
     }
-    with_accuracy = validation.get("fp32") is not None
+    with_accuracy = validation.get("fp32") is not None and validation.get("int8") is not None
     panels = int(with_accuracy) + int(bool(higher)) + int(bool(lower)) + 1
     fig, axes = reporting.plt.subplots(1, panels, figsize=(3.2 * panels, 3), layout="constrained")
     axes = list(np.atleast_1d(axes))
@@ -208,9 +211,9 @@ def _trials(trials: list[dict[str, Any]], tuning: dict[str, Any]) -> str:
         ax.legend(loc="lower right")
     for t, value in zip(trials, values, strict=True):
         label = (
-            f"{t['stage'][0]} {_gated_value(metric, value)}"
+            f"{t['stage'][:1]} {_gated_value(metric, value)}"
             if t.get("value") is not None
-            else f"{t['stage'][0]} error"
+            else f"{t['stage'][:1]} error"
         )
         ax.annotate(label, (t["number"], value), ha="center", va="bottom", fontsize=8)
     ax.set_xlabel("trial (r: recipe, o: op-type fallback, n: node fallback; green passed)")
@@ -238,10 +241,15 @@ def _trials(trials: list[dict[str, Any]], tuning: dict[str, Any]) -> str:
         else "no trial passed the gate: the one that came closest to it, written as a best effort "
         "marked gate: failed"
     )
-    summary = (
-        f"<p>Strategy {html.escape(str(tuning.get('strategy', '?')))}: {len(trials)} trials in "
-        f"{tuning.get('seconds', '?')} s, peak RSS {tuning.get('peak_rss_mb', '?')} MB; chose trial "
-        f"{tuning.get('chosen', '?')} ({html.escape(str(tuning.get('stage', '?')))}): {why}.</p>"
+    summary = reporting.fill(
+        "<p>Strategy {}: {} trials in {} s, peak RSS {} MB; chose trial {} ({}): {}.</p>",
+        tuning.get("strategy", "?"),
+        len(trials),
+        tuning.get("seconds", "?"),
+        tuning.get("peak_rss_mb", "?"),
+        tuning.get("chosen", "?"),
+        tuning.get("stage", "?"),
+        why,
     )
     return (
         reporting.figure(fig, "tuning trials")
@@ -253,7 +261,7 @@ def _trials(trials: list[dict[str, Any]], tuning: dict[str, Any]) -> str:
                 "recipe",
                 "left in float",
                 "quantized nodes",
-                html.escape(_named(metric)),
+                _named(metric),  # the table escapes its headers
                 "gate",
                 "b1 ms",
                 "seconds",

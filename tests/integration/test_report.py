@@ -1,0 +1,122 @@
+"""`quantship report` on manifests as they may arrive: edited by hand, hostile, or naming tensors oddly.
+
+A manifest is free text to the report: whatever it holds is shown, never run, and a field of the
+wrong type is refused when the artifact loads (one line, exit 3), not met later as a traceback."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from quantship import artifact
+from quantship.cli import main
+from quantship.quantize import report
+
+MARKUP = "\"'><q-injected>"
+"""Closes an attribute and a tag, then opens one of its own: must arrive as text, escaped."""
+
+
+def _cli(*args: str | Path) -> tuple[int, str, str]:
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    return result.exit_code, result.stdout, result.stderr
+
+
+def _edited(good: artifact.Artifact, target: Path, edit: Callable[[dict[str, Any]], None]) -> Path:
+    """A copy of `good` whose manifest `edit` changed, unsigned (`report` needs no signature)."""
+    shutil.copytree(good.root, target)
+    manifest = json.loads((target / artifact.MANIFEST_FILE).read_text())
+    edit(manifest)
+    (target / artifact.MANIFEST_FILE).write_text(json.dumps(manifest))
+    return target
+
+
+def _marked(value: Any) -> Any:
+    """Every string in `value`, markup added (dict keys are left: they are what the report looks up)."""
+    if isinstance(value, str):
+        return MARKUP + value
+    if isinstance(value, list):
+        return [_marked(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _marked(item) for key, item in value.items()}
+    return value
+
+
+def _mark_every_string(manifest: dict[str, Any]) -> None:
+    # Optional strings the good artifact leaves null, and keys of the maps shown as they are.
+    manifest["tuning"]["advice"] = "try more data"
+    manifest["trials"][0]["error"] = "onnxruntime said no"
+    manifest["warnings"].append("a warning")
+    manifest["validation"]["metrics"][MARKUP] = 0.5
+    manifest["fallback_ops"][MARKUP] = 1
+    for section in ("quantization", "runtime", "calibration"):
+        manifest[section][MARKUP] = MARKUP
+    for key, value in list(manifest.items()):
+        if key not in ("files", "format_version"):
+            manifest[key] = _marked(value)
+
+
+def test_markup_in_any_string_of_the_manifest_is_shown_as_text(
+    good_artifact: artifact.Artifact, tmp_path: Path
+) -> None:
+    """validation.samples, hardware.vnni and tuning.seconds, peak_rss_mb and chosen went into the page
+    as they were: a <script> there ran in the browser of whoever opened the report."""
+    edited = _edited(good_artifact, tmp_path / "a", _mark_every_string)
+    assert _cli("verify", edited)[0] == 0  # the schema takes any string where a string belongs
+    code, _, err = _cli("report", edited, "-o", tmp_path / "r.html")
+    assert code == 0, err
+    page = (tmp_path / "r.html").read_text()
+    assert "<q-injected>" not in page
+    shown = page.count("&quot;&#x27;&gt;&lt;q-injected&gt;")
+    assert shown >= 30, shown  # and the marked fields are there, as text
+    metric = "&quot;&#x27;&gt;&lt;q-injected&gt;top1_accuracy"
+    assert f"<th>{metric}</th>" in page  # escaped once: the trials' header read &amp;quot;...
+
+
+def test_the_page_escapes_even_what_the_schema_refuses(good_artifact: artifact.Artifact) -> None:
+    """The numbers and flags written into sentences went in raw; the schema refuses markup there now,
+    and the page does not count on it (an Artifact built in memory skips the loading checks)."""
+    manifest = json.loads(json.dumps(good_artifact.manifest))
+    manifest["validation"]["samples"] = MARKUP
+    manifest["validation"]["hardware"]["vnni"] = MARKUP
+    manifest["tuning"].update(seconds=MARKUP, peak_rss_mb=MARKUP, chosen=MARKUP)
+    page = report.render(artifact.Artifact(root=good_artifact.root, manifest=manifest, signed=False))
+    assert "<q-injected>" not in page
+    assert page.count("&quot;&#x27;&gt;&lt;q-injected&gt;") == 5
+
+
+@pytest.mark.parametrize(
+    ("where", "edit"),
+    [
+        (
+            "['validation']['samples']",
+            lambda m: m["validation"].update(samples="<img src=x onerror=alert(1)>"),
+        ),
+        ("['validation']['hardware']['vnni']", lambda m: m["validation"]["hardware"].update(vnni="<script>")),
+        ("['tuning']['seconds']", lambda m: m["tuning"].update(seconds="<b>s</b>")),
+        ("['tuning']['peak_rss_mb']", lambda m: m["tuning"].update(peak_rss_mb="<i>rss</i>")),
+        ("['tuning']['chosen']", lambda m: m["tuning"].update(chosen="<script>")),
+        ("['trials'][0]", lambda m: m.update(trials=[{}])),
+        ("['sensitivity'][0]", lambda m: m.update(sensitivity=[{"tensor": "a"}])),
+        ("['validation']['value']", lambda m: m["validation"].update(value="0.0")),
+        ("['validation']['fp32']", lambda m: m["validation"].update(fp32="x")),
+        ("['tuning']['advice']", lambda m: m["tuning"].update(advice=5)),
+        ("['warnings'][0]", lambda m: m.update(warnings=[1])),
+        ("['validation']['metric']", lambda m: m["validation"].update(metric=["x"])),
+    ],
+)
+def test_a_field_of_the_wrong_type_is_refused_on_loading_in_one_line(
+    good_artifact: artifact.Artifact, tmp_path: Path, where: str, edit: Callable[[dict[str, Any]], None]
+) -> None:
+    """Each passed `verify`, then `report` died with a traceback (KeyError, TypeError, ValueError)."""
+    edited = _edited(good_artifact, tmp_path / "a", edit)
+    for command in (["verify", edited], ["report", edited, "-o", tmp_path / "r.html"]):
+        code, _, err = _cli(*command)
+        assert code == 3, err  # ExitCode.REFUSED
+        assert len(err.strip().splitlines()) == 1 and where in err, err
+    assert not (tmp_path / "r.html").exists()
