@@ -18,6 +18,10 @@ matplotlib.use("Agg")  # reports render headless, on servers and in CI
 from matplotlib import pyplot as plt
 from matplotlib.figure import Figure
 
+# Labels are tensor and model names, any string: "$...$" in one must be drawn as written, not parsed
+# as mathtext (a bad formula raised, a good one drew something else).
+matplotlib.rcParams["text.parse_math"] = False
+
 _STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:2rem auto;max-width:1100px;
   color:#1d2330;padding:0 1rem}

@@ -120,3 +120,21 @@ def test_a_field_of_the_wrong_type_is_refused_on_loading_in_one_line(
         assert code == 3, err  # ExitCode.REFUSED
         assert len(err.strip().splitlines()) == 1 and where in err, err
     assert not (tmp_path / "r.html").exists()
+
+
+def test_tensor_names_holding_mathtext_are_drawn_as_written(
+    good_artifact: artifact.Artifact, tmp_path: Path
+) -> None:
+    """An ONNX name is any string: `r$^{$` made matplotlib parse a formula, and the report died with a
+    pyparsing traceback (a valid one, `$x^2$`, drew a superscript instead of the name)."""
+    names = ["r$^{$", "h$\\undefinedcommand{1}$"]
+
+    def rename(manifest: dict[str, Any]) -> None:
+        for section in ("sensitivity", "activation_ranges"):
+            for i, entry in enumerate(manifest[section]):
+                entry["tensor"] = names[i % len(names)]
+
+    edited = _edited(good_artifact, tmp_path / "a", rename)
+    code, _, err = _cli("report", edited, "-o", tmp_path / "r.html")
+    assert code == 0, err
+    assert "<td>r$^{$</td>" in (tmp_path / "r.html").read_text()
