@@ -149,9 +149,9 @@ def run(
                 f"onnxruntime could not quantize {model_path} in any trial: {chosen.error}"
             )
         _check_something_quantized(trials, config, model_path)
-        advice = None if chosen.passed else tuner.advice(trials, traits)
-        if advice is not None:
-            note(f"no trial passed the gate ({gate.describe()}); {advice}")
+        advice = None if chosen.passed else tuner.advice(trials, traits, evaluator.task)
+        if advice is not None and warn is not None:  # said, not noted: the manifest holds it as tuning.advice
+            warn(f"no trial passed the gate ({gate.describe()}); {advice}")
 
         chosen_path = bench.path(chosen)
         chosen_ranges = ranges.activation_ranges(

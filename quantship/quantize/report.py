@@ -125,7 +125,8 @@ def _verdict(manifest: dict[str, Any], passed: bool, fp32_bytes: int | None, int
     if advice:
         note += reporting.fill("<p class='fail'>No trial passed. {}</p>", advice)
     for warning in manifest.get("warnings", []):
-        note += reporting.fill("<p>Warning: {}</p>", warning)
+        if not advice or advice not in warning:  # older manifests noted the advice as a warning too
+            note += reporting.fill("<p>Warning: {}</p>", warning)
     return reporting.cards(items) + note
 
 

@@ -27,6 +27,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+from quantship.agreement import Task
 from quantship.quantize.config import Calibration, Mode, Precision, QuantizeConfig, Strategy
 from quantship.quantize.evaluate import Evaluation
 
@@ -300,7 +301,7 @@ def _without_vnni(trials: list[Trial]) -> str:
     )
 
 
-def advice(trials: list[Trial], traits: ModelTraits) -> str:
+def advice(trials: list[Trial], traits: ModelTraits, task: Task) -> str:
     """What to try next when nothing passed: said in the report and on the console."""
     closest = best(trials)
     evaluation = closest.evaluation
@@ -308,7 +309,26 @@ def advice(trials: list[Trial], traits: ModelTraits) -> str:
     return (
         f"closest: trial {closest.number} ({closest.config.label()}"
         f"{', ' + str(len(closest.excluded)) + ' nodes in float' if closest.excluded else ''}) with "
-        f"{evaluation.metric.value} {evaluation.value:.4g} against {evaluation.threshold:g}. Next: more or "
-        "more representative calibration data, labelled evaluation data (gate on accuracy, not agreement "
-        "with FP32 on ambiguous inputs), a larger --max-trials, or quantization-aware training." + hardware
+        f"{evaluation.metric.value} {evaluation.value:.4g} against {evaluation.threshold:g}. Next: "
+        + ", ".join(_next_steps(closest, traits, task))
+        + "."
+        + hardware
     )
+
+
+def _next_steps(closest: Trial, traits: ModelTraits, task: Task) -> list[str]:
+    """Only what applies: dynamic quantization reads no calibration data, labels already given are
+    no suggestion, and only a classifier has labels or an accuracy to gate on."""
+    steps = []
+    if closest.config.mode is Mode.STATIC:
+        steps.append("more or more representative calibration data")
+    elif traits.can_calibrate:
+        steps.append("static quantization (--mode static) on the calibration data given")
+    else:
+        steps.append("static quantization with representative --calibration data")
+    if task is Task.CLASSIFICATION and closest.evaluation.fp32 is None:  # fp32 accuracy: labels given
+        steps.append(
+            "labelled evaluation data (gate on accuracy, not agreement with FP32 on ambiguous inputs)"
+        )
+    steps += ["a larger --max-trials", "or quantization-aware training"]
+    return steps

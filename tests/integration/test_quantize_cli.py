@@ -106,6 +106,13 @@ def test_a_failed_gate_exits_1_and_marks_the_artifact(sample: zoo.SampleModel, t
     page = (tmp_path / "r.html").read_text()
     assert "no trial passed the gate: the one that came closest to it" in page
     assert "most quantized passing trial" not in page
+    manifest = json.loads((tmp_path / "a" / "manifest.json").read_text())
+    advice = manifest["tuning"]["advice"]
+    # static, with labels: calibration data is the suggestion, labels are not (they were given)
+    assert "calibration data" in advice and "labelled" not in advice
+    assert "no trial passed the gate" in err and advice in err  # said on the console
+    assert not any(advice in warning for warning in manifest["warnings"])
+    assert page.count("Next: ") == 1  # the report showed it twice, the second time as a warning
 
 
 def test_a_rerun_whose_gate_fails_leaves_a_passing_artifact_and_writes_beside_it(

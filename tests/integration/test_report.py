@@ -138,3 +138,20 @@ def test_tensor_names_holding_mathtext_are_drawn_as_written(
     code, _, err = _cli("report", edited, "-o", tmp_path / "r.html")
     assert code == 0, err
     assert "<td>r$^{$</td>" in (tmp_path / "r.html").read_text()
+
+
+def test_the_advice_is_shown_once_for_a_manifest_that_also_noted_it_as_a_warning(
+    good_artifact: artifact.Artifact, tmp_path: Path
+) -> None:
+    """quantize noted the advice among the warnings as well: the report said it twice."""
+    advice = "closest: trial 0. Next: a larger --max-trials."
+
+    def failed(manifest: dict[str, Any]) -> None:
+        manifest["validation"]["gate"] = "failed"
+        manifest["tuning"]["advice"] = advice
+        manifest["warnings"] = [f"no trial passed the gate (g); {advice}", "another warning"]
+
+    edited = _edited(good_artifact, tmp_path / "a", failed)
+    assert _cli("report", edited, "-o", tmp_path / "r.html")[0] == 0
+    page = (tmp_path / "r.html").read_text()
+    assert page.count(advice) == 1 and "<p>Warning: another warning</p>" in page

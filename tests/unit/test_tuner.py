@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import replace
 
+from quantship.agreement import Task
 from quantship.quantize import tuner
 from quantship.quantize.config import Calibration, Mode, Precision, QuantizeConfig, Strategy
 from quantship.quantize.evaluate import Evaluation, Metric
@@ -214,7 +215,7 @@ def test_the_budget_is_respected_and_the_best_effort_is_the_closest() -> None:
     assert not any(t.passed for t in trials)
     best = tuner.best(trials)
     assert best.shortfall == min(t.shortfall for t in trials)
-    said = tuner.advice(trials, CNN)
+    said = tuner.advice(trials, CNN, Task.CLASSIFICATION)
     assert "closest: trial" in said and "quantization-aware training" in said
     assert "VNNI" not in said
 
@@ -223,15 +224,37 @@ def test_the_advice_names_the_missing_vnni_and_the_kernels_tried_and_not() -> No
     no_vnni = replace(CNN, lacks_vnni=True)
     harm = _harm({n: 0.001 for n in "abcdefgh"}, base=0.5)
     trials, _ = _tune(replace(BASE, max_trials=8), harm, no_vnni)
-    said = tuner.advice(trials, no_vnni)
+    said = tuner.advice(trials, no_vnni, Task.CLASSIFICATION)
     assert "lacks VNNI" in said and said.startswith("closest: trial")
     assert "Tried: U8S8, U8U8, U8S8 reduce-range" in said and "not reached" not in said
     one, _ = _tune(replace(BASE, max_trials=0), harm, no_vnni)
-    said = tuner.advice(one, no_vnni)
+    said = tuner.advice(one, no_vnni, Task.CLASSIFICATION)
     assert "Tried: U8S8; not reached within --max-trials: U8U8, U8S8 reduce-range" in said
     s8s8 = replace(BASE, max_trials=0, activation_type=Precision.INT8)
     one, _ = _tune(s8s8, harm, no_vnni)  # S8U8 has no x86 kernel: never offered as untried
-    assert "Tried: S8S8; not reached within --max-trials: S8S8 reduce-range." in tuner.advice(one, no_vnni)
+    assert "Tried: S8S8; not reached within --max-trials: S8S8 reduce-range." in tuner.advice(
+        one, no_vnni, Task.CLASSIFICATION
+    )
+
+
+def test_the_advice_suggests_only_what_applies_to_the_mode_the_task_and_the_data() -> None:
+    """It was one text: calibration data for dynamic quantization (which reads none), labelled data
+    when labels were given, labels for an embedding or a regression (which have no accuracy)."""
+    harm = _harm({n: 0.001 for n in "abcdefgh"}, base=0.5)
+    static, _ = _tune(replace(BASE, max_trials=0), harm)
+    said = tuner.advice(static, CNN, Task.CLASSIFICATION)
+    assert "more or more representative calibration data" in said and "labelled evaluation data" in said
+    for task in (Task.EMBEDDING, Task.REGRESSION):
+        assert "labelled" not in tuner.advice(static, CNN, task)
+    labelled = [replace(t, evaluation=replace(t.evaluation, fp32=0.9, int8=0.5)) for t in static]
+    assert "labelled" not in tuner.advice(labelled, CNN, Task.CLASSIFICATION)
+    dynamic, _ = _tune(replace(BASE, max_trials=0, mode=Mode.DYNAMIC), harm)
+    said = tuner.advice(dynamic, CNN, Task.CLASSIFICATION)
+    assert "calibration data given" in said and "more or more representative" not in said
+    uncalibrated = replace(CNN, can_calibrate=False)
+    said = tuner.advice(dynamic, uncalibrated, Task.REGRESSION)
+    assert "static quantization with representative --calibration data" in said
+    assert said.endswith("a larger --max-trials, or quantization-aware training.")
 
 
 def test_best_prefers_more_quantized_nodes_among_passing_trials() -> None:
