@@ -200,26 +200,7 @@ def _meaning(name: str) -> str:
 def _trials(trials: list[dict[str, Any]], tuning: dict[str, Any]) -> str:
     if not trials:
         return "<p>No trials recorded.</p>"
-    fig, ax = reporting.new_figure(9, 3)
-    numbers = [t["number"] for t in trials]
     metric = trials[0].get("metric", "?")
-    values = [(t["value"] if t.get("value") is not None else 0.0) for t in trials]
-    colors = ["#16794c" if t["passed"] else "#b42318" for t in trials]
-    ax.bar(numbers, values, color=colors)
-    threshold = trials[0].get("threshold")
-    if threshold is not None:
-        ax.axhline(threshold, color="#1d2330", linestyle="--", linewidth=1, label=f"gate {threshold:g}")
-        ax.legend(loc="lower right")
-    for t, value in zip(trials, values, strict=True):
-        label = (
-            f"{t['stage'][:1]} {_gated_value(metric, value)}"
-            if t.get("value") is not None
-            else f"{t['stage'][:1]} error"
-        )
-        ax.annotate(label, (t["number"], value), ha="center", va="bottom", fontsize=8)
-    ax.set_xlabel("trial (r: recipe, o: op-type fallback, n: node fallback; green passed)")
-    ax.set_ylabel(_named(metric))
-    ax.set_xticks(numbers)
     rows = [
         (
             t["number"],
@@ -253,7 +234,7 @@ def _trials(trials: list[dict[str, Any]], tuning: dict[str, Any]) -> str:
         why,
     )
     return (
-        reporting.figure(fig, "tuning trials")
+        _trials_figure(trials, metric)
         + summary
         + reporting.table(
             [
@@ -271,6 +252,58 @@ def _trials(trials: list[dict[str, Any]], tuning: dict[str, Any]) -> str:
             rows,
         )
     )
+
+
+def _trials_figure(trials: list[dict[str, Any]], metric: str) -> str:
+    """One bar per trial, in the unit the page states the metric in (top1_accuracy: percent); an
+    errored trial has no value: a hatched column, not a zero bar (which reads perfect for a loss)."""
+    percent = evaluate.known(metric) is evaluate.Metric.TOP1_ACCURACY
+    scale, unit = (100.0, " (%)") if percent else (1.0, "")
+
+    def shown(value: float) -> str:
+        return f"{value * scale:.2f}%" if percent else f"{value:.3g}"
+
+    fig, ax = reporting.new_figure(9, 3)
+    measured = [t for t in trials if t.get("value") is not None]
+    errored = [t for t in trials if t.get("value") is None]
+    bars = ax.bar(
+        [t["number"] for t in measured],
+        [t["value"] * scale for t in measured],
+        color=["#16794c" if t["passed"] else "#b42318" for t in measured],
+    )
+    ax.bar_label(bars, labels=[f"{t['stage'][:1]} {shown(t['value'])}" for t in measured], fontsize=8)
+    for i, t in enumerate(errored):  # a hatched column the height of the axes: no value to draw
+        ax.axvspan(
+            t["number"] - 0.4,
+            t["number"] + 0.4,
+            fill=False,
+            hatch="xx",
+            edgecolor="#b42318",
+            linewidth=0,
+            label="errored: no value" if i == 0 else None,
+        )
+        ax.annotate(
+            f"{t['stage'][:1]} error",
+            (t["number"], 0.5),
+            xycoords=("data", "axes fraction"),
+            ha="center",
+            fontsize=8,
+            backgroundcolor="white",
+        )
+    threshold = trials[0].get("threshold")
+    if threshold is not None:
+        gate = f"gate {shown(threshold)}"
+        ax.axhline(threshold * scale, color="#1d2330", linestyle="--", linewidth=1, label=gate)
+    if threshold is not None or errored:
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)  # beside the bars, never on them
+    ax.set_xlabel("trial (r: recipe, o: op-type fallback, n: node fallback; green passed, red failed)")
+    ax.set_ylabel(_named(metric) + unit)
+    ax.set_xticks([t["number"] for t in trials])
+    ax.margins(y=0.12)  # room for the labels above the tallest bar
+    said = [f"tuning trials: {ax.get_ylabel()} by trial"]
+    said += [f"gate {shown(threshold)}"] if threshold is not None else []
+    said += [f"errored (no value): trial {', '.join(str(t['number']) for t in errored)}"] if errored else []
+    return reporting.figure(fig, "; ".join(said))
 
 
 def _sqnr(errors: list[dict[str, Any]]) -> str:

@@ -155,3 +155,22 @@ def test_the_advice_is_shown_once_for_a_manifest_that_also_noted_it_as_a_warning
     assert _cli("report", edited, "-o", tmp_path / "r.html")[0] == 0
     page = (tmp_path / "r.html").read_text()
     assert page.count(advice) == 1 and "<p>Warning: another warning</p>" in page
+
+
+def test_the_trials_figure_has_one_unit_and_marks_an_errored_trial(
+    good_artifact: artifact.Artifact, tmp_path: Path
+) -> None:
+    """Bars were labelled in percent on an axis (and a `gate 0.005` legend) in fractions, and an
+    errored trial was a 0 bar: for a loss, the best-looking one."""
+
+    def with_an_errored_trial(manifest: dict[str, Any]) -> None:
+        first = manifest["trials"][0]
+        errored = {**first, "number": 1, "value": None, "passed": False, "error": "onnxruntime said no"}
+        manifest["trials"] = [first, errored]
+
+    edited = _edited(good_artifact, tmp_path / "a", with_an_errored_trial)
+    assert _cli("report", edited, "-o", tmp_path / "r.html")[0] == 0
+    page = (tmp_path / "r.html").read_text()
+    assert (
+        "tuning trials: relative accuracy loss (%) by trial; gate 0.50%; errored (no value): trial 1" in page
+    )
