@@ -44,6 +44,14 @@ def percent(value: float | None, signed: bool = False) -> str:
     return f"{value:+.2%}" if signed else f"{value:.2%}"
 
 
+def size_change(fp32_bytes: int, int8_bytes: int, digits: int = 2) -> str:
+    """INT8's file against FP32's: '3.98x smaller', or '1.22x larger' (a small model's quantize and
+    dequantize nodes can outweigh its int8 weights), never '0.82x smaller'."""
+    if int8_bytes <= fp32_bytes:
+        return f"{fp32_bytes / max(int8_bytes, 1):.{digits}f}x smaller"
+    return f"{int8_bytes / max(fp32_bytes, 1):.{digits}f}x larger"
+
+
 def new_figure(width: float = 9, height: float = 3.5) -> tuple[Figure, Any]:
     fig, axes = plt.subplots(figsize=(width, height), layout="constrained")
     return fig, axes

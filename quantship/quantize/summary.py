@@ -27,7 +27,7 @@ def table(rows: list[tuple[str, artifact.Artifact]], title: str = "quantization 
         validation = loaded.manifest.get("validation", {})
         gate = validation.get("gate", "?")
         size = f"{_kib(fp32_bytes)}→{_kib(int8_bytes)} KiB" + (
-            f" ({fp32_bytes / int8_bytes:.1f}x)" if fp32_bytes else ""
+            f" ({reporting.size_change(fp32_bytes, int8_bytes, digits=1)})" if fp32_bytes else ""
         )
         accuracy = (
             f"{reporting.percent(validation['fp32'])}→{reporting.percent(validation['int8'])}"

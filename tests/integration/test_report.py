@@ -13,10 +13,11 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from rich.console import Console
 
 from quantship import artifact
 from quantship.cli import main
-from quantship.quantize import report
+from quantship.quantize import report, summary
 
 MARKUP = "\"'><q-injected>"
 """Closes an attribute and a tag, then opens one of its own: must arrive as text, escaped."""
@@ -174,3 +175,17 @@ def test_the_trials_figure_has_one_unit_and_marks_an_errored_trial(
     assert (
         "tuning trials: relative accuracy loss (%) by trial; gate 0.50%; errored (no value): trial 1" in page
     )
+
+
+def test_an_int8_file_larger_than_fp32_is_said_to_be_larger(good_artifact: artifact.Artifact) -> None:
+    """A tiny model's quantize/dequantize nodes can outweigh its int8 weights: the card read
+    `0.82x smaller` (the summary `(0.8x)`)."""
+    manifest = json.loads(json.dumps(good_artifact.manifest))
+    files = manifest["files"]
+    files[artifact.MODEL_FILE]["size"], files[artifact.REFERENCE_FILE]["size"] = 1220, 1000
+    larger = artifact.Artifact(root=good_artifact.root, manifest=manifest, signed=False)
+    assert "size<b>1.22x larger</b>" in report.render(larger)
+    assert "size<b>" in report.render(good_artifact) and "x smaller</b>" in report.render(good_artifact)
+    console = Console(record=True, width=200)
+    console.print(summary.table([("tiny", larger)]))
+    assert "1→1 KiB (1.2x larger)" in console.export_text()
