@@ -631,7 +631,7 @@ def report(path: Path, out: Path) -> None:
 
     artifact.refuse_inside_an_artifact(out)
     with artifact.opened(path) as loaded:
-        html = report_module.render(loaded)
+        html = report_module.render(loaded, given=path)
     try:
         out.write_text(html)
     except OSError as exc:

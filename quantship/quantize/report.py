@@ -6,6 +6,7 @@ SQNR, calibrated ranges, the hardware the gate ran on.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -16,7 +17,9 @@ from quantship.quantize import evaluate
 _MAX_BARS = 40
 
 
-def render(loaded: artifact.Artifact) -> str:
+def render(loaded: artifact.Artifact, given: Path | None = None) -> str:
+    """`given`: the path the user named (a .tar.gz is read from a scratch copy, gone once done)."""
+    location = given if given is not None else loaded.root
     manifest = loaded.manifest
     validation = manifest.get("validation", {})
     passed = validation.get("gate") == "passed"
@@ -46,8 +49,8 @@ def render(loaded: artifact.Artifact) -> str:
     ]
     source = manifest.get("model", {}).get("source", loaded.root.name)
     created = manifest.get("created", "?")
-    subtitle = f"{source} -> {loaded.root}  ·  created {created}  ·  manifest {loaded.digest[:12]}"
-    return reporting.page(f"quantship artifact report: {source}", subtitle, sections)
+    subtitle = f"{source} -> {location}  ·  created {created}  ·  manifest {loaded.digest[:12]}"
+    return reporting.page(f"quantship artifact report: {location.name}", subtitle, sections)
 
 
 def _value(value: Any) -> str:

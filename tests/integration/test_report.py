@@ -189,3 +189,15 @@ def test_an_int8_file_larger_than_fp32_is_said_to_be_larger(good_artifact: artif
     console = Console(record=True, width=200)
     console.print(summary.table([("tiny", larger)]))
     assert "1→1 KiB (1.2x larger)" in console.export_text()
+
+
+def test_the_report_of_an_archive_names_the_archive_not_its_scratch_copy(
+    good_artifact: artifact.Artifact, tmp_path: Path
+) -> None:
+    """The subtitle showed /tmp/quantship-artifact-xxx/artifact, removed by the time anyone read it."""
+    packed = tmp_path / "digits-int8.tar.gz"
+    assert _cli("pack", good_artifact.root, packed)[0] == 0
+    assert _cli("report", packed, "-o", tmp_path / "r.html")[0] == 0
+    page = (tmp_path / "r.html").read_text()
+    assert "<title>quantship artifact report: digits-int8.tar.gz</title>" in page
+    assert f"model.onnx -&gt; {packed}  ·" in page and "quantship-artifact-" not in page
