@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from quantship import artifact, reporting
-from quantship.quantize import evaluate
+from quantship.quantize import evaluate, ranges
 
 _MAX_BARS = 40
 
@@ -337,10 +337,10 @@ def _sqnr(errors: list[dict[str, Any]]) -> str:
     )
 
 
-def _ranges(ranges: list[artifact.ActivationRange]) -> str:
-    if not ranges:
+def _ranges(activations: list[artifact.ActivationRange]) -> str:
+    if not activations:
         return "<p>No static activation ranges (dynamic quantization computes them per request).</p>"
-    shown = ranges[:_MAX_BARS]
+    shown = activations[:_MAX_BARS]
     fig, ax = reporting.new_figure(9, 0.8 + 0.3 * len(shown))
     y = np.arange(len(shown))
     ax.barh(
@@ -362,7 +362,11 @@ def _ranges(ranges: list[artifact.ActivationRange]) -> str:
     ax.scatter([r.calibrated_max for _, r in cal], [i for i, _ in cal], marker="|", s=200, color="#08519c")
     ax.set_yticks(y, [r.tensor for r in shown])
     ax.invert_yaxis()
-    ax.legend(loc="lower right", fontsize=8)
+    ax.use_sticky_edges = False  # bars set the x limits at their very ends, cutting the end ticks in half
+    ax.margins(x=0.03)
+    ax.set_xlabel("activation value (float, in the tensor's own units)")
+    ax.set_title("what each quantized activation can represent, and what calibration saw", fontsize=10)
+    fig.legend(loc="outside lower center", ncol=2, fontsize=8)  # under the axes: never on a bar
     rows = [
         (
             r.tensor,
@@ -370,13 +374,22 @@ def _ranges(ranges: list[artifact.ActivationRange]) -> str:
             r.high,
             r.calibrated_min,
             r.calibrated_max,
-            "relu/clip folded" if r.activation_low is not None or r.activation_high is not None else "-",
+            _range_note(r),
         )
-        for r in ranges
+        for r in activations
     ]
-    return reporting.figure(fig, "activation ranges") + reporting.table(
+    return reporting.figure(fig, f"activation ranges: {ax.get_title()}, {ax.get_xlabel()}") + reporting.table(
         ["tensor", "low", "high", "calibrated min", "calibrated max", "note"], rows
     )
+
+
+def _range_note(activation: artifact.ActivationRange) -> str:
+    if activation.requantized_by in ranges.OUTPUT_BOUNDS:  # QLinearSoftmax: [0, 1] is what it computes
+        low, high = ranges.OUTPUT_BOUNDS[activation.requantized_by]
+        return f"{activation.requantized_by}'s own output bound [{low:g}, {high:g}]"
+    if activation.activation_low is not None or activation.activation_high is not None:
+        return "relu/clip folded"
+    return "-"
 
 
 def _config(manifest: dict[str, Any]) -> str:

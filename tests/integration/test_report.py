@@ -201,3 +201,15 @@ def test_the_report_of_an_archive_names_the_archive_not_its_scratch_copy(
     page = (tmp_path / "r.html").read_text()
     assert "<title>quantship artifact report: digits-int8.tar.gz</title>" in page
     assert f"model.onnx -&gt; {packed}  ·" in page and "quantship-artifact-" not in page
+
+
+def test_the_ranges_figure_says_its_units_and_a_softmax_bound_is_its_own(
+    qoperator_skewed_artifact: artifact.Artifact,
+) -> None:
+    """The figure had no axis label or title, and QLinearSoftmax's [0, 1] read `relu/clip folded`."""
+    page = report.render(qoperator_skewed_artifact)
+    assert "activation value (float, in the tensor&#x27;s own units)" in page
+    softmax = [r for r in qoperator_skewed_artifact.activation_ranges if r.requantized_by == "QLinearSoftmax"]
+    assert len(softmax) == 1, qoperator_skewed_artifact.activation_ranges
+    row = page.split(f"<tr><td>{softmax[0].tensor}</td>")[1].split("</tr>")[0]
+    assert row.endswith("<td>QLinearSoftmax&#x27;s own output bound [0, 1]</td>"), row
