@@ -75,9 +75,12 @@ def labels(spec: ModelSpec, revision: str, track: Track) -> dict[str, str]:
 
 def container_resources(requirements: Mapping[str, Any]) -> dict[str, Any]:
     """spec.resources as a container takes them: quantities as strings. The CRD admits 2 for "2",
-    as a Pod does, but the API client's typed model takes only strings."""
+    as a Pod does, but the API client's typed model takes only strings. An empty section is left
+    out, as the API server leaves it out of what it stores: kept, it differed on every resync."""
     return {
-        key: {name: str(quantity) for name, quantity in value.items()} for key, value in requirements.items()
+        key: {name: str(quantity) for name, quantity in value.items()}
+        for key, value in requirements.items()
+        if value
     }
 
 

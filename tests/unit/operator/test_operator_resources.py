@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import kubernetes_validate
@@ -10,7 +11,7 @@ from kubernetes import client
 
 from quantship import cli
 from quantship.operator import crd, resources
-from quantship.operator.kube import split, to_model
+from quantship.operator.kube import _resource_patches, split, to_model
 from quantship.operator.spec import SERVER_FLAGS, ModelSpec
 from quantship.rollout import Track
 
@@ -129,6 +130,19 @@ def test_the_fetch_init_container_asks_for_the_servers_resources_as_a_compute_qu
     given = {c["name"]: c.get("resources") for c in pod["initContainers"] + pod["containers"]}
     as_strings = {"requests": {"cpu": "500m", "memory": "512Mi"}, "limits": {"cpu": "1", "memory": "1Gi"}}
     assert given == {"fetch": as_strings, "server": as_strings}
+
+
+def test_an_empty_resources_section_is_left_out_as_the_api_server_stores_it() -> None:
+    """`requests: {}` (the CRD admits it) is not stored by the API server: kept in what the operator
+    asks, the Deployment differed from it on every resync and was patched each time."""
+    spec = model(resources={"limits": {"memory": "1Gi"}, "requests": {}})
+    wanted = resources.deployment(spec, spec.revision, Track.STABLE, 2, OWNER)
+    stored = copy.deepcopy(wanted)
+    pod = stored["spec"]["template"]["spec"]
+    for container in pod["initContainers"] + pod["containers"]:
+        container["resources"] = {kind: v for kind, v in container["resources"].items() if v}
+    assert wanted["spec"]["template"]["spec"]["containers"][0]["resources"] == {"limits": {"memory": "1Gi"}}
+    assert _resource_patches(stored, wanted) == []
 
 
 def test_services_select_one_revision_or_the_whole_model() -> None:
