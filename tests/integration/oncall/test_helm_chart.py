@@ -464,6 +464,27 @@ def test_extra_env_takes_string_values_and_value_from_and_refuses_a_number(helm:
     ]
 
 
+@pytest.mark.parametrize(
+    ("setting", "refusal"),
+    [
+        (("--set", "operator.extraEnv[0].valueFrom.fieldRef.fieldPath=metadata.name",
+          "--set-string", "operator.extraEnv[0].value=x"), "extraEnv.0.value: String length"),
+        (("--set", "operator.extraEnv[0].valueFrom.other=x"), "Additional property other"),
+        (("--set-string", "operator.serverBindAddress=localhost"), "serverBindAddress: Does not match"),
+    ],
+)  # fmt: skip
+def test_settings_the_api_server_or_the_operator_refuse_are_refused_at_render(
+    helm: str, setting: tuple[str, ...], refusal: str
+) -> None:
+    """An EnvVar with a value beside its valueFrom, or a valueFrom of no known source, is refused by
+    the API server after the rest of the release is made; a bind address that is no IP address makes
+    the operator exit at start (crash loop)."""
+    result = run_helm(
+        helm, "template", "quantship", str(CHART), "--set", "operator.extraEnv[0].name=A", *setting
+    )
+    assert result.returncode != 0 and refusal in result.stderr, result.stderr
+
+
 EXAMPLES_THE_CRD_REFUSES = [
     ("--set", "example.replicas=101"),
     ("--set-string", "example.stepInterval=99999h"),
