@@ -29,6 +29,9 @@ class Figures:
 
     per_s: float
     p99_ms: float
+    errors: int = 0
+    """Requests not answered 2xx (or not answered at all): a figure with errors is not judged, since a
+    fast refusal is not throughput."""
 
 
 @dataclass(frozen=True)
@@ -48,23 +51,52 @@ class PeersRow:
     def label(self) -> str:
         return f"{self.model} c={self.c}"
 
+    def invalid(self) -> str:
+        """Why this cell cannot be judged against its peers ("" when it can)."""
+        servers = {"quantship": self.ours, **self.peers, "the floor": self.floor}
+        return ", ".join(
+            f"{name} {figures.errors} errors" for name, figures in servers.items() if figures.errors
+        )
+
+
+NO_PEER = "no peer measured"
+
 
 @dataclass(frozen=True)
 class Verdict:
     goal: str
-    met: bool
+    met: bool | None
+    """None: not judged (nothing it could be judged on was measured)."""
     detail: str
 
     def line(self) -> str:
+        if self.met is None:
+            return f"[yellow]not judged[/]: {self.goal}: {self.detail}"
         mark = "[green]met[/]" if self.met else "[red]not met[/]"
         return f"{mark}: {self.goal}: {self.detail}"
 
 
+def _judged(missed: bool, invalid: bool) -> bool | None:
+    """A goal of every cell: not met where a valid cell misses it; not judged where a cell could not be
+    judged (its errors), since the goal names every cell; met otherwise."""
+    if missed:
+        return False
+    return None if invalid else True
+
+
 def peers_verdicts(rows: Iterable[PeersRow]) -> list[Verdict]:
     rows = list(rows)
-    slow = [row for row in rows if any(row.ours.per_s < PEER_RATIO * p.per_s for p in row.peers.values())]
-    long_tail = [row for row in rows if any(row.ours.p99_ms > p.p99_ms for p in row.peers.values())]
-    heavy = [row for row in rows if row.compute_heavy and row.c >= COMPUTE_HEAVY_MIN_C]
+    raw = _raw_share_verdict(rows)
+    ratio_goal = f">= {PEER_RATIO:g}x both peers' req/s in every cell"
+    p99_goal = "p99 <= both peers' in every cell"
+    if not any(row.peers for row in rows):
+        return [Verdict(ratio_goal, None, NO_PEER), Verdict(p99_goal, None, NO_PEER), raw]
+    valid = [row for row in rows if row.peers and not row.invalid()]
+    invalid = "".join(
+        f"; {row.label} not judged: {row.invalid() or NO_PEER}" for row in rows if row not in valid
+    )
+    slow = [row for row in valid if any(row.ours.per_s < PEER_RATIO * p.per_s for p in row.peers.values())]
+    long_tail = [row for row in valid if any(row.ours.p99_ms > p.p99_ms for p in row.peers.values())]
 
     def ratios(row: PeersRow, server: Figures) -> str:
         return " / ".join(f"{server.per_s / p.per_s:.2f}x" for p in row.peers.values())
@@ -75,25 +107,39 @@ def peers_verdicts(rows: Iterable[PeersRow]) -> list[Verdict]:
 
     return [
         Verdict(
-            f">= {PEER_RATIO:g}x both peers' req/s in every cell",
-            not slow,
-            f"{len(rows) - len(slow)} of {len(rows)} cells"
+            ratio_goal,
+            _judged(bool(slow), bool(invalid)),
+            f"{len(valid) - len(slow)} of {len(rows)} cells"
             + "".join(
                 f"; {row.label} {ratios(row, row.ours)} (the floor {ratios(row, row.floor)})" for row in slow
-            ),
+            )
+            + invalid,
         ),
         Verdict(
-            "p99 <= both peers' in every cell",
-            not long_tail,
-            f"{len(rows) - len(long_tail)} of {len(rows)} cells"
-            + "".join(f"; {p99s(row)}" for row in long_tail),
+            p99_goal,
+            _judged(bool(long_tail), bool(invalid)),
+            f"{len(valid) - len(long_tail)} of {len(rows)} cells"
+            + "".join(f"; {p99s(row)}" for row in long_tail)
+            + invalid,
         ),
-        Verdict(
-            f">= {RAW_SHARE:.0%} of raw onnxruntime, compute-heavy cells of the table",
-            all(row.ours.per_s >= RAW_SHARE * row.raw_per_s for row in heavy),
-            "; ".join(f"{row.label} {row.ours.per_s / row.raw_per_s:.0%}" for row in heavy) or "no such cell",
-        ),
+        raw,
     ]
+
+
+def _raw_share_verdict(rows: list[PeersRow]) -> Verdict:
+    """quantship's share of raw onnxruntime on the table's compute-heavy cells (raw has no errors)."""
+    raw_goal = f">= {RAW_SHARE:.0%} of raw onnxruntime, compute-heavy cells of the table"
+    heavy = [row for row in rows if row.compute_heavy and row.c >= COMPUTE_HEAVY_MIN_C]
+    heavy_valid = [row for row in heavy if not row.ours.errors]
+    shares = [f"{row.label} {row.ours.per_s / row.raw_per_s:.0%}" for row in heavy_valid]
+    unjudged = [
+        f"{row.label} not judged: quantship {row.ours.errors} errors" for row in heavy if row.ours.errors
+    ]
+    return Verdict(
+        raw_goal,
+        _judged(any(row.ours.per_s < RAW_SHARE * row.raw_per_s for row in heavy_valid), bool(unjudged)),
+        "; ".join(shares + unjudged) or "no such cell",
+    )
 
 
 def heavy_verdicts(
@@ -117,8 +163,8 @@ def heavy_verdicts(
         ),
         Verdict(
             "p99 <= the peers', compute-heavy cell over gRPC",
-            all(ours_p99 <= p99 for p99 in peers_p99.values()),
-            f"{_ms(ours_p99)} ms against {peers or 'no peer'}",
+            all(ours_p99 <= p99 for p99 in peers_p99.values()) if peers_p99 else None,
+            f"{_ms(ours_p99)} ms against {peers}" if peers_p99 else NO_PEER,
         ),
     ]
 

@@ -37,6 +37,21 @@ verdicts = {
                               {"HTTP binary": {1: 101, 8: 47, 32: 40}, "gRPC": {1: 337, 8: 342, 32: 349}})],
     "tiny_met": [tiny_cpu_verdict({"HTTP binary": {1: 260, 32: 95}}, {"HTTP binary": {1: 101, 32: 40}})],
     "sli": [sli_cost_verdict({1: 0.047, 8: 0.029, 32: 0.039}), sli_cost_verdict({1: 0.01, 8: 0.051})],
+    # no peer installed: quantship far behind every figure a peer could have had
+    "no_peer": peers_verdicts([PeersRow("MLP", c, F(10, 99.0), {}, F(900, 1.0), 1000, True) for c in (1, 8)]),
+    "heavy_no_peer": heavy_verdicts({"gRPC": 0.95}, {"gRPC": 0.9}, 500.0, {}),
+    # a peer answering only 400s, fast: its refusals are not throughput
+    "refusing_peer": peers_verdicts([
+        PeersRow("digits", 8, F(3000, 2.0), {"kserve": F(6524, 1.0, 13066)}, F(4000, 1.0), 1e9, False),
+        PeersRow("digits", 32, F(3000, 2.0), {"kserve": F(1000, 9.0)}, F(4000, 1.0), 1e9, False),
+    ]),
+    "erring_ours": peers_verdicts([
+        PeersRow("MLP", 8, F(5000, 1.0, 7), {"kserve": F(100, 9.0)}, F(900, 1.0), 1000, True),
+    ]),
+    "one_slow_one_erring": peers_verdicts([
+        PeersRow("digits", 8, F(3000, 2.0), {"kserve": F(6524, 1.0, 13066)}, F(4000, 1.0), 1e9, False),
+        PeersRow("digits", 32, F(1000, 2.0), {"kserve": F(1000, 9.0)}, F(4000, 1.0), 1e9, False),
+    ]),
 }
 print(json.dumps({name: [[v.met, v.detail] for v in found] for name, found in verdicts.items()}))
 """
@@ -81,3 +96,31 @@ def test_each_goal_fails_on_the_cell_that_misses_it_and_says_by_how_much() -> No
     met, missed = verdicts["sli"]
     assert met == [True, "c=1 +4.7%, c=8 +2.9%, c=32 +3.9%"]
     assert missed[0] is False
+
+
+def test_a_goal_with_no_peer_measured_is_not_judged() -> None:
+    verdicts = judged()
+    ratio, p99, raw = verdicts["no_peer"]
+    assert ratio == [None, "no peer measured"]
+    assert p99 == [None, "no peer measured"]
+    assert raw == [False, "MLP c=8 1%"]  # raw onnxruntime is always measured: judged
+    share, heavy_p99 = verdicts["heavy_no_peer"]
+    assert heavy_p99 == [None, "no peer measured"]
+    assert share[0] is True
+
+
+def test_a_cell_with_errors_is_not_judged_and_says_why() -> None:
+    verdicts = judged()
+    ratio, p99, _ = verdicts["refusing_peer"]
+    # The valid cell meets both goals, the refusing peer's cell cannot be judged: the goal names every cell.
+    assert ratio == [None, "1 of 2 cells; digits c=8 not judged: kserve 13066 errors"]
+    assert p99 == [None, "1 of 2 cells; digits c=8 not judged: kserve 13066 errors"]
+    ratio, p99, raw = verdicts["erring_ours"]
+    assert ratio == [None, "0 of 1 cells; MLP c=8 not judged: quantship 7 errors"]
+    assert raw == [None, "MLP c=8 not judged: quantship 7 errors"]
+    ratio, _, _ = verdicts["one_slow_one_erring"]
+    assert ratio[0] is False  # a valid cell that misses is a miss, whatever the others
+    assert (
+        ratio[1]
+        == "0 of 2 cells; digits c=32 1.00x (the floor 4.00x); digits c=8 not judged: kserve 13066 errors"
+    )
