@@ -201,6 +201,9 @@ class Running:
     url: str
     pid: int
     grpc_port: int | None = None
+    name: str = "server"
+    log: Path | None = None
+    """Where its output goes, for a message when it fails."""
 
 
 def _pin(pid: int) -> None:
@@ -242,14 +245,14 @@ def quantship(model: Model, workdir: Path, *flags: str, log_name: str = "quantsh
         asyncio.run(server.wait_ready())
         assert server.pid is not None
         _wait(f"{server.url}/v2/models/m/infer", model.body, None)
-        yield Running(server.url, server.pid)
+        yield Running(server.url, server.pid, name="quantship", log=workdir / f"{log_name}.log")
     finally:
         server.stop()
 
 
 @contextmanager
 def floor(
-    model: Model, workdir: Path, *, threads: int = 1, grpc: bool = False, pin: bool = True
+    model: Model, workdir: Path, *, threads: int = 1, grpc: bool = False, pin: bool = True, name: str = FLOOR
 ) -> Iterator[Running]:
     """benchmarks.floor_server on the model, started on the server core unless `pin` is off."""
     port, grpc_port = free_port(), (free_port() if grpc else None)
@@ -259,12 +262,13 @@ def floor(
         command += ["--grpc-port", str(grpc_port)]
     if pin:
         command = ["taskset", "-c", SERVER_CORE, *command]
-    with open(workdir / "floor.log", "wb") as log:
+    log_path = workdir / "floor.log"
+    with open(log_path, "wb") as log:
         process = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
         try:
             url = f"http://127.0.0.1:{port}"
             _wait(f"{url}/v2/models/m/infer", model.body, process)
-            yield Running(url, process.pid, grpc_port)
+            yield Running(url, process.pid, grpc_port, name, log_path)
         finally:
             process.terminate()
             process.wait(30)
@@ -299,7 +303,7 @@ def peer(
             _wait(f"{url}/v2/models/m/infer", model.body, process)
             if pin:
                 _pin(process.pid)
-            yield Running(url, process.pid, grpc_port)
+            yield Running(url, process.pid, grpc_port, name, home / "server.log")
         finally:
             process.terminate()
             try:
@@ -325,19 +329,38 @@ def wrk_command(wrk: str, url: str, script: Path, concurrency: int, seconds: int
             "-s", str(script), f"{url}/v2/models/m/infer"]  # fmt: skip
 
 
-def _wrk(wrk: str, url: str, script: Path, concurrency: int, seconds: int) -> str:
-    command = wrk_command(wrk, url, script, concurrency, seconds)
-    return subprocess.run(command, capture_output=True, text=True, check=True).stdout
+class LoadFailed(RuntimeError):
+    """The load generator could not measure a server (it died, or never listened): one line naming
+    the server, the generator's own words and the server's log."""
+
+
+def _wrk(wrk: str, server: Running, script: Path, concurrency: int, seconds: int) -> str:
+    command = wrk_command(wrk, server.url, script, concurrency, seconds)
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        said = " ".join((done.stderr or done.stdout).split()) or f"exit code {done.returncode}"
+        raise LoadFailed(f"{server.name} at {server.url}: wrk failed: {said} (server log: {server.log})")
+    return done.stdout
 
 
 def parse_wrk(out: str, cpu_s: float | None, seconds: float = SECONDS) -> Cell:
-    """A cell from wrk's report of `seconds` of load and the server CPU seconds they took."""
-    per_s = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    """A cell from wrk's report of `seconds` of load and the server CPU seconds they took. Its errors
+    are the answers not 2xx/3xx and the socket errors (connect, read, write, timeout): a server that
+    died mid-cell shows as errors, not as a quiet low figure."""
+    found = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    if found is None:
+        raise LoadFailed(f"no Requests/sec in wrk's report: {' '.join(out.split())[:300]}")
+    per_s = float(found.group(1))
     requests = per_s * seconds
     cpu_us = cpu_s / requests * 1e6 if cpu_s is not None and requests else None
-    return Cell(per_s, _ms(out, 50), _ms(out, 99), cpu_us, os.getloadavg()[0],
-                int(errors.group(1)) if errors else 0)  # fmt: skip
+    return Cell(per_s, _ms(out, 50), _ms(out, 99), cpu_us, os.getloadavg()[0], wrk_errors(out))  # fmt: skip
+
+
+def wrk_errors(out: str) -> int:
+    """Non-2xx/3xx answers plus socket errors, from wrk's report."""
+    refused = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    socket = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    return (int(refused.group(1)) if refused else 0) + (sum(map(int, socket.groups())) if socket else 0)
 
 
 def _ms(text: str, percent: int) -> float:
@@ -361,9 +384,9 @@ def median_cell(rounds: list[Cell]) -> Cell:
 
 
 def measure(wrk: str, server: Running, script: Path, concurrency: int) -> Cell:
-    _wrk(wrk, server.url, script, concurrency, WARMUP_S)
+    _wrk(wrk, server, script, concurrency, WARMUP_S)
     before = cpu_seconds(server.pid)
-    out = _wrk(wrk, server.url, script, concurrency, SECONDS)
+    out = _wrk(wrk, server, script, concurrency, SECONDS)
     return parse_wrk(out, cpu_seconds(server.pid) - before)
 
 
@@ -400,6 +423,8 @@ def run(workdir: Path) -> None:
             pythons[name] = found
         else:
             console.print(f"[yellow]{name} left out[/]: {found}")
+    if not pythons:
+        console.print(f"[yellow]no peer measured[/]: the goals against the peers will read '{goals.NO_PEER}'")
     console.print(
         f"{time.strftime('%Y-%m-%d')}, CPU: {hardware.cpu}, {os.cpu_count()} cores; wrk on core {LOAD_CORE}, "
         f"each server pinned to core {SERVER_CORE}; one onnxruntime thread each; {ROUNDS} rounds of "
@@ -420,7 +445,7 @@ def run(workdir: Path) -> None:
         rounds: dict[tuple[str, int], list[Cell]] = {}
         raws: dict[int, float] = {}
         raw_after_idle = 0.0
-        with ExitStack() as stack:
+        with ExitStack() as stack, _keeping_what_was_measured(console, table, model, rounds):
             # All up at once (idle but for the one under load), measured back to back in each cell:
             # this VM's speed drifts by a third within an hour, so a ratio of cells minutes apart
             # would measure the drift. The order flips from round to round and cell to cell, so no
@@ -517,9 +542,11 @@ def heavy_table(console: Console, wrk: str, pythons: dict[str, Path], workdir: P
                 peers_heavy.quantship_server(artifact_root, workdir, *flags, log_name=log_name)
             )
             assert server.pid is not None
-            running[server_name] = Running(server.url, server.pid, grpc_port)
+            running[server_name] = Running(
+                server.url, server.pid, grpc_port, server_name, workdir / f"{log_name}.log"
+            )
         running[HEAVY_FLOOR] = stack.enter_context(
-            floor(model, workdir, threads=peers_heavy.THREADS, grpc=True, pin=False)
+            floor(model, workdir, threads=peers_heavy.THREADS, grpc=True, pin=False, name=HEAVY_FLOOR)
         )
         for peer_name, python in pythons.items():
             running[peer_name] = stack.enter_context(
@@ -614,12 +641,34 @@ def heavy_table(console: Console, wrk: str, pythons: dict[str, Path], workdir: P
     )
 
 
+@contextmanager
+def _keeping_what_was_measured(
+    console: Console, table: Table, model: Model, rounds: dict[tuple[str, int], list[Cell]]
+) -> Iterator[None]:
+    """A server that fails under load stops the suite with one line, after printing every cell already
+    measured: the finished models' table and this model's rounds so far."""
+    try:
+        yield
+    except LoadFailed as failure:
+        console.print(table)
+        for (server, c), measured in rounds.items():
+            console.print(f"{model.name} c={c} {server}: " + ", ".join(_cell(cell) for cell in measured))
+        raise SystemExit(f"peers: {failure}") from None
+
+
 def _ratios(cell: Cell, cells: dict[tuple[str, int], Cell], peers: Iterable[str], c: int) -> str:
-    return " / ".join(f"{cell.per_s / cells[name, c].per_s:.2f}x" for name in peers)
+    return " / ".join(_ratio(cell, cells[name, c]) for name in peers)
+
+
+def _ratio(cell: Cell, other: Cell) -> str:
+    """cell's req/s over other's; a server with errors (or none answered) has no ratio to show."""
+    if cell.errors or other.errors or not other.per_s:
+        return "n/a"
+    return f"{cell.per_s / other.per_s:.2f}x"
 
 
 def _figures(cell: Cell) -> goals.Figures:
-    return goals.Figures(cell.per_s, cell.p99_ms)
+    return goals.Figures(cell.per_s, cell.p99_ms, cell.errors)
 
 
 def _cell(cell: Cell) -> str:
