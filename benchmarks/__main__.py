@@ -2,11 +2,16 @@
 
 Each suite is a module here with `run(workdir: Path) -> None` that prints its own tables. They build
 what they need (sample models, artifacts, servers) under one temporary directory.
+
+A SIGTERM (CI's cancel, `timeout`) stops a run as Ctrl-C does: the servers are stopped by the suites'
+finally blocks and the temporary directory is removed. Without it Python dies on the signal at once,
+leaving both behind.
 """
 
 from __future__ import annotations
 
 import importlib
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -17,7 +22,17 @@ SUITES = [
 ]  # fmt: skip
 
 
+def exit_on_sigterm() -> None:
+    """SIGTERM raises SystemExit in the main thread, so that finally blocks and context managers run."""
+
+    def exit_now(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, exit_now)
+
+
 def main(names: list[str]) -> None:
+    exit_on_sigterm()
     chosen = names or SUITES
     unknown = set(chosen) - set(SUITES)
     if unknown:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -29,6 +28,8 @@ from typing import Any
 
 from rich.console import Console
 from rich.table import Table
+
+from benchmarks import children
 
 SIZES = (1, 10, 50, 200)
 NAMESPACE = "default"
@@ -188,7 +189,7 @@ async def _measure(size: int, workdir: Path) -> Result:
         url = str(cluster.url).rstrip("/")
         metrics_port = _free_port()
         log = (workdir / "operator.log").open("w")
-        operator = subprocess.Popen(
+        operator = children.start(
             [sys.executable, "-m", "benchmarks.operator_scale", url, str(metrics_port)],
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -270,12 +271,7 @@ async def _measure(size: int, workdir: Path) -> Result:
                     result.ready_to_rollback.append(judged[-1] - made_ready[name])
             result.rss_mb = sampler.peak_rss_mb()
         finally:
-            operator.send_signal(signal.SIGTERM)
-            try:
-                operator.wait(30)
-            except subprocess.TimeoutExpired:
-                operator.kill()
-                operator.wait()
+            children.stop(operator)
             sampler.stop()
             log.close()
             dropping.cancel()

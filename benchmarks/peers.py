@@ -46,7 +46,7 @@ from onnx import TensorProto, helper, numpy_helper
 from rich.console import Console
 from rich.table import Table
 
-from benchmarks import goals, peer_servers, peers_heavy
+from benchmarks import children, goals, peer_servers, peers_heavy
 from benchmarks.process_cpu import cpu_seconds
 from quantship import artifact, runtime, zoo
 from quantship.local.processes import ServerProcess
@@ -264,14 +264,13 @@ def floor(
         command = ["taskset", "-c", SERVER_CORE, *command]
     log_path = workdir / "floor.log"
     with open(log_path, "wb") as log:
-        process = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        process = children.start(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
         try:
             url = f"http://127.0.0.1:{port}"
             _wait(f"{url}/v2/models/m/infer", model.body, process)
             yield Running(url, process.pid, grpc_port, name, log_path)
         finally:
-            process.terminate()
-            process.wait(30)
+            children.stop(process)
 
 
 @contextmanager
@@ -297,7 +296,7 @@ def peer(
         (home / "model-settings.json").write_text(json.dumps(model_settings))
         command = [str(python.parent / "mlserver"), "start", "."]
     with open(home / "server.log", "wb") as log:
-        process = subprocess.Popen(command, cwd=home, env=env, stdout=log, stderr=subprocess.STDOUT)
+        process = children.start(command, cwd=home, env=env, stdout=log, stderr=subprocess.STDOUT)
         try:
             url = f"http://127.0.0.1:{port}"
             _wait(f"{url}/v2/models/m/infer", model.body, process)
@@ -305,11 +304,7 @@ def peer(
                 _pin(process.pid)
             yield Running(url, process.pid, grpc_port, name, home / "server.log")
         finally:
-            process.terminate()
-            try:
-                process.wait(30)
-            except subprocess.TimeoutExpired:
-                process.kill()
+            children.stop(process)
 
 
 # -- measuring -----------------------------------------------------------------------------------

@@ -44,6 +44,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
 from rich.table import Table
 
+from benchmarks import children
 from benchmarks.process_cpu import cpu_seconds
 from quantship import runtime, zoo
 from quantship.local.processes import ServerProcess
@@ -210,7 +211,7 @@ def _wait_answering(process: subprocess.Popen[bytes], url: str, body: bytes, tim
 @contextmanager
 def naive_server(variant: str, model: Path, app: str, body: bytes) -> Iterator[Target]:
     port = free_port()
-    process = subprocess.Popen(
+    process = children.start(
         [sys.executable, "-m", "uvicorn", f"benchmarks.naive_server:{app}", "--app-dir", str(ROOT),
          "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning", "--no-access-log"],
         env={**os.environ, "NAIVE_MODEL": str(model), "NAIVE_THREADS": str(THREADS)},
@@ -221,8 +222,7 @@ def naive_server(variant: str, model: Path, app: str, body: bytes) -> Iterator[T
         _wait_answering(process, url + INFER, body)
         yield Target(variant, url, process.pid)
     finally:
-        process.terminate()
-        process.wait(30)
+        children.stop(process)
 
 
 @contextmanager

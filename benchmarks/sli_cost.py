@@ -36,7 +36,7 @@ import httpx
 from rich.console import Console
 from rich.table import Table
 
-from benchmarks import goals, peers, peers_heavy
+from benchmarks import children, goals, peers, peers_heavy
 from benchmarks.process_cpu import cpu_seconds_by_nice
 from benchmarks.server import scrape_sums
 from quantship import runtime
@@ -62,7 +62,7 @@ def _load_together(
 ) -> dict[str, str]:
     """wrk against every server at once for `seconds`; each server's wrk report."""
     running = {
-        name: subprocess.Popen(
+        name: children.start(
             peers.wrk_command(wrk, server.url, script, c, seconds), stdout=subprocess.PIPE, text=True
         )
         for name, server in servers.items()
