@@ -26,6 +26,7 @@ import asyncio
 import json
 import os
 import re
+import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -55,6 +56,8 @@ SECONDS = int(os.environ.get("TRANSPORT_SECONDS", 4))
 WARMUP_S = 1
 SERVER_CORE_ID = int(SERVER_CORE)  # the peers suite's cores: servers on SERVER_CORE, load on LOAD_CORE
 INFER = "/inference.GRPCInferenceService/ModelInfer"
+START_TIMEOUT_S = 60.0
+"""How long a floor server may take to listen: imports and bind, on a host others may be loading."""
 ANSWER = b"x" * 40
 
 # -- the floors: the transports with nothing behind them ----------------------------------------------
@@ -104,12 +107,27 @@ def bare(target: Callable[[int], None]) -> Iterator[tuple[int, int]]:
     process = get_context("spawn").Process(target=target, args=(port,), daemon=True)
     process.start()
     try:
-        time.sleep(2.0)  # imports and bind; the warm-up round absorbs the rest
+        wait_listening(port, process.is_alive)
         assert process.pid is not None
         yield process.pid, port
     finally:
         process.kill()
         process.join(5)
+
+
+def wait_listening(port: int, alive: Callable[[], bool], timeout: float = START_TIMEOUT_S) -> None:
+    """Until something accepts connections on `port`, while `alive()`; a fixed sleep was too short on
+    a busy host, and the suite crashed on the first request."""
+    deadline = time.monotonic() + timeout
+    while alive() and time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    if not alive():
+        raise RuntimeError(f"the floor server for port {port} exited before it listened")
+    raise RuntimeError(f"the floor server did not listen on port {port} within {timeout:g} s")
 
 
 # -- load ---------------------------------------------------------------------------------------------
@@ -166,7 +184,7 @@ def grpc_frame(payload: bytes, path: Path) -> Path:
 def check_grpc_answers(port: int, payload: bytes) -> None:
     """One call through grpcio: raises unless the server answers the payload with status OK."""
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-        channel.unary_unary(INFER)(payload, timeout=30)
+        channel.unary_unary(INFER)(payload, timeout=30, wait_for_ready=True)
 
 
 def _report(command: list[str]) -> str:
