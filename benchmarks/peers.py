@@ -103,14 +103,31 @@ def ensure_tool(command: str, package: str) -> str:
     found = shutil.which(command)
     if found:
         return found
+    tried = ""
     if os.geteuid() == 0 and shutil.which("apt-get"):
-        subprocess.run(["apt-get", "install", "-y", "--no-install-recommends", package], check=True)
+        tried = _apt_install(package)
         found = shutil.which(command)
     if not found:
         raise SystemExit(
             f"{command} is not installed: `apt-get install {package}` (Debian/Ubuntu) as root, then rerun"
+            + (f" ({tried})" if tried else "")
         )
     return found
+
+
+def _apt_install(package: str) -> str:
+    """apt-get install `package`, after an update (a fresh image has no package lists); what failed,
+    if anything, for ensure_tool's message rather than a traceback."""
+    subprocess.run(["apt-get", "update"], capture_output=True)
+    installed = subprocess.run(
+        ["apt-get", "install", "-y", "--no-install-recommends", package], capture_output=True, text=True
+    )
+    if installed.returncode == 0:
+        return ""
+    said = installed.stderr.strip().splitlines()
+    return (
+        f"apt-get install {package} failed here: {said[-1] if said else f'exit code {installed.returncode}'}"
+    )
 
 
 def ensure_wrk() -> str:
