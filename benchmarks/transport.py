@@ -44,12 +44,14 @@ from rich.table import Table
 from benchmarks import goals, peers, peers_heavy
 from benchmarks.peers import LOAD_CORE, SERVER_CORE, PinnedServer
 from benchmarks.process_cpu import cpu_seconds
+from benchmarks.server import scrape_sums
 from quantship import zoo
 from quantship.local.prometheus import free_port
 from quantship.quantize import QuantizeConfig
 from quantship.quantize import run as quantize
 from quantship.server import connections
 from quantship.server.grpc_v2 import inference_pb2 as pb
+from quantship.slo import Metric
 
 CONCURRENCY = (1, 8, 32)
 SECONDS = int(os.environ.get("TRANSPORT_SECONDS", 4))
@@ -157,12 +159,15 @@ def http_load(wrk: str, base_url: str, script: Path) -> Load:
     return run
 
 
-def grpc_load(h2load: str, port: int, frame: Path) -> Load:
+def grpc_load(h2load: str, port: int, frame: Path, metrics_url: str | None = None) -> Load:
     """h2load (nghttp2's C client) on one HTTP/2 connection, as a gRPC channel multiplexes its calls:
     `concurrency` streams, each posting the length-prefixed ModelInferRequest in `frame`. h2load
-    reads HTTP statuses, not grpc-status trailers: `check_grpc_answers` proves the payload first."""
+    reads HTTP statuses, not grpc-status trailers (an error is HTTP 200 to it): `check_grpc_answers`
+    proves the payload first, and for a quantship server (`metrics_url`) each run is refused unless
+    its requests_total{code="200"} grew by at least what h2load counted as succeeded."""
 
     def run(concurrency: int, seconds: int) -> Answered:
+        ok_before = _answered_ok(metrics_url) if metrics_url else 0.0
         out = _report([
             "taskset", "-c", LOAD_CORE, h2load, "-c1", f"-m{concurrency}", f"-D{seconds}", "-d", str(frame),
             "-H", "content-type: application/grpc", "-H", "te: trailers", f"http://127.0.0.1:{port}{INFER}",
@@ -170,9 +175,22 @@ def grpc_load(h2load: str, port: int, frame: Path) -> Load:
         done, succeeded = (int(n) for n in re.findall(r"(\d+) (?:done|succeeded)", out)[:2])
         if succeeded != done:
             raise RuntimeError(f"gRPC port {port}: {done - succeeded} of {done} requests failed:\n{out}")
+        if metrics_url and (ok := _answered_ok(metrics_url) - ok_before) < succeeded:
+            raise RuntimeError(
+                f"gRPC port {port}: h2load counted {succeeded} requests answered, the server {ok:.0f} "
+                "with grpc-status OK (the rest failed in their trailers, which h2load does not read)"
+            )
         return Answered(succeeded, float(_find(r"finished in [\d.]+s, ([\d.]+) req/s", out)))
 
     return run
+
+
+def _answered_ok(metrics_url: str) -> float:
+    """A quantship server's requests answered OK so far (requests_total{code="200"}, gRPC's and HTTP's:
+    the suite loads one transport at a time). Not equality with h2load's count: requests still in flight
+    when h2load's time ends are answered by the server but not counted by h2load."""
+    (ok,) = scrape_sums(metrics_url, Metric.REQUESTS_TOTAL.value, code="200")
+    return ok
 
 
 def grpc_frame(payload: bytes, path: Path) -> Path:
@@ -253,7 +271,7 @@ def run(workdir: Path) -> None:
         load = http_load(wrk, server.url, script)
         rows["quantship HTTP binary"] = {c: cpu_us_per_request(server.pid, load, c) for c in CONCURRENCY}
         check_grpc_answers(grpc_port, payload)
-        load = grpc_load(h2load, grpc_port, frame)
+        load = grpc_load(h2load, grpc_port, frame, server.url)
         rows["quantship gRPC"] = {c: cpu_us_per_request(server.pid, load, c) for c in CONCURRENCY}
     finally:
         server.stop()
