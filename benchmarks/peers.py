@@ -5,11 +5,12 @@ wrk 4.1 (Debian's `wrk`) on core 0 sends the same one-row JSON v2 request to eac
 core 1, for a warm-up then `PEERS_SECONDS`, in `PEERS_ROUNDS` rounds whose medians a cell shows;
 every server runs one process and one onnxruntime intra-op thread; quantship runs its default SLIs
 (shadow 5%, clip 5% where the artifact has them).
-Raw onnxruntime is one thread calling session.run on one row, in this process, for 1 s before a
-cell's first round and after each, the median shown: one second before the cell alone read the
-MLP's raw a fifth apart from one cell to the next (1,310 / 1,588 / 1,544 calls/s, 2026-12-04), and
-moved the cell's share of raw with it. Beside the peers runs a floor, the least a Python server can
-do at c=1 (benchmarks/floor_server.py). A model's servers are all up at once and take their turns
+Raw onnxruntime is one thread, pinned to the servers' core, calling session.run on the request's row
+(in this process) for 1 s before a cell's first round and after each, the median shown: one second
+before the cell alone read the MLP's raw a fifth apart from one cell to the next (1,310 / 1,588 /
+1,544 calls/s, 2026-12-04), and moved the cell's share of raw with it.
+Beside the peers runs a floor, the least a Python server can do at c=1 (benchmarks/floor_server.py).
+A model's servers are all up at once and take their turns
 within each cell, in an order that flips from round to round and cell to cell, so that a ratio
 compares minutes-apart runs of this noisy VM no more. Each cell prints req/s, p50/p99, the server's CPU time
 per request (/proc/PID/stat), and the 1-minute load average at the end of the cell: figures from a
@@ -402,6 +403,19 @@ def measure(wrk: str, server: Running, script: Path, concurrency: int) -> Cell:
     return parse_wrk(out, cpu_seconds(server.pid) - before)
 
 
+def body_feed(body: str) -> dict[str, np.ndarray]:
+    """The one-row JSON request's tensor as session.run's feed: raw onnxruntime runs the row the servers
+    get (zeros take other paths through ReLUs and quantized ops)."""
+    tensor = json.loads(body)["inputs"][0]
+    return {tensor["name"]: np.asarray(tensor["data"], dtype=np.float32).reshape(tensor["shape"])}
+
+
+def pinned_raw_calls_per_s(model: Path, feed: dict[str, np.ndarray], *, idle_s: float = 0.0) -> float:
+    """raw_calls_per_s on the servers' core, as the main table's servers run."""
+    with peers_heavy.pinned_to(int(SERVER_CORE)):
+        return raw_calls_per_s(model, feed, idle_s=idle_s)
+
+
 def raw_calls_per_s(
     model: Path, feed: dict[str, np.ndarray], *, threads: int = 1, seconds: float = 1.0, idle_s: float = 0.0
 ) -> float:
@@ -452,8 +466,7 @@ def run(workdir: Path) -> None:
     judged: list[goals.PeersRow] = []
     for model in models(workdir):
         script = post_script(workdir / "post.lua", model.body)
-        width = json.loads(model.body)["inputs"][0]["shape"][1]
-        feed = {"X": np.zeros((1, width), dtype=np.float32)}
+        feed = body_feed(model.body)
         rounds: dict[tuple[str, int], list[Cell]] = {}
         raws: dict[int, float] = {}
         raw_after_idle = 0.0
@@ -467,13 +480,13 @@ def run(workdir: Path) -> None:
                 servers[name] = stack.enter_context(peer(name, python, model, workdir))
             servers[FLOOR] = stack.enter_context(floor(model, workdir))
             for index, c in enumerate(CONCURRENCY):
-                raw_spread = [raw_calls_per_s(model.onnx_path, feed)]
+                raw_spread = [pinned_raw_calls_per_s(model.onnx_path, feed)]
                 if c == 1:
-                    raw_after_idle = raw_calls_per_s(model.onnx_path, feed, idle_s=RAW_IDLE_S)
+                    raw_after_idle = pinned_raw_calls_per_s(model.onnx_path, feed, idle_s=RAW_IDLE_S)
                 for turn in range(ROUNDS):
                     for name in list(servers)[:: 1 if (index + turn) % 2 == 0 else -1]:
                         rounds.setdefault((name, c), []).append(measure(wrk, servers[name], script, c))
-                    raw_spread.append(raw_calls_per_s(model.onnx_path, feed))
+                    raw_spread.append(pinned_raw_calls_per_s(model.onnx_path, feed))
                 raws[c] = statistics.median(raw_spread)
         cells = {key: median_cell(found) for key, found in rounds.items()}
         for c in CONCURRENCY:

@@ -29,6 +29,7 @@ import grpc
 import numpy as np
 
 from benchmarks.floor_server import MAX_MESSAGE
+from benchmarks.percentile import nearest_rank
 from benchmarks.process_cpu import cpu_seconds
 from quantship import artifact, zoo
 from quantship.local.processes import ServerProcess
@@ -37,10 +38,12 @@ from quantship.quantize import QuantizeConfig
 from quantship.quantize import run as quantize
 from quantship.server.grpc_v2 import inference_pb2 as pb
 
-ZOO = Path("build/zoo")
+ZOO = Path(__file__).resolve().parents[1] / "build" / "zoo"
+"""The zoo `make real-models` builds, at the repository root whatever the working directory."""
 MODEL = "efficientnet-lite0"
 THREADS = 2
-SECONDS = float(os.environ.get("PEERS_HEAVY_SECONDS", 10))
+SECONDS = int(float(os.environ.get("PEERS_HEAVY_SECONDS", 10)))
+"""Whole seconds: wrk takes only those, and a cell's CPU a request divides by per_s * SECONDS."""
 WARMUP_CALLS = 10
 CLIENT_CORE = 0
 INFER = "/inference.GRPCInferenceService/ModelInfer"
@@ -110,7 +113,7 @@ def measure(call: Callable[[], None], pid: int) -> HeavyCell:
     return HeavyCell(
         len(latencies) / elapsed,
         statistics.median(ordered) * 1e3,
-        ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1e3,
+        nearest_rank(ordered, 0.99) * 1e3,
         used / len(latencies) * 1e3,
         os.getloadavg()[0],
     )
@@ -137,7 +140,7 @@ def wrk_binary(wrk: str, url: str, model: str, name: str, row: np.ndarray, workd
                     "parameters": {"binary_data_size": row.nbytes}}],
     }).encode()  # fmt: skip
     script = binary_script(workdir / "effnet-binary", header, row.tobytes())
-    command = ["taskset", "-c", str(CLIENT_CORE), wrk, "-t1", "-c1", f"-d{int(SECONDS)}s", "--latency",
+    command = ["taskset", "-c", str(CLIENT_CORE), wrk, "-t1", "-c1", f"-d{SECONDS}s", "--latency",
                "-s", str(script), f"{url}/v2/models/{model}/infer"]  # fmt: skip
     return subprocess.run(command, capture_output=True, text=True, check=True).stdout
 
@@ -170,8 +173,15 @@ def pinned_client() -> Iterator[None]:
     """This thread on the client's core while it measures, and only then: a process started from a
     pinned thread inherits its affinity, and servers started that way ran both of their onnxruntime
     threads on the client's one core (every server read 11-45% of raw onnxruntime)."""
+    with pinned_to(CLIENT_CORE):
+        yield
+
+
+@contextmanager
+def pinned_to(core: int) -> Iterator[None]:
+    """This thread on `core` for the block, its affinity restored after."""
     everywhere = os.sched_getaffinity(0)
-    os.sched_setaffinity(0, {CLIENT_CORE})
+    os.sched_setaffinity(0, {core})
     try:
         yield
     finally:

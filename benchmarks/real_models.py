@@ -27,7 +27,8 @@ from rich.table import Table
 from quantship import runtime
 from quantship.zoo import SampleModel
 
-ZOO = Path("build/zoo")
+ZOO = Path(__file__).resolve().parents[1] / "build" / "zoo"
+"""The zoo `make real-models` builds, at the repository root whatever the working directory."""
 THREADS = 2
 BATCH1_CALLS = 60
 BATCH32_REPEATS = 3

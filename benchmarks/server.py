@@ -45,6 +45,7 @@ from rich.console import Console
 from rich.table import Table
 
 from benchmarks import children
+from benchmarks.percentile import nearest_rank
 from benchmarks.process_cpu import cpu_seconds
 from quantship import runtime, zoo
 from quantship.local.processes import ServerProcess
@@ -76,7 +77,7 @@ class Point:
 
 def _summary(variant: str, concurrency: int, latencies: list[float], seconds: float) -> Point:
     ordered = sorted(latencies)
-    p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
+    p99 = nearest_rank(ordered, 0.99)
     return Point(variant, concurrency, statistics.median(ordered) * 1e3, p99 * 1e3, len(ordered) / seconds)
 
 
