@@ -18,9 +18,13 @@ matplotlib.use("Agg")  # reports render headless, on servers and in CI
 from matplotlib import pyplot as plt
 from matplotlib.figure import Figure
 
-# Labels are tensor and model names, any string: "$...$" in one must be drawn as written, not parsed
-# as mathtext (a bad formula raised, a good one drew something else).
-matplotlib.rcParams["text.parse_math"] = False
+
+def literal(text: str) -> str:
+    """A label drawn as written: tensor and model names are any string, and "$...$" in one was parsed
+    as mathtext (a bad formula raised, a good one drew something else). Escaped here, not switched
+    off for the process: log axes draw their own tick labels as mathtext."""
+    return text.replace("$", r"\$")
+
 
 _STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:2rem auto;max-width:1100px;

@@ -300,10 +300,11 @@ def _trials_figure(trials: list[dict[str, Any]], metric: str) -> str:
     if threshold is not None or errored:
         ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)  # beside the bars, never on them
     ax.set_xlabel("trial (r: recipe, o: op-type fallback, n: node fallback; green passed, red failed)")
-    ax.set_ylabel(_named(metric) + unit)
+    ylabel = _named(metric) + unit
+    ax.set_ylabel(reporting.literal(ylabel))
     ax.set_xticks([t["number"] for t in trials])
     ax.margins(y=0.12)  # room for the labels above the tallest bar
-    said = [f"tuning trials: {ax.get_ylabel()} by trial"]
+    said = [f"tuning trials: {ylabel} by trial"]
     said += [f"gate {shown(threshold)}"] if threshold is not None else []
     said += [f"errored (no value): trial {', '.join(str(t['number']) for t in errored)}"] if errored else []
     return reporting.figure(fig, "; ".join(said))
@@ -318,7 +319,10 @@ def _sqnr(errors: list[dict[str, Any]]) -> str:
         if not chosen:
             continue
         fig, ax = reporting.new_figure(9, 0.8 + 0.28 * len(chosen))
-        labels = [e["tensor"] + (f"  ({e['op_type']})" if e.get("op_type") else "") for e in chosen]
+        labels = [
+            reporting.literal(e["tensor"] + (f"  ({e['op_type']})" if e.get("op_type") else ""))
+            for e in chosen
+        ]
         values = [e["sqnr_db"] if e["sqnr_db"] is not None else 100.0 for e in chosen]
         ax.barh(
             labels,
@@ -360,7 +364,7 @@ def _ranges(activations: list[artifact.ActivationRange]) -> str:
         label="calibrated min/max",
     )
     ax.scatter([r.calibrated_max for _, r in cal], [i for i, _ in cal], marker="|", s=200, color="#08519c")
-    ax.set_yticks(y, [r.tensor for r in shown])
+    ax.set_yticks(y, [reporting.literal(r.tensor) for r in shown])
     ax.invert_yaxis()
     ax.use_sticky_edges = False  # bars set the x limits at their very ends, cutting the end ticks in half
     ax.margins(x=0.03)
