@@ -310,17 +310,18 @@ def advice(trials: list[Trial], traits: ModelTraits, task: Task) -> str:
         f"closest: trial {closest.number} ({closest.config.label()}"
         f"{', ' + str(len(closest.excluded)) + ' nodes in float' if closest.excluded else ''}) with "
         f"{evaluation.metric.value} {evaluation.value:.4g} against {evaluation.threshold:g}. Next: "
-        + ", ".join(_next_steps(closest, traits, task))
+        + ", ".join(_next_steps(closest, trials, traits, task))
         + "."
         + hardware
     )
 
 
-def _next_steps(closest: Trial, traits: ModelTraits, task: Task) -> list[str]:
-    """Only what applies: dynamic quantization reads no calibration data, labels already given are
-    no suggestion, and only a classifier has labels or an accuracy to gate on."""
+def _next_steps(closest: Trial, trials: list[Trial], traits: ModelTraits, task: Task) -> list[str]:
+    """Only what applies: dynamic quantization reads no calibration data, static quantization is no
+    suggestion once a trial of this run tried it (and lost, or errored on the data), labels already
+    given are no suggestion, and only a classifier has labels or an accuracy to gate on."""
     steps = []
-    if closest.config.mode is Mode.STATIC:
+    if closest.config.mode is Mode.STATIC or any(t.config.mode is Mode.STATIC for t in trials):
         steps.append("more or more representative calibration data")
     elif traits.can_calibrate:
         steps.append("static quantization (--mode static) on the calibration data given")

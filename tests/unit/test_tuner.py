@@ -251,6 +251,10 @@ def test_the_advice_suggests_only_what_applies_to_the_mode_the_task_and_the_data
     dynamic, _ = _tune(replace(BASE, max_trials=0, mode=Mode.DYNAMIC), harm)
     said = tuner.advice(dynamic, CNN, Task.CLASSIFICATION)
     assert "calibration data given" in said and "more or more representative" not in said
+    tried_static = [*dynamic, replace(static[0], number=len(dynamic))]  # static lost: the closest is dynamic
+    said = tuner.advice(tried_static, CNN, Task.CLASSIFICATION)
+    assert tuner.best(tried_static).config.mode is Mode.DYNAMIC, "the case: a dynamic trial came closest"
+    assert "--mode static" not in said and "more or more representative calibration data" in said
     uncalibrated = replace(CNN, can_calibrate=False)
     said = tuner.advice(dynamic, uncalibrated, Task.REGRESSION)
     assert "static quantization with representative --calibration data" in said
