@@ -50,7 +50,8 @@ def render(loaded: artifact.Artifact, given: Path | None = None) -> str:
     source = manifest.get("model", {}).get("source", loaded.root.name)
     created = manifest.get("created", "?")
     subtitle = f"{source} -> {location}  ·  created {created}  ·  manifest {loaded.digest[:12]}"
-    return reporting.page(f"quantship artifact report: {location.name}", subtitle, sections)
+    named = location.resolve().name or str(location.resolve())  # `report .` names the directory
+    return reporting.page(f"quantship artifact report: {named}", subtitle, sections)
 
 
 def _value(value: Any) -> str:

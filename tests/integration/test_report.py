@@ -203,6 +203,15 @@ def test_the_report_of_an_archive_names_the_archive_not_its_scratch_copy(
     assert f"model.onnx -&gt; {packed}  ·" in page and "quantship-artifact-" not in page
 
 
+def test_the_report_of_the_working_directory_names_it(
+    good_artifact: artifact.Artifact, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`quantship report .` titled the page 'quantship artifact report: ' (Path('.').name is empty)."""
+    monkeypatch.chdir(good_artifact.root)
+    page = report.render(good_artifact, given=Path("."))
+    assert f"<title>quantship artifact report: {good_artifact.root.resolve().name}</title>" in page
+
+
 def test_the_ranges_figure_says_its_units_and_a_softmax_bound_is_its_own(
     qoperator_skewed_artifact: artifact.Artifact,
 ) -> None:
