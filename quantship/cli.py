@@ -1113,6 +1113,11 @@ def fetch(
     help="oci:// target: a Docker config.json with credentials to push.",
 )
 @click.option("--insecure", is_flag=True, help="oci:// target: plain HTTP.")
+@click.option(
+    "--unique-tag",
+    help="oci:// target: push to this tag of the repository first (one no other Job pushes to), then "
+    "move --target's tag: the digest the verdict pins stays tagged after the next Job moves it.",
+)
 @click.argument("quantize_args", nargs=-1, type=click.UNPROCESSED)
 @user_errors
 def quantize_job(
@@ -1125,6 +1130,7 @@ def quantize_job(
     pvc_root: Path | None,
     registry_config: Path | None,
     insecure: bool,
+    unique_tag: str | None,
     quantize_args: tuple[str, ...],
 ) -> None:
     """A QuantizedModel's quantization Job: fetch the inputs, run `quantship quantize` with
@@ -1153,6 +1159,7 @@ def quantize_job(
             result_file=result_file,
             registry_config=registry_config,
             insecure=insecure,
+            unique_tag=unique_tag,
             **_given(pvc_root=pvc_root),
         )
     except job.JobError as exc:

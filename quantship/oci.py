@@ -52,7 +52,7 @@ import json
 import re
 import time
 import urllib.parse
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -140,7 +140,8 @@ class OciError(Exception):
 _LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?"
 _REGISTRY = rf"({_LABEL}(\.{_LABEL})*|\[[0-9A-Fa-f:.]+\])(:[0-9]{{1,5}})?"
 _COMPONENT = r"[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*"
-_TAG = r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}"
+TAG_MAX_LENGTH = 128
+_TAG = rf"[A-Za-z0-9_][A-Za-z0-9._-]{{0,{TAG_MAX_LENGTH - 1}}}"
 REFERENCE_PATTERN = rf"{_REGISTRY}/{_COMPONENT}(/{_COMPONENT})*(:{_TAG})?(@sha256:[0-9a-f]{{64}})?"
 """REGISTRY/REPO[:TAG][@DIGEST] as the OCI distribution spec and Docker's reference grammar write
 them (RE2 too: the CRD's pattern holds it). Anything looser is ambiguous: oras reads the registry
@@ -241,12 +242,25 @@ def push(
     credentials: Credentials | None = None,
     insecure: bool = False,
     timeout: float = TIMEOUT_S,
+    also_tags: Sequence[str] = (),
 ) -> str:
-    """Verify the artifact at `root` and push it to `uri` (a tag). Returns the pushed manifest's
+    """Verify the artifact at `root` and push it to `uri` (a tag), then point each of `also_tags`
+    (tags of the same repository) at the same manifest, in order. Returns the pushed manifest's
     digest, to pin with oci://REGISTRY/REPO@DIGEST."""
     reference = push_reference(uri)
+    for tag in also_tags:
+        if not re.fullmatch(_TAG, tag):
+            raise OciError(f"{_brief(repr(tag))} is not a tag ({_TAG})")
     with artifact.opened(root) as loaded:  # a .tar.gz unpacked for the push, removed after it
-        return _push(loaded, root, reference, credentials, insecure, timeout)
+        return _push(loaded, root, reference, credentials, insecure, timeout, also_tags)
+
+
+def tag_with_suffix(tag: str, suffix: str) -> str:
+    """`TAG-SUFFIX`, the tag cut short enough that the whole is a tag (128 characters at most)."""
+    room = TAG_MAX_LENGTH - len(suffix) - 1
+    if room < 1:
+        raise OciError(f"a suffix of {len(suffix)} characters leaves no room for the tag {tag!r}")
+    return f"{tag[:room]}-{suffix}"
 
 
 def push_reference(uri: str) -> Reference:
@@ -266,6 +280,7 @@ def _push(
     credentials: Credentials | None,
     insecure: bool,
     timeout: float,
+    also_tags: Sequence[str],
 ) -> str:
     unknown = sorted(set(loaded.manifest["files"]) - set(LAYER_MEDIA_TYPES))
     if unknown:
@@ -289,10 +304,49 @@ def _push(
                 manifest_annotations={_TITLE: loaded.manifest.get("model", {}).get("source", source.name)},
                 quiet=True,
             )
-    digest = response.headers.get("Docker-Content-Digest")
-    if not digest:
-        raise OciError(f"{reference.registry} accepted the push but named no digest")
-    return str(digest)
+    digest = _sent_digest(response, reference)
+    for tag in also_tags:
+        with _registry_errors(reference):
+            _retag(client, reference, tag, response.request)
+    return digest
+
+
+def _retag(
+    client: oras.client.OrasClient, reference: Reference, tag: str, pushed: requests.PreparedRequest
+) -> None:
+    """Point `tag` at the manifest `pushed` sent: the very bytes PUT again, under the tag (its
+    blobs are in the repository already), as `crane tag` and `oras tag` do."""
+    moved = Reference(reference.registry, reference.repository, tag, None)
+    url = f"{client.prefix}://{moved.container().manifest_url()}"
+    headers = {"Content-Type": str(pushed.headers.get("Content-Type", MANIFEST_MEDIA_TYPE))}
+    answer = client.do_request(url, "PUT", data=_body_bytes(pushed), headers=headers)
+    if answer.status_code not in (200, 201):
+        raise OciError(f"{moved}: HTTP {answer.status_code} {_brief(answer.reason or '')}")
+    _sent_digest(answer, moved)
+
+
+def _body_bytes(request: requests.PreparedRequest) -> bytes:
+    """What a PUT sent: oras sends a manifest as JSON, which requests encodes whole."""
+    body = request.body
+    if isinstance(body, str):
+        return body.encode()
+    if isinstance(body, bytes):
+        return body
+    raise OciError("the manifest was sent as a stream: its digest cannot be computed")
+
+
+def _sent_digest(answer: requests.Response, reference: Reference) -> str:
+    """The digest of the manifest a PUT sent, computed from the bytes sent: a registry's
+    Docker-Content-Digest is optional (the OCI distribution spec), and refused only when it
+    names another digest."""
+    digest = "sha256:" + hashlib.sha256(_body_bytes(answer.request)).hexdigest()
+    named = answer.headers.get("Docker-Content-Digest")
+    if named and named != digest:
+        raise OciError(
+            f"{reference}: the registry names the pushed manifest {_brief(named, 80)}, but the bytes "
+            f"sent are {digest}: refused"
+        )
+    return digest
 
 
 def pull(

@@ -315,7 +315,9 @@ def _quantize_schema() -> dict[str, Any]:
             "options": quantize_options,
             "target": _object(
                 "Where the Job writes the artifact: pvc://CLAIM/PATH (under PATH/<job hash>) or "
-                "oci://REGISTRY/REPO:TAG (pushed, then served pinned by its digest).",
+                "oci://REGISTRY/REPO:TAG (pushed to the Job's own tag TAG-<model>-<job hash>, then "
+                "TAG moved to it; served pinned by its digest, which keeps its own tag when the "
+                "next Job moves TAG: a registry's cleanup of untagged manifests spares it).",
                 {
                     "uri": {"type": "string", "pattern": TARGET_URI_PATTERN, "description": "The target."},
                     "pullSecret": _name_of(

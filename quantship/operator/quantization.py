@@ -21,6 +21,7 @@ from typing import Any
 
 import kopf
 
+from quantship import oci
 from quantship.operator import crd, fetch, names, resources
 from quantship.operator.kube import Kube
 from quantship.operator.quantize_job import Verdict, read_result
@@ -112,6 +113,16 @@ class QuantizeSpec:
             return f"{self.target.rstrip('/')}/{owner}/{self.hash}"
         return self.target
 
+    def unique_tag(self, owner: str) -> str | None:
+        """The oci:// target's tag the Job of the QuantizedModel `owner` pushes to first:
+        `TAG-OWNER-HASH` (cut to the tag grammar's 128 characters, the hash kept whole), its own
+        as a pvc:// target's folder is. The target's tag moves on with every Job; the digest a
+        stable pins keeps this one, so a registry's cleanup of untagged manifests spares it."""
+        if not self.target.startswith(oci.SCHEME):
+            return None
+        tag = oci.Reference.parse(self.target).tag
+        return oci.tag_with_suffix(f"{tag}-{owner}", self.hash)
+
     def quantize_args(self) -> list[str]:
         args: list[str] = []
         for key, flag in OPTION_FLAGS.items():
@@ -133,6 +144,9 @@ class QuantizeSpec:
             "--target", self.output(owner),
             "--workdir", WORK_DIR, "--result-file", RESULT_FILE, "--pvc-root", resources.PVC_ROOT,
         ]  # fmt: skip
+        unique = self.unique_tag(owner)
+        if unique is not None:
+            command += ["--unique-tag", unique]
         if self.pull_secret:
             command += ["--registry-config", f"{resources.REGISTRY_DIR}/config.json"]
         return [*command, "--", *self.quantize_args()]

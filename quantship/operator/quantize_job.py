@@ -3,7 +3,9 @@
 It fetches the inputs (file://, pvc:// under --pvc-root, http(s)://), runs `quantship quantize`
 (the caller passes it in: the CLI's own command, with the flags the operator wrote), and when the
 gate passed publishes the artifact: copied to a pvc:// (or file://) target through a scratch
-directory and a rename, or pushed to an oci:// target with `quantship.oci` and named by digest.
+directory and a rename, or pushed to an oci:// target with `quantship.oci` and named by digest
+(pushed to the Job's own --unique-tag first, so that digest stays tagged after the next Job moves
+the target's tag).
 Its verdict goes, as one JSON object, to --result-file: in the Job that is the container's
 termination message, which the operator reads from the pod's status. The verdict:
 `{"gate": "passed"|"failed", "metric", "value", "threshold", "artifact"}`, or `{"error": ...}`
@@ -201,17 +203,21 @@ def _target_dir(target: str, pvc_root: Path) -> Path:
     return dest
 
 
-def check_target(target: str, pvc_root: Path) -> None:
+def check_target(target: str, pvc_root: Path, unique_tag: str | None = None) -> None:
     """Refuse a target the artifact could never be published to, before the inputs are fetched and
     quantized (minutes of CPU, up to the Job's deadline): an oci:// one that is no tag, a folder
     whose parent cannot be created or written (a read-only claim, a file in the way). The registry
     itself is not asked: its answer may change by the time the push comes."""
     if target.startswith(oci.SCHEME):
         try:
-            oci.push_reference(target)
+            reference = oci.push_reference(target)
+            if unique_tag is not None:
+                oci.push_reference(f"oci://{reference.registry}/{reference.repository}:{unique_tag}")
         except oci.OciError as exc:
             raise JobError(str(exc)) from exc
         return
+    if unique_tag is not None:
+        raise JobError(f"{target}: a unique tag is for an oci:// target only")
     parent = _target_dir(target, pvc_root).parent
     existing = parent  # creates nothing: a gate that fails publishes nothing, not even folders
     while not existing.exists() and existing != existing.parent:
@@ -223,16 +229,16 @@ def check_target(target: str, pvc_root: Path) -> None:
 
 
 def _publish(
-    out: Path, target: str, pvc_root: Path, registry_config: Path | None, insecure: bool, timeout: float
+    out: Path,
+    target: str,
+    pvc_root: Path,
+    registry_config: Path | None,
+    insecure: bool,
+    timeout: float,
+    unique_tag: str | None = None,
 ) -> str:
     if target.startswith(oci.SCHEME):
-        credentials = oci.Credentials(docker_config=registry_config)
-        try:
-            digest = oci.push(out, target, credentials=credentials, insecure=insecure, timeout=timeout)
-        except oci.OciError as exc:
-            raise JobError(str(exc)) from exc
-        reference = oci.Reference.parse(target)
-        return f"oci://{reference.registry}/{reference.repository}@{digest}"
+        return _push(out, target, registry_config, insecure, timeout, unique_tag)
     dest = _target_dir(target, pvc_root)
     dest.parent.mkdir(parents=True, exist_ok=True)
     _sweep_publishes(dest)
@@ -245,6 +251,32 @@ def _publish(
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return target
+
+
+def _push(
+    out: Path,
+    target: str,
+    registry_config: Path | None,
+    insecure: bool,
+    timeout: float,
+    unique_tag: str | None,
+) -> str:
+    """Push to `unique_tag` (when given), then move the target's tag there too: the digest the
+    verdict pins stays tagged once the next Job moves the target's tag, so a registry's cleanup
+    of untagged manifests (Harbor, ECR, GHCR retention) leaves the servers' artifact alone."""
+    credentials = oci.Credentials(docker_config=registry_config)
+    reference = oci.Reference.parse(target)
+    first = (
+        target if unique_tag is None else f"oci://{reference.registry}/{reference.repository}:{unique_tag}"
+    )
+    moved = () if unique_tag is None or reference.tag is None else (reference.tag,)
+    try:
+        digest = oci.push(
+            out, first, credentials=credentials, insecure=insecure, timeout=timeout, also_tags=moved
+        )
+    except oci.OciError as exc:
+        raise JobError(str(exc)) from exc
+    return f"oci://{reference.registry}/{reference.repository}@{digest}"
 
 
 def run(
@@ -260,11 +292,12 @@ def run(
     registry_config: Path | None = None,
     insecure: bool = False,
     timeout: float = oci.TIMEOUT_S,
+    unique_tag: str | None = None,
 ) -> Verdict:
     """Fetch, quantize, publish when the gate passed; the verdict (or the error) goes to result_file.
     Raises JobError (or what quantize raises) after writing the error."""
     try:
-        check_target(target, pvc_root)
+        check_target(target, pvc_root, unique_tag)
         workdir.mkdir(parents=True, exist_ok=True)
         model_path = _input(model, workdir, pvc_root, timeout)
         calibration_path = _input(calibration, workdir, pvc_root, timeout)
@@ -280,7 +313,11 @@ def run(
             metric=validation.get("metric"),
             value=validation.get("value"),
             threshold=validation.get("threshold"),
-            artifact=_publish(out, target, pvc_root, registry_config, insecure, timeout) if passed else None,
+            artifact=(
+                _publish(out, target, pvc_root, registry_config, insecure, timeout, unique_tag)
+                if passed
+                else None
+            ),
             int8_flags=_flags((validation.get("hardware") or {}).get("int8_flags")),
             meaning=spec.meaning if spec else None,
             higher_is_better=spec.higher_is_better if spec else None,

@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import registry_harness
 from registry_harness import PASSWORD, USER, Registry
 
 from quantship import zoo
@@ -56,3 +57,63 @@ def test_a_passing_job_pushes_to_the_registry_and_names_the_artifact_by_digest(
     by_tag = fetch.fetch(tag, tmp_path / "by-tag", registry_config=config)
     assert served.digest == by_tag.digest, "the pinned reference is what the tag names"
     assert served.manifest["validation"]["gate"] == "passed"
+
+
+def _run_job(section: dict[str, object], tmp_path: Path) -> Verdict:
+    """The Job of `section` for the QuantizedModel `digits`, its command as the operator writes it."""
+    job = quantization.QuantizeSpec.from_spec({"quantize": section})
+    assert job is not None
+    command = job.command("digits")
+    result = tmp_path / "termination-log"
+    for flag, path in {"--workdir": tmp_path / "work", "--result-file": result}.items():
+        command[command.index(flag) + 1] = str(path)
+    done = subprocess.run(
+        [sys.executable, "-m", "quantship", *command[1:]],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    verdict = read_result(result.read_text())
+    assert isinstance(verdict, Verdict) and verdict.artifact is not None
+    return verdict
+
+
+def test_the_stable_a_job_published_survives_the_next_job_and_the_registrys_untagged_cleanup(
+    sample: zoo.SampleModel, tmp_path: Path
+) -> None:
+    # Harbor, ECR and GHCR retention delete untagged manifests: the stable's digest must keep a tag
+    # of its own once the next Job moves the target's tag to the canary.
+    root = tmp_path / "registry"
+    root.mkdir()
+    served = registry_harness.start(root, auth=False)
+    base = {"model": f"file://{sample.model}", "calibration": f"file://{sample.calibration}"}
+    try:
+        target = {"uri": served.uri("jobs/digits:quantized")}
+        stable = _run_job({**base, "options": {"maxTrials": 0}, "target": target}, tmp_path / "job1")
+        canary = _run_job(
+            {**base, "options": {"maxTrials": 0, "perChannel": True}, "target": target}, tmp_path / "job2"
+        )
+        assert stable.artifact != canary.artifact
+    finally:
+        served.process.terminate()
+        served.process.wait(10)
+    subprocess.run(
+        [registry_harness.BINARY, "garbage-collect", "--delete-untagged", str(root / "config.yml")],
+        capture_output=True,
+        check=True,
+        timeout=120,
+    )
+    restarted = registry_harness.start(root, auth=False)  # another port: the pinned URIs are moved to it
+    try:
+        fetched = []
+        for n, verdict in enumerate((stable, canary)):
+            assert verdict.artifact is not None
+            pinned = verdict.artifact.replace(served.address, restarted.address)
+            fetched.append(fetch.fetch(pinned, tmp_path / f"served-{n}"))
+        by_tag = fetch.fetch(restarted.uri("jobs/digits:quantized"), tmp_path / "by-tag")
+        assert by_tag.digest == fetched[1].digest != fetched[0].digest, "the tag names the last Job's"
+    finally:
+        restarted.process.terminate()
+        restarted.process.wait(10)

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from quantship import artifact, runtime, zoo
+from quantship import artifact, oci, runtime, zoo
 from quantship.operator import crd, fetch, names, quantization, quantize_job
 from quantship.operator.quantize_job import Verdict, read_result
 from quantship.operator.spec import InvalidSpec
@@ -296,3 +296,30 @@ def test_why_the_jobs_newest_pod_has_not_started_is_the_schedulers_or_the_kubele
         "CreateContainerConfigError",
         'secret "s" not found',
     )
+
+
+@pytest.mark.parametrize(
+    ("tag", "owner"), [("int8", "digits"), ("t" * 128, "digits"), ("int8", "m" * 253), ("v1.2_rc-3", "a.b-c")]
+)
+def test_an_oci_targets_job_pushes_first_to_a_tag_of_its_own_within_the_tag_grammar(
+    tag: str, owner: str
+) -> None:
+    section = {
+        "model": "file:///m.onnx",
+        "calibration": "file:///c.npz",
+        "target": {"uri": f"oci://r.io/ml/d:{tag}"},
+    }
+    job = quantization.QuantizeSpec.from_spec({"quantize": section})
+    assert job is not None
+    unique = job.unique_tag(owner)
+    assert unique is not None and re.fullmatch(oci.PUSH_REFERENCE_PATTERN, f"r.io/ml/d:{unique}")
+    assert unique.endswith(f"-{job.hash}") and unique.startswith(f"{tag}-{owner}"[:64])
+    command = job.command(owner)
+    assert command[command.index("--unique-tag") + 1] == unique
+    assert command[command.index("--target") + 1] == f"oci://r.io/ml/d:{tag}", "the target's tag moves on too"
+    other = quantization.QuantizeSpec.from_spec({"quantize": {**section, "options": {"maxTrials": 1}}})
+    assert other is not None and other.unique_tag(owner) != unique, "each Job pushes to a tag of its own"
+
+
+def test_a_pvc_targets_job_has_no_unique_tag(sample: zoo.SampleModel) -> None:
+    assert "--unique-tag" not in spec(sample).command("digits")
