@@ -63,8 +63,10 @@ import oras.auth
 import oras.client
 import oras.container
 import oras.defaults
+import oras.provider
 import requests
 import requests.adapters
+import urllib3.util.retry
 
 from quantship import artifact, scratch
 
@@ -84,8 +86,17 @@ CONNECT_TIMEOUT_S = 5.0
 would retry for minutes."""
 TIMEOUT_S = 120.0
 """Seconds a registry may keep any one connect or read waiting (requests waits forever unless
-told). A pull makes each request once; a push goes through oras, which retries a failed request
-5 times, sleeping 131 s in all between tries."""
+told). A pull makes each request once; a push retries what `PUSH_RETRIES` says, nothing else."""
+RETRIED_STATUSES = frozenset({429, 502, 503, 504})
+"""The answers a push's request is made again after, as crane and oras-go do: the registry is
+busy, or a proxy in front of it is. Any other failure (a 500 included) is final at once."""
+PUSH_RETRIES = 4
+"""How many times a push's request is made again after a `RETRIED_STATUSES` answer, or a refused
+connection: backing off 0, 1, 2, 4 s, or as long as the registry's Retry-After asks, up to
+`MAX_RETRY_AFTER_S`. A timed-out read is final: the registry had `timeout` seconds."""
+MAX_RETRY_AFTER_S = 30.0
+"""The longest a push waits on a registry's Retry-After, so a push ends within minutes whatever
+the registry asks."""
 MAX_MANIFEST_BYTES = 4 * 2**20
 """The largest manifest read: 4 MiB, the size the OCI distribution spec asks every registry to
 accept. An artifact's is under 2 KB; a registry that streams more is refused, not held in memory."""
@@ -588,8 +599,8 @@ class _OwnRedirects(requests.Session):
 class _Timeouts(requests.adapters.HTTPAdapter):
     """A transport adapter that gives every request a timeout: oras sets none."""
 
-    def __init__(self, timeout: float) -> None:
-        super().__init__()
+    def __init__(self, timeout: float, retries: urllib3.util.retry.Retry | int = 0) -> None:
+        super().__init__(max_retries=retries)
         self.timeout = timeout
 
     @classmethod
@@ -605,6 +616,84 @@ class _Timeouts(requests.adapters.HTTPAdapter):
         return super().send(request, **kwargs)
 
 
+class _BoundedRetry(urllib3.util.retry.Retry):
+    """urllib3's Retry, a registry's Retry-After honoured up to MAX_RETRY_AFTER_S."""
+
+    def get_retry_after(self, response: Any) -> float | None:
+        asked = super().get_retry_after(response)
+        return None if asked is None else min(asked, MAX_RETRY_AFTER_S)
+
+
+def _push_retries() -> _BoundedRetry:
+    """What a push's transport retries: RETRIED_STATUSES and refused connections, of any method
+    (oras sends every body as bytes, which go again whole), PUSH_RETRIES times at most."""
+    return _BoundedRetry(
+        total=PUSH_RETRIES,
+        connect=PUSH_RETRIES,
+        read=False,
+        status=PUSH_RETRIES,
+        other=0,
+        allowed_methods=None,
+        status_forcelist=RETRIED_STATUSES,
+        backoff_factor=0.5,
+        respect_retry_after_header=True,
+        raise_on_status=False,
+    )
+
+
+class _Failed(Exception):
+    """A registry's failing answer to a push's request, said in one line: HTTP STATUS REASON,
+    then what its OCI error body says (control characters replaced, cut short)."""
+
+    @classmethod
+    def of(cls, answer: requests.Response, method: str) -> _Failed:
+        where = urllib.parse.urlsplit(answer.url or "").path
+        said = "; ".join(_oci_errors(answer))
+        return cls(
+            f"HTTP {answer.status_code} {_brief(answer.reason or '', 60)}"
+            + (f": {_brief(said)}" if said else "")
+            + f" ({method} {_brief(where, 120)})"
+        )
+
+
+def _oci_errors(answer: requests.Response) -> list[str]:
+    """The `errors` of an OCI error body (code: message), if it is one."""
+    try:
+        body = answer.json()
+    except (ValueError, RecursionError):
+        return []
+    errors = body.get("errors") if isinstance(body, dict) else None
+    if not isinstance(errors, list):
+        return []
+    said = [
+        f"{error.get('code', '')}: {error.get('message', '')}" for error in errors if isinstance(error, dict)
+    ]
+    return [_brief(line, 200) for line in said[:3]]
+
+
+class _PushClient(oras.client.OrasClient):
+    """oras's client, each request made once (its own decorator would retry any failure five
+    times, sleeping 131 s in all, and a 500 with them; the transport's Retry retries what
+    RETRIED_STATUSES says), and a failing answer raised as `_Failed` with its status: oras's
+    own errors say only the URL, or that a body was not JSON."""
+
+    def do_request(
+        self,
+        url: str,
+        method: str = "GET",
+        data: dict[str, Any] | bytes | None = None,
+        headers: dict[str, str] | None = None,
+        json: dict[str, Any] | None = None,
+        stream: bool = False,
+    ) -> requests.Response:
+        once = oras.provider.Registry.do_request.__wrapped__  # under oras's retry decorator
+        answer: requests.Response = once(self, url, method, data, headers, json, stream)
+        # a HEAD answers whether a blob exists; a 401 or 403 is oras's to name (the credentials)
+        if answer.status_code >= 400 and answer.status_code not in (401, 403) and method != "HEAD":
+            raise _Failed.of(answer, method)
+        return answer
+
+
 class _Withheld(oras.auth.AuthenticationException):
     """Basic credentials about to go to an origin they are not for. An AuthenticationException
     because oras lets those through at once (it retries any other error for minutes)."""
@@ -615,7 +704,7 @@ class _CredentialsOnlyTo(_Timeouts):
     any realm a 401 names and any upload location a registry gives."""
 
     def __init__(self, timeout: float, origin: str) -> None:
-        super().__init__(timeout)
+        super().__init__(timeout, _push_retries())
         self.origin = origin
 
     @classmethod
@@ -646,7 +735,7 @@ class _BearerTo(_Timeouts):
     a second 401 is final."""
 
     def __init__(self, timeout: float, registry: str, bearer: _Bearer) -> None:
-        super().__init__(timeout)
+        super().__init__(timeout, _push_retries())
         self.registry = registry
         self.bearer = bearer
 
@@ -699,9 +788,7 @@ def _client(
     login = _login(reference, credentials)
     asked = _probe(reference, login, plain_http, timeout)
     if asked is None or asked.scheme == "basic":
-        client = oras.client.OrasClient(
-            hostname=reference.registry, insecure=plain_http, auth_backend="basic"
-        )
+        client = _PushClient(hostname=reference.registry, insecure=plain_http, auth_backend="basic")
         origin = f"{'http' if plain_http else 'https'}://{reference.registry}"
         _CredentialsOnlyTo.guard(client.session, timeout, origin)
         if login is not None:
@@ -713,7 +800,7 @@ def _client(
     # request's scope (pull) and send that token with the upload, and never renew one it holds
     bearer = _Bearer(asked, reference, PUSH, login, plain_http, timeout)
     bearer.renew()
-    client = oras.client.OrasClient(hostname=reference.registry, insecure=plain_http, auth_backend="token")
+    client = _PushClient(hostname=reference.registry, insecure=plain_http, auth_backend="token")
     registry = f"{'http' if plain_http else 'https'}://{reference.registry}"
     _BearerTo.carrying(client.session, timeout, registry, bearer)
     return client
@@ -990,7 +1077,7 @@ def _registry_errors(reference: Reference) -> Iterator[None]:
     """What oras and requests raise, as an OciError that names the reference."""
     try:
         yield
-    except (_Withheld, _Refused) as exc:
+    except (_Withheld, _Refused, _Failed) as exc:
         raise OciError(f"{reference}: {exc}") from exc
     except oras.auth.AuthenticationException as exc:
         raise OciError(f"{reference}: the registry refused the credentials: {exc}") from exc

@@ -57,3 +57,57 @@ def test_a_push_whose_answer_names_another_digest_is_refused(
 def test_further_tags_name_the_pushed_manifest(registry: Registry, good_artifact: artifact.Artifact) -> None:
     digest = oci.push(good_artifact.root, registry.uri("faults/tags:first"), also_tags=["second", "third"])
     assert [_tagged(registry, "faults/tags", tag) for tag in ("first", "second", "third")] == [digest] * 3
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status", "headers"),
+    [
+        ("POST", "/blobs/uploads/$", 429, {"Retry-After": "1"}),
+        ("PUT", "/blobs/uploads/", 503, {}),
+        ("PUT", MANIFEST_PUT, 502, {}),
+        ("PUT", MANIFEST_PUT, 504, {}),
+    ],
+)
+def test_a_transient_answer_is_retried_and_the_push_completes(
+    registry: Registry,
+    proxy: FaultProxy,
+    good_artifact: artifact.Artifact,
+    method: str,
+    path: str,
+    status: int,
+    headers: dict[str, str],
+) -> None:
+    proxy.faults.append(Fault(method, path, status=status, headers=headers, times=1))
+    repository = f"faults/transient{status}"
+    digest = oci.push(good_artifact.root, proxy.uri(f"{repository}:v1"))
+    assert digest == _tagged(registry, repository, "v1")
+    assert proxy.faults[0].times == 0, "the fault was met"
+
+
+def test_a_registry_that_stays_busy_is_named_by_its_status_after_a_few_tries(
+    proxy: FaultProxy, good_artifact: artifact.Artifact
+) -> None:
+    proxy.faults.append(Fault("POST", "/blobs/uploads/$", status=503, headers={"Retry-After": "0"}))
+    with pytest.raises(oci.OciError, match=r": HTTP 503 Service Unavailable \(POST /v2/faults/busy/blobs/"):
+        oci.push(good_artifact.root, proxy.uri("faults/busy:v1"))
+    assert proxy.count("POST", "/blobs/uploads/$") == 1 + oci.PUSH_RETRIES
+
+
+def test_a_server_error_is_final_at_once_and_named_by_its_status(
+    proxy: FaultProxy, good_artifact: artifact.Artifact
+) -> None:
+    proxy.faults.append(Fault("PUT", MANIFEST_PUT, status=500))
+    with pytest.raises(
+        oci.OciError, match=r": HTTP 500 Internal Server Error \(PUT /v2/faults/broken/manifests/v1\)"
+    ):
+        oci.push(good_artifact.root, proxy.uri("faults/broken:v1"))
+    assert proxy.count("PUT", MANIFEST_PUT) == 1
+
+
+def test_an_answer_that_never_comes_times_out_once(
+    proxy: FaultProxy, good_artifact: artifact.Artifact
+) -> None:
+    proxy.faults.append(Fault("PUT", MANIFEST_PUT, delay=60))
+    with pytest.raises(oci.OciError, match=r"faults/hung:v1: .*Read timed out"):
+        oci.push(good_artifact.root, proxy.uri("faults/hung:v1"), timeout=1)
+    assert proxy.count("PUT", MANIFEST_PUT) == 1, "made once: the registry had its timeout"
