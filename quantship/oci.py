@@ -49,6 +49,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import logging
 import re
 import time
 import urllib.parse
@@ -63,6 +64,7 @@ import oras.auth
 import oras.client
 import oras.container
 import oras.defaults
+import oras.logger
 import oras.provider
 import requests
 import requests.adapters
@@ -687,9 +689,18 @@ class _PushClient(oras.client.OrasClient):
         stream: bool = False,
     ) -> requests.Response:
         once = oras.provider.Registry.do_request.__wrapped__  # under oras's retry decorator
-        answer: requests.Response = once(self, url, method, data, headers, json, stream)
-        # a HEAD answers whether a blob exists; a 401 or 403 is oras's to name (the credentials)
-        if answer.status_code >= 400 and answer.status_code not in (401, 403) and method != "HEAD":
+        try:
+            answer: requests.Response = once(self, url, method, data, headers, json, stream)
+        except AttributeError as exc:  # oras's basic backend, holding no credentials, on a 401 or 403
+            raise _Refused(
+                "the registry refused the push (401 or 403) and no credentials were given: --username "
+                "with QUANTSHIP_REGISTRY_PASSWORD, or --docker-config"
+            ) from exc
+        if method == "HEAD":  # it answers whether a blob exists
+            return answer
+        if answer.status_code in (401, 403):  # still, after oras answered the challenge
+            raise _Refused(f"the registry refused the credentials: {_Failed.of(answer, method)}")
+        if answer.status_code >= 400:
             raise _Failed.of(answer, method)
         return answer
 
@@ -1091,9 +1102,31 @@ def _registry_errors(reference: Reference) -> Iterator[None]:
         raise OciError(f"{reference}: {_brief(message) or type(exc).__name__}") from exc
 
 
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+"""Control characters (escape sequences start with one; a newline would forge a line of ours) and
+the bidirectional overrides that reorder what a terminal shows."""
+
+
 def _brief(text: str, limit: int = 200) -> str:
-    """At most `limit` characters of what a registry sent: an error line, not its whole answer."""
+    """At most `limit` characters of what a registry sent, control characters replaced by '?':
+    an error line, not its whole answer, and nothing a terminal would act on."""
+    text = _UNPRINTABLE.sub("?", text)
     return text if len(text) <= limit else text[:limit] + "…"
+
+
+class _PrintableRecords(logging.Filter):
+    """oras logs what a registry's error body says (`_parse_response_errors`), raw and whole: each
+    record it logs becomes one `_brief` line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg, record.args = _brief(record.getMessage()), None
+        return True
+
+
+_ORAS_LOG = oras.logger.logger.logger
+"""The standard library logger oras writes through."""
+if not any(isinstance(kept, _PrintableRecords) for kept in _ORAS_LOG.filters):
+    _ORAS_LOG.addFilter(_PrintableRecords())
 
 
 def _sha256(path: Path) -> str:

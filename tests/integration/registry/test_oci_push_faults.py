@@ -5,12 +5,16 @@ error message written to take over a terminal."""
 from __future__ import annotations
 
 import hashlib
+import json
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 
 import pytest
 import requests
 from fault_proxy import Fault, FaultProxy, proxying
-from registry_harness import Registry
+from registry_harness import PASSWORD, USER, Registry
 
 from quantship import artifact, oci
 
@@ -111,3 +115,53 @@ def test_an_answer_that_never_comes_times_out_once(
     with pytest.raises(oci.OciError, match=r"faults/hung:v1: .*Read timed out"):
         oci.push(good_artifact.root, proxy.uri("faults/hung:v1"), timeout=1)
     assert proxy.count("PUT", MANIFEST_PUT) == 1, "made once: the registry had its timeout"
+
+
+HOSTILE_MESSAGE = (
+    "\x1b]0;owned title\x07\x1b[2J\x1b[31mFAKE: push ok, digest sha256:0000\x1b[0m\n" + "x" * 5000
+)
+
+
+@pytest.mark.parametrize("status", [400, 403])
+def test_a_registrys_error_message_reaches_the_terminal_printable_and_short(
+    proxy: FaultProxy, good_artifact: artifact.Artifact, status: int
+) -> None:
+    body = json.dumps({"errors": [{"code": "DENIED", "message": HOSTILE_MESSAGE}]}).encode()
+    headers = {"Content-Type": "application/json"}
+    proxy.faults.append(Fault("PUT", MANIFEST_PUT, status=status, headers=headers, body=body))
+    done = subprocess.run(
+        [sys.executable, "-m", "quantship", "push", str(good_artifact.root), proxy.uri("faults/escape:v1")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode != 0
+    said = done.stdout + done.stderr
+    assert "\x1b" not in said and "\x07" not in said
+    assert "Traceback" not in said and all(len(line) < 1000 for line in said.splitlines()), said[:2000]
+    assert f"HTTP {status}" in said or "no credentials were given" in said
+
+
+def test_a_refusal_of_the_credentials_logged_by_oras_reaches_the_terminal_printable_and_short(
+    auth_registry: Registry, good_artifact: artifact.Artifact
+) -> None:
+    # oras logs a refusal's OCI error messages itself (_parse_response_errors), then raises
+    body = json.dumps({"errors": [{"code": "DENIED", "message": HOSTILE_MESSAGE}]}).encode()
+    with proxying(auth_registry.address) as proxy:
+        proxy.faults.append(Fault("PUT", MANIFEST_PUT, status=403, body=body))
+        done = subprocess.run(
+            [
+                *(sys.executable, "-m", "quantship", "push", str(good_artifact.root)),
+                *(proxy.uri("faults/escape:v1"), "--username", USER),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+            env={**os.environ, "QUANTSHIP_REGISTRY_PASSWORD": PASSWORD},
+        )
+    said = done.stdout + done.stderr
+    assert done.returncode != 0 and "refused the credentials" in said, said[:2000]
+    assert "\x1b" not in said and "\x07" not in said
+    assert "Traceback" not in said and all(len(line) < 1000 for line in said.splitlines()), said[:2000]
