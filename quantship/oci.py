@@ -84,8 +84,8 @@ LAYER_MEDIA_TYPES = {
 }
 MANIFEST_MEDIA_TYPE = "application/vnd.oci.image.manifest.v1+json"
 CONNECT_TIMEOUT_S = 5.0
-"""A registry that does not answer /v2/ within this is down: named at once, before a push's oras
-would retry for minutes."""
+"""A registry that does not take the connection to /v2/ within this is down: named at once. Its
+answer may take the whole `timeout`."""
 TIMEOUT_S = 120.0
 """Seconds a registry may keep any one connect or read waiting (requests waits forever unless
 told). A pull makes each request once; a push retries what `PUSH_RETRIES` says, nothing else."""
@@ -875,7 +875,10 @@ def _look(reference: Reference, url: str, login: tuple[str, str] | None, timeout
     """The status and headers of GET `url`, its body unread."""
     try:
         with _OwnRedirects() as session:
-            answer = session.get(url, auth=login, timeout=min(CONNECT_TIMEOUT_S, timeout), stream=True)
+            # a registry that does not take the connection is down; one that is slow to answer is not
+            answer = session.get(
+                url, auth=login, timeout=(min(CONNECT_TIMEOUT_S, timeout), timeout), stream=True
+            )
             answer.close()
     except requests.RequestException as exc:
         raise OciError(f"cannot reach the registry {reference.registry}: {type(exc).__name__}") from exc

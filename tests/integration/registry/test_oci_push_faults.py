@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import requests
@@ -165,3 +166,12 @@ def test_a_refusal_of_the_credentials_logged_by_oras_reaches_the_terminal_printa
     assert done.returncode != 0 and "refused the credentials" in said, said[:2000]
     assert "\x1b" not in said and "\x07" not in said
     assert "Traceback" not in said and all(len(line) < 1000 for line in said.splitlines()), said[:2000]
+
+
+def test_a_registry_slow_to_answer_v2_but_within_the_timeout_is_pulled_from(
+    registry: Registry, proxy: FaultProxy, good_artifact: artifact.Artifact, tmp_path: Path
+) -> None:
+    oci.push(good_artifact.root, registry.uri("faults/slowv2:v1"))
+    proxy.faults.append(Fault("GET", "^/v2/$", delay=oci.CONNECT_TIMEOUT_S + 1))
+    pulled = oci.pull(proxy.uri("faults/slowv2:v1"), tmp_path / "pulled", timeout=60)
+    assert pulled.digest == good_artifact.digest
