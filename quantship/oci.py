@@ -165,6 +165,15 @@ PUSH_REFERENCE_PATTERN = rf"{_REGISTRY}/{_COMPONENT}(/{_COMPONENT})*:{_TAG}"
 write (the registry decides the pushed manifest's digest)."""
 
 
+DOCKER_HUB_API = "registry-1.docker.io"
+"""Where Docker Hub answers the registry API."""
+DOCKER_HUB_NAMES = ("docker.io", "index.docker.io")
+"""What people write for Docker Hub (`docker.io/user/repo`): read as DOCKER_HUB_API, as docker does."""
+DOCKER_HUB_LOGINS = ("index.docker.io", DOCKER_HUB_API, "docker.io")
+"""The hosts of a Docker config's keys that hold a Docker Hub login, first found first taken:
+`docker login` writes `https://index.docker.io/v1/`."""
+
+
 @dataclass(frozen=True)
 class Reference:
     registry: str
@@ -184,6 +193,9 @@ class Reference:
             )
         registry, _, path = rest.partition("/")
         registry = registry.lower()  # a host name has no case; requests writes it lower in every URL
+        if registry in DOCKER_HUB_NAMES:  # as docker, crane and oras-go read Docker Hub's names
+            registry = DOCKER_HUB_API
+            path = path if "/" in path else f"library/{path}"
         path, _, digest = path.partition("@")
         name, colon, tag = path.rpartition(":")
         if colon:
@@ -1076,14 +1088,17 @@ def _login(reference: Reference, credentials: Credentials | None) -> _Login | No
 
 def _auth_for(auths: Any, registry: str) -> dict[str, Any]:
     """The Docker config's entry for `registry`: keyed by its host as someone wrote it, with or
-    without a scheme and a path (`https://Registry.Example.com/v1/`); a host has no case."""
+    without a scheme and a path (`https://Registry.Example.com/v1/`); a host has no case. Docker
+    Hub's is under any of DOCKER_HUB_LOGINS."""
     if not isinstance(auths, dict):
         return {}
+    by_host: dict[str, dict[str, Any]] = {}
     for key, entry in auths.items():
         written = str(key) if "://" in str(key) else f"//{key}"
-        if urllib.parse.urlsplit(written).netloc.lower() == registry and isinstance(entry, dict):
-            return entry
-    return {}
+        if isinstance(entry, dict):
+            by_host.setdefault(urllib.parse.urlsplit(written).netloc.lower(), entry)
+    hosts = DOCKER_HUB_LOGINS if registry == DOCKER_HUB_API else (registry,)
+    return next((by_host[host] for host in hosts if host in by_host), {})
 
 
 @contextmanager

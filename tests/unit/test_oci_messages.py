@@ -3,10 +3,15 @@ needed."""
 
 from __future__ import annotations
 
+import base64
+import json
 import logging
+from pathlib import Path
 
 import oras.logger
 import pytest
+
+from quantship import oci
 
 HOSTILE = "\x1b]0;owned title\x07\x1b[2J\x1b[31mFAKE: push ok\x1b[0m\n\u202eforged" + "x" * 5000
 
@@ -14,11 +19,53 @@ HOSTILE = "\x1b]0;owned title\x07\x1b[2J\x1b[31mFAKE: push ok\x1b[0m\n\u202eforg
 def test_what_oras_logs_of_a_registrys_answer_is_one_printable_short_line(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    import quantship.oci  # noqa: F401  (it filters oras's logger)
-
     with caplog.at_level(logging.ERROR):
         oras.logger.logger.error(HOSTILE)  # as oras's _parse_response_errors logs an error body
     [record] = [r for r in caplog.records if r.name == oras.logger.logger.logger.name]
     said = record.getMessage()
     assert "\x1b" not in said and "\x07" not in said and "\n" not in said and "\u202e" not in said
     assert len(said) <= 201
+
+
+@pytest.mark.parametrize(
+    ("written", "read"),
+    [
+        ("oci://docker.io/bob/digits:v1", "oci://registry-1.docker.io/bob/digits:v1"),
+        ("oci://index.docker.io/bob/digits:v1", "oci://registry-1.docker.io/bob/digits:v1"),
+        (
+            "oci://Docker.IO/bob/digits@sha256:" + "a" * 64,
+            "oci://registry-1.docker.io/bob/digits@sha256:" + "a" * 64,
+        ),
+        ("oci://registry-1.docker.io/bob/digits:v1", "oci://registry-1.docker.io/bob/digits:v1"),
+        ("oci://docker.io/digits:v1", "oci://registry-1.docker.io/library/digits:v1"),
+        ("oci://ghcr.io/digits:v1", "oci://ghcr.io/digits:v1"),
+    ],
+)
+def test_docker_hub_is_asked_where_its_api_answers(written: str, read: str) -> None:
+    reference = oci.Reference.parse(written)
+    assert str(reference) == read
+    assert reference.container().registry == reference.registry, "oras sends every request there"
+
+
+@pytest.mark.parametrize(
+    "key", ["https://index.docker.io/v1/", "index.docker.io", "docker.io", "registry-1.docker.io"]
+)
+@pytest.mark.parametrize("written", ["docker.io", "index.docker.io", "registry-1.docker.io"])
+def test_a_docker_login_to_docker_hub_is_found_however_the_reference_names_it(
+    key: str, written: str, tmp_path: Path
+) -> None:
+    config = tmp_path / "config.json"
+    auth = base64.b64encode(b"bob:hub-pass").decode()
+    config.write_text(
+        json.dumps({"auths": {"https://other.example.com": {"auth": "eDp5"}, key: {"auth": auth}}})
+    )
+    reference = oci.Reference.parse(f"oci://{written}/bob/digits:v1")
+    login = oci._login(reference, oci.Credentials(docker_config=config))
+    assert login is not None and login.basic == ("bob", "hub-pass")
+
+
+def test_another_registrys_login_is_not_docker_hubs(tmp_path: Path) -> None:
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"auths": {"https://index.docker.io/v1/": {"auth": "Ym9iOng="}}}))
+    reference = oci.Reference.parse("oci://ghcr.io/bob/digits:v1")
+    assert oci._login(reference, oci.Credentials(docker_config=config)) is None
