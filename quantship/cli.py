@@ -660,8 +660,19 @@ def _sampling_option(flag: str, kind: click.ParamType, help: str) -> Callable[[F
     return click.option(flag, type=kind, default=None, help=f"{help} [default: {stable:g}{on_canary}]")
 
 
+def _local_artifact(ctx: click.Context, param: click.Parameter, value: str) -> Path:
+    """ARTIFACT of `serve`, refused when it is a URI (Path would read oci://host/repo as the
+    folder oci:/host/repo, and the server would stay up unready for it)."""
+    if "://" in value:
+        raise click.BadParameter(
+            f"{value!r} is a URI: serve takes a directory or .tar.gz; `quantship pull` or "
+            "`quantship fetch` it to one first"
+        )
+    return Path(value)
+
+
 @main.command()
-@click.argument("artifact_path", metavar="ARTIFACT", type=click.Path(path_type=Path))
+@click.argument("artifact_path", metavar="ARTIFACT", type=click.Path(), callback=_local_artifact)
 @click.option("--model-name", required=True, help="Name clients address, and the `model` metric label.")
 @click.option(
     "--revision", required=True, help="This artifact's revision: the model version and `revision` label."
@@ -1055,6 +1066,7 @@ def _given(**options: Any) -> dict[str, Any]:
     type=click.Path(dir_okay=False, path_type=Path),
     help="oci://: a Docker config.json with the registry's credentials (a mounted pull secret).",
 )
+@click.option("--insecure", is_flag=True, help="oci://: plain HTTP (loopback registries always use it).")
 @user_errors
 def fetch(
     uri: str,
@@ -1065,6 +1077,7 @@ def fetch(
     max_bytes: int | None,
     cross_host_redirects: bool,
     registry_config: Path | None,
+    insecure: bool,
 ) -> None:
     """Fetch the artifact at URI (file://, pvc://, http(s)://...tar.gz, oci://), verify it, install it
     as DEST."""
@@ -1077,6 +1090,7 @@ def fetch(
             public_key=public_key,
             cross_host_redirects=cross_host_redirects,
             registry_config=registry_config,
+            insecure=insecure,
             **_given(pvc_root=pvc_root, max_bytes=max_bytes, timeout=timeout),
         )
     except fetch_module.CrossHostRedirect as exc:

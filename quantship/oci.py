@@ -893,7 +893,9 @@ def _look(reference: Reference, url: str, login: tuple[str, str] | None, timeout
             )
             answer.close()
     except requests.RequestException as exc:
-        raise OciError(f"cannot reach the registry {reference.registry}: {type(exc).__name__}") from exc
+        # a registry that speaks plain HTTP fails the TLS handshake
+        hint = " (plain HTTP? --insecure)" if isinstance(exc, requests.exceptions.SSLError) else ""
+        raise OciError(f"cannot reach the registry {reference.registry}: {type(exc).__name__}{hint}") from exc
     return answer
 
 

@@ -144,11 +144,13 @@ def fetch(
     max_bytes: int = artifact.MAX_DOWNLOAD_BYTES,
     cross_host_redirects: bool = False,
     registry_config: Path | None = None,
+    insecure: bool = False,
 ) -> artifact.Artifact:
     """Fetch, verify and install the artifact at `uri` as `dest`. Raises FetchError or ArtifactError.
     `max_bytes` caps the download (an OCI pull's layers together); a .tar.gz may unpack to twice
     that (`artifact.ArchiveLimits`). `timeout` bounds each connect and read.
-    `registry_config`: a Docker config.json with the oci:// registry's credentials."""
+    `registry_config`: a Docker config.json with the oci:// registry's credentials; `insecure`: plain
+    HTTP to it."""
     key = artifact.load_public_key(public_key) if public_key else None
     # beside dest, so the rename is atomic; what a killed fetch (an OOM-killed init container,
     # restarted on the same emptyDir) left there is swept
@@ -159,7 +161,16 @@ def fetch(
         raise FetchError(f"cannot write beside {dest}: {exc.strerror or exc}") from exc
     with building:
         return _fetch_into(
-            folder, uri, dest, key, pvc_root, timeout, max_bytes, cross_host_redirects, registry_config
+            folder,
+            uri,
+            dest,
+            key,
+            pvc_root,
+            timeout,
+            max_bytes,
+            cross_host_redirects,
+            registry_config,
+            insecure,
         )
 
 
@@ -173,13 +184,14 @@ def _fetch_into(
     max_bytes: int,
     cross_host_redirects: bool,
     registry_config: Path | None,
+    insecure: bool,
 ) -> artifact.Artifact:
     if uri.startswith(oci.SCHEME):
         credentials = oci.Credentials(docker_config=registry_config)
         try:
             pulled = oci.pull(
                 uri, folder / "artifact", credentials=credentials, public_key=key, timeout=timeout,
-                max_bytes=max_bytes,
+                max_bytes=max_bytes, insecure=insecure,
             )  # fmt: skip
         except oci.OciError as exc:
             raise FetchError(str(exc)) from exc

@@ -10,8 +10,10 @@ from pathlib import Path
 
 import oras.logger
 import pytest
+from click.testing import CliRunner
 
 from quantship import oci
+from quantship.cli import main
 
 HOSTILE = "\x1b]0;owned title\x07\x1b[2J\x1b[31mFAKE: push ok\x1b[0m\n\u202eforged" + "x" * 5000
 
@@ -69,3 +71,11 @@ def test_another_registrys_login_is_not_docker_hubs(tmp_path: Path) -> None:
     config.write_text(json.dumps({"auths": {"https://index.docker.io/v1/": {"auth": "Ym9iOng="}}}))
     reference = oci.Reference.parse("oci://ghcr.io/bob/digits:v1")
     assert oci._login(reference, oci.Credentials(docker_config=config)) is None
+
+
+@pytest.mark.parametrize("uri", ["oci://registry.example.com/ml/digits:v1", "https://example.com/a.tar.gz"])
+def test_serve_refuses_a_uri_in_one_line_naming_pull_and_fetch(uri: str) -> None:
+    served = CliRunner().invoke(main, ["serve", uri, "--model-name", "digits", "--revision", "1"])
+    assert served.exit_code == 2
+    said = served.stderr.strip().splitlines()[-1]
+    assert uri in said and "directory or .tar.gz" in said and "pull" in said and "fetch" in said

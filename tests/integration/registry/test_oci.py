@@ -162,6 +162,20 @@ def test_the_cli_pushes_and_pulls(
     assert "no such tag or digest" in missing.stderr
 
 
+def test_a_plain_http_registry_not_on_loopback_is_hinted_at_and_fetched_from_with_insecure(
+    registry: Registry, good_artifact: artifact.Artifact, tmp_path: Path
+) -> None:
+    oci.push(good_artifact.root, registry.uri("quantship/plain:v1"))
+    port = registry.address.rpartition(":")[2]
+    uri = f"oci://0.0.0.0:{port}/quantship/plain:v1"  # this host, but not a loopback name: https first
+    pulled = CliRunner().invoke(main, ["pull", uri, "-o", str(tmp_path / "a")])
+    assert pulled.exit_code == 3 and len(pulled.stderr.strip().splitlines()) == 1, pulled.stderr
+    assert "SSLError (plain HTTP? --insecure)" in pulled.stderr
+    fetched = CliRunner().invoke(main, ["fetch", "--insecure", uri, str(tmp_path / "b")])
+    assert fetched.exit_code == 0, fetched.stderr
+    assert artifact.load_artifact(tmp_path / "b").digest == good_artifact.digest
+
+
 def test_the_operators_fetch_installs_an_oci_artifact_by_tag_and_digest_with_a_pull_secret(
     auth_registry: Registry, good_artifact: artifact.Artifact, tmp_path: Path
 ) -> None:
