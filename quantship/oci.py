@@ -718,8 +718,8 @@ class _PushClient(oras.client.OrasClient):
 
 
 class _Withheld(oras.auth.AuthenticationException):
-    """Basic credentials about to go to an origin they are not for. An AuthenticationException
-    because oras lets those through at once (it retries any other error for minutes)."""
+    """Basic credentials about to go to an origin they are not for. An AuthenticationException,
+    which no oras code catches or retries."""
 
 
 class _CredentialsOnlyTo(_Timeouts):
@@ -746,9 +746,8 @@ class _CredentialsOnlyTo(_Timeouts):
 
 
 class _Refused(oras.auth.AuthenticationException):
-    """The registry refused a token just renewed, or a token could not be had: an
-    AuthenticationException because oras lets those through at once (it retries any other error
-    for minutes)."""
+    """The registry refused a token just renewed, or a token could not be had, or the credentials:
+    an AuthenticationException, which no oras code catches or retries."""
 
 
 class _BearerTo(_Timeouts):
@@ -804,7 +803,7 @@ def _client(
     reference: Reference, credentials: Credentials | None, insecure: bool, timeout: float
 ) -> oras.client.OrasClient:
     """An oras client whose requests time out, after a quick look at /v2/: a registry that is
-    down, or that refuses us, is named at once (oras retries every request for minutes). A
+    down, or that refuses us, is named at once, before anything is uploaded. A
     registry that wants tokens gets oras's token backend, holding a push token asked of its realm
     here; basic credentials go to one origin only: the realm, or the registry that asked for them."""
     plain_http = insecure or reference.loopback
