@@ -700,7 +700,8 @@ class _PushClient(oras.client.OrasClient):
         json: dict[str, Any] | None = None,
         stream: bool = False,
     ) -> requests.Response:
-        once = oras.provider.Registry.do_request.__wrapped__  # under oras's retry decorator
+        decorated = oras.provider.Registry.do_request
+        once = getattr(decorated, "__wrapped__", decorated)  # under oras's retry decorator (functools.wraps)
         try:
             answer: requests.Response = once(self, url, method, data, headers, json, stream)
         except AttributeError as exc:  # oras's basic backend, holding no credentials, on a 401 or 403
