@@ -502,10 +502,17 @@ def oncall() -> Board:
     board.graph(
         "Requests shed (429)",
         "Share of each revision's requests answered 429 because its batcher's queue was full, over "
-        f"{rules.SHED_WINDOW} as QuantshipRequestsShed judges it. Dashed: the alert threshold "
-        f"({rules.SHED_RATIO:.0%}). No SLO counts them: nothing was done for them, so neither the errors "
-        "nor the latency SLI sees them. Lasting shedding wants replicas.",
-        [query(rules.shed_ratio(MODEL), "{{namespace}}/{{model}} {{track}} {{revision}}")],
+        f"{rules.SHED_WINDOW} and {rules.SHED_SHORT_WINDOW} as QuantshipRequestsShed judges it (both "
+        f"above the dashed threshold, {rules.SHED_RATIO:.0%}, for {rules.SHED_FOR}). No SLO counts them: "
+        "nothing was done for them, so neither the errors nor the latency SLI sees them. Lasting "
+        "shedding wants replicas.",
+        [
+            query(
+                rules.shed_ratio(MODEL, window),
+                f"{{{{namespace}}}}/{{{{model}}}} {{{{track}}}} {{{{revision}}}} {window}",
+            )
+            for window in (rules.SHED_WINDOW, rules.SHED_SHORT_WINDOW)
+        ],
         unit="percentunit",
         span=6,
         steps={rules.SHED_RATIO: "orange"},

@@ -102,6 +102,13 @@ traffic or a pod pricing its first samples (its log warns after two)."""
 SHED_WINDOW = "30m"
 """Window the share of requests shed (429: the batcher's queue full) is judged over."""
 
+SHED_SHORT_WINDOW = "5m"
+"""Window over which the share shed must also be above SHED_RATIO: the shedding still goes on. The
+30-minute share stays high for half an hour after a burst of a few minutes (4 requests in 5 shed for
+3 minutes at 1 req/s: 29% of the half hour), so with `for:` alone such a burst fired the alert 15
+minutes after it began and kept it up until it left the window (promtool). With this the alert ends
+within 5 minutes of the shedding, and a burst shorter than SHED_FOR cannot fire it."""
+
 SHED_RATIO = 0.05
 """Share of a revision's requests shed over SHED_WINDOW above which it opens a ticket. Shedding is
 the server protecting its latency, by design in a burst, and no SLO counts it (the errors SLI is 5xx
@@ -109,7 +116,8 @@ only, as the canary analysis judges it): one request in twenty turned away for h
 traffic the revision lacks the replicas for."""
 
 SHED_FOR = "15m"
-"""`for:` of QuantshipRequestsShed: with its window, shedding that lasts, not a burst."""
+"""`for:` of QuantshipRequestsShed: with its short window (SHED_SHORT_WINDOW) above the ratio too,
+shedding that has gone on for 15 minutes, not a burst."""
 
 FAILURE_WINDOW = "15m"
 """Window in which a load failure or a rollback notifies."""
@@ -483,7 +491,9 @@ def operation_alerts() -> list[dict[str, Any]]:
         {
             "alert": "QuantshipRequestsShed",
             "expr": (
-                f"{shed_ratio()} > {SHED_RATIO:g}\n{enough_traffic(SHED_WINDOW, TICKET_MINIMUM_REQUESTS)}"
+                f"{shed_ratio()} > {SHED_RATIO:g}\n"
+                f"and on ({BY})\n  ({shed_ratio(window=SHED_SHORT_WINDOW)} > {SHED_RATIO:g})\n"
+                f"{enough_traffic(SHED_WINDOW, TICKET_MINIMUM_REQUESTS)}"
             ),
             "for": SHED_FOR,
             "labels": {"severity": "ticket"},
@@ -492,7 +502,8 @@ def operation_alerts() -> list[dict[str, Any]]:
                 f"{model}: {{{{ $value | humanizePercentage }}}} of requests shed (429, queue full)",
                 f"{revision} answered {{{{ $value | humanizePercentage }}}} of its requests over "
                 f"{SHED_WINDOW} with {Overloaded.status} (its batcher's queue was full), above "
-                f"{SHED_RATIO:.0%}: clients are turned away for want of capacity. No SLO counts them.",
+                f"{SHED_RATIO:.0%} over {SHED_WINDOW} and {SHED_SHORT_WINDOW}: clients are turned away "
+                "for want of capacity. No SLO counts them.",
             ),
         },
     ]

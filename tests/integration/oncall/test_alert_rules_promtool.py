@@ -682,15 +682,21 @@ def test_operational_alerts_fire_on_their_conditions_and_only_then(
     assert_passes(promtool, write_tests(tmp_path, rule_file, tests))
 
 
-def test_lasting_load_shedding_opens_a_ticket_but_a_trickle_or_a_small_share_does_not(
+def test_lasting_load_shedding_opens_a_ticket_but_a_trickle_a_small_share_or_a_burst_does_not(
     promtool: str, rule_file: Path, tmp_path: Path
 ) -> None:
     """`shedding` answers a quarter of its 40 requests a minute with 429 (the queue full); `busy`
     sheds 4 of 100 a minute, under SHED_RATIO; `quiet` sheds half of 2 a minute, under the
-    minimum of requests. No SLO counts a 429: this alert alone says clients are refused."""
-    shedding, busy, quiet = ({**MODEL, "model": model} for model in ("shedding", "busy", "quiet"))
+    minimum of requests; `bursting` serves 60 a minute and sheds 240 a minute for 3 minutes (from
+    minute 40): 29% of its half hour, but over well before SHED_FOR. No SLO counts a 429: this
+    alert alone says clients are refused."""
+    shedding, busy, quiet, bursting = (
+        {**MODEL, "model": model} for model in ("shedding", "busy", "quiet", "bursting")
+    )
     assert 4 / 100 < rules.SHED_RATIO < 10 / 40
     assert 2 * rules.seconds(rules.SHED_WINDOW) // 60 < rules.TICKET_MINIMUM_REQUESTS
+    burst_at, burst_minutes, shed_for = 40, 3, rules.seconds(rules.SHED_FOR) // 60
+    assert burst_minutes < shed_for
 
     def answered(labels: dict[str, str], ok: int, shed: int) -> list[dict[str, str]]:
         return [
@@ -698,12 +704,22 @@ def test_lasting_load_shedding_opens_a_ticket_but_a_trickle_or_a_small_share_doe
             series(str(slo.Metric.REQUESTS_TOTAL), {**labels, "code": "429"}, f"0+{shed}x90"),
         ]
 
-    shed_for = rules.seconds(rules.SHED_FOR) // 60
+    burst = series(
+        str(slo.Metric.REQUESTS_TOTAL),
+        {**bursting, "code": "429"},
+        f"0x{burst_at} 240+240x{burst_minutes - 1} {240 * burst_minutes}x{90 - burst_at - burst_minutes}",
+    )
     alert = "QuantshipRequestsShed"
     tests = [
         {
             "interval": "1m",
-            "input_series": [*answered(shedding, 30, 10), *answered(busy, 96, 4), *answered(quiet, 1, 1)],
+            "input_series": [
+                *answered(shedding, 30, 10),
+                *answered(busy, 96, 4),
+                *answered(quiet, 1, 1),
+                answered(bursting, 60, 0)[0],
+                burst,
+            ],
             "alert_rule_test": [
                 {"eval_time": f"{shed_for - 5}m", "alertname": alert, "exp_alerts": []},
                 *(
@@ -712,7 +728,8 @@ def test_lasting_load_shedding_opens_a_ticket_but_a_trickle_or_a_small_share_doe
                         "alertname": alert,
                         "exp_alerts": [expected(alert, shedding, 0.25)],
                     }
-                    for minutes in (shed_for + 5, 80)
+                    # after the burst, while its share of the half hour is still above SHED_RATIO
+                    for minutes in (shed_for + 5, burst_at + shed_for, 60, 70, 80)
                 ),
             ],
         }
