@@ -25,6 +25,7 @@ import enum
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from types import MappingProxyType
 
 from prometheus_client.utils import floatToGoString
 
@@ -46,7 +47,7 @@ class Track(enum.StrEnum):
 
 class SampleKind(enum.StrEnum):
     """Which background lane a sampled request goes to: the `kind` label of
-    quantship_samples_dropped_total."""
+    quantship_samples_processed_total and quantship_samples_dropped_total."""
 
     SHADOW = "shadow"
     """Run through the FP32 reference (the accuracy delta SLI)."""
@@ -100,6 +101,9 @@ class Metric(enum.StrEnum):
     MODEL_LOAD_FAILURES_TOTAL = f"{PREFIX}model_load_failures_total"
     REQUESTS_IN_FLIGHT = f"{PREFIX}requests_in_flight"
     SAMPLES_DROPPED_TOTAL = f"{PREFIX}samples_dropped_total"
+    SAMPLES_PROCESSED_TOTAL = f"{PREFIX}samples_processed_total"
+    """Sampled requests a lane processed, by kind: how many requests a sampled SLI's ratio (over
+    rows or activation values) stands on."""
     TENSOR_ACTIVATIONS_OBSERVED_TOTAL = f"{PREFIX}tensor_activations_observed_total"
     TENSOR_ACTIVATIONS_CLIPPED_TOTAL = f"{PREFIX}tensor_activations_clipped_total"
     ACTIVATION_DRIFT = f"{PREFIX}activation_drift"
@@ -232,6 +236,12 @@ class Counters:
     """True when `bad` counts the good events (the latency bucket): bad = total - bad series."""
 
 
+SAMPLED_SLIS: Mapping[SLI, SampleKind] = MappingProxyType(
+    {SLI.ACCURACY_DELTA: SampleKind.SHADOW, SLI.CLIP_RATE: SampleKind.CLIP}
+)
+"""The SLIs that count only a sampled share of requests, with the lane that samples them."""
+
+
 def counters(objective: Objective) -> Counters:
     match objective.sli:
         case SLI.ACCURACY_DELTA:
@@ -287,6 +297,14 @@ def requests(window: str, labels: Mapping[str, str], by: tuple[str, ...] = ()) -
     """Requests answered over `window`, whatever their code: the traffic behind every SLI, which the
     alerts' minimum-traffic guards count (the SLIs' own totals are values, rows or requests)."""
     return increase(Metric.REQUESTS_TOTAL, window, labels, by)
+
+
+def sampled_requests(
+    kind: SampleKind, window: str, labels: Mapping[str, str], by: tuple[str, ...] = ()
+) -> str:
+    """Sampled requests of `kind` processed over `window`: the requests a sampled SLI's ratio stands
+    on, which its alerts' minimum counts (one request is many rows or activation values)."""
+    return increase(with_labels(Metric.SAMPLES_PROCESSED_TOTAL, {"kind": kind}), window, labels, by)
 
 
 def bad_and_total(

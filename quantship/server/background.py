@@ -132,6 +132,7 @@ class Lane(Generic[T]):
         executor: Executor,
         capacity: int,
         on_drop: Callable[[DropReason], None],
+        on_processed: Callable[[int], None] = lambda count: None,
         budget: CpuBudget | None = None,
         max_items: int = 16,
         gather_s: float = GATHER_S,
@@ -140,6 +141,9 @@ class Lane(Generic[T]):
         self.process = process
         self.executor = executor
         self.on_drop = on_drop
+        self.on_processed = on_processed
+        """Told how many samples each hand-off processed without failing: the requests a sampled
+        SLI's ratio stands on, which its alerts count."""
         self.budget = budget
         self.max_items = max_items
         self.gather_s = gather_s
@@ -236,6 +240,7 @@ class Lane(Generic[T]):
                     self._cost = spent / len(items)
                     self._hand_offs += 1
                     self._starvation.processed(len(items))
+                    self.on_processed(len(items))
                     if self.budget is not None and self._hand_offs == TELL_PRICE_AFTER:
                         self._tell_price(self.budget, self._cost)
                     if self.budget is not None:

@@ -159,6 +159,14 @@ SERIES = (
         ("kind", "reason"),
     ),
     Series(
+        "samples_processed",
+        M.SAMPLES_PROCESSED_TOTAL,
+        Counter,
+        "Sampled requests (shadow, clip, capture) their background lane processed, by kind: the requests "
+        "behind the accuracy delta's comparisons and the clip rate's activation values.",
+        ("kind",),
+    ),
+    Series(
         "activation_drift",
         M.ACTIVATION_DRIFT,
         Gauge,
@@ -233,6 +241,7 @@ class ServerMetrics:
     model_load_failures: Counter
     requests_in_flight: Gauge
     samples_dropped: Counter
+    samples_processed: Counter
     activation_drift: Gauge
     activation_drift_values: Counter
     hardware_mismatch: Gauge
@@ -284,6 +293,7 @@ class ServerMetrics:
             for kind in slo.SampleKind
             for reason in slo.DropReason
         }
+        self._processed = {kind: self.samples_processed.labels(*values, kind) for kind in slo.SampleKind}
 
     def request_started(self) -> None:
         """An inference request is being answered (event loop thread only); `request_left` ends it."""
@@ -334,6 +344,10 @@ class ServerMetrics:
 
     def sample_dropped(self, kind: slo.SampleKind, reason: slo.DropReason) -> None:
         self._dropped[kind, reason].inc()
+
+    def samples_done(self, kind: slo.SampleKind, count: int) -> None:
+        """A lane processed a hand-off of `count` sampled requests."""
+        self._processed[kind].inc(count)
 
     def model_loaded(
         self,

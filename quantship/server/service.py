@@ -456,6 +456,7 @@ class ModelService:
             executor=self._background_executor,
             capacity=self.settings.quality.background_queue_size,
             on_drop=lambda reason: self.metrics.sample_dropped(kind, reason),
+            on_processed=lambda count: self.metrics.samples_done(kind, count),
             budget=budget,
         )
         lane.start()

@@ -178,6 +178,32 @@ def test_errors_and_latency_slis_read_back_from_the_same_counters(observed: Obse
     assert observed.value(total) == observed.requests
 
 
+def test_the_sampled_requests_each_lane_processed_are_counted_by_kind(observed: Observed) -> None:
+    """What the sampled SLOs' alerts require a minimum of: here one-row requests, every one sampled,
+    so the shadow lane's processed requests are its comparisons and the clip lane's its activation
+    values over a row's; each sampled request is processed or dropped."""
+    for revision in ("good", "skewed"):
+        selected = f'revision="{revision}"'
+
+        def processed(kind: slo.SampleKind, selected: str = selected) -> str:
+            return f'sum({slo.Metric.SAMPLES_PROCESSED_TOTAL}{{{selected},kind="{kind}"}})'
+
+        dropped = f"sum({slo.Metric.SAMPLES_DROPPED_TOTAL}{{{selected}}})"
+        wait_until(
+            lambda processed=processed, selected=selected, dropped=dropped: observed.query(
+                f"{processed(slo.SampleKind.SHADOW)}"
+                f" == sum({slo.Metric.SHADOW_COMPARISONS_TOTAL}{{{selected}}})"
+                f" and on() {ROW_VALUES} * {processed(slo.SampleKind.CLIP)}"
+                f" == sum({slo.Metric.ACTIVATIONS_OBSERVED_TOTAL}{{{selected}}})"
+                f" and on() {processed(slo.SampleKind.SHADOW)} + {processed(slo.SampleKind.CLIP)}"
+                f" + {dropped} == {2 * observed.requests}"
+            ),
+            timeout=30,
+            what=f"the processed samples of {revision} to match its comparisons and activation values",
+        )
+        assert observed.value(processed(slo.SampleKind.SHADOW)) > 0
+
+
 def test_label_feedback_is_counted_for_the_quantized_model_and_the_reference(observed: Observed) -> None:
     for revision in ("good", "skewed"):
         for variant in ("quantized", "reference"):

@@ -13,11 +13,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from prometheus_client import CollectorRegistry
 
 from quantship.server.background import NICE, TELL_PRICE_AFTER, CpuBudget, Lane, lower_priority
 from quantship.server.errors import InvalidInput
+from quantship.server.metrics import ServerMetrics
 from quantship.server.starvation import STARVED_WINDOWS, WINDOW_S
-from quantship.slo import STARVED_BEHIND_PER_S
+from quantship.slo import STARVED_BEHIND_PER_S, DropReason, Metric, SampleKind
 
 pytestmark = pytest.mark.looptime
 
@@ -93,6 +95,48 @@ async def test_a_failing_batch_is_counted_logged_once_in_a_while_and_the_lane_go
     assert "a broken sample" in line.getMessage()
     assert not line.exc_info  # the session refused the inputs: no bug of ours to trace
     await lane.close(timeout=1)
+
+
+async def test_a_lanes_processed_samples_are_counted_by_kind_and_lost_ones_are_not(
+    executor: ThreadPoolExecutor,
+) -> None:
+    """quantship_samples_processed_total counts the sampled requests a lane's hand-offs processed:
+    what the sampled SLOs' alerts require a minimum of. Every kind is exported from the start, at 0;
+    a hand-off that failed counts as dropped, never as processed."""
+    registry = CollectorRegistry()
+    labels = {"model": "m", "revision": "r", "track": "canary"}
+    metrics = ServerMetrics(registry, labels)
+
+    def processed(kind: SampleKind) -> float | None:
+        return registry.get_sample_value(str(Metric.SAMPLES_PROCESSED_TOTAL), {**labels, "kind": kind})
+
+    assert {kind: processed(kind) for kind in SampleKind} == dict.fromkeys(SampleKind, 0.0)
+
+    def process(items: list[int]) -> None:
+        if 0 in items:
+            raise InvalidInput("the model refused the input")
+
+    lane: Lane[int] = Lane(
+        "shadow",
+        process,
+        executor=executor,
+        capacity=10,
+        on_drop=lambda reason: metrics.sample_dropped(SampleKind.SHADOW, reason),
+        on_processed=lambda count: metrics.samples_done(SampleKind.SHADOW, count),
+        max_items=4,
+    )
+    lane.start()
+    for item in (1, 2, 3, 4, 5):  # a full hand-off of four, then one
+        lane.offer(item)
+    await lane.idle()
+    lane.offer(0)
+    await lane.idle()
+    await lane.close(timeout=1)
+
+    assert processed(SampleKind.SHADOW) == 5
+    assert processed(SampleKind.CLIP) == 0
+    failed = {**labels, "kind": SampleKind.SHADOW, "reason": DropReason.FAILED}
+    assert registry.get_sample_value(str(Metric.SAMPLES_DROPPED_TOTAL), failed) == 1
 
 
 async def test_closing_processes_what_is_queued_first(executor: ThreadPoolExecutor) -> None:
