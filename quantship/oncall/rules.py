@@ -61,8 +61,19 @@ own events and paged."""
 
 TICKET_MINIMUM_REQUESTS = 100
 """An SLO opens a ticket only after this many requests in the long window: fewer cannot tell a 1x
-burn from noise. (The sampled SLIs see a share of them; no metric counts the requests sampled, so
-the guard cannot ask for sampled ones: a low sample rate leaves their alerts noisier.)"""
+burn from noise."""
+
+MINIMUM_SAMPLED_REQUESTS = 72
+"""The sampled SLOs (slo.SAMPLED_SLIS: accuracy delta, clip rate) alert, at every tier, only where
+their lane processed at least this many sampled requests over the long window
+(quantship_samples_processed_total), besides the minimum of requests answered: at the default 5%
+sampling, 0.2 req/s (720 requests an hour, twice the page tier's minimum) samples 36, and one odd
+request among them paged. Their ratios are over rows and activation values, so a request weighs its share
+of the samples: one wholly bad request among 72 of equal size reads 1/72 = 1.39%, under the
+tightest default page threshold (the clip rate's 14.4 x 0.1% = 1.44%). At 1 req/s the default 5%
+samples 180 requests an hour: sustained bad samples page, with room for the CPU budget to drop
+three in five. A request much larger than the rest still weighs more (1640 rows among single-row
+ones): the minimum counts requests, not how evenly they weigh."""
 
 SUMMARIES = {
     slo.SLI.ACCURACY_DELTA: "INT8 outputs disagree with the FP32 reference",
@@ -211,6 +222,13 @@ def enough_traffic(window: str, minimum: int) -> str:
     return f"and on ({BY})\n  ({slo.requests(window, {}, LABELS)} >= {minimum})\n"
 
 
+def enough_samples(kind: slo.SampleKind, window: str) -> str:
+    """`and` clause: only revisions whose `kind` lane processed MINIMUM_SAMPLED_REQUESTS sampled
+    requests over `window`, by every label."""
+    sampled = slo.sampled_requests(kind, window, {}, LABELS)
+    return f"and on ({BY})\n  ({sampled} >= {MINIMUM_SAMPLED_REQUESTS})\n"
+
+
 def threshold(objective: slo.Objective, window: slo.BurnWindow) -> float:
     """The bad ratio above which the SLO burns `window.factor` times too fast."""
     return float(
@@ -305,6 +323,8 @@ def burn_alert(objective: slo.Objective, window: slo.BurnWindow) -> dict[str, An
         f"{above_budget(slo.recording_rule(objective.sli, window.short), objective, window)}\n"
         f"{enough_traffic(window.long, minimum_requests(window))}"
     )
+    if objective.sli in slo.SAMPLED_SLIS:
+        expr += enough_samples(slo.SAMPLED_SLIS[objective.sli], window.long)
     name = alert_name(objective.sli, window.severity)
     what = SUMMARIES[objective.sli]
     if objective.sli is slo.SLI.LATENCY:

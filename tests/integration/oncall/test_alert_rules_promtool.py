@@ -19,6 +19,7 @@ import yaml
 from quantship import generate, slo
 from quantship.local.prometheus import find_binary
 from quantship.oncall import rules
+from quantship.server.settings import QualitySettings
 
 pytestmark = pytest.mark.prometheus
 
@@ -57,17 +58,24 @@ def series(name: str, labels: dict[str, str], values: str) -> dict[str, str]:
 
 def sli_series(
     objective: slo.Objective,
-    total: int,
-    bad: int,
+    total: float,
+    bad: float,
     minutes: int,
     labels: dict[str, str] = MODEL,
-    requests: int | None = None,
+    requests: float | None = None,
+    sampled: float | None = None,
 ) -> list[dict[str, str]]:
-    """Counters of one SLI growing by `total` events a minute, `bad` of them bad, and the requests
-    they came from (`requests` a minute; as many as events where None)."""
+    """Counters of one SLI growing by `total` events a minute, `bad` of them bad, the requests
+    they came from (`requests` a minute; as many as events where None) and, for a sampled SLI, the
+    sampled requests its lane processed (`sampled` a minute; every request where None)."""
     p = slo.PREFIX
-    answered = [(f"{p}requests_total", {"code": "200"}, total if requests is None else requests)]
-    pairs: list[tuple[str, dict[str, str], int]]
+    answered_per_minute = total if requests is None else requests
+    answered = [(f"{p}requests_total", {"code": "200"}, answered_per_minute)]
+    if objective.sli in slo.SAMPLED_SLIS:
+        kind = {"kind": slo.SAMPLED_SLIS[objective.sli]}
+        processed = answered_per_minute if sampled is None else sampled
+        answered.append((str(slo.Metric.SAMPLES_PROCESSED_TOTAL), kind, processed))
+    pairs: list[tuple[str, dict[str, str], float]]
     match objective.sli:
         case slo.SLI.ACCURACY_DELTA:
             pairs = [(f"{p}shadow_comparisons_total", {}, total), (f"{p}shadow_disagreements_total", {}, bad)]
@@ -90,7 +98,7 @@ def sli_series(
                 (f"{p}request_duration_seconds_bucket", le, total - bad),
             ]
     pairs += answered
-    return [series(name, {**labels, **extra}, f"0+{step}x{minutes}") for name, extra, step in pairs]
+    return [series(name, {**labels, **extra}, f"0+{step:g}x{minutes}") for name, extra, step in pairs]
 
 
 def go_value(value: float) -> str:
@@ -524,6 +532,108 @@ def test_sustained_bad_samples_of_few_large_requests_still_page(
         }
         for objective in SAMPLED
     ]
+    assert_passes(promtool, write_tests(tmp_path, rule_file, tests, every="5m"))
+
+
+SAMPLED_SHARE = QualitySettings().shadow_rate
+"""The share of requests a server samples by default, for each sampled SLI."""
+MODEST_PER_MINUTE = 12
+"""0.2 req/s: twice what the page tiers need in requests, and 36 sampled an hour."""
+BUSY_PER_MINUTE = 60
+"""1 req/s: 180 sampled an hour."""
+
+
+def stepped(per_minute: float, odd: float, at: int, minutes: int) -> str:
+    """promtool values: a counter growing by `per_minute`, and by `odd` more at minute `at`."""
+    return f"0+{per_minute:g}x{at - 1} {at * per_minute + odd:g}+{per_minute:g}x{minutes - at}"
+
+
+def test_one_odd_request_among_few_sampled_ones_does_not_page(
+    promtool: str, rule_file: Path, tmp_path: Path
+) -> None:
+    """0.2 req/s of clean one-row requests, the default share sampled; at minute 30 one odd sampled
+    request: a 1640-row batch, a tenth of whose rows disagree with FP32, or one row half of whose
+    1640 activation values are clipped. For the 5 minutes it lasts, the bad ratio is several times
+    the page threshold and the requests answered are above the page minimum, but the ratio stands
+    on some twenty sampled requests, under rules.MINIMUM_SAMPLED_REQUESTS."""
+    assert QualitySettings().clip_sample_rate == SAMPLED_SHARE
+    odd_at, minutes, p = 30, 40, slo.PREFIX
+    sampled = MODEST_PER_MINUTE * SAMPLED_SHARE
+    assert rules.minimum_requests(FAST_1H) <= MODEST_PER_MINUTE * 60
+    assert sampled * (odd_at + 5) + 1 < rules.MINIMUM_SAMPLED_REQUESTS
+    rows = {  # events of a sampled request, of the odd one, bad ones of the odd one; the counters
+        slo.SLI.ACCURACY_DELTA: (1, VALUES_A_ROW, BAD_A_ROW, "shadow_comparisons", "shadow_disagreements"),
+        slo.SLI.CLIP_RATE: (
+            VALUES_A_ROW,
+            VALUES_A_ROW,
+            VALUES_A_ROW // 2,
+            "activations_observed",
+            "activations_clipped",
+        ),
+    }
+    tests = []
+    for objective in SAMPLED:
+        each, odd_events, odd_bad, total, bad = rows[objective.sli]
+        kind = {"kind": slo.SAMPLED_SLIS[objective.sli]}
+        tests.append(
+            {
+                "interval": "1m",
+                "input_series": [
+                    series(
+                        f"{p}requests_total", {**MODEL, "code": "200"}, f"0+{MODEST_PER_MINUTE}x{minutes}"
+                    ),
+                    series(f"{p}{total}_total", MODEL, stepped(sampled * each, odd_events, odd_at, minutes)),
+                    series(f"{p}{bad}_total", MODEL, stepped(0, odd_bad, odd_at, minutes)),
+                    series(
+                        str(slo.Metric.SAMPLES_PROCESSED_TOTAL),
+                        {**MODEL, **kind},
+                        stepped(sampled, 1, odd_at, minutes),
+                    ),
+                ],
+                "alert_rule_test": [
+                    {
+                        "eval_time": f"{at}m",
+                        "alertname": rules.alert_name(objective.sli, "page"),
+                        "exp_alerts": [],
+                    }
+                    for at in range(odd_at + 2, odd_at + 6)
+                ],
+            }
+        )
+    assert_passes(promtool, write_tests(tmp_path, rule_file, tests))
+
+
+def test_sustained_bad_samples_at_1_request_a_second_and_the_default_sampling_still_page(
+    promtool: str, rule_file: Path, tmp_path: Path
+) -> None:
+    """1 req/s of one-row requests, the default share sampled (3 a minute): every minute one
+    compared row in three disagrees, or every sampled row has a tenth of its activation values
+    clipped. Both page tiers see it: 180 sampled requests an hour clear MINIMUM_SAMPLED_REQUESTS."""
+    sampled = BUSY_PER_MINUTE * SAMPLED_SHARE
+    assert sampled.is_integer()
+    events = {  # a minute: (events, bad events)
+        slo.SLI.ACCURACY_DELTA: (sampled, 1),
+        slo.SLI.CLIP_RATE: (sampled * VALUES_A_ROW, sampled * BAD_A_ROW),
+    }
+    minutes = evaluate_after(FAST_1H)
+    tests = []
+    for objective in SAMPLED:
+        total, bad = events[objective.sli]
+        tests.append(
+            {
+                "interval": "1m",
+                "input_series": sli_series(
+                    objective, total, bad, minutes + 5, requests=BUSY_PER_MINUTE, sampled=sampled
+                ),
+                "alert_rule_test": [
+                    {
+                        "eval_time": f"{minutes}m",
+                        "alertname": rules.alert_name(objective.sli, "page"),
+                        "exp_alerts": burn_expected(objective, bad / total, FAST_1H, FAST_6H),
+                    }
+                ],
+            }
+        )
     assert_passes(promtool, write_tests(tmp_path, rule_file, tests, every="5m"))
 
 

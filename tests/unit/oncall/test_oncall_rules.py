@@ -8,6 +8,7 @@ import re
 
 from quantship import generate, slo
 from quantship.oncall import links, rules
+from quantship.server.settings import QualitySettings
 
 RUNBOOKS = (generate.ROOT / "docs" / "runbooks.md").read_text()
 
@@ -120,3 +121,17 @@ def test_quantization_alerts_are_tickets_reading_recorded_drift() -> None:
     for rule in (drift, tensor):
         assert f">= {rules.DRIFT_MINIMUM_VALUES})" in rule["expr"], "drift judged without evidence"
     assert "{{ $labels.aspect }}" in found["QuantshipHardwareMismatch"]["annotations"]["summary"]
+
+
+def test_the_sampled_minimum_outweighs_one_bad_request_and_leaves_1_req_s_its_pages() -> None:
+    """rules.MINIMUM_SAMPLED_REQUESTS as its docstring argues: one wholly bad request among that many
+    of equal size reads under the fastest page threshold of each sampled SLO's default budget, and
+    1 req/s at the default sampling samples that many in an hour with 3 in 5 of them dropped."""
+    fastest = max(slo.BURN_WINDOWS, key=lambda window: window.factor)
+    minimum = rules.MINIMUM_SAMPLED_REQUESTS
+    for objective in slo.DEFAULT_OBJECTIVES:
+        if objective.sli in slo.SAMPLED_SLIS:
+            assert 1 / minimum < rules.threshold(objective, fastest), objective.sli
+    quality = QualitySettings()
+    sampled_an_hour = min(quality.shadow_rate, quality.clip_sample_rate) * rules.seconds(fastest.long)
+    assert minimum <= 0.4 * sampled_an_hour
