@@ -341,7 +341,8 @@ def burn_alert(objective: slo.Objective, window: slo.BurnWindow) -> dict[str, An
         },
         "annotations": {
             "summary": (
-                f"{MODEL}: {what}; the {objective.sli.value} error budget burns {window.factor:g}x too fast"
+                f"{MODEL}: {what}; the {objective.sli.value} error budget burns over "
+                f"{window.factor:g}x too fast"
             ),
             "description": (
                 f"Model {MODEL} revision {{{{ $labels.revision }}}} "

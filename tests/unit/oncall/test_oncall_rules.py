@@ -135,3 +135,13 @@ def test_the_sampled_minimum_outweighs_one_bad_request_and_leaves_1_req_s_its_pa
     quality = QualitySettings()
     sampled_an_hour = min(quality.shadow_rate, quality.clip_sample_rate) * rules.seconds(fastest.long)
     assert minimum <= 0.4 * sampled_an_hour
+
+
+def test_a_burn_alerts_summary_gives_its_tiers_factor_as_a_floor_not_the_burn() -> None:
+    """The tier's factor is the least burn that fires it (a 50x burn fires the 14.4x tier too); the
+    description gives the days the budget really lasts."""
+    factors = {window.long: window.factor for window in slo.BURN_WINDOWS}
+    for rule in alerts():
+        if "slo" in rule["labels"]:
+            factor = factors[rule["labels"]["long_window"]]
+            assert f"burns over {factor:g}x too fast" in rule["annotations"]["summary"], rule["alert"]
