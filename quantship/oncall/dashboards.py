@@ -48,6 +48,9 @@ RATE = "$__rate_interval"
 RANGE = "$__range"
 NAMED = (slo.NAMESPACE, "model")
 TRACKS = (*NAMED, "revision", "track")
+REVISION = "{{namespace}}/{{model}} {{track}} {{revision}}"
+"""Legend of a series grouped by TRACKS: two revisions of one track (before and after a promotion)
+are two lines, told apart by their revision."""
 TAGS = ["quantship"]
 OBJECTIVES = {objective.sli: objective for objective in slo.DEFAULT_OBJECTIVES}
 PER_TENSOR = "{{namespace}}/{{model}} {{track}} {{revision}} {{tensor}}"
@@ -687,12 +690,10 @@ def debug() -> Board:
         "Shadow comparison volume",
         "Rows per second also run through the FP32 reference, and those that disagreed.",
         [
-            query(
-                per_second(M.SHADOW_COMPARISONS_TOTAL, TRACKS), "compared {{namespace}}/{{model}} {{track}}"
-            ),
+            query(per_second(M.SHADOW_COMPARISONS_TOTAL, TRACKS), f"compared {REVISION}"),
             query(
                 per_second(M.SHADOW_DISAGREEMENTS_TOTAL, TRACKS),
-                "disagreed {{namespace}}/{{model}} {{track}}",
+                f"disagreed {REVISION}",
             ),
         ],
         unit="reqps",
@@ -722,12 +723,12 @@ def debug() -> Board:
             query(
                 f"{per_second(f'{M.BATCH_SIZE}_sum', TRACKS)} / "
                 f"{per_second(M.BATCH_SIZE.observations, TRACKS)}",
-                "mean {{namespace}}/{{model}} {{track}}",
+                f"mean {REVISION}",
             ),
             # interpolated inside the first bucket (0, 1], p95 could read 0.97 rows: a call has one at least
             query(
                 f"clamp_min({histogram_quantile(M.BATCH_SIZE, 0.95, TRACKS)}, 1)",
-                "p95 {{namespace}}/{{model}} {{track}}",
+                f"p95 {REVISION}",
             ),
         ],
         unit="none",
@@ -739,7 +740,7 @@ def debug() -> Board:
         [
             query(
                 histogram_quantile(M.QUEUE_DURATION_SECONDS, 0.95, TRACKS),
-                "{{namespace}}/{{model}} {{track}}",
+                REVISION,
             )
         ],
         unit="s",

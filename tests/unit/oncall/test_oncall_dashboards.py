@@ -180,3 +180,14 @@ def test_legends_of_per_revision_panels_name_the_track_and_the_revision(board: s
     assert found
     for legend in found:
         assert "{{track}}" in legend and "{{revision}}" in legend, f"{title}: {legend}"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_a_query_kept_per_revision_names_the_revision_in_its_legend(name: str) -> None:
+    """Where every aggregation of a query keeps `revision`, two revisions of a track are two lines:
+    a legend without {{revision}} draws them under one name."""
+    for panel in panels(load(name)):
+        for target in panel.get("targets", []):
+            groupings = re.findall(r"by \(([^)]*)\)", target["expr"])
+            if groupings and all("revision" in grouping.split(", ") for grouping in groupings):
+                assert "{{revision}}" in target["legendFormat"], (panel["title"], target["legendFormat"])
