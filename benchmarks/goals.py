@@ -52,11 +52,16 @@ class PeersRow:
         return f"{self.model} c={self.c}"
 
     def invalid(self) -> str:
-        """Why this cell cannot be judged against its peers ("" when it can)."""
-        servers = {"quantship": self.ours, **self.peers, "the floor": self.floor}
+        """Why some comparison of this cell cannot be judged ("" when all can): quantship's errors
+        (none can), or a peer's (that one cannot). The floor is in no goal: its errors are not here."""
+        servers = {"quantship": self.ours, **self.peers}
         return ", ".join(
             f"{name} {figures.errors} errors" for name, figures in servers.items() if figures.errors
         )
+
+    def judged_peers(self) -> dict[str, Figures]:
+        """The peers quantship is compared with in this cell: those without errors, none if it erred."""
+        return {} if self.ours.errors else {name: p for name, p in self.peers.items() if not p.errors}
 
 
 NO_PEER = "no peer measured"
@@ -91,36 +96,45 @@ def peers_verdicts(rows: Iterable[PeersRow]) -> list[Verdict]:
     p99_goal = "p99 <= both peers' in every cell"
     if not any(row.peers for row in rows):
         return [Verdict(ratio_goal, None, NO_PEER), Verdict(p99_goal, None, NO_PEER), raw]
+    # A pair of servers that answered is judged even where another pair of the cell cannot be: a
+    # cell missed against one peer misses the goal whatever the other peer's errors.
     valid = [row for row in rows if row.peers and not row.invalid()]
     invalid = "".join(
         f"; {row.label} not judged: {row.invalid() or NO_PEER}" for row in rows if row not in valid
     )
-    slow = [row for row in valid if any(row.ours.per_s < PEER_RATIO * p.per_s for p in row.peers.values())]
-    long_tail = [row for row in valid if any(row.ours.p99_ms > p.p99_ms for p in row.peers.values())]
+    floors = "".join(
+        f"; {row.label}: the floor {row.floor.errors} errors" for row in rows if row.floor.errors
+    )
+    slow = [
+        row for row in rows if any(row.ours.per_s < PEER_RATIO * p.per_s for p in row.judged_peers().values())
+    ]
+    long_tail = [row for row in rows if any(row.ours.p99_ms > p.p99_ms for p in row.judged_peers().values())]
 
     def ratios(row: PeersRow, server: Figures) -> str:
-        return " / ".join(f"{server.per_s / p.per_s:.2f}x" for p in row.peers.values())
+        return " / ".join(f"{server.per_s / p.per_s:.2f}x" for p in row.judged_peers().values())
 
     def p99s(row: PeersRow) -> str:
-        peers = ", ".join(f"{name} {_ms(p.p99_ms)}" for name, p in row.peers.items())
+        peers = ", ".join(f"{name} {_ms(p.p99_ms)}" for name, p in row.judged_peers().items())
         return f"{row.label} {_ms(row.ours.p99_ms)} ms against {peers}"
 
     return [
         Verdict(
             ratio_goal,
             _judged(bool(slow), bool(invalid)),
-            f"{len(valid) - len(slow)} of {len(rows)} cells"
+            f"{len([row for row in valid if row not in slow])} of {len(rows)} cells"
             + "".join(
                 f"; {row.label} {ratios(row, row.ours)} (the floor {ratios(row, row.floor)})" for row in slow
             )
-            + invalid,
+            + invalid
+            + floors,
         ),
         Verdict(
             p99_goal,
             _judged(bool(long_tail), bool(invalid)),
-            f"{len(valid) - len(long_tail)} of {len(rows)} cells"
+            f"{len([row for row in valid if row not in long_tail])} of {len(rows)} cells"
             + "".join(f"; {p99s(row)}" for row in long_tail)
-            + invalid,
+            + invalid
+            + floors,
         ),
         raw,
     ]
@@ -135,10 +149,12 @@ def _raw_share_verdict(rows: list[PeersRow]) -> Verdict:
     unjudged = [
         f"{row.label} not judged: quantship {row.ours.errors} errors" for row in heavy if row.ours.errors
     ]
+    if not heavy:
+        return Verdict(raw_goal, None, "no such cell")
     return Verdict(
         raw_goal,
         _judged(any(row.ours.per_s < RAW_SHARE * row.raw_per_s for row in heavy_valid), bool(unjudged)),
-        "; ".join(shares + unjudged) or "no such cell",
+        "; ".join(shares + unjudged),
     )
 
 

@@ -52,6 +52,14 @@ verdicts = {
         PeersRow("digits", 8, F(3000, 2.0), {"kserve": F(6524, 1.0, 13066)}, F(4000, 1.0), 1e9, False),
         PeersRow("digits", 32, F(1000, 2.0), {"kserve": F(1000, 9.0)}, F(4000, 1.0), 1e9, False),
     ]),
+    # one peer refusing or a floor with errors: quantship at half the peer that answered
+    "half_of_mlserver": peers_verdicts([
+        PeersRow("digits", 8, F(1000, 9.0), {"kserve": F(6000, 1.0, 500), "mlserver": F(2000, 1.0)},
+                 F(4000, 1.0), 1e9, False),
+    ]),
+    "half_beside_an_erring_floor": peers_verdicts([
+        PeersRow("digits", 8, F(1000, 9.0), {"kserve": F(2000, 1.0)}, F(4000, 1.0, 3), 1e9, False),
+    ]),
 }
 print(json.dumps({name: [[v.met, v.detail] for v in found] for name, found in verdicts.items()}))
 """
@@ -124,3 +132,16 @@ def test_a_cell_with_errors_is_not_judged_and_says_why() -> None:
         ratio[1]
         == "0 of 2 cells; digits c=32 1.00x (the floor 4.00x); digits c=8 not judged: kserve 13066 errors"
     )
+
+
+def test_a_miss_against_a_peer_that_answered_fails_whatever_the_other_peer_or_the_floor() -> None:
+    """One refusing peer (or a floor with errors) made the whole cell 'not judged', hiding quantship
+    at half the other peer's req/s (review of 52b5bad)."""
+    verdicts = judged()
+    for case in ("half_of_mlserver", "half_beside_an_erring_floor"):
+        ratio, p99, raw = verdicts[case]
+        assert ratio[0] is False and p99[0] is False, case
+        assert raw == [None, "no such cell"]
+    assert "0.50x" in verdicts["half_of_mlserver"][0][1]
+    assert "not judged: kserve 500 errors" in verdicts["half_of_mlserver"][0][1]
+    assert "the floor 3 errors" in verdicts["half_beside_an_erring_floor"][0][1]
