@@ -11,6 +11,7 @@ count can equal its rows by chance). Knows nothing of HTTP.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import functools
 import logging
 import re
@@ -305,34 +306,32 @@ class Runner:
         return self._layout
 
     def _layout_for(self, request: Tensors) -> BatchLayout:
+        """The layout, decided by probes shaped as `request` while it is undecided. Only a decided
+        layout is kept: a group whose shapes the model refuses runs alone, and the next one probes
+        again (a first client's bad widths must not stop every later merge)."""
         layout = self.layout
-        if layout.undecided:
-            shapes = {name: tuple(value.shape[1:]) for name, value in request.items()}
-            layout = self._layout = self._decide_layout(shapes)
-        return layout
+        if not layout.undecided:
+            return layout
+        shaped = self._decide_layout({name: tuple(value.shape[1:]) for name, value in request.items()})
+        if shaped.undecided:
+            return dataclasses.replace(shaped, alone=True)
+        self._layout = shaped  # two threads may both decide: from shapes the model runs on, alike
+        return shaped
 
     def _decide_layout(self, shapes: Mapping[str, tuple[int, ...]] | None) -> BatchLayout:
         """Outputs left open by their declared shapes that lead with the rows in every probe run, of
         at least two fills, carry the batch; the others are shared where value-free
         (`value_free_outputs`) and equal in every run; if any is neither, requests run alone. With
-        fewer than two fills the model runs on, nothing is decided from the `shapes` of filled inputs
-        (None) and requests run alone once even a request's `shapes` did not help: one fill whose
-        values decide a count (NonZero of ones) could lead with the rows by chance."""
+        fewer than two fills the model runs on at these `shapes` (None: 1 where open), nothing is
+        decided: one fill whose values decide a count (NonZero of ones) could lead with the rows by
+        chance."""
         batched = declared_batch_outputs(self.signature)
         undecided = frozenset(self._output_names) - batched
         if not undecided:
             return BatchLayout(batched, frozenset(), alone=False)
         fills, runs = self._probe_runs(shapes)
         if fills < 2:
-            if shapes is None:
-                return BatchLayout(batched, frozenset(), alone=False, undecided=True)
-            log.warning(
-                "outputs %s do not declare the batch dimension, and the model runs on %s of the probe "
-                "inputs: requests run alone",
-                ", ".join(map(repr, sorted(undecided))),
-                "none" if fills == 0 else "one",
-            )
-            return BatchLayout(batched, frozenset(), alone=True)
+            return BatchLayout(batched, frozenset(), alone=False, undecided=True)
         leading = frozenset(name for name in undecided if all(_leads(out[name], n) for n, out in runs))
         first = runs[0][1]
         shared = frozenset(
@@ -495,16 +494,18 @@ def _filled(spec: TensorSpec, rows: int, fill: int) -> np.ndarray:
 
 
 def _probe_tensor(spec: TensorSpec, rows: int, fill: int | None, tail: tuple[int, ...] | None) -> np.ndarray:
-    """`rows` rows of `fill` (`_filled`), each shaped `tail` where given; for fill None, scattered
-    values: of both signs, never 0, in no pattern a stride could line up (a column of a row-major
-    tensor must hold both signs as well): -3 to 3 from a fixed seed (1 to 5 for unsigned types,
-    False and True for BOOL)."""
+    """`rows` rows of `fill` (`_filled`; for BYTES "1" or ""), each shaped `tail` where given; for
+    fill None, scattered values: of both signs, never 0, in no pattern a stride could line up (a
+    column of a row-major tensor must hold both signs as well): -3 to 3 from a fixed seed (1 to 5
+    for unsigned types, False and True for BOOL, strings of several lengths for BYTES)."""
     shape = _filled(spec, rows, 0).shape if tail is None else (rows, *tail)
-    if spec.datatype == "BYTES":
-        return np.full(shape, "", dtype=object)
+    random = np.random.default_rng(PROBE_SEED)
+    if spec.datatype == "BYTES":  # three fills that differ: "1", "", and words of several lengths
+        if fill is not None:
+            return np.full(shape, str(fill) if fill else "", dtype=object)
+        return random.choice(np.array(["a", "", "bc d", "0", "longer text"], dtype=object), shape)
     if fill is not None:
         return np.full(shape, fill, dtype=spec.dtype)
-    random = np.random.default_rng(PROBE_SEED)
     kind = spec.dtype.kind
     if kind == "b":
         values = random.integers(0, 2, shape).astype(bool)

@@ -22,6 +22,7 @@ from server_harness import MODEL, LocalServer, fp32_artifact, settings_for
 
 from quantship.local.prometheus import free_port
 from quantship.server import batch_policy
+from quantship.server.errors import InferenceFailed
 from quantship.server.runner import BatchLayout, Runner
 from quantship.server.settings import BatchSettings
 from quantship.slo import Metric
@@ -189,6 +190,54 @@ def test_a_model_the_filled_probe_cannot_run_is_decided_by_its_first_merged_call
     assert runner.layout == BatchLayout(frozenset({"y"}), frozenset(), alone=False)
     for request, outcome in zip(requests, outcomes, strict=True):
         np.testing.assert_array_equal(outcome["y"], request["x"].reshape(len(request["x"]), 2, 2))  # type: ignore[index]
+
+
+def test_a_first_group_the_model_refuses_leaves_the_layout_for_the_next_group(tmp_path: Path) -> None:
+    """The reshape model again: a first merged group of width 3 (which it refuses) decided 'alone'
+    for good, and valid width-4 requests never merged again."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "S"])
+    outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["Reshapey_dim_0", 2, "Reshapey_dim_2"])]
+    nodes = [helper.make_node("Reshape", ["x", "shape"], ["y"])]
+    path = build_graph(
+        tmp_path / "reshape.onnx", nodes, x, outputs, {"shape": np.array([0, 2, -1], np.int64)}
+    )
+    runner = Runner.load(path, threads=1)
+    with pytest.raises(InferenceFailed):
+        runner.run_batch([{"x": np.zeros((1, 3), np.float32)} for _ in range(2)], [1, 1])
+    assert runner.layout.undecided
+    calls = counting_calls(runner)
+
+    runner.run_batch([{"x": np.ones((n, 4), np.float32)} for n in (1, 2)], [1, 2])
+
+    assert calls == [3] and not runner.layout.undecided
+
+
+def test_a_string_models_count_is_not_judged_on_one_fill_repeated(tmp_path: Path) -> None:
+    """x == "" counted by NonZero: every fill of a BYTES input was "", so three identical runs passed
+    for three fills and `where` was cut as rows (the 1-row request got the 2-row one's positions)."""
+    nodes = [
+        helper.make_node("Equal", ["x", "empty"], ["picked"]),
+        helper.make_node("NonZero", ["picked"], ["nonzero"]),
+        helper.make_node("Transpose", ["nonzero"], ["where"], perm=[1, 0]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "strings",
+        [helper.make_tensor_value_info("x", TensorProto.STRING, ["N", 1])],
+        [helper.make_tensor_value_info("where", TensorProto.INT64, ["K", 2])],
+        [helper.make_tensor("empty", TensorProto.STRING, [], [b""])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)])
+    model.ir_version = 9
+    onnx.save(model, tmp_path / "strings.onnx")
+    runner = Runner.load(tmp_path / "strings.onnx", threads=1)
+    requests = [{"x": np.array([[""]], dtype=object)}, {"x": np.array([[""], [""]], dtype=object)}]
+
+    outcomes = runner.run_batch(requests, [1, 2])
+
+    for request, outcome in zip(requests, outcomes, strict=True):
+        assert outcome["where"].tolist() == runner.session.run(None, request)[0].tolist()  # type: ignore[index]
+    assert runner.layout.alone
 
 
 def test_an_output_the_model_does_not_declare_batched_is_learned_by_the_probe(tmp_path: Path) -> None:
