@@ -7,6 +7,7 @@ field checks a review would make. RBAC is compared with the calls the operator's
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 import subprocess
@@ -470,7 +471,7 @@ def test_extra_env_takes_string_values_and_value_from_and_refuses_a_number(helm:
         (("--set", "operator.extraEnv[0].valueFrom.fieldRef.fieldPath=metadata.name",
           "--set-string", "operator.extraEnv[0].value=x"), "extraEnv.0.value: String length"),
         (("--set", "operator.extraEnv[0].valueFrom.other=x"), "Additional property other"),
-        (("--set-string", "operator.serverBindAddress=localhost"), "serverBindAddress: Does not match"),
+        (("--set-string", "operator.serverBindAddress=localhost"), "serverBindAddress"),
     ],
 )  # fmt: skip
 def test_settings_the_api_server_or_the_operator_refuse_are_refused_at_render(
@@ -483,6 +484,25 @@ def test_settings_the_api_server_or_the_operator_refuse_are_refused_at_render(
         helm, "template", "quantship", str(CHART), "--set", "operator.extraEnv[0].name=A", *setting
     )
     assert result.returncode != 0 and refusal in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize(
+    "address",
+    ["::", "::1", "fd00::1", "::ffff:10.0.0.1", "0.0.0.0", "10.0.0.1", "localhost", "10.0.0.1.5",
+     "999.999.999.999", "10.0.0.1:80", ":", ":::", "1:2:3:4:5:6:7:8:9"],
+)  # fmt: skip
+def test_the_chart_takes_a_server_bind_address_exactly_when_the_operator_does(
+    helm: str, address: str
+) -> None:
+    result = run_helm(
+        helm, "template", "quantship", str(CHART), "--set-string", f"operator.serverBindAddress={address}"
+    )
+    try:
+        ipaddress.ip_address(address)  # what --server-bind-address takes
+    except ValueError:
+        assert result.returncode != 0 and "serverBindAddress" in result.stderr, result.stderr
+    else:
+        assert result.returncode == 0, result.stderr
 
 
 EXAMPLES_THE_CRD_REFUSES = [
