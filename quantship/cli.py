@@ -25,7 +25,7 @@ import click
 from click.core import ParameterSource
 from rich.console import Console
 
-from quantship import __version__, artifact, scratch
+from quantship import UNIQUE_TAG_ENV, __version__, artifact, scratch
 from quantship.agreement import Task
 from quantship.quantize import config as q_config
 from quantship.quantize.evaluate import Metric
@@ -1129,8 +1129,10 @@ def fetch(
 @click.option("--insecure", is_flag=True, help="oci:// target: plain HTTP.")
 @click.option(
     "--unique-tag",
+    envvar=UNIQUE_TAG_ENV,
     help="oci:// target: push to this tag of the repository first (one no other Job pushes to), then "
-    "move --target's tag: the digest the verdict pins stays tagged after the next Job moves it.",
+    "move --target's tag: the digest the verdict pins stays tagged after the next Job moves it "
+    f"[env {UNIQUE_TAG_ENV}].",
 )
 @click.argument("quantize_args", nargs=-1, type=click.UNPROCESSED)
 @user_errors

@@ -280,12 +280,21 @@ def push(
         return _push(loaded, root, reference, credentials, insecure, timeout, also_tags)
 
 
+TAG_HASH_DIGITS = 12
+"""Hex digits of the hash that stands in for the part of a tag cut to fit the tag grammar."""
+
+
 def tag_with_suffix(tag: str, suffix: str) -> str:
-    """`TAG-SUFFIX`, the tag cut short enough that the whole is a tag (128 characters at most)."""
-    room = TAG_MAX_LENGTH - len(suffix) - 1
+    """`TAG-SUFFIX`, at most 128 characters (the tag grammar's): when longer, the end of TAG is cut
+    and a hash of the whole TAG stands in its place, so tags that differ anywhere stay apart."""
+    whole = f"{tag}-{suffix}"
+    if len(whole) <= TAG_MAX_LENGTH:
+        return whole
+    stand_in = hashlib.sha256(tag.encode()).hexdigest()[:TAG_HASH_DIGITS]
+    room = TAG_MAX_LENGTH - len(f"-{stand_in}-{suffix}")
     if room < 1:
         raise OciError(f"a suffix of {len(suffix)} characters leaves no room for the tag {tag!r}")
-    return f"{tag[:room]}-{suffix}"
+    return f"{tag[:room]}-{stand_in}-{suffix}"
 
 
 def push_reference(uri: str) -> Reference:

@@ -21,7 +21,7 @@ from typing import Any
 
 import kopf
 
-from quantship import oci
+from quantship import UNIQUE_TAG_ENV, oci
 from quantship.operator import crd, fetch, names, resources
 from quantship.operator.kube import Kube
 from quantship.operator.quantize_job import Verdict, read_result
@@ -113,15 +113,25 @@ class QuantizeSpec:
             return f"{self.target.rstrip('/')}/{owner}/{self.hash}"
         return self.target
 
-    def unique_tag(self, owner: str) -> str | None:
-        """The oci:// target's tag the Job of the QuantizedModel `owner` pushes to first:
-        `TAG-OWNER-HASH` (cut to the tag grammar's 128 characters, the hash kept whole), its own
-        as a pvc:// target's folder is. The target's tag moves on with every Job; the digest a
-        stable pins keeps this one, so a registry's cleanup of untagged manifests spares it."""
+    def unique_tag(self, namespace: str, owner: str) -> str | None:
+        """The oci:// target's tag the Job of the QuantizedModel `namespace`/`owner` pushes to
+        first: `TAG-NAMESPACE_OWNER-HASH`, its own as a pvc:// target's folder is (a namespace and a
+        name hold no '_', so no two models share one). Cut to the tag grammar's 128 characters, a
+        hash of what was cut stands in for it and the section's hash stays whole. The target's tag
+        moves on with every Job; the digest a stable pins keeps this one, so a registry's cleanup
+        of untagged manifests spares it."""
         if not self.target.startswith(oci.SCHEME):
             return None
         tag = oci.Reference.parse(self.target).tag
-        return oci.tag_with_suffix(f"{tag}-{owner}", self.hash)
+        return oci.tag_with_suffix(f"{tag}-{namespace}_{owner}", self.hash)
+
+    def environment(self, namespace: str, owner: str) -> dict[str, str]:
+        """The Job container's environment for the QuantizedModel `namespace`/`owner`: the unique
+        tag goes here, not on the command line, as an older quantship's quantize-job (the user's
+        spec.image) hands options it does not know to `quantship quantize`, which refuses them;
+        it ignores an environment variable."""
+        unique = self.unique_tag(namespace, owner)
+        return {"HOME": "/tmp", **({UNIQUE_TAG_ENV: unique} if unique is not None else {})}
 
     def quantize_args(self) -> list[str]:
         args: list[str] = []
@@ -144,9 +154,6 @@ class QuantizeSpec:
             "--target", self.output(owner),
             "--workdir", WORK_DIR, "--result-file", RESULT_FILE, "--pvc-root", resources.PVC_ROOT,
         ]  # fmt: skip
-        unique = self.unique_tag(owner)
-        if unique is not None:
-            command += ["--unique-tag", unique]
         if self.pull_secret:
             command += ["--registry-config", f"{resources.REGISTRY_DIR}/config.json"]
         return [*command, "--", *self.quantize_args()]
@@ -263,7 +270,10 @@ def job(
                             "name": CONTAINER,
                             "image": image,
                             "command": spec.command(name),
-                            "env": [{"name": "HOME", "value": "/tmp"}],
+                            "env": [
+                                {"name": key, "value": value}
+                                for key, value in spec.environment(namespace, name).items()
+                            ],
                             "terminationMessagePath": RESULT_FILE,
                             "terminationMessagePolicy": "File",
                             "resources": resources.container_resources(spec.resources),

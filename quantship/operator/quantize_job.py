@@ -4,8 +4,8 @@ It fetches the inputs (file://, pvc:// under --pvc-root, http(s)://), runs `quan
 (the caller passes it in: the CLI's own command, with the flags the operator wrote), and when the
 gate passed publishes the artifact: copied to a pvc:// (or file://) target through a scratch
 directory and a rename, or pushed to an oci:// target with `quantship.oci` and named by digest
-(pushed to the Job's own --unique-tag first, so that digest stays tagged after the next Job moves
-the target's tag).
+(pushed to the Job's own unique tag first, `quantship.UNIQUE_TAG_ENV` or --unique-tag, so that
+digest stays tagged after the next Job moves the target's tag).
 Its verdict goes, as one JSON object, to --result-file: in the Job that is the container's
 termination message, which the operator reads from the pod's status. The verdict:
 `{"gate": "passed"|"failed", "metric", "value", "threshold", "artifact"}`, or `{"error": ...}`

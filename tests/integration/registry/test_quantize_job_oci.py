@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,8 +16,8 @@ from pathlib import Path
 import registry_harness
 from registry_harness import PASSWORD, USER, Registry
 
-from quantship import zoo
-from quantship.operator import fetch, quantization
+from quantship import artifact, zoo
+from quantship.operator import fetch, quantization, quantize_job
 from quantship.operator.quantize_job import Verdict, read_result
 
 
@@ -59,11 +61,21 @@ def test_a_passing_job_pushes_to_the_registry_and_names_the_artifact_by_digest(
     assert served.manifest["validation"]["gate"] == "passed"
 
 
+OWNER = {
+    "apiVersion": "serving.quantship.io/v1alpha1",
+    "kind": "QuantizedModel",
+    "metadata": {"name": "digits", "namespace": "ml", "uid": "0b3c-uid"},
+}
+
+
 def _run_job(section: dict[str, object], tmp_path: Path) -> Verdict:
-    """The Job of `section` for the QuantizedModel `digits`, its command as the operator writes it."""
+    """The Job of `section` for the QuantizedModel ml/digits, its container's command and
+    environment as the operator writes them."""
     job = quantization.QuantizeSpec.from_spec({"quantize": section})
     assert job is not None
-    command = job.command("digits")
+    body = quantization.job(job, name="digits", namespace="ml", image="quantship", owner=OWNER)
+    container = body["spec"]["template"]["spec"]["containers"][0]
+    command = list(container["command"])
     result = tmp_path / "termination-log"
     for flag, path in {"--workdir": tmp_path / "work", "--result-file": result}.items():
         command[command.index(flag) + 1] = str(path)
@@ -73,6 +85,7 @@ def _run_job(section: dict[str, object], tmp_path: Path) -> Verdict:
         text=True,
         timeout=600,
         check=False,
+        env={**os.environ, **{item["name"]: item["value"] for item in container["env"]}},
     )
     assert done.returncode == 0, done.stderr
     verdict = read_result(result.read_text())
@@ -114,6 +127,61 @@ def test_the_stable_a_job_published_survives_the_next_job_and_the_registrys_unta
             fetched.append(fetch.fetch(pinned, tmp_path / f"served-{n}"))
         by_tag = fetch.fetch(restarted.uri("jobs/digits:quantized"), tmp_path / "by-tag")
         assert by_tag.digest == fetched[1].digest != fetched[0].digest, "the tag names the last Job's"
+    finally:
+        restarted.process.terminate()
+        restarted.process.wait(10)
+
+
+def _garbage_collect_untagged(root: Path) -> None:
+    subprocess.run(
+        [registry_harness.BINARY, "garbage-collect", "--delete-untagged", str(root / "config.yml")],
+        capture_output=True,
+        check=True,
+        timeout=120,
+    )
+
+
+def test_models_of_two_namespaces_with_the_same_section_keep_their_stables_through_the_cleanup(
+    sample: zoo.SampleModel,
+    good_artifact: artifact.Artifact,
+    skewed_artifact: artifact.Artifact,
+    tmp_path: Path,
+) -> None:
+    # team-a/digits and team-b/digits, one quantize section, one target repository: each Job's
+    # unique tag is its own, so team-b's push leaves the digest team-a's stable pins tagged.
+    root = tmp_path / "registry"
+    root.mkdir()
+    served = registry_harness.start(root, auth=False)
+    section = {
+        "model": f"file://{sample.model}",
+        "calibration": f"file://{sample.calibration}",
+        "target": {"uri": served.uri("shared/digits:int8")},
+    }
+    job = quantization.QuantizeSpec.from_spec({"quantize": section})
+    assert job is not None
+    pinned = []
+    try:
+        for namespace, produced in (("team-a", good_artifact), ("team-b", skewed_artifact)):
+            verdict = quantize_job.run(
+                model=job.model,
+                calibration=job.calibration,
+                evaluation=None,
+                target=job.target,
+                quantize=lambda _m, _c, _e, out, made=produced: shutil.copytree(made.root, out),
+                workdir=tmp_path / namespace,
+                result_file=tmp_path / f"{namespace}.result",
+                unique_tag=job.unique_tag(namespace, "digits"),
+            )
+            pinned.append(verdict.artifact)
+    finally:
+        served.process.terminate()
+        served.process.wait(10)
+    _garbage_collect_untagged(root)
+    restarted = registry_harness.start(root, auth=False)
+    try:
+        for n, uri in enumerate(pinned):
+            assert uri is not None
+            fetch.fetch(uri.replace(served.address, restarted.address), tmp_path / f"served-{n}")
     finally:
         restarted.process.terminate()
         restarted.process.wait(10)

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from quantship import artifact, oci, runtime, zoo
+from quantship import UNIQUE_TAG_ENV, artifact, oci, runtime, zoo
 from quantship.operator import crd, fetch, names, quantization, quantize_job
 from quantship.operator.quantize_job import Verdict, read_result
 from quantship.operator.spec import InvalidSpec
@@ -298,6 +298,13 @@ def test_why_the_jobs_newest_pod_has_not_started_is_the_schedulers_or_the_kubele
     )
 
 
+OWNER = {
+    "apiVersion": "serving.quantship.io/v1alpha1",
+    "kind": "QuantizedModel",
+    "metadata": {"name": "digits", "namespace": "ml", "uid": "0b3c-uid"},
+}
+
+
 @pytest.mark.parametrize(
     ("tag", "owner"), [("int8", "digits"), ("t" * 128, "digits"), ("int8", "m" * 253), ("v1.2_rc-3", "a.b-c")]
 )
@@ -311,15 +318,43 @@ def test_an_oci_targets_job_pushes_first_to_a_tag_of_its_own_within_the_tag_gram
     }
     job = quantization.QuantizeSpec.from_spec({"quantize": section})
     assert job is not None
-    unique = job.unique_tag(owner)
+    unique = job.unique_tag("team-a", owner)
     assert unique is not None and re.fullmatch(oci.PUSH_REFERENCE_PATTERN, f"r.io/ml/d:{unique}")
-    assert unique.endswith(f"-{job.hash}") and unique.startswith(f"{tag}-{owner}"[:64])
+    assert unique.endswith(f"-{job.hash}") and unique.startswith(f"{tag}-team-a"[:64])
     command = job.command(owner)
-    assert command[command.index("--unique-tag") + 1] == unique
     assert command[command.index("--target") + 1] == f"oci://r.io/ml/d:{tag}", "the target's tag moves on too"
     other = quantization.QuantizeSpec.from_spec({"quantize": {**section, "options": {"maxTrials": 1}}})
-    assert other is not None and other.unique_tag(owner) != unique, "each Job pushes to a tag of its own"
+    assert other is not None and other.unique_tag("team-a", owner) != unique, (
+        "each Job pushes to a tag of its own"
+    )
+    models = [
+        ("team-a", owner),
+        ("team-b", owner),
+        ("team-a", owner + "x"),
+        ("team-a-b", owner),
+        ("team", "a-b"),
+    ]
+    tags = [job.unique_tag(namespace, name) for namespace, name in models]
+    assert len(set(tags)) == len(models), "the same section in another model (or namespace) is another tag"
+
+
+def test_an_oci_targets_job_names_its_unique_tag_in_the_environment_an_older_image_ignores() -> None:
+    section = {
+        "model": "file:///m.onnx",
+        "calibration": "file:///c.npz",
+        "target": {"uri": "oci://r.io/ml/d:int8"},
+    }
+    job = quantization.QuantizeSpec.from_spec({"quantize": section})
+    assert job is not None
+    body = quantization.job(job, name="digits", namespace="ml", image="quantship:0.0.9", owner=OWNER)
+    container = body["spec"]["template"]["spec"]["containers"][0]
+    env = {item["name"]: item["value"] for item in container["env"]}
+    assert env[UNIQUE_TAG_ENV] == job.unique_tag("ml", "digits")
+    # an older quantize-job hands an option it does not know on to `quantship quantize`, which refuses it
+    assert not any(arg.startswith("--unique-tag") for arg in container["command"])
 
 
 def test_a_pvc_targets_job_has_no_unique_tag(sample: zoo.SampleModel) -> None:
-    assert "--unique-tag" not in spec(sample).command("digits")
+    body = quantization.job(spec(sample), name="digits", namespace="ml", image="quantship", owner=OWNER)
+    container = body["spec"]["template"]["spec"]["containers"][0]
+    assert UNIQUE_TAG_ENV not in {item["name"] for item in container["env"]}
