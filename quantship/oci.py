@@ -68,6 +68,7 @@ import oras.logger
 import oras.provider
 import requests
 import requests.adapters
+import urllib3.exceptions
 import urllib3.util.retry
 
 from quantship import artifact, scratch
@@ -96,6 +97,9 @@ PUSH_RETRIES = 4
 """How many times a push's request is made again after a `RETRIED_STATUSES` answer, or a refused
 connection: backing off 0, 1, 2, 4 s, or as long as the registry's Retry-After asks, up to
 `MAX_RETRY_AFTER_S`. A timed-out read is final: the registry had `timeout` seconds."""
+BLOB_UPLOAD_ATTEMPTS = 3
+"""How many times a push uploads one blob (a POST for a session, then the PUT of the blob) when the
+PUT meets a `RETRIED_STATUSES` answer and the blob is not in the registry after it."""
 MAX_RETRY_AFTER_S = 30.0
 """The longest a push waits on a registry's Retry-After, so a push ends within minutes whatever
 the registry asks."""
@@ -640,11 +644,34 @@ class _Timeouts(requests.adapters.HTTPAdapter):
 
 
 class _BoundedRetry(urllib3.util.retry.Retry):
-    """urllib3's Retry, a registry's Retry-After honoured up to MAX_RETRY_AFTER_S."""
+    """urllib3's Retry, a registry's Retry-After honoured up to MAX_RETRY_AFTER_S, and a blob
+    upload's closing PUT never made again after an answer: a gateway's 502 or 504 may come after
+    the registry stored the blob and closed the upload session, and the same PUT then meets 404
+    BLOB_UPLOAD_UNKNOWN. `_PushClient.put_upload` looks for the blob and uploads it anew."""
 
     def get_retry_after(self, response: Any) -> float | None:
         asked = super().get_retry_after(response)
         return None if asked is None else min(asked, MAX_RETRY_AFTER_S)
+
+    def increment(  # type: ignore[override]
+        self,
+        method: str | None = None,
+        url: str | None = None,
+        response: Any = None,
+        error: Exception | None = None,
+        _pool: Any = None,
+        _stacktrace: Any = None,
+    ) -> urllib3.util.retry.Retry:
+        if response is not None and _closes_blob_upload(method, url):
+            raise urllib3.exceptions.MaxRetryError(_pool, url or "", error)  # the answer stands
+        return super().increment(method, url, response, error, _pool, _stacktrace)
+
+
+def _closes_blob_upload(method: str | None, url: str | None) -> bool:
+    """Whether this is the PUT that completes a blob upload (`.../blobs/uploads/SESSION?digest=`)."""
+    parts = urllib.parse.urlsplit(url or "")
+    query = urllib.parse.parse_qs(parts.query)
+    return method == "PUT" and "/blobs/uploads/" in parts.path and "digest" in query
 
 
 def _push_retries() -> _BoundedRetry:
@@ -668,6 +695,11 @@ class _Failed(Exception):
     """A registry's failing answer to a push's request, said in one line: HTTP STATUS REASON,
     then what its OCI error body says (control characters replaced, cut short)."""
 
+    def __init__(self, message: str, status: int = 0, method: str = "") -> None:
+        super().__init__(message)
+        self.status = status
+        self.method = method
+
     @classmethod
     def of(cls, answer: requests.Response, method: str) -> _Failed:
         where = urllib.parse.urlsplit(answer.url or "").path
@@ -675,7 +707,9 @@ class _Failed(Exception):
         return cls(
             f"HTTP {answer.status_code} {_brief(answer.reason or '', 60)}"
             + (f": {_brief(said)}" if said else "")
-            + f" ({method} {_brief(where, 120)})"
+            + f" ({method} {_brief(where, 120)})",
+            answer.status_code,
+            method,
         )
 
 
@@ -725,6 +759,32 @@ class _PushClient(oras.client.OrasClient):
         if answer.status_code >= 400:
             raise _Failed.of(answer, method)
         return answer
+
+    def put_upload(
+        self, blob: str, container: oras.container.Container, layer: dict[str, Any]
+    ) -> requests.Response:
+        """oras's upload (POST a session, PUT the blob to it), its closing PUT's
+        `RETRIED_STATUSES` answered by looking for the blob: stored, it is done (the registry
+        completed the upload and a gateway in front of it gave up waiting); else the whole upload
+        again, `BLOB_UPLOAD_ATTEMPTS` times in all."""
+        for attempt in range(1, BLOB_UPLOAD_ATTEMPTS + 1):
+            try:
+                return super().put_upload(blob, container, layer)
+            except _Failed as failed:
+                if failed.method != "PUT" or failed.status not in RETRIED_STATUSES:
+                    raise
+                if self.blob_exists(layer, container):
+                    return _stored()
+                if attempt == BLOB_UPLOAD_ATTEMPTS:
+                    raise
+        raise AssertionError("unreachable")
+
+
+def _stored() -> requests.Response:
+    """The answer that says a blob is in the registry, as oras makes one for a blob it found."""
+    answer = requests.Response()
+    answer.status_code = 201
+    return answer
 
 
 class _Withheld(oras.auth.AuthenticationException):

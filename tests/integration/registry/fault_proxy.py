@@ -23,6 +23,9 @@ class Fault:
     path: str
     status: int | None = None
     """Answer this status (with `headers` and `body`) instead of the registry's."""
+    forwarded: bool = False
+    """With `status`: the registry is sent the request (and completes it) all the same, as a
+    gateway that gave up waiting for the registry's answer."""
     headers: dict[str, str] = field(default_factory=dict)
     body: bytes = b""
     delay: float = 0.0
@@ -81,6 +84,8 @@ def proxying(upstream: str) -> Iterator[FaultProxy]:
             if fault is not None and fault.delay:
                 proxy.released.wait(fault.delay)
             if fault is not None and fault.status is not None:
+                if fault.forwarded:
+                    self.send(body)
                 self.send_response(fault.status)
                 for name, value in fault.headers.items():
                     self.send_header(name, value)
@@ -90,7 +95,8 @@ def proxying(upstream: str) -> Iterator[FaultProxy]:
                 return
             self.forward(body, fault)
 
-        def forward(self, body: bytes, fault: Fault | None) -> None:
+        def send(self, body: bytes) -> tuple[http.client.HTTPResponse, bytes]:
+            """The registry's answer to this request, and its body."""
             host, _, port = proxy.upstream.rpartition(":")
             skipped = ("host", "connection", "content-length", "transfer-encoding")
             headers = {k: v for k, v in self.headers.items() if k.lower() not in skipped}
@@ -100,6 +106,10 @@ def proxying(upstream: str) -> Iterator[FaultProxy]:
             answer = connection.getresponse()
             data = answer.read()
             connection.close()
+            return answer, data
+
+        def forward(self, body: bytes, fault: Fault | None) -> None:
+            answer, data = self.send(body)
             self.send_response(answer.status, answer.reason)
             replaced = fault.header if fault is not None else None
             for name, value in answer.getheaders():

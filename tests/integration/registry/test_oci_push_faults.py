@@ -20,6 +20,7 @@ from registry_harness import PASSWORD, USER, Registry
 from quantship import artifact, oci
 
 MANIFEST_PUT = "/manifests/"
+BLOB_PUT = r"/blobs/uploads/[^?]+\?.*digest="
 
 
 @pytest.fixture
@@ -87,6 +88,30 @@ def test_a_transient_answer_is_retried_and_the_push_completes(
     digest = oci.push(good_artifact.root, proxy.uri(f"{repository}:v1"))
     assert digest == _tagged(registry, repository, "v1")
     assert proxy.faults[0].times == 0, "the fault was met"
+
+
+@pytest.mark.parametrize("status", [502, 504])
+def test_a_blob_upload_a_gateway_gave_up_on_after_the_registry_completed_it_is_found_and_the_push_completes(
+    registry: Registry, proxy: FaultProxy, good_artifact: artifact.Artifact, status: int
+) -> None:
+    # the same PUT again would meet 404 BLOB_UPLOAD_UNKNOWN: the registry closed that session
+    proxy.faults.append(
+        Fault("PUT", BLOB_PUT, status=status, headers={"Retry-After": "3600"}, forwarded=True, times=1)
+    )
+    repository = f"faults/gateway{status}"
+    digest = oci.push(good_artifact.root, proxy.uri(f"{repository}:v1"))
+    assert digest == _tagged(registry, repository, "v1")
+    assert proxy.faults[0].times == 0, "the fault was met"
+    assert proxy.count("PUT", BLOB_PUT) == 3, "one PUT per blob: the answered one was not made again"
+
+
+def test_a_blob_upload_whose_put_keeps_failing_is_uploaded_anew_a_few_times_then_named(
+    proxy: FaultProxy, good_artifact: artifact.Artifact
+) -> None:
+    proxy.faults.append(Fault("PUT", BLOB_PUT, status=503))
+    with pytest.raises(oci.OciError, match=r": HTTP 503 Service Unavailable \(PUT /v2/faults/gone/blobs/"):
+        oci.push(good_artifact.root, proxy.uri("faults/gone:v1"))
+    assert proxy.count("POST", "/blobs/uploads/$") == proxy.count("PUT", BLOB_PUT) == oci.BLOB_UPLOAD_ATTEMPTS
 
 
 def test_a_registry_that_stays_busy_is_named_by_its_status_after_a_few_tries(
