@@ -878,7 +878,7 @@ def _client(
     here; basic credentials go to one origin only: the realm, or the registry that asked for them."""
     plain_http = insecure or reference.loopback
     login = _login(reference, credentials)
-    asked = _probe(reference, login, plain_http, timeout)
+    asked = _probe(reference, login, plain_http, timeout, _push_retries())
     if asked is None or asked.scheme == "basic":
         client = _PushClient(hostname=reference.registry, insecure=plain_http, auth_backend="basic")
         origin = f"{'http' if plain_http else 'https'}://{reference.registry}"
@@ -933,29 +933,48 @@ def _supported(challenge: _Challenge, reference: Reference) -> None:
         )
 
 
-def _probe(reference: Reference, login: _Login | None, plain_http: bool, timeout: float) -> _Challenge | None:
-    """A quick look at /v2/ (its body unread), first without credentials: a registry that is down
-    is named. Returns what it asks for: nothing (None), basic auth (the credentials checked here,
-    sent to it alone), or a bearer token (nothing is sent to it: the credentials are the realm's)."""
+def _probe(
+    reference: Reference,
+    login: _Login | None,
+    plain_http: bool,
+    timeout: float,
+    retries: urllib3.util.retry.Retry | int = 0,
+) -> _Challenge | None:
+    """A quick look at /v2/ (its body unread), first without credentials, made again as `retries`
+    says (a push's, a pull's once): a registry that is down, or answers a failure other than 401 or
+    403 (a rate limit, a gateway's 503), is named. Returns what it asks for: nothing (None), basic
+    auth (the credentials checked here, sent to it alone), or a bearer token (nothing is sent to
+    it: the credentials are the realm's)."""
     url = f"{'http' if plain_http else 'https'}://{reference.registry}/v2/"
-    answer = _look(reference, url, None, timeout)
-    if answer.status_code not in (401, 403):
+    answer = _look(reference, url, None, timeout, retries)
+    if answer.status_code < 400:  # a redirect too: it is followed nowhere, and was taken as open
         return None
+    if answer.status_code not in (401, 403):
+        raise OciError(
+            f"{reference.registry}: HTTP {answer.status_code} {_brief(answer.reason or '', 60)} (GET /v2/)"
+        )
     asked = _challenge(answer)
     _supported(asked, reference)
     if asked.scheme == "bearer":
         return asked
     if login is None:
         raise OciError(_needs_credentials(reference))
-    if _look(reference, url, login.basic, timeout).status_code in (401, 403):
+    if _look(reference, url, login.basic, timeout, retries).status_code in (401, 403):
         raise OciError(f"{reference.registry} refused {login.named}")
     return asked
 
 
-def _look(reference: Reference, url: str, login: tuple[str, str] | None, timeout: float) -> requests.Response:
-    """The status and headers of GET `url`, its body unread."""
+def _look(
+    reference: Reference,
+    url: str,
+    login: tuple[str, str] | None,
+    timeout: float,
+    retries: urllib3.util.retry.Retry | int,
+) -> requests.Response:
+    """The status and headers of GET `url`, its body unread, made again as `retries` says."""
     try:
         with _OwnRedirects() as session:
+            session.mount(url, requests.adapters.HTTPAdapter(max_retries=retries))
             # a registry that does not take the connection is down; one that is slow to answer is not
             answer = session.get(
                 url, auth=login, timeout=(min(CONNECT_TIMEOUT_S, timeout), timeout), stream=True

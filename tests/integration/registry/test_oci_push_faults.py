@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import requests
 from fault_proxy import Fault, FaultProxy, proxying
-from registry_harness import PASSWORD, USER, Registry
+from registry_harness import PASSWORD, TOKEN_PASSWORD, TOKEN_USER, USER, Registry, TokenServer
 
 from quantship import artifact, oci
 
@@ -112,6 +112,27 @@ def test_a_blob_upload_whose_put_keeps_failing_is_uploaded_anew_a_few_times_then
     with pytest.raises(oci.OciError, match=r": HTTP 503 Service Unavailable \(PUT /v2/faults/gone/blobs/"):
         oci.push(good_artifact.root, proxy.uri("faults/gone:v1"))
     assert proxy.count("POST", "/blobs/uploads/$") == proxy.count("PUT", BLOB_PUT) == oci.BLOB_UPLOAD_ATTEMPTS
+
+
+def test_a_rate_limit_on_the_first_look_at_a_token_registry_is_retried_and_the_push_completes(
+    token_registry: tuple[Registry, TokenServer], good_artifact: artifact.Artifact
+) -> None:
+    served, _ = token_registry
+    credentials = oci.Credentials(username=TOKEN_USER, password=TOKEN_PASSWORD)
+    with proxying(served.address) as proxy:
+        proxy.faults.append(Fault("GET", "^/v2/$", status=429, headers={"Retry-After": "1"}, times=1))
+        oci.push(good_artifact.root, proxy.uri("faults/probe:v1"), credentials=credentials)
+        assert proxy.faults[0].times == 0, "the fault was met"
+
+
+def test_a_first_look_that_stays_unavailable_is_named_by_its_status_not_read_as_an_open_registry(
+    proxy: FaultProxy, good_artifact: artifact.Artifact
+) -> None:
+    proxy.faults.append(Fault("GET", "^/v2/$", status=503, headers={"Retry-After": "0"}))
+    with pytest.raises(oci.OciError, match=r": HTTP 503 Service Unavailable \(GET /v2/\)$"):
+        oci.push(good_artifact.root, proxy.uri("faults/probe503:v1"))
+    assert proxy.count("GET", "^/v2/$") == 1 + oci.PUSH_RETRIES
+    assert proxy.count("POST", "/blobs/uploads/$") == 0, "nothing uploaded"
 
 
 def test_a_registry_that_stays_busy_is_named_by_its_status_after_a_few_tries(
