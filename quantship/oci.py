@@ -998,9 +998,13 @@ def _realm(challenge: _Challenge, reference: Reference, plain_http: bool) -> str
     """The token realm the registry named, if credentials may go there: https, or http when the
     registry itself is plain HTTP."""
     realm = challenge.params.get("realm", "")
-    parts = urllib.parse.urlsplit(realm)
     schemes = ("https", "http") if plain_http else ("https",)
-    if parts.scheme not in schemes or not parts.hostname:
+    try:
+        parts = urllib.parse.urlsplit(realm)
+        named = parts.scheme in schemes and bool(parts.hostname)
+    except ValueError:  # "Invalid IPv6 URL": a '[' it cannot read
+        named = False
+    if not named:
         raise OciError(
             f"{reference.registry} names the token realm {_brief(repr(realm))}: refused, quantship asks "
             f"a realm for tokens over {' or '.join(schemes)} only"
@@ -1077,7 +1081,7 @@ def _token(
     refresh-token grant, POSTed), the credentials (basic auth), both to that realm alone, or
     anonymously. The realm's answer is read within MAX_TOKEN_BYTES; a redirect is refused."""
     realm = _realm(challenge, reference, plain_http)
-    host = urllib.parse.urlsplit(realm).netloc
+    host = _brief(urllib.parse.urlsplit(realm).netloc)  # the registry's words: printable, bounded
     params = {"scope": f"repository:{reference.repository}:{actions}"}
     if "service" in challenge.params:
         params["service"] = challenge.params["service"]

@@ -306,3 +306,36 @@ def test_a_registry_host_written_in_capitals_is_the_same_host(
     config.write_text(json.dumps({"auths": {f"https://LocalHost:{port}/v1/": {"auth": token}}}))
     again = oci.pull(uri, tmp_path / "b", credentials=oci.Credentials(docker_config=config))
     assert again.digest == good_artifact.digest
+
+
+class _HostileRealm(http.server.BaseHTTPRequestHandler):
+    realm: ClassVar[str] = ""
+
+    def do_GET(self) -> None:
+        self.send_response(401)
+        self.send_header("WWW-Authenticate", f'Bearer realm="{self.realm}",service="s"')
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.mark.parametrize(
+    "realm", ["http://evil\x1bc\x07.example/token", "http://[evil/token"], ids=["escapes", "bracket"]
+)
+def test_a_token_realm_the_registry_names_reaches_the_terminal_printable_or_is_refused(
+    tmp_path: Path, realm: str
+) -> None:
+    """The realm's host went raw into 'cannot reach the token realm ...' (ESC c resets a terminal),
+    and a '[' in it raised a ValueError from urlsplit."""
+    _HostileRealm.realm = realm
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _HostileRealm)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    uri = f"oci://127.0.0.1:{server.server_address[1]}/x/y:1"
+    try:
+        result = CliRunner().invoke(main, ["pull", uri, "-o", str(tmp_path / "pulled")])
+    finally:
+        server.shutdown()
+    assert result.exit_code == 3 and result.output.count("\n") == 1, result.output
+    assert not any(ch in result.output for ch in "\x1b\x07"), repr(result.output)
