@@ -93,6 +93,10 @@ told). A pull makes each request once; a push retries what `PUSH_RETRIES` says, 
 RETRIED_STATUSES = frozenset({429, 502, 503, 504})
 """The answers a push's request is made again after, as crane and oras-go do: the registry is
 busy, or a proxy in front of it is. Any other failure (a 500 included) is final at once."""
+GATEWAY_GAVE_UP = frozenset({502, 504})
+"""The answers to a blob upload's closing PUT that may come after the registry completed it: that PUT
+is not made again (its session is closed), the blob is looked for instead. A 429 or 503 is the
+registry's own refusal: that PUT is retried as any other."""
 PUSH_RETRIES = 4
 """How many times a push's request is made again after a `RETRIED_STATUSES` answer, or a refused
 connection: backing off 0, 1, 2, 4 s, or as long as the registry's Retry-After asks, up to
@@ -645,9 +649,9 @@ class _Timeouts(requests.adapters.HTTPAdapter):
 
 class _BoundedRetry(urllib3.util.retry.Retry):
     """urllib3's Retry, a registry's Retry-After honoured up to MAX_RETRY_AFTER_S, and a blob
-    upload's closing PUT never made again after an answer: a gateway's 502 or 504 may come after
-    the registry stored the blob and closed the upload session, and the same PUT then meets 404
-    BLOB_UPLOAD_UNKNOWN. `_PushClient.put_upload` looks for the blob and uploads it anew."""
+    upload's closing PUT never made again after a gateway's 502 or 504 (GATEWAY_GAVE_UP), which
+    may come after the registry stored the blob and closed the upload session: the same PUT then
+    meets 404 BLOB_UPLOAD_UNKNOWN. `_PushClient.put_upload` looks for the blob and uploads it anew."""
 
     def get_retry_after(self, response: Any) -> float | None:
         asked = super().get_retry_after(response)
@@ -662,7 +666,7 @@ class _BoundedRetry(urllib3.util.retry.Retry):
         _pool: Any = None,
         _stacktrace: Any = None,
     ) -> urllib3.util.retry.Retry:
-        if response is not None and _closes_blob_upload(method, url):
+        if response is not None and response.status in GATEWAY_GAVE_UP and _closes_blob_upload(method, url):
             raise urllib3.exceptions.MaxRetryError(_pool, url or "", error)  # the answer stands
         return super().increment(method, url, response, error, _pool, _stacktrace)
 
@@ -764,14 +768,14 @@ class _PushClient(oras.client.OrasClient):
         self, blob: str, container: oras.container.Container, layer: dict[str, Any]
     ) -> requests.Response:
         """oras's upload (POST a session, PUT the blob to it), its closing PUT's
-        `RETRIED_STATUSES` answered by looking for the blob: stored, it is done (the registry
+        `GATEWAY_GAVE_UP` answered by looking for the blob: stored, it is done (the registry
         completed the upload and a gateway in front of it gave up waiting); else the whole upload
         again, `BLOB_UPLOAD_ATTEMPTS` times in all."""
         for attempt in range(1, BLOB_UPLOAD_ATTEMPTS + 1):
             try:
                 return super().put_upload(blob, container, layer)
             except _Failed as failed:
-                if failed.method != "PUT" or failed.status not in RETRIED_STATUSES:
+                if failed.method != "PUT" or failed.status not in GATEWAY_GAVE_UP:
                     raise
                 if self.blob_exists(layer, container):
                     return _stored()

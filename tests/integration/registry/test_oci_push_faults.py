@@ -108,10 +108,22 @@ def test_a_blob_upload_a_gateway_gave_up_on_after_the_registry_completed_it_is_f
 def test_a_blob_upload_whose_put_keeps_failing_is_uploaded_anew_a_few_times_then_named(
     proxy: FaultProxy, good_artifact: artifact.Artifact
 ) -> None:
-    proxy.faults.append(Fault("PUT", BLOB_PUT, status=503))
-    with pytest.raises(oci.OciError, match=r": HTTP 503 Service Unavailable \(PUT /v2/faults/gone/blobs/"):
+    proxy.faults.append(Fault("PUT", BLOB_PUT, status=502))
+    with pytest.raises(oci.OciError, match=r": HTTP 502 Bad Gateway \(PUT /v2/faults/gone/blobs/"):
         oci.push(good_artifact.root, proxy.uri("faults/gone:v1"))
     assert proxy.count("POST", "/blobs/uploads/$") == proxy.count("PUT", BLOB_PUT) == oci.BLOB_UPLOAD_ATTEMPTS
+
+
+@pytest.mark.parametrize("status", [429, 503])
+def test_a_blob_upload_the_registry_itself_refuses_for_a_while_is_put_again_after_its_retry_after(
+    proxy: FaultProxy, good_artifact: artifact.Artifact, status: int
+) -> None:
+    """The registry's own 429 or 503 completed nothing: the same PUT goes again after Retry-After.
+    Taken for a gateway's late answer, it was met by a new upload at once, three times, and failed."""
+    proxy.faults.append(Fault("PUT", BLOB_PUT, status=status, headers={"Retry-After": "1"}, times=2))
+    oci.push(good_artifact.root, proxy.uri(f"faults/busy{status}:v1"))
+    assert proxy.faults[0].times == 0, "the fault was met"
+    assert proxy.count("POST", "/blobs/uploads/$") == 3, "one upload session per blob"
 
 
 def test_a_rate_limit_on_the_first_look_at_a_token_registry_is_retried_and_the_push_completes(
