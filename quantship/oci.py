@@ -89,7 +89,8 @@ CONNECT_TIMEOUT_S = 5.0
 answer may take the whole `timeout`."""
 TIMEOUT_S = 120.0
 """Seconds a registry may keep any one connect or read waiting (requests waits forever unless
-told). A pull makes each request once; a push retries what `PUSH_RETRIES` says, nothing else."""
+told). A pull makes each request once but its first look at /v2/; a push retries what
+`PUSH_RETRIES` says, nothing else."""
 RETRIED_STATUSES = frozenset({429, 502, 503, 504})
 """The answers a push's request is made again after, as crane and oras-go do: the registry is
 busy, or a proxy in front of it is. Any other failure (a 500 included) is final at once."""
@@ -467,7 +468,7 @@ class _Registry:
     ) -> _Registry:
         plain_http = insecure or reference.loopback
         login = _login(reference, credentials)
-        asked = _probe(reference, login, plain_http, timeout)
+        asked = _probe(reference, login, plain_http, timeout, _push_retries())  # a busy first look waits
         session = _Timeouts.on(_OwnRedirects(), timeout)
         registry = cls(reference, session, "http" if plain_http else "https", login, timeout)
         if asked is not None:
@@ -945,7 +946,7 @@ def _probe(
     retries: urllib3.util.retry.Retry | int = 0,
 ) -> _Challenge | None:
     """A quick look at /v2/ (its body unread), first without credentials, made again as `retries`
-    says (a push's, a pull's once): a registry that is down, or answers a failure other than 401 or
+    says (`_push_retries`, for a pull too): a registry that is down, or answers a failure other than 401 or
     403 (a rate limit, a gateway's 503), is named. Returns what it asks for: nothing (None), basic
     auth (the credentials checked here, sent to it alone), or a bearer token (nothing is sent to
     it: the credentials are the realm's)."""

@@ -233,3 +233,13 @@ def test_a_registry_slow_to_answer_v2_but_within_the_timeout_is_pulled_from(
     proxy.faults.append(Fault("GET", "^/v2/$", delay=oci.CONNECT_TIMEOUT_S + 1))
     pulled = oci.pull(proxy.uri("faults/slowv2:v1"), tmp_path / "pulled", timeout=60)
     assert pulled.digest == good_artifact.digest
+
+
+def test_a_pull_whose_first_look_meets_one_rate_limit_waits_and_completes(
+    registry: Registry, proxy: FaultProxy, good_artifact: artifact.Artifact, tmp_path: Path
+) -> None:
+    """Once the first look named its failures, one 429 on it failed a pull that had gone on before."""
+    oci.push(good_artifact.root, registry.uri("faults/pulled:v1"))
+    proxy.faults.append(Fault("GET", "^/v2/$", status=429, headers={"Retry-After": "1"}, times=1))
+    pulled = oci.pull(proxy.uri("faults/pulled:v1"), tmp_path / "pulled")
+    assert pulled.digest == good_artifact.digest and proxy.faults[0].times == 0
