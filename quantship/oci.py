@@ -1007,7 +1007,9 @@ def _realm(challenge: _Challenge, reference: Reference, plain_http: bool) -> str
     try:
         parts = urllib.parse.urlsplit(realm)
         named = parts.scheme in schemes and bool(parts.hostname)
-    except ValueError:  # "Invalid IPv6 URL": a '[' it cannot read
+        if parts.hostname:
+            parts.hostname.encode("idna")  # an empty or 64-character label: no host to connect to
+    except ValueError:  # "Invalid IPv6 URL" (a '[' it cannot read), or the label (UnicodeError)
         named = False
     if not named:
         raise OciError(

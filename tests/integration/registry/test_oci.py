@@ -322,7 +322,9 @@ class _HostileRealm(http.server.BaseHTTPRequestHandler):
 
 
 @pytest.mark.parametrize(
-    "realm", ["http://evil\x1bc\x07.example/token", "http://[evil/token"], ids=["escapes", "bracket"]
+    "realm",
+    ["http://evil\x1bc\x07.example/token", "http://[evil/token", "http://a..b/t", f"http://{'a' * 64}.b/t"],
+    ids=["escapes", "bracket", "empty-label", "long-label"],
 )
 def test_a_token_realm_the_registry_names_reaches_the_terminal_printable_or_is_refused(
     tmp_path: Path, realm: str
