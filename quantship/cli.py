@@ -1154,6 +1154,10 @@ def quantize_job(
     verdict to --result-file. Exit 0: gate passed; 1: gate failed; 3: refused (the error in the file)."""
     from quantship.operator import quantize_job as job
 
+    from_environment = click.get_current_context().get_parameter_source("unique_tag")
+    if from_environment is click.core.ParameterSource.ENVIRONMENT and not target.startswith("oci://"):
+        unique_tag = None  # the operator sets it for oci:// targets only: a stray one elsewhere is no ask
+
     def run_quantize(model: Path, calibration: Path, evaluation: Path | None, out: Path) -> None:
         args = [str(model), "-o", str(out), "--calibration", str(calibration), "-q"]
         if evaluation is not None:

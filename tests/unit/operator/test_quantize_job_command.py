@@ -42,7 +42,9 @@ def spec(
     return built
 
 
-def run_job(command: list[str], tmp_path: Path) -> tuple[subprocess.CompletedProcess[str], Path]:
+def run_job(
+    command: list[str], tmp_path: Path, env: dict[str, str] | None = None
+) -> tuple[subprocess.CompletedProcess[str], Path]:
     """The container's command, with the pod's mount points moved under tmp_path."""
     assert command[0] == "quantship"
     local = {
@@ -59,6 +61,7 @@ def run_job(command: list[str], tmp_path: Path) -> tuple[subprocess.CompletedPro
         text=True,
         timeout=TIMEOUT,
         check=False,
+        env=None if env is None else {**os.environ, **env},
     )
     return done, local["--result-file"]
 
@@ -358,3 +361,13 @@ def test_a_pvc_targets_job_has_no_unique_tag(sample: zoo.SampleModel) -> None:
     body = quantization.job(spec(sample), name="digits", namespace="ml", image="quantship", owner=OWNER)
     container = body["spec"]["template"]["spec"]["containers"][0]
     assert UNIQUE_TAG_ENV not in {item["name"] for item in container["env"]}
+
+
+def test_a_stray_unique_tag_in_the_environment_does_not_refuse_a_pvc_target(
+    sample: zoo.SampleModel, tmp_path: Path
+) -> None:
+    """The operator sets UNIQUE_TAG_ENV for oci:// targets only; one left in a user's shell refused a
+    pvc:// run with 'a unique tag is for an oci:// target only', naming no variable."""
+    job = spec(sample, mode="static", metric="top1_agreement", threshold=0.9)
+    done, _ = run_job(job.command("digits"), tmp_path, env={UNIQUE_TAG_ENV: "stale-tag"})
+    assert done.returncode == 0, done.stderr
