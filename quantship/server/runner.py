@@ -201,6 +201,10 @@ class Runner:
         self.signature = Signature.from_session(session)
         self._value_free = value_free
         self._layout: BatchLayout | None = None
+        self._undecidable: set[tuple[tuple[str, tuple[int, ...]], ...]] = (
+            set()
+        )  # request shapes probed in vain
+        self._told_undecidable = False
         self._output_names = [spec.name for spec in self.signature.outputs]
         self._run_options = ort.RunOptions()
         # A refused input is answered 400; onnxruntime's own error log of it would be noise.
@@ -312,8 +316,22 @@ class Runner:
         layout = self.layout
         if not layout.undecided:
             return layout
-        shaped = self._decide_layout({name: tuple(value.shape[1:]) for name, value in request.items()})
+        shapes = {name: tuple(value.shape[1:]) for name, value in request.items()}
+        key = tuple(sorted(shapes.items()))
+        if key in self._undecidable:  # probed at these shapes already, in vain: no probe calls again
+            return dataclasses.replace(layout, alone=True)
+        shaped = self._decide_layout(shapes)
         if shaped.undecided:
+            if len(self._undecidable) < UNDECIDABLE_SHAPES:
+                self._undecidable.add(key)
+            if not self._told_undecidable:
+                self._told_undecidable = True
+                log.warning(
+                    "outputs %s do not declare the batch dimension, and the model runs on fewer than two "
+                    "probe fills at the shapes of its requests (%s): these requests run alone",
+                    ", ".join(map(repr, sorted(frozenset(self._output_names) - layout.batched))),
+                    shapes,
+                )
             return dataclasses.replace(shaped, alone=True)
         self._layout = shaped  # two threads may both decide: from shapes the model runs on, alike
         return shaped
@@ -395,6 +413,9 @@ PROBE_FILLS: tuple[int | None, ...] = (1, 0, None)
 and no zero, that differ from element to element (`_probe_tensor`), so that a leading dimension the
 values decide (NonZero's count) is unlikely to equal the rows in every run, and a model that refuses
 zeros (an integer Div) still runs two fills. Fills the model fails on are skipped."""
+UNDECIDABLE_SHAPES = 64
+"""Request shapes remembered as probed in vain (each would cost the probe's calls again): at most this
+many, so that a client's odd widths do not grow the set without end."""
 PROBE_SEED = 20261205
 """The scattered fill's values come from this seed: the same probe, the same layout, on every load."""
 
@@ -497,13 +518,14 @@ def _probe_tensor(spec: TensorSpec, rows: int, fill: int | None, tail: tuple[int
     """`rows` rows of `fill` (`_filled`; for BYTES "1" or ""), each shaped `tail` where given; for
     fill None, scattered values: of both signs, never 0, in no pattern a stride could line up (a
     column of a row-major tensor must hold both signs as well): -3 to 3 from a fixed seed (1 to 5
-    for unsigned types, False and True for BOOL, strings of several lengths for BYTES)."""
+    for unsigned types, False and True for BOOL, numbers of several lengths as strings for BYTES: a
+    model that parses them runs on two fills)."""
     shape = _filled(spec, rows, 0).shape if tail is None else (rows, *tail)
     random = np.random.default_rng(PROBE_SEED)
-    if spec.datatype == "BYTES":  # three fills that differ: "1", "", and words of several lengths
+    if spec.datatype == "BYTES":  # three fills that differ: "1", "", and numbers of several lengths
         if fill is not None:
             return np.full(shape, str(fill) if fill else "", dtype=object)
-        return random.choice(np.array(["a", "", "bc d", "0", "longer text"], dtype=object), shape)
+        return random.choice(np.array(["-2", "13", "0.5", "7", "-1.25"], dtype=object), shape)
     if fill is not None:
         return np.full(shape, fill, dtype=spec.dtype)
     kind = spec.dtype.kind

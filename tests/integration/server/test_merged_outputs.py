@@ -212,6 +212,48 @@ def test_a_first_group_the_model_refuses_leaves_the_layout_for_the_next_group(tm
     assert calls == [3] and not runner.layout.undecided
 
 
+def test_shapes_probed_in_vain_are_not_probed_again(tmp_path: Path) -> None:
+    """y = table[x + 1] with a table of two: only zeros are a valid id, so one fill runs at any
+    shapes and the layout stays undecided; each merged group paid the probe's calls again."""
+    nodes = [
+        helper.make_node("Add", ["x", "one"], ["ids"]),
+        helper.make_node("Gather", ["table", "ids"], ["y"]),
+    ]
+    x = helper.make_tensor_value_info("x", TensorProto.INT64, ["N", 1])
+    outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["M", 1])]
+    constants = {"one": np.int64(1), "table": np.array([10.0, 20.0], np.float32)}
+    runner = Runner.load(build_graph(tmp_path / "ids.onnx", nodes, x, outputs, constants), threads=1)
+    requests = [{"x": np.zeros((n, 1), np.int64)} for n in (1, 2)]
+    calls: list[int] = []
+    call = runner._call
+    runner._call = lambda inputs: calls.append(len(inputs["x"])) or call(inputs)  # type: ignore[method-assign]
+
+    runner.run_batch(requests, [1, 2])
+    first = len(calls)
+    outcomes = runner.run_batch(requests, [1, 2])
+
+    assert calls[first:] == [1, 2], "the second group ran alone, with no probe"
+    for request, outcome in zip(requests, outcomes, strict=True):
+        np.testing.assert_array_equal(outcome["y"], np.full((len(request["x"]), 1), 20.0))  # type: ignore[index]
+
+
+def test_a_model_parsing_numbers_from_strings_is_probed_on_numbers_and_merges(tmp_path: Path) -> None:
+    """y = float(x) declared [M, 1]: it refuses "" and refused the words of the scattered fill, so it
+    ran on one fill and never merged; numbers as strings give it two."""
+    nodes = [helper.make_node("Cast", ["x"], ["y"], to=TensorProto.FLOAT)]
+    graph = helper.make_graph(
+        nodes,
+        "parse",
+        [helper.make_tensor_value_info("x", TensorProto.STRING, ["N", 1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["M", 1])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)])
+    model.ir_version = 9
+    onnx.save(model, tmp_path / "parse.onnx")
+    runner = Runner.load(tmp_path / "parse.onnx", threads=1)
+    assert runner.layout == BatchLayout(frozenset({"y"}), frozenset(), alone=False)
+
+
 def test_a_string_models_count_is_not_judged_on_one_fill_repeated(tmp_path: Path) -> None:
     """x == "" counted by NonZero: every fill of a BYTES input was "", so three identical runs passed
     for three fills and `where` was cut as rows (the 1-row request got the 2-row one's positions)."""
