@@ -1032,6 +1032,8 @@ def _ip_address(value: str | None) -> str | None:
             ipaddress.ip_address(value)
         except ValueError:
             raise click.BadParameter(f"{value!r} is not an IPv4 or IPv6 address") from None
+        if "%" in value:  # a link-local scope names one node's interface: no address for every pod
+            raise click.BadParameter(f"{value!r} names an interface's scope: give an address without it")
     return value
 
 

@@ -40,6 +40,9 @@ def test_a_server_bind_address_that_is_no_ip_address_is_a_usage_error() -> None:
     assert result.exit_code == 2
     assert "'localhost6' is not an IPv4 or IPv6 address" in result.output
 
+    scoped = CliRunner().invoke(main, ["operator", "--server-bind-address", "fe80::1%eth0"])
+    assert scoped.exit_code == 2 and "names an interface's scope" in scoped.output  # as the chart refuses it
+
 
 MALFORMED_KUBECONFIGS = {
     "not yaml": "clusters: [unclosed\n",
