@@ -94,7 +94,7 @@ class Workbench:
             quantized / self.quantizable if self.quantizable else 0.0,
             result,
             time.perf_counter() - begin,
-            _peak_rss_mb(),
+            peak_rss_mb(),
             latency,
             error,
         )
@@ -227,8 +227,8 @@ def _latency_ms(model: Path, dataset: data.Dataset, rows: int) -> float:
     return statistics.median(times) * 1000
 
 
-def _peak_rss_mb() -> float:
-    """This process's peak, or a child's (quant_pre_process runs in one) where that was higher."""
+def peak_rss_mb() -> float:
+    """This process's peak so far, or a child's (quant_pre_process runs in one) where that was higher."""
     peaks = (resource.getrusage(who).ru_maxrss for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
     return max(peaks) / 1024  # KiB on Linux
 

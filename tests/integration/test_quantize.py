@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -502,3 +504,33 @@ def test_a_clip_that_stays_between_its_neighbours_counts_as_quantized(tmp_path: 
     assert any(node.op_type == "Clip" for node in qdq.graph.node), "the Clip stayed: not folded"
     counted = {node.name for node in engine.quantized_nodes(fp32, qdq, Mode.STATIC, Format.QDQ)}
     assert "clip1" in counted and {"matmul1", "matmul2"} <= counted
+
+
+def test_peak_rss_covers_the_drift_histograms_after_the_trials(
+    sample: zoo.SampleModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The histograms run after every trial; a peak they set is the run's peak, not lost."""
+    from quantship.quantize import pipeline, workbench
+
+    def histograms_that_outgrow_every_trial(*args: Any, **kwargs: Any) -> Any:
+        resident_mb = (
+            int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+        )
+        ballast = np.ones(int((workbench.peak_rss_mb() - resident_mb + 64) * 2**20), dtype=np.uint8)
+        seen["after"] = workbench.peak_rss_mb()
+        del ballast
+        return real(*args, **kwargs)
+
+    real = pipeline.calibration_histograms
+    seen: dict[str, float] = {}
+    monkeypatch.setattr(pipeline, "calibration_histograms", histograms_that_outgrow_every_trial)
+    manifest = run(
+        sample.model,
+        tmp_path / "out",
+        QuantizeConfig(),
+        calibration=sample.calibration,
+        evaluation=sample.evaluation,
+    ).artifact.manifest
+    trials_peak = max(t["peak_rss_mb"] for t in manifest["trials"])
+    assert seen["after"] >= trials_peak + 32
+    assert manifest["tuning"]["peak_rss_mb"] >= round(seen["after"], 1)
