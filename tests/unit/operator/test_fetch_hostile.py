@@ -201,7 +201,17 @@ def test_an_encoded_body_is_held_to_max_bytes_as_sent(server: str, tmp_path: Pat
 def downloading(server: str, out: Path) -> subprocess.Popen[bytes]:
     """`quantship fetch` of a body that never ends, once its download has begun."""
     fetching = subprocess.Popen(
-        [sys.executable, "-m", "quantship", "fetch", f"{server}/drip/slow.tar.gz", str(out / "model")],
+        # faulthandler: a fetch that outlives its signal is ended by `ended` with its threads' stacks
+        [
+            sys.executable,
+            "-X",
+            "faulthandler",
+            "-m",
+            "quantship",
+            "fetch",
+            f"{server}/drip/slow.tar.gz",
+            str(out / "model"),
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
     )
@@ -212,11 +222,22 @@ def downloading(server: str, out: Path) -> subprocess.Popen[bytes]:
     return fetching
 
 
+def ended(fetching: subprocess.Popen[bytes], timeout: float = 30) -> tuple[int, bytes]:
+    """The fetch's exit code and output; one still running after `timeout` fails the test with the
+    stacks it was stuck in (seen once in CI, under load: a Ctrl-C'd fetch that did not end in 30 s)."""
+    try:
+        output, _ = fetching.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        fetching.send_signal(signal.SIGABRT)
+        pytest.fail(f"still running {timeout} s after its signal:\n{fetching.communicate()[0].decode()}")
+    return fetching.returncode, output
+
+
 def test_a_fetch_ended_by_sigterm_leaves_no_scratch_behind(server: str, tmp_path: Path) -> None:
     """An init container deleted mid-download (SIGTERM) cleans up as Ctrl-C would."""
     fetching = downloading(server, tmp_path / "out")
     fetching.send_signal(signal.SIGTERM)
-    assert fetching.wait(timeout=30) == -signal.SIGTERM  # ended by the signal, once cleaned up
+    assert ended(fetching)[0] == -signal.SIGTERM  # ended by the signal, once cleaned up
     assert nothing_installed(tmp_path / "out")
 
 
@@ -224,6 +245,6 @@ def test_a_fetch_ended_by_ctrl_c_exits_130_and_leaves_no_scratch_behind(server: 
     """click's own answer to Ctrl-C is "Aborted!" and 1: the code of a failed accuracy gate."""
     fetching = downloading(server, tmp_path / "out")
     fetching.send_signal(signal.SIGINT)
-    output, _ = fetching.communicate(timeout=30)
-    assert fetching.returncode == 130 and b"interrupted" in output, output
+    code, output = ended(fetching)
+    assert code == 130 and b"interrupted" in output, output
     assert nothing_installed(tmp_path / "out")
