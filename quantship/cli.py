@@ -673,7 +673,12 @@ def _local_artifact(ctx: click.Context, param: click.Parameter, value: str) -> P
 
 @main.command()
 @click.argument("artifact_path", metavar="ARTIFACT", type=click.Path(), callback=_local_artifact)
-@click.option("--model-name", required=True, help="Name clients address, and the `model` metric label.")
+@click.option(
+    "--model-name",
+    required=True,
+    help="Name clients address, and the `model` metric label. It and --revision are URL path segments: "
+    "letters, digits, '.', '_', '-' and '~', beginning with a letter or digit.",
+)
 @click.option(
     "--revision", required=True, help="This artifact's revision: the model version and `revision` label."
 )

@@ -1,5 +1,5 @@
-"""uvicorn's HTTP protocol with three fixes: an idle timeout, a bound on a request's head, and small
-responses sent in one write.
+"""uvicorn's HTTP protocol with four fixes: an idle timeout, a bound on a request's head, small
+responses sent in one write, and errors in JSON even where the protocol answers itself.
 
 uvicorn arms its keep-alive timer only after a response, and the first byte received disarms it for
 good: a connection that never sends a request, or trickles its headers, stays open forever (200 such
@@ -23,37 +23,59 @@ the same piece of data as another request's message ends (pipelining), whose byt
 
 Each connection writes through `one_write.OneWriteTransport`, so a response's head and body leave in
 one TCP segment rather than two (why, and the rule: one_write.py).
+
+What the protocol answers itself, the app never seeing the request (408, 431, a 503 for an upload
+cut by shutdown, and uvicorn's 400 for what httptools cannot parse), is `{"error": "..."}` as the
+app's errors are (`raw_error`): as text/plain, tritonclient reported "an exception occurred in the
+client while decoding the response" in place of the server's message.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from http import HTTPStatus
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from quantship.server.errors import error_json
 from quantship.server.one_write import OneWriteTransport
 from quantship.server.settings import ServerSettings
 
 log = logging.getLogger("quantship.server")
 
-_TIMEOUT_MESSAGE = b"the request headers did not arrive within the idle timeout (--idle-timeout-s)"
-TIMEOUT_RESPONSE = (
-    b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; charset=utf-8\r\n"
-    b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(_TIMEOUT_MESSAGE), _TIMEOUT_MESSAGE)
-)
 
-_TOO_LARGE_MESSAGE = b"the request's headers are over the most this server takes (--max-header-bytes)"
-HEAD_TOO_LARGE_RESPONSE = (
-    b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: text/plain; charset=utf-8\r\n"
-    b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(_TOO_LARGE_MESSAGE), _TOO_LARGE_MESSAGE)
-)
+def raw_error(status: HTTPStatus, message: str, *headers: tuple[bytes, bytes]) -> bytes:
+    """A whole response the protocol writes itself, below the app: `{"error": message}` as the app
+    answers errors (errors.py: tritonclient reads exactly that body), then the connection is closed."""
+    body = error_json(message)
+    lines = [
+        b"HTTP/1.1 %d %s" % (status, status.phrase.encode()),
+        b"content-type: application/json",
+        *(b"%s: %s" % header for header in headers),
+        b"content-length: %d" % len(body),
+        b"connection: close",
+    ]
+    return b"\r\n".join(lines) + b"\r\n\r\n" + body
 
-_CUT_MESSAGE = b"the server is shutting down and the request's body had not all arrived; retry elsewhere"
-CUT_RESPONSE = (
-    b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\nretry-after: 1\r\n"
-    b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(_CUT_MESSAGE), _CUT_MESSAGE)
+
+TIMEOUT_RESPONSE = raw_error(
+    HTTPStatus.REQUEST_TIMEOUT,
+    "the request headers did not arrive within the idle timeout (--idle-timeout-s)",
+)
+HEAD_TOO_LARGE_RESPONSE = raw_error(
+    HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE,
+    "the request's headers are over the most this server takes (--max-header-bytes)",
+)
+CUT_RESPONSE = raw_error(
+    HTTPStatus.SERVICE_UNAVAILABLE,
+    "the server is shutting down and the request's body had not all arrived; retry elsewhere",
+    (b"retry-after", b"1"),
+)
+MALFORMED_RESPONSE = raw_error(
+    HTTPStatus.BAD_REQUEST,
+    "the request is not valid HTTP/1.1: its request line, headers or body framing cannot be parsed",
 )
 
 
@@ -68,7 +90,8 @@ class HttpProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol, closing connections that wait longer than `timeout_keep_alive`
     (our --idle-timeout-s) for a request's headers, answering 431 to a request whose head is over
     `h11_max_incomplete_event_size` bytes (our --max-header-bytes: uvicorn's setting for the same
-    limit, which only its h11 protocol applies), and writing through a OneWriteTransport."""
+    limit, which only its h11 protocol applies), answering a request httptools cannot parse in JSON,
+    and writing through a OneWriteTransport."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -119,6 +142,13 @@ class HttpProtocol(HttpToolsProtocol):
         )  # fmt: skip
         self._disarm()
         self.transport.write(HEAD_TOO_LARGE_RESPONSE)
+        self.transport.close()
+
+    def send_400_response(self, msg: str) -> None:
+        """uvicorn's answer to what httptools cannot parse (it has logged `msg`): ours is JSON, as
+        every other error (uvicorn's is text/plain, which tritonclient fails to decode)."""
+        self._disarm()
+        self.transport.write(MALFORMED_RESPONSE)
         self.transport.close()
 
     def on_headers_complete(self) -> None:

@@ -7,6 +7,7 @@ turns them, and FastAPI's and Starlette's own errors (unknown route, wrong metho
 
 from __future__ import annotations
 
+import json
 from typing import ClassVar
 
 from fastapi import FastAPI, Request
@@ -102,6 +103,11 @@ class NotReady(ServerError):
 
 def error_body(message: str) -> dict[str, str]:
     return {"error": message}
+
+
+def error_json(message: str) -> bytes:
+    """`error_body` encoded, for answers written below FastAPI (infer_route, connections)."""
+    return json.dumps(error_body(message)).encode()
 
 
 def statuses() -> tuple[int, ...]:

@@ -45,8 +45,10 @@ STATUS_CODES = {
     500: grpc.StatusCode.INTERNAL,
     503: grpc.StatusCode.UNAVAILABLE,
 }
-"""The HTTP statuses of errors.py as gRPC codes (Triton's choices); the request counter keeps the
-HTTP status for both transports, so the error SLI reads one label."""
+"""The HTTP statuses of errors.py as gRPC codes: google.rpc.Code's HTTP mapping, and for 413 what grpc
+core answers a message over its limit. Not all Triton's: for a full queue (429) Triton answers
+UNAVAILABLE ("Exceeds maximum queue size"), we RESOURCE_EXHAUSTED, as the README's "Errors" says. The
+request counter keeps the HTTP status for both transports, so the error SLI reads one label."""
 
 # The typed `contents` field that carries each datatype, for clients that send no raw contents.
 _CONTENTS_FIELD = {

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -30,7 +29,7 @@ from quantship.server.errors import (
     PayloadTooLarge,
     RequestTimeout,
     ServerError,
-    error_body,
+    error_json,
 )
 from quantship.server.metrics import ServerMetrics
 from quantship.server.service import ModelService
@@ -182,14 +181,14 @@ class InferRoute:
             if isinstance(exc, ClientClosedRequest) and cut_by_shutdown(scope):
                 exc = NotReady(exc.message)  # gone because shutdown cut its upload (logged there): 503
             headers = [(name.lower().encode(), value.encode()) for name, value in exc.headers.items()]
-            answer = _Answer(exc.status, _error(exc.message), protocol.JSON_TYPE, headers)
+            answer = _Answer(exc.status, error_json(exc.message), protocol.JSON_TYPE, headers)
         except asyncio.CancelledError:
             if not self.service.draining:
                 raise
             answer = self._cut(scope)
         except Exception:
             log.exception("%s: failed", _where(scope))
-            answer = _Answer(500, _error("internal server error"), protocol.JSON_TYPE, [])
+            answer = _Answer(500, error_json("internal server error"), protocol.JSON_TYPE, [])
         finally:
             self.metrics.request_left()
         # counted before the answer leaves: a client that then reads /metrics sees it
@@ -234,11 +233,7 @@ class InferRoute:
         return protocol.encode_response(await self.service.infer(request), request)
 
 
-def _error(message: str) -> bytes:
-    return json.dumps(error_body(message)).encode()
-
-
-_CUT_ERROR = _error("the server is shutting down and its drain ended before the answer; retry")
+_CUT_ERROR = error_json("the server is shutting down and its drain ended before the answer; retry")
 _CUT_HEADERS = [(b"retry-after", b"1"), (b"connection", b"close")]
 
 

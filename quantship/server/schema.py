@@ -75,7 +75,10 @@ class ResponseOutput(BaseModel):
 class InferenceResponse(BaseModel):
     model_name: str
     model_version: str
-    id: str = Field(description="The request's id, or one generated for it: quote it in feedback.")
+    id: str = Field(
+        description="The request's id as given (even empty), or one made for a request without one: "
+        "quote it in feedback."
+    )
     outputs: list[ResponseOutput]
 
 

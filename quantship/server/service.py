@@ -557,7 +557,11 @@ class ModelService:
         signature = model.runner.signature
         rows = signature.validate(request.inputs)
         signature.check_outputs([output.name for output in request.outputs])
-        request_id = request.id or f"{self._id_prefix}-{next(self._ids)}"
+        # The id answered is the one feedback and the shadow lane know the request by, so quoting it in
+        # feedback works for every answer. A client's id comes back as given, even "" (the OIP: an id
+        # specified must be returned); like any id a client reuses, the latest answer holds it. Only
+        # a request without one gets one made: over gRPC, every id "" (proto3 cannot tell it from unset).
+        request_id = f"{self._id_prefix}-{next(self._ids)}" if request.id is None else request.id
         outputs = await model.batcher.submit(request.inputs, rows)
         self._sample(model, request_id, request.inputs, rows, outputs[model.comparator.output])
         return InferResponse(self.settings.model_name, self.settings.revision, request_id, outputs)

@@ -5,6 +5,7 @@ Each attribute's docstring gives its unit and why the default is what it is.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -153,6 +154,24 @@ the pods as `stable`, with the stable's defaults. Figures: README, "A canary sam
 docs/performance-history.md, sessions 21 and 22."""
 
 
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._~-]*")
+"""What a model name and a revision may be: each is a path segment of the HTTP routes
+(`/v2/models/{name}/versions/{revision}`), so only RFC 3986's unreserved characters, which every
+client writes as they are, beginning with a letter or digit. A `/` can never be matched, not even
+sent as %2F (uvicorn decodes it): `--revision r/1` was advertised as a version that every HTTP call
+answered 404 while gRPC served it. An empty name has no route either, and `.` or `..` are dot
+segments that clients resolve away. What the operator generates passes (spec.modelName is a
+Kubernetes label value, a revision hex digits), and so do Triton's usual model directory names."""
+
+
+def _check_name(what: str, value: str) -> None:
+    if not NAME_PATTERN.fullmatch(value):
+        raise ValueError(
+            f"{what} {value!r} does not fit a URL path (/v2/models/NAME/versions/REVISION): use "
+            "letters, digits, '.', '_', '-' and '~', beginning with a letter or digit"
+        )
+
+
 @dataclass(frozen=True)
 class ServerSettings:
     artifact: Path
@@ -234,6 +253,8 @@ class ServerSettings:
     the stable's defaults whatever `track` says."""
 
     def __post_init__(self) -> None:
+        _check_name("the model name", self.model_name)
+        _check_name("the revision", self.revision)
         if self.body_timeout_s <= 0 or self.idle_timeout_s <= 0:
             raise ValueError("body and idle timeouts must be > 0 seconds")
         if self.max_header_bytes < 1 or self.json_decode_budget_bytes < 1:

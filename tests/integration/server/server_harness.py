@@ -5,6 +5,7 @@ under test use quantship.local.processes.ServerProcess instead."""
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import time
 from collections.abc import Callable
@@ -36,6 +37,23 @@ def wait_until(condition: Callable[[], Any], *, timeout: float = 30.0, what: str
             return result
         time.sleep(0.05)
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def error_answer(answer: bytes, status: int) -> str:
+    """The message of an error answer read off a socket up to its close (status line, headers,
+    body), checked to be what tritonclient reads: `{"error": "..."}` as JSON, of the length it
+    says, the connection closed after it."""
+    head, _, body = answer.partition(b"\r\n\r\n")
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    assert status_line.startswith(f"HTTP/1.1 {status} "), answer[:200]
+    fields = (line.partition(":") for line in lines)
+    headers = {name.strip().lower(): value.strip() for name, _, value in fields}
+    assert headers.get("content-type") == "application/json", headers
+    assert headers.get("connection") == "close", headers
+    assert headers.get("content-length") == str(len(body)), (headers, body)
+    document = json.loads(body)
+    assert list(document) == ["error"] and isinstance(document["error"], str), document
+    return str(document["error"])
 
 
 class LocalServer:

@@ -19,7 +19,7 @@ import httpx
 import numpy as np
 import tritonclient.grpc as grpcclient
 from prometheus_client.parser import text_string_to_metric_families
-from server_harness import MODEL, LocalServer, settings_for, wait_until
+from server_harness import MODEL, LocalServer, error_answer, settings_for, wait_until
 from tritonclient.utils import InferenceServerException
 
 from quantship import artifact
@@ -412,7 +412,9 @@ def test_an_upload_cut_at_shutdown_is_logged_as_the_503_it_is_counted(
             asyncio.run(until(lambda: sample_value(server.url, "quantship_requests_in_flight") == 1))
             assert server.pid is not None
             os.kill(server.pid, signal.SIGTERM)
-            assert uploading.makefile("rb").readline().startswith(b"HTTP/1.1 503 ")
+            answer = b"".join(iter(lambda: uploading.recv(65536), b""))  # until the server closes
+        assert "retry elsewhere" in error_answer(answer, 503)  # JSON, as the app's errors: it was text
+        assert b"\r\nretry-after: 1\r\n" in answer
         assert server.stop(timeout=10) == -signal.SIGTERM
         assert server.log_path is not None
         log = server.log_path.read_text()

@@ -21,7 +21,8 @@ import numpy as np
 import pytest
 import tritonclient.http as triton
 from prometheus_client.parser import text_string_to_metric_families
-from server_harness import MODEL, wait_until
+from server_harness import MODEL, error_answer, wait_until
+from tritonclient.utils import InferenceServerException
 
 from quantship import artifact, slo
 from quantship.local.processes import ServerProcess
@@ -173,8 +174,7 @@ def test_a_body_at_a_trickle_gets_408_and_the_connection_closed(server: ServerPr
                 answer = sock.recv(65536)
         assert sent < declared
         answer += read_until_closed(sock)
-    assert answer.startswith(b"HTTP/1.1 408 "), answer[:200]
-    assert b"--body-timeout-s" in answer
+    assert "--body-timeout-s" in error_answer(answer, 408)
     wait_until(lambda: count(server, 408) == before + 1, timeout=DEADLINE_S, what="the 408 counted")
     assert_still_serving(server)
 
@@ -197,8 +197,7 @@ def test_headers_at_a_trickle_get_408_and_the_connection_closed(server: ServerPr
     with connect(server) as sock:
         sock.sendall(f"POST {INFER} HTTP/1.1\r\nHost: 127.0.0.1\r\n".encode())  # never the blank line
         answer = read_until_closed(sock)
-    assert answer.startswith(b"HTTP/1.1 408 "), answer[:200]
-    assert b"--idle-timeout-s" in answer
+    assert "--idle-timeout-s" in error_answer(answer, 408)  # JSON, as the app's errors: it was text
     assert_still_serving(server)
 
 
@@ -240,9 +239,24 @@ def test_a_head_over_the_limit_gets_431_and_the_connection_closed(server: Server
         except (BrokenPipeError, ConnectionResetError):
             pass  # refused before it was all sent
         answer = read_until_closed(sock)
-    assert answer.startswith(b"HTTP/1.1 431 "), answer[:200]
-    assert b"--max-header-bytes" in answer
+    assert "--max-header-bytes" in error_answer(answer, 431)  # JSON, as the app's errors: it was text
     assert log_lines(server, "answered 431 and closed")
+    assert_still_serving(server)
+
+
+def test_tritonclient_reads_the_servers_message_in_a_431(server: ServerProcess) -> None:
+    """Answered in text/plain, tritonclient.http reported "an exception occurred in the client while
+    decoding the response" in place of the server's message."""
+    client = triton.InferenceServerClient(server.address)
+    try:
+        with pytest.raises(InferenceServerException) as refused:
+            client.get_server_metadata(headers={"X-Big": "a" * (2 * MAX_HEADER_BYTES)})
+    finally:
+        client.close()
+    assert refused.value.status() == "431"
+    assert refused.value.message() == (
+        "the request's headers are over the most this server takes (--max-header-bytes)"
+    )
     assert_still_serving(server)
 
 
@@ -269,7 +283,7 @@ def test_a_head_over_the_limit_sent_in_one_piece_with_its_body_gets_431(server: 
         with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # refused before all of it came
             sock.sendall(headers(len(whole)).replace(b"\r\n\r\n", b"\r\n" + big + b"\r\n") + whole)
         answer = read_until_closed(sock)
-    assert answer.startswith(b"HTTP/1.1 431 "), answer[:200]
+    error_answer(answer, 431)
     assert_still_serving(server)
 
 
@@ -287,3 +301,26 @@ def test_a_chunked_body_framing_is_not_counted_as_the_next_head(server: ServerPr
         assert read_response(stream).startswith(b"HTTP/1.1 200 ")
         sock.sendall(headers(len(whole)) + whole)  # the connection is still open, and serves
         assert read_response(stream).startswith(b"HTTP/1.1 200 ")
+
+
+# -- what httptools cannot parse: uvicorn's 400, in JSON ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        b"HELLO\r\n\r\n",
+        b"POST /v2/models/digits/infer HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 5\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    ],
+    ids=["not HTTP", "two framings"],
+)
+def test_a_request_httptools_cannot_parse_gets_a_json_400_and_the_connection_closed(
+    server: ServerProcess, request_bytes: bytes
+) -> None:
+    """uvicorn answered it "Invalid HTTP request received." in text/plain."""
+    with connect(server) as sock:
+        sock.sendall(request_bytes)
+        answer = read_until_closed(sock)
+    assert "not valid HTTP/1.1" in error_answer(answer, 400)
+    assert_still_serving(server)

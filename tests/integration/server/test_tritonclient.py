@@ -96,6 +96,23 @@ def test_the_request_id_comes_back_and_one_is_made_when_absent(
     assert len(made) == 3 and all(made)
 
 
+def test_an_empty_request_id_comes_back_as_given_and_takes_its_feedback(
+    local_server: LocalServer, traffic: tuple[np.ndarray, np.ndarray]
+) -> None:
+    """The OIP: an id specified must be returned. `"id": ""` came back as a generated id (tritonclient
+    never sends one empty, so over HTTP as it is)."""
+    images, labels = traffic
+    tensor = {"name": "X", "shape": [1, 64], "datatype": "FP32", "data": images[0].tolist()}
+    answer = httpx.post(f"{local_server.url}/v2/models/{MODEL}/infer", json={"id": "", "inputs": [tensor]})
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["id"] == ""
+    feedback = httpx.post(
+        f"{local_server.url}/v2/models/{MODEL}/feedback", json={"id": "", "label": labels[0].item()}
+    )
+    assert feedback.status_code == 200, feedback.text
+    assert feedback.json()["id"] == "" and feedback.json()["rows"] == 1
+
+
 def test_a_version_other_than_the_revision_is_not_found(client: Any, traffic: tuple[np.ndarray, ...]) -> None:
     inputs, outputs = request(traffic[0][:1], binary=True)
     assert client.infer(MODEL, inputs, outputs=outputs, model_version="good").as_numpy("label").shape == (1,)

@@ -8,10 +8,12 @@ import dataclasses
 import click
 import pytest
 from click.testing import CliRunner
+from hypothesis import given
+from hypothesis import strategies as st
 
 from quantship import cli
-from quantship.operator import crd
-from quantship.operator.spec import SERVER_FLAGS
+from quantship.operator import crd, names
+from quantship.operator.spec import SERVER_FLAGS, revision_of
 from quantship.rollout import AnalysisSpec
 from quantship.server import BatchSettings, QualitySettings, ServerSettings, Track
 from quantship.server.settings import CANARY_QUALITY
@@ -139,3 +141,34 @@ def test_a_nan_that_clicks_range_lets_through_is_a_usage_error_not_a_traceback(f
     assert result.exit_code == 2, result.output  # click's usage error
     assert "got nan" in result.output and result.exception is not None
     assert not isinstance(result.exception, ValueError)
+
+
+@pytest.mark.parametrize(
+    ("flag", "value"),
+    [
+        ("--revision", "r/1"),
+        ("--revision", ""),
+        ("--model-name", ""),
+        ("--model-name", "team/digits"),
+        ("--model-name", ".."),
+        ("--model-name", "dígits x"),
+    ],
+)
+def test_a_name_no_http_route_can_address_is_a_usage_error_not_a_traceback(flag: str, value: str) -> None:
+    """`--revision r/1` was served and advertised ("versions": ["r/1"]), yet every versioned HTTP call
+    was 404 (no route) while gRPC answered it; `--model-name ""` had no HTTP route at all."""
+    with pytest.raises(ValueError, match="does not fit a URL path"):
+        settings(flag, value)  # first, as a name let through would have the command below serve
+    args = ["serve", "artifact", "--model-name", "m", "--revision", "r", flag, value]
+    result = CliRunner().invoke(cli.main, args)
+    assert result.exit_code == 2, result.output  # click's usage error
+    assert f"{value!r} does not fit a URL path" in result.output
+    assert not isinstance(result.exception, ValueError)
+
+
+@given(st.from_regex(names.LABEL_VALUE, fullmatch=True).filter(lambda name: len(name) <= 63))
+def test_every_model_name_and_revision_the_operator_makes_is_served(model_name: str) -> None:
+    """spec.modelName is what the CRD admits (a Kubernetes label value); the revision, its hex id."""
+    revision = revision_of({"modelName": model_name})
+    chosen = settings("--model-name", model_name, "--revision", revision)
+    assert (chosen.model_name, chosen.revision) == (model_name, revision)
