@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import time
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
@@ -23,7 +24,7 @@ from kubernetes.aio import client
 from kubernetes.utils import parse_quantity
 
 from quantship.operator import crd, names, resources
-from quantship.operator.settings import SERVER_BIND_ADDRESS
+from quantship.operator.settings import RESYNC_INTERVAL, SERVER_BIND_ADDRESS
 from quantship.operator.spec import ModelSpec
 from quantship.operator.status import has_served
 from quantship.operator.watched import Children, Written
@@ -72,9 +73,20 @@ class DeploymentGone(PortError):
 class Kube:
     """The API groups the operator talks to, over one ApiClient. `timeout` bounds each call."""
 
-    def __init__(self, api: client.ApiClient, timeout: float = API_TIMEOUT) -> None:
+    def __init__(
+        self,
+        api: client.ApiClient,
+        timeout: float = API_TIMEOUT,
+        *,
+        fresh_interval: float = RESYNC_INTERVAL,
+    ) -> None:
         self.api = api
         self.timeout = timeout
+        self.fresh_interval = fresh_interval
+        """Seconds between an in-flight model's reads of its Deployments from the API (`fresh_due`):
+        OperatorSettings.resync_interval, as a settled model's resync reads its stable."""
+        self.read_fresh_at: dict[tuple[str, str], float] = {}
+        """When each in-flight model, by (namespace, name), last read them (time.monotonic)."""
         self.written = Written()
         """What our status writes returned, until kopf's watch delivers it (see watched.py)."""
         self.last_seen: dict[tuple[str, str], dict[str, Any]] = {}
@@ -92,6 +104,19 @@ class Kube:
         revision = re.compile(rf"{re.escape(model)}-[0-9a-f]{{{names.REVISION_DIGITS}}}")
         for key in [k for k in self.last_seen if k[0] == namespace and revision.fullmatch(k[1])]:
             del self.last_seen[key]
+        self.read_fresh_at.pop((namespace, model), None)
+
+    def fresh_due(self, namespace: str, model: str) -> bool:
+        """Whether this in-flight tick of a model reads its Deployments from the API, not kopf's index:
+        once every `fresh_interval` seconds, counted from its first tick. The index keeps what was
+        deleted while its watch was away, and a step that writes nothing to them (a gateway's, one
+        held or waiting for its judgement) would not find out: a canary's weight would go to no pod,
+        a stable gone would not be made again."""
+        key, now = (namespace, model), time.monotonic()
+        if now - self.read_fresh_at.setdefault(key, now) < self.fresh_interval:
+            return False
+        self.read_fresh_at[key] = now
+        return True
 
     async def read_deployment(self, namespace: str, name: str) -> dict[str, Any] | None:
         """One of our Deployments as the API has it now (None: gone), kept in `last_seen`."""

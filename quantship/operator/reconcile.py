@@ -124,7 +124,7 @@ async def reconcile(
     writing status or annotations): the Degraded condition says why where it can still be written,
     and kopf retries with backoff. Returns the decision, or None when there was nothing to decide
     (resource gone or being deleted). `fresh`: read our Deployments from the API, not the index
-    (the resync; a tick whose write to one was answered 404 does too)."""
+    (the resync; an in-flight model's ticks do now and then: `Kube.fresh_due`)."""
     try:
         return await _reconcile(ctx, namespace, name, logger, seen, children, fresh)
     except ModelGone as exc:  # deleted while the watch was away: kopf will never say DELETED
@@ -166,6 +166,7 @@ async def _reconcile(
         raise kopf.PermanentError(str(exc)) from exc
     ctx.metrics.budgets((namespace, name), spec.model, spec.rollout.objectives)
 
+    fresh = fresh or (current.in_flight and ctx.kube.fresh_due(namespace, name))
     workloads = workloads_for(ctx.kube, spec, body, children, ctx.server_host, fresh)
     source = ctx.source_for(spec)
     annotations = metadata.get("annotations") or {}

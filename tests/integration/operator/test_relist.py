@@ -24,7 +24,7 @@ from operator_harness import (
     spec_of,
 )
 from prometheus_client import CollectorRegistry, generate_latest
-from test_operator_faults import GATEWAY, weights
+from test_operator_faults import GATEWAY, SLOW_STEPS, weights
 from test_operator_lifecycle import FIRST, SECOND, V1, V2, condition, phase_is, posted, serving
 
 from quantship.slo import Metric
@@ -178,6 +178,40 @@ async def test_a_stable_deleted_while_the_watch_was_away_is_made_again_before_th
     status = await phase_is(kubectl, "RolledBack")
     assert status["message"].startswith("clip_rate burn rate above 1")
     assert serves_the_stable_alone(kubectl, router)
+
+
+async def test_a_canary_deleted_while_the_watch_was_away_loses_its_traffic_within_a_resync_interval(
+    cluster: Partition, kubectl: Kubectl, start_operator: StartOperator
+) -> None:
+    """No step comes due to find out (a gateway's step writes no Deployment, and this one is 10 min
+    long): an in-flight model reads its Deployments from the API every resync interval, as a
+    settled model's resync reads its stable. Its weight went to a Service with no pod until then."""
+    await start_operator(ScriptedMetrics(), resync_interval=0.5)
+    await canary_at_step_1(kubectl, "gateway-api", SLOW_STEPS)
+
+    await deleted_while_the_watch_was_away(cluster, kubectl, CANARY)
+
+    status = await phase_is(kubectl, "RolledBack", timeout=10)
+    assert status["message"].startswith(f"canary not ready: {SECOND} has no ready server at step 1 of 3")
+    assert weights(kubectl) == {STABLE: 100}
+
+
+async def test_an_in_flight_model_reads_its_two_deployments_once_a_resync_interval(
+    cluster: Partition, kubectl: Kubectl, start_operator: StartOperator
+) -> None:
+    """The price of reading the API mid-canary: one GET of each Deployment per resync interval (60 s
+    by default), nothing at the ticks between (0.2 s here)."""
+    await start_operator(ScriptedMetrics(), resync_interval=0.5)
+    await canary_at_step_1(kubectl, "replicas", SLOW_STEPS)
+    await asyncio.sleep(1)
+    since = len(cluster.answers)
+
+    await asyncio.sleep(2)  # four resync intervals, ten ticks
+
+    during = operator_requests(cluster, since)
+    path = f"/apis/apps/v1/namespaces/{NAMESPACE}/deployments"
+    assert set(during) == {f"200 GET {path}/{STABLE}", f"200 GET {path}/{CANARY}"}, during
+    assert len(during) <= 2 * (2 / 0.5 + 1), "one of each per resync interval"
 
 
 async def test_a_model_deleted_while_the_watch_was_away_stops_ticking_and_leaves_metrics(
