@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import time
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
@@ -23,7 +24,7 @@ from kubernetes.aio import client
 from kubernetes.utils import parse_quantity
 
 from quantship.operator import crd, names, resources
-from quantship.operator.settings import SERVER_BIND_ADDRESS
+from quantship.operator.settings import RESYNC_INTERVAL, SERVER_BIND_ADDRESS
 from quantship.operator.spec import ModelSpec
 from quantship.operator.status import has_served
 from quantship.operator.watched import Children, Written
@@ -56,12 +57,36 @@ class ModelGone(PortError):
         super().__init__(f"{crd.KIND} {namespace}/{name} is gone from the API", reason=MODEL_GONE)
 
 
+DEPLOYMENT_GONE = "DeploymentGone"
+
+
+class DeploymentGone(PortError):
+    """One of our Deployments that kopf's index holds is not in the API: a write to it was answered
+    404, or a router found it missing before sending it traffic. The index is stale (kopf lists
+    again after a watch's 410 without computing deletions): the tick decides again on what the API
+    says (`KubeWorkloads.fresh`)."""
+
+    def __init__(self, namespace: str, name: str) -> None:
+        super().__init__(f"Deployment {namespace}/{name} is gone from the API", reason=DEPLOYMENT_GONE)
+
+
 class Kube:
     """The API groups the operator talks to, over one ApiClient. `timeout` bounds each call."""
 
-    def __init__(self, api: client.ApiClient, timeout: float = API_TIMEOUT) -> None:
+    def __init__(
+        self,
+        api: client.ApiClient,
+        timeout: float = API_TIMEOUT,
+        *,
+        fresh_interval: float = RESYNC_INTERVAL,
+    ) -> None:
         self.api = api
         self.timeout = timeout
+        self.fresh_interval = fresh_interval
+        """Seconds between an in-flight model's reads of its Deployments from the API (`fresh_due`):
+        OperatorSettings.resync_interval, as a settled model's resync reads its stable."""
+        self.read_fresh_at: dict[tuple[str, str], float] = {}
+        """When each in-flight model, by (namespace, name), last read them (time.monotonic)."""
         self.written = Written()
         """What our status writes returned, until kopf's watch delivers it (see watched.py)."""
         self.last_seen: dict[tuple[str, str], dict[str, Any]] = {}
@@ -79,6 +104,29 @@ class Kube:
         revision = re.compile(rf"{re.escape(model)}-[0-9a-f]{{{names.REVISION_DIGITS}}}")
         for key in [k for k in self.last_seen if k[0] == namespace and revision.fullmatch(k[1])]:
             del self.last_seen[key]
+        self.read_fresh_at.pop((namespace, model), None)
+
+    def fresh_due(self, namespace: str, model: str) -> bool:
+        """Whether this in-flight tick of a model reads its Deployments from the API, not kopf's index:
+        once every `fresh_interval` seconds, counted from its first tick. The index keeps what was
+        deleted while its watch was away, and a step that writes nothing to them (a gateway's, one
+        held or waiting for its judgement) would not find out: a canary's weight would go to no pod,
+        a stable gone would not be made again."""
+        key, now = (namespace, model), time.monotonic()
+        if now - self.read_fresh_at.setdefault(key, now) < self.fresh_interval:
+            return False
+        self.read_fresh_at[key] = now
+        return True
+
+    async def read_deployment(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """One of our Deployments as the API has it now (None: gone), kept in `last_seen`."""
+        found = await _read(
+            self.apps.read_namespaced_deployment_without_preload_content(name, namespace),
+            timeout=self.timeout,
+        )
+        if found is not None:
+            self.last_seen[namespace, name] = found
+        return found
 
     def latest_model(self, seen: Mapping[str, Any]) -> dict[str, Any]:
         """The resource as it stands: `seen` (kopf's body, kept current by its watch), or our own
@@ -290,6 +338,7 @@ class KubeWorkloads:
         canary_replicas: int | None = None,
         children: Children | None = None,
         server_host: str = SERVER_BIND_ADDRESS,
+        fresh: bool = False,
     ) -> None:
         self.kube = kube
         self.spec = spec
@@ -300,6 +349,11 @@ class KubeWorkloads:
         """Our Deployments and Services as kopf's watches hold them: read there before the API."""
         self.server_host = server_host
         """Where a new Deployment's server listens (OperatorSettings.server_bind_address)."""
+        self.fresh = fresh
+        """Read our Deployments from the API, not the index, each once (again after a write to it):
+        after a watch's 410 kopf lists again and keeps what was deleted meanwhile."""
+        self._read: dict[str, dict[str, Any] | None] = {}
+        """What this tick read from the API while `fresh`, by Deployment name."""
 
     async def run(self, revision: str, track: Track) -> None:
         # A revision the status does not name yet is new: create it outright. Reading first would
@@ -323,14 +377,14 @@ class KubeWorkloads:
                 await self._relabel(current, track)
         await self.ensure_service(revision, may_exist=True)
 
-    async def restore(self, revision: str, track: Track, *, fresh: bool = False) -> bool:
+    async def restore(self, revision: str, track: Track) -> bool:
         """Make `revision`'s Deployment again if it is gone (deleted by hand, or collected after its
         model was deleted and created again): True when this call made it. From the spec while it
         asks for `revision`, else from the body last seen (a stable mid-canary); neither: False,
-        and the engine finds it not ready. `fresh` reads the API rather than the index, which after
-        a watch's 410 still holds what was deleted meanwhile (kopf computes no deletions on a relist)."""
+        and the engine finds it not ready. Only a `fresh` tick sees one deleted while the index's
+        watch was away (kopf computes no deletions on a relist)."""
         name = resources.child_name(self.spec, revision)
-        current = await (self._read_deployment(name) if fresh else self.deployment(revision))
+        current = await self.deployment(revision)
         if current is not None:
             return False
         body = self._built(revision, track) if revision == self.spec.revision else self._from_last_seen(name)
@@ -354,6 +408,7 @@ class KubeWorkloads:
     async def _create_deployment(self, body: Mapping[str, Any]) -> bool:
         """Create a Deployment: True, or False when one of its name is there already (409)."""
         name = body["metadata"]["name"]
+        self._read.pop(name, None)
         created = await _call(
             f"creating Deployment {name}",
             self.kube.apps.create_namespaced_deployment(
@@ -463,17 +518,13 @@ class KubeWorkloads:
 
     async def scale(self, revision: str, replicas: int) -> None:
         name = resources.child_name(self.spec, revision)
-        await _call(
-            f"scaling Deployment {name}",
-            self.kube.apps.patch_namespaced_deployment(
-                name, self.spec.namespace, {"spec": {"replicas": replicas}}, _content_type=MERGE_PATCH
-            ),
-            timeout=self.kube.timeout,
-        )
+        patch = {"spec": {"replicas": replicas}}
+        await self._patch_deployment(f"scaling Deployment {name}", name, patch, MERGE_PATCH)
 
     async def remove(self, revision: str) -> None:
         name = resources.child_name(self.spec, revision)
         self.kube.last_seen.pop((self.spec.namespace, name), None)
+        self._read.pop(name, None)
         await _call(
             f"deleting Deployment {name}",
             self.kube.apps.delete_namespaced_deployment(name, self.spec.namespace),
@@ -494,22 +545,34 @@ class KubeWorkloads:
         )
 
     async def deployment(self, revision: str) -> dict[str, Any] | None:
-        """A revision's Deployment as the index holds it (else as the API does), or None."""
+        """A revision's Deployment as the index holds it (else as the API does), or None; `fresh`:
+        as the API does."""
         name = resources.child_name(self.spec, revision)
+        if self.fresh:
+            if name not in self._read:
+                self._read[name] = await self.kube.read_deployment(self.spec.namespace, name)
+            return self._read[name]
         watched = self.children.deployment(self.spec.namespace, name)
         if watched is not None:
             self.kube.last_seen[self.spec.namespace, name] = watched
             return watched
-        return await self._read_deployment(name)  # not seen (yet): created a moment ago, or gone
+        # not seen (yet): created a moment ago, or gone
+        return await self.kube.read_deployment(self.spec.namespace, name)
 
-    async def _read_deployment(self, name: str) -> dict[str, Any] | None:
-        found = await _read(
-            self.kube.apps.read_namespaced_deployment_without_preload_content(name, self.spec.namespace),
+    async def _patch_deployment(self, what: str, name: str, patch: Any, content_type: str) -> None:
+        """Patch one of our Deployments; one the API no longer has raises DeploymentGone: whoever
+        read it (the index) was stale."""
+        self._read.pop(name, None)
+        patched = await _call(
+            what,
+            self.kube.apps.patch_namespaced_deployment(
+                name, self.spec.namespace, patch, _content_type=content_type
+            ),
             timeout=self.kube.timeout,
+            missing_ok=True,
         )
-        if found is not None:
-            self.kube.last_seen[self.spec.namespace, name] = found
-        return found
+        if patched is None:
+            raise DeploymentGone(self.spec.namespace, name)
 
     async def conform(self, revision: str) -> None:
         """A settled model's stable Deployment as the spec asks now (`restore` made it again if it
@@ -530,33 +593,23 @@ class KubeWorkloads:
             return
         name = current["metadata"]["name"]
         patch.insert(0, {"op": "test", "path": "/metadata/name", "value": name})
-        await _call(
-            f"updating Deployment {name} to the spec's replicas and resources",
-            self.kube.apps.patch_namespaced_deployment(
-                name, self.spec.namespace, patch, _content_type=JSON_PATCH
-            ),
-            timeout=self.kube.timeout,
-        )
+        what = f"updating Deployment {name} to the spec's replicas and resources"
+        await self._patch_deployment(what, name, patch, JSON_PATCH)
 
     async def _relabel(self, current: Mapping[str, Any], track: Track) -> None:
         """Promotion: the track label and the server's --track flag change; the pods roll."""
         containers = current["spec"]["template"]["spec"]["containers"]
         index = next(i for i, c in enumerate(containers) if c["name"] == "server")
         args = resources.on_track(containers[index].get("args", []), track)
+        name = current["metadata"]["name"]
         patch = [
-            {"op": "test", "path": "/metadata/name", "value": current["metadata"]["name"]},
+            {"op": "test", "path": "/metadata/name", "value": name},
             {"op": "add", "path": "/metadata/labels/track", "value": track.value},
             {"op": "add", "path": "/spec/template/metadata/labels/track", "value": track.value},
             {"op": "replace", "path": f"/spec/template/spec/containers/{index}/args", "value": args},
         ]
-        name = current["metadata"]["name"]
-        await _call(
-            f"relabelling Deployment {name} as {track.value}",
-            self.kube.apps.patch_namespaced_deployment(
-                name, self.spec.namespace, patch, _content_type=JSON_PATCH
-            ),
-            timeout=self.kube.timeout,
-        )
+        what = f"relabelling Deployment {name} as {track.value}"
+        await self._patch_deployment(what, name, patch, JSON_PATCH)
 
 
 class GatewayRouter:
@@ -584,8 +637,18 @@ class GatewayRouter:
         ]
         if canary:
             wanted.append((resources.child_name(self.spec, canary), weight))
+        for name, _ in wanted:
+            await self._confirm(name)
         await self.set_refs(wanted)
         return float(weight) if canary else 0.0
+
+    async def _confirm(self, name: str) -> None:
+        """A revision's Deployment is in the API before its Service gets a weight. The tick may have
+        read it from an index that keeps one deleted while its watch was away, and a gateway's step
+        writes nothing to it that a 404 would answer (the replicas router's scale does). One GET
+        per revision routed, at a decision only."""
+        if await self.kube.read_deployment(self.spec.namespace, name) is None:
+            raise DeploymentGone(self.spec.namespace, name)
 
     async def release(self) -> None:
         """Point the route back at the shared Service name, as the user wrote it (on deletion)."""

@@ -88,7 +88,7 @@ async def run(
     metrics_registry = metrics_registry if metrics_registry is not None else CollectorRegistry()
     registry = registry if registry is not None else kopf.OperatorRegistry()
     ctx = Context(
-        Kube(api, settings.api_timeout),
+        Kube(api, settings.api_timeout, fresh_interval=settings.resync_interval),
         OperatorMetrics(metrics_registry),
         settings.retry_backoff,
         clock,

@@ -21,7 +21,14 @@ import kopf
 
 from quantship.operator import crd, placement, quantization, resources
 from quantship.operator import status as status_module
-from quantship.operator.kube import GatewayRouter, Kube, KubeWorkloads, ModelGone, ReplicaRouter
+from quantship.operator.kube import (
+    DeploymentGone,
+    GatewayRouter,
+    Kube,
+    KubeWorkloads,
+    ModelGone,
+    ReplicaRouter,
+)
 from quantship.operator.metrics import OperatorMetrics
 from quantship.operator.settings import SERVER_BIND_ADDRESS
 from quantship.operator.spec import InvalidSpec, ModelSpec
@@ -86,11 +93,18 @@ def workloads_for(
     owner: Mapping[str, Any],
     children: Children | None = None,
     server_host: str = SERVER_BIND_ADDRESS,
+    fresh: bool = False,
 ) -> KubeWorkloads:
     # behind one shared Service every ready canary pod takes a share at once: start with one
     canary_replicas = 1 if spec.router == "replicas" else spec.replicas
     return KubeWorkloads(
-        kube, spec, owner, canary_replicas=canary_replicas, children=children, server_host=server_host
+        kube,
+        spec,
+        owner,
+        canary_replicas=canary_replicas,
+        children=children,
+        server_host=server_host,
+        fresh=fresh,
     )
 
 
@@ -109,8 +123,8 @@ async def reconcile(
     kopf.TemporaryError when anything talking to the API failed (an adapter,
     writing status or annotations): the Degraded condition says why where it can still be written,
     and kopf retries with backoff. Returns the decision, or None when there was nothing to decide
-    (resource gone or being deleted). `fresh`: read the stable Deployment from the API, not the
-    index (the resync: see `KubeWorkloads.restore`)."""
+    (resource gone or being deleted). `fresh`: read our Deployments from the API, not the index
+    (the resync; an in-flight model's ticks do now and then: `Kube.fresh_due`)."""
     try:
         return await _reconcile(ctx, namespace, name, logger, seen, children, fresh)
     except ModelGone as exc:  # deleted while the watch was away: kopf will never say DELETED
@@ -152,15 +166,17 @@ async def _reconcile(
         raise kopf.PermanentError(str(exc)) from exc
     ctx.metrics.budgets((namespace, name), spec.model, spec.rollout.objectives)
 
-    workloads = workloads_for(ctx.kube, spec, body, children, ctx.server_host)
+    fresh = fresh or (current.in_flight and ctx.kube.fresh_due(namespace, name))
+    workloads = workloads_for(ctx.kube, spec, body, children, ctx.server_host, fresh)
     source = ctx.source_for(spec)
     annotations = metadata.get("annotations") or {}
     # promote and abort are for the canary in flight: given while none was, they would act on the
     # next one, which no one has seen yet (as `kubectl argo rollouts promote` of a settled rollout)
     for_a_canary = current.in_flight
     router = router_for(ctx.kube, spec, workloads)
-    try:
-        restored = await _restore(workloads, current, spec, fresh, body, logger)
+
+    async def ticked() -> Decision:
+        restored = await _restore(workloads, current, spec, body, logger)
         decision = await tick(
             current,
             spec.rollout,
@@ -173,7 +189,19 @@ async def _reconcile(
             retry=crd.RETRY_ANNOTATION in annotations,
             restored=restored,
         )
-        decision = await _rebalanced(router, decision)
+        return await _rebalanced(router, decision)
+
+    try:
+        try:
+            decision = await ticked()
+        except DeploymentGone as exc:
+            if workloads.fresh:
+                raise
+            # the index kept a Deployment deleted while its watch was away: decided again on what
+            # the API says, so a canary gone is rolled back as not ready and a stable gone made again
+            logger.info("%s: deciding again on our Deployments as the API has them", exc)
+            workloads.fresh = True
+            decision = await ticked()
     except ModelGone:
         raise
     except PortError as exc:
@@ -251,16 +279,15 @@ async def _restore(
     workloads: KubeWorkloads,
     status: RolloutStatus,
     spec: ModelSpec,
-    fresh: bool,
     body: Mapping[str, Any],
     logger: Any,
 ) -> tuple[str, ...]:
     """Make the Deployments the rollout needs again where they are gone (as Argo Rollouts makes a
-    deleted ReplicaSet again), each said in a warning Event; the revisions made again. The stable
-    is read `fresh` from the API on a settled model's resync, where the index may be stale."""
+    deleted ReplicaSet again), each said in a warning Event; the revisions made again. Read from
+    the API on a `fresh` tick (`KubeWorkloads.fresh`), where the index may be stale."""
     made: list[str] = []
     for revision, track in _to_restore(status, spec):
-        if await workloads.restore(revision, track, fresh=fresh and track is Track.STABLE):
+        if await workloads.restore(revision, track):
             made.append(revision)
             name = resources.child_name(spec, revision)
             message = f"Deployment {name}: {track.value} {made_again(revision)}"

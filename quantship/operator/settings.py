@@ -10,6 +10,8 @@ from dataclasses import dataclass
 SERVER_BIND_ADDRESS = "0.0.0.0"
 """What the model servers listen on by default: every IPv4 address of the pod, which a kernel
 without IPv6 has too. An IPv6 cluster passes `::` (--server-bind-address)."""
+RESYNC_INTERVAL = 60.0
+"""Seconds between a model's reads of its Deployments from the API (OperatorSettings.resync_interval)."""
 
 
 @dataclass(frozen=True)
@@ -19,9 +21,10 @@ class OperatorSettings:
     tick_interval: float = 5.0
     """Seconds between ticks of an in-flight rollout. A judgement is due once per step interval
     (a minute by default); this only bounds how late after that it happens."""
-    resync_interval: float = 60.0
+    resync_interval: float = RESYNC_INTERVAL
     """Seconds between checks of a settled model's stable Deployment against its spec (replicas,
-    resources, deleted by hand); one that matches costs no request: the watch holds it."""
+    resources, deleted by hand), and between an in-flight model's reads of its Deployments from the
+    API: one GET each, since kopf keeps in its index what was deleted while a watch was away."""
     api_timeout: float = 30.0
     """Seconds one Kubernetes API call may take; past it the tick fails (Degraded) and is retried.
     Generous: an API server under load answers in seconds, one that hangs must not stall ticks."""

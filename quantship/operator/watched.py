@@ -95,9 +95,12 @@ class Children:
 
 
 def _one(index: Mapping[Key, Any], key: Key) -> dict[str, Any] | None:
-    """The body under `key`, unless it is being deleted (then it is as good as gone)."""
+    """The body under `key`, unless it is being deleted (then it is as good as gone). Of several
+    (one per uid: kopf keeps one deleted while its watch was away, and the one made again since),
+    the last kopf heard of: the API holds one object of a name at a time, and kopf first hears of
+    each while it exists, so an earlier one is gone."""
     store = index.get(key)
-    body = next(iter(store), None) if store is not None else None
+    body = list(store)[-1] if store else None
     if body is None or body.get("metadata", {}).get("deletionTimestamp"):
         return None
     return dict(body)

@@ -1,7 +1,8 @@
 """A watch that comes back with 410 Gone: kopf lists again but computes no deletions (its indexes
 are not client-go informers), so what was deleted while the watch was away stays in them. A
-settled model's deleted stable must still be made again, and a model deleted meanwhile must stop
-ticking. Real kopf runtime against kmock, whose watches this file can hold back."""
+deleted stable must still be made again, settled or mid-canary; a canary deleted mid-step must
+still be rolled back, never given more traffic; and a model deleted meanwhile must stop ticking.
+Real kopf runtime against kmock, whose watches this file can hold back."""
 
 from __future__ import annotations
 
@@ -23,12 +24,17 @@ from operator_harness import (
     spec_of,
 )
 from prometheus_client import CollectorRegistry, generate_latest
-from test_operator_lifecycle import FIRST, SECOND, V1, V2, serving
+from test_operator_faults import GATEWAY, SLOW_STEPS, weights
+from test_operator_lifecycle import FIRST, SECOND, V1, V2, condition, phase_is, posted, serving
 
 from quantship.slo import Metric
 
 DEPLOYMENTS = "apps/v1/deployments"
 GONE = {"kind": "Status", "code": 410, "reason": "Expired", "message": "too old resource version"}
+STABLE, CANARY = f"digits-{FIRST}", f"digits-{SECOND}"
+ROUTERS = ("replicas", "gateway-api")
+STEPS = {"steps": [25, 50, 100], "stepInterval": "2s"}
+"""Long enough that no judgement comes due before the deletion, short enough for its next step."""
 
 
 @attrs.define(kw_only=True)
@@ -61,9 +67,44 @@ def kmock_options(kmock_options: dict[str, Any]) -> dict[str, Any]:
     return {**kmock_options, "cls": Partition}
 
 
+async def deleted_while_the_watch_was_away(cluster: Partition, kubectl: Kubectl, deployment: str) -> None:
+    cluster.cut(DEPLOYMENTS)
+    await kubectl.apps.delete_namespaced_deployment(deployment, NAMESPACE)
+    await asyncio.sleep(0.5)
+    await cluster.heal(DEPLOYMENTS)
+
+
+async def canary_at_step_1(kubectl: Kubectl, router: str, rollout: dict[str, Any]) -> None:
+    if router == "gateway-api":
+        await kubectl.create_route(rules=[{"backendRefs": [{"name": "digits", "port": 8080}]}])
+    traffic = {"traffic": GATEWAY} if router == "gateway-api" else {}
+    await serving(kubectl, spec_of(V1, rollout=rollout, **traffic))
+    await kubectl.patch({"spec": {"artifact": {"uri": V2}}})
+    await eventually(lambda: kubectl.deployment(CANARY), what="the canary")
+    await kubectl.make_ready(CANARY, 2)
+    await eventually(lambda: status_of(kubectl).get("step") == 0, what="step 1")
+
+
+async def made_again(kubectl: Kubectl, name: str, before: dict[str, Any]) -> None:
+    await eventually(
+        lambda: (found := kubectl.deployment(name)) and found["metadata"]["uid"] != before["metadata"]["uid"],
+        what=f"{name} made again although kopf's index still holds it",
+    )
+
+
+def status_of(kubectl: Kubectl) -> dict[str, Any]:
+    return (kubectl.get() or {}).get("status") or {}
+
+
+def serves_the_stable_alone(kubectl: Kubectl, router: str) -> bool:
+    if router == "gateway-api":
+        return weights(kubectl) == {STABLE: 100}
+    return (kubectl.deployment(STABLE) or {}).get("spec", {}).get("replicas") == 2
+
+
 def operator_requests(cluster: Cluster, since: int) -> list[str]:
     return [
-        f"{code} {request.method} {request.url.path}"
+        f"{code} {request.method.name} {request.url.path}"
         for request, code in cluster.answers[since:]
         if request.headers.get("User-Agent") != TESTS_USER_AGENT
     ]
@@ -74,22 +115,103 @@ async def test_a_stable_deleted_while_the_watch_was_away_is_made_again(
 ) -> None:
     await start_operator(ScriptedMetrics(), resync_interval=0.5)
     await serving(kubectl, spec_of(V1))
-    stable = f"digits-{FIRST}"
-    before = kubectl.deployment(stable)
+    before = kubectl.deployment(STABLE)
     assert before is not None
 
-    cluster.cut(DEPLOYMENTS)
-    await kubectl.apps.delete_namespaced_deployment(stable, NAMESPACE)
-    await asyncio.sleep(0.5)
-    await cluster.heal(DEPLOYMENTS)
+    await deleted_while_the_watch_was_away(cluster, kubectl, STABLE)
 
-    again = await eventually(
-        lambda: (
-            (found := kubectl.deployment(stable)) and found["metadata"]["uid"] != before["metadata"]["uid"]
-        ),
-        what="the stable made again although kopf's index still holds it",
+    await made_again(kubectl, STABLE, before)
+
+
+@pytest.mark.parametrize("router", ROUTERS)
+async def test_a_canary_deleted_while_the_watch_was_away_is_rolled_back_at_its_next_step(
+    cluster: Partition, kubectl: Kubectl, start_operator: StartOperator, router: str
+) -> None:
+    """README: a canary gone mid-step is rolled back as one not ready. Its next step finds out (the
+    replicas router's scale of it is answered 404, the gateway's read before its weight finds
+    none) and the tick decides again on the API's Deployments. The index's canary passed every step:
+    every scale answered 404 (replicas), or the route gave 100% to a Service with no Deployment."""
+    await start_operator(ScriptedMetrics())
+    await canary_at_step_1(kubectl, router, STEPS)
+
+    await deleted_while_the_watch_was_away(cluster, kubectl, CANARY)
+
+    status = await phase_is(kubectl, "RolledBack")
+    assert status["message"].startswith(f"canary not ready: {SECOND} has no ready server at step 1 of 3")
+    assert [entry["action"] for entry in status["history"]][-2:] == ["SetWeight", "RollBack"], "no step more"
+    assert condition(status, "Degraded")["status"] == "False", "a 404 to decide again on, not an error"
+    assert serves_the_stable_alone(kubectl, router)
+
+
+@pytest.mark.parametrize("router", ROUTERS)
+async def test_a_stable_deleted_while_the_watch_was_away_is_made_again_before_the_rollback(
+    cluster: Partition, kubectl: Kubectl, start_operator: StartOperator, router: str
+) -> None:
+    """README: the stable, also mid-canary, is made again when deleted, and the judgement waits for
+    it to be ready. The rollback of a bad canary finds out (the scale of the stable is answered 404,
+    or the gateway's read before its weight finds none). It failed on that 404 every tick, its
+    stable never made again, the bad canary serving (replicas: alone) and Ready saying True."""
+    metrics = ScriptedMetrics()
+    await start_operator(metrics)
+    await canary_at_step_1(kubectl, router, STEPS)
+    before = kubectl.deployment(STABLE)
+    assert before is not None
+
+    await deleted_while_the_watch_was_away(cluster, kubectl, STABLE)
+    metrics.bad.add(SECOND)
+
+    await made_again(kubectl, STABLE, before)
+    (restored,) = await posted(kubectl, "Restored")
+    assert restored["message"] == f"Deployment {STABLE}: stable {FIRST} was gone, made again"
+    ready = await eventually(
+        lambda: (found := condition(status_of(kubectl), "Ready"))["status"] == "False" and found,
+        what="Ready False",
     )
-    assert again
+    assert ready["reason"] == "StableNotReady"
+    await asyncio.sleep(4)  # two judgements would have come due meanwhile
+    held = status_of(kubectl)
+    assert held["phase"] == "Progressing", "no judgement against a stable with no server (not the index's)"
+    assert condition(held, "Ready")["status"] == "False"
+
+    await kubectl.make_ready(STABLE, 2)  # the kubelet: its pods pass readiness
+
+    status = await phase_is(kubectl, "RolledBack")
+    assert status["message"].startswith("clip_rate burn rate above 1")
+    assert serves_the_stable_alone(kubectl, router)
+
+
+async def test_a_canary_deleted_while_the_watch_was_away_loses_its_traffic_within_a_resync_interval(
+    cluster: Partition, kubectl: Kubectl, start_operator: StartOperator
+) -> None:
+    """No step comes due to find out (a gateway's step writes no Deployment, and this one is 10 min
+    long): an in-flight model reads its Deployments from the API every resync interval, as a
+    settled model's resync reads its stable. Its weight went to a Service with no pod until then."""
+    await start_operator(ScriptedMetrics(), resync_interval=0.5)
+    await canary_at_step_1(kubectl, "gateway-api", SLOW_STEPS)
+
+    await deleted_while_the_watch_was_away(cluster, kubectl, CANARY)
+
+    status = await phase_is(kubectl, "RolledBack", timeout=10)
+    assert status["message"].startswith(f"canary not ready: {SECOND} has no ready server at step 1 of 3")
+    assert weights(kubectl) == {STABLE: 100}
+
+
+async def test_an_in_flight_model_reads_its_two_deployments_once_a_resync_interval(
+    cluster: Partition, kubectl: Kubectl, start_operator: StartOperator
+) -> None:
+    """The price of reading the API mid-canary: one GET of each Deployment per resync interval (60 s
+    by default), nothing at the ticks between (0.2 s here)."""
+    await start_operator(ScriptedMetrics(), resync_interval=0.5)
+    await canary_at_step_1(kubectl, "replicas", SLOW_STEPS)
+    await asyncio.sleep(1)
+    since = len(cluster.answers)
+
+    await asyncio.sleep(2)  # four resync intervals, ten ticks
+
+    during = operator_requests(cluster, since)
+    path = f"/apis/apps/v1/namespaces/{NAMESPACE}/deployments"
+    assert set(during) == {f"200 GET {path}/{STABLE}", f"200 GET {path}/{CANARY}"}, during
+    assert len(during) <= 2 * (2 / 0.5 + 1), "one of each per resync interval"
 
 
 async def test_a_model_deleted_while_the_watch_was_away_stops_ticking_and_leaves_metrics(
