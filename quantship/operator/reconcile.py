@@ -225,9 +225,10 @@ async def _reconcile(
     # Promote event: the next tick decides from the saved status and has nothing to announce).
     # Removed only now that the status naming their successor is saved (a promotion whose write
     # failed would resume at a stable revision already gone); kept in it until they are gone.
-    retired = await retire(decision.status, workloads)
+    retired = await retire(decision.status, workloads, spec.rollout, now=now)
     if retired.retiring != decision.status.retiring:
-        patch = {"retiringRevisions": list(retired.retiring) or None}
+        written = retired.to_dict()
+        patch = {key: written[key] for key in ("retiringRevisions", "retiringSince")}
         await ctx.kube.patch_model_status(namespace, name, patch)
     if retired.stable is not None and not retired.in_flight and not retired.retiring:
         await workloads.conform(retired.stable)  # replicas and resources as the spec says now

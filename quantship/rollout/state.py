@@ -72,8 +72,12 @@ class RolloutStatus:
     message: str = ""
     retiring: tuple[str, ...] = ()
     """Revisions to remove, kept here until they are gone (`engine.retire`): removed only once a
-    status naming their successor is saved, and never while they are the last that serve, so that
-    a tick cut off half-way or a restarted operator finishes the job instead of losing it."""
+    status naming their successor is saved, and once their successor has all its servers ready
+    (past the progress deadline, one: never while they are the last that serve), so that a tick
+    cut off half-way or a restarted operator finishes the job instead of losing it."""
+    retiring_since: float | None = None
+    """When the last decision that retired a revision was taken: what the progress deadline of
+    `engine.retire`'s wait counts from. None while nothing retires."""
 
     @property
     def in_flight(self) -> bool:
@@ -109,6 +113,7 @@ class RolloutStatus:
             "history": [dict(entry) for entry in self.history],
             "message": self.message,
             "retiringRevisions": list(self.retiring) or None,  # None: the merge patch removes the key
+            "retiringSince": to_timestamp(self.retiring_since) if self.retiring else None,
         }
 
     @classmethod
@@ -132,4 +137,5 @@ class RolloutStatus:
             history=tuple(data.get("history") or ()),
             message=str(data.get("message") or ""),
             retiring=tuple(data.get("retiringRevisions") or ()),
+            retiring_since=from_timestamp(data.get("retiringSince")),
         )

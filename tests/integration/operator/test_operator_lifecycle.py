@@ -131,6 +131,7 @@ async def test_a_new_artifact_is_rolled_out_step_by_step_and_promoted(
     status = await phase_is(kubectl, "Promoted", timeout=30)
 
     assert status["stableRevision"] == SECOND and "canaryRevision" not in status
+    await kubectl.make_ready(f"digits-{SECOND}", 2)  # the old stable goes once the new has all its servers
     await eventually(lambda: kubectl.deployment(f"digits-{FIRST}") is None, what="the old stable removed")
     promoted = kubectl.deployment(f"digits-{SECOND}")
     assert promoted is not None and promoted["metadata"]["labels"]["track"] == "stable"
