@@ -710,7 +710,9 @@ def status_schema() -> dict[str, Any]:
             },
             "history": {
                 "type": "array",
-                "description": "The last decisions (steps, promotions, rollbacks) with their reasons.",
+                "description": "The last decisions (steps, promotions, rollbacks) with their reasons. A "
+                "held judgement that finds what the one before it found is counted in that one's entry "
+                "(count; firstAt: when the first of them was).",
                 "items": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
             },
             "conditions": {

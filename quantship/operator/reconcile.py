@@ -214,7 +214,7 @@ async def _reconcile(
     ctx.metrics.record((namespace, name), spec.model, decision)
     if decision.analysis is not None and current.step_started_at is not None:
         ctx.metrics.judged_late(now - (current.step_started_at + spec.rollout.step_interval))
-    if decision.action is not Action.WAIT:
+    if decision.news:
         _announce(body, decision, logger)
     # the annotations are one-shot requests: used up once acted on, meaningless without a canary
     used = decision.manual or not for_a_canary or not decision.status.in_flight

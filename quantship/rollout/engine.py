@@ -39,6 +39,7 @@ from quantship.rollout.analysis import (
     metrics_fault,
     metrics_trouble,
     persisted_faults,
+    why_inconclusive,
 )
 from quantship.rollout.ports import MetricsSource, PortError, Track, TrafficRouter, Workloads
 from quantship.rollout.spec import OnInconclusive, RolloutSpec
@@ -103,10 +104,18 @@ class Decision:
     """Why the rollout is stuck without having failed (no data, not ready past the deadline)."""
     fault: Fault | None = None
     """When `degraded` is the metrics' trouble (Prometheus unreachable, queries refused): which."""
+    again: bool = False
+    """A held judgement that finds what the last one found (`why_inconclusive`): it adds to the
+    history's last entry, and is no news to announce (the hold was, and Degraded says it)."""
 
     @property
     def warning(self) -> bool:
         return self.action in (Action.ROLL_BACK, Action.FAIL) or self.degraded is not None
+
+    @property
+    def news(self) -> bool:
+        """Worth an Event and a log line: it acted, or judged something not said already."""
+        return self.action is not Action.WAIT and not self.again
 
 
 @dataclass(frozen=True)
@@ -289,8 +298,9 @@ def _judged(status: RolloutStatus, analysis: Analysis, spec: RolloutSpec, now: f
                 if limits.on_inconclusive is OnInconclusive.ROLLBACK:
                     return _roll_back(judged, now, reason, analysis=analysis)
                 held = f"holding: {reason}"
+                again = _holding(status, spec) and _found_again(status, analysis)
                 return _decision(
-                    Action.JUDGED, judged, now, held, analysis=analysis, degraded=held, fault=fault
+                    Action.JUDGED, judged, now, held, analysis, degraded=held, fault=fault, again=again
                 )
             reason = (
                 f"inconclusive judgement {count} of {limits.inconclusive_limit} at {step}: {analysis.reason}"
@@ -315,12 +325,13 @@ def _decision(
     manual: bool = False,
     degraded: str | None = None,
     fault: Fault | None = None,
+    again: bool = False,
 ) -> Decision:
     retiring = tuple(dict.fromkeys((*status.retiring, *retire)))
     since = now if retire else status.retiring_since
     retired = replace(status, retiring=retiring, retiring_since=since if retiring else None)
-    recorded = retired.with_history(now, action.value, reason)
-    return Decision(action, recorded, reason, analysis, retire, manual, degraded, fault)
+    recorded = retired.with_history(now, action.value, reason, again=again)
+    return Decision(action, recorded, reason, analysis, retire, manual, degraded, fault, again)
 
 
 def _wait(
@@ -409,6 +420,11 @@ def _holding(status: RolloutStatus, spec: RolloutSpec) -> bool:
     """Too many inconclusive judgements in a row, and the spec says hold rather than roll back."""
     limits = spec.analysis
     return limits.on_inconclusive is OnInconclusive.HOLD and status.inconclusive >= limits.inconclusive_limit
+
+
+def _found_again(status: RolloutStatus, analysis: Analysis) -> bool:
+    """The judgement finds what the last one did (`why_inconclusive`), however its counts moved."""
+    return why_inconclusive(status.last_analysis) == why_inconclusive(analysis.to_dict())
 
 
 def _not_ready(status: RolloutStatus, spec: RolloutSpec) -> str:
@@ -612,7 +628,7 @@ async def run_rollout(
             intervention.abort = intervention.promote = False
         if on_decision is not None:
             on_decision(decision)
-        if decision.action is not Action.WAIT:
+        if decision.news:
             log.info("rollout of %s: %s: %s", spec.revision, decision.action.value, decision.reason)
         if decision.action is Action.WAIT and not status.in_flight and not status.retiring:
             return status

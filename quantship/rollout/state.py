@@ -84,8 +84,12 @@ class RolloutStatus:
         """A new revision is on its way (pending or progressing): the engine must keep ticking."""
         return self.phase in (Phase.PENDING, Phase.PROGRESSING)
 
-    def with_history(self, at: float, action: str, reason: str) -> RolloutStatus:
-        entry = {
+    def with_history(self, at: float, action: str, reason: str, *, again: bool = False) -> RolloutStatus:
+        """The status with the decision recorded last in its history, and as its message. `again`:
+        the decision repeats the last entry's (a held judgement saying what the one before said),
+        which takes it in place, with `count` (decisions it stands for) and `firstAt` (the first
+        one's time): a hold that lasts would otherwise push every earlier decision out."""
+        entry: dict[str, Any] = {
             "at": to_timestamp(at),
             "action": action,
             "phase": self.phase.value,
@@ -94,6 +98,10 @@ class RolloutStatus:
             "weight": self.weight,
             "reason": reason,
         }
+        last = self.history[-1] if self.history else None
+        if again and last is not None and last.get("action") == action:
+            entry |= {"count": int(last.get("count", 1)) + 1, "firstAt": last.get("firstAt", last.get("at"))}
+            return replace(self, history=(*self.history[:-1], entry), message=reason)
         return replace(self, history=(*self.history, entry)[-HISTORY_LENGTH:], message=reason)
 
     def to_dict(self) -> dict[str, Any]:

@@ -38,6 +38,7 @@ from quantship.rollout import (
 from quantship.rollout.analysis import Fault, GateResult
 from quantship.rollout.engine import analysis_due
 from quantship.rollout.spec import OnInconclusive
+from quantship.rollout.state import to_timestamp
 
 NOW = 1000.0
 
@@ -269,6 +270,33 @@ def test_decide(row: Row, make_spec: Callable[..., RolloutSpec]) -> None:
 
 def test_the_table_covers_every_action() -> None:
     assert {row.action for row in TABLE} == set(Action)
+
+
+def test_a_hold_that_finds_what_the_last_judgement_found_is_no_news_and_adds_to_its_history_entry(
+    make_spec: Callable[..., RolloutSpec],
+) -> None:
+    """A hold lasts as long as the trouble: a Judged Event at every judgement was an endless Warning
+    per step interval, and its history entries pushed StartCanary and SetWeight out of the status."""
+    spec = make_spec(analysis={"on_inconclusive": OnInconclusive.HOLD})
+    started = AT_STEP_1.with_history(NOW - 100, "StartCanary", "new revision v2").with_history(
+        NOW - 60, "SetWeight", "canary v2 is ready; canary at 5%"
+    )
+    judgements = [NO_DATA] * 22 + [UNREACHABLE]  # 2 below the limit of 3, 20 held alike, then other news
+    status, decisions = started, []
+    for n, analysis in enumerate(judgements):
+        decisions.append(decide(status, Observations(now=NOW + 60 * n, analysis=analysis), spec))
+        status = decisions[-1].status
+
+    assert {decision.action for decision in decisions} == {Action.JUDGED}
+    assert [decision.news for decision in decisions] == [True] * 3 + [False] * 19 + [True]
+    assert all(decision.degraded == decision.reason for decision in decisions[2:])
+    history = status.history
+    assert [entry["action"] for entry in history] == ["StartCanary", "SetWeight"] + ["Judged"] * 4
+    held = history[-2]
+    assert held["count"] == 20 and "holding: 22 inconclusive judgements in a row" in held["reason"]
+    assert (held["firstAt"], held["at"]) == (to_timestamp(NOW + 60 * 2), to_timestamp(NOW + 60 * 21))
+    assert "count" not in history[-1] and "holding: 23 inconclusive" in history[-1]["reason"]
+    assert status.message == decisions[-1].reason and status.inconclusive == 23
 
 
 async def test_a_replaced_canary_loses_its_traffic_before_the_next_one_starts(
