@@ -100,6 +100,10 @@ class LocalWorkloads:
             answers = [await self._probe(client, revision, process) for process in processes]
         return all(answers)
 
+    async def all_ready(self, revision: str) -> bool:
+        """`ready` is every process already."""
+        return await self.ready(revision)
+
     async def _probe(self, client: httpx.AsyncClient, revision: str, process: ServerProcess) -> bool:
         if not process.running():
             log.warning("revision %s: server exited:\n%s", revision, process.log_tail())

@@ -676,8 +676,13 @@ def status_schema() -> dict[str, Any]:
                 "type": "array",
                 "items": {"type": "string"},
                 "description": "Revisions whose Deployments are being removed: once the status naming "
-                "their successor is saved, and once the stable serves (a rollback keeps the canary's "
-                "servers until then).",
+                "their successor is saved, and once the stable has all its servers ready (a rollback "
+                "keeps the canary's servers until then; past spec.rollout.progressDeadline from "
+                "retiringSince, once it has one).",
+            },
+            "retiringSince": {
+                **nullable_string,
+                "description": "When the last decision that retired a revision was taken.",
             },
             "step": {"type": "integer", "description": "Index into spec.rollout.steps; -1 before the first."},
             "weight": {"type": "integer", "description": "Canary weight asked, percent."},
@@ -705,7 +710,9 @@ def status_schema() -> dict[str, Any]:
             },
             "history": {
                 "type": "array",
-                "description": "The last decisions (steps, promotions, rollbacks) with their reasons.",
+                "description": "The last decisions (steps, promotions, rollbacks) with their reasons. A "
+                "held judgement that finds what the one before it found is counted in that one's entry "
+                "(count; firstAt: when the first of them was).",
                 "items": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
             },
             "conditions": {

@@ -521,6 +521,14 @@ class KubeWorkloads:
         patch = {"spec": {"replicas": replicas}}
         await self._patch_deployment(f"scaling Deployment {name}", name, patch, MERGE_PATCH)
 
+    async def all_ready(self, revision: str) -> bool:
+        """As many ready pods as its Deployment asks for. A yes is the API's word, not the index's:
+        it lets a revision be removed, and the index may not hold our scale-up yet (a rollback from
+        100% read 1 ready pod of 1 there); a no, however stale, only keeps one longer."""
+        if not _all_ready(await self.deployment(revision)):
+            return False
+        return _all_ready(await self._read_deployment(resources.child_name(self.spec, revision)))
+
     async def remove(self, revision: str) -> None:
         name = resources.child_name(self.spec, revision)
         self.kube.last_seen.pop((self.spec.namespace, name), None)
@@ -778,6 +786,13 @@ class ReplicaRouter:
             if current is not None and current["spec"].get("replicas") != replicas:
                 return await self.route(stable, canary, weight)
         return None
+
+
+def _all_ready(deployment: Mapping[str, Any] | None) -> bool:
+    if deployment is None:
+        return False
+    asked = max(int((deployment.get("spec") or {}).get("replicas", 1)), 1)  # 0 asked: none serves
+    return int((deployment.get("status") or {}).get("readyReplicas") or 0) >= asked
 
 
 def _controlled_by(controller: Mapping[str, Any] | None) -> str:

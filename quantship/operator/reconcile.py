@@ -242,7 +242,7 @@ async def _reconcile(
     ctx.metrics.record((namespace, name), spec.model, decision)
     if decision.analysis is not None and current.step_started_at is not None:
         ctx.metrics.judged_late(now - (current.step_started_at + spec.rollout.step_interval))
-    if decision.action is not Action.WAIT:
+    if decision.news:
         _announce(body, decision, logger)
     # the annotations are one-shot requests: used up once acted on, meaningless without a canary
     used = decision.manual or not for_a_canary or not decision.status.in_flight
@@ -253,9 +253,10 @@ async def _reconcile(
     # Promote event: the next tick decides from the saved status and has nothing to announce).
     # Removed only now that the status naming their successor is saved (a promotion whose write
     # failed would resume at a stable revision already gone); kept in it until they are gone.
-    retired = await retire(decision.status, workloads)
+    retired = await retire(decision.status, workloads, spec.rollout, now=now)
     if retired.retiring != decision.status.retiring:
-        patch = {"retiringRevisions": list(retired.retiring) or None}
+        written = retired.to_dict()
+        patch = {key: written[key] for key in ("retiringRevisions", "retiringSince")}
         await ctx.kube.patch_model_status(namespace, name, patch)
     if retired.stable is not None and not retired.in_flight and not retired.retiring:
         await workloads.conform(retired.stable)  # replicas and resources as the spec says now

@@ -293,6 +293,24 @@ def persisted_faults(last_analysis: Mapping[str, Any] | None) -> set[Fault]:
     return {Fault(fault) for fault in found if fault in set(Fault)}
 
 
+def why_inconclusive(last_analysis: Mapping[str, Any] | None) -> tuple[tuple[str, ...], ...]:
+    """What a judgement (in its persisted form) found, without its numbers: each SLO's verdict with
+    its windows' faults, and the fallback-ops gate's. Two judgements alike in this say the same
+    thing, however their counts moved (a hold while Prometheus has no data for the canary)."""
+    if not last_analysis:
+        return ()
+    found = [
+        (
+            str(result.get("slo")),
+            str(result.get("verdict")),
+            *(str(window.get("fault")) for window in result.get("windows", [])),
+        )
+        for result in last_analysis.get("slos", [])
+    ]
+    gate = last_analysis.get("fallbackOps") or {}
+    return (*found, ("fallbackOps", str(gate.get("verdict")), str(gate.get("fault"))))
+
+
 def short_window_ratio(last_analysis: Mapping[str, Any] | None, sli: slo.SLI) -> float | None:
     """The canary's bad ratio of one SLI on the short window of a judgement in its persisted form
     (`Analysis.to_dict`, the status's lastAnalysis): the accuracy delta `kubectl get qm` shows."""

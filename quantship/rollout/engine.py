@@ -39,6 +39,7 @@ from quantship.rollout.analysis import (
     metrics_fault,
     metrics_trouble,
     persisted_faults,
+    why_inconclusive,
 )
 from quantship.rollout.ports import MetricsSource, PortError, Track, TrafficRouter, Workloads
 from quantship.rollout.spec import OnInconclusive, RolloutSpec
@@ -103,10 +104,18 @@ class Decision:
     """Why the rollout is stuck without having failed (no data, not ready past the deadline)."""
     fault: Fault | None = None
     """When `degraded` is the metrics' trouble (Prometheus unreachable, queries refused): which."""
+    again: bool = False
+    """A held judgement that finds what the last one found (`why_inconclusive`): it adds to the
+    history's last entry, and is no news to announce (the hold was, and Degraded says it)."""
 
     @property
     def warning(self) -> bool:
         return self.action in (Action.ROLL_BACK, Action.FAIL) or self.degraded is not None
+
+    @property
+    def news(self) -> bool:
+        """Worth an Event and a log line: it acted, or judged something not said already."""
+        return self.action is not Action.WAIT and not self.again
 
 
 @dataclass(frozen=True)
@@ -289,8 +298,9 @@ def _judged(status: RolloutStatus, analysis: Analysis, spec: RolloutSpec, now: f
                 if limits.on_inconclusive is OnInconclusive.ROLLBACK:
                     return _roll_back(judged, now, reason, analysis=analysis)
                 held = f"holding: {reason}"
+                again = _holding(status, spec) and _found_again(status, analysis)
                 return _decision(
-                    Action.JUDGED, judged, now, held, analysis=analysis, degraded=held, fault=fault
+                    Action.JUDGED, judged, now, held, analysis, degraded=held, fault=fault, again=again
                 )
             reason = (
                 f"inconclusive judgement {count} of {limits.inconclusive_limit} at {step}: {analysis.reason}"
@@ -315,10 +325,13 @@ def _decision(
     manual: bool = False,
     degraded: str | None = None,
     fault: Fault | None = None,
+    again: bool = False,
 ) -> Decision:
     retiring = tuple(dict.fromkeys((*status.retiring, *retire)))
-    recorded = replace(status, retiring=retiring).with_history(now, action.value, reason)
-    return Decision(action, recorded, reason, analysis, retire, manual, degraded, fault)
+    since = now if retire else status.retiring_since
+    retired = replace(status, retiring=retiring, retiring_since=since if retiring else None)
+    recorded = retired.with_history(now, action.value, reason, again=again)
+    return Decision(action, recorded, reason, analysis, retire, manual, degraded, fault, again)
 
 
 def _wait(
@@ -407,6 +420,11 @@ def _holding(status: RolloutStatus, spec: RolloutSpec) -> bool:
     """Too many inconclusive judgements in a row, and the spec says hold rather than roll back."""
     limits = spec.analysis
     return limits.on_inconclusive is OnInconclusive.HOLD and status.inconclusive >= limits.inconclusive_limit
+
+
+def _found_again(status: RolloutStatus, analysis: Analysis) -> bool:
+    """The judgement finds what the last one did (`why_inconclusive`), however its counts moved."""
+    return why_inconclusive(status.last_analysis) == why_inconclusive(analysis.to_dict())
 
 
 def _not_ready(status: RolloutStatus, spec: RolloutSpec) -> str:
@@ -498,27 +516,57 @@ async def apply(decision: Decision, *, workloads: Workloads, router: TrafficRout
     return replace(decision, status=status, reason=reason)
 
 
-async def retire(status: RolloutStatus, workloads: Workloads) -> RolloutStatus:
+async def retire(
+    status: RolloutStatus, workloads: Workloads, spec: RolloutSpec, *, now: float
+) -> RolloutStatus:
     """Remove the revisions `status.retiring` names, and return the status without them. Call it
     once `status` is saved: removed before, a promotion whose status write failed would resume at a
-    stable revision that is gone. A revision that still serves while the stable does not (a
-    rollback from 100%, where the stable had scaled down) stays until the stable is ready: traffic
-    moves before anything is removed, so nothing serves nobody."""
+    stable revision that is gone.
+
+    A revision that still serves stays until the stable, its successor, has all its servers ready:
+    a rollback from 100% (replicas router: 4 canaries, 1 stable) or a promotion (the new stable
+    scaled up from its share) would otherwise leave the whole model's traffic to the one or two
+    successor servers ready so far. A successor that cannot get them all (a quota, a node short)
+    is waited for `spec.progress_deadline` from the decision (a status saved before
+    `retiring_since` existed: not at all); past it, the revision stays only while the successor
+    has no ready server: never removed while it is the last that serves."""
     if not status.retiring:
         return status
     kept: list[str] = []
-    stable_ready: bool | None = None
+    takes_over: bool | None = None
     for revision in status.retiring:
         if revision in (status.stable, status.canary):
             continue  # asked for again meanwhile: not to remove
         if await workloads.ready(revision):
-            if stable_ready is None:
-                stable_ready = status.stable is not None and await workloads.ready(status.stable)
-            if not stable_ready:
+            if takes_over is None:
+                takes_over = await _takes_over(status, workloads, spec, now)
+            if not takes_over:
                 kept.append(revision)
                 continue
         await workloads.remove(revision)
-    return replace(status, retiring=tuple(kept))
+    return replace(status, retiring=tuple(kept), retiring_since=status.retiring_since if kept else None)
+
+
+async def _takes_over(status: RolloutStatus, workloads: Workloads, spec: RolloutSpec, now: float) -> bool:
+    """Whether the stable can take the traffic of the revisions retiring: all its servers are ready;
+    past the progress deadline of the wait, one is."""
+    if status.stable is None:
+        return False
+    if await workloads.all_ready(status.stable):
+        return True
+    waited = None if status.retiring_since is None else now - status.retiring_since
+    if waited is not None and waited <= spec.progress_deadline:
+        return False
+    if not await workloads.ready(status.stable):
+        return False
+    log.warning(
+        "removing %s: its successor %s has not all its servers ready %s (progress deadline %.0f s)",
+        ", ".join(status.retiring),
+        status.stable,
+        "(no record of when they began retiring)" if waited is None else f"after {waited:.0f} s",
+        spec.progress_deadline,
+    )
+    return True
 
 
 # -- the loop the local demo and the tests run ----------------------------------------------------
@@ -573,14 +621,14 @@ async def run_rollout(
         errors = 0
         status = decision.status
         try:
-            status = await retire(status, workloads)
+            status = await retire(status, workloads, spec, now=clock())
         except PortError as exc:  # kept in the status: the next tick removes them
             log.warning("rollout of %s: %s (retried next tick)", spec.revision, exc)
         if decision.manual:
             intervention.abort = intervention.promote = False
         if on_decision is not None:
             on_decision(decision)
-        if decision.action is not Action.WAIT:
+        if decision.news:
             log.info("rollout of %s: %s: %s", spec.revision, decision.action.value, decision.reason)
         if decision.action is Action.WAIT and not status.in_flight and not status.retiring:
             return status

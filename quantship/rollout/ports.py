@@ -47,6 +47,10 @@ class Workloads(Protocol):
     async def ready(self, revision: str) -> bool:
         """Whether `revision` has at least one server ready to take traffic."""
 
+    async def all_ready(self, revision: str) -> bool:
+        """Whether every server `revision` is asked to run is ready: it can take the traffic of a
+        revision retiring in its favour without fewer servers than asked."""
+
     async def scale(self, revision: str, replicas: int) -> None:
         """Set how many servers `revision` runs."""
 

@@ -72,16 +72,24 @@ class RolloutStatus:
     message: str = ""
     retiring: tuple[str, ...] = ()
     """Revisions to remove, kept here until they are gone (`engine.retire`): removed only once a
-    status naming their successor is saved, and never while they are the last that serve, so that
-    a tick cut off half-way or a restarted operator finishes the job instead of losing it."""
+    status naming their successor is saved, and once their successor has all its servers ready
+    (past the progress deadline, one: never while they are the last that serve), so that a tick
+    cut off half-way or a restarted operator finishes the job instead of losing it."""
+    retiring_since: float | None = None
+    """When the last decision that retired a revision was taken: what the progress deadline of
+    `engine.retire`'s wait counts from. None while nothing retires."""
 
     @property
     def in_flight(self) -> bool:
         """A new revision is on its way (pending or progressing): the engine must keep ticking."""
         return self.phase in (Phase.PENDING, Phase.PROGRESSING)
 
-    def with_history(self, at: float, action: str, reason: str) -> RolloutStatus:
-        entry = {
+    def with_history(self, at: float, action: str, reason: str, *, again: bool = False) -> RolloutStatus:
+        """The status with the decision recorded last in its history, and as its message. `again`:
+        the decision repeats the last entry's (a held judgement saying what the one before said),
+        which takes it in place, with `count` (decisions it stands for) and `firstAt` (the first
+        one's time): a hold that lasts would otherwise push every earlier decision out."""
+        entry: dict[str, Any] = {
             "at": to_timestamp(at),
             "action": action,
             "phase": self.phase.value,
@@ -90,6 +98,10 @@ class RolloutStatus:
             "weight": self.weight,
             "reason": reason,
         }
+        last = self.history[-1] if self.history else None
+        if again and last is not None and last.get("action") == action:
+            entry |= {"count": int(last.get("count", 1)) + 1, "firstAt": last.get("firstAt", last.get("at"))}
+            return replace(self, history=(*self.history[:-1], entry), message=reason)
         return replace(self, history=(*self.history, entry)[-HISTORY_LENGTH:], message=reason)
 
     def to_dict(self) -> dict[str, Any]:
@@ -109,6 +121,7 @@ class RolloutStatus:
             "history": [dict(entry) for entry in self.history],
             "message": self.message,
             "retiringRevisions": list(self.retiring) or None,  # None: the merge patch removes the key
+            "retiringSince": to_timestamp(self.retiring_since) if self.retiring else None,
         }
 
     @classmethod
@@ -132,4 +145,5 @@ class RolloutStatus:
             history=tuple(data.get("history") or ()),
             message=str(data.get("message") or ""),
             retiring=tuple(data.get("retiringRevisions") or ()),
+            retiring_since=from_timestamp(data.get("retiringSince")),
         )

@@ -191,6 +191,9 @@ class RunningServers:
         async with httpx.AsyncClient(timeout=2.0) as client:
             return (await client.get(f"{self.servers[revision].url}/v2/health/ready")).status_code == 200
 
+    async def all_ready(self, revision: str) -> bool:
+        return await self.ready(revision)  # one server per revision
+
     async def scale(self, revision: str, replicas: int) -> None:
         assert revision in self.servers
 

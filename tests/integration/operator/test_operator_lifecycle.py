@@ -131,6 +131,7 @@ async def test_a_new_artifact_is_rolled_out_step_by_step_and_promoted(
     status = await phase_is(kubectl, "Promoted", timeout=30)
 
     assert status["stableRevision"] == SECOND and "canaryRevision" not in status
+    await kubectl.make_ready(f"digits-{SECOND}", 2)  # the old stable goes once the new has all its servers
     await eventually(lambda: kubectl.deployment(f"digits-{FIRST}") is None, what="the old stable removed")
     promoted = kubectl.deployment(f"digits-{SECOND}")
     assert promoted is not None and promoted["metadata"]["labels"]["track"] == "stable"
@@ -524,6 +525,38 @@ async def test_degraded_stays_true_between_judgements_while_prometheus_is_unreac
     assert set(degraded[first:]) == {("True", "MetricsUnreachable")}, degraded  # no NotReady in between
     await posted(kubectl, "RollBack")
     assert len(events(kubectl, "MetricsUnreachable")) == 1, "once, not per judgement"
+
+
+async def test_a_held_canary_is_announced_once_and_its_judgements_keep_the_history(
+    kubectl: Kubectl, start_operator: StartOperator
+) -> None:
+    """Held for no data (onInconclusive: hold), each judgement posted a Warning Judged Event, one per
+    step interval for as long as the data stayed away (13 in 15 s), and a history entry of its own:
+    StartCanary and SetWeight were pushed out of the status's 10."""
+    metrics = ScriptedMetrics(silent={SECOND})  # Prometheus has no series of the canary's
+    await start_operator(metrics)
+    analysis = {"minSamples": 10, "inconclusiveLimit": 2, "onInconclusive": "hold"}
+    await serving(kubectl, spec_of(V1, analysis=analysis, rollout={"steps": [25, 100], "stepInterval": "1s"}))
+    await kubectl.patch({"spec": {"artifact": {"uri": V2}}})
+    await eventually(lambda: kubectl.deployment(f"digits-{SECOND}"), what="the canary Deployment")
+    await kubectl.make_ready(f"digits-{SECOND}")
+
+    def held_a_while() -> dict[str, Any] | None:
+        status = (kubectl.get() or {}).get("status") or {}
+        return status if status.get("inconclusive", 0) >= 6 else None
+
+    status = await eventually(held_a_while, what="six inconclusive judgements", timeout=30)
+
+    assert status["phase"] == "Progressing" and status["message"].startswith("holding: ")
+    actions = [entry["action"] for entry in status["history"]]
+    assert actions == ["Deploy", "Serve", "StartCanary", "SetWeight", "Judged", "Judged"]
+    held = status["history"][-1]
+    assert held["count"] == status["inconclusive"] - 1, "every judgement of the hold, in one entry"
+    assert held["firstAt"] < held["at"] and held["reason"] == status["message"]
+    judged = await posted(kubectl, "Judged", 2)
+    assert len(judged) == 2, "the inconclusive judgement below the limit, then the hold: once"
+    assert any("holding: 2 inconclusive judgements in a row" in event["message"] for event in judged)
+    assert len(events(kubectl, "AnalysisInconclusive")) == 1
 
 
 async def test_a_model_deleted_mid_canary_takes_its_gauges_off_metrics(

@@ -51,6 +51,8 @@ class MemoryWorkloads:
         self.started: dict[str, float] = {}
         self.replicas: dict[str, int] = {}
         self.never_ready: set[str] = set()
+        self.partly_ready: set[str] = set()
+        """Revisions ready with some of their servers only: `ready`, not `all_ready`."""
         self.calls: list[tuple[str, ...]] = []
 
     async def run(self, revision: str, track: Track) -> None:
@@ -63,6 +65,9 @@ class MemoryWorkloads:
             return False
         # a revision a test put in `running` by hand has long been running
         return now() - self.started.get(revision, float("-inf")) >= self.ready_after
+
+    async def all_ready(self, revision: str) -> bool:
+        return revision not in self.partly_ready and await self.ready(revision)
 
     async def scale(self, revision: str, replicas: int) -> None:
         self.replicas[revision] = replicas

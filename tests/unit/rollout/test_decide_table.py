@@ -38,6 +38,7 @@ from quantship.rollout import (
 from quantship.rollout.analysis import Fault, GateResult
 from quantship.rollout.engine import analysis_due
 from quantship.rollout.spec import OnInconclusive
+from quantship.rollout.state import to_timestamp
 
 NOW = 1000.0
 
@@ -271,6 +272,33 @@ def test_the_table_covers_every_action() -> None:
     assert {row.action for row in TABLE} == set(Action)
 
 
+def test_a_hold_that_finds_what_the_last_judgement_found_is_no_news_and_adds_to_its_history_entry(
+    make_spec: Callable[..., RolloutSpec],
+) -> None:
+    """A hold lasts as long as the trouble: a Judged Event at every judgement was an endless Warning
+    per step interval, and its history entries pushed StartCanary and SetWeight out of the status."""
+    spec = make_spec(analysis={"on_inconclusive": OnInconclusive.HOLD})
+    started = AT_STEP_1.with_history(NOW - 100, "StartCanary", "new revision v2").with_history(
+        NOW - 60, "SetWeight", "canary v2 is ready; canary at 5%"
+    )
+    judgements = [NO_DATA] * 22 + [UNREACHABLE]  # 2 below the limit of 3, 20 held alike, then other news
+    status, decisions = started, []
+    for n, analysis in enumerate(judgements):
+        decisions.append(decide(status, Observations(now=NOW + 60 * n, analysis=analysis), spec))
+        status = decisions[-1].status
+
+    assert {decision.action for decision in decisions} == {Action.JUDGED}
+    assert [decision.news for decision in decisions] == [True] * 3 + [False] * 19 + [True]
+    assert all(decision.degraded == decision.reason for decision in decisions[2:])
+    history = status.history
+    assert [entry["action"] for entry in history] == ["StartCanary", "SetWeight"] + ["Judged"] * 4
+    held = history[-2]
+    assert held["count"] == 20 and "holding: 22 inconclusive judgements in a row" in held["reason"]
+    assert (held["firstAt"], held["at"]) == (to_timestamp(NOW + 60 * 2), to_timestamp(NOW + 60 * 21))
+    assert "count" not in history[-1] and "holding: 23 inconclusive" in history[-1]["reason"]
+    assert status.message == decisions[-1].reason and status.inconclusive == 23
+
+
 async def test_a_replaced_canary_loses_its_traffic_before_the_next_one_starts(
     make_spec: Callable[..., RolloutSpec], workloads: MemoryWorkloads, router: MemoryRouter
 ) -> None:
@@ -278,34 +306,88 @@ async def test_a_replaced_canary_loses_its_traffic_before_the_next_one_starts(
 
     applied = await apply(decision, workloads=workloads, router=router)
     assert applied.status.retiring == ("v2",), "removed only once the status saying so is saved"
-    retired = await retire(applied.status, workloads)
+    retired = await retire(applied.status, workloads, make_spec("v3"), now=NOW)
 
     assert router.routes == [("v1", None, 0)]
     assert workloads.calls == [("run", "v3", "canary"), ("remove", "v2")]
     assert retired.retiring == ()
 
 
-async def test_a_revision_that_serves_while_the_stable_does_not_is_kept_until_the_stable_serves(
-    workloads: MemoryWorkloads,
+ROLLED_BACK = RolloutStatus(
+    phase=Phase.ROLLED_BACK, stable="v1", rejected="v2", retiring=("v2",), retiring_since=NOW - 10
+)
+"""A rollback from 100% 10 s ago: the stable, scaled down to one server for the canary, is scaled
+back up; the canary's servers are still there, and serve."""
+
+
+async def test_a_revision_that_serves_is_kept_until_its_successor_has_all_its_servers(
+    make_spec: Callable[..., RolloutSpec], workloads: MemoryWorkloads
 ) -> None:
-    """A rollback from 100%: the stable had scaled down for the canary and takes a while to be
-    ready again. Removing the canary at once would leave no server at all."""
+    """Removed once the stable had one server ready, the canary left it all the traffic (1 of 4
+    servers, on a rollback from 100% with 4 replicas); none ready, no server at all."""
     workloads.running = {"v1": Track.STABLE, "v2": Track.CANARY}
     workloads.never_ready = {"v1"}
-    rolled_back = RolloutStatus(phase=Phase.ROLLED_BACK, stable="v1", rejected="v2", retiring=("v2",))
+    spec = make_spec()
 
-    waiting = await retire(rolled_back, workloads)
+    none_ready = await retire(ROLLED_BACK, workloads, spec, now=NOW)
     workloads.never_ready.clear()
-    done = await retire(waiting, workloads)
+    workloads.partly_ready = {"v1"}
+    some_ready = await retire(none_ready, workloads, spec, now=NOW + 5)
+    workloads.partly_ready.clear()
+    all_ready = await retire(some_ready, workloads, spec, now=NOW + 10)
 
-    assert waiting.retiring == ("v2",) and done.retiring == ()
+    assert none_ready == some_ready == ROLLED_BACK
+    assert all_ready.retiring == () and all_ready.retiring_since is None
     assert workloads.calls == [("remove", "v2")]
 
 
-async def test_a_retiring_revision_asked_for_again_is_not_removed(workloads: MemoryWorkloads) -> None:
+@pytest.mark.parametrize(
+    ("since", "kept"),
+    [(NOW - 299, ("v2",)), (NOW - 301, ()), (None, ())],
+    ids=["within the progress deadline: kept", "past it: removed", "a status with no retiringSince: removed"],
+)
+async def test_a_successor_short_of_servers_is_waited_for_up_to_the_progress_deadline(
+    make_spec: Callable[..., RolloutSpec],
+    workloads: MemoryWorkloads,
+    since: float | None,
+    kept: tuple[str, ...],
+) -> None:
+    """A stable that never gets all its servers (a quota, a node short) does not keep the old ones
+    for ever: past spec.progress_deadline (300 s here), one ready server of its is enough."""
+    workloads.running = {"v1": Track.STABLE, "v2": Track.CANARY}
+    workloads.partly_ready = {"v1"}
+
+    retired = await retire(replace(ROLLED_BACK, retiring_since=since), workloads, make_spec(), now=NOW)
+
+    assert retired.retiring == kept
+
+
+async def test_past_the_progress_deadline_the_last_revision_that_serves_still_stays(
+    make_spec: Callable[..., RolloutSpec], workloads: MemoryWorkloads
+) -> None:
+    workloads.running = {"v1": Track.STABLE, "v2": Track.CANARY}
+    workloads.never_ready = {"v1"}
+
+    retired = await retire(replace(ROLLED_BACK, retiring_since=None), workloads, make_spec(), now=NOW)
+
+    assert retired.retiring == ("v2",) and workloads.calls == []
+
+
+def test_a_decision_that_retires_says_since_when() -> None:
+    rolled_back = decide(AT_STEP_1, Observations(now=NOW, abort=True), RolloutSpec("digits", "v2", ()))
+    started = decide(rolled_back.status, Observations(now=NOW + 5), RolloutSpec("digits", "v3", ()))
+
+    assert rolled_back.status.retiring_since == NOW
+    assert started.status.retiring == ("v2",) and started.status.retiring_since == NOW, "nothing more retired"
+    assert RolloutStatus.from_dict(rolled_back.status.to_dict()) == rolled_back.status
+
+
+async def test_a_retiring_revision_asked_for_again_is_not_removed(
+    make_spec: Callable[..., RolloutSpec], workloads: MemoryWorkloads
+) -> None:
     again = RolloutStatus(phase=Phase.PROGRESSING, stable="v1", canary="v2", retiring=("v2", "v3"))
 
-    retired = await retire(again, workloads)
+    retired = await retire(again, workloads, make_spec(), now=NOW)
 
     assert retired.retiring == () and workloads.calls == [("remove", "v3")]
 

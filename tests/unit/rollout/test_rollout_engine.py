@@ -402,7 +402,7 @@ async def test_a_new_revision_during_a_canary_replaces_it_and_the_stable_one_aga
     async def saved(status: RolloutStatus, revision: str) -> tuple[Decision, RolloutStatus]:
         """One tick as the operator runs it: decide and act, save the status, then retire."""
         decision = await tick(status, make_spec(revision), now=clock(), **ports)  # type: ignore[arg-type]
-        return decision, await retire(decision.status, workloads)
+        return decision, await retire(decision.status, workloads, make_spec(revision), now=clock())
 
     _, started = await saved(STABLE, "v2")
     replaced, after_replacing = await saved(started, "v3")
