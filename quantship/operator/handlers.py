@@ -17,7 +17,8 @@
 So a model carries the finalizer only while an HTTPRoute must be released: deleting the namespace
 of any other model, mid-rollout or not, does not wait for the operator.
 
-Ticks of one resource never overlap: the handlers share a lock in kopf's per-resource memo.
+Ticks of one resource never overlap: the handlers share a lock in kopf's per-resource memo, which
+also keeps a tick whose status write failed until the next one saves it (`reconcile.Acted`).
 """
 
 from __future__ import annotations
@@ -138,7 +139,14 @@ def register(
         async with _lock(memo):
             children = watched.Children.from_handler(kwargs)
             return await reconcile(
-                ctx, namespace or "default", name, logger, seen=body, children=children, fresh=fresh
+                ctx,
+                namespace or "default",
+                name,
+                logger,
+                seen=body,
+                children=children,
+                fresh=fresh,
+                memo=memo,
             )
 
     @kopf.on.startup(registry=registry)
@@ -235,7 +243,7 @@ def register(
                 try:
                     # a daemon's body is live: it follows the watch, also while we wait for the lock
                     decision = await reconcile(
-                        ctx, namespace or "default", name, logger, seen=body, children=children
+                        ctx, namespace or "default", name, logger, seen=body, children=children, memo=memo
                     )
                 except (kopf.TemporaryError, kopf.PermanentError) as exc:
                     # the condition and event are written; the next interval is the retry. Said
