@@ -36,6 +36,7 @@ async def promoted_with_refusals(
     cluster.refuse(refused, ETCD_TIMEOUT)
     await kubectl.patch({"spec": {"artifact": {"uri": V2}}})
     await eventually(lambda: kubectl.deployment(f"digits-{SECOND}"), what="the canary Deployment")
+    await phase_is(kubectl, "Progressing")  # its status is written after it: V1's still says Promoted
     await kubectl.make_ready(f"digits-{SECOND}", 2)
     status = await phase_is(kubectl, "Promoted", timeout=60)
     await eventually(lambda: kubectl.deployment(f"digits-{FIRST}") is None, what="the old stable removed")
