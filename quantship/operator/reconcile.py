@@ -25,7 +25,7 @@ from quantship.operator import crd, placement, quantization, resources
 from quantship.operator import status as status_module
 from quantship.operator.kube import GatewayRouter, Kube, KubeWorkloads, ModelGone, ReplicaRouter
 from quantship.operator.metrics import OperatorMetrics
-from quantship.operator.settings import SERVER_BIND_ADDRESS
+from quantship.operator.settings import RETRY_BACKOFF_MAX_S, SERVER_BIND_ADDRESS
 from quantship.operator.spec import InvalidSpec, ModelSpec
 from quantship.operator.watched import Children
 from quantship.rollout import (
@@ -69,6 +69,11 @@ class Context:
     """The operator's Prometheus client; `main.run` builds it and closes it at shutdown."""
     server_host: str = SERVER_BIND_ADDRESS
     """Where the model servers listen (OperatorSettings.server_bind_address)."""
+
+    def retry_delay(self, exc: PortError) -> float:
+        """Seconds before a tick that failed on `exc` is retried: `retry_backoff`, or what the
+        API server asked (Retry-After) where longer, up to RETRY_BACKOFF_MAX_S."""
+        return max(self.retry_backoff, min(exc.retry_after or 0.0, RETRY_BACKOFF_MAX_S))
 
     def source_for(self, spec: ModelSpec) -> MetricsSource:
         if self.metrics_source is not None:
@@ -127,7 +132,7 @@ async def reconcile(
         ctx.kube.forget(namespace, name)
         return None
     except PortError as exc:
-        raise kopf.TemporaryError(f"{exc.reason}: {exc}", delay=ctx.retry_backoff) from exc
+        raise kopf.TemporaryError(f"{exc.reason}: {exc}", delay=ctx.retry_delay(exc)) from exc
 
 
 async def _reconcile(

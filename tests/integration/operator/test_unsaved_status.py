@@ -1,7 +1,9 @@
 """A tick that acted but whose status write the API server refused: its decision is saved as it was
-taken, by the next ticks, which decide nothing meanwhile. Decided again, a rollback already carried
-out was followed by a judgement that passed and the promotion of the revision just rejected, with
-no trace of the rollback. Real kopf runtime against kmock."""
+taken, by the next ticks, which decide nothing meanwhile, and each retry waits longer (the API
+server's Retry-After at least). Decided again, a rollback already carried out was followed by a
+judgement that passed and the promotion of the revision just rejected, with no trace of the
+rollback; and an API server throttling the status writes got a judgement and the step's Deployment
+patches again at every tick. Real kopf runtime against kmock."""
 
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from test_retirement import ours
 from quantship.rollout import GaugeMeasurement
 
 UNAVAILABLE = kmock.KubernetesError(status=503, reason="ServiceUnavailable", message="etcd leader changed")
+THROTTLED = kmock.KubernetesError(status=429, reason="TooManyRequests", message="too many requests")
 STEPS = {"steps": [25, 50, 100], "stepInterval": "1s"}
 
 
@@ -145,3 +148,29 @@ async def test_a_failed_judgement_whose_status_write_was_refused_still_counts(
     assert judgement["reason"].startswith("failed judgement 1 of 2 at step 1 of 3")
     (event,) = await posted(kubectl, "Judged")
     assert event["message"] == judgement["reason"]
+
+
+async def test_a_throttled_status_write_is_retried_alone_and_later_each_time(
+    cluster: Cluster, kubectl: Kubectl, start_operator: StartOperator
+) -> None:
+    """The step to 50% is judged and routed once, and only its status write is sent again: after
+    the 429's Retry-After (1 s, twice retry_backoff), then after twice that."""
+    metrics = CountedMetrics()
+    step_write = FirstThree(cluster, lambda r: status_written(r, step=1))
+    cluster.refuse(step_write, THROTTLED, headers={"Retry-After": "1"})
+    await at_step_one(kubectl, start_operator, metrics)
+
+    ended = await settled(kubectl)
+
+    assert ended["phase"] == "Promoted"
+    assert len(step_write.at) == 3, "saved once the API server took it"
+    assert metrics.judgements == 3, "one judgement a step, none again at a retry"
+    throttled = [
+        request for request, _ in cluster.answers[step_write.began : step_write.ended] if ours(request)
+    ]
+    patched = [request.url.path.rsplit("/", 2)[-2:] for request in throttled if request.method == "PATCH"]
+    assert patched == [["digits", "status"]] * 3, "no Deployment scaled again meanwhile"
+    assert step_write.at[1] - step_write.at[0] >= 0.95, "the API server's Retry-After, not retry_backoff"
+    assert step_write.at[2] - step_write.at[1] >= 1.9, "twice that after a second failure in a row"
+    actions = [entry["action"] for entry in ended["history"]]
+    assert actions[-5:] == ["StartCanary", "SetWeight", "SetWeight", "SetWeight", "Promote"]
