@@ -1,13 +1,14 @@
 """The kopf handlers of QuantizedModel, registered on a registry the composition root passes in.
 
 - create / resume / spec change: tick at once (children appear within a second of `kubectl apply`);
-  kopf retries a failed tick with backoff (`retry_backoff`).
+  kopf retries a failed tick with backoff (`retry_delay`).
 - a daemon ticking every `tick_interval` seconds while a rollout is in flight (phase Pending or
   Progressing) judges the steps; kopf starts it then and stops it when the rollout settles. The
   next tick comes `tick_interval` after the last ended, as kopf's timers do: a step starts at a
   tick, so its judgement falls due a hair after the tick one interval later at a fixed rate, and
-  waited a whole interval more (5 s lag at every N on kmock, measured). It ends by itself once the
-  resource is gone, so it needs no finalizer (kopf would add one for it).
+  waited a whole interval more (5 s lag at every N on kmock, measured). A failed tick is retried
+  after `retry_delay` instead: an API server in trouble gets fewer ticks, not one per interval.
+  It ends by itself once the resource is gone, so it needs no finalizer (kopf would add one for it).
 - delete, gateway-api mode only, once the operator has routed the user's HTTPRoute: point it back
   at the model's Service name (a finalizer, because the route is not ours to garbage-collect).
   Children go with their owner.
@@ -17,7 +18,8 @@
 So a model carries the finalizer only while an HTTPRoute must be released: deleting the namespace
 of any other model, mid-rollout or not, does not wait for the operator.
 
-Ticks of one resource never overlap: the handlers share a lock in kopf's per-resource memo.
+Ticks of one resource never overlap: the handlers share a lock in kopf's per-resource memo, which
+also keeps a tick whose status write failed until the next one saves it (`reconcile.Acted`).
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from quantship.operator import crd, quantization, watched
 from quantship.operator import status as status_module
 from quantship.operator.kube import GatewayRouter
 from quantship.operator.reconcile import IN_FLIGHT, Context, reconcile
-from quantship.operator.settings import OperatorSettings
+from quantship.operator.settings import RETRY_BACKOFF_MAX_S, OperatorSettings
 from quantship.operator.spec import InvalidSpec, ModelSpec
 from quantship.rollout import Decision, PortError
 
@@ -50,6 +52,13 @@ def _lock(memo: Any) -> asyncio.Lock:
     if lock is None:
         lock = memo["lock"] = asyncio.Lock()
     return lock
+
+
+def retry_delay(first: float, failures: int) -> float:
+    """Seconds before the retry of a tick that failed `failures` times in a row (1: this once):
+    `first` (the TemporaryError's delay: retry_backoff, or the API server's Retry-After) doubled
+    at each failure after the first, up to RETRY_BACKOFF_MAX_S; a longer `first` is kept."""
+    return max(first, min(RETRY_BACKOFF_MAX_S, first * 2.0 ** min(failures - 1, 32)))
 
 
 def in_flight(status: kopf.Status, **_: Any) -> bool:
@@ -134,12 +143,24 @@ def register(
         kwargs: dict[str, Any],
         fresh: bool = False,
     ) -> Decision | None:
-        """One tick of the resource under its lock, with our children as kopf's indexes hold them."""
+        """One tick of the resource under its lock, with our children as kopf's indexes hold them.
+        A failed one waits longer at each of kopf's retries (`retry`: how many came before)."""
         async with _lock(memo):
             children = watched.Children.from_handler(kwargs)
-            return await reconcile(
-                ctx, namespace or "default", name, logger, seen=body, children=children, fresh=fresh
-            )
+            try:
+                return await reconcile(
+                    ctx,
+                    namespace or "default",
+                    name,
+                    logger,
+                    seen=body,
+                    children=children,
+                    fresh=fresh,
+                    memo=memo,
+                )
+            except kopf.TemporaryError as exc:
+                delay = retry_delay(exc.delay or retry_backoff, int(kwargs.get("retry") or 0) + 1)
+                raise kopf.TemporaryError(str(exc), delay=delay) from exc
 
     @kopf.on.startup(registry=registry)
     def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
@@ -225,9 +246,11 @@ def register(
         **kwargs: Any,
     ) -> None:
         uid = body.get("metadata", {}).get("uid")
+        failures = 0  # ticks failed in a row
         while not stopped:
             if not watched.still_there(kwargs, namespace or "default", name, uid):
                 return  # deleted: with no finalizer, kopf does not stop this daemon for it
+            pause = tick_interval
             async with _lock(memo):
                 if stopped:  # settled or exiting while this tick waited for the lock
                     return
@@ -235,21 +258,26 @@ def register(
                 try:
                     # a daemon's body is live: it follows the watch, also while we wait for the lock
                     decision = await reconcile(
-                        ctx, namespace or "default", name, logger, seen=body, children=children
+                        ctx, namespace or "default", name, logger, seen=body, children=children, memo=memo
                     )
                 except (kopf.TemporaryError, kopf.PermanentError) as exc:
-                    # the condition and event are written; the next interval is the retry. Said
-                    # once: a spec that cannot work fails every tick until it is changed.
+                    # the condition and event are written where they can be. An API in trouble is
+                    # retried later each time; a spec that cannot work, every tick until changed.
+                    failures += 1
+                    if isinstance(exc, kopf.TemporaryError):
+                        pause = retry_delay(exc.delay or retry_backoff, failures)
+                    # said once: the same failure every tick is news once
                     repeated = memo.get("last_tick_failure") == str(exc)
                     memo["last_tick_failure"] = str(exc)
                     level = logging.DEBUG if repeated else logging.WARNING
-                    logger.log(level, "tick failed, next in %.0f s: %s", tick_interval, exc)
+                    logger.log(level, "tick failed, next in %g s: %s", pause, exc)
                 else:
+                    failures = 0
                     memo.pop("last_tick_failure", None)
                     if decision is None:
                         return  # gone, or being deleted: nothing more to tick
                 logger.debug(TICK_DONE)
-            await _sleep_unless_stopped(stopped, tick_interval)
+            await _sleep_unless_stopped(stopped, pause)
 
     without_finalizer(registry, "analysis")
 
@@ -290,5 +318,5 @@ def register(
         except PortError as exc:
             if exc.reason in ("HTTPRouteNotFound", "HTTPRouteNotReferenced"):
                 return  # nothing of ours left in a route
-            raise kopf.TemporaryError(str(exc), delay=retry_backoff) from exc
+            raise kopf.TemporaryError(str(exc), delay=ctx.retry_delay(exc)) from exc
         logger.info("HTTPRoute %s points at Service %s again", spec.http_route, spec.name)

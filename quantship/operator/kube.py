@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import re
 import time
 from collections.abc import Mapping
@@ -259,31 +260,65 @@ async def _read(response_coroutine: Any, *, timeout: float = API_TIMEOUT) -> dic
                 body = await response.read()
                 if response.status >= 400:
                     answer = _answer(response.status, response.reason, body)
-                    raise PortError(f"Kubernetes API answered {answer}", reason=API_ERROR)
+                    raise PortError(
+                        f"Kubernetes API answered {answer}",
+                        reason=API_ERROR,
+                        retry_after=_retry_after(response.headers, body),
+                    )
                 return dict(json.loads(body))
     except client.ApiException as exc:
         if exc.status == 404:
             return None
         answer = _answer(exc.status, exc.reason, exc.body)
-        raise PortError(f"Kubernetes API answered {answer}", reason=API_ERROR) from exc
+        raise PortError(
+            f"Kubernetes API answered {answer}",
+            reason=API_ERROR,
+            retry_after=_retry_after(exc.headers, exc.body),
+        ) from exc
     except TRANSPORT_ERRORS as exc:
         raise PortError(f"Kubernetes API unreachable: {_describe(exc, timeout)}", reason=UNREACHABLE) from exc
+
+
+def _text(body: bytes | str | None) -> str:
+    return body.decode(errors="replace") if isinstance(body, bytes) else (body or "")
+
+
+def _status_object(body: bytes | str | None) -> dict[str, Any] | None:
+    """The Status object an error answer's body holds, if it is one."""
+    text = _text(body)
+    try:
+        answer = json.loads(text) if text else None
+    except ValueError:
+        return None
+    return answer if isinstance(answer, dict) and answer.get("kind") == "Status" else None
 
 
 def _answer(status: int | None, phrase: str | None, body: bytes | str | None) -> str:
     """An error answer as the API server meant it: the status, and its Status object's reason and
     message (where the cause is: "failed to allocate a serviceIP: range is full"), else the body."""
-    text = body.decode(errors="replace") if isinstance(body, bytes) else (body or "")
-    try:
-        answer = json.loads(text) if text else None
-    except ValueError:
-        answer = None
+    text, answer = _text(body), _status_object(body)
     head = f"{status} {phrase or ''}".strip()
-    if isinstance(answer, dict) and answer.get("kind") == "Status":
+    if answer is not None:
         reason, message = answer.get("reason"), answer.get("message")
         details = ": ".join(str(part) for part in (reason, message) if part)
         return f"{head} ({details})" if details else head
     return f"{head}: {text[:200]}" if text.strip() else head
+
+
+def _retry_after(headers: Mapping[str, str] | None, body: bytes | str | None) -> float | None:
+    """Seconds the API server asked us to wait before trying again: its Retry-After header (sent
+    with a 429 of API priority and fairness, and some 5xx), else its Status object's
+    details.retryAfterSeconds; None when it asked nothing. Only seconds: the API server never
+    sends Retry-After as a date."""
+    asked: Any = (headers or {}).get("Retry-After")
+    details = (_status_object(body) or {}).get("details")
+    if asked is None and isinstance(details, dict):
+        asked = details.get("retryAfterSeconds")
+    try:
+        seconds = float(asked)
+    except (TypeError, ValueError):
+        return None
+    return seconds if math.isfinite(seconds) and seconds > 0 else None
 
 
 def _describe(exc: BaseException, timeout: float) -> str:
@@ -318,7 +353,9 @@ async def _call(
         if (exc.status == 404 and missing_ok) or (exc.status == 409 and exists_ok):
             return None
         raise PortError(
-            f"{what}: Kubernetes API answered {_answer(exc.status, exc.reason, exc.body)}", reason=API_ERROR
+            f"{what}: Kubernetes API answered {_answer(exc.status, exc.reason, exc.body)}",
+            reason=API_ERROR,
+            retry_after=_retry_after(exc.headers, exc.body),
         ) from exc
     except TRANSPORT_ERRORS as exc:
         raise PortError(
@@ -527,7 +564,8 @@ class KubeWorkloads:
         100% read 1 ready pod of 1 there); a no, however stale, only keeps one longer."""
         if not _all_ready(await self.deployment(revision)):
             return False
-        return _all_ready(await self._read_deployment(resources.child_name(self.spec, revision)))
+        name = resources.child_name(self.spec, revision)
+        return _all_ready(await self.kube.read_deployment(self.spec.namespace, name))
 
     async def remove(self, revision: str) -> None:
         name = resources.child_name(self.spec, revision)

@@ -5,7 +5,9 @@ under the resource's lock. The state is what kopf's watches delivered (the resou
 Deployments and Services: watched.py), or the body our own last status write returned while the
 watch has not brought it back yet, so two ticks in a row never act on a stale status, and a tick
 that changes nothing sends no request. Every decision goes, with the same text, to the status
-(message, history, conditions), an Event, the log and the metrics.
+(message, history, conditions), an Event, the log and the metrics. A decision carried out whose
+status write failed is kept in the resource's kopf memo and written again by the next tick before
+anything is decided (`Acted`).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -30,7 +32,7 @@ from quantship.operator.kube import (
     ReplicaRouter,
 )
 from quantship.operator.metrics import OperatorMetrics
-from quantship.operator.settings import SERVER_BIND_ADDRESS
+from quantship.operator.settings import RETRY_BACKOFF_MAX_S, SERVER_BIND_ADDRESS
 from quantship.operator.spec import InvalidSpec, ModelSpec
 from quantship.operator.watched import Children
 from quantship.rollout import (
@@ -55,6 +57,8 @@ QUANTIZE_JOB_TROUBLE = "QuantizeJobError"
 next tick or resync, while the rollout itself goes on (it stopped every tick, a bad canary included)."""
 RESTORED = "Restored"
 """The Event reason of a Deployment the rollout needs that was gone and was made again."""
+UNSAVED = "unsaved"
+"""The memo key of the `Acted` tick whose status write failed."""
 
 
 @dataclass
@@ -72,6 +76,11 @@ class Context:
     """The operator's Prometheus client; `main.run` builds it and closes it at shutdown."""
     server_host: str = SERVER_BIND_ADDRESS
     """Where the model servers listen (OperatorSettings.server_bind_address)."""
+
+    def retry_delay(self, exc: PortError) -> float:
+        """Seconds before a tick that failed on `exc` is retried: `retry_backoff`, or what the
+        API server asked (Retry-After) where longer, up to RETRY_BACKOFF_MAX_S."""
+        return max(self.retry_backoff, min(exc.retry_after or 0.0, RETRY_BACKOFF_MAX_S))
 
     def source_for(self, spec: ModelSpec) -> MetricsSource:
         if self.metrics_source is not None:
@@ -117,23 +126,27 @@ async def reconcile(
     seen: Mapping[str, Any],
     children: Children | None = None,
     fresh: bool = False,
+    memo: MutableMapping[str, Any] | None = None,
 ) -> Decision | None:
     """Tick the rollout of one resource: `seen` is its body as kopf's watch delivered it,
-    `children` our Deployments and Services as kopf's indexes hold them. Raises
+    `children` our Deployments and Services as kopf's indexes hold them, `memo` kopf's memo of
+    the resource (what a tick whose status write failed left to save: `Acted`). Raises
     kopf.TemporaryError when anything talking to the API failed (an adapter,
     writing status or annotations): the Degraded condition says why where it can still be written,
     and kopf retries with backoff. Returns the decision, or None when there was nothing to decide
     (resource gone or being deleted). `fresh`: read our Deployments from the API, not the index
     (the resync; an in-flight model's ticks do now and then: `Kube.fresh_due`)."""
     try:
-        return await _reconcile(ctx, namespace, name, logger, seen, children, fresh)
+        return await _reconcile(
+            ctx, namespace, name, logger, seen, children, fresh, memo if memo is not None else {}
+        )
     except ModelGone as exc:  # deleted while the watch was away: kopf will never say DELETED
         logger.info("%s: its ticks end and its gauges go", exc)
         ctx.metrics.forget((namespace, name))
         ctx.kube.forget(namespace, name)
         return None
     except PortError as exc:
-        raise kopf.TemporaryError(f"{exc.reason}: {exc}", delay=ctx.retry_backoff) from exc
+        raise kopf.TemporaryError(f"{exc.reason}: {exc}", delay=ctx.retry_delay(exc)) from exc
 
 
 async def _reconcile(
@@ -144,10 +157,16 @@ async def _reconcile(
     seen: Mapping[str, Any],
     children: Children | None,
     fresh: bool,
+    memo: MutableMapping[str, Any],
 ) -> Decision | None:
     body = ctx.kube.latest_model(seen)
     if body.get("metadata", {}).get("deletionTimestamp"):
         return None
+    unsaved: Acted | None = memo.get(UNSAVED)
+    if unsaved is not None:  # carried out, not saved: saved as it was decided, never decided again
+        workloads = workloads_for(ctx.kube, unsaved.spec, body, children, ctx.server_host)
+        await _save(ctx, memo, body, unsaved, workloads, logger)
+        body = ctx.kube.latest_model(seen)
     metadata, previous = body["metadata"], dict(body.get("status") or {})
     generation = metadata.get("generation")
     now = ctx.clock()
@@ -221,46 +240,95 @@ async def _reconcile(
         degraded = degraded or (exc.reason, str(exc))
     placed = await _placement(ctx.kube, spec, decision.status, previous, logger)
     stable_ready = await _stable_ready(workloads, decision.status, logger)
-    await _write_status(
-        ctx,
-        body,
-        previous,
-        decision.status,
-        degraded,
-        generation,
-        now,
-        logger,
-        quantize,
-        placed,
-        stable_ready,
+    late = None
+    if decision.analysis is not None and current.step_started_at is not None:
+        late = now - (current.step_started_at + spec.rollout.step_interval)
+    acted = Acted(
+        decision=decision,
+        spec=spec,
+        patch=_status_patch(
+            previous, decision.status, degraded, generation, now, quantize, placed, stable_ready
+        ),
+        previous=previous,
+        degraded=degraded,
+        placed=placed,
+        quantize=quantize,
+        late=late,
+        # the annotations are one-shot requests: used up once acted on, meaningless without a canary
+        used=decision.manual or not for_a_canary or not decision.status.in_flight,
     )
-    for event in (quantize.cancelled, quantize.event):
+    await _save(ctx, memo, body, acted, workloads, logger)
+    return decision
+
+
+@dataclass(frozen=True)
+class Acted:
+    """A tick whose decision is carried out (routed, scaled, judged): the status it writes, and
+    what is said and done once that is saved. Kept in the resource's memo until the write goes
+    through, and written again by the next tick before anything is decided: decided again, a
+    rollback already carried out could be followed by a judgement that passes and the promotion of
+    the revision it rejected, with no trace of either, and a failed judgement would not count
+    towards failureLimit. An operator restarted meanwhile has no memo: it decides again from the
+    saved status, as after a crash between the effects and the write."""
+
+    decision: Decision
+    spec: ModelSpec
+    patch: dict[str, Any] | None
+    """The status merge patch; None when it would change nothing."""
+    previous: Mapping[str, Any]
+    """The status before the tick: what says whether a condition just turned."""
+    degraded: tuple[str, str] | None
+    placed: tuple[str, str, str] | None
+    quantize: quantization.Outcome
+    late: float | None
+    """How late after it fell due the step was judged; None when nothing was judged."""
+    used: bool
+    """Whether the one-shot annotations are used up."""
+
+
+async def _save(
+    ctx: Context,
+    memo: MutableMapping[str, Any],
+    body: Mapping[str, Any],
+    acted: Acted,
+    workloads: KubeWorkloads,
+    logger: logging.Logger | Any,
+) -> None:
+    """Write the status of a tick that acted, then say and finish what it did: kept in `memo`
+    while the write fails (raises the PortError)."""
+    metadata = body["metadata"]
+    namespace, name = metadata.get("namespace", "default"), metadata["name"]
+    decision = acted.decision
+    if acted.patch is not None:
+        memo[UNSAVED] = acted
+        await ctx.kube.patch_model_status(namespace, name, acted.patch)
+        del memo[UNSAVED]
+        _say_conditions(body, acted.previous, acted.degraded, acted.placed, logger)
+    for event in (acted.quantize.cancelled, acted.quantize.event):
         if event is not None:
             reason, message, warning = event
             (kopf.warn if warning else kopf.info)(_event_target(body), reason=reason, message=message)
             (logger.warning if warning else logger.info)("%s: %s", reason, message)
-    ctx.metrics.record((namespace, name), spec.model, decision)
-    if decision.analysis is not None and current.step_started_at is not None:
-        ctx.metrics.judged_late(now - (current.step_started_at + spec.rollout.step_interval))
+    ctx.metrics.record((namespace, name), acted.spec.model, decision)
+    if acted.late is not None:
+        ctx.metrics.judged_late(acted.late)
     if decision.news:
         _announce(body, decision, logger)
-    # the annotations are one-shot requests: used up once acted on, meaningless without a canary
-    used = decision.manual or not for_a_canary or not decision.status.in_flight
+    annotations = metadata.get("annotations") or {}
     stale = [key for key in crd.ANNOTATIONS if key in annotations]
-    if used and stale:
+    if acted.used and stale:
         await ctx.kube.patch_model_metadata(namespace, name, {"annotations": dict.fromkeys(stale)})
     # Last, once the decision is announced and counted (a removal that fails here must not lose its
     # Promote event: the next tick decides from the saved status and has nothing to announce).
     # Removed only now that the status naming their successor is saved (a promotion whose write
     # failed would resume at a stable revision already gone); kept in it until they are gone.
-    retired = await retire(decision.status, workloads, spec.rollout, now=now)
+    retired = await retire(decision.status, workloads, acted.spec.rollout, now=ctx.clock())
     if retired.retiring != decision.status.retiring:
         written = retired.to_dict()
         patch = {key: written[key] for key in ("retiringRevisions", "retiringSince")}
         await ctx.kube.patch_model_status(namespace, name, patch)
     if retired.stable is not None and not retired.in_flight and not retired.retiring:
         await workloads.conform(retired.stable)  # replicas and resources as the spec says now
-    return decision
 
 
 def _to_restore(status: RolloutStatus, spec: ModelSpec) -> list[tuple[str, Track]]:
@@ -406,6 +474,28 @@ def _degraded_reason(decision: Decision) -> str:
     return "NotReady"
 
 
+def _status_patch(
+    previous: Mapping[str, Any],
+    status: RolloutStatus,
+    degraded: tuple[str, str] | None,
+    generation: int | None,
+    now: float,
+    quantize: quantization.Outcome | None = None,
+    placed: tuple[str, str, str] | None = None,
+    stable_ready: bool | None = None,
+) -> dict[str, Any] | None:
+    """The status merge patch a tick writes; None when it would change nothing."""
+    new = status_module.status_body(
+        previous, status, degraded=degraded, generation=generation, now=now, placed=placed,
+        stable_ready=stable_ready,
+    )  # fmt: skip
+    extra = _quantize_status(previous, new, status, quantize) if quantize is not None else {}
+    if not status_module.changed(previous, new) and not extra:
+        return None
+    new.update(extra)
+    return new
+
+
 async def _write_status(
     ctx: Context,
     body: Mapping[str, Any],
@@ -415,20 +505,24 @@ async def _write_status(
     generation: int | None,
     now: float,
     logger: logging.Logger | Any,
-    quantize: quantization.Outcome | None = None,
-    placed: tuple[str, str, str] | None = None,
-    stable_ready: bool | None = None,
 ) -> None:
-    new = status_module.status_body(
-        previous, status, degraded=degraded, generation=generation, now=now, placed=placed,
-        stable_ready=stable_ready,
-    )  # fmt: skip
-    extra = _quantize_status(previous, new, status, quantize) if quantize is not None else {}
-    if not status_module.changed(previous, new) and not extra:
+    """The status of a tick that could not act (an invalid spec, an adapter that failed)."""
+    new = _status_patch(previous, status, degraded, generation, now)
+    if new is None:
         return
-    new.update(extra)
     metadata = body["metadata"]
     await ctx.kube.patch_model_status(metadata.get("namespace", "default"), metadata["name"], new)
+    _say_conditions(body, previous, degraded, None, logger)
+
+
+def _say_conditions(
+    body: Mapping[str, Any],
+    previous: Mapping[str, Any],
+    degraded: tuple[str, str] | None,
+    placed: tuple[str, str, str] | None,
+    logger: logging.Logger | Any,
+) -> None:
+    """A warning Event and log line for a condition a saved status just turned bad."""
     was = {c.get("type"): c.get("status") for c in previous.get("conditions") or []}
     if degraded and was.get(status_module.DEGRADED) != "True":
         kopf.warn(_event_target(body), reason=degraded[0], message=degraded[1])

@@ -13,6 +13,12 @@ without IPv6 has too. An IPv6 cluster passes `::` (--server-bind-address)."""
 RESYNC_INTERVAL = 60.0
 """Seconds between a model's reads of its Deployments from the API (OperatorSettings.resync_interval)."""
 
+RETRY_BACKOFF_MAX_S = 60.0
+"""The longest wait before a failed tick is retried, however often it failed in a row (and however
+long an API server's Retry-After): an API server in trouble gets at most a tick a minute per model
+from us, and a model whose trouble is fixed outside it (its HTTPRoute created) waits a minute at
+most. client-go's controllers back off the same way, up to 1000 s."""
+
 
 @dataclass(frozen=True)
 class OperatorSettings:
@@ -29,7 +35,8 @@ class OperatorSettings:
     """Seconds one Kubernetes API call may take; past it the tick fails (Degraded) and is retried.
     Generous: an API server under load answers in seconds, one that hangs must not stall ticks."""
     retry_backoff: float = 10.0
-    """Seconds before a failed tick (API error, missing HTTPRoute) is retried."""
+    """Seconds before a failed tick (API error, missing HTTPRoute) is retried, or the API server's
+    Retry-After where longer; doubled at each failure in a row, up to RETRY_BACKOFF_MAX_S."""
     bind_address: str = "127.0.0.1"
     """Address the metrics and health ports listen on. Loopback: run by hand, the operator shows
     nothing to the network; the chart passes 0.0.0.0 so the kubelet and Prometheus reach the pod."""

@@ -29,12 +29,15 @@ class PortError(Exception):
     """An adapter could not do what it was asked (API refused, route missing, process died).
 
     The engine does not commit the decision whose effects failed; the next tick tries again.
-    `reason` is a short CamelCase label for conditions and events, e.g. "HTTPRouteNotFound".
+    `reason` is a short CamelCase label for conditions and events, e.g. "HTTPRouteNotFound";
+    `retry_after`, seconds the other side asked us to wait before trying again (an HTTP 429's
+    Retry-After), None when it asked nothing.
     """
 
-    def __init__(self, message: str, *, reason: str = "PortError") -> None:
+    def __init__(self, message: str, *, reason: str = "PortError", retry_after: float | None = None) -> None:
         super().__init__(message)
         self.reason = reason
+        self.retry_after = retry_after
 
 
 class Workloads(Protocol):

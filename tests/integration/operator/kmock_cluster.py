@@ -63,8 +63,8 @@ class Cluster(kmock.KubernetesEmulator):
     _latest: int = attrs.field(default=0, init=False)
     answers: list[tuple[kmock.Request, int]] = attrs.field(factory=list, init=False)
     """Every request with the HTTP status it was answered with, in order."""
-    refusals: list[tuple[Callable[[kmock.Request], bool], kmock.KubernetesError]] = attrs.field(
-        factory=list, init=False
+    refusals: list[tuple[Callable[[kmock.Request], bool], kmock.KubernetesError, Mapping[str, str]]] = (
+        attrs.field(factory=list, init=False)
     )
     invalid: list[tuple[kmock.Request, str]] = attrs.field(factory=list, init=False)
     """Every write refused as invalid (of a custom resource or a checked built-in object), with the
@@ -84,9 +84,15 @@ class Cluster(kmock.KubernetesEmulator):
         finally:
             self._older_crd = False
 
-    def refuse(self, which: Callable[[kmock.Request], bool], error: kmock.KubernetesError) -> None:
-        """Answer every request `which` picks with `error` (a Status body with its reason) from now on."""
-        self.refusals.append((which, error))
+    def refuse(
+        self,
+        which: Callable[[kmock.Request], bool],
+        error: kmock.KubernetesError,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        """Answer every request `which` picks with `error` (a Status body with its reason), and
+        `headers` (a 429's Retry-After), from now on."""
+        self.refusals.append((which, error, dict(headers or {})))
 
     async def _handle(self, request: kmock.Request) -> Any:
         try:
@@ -98,9 +104,11 @@ class Cluster(kmock.KubernetesEmulator):
         return response
 
     async def _answer(self, request: kmock.Request) -> Any:
-        for which, error in self.refusals:
+        for which, error, headers in self.refusals:
             if which(request):
-                return await self._render_error(error)
+                refusal = await self._render_error(error)
+                refusal.headers.update(headers)
+                return refusal
         conflict = self._failed_precondition(request)
         if conflict:
             return await self._render_error(

@@ -48,6 +48,7 @@ async def promoted_with_refusals(
     cluster.refuse(refused, ETCD_TIMEOUT)
     await kubectl.patch({"spec": {"artifact": {"uri": V2}}})
     await eventually(lambda: kubectl.deployment(f"digits-{SECOND}"), what="the canary Deployment")
+    await phase_is(kubectl, "Progressing")  # its status is written after it: V1's still says Promoted
     await kubectl.make_ready(f"digits-{SECOND}", 2)
 
     def promoted() -> dict[str, Any] | None:  # not V1's Promoted, which the canary's first write ends

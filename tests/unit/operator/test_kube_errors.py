@@ -1,7 +1,8 @@
 """Every failure talking to the API server, not only an HTTP error status, becomes a PortError
 (a Degraded condition and a retry upstream), never an aiohttp error or a bare timeout: a
 refused connection and a server that accepts and never answers, through every adapter call,
-and a whole tick, which kopf then retries."""
+and a whole tick, which kopf then retries: after retry_backoff, or the API server's Retry-After,
+longer at each failure in a row."""
 
 from __future__ import annotations
 
@@ -17,10 +18,11 @@ import pytest
 from kubernetes.aio import client
 from prometheus_client import CollectorRegistry
 
-from quantship.operator import kube
+from quantship.operator import handlers, kube
 from quantship.operator.kube import GatewayRouter, Kube, KubeWorkloads, ReplicaRouter
 from quantship.operator.metrics import OperatorMetrics
 from quantship.operator.reconcile import Context, reconcile
+from quantship.operator.settings import RETRY_BACKOFF_MAX_S
 from quantship.operator.spec import ModelSpec
 from quantship.rollout import PortError, Track
 
@@ -117,3 +119,28 @@ def test_an_error_answer_keeps_the_api_servers_own_words() -> None:
     )
     assert kube._answer(503, "Service Unavailable", b"") == "503 Service Unavailable"
     assert kube._answer(500, None, '{"kind": "Status"}') == "500"
+
+
+def test_the_api_servers_retry_after_is_read_from_its_header_else_its_status() -> None:
+    throttled = json.dumps(
+        {"kind": "Status", "reason": "TooManyRequests", "details": {"retryAfterSeconds": 3}}
+    )
+    assert kube._retry_after({"Retry-After": "2"}, throttled) == 2.0
+    assert kube._retry_after({}, throttled) == 3.0
+    assert kube._retry_after(None, b"Too many requests, please try again later.") is None
+    for nonsense in ("Wed, 21 Oct 2015 07:28:00 GMT", "-1", "0", "nan", "inf"):
+        assert kube._retry_after({"Retry-After": nonsense}, None) is None, nonsense
+
+
+async def test_a_failed_tick_waits_retry_backoff_or_the_retry_after_then_twice_as_long_each_time() -> None:
+    async with client.ApiClient(client.Configuration()) as api_client:
+        ctx = Context(Kube(api_client), OperatorMetrics(CollectorRegistry()), retry_backoff=10.0)
+    assert ctx.retry_delay(PortError("refused")) == 10.0
+    assert ctx.retry_delay(PortError("throttled", retry_after=1)) == 10.0
+    assert ctx.retry_delay(PortError("throttled", retry_after=25)) == 25.0
+    assert ctx.retry_delay(PortError("throttled", retry_after=86400)) == RETRY_BACKOFF_MAX_S
+    grown = [handlers.retry_delay(10.0, failures) for failures in range(1, 6)]
+    assert grown == [10, 20, 40, RETRY_BACKOFF_MAX_S, RETRY_BACKOFF_MAX_S]
+    assert handlers.retry_delay(10.0, 10_000) == RETRY_BACKOFF_MAX_S, "no overflow, however long it fails"
+    longer = 2 * RETRY_BACKOFF_MAX_S  # a retry_backoff set above the cap is kept
+    assert handlers.retry_delay(longer, 3) == longer
