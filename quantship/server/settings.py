@@ -5,6 +5,7 @@ Each attribute's docstring gives its unit and why the default is what it is.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,8 +32,9 @@ class BatchSettings:
     waiting request holds its decoded tensors) and the queueing delay a client can be made to suffer."""
 
     def __post_init__(self) -> None:
-        if self.max_batch_size < 1 or self.max_queue_size < 1 or self.max_queue_delay_ms < 0:
-            raise ValueError("max batch size and queue size must be >= 1, queue delay >= 0")
+        delay = self.max_queue_delay_ms  # NaN: requests would wait for batch-mates forever
+        if self.max_batch_size < 1 or self.max_queue_size < 1 or not 0 <= delay < math.inf:
+            raise ValueError("max batch size and queue size must be >= 1, queue delay finite and >= 0")
 
 
 MAX_SLI_CPU_BUDGET = 64.0
@@ -234,6 +236,9 @@ class ServerSettings:
     the stable's defaults whatever `track` says."""
 
     def __post_init__(self) -> None:
+        for name in ("body_timeout_s", "idle_timeout_s", "drain_timeout_s", "capture_flush_s"):
+            if not math.isfinite(getattr(self, name)):  # NaN passes every comparison below
+                raise ValueError(f"{name} must be a finite number of seconds, got {getattr(self, name)}")
         if self.body_timeout_s <= 0 or self.idle_timeout_s <= 0:
             raise ValueError("body and idle timeouts must be > 0 seconds")
         if self.max_header_bytes < 1 or self.json_decode_budget_bytes < 1:
