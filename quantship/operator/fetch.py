@@ -151,6 +151,7 @@ def fetch(
     that (`artifact.ArchiveLimits`). `timeout` bounds each connect and read.
     `registry_config`: a Docker config.json with the oci:// registry's credentials; `insecure`: plain
     HTTP to it."""
+    artifact.refuse_inside_an_artifact(dest)  # before anything is made there, whatever the scheme
     key = artifact.load_public_key(public_key) if public_key else None
     # beside dest, so the rename is atomic; what a killed fetch (an OOM-killed init container,
     # restarted on the same emptyDir) left there is swept

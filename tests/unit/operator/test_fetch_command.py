@@ -239,3 +239,30 @@ def test_a_server_that_does_not_answer_is_an_error(tmp_path: Path, http_root: tu
     code, output = fetch(f"{url}/missing.tar.gz", str(tmp_path / "model"), "--timeout", "5")
 
     assert code == 3 and "HTTP 404" in output
+
+
+@pytest.mark.parametrize("scheme", ["file", "http", "oci"])
+def test_a_dest_inside_an_artifact_is_refused_before_anything_is_made(
+    good_artifact: artifact.Artifact, artifact_copy: Path, http_root: tuple[str, Path], scheme: str
+) -> None:
+    """A folder the artifact's manifest does not list left it unverifiable: every server refused it
+    until someone removed the copy. oci:// was refused only by the pull's own check, naming its
+    scratch folder; the registry here is never asked."""
+    url, root = http_root
+    artifact.pack(good_artifact.root, root / "digits.tar.gz")
+    uri = {
+        "file": f"file://{good_artifact.root}",
+        "http": f"{url}/digits.tar.gz",
+        "oci": "oci://127.0.0.1:9/quantship/digits:v1",
+    }[scheme]
+    dest = artifact_copy / "copy"
+
+    code, output = fetch(uri, str(dest))
+
+    assert code == 3, output
+    assert output == (
+        f"error: {dest} is inside the artifact {artifact_copy}: anything its manifest does not list makes "
+        "it unverifiable; write it elsewhere\n"
+    )
+    assert artifact.load_artifact(artifact_copy).digest == good_artifact.digest, "nothing made inside"
+
