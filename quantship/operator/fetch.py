@@ -126,12 +126,15 @@ def _save(url: str, response: httpx.Response, target: Path, max_bytes: int) -> N
     if declared is not None and declared.isdecimal() and int(declared) > max_bytes:
         raise FetchError(f"{url}: {declared} bytes, more than the limit of {max_bytes} (--max-bytes)")
     received = 0
-    with target.open("wb") as out:
-        for chunk in response.iter_raw():
-            received += len(chunk)
-            if received > max_bytes:
-                raise FetchError(f"{url}: more than the limit of {max_bytes} bytes (--max-bytes)")
-            out.write(chunk)
+    try:
+        with target.open("wb") as out:
+            for chunk in response.iter_raw():
+                received += len(chunk)
+                if received > max_bytes:
+                    raise FetchError(f"{url}: more than the limit of {max_bytes} bytes (--max-bytes)")
+                out.write(chunk)
+    except OSError as exc:  # a full disk: the download's network errors are httpx's, not OSError
+        raise FetchError(f"{url}: cannot write it to {target}: {exc.strerror or exc}") from exc
 
 
 def fetch(

@@ -5,7 +5,10 @@ from __future__ import annotations
 import http.server
 import json
 import os
+import re
 import shutil
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from functools import partial
@@ -266,3 +269,35 @@ def test_a_dest_inside_an_artifact_is_refused_before_anything_is_made(
     )
     assert artifact.load_artifact(artifact_copy).digest == good_artifact.digest, "nothing made inside"
 
+
+def test_a_download_onto_a_full_disk_names_the_url_and_the_file(
+    good_artifact: artifact.Artifact, http_root: tuple[str, Path], tmp_path: Path
+) -> None:
+    """The init container's emptyDir full, as a file size limit (RLIMIT_FSIZE) below the archive's
+    size in a `quantship fetch` of its own: the message named neither ("[Errno 28] No space left on
+    device")."""
+    url, root = http_root
+    artifact.pack(good_artifact.root, root / "digits.tar.gz")
+    limit = (root / "digits.tar.gz").stat().st_size // 2
+    command = (
+        "import resource, signal\n"
+        f"resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit}))\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG, not the signal's kill\n"
+        "from quantship.cli import main\n"
+        "main()\n"
+    )
+    out = tmp_path / "out"
+    result = subprocess.run(
+        [sys.executable, "-c", command, "fetch", f"{url}/digits.tar.gz", str(out / "model")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+    assert result.returncode == 3, result.stderr
+    [line] = result.stderr.strip().splitlines()
+    downloaded = rf"{re.escape(str(out))}/\.model\.fetch-\w+/digits\.tar\.gz"
+    assert re.fullmatch(
+        rf"error: {re.escape(url)}/digits\.tar\.gz: cannot write it to {downloaded}: File too large", line
+    ), line
+    assert list(out.iterdir()) == [], "nothing left behind"
