@@ -18,6 +18,7 @@ import itertools
 import logging
 import random
 import secrets
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -256,7 +257,14 @@ class ModelService:
         scratch.sweep()  # what servers and verifies killed before us (kill -9, OOM) left behind
         extract_to = None
         if settings.artifact.is_file():
-            self._scratch = scratch.create(scratch.SERVE_PREFIX)
+            try:
+                self._scratch = scratch.create(scratch.SERVE_PREFIX)
+            except OSError as exc:  # a full disk: the node's to fix, not the artifact's nor a bug
+                raise LoadRefused(
+                    f"cannot unpack {settings.artifact}: no scratch folder in {tempfile.gettempdir()}: "
+                    f"{exc.strerror or exc}",
+                    reason="io",
+                ) from exc
             extract_to = self._scratch / "artifact"
         served = (MODEL_FILE,) if settings.reference is not None else (MODEL_FILE, REFERENCE_FILE)
         return load_verified(settings.artifact, keep=served, public_key=key, extract_to=extract_to)
