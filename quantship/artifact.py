@@ -940,7 +940,11 @@ def _is_plain_name(name: str) -> bool:
 def _check_file(root: Path, name: str, entry: Mapping[str, Any]) -> None:
     file = _listed_file(root, name)
     _check_size(root, name, entry, file.stat().st_size)
-    _check_digest(root, name, entry, sha256_file(file))
+    try:
+        sha256 = sha256_file(file)
+    except OSError as exc:  # as for a kept file (`_read_at_most`): the reader's lack, not the artifact's
+        raise ArtifactError(f"{file}: cannot read it: {exc.strerror or exc}", reason="io") from None
+    _check_digest(root, name, entry, sha256)
 
 
 def _read_checked(root: Path, name: str, entry: Mapping[str, Any]) -> bytes:

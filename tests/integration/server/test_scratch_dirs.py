@@ -16,7 +16,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from server_harness import MODEL
+from server_harness import MODEL, load_alone
 
 from quantship import artifact, scratch
 from quantship.local.processes import ServerProcess
@@ -121,34 +121,6 @@ def test_a_killed_servers_directory_is_swept_by_the_next_and_a_live_ones_never(
     assert ours(tmpdir_env) == []
 
 
-LOAD_UNDER_A_FILE_SIZE_LIMIT = """\
-import asyncio, resource, signal, sys
-from pathlib import Path
-from prometheus_client import CollectorRegistry
-from quantship.server.metrics import ServerMetrics
-from quantship.server.service import ModelService
-from quantship.server.settings import ServerSettings
-
-resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[2]), int(sys.argv[2])))
-signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG, not the signal's kill
-settings = ServerSettings(artifact=Path(sys.argv[1]), model_name="m", revision="r")
-registry = CollectorRegistry()
-service = ModelService(settings, ServerMetrics(registry, settings.labels))
-
-
-async def load() -> None:
-    await service.load()
-    for reason in ("io", "format", "internal"):
-        labels = {**settings.labels, "reason": reason}
-        print(reason, registry.get_sample_value("quantship_model_load_failures_total", labels))
-    print(service.problem)
-    await service.close(1)
-
-
-asyncio.run(load())
-"""
-
-
 @pytest.mark.parametrize("at", ["scratch folder", "unpacking"])
 def test_a_full_disk_under_a_served_tarball_is_the_nodes_fault_not_the_artifacts_nor_a_bug(
     tarball: Path, good_artifact: artifact.Artifact, tmpdir_env: Path, at: str
@@ -158,14 +130,9 @@ def test_a_full_disk_under_a_served_tarball_is_the_nodes_fault_not_the_artifacts
     archive") blamed a good artifact, reason `internal` ("a bug") the server."""
     model_size = good_artifact.manifest["files"][artifact.MODEL_FILE]["size"]
     limit = {"scratch folder": 16, "unpacking": model_size // 2}[at]
-    run = subprocess.run(
-        [sys.executable, "-c", LOAD_UNDER_A_FILE_SIZE_LIMIT, str(tarball), str(limit)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    loaded = load_alone(tarball, file_size_limit=limit)
 
-    *counts, problem = run.stdout.strip().splitlines()
-    assert counts == ["io 1.0", "format 0.0", "internal 0.0"], run.stdout + run.stderr
-    assert problem.startswith(f"model 'm' is not served: cannot unpack {tarball}")
+    assert (loaded.failures["io"], loaded.failures["format"], loaded.failures["internal"]) == (1, 0, 0)
+    problem = loaded.problem
+    assert problem.startswith(f"model '{MODEL}' is not served: cannot unpack {tarball}")
     assert "File too large" in problem and str(tmpdir_env) in problem, problem  # where, and why
