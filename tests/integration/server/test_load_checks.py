@@ -6,6 +6,7 @@ input fails on is still served. Nothing is faked but the manifest."""
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -202,3 +203,68 @@ def test_a_model_that_fails_on_synthetic_inputs_is_served_and_answers_its_exampl
 
 def divide(divisor: int) -> dict[str, Any]:
     return {"inputs": [{"name": "D", "shape": [1, 2], "datatype": "INT64", "data": [divisor, divisor]}]}
+
+
+def build_one_row_model(path: Path) -> Path:
+    """Y = Reshape(X, [1, 4]) + 1 for X float[N, 4]: written for one row, as an export traced with a
+    batch of one can be. Its shapes say N rows; onnxruntime fails it on two."""
+    x = helper.make_tensor_value_info("X", TensorProto.FLOAT, ["N", 4])
+    y = helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["N", 4])
+    constants = [
+        helper.make_tensor("one_row", TensorProto.INT64, [2], [1, 4]),
+        helper.make_tensor("one", TensorProto.FLOAT, [], [1.0]),
+    ]
+    graph = helper.make_graph(
+        [
+            helper.make_node("Reshape", ["X", "one_row"], ["row"]),
+            helper.make_node("Add", ["row", "one"], ["Y"]),
+        ],
+        "one_row",
+        [x],
+        [y],
+        constants,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, path)
+    return path
+
+
+def test_a_model_that_fails_on_two_rows_is_not_batched_and_says_why(tmp_path: Path) -> None:
+    runner = Runner.load(build_one_row_model(tmp_path / "one_row.onnx"), threads=1)
+
+    policy = batch_policy.choose(runner, 32)
+
+    assert policy.max_batch_size == 1
+    assert policy.reason.startswith("not batched: the model fails on 2 rows, though it runs on one (")
+    assert "requested shape:{1,4}" in policy.reason  # onnxruntime's own words, for whoever reads it
+    assert set(policy.seconds_per_row) == {1}  # still timed: short calls run on the event loop
+
+
+def test_a_model_that_fails_on_two_rows_is_served_one_request_a_call(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """It was refused as "a bug" (reason internal, with a traceback): the batch policy's timing of
+    two rows raised the model's failure. Triton serves such a model; only batching is off."""
+    model = build_one_row_model(tmp_path / "one_row.onnx")
+    with caplog.at_level(logging.WARNING, logger="quantship.server"):
+        server = LocalServer(settings_for(fp32_artifact(model, tmp_path / "one_row"), "one-row")).start()
+    try:
+        assert server.metric("quantship_model_load_failures_total", reason="internal") == 0
+        metadata = httpx.get(f"{server.url}/v2/models/{server.settings.model_name}").json()
+        assert metadata["batching"]["max_batch_size"] == 1
+        assert metadata["batching"]["reason"].startswith("not batched: the model fails on 2 rows")
+        warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        assert any("cannot be batched, so each request runs alone" in message for message in warned)
+
+        def infer(row: float) -> httpx.Response:
+            body = {"inputs": [{"name": "X", "datatype": "FP32", "shape": [1, 4], "data": [row] * 4}]}
+            return httpx.post(f"{server.url}/v2/models/{server.settings.model_name}/infer", json=body)
+
+        with ThreadPoolExecutor(8) as clients:  # at once: each still its own call
+            answers = list(clients.map(infer, range(16)))
+        assert [answer.json()["outputs"][0]["data"] for answer in answers] == [
+            [row + 1.0] * 4 for row in range(16)
+        ]
+    finally:
+        server.stop()
