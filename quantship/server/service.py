@@ -46,7 +46,7 @@ from quantship.server import runner as runner_module
 from quantship.server.background import CpuBudget, Lane, lower_priority
 from quantship.server.batcher import Batcher
 from quantship.server.capture import Capture, CapturePick, Reservoir
-from quantship.server.clipping import ClipCounter, ClipSample, observer_model
+from quantship.server.clipping import ClipCounter, ClipSample, observer_model, unusable_ranges
 from quantship.server.drift import DriftWindow
 from quantship.server.errors import InvalidInput, ModelNotFound, NotReady
 from quantship.server.feedback import FeedbackStore
@@ -307,6 +307,9 @@ class ModelService:
             raise LoadRefused(
                 f"the manifest's shadow_rule {rule!r} is not valid: {exc}", reason="format"
             ) from None
+        problem = unusable_ranges(proto, loaded.manifest)
+        if problem is not None:  # served, the clip and drift SLIs would fail or count nonsense
+            raise LoadRefused(f"the manifest's {problem}", reason="format")
         observer, ranges = None, loaded.activation_ranges
         if ranges and quality.clip_sample_rate > 0:
             observed, ranges = observer_model(proto, ranges)
