@@ -5,14 +5,10 @@ under test use quantship.local.processes.ServerProcess instead."""
 from __future__ import annotations
 
 import asyncio
-import json
-import os
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -105,64 +101,6 @@ def settings_for(loaded: artifact.Artifact | Path, revision: str, **changes: Any
         artifact=root, model_name=MODEL, revision=revision, track=Track.CANARY, port=free_port()
     )
     return replace(settings, **changes)
-
-
-LOAD_ALONE = """\
-import asyncio, json, resource, signal, sys
-from pathlib import Path
-from prometheus_client import CollectorRegistry
-from quantship.server.metrics import LOAD_FAILURE_REASONS, ServerMetrics
-from quantship.server.service import ModelService
-from quantship.server.settings import ServerSettings
-
-artifact, reference, limit = sys.argv[1:]
-if int(limit):
-    resource.setrlimit(resource.RLIMIT_FSIZE, (int(limit), int(limit)))
-    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG, not the signal's kill
-settings = ServerSettings(
-    Path(artifact), MODEL, "alone", reference=Path(reference) if reference else None
-)
-registry = CollectorRegistry()
-service = ModelService(settings, ServerMetrics(registry, settings.labels))
-
-
-async def load() -> None:
-    await service.load()
-    failures = {
-        reason: registry.get_sample_value(
-            "quantship_model_load_failures_total", {**settings.labels, "reason": reason}
-        )
-        for reason in LOAD_FAILURE_REASONS
-    }
-    print(json.dumps({"phase": service.phase, "problem": service.problem, "failures": failures}))
-    await service.close(1)
-
-
-asyncio.run(load())
-""".replace("MODEL", repr(MODEL))
-
-
-@dataclass(frozen=True)
-class LoadedAlone:
-    phase: str
-    problem: str
-    failures: dict[str, float]
-    """quantship_model_load_failures_total by reason."""
-
-
-def load_alone(
-    artifact_path: Path, *, reference: Path | None = None, file_size_limit: int = 0, powerless: bool = False
-) -> LoadedAlone:
-    """The real model service loading `artifact_path` once, in a process of its own: under a file size
-    limit (RLIMIT_FSIZE, a full disk's stand-in: writes past it fail with EFBIG), or `powerless`, as a
-    user that file modes apply to (root without its capabilities: CAP_DAC_OVERRIDE reads anything)."""
-    prefix = ["setpriv", "--bounding-set=-all", "--inh-caps=-all"] if powerless and os.geteuid() == 0 else []
-    args = [str(artifact_path), str(reference or ""), str(file_size_limit)]
-    run = subprocess.run(
-        [*prefix, sys.executable, "-c", LOAD_ALONE, *args], capture_output=True, text=True, timeout=120
-    )
-    assert run.returncode == 0, run.stderr
-    return LoadedAlone(**json.loads(run.stdout.strip().splitlines()[-1]))
 
 
 def fp32_artifact(model: Path, out: Path) -> Path:

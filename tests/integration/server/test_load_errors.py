@@ -1,6 +1,5 @@
 """A failure of the server's own code while loading is a bug, logged with its traceback and counted as
-`internal`, never reported as a broken model; a model onnxruntime refuses is still `model`, and a file
-the server may not read is `io`."""
+`internal`, never reported as a broken model; a model onnxruntime refuses is still `model`."""
 
 from __future__ import annotations
 
@@ -9,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry
-from server_harness import MODEL, load_alone, settings_for
+from server_harness import settings_for
 
 from quantship import artifact
 from quantship.server.metrics import ServerMetrics
@@ -64,20 +63,3 @@ async def test_a_model_onnxruntime_refuses_is_still_a_broken_model(tmp_path: Pat
     assert failures(registry, settings, "model") == 1
     assert failures(registry, settings, "internal") == 0
     await service.close(1)
-
-
-@pytest.mark.parametrize("served", [True, False], ids=["reference served", "replaced by --reference"])
-def test_a_listed_file_the_server_may_not_read_is_refused_as_io_in_one_line(
-    good_artifact: artifact.Artifact, artifact_copy: Path, served: bool
-) -> None:
-    """reference.onnx at mode 000: read and kept when it is the reference served, only hashed when
-    --reference replaces it, where a PermissionError escaped: "a bug", with a traceback."""
-    (artifact_copy / artifact.REFERENCE_FILE).chmod(0)
-    replacement = None if served else good_artifact.reference_path
-
-    loaded = load_alone(artifact_copy, reference=replacement, powerless=True)
-
-    assert loaded.phase == "refused"
-    assert (loaded.failures["io"], loaded.failures["internal"]) == (1, 0)
-    unreadable = artifact_copy / artifact.REFERENCE_FILE
-    assert loaded.problem == f"model '{MODEL}' is not served: {unreadable}: cannot read it: Permission denied"
