@@ -5,7 +5,6 @@ Each attribute's docstring gives its unit and why the default is what it is.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +32,7 @@ class BatchSettings:
 
     def __post_init__(self) -> None:
         delay = self.max_queue_delay_ms  # NaN: requests would wait for batch-mates forever
-        if self.max_batch_size < 1 or self.max_queue_size < 1 or not 0 <= delay < math.inf:
+        if self.max_batch_size < 1 or self.max_queue_size < 1 or not (_finite(delay) and delay >= 0):
             raise ValueError("max batch size and queue size must be >= 1, queue delay finite and >= 0")
 
 
@@ -136,6 +135,10 @@ def _check_budget(what: str, budget: float) -> None:
         )
 
 
+def _finite(number: float) -> bool:
+    return -float("inf") < number < float("inf")  # NaN compares false
+
+
 CANARY_QUALITY: Mapping[str, Any] = MappingProxyType(
     {"shadow_rate": 1.0, "sli_cpu_budget": 0.05, "shadow_budget_share": 0.8}
 )
@@ -236,15 +239,15 @@ class ServerSettings:
     the stable's defaults whatever `track` says."""
 
     def __post_init__(self) -> None:
-        for name in ("body_timeout_s", "idle_timeout_s", "drain_timeout_s", "capture_flush_s"):
-            if not math.isfinite(getattr(self, name)):  # NaN passes every comparison below
-                raise ValueError(f"{name} must be a finite number of seconds, got {getattr(self, name)}")
         if self.body_timeout_s <= 0 or self.idle_timeout_s <= 0:
             raise ValueError("body and idle timeouts must be > 0 seconds")
         if self.max_header_bytes < 1 or self.json_decode_budget_bytes < 1:
             raise ValueError("max header bytes and the JSON decode budget must be >= 1")
         if self.capture_max_samples < 1 or self.capture_max_bytes < 1 or self.capture_flush_s < 0:
             raise ValueError("capture max samples and bytes must be >= 1, the flush interval >= 0")
+        for name in ("body_timeout_s", "idle_timeout_s", "drain_timeout_s", "capture_flush_s"):
+            if not _finite(getattr(self, name)):  # NaN passed every comparison above
+                raise ValueError(f"{name} must be a finite number of seconds, got {getattr(self, name)}")
 
     @property
     def labels(self) -> dict[str, str]:
