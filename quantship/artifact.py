@@ -28,7 +28,7 @@ import zlib
 from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 from cryptography.exceptions import InvalidSignature
@@ -940,7 +940,11 @@ def _is_plain_name(name: str) -> bool:
 def _check_file(root: Path, name: str, entry: Mapping[str, Any]) -> None:
     file = _listed_file(root, name)
     _check_size(root, name, entry, file.stat().st_size)
-    _check_digest(root, name, entry, sha256_file(file))
+    try:
+        sha256 = sha256_file(file)
+    except OSError as exc:  # as for a kept file (`_read_at_most`): the reader's lack, not the artifact's
+        raise ArtifactError(f"{file}: cannot read it: {exc.strerror or exc}", reason="io") from None
+    _check_digest(root, name, entry, sha256)
 
 
 def _read_checked(root: Path, name: str, entry: Mapping[str, Any]) -> bytes:
@@ -1043,7 +1047,6 @@ class _Capped(io.RawIOBase):
 def _extract(tarball: Path, dest: Path, limits: ArchiveLimits) -> tuple[Path, set[str]]:
     """Unpack `tarball` into `dest` member by member; returns the artifact's root (dest, or the one
     directory the archive wraps it in) and the names of the files unpacked."""
-    dest.mkdir(parents=True, exist_ok=True)
     packed = tarball.stat().st_size
     unpacked_limit = min(limits.max_bytes, max(limits.ratio_floor, int(packed * limits.max_ratio)))
     # tar's own headers and padding: 1 KiB per member at most, and the final 10 KiB record
@@ -1056,6 +1059,8 @@ def _extract(tarball: Path, dest: Path, limits: ArchiveLimits) -> tuple[Path, se
     names: set[str] = set()
     total = 0
     try:
+        with _writing():
+            dest.mkdir(parents=True, exist_ok=True)
         with tarball.open("rb") as raw, gzip.GzipFile(fileobj=raw) as unzipped:
             capped = io.BufferedReader(_Capped(unzipped, stream_limit, bomb))
             with tarfile.open(fileobj=capped, mode="r|") as archive:
@@ -1074,19 +1079,51 @@ def _extract(tarball: Path, dest: Path, limits: ArchiveLimits) -> tuple[Path, se
                         raise _Unsafe(f"{member.name!r} appears twice")
                     names.add(name)
                     root = dest / wrapper if wrapper else dest
-                    root.mkdir(exist_ok=True)
+                    with _writing():
+                        root.mkdir(exist_ok=True)
                     source = archive.extractfile(member)
                     assert source is not None  # a regular file
-                    with source, (root / name).open("xb") as out:
-                        shutil.copyfileobj(source, out)
+                    with source:
+                        _unpack_member(source, root / name)
     except _Unsafe as exc:
         raise ArtifactError(f"{tarball}: refused: {exc}", reason="unsafe_archive") from exc
+    except _Unwritable as exc:  # the local disk's fault (full, read-only), not the archive's
+        raise ArtifactError(f"cannot unpack {tarball} into {dest}: {exc}", reason="io") from exc
     except (OSError, EOFError, tarfile.TarError, zlib.error) as exc:
+        if isinstance(exc, OSError) and exc.errno is not None:  # EIO: the disk's (BadGzipFile has none)
+            raise ArtifactError(f"cannot read {tarball}: {exc.strerror or exc}", reason="io") from exc
         raise ArtifactError(f"{tarball}: unreadable archive: {exc}", reason="format") from exc
     root = dest / wrapper if wrapper else dest
     if MANIFEST_FILE not in names:
         raise ArtifactError(f"{tarball}: archive holds no {MANIFEST_FILE}", reason="format")
     return root, names
+
+
+class _Unwritable(Exception):
+    """Unpacking could not write (a full disk, a read-only one); the message is the system's."""
+
+
+@contextlib.contextmanager
+def _writing() -> Iterator[None]:
+    """A failed write inside raises _Unwritable: told apart from a failed read of the archive."""
+    try:
+        yield
+    except OSError as exc:
+        raise _Unwritable(exc.strerror or str(exc)) from exc
+
+
+def _unpack_member(source: IO[bytes], target: Path) -> None:
+    """Copy a member's bytes into the new file `target`, its writes (the close's flush too) in
+    `_writing`; the archive's read errors come out as they are."""
+    with _writing():
+        out = target.open("xb")
+    try:
+        while block := source.read(1 << 20):
+            with _writing():
+                out.write(block)
+    finally:
+        with _writing():
+            out.close()
 
 
 def _member_name(member: tarfile.TarInfo, wrapper: str | None) -> tuple[str | None, str | None]:

@@ -53,7 +53,10 @@ FINITE = _FiniteFloat()
 
 
 class _FiniteRange(click.FloatRange):
-    """click's FloatRange, refusing NaN too (every comparison with NaN is false, so it passes a range)."""
+    """click's FloatRange, refusing NaN and infinities too: every comparison with NaN is false, so it
+    passes a range (`serve --max-queue-delay-ms nan` went ready and let every request wait forever),
+    and an open-ended range takes inf, which no timeout or interval can use. Every float option of
+    every command takes this type or FINITE (tests/unit/test_exit_codes.py checks)."""
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
         return super().convert(FINITE.convert(value, param, ctx), param, ctx)
@@ -720,7 +723,7 @@ def _local_artifact(ctx: click.Context, param: click.Parameter, value: str) -> P
 )
 @click.option(
     "--max-queue-delay-ms",
-    type=click.FloatRange(min=0),
+    type=_FiniteRange(min=0),
     default=_default(_BATCH, "max_queue_delay_ms"),
     show_default=True,
     help="How long a request may wait for others to join its batch.",
@@ -734,23 +737,23 @@ def _local_artifact(ctx: click.Context, param: click.Parameter, value: str) -> P
 )
 @_sampling_option(
     "--shadow-rate",
-    click.FloatRange(0, 1),
+    _FiniteRange(0, 1),
     "Share of requests also run through the FP32 reference, in the background.",
 )
 @_sampling_option(
     "--clip-sample-rate",
-    click.FloatRange(0, 1),
+    _FiniteRange(0, 1),
     "Share of requests whose activations are checked against the calibrated ranges.",
 )
 @_sampling_option(
     "--sli-cpu-budget",
-    click.FloatRange(0, server_settings.MAX_SLI_CPU_BUDGET),
+    _FiniteRange(0, server_settings.MAX_SLI_CPU_BUDGET),
     "CPU seconds per second the shadow and clip work may use, split between the two that run (see "
     "--shadow-budget-share); samples past it are dropped and counted.",
 )
 @click.option(
     "--canary-sli-cpu-budget",
-    type=click.FloatRange(0, server_settings.MAX_SLI_CPU_BUDGET),
+    type=_FiniteRange(0, server_settings.MAX_SLI_CPU_BUDGET),
     default=None,
     help="The SLI CPU budget of a server on --track canary, in place of --sli-cpu-budget, for a model "
     "whose canary needs more FP32 comparisons than that buys. A stable server ignores it, so promotion "
@@ -759,7 +762,7 @@ def _local_artifact(ctx: click.Context, param: click.Parameter, value: str) -> P
 )
 @_sampling_option(
     "--shadow-budget-share",
-    click.FloatRange(0, 1),
+    _FiniteRange(0, 1),
     "Share of the SLI CPU budget the shadow lane pays from when the clip lane runs too; the clip lane "
     "pays from the rest.",
 )
@@ -812,21 +815,21 @@ def _local_artifact(ctx: click.Context, param: click.Parameter, value: str) -> P
 )
 @click.option(
     "--body-timeout-s",
-    type=click.FloatRange(min=0, min_open=True),
+    type=_FiniteRange(min=0, min_open=True),
     default=_default(_SERVE, "body_timeout_s"),
     show_default=True,
     help="Seconds a request body may take to arrive once its headers are in; then 408.",
 )
 @click.option(
     "--idle-timeout-s",
-    type=click.FloatRange(min=0, min_open=True),
+    type=_FiniteRange(min=0, min_open=True),
     default=_default(_SERVE, "idle_timeout_s"),
     show_default=True,
     help="Seconds a connection may wait for a request's headers (new or kept alive); then it is closed.",
 )
 @click.option(
     "--drain-timeout-s",
-    type=click.FloatRange(min=0),
+    type=_FiniteRange(min=0),
     default=_default(_SERVE, "drain_timeout_s"),
     show_default=True,
     help="On SIGTERM, seconds to finish accepted requests; keep it below the pod's grace.",
@@ -861,7 +864,7 @@ def _local_artifact(ctx: click.Context, param: click.Parameter, value: str) -> P
 )
 @click.option(
     "--capture-flush-s",
-    type=click.FloatRange(min=0),
+    type=_FiniteRange(min=0),
     default=_default(_SERVE, "capture_flush_s"),
     show_default=True,
     help="Seconds between writes of the capture file, at least (and once at shutdown).",
@@ -889,7 +892,7 @@ def serve(log_level: str, access_log: bool, **options: Any) -> None:
 
     try:
         settings = serve_settings(**options)
-    except ValueError as error:  # what click's ranges let through (NaN) and the settings refuse
+    except ValueError as error:  # what the options cannot check alone and the settings refuse
         raise click.UsageError(str(error)) from None
     # uvicorn drains on SIGTERM, then raises it again to end as its parent expects: by the default
     # action, not by unwinding (which would wait for a model still loading in a thread).
@@ -1054,7 +1057,7 @@ def _given(**options: Any) -> dict[str, Any]:
 @_pvc_root_option
 @click.option(
     "--timeout",
-    type=click.FloatRange(min=1),
+    type=_FiniteRange(min=1),
     default=None,
     help="Seconds any one connect or read may wait. Default: quantship.oci.TIMEOUT_S (120).",
 )
@@ -1203,7 +1206,7 @@ def quantize_job(
 
 @main.command()
 @click.option("-n", "--namespace", "namespaces", multiple=True, help="Watch only these (repeatable).")
-@click.option("--tick-interval", type=click.FloatRange(min=0.1), default=5.0, show_default=True)
+@click.option("--tick-interval", type=_FiniteRange(min=0.1), default=5.0, show_default=True)
 @click.option("--metrics-port", type=click.IntRange(0, 65535), default=8000, show_default=True)
 @click.option("--health-port", type=click.IntRange(0, 65535), default=8081, show_default=True)
 @click.option(

@@ -126,12 +126,15 @@ def _save(url: str, response: httpx.Response, target: Path, max_bytes: int) -> N
     if declared is not None and declared.isdecimal() and int(declared) > max_bytes:
         raise FetchError(f"{url}: {declared} bytes, more than the limit of {max_bytes} (--max-bytes)")
     received = 0
-    with target.open("wb") as out:
-        for chunk in response.iter_raw():
-            received += len(chunk)
-            if received > max_bytes:
-                raise FetchError(f"{url}: more than the limit of {max_bytes} bytes (--max-bytes)")
-            out.write(chunk)
+    try:
+        with target.open("wb") as out:
+            for chunk in response.iter_raw():
+                received += len(chunk)
+                if received > max_bytes:
+                    raise FetchError(f"{url}: more than the limit of {max_bytes} bytes (--max-bytes)")
+                out.write(chunk)
+    except OSError as exc:  # a full disk: the download's network errors are httpx's, not OSError
+        raise FetchError(f"{url}: cannot write it to {target}: {exc.strerror or exc}") from exc
 
 
 def fetch(
@@ -151,6 +154,7 @@ def fetch(
     that (`artifact.ArchiveLimits`). `timeout` bounds each connect and read.
     `registry_config`: a Docker config.json with the oci:// registry's credentials; `insecure`: plain
     HTTP to it."""
+    artifact.refuse_inside_an_artifact(dest)  # before anything is made there, whatever the scheme
     key = artifact.load_public_key(public_key) if public_key else None
     # beside dest, so the rename is atomic; what a killed fetch (an OOM-killed init container,
     # restarted on the same emptyDir) left there is swept

@@ -5,12 +5,16 @@ cost of one, but EfficientNet-Lite0 on a CPU runs 8 rows for ~8x one (measured: 
 slower at c=8, 27 rps against 34.5 unbatched, because rows wait for batch-mates for nothing). So the
 service times calls of 1, 2, 4, ... rows up to --max-batch-size on a synthetic input and caps
 batching at the last size that was still clearly cheaper per row than the one before. The choice
-and its figures go to the log and to the model's metadata (`/v2/models/{name}`).
+and its figures go to the log and to the model's metadata (`/v2/models/{name}`). A model that runs
+on one row of the synthetic input but fails on more (written for one row) is served unbatched, with
+a warning that says so, as Triton serves a model whatever its batching does: each request then runs
+as its own call, and one of more rows fails as it would alone (`FailsOnRows`).
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,6 +22,7 @@ from dataclasses import dataclass, field
 from quantship.server import cpus
 from quantship.server.runner import Runner, Signature
 
+log = logging.getLogger("quantship.server")
 CHEAPER = 0.9
 """A size is worth batching to when its cost per row is below 90% of the previous size's: within
 10% is noise on a busy machine, and a batch that saves less is not worth the rows' waiting."""
@@ -126,7 +131,8 @@ def choose(
     row of one call (default: timed onnxruntime calls on the first of FILLS the model runs on; on
     none, batching is off); `usable_cpus` defaults to this process's (cpus.usable). A model whose
     rows mix (`runtime.rows_mix`) never merges requests: its answers would not be reproducible; nor
-    does one whose outputs a merged call cannot split (`Runner.layout`, learned here, at load)."""
+    does one whose outputs a merged call cannot split (`Runner.layout`, learned here, at load), nor one
+    that fails on more rows than one (`FailsOnRows`)."""
     overlap = (usable_cpus if usable_cpus is not None else cpus.usable()) > 1
     signature = runner.signature
     if not signature.batchable:
@@ -146,12 +152,17 @@ def choose(
         reason = ROWS_MIX if rows_mix else UNSPLIT if unsplit else "--max-batch-size 1"
         costs, chosen = {1: measure(runner, 1)}, 1
     else:
-        costs, chosen = _measure_sizes(runner, configured, measure)
-        reason = (
-            f"measured: {chosen} rows are the cheapest per row"
-            if chosen > 1
-            else "measured: no batch size is cheaper per row than one row"
-        )
+        try:
+            costs, chosen = _measure_sizes(runner, configured, measure)
+            reason = (
+                f"measured: {chosen} rows are the cheapest per row"
+                if chosen > 1
+                else "measured: no batch size is cheaper per row than one row"
+            )
+        except FailsOnRows as failure:
+            reason = f"not batched: {failure}"
+            log.warning("the model cannot be batched, so each request runs alone: %s", failure)
+            costs, chosen = {1: measure(runner, 1)}, 1
     inline_rows = _rows_within(costs, chosen, INLINE_CALL_S)
     alone_rows = max(inline_rows, _rows_within(costs, chosen, ALONE_CALL_S))
     return BatchPolicy(chosen, reason, costs, inline_rows, alone_rows, overlap)
@@ -227,9 +238,20 @@ def _runnable_fill(runner: Runner) -> tuple[int | None, str]:
     return None, failure
 
 
+class FailsOnRows(Exception):
+    """The model fails on a synthetic input of more rows than one, where it runs on one row: a graph
+    written for one row (a Reshape to a fixed shape). Any merged call could fail the same way, and
+    the sizes between those measured are never tried, so such a model is not batched at all."""
+
+    def __init__(self, rows: int, refusal: str) -> None:
+        super().__init__(f"the model fails on {rows} rows, though it runs on one ({refusal})")
+
+
 def _seconds_per_row(runner: Runner, rows: int, *, fill: int) -> float:
     inputs = runner.filled(rows, fill)
-    runner.run(inputs)  # warm-up: the first call at a new shape plans memory
+    refusal = runner.refusal(inputs)  # warm-up: the first call at a new shape plans memory
+    if refusal is not None:
+        raise FailsOnRows(rows, refusal)
     best = float("inf")
     for _ in range(REPEATS):
         started = time.perf_counter()

@@ -25,13 +25,16 @@ and compares them with the calibration histogram of the FP32 tensor the op's out
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import onnx
 
-from quantship.artifact import ActivationRange
+from quantship import runtime
+from quantship.artifact import HISTOGRAM_BINS, ActivationRange
 from quantship.server.background import ROWS_A_CALL
 from quantship.server.drift import DriftWindow, overall
 from quantship.server.metrics import ServerMetrics
@@ -40,8 +43,81 @@ from quantship.server.runner import Runner, Tensors
 
 def observable(model: onnx.ModelProto, ranges: Sequence[ActivationRange]) -> list[ActivationRange]:
     """The ranges whose tensor exists in this graph (as a node output or a graph input)."""
-    names = {out for node in model.graph.node for out in node.output} | {i.name for i in model.graph.input}
+    names = _tensors(model)
     return [r for r in ranges if r.tensor in names]
+
+
+def _tensors(model: onnx.ModelProto) -> set[str]:
+    return {out for node in model.graph.node for out in node.output} | {i.name for i in model.graph.input}
+
+
+RANGE_NUMBERS = ("low", "high", "scale", "activation_low", "activation_high")
+"""What the clip counter and the drift window compute with, of an activation range."""
+MAX_ZERO_POINT = 2**16
+"""A zero point's magnitude stays below this: its type is one of 8 or 16 bits."""
+
+
+def unusable_ranges(model: onnx.ModelProto, manifest: Mapping[str, Any]) -> str | None:
+    """What makes the manifest's activation ranges or histograms unusable by the clip and drift SLIs
+    of `model` (None where nothing does), read from the manifest as written (its schema has checked
+    the types). A range names a tensor the model quantizes, as quantize/ranges.py reads them: the
+    input of a QuantizeLinear, or the output of the QLinear op its `requantized_by` names; its
+    bounds and scale are finite, low not above high, the scale above 0, the zero point one of 16
+    bits at most. A histogram names a tensor of the model, has finite bounds in order and
+    HISTOGRAM_BINS bins. quantship never writes anything else; served, such an entry failed every
+    clip sample (drift's binning, a division by the scale), which stopped both SLIs for the whole
+    model, or counted nonsense (a range upside down clips everything)."""
+    quantized = {node.input[0] for node in model.graph.node if node.op_type == runtime.QUANTIZE}
+    producers = {out: node.op_type for node in model.graph.node for out in node.output}
+    for entry in manifest.get("activation_ranges") or ():
+        problem = _range_problem(entry, quantized, producers)
+        if problem is not None:
+            return f"activation range {entry['tensor']!r} {problem}"
+    tensors = _tensors(model)
+    for entry in manifest.get("activation_histograms") or ():
+        problem = _histogram_problem(entry, tensors)
+        if problem is not None:
+            return f"activation histogram {entry['tensor']!r} {problem}"
+    return None
+
+
+def _range_problem(entry: Mapping[str, Any], quantized: set[str], producers: Mapping[str, str]) -> str | None:
+    op = entry.get("requantized_by")
+    if op is None and entry["tensor"] not in quantized:
+        return "names no tensor the model quantizes (the input of a QuantizeLinear)"
+    if op is not None and producers.get(entry["tensor"]) != op:
+        return f"names no output of a {op} op of the model"
+    unfinite = [key for key in RANGE_NUMBERS if entry.get(key) is not None and not _finite(entry[key])]
+    if unfinite:
+        return f"has a {unfinite[0]} that is no finite number"
+    if entry["low"] > entry["high"]:
+        return f"has its low {entry['low']:g} above its high {entry['high']:g}"
+    if entry["scale"] <= 0:
+        return f"has a scale of {entry['scale']:g}, not above 0"
+    if abs(entry.get("zero_point") or 0) >= MAX_ZERO_POINT:
+        return "has a zero point no 8- or 16-bit type holds"
+    return None
+
+
+def _histogram_problem(entry: Mapping[str, Any], tensors: set[str]) -> str | None:
+    if entry["tensor"] not in tensors:
+        return "names no tensor of the model"
+    if not (_finite(entry["low"]) and _finite(entry["high"])):
+        return "has a bound that is no finite number"
+    if entry["low"] > entry["high"]:
+        return f"has its low {entry['low']:g} above its high {entry['high']:g}"
+    if len(entry["counts"]) != HISTOGRAM_BINS:
+        return f"has {len(entry['counts'])} bins, not {HISTOGRAM_BINS}"
+    if not _finite(sum(entry["counts"]) + entry["underflow"] + entry["overflow"]):
+        return "counts more values than a float holds"
+    return None
+
+
+def _finite(number: float) -> bool:
+    try:
+        return math.isfinite(number)
+    except OverflowError:  # an integer past what a float holds
+        return False
 
 
 def observer_model(
@@ -51,7 +127,8 @@ def observer_model(
     the ranges it can observe.
 
     A range whose tensor is a graph input is observed from the request itself; one whose tensor is
-    not in the graph at all (a manifest that does not fit the model) is left out.
+    not in the graph at all (a manifest that does not fit the model, which the server refuses
+    first: `unusable_ranges`) is left out.
     """
     model = onnx.ModelProto()
     model.CopyFrom(served)

@@ -18,6 +18,7 @@ import itertools
 import logging
 import random
 import secrets
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -45,7 +46,7 @@ from quantship.server import runner as runner_module
 from quantship.server.background import CpuBudget, Lane, lower_priority
 from quantship.server.batcher import Batcher
 from quantship.server.capture import Capture, CapturePick, Reservoir
-from quantship.server.clipping import ClipCounter, ClipSample, observer_model
+from quantship.server.clipping import ClipCounter, ClipSample, observer_model, unusable_ranges
 from quantship.server.drift import DriftWindow
 from quantship.server.errors import InvalidInput, ModelNotFound, NotReady
 from quantship.server.feedback import FeedbackStore
@@ -256,7 +257,14 @@ class ModelService:
         scratch.sweep()  # what servers and verifies killed before us (kill -9, OOM) left behind
         extract_to = None
         if settings.artifact.is_file():
-            self._scratch = scratch.create(scratch.SERVE_PREFIX)
+            try:
+                self._scratch = scratch.create(scratch.SERVE_PREFIX)
+            except OSError as exc:  # a full disk: the node's to fix, not the artifact's nor a bug
+                raise LoadRefused(
+                    f"cannot unpack {settings.artifact}: no scratch folder in {tempfile.gettempdir()}: "
+                    f"{exc.strerror or exc}",
+                    reason="io",
+                ) from exc
             extract_to = self._scratch / "artifact"
         served = (MODEL_FILE,) if settings.reference is not None else (MODEL_FILE, REFERENCE_FILE)
         return load_verified(settings.artifact, keep=served, public_key=key, extract_to=extract_to)
@@ -299,6 +307,9 @@ class ModelService:
             raise LoadRefused(
                 f"the manifest's shadow_rule {rule!r} is not valid: {exc}", reason="format"
             ) from None
+        problem = unusable_ranges(proto, loaded.manifest)
+        if problem is not None:  # served, the clip and drift SLIs would fail or count nonsense
+            raise LoadRefused(f"the manifest's {problem}", reason="format")
         observer, ranges = None, loaded.activation_ranges
         if ranges and quality.clip_sample_rate > 0:
             observed, ranges = observer_model(proto, ranges)

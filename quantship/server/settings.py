@@ -32,8 +32,9 @@ class BatchSettings:
     waiting request holds its decoded tensors) and the queueing delay a client can be made to suffer."""
 
     def __post_init__(self) -> None:
-        if self.max_batch_size < 1 or self.max_queue_size < 1 or self.max_queue_delay_ms < 0:
-            raise ValueError("max batch size and queue size must be >= 1, queue delay >= 0")
+        delay = self.max_queue_delay_ms  # NaN: requests would wait for batch-mates forever
+        if self.max_batch_size < 1 or self.max_queue_size < 1 or not (_finite(delay) and delay >= 0):
+            raise ValueError("max batch size and queue size must be >= 1, queue delay finite and >= 0")
 
 
 MAX_SLI_CPU_BUDGET = 64.0
@@ -133,6 +134,10 @@ def _check_budget(what: str, budget: float) -> None:
         raise ValueError(
             f"{what} must be within 0..{MAX_SLI_CPU_BUDGET:g} CPU seconds a second, got {budget}"
         )
+
+
+def _finite(number: float) -> bool:
+    return -float("inf") < number < float("inf")  # NaN compares false
 
 
 CANARY_QUALITY: Mapping[str, Any] = MappingProxyType(
@@ -261,6 +266,9 @@ class ServerSettings:
             raise ValueError("max header bytes and the JSON decode budget must be >= 1")
         if self.capture_max_samples < 1 or self.capture_max_bytes < 1 or self.capture_flush_s < 0:
             raise ValueError("capture max samples and bytes must be >= 1, the flush interval >= 0")
+        for name in ("body_timeout_s", "idle_timeout_s", "drain_timeout_s", "capture_flush_s"):
+            if not _finite(getattr(self, name)):  # NaN passed every comparison above
+                raise ValueError(f"{name} must be a finite number of seconds, got {getattr(self, name)}")
 
     @property
     def labels(self) -> dict[str, str]:

@@ -9,6 +9,8 @@ it (the gzip bombs); the count cap is shown with its default too.
 from __future__ import annotations
 
 import io
+import subprocess
+import sys
 import tarfile
 from collections.abc import Callable
 from pathlib import Path
@@ -217,3 +219,30 @@ def test_an_archive_is_not_unpacked_over_files(artifact_copy: Path, tmp_path: Pa
     with pytest.raises(artifact.ArtifactError, match="not empty"):
         artifact.load_artifact(tarball, extract_to=tmp_path / "out")
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["keep.txt"]
+
+
+def test_a_disk_that_refuses_a_write_while_unpacking_is_an_io_error_not_the_archives(
+    artifact_copy: Path, tmp_path: Path
+) -> None:
+    """A full disk (here a file size limit below model.onnx's, in a process of its own) was an
+    "unreadable archive", reason format: a server's load failures blamed a good artifact."""
+    tarball = craft(artifact_copy, tmp_path / "a.tar.gz")
+    limit = (artifact_copy / artifact.MODEL_FILE).stat().st_size // 2
+    code = (
+        "import resource, signal, sys\n"
+        "from pathlib import Path\n"
+        "from quantship import artifact\n"
+        f"resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit}))\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG, not the signal's kill\n"
+        "try:\n"
+        "    artifact.load_artifact(Path(sys.argv[1]), extract_to=Path(sys.argv[2]))\n"
+        "except artifact.ArtifactError as error:\n"
+        "    print(f'{error.reason}: {error}')\n"
+    )
+    out = tmp_path / "out"
+    run = subprocess.run(
+        [sys.executable, "-c", code, str(tarball), str(out)], capture_output=True, text=True, timeout=60
+    )
+
+    assert run.stdout == f"io: cannot unpack {tarball} into {out}: File too large\n", run.stderr
+    assert not out.exists()

@@ -3,8 +3,10 @@ of what the command was given (one line, `error: ...`), never the same number fo
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
+import click
 import pytest
 from click.testing import CliRunner
 
@@ -28,6 +30,46 @@ def test_gate_settings_no_gate_can_use_are_usage_errors_before_any_work(option: 
     result = CliRunner().invoke(main, ["quantize", "model.onnx", "-o", "out", option, value])
     assert result.exit_code == ExitCode.USAGE, result.output
     assert option in result.output
+
+
+REQUIRED = {
+    "quantize": ["model.onnx", "-o", "out"],
+    "serve": ["artifact", "--model-name", "m", "--revision", "r"],
+    "fetch": ["file:///artifact", "dest"],
+    "operator": [],
+}
+"""What each command with a float option needs besides it, so that the float alone is wrong."""
+
+
+def float_options() -> Iterator[tuple[str, str]]:
+    """(command, option) for every option of every command that takes a float."""
+
+    def commands(group: click.Group, prefix: str = "") -> Iterator[tuple[str, click.Command]]:
+        for name, command in group.commands.items():
+            if isinstance(command, click.Group):
+                yield from commands(command, f"{prefix}{name} ")
+            else:
+                yield prefix + name, command
+
+    for name, command in commands(main):
+        for param in command.params:
+            if isinstance(param, click.Option) and isinstance(param.type, click.types.FloatParamType):
+                yield name, param.opts[0]
+
+
+@pytest.mark.parametrize(("command", "option"), list(float_options()))
+@pytest.mark.parametrize("value", ["nan", "inf"])
+def test_a_float_option_that_is_not_a_finite_number_is_a_usage_error(
+    command: str, option: str, value: str
+) -> None:
+    """click's FloatRange lets NaN pass every bound, and inf an open one: `serve --max-queue-delay-ms nan`
+    went ready and every request waited forever; `fetch --timeout inf` and `serve --drain-timeout-s
+    inf` ended in a traceback."""
+    result = CliRunner().invoke(main, [*command.split(), *REQUIRED[command], option, value])
+
+    assert result.exit_code == ExitCode.USAGE, result.output
+    assert option in result.output and "is not a finite number" in result.output
+    assert not isinstance(result.exception, ValueError | OverflowError)
 
 
 def test_an_artifact_that_cannot_be_used_is_a_refusal_in_one_line(tmp_path: Path) -> None:

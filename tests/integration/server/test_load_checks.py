@@ -5,7 +5,10 @@ input fails on is still served. Nothing is faked but the manifest."""
 
 from __future__ import annotations
 
+import copy
 import logging
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -25,19 +28,29 @@ from quantship.server.service import ModelService, Phase
 from quantship.server.settings import ServerSettings
 
 
-def claiming_other_hardware(good: artifact.Artifact, out: Path) -> artifact.Artifact:
-    """The good artifact re-written (hashed again by the artifact writer) with a manifest whose gate ran
-    on CPU int8 features this machine lacks or has (VNNI toggled) and on another onnxruntime."""
-    manifest: dict[str, Any] = {
-        key: value for key, value in good.manifest.items() if key not in ("files", "format_version")
-    }
-    here = runtime.hardware()
-    recorded = dict(manifest["validation"]["hardware"])
-    recorded["int8_flags"] = sorted(set(here.int8_flags) ^ {"avx512_vnni"})
-    recorded["onnxruntime"] = "1.0.0"
-    manifest["validation"] = {**manifest["validation"], "hardware": recorded}
-    files = {name: good.root / name for name in good.manifest["files"]}
+def rewritten(
+    loaded: artifact.Artifact, out: Path, edit: Callable[[dict[str, Any]], object]
+) -> artifact.Artifact:
+    """`loaded` re-written to `out` (hashed again by the artifact writer) with its manifest changed by
+    `edit`: what a producer other than quantship may write, and verify passes."""
+    manifest = copy.deepcopy(
+        {key: value for key, value in loaded.manifest.items() if key not in ("files", "format_version")}
+    )
+    edit(manifest)
+    files = {name: loaded.root / name for name in loaded.manifest["files"]}
     return artifact.write_artifact(out, files, manifest)
+
+
+def claiming_other_hardware(good: artifact.Artifact, out: Path) -> artifact.Artifact:
+    """The good artifact with a manifest whose gate ran on CPU int8 features this machine lacks or
+    has (VNNI toggled) and on another onnxruntime."""
+
+    def edit(manifest: dict[str, Any]) -> None:
+        recorded = manifest["validation"]["hardware"]
+        recorded["int8_flags"] = sorted(set(runtime.hardware().int8_flags) ^ {"avx512_vnni"})
+        recorded["onnxruntime"] = "1.0.0"
+
+    return rewritten(good, out, edit)
 
 
 def service_for(settings: ServerSettings) -> tuple[ModelService, CollectorRegistry]:
@@ -202,3 +215,163 @@ def test_a_model_that_fails_on_synthetic_inputs_is_served_and_answers_its_exampl
 
 def divide(divisor: int) -> dict[str, Any]:
     return {"inputs": [{"name": "D", "shape": [1, 2], "datatype": "INT64", "data": [divisor, divisor]}]}
+
+
+def build_one_row_model(path: Path) -> Path:
+    """Y = Reshape(X, [1, 4]) + 1 for X float[N, 4]: written for one row, as an export traced with a
+    batch of one can be. Its shapes say N rows; onnxruntime fails it on two."""
+    x = helper.make_tensor_value_info("X", TensorProto.FLOAT, ["N", 4])
+    y = helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["N", 4])
+    constants = [
+        helper.make_tensor("one_row", TensorProto.INT64, [2], [1, 4]),
+        helper.make_tensor("one", TensorProto.FLOAT, [], [1.0]),
+    ]
+    graph = helper.make_graph(
+        [
+            helper.make_node("Reshape", ["X", "one_row"], ["row"]),
+            helper.make_node("Add", ["row", "one"], ["Y"]),
+        ],
+        "one_row",
+        [x],
+        [y],
+        constants,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, path)
+    return path
+
+
+def test_a_model_that_fails_on_two_rows_is_not_batched_and_says_why(tmp_path: Path) -> None:
+    runner = Runner.load(build_one_row_model(tmp_path / "one_row.onnx"), threads=1)
+
+    policy = batch_policy.choose(runner, 32)
+
+    assert policy.max_batch_size == 1
+    assert policy.reason.startswith("not batched: the model fails on 2 rows, though it runs on one (")
+    assert "requested shape:{1,4}" in policy.reason  # onnxruntime's own words, for whoever reads it
+    assert set(policy.seconds_per_row) == {1}  # still timed: short calls run on the event loop
+
+
+def test_a_model_that_fails_on_two_rows_is_served_one_request_a_call(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """It was refused as "a bug" (reason internal, with a traceback): the batch policy's timing of
+    two rows raised the model's failure. Triton serves such a model; only batching is off."""
+    model = build_one_row_model(tmp_path / "one_row.onnx")
+    with caplog.at_level(logging.WARNING, logger="quantship.server"):
+        server = LocalServer(settings_for(fp32_artifact(model, tmp_path / "one_row"), "one-row")).start()
+    try:
+        assert server.metric("quantship_model_load_failures_total", reason="internal") == 0
+        metadata = httpx.get(f"{server.url}/v2/models/{server.settings.model_name}").json()
+        assert metadata["batching"]["max_batch_size"] == 1
+        assert metadata["batching"]["reason"].startswith("not batched: the model fails on 2 rows")
+        warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        assert any("cannot be batched, so each request runs alone" in message for message in warned)
+
+        def infer(row: float) -> httpx.Response:
+            body = {"inputs": [{"name": "X", "datatype": "FP32", "shape": [1, 4], "data": [row] * 4}]}
+            return httpx.post(f"{server.url}/v2/models/{server.settings.model_name}/infer", json=body)
+
+        with ThreadPoolExecutor(8) as clients:  # at once: each still its own call
+            answers = list(clients.map(infer, range(16)))
+        assert [answer.json()["outputs"][0]["data"] for answer in answers] == [
+            [row + 1.0] * 4 for row in range(16)
+        ]
+    finally:
+        server.stop()
+
+
+def second(manifest: dict[str, Any], kind: str, **changes: Any) -> None:
+    """Change the second activation range (or histogram) of `manifest`."""
+    manifest[f"activation_{kind}"][1].update(changes)
+
+
+def swapped_bounds(manifest: dict[str, Any]) -> None:
+    entry = manifest["activation_ranges"][1]
+    entry["low"], entry["high"] = entry["high"], entry["low"]
+
+
+UNUSABLE = {
+    "histogram of 10 bins": (
+        lambda m: second(m, "histograms", counts=m["activation_histograms"][1]["counts"][:10]),
+        "histogram",
+        "has 10 bins, not 64",
+    ),
+    "scale 0": (lambda m: second(m, "ranges", scale=0), "range", "has a scale of 0, not above 0"),
+    "low above high": (swapped_bounds, "range", "has its low"),
+    "a bound past any float": (lambda m: second(m, "ranges", high=10**400), "range", None),
+    "a tensor not in the model": (
+        lambda m: second(m, "ranges", tensor="no_such_tensor"),
+        "range",
+        "names no tensor the model quantizes (the input of a QuantizeLinear)",
+    ),
+    "a QLinear op the model lacks": (
+        lambda m: second(m, "ranges", requantized_by="QLinearConv", zero_point=0),
+        "range",
+        "names no output of a QLinearConv op of the model",
+    ),
+}
+
+
+@pytest.mark.parametrize(
+    ("kind", "edit", "says"),
+    [(kind, edit, says) for edit, kind, says in UNUSABLE.values()],
+    ids=list(UNUSABLE),
+)
+async def test_ranges_or_histograms_the_slis_cannot_use_refuse_the_artifact(
+    good_artifact: artifact.Artifact,
+    tmp_path: Path,
+    kind: str,
+    edit: Callable[[dict[str, Any]], object],
+    says: str | None,
+) -> None:
+    """Served, they went ready, then failed every clip sample (a histogram of other bins broke
+    drift's binning, a requantized scale of 0 divided by zero), which stopped the clip and drift SLIs
+    of the whole model, or counted nonsense (upside-down ranges clip everything). quantship writes
+    none of them: refused at load, as a shadow rule that cannot work is, not one tensor quietly off."""
+    broken = rewritten(good_artifact, tmp_path / "broken", edit)
+    settings = settings_for(broken, "broken")
+    service, registry = service_for(settings)
+
+    await service.load()
+
+    assert service.phase is Phase.REFUSED
+    assert sample(registry, settings, "quantship_model_load_failures_total", reason="format") == 1
+    assert sample(registry, settings, "quantship_model_load_failures_total", reason="internal") == 0
+    tensor = broken.manifest[f"activation_{kind}s"][1]["tensor"]
+    if says is not None:  # (a number past any float may be refused by the manifest's reader first)
+        assert f"the manifest's activation {kind} {tensor!r} {says}" in service.problem
+    await service.close(1)
+
+
+@pytest.mark.parametrize(
+    ("changes", "says"),
+    [({"scale": 0}, "has a scale of 0, not above 0"), ({"zero_point": 10**40}, "has a zero point no 8- or")],
+    ids=["scale 0", "a zero point past 16 bits"],
+)
+async def test_a_qlinear_range_the_clip_counter_cannot_use_refuses_the_artifact(
+    qoperator_skewed_artifact: artifact.Artifact, tmp_path: Path, changes: dict[str, Any], says: str
+) -> None:
+    """A QLinear op's range counts its int8 codes at the ends, found by dividing by the scale (0:
+    ZeroDivisionError on every clip sample), against the zero point (10**40: every code counted)."""
+    requantized = next(
+        index
+        for index, entry in enumerate(qoperator_skewed_artifact.manifest["activation_ranges"])
+        if entry.get("requantized_by")
+    )
+    broken = rewritten(
+        qoperator_skewed_artifact,
+        tmp_path / "broken",
+        lambda m: m["activation_ranges"][requantized].update(changes),
+    )
+    settings = settings_for(broken, "broken")
+    service, registry = service_for(settings)
+
+    await service.load()
+
+    assert service.phase is Phase.REFUSED
+    assert sample(registry, settings, "quantship_model_load_failures_total", reason="format") == 1
+    tensor = broken.manifest["activation_ranges"][requantized]["tensor"]
+    assert f"the manifest's activation range {tensor!r} {says}" in service.problem
+    await service.close(1)

@@ -5,7 +5,10 @@ from __future__ import annotations
 import http.server
 import json
 import os
+import re
 import shutil
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from functools import partial
@@ -239,3 +242,62 @@ def test_a_server_that_does_not_answer_is_an_error(tmp_path: Path, http_root: tu
     code, output = fetch(f"{url}/missing.tar.gz", str(tmp_path / "model"), "--timeout", "5")
 
     assert code == 3 and "HTTP 404" in output
+
+
+@pytest.mark.parametrize("scheme", ["file", "http", "oci"])
+def test_a_dest_inside_an_artifact_is_refused_before_anything_is_made(
+    good_artifact: artifact.Artifact, artifact_copy: Path, http_root: tuple[str, Path], scheme: str
+) -> None:
+    """A folder the artifact's manifest does not list left it unverifiable: every server refused it
+    until someone removed the copy. oci:// was refused only by the pull's own check, naming its
+    scratch folder; the registry here is never asked."""
+    url, root = http_root
+    artifact.pack(good_artifact.root, root / "digits.tar.gz")
+    uri = {
+        "file": f"file://{good_artifact.root}",
+        "http": f"{url}/digits.tar.gz",
+        "oci": "oci://127.0.0.1:9/quantship/digits:v1",
+    }[scheme]
+    dest = artifact_copy / "copy"
+
+    code, output = fetch(uri, str(dest))
+
+    assert code == 3, output
+    assert output == (
+        f"error: {dest} is inside the artifact {artifact_copy}: anything its manifest does not list makes "
+        "it unverifiable; write it elsewhere\n"
+    )
+    assert artifact.load_artifact(artifact_copy).digest == good_artifact.digest, "nothing made inside"
+
+
+def test_a_download_onto_a_full_disk_names_the_url_and_the_file(
+    good_artifact: artifact.Artifact, http_root: tuple[str, Path], tmp_path: Path
+) -> None:
+    """The init container's emptyDir full, as a file size limit (RLIMIT_FSIZE) below the archive's
+    size in a `quantship fetch` of its own: the message named neither ("[Errno 28] No space left on
+    device")."""
+    url, root = http_root
+    artifact.pack(good_artifact.root, root / "digits.tar.gz")
+    limit = (root / "digits.tar.gz").stat().st_size // 2
+    command = (
+        "import resource, signal\n"
+        f"resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit}))\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG, not the signal's kill\n"
+        "from quantship.cli import main\n"
+        "main()\n"
+    )
+    out = tmp_path / "out"
+    result = subprocess.run(
+        [sys.executable, "-c", command, "fetch", f"{url}/digits.tar.gz", str(out / "model")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+    assert result.returncode == 3, result.stderr
+    [line] = result.stderr.strip().splitlines()
+    downloaded = rf"{re.escape(str(out))}/\.model\.fetch-\w+/digits\.tar\.gz"
+    assert re.fullmatch(
+        rf"error: {re.escape(url)}/digits\.tar\.gz: cannot write it to {downloaded}: File too large", line
+    ), line
+    assert list(out.iterdir()) == [], "nothing left behind"

@@ -4,6 +4,7 @@ the quality settings a canary samples differently take theirs from the track."""
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import click
 import pytest
@@ -134,12 +135,27 @@ def test_a_negative_canary_budget_is_refused_on_either_track() -> None:
         settings("--canary-sli-cpu-budget", "-1")
 
 
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+@pytest.mark.parametrize(
+    "field", ["max_queue_delay_ms", "body_timeout_s", "idle_timeout_s", "drain_timeout_s", "capture_flush_s"]
+)
+def test_settings_built_in_process_refuse_a_delay_or_timeout_that_is_not_a_finite_number(
+    field: str, value: float
+) -> None:
+    """What the options refuse, the settings refuse too, for callers that build them directly."""
+    with pytest.raises(ValueError, match="finite"):
+        if field == "max_queue_delay_ms":
+            BatchSettings(max_queue_delay_ms=value)
+        else:
+            ServerSettings(artifact=Path("artifact"), model_name="m", revision="r", **{field: value})
+
+
 @pytest.mark.parametrize("flag", ["--sli-cpu-budget", "--canary-sli-cpu-budget", "--shadow-rate"])
 def test_a_nan_that_clicks_range_lets_through_is_a_usage_error_not_a_traceback(flag: str) -> None:
     args = ["serve", "artifact", "--model-name", "m", "--revision", "r", flag, "nan"]
     result = CliRunner().invoke(cli.main, args)
     assert result.exit_code == 2, result.output  # click's usage error
-    assert "got nan" in result.output and result.exception is not None
+    assert "is not a finite number" in result.output and result.exception is not None
     assert not isinstance(result.exception, ValueError)
 
 
