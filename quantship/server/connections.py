@@ -41,6 +41,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from quantship.server.errors import error_json
 from quantship.server.one_write import OneWriteTransport
+from quantship.server.protocol import JSON_TYPE
 from quantship.server.settings import ServerSettings
 
 log = logging.getLogger("quantship.server")
@@ -52,7 +53,7 @@ def raw_error(status: HTTPStatus, message: str, *headers: tuple[bytes, bytes]) -
     body = error_json(message)
     lines = [
         b"HTTP/1.1 %d %s" % (status, status.phrase.encode()),
-        b"content-type: application/json",
+        b"content-type: " + JSON_TYPE.encode(),
         *(b"%s: %s" % header for header in headers),
         b"content-length: %d" % len(body),
         b"connection: close",
