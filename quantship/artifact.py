@@ -814,7 +814,10 @@ MANIFEST_SCHEMA: dict[str, Any] = {
         "warnings": {"type": "array", "items": _STRING},
         "quantization": {"type": "object", "properties": {"output": {"type": ["string", "null"]}}},
         "runtime": {"type": "object"},
-        "calibration": {"type": ["object", "null"]},  # null: dynamic quantization calibrates nothing
+        "calibration": {  # null: dynamic quantization calibrates nothing
+            "type": ["object", "null"],
+            "properties": {"samples": _COUNT},
+        },
         "activation_ranges": {
             "type": "array",
             "items": {
@@ -865,9 +868,24 @@ def _schema_problem(manifest: Any) -> str | None:
 
 @functools.cache
 def _manifest_validator() -> Any:
+    return strict_validator(MANIFEST_SCHEMA)
+
+
+def strict_validator(schema: Mapping[str, Any]) -> Any:
+    """A JSON Schema (draft 7) validator for `schema` whose "integer" is a JSON integer only: draft 7
+    counts 174788.0 as one, and a file size read as a float failed later, wherever it was a count
+    (`os.read`, a buffer's size: a traceback in `fetch`, "a bug" in `serve`)."""
+    return _strict_draft7()(schema)
+
+
+@functools.cache
+def _strict_draft7() -> Any:
     import jsonschema
 
-    return jsonschema.Draft7Validator(MANIFEST_SCHEMA)
+    integers = jsonschema.Draft7Validator.TYPE_CHECKER.redefine(
+        "integer", lambda _, value: type(value) is int
+    )
+    return jsonschema.validators.extend(jsonschema.Draft7Validator, type_checker=integers)
 
 
 def _is_artifact_dir(path: Path) -> bool:

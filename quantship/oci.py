@@ -562,9 +562,7 @@ def _manifest(registry: _Registry) -> dict[str, Any]:
         manifest = json.loads(body)
     except (ValueError, RecursionError) as exc:
         raise OciError(f"{reference}: the registry served a manifest that is not JSON") from exc
-    error = jsonschema.exceptions.best_match(
-        jsonschema.Draft7Validator(MANIFEST_SCHEMA).iter_errors(manifest)
-    )
+    error = jsonschema.exceptions.best_match(artifact.strict_validator(MANIFEST_SCHEMA).iter_errors(manifest))
     if error is not None:
         where = "/".join(str(part) for part in error.absolute_path) or "the top"
         # jsonschema's message quotes the offending value whole: a line, not the registry's answer.

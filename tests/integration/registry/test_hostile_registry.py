@@ -148,6 +148,10 @@ BENT_MANIFESTS = {
     ),
     "a size that is true": (_set("layers/0/size", True), "at layers/0/size, True is not of type 'integer'"),
     "a fractional size": (_set("layers/0/size", 1.5), "at layers/0/size, 1.5 is not of type 'integer'"),
+    "a size written as a float": (
+        _bent(lambda m: m["layers"][0].update(size=float(m["layers"][0]["size"]))),
+        r"at layers/0/size, \d+\.0 is not of type 'integer'",
+    ),
     "a negative size": (_set("layers/0/size", -1), "at layers/0/size, -1 is less than the minimum of 0"),
     "no title": (_set("layers/0/annotations", {}), "is a required property"),
     "a title that is a path": (

@@ -1,0 +1,101 @@
+"""A manifest is as hostile as the artifact it comes with (unsigned, or written by something other
+than quantship): the real sample artifact, its manifest edited on disk as anyone can, is refused
+when read, by name and in one line, by every command that reads it: never a traceback, a hang, a
+gigabyte of memory or a line of the attacker's on the terminal."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from quantship import artifact
+from quantship.artifact import ArtifactError
+from quantship.cli import ExitCode, main
+
+Edit = Callable[[dict[str, Any]], object]
+
+
+def edit_manifest(root: Path, edit: Edit, *, literal: str | None = None) -> None:
+    """Rewrite the manifest at `root` as `edit` changes it; `literal`, where given, is written as it
+    is in place of the string "LITERAL" (JSON that json.dumps would never write: 1e400)."""
+    path = root / artifact.MANIFEST_FILE
+    manifest = json.loads(path.read_text())
+    edit(manifest)
+    text = json.dumps(manifest)
+    path.write_text(text if literal is None else text.replace('"LITERAL"', literal))
+
+
+def cli(*args: str | Path) -> tuple[int, str]:
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    return result.exit_code, result.output
+
+
+def refused_in_one_line(code: int, output: str, message: str) -> None:
+    assert code == ExitCode.REFUSED, output
+    assert output.startswith("error: ") and len(output.strip().splitlines()) == 1, output
+    assert message in output, output
+
+
+def integer_fields(
+    schema: dict[str, Any], value: Any, path: tuple[Any, ...] = ()
+) -> Iterator[tuple[Any, ...]]:
+    """The path of every integer in `value` that `schema` types as an integer."""
+    types = schema.get("type", ())
+    if type(value) is int and "integer" in ([types] if isinstance(types, str) else types):
+        yield path
+    if isinstance(value, dict):
+        for key, item in value.items():
+            inner = schema.get("properties", {}).get(key, schema.get("additionalProperties"))
+            if isinstance(inner, dict):
+                yield from integer_fields(inner, item, (*path, key))
+    if isinstance(value, list) and "items" in schema:
+        for index, item in enumerate(value):
+            yield from integer_fields(schema["items"], item, (*path, index))
+
+
+def set_at(path: tuple[Any, ...], change: Callable[[Any], Any]) -> Edit:
+    """An edit replacing the value at `path` by `change(value)`."""
+
+    def edit(manifest: dict[str, Any]) -> None:
+        node: Any = manifest
+        for part in path[:-1]:
+            node = node[part]
+        node[path[-1]] = change(node[path[-1]])
+
+    return edit
+
+
+def test_every_integer_the_schema_names_is_refused_written_as_a_float(artifact_copy: Path) -> None:
+    """Draft 7 counts 174788.0 as an integer: a size written so passed verify, pack and push, then
+    fetch died with a traceback (os.read) and serve refused as "a bug" (a buffer's size)."""
+    paths = list(integer_fields(artifact.MANIFEST_SCHEMA, artifact.load_artifact(artifact_copy).manifest))
+    shapes = {tuple("*" if isinstance(part, int) else part for part in path): path for path in paths}
+    expected = {("files", artifact.MODEL_FILE, "size"), ("activation_histograms", "*", "counts", "*"),
+                ("trials", "*", "number"), ("validation", "samples"), ("calibration", "samples")}  # fmt: skip
+    assert expected <= set(shapes), set(shapes)
+    original = (artifact_copy / artifact.MANIFEST_FILE).read_text()
+    for path in shapes.values():
+        edit_manifest(artifact_copy, set_at(path, float))
+        with pytest.raises(
+            ArtifactError, match=r"\.0 is not of type 'integer'|format version 1\.0,"
+        ) as caught:
+            artifact.load_artifact(artifact_copy)
+        assert caught.value.reason == "format"
+        (artifact_copy / artifact.MANIFEST_FILE).write_text(original)
+
+
+def test_a_size_written_as_a_float_is_one_line_from_verify_and_fetch(
+    artifact_copy: Path, tmp_path: Path
+) -> None:
+    size = (artifact_copy / artifact.MODEL_FILE).stat().st_size
+    edit_manifest(artifact_copy, lambda m: m["files"][artifact.MODEL_FILE].update(size=float(size)))
+    refused_in_one_line(*cli("verify", artifact_copy), f"{size}.0 is not of type 'integer'")
+    refused_in_one_line(
+        *cli("fetch", f"file://{artifact_copy}", tmp_path / "model"), "is not of type 'integer'"
+    )
+    assert not (tmp_path / "model").exists()
