@@ -8,7 +8,8 @@ loads them with `load_verified`, which also hands over the bytes it hashed of th
 A .tar.gz from outside is hostile until checked (`ArchiveLimits`): it is unpacked member by member
 with caps on size, member count and compression ratio, only regular files with plain names, and
 nothing the manifest does not name; a refused archive leaves nothing on disk.
-It imports nothing else of quantship but `quantship.scratch` (a leaf too), so any part may depend on it.
+It imports nothing else of quantship but `quantship.scratch` and `quantship.printable` (leaves too), so any
+part may depend on it.
 """
 
 from __future__ import annotations
@@ -20,9 +21,11 @@ import gzip
 import hashlib
 import io
 import json
+import math
 import os
 import shutil
 import stat
+import sys
 import tarfile
 import zlib
 from collections.abc import Collection, Iterator, Mapping
@@ -36,6 +39,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from quantship import scratch
+from quantship.printable import brief
 
 FORMAT_VERSION = 1
 REQUANTIZED_FORMAT_VERSION = 2
@@ -910,13 +914,30 @@ def _check_nothing_unlisted(root: Path, manifest: Mapping[str, Any]) -> None:
         )
 
 
-def _parse_manifest(text: str) -> Any:
-    """JSON as a manifest may hold it: no NaN or Infinity (a signature could not cover them)."""
-    return json.loads(text, parse_constant=_refuse_constant)
+def parse_json(text: str | bytes) -> Any:
+    """JSON as a manifest may hold it: finite numbers only. No NaN or Infinity, nor a number that
+    reads as infinity (1e400, or an integer of 310 digits): a signature could not cover them
+    (`canonical_bytes` refuses them, a traceback in `pull` and `report`), and no count or range
+    could use them."""
+    return json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float, parse_int=_finite_int)
 
 
 def _refuse_constant(name: str) -> None:
     raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite_float(literal: str) -> float:
+    value = float(literal)
+    if not math.isfinite(value):
+        raise ValueError(f"{brief(literal, 40)} is out of a number's range (it reads as infinity)")
+    return value
+
+
+def _finite_int(literal: str) -> int:
+    value = int(literal)  # past 4300 digits, a ValueError of its own
+    if abs(value) > sys.float_info.max:
+        raise ValueError(f"{brief(literal, 40)} is out of a number's range (it reads as infinity)")
+    return value
 
 
 def _read_manifest(root: Path) -> dict[str, Any]:
@@ -928,7 +949,7 @@ def _read_manifest(root: Path) -> dict[str, Any]:
     if manifest_path.stat().st_size > MAX_MANIFEST_BYTES:
         raise ArtifactError(f"{manifest_path}: larger than {MAX_MANIFEST_BYTES} bytes", reason="format")
     try:
-        manifest = _parse_manifest(manifest_path.read_text())
+        manifest = parse_json(manifest_path.read_text())
     except (
         OSError,
         UnicodeDecodeError,

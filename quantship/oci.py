@@ -559,7 +559,7 @@ def _manifest(registry: _Registry) -> dict[str, Any]:
     if reference.digest and "sha256:" + hashlib.sha256(body).hexdigest() != reference.digest:
         raise OciError(f"{reference}: the manifest served does not match the digest asked for")
     try:
-        manifest = json.loads(body)
+        manifest = artifact.parse_json(body)
     except (ValueError, RecursionError) as exc:
         raise OciError(f"{reference}: the registry served a manifest that is not JSON") from exc
     error = jsonschema.exceptions.best_match(artifact.strict_validator(MANIFEST_SCHEMA).iter_errors(manifest))

@@ -99,3 +99,17 @@ def test_a_size_written_as_a_float_is_one_line_from_verify_and_fetch(
         *cli("fetch", f"file://{artifact_copy}", tmp_path / "model"), "is not of type 'integer'"
     )
     assert not (tmp_path / "model").exists()
+
+
+@pytest.mark.parametrize("literal", ["1e400", "-1e400", "1" + "0" * 400])
+def test_a_number_that_reads_as_infinity_is_refused_by_verify_and_report(
+    artifact_copy: Path, tmp_path: Path, literal: str
+) -> None:
+    """1e400 parses to infinity, past the refusal of the NaN and Infinity literals: verify said ok,
+    then report and pull died with a traceback (the digest's JSON has no infinity)."""
+    edit_manifest(
+        artifact_copy, set_at(("activation_ranges", 0, "high"), lambda _: "LITERAL"), literal=literal
+    )
+    for command in (["verify", artifact_copy], ["report", artifact_copy, "-o", tmp_path / "r.html"]):
+        refused_in_one_line(*cli(*command), "is out of a number's range (it reads as infinity)")
+    assert not (tmp_path / "r.html").exists()

@@ -83,6 +83,7 @@ def _size(literal: str) -> Callable[[Path], str]:
     ("tamper", "reason", "said"),
     [
         pytest.param(_size("{}.0"), "format", ".0 is not of type 'integer'", id="a size written as a float"),
+        pytest.param(_size("1e400"), "format", "1e400 is out of a number's range", id="a size past a float"),
     ],
 )
 async def test_a_hostile_manifest_is_refused_for_what_it_is_never_as_a_bug(
