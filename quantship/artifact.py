@@ -983,10 +983,14 @@ def _check_file(root: Path, name: str, entry: Mapping[str, Any]) -> None:
 
 
 def _read_checked(root: Path, name: str, entry: Mapping[str, Any]) -> bytes:
-    """The bytes of a listed file, read once (no further than one byte past its listed size), checked
-    against the manifest: the very bytes its user gets."""
+    """The bytes of a listed file, read once and checked against the manifest: the very bytes its
+    user gets. The size on disk is checked before reading, so memory is asked for what is there,
+    never for what a manifest says (10**15 bytes: a MemoryError); the read stops one byte past it,
+    for a file still growing."""
     file = _listed_file(root, name)
-    content = _read_at_most(file, entry["size"] + 1)
+    with _regular_file(file) as (stream, size):
+        _check_size(root, name, entry, size)
+        content = stream.read(size + 1)
     if len(content) > entry["size"]:  # read no further: how much larger is not known here
         raise ArtifactError(
             f"{root}: {name} is larger than the {entry['size']} bytes the manifest says (tampered?)",
@@ -1022,22 +1026,23 @@ def _check_digest(root: Path, name: str, entry: Mapping[str, Any], sha256: str) 
         )
 
 
-def _read_at_most(file: Path, limit: int) -> bytes:
-    """Up to `limit` bytes of a regular file (one swapped for a FIFO since it was checked must not
-    block the read, nor a link to /dev/zero fill memory)."""
+@contextlib.contextmanager
+def _regular_file(file: Path) -> Iterator[tuple[io.BufferedReader, int]]:
+    """`file` open to read, and its size: refused unless a regular file (one swapped for a FIFO
+    since it was checked must not block the read, nor a link to /dev/zero fill memory). An
+    OSError, opening or reading, is an ArtifactError."""
     try:
         descriptor = os.open(file, os.O_RDONLY | os.O_NONBLOCK)
     except OSError as exc:
         raise ArtifactError(f"{file}: cannot read it: {exc.strerror or exc}", reason="io") from None
-    try:
-        if not stat.S_ISREG(os.fstat(descriptor).st_mode):
-            raise ArtifactError(f"{file}: not a regular file", reason="format")
-        with os.fdopen(descriptor, "rb", closefd=False) as stream:
-            return stream.read(limit)
-    except OSError as exc:
-        raise ArtifactError(f"reading {file}: {exc.strerror or exc}", reason="io") from None
-    finally:
-        os.close(descriptor)
+    with os.fdopen(descriptor, "rb") as stream:
+        try:
+            status = os.fstat(descriptor)
+            if not stat.S_ISREG(status.st_mode):
+                raise ArtifactError(f"{file}: not a regular file", reason="format")
+            yield stream, status.st_size
+        except OSError as exc:
+            raise ArtifactError(f"reading {file}: {exc.strerror or exc}", reason="io") from None
 
 
 def _check_signature(root: Path, manifest: Mapping[str, Any], public_key: Ed25519PublicKey) -> None:

@@ -135,8 +135,9 @@ def test_a_kept_file_is_checked_like_any_other(artifact_copy: Path) -> None:
     model = artifact_copy / artifact.MODEL_FILE
     listed = model.stat().st_size
     model.write_bytes(model.read_bytes() + b"one byte past its listed size, and more")
-    # read no further than one byte past: it says so, not a size it never read (it said listed + 1)
-    with pytest.raises(ArtifactError, match=f"is larger than the {listed} bytes the manifest says") as caught:
+    # its size on disk, checked before any read (never a size it never read: it said listed + 1)
+    grown = listed + len(b"one byte past its listed size, and more")
+    with pytest.raises(ArtifactError, match=f"model.onnx is {grown} bytes, manifest says {listed}") as caught:
         artifact.load_verified(artifact_copy, keep=[artifact.MODEL_FILE])
     assert caught.value.reason == "hash_mismatch"
     reference = artifact_copy / artifact.REFERENCE_FILE

@@ -113,3 +113,12 @@ def test_a_number_that_reads_as_infinity_is_refused_by_verify_and_report(
     for command in (["verify", artifact_copy], ["report", artifact_copy, "-o", tmp_path / "r.html"]):
         refused_in_one_line(*cli(*command), "is out of a number's range (it reads as infinity)")
     assert not (tmp_path / "r.html").exists()
+
+
+def test_a_size_past_memory_is_refused_by_the_size_on_disk_before_any_read(artifact_copy: Path) -> None:
+    """The server read `size + 1` bytes into one buffer, then compared: 10**15 was a MemoryError, "a bug"."""
+    size = (artifact_copy / artifact.MODEL_FILE).stat().st_size
+    edit_manifest(artifact_copy, set_at(("files", artifact.MODEL_FILE, "size"), lambda _: 10**15))
+    with pytest.raises(ArtifactError, match=f"model.onnx is {size} bytes, manifest says {10**15}") as caught:
+        artifact.load_verified(artifact_copy, keep=[artifact.MODEL_FILE])
+    assert caught.value.reason == "hash_mismatch"

@@ -84,6 +84,12 @@ def _size(literal: str) -> Callable[[Path], str]:
     [
         pytest.param(_size("{}.0"), "format", ".0 is not of type 'integer'", id="a size written as a float"),
         pytest.param(_size("1e400"), "format", "1e400 is out of a number's range", id="a size past a float"),
+        pytest.param(
+            _size("1000000000000000"),
+            "hash_mismatch",
+            "manifest says 1000000000000000",
+            id="a size past memory",
+        ),
     ],
 )
 async def test_a_hostile_manifest_is_refused_for_what_it_is_never_as_a_bug(
