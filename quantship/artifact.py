@@ -1006,9 +1006,28 @@ def _listed_file(root: Path, name: str) -> Path:
     if not _is_plain_name(name):
         raise ArtifactError(f"{root}: manifest names a file outside the artifact: {name!r}", reason="format")
     file = root / name
-    if not file.is_file():
-        raise ArtifactError(f"{root}: {name} is listed in the manifest but missing", reason="missing")
+    try:
+        mode = file.stat().st_mode  # never opened here: a named pipe would wait for a writer
+    except OSError:  # nothing there, or a link to nothing
+        raise ArtifactError(
+            f"{root}: {name} is listed in the manifest but missing", reason="missing"
+        ) from None
+    if not stat.S_ISREG(mode):
+        raise ArtifactError(
+            f"{root}: {name} is listed in the manifest but is a {_file_kind(mode)}, not a regular file",
+            reason="format",
+        )
     return file
+
+
+def _file_kind(mode: int) -> str:
+    if stat.S_ISDIR(mode):
+        return "directory"
+    if stat.S_ISFIFO(mode):
+        return "named pipe"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "device"
+    return "socket" if stat.S_ISSOCK(mode) else "special file"
 
 
 def _check_size(root: Path, name: str, entry: Mapping[str, Any], size: int) -> None:

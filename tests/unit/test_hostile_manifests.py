@@ -6,6 +6,7 @@ gigabyte of memory or a line of the attacker's on the terminal."""
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -122,3 +123,28 @@ def test_a_size_past_memory_is_refused_by_the_size_on_disk_before_any_read(artif
     with pytest.raises(ArtifactError, match=f"model.onnx is {size} bytes, manifest says {10**15}") as caught:
         artifact.load_verified(artifact_copy, keep=[artifact.MODEL_FILE])
     assert caught.value.reason == "hash_mismatch"
+
+
+NOT_REGULAR: dict[str, Callable[[Path], object]] = {
+    "directory": os.mkdir,
+    "named pipe": os.mkfifo,  # never opened: it would wait for a writer
+    "device": lambda path: path.symlink_to("/dev/zero"),
+}
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("kind", NOT_REGULAR)
+@pytest.mark.parametrize("listed", [artifact.MODEL_FILE, artifact.REFERENCE_FILE])
+def test_a_listed_file_that_is_not_a_regular_file_is_named_as_what_it_is(
+    artifact_copy: Path, kind: str, listed: str
+) -> None:
+    """Each was called missing (reason `missing`). Kept in memory by the server, or hashed as it
+    streams by: both say what it is."""
+    (artifact_copy / listed).unlink()
+    NOT_REGULAR[kind](artifact_copy / listed)
+    for keep in ((), (listed,)):
+        with pytest.raises(
+            ArtifactError, match=f"{listed} is listed in the manifest but is a {kind}, not a regular"
+        ) as caught:
+            artifact.load_verified(artifact_copy, keep=keep)
+        assert caught.value.reason == "format"

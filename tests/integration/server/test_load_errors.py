@@ -5,6 +5,7 @@ hostile manifest is refused for what it is."""
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -78,6 +79,12 @@ def _size(literal: str) -> Callable[[Path], str]:
     return tamper
 
 
+def _fifo(root: Path) -> str:
+    (root / artifact.MODEL_FILE).unlink()
+    os.mkfifo(root / artifact.MODEL_FILE)
+    return (root / artifact.MANIFEST_FILE).read_text()
+
+
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize(
     ("tamper", "reason", "said"),
@@ -89,6 +96,9 @@ def _size(literal: str) -> Callable[[Path], str]:
             "hash_mismatch",
             "manifest says 1000000000000000",
             id="a size past memory",
+        ),
+        pytest.param(
+            _fifo, "format", "model.onnx is listed in the manifest but is a named pipe", id="a pipe"
         ),
     ],
 )
