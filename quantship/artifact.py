@@ -23,12 +23,13 @@ import io
 import json
 import math
 import os
+import re
 import shutil
 import stat
 import sys
 import tarfile
 import zlib
-from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -74,6 +75,11 @@ class ArchiveLimits:
 MAX_MANIFEST_BYTES = 64 * 2**20
 """The largest manifest read: a few KB per activation tensor's histogram, so 64 MiB is thousands of
 times a real one's size, and far from what a file that never ends (a link to /dev/zero) would give."""
+
+FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,254}")
+"""How the manifest may name a file of the artifact (model.onnx, reference.onnx): a plain name in the
+artifact's folder. The manifest may be hostile: no separator or `..` to step out of the folder, and
+nothing a terminal or a log would act on (a newline, an escape sequence) where the name is printed."""
 
 MAX_DOWNLOAD_BYTES = 8 * 2**30
 """The largest artifact downloaded (a .tar.gz over http(s), or an OCI pull's layers together):
@@ -411,6 +417,7 @@ def write_artifact(
     if MODEL_FILE not in files:
         raise ArtifactError(f"an artifact needs {MODEL_FILE}", reason="format")
     out_dir = out_dir.resolve()
+    _check_file_names(out_dir, files)
     parent = out_dir.parent
     # Built in a scratch directory beside out_dir (scratch.beside): one that a killed write left
     # (kill -9 mid-copy: an artifact's size, forever) is swept by the next.
@@ -605,10 +612,6 @@ def copy_listed(
     dest.mkdir()
     try:
         for name in [MANIFEST_FILE, *listed]:
-            if not _is_plain_name(name):
-                raise ArtifactError(
-                    f"{source}: manifest names a file outside the artifact: {name!r}", reason="format"
-                )
             size = listed[name]["size"] if name in listed else MAX_MANIFEST_BYTES
             _copy_at_most(source / name, dest / name, size, exact=name in listed)
         return load_artifact(dest, public_key=public_key)
@@ -695,7 +698,7 @@ def _unpack_and_verify(
         unnamed = sorted(unpacked - {MANIFEST_FILE, *loaded.artifact.manifest["files"]})
         if unnamed:
             raise ArtifactError(
-                f"{path}: archive holds files the manifest does not name: {', '.join(unnamed)}",
+                f"{path}: archive holds files the manifest does not name: {_names(unnamed)}",
                 reason="unsafe_archive",
             )
         return loaded
@@ -867,7 +870,13 @@ def _schema_problem(manifest: Any) -> str | None:
     if error is None:
         return None
     where = "".join(f"[{part!r}]" for part in error.absolute_path) or "the manifest"
-    return f"{where}: {error.message[:200]}"
+    return brief(f"{where}: {schema_error_text(error)}", 300)  # the keys are the manifest's too
+
+
+def schema_error_text(error: Any) -> str:
+    """jsonschema's message for `error`, the value it quotes cut short (and printable): a line, not
+    a hostile document's whole field."""
+    return str(error.message.replace(repr(error.instance), brief(repr(error.instance), 60)))
 
 
 @functools.cache
@@ -902,13 +911,19 @@ def _is_artifact_dir(path: Path) -> bool:
     return True
 
 
+def _names(names: Iterable[str]) -> str:
+    """Names found in a folder or an archive, as a line to print: whatever they hold (a newline,
+    an escape sequence), and however many."""
+    return brief(", ".join(names), 400)
+
+
 def _check_nothing_unlisted(root: Path, manifest: Mapping[str, Any]) -> None:
     unlisted = sorted(
         entry.name for entry in root.iterdir() if entry.name not in {MANIFEST_FILE, *manifest["files"]}
     )
     if unlisted:
         raise ArtifactError(
-            f"{root}: holds what its manifest does not name: {', '.join(unlisted)} (an artifact is "
+            f"{root}: holds what its manifest does not name: {_names(unlisted)} (an artifact is "
             "exactly the files its manifest lists; `quantship fetch file://DIR DEST` copies only those)",
             reason="format",
         )
@@ -959,6 +974,7 @@ def _read_manifest(root: Path) -> dict[str, Any]:
         raise ArtifactError(f"{manifest_path}: unreadable manifest: {exc}", reason="format") from exc
     if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
         raise ArtifactError(f"{manifest_path}: manifest has no file list", reason="format")
+    _check_file_names(manifest_path, manifest["files"])
     version = manifest.get("format_version")
     if type(version) is not int or version not in FORMAT_VERSIONS:  # True == 1, but is no version
         readable = " and ".join(map(str, FORMAT_VERSIONS))
@@ -971,9 +987,14 @@ def _read_manifest(root: Path) -> dict[str, Any]:
     return manifest
 
 
-def _is_plain_name(name: str) -> bool:
-    """A file's name in the artifact's own folder: no separator, and not '', '.' or '..'."""
-    return name not in ("", ".", "..") and Path(name).name == name
+def _check_file_names(where: Path, names: Iterable[str]) -> None:
+    for name in names:
+        if not FILE_NAME.fullmatch(name):
+            raise ArtifactError(
+                f"{where}: manifest names a file that is no plain name inside the artifact (letters, "
+                f"digits, '.', '_', '-'): {brief(repr(name), 80)}",
+                reason="format",
+            )
 
 
 def _check_file(root: Path, name: str, entry: Mapping[str, Any]) -> None:
@@ -1002,10 +1023,7 @@ def _read_checked(root: Path, name: str, entry: Mapping[str, Any]) -> bytes:
 
 
 def _listed_file(root: Path, name: str) -> Path:
-    # Names come from the manifest, which may be hostile: never follow one out of the artifact.
-    if not _is_plain_name(name):
-        raise ArtifactError(f"{root}: manifest names a file outside the artifact: {name!r}", reason="format")
-    file = root / name
+    file = root / name  # a plain name (_read_manifest): never one out of the artifact
     try:
         mode = file.stat().st_mode  # never opened here: a named pipe would wait for a writer
     except OSError:  # nothing there, or a link to nothing

@@ -565,10 +565,9 @@ def _manifest(registry: _Registry) -> dict[str, Any]:
     error = jsonschema.exceptions.best_match(artifact.strict_validator(MANIFEST_SCHEMA).iter_errors(manifest))
     if error is not None:
         where = "/".join(str(part) for part in error.absolute_path) or "the top"
-        # jsonschema's message quotes the offending value whole: a line, not the registry's answer.
-        what = error.message.replace(repr(error.instance), brief(repr(error.instance), 60))
         raise OciError(
-            f"{reference}: the registry served a manifest quantship cannot read: at {where}, {what}"
+            f"{reference}: the registry served a manifest quantship cannot read: at {where}, "
+            + artifact.schema_error_text(error)
         )
     media_type = manifest["config"].get("mediaType")
     if media_type != CONFIG_MEDIA_TYPE:

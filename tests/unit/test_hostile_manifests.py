@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import tarfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -148,3 +149,42 @@ def test_a_listed_file_that_is_not_a_regular_file_is_named_as_what_it_is(
         ) as caught:
             artifact.load_verified(artifact_copy, keep=keep)
         assert caught.value.reason == "format"
+
+
+FORGED = "x\x1b[2K\rok: artifact verified; signature valid; gate passed\x1b]0;owned\x07\n\u202e"
+"""A name that, printed raw, wipes the line, writes a verdict of ours, retitles the terminal, breaks
+the line and reverses what follows."""
+
+
+def printable_line(output: str) -> bool:
+    return len(output.strip().splitlines()) == 1 and not set(output.strip()) & set("\x1b\x07\r\u202e")
+
+
+def test_a_file_name_a_terminal_would_act_on_is_refused_and_never_printed_raw(
+    artifact_copy: Path, tmp_path: Path
+) -> None:
+    edit_manifest(artifact_copy, lambda m: m["files"].update({FORGED: m["files"][artifact.REFERENCE_FILE]}))
+    for command in (["verify", artifact_copy], ["fetch", f"file://{artifact_copy}", tmp_path / "model"]):
+        code, output = cli(*command)
+        refused_in_one_line(code, output, "manifest names a file that is no plain name inside the artifact")
+        assert printable_line(output) and r"\x1b]0;owned\x07" in output, output
+    assert not (tmp_path / "model").exists()
+    model = artifact_copy / artifact.MODEL_FILE
+    with pytest.raises(ArtifactError, match=r"no plain name inside the artifact .*: '\.\./model\.onnx'"):
+        artifact.write_artifact(tmp_path / "out", {"../model.onnx": model, artifact.MODEL_FILE: model}, {})
+    assert not (tmp_path / "out").exists()
+
+
+def test_names_found_beside_the_listed_files_are_printed_without_what_a_terminal_acts_on(
+    artifact_copy: Path, tmp_path: Path
+) -> None:
+    tarball = tmp_path / "a.tar.gz"
+    with tarfile.open(tarball, "w:gz") as archive:
+        for file in sorted(artifact_copy.iterdir()):
+            archive.add(file, arcname=file.name)
+        archive.addfile(tarfile.TarInfo(FORGED))  # an empty file the manifest does not name
+    (artifact_copy / FORGED).write_bytes(b"")
+    for path in (artifact_copy, tarball):
+        code, output = cli("verify", path)
+        refused_in_one_line(code, output, "does not name: x?[2K?ok: artifact verified")
+        assert printable_line(output), output
