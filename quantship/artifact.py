@@ -20,6 +20,7 @@ import functools
 import gzip
 import hashlib
 import io
+import itertools
 import json
 import math
 import os
@@ -72,9 +73,13 @@ class ArchiveLimits:
     """Unpacked bytes always allowed whatever the ratio (small, sparse models compress well)."""
 
 
-MAX_MANIFEST_BYTES = 64 * 2**20
-"""The largest manifest read: a few KB per activation tensor's histogram, so 64 MiB is thousands of
-times a real one's size, and far from what a file that never ends (a link to /dev/zero) would give."""
+MAX_MANIFEST_BYTES = 4 * 2**20
+"""The largest manifest read or written: 4 MiB. A manifest costs about 1.1 KB per quantized activation
+(its range and histogram) and 0.2 KB per node (its sensitivity): the digits model's is 17-21 KB, a
+100-layer MLP's (102 activations, 303 nodes) 187 KB, so EfficientNet-Lite0's 62 activations take about
+100 KB, and 4 MiB holds some 2,000 activations with their nodes (a 24-layer BERT). JSON swells when
+parsed, up to 33 times for a manifest of nested empty lists: 4 MiB of them took 133 MB, where the
+64 MiB this was took 1.75 GB, enough to kill a server pod with a small memory limit."""
 
 FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,254}")
 """How the manifest may name a file of the artifact (model.onnx, reference.onnx): a plain name in the
@@ -438,12 +443,28 @@ def write_artifact(
                 "key_id": _public_key_id(sign_key.public_key()),
                 "value": base64.b64encode(sign_key.sign(canonical_bytes(full))).decode(),
             }
-        (staging / MANIFEST_FILE).write_text(
-            json.dumps(full, indent=2, sort_keys=True, allow_nan=False) + "\n"
-        )
+        text = json.dumps(full, indent=2, sort_keys=True, allow_nan=False) + "\n"
+        _check_readable(out_dir, full, len(text.encode()))
+        (staging / MANIFEST_FILE).write_text(text)
         staging.chmod(0o755)
         replace_dir(staging, out_dir)
     return Artifact(root=out_dir, manifest=full, signed=sign_key is not None)
+
+
+def _check_readable(out_dir: Path, manifest: Mapping[str, Any], size: int) -> None:
+    """Refuse to write a manifest that its readers would refuse: quantize fails naming why, rather
+    than leave an artifact nothing serves."""
+    if size > MAX_MANIFEST_BYTES:
+        raise ArtifactError(
+            f"{out_dir}: its manifest would be {size} bytes, more than the {MAX_MANIFEST_BYTES} an "
+            "artifact's manifest may hold",
+            reason="format",
+        )
+    problem = _schema_problem(manifest)
+    if problem is not None:
+        raise ArtifactError(
+            f"{out_dir}: its manifest would be refused on reading: {problem}", reason="format"
+        )
 
 
 WRITE_SCRATCH = "write"
@@ -851,7 +872,12 @@ MANIFEST_SCHEMA: dict[str, Any] = {
                     "tensor": {"type": "string"},
                     "low": _NUMBER,
                     "high": _NUMBER,
-                    "counts": {"type": "array", "items": _COUNT},
+                    "counts": {  # the length first: checked before the items (SCHEMA_ERRORS_WEIGHED)
+                        "type": "array",
+                        "minItems": HISTOGRAM_BINS,
+                        "maxItems": HISTOGRAM_BINS,
+                        "items": _COUNT,
+                    },
                     "underflow": _COUNT,
                     "overflow": _COUNT,
                 },
@@ -863,10 +889,16 @@ MANIFEST_SCHEMA: dict[str, Any] = {
 by name, rather than failing later in whichever part reads the field (other keys are free)."""
 
 
+SCHEMA_ERRORS_WEIGHED = 100
+"""How many of a manifest's schema errors are weighed for the one to name: listing them all took
+80-115 s of CPU for a 4 MiB manifest of a million bad items, about 60 µs each."""
+
+
 def _schema_problem(manifest: Any) -> str | None:
     import jsonschema  # here: ~60 ms to import, and every command imports this module
 
-    error = jsonschema.exceptions.best_match(_manifest_validator().iter_errors(manifest))
+    errors = itertools.islice(_manifest_validator().iter_errors(manifest), SCHEMA_ERRORS_WEIGHED)
+    error = jsonschema.exceptions.best_match(errors)
     if error is None:
         return None
     where = "".join(f"[{part!r}]" for part in error.absolute_path) or "the manifest"

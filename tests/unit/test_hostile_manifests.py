@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import subprocess
+import sys
 import tarfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -188,3 +191,74 @@ def test_names_found_beside_the_listed_files_are_printed_without_what_a_terminal
         code, output = cli("verify", path)
         refused_in_one_line(code, output, "does not name: x?[2K?ok: artifact verified")
         assert printable_line(output), output
+
+
+def test_a_manifest_just_under_the_cap_is_read_in_bounded_memory(artifact_copy: Path) -> None:
+    """JSON swells when parsed, most for nested empty lists: at the 64 MiB cap this was, a manifest
+    of them took 1.75 GB to verify (a server or an init container with a small limit killed)."""
+    manifest = json.loads((artifact_copy / artifact.MANIFEST_FILE).read_text())
+    text = json.dumps({**manifest, "runtime": {"bulk": "LITERAL"}})  # a free-form field: any JSON goes
+    count = (artifact.MAX_MANIFEST_BYTES - len(text)) // len("[[]],")
+    (artifact_copy / artifact.MANIFEST_FILE).write_text(
+        text.replace('"LITERAL"', "[" + ",".join(["[[]]"] * count) + "]")
+    )
+    assert (
+        artifact.MAX_MANIFEST_BYTES - 100
+        < (artifact_copy / artifact.MANIFEST_FILE).stat().st_size
+        <= artifact.MAX_MANIFEST_BYTES
+    )
+    code = (
+        "import resource, sys\n"
+        "from pathlib import Path\n"
+        "from quantship import artifact\n"
+        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "artifact.load_artifact(Path(sys.argv[1]))\n"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)\n"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", code, str(artifact_copy)], capture_output=True, text=True, timeout=120
+    )
+    assert run.returncode == 0, run.stderr
+    grown_mb = int(run.stdout) / 1024
+    assert grown_mb < 250, grown_mb
+
+
+def test_a_manifest_over_the_cap_is_neither_read_nor_written(artifact_copy: Path, tmp_path: Path) -> None:
+    edit_manifest(artifact_copy, lambda m: m.update(runtime={"x": "x" * artifact.MAX_MANIFEST_BYTES}))
+    with pytest.raises(ArtifactError, match=f"larger than {artifact.MAX_MANIFEST_BYTES} bytes"):
+        artifact.load_artifact(artifact_copy)
+    model = artifact_copy / artifact.MODEL_FILE
+    big = {"runtime": {"x": "x" * artifact.MAX_MANIFEST_BYTES}}
+    with pytest.raises(
+        ArtifactError, match=f"more than the {artifact.MAX_MANIFEST_BYTES} an artifact's manifest"
+    ):
+        artifact.write_artifact(tmp_path / "out", {artifact.MODEL_FILE: model}, big)
+    assert [p.name for p in tmp_path.iterdir()] == ["artifact"], "nothing written beside the source"
+
+
+def test_a_manifest_of_a_million_bad_items_is_refused_by_one_of_the_first(artifact_copy: Path) -> None:
+    """Every error was listed to pick the one to name: 80-115 s of CPU for a 4 MiB manifest."""
+    edit_manifest(artifact_copy, lambda m: m.update(activation_ranges=[{}] * 20_000))
+    with pytest.raises(
+        ArtifactError, match=r"\['activation_ranges'\]\[(\d+)\]: 'tensor' is a required"
+    ) as caught:
+        artifact.load_artifact(artifact_copy)
+    named = re.search(r"\['activation_ranges'\]\[(\d+)\]", str(caught.value))
+    assert named is not None and int(named.group(1)) < artifact.SCHEMA_ERRORS_WEIGHED
+
+
+def test_a_histogram_of_other_than_its_bins_is_refused(artifact_copy: Path) -> None:
+    """10 counts where HISTOGRAM_BINS are binned: the drift lane failed on every sample."""
+    edit_manifest(artifact_copy, set_at(("activation_histograms", 0, "counts"), lambda counts: counts[:10]))
+    with pytest.raises(ArtifactError, match=r"\['activation_histograms'\]\[0\]\['counts'\]: .* is too short"):
+        artifact.load_artifact(artifact_copy)
+
+
+def test_a_manifest_quantship_would_refuse_is_never_written(artifact_copy: Path, tmp_path: Path) -> None:
+    """quantize fails naming why, rather than leave an artifact that nothing serves."""
+    model = artifact_copy / artifact.MODEL_FILE
+    with pytest.raises(
+        ArtifactError, match=r"would be refused on reading: \['warnings'\]\[0\]: 1 is not of type"
+    ):
+        artifact.write_artifact(tmp_path / "out", {artifact.MODEL_FILE: model}, {"warnings": [1]})
+    assert [p.name for p in tmp_path.iterdir()] == ["artifact"], "nothing written beside the source"
