@@ -41,7 +41,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from quantship import scratch
-from quantship.printable import brief
+from quantship.printable import UNPRINTABLE, brief
 
 FORMAT_VERSION = 1
 REQUANTIZED_FORMAT_VERSION = 2
@@ -80,6 +80,11 @@ MAX_MANIFEST_BYTES = 4 * 2**20
 100 KB, and 4 MiB holds some 2,000 activations with their nodes (a 24-layer BERT). JSON swells when
 parsed, up to 33 times for a manifest of nested empty lists: 4 MiB of them took 133 MB, where the
 64 MiB this was took 1.75 GB, enough to kill a server pod with a small memory limit."""
+
+MAX_LABEL_CHARS = 128
+"""The longest manifest string that becomes a Prometheus label value (`quantship_model_info`,
+`quantship_hardware_info`): a calibration method, a CPU's name (x86's brand string is at most 48),
+a version. Every replica sends each one on every scrape, and Prometheus keeps them."""
 
 FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,254}")
 """How the manifest may name a file of the artifact (model.onnx, reference.onnx): a plain name in the
@@ -750,10 +755,15 @@ def _verify(
     return Verified(Artifact(root=path, manifest=manifest, signed=signed), contents)
 
 
+MAX_INT8_FLAGS = 32
+"""int8 CPU features a manifest may list (quantship.runtime reads 7): together one label value."""
 _NUMBER = {"type": "number"}
 _MAYBE_NUMBER = {"type": ["number", "null"]}
 _COUNT = {"type": "integer", "minimum": 0}
 _STRING = {"type": "string"}
+_LABEL = {"type": "string", "maxLength": MAX_LABEL_CHARS, "not": {"pattern": UNPRINTABLE.pattern}}
+"""A string that becomes a label value (or the verdict `verify` prints): bounded, and nothing a
+terminal would act on (it is logged too)."""
 _MAYBE_STRING = {"type": ["string", "null"]}
 _FLAG = {"type": "boolean"}
 _EVALUATION = {  # quantize.evaluate.Evaluation.to_json: in the validation and in every trial
@@ -810,18 +820,18 @@ MANIFEST_SCHEMA: dict[str, Any] = {
             "type": "object",
             "properties": {
                 **_EVALUATION,
-                **dict.fromkeys(("gate", "gate_reason", "data_sha256"), _STRING),
+                **dict.fromkeys(("gate_reason", "data_sha256"), _STRING),
+                "gate": _LABEL,  # `verify` prints it: "ok: ...; gate passed"
                 "max_accuracy_delta": _MAYBE_NUMBER,
                 "on_calibration_data": _FLAG,
                 "shadow_rule": {"type": ["object", "null"]},
                 "hardware": {
                     "type": "object",
                     "properties": {
-                        "int8_flags": {"type": "array", "items": {"type": "string"}},
+                        "int8_flags": {"type": "array", "maxItems": MAX_INT8_FLAGS, "items": _LABEL},
                         "vnni": _FLAG,
-                        **dict.fromkeys(
-                            ("machine", "cpu", "provider", "onnxruntime", "graph_optimization_level"), _STRING
-                        ),
+                        **dict.fromkeys(("machine", "graph_optimization_level"), _STRING),
+                        **dict.fromkeys(("cpu", "provider", "onnxruntime"), _LABEL),
                     },
                 },
             },
@@ -840,11 +850,17 @@ MANIFEST_SCHEMA: dict[str, Any] = {
         "trials": {"type": "array", "items": _TRIAL},
         "sensitivity": {"type": "array", "items": _TENSOR_ERROR},
         "warnings": {"type": "array", "items": _STRING},
-        "quantization": {"type": "object", "properties": {"output": {"type": ["string", "null"]}}},
+        "quantization": {
+            "type": "object",
+            "properties": {
+                "output": {"type": ["string", "null"]},
+                **dict.fromkeys(("precision", "mode"), _LABEL),
+            },
+        },
         "runtime": {"type": "object"},
         "calibration": {  # null: dynamic quantization calibrates nothing
             "type": ["object", "null"],
-            "properties": {"samples": _COUNT},
+            "properties": {**dict.fromkeys(("method", "sha256"), _LABEL), "samples": _COUNT},
         },
         "activation_ranges": {
             "type": "array",

@@ -262,3 +262,46 @@ def test_a_manifest_quantship_would_refuse_is_never_written(artifact_copy: Path,
     ):
         artifact.write_artifact(tmp_path / "out", {artifact.MODEL_FILE: model}, {"warnings": [1]})
     assert [p.name for p in tmp_path.iterdir()] == ["artifact"], "nothing written beside the source"
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (
+            set_at(("calibration", "method"), lambda _: "A" * (artifact.MAX_LABEL_CHARS + 1)),
+            r"\['calibration'\]\['method'\]: 'AAAA.* is too long",
+        ),
+        (
+            set_at(("validation", "hardware", "cpu"), lambda _: "Xeon\nquantship_model_info 1"),
+            r"\['validation'\]\['hardware'\]\['cpu'\]: 'Xeon\\nquantship_model_info 1' should not be valid",
+        ),
+        (
+            set_at(
+                ("validation", "hardware", "int8_flags"), lambda _: ["avx2"] * (artifact.MAX_INT8_FLAGS + 1)
+            ),
+            r"\['validation'\]\['hardware'\]\['int8_flags'\]: .* is too long",
+        ),
+        (
+            set_at(("validation", "gate"), lambda _: "passed\x1b]0;owned\x07"),
+            r"\['validation'\]\['gate'\]: 'passed\\x1b\]0;owned\\x07' should not be valid",
+        ),
+        (
+            set_at(("quantization", "precision"), lambda _: "A" * 2**20),
+            r"\['quantization'\]\['precision'\]: 'AAAA.* is too long",
+        ),
+    ],
+    ids=["a long label", "a label of two lines", "many int8 flags", "an escape in the gate", "a 1 MiB label"],
+)
+def test_strings_that_become_label_values_are_short_and_printable(
+    artifact_copy: Path, tmp_path: Path, edit: Edit, message: str
+) -> None:
+    """calibration.method and hardware.cpu of 4 MiB each went READY, and /metrics was 8.4 MB every
+    scrape (quantship_model_info, quantship_hardware_info). Refused on reading, and never written."""
+    edit_manifest(artifact_copy, edit)
+    code, output = cli("verify", artifact_copy)
+    refused_in_one_line(code, output, "")
+    assert re.search(message, output) and len(output) < 600, output
+    manifest = json.loads((artifact_copy / artifact.MANIFEST_FILE).read_text())
+    files = {name: artifact_copy / name for name in manifest.pop("files")}
+    with pytest.raises(ArtifactError, match="would be refused on reading"):
+        artifact.write_artifact(tmp_path / "out", files, manifest)

@@ -4,6 +4,7 @@ hostile manifest is refused for what it is."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Callable
@@ -85,6 +86,12 @@ def _fifo(root: Path) -> str:
     return (root / artifact.MANIFEST_FILE).read_text()
 
 
+def _label(root: Path) -> str:
+    manifest = json.loads((root / artifact.MANIFEST_FILE).read_text())
+    manifest["calibration"]["method"] = "A" * 2**20  # was on every scrape of /metrics, as a label
+    return json.dumps(manifest)
+
+
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize(
     ("tamper", "reason", "said"),
@@ -100,6 +107,7 @@ def _fifo(root: Path) -> str:
         pytest.param(
             _fifo, "format", "model.onnx is listed in the manifest but is a named pipe", id="a pipe"
         ),
+        pytest.param(_label, "format", "['calibration']['method']: 'AAAA", id="a 1 MiB label"),
     ],
 )
 async def test_a_hostile_manifest_is_refused_for_what_it_is_never_as_a_bug(
