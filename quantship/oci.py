@@ -549,7 +549,7 @@ class _Registry:
 
 def _manifest(registry: _Registry) -> dict[str, Any]:
     """The image manifest: read within MAX_MANIFEST_BYTES, its digest checked when pulled by
-    digest, its shape (MANIFEST_SCHEMA) and artifact type checked always."""
+    digest, its shape (MANIFEST_SCHEMA), artifact type and layer titles (each once) checked always."""
     reference = registry.reference
     url = reference.container().manifest_url()
     accept = {"Accept": MANIFEST_MEDIA_TYPE}
@@ -574,6 +574,10 @@ def _manifest(registry: _Registry) -> dict[str, Any]:
         raise OciError(
             f"{reference} is not a quantship artifact (config media type {brief(repr(media_type))})"
         )
+    titles = [layer["annotations"][_TITLE] for layer in manifest["layers"]]
+    if twice := next((title for title in titles if titles.count(title) > 1), None):
+        # one title, two layers: the second would overwrite the first, and the pull fail as tampered
+        raise OciError(f"{reference}: the manifest lists two layers titled {twice}: refused")
     return manifest
 
 

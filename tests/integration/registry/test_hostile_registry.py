@@ -161,6 +161,10 @@ BENT_MANIFESTS = {
         _set(f"layers/0/annotations/{TITLE}", "../../../etc/cron.d/x"),
         f"at layers/0/annotations/{TITLE}, .* is not one of",
     ),
+    "two layers of one title": (  # the second overwrote the first, and the pull failed as tampered
+        _bent(lambda m: m["layers"][1]["annotations"].update({TITLE: m["layers"][0]["annotations"][TITLE]})),
+        "the manifest lists two layers titled (model|reference).onnx: refused",
+    ),
     "another artifact's config": (
         _set("config/mediaType", "application/vnd.oci.image.config.v1+json"),
         "is not a quantship artifact",
