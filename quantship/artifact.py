@@ -8,7 +8,8 @@ loads them with `load_verified`, which also hands over the bytes it hashed of th
 A .tar.gz from outside is hostile until checked (`ArchiveLimits`): it is unpacked member by member
 with caps on size, member count and compression ratio, only regular files with plain names, and
 nothing the manifest does not name; a refused archive leaves nothing on disk.
-It imports nothing else of quantship but `quantship.scratch` (a leaf too), so any part may depend on it.
+It imports nothing else of quantship but `quantship.scratch` and `quantship.printable` (leaves too), so any
+part may depend on it.
 """
 
 from __future__ import annotations
@@ -19,13 +20,17 @@ import functools
 import gzip
 import hashlib
 import io
+import itertools
 import json
+import math
 import os
+import re
 import shutil
 import stat
+import sys
 import tarfile
 import zlib
-from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
@@ -36,6 +41,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from quantship import scratch
+from quantship.printable import UNPRINTABLE, brief
 
 FORMAT_VERSION = 1
 REQUANTIZED_FORMAT_VERSION = 2
@@ -67,9 +73,23 @@ class ArchiveLimits:
     """Unpacked bytes always allowed whatever the ratio (small, sparse models compress well)."""
 
 
-MAX_MANIFEST_BYTES = 64 * 2**20
-"""The largest manifest read: a few KB per activation tensor's histogram, so 64 MiB is thousands of
-times a real one's size, and far from what a file that never ends (a link to /dev/zero) would give."""
+MAX_MANIFEST_BYTES = 4 * 2**20
+"""The largest manifest read or written: 4 MiB. A manifest costs about 1.1 KB per quantized activation
+(its range and histogram) and 0.2 KB per node (its sensitivity): the digits model's is 17-21 KB, a
+100-layer MLP's (102 activations, 303 nodes) 187 KB, so EfficientNet-Lite0's 62 activations take about
+100 KB, and 4 MiB holds some 2,000 activations with their nodes (a 24-layer BERT). JSON swells when
+parsed, up to 33 times for a manifest of nested empty lists: 4 MiB of them took 133 MB, where the
+64 MiB this was took 1.75 GB, enough to kill a server pod with a small memory limit."""
+
+MAX_LABEL_CHARS = 128
+"""The longest manifest string that becomes a Prometheus label value (`quantship_model_info`,
+`quantship_hardware_info`): a calibration method, a CPU's name (x86's brand string is at most 48),
+a version. Every replica sends each one on every scrape, and Prometheus keeps them."""
+
+FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,254}")
+"""How the manifest may name a file of the artifact (model.onnx, reference.onnx): a plain name in the
+artifact's folder. The manifest may be hostile: no separator or `..` to step out of the folder, and
+nothing a terminal or a log would act on (a newline, an escape sequence) where the name is printed."""
 
 MAX_DOWNLOAD_BYTES = 8 * 2**30
 """The largest artifact downloaded (a .tar.gz over http(s), or an OCI pull's layers together):
@@ -407,6 +427,7 @@ def write_artifact(
     if MODEL_FILE not in files:
         raise ArtifactError(f"an artifact needs {MODEL_FILE}", reason="format")
     out_dir = out_dir.resolve()
+    _check_file_names(out_dir, files)
     parent = out_dir.parent
     # Built in a scratch directory beside out_dir (scratch.beside): one that a killed write left
     # (kill -9 mid-copy: an artifact's size, forever) is swept by the next.
@@ -427,12 +448,28 @@ def write_artifact(
                 "key_id": _public_key_id(sign_key.public_key()),
                 "value": base64.b64encode(sign_key.sign(canonical_bytes(full))).decode(),
             }
-        (staging / MANIFEST_FILE).write_text(
-            json.dumps(full, indent=2, sort_keys=True, allow_nan=False) + "\n"
-        )
+        text = json.dumps(full, indent=2, sort_keys=True, allow_nan=False) + "\n"
+        _check_readable(out_dir, full, len(text.encode()))
+        (staging / MANIFEST_FILE).write_text(text)
         staging.chmod(0o755)
         replace_dir(staging, out_dir)
     return Artifact(root=out_dir, manifest=full, signed=sign_key is not None)
+
+
+def _check_readable(out_dir: Path, manifest: Mapping[str, Any], size: int) -> None:
+    """Refuse to write a manifest that its readers would refuse: quantize fails naming why, rather
+    than leave an artifact nothing serves."""
+    if size > MAX_MANIFEST_BYTES:
+        raise ArtifactError(
+            f"{out_dir}: its manifest would be {size} bytes, more than the {MAX_MANIFEST_BYTES} an "
+            "artifact's manifest may hold",
+            reason="format",
+        )
+    problem = _schema_problem(manifest)
+    if problem is not None:
+        raise ArtifactError(
+            f"{out_dir}: its manifest would be refused on reading: {problem}", reason="format"
+        )
 
 
 WRITE_SCRATCH = "write"
@@ -601,10 +638,6 @@ def copy_listed(
     dest.mkdir()
     try:
         for name in [MANIFEST_FILE, *listed]:
-            if not _is_plain_name(name):
-                raise ArtifactError(
-                    f"{source}: manifest names a file outside the artifact: {name!r}", reason="format"
-                )
             size = listed[name]["size"] if name in listed else MAX_MANIFEST_BYTES
             _copy_at_most(source / name, dest / name, size, exact=name in listed)
         return load_artifact(dest, public_key=public_key)
@@ -691,7 +724,7 @@ def _unpack_and_verify(
         unnamed = sorted(unpacked - {MANIFEST_FILE, *loaded.artifact.manifest["files"]})
         if unnamed:
             raise ArtifactError(
-                f"{path}: archive holds files the manifest does not name: {', '.join(unnamed)}",
+                f"{path}: archive holds files the manifest does not name: {_names(unnamed)}",
                 reason="unsafe_archive",
             )
         return loaded
@@ -722,10 +755,15 @@ def _verify(
     return Verified(Artifact(root=path, manifest=manifest, signed=signed), contents)
 
 
+MAX_INT8_FLAGS = 32
+"""int8 CPU features a manifest may list (quantship.runtime reads 7): together one label value."""
 _NUMBER = {"type": "number"}
 _MAYBE_NUMBER = {"type": ["number", "null"]}
 _COUNT = {"type": "integer", "minimum": 0}
 _STRING = {"type": "string"}
+_LABEL = {"type": "string", "maxLength": MAX_LABEL_CHARS, "not": {"pattern": UNPRINTABLE.pattern}}
+"""A string that becomes a label value (or the verdict `verify` prints): bounded, and nothing a
+terminal would act on (it is logged too)."""
 _MAYBE_STRING = {"type": ["string", "null"]}
 _FLAG = {"type": "boolean"}
 _EVALUATION = {  # quantize.evaluate.Evaluation.to_json: in the validation and in every trial
@@ -782,18 +820,18 @@ MANIFEST_SCHEMA: dict[str, Any] = {
             "type": "object",
             "properties": {
                 **_EVALUATION,
-                **dict.fromkeys(("gate", "gate_reason", "data_sha256"), _STRING),
+                **dict.fromkeys(("gate_reason", "data_sha256"), _STRING),
+                "gate": _LABEL,  # `verify` prints it: "ok: ...; gate passed"
                 "max_accuracy_delta": _MAYBE_NUMBER,
                 "on_calibration_data": _FLAG,
                 "shadow_rule": {"type": ["object", "null"]},
                 "hardware": {
                     "type": "object",
                     "properties": {
-                        "int8_flags": {"type": "array", "items": {"type": "string"}},
+                        "int8_flags": {"type": "array", "maxItems": MAX_INT8_FLAGS, "items": _LABEL},
                         "vnni": _FLAG,
-                        **dict.fromkeys(
-                            ("machine", "cpu", "provider", "onnxruntime", "graph_optimization_level"), _STRING
-                        ),
+                        **dict.fromkeys(("machine", "graph_optimization_level"), _STRING),
+                        **dict.fromkeys(("cpu", "provider", "onnxruntime"), _LABEL),
                     },
                 },
             },
@@ -812,9 +850,18 @@ MANIFEST_SCHEMA: dict[str, Any] = {
         "trials": {"type": "array", "items": _TRIAL},
         "sensitivity": {"type": "array", "items": _TENSOR_ERROR},
         "warnings": {"type": "array", "items": _STRING},
-        "quantization": {"type": "object", "properties": {"output": {"type": ["string", "null"]}}},
+        "quantization": {
+            "type": "object",
+            "properties": {
+                "output": {"type": ["string", "null"]},
+                **dict.fromkeys(("precision", "mode"), _LABEL),
+            },
+        },
         "runtime": {"type": "object"},
-        "calibration": {"type": ["object", "null"]},  # null: dynamic quantization calibrates nothing
+        "calibration": {  # null: dynamic quantization calibrates nothing
+            "type": ["object", "null"],
+            "properties": {**dict.fromkeys(("method", "sha256"), _LABEL), "samples": _COUNT},
+        },
         "activation_ranges": {
             "type": "array",
             "items": {
@@ -841,7 +888,12 @@ MANIFEST_SCHEMA: dict[str, Any] = {
                     "tensor": {"type": "string"},
                     "low": _NUMBER,
                     "high": _NUMBER,
-                    "counts": {"type": "array", "items": _COUNT},
+                    "counts": {  # the length first: checked before the items (SCHEMA_ERRORS_WEIGHED)
+                        "type": "array",
+                        "minItems": HISTOGRAM_BINS,
+                        "maxItems": HISTOGRAM_BINS,
+                        "items": _COUNT,
+                    },
                     "underflow": _COUNT,
                     "overflow": _COUNT,
                 },
@@ -853,21 +905,48 @@ MANIFEST_SCHEMA: dict[str, Any] = {
 by name, rather than failing later in whichever part reads the field (other keys are free)."""
 
 
+SCHEMA_ERRORS_WEIGHED = 100
+"""How many of a manifest's schema errors are weighed for the one to name: listing them all took
+80-115 s of CPU for a 4 MiB manifest of a million bad items, about 60 µs each."""
+
+
 def _schema_problem(manifest: Any) -> str | None:
     import jsonschema  # here: ~60 ms to import, and every command imports this module
 
-    error = jsonschema.exceptions.best_match(_manifest_validator().iter_errors(manifest))
+    errors = itertools.islice(_manifest_validator().iter_errors(manifest), SCHEMA_ERRORS_WEIGHED)
+    error = jsonschema.exceptions.best_match(errors)
     if error is None:
         return None
     where = "".join(f"[{part!r}]" for part in error.absolute_path) or "the manifest"
-    return f"{where}: {error.message[:200]}"
+    return brief(f"{where}: {schema_error_text(error)}", 300)  # the keys are the manifest's too
+
+
+def schema_error_text(error: Any) -> str:
+    """jsonschema's message for `error`, the value it quotes cut short (and printable): a line, not
+    a hostile document's whole field."""
+    return str(error.message.replace(repr(error.instance), brief(repr(error.instance), 60)))
 
 
 @functools.cache
 def _manifest_validator() -> Any:
+    return strict_validator(MANIFEST_SCHEMA)
+
+
+def strict_validator(schema: Mapping[str, Any]) -> Any:
+    """A JSON Schema (draft 7) validator for `schema` whose "integer" is a JSON integer only: draft 7
+    counts 174788.0 as one, and a file size read as a float failed later, wherever it was a count
+    (`os.read`, a buffer's size: a traceback in `fetch`, "a bug" in `serve`)."""
+    return _strict_draft7()(schema)
+
+
+@functools.cache
+def _strict_draft7() -> Any:
     import jsonschema
 
-    return jsonschema.Draft7Validator(MANIFEST_SCHEMA)
+    integers = jsonschema.Draft7Validator.TYPE_CHECKER.redefine(
+        "integer", lambda _, value: type(value) is int
+    )
+    return jsonschema.validators.extend(jsonschema.Draft7Validator, type_checker=integers)
 
 
 def _is_artifact_dir(path: Path) -> bool:
@@ -880,25 +959,48 @@ def _is_artifact_dir(path: Path) -> bool:
     return True
 
 
+def _names(names: Iterable[str]) -> str:
+    """Names found in a folder or an archive, as a line to print: whatever they hold (a newline,
+    an escape sequence), and however many."""
+    return brief(", ".join(names), 400)
+
+
 def _check_nothing_unlisted(root: Path, manifest: Mapping[str, Any]) -> None:
     unlisted = sorted(
         entry.name for entry in root.iterdir() if entry.name not in {MANIFEST_FILE, *manifest["files"]}
     )
     if unlisted:
         raise ArtifactError(
-            f"{root}: holds what its manifest does not name: {', '.join(unlisted)} (an artifact is "
+            f"{root}: holds what its manifest does not name: {_names(unlisted)} (an artifact is "
             "exactly the files its manifest lists; `quantship fetch file://DIR DEST` copies only those)",
             reason="format",
         )
 
 
-def _parse_manifest(text: str) -> Any:
-    """JSON as a manifest may hold it: no NaN or Infinity (a signature could not cover them)."""
-    return json.loads(text, parse_constant=_refuse_constant)
+def parse_json(text: str | bytes) -> Any:
+    """JSON as a manifest may hold it: finite numbers only. No NaN or Infinity, nor a number that
+    reads as infinity (1e400, or an integer of 310 digits): a signature could not cover them
+    (`canonical_bytes` refuses them, a traceback in `pull` and `report`), and no count or range
+    could use them."""
+    return json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float, parse_int=_finite_int)
 
 
 def _refuse_constant(name: str) -> None:
     raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite_float(literal: str) -> float:
+    value = float(literal)
+    if not math.isfinite(value):
+        raise ValueError(f"{brief(literal, 40)} is out of a number's range (it reads as infinity)")
+    return value
+
+
+def _finite_int(literal: str) -> int:
+    value = int(literal)  # past 4300 digits, a ValueError of its own
+    if abs(value) > sys.float_info.max:
+        raise ValueError(f"{brief(literal, 40)} is out of a number's range (it reads as infinity)")
+    return value
 
 
 def _read_manifest(root: Path) -> dict[str, Any]:
@@ -910,7 +1012,7 @@ def _read_manifest(root: Path) -> dict[str, Any]:
     if manifest_path.stat().st_size > MAX_MANIFEST_BYTES:
         raise ArtifactError(f"{manifest_path}: larger than {MAX_MANIFEST_BYTES} bytes", reason="format")
     try:
-        manifest = _parse_manifest(manifest_path.read_text())
+        manifest = parse_json(manifest_path.read_text())
     except (
         OSError,
         UnicodeDecodeError,
@@ -920,6 +1022,7 @@ def _read_manifest(root: Path) -> dict[str, Any]:
         raise ArtifactError(f"{manifest_path}: unreadable manifest: {exc}", reason="format") from exc
     if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
         raise ArtifactError(f"{manifest_path}: manifest has no file list", reason="format")
+    _check_file_names(manifest_path, manifest["files"])
     version = manifest.get("format_version")
     if type(version) is not int or version not in FORMAT_VERSIONS:  # True == 1, but is no version
         readable = " and ".join(map(str, FORMAT_VERSIONS))
@@ -932,9 +1035,14 @@ def _read_manifest(root: Path) -> dict[str, Any]:
     return manifest
 
 
-def _is_plain_name(name: str) -> bool:
-    """A file's name in the artifact's own folder: no separator, and not '', '.' or '..'."""
-    return name not in ("", ".", "..") and Path(name).name == name
+def _check_file_names(where: Path, names: Iterable[str]) -> None:
+    for name in names:
+        if not FILE_NAME.fullmatch(name):
+            raise ArtifactError(
+                f"{where}: manifest names a file that is no plain name inside the artifact (letters, "
+                f"digits, '.', '_', '-'): {brief(repr(name), 80)}",
+                reason="format",
+            )
 
 
 def _check_file(root: Path, name: str, entry: Mapping[str, Any]) -> None:
@@ -948,10 +1056,14 @@ def _check_file(root: Path, name: str, entry: Mapping[str, Any]) -> None:
 
 
 def _read_checked(root: Path, name: str, entry: Mapping[str, Any]) -> bytes:
-    """The bytes of a listed file, read once (no further than one byte past its listed size), checked
-    against the manifest: the very bytes its user gets."""
+    """The bytes of a listed file, read once and checked against the manifest: the very bytes its
+    user gets. The size on disk is checked before reading, so memory is asked for what is there,
+    never for what a manifest says (10**15 bytes: a MemoryError); the read stops one byte past it,
+    for a file still growing."""
     file = _listed_file(root, name)
-    content = _read_at_most(file, entry["size"] + 1)
+    with _regular_file(file) as (stream, size):
+        _check_size(root, name, entry, size)
+        content = stream.read(size + 1)
     if len(content) > entry["size"]:  # read no further: how much larger is not known here
         raise ArtifactError(
             f"{root}: {name} is larger than the {entry['size']} bytes the manifest says (tampered?)",
@@ -963,13 +1075,29 @@ def _read_checked(root: Path, name: str, entry: Mapping[str, Any]) -> bytes:
 
 
 def _listed_file(root: Path, name: str) -> Path:
-    # Names come from the manifest, which may be hostile: never follow one out of the artifact.
-    if not _is_plain_name(name):
-        raise ArtifactError(f"{root}: manifest names a file outside the artifact: {name!r}", reason="format")
-    file = root / name
-    if not file.is_file():
-        raise ArtifactError(f"{root}: {name} is listed in the manifest but missing", reason="missing")
+    file = root / name  # a plain name (_read_manifest): never one out of the artifact
+    try:
+        mode = file.stat().st_mode  # never opened here: a named pipe would wait for a writer
+    except OSError:  # nothing there, or a link to nothing
+        raise ArtifactError(
+            f"{root}: {name} is listed in the manifest but missing", reason="missing"
+        ) from None
+    if not stat.S_ISREG(mode):
+        raise ArtifactError(
+            f"{root}: {name} is listed in the manifest but is a {_file_kind(mode)}, not a regular file",
+            reason="format",
+        )
     return file
+
+
+def _file_kind(mode: int) -> str:
+    if stat.S_ISDIR(mode):
+        return "directory"
+    if stat.S_ISFIFO(mode):
+        return "named pipe"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "device"
+    return "socket" if stat.S_ISSOCK(mode) else "special file"
 
 
 def _check_size(root: Path, name: str, entry: Mapping[str, Any], size: int) -> None:
@@ -987,22 +1115,23 @@ def _check_digest(root: Path, name: str, entry: Mapping[str, Any], sha256: str) 
         )
 
 
-def _read_at_most(file: Path, limit: int) -> bytes:
-    """Up to `limit` bytes of a regular file (one swapped for a FIFO since it was checked must not
-    block the read, nor a link to /dev/zero fill memory)."""
+@contextlib.contextmanager
+def _regular_file(file: Path) -> Iterator[tuple[io.BufferedReader, int]]:
+    """`file` open to read, and its size: refused unless a regular file (one swapped for a FIFO
+    since it was checked must not block the read, nor a link to /dev/zero fill memory). An
+    OSError, opening or reading, is an ArtifactError."""
     try:
         descriptor = os.open(file, os.O_RDONLY | os.O_NONBLOCK)
     except OSError as exc:
         raise ArtifactError(f"{file}: cannot read it: {exc.strerror or exc}", reason="io") from None
-    try:
-        if not stat.S_ISREG(os.fstat(descriptor).st_mode):
-            raise ArtifactError(f"{file}: not a regular file", reason="format")
-        with os.fdopen(descriptor, "rb", closefd=False) as stream:
-            return stream.read(limit)
-    except OSError as exc:
-        raise ArtifactError(f"reading {file}: {exc.strerror or exc}", reason="io") from None
-    finally:
-        os.close(descriptor)
+    with os.fdopen(descriptor, "rb") as stream:
+        try:
+            status = os.fstat(descriptor)
+            if not stat.S_ISREG(status.st_mode):
+                raise ArtifactError(f"{file}: not a regular file", reason="format")
+            yield stream, status.st_size
+        except OSError as exc:
+            raise ArtifactError(f"reading {file}: {exc.strerror or exc}", reason="io") from None
 
 
 def _check_signature(root: Path, manifest: Mapping[str, Any], public_key: Ed25519PublicKey) -> None:

@@ -72,6 +72,7 @@ import urllib3.exceptions
 import urllib3.util.retry
 
 from quantship import artifact, scratch
+from quantship.printable import brief
 
 S = TypeVar("S", bound=requests.Session)
 
@@ -197,7 +198,7 @@ class Reference:
         rest = uri.removeprefix(SCHEME)
         if not re.fullmatch(REFERENCE_PATTERN, rest):
             raise OciError(
-                f"{_brief(repr(uri))} is not an OCI reference: oci://REGISTRY[:PORT]/REPO:TAG or "
+                f"{brief(repr(uri))} is not an OCI reference: oci://REGISTRY[:PORT]/REPO:TAG or "
                 "@sha256:DIGEST, REPO in lower-case letters, digits, '.', '_', '-', split by '/'"
             )
         registry, _, path = rest.partition("/")
@@ -284,7 +285,7 @@ def push(
     reference = push_reference(uri)
     for tag in also_tags:
         if not re.fullmatch(_TAG, tag):
-            raise OciError(f"{_brief(repr(tag))} is not a tag ({_TAG})")
+            raise OciError(f"{brief(repr(tag))} is not a tag ({_TAG})")
     with artifact.opened(root) as loaded:  # a .tar.gz unpacked for the push, removed after it
         return _push(loaded, root, reference, credentials, insecure, timeout, also_tags)
 
@@ -364,7 +365,7 @@ def _retag(
     headers = {"Content-Type": str(pushed.headers.get("Content-Type", MANIFEST_MEDIA_TYPE))}
     answer = client.do_request(url, "PUT", data=_body_bytes(pushed), headers=headers)
     if answer.status_code not in (200, 201):
-        raise OciError(f"{moved}: HTTP {answer.status_code} {_brief(answer.reason or '')}")
+        raise OciError(f"{moved}: HTTP {answer.status_code} {brief(answer.reason or '')}")
     _sent_digest(answer, moved)
 
 
@@ -386,7 +387,7 @@ def _sent_digest(answer: requests.Response, reference: Reference) -> str:
     named = answer.headers.get("Docker-Content-Digest")
     if named and named != digest:
         raise OciError(
-            f"{reference}: the registry names the pushed manifest {_brief(named, 80)}, but the bytes "
+            f"{reference}: the registry names the pushed manifest {brief(named, 80)}, but the bytes "
             f"sent are {digest}: refused"
         )
     return digest
@@ -511,7 +512,7 @@ class _Registry:
             raise OciError(f"{self.reference}: no such {what} in {self.reference.repository}")
         if status in (401, 403):
             raise OciError(f"{where}: {self._refusal(status)}")
-        raise OciError(f"{where}: the registry answered {status} {_brief(response.reason or '')}")
+        raise OciError(f"{where}: the registry answered {status} {brief(response.reason or '')}")
 
     def _refusal(self, status: int) -> str:
         if self.login is None:
@@ -541,14 +542,14 @@ class _Registry:
             if urllib.parse.urlsplit(target).scheme not in ("http", "https") or (
                 url.startswith("https:") and not target.startswith("https:")
             ):
-                raise OciError(f"{where}: redirected to {_brief(target)}: not http(s), or https downgraded")
+                raise OciError(f"{where}: redirected to {brief(target)}: not http(s), or https downgraded")
             url = target
         raise OciError(f"{where}: more than {MAX_REDIRECTS} redirects")
 
 
 def _manifest(registry: _Registry) -> dict[str, Any]:
     """The image manifest: read within MAX_MANIFEST_BYTES, its digest checked when pulled by
-    digest, its shape (MANIFEST_SCHEMA) and artifact type checked always."""
+    digest, its shape (MANIFEST_SCHEMA), artifact type and layer titles (each once) checked always."""
     reference = registry.reference
     url = reference.container().manifest_url()
     accept = {"Accept": MANIFEST_MEDIA_TYPE}
@@ -558,24 +559,25 @@ def _manifest(registry: _Registry) -> dict[str, Any]:
     if reference.digest and "sha256:" + hashlib.sha256(body).hexdigest() != reference.digest:
         raise OciError(f"{reference}: the manifest served does not match the digest asked for")
     try:
-        manifest = json.loads(body)
+        manifest = artifact.parse_json(body)
     except (ValueError, RecursionError) as exc:
         raise OciError(f"{reference}: the registry served a manifest that is not JSON") from exc
-    error = jsonschema.exceptions.best_match(
-        jsonschema.Draft7Validator(MANIFEST_SCHEMA).iter_errors(manifest)
-    )
+    error = jsonschema.exceptions.best_match(artifact.strict_validator(MANIFEST_SCHEMA).iter_errors(manifest))
     if error is not None:
         where = "/".join(str(part) for part in error.absolute_path) or "the top"
-        # jsonschema's message quotes the offending value whole: a line, not the registry's answer.
-        what = error.message.replace(repr(error.instance), _brief(repr(error.instance), 60))
         raise OciError(
-            f"{reference}: the registry served a manifest quantship cannot read: at {where}, {what}"
+            f"{reference}: the registry served a manifest quantship cannot read: at {where}, "
+            + artifact.schema_error_text(error)
         )
     media_type = manifest["config"].get("mediaType")
     if media_type != CONFIG_MEDIA_TYPE:
         raise OciError(
-            f"{reference} is not a quantship artifact (config media type {_brief(repr(media_type))})"
+            f"{reference} is not a quantship artifact (config media type {brief(repr(media_type))})"
         )
+    titles = [layer["annotations"][_TITLE] for layer in manifest["layers"]]
+    if twice := next((title for title in titles if titles.count(title) > 1), None):
+        # one title, two layers: the second would overwrite the first, and the pull fail as tampered
+        raise OciError(f"{reference}: the manifest lists two layers titled {twice}: refused")
     return manifest
 
 
@@ -710,9 +712,9 @@ class _Failed(Exception):
         where = urllib.parse.urlsplit(answer.url or "").path
         said = "; ".join(_oci_errors(answer))
         return cls(
-            f"HTTP {answer.status_code} {_brief(answer.reason or '', 60)}"
-            + (f": {_brief(said)}" if said else "")
-            + f" ({method} {_brief(where, 120)})",
+            f"HTTP {answer.status_code} {brief(answer.reason or '', 60)}"
+            + (f": {brief(said)}" if said else "")
+            + f" ({method} {brief(where, 120)})",
             answer.status_code,
             method,
         )
@@ -730,7 +732,7 @@ def _oci_errors(answer: requests.Response) -> list[str]:
     said = [
         f"{error.get('code', '')}: {error.get('message', '')}" for error in errors if isinstance(error, dict)
     ]
-    return [_brief(line, 200) for line in said[:3]]
+    return [brief(line, 200) for line in said[:3]]
 
 
 class _PushClient(oras.client.OrasClient):
@@ -956,7 +958,7 @@ def _probe(
         return None
     if answer.status_code not in (401, 403):
         raise OciError(
-            f"{reference.registry}: HTTP {answer.status_code} {_brief(answer.reason or '', 60)} (GET /v2/)"
+            f"{reference.registry}: HTTP {answer.status_code} {brief(answer.reason or '', 60)} (GET /v2/)"
         )
     asked = _challenge(answer)
     _supported(asked, reference)
@@ -1013,7 +1015,7 @@ def _realm(challenge: _Challenge, reference: Reference, plain_http: bool) -> str
         named = False
     if not named:
         raise OciError(
-            f"{reference.registry} names the token realm {_brief(repr(realm))}: refused, quantship asks "
+            f"{reference.registry} names the token realm {brief(repr(realm))}: refused, quantship asks "
             f"a realm for tokens over {' or '.join(schemes)} only"
         )
     return realm
@@ -1070,8 +1072,8 @@ class _Bearer:
         named = _origin(_realm(challenge, self.reference, self.plain_http))
         if named != pinned:
             raise OciError(
-                f"{self.reference.registry} named the token realm {_brief(pinned)}, then "
-                f"{_brief(named)}: refused, a push or pull asks one realm for its tokens"
+                f"{self.reference.registry} named the token realm {brief(pinned)}, then "
+                f"{brief(named)}: refused, a push or pull asks one realm for its tokens"
             )
 
 
@@ -1088,7 +1090,7 @@ def _token(
     refresh-token grant, POSTed), the credentials (basic auth), both to that realm alone, or
     anonymously. The realm's answer is read within MAX_TOKEN_BYTES; a redirect is refused."""
     realm = _realm(challenge, reference, plain_http)
-    host = _brief(urllib.parse.urlsplit(realm).netloc)  # the registry's words: printable, bounded
+    host = brief(urllib.parse.urlsplit(realm).netloc)  # the registry's words: printable, bounded
     params = {"scope": f"repository:{reference.repository}:{actions}"}
     if "service" in challenge.params:
         params["service"] = challenge.params["service"]
@@ -1153,7 +1155,7 @@ def _check_token_answer(
         raise OciError(f"{_needs_credentials(reference)} (its token realm {host} gives no anonymous token)")
     if status != 200:
         raise OciError(
-            f"the token realm {host} of {reference.registry} answered {status} {_brief(answer.reason or '')}"
+            f"the token realm {host} of {reference.registry} answered {status} {brief(answer.reason or '')}"
         )
 
 
@@ -1218,27 +1220,15 @@ def _registry_errors(reference: Reference) -> Iterator[None]:
         # oras's push says some refusals only in a ValueError's text
         if refused or (isinstance(exc, ValueError) and ("401" in message or "Unauthorized" in message)):
             raise OciError(f"{reference}: the registry refused the credentials") from exc
-        raise OciError(f"{reference}: {_brief(message) or type(exc).__name__}") from exc
-
-
-_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
-"""Control characters (escape sequences start with one; a newline would forge a line of ours) and
-the bidirectional overrides that reorder what a terminal shows."""
-
-
-def _brief(text: str, limit: int = 200) -> str:
-    """At most `limit` characters of what a registry sent, control characters replaced by '?':
-    an error line, not its whole answer, and nothing a terminal would act on."""
-    text = _UNPRINTABLE.sub("?", text)
-    return text if len(text) <= limit else text[:limit] + "…"
+        raise OciError(f"{reference}: {brief(message) or type(exc).__name__}") from exc
 
 
 class _PrintableRecords(logging.Filter):
     """oras logs what a registry's error body says (`_parse_response_errors`), raw and whole: each
-    record it logs becomes one `_brief` line."""
+    record it logs becomes one `brief` line."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        record.msg, record.args = _brief(record.getMessage()), None
+        record.msg, record.args = brief(record.getMessage()), None
         return True
 
 

@@ -7,6 +7,7 @@ with nothing left behind."""
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import shutil
 import subprocess
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 from hostile_registry import (
     HostileRegistry,
     asks_basic,
@@ -34,6 +36,7 @@ from hypothesis import strategies as st
 from registry_harness import Registry
 
 from quantship import artifact, oci
+from quantship.cli import main
 from quantship.operator import fetch
 
 REPOSITORY = "quantship/bent"
@@ -126,7 +129,7 @@ def _raw(content: bytes) -> Callable[[dict[str, Any]], bytes]:
 BENT_MANIFESTS = {
     "a JSON array": (_bent(lambda m: [m]), "at the top, .* is not of type 'object'"),
     "not JSON": (_raw(b"<html>Service Unavailable</html>"), "a manifest that is not JSON"),
-    "NaN for its layers": (_raw(b'{"config": {}, "layers": NaN}'), "at layers, nan is not of type 'array'"),
+    "NaN for its layers": (_raw(b'{"config": {}, "layers": NaN}'), "a manifest that is not JSON"),
     "nested deeper than the parser goes": (_raw(b"[" * 100_000 + b"]" * 100_000), "not JSON"),
     "a config that is not an object": (_set("config", "x"), "at config, 'x' is not of type 'object'"),
     "no layers": (_set("layers", None), "'layers' is a required property"),
@@ -148,11 +151,19 @@ BENT_MANIFESTS = {
     ),
     "a size that is true": (_set("layers/0/size", True), "at layers/0/size, True is not of type 'integer'"),
     "a fractional size": (_set("layers/0/size", 1.5), "at layers/0/size, 1.5 is not of type 'integer'"),
+    "a size written as a float": (
+        _bent(lambda m: m["layers"][0].update(size=float(m["layers"][0]["size"]))),
+        r"at layers/0/size, \d+\.0 is not of type 'integer'",
+    ),
     "a negative size": (_set("layers/0/size", -1), "at layers/0/size, -1 is less than the minimum of 0"),
     "no title": (_set("layers/0/annotations", {}), "is a required property"),
     "a title that is a path": (
         _set(f"layers/0/annotations/{TITLE}", "../../../etc/cron.d/x"),
         f"at layers/0/annotations/{TITLE}, .* is not one of",
+    ),
+    "two layers of one title": (  # the second overwrote the first, and the pull failed as tampered
+        _bent(lambda m: m["layers"][1]["annotations"].update({TITLE: m["layers"][0]["annotations"][TITLE]})),
+        "the manifest lists two layers titled (model|reference).onnx: refused",
     ),
     "another artifact's config": (
         _set("config/mediaType", "application/vnd.oci.image.config.v1+json"),
@@ -366,6 +377,28 @@ def test_a_disk_that_refuses_a_write_is_a_refusal_not_a_traceback(served: Served
     assert result.stderr.strip().splitlines() == [
         f"error: {served.uri}: cannot write layer model.onnx: File too large"
     ]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_artifact_whose_manifest_holds_a_number_past_a_float_is_refused_not_installed(
+    served: Served, tmp_path: Path
+) -> None:
+    """What `push` refuses now, and something else can push: `pull` installed it, then died with a
+    traceback working out its digest (its canonical JSON has no infinity)."""
+    layer = served.layer(artifact.MANIFEST_FILE)
+    manifest = json.loads(served.blobs[layer["digest"]])
+    manifest["activation_ranges"][0]["high"] = "LITERAL"
+    bent = json.dumps(manifest).replace('"LITERAL"', "1e400").encode()
+    digest = "sha256:" + hashlib.sha256(bent).hexdigest()
+    served.registry.answers[served.registry.blob_path(REPOSITORY, digest)] = body(bent)
+    index = served.manifest["layers"].index(layer)
+    served.serve_manifest(
+        _bent(lambda m: m["layers"][index].update(digest=digest, size=len(bent)))(served.manifest)
+    )
+    result = CliRunner().invoke(main, ["pull", served.uri, "-o", str(tmp_path / "a")])
+    assert result.exit_code == 3, result.output
+    assert result.stderr.startswith("error: ") and len(result.stderr.strip().splitlines()) == 1
+    assert "1e400 is out of a number's range" in result.stderr
     assert list(tmp_path.iterdir()) == []
 
 

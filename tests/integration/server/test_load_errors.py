@@ -1,9 +1,13 @@
 """A failure of the server's own code while loading is a bug, logged with its traceback and counted as
-`internal`, never reported as a broken model; a model onnxruntime refuses is still `model`."""
+`internal`, never reported as a broken model; a model onnxruntime refuses is still `model`, and a
+hostile manifest is refused for what it is."""
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -63,3 +67,61 @@ async def test_a_model_onnxruntime_refuses_is_still_a_broken_model(tmp_path: Pat
     assert failures(registry, settings, "model") == 1
     assert failures(registry, settings, "internal") == 0
     await service.close(1)
+
+
+def _size(literal: str) -> Callable[[Path], str]:
+    """The manifest's size of model.onnx, written as `literal` ({} the true size)."""
+
+    def tamper(root: Path) -> str:
+        text = (root / artifact.MANIFEST_FILE).read_text()
+        size = (root / artifact.MODEL_FILE).stat().st_size
+        return text.replace(f'"size": {size}', f'"size": {literal.format(size)}', 1)
+
+    return tamper
+
+
+def _fifo(root: Path) -> str:
+    (root / artifact.MODEL_FILE).unlink()
+    os.mkfifo(root / artifact.MODEL_FILE)
+    return (root / artifact.MANIFEST_FILE).read_text()
+
+
+def _label(root: Path) -> str:
+    manifest = json.loads((root / artifact.MANIFEST_FILE).read_text())
+    manifest["calibration"]["method"] = "A" * 2**20  # was on every scrape of /metrics, as a label
+    return json.dumps(manifest)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(
+    ("tamper", "reason", "said"),
+    [
+        pytest.param(_size("{}.0"), "format", ".0 is not of type 'integer'", id="a size written as a float"),
+        pytest.param(_size("1e400"), "format", "1e400 is out of a number's range", id="a size past a float"),
+        pytest.param(
+            _size("1000000000000000"),
+            "hash_mismatch",
+            "manifest says 1000000000000000",
+            id="a size past memory",
+        ),
+        pytest.param(
+            _fifo, "format", "model.onnx is listed in the manifest but is a named pipe", id="a pipe"
+        ),
+        pytest.param(_label, "format", "['calibration']['method']: 'AAAA", id="a 1 MiB label"),
+    ],
+)
+async def test_a_hostile_manifest_is_refused_for_what_it_is_never_as_a_bug(
+    artifact_copy: Path, tamper: Callable[[Path], str], reason: str, said: str
+) -> None:
+    """Each went READY, or was refused as "a bug" (TypeError, MemoryError) or as `missing`."""
+    (artifact_copy / artifact.MANIFEST_FILE).write_text(tamper(artifact_copy))
+    settings = settings_for(artifact_copy, "hostile")
+    service, registry = service_for(settings, ModelService)
+    await service.load()
+    try:
+        assert service.phase is Phase.REFUSED
+        assert said in service.problem and "\n" not in service.problem, service.problem
+        assert failures(registry, settings, reason) == 1
+        assert failures(registry, settings, "internal") == 0
+    finally:
+        await service.close(1)
