@@ -34,7 +34,7 @@ import numpy as np
 import onnx
 
 from quantship import runtime
-from quantship.artifact import HISTOGRAM_BINS, ActivationRange
+from quantship.artifact import ActivationRange
 from quantship.server.background import ROWS_A_CALL
 from quantship.server.drift import DriftWindow, overall
 from quantship.server.metrics import ServerMetrics
@@ -63,10 +63,10 @@ def unusable_ranges(model: onnx.ModelProto, manifest: Mapping[str, Any]) -> str 
     the types). A range names a tensor the model quantizes, as quantize/ranges.py reads them: the
     input of a QuantizeLinear, or the output of the QLinear op its `requantized_by` names; its
     bounds and scale are finite, low not above high, the scale above 0, the zero point one of 16
-    bits at most. A histogram names a tensor of the model, has finite bounds in order and
-    HISTOGRAM_BINS bins. quantship never writes anything else; served, such an entry failed every
-    clip sample (drift's binning, a division by the scale), which stopped both SLIs for the whole
-    model, or counted nonsense (a range upside down clips everything)."""
+    bits at most. A histogram names a tensor of the model and has finite bounds in order (its
+    length is the schema's to check). quantship never writes anything else; served, such an entry
+    failed every clip sample (drift's binning, a division by the scale), which stopped both SLIs for
+    the whole model, or counted nonsense (a range upside down clips everything)."""
     quantized = {node.input[0] for node in model.graph.node if node.op_type == runtime.QUANTIZE}
     producers = {out: node.op_type for node in model.graph.node for out in node.output}
     for entry in manifest.get("activation_ranges") or ():
@@ -106,8 +106,6 @@ def _histogram_problem(entry: Mapping[str, Any], tensors: set[str]) -> str | Non
         return "has a bound that is no finite number"
     if entry["low"] > entry["high"]:
         return f"has its low {entry['low']:g} above its high {entry['high']:g}"
-    if len(entry["counts"]) != HISTOGRAM_BINS:
-        return f"has {len(entry['counts'])} bins, not {HISTOGRAM_BINS}"
     if not _finite(sum(entry["counts"]) + entry["underflow"] + entry["overflow"]):
         return "counts more values than a float holds"
     return None

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -154,6 +155,16 @@ def stalls_after(content: bytes, declared: int, *, until: threading.Event) -> An
     return answer
 
 
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        """A client that hung up (a refusal, as seen from here) is not an error; its traceback
+        would land on the stderr of the CLI under test, which CliRunner captures."""
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)  # type: ignore[arg-type]
+
+
 @contextmanager
 def serving(host: str = "127.0.0.1") -> Iterator[HostileRegistry]:
     """A registry on `host` (any of 127.0.0.0/8: another host, as far as a client can tell)."""
@@ -182,8 +193,7 @@ def serving(host: str = "127.0.0.1") -> Iterator[HostileRegistry]:
         def log_message(self, format: str, *args: object) -> None:
             pass
 
-    server = ThreadingHTTPServer((host, 0), Handler)
-    server.daemon_threads = True
+    server = _Server((host, 0), Handler)
     registry = HostileRegistry(f"{host}:{server.server_address[1]}", {})
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
