@@ -89,7 +89,7 @@ class Kube:
         self.read_fresh_at: dict[tuple[str, str], float] = {}
         """When each in-flight model, by (namespace, name), last read them (time.monotonic)."""
         self.written = Written()
-        """What our status writes returned, until kopf's watch delivers it (see watched.py)."""
+        """What our writes of a model returned, until kopf's watch delivers it (see watched.py)."""
         self.last_seen: dict[tuple[str, str], dict[str, Any]] = {}
         """Each of our Deployments as a tick last read it, by (namespace, name): what makes a stable
         deleted mid-canary again, whose revision the spec no longer describes (as Argo Rollouts
@@ -131,8 +131,8 @@ class Kube:
 
     def latest_model(self, seen: Mapping[str, Any]) -> dict[str, Any]:
         """The resource as it stands: `seen` (kopf's body, kept current by its watch), or our own
-        later status write of it while the watch has not delivered that yet. No GET: kopf's
-        watch already brings every version."""
+        later write of it (status, or annotations) while the watch has not delivered that yet. No
+        GET: kopf's watch already brings every version."""
         return self.written.latest(seen)
 
     async def patch_model_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
@@ -167,7 +167,9 @@ class Kube:
         return found is not None and found.get("metadata", {}).get("uid") == uid
 
     async def patch_model_metadata(self, namespace: str, name: str, metadata: Mapping[str, Any]) -> None:
-        await _call(
+        """Kept as the latest version like a status write: the body that write returned still has
+        what this one removed (the one-shot annotations, used up)."""
+        written = await _call(
             f"writing the metadata of {crd.KIND} {namespace}/{name}",
             self.custom.patch_namespaced_custom_object(
                 crd.GROUP,
@@ -180,6 +182,7 @@ class Kube:
             ),
             timeout=self.timeout,
         )
+        self.written.wrote(written)
 
     async def get_job(self, namespace: str, name: str) -> dict[str, Any] | None:
         """spec.quantize's Job, or None when there is none (yet, or any more)."""

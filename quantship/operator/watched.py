@@ -10,8 +10,8 @@ Before issue 15 every 5 s tick of every in-flight resource GOT the resource and 
 - the QuantizedModel is the body kopf hands the handler, which kopf keeps current from its own
   watch (and an index of the models, by name and uid, says when one is gone: the analysis daemon
   holds no finalizer, so kopf does not stop it on deletion). Only one thing can make it stale: our
-  own status write, until its watch event comes back. `Kube` keeps the body that write returned,
-  and `latest` prefers it until then.
+  own write (of its status, or of the one-shot annotations it used up), until its watch event
+  comes back. `Kube` keeps the body our last write returned, and `latest` prefers it until then.
 """
 
 from __future__ import annotations
@@ -106,39 +106,60 @@ def _one(index: Mapping[Key, Any], key: Key) -> dict[str, Any] | None:
     return dict(body)
 
 
+@dataclass(frozen=True)
+class _Write:
+    """A body our write returned, and when."""
+
+    at: float
+    body: dict[str, Any]
+    superseded: frozenset[str | None] = frozenset()
+    """The resourceVersions our earlier writes returned, which this one came after."""
+
+    @property
+    def version(self) -> str | None:
+        return self.body["metadata"].get("resourceVersion")
+
+
 @dataclass
 class Written:
-    """The bodies our status writes returned, until the watch delivers them (per resource)."""
+    """The body our last write of a resource returned, until the watch delivers it (per resource)."""
 
     clock: Any = field(default=time.monotonic)
-    _bodies: dict[Key, tuple[float, dict[str, Any]]] = field(default_factory=dict)
+    _writes: dict[Key, _Write] = field(default_factory=dict)
 
     def wrote(self, body: Mapping[str, Any] | None) -> None:
         if not isinstance(body, Mapping) or "metadata" not in body:
             return
         metadata = body["metadata"]
-        self._bodies[metadata.get("namespace", ""), metadata.get("name", "")] = (self.clock(), dict(body))
+        key = (metadata.get("namespace", ""), metadata.get("name", ""))
+        earlier = self._pending(key, metadata.get("uid"))
+        superseded = earlier.superseded | {earlier.version} if earlier else frozenset()
+        self._writes[key] = _Write(self.clock(), dict(body), superseded)
 
     def latest(self, seen: Mapping[str, Any]) -> dict[str, Any]:
         """`seen` (the watch's body), or our newer write of it while the watch has not caught up.
 
-        Caught up: the same resourceVersion, or the same status (only the operator writes the
-        status, so any later version carries ours). Another object of the same name (deleted and
+        Caught up: the same resourceVersion, or our status (only the operator writes the status,
+        so any later version carries ours) in a version that none of our earlier writes returned:
+        a tick that used up a one-shot annotation removes it after its status write, whose body
+        has our status and the annotation still. Another object of the same name (deleted and
         created again) or a write older than WRITE_VISIBLE_S is forgotten."""
         metadata = seen.get("metadata", {})
         key = (metadata.get("namespace", ""), metadata.get("name", ""))
-        entry = self._bodies.get(key)
-        if entry is None:
-            return dict(seen)
-        at, written = entry
-        mine = written.get("metadata", {})
-        behind = (
-            mine.get("uid") == metadata.get("uid")
-            and mine.get("resourceVersion") != metadata.get("resourceVersion")
-            and written.get("status") != seen.get("status")
-            and self.clock() - at < WRITE_VISIBLE_S
-        )
-        if behind:
-            return written
-        del self._bodies[key]
+        write = self._pending(key, metadata.get("uid"))
+        version = metadata.get("resourceVersion")
+        if (
+            write is not None
+            and write.version != version
+            and (version in write.superseded or write.body.get("status") != seen.get("status"))
+        ):
+            return write.body
+        self._writes.pop(key, None)
         return dict(seen)
+
+    def _pending(self, key: Key, uid: str | None) -> _Write | None:
+        """Our last write of this object (this uid), unless older than WRITE_VISIBLE_S."""
+        write = self._writes.get(key)
+        if write is None or write.body["metadata"].get("uid") != uid:
+            return None
+        return write if self.clock() - write.at < WRITE_VISIBLE_S else None

@@ -73,6 +73,9 @@ class Cluster(kmock.KubernetesEmulator):
     """Every write of a custom resource that lost something on the way: fields the CRD does not
     know, or a status sent to the object (or a spec to /status), with their paths."""
     _older_crd: bool = attrs.field(default=False, init=False)
+    pods_ready_at_once: bool = attrs.field(default=False, init=False)
+    """A kubelet that is never late: a Deployment is created with all its replicas ready (as
+    `Kubectl.make_ready` says later), so the operator's next read finds it ready."""
 
     @contextlib.contextmanager
     def older_crd(self) -> Iterator[None]:
@@ -127,6 +130,9 @@ class Cluster(kmock.KubernetesEmulator):
                 metadata.setdefault("creationTimestamp", datetime.datetime.now(datetime.UTC).isoformat())
                 metadata["generation"] = 1
                 metadata["resourceVersion"] = version
+                if self.pods_ready_at_once and request.resource.plural == "deployments":
+                    replicas = request.data.get("spec", {}).get("replicas", 1)
+                    request.data["status"] = {"replicas": replicas, "readyReplicas": replicas}
             elif request.action == kmock.action.UPDATE:
                 self._stamp_update(request, version)
             refused = self._validate(request)

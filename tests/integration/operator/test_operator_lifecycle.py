@@ -469,27 +469,31 @@ async def test_a_promote_or_abort_given_while_no_canary_runs_is_dropped_not_kept
     assert [entry["action"] for entry in status["history"]][-1:] == ["StartCanary"]
 
 
-async def test_a_promote_on_the_tick_that_starts_a_canary_is_not_acted_on(
-    kubectl: Kubectl, start_operator: StartOperator
+@pytest.mark.parametrize("request_", ["promote", "abort"])
+async def test_a_promote_or_abort_on_the_tick_that_starts_a_canary_is_not_acted_on(
+    cluster: Cluster, kubectl: Kubectl, start_operator: StartOperator, request_: str
 ) -> None:
     """The annotation and the new artifact in one write (or the annotation before the operator saw
-    it): it was given while no canary ran, so it is not for this one."""
+    it): it was given while no canary ran, so it is not for this one. The tick that starts the
+    canary uses it up; the spec's update handler ticks next on the same watch event, and read the
+    body our status write had returned, which still held it: the canary was promoted unjudged as
+    soon as it was ready (here at once), or rolled back and rejected."""
     await start_operator(ScriptedMetrics())
     await serving(kubectl, spec_of(V1, rollout={"steps": [50, 100], "stepInterval": "1h"}))
+    cluster.pods_ready_at_once = True  # the canary is ready by the update handler's tick
+    key = f"serving.quantship.io/{request_}"
 
-    await kubectl.patch(
-        {
-            "metadata": {"annotations": {"serving.quantship.io/promote": "now"}},
-            "spec": {"artifact": {"uri": V2}},
-        }
-    )
+    await kubectl.patch({"metadata": {"annotations": {key: "now"}}, "spec": {"artifact": {"uri": V2}}})
 
-    await eventually(lambda: kubectl.deployment(f"digits-{SECOND}"), what="the canary Deployment")
-    await kubectl.make_ready(f"digits-{SECOND}")
-    await phase_is(kubectl, "Progressing")
-    await posted(kubectl, "SetWeight")
-    assert "serving.quantship.io/promote" not in ((kubectl.get() or {})["metadata"].get("annotations") or {})
-    assert (kubectl.get() or {})["status"]["stableRevision"] == FIRST
+    def actions() -> list[str]:
+        return [entry["action"] for entry in ((kubectl.get() or {})["status"].get("history") or [])]
+
+    decided = await eventually(lambda: actions()[-2:-1] == ["StartCanary"] and actions(), what="a decision")
+    assert decided[-1] == "SetWeight", "the canary's first step, not a person's request"
+    status = (kubectl.get() or {})["status"]
+    assert status["canaryRevision"] == SECOND and status["stableRevision"] == FIRST
+    assert key not in ((kubectl.get() or {})["metadata"].get("annotations") or {})
+    assert not events(kubectl, "Promote") and not events(kubectl, "RollBack")
 
 
 async def test_degraded_stays_true_between_judgements_while_prometheus_is_unreachable(

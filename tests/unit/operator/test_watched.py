@@ -42,6 +42,28 @@ def test_a_later_version_with_our_status_is_caught_up_even_if_ours_never_came_by
     assert written.latest(body("5", "Pending"))["status"] == {"phase": "Pending"}, "forgotten once caught up"
 
 
+def promoted_by_hand(version: str, phase: str) -> dict[str, Any]:
+    """`body` with a person's promote annotation."""
+    made = body(version, phase)
+    made["metadata"]["annotations"] = {"serving.quantship.io/promote": "now"}
+    return made
+
+
+def test_our_write_of_the_annotations_wins_over_our_status_write_before_it() -> None:
+    """A tick used up a one-shot annotation: it wrote the status (7), then removed the annotation
+    (8). The body of 7 has our status and the annotation still: behind, not caught up (the next
+    tick acted on the annotation again, on the canary the first tick had just started)."""
+    written = Written()
+    written.wrote(promoted_by_hand("7", "Progressing"))
+    written.wrote(body("8", "Progressing"))
+
+    assert written.latest(promoted_by_hand("5", "Promoted"))["metadata"]["resourceVersion"] == "8"
+    assert written.latest(promoted_by_hand("7", "Progressing"))["metadata"]["resourceVersion"] == "8"
+    # a version after ours (the watch skipped 8): a person's promote, for the canary now in flight
+    later = promoted_by_hand("9", "Progressing")
+    assert written.latest(later) == later
+
+
 def test_another_object_of_the_same_name_or_a_write_long_gone_is_not_preferred() -> None:
     clock = Clock()
     written = Written(clock=clock)
