@@ -263,7 +263,8 @@ def register(
                 except (kopf.TemporaryError, kopf.PermanentError) as exc:
                     # the condition and event are written where they can be. An API in trouble is
                     # retried later each time; a spec that cannot work, every tick until changed.
-                    failures += 1
+                    # only an API in trouble backs off: a spec that cannot work is not one
+                    failures = failures + 1 if isinstance(exc, kopf.TemporaryError) else 0
                     if isinstance(exc, kopf.TemporaryError):
                         pause = retry_delay(exc.delay or retry_backoff, failures)
                     # said once: the same failure every tick is news once

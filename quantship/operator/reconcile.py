@@ -144,6 +144,8 @@ async def reconcile(
         logger.info("%s: its ticks end and its gauges go", exc)
         ctx.metrics.forget((namespace, name))
         ctx.kube.forget(namespace, name)
+        if memo is not None:
+            memo.pop(UNSAVED, None)  # nothing to save it to (kopf drops a memo only on DELETED)
         return None
     except PortError as exc:
         raise kopf.TemporaryError(f"{exc.reason}: {exc}", delay=ctx.retry_delay(exc)) from exc
@@ -165,7 +167,7 @@ async def _reconcile(
     unsaved: Acted | None = memo.get(UNSAVED)
     if unsaved is not None:  # carried out, not saved: saved as it was decided, never decided again
         workloads = workloads_for(ctx.kube, unsaved.spec, body, children, ctx.server_host)
-        await _save(ctx, memo, body, unsaved, workloads, logger)
+        await _save(ctx, memo, body, unsaved, workloads, logger, conform=False)
         body = ctx.kube.latest_model(seen)
     metadata, previous = body["metadata"], dict(body.get("status") or {})
     generation = metadata.get("generation")
@@ -293,9 +295,13 @@ async def _save(
     acted: Acted,
     workloads: KubeWorkloads,
     logger: logging.Logger | Any,
+    *,
+    conform: bool = True,
 ) -> None:
     """Write the status of a tick that acted, then say and finish what it did: kept in `memo`
-    while the write fails (raises the PortError)."""
+    while the write fails (raises the PortError). `conform`: bring a settled stable to the spec it
+    was decided under; not for a save a later tick makes, whose own decision conforms it to the
+    spec as it is now."""
     metadata = body["metadata"]
     namespace, name = metadata.get("namespace", "default"), metadata["name"]
     decision = acted.decision
@@ -327,7 +333,7 @@ async def _save(
         written = retired.to_dict()
         patch = {key: written[key] for key in ("retiringRevisions", "retiringSince")}
         await ctx.kube.patch_model_status(namespace, name, patch)
-    if retired.stable is not None and not retired.in_flight and not retired.retiring:
+    if conform and retired.stable is not None and not retired.in_flight and not retired.retiring:
         await workloads.conform(retired.stable)  # replicas and resources as the spec says now
 
 
