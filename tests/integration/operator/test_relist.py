@@ -329,23 +329,3 @@ async def test_a_canary_the_api_proved_gone_is_not_trusted_again_from_the_index(
     await cluster.heal(DEPLOYMENTS)
     await kubectl.make_ready(CANARY, 2)  # now it is
     await eventually(lambda: status_of(kubectl).get("step") == 0, what="its first step, once ready")
-
-
-async def test_a_settled_models_resync_reads_its_stable_and_its_services_once_a_resync_interval(
-    cluster: Partition, kubectl: Kubectl, start_operator: StartOperator
-) -> None:
-    """The price of the resync reading the API (README: one GET each per resync interval): the
-    stable's Deployment and Service, and the shared Service, nothing else."""
-    await start_operator(ScriptedMetrics(), resync_interval=0.5)
-    await serving(kubectl, spec_of(V1))
-    await asyncio.sleep(1)
-    since = len(cluster.answers)
-
-    await asyncio.sleep(2)  # four resync intervals
-
-    during = operator_requests(cluster, since)
-    deployments = f"/apis/apps/v1/namespaces/{NAMESPACE}/deployments"
-    services = f"/api/v1/namespaces/{NAMESPACE}/services"
-    reads = {f"200 GET {deployments}/{STABLE}", f"200 GET {services}/{STABLE}", f"200 GET {services}/digits"}
-    assert set(during) == reads, during
-    assert len(during) <= 3 * (2 / 0.5 + 1), "one of each per resync interval"
