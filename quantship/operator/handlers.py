@@ -296,8 +296,9 @@ def register(
     ) -> None:
         """A settled model, now and then: its stable Deployment as the spec says (made again if
         deleted by hand, scaled back, resources) and its Services, which no event of the model's
-        would bring. The stable is read from the API, not the index: after a watch's 410 kopf lists
-        again but keeps what was deleted meanwhile (its indexes are not informers)."""
+        would bring. The stable and the Services are read from the API, not the index: after a
+        watch's 410 kopf lists again but keeps what was deleted meanwhile (its indexes are not
+        informers)."""
         uid = body.get("metadata", {}).get("uid")
         if memo.get("gone") or not watched.still_there(kwargs, namespace or "default", name, uid):
             return  # deleted: a Deployment made again now would have no owner

@@ -13,6 +13,7 @@ like the rest of the operator, never with the client's generated models.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import math
 import re
@@ -28,7 +29,7 @@ from quantship.operator import crd, names, resources
 from quantship.operator.settings import RESYNC_INTERVAL, SERVER_BIND_ADDRESS
 from quantship.operator.spec import ModelSpec
 from quantship.operator.status import has_served
-from quantship.operator.watched import Children, Written
+from quantship.operator.watched import DEPLOYMENT, SERVICE, Children, Gone, Written
 from quantship.rollout import PortError, Track
 
 MERGE_PATCH = "application/merge-patch+json"
@@ -84,8 +85,9 @@ class Kube:
         self.api = api
         self.timeout = timeout
         self.fresh_interval = fresh_interval
-        """Seconds between an in-flight model's reads of its Deployments from the API (`fresh_due`):
-        OperatorSettings.resync_interval, as a settled model's resync reads its stable."""
+        """Seconds between an in-flight model's reads of its Deployments and Services from the API
+        (`fresh_due`): OperatorSettings.resync_interval, as a settled model's resync reads its stable
+        and its Services."""
         self.read_fresh_at: dict[tuple[str, str], float] = {}
         """When each in-flight model, by (namespace, name), last read them (time.monotonic)."""
         self.written = Written()
@@ -94,6 +96,8 @@ class Kube:
         """Each of our Deployments as a tick last read it, by (namespace, name): what makes a stable
         deleted mid-canary again, whose revision the spec no longer describes (as Argo Rollouts
         makes a ReplicaSet again from its template). Lost at a restart, like any memory."""
+        self.gone = Gone()
+        """The uids of our Deployments and Services the API proved gone, which kopf's index may keep."""
         self.apps = client.AppsV1Api(api)
         self.core = client.CoreV1Api(api)
         self.custom = client.CustomObjectsApi(api)
@@ -101,18 +105,20 @@ class Kube:
 
     def forget(self, namespace: str, model: str) -> None:
         """Drop a deleted model's Deployments from `last_seen` (its revisions': MODEL-<hex digits>),
-        which would otherwise stay for the operator's lifetime."""
+        and its children's uids from `gone` (its revisions' and its shared Service's), which would
+        otherwise stay for the operator's lifetime."""
         revision = re.compile(rf"{re.escape(model)}-[0-9a-f]{{{names.REVISION_DIGITS}}}")
         for key in [k for k in self.last_seen if k[0] == namespace and revision.fullmatch(k[1])]:
             del self.last_seen[key]
+        self.gone.forget(namespace, lambda name: name == model or revision.fullmatch(name) is not None)
         self.read_fresh_at.pop((namespace, model), None)
 
     def fresh_due(self, namespace: str, model: str) -> bool:
-        """Whether this in-flight tick of a model reads its Deployments from the API, not kopf's index:
-        once every `fresh_interval` seconds, counted from its first tick. The index keeps what was
-        deleted while its watch was away, and a step that writes nothing to them (a gateway's, one
-        held or waiting for its judgement) would not find out: a canary's weight would go to no pod,
-        a stable gone would not be made again."""
+        """Whether this in-flight tick of a model reads its Deployments and Services from the API, not
+        kopf's index: once every `fresh_interval` seconds, counted from its first tick. The index
+        keeps what was deleted while its watch was away, and a step that writes nothing to them (a
+        gateway's, one held or waiting for its judgement) would not find out: a canary's weight
+        would go to no pod, a stable or a Service gone would not be made again."""
         key, now = (namespace, model), time.monotonic()
         if now - self.read_fresh_at.setdefault(key, now) < self.fresh_interval:
             return False
@@ -385,15 +391,19 @@ class KubeWorkloads:
         self.owner = owner
         self.canary_replicas = canary_replicas if canary_replicas is not None else spec.replicas
         """Replicas a new canary starts with (1 in replicas mode: each one takes a share at once)."""
-        self.children = children if children is not None else Children()
-        """Our Deployments and Services as kopf's watches hold them: read there before the API."""
+        self.children = dataclasses.replace(children or Children(), gone=kube.gone)
+        """Our Deployments and Services as kopf's watches hold them, less those the API proved gone:
+        read there before the API."""
         self.server_host = server_host
         """Where a new Deployment's server listens (OperatorSettings.server_bind_address)."""
         self.fresh = fresh
-        """Read our Deployments from the API, not the index, each once (again after a write to it):
-        after a watch's 410 kopf lists again and keeps what was deleted meanwhile."""
+        """Read our Deployments and Services from the API, not the index, each once (a Deployment
+        again after a write to it, a Service after its creation): after a watch's 410 kopf lists
+        again and keeps what was deleted meanwhile."""
         self._read: dict[str, dict[str, Any] | None] = {}
         """What this tick read from the API while `fresh`, by Deployment name."""
+        self._read_services: dict[str, dict[str, Any] | None] = {}
+        """What this tick read from the API while `fresh`, by Service name."""
 
     async def run(self, revision: str, track: Track) -> None:
         # A revision the status does not name yet is new: create it outright. Reading first would
@@ -462,31 +472,30 @@ class KubeWorkloads:
     async def ensure_service(self, revision: str | None, *, may_exist: bool = True) -> None:
         """A revision's Service (None: the model's shared one) made if missing; its selector (the pods
         its Deployment selects: `_pods_of`), ports and owner put back if someone changed them (as
-        Flagger restores its Services). Read from the index: one that matches costs no request;
-        where it `may_exist` (its Deployment did) a miss is read from the API, else created outright
-        (no 409 on a new revision)."""
+        Flagger restores its Services). Read as `service` reads it: on most ticks one that matches
+        costs no request."""
         namespace = self.spec.namespace
         pods = self._pods_of(revision) if revision else resources.shared_selector(self.spec)
         if pods is None:
             return  # neither its Deployment nor the spec says which pods it selects: left as it is
         wanted = resources.service(self.spec, revision, self.owner, pods)
         name = wanted["metadata"]["name"]
-        current = self.children.service(namespace, name)
-        if current is None and may_exist:
-            current = await self.read_service(name)
+        current = await self.service(name, may_exist=may_exist)
         if current is None:
+            self._read_services.pop(name, None)  # read again after a write, as a Deployment is
             created = await _call(
                 f"creating Service {name}",
                 self.kube.core.create_namespaced_service(namespace, to_model(client.V1Service, wanted)),
                 exists_ok=True,
                 timeout=self.kube.timeout,
             )
-            current = None if created is not None else await self.read_service(name)
+            current = None if created is not None else await self._from_api(SERVICE, name)
             if current is None:
                 return
         await self._adopt("Service", current)
         patch = service_patch(current, wanted)
         if patch:
+            self._read_services.pop(name, None)
             await _call(
                 f"restoring the selector and ports of Service {name}",
                 self.kube.core.patch_namespaced_service(name, namespace, patch, _content_type=JSON_PATCH),
@@ -567,31 +576,42 @@ class KubeWorkloads:
         100% read 1 ready pod of 1 there); a no, however stale, only keeps one longer."""
         if not _all_ready(await self.deployment(revision)):
             return False
-        name = resources.child_name(self.spec, revision)
-        return _all_ready(await self.kube.read_deployment(self.spec.namespace, name))
+        return _all_ready(await self._from_api(DEPLOYMENT, resources.child_name(self.spec, revision)))
 
     async def remove(self, revision: str) -> None:
         name = resources.child_name(self.spec, revision)
         self.kube.last_seen.pop((self.spec.namespace, name), None)
         self._read.pop(name, None)
+        self._read_services.pop(name, None)
+        held = self.children.uids(DEPLOYMENT, self.spec.namespace, name)
         await _call(
             f"deleting Deployment {name}",
             self.kube.apps.delete_namespaced_deployment(name, self.spec.namespace),
             missing_ok=True,
             timeout=self.kube.timeout,
         )
+        self._proved_gone(DEPLOYMENT, name, held)
+        held = self.children.uids(SERVICE, self.spec.namespace, name)
         await _call(
             f"deleting Service {name}",
             self.kube.core.delete_namespaced_service(name, self.spec.namespace),
             missing_ok=True,
             timeout=self.kube.timeout,
         )
+        self._proved_gone(SERVICE, name, held)
 
-    async def read_service(self, name: str) -> dict[str, Any] | None:
-        return await _read(
-            self.kube.core.read_namespaced_service_without_preload_content(name, self.spec.namespace),
-            timeout=self.kube.timeout,
-        )
+    async def service(self, name: str, *, may_exist: bool = True) -> dict[str, Any] | None:
+        """One of our Services as the index holds it (else, where it `may_exist`, as the API does),
+        or None; `fresh` and where it `may_exist`: as the API does. One that may not (a new
+        revision's, its Deployment just made) is created outright: no 409 on every new revision."""
+        if self.fresh and may_exist:
+            if name not in self._read_services:
+                self._read_services[name] = await self._from_api(SERVICE, name)
+            return self._read_services[name]
+        watched = self.children.service(self.spec.namespace, name)
+        if watched is not None or not may_exist:
+            return watched
+        return await self._from_api(SERVICE, name)  # not seen (yet): created a moment ago, or gone
 
     async def deployment(self, revision: str) -> dict[str, Any] | None:
         """A revision's Deployment as the index holds it (else as the API does), or None; `fresh`:
@@ -599,19 +619,39 @@ class KubeWorkloads:
         name = resources.child_name(self.spec, revision)
         if self.fresh:
             if name not in self._read:
-                self._read[name] = await self.kube.read_deployment(self.spec.namespace, name)
+                self._read[name] = await self._from_api(DEPLOYMENT, name)
             return self._read[name]
         watched = self.children.deployment(self.spec.namespace, name)
         if watched is not None:
             self.kube.last_seen[self.spec.namespace, name] = watched
             return watched
         # not seen (yet): created a moment ago, or gone
-        return await self.kube.read_deployment(self.spec.namespace, name)
+        return await self._from_api(DEPLOYMENT, name)
+
+    async def _from_api(self, kind: str, name: str) -> dict[str, Any] | None:
+        """One of our Deployments or Services as the API has it now (None: gone). The uids the index
+        held under its name before the read, but the one found, are gone (`Kube.gone`): the API has
+        one object of a name at a time, and uids are never reused."""
+        namespace = self.spec.namespace
+        held = self.children.uids(kind, namespace, name)
+        if kind == DEPLOYMENT:
+            found = await self.kube.read_deployment(namespace, name)
+        else:
+            read = self.kube.core.read_namespaced_service_without_preload_content(name, namespace)
+            found = await _read(read, timeout=self.kube.timeout)
+        self.kube.gone.add(kind, namespace, name, held - {(found or {}).get("metadata", {}).get("uid")})
+        return found
+
+    def _proved_gone(self, kind: str, name: str, held: set[str]) -> None:
+        """`held` (the uids the index held under `name` before a write) are gone: the write was
+        answered 404, or deleted the one there."""
+        self.kube.gone.add(kind, self.spec.namespace, name, held)
 
     async def _patch_deployment(self, what: str, name: str, patch: Any, content_type: str) -> None:
         """Patch one of our Deployments; one the API no longer has raises DeploymentGone: whoever
         read it (the index) was stale."""
         self._read.pop(name, None)
+        held = self.children.uids(DEPLOYMENT, self.spec.namespace, name)
         patched = await _call(
             what,
             self.kube.apps.patch_namespaced_deployment(
@@ -621,6 +661,7 @@ class KubeWorkloads:
             missing_ok=True,
         )
         if patched is None:
+            self._proved_gone(DEPLOYMENT, name, held)
             raise DeploymentGone(self.spec.namespace, name)
 
     async def conform(self, revision: str) -> None:

@@ -6,7 +6,9 @@ Before issue 15 every 5 s tick of every in-flight resource GOT the resource and 
 - our Deployments and Services (label app.kubernetes.io/managed-by=quantship) live in kopf
   indexes: kopf lists each kind before any handler runs and keeps it by its watch, like an
   informer. A miss is not proof of absence (the ADDED event of a Deployment just created may be on
-  its way), so the adapters GET then; a hit needs no request.
+  its way), so the adapters GET then; a hit needs no request. Nor is a hit proof of presence:
+  after a watch's 410 kopf lists again without computing deletions, so the ticks read the API
+  now and then (`KubeWorkloads.fresh`), and what it proved gone is skipped from then on (`Gone`).
 - the QuantizedModel is the body kopf hands the handler, which kopf keeps current from its own
   watch (and an index of the models, by name and uid, says when one is gone: the analysis daemon
   holds no finalizer, so kopf does not stop it on deletion). Only one thing can make it stale: our
@@ -17,7 +19,7 @@ Before issue 15 every 5 s tick of every in-flight resource GOT the resource and 
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +33,10 @@ DEPLOYMENTS_INDEX = "quantship_deployments"
 SERVICES_INDEX = "quantship_services"
 MODELS_INDEX = "quantship_models"
 """The kopf index ids: kopf passes each index to every handler as a keyword argument of that name."""
+GONE_KEPT = 1024
+"""How many of our Deployments and Services (by kind, namespace and name) `Gone` keeps the uids of,
+the one proved longest ago forgotten first: a ghost of it that kopf's index still holds is then
+trusted again, as before, until the next fresh read proves it gone again."""
 WRITE_VISIBLE_S = 60.0
 """How long our status write is preferred over what the watch delivers. The watch brings it back
 within milliseconds, seconds under load; only a status someone else edited meanwhile (nobody but
@@ -76,31 +82,77 @@ def still_there(kwargs: Mapping[str, Any], namespace: str, name: str, uid: str |
     return store is not None and uid in store
 
 
+@dataclass
+class Gone:
+    """The uids of our Deployments and Services that the API proved gone: a read of the name found
+    another or none, a write to it was answered 404, we deleted it. kopf's index may still hold
+    them (it lists again after a watch's 410 without computing deletions, and keeps those bodies
+    until the operator restarts): `Children` skips them, so what a fresh read found out is not
+    trusted away again by the next tick that reads the index."""
+
+    _uids: dict[tuple[str, str, str], frozenset[str]] = field(default_factory=dict)
+
+    def add(self, kind: str, namespace: str, name: str, uids: Iterable[str]) -> None:
+        key, proved = (kind, namespace, name), frozenset(uid for uid in uids if uid)
+        if not proved:
+            return
+        self._uids[key] = self._uids.pop(key, frozenset()) | proved  # the latest proved last
+        while len(self._uids) > GONE_KEPT:
+            del self._uids[next(iter(self._uids))]
+
+    def of(self, kind: str, namespace: str, name: str) -> frozenset[str]:
+        return self._uids.get((kind, namespace, name), frozenset())
+
+    def forget(self, namespace: str, names: Callable[[str], bool]) -> None:
+        """Drop the uids of the children whose name `names` accepts (a deleted model's)."""
+        for key in [k for k in self._uids if k[1] == namespace and names(k[2])]:
+            del self._uids[key]
+
+
+DEPLOYMENT, SERVICE = "Deployment", "Service"
+
+
 @dataclass(frozen=True)
 class Children:
-    """Our Deployments and Services as the indexes hold them (empty ones: nothing known, GET all)."""
+    """Our Deployments and Services as the indexes hold them (empty ones: nothing known, GET all),
+    less those the API proved `gone`."""
 
     deployments: Mapping[Key, Any] = field(default_factory=dict)
     services: Mapping[Key, Any] = field(default_factory=dict)
+    gone: Gone = field(default_factory=Gone)
 
     @classmethod
     def from_handler(cls, kwargs: Mapping[str, Any]) -> Children:
         return cls(kwargs.get(DEPLOYMENTS_INDEX) or {}, kwargs.get(SERVICES_INDEX) or {})
 
     def deployment(self, namespace: str, name: str) -> dict[str, Any] | None:
-        return _one(self.deployments, (namespace, name))
+        return self.child(DEPLOYMENT, namespace, name)
 
     def service(self, namespace: str, name: str) -> dict[str, Any] | None:
-        return _one(self.services, (namespace, name))
+        return self.child(SERVICE, namespace, name)
+
+    def child(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        return _one(self._index(kind), (namespace, name), self.gone.of(kind, namespace, name))
+
+    def uids(self, kind: str, namespace: str, name: str) -> set[str]:
+        """The uids the index holds under this name, gone or not."""
+        return {_uid(body) for body in self._index(kind).get((namespace, name)) or ()}
+
+    def _index(self, kind: str) -> Mapping[Key, Any]:
+        return self.deployments if kind == DEPLOYMENT else self.services
 
 
-def _one(index: Mapping[Key, Any], key: Key) -> dict[str, Any] | None:
-    """The body under `key`, unless it is being deleted (then it is as good as gone). Of several
-    (one per uid: kopf keeps one deleted while its watch was away, and the one made again since),
-    the last kopf heard of: the API holds one object of a name at a time, and kopf first hears of
-    each while it exists, so an earlier one is gone."""
-    store = index.get(key)
-    body = list(store)[-1] if store else None
+def _uid(body: Mapping[str, Any] | None) -> str:
+    return str(((body or {}).get("metadata") or {}).get("uid") or "")
+
+
+def _one(index: Mapping[Key, Any], key: Key, gone: frozenset[str] = frozenset()) -> dict[str, Any] | None:
+    """The body under `key`, unless it is being deleted (then it is as good as gone) or its uid is
+    `gone`. Of several (one per uid: kopf keeps one deleted while its watch was away, and the one
+    made again since), the last kopf heard of: the API holds one object of a name at a time, and
+    kopf first hears of each while it exists, so an earlier one is gone."""
+    bodies = [body for body in index.get(key) or () if _uid(body) not in gone]
+    body = bodies[-1] if bodies else None
     if body is None or body.get("metadata", {}).get("deletionTimestamp"):
         return None
     return dict(body)

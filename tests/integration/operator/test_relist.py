@@ -1,8 +1,9 @@
 """A watch that comes back with 410 Gone: kopf lists again but computes no deletions (its indexes
 are not client-go informers), so what was deleted while the watch was away stays in them. A
-deleted stable must still be made again, settled or mid-canary; a canary deleted mid-step must
-still be rolled back, never given more traffic; and a model deleted meanwhile must stop ticking.
-Real kopf runtime against kmock, whose watches this file can hold back."""
+deleted stable, or Service, must still be made again, settled or mid-canary; a canary deleted
+mid-step must still be rolled back, never given more traffic, and its ghost never trusted again;
+and a model deleted meanwhile must stop ticking. Real kopf runtime against kmock, whose watches
+this file can hold back."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import attrs
 import kmock
 import pytest
 from kmock_cluster import QM, Cluster
+from kubernetes.aio import client
 from operator_harness import (
     NAMESPACE,
     TESTS_USER_AGENT,
@@ -27,9 +29,10 @@ from prometheus_client import CollectorRegistry, generate_latest
 from test_operator_faults import GATEWAY, SLOW_STEPS, weights
 from test_operator_lifecycle import FIRST, SECOND, V1, V2, condition, phase_is, posted, serving
 
+from quantship.operator import crd
 from quantship.slo import Metric
 
-DEPLOYMENTS = "apps/v1/deployments"
+DEPLOYMENTS, SERVICES = "apps/v1/deployments", "v1/services"
 GONE = {"kind": "Status", "code": 410, "reason": "Expired", "message": "too old resource version"}
 STABLE, CANARY = f"digits-{FIRST}", f"digits-{SECOND}"
 ROUTERS = ("replicas", "gateway-api")
@@ -74,6 +77,15 @@ async def deleted_while_the_watch_was_away(cluster: Partition, kubectl: Kubectl,
     await cluster.heal(DEPLOYMENTS)
 
 
+async def service_deleted_while_the_watch_was_away(
+    cluster: Partition, api: client.ApiClient, service: str
+) -> None:
+    cluster.cut(SERVICES)
+    await client.CoreV1Api(api).delete_namespaced_service(service, NAMESPACE)
+    await asyncio.sleep(0.5)
+    await cluster.heal(SERVICES)
+
+
 async def canary_at_step_1(kubectl: Kubectl, router: str, rollout: dict[str, Any]) -> None:
     if router == "gateway-api":
         await kubectl.create_route(rules=[{"backendRefs": [{"name": "digits", "port": 8080}]}])
@@ -85,10 +97,14 @@ async def canary_at_step_1(kubectl: Kubectl, router: str, rollout: dict[str, Any
     await eventually(lambda: status_of(kubectl).get("step") == 0, what="step 1")
 
 
-async def made_again(kubectl: Kubectl, name: str, before: dict[str, Any]) -> None:
+async def made_again(
+    kubectl: Kubectl, name: str, before: dict[str, Any], *, kind: str = "Deployment", timeout: float = 20.0
+) -> None:
+    find = kubectl.service if kind == "Service" else kubectl.deployment
     await eventually(
-        lambda: (found := kubectl.deployment(name)) and found["metadata"]["uid"] != before["metadata"]["uid"],
-        what=f"{name} made again although kopf's index still holds it",
+        lambda: (found := find(name)) and found["metadata"]["uid"] != before["metadata"]["uid"],
+        what=f"{kind} {name} made again although kopf's index still holds it",
+        timeout=timeout,
     )
 
 
@@ -196,11 +212,12 @@ async def test_a_canary_deleted_while_the_watch_was_away_loses_its_traffic_withi
     assert weights(kubectl) == {STABLE: 100}
 
 
-async def test_an_in_flight_model_reads_its_two_deployments_once_a_resync_interval(
+async def test_an_in_flight_model_reads_its_deployments_and_services_once_a_resync_interval(
     cluster: Partition, kubectl: Kubectl, start_operator: StartOperator
 ) -> None:
-    """The price of reading the API mid-canary: one GET of each Deployment per resync interval (60 s
-    by default), nothing at the ticks between (0.2 s here)."""
+    """The price of reading the API mid-canary: one GET of each Deployment and each Service (the
+    two revisions' and the shared one) per resync interval (60 s by default), nothing at the ticks
+    between (0.2 s here)."""
     await start_operator(ScriptedMetrics(), resync_interval=0.5)
     await canary_at_step_1(kubectl, "replicas", SLOW_STEPS)
     await asyncio.sleep(1)
@@ -209,9 +226,12 @@ async def test_an_in_flight_model_reads_its_two_deployments_once_a_resync_interv
     await asyncio.sleep(2)  # four resync intervals, ten ticks
 
     during = operator_requests(cluster, since)
-    path = f"/apis/apps/v1/namespaces/{NAMESPACE}/deployments"
-    assert set(during) == {f"200 GET {path}/{STABLE}", f"200 GET {path}/{CANARY}"}, during
-    assert len(during) <= 2 * (2 / 0.5 + 1), "one of each per resync interval"
+    deployments = f"/apis/apps/v1/namespaces/{NAMESPACE}/deployments"
+    services = f"/api/v1/namespaces/{NAMESPACE}/services"
+    reads = {f"200 GET {deployments}/{name}" for name in (STABLE, CANARY)}
+    reads |= {f"200 GET {services}/{name}" for name in (STABLE, CANARY, "digits")}
+    assert set(during) == reads, during
+    assert len(during) <= 5 * (2 / 0.5 + 1), "one of each per resync interval"
 
 
 async def test_a_model_deleted_while_the_watch_was_away_stops_ticking_and_leaves_metrics(
@@ -250,3 +270,62 @@ def gauges(registry: CollectorRegistry) -> list[str]:
         and not line.startswith("#")
         and line.split("{")[0] in (Metric.ROLLOUT_WEIGHT.declared, Metric.ROLLOUT_STEP.declared)
     ]
+
+
+@pytest.mark.parametrize("service", ["digits", STABLE])
+async def test_a_service_deleted_while_the_watch_was_away_is_made_again_by_the_resync(
+    cluster: Partition, kubectl: Kubectl, api: client.ApiClient, start_operator: StartOperator, service: str
+) -> None:
+    """README: the model's Services are made again if deleted. The resync read only the stable
+    Deployment from the API: the index's Service matched, no request was sent, and the shared one
+    (the replicas router's only way in) stayed gone until the operator restarted."""
+    await start_operator(ScriptedMetrics(), resync_interval=0.5)
+    await serving(kubectl, spec_of(V1))
+    before = kubectl.service(service)
+    assert before is not None
+
+    await service_deleted_while_the_watch_was_away(cluster, api, service)
+
+    await made_again(kubectl, service, before, kind="Service", timeout=10)
+
+
+@pytest.mark.parametrize("service", ["digits", CANARY])
+async def test_a_service_deleted_while_the_watch_was_away_is_made_again_mid_canary(
+    cluster: Partition, kubectl: Kubectl, api: client.ApiClient, start_operator: StartOperator, service: str
+) -> None:
+    """An in-flight model's ticks read its Services from the API once per resync interval, with
+    its Deployments: with no step coming due (10 min), the one gone stayed gone."""
+    await start_operator(ScriptedMetrics(), resync_interval=0.5)
+    await canary_at_step_1(kubectl, "replicas", SLOW_STEPS)
+    before = kubectl.service(service)
+    assert before is not None
+
+    await service_deleted_while_the_watch_was_away(cluster, api, service)
+
+    await made_again(kubectl, service, before, kind="Service", timeout=10)
+    assert status_of(kubectl)["phase"] == "Progressing"
+
+
+async def test_a_canary_the_api_proved_gone_is_not_trusted_again_from_the_index(
+    cluster: Partition, kubectl: Kubectl, start_operator: StartOperator
+) -> None:
+    """A canary deleted while the watch was away is rolled back, and kopf's index keeps it (ready,
+    2 pods). Its revision retried while the watch lags again, the new canary's Deployment is not in
+    the index yet: the ghost's readyReplicas made it ready, and it got its first step (its traffic
+    share: the gateway's to a Service with no ready pod) though it never had a server."""
+    await start_operator(ScriptedMetrics())
+    await canary_at_step_1(kubectl, "replicas", STEPS)
+    await deleted_while_the_watch_was_away(cluster, kubectl, CANARY)
+    await phase_is(kubectl, "RolledBack")
+
+    cluster.cut(DEPLOYMENTS)  # the watch lags again: the new canary's ADDED is late
+    await kubectl.patch({"metadata": {"annotations": {crd.RETRY_ANNOTATION: "now"}}})
+    await phase_is(kubectl, "Progressing")
+    await asyncio.sleep(1)  # five ticks, each asking whether the canary is ready
+
+    history = [entry["action"] for entry in status_of(kubectl)["history"]]
+    assert history[-1] == "StartCanary", f"the retried canary, never ready, was given a step: {history}"
+
+    await cluster.heal(DEPLOYMENTS)
+    await kubectl.make_ready(CANARY, 2)  # now it is
+    await eventually(lambda: status_of(kubectl).get("step") == 0, what="its first step, once ready")

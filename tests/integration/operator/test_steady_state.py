@@ -144,14 +144,16 @@ def operator_requests(cluster: Cluster) -> list[kmock.Request]:
 
 
 @pytest.mark.parametrize("stable_ready", [True, False], ids=["stable ready", "stable not ready"])
-async def test_a_settled_models_resync_sends_one_read_of_its_stable_and_nothing_else(
+async def test_a_settled_models_resync_sends_one_read_of_its_stable_and_its_services_and_nothing_else(
     cluster: Cluster, kubectl: Kubectl, start_operator: StartOperator, stable_ready: bool
 ) -> None:
-    """The resync reads the index for everything but one thing: the stable Deployment, one GET per
-    resync. kopf's indexes are not informers: after a watch's 410 kopf lists again and keeps what
-    was deleted meanwhile, so a stable deleted then would be trusted for ever (test_relist.py). One
-    GET per settled model per resync interval (60 s by default) is the price; no write, ever, while
-    nothing changed: with hundreds of settled models, writes would be the API server's load."""
+    """The resync reads the index for everything but the stable Deployment and the model's Services
+    (the stable's, and the shared one of the replicas router), one GET each per resync. kopf's
+    indexes are not informers: after a watch's 410 kopf lists again and keeps what was deleted
+    meanwhile, so a stable or Service deleted then would be trusted for ever (test_relist.py).
+    Three GETs per settled model per resync interval (60 s by default) is the price; no write,
+    ever, while nothing changed: with hundreds of settled models, writes would be the API server's
+    load."""
     await start_operator(ScriptedMetrics(), resync_interval=0.3)
     await serving(kubectl, spec_of(V1))
     if not stable_ready:
@@ -163,8 +165,11 @@ async def test_a_settled_models_resync_sends_one_read_of_its_stable_and_nothing_
     await asyncio.sleep(2)  # several resyncs
 
     during = [f"{request.method.name} {request.url.path}" for request in operator_requests(cluster)[before:]]
-    assert set(during) == {f"GET /apis/apps/v1/namespaces/{NAMESPACE}/deployments/{STABLE}"}, during
-    assert len(during) <= 2 / 0.3 + 1, "one per resync"
+    services = f"/api/v1/namespaces/{NAMESPACE}/services"
+    reads = {f"GET /apis/apps/v1/namespaces/{NAMESPACE}/deployments/{STABLE}"}
+    reads |= {f"GET {services}/{STABLE}", f"GET {services}/digits"}
+    assert set(during) == reads, during
+    assert len(during) <= 3 * (2 / 0.3 + 1), "one of each per resync"
 
 
 async def test_ready_stays_false_when_a_tick_cannot_read_the_stable_or_fails(

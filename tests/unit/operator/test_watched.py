@@ -6,7 +6,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from quantship.operator.watched import WRITE_VISIBLE_S, Children, Written
+from quantship.operator.watched import (
+    DEPLOYMENT,
+    GONE_KEPT,
+    SERVICE,
+    WRITE_VISIBLE_S,
+    Children,
+    Gone,
+    Written,
+)
 
 
 def body(version: str, phase: str, uid: str = "u1", **extra: Any) -> dict[str, Any]:
@@ -83,3 +91,26 @@ def test_children_are_read_from_kopfs_index_and_a_deleting_one_counts_as_gone() 
     assert children.deployment("ml", "digits-a") == deployment
     assert children.deployment("ml", "digits-b") is None
     assert children.deployment("ml", "digits-c") is None and children.service("ml", "digits-a") is None
+
+
+def test_a_child_the_api_proved_gone_is_skipped_and_the_proof_is_bounded() -> None:
+    """kopf keeps a ghost after a 410 relist; once the API proved its uid gone, the index's next
+    body of that name counts, or none: never the ghost again."""
+    ghost = {"metadata": {"name": "digits-a", "uid": "u1"}, "status": {"readyReplicas": 2}}
+    live = {"metadata": {"name": "digits-a", "uid": "u2"}}
+    gone = Gone()
+    children = Children(
+        deployments={("ml", "digits-a"): [ghost]}, services={("ml", "digits-a"): [ghost]}, gone=gone
+    )
+    assert children.uids(DEPLOYMENT, "ml", "digits-a") == {"u1"}
+
+    gone.add(DEPLOYMENT, "ml", "digits-a", {"u1", ""})
+    assert children.deployment("ml", "digits-a") is None
+    assert children.service("ml", "digits-a") == ghost, "a Service's uid is proved apart"
+    assert Children({("ml", "digits-a"): [live, ghost]}, gone=gone).deployment("ml", "digits-a") == live
+
+    for index in range(GONE_KEPT):
+        gone.add(SERVICE, "ml", f"other-{index}", {f"x{index}"})
+    assert gone.of(DEPLOYMENT, "ml", "digits-a") == frozenset(), "the one proved longest ago goes first"
+    gone.forget("ml", lambda name: name.startswith("other-"))
+    assert not gone.of(SERVICE, "ml", "other-1")
