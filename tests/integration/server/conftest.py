@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -35,3 +36,12 @@ def traffic(sample: zoo.SampleModel) -> tuple[np.ndarray, np.ndarray]:
     """Production-like requests with their true labels (the zoo's held-out requests.npz)."""
     data = np.load(sample.requests)
     return data[zoo.INPUT_NAME], data[zoo.LABELS_KEY]
+
+
+@pytest.fixture
+def tmpdir_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A private temporary directory for the processes this test starts."""
+    folder = tmp_path / "tmp"
+    folder.mkdir()
+    monkeypatch.setenv("TMPDIR", str(folder))
+    return folder

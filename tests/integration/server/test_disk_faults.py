@@ -76,15 +76,6 @@ def load_alone(
     return LoadedAlone(**json.loads(run.stdout.strip().splitlines()[-1]))
 
 
-@pytest.fixture
-def tmpdir_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A private temporary directory for the processes this test starts."""
-    folder = tmp_path / "tmp"
-    folder.mkdir()
-    monkeypatch.setenv("TMPDIR", str(folder))
-    return folder
-
-
 @pytest.mark.parametrize("at", ["scratch folder", "unpacking"])
 def test_a_full_disk_under_a_served_tarball_is_the_nodes_fault_not_the_artifacts_nor_a_bug(
     good_artifact: artifact.Artifact, tmp_path: Path, tmpdir_env: Path, at: str

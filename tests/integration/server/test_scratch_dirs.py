@@ -23,15 +23,6 @@ from quantship.local.processes import ServerProcess
 
 
 @pytest.fixture
-def tmpdir_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A private temporary directory for the processes this test starts."""
-    folder = tmp_path / "tmp"
-    folder.mkdir()
-    monkeypatch.setenv("TMPDIR", str(folder))
-    return folder
-
-
-@pytest.fixture
 def tarball(good_artifact: artifact.Artifact, tmp_path: Path) -> Path:
     path = tmp_path / "digits.tar.gz"
     artifact.pack(good_artifact.root, path)
