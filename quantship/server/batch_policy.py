@@ -140,8 +140,10 @@ def choose(
     unsplit = runner.layout.alone
     unmeasurable = _unmeasurable(signature)
     if unmeasurable:
-        if unsplit:
-            return BatchPolicy(1, UNSPLIT, overlap=overlap)
+        # Never merged whatever a measurement would say: a sequence model quantized dynamically
+        # (the tuner's choice for transformers) has open dimensions besides the batch.
+        if rows_mix or unsplit:
+            return BatchPolicy(1, ROWS_MIX if rows_mix else UNSPLIT, overlap=overlap)
         return BatchPolicy(configured, f"not measured: {unmeasurable}", overlap=overlap)
     fill, failure = _runnable_fill(runner)
     if fill is None:

@@ -11,6 +11,7 @@ import numpy as np
 import onnx
 import onnxruntime
 import pytest
+from onnx import TensorProto, helper, numpy_helper
 from onnxruntime.quantization import quantize_dynamic, quantize_static
 
 from quantship import agreement, runtime, zoo
@@ -62,6 +63,29 @@ def test_the_server_never_merges_requests_whose_rows_mix(dynamic_model: Path) ->
 
     assert policy.max_batch_size == 1 and policy.reason == batch_policy.ROWS_MIX
     assert set(policy.seconds_per_row) == {1}, "one row timed: where it runs (loop or thread)"
+
+
+def test_a_sequence_model_whose_rows_mix_is_never_merged_either(tmp_path: Path) -> None:
+    """An open dimension besides the batch (a token or time axis, as an exported transformer or RNN
+    has) leaves the batch size unmeasured; that must not let a dynamically quantized model's
+    requests share a call (hunt-R: up to 0.11 apart in a BERT's logits, answered alone or merged)."""
+    weight = numpy_helper.from_array(np.random.default_rng(0).normal(size=(8, 4)).astype(np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])],
+        "sequence",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "steps", 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "steps", 4])],
+        [weight],
+    )
+    fp32, dynamic = tmp_path / "fp32.onnx", tmp_path / "dynamic.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), fp32)
+    quantize_dynamic(fp32, dynamic)
+    runner = Runner.load(dynamic, threads=1)
+
+    policy = batch_policy.choose(runner, 32, rows_mix=runtime.rows_mix(dynamic))
+
+    assert policy.max_batch_size == 1 and policy.reason == batch_policy.ROWS_MIX
+    assert batch_policy.choose(Runner.load(fp32, threads=1), 32).max_batch_size == 32, "static: merged"
 
 
 def test_the_gate_judges_rows_that_mix_one_at_a_time(
