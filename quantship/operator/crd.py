@@ -19,7 +19,7 @@ import yaml
 from quantship import oci, slo
 from quantship.operator import names
 from quantship.rollout import AnalysisSpec, OnInconclusive, RolloutSpec, format_duration
-from quantship.server.settings import MAX_SLI_CPU_BUDGET, QualitySettings, Track
+from quantship.server.settings import MAX_SLI_CPU_BUDGET, MiB, QualitySettings, ServerSettings, Track
 
 GROUP = "serving.quantship.io"
 VERSION = "v1alpha1"
@@ -397,7 +397,50 @@ def _server_schema() -> dict[str, Any]:
                 exclusive_zero=False,
             ),
             "threads": _int("onnxruntime intra-op threads.", 1, 256),
+            "perTensorMetrics": {
+                "type": "boolean",
+                "description": "Also export clip counts and activation drift per activation tensor: one "
+                "series per quantized tensor (hundreds for a real network), which the per-tensor drift "
+                "alert and the debug dashboard's per-tensor panels read. Unset: "
+                f"{str(_default(QualitySettings, 'per_tensor_metrics')).lower()}.",
+            },
+            "capture": _capture_schema(),
         },
+    )
+
+
+def _capture_schema() -> dict[str, Any]:
+    """spec.server.capture: `quantship serve --capture-dir` in a claim, one directory per pod."""
+    samples, size, flush = (
+        _default(ServerSettings, name)
+        for name in ("capture_max_samples", "capture_max_bytes", "capture_flush_s")
+    )
+    return _object(
+        "Keep a reservoir sample of production inputs (calibration format) in a PersistentVolumeClaim: "
+        "each server writes CLAIM/<pod name>/capture.npz, which spec.quantize.calibration reads as "
+        "pvc://CLAIM/<pod name>/capture.npz. The files hold user inputs: set it only where keeping "
+        "them is allowed. With replicas on several nodes the claim must be ReadWriteMany.",
+        {
+            "claimName": _name_of("The PersistentVolumeClaim (this namespace) the servers write to."),
+            "maxSamples": {
+                "type": "integer",
+                "minimum": 1,
+                "description": f"Samples each server keeps, at most. Unset: {samples}.",
+            },
+            "maxBytes": {
+                "type": "integer",
+                "minimum": 1,
+                "description": f"Bytes of inputs each server keeps, at most (held in memory, written as "
+                f"one file; writing briefly needs twice this). Unset: {size} ({size // MiB} MiB).",
+            },
+            "flushSeconds": {
+                "type": "number",
+                "minimum": 0,
+                "description": f"Seconds between writes of the file, at least (and once at shutdown). "
+                f"Unset: {flush:g}.",
+            },
+        },
+        required=["claimName"],
     )
 
 

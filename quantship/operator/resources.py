@@ -34,6 +34,9 @@ KEY_DIR = "/etc/quantship/keys"
 KEY_FILE = "public.pem"
 REGISTRY_DIR = "/etc/quantship/registry"
 """The pull secret of an oci:// artifact, mounted for the fetch init container only."""
+CAPTURE_DIR = "/var/lib/quantship/capture"
+"""Where the server keeps spec.server.capture's samples: its own directory in the claim (`_server_mounts`)."""
+POD_NAME_ENV = "POD_NAME"
 RUN_AS = 10001  # the user of the server image (server/Dockerfile)
 MANAGED_BY = {"app.kubernetes.io/managed-by": "quantship"}
 
@@ -104,6 +107,8 @@ def serve_args(spec: ModelSpec, revision: str, track: Track, host: str = SERVER_
     ]  # fmt: skip
     if spec.public_key_secret:
         args += ["--public-key", f"{KEY_DIR}/{KEY_FILE}"]
+    if spec.capture_claim:
+        args += ["--capture-dir", CAPTURE_DIR]
     return args
 
 
@@ -118,7 +123,8 @@ def on_track(args: list[str], track: Track) -> list[str]:
 
 def _volumes(spec: ModelSpec) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Volumes and the mounts both containers share: the fetched artifact, /tmp (the root file
-    system is read-only), the artifact's claim for pvc:// and the signing key."""
+    system is read-only), the artifact's claim for pvc:// and the signing key; and the volume of
+    spec.server.capture's claim, which only the server mounts (`_server_mounts`)."""
     volumes: list[dict[str, Any]] = [
         {"name": "artifact", "emptyDir": {}},
         {"name": "tmp", "emptyDir": {}},
@@ -129,8 +135,14 @@ def _volumes(spec: ModelSpec) -> tuple[list[dict[str, Any]], list[dict[str, Any]
     ]
     if spec.artifact_uri.startswith("pvc://"):
         claim = fetch.pvc_claim(spec.artifact_uri)
-        volumes.append({"name": "source", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}})
+        # the capture's too (one claim, one volume): writable then, but mounted read-only here
+        writable = claim == spec.capture_claim
+        volumes.append(
+            {"name": "source", "persistentVolumeClaim": {"claimName": claim, "readOnly": not writable}}
+        )
         mounts.append({"name": "source", "mountPath": f"{PVC_ROOT}/{claim}", "readOnly": True})
+    if spec.capture_claim and _capture_volume(spec) == "capture":
+        volumes.append({"name": "capture", "persistentVolumeClaim": {"claimName": spec.capture_claim}})
     if spec.public_key_secret:
         volumes.append({"name": "keys", "secret": {"secretName": spec.public_key_secret}})
         mounts.append({"name": "keys", "mountPath": KEY_DIR, "readOnly": True})
@@ -139,6 +151,31 @@ def _volumes(spec: ModelSpec) -> tuple[list[dict[str, Any]], list[dict[str, Any]
         items = [{"key": ".dockerconfigjson", "path": "config.json"}]
         volumes.append({"name": "registry", "secret": {"secretName": spec.pull_secret, "items": items}})
     return volumes, mounts
+
+
+def _capture_volume(spec: ModelSpec) -> str:
+    """The volume of spec.server.capture's claim: the artifact's where that is the same claim."""
+    same = spec.artifact_uri.startswith("pvc://") and fetch.pvc_claim(spec.artifact_uri) == spec.capture_claim
+    return "source" if same else "capture"
+
+
+def _server_mounts(spec: ModelSpec, shared: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The server's mounts: the shared ones, and with spec.server.capture its claim's directory
+    named like the pod (subPathExpr), so that replicas never overwrite each other's file. The
+    kubelet creates it as the claim's root is (group-writable for the pod's fsGroup, where the
+    volume type applies one); the root file system stays read-only."""
+    if not spec.capture_claim:
+        return shared
+    capture = {"name": _capture_volume(spec), "mountPath": CAPTURE_DIR, "subPathExpr": f"$({POD_NAME_ENV})"}
+    return [*shared, capture]
+
+
+def _server_env(spec: ModelSpec) -> list[dict[str, Any]]:
+    """The pod's name (the downward API) for the capture's subPathExpr; nothing without a capture."""
+    if not spec.capture_claim:
+        return []
+    pod_name = {"fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.name"}}
+    return [{"name": POD_NAME_ENV, "valueFrom": pod_name}]
 
 
 def _fetch_mounts(spec: ModelSpec, shared: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -244,7 +281,7 @@ def deployment(
                             "startupProbe": startup,
                             "resources": container_resources(spec.resources),
                             "securityContext": CONTAINER_SECURITY,
-                            "volumeMounts": mounts,
+                            "volumeMounts": _server_mounts(spec, mounts),
                         }
                     ],
                     "volumes": volumes,
@@ -252,6 +289,8 @@ def deployment(
             },
         },
     }
+    if env := _server_env(spec):
+        body["spec"]["template"]["spec"]["containers"][0]["env"] = env
     if spec.match_gate_hardware and spec.gate_int8_flags is not None:
         body["spec"]["template"]["spec"]["affinity"] = placement.node_affinity(spec.gate_int8_flags)
     return owned(body, owner)

@@ -31,8 +31,16 @@ SERVER_FLAGS = {
     "canarySliCpuBudget": "--canary-sli-cpu-budget",
     "shadowBudgetShare": "--shadow-budget-share",
     "threads": "--threads",
+    "perTensorMetrics": "--per-tensor-metrics",
 }
-"""spec.server fields -> `quantship serve` flags."""
+"""spec.server fields -> `quantship serve` flags; a boolean one is the flag alone, when true."""
+CAPTURE_FLAGS = {
+    "maxSamples": "--capture-max-samples",
+    "maxBytes": "--capture-max-bytes",
+    "flushSeconds": "--capture-flush-s",
+}
+"""spec.server.capture fields -> `quantship serve` flags. Its claimName is no flag: the Deployment
+mounts the claim and passes --capture-dir (`resources`)."""
 
 
 class InvalidSpec(Exception):
@@ -83,12 +91,14 @@ class ModelSpec:
     def revision(self) -> str:
         return self.rollout.revision
 
+    @property
+    def capture_claim(self) -> str | None:
+        """spec.server.capture.claimName: the claim the servers keep their input samples in."""
+        return (self.server.get("capture") or {}).get("claimName")
+
     def server_args(self) -> list[str]:
-        args: list[str] = []
-        for field, flag in SERVER_FLAGS.items():
-            if field in self.server:
-                args += [flag, str(self.server[field])]
-        return args
+        """The flags spec.server sets (but --capture-dir, a path in the pod: `resources`)."""
+        return _flags(self.server, SERVER_FLAGS) + _flags(self.server.get("capture") or {}, CAPTURE_FLAGS)
 
     @classmethod
     def from_resource(cls, body: Mapping[str, Any]) -> ModelSpec:
@@ -165,6 +175,17 @@ class ModelSpec:
             match_gate_hardware=bool(spec["placement"]["matchGateHardware"]),
             gate_int8_flags=gate_int8_flags,
         )
+
+
+def _flags(section: Mapping[str, Any], flags: Mapping[str, str]) -> list[str]:
+    args: list[str] = []
+    for field, flag in flags.items():
+        value = section.get(field)
+        if isinstance(value, bool):
+            args += [flag] if value else []
+        elif value is not None:
+            args += [flag, str(value)]
+    return args
 
 
 def _check_names(name: str, spec: Mapping[str, Any]) -> None:

@@ -536,7 +536,8 @@ def service_port_errors(ports: list[Mapping[str, Any]]) -> list[str]:
 
 
 # The pod spec, as core/v1 validation (ValidatePodSpec) checks what the operator fills from a spec:
-# volume names are DNS-1123 labels, a mount path has no '..' segment, an image has no surrounding
+# volume names are DNS-1123 labels, a mount names a volume of the pod, its path is unique in the
+# container and has no '..' segment, subPath and subPathExpr not both, an image has no surrounding
 # whitespace, secret names are DNS-1123 subdomains, and resources (ValidateResourceRequirements)
 # name container resources with quantities (resource.ParseQuantity: the official client's
 # parse_quantity here) that are not negative, no request above its limit.
@@ -559,9 +560,16 @@ def pod_spec_errors(pod: Mapping[str, Any]) -> list[str]:
         image = container.get("image", "")
         if not image or image != image.strip():
             errors.append(f"{where}: image {image!r} is empty or has surrounding whitespace")
+        paths = [mount["mountPath"] for mount in container.get("volumeMounts") or []]
         for mount in container.get("volumeMounts") or []:
             if ".." in mount["mountPath"].split("/"):
                 errors.append(f"{where}: mountPath {mount['mountPath']!r} must not contain '..'")
+            if mount["name"] not in {volume["name"] for volume in pod.get("volumes") or []}:
+                errors.append(f"{where}: volumeMount {mount['name']!r}: Not found")
+            if paths.count(mount["mountPath"]) > 1:
+                errors.append(f"{where}: mountPath {mount['mountPath']!r} must be unique")
+            if "subPath" in mount and "subPathExpr" in mount:
+                errors.append(f"{where}: subPathExpr and subPath are mutually exclusive")
         errors += [f"{where}: {error}" for error in resource_errors(container.get("resources") or {})]
     return errors
 

@@ -68,6 +68,7 @@ RESOURCES = st.fixed_dictionaries({}, optional={"limits": QUANTITIES, "requests"
 RICH_SPEC = {
     "artifact": {"uri": "oci://registry.example/ml/digits:v2"},
     "analysis": {"labels": {"env": "prod"}},
+    "server": {"perTensorMetrics": True, "capture": {"claimName": "captures", "maxSamples": 100}},
 }
 RICH_EXTRA = {
     "resources": {"limits": {"cpu": 2, "memory": "1Gi", "nvidia.com/gpu": 1}, "requests": {"cpu": "500m"}},

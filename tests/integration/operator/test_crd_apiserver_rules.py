@@ -214,6 +214,12 @@ def test_server_side_defaults_are_the_ones_the_operator_fills_in_itself() -> Non
         ({"resources": {"requests": {"memory": "-1Gi"}}}, "does not match"),  # negative
         ({"resources": {"limits": {"cpu": -1}}}, "less than the minimum of 0"),
         ({"analysis": {"longWindow": "99999h"}}, "does not match"),  # past Prometheus' durations
+        # spec.server.capture: the Deployment's volume names the claim; the bounds are the CLI's
+        ({"server": {"capture": {"claimName": "captures/x"}}}, "does not match"),
+        ({"server": {"capture": {"maxSamples": 10}}}, "'claimName' is a required property"),
+        ({"server": {"capture": {"claimName": "captures", "maxBytes": 0}}}, "less than the minimum of 1"),
+        ({"server": {"capture": {"claimName": "captures", "flushSeconds": -0.5}}}, "less than the minimum"),
+        ({"server": {"perTensorMetrics": 1}}, "is not of type 'boolean'"),
     ],
 )
 def test_an_object_that_cannot_work_is_refused_with_one_clear_reason(

@@ -21,6 +21,7 @@ from operator_harness import (
 
 from quantship import slo
 from quantship.local.prometheus import free_port
+from quantship.operator import resources
 from quantship.operator import status as conditions
 
 V1 = "https://models.example.com/digits-v1.tar.gz"
@@ -613,3 +614,33 @@ async def test_the_specs_slo_budgets_are_exported_and_go_with_the_model(
     await kubectl.delete()
 
     await eventually(lambda: all(budget(sli) is None for sli in slo.SLI), what="the budgets gone")
+
+
+async def test_capture_and_per_tensor_metrics_turned_on_by_a_patch_reach_a_canarys_servers(
+    kubectl: Kubectl, start_operator: StartOperator
+) -> None:
+    """The runbooks' `kubectl patch`: the drift alerts and recalibration need the servers'
+    --per-tensor-metrics and --capture-dir, which the CRD pruned. Like any spec.server field, they
+    make a new revision; each pod captures into its own directory of the claim."""
+    await start_operator(ScriptedMetrics())
+    await serving(kubectl, spec_of(V1))
+    server = {"perTensorMetrics": True, "capture": {"claimName": "captures", "maxSamples": 200}}
+
+    await kubectl.patch({"spec": {"server": server}})
+
+    def canary() -> dict[str, Any] | None:
+        revision = ((kubectl.get() or {}).get("status") or {}).get("canaryRevision")
+        return kubectl.deployment(f"digits-{revision}") if revision else None
+
+    pod = (await eventually(canary, what="the canary Deployment"))["spec"]["template"]["spec"]
+    assert kubectl.get()["spec"]["server"] == server, "kept by the API server"  # type: ignore[index]
+    args = pod["containers"][0]["args"]
+    assert "--per-tensor-metrics" in args and args[args.index("--capture-max-samples") + 1] == "200"
+    assert args[args.index("--capture-dir") + 1] == resources.CAPTURE_DIR
+    volumes = {volume["name"]: volume for volume in pod["volumes"]}
+    assert volumes["capture"]["persistentVolumeClaim"] == {"claimName": "captures"}
+    mount = next(m for m in pod["containers"][0]["volumeMounts"] if m["name"] == "capture")
+    assert mount == {"name": "capture", "mountPath": resources.CAPTURE_DIR, "subPathExpr": "$(POD_NAME)"}
+    assert pod["containers"][0]["env"] == [
+        {"name": "POD_NAME", "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.name"}}}
+    ]

@@ -137,6 +137,14 @@ DELETE = object()
         ("server.sliCpuBudget", -1, "less than the minimum"),
         ("server.canarySliCpuBudget", -0.5, "less than the minimum"),
         ("server.canarySliCpuBudget", MAX_SLI_CPU_BUDGET + 1, "greater than the maximum"),
+        ("server.perTensorMetrics", "yes", "is not of type 'boolean'"),
+        ("server.capture", {}, "'claimName' is a required property"),
+        ("server.capture", {"claimName": "Captures"}, "does not match"),  # a PVC's name: DNS-1123
+        ("server.capture", {"claimName": "c" * 254}, "is too long"),
+        ("server.capture", {"claimName": "captures", "maxSamples": 0}, "less than the minimum"),
+        ("server.capture", {"claimName": "captures", "maxBytes": 0}, "less than the minimum"),
+        ("server.capture", {"claimName": "captures", "maxSamples": 1.5}, "is not of type 'integer'"),
+        ("server.capture", {"claimName": "captures", "flushSeconds": -1}, "less than the minimum"),
     ],
 )
 def test_the_schema_rejects_a_resource_that_cannot_work(path: str, value: Any, complaint: str) -> None:
@@ -197,6 +205,8 @@ def test_the_revision_follows_what_the_servers_run_not_the_rollout_settings() ->
         with_spec("artifact.uri", "https://models.example.com/digits-v2.tar.gz"),
         with_spec("image", "ghcr.io/quantship/quantship:0.2.0"),
         with_spec("server.maxBatchSize", 8),
+        with_spec("server.perTensorMetrics", True),
+        with_spec("server.capture", {"claimName": "captures"}),
     ]
     assert {ModelSpec.from_resource(resource).revision for resource in same} == {base}
     assert base not in {ModelSpec.from_resource(resource).revision for resource in different}

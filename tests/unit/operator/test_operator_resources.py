@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 from typing import Any
 
 import kubernetes_validate
 import pytest
+import re2
 from kubernetes import client
 
 from quantship import cli
-from quantship.operator import crd, resources
+from quantship.operator import crd, fetch, resources
 from quantship.operator.kube import _resource_patches, split, to_model
-from quantship.operator.spec import SERVER_FLAGS, ModelSpec
+from quantship.operator.spec import CAPTURE_FLAGS, SERVER_FLAGS, ModelSpec
 from quantship.rollout import Track
+from quantship.server.capture import CAPTURE_FILE
 
 OWNER = {
     "apiVersion": "serving.quantship.io/v1alpha1",
@@ -96,8 +99,91 @@ def test_the_canary_budget_is_a_canarys_alone_and_promotion_drops_it_without_edi
 
 
 def test_every_server_field_of_the_crd_is_a_flag_that_quantship_serve_takes() -> None:
-    assert set(crd.spec_schema()["properties"]["server"]["properties"]) == set(SERVER_FLAGS)
-    assert set(SERVER_FLAGS.values()) <= {option for param in cli.serve.params for option in param.opts}
+    server = crd.spec_schema()["properties"]["server"]["properties"]
+    assert set(server) == {*SERVER_FLAGS, "capture"}
+    assert set(server["capture"]["properties"]) == {*CAPTURE_FLAGS, "claimName"}, "claimName: --capture-dir"
+    options = {option: param for param in cli.serve.params for option in param.opts}
+    assert {*SERVER_FLAGS.values(), *CAPTURE_FLAGS.values()} <= set(options)
+    for field, flag in CAPTURE_FLAGS.items():  # the CLI's bounds: what it refuses, the CRD refuses
+        assert server["capture"]["properties"][field]["minimum"] == options[flag].type.min, field
+    assert options[SERVER_FLAGS["perTensorMetrics"]].is_flag, "a boolean field is passed as the flag alone"
+
+
+def serve_settings(args: list[str]) -> Any:
+    """What `quantship serve` makes of the operator's args (args[0] is the subcommand)."""
+    context = cli.serve.make_context("serve", args[1:])
+    options = {k: v for k, v in context.params.items() if k not in ("log_level", "access_log")}
+    return cli.serve_settings(**options)
+
+
+def test_per_tensor_metrics_and_capture_reach_the_server_as_its_flags() -> None:
+    capture = {"claimName": "captures", "maxSamples": 200, "maxBytes": 1 << 20, "flushSeconds": 5.5}
+    spec = model(server={"perTensorMetrics": True, "capture": capture})
+    settings = serve_settings(resources.serve_args(spec, spec.revision, Track.CANARY))
+    assert settings.quality.per_tensor_metrics
+    assert str(settings.capture_dir) == resources.CAPTURE_DIR
+    assert (settings.capture_max_samples, settings.capture_max_bytes, settings.capture_flush_s) == (
+        200,
+        1 << 20,
+        5.5,
+    )
+    off = serve_settings(
+        resources.serve_args(model(server={"perTensorMetrics": False}), "0123456789", Track.STABLE)
+    )
+    assert not off.quality.per_tensor_metrics and off.capture_dir is None, "unset or false: off, as today"
+
+
+def test_each_server_captures_into_its_own_directory_of_the_claim_named_like_its_pod() -> None:
+    spec = model(server={"capture": {"claimName": "captures"}})
+    body = resources.deployment(spec, spec.revision, Track.STABLE, 3, OWNER)
+    kubernetes_validate.validate(body, "1.30", strict=True)
+    to_model(client.V1Deployment, body)
+    pod = body["spec"]["template"]["spec"]
+    server, init = pod["containers"][0], pod["initContainers"][0]
+
+    volumes = {volume["name"]: volume for volume in pod["volumes"]}
+    assert volumes["capture"]["persistentVolumeClaim"] == {"claimName": "captures"}
+    mount = {"name": "capture", "mountPath": resources.CAPTURE_DIR, "subPathExpr": "$(POD_NAME)"}
+    assert mount in server["volumeMounts"] and not any(m["name"] == "capture" for m in init["volumeMounts"])
+    assert server["env"] == [
+        {"name": "POD_NAME", "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.name"}}}
+    ]
+    assert server["args"][server["args"].index("--capture-dir") + 1] == resources.CAPTURE_DIR
+    # writable by the server: the pod's fsGroup owns the volume, only the root file system is read-only
+    assert pod["securityContext"]["fsGroup"] == server["securityContext"]["runAsUser"] == resources.RUN_AS
+    # what a quantize Job reads back, as spec.quantize.calibration
+    uri = f"pvc://captures/digits-{spec.revision}-7d9f8b6c4-xk2p4/{CAPTURE_FILE}"
+    assert re2.search(crd.INPUT_URI_PATTERN, uri)
+    root = Path(resources.PVC_ROOT)
+    assert (
+        fetch.source_path(uri, root)
+        == root / "captures" / f"digits-{spec.revision}-7d9f8b6c4-xk2p4" / CAPTURE_FILE
+    )
+
+
+def test_without_capture_the_pod_is_as_before() -> None:
+    spec = model(server={"perTensorMetrics": True})
+    pod = resources.deployment(spec, spec.revision, Track.STABLE, 1, OWNER)["spec"]["template"]["spec"]
+    assert "env" not in pod["containers"][0] and "--capture-dir" not in pod["containers"][0]["args"]
+    assert [volume["name"] for volume in pod["volumes"]] == ["artifact", "tmp"]
+
+
+def test_a_capture_on_the_artifacts_claim_shares_its_volume_writable_and_the_artifact_stays_read_only() -> (
+    None
+):
+    """The claim is one volume of the pod, writable for the capture; the artifact's mount of it stays
+    read-only, in both containers."""
+    spec = model(artifact={"uri": "pvc://models/digits/v2"}, server={"capture": {"claimName": "models"}})
+    body = resources.deployment(spec, spec.revision, Track.STABLE, 1, OWNER)
+    kubernetes_validate.validate(body, "1.30", strict=True)
+    pod = body["spec"]["template"]["spec"]
+    claims = [v for v in pod["volumes"] if "persistentVolumeClaim" in v]
+    assert claims == [{"name": "source", "persistentVolumeClaim": {"claimName": "models", "readOnly": False}}]
+    mounts = {mount["mountPath"]: mount for mount in pod["containers"][0]["volumeMounts"]}
+    assert mounts["/mnt/pvc/models"] == {"name": "source", "mountPath": "/mnt/pvc/models", "readOnly": True}
+    assert mounts[resources.CAPTURE_DIR]["name"] == "source"
+    fetch_mounts = {mount["name"]: mount for mount in pod["initContainers"][0]["volumeMounts"]}
+    assert fetch_mounts["source"]["readOnly"] and "subPathExpr" not in fetch_mounts["source"]
 
 
 def test_a_pvc_artifact_and_a_signing_key_are_mounted_read_only() -> None:
