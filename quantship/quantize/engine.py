@@ -21,14 +21,19 @@ import onnx
 from google.protobuf import json_format, text_format
 from google.protobuf.message import DecodeError
 from onnxruntime.quantization import QuantFormat, quantize_dynamic, quantize_static
-from onnxruntime.quantization.calibrate import TensorsData, create_calibrator, save_tensors_data
+from onnxruntime.quantization.calibrate import (
+    HistogramCalibrater,
+    TensorsData,
+    create_calibrator,
+    save_tensors_data,
+)
 from onnxruntime.quantization.registry import IntegerOpsRegistry, QDQRegistry, QLinearOpsRegistry
 
 from quantship import runtime
 from quantship.local.lifetime import dying_with_parent
 from quantship.quantize.config import Format, Mode, QuantizeConfig
 from quantship.quantize.data import CalibrationReader, Dataset
-from quantship.quantize.errors import CalibrationFailed, QuantizeInputError, first_line
+from quantship.quantize.errors import CalibrationFailed, QuantizeInputError, RangeTooWide, first_line
 
 # onnxruntime.quantization logs "Please consider pre-processing" through the root logger on every call.
 logging.getLogger().setLevel(max(logging.getLogger().level, logging.ERROR))
@@ -57,6 +62,9 @@ FLOAT_TYPES = frozenset(
     {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16}
 )
 
+
+TOO_MANY_BINS = "Too many bins for data range"
+"""numpy's np.histogram, when a range's bins are not finite: a tensor reaching past finfo.max / 2."""
 
 MAX_INLINE_BYTES = 2**31 - 1
 """protobuf's limit on one message: a model over it must keep its weights in external data."""
@@ -147,12 +155,15 @@ def calibrate(
     batch_size: int,
     cache_path: Path,
     on_batch: Callable[[int], None],
+    skip: frozenset[str] = frozenset(),
 ) -> TensorsData:
     """Run onnxruntime's calibrator over the data once and save its ranges to `cache_path`.
 
     The data goes in one batch per `collect_data` call: onnxruntime keeps every intermediate
     output of a call until it ends (all activations, for histogram methods), and merges ranges
-    and histograms across calls. Memory stays that of one batch, whatever the sample count."""
+    and histograms across calls. Memory stays that of one batch, whatever the sample count.
+    A histogram method leaves the tensors in `skip` out: ranges no histogram can bin
+    (ranges.UNQUANTIZABLE_MAGNITUDE), of nodes the trials keep in float."""
     augmented = cache_path.with_name(f"augmented-{config.calibration.value}.onnx")
     calibrator = create_calibrator(
         model_path,
@@ -161,6 +172,9 @@ def calibrate(
         calibrate_method=config.ort_calibration,
         extra_options=config.calibration_params(),
     )
+    if skip and isinstance(calibrator, HistogramCalibrater):
+        # The tensors its collect_data keeps (min-max calibrates every augmented output).
+        calibrator.tensors_to_calibrate = set(calibrator.tensors_to_calibrate) - skip
     try:
         with warnings.catch_warnings():
             # Histogram methods square large activations in float32 ("overflow encountered in
@@ -173,7 +187,8 @@ def calibrate(
                     calibrator.collect_data(CalibrationReader(chunk, batch_size, on_batch))
                 ranges = calibrator.compute_data()
     except ValueError as exc:
-        raise CalibrationFailed(
+        failed = RangeTooWide if str(exc).startswith(TOO_MANY_BINS) else CalibrationFailed
+        raise failed(
             f"{config.calibration.value} calibration failed on {dataset.source}: {first_line(exc)}"
         ) from exc
     finally:

@@ -14,6 +14,11 @@ class CalibrationFailed(QuantizeInputError):
     tensor, say). Another method may still work, so the tuner records it as a failed trial."""
 
 
+class RangeTooWide(CalibrationFailed):
+    """A histogram calibrator could not bin a tensor whose range spans most of float32 (numpy's "Too
+    many bins for data range"): a sentinel such as an additive mask's finfo.min, found by min-max."""
+
+
 def first_line(exc: BaseException) -> str:
     """An exception's first line: onnxruntime's and onnx's messages go on for pages."""
     text = str(exc).strip().splitlines()

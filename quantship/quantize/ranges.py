@@ -13,6 +13,7 @@ its range belongs to the op's int8 output (`ActivationRange.requantized_by`).
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable
 
 import numpy as np
 import onnx
@@ -43,6 +44,13 @@ OUTPUT_SCALE_INPUT = {
 """Where each requantizing op of onnxruntime's QOperator format takes its output scale (the zero
 point follows it), from the ONNX and com.microsoft operator specifications. Int8 ops without one
 (MaxPool, Reshape, Transpose, ...) pass codes through on their input's scale: they cannot clip."""
+
+UNQUANTIZABLE_MAGNITUDE = 1e30
+"""A calibrated activation reaching past +-this holds a sentinel, not data: an additive attention mask
+adds finfo(float32).min (-3.4e38) to the scores it hides (Hugging Face exports). No INT8 scale carries
+both: the scale of [-3.4e38, 10] is about 1.3e36 per code, every real score rounds to the zero point
+and static INT8 of such a BERT lost 70% of its accuracy. Trained activations stay far below 1e30;
+past finfo.max / 2 a histogram's symmetric range overflows float32 (numpy: "Too many bins")."""
 
 OUTPUT_BOUNDS = {"QLinearSoftmax": (0.0, 1.0), "QLinearSigmoid": (0.0, 1.0)}
 """Ops whose output is bounded by what they compute: recorded as the range's activation bounds, so
@@ -184,3 +192,25 @@ def _activation_bounds(
     low = constants.get(inputs[1]) if len(inputs) > 1 else None
     high = constants.get(inputs[2]) if len(inputs) > 2 else None
     return low, high
+
+
+def unquantizable(calibrated: TensorsData) -> dict[str, tuple[float, float]]:
+    """The calibrated tensors whose range reaches UNQUANTIZABLE_MAGNITUDE, with that range."""
+    found = {}
+    for tensor in calibrated:
+        low, high = _calibrated(calibrated, tensor)
+        if max(abs(low or 0.0), abs(high or 0.0)) >= UNQUANTIZABLE_MAGNITUDE:
+            found[tensor] = (low or 0.0, high or 0.0)
+    return found
+
+
+def nodes_around(model: onnx.ModelProto, tensors: Iterable[str]) -> tuple[str, ...]:
+    """The nodes that produce or read `tensors`, in graph order: left in float, none of them puts a
+    QuantizeLinear on those tensors (a quantized Softmax would quantize the masked scores it reads).
+    A Constant (the mask's finfo.min itself) is never quantized: not named."""
+    wanted = set(tensors)
+    return tuple(
+        node.name
+        for node in model.graph.node
+        if node.op_type != "Constant" and wanted & {*node.input, *node.output}
+    )

@@ -13,6 +13,7 @@ import resource
 import statistics
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import onnx
@@ -20,9 +21,9 @@ from onnxruntime.quantization.calibrate import TensorsData
 from rich.progress import Progress
 
 from quantship import runtime
-from quantship.quantize import data, engine, sensitivity, tuner
-from quantship.quantize.config import Format, Mode, QuantizeConfig
-from quantship.quantize.errors import CalibrationFailed, QuantizeInputError
+from quantship.quantize import data, engine, ranges, sensitivity, tuner
+from quantship.quantize.config import Calibration, Format, Mode, QuantizeConfig
+from quantship.quantize.errors import CalibrationFailed, QuantizeInputError, RangeTooWide
 from quantship.quantize.evaluate import Evaluator
 
 
@@ -45,6 +46,7 @@ class Workbench:
         self.trials: list[tuner.Trial] = []
         self._quantized: dict[str, list[onnx.NodeProto]] = {}
         self._sensitivity: dict[str, list[sensitivity.TensorError]] = {}
+        self._announced: set[tuple[str, ...]] = set()
         self._task = progress.add_task("tuning", total=config.max_trials + 1)
 
     def path(self, trial: tuner.Trial) -> Path:
@@ -57,11 +59,13 @@ class Workbench:
         candidate = self.tmp / f"trial-{number}.onnx"
         error, latency = None, None
         try:
+            cache_path = self.calibrations.cache_for(config)
+            excluded = tuple(dict.fromkeys(self.float_only(config) + excluded))
             engine.quantize(
                 self.prepared,
                 candidate,
                 config,
-                cache_path=self.calibrations.cache_for(config),
+                cache_path=cache_path,
                 exclude=self.config.excluded_nodes + excluded,
             )
             if key not in self._quantized:
@@ -101,6 +105,22 @@ class Workbench:
         self.trials.append(trial)
         return trial
 
+    def float_only(self, config: QuantizeConfig) -> tuple[str, ...]:
+        """The nodes around tensors `config`'s calibration found no INT8 scale for, kept in float by
+        every trial of it (said once per calibration)."""
+        found = self.calibrations.unquantizable(config)
+        nodes = ranges.nodes_around(self.prepared_model, found)
+        if nodes and nodes not in self._announced:
+            self._announced.add(nodes)
+            spans = ", ".join(f"{name} [{low:.3g}, {high:.3g}]" for name, (low, high) in found.items())
+            self.note(
+                f"{len(found)} calibrated tensors reach past "
+                f"+-{ranges.UNQUANTIZABLE_MAGNITUDE:g}, a sentinel such as an additive attention mask's "
+                f"finfo.min that no INT8 scale carries with the data ({spans}); their producers and "
+                f"consumers stay in float: {', '.join(nodes)}"
+            )
+        return nodes
+
     def op_type_groups(self, recipe: QuantizeConfig) -> dict[str, tuple[str, ...]]:
         """The nodes `recipe` quantized that the tuner may leave in float, by op type (stage 2)."""
         groups: dict[str, list[str]] = {}
@@ -116,7 +136,7 @@ class Workbench:
     def _fallback_candidates(self, recipe: QuantizeConfig) -> list[onnx.NodeProto]:
         """Quantized nodes with a range of their own: not one the user already left in float, not a
         follower (engine.FOLLOWER_OPS), whose exclusion would only move its producer's range."""
-        excluded = set(self.config.excluded_nodes)
+        excluded = set(self.config.excluded_nodes) | set(self.float_only(recipe))
         return [
             node
             for node in self._quantized.get(recipe.label(), [])
@@ -127,7 +147,9 @@ class Workbench:
         """Per-tensor SQNR of `recipe`, measured once."""
         if recipe.label() not in self._sensitivity:
             try:
-                errors = _sensitivity(self.prepared, recipe, self.calibrations, self.tmp, self.progress)
+                errors = _sensitivity(
+                    self.prepared, recipe, self.calibrations, self.float_only(recipe), self.tmp, self.progress
+                )
             except QuantizeInputError:
                 raise
             except Exception as exc:  # onnxruntime's pybind types, as in a trial: a ranking lost, not the run
@@ -158,7 +180,7 @@ class Calibrations:
     ) -> None:
         self.prepared, self.dataset, self.batch_size = prepared, dataset, batch_size
         self.tmp, self.progress = tmp, progress
-        self._done: dict[str, tuple[Path, TensorsData]] = {}
+        self._done: dict[str, tuple[Path, TensorsData, dict[str, tuple[float, float]]]] = {}
         self._failed: dict[str, CalibrationFailed] = {}
 
     def _key(self, config: QuantizeConfig) -> str:
@@ -171,28 +193,60 @@ class Calibrations:
         if key in self._failed:
             raise self._failed[key]
         if key not in self._done:
-            dataset = self.dataset
-            task = self.progress.add_task(f"calibrating ({config.calibration.value})", total=dataset.size)
-            cache = self.tmp / f"calibration-{len(self._done)}.json"
             try:
-                ranges = engine.calibrate(
-                    self.prepared,
-                    dataset,
-                    config,
-                    self.batch_size,
-                    cache,
-                    lambda n: self.progress.advance(task, n),
-                )
+                self._done[key] = self._calibrate(config)
             except CalibrationFailed as exc:
                 self._failed[key] = exc
                 raise
-            self._done[key] = (cache, ranges)
         return self._done[key][0]
+
+    def _calibrate(self, config: QuantizeConfig) -> tuple[Path, TensorsData, dict[str, tuple[float, float]]]:
+        """A calibration and its unquantizable ranges. A histogram method that cannot bin a sentinel
+        range learns those tensors from min-max (a run the tuner reuses) and calibrates the rest."""
+        try:
+            found = self._run(config, frozenset())
+            return *found, ranges.unquantizable(found[1])
+        except RangeTooWide:
+            sentinels = self._by_minmax(config)
+            if not sentinels:
+                raise
+            return *self._run(config, frozenset(sentinels)), sentinels
+
+    def _by_minmax(self, config: QuantizeConfig) -> dict[str, tuple[float, float]]:
+        minmax = replace(config, calibration=Calibration.MINMAX)
+        if config.calibration is Calibration.MINMAX:
+            return {}
+        try:
+            self.cache_for(minmax)
+        except CalibrationFailed:
+            return {}
+        return self.unquantizable(minmax)
+
+    def _run(self, config: QuantizeConfig, skip: frozenset[str]) -> tuple[Path, TensorsData]:
+        assert self.dataset is not None
+        task = self.progress.add_task(f"calibrating ({config.calibration.value})", total=self.dataset.size)
+        cache = self.tmp / f"calibration-{len(self._done)}-{config.calibration.value}.json"
+        calibrated = engine.calibrate(
+            self.prepared,
+            self.dataset,
+            config,
+            self.batch_size,
+            cache,
+            lambda n: self.progress.advance(task, n),
+            skip,
+        )
+        return cache, calibrated
 
     def ranges_for(self, config: QuantizeConfig) -> TensorsData | None:
         if self.cache_for(config) is None:
             return None
         return self._done[self._key(config)][1]
+
+    def unquantizable(self, config: QuantizeConfig) -> dict[str, tuple[float, float]]:
+        """Tensors of `config`'s calibration whose ranges no INT8 scale carries
+        (ranges.UNQUANTIZABLE_MAGNITUDE); none before it ran, or where it failed."""
+        done = self._done.get(self._key(config)) if config.mode is Mode.STATIC else None
+        return done[2] if done else {}
 
 
 def traits(model: onnx.ModelProto, can_calibrate: bool, hardware: runtime.Hardware) -> tuner.ModelTraits:
@@ -237,6 +291,7 @@ def _sensitivity(
     prepared: Path,
     config: QuantizeConfig,
     calibrations: Calibrations,
+    float_only: tuple[str, ...],
     tmp: Path,
     progress: Progress,
 ) -> list[sensitivity.TensorError]:
@@ -252,7 +307,7 @@ def _sensitivity(
         qdq,
         config,
         cache_path=calibrations.cache_for(config),
-        exclude=config.excluded_nodes,
+        exclude=config.excluded_nodes + float_only,
         format=Format.QDQ,
     )
     errors = sensitivity.measure(prepared, qdq, calib, calibrations.batch_size, tmp)

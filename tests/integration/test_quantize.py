@@ -534,3 +534,98 @@ def test_peak_rss_covers_the_drift_histograms_after_the_trials(
     trials_peak = max(t["peak_rss_mb"] for t in manifest["trials"])
     assert seen["after"] >= trials_peak + 32
     assert manifest["tuning"]["peak_rss_mb"] >= round(seen["after"], 1)
+
+
+MASKED_ATTENTION_FLOAT = ("mask_where", "mask_unsqueeze", "mask_add", "softmax")
+"""The additive mask's path: the Where that makes finfo.min, what reads it, and the Softmax after."""
+
+
+def _masked_attention(folder: Path) -> tuple[Path, Path, Path]:
+    """One attention head with a Hugging Face style additive padding mask: Where(mask == 0,
+    finfo(float32).min, 0) added to the scores before the Softmax. Returns model, calibration and
+    evaluation (labelled with FP32's own predictions)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    width, steps = 16, 8
+
+    def weight(name: str, *shape: int, scale: float) -> onnx.TensorProto:
+        return numpy_helper.from_array((rng.standard_normal(shape) * scale).astype(np.float32), name)
+
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["x", "wq"], ["q"], name="query"),
+            helper.make_node("MatMul", ["x", "wk"], ["k"], name="key"),
+            helper.make_node("MatMul", ["x", "wv"], ["v"], name="value"),
+            helper.make_node("Transpose", ["k"], ["kt"], perm=[0, 2, 1], name="key_t"),
+            helper.make_node("MatMul", ["q", "kt"], ["scores"], name="scores"),
+            helper.make_node("Equal", ["mask", "zero"], ["padded"], name="padded"),
+            helper.make_node("Where", ["padded", "lowest", "zero"], ["additive"], name="mask_where"),
+            helper.make_node("Unsqueeze", ["additive", "axis1"], ["additive3"], name="mask_unsqueeze"),
+            helper.make_node("Add", ["scores", "additive3"], ["masked"], name="mask_add"),
+            helper.make_node("Softmax", ["masked"], ["probs"], axis=-1, name="softmax"),
+            helper.make_node("MatMul", ["probs", "v"], ["context"], name="context"),
+            helper.make_node("ReduceMean", ["context"], ["pooled"], axes=[1], keepdims=0, name="pool"),
+            helper.make_node("MatMul", ["pooled", "wo"], ["logits"], name="classify"),
+        ],
+        "masked_attention",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", steps, width]),
+            helper.make_tensor_value_info("mask", TensorProto.FLOAT, ["N", steps]),
+        ],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 4])],
+        [
+            weight("wq", width, width, scale=0.6),
+            weight("wk", width, width, scale=0.6),
+            weight("wv", width, width, scale=0.5),
+            weight("wo", width, 4, scale=0.5),
+            numpy_helper.from_array(np.array(0.0, np.float32), "zero"),
+            numpy_helper.from_array(np.array(np.finfo(np.float32).min, np.float32), "lowest"),
+            numpy_helper.from_array(np.array([1], np.int64), "axis1"),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, folder / "attention.onnx")
+
+    def rows(count: int) -> dict[str, np.ndarray]:
+        lengths = rng.integers(2, steps + 1, count)  # padded on the right, as a tokenizer does
+        mask = (np.arange(steps)[None, :] < lengths[:, None]).astype(np.float32)
+        return {"x": rng.standard_normal((count, steps, width)).astype(np.float32), "mask": mask}
+
+    np.savez(folder / "calibration.npz", **rows(64))
+    evaluation = rows(200)
+    logits = runtime.create_session(folder / "attention.onnx").run(None, evaluation)[0]
+    np.savez(folder / "evaluation.npz", **evaluation, labels=logits.argmax(axis=1))
+    return folder / "attention.onnx", folder / "calibration.npz", folder / "evaluation.npz"
+
+
+@pytest.mark.parametrize("method", [Calibration.MINMAX, Calibration.ENTROPY])
+def test_an_additive_attention_mask_stays_in_float_and_static_int8_passes(
+    tmp_path: Path, method: Calibration
+) -> None:
+    """finfo.min in the masked scores made their INT8 scale ~1e36: every score rounded to zero
+    (accuracy 100% -> 71% here), and entropy calibration failed outright ("Too many bins"). The
+    mask's path stays in float from the first trial, and says why."""
+    model, calibration, evaluation = _masked_attention(tmp_path)
+    config = QuantizeConfig(
+        calibration=method, strategy=Strategy.FALLBACK, max_trials=0, max_accuracy_delta=0.05
+    )
+    result = run(model, tmp_path / "a", config, calibration=calibration, evaluation=evaluation)
+
+    assert result.gate_passed and result.chosen.number == 0 and result.chosen.error is None
+    assert result.chosen.excluded == MASKED_ATTENTION_FLOAT
+    manifest = result.artifact.manifest
+    assert manifest["quantization"]["excluded_nodes"] == list(MASKED_ATTENTION_FLOAT)
+    assert manifest["trials"][0]["excluded"] == list(MASKED_ATTENTION_FLOAT)
+    (said,) = [w for w in result.warnings if "reach past" in w]
+    assert "finfo.min" in said and "masked [-3.4e+38" in said and "mask_add, softmax" in said
+    assert said in manifest["warnings"]
+    # The artifact keeps no range of the masked scores: no drift histogram with everything in one bin.
+    assert {r.tensor for r in result.artifact.activation_ranges}.isdisjoint({"masked", "additive3"})
+    assert {"query", "scores", "context", "classify"} <= set(
+        n.name
+        for n in engine.quantized_nodes(
+            onnx.load(str(model)), onnx.load(str(result.artifact.model_path)), Mode.STATIC, Format.QDQ
+        )
+    )
