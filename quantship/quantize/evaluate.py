@@ -38,6 +38,13 @@ MIN_CONFIDENT_ROWS = 30
 """Fewer confident rows than this make confident agreement too coarse to gate on (one flip in 20
 is 5%): the default then falls back to plain top-1 agreement, with a warning."""
 TOP_K = 5
+MIN_SCORES_SHARE = 0.05
+"""Without labels or a name that says so, a float [N, C] output is read as per-class scores only
+when FP32's softmax is confident on at least this share of rows: trained classifiers are on most
+(the digits, GRU, ViT logits 97-100%, a 57%-accurate BERT 40%, EfficientNet-Lite0 on random crops
+21%), an autoencoder's 64 sigmoid pixels on none, and gating those on argmax agreement misleads."""
+EMBEDDING_NAMES = ("embed", "pool", "sentence", "feature", "hidden", "vector")
+SCORE_NAMES = ("logit", "prob", "score", "class")
 
 
 class Metric(enum.StrEnum):
@@ -494,13 +501,36 @@ def _task(requested: Task | None, output: str, reference: np.ndarray, dataset: D
     # 384-class argmax classifier, where the gate should say the labels do not apply.
     if reference.ndim == 2 and np.allclose(np.linalg.norm(rows, axis=1), 1.0, atol=1e-3):
         return Task.EMBEDDING, f"output {output!r} rows are unit vectors"
-    if any(hint in name for hint in ("embed", "pool", "sentence", "feature", "hidden", "vector")):
+    if any(hint in name for hint in EMBEDDING_NAMES):
         return Task.EMBEDDING, f"output {output!r} is named like an embedding"
     if dataset.labels is not None:
         return Task.CLASSIFICATION, "the evaluation data has labels"
+    if reference.ndim == 2 and any(hint in name for hint in SCORE_NAMES):
+        return Task.CLASSIFICATION, f"output {output!r} is named like per-class scores"
+    # An autoencoder's [N, 64] reconstruction was gated on its argmax pixel.
+    like = _float_input_of_shape(reference.shape, dataset)
+    if like is not None:
+        return Task.REGRESSION, f"output {output!r} has the shape of input {like!r} (a reconstruction)"
     if reference.ndim > 2:
         return Task.EMBEDDING, f"output {output!r} has a vector per position (shape {list(reference.shape)})"
+    confident = int(np.count_nonzero(agreement.confident(rows)))
+    if confident < MIN_SCORES_SHARE * len(rows):
+        raise QuantizeInputError(
+            f"cannot tell what output {output!r} of shape {list(reference.shape)} is: its rows are not "
+            f"probabilities, and their softmax is confident on only {confident} of {len(rows)} rows, so "
+            "its argmax is no class; pass --task regression (values, judged by relative error), "
+            "--task embedding (vectors, judged by cosine) or --task classification (per-class scores), "
+            "or labelled evaluation data"
+        )
     return Task.CLASSIFICATION, f"output {output!r} has per-class scores on its last axis"
+
+
+def _float_input_of_shape(shape: tuple[int, ...], dataset: Dataset) -> str | None:
+    """The float input the output has the shape of: what it reconstructs."""
+    for name, array in dataset.arrays.items():
+        if array.shape == shape and np.issubdtype(array.dtype, np.floating):
+            return name
+    return None
 
 
 def _top_k_overlap(reference: np.ndarray, candidate: np.ndarray, k: int) -> float:

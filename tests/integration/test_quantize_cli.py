@@ -432,6 +432,71 @@ def test_labels_the_fp32_model_never_gets_right_are_refused_not_judged(
     assert not (tmp_path / "a").exists()
 
 
+def _save(graph: onnx.GraphProto, path: Path) -> Path:
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+def _autoencoder(path: Path, *, width: int = 64) -> Path:
+    """Sigmoid(Relu(X W1) W2): the digits' 64 pixels through 12 numbers to `width` values in (0, 1),
+    no value of a row far above the rest. At width 64 it is the input's shape: a reconstruction."""
+    rng = np.random.default_rng(2)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["X", "encode"], ["code"]),
+         helper.make_node("Relu", ["code"], ["positive"]),
+         helper.make_node("MatMul", ["positive", "decode"], ["decoded"]),
+         helper.make_node("Sigmoid", ["decoded"], ["reconstruction"])],
+        "autoencoder",
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["N", 64])],
+        [helper.make_tensor_value_info("reconstruction", TensorProto.FLOAT, ["N", width])],
+        [numpy_helper.from_array(rng.normal(scale=0.3, size=(64, 12)).astype(np.float32), "encode"),
+         numpy_helper.from_array(rng.normal(scale=0.3, size=(12, width)).astype(np.float32), "decode")],
+    )  # fmt: skip
+    return _save(graph, path)
+
+
+def _unlabelled(sample: zoo.SampleModel, path: Path) -> Path:
+    with np.load(sample.evaluation) as held_out:
+        return _npz(path, X=held_out["X"])
+
+
+def test_an_autoencoders_reconstruction_is_gated_on_relative_error_not_argmax(
+    sample: zoo.SampleModel, tmp_path: Path
+) -> None:
+    """Its [N, 64] output was read as 64 class scores: gated on which pixel is brightest, with
+    advice to label the data, and served with an argmax shadow rule."""
+    model = _autoencoder(tmp_path / "autoencoder.onnx")
+    code, _, err = _quantize(sample, tmp_path / "a", "--evaluation", _unlabelled(sample, tmp_path / "x.npz"),
+                             model=model)  # fmt: skip
+    assert code in (0, 1) and "labelled" not in err, err
+    manifest = artifact.load_artifact(tmp_path / "a").manifest
+    assert manifest["task"] == {
+        "name": "regression",
+        "why": "output 'reconstruction' has the shape of input 'X' (a reconstruction)",
+    }
+    assert manifest["validation"]["metric"] == "relative_error"
+    assert manifest["validation"]["shadow_rule"]["kind"] == "relative_error"
+
+
+def test_an_output_that_is_no_ones_class_scores_is_refused_with_the_tasks_to_choose_from(
+    sample: zoo.SampleModel, tmp_path: Path
+) -> None:
+    """48 sigmoid values, none sure of a class and not the input's shape: argmax agreement would
+    judge noise, so the task is asked for, not guessed; named, it quantizes."""
+    model = _autoencoder(tmp_path / "decoder.onnx", width=48)
+    unlabelled = _unlabelled(sample, tmp_path / "x.npz")
+    code, _, err = _quantize(sample, tmp_path / "a", "--evaluation", unlabelled, model=model)
+    _assert_one_line_error(code, err, "softmax is confident on only 0 of ")
+    assert all(f"--task {task}" in err for task in ("regression", "embedding", "classification")), err
+    assert not (tmp_path / "a").exists()
+    code, _, err = _quantize(sample, tmp_path / "a", "--evaluation", unlabelled, "--task", "regression",
+                             model=model)  # fmt: skip
+    assert code in (0, 1), err
+    assert artifact.load_artifact(tmp_path / "a").manifest["validation"]["metric"] == "relative_error"
+
+
 @pytest.mark.parametrize("batch", [1, 4])
 def test_a_fixed_batch_model_is_evaluated_and_timed_in_its_own_batches(tmp_path: Path, batch: int) -> None:
     model = _fixed_batch_model(tmp_path / "fixed.onnx", batch=batch)
