@@ -267,6 +267,7 @@ class Evaluator:
         if output is not None and output not in names:
             raise QuantizeInputError(f"the model has no output {output!r} (outputs: {', '.join(names)})")
         self.output = output or names[0]
+        self.other_outputs = [name for name in names if name != self.output]
         # Scores are needed beside class ids: a classifier's first output is often its labels.
         floats = [o.name for o in session.get_outputs() if o.type in ("tensor(float)", "tensor(double)")]
         self.scores = self.output if self.output in floats else (floats[0] if floats else None)
@@ -295,16 +296,35 @@ class Evaluator:
     def _check_labels_fit(self) -> None:
         """Labels the FP32 model never agrees with are not this model's class ids (shifted, another
         numbering): the gate's relative loss against them reads 0, and any INT8 model would pass.
+        Right no more often than a random guess among their classes, they are not what this output
+        classifies (the argmax of a two-output model's embedding: 5.7% on 10 digits, and every INT8
+        model kept that 5.7%).
         Judged on LABELS_FIT_ROWS rows or more: on fewer, none right can be chance."""
         labels = self.dataset.labels
         if labels is None or self.gate.metric is not Metric.TOP1_ACCURACY or len(labels) < LABELS_FIT_ROWS:
             return
         top1 = runtime.top1(self.reference)
-        if top1 is not None and not np.any(top1 == labels):
+        if top1 is None:
+            return
+        right = int(np.count_nonzero(top1 == labels))
+        elsewhere = f" (another output: {self._other_output_option()})" if self.other_outputs else ""
+        if right == 0:
             raise QuantizeInputError(
                 f"evaluation data {self.dataset.source}: the FP32 model gets none of its "
-                f"{len(labels)} labels right (accuracy 0); are they this model's class ids?"
+                f"{len(labels)} labels right (accuracy 0); are they this model's class ids?{elsewhere}"
             )
+        classes = len(np.unique(labels))
+        if classes > 1 and right / len(labels) <= 1 / classes:
+            raise QuantizeInputError(
+                f"evaluation data {self.dataset.source}: the FP32 model gets {right} of its {len(labels)} "
+                f"labels right ({right / len(labels):.1%}), no better than a guess among their {classes} "
+                f"classes; is output {self.output!r} their classifier?{elsewhere}"
+            )
+
+    def _other_output_option(self) -> str:
+        """`--output logits` (`--output a|b`): labels that do not fit the gated output may be the
+        class ids of another."""
+        return f"--output {'|'.join(self.other_outputs)}"
 
     def _run(
         self, session: ort.InferenceSession, batch_size: int | None = None
@@ -325,9 +345,12 @@ class Evaluator:
                 "[N, classes] scores or [N] class ids (pass --output, or --task embedding)"
             )
         if labels is not None and self.task is not Task.CLASSIFICATION:
+            another = (
+                f"pick another output with {self._other_output_option()}, " if self.other_outputs else ""
+            )
             raise QuantizeInputError(
                 f"the evaluation data has labels, but the task is {self.task.value}: labels are class ids "
-                "for a classifier (drop them, or pass --task classification)"
+                f"for a classifier (drop them, {another}or pass --task classification)"
             )
         if labels is not None and runtime.top1(self.reference) is None:
             raise QuantizeInputError(
