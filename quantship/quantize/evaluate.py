@@ -38,6 +38,13 @@ MIN_CONFIDENT_ROWS = 30
 """Fewer confident rows than this make confident agreement too coarse to gate on (one flip in 20
 is 5%): the default then falls back to plain top-1 agreement, with a warning."""
 TOP_K = 5
+MIN_SCORES_SHARE = 0.05
+"""Without labels or a name that says so, a float [N, C] output is read as per-class scores only
+when FP32's softmax is confident on at least this share of rows: trained classifiers are on most
+(the digits, GRU, ViT logits 97-100%, a 57%-accurate BERT 40%, EfficientNet-Lite0 on random crops
+21%), an autoencoder's 64 sigmoid pixels on none, and gating those on argmax agreement misleads."""
+EMBEDDING_NAMES = ("embed", "pool", "sentence", "feature", "hidden", "vector")
+SCORE_NAMES = ("logit", "prob", "score", "class")
 
 
 class Metric(enum.StrEnum):
@@ -260,6 +267,7 @@ class Evaluator:
         if output is not None and output not in names:
             raise QuantizeInputError(f"the model has no output {output!r} (outputs: {', '.join(names)})")
         self.output = output or names[0]
+        self.other_outputs = [name for name in names if name != self.output]
         # Scores are needed beside class ids: a classifier's first output is often its labels.
         floats = [o.name for o in session.get_outputs() if o.type in ("tensor(float)", "tensor(double)")]
         self.scores = self.output if self.output in floats else (floats[0] if floats else None)
@@ -288,16 +296,35 @@ class Evaluator:
     def _check_labels_fit(self) -> None:
         """Labels the FP32 model never agrees with are not this model's class ids (shifted, another
         numbering): the gate's relative loss against them reads 0, and any INT8 model would pass.
+        Right no more often than a random guess among their classes, they are not what this output
+        classifies (the argmax of a two-output model's embedding: 5.7% on 10 digits, and every INT8
+        model kept that 5.7%).
         Judged on LABELS_FIT_ROWS rows or more: on fewer, none right can be chance."""
         labels = self.dataset.labels
         if labels is None or self.gate.metric is not Metric.TOP1_ACCURACY or len(labels) < LABELS_FIT_ROWS:
             return
         top1 = runtime.top1(self.reference)
-        if top1 is not None and not np.any(top1 == labels):
+        if top1 is None:
+            return
+        right = int(np.count_nonzero(top1 == labels))
+        elsewhere = f" (another output: {self._other_output_option()})" if self.other_outputs else ""
+        if right == 0:
             raise QuantizeInputError(
                 f"evaluation data {self.dataset.source}: the FP32 model gets none of its "
-                f"{len(labels)} labels right (accuracy 0); are they this model's class ids?"
+                f"{len(labels)} labels right (accuracy 0); are they this model's class ids?{elsewhere}"
             )
+        classes = len(np.unique(labels))
+        if classes > 1 and right / len(labels) <= 1 / classes:
+            raise QuantizeInputError(
+                f"evaluation data {self.dataset.source}: the FP32 model gets {right} of its {len(labels)} "
+                f"labels right ({right / len(labels):.1%}), no better than a guess among their {classes} "
+                f"classes; is output {self.output!r} their classifier?{elsewhere}"
+            )
+
+    def _other_output_option(self) -> str:
+        """`--output logits` (`--output a|b`): labels that do not fit the gated output may be the
+        class ids of another."""
+        return f"--output {'|'.join(self.other_outputs)}"
 
     def _run(
         self, session: ort.InferenceSession, batch_size: int | None = None
@@ -318,9 +345,12 @@ class Evaluator:
                 "[N, classes] scores or [N] class ids (pass --output, or --task embedding)"
             )
         if labels is not None and self.task is not Task.CLASSIFICATION:
+            another = (
+                f"pick another output with {self._other_output_option()}, " if self.other_outputs else ""
+            )
             raise QuantizeInputError(
                 f"the evaluation data has labels, but the task is {self.task.value}: labels are class ids "
-                "for a classifier (drop them, or pass --task classification)"
+                f"for a classifier (drop them, {another}or pass --task classification)"
             )
         if labels is not None and runtime.top1(self.reference) is None:
             raise QuantizeInputError(
@@ -494,13 +524,36 @@ def _task(requested: Task | None, output: str, reference: np.ndarray, dataset: D
     # 384-class argmax classifier, where the gate should say the labels do not apply.
     if reference.ndim == 2 and np.allclose(np.linalg.norm(rows, axis=1), 1.0, atol=1e-3):
         return Task.EMBEDDING, f"output {output!r} rows are unit vectors"
-    if any(hint in name for hint in ("embed", "pool", "sentence", "feature", "hidden", "vector")):
+    if any(hint in name for hint in EMBEDDING_NAMES):
         return Task.EMBEDDING, f"output {output!r} is named like an embedding"
     if dataset.labels is not None:
         return Task.CLASSIFICATION, "the evaluation data has labels"
+    if reference.ndim == 2 and any(hint in name for hint in SCORE_NAMES):
+        return Task.CLASSIFICATION, f"output {output!r} is named like per-class scores"
+    # An autoencoder's [N, 64] reconstruction was gated on its argmax pixel.
+    like = _float_input_of_shape(reference.shape, dataset)
+    if like is not None:
+        return Task.REGRESSION, f"output {output!r} has the shape of input {like!r} (a reconstruction)"
     if reference.ndim > 2:
         return Task.EMBEDDING, f"output {output!r} has a vector per position (shape {list(reference.shape)})"
+    confident = int(np.count_nonzero(agreement.confident(rows)))
+    if confident < MIN_SCORES_SHARE * len(rows):
+        raise QuantizeInputError(
+            f"cannot tell what output {output!r} of shape {list(reference.shape)} is: its rows are not "
+            f"probabilities, and their softmax is confident on only {confident} of {len(rows)} rows, so "
+            "its argmax is no class; pass --task regression (values, judged by relative error), "
+            "--task embedding (vectors, judged by cosine) or --task classification (per-class scores), "
+            "or labelled evaluation data"
+        )
     return Task.CLASSIFICATION, f"output {output!r} has per-class scores on its last axis"
+
+
+def _float_input_of_shape(shape: tuple[int, ...], dataset: Dataset) -> str | None:
+    """The float input the output has the shape of: what it reconstructs."""
+    for name, array in dataset.arrays.items():
+        if array.shape == shape and np.issubdtype(array.dtype, np.floating):
+            return name
+    return None
 
 
 def _top_k_overlap(reference: np.ndarray, candidate: np.ndarray, k: int) -> float:

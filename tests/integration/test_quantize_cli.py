@@ -432,6 +432,121 @@ def test_labels_the_fp32_model_never_gets_right_are_refused_not_judged(
     assert not (tmp_path / "a").exists()
 
 
+def _save(graph: onnx.GraphProto, path: Path) -> Path:
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+def _autoencoder(path: Path, *, width: int = 64) -> Path:
+    """Sigmoid(Relu(X W1) W2): the digits' 64 pixels through 12 numbers to `width` values in (0, 1),
+    no value of a row far above the rest. At width 64 it is the input's shape: a reconstruction."""
+    rng = np.random.default_rng(2)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["X", "encode"], ["code"]),
+         helper.make_node("Relu", ["code"], ["positive"]),
+         helper.make_node("MatMul", ["positive", "decode"], ["decoded"]),
+         helper.make_node("Sigmoid", ["decoded"], ["reconstruction"])],
+        "autoencoder",
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["N", 64])],
+        [helper.make_tensor_value_info("reconstruction", TensorProto.FLOAT, ["N", width])],
+        [numpy_helper.from_array(rng.normal(scale=0.3, size=(64, 12)).astype(np.float32), "encode"),
+         numpy_helper.from_array(rng.normal(scale=0.3, size=(12, width)).astype(np.float32), "decode")],
+    )  # fmt: skip
+    return _save(graph, path)
+
+
+def _unlabelled(sample: zoo.SampleModel, path: Path) -> Path:
+    with np.load(sample.evaluation) as held_out:
+        return _npz(path, X=held_out["X"])
+
+
+def test_an_autoencoders_reconstruction_is_gated_on_relative_error_not_argmax(
+    sample: zoo.SampleModel, tmp_path: Path
+) -> None:
+    """Its [N, 64] output was read as 64 class scores: gated on which pixel is brightest, with
+    advice to label the data, and served with an argmax shadow rule."""
+    model = _autoencoder(tmp_path / "autoencoder.onnx")
+    code, _, err = _quantize(sample, tmp_path / "a", "--evaluation", _unlabelled(sample, tmp_path / "x.npz"),
+                             model=model)  # fmt: skip
+    assert code in (0, 1) and "labelled" not in err, err
+    manifest = artifact.load_artifact(tmp_path / "a").manifest
+    assert manifest["task"] == {
+        "name": "regression",
+        "why": "output 'reconstruction' has the shape of input 'X' (a reconstruction)",
+    }
+    assert manifest["validation"]["metric"] == "relative_error"
+    assert manifest["validation"]["shadow_rule"]["kind"] == "relative_error"
+
+
+def test_an_output_that_is_no_ones_class_scores_is_refused_with_the_tasks_to_choose_from(
+    sample: zoo.SampleModel, tmp_path: Path
+) -> None:
+    """48 sigmoid values, none sure of a class and not the input's shape: argmax agreement would
+    judge noise, so the task is asked for, not guessed; named, it quantizes."""
+    model = _autoencoder(tmp_path / "decoder.onnx", width=48)
+    unlabelled = _unlabelled(sample, tmp_path / "x.npz")
+    code, _, err = _quantize(sample, tmp_path / "a", "--evaluation", unlabelled, model=model)
+    _assert_one_line_error(code, err, "softmax is confident on only 0 of ")
+    assert all(f"--task {task}" in err for task in ("regression", "embedding", "classification")), err
+    assert not (tmp_path / "a").exists()
+    code, _, err = _quantize(sample, tmp_path / "a", "--evaluation", unlabelled, "--task", "regression",
+                             model=model)  # fmt: skip
+    assert code in (0, 1), err
+    assert artifact.load_artifact(tmp_path / "a").manifest["validation"]["metric"] == "relative_error"
+
+
+def _embedding_and_logits(path: Path, evaluation: Path) -> Path:
+    """Outputs [embedding, logits]: a random projection of the pixels, and a linear classifier of
+    the digits fitted by least squares to the evaluation rows."""
+    with np.load(evaluation) as held_out:
+        pixels, labels = held_out["X"].astype(np.float64), held_out["labels"]
+    features = np.hstack([pixels, np.ones((len(pixels), 1))])
+    weights = np.linalg.lstsq(features, np.eye(10)[labels], rcond=None)[0].astype(np.float32)
+    projection = np.random.default_rng(3).normal(size=(64, 32)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["X", "projection"], ["embedding"]),
+         helper.make_node("Gemm", ["X", "classes", "bias"], ["logits"])],
+        "two_outputs",
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["N", 64])],
+        [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["N", 32]),
+         helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 10])],
+        [numpy_helper.from_array(projection, "projection"),
+         numpy_helper.from_array(weights[:64], "classes"),
+         numpy_helper.from_array(weights[64], "bias")],
+    )  # fmt: skip
+    return _save(graph, path)
+
+
+def test_labels_beside_an_embedding_name_the_models_other_outputs(
+    sample: zoo.SampleModel, tmp_path: Path
+) -> None:
+    """The refusal said only `--task classification`, which gated the embedding's argmax (FP32
+    right on 5.7% of 10 digits): the labels were the other output's."""
+    model = _embedding_and_logits(tmp_path / "two.onnx", sample.evaluation)
+    code, _, err = _quantize(sample, tmp_path / "a", model=model)
+    _assert_one_line_error(code, err, "(drop them, pick another output with --output logits, or pass --task")
+    code, _, err = _quantize(sample, tmp_path / "a", "--output", "logits", model=model)
+    assert code == 0, err
+    validation = artifact.load_artifact(tmp_path / "a").manifest["validation"]
+    assert validation["metric"] == "top1_accuracy" and validation["fp32"] > 0.9
+
+
+def test_labels_an_output_gets_right_no_more_than_chance_are_refused_not_judged(
+    sample: zoo.SampleModel, tmp_path: Path
+) -> None:
+    """FP32 accuracy under 1 in 10: the relative loss of INT8 against it says nothing, and passed."""
+    model = _embedding_and_logits(tmp_path / "two.onnx", sample.evaluation)
+    fp32 = create_session(model).run(["embedding"], {"X": np.load(sample.evaluation)["X"]})[0]
+    accuracy = float(np.mean(fp32.argmax(axis=1) == np.load(sample.evaluation)["labels"]))
+    assert 0 < accuracy <= 0.1  # right on some rows: not the accuracy-0 refusal
+    code, _, err = _quantize(sample, tmp_path / "a", "--task", "classification", model=model)
+    _assert_one_line_error(code, err, "no better than a guess among their 10 classes")
+    assert "is output 'embedding' their classifier? (another output: --output logits)" in err
+    assert not (tmp_path / "a").exists()
+
+
 @pytest.mark.parametrize("batch", [1, 4])
 def test_a_fixed_batch_model_is_evaluated_and_timed_in_its_own_batches(tmp_path: Path, batch: int) -> None:
     model = _fixed_batch_model(tmp_path / "fixed.onnx", batch=batch)

@@ -7,6 +7,7 @@ import pytest
 
 from quantship.agreement import Task
 from quantship.quantize.data import Dataset
+from quantship.quantize.errors import QuantizeInputError
 from quantship.quantize.evaluate import _task
 
 
@@ -49,3 +50,36 @@ def test_labels_make_a_float_output_a_classifier_and_the_user_has_the_last_word(
 def test_labels_do_not_make_an_embedding_a_classifier(output: str, values: np.ndarray) -> None:
     """MiniLM with labels 0..9 beside its data was gated as a 384-class argmax classifier."""
     assert _task(None, output, values, _data(3, labels=True))[0] is Task.EMBEDDING
+
+
+PIXELS = np.array([[0.1, 0.9, 0.4, 0.2], [0.7, 0.3, 0.5, 0.6], [0.2, 0.2, 0.8, 0.1]], dtype=np.float32)
+"""Sigmoid values, no row sure of one column: an autoencoder's pixels, not a classifier's scores."""
+
+
+def test_an_output_shaped_like_a_float_input_is_a_reconstruction_not_a_classifier() -> None:
+    """An autoencoder's [N, 64] sigmoid reconstruction was gated on its argmax pixel."""
+    inferred, why = _task(None, "reconstruction", PIXELS, _data(3))
+    assert inferred is Task.REGRESSION
+    assert why == "output 'reconstruction' has the shape of input 'x' (a reconstruction)"
+
+
+def test_scores_that_are_no_ones_class_are_refused_with_the_choices_not_read_by_argmax() -> None:
+    decoded = np.concatenate([PIXELS, PIXELS[:, :1]], axis=1)  # not the input's shape
+    with pytest.raises(QuantizeInputError) as refused:
+        _task(None, "decoded", decoded, _data(3))
+    said = str(refused.value)
+    assert "softmax is confident on only 0 of 3 rows" in said
+    assert all(f"--task {task.value}" in said for task in Task)
+
+
+@pytest.mark.parametrize(
+    ("output", "values"),
+    [
+        # A name that says scores keeps an unsure classifier a classifier (the gate then warns).
+        ("logits", PIXELS),
+        # Sure of one class on its rows: scores, whatever the name.
+        ("out", np.array([[4.0, 0.0, 0.5, 0.1, -1.0]] * 3, dtype=np.float32)),
+    ],
+)
+def test_scores_a_classifier_gives_stay_a_classifiers(output: str, values: np.ndarray) -> None:
+    assert _task(None, output, values, _data(3))[0] is Task.CLASSIFICATION
