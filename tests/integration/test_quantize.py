@@ -11,7 +11,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from gemm_models import build_gemm_mlp, rows
+from gemm_models import build_gemm_mlp, build_matmuls_with_a_gemm_head, rows
 
 from quantship import artifact, runtime, zoo
 from quantship.agreement import Task
@@ -27,6 +27,7 @@ from quantship.quantize import (
     run,
 )
 from quantship.quantize.evaluate import Metric
+from quantship.quantize.tuner import Stage
 
 
 def test_good_artifact_passes_the_gate_and_is_much_smaller(good_artifact: artifact.Artifact) -> None:
@@ -311,6 +312,22 @@ def test_a_dynamic_gemm_model_leaves_its_worst_gemm_in_float_and_that_gemm_runs_
     ]
     counted = engine.quantized_nodes(onnx.load(str(model)), written, Mode.DYNAMIC, Format.QDQ)
     assert [node.name for node in counted] == ["fc1"]
+
+
+def test_a_dynamic_recipe_groups_a_gemm_head_with_the_matmuls_it_runs_as(tmp_path: Path) -> None:
+    """Dynamic quantization runs a Gemm as a MatMul: as an op type of its own, the op-type stage
+    tried "every MatMul in float" and passed with the head alone quantized, where leaving one MatMul
+    in float passes too."""
+    model = build_matmuls_with_a_gemm_head(tmp_path / "mlp.onnx")
+    evaluation = tmp_path / "evaluation.npz"
+    np.savez(evaluation, X=rows(64))
+    config = QuantizeConfig(
+        mode=Mode.DYNAMIC, task=Task.REGRESSION, threshold=0.05, strategy=Strategy.FALLBACK
+    )
+    result = run(model, tmp_path / "a", config, evaluation=evaluation)
+    assert result.trials[0].quantized_nodes == 3 and not result.trials[0].passed
+    assert Stage.OP_TYPE not in {trial.stage for trial in result.trials}
+    assert result.gate_passed and result.chosen.excluded == ("mm2",) and result.chosen.quantized_nodes == 2
 
 
 def test_a_gemm_dynamic_quantization_does_not_rewrite_stays_float_and_uncounted(tmp_path: Path) -> None:
