@@ -39,7 +39,12 @@ from quantship.quantize.errors import CalibrationFailed, QuantizeInputError, Ran
 logging.getLogger().setLevel(max(logging.getLogger().level, logging.ERROR))
 
 QUANTIZABLE_OPS = sorted(set(QLinearOpsRegistry) | set(QDQRegistry))
-DYNAMIC_OPS = sorted(IntegerOpsRegistry)
+DYNAMIC_OPS = sorted(set(IntegerOpsRegistry) | {"Gemm"})
+"""onnxruntime's dynamic quantizer first rewrites each Gemm it can (alpha = beta = 1, no transA) into
+a MatMul named `<gemm>_MatMul` (and a float Add of the bias), then quantizes that MatMul."""
+GEMM_AS_MATMUL = "_MatMul"
+"""The suffix of the MatMul that dynamic quantization rewrote a Gemm into: it excludes nodes by name,
+and counting finds the Gemm's twin under it."""
 FOLLOWER_OPS = frozenset(
     {
         "Relu",
@@ -214,7 +219,7 @@ def quantize(
             per_channel=config.per_channel,
             reduce_range=bool(config.reduce_range),
             weight_type=config.ort_weight_type,
-            nodes_to_exclude=list(exclude),
+            nodes_to_exclude=_dynamic_exclusions(model_path, exclude),
             extra_options=config.extra_options(),
         )
         return
@@ -235,6 +240,16 @@ def quantize(
     )
 
 
+def _dynamic_exclusions(model_path: Path, exclude: tuple[str, ...]) -> list[str]:
+    """`exclude`, with the MatMul each excluded Gemm is rewritten into: the rewrite renames it, and
+    onnxruntime would quantize it all the same."""
+    if not exclude:
+        return []
+    graph = onnx.load(str(model_path), load_external_data=False).graph
+    gemms = {node.name for node in graph.node if node.op_type == "Gemm"}
+    return [*exclude, *(name + GEMM_AS_MATMUL for name in exclude if name in gemms)]
+
+
 def quantized_nodes(
     fp32: onnx.ModelProto, quantized: onnx.ModelProto, mode: Mode, format: Format
 ) -> list[onnx.NodeProto]:
@@ -245,7 +260,8 @@ def quantized_nodes(
     dequantized operands only, as onnxruntime fuses it into an int8 kernel. A node left in float
     keeps its name and op type: in QOperator a float op after a quantized one reads a
     DequantizeLinear output all the same, and in QDQ an excluded node still reads its producer's
-    Q/DQ pair but keeps its float weights.
+    Q/DQ pair but keeps its float weights. In dynamic mode a Gemm left in float may also be the
+    float MatMul it was rewritten into (DYNAMIC_OPS).
     """
     q_nodes = {node.name: node for node in quantized.graph.node}
     candidates = DYNAMIC_OPS if mode is Mode.DYNAMIC else QUANTIZABLE_OPS
@@ -256,6 +272,10 @@ def quantized_nodes(
         if node.op_type not in candidates:
             continue
         twin = q_nodes.get(node.name)
+        if twin is None and mode is Mode.DYNAMIC and node.op_type == "Gemm":
+            rewritten = q_nodes.get(node.name + GEMM_AS_MATMUL)
+            if rewritten is not None and rewritten.op_type == "MatMul":
+                continue  # rewritten, then left in float (a quantized one is `<gemm>_MatMul_quant`)
         if twin is None or twin.op_type != node.op_type or runs_dequantized(twin):
             result.append(node)
     return result

@@ -125,7 +125,7 @@ class Workbench:
         """The nodes `recipe` quantized that the tuner may leave in float, by op type (stage 2)."""
         groups: dict[str, list[str]] = {}
         for node in self._fallback_candidates(recipe):
-            groups.setdefault(node.op_type, []).append(node.name)
+            groups.setdefault(_kernel_op_type(node, recipe), []).append(node.name)
         return {op: tuple(names) for op, names in groups.items()}
 
     def ranking(self, recipe: QuantizeConfig) -> list[str]:
@@ -164,6 +164,12 @@ class Workbench:
     def done(self) -> None:
         count = len(self.trials)
         self.progress.update(self._task, total=count, completed=count, description="tuning: done")
+
+
+def _kernel_op_type(node: onnx.NodeProto, recipe: QuantizeConfig) -> str:
+    """The op type whose int8 kernel runs `node`: dynamic quantization runs a Gemm as a MatMul
+    (engine.DYNAMIC_OPS), so a Gemm head is no op type of its own beside a transformer's MatMuls."""
+    return "MatMul" if recipe.mode is Mode.DYNAMIC and node.op_type == "Gemm" else node.op_type
 
 
 class Calibrations:

@@ -11,8 +11,10 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from gemm_models import build_gemm_mlp, build_matmuls_with_a_gemm_head, rows
 
 from quantship import artifact, runtime, zoo
+from quantship.agreement import Task
 from quantship.quantize import (
     Calibration,
     Format,
@@ -25,6 +27,7 @@ from quantship.quantize import (
     run,
 )
 from quantship.quantize.evaluate import Metric
+from quantship.quantize.tuner import Stage
 
 
 def test_good_artifact_passes_the_gate_and_is_much_smaller(good_artifact: artifact.Artifact) -> None:
@@ -259,6 +262,91 @@ def test_a_regressor_without_labels_is_gated_on_relative_error_after_pre_process
     assert validation["shadow_rule"]["kind"] == "relative_error"
     assert result.artifact.quantization["pre_process"] == "applied"
     assert not list(Path.cwd().glob("sym_shape_infer_temp*"))
+
+
+INTEGER_MATMULS = ("MatMulInteger", "MatMul", "Gemm")
+
+
+@pytest.mark.parametrize(
+    ("trans_b", "bias"), [(False, False), (True, False), (True, True)], ids=["gemm", "transB", "transB-bias"]
+)
+def test_a_gemm_model_quantized_dynamically_counts_its_gemms_and_passes(
+    tmp_path: Path, trans_b: bool, bias: bool
+) -> None:
+    """onnxruntime's dynamic quantizer rewrites each Gemm into a MatMul (and an Add) under new names
+    and runs it as MatMulInteger: counted by name and op type, the Gemms read as left in float, and
+    the trial, having "quantized nothing", could never pass."""
+    model = build_gemm_mlp(tmp_path / "mlp.onnx", trans_b=trans_b, bias=bias)
+    evaluation = tmp_path / "evaluation.npz"
+    np.savez(evaluation, X=rows(64))
+    config = QuantizeConfig(mode=Mode.DYNAMIC, task=Task.REGRESSION, threshold=0.05)
+    result = run(model, tmp_path / "a", config, evaluation=evaluation)
+    assert result.gate_passed and result.chosen.number == 0
+    assert result.chosen.quantized_nodes == 2 and result.chosen.quantized_share > 0
+    assert result.artifact.manifest["model"]["quantized_nodes"] == 2
+    written = onnx.load(str(result.artifact.model_path))
+    assert [node.op_type for node in written.graph.node if node.op_type in INTEGER_MATMULS] == [
+        "MatMulInteger"
+    ] * 2
+
+
+def test_a_dynamic_gemm_model_leaves_its_worst_gemm_in_float_and_that_gemm_runs_in_float(
+    tmp_path: Path,
+) -> None:
+    """The node stages of a dynamic recipe leave Gemms in float by name; onnxruntime excludes by
+    name too, after renaming the Gemm's MatMul: without the MatMul's name, the Gemm "left in float"
+    was quantized all the same."""
+    model = build_gemm_mlp(tmp_path / "mlp.onnx", outlier=True)
+    evaluation = tmp_path / "evaluation.npz"
+    np.savez(evaluation, X=rows(64))
+    config = QuantizeConfig(
+        mode=Mode.DYNAMIC, task=Task.REGRESSION, threshold=0.05, strategy=Strategy.FALLBACK
+    )
+    result = run(model, tmp_path / "a", config, evaluation=evaluation)
+    assert not result.trials[0].passed and result.trials[0].quantized_nodes == 2
+    assert result.gate_passed and result.chosen.excluded == ("fc2",) and result.chosen.quantized_nodes == 1
+    written = onnx.load(str(result.artifact.model_path))
+    assert [node.op_type for node in written.graph.node if node.op_type in INTEGER_MATMULS] == [
+        "MatMulInteger",
+        "MatMul",
+    ]
+    counted = engine.quantized_nodes(onnx.load(str(model)), written, Mode.DYNAMIC, Format.QDQ)
+    assert [node.name for node in counted] == ["fc1"]
+
+
+def test_a_dynamic_recipe_groups_a_gemm_head_with_the_matmuls_it_runs_as(tmp_path: Path) -> None:
+    """Dynamic quantization runs a Gemm as a MatMul: as an op type of its own, the op-type stage
+    tried "every MatMul in float" and passed with the head alone quantized, where leaving one MatMul
+    in float passes too."""
+    model = build_matmuls_with_a_gemm_head(tmp_path / "mlp.onnx")
+    evaluation = tmp_path / "evaluation.npz"
+    np.savez(evaluation, X=rows(64))
+    config = QuantizeConfig(
+        mode=Mode.DYNAMIC, task=Task.REGRESSION, threshold=0.05, strategy=Strategy.FALLBACK
+    )
+    result = run(model, tmp_path / "a", config, evaluation=evaluation)
+    assert result.trials[0].quantized_nodes == 3 and not result.trials[0].passed
+    assert Stage.OP_TYPE not in {trial.stage for trial in result.trials}
+    assert result.gate_passed and result.chosen.excluded == ("mm2",) and result.chosen.quantized_nodes == 2
+
+
+def test_a_gemm_dynamic_quantization_does_not_rewrite_stays_float_and_uncounted(tmp_path: Path) -> None:
+    """onnxruntime rewrites only a plain Gemm (alpha = beta = 1, no transA): any other keeps its name
+    and op type, in float."""
+    fp32 = onnx.load(str(build_gemm_mlp(tmp_path / "mlp.onnx")))
+    fp32.graph.node[0].attribute.append(onnx.helper.make_attribute("alpha", 0.5))
+    onnx.save(fp32, tmp_path / "scaled.onnx")
+    out = tmp_path / "int8.onnx"
+    engine.quantize(
+        tmp_path / "scaled.onnx", out, QuantizeConfig(mode=Mode.DYNAMIC), cache_path=None, exclude=()
+    )
+    written = onnx.load(str(out))
+    assert [node.op_type for node in written.graph.node if node.op_type in INTEGER_MATMULS] == [
+        "Gemm",
+        "MatMulInteger",
+    ]
+    counted = engine.quantized_nodes(fp32, written, Mode.DYNAMIC, Format.QDQ)
+    assert [node.name for node in counted] == ["fc2"]
 
 
 def _embedding_model(path: Path) -> Path:

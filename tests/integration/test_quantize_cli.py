@@ -15,6 +15,7 @@ import numpy as np
 import onnx
 import pytest
 from click.testing import CliRunner
+from gemm_models import build_gemm_mlp, rows
 from onnx import TensorProto, helper, numpy_helper
 
 from quantship import artifact, zoo
@@ -697,6 +698,21 @@ def test_trials_that_all_quantized_nothing_are_refused_not_a_failed_gate(tmp_pat
     assert last.startswith("error: ") and "onnxruntime quantized no node of the model in any of" in last
     assert "dynamic quantization covers only" in last and "accuracy gate" not in err
     assert not (tmp_path / "a").exists()
+
+
+def test_dynamic_mode_on_a_gemm_model_writes_what_it_quantized_not_a_refusal(tmp_path: Path) -> None:
+    """Every nn.Linear exports as a Gemm, which dynamic quantization runs as MatMulInteger under a new
+    name: `--mode dynamic` refused such a model as "quantized no node"."""
+    model = build_gemm_mlp(tmp_path / "mlp.onnx")
+    data = _npz(tmp_path / "data.npz", X=rows(64))
+    code, _, err = _cli(
+        "quantize", model, "-o", tmp_path / "a", "--mode", "dynamic", "--evaluation", data,
+        "--task", "regression", "--threshold", "0.05", "-q",
+    )  # fmt: skip
+    assert code == 0, err
+    manifest = json.loads((tmp_path / "a" / artifact.MANIFEST_FILE).read_text())
+    assert manifest["validation"]["gate"] == "passed"
+    assert manifest["model"]["quantized_nodes"] == 2 and manifest["model"]["quantized_share"] > 0
 
 
 def test_a_model_with_external_data_ships_self_contained(tmp_path: Path) -> None:
