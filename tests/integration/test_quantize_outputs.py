@@ -11,7 +11,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from quantship import runtime
-from quantship.quantize import Format, QuantizeConfig, run
+from quantship.quantize import Format, QuantizeConfig, outputs, run
 
 ROWS = 200
 
@@ -53,6 +53,14 @@ def _embedding_that_feeds_a_relu(path: Path) -> Path:
     return _save(path, [encode, relu, head], [("x", 16)], [("embedding", 8), ("score", 1)])
 
 
+def _two_branches(path: Path) -> Path:
+    """`score` from input a, `side` from input b: two outputs, no node shared."""
+    rng = np.random.default_rng(0)
+    score = _matmul("score_head", "a", rng.normal(scale=0.4, size=(16, 1)), "score")
+    side = _matmul("side_head", "b", rng.normal(scale=0.4, size=(16, 8)), "side")
+    return _save(path, [score, side], [("a", 16), ("b", 16)], [("score", 1), ("side", 8)])
+
+
 def _data(folder: Path, **columns: np.ndarray) -> Path:
     path = folder / f"{'-'.join(columns)}-{len(list(folder.iterdir()))}.npz"
     np.savez(path, **columns)
@@ -88,3 +96,43 @@ def test_an_output_that_feeds_a_relu_is_served_with_its_negative_values(
     assert result.chosen.quantized_nodes >= 2, "both MatMuls still run int8"
     (said,) = [w for w in manifest["warnings"] if "'relu'" in w]
     assert "'embedding' is a graph output" in said and "clamped" in said
+    assert not [w for w in manifest["warnings"] if "off FP32" in w]
+
+
+def test_an_ungated_output_far_from_fp32_is_named_in_a_warning(tmp_path: Path) -> None:
+    """Calibration data that never exercised one branch: its output `side` clips on the evaluation
+    data, and the gate, on `score`, passes all the same. Not silently."""
+    model = _two_branches(tmp_path / "model.onnx")
+    rng = np.random.default_rng(1)
+    a, b = (rng.normal(size=(ROWS, 16)).astype(np.float32) for _ in range(2))
+    result = run(
+        model,
+        tmp_path / "a",
+        QuantizeConfig(output="score", max_accuracy_delta=0.05),
+        calibration=_data(tmp_path, a=a, b=b * 0.05),
+        evaluation=_data(tmp_path, a=a[100:], b=b[100:]),
+    )
+    assert result.gate_passed
+    fp32 = runtime.create_session(model).run(["side"], {"a": a[100:], "b": b[100:]})[0]
+    served = runtime.create_session(result.artifact.model_path).run(["side"], {"a": a[100:], "b": b[100:]})[0]
+    error = float(np.linalg.norm(served - fp32) / np.linalg.norm(fp32))
+    assert error > outputs.BROKEN_RELATIVE_ERROR
+    (said,) = [w for w in result.artifact.manifest["warnings"] if "off FP32" in w]
+    assert said.startswith(f"output 'side' is {error:.1%} off FP32")
+    assert "the gate measures 'score' only" in said
+
+
+def test_outputs_within_rounding_of_fp32_are_not_named(tmp_path: Path) -> None:
+    """The same model calibrated on data like the evaluation's: nothing to say."""
+    model = _two_branches(tmp_path / "model.onnx")
+    rng = np.random.default_rng(1)
+    a, b = (rng.normal(size=(ROWS, 16)).astype(np.float32) for _ in range(2))
+    result = run(
+        model,
+        tmp_path / "a",
+        QuantizeConfig(output="score", max_accuracy_delta=0.05),
+        calibration=_data(tmp_path, a=a, b=b),
+        evaluation=_data(tmp_path, a=a[100:], b=b[100:]),
+    )
+    assert result.gate_passed
+    assert not [w for w in result.artifact.manifest["warnings"] if "off FP32" in w]
