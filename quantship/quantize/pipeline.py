@@ -23,7 +23,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 import quantship
 from quantship import artifact, runtime, scratch
-from quantship.quantize import data, engine, ranges, sensitivity, tuner, workbench
+from quantship.quantize import data, engine, outputs, ranges, sensitivity, tuner, workbench
 from quantship.quantize.config import Mode, QuantizeConfig
 from quantship.quantize.errors import QuantizeInputError
 from quantship.quantize.evaluate import Evaluator
@@ -117,6 +117,8 @@ def run(
         _check_exclusions(config, prepared_model, pre_processed=pre_processed == "applied")
         if pre_processed.startswith("skipped"):
             note(f"onnxruntime's quant_pre_process was {pre_processed}; quantizing the model as given")
+        if calib is not None:
+            config = _keep_outputs_unclamped(config, prepared_model, note)
 
         gate = evaluator.gate
         if not progress.disable:  # -q: the summary table alone on stdout
@@ -154,6 +156,12 @@ def run(
             warn(f"no trial passed the gate ({gate.describe()}); {advice}")
 
         chosen_path = bench.path(chosen)
+        for name, error in outputs.broken_outputs(evaluator, fp32_path, chosen_path).items():
+            note(
+                f"output {name!r} is {error:.1%} off FP32 (relative error on the evaluation data), where "
+                f"rounding leaves 1-2%; the gate measures {evaluator.output!r} only: check {name!r} "
+                "before anything reads it"
+            )
         chosen_ranges = ranges.activation_ranges(
             onnx.load(str(chosen_path)), prepared_model, calibrations.ranges_for(chosen.config)
         )
@@ -273,6 +281,21 @@ def _check_exclusions(config: QuantizeConfig, model: onnx.ModelProto, *, pre_pro
         raise QuantizeInputError(
             f"--exclude names no node of the model{fused}: {', '.join(unknown)} (nodes: {known})"
         )
+
+
+def _keep_outputs_unclamped(
+    config: QuantizeConfig, model: onnx.ModelProto, note: Callable[[str], None]
+) -> QuantizeConfig:
+    """`config` with every Relu/Clip in float whose folding would serve a graph output clamped to
+    its range (outputs.folded_into_outputs): excluded nodes, as if by --exclude, so the manifest
+    lists them and no trial counts them as quantized."""
+    kept = [node for node in outputs.folded_into_outputs(model) if node.name not in config.excluded_nodes]
+    for node in kept:
+        note(
+            f"{node.op_type} {node.name!r} is kept in float: its input {node.input[0]!r} is a graph output, "
+            f"which onnxruntime would quantize to the {node.op_type}'s output range and serve clamped to it"
+        )
+    return replace(config, excluded_nodes=config.excluded_nodes + tuple(node.name for node in kept))
 
 
 def _check_quantizable(model: onnx.ModelProto, source: Path) -> None:
