@@ -392,7 +392,7 @@ class Evaluator:
         if threshold is None:
             share = request.max_accuracy_delta
             threshold = share if not spec.higher_is_better else 1.0 - share
-        return Gate(metric, threshold, self._rule(metric, request), reason)
+        return Gate(metric, threshold, self._rule(metric, request, threshold), reason)
 
     def _default_metric(self) -> tuple[Metric, str]:
         if self.task is Task.EMBEDDING:
@@ -417,14 +417,14 @@ class Evaluator:
             "(flips between near-ties are not errors)",
         )
 
-    def _rule(self, metric: Metric, request: GateRequest) -> RowRule:
+    def _rule(self, metric: Metric, request: GateRequest, threshold: float) -> RowRule:
         match METRICS[metric].task:
             case Task.CLASSIFICATION:
                 return RowRule(Kind.TOP1, confident_only=metric is Metric.CONFIDENT_AGREEMENT)
             case Task.EMBEDDING:
                 return RowRule(Kind.COSINE, request.min_cosine)
-            case Task.REGRESSION:
-                return RowRule(Kind.RELATIVE_ERROR, agreement.MAX_RELATIVE_ERROR)
+            case Task.REGRESSION:  # the row rule follows the global error's threshold and scale
+                return agreement.regression_rule(threshold, self.reference)
 
     def _scores(self) -> np.ndarray:
         return self.reference_scores if self.reference_scores is not None else self.reference
@@ -598,5 +598,7 @@ def _nn_agreement(reference: np.ndarray, candidate: np.ndarray) -> float | None:
 
 
 def _global_relative_error(reference: np.ndarray, candidate: np.ndarray) -> float | None:
+    """||candidate - reference|| / ||reference|| over every row: the RMS of the rows' errors against
+    the RMS row norm, which is what bounds the shadow rule's disagreements (agreement.ROW_ERROR_FACTOR)."""
     norm = float(np.linalg.norm(reference))
     return float(np.linalg.norm(candidate.astype(np.float64) - reference)) / norm if norm > 0 else None

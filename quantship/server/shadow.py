@@ -6,7 +6,8 @@ them in the background thread and counts, per row, comparisons and disagreements
 says what "disagree" means for the compared output (the manifest's gated output, else the first),
 by the rule the accuracy gate used (quantship/agreement.py): top-1 for a classifier (only rows
 where FP32 is confident, when the gate judged those), cosine below the tolerance for an
-embedding, relative L2 error above it otherwise. The reference's top-1 also goes to the feedback store, so
+embedding, relative L2 error above it otherwise (a regressor's: against at least the evaluation data's
+typical row norm, the manifest's `norm_floor`). The reference's top-1 also goes to the feedback store, so
 feedback on a shadowed request needs no second reference run.
 """
 

@@ -43,6 +43,40 @@ def test_regression_rows_disagree_above_the_relative_error() -> None:
     assert rule.judge(served, np.array([[1.0], [1.0], [0.0]], dtype=np.float32)) == (1, 3)
 
 
+def test_a_regression_row_near_zero_is_judged_against_the_typical_row_norm() -> None:
+    """Rounding of 0.01 on a row of norm 0.1 is 10% of nothing much: against its own norm it
+    disagreed, against the evaluation data's typical row norm (the floor) it does not."""
+    reference = np.array([[10.0, 0.0], [0.1, 0.0]])
+    served = reference + np.array([[0.05, 0.0], [0.01, 0.0]])
+    assert RowRule(Kind.RELATIVE_ERROR, 0.02).judge(served, reference) == (1, 2)
+    floored = RowRule(Kind.RELATIVE_ERROR, 0.02, norm_floor=agreement.rms_row_norm(reference))
+    assert floored.judge(served, reference) == (0, 2)
+    # A row above the floor keeps its own norm: 0.5 on 10 is 5%, past the tolerance.
+    assert floored.judge(reference + np.array([[0.5, 0.0], [0.0, 0.0]]), reference) == (1, 2)
+
+
+@pytest.mark.parametrize("rows_with_error", [1, 5, 9, 11, 40, 160])
+def test_a_regression_artifact_at_its_threshold_disagrees_on_at_most_a_sixteenth_of_its_rows(
+    rows_with_error: int,
+) -> None:
+    """The whole allowed error (global relative error = the threshold) put in a few rows, or spread
+    over all: the rule built for the gate counts at most 1/ROW_ERROR_FACTOR² of the rows."""
+    threshold, rows = 0.02, 160
+    reference = np.random.default_rng(0).normal(size=(rows, 8))
+    reference *= 3.0 / np.linalg.norm(reference, axis=1, keepdims=True)  # every row of norm 3
+    direction = np.zeros(8)
+    direction[0] = 1.0
+    error = np.zeros_like(reference)
+    error[:rows_with_error] = direction * threshold * np.linalg.norm(reference) / np.sqrt(rows_with_error)
+    served = reference + error
+    assert np.linalg.norm(served - reference) / np.linalg.norm(reference) == pytest.approx(threshold)
+    disagreeing, compared = agreement.regression_rule(threshold, reference).judge(served, reference)
+    assert compared == rows and disagreeing <= rows / agreement.ROW_ERROR_FACTOR**2
+    # In under rows/16 rows (10: each exactly at the tolerance) each is past the tolerance and
+    # disagrees: a broken few still shows.
+    assert disagreeing == (rows_with_error if rows_with_error < rows / agreement.ROW_ERROR_FACTOR**2 else 0)
+
+
 @pytest.mark.parametrize(
     "rule", [RowRule(Kind.TOP1), RowRule(Kind.TOP1, confident_only=True), RowRule(Kind.COSINE, 0.9)]
 )
@@ -55,7 +89,12 @@ def test_rows_of_no_elements_are_not_compared(rule: RowRule) -> None:
 
 @pytest.mark.parametrize(
     "rule",
-    [RowRule(Kind.TOP1, confident_only=True), RowRule(Kind.COSINE, 0.9), RowRule(Kind.RELATIVE_ERROR, 0.01)],
+    [
+        RowRule(Kind.TOP1, confident_only=True),
+        RowRule(Kind.COSINE, 0.9),
+        RowRule(Kind.RELATIVE_ERROR, 0.01),
+        RowRule(Kind.RELATIVE_ERROR, 0.06, norm_floor=3.5),
+    ],
 )
 def test_a_rule_travels_through_the_manifest_unchanged(rule: RowRule) -> None:
     assert RowRule.from_json(rule.to_json()) == rule
@@ -84,6 +123,10 @@ def test_a_nan_or_infinite_row_always_disagrees() -> None:
         ({"kind": "cosine", "tolerance": "0.9"}, "numeric tolerance"),
         ({"kind": "relative_error", "tolerance": float("nan")}, "finite tolerance"),
         ({"kind": "top1", "confident_only": "false"}, "true or false"),
+        ({"kind": "relative_error", "tolerance": 0.02, "norm_floor": -1.0}, "finite number >= 0"),
+        ({"kind": "relative_error", "tolerance": 0.02, "norm_floor": "3"}, "finite number >= 0"),
+        ({"kind": "relative_error", "tolerance": 0.02, "norm_floor": float("inf")}, "finite number >= 0"),
+        ({"kind": "cosine", "tolerance": 0.9, "norm_floor": 1.0}, "takes no norm_floor"),
     ],
 )
 def test_a_malformed_rule_in_a_manifest_is_refused_with_its_reason(data: dict, message: str) -> None:
