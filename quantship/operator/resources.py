@@ -140,7 +140,7 @@ def _volumes(spec: ModelSpec) -> tuple[list[dict[str, Any]], list[dict[str, Any]
         claim = fetch.pvc_claim(spec.artifact_uri)
         volumes.append({"name": "source", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}})
         mounts.append({"name": "source", "mountPath": f"{PVC_ROOT}/{claim}", "readOnly": True})
-    if spec.capture_claim:  # never the artifact's claim (`spec.capture_claim_errors`)
+    if spec.capture_claim:  # never the artifact's claim (`spec._check_capture_claim`)
         volumes.append({"name": "capture", "persistentVolumeClaim": {"claimName": spec.capture_claim}})
     if spec.public_key_secret:
         volumes.append({"name": "keys", "secret": {"secretName": spec.public_key_secret}})
