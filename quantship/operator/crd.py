@@ -419,7 +419,9 @@ def _capture_schema() -> dict[str, Any]:
         "Keep a reservoir sample of production inputs (calibration format) in a PersistentVolumeClaim: "
         "each server writes CLAIM/<pod name>/capture.npz, which spec.quantize.calibration reads as "
         "pvc://CLAIM/<pod name>/capture.npz. The files hold user inputs: set it only where keeping "
-        "them is allowed. With replicas on several nodes the claim must be ReadWriteMany.",
+        f"them is allowed. The claim's root must be writable by user or group {names.RUN_AS} (the "
+        "pods' fsGroup where the volume type applies one), and must not be the artifact's claim. With "
+        "replicas on several nodes the claim must be ReadWriteMany.",
         {
             "claimName": _name_of("The PersistentVolumeClaim (this namespace) the servers write to."),
             "maxSamples": {

@@ -22,6 +22,8 @@ from quantship import slo
 GRPC_PORT = 8081
 """The model Services' gRPC port (KServe's, for `inference.GRPCInferenceService`) beside
 spec.traffic.port: a Service refuses two ports of one protocol and number, so the CRD refuses this."""
+RUN_AS = 10001
+"""The user and group of the server image (server/Dockerfile), which the operator's pods run as."""
 
 _LABEL = "[a-z0-9]([-a-z0-9]*[a-z0-9])?"
 DNS_1123_LABEL = f"^{_LABEL}$"

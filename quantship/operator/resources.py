@@ -34,10 +34,13 @@ KEY_DIR = "/etc/quantship/keys"
 KEY_FILE = "public.pem"
 REGISTRY_DIR = "/etc/quantship/registry"
 """The pull secret of an oci:// artifact, mounted for the fetch init container only."""
-CAPTURE_DIR = "/var/lib/quantship/capture"
-"""Where the server keeps spec.server.capture's samples: its own directory in the claim (`_server_mounts`)."""
+CAPTURE_ROOT = "/var/lib/quantship/capture"
+"""Where spec.server.capture's claim is mounted, its root (`_server_mounts`)."""
 POD_NAME_ENV = "POD_NAME"
-RUN_AS = 10001  # the user of the server image (server/Dockerfile)
+CAPTURE_DIR = f"{CAPTURE_ROOT}/$({POD_NAME_ENV})"
+"""The server's --capture-dir: the kubelet expands $(POD_NAME) from the container's env, and the
+server makes the directory itself, as its user, at start and again if it is deleted meanwhile."""
+RUN_AS = names.RUN_AS
 MANAGED_BY = {"app.kubernetes.io/managed-by": "quantship"}
 
 
@@ -135,13 +138,9 @@ def _volumes(spec: ModelSpec) -> tuple[list[dict[str, Any]], list[dict[str, Any]
     ]
     if spec.artifact_uri.startswith("pvc://"):
         claim = fetch.pvc_claim(spec.artifact_uri)
-        # the capture's too (one claim, one volume): writable then, but mounted read-only here
-        writable = claim == spec.capture_claim
-        volumes.append(
-            {"name": "source", "persistentVolumeClaim": {"claimName": claim, "readOnly": not writable}}
-        )
+        volumes.append({"name": "source", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}})
         mounts.append({"name": "source", "mountPath": f"{PVC_ROOT}/{claim}", "readOnly": True})
-    if spec.capture_claim and _capture_volume(spec) == "capture":
+    if spec.capture_claim:  # never the artifact's claim (`spec._check_capture_claim`)
         volumes.append({"name": "capture", "persistentVolumeClaim": {"claimName": spec.capture_claim}})
     if spec.public_key_secret:
         volumes.append({"name": "keys", "secret": {"secretName": spec.public_key_secret}})
@@ -153,25 +152,19 @@ def _volumes(spec: ModelSpec) -> tuple[list[dict[str, Any]], list[dict[str, Any]
     return volumes, mounts
 
 
-def _capture_volume(spec: ModelSpec) -> str:
-    """The volume of spec.server.capture's claim: the artifact's where that is the same claim."""
-    same = spec.artifact_uri.startswith("pvc://") and fetch.pvc_claim(spec.artifact_uri) == spec.capture_claim
-    return "source" if same else "capture"
-
-
 def _server_mounts(spec: ModelSpec, shared: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The server's mounts: the shared ones, and with spec.server.capture its claim's directory
-    named like the pod (subPathExpr), so that replicas never overwrite each other's file. The
-    kubelet creates it as the claim's root is (group-writable for the pod's fsGroup, where the
-    volume type applies one); the root file system stays read-only."""
+    """The server's mounts: the shared ones, and with spec.server.capture its claim's root, in
+    which each server makes its own directory named like its pod (`CAPTURE_DIR`), so that replicas
+    never overwrite each other's file. The root must be writable by the server's user or group
+    (`RUN_AS`): the pod's fsGroup makes it so where the volume type applies one; the root file
+    system stays read-only."""
     if not spec.capture_claim:
         return shared
-    capture = {"name": _capture_volume(spec), "mountPath": CAPTURE_DIR, "subPathExpr": f"$({POD_NAME_ENV})"}
-    return [*shared, capture]
+    return [*shared, {"name": "capture", "mountPath": CAPTURE_ROOT}]
 
 
 def _server_env(spec: ModelSpec) -> list[dict[str, Any]]:
-    """The pod's name (the downward API) for the capture's subPathExpr; nothing without a capture."""
+    """The pod's name (the downward API) for the capture's directory; nothing without a capture."""
     if not spec.capture_claim:
         return []
     pod_name = {"fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.name"}}

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from quantship import slo
-from quantship.operator import crd, names, placement
+from quantship.operator import crd, fetch, names, placement
 from quantship.rollout import AnalysisSpec, OnInconclusive, RolloutSpec, parse_duration
 
 SERVER_FLAGS = {
@@ -118,6 +118,7 @@ class ModelSpec:
                 "node-feature-discovery label this operator knows; upgrade it, or set the field to false"
             )
         spec = served_artifact(spec, body.get("status") or {})
+        _check_capture_claim(spec)
         model = spec.get("modelName") or metadata["name"]
         try:
             latency = slos["latency"]
@@ -205,6 +206,24 @@ def _check_names(name: str, spec: Mapping[str, Any]) -> None:
         raise InvalidSpec(f"spec.resources: {'; '.join(errors)}")
     if (spec.get("traffic") or {}).get("port") == names.GRPC_PORT:
         raise InvalidSpec(crd.PORT_NOT_GRPC["message"])
+
+
+def _check_capture_claim(spec: Mapping[str, Any]) -> None:
+    """spec.server.capture's claim is never the served artifact's (spec.artifact's, or a pvc://
+    artifact spec.quantize made), nor spec.quantize's target: writable for the capture, the kubelet
+    would give the whole model store to the pod's fsGroup at every pod start, and users' inputs
+    would sit next to the models."""
+    capture = ((spec.get("server") or {}).get("capture") or {}).get("claimName")
+    uris = {
+        "the served artifact": spec["artifact"]["uri"],
+        "spec.quantize.target": ((spec.get("quantize") or {}).get("target") or {}).get("uri", ""),
+    }
+    for what, uri in uris.items():
+        if capture and str(uri).startswith("pvc://") and fetch.pvc_claim(str(uri)) == capture:
+            raise InvalidSpec(
+                f"spec.server.capture.claimName {capture!r} is the claim of {what} ({uri}): capture "
+                "into a claim of its own (the servers mount it writable, and the models' claim read-only)"
+            )
 
 
 def served_artifact(spec: dict[str, Any], status: Mapping[str, Any]) -> dict[str, Any]:

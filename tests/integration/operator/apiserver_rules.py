@@ -560,18 +560,37 @@ def pod_spec_errors(pod: Mapping[str, Any]) -> list[str]:
         image = container.get("image", "")
         if not image or image != image.strip():
             errors.append(f"{where}: image {image!r} is empty or has surrounding whitespace")
-        paths = [mount["mountPath"] for mount in container.get("volumeMounts") or []]
-        for mount in container.get("volumeMounts") or []:
-            if ".." in mount["mountPath"].split("/"):
-                errors.append(f"{where}: mountPath {mount['mountPath']!r} must not contain '..'")
-            if mount["name"] not in {volume["name"] for volume in pod.get("volumes") or []}:
-                errors.append(f"{where}: volumeMount {mount['name']!r}: Not found")
-            if paths.count(mount["mountPath"]) > 1:
-                errors.append(f"{where}: mountPath {mount['mountPath']!r} must be unique")
-            if "subPath" in mount and "subPathExpr" in mount:
-                errors.append(f"{where}: subPathExpr and subPath are mutually exclusive")
+        errors += [f"{where}: {error}" for error in volume_mount_errors(container, pod)]
         errors += [f"{where}: {error}" for error in resource_errors(container.get("resources") or {})]
     return errors
+
+
+def volume_mount_errors(container: Mapping[str, Any], pod: Mapping[str, Any]) -> list[str]:
+    """A container's mounts, as ValidateVolumeMounts checks them: a path seen before is reported
+    at the later mount only; subPath and subPathExpr count where non-empty (len > 0)."""
+    errors, seen = [], set()
+    volumes = {volume["name"] for volume in pod.get("volumes") or []}
+    for mount in container.get("volumeMounts") or []:
+        path = mount["mountPath"]
+        if ".." in path.split("/"):
+            errors.append(f"mountPath {path!r} must not contain '..'")
+        if mount["name"] not in volumes:
+            errors.append(f"volumeMount {mount['name']!r}: Not found")
+        if path in seen:
+            errors.append(f"mountPath {path!r} must be unique")
+        seen.add(path)
+        sub_path, expression = mount.get("subPath") or "", mount.get("subPathExpr") or ""
+        if sub_path and expression:
+            errors.append("subPathExpr and subPath are mutually exclusive")
+        for field, value in (("subPath", sub_path), ("subPathExpr", expression)):
+            errors += [f"{field} {value!r} {error}" for error in local_descending_path_errors(value)]
+    return errors
+
+
+def local_descending_path_errors(path: str) -> list[str]:
+    """validateLocalDescendingPath: relative, and no '..' segment (one error however many)."""
+    errors = ["must be a relative path"] if path.startswith("/") else []  # "" too: neither applies
+    return errors + (["must not contain '..'"] if ".." in path.split("/") else [])
 
 
 def resource_errors(resources: Mapping[str, Any]) -> list[str]:

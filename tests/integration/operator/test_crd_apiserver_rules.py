@@ -18,6 +18,7 @@ import yaml
 
 from quantship.operator import crd, names, resources
 from quantship.operator.spec import InvalidSpec, ModelSpec
+from quantship.rollout import Track
 
 ROOT = rules.REPOSITORY
 SCHEMA = crd.schema()
@@ -306,3 +307,50 @@ def test_the_chart_template_and_the_manifest_carry_the_same_crd() -> None:
 
 def test_paths_are_read_from_the_repository() -> None:
     assert (Path(rules.__file__).parents[3] / "pyproject.toml").is_file()
+
+
+# -- the pod rules themselves -----------------------------------------------------------------------
+
+
+def capturing_pod() -> dict[str, Any]:
+    """The pod of a Deployment the operator makes, with a capture and a pvc:// artifact."""
+    resource = minimal(
+        artifact={"uri": "pvc://models/digits/v2"}, server={"capture": {"claimName": "captures"}}
+    )
+    spec = ModelSpec.from_resource(resource)
+    owner = {"apiVersion": crd.API_VERSION, "kind": crd.KIND, "metadata": {"name": "digits", "uid": "u"}}
+    body = resources.deployment(spec, spec.revision, Track.STABLE, 1, owner)
+    return copy.deepcopy(body["spec"]["template"]["spec"])
+
+
+@pytest.mark.parametrize(
+    ("mount", "complaints"),
+    [
+        ({"name": "nowhere", "mountPath": "/elsewhere"}, ["volumeMount 'nowhere': Not found"]),
+        # one report, at the later mount, as ValidateVolumeMounts' set of seen paths gives
+        ({"name": "tmp", "mountPath": "/tmp"}, ["mountPath '/tmp' must be unique"]),
+        ({"name": "tmp", "mountPath": "/x/../etc"}, ["mountPath '/x/../etc' must not contain '..'"]),
+        (
+            {"name": "tmp", "mountPath": "/x", "subPath": "a", "subPathExpr": "$(POD_NAME)"},
+            ["subPathExpr and subPath are mutually exclusive"],
+        ),
+        ({"name": "tmp", "mountPath": "/x", "subPath": "", "subPathExpr": "$(POD_NAME)"}, []),  # len(...) > 0
+        ({"name": "tmp", "mountPath": "/x", "subPath": "/abs"}, ["subPath '/abs' must be a relative path"]),
+        (
+            {"name": "tmp", "mountPath": "/x", "subPathExpr": "/abs/$(POD_NAME)"},
+            ["subPathExpr '/abs/$(POD_NAME)' must be a relative path"],
+        ),
+        (
+            {"name": "tmp", "mountPath": "/x", "subPathExpr": "../../$(POD_NAME)"},
+            ["subPathExpr '../../$(POD_NAME)' must not contain '..'"],
+        ),
+        ({"name": "tmp", "mountPath": "/x", "subPath": "a/..b/c"}, []),  # a name, not a step up
+    ],
+)
+def test_the_pod_rules_refuse_each_bad_mount_as_the_api_server_does(
+    mount: dict[str, Any], complaints: list[str]
+) -> None:
+    pod = capturing_pod()
+    assert rules.pod_spec_errors(pod) == [], "the operator's own pod is admitted"
+    pod["containers"][0]["volumeMounts"].append(mount)
+    assert rules.pod_spec_errors(pod) == [f"container server: {complaint}" for complaint in complaints]

@@ -621,7 +621,8 @@ async def test_capture_and_per_tensor_metrics_turned_on_by_a_patch_reach_a_canar
 ) -> None:
     """The runbooks' `kubectl patch`: the drift alerts and recalibration need the servers'
     --per-tensor-metrics and --capture-dir, which the CRD pruned. Like any spec.server field, they
-    make a new revision; each pod captures into its own directory of the claim."""
+    make a new revision; each pod captures into its own directory of the claim ($(POD_NAME) in
+    --capture-dir)."""
     await start_operator(ScriptedMetrics())
     await serving(kubectl, spec_of(V1))
     server = {"perTensorMetrics": True, "capture": {"claimName": "captures", "maxSamples": 200}}
@@ -636,11 +637,13 @@ async def test_capture_and_per_tensor_metrics_turned_on_by_a_patch_reach_a_canar
     assert kubectl.get()["spec"]["server"] == server, "kept by the API server"  # type: ignore[index]
     args = pod["containers"][0]["args"]
     assert "--per-tensor-metrics" in args and args[args.index("--capture-max-samples") + 1] == "200"
-    assert args[args.index("--capture-dir") + 1] == resources.CAPTURE_DIR
+    assert args[args.index("--capture-dir") + 1] == f"{resources.CAPTURE_ROOT}/$(POD_NAME)"
     volumes = {volume["name"]: volume for volume in pod["volumes"]}
     assert volumes["capture"]["persistentVolumeClaim"] == {"claimName": "captures"}
     mount = next(m for m in pod["containers"][0]["volumeMounts"] if m["name"] == "capture")
-    assert mount == {"name": "capture", "mountPath": resources.CAPTURE_DIR, "subPathExpr": "$(POD_NAME)"}
+    assert mount == {"name": "capture", "mountPath": resources.CAPTURE_ROOT}, (
+        "the root: the server makes its dir"
+    )
     assert pod["containers"][0]["env"] == [
         {"name": "POD_NAME", "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.name"}}}
     ]

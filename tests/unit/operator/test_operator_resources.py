@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 from typing import Any
 
@@ -14,9 +15,9 @@ from kubernetes import client
 from quantship import cli
 from quantship.operator import crd, fetch, resources
 from quantship.operator.kube import _resource_patches, split, to_model
-from quantship.operator.spec import CAPTURE_FLAGS, SERVER_FLAGS, ModelSpec
+from quantship.operator.spec import CAPTURE_FLAGS, SERVER_FLAGS, InvalidSpec, ModelSpec
 from quantship.rollout import Track
-from quantship.server.capture import CAPTURE_FILE
+from quantship.server.capture import CAPTURE_FILE, Capture
 
 OWNER = {
     "apiVersion": "serving.quantship.io/v1alpha1",
@@ -133,7 +134,15 @@ def test_per_tensor_metrics_and_capture_reach_the_server_as_its_flags() -> None:
     assert not off.quality.per_tensor_metrics and off.capture_dir is None, "unset or false: off, as today"
 
 
-def test_each_server_captures_into_its_own_directory_of_the_claim_named_like_its_pod() -> None:
+def kubelet_expanded(arg: str, env: dict[str, str]) -> str:
+    """An arg as the kubelet passes it: $(VAR) of the container's env replaced, an unknown one kept."""
+    return re.sub(r"\$\((\w+)\)", lambda match: env.get(match[1], match[0]), arg)
+
+
+def test_each_server_captures_into_its_own_directory_of_the_claim_named_like_its_pod(tmp_path: Path) -> None:
+    """The claim's root is mounted (no subPath, whose directory the kubelet would make, root-owned,
+    where fsGroup does not apply); --capture-dir names the pod's directory in it, which the kubelet
+    expands from the env and the server makes, as its own user, in a root it can write."""
     spec = model(server={"capture": {"claimName": "captures"}})
     body = resources.deployment(spec, spec.revision, Track.STABLE, 3, OWNER)
     kubernetes_validate.validate(body, "1.30", strict=True)
@@ -143,22 +152,27 @@ def test_each_server_captures_into_its_own_directory_of_the_claim_named_like_its
 
     volumes = {volume["name"]: volume for volume in pod["volumes"]}
     assert volumes["capture"]["persistentVolumeClaim"] == {"claimName": "captures"}
-    mount = {"name": "capture", "mountPath": resources.CAPTURE_DIR, "subPathExpr": "$(POD_NAME)"}
-    assert mount in server["volumeMounts"] and not any(m["name"] == "capture" for m in init["volumeMounts"])
+    assert {"name": "capture", "mountPath": resources.CAPTURE_ROOT} in server["volumeMounts"]
+    assert not any("subPath" in m or "subPathExpr" in m for m in server["volumeMounts"])
+    assert not any(m["name"] == "capture" for m in init["volumeMounts"])
     assert server["env"] == [
         {"name": "POD_NAME", "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.name"}}}
     ]
-    assert server["args"][server["args"].index("--capture-dir") + 1] == resources.CAPTURE_DIR
-    # writable by the server: the pod's fsGroup owns the volume, only the root file system is read-only
-    assert pod["securityContext"]["fsGroup"] == server["securityContext"]["runAsUser"] == resources.RUN_AS
+    pod_name = f"digits-{spec.revision}-7d9f8b6c4-xk2p4"
+    capture_dir = kubelet_expanded(
+        server["args"][server["args"].index("--capture-dir") + 1], {"POD_NAME": pod_name}
+    )
+    assert capture_dir == f"{resources.CAPTURE_ROOT}/{pod_name}"
+    # the server's start (Capture.prepare) in the claim's root, standing in for CAPTURE_ROOT
+    claim_root = tmp_path / "captures"
+    claim_root.mkdir()
+    Capture.prepare(claim_root / Path(capture_dir).relative_to(resources.CAPTURE_ROOT))
+    assert (claim_root / pod_name).is_dir()
     # what a quantize Job reads back, as spec.quantize.calibration
-    uri = f"pvc://captures/digits-{spec.revision}-7d9f8b6c4-xk2p4/{CAPTURE_FILE}"
+    uri = f"pvc://captures/{pod_name}/{CAPTURE_FILE}"
     assert re2.search(crd.INPUT_URI_PATTERN, uri)
     root = Path(resources.PVC_ROOT)
-    assert (
-        fetch.source_path(uri, root)
-        == root / "captures" / f"digits-{spec.revision}-7d9f8b6c4-xk2p4" / CAPTURE_FILE
-    )
+    assert fetch.source_path(uri, root) == root / "captures" / pod_name / CAPTURE_FILE
 
 
 def test_without_capture_the_pod_is_as_before() -> None:
@@ -168,22 +182,40 @@ def test_without_capture_the_pod_is_as_before() -> None:
     assert [volume["name"] for volume in pod["volumes"]] == ["artifact", "tmp"]
 
 
-def test_a_capture_on_the_artifacts_claim_shares_its_volume_writable_and_the_artifact_stays_read_only() -> (
-    None
-):
-    """The claim is one volume of the pod, writable for the capture; the artifact's mount of it stays
-    read-only, in both containers."""
-    spec = model(artifact={"uri": "pvc://models/digits/v2"}, server={"capture": {"claimName": "models"}})
-    body = resources.deployment(spec, spec.revision, Track.STABLE, 1, OWNER)
-    kubernetes_validate.validate(body, "1.30", strict=True)
-    pod = body["spec"]["template"]["spec"]
-    claims = [v for v in pod["volumes"] if "persistentVolumeClaim" in v]
-    assert claims == [{"name": "source", "persistentVolumeClaim": {"claimName": "models", "readOnly": False}}]
-    mounts = {mount["mountPath"]: mount for mount in pod["containers"][0]["volumeMounts"]}
-    assert mounts["/mnt/pvc/models"] == {"name": "source", "mountPath": "/mnt/pvc/models", "readOnly": True}
-    assert mounts[resources.CAPTURE_DIR]["name"] == "source"
-    fetch_mounts = {mount["name"]: mount for mount in pod["initContainers"][0]["volumeMounts"]}
-    assert fetch_mounts["source"]["readOnly"] and "subPathExpr" not in fetch_mounts["source"]
+@pytest.mark.parametrize(
+    ("spec", "status", "what"),
+    [
+        ({"artifact": {"uri": "pvc://models/digits/v2"}}, {}, "the served artifact"),
+        (  # the artifact a spec.quantize Job published to a pvc:// target
+            {"quantize": {"model": "pvc://models/fp32", "calibration": "pvc://data/c.npz",
+                          "target": {"uri": "pvc://models/out"}}},
+            {"quantizedArtifact": {"uri": "pvc://models/out/digits/0123", "job": "digits-q-0123",
+                                   "target": "pvc://models/out"}},
+            "the served artifact",
+        ),
+        (  # before its Job passes: where the artifact it makes would be
+            {"quantize": {"model": "https://models.example.com/fp32.onnx", "calibration": "pvc://data/c.npz",
+                          "target": {"uri": "pvc://models/out"}}},
+            {},
+            "spec.quantize.target",
+        ),
+    ],
+)  # fmt: skip
+def test_a_capture_on_the_artifacts_claim_is_refused(
+    spec: dict[str, Any], status: dict[str, Any], what: str
+) -> None:
+    """Writable for the capture, the claim would be chowned to the pod's fsGroup, every model in it,
+    at every pod start; and users' inputs would sit next to the models."""
+    body = {
+        **OWNER,
+        "spec": {"artifact": {"uri": "https://models.example.com/digits.tar.gz"}, **spec,
+                 "server": {"capture": {"claimName": "models"}}},
+        "status": status,
+    }  # fmt: skip
+    with pytest.raises(InvalidSpec, match=f"'models' is the claim of {what} .*a claim of its own"):
+        ModelSpec.from_resource(body)
+    body["spec"]["server"]["capture"]["claimName"] = "captures"
+    ModelSpec.from_resource(body)  # a claim of its own
 
 
 def test_a_pvc_artifact_and_a_signing_key_are_mounted_read_only() -> None:
