@@ -11,7 +11,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from quantship import runtime
-from quantship.quantize import Format, QuantizeConfig, outputs, run
+from quantship.quantize import Format, Mode, QuantizeConfig, outputs, run
 
 ROWS = 200
 
@@ -97,6 +97,24 @@ def test_an_output_that_feeds_a_relu_is_served_with_its_negative_values(
     (said,) = [w for w in manifest["warnings"] if "'relu'" in w]
     assert "'embedding' is a graph output" in said and "clamped" in said
     assert not [w for w in manifest["warnings"] if "off FP32" in w]
+
+
+def test_dynamic_quantization_keeps_no_relu_in_float_for_an_output(tmp_path: Path) -> None:
+    """Dynamic quantization has no ranges, so nothing to fold: given --calibration all the same, the
+    Relu was kept in float and announced for nothing."""
+    model = _embedding_that_feeds_a_relu(tmp_path / "model.onnx")
+    x = np.random.default_rng(1).normal(size=(ROWS, 16)).astype(np.float32)
+    result = run(
+        model,
+        tmp_path / "a",
+        QuantizeConfig(mode=Mode.DYNAMIC, output="score", max_accuracy_delta=0.05),
+        calibration=_data(tmp_path, x=x),
+        evaluation=_data(tmp_path, x=x[100:]),
+    )
+    manifest = result.artifact.manifest
+    assert manifest["quantization"]["mode"] == "dynamic"
+    assert manifest["quantization"]["excluded_nodes"] == []
+    assert not [w for w in manifest["warnings"] if "'relu'" in w], manifest["warnings"]
 
 
 def test_an_ungated_output_far_from_fp32_is_named_in_a_warning(tmp_path: Path) -> None:
