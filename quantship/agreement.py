@@ -199,18 +199,28 @@ class RowRule:
         if kind is not Kind.TOP1:
             if isinstance(tolerance, bool) or not isinstance(tolerance, int | float):
                 raise ValueError(f"a {kind.value} rule needs a numeric tolerance, not {tolerance!r}")
-            if not math.isfinite(tolerance):
-                raise ValueError(f"a {kind.value} rule needs a finite tolerance, not {tolerance!r}")
-            tolerance = float(tolerance)
+            if (tolerance := _finite_float(tolerance)) is None:
+                raise ValueError(f"a {kind.value} rule needs a finite tolerance, not {data['tolerance']!r}")
         norm_floor = data.get("norm_floor")
         if norm_floor is not None:
             if kind is not Kind.RELATIVE_ERROR:
                 raise ValueError(f"a {kind.value} rule takes no norm_floor")
             numeric = isinstance(norm_floor, int | float) and not isinstance(norm_floor, bool)
-            if not (numeric and math.isfinite(norm_floor) and norm_floor >= 0):
+            floor = _finite_float(norm_floor) if numeric else None
+            if floor is None or floor < 0:
                 raise ValueError(f"norm_floor must be a finite number >= 0, not {norm_floor!r}")
-            norm_floor = float(norm_floor)
+            norm_floor = floor
         return cls(kind, tolerance if kind is not Kind.TOP1 else None, confident_only, norm_floor)
+
+
+def _finite_float(number: float) -> float | None:
+    """`number` as a finite float, or None: JSON keeps integer literals as Python ints, and one of
+    400 digits is no float (OverflowError), which a manifest's reader must refuse, not crash on."""
+    try:
+        value = float(number)
+    except OverflowError:
+        return None
+    return value if math.isfinite(value) else None
 
 
 def regression_rule(threshold: float, reference: np.ndarray) -> RowRule:
