@@ -117,7 +117,8 @@ def run(
         _check_exclusions(config, prepared_model, pre_processed=pre_processed == "applied")
         if pre_processed.startswith("skipped"):
             note(f"onnxruntime's quant_pre_process was {pre_processed}; quantizing the model as given")
-        if calib is not None:
+        excluded_by_user = config.excluded_nodes
+        if calib is not None and config.mode is not Mode.DYNAMIC:  # dynamic has no ranges to fold
             config = _keep_outputs_unclamped(config, prepared_model, note)
 
         gate = evaluator.gate
@@ -150,7 +151,7 @@ def run(
             raise QuantizeInputError(
                 f"onnxruntime could not quantize {model_path} in any trial: {chosen.error}"
             )
-        _check_something_quantized(trials, config, model_path)
+        _check_something_quantized(trials, excluded_by_user, model_path)
         advice = None if chosen.passed else tuner.advice(trials, traits, evaluator.task)
         if advice is not None and warn is not None:  # said, not noted: the manifest holds it as tuning.advice
             warn(f"no trial passed the gate ({gate.describe()}); {advice}")
@@ -314,12 +315,15 @@ def _check_quantizable(model: onnx.ModelProto, source: Path) -> None:
     )
 
 
-def _check_something_quantized(trials: list[tuner.Trial], config: QuantizeConfig, source: Path) -> None:
+def _check_something_quantized(
+    trials: list[tuner.Trial], excluded_by_user: tuple[str, ...], source: Path
+) -> None:
     """The backstop of _check_quantizable: trials that all left every node in float are FP32 under
-    another name, whatever the gate said of them."""
+    another name, whatever the gate said of them. `excluded_by_user`: the --exclude given, not the
+    nodes quantship keeps in float itself."""
     if any(trial.quantized_nodes for trial in trials):
         return
-    why = " (or --exclude named every node it would)" if config.excluded_nodes else ""
+    why = " (or --exclude named every node it would)" if excluded_by_user else ""
     if all(trial.config.mode is Mode.DYNAMIC for trial in trials):
         ops = ", ".join(sorted(set(engine.DYNAMIC_OPS) - engine.FOLLOWER_OPS))
         why += f"; dynamic quantization covers only {ops} (static, with --calibration, covers more)"

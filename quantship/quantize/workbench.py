@@ -60,7 +60,9 @@ class Workbench:
         error, latency = None, None
         try:
             cache_path = self.calibrations.cache_for(config)
-            excluded = tuple(dict.fromkeys(self.float_only(config) + excluded))
+            # Not the user's own --exclude again: the manifest lists those, then these.
+            kept = dict.fromkeys(self.float_only(config) + excluded)
+            excluded = tuple(name for name in kept if name not in self.config.excluded_nodes)
             engine.quantize(
                 self.prepared,
                 candidate,

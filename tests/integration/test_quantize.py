@@ -717,3 +717,15 @@ def test_an_additive_attention_mask_stays_in_float_and_static_int8_passes(
             onnx.load(str(model)), onnx.load(str(result.artifact.model_path)), Mode.STATIC, Format.QDQ
         )
     )
+
+
+def test_a_mask_node_the_user_excluded_is_listed_once(tmp_path: Path) -> None:
+    """--exclude of the mask's Where, which the mask rule keeps in float too: the manifest listed it
+    twice, once as the user's and once as the rule's."""
+    model, calibration, evaluation = _masked_attention(tmp_path)
+    config = QuantizeConfig(
+        excluded_nodes=("mask_where",), strategy=Strategy.FALLBACK, max_trials=0, max_accuracy_delta=0.05
+    )
+    result = run(model, tmp_path / "a", config, calibration=calibration, evaluation=evaluation)
+    assert result.gate_passed
+    assert result.artifact.manifest["quantization"]["excluded_nodes"] == list(MASKED_ATTENTION_FLOAT)

@@ -548,6 +548,47 @@ def test_labels_an_output_gets_right_no_more_than_chance_are_refused_not_judged(
     assert not (tmp_path / "a").exists()
 
 
+def _digits_on_few_pixels(path: Path, evaluation: Path) -> Path:
+    """One output, logits: a linear classifier of the 10 digits fitted by least squares on every
+    5th pixel, right on about 70% of the evaluation rows and on far fewer of the 4s and 9s."""
+    with np.load(evaluation) as held_out:
+        pixels, labels = held_out["X"].astype(np.float64), held_out["labels"]
+    features = np.hstack([pixels[:, ::5], np.ones((len(pixels), 1))])
+    fitted = np.linalg.lstsq(features, np.eye(10)[labels], rcond=None)[0].astype(np.float32)
+    weights = np.zeros((64, 10), np.float32)
+    weights[::5] = fitted[:-1]
+    graph = helper.make_graph(
+        [helper.make_node("Gemm", ["X", "classes", "bias"], ["logits"])],
+        "few_pixels",
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["N", 64])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 10])],
+        [numpy_helper.from_array(weights, "classes"), numpy_helper.from_array(fitted[-1], "bias")],
+    )  # fmt: skip
+    return _save(graph, path)
+
+
+def test_a_single_output_classifier_judged_on_a_few_of_its_classes_is_warned_of_and_gated(
+    sample: zoo.SampleModel, tmp_path: Path
+) -> None:
+    """Right on under half of the rows labelled 4 or 9, yet far above a guess among its 10 classes:
+    it classifies them, and with no other output to point at, refusing it helped no one."""
+    model = _digits_on_few_pixels(tmp_path / "few.onnx", sample.evaluation)
+    with np.load(sample.evaluation) as held_out:
+        keep = np.isin(held_out["labels"], [4, 9])
+        pixels, labels = held_out["X"][keep], held_out["labels"][keep]
+    evaluation = _npz(tmp_path / "four_nine.npz", X=pixels, labels=labels)
+    fp32 = create_session(model).run(["logits"], {"X": pixels})[0]
+    accuracy = float(np.mean(fp32.argmax(axis=1) == labels))
+    assert 0.1 < accuracy <= 0.5  # at or below a guess between 2 labels, above one among 10 classes
+    code, _, err = _quantize(sample, tmp_path / "a", "--evaluation", evaluation, model=model)
+    assert code in (0, 1) and "Traceback" not in err, err
+    assert "no better than a guess among their 2 classes; gating on them as asked" in err
+    manifest = artifact.load_artifact(tmp_path / "a").manifest
+    assert any("no better than a guess among their 2 classes" in line for line in manifest["warnings"])
+    assert manifest["validation"]["metric"] == "top1_accuracy"
+    assert manifest["validation"]["fp32"] == pytest.approx(accuracy)
+
+
 @pytest.mark.parametrize("batch", [1, 4])
 def test_a_fixed_batch_model_is_evaluated_and_timed_in_its_own_batches(tmp_path: Path, batch: int) -> None:
     model = _fixed_batch_model(tmp_path / "fixed.onnx", batch=batch)

@@ -11,7 +11,9 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from quantship import runtime
-from quantship.quantize import Format, QuantizeConfig, outputs, run
+from quantship.quantize import Format, Mode, QuantizeConfig, outputs, run
+from quantship.quantize.data import load_dataset, model_inputs
+from quantship.quantize.evaluate import Evaluator, GateRequest
 
 ROWS = 200
 
@@ -99,6 +101,24 @@ def test_an_output_that_feeds_a_relu_is_served_with_its_negative_values(
     assert not [w for w in manifest["warnings"] if "off FP32" in w]
 
 
+def test_dynamic_quantization_keeps_no_relu_in_float_for_an_output(tmp_path: Path) -> None:
+    """Dynamic quantization has no ranges, so nothing to fold: given --calibration all the same, the
+    Relu was kept in float and announced for nothing."""
+    model = _embedding_that_feeds_a_relu(tmp_path / "model.onnx")
+    x = np.random.default_rng(1).normal(size=(ROWS, 16)).astype(np.float32)
+    result = run(
+        model,
+        tmp_path / "a",
+        QuantizeConfig(mode=Mode.DYNAMIC, output="score", max_accuracy_delta=0.05),
+        calibration=_data(tmp_path, x=x),
+        evaluation=_data(tmp_path, x=x[100:]),
+    )
+    manifest = result.artifact.manifest
+    assert manifest["quantization"]["mode"] == "dynamic"
+    assert manifest["quantization"]["excluded_nodes"] == []
+    assert not [w for w in manifest["warnings"] if "'relu'" in w], manifest["warnings"]
+
+
 def test_an_ungated_output_far_from_fp32_is_named_in_a_warning(tmp_path: Path) -> None:
     """Calibration data that never exercised one branch: its output `side` clips on the evaluation
     data, and the gate, on `score`, passes all the same. Not silently."""
@@ -136,3 +156,26 @@ def test_outputs_within_rounding_of_fp32_are_not_named(tmp_path: Path) -> None:
     )
     assert result.gate_passed
     assert not [w for w in result.artifact.manifest["warnings"] if "off FP32" in w]
+
+
+def test_a_single_output_model_builds_no_session_to_look_for_other_outputs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every run of a one-output model (EfficientNet, MiniLM, the regressors) built one more FP32
+    session, with its time and memory, only to list the output it already gates."""
+    rng = np.random.default_rng(0)
+    model = _save(tmp_path / "model.onnx", [_matmul("head", "x", rng.normal(size=(16, 1)), "score")],
+                  [("x", 16)], [("score", 1)])  # fmt: skip
+    evaluation = _data(tmp_path, x=rng.normal(size=(ROWS, 16)).astype(np.float32))
+    dataset = load_dataset(evaluation, model_inputs(onnx.load(model)), role="evaluation")
+    evaluator = Evaluator(model, dataset, None, GateRequest())
+    built: list[Path] = []
+    create_session = runtime.create_session
+
+    def recorded(path: Path, *args: object, **kwargs: object) -> object:
+        built.append(path)
+        return create_session(path, *args, **kwargs)
+
+    monkeypatch.setattr(runtime, "create_session", recorded)
+    assert outputs.broken_outputs(evaluator, model, model) == {}
+    assert built == []

@@ -127,6 +127,8 @@ def test_a_nan_or_infinite_row_always_disagrees() -> None:
         ({"kind": "relative_error", "tolerance": 0.02, "norm_floor": "3"}, "finite number >= 0"),
         ({"kind": "relative_error", "tolerance": 0.02, "norm_floor": float("inf")}, "finite number >= 0"),
         ({"kind": "cosine", "tolerance": 0.9, "norm_floor": 1.0}, "takes no norm_floor"),
+        ({"kind": "relative_error", "tolerance": 10**400}, "finite tolerance"),  # JSON: an int, no float
+        ({"kind": "relative_error", "tolerance": 0.02, "norm_floor": 10**400}, "finite number >= 0"),
     ],
 )
 def test_a_malformed_rule_in_a_manifest_is_refused_with_its_reason(data: dict, message: str) -> None:
