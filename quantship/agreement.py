@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from quantship import runtime
+from quantship.printable import brief
 
 
 class Task(enum.StrEnum):
@@ -203,7 +204,8 @@ class RowRule:
             if isinstance(tolerance, bool) or not isinstance(tolerance, int | float):
                 raise ValueError(f"a {kind.value} rule needs a numeric tolerance, not {tolerance!r}")
             if (tolerance := _finite_float(tolerance)) is None:
-                raise ValueError(f"a {kind.value} rule needs a finite tolerance, not {data['tolerance']!r}")
+                shown = brief(repr(data["tolerance"]), 40)
+                raise ValueError(f"a {kind.value} rule needs a finite tolerance, not {shown}")
         norm_floor = data.get("norm_floor")
         if norm_floor is not None:
             if kind is not Kind.RELATIVE_ERROR:
@@ -211,7 +213,8 @@ class RowRule:
             numeric = isinstance(norm_floor, int | float) and not isinstance(norm_floor, bool)
             floor = _finite_float(norm_floor) if numeric else None
             if floor is None or floor < 0:
-                raise ValueError(f"norm_floor must be a finite number >= 0, not {norm_floor!r}")
+                shown = brief(repr(norm_floor), 40)
+                raise ValueError(f"norm_floor must be a finite number >= 0, not {shown}")
             norm_floor = floor
         return cls(kind, tolerance if kind is not Kind.TOP1 else None, confident_only, norm_floor)
 

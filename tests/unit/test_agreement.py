@@ -132,8 +132,9 @@ def test_a_nan_or_infinite_row_always_disagrees() -> None:
     ],
 )
 def test_a_malformed_rule_in_a_manifest_is_refused_with_its_reason(data: dict, message: str) -> None:
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ValueError, match=message) as refused:
         RowRule.from_json(data)
+    assert len(str(refused.value)) < 120, "a hostile value is shown cut, not whole"
 
 
 def test_a_rule_checks_that_it_fits_the_output_it_will_judge() -> None:
