@@ -22,9 +22,10 @@ tools:
 demo: setup
 	$(BIN)/quantship demo --workdir $(BUILD)/demo
 
-## make test: the full suite (unit, integration with real servers, end to end).
+## make test: the full suite (unit, integration with real servers, end to end); the 25 slowest tests
+## are listed at the end, so a CI log says where the suite's 20 minutes go.
 test: setup
-	$(BIN)/pytest
+	$(BIN)/pytest --durations=25
 
 ## make real-models: export EfficientNet-Lite0 and all-MiniLM-L6-v2 into build/zoo (torch lives only in
 ## .venv-export/, created on demand; up-to-date models are skipped), then run their tests (tests/real).
