@@ -110,7 +110,8 @@ class Workbench:
     def float_only(self, config: QuantizeConfig) -> tuple[str, ...]:
         """The nodes around tensors `config`'s calibration found no INT8 scale for, kept in float by
         every trial of it (said once per calibration)."""
-        found = self.calibrations.unquantizable(config)
+        calibrated = self.calibrations.calibrated(config)
+        found = ranges.unquantizable(calibrated) if calibrated is not None else {}
         nodes = ranges.nodes_around(self.prepared_model, found)
         if nodes and nodes not in self._announced:
             self._announced.add(nodes)
@@ -188,16 +189,17 @@ class Calibrations:
     ) -> None:
         self.prepared, self.dataset, self.batch_size = prepared, dataset, batch_size
         self.tmp, self.progress = tmp, progress
-        self._done: dict[str, tuple[Path, TensorsData, dict[str, tuple[float, float]]]] = {}
+        self._done: dict[str, tuple[Path, TensorsData]] = {}
         self._failed: dict[str, CalibrationFailed] = {}
 
-    def _key(self, config: QuantizeConfig) -> str:
+    def key(self, config: QuantizeConfig) -> str:
+        """What sets a calibration apart: two configs of one key share it."""
         return json.dumps([config.calibration.value, config.calibration_params()], sort_keys=True)
 
     def cache_for(self, config: QuantizeConfig) -> Path | None:
         if config.mode is not Mode.STATIC or self.dataset is None:
             return None
-        key = self._key(config)
+        key = self.key(config)
         if key in self._failed:
             raise self._failed[key]
         if key not in self._done:
@@ -208,19 +210,18 @@ class Calibrations:
                 raise
         return self._done[key][0]
 
-    def _calibrate(self, config: QuantizeConfig) -> tuple[Path, TensorsData, dict[str, tuple[float, float]]]:
-        """A calibration and its unquantizable ranges. A histogram method that cannot bin a sentinel
-        range learns those tensors from min-max (a run the tuner reuses) and calibrates the rest."""
+    def _calibrate(self, config: QuantizeConfig) -> tuple[Path, TensorsData]:
+        """A calibration. A histogram method that cannot bin a sentinel's range takes those tensors'
+        ranges from min-max (a run the tuner reuses) and bins the rest."""
         try:
-            found = self._run(config, frozenset())
-            return *found, ranges.unquantizable(found[1])
+            return self._run(config, {})
         except RangeTooWide:
-            sentinels = self._by_minmax(config)
-            if not sentinels:
+            wide = self._wide_by_minmax(config)
+            if not wide:
                 raise
-            return *self._run(config, frozenset(sentinels)), sentinels
+            return self._run(config, wide)
 
-    def _by_minmax(self, config: QuantizeConfig) -> dict[str, tuple[float, float]]:
+    def _wide_by_minmax(self, config: QuantizeConfig) -> dict[str, tuple[float, float]]:
         minmax = replace(config, calibration=Calibration.MINMAX)
         if config.calibration is Calibration.MINMAX:
             return {}
@@ -228,9 +229,10 @@ class Calibrations:
             self.cache_for(minmax)
         except CalibrationFailed:
             return {}
-        return self.unquantizable(minmax)
+        calibrated = self.calibrated(minmax)
+        return ranges.unquantizable(calibrated) if calibrated is not None else {}
 
-    def _run(self, config: QuantizeConfig, skip: frozenset[str]) -> tuple[Path, TensorsData]:
+    def _run(self, config: QuantizeConfig, given: dict[str, tuple[float, float]]) -> tuple[Path, TensorsData]:
         assert self.dataset is not None
         task = self.progress.add_task(f"calibrating ({config.calibration.value})", total=self.dataset.size)
         cache = self.tmp / f"calibration-{len(self._done)}-{config.calibration.value}.json"
@@ -241,20 +243,20 @@ class Calibrations:
             self.batch_size,
             cache,
             lambda n: self.progress.advance(task, n),
-            skip,
+            given,
         )
         return cache, calibrated
 
     def ranges_for(self, config: QuantizeConfig) -> TensorsData | None:
         if self.cache_for(config) is None:
             return None
-        return self._done[self._key(config)][1]
+        return self._done[self.key(config)][1]
 
-    def unquantizable(self, config: QuantizeConfig) -> dict[str, tuple[float, float]]:
-        """Tensors of `config`'s calibration whose ranges no INT8 scale carries
-        (ranges.UNQUANTIZABLE_MAGNITUDE); none before it ran, or where it failed."""
-        done = self._done.get(self._key(config)) if config.mode is Mode.STATIC else None
-        return done[2] if done else {}
+    def calibrated(self, config: QuantizeConfig) -> TensorsData | None:
+        """`config`'s ranges where its calibration ran; None in dynamic mode, before it ran, or where
+        it failed (unlike ranges_for, never calibrates)."""
+        done = self._done.get(self.key(config)) if config.mode is Mode.STATIC else None
+        return done[1] if done else None
 
 
 def traits(model: onnx.ModelProto, can_calibrate: bool, hardware: runtime.Hardware) -> tuner.ModelTraits:
