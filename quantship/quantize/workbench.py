@@ -21,7 +21,7 @@ from onnxruntime.quantization.calibrate import TensorsData
 from rich.progress import Progress
 
 from quantship import runtime
-from quantship.quantize import data, engine, ranges, sensitivity, tuner
+from quantship.quantize import data, engine, outputs, ranges, sensitivity, tuner
 from quantship.quantize.config import Calibration, Format, Mode, QuantizeConfig
 from quantship.quantize.errors import CalibrationFailed, QuantizeInputError, RangeTooWide
 from quantship.quantize.evaluate import Evaluator
@@ -47,6 +47,12 @@ class Workbench:
         self._quantized: dict[str, list[onnx.NodeProto]] = {}
         self._sensitivity: dict[str, list[sensitivity.TensorError]] = {}
         self._announced: set[tuple[str, ...]] = set()
+        self._unclamped = [
+            (_unclamped_reason(node), (node.name,))
+            for node in outputs.folded_into_outputs(prepared_model)
+            if node.name not in config.excluded_nodes
+        ]
+        self._found_by_range: dict[str, list[tuple[str, tuple[str, ...]]]] = {}
         self._task = progress.add_task("tuning", total=config.max_trials + 1)
 
     def path(self, trial: tuner.Trial) -> Path:
@@ -61,7 +67,7 @@ class Workbench:
         try:
             cache_path = self.calibrations.cache_for(config)
             # Not the user's own --exclude again: the manifest lists those, then these.
-            kept = dict.fromkeys(self.float_only(config) + excluded)
+            kept = dict.fromkeys((*self.kept_in_float(config), *excluded))
             excluded = tuple(name for name in kept if name not in self.config.excluded_nodes)
             engine.quantize(
                 self.prepared,
@@ -107,22 +113,38 @@ class Workbench:
         self.trials.append(trial)
         return trial
 
-    def float_only(self, config: QuantizeConfig) -> tuple[str, ...]:
-        """The nodes around tensors `config`'s calibration found no INT8 scale for, kept in float by
-        every trial of it (said once per calibration)."""
+    def kept_in_float(self, config: QuantizeConfig) -> dict[str, str]:
+        """The nodes every trial of `config` keeps in float for correctness, not by the user's
+        --exclude, each with why (said once). Found in the graph: a Relu/Clip that would serve a graph
+        output clamped (outputs.folded_into_outputs). Found by `config`'s calibrated ranges: the
+        nodes around a sentinel past ranges.UNQUANTIZABLE_MAGNITUDE. Static recipes only: dynamic
+        quantization has no ranges to fold or to lose the data in. The trials' excluded nodes (and
+        so the manifest's excluded_nodes), their quantized counts and the fallback stages'
+        candidates all read this."""
+        if config.mode is not Mode.STATIC:
+            return {}
+        kept: dict[str, str] = {}
+        for why, nodes in [*self._unclamped, *self._by_range(config)]:
+            wanted = [name for name in nodes if name not in kept and name not in self.config.excluded_nodes]
+            if wanted and nodes not in self._announced:
+                self._announced.add(nodes)
+                self.note(why)
+            kept.update(dict.fromkeys(wanted, why))
+        return kept
+
+    def _by_range(self, config: QuantizeConfig) -> list[tuple[str, tuple[str, ...]]]:
+        """What `config`'s calibration found to keep in float, with why: none before it ran or
+        where it failed."""
         calibrated = self.calibrations.calibrated(config)
-        found = ranges.unquantizable(calibrated) if calibrated is not None else {}
-        nodes = ranges.nodes_around(self.prepared_model, found)
-        if nodes and nodes not in self._announced:
-            self._announced.add(nodes)
-            spans = ", ".join(f"{name} [{low:.3g}, {high:.3g}]" for name, (low, high) in found.items())
-            self.note(
-                f"{len(found)} calibrated tensors reach past "
-                f"+-{ranges.UNQUANTIZABLE_MAGNITUDE:g}, a sentinel such as an additive attention mask's "
-                f"finfo.min that no INT8 scale carries with the data ({spans}); their producers and "
-                f"consumers stay in float: {', '.join(nodes)}"
-            )
-        return nodes
+        if calibrated is None:
+            return []
+        key = self.calibrations.key(config)
+        if key not in self._found_by_range:
+            found = []
+            if wide := ranges.unquantizable(calibrated):
+                found.append(_sentinels_reason(self.prepared_model, wide))
+            self._found_by_range[key] = found
+        return self._found_by_range[key]
 
     def op_type_groups(self, recipe: QuantizeConfig) -> dict[str, tuple[str, ...]]:
         """The nodes `recipe` quantized that the tuner may leave in float, by op type (stage 2)."""
@@ -139,7 +161,7 @@ class Workbench:
     def _fallback_candidates(self, recipe: QuantizeConfig) -> list[onnx.NodeProto]:
         """Quantized nodes with a range of their own: not one the user already left in float, not a
         follower (engine.FOLLOWER_OPS), whose exclusion would only move its producer's range."""
-        excluded = set(self.config.excluded_nodes) | set(self.float_only(recipe))
+        excluded = set(self.config.excluded_nodes) | set(self.kept_in_float(recipe))
         return [
             node
             for node in self._quantized.get(recipe.label(), [])
@@ -151,7 +173,12 @@ class Workbench:
         if recipe.label() not in self._sensitivity:
             try:
                 errors = _sensitivity(
-                    self.prepared, recipe, self.calibrations, self.float_only(recipe), self.tmp, self.progress
+                    self.prepared,
+                    recipe,
+                    self.calibrations,
+                    tuple(self.kept_in_float(recipe)),
+                    self.tmp,
+                    self.progress,
                 )
             except QuantizeInputError:
                 raise
@@ -167,6 +194,27 @@ class Workbench:
     def done(self) -> None:
         count = len(self.trials)
         self.progress.update(self._task, total=count, completed=count, description="tuning: done")
+
+
+def _unclamped_reason(node: onnx.NodeProto) -> str:
+    return (
+        f"{node.op_type} {node.name!r} is kept in float: its input {node.input[0]!r} is a graph output, "
+        f"which onnxruntime would quantize to the {node.op_type}'s output range and serve clamped to it"
+    )
+
+
+def _sentinels_reason(
+    model: onnx.ModelProto, wide: dict[str, tuple[float, float]]
+) -> tuple[str, tuple[str, ...]]:
+    """Why the nodes around tensors past ranges.UNQUANTIZABLE_MAGNITUDE stay in float, and those nodes."""
+    nodes = ranges.nodes_around(model, wide)
+    spans = ", ".join(f"{name} [{low:.3g}, {high:.3g}]" for name, (low, high) in wide.items())
+    why = (
+        f"{len(wide)} calibrated tensors reach past +-{ranges.UNQUANTIZABLE_MAGNITUDE:g}, a sentinel "
+        f"such as an additive attention mask's finfo.min that no INT8 scale carries with the data "
+        f"({spans}); their producers and consumers stay in float: {', '.join(nodes)}"
+    )
+    return why, nodes
 
 
 def _kernel_op_type(node: onnx.NodeProto, recipe: QuantizeConfig) -> str:
@@ -301,7 +349,7 @@ def _sensitivity(
     prepared: Path,
     config: QuantizeConfig,
     calibrations: Calibrations,
-    float_only: tuple[str, ...],
+    kept_in_float: tuple[str, ...],
     tmp: Path,
     progress: Progress,
 ) -> list[sensitivity.TensorError]:
@@ -317,7 +365,7 @@ def _sensitivity(
         qdq,
         config,
         cache_path=calibrations.cache_for(config),
-        exclude=config.excluded_nodes + float_only,
+        exclude=config.excluded_nodes + kept_in_float,
         format=Format.QDQ,
     )
     errors = sensitivity.measure(prepared, qdq, calib, calibrations.batch_size, tmp)
