@@ -117,10 +117,10 @@ class Workbench:
         """The nodes every trial of `config` keeps in float for correctness, not by the user's
         --exclude, each with why (said once). Found in the graph: a Relu/Clip that would serve a graph
         output clamped (outputs.folded_into_outputs). Found by `config`'s calibrated ranges: the
-        nodes around a sentinel past ranges.UNQUANTIZABLE_MAGNITUDE. Static recipes only: dynamic
-        quantization has no ranges to fold or to lose the data in. The trials' excluded nodes (and
-        so the manifest's excluded_nodes), their quantized counts and the fallback stages'
-        candidates all read this."""
+        nodes around a sentinel past ranges.UNQUANTIZABLE_MAGNITUDE and an additive mask's path
+        (ranges.MASK_RATIO). Static recipes only: dynamic quantization has no ranges to fold or to
+        lose the data in. The trials' excluded nodes (and so the manifest's excluded_nodes), their
+        quantized counts and the fallback stages' candidates all read this."""
         if config.mode is not Mode.STATIC:
             return {}
         kept: dict[str, str] = {}
@@ -134,7 +134,9 @@ class Workbench:
 
     def _by_range(self, config: QuantizeConfig) -> list[tuple[str, tuple[str, ...]]]:
         """What `config`'s calibration found to keep in float, with why: none before it ran or
-        where it failed."""
+        where it failed. The 1e30 rule comes first and stays a rule of its own: it holds for any
+        tensor, attention or not, and its tensors are those no histogram can bin; the mask rule
+        needs an Add into a Softmax, and catches the -10000 the 1e30 bound misses."""
         calibrated = self.calibrations.calibrated(config)
         if calibrated is None:
             return []
@@ -143,6 +145,8 @@ class Workbench:
             found = []
             if wide := ranges.unquantizable(calibrated):
                 found.append(_sentinels_reason(self.prepared_model, wide))
+            if masks := ranges.additive_masks(self.prepared_model, calibrated):
+                found.append(_masks_reason(self.prepared_model, masks))
             self._found_by_range[key] = found
         return self._found_by_range[key]
 
@@ -213,6 +217,22 @@ def _sentinels_reason(
         f"{len(wide)} calibrated tensors reach past +-{ranges.UNQUANTIZABLE_MAGNITUDE:g}, a sentinel "
         f"such as an additive attention mask's finfo.min that no INT8 scale carries with the data "
         f"({spans}); their producers and consumers stay in float: {', '.join(nodes)}"
+    )
+    return why, nodes
+
+
+def _masks_reason(model: onnx.ModelProto, masks: list[ranges.Mask]) -> tuple[str, tuple[str, ...]]:
+    """Why the masks' paths stay in float, and their nodes (in graph order, once each)."""
+    named = {node for mask in masks for node in mask.nodes}
+    nodes = tuple(node.name for node in model.graph.node if node.name in named)
+    once: dict[str, ranges.Mask] = {}
+    for mask in masks:  # one mask read by every layer's Add: named once, as first found
+        once.setdefault(mask.tensor, mask)
+    spans = ", ".join(f"{m.tensor} [{m.low:.3g}, {m.high:.3g}] beside +-{m.data:.3g}" for m in once.values())
+    why = (
+        f"additive masks reach {ranges.MASK_RATIO:g}x or more below the data they are added "
+        f"to before a Softmax ({spans}): one INT8 scale for both leaves the data a few codes, so "
+        f"what makes the mask, the sum and the Softmax stay in float: {', '.join(nodes)}"
     )
     return why, nodes
 
