@@ -14,15 +14,19 @@ import signal
 import subprocess
 import sys
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
+import numpy as np
 import onnx
 from google.protobuf import json_format, text_format
 from google.protobuf.message import DecodeError
+from onnx import numpy_helper
 from onnxruntime.quantization import QuantFormat, quantize_dynamic, quantize_static
 from onnxruntime.quantization.calibrate import (
     HistogramCalibrater,
+    HistogramCollector,
+    TensorData,
     TensorsData,
     create_calibrator,
     save_tensors_data,
@@ -69,7 +73,9 @@ FLOAT_TYPES = frozenset(
 
 
 TOO_MANY_BINS = "Too many bins for data range"
-"""numpy's np.histogram, when a range's bins are not finite: a tensor reaching past finfo.max / 2."""
+"""numpy's np.histogram, when a range's bin edges are not finite and increasing: a tensor reaching past
+finfo.max / 2, or one of zero width (numpy widens it by +-0.5) at a magnitude where float32 cannot
+tell its bins apart (about 4096 for 2048 bins)."""
 
 MAX_INLINE_BYTES = 2**31 - 1
 """protobuf's limit on one message: a model over it must keep its weights in external data."""
@@ -160,15 +166,17 @@ def calibrate(
     batch_size: int,
     cache_path: Path,
     on_batch: Callable[[int], None],
-    skip: frozenset[str] = frozenset(),
+    given: Mapping[str, tuple[float, float]] | None = None,
 ) -> TensorsData:
     """Run onnxruntime's calibrator over the data once and save its ranges to `cache_path`.
 
     The data goes in one batch per `collect_data` call: onnxruntime keeps every intermediate
     output of a call until it ends (all activations, for histogram methods), and merges ranges
     and histograms across calls. Memory stays that of one batch, whatever the sample count.
-    A histogram method leaves the tensors in `skip` out: ranges no histogram can bin
-    (ranges.UNQUANTIZABLE_MAGNITUDE), of nodes the trials keep in float."""
+    A histogram method bins neither a Constant node's output (its value is its range: constant_ranges)
+    nor the tensors `given` a range (min-max's, where a histogram cannot bin it): they take those
+    ranges as they are. numpy bins neither a range past about finfo.max / 2 (an additive mask's
+    finfo.min) nor a zero-width one at a large magnitude (a -10000 Constant)."""
     augmented = cache_path.with_name(f"augmented-{config.calibration.value}.onnx")
     calibrator = create_calibrator(
         model_path,
@@ -177,9 +185,16 @@ def calibrate(
         calibrate_method=config.ort_calibration,
         extra_options=config.calibration_params(),
     )
-    if skip and isinstance(calibrator, HistogramCalibrater):
-        # The tensors its collect_data keeps (min-max calibrates every augmented output).
-        calibrator.tensors_to_calibrate = set(calibrator.tensors_to_calibrate) - skip
+    fixed: dict[str, tuple[float, float]] = {}
+    if isinstance(calibrator, HistogramCalibrater):  # min-max ranges every tensor as it is
+        # tensors_to_calibrate: the tensors its collect_data keeps and bins.
+        wanted = set(calibrator.tensors_to_calibrate)
+        fixed = {
+            name: span
+            for name, span in {**constant_ranges(calibrator.model), **(given or {})}.items()
+            if name in wanted
+        }
+        calibrator.tensors_to_calibrate = wanted - set(fixed)
     try:
         with warnings.catch_warnings():
             # Histogram methods square large activations in float32 ("overflow encountered in
@@ -188,18 +203,93 @@ def calibrate(
             # Histogram calibrators print() per batch ("Collecting tensor data and making histogram
             # ...", "Finding optimal threshold ..."): noise on stdout, mixed into the summary table.
             with contextlib.redirect_stdout(io.StringIO()):
-                for chunk in dataset.chunks(batch_size):
-                    calibrator.collect_data(CalibrationReader(chunk, batch_size, on_batch))
-                ranges = calibrator.compute_data()
-    except ValueError as exc:
-        failed = RangeTooWide if str(exc).startswith(TOO_MANY_BINS) else CalibrationFailed
-        raise failed(
-            f"{config.calibration.value} calibration failed on {dataset.source}: {first_line(exc)}"
-        ) from exc
+                try:
+                    for chunk in dataset.chunks(batch_size):
+                        calibrator.collect_data(CalibrationReader(chunk, batch_size, on_batch))
+                    ranges = calibrator.compute_data()
+                except ValueError as exc:
+                    raise _calibration_failed(exc, calibrator, config, dataset) from exc
     finally:
         augmented.unlink(missing_ok=True)
+    if fixed:
+        ranges = TensorsData(ranges.calibration_method, {**ranges.data, **_as_tensor_data(fixed)})
     save_tensors_data(ranges, cache_path)
     return ranges
+
+
+def _calibration_failed(
+    exc: ValueError, calibrator: object, config: QuantizeConfig, dataset: Dataset
+) -> CalibrationFailed:
+    """The error to raise for onnxruntime's `exc`: a histogram that numpy could not bin names the
+    tensors it could not (RangeTooWide)."""
+    failed = f"{config.calibration.value} calibration failed on {dataset.source}"
+    if not str(exc).startswith(TOO_MANY_BINS) or not isinstance(calibrator, HistogramCalibrater):
+        return CalibrationFailed(f"{failed}: {first_line(exc)}")
+    unbinnable = _unbinnable(calibrator)
+    if not unbinnable:
+        return RangeTooWide(f"{failed}: {first_line(exc)}")
+    return RangeTooWide(f"{failed}: numpy cannot bin {'; '.join(unbinnable)} ({first_line(exc)})")
+
+
+def constant_ranges(model: onnx.ModelProto) -> dict[str, tuple[float, float]]:
+    """The float outputs of the model's Constant nodes, with their value's range: what min-max would
+    find, without the data. Never quantized as activations (a Constant is not), and a histogram of
+    one (zero width) fails once its magnitude is past float32's resolution of numpy's +-0.5 bins."""
+    found = {}
+    for node in model.graph.node:
+        if node.op_type != "Constant" or len(node.attribute) != 1:
+            continue
+        value = onnx.helper.get_attribute_value(node.attribute[0])
+        if isinstance(value, onnx.TensorProto):
+            array = numpy_helper.to_array(value)
+        elif isinstance(value, float) or (isinstance(value, list) and value and isinstance(value[0], float)):
+            array = np.asarray(value, dtype=np.float32)
+        else:
+            continue  # ints, strings, a sparse tensor: nothing a float calibration reads
+        if array.dtype.kind == "f" and array.size:
+            found[node.output[0]] = (float(array.min()), float(array.max()))
+    return found
+
+
+def _as_tensor_data(spans: Mapping[str, tuple[float, float]]) -> dict[str, TensorData]:
+    return {
+        name: TensorData(lowest=np.array(low, np.float32), highest=np.array(high, np.float32))
+        for name, (low, high) in spans.items()
+    }
+
+
+def _unbinnable(calibrator: HistogramCalibrater) -> list[str]:
+    """The tensors of the batch a histogram failed on that onnxruntime's own collector, with the
+    calibrator's settings, cannot bin alone: each named with its range and why. The batch is the
+    calibrator's intermediate_outputs, kept when collect_data raised (none where compute_data did)."""
+    batches = getattr(calibrator, "intermediate_outputs", None) or []
+    names = [output.name for output in calibrator.infer_session.get_outputs()]
+    found = []
+    for index, name in enumerate(names):
+        if name not in calibrator.tensors_to_calibrate:
+            continue
+        values = np.concatenate([np.ravel(batch[index]) for batch in batches]) if batches else None
+        if values is None or not values.size:
+            continue
+        collector = HistogramCollector(
+            method=calibrator.method,
+            symmetric=calibrator.symmetric,
+            num_bins=calibrator.num_bins,
+            num_quantized_bins=calibrator.num_quantized_bins,
+            percentile=calibrator.percentile,
+            scenario=calibrator.scenario,
+        )
+        try:
+            collector.collect({name: values})
+        except ValueError:
+            low, high = float(np.nanmin(values)), float(np.nanmax(values))
+            found.append(
+                f"{name}, {low:.6g} in every row: a zero-width range at a magnitude where its "
+                f"{calibrator.num_bins} bins are finer than float32 resolves"
+                if low == high
+                else f"{name} [{low:.3g}, {high:.3g}]: a range too wide for float32 bin edges"
+            )
+    return found
 
 
 def quantize(

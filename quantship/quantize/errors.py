@@ -15,8 +15,11 @@ class CalibrationFailed(QuantizeInputError):
 
 
 class RangeTooWide(CalibrationFailed):
-    """A histogram calibrator could not bin a tensor whose range spans most of float32 (numpy's "Too
-    many bins for data range"): a sentinel such as an additive mask's finfo.min, found by min-max."""
+    """A histogram calibrator could not bin a tensor (numpy's "Too many bins for data range"), named
+    in the message where the failed batch shows which: a range spanning most of float32 (a sentinel
+    such as an additive mask's finfo.min, which min-max then finds and ranges itself), or a range of
+    zero width at a magnitude where numpy's +-0.5 of bins are finer than float32 resolves (a tensor
+    that is -10000 in every row)."""
 
 
 def first_line(exc: BaseException) -> str:

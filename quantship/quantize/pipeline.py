@@ -117,9 +117,6 @@ def run(
         _check_exclusions(config, prepared_model, pre_processed=pre_processed == "applied")
         if pre_processed.startswith("skipped"):
             note(f"onnxruntime's quant_pre_process was {pre_processed}; quantizing the model as given")
-        excluded_by_user = config.excluded_nodes
-        if calib is not None and config.mode is not Mode.DYNAMIC:  # dynamic has no ranges to fold
-            config = _keep_outputs_unclamped(config, prepared_model, note)
 
         gate = evaluator.gate
         if not progress.disable:  # -q: the summary table alone on stdout
@@ -151,7 +148,7 @@ def run(
             raise QuantizeInputError(
                 f"onnxruntime could not quantize {model_path} in any trial: {chosen.error}"
             )
-        _check_something_quantized(trials, excluded_by_user, model_path)
+        _check_something_quantized(trials, config.excluded_nodes, model_path)
         advice = None if chosen.passed else tuner.advice(trials, traits, evaluator.task)
         if advice is not None and warn is not None:  # said, not noted: the manifest holds it as tuning.advice
             warn(f"no trial passed the gate ({gate.describe()}); {advice}")
@@ -284,21 +281,6 @@ def _check_exclusions(config: QuantizeConfig, model: onnx.ModelProto, *, pre_pro
         )
 
 
-def _keep_outputs_unclamped(
-    config: QuantizeConfig, model: onnx.ModelProto, note: Callable[[str], None]
-) -> QuantizeConfig:
-    """`config` with every Relu/Clip in float whose folding would serve a graph output clamped to
-    its range (outputs.folded_into_outputs): excluded nodes, as if by --exclude, so the manifest
-    lists them and no trial counts them as quantized."""
-    kept = [node for node in outputs.folded_into_outputs(model) if node.name not in config.excluded_nodes]
-    for node in kept:
-        note(
-            f"{node.op_type} {node.name!r} is kept in float: its input {node.input[0]!r} is a graph output, "
-            f"which onnxruntime would quantize to the {node.op_type}'s output range and serve clamped to it"
-        )
-    return replace(config, excluded_nodes=config.excluded_nodes + tuple(node.name for node in kept))
-
-
 def _check_quantizable(model: onnx.ModelProto, source: Path) -> None:
     """A model none of whose ops onnxruntime quantizes would run every trial and fail the gate with
     advice about calibration data: say what it is at once."""
@@ -320,7 +302,7 @@ def _check_something_quantized(
 ) -> None:
     """The backstop of _check_quantizable: trials that all left every node in float are FP32 under
     another name, whatever the gate said of them. `excluded_by_user`: the --exclude given, not the
-    nodes quantship keeps in float itself."""
+    nodes quantship keeps in float itself (Workbench.kept_in_float)."""
     if any(trial.quantized_nodes for trial in trials):
         return
     why = " (or --exclude named every node it would)" if excluded_by_user else ""

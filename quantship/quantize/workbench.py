@@ -21,7 +21,7 @@ from onnxruntime.quantization.calibrate import TensorsData
 from rich.progress import Progress
 
 from quantship import runtime
-from quantship.quantize import data, engine, ranges, sensitivity, tuner
+from quantship.quantize import data, engine, outputs, ranges, sensitivity, tuner
 from quantship.quantize.config import Calibration, Format, Mode, QuantizeConfig
 from quantship.quantize.errors import CalibrationFailed, QuantizeInputError, RangeTooWide
 from quantship.quantize.evaluate import Evaluator
@@ -47,6 +47,12 @@ class Workbench:
         self._quantized: dict[str, list[onnx.NodeProto]] = {}
         self._sensitivity: dict[str, list[sensitivity.TensorError]] = {}
         self._announced: set[tuple[str, ...]] = set()
+        self._unclamped = [
+            (_unclamped_reason(node), (node.name,))
+            for node in outputs.folded_into_outputs(prepared_model)
+            if node.name not in config.excluded_nodes
+        ]
+        self._found_by_range: dict[str, list[tuple[str, tuple[str, ...]]]] = {}
         self._task = progress.add_task("tuning", total=config.max_trials + 1)
 
     def path(self, trial: tuner.Trial) -> Path:
@@ -61,7 +67,7 @@ class Workbench:
         try:
             cache_path = self.calibrations.cache_for(config)
             # Not the user's own --exclude again: the manifest lists those, then these.
-            kept = dict.fromkeys(self.float_only(config) + excluded)
+            kept = dict.fromkeys((*self.kept_in_float(config), *excluded))
             excluded = tuple(name for name in kept if name not in self.config.excluded_nodes)
             engine.quantize(
                 self.prepared,
@@ -107,21 +113,42 @@ class Workbench:
         self.trials.append(trial)
         return trial
 
-    def float_only(self, config: QuantizeConfig) -> tuple[str, ...]:
-        """The nodes around tensors `config`'s calibration found no INT8 scale for, kept in float by
-        every trial of it (said once per calibration)."""
-        found = self.calibrations.unquantizable(config)
-        nodes = ranges.nodes_around(self.prepared_model, found)
-        if nodes and nodes not in self._announced:
-            self._announced.add(nodes)
-            spans = ", ".join(f"{name} [{low:.3g}, {high:.3g}]" for name, (low, high) in found.items())
-            self.note(
-                f"{len(found)} calibrated tensors reach past "
-                f"+-{ranges.UNQUANTIZABLE_MAGNITUDE:g}, a sentinel such as an additive attention mask's "
-                f"finfo.min that no INT8 scale carries with the data ({spans}); their producers and "
-                f"consumers stay in float: {', '.join(nodes)}"
-            )
-        return nodes
+    def kept_in_float(self, config: QuantizeConfig) -> dict[str, str]:
+        """The nodes every trial of `config` keeps in float for correctness, not by the user's
+        --exclude, each with why (said once). Found in the graph: a Relu/Clip that would serve a graph
+        output clamped (outputs.folded_into_outputs). Found by `config`'s calibrated ranges: the
+        nodes around a sentinel past ranges.UNQUANTIZABLE_MAGNITUDE and an additive mask's path
+        (ranges.MASK_RATIO). Static recipes only: dynamic quantization has no ranges to fold or to
+        lose the data in. The trials' excluded nodes (and so the manifest's excluded_nodes), their
+        quantized counts and the fallback stages' candidates all read this."""
+        if config.mode is not Mode.STATIC:
+            return {}
+        kept: dict[str, str] = {}
+        for why, nodes in [*self._unclamped, *self._by_range(config)]:
+            wanted = [name for name in nodes if name not in kept and name not in self.config.excluded_nodes]
+            if wanted and nodes not in self._announced:
+                self._announced.add(nodes)
+                self.note(why)
+            kept.update(dict.fromkeys(wanted, why))
+        return kept
+
+    def _by_range(self, config: QuantizeConfig) -> list[tuple[str, tuple[str, ...]]]:
+        """What `config`'s calibration found to keep in float, with why: none before it ran or
+        where it failed. The 1e30 rule comes first and stays a rule of its own: it holds for any
+        tensor, attention or not, and its tensors are those no histogram can bin; the mask rule
+        needs an Add into a Softmax, and catches the -10000 the 1e30 bound misses."""
+        calibrated = self.calibrations.calibrated(config)
+        if calibrated is None:
+            return []
+        key = self.calibrations.key(config)
+        if key not in self._found_by_range:
+            found = []
+            if wide := ranges.unquantizable(calibrated):
+                found.append(_sentinels_reason(self.prepared_model, wide))
+            if masks := ranges.additive_masks(self.prepared_model, calibrated):
+                found.append(_masks_reason(self.prepared_model, masks))
+            self._found_by_range[key] = found
+        return self._found_by_range[key]
 
     def op_type_groups(self, recipe: QuantizeConfig) -> dict[str, tuple[str, ...]]:
         """The nodes `recipe` quantized that the tuner may leave in float, by op type (stage 2)."""
@@ -138,7 +165,7 @@ class Workbench:
     def _fallback_candidates(self, recipe: QuantizeConfig) -> list[onnx.NodeProto]:
         """Quantized nodes with a range of their own: not one the user already left in float, not a
         follower (engine.FOLLOWER_OPS), whose exclusion would only move its producer's range."""
-        excluded = set(self.config.excluded_nodes) | set(self.float_only(recipe))
+        excluded = set(self.config.excluded_nodes) | set(self.kept_in_float(recipe))
         return [
             node
             for node in self._quantized.get(recipe.label(), [])
@@ -150,7 +177,12 @@ class Workbench:
         if recipe.label() not in self._sensitivity:
             try:
                 errors = _sensitivity(
-                    self.prepared, recipe, self.calibrations, self.float_only(recipe), self.tmp, self.progress
+                    self.prepared,
+                    recipe,
+                    self.calibrations,
+                    tuple(self.kept_in_float(recipe)),
+                    self.tmp,
+                    self.progress,
                 )
             except QuantizeInputError:
                 raise
@@ -166,6 +198,43 @@ class Workbench:
     def done(self) -> None:
         count = len(self.trials)
         self.progress.update(self._task, total=count, completed=count, description="tuning: done")
+
+
+def _unclamped_reason(node: onnx.NodeProto) -> str:
+    return (
+        f"{node.op_type} {node.name!r} is kept in float: its input {node.input[0]!r} is a graph output, "
+        f"which onnxruntime would quantize to the {node.op_type}'s output range and serve clamped to it"
+    )
+
+
+def _sentinels_reason(
+    model: onnx.ModelProto, wide: dict[str, tuple[float, float]]
+) -> tuple[str, tuple[str, ...]]:
+    """Why the nodes around tensors past ranges.UNQUANTIZABLE_MAGNITUDE stay in float, and those nodes."""
+    nodes = ranges.nodes_around(model, wide)
+    spans = ", ".join(f"{name} [{low:.3g}, {high:.3g}]" for name, (low, high) in wide.items())
+    why = (
+        f"{len(wide)} calibrated tensors reach past +-{ranges.UNQUANTIZABLE_MAGNITUDE:g}, a sentinel "
+        f"such as an additive attention mask's finfo.min that no INT8 scale carries with the data "
+        f"({spans}); their producers and consumers stay in float: {', '.join(nodes)}"
+    )
+    return why, nodes
+
+
+def _masks_reason(model: onnx.ModelProto, masks: list[ranges.Mask]) -> tuple[str, tuple[str, ...]]:
+    """Why the masks' paths stay in float, and their nodes (in graph order, once each)."""
+    named = {node for mask in masks for node in mask.nodes}
+    nodes = tuple(node.name for node in model.graph.node if node.name in named)
+    once: dict[str, ranges.Mask] = {}
+    for mask in masks:  # one mask read by every layer's Add: named once, as first found
+        once.setdefault(mask.tensor, mask)
+    spans = ", ".join(f"{m.tensor} [{m.low:.3g}, {m.high:.3g}] beside +-{m.data:.3g}" for m in once.values())
+    why = (
+        f"additive masks reach {ranges.MASK_RATIO:g}x or more below the data they are added "
+        f"to before a Softmax ({spans}): one INT8 scale for both leaves the data a few codes, so "
+        f"what makes the mask, the sum and the Softmax stay in float: {', '.join(nodes)}"
+    )
+    return why, nodes
 
 
 def _kernel_op_type(node: onnx.NodeProto, recipe: QuantizeConfig) -> str:
@@ -188,16 +257,17 @@ class Calibrations:
     ) -> None:
         self.prepared, self.dataset, self.batch_size = prepared, dataset, batch_size
         self.tmp, self.progress = tmp, progress
-        self._done: dict[str, tuple[Path, TensorsData, dict[str, tuple[float, float]]]] = {}
+        self._done: dict[str, tuple[Path, TensorsData]] = {}
         self._failed: dict[str, CalibrationFailed] = {}
 
-    def _key(self, config: QuantizeConfig) -> str:
+    def key(self, config: QuantizeConfig) -> str:
+        """What sets a calibration apart: two configs of one key share it."""
         return json.dumps([config.calibration.value, config.calibration_params()], sort_keys=True)
 
     def cache_for(self, config: QuantizeConfig) -> Path | None:
         if config.mode is not Mode.STATIC or self.dataset is None:
             return None
-        key = self._key(config)
+        key = self.key(config)
         if key in self._failed:
             raise self._failed[key]
         if key not in self._done:
@@ -208,19 +278,18 @@ class Calibrations:
                 raise
         return self._done[key][0]
 
-    def _calibrate(self, config: QuantizeConfig) -> tuple[Path, TensorsData, dict[str, tuple[float, float]]]:
-        """A calibration and its unquantizable ranges. A histogram method that cannot bin a sentinel
-        range learns those tensors from min-max (a run the tuner reuses) and calibrates the rest."""
+    def _calibrate(self, config: QuantizeConfig) -> tuple[Path, TensorsData]:
+        """A calibration. A histogram method that cannot bin a sentinel's range takes those tensors'
+        ranges from min-max (a run the tuner reuses) and bins the rest."""
         try:
-            found = self._run(config, frozenset())
-            return *found, ranges.unquantizable(found[1])
+            return self._run(config, {})
         except RangeTooWide:
-            sentinels = self._by_minmax(config)
-            if not sentinels:
+            wide = self._wide_by_minmax(config)
+            if not wide:
                 raise
-            return *self._run(config, frozenset(sentinels)), sentinels
+            return self._run(config, wide)
 
-    def _by_minmax(self, config: QuantizeConfig) -> dict[str, tuple[float, float]]:
+    def _wide_by_minmax(self, config: QuantizeConfig) -> dict[str, tuple[float, float]]:
         minmax = replace(config, calibration=Calibration.MINMAX)
         if config.calibration is Calibration.MINMAX:
             return {}
@@ -228,9 +297,10 @@ class Calibrations:
             self.cache_for(minmax)
         except CalibrationFailed:
             return {}
-        return self.unquantizable(minmax)
+        calibrated = self.calibrated(minmax)
+        return ranges.unquantizable(calibrated) if calibrated is not None else {}
 
-    def _run(self, config: QuantizeConfig, skip: frozenset[str]) -> tuple[Path, TensorsData]:
+    def _run(self, config: QuantizeConfig, given: dict[str, tuple[float, float]]) -> tuple[Path, TensorsData]:
         assert self.dataset is not None
         task = self.progress.add_task(f"calibrating ({config.calibration.value})", total=self.dataset.size)
         cache = self.tmp / f"calibration-{len(self._done)}-{config.calibration.value}.json"
@@ -241,20 +311,20 @@ class Calibrations:
             self.batch_size,
             cache,
             lambda n: self.progress.advance(task, n),
-            skip,
+            given,
         )
         return cache, calibrated
 
     def ranges_for(self, config: QuantizeConfig) -> TensorsData | None:
         if self.cache_for(config) is None:
             return None
-        return self._done[self._key(config)][1]
+        return self._done[self.key(config)][1]
 
-    def unquantizable(self, config: QuantizeConfig) -> dict[str, tuple[float, float]]:
-        """Tensors of `config`'s calibration whose ranges no INT8 scale carries
-        (ranges.UNQUANTIZABLE_MAGNITUDE); none before it ran, or where it failed."""
-        done = self._done.get(self._key(config)) if config.mode is Mode.STATIC else None
-        return done[2] if done else {}
+    def calibrated(self, config: QuantizeConfig) -> TensorsData | None:
+        """`config`'s ranges where its calibration ran; None in dynamic mode, before it ran, or where
+        it failed (unlike ranges_for, never calibrates)."""
+        done = self._done.get(self.key(config)) if config.mode is Mode.STATIC else None
+        return done[1] if done else None
 
 
 def traits(model: onnx.ModelProto, can_calibrate: bool, hardware: runtime.Hardware) -> tuner.ModelTraits:
@@ -299,7 +369,7 @@ def _sensitivity(
     prepared: Path,
     config: QuantizeConfig,
     calibrations: Calibrations,
-    float_only: tuple[str, ...],
+    kept_in_float: tuple[str, ...],
     tmp: Path,
     progress: Progress,
 ) -> list[sensitivity.TensorError]:
@@ -315,7 +385,7 @@ def _sensitivity(
         qdq,
         config,
         cache_path=calibrations.cache_for(config),
-        exclude=config.excluded_nodes + float_only,
+        exclude=config.excluded_nodes + kept_in_float,
         format=Format.QDQ,
     )
     errors = sensitivity.measure(prepared, qdq, calib, calibrations.batch_size, tmp)

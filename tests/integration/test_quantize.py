@@ -628,11 +628,25 @@ MASKED_ATTENTION_FLOAT = ("mask_where", "mask_unsqueeze", "mask_add", "softmax")
 """The additive mask's path: the Where that makes finfo.min, what reads it, and the Softmax after."""
 
 
-def _masked_attention(folder: Path) -> tuple[Path, Path, Path]:
+def _masked_attention(
+    folder: Path, lowest: float = float(np.finfo(np.float32).min), *, constant: bool = False
+) -> tuple[Path, Path, Path]:
     """One attention head with a Hugging Face style additive padding mask: Where(mask == 0,
-    finfo(float32).min, 0) added to the scores before the Softmax. Returns model, calibration and
-    evaluation (labelled with FP32's own predictions)."""
+    `lowest`, 0) added to the scores before the Softmax; `lowest` an initializer, or the output of
+    a Constant node (`constant`, as torch exports it). Returns model, calibration and evaluation
+    (labelled with FP32's own predictions)."""
     from onnx import TensorProto, helper, numpy_helper
+
+    made_lowest = [
+        helper.make_node(
+            "Constant",
+            [],
+            ["lowest"],
+            value=numpy_helper.from_array(np.array(lowest, np.float32)),
+            name="lowest_constant",
+        )
+    ]
+    lowest_initializer = [numpy_helper.from_array(np.array(lowest, np.float32), "lowest")]
 
     rng = np.random.default_rng(0)
     width, steps = 16, 8
@@ -647,6 +661,7 @@ def _masked_attention(folder: Path) -> tuple[Path, Path, Path]:
             helper.make_node("MatMul", ["x", "wv"], ["v"], name="value"),
             helper.make_node("Transpose", ["k"], ["kt"], perm=[0, 2, 1], name="key_t"),
             helper.make_node("MatMul", ["q", "kt"], ["scores"], name="scores"),
+            *(made_lowest if constant else []),
             helper.make_node("Equal", ["mask", "zero"], ["padded"], name="padded"),
             helper.make_node("Where", ["padded", "lowest", "zero"], ["additive"], name="mask_where"),
             helper.make_node("Unsqueeze", ["additive", "axis1"], ["additive3"], name="mask_unsqueeze"),
@@ -668,7 +683,7 @@ def _masked_attention(folder: Path) -> tuple[Path, Path, Path]:
             weight("wv", width, width, scale=0.5),
             weight("wo", width, 4, scale=0.5),
             numpy_helper.from_array(np.array(0.0, np.float32), "zero"),
-            numpy_helper.from_array(np.array(np.finfo(np.float32).min, np.float32), "lowest"),
+            *([] if constant else lowest_initializer),
             numpy_helper.from_array(np.array([1], np.int64), "axis1"),
         ],
     )
@@ -729,3 +744,80 @@ def test_a_mask_node_the_user_excluded_is_listed_once(tmp_path: Path) -> None:
     result = run(model, tmp_path / "a", config, calibration=calibration, evaluation=evaluation)
     assert result.gate_passed
     assert result.artifact.manifest["quantization"]["excluded_nodes"] == list(MASKED_ATTENTION_FLOAT)
+
+
+@pytest.mark.parametrize("lowest", [-10000.0, -1e9])
+def test_a_moderate_additive_mask_stays_in_float_and_static_int8_passes(
+    tmp_path: Path, lowest: float
+) -> None:
+    """`(1 - mask) * -10000.0` (older transformers, TF exports) or a custom export's -1e9 is far
+    inside the 1e30 bound and ruined static INT8 all the same: one scale for the masked scores
+    left the scores of +-100 about 5 codes (accuracy 100% -> 78% here, 70% at -1e9). An Add into a
+    Softmax whose operand reaches MASK_RATIO x below the other is a mask: its path stays in float,
+    said once."""
+    model, calibration, evaluation = _masked_attention(tmp_path, lowest)
+    config = QuantizeConfig(strategy=Strategy.FALLBACK, max_trials=0, max_accuracy_delta=0.05)
+    result = run(model, tmp_path / "a", config, calibration=calibration, evaluation=evaluation)
+
+    assert result.gate_passed and result.chosen.number == 0
+    assert result.chosen.excluded == MASKED_ATTENTION_FLOAT
+    manifest = result.artifact.manifest
+    assert manifest["quantization"]["excluded_nodes"] == list(MASKED_ATTENTION_FLOAT)
+    (said,) = [w for w in result.warnings if "additive masks" in w]
+    assert f"additive3 [{lowest:.3g}, 0] beside" in said and ", ".join(MASKED_ATTENTION_FLOAT) in said
+    assert said in manifest["warnings"] and not [w for w in result.warnings if "reach past" in w]
+    assert {r.tensor for r in result.artifact.activation_ranges}.isdisjoint({"masked", "additive3"})
+
+
+def test_percentile_calibration_takes_a_constant_nodes_value_as_its_range(tmp_path: Path) -> None:
+    """A Constant node's -10000 was calibrated like an activation, at [-10000, -10000]: numpy widens
+    a zero-width range by +-0.5 into 2048 bins finer than float32 tells apart at 10000, and
+    percentile calibration died on "Too many bins" naming no tensor. A Constant is never quantized
+    as an activation; its value is its range, and no histogram is made of it. (Without
+    pre-processing, as where onnxruntime's symbolic shape inference gives up on a BERT: it folds
+    the Constant into an initializer.)"""
+    model, calibration, evaluation = _masked_attention(tmp_path, -10000.0, constant=True)
+    config = QuantizeConfig(
+        calibration=Calibration.PERCENTILE,
+        pre_process=False,
+        strategy=Strategy.FALLBACK,
+        max_trials=0,
+        max_accuracy_delta=0.05,
+    )
+    result = run(model, tmp_path / "a", config, calibration=calibration, evaluation=evaluation)
+
+    assert result.chosen.error is None and result.gate_passed
+    assert result.chosen.excluded == MASKED_ATTENTION_FLOAT
+    assert "additive3 [-1e+04, 0] beside" in " ".join(result.warnings)
+
+
+def test_a_range_no_histogram_can_bin_is_named_with_its_cause(tmp_path: Path) -> None:
+    """An activation that is -10000 in every row (not a Constant: computed from the input) cannot be
+    binned either; the failure names it and says why, where it said only numpy's "Too many bins"."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["x", "w"], ["y"], name="project"),
+            helper.make_node("Mul", ["y", "zero"], ["nothing"], name="nothing"),
+            helper.make_node("Add", ["nothing", "offset"], ["flat"], name="flat"),
+            helper.make_node("Add", ["y", "flat"], ["out"], name="shift"),
+        ],
+        "flat_activation",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["N", 3])],
+        [
+            numpy_helper.from_array(np.random.default_rng(0).normal(size=(4, 3)).astype(np.float32), "w"),
+            numpy_helper.from_array(np.array(0.0, np.float32), "zero"),
+            numpy_helper.from_array(np.array(-10000.0, np.float32), "offset"),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, tmp_path / "flat.onnx")
+    np.savez(tmp_path / "calibration.npz", x=np.random.default_rng(1).normal(size=(32, 4)).astype(np.float32))
+    config = QuantizeConfig(calibration=Calibration.PERCENTILE, strategy=Strategy.FALLBACK, max_trials=0)
+
+    with pytest.raises(QuantizeInputError, match="Too many bins") as failed:
+        run(tmp_path / "flat.onnx", tmp_path / "a", config, calibration=tmp_path / "calibration.npz")
+    assert "numpy cannot bin flat, -10000 in every row: a zero-width range" in str(failed.value)

@@ -95,6 +95,7 @@ def test_an_output_that_feeds_a_relu_is_served_with_its_negative_values(
     manifest = result.artifact.manifest
     assert manifest["quantization"]["mode"] == "static"  # dynamic has no ranges to fold
     assert manifest["quantization"]["excluded_nodes"] == ["relu"]
+    assert result.chosen.excluded == ("relu",), "kept in float by the trial, as the mask rule keeps its nodes"
     assert result.chosen.quantized_nodes >= 2, "both MatMuls still run int8"
     (said,) = [w for w in manifest["warnings"] if "'relu'" in w]
     assert "'embedding' is a graph output" in said and "clamped" in said
