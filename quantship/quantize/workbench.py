@@ -214,8 +214,9 @@ def _sentinels_reason(
     nodes = ranges.nodes_around(model, wide)
     spans = ", ".join(f"{name} [{low:.3g}, {high:.3g}]" for name, (low, high) in wide.items())
     why = (
-        f"{len(wide)} calibrated tensors reach past +-{ranges.UNQUANTIZABLE_MAGNITUDE:g}, a sentinel "
-        f"such as an additive attention mask's finfo.min that no INT8 scale carries with the data "
+        f"{len(wide)} calibrated tensors reach past +-{ranges.UNQUANTIZABLE_MAGNITUDE:g}: a sentinel, "
+        f"not data (an additive attention mask's finfo.min, the -inf of a log of 0), that no INT8 "
+        f"scale carries with the data "
         f"({spans}); their producers and consumers stay in float: {', '.join(nodes)}"
     )
     return why, nodes
