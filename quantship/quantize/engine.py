@@ -70,6 +70,11 @@ no range of its own out of the model, so the tuner does not try them."""
 FLOAT_TYPES = frozenset(
     {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16}
 )
+HALF_FLOATS = {onnx.TensorProto.FLOAT16: "float16", onnx.TensorProto.BFLOAT16: "bfloat16"}
+"""Weights onnxruntime does not quantize as weights: pre-processing on the CPU wraps each float16 op in
+Casts to float32 (InsertedPrecisionFreeCast_*), and the quantizer, seeing the weights as those Casts'
+outputs, quantized them at run time as activations, into an artifact larger than its model; quantized
+as they are, their float16 scales are invalid before opset 19. bfloat16 has no CPU kernels at all."""
 
 
 TOO_MANY_BINS = "Too many bins for data range"
@@ -100,7 +105,8 @@ def self_contained(path: Path, folder: Path) -> Path:
 
 
 def load_model(path: Path) -> onnx.ModelProto:
-    """Load an FP32 model, refusing what is not ONNX or what onnxruntime cannot run."""
+    """Load an FP32 model, refusing what is not ONNX, what holds 16-bit float weights or what
+    onnxruntime cannot run."""
     try:
         model = onnx.load(str(path))
     except FileNotFoundError as exc:
@@ -119,11 +125,34 @@ def load_model(path: Path) -> onnx.ModelProto:
         raise QuantizeInputError(f"{path} is not an ONNX model: {first_line(exc)}") from exc
     if not model.graph.node:
         raise QuantizeInputError(f"{path} is not an ONNX model: its graph has no nodes")
+    _refuse_half_float_weights(model, path)  # before the session: bfloat16 ones fail there, unexplained
     try:
         runtime.create_session(path)
     except Exception as exc:  # onnxruntime raises its own pybind types for every load failure
         raise QuantizeInputError(f"onnxruntime cannot load {path}: {first_line(exc)}") from exc
     return model
+
+
+def _refuse_half_float_weights(model: onnx.ModelProto, path: Path) -> None:
+    """A model exported in float16 (torch's model.half()) or bfloat16: HALF_FLOATS says why it cannot
+    be quantized as it is."""
+    weights = {init.name: init.data_type for init in model.graph.initializer} | {
+        node.output[0]: attribute.t.data_type
+        for node in model.graph.node
+        if node.op_type == "Constant"
+        for attribute in node.attribute
+        if attribute.name == "value"
+    }
+    floats = [name for name, kind in weights.items() if kind in FLOAT_TYPES]
+    half = [name for name in floats if weights[name] in HALF_FLOATS]
+    if not half:
+        return
+    kinds = " and ".join(sorted({HALF_FLOATS[weights[name]] for name in half}))
+    raise QuantizeInputError(
+        f"{path}: {len(half)} of its {len(floats)} float weights are {kinds} ({half[0]!r} first); "
+        "quantship quantizes float32 models: export the model in float32 (from torch: without model.half()) "
+        "and quantize that"
+    )
 
 
 def prepare(model_path: Path, out_path: Path, *, pre_process: bool) -> str:
