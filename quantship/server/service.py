@@ -20,6 +20,7 @@ import random
 import secrets
 import tempfile
 import time
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,7 +54,7 @@ from quantship.server.feedback import FeedbackStore
 from quantship.server.metrics import ServerMetrics
 from quantship.server.protocol import InferRequest, InferResponse
 from quantship.server.runner import Runner, Signature, Tensors, TensorSpec, UnsupportedModel
-from quantship.server.settings import ServerSettings
+from quantship.server.settings import QualitySettings, ServerSettings
 from quantship.server.shadow import Comparator, ShadowEvaluator, ShadowSample
 
 log = logging.getLogger("quantship.server")
@@ -293,23 +294,8 @@ class ModelService:
             raise LoadRefused(f"{loaded.model_path}: {exc}", reason="model") from exc
         proto = proto or runtime.load_proto(model)  # onnxruntime took it: for the graph analyses below
         self._check_hardware(loaded, runner)
-        compared = loaded.quantization.get("output") or runner.signature.outputs[0].name
-        try:
-            spec = runner.signature.output(compared)
-        except KeyError:
-            raise LoadRefused(
-                f"the manifest names output {compared!r}, the model has none", reason="format"
-            ) from None
-        rule = loaded.manifest.get("validation", {}).get("shadow_rule")
-        try:
-            comparator = Comparator.for_artifact(spec, rule, quality.disagreement_tolerance)
-        except (KeyError, ValueError, TypeError, AttributeError) as exc:
-            raise LoadRefused(
-                f"the manifest's shadow_rule {rule!r} is not valid: {exc}", reason="format"
-            ) from None
-        problem = unusable_ranges(proto, loaded.manifest)
-        if problem is not None:  # served, the clip and drift SLIs would fail or count nonsense
-            raise LoadRefused(f"the manifest's {problem}", reason="format")
+        comparator = check_manifest(loaded.manifest, proto, runner.signature, quality.disagreement_tolerance)
+        compared = comparator.output
         observer, ranges = None, loaded.activation_ranges
         if ranges and quality.clip_sample_rate > 0:
             observed, ranges = observer_model(proto, ranges)
@@ -637,6 +623,50 @@ class ModelService:
             "inputs": [_describe(spec) for spec in signature.inputs],
             "outputs": [_describe(spec) for spec in signature.outputs],
         }
+
+
+def check_manifest(
+    manifest: Mapping[str, Any], proto: onnx.ModelProto, signature: Signature, tolerance: float
+) -> Comparator:
+    """What a load checks of the manifest against the model it serves (`proto`, whose session has
+    `signature`), and the comparator of its gated output: that output is one of the model's, its
+    shadow rule fits it (`tolerance` is the rule of a manifest that predates them), and its activation
+    ranges and histograms are usable by the clip and drift SLIs. `check_loadable` (`quantship verify`)
+    runs it too, so an artifact verify calls good is not refused here. LoadRefused names what fails."""
+    compared = manifest.get("quantization", {}).get("output") or signature.outputs[0].name
+    try:
+        spec = signature.output(compared)
+    except KeyError:
+        raise LoadRefused(
+            f"the manifest names output {compared!r}, the model has none", reason="format"
+        ) from None
+    rule = manifest.get("validation", {}).get("shadow_rule")
+    try:
+        comparator = Comparator.for_artifact(spec, rule, tolerance)
+    except (KeyError, ValueError, TypeError, AttributeError) as exc:
+        raise LoadRefused(
+            f"the manifest's shadow_rule {rule!r} is not valid: {exc}", reason="format"
+        ) from None
+    problem = unusable_ranges(proto, manifest)
+    if problem is not None:  # served, the clip and drift SLIs would fail or count nonsense
+        raise LoadRefused(f"the manifest's {problem}", reason="format")
+    return comparator
+
+
+def check_loadable(loaded: Artifact) -> None:
+    """What a server's load checks of a verified artifact beyond its files, without serving it: its
+    model opens in onnxruntime, and its manifest fits that model (`check_manifest`). Run by
+    `quantship verify`; LoadRefused names what fails, as a server's load would."""
+    model = loaded.model_path.read_bytes()
+    proto = _inline_graph(model, loaded.model_path, reason="format")
+    try:
+        runner = Runner.load(model, threads=1, proto=proto)
+    except UnsupportedModel as exc:
+        raise LoadRefused(f"{loaded.model_path}: {exc}", reason="model") from exc
+    except ORT_ERRORS as exc:
+        raise LoadRefused(f"onnxruntime cannot load {loaded.model_path}: {exc}", reason="model") from exc
+    tolerance = QualitySettings().disagreement_tolerance  # a stable server's: either track checks alike
+    check_manifest(loaded.manifest, proto or runtime.load_proto(model), runner.signature, tolerance)
 
 
 def _inline_graph(content: bytes, path: Path, *, reason: str) -> onnx.ModelProto | None:
