@@ -290,11 +290,17 @@ class Artifact:
 
     @property
     def activation_ranges(self) -> list[ActivationRange]:
-        return [ActivationRange.from_json(r) for r in self.manifest.get("activation_ranges", [])]
+        """One a tensor: a range listed twice, alike (`_twice_problem` refuses two that differ), is
+        counted once, not twice a sample."""
+        ranges = (ActivationRange.from_json(r) for r in self.manifest.get("activation_ranges", []))
+        return list(dict.fromkeys(ranges))
 
     @property
     def activation_histograms(self) -> list[ActivationHistogram]:
-        return [ActivationHistogram.from_json(h) for h in self.manifest.get("activation_histograms", [])]
+        histograms = (
+            ActivationHistogram.from_json(h) for h in self.manifest.get("activation_histograms", [])
+        )
+        return list(dict.fromkeys(histograms))
 
     @property
     def quantization(self) -> dict[str, Any]:
@@ -465,7 +471,7 @@ def _check_readable(out_dir: Path, manifest: Mapping[str, Any], size: int) -> No
             "artifact's manifest may hold",
             reason="format",
         )
-    problem = _schema_problem(manifest)
+    problem = _manifest_problem(manifest)
     if problem is not None:
         raise ArtifactError(
             f"{out_dir}: its manifest would be refused on reading: {problem}", reason="format"
@@ -910,6 +916,26 @@ SCHEMA_ERRORS_WEIGHED = 100
 80-115 s of CPU for a 4 MiB manifest of a million bad items, about 60 µs each."""
 
 
+def _manifest_problem(manifest: Any) -> str | None:
+    """What makes a manifest unreadable past its file list and version: a type (MANIFEST_SCHEMA),
+    or a tensor given two different ranges or histograms."""
+    return _schema_problem(manifest) or _twice_problem(manifest)
+
+
+def _twice_problem(manifest: Mapping[str, Any]) -> str | None:
+    """The first tensor the manifest gives two different activation ranges (or histograms). A range
+    is what the served graph clamps that tensor to, so two that differ say nothing the clip and drift
+    SLIs could count by: a broken or tampered manifest. Two alike are only said twice (onnxruntime
+    quantizes a tensor once per consumer with DedicatedQDQPair; quantship writes one)."""
+    for key in ("activation_ranges", "activation_histograms"):
+        first: dict[str, Any] = {}
+        for index, entry in enumerate(manifest.get(key) or ()):
+            if first.setdefault(entry["tensor"], entry) != entry:
+                tensor = brief(repr(entry["tensor"]), 60)
+                return f"[{key!r}][{index}]: a second, different entry for tensor {tensor}"
+    return None
+
+
 def _schema_problem(manifest: Any) -> str | None:
     import jsonschema  # here: ~60 ms to import, and every command imports this module
 
@@ -1029,7 +1055,7 @@ def _read_manifest(root: Path) -> dict[str, Any]:
         raise ArtifactError(
             f"{manifest_path}: format version {version!r}, this quantship reads {readable}", reason="format"
         )
-    problem = _schema_problem(manifest)
+    problem = _manifest_problem(manifest)
     if problem is not None:
         raise ArtifactError(f"{manifest_path}: {problem}", reason="format")
     return manifest
