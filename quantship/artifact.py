@@ -86,6 +86,18 @@ MAX_LABEL_CHARS = 128
 `quantship_hardware_info`): a calibration method, a CPU's name (x86's brand string is at most 48),
 a version. Every replica sends each one on every scrape, and Prometheus keeps them."""
 
+MAX_TENSOR_NAME_CHARS = 4096
+"""The longest tensor name a manifest may hold (a range's, a histogram's, a sensitivity's, the gated
+output's). ONNX sets no limit; exporters write names of tens of characters, a few hundred at most
+(a deep module path), so 4096 refuses nothing real, and a hostile name of megabytes never reaches a
+load error, a log line or the report (its refusal shows 40 characters of it)."""
+TENSOR_NAME_FIELDS = {
+    "activation_ranges": ("tensor", "float_tensor"),
+    "activation_histograms": ("tensor",),
+    "sensitivity": ("tensor",),
+}
+"""Where a manifest lists tensor names: the fields of each item of these lists (and quantization.output)."""
+
 FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,254}")
 """How the manifest may name a file of the artifact (model.onnx, reference.onnx): a plain name in the
 artifact's folder. The manifest may be hostile: no separator or `..` to step out of the folder, and
@@ -917,9 +929,26 @@ SCHEMA_ERRORS_WEIGHED = 100
 
 
 def _manifest_problem(manifest: Any) -> str | None:
-    """What makes a manifest unreadable past its file list and version: a type (MANIFEST_SCHEMA),
-    or a tensor given two different ranges or histograms."""
-    return _schema_problem(manifest) or _twice_problem(manifest)
+    """What makes a manifest unreadable past its file list and version: a type (MANIFEST_SCHEMA), a
+    tensor name past MAX_TENSOR_NAME_CHARS, or a tensor given two different ranges or histograms."""
+    return _schema_problem(manifest) or _tensor_name_problem(manifest) or _twice_problem(manifest)
+
+
+def _tensor_name_problem(manifest: Mapping[str, Any]) -> str | None:
+    """The first tensor name longer than MAX_TENSOR_NAME_CHARS, shown cut short."""
+    named: list[tuple[tuple[Any, ...], Any]] = [
+        (("quantization", "output"), (manifest.get("quantization") or {}).get("output"))
+    ]
+    for key, fields in TENSOR_NAME_FIELDS.items():
+        for index, entry in enumerate(manifest.get(key) or ()):
+            named += [((key, index, field), entry.get(field)) for field in fields]
+    for where, name in named:
+        if isinstance(name, str) and len(name) > MAX_TENSOR_NAME_CHARS:
+            return (
+                f"{''.join(f'[{part!r}]' for part in where)}: a tensor name of {len(name)} characters, more "
+                f"than the {MAX_TENSOR_NAME_CHARS} a manifest may hold: {brief(repr(name), 40)}"
+            )
+    return None
 
 
 def _twice_problem(manifest: Mapping[str, Any]) -> str | None:
