@@ -77,7 +77,8 @@ MAX_MANIFEST_BYTES = 4 * 2**20
 """The largest manifest read or written: 4 MiB. A manifest costs about 1.1 KB per quantized activation
 (its range and histogram) and 0.2 KB per node (its sensitivity): the digits model's is 17-21 KB, a
 100-layer MLP's (102 activations, 303 nodes) 187 KB, so EfficientNet-Lite0's 62 activations take about
-100 KB, and 4 MiB holds some 2,000 activations with their nodes (a 24-layer BERT). JSON swells when
+100 KB, and 4 MiB holds some 2,000 activations with their nodes (a 24-layer BERT); `quantize` refuses
+a model with too many before calibrating (`least_manifest_bytes`). JSON swells when
 parsed, up to 33 times for a manifest of nested empty lists: 4 MiB of them took 133 MB, where the
 64 MiB this was took 1.75 GB, enough to kill a server pod with a small memory limit."""
 
@@ -466,12 +467,30 @@ def write_artifact(
                 "key_id": _public_key_id(sign_key.public_key()),
                 "value": base64.b64encode(sign_key.sign(canonical_bytes(full))).decode(),
             }
-        text = json.dumps(full, indent=2, sort_keys=True, allow_nan=False) + "\n"
+        text = _manifest_text(full)
         _check_readable(out_dir, full, len(text.encode()))
         (staging / MANIFEST_FILE).write_text(text)
         staging.chmod(0o755)
         replace_dir(staging, out_dir)
     return Artifact(root=out_dir, manifest=full, signed=sign_key is not None)
+
+
+def _manifest_text(manifest: Mapping[str, Any]) -> str:
+    """A manifest as written: indented for people, keys sorted, numbers finite."""
+    return json.dumps(manifest, indent=2, sort_keys=True, allow_nan=False) + "\n"
+
+
+def least_manifest_bytes(tensors: Collection[str]) -> int:
+    """The fewest bytes the activation ranges and calibration histograms of `tensors` take in a
+    manifest as `write_artifact` writes it, every number at its shortest (a real one is about 1.2
+    times this): what `quantize` weighs against MAX_MANIFEST_BYTES before its first trial."""
+    least = {
+        "activation_ranges": [ActivationRange(name, 0.0, 0.0, 0.0).to_json() for name in tensors],
+        "activation_histograms": [
+            ActivationHistogram(name, 0.0, 0.0, (0,) * HISTOGRAM_BINS, 0, 0).to_json() for name in tensors
+        ],
+    }
+    return len(_manifest_text(least).encode())
 
 
 def _check_readable(out_dir: Path, manifest: Mapping[str, Any], size: int) -> None:

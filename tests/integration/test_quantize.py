@@ -123,6 +123,44 @@ def test_a_tensor_onnxruntime_quantizes_once_per_consumer_has_one_range(tmp_path
     assert len({r.tensor for r in found}) == len(found)
 
 
+def test_a_model_whose_ranges_cannot_fit_the_manifest_is_refused_before_calibrating(tmp_path: Path) -> None:
+    """The 4 MiB cap was met only when the artifact was written, after calibration and every trial:
+    480 quantized activations of 4000-character names take some 4.3 MB of ranges and histograms."""
+    rng = np.random.default_rng(0)
+    layers, name = 480, "activation".ljust(4000, "_")
+    weights = [
+        onnx.numpy_helper.from_array(rng.normal(size=(2, 2, 1, 1)).astype(np.float32), f"w{i}")
+        for i in range(layers)
+    ]
+    tensors = ["X", *(f"{name}{i}" for i in range(1, layers)), "Y"]
+    nodes = [
+        onnx.helper.make_node("Conv", [tensors[i], f"w{i}"], [tensors[i + 1]], name=f"conv{i}")
+        for i in range(layers)
+    ]
+    io = [onnx.helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, [None, 2, 1, 1]) for t in "XY"]
+    graph = onnx.helper.make_graph(nodes, "deep", io[:1], io[1:], weights)
+    onnx.save(
+        onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)]), tmp_path / "m.onnx"
+    )
+    np.savez(tmp_path / "data.npz", X=rng.normal(size=(8, 2, 1, 1)).astype(np.float32))
+    assert len(max(tensors, key=len)) <= artifact.MAX_TENSOR_NAME_CHARS
+
+    with pytest.raises(
+        QuantizeInputError, match=f"quantizing its {layers} activations takes at least"
+    ) as refused:
+        run(
+            tmp_path / "m.onnx",
+            tmp_path / "a",
+            QuantizeConfig(max_trials=0, pre_process=False),
+            calibration=tmp_path / "data.npz",
+        )
+
+    assert f"more than the {artifact.MAX_MANIFEST_BYTES} an artifact's manifest may hold" in str(
+        refused.value
+    )
+    assert not (tmp_path / "a").exists()
+
+
 def test_skewed_calibration_gives_ranges_that_real_traffic_clips(
     good_artifact: artifact.Artifact, skewed_artifact: artifact.Artifact, sample: zoo.SampleModel
 ) -> None:
