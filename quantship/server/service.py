@@ -287,12 +287,7 @@ class ModelService:
             log.info("onnxruntime intra-op threads: %d, what the CPU quota allows", threads)
         model = verified.take(MODEL_FILE)
         assert model is not None  # load_verified kept it: every artifact lists its model
-        proto = _inline_graph(model, loaded.model_path, reason="format")
-        try:
-            runner = Runner.load(model, threads=threads, proto=proto)
-        except UnsupportedModel as exc:
-            raise LoadRefused(f"{loaded.model_path}: {exc}", reason="model") from exc
-        proto = proto or runtime.load_proto(model)  # onnxruntime took it: for the graph analyses below
+        runner, proto = _open_model(model, loaded.model_path, threads)
         self._check_hardware(loaded, runner)
         comparator = check_manifest(loaded.manifest, proto, runner.signature, quality.disagreement_tolerance)
         compared = comparator.output
@@ -630,7 +625,7 @@ def check_manifest(
 ) -> Comparator:
     """What a load checks of the manifest against the model it serves (`proto`, whose session has
     `signature`), and the comparator of its gated output: that output is one of the model's, its
-    shadow rule fits it (`tolerance` is the rule of a manifest that predates them), and its activation
+    shadow rule fits it (`tolerance` makes the rule of a manifest that has none), and its activation
     ranges and histograms are usable by the clip and drift SLIs. `check_loadable` (`quantship verify`)
     runs it too, so an artifact verify calls good is not refused here. LoadRefused names what fails."""
     compared = manifest.get("quantization", {}).get("output") or signature.outputs[0].name
@@ -657,16 +652,22 @@ def check_loadable(loaded: Artifact) -> None:
     """What a server's load checks of a verified artifact beyond its files, without serving it: its
     model opens in onnxruntime, and its manifest fits that model (`check_manifest`). Run by
     `quantship verify`; LoadRefused names what fails, as a server's load would."""
-    model = loaded.model_path.read_bytes()
-    proto = _inline_graph(model, loaded.model_path, reason="format")
     try:
-        runner = Runner.load(model, threads=1, proto=proto)
-    except UnsupportedModel as exc:
-        raise LoadRefused(f"{loaded.model_path}: {exc}", reason="model") from exc
-    except ORT_ERRORS as exc:
+        runner, proto = _open_model(loaded.model_path.read_bytes(), loaded.model_path, threads=1)
+    except ORT_ERRORS as exc:  # a server's load says the same (`ModelService.load`)
         raise LoadRefused(f"onnxruntime cannot load {loaded.model_path}: {exc}", reason="model") from exc
-    tolerance = QualitySettings().disagreement_tolerance  # a stable server's: either track checks alike
-    check_manifest(loaded.manifest, proto or runtime.load_proto(model), runner.signature, tolerance)
+    tolerance = QualitySettings().disagreement_tolerance  # read only where a manifest has no shadow rule
+    check_manifest(loaded.manifest, proto, runner.signature, tolerance)
+
+
+def _open_model(model: bytes, path: Path, threads: int | None) -> tuple[Runner, onnx.ModelProto]:
+    """A session of the served model's verified bytes, and its graph (for the load-time analyses)."""
+    proto = _inline_graph(model, path, reason="format")
+    try:
+        runner = Runner.load(model, threads=threads, proto=proto)
+    except UnsupportedModel as exc:
+        raise LoadRefused(f"{path}: {exc}", reason="model") from exc
+    return runner, proto or runtime.load_proto(model)  # onnxruntime took it: protobuf reads it
 
 
 def _inline_graph(content: bytes, path: Path, *, reason: str) -> onnx.ModelProto | None:
