@@ -298,7 +298,7 @@ class ModelService:
         fallback = runner_module.fallback_ops(model, proto=proto)
         rows_mix = runtime.rows_mix(proto)
         del model, proto  # the served model's bytes and graph: its sessions hold what they need
-        reference = self._open_reference(self._reference_model(verified), runner.signature, compared)
+        reference = _open_reference(self._reference_model(verified), runner.signature, compared)
         batching = batch_policy.choose(runner, settings.batching.max_batch_size, rows_mix=rows_mix)
         deterministic = probe.deterministic(runner)
         return Opened(
@@ -339,29 +339,6 @@ class ModelService:
             raise LoadRefused(
                 f"cannot read reference {path}: {exc.strerror or exc}", reason="reference"
             ) from exc
-
-    def _open_reference(
-        self, source: tuple[Path, bytes] | None, served: Signature, compared: str
-    ) -> Runner | None:
-        """A session of the reference (`source`: its path, for messages, and its bytes), refused
-        unless it takes what the served model takes (names, types, ranks, fixed dimensions): one
-        that took other shapes would fail every shadow sample, and the rollout would see no data."""
-        if source is None:
-            return None
-        path, content = source
-        proto = _inline_graph(content, path, reason="reference")
-        try:
-            reference = Runner.load(content, threads=1, proto=proto)
-        except ORT_ERRORS as exc:
-            raise LoadRefused(f"onnxruntime cannot load reference {path}: {exc}", reason="reference") from exc
-        if not _takes_alike(reference.signature.inputs, served.inputs, _unshaped_inputs(proto)):
-            raise LoadRefused(
-                f"reference {path} takes {_inputs(reference.signature)}, the served model {_inputs(served)}",
-                reason="reference",
-            )
-        if compared not in {spec.name for spec in reference.signature.outputs}:
-            raise LoadRefused(f"reference {path} has no output {compared!r} to compare", reason="reference")
-        return reference
 
     def _assemble(self, opened: Opened) -> Model:
         settings, quality = self.settings, self.settings.quality
@@ -650,14 +627,42 @@ def check_manifest(
 
 def check_loadable(loaded: Artifact) -> None:
     """What a server's load checks of a verified artifact beyond its files, without serving it: its
-    model opens in onnxruntime, and its manifest fits that model (`check_manifest`). Run by
-    `quantship verify`; LoadRefused names what fails, as a server's load would."""
+    model opens in onnxruntime, its manifest fits that model (`check_manifest`), and its reference,
+    if it has one, takes the model's inputs and has the compared output. Run by `quantship verify`;
+    LoadRefused names what fails, as a server's load would."""
     try:
         runner, proto = _open_model(loaded.model_path.read_bytes(), loaded.model_path, threads=1)
     except ORT_ERRORS as exc:  # a server's load says the same (`ModelService.load`)
         raise LoadRefused(f"onnxruntime cannot load {loaded.model_path}: {exc}", reason="model") from exc
     tolerance = QualitySettings().disagreement_tolerance  # read only where a manifest has no shadow rule
-    check_manifest(loaded.manifest, proto, runner.signature, tolerance)
+    signature = runner.signature
+    comparator = check_manifest(loaded.manifest, proto, signature, tolerance)
+    del runner, proto  # before the reference's session: one model in memory at a time
+    reference = loaded.reference_path
+    if reference is not None:
+        _open_reference((reference, reference.read_bytes()), signature, comparator.output)
+
+
+def _open_reference(source: tuple[Path, bytes] | None, served: Signature, compared: str) -> Runner | None:
+    """A session of the reference (`source`: its path, for messages, and its bytes), refused
+    unless it takes what the served model takes (names, types, ranks, fixed dimensions): one
+    that took other shapes would fail every shadow sample, and the rollout would see no data."""
+    if source is None:
+        return None
+    path, content = source
+    proto = _inline_graph(content, path, reason="reference")
+    try:
+        reference = Runner.load(content, threads=1, proto=proto)
+    except ORT_ERRORS as exc:
+        raise LoadRefused(f"onnxruntime cannot load reference {path}: {exc}", reason="reference") from exc
+    if not _takes_alike(reference.signature.inputs, served.inputs, _unshaped_inputs(proto)):
+        raise LoadRefused(
+            f"reference {path} takes {_inputs(reference.signature)}, the served model {_inputs(served)}",
+            reason="reference",
+        )
+    if compared not in {spec.name for spec in reference.signature.outputs}:
+        raise LoadRefused(f"reference {path} has no output {compared!r} to compare", reason="reference")
+    return reference
 
 
 def _open_model(model: bytes, path: Path, threads: int | None) -> tuple[Runner, onnx.ModelProto]:
