@@ -133,8 +133,8 @@ def test_tensor_names_holding_mathtext_are_drawn_as_written(
 
     def rename(manifest: dict[str, Any]) -> None:
         for section in ("sensitivity", "activation_ranges"):
-            for i, entry in enumerate(manifest[section]):
-                entry["tensor"] = names[i % len(names)]
+            for i, entry in enumerate(manifest[section]):  # each range its own tensor (one range a tensor)
+                entry["tensor"] = names[i % len(names)] + (str(i) if i >= len(names) else "")
 
     edited = _edited(good_artifact, tmp_path / "a", rename)
     code, _, err = _cli("report", edited, "-o", tmp_path / "r.html")
