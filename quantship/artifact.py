@@ -77,7 +77,8 @@ MAX_MANIFEST_BYTES = 4 * 2**20
 """The largest manifest read or written: 4 MiB. A manifest costs about 1.1 KB per quantized activation
 (its range and histogram) and 0.2 KB per node (its sensitivity): the digits model's is 17-21 KB, a
 100-layer MLP's (102 activations, 303 nodes) 187 KB, so EfficientNet-Lite0's 62 activations take about
-100 KB, and 4 MiB holds some 2,000 activations with their nodes (a 24-layer BERT). JSON swells when
+100 KB, and 4 MiB holds some 2,000 activations with their nodes (a 24-layer BERT); `quantize` refuses
+a model with too many before calibrating (`least_manifest_bytes`). JSON swells when
 parsed, up to 33 times for a manifest of nested empty lists: 4 MiB of them took 133 MB, where the
 64 MiB this was took 1.75 GB, enough to kill a server pod with a small memory limit."""
 
@@ -85,6 +86,18 @@ MAX_LABEL_CHARS = 128
 """The longest manifest string that becomes a Prometheus label value (`quantship_model_info`,
 `quantship_hardware_info`): a calibration method, a CPU's name (x86's brand string is at most 48),
 a version. Every replica sends each one on every scrape, and Prometheus keeps them."""
+
+MAX_TENSOR_NAME_CHARS = 4096
+"""The longest tensor name a manifest may hold (a range's, a histogram's, a sensitivity's, the gated
+output's). ONNX sets no limit; exporters write names of tens of characters, a few hundred at most
+(a deep module path), so 4096 refuses nothing real, and a hostile name of megabytes never reaches a
+load error, a log line or the report (its refusal shows 40 characters of it)."""
+TENSOR_NAME_FIELDS = {
+    "activation_ranges": ("tensor", "float_tensor"),
+    "activation_histograms": ("tensor",),
+    "sensitivity": ("tensor",),
+}
+"""Where a manifest lists tensor names: the fields of each item of these lists (and quantization.output)."""
 
 FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,254}")
 """How the manifest may name a file of the artifact (model.onnx, reference.onnx): a plain name in the
@@ -290,11 +303,17 @@ class Artifact:
 
     @property
     def activation_ranges(self) -> list[ActivationRange]:
-        return [ActivationRange.from_json(r) for r in self.manifest.get("activation_ranges", [])]
+        """One a tensor: a range listed twice, alike (`_twice_problem` refuses two that differ), is
+        counted once, not twice a sample."""
+        ranges = (ActivationRange.from_json(r) for r in self.manifest.get("activation_ranges", []))
+        return list(dict.fromkeys(ranges))
 
     @property
     def activation_histograms(self) -> list[ActivationHistogram]:
-        return [ActivationHistogram.from_json(h) for h in self.manifest.get("activation_histograms", [])]
+        histograms = (
+            ActivationHistogram.from_json(h) for h in self.manifest.get("activation_histograms", [])
+        )
+        return list(dict.fromkeys(histograms))
 
     @property
     def quantization(self) -> dict[str, Any]:
@@ -448,12 +467,30 @@ def write_artifact(
                 "key_id": _public_key_id(sign_key.public_key()),
                 "value": base64.b64encode(sign_key.sign(canonical_bytes(full))).decode(),
             }
-        text = json.dumps(full, indent=2, sort_keys=True, allow_nan=False) + "\n"
+        text = _manifest_text(full)
         _check_readable(out_dir, full, len(text.encode()))
         (staging / MANIFEST_FILE).write_text(text)
         staging.chmod(0o755)
         replace_dir(staging, out_dir)
     return Artifact(root=out_dir, manifest=full, signed=sign_key is not None)
+
+
+def _manifest_text(manifest: Mapping[str, Any]) -> str:
+    """A manifest as written: indented for people, keys sorted, numbers finite."""
+    return json.dumps(manifest, indent=2, sort_keys=True, allow_nan=False) + "\n"
+
+
+def least_manifest_bytes(tensors: Collection[str]) -> int:
+    """The fewest bytes the activation ranges and calibration histograms of `tensors` take in a
+    manifest as `write_artifact` writes it, every number at its shortest (a real one is about 1.2
+    times this): what `quantize` weighs against MAX_MANIFEST_BYTES before its first trial."""
+    least = {
+        "activation_ranges": [ActivationRange(name, 0.0, 0.0, 0.0).to_json() for name in tensors],
+        "activation_histograms": [
+            ActivationHistogram(name, 0.0, 0.0, (0,) * HISTOGRAM_BINS, 0, 0).to_json() for name in tensors
+        ],
+    }
+    return len(_manifest_text(least).encode())
 
 
 def _check_readable(out_dir: Path, manifest: Mapping[str, Any], size: int) -> None:
@@ -465,7 +502,7 @@ def _check_readable(out_dir: Path, manifest: Mapping[str, Any], size: int) -> No
             "artifact's manifest may hold",
             reason="format",
         )
-    problem = _schema_problem(manifest)
+    problem = _manifest_problem(manifest)
     if problem is not None:
         raise ArtifactError(
             f"{out_dir}: its manifest would be refused on reading: {problem}", reason="format"
@@ -910,6 +947,43 @@ SCHEMA_ERRORS_WEIGHED = 100
 80-115 s of CPU for a 4 MiB manifest of a million bad items, about 60 µs each."""
 
 
+def _manifest_problem(manifest: Any) -> str | None:
+    """What makes a manifest unreadable past its file list and version: a type (MANIFEST_SCHEMA), a
+    tensor name past MAX_TENSOR_NAME_CHARS, or a tensor given two different ranges or histograms."""
+    return _schema_problem(manifest) or _tensor_name_problem(manifest) or _twice_problem(manifest)
+
+
+def _tensor_name_problem(manifest: Mapping[str, Any]) -> str | None:
+    """The first tensor name longer than MAX_TENSOR_NAME_CHARS, shown cut short."""
+    named: list[tuple[tuple[Any, ...], Any]] = [
+        (("quantization", "output"), (manifest.get("quantization") or {}).get("output"))
+    ]
+    for key, fields in TENSOR_NAME_FIELDS.items():
+        for index, entry in enumerate(manifest.get(key) or ()):
+            named += [((key, index, field), entry.get(field)) for field in fields]
+    for where, name in named:
+        if isinstance(name, str) and len(name) > MAX_TENSOR_NAME_CHARS:
+            return (
+                f"{''.join(f'[{part!r}]' for part in where)}: a tensor name of {len(name)} characters, more "
+                f"than the {MAX_TENSOR_NAME_CHARS} a manifest may hold: {brief(repr(name), 40)}"
+            )
+    return None
+
+
+def _twice_problem(manifest: Mapping[str, Any]) -> str | None:
+    """The first tensor the manifest gives two different activation ranges (or histograms). A range
+    is what the served graph clamps that tensor to, so two that differ say nothing the clip and drift
+    SLIs could count by: a broken or tampered manifest. Two alike are only said twice (onnxruntime
+    quantizes a tensor once per consumer with DedicatedQDQPair; quantship writes one)."""
+    for key in ("activation_ranges", "activation_histograms"):
+        first: dict[str, Any] = {}
+        for index, entry in enumerate(manifest.get(key) or ()):
+            if first.setdefault(entry["tensor"], entry) != entry:
+                tensor = brief(repr(entry["tensor"]), 60)
+                return f"[{key!r}][{index}]: a second, different entry for tensor {tensor}"
+    return None
+
+
 def _schema_problem(manifest: Any) -> str | None:
     import jsonschema  # here: ~60 ms to import, and every command imports this module
 
@@ -1029,7 +1103,7 @@ def _read_manifest(root: Path) -> dict[str, Any]:
         raise ArtifactError(
             f"{manifest_path}: format version {version!r}, this quantship reads {readable}", reason="format"
         )
-    problem = _schema_problem(manifest)
+    problem = _manifest_problem(manifest)
     if problem is not None:
         raise ArtifactError(f"{manifest_path}: {problem}", reason="format")
     return manifest

@@ -612,11 +612,17 @@ def pull(
 @click.option("--public-key", type=click.Path(path_type=Path), help="Require a valid ed25519 signature.")
 @user_errors
 def verify(path: Path, public_key: Path | None) -> None:
-    """Check an artifact's file hashes (and its signature when --public-key is given)."""
+    """Check an artifact's file hashes (and its signature when --public-key is given), and that a
+    server's load would take it: its model opens, and its manifest fits the model."""
+    from quantship.server.service import LoadRefused, check_loadable
+
     key = artifact.load_public_key(public_key) if public_key else None
     scratch.sweep()  # what verifies and servers killed before us left behind
     with artifact.opened(path, public_key=key) as loaded:  # a .tar.gz unpacked, then removed
-        pass  # verified on opening: hashes, signature and archive checks
+        try:  # hashes, signature and archive checks passed on opening; then the load's own
+            check_loadable(loaded)
+        except LoadRefused as exc:
+            raise Refused(f"{path}: a server refuses to load it: {exc}") from exc
     signature = (
         "signature valid" if key else ("signed, signature not checked" if loaded.signed else "unsigned")
     )

@@ -14,7 +14,7 @@ import signal
 import subprocess
 import sys
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -442,6 +442,16 @@ def leading_quantizable_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
         for node in candidates
         if any(types.get(name, onnx.TensorProto.FLOAT) in FLOAT_TYPES for name in node.input if name)
     ]
+
+
+def quantized_activations(model: onnx.ModelProto, excluded: Collection[str]) -> list[str]:
+    """The activations a static recipe quantizes, as far as the FP32 graph tells before any trial:
+    the computed first input of each node onnxruntime quantizes on its own (leading_quantizable_nodes),
+    but those `excluded`; once each. An estimate (ops that follow a quantized one add theirs)."""
+    constants = {init.name for init in model.graph.initializer}
+    constants |= {out for node in model.graph.node if node.op_type == "Constant" for out in node.output}
+    leading = (node for node in leading_quantizable_nodes(model) if node.name not in excluded)
+    return list(dict.fromkeys(node.input[0] for node in leading if node.input[0] not in constants))
 
 
 def _with_inferred_types(model: onnx.ModelProto) -> onnx.ModelProto:

@@ -130,6 +130,7 @@ def run(
             prepared, prepared_model, config, evaluator, calibrations, tmp, progress, note
         )
         traits = workbench.traits(prepared_model, calib is not None, hardware)
+        _check_manifest_fits(prepared_model, config, traits, model_path)
         trials = tuner.tune(
             config,
             traits,
@@ -264,6 +265,26 @@ def _in_the_way(destination: Path) -> bool:
     if destination.is_dir() and not destination.is_symlink() and not any(destination.iterdir()):
         return False
     return destination.exists() and not (destination / artifact.MANIFEST_FILE).is_file()
+
+
+def _check_manifest_fits(
+    model: onnx.ModelProto, config: QuantizeConfig, traits: tuner.ModelTraits, source: Path
+) -> None:
+    """Refuse, before calibrating, a model whose artifact could not hold its activations' ranges: the
+    manifest holds MAX_MANIFEST_BYTES, and a range with its drift histogram takes about a KB, so
+    the write at the end refused it after every trial. Where every recipe is static only (dynamic
+    ones write no ranges), and by an estimate that leans low (`artifact.least_manifest_bytes` of
+    `engine.quantized_activations`): the write's own check keeps the last word."""
+    if any(recipe.mode is Mode.DYNAMIC for recipe in tuner.recipes(config, traits)):
+        return
+    tensors = engine.quantized_activations(model, config.excluded_nodes)
+    least = artifact.least_manifest_bytes(tensors)
+    if least > artifact.MAX_MANIFEST_BYTES:
+        raise QuantizeInputError(
+            f"{source}: quantizing its {len(tensors)} activations takes at least {least} bytes of "
+            f"ranges and histograms, more than the {artifact.MAX_MANIFEST_BYTES} an artifact's manifest "
+            "may hold; keep part of the model in float (--exclude) or quantize dynamically (--mode dynamic)"
+        )
 
 
 def _check_exclusions(config: QuantizeConfig, model: onnx.ModelProto, *, pre_processed: bool) -> None:

@@ -81,6 +81,10 @@ an end code that only stands for the bound (a sure prediction's 1.0) is not coun
 def activation_ranges(
     quantized: onnx.ModelProto, fp32: onnx.ModelProto, calibrated: TensorsData | None
 ) -> list[ActivationRange]:
+    """One range a quantized tensor, in graph order. onnxruntime may quantize a tensor once per
+    consumer (DedicatedQDQPair), each QuantizeLinear with the same scale and zero point: the same
+    range, kept once. Two that differ (per-consumer overrides, which quantship never sets) are both
+    kept, and the manifest's writer refuses them (`artifact._twice_problem`)."""
     graph = _Graphs(quantized, fp32, calibrated)
     ranges = []
     for node in quantized.graph.node:
@@ -93,7 +97,7 @@ def activation_ranges(
             continue
         if found is not None:
             ranges.append(found)
-    return ranges
+    return list(dict.fromkeys(ranges))
 
 
 class _Graphs:

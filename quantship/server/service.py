@@ -20,6 +20,7 @@ import random
 import secrets
 import tempfile
 import time
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,7 +54,7 @@ from quantship.server.feedback import FeedbackStore
 from quantship.server.metrics import ServerMetrics
 from quantship.server.protocol import InferRequest, InferResponse
 from quantship.server.runner import Runner, Signature, Tensors, TensorSpec, UnsupportedModel
-from quantship.server.settings import ServerSettings
+from quantship.server.settings import QualitySettings, ServerSettings
 from quantship.server.shadow import Comparator, ShadowEvaluator, ShadowSample
 
 log = logging.getLogger("quantship.server")
@@ -286,30 +287,10 @@ class ModelService:
             log.info("onnxruntime intra-op threads: %d, what the CPU quota allows", threads)
         model = verified.take(MODEL_FILE)
         assert model is not None  # load_verified kept it: every artifact lists its model
-        proto = _inline_graph(model, loaded.model_path, reason="format")
-        try:
-            runner = Runner.load(model, threads=threads, proto=proto)
-        except UnsupportedModel as exc:
-            raise LoadRefused(f"{loaded.model_path}: {exc}", reason="model") from exc
-        proto = proto or runtime.load_proto(model)  # onnxruntime took it: for the graph analyses below
+        runner, proto = _open_model(model, loaded.model_path, threads)
         self._check_hardware(loaded, runner)
-        compared = loaded.quantization.get("output") or runner.signature.outputs[0].name
-        try:
-            spec = runner.signature.output(compared)
-        except KeyError:
-            raise LoadRefused(
-                f"the manifest names output {compared!r}, the model has none", reason="format"
-            ) from None
-        rule = loaded.manifest.get("validation", {}).get("shadow_rule")
-        try:
-            comparator = Comparator.for_artifact(spec, rule, quality.disagreement_tolerance)
-        except (KeyError, ValueError, TypeError, AttributeError) as exc:
-            raise LoadRefused(
-                f"the manifest's shadow_rule {rule!r} is not valid: {exc}", reason="format"
-            ) from None
-        problem = unusable_ranges(proto, loaded.manifest)
-        if problem is not None:  # served, the clip and drift SLIs would fail or count nonsense
-            raise LoadRefused(f"the manifest's {problem}", reason="format")
+        comparator = check_manifest(loaded.manifest, proto, runner.signature, quality.disagreement_tolerance)
+        compared = comparator.output
         observer, ranges = None, loaded.activation_ranges
         if ranges and quality.clip_sample_rate > 0:
             observed, ranges = observer_model(proto, ranges)
@@ -317,7 +298,7 @@ class ModelService:
         fallback = runner_module.fallback_ops(model, proto=proto)
         rows_mix = runtime.rows_mix(proto)
         del model, proto  # the served model's bytes and graph: its sessions hold what they need
-        reference = self._open_reference(self._reference_model(verified), runner.signature, compared)
+        reference = _open_reference(self._reference_model(verified), runner.signature, compared)
         batching = batch_policy.choose(runner, settings.batching.max_batch_size, rows_mix=rows_mix)
         deterministic = probe.deterministic(runner)
         return Opened(
@@ -358,29 +339,6 @@ class ModelService:
             raise LoadRefused(
                 f"cannot read reference {path}: {exc.strerror or exc}", reason="reference"
             ) from exc
-
-    def _open_reference(
-        self, source: tuple[Path, bytes] | None, served: Signature, compared: str
-    ) -> Runner | None:
-        """A session of the reference (`source`: its path, for messages, and its bytes), refused
-        unless it takes what the served model takes (names, types, ranks, fixed dimensions): one
-        that took other shapes would fail every shadow sample, and the rollout would see no data."""
-        if source is None:
-            return None
-        path, content = source
-        proto = _inline_graph(content, path, reason="reference")
-        try:
-            reference = Runner.load(content, threads=1, proto=proto)
-        except ORT_ERRORS as exc:
-            raise LoadRefused(f"onnxruntime cannot load reference {path}: {exc}", reason="reference") from exc
-        if not _takes_alike(reference.signature.inputs, served.inputs, _unshaped_inputs(proto)):
-            raise LoadRefused(
-                f"reference {path} takes {_inputs(reference.signature)}, the served model {_inputs(served)}",
-                reason="reference",
-            )
-        if compared not in {spec.name for spec in reference.signature.outputs}:
-            raise LoadRefused(f"reference {path} has no output {compared!r} to compare", reason="reference")
-        return reference
 
     def _assemble(self, opened: Opened) -> Model:
         settings, quality = self.settings, self.settings.quality
@@ -637,6 +595,84 @@ class ModelService:
             "inputs": [_describe(spec) for spec in signature.inputs],
             "outputs": [_describe(spec) for spec in signature.outputs],
         }
+
+
+def check_manifest(
+    manifest: Mapping[str, Any], proto: onnx.ModelProto, signature: Signature, tolerance: float
+) -> Comparator:
+    """What a load checks of the manifest against the model it serves (`proto`, whose session has
+    `signature`), and the comparator of its gated output: that output is one of the model's, its
+    shadow rule fits it (`tolerance` makes the rule of a manifest that has none), and its activation
+    ranges and histograms are usable by the clip and drift SLIs. `check_loadable` (`quantship verify`)
+    runs it too, so an artifact verify calls good is not refused here. LoadRefused names what fails."""
+    compared = manifest.get("quantization", {}).get("output") or signature.outputs[0].name
+    try:
+        spec = signature.output(compared)
+    except KeyError:
+        raise LoadRefused(
+            f"the manifest names output {compared!r}, the model has none", reason="format"
+        ) from None
+    rule = manifest.get("validation", {}).get("shadow_rule")
+    try:
+        comparator = Comparator.for_artifact(spec, rule, tolerance)
+    except (KeyError, ValueError, TypeError, AttributeError) as exc:
+        raise LoadRefused(
+            f"the manifest's shadow_rule {rule!r} is not valid: {exc}", reason="format"
+        ) from None
+    problem = unusable_ranges(proto, manifest)
+    if problem is not None:  # served, the clip and drift SLIs would fail or count nonsense
+        raise LoadRefused(f"the manifest's {problem}", reason="format")
+    return comparator
+
+
+def check_loadable(loaded: Artifact) -> None:
+    """What a server's load checks of a verified artifact beyond its files, without serving it: its
+    model opens in onnxruntime, its manifest fits that model (`check_manifest`), and its reference,
+    if it has one, takes the model's inputs and has the compared output. Run by `quantship verify`;
+    LoadRefused names what fails, as a server's load would."""
+    try:
+        runner, proto = _open_model(loaded.model_path.read_bytes(), loaded.model_path, threads=1)
+    except ORT_ERRORS as exc:  # a server's load says the same (`ModelService.load`)
+        raise LoadRefused(f"onnxruntime cannot load {loaded.model_path}: {exc}", reason="model") from exc
+    tolerance = QualitySettings().disagreement_tolerance  # read only where a manifest has no shadow rule
+    signature = runner.signature
+    comparator = check_manifest(loaded.manifest, proto, signature, tolerance)
+    del runner, proto  # before the reference's session: one model in memory at a time
+    reference = loaded.reference_path
+    if reference is not None:
+        _open_reference((reference, reference.read_bytes()), signature, comparator.output)
+
+
+def _open_reference(source: tuple[Path, bytes] | None, served: Signature, compared: str) -> Runner | None:
+    """A session of the reference (`source`: its path, for messages, and its bytes), refused
+    unless it takes what the served model takes (names, types, ranks, fixed dimensions): one
+    that took other shapes would fail every shadow sample, and the rollout would see no data."""
+    if source is None:
+        return None
+    path, content = source
+    proto = _inline_graph(content, path, reason="reference")
+    try:
+        reference = Runner.load(content, threads=1, proto=proto)
+    except ORT_ERRORS as exc:
+        raise LoadRefused(f"onnxruntime cannot load reference {path}: {exc}", reason="reference") from exc
+    if not _takes_alike(reference.signature.inputs, served.inputs, _unshaped_inputs(proto)):
+        raise LoadRefused(
+            f"reference {path} takes {_inputs(reference.signature)}, the served model {_inputs(served)}",
+            reason="reference",
+        )
+    if compared not in {spec.name for spec in reference.signature.outputs}:
+        raise LoadRefused(f"reference {path} has no output {compared!r} to compare", reason="reference")
+    return reference
+
+
+def _open_model(model: bytes, path: Path, threads: int | None) -> tuple[Runner, onnx.ModelProto]:
+    """A session of the served model's verified bytes, and its graph (for the load-time analyses)."""
+    proto = _inline_graph(model, path, reason="format")
+    try:
+        runner = Runner.load(model, threads=threads, proto=proto)
+    except UnsupportedModel as exc:
+        raise LoadRefused(f"{path}: {exc}", reason="model") from exc
+    return runner, proto or runtime.load_proto(model)  # onnxruntime took it: protobuf reads it
 
 
 def _inline_graph(content: bytes, path: Path, *, reason: str) -> onnx.ModelProto | None:

@@ -12,6 +12,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 from gemm_models import build_gemm_mlp, build_matmuls_with_a_gemm_head, rows
+from onnxruntime.quantization import CalibrationDataReader, quantize_static
 
 from quantship import artifact, runtime, zoo
 from quantship.agreement import Task
@@ -24,6 +25,7 @@ from quantship.quantize import (
     QuantizeInputError,
     Strategy,
     engine,
+    ranges,
     run,
 )
 from quantship.quantize.evaluate import Metric
@@ -84,6 +86,79 @@ def test_every_quantized_activation_has_its_range(good_artifact: artifact.Artifa
             assert r.low - r.scale <= r.calibrated_min and r.calibrated_max <= r.high + r.scale
     folded = [r for r in ranges.values() if r.activation_low == 0.0]
     assert folded, "the MLP's Relus are folded into the QuantizeLinear ranges"
+
+
+def test_a_tensor_onnxruntime_quantizes_once_per_consumer_has_one_range(tmp_path: Path) -> None:
+    """With DedicatedQDQPair, onnxruntime puts a QuantizeLinear before each consumer of a tensor, each
+    with the one scale: the range was listed once per consumer, and the clip counter counted it twice."""
+    rng = np.random.default_rng(0)
+    weights = [
+        onnx.numpy_helper.from_array(rng.normal(size=(8, 8)).astype(np.float32), f"w{i}") for i in (1, 2)
+    ]
+    nodes = [
+        onnx.helper.make_node("MatMul", ["X", "w1"], ["a"]),
+        onnx.helper.make_node("MatMul", ["X", "w2"], ["b"]),  # X and nothing else has two consumers
+        onnx.helper.make_node("Add", ["a", "b"], ["Y"]),
+    ]
+    io = [onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, [None, 8]) for name in "XY"]
+    graph = onnx.helper.make_graph(nodes, "fan_out", io[:1], io[1:], weights)
+    fp32 = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
+    onnx.save(fp32, tmp_path / "fp32.onnx")
+    batches = iter([{"X": rng.normal(size=(4, 8)).astype(np.float32)} for _ in range(4)])
+
+    class Reader(CalibrationDataReader):
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(batches, None)
+
+    quantize_static(
+        tmp_path / "fp32.onnx", tmp_path / "int8.onnx", Reader(), extra_options={"DedicatedQDQPair": True}
+    )
+    quantized = onnx.load(str(tmp_path / "int8.onnx"))
+    quantizing_x = [n for n in quantized.graph.node if n.op_type == runtime.QUANTIZE and n.input[0] == "X"]
+    assert len(quantizing_x) == 2, "onnxruntime quantizes X once per consumer"
+
+    found = ranges.activation_ranges(quantized, fp32, None)
+
+    assert [r.tensor for r in found].count("X") == 1
+    assert len({r.tensor for r in found}) == len(found)
+
+
+def test_a_model_whose_ranges_cannot_fit_the_manifest_is_refused_before_calibrating(tmp_path: Path) -> None:
+    """The 4 MiB cap was met only when the artifact was written, after calibration and every trial:
+    480 quantized activations of 4000-character names take some 4.3 MB of ranges and histograms."""
+    rng = np.random.default_rng(0)
+    layers, name = 480, "activation".ljust(4000, "_")
+    weights = [
+        onnx.numpy_helper.from_array(rng.normal(size=(2, 2, 1, 1)).astype(np.float32), f"w{i}")
+        for i in range(layers)
+    ]
+    tensors = ["X", *(f"{name}{i}" for i in range(1, layers)), "Y"]
+    nodes = [
+        onnx.helper.make_node("Conv", [tensors[i], f"w{i}"], [tensors[i + 1]], name=f"conv{i}")
+        for i in range(layers)
+    ]
+    io = [onnx.helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, [None, 2, 1, 1]) for t in "XY"]
+    graph = onnx.helper.make_graph(nodes, "deep", io[:1], io[1:], weights)
+    onnx.save(
+        onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)]), tmp_path / "m.onnx"
+    )
+    np.savez(tmp_path / "data.npz", X=rng.normal(size=(8, 2, 1, 1)).astype(np.float32))
+    assert len(max(tensors, key=len)) <= artifact.MAX_TENSOR_NAME_CHARS
+
+    with pytest.raises(
+        QuantizeInputError, match=f"quantizing its {layers} activations takes at least"
+    ) as refused:
+        run(
+            tmp_path / "m.onnx",
+            tmp_path / "a",
+            QuantizeConfig(max_trials=0, pre_process=False),
+            calibration=tmp_path / "data.npz",
+        )
+
+    assert f"more than the {artifact.MAX_MANIFEST_BYTES} an artifact's manifest may hold" in str(
+        refused.value
+    )
+    assert not (tmp_path / "a").exists()
 
 
 def test_skewed_calibration_gives_ranges_that_real_traffic_clips(

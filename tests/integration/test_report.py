@@ -68,7 +68,8 @@ def test_markup_in_any_string_of_the_manifest_is_shown_as_text(
     """validation.samples, hardware.vnni and tuning.seconds, peak_rss_mb and chosen went into the page
     as they were: a <script> there ran in the browser of whoever opened the report."""
     edited = _edited(good_artifact, tmp_path / "a", _mark_every_string)
-    assert _cli("verify", edited)[0] == 0  # the schema takes any string where a string belongs
+    artifact.load_artifact(edited)  # the schema takes any string where a string belongs
+    # (verify refuses it, as a server would: its ranges and output name tensors the model lacks)
     code, _, err = _cli("report", edited, "-o", tmp_path / "r.html")
     assert code == 0, err
     page = (tmp_path / "r.html").read_text()
@@ -132,8 +133,8 @@ def test_tensor_names_holding_mathtext_are_drawn_as_written(
 
     def rename(manifest: dict[str, Any]) -> None:
         for section in ("sensitivity", "activation_ranges"):
-            for i, entry in enumerate(manifest[section]):
-                entry["tensor"] = names[i % len(names)]
+            for i, entry in enumerate(manifest[section]):  # each range its own tensor (one range a tensor)
+                entry["tensor"] = names[i % len(names)] + (str(i) if i >= len(names) else "")
 
     edited = _edited(good_artifact, tmp_path / "a", rename)
     code, _, err = _cli("report", edited, "-o", tmp_path / "r.html")

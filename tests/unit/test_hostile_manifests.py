@@ -305,3 +305,75 @@ def test_strings_that_become_label_values_are_short_and_printable(
     files = {name: artifact_copy / name for name in manifest.pop("files")}
     with pytest.raises(ArtifactError, match="would be refused on reading"):
         artifact.write_artifact(tmp_path / "out", files, manifest)
+
+
+@pytest.mark.parametrize("key", ["activation_ranges", "activation_histograms"])
+def test_a_tensor_given_two_different_entries_is_refused_and_never_written(
+    artifact_copy: Path, tmp_path: Path, key: str
+) -> None:
+    """Both were served, the tensor counted twice a sample against two ranges, neither said to be
+    the one the model clamps to: refused on reading (verify, serve, fetch), and never written."""
+    edit_manifest(artifact_copy, lambda m: m[key].append({**m[key][0], "low": m[key][0]["low"] - 1}))
+    second = len(json.loads((artifact_copy / artifact.MANIFEST_FILE).read_text())[key]) - 1
+    tensor = json.loads((artifact_copy / artifact.MANIFEST_FILE).read_text())[key][0]["tensor"]
+    said = f"[{key!r}][{second}]: a second, different entry for tensor {tensor!r}"
+    refused_in_one_line(*cli("verify", artifact_copy), said)
+    manifest = json.loads((artifact_copy / artifact.MANIFEST_FILE).read_text())
+    files = {name: artifact_copy / name for name in manifest.pop("files")}
+    with pytest.raises(ArtifactError, match=r"would be refused on reading: .* a second, different entry"):
+        artifact.write_artifact(tmp_path / "out", files, manifest)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_tensor_given_the_same_range_twice_is_read_once(artifact_copy: Path) -> None:
+    """onnxruntime lists a tensor once per consumer (DedicatedQDQPair); read as it was, the clip
+    counter observed and counted that tensor twice a sample."""
+    edit_manifest(
+        artifact_copy,
+        lambda m: [m[key].append(m[key][0]) for key in ("activation_ranges", "activation_histograms")],
+    )
+    code, output = cli("verify", artifact_copy)
+    assert code == ExitCode.OK, output
+    loaded = artifact.load_artifact(artifact_copy)
+    for listed in (loaded.activation_ranges, loaded.activation_histograms):
+        tensors = [entry.tensor for entry in listed]
+        assert len(tensors) == len(set(tensors)), tensors
+
+
+LONG_NAME = "A" * artifact.MAX_TENSOR_NAME_CHARS + "\x1b]0;owned\x07"
+"""One character past the bound, then an escape sequence: neither may reach the terminal."""
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        ("activation_ranges", 0, "tensor"),
+        ("activation_histograms", 0, "tensor"),
+        ("sensitivity", 0, "tensor"),
+        ("quantization", "output"),
+    ],
+    ids=lambda path: "".join(f"[{part!r}]" for part in path),
+)
+def test_a_tensor_name_past_the_bound_is_refused_and_shown_cut_short(
+    artifact_copy: Path, tmp_path: Path, path: tuple[Any, ...]
+) -> None:
+    """ONNX bounds no name: one of megabytes went whole into verify's and the server's refusals (a range
+    naming no tensor of the model), their logs and the report."""
+    edit_manifest(artifact_copy, set_at(path, lambda _: LONG_NAME))
+    code, output = cli("verify", artifact_copy)
+    where = "".join(f"[{part!r}]" for part in path)
+    said = f"{where}: a tensor name of {len(LONG_NAME)} characters, more than the 4096 a manifest may hold"
+    refused_in_one_line(code, output, said)
+    assert output.rstrip().endswith(f": '{'A' * 39}…") and printable_line(output), output  # 40 shown
+    manifest = json.loads((artifact_copy / artifact.MANIFEST_FILE).read_text())
+    files = {name: artifact_copy / name for name in manifest.pop("files")}
+    with pytest.raises(ArtifactError, match=r"would be refused on reading: .* a tensor name of"):
+        artifact.write_artifact(tmp_path / "out", files, manifest)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_tensor_name_of_the_bound_is_read(artifact_copy: Path) -> None:
+    edit_manifest(
+        artifact_copy, set_at(("sensitivity", 0, "tensor"), lambda _: "A" * artifact.MAX_TENSOR_NAME_CHARS)
+    )
+    assert artifact.load_artifact(artifact_copy).manifest["sensitivity"][0]["tensor"].startswith("AAAA")

@@ -16,11 +16,13 @@ import httpx
 import numpy as np
 import onnx
 import pytest
+from click.testing import CliRunner
 from onnx import TensorProto, helper
 from prometheus_client import CollectorRegistry
 from server_harness import LocalServer, build_divide_by_input, fp32_artifact, settings_for, wait_until
 
 from quantship import artifact, runtime, zoo
+from quantship.cli import ExitCode, main
 from quantship.server import batch_policy
 from quantship.server.metrics import ServerMetrics
 from quantship.server.runner import Runner
@@ -375,3 +377,35 @@ async def test_a_qlinear_range_the_clip_counter_cannot_use_refuses_the_artifact(
     tensor = broken.manifest["activation_ranges"][requantized]["tensor"]
     assert f"the manifest's activation range {tensor!r} {says}" in service.problem
     await service.close(1)
+
+
+MISFITS = {
+    **{name: edit for name, (edit, _, says) in UNUSABLE.items() if says is not None},  # (else the reader's)
+    "an output the model lacks": lambda m: m["quantization"].update(output="no_such_output"),
+    "a shadow rule that cannot work": lambda m: m["validation"].update(
+        shadow_rule={"kind": "relative_error", "tolerance": 0.1, "norm_floor": -1}
+    ),
+}
+
+
+@pytest.mark.parametrize("edit", MISFITS.values(), ids=list(MISFITS))
+async def test_verify_refuses_what_a_load_refuses_in_the_same_words(
+    good_artifact: artifact.Artifact, tmp_path: Path, edit: Callable[[dict[str, Any]], object]
+) -> None:
+    """verify checked the files and the manifest's types only: it said ok of each of these, and a
+    server then refused the artifact at load. Both now run the load's checks (`check_manifest`)."""
+    broken = rewritten(good_artifact, tmp_path / "broken", edit)
+    settings = settings_for(broken, "broken")
+    service, _ = service_for(settings)
+    await service.load()
+    assert service.phase is Phase.REFUSED
+    refusal = service.problem.split(" is not served: ", 1)[1]
+    await service.close(1)
+
+    artifact.pack(broken.root, tmp_path / "broken.tar.gz")
+    for path in (broken.root, tmp_path / "broken.tar.gz"):
+        verified = CliRunner().invoke(main, ["verify", str(path)])
+        assert verified.exit_code == ExitCode.REFUSED, verified.output
+        lines = verified.output.splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"error: {path}: "), verified.output
+        assert lines[0].endswith(refusal) and "Traceback" not in verified.output, (verified.output, refusal)

@@ -11,10 +11,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 from prometheus_client import CollectorRegistry
 from server_harness import settings_for
 
 from quantship import artifact
+from quantship.cli import ExitCode, main
 from quantship.server.metrics import ServerMetrics
 from quantship.server.service import ModelService, Opened, Phase
 from quantship.server.settings import ServerSettings
@@ -67,6 +69,11 @@ async def test_a_model_onnxruntime_refuses_is_still_a_broken_model(tmp_path: Pat
     assert failures(registry, settings, "model") == 1
     assert failures(registry, settings, "internal") == 0
     await service.close(1)
+    verified = CliRunner().invoke(main, ["verify", str(written.root)])  # said ok: its hashes match
+    assert verified.exit_code == ExitCode.REFUSED, verified.output
+    assert verified.output.startswith(
+        f"error: {written.root}: a server refuses to load it: onnxruntime cannot"
+    )
 
 
 def _size(literal: str) -> Callable[[Path], str]:

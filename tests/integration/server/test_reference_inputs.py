@@ -13,12 +13,14 @@ import httpx
 import numpy as np
 import onnx
 import pytest
+from click.testing import CliRunner
 from onnx import TensorProto, helper, numpy_helper
 from prometheus_client import CollectorRegistry
 from server_harness import MODEL, LocalServer, settings_for
 
 from quantship import artifact, zoo
 from quantship.artifact import MODEL_FILE, REFERENCE_FILE
+from quantship.cli import ExitCode, main
 from quantship.server import QualitySettings
 from quantship.server.metrics import ServerMetrics
 from quantship.server.service import ModelService, Phase
@@ -73,12 +75,17 @@ async def test_a_reference_declaring_other_input_shapes_is_refused_at_load(
     try:
         assert service.phase is Phase.REFUSED
         assert "takes X (FP32 [-1, 32]), the served model X (FP32 [-1, 64])" in service.problem
+        refusal = service.problem.split(" is not served: ", 1)[1]
         failures = registry.get_sample_value(
             "quantship_model_load_failures_total", {**settings.labels, "reason": "reference"}
         )
         assert failures == 1
     finally:
         await service.close(1)
+    if given_as == "reference.onnx":  # verify said ok of it: its hashes match
+        verified = CliRunner().invoke(main, ["verify", str(settings.artifact)])
+        assert verified.exit_code == ExitCode.REFUSED, verified.output
+        assert verified.output == f"error: {settings.artifact}: a server refuses to load it: {refusal}\n"
 
 
 async def test_a_reference_declaring_no_input_shape_takes_any_and_is_served(
