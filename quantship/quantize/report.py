@@ -151,7 +151,7 @@ def _comparison(validation: dict[str, Any], fp32_bytes: int | None, int8_bytes: 
     }
     with_accuracy = validation.get("fp32") is not None and validation.get("int8") is not None
     panels = int(with_accuracy) + int(bool(higher)) + int(bool(lower)) + 1
-    fig, axes = reporting.plt.subplots(1, panels, figsize=(3.2 * panels, 3), layout="constrained")
+    fig, axes = reporting.pyplot().subplots(1, panels, figsize=(3.2 * panels, 3), layout="constrained")
     axes = list(np.atleast_1d(axes))
     if with_accuracy:
         _accuracy_panel(axes.pop(0), validation)

@@ -77,6 +77,25 @@ def test_quantize_writes_an_artifact_and_prints_the_summary(sample: zoo.SampleMo
     assert f"accuracy {'gain' if loss < 0 else 'loss'} {abs(loss):.2%}" in out and "Δ" not in out
 
 
+def test_quantize_draws_nothing_so_imports_no_matplotlib(sample: zoo.SampleModel, tmp_path: Path) -> None:
+    """Importing matplotlib's pyplot took 1.9 s of every quantize (hunt H5, a small GPT-2), which
+    prints a table and draws nothing: only `report` draws."""
+    code = (
+        "import sys\n"
+        "from quantship.cli import main\n"
+        "main.main(sys.argv[1:], standalone_mode=False)\n"
+        "print('matplotlib' in sys.modules)\n"
+    )
+    args = ["quantize", sample.model, "-o", tmp_path / "a", "-q"]
+    args += ["--calibration", sample.calibration, "--evaluation", sample.evaluation]
+    run = subprocess.run(
+        [sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True, timeout=300
+    )
+    assert run.returncode == 0, run.stderr
+    assert "quantization summary" in run.stdout
+    assert run.stdout.strip().splitlines()[-1] == "False"
+
+
 def test_an_empty_directory_at_out_is_written_into_a_full_one_refused(
     sample: zoo.SampleModel, tmp_path: Path
 ) -> None:

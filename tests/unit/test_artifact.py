@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 import tarfile
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -301,6 +302,34 @@ def test_activation_histogram_bins_are_numpys_histogram_bins(
                                range=(low, high))  # fmt: skip
     np.testing.assert_array_equal(counts, expected)
     assert (below, above) == (np.count_nonzero(finite < low), np.count_nonzero(finite > high))
+
+
+def test_a_tensor_of_many_chunks_is_binned_as_numpy_bins_it_whole() -> None:
+    """quantize bins whole calibration tensors (a transformer's attention scores run to millions of
+    values) BIN_CHUNK values at a time: the chunks add up to np.histogram's bins of the whole."""
+    low, high = -2.5, 3.0
+    values = np.random.default_rng(0).normal(0.0, 2.0, (7, 3 * artifact.BIN_CHUNK // 5)).astype(np.float32)
+    values[0, :65] = np.linspace(low, high, 65)  # every edge, where rounding puts a value one bin off
+    values[1, ::97], values[2, ::89], values[3, ::83] = np.nan, np.inf, -np.inf
+    counts, below, above = artifact.ActivationHistogram.bin(values, low, high)
+    finite = values[np.isfinite(values)].astype(np.float64)
+    expected, _ = np.histogram(finite[(finite >= low) & (finite <= high)], bins=artifact.HISTOGRAM_BINS,
+                               range=(low, high))  # fmt: skip
+    np.testing.assert_array_equal(counts, expected)
+    assert (below, above) == (np.count_nonzero(finite < low), np.count_nonzero(finite > high))
+
+
+def test_binning_a_large_tensor_takes_the_memory_of_a_chunk_not_of_the_tensor() -> None:
+    """A whole tensor's float64 temporaries, a dozen passes over each, made binning the calibration
+    data take longer than the quantization trials on a small GPT-2 (hunt H5): a chunk's stay in cache."""
+    values = np.random.default_rng(1).normal(size=2**21).astype(np.float32)  # 8 MiB
+    tracemalloc.start()
+    try:
+        artifact.ActivationHistogram.bin(values, -2.0, 2.0)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < values.nbytes / 8, peak
 
 
 def test_a_key_not_written_whole_is_removed_so_a_rerun_can_write_the_pair(tmp_path: Path) -> None:
