@@ -281,7 +281,24 @@ class Evaluator:
         self.task, self.task_reason = _task(request.task, self.output, self.reference, dataset)
         self._check_reference_finite()
         self.gate = self._choose_gate(request)
+        self._check_servable(session)
         self._check_labels_fit()
+
+    def _check_servable(self, session: ort.InferenceSession) -> None:
+        """The server refuses at load an artifact whose row rule cannot judge the gated output
+        (agreement.RowRule.check_output): a BOOL flag gated by relative error verified, and no server
+        ever got ready (hunt-H H6). Checked by that very function, before any tuning."""
+        (declared,) = [node for node in session.get_outputs() if node.name == self.output]
+        shape = tuple(dim if isinstance(dim, int) and dim >= 0 else None for dim in declared.shape or ())
+        try:
+            self.gate.rule.check_output(self.reference.dtype, shape)
+        except ValueError as exc:
+            others = f" ({', '.join(self.other_outputs)})" if self.other_outputs else ""
+            raise QuantizeInputError(
+                f"output {self.output!r} cannot be gated as {self.task.value} ({self.task_reason}), and "
+                f"no server would load the artifact: {exc}; pick a float or class-id output with "
+                f"--output NAME{others}"
+            ) from None
 
     def _check_reference_finite(self) -> None:
         """FP32 answers of NaN or infinity compare as garbage: any INT8 model could pass against them."""
