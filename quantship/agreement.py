@@ -4,9 +4,10 @@ The accuracy gate (quantize/evaluate.py) and the server's shadow SLI (server/sha
 rows through `RowRule`, and the rule travels in the artifact's manifest, so the disagreement rate
 on production traffic means what the gate measured offline:
 
-- classification: top-1 differs; with `confident_only`, only rows where the reference is confident
-  count at all. Real inputs are often ambiguous to the FP32 model itself (two classes at 30% each),
-  and a flip between near-ties says nothing about the quantization;
+- classification: top-1 differs (ids at any position, `top1_differs`); with `confident_only`, only
+  rows where the reference is confident count at all. Real inputs are often ambiguous to the FP32
+  model itself (two classes at 30% each), and a flip between near-ties says nothing about the
+  quantization;
 - embedding: cosine similarity to the reference below `tolerance` (argmax of an embedding means
   nothing);
 - regression: relative L2 error above `tolerance`, against the larger of the row's norm and
@@ -95,6 +96,27 @@ def confident(scores: np.ndarray) -> np.ndarray:
     return probabilities(scores).max(axis=1) > CONFIDENT_PROBABILITY
 
 
+def top1_differs(served: np.ndarray, reference: np.ndarray) -> np.ndarray | None:
+    """Per row: whether the served answer is another class than the reference's; None when the outputs
+    give no class per row (runtime.top1). Class ids are compared whole: an id output with a value per
+    position (a token classifier's [N, seq]) differs on a row when any position does, as that request
+    got another answer (position 0 alone saw none of a causal LM's flipped tokens, hunt-H H7). The
+    gate's top-1 agreement and the server's shadow both judge rows here."""
+    if served.dtype.kind in "iu" and reference.dtype.kind in "iu":
+        served_rows, reference_rows = _id_rows(served), _id_rows(reference)
+        if served_rows.shape != reference_rows.shape:  # answers of another length are other answers
+            return np.ones(len(served_rows), dtype=bool)
+        return np.any(served_rows != reference_rows, axis=1)
+    served_top1, reference_top1 = runtime.top1(served), runtime.top1(reference)
+    if served_top1 is None or reference_top1 is None:
+        return None
+    return served_top1 != reference_top1
+
+
+def _id_rows(ids: np.ndarray) -> np.ndarray:
+    return ids.reshape(len(ids), -1) if ids.ndim else ids.reshape(1, 1)
+
+
 def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Per row cosine similarity (rows flattened; a zero row has cosine 0 to anything)."""
     a_rows = a.reshape(len(a), -1).astype(np.float64)
@@ -144,10 +166,9 @@ class RowRule:
         if not served.size:  # rows of no elements (a token model's answer to a sequence of length 0)
             return 0, 0
         if self.kind is Kind.TOP1:
-            served_top1, reference_top1 = runtime.top1(served), runtime.top1(reference)
-            if served_top1 is None or reference_top1 is None:
+            differs = top1_differs(served, reference)
+            if differs is None:
                 raise ValueError("a top-1 rule needs class ids or per-class scores")
-            differs = served_top1 != reference_top1
             if self.confident_only and np.issubdtype(reference.dtype, np.floating):
                 differs = differs[confident(reference)]
             return int(np.count_nonzero(differs)), len(differs)
@@ -168,10 +189,12 @@ class RowRule:
         server checks at load, not on every sampled batch)."""
         if self.kind is Kind.TOP1:
             ids = np.issubdtype(dtype, np.integer)
-            scores = np.issubdtype(dtype, np.floating) and len(shape) >= 2 and (shape[-1] or 2) > 1
+            # [N, classes] only: scores per position have no one class a row (runtime.top1).
+            scores = np.issubdtype(dtype, np.floating) and len(shape) == 2 and (shape[-1] or 2) > 1
             if not (ids or scores):
                 raise ValueError(
-                    f"a top-1 rule needs class ids or per-class scores, not {dtype} {list(shape)}"
+                    "a top-1 rule needs class ids or per-class scores [N, classes], "
+                    f"not {dtype} {list(shape)}"
                 )
         elif not np.issubdtype(dtype, np.floating):
             raise ValueError(f"a {self.kind.value} rule needs a float output, not {dtype}")

@@ -98,17 +98,19 @@ def _source(model: Path | bytes) -> str | bytes:
 
 
 def top1(output: np.ndarray) -> np.ndarray | None:
-    """A classifier's class id per row: the ids themselves (an integer output such as a `label`),
-    or the argmax of per-class scores; None when the output is neither, or has no elements (a token
-    model's answer to a sequence of length 0). The gate's agreement and the server's shadow
-    disagreements both read answers through this one definition."""
+    """A classifier's class id per row: the id itself (an integer output such as a `label`, one value
+    a row), or the argmax of [N, classes] scores; None when the output is neither, or has no elements
+    (a token model's answer to a sequence of length 0). An answer per position (token ids [N, seq],
+    scores [N, seq, classes]) is no class per row: read at its first position, a token model was
+    gated and shadowed on its first token only (hunt-H H7); agreement.top1_differs compares ids at
+    every position. Label feedback reads answers through this one definition."""
     if not output.size:
         return None
     rows = output.reshape(len(output), -1) if output.ndim else output.reshape(1, 1)
     if output.dtype.kind in "iu":  # integers (np.issubdtype says the same, at ~10x the cost a request)
-        return rows[:, 0]
-    if output.ndim >= 2 and output.shape[-1] > 1:
-        return np.argmax(output, axis=-1).reshape(len(output), -1)[:, 0]
+        return rows[:, 0] if rows.shape[1] == 1 else None
+    if output.ndim == 2 and output.shape[-1] > 1:
+        return np.argmax(output, axis=-1)
     return None
 
 

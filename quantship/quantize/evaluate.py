@@ -281,7 +281,24 @@ class Evaluator:
         self.task, self.task_reason = _task(request.task, self.output, self.reference, dataset)
         self._check_reference_finite()
         self.gate = self._choose_gate(request)
+        self._check_servable(session)
         self._check_labels_fit()
+
+    def _check_servable(self, session: ort.InferenceSession) -> None:
+        """The server refuses at load an artifact whose row rule cannot judge the gated output
+        (agreement.RowRule.check_output): a BOOL flag gated by relative error verified, and no server
+        ever got ready (hunt-H H6). Checked by that very function, before any tuning."""
+        (declared,) = [node for node in session.get_outputs() if node.name == self.output]
+        shape = tuple(dim if isinstance(dim, int) and dim >= 0 else None for dim in declared.shape or ())
+        try:
+            self.gate.rule.check_output(self.reference.dtype, shape)
+        except ValueError as exc:
+            others = f" ({', '.join(self.other_outputs)})" if self.other_outputs else ""
+            raise QuantizeInputError(
+                f"output {self.output!r} cannot be gated as {self.task.value} ({self.task_reason}), and "
+                f"no server would load the artifact: {exc}; pick a float or class-id output with "
+                f"--output NAME{others}"
+            ) from None
 
     def _check_reference_finite(self) -> None:
         """FP32 answers of NaN or infinity compare as garbage: any INT8 model could pass against them."""
@@ -376,7 +393,7 @@ class Evaluator:
             )
         if spec.needs_labels and labels is None:
             raise QuantizeInputError(f"--metric {metric.value} needs labels in the evaluation data")
-        if spec.needs_scores and self.reference_scores is None:
+        if spec.needs_scores and not self._has_class_scores():
             raise QuantizeInputError(f"--metric {metric.value} needs per-class scores; the model gives none")
         if metric is Metric.CONFIDENT_AGREEMENT:
             confident = int(np.count_nonzero(agreement.confident(self._scores())))
@@ -409,7 +426,10 @@ class Evaluator:
             return Metric.RELATIVE_ERROR, "regression: relative error of the output"
         if self.dataset.labels is not None:
             return Metric.TOP1_ACCURACY, "labels given: accuracy against them"
-        if self.reference_scores is None or runtime.top1(self.reference_scores) is None:
+        if self.reference.dtype.kind in "iu" and runtime.top1(self.reference) is None:
+            # Ids at every position (agreement.top1_differs): no confidence of a row to gate on.
+            return Metric.TOP1_AGREEMENT, "class ids at every position: a row agrees where all of them do"
+        if not self._has_class_scores():
             return Metric.TOP1_AGREEMENT, "no labels and no scores: top-1 agreement"
         confident = int(np.count_nonzero(agreement.confident(self._scores())))
         if confident < MIN_CONFIDENT_ROWS:
@@ -433,6 +453,11 @@ class Evaluator:
                 return RowRule(Kind.COSINE, request.min_cosine)
             case Task.REGRESSION:  # the row rule follows the global error's threshold and scale
                 return agreement.regression_rule(threshold, self.reference)
+
+    def _has_class_scores(self) -> bool:
+        """Whether the model gives [N, classes] scores (runtime.top1): softmaxed per row, scores per
+        position would read as one class over a whole sequence."""
+        return self.reference_scores is not None and runtime.top1(self.reference_scores) is not None
 
     def _scores(self) -> np.ndarray:
         return self.reference_scores if self.reference_scores is not None else self.reference
@@ -480,13 +505,11 @@ class Evaluator:
         return Evaluation(self.gate.metric, worst, self.gate.threshold, self.dataset.size)
 
     def _classification(self, candidate: np.ndarray, candidate_scores: np.ndarray | None) -> dict[str, Any]:
-        ref_top1, int8_top1 = runtime.top1(self.reference), runtime.top1(candidate)
+        differs = agreement.top1_differs(candidate, self.reference)
         values: dict[str, float | None] = {
-            Metric.TOP1_AGREEMENT.value: None
-            if ref_top1 is None or int8_top1 is None
-            else float(np.mean(ref_top1 == int8_top1))
+            Metric.TOP1_AGREEMENT.value: None if differs is None else 1.0 - float(np.mean(differs))
         }
-        if self.reference_scores is None or candidate_scores is None or self.reference_scores.ndim < 2:
+        if self.reference_scores is None or candidate_scores is None or not self._has_class_scores():
             return values
         # Read both sides as the reference reads: an INT8 softmax output sums only roughly to 1.
         normalized = agreement.are_probabilities(self.reference_scores)

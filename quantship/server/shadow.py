@@ -32,6 +32,9 @@ class Comparator:
     output: str
     rule: RowRule
     """What "disagree" means, per row: the gate's own rule, from the artifact's manifest."""
+    class_per_row: bool = True
+    """Whether the output answers one class a row (label feedback can judge it): not token ids
+    [N, seq], which a top-1 rule compares at every position."""
 
     @classmethod
     def for_artifact(
@@ -39,19 +42,23 @@ class Comparator:
     ) -> Comparator:
         """The manifest's rule; for an artifact older than task-aware gates, one read from the
         output: top-1 for class ids or per-class scores, relative error above `tolerance` otherwise."""
+        # Ids are one class a row only where no dimension but the batch can hold more than one.
+        per_row = spec.dtype.kind == "f" or all(dim == 1 for dim in spec.shape[1:])
         if shadow_rule is not None:
             rule = RowRule.from_json(dict(shadow_rule))
             rule.check_output(spec.dtype, spec.shape)
-            return cls(spec.name, rule)
+            return cls(spec.name, rule, per_row)
         ids = spec.dtype.kind in "iu"
-        scores = spec.dtype.kind == "f" and len(spec.shape) >= 2 and (spec.shape[-1] or 0) > 1
+        # [N, classes] only, as runtime.top1 reads: scores per position have no one class a row.
+        scores = spec.dtype.kind == "f" and len(spec.shape) == 2 and (spec.shape[-1] or 0) > 1
         if ids or scores:
-            return cls(spec.name, RowRule(Kind.TOP1))
+            return cls(spec.name, RowRule(Kind.TOP1), per_row)
         return cls(spec.name, RowRule(Kind.RELATIVE_ERROR, tolerance))
 
     @property
     def classifier(self) -> bool:
-        return self.rule.classifier
+        """Whether answers are classes a row: the reference's go to label feedback."""
+        return self.rule.classifier and self.class_per_row
 
     def disagreements(self, served: np.ndarray, reference: np.ndarray) -> tuple[int, int]:
         """(disagreeing rows, compared rows) between the served output and the reference's."""

@@ -17,6 +17,16 @@ def test_confident_only_top1_ignores_flips_between_near_ties() -> None:
     assert RowRule(Kind.TOP1, confident_only=True).judge(served, reference) == (1, 2)
 
 
+def test_token_ids_disagree_on_a_row_where_any_position_differs() -> None:
+    """Position 0 alone was compared: a token classifier's flips elsewhere never counted (hunt-H H7)."""
+    reference = np.array([[5, 1, 2], [5, 3, 4], [5, 6, 7]], dtype=np.int64)
+    served = np.array([[5, 1, 2], [5, 3, 0], [5, 0, 0]], dtype=np.int64)
+    assert RowRule(Kind.TOP1).judge(served, reference) == (2, 3)
+    assert RowRule(Kind.TOP1, confident_only=True).judge(served, reference) == (2, 3)  # ids: no confidence
+    shorter = agreement.top1_differs(served[:, :2], reference)
+    assert shorter is not None and shorter.tolist() == [True] * 3, "an answer of another length differs"
+
+
 def test_logits_are_read_through_their_softmax() -> None:
     logits = np.array([[4.0, 0.0, 0.0], [0.1, 0.0, 0.0]])
     assert agreement.confident(logits).tolist() == [True, False]
@@ -140,8 +150,13 @@ def test_a_malformed_rule_in_a_manifest_is_refused_with_its_reason(data: dict, m
 def test_a_rule_checks_that_it_fits_the_output_it_will_judge() -> None:
     RowRule(Kind.TOP1).check_output(np.dtype(np.int64), (None,))
     RowRule(Kind.TOP1).check_output(np.dtype(np.float32), (None, 10))
-    with pytest.raises(ValueError, match="class ids or per-class scores"):
+    RowRule(Kind.TOP1).check_output(np.dtype(np.int64), (None, None))  # token ids: every position
+    with pytest.raises(ValueError, match=r"class ids or per-class scores \[N, classes\]"):
         RowRule(Kind.TOP1).check_output(np.dtype(np.float32), (None,))
+    with pytest.raises(ValueError, match=r"not float32 \[None, None, 24\]"):  # scores per position
+        RowRule(Kind.TOP1).check_output(np.dtype(np.float32), (None, None, 24))
+    with pytest.raises(ValueError, match="not bool"):
+        RowRule(Kind.TOP1).check_output(np.dtype(np.bool_), (None,))
     with pytest.raises(ValueError, match="needs a float output"):
         RowRule(Kind.COSINE, 0.9).check_output(np.dtype(np.int64), (None, 8))
 

@@ -11,6 +11,7 @@ from prometheus_client import CollectorRegistry
 from tiny_models import POSITION_TABLE, build_positions
 
 from quantship import artifact, runtime, slo, zoo
+from quantship.agreement import Kind
 from quantship.server import service
 from quantship.server.clipping import ClipCounter, ClipSample, observer_model
 from quantship.server.drift import DriftWindow
@@ -39,6 +40,24 @@ def test_class_ids_disagree_where_top1_differs() -> None:
     comparator = Comparator.for_artifact(TensorSpec("label", "INT64", (None,)), None, tolerance=0.01)
     assert comparator.classifier
     assert comparator.disagreements(np.array([1, 2, 3]), np.array([1, 0, 3])) == (1, 3)
+
+
+def test_token_ids_disagree_where_any_position_differs_and_take_no_label_feedback() -> None:
+    """A label is one class a row: token ids [N, seq] get no feedback store (their answers were
+    never remembered, so every label for them read as an unknown request)."""
+    spec = TensorSpec("tokens", "INT64", (None, None))
+    for comparator in (
+        Comparator.for_artifact(spec, None, tolerance=0.01),
+        Comparator.for_artifact(spec, {"kind": "top1"}, tolerance=0.01),
+    ):
+        assert comparator.rule.kind is Kind.TOP1 and not comparator.classifier
+        served, reference = np.array([[1, 2], [3, 4]]), np.array([[1, 2], [3, 0]])
+        assert comparator.disagreements(served, reference) == (1, 2)
+
+
+def test_scores_per_position_are_no_class_scores() -> None:
+    comparator = Comparator.for_artifact(TensorSpec("logits", "FP32", (None, None, 24)), None, tolerance=0.01)
+    assert comparator.rule.kind is Kind.RELATIVE_ERROR
 
 
 def test_class_scores_disagree_where_their_argmax_differs() -> None:
