@@ -339,6 +339,15 @@ class Artifact:
         return list(dict.fromkeys(histograms))
 
     @property
+    def row_shapes(self) -> dict[str, list[int]]:
+        """Each input's shape in a call of one sample of the gate's data, by input name: sizes the model
+        ran at where it leaves dimensions open. Empty for an artifact made without data."""
+        inputs = self.manifest.get("model", {}).get("inputs", [])
+        return {
+            entry["name"]: list(entry["row_shape"]) for entry in inputs if {"name", "row_shape"} <= set(entry)
+        }
+
+    @property
     def quantization(self) -> dict[str, Any]:
         return dict(self.manifest.get("quantization", {}))
 
@@ -875,7 +884,19 @@ MANIFEST_SCHEMA: dict[str, Any] = {
             "properties": {"algorithm": {"type": "string"}, "value": {"type": "string"}},
         },
         "created": _STRING,
-        "model": {"type": "object", "properties": {"source": {"type": "string"}}},
+        "model": {
+            "type": "object",
+            "properties": {
+                "source": {"type": "string"},
+                "inputs": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "properties": {"name": _STRING, "row_shape": {"type": "array", "items": _COUNT}},
+                    },
+                },
+            },
+        },
         "validation": {
             "type": "object",
             "properties": {

@@ -70,6 +70,14 @@ class Dataset:
     def size(self) -> int:
         return len(next(iter(self.arrays.values())))
 
+    def row_shapes(self) -> dict[str, list[int]]:
+        """Each input's shape in a call of one sample: sizes the model ran at for the dimensions it
+        leaves open (a waveform's samples, an image's height), which a length of 1 may not be."""
+        return {
+            name: [1, *array.shape[1:]] if self.stacked else list(array.shape[1:])
+            for name, array in self.arrays.items()
+        }
+
     def batches(self, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
         step = batch_size if self.stacked else 1
         for begin in range(0, self.size, step):

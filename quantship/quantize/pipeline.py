@@ -366,7 +366,7 @@ def _manifest(
     return {
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "model": {
-            **_model_section(fp32, model_path),
+            **_model_section(fp32, model_path, evalset),
             "quantized_nodes": chosen.quantized_nodes,
             "quantized_share": round(chosen.quantized_share, 4),
         },
@@ -436,12 +436,21 @@ def _package(
     return artifact.write_artifact(out, {artifact.MODEL_FILE: model_path}, manifest, sign_key=sign_key)
 
 
-def _model_section(fp32: onnx.ModelProto, model_path: Path) -> dict[str, Any]:
+def _model_section(
+    fp32: onnx.ModelProto, model_path: Path, gated: data.Dataset | None = None
+) -> dict[str, Any]:
+    """The model's inputs and outputs; with the data the gate ran, each input's `row_shape` too (one
+    sample's call), which the server's load-time probe and example request use for open dimensions."""
     initializers = {init.name for init in fp32.graph.initializer}
+    inputs = [_io(v) for v in fp32.graph.input if v.name not in initializers]
+    row_shapes = gated.row_shapes() if gated is not None else {}
+    for entry in inputs:
+        if entry["name"] in row_shapes:
+            entry["row_shape"] = row_shapes[entry["name"]]
     return {
         "source": model_path.name,
         "opset": {entry.domain or "ai.onnx": entry.version for entry in fp32.opset_import},
-        "inputs": [_io(v) for v in fp32.graph.input if v.name not in initializers],
+        "inputs": inputs,
         "outputs": [_io(v) for v in fp32.graph.output],
     }
 

@@ -353,7 +353,9 @@ def _openapi(
         if service.phase is Phase.LOADING:
             return document  # not cached: the example comes with the model
         if service.model is not None:
-            example = schema.infer_example(service.model.runner.signature)
+            example = schema.infer_example(
+                service.model.runner.signature, service.model.opened.artifact.row_shapes
+            )
             if example is not None:
                 document = schema.with_infer_example(document, example)
         app.openapi_schema = document

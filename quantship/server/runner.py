@@ -85,6 +85,16 @@ class TensorSpec:
     def describe(self) -> str:
         return f"{self.name} ({self.datatype} {self.wire_shape})"
 
+    def one_row(self, row_shape: Sequence[int] = ()) -> tuple[int, ...]:
+        """A shape to call the model at with one sample: `row_shape` (one sample of the gate's data,
+        `Artifact.row_shapes`) where it fits this input, else 1 for every open dimension. A length of 1
+        is refused by a model with a convolution along an open axis (a waveform's samples)."""
+        if len(row_shape) == len(self.shape) and all(
+            dim in (None, size) for dim, size in zip(self.shape, row_shape, strict=True)
+        ):
+            return tuple(row_shape)
+        return tuple(1 if dim is None else dim for dim in self.shape)
+
     @classmethod
     def from_ort(cls, node: ort.NodeArg) -> TensorSpec:
         datatype = _ORT_DATATYPES.get(node.type)

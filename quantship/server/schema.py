@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from pydantic import BaseModel, Field
@@ -197,12 +198,13 @@ def pin_path_parameters(document: dict[str, Any], values: dict[str, str]) -> dic
 _EXAMPLE_VALUES: dict[str, Any] = {"BYTES": "", "BOOL": True}
 
 
-def infer_example(signature: Signature) -> dict[str, Any] | None:
+def infer_example(signature: Signature, row_shapes: Mapping[str, Sequence[int]]) -> dict[str, Any] | None:
     """A one-row request for the loaded model, or None when it would be too large. Ones (true for
-    BOOL, empty strings for BYTES), as the batch policy's first try: a valid mask, id and divisor."""
+    BOOL, empty strings for BYTES), as the batch policy's first try: a valid mask, id and divisor.
+    Open dimensions as in one sample of the gate's data (`Artifact.row_shapes`), else 1."""
     inputs = []
     for spec in signature.inputs:
-        shape = [1 if dim is None else dim for dim in spec.shape]
+        shape = list(spec.one_row(row_shapes.get(spec.name, ())))
         count = math.prod(shape)
         if count > EXAMPLE_MAX_VALUES:
             return None

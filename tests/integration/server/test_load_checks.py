@@ -17,12 +17,13 @@ import numpy as np
 import onnx
 import pytest
 from click.testing import CliRunner
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 from prometheus_client import CollectorRegistry
 from server_harness import LocalServer, build_divide_by_input, fp32_artifact, settings_for, wait_until
 
 from quantship import artifact, runtime, zoo
 from quantship.cli import ExitCode, main
+from quantship.quantize import QuantizeConfig, run
 from quantship.server import batch_policy
 from quantship.server.metrics import ServerMetrics
 from quantship.server.runner import Runner
@@ -167,6 +168,98 @@ async def test_a_model_whose_outputs_differ_run_to_run_is_flagged_nondeterminist
     assert sample(registry, settings, "quantship_nondeterministic_outputs") == 1
     # an FP32 artifact records no gate hardware: nothing differs, only the serving side is shown
     assert sample(registry, settings, "quantship_hardware_mismatch", aspect="int8_flags") == 0
+    await service.close(1)
+
+
+SAMPLES = 64
+"""A waveform's length in the test data: any length from KERNEL up runs."""
+KERNEL = 8
+
+
+def build_waveform_classifier(path: Path) -> Path:
+    """X float[N, samples] -> Conv1d (kernel KERNEL, stride 4) -> Relu -> mean over time -> MatMul ->
+    logits float[N, 3]: an audio front end along an open axis, which refuses fewer than KERNEL samples."""
+    rng = np.random.default_rng(0)
+    weights = [
+        numpy_helper.from_array(rng.normal(size=(4, 1, KERNEL)).astype(np.float32), "conv_w"),
+        numpy_helper.from_array(rng.normal(size=(4, 3)).astype(np.float32), "head_w"),
+        numpy_helper.from_array(np.array([1], dtype=np.int64), "channel_axis"),
+    ]
+    graph = helper.make_graph(
+        [
+            helper.make_node("Unsqueeze", ["X", "channel_axis"], ["wave"]),
+            helper.make_node("Conv", ["wave", "conv_w"], ["conv"], strides=[4], name="front_end"),
+            helper.make_node("Relu", ["conv"], ["relu"]),
+            helper.make_node("ReduceMean", ["relu"], ["pooled"], axes=[2], keepdims=0),
+            helper.make_node("MatMul", ["pooled", "head_w"], ["logits"], name="head"),
+        ],
+        "waveform",
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["N", "samples"])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 3])],
+        weights,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def waveform_artifact(tmp_path_factory: pytest.TempPathFactory) -> artifact.Artifact:
+    """The waveform classifier quantized on rows of SAMPLES samples, labelled by its FP32 answers."""
+    tmp = tmp_path_factory.mktemp("waveform")
+    model = build_waveform_classifier(tmp / "waveform.onnx")
+    rows = np.random.default_rng(1).normal(size=(96, SAMPLES)).astype(np.float32)
+    labels = runtime.create_session(model).run(None, {"X": rows})[0].argmax(axis=1)
+    np.savez(tmp / "calibration.npz", X=rows[:64])
+    np.savez(tmp / "evaluation.npz", X=rows[64:], labels=labels[64:])
+    config = QuantizeConfig()
+    calibration, evaluation = tmp / "calibration.npz", tmp / "evaluation.npz"
+    return run(model, tmp / "a", config, calibration=calibration, evaluation=evaluation).artifact
+
+
+def test_a_model_refusing_one_sample_on_its_open_axis_is_probed_and_exemplified_at_the_gates_length(
+    waveform_artifact: artifact.Artifact,
+) -> None:
+    """The probe and the OpenAPI example set open dimensions to 1: a convolution along a waveform's
+    open axis refused that at every load, so an audio model never exported
+    quantship_nondeterministic_outputs, and its documented example request was answered 400."""
+    assert waveform_artifact.gate_passed
+    assert waveform_artifact.manifest["model"]["inputs"][0]["row_shape"] == [1, SAMPLES]
+
+    server = LocalServer(settings_for(waveform_artifact, "waveform")).start()
+    try:
+        labels = server.settings.labels
+        assert server.registry.get_sample_value("quantship_nondeterministic_outputs", labels) == 0
+        document = httpx.get(f"{server.url}/openapi.json").json()
+        infer = next(ops["post"] for path, ops in document["paths"].items() if path.endswith("/infer"))
+        example = infer["requestBody"]["content"]["application/json"]["example"]
+        assert example["inputs"][0]["shape"] == [1, SAMPLES]
+        infer_url = f"{server.url}/v2/models/{server.settings.model_name}/infer"
+        answer = httpx.post(infer_url, json=example)
+        assert answer.status_code == 200, answer.text
+        too_short = {"inputs": [{"name": "X", "shape": [1, 1], "datatype": "FP32", "data": [0.5]}]}
+        assert httpx.post(infer_url, json=too_short).status_code == 400  # what both used to send
+    finally:
+        server.stop()
+
+
+async def test_a_row_shape_past_memory_skips_the_probe_and_the_model_still_loads(
+    waveform_artifact: artifact.Artifact, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A manifest is as hostile as its artifact: a row_shape claiming 10**12 samples is not allocated."""
+    claimed = rewritten(
+        waveform_artifact, tmp_path / "huge", lambda m: m["model"]["inputs"][0].update(row_shape=[1, 10**12])
+    )
+    settings = settings_for(claimed, "huge")
+    service, registry = service_for(settings)
+    with caplog.at_level(logging.WARNING, logger="quantship.server"):
+        await service.load()
+    assert service.phase is Phase.READY
+    assert sample(registry, settings, "quantship_nondeterministic_outputs") is None
+    assert any(
+        "determinism probe not run: the manifest's row_shape" in r.getMessage() for r in caplog.records
+    )
     await service.close(1)
 
 

@@ -14,7 +14,7 @@ from tiny_models import POSITION_TABLE, build_positions
 
 from quantship import artifact
 from quantship.server.errors import InferenceFailed, InvalidInput
-from quantship.server.runner import Runner, fallback_ops, value_free_outputs
+from quantship.server.runner import Runner, TensorSpec, fallback_ops, value_free_outputs
 
 TinyModel = Callable[..., Runner]
 
@@ -32,6 +32,22 @@ def test_the_signature_reads_names_datatypes_and_open_dimensions(tiny_model: Tin
     ]
     assert signature.batchable
     assert not tiny_model(first_dim=1).signature.batchable
+
+
+@pytest.mark.parametrize(
+    ("row_shape", "one_row"),
+    [
+        ((1, 1600), (1, 1600)),  # the gate's length for the open axis
+        ((), (1, 1)),  # none recorded (an artifact made without data)
+        ((1, 1600, 2), (1, 1)),  # another rank: not this input's
+        ((2, 1600), (1, 1)),  # a fixed dimension it contradicts: not this input's either
+    ],
+    ids=["fits", "none", "other rank", "contradicts a fixed size"],
+)
+def test_one_row_takes_the_gates_sizes_where_they_fit_and_ones_elsewhere(
+    row_shape: tuple[int, ...], one_row: tuple[int, ...]
+) -> None:
+    assert TensorSpec("wave", "FP32", (1, None)).one_row(row_shape) == one_row
 
 
 @pytest.mark.parametrize(
