@@ -69,6 +69,16 @@ MASK_PATH_OPS = frozenset(
 to what makes it): they move or add values, and keep the mask's magnitude."""
 MASK_PATH_HOPS = 3
 """How many MASK_PATH_OPS may stand between the masking Add or Where and its Softmax."""
+MASK_CONSTANT = -1e4
+"""A constant this negative or more (-1e9, finfo.min, -inf) that a Where, Mul or Sub makes into an
+operand of an Add (or a Where's branch) reaching a Softmax is a mask by the graph alone, whatever
+the calibration rows hold: where none is padded the mask calibrates to [0, 0] and its range shows
+nothing, and padded requests would then have their masked scores clamped, not removed. -10000 is
+the mildest masking constant in use (`(1 - mask) * -10000.0`); exp(-10000) is already 0, so no
+trained bias before a Softmax comes near it."""
+MASK_MAKERS = frozenset({"Where", "Mul", "Sub"})
+"""The ops that make a mask of a constant: Where(padded, lowest, 0), (1 - mask) * lowest,
+mask * c - c."""
 SOFTMAX_OPS = frozenset({"Softmax", "LogSoftmax"})
 MASKING_OPS = frozenset({"Add", "Where"})
 """Where a mask meets the scores: an Add's two operands, a Where's two branches."""
@@ -256,9 +266,10 @@ class Mask:
 
 
 def additive_masks(model: onnx.ModelProto, calibrated: TensorsData) -> list[Mask]:
-    """The additive masks of `model` by `calibrated`'s ranges (an initializer's by its value), in
-    graph order."""
+    """The additive masks of `model` by `calibrated`'s ranges (an initializer's by its value) or
+    made of a MASK_CONSTANT, in graph order."""
     initializers = {init.name: init for init in model.graph.initializer}
+    constants = _constant_spans(model)
     producers = {out: node for node in model.graph.node for out in node.output}
     consumers: dict[str, list[onnx.NodeProto]] = {}
     for node in model.graph.node:
@@ -287,10 +298,42 @@ def additive_masks(model: onnx.ModelProto, calibrated: TensorsData) -> list[Mask
             if mine is None or other is None:
                 continue
             data = max(abs(other[0]), abs(other[1]))
-            if data > 0 and mine[0] <= -MASK_RATIO * data and mine[1] <= data:
-                made = tuple(n.name for n in _made_by(name, producers))
-                masks.append(Mask(name, *mine, data, made + tuple(n.name for n in path)))
+            made = _made_by(name, producers)
+            constant = _masking_constant(made[0], constants) if made else None
+            by_range = data > 0 and mine[0] <= -MASK_RATIO * data and mine[1] <= data
+            if by_range or constant is not None:
+                low = min(mine[0], constant if constant is not None else mine[0])
+                nodes = tuple(n.name for n in (*made, *path))
+                masks.append(Mask(name, low, mine[1], data, nodes))
     return masks
+
+
+def _constant_spans(model: onnx.ModelProto) -> dict[str, tuple[float, float]]:
+    """The float initializers and Constant node outputs of `model`, with their value's range."""
+    values = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type == "Constant" and [a.name for a in node.attribute] == ["value"]:
+            values[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+    return {
+        name: (float(value.min()), float(value.max()))
+        for name, value in values.items()
+        if value.size and value.dtype.kind == "f"
+    }
+
+
+def _masking_constant(
+    maker: onnx.NodeProto, constants: dict[str, tuple[float, float]]
+) -> float | None:
+    """The MASK_CONSTANT (or lower) that `maker`, a MASK_MAKERS op, puts into its output: a
+    constant operand's lowest value, or for a Sub's subtrahend its highest, negated."""
+    if maker.op_type not in MASK_MAKERS:
+        return None
+    lows = [
+        -constants[name][1] if maker.op_type == "Sub" and index == 1 else constants[name][0]
+        for index, name in enumerate(maker.input)
+        if name in constants
+    ]
+    return min(lows) if lows and min(lows) <= MASK_CONSTANT else None
 
 
 def _into_softmax(

@@ -704,12 +704,17 @@ MASKED_ATTENTION_FLOAT = ("mask_where", "mask_unsqueeze", "mask_add", "softmax")
 
 
 def _masked_attention(
-    folder: Path, lowest: float = float(np.finfo(np.float32).min), *, constant: bool = False
+    folder: Path,
+    lowest: float = float(np.finfo(np.float32).min),
+    *,
+    constant: bool = False,
+    padded_calibration: bool = True,
 ) -> tuple[Path, Path, Path]:
     """One attention head with a Hugging Face style additive padding mask: Where(mask == 0,
     `lowest`, 0) added to the scores before the Softmax; `lowest` an initializer, or the output of
-    a Constant node (`constant`, as torch exports it). Returns model, calibration and evaluation
-    (labelled with FP32's own predictions)."""
+    a Constant node (`constant`, as torch exports it). Returns model, calibration (every row of
+    full length unless `padded_calibration`) and evaluation (padded, labelled with FP32's own
+    predictions)."""
     from onnx import TensorProto, helper, numpy_helper
 
     made_lowest = [
@@ -766,12 +771,14 @@ def _masked_attention(
     model.ir_version = 8
     onnx.save(model, folder / "attention.onnx")
 
-    def rows(count: int) -> dict[str, np.ndarray]:
+    def rows(count: int, padded: bool = True) -> dict[str, np.ndarray]:
         lengths = rng.integers(2, steps + 1, count)  # padded on the right, as a tokenizer does
+        if not padded:
+            lengths[:] = steps
         mask = (np.arange(steps)[None, :] < lengths[:, None]).astype(np.float32)
         return {"x": rng.standard_normal((count, steps, width)).astype(np.float32), "mask": mask}
 
-    np.savez(folder / "calibration.npz", **rows(64))
+    np.savez(folder / "calibration.npz", **rows(64, padded_calibration))
     evaluation = rows(200)
     logits = runtime.create_session(folder / "attention.onnx").run(None, evaluation)[0]
     np.savez(folder / "evaluation.npz", **evaluation, labels=logits.argmax(axis=1))
@@ -848,6 +855,22 @@ def test_a_moderate_additive_mask_stays_in_float_and_static_int8_passes(
     assert f"additive3 [{lowest:.3g}, 0] beside" in said and ", ".join(MASKED_ATTENTION_FLOAT) in said
     assert said in manifest["warnings"] and not [w for w in result.warnings if "reach past" in w]
     assert {r.tensor for r in result.artifact.activation_ranges}.isdisjoint({"masked", "additive3"})
+
+
+@pytest.mark.parametrize("lowest", [-10000.0, float(np.finfo(np.float32).min)])
+def test_a_mask_the_calibration_rows_never_pad_stays_in_float(tmp_path: Path, lowest: float) -> None:
+    """Calibration rows all of full length: the mask calibrated to [0, 0], neither range rule saw
+    it, and padded requests had their masked scores clamped to the lowest score, not removed
+    (accuracy 66% here). A Where of a constant at or below MASK_CONSTANT whose output reaches the
+    Add into a Softmax is a mask by the graph alone."""
+    model, calibration, evaluation = _masked_attention(tmp_path, lowest, padded_calibration=False)
+    config = QuantizeConfig(strategy=Strategy.FALLBACK, max_trials=0, max_accuracy_delta=0.05)
+    result = run(model, tmp_path / "a", config, calibration=calibration, evaluation=evaluation)
+
+    assert result.gate_passed and result.chosen.number == 0
+    assert result.chosen.excluded == MASKED_ATTENTION_FLOAT
+    (said,) = [w for w in result.warnings if "additive masks" in w]
+    assert f"additive3 [{lowest:.3g}, 0] beside" in said
 
 
 def test_percentile_calibration_takes_a_constant_nodes_value_as_its_range(tmp_path: Path) -> None:
