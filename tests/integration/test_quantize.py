@@ -709,10 +709,12 @@ def _masked_attention(
     *,
     constant: bool = False,
     padded_calibration: bool = True,
+    log: bool = False,
 ) -> tuple[Path, Path, Path]:
     """One attention head with a Hugging Face style additive padding mask: Where(mask == 0,
     `lowest`, 0) added to the scores before the Softmax; `lowest` an initializer, or the output of
-    a Constant node (`constant`, as torch exports it). Returns model, calibration (every row of
+    a Constant node (`constant`, as torch exports it), or T5's Log(mask), -inf where padded
+    (`log`). Returns model, calibration (every row of
     full length unless `padded_calibration`) and evaluation (padded, labelled with FP32's own
     predictions)."""
     from onnx import TensorProto, helper, numpy_helper
@@ -742,8 +744,14 @@ def _masked_attention(
             helper.make_node("Transpose", ["k"], ["kt"], perm=[0, 2, 1], name="key_t"),
             helper.make_node("MatMul", ["q", "kt"], ["scores"], name="scores"),
             *(made_lowest if constant else []),
-            helper.make_node("Equal", ["mask", "zero"], ["padded"], name="padded"),
-            helper.make_node("Where", ["padded", "lowest", "zero"], ["additive"], name="mask_where"),
+            *(
+                [helper.make_node("Log", ["mask"], ["additive"], name="mask_log")]
+                if log
+                else [
+                    helper.make_node("Equal", ["mask", "zero"], ["padded"], name="padded"),
+                    helper.make_node("Where", ["padded", "lowest", "zero"], ["additive"], name="mask_where"),
+                ]
+            ),
             helper.make_node("Unsqueeze", ["additive", "axis1"], ["additive3"], name="mask_unsqueeze"),
             helper.make_node("Add", ["scores", "additive3"], ["masked"], name="mask_add"),
             helper.make_node("Softmax", ["masked"], ["probs"], axis=-1, name="softmax"),
@@ -893,6 +901,22 @@ def test_percentile_calibration_takes_a_constant_nodes_value_as_its_range(tmp_pa
     assert result.chosen.error is None and result.gate_passed
     assert result.chosen.excluded == MASKED_ATTENTION_FLOAT
     assert "additive3 [-1e+04, 0] beside" in " ".join(result.warnings)
+
+
+def test_percentile_calibration_learns_a_log_masks_minus_infinity_from_minmax(tmp_path: Path) -> None:
+    """T5's mask is log(0) = -inf where padded: percentile calibration died on numpy's "autodetected
+    range of [0.0, inf] is not finite", where "Too many bins" took the min-max fallback. Both are a
+    range no histogram can bin: min-max learns the -inf tensors' ranges, and the nodes around them
+    stay in float."""
+    model, calibration, evaluation = _masked_attention(tmp_path, log=True)
+    config = QuantizeConfig(
+        calibration=Calibration.PERCENTILE, strategy=Strategy.FALLBACK, max_trials=0, max_accuracy_delta=0.05
+    )
+    result = run(model, tmp_path / "a", config, calibration=calibration, evaluation=evaluation)
+
+    assert result.chosen.error is None and result.gate_passed
+    assert result.chosen.excluded == ("mask_log", "mask_unsqueeze", "mask_add", "softmax")
+    assert "additive [-inf, 0]" in " ".join(w for w in result.warnings if "reach past" in w)
 
 
 def test_a_range_no_histogram_can_bin_is_named_with_its_cause(tmp_path: Path) -> None:
