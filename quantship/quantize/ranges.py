@@ -66,7 +66,9 @@ MASK_PATH_OPS = frozenset(
     {"Add", "Reshape", "Cast", "Unsqueeze", "Squeeze", "Transpose", "Expand", "Identity"}
 )
 """Ops an additive mask's sum may pass through on its way to the Softmax (and the mask itself, back
-to what makes it): they move or add values, and keep the mask's magnitude."""
+to what makes it): they move or add values, and keep the mask's magnitude. So does a Mul or Div of
+the sum by a scalar constant on its way (`(scores + mask) * 0.25`): it keeps the ratio."""
+SCALING_OPS = frozenset({"Mul", "Div"})
 MASK_PATH_HOPS = 3
 """How many MASK_PATH_OPS may stand between the masking Add or Where and its Softmax."""
 MASK_CONSTANT = -1e4
@@ -269,7 +271,9 @@ def additive_masks(model: onnx.ModelProto, calibrated: TensorsData) -> list[Mask
     """The additive masks of `model` by `calibrated`'s ranges (an initializer's by its value) or
     made of a MASK_CONSTANT, in graph order."""
     initializers = {init.name: init for init in model.graph.initializer}
-    constants = _constant_spans(model)
+    values = _constant_values(model)
+    constants = {name: (float(value.min()), float(value.max())) for name, value in values.items()}
+    scalars = {name for name, value in values.items() if value.size == 1}
     producers = {out: node for node in model.graph.node for out in node.output}
     consumers: dict[str, list[onnx.NodeProto]] = {}
     for node in model.graph.node:
@@ -290,7 +294,7 @@ def additive_masks(model: onnx.ModelProto, calibrated: TensorsData) -> list[Mask
         operands = list(node.input[:2] if node.op_type == "Add" else node.input[1:3])
         if node.op_type not in MASKING_OPS or len(operands) != 2:
             continue
-        path = _into_softmax(node, consumers, MASK_PATH_HOPS)
+        path = _into_softmax(node, consumers, MASK_PATH_HOPS, scalars)
         if path is None:
             continue
         spans = [span(name) for name in operands]
@@ -308,17 +312,13 @@ def additive_masks(model: onnx.ModelProto, calibrated: TensorsData) -> list[Mask
     return masks
 
 
-def _constant_spans(model: onnx.ModelProto) -> dict[str, tuple[float, float]]:
-    """The float initializers and Constant node outputs of `model`, with their value's range."""
+def _constant_values(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    """The float initializers and Constant node outputs of `model`, with their values."""
     values = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
     for node in model.graph.node:
         if node.op_type == "Constant" and [a.name for a in node.attribute] == ["value"]:
             values[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
-    return {
-        name: (float(value.min()), float(value.max()))
-        for name, value in values.items()
-        if value.size and value.dtype.kind == "f"
-    }
+    return {name: value for name, value in values.items() if value.size and value.dtype.kind == "f"}
 
 
 def _masking_constant(
@@ -337,17 +337,25 @@ def _masking_constant(
 
 
 def _into_softmax(
-    node: onnx.NodeProto, consumers: dict[str, list[onnx.NodeProto]], hops: int
+    node: onnx.NodeProto, consumers: dict[str, list[onnx.NodeProto]], hops: int, scalars: set[str]
 ) -> list[onnx.NodeProto] | None:
-    """`node` and every node after it on a path to a Softmax through at most `hops` MASK_PATH_OPS,
-    the Softmax included; None when no such path."""
+    """`node` and every node after it on a path to a Softmax through at most `hops` MASK_PATH_OPS
+    (or SCALING_OPS by one of the `scalars`), the Softmax included; None when no such path."""
     after: list[onnx.NodeProto] = []
     for reader in consumers.get(node.output[0], []):
         if reader.op_type in SOFTMAX_OPS:
             after.append(reader)
-        elif hops > 0 and reader.op_type in MASK_PATH_OPS:
-            after += _into_softmax(reader, consumers, hops - 1) or []
+        elif hops > 0 and (reader.op_type in MASK_PATH_OPS or _scales(reader, node.output[0], scalars)):
+            after += _into_softmax(reader, consumers, hops - 1, scalars) or []
     return [node, *after] if after else None
+
+
+def _scales(reader: onnx.NodeProto, tensor: str, scalars: set[str]) -> bool:
+    """Whether `reader` multiplies `tensor` by one of the `scalars`, or divides it by one."""
+    if reader.op_type not in SCALING_OPS or len(reader.input) != 2:
+        return False
+    by = reader.input[1] if reader.input[0] == tensor else reader.input[0]
+    return by in scalars and (reader.op_type == "Mul" or reader.input[0] == tensor)
 
 
 def _made_by(tensor: str, producers: dict[str, onnx.NodeProto]) -> list[onnx.NodeProto]:
