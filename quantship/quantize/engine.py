@@ -266,9 +266,11 @@ def _calibration_failed(
 
 
 def constant_ranges(model: onnx.ModelProto) -> dict[str, tuple[float, float]]:
-    """The float outputs of the model's Constant nodes, with their value's range: what min-max would
-    find, without the data. Never quantized as activations (a Constant is not), and a histogram of
-    one (zero width) fails once its magnitude is past float32's resolution of numpy's +-0.5 bins."""
+    """The float outputs of the model's Constant nodes, with their value's range: their exact range,
+    what min-max finds, without binning a value that never varies. A histogram of one (zero width)
+    fails once its magnitude is past float32's resolution of numpy's +-0.5 bins. The quantizer may
+    still quantize one as an activation (a runtime QuantizeLinear where pre-processing, which folds
+    Constants into initializers, was skipped or gave up), with this range."""
     found = {}
     for node in model.graph.node:
         if node.op_type != "Constant" or len(node.attribute) != 1:
