@@ -71,6 +71,9 @@ the sum by a scalar constant on its way (`(scores + mask) * 0.25`): it keeps the
 SCALING_OPS = frozenset({"Mul", "Div"})
 MASK_PATH_HOPS = 3
 """How many MASK_PATH_OPS may stand between the masking Add or Where and its Softmax."""
+MASK_MAKER_HOPS = 3
+"""How many MASK_PATH_OPS may stand between what makes a mask (its Where or Mul) and the Add or
+Where it masks (an Unsqueeze or two and a Cast, in exports)."""
 MASK_CONSTANT = -1e4
 """A constant this negative or more (-1e9, finfo.min, -inf) that a Where, Mul or Sub makes into an
 operand of an Add (or a Where's branch) reaching a Softmax is a mask by the graph alone, whatever
@@ -359,13 +362,16 @@ def _scales(reader: onnx.NodeProto, tensor: str, scalars: set[str]) -> bool:
 
 
 def _made_by(tensor: str, producers: dict[str, onnx.NodeProto]) -> list[onnx.NodeProto]:
-    """The nodes that make `tensor`: its producer and, back through MASK_PATH_OPS of one data input,
-    theirs (a Where of -10000, unsqueezed); none for a Constant or an initializer, never quantized."""
-    made: list[onnx.NodeProto] = []
+    """The nodes that make `tensor`: its producer and, back through at most MASK_MAKER_HOPS
+    MASK_PATH_OPS of one data input, theirs (a Where of -10000, unsqueezed); none for a Constant or an initializer, never quantized."""
+    made: list[onnx.NodeProto] = []  # MASK_PATH_OPS only, until what makes the mask goes first
     producer = producers.get(tensor)
-    while producer is not None and producer.op_type != "Constant" and len(made) <= MASK_PATH_HOPS:
+    while producer is not None and producer.op_type != "Constant":
+        moves = producer.op_type in MASK_PATH_OPS - {"Add"}
+        if moves and len(made) == MASK_MAKER_HOPS:
+            break
         made.insert(0, producer)
-        if producer.op_type not in MASK_PATH_OPS - {"Add"}:
+        if not moves:
             break
         producer = producers.get(producer.input[0])
     return made

@@ -895,11 +895,50 @@ def test_a_mask_scaled_on_its_way_to_the_softmax_stays_in_float(tmp_path: Path) 
     assert result.chosen.excluded == ("mask_where", "mask_unsqueeze", "mask_add", "scale", "softmax")
 
 
+def test_a_masks_makers_are_looked_for_at_most_mask_maker_hops_back() -> None:
+    """The walk back from a mask to what makes it took one MASK_PATH_OPS node more than its bound."""
+    from onnx import TensorProto, helper, numpy_helper
+    from onnxruntime.quantization.calibrate import CalibrationMethod, TensorData, TensorsData
+
+    moves = ranges.MASK_MAKER_HOPS + 1
+    graph = helper.make_graph(
+        [
+            helper.make_node("Where", ["padded", "lowest", "zero"], ["moved0"], name="mask_where"),
+            *(
+                helper.make_node("Identity", [f"moved{i}"], [f"moved{i + 1}"], name=f"move{i}")
+                for i in range(moves)
+            ),
+            helper.make_node("Add", ["scores", f"moved{moves}"], ["masked"], name="mask_add"),
+            helper.make_node("Softmax", ["masked"], ["probs"], name="softmax"),
+        ],
+        "mask_far_from_its_where",
+        [
+            helper.make_tensor_value_info("padded", TensorProto.BOOL, ["N", 4]),
+            helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["N", 4]),
+        ],
+        [helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["N", 4])],
+        [
+            numpy_helper.from_array(np.array(-10000.0, np.float32), "lowest"),
+            numpy_helper.from_array(np.array(0.0, np.float32), "zero"),
+        ],
+    )
+    span = {"lowest": np.array(-10000.0, np.float32), "highest": np.array(0.0, np.float32)}
+    calibrated = TensorsData(
+        CalibrationMethod.MinMax,
+        {
+            "scores": TensorData(lowest=np.array(-10.0, np.float32), highest=np.array(10.0, np.float32)),
+            **{f"moved{i}": TensorData(**span) for i in range(moves + 1)},
+        },
+    )
+    (mask,) = ranges.additive_masks(helper.make_model(graph), calibrated)
+    assert mask.nodes == (*(f"move{i}" for i in range(1, moves)), "mask_add", "softmax")
+
+
 def test_percentile_calibration_takes_a_constant_nodes_value_as_its_range(tmp_path: Path) -> None:
     """A Constant node's -10000 was calibrated like an activation, at [-10000, -10000]: numpy widens
     a zero-width range by +-0.5 into 2048 bins finer than float32 tells apart at 10000, and
-    percentile calibration died on "Too many bins" naming no tensor. A Constant is never quantized
-    as an activation; its value is its range, and no histogram is made of it. (Without
+    percentile calibration died on "Too many bins" naming no tensor. A Constant's value is its
+    range, and no histogram is made of it. (Without
     pre-processing, as where onnxruntime's symbolic shape inference gives up on a BERT: it folds
     the Constant into an initializer.)"""
     model, calibration, evaluation = _masked_attention(tmp_path, -10000.0, constant=True)
