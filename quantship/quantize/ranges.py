@@ -324,9 +324,7 @@ def _constant_values(model: onnx.ModelProto) -> dict[str, np.ndarray]:
     return {name: value for name, value in values.items() if value.size and value.dtype.kind == "f"}
 
 
-def _masking_constant(
-    maker: onnx.NodeProto, constants: dict[str, tuple[float, float]]
-) -> float | None:
+def _masking_constant(maker: onnx.NodeProto, constants: dict[str, tuple[float, float]]) -> float | None:
     """The MASK_CONSTANT (or lower) that `maker`, a MASK_MAKERS op, puts into its output: a
     constant operand's lowest value, or for a Sub's subtrahend its highest, negated."""
     if maker.op_type not in MASK_MAKERS:
@@ -363,7 +361,8 @@ def _scales(reader: onnx.NodeProto, tensor: str, scalars: set[str]) -> bool:
 
 def _made_by(tensor: str, producers: dict[str, onnx.NodeProto]) -> list[onnx.NodeProto]:
     """The nodes that make `tensor`: its producer and, back through at most MASK_MAKER_HOPS
-    MASK_PATH_OPS of one data input, theirs (a Where of -10000, unsqueezed); none for a Constant or an initializer, never quantized."""
+    MASK_PATH_OPS of one data input, theirs (a Where of -10000, unsqueezed); none for a Constant or
+    an initializer, never quantized."""
     made: list[onnx.NodeProto] = []  # MASK_PATH_OPS only, until what makes the mask goes first
     producer = producers.get(tensor)
     while producer is not None and producer.op_type != "Constant":

@@ -756,7 +756,9 @@ def _masked_attention(
             helper.make_node("Unsqueeze", ["additive", "axis1"], ["additive3"], name="mask_unsqueeze"),
             helper.make_node("Add", ["scores", "additive3"], ["masked"], name="mask_add"),
             *([helper.make_node("Mul", ["masked", "quarter"], ["scaled"], name="scale")] if scaled else []),
-            helper.make_node("Softmax", ["scaled" if scaled else "masked"], ["probs"], axis=-1, name="softmax"),
+            helper.make_node(
+                "Softmax", ["scaled" if scaled else "masked"], ["probs"], axis=-1, name="softmax"
+            ),
             helper.make_node("MatMul", ["probs", "v"], ["context"], name="context"),
             helper.make_node("ReduceMean", ["context"], ["pooled"], axes=[1], keepdims=0, name="pool"),
             helper.make_node("MatMul", ["pooled", "wo"], ["logits"], name="classify"),
