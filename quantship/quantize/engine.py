@@ -81,6 +81,10 @@ TOO_MANY_BINS = "Too many bins for data range"
 """numpy's np.histogram, when a range's bin edges are not finite and increasing: a tensor reaching past
 finfo.max / 2, or one of zero width (numpy widens it by +-0.5) at a magnitude where float32 cannot
 tell its bins apart (about 4096 for 2048 bins)."""
+NOT_FINITE = "is not finite"
+"""The end of numpy's np.histogram error for a range reaching +-inf ("autodetected range of [0.0, inf]
+is not finite"): a sentinel such as T5's log(0) mask. Too wide to bin as TOO_MANY_BINS is, and
+learnt from min-max the same way."""
 
 MAX_INLINE_BYTES = 2**31 - 1
 """protobuf's limit on one message: a model over it must keep its weights in external data."""
@@ -242,7 +246,7 @@ def calibrate(
         augmented.unlink(missing_ok=True)
     if fixed:
         ranges = TensorsData(ranges.calibration_method, {**ranges.data, **_as_tensor_data(fixed)})
-    save_tensors_data(ranges, cache_path)
+    save_tensors_data(_finite(ranges), cache_path)
     return ranges
 
 
@@ -252,7 +256,8 @@ def _calibration_failed(
     """The error to raise for onnxruntime's `exc`: a histogram that numpy could not bin names the
     tensors it could not (RangeTooWide)."""
     failed = f"{config.calibration.value} calibration failed on {dataset.source}"
-    if not str(exc).startswith(TOO_MANY_BINS) or not isinstance(calibrator, HistogramCalibrater):
+    unbinned = str(exc).startswith(TOO_MANY_BINS) or first_line(exc).endswith(NOT_FINITE)
+    if not unbinned or not isinstance(calibrator, HistogramCalibrater):
         return CalibrationFailed(f"{failed}: {first_line(exc)}")
     unbinnable = _unbinnable(calibrator)
     if not unbinnable:
@@ -261,9 +266,11 @@ def _calibration_failed(
 
 
 def constant_ranges(model: onnx.ModelProto) -> dict[str, tuple[float, float]]:
-    """The float outputs of the model's Constant nodes, with their value's range: what min-max would
-    find, without the data. Never quantized as activations (a Constant is not), and a histogram of
-    one (zero width) fails once its magnitude is past float32's resolution of numpy's +-0.5 bins."""
+    """The float outputs of the model's Constant nodes, with their value's range: their exact range,
+    what min-max finds, without binning a value that never varies. A histogram of one (zero width)
+    fails once its magnitude is past float32's resolution of numpy's +-0.5 bins. The quantizer may
+    still quantize one as an activation (a runtime QuantizeLinear where pre-processing, which folds
+    Constants into initializers, was skipped or gave up), with this range."""
     found = {}
     for node in model.graph.node:
         if node.op_type != "Constant" or len(node.attribute) != 1:
@@ -278,6 +285,22 @@ def constant_ranges(model: onnx.ModelProto) -> dict[str, tuple[float, float]]:
         if array.dtype.kind == "f" and array.size:
             found[node.output[0]] = (float(array.min()), float(array.max()))
     return found
+
+
+def _finite(ranges: TensorsData) -> TensorsData:
+    """`ranges` for the quantizer, +-inf (a log(0) mask) held at +-finfo(float32).max / 2: it computes
+    every calibrated tensor's scale, those of tensors kept in float too, and inf / inf is nan
+    (numpy's "invalid value" warnings). Still past ranges.UNQUANTIZABLE_MAGNITUDE, and the sum of two such
+    ends is finite. The ranges returned to quantship keep their inf, as calibrated."""
+    limit = np.float32(np.finfo(np.float32).max / 2)
+    finite = {}
+    for name, data in ranges.data.items():
+        fields = {key: value for key, value in data.to_dict().items() if key != "CLS"}
+        for end in ("lowest", "highest"):
+            if end in fields:
+                fields[end] = np.clip(fields[end], -limit, limit).astype(np.float32)
+        finite[name] = TensorData(**fields)
+    return TensorsData(ranges.calibration_method, finite)
 
 
 def _as_tensor_data(spans: Mapping[str, tuple[float, float]]) -> dict[str, TensorData]:
@@ -312,11 +335,12 @@ def _unbinnable(calibrator: HistogramCalibrater) -> list[str]:
             collector.collect({name: values})
         except ValueError:
             low, high = float(np.nanmin(values)), float(np.nanmax(values))
+            wide = "not finite" if np.isinf([low, high]).any() else "a range too wide for float32 bin edges"
             found.append(
                 f"{name}, {low:.6g} in every row: a zero-width range at a magnitude where its "
                 f"{calibrator.num_bins} bins are finer than float32 resolves"
                 if low == high
-                else f"{name} [{low:.3g}, {high:.3g}]: a range too wide for float32 bin edges"
+                else f"{name} [{low:.3g}, {high:.3g}]: {wide}"
             )
     return found
 

@@ -66,9 +66,24 @@ MASK_PATH_OPS = frozenset(
     {"Add", "Reshape", "Cast", "Unsqueeze", "Squeeze", "Transpose", "Expand", "Identity"}
 )
 """Ops an additive mask's sum may pass through on its way to the Softmax (and the mask itself, back
-to what makes it): they move or add values, and keep the mask's magnitude."""
+to what makes it): they move or add values, and keep the mask's magnitude. So does a Mul or Div of
+the sum by a scalar constant on its way (`(scores + mask) * 0.25`): it keeps the ratio."""
+SCALING_OPS = frozenset({"Mul", "Div"})
 MASK_PATH_HOPS = 3
 """How many MASK_PATH_OPS may stand between the masking Add or Where and its Softmax."""
+MASK_MAKER_HOPS = 3
+"""How many MASK_PATH_OPS may stand between what makes a mask (its Where or Mul) and the Add or
+Where it masks (an Unsqueeze or two and a Cast, in exports)."""
+MASK_CONSTANT = -1e4
+"""A constant this negative or more (-1e9, finfo.min, -inf) that a Where, Mul or Sub makes into an
+operand of an Add (or a Where's branch) reaching a Softmax is a mask by the graph alone, whatever
+the calibration rows hold: where none is padded the mask calibrates to [0, 0] and its range shows
+nothing, and padded requests would then have their masked scores clamped, not removed. -10000 is
+the mildest masking constant in use (`(1 - mask) * -10000.0`); exp(-10000) is already 0, so no
+trained bias before a Softmax comes near it."""
+MASK_MAKERS = frozenset({"Where", "Mul", "Sub"})
+"""The ops that make a mask of a constant: Where(padded, lowest, 0), (1 - mask) * lowest,
+mask * c - c."""
 SOFTMAX_OPS = frozenset({"Softmax", "LogSoftmax"})
 MASKING_OPS = frozenset({"Add", "Where"})
 """Where a mask meets the scores: an Add's two operands, a Where's two branches."""
@@ -256,9 +271,12 @@ class Mask:
 
 
 def additive_masks(model: onnx.ModelProto, calibrated: TensorsData) -> list[Mask]:
-    """The additive masks of `model` by `calibrated`'s ranges (an initializer's by its value), in
-    graph order."""
+    """The additive masks of `model` by `calibrated`'s ranges (an initializer's by its value) or
+    made of a MASK_CONSTANT, in graph order."""
     initializers = {init.name: init for init in model.graph.initializer}
+    values = _constant_values(model)
+    constants = {name: (float(value.min()), float(value.max())) for name, value in values.items()}
+    scalars = {name for name, value in values.items() if value.size == 1}
     producers = {out: node for node in model.graph.node for out in node.output}
     consumers: dict[str, list[onnx.NodeProto]] = {}
     for node in model.graph.node:
@@ -279,7 +297,7 @@ def additive_masks(model: onnx.ModelProto, calibrated: TensorsData) -> list[Mask
         operands = list(node.input[:2] if node.op_type == "Add" else node.input[1:3])
         if node.op_type not in MASKING_OPS or len(operands) != 2:
             continue
-        path = _into_softmax(node, consumers, MASK_PATH_HOPS)
+        path = _into_softmax(node, consumers, MASK_PATH_HOPS, scalars)
         if path is None:
             continue
         spans = [span(name) for name in operands]
@@ -287,34 +305,72 @@ def additive_masks(model: onnx.ModelProto, calibrated: TensorsData) -> list[Mask
             if mine is None or other is None:
                 continue
             data = max(abs(other[0]), abs(other[1]))
-            if data > 0 and mine[0] <= -MASK_RATIO * data and mine[1] <= data:
-                made = tuple(n.name for n in _made_by(name, producers))
-                masks.append(Mask(name, *mine, data, made + tuple(n.name for n in path)))
+            made = _made_by(name, producers)
+            constant = _masking_constant(made[0], constants) if made else None
+            by_range = data > 0 and mine[0] <= -MASK_RATIO * data and mine[1] <= data
+            if by_range or constant is not None:
+                low = min(mine[0], constant if constant is not None else mine[0])
+                nodes = tuple(n.name for n in (*made, *path))
+                masks.append(Mask(name, low, mine[1], data, nodes))
     return masks
 
 
+def _constant_values(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    """The float initializers and Constant node outputs of `model`, with their values."""
+    values = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type == "Constant" and [a.name for a in node.attribute] == ["value"]:
+            values[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+    return {name: value for name, value in values.items() if value.size and value.dtype.kind == "f"}
+
+
+def _masking_constant(maker: onnx.NodeProto, constants: dict[str, tuple[float, float]]) -> float | None:
+    """The MASK_CONSTANT (or lower) that `maker`, a MASK_MAKERS op, puts into its output: a
+    constant operand's lowest value, or for a Sub's subtrahend its highest, negated."""
+    if maker.op_type not in MASK_MAKERS:
+        return None
+    lows = [
+        -constants[name][1] if maker.op_type == "Sub" and index == 1 else constants[name][0]
+        for index, name in enumerate(maker.input)
+        if name in constants
+    ]
+    return min(lows) if lows and min(lows) <= MASK_CONSTANT else None
+
+
 def _into_softmax(
-    node: onnx.NodeProto, consumers: dict[str, list[onnx.NodeProto]], hops: int
+    node: onnx.NodeProto, consumers: dict[str, list[onnx.NodeProto]], hops: int, scalars: set[str]
 ) -> list[onnx.NodeProto] | None:
-    """`node` and every node after it on a path to a Softmax through at most `hops` MASK_PATH_OPS,
-    the Softmax included; None when no such path."""
+    """`node` and every node after it on a path to a Softmax through at most `hops` MASK_PATH_OPS
+    (or SCALING_OPS by one of the `scalars`), the Softmax included; None when no such path."""
     after: list[onnx.NodeProto] = []
     for reader in consumers.get(node.output[0], []):
         if reader.op_type in SOFTMAX_OPS:
             after.append(reader)
-        elif hops > 0 and reader.op_type in MASK_PATH_OPS:
-            after += _into_softmax(reader, consumers, hops - 1) or []
+        elif hops > 0 and (reader.op_type in MASK_PATH_OPS or _scales(reader, node.output[0], scalars)):
+            after += _into_softmax(reader, consumers, hops - 1, scalars) or []
     return [node, *after] if after else None
 
 
+def _scales(reader: onnx.NodeProto, tensor: str, scalars: set[str]) -> bool:
+    """Whether `reader` multiplies `tensor` by one of the `scalars`, or divides it by one."""
+    if reader.op_type not in SCALING_OPS or len(reader.input) != 2:
+        return False
+    by = reader.input[1] if reader.input[0] == tensor else reader.input[0]
+    return by in scalars and (reader.op_type == "Mul" or reader.input[0] == tensor)
+
+
 def _made_by(tensor: str, producers: dict[str, onnx.NodeProto]) -> list[onnx.NodeProto]:
-    """The nodes that make `tensor`: its producer and, back through MASK_PATH_OPS of one data input,
-    theirs (a Where of -10000, unsqueezed); none for a Constant or an initializer, never quantized."""
-    made: list[onnx.NodeProto] = []
+    """The nodes that make `tensor`: its producer and, back through at most MASK_MAKER_HOPS
+    MASK_PATH_OPS of one data input, theirs (a Where of -10000, unsqueezed); none for a Constant or
+    an initializer, never quantized."""
+    made: list[onnx.NodeProto] = []  # MASK_PATH_OPS only, until what makes the mask goes first
     producer = producers.get(tensor)
-    while producer is not None and producer.op_type != "Constant" and len(made) <= MASK_PATH_HOPS:
+    while producer is not None and producer.op_type != "Constant":
+        moves = producer.op_type in MASK_PATH_OPS - {"Add"}
+        if moves and len(made) == MASK_MAKER_HOPS:
+            break
         made.insert(0, producer)
-        if producer.op_type not in MASK_PATH_OPS - {"Add"}:
+        if not moves:
             break
         producer = producers.get(producer.input[0])
     return made

@@ -136,7 +136,9 @@ class Workbench:
         """What `config`'s calibration found to keep in float, with why: none before it ran or
         where it failed. The 1e30 rule comes first and stays a rule of its own: it holds for any
         tensor, attention or not, and its tensors are those no histogram can bin; the mask rule
-        needs an Add into a Softmax, and catches the -10000 the 1e30 bound misses."""
+        needs an Add into a Softmax, and catches the -10000 the 1e30 bound misses. Masks are found
+        by min-max's ranges whatever `config`'s method: a histogram method clips or symmetrises a
+        mask's range (distribution's [-10000, 10000] hid it), and the graph's masks are one set."""
         calibrated = self.calibrations.calibrated(config)
         if calibrated is None:
             return []
@@ -145,7 +147,8 @@ class Workbench:
             found = []
             if wide := ranges.unquantizable(calibrated):
                 found.append(_sentinels_reason(self.prepared_model, wide))
-            if masks := ranges.additive_masks(self.prepared_model, calibrated):
+            masks = ranges.additive_masks(self.prepared_model, self.calibrations.minmax(config) or calibrated)
+            if masks:
                 found.append(_masks_reason(self.prepared_model, masks))
             self._found_by_range[key] = found
         return self._found_by_range[key]
@@ -291,15 +294,19 @@ class Calibrations:
             return self._run(config, wide)
 
     def _wide_by_minmax(self, config: QuantizeConfig) -> dict[str, tuple[float, float]]:
+        calibrated = self.minmax(config) if config.calibration is not Calibration.MINMAX else None
+        return ranges.unquantizable(calibrated) if calibrated is not None else {}
+
+    def minmax(self, config: QuantizeConfig) -> TensorsData | None:
+        """Min-max's ranges for `config`'s data (calibrating them once, where no run has yet): every
+        value each tensor took, neither clipped nor symmetrised. None in dynamic mode, without
+        data, or where min-max failed too."""
         minmax = replace(config, calibration=Calibration.MINMAX)
-        if config.calibration is Calibration.MINMAX:
-            return {}
         try:
             self.cache_for(minmax)
         except CalibrationFailed:
-            return {}
-        calibrated = self.calibrated(minmax)
-        return ranges.unquantizable(calibrated) if calibrated is not None else {}
+            return None
+        return self.calibrated(minmax)
 
     def _run(self, config: QuantizeConfig, given: dict[str, tuple[float, float]]) -> tuple[Path, TensorsData]:
         assert self.dataset is not None

@@ -704,12 +704,20 @@ MASKED_ATTENTION_FLOAT = ("mask_where", "mask_unsqueeze", "mask_add", "softmax")
 
 
 def _masked_attention(
-    folder: Path, lowest: float = float(np.finfo(np.float32).min), *, constant: bool = False
+    folder: Path,
+    lowest: float = float(np.finfo(np.float32).min),
+    *,
+    constant: bool = False,
+    padded_calibration: bool = True,
+    log: bool = False,
+    scaled: bool = False,
 ) -> tuple[Path, Path, Path]:
     """One attention head with a Hugging Face style additive padding mask: Where(mask == 0,
     `lowest`, 0) added to the scores before the Softmax; `lowest` an initializer, or the output of
-    a Constant node (`constant`, as torch exports it). Returns model, calibration and evaluation
-    (labelled with FP32's own predictions)."""
+    a Constant node (`constant`, as torch exports it), or T5's Log(mask), -inf where padded
+    (`log`); the masked scores `scaled` by 0.25 before the Softmax. Returns model, calibration (every row of
+    full length unless `padded_calibration`) and evaluation (padded, labelled with FP32's own
+    predictions)."""
     from onnx import TensorProto, helper, numpy_helper
 
     made_lowest = [
@@ -737,11 +745,20 @@ def _masked_attention(
             helper.make_node("Transpose", ["k"], ["kt"], perm=[0, 2, 1], name="key_t"),
             helper.make_node("MatMul", ["q", "kt"], ["scores"], name="scores"),
             *(made_lowest if constant else []),
-            helper.make_node("Equal", ["mask", "zero"], ["padded"], name="padded"),
-            helper.make_node("Where", ["padded", "lowest", "zero"], ["additive"], name="mask_where"),
+            *(
+                [helper.make_node("Log", ["mask"], ["additive"], name="mask_log")]
+                if log
+                else [
+                    helper.make_node("Equal", ["mask", "zero"], ["padded"], name="padded"),
+                    helper.make_node("Where", ["padded", "lowest", "zero"], ["additive"], name="mask_where"),
+                ]
+            ),
             helper.make_node("Unsqueeze", ["additive", "axis1"], ["additive3"], name="mask_unsqueeze"),
             helper.make_node("Add", ["scores", "additive3"], ["masked"], name="mask_add"),
-            helper.make_node("Softmax", ["masked"], ["probs"], axis=-1, name="softmax"),
+            *([helper.make_node("Mul", ["masked", "quarter"], ["scaled"], name="scale")] if scaled else []),
+            helper.make_node(
+                "Softmax", ["scaled" if scaled else "masked"], ["probs"], axis=-1, name="softmax"
+            ),
             helper.make_node("MatMul", ["probs", "v"], ["context"], name="context"),
             helper.make_node("ReduceMean", ["context"], ["pooled"], axes=[1], keepdims=0, name="pool"),
             helper.make_node("MatMul", ["pooled", "wo"], ["logits"], name="classify"),
@@ -760,18 +777,21 @@ def _masked_attention(
             numpy_helper.from_array(np.array(0.0, np.float32), "zero"),
             *([] if constant else lowest_initializer),
             numpy_helper.from_array(np.array([1], np.int64), "axis1"),
+            numpy_helper.from_array(np.array(0.25, np.float32), "quarter"),
         ],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     onnx.save(model, folder / "attention.onnx")
 
-    def rows(count: int) -> dict[str, np.ndarray]:
+    def rows(count: int, padded: bool = True) -> dict[str, np.ndarray]:
         lengths = rng.integers(2, steps + 1, count)  # padded on the right, as a tokenizer does
+        if not padded:
+            lengths[:] = steps
         mask = (np.arange(steps)[None, :] < lengths[:, None]).astype(np.float32)
         return {"x": rng.standard_normal((count, steps, width)).astype(np.float32), "mask": mask}
 
-    np.savez(folder / "calibration.npz", **rows(64))
+    np.savez(folder / "calibration.npz", **rows(64, padded_calibration))
     evaluation = rows(200)
     logits = runtime.create_session(folder / "attention.onnx").run(None, evaluation)[0]
     np.savez(folder / "evaluation.npz", **evaluation, labels=logits.argmax(axis=1))
@@ -821,17 +841,23 @@ def test_a_mask_node_the_user_excluded_is_listed_once(tmp_path: Path) -> None:
     assert result.artifact.manifest["quantization"]["excluded_nodes"] == list(MASKED_ATTENTION_FLOAT)
 
 
-@pytest.mark.parametrize("lowest", [-10000.0, -1e9])
+@pytest.mark.parametrize(
+    ("lowest", "method"),
+    [(-10000.0, Calibration.MINMAX), (-1e9, Calibration.MINMAX), (-10000.0, Calibration.DISTRIBUTION)],
+)
 def test_a_moderate_additive_mask_stays_in_float_and_static_int8_passes(
-    tmp_path: Path, lowest: float
+    tmp_path: Path, lowest: float, method: Calibration
 ) -> None:
     """`(1 - mask) * -10000.0` (older transformers, TF exports) or a custom export's -1e9 is far
     inside the 1e30 bound and ruined static INT8 all the same: one scale for the masked scores
     left the scores of +-100 about 5 codes (accuracy 100% -> 78% here, 70% at -1e9). An Add into a
     Softmax whose operand reaches MASK_RATIO x below the other is a mask: its path stays in float,
-    said once."""
+    said once. Found by min-max's ranges whatever the method: distribution's symmetric
+    [-10000, 10000] hid the mask (accuracy 76%)."""
     model, calibration, evaluation = _masked_attention(tmp_path, lowest)
-    config = QuantizeConfig(strategy=Strategy.FALLBACK, max_trials=0, max_accuracy_delta=0.05)
+    config = QuantizeConfig(
+        calibration=method, strategy=Strategy.FALLBACK, max_trials=0, max_accuracy_delta=0.05
+    )
     result = run(model, tmp_path / "a", config, calibration=calibration, evaluation=evaluation)
 
     assert result.gate_passed and result.chosen.number == 0
@@ -844,11 +870,77 @@ def test_a_moderate_additive_mask_stays_in_float_and_static_int8_passes(
     assert {r.tensor for r in result.artifact.activation_ranges}.isdisjoint({"masked", "additive3"})
 
 
+@pytest.mark.parametrize("lowest", [-10000.0, float(np.finfo(np.float32).min)])
+def test_a_mask_the_calibration_rows_never_pad_stays_in_float(tmp_path: Path, lowest: float) -> None:
+    """Calibration rows all of full length: the mask calibrated to [0, 0], neither range rule saw
+    it, and padded requests had their masked scores clamped to the lowest score, not removed
+    (accuracy 66% here). A Where of a constant at or below MASK_CONSTANT whose output reaches the
+    Add into a Softmax is a mask by the graph alone."""
+    model, calibration, evaluation = _masked_attention(tmp_path, lowest, padded_calibration=False)
+    config = QuantizeConfig(strategy=Strategy.FALLBACK, max_trials=0, max_accuracy_delta=0.05)
+    result = run(model, tmp_path / "a", config, calibration=calibration, evaluation=evaluation)
+
+    assert result.gate_passed and result.chosen.number == 0
+    assert result.chosen.excluded == MASKED_ATTENTION_FLOAT
+    (said,) = [w for w in result.warnings if "additive masks" in w]
+    assert f"additive3 [{lowest:.3g}, 0] beside" in said
+
+
+def test_a_mask_scaled_on_its_way_to_the_softmax_stays_in_float(tmp_path: Path) -> None:
+    """`(scores + mask) * 0.25` before the Softmax: the scale keeps the mask's ratio to the scores,
+    but the walk to the Softmax stopped at it and the mask was missed (accuracy 81% here)."""
+    model, calibration, evaluation = _masked_attention(tmp_path, -10000.0, scaled=True)
+    config = QuantizeConfig(strategy=Strategy.FALLBACK, max_trials=0, max_accuracy_delta=0.05)
+    result = run(model, tmp_path / "a", config, calibration=calibration, evaluation=evaluation)
+
+    assert result.gate_passed and result.chosen.number == 0
+    assert result.chosen.excluded == ("mask_where", "mask_unsqueeze", "mask_add", "scale", "softmax")
+
+
+def test_a_masks_makers_are_looked_for_at_most_mask_maker_hops_back() -> None:
+    """The walk back from a mask to what makes it took one MASK_PATH_OPS node more than its bound."""
+    from onnx import TensorProto, helper, numpy_helper
+    from onnxruntime.quantization.calibrate import CalibrationMethod, TensorData, TensorsData
+
+    moves = ranges.MASK_MAKER_HOPS + 1
+    graph = helper.make_graph(
+        [
+            helper.make_node("Where", ["padded", "lowest", "zero"], ["moved0"], name="mask_where"),
+            *(
+                helper.make_node("Identity", [f"moved{i}"], [f"moved{i + 1}"], name=f"move{i}")
+                for i in range(moves)
+            ),
+            helper.make_node("Add", ["scores", f"moved{moves}"], ["masked"], name="mask_add"),
+            helper.make_node("Softmax", ["masked"], ["probs"], name="softmax"),
+        ],
+        "mask_far_from_its_where",
+        [
+            helper.make_tensor_value_info("padded", TensorProto.BOOL, ["N", 4]),
+            helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["N", 4]),
+        ],
+        [helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["N", 4])],
+        [
+            numpy_helper.from_array(np.array(-10000.0, np.float32), "lowest"),
+            numpy_helper.from_array(np.array(0.0, np.float32), "zero"),
+        ],
+    )
+    span = {"lowest": np.array(-10000.0, np.float32), "highest": np.array(0.0, np.float32)}
+    calibrated = TensorsData(
+        CalibrationMethod.MinMax,
+        {
+            "scores": TensorData(lowest=np.array(-10.0, np.float32), highest=np.array(10.0, np.float32)),
+            **{f"moved{i}": TensorData(**span) for i in range(moves + 1)},
+        },
+    )
+    (mask,) = ranges.additive_masks(helper.make_model(graph), calibrated)
+    assert mask.nodes == (*(f"move{i}" for i in range(1, moves)), "mask_add", "softmax")
+
+
 def test_percentile_calibration_takes_a_constant_nodes_value_as_its_range(tmp_path: Path) -> None:
     """A Constant node's -10000 was calibrated like an activation, at [-10000, -10000]: numpy widens
     a zero-width range by +-0.5 into 2048 bins finer than float32 tells apart at 10000, and
-    percentile calibration died on "Too many bins" naming no tensor. A Constant is never quantized
-    as an activation; its value is its range, and no histogram is made of it. (Without
+    percentile calibration died on "Too many bins" naming no tensor. A Constant's value is its
+    range, and no histogram is made of it. (Without
     pre-processing, as where onnxruntime's symbolic shape inference gives up on a BERT: it folds
     the Constant into an initializer.)"""
     model, calibration, evaluation = _masked_attention(tmp_path, -10000.0, constant=True)
@@ -864,6 +956,22 @@ def test_percentile_calibration_takes_a_constant_nodes_value_as_its_range(tmp_pa
     assert result.chosen.error is None and result.gate_passed
     assert result.chosen.excluded == MASKED_ATTENTION_FLOAT
     assert "additive3 [-1e+04, 0] beside" in " ".join(result.warnings)
+
+
+def test_percentile_calibration_learns_a_log_masks_minus_infinity_from_minmax(tmp_path: Path) -> None:
+    """T5's mask is log(0) = -inf where padded: percentile calibration died on numpy's "autodetected
+    range of [0.0, inf] is not finite", where "Too many bins" took the min-max fallback. Both are a
+    range no histogram can bin: min-max learns the -inf tensors' ranges, and the nodes around them
+    stay in float."""
+    model, calibration, evaluation = _masked_attention(tmp_path, log=True)
+    config = QuantizeConfig(
+        calibration=Calibration.PERCENTILE, strategy=Strategy.FALLBACK, max_trials=0, max_accuracy_delta=0.05
+    )
+    result = run(model, tmp_path / "a", config, calibration=calibration, evaluation=evaluation)
+
+    assert result.chosen.error is None and result.gate_passed
+    assert result.chosen.excluded == ("mask_log", "mask_unsqueeze", "mask_add", "softmax")
+    assert "additive [-inf, 0]" in " ".join(w for w in result.warnings if "reach past" in w)
 
 
 def test_a_range_no_histogram_can_bin_is_named_with_its_cause(tmp_path: Path) -> None:
