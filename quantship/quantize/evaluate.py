@@ -117,6 +117,11 @@ METRICS: dict[Metric, MetricSpec] = {
     ),
 }
 
+SHADOW_COUNTS = {Metric.TOP1_AGREEMENT, Metric.CONFIDENT_AGREEMENT, Metric.COSINE_AGREEMENT}
+"""Metrics whose loss is the share of rows the shadow SLI's rule (`Gate.rule`) counts: a gate on
+them has bounded what the shadow will read. The others (accuracy against labels, KL, a cosine mean,
+a regression's global error) pass artifacts whose rows the shadow may count far more often."""
+
 
 def loss(metric: Metric, value: float) -> float:
     """The metric as a distance from FP32 (0 = identical): what the gate and the ranking compare."""
@@ -195,6 +200,8 @@ class Evaluation:
     fp32: float | None = None
     """Top-1 accuracy of FP32 and INT8, with labels."""
     int8: float | None = None
+    shadow: tuple[int, int] | None = None
+    """(disagreeing, compared) evaluation rows by the shadow SLI's rule; None where it cannot judge."""
 
     @property
     def delta(self) -> float:
@@ -278,6 +285,8 @@ class Evaluator:
                 f"the FP32 model fails on the evaluation data {dataset.source}: {first_line(exc)}"
             ) from exc
         self.warnings: list[str] = []
+        self.shadow_budget = request.max_accuracy_delta
+        """The share of rows that may disagree with FP32; its default, 0.5%, is the accuracy-delta SLO's."""
         self.task, self.task_reason = _task(request.task, self.output, self.reference, dataset)
         self._check_reference_finite()
         self.gate = self._choose_gate(request)
@@ -472,6 +481,43 @@ class Evaluator:
             values,
             fp32_accuracy,
             int8_accuracy,
+            self._shadow(candidate),
+        )
+
+    def _shadow(self, candidate: np.ndarray) -> tuple[int, int] | None:
+        try:
+            return self.gate.rule.judge(candidate, self.reference)
+        except ValueError:  # a top-1 rule on an output with no classes: the gate recorded agreement None
+            return None
+
+    def shadow_warning(self, evaluation: Evaluation) -> str | None:
+        """What the shadow SLI will read, where the gate passed on another measure and the evaluation
+        rows it counts are over the share --max-accuracy-delta allows. Said, not gated: labels make
+        accuracy the measure (a weakly separated classifier flips rows between wrong classes at no
+        cost: a 26%-accurate T5 encoder's INT8 kept its accuracy with 4.3% of rows flipped), and the
+        SLO that will judge the canary is the rollout's to set (spec.slos.maxAccuracyDelta)."""
+        if evaluation.shadow is None or self.gate.metric in SHADOW_COUNTS or not evaluation.shadow[1]:
+            return None
+        disagreeing, compared = evaluation.shadow
+        share, budget = disagreeing / compared, self.shadow_budget
+        if share <= budget:
+            return None
+        rule = self.gate.rule
+        why = (
+            " (labels judge accuracy, which a flip between two wrong classes leaves as it was; the shadow "
+            "has no labels and counts every flip)"
+            if self.gate.metric is Metric.TOP1_ACCURACY
+            else ""
+        )
+        burn = f"burns at ~{share / budget:.1f}x" if budget > 0 else "breaches"
+        counted = {Kind.TOP1: Metric.TOP1_AGREEMENT, Kind.COSINE: Metric.COSINE_AGREEMENT}.get(rule.kind)
+        fix = f"--metric {counted.value}" if counted is not None else "a lower --threshold"
+        return (
+            f"the gate passed on {self.gate.metric.value}, but {disagreeing} of {compared} evaluation rows "
+            f"({share:.1%}) disagree with FP32 by the shadow SLI's rule ({rule.describe()}), over the "
+            f"{budget:.1%} --max-accuracy-delta allows{why}: on traffic like this an accuracy-delta SLO of "
+            f"{budget:.1%} {burn} and a canary rolls back. Gate on what the shadow counts "
+            f"({fix}), or allow the rollout at least {share:.1%} (spec.slos.maxAccuracyDelta)"
         )
 
     def failed(self) -> Evaluation:
