@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from quantship import agreement, runtime
+from quantship import agreement, runtime, slo
 from quantship.agreement import Kind, RowRule, Task
 from quantship.quantize import data
 from quantship.quantize.data import Dataset
@@ -121,6 +121,9 @@ SHADOW_COUNTS = {Metric.TOP1_AGREEMENT, Metric.CONFIDENT_AGREEMENT, Metric.COSIN
 """Metrics whose loss is the share of rows the shadow SLI's rule (`Gate.rule`) counts: a gate on
 them has bounded what the shadow will read. The others (accuracy against labels, KL, a cosine mean,
 a regression's global error) pass artifacts whose rows the shadow may count far more often."""
+SHADOW_BUDGET = next(o.budget for o in slo.DEFAULT_OBJECTIVES if o.sli is slo.SLI.ACCURACY_DELTA)
+"""The share of shadow comparisons that may disagree under the default accuracy-delta SLO: past it on
+the evaluation rows, a canary on traffic like them burns its budget (spec.slos.maxAccuracyDelta)."""
 
 
 def loss(metric: Metric, value: float) -> float:
@@ -219,6 +222,13 @@ class Evaluation:
     def agreement(self) -> float | None:
         return self.values.get(Metric.TOP1_AGREEMENT.value)
 
+    @property
+    def shadow_disagreement(self) -> float | None:
+        """The share of the compared evaluation rows the shadow SLI's rule counts as disagreeing."""
+        if self.shadow is None or not self.shadow[1]:
+            return None
+        return self.shadow[0] / self.shadow[1]
+
     def to_json(self) -> dict[str, Any]:
         return {
             "metric": self.metric.value,
@@ -230,6 +240,7 @@ class Evaluation:
             "fp32": self.fp32,
             "int8": self.int8,
             "agreement": self.agreement,
+            "shadow_disagreement": self.shadow_disagreement,
             "metrics": {name: _finite(value) for name, value in self.values.items()},
         }
 
@@ -285,8 +296,6 @@ class Evaluator:
                 f"the FP32 model fails on the evaluation data {dataset.source}: {first_line(exc)}"
             ) from exc
         self.warnings: list[str] = []
-        self.shadow_budget = request.max_accuracy_delta
-        """The share of rows that may disagree with FP32; its default, 0.5%, is the accuracy-delta SLO's."""
         self.task, self.task_reason = _task(request.task, self.output, self.reference, dataset)
         self._check_reference_finite()
         self.gate = self._choose_gate(request)
@@ -491,17 +500,17 @@ class Evaluator:
             return None
 
     def shadow_warning(self, evaluation: Evaluation) -> str | None:
-        """What the shadow SLI will read, where the gate passed on another measure and the evaluation
-        rows it counts are over the share --max-accuracy-delta allows. Said, not gated: labels make
-        accuracy the measure (a weakly separated classifier flips rows between wrong classes at no
-        cost: a 26%-accurate T5 encoder's INT8 kept its accuracy with 4.3% of rows flipped), and the
-        SLO that will judge the canary is the rollout's to set (spec.slos.maxAccuracyDelta)."""
-        if evaluation.shadow is None or self.gate.metric in SHADOW_COUNTS or not evaluation.shadow[1]:
+        """What the shadow SLI will read, where the gate passed on another measure and more evaluation
+        rows disagree by the shadow's rule than the default accuracy-delta SLO allows. Said, not
+        gated: labels make accuracy the measure (a weakly separated classifier flips rows between
+        wrong classes at no cost: a 26%-accurate T5 encoder's INT8 kept its accuracy with 4.3% of rows
+        flipped), and the SLO that will judge the canary is the rollout's to set."""
+        share = evaluation.shadow_disagreement
+        if share is None or evaluation.shadow is None or self.gate.metric in SHADOW_COUNTS:
+            return None
+        if share <= SHADOW_BUDGET + 1e-12:  # the digits sample: 99.50% agreement, right at the budget
             return None
         disagreeing, compared = evaluation.shadow
-        share, budget = disagreeing / compared, self.shadow_budget
-        if share <= budget:
-            return None
         rule = self.gate.rule
         why = (
             " (labels judge accuracy, which a flip between two wrong classes leaves as it was; the shadow "
@@ -509,15 +518,14 @@ class Evaluator:
             if self.gate.metric is Metric.TOP1_ACCURACY
             else ""
         )
-        burn = f"burns at ~{share / budget:.1f}x" if budget > 0 else "breaches"
         counted = {Kind.TOP1: Metric.TOP1_AGREEMENT, Kind.COSINE: Metric.COSINE_AGREEMENT}.get(rule.kind)
-        fix = f"--metric {counted.value}" if counted is not None else "a lower --threshold"
+        gate_on = f"--metric {counted.value}" if counted is not None else "a lower --threshold"
         return (
             f"the gate passed on {self.gate.metric.value}, but {disagreeing} of {compared} evaluation rows "
             f"({share:.1%}) disagree with FP32 by the shadow SLI's rule ({rule.describe()}), over the "
-            f"{budget:.1%} --max-accuracy-delta allows{why}: on traffic like this an accuracy-delta SLO of "
-            f"{budget:.1%} {burn} and a canary rolls back. Gate on what the shadow counts "
-            f"({fix}), or allow the rollout at least {share:.1%} (spec.slos.maxAccuracyDelta)"
+            f"default accuracy-delta SLO's {SHADOW_BUDGET:.1%}{why}: a canary on traffic like this burns "
+            f"at ~{share / SHADOW_BUDGET:.1f}x and rolls back. Set spec.slos.maxAccuracyDelta to at least "
+            f"{share:.1%}, gate on what the shadow counts ({gate_on}), or improve the model or calibration"
         )
 
     def failed(self) -> Evaluation:

@@ -24,6 +24,7 @@ from quantship.quantize import (
     QuantizeInputError,
     Strategy,
     engine,
+    report,
     run,
 )
 from quantship.quantize.evaluate import Metric
@@ -472,18 +473,21 @@ def test_a_labelled_gate_that_passes_rows_the_shadow_counts_as_flips_says_what_t
     int8 = runtime.create_session(result.artifact.model_path).run(None, {"X": x})[0]
     assert RowRule.from_json(validation["shadow_rule"]).judge(int8, fp32) == (15, 300)
     assert validation["agreement"] == pytest.approx(285 / 300)
+    assert validation["shadow_disagreement"] == manifest["trials"][0]["shadow_disagreement"] == 15 / 300
     (said,) = [w for w in result.warnings if "shadow SLI" in w]
     assert said in manifest["warnings"]
     assert "15 of 300 evaluation rows (5.0%) disagree with FP32" in said
-    assert "over the 0.5% --max-accuracy-delta allows" in said and "~10.0x" in said
-    assert "--metric top1_agreement" in said and "at least 5.0% (spec.slos.maxAccuracyDelta)" in said
+    assert "over the default accuracy-delta SLO's 0.5%" in said and "burns at ~10.0x" in said
+    assert "spec.slos.maxAccuracyDelta to at least 5.0%" in said and "--metric top1_agreement" in said
+    page = report.render(result.artifact)
+    assert "shadow disagreement<b>5.00%</b>" in page and "canary on traffic like this burns" in page
 
     # One flip in 300 is inside the 0.5%: nothing to say.
     model, calibration, evaluation = _near_ties(tmp_path, tied=1)
     quiet = run(
         model, tmp_path / "b", QuantizeConfig(max_trials=0), calibration=calibration, evaluation=evaluation
     )
-    assert quiet.artifact.manifest["validation"]["agreement"] == pytest.approx(299 / 300)
+    assert quiet.artifact.manifest["validation"]["shadow_disagreement"] == 1 / 300
     assert not [w for w in quiet.warnings if "shadow SLI" in w]
 
 
@@ -518,6 +522,7 @@ def test_without_labels_a_gate_on_another_measure_says_so_and_one_on_the_shadows
     )
     validation = default.artifact.manifest["validation"]
     assert validation["metric"] == "confident_agreement" and validation["metrics"]["top1_agreement"] == 0.95
+    assert validation["shadow_disagreement"] == 0  # the near-ties are no confident rows
     assert not [w for w in default.warnings if "shadow SLI" in w]
 
 
