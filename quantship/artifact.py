@@ -837,7 +837,10 @@ _MAYBE_STRING = {"type": ["string", "null"]}
 _FLAG = {"type": "boolean"}
 _EVALUATION = {  # quantize.evaluate.Evaluation.to_json: in the validation and in every trial
     "metric": _STRING,
-    **dict.fromkeys(("value", "threshold", "delta", "limit", "fp32", "int8", "agreement"), _MAYBE_NUMBER),
+    **dict.fromkeys(
+        ("value", "threshold", "delta", "limit", "fp32", "int8", "agreement", "shadow_disagreement"),
+        _MAYBE_NUMBER,
+    ),
     "samples": _COUNT,
     "metrics": {"type": "object", "additionalProperties": _MAYBE_NUMBER},
 }

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from quantship import agreement, runtime
+from quantship import agreement, runtime, slo
 from quantship.agreement import Kind, RowRule, Task
 from quantship.quantize import data
 from quantship.quantize.data import Dataset
@@ -117,6 +117,14 @@ METRICS: dict[Metric, MetricSpec] = {
     ),
 }
 
+SHADOW_COUNTS = {Metric.TOP1_AGREEMENT, Metric.CONFIDENT_AGREEMENT, Metric.COSINE_AGREEMENT}
+"""Metrics whose loss is the share of rows the shadow SLI's rule (`Gate.rule`) counts: a gate on
+them has bounded what the shadow will read. The others (accuracy against labels, KL, a cosine mean,
+a regression's global error) pass artifacts whose rows the shadow may count far more often."""
+SHADOW_BUDGET = next(o.budget for o in slo.DEFAULT_OBJECTIVES if o.sli is slo.SLI.ACCURACY_DELTA)
+"""The share of shadow comparisons that may disagree under the default accuracy-delta SLO: past it on
+the evaluation rows, a canary on traffic like them burns its budget (spec.slos.maxAccuracyDelta)."""
+
 
 def loss(metric: Metric, value: float) -> float:
     """The metric as a distance from FP32 (0 = identical): what the gate and the ranking compare."""
@@ -195,6 +203,8 @@ class Evaluation:
     fp32: float | None = None
     """Top-1 accuracy of FP32 and INT8, with labels."""
     int8: float | None = None
+    shadow: tuple[int, int] | None = None
+    """(disagreeing, compared) evaluation rows by the shadow SLI's rule; None where it cannot judge."""
 
     @property
     def delta(self) -> float:
@@ -212,6 +222,13 @@ class Evaluation:
     def agreement(self) -> float | None:
         return self.values.get(Metric.TOP1_AGREEMENT.value)
 
+    @property
+    def shadow_disagreement(self) -> float | None:
+        """The share of the compared evaluation rows the shadow SLI's rule counts as disagreeing."""
+        if self.shadow is None or not self.shadow[1]:
+            return None
+        return self.shadow[0] / self.shadow[1]
+
     def to_json(self) -> dict[str, Any]:
         return {
             "metric": self.metric.value,
@@ -223,6 +240,7 @@ class Evaluation:
             "fp32": self.fp32,
             "int8": self.int8,
             "agreement": self.agreement,
+            "shadow_disagreement": self.shadow_disagreement,
             "metrics": {name: _finite(value) for name, value in self.values.items()},
         }
 
@@ -497,6 +515,42 @@ class Evaluator:
             values,
             fp32_accuracy,
             int8_accuracy,
+            self._shadow(candidate),
+        )
+
+    def _shadow(self, candidate: np.ndarray) -> tuple[int, int] | None:
+        try:
+            return self.gate.rule.judge(candidate, self.reference)
+        except ValueError:  # a top-1 rule on an output with no classes: the gate recorded agreement None
+            return None
+
+    def shadow_warning(self, evaluation: Evaluation) -> str | None:
+        """What the shadow SLI will read, where the gate passed on another measure and more evaluation
+        rows disagree by the shadow's rule than the default accuracy-delta SLO allows. Said, not
+        gated: labels make accuracy the measure (a weakly separated classifier flips rows between
+        wrong classes at no cost: a 26%-accurate T5 encoder's INT8 kept its accuracy with 4.3% of rows
+        flipped), and the SLO that will judge the canary is the rollout's to set."""
+        share = evaluation.shadow_disagreement
+        if share is None or evaluation.shadow is None or self.gate.metric in SHADOW_COUNTS:
+            return None
+        if share <= SHADOW_BUDGET + 1e-12:  # the digits sample: 99.50% agreement, right at the budget
+            return None
+        disagreeing, compared = evaluation.shadow
+        rule = self.gate.rule
+        why = (
+            " (labels judge accuracy, which a flip between two wrong classes leaves as it was; the shadow "
+            "has no labels and counts every flip)"
+            if self.gate.metric is Metric.TOP1_ACCURACY
+            else ""
+        )
+        counted = {Kind.TOP1: Metric.TOP1_AGREEMENT, Kind.COSINE: Metric.COSINE_AGREEMENT}.get(rule.kind)
+        gate_on = f"--metric {counted.value}" if counted is not None else "a lower --threshold"
+        return (
+            f"the gate passed on {self.gate.metric.value}, but {disagreeing} of {compared} evaluation rows "
+            f"({share:.1%}) disagree with FP32 by the shadow SLI's rule ({rule.describe()}), over the "
+            f"default accuracy-delta SLO's {SHADOW_BUDGET:.1%}{why}: a canary on traffic like this burns "
+            f"at ~{share / SHADOW_BUDGET:.1f}x and rolls back. Set spec.slos.maxAccuracyDelta to at least "
+            f"{share:.1%}, gate on what the shadow counts ({gate_on}), or improve the model or calibration"
         )
 
     def failed(self) -> Evaluation:

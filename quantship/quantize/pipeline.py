@@ -161,6 +161,8 @@ def run(
                 f"rounding leaves 1-2%; the gate measures {evaluator.output!r} only: check {name!r} "
                 "before anything reads it"
             )
+        if chosen.passed and (shadow := evaluator.shadow_warning(chosen.evaluation)) is not None:
+            note(shadow)
         chosen_ranges = ranges.activation_ranges(
             onnx.load(str(chosen_path)), prepared_model, calibrations.ranges_for(chosen.config)
         )

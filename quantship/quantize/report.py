@@ -103,6 +103,7 @@ def _verdict(manifest: dict[str, Any], passed: bool, fp32_bytes: int | None, int
         (_named(metric), _gated_value(metric, validation.get("value"))),
         ("gate", _gate(validation)),
         ("top-1 agreement", reporting.percent(validation.get("agreement"))),
+        ("shadow disagreement", reporting.percent(validation.get("shadow_disagreement"))),
         ("size", reporting.size_change(fp32_bytes, int8_bytes) if fp32_bytes else "-"),
     ]
     hardware = validation.get("hardware", {})

@@ -15,7 +15,7 @@ from gemm_models import build_gemm_mlp, build_matmuls_with_a_gemm_head, rows
 from onnxruntime.quantization import CalibrationDataReader, quantize_static
 
 from quantship import artifact, runtime, zoo
-from quantship.agreement import Task
+from quantship.agreement import RowRule, Task
 from quantship.quantize import (
     Calibration,
     Format,
@@ -26,6 +26,7 @@ from quantship.quantize import (
     Strategy,
     engine,
     ranges,
+    report,
     run,
 )
 from quantship.quantize.evaluate import Metric
@@ -499,6 +500,105 @@ def test_an_unlabelled_classifier_is_gated_on_the_rows_where_fp32_is_confident(
     assert metrics["confident_rows"] >= 30
     assert {"top1_agreement", "top5_overlap", "kl_divergence"} <= set(metrics)
     assert 0 <= metrics["kl_divergence"] < float("inf")
+
+
+def _near_ties(folder: Path, *, tied: int, rows: int = 300) -> tuple[Path, Path, Path]:
+    """A 3-class classifier (`logits` = x) and labelled data: most rows a clear class that both FP32
+    and INT8 get right, `tied` rows of classes 1 and 2 a hair apart (1 and 1.0001), which INT8
+    rounds to one input code, labelled 0: wrong in FP32 (class 2) and in INT8 (the tie's first, 1).
+    So the INT8 model flips `tied` rows at no cost in accuracy, as a weakly separated classifier does."""
+    weight = onnx.numpy_helper.from_array(np.eye(3, dtype=np.float32), "w")
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("MatMul", ["X", "w"], ["logits"], name="classify")],
+        "near_ties",
+        [onnx.helper.make_tensor_value_info("X", onnx.TensorProto.FLOAT, ["N", 3])],
+        [onnx.helper.make_tensor_value_info("logits", onnx.TensorProto.FLOAT, ["N", 3])],
+        [weight],
+    )
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, folder / "near_ties.onnx")
+    rng = np.random.default_rng(0)
+    classes = rng.integers(0, 3, size=rows)
+    x = np.eye(3, dtype=np.float32)[classes] * 4 + rng.uniform(0, 0.5, size=(rows, 3)).astype(np.float32)
+    x[:tied] = [0.0, 1.0, 1.0001]
+    classes[:tied] = 0
+    np.savez(folder / "calibration.npz", X=x[tied:])
+    np.savez(folder / "evaluation.npz", X=x, labels=classes)
+    return folder / "near_ties.onnx", folder / "calibration.npz", folder / "evaluation.npz"
+
+
+def test_a_labelled_gate_that_passes_rows_the_shadow_counts_as_flips_says_what_the_canary_will_read(
+    tmp_path: Path,
+) -> None:
+    """With labels the gate judges accuracy, which flips between two wrong classes leave as it was;
+    the shadow SLI judges top-1 against FP32 and counts each one (hunt-H H2: a T5 encoder passed at
+    an accuracy gain with 4.3% of rows flipped, and its canary read 5.1% against a 0.5% budget)."""
+    model, calibration, evaluation = _near_ties(tmp_path, tied=15)
+    result = run(
+        model, tmp_path / "a", QuantizeConfig(max_trials=0), calibration=calibration, evaluation=evaluation
+    )
+    manifest = result.artifact.manifest
+    validation = manifest["validation"]
+    assert validation["metric"] == "top1_accuracy" and validation["gate"] == "passed"
+    assert validation["fp32"] == validation["int8"] == pytest.approx(285 / 300)
+    # What the served artifact does, judged by the rule the server's shadow SLI reads from the manifest.
+    x = np.load(evaluation)["X"]
+    fp32 = runtime.create_session(model).run(None, {"X": x})[0]
+    int8 = runtime.create_session(result.artifact.model_path).run(None, {"X": x})[0]
+    assert RowRule.from_json(validation["shadow_rule"]).judge(int8, fp32) == (15, 300)
+    assert validation["agreement"] == pytest.approx(285 / 300)
+    assert validation["shadow_disagreement"] == manifest["trials"][0]["shadow_disagreement"] == 15 / 300
+    (said,) = [w for w in result.warnings if "shadow SLI" in w]
+    assert said in manifest["warnings"]
+    assert "15 of 300 evaluation rows (5.0%) disagree with FP32" in said
+    assert "over the default accuracy-delta SLO's 0.5%" in said and "burns at ~10.0x" in said
+    assert "spec.slos.maxAccuracyDelta to at least 5.0%" in said and "--metric top1_agreement" in said
+    page = report.render(result.artifact)
+    assert "shadow disagreement<b>5.00%</b>" in page and "canary on traffic like this burns" in page
+
+    # One flip in 300 is inside the 0.5%: nothing to say.
+    model, calibration, evaluation = _near_ties(tmp_path, tied=1)
+    quiet = run(
+        model, tmp_path / "b", QuantizeConfig(max_trials=0), calibration=calibration, evaluation=evaluation
+    )
+    assert quiet.artifact.manifest["validation"]["shadow_disagreement"] == 1 / 300
+    assert not [w for w in quiet.warnings if "shadow SLI" in w]
+
+
+def test_without_labels_a_gate_on_another_measure_says_so_and_one_on_the_shadows_count_does_not(
+    tmp_path: Path,
+) -> None:
+    """KL divergence barely sees a near-tie flip and passes; the shadow SLI (top-1 on every row)
+    counts it. Confident agreement, the default without labels, is the shadow's own count (on
+    confident rows only, where no near-tie flips): it bounded what the shadow will read."""
+    model, calibration, evaluation = _near_ties(tmp_path, tied=15)
+    unlabelled = tmp_path / "unlabelled.npz"
+    np.savez(unlabelled, X=np.load(evaluation)["X"])
+
+    kl = run(
+        model,
+        tmp_path / "kl",
+        QuantizeConfig(metric=Metric.KL_DIVERGENCE, max_trials=0),
+        calibration=calibration,
+        evaluation=unlabelled,
+    )
+    assert kl.gate_passed and kl.artifact.manifest["validation"]["shadow_rule"]["confident_only"] is False
+    (said,) = [w for w in kl.warnings if "shadow SLI" in w]
+    assert said.startswith("the gate passed on kl_divergence, but 15 of 300 evaluation rows (5.0%)")
+    assert "labels" not in said and "--metric top1_agreement" in said
+
+    default = run(
+        model,
+        tmp_path / "default",
+        QuantizeConfig(max_trials=0),
+        calibration=calibration,
+        evaluation=unlabelled,
+    )
+    validation = default.artifact.manifest["validation"]
+    assert validation["metric"] == "confident_agreement" and validation["metrics"]["top1_agreement"] == 0.95
+    assert validation["shadow_disagreement"] == 0  # the near-ties are no confident rows
+    assert not [w for w in default.warnings if "shadow SLI" in w]
 
 
 def test_kl_divergence_of_a_softmax_output_reads_the_int8_probabilities_as_probabilities(
