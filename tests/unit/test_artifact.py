@@ -296,6 +296,10 @@ def test_activation_histogram_bins_are_numpys_histogram_bins(
     """`bin` counts by arithmetic for speed; it must put every value where np.histogram does, since
     artifacts already carry histograms binned that way."""
     high = float(np.float32(low + width))
+    _assert_binned_as_numpy_bins(values, low, high)
+
+
+def _assert_binned_as_numpy_bins(values: np.ndarray, low: float, high: float) -> None:
     counts, below, above = artifact.ActivationHistogram.bin(values, low, high)
     finite = values[np.isfinite(values)].astype(np.float64)
     expected, _ = np.histogram(finite[(finite >= low) & (finite <= high)], bins=artifact.HISTOGRAM_BINS,
@@ -311,12 +315,7 @@ def test_a_tensor_of_many_chunks_is_binned_as_numpy_bins_it_whole() -> None:
     values = np.random.default_rng(0).normal(0.0, 2.0, (7, 3 * artifact.BIN_CHUNK // 5)).astype(np.float32)
     values[0, :65] = np.linspace(low, high, 65)  # every edge, where rounding puts a value one bin off
     values[1, ::97], values[2, ::89], values[3, ::83] = np.nan, np.inf, -np.inf
-    counts, below, above = artifact.ActivationHistogram.bin(values, low, high)
-    finite = values[np.isfinite(values)].astype(np.float64)
-    expected, _ = np.histogram(finite[(finite >= low) & (finite <= high)], bins=artifact.HISTOGRAM_BINS,
-                               range=(low, high))  # fmt: skip
-    np.testing.assert_array_equal(counts, expected)
-    assert (below, above) == (np.count_nonzero(finite < low), np.count_nonzero(finite > high))
+    _assert_binned_as_numpy_bins(values, low, high)
 
 
 def test_binning_a_large_tensor_takes_the_memory_of_a_chunk_not_of_the_tensor() -> None:
