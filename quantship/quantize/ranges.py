@@ -276,12 +276,7 @@ def additive_masks(model: onnx.ModelProto, calibrated: TensorsData) -> list[Mask
     initializers = {init.name: init for init in model.graph.initializer}
     values = _constant_values(model)
     constants = {name: (float(value.min()), float(value.max())) for name, value in values.items()}
-    scalars = {name for name, value in values.items() if value.size == 1}
     producers = {out: node for node in model.graph.node for out in node.output}
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for node in model.graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
 
     def span(tensor: str) -> tuple[float, float] | None:
         if tensor in initializers:
@@ -293,13 +288,8 @@ def additive_masks(model: onnx.ModelProto, calibrated: TensorsData) -> list[Mask
         return None if low is None or high is None else (low, high)
 
     masks = []
-    for node in model.graph.node:
+    for node, path in _mask_sites(model, values):
         operands = list(node.input[:2] if node.op_type == "Add" else node.input[1:3])
-        if node.op_type not in MASKING_OPS or len(operands) != 2:
-            continue
-        path = _into_softmax(node, consumers, MASK_PATH_HOPS, scalars)
-        if path is None:
-            continue
         spans = [span(name) for name in operands]
         for name, mine, other in ((operands[0], spans[0], spans[1]), (operands[1], spans[1], spans[0])):
             if mine is None or other is None:
@@ -335,6 +325,32 @@ def _masking_constant(maker: onnx.NodeProto, constants: dict[str, tuple[float, f
         if name in constants
     ]
     return min(lows) if lows and min(lows) <= MASK_CONSTANT else None
+
+
+def has_mask_sites(model: onnx.ModelProto) -> bool:
+    """Whether any Add or Where of `model` reaches a Softmax (MASK_PATH_HOPS): where none does, no
+    calibration can find an additive mask, and the min-max pass that looks for them is not run."""
+    return bool(_mask_sites(model, _constant_values(model)))
+
+
+def _mask_sites(
+    model: onnx.ModelProto, values: dict[str, np.ndarray]
+) -> list[tuple[onnx.NodeProto, list[onnx.NodeProto]]]:
+    """Each Add or Where with two operands that reaches a Softmax, with its path there."""
+    scalars = {name for name, value in values.items() if value.size == 1}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    sites = []
+    for node in model.graph.node:
+        operands = node.input[:2] if node.op_type == "Add" else node.input[1:3]
+        if node.op_type not in MASKING_OPS or len(operands) != 2:
+            continue
+        path = _into_softmax(node, consumers, MASK_PATH_HOPS, scalars)
+        if path is not None:
+            sites.append((node, path))
+    return sites
 
 
 def _into_softmax(

@@ -53,6 +53,7 @@ class Workbench:
             if node.name not in config.excluded_nodes
         ]
         self._found_by_range: dict[str, list[tuple[str, tuple[str, ...]]]] = {}
+        self._mask_sites = ranges.has_mask_sites(prepared_model)
         self._task = progress.add_task("tuning", total=config.max_trials + 1)
 
     def path(self, trial: tuner.Trial) -> Path:
@@ -147,7 +148,10 @@ class Workbench:
             found = []
             if wide := ranges.unquantizable(calibrated):
                 found.append(_sentinels_reason(self.prepared_model, wide))
-            masks = ranges.additive_masks(self.prepared_model, self.calibrations.minmax(config) or calibrated)
+            masks = []
+            if self._mask_sites:  # else no range can show one, and min-max's pass is spared
+                minmax = self.calibrations.minmax(config)
+                masks = ranges.additive_masks(self.prepared_model, minmax or calibrated)
             if masks:
                 found.append(_masks_reason(self.prepared_model, masks))
             self._found_by_range[key] = found

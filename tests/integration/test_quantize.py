@@ -1036,6 +1036,25 @@ def test_a_masks_makers_are_looked_for_at_most_mask_maker_hops_back() -> None:
     assert mask.nodes == (*(f"move{i}" for i in range(1, moves)), "mask_add", "softmax")
 
 
+def test_only_a_graph_with_an_add_or_where_into_a_softmax_is_searched_for_masks(tmp_path: Path) -> None:
+    """Masks are looked for in min-max's ranges whatever the calibration method: a second calibration
+    pass, run only where an Add or Where reaches a Softmax, as a mask's sum must."""
+    from onnx import TensorProto, helper
+
+    masked, _, _ = _masked_attention(tmp_path, -10000.0)
+    assert ranges.has_mask_sites(onnx.load(str(masked)))
+    no_softmax = helper.make_graph(
+        [
+            helper.make_node("Add", ["x", "y"], ["sum"], name="add"),
+            helper.make_node("Relu", ["sum"], ["out"], name="relu"),
+        ],
+        "add_into_relu",
+        [helper.make_tensor_value_info(name, TensorProto.FLOAT, ["N", 4]) for name in ("x", "y")],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["N", 4])],
+    )
+    assert not ranges.has_mask_sites(helper.make_model(no_softmax))
+
+
 def test_percentile_calibration_takes_a_constant_nodes_value_as_its_range(tmp_path: Path) -> None:
     """A Constant node's -10000 was calibrated like an activation, at [-10000, -10000]: numpy widens
     a zero-width range by +-0.5 into 2048 bins finer than float32 tells apart at 10000, and
