@@ -711,6 +711,15 @@ def status_schema() -> dict[str, Any]:
                         "description": "The int8 CPU features of the machine its gate ran on (its manifest's "
                         "validation.hardware), for spec.placement.matchGateHardware.",
                     },
+                    "shadowDisagreement": {
+                        "type": "number",
+                        "minimum": 0,
+                        "maximum": 1,
+                        "nullable": True,
+                        "description": "The share of its evaluation rows the servers' shadow SLI counts as "
+                        "disagreeing with FP32 (its manifest's validation.shadow_disagreement): over "
+                        "spec.slos.maxAccuracyDelta, condition EvaluationWithinAccuracySLO is False.",
+                    },
                 },
                 nullable=True,
             ),

@@ -592,4 +592,6 @@ async def step(kube: Kube, body: Mapping[str, Any], now: float) -> Outcome:
     produced = published(str(result.artifact), job_id, quantize)
     if result.int8_flags is not None:  # for spec.placement.matchGateHardware
         produced["int8Flags"] = list(result.int8_flags)
+    if result.shadow_disagreement is not None:  # the burn its canary should read (spec.shadow_disagreement)
+        produced["shadowDisagreement"] = result.shadow_disagreement
     return Outcome(done, produced, None if found else ("GatePassed", done["message"], False))

@@ -61,6 +61,10 @@ class Verdict:
     a Job of an older quantship."""
     higher_is_better: bool | None = None
     """Whether the threshold is the least value the gate accepts, or the most."""
+    shadow_disagreement: float | None = None
+    """The share of evaluation rows the server's shadow SLI rule counts as disagreeing with FP32 (the
+    manifest's validation.shadow_disagreement): what a canary's accuracy delta should read on traffic
+    like the evaluation data. None from an older quantship, or where no rule could judge the rows."""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -72,6 +76,7 @@ class Verdict:
             "int8Flags": list(self.int8_flags) if self.int8_flags is not None else None,
             "meaning": self.meaning,
             "higherIsBetter": self.higher_is_better,
+            "shadowDisagreement": self.shadow_disagreement,
         }
 
     def describe(self) -> str:
@@ -118,6 +123,7 @@ def read_result(message: str) -> Verdict | str:
         int8_flags=_flags(data.get("int8Flags")),
         meaning=meaning[:200] if isinstance(meaning, str) else None,
         higher_is_better=higher if isinstance(higher, bool) else None,
+        shadow_disagreement=share(data.get("shadowDisagreement")),
     )
 
 
@@ -131,6 +137,13 @@ def _number(value: Any) -> float | None:
     except OverflowError:
         return None
     return number if math.isfinite(number) else None
+
+
+def share(value: Any) -> float | None:
+    """A share of rows (0 to 1), or None where `value` is none: a string, NaN, a negative number or
+    one above 1 would have the operator warn of a burn no canary can read."""
+    number = _number(value)
+    return number if number is not None and 0.0 <= number <= 1.0 else None
 
 
 def _metric_spec(metric: Any) -> MetricSpec | None:
@@ -321,6 +334,7 @@ def run(
             int8_flags=_flags((validation.get("hardware") or {}).get("int8_flags")),
             meaning=spec.meaning if spec else None,
             higher_is_better=spec.higher_is_better if spec else None,
+            shadow_disagreement=share(validation.get("shadow_disagreement")),
         )
     except Exception as exc:
         write_result(result_file, {"error": str(exc) or type(exc).__name__})

@@ -186,6 +186,7 @@ async def _reconcile(
         await _write_status(ctx, body, previous, current, ("InvalidSpec", str(exc)), generation, now, logger)
         raise kopf.PermanentError(str(exc)) from exc
     ctx.metrics.budgets((namespace, name), spec.model, spec.rollout.objectives)
+    evaluation = status_module.evaluation_condition(spec.rollout, spec.shadow_disagreement)
 
     fresh = fresh or (current.in_flight and ctx.kube.fresh_due(namespace, name))
     workloads = workloads_for(ctx.kube, spec, body, children, ctx.server_host, fresh)
@@ -227,7 +228,9 @@ async def _reconcile(
         raise
     except PortError as exc:
         try:
-            await _write_status(ctx, body, previous, current, (exc.reason, str(exc)), generation, now, logger)
+            await _write_status(
+                ctx, body, previous, current, (exc.reason, str(exc)), generation, now, logger, evaluation
+            )
         except PortError as unwritten:  # the API is down: the log says it, the retry comes anyway
             logger.warning("could not record %s in the status: %s", exc.reason, unwritten)
         raise
@@ -249,11 +252,12 @@ async def _reconcile(
         decision=decision,
         spec=spec,
         patch=_status_patch(
-            previous, decision.status, degraded, generation, now, quantize, placed, stable_ready
+            previous, decision.status, degraded, generation, now, quantize, placed, stable_ready, evaluation
         ),
         previous=previous,
         degraded=degraded,
         placed=placed,
+        evaluation=evaluation,
         quantize=quantize,
         late=late,
         # the annotations are one-shot requests: used up once acted on, meaningless without a canary
@@ -280,7 +284,9 @@ class Acted:
     previous: Mapping[str, Any]
     """The status before the tick: what says whether a condition just turned."""
     degraded: tuple[str, str] | None
-    placed: tuple[str, str, str] | None
+    placed: status_module.Condition | None
+    evaluation: status_module.Condition | None
+    """EvaluationWithinAccuracySLO of the served artifact, where its shadow disagreement is known."""
     quantize: quantization.Outcome
     late: float | None
     """How late after it fell due the step was judged; None when nothing was judged."""
@@ -309,7 +315,7 @@ async def _save(
         memo[UNSAVED] = acted
         await ctx.kube.patch_model_status(namespace, name, acted.patch)
         del memo[UNSAVED]
-        _say_conditions(body, acted.previous, acted.degraded, acted.placed, logger)
+        _say_conditions(body, acted.previous, acted.degraded, acted.placed, logger, acted.evaluation)
     for event in (acted.quantize.cancelled, acted.quantize.event):
         if event is not None:
             reason, message, warning = event
@@ -487,13 +493,14 @@ def _status_patch(
     generation: int | None,
     now: float,
     quantize: quantization.Outcome | None = None,
-    placed: tuple[str, str, str] | None = None,
+    placed: status_module.Condition | None = None,
     stable_ready: bool | None = None,
+    evaluation: status_module.Condition | None = None,
 ) -> dict[str, Any] | None:
     """The status merge patch a tick writes; None when it would change nothing."""
     new = status_module.status_body(
         previous, status, degraded=degraded, generation=generation, now=now, placed=placed,
-        stable_ready=stable_ready,
+        stable_ready=stable_ready, evaluation=evaluation,
     )  # fmt: skip
     extra = _quantize_status(previous, new, status, quantize) if quantize is not None else {}
     if not status_module.changed(previous, new) and not extra:
@@ -511,31 +518,41 @@ async def _write_status(
     generation: int | None,
     now: float,
     logger: logging.Logger | Any,
+    evaluation: status_module.Condition | None = None,
 ) -> None:
-    """The status of a tick that could not act (an invalid spec, an adapter that failed)."""
-    new = _status_patch(previous, status, degraded, generation, now)
+    """The status of a tick that could not act (an invalid spec, an adapter that failed);
+    `evaluation` is kept where the spec could be read (a condition dropped and written again would
+    warn again)."""
+    new = _status_patch(previous, status, degraded, generation, now, evaluation=evaluation)
     if new is None:
         return
     metadata = body["metadata"]
     await ctx.kube.patch_model_status(metadata.get("namespace", "default"), metadata["name"], new)
-    _say_conditions(body, previous, degraded, None, logger)
+    _say_conditions(body, previous, degraded, None, logger, evaluation)
 
 
 def _say_conditions(
     body: Mapping[str, Any],
     previous: Mapping[str, Any],
     degraded: tuple[str, str] | None,
-    placed: tuple[str, str, str] | None,
+    placed: status_module.Condition | None,
     logger: logging.Logger | Any,
+    evaluation: status_module.Condition | None = None,
 ) -> None:
-    """A warning Event and log line for a condition a saved status just turned bad."""
-    was = {c.get("type"): c.get("status") for c in previous.get("conditions") or []}
+    """A warning Event and log line for a condition a saved status just turned bad; for
+    EvaluationWithinAccuracySLO, also when its message changed (another artifact, another SLO)."""
+    old = {c.get("type"): c for c in previous.get("conditions") or []}
+    was = {kind: condition.get("status") for kind, condition in old.items()}
     if degraded and was.get(status_module.DEGRADED) != "True":
         kopf.warn(_event_target(body), reason=degraded[0], message=degraded[1])
         logger.warning("%s: %s", degraded[0], degraded[1])
     if placed and placed[0] == "False" and was.get(status_module.GATE_HARDWARE) != "False":
         kopf.warn(_event_target(body), reason=placed[1], message=placed[2])
         logger.warning("%s: %s", placed[1], placed[2])
+    said_before = old.get(status_module.EVALUATION, {}).get("message")
+    if evaluation and evaluation[0] == "False" and said_before != evaluation[2]:
+        kopf.warn(_event_target(body), reason=evaluation[1], message=evaluation[2])
+        logger.warning("%s: %s", evaluation[1], evaluation[2])
 
 
 def _event_target(body: Mapping[str, Any]) -> kopf.Body:

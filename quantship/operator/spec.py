@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from quantship import slo
-from quantship.operator import crd, fetch, names, placement
+from quantship.operator import crd, fetch, names, placement, quantize_job
 from quantship.rollout import AnalysisSpec, OnInconclusive, RolloutSpec, parse_duration
 
 SERVER_FLAGS = {
@@ -86,6 +86,10 @@ class ModelSpec:
     gate_int8_flags: tuple[str, ...] | None = None
     """The int8 CPU features the served artifact's gate ran with; None where the operator cannot
     know them (an artifact it did not produce through spec.quantize)."""
+    shadow_disagreement: float | None = None
+    """The share of the served artifact's evaluation rows the shadow SLI's rule counts as disagreeing
+    (its manifest's validation.shadow_disagreement); None where the operator cannot know it (as
+    gate_int8_flags)."""
 
     @property
     def revision(self) -> str:
@@ -111,6 +115,7 @@ class ModelSpec:
         if traffic["router"] == "gateway-api" and not traffic.get("httpRoute"):
             raise InvalidSpec("spec.traffic.httpRoute is required when spec.traffic.router is gateway-api")
         gate_int8_flags = gate_hardware(spec, body.get("status") or {})
+        shadow_disagreement = gate_shadow_disagreement(spec, body.get("status") or {})
         unmapped = sorted(set(gate_int8_flags or ()) - set(placement.NFD_LABELS))
         if spec["placement"]["matchGateHardware"] and unmapped:
             raise InvalidSpec(
@@ -175,6 +180,7 @@ class ModelSpec:
             rollout=rollout,
             match_gate_hardware=bool(spec["placement"]["matchGateHardware"]),
             gate_int8_flags=gate_int8_flags,
+            shadow_disagreement=shadow_disagreement,
         )
 
 
@@ -253,6 +259,13 @@ def gate_hardware(spec: Mapping[str, Any], status: Mapping[str, Any]) -> tuple[s
     produced = status.get("quantizedArtifact") if spec.get("quantize") else None
     flags = (produced or {}).get("int8Flags")
     return tuple(str(flag) for flag in flags) if isinstance(flags, list) else None
+
+
+def gate_shadow_disagreement(spec: Mapping[str, Any], status: Mapping[str, Any]) -> float | None:
+    """The served artifact's shadow disagreement on its evaluation rows, where the operator learnt it:
+    from spec.quantize's Job, as `gate_hardware` (status.quantizedArtifact.shadowDisagreement)."""
+    produced = status.get("quantizedArtifact") if spec.get("quantize") else None
+    return quantize_job.share((produced or {}).get("shadowDisagreement"))
 
 
 def revision_of(spec: Mapping[str, Any]) -> str:

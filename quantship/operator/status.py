@@ -7,11 +7,12 @@ while its status stays the same, as `kubectl wait` and dashboards expect.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from quantship import slo
-from quantship.rollout import Phase, RolloutStatus, short_window_ratio
+from quantship.rollout import Phase, RolloutSpec, RolloutStatus, short_window_ratio
 from quantship.rollout.state import to_timestamp
 
 READY = "Ready"
@@ -19,6 +20,12 @@ PROGRESSING = "Progressing"
 DEGRADED = "Degraded"
 GATE_HARDWARE = "GateHardwareMatched"
 """spec.placement.matchGateHardware: whether a node with the gate's int8 CPU features took the pods."""
+EVALUATION = "EvaluationWithinAccuracySLO"
+"""Whether the served artifact's evaluation rows disagree with FP32, by the shadow SLI's rule, within
+the accuracy-delta SLO its canary is judged by: written where the operator knows that share (an
+artifact spec.quantize produced: its Job reads the manifest)."""
+OVER_SLO = "ShadowDisagreementOverSLO"
+"""EVALUATION's reason, and its Warning event's, while the share is over the SLO."""
 STABLE_NOT_READY = "StableNotReady"
 """The Ready condition's reason while the stable revision has no ready server."""
 WAITING_FOR_CANARY = "WaitingForCanaryReadiness"
@@ -32,6 +39,41 @@ def has_served(status: Mapping[str, Any]) -> bool:
     return bool(phase) and (phase != Phase.PENDING.value or bool(status.get("canaryRevision")))
 
 
+Condition = tuple[str, str, str]
+"""(status, reason, message) of a condition."""
+
+
+def evaluation_condition(rollout: RolloutSpec, share: float | None) -> Condition | None:
+    """EVALUATION for the revision `rollout` serves, whose evaluation rows the shadow's rule counted
+    `share` of (None: not known, not written). Over the SLO the analysis judges by, its canary will
+    burn the budget from the first step: said before the analysis windows say it, never refused (the
+    analysis decides, as with Flagger or Argo Rollouts)."""
+    if share is None:
+        return None
+    budget = next(o.budget for o in rollout.objectives if o.sli is slo.SLI.ACCURACY_DELTA)
+    said = (
+        f"{rollout.revision}'s evaluation rows: {share:.2%} disagree with FP32 by the shadow SLI's rule "
+        f"(validation.shadow_disagreement)"
+    )
+    if share <= budget + 1e-12:  # as quantize's own warning: the digits sample is right at 0.5%
+        return (
+            "True",
+            "ShadowDisagreementWithinSLO",
+            f"{said}, within the accuracy-delta SLO's {budget:.2%}",
+        )
+    fits = math.ceil(round(share * 1e4, 6)) / 1e4  # rounded up: at least the share itself
+    threshold = rollout.analysis.burn_rate_threshold
+    return (
+        "False",
+        OVER_SLO,
+        f"{said}, over the accuracy-delta SLO's {budget:.2%} (spec.slos.maxAccuracyDelta): on traffic "
+        f"like them its canary burns that budget at ~{share / budget:.1f}x (a step fails above "
+        f"{threshold:g}, spec.analysis.burnRateThreshold). Raise spec.slos.maxAccuracyDelta to at least "
+        f"{fits:g}, or quantize again gating on what the shadow counts (spec.quantize.options.metric "
+        "top1_agreement) or with better calibration data",
+    )
+
+
 def conditions(
     previous: Sequence[Mapping[str, Any]],
     status: RolloutStatus,
@@ -39,12 +81,14 @@ def conditions(
     degraded: tuple[str, str] | None,
     generation: int | None,
     now: float,
-    placed: tuple[str, str, str] | None = None,
+    placed: Condition | None = None,
     stable_ready: bool | None = None,
+    evaluation: Condition | None = None,
 ) -> list[dict[str, Any]]:
     """The three conditions for `status`; `degraded` is (reason, message) when something is wrong;
-    `placed` the (status, reason, message) of GateHardwareMatched, written only when given;
-    `stable_ready` whether the stable revision has a ready server (None: not known)."""
+    `placed` the (status, reason, message) of GateHardwareMatched and `evaluation` of
+    EvaluationWithinAccuracySLO, each written only when given; `stable_ready` whether the stable
+    revision has a ready server (None: not known)."""
     serving = status.stable is not None and not (status.phase is Phase.PENDING and status.canary is None)
     old = {condition.get("type"): condition for condition in previous}
     was = old.get(READY, {})
@@ -75,6 +119,8 @@ def conditions(
     kinds = [(READY, ready), (PROGRESSING, progressing), (DEGRADED, trouble)]
     if placed is not None:
         kinds.append((GATE_HARDWARE, placed))
+    if evaluation is not None:
+        kinds.append((EVALUATION, evaluation))
     for kind, (state, reason, message) in kinds:
         before = old.get(kind, {})
         since = before.get("lastTransitionTime") if before.get("status") == state else None
@@ -98,8 +144,9 @@ def status_body(
     degraded: tuple[str, str] | None,
     generation: int | None,
     now: float,
-    placed: tuple[str, str, str] | None = None,
+    placed: Condition | None = None,
     stable_ready: bool | None = None,
+    evaluation: Condition | None = None,
 ) -> dict[str, Any]:
     """The full `status` to merge-patch: keys that became None are removed by the merge."""
     body = status.to_dict()
@@ -113,6 +160,7 @@ def status_body(
         now=now,
         placed=placed,
         stable_ready=stable_ready,
+        evaluation=evaluation,
     )
     return body
 

@@ -83,6 +83,10 @@ def test_a_passing_gate_exits_0_publishes_under_the_jobs_folder_and_the_servers_
     # the gate machine's int8 features travel with the verdict (for spec.placement.matchGateHardware)
     recorded = installed.manifest["validation"]["hardware"]["int8_flags"]
     assert verdict.int8_flags == tuple(recorded) == runtime.hardware().int8_flags
+    # and the share of its evaluation rows the shadow SLI's rule counts: the operator warns when it
+    # is over the accuracy-delta SLO the canary will be judged by
+    shadow = installed.manifest["validation"]["shadow_disagreement"]
+    assert shadow is not None and verdict.shadow_disagreement == shadow
 
 
 def test_a_failing_gate_exits_1_with_the_numbers_and_publishes_nothing(
@@ -154,6 +158,22 @@ def test_a_verdicts_number_the_status_cannot_hold_reads_as_none(number: str) -> 
     verdict = read_result(f'{{"gate": "failed", "metric": "x", "value": {number}, "threshold": {number}}}')
     assert isinstance(verdict, Verdict)
     assert (verdict.value, verdict.threshold) == (None, None)
+
+
+@pytest.mark.parametrize(
+    ("written", "read"),
+    [("0.043", 0.043), ("0", 0.0), ("1", 1.0), ("null", None), ('"0.043"', None), ("true", None)]
+    + [(number, None) for number in ("NaN", "-0.5", "1.5", "1e999", "1" + "0" * 400)],
+)
+def test_a_verdicts_shadow_disagreement_is_a_share_or_none(written: str, read: float | None) -> None:
+    """What the operator compares with the accuracy-delta SLO: anything but a share of rows (a string,
+    NaN, a negative or above 1) would warn of a burn no canary can read, or fail the status write."""
+    verdict = read_result(
+        f'{{"gate": "passed", "metric": "x", "value": 1, "threshold": 0.9, '
+        f'"artifact": "pvc://models/digits/int8", "shadowDisagreement": {written}}}'
+    )
+    assert isinstance(verdict, Verdict)
+    assert verdict.shadow_disagreement == read
 
 
 @pytest.mark.parametrize(
