@@ -8,6 +8,7 @@ calibration cache format; every fallback trial re-quantizes from that cache
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import logging
 import signal
@@ -24,6 +25,7 @@ from google.protobuf.message import DecodeError
 from onnx import numpy_helper
 from onnxruntime.quantization import QuantFormat, quantize_dynamic, quantize_static
 from onnxruntime.quantization.calibrate import (
+    CalibrationMethod,
     HistogramCalibrater,
     HistogramCollector,
     TensorData,
@@ -192,6 +194,18 @@ def prepare(model_path: Path, out_path: Path, *, pre_process: bool) -> str:
     return f"skipped: {reason}"
 
 
+@dataclasses.dataclass(frozen=True)
+class Calibrated:
+    """What one calibration pass learnt."""
+
+    ranges: TensorsData
+    """The method's ranges: what the quantizer reads (the cache)."""
+    observed: TensorsData
+    """Every calibrated tensor's lowest and highest value over the data: min-max's ranges, found by
+    the same pass whatever the method (the additive-mask rule reads them: a histogram method clips
+    or symmetrises a mask's range)."""
+
+
 def calibrate(
     model_path: Path,
     dataset: Dataset,
@@ -200,7 +214,7 @@ def calibrate(
     cache_path: Path,
     on_batch: Callable[[int], None],
     given: Mapping[str, tuple[float, float]] | None = None,
-) -> TensorsData:
+) -> Calibrated:
     """Run onnxruntime's calibrator over the data once and save its ranges to `cache_path`.
 
     The data goes in one batch per `collect_data` call: onnxruntime keeps every intermediate
@@ -247,7 +261,21 @@ def calibrate(
     if fixed:
         ranges = TensorsData(ranges.calibration_method, {**ranges.data, **_as_tensor_data(fixed)})
     save_tensors_data(_finite(ranges), cache_path)
-    return ranges
+    observed = _observed(calibrator, fixed) if isinstance(calibrator, HistogramCalibrater) else ranges
+    return Calibrated(ranges, observed)
+
+
+def _observed(calibrator: HistogramCalibrater, fixed: Mapping[str, tuple[float, float]]) -> TensorsData:
+    """The min-max ranges of a histogram pass: onnxruntime's HistogramCollector keeps each tensor's
+    raw lowest and highest value beside its histogram, `(hist, edges, min, max, ...)`, merged over
+    the batches as a MinMax calibrator merges them (not symmetrised, not clipped); the `fixed`
+    tensors were not binned, and their range is min-max's (a Constant's value, min-max's own)."""
+    collected = calibrator.collector.get_histogram_dict() if calibrator.collector else {}
+    spans = {
+        name: TensorData(lowest=np.asarray(entry[2]), highest=np.asarray(entry[3]))
+        for name, entry in collected.items()
+    }
+    return TensorsData(CalibrationMethod.MinMax, {**spans, **_as_tensor_data(fixed)})
 
 
 def _calibration_failed(

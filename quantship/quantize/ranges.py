@@ -327,12 +327,6 @@ def _masking_constant(maker: onnx.NodeProto, constants: dict[str, tuple[float, f
     return min(lows) if lows and min(lows) <= MASK_CONSTANT else None
 
 
-def has_mask_sites(model: onnx.ModelProto) -> bool:
-    """Whether any Add or Where of `model` reaches a Softmax (MASK_PATH_HOPS): where none does, no
-    calibration can find an additive mask, and the min-max pass that looks for them is not run."""
-    return bool(_mask_sites(model, _constant_values(model)))
-
-
 def _mask_sites(
     model: onnx.ModelProto, values: dict[str, np.ndarray]
 ) -> list[tuple[onnx.NodeProto, list[onnx.NodeProto]]]:

@@ -13,6 +13,7 @@ import onnxruntime as ort
 import pytest
 from gemm_models import build_gemm_mlp, build_matmuls_with_a_gemm_head, rows
 from onnxruntime.quantization import CalibrationDataReader, quantize_static
+from onnxruntime.quantization.calibrate import TensorsData
 
 from quantship import artifact, runtime, zoo
 from quantship.agreement import RowRule, Task
@@ -29,7 +30,9 @@ from quantship.quantize import (
     report,
     run,
 )
+from quantship.quantize.data import load_dataset, model_inputs
 from quantship.quantize.evaluate import Metric
+from quantship.quantize.pipeline import quiet_progress
 from quantship.quantize.tuner import Stage
 
 
@@ -958,16 +961,55 @@ def test_a_moderate_additive_mask_stays_in_float_and_static_int8_passes(
     config = QuantizeConfig(
         calibration=method, strategy=Strategy.FALLBACK, max_trials=0, max_accuracy_delta=0.05
     )
-    result = run(model, tmp_path / "a", config, calibration=calibration, evaluation=evaluation)
+    progress = quiet_progress()
+    result = run(
+        model, tmp_path / "a", config, calibration=calibration, evaluation=evaluation, progress=progress
+    )
 
     assert result.gate_passed and result.chosen.number == 0
     assert result.chosen.excluded == MASKED_ATTENTION_FLOAT
+    # One calibration pass: a histogram method's own pass observes min-max's ranges; a second
+    # (min-max) pass over the data doubled calibration time.
+    calibrating = [t.description for t in progress.tasks if t.description.startswith("calibrating")]
+    assert calibrating == [f"calibrating ({method.value})"]
     manifest = result.artifact.manifest
     assert manifest["quantization"]["excluded_nodes"] == list(MASKED_ATTENTION_FLOAT)
     (said,) = [w for w in result.warnings if "additive masks" in w]
     assert f"additive3 [{lowest:.3g}, 0] beside" in said and ", ".join(MASKED_ATTENTION_FLOAT) in said
     assert said in manifest["warnings"] and not [w for w in result.warnings if "reach past" in w]
     assert {r.tensor for r in result.artifact.activation_ranges}.isdisjoint({"masked", "additive3"})
+
+
+@pytest.mark.parametrize("method", [Calibration.PERCENTILE, Calibration.ENTROPY, Calibration.DISTRIBUTION])
+@pytest.mark.parametrize("constant", [False, True])
+def test_a_histogram_calibration_observes_the_ranges_a_minmax_pass_finds(
+    tmp_path: Path, method: Calibration, constant: bool
+) -> None:
+    """The mask rule reads min-max's ranges whatever the method; a histogram method's pass keeps
+    each tensor's lowest and highest value beside its histogram (onnxruntime's HistogramCollector),
+    which a second, min-max pass over the data had found again. Those of a Constant, not binned,
+    are its value, as min-max finds it."""
+    model, calibration, _ = _masked_attention(tmp_path, -10000.0, constant=constant)
+    dataset = load_dataset(calibration, model_inputs(onnx.load(str(model))), role="calibration")
+
+    def calibrate(method: Calibration) -> engine.Calibrated:
+        cache = tmp_path / f"{method.value}.json"
+        return engine.calibrate(model, dataset, QuantizeConfig(calibration=method), 8, cache, lambda _: None)
+
+    minmax, histogram = calibrate(Calibration.MINMAX), calibrate(method)
+
+    def spans(calibrated: TensorsData) -> dict[str, tuple[float, float]]:
+        return {
+            name: (float(np.min(span.lowest)), float(np.max(span.highest)))
+            for name, span in calibrated.data.items()
+        }
+
+    assert minmax.observed is minmax.ranges
+    assert spans(histogram.observed) == spans(minmax.ranges)
+    assert spans(histogram.observed)["additive3"] == (-10000.0, 0.0)
+    assert spans(histogram.ranges) != spans(minmax.ranges)  # the method's own ranges differ
+    masks = ranges.additive_masks(onnx.load(str(model)), histogram.observed)
+    assert masks == ranges.additive_masks(onnx.load(str(model)), minmax.ranges) and masks
 
 
 @pytest.mark.parametrize("lowest", [-10000.0, float(np.finfo(np.float32).min)])
@@ -1000,7 +1042,7 @@ def test_a_mask_scaled_on_its_way_to_the_softmax_stays_in_float(tmp_path: Path) 
 def test_a_masks_makers_are_looked_for_at_most_mask_maker_hops_back() -> None:
     """The walk back from a mask to what makes it took one MASK_PATH_OPS node more than its bound."""
     from onnx import TensorProto, helper, numpy_helper
-    from onnxruntime.quantization.calibrate import CalibrationMethod, TensorData, TensorsData
+    from onnxruntime.quantization.calibrate import CalibrationMethod, TensorData
 
     moves = ranges.MASK_MAKER_HOPS + 1
     graph = helper.make_graph(
@@ -1034,25 +1076,6 @@ def test_a_masks_makers_are_looked_for_at_most_mask_maker_hops_back() -> None:
     )
     (mask,) = ranges.additive_masks(helper.make_model(graph), calibrated)
     assert mask.nodes == (*(f"move{i}" for i in range(1, moves)), "mask_add", "softmax")
-
-
-def test_only_a_graph_with_an_add_or_where_into_a_softmax_is_searched_for_masks(tmp_path: Path) -> None:
-    """Masks are looked for in min-max's ranges whatever the calibration method: a second calibration
-    pass, run only where an Add or Where reaches a Softmax, as a mask's sum must."""
-    from onnx import TensorProto, helper
-
-    masked, _, _ = _masked_attention(tmp_path, -10000.0)
-    assert ranges.has_mask_sites(onnx.load(str(masked)))
-    no_softmax = helper.make_graph(
-        [
-            helper.make_node("Add", ["x", "y"], ["sum"], name="add"),
-            helper.make_node("Relu", ["sum"], ["out"], name="relu"),
-        ],
-        "add_into_relu",
-        [helper.make_tensor_value_info(name, TensorProto.FLOAT, ["N", 4]) for name in ("x", "y")],
-        [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["N", 4])],
-    )
-    assert not ranges.has_mask_sites(helper.make_model(no_softmax))
 
 
 def test_percentile_calibration_takes_a_constant_nodes_value_as_its_range(tmp_path: Path) -> None:
