@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import io
 import logging
+import math
 import signal
 import subprocess
 import sys
@@ -141,19 +142,23 @@ def load_model(path: Path) -> onnx.ModelProto:
 
 def _refuse_half_float_weights(model: onnx.ModelProto, path: Path) -> None:
     """A model exported in float16 (torch's model.half()) or bfloat16: HALF_FLOATS says why it cannot
-    be quantized as it is."""
-    weights = {init.name: init.data_type for init in model.graph.initializer} | {
-        node.output[0]: attribute.t.data_type
+    be quantized as it is. Judged by where most of its float weight values are, not by any one
+    tensor: a float32 model may hold a float16 Constant (a Cast chain some exporters emit around an
+    op they run in half precision), a scalar no quantizable op reads as its weight, and quantizes as
+    any float32 model does; a half-precision export holds (almost) all its weights in it."""
+    weights = {init.name: init for init in model.graph.initializer} | {
+        node.output[0]: attribute.t
         for node in model.graph.node
         if node.op_type == "Constant"
         for attribute in node.attribute
         if attribute.name == "value"
     }
-    floats = [name for name, kind in weights.items() if kind in FLOAT_TYPES]
-    half = [name for name in floats if weights[name] in HALF_FLOATS]
-    if not half:
+    floats = {name: weight for name, weight in weights.items() if weight.data_type in FLOAT_TYPES}
+    half = [name for name, weight in floats.items() if weight.data_type in HALF_FLOATS]
+    values = {name: math.prod(weight.dims) for name, weight in floats.items()}
+    if 2 * sum(values[name] for name in half) <= sum(values.values()):
         return
-    kinds = " and ".join(sorted({HALF_FLOATS[weights[name]] for name in half}))
+    kinds = " and ".join(sorted({HALF_FLOATS[floats[name].data_type] for name in half}))
     raise QuantizeInputError(
         f"{path}: {len(half)} of its {len(floats)} float weights are {kinds} ({half[0]!r} first); "
         "quantship quantizes float32 models: export the model in float32 (from torch: without model.half()) "
