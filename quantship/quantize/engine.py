@@ -23,7 +23,6 @@ import numpy as np
 import onnx
 from google.protobuf import json_format, text_format
 from google.protobuf.message import DecodeError
-from onnx import numpy_helper
 from onnxruntime.quantization import QuantFormat, quantize_dynamic, quantize_static
 from onnxruntime.quantization.calibrate import (
     CalibrationMethod,
@@ -39,6 +38,7 @@ from onnxruntime.quantization.registry import IntegerOpsRegistry, QDQRegistry, Q
 from quantship import runtime
 from quantship.local.lifetime import dying_with_parent
 from quantship.quantize.config import Format, Mode, QuantizeConfig
+from quantship.quantize.constants import constant_names, constant_value, graph_constants
 from quantship.quantize.data import CalibrationReader, Dataset
 from quantship.quantize.errors import CalibrationFailed, QuantizeInputError, RangeTooWide, first_line
 
@@ -73,7 +73,7 @@ no range of its own out of the model, so the tuner does not try them."""
 FLOAT_TYPES = frozenset(
     {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16}
 )
-HALF_FLOATS = {onnx.TensorProto.FLOAT16: "float16", onnx.TensorProto.BFLOAT16: "bfloat16"}
+HALF_FLOATS: dict[int, str] = {onnx.TensorProto.FLOAT16: "float16", onnx.TensorProto.BFLOAT16: "bfloat16"}
 """Weights onnxruntime does not quantize as weights: pre-processing on the CPU wraps each float16 op in
 Casts to float32 (InsertedPrecisionFreeCast_*), and the quantizer, seeing the weights as those Casts'
 outputs, quantized them at run time as activations, into an artifact larger than its model; quantized
@@ -146,13 +146,7 @@ def _refuse_half_float_weights(model: onnx.ModelProto, path: Path) -> None:
     tensor: a float32 model may hold a float16 Constant (a Cast chain some exporters emit around an
     op they run in half precision), a scalar no quantizable op reads as its weight, and quantizes as
     any float32 model does; a half-precision export holds (almost) all its weights in it."""
-    weights = {init.name: init for init in model.graph.initializer} | {
-        node.output[0]: attribute.t
-        for node in model.graph.node
-        if node.op_type == "Constant"
-        for attribute in node.attribute
-        if attribute.name == "value"
-    }
+    weights = graph_constants(model)
     floats = {name: weight for name, weight in weights.items() if weight.data_type in FLOAT_TYPES}
     half = [name for name, weight in floats.items() if weight.data_type in HALF_FLOATS]
     values = {name: math.prod(weight.dims) for name, weight in floats.items()}
@@ -306,17 +300,9 @@ def constant_ranges(model: onnx.ModelProto) -> dict[str, tuple[float, float]]:
     Constants into initializers, was skipped or gave up), with this range."""
     found = {}
     for node in model.graph.node:
-        if node.op_type != "Constant" or len(node.attribute) != 1:
-            continue
-        value = onnx.helper.get_attribute_value(node.attribute[0])
-        if isinstance(value, onnx.TensorProto):
-            array = numpy_helper.to_array(value)
-        elif isinstance(value, float) or (isinstance(value, list) and value and isinstance(value[0], float)):
-            array = np.asarray(value, dtype=np.float32)
-        else:
-            continue  # ints, strings, a sparse tensor: nothing a float calibration reads
-        if array.dtype.kind == "f" and array.size:
-            found[node.output[0]] = (float(array.min()), float(array.max()))
+        value = constant_value(node)
+        if value is not None and value.dtype.kind == "f" and value.size:  # ints: nothing calibrated
+            found[node.output[0]] = (float(value.min()), float(value.max()))
     return found
 
 
@@ -505,10 +491,9 @@ def quantized_activations(model: onnx.ModelProto, excluded: Collection[str]) -> 
     """The activations a static recipe quantizes, as far as the FP32 graph tells before any trial:
     the computed first input of each node onnxruntime quantizes on its own (leading_quantizable_nodes),
     but those `excluded`; once each. An estimate (ops that follow a quantized one add theirs)."""
-    constants = {init.name for init in model.graph.initializer}
-    constants |= {out for node in model.graph.node if node.op_type == "Constant" for out in node.output}
+    fixed = constant_names(model)
     leading = (node for node in leading_quantizable_nodes(model) if node.name not in excluded)
-    return list(dict.fromkeys(node.input[0] for node in leading if node.input[0] not in constants))
+    return list(dict.fromkeys(node.input[0] for node in leading if node.input[0] not in fixed))
 
 
 def _with_inferred_types(model: onnx.ModelProto) -> onnx.ModelProto:

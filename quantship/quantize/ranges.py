@@ -22,6 +22,7 @@ from onnxruntime.quantization.calibrate import TensorsData
 
 from quantship import runtime
 from quantship.artifact import ActivationRange
+from quantship.quantize.constants import graph_constants
 
 _SCALE_SUFFIX = "_scale"  # onnxruntime names a tensor's scale <tensor>_scale, after the tensor it calibrated
 
@@ -307,10 +308,7 @@ def additive_masks(model: onnx.ModelProto, calibrated: TensorsData) -> list[Mask
 
 def _constant_values(model: onnx.ModelProto) -> dict[str, np.ndarray]:
     """The float initializers and Constant node outputs of `model`, with their values."""
-    values = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
-    for node in model.graph.node:
-        if node.op_type == "Constant" and [a.name for a in node.attribute] == ["value"]:
-            values[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+    values = {name: numpy_helper.to_array(tensor) for name, tensor in graph_constants(model).items()}
     return {name: value for name, value in values.items() if value.size and value.dtype.kind == "f"}
 
 

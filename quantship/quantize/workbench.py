@@ -23,6 +23,7 @@ from rich.progress import Progress
 from quantship import runtime
 from quantship.quantize import data, engine, outputs, ranges, sensitivity, tuner
 from quantship.quantize.config import Calibration, Format, Mode, QuantizeConfig
+from quantship.quantize.constants import constant_names
 from quantship.quantize.errors import CalibrationFailed, QuantizeInputError, RangeTooWide
 from quantship.quantize.evaluate import Evaluator
 
@@ -336,14 +337,13 @@ class Calibrations:
 
 
 def traits(model: onnx.ModelProto, can_calibrate: bool, hardware: runtime.Hardware) -> tuner.ModelTraits:
-    constants = {init.name for init in model.graph.initializer}
-    constants |= {out for node in model.graph.node if node.op_type == "Constant" for out in node.output}
+    fixed = constant_names(model)
     matmuls = [node for node in model.graph.node if node.op_type == "MatMul"]
     is_x86 = hardware.machine.lower() in ("x86_64", "amd64", "i686")
     return tuner.ModelTraits(
         has_conv=any(node.op_type == "Conv" for node in model.graph.node),
         has_matmul=bool(matmuls) or any(node.op_type == "Gemm" for node in model.graph.node),
-        has_activation_matmul=any(len(node.input) > 1 and node.input[1] not in constants for node in matmuls),
+        has_activation_matmul=any(len(node.input) > 1 and node.input[1] not in fixed for node in matmuls),
         can_calibrate=can_calibrate,
         lacks_vnni=is_x86 and not hardware.has_vnni,
     )
