@@ -221,17 +221,15 @@ def _folded_activation(
 def _activation_bounds(
     activation: onnx.NodeProto, fp32: onnx.ModelProto
 ) -> tuple[float | None, float | None]:
-    """A Relu's or Clip's bounds (a Clip's from its constant min/max inputs)."""
+    """A Relu's or Clip's bounds (a Clip's from its constant min/max inputs: initializers, or
+    Constant nodes where pre-processing, which folds those, was skipped)."""
     if activation.op_type == "Relu":
         return 0.0, None
     inputs = list(activation.input)
-    constants = {
-        init.name: float(numpy_helper.to_array(init))
-        for init in fp32.graph.initializer
-        if init.name in inputs[1:]
-    }
-    low = constants.get(inputs[1]) if len(inputs) > 1 else None
-    high = constants.get(inputs[2]) if len(inputs) > 2 else None
+    tensors = graph_constants(fp32)
+    bounds = {name: float(numpy_helper.to_array(tensors[name])) for name in inputs[1:] if name in tensors}
+    low = bounds.get(inputs[1]) if len(inputs) > 1 else None
+    high = bounds.get(inputs[2]) if len(inputs) > 2 else None
     return low, high
 
 

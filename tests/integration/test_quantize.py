@@ -772,6 +772,57 @@ def test_a_clip_that_stays_between_its_neighbours_counts_as_quantized(tmp_path: 
     assert "clip1" in counted and {"matmul1", "matmul2"} <= counted
 
 
+@pytest.mark.parametrize("bounds_in", ["initializers", "Constant nodes"])
+def test_a_folded_clips_bounds_are_its_ranges_activation_bounds_whatever_holds_them(
+    tmp_path: Path, bounds_in: str
+) -> None:
+    """A ReLU6 as Clip(x, 0, 6), its bounds the outputs of Constant nodes (torch's export, kept where
+    pre-processing, which folds them into initializers, was skipped): the range lost its activation
+    bounds (only initializers were read), and a server would count every saturated 6 as clipped."""
+    from onnx import TensorProto, helper, numpy_helper
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
+
+    rng = np.random.default_rng(0)
+    bounds = {"low": np.array(0.0, np.float32), "high": np.array(6.0, np.float32)}
+    held_in_nodes = bounds_in == "Constant nodes"
+    graph = helper.make_graph(
+        [
+            *(
+                helper.make_node("Constant", [], [name], value_float=float(value), name=f"{name}_constant")
+                for name, value in bounds.items()
+                if held_in_nodes
+            ),
+            helper.make_node("MatMul", ["x", "w1"], ["m1"], name="matmul1"),
+            helper.make_node("Clip", ["m1", "low", "high"], ["c1"], name="relu6"),
+            helper.make_node("MatMul", ["c1", "w2"], ["y"], name="matmul2"),
+        ],
+        "relu6",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8])],
+        [
+            numpy_helper.from_array((rng.standard_normal((8, 8)) * 4).astype(np.float32), "w1"),
+            numpy_helper.from_array((rng.standard_normal((8, 8)) * 0.1).astype(np.float32), "w2"),
+            *([] if held_in_nodes else [numpy_helper.from_array(v, name) for name, v in bounds.items()]),
+        ],
+    )
+    fp32 = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.save(fp32, tmp_path / "fp32.onnx")
+
+    class Feeds(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.left = iter([{"x": rng.standard_normal((1, 8)).astype(np.float32)} for _ in range(8)])
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self.left, None)
+
+    quantize_static(tmp_path / "fp32.onnx", tmp_path / "qdq.onnx", Feeds(), quant_format=QuantFormat.QDQ)
+    qdq = onnx.load(str(tmp_path / "qdq.onnx"))
+    assert not any(node.op_type == "Clip" for node in qdq.graph.node), "the Clip stayed: not folded"
+    # the MatMul now writes c1 itself: the quantizer folded the Clip into its range
+    (folded,) = [r for r in ranges.activation_ranges(qdq, fp32, None) if r.tensor == "c1"]
+    assert (folded.activation_low, folded.activation_high) == (0.0, 6.0)
+
+
 def test_peak_rss_covers_the_drift_histograms_after_the_trials(
     sample: zoo.SampleModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
