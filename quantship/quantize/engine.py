@@ -8,8 +8,10 @@ calibration cache format; every fallback trial re-quantizes from that cache
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import logging
+import math
 import signal
 import subprocess
 import sys
@@ -21,9 +23,9 @@ import numpy as np
 import onnx
 from google.protobuf import json_format, text_format
 from google.protobuf.message import DecodeError
-from onnx import numpy_helper
 from onnxruntime.quantization import QuantFormat, quantize_dynamic, quantize_static
 from onnxruntime.quantization.calibrate import (
+    CalibrationMethod,
     HistogramCalibrater,
     HistogramCollector,
     TensorData,
@@ -36,6 +38,7 @@ from onnxruntime.quantization.registry import IntegerOpsRegistry, QDQRegistry, Q
 from quantship import runtime
 from quantship.local.lifetime import dying_with_parent
 from quantship.quantize.config import Format, Mode, QuantizeConfig
+from quantship.quantize.constants import constant_names, constant_value, graph_constants
 from quantship.quantize.data import CalibrationReader, Dataset
 from quantship.quantize.errors import CalibrationFailed, QuantizeInputError, RangeTooWide, first_line
 
@@ -70,7 +73,7 @@ no range of its own out of the model, so the tuner does not try them."""
 FLOAT_TYPES = frozenset(
     {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16}
 )
-HALF_FLOATS = {onnx.TensorProto.FLOAT16: "float16", onnx.TensorProto.BFLOAT16: "bfloat16"}
+HALF_FLOATS: dict[int, str] = {onnx.TensorProto.FLOAT16: "float16", onnx.TensorProto.BFLOAT16: "bfloat16"}
 """Weights onnxruntime does not quantize as weights: pre-processing on the CPU wraps each float16 op in
 Casts to float32 (InsertedPrecisionFreeCast_*), and the quantizer, seeing the weights as those Casts'
 outputs, quantized them at run time as activations, into an artifact larger than its model; quantized
@@ -139,19 +142,17 @@ def load_model(path: Path) -> onnx.ModelProto:
 
 def _refuse_half_float_weights(model: onnx.ModelProto, path: Path) -> None:
     """A model exported in float16 (torch's model.half()) or bfloat16: HALF_FLOATS says why it cannot
-    be quantized as it is."""
-    weights = {init.name: init.data_type for init in model.graph.initializer} | {
-        node.output[0]: attribute.t.data_type
-        for node in model.graph.node
-        if node.op_type == "Constant"
-        for attribute in node.attribute
-        if attribute.name == "value"
-    }
-    floats = [name for name, kind in weights.items() if kind in FLOAT_TYPES]
-    half = [name for name in floats if weights[name] in HALF_FLOATS]
-    if not half:
+    be quantized as it is. Judged by where most of its float weight values are, not by any one
+    tensor: a float32 model may hold a float16 Constant (a Cast chain some exporters emit around an
+    op they run in half precision), a scalar no quantizable op reads as its weight, and quantizes as
+    any float32 model does; a half-precision export holds (almost) all its weights in it."""
+    weights = graph_constants(model)
+    floats = {name: weight for name, weight in weights.items() if weight.data_type in FLOAT_TYPES}
+    half = [name for name, weight in floats.items() if weight.data_type in HALF_FLOATS]
+    values = {name: math.prod(weight.dims) for name, weight in floats.items()}
+    if 2 * sum(values[name] for name in half) <= sum(values.values()):
         return
-    kinds = " and ".join(sorted({HALF_FLOATS[weights[name]] for name in half}))
+    kinds = " and ".join(sorted({HALF_FLOATS[floats[name].data_type] for name in half}))
     raise QuantizeInputError(
         f"{path}: {len(half)} of its {len(floats)} float weights are {kinds} ({half[0]!r} first); "
         "quantship quantizes float32 models: export the model in float32 (from torch: without model.half()) "
@@ -192,6 +193,18 @@ def prepare(model_path: Path, out_path: Path, *, pre_process: bool) -> str:
     return f"skipped: {reason}"
 
 
+@dataclasses.dataclass(frozen=True)
+class Calibrated:
+    """What one calibration pass learnt."""
+
+    ranges: TensorsData
+    """The method's ranges: what the quantizer reads (the cache)."""
+    observed: TensorsData
+    """Every calibrated tensor's lowest and highest value over the data: min-max's ranges, found by
+    the same pass whatever the method (the additive-mask rule reads them: a histogram method clips
+    or symmetrises a mask's range)."""
+
+
 def calibrate(
     model_path: Path,
     dataset: Dataset,
@@ -200,7 +213,7 @@ def calibrate(
     cache_path: Path,
     on_batch: Callable[[int], None],
     given: Mapping[str, tuple[float, float]] | None = None,
-) -> TensorsData:
+) -> Calibrated:
     """Run onnxruntime's calibrator over the data once and save its ranges to `cache_path`.
 
     The data goes in one batch per `collect_data` call: onnxruntime keeps every intermediate
@@ -247,7 +260,21 @@ def calibrate(
     if fixed:
         ranges = TensorsData(ranges.calibration_method, {**ranges.data, **_as_tensor_data(fixed)})
     save_tensors_data(_finite(ranges), cache_path)
-    return ranges
+    observed = _observed(calibrator, fixed) if isinstance(calibrator, HistogramCalibrater) else ranges
+    return Calibrated(ranges, observed)
+
+
+def _observed(calibrator: HistogramCalibrater, fixed: Mapping[str, tuple[float, float]]) -> TensorsData:
+    """The min-max ranges of a histogram pass: onnxruntime's HistogramCollector keeps each tensor's
+    raw lowest and highest value beside its histogram, `(hist, edges, min, max, ...)`, merged over
+    the batches as a MinMax calibrator merges them (not symmetrised, not clipped); the `fixed`
+    tensors were not binned, and their range is min-max's (a Constant's value, min-max's own)."""
+    collected = calibrator.collector.get_histogram_dict() if calibrator.collector else {}
+    spans = {
+        name: TensorData(lowest=np.asarray(entry[2]), highest=np.asarray(entry[3]))
+        for name, entry in collected.items()
+    }
+    return TensorsData(CalibrationMethod.MinMax, {**spans, **_as_tensor_data(fixed)})
 
 
 def _calibration_failed(
@@ -273,17 +300,9 @@ def constant_ranges(model: onnx.ModelProto) -> dict[str, tuple[float, float]]:
     Constants into initializers, was skipped or gave up), with this range."""
     found = {}
     for node in model.graph.node:
-        if node.op_type != "Constant" or len(node.attribute) != 1:
-            continue
-        value = onnx.helper.get_attribute_value(node.attribute[0])
-        if isinstance(value, onnx.TensorProto):
-            array = numpy_helper.to_array(value)
-        elif isinstance(value, float) or (isinstance(value, list) and value and isinstance(value[0], float)):
-            array = np.asarray(value, dtype=np.float32)
-        else:
-            continue  # ints, strings, a sparse tensor: nothing a float calibration reads
-        if array.dtype.kind == "f" and array.size:
-            found[node.output[0]] = (float(array.min()), float(array.max()))
+        value = constant_value(node)
+        if value is not None and value.dtype.kind == "f" and value.size:  # ints: nothing calibrated
+            found[node.output[0]] = (float(value.min()), float(value.max()))
     return found
 
 
@@ -472,10 +491,9 @@ def quantized_activations(model: onnx.ModelProto, excluded: Collection[str]) -> 
     """The activations a static recipe quantizes, as far as the FP32 graph tells before any trial:
     the computed first input of each node onnxruntime quantizes on its own (leading_quantizable_nodes),
     but those `excluded`; once each. An estimate (ops that follow a quantized one add theirs)."""
-    constants = {init.name for init in model.graph.initializer}
-    constants |= {out for node in model.graph.node if node.op_type == "Constant" for out in node.output}
+    fixed = constant_names(model)
     leading = (node for node in leading_quantizable_nodes(model) if node.name not in excluded)
-    return list(dict.fromkeys(node.input[0] for node in leading if node.input[0] not in constants))
+    return list(dict.fromkeys(node.input[0] for node in leading if node.input[0] not in fixed))
 
 
 def _with_inferred_types(model: onnx.ModelProto) -> onnx.ModelProto:

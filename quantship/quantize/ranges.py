@@ -22,6 +22,7 @@ from onnxruntime.quantization.calibrate import TensorsData
 
 from quantship import runtime
 from quantship.artifact import ActivationRange
+from quantship.quantize.constants import graph_constants
 
 _SCALE_SUFFIX = "_scale"  # onnxruntime names a tensor's scale <tensor>_scale, after the tensor it calibrated
 
@@ -220,17 +221,15 @@ def _folded_activation(
 def _activation_bounds(
     activation: onnx.NodeProto, fp32: onnx.ModelProto
 ) -> tuple[float | None, float | None]:
-    """A Relu's or Clip's bounds (a Clip's from its constant min/max inputs)."""
+    """A Relu's or Clip's bounds (a Clip's from its constant min/max inputs: initializers, or
+    Constant nodes where pre-processing, which folds those, was skipped)."""
     if activation.op_type == "Relu":
         return 0.0, None
     inputs = list(activation.input)
-    constants = {
-        init.name: float(numpy_helper.to_array(init))
-        for init in fp32.graph.initializer
-        if init.name in inputs[1:]
-    }
-    low = constants.get(inputs[1]) if len(inputs) > 1 else None
-    high = constants.get(inputs[2]) if len(inputs) > 2 else None
+    tensors = graph_constants(fp32)
+    bounds = {name: float(numpy_helper.to_array(tensors[name])) for name in inputs[1:] if name in tensors}
+    low = bounds.get(inputs[1]) if len(inputs) > 1 else None
+    high = bounds.get(inputs[2]) if len(inputs) > 2 else None
     return low, high
 
 
@@ -307,10 +306,7 @@ def additive_masks(model: onnx.ModelProto, calibrated: TensorsData) -> list[Mask
 
 def _constant_values(model: onnx.ModelProto) -> dict[str, np.ndarray]:
     """The float initializers and Constant node outputs of `model`, with their values."""
-    values = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
-    for node in model.graph.node:
-        if node.op_type == "Constant" and [a.name for a in node.attribute] == ["value"]:
-            values[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+    values = {name: numpy_helper.to_array(tensor) for name, tensor in graph_constants(model).items()}
     return {name: value for name, value in values.items() if value.size and value.dtype.kind == "f"}
 
 
@@ -325,12 +321,6 @@ def _masking_constant(maker: onnx.NodeProto, constants: dict[str, tuple[float, f
         if name in constants
     ]
     return min(lows) if lows and min(lows) <= MASK_CONSTANT else None
-
-
-def has_mask_sites(model: onnx.ModelProto) -> bool:
-    """Whether any Add or Where of `model` reaches a Softmax (MASK_PATH_HOPS): where none does, no
-    calibration can find an additive mask, and the min-max pass that looks for them is not run."""
-    return bool(_mask_sites(model, _constant_values(model)))
 
 
 def _mask_sites(

@@ -23,6 +23,7 @@ from rich.progress import Progress
 from quantship import runtime
 from quantship.quantize import data, engine, outputs, ranges, sensitivity, tuner
 from quantship.quantize.config import Calibration, Format, Mode, QuantizeConfig
+from quantship.quantize.constants import constant_names
 from quantship.quantize.errors import CalibrationFailed, QuantizeInputError, RangeTooWide
 from quantship.quantize.evaluate import Evaluator
 
@@ -53,7 +54,6 @@ class Workbench:
             if node.name not in config.excluded_nodes
         ]
         self._found_by_range: dict[str, list[tuple[str, tuple[str, ...]]]] = {}
-        self._mask_sites = ranges.has_mask_sites(prepared_model)
         self._task = progress.add_task("tuning", total=config.max_trials + 1)
 
     def path(self, trial: tuner.Trial) -> Path:
@@ -138,21 +138,18 @@ class Workbench:
         where it failed. The 1e30 rule comes first and stays a rule of its own: it holds for any
         tensor, attention or not, and its tensors are those no histogram can bin; the mask rule
         needs an Add into a Softmax, and catches the -10000 the 1e30 bound misses. Masks are found
-        by min-max's ranges whatever `config`'s method: a histogram method clips or symmetrises a
-        mask's range (distribution's [-10000, 10000] hid it), and the graph's masks are one set."""
+        by min-max's ranges whatever `config`'s method, as its own pass observed them
+        (engine.Calibrated.observed): a histogram method clips or symmetrises a mask's range
+        (distribution's [-10000, 10000] hid it), and the graph's masks are one set."""
         calibrated = self.calibrations.calibrated(config)
         if calibrated is None:
             return []
         key = self.calibrations.key(config)
         if key not in self._found_by_range:
             found = []
-            if wide := ranges.unquantizable(calibrated):
+            if wide := ranges.unquantizable(calibrated.ranges):
                 found.append(_sentinels_reason(self.prepared_model, wide))
-            masks = []
-            if self._mask_sites:  # else no range can show one, and min-max's pass is spared
-                minmax = self.calibrations.minmax(config)
-                masks = ranges.additive_masks(self.prepared_model, minmax or calibrated)
-            if masks:
+            if masks := ranges.additive_masks(self.prepared_model, calibrated.observed):
                 found.append(_masks_reason(self.prepared_model, masks))
             self._found_by_range[key] = found
         return self._found_by_range[key]
@@ -265,7 +262,7 @@ class Calibrations:
     ) -> None:
         self.prepared, self.dataset, self.batch_size = prepared, dataset, batch_size
         self.tmp, self.progress = tmp, progress
-        self._done: dict[str, tuple[Path, TensorsData]] = {}
+        self._done: dict[str, tuple[Path, engine.Calibrated]] = {}
         self._failed: dict[str, CalibrationFailed] = {}
 
     def key(self, config: QuantizeConfig) -> str:
@@ -286,7 +283,7 @@ class Calibrations:
                 raise
         return self._done[key][0]
 
-    def _calibrate(self, config: QuantizeConfig) -> tuple[Path, TensorsData]:
+    def _calibrate(self, config: QuantizeConfig) -> tuple[Path, engine.Calibrated]:
         """A calibration. A histogram method that cannot bin a sentinel's range takes those tensors'
         ranges from min-max (a run the tuner reuses) and bins the rest."""
         try:
@@ -298,21 +295,21 @@ class Calibrations:
             return self._run(config, wide)
 
     def _wide_by_minmax(self, config: QuantizeConfig) -> dict[str, tuple[float, float]]:
-        calibrated = self.minmax(config) if config.calibration is not Calibration.MINMAX else None
-        return ranges.unquantizable(calibrated) if calibrated is not None else {}
-
-    def minmax(self, config: QuantizeConfig) -> TensorsData | None:
-        """Min-max's ranges for `config`'s data (calibrating them once, where no run has yet): every
-        value each tensor took, neither clipped nor symmetrised. None in dynamic mode, without
-        data, or where min-max failed too."""
+        """Min-max's ranges past ranges.UNQUANTIZABLE_MAGNITUDE, for a histogram method that could
+        not bin them: a min-max pass over `config`'s data (none where min-max fails too)."""
+        if config.calibration is Calibration.MINMAX:
+            return {}
         minmax = replace(config, calibration=Calibration.MINMAX)
         try:
             self.cache_for(minmax)
         except CalibrationFailed:
-            return None
-        return self.calibrated(minmax)
+            return {}
+        calibrated = self.calibrated(minmax)
+        return ranges.unquantizable(calibrated.ranges) if calibrated is not None else {}
 
-    def _run(self, config: QuantizeConfig, given: dict[str, tuple[float, float]]) -> tuple[Path, TensorsData]:
+    def _run(
+        self, config: QuantizeConfig, given: dict[str, tuple[float, float]]
+    ) -> tuple[Path, engine.Calibrated]:
         assert self.dataset is not None
         task = self.progress.add_task(f"calibrating ({config.calibration.value})", total=self.dataset.size)
         cache = self.tmp / f"calibration-{len(self._done)}-{config.calibration.value}.json"
@@ -330,24 +327,23 @@ class Calibrations:
     def ranges_for(self, config: QuantizeConfig) -> TensorsData | None:
         if self.cache_for(config) is None:
             return None
-        return self._done[self.key(config)][1]
+        return self._done[self.key(config)][1].ranges
 
-    def calibrated(self, config: QuantizeConfig) -> TensorsData | None:
-        """`config`'s ranges where its calibration ran; None in dynamic mode, before it ran, or where
-        it failed (unlike ranges_for, never calibrates)."""
+    def calibrated(self, config: QuantizeConfig) -> engine.Calibrated | None:
+        """`config`'s calibration where it ran; None in dynamic mode, before it ran, or where it
+        failed (unlike ranges_for, never calibrates)."""
         done = self._done.get(self.key(config)) if config.mode is Mode.STATIC else None
         return done[1] if done else None
 
 
 def traits(model: onnx.ModelProto, can_calibrate: bool, hardware: runtime.Hardware) -> tuner.ModelTraits:
-    constants = {init.name for init in model.graph.initializer}
-    constants |= {out for node in model.graph.node if node.op_type == "Constant" for out in node.output}
+    fixed = constant_names(model)
     matmuls = [node for node in model.graph.node if node.op_type == "MatMul"]
     is_x86 = hardware.machine.lower() in ("x86_64", "amd64", "i686")
     return tuner.ModelTraits(
         has_conv=any(node.op_type == "Conv" for node in model.graph.node),
         has_matmul=bool(matmuls) or any(node.op_type == "Gemm" for node in model.graph.node),
-        has_activation_matmul=any(len(node.input) > 1 and node.input[1] not in constants for node in matmuls),
+        has_activation_matmul=any(len(node.input) > 1 and node.input[1] not in fixed for node in matmuls),
         can_calibrate=can_calibrate,
         lacks_vnni=is_x86 and not hardware.has_vnni,
     )

@@ -742,6 +742,44 @@ def test_a_model_with_half_float_weights_is_refused_at_once(tmp_path: Path, dtyp
     _assert_one_line_error(code, err, f"float weights are {kind}")
 
 
+def _with_a_half_float_cast_chain(model: Path) -> Path:
+    """`model` with its hidden layer scaled in float16 between two Casts, by a float16 Constant of
+    1.0, as some exporters emit an op they run in half precision: a float32 model all the same."""
+    proto = onnx.load(str(model))
+    (relu,) = [node for node in proto.graph.node if node.op_type == "Relu"]
+    relu.input[0] = "h_back"
+    chain = [
+        helper.make_node("Cast", ["h"], ["h_half"], to=TensorProto.FLOAT16, name="to_half"),
+        helper.make_node(
+            "Constant", [], ["one_half"], value=numpy_helper.from_array(np.array(1.0, np.float16)), name="one"
+        ),
+        helper.make_node("Mul", ["h_half", "one_half"], ["h_scaled"], name="scale_half"),
+        helper.make_node("Cast", ["h_scaled"], ["h_back"], to=TensorProto.FLOAT, name="to_float"),
+    ]
+    nodes = list(proto.graph.node)
+    at = nodes.index(relu)
+    del proto.graph.node[:]
+    proto.graph.node.extend([*nodes[:at], *chain, *nodes[at:]])
+    chained = model.with_name("cast-chain.onnx")
+    onnx.save(proto, str(chained))
+    return chained
+
+
+def test_a_float32_model_with_a_float16_constant_is_quantized(tmp_path: Path) -> None:
+    """One float16 Constant (a Cast chain's scalar) among a float32 model's weights: the whole model
+    was refused as a float16 export. A model is refused when most of its float weight values are half
+    floats (the float16 MLP above); this one quantizes."""
+    model = _with_a_half_float_cast_chain(build_gemm_mlp(tmp_path / "mlp.onnx"))
+    data = _npz(tmp_path / "data.npz", X=rows(64))
+    code, _, err = _cli(
+        "quantize", model, "-o", tmp_path / "a", "--calibration", data, "--evaluation", data,
+        "--task", "regression", "--max-accuracy-delta", "0.05", "-q",
+    )  # fmt: skip
+    assert code == 0, err
+    written = artifact.load_artifact(tmp_path / "a")
+    assert written.gate_passed and written.manifest["model"]["quantized_nodes"] == 2  # fc1 and fc2
+
+
 def _one_node_model(path: Path, nodes: list[onnx.NodeProto], dtype: int = TensorProto.FLOAT) -> Path:
     graph = helper.make_graph(
         nodes,
