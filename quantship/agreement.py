@@ -7,7 +7,9 @@ on production traffic means what the gate measured offline:
 - classification: top-1 differs (ids at any position, `top1_differs`); with `confident_only`, only
   rows where the reference is confident count at all. Real inputs are often ambiguous to the FP32
   model itself (two classes at 30% each), and a flip between near-ties says nothing about the
-  quantization;
+  quantization. With `per_position`, an answer per position (a causal LM's or a token classifier's
+  [N, seq, classes] scores, or its [N, seq] ids) is judged at every position, and positions are
+  what is counted: padding left out where the rule names the attention mask input (`positions`);
 - embedding: cosine similarity to the reference below `tolerance` (argmax of an embedding means
   nothing);
 - regression: relative L2 error above `tolerance`, against the larger of the row's norm and
@@ -24,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from quantship import runtime
+from quantship.artifact import MAX_TENSOR_NAME_CHARS
 from quantship.printable import brief
 
 
@@ -113,6 +116,19 @@ def top1_differs(served: np.ndarray, reference: np.ndarray) -> np.ndarray | None
     return served_top1 != reference_top1
 
 
+def positions(answers: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+    """An answer per position as rows of their own: class ids [N, seq, ...] as [M] ids, scores
+    [N, seq, classes] as [M, classes]; only the positions where `mask` (the request's attention mask,
+    [N, seq]) is non-zero, as padding is no token anyone reads. A mask of another shape than the
+    positions is not this output's, and leaves every position in."""
+    ids = answers.dtype.kind in "iu"
+    grid = answers.shape if ids else answers.shape[:-1]
+    rows = answers.reshape(-1) if ids else answers.reshape(-1, answers.shape[-1] if answers.ndim else 1)
+    if mask is not None and mask.shape == grid:
+        rows = rows[mask.reshape(-1) != 0]
+    return rows
+
+
 def _id_rows(ids: np.ndarray) -> np.ndarray:
     return ids.reshape(len(ids), -1) if ids.ndim else ids.reshape(1, 1)
 
@@ -147,22 +163,32 @@ class RowRule:
     """What makes one row disagree. `tolerance`: the least cosine (COSINE) or the largest relative
     error (RELATIVE_ERROR); unused for TOP1. `norm_floor` (RELATIVE_ERROR): a row's error is
     measured against the larger of its own norm and this, so that rows near zero, where any
-    rounding is a large share of nothing, do not read as disagreeing."""
+    rounding is a large share of nothing, do not read as disagreeing. `per_position` (TOP1): the
+    output answers per position, and each position is judged and counted as a row (`positions`);
+    `mask_input` names the model input whose zeros mark padding, left out."""
 
     kind: Kind
     tolerance: float | None = None
     confident_only: bool = False
     norm_floor: float | None = None
+    per_position: bool = False
+    mask_input: str | None = None
 
     @property
     def classifier(self) -> bool:
-        return self.kind is Kind.TOP1
+        """Whether the rule judges one class a row: what label feedback can judge too."""
+        return self.kind is Kind.TOP1 and not self.per_position
 
-    def judge(self, served: np.ndarray, reference: np.ndarray) -> tuple[int, int]:
-        """(disagreeing rows, compared rows) of a batch. Rows outside the rule (an unconfident
+    def judge(
+        self, served: np.ndarray, reference: np.ndarray, mask: np.ndarray | None = None
+    ) -> tuple[int, int]:
+        """(disagreeing rows, compared rows) of a batch; with `per_position`, positions, where `mask`
+        (the `mask_input` sent with the batch) is non-zero. Rows outside the rule (an unconfident
         reference under `confident_only`) are not compared."""
         if served.ndim == 0:
             served, reference = served.reshape(1), reference.reshape(1)
+        if self.per_position:
+            served, reference = positions(served, mask), positions(reference, mask)
         if not served.size:  # rows of no elements (a token model's answer to a sequence of length 0)
             return 0, 0
         if self.kind is Kind.TOP1:
@@ -187,7 +213,15 @@ class RowRule:
     def check_output(self, dtype: np.dtype, shape: tuple[int | None, ...]) -> None:
         """Raise ValueError unless this rule can judge an output of `dtype` and `shape` (the
         server checks at load, not on every sampled batch)."""
-        if self.kind is Kind.TOP1:
+        if self.kind is Kind.TOP1 and self.per_position:
+            ids = np.issubdtype(dtype, np.integer) and len(shape) >= 2
+            scores = np.issubdtype(dtype, np.floating) and len(shape) == 3 and (shape[-1] or 2) > 1
+            if not (ids or scores):
+                raise ValueError(
+                    "a per-position top-1 rule needs class ids [N, seq] or scores [N, seq, classes], "
+                    f"not {dtype} {list(shape)}"
+                )
+        elif self.kind is Kind.TOP1:
             ids = np.issubdtype(dtype, np.integer)
             # [N, classes] only: scores per position have no one class a row (runtime.top1).
             scores = np.issubdtype(dtype, np.floating) and len(shape) == 2 and (shape[-1] or 2) > 1
@@ -205,7 +239,10 @@ class RowRule:
                 scope = (
                     f" (rows where FP32 > {CONFIDENT_PROBABILITY:.0%} sure)" if self.confident_only else ""
                 )
-                return f"top-1 differs{scope}"
+                if not self.per_position:
+                    return f"top-1 differs{scope}"
+                padding = f", padding by {brief(self.mask_input, 40)} left out" if self.mask_input else ""
+                return f"top-1 differs at a position (each position counted{padding}){scope}"
             case Kind.COSINE:
                 return f"cosine < {self.tolerance}"
             case Kind.RELATIVE_ERROR:
@@ -213,8 +250,17 @@ class RowRule:
                 return f"relative error > {self.tolerance}{floor}"
 
     def to_json(self) -> dict[str, Any]:
-        rule = {"kind": self.kind.value, "tolerance": self.tolerance, "confident_only": self.confident_only}
-        return rule if self.norm_floor is None else {**rule, "norm_floor": self.norm_floor}
+        rule: dict[str, Any] = {
+            "kind": self.kind.value,
+            "tolerance": self.tolerance,
+            "confident_only": self.confident_only,
+        }
+        if self.norm_floor is not None:
+            rule["norm_floor"] = self.norm_floor
+        if self.per_position:  # written only when set: a row rule's manifest reads as before
+            rule["per_position"] = True
+            rule["mask_input"] = self.mask_input
+        return rule
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> RowRule:
@@ -239,7 +285,18 @@ class RowRule:
                 shown = brief(repr(norm_floor), 40)
                 raise ValueError(f"norm_floor must be a finite number >= 0, not {shown}")
             norm_floor = floor
-        return cls(kind, tolerance if kind is not Kind.TOP1 else None, confident_only, norm_floor)
+        per_position, mask_input = data.get("per_position", False), data.get("mask_input")
+        if not isinstance(per_position, bool):
+            raise ValueError(f"per_position must be true or false, not {brief(repr(per_position), 40)}")
+        if per_position and kind is not Kind.TOP1:
+            raise ValueError(f"a {kind.value} rule is not judged per position")
+        if mask_input is not None:
+            if not per_position:
+                raise ValueError("a mask_input needs per_position")
+            if not isinstance(mask_input, str) or not 0 < len(mask_input) <= MAX_TENSOR_NAME_CHARS:
+                raise ValueError(f"mask_input must be an input's name, not {brief(repr(mask_input), 40)}")
+        tolerance = tolerance if kind is not Kind.TOP1 else None
+        return cls(kind, tolerance, confident_only, norm_floor, per_position, mask_input)
 
 
 def _finite_float(number: float) -> float | None:
