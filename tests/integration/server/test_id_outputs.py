@@ -1,7 +1,7 @@
 """Outputs the gate and the shadow judge as class ids (hunt-H H6, H7), quantized with the real
 onnxruntime.quantization and loaded by a real server: a BOOL flag is refused before any tuning (the
-server's load refused its rule: 503 forever), and token ids [N, seq] agree on a row only where every
-position does (position 0 alone was compared)."""
+server's load refused its rule: 503 forever), and an answer per position (token ids [N, seq], scores
+[N, seq, classes]) is judged at every position but the padding (position 0 alone was compared)."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from onnx import TensorProto, helper, numpy_helper
 from server_harness import MODEL, LocalServer, settings_for, wait_until
 
 from quantship import artifact, runtime
+from quantship.agreement import Kind, RowRule, Task
 from quantship.artifact import MODEL_FILE, REFERENCE_FILE
 from quantship.cli import main
 from quantship.quantize import QuantizeConfig, run
@@ -61,42 +62,67 @@ def build_flagged_classifier(path: Path) -> Path:
     )
 
 
-def build_token_classifier(path: Path, *, last_bias: float = 0.0) -> Path:
-    """x [N, seq, 16] -> `logits` [N, seq, 8] (with a bias per position) -> first output `tokens`
-    [N, seq] INT64, their ArgMax: a token classifier as often exported. `last_bias` adds to class 1
-    at the last position only: a model that answers otherwise there and nowhere else."""
+def build_token_classifier(path: Path, *, last_bias: float = 0.0, first: str = "tokens") -> Path:
+    """x [N, seq, 16] and its `attention_mask` [N, seq] (INT64, 0 at padding, which zeroes x there)
+    -> `logits` [N, seq, 8] (with a bias per position) and `tokens` [N, seq] INT64, their ArgMax: a
+    token classifier as often exported, `first` its first output. `last_bias` adds to class 1 at the
+    last position only: a model that answers otherwise there and nowhere else, and always where that
+    position is padding (FP32's answer there is the bias's argmax, class 0)."""
     rng = np.random.default_rng(0)
     weight = rng.normal(scale=0.5, size=(WIDTH, CLASSES)).astype(np.float32)
     bias = np.zeros((POSITIONS, CLASSES), np.float32)
     bias[0, 0] = SURE_AT_FIRST
     bias[-1, 1] += last_bias
     nodes = [
-        helper.make_node("MatMul", ["x", "W"], ["scores"]),
+        helper.make_node("Cast", ["attention_mask"], ["mask_float"], to=TensorProto.FLOAT),
+        helper.make_node("Unsqueeze", ["mask_float", "last_axis"], ["mask_column"]),
+        helper.make_node("Mul", ["x", "mask_column"], ["tokens_only"]),
+        helper.make_node("MatMul", ["tokens_only", "W"], ["scores"]),
         helper.make_node("Add", ["scores", "bias"], ["logits"]),
         helper.make_node("ArgMax", ["logits"], ["tokens"], axis=-1, keepdims=0),
     ]
+    outputs = {
+        "tokens": helper.make_tensor_value_info("tokens", TensorProto.INT64, ["N", POSITIONS]),
+        "logits": helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", POSITIONS, CLASSES]),
+    }
     return _save(
         path,
         nodes,
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", POSITIONS, WIDTH])],
         [
-            helper.make_tensor_value_info("tokens", TensorProto.INT64, ["N", POSITIONS]),
-            helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", POSITIONS, CLASSES]),
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", POSITIONS, WIDTH]),
+            helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["N", POSITIONS]),
         ],
-        [numpy_helper.from_array(weight, "W"), numpy_helper.from_array(bias, "bias")],
+        [outputs[first], *(output for name, output in outputs.items() if name != first)],
+        [
+            numpy_helper.from_array(weight, "W"),
+            numpy_helper.from_array(bias, "bias"),
+            numpy_helper.from_array(np.array([-1], np.int64), "last_axis"),
+        ],
     )
 
 
-def _data(path: Path, rows: int, *, positions: bool, seed: int) -> Path:
+def _data(path: Path, rows: int, *, positions: bool, seed: int, labels: bool = False) -> Path:
+    rng = np.random.default_rng(seed)
     shape = (rows, POSITIONS, WIDTH) if positions else (rows, WIDTH)
-    np.savez(path, x=np.random.default_rng(seed).normal(size=shape).astype(np.float32))
+    arrays = {"x": rng.normal(size=shape).astype(np.float32)}
+    if positions:  # right-padded, as a tokenizer pads: half the rows lose their last 1-3 positions
+        lengths = np.where(rng.random(rows) < 0.5, POSITIONS, rng.integers(POSITIONS - 3, POSITIONS, rows))
+        arrays["attention_mask"] = (np.arange(POSITIONS) < lengths[:, None]).astype(np.int64)
+    if labels:
+        arrays["labels"] = rng.integers(0, CLASSES, rows)
+    np.savez(path, **arrays)
     return path
 
 
-def _tokens(model: Path, x: np.ndarray) -> np.ndarray:
-    tokens = runtime.create_session(model).run(["tokens"], {"x": x})[0]
+def _tokens(model: Path, inputs: dict[str, np.ndarray]) -> np.ndarray:
+    tokens = runtime.create_session(model).run(["tokens"], inputs)[0]
     assert isinstance(tokens, np.ndarray)
     return tokens
+
+
+def _flips(fp32: Path, other: Path, inputs: dict[str, np.ndarray]) -> np.ndarray:
+    """Per position, whether the two models answer another class there."""
+    return _tokens(fp32, inputs) != _tokens(other, inputs)
 
 
 @pytest.mark.parametrize("task", [[], ["--task", "classification"], ["--task", "regression"]])
@@ -128,42 +154,75 @@ def test_the_flagged_classifier_gated_on_its_scores_is_served(tmp_path: Path) ->
     server.stop()
 
 
-def test_token_ids_agree_on_a_row_only_where_every_position_does(tmp_path: Path) -> None:
+@pytest.mark.parametrize("first", ["tokens", "logits"])
+def test_an_answer_per_position_is_judged_at_every_position_but_the_padding(
+    tmp_path: Path, first: str
+) -> None:
     """A model answering otherwise at the last position only: the gate read position 0 and saw
-    top-1 agreement 1.0; no confidence is claimed of ids (FP32 was 'confident on only 0 rows')."""
-    fp32 = build_token_classifier(tmp_path / "fp32.onnx")
-    other = build_token_classifier(tmp_path / "other.onnx", last_bias=1.0)
+    top-1 agreement 1.0 (hunt-H H7); then a row with any flip disagreed, and padding counted too.
+    Ids [N, seq] and scores [N, seq, classes] named like logits are judged alike: each real position
+    is one answer (a causal LM's next tokens, hunt-H H4), and the attention mask is found."""
+    fp32 = build_token_classifier(tmp_path / "fp32.onnx", first=first)
+    other = build_token_classifier(tmp_path / "other.onnx", last_bias=1.0, first=first)
     data = _data(tmp_path / "x.npz", ROWS, positions=True, seed=1)
-    x = np.load(data)["x"]
-    differs = np.any(_tokens(fp32, x) != _tokens(other, x), axis=1)
-    assert 0.1 < np.mean(differs) < 0.9, "the last position flips on some rows, not all"
-    assert np.all(_tokens(fp32, x)[:, :-1] == _tokens(other, x)[:, :-1])
+    inputs = dict(np.load(data))
+    flips, real = _flips(fp32, other, inputs), inputs["attention_mask"] == 1
+    padded_last = ~real[:, -1]
+    assert padded_last.any() and np.all(flips[padded_last, -1]), "every padded last position differs"
+    assert np.any(flips[real]) and not np.any(flips[:, :-1]), "real last positions flip on some rows"
 
     dataset = load_dataset(data, model_inputs(onnx.load(fp32)), role="evaluation")
     evaluator = Evaluator(fp32, dataset, None, GateRequest())
-    agreement = evaluator.evaluate(other).values[Metric.TOP1_AGREEMENT.value]
-    assert agreement == pytest.approx(1.0 - np.mean(differs))
-    # Scores per position are no scores a row: their softmax over a whole row is no confidence.
+    evaluation = evaluator.evaluate(other)
+    assert evaluator.task is Task.CLASSIFICATION and evaluator.mask_input == "attention_mask"
+    assert evaluation.values[Metric.TOP1_AGREEMENT.value] == pytest.approx(1.0 - np.mean(flips[real]))
+    assert evaluation.values["positions"] == np.count_nonzero(real)
+    assert evaluation.shadow == (np.count_nonzero(flips[real]), np.count_nonzero(real)), "the shadow alike"
+    # Greedy decoding reads every top-1, near-ties too: no confident-only default for positions.
     assert evaluator.gate.metric is Metric.TOP1_AGREEMENT and evaluator.warnings == []
-    assert "every position" in evaluator.gate.reason
+    assert (
+        "every position" in evaluator.gate.reason
+        and "'attention_mask' marks the padding" in evaluator.gate.reason
+    )
+    assert evaluator.gate.rule == RowRule(Kind.TOP1, per_position=True, mask_input="attention_mask")
 
 
-def test_the_shadow_counts_a_token_row_disagreeing_at_any_position(tmp_path: Path) -> None:
+def test_labels_of_one_class_a_row_beside_an_answer_per_position_are_refused(tmp_path: Path) -> None:
+    model = build_token_classifier(tmp_path / "fp32.onnx", first="logits")
+    data = _data(tmp_path / "x.npz", ROWS, positions=True, seed=1, labels=True)
+    out = tmp_path / "a"
+    args = ["quantize", model, "-o", out, "--calibration", data, "--evaluation", data, "-q"]
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    assert result.exit_code == 3, result.stderr  # ExitCode.REFUSED
+    (line,) = result.stderr.strip().splitlines()
+    assert (
+        "labels, one class a row, but output 'logits' of shape [200, 12, 8] answers at each position" in line
+    )
+    assert not out.exists()
+
+
+def test_the_shadow_counts_the_positions_a_request_did_not_pad(tmp_path: Path) -> None:
     """A real INT8 token classifier is served; an artifact whose model answers otherwise at the last
-    position only is shadowed against its FP32 reference: each such row is a disagreement."""
-    fp32 = build_token_classifier(tmp_path / "fp32.onnx")
+    position only is shadowed against its FP32 reference: each real position that flips is one
+    disagreement, padding is not compared, as the gate counted."""
+    fp32 = build_token_classifier(tmp_path / "fp32.onnx", first="logits")
     data = _data(tmp_path / "x.npz", ROWS, positions=True, seed=1)
     quantized = run(
         fp32, tmp_path / "a", QuantizeConfig(max_accuracy_delta=0.5), calibration=data, evaluation=data
     )
     manifest = quantized.artifact.manifest
-    assert manifest["validation"]["shadow_rule"]["kind"] == "top1"
-    assert not [w for w in manifest["warnings"] if "confident" in w]
+    rule = {"kind": "top1", "tolerance": None, "confident_only": False}
+    assert manifest["validation"]["shadow_rule"] == {
+        **rule,
+        "per_position": True,
+        "mask_input": "attention_mask",
+    }
+    assert manifest["format_version"] == artifact.PER_POSITION_FORMAT_VERSION, "older servers refuse it"
     assert quantized.gate_passed
     served_alike = LocalServer(settings_for(quantized.artifact, "int8")).start()  # ready: it loaded
     served_alike.stop()
 
-    other = build_token_classifier(tmp_path / "other.onnx", last_bias=1.0)
+    other = build_token_classifier(tmp_path / "other.onnx", last_bias=1.0, first="logits")
     # The float model quantizes no tensor: the INT8 model's ranges would name none of its own.
     dropped = ("files", "format_version", "activation_ranges", "activation_histograms")
     kept = {k: v for k, v in manifest.items() if k not in dropped}
@@ -171,17 +230,23 @@ def test_the_shadow_counts_a_token_row_disagreeing_at_any_position(tmp_path: Pat
     quality = QualitySettings(shadow_rate=1.0, clip_sample_rate=0.0, sli_cpu_budget=4.0)
     server = LocalServer(settings_for(skewed, "skewed", quality=quality)).start()
     try:
-        x = np.random.default_rng(2).normal(size=(40, POSITIONS, WIDTH)).astype(np.float32)
-        expected = int(np.count_nonzero(np.any(_tokens(fp32, x) != _tokens(other, x), axis=1)))
-        assert expected > 0
+        requests = dict(np.load(_data(tmp_path / "traffic.npz", 40, positions=True, seed=2)))
+        flips, real = _flips(fp32, other, requests), requests["attention_mask"] == 1
+        assert np.count_nonzero(flips[real]) > 0 and np.count_nonzero(flips[~real]) > 0
         client = http.InferenceServerClient(server.address)
-        for rows in np.split(x, 4):
-            request = http.InferInput("x", list(rows.shape), "FP32")
-            request.set_data_from_numpy(rows)
-            client.infer(MODEL, [request])
+        for x, mask in zip(np.split(requests["x"], 4), np.split(requests["attention_mask"], 4), strict=True):
+            sent = [
+                http.InferInput("x", list(x.shape), "FP32"),
+                http.InferInput("attention_mask", list(mask.shape), "INT64"),
+            ]
+            sent[0].set_data_from_numpy(x)
+            sent[1].set_data_from_numpy(mask)
+            client.infer(MODEL, sent)
+        compared = int(np.count_nonzero(real))
         wait_until(
-            lambda: server.metric("quantship_shadow_comparisons_total") == len(x), what="40 comparisons"
+            lambda: server.metric("quantship_shadow_comparisons_total") == compared,
+            what="every real position",
         )
-        assert server.metric("quantship_shadow_disagreements_total") == expected
+        assert server.metric("quantship_shadow_disagreements_total") == np.count_nonzero(flips[real])
     finally:
         server.stop()
