@@ -346,12 +346,10 @@ class Evaluator:
         is warned of and gated: labels covering a few of the model's classes set a higher bar than its
         own chance (a 10-class BERT right on 27.7% of rows labelled 2 or 5 classifies them).
         Judged on LABELS_FIT_ROWS rows or more: on fewer, none right can be chance."""
-        labels = self.dataset.labels
-        if labels is None or self.gate.metric is not Metric.TOP1_ACCURACY or len(labels) < LABELS_FIT_ROWS:
+        labelled = self._labelled(self.reference) if self.gate.metric is Metric.TOP1_ACCURACY else None
+        if labelled is None or len(labelled[1]) < LABELS_FIT_ROWS:
             return
-        top1 = runtime.top1(self.reference)
-        if top1 is None:
-            return
+        top1, labels = labelled
         right = int(np.count_nonzero(top1 == labels))
         elsewhere = f" (another output: {self._other_output_option()})" if self.other_outputs else ""
         if right == 0:
@@ -388,6 +386,19 @@ class Evaluator:
         ]
         return masks[0] if len(masks) == 1 else None
 
+    def _labelled(self, output: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        """(the class answered, its label) for each labelled row, or for an answer per position each
+        labelled real position (a negative label marks one without, as a tokenizer's -100 does); None
+        without labels or classes (_choose_gate refused those)."""
+        labels, top1 = self.dataset.labels, runtime.top1(self.answers(output))
+        if labels is None or top1 is None:
+            return None
+        if not self.per_position:
+            return top1, labels
+        labels = agreement.positions(labels, self.mask)
+        kept = labels >= 0
+        return top1[kept], labels[kept]
+
     def answers(self, output: np.ndarray) -> np.ndarray:
         """What the metrics judge as rows: the output's rows, or for an answer per position, its
         positions without the padding (agreement.positions)."""
@@ -418,10 +429,12 @@ class Evaluator:
                 "--output, or --task embedding)"
             )
         if labels is not None and self.per_position:
+            self._check_position_labels(labels)
+        elif labels is not None and labels.ndim > 1:
             raise QuantizeInputError(
-                f"the evaluation data has labels, one class a row, but output {self.output!r} of shape "
-                f"{list(self.reference.shape)} answers at each position: drop the labels to gate on "
-                "agreement with FP32 at every position, or pick another output with --output"
+                f"the evaluation data has labels per position (shape {list(labels.shape)}), but output "
+                f"{self.output!r} of shape {list(self.reference.shape)} answers one class a row: give "
+                f"labels of shape [{self.dataset.size}], or pick another output with --output"
             )
         if labels is not None and self.task is not Task.CLASSIFICATION:
             another = (
@@ -431,7 +444,7 @@ class Evaluator:
                 f"the evaluation data has labels, but the task is {self.task.value}: labels are class ids "
                 f"for a classifier (drop them, {another}or pass --task classification)"
             )
-        if labels is not None and runtime.top1(self.reference) is None:
+        if labels is not None and runtime.top1(self.answers(self.reference)) is None:
             raise QuantizeInputError(
                 f"labels given, but output {self.output!r} of shape {list(self.reference.shape)} "
                 "is not a classifier's (class ids, or scores with classes on the last axis)"
@@ -472,6 +485,25 @@ class Evaluator:
             share = request.max_accuracy_delta
             threshold = share if not spec.higher_is_better else 1.0 - share
         return Gate(metric, threshold, self._rule(metric, request, threshold), reason)
+
+    def _check_position_labels(self, labels: np.ndarray) -> None:
+        """Labels for an answer per position: one class id a position ([N, seq], as the output's
+        positions), some of them labelled."""
+        grid = list(self.reference.shape if self.reference.dtype.kind in "iu" else self.reference.shape[:-1])
+        if list(labels.shape) != grid:
+            one = "one class a row" if labels.ndim == 1 else f"shape {list(labels.shape)}"
+            raise QuantizeInputError(
+                f"the evaluation data has labels of {one}, but output {self.output!r} of shape "
+                f"{list(self.reference.shape)} answers at each position: give labels per position, of "
+                f"shape {grid} (-100 where a position has none), drop them to gate on agreement with "
+                "FP32 at every position, or pick another output with --output"
+            )
+        labelled = self._labelled(self.reference)
+        if labelled is not None and not len(labelled[1]):
+            raise QuantizeInputError(
+                f"the evaluation data's labels label none of the positions output {self.output!r} "
+                f"answers{self._padding}: every label is negative, or at padding"
+            )
 
     def _default_metric(self) -> tuple[Metric, str]:
         if self.task is Task.EMBEDDING:
@@ -544,12 +576,10 @@ class Evaluator:
             values = {Metric.RELATIVE_ERROR.value: _global_relative_error(self.reference, candidate)}
         else:
             values = self._classification(candidate, candidate_scores)
-            labels = self.dataset.labels
-            if labels is not None:
-                fp32_top1, int8_top1 = runtime.top1(self.reference), runtime.top1(candidate)
-                assert fp32_top1 is not None and int8_top1 is not None  # checked when the gate was chosen
-                fp32_accuracy = float(np.mean(fp32_top1 == labels))
-                int8_accuracy = float(np.mean(int8_top1 == labels))
+            fp32_labelled, int8_labelled = self._labelled(self.reference), self._labelled(candidate)
+            if fp32_labelled is not None and int8_labelled is not None:  # both or neither: the same labels
+                fp32_accuracy = float(np.mean(np.equal(*fp32_labelled)))
+                int8_accuracy = float(np.mean(np.equal(*int8_labelled)))
                 values[Metric.TOP1_ACCURACY.value] = (
                     (fp32_accuracy - int8_accuracy) / fp32_accuracy if fp32_accuracy > 0 else 0.0
                 )

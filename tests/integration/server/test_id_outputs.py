@@ -101,15 +101,13 @@ def build_token_classifier(path: Path, *, last_bias: float = 0.0, first: str = "
     )
 
 
-def _data(path: Path, rows: int, *, positions: bool, seed: int, labels: bool = False) -> Path:
+def _data(path: Path, rows: int, *, positions: bool, seed: int) -> Path:
     rng = np.random.default_rng(seed)
     shape = (rows, POSITIONS, WIDTH) if positions else (rows, WIDTH)
     arrays = {"x": rng.normal(size=shape).astype(np.float32)}
     if positions:  # right-padded, as a tokenizer pads: half the rows lose their last 1-3 positions
         lengths = np.where(rng.random(rows) < 0.5, POSITIONS, rng.integers(POSITIONS - 3, POSITIONS, rows))
         arrays["attention_mask"] = (np.arange(POSITIONS) < lengths[:, None]).astype(np.int64)
-    if labels:
-        arrays["labels"] = rng.integers(0, CLASSES, rows)
     np.savez(path, **arrays)
     return path
 
@@ -187,17 +185,52 @@ def test_an_answer_per_position_is_judged_at_every_position_but_the_padding(
     assert evaluator.gate.rule == RowRule(Kind.TOP1, per_position=True, mask_input="attention_mask")
 
 
-def test_labels_of_one_class_a_row_beside_an_answer_per_position_are_refused(tmp_path: Path) -> None:
+def test_labels_per_position_gate_the_accuracy_of_the_labelled_real_positions(tmp_path: Path) -> None:
+    """A token classifier's (or an LM's next-token) labels [N, seq]: -100 marks a position without a
+    label, as a tokenizer writes it, and padding is left out as for agreement."""
+    fp32 = build_token_classifier(tmp_path / "fp32.onnx", first="logits")
+    other = build_token_classifier(tmp_path / "other.onnx", last_bias=1.0, first="logits")
+    data = _data(tmp_path / "x.npz", ROWS, positions=True, seed=1)
+    inputs = dict(np.load(data))
+    labels = _tokens(fp32, inputs)  # FP32 right everywhere: the other model loses its flips
+    labels[::3, 1] = (labels[::3, 1] + 1) % CLASSES  # and wrong at a few positions
+    labels[::2, -1] = -100  # no label at half the last positions
+    np.savez(data, **inputs, labels=labels)
+    flips, real = _flips(fp32, other, inputs), inputs["attention_mask"] == 1
+    judged = real & (labels >= 0)
+    fp32_right = (_tokens(fp32, inputs) == labels)[judged]
+    other_right = (_tokens(other, inputs) == labels)[judged]
+    assert np.any(flips[judged]) and not fp32_right.all()
+
+    dataset = load_dataset(data, model_inputs(onnx.load(fp32)), role="evaluation")
+    evaluator = Evaluator(fp32, dataset, None, GateRequest())
+    evaluation = evaluator.evaluate(other)
+    assert evaluator.gate.metric is Metric.TOP1_ACCURACY and evaluator.mask_input == "attention_mask"
+    assert evaluation.fp32 == pytest.approx(np.mean(fp32_right))
+    assert evaluation.int8 == pytest.approx(np.mean(other_right))
+    assert evaluation.shadow == (np.count_nonzero(flips[real]), np.count_nonzero(real)), "all real positions"
+
+
+@pytest.mark.parametrize(
+    ("labels", "refusal"),
+    [
+        (np.zeros(ROWS, np.int64), "labels of one class a row, but output 'logits' of shape [200, 12, 8]"),
+        (np.zeros((ROWS, 3), np.int64), "labels of shape [200, 3], but output 'logits'"),
+        (np.full((ROWS, POSITIONS), -100, np.int64), "label none of the positions output 'logits' answers"),
+    ],
+)
+def test_labels_that_do_not_label_the_positions_are_refused(
+    tmp_path: Path, labels: np.ndarray, refusal: str
+) -> None:
     model = build_token_classifier(tmp_path / "fp32.onnx", first="logits")
-    data = _data(tmp_path / "x.npz", ROWS, positions=True, seed=1, labels=True)
+    data = _data(tmp_path / "x.npz", ROWS, positions=True, seed=1)
+    np.savez(data, **np.load(data), labels=labels)
     out = tmp_path / "a"
     args = ["quantize", model, "-o", out, "--calibration", data, "--evaluation", data, "-q"]
     result = CliRunner().invoke(main, [str(a) for a in args])
     assert result.exit_code == 3, result.stderr  # ExitCode.REFUSED
     (line,) = result.stderr.strip().splitlines()
-    assert (
-        "labels, one class a row, but output 'logits' of shape [200, 12, 8] answers at each position" in line
-    )
+    assert refusal in line, line
     assert not out.exists()
 
 
