@@ -102,9 +102,10 @@ def confident(scores: np.ndarray) -> np.ndarray:
 def top1_differs(served: np.ndarray, reference: np.ndarray) -> np.ndarray | None:
     """Per row: whether the served answer is another class than the reference's; None when the outputs
     give no class per row (runtime.top1). Class ids are compared whole: an id output with a value per
-    position (a token classifier's [N, seq]) differs on a row when any position does, as that request
-    got another answer (position 0 alone saw none of a causal LM's flipped tokens, hunt-H H7). The
-    gate's top-1 agreement and the server's shadow both judge rows here."""
+    position (a token classifier's [N, seq]) differs on a row when any position does (position 0 alone
+    saw none of a causal LM's flipped tokens, hunt-H H7). A per-position rule hands this its positions
+    as rows (`positions`); a row rule of an older manifest judges such ids whole. The gate's top-1
+    agreement and the server's shadow both judge rows here."""
     if served.dtype.kind in "iu" and reference.dtype.kind in "iu":
         served_rows, reference_rows = _id_rows(served), _id_rows(reference)
         if served_rows.shape != reference_rows.shape:  # answers of another length are other answers
