@@ -188,10 +188,15 @@ class RowRule:
         reference under `confident_only`) are not compared."""
         if served.ndim == 0:
             served, reference = served.reshape(1), reference.reshape(1)
-        if self.per_position:
-            served, reference = positions(served, mask), positions(reference, mask)
         if not served.size:  # rows of no elements (a token model's answer to a sequence of length 0)
             return 0, 0
+        if self.per_position:
+            if not self.confident_only and served.dtype.kind == "f" and reference.dtype.kind == "f":
+                # Each position's class first: masking the scores copies [positions, vocab] twice.
+                served, reference = np.argmax(served, axis=-1), np.argmax(reference, axis=-1)
+            served, reference = positions(served, mask), positions(reference, mask)
+            if not served.size:  # every position was padding
+                return 0, 0
         if self.kind is Kind.TOP1:
             differs = top1_differs(served, reference)
             if differs is None:

@@ -44,6 +44,9 @@ def test_a_per_position_rule_counts_positions_and_leaves_the_padding_out() -> No
     ids = np.argmax(served, axis=-1)
     assert rule.judge(ids, np.argmax(reference, axis=-1), mask) == (1, 5), "ids alike"
     assert not rule.classifier, "no one class a row: no label feedback"
+    assert rule.judge(served, reference, np.zeros_like(mask)) == (0, 0), "all padding: nothing compared"
+    confident = RowRule(Kind.TOP1, confident_only=True, per_position=True, mask_input="attention_mask")
+    assert confident.judge(served, reference, mask) == (1, 5), "FP32 is sure of class 1 everywhere"
 
 
 def test_positions_are_rows_of_their_own() -> None:
