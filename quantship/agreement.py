@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import enum
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -68,10 +69,23 @@ PROBABILITY_SUM_TOLERANCE = 1e-3
 logits."""
 
 
+PROBABILITY_CHUNK_VALUES = 2**23
+"""Scores turned into float64 probabilities at once (64 MiB): an LM's [positions, vocab] whole is
+8 bytes x vocab a position (GPT-2's 50257: 400 KB), so 18,000 positions held 7 GB, twice."""
+
+
+def chunks(rows: np.ndarray) -> Iterator[slice]:
+    """Slices of `rows` ([rows, classes] scores) small enough to hold as probabilities at once."""
+    step = max(1, PROBABILITY_CHUNK_VALUES // max(1, rows[0].size if len(rows) else 1))
+    for begin in range(0, len(rows), step):
+        yield slice(begin, begin + step)
+
+
 def are_probabilities(scores: np.ndarray) -> bool:
     """Whether every row is already a probability distribution (a softmax output)."""
-    rows = scores.reshape(len(scores), -1).astype(np.float64)
-    return bool(np.all(rows >= 0) and np.allclose(rows.sum(axis=1), 1.0, atol=PROBABILITY_SUM_TOLERANCE))
+    rows = scores.reshape(len(scores), -1)
+    sums = rows.sum(axis=1, dtype=np.float64)
+    return bool(np.all(rows >= 0) and np.allclose(sums, 1.0, atol=PROBABILITY_SUM_TOLERANCE))
 
 
 def probabilities(scores: np.ndarray, normalized: bool | None = None) -> np.ndarray:
@@ -96,7 +110,10 @@ def probabilities(scores: np.ndarray, normalized: bool | None = None) -> np.ndar
 
 def confident(scores: np.ndarray) -> np.ndarray:
     """Per row: whether the top class holds more than CONFIDENT_PROBABILITY."""
-    return probabilities(scores).max(axis=1) > CONFIDENT_PROBABILITY
+    rows = scores.reshape(len(scores), -1)
+    normalized = are_probabilities(rows)
+    tops = [probabilities(rows[part], normalized).max(axis=1) for part in chunks(rows)]
+    return np.concatenate(tops) > CONFIDENT_PROBABILITY if tops else np.zeros(0, dtype=bool)
 
 
 def top1_differs(served: np.ndarray, reference: np.ndarray) -> np.ndarray | None:
@@ -117,15 +134,25 @@ def top1_differs(served: np.ndarray, reference: np.ndarray) -> np.ndarray | None
     return served_top1 != reference_top1
 
 
+def position_grid(answers: np.ndarray) -> tuple[int, ...]:
+    """The positions an answer per position has: a class id's ([N, seq], or [N, seq, 1] from an ArgMax
+    that keeps its axis), a set of scores' ([N, seq, classes])."""
+    if answers.dtype.kind not in "iu":
+        return answers.shape[:-1]
+    grid = answers.shape
+    while len(grid) > 2 and grid[-1] == 1:
+        grid = grid[:-1]
+    return grid
+
+
 def positions(answers: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
     """An answer per position as rows of their own: class ids [N, seq, ...] as [M] ids, scores
     [N, seq, classes] as [M, classes]; only the positions where `mask` (the request's attention mask,
     [N, seq]) is non-zero, as padding is no token anyone reads. A mask of another shape than the
-    positions is not this output's, and leaves every position in."""
+    positions (`position_grid`) is not this output's, and leaves every position in."""
     ids = answers.dtype.kind in "iu"
-    grid = answers.shape if ids else answers.shape[:-1]
     rows = answers.reshape(-1) if ids else answers.reshape(-1, answers.shape[-1] if answers.ndim else 1)
-    if mask is not None and mask.shape == grid:
+    if mask is not None and mask.shape == position_grid(answers):
         rows = rows[mask.reshape(-1) != 0]
     return rows
 
@@ -220,11 +247,13 @@ class RowRule:
         """Raise ValueError unless this rule can judge an output of `dtype` and `shape` (the
         server checks at load, not on every sampled batch)."""
         if self.kind is Kind.TOP1 and self.per_position:
-            ids = np.issubdtype(dtype, np.integer) and len(shape) >= 2
-            scores = np.issubdtype(dtype, np.floating) and len(shape) == 3 and (shape[-1] or 2) > 1
+            # A model without a batch axis answers [seq] ids or [seq, classes] scores a call.
+            ids = np.issubdtype(dtype, np.integer) and len(shape) >= 1
+            scores = np.issubdtype(dtype, np.floating) and len(shape) in (2, 3) and (shape[-1] or 2) > 1
             if not (ids or scores):
                 raise ValueError(
-                    "a per-position top-1 rule needs class ids [N, seq] or scores [N, seq, classes], "
+                    "a per-position top-1 rule needs class ids [N, seq] or scores [N, seq, classes] "
+                    "([seq], [seq, classes] without a batch axis), "
                     f"not {dtype} {list(shape)}"
                 )
         elif self.kind is Kind.TOP1:

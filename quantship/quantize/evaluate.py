@@ -271,6 +271,8 @@ class GateRequest:
     threshold: float | None = None
     max_accuracy_delta: float = 0.005
     min_cosine: float = agreement.MIN_COSINE
+    mask_input: str | None = None
+    """The input whose zeros mark padding, for an answer per position; None finds the attention mask."""
 
 
 class Evaluator:
@@ -303,7 +305,7 @@ class Evaluator:
         self.warnings: list[str] = []
         self.task, self.task_reason = _task(request.task, self.output, self.reference, dataset)
         self.per_position = self.task is Task.CLASSIFICATION and _answers_per_position(self.reference)
-        self.mask_input = self._mask_input() if self.per_position else None
+        self.mask_input = self._mask_input(request.mask_input)
         """The input whose zeros mark padding, which no position's answer is judged at."""
         self.mask = dataset.arrays[self.mask_input] if self.mask_input is not None else None
         self._check_reference_finite()
@@ -371,20 +373,52 @@ class Evaluator:
             "its own chance; labels it does not classify would leave the loss nothing to measure)"
         )
 
-    def _mask_input(self) -> str | None:
-        """The attention mask among the evaluation data's inputs: the one integer or boolean input named
-        like a mask, of 0s and 1s, with a value per position of the output. None where there is none,
-        or more than one to choose from: then every position counts, padding too."""
-        grid = self.reference.shape if self.reference.dtype.kind in "iu" else self.reference.shape[:-1]
+    def _mask_input(self, requested: str | None) -> str | None:
+        """The input whose zeros mark the padding of an answer per position: `requested` (--mask-input),
+        else the attention mask found among the evaluation data's inputs: the one integer or boolean
+        input named like a mask (but not an encoder's, whose positions are not the output's, nor a
+        special-tokens mask, whose 1s are not the tokens), of 0s and 1s, a value per position. None
+        where there is none, or more than one to choose from: then every position counts, padding too."""
+        if requested is not None:
+            return self._check_mask_input(requested)
+        if not self.per_position:
+            return None
         masks = [
             name
-            for name, array in self.dataset.arrays.items()
+            for name in self.dataset.arrays
             if "mask" in name.lower()
-            and array.shape == grid
-            and array.dtype.kind in "iub"
-            and np.isin(array, (0, 1)).all()
+            and not name.lower().startswith("encoder")
+            and "special" not in name.lower()
+            and self._fits_as_mask(name)
         ]
         return masks[0] if len(masks) == 1 else None
+
+    def _fits_as_mask(self, name: str) -> bool:
+        array = self.dataset.arrays[name]
+        return (
+            array.shape == agreement.position_grid(self.reference)
+            and array.dtype.kind in "iub"
+            and bool(np.isin(array, (0, 1)).all())
+        )
+
+    def _check_mask_input(self, name: str) -> str:
+        if not self.per_position:
+            raise QuantizeInputError(
+                f"--mask-input {name}: output {self.output!r} of shape {list(self.reference.shape)} gives "
+                "no answer per position to leave the padding out of"
+            )
+        if name not in self.dataset.arrays:
+            raise QuantizeInputError(
+                f"--mask-input {name}: no such input (inputs: {', '.join(self.dataset.arrays)})"
+            )
+        if not self._fits_as_mask(name):
+            grid = list(agreement.position_grid(self.reference))
+            raise QuantizeInputError(
+                f"--mask-input {name}: a mask needs 0s and 1s, integer or boolean, of the output's "
+                f"positions {grid}; {name} is {self.dataset.arrays[name].dtype} "
+                f"{list(self.dataset.arrays[name].shape)}"
+            )
+        return name
 
     def _labelled(self, output: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
         """(the class answered, its label) for each labelled row, or for an answer per position each
@@ -432,9 +466,10 @@ class Evaluator:
             self._check_position_labels(labels)
         elif labels is not None and labels.ndim > 1:
             raise QuantizeInputError(
-                f"the evaluation data has labels per position (shape {list(labels.shape)}), but output "
-                f"{self.output!r} of shape {list(self.reference.shape)} answers one class a row: give "
-                f"labels of shape [{self.dataset.size}], or pick another output with --output"
+                f"the evaluation data has labels of shape {list(labels.shape)}, but output {self.output!r} "
+                f"of shape {list(self.reference.shape)} answers one class a row: give a class id a row, "
+                f"of shape [{self.dataset.size}] (one-hot labels: their argmax), or pick another output "
+                "with --output"
             )
         if labels is not None and self.task is not Task.CLASSIFICATION:
             another = (
@@ -489,14 +524,15 @@ class Evaluator:
     def _check_position_labels(self, labels: np.ndarray) -> None:
         """Labels for an answer per position: one class id a position ([N, seq], as the output's
         positions), some of them labelled."""
-        grid = list(self.reference.shape if self.reference.dtype.kind in "iu" else self.reference.shape[:-1])
+        grid = list(agreement.position_grid(self.reference))
         if list(labels.shape) != grid:
             one = "one class a row" if labels.ndim == 1 else f"shape {list(labels.shape)}"
             raise QuantizeInputError(
                 f"the evaluation data has labels of {one}, but output {self.output!r} of shape "
                 f"{list(self.reference.shape)} answers at each position: give labels per position, of "
                 f"shape {grid} (-100 where a position has none), drop them to gate on agreement with "
-                "FP32 at every position, or pick another output with --output"
+                "FP32 at every position, or pick another output with --output (vectors, such as an "
+                "encoder's hidden states, are --task embedding, without labels)"
             )
         labelled = self._labelled(self.reference)
         if labelled is not None and not len(labelled[1]):
@@ -544,7 +580,9 @@ class Evaluator:
     def _rule(self, metric: Metric, request: GateRequest, threshold: float) -> RowRule:
         match METRICS[metric].task:
             case Task.CLASSIFICATION:
-                confident_only = metric is Metric.CONFIDENT_AGREEMENT
+                # Class ids carry no confidence: the shadow judges every row of them (RowRule.judge),
+                # though a confident gate read the scores output beside them.
+                confident_only = metric is Metric.CONFIDENT_AGREEMENT and self.reference.dtype.kind == "f"
                 return RowRule(Kind.TOP1, None, confident_only, None, self.per_position, self.mask_input)
             case Task.EMBEDDING:
                 return RowRule(Kind.COSINE, request.min_cosine)
@@ -617,7 +655,7 @@ class Evaluator:
             return None
         disagreeing, compared = evaluation.shadow
         rule, unit = self.gate.rule, "positions" if self.per_position else "rows"
-        if self.gate.metric in SHADOW_COUNTS:  # the gate counted the same: it allowed more than the SLO
+        if self._gate_counts_as_the_shadow:  # it counted the same: and allowed more than the SLO
             why = f" (the gate allowed up to {self.gate.limit:.1%})"
             gate_on = f"a gate within the SLO (--max-accuracy-delta {SHADOW_BUDGET:g})"
         else:
@@ -638,6 +676,14 @@ class Evaluator:
             f"{share:.1%}, use {gate_on}, or improve the model or calibration"
         )
 
+    @property
+    def _gate_counts_as_the_shadow(self) -> bool:
+        """Whether the gate's loss is the share of rows the shadow's rule counts (SHADOW_COUNTS): not a
+        confident gate on class ids, whose rule has no confidence to read (`_rule`)."""
+        metric, rule = self.gate.metric, self.gate.rule
+        confident_on_ids = metric is Metric.CONFIDENT_AGREEMENT and not rule.confident_only
+        return metric in SHADOW_COUNTS and not confident_on_ids
+
     def failed(self) -> Evaluation:
         """The verdict on a candidate that could not be quantized or run: the worst value."""
         worst = -math.inf if METRICS[self.gate.metric].higher_is_better else math.inf
@@ -651,20 +697,18 @@ class Evaluator:
             values["positions"] = float(differs.size)
         if self.reference_scores is None or candidate_scores is None or not self._has_class_scores():
             return values
+        reference_scores = _rows(self.answers(self.reference_scores))
+        candidate_scores = _rows(self.answers(candidate_scores))
         # Read both sides as the reference reads: an INT8 softmax output sums only roughly to 1.
-        reference_scores = self.answers(self.reference_scores)
         normalized = agreement.are_probabilities(reference_scores)
-        ref_p = agreement.probabilities(reference_scores, normalized)
-        int8_p = agreement.probabilities(self.answers(candidate_scores), normalized)
-        sure = ref_p.max(axis=1) > agreement.CONFIDENT_PROBABILITY
-        same = ref_p.argmax(axis=1) == int8_p.argmax(axis=1)
+        per_row = [
+            _score_agreement(reference_scores[part], candidate_scores[part], normalized)
+            for part in agreement.chunks(reference_scores)
+        ]
+        sure, same, top_k, kl = (np.concatenate(column) for column in zip(*per_row, strict=True))
         values[Metric.CONFIDENT_AGREEMENT.value] = float(np.mean(same[sure])) if sure.any() else None
         values["confident_rows"] = float(np.count_nonzero(sure))
-        values[Metric.TOP5_OVERLAP.value] = _top_k_overlap(ref_p, int8_p, min(TOP_K, ref_p.shape[1]))
-        # A quantized softmax output rounds small probabilities to exactly 0 (uint8: steps of
-        # 1/255), which would make KL infinite: floor both at one in a million.
-        eps = 1e-6
-        kl = np.sum(ref_p * (np.log(ref_p + eps) - np.log(int8_p + eps)), axis=1)
+        values[Metric.TOP5_OVERLAP.value] = float(np.mean(top_k))
         values[Metric.KL_DIVERGENCE.value] = float(np.mean(kl))
         return values
 
@@ -703,7 +747,12 @@ def _task(requested: Task | None, output: str, reference: np.ndarray, dataset: D
     if reference.ndim == 2 and any(hint in name for hint in SCORE_NAMES):
         return Task.CLASSIFICATION, f"output {output!r} is named like per-class scores"
     if reference.ndim == 3 and any(hint in name for hint in SCORE_NAMES):
-        return Task.CLASSIFICATION, f"output {output!r} is named like per-class scores, at each position"
+        # [N, seq, classes], as transformers export tokens' scores ([N, classes, frames] would need
+        # a Transpose: a convolutional frame classifier's, read here with frames as classes).
+        return (
+            Task.CLASSIFICATION,
+            f"output {output!r} is named like per-class scores, at each position (classes on the last axis)",
+        )
     # An autoencoder's [N, 64] reconstruction was gated on its argmax pixel.
     like = _float_input_of_shape(reference.shape, dataset)
     if like is not None:
@@ -740,8 +789,29 @@ def _float_input_of_shape(shape: tuple[int, ...], dataset: Dataset) -> str | Non
     return None
 
 
-def _top_k_overlap(reference: np.ndarray, candidate: np.ndarray, k: int) -> float:
-    """Mean share of the reference's top-k classes that are in the candidate's top k. A class tied
+def _rows(scores: np.ndarray) -> np.ndarray:
+    return scores.reshape(len(scores), -1)
+
+
+def _score_agreement(
+    reference_scores: np.ndarray, candidate_scores: np.ndarray, normalized: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per row of [rows, classes] scores: whether FP32 is confident, whether the top-1 is kept, the
+    share of FP32's top 5 kept (`_top_k_shares`), and KL(FP32 || INT8) of their probabilities."""
+    ref_p = agreement.probabilities(reference_scores, normalized)
+    int8_p = agreement.probabilities(candidate_scores, normalized)
+    sure = ref_p.max(axis=1) > agreement.CONFIDENT_PROBABILITY
+    same = ref_p.argmax(axis=1) == int8_p.argmax(axis=1)
+    top_k = _top_k_shares(ref_p, int8_p, min(TOP_K, ref_p.shape[1]))
+    # A quantized softmax output rounds small probabilities to exactly 0 (uint8: steps of
+    # 1/255), which would make KL infinite: floor both at one in a million.
+    eps = 1e-6
+    kl = np.sum(ref_p * (np.log(ref_p + eps) - np.log(int8_p + eps)), axis=1)
+    return sure, same, top_k, kl
+
+
+def _top_k_shares(reference: np.ndarray, candidate: np.ndarray, k: int) -> np.ndarray:
+    """Per row, the share of the reference's top-k classes that are in the candidate's top k. A class tied
     with the candidate's k-th score is kept when the reference scores it within one of the
     candidate's steps of that score: a quantized softmax rounds the small classes to exactly 0, and
     their order was lost to rounding, not changed (ranking those ties counted 0.57 overlap at 100%
@@ -760,7 +830,7 @@ def _top_k_overlap(reference: np.ndarray, candidate: np.ndarray, k: int) -> floa
     rounded_alike = np.abs(np.take_along_axis(reference, reference_top, axis=1) - kth_score) <= step
     tie = np.where(rounded_alike, 1.0, share_of_a_tie)
     kept = np.where(scores > kth_score, 1.0, np.where(scores == kth_score, tie, 0.0))
-    return float(np.mean(kept))
+    return np.mean(kept, axis=1)
 
 
 def _batch_size(dataset: Dataset) -> int:

@@ -59,6 +59,8 @@ def test_positions_are_rows_of_their_own() -> None:
     ]
     ids = np.array([[4, 5], [6, 7]], dtype=np.int64)
     assert agreement.positions(ids, np.array([[True, False], [True, True]])).tolist() == [4, 6, 7]
+    kept_axis = ids[..., None]  # ArgMax(keepdims=1): [N, seq, 1]
+    assert agreement.positions(kept_axis, np.array([[True, False], [True, True]])).tolist() == [4, 6, 7]
 
 
 def test_logits_are_read_through_their_softmax() -> None:
@@ -209,7 +211,10 @@ def test_a_rule_checks_that_it_fits_the_output_it_will_judge() -> None:
     per_position = RowRule(Kind.TOP1, per_position=True)
     per_position.check_output(np.dtype(np.float32), (None, None, 24))
     per_position.check_output(np.dtype(np.int64), (None, None))
-    for dtype, shape in [(np.float32, (None, 10)), (np.int64, (None,)), (np.float32, (1, 3, 8, 8))]:
+    per_position.check_output(np.dtype(np.int64), (None, None, 1))  # ArgMax keeping its axis
+    per_position.check_output(np.dtype(np.int64), (12,))  # no batch axis: [seq] a call
+    per_position.check_output(np.dtype(np.float32), (12, 8))  # and [seq, classes]
+    for dtype, shape in [(np.float32, (None,)), (np.float32, (None, 1)), (np.float32, (1, 3, 8, 8))]:
         with pytest.raises(ValueError, match=r"class ids \[N, seq\] or scores \[N, seq, classes\]"):
             per_position.check_output(np.dtype(dtype), shape)
 
@@ -230,11 +235,11 @@ def test_top5_overlap_keeps_ties_lost_to_rounding_and_scores_a_collapsed_row_as_
     """A constant candidate row ties every class with its 5th score: counting every tie as kept
     scored a collapsed model 1.0. Classes a quantized softmax rounded to 0, which the reference
     scores within one step of 0, lost only their order."""
-    from quantship.quantize.evaluate import _top_k_overlap
+    from quantship.quantize.evaluate import _top_k_shares
 
     reference = np.random.default_rng(0).normal(size=(20, 1000))
-    assert _top_k_overlap(reference, reference, 5) == 1.0
-    assert _top_k_overlap(reference, np.zeros_like(reference), 5) == pytest.approx(5 / 1000)
+    assert np.mean(_top_k_shares(reference, reference, 5)) == 1.0
+    assert np.mean(_top_k_shares(reference, np.zeros_like(reference), 5)) == pytest.approx(5 / 1000)
     probabilities = np.array([[0.9, 0.05, 0.03, 0.01, 0.005, 0.003, 0.002]])
     rounded = np.array([[0.9, 0.1, 0.0, 0.0, 0.0, 0.0, 0.0]])  # steps of 0.1: the rest is below one
-    assert _top_k_overlap(probabilities, rounded, 5) == 1.0
+    assert np.mean(_top_k_shares(probabilities, rounded, 5)) == 1.0

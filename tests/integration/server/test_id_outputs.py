@@ -16,12 +16,14 @@ from click.testing import CliRunner
 from onnx import TensorProto, helper, numpy_helper
 from server_harness import MODEL, LocalServer, settings_for, wait_until
 
+from quantship import agreement as agreement_module
 from quantship import artifact, runtime
 from quantship.agreement import Kind, RowRule, Task
 from quantship.artifact import MODEL_FILE, REFERENCE_FILE
 from quantship.cli import main
 from quantship.quantize import QuantizeConfig, run
 from quantship.quantize.data import load_dataset, model_inputs
+from quantship.quantize.errors import QuantizeInputError
 from quantship.quantize.evaluate import Evaluator, GateRequest, Metric
 from quantship.server.settings import QualitySettings
 
@@ -62,12 +64,20 @@ def build_flagged_classifier(path: Path) -> Path:
     )
 
 
-def build_token_classifier(path: Path, *, last_bias: float = 0.0, first: str = "tokens") -> Path:
+def build_token_classifier(
+    path: Path,
+    *,
+    last_bias: float = 0.0,
+    first: str = "tokens",
+    keepdims: int = 0,
+    unused_inputs: tuple[str, ...] = (),
+) -> Path:
     """x [N, seq, 16] and its `attention_mask` [N, seq] (INT64, 0 at padding, which zeroes x there)
     -> `logits` [N, seq, 8] (with a bias per position) and `tokens` [N, seq] INT64, their ArgMax: a
     token classifier as often exported, `first` its first output. `last_bias` adds to class 1 at the
     last position only: a model that answers otherwise there and nowhere else, and always where that
-    position is padding (FP32's answer there is the bias's argmax, class 0)."""
+    position is padding (FP32's answer there is the bias's argmax, class 0). `keepdims` 1: `tokens`
+    [N, seq, 1], as ArgMax writes by default. `unused_inputs`: more [N, seq] INT64 inputs it takes."""
     rng = np.random.default_rng(0)
     weight = rng.normal(scale=0.5, size=(WIDTH, CLASSES)).astype(np.float32)
     bias = np.zeros((POSITIONS, CLASSES), np.float32)
@@ -79,10 +89,12 @@ def build_token_classifier(path: Path, *, last_bias: float = 0.0, first: str = "
         helper.make_node("Mul", ["x", "mask_column"], ["tokens_only"]),
         helper.make_node("MatMul", ["tokens_only", "W"], ["scores"]),
         helper.make_node("Add", ["scores", "bias"], ["logits"]),
-        helper.make_node("ArgMax", ["logits"], ["tokens"], axis=-1, keepdims=0),
+        helper.make_node("ArgMax", ["logits"], ["tokens"], axis=-1, keepdims=keepdims),
     ]
     outputs = {
-        "tokens": helper.make_tensor_value_info("tokens", TensorProto.INT64, ["N", POSITIONS]),
+        "tokens": helper.make_tensor_value_info(
+            "tokens", TensorProto.INT64, ["N", POSITIONS, 1][: 2 + keepdims]
+        ),
         "logits": helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", POSITIONS, CLASSES]),
     }
     return _save(
@@ -91,6 +103,10 @@ def build_token_classifier(path: Path, *, last_bias: float = 0.0, first: str = "
         [
             helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", POSITIONS, WIDTH]),
             helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["N", POSITIONS]),
+            *(
+                helper.make_tensor_value_info(name, TensorProto.INT64, ["N", POSITIONS])
+                for name in unused_inputs
+            ),
         ],
         [outputs[first], *(output for name, output in outputs.items() if name != first)],
         [
@@ -283,3 +299,117 @@ def test_the_shadow_counts_the_positions_a_request_did_not_pad(tmp_path: Path) -
         assert server.metric("quantship_shadow_disagreements_total") == np.count_nonzero(flips[real])
     finally:
         server.stop()
+
+
+def _ids_first(path: Path, bias: list[float]) -> Path:
+    """x [N, 10] + `bias` -> `logits`, and first its ArgMax `label` [N]: a classifier exporting its
+    answer beside its scores."""
+    nodes = [
+        helper.make_node("Add", ["x", "b"], ["logits"]),
+        helper.make_node("ArgMax", ["logits"], ["label"], axis=1, keepdims=0),
+    ]
+    return _save(
+        path,
+        nodes,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 10])],
+        [
+            helper.make_tensor_value_info("label", TensorProto.INT64, ["N"]),
+            helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 10]),
+        ],
+        [numpy_helper.from_array(np.array(bias, np.float32), "b")],
+    )
+
+
+def test_a_confident_gate_on_class_ids_says_the_shadow_counts_every_row(tmp_path: Path) -> None:
+    """Ids carry no confidence: the gate read it from the scores beside them, and the shadow judges
+    every row of the ids. 15 near-tie rows flip: the gate passes on the confident rows, and says the
+    canary's shadow will count them (it told the user to gate within the SLO it already used, review)."""
+    fp32 = _ids_first(tmp_path / "fp32.onnx", [0.0] * 10)
+    flipped = _ids_first(tmp_path / "flipped.onnx", [0.01] + [0.0] * 9)
+    x = np.zeros((300, 10), np.float32)
+    x[np.arange(300), np.random.default_rng(0).integers(0, 10, 300)] = 10.0  # sure rows
+    x[:15] = 0.0
+    x[:15, :2] = [1.0, 1.005]  # near-ties of class 1, which the other bias flips to class 0
+    np.savez(tmp_path / "x.npz", x=x)
+    dataset = load_dataset(tmp_path / "x.npz", model_inputs(onnx.load(fp32)), role="evaluation")
+    evaluator = Evaluator(fp32, dataset, None, GateRequest())
+    evaluation = evaluator.evaluate(flipped)
+    assert evaluator.gate.metric is Metric.CONFIDENT_AGREEMENT and evaluation.passed
+    assert evaluator.gate.rule == RowRule(Kind.TOP1), "no confidence claimed of ids"
+    assert evaluation.shadow == (15, 300)
+    said = evaluator.shadow_warning(evaluation)
+    assert said is not None and "top-1 differs (" not in said, "no confident scope claimed"
+    assert "--metric top1_agreement" in said and "--max-accuracy-delta" not in said
+
+
+def test_the_padding_is_the_attention_masks_not_an_encoders_or_a_special_tokens_mask(tmp_path: Path) -> None:
+    """A seq2seq decoder also takes its encoder's mask, and a tokenizer's special-tokens mask marks the
+    tokens it added with 1s: neither says which of the output's positions are padding (review: the
+    encoder's mask was read as the decoder's). --mask-input names one where the guess cannot."""
+    others = ("encoder_attention_mask", "special_tokens_mask")
+    model = build_token_classifier(tmp_path / "fp32.onnx", first="logits", unused_inputs=others)
+    data = _data(tmp_path / "x.npz", ROWS, positions=True, seed=1)
+    rng = np.random.default_rng(3)
+    inputs = dict(np.load(data))
+    np.savez(data, **inputs, **{name: rng.integers(0, 2, (ROWS, POSITIONS)) for name in others})
+    dataset = load_dataset(data, model_inputs(onnx.load(model)), role="evaluation")
+    assert Evaluator(model, dataset, None, GateRequest()).mask_input == "attention_mask"
+    chosen = Evaluator(model, dataset, None, GateRequest(mask_input="special_tokens_mask"))
+    assert chosen.gate.rule.mask_input == "special_tokens_mask"
+    for name, refusal in [("x", "a mask needs 0s and 1s"), ("padding", "no such input")]:
+        with pytest.raises(QuantizeInputError, match=f"--mask-input {name}: {refusal}"):
+            Evaluator(model, dataset, None, GateRequest(mask_input=name))
+
+
+def test_ids_that_keep_the_argmax_axis_are_judged_and_labelled_at_their_positions(tmp_path: Path) -> None:
+    """ArgMax writes [N, seq, 1] unless told otherwise: its positions are [N, seq], and so are its
+    mask and labels (review: padding counted, and no labels could be given)."""
+    model = build_token_classifier(tmp_path / "fp32.onnx", keepdims=1)
+    data = _data(tmp_path / "x.npz", ROWS, positions=True, seed=1)
+    inputs = dict(np.load(data))
+    np.savez(data, **inputs, labels=_tokens(model, inputs)[..., 0])
+    evaluator = Evaluator(
+        model, load_dataset(data, model_inputs(onnx.load(model)), role="evaluation"), None, GateRequest()
+    )
+    evaluation = evaluator.evaluate(model)
+    assert evaluator.mask_input == "attention_mask" and evaluator.gate.metric is Metric.TOP1_ACCURACY
+    assert evaluation.fp32 == evaluation.int8 == 1.0
+    assert evaluation.values["positions"] == np.count_nonzero(inputs["attention_mask"])
+
+
+def test_a_token_model_without_a_batch_axis_is_judged_at_its_positions_and_served(tmp_path: Path) -> None:
+    """x [seq, 16] -> `logits` [seq, 8]: one sequence a call. Its positions were refused by the
+    rule's check of the declared shape, which has no batch axis (review: quantized before)."""
+    weight = np.random.default_rng(0).normal(size=(WIDTH, CLASSES)).astype(np.float32)
+    model = _save(
+        tmp_path / "fp32.onnx",
+        [helper.make_node("MatMul", ["x", "W"], ["logits"])],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [POSITIONS, WIDTH])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [POSITIONS, CLASSES])],
+        [numpy_helper.from_array(weight, "W")],
+    )
+    np.savez(
+        tmp_path / "x.npz", x=np.random.default_rng(1).normal(size=(100, POSITIONS, WIDTH)).astype(np.float32)
+    )
+    quantized = run(
+        model, tmp_path / "a", QuantizeConfig(), calibration=tmp_path / "x.npz", evaluation=tmp_path / "x.npz"
+    )
+    validation = quantized.artifact.manifest["validation"]
+    assert validation["shadow_rule"]["per_position"] and validation["metrics"]["positions"] == 100 * POSITIONS
+    server = LocalServer(settings_for(quantized.artifact, "int8")).start()  # ready: it loaded
+    server.stop()
+
+
+def test_score_metrics_read_in_chunks_equal_those_read_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An LM's probabilities are made a chunk of positions at a time (agreement.chunks: a GPT-2
+    vocabulary's held whole took 7 GB a side): chunks of 3 positions read what all at once read."""
+    fp32 = build_token_classifier(tmp_path / "fp32.onnx", first="logits")
+    other = build_token_classifier(tmp_path / "other.onnx", last_bias=1.0, first="logits")
+    data = _data(tmp_path / "x.npz", ROWS, positions=True, seed=1)
+    dataset = load_dataset(data, model_inputs(onnx.load(fp32)), role="evaluation")
+    at_once = Evaluator(fp32, dataset, None, GateRequest()).evaluate(other).values
+    monkeypatch.setattr(agreement_module, "PROBABILITY_CHUNK_VALUES", 3 * CLASSES)
+    chunked = Evaluator(fp32, dataset, None, GateRequest()).evaluate(other).values
+    assert chunked == pytest.approx(at_once) and at_once["kl_divergence"] > 0
