@@ -77,7 +77,8 @@ def _baseline_verdict(model_bytes: int) -> str:
 
 COUNTS = {  # values a validation records beside its metrics: counts, not scores
     "confident_rows": "rows (positions, per position) where FP32 is confident (a count)",
-    "positions": "positions judged, padding left out (a count: each is a row of the metrics above)",
+    "positions": "positions judged, without the padding the shadow rule's mask_input marks, if it names "
+    "one (a count: each is a row of the metrics above)",
 }
 
 
