@@ -7,7 +7,9 @@ on production traffic means what the gate measured offline:
 - classification: top-1 differs (ids at any position, `top1_differs`); with `confident_only`, only
   rows where the reference is confident count at all. Real inputs are often ambiguous to the FP32
   model itself (two classes at 30% each), and a flip between near-ties says nothing about the
-  quantization;
+  quantization. With `per_position`, an answer per position (a causal LM's or a token classifier's
+  [N, seq, classes] scores, or its [N, seq] ids) is judged at every position, and positions are
+  what is counted: padding left out where the rule names the attention mask input (`positions`);
 - embedding: cosine similarity to the reference below `tolerance` (argmax of an embedding means
   nothing);
 - regression: relative L2 error above `tolerance`, against the larger of the row's norm and
@@ -18,12 +20,14 @@ from __future__ import annotations
 
 import enum
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from quantship import runtime
+from quantship.artifact import MAX_TENSOR_NAME_CHARS
 from quantship.printable import brief
 
 
@@ -65,10 +69,23 @@ PROBABILITY_SUM_TOLERANCE = 1e-3
 logits."""
 
 
+PROBABILITY_CHUNK_VALUES = 2**23
+"""Scores turned into float64 probabilities at once (64 MiB): an LM's [positions, vocab] whole is
+8 bytes x vocab a position (GPT-2's 50257: 400 KB), so 18,000 positions held 7 GB, twice."""
+
+
+def chunks(rows: np.ndarray) -> Iterator[slice]:
+    """Slices of `rows` ([rows, classes] scores) small enough to hold as probabilities at once."""
+    step = max(1, PROBABILITY_CHUNK_VALUES // max(1, rows[0].size if len(rows) else 1))
+    for begin in range(0, len(rows), step):
+        yield slice(begin, begin + step)
+
+
 def are_probabilities(scores: np.ndarray) -> bool:
     """Whether every row is already a probability distribution (a softmax output)."""
-    rows = scores.reshape(len(scores), -1).astype(np.float64)
-    return bool(np.all(rows >= 0) and np.allclose(rows.sum(axis=1), 1.0, atol=PROBABILITY_SUM_TOLERANCE))
+    rows = scores.reshape(len(scores), -1)
+    sums = rows.sum(axis=1, dtype=np.float64)
+    return bool(np.all(rows >= 0) and np.allclose(sums, 1.0, atol=PROBABILITY_SUM_TOLERANCE))
 
 
 def probabilities(scores: np.ndarray, normalized: bool | None = None) -> np.ndarray:
@@ -93,15 +110,19 @@ def probabilities(scores: np.ndarray, normalized: bool | None = None) -> np.ndar
 
 def confident(scores: np.ndarray) -> np.ndarray:
     """Per row: whether the top class holds more than CONFIDENT_PROBABILITY."""
-    return probabilities(scores).max(axis=1) > CONFIDENT_PROBABILITY
+    rows = scores.reshape(len(scores), -1)
+    normalized = are_probabilities(rows)
+    tops = [probabilities(rows[part], normalized).max(axis=1) for part in chunks(rows)]
+    return np.concatenate(tops) > CONFIDENT_PROBABILITY if tops else np.zeros(0, dtype=bool)
 
 
 def top1_differs(served: np.ndarray, reference: np.ndarray) -> np.ndarray | None:
     """Per row: whether the served answer is another class than the reference's; None when the outputs
     give no class per row (runtime.top1). Class ids are compared whole: an id output with a value per
-    position (a token classifier's [N, seq]) differs on a row when any position does, as that request
-    got another answer (position 0 alone saw none of a causal LM's flipped tokens, hunt-H H7). The
-    gate's top-1 agreement and the server's shadow both judge rows here."""
+    position (a token classifier's [N, seq]) differs on a row when any position does (position 0 alone
+    saw none of a causal LM's flipped tokens, hunt-H H7). A per-position rule hands this its positions
+    as rows (`positions`); a row rule of an older manifest judges such ids whole. The gate's top-1
+    agreement and the server's shadow both judge rows here."""
     if served.dtype.kind in "iu" and reference.dtype.kind in "iu":
         served_rows, reference_rows = _id_rows(served), _id_rows(reference)
         if served_rows.shape != reference_rows.shape:  # answers of another length are other answers
@@ -111,6 +132,29 @@ def top1_differs(served: np.ndarray, reference: np.ndarray) -> np.ndarray | None
     if served_top1 is None or reference_top1 is None:
         return None
     return served_top1 != reference_top1
+
+
+def position_grid(answers: np.ndarray) -> tuple[int, ...]:
+    """The positions an answer per position has: a class id's ([N, seq], or [N, seq, 1] from an ArgMax
+    that keeps its axis), a set of scores' ([N, seq, classes])."""
+    if answers.dtype.kind not in "iu":
+        return answers.shape[:-1]
+    grid = answers.shape
+    while len(grid) > 2 and grid[-1] == 1:
+        grid = grid[:-1]
+    return grid
+
+
+def positions(answers: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+    """An answer per position as rows of their own: class ids [N, seq, ...] as [M] ids, scores
+    [N, seq, classes] as [M, classes]; only the positions where `mask` (the request's attention mask,
+    [N, seq]) is non-zero, as padding is no token anyone reads. A mask of another shape than the
+    positions (`position_grid`) is not this output's, and leaves every position in."""
+    ids = answers.dtype.kind in "iu"
+    rows = answers.reshape(-1) if ids else answers.reshape(-1, answers.shape[-1] if answers.ndim else 1)
+    if mask is not None and mask.shape == position_grid(answers):
+        rows = rows[mask.reshape(-1) != 0]
+    return rows
 
 
 def _id_rows(ids: np.ndarray) -> np.ndarray:
@@ -147,24 +191,39 @@ class RowRule:
     """What makes one row disagree. `tolerance`: the least cosine (COSINE) or the largest relative
     error (RELATIVE_ERROR); unused for TOP1. `norm_floor` (RELATIVE_ERROR): a row's error is
     measured against the larger of its own norm and this, so that rows near zero, where any
-    rounding is a large share of nothing, do not read as disagreeing."""
+    rounding is a large share of nothing, do not read as disagreeing. `per_position` (TOP1): the
+    output answers per position, and each position is judged and counted as a row (`positions`);
+    `mask_input` names the model input whose zeros mark padding, left out."""
 
     kind: Kind
     tolerance: float | None = None
     confident_only: bool = False
     norm_floor: float | None = None
+    per_position: bool = False
+    mask_input: str | None = None
 
     @property
     def classifier(self) -> bool:
-        return self.kind is Kind.TOP1
+        """Whether the rule judges one class a row: what label feedback can judge too."""
+        return self.kind is Kind.TOP1 and not self.per_position
 
-    def judge(self, served: np.ndarray, reference: np.ndarray) -> tuple[int, int]:
-        """(disagreeing rows, compared rows) of a batch. Rows outside the rule (an unconfident
+    def judge(
+        self, served: np.ndarray, reference: np.ndarray, mask: np.ndarray | None = None
+    ) -> tuple[int, int]:
+        """(disagreeing rows, compared rows) of a batch; with `per_position`, positions, where `mask`
+        (the `mask_input` sent with the batch) is non-zero. Rows outside the rule (an unconfident
         reference under `confident_only`) are not compared."""
         if served.ndim == 0:
             served, reference = served.reshape(1), reference.reshape(1)
         if not served.size:  # rows of no elements (a token model's answer to a sequence of length 0)
             return 0, 0
+        if self.per_position:
+            if not self.confident_only and served.dtype.kind == "f" and reference.dtype.kind == "f":
+                # Each position's class first: masking the scores copies [positions, vocab] twice.
+                served, reference = np.argmax(served, axis=-1), np.argmax(reference, axis=-1)
+            served, reference = positions(served, mask), positions(reference, mask)
+            if not served.size:  # every position was padding
+                return 0, 0
         if self.kind is Kind.TOP1:
             differs = top1_differs(served, reference)
             if differs is None:
@@ -187,7 +246,17 @@ class RowRule:
     def check_output(self, dtype: np.dtype, shape: tuple[int | None, ...]) -> None:
         """Raise ValueError unless this rule can judge an output of `dtype` and `shape` (the
         server checks at load, not on every sampled batch)."""
-        if self.kind is Kind.TOP1:
+        if self.kind is Kind.TOP1 and self.per_position:
+            # A model without a batch axis answers [seq] ids or [seq, classes] scores a call.
+            ids = np.issubdtype(dtype, np.integer) and len(shape) >= 1
+            scores = np.issubdtype(dtype, np.floating) and len(shape) in (2, 3) and (shape[-1] or 2) > 1
+            if not (ids or scores):
+                raise ValueError(
+                    "a per-position top-1 rule needs class ids [N, seq] or scores [N, seq, classes] "
+                    "([seq], [seq, classes] without a batch axis), "
+                    f"not {dtype} {list(shape)}"
+                )
+        elif self.kind is Kind.TOP1:
             ids = np.issubdtype(dtype, np.integer)
             # [N, classes] only: scores per position have no one class a row (runtime.top1).
             scores = np.issubdtype(dtype, np.floating) and len(shape) == 2 and (shape[-1] or 2) > 1
@@ -205,7 +274,10 @@ class RowRule:
                 scope = (
                     f" (rows where FP32 > {CONFIDENT_PROBABILITY:.0%} sure)" if self.confident_only else ""
                 )
-                return f"top-1 differs{scope}"
+                if not self.per_position:
+                    return f"top-1 differs{scope}"
+                padding = f", padding by {brief(self.mask_input, 40)} left out" if self.mask_input else ""
+                return f"top-1 differs at a position (each position counted{padding}){scope}"
             case Kind.COSINE:
                 return f"cosine < {self.tolerance}"
             case Kind.RELATIVE_ERROR:
@@ -213,8 +285,17 @@ class RowRule:
                 return f"relative error > {self.tolerance}{floor}"
 
     def to_json(self) -> dict[str, Any]:
-        rule = {"kind": self.kind.value, "tolerance": self.tolerance, "confident_only": self.confident_only}
-        return rule if self.norm_floor is None else {**rule, "norm_floor": self.norm_floor}
+        rule: dict[str, Any] = {
+            "kind": self.kind.value,
+            "tolerance": self.tolerance,
+            "confident_only": self.confident_only,
+        }
+        if self.norm_floor is not None:
+            rule["norm_floor"] = self.norm_floor
+        if self.per_position:  # written only when set: a row rule's manifest reads as before
+            rule["per_position"] = True
+            rule["mask_input"] = self.mask_input
+        return rule
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> RowRule:
@@ -239,7 +320,18 @@ class RowRule:
                 shown = brief(repr(norm_floor), 40)
                 raise ValueError(f"norm_floor must be a finite number >= 0, not {shown}")
             norm_floor = floor
-        return cls(kind, tolerance if kind is not Kind.TOP1 else None, confident_only, norm_floor)
+        per_position, mask_input = data.get("per_position", False), data.get("mask_input")
+        if not isinstance(per_position, bool):
+            raise ValueError(f"per_position must be true or false, not {brief(repr(per_position), 40)}")
+        if per_position and kind is not Kind.TOP1:
+            raise ValueError(f"a {kind.value} rule is not judged per position")
+        if mask_input is not None:
+            if not per_position:
+                raise ValueError("a mask_input needs per_position")
+            if not isinstance(mask_input, str) or not 0 < len(mask_input) <= MAX_TENSOR_NAME_CHARS:
+                raise ValueError(f"mask_input must be an input's name, not {brief(repr(mask_input), 40)}")
+        tolerance = tolerance if kind is not Kind.TOP1 else None
+        return cls(kind, tolerance, confident_only, norm_floor, per_position, mask_input)
 
 
 def _finite_float(number: float) -> float | None:

@@ -48,7 +48,12 @@ REQUANTIZED_FORMAT_VERSION = 2
 """A manifest whose activation ranges include requantized outputs (a QOperator model's QLinear ops:
 int8 codes, `requantized_by` set). A server that predates them reads those codes as floats: it
 would count most values clipped and report a huge drift, so they are refused by version instead."""
-FORMAT_VERSIONS = (FORMAT_VERSION, REQUANTIZED_FORMAT_VERSION)
+PER_POSITION_FORMAT_VERSION = 3
+"""A manifest whose shadow rule judges per position (`validation.shadow_rule.per_position`: a token
+model's answer per token, padding left out). A server that predates it ignores the field and judges
+whole rows, reading far more disagreement than the gate measured (a canary rolled back for nothing),
+or refuses [N, seq, classes] scores: so it is refused by version instead."""
+FORMAT_VERSIONS = (FORMAT_VERSION, REQUANTIZED_FORMAT_VERSION, PER_POSITION_FORMAT_VERSION)
 MODEL_FILE = "model.onnx"
 REFERENCE_FILE = "reference.onnx"
 FP32_PRECISION = "fp32"
@@ -456,7 +461,11 @@ def _public_key_id(key: Ed25519PublicKey) -> str:
 
 
 def _format_version(manifest: Mapping[str, Any]) -> int:
-    """The oldest format that holds `manifest`: see REQUANTIZED_FORMAT_VERSION."""
+    """The oldest format that holds `manifest`: see REQUANTIZED_FORMAT_VERSION and
+    PER_POSITION_FORMAT_VERSION."""
+    rule = (manifest.get("validation") or {}).get("shadow_rule") or {}
+    if isinstance(rule, Mapping) and rule.get("per_position"):
+        return PER_POSITION_FORMAT_VERSION
     ranges = manifest.get("activation_ranges") or []
     requantized = any(isinstance(r, Mapping) and r.get("requantized_by") for r in ranges)
     return REQUANTIZED_FORMAT_VERSION if requantized else FORMAT_VERSION

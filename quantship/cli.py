@@ -349,6 +349,13 @@ def _build_real_model(name: str, out_dir: Path, build_env: Path) -> None:
     help="Embeddings: the least cosine to FP32 at which a row agrees (gate and shadow SLI).",
 )
 @click.option(
+    "--mask-input",
+    default=None,
+    metavar="NAME",
+    help="An answer per position (a token model's): the input whose zeros mark padding, left out of the "
+    "gate and the shadow SLI. Default: the one input named like an attention mask.",
+)
+@click.option(
     "--matmul-const-b-only/--no-matmul-const-b-only",
     default=_QUANTIZE.matmul_const_b_only,
     show_default=True,
@@ -403,6 +410,7 @@ def quantize(
     metric: str | None,
     threshold: float | None,
     min_cosine: float,
+    mask_input: str | None,
     matmul_const_b_only: bool,
     strategy: str,
     keep_going: bool,
@@ -433,6 +441,7 @@ def quantize(
         metric=Metric(metric) if metric else None,
         threshold=threshold,
         min_cosine=min_cosine,
+        mask_input=mask_input,
         matmul_const_b_only=matmul_const_b_only,
         strategy=q.Strategy(strategy),
         keep_going=keep_going,

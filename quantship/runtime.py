@@ -102,8 +102,8 @@ def top1(output: np.ndarray) -> np.ndarray | None:
     a row), or the argmax of [N, classes] scores; None when the output is neither, or has no elements
     (a token model's answer to a sequence of length 0). An answer per position (token ids [N, seq],
     scores [N, seq, classes]) is no class per row: read at its first position, a token model was
-    gated and shadowed on its first token only (hunt-H H7); agreement.top1_differs compares ids at
-    every position. Label feedback reads answers through this one definition."""
+    gated and shadowed on its first token only (hunt-H H7); agreement.positions makes each position a
+    row of its own first. Label feedback reads answers through this one definition."""
     if not output.size:
         return None
     rows = output.reshape(len(output), -1) if output.ndim else output.reshape(1, 1)

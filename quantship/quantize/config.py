@@ -103,6 +103,8 @@ class QuantizeConfig:
     """The gating metric's limit in its own units; None: its default."""
     min_cosine: float = agreement.MIN_COSINE
     """Embeddings: the least cosine to FP32 at which a row agrees (gate and shadow SLI)."""
+    mask_input: str | None = None
+    """An answer per position: the input whose zeros mark padding; None finds the attention mask."""
     strategy: Strategy = Strategy.RECIPES
     max_trials: int = 16
     """Trials after the first (recipes, then fallback) before giving up."""
@@ -139,7 +141,9 @@ class QuantizeConfig:
         return replace(self, reduce_range=is_x86 and not hardware.has_vnni)
 
     def gate_request(self) -> GateRequest:
-        return GateRequest(self.task, self.metric, self.threshold, self.max_accuracy_delta, self.min_cosine)
+        return GateRequest(
+            self.task, self.metric, self.threshold, self.max_accuracy_delta, self.min_cosine, self.mask_input
+        )
 
     @property
     def ort_calibration(self) -> CalibrationMethod:

@@ -203,16 +203,18 @@ def _check_array(array: np.ndarray, spec: InputSpec, role: str, path: Path) -> b
 
 
 def _check_labels(labels: np.ndarray, size: int, role: str, path: Path) -> np.ndarray:
-    if labels.ndim != 1 or len(labels) != size:
+    """A class id a sample ([N]), or a class id a position ([N, seq]: a token classifier's or an LM's
+    next tokens), where a negative id marks a position without a label (a tokenizer's -100)."""
+    if labels.ndim not in (1, 2) or len(labels) != size:
         raise QuantizeInputError(
             f"{role} data {path}: labels do not match the samples: labels have shape {list(labels.shape)}, "
-            f"expected [{size}]"
+            f"expected [{size}] (a class a sample) or [{size}, positions] (a class a position)"
         )
     if not np.issubdtype(labels.dtype, np.integer):
         raise QuantizeInputError(
             f"{role} data {path}: labels must be integer class ids, got {labels.dtype.name}"
         )
-    if labels.size and labels.min() < 0:
+    if labels.ndim == 1 and labels.size and labels.min() < 0:
         raise QuantizeInputError(f"{role} data {path}: labels must be class ids >= 0, got {labels.min()}")
     return labels
 

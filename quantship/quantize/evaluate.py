@@ -9,8 +9,13 @@ Each task has its own metrics, all reported; one of them gates:
 |---|---|
 | classification, labels | top1_accuracy: relative accuracy loss (fp32 - int8) / fp32 |
 | classification, none | confident_agreement, top1_agreement, top5_overlap, kl_divergence |
+| classification per position, none | top1_agreement, confident_agreement, top5_overlap, kl_divergence |
 | embedding | cosine_agreement, cosine_mean, cosine_p5, nn_agreement |
 | regression | relative_error |
+
+A classifier answering per position (a causal LM's [N, seq, vocab] logits, a token classifier's
+[N, seq] ids) is judged at each position, without the padding its attention mask marks: positions
+are the rows of its metrics, and of the shadow SLI (agreement.positions).
 
 Every metric also has a loss form (0 = identical to FP32, the gate's `delta`), so trials on one
 metric compare and rank alike whichever way the metric points.
@@ -266,6 +271,8 @@ class GateRequest:
     threshold: float | None = None
     max_accuracy_delta: float = 0.005
     min_cosine: float = agreement.MIN_COSINE
+    mask_input: str | None = None
+    """The input whose zeros mark padding, for an answer per position; None finds the attention mask."""
 
 
 class Evaluator:
@@ -297,6 +304,10 @@ class Evaluator:
             ) from exc
         self.warnings: list[str] = []
         self.task, self.task_reason = _task(request.task, self.output, self.reference, dataset)
+        self.per_position = self.task is Task.CLASSIFICATION and _answers_per_position(self.reference)
+        self.mask_input = self._mask_input(request.mask_input)
+        """The input whose zeros mark padding, which no position's answer is judged at."""
+        self.mask = dataset.arrays[self.mask_input] if self.mask_input is not None else None
         self._check_reference_finite()
         self.gate = self._choose_gate(request)
         self._check_servable(session)
@@ -337,12 +348,10 @@ class Evaluator:
         is warned of and gated: labels covering a few of the model's classes set a higher bar than its
         own chance (a 10-class BERT right on 27.7% of rows labelled 2 or 5 classifies them).
         Judged on LABELS_FIT_ROWS rows or more: on fewer, none right can be chance."""
-        labels = self.dataset.labels
-        if labels is None or self.gate.metric is not Metric.TOP1_ACCURACY or len(labels) < LABELS_FIT_ROWS:
+        labelled = self._labelled(self.reference) if self.gate.metric is Metric.TOP1_ACCURACY else None
+        if labelled is None or len(labelled[1]) < LABELS_FIT_ROWS:
             return
-        top1 = runtime.top1(self.reference)
-        if top1 is None:
-            return
+        top1, labels = labelled
         right = int(np.count_nonzero(top1 == labels))
         elsewhere = f" (another output: {self._other_output_option()})" if self.other_outputs else ""
         if right == 0:
@@ -364,6 +373,71 @@ class Evaluator:
             "its own chance; labels it does not classify would leave the loss nothing to measure)"
         )
 
+    def _mask_input(self, requested: str | None) -> str | None:
+        """The input whose zeros mark the padding of an answer per position: `requested` (--mask-input),
+        else the attention mask found among the evaluation data's inputs: the one integer or boolean
+        input named like a mask (but not an encoder's, whose positions are not the output's, nor a
+        special-tokens mask, whose 1s are not the tokens), of 0s and 1s, a value per position. None
+        where there is none, or more than one to choose from: then every position counts, padding too."""
+        if requested is not None:
+            return self._check_mask_input(requested)
+        if not self.per_position:
+            return None
+        masks = [
+            name
+            for name in self.dataset.arrays
+            if "mask" in name.lower()
+            and not name.lower().startswith("encoder")
+            and "special" not in name.lower()
+            and self._fits_as_mask(name)
+        ]
+        return masks[0] if len(masks) == 1 else None
+
+    def _fits_as_mask(self, name: str) -> bool:
+        array = self.dataset.arrays[name]
+        return (
+            array.shape == agreement.position_grid(self.reference)
+            and array.dtype.kind in "iub"
+            and bool(np.isin(array, (0, 1)).all())
+        )
+
+    def _check_mask_input(self, name: str) -> str:
+        if not self.per_position:
+            raise QuantizeInputError(
+                f"--mask-input {name}: output {self.output!r} of shape {list(self.reference.shape)} gives "
+                "no answer per position to leave the padding out of"
+            )
+        if name not in self.dataset.arrays:
+            raise QuantizeInputError(
+                f"--mask-input {name}: no such input (inputs: {', '.join(self.dataset.arrays)})"
+            )
+        if not self._fits_as_mask(name):
+            grid = list(agreement.position_grid(self.reference))
+            raise QuantizeInputError(
+                f"--mask-input {name}: a mask needs 0s and 1s, integer or boolean, of the output's "
+                f"positions {grid}; {name} is {self.dataset.arrays[name].dtype} "
+                f"{list(self.dataset.arrays[name].shape)}"
+            )
+        return name
+
+    def _labelled(self, output: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        """(the class answered, its label) for each labelled row, or for an answer per position each
+        labelled real position (a negative label marks one without, as a tokenizer's -100 does); None
+        without labels or classes (_choose_gate refused those)."""
+        labels, top1 = self.dataset.labels, runtime.top1(self.answers(output))
+        if labels is None or top1 is None:
+            return None
+        if not self.per_position:
+            return top1, labels
+        labels = agreement.positions(labels, self.mask)
+        kept = labels >= 0
+        return top1[kept], labels[kept]
+
+    def answers(self, output: np.ndarray) -> np.ndarray:
+        """What the metrics judge as rows: the output's rows, or for an answer per position, its
+        positions without the padding (agreement.positions)."""
+        return agreement.positions(output, self.mask) if self.per_position else output
+
     def _other_output_option(self) -> str:
         """`--output logits` (`--output a|b`): labels that do not fit the gated output may be the
         class ids of another."""
@@ -382,10 +456,20 @@ class Evaluator:
     def _choose_gate(self, request: GateRequest) -> Gate:
         labels = self.dataset.labels
         floats = np.issubdtype(self.reference.dtype, np.floating)
-        if self.task is Task.CLASSIFICATION and floats and self.reference.ndim > 2:
+        if self.task is Task.CLASSIFICATION and floats and self.reference.ndim > 3:
             raise QuantizeInputError(
                 f"output {self.output!r} has shape {list(self.reference.shape)}: classification needs "
-                "[N, classes] scores or [N] class ids (pass --output, or --task embedding)"
+                "class ids, [N, classes] scores, or [N, seq, classes] scores at each position (pass "
+                "--output, or --task embedding)"
+            )
+        if labels is not None and self.per_position:
+            self._check_position_labels(labels)
+        elif labels is not None and labels.ndim > 1:
+            raise QuantizeInputError(
+                f"the evaluation data has labels of shape {list(labels.shape)}, but output {self.output!r} "
+                f"of shape {list(self.reference.shape)} answers one class a row: give a class id a row, "
+                f"of shape [{self.dataset.size}] (one-hot labels: their argmax), or pick another output "
+                "with --output"
             )
         if labels is not None and self.task is not Task.CLASSIFICATION:
             another = (
@@ -395,7 +479,7 @@ class Evaluator:
                 f"the evaluation data has labels, but the task is {self.task.value}: labels are class ids "
                 f"for a classifier (drop them, {another}or pass --task classification)"
             )
-        if labels is not None and runtime.top1(self.reference) is None:
+        if labels is not None and runtime.top1(self.answers(self.reference)) is None:
             raise QuantizeInputError(
                 f"labels given, but output {self.output!r} of shape {list(self.reference.shape)} "
                 "is not a classifier's (class ids, or scores with classes on the last axis)"
@@ -437,6 +521,26 @@ class Evaluator:
             threshold = share if not spec.higher_is_better else 1.0 - share
         return Gate(metric, threshold, self._rule(metric, request, threshold), reason)
 
+    def _check_position_labels(self, labels: np.ndarray) -> None:
+        """Labels for an answer per position: one class id a position ([N, seq], as the output's
+        positions), some of them labelled."""
+        grid = list(agreement.position_grid(self.reference))
+        if list(labels.shape) != grid:
+            one = "one class a row" if labels.ndim == 1 else f"shape {list(labels.shape)}"
+            raise QuantizeInputError(
+                f"the evaluation data has labels of {one}, but output {self.output!r} of shape "
+                f"{list(self.reference.shape)} answers at each position: give labels per position, of "
+                f"shape {grid} (-100 where a position has none), drop them to gate on agreement with "
+                "FP32 at every position, or pick another output with --output (vectors, such as an "
+                "encoder's hidden states, are --task embedding, without labels)"
+            )
+        labelled = self._labelled(self.reference)
+        if labelled is not None and not len(labelled[1]):
+            raise QuantizeInputError(
+                f"the evaluation data's labels label none of the positions output {self.output!r} "
+                f"answers{self._padding}: every label is negative, or at padding"
+            )
+
     def _default_metric(self) -> tuple[Metric, str]:
         if self.task is Task.EMBEDDING:
             return Metric.COSINE_AGREEMENT, "embedding: rows agree by cosine, never by argmax"
@@ -444,9 +548,15 @@ class Evaluator:
             return Metric.RELATIVE_ERROR, "regression: relative error of the output"
         if self.dataset.labels is not None:
             return Metric.TOP1_ACCURACY, "labels given: accuracy against them"
-        if self.reference.dtype.kind in "iu" and runtime.top1(self.reference) is None:
-            # Ids at every position (agreement.top1_differs): no confidence of a row to gate on.
-            return Metric.TOP1_AGREEMENT, "class ids at every position: a row agrees where all of them do"
+        if self.per_position and self.reference.dtype.kind in "iu":
+            return Metric.TOP1_AGREEMENT, f"class ids at every position: each position judged{self._padding}"
+        if self.per_position:
+            # Greedy decoding reads every position's top-1, near-ties included: agreement where FP32
+            # is confident passed a plain onnxruntime INT8 LM with 5.4% of its tokens flipped (0.9988).
+            return (
+                Metric.TOP1_AGREEMENT,
+                f"scores at every position: each position's top-1 judged{self._padding}, near-ties too",
+            )
         if not self._has_class_scores():
             return Metric.TOP1_AGREEMENT, "no labels and no scores: top-1 agreement"
         confident = int(np.count_nonzero(agreement.confident(self._scores())))
@@ -463,22 +573,31 @@ class Evaluator:
             "(flips between near-ties are not errors)",
         )
 
+    @property
+    def _padding(self) -> str:
+        return f" ({self.mask_input!r} marks the padding, left out)" if self.mask_input else ""
+
     def _rule(self, metric: Metric, request: GateRequest, threshold: float) -> RowRule:
         match METRICS[metric].task:
             case Task.CLASSIFICATION:
-                return RowRule(Kind.TOP1, confident_only=metric is Metric.CONFIDENT_AGREEMENT)
+                # Class ids carry no confidence: the shadow judges every row of them (RowRule.judge),
+                # though a confident gate read the scores output beside them.
+                confident_only = metric is Metric.CONFIDENT_AGREEMENT and self.reference.dtype.kind == "f"
+                return RowRule(Kind.TOP1, None, confident_only, None, self.per_position, self.mask_input)
             case Task.EMBEDDING:
                 return RowRule(Kind.COSINE, request.min_cosine)
             case Task.REGRESSION:  # the row rule follows the global error's threshold and scale
                 return agreement.regression_rule(threshold, self.reference)
 
     def _has_class_scores(self) -> bool:
-        """Whether the model gives [N, classes] scores (runtime.top1): softmaxed per row, scores per
-        position would read as one class over a whole sequence."""
-        return self.reference_scores is not None and runtime.top1(self.reference_scores) is not None
+        """Whether the model gives [N, classes] scores (runtime.top1), or for an answer per position
+        [N, seq, classes]: softmaxed per row, scores per position would read as one class over a whole
+        sequence."""
+        scores = self.reference_scores
+        return scores is not None and runtime.top1(self.answers(scores)) is not None
 
     def _scores(self) -> np.ndarray:
-        return self.reference_scores if self.reference_scores is not None else self.reference
+        return self.answers(self.reference_scores if self.reference_scores is not None else self.reference)
 
     def evaluate(self, int8_model: Path) -> Evaluation:
         # Rows that mix (dynamic quantization: one scale per call) are judged one at a time, as the
@@ -495,12 +614,10 @@ class Evaluator:
             values = {Metric.RELATIVE_ERROR.value: _global_relative_error(self.reference, candidate)}
         else:
             values = self._classification(candidate, candidate_scores)
-            labels = self.dataset.labels
-            if labels is not None:
-                fp32_top1, int8_top1 = runtime.top1(self.reference), runtime.top1(candidate)
-                assert fp32_top1 is not None and int8_top1 is not None  # checked when the gate was chosen
-                fp32_accuracy = float(np.mean(fp32_top1 == labels))
-                int8_accuracy = float(np.mean(int8_top1 == labels))
+            fp32_labelled, int8_labelled = self._labelled(self.reference), self._labelled(candidate)
+            if fp32_labelled is not None and int8_labelled is not None:  # both or neither: the same labels
+                fp32_accuracy = float(np.mean(np.equal(*fp32_labelled)))
+                int8_accuracy = float(np.mean(np.equal(*int8_labelled)))
                 values[Metric.TOP1_ACCURACY.value] = (
                     (fp32_accuracy - int8_accuracy) / fp32_accuracy if fp32_accuracy > 0 else 0.0
                 )
@@ -520,38 +637,52 @@ class Evaluator:
 
     def _shadow(self, candidate: np.ndarray) -> tuple[int, int] | None:
         try:
-            return self.gate.rule.judge(candidate, self.reference)
+            return self.gate.rule.judge(candidate, self.reference, self.mask)
         except ValueError:  # a top-1 rule on an output with no classes: the gate recorded agreement None
             return None
 
     def shadow_warning(self, evaluation: Evaluation) -> str | None:
-        """What the shadow SLI will read, where the gate passed on another measure and more evaluation
-        rows disagree by the shadow's rule than the default accuracy-delta SLO allows. Said, not
+        """What the shadow SLI will read, where the gate passed and more evaluation rows (positions,
+        per position) disagree by the shadow's rule than the default accuracy-delta SLO allows: the gate
+        judged another measure, or was loosened past the SLO (--max-accuracy-delta 0.05). Said, not
         gated: labels make accuracy the measure (a weakly separated classifier flips rows between
         wrong classes at no cost: a 26%-accurate T5 encoder's INT8 kept its accuracy with 4.3% of rows
         flipped), and the SLO that will judge the canary is the rollout's to set."""
         share = evaluation.shadow_disagreement
-        if share is None or evaluation.shadow is None or self.gate.metric in SHADOW_COUNTS:
+        if share is None or evaluation.shadow is None:
             return None
         if share <= SHADOW_BUDGET + 1e-12:  # the digits sample: 99.50% agreement, right at the budget
             return None
         disagreeing, compared = evaluation.shadow
-        rule = self.gate.rule
-        why = (
-            " (labels judge accuracy, which a flip between two wrong classes leaves as it was; the shadow "
-            "has no labels and counts every flip)"
-            if self.gate.metric is Metric.TOP1_ACCURACY
-            else ""
-        )
-        counted = {Kind.TOP1: Metric.TOP1_AGREEMENT, Kind.COSINE: Metric.COSINE_AGREEMENT}.get(rule.kind)
-        gate_on = f"--metric {counted.value}" if counted is not None else "a lower --threshold"
+        rule, unit = self.gate.rule, "positions" if self.per_position else "rows"
+        if self._gate_counts_as_the_shadow:  # it counted the same: and allowed more than the SLO
+            why = f" (the gate allowed up to {self.gate.limit:.1%})"
+            gate_on = f"a gate within the SLO (--max-accuracy-delta {SHADOW_BUDGET:g})"
+        else:
+            why = (
+                " (labels judge accuracy, which a flip between two wrong classes leaves as it was; the "
+                "shadow has no labels and counts every flip)"
+                if self.gate.metric is Metric.TOP1_ACCURACY
+                else ""
+            )
+            counted = {Kind.TOP1: Metric.TOP1_AGREEMENT, Kind.COSINE: Metric.COSINE_AGREEMENT}.get(rule.kind)
+            gate_on = "a lower --threshold" if counted is None else f"--metric {counted.value}"
+            gate_on = f"a gate on what the shadow counts ({gate_on})"
         return (
-            f"the gate passed on {self.gate.metric.value}, but {disagreeing} of {compared} evaluation rows "
-            f"({share:.1%}) disagree with FP32 by the shadow SLI's rule ({rule.describe()}), over the "
+            f"the gate passed on {self.gate.metric.value}, but {disagreeing} of {compared} evaluation "
+            f"{unit} ({share:.1%}) disagree with FP32 by the shadow SLI's rule ({rule.describe()}), over the "
             f"default accuracy-delta SLO's {SHADOW_BUDGET:.1%}{why}: a canary on traffic like this burns "
             f"at ~{share / SHADOW_BUDGET:.1f}x and rolls back. Set spec.slos.maxAccuracyDelta to at least "
-            f"{share:.1%}, gate on what the shadow counts ({gate_on}), or improve the model or calibration"
+            f"{share:.1%}, use {gate_on}, or improve the model or calibration"
         )
+
+    @property
+    def _gate_counts_as_the_shadow(self) -> bool:
+        """Whether the gate's loss is the share of rows the shadow's rule counts (SHADOW_COUNTS): not a
+        confident gate on class ids, whose rule has no confidence to read (`_rule`)."""
+        metric, rule = self.gate.metric, self.gate.rule
+        confident_on_ids = metric is Metric.CONFIDENT_AGREEMENT and not rule.confident_only
+        return metric in SHADOW_COUNTS and not confident_on_ids
 
     def failed(self) -> Evaluation:
         """The verdict on a candidate that could not be quantized or run: the worst value."""
@@ -559,25 +690,25 @@ class Evaluator:
         return Evaluation(self.gate.metric, worst, self.gate.threshold, self.dataset.size)
 
     def _classification(self, candidate: np.ndarray, candidate_scores: np.ndarray | None) -> dict[str, Any]:
-        differs = agreement.top1_differs(candidate, self.reference)
-        values: dict[str, float | None] = {
-            Metric.TOP1_AGREEMENT.value: None if differs is None else 1.0 - float(np.mean(differs))
-        }
+        differs = agreement.top1_differs(self.answers(candidate), self.answers(self.reference))
+        agreeing = None if differs is None or not differs.size else 1.0 - float(np.mean(differs))
+        values: dict[str, float | None] = {Metric.TOP1_AGREEMENT.value: agreeing}  # none: all padding
+        if self.per_position and differs is not None:
+            values["positions"] = float(differs.size)
         if self.reference_scores is None or candidate_scores is None or not self._has_class_scores():
             return values
+        reference_scores = _rows(self.answers(self.reference_scores))
+        candidate_scores = _rows(self.answers(candidate_scores))
         # Read both sides as the reference reads: an INT8 softmax output sums only roughly to 1.
-        normalized = agreement.are_probabilities(self.reference_scores)
-        ref_p = agreement.probabilities(self.reference_scores, normalized)
-        int8_p = agreement.probabilities(candidate_scores, normalized)
-        sure = ref_p.max(axis=1) > agreement.CONFIDENT_PROBABILITY
-        same = ref_p.argmax(axis=1) == int8_p.argmax(axis=1)
+        normalized = agreement.are_probabilities(reference_scores)
+        per_row = [
+            _score_agreement(reference_scores[part], candidate_scores[part], normalized)
+            for part in agreement.chunks(reference_scores)
+        ]
+        sure, same, top_k, kl = (np.concatenate(column) for column in zip(*per_row, strict=True))
         values[Metric.CONFIDENT_AGREEMENT.value] = float(np.mean(same[sure])) if sure.any() else None
         values["confident_rows"] = float(np.count_nonzero(sure))
-        values[Metric.TOP5_OVERLAP.value] = _top_k_overlap(ref_p, int8_p, min(TOP_K, ref_p.shape[1]))
-        # A quantized softmax output rounds small probabilities to exactly 0 (uint8: steps of
-        # 1/255), which would make KL infinite: floor both at one in a million.
-        eps = 1e-6
-        kl = np.sum(ref_p * (np.log(ref_p + eps) - np.log(int8_p + eps)), axis=1)
+        values[Metric.TOP5_OVERLAP.value] = float(np.mean(top_k))
         values[Metric.KL_DIVERGENCE.value] = float(np.mean(kl))
         return values
 
@@ -615,12 +746,21 @@ def _task(requested: Task | None, output: str, reference: np.ndarray, dataset: D
         return Task.CLASSIFICATION, "the evaluation data has labels"
     if reference.ndim == 2 and any(hint in name for hint in SCORE_NAMES):
         return Task.CLASSIFICATION, f"output {output!r} is named like per-class scores"
+    if reference.ndim == 3 and any(hint in name for hint in SCORE_NAMES):
+        # [N, seq, classes], as transformers export tokens' scores ([N, classes, frames] would need
+        # a Transpose: a convolutional frame classifier's, read here with frames as classes).
+        return (
+            Task.CLASSIFICATION,
+            f"output {output!r} is named like per-class scores, at each position (classes on the last axis)",
+        )
     # An autoencoder's [N, 64] reconstruction was gated on its argmax pixel.
     like = _float_input_of_shape(reference.shape, dataset)
     if like is not None:
         return Task.REGRESSION, f"output {output!r} has the shape of input {like!r} (a reconstruction)"
     if reference.ndim > 2:
         return Task.EMBEDDING, f"output {output!r} has a vector per position (shape {list(reference.shape)})"
+    # A [N, seq, classes] output not named like scores is read as vectors: judged by argmax, a
+    # transformer's hidden states would be classes (--task classification says otherwise).
     confident = int(np.count_nonzero(agreement.confident(rows)))
     if confident < MIN_SCORES_SHARE * len(rows):
         raise QuantizeInputError(
@@ -633,6 +773,14 @@ def _task(requested: Task | None, output: str, reference: np.ndarray, dataset: D
     return Task.CLASSIFICATION, f"output {output!r} has per-class scores on its last axis"
 
 
+def _answers_per_position(reference: np.ndarray) -> bool:
+    """Whether a classifier's output answers at each position: class ids with more than one value a
+    row ([N, seq]), or scores [N, seq, classes]."""
+    if reference.dtype.kind in "iu":
+        return reference.ndim >= 2 and reference[0].size > 1
+    return reference.ndim == 3
+
+
 def _float_input_of_shape(shape: tuple[int, ...], dataset: Dataset) -> str | None:
     """The float input the output has the shape of: what it reconstructs."""
     for name, array in dataset.arrays.items():
@@ -641,8 +789,29 @@ def _float_input_of_shape(shape: tuple[int, ...], dataset: Dataset) -> str | Non
     return None
 
 
-def _top_k_overlap(reference: np.ndarray, candidate: np.ndarray, k: int) -> float:
-    """Mean share of the reference's top-k classes that are in the candidate's top k. A class tied
+def _rows(scores: np.ndarray) -> np.ndarray:
+    return scores.reshape(len(scores), -1)
+
+
+def _score_agreement(
+    reference_scores: np.ndarray, candidate_scores: np.ndarray, normalized: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per row of [rows, classes] scores: whether FP32 is confident, whether the top-1 is kept, the
+    share of FP32's top 5 kept (`_top_k_shares`), and KL(FP32 || INT8) of their probabilities."""
+    ref_p = agreement.probabilities(reference_scores, normalized)
+    int8_p = agreement.probabilities(candidate_scores, normalized)
+    sure = ref_p.max(axis=1) > agreement.CONFIDENT_PROBABILITY
+    same = ref_p.argmax(axis=1) == int8_p.argmax(axis=1)
+    top_k = _top_k_shares(ref_p, int8_p, min(TOP_K, ref_p.shape[1]))
+    # A quantized softmax output rounds small probabilities to exactly 0 (uint8: steps of
+    # 1/255), which would make KL infinite: floor both at one in a million.
+    eps = 1e-6
+    kl = np.sum(ref_p * (np.log(ref_p + eps) - np.log(int8_p + eps)), axis=1)
+    return sure, same, top_k, kl
+
+
+def _top_k_shares(reference: np.ndarray, candidate: np.ndarray, k: int) -> np.ndarray:
+    """Per row, the share of the reference's top-k classes that are in the candidate's top k. A class tied
     with the candidate's k-th score is kept when the reference scores it within one of the
     candidate's steps of that score: a quantized softmax rounds the small classes to exactly 0, and
     their order was lost to rounding, not changed (ranking those ties counted 0.57 overlap at 100%
@@ -661,7 +830,7 @@ def _top_k_overlap(reference: np.ndarray, candidate: np.ndarray, k: int) -> floa
     rounded_alike = np.abs(np.take_along_axis(reference, reference_top, axis=1) - kth_score) <= step
     tie = np.where(rounded_alike, 1.0, share_of_a_tie)
     kept = np.where(scores > kth_score, 1.0, np.where(scores == kth_score, tie, 0.0))
-    return float(np.mean(kept))
+    return np.mean(kept, axis=1)
 
 
 def _batch_size(dataset: Dataset) -> int:

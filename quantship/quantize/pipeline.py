@@ -337,6 +337,14 @@ def _check_something_quantized(
     )
 
 
+GATE_SETTINGS = (
+    *("task", "metric", "threshold", "min_cosine", "mask_input"),
+    *("max_trials", "keep_going", "strategy"),
+)
+"""Config fields not in the manifest's quantization settings: the validation section records what
+the gate's became (the task, the metric, its rule), and the search's are no setting of the model."""
+
+
 def _manifest(
     *,
     fp32: onnx.ModelProto,
@@ -360,11 +368,7 @@ def _manifest(
 ) -> dict[str, Any]:
     gate = "passed" if chosen.passed else "failed"
     final = replace(chosen.config, excluded_nodes=config.excluded_nodes + chosen.excluded)
-    quantization = {
-        key: value
-        for key, value in final.to_json().items()
-        if key not in ("task", "metric", "threshold", "min_cosine", "max_trials", "keep_going", "strategy")
-    }
+    quantization = {key: value for key, value in final.to_json().items() if key not in GATE_SETTINGS}
     return {
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "model": {

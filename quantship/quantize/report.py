@@ -75,10 +75,19 @@ def _baseline_verdict(model_bytes: int) -> str:
     )
 
 
+COUNTS = {  # values a validation records beside its metrics: counts, not scores
+    "confident_rows": "rows (positions, per position) where FP32 is confident (a count)",
+    "positions": "positions judged, without the padding the shadow rule's mask_input marks, if it names "
+    "one (a count: each is a row of the metrics above)",
+}
+
+
 def _gated_value(metric: str, value: float | None) -> str:
     """top1_accuracy's number is a relative loss, as a percentage; other metrics in their own units."""
     if value is not None and evaluate.known(metric) is evaluate.Metric.TOP1_ACCURACY:
         return reporting.percent(value)
+    if value is not None and metric in COUNTS:
+        return f"{value:.0f}"
     return _value(value)
 
 
@@ -108,14 +117,14 @@ def _verdict(manifest: dict[str, Any], passed: bool, fp32_bytes: int | None, int
     ]
     hardware = validation.get("hardware", {})
     note = reporting.fill(
-        "<p>Task: <b>{}</b> ({}). Gate: {} ({}), measured on {} samples with the fused int8 kernels of "
+        "<p>Task: <b>{}</b> ({}). Gate: {} ({}), measured on {} with the fused int8 kernels of "
         "onnxruntime {} on {} (int8 flags: {}; VNNI: {}). The verdict holds for that hardware: int8 "
         "kernels differ between CPUs.</p>",
         task.get("name", "?"),
         task.get("why", ""),
         metric,
         validation.get("gate_reason", ""),
-        validation.get("samples", "?"),
+        _samples(validation),
         hardware.get("onnxruntime", "?"),
         hardware.get("cpu", "?"),
         ", ".join(hardware.get("int8_flags", [])) or "none",
@@ -193,10 +202,18 @@ def _metric_panel(ax: Any, values: dict[str, float], title: str, ylim: tuple[flo
     ax.set_title(title, fontsize=9)
 
 
+def _samples(validation: dict[str, Any]) -> str:
+    """How many samples the gate measured; for an answer per position, the positions of them too,
+    which its metrics count as rows."""
+    samples, positions = validation.get("samples", "?"), validation.get("metrics", {}).get("positions")
+    counted = f" ({positions:.0f} positions)" if isinstance(positions, int | float) else ""
+    return f"{samples} samples{counted}"
+
+
 def _meaning(name: str) -> str:
     metric = evaluate.known(name)
     if metric is None:
-        return "rows where FP32 is confident (a count)" if name == "confident_rows" else "-"
+        return COUNTS.get(name, "-")
     spec = evaluate.METRICS[metric]
     better = "higher is better, 1 = identical" if spec.higher_is_better else "lower is better, 0 = identical"
     return f"{spec.meaning} ({better})"

@@ -86,7 +86,8 @@ SERIES = (
         "shadow_comparisons",
         M.SHADOW_COMPARISONS_TOTAL,
         Counter,
-        "Rows also run through the FP32 reference and compared.",
+        "Rows also run through the FP32 reference and compared (positions, without padding, where the "
+        "manifest's rule judges an answer per position: a token model's).",
     ),
     Series(
         "shadow_disagreements",

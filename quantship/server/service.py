@@ -614,7 +614,7 @@ def check_manifest(
         ) from None
     rule = manifest.get("validation", {}).get("shadow_rule")
     try:
-        comparator = Comparator.for_artifact(spec, rule, tolerance)
+        comparator = Comparator.for_artifact(spec, rule, tolerance, signature.inputs)
     except (KeyError, ValueError, TypeError, AttributeError) as exc:
         raise LoadRefused(
             f"the manifest's shadow_rule {rule!r} is not valid: {exc}", reason="format"

@@ -7,8 +7,10 @@ says what "disagree" means for the compared output (the manifest's gated output,
 by the rule the accuracy gate used (quantship/agreement.py): top-1 for a classifier (only rows
 where FP32 is confident, when the gate judged those), cosine below the tolerance for an
 embedding, relative L2 error above it otherwise (a regressor's: against at least the evaluation data's
-typical row norm, the manifest's `norm_floor`). The reference's top-1 also goes to the feedback store, so
-feedback on a shadowed request needs no second reference run.
+typical row norm, the manifest's `norm_floor`). A per-position rule (a causal LM's or a token
+classifier's answer per token) counts positions rather than rows, leaving out the padding that the
+request's own mask input marks, as the gate counted them. The reference's top-1 also goes to the
+feedback store, so feedback on a shadowed request needs no second reference run.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import numpy as np
 
 from quantship import runtime
 from quantship.agreement import Kind, RowRule
+from quantship.printable import brief
 from quantship.server.background import ROWS_A_CALL
 from quantship.server.feedback import FeedbackStore
 from quantship.server.metrics import ServerMetrics
@@ -38,15 +41,22 @@ class Comparator:
 
     @classmethod
     def for_artifact(
-        cls, spec: TensorSpec, shadow_rule: Mapping[str, Any] | None, tolerance: float
+        cls,
+        spec: TensorSpec,
+        shadow_rule: Mapping[str, Any] | None,
+        tolerance: float,
+        inputs: Sequence[TensorSpec] = (),
     ) -> Comparator:
         """The manifest's rule; for an artifact older than task-aware gates, one read from the
-        output: top-1 for class ids or per-class scores, relative error above `tolerance` otherwise."""
+        output: top-1 for class ids or per-class scores, relative error above `tolerance` otherwise.
+        A rule's mask input must be one of the model's `inputs`, holding integers or booleans."""
         # Ids are one class a row only where no dimension but the batch can hold more than one.
         per_row = spec.dtype.kind == "f" or all(dim == 1 for dim in spec.shape[1:])
         if shadow_rule is not None:
             rule = RowRule.from_json(dict(shadow_rule))
             rule.check_output(spec.dtype, spec.shape)
+            if rule.mask_input is not None:
+                _check_mask_input(rule.mask_input, inputs)
             return cls(spec.name, rule, per_row)
         ids = spec.dtype.kind in "iu"
         # [N, classes] only, as runtime.top1 reads: scores per position have no one class a row.
@@ -60,9 +70,21 @@ class Comparator:
         """Whether answers are classes a row: the reference's go to label feedback."""
         return self.rule.classifier and self.class_per_row
 
-    def disagreements(self, served: np.ndarray, reference: np.ndarray) -> tuple[int, int]:
-        """(disagreeing rows, compared rows) between the served output and the reference's."""
-        return self.rule.judge(served, reference)
+    def disagreements(
+        self, served: np.ndarray, reference: np.ndarray, inputs: Tensors | None = None
+    ) -> tuple[int, int]:
+        """(disagreeing rows, compared rows) between the served output and the reference's; for a
+        per-position rule, positions, without the padding the request's mask input marks."""
+        mask = inputs.get(self.rule.mask_input) if inputs is not None and self.rule.mask_input else None
+        return self.rule.judge(served, reference, mask)
+
+
+def _check_mask_input(name: str, inputs: Sequence[TensorSpec]) -> None:
+    spec = next((spec for spec in inputs if spec.name == name), None)
+    if spec is None:
+        raise ValueError(f"its mask_input {brief(name, 40)!r} is none of the model's inputs")
+    if spec.dtype.kind not in "iub":
+        raise ValueError(f"its mask_input {brief(name, 40)!r} holds {spec.dtype}, not a 0/1 mask")
 
 
 @dataclass(frozen=True)
@@ -94,7 +116,7 @@ class ShadowEvaluator:
         )
         for sample, output in zip(samples, outputs, strict=True):
             reference = output[self.comparator.output]
-            disagreeing, rows = self.comparator.disagreements(sample.served, reference)
+            disagreeing, rows = self.comparator.disagreements(sample.served, reference, sample.inputs)
             self.metrics.compared(rows, disagreeing)
             if self.feedback is not None and self.comparator.classifier:
                 top1 = runtime.top1(reference)

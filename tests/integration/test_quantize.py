@@ -604,6 +604,22 @@ def test_without_labels_a_gate_on_another_measure_says_so_and_one_on_the_shadows
     assert not [w for w in default.warnings if "shadow SLI" in w]
 
 
+def test_a_gate_on_the_shadows_count_loosened_past_the_slo_says_what_the_canary_will_read(
+    tmp_path: Path,
+) -> None:
+    """Top-1 agreement counts what the shadow counts, but a gate allowing 10% of rows passes 5% that
+    the 0.5% SLO will not (review revAll 3: said nothing)."""
+    model, calibration, evaluation = _near_ties(tmp_path, tied=15)
+    unlabelled = tmp_path / "unlabelled.npz"
+    np.savez(unlabelled, X=np.load(evaluation)["X"])
+    loose = QuantizeConfig(metric=Metric.TOP1_AGREEMENT, max_accuracy_delta=0.1, max_trials=0)
+    result = run(model, tmp_path / "a", loose, calibration=calibration, evaluation=unlabelled)
+    assert result.gate_passed
+    (said,) = [w for w in result.warnings if "shadow SLI" in w]
+    assert said.startswith("the gate passed on top1_agreement, but 15 of 300 evaluation rows (5.0%)")
+    assert "(the gate allowed up to 10.0%)" in said and "--max-accuracy-delta 0.005" in said
+
+
 def test_kl_divergence_of_a_softmax_output_reads_the_int8_probabilities_as_probabilities(
     sample: zoo.SampleModel, tmp_path: Path
 ) -> None:

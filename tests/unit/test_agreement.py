@@ -27,6 +27,42 @@ def test_token_ids_disagree_on_a_row_where_any_position_differs() -> None:
     assert shorter is not None and shorter.tolist() == [True] * 3, "an answer of another length differs"
 
 
+def test_a_per_position_rule_counts_positions_and_leaves_the_padding_out() -> None:
+    """A causal LM's [N, seq, vocab] scores: each position is an answer (greedy decoding reads every
+    one), and where the request's attention mask is 0 there is no token to answer for."""
+    reference = np.zeros((2, 3, 4), dtype=np.float32)
+    reference[..., 1] = 1.0  # class 1 everywhere
+    served = reference.copy()
+    served[0, 2, 3] = 5.0  # row 0, last position: class 3
+    served[1, 2, 0] = 5.0  # row 1, last position, which is padding
+    mask = np.array([[1, 1, 1], [1, 1, 0]], dtype=np.int64)
+    rule = RowRule(Kind.TOP1, per_position=True, mask_input="attention_mask")
+    assert rule.judge(served, reference, mask) == (1, 5)
+    assert rule.judge(served, reference) == (2, 6), "without the mask every position counts"
+    assert rule.judge(served, reference, mask[:, :2]) == (2, 6), "a mask of other positions is not theirs"
+    assert RowRule(Kind.TOP1).judge(served[:, 0], reference[:, 0]) == (0, 2)
+    ids = np.argmax(served, axis=-1)
+    assert rule.judge(ids, np.argmax(reference, axis=-1), mask) == (1, 5), "ids alike"
+    assert not rule.classifier, "no one class a row: no label feedback"
+    assert rule.judge(served, reference, np.zeros_like(mask)) == (0, 0), "all padding: nothing compared"
+    confident = RowRule(Kind.TOP1, confident_only=True, per_position=True, mask_input="attention_mask")
+    assert confident.judge(served, reference, mask) == (1, 5), "FP32 is sure of class 1 everywhere"
+
+
+def test_positions_are_rows_of_their_own() -> None:
+    scores = np.arange(24, dtype=np.float32).reshape(2, 3, 4)
+    assert agreement.positions(scores).shape == (6, 4)
+    assert agreement.positions(scores, np.array([[1, 0, 0], [0, 1, 1]])).tolist() == [
+        scores[0, 0].tolist(),
+        scores[1, 1].tolist(),
+        scores[1, 2].tolist(),
+    ]
+    ids = np.array([[4, 5], [6, 7]], dtype=np.int64)
+    assert agreement.positions(ids, np.array([[True, False], [True, True]])).tolist() == [4, 6, 7]
+    kept_axis = ids[..., None]  # ArgMax(keepdims=1): [N, seq, 1]
+    assert agreement.positions(kept_axis, np.array([[True, False], [True, True]])).tolist() == [4, 6, 7]
+
+
 def test_logits_are_read_through_their_softmax() -> None:
     logits = np.array([[4.0, 0.0, 0.0], [0.1, 0.0, 0.0]])
     assert agreement.confident(logits).tolist() == [True, False]
@@ -104,10 +140,17 @@ def test_rows_of_no_elements_are_not_compared(rule: RowRule) -> None:
         RowRule(Kind.COSINE, 0.9),
         RowRule(Kind.RELATIVE_ERROR, 0.01),
         RowRule(Kind.RELATIVE_ERROR, 0.06, norm_floor=3.5),
+        RowRule(Kind.TOP1, per_position=True),
+        RowRule(Kind.TOP1, confident_only=True, per_position=True, mask_input="attention_mask"),
     ],
 )
 def test_a_rule_travels_through_the_manifest_unchanged(rule: RowRule) -> None:
     assert RowRule.from_json(rule.to_json()) == rule
+
+
+def test_a_row_rule_is_written_as_before_per_position_rules_were() -> None:
+    """A manifest of a row rule reads the same to a server that knows nothing of positions."""
+    assert RowRule(Kind.TOP1).to_json() == {"kind": "top1", "tolerance": None, "confident_only": False}
 
 
 def test_a_rule_that_needs_a_tolerance_says_so() -> None:
@@ -139,6 +182,12 @@ def test_a_nan_or_infinite_row_always_disagrees() -> None:
         ({"kind": "cosine", "tolerance": 0.9, "norm_floor": 1.0}, "takes no norm_floor"),
         ({"kind": "relative_error", "tolerance": 10**400}, "finite tolerance"),  # JSON: an int, no float
         ({"kind": "relative_error", "tolerance": 0.02, "norm_floor": 10**400}, "finite number >= 0"),
+        ({"kind": "top1", "per_position": 1}, "true or false"),
+        ({"kind": "cosine", "tolerance": 0.9, "per_position": True}, "not judged per position"),
+        ({"kind": "top1", "mask_input": "attention_mask"}, "needs per_position"),
+        ({"kind": "top1", "per_position": True, "mask_input": ["m"]}, "an input's name"),
+        ({"kind": "top1", "per_position": True, "mask_input": ""}, "an input's name"),
+        ({"kind": "top1", "per_position": True, "mask_input": "m" * 5000}, "an input's name"),
     ],
 )
 def test_a_malformed_rule_in_a_manifest_is_refused_with_its_reason(data: dict, message: str) -> None:
@@ -159,6 +208,15 @@ def test_a_rule_checks_that_it_fits_the_output_it_will_judge() -> None:
         RowRule(Kind.TOP1).check_output(np.dtype(np.bool_), (None,))
     with pytest.raises(ValueError, match="needs a float output"):
         RowRule(Kind.COSINE, 0.9).check_output(np.dtype(np.int64), (None, 8))
+    per_position = RowRule(Kind.TOP1, per_position=True)
+    per_position.check_output(np.dtype(np.float32), (None, None, 24))
+    per_position.check_output(np.dtype(np.int64), (None, None))
+    per_position.check_output(np.dtype(np.int64), (None, None, 1))  # ArgMax keeping its axis
+    per_position.check_output(np.dtype(np.int64), (12,))  # no batch axis: [seq] a call
+    per_position.check_output(np.dtype(np.float32), (12, 8))  # and [seq, classes]
+    for dtype, shape in [(np.float32, (None,)), (np.float32, (None, 1)), (np.float32, (1, 3, 8, 8))]:
+        with pytest.raises(ValueError, match=r"class ids \[N, seq\] or scores \[N, seq, classes\]"):
+            per_position.check_output(np.dtype(dtype), shape)
 
 
 def test_probabilities_decided_by_the_reference_are_renormalised_not_softmaxed() -> None:
@@ -177,11 +235,11 @@ def test_top5_overlap_keeps_ties_lost_to_rounding_and_scores_a_collapsed_row_as_
     """A constant candidate row ties every class with its 5th score: counting every tie as kept
     scored a collapsed model 1.0. Classes a quantized softmax rounded to 0, which the reference
     scores within one step of 0, lost only their order."""
-    from quantship.quantize.evaluate import _top_k_overlap
+    from quantship.quantize.evaluate import _top_k_shares
 
     reference = np.random.default_rng(0).normal(size=(20, 1000))
-    assert _top_k_overlap(reference, reference, 5) == 1.0
-    assert _top_k_overlap(reference, np.zeros_like(reference), 5) == pytest.approx(5 / 1000)
+    assert np.mean(_top_k_shares(reference, reference, 5)) == 1.0
+    assert np.mean(_top_k_shares(reference, np.zeros_like(reference), 5)) == pytest.approx(5 / 1000)
     probabilities = np.array([[0.9, 0.05, 0.03, 0.01, 0.005, 0.003, 0.002]])
     rounded = np.array([[0.9, 0.1, 0.0, 0.0, 0.0, 0.0, 0.0]])  # steps of 0.1: the rest is below one
-    assert _top_k_overlap(probabilities, rounded, 5) == 1.0
+    assert np.mean(_top_k_shares(probabilities, rounded, 5)) == 1.0

@@ -1,7 +1,7 @@
 """Outputs the gate and the shadow judge as class ids (hunt-H H6, H7), quantized with the real
 onnxruntime.quantization and loaded by a real server: a BOOL flag is refused before any tuning (the
-server's load refused its rule: 503 forever), and token ids [N, seq] agree on a row only where every
-position does (position 0 alone was compared)."""
+server's load refused its rule: 503 forever), and an answer per position (token ids [N, seq], scores
+[N, seq, classes]) is judged at every position but the padding (position 0 alone was compared)."""
 
 from __future__ import annotations
 
@@ -16,11 +16,14 @@ from click.testing import CliRunner
 from onnx import TensorProto, helper, numpy_helper
 from server_harness import MODEL, LocalServer, settings_for, wait_until
 
+from quantship import agreement as agreement_module
 from quantship import artifact, runtime
+from quantship.agreement import Kind, RowRule, Task
 from quantship.artifact import MODEL_FILE, REFERENCE_FILE
 from quantship.cli import main
 from quantship.quantize import QuantizeConfig, run
 from quantship.quantize.data import load_dataset, model_inputs
+from quantship.quantize.errors import QuantizeInputError
 from quantship.quantize.evaluate import Evaluator, GateRequest, Metric
 from quantship.server.settings import QualitySettings
 
@@ -61,42 +64,79 @@ def build_flagged_classifier(path: Path) -> Path:
     )
 
 
-def build_token_classifier(path: Path, *, last_bias: float = 0.0) -> Path:
-    """x [N, seq, 16] -> `logits` [N, seq, 8] (with a bias per position) -> first output `tokens`
-    [N, seq] INT64, their ArgMax: a token classifier as often exported. `last_bias` adds to class 1
-    at the last position only: a model that answers otherwise there and nowhere else."""
+def build_token_classifier(
+    path: Path,
+    *,
+    last_bias: float = 0.0,
+    first: str = "tokens",
+    keepdims: int = 0,
+    unused_inputs: tuple[str, ...] = (),
+) -> Path:
+    """x [N, seq, 16] and its `attention_mask` [N, seq] (INT64, 0 at padding, which zeroes x there)
+    -> `logits` [N, seq, 8] (with a bias per position) and `tokens` [N, seq] INT64, their ArgMax: a
+    token classifier as often exported, `first` its first output. `last_bias` adds to class 1 at the
+    last position only: a model that answers otherwise there and nowhere else, and always where that
+    position is padding (FP32's answer there is the bias's argmax, class 0). `keepdims` 1: `tokens`
+    [N, seq, 1], as ArgMax writes by default. `unused_inputs`: more [N, seq] INT64 inputs it takes."""
     rng = np.random.default_rng(0)
     weight = rng.normal(scale=0.5, size=(WIDTH, CLASSES)).astype(np.float32)
     bias = np.zeros((POSITIONS, CLASSES), np.float32)
     bias[0, 0] = SURE_AT_FIRST
     bias[-1, 1] += last_bias
     nodes = [
-        helper.make_node("MatMul", ["x", "W"], ["scores"]),
+        helper.make_node("Cast", ["attention_mask"], ["mask_float"], to=TensorProto.FLOAT),
+        helper.make_node("Unsqueeze", ["mask_float", "last_axis"], ["mask_column"]),
+        helper.make_node("Mul", ["x", "mask_column"], ["tokens_only"]),
+        helper.make_node("MatMul", ["tokens_only", "W"], ["scores"]),
         helper.make_node("Add", ["scores", "bias"], ["logits"]),
-        helper.make_node("ArgMax", ["logits"], ["tokens"], axis=-1, keepdims=0),
+        helper.make_node("ArgMax", ["logits"], ["tokens"], axis=-1, keepdims=keepdims),
     ]
+    outputs = {
+        "tokens": helper.make_tensor_value_info(
+            "tokens", TensorProto.INT64, ["N", POSITIONS, 1][: 2 + keepdims]
+        ),
+        "logits": helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", POSITIONS, CLASSES]),
+    }
     return _save(
         path,
         nodes,
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", POSITIONS, WIDTH])],
         [
-            helper.make_tensor_value_info("tokens", TensorProto.INT64, ["N", POSITIONS]),
-            helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", POSITIONS, CLASSES]),
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", POSITIONS, WIDTH]),
+            helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["N", POSITIONS]),
+            *(
+                helper.make_tensor_value_info(name, TensorProto.INT64, ["N", POSITIONS])
+                for name in unused_inputs
+            ),
         ],
-        [numpy_helper.from_array(weight, "W"), numpy_helper.from_array(bias, "bias")],
+        [outputs[first], *(output for name, output in outputs.items() if name != first)],
+        [
+            numpy_helper.from_array(weight, "W"),
+            numpy_helper.from_array(bias, "bias"),
+            numpy_helper.from_array(np.array([-1], np.int64), "last_axis"),
+        ],
     )
 
 
 def _data(path: Path, rows: int, *, positions: bool, seed: int) -> Path:
+    rng = np.random.default_rng(seed)
     shape = (rows, POSITIONS, WIDTH) if positions else (rows, WIDTH)
-    np.savez(path, x=np.random.default_rng(seed).normal(size=shape).astype(np.float32))
+    arrays = {"x": rng.normal(size=shape).astype(np.float32)}
+    if positions:  # right-padded, as a tokenizer pads: half the rows lose their last 1-3 positions
+        lengths = np.where(rng.random(rows) < 0.5, POSITIONS, rng.integers(POSITIONS - 3, POSITIONS, rows))
+        arrays["attention_mask"] = (np.arange(POSITIONS) < lengths[:, None]).astype(np.int64)
+    np.savez(path, **arrays)
     return path
 
 
-def _tokens(model: Path, x: np.ndarray) -> np.ndarray:
-    tokens = runtime.create_session(model).run(["tokens"], {"x": x})[0]
+def _tokens(model: Path, inputs: dict[str, np.ndarray]) -> np.ndarray:
+    tokens = runtime.create_session(model).run(["tokens"], inputs)[0]
     assert isinstance(tokens, np.ndarray)
     return tokens
+
+
+def _flips(fp32: Path, other: Path, inputs: dict[str, np.ndarray]) -> np.ndarray:
+    """Per position, whether the two models answer another class there."""
+    return _tokens(fp32, inputs) != _tokens(other, inputs)
 
 
 @pytest.mark.parametrize("task", [[], ["--task", "classification"], ["--task", "regression"]])
@@ -128,42 +168,110 @@ def test_the_flagged_classifier_gated_on_its_scores_is_served(tmp_path: Path) ->
     server.stop()
 
 
-def test_token_ids_agree_on_a_row_only_where_every_position_does(tmp_path: Path) -> None:
+@pytest.mark.parametrize("first", ["tokens", "logits"])
+def test_an_answer_per_position_is_judged_at_every_position_but_the_padding(
+    tmp_path: Path, first: str
+) -> None:
     """A model answering otherwise at the last position only: the gate read position 0 and saw
-    top-1 agreement 1.0; no confidence is claimed of ids (FP32 was 'confident on only 0 rows')."""
-    fp32 = build_token_classifier(tmp_path / "fp32.onnx")
-    other = build_token_classifier(tmp_path / "other.onnx", last_bias=1.0)
+    top-1 agreement 1.0 (hunt-H H7); then a row with any flip disagreed, and padding counted too.
+    Ids [N, seq] and scores [N, seq, classes] named like logits are judged alike: each real position
+    is one answer (a causal LM's next tokens, hunt-H H4), and the attention mask is found."""
+    fp32 = build_token_classifier(tmp_path / "fp32.onnx", first=first)
+    other = build_token_classifier(tmp_path / "other.onnx", last_bias=1.0, first=first)
     data = _data(tmp_path / "x.npz", ROWS, positions=True, seed=1)
-    x = np.load(data)["x"]
-    differs = np.any(_tokens(fp32, x) != _tokens(other, x), axis=1)
-    assert 0.1 < np.mean(differs) < 0.9, "the last position flips on some rows, not all"
-    assert np.all(_tokens(fp32, x)[:, :-1] == _tokens(other, x)[:, :-1])
+    inputs = dict(np.load(data))
+    flips, real = _flips(fp32, other, inputs), inputs["attention_mask"] == 1
+    padded_last = ~real[:, -1]
+    assert padded_last.any() and np.all(flips[padded_last, -1]), "every padded last position differs"
+    assert np.any(flips[real]) and not np.any(flips[:, :-1]), "real last positions flip on some rows"
 
     dataset = load_dataset(data, model_inputs(onnx.load(fp32)), role="evaluation")
     evaluator = Evaluator(fp32, dataset, None, GateRequest())
-    agreement = evaluator.evaluate(other).values[Metric.TOP1_AGREEMENT.value]
-    assert agreement == pytest.approx(1.0 - np.mean(differs))
-    # Scores per position are no scores a row: their softmax over a whole row is no confidence.
+    evaluation = evaluator.evaluate(other)
+    assert evaluator.task is Task.CLASSIFICATION and evaluator.mask_input == "attention_mask"
+    assert evaluation.values[Metric.TOP1_AGREEMENT.value] == pytest.approx(1.0 - np.mean(flips[real]))
+    assert evaluation.values["positions"] == np.count_nonzero(real)
+    assert evaluation.shadow == (np.count_nonzero(flips[real]), np.count_nonzero(real)), "the shadow alike"
+    # Greedy decoding reads every top-1, near-ties too: no confident-only default for positions.
     assert evaluator.gate.metric is Metric.TOP1_AGREEMENT and evaluator.warnings == []
-    assert "every position" in evaluator.gate.reason
+    assert (
+        "every position" in evaluator.gate.reason
+        and "'attention_mask' marks the padding" in evaluator.gate.reason
+    )
+    assert evaluator.gate.rule == RowRule(Kind.TOP1, per_position=True, mask_input="attention_mask")
 
 
-def test_the_shadow_counts_a_token_row_disagreeing_at_any_position(tmp_path: Path) -> None:
+def test_labels_per_position_gate_the_accuracy_of_the_labelled_real_positions(tmp_path: Path) -> None:
+    """A token classifier's (or an LM's next-token) labels [N, seq]: -100 marks a position without a
+    label, as a tokenizer writes it, and padding is left out as for agreement."""
+    fp32 = build_token_classifier(tmp_path / "fp32.onnx", first="logits")
+    other = build_token_classifier(tmp_path / "other.onnx", last_bias=1.0, first="logits")
+    data = _data(tmp_path / "x.npz", ROWS, positions=True, seed=1)
+    inputs = dict(np.load(data))
+    labels = _tokens(fp32, inputs)  # FP32 right everywhere: the other model loses its flips
+    labels[::3, 1] = (labels[::3, 1] + 1) % CLASSES  # and wrong at a few positions
+    labels[::2, -1] = -100  # no label at half the last positions
+    np.savez(data, **inputs, labels=labels)
+    flips, real = _flips(fp32, other, inputs), inputs["attention_mask"] == 1
+    judged = real & (labels >= 0)
+    fp32_right = (_tokens(fp32, inputs) == labels)[judged]
+    other_right = (_tokens(other, inputs) == labels)[judged]
+    assert np.any(flips[judged]) and not fp32_right.all()
+
+    dataset = load_dataset(data, model_inputs(onnx.load(fp32)), role="evaluation")
+    evaluator = Evaluator(fp32, dataset, None, GateRequest())
+    evaluation = evaluator.evaluate(other)
+    assert evaluator.gate.metric is Metric.TOP1_ACCURACY and evaluator.mask_input == "attention_mask"
+    assert evaluation.fp32 == pytest.approx(np.mean(fp32_right))
+    assert evaluation.int8 == pytest.approx(np.mean(other_right))
+    assert evaluation.shadow == (np.count_nonzero(flips[real]), np.count_nonzero(real)), "all real positions"
+
+
+@pytest.mark.parametrize(
+    ("labels", "refusal"),
+    [
+        (np.zeros(ROWS, np.int64), "labels of one class a row, but output 'logits' of shape [200, 12, 8]"),
+        (np.zeros((ROWS, 3), np.int64), "labels of shape [200, 3], but output 'logits'"),
+        (np.full((ROWS, POSITIONS), -100, np.int64), "label none of the positions output 'logits' answers"),
+    ],
+)
+def test_labels_that_do_not_label_the_positions_are_refused(
+    tmp_path: Path, labels: np.ndarray, refusal: str
+) -> None:
+    model = build_token_classifier(tmp_path / "fp32.onnx", first="logits")
+    data = _data(tmp_path / "x.npz", ROWS, positions=True, seed=1)
+    np.savez(data, **np.load(data), labels=labels)
+    out = tmp_path / "a"
+    args = ["quantize", model, "-o", out, "--calibration", data, "--evaluation", data, "-q"]
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    assert result.exit_code == 3, result.stderr  # ExitCode.REFUSED
+    (line,) = result.stderr.strip().splitlines()
+    assert refusal in line, line
+    assert not out.exists()
+
+
+def test_the_shadow_counts_the_positions_a_request_did_not_pad(tmp_path: Path) -> None:
     """A real INT8 token classifier is served; an artifact whose model answers otherwise at the last
-    position only is shadowed against its FP32 reference: each such row is a disagreement."""
-    fp32 = build_token_classifier(tmp_path / "fp32.onnx")
+    position only is shadowed against its FP32 reference: each real position that flips is one
+    disagreement, padding is not compared, as the gate counted."""
+    fp32 = build_token_classifier(tmp_path / "fp32.onnx", first="logits")
     data = _data(tmp_path / "x.npz", ROWS, positions=True, seed=1)
     quantized = run(
         fp32, tmp_path / "a", QuantizeConfig(max_accuracy_delta=0.5), calibration=data, evaluation=data
     )
     manifest = quantized.artifact.manifest
-    assert manifest["validation"]["shadow_rule"]["kind"] == "top1"
-    assert not [w for w in manifest["warnings"] if "confident" in w]
+    rule = {"kind": "top1", "tolerance": None, "confident_only": False}
+    assert manifest["validation"]["shadow_rule"] == {
+        **rule,
+        "per_position": True,
+        "mask_input": "attention_mask",
+    }
+    assert manifest["format_version"] == artifact.PER_POSITION_FORMAT_VERSION, "older servers refuse it"
     assert quantized.gate_passed
     served_alike = LocalServer(settings_for(quantized.artifact, "int8")).start()  # ready: it loaded
     served_alike.stop()
 
-    other = build_token_classifier(tmp_path / "other.onnx", last_bias=1.0)
+    other = build_token_classifier(tmp_path / "other.onnx", last_bias=1.0, first="logits")
     # The float model quantizes no tensor: the INT8 model's ranges would name none of its own.
     dropped = ("files", "format_version", "activation_ranges", "activation_histograms")
     kept = {k: v for k, v in manifest.items() if k not in dropped}
@@ -171,17 +279,137 @@ def test_the_shadow_counts_a_token_row_disagreeing_at_any_position(tmp_path: Pat
     quality = QualitySettings(shadow_rate=1.0, clip_sample_rate=0.0, sli_cpu_budget=4.0)
     server = LocalServer(settings_for(skewed, "skewed", quality=quality)).start()
     try:
-        x = np.random.default_rng(2).normal(size=(40, POSITIONS, WIDTH)).astype(np.float32)
-        expected = int(np.count_nonzero(np.any(_tokens(fp32, x) != _tokens(other, x), axis=1)))
-        assert expected > 0
+        requests = dict(np.load(_data(tmp_path / "traffic.npz", 40, positions=True, seed=2)))
+        flips, real = _flips(fp32, other, requests), requests["attention_mask"] == 1
+        assert np.count_nonzero(flips[real]) > 0 and np.count_nonzero(flips[~real]) > 0
         client = http.InferenceServerClient(server.address)
-        for rows in np.split(x, 4):
-            request = http.InferInput("x", list(rows.shape), "FP32")
-            request.set_data_from_numpy(rows)
-            client.infer(MODEL, [request])
+        for x, mask in zip(np.split(requests["x"], 4), np.split(requests["attention_mask"], 4), strict=True):
+            sent = [
+                http.InferInput("x", list(x.shape), "FP32"),
+                http.InferInput("attention_mask", list(mask.shape), "INT64"),
+            ]
+            sent[0].set_data_from_numpy(x)
+            sent[1].set_data_from_numpy(mask)
+            client.infer(MODEL, sent)
+        compared = int(np.count_nonzero(real))
         wait_until(
-            lambda: server.metric("quantship_shadow_comparisons_total") == len(x), what="40 comparisons"
+            lambda: server.metric("quantship_shadow_comparisons_total") == compared,
+            what="every real position",
         )
-        assert server.metric("quantship_shadow_disagreements_total") == expected
+        assert server.metric("quantship_shadow_disagreements_total") == np.count_nonzero(flips[real])
     finally:
         server.stop()
+
+
+def _ids_first(path: Path, bias: list[float]) -> Path:
+    """x [N, 10] + `bias` -> `logits`, and first its ArgMax `label` [N]: a classifier exporting its
+    answer beside its scores."""
+    nodes = [
+        helper.make_node("Add", ["x", "b"], ["logits"]),
+        helper.make_node("ArgMax", ["logits"], ["label"], axis=1, keepdims=0),
+    ]
+    return _save(
+        path,
+        nodes,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 10])],
+        [
+            helper.make_tensor_value_info("label", TensorProto.INT64, ["N"]),
+            helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 10]),
+        ],
+        [numpy_helper.from_array(np.array(bias, np.float32), "b")],
+    )
+
+
+def test_a_confident_gate_on_class_ids_says_the_shadow_counts_every_row(tmp_path: Path) -> None:
+    """Ids carry no confidence: the gate read it from the scores beside them, and the shadow judges
+    every row of the ids. 15 near-tie rows flip: the gate passes on the confident rows, and says the
+    canary's shadow will count them (it told the user to gate within the SLO it already used, review)."""
+    fp32 = _ids_first(tmp_path / "fp32.onnx", [0.0] * 10)
+    flipped = _ids_first(tmp_path / "flipped.onnx", [0.01] + [0.0] * 9)
+    x = np.zeros((300, 10), np.float32)
+    x[np.arange(300), np.random.default_rng(0).integers(0, 10, 300)] = 10.0  # sure rows
+    x[:15] = 0.0
+    x[:15, :2] = [1.0, 1.005]  # near-ties of class 1, which the other bias flips to class 0
+    np.savez(tmp_path / "x.npz", x=x)
+    dataset = load_dataset(tmp_path / "x.npz", model_inputs(onnx.load(fp32)), role="evaluation")
+    evaluator = Evaluator(fp32, dataset, None, GateRequest())
+    evaluation = evaluator.evaluate(flipped)
+    assert evaluator.gate.metric is Metric.CONFIDENT_AGREEMENT and evaluation.passed
+    assert evaluator.gate.rule == RowRule(Kind.TOP1), "no confidence claimed of ids"
+    assert evaluation.shadow == (15, 300)
+    said = evaluator.shadow_warning(evaluation)
+    assert said is not None and "top-1 differs (" not in said, "no confident scope claimed"
+    assert "--metric top1_agreement" in said and "--max-accuracy-delta" not in said
+
+
+def test_the_padding_is_the_attention_masks_not_an_encoders_or_a_special_tokens_mask(tmp_path: Path) -> None:
+    """A seq2seq decoder also takes its encoder's mask, and a tokenizer's special-tokens mask marks the
+    tokens it added with 1s: neither says which of the output's positions are padding (review: the
+    encoder's mask was read as the decoder's). --mask-input names one where the guess cannot."""
+    others = ("encoder_attention_mask", "special_tokens_mask")
+    model = build_token_classifier(tmp_path / "fp32.onnx", first="logits", unused_inputs=others)
+    data = _data(tmp_path / "x.npz", ROWS, positions=True, seed=1)
+    rng = np.random.default_rng(3)
+    inputs = dict(np.load(data))
+    np.savez(data, **inputs, **{name: rng.integers(0, 2, (ROWS, POSITIONS)) for name in others})
+    dataset = load_dataset(data, model_inputs(onnx.load(model)), role="evaluation")
+    assert Evaluator(model, dataset, None, GateRequest()).mask_input == "attention_mask"
+    chosen = Evaluator(model, dataset, None, GateRequest(mask_input="special_tokens_mask"))
+    assert chosen.gate.rule.mask_input == "special_tokens_mask"
+    for name, refusal in [("x", "a mask needs 0s and 1s"), ("padding", "no such input")]:
+        with pytest.raises(QuantizeInputError, match=f"--mask-input {name}: {refusal}"):
+            Evaluator(model, dataset, None, GateRequest(mask_input=name))
+
+
+def test_ids_that_keep_the_argmax_axis_are_judged_and_labelled_at_their_positions(tmp_path: Path) -> None:
+    """ArgMax writes [N, seq, 1] unless told otherwise: its positions are [N, seq], and so are its
+    mask and labels (review: padding counted, and no labels could be given)."""
+    model = build_token_classifier(tmp_path / "fp32.onnx", keepdims=1)
+    data = _data(tmp_path / "x.npz", ROWS, positions=True, seed=1)
+    inputs = dict(np.load(data))
+    np.savez(data, **inputs, labels=_tokens(model, inputs)[..., 0])
+    evaluator = Evaluator(
+        model, load_dataset(data, model_inputs(onnx.load(model)), role="evaluation"), None, GateRequest()
+    )
+    evaluation = evaluator.evaluate(model)
+    assert evaluator.mask_input == "attention_mask" and evaluator.gate.metric is Metric.TOP1_ACCURACY
+    assert evaluation.fp32 == evaluation.int8 == 1.0
+    assert evaluation.values["positions"] == np.count_nonzero(inputs["attention_mask"])
+
+
+def test_a_token_model_without_a_batch_axis_is_judged_at_its_positions_and_served(tmp_path: Path) -> None:
+    """x [seq, 16] -> `logits` [seq, 8]: one sequence a call. Its positions were refused by the
+    rule's check of the declared shape, which has no batch axis (review: quantized before)."""
+    weight = np.random.default_rng(0).normal(size=(WIDTH, CLASSES)).astype(np.float32)
+    model = _save(
+        tmp_path / "fp32.onnx",
+        [helper.make_node("MatMul", ["x", "W"], ["logits"])],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [POSITIONS, WIDTH])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [POSITIONS, CLASSES])],
+        [numpy_helper.from_array(weight, "W")],
+    )
+    np.savez(
+        tmp_path / "x.npz", x=np.random.default_rng(1).normal(size=(100, POSITIONS, WIDTH)).astype(np.float32)
+    )
+    quantized = run(
+        model, tmp_path / "a", QuantizeConfig(), calibration=tmp_path / "x.npz", evaluation=tmp_path / "x.npz"
+    )
+    validation = quantized.artifact.manifest["validation"]
+    assert validation["shadow_rule"]["per_position"] and validation["metrics"]["positions"] == 100 * POSITIONS
+    server = LocalServer(settings_for(quantized.artifact, "int8")).start()  # ready: it loaded
+    server.stop()
+
+
+def test_score_metrics_read_in_chunks_equal_those_read_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An LM's probabilities are made a chunk of positions at a time (agreement.chunks: a GPT-2
+    vocabulary's held whole took 7 GB a side): chunks of 3 positions read what all at once read."""
+    fp32 = build_token_classifier(tmp_path / "fp32.onnx", first="logits")
+    other = build_token_classifier(tmp_path / "other.onnx", last_bias=1.0, first="logits")
+    data = _data(tmp_path / "x.npz", ROWS, positions=True, seed=1)
+    dataset = load_dataset(data, model_inputs(onnx.load(fp32)), role="evaluation")
+    at_once = Evaluator(fp32, dataset, None, GateRequest()).evaluate(other).values
+    monkeypatch.setattr(agreement_module, "PROBABILITY_CHUNK_VALUES", 3 * CLASSES)
+    chunked = Evaluator(fp32, dataset, None, GateRequest()).evaluate(other).values
+    assert chunked == pytest.approx(at_once) and at_once["kl_divergence"] > 0

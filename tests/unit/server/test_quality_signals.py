@@ -55,6 +55,36 @@ def test_token_ids_disagree_where_any_position_differs_and_take_no_label_feedbac
         assert comparator.disagreements(served, reference) == (1, 2)
 
 
+def test_a_per_position_rule_judges_the_positions_a_request_did_not_pad() -> None:
+    """The gate's per-position rule, from the manifest: the request's own attention mask says which
+    positions are tokens (a causal LM's logits at padding are answers nobody reads)."""
+    inputs = (
+        TensorSpec("input_ids", "INT64", (None, None)),
+        TensorSpec("attention_mask", "INT64", (None, None)),
+    )
+    rule = {"kind": "top1", "per_position": True, "mask_input": "attention_mask"}
+    comparator = Comparator.for_artifact(TensorSpec("logits", "FP32", (None, None, 4)), rule, 0.01, inputs)
+    assert not comparator.classifier, "no one class a row: no label feedback"
+    reference = np.zeros((2, 3, 4), dtype=np.float32)
+    reference[..., 1] = 1.0
+    served = reference.copy()
+    served[0, 1, 2] = served[1, 2, 2] = 5.0  # a real token and a padded one flip
+    mask = np.array([[1, 1, 1], [1, 1, 0]], dtype=np.int64)
+    request = {"input_ids": np.zeros_like(mask), "attention_mask": mask}
+    assert comparator.disagreements(served, reference, request) == (1, 5)
+
+
+@pytest.mark.parametrize(
+    ("mask_input", "refusal"),
+    [("padding", "'padding' is none of the model's inputs"), ("scale", "holds float32, not a 0/1 mask")],
+)
+def test_a_rule_whose_mask_is_no_integer_input_of_the_model_is_refused(mask_input: str, refusal: str) -> None:
+    inputs = (TensorSpec("input_ids", "INT64", (None, None)), TensorSpec("scale", "FP32", (None, None)))
+    rule = {"kind": "top1", "per_position": True, "mask_input": mask_input}
+    with pytest.raises(ValueError, match=refusal):
+        Comparator.for_artifact(TensorSpec("logits", "FP32", (None, None, 4)), rule, 0.01, inputs)
+
+
 def test_scores_per_position_are_no_class_scores() -> None:
     comparator = Comparator.for_artifact(TensorSpec("logits", "FP32", (None, None, 24)), None, tolerance=0.01)
     assert comparator.rule.kind is Kind.RELATIVE_ERROR
