@@ -27,11 +27,12 @@ demo: setup
 test: setup
 	$(BIN)/pytest --durations=25
 
-## make real-models: export EfficientNet-Lite0 and all-MiniLM-L6-v2 into build/zoo (torch lives only in
-## .venv-export/, created on demand; up-to-date models are skipped), then run their tests (tests/real).
+## make real-models: export EfficientNet-Lite0, all-MiniLM-L6-v2 and a small GPT-2 LM (trained there) into
+## build/zoo (torch lives only in .venv-export/, created on demand; up-to-date models are skipped), then
+## run their tests (tests/real).
 ZOO := $(BUILD)/zoo
 real-models: setup
-	$(BIN)/quantship zoo build $(ZOO) --model efficientnet-lite0 --model minilm-l6
+	$(BIN)/quantship zoo build $(ZOO) --model efficientnet-lite0 --model minilm-l6 --model gpt2-lm
 	QUANTSHIP_REAL_ZOO=$(ZOO) $(BIN)/pytest tests/real
 
 ## make mutation: mutants of the rollout engine (quantship/rollout/{engine,analysis,prometheus}.py) against

@@ -174,7 +174,7 @@ def zoo() -> None:
     default=["digits"],
     show_default=True,
     metavar="NAME",
-    help="digits, efficientnet-lite0, minilm-l6 or all; repeat for several.",
+    help="digits, efficientnet-lite0, minilm-l6, gpt2-lm or all; repeat for several.",
 )
 @click.option(
     "--build-env",
@@ -188,8 +188,9 @@ def zoo_build(out_dir: Path, models: tuple[str, ...], build_env: Path) -> None:
     """Write sample models with their data files under OUT_DIR/NAME.
 
     digits trains a small classifier with scikit-learn (seconds). efficientnet-lite0 and minilm-l6 are
-    pretrained models exported with PyTorch in the build virtualenv: the first build installs torch
-    there (minutes); later builds skip a model whose files are up to date."""
+    pretrained models exported with PyTorch in the build virtualenv, gpt2-lm a small language model
+    trained there (a minute or two): the first build installs torch there (minutes); later builds
+    skip a model whose files are up to date."""
     from quantship import zoo as zoo_module
 
     names = zoo_module.resolve_names(models)

@@ -14,7 +14,8 @@ demo read:
     DIR/digits/request.json              one Open Inference Protocol v2 request body
 
 `--model efficientnet-lite0` and `--model minilm-l6` export two real pretrained models with PyTorch
-in a build-only virtualenv (see quantship/zoo/real.py); `--model all` builds the three.
+in a build-only virtualenv, and `--model gpt2-lm` trains a small GPT-2 language model over
+characters there and exports it (see quantship/zoo/real.py); `--model all` builds the four.
 
 Everything is deterministic (fixed seeds, fixed splits).
 """
@@ -33,7 +34,7 @@ SEED = 0
 SKEWED_DIGIT = 8
 INPUT_NAME = "X"
 LABELS_KEY = "labels"
-MODELS = ("digits", "efficientnet-lite0", "minilm-l6")
+MODELS = ("digits", "efficientnet-lite0", "minilm-l6", "gpt2-lm")
 
 
 def resolve_names(requested: tuple[str, ...] | list[str]) -> list[str] | str:

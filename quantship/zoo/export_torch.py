@@ -6,6 +6,7 @@ imports nothing of quantship: torch is never a runtime dependency.
 
     python export_torch.py efficientnet-lite0 OUT_DIR
     python export_torch.py minilm-l6 OUT_DIR --sentences SENTENCES.json
+    python export_torch.py gpt2-lm OUT_DIR --sentences SENTENCES.json
 
 Progress goes to stdout as `step: ...` lines. Every random choice comes from a fixed seed.
 """
@@ -50,6 +51,17 @@ SKIMAGE_IMAGES = (
     "page",
 )
 MINILM_SEQ = 64
+# The GPT-2 language model: characters as tokens (the sentences are ASCII prose, so a token is its
+# code point and 0, never in the text, is padding), a sentence's first LM_SEQ of them a sample. It is
+# trained here for a fixed number of steps on one thread: the same steps give the same weights.
+LM_SEQ = 64
+LM_VOCAB = 128
+LM_PAD = 0
+LM_LAYERS, LM_WIDTH, LM_HEADS = 2, 64, 4
+LM_STEPS = 1200
+LM_BATCH = 32
+LM_LEARNING_RATE = 3e-3
+NO_LABEL = -100  # a tokenizer's "no label here": the last real position, and padding
 
 
 def step(message: str) -> None:
@@ -295,9 +307,163 @@ def export_minilm_l6(out: Path, sentences_file: Path) -> None:
     write_outputs(out, arrays, request, info)
 
 
+# -- a small GPT-2 language model on the sentences' characters ---------------------------------
+
+
+def encode_characters(sentences: list[str]) -> dict[str, np.ndarray]:
+    """input_ids (code points) and attention_mask int64[N, LM_SEQ]: each sentence's first LM_SEQ
+    characters, right-padded with LM_PAD."""
+    input_ids = np.full((len(sentences), LM_SEQ), LM_PAD, np.int64)
+    for row, sentence in enumerate(sentences):
+        codes = [ord(char) for char in sentence[:LM_SEQ]]
+        if max(codes) >= LM_VOCAB:
+            raise SystemExit(f"not ASCII: {sentence!r}")
+        input_ids[row, : len(codes)] = codes
+    return {"input_ids": input_ids, "attention_mask": (input_ids != LM_PAD).astype(np.int64)}
+
+
+def next_token_labels(input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+    """Each position's label is the next token; NO_LABEL where there is none (the last real
+    position, padding), as a tokenizer shifts a causal LM's labels."""
+    labels = np.full_like(input_ids, NO_LABEL)
+    following = attention_mask[:, 1:] == 1
+    labels[:, :-1][following] = input_ids[:, 1:][following]
+    return labels
+
+
+def train_lm(model: Any, tokens: dict[str, np.ndarray]) -> float:
+    """LM_STEPS steps of Adam on random batches of `tokens`; returns the last 100 steps' mean loss."""
+    import torch
+
+    torch.manual_seed(SEED)  # the initial weights and dropout
+    torch.use_deterministic_algorithms(True)
+    rng = np.random.default_rng(SEED)
+    input_ids = torch.from_numpy(tokens["input_ids"])
+    attention_mask = torch.from_numpy(tokens["attention_mask"])
+    labels = torch.from_numpy(next_token_labels(tokens["input_ids"], tokens["attention_mask"]))
+    optimizer = torch.optim.Adam(model.parameters(), lr=LM_LEARNING_RATE)
+    losses = []
+    model.train()
+    for index in range(LM_STEPS):
+        rows = torch.from_numpy(rng.choice(len(input_ids), LM_BATCH, replace=False))
+        logits = model(input_ids[rows], attention_mask[rows])
+        loss = torch.nn.functional.cross_entropy(
+            logits.reshape(-1, LM_VOCAB), labels[rows].reshape(-1), ignore_index=NO_LABEL
+        )
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+        if (index + 1) % 400 == 0:
+            step(f"training: step {index + 1} of {LM_STEPS}, loss {np.mean(losses[-100:]):.3f}")
+    model.eval()
+    return float(np.mean(losses[-100:]))
+
+
+def export_gpt2_lm(out: Path, sentences_file: Path) -> None:
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    sentences = json.loads(sentences_file.read_text())
+    total = sum(SPLITS.values())
+    if len(sentences) <= total:
+        raise SystemExit(f"{sentences_file}: {len(sentences)} sentences, more than {total} wanted")
+    # The splits' sentences first (as minilm-l6's), the rest to train on.
+    tokens = encode_characters(sentences)
+    held_out = {name: array[:total] for name, array in tokens.items()}
+    training = {name: array[total:] for name, array in tokens.items()}
+
+    class NextTokenLogits(torch.nn.Module):
+        """GPT2LMHeadModel's logits alone: no cache, no loss."""
+
+        def __init__(self, lm: torch.nn.Module) -> None:
+            super().__init__()
+            self.lm = lm
+
+        def forward(self, input_ids: Any, attention_mask: Any) -> Any:
+            return self.lm(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+
+    config = GPT2Config(
+        vocab_size=LM_VOCAB,
+        n_positions=LM_SEQ,
+        n_embd=LM_WIDTH,
+        n_layer=LM_LAYERS,
+        n_head=LM_HEADS,
+        pad_token_id=LM_PAD,
+        bos_token_id=None,  # GPT-2's are 50256, outside this vocabulary; nothing here generates
+        eos_token_id=None,
+        attn_implementation="eager",
+    )
+    model = NextTokenLogits(GPT2LMHeadModel(config))
+    step(f"training a {LM_LAYERS}-layer GPT-2 on {len(training['input_ids'])} sentences (one thread)")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # float sums in one order: the same weights on any machine
+    loss = train_lm(model, training)
+    torch.set_num_threads(threads)
+
+    names = ["input_ids", "attention_mask"]
+    labels = next_token_labels(held_out["input_ids"], held_out["attention_mask"])
+    evaluation = slice(SPLITS["calibration"], SPLITS["calibration"] + SPLITS["evaluation"])
+    with torch.no_grad():
+        logits = model(*(torch.from_numpy(held_out[name][evaluation]) for name in names)).numpy()
+    labelled = labels[evaluation] != NO_LABEL
+    accuracy = float(np.mean(logits.argmax(-1)[labelled] == labels[evaluation][labelled]))
+    step(f"next-character accuracy on the evaluation sentences: {accuracy:.3f}")
+
+    step("exporting to ONNX (torch.onnx, TorchScript exporter)")
+    path = out / "model.onnx"
+    axes = {"N": 0, "seq": 1}
+    dynamic = {name: {index: axis for axis, index in axes.items()} for name in [*names, "logits"]}
+    with torch.no_grad():
+        torch.onnx.export(
+            model,
+            tuple(torch.from_numpy(held_out[name][:2]) for name in names),
+            str(path),
+            input_names=names,
+            output_names=["logits"],
+            dynamic_axes=dynamic,
+            opset_version=OPSET,
+            do_constant_folding=True,
+            dynamo=False,
+        )
+        probe = {name: array[evaluation][:16] for name, array in held_out.items()}
+        expected = model(*(torch.from_numpy(probe[name]) for name in names)).numpy()
+    step("checking the ONNX model against PyTorch (onnxruntime)")
+    error = check_onnx(path, probe, expected, atol=1e-4)
+    with_labels: dict[str, Any] = {name: array[evaluation] for name, array in held_out.items()}
+    with_labels["labels"] = labels[evaluation]
+    np.savez(out / "evaluation_labels.npz", **with_labels)
+
+    last = total - 1
+    request = oip_request("gpt2-lm-0", {name: array[last] for name, array in held_out.items()})
+    info = {
+        "model": (
+            f"GPT2LMHeadModel ({LM_LAYERS} layers, width {LM_WIDTH}, {LM_HEADS} heads), trained here for "
+            f"{LM_STEPS} steps of {LM_BATCH} sentences on the standard library's docstrings"
+        ),
+        "task": "next-token prediction: classification at each position",
+        "inputs": {
+            "input_ids": f"int64[N, seq], the code points of a sentence's first {LM_SEQ} characters, "
+            f"right-padded with {LM_PAD}",
+            "attention_mask": "int64[N, seq], 1 at a character, 0 at padding",
+        },
+        "outputs": {"logits": f"float32[N, seq, {LM_VOCAB}], next-token scores at each position"},
+        "labels": "evaluation_labels.npz: the evaluation split with labels int64[N, seq], the next "
+        f"token, {NO_LABEL} at the last real position and at padding",
+        "splits": SPLITS,
+        "sentences": f"sentences.json: the splits' {total} in order, then the {len(training['input_ids'])} "
+        "trained on",
+        "training_loss": loss,
+        "next_token_accuracy": accuracy,
+        "export_max_abs_error": error,
+        "torch": torch.__version__,
+    }
+    write_outputs(out, held_out, request, info)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description="Export a zoo model with PyTorch.")
-    parser.add_argument("model", choices=["efficientnet-lite0", "minilm-l6"])
+    parser.add_argument("model", choices=["efficientnet-lite0", "minilm-l6", "gpt2-lm"])
     parser.add_argument("out_dir", type=Path)
     parser.add_argument("--sentences", type=Path)
     args = parser.parse_args()
@@ -310,10 +476,12 @@ def main() -> None:
     args.out_dir.mkdir(parents=True, exist_ok=True)
     if args.model == "efficientnet-lite0":
         export_efficientnet_lite0(args.out_dir)
-    else:
-        if args.sentences is None:
-            parser.error("minilm-l6 needs --sentences")
+    elif args.sentences is None:
+        parser.error(f"{args.model} needs --sentences")
+    elif args.model == "minilm-l6":
         export_minilm_l6(args.out_dir, args.sentences)
+    else:
+        export_gpt2_lm(args.out_dir, args.sentences)
     step("done")
 
 

@@ -1,4 +1,6 @@
-"""Real pretrained models for the zoo: EfficientNet-Lite0 (images) and all-MiniLM-L6-v2 (sentences).
+"""Real models for the zoo: EfficientNet-Lite0 (images) and all-MiniLM-L6-v2 (sentences), pretrained,
+and a small GPT-2 language model over characters, trained at build time (no pretrained causal LM
+installs from PyPI): an answer at each position, as a causal LM's users read it.
 
 Exporting them needs PyTorch, which quantship never depends on at run time. So the export runs in a
 build-only virtualenv (default `.venv-export/`, created on demand, git-ignored) with pinned versions
@@ -8,8 +10,12 @@ never imported. This module only creates that virtualenv, runs the script and ke
     DIR/efficientnet-lite0/model.onnx   images float32[N, 3, 224, 224] -> logits float32[N, 1000]
     DIR/minilm-l6/model.onnx            input_ids, attention_mask, token_type_ids int64[N, 64]
                                         -> sentence_embedding float32[N, 384] (unit norm)
+    DIR/gpt2-lm/model.onnx              input_ids, attention_mask int64[N, seq] (characters, right-padded)
+                                        -> logits float32[N, seq, 128] (the next character's scores)
     each with calibration.npz (200), evaluation.npz (300, no labels), requests.npz (200),
-    request.json (one Open Inference Protocol v2 body) and info.json (provenance)
+    request.json (one Open Inference Protocol v2 body) and info.json (provenance); the text models
+    with sentences.json (what they read), gpt2-lm with evaluation_labels.npz (the evaluation split
+    with next-character labels [N, seq], -100 where a position has none)
 
 A build is skipped when the folder's stamp matches the recipe (script, pinned versions, Python
 release, sentences) and every file is still there with its recorded size.
@@ -31,7 +37,7 @@ from pathlib import Path
 from quantship.zoo import SampleModel
 from quantship.zoo.sentences import digest, stdlib_sentences
 
-REAL_MODELS = ("efficientnet-lite0", "minilm-l6")
+REAL_MODELS = ("efficientnet-lite0", "minilm-l6", "gpt2-lm")
 DEFAULT_BUILD_ENV = Path(".venv-export")
 EXPORT_SCRIPT = Path(__file__).with_name("export_torch.py")
 # Everything the export imports, pinned: the same versions give the same files.
@@ -51,6 +57,9 @@ BUILD_REQUIREMENTS = (
 )
 PIP_OPTIONS = ("--disable-pip-version-check", "--progress-bar", "off")
 SAMPLE_COUNT = 700  # 200 calibration + 300 evaluation + 200 requests (export_torch.SPLITS)
+LM_SENTENCE_COUNT = 2000  # the splits' 700, then 1300 for gpt2-lm to train on
+SENTENCES = {"minilm-l6": SAMPLE_COUNT, "gpt2-lm": LM_SENTENCE_COUNT}
+"""How many of the standard library's sentences (sentences.stdlib_sentences) a text model reads."""
 FILES = ("model.onnx", "calibration.npz", "evaluation.npz", "requests.npz", "request.json", "info.json")
 STAMP = ".zoo-stamp.json"
 ENV_STAMP = ".quantship-requirements"
@@ -75,7 +84,9 @@ def recipe(name: str, sentences: list[str] | None = None) -> str:
 
 
 def files_of(name: str) -> tuple[str, ...]:
-    return (*FILES, "sentences.json") if name == "minilm-l6" else FILES
+    sentences = ("sentences.json",) if name in SENTENCES else ()
+    labels = ("evaluation_labels.npz",) if name == "gpt2-lm" else ()
+    return (*FILES, *sentences, *labels)
 
 
 def up_to_date(root: Path, name: str, wanted_recipe: str) -> bool:
@@ -97,7 +108,7 @@ def build(
     """Export `name` into OUT_DIR/name unless it is already there and up to date."""
     if name not in REAL_MODELS:
         raise ValueError(f"not a real zoo model: {name!r}")
-    sentences = stdlib_sentences(SAMPLE_COUNT) if name == "minilm-l6" else None
+    sentences = stdlib_sentences(SENTENCES[name]) if name in SENTENCES else None
     wanted = recipe(name, sentences)
     sample = SampleModel(out_dir / name)
     if up_to_date(sample.root, name, wanted):

@@ -17,6 +17,8 @@ from quantship.zoo.real import STAMP, files_of
 
 SPLITS = {"calibration": 200, "evaluation": 300, "requests": 200}
 TEXT_INPUTS = ["input_ids", "attention_mask", "token_type_ids"]
+LM_INPUTS = ["input_ids", "attention_mask"]
+LM_SEQ, LM_VOCAB = 64, 128
 OIP_TYPES = {"FP32": np.float32, "INT64": np.int64}
 
 
@@ -135,7 +137,56 @@ def test_minilm_fp32_embeddings_are_unit_norm_and_meaningful(minilm: SampleModel
     np.testing.assert_allclose(alone[0], embeddings[7], atol=1e-5)
 
 
-@pytest.mark.parametrize("name", ["efficientnet-lite0", "minilm-l6"])
+def test_gpt2_lm_signature_data_and_request(gpt2_lm: SampleModel) -> None:
+    model = session(gpt2_lm.model)
+    assert signature(model.get_inputs()) == [(name, ["N", "seq"], "tensor(int64)") for name in LM_INPUTS]
+    assert signature(model.get_outputs()) == [("logits", ["N", "seq", LM_VOCAB], "tensor(float)")]
+    check_splits(gpt2_lm, {name: ((LM_SEQ,), np.int64) for name in LM_INPUTS})
+
+    tokens = load(gpt2_lm.evaluation)
+    ids, mask = tokens["input_ids"], tokens["attention_mask"]
+    assert (mask == (ids != 0)).all(), "0 pads, and is never a character"
+    assert (np.diff(mask, axis=1) <= 0).all(), "right-padded"
+    lengths = mask.sum(axis=1)
+    assert lengths.min() < LM_SEQ / 2 and np.mean(lengths < LM_SEQ) > 0.25, "sentences of varied length"
+    sentences = json.loads((gpt2_lm.root / "sentences.json").read_text())
+    begin = SPLITS["calibration"]
+    assert "".join(map(chr, ids[0][: lengths[0]])) == sentences[begin][:LM_SEQ]
+
+    labelled = load(gpt2_lm.root / "evaluation_labels.npz")
+    assert sorted(labelled) == ["attention_mask", "input_ids", "labels"]
+    assert all((labelled[name] == tokens[name]).all() for name in LM_INPUTS)
+    labels = labelled["labels"]
+    following = mask[:, 1:] == 1
+    assert (labels[:, :-1][following] == ids[:, 1:][following]).all(), "the next character"
+    assert (labels[:, :-1][~following] == -100).all() and (labels[:, -1] == -100).all()
+
+    feeds = request_feeds(gpt2_lm)
+    assert list(feeds) == LM_INPUTS and all(array.shape == (1, LM_SEQ) for array in feeds.values())
+    (logits,) = model.run(None, feeds)
+    assert logits.shape == (1, LM_SEQ, LM_VOCAB) and np.isfinite(logits).all()
+
+
+def test_gpt2_lm_is_trained_causal_and_blind_to_its_padding(gpt2_lm: SampleModel) -> None:
+    labelled = load(gpt2_lm.root / "evaluation_labels.npz")
+    labels = labelled.pop("labels")
+    model = session(gpt2_lm.model)
+    (logits,) = model.run(None, labelled)
+    known = labels >= 0
+    # random weights guess 1 in 128 (all near-ties); this one is right on about half the characters
+    assert np.mean(logits.argmax(axis=-1)[known] == labels[known]) > 0.35
+    # a sentence alone, cut to its own length, gets the same scores as padded in the batch
+    row = int(np.argmin(labelled["attention_mask"].sum(axis=1)))
+    length = int(labelled["attention_mask"][row].sum())
+    (alone,) = model.run(None, {name: array[row : row + 1, :length] for name, array in labelled.items()})
+    np.testing.assert_allclose(alone[0], logits[row, :length], atol=1e-4)
+    # causal: a position's scores do not read the characters after it
+    cut = {name: array[row : row + 1, : length // 2] for name, array in labelled.items()}
+    (prefix,) = model.run(None, cut)
+    np.testing.assert_allclose(prefix[0], logits[row, : length // 2], atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["efficientnet-lite0", "minilm-l6", "gpt2-lm"])
 def test_a_second_build_skips_an_up_to_date_model(real_zoo: Path, name: str) -> None:
     root = real_zoo / name
     before = {file: (root / file).stat().st_mtime_ns for file in (*files_of(name), STAMP)}

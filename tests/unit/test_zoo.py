@@ -23,12 +23,13 @@ import json, sys
 from pathlib import Path
 name, out = sys.argv[1], Path(sys.argv[2])
 print("step: pretending to export", name, flush=True)
-if name == "minilm-l6":
-    assert len(json.loads(Path(sys.argv[4]).read_text())) == 700
+if name in ("minilm-l6", "gpt2-lm"):
+    assert len(json.loads(Path(sys.argv[4]).read_text())) == {"minilm-l6": 700, "gpt2-lm": 2000}[name]
 if Path(out.parent, "fail").exists():
     print("Traceback: something broke in the export", flush=True)
     sys.exit(3)
-for file in ("model.onnx", "calibration.npz", "evaluation.npz", "requests.npz", "request.json", "info.json"):
+files = ["model.onnx", "calibration.npz", "evaluation.npz", "requests.npz", "request.json", "info.json"]
+for file in files + (["evaluation_labels.npz"] if name == "gpt2-lm" else []):
     (out / file).write_text(name + file)
 """
 
@@ -37,7 +38,7 @@ def test_an_unknown_model_is_refused_in_one_line(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["zoo", "build", str(tmp_path), "--model", "resnet50"])
     assert result.exit_code == 2
     assert result.stderr.strip().splitlines() == [
-        "error: unknown model 'resnet50': choose from digits, efficientnet-lite0, minilm-l6, or all"
+        "error: unknown model 'resnet50': choose from digits, efficientnet-lite0, minilm-l6, gpt2-lm, or all"
     ]
     assert not any(tmp_path.iterdir()), "nothing is built before the names are checked"
 
@@ -45,9 +46,9 @@ def test_an_unknown_model_is_refused_in_one_line(tmp_path: Path) -> None:
 def test_model_names_resolve_in_a_fixed_order_without_repeats() -> None:
     assert zoo.resolve_names(("digits",)) == ["digits"]
     assert zoo.resolve_names(("minilm-l6", "digits", "minilm-l6")) == ["digits", "minilm-l6"]
-    assert zoo.resolve_names(("all",)) == ["digits", "efficientnet-lite0", "minilm-l6"]
+    assert zoo.resolve_names(("all",)) == ["digits", "efficientnet-lite0", "minilm-l6", "gpt2-lm"]
     assert zoo.resolve_names(("all", "nope")) == (
-        "unknown model 'nope': choose from digits, efficientnet-lite0, minilm-l6, or all"
+        "unknown model 'nope': choose from digits, efficientnet-lite0, minilm-l6, gpt2-lm, or all"
     )
 
 
