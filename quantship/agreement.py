@@ -276,8 +276,9 @@ class RowRule:
                 )
                 if not self.per_position:
                     return f"top-1 differs{scope}"
-                padding = f", padding by {brief(self.mask_input, 40)} left out" if self.mask_input else ""
-                return f"top-1 differs at a position (each position counted{padding}){scope}"
+                mask = brief(self.mask_input, 40) if self.mask_input else None
+                padding = f", without the padding {mask} marks" if mask else ""
+                return f"top-1 differs, judged at each position{padding}{scope}"
             case Kind.COSINE:
                 return f"cosine < {self.tolerance}"
             case Kind.RELATIVE_ERROR:

@@ -36,11 +36,6 @@ EFFICIENTNET_GATE = 0.995 if HAS_VNNI else 0.98
 on every confident row and pass the default 0.995. Without it the most accurate kernel is U8U8
 (exact, 8-bit weights): 61 of the 62 confident rows, 0.984 (AMD EPYC, AVX2, 2026-12-02), and no
 float fallback of the tuner's recovers the last one; U8S8 saturates (0.82)."""
-LM_MAX_ACCURACY_DELTA = 0.02
-"""The character LM's gate: top-1 agreement >= 98% at its real positions. The default 99.5% is out of
-its reach: the tuner's best (dynamic per-channel, 6 nodes in float) keeps 98.65% of 16911 positions,
-all 9086 where FP32 is sure; each of its 229 flips is a near-tie (FP32's top two within 0.052 in
-probability, median 0.0036), and 4.2% of positions have their top two within 0.01 (2026-12-06, VNNI)."""
 
 
 def quantize(sample: SampleModel, out: Path, *extra: str) -> tuple[subprocess.CompletedProcess[str], float]:
@@ -210,24 +205,37 @@ def lm_logits(model: Path, tokens: dict[str, np.ndarray], *, row_by_row: bool = 
     )
 
 
-def flipped_tokens(fp32: np.ndarray, int8: np.ndarray, attention_mask: np.ndarray) -> int:
-    """Real tokens (not padding) whose next-token argmax differs."""
-    return int(np.count_nonzero((fp32.argmax(axis=-1) != int8.argmax(axis=-1))[attention_mask == 1]))
+def flipped_tokens(
+    fp32: np.ndarray, int8: np.ndarray, attention_mask: np.ndarray, *, sure_only: bool = False
+) -> tuple[int, int]:
+    """(real tokens whose next-token argmax differs, real tokens), padding left out; `sure_only`:
+    of the real tokens where FP32's softmax gives its top token more than half."""
+    judged = attention_mask == 1
+    if sure_only:
+        shifted = np.exp(fp32 - fp32.max(axis=-1, keepdims=True))
+        judged &= (shifted / shifted.sum(axis=-1, keepdims=True)).max(axis=-1) > 0.5
+    flips = fp32.argmax(axis=-1) != int8.argmax(axis=-1)
+    return int(np.count_nonzero(flips[judged])), int(np.count_nonzero(judged))
 
 
 @pytest.fixture(scope="module")
 def lm_quantized(gpt2_lm: SampleModel, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     """quantship's artifact of the LM, and what quantize said on stderr."""
     out = tmp_path_factory.mktemp("gpt2-lm") / "int8"
-    result, seconds = quantize(gpt2_lm, out, "--max-accuracy-delta", str(LM_MAX_ACCURACY_DELTA))
+    result, seconds = quantize(gpt2_lm, out)
     print(f"\nGPT-2 LM quantize + tune: {seconds:.1f} s\n{result.stderr}")
     assert result.returncode == 0, result.stderr
     return out, result.stderr
 
 
-def test_the_lm_is_gated_on_top1_agreement_at_each_real_token(
+def test_the_lm_is_gated_at_each_real_token_fp32_is_sure_of(
     lm_quantized: tuple[Path, str], gpt2_lm: SampleModel
 ) -> None:
+    """Gated where FP32 is sure, as rows are: top-1 agreement at every real position at 99.5% is out
+    of this LM's reach. The tuner's best there (dynamic per-channel, 6 nodes in float) kept 98.65% of
+    16911 positions and all 9086 FP32 is sure of; each of its 229 flips was a near-tie (FP32's top two
+    within 0.052 in probability, median 0.0036); 4.2% of positions have their top two within 0.01
+    (2026-12-06, VNNI)."""
     out, stderr = lm_quantized
     found = manifest(out)
     validation = found["validation"]
@@ -236,12 +244,12 @@ def test_the_lm_is_gated_on_top1_agreement_at_each_real_token(
     assert validation["shadow_rule"] == {
         "kind": "top1",
         "tolerance": None,
-        "confident_only": False,
+        "confident_only": True,
         "per_position": True,
         "mask_input": "attention_mask",
     }
-    assert validation["gate"] == "passed" and validation["metric"] == "top1_agreement"
-    assert validation["threshold"] == pytest.approx(1 - LM_MAX_ACCURACY_DELTA)
+    assert validation["gate"] == "passed" and validation["metric"] == "confident_agreement"
+    assert validation["threshold"] == pytest.approx(0.995)
 
     tokens = load(gpt2_lm.evaluation)
     real = int(tokens["attention_mask"].sum())
@@ -250,12 +258,15 @@ def test_the_lm_is_gated_on_top1_agreement_at_each_real_token(
     # What a user reads with onnxruntime: FP32 against the artifact, run as the server runs it.
     fp32 = lm_logits(gpt2_lm.model, tokens)
     int8 = lm_logits(out / "model.onnx", tokens, row_by_row=runtime.rows_mix(out / "model.onnx"))
-    flipped = flipped_tokens(fp32, int8, tokens["attention_mask"])
-    assert validation["value"] == pytest.approx(1 - flipped / real, abs=1e-12)
-    assert validation["shadow_disagreement"] == pytest.approx(flipped / real, abs=1e-12)
+    flipped, _ = flipped_tokens(fp32, int8, tokens["attention_mask"])
+    flipped_sure, sure = flipped_tokens(fp32, int8, tokens["attention_mask"], sure_only=True)
+    assert 0 < sure < real and validation["metrics"]["confident_rows"] == sure
+    assert validation["value"] == pytest.approx(1 - flipped_sure / sure, abs=1e-12)
+    assert validation["metrics"]["top1_agreement"] == pytest.approx(1 - flipped / real, abs=1e-12)
+    assert validation["shadow_disagreement"] == pytest.approx(flipped_sure / sure, abs=1e-12)
     # Past the default accuracy-delta SLO (0.5%), quantize says what the canary will read.
-    warned = f"{flipped} of {real} evaluation positions" in stderr
-    assert warned == (flipped / real > 0.005), stderr
+    warned = f"{flipped_sure} of {sure} evaluation positions" in stderr
+    assert warned == (flipped_sure / sure > 0.005), stderr
     assert found["tuning"]["peak_rss_mb"] <= MAX_PEAK_RSS_MB
 
 
@@ -282,19 +293,18 @@ def test_plain_onnxruntime_static_int8_of_the_lm_flips_more_tokens_and_fails_the
     artifact = lm_quantized[0] / "model.onnx"
 
     judge = evaluator(gpt2_lm, gpt2_lm.evaluation)
-    assert judge.gate.metric is Metric.TOP1_AGREEMENT and judge.gate.threshold == pytest.approx(0.995)
+    assert judge.gate.metric is Metric.CONFIDENT_AGREEMENT and judge.gate.threshold == pytest.approx(0.995)
     assert judge.per_position and judge.mask_input == "attention_mask"
     tokens = load(gpt2_lm.evaluation)
     real = int(tokens["attention_mask"].sum())
     verdict, ours = judge.evaluate(plain), judge.evaluate(artifact)
     print(f"\nplain onnxruntime static INT8: {verdict.values}\nquantship's artifact: {ours.values}")
-    assert not verdict.passed
-    assert verdict.values["positions"] == real and verdict.shadow is not None and verdict.shadow[1] == real
-    flipped = flipped_tokens(
-        lm_logits(gpt2_lm.model, tokens), lm_logits(plain, tokens), tokens["attention_mask"]
-    )
-    assert verdict.shadow[0] == flipped and verdict.value == pytest.approx(1 - flipped / real, abs=1e-12)
-    assert ours.shadow is not None and flipped > ours.shadow[0]
+    assert not verdict.passed and verdict.values["positions"] == real
+    fp32, int8 = lm_logits(gpt2_lm.model, tokens), lm_logits(plain, tokens)
+    flipped_sure, sure = flipped_tokens(fp32, int8, tokens["attention_mask"], sure_only=True)
+    assert verdict.shadow == (flipped_sure, sure)
+    assert verdict.value == pytest.approx(1 - flipped_sure / sure, abs=1e-12)
+    assert ours.shadow is not None and flipped_sure > ours.shadow[0]
 
     # Labelled by the next character, the gate judges accuracy: the plain model loses more of it.
     labelled = evaluator(gpt2_lm, gpt2_lm.root / "evaluation_labels.npz")
@@ -323,7 +333,7 @@ def test_the_served_lm_counts_each_real_token_in_its_shadow_sli(
     rows, size = 64, 8
     real = int(requests["attention_mask"][:rows].sum())
     assert real < requests["attention_mask"][:rows].size, "the requests carry padding"
-    flipped = 0
+    flipped = sure = 0
     server.start()
     try:
         asyncio.run(server.wait_ready(120))
@@ -337,12 +347,14 @@ def test_the_served_lm_counts_each_real_token_in_its_shadow_sli(
                 inputs.append(tensor)
             served = client.infer("lm", inputs).as_numpy("logits")
             assert served is not None and served.shape == (size, 64, 128)
-            flipped += flipped_tokens(fp32.run(["logits"], batch)[0], served, batch["attention_mask"])
+            reference, mask = fp32.run(["logits"], batch)[0], batch["attention_mask"]
+            batch_flips, batch_sure = flipped_tokens(reference, served, mask, sure_only=True)
+            flipped, sure = flipped + batch_flips, sure + batch_sure
         deadline = time.monotonic() + 60
-        while _disagreement(server)[0] < real and time.monotonic() < deadline:
+        while _disagreement(server)[0] < sure and time.monotonic() < deadline:
             time.sleep(0.2)
         compared, disagreed = _disagreement(server)
-        assert compared == real, "each real token is compared, and no padding"
+        assert 0 < compared == sure < real, "each real token FP32 is sure of is compared, and no padding"
         assert disagreed == flipped
     finally:
         server.stop()

@@ -191,14 +191,25 @@ def test_an_answer_per_position_is_judged_at_every_position_but_the_padding(
     assert evaluator.task is Task.CLASSIFICATION and evaluator.mask_input == "attention_mask"
     assert evaluation.values[Metric.TOP1_AGREEMENT.value] == pytest.approx(1.0 - np.mean(flips[real]))
     assert evaluation.values["positions"] == np.count_nonzero(real)
-    assert evaluation.shadow == (np.count_nonzero(flips[real]), np.count_nonzero(real)), "the shadow alike"
-    # Greedy decoding reads every top-1, near-ties too: no confident-only default for positions.
-    assert evaluator.gate.metric is Metric.TOP1_AGREEMENT and evaluator.warnings == []
-    assert (
-        "every position" in evaluator.gate.reason
-        and "'attention_mask' marks the padding" in evaluator.gate.reason
+    assert "'attention_mask' marks the padding" in evaluator.gate.reason and evaluator.warnings == []
+    if first == "tokens":  # ids: no confidence to read, every real position judged
+        assert evaluator.gate.metric is Metric.TOP1_AGREEMENT and "every position" in evaluator.gate.reason
+        assert evaluator.gate.rule == RowRule(Kind.TOP1, per_position=True, mask_input="attention_mask")
+        assert evaluation.shadow == (np.count_nonzero(flips[real]), np.count_nonzero(real)), (
+            "the shadow alike"
+        )
+        return
+    # Scores: as for rows, flips between near-ties are no error; the real positions FP32 is sure of count.
+    logits = runtime.create_session(fp32).run(["logits"], inputs)[0]
+    sure = real & (agreement_module.probabilities(logits.reshape(-1, CLASSES)).max(axis=1) > 0.5).reshape(
+        real.shape
     )
-    assert evaluator.gate.rule == RowRule(Kind.TOP1, per_position=True, mask_input="attention_mask")
+    assert 0 < np.count_nonzero(flips[sure]) < np.count_nonzero(flips[real]), "some flips are near-ties"
+    assert evaluator.gate.metric is Metric.CONFIDENT_AGREEMENT
+    rule = RowRule(Kind.TOP1, confident_only=True, per_position=True, mask_input="attention_mask")
+    assert evaluator.gate.rule == rule
+    assert evaluation.shadow == (np.count_nonzero(flips[sure]), np.count_nonzero(sure)), "the shadow alike"
+    assert evaluation.value == pytest.approx(1.0 - np.mean(flips[sure]))
 
 
 def test_labels_per_position_gate_the_accuracy_of_the_labelled_real_positions(tmp_path: Path) -> None:
@@ -256,9 +267,8 @@ def test_the_shadow_counts_the_positions_a_request_did_not_pad(tmp_path: Path) -
     disagreement, padding is not compared, as the gate counted."""
     fp32 = build_token_classifier(tmp_path / "fp32.onnx", first="logits")
     data = _data(tmp_path / "x.npz", ROWS, positions=True, seed=1)
-    quantized = run(
-        fp32, tmp_path / "a", QuantizeConfig(max_accuracy_delta=0.5), calibration=data, evaluation=data
-    )
+    every_position = QuantizeConfig(metric=Metric.TOP1_AGREEMENT, max_accuracy_delta=0.5)
+    quantized = run(fp32, tmp_path / "a", every_position, calibration=data, evaluation=data)
     manifest = quantized.artifact.manifest
     rule = {"kind": "top1", "tolerance": None, "confident_only": False}
     assert manifest["validation"]["shadow_rule"] == {
