@@ -40,8 +40,8 @@ def test_schemathesis_finds_no_server_error_and_no_undocumented_answer(
     # the model (63 values for 64, a shape the schema cannot tie to the data), and 400 is then right.
     # No --max-time: a time budget made what was tested depend on the machine's load (at load 6-8 it ran
     # out in the coverage phase, 6 of 11 operations tested, no fuzzing). --max-examples and --seed fix the
-    # cases (some 670: 35 s at load 5 on two cores, 130 s with four busy loops more); the subprocess
-    # timeout only catches a hang.
+    # cases (some 670: 11 s at load 3 on two cores, as the budget took, 88 s with four busy loops beside
+    # load 7); the subprocess timeout only catches a hang.
     run = subprocess.run(
         [
             str(Path(sys.executable).parent / "schemathesis"), "run", f"{fuzzed_server.url}/openapi.json",
