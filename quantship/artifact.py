@@ -103,6 +103,10 @@ TENSOR_NAME_FIELDS = {
     "sensitivity": ("tensor",),
 }
 """Where a manifest lists tensor names: the fields of each item of these lists (and quantization.output)."""
+MAX_NODE_NAME_CHARS = MAX_TENSOR_NAME_CHARS
+"""The longest node name a manifest may hold (quantization.excluded_nodes, a trial's excluded, a
+sensitivity's node): ONNX bounds node names no more than tensor names, and the report and
+`quantize`'s summary print them (cut to `reporting.SHOWN_NAME_CHARS`)."""
 
 FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,254}")
 """How the manifest may name a file of the artifact (model.onnx, reference.onnx): a plain name in the
@@ -947,6 +951,7 @@ MANIFEST_SCHEMA: dict[str, Any] = {
             "type": "object",
             "properties": {
                 "output": {"type": ["string", "null"]},
+                "excluded_nodes": {"type": "array", "items": _STRING},
                 **dict.fromkeys(("precision", "mode"), _LABEL),
             },
         },
@@ -1005,25 +1010,37 @@ SCHEMA_ERRORS_WEIGHED = 100
 
 def _manifest_problem(manifest: Any) -> str | None:
     """What makes a manifest unreadable past its file list and version: a type (MANIFEST_SCHEMA), a
-    tensor name past MAX_TENSOR_NAME_CHARS, or a tensor given two different ranges or histograms."""
-    return _schema_problem(manifest) or _tensor_name_problem(manifest) or _twice_problem(manifest)
+    tensor or node name past MAX_TENSOR_NAME_CHARS or MAX_NODE_NAME_CHARS, or a tensor given two
+    different ranges or histograms."""
+    return _schema_problem(manifest) or _name_problem(manifest) or _twice_problem(manifest)
 
 
-def _tensor_name_problem(manifest: Mapping[str, Any]) -> str | None:
-    """The first tensor name longer than MAX_TENSOR_NAME_CHARS, shown cut short."""
-    named: list[tuple[tuple[Any, ...], Any]] = [
-        (("quantization", "output"), (manifest.get("quantization") or {}).get("output"))
-    ]
-    for key, fields in TENSOR_NAME_FIELDS.items():
-        for index, entry in enumerate(manifest.get(key) or ()):
-            named += [((key, index, field), entry.get(field)) for field in fields]
-    for where, name in named:
-        if isinstance(name, str) and len(name) > MAX_TENSOR_NAME_CHARS:
+def _name_problem(manifest: Mapping[str, Any]) -> str | None:
+    """The first tensor or node name longer than its bound, shown cut short."""
+    for where, name, kind, bound in _every_name(manifest):
+        if isinstance(name, str) and len(name) > bound:
             return (
-                f"{''.join(f'[{part!r}]' for part in where)}: a tensor name of {len(name)} characters, more "
-                f"than the {MAX_TENSOR_NAME_CHARS} a manifest may hold: {brief(repr(name), 40)}"
+                f"{''.join(f'[{part!r}]' for part in where)}: a {kind} name of {len(name)} characters, "
+                f"more than the {bound} a manifest may hold: {brief(repr(name), 40)}"
             )
     return None
+
+
+def _every_name(manifest: Mapping[str, Any]) -> Iterator[tuple[tuple[Any, ...], Any, str, int]]:
+    """Every tensor and node name of a manifest the schema passed: where, the name, its kind and bound."""
+    quantization = manifest.get("quantization") or {}
+    yield ("quantization", "output"), quantization.get("output"), "tensor", MAX_TENSOR_NAME_CHARS
+    for key, fields in TENSOR_NAME_FIELDS.items():
+        for index, entry in enumerate(manifest.get(key) or ()):
+            for field in fields:
+                yield (key, index, field), entry.get(field), "tensor", MAX_TENSOR_NAME_CHARS
+    for index, node in enumerate(quantization.get("excluded_nodes") or ()):
+        yield ("quantization", "excluded_nodes", index), node, "node", MAX_NODE_NAME_CHARS
+    for index, trial in enumerate(manifest.get("trials") or ()):
+        for at, node in enumerate(trial["excluded"]):
+            yield ("trials", index, "excluded", at), node, "node", MAX_NODE_NAME_CHARS
+    for index, entry in enumerate(manifest.get("sensitivity") or ()):
+        yield ("sensitivity", index, "node"), entry.get("node"), "node", MAX_NODE_NAME_CHARS
 
 
 def _twice_problem(manifest: Mapping[str, Any]) -> str | None:

@@ -620,17 +620,34 @@ def pull(
 @main.command()
 @click.argument("path", type=click.Path(path_type=Path))
 @click.option("--public-key", type=click.Path(path_type=Path), help="Require a valid ed25519 signature.")
+@click.option(
+    "--reference",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Check this FP32 model as `serve --reference FILE` would, not the artifact's reference.onnx.",
+)
+@click.option(
+    "--require-gate-hardware",
+    is_flag=True,
+    help="Refuse, as `serve --require-gate-hardware` would, an artifact whose gate ran on other CPU int8 "
+    "features, onnxruntime or provider than this machine's.",
+)
 @user_errors
-def verify(path: Path, public_key: Path | None) -> None:
+def verify(path: Path, public_key: Path | None, reference: Path | None, require_gate_hardware: bool) -> None:
     """Check an artifact's file hashes (and its signature when --public-key is given), and that a
-    server's load would take it: its model opens, and its manifest fits the model."""
+    server's load would take it: its model opens, its manifest fits the model, and its reference takes
+    the model's inputs.
+
+    A server started with options verify was not given decides otherwise: `serve --reference FILE`
+    checks FILE, not the artifact's reference.onnx (pass the same --reference here), and `serve
+    --require-gate-hardware` refuses an artifact gated on other hardware than its node's, which verify
+    checks only with --require-gate-hardware, against the machine it runs on."""
     from quantship.server.service import LoadRefused, check_loadable
 
     key = artifact.load_public_key(public_key) if public_key else None
     scratch.sweep()  # what verifies and servers killed before us left behind
     with artifact.opened(path, public_key=key) as loaded:  # a .tar.gz unpacked, then removed
         try:  # hashes, signature and archive checks passed on opening; then the load's own
-            check_loadable(loaded)
+            check_loadable(loaded, reference=reference, require_gate_hardware=require_gate_hardware)
         except LoadRefused as exc:
             raise Refused(f"{path}: a server refuses to load it: {exc}") from exc
     signature = (

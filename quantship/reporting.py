@@ -14,8 +14,20 @@ from collections.abc import Iterable, Sequence
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
+from quantship.printable import brief
+
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
+
+SHOWN_NAME_CHARS = 100
+"""A node name is shown cut to this many characters in the report and `quantize`'s summary: a
+manifest may hold names of 4096 (artifact.MAX_NODE_NAME_CHARS), real ones are module paths well
+under 100 (/bert/encoder/layer.11/attention/self/query/MatMul is 50)."""
+
+
+def shown_name(name: str) -> str:
+    """A node name as the report and the summary print it: cut short, nothing a terminal acts on."""
+    return brief(name, SHOWN_NAME_CHARS)
 
 
 @functools.cache

@@ -228,7 +228,8 @@ def _trials(trials: list[dict[str, Any]], tuning: dict[str, Any]) -> str:
             t["number"],
             t["stage"],
             t.get("recipe", "-"),
-            ", ".join(t["excluded"][:6]) + (f" (+{len(t['excluded']) - 6})" if len(t["excluded"]) > 6 else "")
+            ", ".join(map(reporting.shown_name, t["excluded"][:6]))
+            + (f" (+{len(t['excluded']) - 6})" if len(t["excluded"]) > 6 else "")
             or "-",
             f"{t['quantized_nodes']} ({t.get('quantized_share', 0):.0%})",
             _gated_value(metric, t.get("value")),
@@ -419,7 +420,10 @@ def _config(manifest: dict[str, Any]) -> str:
     quantization = manifest.get("quantization", {})
     calibration = manifest.get("calibration") or {}
     runtime = manifest.get("runtime", {})
-    rows = [(key, _plain(value)) for key, value in sorted(quantization.items())]
+    rows = [
+        (key, _plain(list(map(reporting.shown_name, value)) if key == "excluded_nodes" else value))
+        for key, value in sorted(quantization.items())
+    ]
     rows += [(f"calibration.{key}", _plain(value)) for key, value in sorted(calibration.items())]
     rows += [(f"runtime.{key}", _plain(value)) for key, value in sorted(runtime.items())]
     rows += [("fallback ops at quantize time", _plain(manifest.get("fallback_ops") or "none"))]

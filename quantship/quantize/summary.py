@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from rich.markup import escape
 from rich.table import Table
 
 from quantship import artifact, reporting
@@ -42,7 +43,8 @@ def table(rows: list[tuple[str, artifact.Artifact]], title: str = "quantization 
             reporting.percent(validation.get("agreement")),
             f"[green]{gate}[/]" if gate == "passed" else f"[red]{gate}[/]",
             str(len(loaded.manifest.get("trials") or loaded.manifest.get("fallback_trials", []))),
-            ", ".join(loaded.quantization.get("excluded_nodes", [])) or "-",
+            escape(", ".join(map(reporting.shown_name, loaded.quantization.get("excluded_nodes", []))))
+            or "-",
         )
     return out
 

@@ -307,18 +307,13 @@ class ModelService:
 
     def _check_hardware(self, loaded: Artifact, runner: Runner) -> None:
         """Compare this node with where the gate measured; export it, warn, or refuse when required."""
-        here = runtime.hardware(runner.session.get_providers()[0])
-        check = hardware.compare(loaded.manifest, here)
+        check = _hardware_check(loaded, runner)
         self.metrics.hardware_checked(check)
         if not check.differs:
             log.info("hardware: %s", check.describe())
             return
         if self.settings.require_gate_hardware:
-            raise LoadRefused(
-                f"serving hardware differs from the gate's ({check.describe()}) and "
-                "--require-gate-hardware is set",
-                reason="hardware",
-            )
+            _refuse_other_hardware(check)
         log.warning(
             "serving on other hardware than the accuracy gate measured, so its verdict may not hold here: %s",
             check.describe(),
@@ -331,14 +326,7 @@ class ModelService:
         if path is None:
             content = verified.take(REFERENCE_FILE)
             return None if content is None else (verified.artifact.root / REFERENCE_FILE, content)
-        if not path.is_file():
-            raise LoadRefused(f"reference model {path} does not exist", reason="reference")
-        try:
-            return path, path.read_bytes()
-        except OSError as exc:
-            raise LoadRefused(
-                f"cannot read reference {path}: {exc.strerror or exc}", reason="reference"
-            ) from exc
+        return _read_reference(path)
 
     def _assemble(self, opened: Opened) -> Model:
         settings, quality = self.settings, self.settings.quality
@@ -625,22 +613,55 @@ def check_manifest(
     return comparator
 
 
-def check_loadable(loaded: Artifact) -> None:
+def check_loadable(
+    loaded: Artifact, *, reference: Path | None = None, require_gate_hardware: bool = False
+) -> None:
     """What a server's load checks of a verified artifact beyond its files, without serving it: its
     model opens in onnxruntime, its manifest fits that model (`check_manifest`), and its reference,
     if it has one, takes the model's inputs and has the compared output. Run by `quantship verify`;
-    LoadRefused names what fails, as a server's load would."""
+    LoadRefused names what fails, as a server's load would. `reference` and `require_gate_hardware`
+    are serve's --reference FILE (checked in place of the artifact's) and --require-gate-hardware
+    (against this machine's hardware)."""
     try:
         runner, proto = _open_model(loaded.model_path.read_bytes(), loaded.model_path, threads=1)
     except ORT_ERRORS as exc:  # a server's load says the same (`ModelService.load`)
         raise LoadRefused(f"onnxruntime cannot load {loaded.model_path}: {exc}", reason="model") from exc
+    if require_gate_hardware:
+        _refuse_other_hardware(_hardware_check(loaded, runner))
     tolerance = QualitySettings().disagreement_tolerance  # read only where a manifest has no shadow rule
     signature = runner.signature
     comparator = check_manifest(loaded.manifest, proto, signature, tolerance)
     del runner, proto  # before the reference's session: one model in memory at a time
-    reference = loaded.reference_path
     if reference is not None:
-        _open_reference((reference, reference.read_bytes()), signature, comparator.output)
+        _open_reference(_read_reference(reference), signature, comparator.output)
+    elif loaded.reference_path is not None:
+        path = loaded.reference_path
+        _open_reference((path, path.read_bytes()), signature, comparator.output)
+
+
+def _hardware_check(loaded: Artifact, runner: Runner) -> hardware.HardwareCheck:
+    """This machine's hardware, as the served model's session runs on it, against the gate's."""
+    return hardware.compare(loaded.manifest, runtime.hardware(runner.session.get_providers()[0]))
+
+
+def _refuse_other_hardware(check: hardware.HardwareCheck) -> None:
+    """--require-gate-hardware: refused where this machine is not what the accuracy gate ran on."""
+    if check.differs:
+        raise LoadRefused(
+            f"serving hardware differs from the gate's ({check.describe()}) and "
+            "--require-gate-hardware is set",
+            reason="hardware",
+        )
+
+
+def _read_reference(path: Path) -> tuple[Path, bytes]:
+    """--reference FILE: its path (for messages) and its bytes, read once."""
+    if not path.is_file():
+        raise LoadRefused(f"reference model {path} does not exist", reason="reference")
+    try:
+        return path, path.read_bytes()
+    except OSError as exc:
+        raise LoadRefused(f"cannot read reference {path}: {exc.strerror or exc}", reason="reference") from exc
 
 
 def _open_reference(source: tuple[Path, bytes] | None, served: Signature, compared: str) -> Runner | None:

@@ -5,6 +5,7 @@ gigabyte of memory or a line of the attacker's on the terminal."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -17,10 +18,12 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from rich.console import Console
 
-from quantship import artifact
+from quantship import artifact, reporting
 from quantship.artifact import ArtifactError
 from quantship.cli import ExitCode, main
+from quantship.quantize import report, summary
 
 Edit = Callable[[dict[str, Any]], object]
 
@@ -370,6 +373,58 @@ def test_a_tensor_name_past_the_bound_is_refused_and_shown_cut_short(
     with pytest.raises(ArtifactError, match=r"would be refused on reading: .* a tensor name of"):
         artifact.write_artifact(tmp_path / "out", files, manifest)
     assert not (tmp_path / "out").exists()
+
+
+HUGE_NODE_NAME = "A" * 10**6 + "\x1b]0;owned\x07"
+"""A megabyte of node name, then an escape sequence."""
+
+
+@pytest.mark.parametrize(
+    ("where", "edit"),
+    [
+        (
+            "['quantization']['excluded_nodes'][0]",
+            lambda m: m["quantization"].update(excluded_nodes=[HUGE_NODE_NAME]),
+        ),
+        ("['trials'][0]['excluded'][1]", lambda m: m["trials"][0].update(excluded=["ok", HUGE_NODE_NAME])),
+        ("['sensitivity'][0]['node']", lambda m: m["sensitivity"][0].update(node=HUGE_NODE_NAME)),
+    ],
+)
+def test_a_node_name_past_the_bound_is_refused_and_shown_cut_short(
+    artifact_copy: Path, tmp_path: Path, where: str, edit: Edit
+) -> None:
+    """Node names had no bound: a megabyte of one went whole into the report and `quantize`'s summary."""
+    edit_manifest(artifact_copy, edit)
+    code, output = cli("verify", artifact_copy)
+    said = f"{where}: a node name of {len(HUGE_NODE_NAME)} characters, more than the 4096 a manifest may hold"
+    refused_in_one_line(code, output, said)
+    assert output.rstrip().endswith(f": '{'A' * 39}…") and printable_line(output), output  # 40 shown
+    manifest = json.loads((artifact_copy / artifact.MANIFEST_FILE).read_text())
+    files = {name: artifact_copy / name for name in manifest.pop("files")}
+    with pytest.raises(ArtifactError, match=r"would be refused on reading: .* a node name of"):
+        artifact.write_artifact(tmp_path / "out", files, manifest)
+    assert not (tmp_path / "out").exists()
+
+
+def test_node_names_of_the_bound_are_read_and_shown_cut_short(artifact_copy: Path) -> None:
+    """The report (trials, configuration) and the summary print node names: cut short, printable,
+    and as text in the summary (rich read "[/x]" as markup and raised)."""
+    name, markup = "A" * artifact.MAX_NODE_NAME_CHARS, "[/x]\x1b]0;owned\x07"
+    edit_manifest(
+        artifact_copy,
+        lambda m: [
+            m["quantization"].update(excluded_nodes=[name, markup]),
+            m["trials"][0].update(excluded=[name]),
+        ],
+    )
+    loaded = artifact.load_artifact(artifact_copy)
+    shown = "A" * reporting.SHOWN_NAME_CHARS + "…"
+    page = report.render(loaded)
+    assert page.count(shown) == 2 and "A" * (reporting.SHOWN_NAME_CHARS + 1) not in page  # trials, config
+    console = Console(width=1000, record=True, file=io.StringIO())
+    console.print(summary.table([("hostile", loaded)]))
+    printed = console.export_text()
+    assert f"{shown}, [/x]?]0;owned?" in printed and "A" * (reporting.SHOWN_NAME_CHARS + 1) not in printed
 
 
 def test_a_tensor_name_of_the_bound_is_read(artifact_copy: Path) -> None:

@@ -125,8 +125,13 @@ def test_with_require_gate_hardware_a_mismatch_is_refused_and_the_server_stays_u
         assert server.service.phase is Phase.REFUSED
         assert "--require-gate-hardware" in server.service.problem and "int8_flags" in server.service.problem
         assert server.metric("quantship_hardware_mismatch", aspect="int8_flags") == 1
+        refusal = server.service.problem.split(" is not served: ", 1)[1]
     finally:
         server.stop()
+    assert CliRunner().invoke(main, ["verify", str(other.root)]).exit_code == ExitCode.OK  # a warning
+    verified = CliRunner().invoke(main, ["verify", str(other.root), "--require-gate-hardware"])
+    assert verified.exit_code == ExitCode.REFUSED, verified.output
+    assert verified.output == f"error: {other.root}: a server refuses to load it: {refusal}\n"
 
 
 def test_require_gate_hardware_serves_an_artifact_gated_here(good_artifact: artifact.Artifact) -> None:
@@ -136,6 +141,8 @@ def test_require_gate_hardware_serves_an_artifact_gated_here(good_artifact: arti
         assert server.metric("quantship_model_load_failures_total", reason="hardware") == 0
     finally:
         server.stop()
+    verified = CliRunner().invoke(main, ["verify", str(good_artifact.root), "--require-gate-hardware"])
+    assert verified.exit_code == ExitCode.OK, verified.output
 
 
 def random_noise_model(path: Path) -> Path:

@@ -99,6 +99,12 @@ def _label(root: Path) -> str:
     return json.dumps(manifest)
 
 
+def _node_name(root: Path) -> str:
+    manifest = json.loads((root / artifact.MANIFEST_FILE).read_text())
+    manifest["quantization"]["excluded_nodes"] = ["A" * 10**6]  # printed whole by the report
+    return json.dumps(manifest)
+
+
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize(
     ("tamper", "reason", "said"),
@@ -115,6 +121,12 @@ def _label(root: Path) -> str:
             _fifo, "format", "model.onnx is listed in the manifest but is a named pipe", id="a pipe"
         ),
         pytest.param(_label, "format", "['calibration']['method']: 'AAAA", id="a 1 MiB label"),
+        pytest.param(
+            _node_name,
+            "format",
+            "['quantization']['excluded_nodes'][0]: a node name of 1000000 characters, more than the 4096",
+            id="a 1 MB node name",
+        ),
     ],
 )
 async def test_a_hostile_manifest_is_refused_for_what_it_is_never_as_a_bug(
