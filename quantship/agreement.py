@@ -217,10 +217,9 @@ class RowRule:
             served, reference = served.reshape(1), reference.reshape(1)
         if not served.size:  # rows of no elements (a token model's answer to a sequence of length 0)
             return 0, 0
+        if self.per_position and served.dtype.kind == "f" and reference.dtype.kind == "f":
+            return self._judge_scores_per_position(served, reference, mask)
         if self.per_position:
-            if not self.confident_only and served.dtype.kind == "f" and reference.dtype.kind == "f":
-                # Each position's class first: masking the scores copies [positions, vocab] twice.
-                served, reference = np.argmax(served, axis=-1), np.argmax(reference, axis=-1)
             served, reference = positions(served, mask), positions(reference, mask)
             if not served.size:  # every position was padding
                 return 0, 0
@@ -236,6 +235,20 @@ class RowRule:
             return int(np.count_nonzero(~(cosine(served, reference) >= self._tolerance))), len(served)
         errors = relative_error(served, reference, self.norm_floor or 0.0)
         return int(np.count_nonzero(~(errors <= self._tolerance))), len(served)
+
+    def _judge_scores_per_position(
+        self, served: np.ndarray, reference: np.ndarray, mask: np.ndarray | None
+    ) -> tuple[int, int]:
+        """(disagreeing, compared) positions of [N, seq, classes] scores: each position's class and
+        confidence read in place, the mask applied to those booleans. Masking the scores first copied
+        [positions, vocab] twice a sample (GPT-2's vocabulary: 0.32 s a batch of 8 against 0.03 s)."""
+        differs = np.argmax(served, axis=-1) != np.argmax(reference, axis=-1)
+        judged = np.ones(reference.shape[:-1], dtype=bool)
+        if mask is not None and mask.shape == judged.shape:
+            judged &= mask != 0
+        if self.confident_only:
+            judged &= confident(reference.reshape(-1, reference.shape[-1])).reshape(judged.shape)
+        return int(np.count_nonzero(differs & judged)), int(np.count_nonzero(judged))
 
     @property
     def _tolerance(self) -> float:
@@ -271,8 +284,9 @@ class RowRule:
     def describe(self) -> str:
         match self.kind:
             case Kind.TOP1:
+                unit = "positions" if self.per_position else "rows"
                 scope = (
-                    f" (rows where FP32 > {CONFIDENT_PROBABILITY:.0%} sure)" if self.confident_only else ""
+                    f" ({unit} where FP32 > {CONFIDENT_PROBABILITY:.0%} sure)" if self.confident_only else ""
                 )
                 if not self.per_position:
                     return f"top-1 differs{scope}"

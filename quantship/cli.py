@@ -332,8 +332,8 @@ def _build_real_model(name: str, out_dir: Path, build_env: Path) -> None:
     type=_choice(Metric),
     default=None,
     help="Gating metric. Default: top1_accuracy with labels; without, confident_agreement (top1_agreement "
-    "when FP32 is confident on under 30 rows); cosine_agreement for embeddings; relative_error for "
-    "regression.",
+    "for class ids, or when FP32 is confident on under 30 rows, or positions for a token model); "
+    "cosine_agreement for embeddings; relative_error for regression.",
 )
 @click.option(
     "--threshold",

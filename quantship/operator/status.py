@@ -52,7 +52,8 @@ def evaluation_condition(rollout: RolloutSpec, share: float | None) -> Condition
         return None
     budget = next(o.budget for o in rollout.objectives if o.sli is slo.SLI.ACCURACY_DELTA)
     said = (
-        f"{rollout.revision}'s evaluation rows: {share:.2%} disagree with FP32 by the shadow SLI's rule "
+        f"{rollout.revision}'s evaluation rows (positions, for a token model): {share:.2%} disagree with "
+        "FP32 by the shadow SLI's rule "
         f"(validation.shadow_disagreement)"
     )
     if share <= budget + 1e-12:  # as quantize's own warning: the digits sample is right at 0.5%
@@ -70,7 +71,8 @@ def evaluation_condition(rollout: RolloutSpec, share: float | None) -> Condition
         f"like them its canary burns that budget at ~{share / budget:.1f}x (a step fails above "
         f"{threshold:g}, spec.analysis.burnRateThreshold). Raise spec.slos.maxAccuracyDelta to at least "
         f"{fits:g}, or quantize again gating on what the shadow counts (spec.quantize.options.metric "
-        "top1_agreement) or with better calibration data",
+        "top1_agreement, or confident_agreement where the scores say how sure FP32 is) or with better "
+        "calibration data",
     )
 
 

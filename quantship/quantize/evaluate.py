@@ -9,7 +9,7 @@ Each task has its own metrics, all reported; one of them gates:
 |---|---|
 | classification, labels | top1_accuracy: relative accuracy loss (fp32 - int8) / fp32 |
 | classification, none | confident_agreement, top1_agreement, top5_overlap, kl_divergence |
-| classification per position, none | top1_agreement, confident_agreement, top5_overlap, kl_divergence |
+| classification per position, none | confident_agreement (ids: top1_agreement), top5_overlap, kl_divergence |
 | embedding | cosine_agreement, cosine_mean, cosine_p5, nn_agreement |
 | regression | relative_error |
 
@@ -383,14 +383,23 @@ class Evaluator:
             return self._check_mask_input(requested)
         if not self.per_position:
             return None
+        names = [name.lower() for name in self.dataset.arrays]
+        # A seq2seq decoder's positions are its own: its encoder's mask is often plainly `attention_mask`.
+        decoder = any(name.startswith("decoder") for name in names)
         masks = [
             name
             for name in self.dataset.arrays
             if "mask" in name.lower()
             and not name.lower().startswith("encoder")
             and "special" not in name.lower()
+            and (name.lower().startswith("decoder") or not decoder)
             and self._fits_as_mask(name)
         ]
+        if len(masks) > 1:
+            self.warnings.append(
+                f"{' and '.join(masks)} could each mark the padding of output {self.output!r}: every "
+                "position is judged, padding too; --mask-input NAME says which"
+            )
         return masks[0] if len(masks) == 1 else None
 
     def _fits_as_mask(self, name: str) -> bool:
@@ -501,7 +510,8 @@ class Evaluator:
             confident = int(np.count_nonzero(agreement.confident(self._scores())))
             if confident == 0:
                 raise QuantizeInputError(
-                    "--metric confident_agreement: FP32 is confident on none of the evaluation rows"
+                    "--metric confident_agreement: FP32 is confident on none of the evaluation "
+                    f"{'positions' if self.per_position else 'rows'}"
                 )
         if metric is Metric.NN_AGREEMENT and self.dataset.size < 3:
             raise QuantizeInputError("--metric nn_agreement needs at least 3 evaluation rows")

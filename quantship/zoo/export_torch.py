@@ -397,7 +397,8 @@ def export_gpt2_lm(out: Path, sentences_file: Path) -> None:
     model = NextTokenLogits(GPT2LMHeadModel(config))
     step(f"training a {LM_LAYERS}-layer GPT-2 on {len(training['input_ids'])} sentences (one thread)")
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # float sums in one order: the same weights on any machine
+    torch.set_num_threads(1)  # float sums in one order: the same weights on this machine (not across
+    # CPUs: torch's kernels differ by instruction set, an AVX2-only build trains other weights)
     loss = train_lm(model, training)
     torch.set_num_threads(threads)
 

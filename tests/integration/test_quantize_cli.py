@@ -1067,3 +1067,34 @@ def test_quiet_prints_the_summary_alone_even_with_a_histogram_calibration(
     assert "Collecting tensor data" not in out and "optimal threshold" not in out
     assert "gate:" not in out
     assert out.lstrip().startswith("quantization summary"), out[:200]
+
+
+def test_a_matmul_computing_in_float16_refuses_a_mostly_float32_model(tmp_path: Path) -> None:
+    """43% of its weight values in one float16 MatMul (review): under half, so it passed the majority
+    rule, and became a larger model with nothing of that MatMul quantized."""
+    rng = np.random.default_rng(0)
+    nodes = [
+        helper.make_node("MatMul", ["X", "w1"], ["h"]),
+        helper.make_node("Cast", ["h"], ["h16"], to=TensorProto.FLOAT16),
+        helper.make_node("MatMul", ["h16", "w2"], ["y16"]),
+        helper.make_node("Cast", ["y16"], ["Y"], to=TensorProto.FLOAT),
+    ]
+    weights = [
+        numpy_helper.from_array(rng.normal(size=(16, 64)).astype(np.float32), "w1"),
+        numpy_helper.from_array(rng.normal(size=(64, 12)).astype(np.float16), "w2"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "mixed",
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["N", 16])],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["N", 12])],
+        weights,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    mixed, data = tmp_path / "mixed.onnx", _npz(tmp_path / "data.npz", X=rows(64))
+    onnx.save(model, str(mixed))
+    code, _, err = _cli(
+        "quantize", mixed, "-o", tmp_path / "a", "--calibration", data, "--evaluation", data, "-q",
+    )  # fmt: skip
+    _assert_one_line_error(code, err, "1 of its 2 float weights are float16 ('w2' first), 1 of them a MatMul")

@@ -21,6 +21,9 @@ from quantship import slo
 from quantship.operator import status as conditions
 from quantship.operator.quantize_job import Verdict
 
+SAID = "evaluation rows (positions, for a token model):"
+"""How the condition names what the share is of."""
+
 SLO = next(o.budget for o in slo.DEFAULT_OBJECTIVES if o.sli is slo.SLI.ACCURACY_DELTA)
 """The accuracy-delta SLO a model that sets none is judged by."""
 FLIPPED = 0.043
@@ -58,7 +61,7 @@ async def test_an_artifact_whose_evaluation_burns_the_slo_warns_before_its_analy
     (warning,) = await posted(kubectl, conditions.OVER_SLO)
     assert warning["type"] == "Warning"
     said = warning["message"]
-    assert said.startswith(f"{canary}'s evaluation rows: 4.30% disagree with FP32 by the shadow SLI's rule")
+    assert said.startswith(f"{canary}'s {SAID} 4.30% disagree with FP32 by the shadow SLI's rule")
     assert f"over the accuracy-delta SLO's {SLO:.2%} (spec.slos.maxAccuracyDelta)" in said
     assert f"its canary burns that budget at ~{FLIPPED / SLO:.1f}x" in said
     assert "Raise spec.slos.maxAccuracyDelta to at least 0.043, or quantize again" in said
@@ -77,7 +80,7 @@ async def test_an_artifact_whose_evaluation_burns_the_slo_warns_before_its_analy
     await kubectl.patch({"spec": {"slos": {"maxAccuracyDelta": FLIPPED}}})
     within = await eventually(lambda: evaluation(kubectl, "True"), what="within the SLO")
     assert within["message"] == (
-        f"{canary}'s evaluation rows: 4.30% disagree with FP32 by the shadow SLI's rule "
+        f"{canary}'s {SAID} 4.30% disagree with FP32 by the shadow SLI's rule "
         "(validation.shadow_disagreement), within the accuracy-delta SLO's 4.30%"
     )
     assert len(events(kubectl, conditions.OVER_SLO)) == 1
@@ -95,7 +98,7 @@ async def test_an_evaluation_within_the_models_own_slo_posts_no_warning(
     found = evaluation(kubectl)
     assert found is not None and (found["status"], found["reason"]) == ("True", "ShadowDisagreementWithinSLO")
     assert found["message"] == (
-        f"{canary}'s evaluation rows: 4.30% disagree with FP32 by the shadow SLI's rule "
+        f"{canary}'s {SAID} 4.30% disagree with FP32 by the shadow SLI's rule "
         "(validation.shadow_disagreement), within the accuracy-delta SLO's 5.00%"
     )
     await kubectl.make_ready(f"digits-{canary}", 1)

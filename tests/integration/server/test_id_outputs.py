@@ -371,6 +371,27 @@ def test_the_padding_is_the_attention_masks_not_an_encoders_or_a_special_tokens_
             Evaluator(model, dataset, None, GateRequest(mask_input=name))
 
 
+@pytest.mark.parametrize(
+    ("more_inputs", "found"),
+    [(("decoder_input_ids", "decoder_attention_mask"), "decoder_attention_mask"), (("padding_mask",), None)],
+)
+def test_a_decoders_padding_is_its_own_mask_and_two_candidates_are_said(
+    tmp_path: Path, more_inputs: tuple[str, ...], found: str | None
+) -> None:
+    """A seq2seq export names its encoder's mask plainly `attention_mask` (review: read as the
+    decoder's); two masks that both fit are no guess to make silently."""
+    model = build_token_classifier(tmp_path / "fp32.onnx", first="logits", unused_inputs=more_inputs)
+    data = _data(tmp_path / "x.npz", ROWS, positions=True, seed=1)
+    inputs = dict(np.load(data))
+    np.savez(data, **inputs, **{name: inputs["attention_mask"][::-1] for name in more_inputs})
+    evaluator = Evaluator(
+        model, load_dataset(data, model_inputs(onnx.load(model)), role="evaluation"), None, GateRequest()
+    )
+    assert evaluator.mask_input == found
+    said = [w for w in evaluator.warnings if "could each mark the padding" in w]
+    assert bool(said) == (found is None), evaluator.warnings
+
+
 def test_ids_that_keep_the_argmax_axis_are_judged_and_labelled_at_their_positions(tmp_path: Path) -> None:
     """ArgMax writes [N, seq, 1] unless told otherwise: its positions are [N, seq], and so are its
     mask and labels (review: padding counted, and no labels could be given)."""
