@@ -363,14 +363,20 @@ def test_a_tensor_name_past_the_bound_is_refused_and_shown_cut_short(
     """ONNX bounds no name: one of megabytes went whole into verify's and the server's refusals (a range
     naming no tensor of the model), their logs and the report."""
     edit_manifest(artifact_copy, set_at(path, lambda _: LONG_NAME))
-    code, output = cli("verify", artifact_copy)
     where = "".join(f"[{part!r}]" for part in path)
-    said = f"{where}: a tensor name of {len(LONG_NAME)} characters, more than the 4096 a manifest may hold"
-    refused_in_one_line(code, output, said)
+    _refused_as_too_long(artifact_copy, tmp_path, f"{where}: a tensor name of {len(LONG_NAME)} characters")
+
+
+def _refused_as_too_long(artifact_copy: Path, tmp_path: Path, said: str) -> None:
+    """verify refuses the edited artifact in one line, the name shown cut to 40, and writing its
+    manifest anew is refused before anything is written."""
+    code, output = cli("verify", artifact_copy)
+    refused_in_one_line(code, output, f"{said}, more than the 4096 a manifest may hold")
     assert output.rstrip().endswith(f": '{'A' * 39}…") and printable_line(output), output  # 40 shown
     manifest = json.loads((artifact_copy / artifact.MANIFEST_FILE).read_text())
     files = {name: artifact_copy / name for name in manifest.pop("files")}
-    with pytest.raises(ArtifactError, match=r"would be refused on reading: .* a tensor name of"):
+    kind = said.split(": ", 1)[1].split(" of ")[0]  # "a tensor name", "a node name"
+    with pytest.raises(ArtifactError, match=rf"would be refused on reading: .* {kind} of"):
         artifact.write_artifact(tmp_path / "out", files, manifest)
     assert not (tmp_path / "out").exists()
 
@@ -395,15 +401,7 @@ def test_a_node_name_past_the_bound_is_refused_and_shown_cut_short(
 ) -> None:
     """Node names had no bound: a megabyte of one went whole into the report and `quantize`'s summary."""
     edit_manifest(artifact_copy, edit)
-    code, output = cli("verify", artifact_copy)
-    said = f"{where}: a node name of {len(HUGE_NODE_NAME)} characters, more than the 4096 a manifest may hold"
-    refused_in_one_line(code, output, said)
-    assert output.rstrip().endswith(f": '{'A' * 39}…") and printable_line(output), output  # 40 shown
-    manifest = json.loads((artifact_copy / artifact.MANIFEST_FILE).read_text())
-    files = {name: artifact_copy / name for name in manifest.pop("files")}
-    with pytest.raises(ArtifactError, match=r"would be refused on reading: .* a node name of"):
-        artifact.write_artifact(tmp_path / "out", files, manifest)
-    assert not (tmp_path / "out").exists()
+    _refused_as_too_long(artifact_copy, tmp_path, f"{where}: a node name of {len(HUGE_NODE_NAME)} characters")
 
 
 def test_node_names_of_the_bound_are_read_and_shown_cut_short(artifact_copy: Path) -> None:
