@@ -24,6 +24,7 @@ metric compare and rank alike whichever way the metric points.
 from __future__ import annotations
 
 import enum
+import functools
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -488,7 +489,7 @@ class Evaluator:
                 f"the evaluation data has labels, but the task is {self.task.value}: labels are class ids "
                 f"for a classifier (drop them, {another}or pass --task classification)"
             )
-        if labels is not None and runtime.top1(self.answers(self.reference)) is None:
+        if labels is not None and runtime.top1(self._reference_answers) is None:
             raise QuantizeInputError(
                 f"labels given, but output {self.output!r} of shape {list(self.reference.shape)} "
                 "is not a classifier's (class ids, or scores with classes on the last axis)"
@@ -597,15 +598,25 @@ class Evaluator:
             case Task.REGRESSION:  # the row rule follows the global error's threshold and scale
                 return agreement.regression_rule(threshold, self.reference)
 
+    @functools.cached_property
+    def _reference_answers(self) -> np.ndarray:
+        """The reference's rows (positions) as the metrics read them: made once, not a copy a trial."""
+        return self.answers(self.reference)
+
+    @functools.cached_property
+    def _reference_score_answers(self) -> np.ndarray | None:
+        return None if self.reference_scores is None else self.answers(self.reference_scores)
+
     def _has_class_scores(self) -> bool:
         """Whether the model gives [N, classes] scores (runtime.top1), or for an answer per position
         [N, seq, classes]: softmaxed per row, scores per position would read as one class over a whole
         sequence."""
-        scores = self.reference_scores
-        return scores is not None and runtime.top1(self.answers(scores)) is not None
+        scores = self._reference_score_answers
+        return scores is not None and runtime.top1(scores) is not None
 
     def _scores(self) -> np.ndarray:
-        return self.answers(self.reference_scores if self.reference_scores is not None else self.reference)
+        scores = self._reference_score_answers
+        return scores if scores is not None else self._reference_answers
 
     def evaluate(self, int8_model: Path) -> Evaluation:
         # Rows that mix (dynamic quantization: one scale per call) are judged one at a time, as the
@@ -698,14 +709,14 @@ class Evaluator:
         return Evaluation(self.gate.metric, worst, self.gate.threshold, self.dataset.size)
 
     def _classification(self, candidate: np.ndarray, candidate_scores: np.ndarray | None) -> dict[str, Any]:
-        differs = agreement.top1_differs(self.answers(candidate), self.answers(self.reference))
+        differs = agreement.top1_differs(self.answers(candidate), self._reference_answers)
         agreeing = None if differs is None or not differs.size else 1.0 - float(np.mean(differs))
         values: dict[str, float | None] = {Metric.TOP1_AGREEMENT.value: agreeing}  # none: all padding
         if self.per_position and differs is not None:
             values["positions"] = float(differs.size)
         if self.reference_scores is None or candidate_scores is None or not self._has_class_scores():
             return values
-        reference_scores = _rows(self.answers(self.reference_scores))
+        reference_scores = _rows(self._scores())
         candidate_scores = _rows(self.answers(candidate_scores))
         # Read both sides as the reference reads: an INT8 softmax output sums only roughly to 1.
         normalized = agreement.are_probabilities(reference_scores)
