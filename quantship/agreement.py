@@ -84,8 +84,10 @@ def chunks(rows: np.ndarray) -> Iterator[slice]:
 def are_probabilities(scores: np.ndarray) -> bool:
     """Whether every row is already a probability distribution (a softmax output)."""
     rows = scores.reshape(len(scores), -1)
+    if rows.size and not rows.min() >= 0:  # logits, or NaN: one pass, with no [rows, classes] booleans
+        return False
     sums = rows.sum(axis=1, dtype=np.float64)
-    return bool(np.all(rows >= 0) and np.allclose(sums, 1.0, atol=PROBABILITY_SUM_TOLERANCE))
+    return bool(np.allclose(sums, 1.0, atol=PROBABILITY_SUM_TOLERANCE))
 
 
 def probabilities(scores: np.ndarray, normalized: bool | None = None) -> np.ndarray:
@@ -112,8 +114,20 @@ def confident(scores: np.ndarray) -> np.ndarray:
     """Per row: whether the top class holds more than CONFIDENT_PROBABILITY."""
     rows = scores.reshape(len(scores), -1)
     normalized = are_probabilities(rows)
-    tops = [probabilities(rows[part], normalized).max(axis=1) for part in chunks(rows)]
+    tops = [_top_probability(rows[part], normalized) for part in chunks(rows)]
     return np.concatenate(tops) > CONFIDENT_PROBABILITY if tops else np.zeros(0, dtype=bool)
+
+
+def _top_probability(rows: np.ndarray, normalized: bool) -> np.ndarray:
+    """Per row, the probability of the top class, as `probabilities` gives it. Of logits, softmax's
+    largest value is exp(0) / sum(exp(x - max)): the sum alone, without dividing every class by it
+    and searching the quotients again (a GPT-2 vocabulary's confident shadow rule took 15 times the
+    plain top-1 rule's CPU)."""
+    if normalized:
+        return probabilities(rows, normalized).max(axis=1)
+    with np.errstate(invalid="ignore"):  # inf - inf: a row with an infinite logit is NaN, never sure
+        shifted = np.subtract(rows, rows.max(axis=1, keepdims=True), dtype=np.float64)
+    return 1.0 / np.exp(shifted, out=shifted).sum(axis=1)
 
 
 def top1_differs(served: np.ndarray, reference: np.ndarray) -> np.ndarray | None:
@@ -239,15 +253,18 @@ class RowRule:
     def _judge_scores_per_position(
         self, served: np.ndarray, reference: np.ndarray, mask: np.ndarray | None
     ) -> tuple[int, int]:
-        """(disagreeing, compared) positions of [N, seq, classes] scores: each position's class and
-        confidence read in place, the mask applied to those booleans. Masking the scores first copied
-        [positions, vocab] twice a sample (GPT-2's vocabulary: 0.32 s a batch of 8 against 0.03 s)."""
+        """(disagreeing, compared) positions of [N, seq, classes] scores: each position's class read
+        in place, the mask applied to those booleans, and FP32's confidence, the costly part (a softmax
+        sum over the vocabulary), reckoned at real positions only."""
         differs = np.argmax(served, axis=-1) != np.argmax(reference, axis=-1)
         judged = np.ones(reference.shape[:-1], dtype=bool)
         if mask is not None and mask.shape == judged.shape:
             judged &= mask != 0
         if self.confident_only:
-            judged &= confident(reference.reshape(-1, reference.shape[-1])).reshape(judged.shape)
+            rows, real = reference.reshape(-1, reference.shape[-1]), judged.reshape(-1)
+            sure = np.zeros_like(real)
+            sure[real] = confident(rows if real.all() else rows[real])
+            judged &= sure.reshape(judged.shape)
         return int(np.count_nonzero(differs & judged)), int(np.count_nonzero(judged))
 
     @property
