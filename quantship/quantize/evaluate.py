@@ -23,7 +23,6 @@ metric compare and rank alike whichever way the metric points.
 
 from __future__ import annotations
 
-import enum
 import functools
 import math
 from dataclasses import dataclass, field
@@ -35,6 +34,7 @@ import onnxruntime as ort
 
 from quantship import agreement, runtime, slo
 from quantship.agreement import Kind, RowRule, Task
+from quantship.choices import Metric
 from quantship.quantize import data
 from quantship.quantize.data import Dataset
 from quantship.quantize.errors import QuantizeInputError, first_line
@@ -51,19 +51,6 @@ when FP32's softmax is confident on at least this share of rows: trained classif
 21%), an autoencoder's 64 sigmoid pixels on none, and gating those on argmax agreement misleads."""
 EMBEDDING_NAMES = ("embed", "pool", "sentence", "feature", "hidden", "vector")
 SCORE_NAMES = ("logit", "prob", "score", "class")
-
-
-class Metric(enum.StrEnum):
-    TOP1_ACCURACY = "top1_accuracy"
-    TOP1_AGREEMENT = "top1_agreement"
-    CONFIDENT_AGREEMENT = "confident_agreement"
-    TOP5_OVERLAP = "top5_overlap"
-    KL_DIVERGENCE = "kl_divergence"
-    COSINE_AGREEMENT = "cosine_agreement"
-    COSINE_MEAN = "cosine_mean"
-    COSINE_P5 = "cosine_p5"
-    NN_AGREEMENT = "nn_agreement"
-    RELATIVE_ERROR = "relative_error"
 
 
 @dataclass(frozen=True)
