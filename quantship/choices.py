@@ -59,6 +59,20 @@ class Metric(enum.StrEnum):
     RELATIVE_ERROR = "relative_error"
 
 
+METRICS_OF_TASK = {
+    Task.CLASSIFICATION: (
+        Metric.TOP1_ACCURACY,
+        Metric.TOP1_AGREEMENT,
+        Metric.CONFIDENT_AGREEMENT,
+        Metric.TOP5_OVERLAP,
+        Metric.KL_DIVERGENCE,
+    ),
+    Task.EMBEDDING: (Metric.COSINE_AGREEMENT, Metric.COSINE_MEAN, Metric.COSINE_P5, Metric.NN_AGREEMENT),
+    Task.REGRESSION: (Metric.RELATIVE_ERROR,),
+}
+"""The gating metrics of each task's outputs: quantize refuses --metric of another task's."""
+TASK_OF_METRIC = {metric: task for task, metrics in METRICS_OF_TASK.items() for metric in metrics}
+
 MIN_NUM_BINS = {Calibration.ENTROPY: 128, Calibration.DISTRIBUTION: 512}
 """The fewest histogram bins onnxruntime 1.32 calibrates with: entropy searches thresholds outward
 from its 128 quantized bins (fewer failed after the whole calibration, with numpy's 'negative
