@@ -161,7 +161,7 @@ class QuantizeSpec:
         args: list[str] = []
         for key, flag in OPTION_FLAGS.items():
             if key in self.options:
-                args += [flag, str(self.options[key])]
+                args += [flag, _argument(self.options[key])]
         args += [flag for key, flag in OPTION_SWITCHES.items() if self.options.get(key)]
         for key, (on, off) in OPTION_PAIRS.items():
             if key in self.options:
@@ -189,6 +189,14 @@ class QuantizeSpec:
 
 
 PULL_SECRET_MESSAGE = crd.PULL_SECRET_FOR_OCI["message"]
+
+
+def _argument(value: Any) -> str:
+    """An option's value as quantize reads it: a whole number as an integer (the API server admits
+    4.0 for an integer field, and click's IntRange refuses "4.0")."""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
 
 
 def _check_options(options: Mapping[str, Any]) -> None:

@@ -299,6 +299,14 @@ def test_the_other_gate_limit_and_the_opposite_booleans_reach_quantize_too() -> 
     assert context.get_parameter_source("keep_going") is ParameterSource.DEFAULT
 
 
+def test_whole_numbers_the_api_server_admits_as_floats_reach_quantize_as_integers() -> None:
+    """A real API server admits 4.0 for an integer field (JSON has one number type), and quantize's
+    --batch-size 4.0 was a usage error: the Job failed at once."""
+    context = parsed_by_quantize({"batchSize": 4.0, "maxTrials": 2.0, "numBins": 512.0, "threshold": 1.0})
+    assert [context.params[name] for name in ("batch_size", "max_trials", "num_bins")] == [4, 2, 512]
+    assert context.params["threshold"] == 1.0
+
+
 def test_a_job_given_every_option_runs_quantize_and_its_artifact_records_them(
     sample: zoo.SampleModel, tmp_path: Path
 ) -> None:
