@@ -28,14 +28,8 @@ import numpy as np
 
 from quantship import runtime
 from quantship.artifact import MAX_TENSOR_NAME_CHARS
+from quantship.choices import Task as Task  # the gate and the server name it here
 from quantship.printable import brief
-
-
-class Task(enum.StrEnum):
-    CLASSIFICATION = "classification"
-    EMBEDDING = "embedding"
-    REGRESSION = "regression"
-
 
 CONFIDENT_PROBABILITY = 0.5
 """A row is confident when the reference's top class holds more than half the probability: then

@@ -23,7 +23,6 @@ metric compare and rank alike whichever way the metric points.
 
 from __future__ import annotations
 
-import enum
 import functools
 import math
 from dataclasses import dataclass, field
@@ -35,6 +34,7 @@ import onnxruntime as ort
 
 from quantship import agreement, runtime, slo
 from quantship.agreement import Kind, RowRule, Task
+from quantship.choices import TASK_OF_METRIC, Metric
 from quantship.quantize import data
 from quantship.quantize.data import Dataset
 from quantship.quantize.errors import QuantizeInputError, first_line
@@ -53,22 +53,10 @@ EMBEDDING_NAMES = ("embed", "pool", "sentence", "feature", "hidden", "vector")
 SCORE_NAMES = ("logit", "prob", "score", "class")
 
 
-class Metric(enum.StrEnum):
-    TOP1_ACCURACY = "top1_accuracy"
-    TOP1_AGREEMENT = "top1_agreement"
-    CONFIDENT_AGREEMENT = "confident_agreement"
-    TOP5_OVERLAP = "top5_overlap"
-    KL_DIVERGENCE = "kl_divergence"
-    COSINE_AGREEMENT = "cosine_agreement"
-    COSINE_MEAN = "cosine_mean"
-    COSINE_P5 = "cosine_p5"
-    NN_AGREEMENT = "nn_agreement"
-    RELATIVE_ERROR = "relative_error"
-
-
 @dataclass(frozen=True)
 class MetricSpec:
-    task: Task
+    """What a metric's number means (its task: choices.TASK_OF_METRIC)."""
+
     higher_is_better: bool
     meaning: str
     default_threshold: float | None = None
@@ -82,44 +70,37 @@ class MetricSpec:
 
 METRICS: dict[Metric, MetricSpec] = {
     Metric.TOP1_ACCURACY: MetricSpec(
-        Task.CLASSIFICATION, False, "relative top-1 accuracy loss against the labels", needs_labels=True
+        False, "relative top-1 accuracy loss against the labels", needs_labels=True
     ),
-    Metric.TOP1_AGREEMENT: MetricSpec(Task.CLASSIFICATION, True, "share of rows with FP32's top-1"),
+    Metric.TOP1_AGREEMENT: MetricSpec(True, "share of rows with FP32's top-1"),
     Metric.CONFIDENT_AGREEMENT: MetricSpec(
-        Task.CLASSIFICATION,
         True,
         f"share of rows where FP32 is > {agreement.CONFIDENT_PROBABILITY:.0%} sure that keep its top-1",
         needs_scores=True,
     ),
     Metric.TOP5_OVERLAP: MetricSpec(
-        Task.CLASSIFICATION,
         True,
         "mean share of FP32's top-5 classes in INT8's top-5",
         0.8,
         needs_scores=True,
     ),
     Metric.KL_DIVERGENCE: MetricSpec(
-        Task.CLASSIFICATION,
         False,
         "mean KL(FP32 || INT8) of the softmax, in nats",
         0.05,
         needs_scores=True,
         domain=(0.0, math.inf),
     ),
-    Metric.COSINE_AGREEMENT: MetricSpec(
-        Task.EMBEDDING, True, "share of rows with cosine to FP32 at least the row tolerance"
-    ),
-    Metric.COSINE_MEAN: MetricSpec(
-        Task.EMBEDDING, True, "mean cosine similarity to FP32", 0.98, domain=(-1.0, 1.0)
-    ),
+    Metric.COSINE_AGREEMENT: MetricSpec(True, "share of rows with cosine to FP32 at least the row tolerance"),
+    Metric.COSINE_MEAN: MetricSpec(True, "mean cosine similarity to FP32", 0.98, domain=(-1.0, 1.0)),
     Metric.COSINE_P5: MetricSpec(
-        Task.EMBEDDING, True, "5th percentile of cosine similarity to FP32", 0.95, domain=(-1.0, 1.0)
+        True, "5th percentile of cosine similarity to FP32", 0.95, domain=(-1.0, 1.0)
     ),
     Metric.NN_AGREEMENT: MetricSpec(
-        Task.EMBEDDING, True, "share of rows whose nearest neighbour in the set stays the same", 0.8
+        True, "share of rows whose nearest neighbour in the set stays the same", 0.8
     ),
     Metric.RELATIVE_ERROR: MetricSpec(
-        Task.REGRESSION, False, "||INT8 - FP32|| / ||FP32|| of the output", domain=(0.0, math.inf)
+        False, "||INT8 - FP32|| / ||FP32|| of the output", domain=(0.0, math.inf)
     ),
 }
 
@@ -498,9 +479,9 @@ class Evaluator:
         if metric is None:
             metric, reason = self._default_metric()
         spec = METRICS[metric]
-        if spec.task is not self.task:
+        if (task := TASK_OF_METRIC[metric]) is not self.task:
             raise QuantizeInputError(
-                f"--metric {metric.value} is for {spec.task.value}, but the task is {self.task.value} "
+                f"--metric {metric.value} is for {task.value}, but the task is {self.task.value} "
                 f"({self.task_reason}); pass --task to change it"
             )
         if spec.needs_labels and labels is None:
@@ -587,7 +568,7 @@ class Evaluator:
         return f" ({self.mask_input!r} marks the padding, left out)" if self.mask_input else ""
 
     def _rule(self, metric: Metric, request: GateRequest, threshold: float) -> RowRule:
-        match METRICS[metric].task:
+        match TASK_OF_METRIC[metric]:
             case Task.CLASSIFICATION:
                 # Class ids carry no confidence: the shadow judges every row of them (RowRule.judge),
                 # though a confident gate read the scores output beside them.
