@@ -1016,7 +1016,8 @@ def _manifest_problem(manifest: Any) -> str | None:
 
 
 def _name_problem(manifest: Mapping[str, Any]) -> str | None:
-    """The first tensor or node name longer than its bound, shown cut short."""
+    """The first tensor or node name (or node type: the report prints it beside its tensor) longer
+    than its bound, shown cut short."""
     for where, name, kind, bound in _every_name(manifest):
         if isinstance(name, str) and len(name) > bound:
             return (
@@ -1041,6 +1042,7 @@ def _every_name(manifest: Mapping[str, Any]) -> Iterator[tuple[tuple[Any, ...], 
             yield ("trials", index, "excluded", at), node, "node", MAX_NODE_NAME_CHARS
     for index, entry in enumerate(manifest.get("sensitivity") or ()):
         yield ("sensitivity", index, "node"), entry.get("node"), "node", MAX_NODE_NAME_CHARS
+        yield ("sensitivity", index, "op_type"), entry.get("op_type"), "node type", MAX_NODE_NAME_CHARS
 
 
 def _twice_problem(manifest: Mapping[str, Any]) -> str | None:
