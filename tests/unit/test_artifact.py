@@ -422,7 +422,7 @@ def _deep_lm_manifest(activations: int, sensitivities: int) -> dict[str, object]
     }
 
 
-def test_a_48_layer_gpt2_s_manifest_fits_in_half_the_cap_and_reads_back_identical(tmp_path: Path) -> None:
+def test_a_48_layer_gpt2_manifest_fits_in_half_the_cap_and_reads_back_identical(tmp_path: Path) -> None:
     """Written indented, every count on a line of its own, it took 2.9 MB of the 4 MiB: twice as deep
     a model could not be written. Half the cap leaves room for a GPT-2 of some 100 layers."""
     private, public = _keys(tmp_path)
@@ -437,11 +437,12 @@ def test_a_48_layer_gpt2_s_manifest_fits_in_half_the_cap_and_reads_back_identica
     loaded = artifact.load_artifact(tmp_path / "a", public_key=artifact.load_public_key(public))
     assert loaded.manifest == written.manifest
     assert loaded.digest == written.digest
+    assert artifact._manifest_text(loaded.manifest) == (tmp_path / "a" / artifact.MANIFEST_FILE).read_text()
     assert len(loaded.activation_histograms) == GPT2_48_ACTIVATIONS
-    assert least_bound(manifest) <= size
+    assert _least_bytes(manifest) <= size
 
 
-def least_bound(manifest: dict[str, object]) -> int:
+def _least_bytes(manifest: dict[str, object]) -> int:
     ranges = manifest["activation_ranges"]
     assert isinstance(ranges, list)
     return artifact.least_manifest_bytes([entry["tensor"] for entry in ranges])
@@ -454,7 +455,7 @@ def test_least_manifest_bytes_is_at_most_what_the_ranges_and_histograms_take(
     a model whose artifact fits would be refused."""
     for manifest in (good_artifact.manifest, _deep_lm_manifest(200, 200)):
         sections = {key: manifest[key] for key in ("activation_ranges", "activation_histograms")}
-        assert 0 < least_bound(manifest) <= len(artifact._manifest_text(sections).encode())
+        assert 0 < _least_bytes(manifest) <= len(artifact._manifest_text(sections).encode())
 
 
 def test_a_manifest_written_indented_by_an_older_quantship_loads_and_verifies(tmp_path: Path) -> None:
