@@ -681,9 +681,10 @@ class Evaluator:
         disagreeing, compared = evaluation.shadow
         rule = self.gate.rule
         if self.per_position:  # each row by the share of its positions that disagree (RowRule.judge)
-            read = f"the {compared} evaluation rows disagree at {share:.1%} of their positions (averaged)"
+            read = f"the {compared} evaluation rows disagree with FP32 at {share:.1%} of their positions"
+            read += " (a mean of the rows' shares)"
         else:
-            read = f"{disagreeing:.0f} of {compared} evaluation rows ({share:.1%}) disagree"
+            read = f"{disagreeing:.0f} of {compared} evaluation rows ({share:.1%}) disagree with FP32"
         if self._gate_counts_as_the_shadow:  # it counted the same: and allowed more than the SLO
             of = " of all positions; the shadow weighs each row alike" if self.per_position else ""
             why = f" (the gate allowed up to {self.gate.limit:.1%}{of})"
@@ -699,7 +700,7 @@ class Evaluator:
             gate_on = "a lower --threshold" if counted is None else f"--metric {counted.value}"
             gate_on = f"a gate on what the shadow counts ({gate_on})"
         return (
-            f"the gate passed on {self.gate.metric.value}, but {read} with FP32 by the shadow SLI's rule "
+            f"the gate passed on {self.gate.metric.value}, but {read} by the shadow SLI's rule "
             f"({rule.describe()}), over the default accuracy-delta SLO's {SHADOW_BUDGET:.1%}{why}: a "
             f"canary on traffic like this burns at ~{share / SHADOW_BUDGET:.1f}x and rolls back. Set "
             f"spec.slos.maxAccuracyDelta to at least {share:.1%}, use {gate_on}, or improve the model or "

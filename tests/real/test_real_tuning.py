@@ -285,7 +285,7 @@ def test_the_lm_is_gated_at_each_real_token_fp32_is_sure_of(
     shares, rows = flipped_rows(fp32, int8, tokens["attention_mask"], sure_only=True)
     assert validation["shadow_disagreement"] == pytest.approx(shares / rows, abs=1e-12)
     # Past the default accuracy-delta SLO (0.5%), quantize says what the canary will read.
-    warned = f"the {rows} evaluation rows disagree at {shares / rows:.1%} of their positions" in stderr
+    warned = f"the {rows} evaluation rows disagree with FP32 at {shares / rows:.1%} of their" in stderr
     assert warned == (shares / rows > 0.005), stderr
     assert found["tuning"]["peak_rss_mb"] <= MAX_PEAK_RSS_MB
 
