@@ -8,8 +8,9 @@ on production traffic means what the gate measured offline:
   rows where the reference is confident count at all. Real inputs are often ambiguous to the FP32
   model itself (two classes at 30% each), and a flip between near-ties says nothing about the
   quantization. With `per_position`, an answer per position (a causal LM's or a token classifier's
-  [N, seq, classes] scores, or its [N, seq] ids) is judged at every position, and positions are
-  what is counted: padding left out where the rule names the attention mask input (`positions`);
+  [N, seq, classes] scores, or its [N, seq] ids) is judged at every position, padding left out where
+  the rule names the attention mask input; rows are still what is counted, each disagreeing by the
+  share of its judged positions that do (`RowRule.judge`);
 - embedding: cosine similarity to the reference below `tolerance` (argmax of an embedding means
   nothing);
 - regression: relative L2 error above `tolerance`, against the larger of the row's norm and
@@ -28,14 +29,8 @@ import numpy as np
 
 from quantship import runtime
 from quantship.artifact import MAX_TENSOR_NAME_CHARS
+from quantship.choices import Task as Task  # the gate and the server name it here
 from quantship.printable import brief
-
-
-class Task(enum.StrEnum):
-    CLASSIFICATION = "classification"
-    EMBEDDING = "embedding"
-    REGRESSION = "regression"
-
 
 CONFIDENT_PROBABILITY = 0.5
 """A row is confident when the reference's top class holds more than half the probability: then
@@ -134,9 +129,10 @@ def top1_differs(served: np.ndarray, reference: np.ndarray) -> np.ndarray | None
     """Per row: whether the served answer is another class than the reference's; None when the outputs
     give no class per row (runtime.top1). Class ids are compared whole: an id output with a value per
     position (a token classifier's [N, seq]) differs on a row when any position does (position 0 alone
-    saw none of a causal LM's flipped tokens, hunt-H H7). A per-position rule hands this its positions
-    as rows (`positions`); a row rule of an older manifest judges such ids whole. The gate's top-1
-    agreement and the server's shadow both judge rows here."""
+    saw none of a causal LM's flipped tokens, hunt-H H7). The gate's metrics per position hand this
+    their positions as rows (`positions`); a row rule of an older manifest judges such ids whole. The
+    gate's top-1 agreement and the server's shadow both judge rows here (a per-position rule's shadow:
+    `RowRule.judge`)."""
     if served.dtype.kind in "iu" and reference.dtype.kind in "iu":
         served_rows, reference_rows = _id_rows(served), _id_rows(reference)
         if served_rows.shape != reference_rows.shape:  # answers of another length are other answers
@@ -169,6 +165,13 @@ def positions(answers: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray
     if mask is not None and mask.shape == position_grid(answers):
         rows = rows[mask.reshape(-1) != 0]
     return rows
+
+
+def _position_classes(answers: np.ndarray) -> np.ndarray:
+    """The class answered at each position: ids as they are, scores' argmax."""
+    if answers.dtype.kind in "iu":
+        return answers.reshape(position_grid(answers))
+    return np.argmax(answers, axis=-1)
 
 
 def _id_rows(ids: np.ndarray) -> np.ndarray:
@@ -206,8 +209,8 @@ class RowRule:
     error (RELATIVE_ERROR); unused for TOP1. `norm_floor` (RELATIVE_ERROR): a row's error is
     measured against the larger of its own norm and this, so that rows near zero, where any
     rounding is a large share of nothing, do not read as disagreeing. `per_position` (TOP1): the
-    output answers per position, and each position is judged and counted as a row (`positions`);
-    `mask_input` names the model input whose zeros mark padding, left out."""
+    output answers per position, and each position is judged; `mask_input` names the model input
+    whose zeros mark padding, left out."""
 
     kind: Kind
     tolerance: float | None = None
@@ -223,20 +226,19 @@ class RowRule:
 
     def judge(
         self, served: np.ndarray, reference: np.ndarray, mask: np.ndarray | None = None
-    ) -> tuple[int, int]:
-        """(disagreeing rows, compared rows) of a batch; with `per_position`, positions, where `mask`
-        (the `mask_input` sent with the batch) is non-zero. Rows outside the rule (an unconfident
-        reference under `confident_only`) are not compared."""
+    ) -> tuple[float, int]:
+        """(disagreeing rows, compared rows) of a batch. Rows outside the rule (an unconfident
+        reference under `confident_only`) are not compared. With `per_position`, a row is compared
+        where any of its positions is judged (`mask`, the `mask_input` sent with the batch, non-zero),
+        and disagrees by the share of those that flip: so a comparison stays a request's row (an
+        analysis' minSamples counted two LM requests of 64 tokens as 128 samples), and the ratio
+        stays a flip rate (for rows of one length, the positions' own)."""
         if served.ndim == 0:
             served, reference = served.reshape(1), reference.reshape(1)
         if not served.size:  # rows of no elements (a token model's answer to a sequence of length 0)
             return 0, 0
-        if self.per_position and served.dtype.kind == "f" and reference.dtype.kind == "f":
-            return self._judge_scores_per_position(served, reference, mask)
         if self.per_position:
-            served, reference = positions(served, mask), positions(reference, mask)
-            if not served.size:  # every position was padding
-                return 0, 0
+            return self._judge_per_position(served, reference, mask)
         if self.kind is Kind.TOP1:
             differs = top1_differs(served, reference)
             if differs is None:
@@ -250,22 +252,37 @@ class RowRule:
         errors = relative_error(served, reference, self.norm_floor or 0.0)
         return int(np.count_nonzero(~(errors <= self._tolerance))), len(served)
 
-    def _judge_scores_per_position(
+    def _judge_per_position(
         self, served: np.ndarray, reference: np.ndarray, mask: np.ndarray | None
-    ) -> tuple[int, int]:
-        """(disagreeing, compared) positions of [N, seq, classes] scores: each position's class read
-        in place, the mask applied to those booleans, and FP32's confidence, the costly part (a softmax
-        sum over the vocabulary), reckoned at real positions only."""
-        differs = np.argmax(served, axis=-1) != np.argmax(reference, axis=-1)
-        judged = np.ones(reference.shape[:-1], dtype=bool)
+    ) -> tuple[float, int]:
+        """(the rows' shares of flipped positions summed, rows with a position judged) of answers per
+        position ([N, seq] ids or [N, seq, classes] scores; without a batch axis, one row)."""
+        differs, judged = self._flips(served, reference, mask)
+        rows = len(judged) if judged.ndim > 1 else 1
+        flipped = np.count_nonzero((differs & judged).reshape(rows, -1), axis=1)
+        counted = np.count_nonzero(judged.reshape(rows, -1), axis=1)
+        compared = counted > 0  # a row of padding only, or where FP32 is sure of nothing, compares nothing
+        return float(np.sum(flipped[compared] / counted[compared])), int(np.count_nonzero(compared))
+
+    def _flips(
+        self, served: np.ndarray, reference: np.ndarray, mask: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Per position (`position_grid`): whether the served class differs from the reference's, and
+        whether the position is judged: where `mask` is non-zero (a mask of other positions is not this
+        output's) and, under `confident_only`, FP32 is sure. Classes are read in place, and FP32's
+        confidence, the costly part (a softmax's sum over the vocabulary), at real positions only."""
+        served_classes, reference_classes = _position_classes(served), _position_classes(reference)
+        judged = np.ones(reference_classes.shape, dtype=bool)
         if mask is not None and mask.shape == judged.shape:
             judged &= mask != 0
-        if self.confident_only:
+        if self.confident_only and reference.dtype.kind == "f":
             rows, real = reference.reshape(-1, reference.shape[-1]), judged.reshape(-1)
             sure = np.zeros_like(real)
             sure[real] = confident(rows if real.all() else rows[real])
             judged &= sure.reshape(judged.shape)
-        return int(np.count_nonzero(differs & judged)), int(np.count_nonzero(judged))
+        if served_classes.shape != judged.shape:  # answers of another length are other answers
+            return np.ones_like(judged), judged
+        return served_classes != reference_classes, judged
 
     @property
     def _tolerance(self) -> float:

@@ -79,13 +79,17 @@ class ArchiveLimits:
 
 
 MAX_MANIFEST_BYTES = 4 * 2**20
-"""The largest manifest read or written: 4 MiB. A manifest costs about 1.1 KB per quantized activation
-(its range and histogram) and 0.2 KB per node (its sensitivity): the digits model's is 17-21 KB, a
-100-layer MLP's (102 activations, 303 nodes) 187 KB, so EfficientNet-Lite0's 62 activations take about
-100 KB, and 4 MiB holds some 2,000 activations with their nodes (a 24-layer BERT); `quantize` refuses
-a model with too many before calibrating (`least_manifest_bytes`). JSON swells when
-parsed, up to 33 times for a manifest of nested empty lists: 4 MiB of them took 133 MB, where the
-64 MiB this was took 1.75 GB, enough to kill a server pod with a small memory limit."""
+"""The largest manifest read or written: 4 MiB. As `_manifest_text` writes it, a manifest costs about
+0.7 KB per quantized activation (its range and histogram) and 0.2 KB per node (its sensitivity),
+measured on GPT-2s exported as the zoo's (random weights: the count depends on depth, not width): a
+48-layer one, GPT-2 XL's depth, quantizes 1,878 activations (39 a layer) and writes 1.76 MB, so
+4 MiB holds some 4,500 activations with their nodes, a GPT-2 of 110 layers or more (written
+indented, the 48-layer one took 2.90 MB and 4 MiB held 2,700: an 80-layer Llama's 3,693, 3.46 MB
+now, took 5.70 MB, refused after calibrating). `quantize` refuses a model with too many before
+calibrating (`least_manifest_bytes`). JSON swells when parsed, up to 33 times for a manifest of
+nested empty lists: 4 MiB of them took 133 MB, where the 64 MiB this was took 1.75 GB, enough to
+kill a server pod with a small memory limit; 4 MiB of a GPT-2's ranges, histograms and
+sensitivities take 15 MB to load (3.9 times; 11 MB written indented, Python's allocations)."""
 
 MAX_LABEL_CHARS = 128
 """The longest manifest string that becomes a Prometheus label value (`quantship_model_info`,
@@ -521,14 +525,30 @@ def write_artifact(
 
 
 def _manifest_text(manifest: Mapping[str, Any]) -> str:
-    """A manifest as written: indented for people, keys sorted, numbers finite."""
-    return json.dumps(manifest, indent=2, sort_keys=True, allow_nan=False) + "\n"
+    """A manifest as written: keys sorted, numbers finite, indented for people down to the values
+    that hold no list or object, each on one line: a range or a sensitivity is a line, a histogram's
+    64 counts one. json's indent=2 gave every count a line of its own: a 48-layer GPT-2's manifest
+    took 2.90 MB, 1.76 MB so. Signatures and digests cover `canonical_bytes`, never this layout: a
+    manifest written indented by an older quantship reads and verifies alike."""
+    return _laid_out(manifest, "") + "\n"
+
+
+def _laid_out(value: Any, indent: str) -> str:
+    """`value` as JSON, a line a member where it holds a list or an object, else on one line."""
+    inner = indent + "  "
+    if isinstance(value, dict) and any(isinstance(v, dict | list | tuple) for v in value.values()):
+        members = (f"{inner}{json.dumps(key)}: {_laid_out(value[key], inner)}" for key in sorted(value))
+        return "{\n" + ",\n".join(members) + f"\n{indent}}}"
+    if isinstance(value, list | tuple) and any(isinstance(v, dict | list | tuple) for v in value):
+        return "[\n" + ",\n".join(inner + _laid_out(v, inner) for v in value) + f"\n{indent}]"
+    return json.dumps(value, sort_keys=True, allow_nan=False)
 
 
 def least_manifest_bytes(tensors: Collection[str]) -> int:
     """The fewest bytes the activation ranges and calibration histograms of `tensors` take in a
-    manifest as `write_artifact` writes it, every number at its shortest (a real one is about 1.2
-    times this): what `quantize` weighs against MAX_MANIFEST_BYTES before its first trial."""
+    manifest as `write_artifact` writes it, every number at its shortest (a real one is about 1.5
+    times this: 0.70 KB an activation, 0.47 KB here, on a GPT-2): what `quantize` weighs against
+    MAX_MANIFEST_BYTES before its first trial."""
     least = {
         "activation_ranges": [ActivationRange(name, 0.0, 0.0, 0.0).to_json() for name in tensors],
         "activation_histograms": [
@@ -1016,7 +1036,8 @@ def _manifest_problem(manifest: Any) -> str | None:
 
 
 def _name_problem(manifest: Mapping[str, Any]) -> str | None:
-    """The first tensor or node name longer than its bound, shown cut short."""
+    """The first tensor or node name (or node type: the report prints it beside its tensor) longer
+    than its bound, shown cut short."""
     for where, name, kind, bound in _every_name(manifest):
         if isinstance(name, str) and len(name) > bound:
             return (
@@ -1041,6 +1062,7 @@ def _every_name(manifest: Mapping[str, Any]) -> Iterator[tuple[tuple[Any, ...], 
             yield ("trials", index, "excluded", at), node, "node", MAX_NODE_NAME_CHARS
     for index, entry in enumerate(manifest.get("sensitivity") or ()):
         yield ("sensitivity", index, "node"), entry.get("node"), "node", MAX_NODE_NAME_CHARS
+        yield ("sensitivity", index, "op_type"), entry.get("op_type"), "node type", MAX_NODE_NAME_CHARS
 
 
 def _twice_problem(manifest: Mapping[str, Any]) -> str | None:

@@ -12,11 +12,12 @@ shows every value the operator acts on.
 from __future__ import annotations
 
 import dataclasses
+import enum
 from typing import Any
 
 import yaml
 
-from quantship import oci, slo
+from quantship import artifact, choices, oci, slo
 from quantship.operator import names
 from quantship.rollout import AnalysisSpec, OnInconclusive, RolloutSpec, format_duration
 from quantship.server.settings import MAX_SLI_CPU_BUDGET, MiB, QualitySettings, ServerSettings, Track
@@ -234,30 +235,51 @@ def _artifact_schema() -> dict[str, Any]:
     )
 
 
-QUANTIZE_MODES = ["static", "dynamic"]
-QUANTIZE_FORMATS = ["QDQ", "QOperator"]
-CALIBRATION_METHODS = ["minmax", "percentile", "entropy", "distribution"]
-GATE_METRICS = [
-    "top1_accuracy",
-    "top1_agreement",
-    "confident_agreement",
-    "top5_overlap",
-    "kl_divergence",
-    "cosine_agreement",
-    "cosine_mean",
-    "cosine_p5",
-    "nn_agreement",
-    "relative_error",
-]
-"""The choices of `quantship quantize` (quantship.quantize's enums; the operator does not import
-onnxruntime, so they are listed here and a test holds them equal)."""
-INPUT_URI_PATTERN = uri_pattern("file", "pvc", "http", "https", in_claim=True)
-TARGET_URI_PATTERN = uri_pattern("pvc", "oci", in_claim=True, oci_reference=oci.PUSH_REFERENCE_PATTERN)
-"""A target a Job can publish to: a path in a claim, or an oci:// tag (no digest: the Job pushes)."""
+MAX_EXCLUDED_NODES = 256
+"""The most nodes spec.quantize.options.excludeNodes keeps in float, each named as long as a manifest
+may (artifact.MAX_NODE_NAME_CHARS): 1 MiB at most, so the QuantizedModel (applied server-side), and
+the Job and its pod whose command lines carry the names, each stay under the 1.5 MiB etcd takes in
+one request. Real lists hold a few names; the tuner finds the rest itself."""
+
+
+def _choice(values: type[enum.Enum], description: str) -> dict[str, Any]:
+    """One of `quantship quantize`'s choices (quantship.choices, which its options take)."""
+    return {"type": "string", "enum": [member.value for member in values], "description": description}
+
+
+def _name(description: str, bound: int) -> dict[str, Any]:
+    """A tensor's or a node's name, as long as a manifest may hold (quantship.artifact)."""
+    return {"type": "string", "minLength": 1, "maxLength": bound, "description": description}
+
+
 ONE_GATE_LIMIT = {
     "rule": "!has(self.threshold) || !has(self.maxAccuracyDelta)",
     "message": "quantize.options: threshold or maxAccuracyDelta, not both (each sets the gate's limit)",
 }
+ENOUGH_BINS = {
+    method.value: {
+        "rule": f"!has(self.numBins) || !has(self.calibrationMethod) "
+        f"|| self.calibrationMethod != '{method.value}' || self.numBins >= {least}",
+        "message": f"quantize.options.numBins: {method.value} calibration needs at least {least}",
+    }
+    for method, least in choices.MIN_NUM_BINS.items()
+}
+"""By calibration method, what `quantship quantize --num-bins` refuses (a usage error): the Job
+would fail at once, after its downloads."""
+METRIC_OF_TASK = {
+    task.value: {
+        "rule": f"!has(self.task) || !has(self.metric) || self.task != '{task.value}' "
+        f"|| self.metric in {[metric.value for metric in metrics]}",
+        "message": f"quantize.options.metric: task {task.value} is gated by one of "
+        f"{', '.join(metric.value for metric in metrics)}",
+    }
+    for task, metrics in choices.METRICS_OF_TASK.items()
+}
+"""By task, the metrics quantize gates its outputs by: it refuses another task's (after the Job's
+downloads, as soon as it reads the evaluation data)."""
+INPUT_URI_PATTERN = uri_pattern("file", "pvc", "http", "https", in_claim=True)
+TARGET_URI_PATTERN = uri_pattern("pvc", "oci", in_claim=True, oci_reference=oci.PUSH_REFERENCE_PATTERN)
+"""A target a Job can publish to: a path in a claim, or an oci:// tag (no digest: the Job pushes)."""
 PULL_SECRET_FOR_OCI = {
     "rule": "!has(self.pullSecret) || self.uri.startsWith('oci://')",
     "message": "quantize.target.pullSecret is for an oci:// target only",
@@ -269,15 +291,49 @@ def _quantize_schema() -> dict[str, Any]:
     quantize_options = _object(
         "Flags of `quantship quantize`. Unset ones take its defaults.",
         {
-            "mode": {"type": "string", "enum": QUANTIZE_MODES, "description": "--mode"},
-            "format": {"type": "string", "enum": QUANTIZE_FORMATS, "description": "--format"},
+            "mode": _choice(choices.Mode, "--mode"),
+            "format": _choice(choices.Format, "--format"),
             "perChannel": {"type": "boolean", "description": "--per-channel: weights per output channel."},
-            "calibrationMethod": {
-                "type": "string",
-                "enum": CALIBRATION_METHODS,
-                "description": "--calibration-method",
+            "activationType": _choice(choices.Precision, "--activation-type"),
+            "weightType": _choice(choices.Precision, "--weight-type"),
+            "reduceRange": {
+                "type": "boolean",
+                "description": "--reduce-range (true) or --no-reduce-range (false): 7-bit weights. Unset: "
+                "on where the Job's CPU lacks VNNI.",
             },
-            "metric": {"type": "string", "enum": GATE_METRICS, "description": "--metric: the gating metric."},
+            "calibrationMethod": _choice(choices.Calibration, "--calibration-method"),
+            "percentile": {
+                "type": "number",
+                "minimum": 0,
+                "exclusiveMinimum": True,
+                "maximum": 100,
+                "description": "--percentile: percentile calibration's share of values kept, in percent.",
+            },
+            "numBins": _int("--num-bins: histogram bins (percentile, entropy, distribution).", 2, 2**20),
+            "batchSize": _int(
+                "--batch-size: calibration rows per batch at most (the Job's memory grows with it).", 1, 2**16
+            ),
+            "preProcess": {
+                "type": "boolean",
+                "description": "--pre-process (true) or --no-pre-process (false): onnxruntime's "
+                "quant_pre_process first (it renames the nodes it fuses).",
+            },
+            "matmulConstBOnly": {
+                "type": "boolean",
+                "description": "--matmul-const-b-only (true) or --no-matmul-const-b-only (false): static "
+                "mode quantizes only MatMuls by a weight.",
+            },
+            "task": _choice(choices.Task, "--task: what the gated output is. Unset: inferred from it."),
+            "output": _name(
+                "--output: the model output the gate compares. Unset: the first.",
+                artifact.MAX_TENSOR_NAME_CHARS,
+            ),
+            "maskInput": _name(
+                "--mask-input: for an answer per position (a causal LM's, a token classifier's), the input "
+                "whose zeros mark padding. Unset: the one input named like an attention mask.",
+                artifact.MAX_TENSOR_NAME_CHARS,
+            ),
+            "metric": _choice(choices.Metric, "--metric: the gating metric."),
             "threshold": {
                 "type": "number",
                 "minimum": -1e9,
@@ -287,9 +343,27 @@ def _quantize_schema() -> dict[str, Any]:
             "maxAccuracyDelta": _ratio(
                 "--max-accuracy-delta: the gate's tolerated loss.", exclusive_zero=False
             ),
+            "minCosine": {
+                "type": "number",
+                "minimum": -1,
+                "maximum": 1,
+                "description": "--min-cosine: embeddings, the least cosine to FP32 at which a row agrees.",
+            },
+            "strategy": _choice(choices.Strategy, "--strategy: recipes, or fallback from the given one."),
+            "keepGoing": {
+                "type": "boolean",
+                "description": "--keep-going: try stage 1's recipes on after one passes, keep the best.",
+            },
             "maxTrials": _int("--max-trials: tuning trials after the first.", 0, 1000),
+            "excludeNodes": {
+                "type": "array",
+                "items": _name("A node's name.", artifact.MAX_NODE_NAME_CHARS),
+                "maxItems": MAX_EXCLUDED_NODES,
+                "description": "--exclude, each: nodes kept in float (names after pre-processing, unless "
+                "preProcess is false).",
+            },
         },
-        **{"x-kubernetes-validations": [ONE_GATE_LIMIT]},
+        **{"x-kubernetes-validations": [ONE_GATE_LIMIT, *ENOUGH_BINS.values(), *METRIC_OF_TASK.values()]},
     )
     return _object(
         "Quantize an FP32 model in a Job (`quantship quantize-job`) whenever this changes. When its "

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 import signal
 from collections.abc import Mapping
@@ -22,6 +23,7 @@ from typing import Any
 import kopf
 
 from quantship import UNIQUE_TAG_ENV, oci
+from quantship.choices import METRICS_OF_TASK, MIN_NUM_BINS, Calibration, Task
 from quantship.operator import crd, fetch, names, resources
 from quantship.operator.kube import Kube
 from quantship.operator.quantize_job import Verdict, read_result
@@ -39,13 +41,34 @@ RUNNING, PASSED, GATE_FAILED, ERROR = crd.QUANTIZE_STATES
 OPTION_FLAGS = {
     "mode": "--mode",
     "format": "--format",
+    "activationType": "--activation-type",
+    "weightType": "--weight-type",
     "calibrationMethod": "--calibration-method",
+    "percentile": "--percentile",
+    "numBins": "--num-bins",
+    "batchSize": "--batch-size",
+    "task": "--task",
+    "output": "--output",
+    "maskInput": "--mask-input",
     "metric": "--metric",
     "threshold": "--threshold",
     "maxAccuracyDelta": "--max-accuracy-delta",
+    "minCosine": "--min-cosine",
+    "strategy": "--strategy",
     "maxTrials": "--max-trials",
 }
-"""spec.quantize.options -> `quantship quantize` flags (perChannel is a switch: --per-channel)."""
+"""spec.quantize.options -> `quantship quantize` flags that take a value."""
+OPTION_SWITCHES = {"perChannel": "--per-channel", "keepGoing": "--keep-going"}
+"""Options that are a flag when true, and quantize's default (off) when false."""
+OPTION_PAIRS = {
+    "reduceRange": ("--reduce-range", "--no-reduce-range"),
+    "preProcess": ("--pre-process", "--no-pre-process"),
+    "matmulConstBOnly": ("--matmul-const-b-only", "--no-matmul-const-b-only"),
+}
+"""Options whose true and false are each a flag: unset keeps quantize's default (reduceRange's
+depends on the Job's CPU)."""
+OPTION_LISTS = {"excludeNodes": "--exclude"}
+"""Options that repeat their flag once per item."""
 
 
 @dataclass(frozen=True)
@@ -80,8 +103,7 @@ class QuantizeSpec:
         if target.get("pullSecret") and not uri.startswith("oci://"):
             raise InvalidSpec(PULL_SECRET_MESSAGE)
         options = section.get("options") or {}
-        if "threshold" in options and "maxAccuracyDelta" in options:  # quantize refuses both (exit 2)
-            raise InvalidSpec(crd.ONE_GATE_LIMIT["message"])
+        _check_options(options)
         digest = hashlib.sha256(json.dumps(section, sort_keys=True).encode()).hexdigest()[:10]
         uris = [section["model"], section["calibration"], section.get("evaluation") or "", uri]
         claims: list[str] = []
@@ -134,12 +156,19 @@ class QuantizeSpec:
         return {"HOME": "/tmp", **({UNIQUE_TAG_ENV: unique} if unique is not None else {})}
 
     def quantize_args(self) -> list[str]:
+        """spec.quantize.options as `quantship quantize` takes them: each value its own argument
+        after its flag, which click reads as the value whatever it holds (a name starting with -)."""
         args: list[str] = []
         for key, flag in OPTION_FLAGS.items():
             if key in self.options:
-                args += [flag, str(self.options[key])]
-        if self.options.get("perChannel"):
-            args.append("--per-channel")
+                args += [flag, _argument(self.options[key])]
+        args += [flag for key, flag in OPTION_SWITCHES.items() if self.options.get(key)]
+        for key, (on, off) in OPTION_PAIRS.items():
+            if key in self.options:
+                args.append(on if self.options[key] else off)
+        for key, flag in OPTION_LISTS.items():
+            for item in self.options.get(key) or ():
+                args += [flag, str(item)]
         if self.signing_key_secret:
             args += ["--sign-key", f"{SIGNING_DIR}/{SIGNING_FILE}"]
         return args
@@ -160,6 +189,27 @@ class QuantizeSpec:
 
 
 PULL_SECRET_MESSAGE = crd.PULL_SECRET_FOR_OCI["message"]
+
+
+def _argument(value: Any) -> str:
+    """An option's value as quantize reads it: a whole number as an integer (the API server admits
+    4.0 for an integer field, and click's IntRange refuses "4.0")."""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def _check_options(options: Mapping[str, Any]) -> None:
+    """The CRD's CEL rules over spec.quantize.options, for an object stored before they existed:
+    what quantize refuses (too few bins, another task's metric) it refuses after the Job's downloads."""
+    if "threshold" in options and "maxAccuracyDelta" in options:
+        raise InvalidSpec(crd.ONE_GATE_LIMIT["message"])
+    method = str(options.get("calibrationMethod"))
+    if method in crd.ENOUGH_BINS and options.get("numBins", math.inf) < MIN_NUM_BINS[Calibration(method)]:
+        raise InvalidSpec(crd.ENOUGH_BINS[method]["message"])
+    task, metric = str(options.get("task")), options.get("metric")
+    if task in crd.METRIC_OF_TASK and metric is not None and metric not in METRICS_OF_TASK[Task(task)]:
+        raise InvalidSpec(crd.METRIC_OF_TASK[task]["message"])
 
 
 def _check_target(uri: str) -> None:

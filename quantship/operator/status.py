@@ -52,9 +52,8 @@ def evaluation_condition(rollout: RolloutSpec, share: float | None) -> Condition
         return None
     budget = next(o.budget for o in rollout.objectives if o.sli is slo.SLI.ACCURACY_DELTA)
     said = (
-        f"{rollout.revision}'s evaluation rows (positions, for a token model): {share:.2%} disagree with "
-        "FP32 by the shadow SLI's rule "
-        f"(validation.shadow_disagreement)"
+        f"{rollout.revision}'s evaluation rows (a token model's each by its share of positions): "
+        f"{share:.2%} disagree with FP32 by the shadow SLI's rule (validation.shadow_disagreement)"
     )
     if share <= budget + 1e-12:  # as quantize's own warning: the digits sample is right at 0.5%
         return (

@@ -9,37 +9,8 @@ from typing import Any
 from onnxruntime.quantization import CalibrationMethod, QuantType
 
 from quantship import agreement, runtime
+from quantship.choices import MIN_NUM_BINS, Calibration, Format, Mode, Precision, Strategy
 from quantship.quantize.evaluate import GateRequest, Metric
-
-
-class Mode(enum.StrEnum):
-    STATIC = "static"
-    DYNAMIC = "dynamic"
-
-
-class Format(enum.StrEnum):
-    QDQ = "QDQ"
-    QOPERATOR = "QOperator"
-
-
-class Calibration(enum.StrEnum):
-    MINMAX = "minmax"
-    PERCENTILE = "percentile"
-    ENTROPY = "entropy"
-    DISTRIBUTION = "distribution"
-
-
-class Strategy(enum.StrEnum):
-    RECIPES = "recipes"
-    """Stage 1 whole-model recipes, then op-type fallback, then node-wise fallback."""
-    FALLBACK = "fallback"
-    """Keep the given recipe: op-type fallback, then node-wise fallback only."""
-
-
-class Precision(enum.StrEnum):
-    INT8 = "int8"
-    UINT8 = "uint8"
-
 
 _ORT_CALIBRATION = {
     Calibration.MINMAX: CalibrationMethod.MinMax,
@@ -49,10 +20,6 @@ _ORT_CALIBRATION = {
 }
 _ORT_TYPE = {Precision.INT8: QuantType.QInt8, Precision.UINT8: QuantType.QUInt8}
 
-MIN_NUM_BINS = {Calibration.ENTROPY: 128, Calibration.DISTRIBUTION: 512}
-"""The fewest histogram bins onnxruntime 1.32 calibrates with: entropy searches thresholds outward
-from its 128 quantized bins (fewer failed after the whole calibration, with numpy's 'negative
-dimensions are not allowed'), distribution refuses under 512."""
 STATIC_ONLY = (
     "format",
     "activation_type",

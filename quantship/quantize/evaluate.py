@@ -15,7 +15,8 @@ Each task has its own metrics, all reported; one of them gates:
 
 A classifier answering per position (a causal LM's [N, seq, vocab] logits, a token classifier's
 [N, seq] ids) is judged at each position, without the padding its attention mask marks: positions
-are the rows of its metrics, and of the shadow SLI (agreement.positions).
+are the rows of its metrics (agreement.positions). The shadow SLI still counts rows, each by the
+share of its positions that disagree (RowRule.judge), and so does the shadow disagreement expected.
 
 Every metric also has a loss form (0 = identical to FP32, the gate's `delta`), so trials on one
 metric compare and rank alike whichever way the metric points.
@@ -23,7 +24,6 @@ metric compare and rank alike whichever way the metric points.
 
 from __future__ import annotations
 
-import enum
 import functools
 import math
 from dataclasses import dataclass, field
@@ -35,6 +35,7 @@ import onnxruntime as ort
 
 from quantship import agreement, runtime, slo
 from quantship.agreement import Kind, RowRule, Task
+from quantship.choices import TASK_OF_METRIC, Metric
 from quantship.quantize import data
 from quantship.quantize.data import Dataset
 from quantship.quantize.errors import QuantizeInputError, first_line
@@ -53,22 +54,10 @@ EMBEDDING_NAMES = ("embed", "pool", "sentence", "feature", "hidden", "vector")
 SCORE_NAMES = ("logit", "prob", "score", "class")
 
 
-class Metric(enum.StrEnum):
-    TOP1_ACCURACY = "top1_accuracy"
-    TOP1_AGREEMENT = "top1_agreement"
-    CONFIDENT_AGREEMENT = "confident_agreement"
-    TOP5_OVERLAP = "top5_overlap"
-    KL_DIVERGENCE = "kl_divergence"
-    COSINE_AGREEMENT = "cosine_agreement"
-    COSINE_MEAN = "cosine_mean"
-    COSINE_P5 = "cosine_p5"
-    NN_AGREEMENT = "nn_agreement"
-    RELATIVE_ERROR = "relative_error"
-
-
 @dataclass(frozen=True)
 class MetricSpec:
-    task: Task
+    """What a metric's number means (its task: choices.TASK_OF_METRIC)."""
+
     higher_is_better: bool
     meaning: str
     default_threshold: float | None = None
@@ -82,51 +71,46 @@ class MetricSpec:
 
 METRICS: dict[Metric, MetricSpec] = {
     Metric.TOP1_ACCURACY: MetricSpec(
-        Task.CLASSIFICATION, False, "relative top-1 accuracy loss against the labels", needs_labels=True
+        False, "relative top-1 accuracy loss against the labels", needs_labels=True
     ),
-    Metric.TOP1_AGREEMENT: MetricSpec(Task.CLASSIFICATION, True, "share of rows with FP32's top-1"),
+    Metric.TOP1_AGREEMENT: MetricSpec(True, "share of rows with FP32's top-1"),
     Metric.CONFIDENT_AGREEMENT: MetricSpec(
-        Task.CLASSIFICATION,
         True,
         f"share of rows where FP32 is > {agreement.CONFIDENT_PROBABILITY:.0%} sure that keep its top-1",
         needs_scores=True,
     ),
     Metric.TOP5_OVERLAP: MetricSpec(
-        Task.CLASSIFICATION,
         True,
         "mean share of FP32's top-5 classes in INT8's top-5",
         0.8,
         needs_scores=True,
     ),
     Metric.KL_DIVERGENCE: MetricSpec(
-        Task.CLASSIFICATION,
         False,
         "mean KL(FP32 || INT8) of the softmax, in nats",
         0.05,
         needs_scores=True,
         domain=(0.0, math.inf),
     ),
-    Metric.COSINE_AGREEMENT: MetricSpec(
-        Task.EMBEDDING, True, "share of rows with cosine to FP32 at least the row tolerance"
-    ),
-    Metric.COSINE_MEAN: MetricSpec(
-        Task.EMBEDDING, True, "mean cosine similarity to FP32", 0.98, domain=(-1.0, 1.0)
-    ),
+    Metric.COSINE_AGREEMENT: MetricSpec(True, "share of rows with cosine to FP32 at least the row tolerance"),
+    Metric.COSINE_MEAN: MetricSpec(True, "mean cosine similarity to FP32", 0.98, domain=(-1.0, 1.0)),
     Metric.COSINE_P5: MetricSpec(
-        Task.EMBEDDING, True, "5th percentile of cosine similarity to FP32", 0.95, domain=(-1.0, 1.0)
+        True, "5th percentile of cosine similarity to FP32", 0.95, domain=(-1.0, 1.0)
     ),
     Metric.NN_AGREEMENT: MetricSpec(
-        Task.EMBEDDING, True, "share of rows whose nearest neighbour in the set stays the same", 0.8
+        True, "share of rows whose nearest neighbour in the set stays the same", 0.8
     ),
     Metric.RELATIVE_ERROR: MetricSpec(
-        Task.REGRESSION, False, "||INT8 - FP32|| / ||FP32|| of the output", domain=(0.0, math.inf)
+        False, "||INT8 - FP32|| / ||FP32|| of the output", domain=(0.0, math.inf)
     ),
 }
 
 SHADOW_COUNTS = {Metric.TOP1_AGREEMENT, Metric.CONFIDENT_AGREEMENT, Metric.COSINE_AGREEMENT}
 """Metrics whose loss is the share of rows the shadow SLI's rule (`Gate.rule`) counts: a gate on
-them has bounded what the shadow will read. The others (accuracy against labels, KL, a cosine mean,
-a regression's global error) pass artifacts whose rows the shadow may count far more often."""
+them has bounded what the shadow will read (per position, the gate's share is of all positions, the
+shadow's a mean of the rows' shares: the same for rows of one length). The others (accuracy against
+labels, KL, a cosine mean, a regression's global error) pass artifacts whose rows the shadow may
+count far more often."""
 SHADOW_BUDGET = next(o.budget for o in slo.DEFAULT_OBJECTIVES if o.sli is slo.SLI.ACCURACY_DELTA)
 """The share of shadow comparisons that may disagree under the default accuracy-delta SLO: past it on
 the evaluation rows, a canary on traffic like them burns its budget (spec.slos.maxAccuracyDelta)."""
@@ -209,8 +193,9 @@ class Evaluation:
     fp32: float | None = None
     """Top-1 accuracy of FP32 and INT8, with labels."""
     int8: float | None = None
-    shadow: tuple[int, int] | None = None
-    """(disagreeing, compared) evaluation rows by the shadow SLI's rule; None where it cannot judge."""
+    shadow: tuple[float, int] | None = None
+    """(disagreeing, compared) evaluation rows by the shadow SLI's rule (per position: each row by its
+    share of disagreeing positions, RowRule.judge); None where it cannot judge."""
 
     @property
     def delta(self) -> float:
@@ -230,7 +215,8 @@ class Evaluation:
 
     @property
     def shadow_disagreement(self) -> float | None:
-        """The share of the compared evaluation rows the shadow SLI's rule counts as disagreeing."""
+        """The share of the compared evaluation rows the shadow SLI's rule counts as disagreeing (per
+        position: the rows' shares of disagreeing positions, averaged), as the server will count."""
         if self.shadow is None or not self.shadow[1]:
             return None
         return self.shadow[0] / self.shadow[1]
@@ -498,9 +484,9 @@ class Evaluator:
         if metric is None:
             metric, reason = self._default_metric()
         spec = METRICS[metric]
-        if spec.task is not self.task:
+        if (task := TASK_OF_METRIC[metric]) is not self.task:
             raise QuantizeInputError(
-                f"--metric {metric.value} is for {spec.task.value}, but the task is {self.task.value} "
+                f"--metric {metric.value} is for {task.value}, but the task is {self.task.value} "
                 f"({self.task_reason}); pass --task to change it"
             )
         if spec.needs_labels and labels is None:
@@ -587,7 +573,7 @@ class Evaluator:
         return f" ({self.mask_input!r} marks the padding, left out)" if self.mask_input else ""
 
     def _rule(self, metric: Metric, request: GateRequest, threshold: float) -> RowRule:
-        match METRICS[metric].task:
+        match TASK_OF_METRIC[metric]:
             case Task.CLASSIFICATION:
                 # Class ids carry no confidence: the shadow judges every row of them (RowRule.judge),
                 # though a confident gate read the scores output beside them.
@@ -654,28 +640,35 @@ class Evaluator:
             self._shadow(candidate),
         )
 
-    def _shadow(self, candidate: np.ndarray) -> tuple[int, int] | None:
+    def _shadow(self, candidate: np.ndarray) -> tuple[float, int] | None:
         try:
             return self.gate.rule.judge(candidate, self.reference, self.mask)
         except ValueError:  # a top-1 rule on an output with no classes: the gate recorded agreement None
             return None
 
     def shadow_warning(self, evaluation: Evaluation) -> str | None:
-        """What the shadow SLI will read, where the gate passed and more evaluation rows (positions,
-        per position) disagree by the shadow's rule than the default accuracy-delta SLO allows: the gate
-        judged another measure, or was loosened past the SLO (--max-accuracy-delta 0.05). Said, not
-        gated: labels make accuracy the measure (a weakly separated classifier flips rows between
-        wrong classes at no cost: a 26%-accurate T5 encoder's INT8 kept its accuracy with 4.3% of rows
-        flipped), and the SLO that will judge the canary is the rollout's to set."""
+        """What the shadow SLI will read, where the gate passed and more evaluation rows (per position:
+        the rows' shares of their positions, averaged) disagree by the shadow's rule than the default
+        accuracy-delta SLO allows: the gate judged another measure, or was loosened past the SLO
+        (--max-accuracy-delta 0.05). Said, not gated: labels make accuracy the measure (a weakly
+        separated classifier flips rows between wrong classes at no cost: a 26%-accurate T5 encoder's
+        INT8 kept its accuracy with 4.3% of rows flipped), and the SLO that will judge the canary is
+        the rollout's to set."""
         share = evaluation.shadow_disagreement
         if share is None or evaluation.shadow is None:
             return None
         if share <= SHADOW_BUDGET + 1e-12:  # the digits sample: 99.50% agreement, right at the budget
             return None
         disagreeing, compared = evaluation.shadow
-        rule, unit = self.gate.rule, "positions" if self.per_position else "rows"
+        rule = self.gate.rule
+        if self.per_position:  # each row by the share of its positions that disagree (RowRule.judge)
+            read = f"the {compared} evaluation rows disagree with FP32 at {share:.1%} of their positions"
+            read += " (a mean of the rows' shares)"
+        else:
+            read = f"{disagreeing:.0f} of {compared} evaluation rows ({share:.1%}) disagree with FP32"
         if self._gate_counts_as_the_shadow:  # it counted the same: and allowed more than the SLO
-            why = f" (the gate allowed up to {self.gate.limit:.1%})"
+            of = " of all positions; the shadow weighs each row alike" if self.per_position else ""
+            why = f" (the gate allowed up to {self.gate.limit:.1%}{of})"
             gate_on = f"a gate within the SLO (--max-accuracy-delta {SHADOW_BUDGET:g})"
         else:
             why = (
@@ -688,17 +681,18 @@ class Evaluator:
             gate_on = "a lower --threshold" if counted is None else f"--metric {counted.value}"
             gate_on = f"a gate on what the shadow counts ({gate_on})"
         return (
-            f"the gate passed on {self.gate.metric.value}, but {disagreeing} of {compared} evaluation "
-            f"{unit} ({share:.1%}) disagree with FP32 by the shadow SLI's rule ({rule.describe()}), over the "
-            f"default accuracy-delta SLO's {SHADOW_BUDGET:.1%}{why}: a canary on traffic like this burns "
-            f"at ~{share / SHADOW_BUDGET:.1f}x and rolls back. Set spec.slos.maxAccuracyDelta to at least "
-            f"{share:.1%}, use {gate_on}, or improve the model or calibration"
+            f"the gate passed on {self.gate.metric.value}, but {read} by the shadow SLI's rule "
+            f"({rule.describe()}), over the default accuracy-delta SLO's {SHADOW_BUDGET:.1%}{why}: a "
+            f"canary on traffic like this burns at ~{share / SHADOW_BUDGET:.1f}x and rolls back. Set "
+            f"spec.slos.maxAccuracyDelta to at least {share:.1%}, use {gate_on}, or improve the model or "
+            "calibration"
         )
 
     @property
     def _gate_counts_as_the_shadow(self) -> bool:
-        """Whether the gate's loss is the share of rows the shadow's rule counts (SHADOW_COUNTS): not a
-        confident gate on class ids, whose rule has no confidence to read (`_rule`)."""
+        """Whether the gate's loss is the share of rows the shadow's rule counts (SHADOW_COUNTS; per
+        position, of positions): not a confident gate on class ids, whose rule has no confidence to read
+        (`_rule`)."""
         metric, rule = self.gate.metric, self.gate.rule
         confident_on_ids = metric is Metric.CONFIDENT_AGREEMENT and not rule.confident_only
         return metric in SHADOW_COUNTS and not confident_on_ids

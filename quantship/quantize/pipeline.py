@@ -273,7 +273,7 @@ def _check_manifest_fits(
     model: onnx.ModelProto, config: QuantizeConfig, traits: tuner.ModelTraits, source: Path
 ) -> None:
     """Refuse, before calibrating, a model whose artifact could not hold its activations' ranges: the
-    manifest holds MAX_MANIFEST_BYTES, and a range with its drift histogram takes about a KB, so
+    manifest holds MAX_MANIFEST_BYTES, and a range with its drift histogram takes about 0.7 KB, so
     the write at the end refused it after every trial. Where every recipe is static only (dynamic
     ones write no ranges), and by an estimate that leans low (`artifact.least_manifest_bytes` of
     `engine.quantized_activations`): the write's own check keeps the last word."""

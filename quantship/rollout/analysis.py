@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -150,7 +150,8 @@ class WindowResult:
     fault: Fault | None = None
     """The kind of `problem`."""
     baseline_problem: str | None = None
-    """Why the canary was not compared with the stable revision on this window; None when it was."""
+    """Why the canary was not compared with the stable revision on this window ("10 samples of the 60
+    needed", "no stable revision"); None when it was."""
     least_burn_rate: float | None = None
     """The burn rate however the samples a window lacks turn out (all good: bad / min_samples), so
     that 60 errors of 60 requests fail a canary without waiting for the 100th; the burn rate itself
@@ -353,12 +354,34 @@ def judge(measurements: Measurements, spec: RolloutSpec) -> Analysis:
         verdict, reason = Verdict.INCONCLUSIVE, "; ".join(unsure)
     else:
         verdict, reason = Verdict.PASS, "all SLOs within budget on both windows"
-    uncompared = list(
-        dict.fromkeys(w.baseline_problem for r in results for w in r.windows if w.baseline_problem)
-    )
+    uncompared = _uncompared(results)
     if uncompared and verdict is not Verdict.INCONCLUSIVE:
-        reason += f" (not compared with the stable revision: {'; '.join(uncompared)})"
+        reason += f" (not compared with the stable revision: {uncompared})"
     return Analysis(measurements.at, verdict, reason, results, gate)
+
+
+def _uncompared(results: tuple[SLOResult, ...]) -> str:
+    """The windows judged without the stable revision's figures, grouped by why: "0 samples of the 60
+    needed for accuracy_delta and clip_rate on 10s and 20s, latency on 10s". An FP32 stable has no
+    accuracy delta or clip rate, and one at 0% has no traffic: said once each, not once a window."""
+    windows_by_why: dict[str, dict[str, list[str]]] = {}
+    for result in results:
+        for window in result.windows:
+            if window.baseline_problem:
+                by_sli = windows_by_why.setdefault(window.baseline_problem, {})
+                by_sli.setdefault(result.sli.value, []).append(format_duration(window.window))
+    parts = []
+    for why, by_sli in windows_by_why.items():
+        slis_by_windows: dict[tuple[str, ...], list[str]] = {}
+        for sli, windows in by_sli.items():
+            slis_by_windows.setdefault(tuple(windows), []).append(sli)
+        where = ", ".join(f"{_listed(slis)} on {_listed(spans)}" for spans, slis in slis_by_windows.items())
+        parts.append(f"{why} for {where}")
+    return "; ".join(parts)
+
+
+def _listed(items: Sequence[str]) -> str:
+    return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} and {items[-1]}"
 
 
 def _window(
@@ -399,7 +422,7 @@ def _window(
                 bad,
                 total,
                 burn,
-                baseline_problem=f"{objective.sli.value} on {span}: {why}",
+                baseline_problem=why,
                 least_burn_rate=burn,
             )
     raise TypeError(f"unexpected measurement {canary!r}")

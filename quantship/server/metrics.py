@@ -86,8 +86,9 @@ SERIES = (
         "shadow_comparisons",
         M.SHADOW_COMPARISONS_TOTAL,
         Counter,
-        "Rows also run through the FP32 reference and compared (positions, without padding, where the "
-        "manifest's rule judges an answer per position: a token model's).",
+        "Rows also run through the FP32 reference and compared (where the manifest's rule judges an "
+        "answer per position, a token model's: the rows with a position judged, not padding, and "
+        "confident where the gate judged confident answers only).",
     ),
     Series(
         "shadow_disagreements",
@@ -95,7 +96,8 @@ SERIES = (
         Counter,
         "Compared rows that disagree with the reference by the gate's rule from the manifest (top-1, "
         "on confident rows only where the gate judged those; cosine below the tolerance for embeddings; "
-        "relative error above it otherwise).",
+        "relative error above it otherwise; per position, each row by the share of its positions "
+        "that disagree).",
     ),
     Series(
         "feedback",
@@ -319,7 +321,7 @@ class ServerMetrics:
     def waited(self, seconds: float) -> None:
         self.queue_duration.observe(seconds)
 
-    def compared(self, rows: int, disagreeing: int) -> None:
+    def compared(self, rows: int, disagreeing: float) -> None:
         self.shadow_comparisons.inc(rows)
         self.shadow_disagreements.inc(disagreeing)
 

@@ -8,8 +8,9 @@ by the rule the accuracy gate used (quantship/agreement.py): top-1 for a classif
 where FP32 is confident, when the gate judged those), cosine below the tolerance for an
 embedding, relative L2 error above it otherwise (a regressor's: against at least the evaluation data's
 typical row norm, the manifest's `norm_floor`). A per-position rule (a causal LM's or a token
-classifier's answer per token) counts positions rather than rows, leaving out the padding that the
-request's own mask input marks, as the gate counted them. The reference's top-1 also goes to the
+classifier's answer per token) judges each position but the padding that the request's own mask
+input marks, and still counts rows: each row disagrees by the share of its positions that flip, as
+the gate's expected shadow disagreement counted them. The reference's top-1 also goes to the
 feedback store, so feedback on a shadowed request needs no second reference run.
 """
 
@@ -72,9 +73,10 @@ class Comparator:
 
     def disagreements(
         self, served: np.ndarray, reference: np.ndarray, inputs: Tensors | None = None
-    ) -> tuple[int, int]:
+    ) -> tuple[float, int]:
         """(disagreeing rows, compared rows) between the served output and the reference's; for a
-        per-position rule, positions, without the padding the request's mask input marks."""
+        per-position rule, a row disagrees by the share of its positions that flip, without the
+        padding the request's mask input marks (RowRule.judge)."""
         mask = inputs.get(self.rule.mask_input) if inputs is not None and self.rule.mask_input else None
         return self.rule.judge(served, reference, mask)
 

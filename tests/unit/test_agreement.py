@@ -27,26 +27,36 @@ def test_token_ids_disagree_on_a_row_where_any_position_differs() -> None:
     assert shorter is not None and shorter.tolist() == [True] * 3, "an answer of another length differs"
 
 
-def test_a_per_position_rule_counts_positions_and_leaves_the_padding_out() -> None:
+def test_a_per_position_rule_judges_each_real_position_and_counts_rows() -> None:
     """A causal LM's [N, seq, vocab] scores: each position is an answer (greedy decoding reads every
-    one), and where the request's attention mask is 0 there is no token to answer for."""
-    reference = np.zeros((2, 3, 4), dtype=np.float32)
+    one), and where the request's attention mask is 0 there is no token to answer for. A row is one
+    comparison, disagreeing by the share of its real positions that flip (DESIGN: shadow comparisons
+    count rows; counted as positions, two 64-token requests met an analysis' minSamples of 100)."""
+    reference = np.zeros((4, 4, 5), dtype=np.float32)
     reference[..., 1] = 1.0  # class 1 everywhere
     served = reference.copy()
-    served[0, 2, 3] = 5.0  # row 0, last position: class 3
-    served[1, 2, 0] = 5.0  # row 1, last position, which is padding
-    mask = np.array([[1, 1, 1], [1, 1, 0]], dtype=np.int64)
+    mask = np.array([[1, 1, 1, 1], [1, 1, 0, 0], [1, 0, 0, 0], [0, 0, 0, 0]], dtype=np.int64)
+    served[0, 3, 3] = 5.0  # row 0: 1 of its 4 real positions flips
+    served[1, 0, 3] = served[1, 3, 0] = 5.0  # row 1: 1 of its 2, and a padded position
+    served[3, 0, 2] = 5.0  # row 3: padding only
     rule = RowRule(Kind.TOP1, per_position=True, mask_input="attention_mask")
-    assert rule.judge(served, reference, mask) == (1, 5)
-    assert rule.judge(served, reference) == (2, 6), "without the mask every position counts"
-    assert rule.judge(served, reference, mask[:, :2]) == (2, 6), "a mask of other positions is not theirs"
-    assert RowRule(Kind.TOP1).judge(served[:, 0], reference[:, 0]) == (0, 2)
-    ids = np.argmax(served, axis=-1)
-    assert rule.judge(ids, np.argmax(reference, axis=-1), mask) == (1, 5), "ids alike"
+    assert rule.judge(served, reference, mask) == pytest.approx((1 / 4 + 1 / 2 + 0 / 1, 3))
+    assert rule.judge(served, reference) == pytest.approx((1 / 4 + 2 / 4 + 0 + 1 / 4, 4)), "no mask: all in"
+    assert rule.judge(served, reference, mask[:, :2]) == pytest.approx((1.0, 4)), "another grid's mask"
+    assert RowRule(Kind.TOP1).judge(served[:, 0], reference[:, 0]) == (2, 4)
+    ids, reference_ids = np.argmax(served, axis=-1), np.argmax(reference, axis=-1)
+    assert rule.judge(ids, reference_ids, mask) == pytest.approx((0.75, 3)), "ids alike"
+    assert rule.judge(ids[..., None], reference_ids[..., None], mask) == pytest.approx((0.75, 3))
+    assert rule.judge(ids[:, :2], reference_ids, mask) == (3.0, 3), "answers of another length differ"
+    assert rule.judge(served[0], reference[0]) == (0.25, 1), "no batch axis: a call is one row"
     assert not rule.classifier, "no one class a row: no label feedback"
     assert rule.judge(served, reference, np.zeros_like(mask)) == (0, 0), "all padding: nothing compared"
     confident = RowRule(Kind.TOP1, confident_only=True, per_position=True, mask_input="attention_mask")
-    assert confident.judge(served, reference, mask) == (1, 5), "FP32 is sure of class 1 everywhere"
+    assert confident.judge(served, reference, mask) == pytest.approx((0.75, 3)), "FP32 sure everywhere"
+    unsure = reference.copy()
+    unsure[1, 1] = 0.2  # uniform: FP32 is sure of row 1's first position only, which flips
+    unsure[0] = 0.2  # and of nothing in row 0: not compared
+    assert confident.judge(served, unsure, mask) == pytest.approx((1.0, 2))
 
 
 def test_positions_are_rows_of_their_own() -> None:

@@ -377,3 +377,104 @@ def test_a_qlinear_output_counts_its_saturated_end_codes_only() -> None:
     assert matmul.requantized(np.array([-5.0, 0.004, 0.006, 5.0])).tolist() == pytest.approx(
         [-1.28, 0.0, 0.01, 1.27]
     )
+
+
+GPT2_48_ACTIVATIONS = 1878
+"""Activations a 48-layer GPT-2 (GPT-2 XL's depth) quantizes statically: measured on one exported as
+the zoo's gpt2-lm (random weights, narrow: the count depends on depth, not width)."""
+GPT2_48_SENSITIVITIES = 2082
+"""Its manifest's sensitivity entries: one an activation's node, and 204 of weights."""
+
+
+def _deep_lm_manifest(activations: int, sensitivities: int) -> dict[str, object]:
+    """A manifest of GPT-2-like ranges, histograms and sensitivities: names as long as its (44
+    characters), floats of 16-17 digits, counts as a few thousand calibration values give."""
+    rng = np.random.default_rng(0)
+    names = [f"/lm/transformer/h.{i % 48}/mlp/c_fc/Gemm_output_{i}" for i in range(activations)]
+    lows, highs = -rng.random(activations), rng.random(activations)
+    ranges = [
+        ActivationRange(name, lows[i], highs[i], highs[i] / 127, lows[i], highs[i])
+        for i, name in enumerate(names)
+    ]
+    histograms = [
+        artifact.ActivationHistogram(name, lows[i], highs[i], tuple(rng.integers(0, 2000, 64).tolist()), 1, 0)
+        for i, name in enumerate(names)
+    ]
+    sensitivity = [
+        {
+            "kind": "activation",
+            "node": name.replace("_output", ""),
+            "op_type": "Gemm",
+            "tensor": name,
+            "qdq_sqnr_db": float(rng.random() * 40),
+            "sqnr_db": float(rng.random() * 40),
+        }
+        for name in names
+    ]
+    sensitivity += [
+        {"kind": "weight", "sqnr_db": 0.0, "tensor": f"lm.transformer.h.{i}.attn.c_attn.bias"}
+        for i in range(sensitivities - activations)
+    ]
+    return {
+        "activation_ranges": [r.to_json() for r in ranges],
+        "activation_histograms": [h.to_json() for h in histograms],
+        "sensitivity": sensitivity,
+    }
+
+
+def test_a_48_layer_gpt2_manifest_fits_in_half_the_cap_and_reads_back_identical(tmp_path: Path) -> None:
+    """Written indented, every count on a line of its own, it took 2.9 MB of the 4 MiB: twice as deep
+    a model could not be written. Half the cap leaves room for a GPT-2 of some 100 layers."""
+    private, public = _keys(tmp_path)
+    model = tmp_path / "m.onnx"
+    model.write_bytes(b"model")
+    manifest = _deep_lm_manifest(GPT2_48_ACTIVATIONS, GPT2_48_SENSITIVITIES)
+    written = artifact.write_artifact(
+        tmp_path / "a", {artifact.MODEL_FILE: model}, manifest, sign_key=artifact.load_private_key(private)
+    )
+    size = (tmp_path / "a" / artifact.MANIFEST_FILE).stat().st_size
+    assert size < artifact.MAX_MANIFEST_BYTES / 2, size
+    loaded = artifact.load_artifact(tmp_path / "a", public_key=artifact.load_public_key(public))
+    assert loaded.manifest == written.manifest
+    assert loaded.digest == written.digest
+    assert artifact._manifest_text(loaded.manifest) == (tmp_path / "a" / artifact.MANIFEST_FILE).read_text()
+    assert len(loaded.activation_histograms) == GPT2_48_ACTIVATIONS
+    assert _least_bytes(manifest) <= size
+
+
+def _least_bytes(manifest: dict[str, object]) -> int:
+    ranges = manifest["activation_ranges"]
+    assert isinstance(ranges, list)
+    return artifact.least_manifest_bytes([entry["tensor"] for entry in ranges])
+
+
+def test_least_manifest_bytes_is_at_most_what_the_ranges_and_histograms_take(
+    good_artifact: artifact.Artifact,
+) -> None:
+    """`quantize` refuses a model by it before calibrating: were it ever more than the bytes written,
+    a model whose artifact fits would be refused."""
+    for manifest in (good_artifact.manifest, _deep_lm_manifest(200, 200)):
+        sections = {key: manifest[key] for key in ("activation_ranges", "activation_histograms")}
+        assert 0 < _least_bytes(manifest) <= len(artifact._manifest_text(sections).encode())
+
+
+def test_a_manifest_written_indented_by_an_older_quantship_loads_and_verifies(tmp_path: Path) -> None:
+    """Up to this layout, manifests were written by json.dumps(indent=2): every one signed then still
+    verifies, and names the same revision (the digest covers the values, not the layout)."""
+    private, public = _keys(tmp_path)
+    model = tmp_path / "m.onnx"
+    model.write_bytes(b"model")
+    written = artifact.write_artifact(
+        tmp_path / "a",
+        {artifact.MODEL_FILE: model},
+        _deep_lm_manifest(40, 50),
+        sign_key=artifact.load_private_key(private),
+    )
+    path = tmp_path / "a" / artifact.MANIFEST_FILE
+    indented = json.dumps(written.manifest, indent=2, sort_keys=True) + "\n"
+    assert path.read_text() != indented
+    path.write_text(indented)
+    loaded = artifact.load_artifact(tmp_path / "a", public_key=artifact.load_public_key(public))
+    assert loaded.signed
+    assert loaded.manifest == written.manifest
+    assert loaded.digest == written.digest

@@ -394,14 +394,18 @@ HUGE_NODE_NAME = "A" * 10**6 + "\x1b]0;owned\x07"
         ),
         ("['trials'][0]['excluded'][1]", lambda m: m["trials"][0].update(excluded=["ok", HUGE_NODE_NAME])),
         ("['sensitivity'][0]['node']", lambda m: m["sensitivity"][0].update(node=HUGE_NODE_NAME)),
+        ("['sensitivity'][0]['op_type']", lambda m: m["sensitivity"][0].update(op_type=HUGE_NODE_NAME)),
     ],
 )
 def test_a_node_name_past_the_bound_is_refused_and_shown_cut_short(
     artifact_copy: Path, tmp_path: Path, where: str, edit: Edit
 ) -> None:
-    """Node names had no bound: a megabyte of one went whole into the report and `quantize`'s summary."""
+    """Node names (and node types) had no bound: a megabyte of one went whole into the report and
+    `quantize`'s summary."""
     edit_manifest(artifact_copy, edit)
-    _refused_as_too_long(artifact_copy, tmp_path, f"{where}: a node name of {len(HUGE_NODE_NAME)} characters")
+    kind = "node type" if where.endswith("['op_type']") else "node"
+    said = f"{where}: a {kind} name of {len(HUGE_NODE_NAME)} characters"
+    _refused_as_too_long(artifact_copy, tmp_path, said)
 
 
 def test_node_names_of_the_bound_are_read_and_shown_cut_short(artifact_copy: Path) -> None:

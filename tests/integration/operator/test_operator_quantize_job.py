@@ -27,6 +27,7 @@ from operator_harness import (
 )
 from test_operator_gateway_and_rbac import permission_of
 
+from quantship import artifact
 from quantship.operator import crd, permissions, quantization
 from quantship.operator.kube import MERGE_PATCH
 from quantship.operator.quantize_job import Verdict
@@ -44,6 +45,27 @@ QUANTIZE = {
     "options": {"mode": "static", "perChannel": True, "metric": "top1_agreement", "threshold": 0.99},
     "target": {"uri": TARGET, "pullSecret": "registry"},
 }
+TOKEN_MODEL_OPTIONS = {
+    "task": "classification",
+    "output": "logits",
+    "maskInput": "attention_mask",
+    "excludeNodes": ["/lm_head/MatMul", "/h.0/attn/MatMul"],
+    "metric": "top1_agreement",
+    "threshold": 0.9,
+    "activationType": "uint8",
+    "weightType": "int8",
+    "calibrationMethod": "entropy",
+    "numBins": 256,
+    "batchSize": 2,
+    "preProcess": False,
+    "matmulConstBOnly": True,
+    "reduceRange": False,
+    "strategy": "fallback",
+    "keepGoing": True,
+    "maxTrials": 4,
+}
+"""A causal LM's spec.quantize.options: its logits gated per position without the padding, its head
+kept in float, calibrated as its activations need."""
 
 
 def status_of(kubectl: Kubectl) -> dict[str, Any]:
@@ -469,6 +491,46 @@ async def test_a_quantize_section_that_cannot_work_is_refused_and_the_stable_ser
     assert not [key for key in kubectl.cluster.objects if key[0].plural == "jobs"]
 
 
+async def test_a_token_models_options_become_the_jobs_quantize_flags_and_changing_one_runs_a_new_job(
+    kubectl: Kubectl, start_operator: StartOperator
+) -> None:
+    """Options the CRD did not declare were pruned by the API server: the Job gated the first output,
+    every position, padding too, and quantized the head it was asked to keep in float."""
+    await start_operator(ScriptedMetrics())
+    await serving(kubectl)
+    section = {**QUANTIZE, "options": TOKEN_MODEL_OPTIONS}
+    await kubectl.patch({"spec": {"quantize": section}})
+    expected = quantization.QuantizeSpec.from_spec({"quantize": section})
+    assert expected is not None
+    first = quantization.job_name("digits", expected.hash)
+    job = await eventually(lambda: job_of(kubectl, first), what="the quantization Job")
+
+    stored = kubectl.get()
+    assert stored is not None and stored["spec"]["quantize"]["options"] == TOKEN_MODEL_OPTIONS, (
+        "nothing pruned"
+    )
+    (container,) = job["spec"]["template"]["spec"]["containers"]
+    command = container["command"]
+    assert command[command.index("--") :] == [
+        "--",
+        "--activation-type", "uint8", "--weight-type", "int8", "--calibration-method", "entropy",
+        "--num-bins", "256", "--batch-size", "2", "--task", "classification", "--output", "logits",
+        "--mask-input", "attention_mask", "--metric", "top1_agreement", "--threshold", "0.9",
+        "--strategy", "fallback", "--max-trials", "4", "--keep-going",
+        "--no-reduce-range", "--no-pre-process", "--matmul-const-b-only",
+        "--exclude", "/lm_head/MatMul", "--exclude", "/h.0/attn/MatMul",
+    ]  # fmt: skip
+
+    # the section's hash covers its options: one node fewer kept in float is another Job
+    await kubectl.patch({"spec": {"quantize": {"options": {"excludeNodes": ["/lm_head/MatMul"]}}}})
+    await eventually(lambda: len(events(kubectl, "QuantizeJobCreated")) == 2, what="the second Job")
+    second = status_of(kubectl)["quantize"]["job"]
+    assert second != first
+    (container,) = job_of(kubectl, second)["spec"]["template"]["spec"]["containers"]  # type: ignore[index]
+    assert container["command"][-2:] == ["--exclude", "/lm_head/MatMul"]
+    assert container["command"].count("--exclude") == 1
+
+
 # -- the CRD, under the rules a real API server applies (apiserver_rules.py) -----------------------
 
 
@@ -490,6 +552,25 @@ def test_a_quantize_section_is_admitted_with_its_defaults_and_reads_into_the_sam
     )
 
 
+def test_every_option_is_admitted_as_given_and_reads_into_the_job() -> None:
+    options = {**TOKEN_MODEL_OPTIONS, "mode": "static", "format": "QDQ", "perChannel": True, "minCosine": 0.9}
+    for every in (options, {**options, "calibrationMethod": "percentile", "percentile": 99.9}):
+        section = {**QUANTIZE, "options": every}
+        stored, errors = rules.admit(crd.schema(), resource(section))
+        assert errors == []
+        assert stored["spec"]["quantize"]["options"] == every, "nothing pruned, nothing defaulted"
+        assert quantization.QuantizeSpec.from_spec(stored["spec"]) == quantization.QuantizeSpec.from_spec(
+            {"quantize": section}
+        )
+    longest = {
+        "output": "o" * artifact.MAX_TENSOR_NAME_CHARS,
+        "maskInput": "m" * artifact.MAX_TENSOR_NAME_CHARS,
+        "excludeNodes": ["n" * artifact.MAX_NODE_NAME_CHARS] * crd.MAX_EXCLUDED_NODES,
+    }
+    _, errors = rules.admit(crd.schema(), resource({**QUANTIZE, "options": longest}))
+    assert errors == []
+
+
 @pytest.mark.parametrize(
     ("change", "complaint"),
     [
@@ -503,6 +584,34 @@ def test_a_quantize_section_is_admitted_with_its_defaults_and_reads_into_the_sam
             {"options": {"threshold": 0.9, "maxAccuracyDelta": 0.01}},
             "threshold or maxAccuracyDelta, not both",
         ),
+        # what quantize refuses as a usage error: the Job would fail at once, after its downloads
+        ({"options": {"activationType": "int4"}}, "'int4' is not one of"),
+        ({"options": {"task": "detection"}}, "'detection' is not one of"),
+        ({"options": {"strategy": "greedy"}}, "'greedy' is not one of"),
+        ({"options": {"percentile": 0}}, "less than or equal to the minimum of 0"),
+        ({"options": {"percentile": 100.5}}, "greater than the maximum of 100"),
+        ({"options": {"numBins": 1}}, "less than the minimum of 2"),
+        ({"options": {"batchSize": 0}}, "less than the minimum of 1"),
+        ({"options": {"minCosine": 1.5}}, "greater than the maximum of 1"),
+        (
+            {"options": {"calibrationMethod": "entropy", "numBins": 127}},
+            "entropy calibration needs at least 128",
+        ),
+        (
+            {"options": {"calibrationMethod": "distribution", "numBins": 256}},
+            "distribution calibration needs at least 512",
+        ),
+        (
+            {"options": {"task": "embedding", "metric": "top1_agreement"}},
+            "task embedding is gated by one of cosine_agreement, cosine_mean",
+        ),
+        ({"options": {"keepGoing": "yes"}}, "is not of type 'boolean'"),
+        # names as long as an artifact's manifest may hold, and as many as one object's size allows
+        ({"options": {"output": ""}}, "should be non-empty"),
+        ({"options": {"maskInput": "m" * (artifact.MAX_TENSOR_NAME_CHARS + 1)}}, "is too long"),
+        ({"options": {"excludeNodes": ["n" * (artifact.MAX_NODE_NAME_CHARS + 1)]}}, "is too long"),
+        ({"options": {"excludeNodes": ["n"] * (crd.MAX_EXCLUDED_NODES + 1)}}, "is too long"),
+        ({"options": {"excludeNodes": "MatMul2"}}, "is not of type 'array'"),
         # the Job mounts the claim and reads or writes a path inside it
         ({"target": {"uri": "pvc://models"}}, "does not match"),
         ({"target": {"uri": "pvc://models/"}}, "does not match"),
@@ -536,6 +645,26 @@ def test_both_gate_limits_stored_before_the_rule_are_an_invalid_spec() -> None:
     options = {"threshold": 0.9, "maxAccuracyDelta": 0.01}
     with pytest.raises(InvalidSpec, match="threshold or maxAccuracyDelta, not both"):
         quantization.QuantizeSpec.from_spec({"quantize": {**QUANTIZE, "options": options}})
+
+
+@pytest.mark.parametrize("method", ["entropy", "distribution"])
+def test_too_few_bins_stored_before_the_rule_are_an_invalid_spec(method: str) -> None:
+    """quantize refuses them (exit 2): the Job would fail at once."""
+    options = {"calibrationMethod": method, "numBins": 64}
+    with pytest.raises(InvalidSpec, match=f"{method} calibration needs at least"):
+        quantization.QuantizeSpec.from_spec({"quantize": {**QUANTIZE, "options": options}})
+    enough = {"calibrationMethod": method, "numBins": 512}
+    assert quantization.QuantizeSpec.from_spec({"quantize": {**QUANTIZE, "options": enough}}) is not None
+
+
+def test_another_tasks_metric_stored_before_the_rule_is_an_invalid_spec() -> None:
+    """quantize refuses it once it has read the evaluation data: after the Job's downloads."""
+    options = {"task": "regression", "metric": "top1_agreement"}
+    with pytest.raises(InvalidSpec, match="task regression is gated by one of relative_error"):
+        quantization.QuantizeSpec.from_spec({"quantize": {**QUANTIZE, "options": options}})
+    for task, metric in (("regression", "relative_error"), ("embedding", "nn_agreement")):
+        options = {"task": task, "metric": metric}
+        assert quantization.QuantizeSpec.from_spec({"quantize": {**QUANTIZE, "options": options}}) is not None
 
 
 def test_a_missing_input_is_refused_by_the_api_server() -> None:

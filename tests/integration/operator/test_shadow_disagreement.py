@@ -21,7 +21,7 @@ from quantship import slo
 from quantship.operator import status as conditions
 from quantship.operator.quantize_job import Verdict
 
-SAID = "evaluation rows (positions, for a token model):"
+SAID = "evaluation rows (a token model's each by its share of positions):"
 """How the condition names what the share is of."""
 
 SLO = next(o.budget for o in slo.DEFAULT_OBJECTIVES if o.sli is slo.SLI.ACCURACY_DELTA)

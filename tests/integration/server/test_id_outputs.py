@@ -139,6 +139,14 @@ def _flips(fp32: Path, other: Path, inputs: dict[str, np.ndarray]) -> np.ndarray
     return _tokens(fp32, inputs) != _tokens(other, inputs)
 
 
+def _row_shares(flips: np.ndarray, judged: np.ndarray) -> tuple[float, int]:
+    """What the shadow counts: (the rows' shares of their judged positions that flip, summed; the rows
+    with a position judged)."""
+    counted = np.count_nonzero(judged, axis=1)
+    flipped = np.count_nonzero(flips & judged, axis=1)
+    return float(np.sum(flipped[counted > 0] / counted[counted > 0])), int(np.count_nonzero(counted))
+
+
 @pytest.mark.parametrize("task", [[], ["--task", "classification"], ["--task", "regression"]])
 def test_a_bool_output_is_refused_before_tuning_naming_the_outputs_to_gate_instead(
     tmp_path: Path, task: list[str]
@@ -195,9 +203,11 @@ def test_an_answer_per_position_is_judged_at_every_position_but_the_padding(
     if first == "tokens":  # ids: no confidence to read, every real position judged
         assert evaluator.gate.metric is Metric.TOP1_AGREEMENT and "every position" in evaluator.gate.reason
         assert evaluator.gate.rule == RowRule(Kind.TOP1, per_position=True, mask_input="attention_mask")
-        assert evaluation.shadow == (np.count_nonzero(flips[real]), np.count_nonzero(real)), (
-            "the shadow alike"
-        )
+        assert evaluation.shadow == pytest.approx(_row_shares(flips, real)), "the shadow counts rows"
+        shares, rows = _row_shares(flips, real)
+        said = evaluator.shadow_warning(evaluation)  # over the SLO's 0.5%: what the canary will read
+        read = f"the {rows} evaluation rows disagree with FP32 at {shares / rows:.1%} of their positions"
+        assert said is not None and read in said, said
         return
     # Scores: as for rows, flips between near-ties are no error; the real positions FP32 is sure of count.
     logits = runtime.create_session(fp32).run(["logits"], inputs)[0]
@@ -208,7 +218,7 @@ def test_an_answer_per_position_is_judged_at_every_position_but_the_padding(
     assert evaluator.gate.metric is Metric.CONFIDENT_AGREEMENT
     rule = RowRule(Kind.TOP1, confident_only=True, per_position=True, mask_input="attention_mask")
     assert evaluator.gate.rule == rule
-    assert evaluation.shadow == (np.count_nonzero(flips[sure]), np.count_nonzero(sure)), "the shadow alike"
+    assert evaluation.shadow == pytest.approx(_row_shares(flips, sure)), "the shadow counts rows"
     assert evaluation.value == pytest.approx(1.0 - np.mean(flips[sure]))
 
 
@@ -235,7 +245,7 @@ def test_labels_per_position_gate_the_accuracy_of_the_labelled_real_positions(tm
     assert evaluator.gate.metric is Metric.TOP1_ACCURACY and evaluator.mask_input == "attention_mask"
     assert evaluation.fp32 == pytest.approx(np.mean(fp32_right))
     assert evaluation.int8 == pytest.approx(np.mean(other_right))
-    assert evaluation.shadow == (np.count_nonzero(flips[real]), np.count_nonzero(real)), "all real positions"
+    assert evaluation.shadow == pytest.approx(_row_shares(flips, real)), "all real positions"
 
 
 @pytest.mark.parametrize(
@@ -261,10 +271,12 @@ def test_labels_that_do_not_label_the_positions_are_refused(
     assert not out.exists()
 
 
-def test_the_shadow_counts_the_positions_a_request_did_not_pad(tmp_path: Path) -> None:
+def test_the_shadow_counts_rows_by_the_positions_a_request_did_not_pad(tmp_path: Path) -> None:
     """A real INT8 token classifier is served; an artifact whose model answers otherwise at the last
-    position only is shadowed against its FP32 reference: each real position that flips is one
-    disagreement, padding is not compared, as the gate counted."""
+    position only is shadowed against its FP32 reference: each row is one comparison (DESIGN: shadow
+    comparisons count rows; counted as positions, two 64-token requests met an analysis' minSamples),
+    disagreeing by the share of its real positions that flip; padding is not judged. Rows of 9 to 12
+    real positions: the disagreements are the rows' shares, not the flips over all positions."""
     fp32 = build_token_classifier(tmp_path / "fp32.onnx", first="logits")
     data = _data(tmp_path / "x.npz", ROWS, positions=True, seed=1)
     every_position = QuantizeConfig(metric=Metric.TOP1_AGREEMENT, max_accuracy_delta=0.5)
@@ -301,12 +313,11 @@ def test_the_shadow_counts_the_positions_a_request_did_not_pad(tmp_path: Path) -
             sent[0].set_data_from_numpy(x)
             sent[1].set_data_from_numpy(mask)
             client.infer(MODEL, sent)
-        compared = int(np.count_nonzero(real))
-        wait_until(
-            lambda: server.metric("quantship_shadow_comparisons_total") == compared,
-            what="every real position",
-        )
-        assert server.metric("quantship_shadow_disagreements_total") == np.count_nonzero(flips[real])
+        shares, rows = _row_shares(flips, real)
+        assert rows == 40 and len(set(np.count_nonzero(real, axis=1))) > 1, "rows of other lengths"
+        wait_until(lambda: server.metric("quantship_shadow_comparisons_total") == rows, what="every row")
+        assert server.metric("quantship_shadow_disagreements_total") == pytest.approx(shares)
+        assert shares / rows != pytest.approx(np.mean(flips[real])), "a mean of rows, not of positions"
     finally:
         server.stop()
 

@@ -15,14 +15,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+import click
 import pytest
+from click.core import ParameterSource
 
-from quantship import UNIQUE_TAG_ENV, artifact, oci, runtime, zoo
+from quantship import UNIQUE_TAG_ENV, artifact, cli, oci, runtime, zoo
 from quantship.operator import crd, fetch, names, quantization, quantize_job
 from quantship.operator.quantize_job import Verdict, read_result
 from quantship.operator.spec import InvalidSpec
-from quantship.quantize import config as q_config
-from quantship.quantize.evaluate import Metric
 
 TIMEOUT = 600  # two cores, other suites running at once
 
@@ -194,13 +194,163 @@ def test_a_passed_verdict_whose_artifact_is_no_uri_the_crd_takes_is_malformed(pr
     assert read_result(message) == f"the gate passed but the Job named no artifact URI: {produced!r}"
 
 
-def test_the_crds_quantize_choices_are_the_quantize_commands() -> None:
+EVERY_OPTION = {
+    "mode": "dynamic",
+    "format": "QOperator",
+    "perChannel": True,
+    "activationType": "int8",
+    "weightType": "uint8",
+    "reduceRange": False,
+    "calibrationMethod": "entropy",
+    "percentile": 99.9,
+    "numBins": 256,
+    "batchSize": 4,
+    "preProcess": False,
+    "matmulConstBOnly": True,
+    "task": "classification",
+    "output": "--sign-key",  # a name click must read as the value, not as a flag
+    "maskInput": "attention_mask",
+    "metric": "top1_agreement",
+    "threshold": -0.5,
+    "minCosine": 0.9,
+    "strategy": "fallback",
+    "keepGoing": True,
+    "maxTrials": 3,
+    "excludeNodes": ["MatMul2", "-q"],
+}
+"""spec.quantize.options, each set to other than quantize's default; all but maxAccuracyDelta,
+which the CRD refuses beside threshold."""
+JOBS_OWN = {"model", "out", "calibration", "evaluation", "sign_key", "quiet"}
+"""quantize's parameters the Job sets itself (the files it fetched, signingKeySecret, no progress
+bars): never in spec.quantize.options."""
+SECTION = {"model": "file:///m.onnx", "calibration": "file:///c.npz", "target": {"uri": "pvc://m/q"}}
+
+
+def parsed_by_quantize(options: dict[str, Any]) -> click.Context:
+    """The operator's quantize flags for `options`, parsed by `quantship quantize` itself."""
+    job = quantization.QuantizeSpec.from_spec({"quantize": {**SECTION, "options": options}})
+    assert job is not None
+    return cli.quantize.make_context("quantize", ["m.onnx", "-o", "out", *job.quantize_args()])
+
+
+def test_every_option_reaches_the_quantize_parameter_it_names_and_every_other_parameter_is_the_jobs() -> None:
+    """A new flag of `quantship quantize` is an option of the CRD or the Job's own; each option
+    arrives as its value."""
+    schema = crd.spec_schema()["properties"]["quantize"]["properties"]["options"]["properties"]
+    assert set(EVERY_OPTION) | {"maxAccuracyDelta"} == set(schema)
+
+    context = parsed_by_quantize(EVERY_OPTION)
+
+    source = context.get_parameter_source
+    given = {name for name in context.params if source(name) is ParameterSource.COMMANDLINE} - JOBS_OWN
+    assert given == set(context.params) - JOBS_OWN - {"max_accuracy_delta"}
+    assert {name: context.params[name] for name in given} == {
+        "mode": "dynamic",
+        "quant_format": "QOperator",
+        "per_channel": True,
+        "activation_type": "int8",
+        "weight_type": "uint8",
+        "reduce_range": False,
+        "calibration_method": "entropy",
+        "percentile": 99.9,
+        "num_bins": 256,
+        "batch_size": 4,
+        "pre_process": False,
+        "matmul_const_b_only": True,
+        "task": "classification",
+        "output_name": "--sign-key",
+        "mask_input": "attention_mask",
+        "metric": "top1_agreement",
+        "threshold": -0.5,
+        "min_cosine": 0.9,
+        "strategy": "fallback",
+        "keep_going": True,
+        "max_trials": 3,
+        "exclude": ("MatMul2", "-q"),
+    }
+    assert context.params["sign_key"] is None and not context.params["quiet"]
+
+
+def test_the_operator_takes_quantizes_choices_without_loading_onnxruntime() -> None:
+    """The CRD's enums and rules come from quantship.choices, as the CLI's options do: the operator
+    never loads onnxruntime for them."""
+    code = "import sys, quantship.operator.main; print('onnxruntime' in sys.modules)"
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert loaded.stdout.strip() == "False"
     options = crd.spec_schema()["properties"]["quantize"]["properties"]["options"]["properties"]
-    assert options["mode"]["enum"] == [m.value for m in q_config.Mode]
-    assert options["format"]["enum"] == [f.value for f in q_config.Format]
-    assert options["calibrationMethod"]["enum"] == [c.value for c in q_config.Calibration]
-    assert options["metric"]["enum"] == [m.value for m in Metric]
-    assert set(quantization.OPTION_FLAGS) | {"perChannel"} == set(options)
+    assert options["metric"]["enum"] == [metric.value for metric in cli.Metric]
+
+
+def test_the_other_gate_limit_and_the_opposite_booleans_reach_quantize_too() -> None:
+    """false is a flag of its own for the pairs (quantize's default may be either: reduceRange's is
+    the Job's CPU's), and no flag for the switches."""
+    options = {
+        "maxAccuracyDelta": 0.01,
+        "reduceRange": True,
+        "preProcess": True,
+        "matmulConstBOnly": False,
+        "perChannel": False,
+        "keepGoing": False,
+    }
+    context = parsed_by_quantize(options)
+    assert context.params["max_accuracy_delta"] == 0.01
+    assert (context.params["reduce_range"], context.params["pre_process"]) == (True, True)
+    assert (context.params["matmul_const_b_only"], context.params["per_channel"]) == (False, False)
+    assert context.get_parameter_source("keep_going") is ParameterSource.DEFAULT
+
+
+def test_whole_numbers_the_api_server_admits_as_floats_reach_quantize_as_integers() -> None:
+    """A real API server admits 4.0 for an integer field (JSON has one number type), and quantize's
+    --batch-size 4.0 was a usage error: the Job failed at once."""
+    context = parsed_by_quantize({"batchSize": 4.0, "maxTrials": 2.0, "numBins": 512.0, "threshold": 1.0})
+    assert [context.params[name] for name in ("batch_size", "max_trials", "num_bins")] == [4, 2, 512]
+    assert context.params["threshold"] == 1.0
+
+
+def test_a_job_given_every_option_runs_quantize_and_its_artifact_records_them(
+    sample: zoo.SampleModel, tmp_path: Path
+) -> None:
+    """The Job's own command line, run: a flag the operator misspelt fails it with a usage error."""
+    options = {
+        **EVERY_OPTION,
+        "mode": "static",
+        "format": "QDQ",
+        "weightType": "int8",
+        "calibrationMethod": "percentile",
+        "percentile": 99.99,
+        "numBins": 512,
+        "threshold": 0.9,
+        "maxTrials": 0,
+        "output": "probabilities",  # not the first output, label
+        "excludeNodes": ["MatMul2"],  # preProcess false: the model's own names
+    }
+    del options["maskInput"]  # the digits model answers once per row: its refusal is tested below
+    job = spec(sample, **options)
+    done, result = run_job(job.command("digits"), tmp_path)
+    assert done.returncode == 0, done.stderr
+    verdict = read_result(result.read_text())
+    assert isinstance(verdict, Verdict) and verdict.passed and verdict.artifact is not None
+    manifest = fetch.fetch(verdict.artifact, tmp_path / "served", pvc_root=tmp_path / "pvc").manifest
+    quantized = manifest["quantization"]
+    assert (quantized["output"], quantized["excluded_nodes"]) == ("probabilities", ["MatMul2"])
+    assert (quantized["activation_type"], quantized["weight_type"], quantized["format"]) == (
+        "int8",
+        "int8",
+        "QDQ",
+    )
+    assert quantized["calibration_params"] == {"percentile": 99.99, "num_bins": 512}
+    assert (quantized["batch_size"], quantized["per_channel"], quantized["reduce_range"]) == (4, True, False)
+    assert quantized["extra_options"] == {"MatMulConstBOnly": True}
+    assert quantized["pre_process"] == "not requested"
+    assert manifest["task"] == {"name": "classification", "why": "--task"}
+    assert (manifest["tuning"]["strategy"], manifest["tuning"]["keep_going"]) == ("fallback", True)
+    assert (manifest["validation"]["metric"], manifest["validation"]["threshold"]) == ("top1_agreement", 0.9)
+
+    masked = spec(sample, maxTrials=0, maskInput="attention_mask")
+    done, result = run_job(masked.command("digits"), tmp_path / "masked")
+    assert done.returncode == 3, done.stderr
+    said = read_result(result.read_text())
+    assert isinstance(said, str) and said.startswith("--mask-input attention_mask: output 'label'"), said
 
 
 def test_the_section_hash_names_the_job_and_a_pvc_target_gets_a_folder_per_model_and_job(

@@ -55,9 +55,10 @@ def test_token_ids_disagree_where_any_position_differs_and_take_no_label_feedbac
         assert comparator.disagreements(served, reference) == (1, 2)
 
 
-def test_a_per_position_rule_judges_the_positions_a_request_did_not_pad() -> None:
+def test_a_per_position_rule_counts_rows_by_the_positions_a_request_did_not_pad() -> None:
     """The gate's per-position rule, from the manifest: the request's own attention mask says which
-    positions are tokens (a causal LM's logits at padding are answers nobody reads)."""
+    positions are tokens (a causal LM's logits at padding are answers nobody reads). A row is one
+    comparison, disagreeing by the share of its tokens that flip."""
     inputs = (
         TensorSpec("input_ids", "INT64", (None, None)),
         TensorSpec("attention_mask", "INT64", (None, None)),
@@ -65,13 +66,16 @@ def test_a_per_position_rule_judges_the_positions_a_request_did_not_pad() -> Non
     rule = {"kind": "top1", "per_position": True, "mask_input": "attention_mask"}
     comparator = Comparator.for_artifact(TensorSpec("logits", "FP32", (None, None, 4)), rule, 0.01, inputs)
     assert not comparator.classifier, "no one class a row: no label feedback"
-    reference = np.zeros((2, 3, 4), dtype=np.float32)
+    reference = np.zeros((4, 3, 4), dtype=np.float32)
     reference[..., 1] = 1.0
     served = reference.copy()
-    served[0, 1, 2] = served[1, 2, 2] = 5.0  # a real token and a padded one flip
-    mask = np.array([[1, 1, 1], [1, 1, 0]], dtype=np.int64)
+    served[0, 1, 2] = served[2, 0, 2] = 5.0  # a token of 3 flips, and a token of 1
+    served[1, 2, 2] = served[3, 0, 2] = 5.0  # padded positions flip
+    mask = np.array([[1, 1, 1], [1, 1, 0], [1, 0, 0], [0, 0, 0]], dtype=np.int64)
     request = {"input_ids": np.zeros_like(mask), "attention_mask": mask}
-    assert comparator.disagreements(served, reference, request) == (1, 5)
+    disagreeing, compared = comparator.disagreements(served, reference, request)
+    assert compared == 3, "rows with a token, not their 6 tokens"
+    assert disagreeing == pytest.approx(1 / 3 + 0 / 2 + 1 / 1)
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,79 @@
+"""The choices of `quantship quantize` that a QuantizedModel's spec.quantize.options names too.
+
+Written once, here: the CLI's options take these enums' values, the quantizer reads them
+(quantize/config.py, quantize/evaluate.py and agreement.py re-export them), and the CRD's enums and
+CEL rules are built from them. Imports nothing of ours and nothing heavy: the operator runs without
+onnxruntime.
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class Mode(enum.StrEnum):
+    STATIC = "static"
+    DYNAMIC = "dynamic"
+
+
+class Format(enum.StrEnum):
+    QDQ = "QDQ"
+    QOPERATOR = "QOperator"
+
+
+class Calibration(enum.StrEnum):
+    MINMAX = "minmax"
+    PERCENTILE = "percentile"
+    ENTROPY = "entropy"
+    DISTRIBUTION = "distribution"
+
+
+class Strategy(enum.StrEnum):
+    RECIPES = "recipes"
+    """Stage 1 whole-model recipes, then op-type fallback, then node-wise fallback."""
+    FALLBACK = "fallback"
+    """Keep the given recipe: op-type fallback, then node-wise fallback only."""
+
+
+class Precision(enum.StrEnum):
+    INT8 = "int8"
+    UINT8 = "uint8"
+
+
+class Task(enum.StrEnum):
+    CLASSIFICATION = "classification"
+    EMBEDDING = "embedding"
+    REGRESSION = "regression"
+
+
+class Metric(enum.StrEnum):
+    TOP1_ACCURACY = "top1_accuracy"
+    TOP1_AGREEMENT = "top1_agreement"
+    CONFIDENT_AGREEMENT = "confident_agreement"
+    TOP5_OVERLAP = "top5_overlap"
+    KL_DIVERGENCE = "kl_divergence"
+    COSINE_AGREEMENT = "cosine_agreement"
+    COSINE_MEAN = "cosine_mean"
+    COSINE_P5 = "cosine_p5"
+    NN_AGREEMENT = "nn_agreement"
+    RELATIVE_ERROR = "relative_error"
+
+
+METRICS_OF_TASK = {
+    Task.CLASSIFICATION: (
+        Metric.TOP1_ACCURACY,
+        Metric.TOP1_AGREEMENT,
+        Metric.CONFIDENT_AGREEMENT,
+        Metric.TOP5_OVERLAP,
+        Metric.KL_DIVERGENCE,
+    ),
+    Task.EMBEDDING: (Metric.COSINE_AGREEMENT, Metric.COSINE_MEAN, Metric.COSINE_P5, Metric.NN_AGREEMENT),
+    Task.REGRESSION: (Metric.RELATIVE_ERROR,),
+}
+"""The gating metrics of each task's outputs: quantize refuses --metric of another task's."""
+TASK_OF_METRIC = {metric: task for task, metrics in METRICS_OF_TASK.items() for metric in metrics}
+
+MIN_NUM_BINS = {Calibration.ENTROPY: 128, Calibration.DISTRIBUTION: 512}
+"""The fewest histogram bins onnxruntime 1.32 calibrates with: entropy searches thresholds outward
+from its 128 quantized bins (fewer failed after the whole calibration, with numpy's 'negative
+dimensions are not allowed'), distribution refuses under 512."""
