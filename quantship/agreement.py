@@ -79,8 +79,10 @@ def chunks(rows: np.ndarray) -> Iterator[slice]:
 def are_probabilities(scores: np.ndarray) -> bool:
     """Whether every row is already a probability distribution (a softmax output)."""
     rows = scores.reshape(len(scores), -1)
+    if rows.size and not rows.min() >= 0:  # logits, or NaN: one pass, with no [rows, classes] booleans
+        return False
     sums = rows.sum(axis=1, dtype=np.float64)
-    return bool(np.all(rows >= 0) and np.allclose(sums, 1.0, atol=PROBABILITY_SUM_TOLERANCE))
+    return bool(np.allclose(sums, 1.0, atol=PROBABILITY_SUM_TOLERANCE))
 
 
 def probabilities(scores: np.ndarray, normalized: bool | None = None) -> np.ndarray:
@@ -107,8 +109,20 @@ def confident(scores: np.ndarray) -> np.ndarray:
     """Per row: whether the top class holds more than CONFIDENT_PROBABILITY."""
     rows = scores.reshape(len(scores), -1)
     normalized = are_probabilities(rows)
-    tops = [probabilities(rows[part], normalized).max(axis=1) for part in chunks(rows)]
+    tops = [_top_probability(rows[part], normalized) for part in chunks(rows)]
     return np.concatenate(tops) > CONFIDENT_PROBABILITY if tops else np.zeros(0, dtype=bool)
+
+
+def _top_probability(rows: np.ndarray, normalized: bool) -> np.ndarray:
+    """Per row, the probability of the top class, as `probabilities` gives it. Of logits, softmax's
+    largest value is exp(0) / sum(exp(x - max)): the sum alone, without dividing every class by it
+    and searching the quotients again (a GPT-2 vocabulary's confident shadow rule took 15 times the
+    plain top-1 rule's CPU)."""
+    if normalized:
+        return probabilities(rows, normalized).max(axis=1)
+    with np.errstate(invalid="ignore"):  # inf - inf: a row with an infinite logit is NaN, never sure
+        shifted = np.subtract(rows, rows.max(axis=1, keepdims=True), dtype=np.float64)
+    return 1.0 / np.exp(shifted, out=shifted).sum(axis=1)
 
 
 def top1_differs(served: np.ndarray, reference: np.ndarray) -> np.ndarray | None:
@@ -255,15 +269,17 @@ class RowRule:
     ) -> tuple[np.ndarray, np.ndarray]:
         """Per position (`position_grid`): whether the served class differs from the reference's, and
         whether the position is judged: where `mask` is non-zero (a mask of other positions is not this
-        output's) and, under `confident_only`, FP32 is sure. Classes and confidence are read in place:
-        masking the scores first copied [positions, vocab] twice a sample (GPT-2's vocabulary: 0.32 s
-        a batch of 8 against 0.03 s)."""
+        output's) and, under `confident_only`, FP32 is sure. Classes are read in place, and FP32's
+        confidence, the costly part (a softmax's sum over the vocabulary), at real positions only."""
         served_classes, reference_classes = _position_classes(served), _position_classes(reference)
         judged = np.ones(reference_classes.shape, dtype=bool)
         if mask is not None and mask.shape == judged.shape:
             judged &= mask != 0
         if self.confident_only and reference.dtype.kind == "f":
-            judged &= confident(reference.reshape(-1, reference.shape[-1])).reshape(judged.shape)
+            rows, real = reference.reshape(-1, reference.shape[-1]), judged.reshape(-1)
+            sure = np.zeros_like(real)
+            sure[real] = confident(rows if real.all() else rows[real])
+            judged &= sure.reshape(judged.shape)
         if served_classes.shape != judged.shape:  # answers of another length are other answers
             return np.ones_like(judged), judged
         return served_classes != reference_classes, judged

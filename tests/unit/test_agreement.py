@@ -80,6 +80,24 @@ def test_logits_are_read_through_their_softmax() -> None:
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0)
 
 
+def test_confidence_is_the_top_class_share_of_the_softmax_without_building_it() -> None:
+    """`confident` reads the top probability from the softmax's sum alone; it must say what the
+    whole softmax says, on every row a model can answer: logits, NaN, infinities, probabilities."""
+    rng = np.random.default_rng(0)
+    logits = rng.normal(scale=3.0, size=(400, 1000)).astype(np.float32)
+    logits[::7, 3] += 12.0  # some rows sure of one class
+    logits[1, 5], logits[2, 6], logits[3, 7] = np.nan, np.inf, -np.inf
+    with np.errstate(invalid="ignore"):  # the row holding inf is NaN after softmax's subtraction
+        whole = agreement.probabilities(logits).max(axis=1) > agreement.CONFIDENT_PROBABILITY
+    assert 0 < whole.sum() < len(whole), "the rows must be of both kinds for this to say anything"
+    assert agreement.confident(logits).tolist() == whole.tolist()
+    softmaxed = agreement.probabilities(logits[4:]).astype(np.float32)  # the NaN and inf rows left out
+    assert agreement.are_probabilities(softmaxed)
+    assert agreement.confident(softmaxed).tolist() == whole[4:].tolist()
+    assert not agreement.are_probabilities(np.array([[0.5, np.nan, 0.5]])), "NaN is no probability"
+    assert not agreement.are_probabilities(np.array([[1.5, -0.5]])), "sums to 1, but a negative share"
+
+
 def test_embeddings_disagree_by_cosine_not_by_argmax() -> None:
     rng = np.random.default_rng(0)
     reference = rng.normal(size=(4, 384)).astype(np.float32)
