@@ -107,6 +107,8 @@ def probabilities(scores: np.ndarray, normalized: bool | None = None) -> np.ndar
 
 def confident(scores: np.ndarray) -> np.ndarray:
     """Per row: whether the top class holds more than CONFIDENT_PROBABILITY."""
+    if not len(scores):  # no rows (a request all padding): numpy cannot infer the classes of none
+        return np.zeros(0, dtype=bool)
     rows = scores.reshape(len(scores), -1)
     normalized = are_probabilities(rows)
     tops = [_top_probability(rows[part], normalized) for part in chunks(rows)]
@@ -232,7 +234,7 @@ class RowRule:
         where any of its positions is judged (`mask`, the `mask_input` sent with the batch, non-zero),
         and disagrees by the share of those that flip: so a comparison stays a request's row (an
         analysis' minSamples counted two LM requests of 64 tokens as 128 samples), and the ratio
-        stays a flip rate (for rows of one length, the positions' own)."""
+        stays a flip rate (the positions' own where every row has as many judged positions)."""
         if served.ndim == 0:
             served, reference = served.reshape(1), reference.reshape(1)
         if not served.size:  # rows of no elements (a token model's answer to a sequence of length 0)

@@ -537,11 +537,18 @@ def _laid_out(value: Any, indent: str) -> str:
     """`value` as JSON, a line a member where it holds a list or an object, else on one line."""
     inner = indent + "  "
     if isinstance(value, dict) and any(isinstance(v, dict | list | tuple) for v in value.values()):
-        members = (f"{inner}{json.dumps(key)}: {_laid_out(value[key], inner)}" for key in sorted(value))
+        keyed = sorted(((_json_key(key), v) for key, v in value.items()), key=lambda member: member[0])
+        members = (f"{inner}{json.dumps(key)}: {_laid_out(v, inner)}" for key, v in keyed)
         return "{\n" + ",\n".join(members) + f"\n{indent}}}"
     if isinstance(value, list | tuple) and any(isinstance(v, dict | list | tuple) for v in value):
         return "[\n" + ",\n".join(inner + _laid_out(v, inner) for v in value) + f"\n{indent}]"
     return json.dumps(value, sort_keys=True, allow_nan=False)
+
+
+def _json_key(key: Any) -> str:
+    """An object key as json.dumps writes it: a string as it is, a number, true, false or null as its
+    JSON text (a bare 1 before a colon is no JSON)."""
+    return key if isinstance(key, str) else json.dumps(key)
 
 
 def least_manifest_bytes(tensors: Collection[str]) -> int:

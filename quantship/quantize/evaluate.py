@@ -108,7 +108,8 @@ METRICS: dict[Metric, MetricSpec] = {
 SHADOW_COUNTS = {Metric.TOP1_AGREEMENT, Metric.CONFIDENT_AGREEMENT, Metric.COSINE_AGREEMENT}
 """Metrics whose loss is the share of rows the shadow SLI's rule (`Gate.rule`) counts: a gate on
 them has bounded what the shadow will read (per position, the gate's share is of all positions, the
-shadow's a mean of the rows' shares: the same for rows of one length). The others (accuracy against
+shadow's a mean of the rows' shares: the same where every row has as many judged positions, which
+under `confident_only` rows seldom have). The others (accuracy against
 labels, KL, a cosine mean, a regression's global error) pass artifacts whose rows the shadow may
 count far more often."""
 SHADOW_BUDGET = next(o.budget for o in slo.DEFAULT_OBJECTIVES if o.sli is slo.SLI.ACCURACY_DELTA)
@@ -666,10 +667,13 @@ class Evaluator:
             read += " (a mean of the rows' shares)"
         else:
             read = f"{disagreeing:.0f} of {compared} evaluation rows ({share:.1%}) disagree with FP32"
+        gate_on: str | None
         if self._gate_counts_as_the_shadow:  # it counted the same: and allowed more than the SLO
             of = " of all positions; the shadow weighs each row alike" if self.per_position else ""
             why = f" (the gate allowed up to {self.gate.limit:.1%}{of})"
-            gate_on = f"a gate within the SLO (--max-accuracy-delta {SHADOW_BUDGET:g})"
+            # per position, a gate within the SLO can pass what the rows' mean reads over it: no advice
+            within = self.gate.limit <= SHADOW_BUDGET + 1e-12
+            gate_on = None if within else f"a gate within the SLO (--max-accuracy-delta {SHADOW_BUDGET:g})"
         else:
             why = (
                 " (labels judge accuracy, which a flip between two wrong classes leaves as it was; the "
@@ -684,8 +688,9 @@ class Evaluator:
             f"the gate passed on {self.gate.metric.value}, but {read} by the shadow SLI's rule "
             f"({rule.describe()}), over the default accuracy-delta SLO's {SHADOW_BUDGET:.1%}{why}: a "
             f"canary on traffic like this burns at ~{share / SHADOW_BUDGET:.1f}x and rolls back. Set "
-            f"spec.slos.maxAccuracyDelta to at least {share:.1%}, use {gate_on}, or improve the model or "
-            "calibration"
+            f"spec.slos.maxAccuracyDelta to at least {share:.1%}, "
+            + ("" if gate_on is None else f"use {gate_on}, ")
+            + "or improve the model or calibration"
         )
 
     @property

@@ -112,13 +112,18 @@ class ShadowEvaluator:
         self.feedback = feedback
 
     def process(self, samples: Sequence[ShadowSample]) -> None:
-        """Blocking: runs the reference. Called in the background thread by a Lane."""
+        """Blocking: runs the reference. Called in the background thread by a Lane. Every sample is
+        judged before any is counted: should one raise, the Lane counts the hand-off's samples as
+        dropped, and none of them as compared too."""
         outputs = self.reference.run_many(
             [s.inputs for s in samples], [s.rows for s in samples], max_rows=ROWS_A_CALL
         )
-        for sample, output in zip(samples, outputs, strict=True):
-            reference = output[self.comparator.output]
-            disagreeing, rows = self.comparator.disagreements(sample.served, reference, sample.inputs)
+        references = [output[self.comparator.output] for output in outputs]
+        judged = [
+            self.comparator.disagreements(sample.served, reference, sample.inputs)
+            for sample, reference in zip(samples, references, strict=True)
+        ]
+        for sample, reference, (disagreeing, rows) in zip(samples, references, judged, strict=True):
             self.metrics.compared(rows, disagreeing)
             if self.feedback is not None and self.comparator.classifier:
                 top1 = runtime.top1(reference)

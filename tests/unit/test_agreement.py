@@ -53,6 +53,7 @@ def test_a_per_position_rule_judges_each_real_position_and_counts_rows() -> None
     assert rule.judge(served, reference, np.zeros_like(mask)) == (0, 0), "all padding: nothing compared"
     confident = RowRule(Kind.TOP1, confident_only=True, per_position=True, mask_input="attention_mask")
     assert confident.judge(served, reference, mask) == pytest.approx((0.75, 3)), "FP32 sure everywhere"
+    assert confident.judge(served, reference, np.zeros_like(mask)) == (0, 0), "all padding, confident too"
     unsure = reference.copy()
     unsure[1, 1] = 0.2  # uniform: FP32 is sure of row 1's first position only, which flips
     unsure[0] = 0.2  # and of nothing in row 0: not compared
@@ -94,6 +95,7 @@ def test_confidence_is_the_top_class_share_of_the_softmax_without_building_it() 
     softmaxed = agreement.probabilities(logits[4:]).astype(np.float32)  # the NaN and inf rows left out
     assert agreement.are_probabilities(softmaxed)
     assert agreement.confident(softmaxed).tolist() == whole[4:].tolist()
+    assert agreement.confident(np.zeros((0, 7), dtype=np.float32)).shape == (0,)
     assert not agreement.are_probabilities(np.array([[0.5, np.nan, 0.5]])), "NaN is no probability"
     assert not agreement.are_probabilities(np.array([[1.5, -0.5]])), "sums to 1, but a negative share"
 

@@ -442,6 +442,14 @@ def test_a_48_layer_gpt2_manifest_fits_in_half_the_cap_and_reads_back_identical(
     assert _least_bytes(manifest) <= size
 
 
+def test_the_manifest_layout_writes_keys_as_json_does() -> None:
+    """The one-line layout wrote a key that is no string bare ({1: [1, 2]} as `1: [1, 2]`), which no
+    JSON reader takes; json.dumps writes it as "1", and the digest is taken over json.dumps' text."""
+    manifest = {"a": {1: [1, 2], 2: {"x": [3]}}, "b": {True: [1], None: {"y": 2}, 1.5: [0]}}
+    text = artifact._manifest_text(manifest)
+    assert json.loads(text) == json.loads(json.dumps(manifest))
+
+
 def _least_bytes(manifest: dict[str, object]) -> int:
     ranges = manifest["activation_ranges"]
     assert isinstance(ranges, list)

@@ -208,6 +208,7 @@ def test_an_answer_per_position_is_judged_at_every_position_but_the_padding(
         said = evaluator.shadow_warning(evaluation)  # over the SLO's 0.5%: what the canary will read
         read = f"the {rows} evaluation rows disagree with FP32 at {shares / rows:.1%} of their positions"
         assert said is not None and read in said, said
+        assert evaluator.gate.limit == pytest.approx(0.005) and "--max-accuracy-delta" not in said, "within"
         return
     # Scores: as for rows, flips between near-ties are no error; the real positions FP32 is sure of count.
     logits = runtime.create_session(fp32).run(["logits"], inputs)[0]

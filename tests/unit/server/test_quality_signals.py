@@ -126,6 +126,22 @@ def test_shadow_evaluation_counts_rows_and_hands_reference_answers_to_feedback(
     np.testing.assert_array_equal(store.get("a").reference, reference.run(batch)["label"])
 
 
+def test_a_hand_off_that_fails_on_one_sample_counts_none_compared(
+    skewed_artifact: artifact.Artifact, sample: zoo.SampleModel
+) -> None:
+    """The lane counts every sample of a failed hand-off as dropped: those judged before the failing
+    one were counted as compared as well (a request all padding failed a confident LM rule)."""
+    served, reference = Runner.load(skewed_artifact.model_path), Runner.load(skewed_artifact.reference_path)
+    recorder, registry = metrics()
+    comparator = Comparator.for_artifact(served.signature.output("label"), None, tolerance=0.01)
+    batch = {"X": np.load(sample.requests)[zoo.INPUT_NAME][:3]}
+    good = ShadowSample("a", batch, 3, served.run(batch)["label"])
+    unjudgeable = ShadowSample("b", batch, 3, np.zeros((3, 2, 2), dtype=np.float32))  # no class a row
+    with pytest.raises(ValueError, match="top-1 rule needs"):
+        ShadowEvaluator(reference, comparator, recorder).process([good, unjudgeable])
+    assert not value(registry, "quantship_shadow_comparisons_total")
+
+
 # -- feedback store ----------------------------------------------------------------------------
 
 
