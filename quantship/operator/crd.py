@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import math
 from typing import Any
 
 import yaml
@@ -277,6 +278,27 @@ METRIC_OF_TASK = {
 }
 """By task, the metrics quantize gates its outputs by: it refuses another task's (after the Job's
 downloads, as soon as it reads the evaluation data)."""
+
+
+def _in_domain(metric: choices.Metric) -> str:
+    """The CEL condition that spec.quantize.options.threshold is among the metric's values; double()
+    compares it as one, whether it arrived as 2 or 2.0."""
+    low, high = choices.DOMAIN_OF_METRIC[metric]
+    if math.isinf(high):
+        return f"double(self.threshold) >= {low!r}"
+    return f"(double(self.threshold) >= {low!r} && double(self.threshold) <= {high!r})"
+
+
+THRESHOLD_IN_DOMAIN = {
+    metric.value: {
+        "rule": f"!has(self.threshold) || !has(self.metric) || self.metric != '{metric.value}' "
+        f"|| {_in_domain(metric)}",
+        "message": f"quantize.options.threshold: {metric.value} is {choices.domain_in_words(metric)}",
+    }
+    for metric in choices.Metric
+}
+"""By metric, the thresholds quantize takes: outside the metric's values, which would pass every
+model or none, it refuses them (after the Job's downloads)."""
 INPUT_URI_PATTERN = uri_pattern("file", "pvc", "http", "https", in_claim=True)
 TARGET_URI_PATTERN = uri_pattern("pvc", "oci", in_claim=True, oci_reference=oci.PUSH_REFERENCE_PATTERN)
 """A target a Job can publish to: a path in a claim, or an oci:// tag (no digest: the Job pushes)."""
@@ -363,7 +385,14 @@ def _quantize_schema() -> dict[str, Any]:
                 "preProcess is false).",
             },
         },
-        **{"x-kubernetes-validations": [ONE_GATE_LIMIT, *ENOUGH_BINS.values(), *METRIC_OF_TASK.values()]},
+        **{
+            "x-kubernetes-validations": [
+                ONE_GATE_LIMIT,
+                *ENOUGH_BINS.values(),
+                *METRIC_OF_TASK.values(),
+                *THRESHOLD_IN_DOMAIN.values(),
+            ]
+        },
     )
     return _object(
         "Quantize an FP32 model in a Job (`quantship quantize-job`) whenever this changes. When its "

@@ -28,6 +28,7 @@ from operator_harness import (
 from test_operator_gateway_and_rbac import permission_of
 
 from quantship import artifact
+from quantship.choices import DOMAIN_OF_METRIC
 from quantship.operator import crd, permissions, quantization
 from quantship.operator.kube import MERGE_PATCH
 from quantship.operator.quantize_job import Verdict
@@ -605,6 +606,11 @@ def test_every_option_is_admitted_as_given_and_reads_into_the_job() -> None:
             {"options": {"task": "embedding", "metric": "top1_agreement"}},
             "task embedding is gated by one of cosine_agreement, cosine_mean",
         ),
+        # quantize refuses a threshold outside its metric's values (it passes every model or none)
+        ({"options": {"metric": "kl_divergence", "threshold": -1}}, "kl_divergence is at least 0"),
+        ({"options": {"metric": "cosine_mean", "threshold": 2}}, "cosine_mean is between -1 and 1"),
+        ({"options": {"metric": "cosine_p5", "threshold": -1.5}}, "cosine_p5 is between -1 and 1"),
+        ({"options": {"metric": "top1_agreement", "threshold": 1.01}}, "top1_agreement is between 0 and 1"),
         ({"options": {"keepGoing": "yes"}}, "is not of type 'boolean'"),
         # names as long as an artifact's manifest may hold, and as many as one object's size allows
         ({"options": {"output": ""}}, "should be non-empty"),
@@ -665,6 +671,28 @@ def test_another_tasks_metric_stored_before_the_rule_is_an_invalid_spec() -> Non
     for task, metric in (("regression", "relative_error"), ("embedding", "nn_agreement")):
         options = {"task": task, "metric": metric}
         assert quantization.QuantizeSpec.from_spec({"quantize": {**QUANTIZE, "options": options}}) is not None
+
+
+def test_thresholds_at_the_ends_of_each_metrics_values_are_admitted() -> None:
+    for metric, (low, high) in DOMAIN_OF_METRIC.items():
+        for threshold in (low, min(high, 1e9)):
+            options = {"metric": metric.value, "threshold": threshold}
+            _, errors = rules.admit(crd.schema(), resource({**QUANTIZE, "options": options}))
+            assert errors == [], (metric, threshold)
+
+
+@pytest.mark.parametrize(
+    ("metric", "threshold"), [("kl_divergence", -1), ("cosine_mean", 2), ("relative_error", -0.1)]
+)
+def test_a_threshold_outside_its_metric_stored_before_the_rule_is_an_invalid_spec(
+    metric: str, threshold: float
+) -> None:
+    """quantize refuses it once it has read the evaluation data: after the Job's downloads."""
+    options = {"metric": metric, "threshold": threshold}
+    with pytest.raises(InvalidSpec, match=f"threshold: {metric} is "):
+        quantization.QuantizeSpec.from_spec({"quantize": {**QUANTIZE, "options": options}})
+    inside = {"metric": metric, "threshold": 0}
+    assert quantization.QuantizeSpec.from_spec({"quantize": {**QUANTIZE, "options": inside}}) is not None
 
 
 def test_a_missing_input_is_refused_by_the_api_server() -> None:
