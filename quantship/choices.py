@@ -9,6 +9,7 @@ onnxruntime.
 from __future__ import annotations
 
 import enum
+import math
 
 
 class Mode(enum.StrEnum):
@@ -72,6 +73,22 @@ METRICS_OF_TASK = {
 }
 """The gating metrics of each task's outputs: quantize refuses --metric of another task's."""
 TASK_OF_METRIC = {metric: task for task, metrics in METRICS_OF_TASK.items() for metric in metrics}
+
+DOMAIN_OF_METRIC: dict[Metric, tuple[float, float]] = {metric: (0.0, 1.0) for metric in Metric} | {
+    Metric.KL_DIVERGENCE: (0.0, math.inf),
+    Metric.COSINE_MEAN: (-1.0, 1.0),
+    Metric.COSINE_P5: (-1.0, 1.0),
+    Metric.RELATIVE_ERROR: (0.0, math.inf),
+}
+"""The values each metric can take (shares, a relative loss: 0 to 1): quantize refuses a --threshold
+outside, which passes every model or none."""
+
+
+def domain_in_words(metric: Metric) -> str:
+    """A metric's domain as quantize's and the CRD's messages state it: `between -1 and 1`."""
+    low, high = DOMAIN_OF_METRIC[metric]
+    return f"at least {low:g}" if math.isinf(high) else f"between {low:g} and {high:g}"
+
 
 MIN_NUM_BINS = {Calibration.ENTROPY: 128, Calibration.DISTRIBUTION: 512}
 """The fewest histogram bins onnxruntime 1.32 calibrates with: entropy searches thresholds outward

@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import math
 from typing import Any
 
 import yaml
 
-from quantship import artifact, choices, oci, slo
+from quantship import choices, oci, slo
 from quantship.operator import names
 from quantship.rollout import AnalysisSpec, OnInconclusive, RolloutSpec, format_duration
 from quantship.server.settings import MAX_SLI_CPU_BUDGET, MiB, QualitySettings, ServerSettings, Track
@@ -235,11 +236,27 @@ def _artifact_schema() -> dict[str, Any]:
     )
 
 
-MAX_EXCLUDED_NODES = 256
-"""The most nodes spec.quantize.options.excludeNodes keeps in float, each named as long as a manifest
-may (artifact.MAX_NODE_NAME_CHARS): 1 MiB at most, so the QuantizedModel (applied server-side), and
-the Job and its pod whose command lines carry the names, each stay under the 1.5 MiB etcd takes in
-one request. Real lists hold a few names; the tuner finds the rest itself."""
+ANNOTATIONS_LIMIT_BYTES = 256 * 1024
+"""The most an object's annotations may hold in all (apimachinery's TotalAnnotationSizeLimitB)."""
+JSON_BYTES_PER_CHAR = 12 + 6
+"""The most bytes one character of the spec takes in the two copies of it annotations keep: kopf's
+last-handled-configuration (Python's json.dumps escapes to ASCII: an astral character is a
+surrogate pair, \\ud83d\\ude00) and `kubectl apply`'s last-applied-configuration (Go's encoding/json:
+`<` is \\u003c). The CRD's maxLength counts characters, not bytes."""
+OPTION_NAMES_BUDGET_BYTES = ANNOTATIONS_LIMIT_BYTES * 3 // 5
+"""What the names in spec.quantize.options (output, maskInput, excludeNodes) may take of those
+annotations at worst, both copies together: the rest of the object (URIs, labels, a user's own
+annotations) keeps 100 KiB. Past the limit the API server refuses kopf's patch (422), every time."""
+MAX_OPTION_NAME_CHARS = 256
+"""The longest tensor or node name spec.quantize.options takes. Real ones are module paths well
+under it (`/model/layers.23/self_attn/q_proj/MatMul`); a manifest may hold longer ones
+(artifact.MAX_NODE_NAME_CHARS), which `quantship quantize --exclude` still takes."""
+MAX_EXCLUDED_NODES = OPTION_NAMES_BUDGET_BYTES // (JSON_BYTES_PER_CHAR * MAX_OPTION_NAME_CHARS) - 2
+"""The most nodes spec.quantize.options.excludeNodes keeps in float (32): what the budget leaves of
+names of MAX_OPTION_NAME_CHARS besides output and maskInput. Real lists hold a few names; the tuner
+finds the rest itself."""
+OPTION_NAME_PATTERN = r"^[^\x00]*$"
+"""No NUL, which no process argument can carry (the Job's command line passes the names)."""
 
 
 def _choice(values: type[enum.Enum], description: str) -> dict[str, Any]:
@@ -247,9 +264,15 @@ def _choice(values: type[enum.Enum], description: str) -> dict[str, Any]:
     return {"type": "string", "enum": [member.value for member in values], "description": description}
 
 
-def _name(description: str, bound: int) -> dict[str, Any]:
-    """A tensor's or a node's name, as long as a manifest may hold (quantship.artifact)."""
-    return {"type": "string", "minLength": 1, "maxLength": bound, "description": description}
+def _name(description: str) -> dict[str, Any]:
+    """A tensor's or a node's name, passed to quantize as a process argument."""
+    return {
+        "type": "string",
+        "minLength": 1,
+        "maxLength": MAX_OPTION_NAME_CHARS,
+        "pattern": OPTION_NAME_PATTERN,
+        "description": description,
+    }
 
 
 ONE_GATE_LIMIT = {
@@ -277,6 +300,27 @@ METRIC_OF_TASK = {
 }
 """By task, the metrics quantize gates its outputs by: it refuses another task's (after the Job's
 downloads, as soon as it reads the evaluation data)."""
+
+
+def _in_domain(metric: choices.Metric) -> str:
+    """The CEL condition that spec.quantize.options.threshold is among the metric's values; double()
+    compares it as one, whether it arrived as 2 or 2.0."""
+    low, high = choices.DOMAIN_OF_METRIC[metric]
+    if math.isinf(high):
+        return f"double(self.threshold) >= {low!r}"
+    return f"(double(self.threshold) >= {low!r} && double(self.threshold) <= {high!r})"
+
+
+THRESHOLD_IN_DOMAIN = {
+    metric.value: {
+        "rule": f"!has(self.threshold) || !has(self.metric) || self.metric != '{metric.value}' "
+        f"|| {_in_domain(metric)}",
+        "message": f"quantize.options.threshold: {metric.value} is {choices.domain_in_words(metric)}",
+    }
+    for metric in choices.Metric
+}
+"""By metric, the thresholds quantize takes: outside the metric's values, which would pass every
+model or none, it refuses them (after the Job's downloads)."""
 INPUT_URI_PATTERN = uri_pattern("file", "pvc", "http", "https", in_claim=True)
 TARGET_URI_PATTERN = uri_pattern("pvc", "oci", in_claim=True, oci_reference=oci.PUSH_REFERENCE_PATTERN)
 """A target a Job can publish to: a path in a claim, or an oci:// tag (no digest: the Job pushes)."""
@@ -324,14 +368,10 @@ def _quantize_schema() -> dict[str, Any]:
                 "mode quantizes only MatMuls by a weight.",
             },
             "task": _choice(choices.Task, "--task: what the gated output is. Unset: inferred from it."),
-            "output": _name(
-                "--output: the model output the gate compares. Unset: the first.",
-                artifact.MAX_TENSOR_NAME_CHARS,
-            ),
+            "output": _name("--output: the model output the gate compares. Unset: the first."),
             "maskInput": _name(
                 "--mask-input: for an answer per position (a causal LM's, a token classifier's), the input "
-                "whose zeros mark padding. Unset: the one input named like an attention mask.",
-                artifact.MAX_TENSOR_NAME_CHARS,
+                "whose zeros mark padding. Unset: the one input named like an attention mask."
             ),
             "metric": _choice(choices.Metric, "--metric: the gating metric."),
             "threshold": {
@@ -357,13 +397,20 @@ def _quantize_schema() -> dict[str, Any]:
             "maxTrials": _int("--max-trials: tuning trials after the first.", 0, 1000),
             "excludeNodes": {
                 "type": "array",
-                "items": _name("A node's name.", artifact.MAX_NODE_NAME_CHARS),
+                "items": _name("A node's name."),
                 "maxItems": MAX_EXCLUDED_NODES,
                 "description": "--exclude, each: nodes kept in float (names after pre-processing, unless "
                 "preProcess is false).",
             },
         },
-        **{"x-kubernetes-validations": [ONE_GATE_LIMIT, *ENOUGH_BINS.values(), *METRIC_OF_TASK.values()]},
+        **{
+            "x-kubernetes-validations": [
+                ONE_GATE_LIMIT,
+                *ENOUGH_BINS.values(),
+                *METRIC_OF_TASK.values(),
+                *THRESHOLD_IN_DOMAIN.values(),
+            ]
+        },
     )
     return _object(
         "Quantize an FP32 model in a Job (`quantship quantize-job`) whenever this changes. When its "

@@ -47,6 +47,12 @@ TICK_DONE = "analysis tick done"
 Logger = logging.Logger | logging.LoggerAdapter[Any]
 
 
+def diffbase_storage() -> kopf.AnnotationsDiffBaseStorage:
+    """Where kopf keeps the spec it last handled: an annotation under our prefix, whose size the
+    CRD's bounds on names keep within what an object's annotations may hold (crd.JSON_BYTES_PER_CHAR)."""
+    return kopf.AnnotationsDiffBaseStorage(prefix=crd.GROUP, key="last-handled-configuration")
+
+
 def _lock(memo: Any) -> asyncio.Lock:
     lock: asyncio.Lock | None = memo.get("lock")
     if lock is None:
@@ -170,9 +176,7 @@ def register(
         settings.persistence.finalizer = FINALIZER
         # our own annotation prefix for kopf's bookkeeping, not kopf.zalando.org
         settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=crd.GROUP)
-        settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-            prefix=crd.GROUP, key="last-handled-configuration"
-        )
+        settings.persistence.diffbase_storage = diffbase_storage()
         settings.posting.level = logging.INFO  # steps and promotions are Normal events worth seeing
         # Namespaced: serve exactly the namespaces named, and follow neither namespaces nor CRDs
         # cluster-wide (kopf would list them first, and its service account may not).

@@ -23,7 +23,7 @@ from typing import Any
 import kopf
 
 from quantship import UNIQUE_TAG_ENV, oci
-from quantship.choices import METRICS_OF_TASK, MIN_NUM_BINS, Calibration, Task
+from quantship.choices import DOMAIN_OF_METRIC, METRICS_OF_TASK, MIN_NUM_BINS, Calibration, Metric, Task
 from quantship.operator import crd, fetch, names, resources
 from quantship.operator.kube import Kube
 from quantship.operator.quantize_job import Verdict, read_result
@@ -201,7 +201,8 @@ def _argument(value: Any) -> str:
 
 def _check_options(options: Mapping[str, Any]) -> None:
     """The CRD's CEL rules over spec.quantize.options, for an object stored before they existed:
-    what quantize refuses (too few bins, another task's metric) it refuses after the Job's downloads."""
+    what quantize refuses (too few bins, another task's metric, a threshold outside its metric's
+    values) it refuses after the Job's downloads."""
     if "threshold" in options and "maxAccuracyDelta" in options:
         raise InvalidSpec(crd.ONE_GATE_LIMIT["message"])
     method = str(options.get("calibrationMethod"))
@@ -210,6 +211,11 @@ def _check_options(options: Mapping[str, Any]) -> None:
     task, metric = str(options.get("task")), options.get("metric")
     if task in crd.METRIC_OF_TASK and metric is not None and metric not in METRICS_OF_TASK[Task(task)]:
         raise InvalidSpec(crd.METRIC_OF_TASK[task]["message"])
+    threshold = options.get("threshold")
+    if metric in crd.THRESHOLD_IN_DOMAIN and threshold is not None:
+        low, high = DOMAIN_OF_METRIC[Metric(metric)]
+        if not low <= threshold <= high:
+            raise InvalidSpec(crd.THRESHOLD_IN_DOMAIN[metric]["message"])
 
 
 def _check_target(uri: str) -> None:

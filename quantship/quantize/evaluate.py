@@ -35,7 +35,7 @@ import onnxruntime as ort
 
 from quantship import agreement, runtime, slo
 from quantship.agreement import Kind, RowRule, Task
-from quantship.choices import TASK_OF_METRIC, Metric
+from quantship.choices import DOMAIN_OF_METRIC, TASK_OF_METRIC, Metric, domain_in_words
 from quantship.quantize import data
 from quantship.quantize.data import Dataset
 from quantship.quantize.errors import QuantizeInputError, first_line
@@ -65,8 +65,6 @@ class MetricSpec:
     accuracy loss)."""
     needs_labels: bool = False
     needs_scores: bool = False
-    domain: tuple[float, float] = (0.0, 1.0)
-    """The values the metric can take: a threshold outside passes every model or none."""
 
 
 METRICS: dict[Metric, MetricSpec] = {
@@ -90,19 +88,14 @@ METRICS: dict[Metric, MetricSpec] = {
         "mean KL(FP32 || INT8) of the softmax, in nats",
         0.05,
         needs_scores=True,
-        domain=(0.0, math.inf),
     ),
     Metric.COSINE_AGREEMENT: MetricSpec(True, "share of rows with cosine to FP32 at least the row tolerance"),
-    Metric.COSINE_MEAN: MetricSpec(True, "mean cosine similarity to FP32", 0.98, domain=(-1.0, 1.0)),
-    Metric.COSINE_P5: MetricSpec(
-        True, "5th percentile of cosine similarity to FP32", 0.95, domain=(-1.0, 1.0)
-    ),
+    Metric.COSINE_MEAN: MetricSpec(True, "mean cosine similarity to FP32", 0.98),
+    Metric.COSINE_P5: MetricSpec(True, "5th percentile of cosine similarity to FP32", 0.95),
     Metric.NN_AGREEMENT: MetricSpec(
         True, "share of rows whose nearest neighbour in the set stays the same", 0.8
     ),
-    Metric.RELATIVE_ERROR: MetricSpec(
-        False, "||INT8 - FP32|| / ||FP32|| of the output", domain=(0.0, math.inf)
-    ),
+    Metric.RELATIVE_ERROR: MetricSpec(False, "||INT8 - FP32|| / ||FP32|| of the output"),
 }
 
 SHADOW_COUNTS = {Metric.TOP1_AGREEMENT, Metric.CONFIDENT_AGREEMENT, Metric.COSINE_AGREEMENT}
@@ -154,14 +147,13 @@ def condition(metric: Metric, threshold: float) -> str:
 
 
 def _check_in_domain(metric: Metric, threshold: float) -> None:
-    spec = METRICS[metric]
-    low, high = spec.domain
+    low, high = DOMAIN_OF_METRIC[metric]
     if low <= threshold <= high:
         return
-    passes = "every" if (threshold < low) == spec.higher_is_better else "no"
-    span = f"at least {low:g}" if math.isinf(high) else f"between {low:g} and {high:g}"
+    passes = "every" if (threshold < low) == METRICS[metric].higher_is_better else "no"
     raise QuantizeInputError(
-        f"--threshold {threshold:g}: {metric.value} is {span}, so the gate would pass {passes} model"
+        f"--threshold {threshold:g}: {metric.value} is {domain_in_words(metric)}, so the gate would "
+        f"pass {passes} model"
     )
 
 

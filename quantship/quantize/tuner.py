@@ -28,7 +28,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from quantship.agreement import Task
-from quantship.quantize.config import Calibration, Mode, Precision, QuantizeConfig, Strategy
+from quantship.quantize.config import MIN_NUM_BINS, Calibration, Mode, Precision, QuantizeConfig, Strategy
 from quantship.quantize.evaluate import Evaluation
 
 
@@ -145,7 +145,7 @@ def recipes(base: QuantizeConfig, traits: ModelTraits) -> list[QuantizeConfig]:
         changes: dict[str, Any] = {}
         for values, i in zip(axes, choice, strict=True):
             changes.update(values[i])
-        config = replace(base, **changes)
+        config = _with_enough_bins(replace(base, **changes))
         if config.mode is Mode.STATIC and not traits.can_calibrate:
             continue
         if _no_x86_kernel(config) and not _no_x86_kernel(base):
@@ -158,6 +158,16 @@ def recipes(base: QuantizeConfig, traits: ModelTraits) -> list[QuantizeConfig]:
         ranked.append(((len(changed), changed), config))
     ranked.sort(key=lambda item: item[0])
     return [config for _, config in ranked]
+
+
+def _with_enough_bins(config: QuantizeConfig) -> QuantizeConfig:
+    """A recipe whose calibration method needs more bins than the user's --num-bins (given for
+    another method: percentile) calibrates with its method's default instead. Kept, it failed after a
+    whole calibration and spent a trial; skipped, entropy would never be tried."""
+    least = MIN_NUM_BINS.get(config.calibration)
+    if least is not None and config.num_bins is not None and config.num_bins < least:
+        return replace(config, num_bins=None)
+    return config
 
 
 def _values(name: str, values: list[Any]) -> list[dict[str, Any]]:

@@ -107,6 +107,22 @@ def test_without_calibration_data_only_dynamic_recipes_remain() -> None:
     assert {r.mode for r in recipes} == {Mode.DYNAMIC}
 
 
+def test_a_recipe_whose_method_needs_more_bins_than_given_calibrates_with_its_default() -> None:
+    """--num-bins 64 is fine for percentile; entropy with it failed after a whole calibration."""
+    base = replace(BASE, calibration=Calibration.PERCENTILE, num_bins=64)
+    recipes = tuner.recipes(base, CNN)
+    assert {r.calibration for r in recipes} == {
+        Calibration.MINMAX,
+        Calibration.PERCENTILE,
+        Calibration.ENTROPY,
+    }
+    assert not any(problem for r in recipes for problem in r.problems())
+    assert {r.num_bins for r in recipes if r.calibration is Calibration.ENTROPY} == {None}
+    assert {r.num_bins for r in recipes if r.calibration is Calibration.PERCENTILE} == {64}, "the user's"
+    enough = replace(base, num_bins=256)
+    assert {r.num_bins for r in tuner.recipes(enough, CNN)} == {256}
+
+
 def test_reduce_range_is_tried_both_ways_only_where_the_cpu_lacks_vnni() -> None:
     assert {r.reduce_range for r in tuner.recipes(BASE, CNN)} == {False}
     assert {r.reduce_range for r in tuner.recipes(BASE, replace(CNN, lacks_vnni=True))} == {False, True}

@@ -12,6 +12,7 @@ from typing import Any
 
 import apiserver_rules as rules
 import kmock
+import kopf
 import pytest
 from kmock_cluster import Cluster
 from kubernetes.aio import client
@@ -27,8 +28,8 @@ from operator_harness import (
 )
 from test_operator_gateway_and_rbac import permission_of
 
-from quantship import artifact
-from quantship.operator import crd, permissions, quantization
+from quantship.choices import DOMAIN_OF_METRIC
+from quantship.operator import crd, handlers, permissions, quantization
 from quantship.operator.kube import MERGE_PATCH
 from quantship.operator.quantize_job import Verdict
 from quantship.operator.spec import InvalidSpec
@@ -38,6 +39,8 @@ V1 = "https://models.example.com/digits-v1.tar.gz"
 FIRST = revision(V1)
 TARGET = "oci://registry.example.com/ml/digits:int8"
 PRODUCED = "oci://registry.example.com/ml/digits@sha256:" + "ab" * 32
+LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
+"""`kubectl apply`'s copy of what it applied (client-side)."""
 QUANTIZE = {
     "model": "https://models.example.com/digits-fp32.onnx",
     "calibration": "pvc://datasets/digits/calibration.npz",
@@ -562,13 +565,29 @@ def test_every_option_is_admitted_as_given_and_reads_into_the_job() -> None:
         assert quantization.QuantizeSpec.from_spec(stored["spec"]) == quantization.QuantizeSpec.from_spec(
             {"quantize": section}
         )
-    longest = {
-        "output": "o" * artifact.MAX_TENSOR_NAME_CHARS,
-        "maskInput": "m" * artifact.MAX_TENSOR_NAME_CHARS,
-        "excludeNodes": ["n" * artifact.MAX_NODE_NAME_CHARS] * crd.MAX_EXCLUDED_NODES,
-    }
-    _, errors = rules.admit(crd.schema(), resource({**QUANTIZE, "options": longest}))
+    _, errors = rules.admit(crd.schema(), resource({**QUANTIZE, "options": _longest_names("n")}))
     assert errors == []
+
+
+def _longest_names(character: str) -> dict[str, Any]:
+    """The most and longest names spec.quantize.options admits, of one `character`."""
+    name = character * crd.MAX_OPTION_NAME_CHARS
+    return {"output": name, "maskInput": name, "excludeNodes": [name] * crd.MAX_EXCLUDED_NODES}
+
+
+def test_the_largest_names_admitted_keep_both_copies_of_the_spec_well_within_the_annotations_limit() -> None:
+    """kopf keeps the spec it handled in an annotation, JSON escaped to ASCII (an astral character
+    takes 12 bytes), and `kubectl apply` another (4 bytes). Past 256 KiB of annotations in all, the
+    API server refused kopf's patch (422) after every handling: 256 names of 4096 made 1 MiB."""
+    applied = resource({**QUANTIZE, "options": _longest_names("\U0001f600")})
+    stored, errors = rules.admit(crd.schema(), applied)
+    assert errors == []
+    storage, body, patch = handlers.diffbase_storage(), kopf.Body(stored), kopf.Patch()
+    storage.store(body=body, patch=patch, essence=storage.build(body=body))
+    kopfs = {key: value.encode() for key, value in patch["metadata"]["annotations"].items()}
+    kubectls = {LAST_APPLIED: json.dumps(applied, ensure_ascii=False, separators=(",", ":")).encode()}
+    size = sum(len(key) + len(value) for key, value in {**kopfs, **kubectls}.items())
+    assert 0.5 * crd.ANNOTATIONS_LIMIT_BYTES < size < 0.6 * crd.ANNOTATIONS_LIMIT_BYTES, size
 
 
 @pytest.mark.parametrize(
@@ -605,12 +624,21 @@ def test_every_option_is_admitted_as_given_and_reads_into_the_job() -> None:
             {"options": {"task": "embedding", "metric": "top1_agreement"}},
             "task embedding is gated by one of cosine_agreement, cosine_mean",
         ),
+        # quantize refuses a threshold outside its metric's values (it passes every model or none)
+        ({"options": {"metric": "kl_divergence", "threshold": -1}}, "kl_divergence is at least 0"),
+        ({"options": {"metric": "cosine_mean", "threshold": 2}}, "cosine_mean is between -1 and 1"),
+        ({"options": {"metric": "cosine_p5", "threshold": -1.5}}, "cosine_p5 is between -1 and 1"),
+        ({"options": {"metric": "top1_agreement", "threshold": 1.01}}, "top1_agreement is between 0 and 1"),
         ({"options": {"keepGoing": "yes"}}, "is not of type 'boolean'"),
-        # names as long as an artifact's manifest may hold, and as many as one object's size allows
+        # names as long and as many as the annotations' limit allows (crd.OPTION_NAMES_BUDGET_BYTES)
         ({"options": {"output": ""}}, "should be non-empty"),
-        ({"options": {"maskInput": "m" * (artifact.MAX_TENSOR_NAME_CHARS + 1)}}, "is too long"),
-        ({"options": {"excludeNodes": ["n" * (artifact.MAX_NODE_NAME_CHARS + 1)]}}, "is too long"),
+        ({"options": {"maskInput": "m" * (crd.MAX_OPTION_NAME_CHARS + 1)}}, "is too long"),
+        ({"options": {"excludeNodes": ["n" * (crd.MAX_OPTION_NAME_CHARS + 1)]}}, "is too long"),
         ({"options": {"excludeNodes": ["n"] * (crd.MAX_EXCLUDED_NODES + 1)}}, "is too long"),
+        # a NUL cannot be passed in a process argument: the Job's command line carries the names
+        ({"options": {"output": "logits\x00"}}, "does not match"),
+        ({"options": {"maskInput": "\x00"}}, "does not match"),
+        ({"options": {"excludeNodes": ["/MatMul", "/lm_head\x00/MatMul"]}}, "does not match"),
         ({"options": {"excludeNodes": "MatMul2"}}, "is not of type 'array'"),
         # the Job mounts the claim and reads or writes a path inside it
         ({"target": {"uri": "pvc://models"}}, "does not match"),
@@ -665,6 +693,28 @@ def test_another_tasks_metric_stored_before_the_rule_is_an_invalid_spec() -> Non
     for task, metric in (("regression", "relative_error"), ("embedding", "nn_agreement")):
         options = {"task": task, "metric": metric}
         assert quantization.QuantizeSpec.from_spec({"quantize": {**QUANTIZE, "options": options}}) is not None
+
+
+def test_thresholds_at_the_ends_of_each_metrics_values_are_admitted() -> None:
+    for metric, (low, high) in DOMAIN_OF_METRIC.items():
+        for threshold in (low, min(high, 1e9)):
+            options = {"metric": metric.value, "threshold": threshold}
+            _, errors = rules.admit(crd.schema(), resource({**QUANTIZE, "options": options}))
+            assert errors == [], (metric, threshold)
+
+
+@pytest.mark.parametrize(
+    ("metric", "threshold"), [("kl_divergence", -1), ("cosine_mean", 2), ("relative_error", -0.1)]
+)
+def test_a_threshold_outside_its_metric_stored_before_the_rule_is_an_invalid_spec(
+    metric: str, threshold: float
+) -> None:
+    """quantize refuses it once it has read the evaluation data: after the Job's downloads."""
+    options = {"metric": metric, "threshold": threshold}
+    with pytest.raises(InvalidSpec, match=f"threshold: {metric} is "):
+        quantization.QuantizeSpec.from_spec({"quantize": {**QUANTIZE, "options": options}})
+    inside = {"metric": metric, "threshold": 0}
+    assert quantization.QuantizeSpec.from_spec({"quantize": {**QUANTIZE, "options": inside}}) is not None
 
 
 def test_a_missing_input_is_refused_by_the_api_server() -> None:
