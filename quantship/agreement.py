@@ -143,6 +143,8 @@ def top1_differs(served: np.ndarray, reference: np.ndarray) -> np.ndarray | None
     served_top1, reference_top1 = runtime.top1(served), runtime.top1(reference)
     if served_top1 is None or reference_top1 is None:
         return None
+    if served.dtype.kind == "f":
+        served_top1 = _no_class_where_nan(served_top1, served)
     return served_top1 != reference_top1
 
 
@@ -170,10 +172,22 @@ def positions(answers: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray
 
 
 def _position_classes(answers: np.ndarray) -> np.ndarray:
-    """The class answered at each position: ids as they are, scores' argmax."""
+    """The class answered at each position: ids as they are, scores' argmax (none where NaN)."""
     if answers.dtype.kind in "iu":
         return answers.reshape(position_grid(answers))
-    return np.argmax(answers, axis=-1)
+    return _no_class_where_nan(np.argmax(answers, axis=-1), answers)
+
+
+def _no_class_where_nan(classes: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """`classes` (the argmax of `scores` over their last axis), -1 where a row of scores holds NaN:
+    argmax reads the first NaN as the class, so a broken kernel's answer of NaN agreed wherever FP32
+    answered class 0. A max is one pass that NaN propagates through, and no [rows, classes] booleans."""
+    broken = np.isnan(scores.max(axis=-1))
+    if not broken.any():
+        return classes
+    classes = classes.copy()
+    classes[broken] = -1
+    return classes
 
 
 def _id_rows(ids: np.ndarray) -> np.ndarray:

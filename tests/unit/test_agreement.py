@@ -17,6 +17,18 @@ def test_confident_only_top1_ignores_flips_between_near_ties() -> None:
     assert RowRule(Kind.TOP1, confident_only=True).judge(served, reference) == (1, 2)
 
 
+def test_an_answer_of_nan_disagrees_whatever_class_fp32_answered() -> None:
+    """argmax reads a row's first NaN as its class: a broken kernel's all-NaN answer agreed wherever
+    FP32 answered class 0, in the gate and in the shadow, per row and per position."""
+    reference = np.array([[0.9, 0.05, 0.05], [0.1, 0.8, 0.1]], dtype=np.float32)
+    served = np.array([[np.nan, np.nan, np.nan], [0.1, np.nan, 0.1]], dtype=np.float32)
+    assert RowRule(Kind.TOP1).judge(served, reference) == (2, 2)
+    assert RowRule(Kind.TOP1, confident_only=True).judge(served, reference) == (2, 2)
+    per_position = RowRule(Kind.TOP1, per_position=True)
+    assert per_position.judge(served[None], reference[None]) == (1.0, 1), "both positions of one row"
+    assert RowRule(Kind.TOP1).judge(reference, reference) == (0, 2), "finite answers as before"
+
+
 def test_token_ids_disagree_on_a_row_where_any_position_differs() -> None:
     """Position 0 alone was compared: a token classifier's flips elsewhere never counted (hunt-H H7)."""
     reference = np.array([[5, 1, 2], [5, 3, 4], [5, 6, 7]], dtype=np.int64)
