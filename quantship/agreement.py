@@ -23,7 +23,7 @@ import enum
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -219,6 +219,17 @@ def rms_row_norm(reference: np.ndarray) -> float:
     return float(np.linalg.norm(rows) / math.sqrt(len(rows))) if len(rows) else 0.0
 
 
+class Judged(NamedTuple):
+    """A batch judged by a RowRule."""
+
+    disagreeing: float
+    """Rows that disagree; per position, each by the share of its judged positions that flip."""
+    compared: int
+    disagreeing_rows: int
+    """Rows that disagree at all: whole events, where `disagreeing` may count shares of them (the
+    canary analysis needs MIN_BAD_EVENTS whole ones before its burn rate may fail a canary)."""
+
+
 @dataclass(frozen=True)
 class RowRule:
     """What makes one row disagree. `tolerance`: the least cosine (COSINE) or the largest relative
@@ -249,10 +260,15 @@ class RowRule:
         and disagrees by the share of those that flip: so a comparison stays a request's row (an
         analysis' minSamples counted two LM requests of 64 tokens as 128 samples), and the ratio
         stays a flip rate (the positions' own where every row has as many judged positions)."""
+        judged = self.judge_rows(served, reference, mask)
+        return judged.disagreeing, judged.compared
+
+    def judge_rows(self, served: np.ndarray, reference: np.ndarray, mask: np.ndarray | None = None) -> Judged:
+        """`judge`'s counts, and the rows that disagree at all (per position: with a position flipped)."""
         if served.ndim == 0:
             served, reference = served.reshape(1), reference.reshape(1)
         if not served.size:  # rows of no elements (a token model's answer to a sequence of length 0)
-            return 0, 0
+            return Judged(0, 0, 0)
         if self.per_position:
             return self._judge_per_position(served, reference, mask)
         if self.kind is Kind.TOP1:
@@ -261,24 +277,30 @@ class RowRule:
                 raise ValueError("a top-1 rule needs class ids or per-class scores")
             if self.confident_only and np.issubdtype(reference.dtype, np.floating):
                 differs = differs[confident(reference)]
-            return int(np.count_nonzero(differs)), len(differs)
         # Written as "not agreeing" so that a NaN or infinite output (a broken kernel) disagrees.
-        if self.kind is Kind.COSINE:
-            return int(np.count_nonzero(~(cosine(served, reference) >= self._tolerance))), len(served)
-        errors = relative_error(served, reference, self.norm_floor or 0.0)
-        return int(np.count_nonzero(~(errors <= self._tolerance))), len(served)
+        elif self.kind is Kind.COSINE:
+            differs = ~(cosine(served, reference) >= self._tolerance)
+        else:
+            differs = ~(relative_error(served, reference, self.norm_floor or 0.0) <= self._tolerance)
+        disagreeing = int(np.count_nonzero(differs))
+        return Judged(disagreeing, len(differs), disagreeing)
 
     def _judge_per_position(
         self, served: np.ndarray, reference: np.ndarray, mask: np.ndarray | None
-    ) -> tuple[float, int]:
-        """(the rows' shares of flipped positions summed, rows with a position judged) of answers per
-        position ([N, seq] ids or [N, seq, classes] scores; without a batch axis, one row)."""
+    ) -> Judged:
+        """The rows' shares of flipped positions summed, the rows with a position judged, and those
+        with one flipped, of answers per position ([N, seq] ids or [N, seq, classes] scores; without a
+        batch axis, one row)."""
         differs, judged = self._flips(served, reference, mask)
         rows = len(judged) if judged.ndim > 1 else 1
         flipped = np.count_nonzero((differs & judged).reshape(rows, -1), axis=1)
         counted = np.count_nonzero(judged.reshape(rows, -1), axis=1)
         compared = counted > 0  # a row of padding only, or where FP32 is sure of nothing, compares nothing
-        return float(np.sum(flipped[compared] / counted[compared])), int(np.count_nonzero(compared))
+        return Judged(
+            float(np.sum(flipped[compared] / counted[compared])),
+            int(np.count_nonzero(compared)),
+            int(np.count_nonzero(flipped)),
+        )
 
     def _flips(
         self, served: np.ndarray, reference: np.ndarray, mask: np.ndarray | None

@@ -91,6 +91,7 @@ class Metric(enum.StrEnum):
     QUEUE_DURATION_SECONDS = f"{PREFIX}queue_duration_seconds"
     SHADOW_COMPARISONS_TOTAL = f"{PREFIX}shadow_comparisons_total"
     SHADOW_DISAGREEMENTS_TOTAL = f"{PREFIX}shadow_disagreements_total"
+    SHADOW_DISAGREEING_ROWS_TOTAL = f"{PREFIX}shadow_disagreeing_rows_total"
     FEEDBACK_TOTAL = f"{PREFIX}feedback_total"
     ACTIVATIONS_OBSERVED_TOTAL = f"{PREFIX}activations_observed_total"
     ACTIVATIONS_CLIPPED_TOTAL = f"{PREFIX}activations_clipped_total"
@@ -234,6 +235,10 @@ class Counters:
     total: str
     bad_is_complement: bool = False
     """True when `bad` counts the good events (the latency bucket): bad = total - bad series."""
+    whole_bad: str | None = None
+    """The bad events counted whole, where `bad` may count shares of them (a token model's shadowed
+    row disagrees by its share of flipped positions): what the canary analysis' chance guard
+    (MIN_BAD_EVENTS) counts. None: `bad` counts whole events."""
 
 
 SAMPLED_SLIS: Mapping[SLI, SampleKind] = MappingProxyType(
@@ -245,7 +250,11 @@ SAMPLED_SLIS: Mapping[SLI, SampleKind] = MappingProxyType(
 def counters(objective: Objective) -> Counters:
     match objective.sli:
         case SLI.ACCURACY_DELTA:
-            return Counters(Metric.SHADOW_DISAGREEMENTS_TOTAL, Metric.SHADOW_COMPARISONS_TOTAL)
+            return Counters(
+                Metric.SHADOW_DISAGREEMENTS_TOTAL,
+                Metric.SHADOW_COMPARISONS_TOTAL,
+                whole_bad=Metric.SHADOW_DISAGREEING_ROWS_TOTAL,
+            )
         case SLI.CLIP_RATE:
             return Counters(Metric.ACTIVATIONS_CLIPPED_TOTAL, Metric.ACTIVATIONS_OBSERVED_TOTAL)
         case SLI.ERRORS:
@@ -322,6 +331,13 @@ def bad_and_total(
     if series.bad_is_complement:
         return f"({total} - {bad})", total
     return f"({bad} or 0 * {total})", total
+
+
+def whole_bad(objective: Objective, window: str, labels: Mapping[str, str]) -> str | None:
+    """PromQL for the bad events over `window` counted whole (`Counters.whole_bad`), or None where the
+    bad events are whole already. Empty where a server exports no such series (one older than it)."""
+    series = counters(objective).whole_bad
+    return None if series is None else increase(series, window, labels)
 
 
 def ratio(objective: Objective, window: str, labels: Mapping[str, str], by: tuple[str, ...] = ()) -> str:

@@ -169,7 +169,12 @@ class ScrapeSource:
         bad = counted if counted is not None else 0.0  # no such series yet: none was bad
         if series.bad_is_complement:
             bad = total - bad
-        return Counts(bad=max(bad, 0.0), total=total)
+        whole = (
+            None
+            if series.whole_bad is None
+            else self._increase(Selector.parse(series.whole_bad), scope, window_seconds)
+        )
+        return Counts(bad=max(bad, 0.0), total=total, whole_bad=whole)
 
     async def fallback_ops(self, labels: Mapping[str, str]) -> GaugeMeasurement:
         scope = dict(labels)

@@ -61,7 +61,8 @@ in 124 requests is a burn of 8: with canary and stable both failing 0.05% of 40 
 windows, decided). Fewer bad events over the threshold make the SLO inconclusive, so a canary that
 keeps burning with few requests still rolls back after `inconclusive_limit` judgements (or holds);
 a single error leaves the short window a minute later. Compared as round(bad): Prometheus'
-increase() extrapolates counts to the window's edges."""
+increase() extrapolates counts to the window's edges. Bad events are whole ones (WindowResult.bad_events:
+a token model's shadowed rows with a flip, where its disagreements count each row's flipped share)."""
 
 
 def _failing(kind: slo.SampleKind, model: str) -> str:
@@ -152,6 +153,8 @@ class WindowResult:
     baseline_problem: str | None = None
     """Why the canary was not compared with the stable revision on this window ("10 samples of the 60
     needed", "no stable revision"); None when it was."""
+    whole_bad: float | None = None
+    """The bad events counted whole, where `bad` counts shares of them (Counts.whole_bad)."""
     least_burn_rate: float | None = None
     """The burn rate however the samples a window lacks turn out (all good: bad / min_samples), so
     that 60 errors of 60 requests fail a canary without waiting for the 100th; the burn rate itself
@@ -160,6 +163,13 @@ class WindowResult:
     @property
     def ratio(self) -> float | None:
         return self.bad / self.total if self.bad is not None and self.total else None
+
+    @property
+    def bad_events(self) -> float | None:
+        """Bad events as the chance guard counts them: whole (a token model's rows with a flipped
+        position, not the sum of their flipped shares, which 167 rows a minute flipping 1.5% of their
+        tokens took to bring to MIN_BAD_EVENTS)."""
+        return self.whole_bad if self.whole_bad is not None else self.bad
 
     @property
     def increase(self) -> float | None:
@@ -403,14 +413,22 @@ def _window(
             few = f"{total:.4g} samples of the {min_samples} needed on {span}"
             least = objective.burn_rate(min(bad, total) / min_samples)
             return WindowResult(
-                window, bad, total, problem=few, fault=Fault.TOO_FEW_SAMPLES, least_burn_rate=least
+                window,
+                bad,
+                total,
+                problem=few,
+                fault=Fault.TOO_FEW_SAMPLES,
+                whole_bad=canary.whole_bad,
+                least_burn_rate=least,
             )
         case Counts(bad=bad, total=total):
             burn = objective.burn_rate(bad / total)
             match baseline:
                 case Counts(bad=base_bad, total=base_total) if base_total >= min_samples:
                     base_burn = objective.burn_rate(base_bad / base_total)
-                    return WindowResult(window, bad, total, burn, base_burn, least_burn_rate=burn)
+                    return WindowResult(
+                        window, bad, total, burn, base_burn, whole_bad=canary.whole_bad, least_burn_rate=burn
+                    )
                 case Counts(total=base_total):
                     why = f"{base_total:.4g} samples of the {min_samples} needed"
                 case None:
@@ -423,6 +441,7 @@ def _window(
                 total,
                 burn,
                 baseline_problem=why,
+                whole_bad=canary.whole_bad,
                 least_burn_rate=burn,
             )
     raise TypeError(f"unexpected measurement {canary!r}")
@@ -438,7 +457,7 @@ def _judge_slo(objective: slo.Objective, windows: list[WindowResult], spec: Roll
             objective.sli, objective.budget, threshold, max_increase, tuple(windows), verdict, reason
         )
 
-    few_bad = [w for w in windows if w.bad is not None and round(w.bad) < MIN_BAD_EVENTS]
+    few_bad = [w for w in windows if w.bad_events is not None and round(w.bad_events) < MIN_BAD_EVENTS]
     short_of_samples = any(w.problem for w in windows)
     if short_of_samples and not few_bad and all(_above(w.least_burn_rate, threshold) for w in windows):
         least = " and ".join(
@@ -473,7 +492,7 @@ def _judge_slo(objective: slo.Objective, windows: list[WindowResult], spec: Roll
     else:
         return result(Verdict.PASS, f"{name} burn rate {burns}")
     if few_bad:
-        counts = " and ".join(f"{w.bad:.4g} on {format_duration(w.window)}" for w in few_bad)
+        counts = " and ".join(f"{w.bad_events:.4g} on {format_duration(w.window)}" for w in few_bad)
         return result(
             Verdict.INCONCLUSIVE,
             f"{breach}; but bad events {counts} are too few to tell from chance ({MIN_BAD_EVENTS} at least)",

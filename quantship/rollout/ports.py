@@ -76,6 +76,9 @@ class Counts:
 
     bad: float
     total: float
+    whole_bad: float | None = None
+    """The bad events counted whole where `bad` may count shares of them (slo.Counters.whole_bad);
+    None where `bad` is whole, or the source has no such series."""
 
     @property
     def ratio(self) -> float | None:

@@ -78,12 +78,15 @@ class PrometheusSource:
     async def counts(
         self, objective: slo.Objective, window_seconds: int, labels: Mapping[str, str]
     ) -> Measurement:
-        bad_query, total_query = slo.bad_and_total(objective, format_duration(window_seconds), labels)
+        window = format_duration(window_seconds)
+        bad_query, total_query = slo.bad_and_total(objective, window, labels)
+        whole_query = slo.whole_bad(objective, window, labels)
         try:
             total = await self._scalar(total_query)
             if isinstance(total, NoData):
                 return total
             bad = await self._scalar(bad_query)
+            whole = None if whole_query is None else await self._scalar(whole_query)
         except _Failed as exc:
             return exc.outcome
         if isinstance(bad, NoData):
@@ -94,7 +97,7 @@ class PrometheusSource:
                     f"Prometheus at {self.url} counted {bad:g} bad events of {total:g}: {bad_query}"
                 )
             bad = 0.0
-        return Counts(bad=bad, total=total)
+        return Counts(bad=bad, total=total, whole_bad=whole if isinstance(whole, float) else None)
 
     async def fallback_ops(self, labels: Mapping[str, str]) -> GaugeMeasurement:
         query = slo.fallback_ops_or_zero(labels)

@@ -100,6 +100,14 @@ SERIES = (
         "that disagree).",
     ),
     Series(
+        "shadow_disagreeing_rows",
+        M.SHADOW_DISAGREEING_ROWS_TOTAL,
+        Counter,
+        "Compared rows that disagree at all: the disagreements as whole events (per position, the rows "
+        "with a position that disagrees), which the canary analysis needs a few of before it may fail "
+        "a canary.",
+    ),
+    Series(
         "feedback",
         M.FEEDBACK_TOTAL,
         Counter,
@@ -234,6 +242,7 @@ class ServerMetrics:
     queue_duration: Histogram
     shadow_comparisons: Counter
     shadow_disagreements: Counter
+    shadow_disagreeing_rows: Counter
     feedback: Counter
     activations_observed: Counter
     activations_clipped: Counter
@@ -321,9 +330,10 @@ class ServerMetrics:
     def waited(self, seconds: float) -> None:
         self.queue_duration.observe(seconds)
 
-    def compared(self, rows: int, disagreeing: float) -> None:
+    def compared(self, rows: int, disagreeing: float, disagreeing_rows: int) -> None:
         self.shadow_comparisons.inc(rows)
         self.shadow_disagreements.inc(disagreeing)
+        self.shadow_disagreeing_rows.inc(disagreeing_rows)
 
     def fed_back(self, variant: str, correct: int, incorrect: int) -> None:
         self.feedback.labels(*self._values, variant, "true").inc(correct)

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from quantship import runtime
-from quantship.agreement import Kind, RowRule
+from quantship.agreement import Judged, Kind, RowRule
 from quantship.printable import brief
 from quantship.server.background import ROWS_A_CALL
 from quantship.server.feedback import FeedbackStore
@@ -77,8 +77,14 @@ class Comparator:
         """(disagreeing rows, compared rows) between the served output and the reference's; for a
         per-position rule, a row disagrees by the share of its positions that flip, without the
         padding the request's mask input marks (RowRule.judge)."""
+        judged = self.judged(served, reference, inputs)
+        return judged.disagreeing, judged.compared
+
+    def judged(self, served: np.ndarray, reference: np.ndarray, inputs: Tensors | None = None) -> Judged:
+        """`disagreements`, and the rows that disagree at all (whole events: a token model's rows with
+        a position flipped)."""
         mask = inputs.get(self.rule.mask_input) if inputs is not None and self.rule.mask_input else None
-        return self.rule.judge(served, reference, mask)
+        return self.rule.judge_rows(served, reference, mask)
 
 
 def _check_mask_input(name: str, inputs: Sequence[TensorSpec]) -> None:
@@ -120,11 +126,11 @@ class ShadowEvaluator:
         )
         references = [output[self.comparator.output] for output in outputs]
         judged = [
-            self.comparator.disagreements(sample.served, reference, sample.inputs)
+            self.comparator.judged(sample.served, reference, sample.inputs)
             for sample, reference in zip(samples, references, strict=True)
         ]
-        for sample, reference, (disagreeing, rows) in zip(samples, references, judged, strict=True):
-            self.metrics.compared(rows, disagreeing)
+        for sample, reference, counts in zip(samples, references, judged, strict=True):
+            self.metrics.compared(counts.compared, counts.disagreeing, counts.disagreeing_rows)
             if self.feedback is not None and self.comparator.classifier:
                 top1 = runtime.top1(reference)
                 if top1 is not None:

@@ -60,6 +60,9 @@ async def check_skew_is_visible(source: MetricsSource) -> None:
     )
     assert good_shadow.total > 100 and skewed_shadow.total > 100
     assert skewed_shadow.bad >= good_shadow.bad
+    # A classifier's rows disagree whole: the rows with a disagreement are the disagreements (within
+    # what a scrape between the two counters' increments and increase()'s extrapolation move).
+    assert skewed_shadow.whole_bad == pytest.approx(skewed_shadow.bad, rel=0.05)
     latency = await counted(source, LATENCY, "skewed")
     assert latency.total > 100 and 0 <= latency.bad < latency.total
     assert await source.fallback_ops(labels("good")) == Value(0)

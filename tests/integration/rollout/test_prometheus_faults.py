@@ -131,6 +131,28 @@ async def test_an_answer_counts_bad_and_total_from_their_own_queries(
     assert "[5m]" in total_query and 'revision="v2"' in total_query
 
 
+async def test_the_accuracy_slo_reads_its_bad_events_whole_too_where_the_servers_count_them(
+    stub: Stub, source: PrometheusSource
+) -> None:
+    """A token model's shadowed rows disagree by their share of flipped tokens; the rows with a flip
+    are what the analysis' chance guard counts. A server older than that series has none: no count,
+    and the guard reads the shares as before."""
+    accuracy = slo.Objective(slo.SLI.ACCURACY_DELTA, budget=0.005)
+    whole = {"value": "60"}
+
+    async def answer(request: web.Request) -> web.StreamResponse:
+        query = request.query["query"]
+        if slo.Metric.SHADOW_DISAGREEING_ROWS_TOTAL in query:
+            return web.json_response(vector(whole["value"]) if whole["value"] else vector())
+        return web.json_response(vector("1.5" if "disagreements" in query else "100"))
+
+    stub.answer = answer
+
+    assert await source.counts(accuracy, 300, LABELS) == Counts(bad=1.5, total=100.0, whole_bad=60.0)
+    whole["value"] = ""
+    assert await source.counts(accuracy, 300, LABELS) == Counts(bad=1.5, total=100.0)
+
+
 async def test_a_5xx_is_unreachable_with_prometheus_own_words(stub: Stub, source: PrometheusSource) -> None:
     stub.answer = answering(503, {"status": "error", "errorType": "unavailable", "error": "TSDB not ready"})
 

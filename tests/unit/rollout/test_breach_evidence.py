@@ -86,3 +86,26 @@ def test_a_window_short_of_samples_stays_inconclusive_when_the_rest_could_change
     verdict, reason = errors_analysis(spec, canary)
 
     assert verdict is Verdict.INCONCLUSIVE and "60 samples of the 100 needed" in reason
+
+
+def test_a_token_canary_needs_rows_with_a_flip_not_rows_worth_of_flips(
+    make_spec: Callable[..., RolloutSpec],
+) -> None:
+    """A token model's shadowed row disagrees by its share of flipped tokens: a canary flipping 1.5%
+    of every row's tokens (3x a 0.5% budget) read 1.5 bad events in 100 rows, and needed 167 rows a
+    minute to fail. The chance guard counts the rows with a flip (whole events) instead."""
+    accuracy = slo.Objective(slo.SLI.ACCURACY_DELTA, budget=0.005)
+    spec = make_spec(objectives=(accuracy,), analysis={"min_samples": 100})
+    keys = [(slo.SLI.ACCURACY_DELTA, window) for window in spec.analysis.windows]
+
+    def judged(canary: Counts) -> tuple[Verdict, str]:
+        analysis = judge(Measurements(0.0, dict.fromkeys(keys, canary), {}, Value(0)), spec)
+        return analysis.verdict, analysis.reason
+
+    every_row_flips = judged(Counts(bad=1.5, total=100, whole_bad=100))
+    assert every_row_flips[0] is Verdict.FAIL, every_row_flips
+    assert "burn rate above 1 on both windows: 3.00" in every_row_flips[1]
+    by_shares_alone = judged(Counts(bad=1.5, total=100))  # a server without the whole count
+    assert by_shares_alone[0] is Verdict.INCONCLUSIVE and "too few to tell from chance" in by_shares_alone[1]
+    two_rows_flip_much = judged(Counts(bad=1.5, total=100, whole_bad=2))
+    assert two_rows_flip_much[0] is Verdict.INCONCLUSIVE, "two rows are two events, however many tokens"

@@ -76,6 +76,11 @@ def test_a_per_position_rule_counts_rows_by_the_positions_a_request_did_not_pad(
     disagreeing, compared = comparator.disagreements(served, reference, request)
     assert compared == 3, "rows with a token, not their 6 tokens"
     assert disagreeing == pytest.approx(1 / 3 + 0 / 2 + 1 / 1)
+    assert comparator.judged(served, reference, request).disagreeing_rows == 2, "rows with a flip"
+    recorder, registry = metrics()
+    judged = comparator.judged(served, reference, request)
+    recorder.compared(judged.compared, judged.disagreeing, judged.disagreeing_rows)
+    assert value(registry, "quantship_shadow_disagreeing_rows_total") == 2  # the analysis' whole events
 
 
 @pytest.mark.parametrize(
