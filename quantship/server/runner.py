@@ -236,6 +236,8 @@ class Runner:
         except _ORT_INVALID_ARGUMENT as exc:  # e.g. a token id past the vocabulary: the client's to fix
             raise InvalidInput(f"the model refused the input: {_ort_message(exc)}") from None
         except _ORT_FAILURES as exc:  # a kernel's FAIL names no culprit: an index past a gather's axis?
+            if (empty := _empty_input(inputs)) is not None:
+                raise InvalidInput(f"the model could not run on {empty}: {_ort_message(exc)}") from None
             if self._controls.values_at_fault(inputs):
                 raise InvalidInput(f"the model could not run on the input: {_ort_message(exc)}") from None
             self._failures.error("onnxruntime failed, on ones of the same shapes too: %s", exc)
@@ -484,6 +486,19 @@ def _row_chunks(rows: Sequence[int], most: int) -> Iterator[range]:
         total += count
     if rows:
         yield range(start, len(rows))
+
+
+def _empty_input(inputs: Tensors) -> str | None:
+    """An input with a dimension of 0 (no rows is refused before any call: `Signature.validate`),
+    named for the message; None if there is none. A model that cannot run an empty sequence fails on
+    ones of its shape too, which would make it a 500 (`_Controls`): but an empty dimension is the
+    client's to change (a tokenizer's empty string), and a 500 would burn the error budget of a canary
+    that behaves as its stable does (hunt of 2026-12-06: gpt2 answered `[1, 0]` ids with a Reshape's
+    FAIL). Models that take one (an empty past of a KV cache) run, and never come here."""
+    for name, array in inputs.items():
+        if 0 in array.shape:
+            return f"input '{name}' of shape {list(array.shape)}, which holds no values"
+    return None
 
 
 def _outcome(run: Any, inputs: Tensors) -> Outcome:

@@ -210,6 +210,26 @@ def test_a_model_that_fails_on_ones_of_the_same_shapes_too_is_a_logged_server_er
     assert "on ones of the same shapes too" in caplog.records[0].getMessage()
 
 
+def test_a_model_that_cannot_run_an_empty_sequence_refuses_it_as_the_clients_fault(tmp_path: Path) -> None:
+    """[N, S] reshaped to [N, S, -1]: for S = 0 the -1 is 0 / 0, and onnxruntime FAILs, on ones of the
+    same shape too. An empty sequence is the client's (an empty string tokenized): 400, not a 500 the
+    error SLI would count against a canary that behaves as its stable."""
+    graph = helper.make_graph(
+        [helper.make_node("Reshape", ["X", "keep"], ["Y"])],
+        "sequence",
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["N", "S"])],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["N", "S", 1])],
+        [numpy_helper.from_array(np.array([0, 0, -1], dtype=np.int64), "keep")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, tmp_path / "sequence.onnx")
+    runner = Runner.load(tmp_path / "sequence.onnx", threads=1)
+    assert runner.run({"X": x(2, 3)})["Y"].shape == (2, 3, 1)
+    with pytest.raises(InvalidInput, match=r"input 'X' of shape \[2, 0\], which holds no values: .*Reshape"):
+        runner.run({"X": x(2, 0)})
+
+
 def test_fallback_ops_report_zero_for_every_quantized_op_type_that_fused(
     good_artifact: artifact.Artifact,
 ) -> None:
