@@ -15,6 +15,8 @@ onnxruntime thread. Each server runs in its own process pinned to core 1; the lo
 clients pinned to core 0, `c` requests in flight in a closed loop: wrk (HTTP/1.1, `c` connections,
 as in the peers suite) and h2load (nghttp2's, one HTTP/2 connection with `c` streams, as a gRPC
 channel carries its calls). CPU is the server process's (/proc/PID/stat) over the measured seconds.
+Every server is up at once, and each cell is measured in ROUNDS rounds, the servers' order flipping
+from one to the next; the table shows each cell's median and range.
 The suite used Python clients (aiohttp, grpc.aio) until 2026-12-04; on a 2-core host they could
 not keep the bare uvicorn floor busy: it answered 2,919 / 7,558 / 8,637 req/s at c = 1 / 8 / 32
 under aiohttp and 7,042 / 20,701 / 24,300 under wrk, in the same hour.
@@ -27,10 +29,11 @@ import json
 import os
 import re
 import socket
+import statistics
 import subprocess
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
@@ -55,6 +58,10 @@ from quantship.slo import Metric
 
 CONCURRENCY = (1, 8, 32)
 SECONDS = int(os.environ.get("TRANSPORT_SECONDS", 4))
+ROUNDS = int(os.environ.get("TRANSPORT_ROUNDS", 3))
+"""Rounds of every cell, the servers' order flipping from round to round, as the peers suite's: a
+cell shows the median and the range. On a shared 2-core VM one 4 s round of a cell read up to 1.7x
+another a minute apart (2026-12-06), enough to turn the 100 µs verdict either way."""
 WARMUP_S = 1
 SERVER_CORE_ID = int(SERVER_CORE)  # the peers suite's cores: servers on SERVER_CORE, load on LOAD_CORE
 INFER = "/inference.GRPCInferenceService/ModelInfer"
@@ -216,6 +223,11 @@ def _find(pattern: str, text: str) -> str:
     return found.group(1)
 
 
+def _cell(per_s: float, cpu: float, found: list[tuple[float, float]]) -> str:
+    spread = [u for _, u in found]
+    return f"{cpu:.0f} µs [{min(spread):.0f}-{max(spread):.0f}] ({per_s:,.0f}/s)"
+
+
 def cpu_us_per_request(pid: int, load: Load, concurrency: int) -> tuple[float, float]:
     """(requests a second, server CPU µs a request)."""
     load(concurrency, WARMUP_S)
@@ -248,43 +260,53 @@ def run(workdir: Path) -> None:
     script = peers_heavy.binary_script(workdir / "transport-binary", header, row.tobytes())
     frame = grpc_frame(payload, workdir / "transport-request.grpc")
 
-    rows: dict[str, dict[int, tuple[float, float]]] = {}
-    loads: list[float] = []
-    with bare(_serve_bare_http) as (pid, port):
-        load = http_load(wrk, f"http://127.0.0.1:{port}", script)
-        rows["bare uvicorn (floor)"] = {c: cpu_us_per_request(pid, load, c) for c in CONCURRENCY}
-    with bare(_serve_bare_grpc) as (pid, port):
-        check_grpc_answers(port, payload)
-        load = grpc_load(h2load, port, frame)
-        rows["bare grpc.aio (floor)"] = {c: cpu_us_per_request(pid, load, c) for c in CONCURRENCY}
-    loads.append(os.getloadavg()[0])
+    loads = [os.getloadavg()[0]]
     grpc_port = free_port()
     server = PinnedServer(  # on SERVER_CORE from the start: its batch policy reads the CPUs it may use
         built.artifact.root, model="m", revision="bench",
         extra_args=["--threads", "1", "--grpc-port", str(grpc_port), "--log-level", "warning"],
         log_path=workdir / "transport-quantship.log",
     )  # fmt: skip
-    server.start()
-    try:
+    with ExitStack() as running:
+        http_pid, http_port = running.enter_context(bare(_serve_bare_http))
+        grpc_pid, bare_grpc_port = running.enter_context(bare(_serve_bare_grpc))
+        server.start()
+        running.callback(server.stop)
         asyncio.run(server.wait_ready())
         assert server.pid is not None
-        load = http_load(wrk, server.url, script)
-        rows["quantship HTTP binary"] = {c: cpu_us_per_request(server.pid, load, c) for c in CONCURRENCY}
+        check_grpc_answers(bare_grpc_port, payload)
         check_grpc_answers(grpc_port, payload)
-        load = grpc_load(h2load, grpc_port, frame, server.url)
-        rows["quantship gRPC"] = {c: cpu_us_per_request(server.pid, load, c) for c in CONCURRENCY}
-    finally:
-        server.stop()
-    loads.append(os.getloadavg()[0])
+        measured = {
+            "bare uvicorn (floor)": (http_pid, http_load(wrk, f"http://127.0.0.1:{http_port}", script)),
+            "bare grpc.aio (floor)": (grpc_pid, grpc_load(h2load, bare_grpc_port, frame)),
+            "quantship HTTP binary": (server.pid, http_load(wrk, server.url, script)),
+            "quantship gRPC": (server.pid, grpc_load(h2load, grpc_port, frame, server.url)),
+        }
+        rounds: dict[str, dict[int, list[tuple[float, float]]]] = {
+            name: {c: [] for c in CONCURRENCY} for name in measured
+        }
+        for turn in range(ROUNDS):
+            order = list(measured) if turn % 2 == 0 else list(reversed(measured))
+            for name in order:
+                pid, load = measured[name]
+                for c in CONCURRENCY:
+                    rounds[name][c].append(cpu_us_per_request(pid, load, c))
+            loads.append(os.getloadavg()[0])
+    rows = {
+        name: {c: (statistics.median(r for r, _ in found), statistics.median(u for _, u in found))
+               for c, found in cells.items()}
+        for name, cells in rounds.items()
+    }  # fmt: skip
 
     table = Table(
-        title="server CPU µs a request (req/s), digits INT8, one row a request; floors answer a constant"
+        title="server CPU µs a request (req/s), digits INT8, one row a request; floors answer a constant; "
+        f"the median of {ROUNDS} rounds, their range in brackets"
     )
     table.add_column("server, transport")
     for c in CONCURRENCY:
         table.add_column(f"c={c}", justify="right")
     for name, cells in rows.items():
-        table.add_row(name, *(f"{cpu:.0f} µs ({per_s:,.0f}/s)" for per_s, cpu in cells.values()))
+        table.add_row(name, *(_cell(per_s, cpu, rounds[name][c]) for c, (per_s, cpu) in cells.items()))
     console.print(table)
     console.print(f"1-minute load average: {min(loads):.2f}-{max(loads):.2f} (2 cores)")
     cpu_us = {name: {c: cpu for c, (_, cpu) in cells.items()} for name, cells in rows.items()}

@@ -1106,6 +1106,8 @@ def _given(**options: Any) -> dict[str, Any]:
 )
 @click.option(
     "--registry-config",
+    "--docker-config",  # push's and pull's name for the same file
+    "registry_config",
     type=click.Path(dir_okay=False, path_type=Path),
     help="oci://: a Docker config.json with the registry's credentials (a mounted pull secret).",
 )
@@ -1166,6 +1168,8 @@ def fetch(
 @_pvc_root_option
 @click.option(
     "--registry-config",
+    "--docker-config",  # push's and pull's name for the same file
+    "registry_config",
     type=click.Path(dir_okay=False, path_type=Path),
     help="oci:// target: a Docker config.json with credentials to push.",
 )

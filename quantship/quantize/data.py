@@ -37,7 +37,8 @@ class InputSpec:
         return first if isinstance(first, int) else None
 
     def describe(self) -> str:
-        dims = ", ".join("N" if not isinstance(d, int) else str(d) for d in self.shape)
+        # a named dimension by its name (input_ids int64[batch, seq]), an unnamed open one as ?
+        dims = ", ".join(str(d) if isinstance(d, int) else (d or "?") for d in self.shape)
         return f"{self.name} {self.dtype.name}[{dims}]"
 
 
@@ -153,6 +154,10 @@ def load_dataset(
     return Dataset(arrays, labels, stacked, _digest(arrays, labels), str(path))
 
 
+_NPZ_MAGIC = b"PK\x03\x04"  # a zip archive's first local header
+_NPY_MAGIC = b"\x93NUMPY"
+
+
 def _read_arrays(path: Path, role: str) -> dict[str, np.ndarray]:
     try:
         if path.is_dir():
@@ -161,6 +166,13 @@ def _read_arrays(path: Path, role: str) -> dict[str, np.ndarray]:
                 raise QuantizeInputError(f"{role} data folder {path} holds no .npy files")
             return {file.stem: np.load(file, allow_pickle=False) for file in files}
         with path.open("rb") as stream:  # ours to close: numpy leaks a file it opened on a bad zip
+            start = stream.read(len(_NPY_MAGIC))
+            if not start.startswith((_NPZ_MAGIC, _NPY_MAGIC)):  # numpy would call it a pickle
+                raise QuantizeInputError(
+                    f"{role} data {path} is not .npz or .npy data (it starts with {start!r}): give an "
+                    ".npz keyed by input name, or a folder of .npy files"
+                )
+            stream.seek(0)
             loaded = np.load(stream, allow_pickle=False)
             if not isinstance(loaded, np.lib.npyio.NpzFile):
                 raise QuantizeInputError(

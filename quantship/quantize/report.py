@@ -6,6 +6,7 @@ SQNR, calibrated ranges, the hardware the gate ran on.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,8 @@ from quantship import artifact, reporting
 from quantship.quantize import evaluate, ranges
 
 _MAX_BARS = 40
+_NARROW_BAND = 0.2
+"""Trials' values (and the gate) within this share of the largest get an axis that does not start at 0."""
 
 
 def render(loaded: artifact.Artifact, given: Path | None = None) -> str:
@@ -321,9 +324,15 @@ def _trials_figure(trials: list[dict[str, Any]], metric: str) -> str:
         ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)  # beside the bars, never on them
     ax.set_xlabel("trial (r: recipe, o: op-type fallback, n: node fallback; green passed, red failed)")
     ylabel = _named(metric) + unit
-    ax.set_ylabel(reporting.literal(ylabel))
     ax.set_xticks([t["number"] for t in trials])
     ax.margins(y=0.12)  # room for the labels above the tallest bar
+    band = [t["value"] * scale for t in measured] + ([threshold * scale] if threshold is not None else [])
+    if band and min(band) > 0 and max(band) - min(band) < _NARROW_BAND * max(band):
+        # agreement of 0.999 against a gate of 0.995, on an axis from 0: one bar height, one line
+        spread = max(max(band) - min(band), _NARROW_BAND * max(band) / 10)
+        ax.set_ylim(max(0.0, min(band) - spread), max(band) + spread)
+        ylabel += ", axis not from 0"
+    ax.set_ylabel(reporting.literal(ylabel))
     said = [f"tuning trials: {ylabel} by trial"]
     said += [f"gate {shown(threshold)}"] if threshold is not None else []
     said += [f"errored (no value): trial {', '.join(str(t['number']) for t in errored)}"] if errored else []
@@ -335,7 +344,8 @@ def _sqnr(errors: list[dict[str, Any]]) -> str:
         return "<p>No per-tensor sensitivity: dynamic quantization has no activation ranges to debug.</p>"
     sections = []
     for kind in ("activation", "weight"):
-        chosen = [e for e in errors if e["kind"] == kind][:_MAX_BARS]
+        of_kind = [e for e in errors if e["kind"] == kind]
+        chosen = of_kind[:_MAX_BARS]
         if not chosen:
             continue
         fig, ax = reporting.new_figure(9, 0.8 + 0.28 * len(chosen))
@@ -352,7 +362,9 @@ def _sqnr(errors: list[dict[str, Any]]) -> str:
         ax.invert_yaxis()
         ax.set_xlabel("SQNR (dB, higher is better; below 20 dB is lossy)")
         ax.set_title(
-            f"{kind}s, worst first" + (" (xmodel_err: INT8 vs FP32 model)" if kind == "activation" else "")
+            f"{kind}s, worst first"
+            + (f", the {len(chosen)} worst of {len(of_kind)}" if len(chosen) < len(of_kind) else "")
+            + (" (xmodel_err: INT8 vs FP32 model)" if kind == "activation" else "")
         )
         sections.append(reporting.figure(fig, f"{kind} SQNR"))
     return "".join(sections) + (
@@ -388,8 +400,17 @@ def _ranges(activations: list[artifact.ActivationRange]) -> str:
     ax.invert_yaxis()
     ax.use_sticky_edges = False  # bars set the x limits at their very ends, cutting the end ticks in half
     ax.margins(x=0.03)
-    ax.set_xlabel("activation value (float, in the tensor's own units)")
-    ax.set_title("what each quantized activation can represent, and what calibration saw", fontsize=10)
+    linear_up_to = _symlog_threshold(shown)
+    if linear_up_to is not None:
+        ax.set_xscale("symlog", linthresh=linear_up_to)
+    scale = "" if linear_up_to is None else f"; symmetric log scale past ±{linear_up_to:g}"
+    ax.set_xlabel(f"activation value (float, in the tensor's own units{scale})")
+    cut = (
+        f" (the first {len(shown)} of {len(activations)}; the table has all)"
+        if len(shown) < len(activations)
+        else ""
+    )
+    ax.set_title(f"what each quantized activation can represent, and what calibration saw{cut}", fontsize=10)
     fig.legend(loc="outside lower center", ncol=2, fontsize=8)  # under the axes: never on a bar
     rows = [
         (
@@ -405,6 +426,21 @@ def _ranges(activations: list[artifact.ActivationRange]) -> str:
     return reporting.figure(fig, f"activation ranges: {ax.get_title()}, {ax.get_xlabel()}") + reporting.table(
         ["tensor", "low", "high", "calibrated min", "calibrated max", "note"], rows
     )
+
+
+_WIDE_SPREAD = 100.0
+"""Ranges whose magnitudes differ by more than this share a symmetric log axis: on a linear one, a
+GPT-2's Pow output ([-720, 289]) left every other bar a sliver."""
+
+
+def _symlog_threshold(shown: list[artifact.ActivationRange]) -> float | None:
+    """Where a symmetric log axis should stop being linear (the power of ten under the smallest
+    tensor's magnitude: decade ticks), or None when every range is of a similar size and a linear
+    axis reads best."""
+    magnitudes = [m for r in shown if (m := max(abs(r.low), abs(r.high))) > 0]
+    if not magnitudes or max(magnitudes) <= _WIDE_SPREAD * min(magnitudes):
+        return None
+    return float(10 ** math.floor(math.log10(min(magnitudes))))
 
 
 def _range_note(activation: artifact.ActivationRange) -> str:

@@ -43,10 +43,22 @@ def table(rows: list[tuple[str, artifact.Artifact]], title: str = "quantization 
             reporting.percent(validation.get("agreement")),
             f"[green]{gate}[/]" if gate == "passed" else f"[red]{gate}[/]",
             str(len(loaded.manifest.get("trials") or loaded.manifest.get("fallback_trials", []))),
-            escape(", ".join(map(reporting.shown_name, loaded.quantization.get("excluded_nodes", []))))
-            or "-",
+            _in_float(loaded.quantization.get("excluded_nodes", [])),
         )
     return out
+
+
+MAX_NAMED_IN_FLOAT = 3
+"""Nodes kept in float named in the table; more are counted (the report lists them all): five of a
+transformer's long module paths filled the column with `/lm/transformer/…` cut to the same start."""
+
+
+def _in_float(nodes: list[str]) -> str:
+    if not nodes:
+        return "-"
+    if len(nodes) > MAX_NAMED_IN_FLOAT:
+        return f"{len(nodes)} nodes (the report lists them)"
+    return escape(", ".join(map(reporting.shown_name, nodes)))
 
 
 def _gated(validation: dict[str, Any]) -> str:

@@ -165,8 +165,9 @@ SERIES = (
         "samples_dropped",
         M.SAMPLES_DROPPED_TOTAL,
         Counter,
-        "Sampled requests (shadow, clip, capture) not processed, by reason: the background worker was "
-        "behind, the SLI CPU budget was spent, or (capture) their shape differs from the captured samples'.",
+        "Sampled requests (shadow, clip, capture) not processed, by reason: behind (the background "
+        "worker was), budget (the SLI CPU budget was spent), failed (the lane's session could not run "
+        "them), shape (capture only: their shape differs from the captured samples').",
         ("kind", "reason"),
     ),
     Series(

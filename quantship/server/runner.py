@@ -72,6 +72,11 @@ class TensorSpec:
     dim_names: tuple[str | None, ...] = ()
     """The model's name for each open dimension (`batch`, `seq`), None where it gives none. Inputs
     sharing a name must agree on its size: checked here rather than failing deep in a kernel."""
+    table_rows: int | None = None
+    """For an integer input the model gathers rows of a table with (an embedding's token ids,
+    `index_tables`): the table's rows. A negative value is refused: ONNX's Gather counts it from the
+    table's end, so id -1 answered as the last token (gpt2: 200 with a wrong answer), where an id
+    past the end is onnxruntime's INVALID_ARGUMENT (400) already."""
 
     @property
     def dtype(self) -> np.dtype[Any]:
@@ -112,9 +117,16 @@ class Signature:
     outputs: tuple[TensorSpec, ...]
 
     @classmethod
-    def from_session(cls, session: ort.InferenceSession) -> Signature:
+    def from_session(
+        cls, session: ort.InferenceSession, tables: Mapping[str, int] | None = None
+    ) -> Signature:
+        """`tables`: the rows of the table each index input gathers from (`index_tables`)."""
+        tables = tables or {}
         return cls(
-            tuple(TensorSpec.from_ort(node) for node in session.get_inputs()),
+            tuple(
+                dataclasses.replace(spec, table_rows=tables.get(spec.name))
+                for spec in map(TensorSpec.from_ort, session.get_inputs())
+            ),
             tuple(TensorSpec.from_ort(node) for node in session.get_outputs()),
         )
 
@@ -140,6 +152,11 @@ class Signature:
             if array is None:
                 raise InvalidInput(f"missing input '{spec.name}'; the model takes {self._takes()}")
             _check_tensor(spec, array)
+            if spec.table_rows is not None and array.size and (lowest := array.min()) < 0:
+                raise InvalidInput(
+                    f"input '{spec.name}' holds {lowest}: its values index a table of {spec.table_rows} "
+                    f"rows, 0 to {spec.table_rows - 1}"
+                )
             if not self.batchable:
                 continue
             if array.shape[0] == 0:
@@ -204,11 +221,16 @@ class Runner:
     """One onnxruntime session. `run` is blocking: call it from a worker thread, or on the event loop
     only for calls measured shorter than a thread hand-off (batch_policy.INLINE_CALL_S)."""
 
-    def __init__(self, session: ort.InferenceSession, value_free: frozenset[str] = frozenset()) -> None:
+    def __init__(
+        self,
+        session: ort.InferenceSession,
+        value_free: frozenset[str] = frozenset(),
+        tables: Mapping[str, int] | None = None,
+    ) -> None:
         """`value_free`: outputs computed from no input's values (see `value_free_outputs`); only
         those may be shared by the requests of a merged call when they have no batch dimension."""
         self.session = session
-        self.signature = Signature.from_session(session)
+        self.signature = Signature.from_session(session, tables)
         self._value_free = value_free
         self._layout: BatchLayout | None = None
         self._undecidable: set[tuple[tuple[str, tuple[int, ...]], ...]] = (
@@ -228,7 +250,8 @@ class Runner:
     ) -> Runner:
         """A session of `model`; `proto`, its graph when the caller has parsed it already."""
         session = runtime.create_session(model, threads=threads)  # first: onnxruntime names what is wrong
-        return cls(session, value_free_outputs((proto or runtime.load_proto(model)).graph))
+        graph = (proto or runtime.load_proto(model)).graph
+        return cls(session, value_free_outputs(graph), index_tables(graph))
 
     def run(self, inputs: Tensors) -> dict[str, np.ndarray]:
         try:
@@ -236,6 +259,8 @@ class Runner:
         except _ORT_INVALID_ARGUMENT as exc:  # e.g. a token id past the vocabulary: the client's to fix
             raise InvalidInput(f"the model refused the input: {_ort_message(exc)}") from None
         except _ORT_FAILURES as exc:  # a kernel's FAIL names no culprit: an index past a gather's axis?
+            if (empty := _empty_input(inputs)) is not None:
+                raise InvalidInput(f"the model could not run on {empty}: {_ort_message(exc)}") from None
             if self._controls.values_at_fault(inputs):
                 raise InvalidInput(f"the model could not run on the input: {_ort_message(exc)}") from None
             self._failures.error("onnxruntime failed, on ones of the same shapes too: %s", exc)
@@ -452,6 +477,39 @@ SHAPE_ONLY_OPS = frozenset({"Shape", "Size"})
 """Ops whose output depends on their input's shape, not its values."""
 
 
+_VALUES_KEPT = frozenset({"Reshape", "Squeeze", "Unsqueeze", "Flatten", "Identity", "Cast"})
+"""Ops whose first input's values reach their output unchanged (an id stays the id)."""
+
+
+def index_tables(graph: onnx.GraphProto) -> dict[str, int]:
+    """The graph's integer inputs that a Gather takes as indices into a constant table (an embedding's
+    token ids), each with the table's rows along the gathered axis (the fewest, where it indexes
+    several). The ids may reach the Gather reshaped (GPT-2 views them as [-1, seq]) or cast, and the
+    table may be stored quantized: a DequantizeLinear of an initializer."""
+    inputs = {value.name for value in graph.input}
+    dims = {init.name: tuple(init.dims) for init in graph.initializer}
+    producer = {out: node for node in graph.node for out in node.output}
+    tables: dict[str, int] = {}
+    for node in graph.node:
+        if node.op_type != "Gather" or node.domain not in ("", "ai.onnx") or len(node.input) < 2:
+            continue
+        table, indices = node.input[0], node.input[1]
+        while (carried := producer.get(indices)) is not None and carried.op_type in _VALUES_KEPT:
+            indices = carried.input[0]
+        if indices not in inputs or indices in dims:
+            continue
+        source = producer.get(table)
+        if source is not None and source.op_type == runtime.DEQUANTIZE:
+            table = source.input[0]
+        shape = dims.get(table)
+        axis = next((attribute.i for attribute in node.attribute if attribute.name == "axis"), 0)
+        if not shape or not -len(shape) <= axis < len(shape):
+            continue
+        rows = shape[axis]
+        tables[indices] = min(rows, tables.get(indices, rows))
+    return tables
+
+
 def value_free_outputs(graph: onnx.GraphProto) -> frozenset[str]:
     """Graph outputs computed from no input's values: from initializers, constants and input shapes
     (through SHAPE_ONLY_OPS) only, so equal for every request of one shape. The shape of a computed
@@ -484,6 +542,19 @@ def _row_chunks(rows: Sequence[int], most: int) -> Iterator[range]:
         total += count
     if rows:
         yield range(start, len(rows))
+
+
+def _empty_input(inputs: Tensors) -> str | None:
+    """An input with a dimension of 0 (no rows is refused before any call: `Signature.validate`),
+    named for the message; None if there is none. A model that cannot run an empty sequence fails on
+    ones of its shape too, which would make it a 500 (`_Controls`): but an empty dimension is the
+    client's to change (a tokenizer's empty string), and a 500 would burn the error budget of a canary
+    that behaves as its stable does (hunt of 2026-12-06: gpt2 answered `[1, 0]` ids with a Reshape's
+    FAIL). Models that take one (an empty past of a KV cache) run, and never come here."""
+    for name, array in inputs.items():
+        if 0 in array.shape:
+            return f"input '{name}' of shape {list(array.shape)}, which holds no values"
+    return None
 
 
 def _outcome(run: Any, inputs: Tensors) -> Outcome:

@@ -71,18 +71,11 @@ class Comparator:
         """Whether answers are classes a row: the reference's go to label feedback."""
         return self.rule.classifier and self.class_per_row
 
-    def disagreements(
-        self, served: np.ndarray, reference: np.ndarray, inputs: Tensors | None = None
-    ) -> tuple[float, int]:
-        """(disagreeing rows, compared rows) between the served output and the reference's; for a
-        per-position rule, a row disagrees by the share of its positions that flip, without the
-        padding the request's mask input marks (RowRule.judge)."""
-        judged = self.judged(served, reference, inputs)
-        return judged.disagreeing, judged.compared
-
     def judged(self, served: np.ndarray, reference: np.ndarray, inputs: Tensors | None = None) -> Judged:
-        """`disagreements`, and the rows that disagree at all (whole events: a token model's rows with
-        a position flipped)."""
+        """How the served output and the reference's disagree: the rows that disagree (for a
+        per-position rule, each by the share of its positions that flip, without the padding the
+        request's mask input marks: RowRule.judge), the rows compared, and the rows that disagree at
+        all (whole events: a token model's rows with a position flipped)."""
         mask = inputs.get(self.rule.mask_input) if inputs is not None and self.rule.mask_input else None
         return self.rule.judge_rows(served, reference, mask)
 

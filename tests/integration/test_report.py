@@ -223,3 +223,28 @@ def test_the_ranges_figure_says_its_units_and_a_softmax_bound_is_its_own(
     assert len(softmax) == 1, qoperator_skewed_artifact.activation_ranges
     row = page.split(f"<tr><td>{softmax[0].tensor}</td>")[1].split("</tr>")[0]
     assert row.endswith("<td>QLinearSoftmax&#x27;s own output bound [0, 1]</td>"), row
+
+
+def test_the_ranges_figure_says_what_it_leaves_out_and_keeps_small_ranges_visible() -> None:
+    """gpt2's 84 ranges were cut to 40 without a word, on a linear axis that its Pow output
+    ([-720, 289]) set: every other bar a sliver."""
+    many = [artifact.ActivationRange(f"t{i}", -1.0, 1.0, 2 / 255) for i in range(45)]
+    page = report._ranges(many)
+    assert "(the first 40 of 45; the table has all)" in page
+    assert "symmetric log" not in page, "ranges of one size: a linear axis"
+    wide = [
+        artifact.ActivationRange("pow", -720.0, 289.0, 4.0),
+        artifact.ActivationRange("ln", -0.8, 0.9, 0.01),
+    ]
+    page = report._ranges(wide)
+    assert "symmetric log scale past ±0.1" in page and "the first" not in page
+
+
+def test_trials_in_a_narrow_band_get_an_axis_that_shows_them_apart_from_the_gate() -> None:
+    """Agreement 0.999 against a gate of 0.995 on an axis from 0: one bar height and one line."""
+    trial = {"number": 0, "stage": "recipe", "value": 0.999, "passed": True, "threshold": 0.995}
+    assert "top1_agreement, axis not from 0 by trial; gate 0.995" in report._trials_figure(
+        [trial], "top1_agreement"
+    )
+    far = {**trial, "value": 0.5, "passed": False}
+    assert "axis not from 0" not in report._trials_figure([far], "top1_agreement")

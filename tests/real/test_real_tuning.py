@@ -22,6 +22,7 @@ import pytest
 import tritonclient.http as triton
 from onnxruntime.quantization import CalibrationDataReader, quantize_static
 from prometheus_client.parser import text_string_to_metric_families
+from tritonclient.utils import InferenceServerException
 
 from quantship import runtime
 from quantship.local.processes import ServerProcess
@@ -378,5 +379,18 @@ def test_the_served_lm_counts_rows_by_their_real_tokens_in_its_shadow_sli(
         # so an analysis' minSamples (100) counts requests' rows.
         assert 0 < compared == compared_rows <= rows < real
         assert disagreed == pytest.approx(shares), "each row by the share of its sure tokens that flip"
+        # A client's mistakes this model answered 200 (a negative id: ONNX's Gather reads it from the
+        # table's end) or 500 (an empty sequence, which its Reshape cannot run): 400 with the reason
+        for ids, refusal in (
+            (np.array([[72, -1]]), "input 'input_ids' holds -1: its values index a table of 128 rows"),
+            (np.zeros((1, 0), dtype=np.int64), "of shape [1, 0], which holds no values"),
+        ):
+            inputs = []
+            for name in ("input_ids", "attention_mask"):
+                inputs.append(triton.InferInput(name, list(ids.shape), "INT64"))
+                inputs[-1].set_data_from_numpy(ids if name == "input_ids" else np.ones_like(ids))
+            with pytest.raises(InferenceServerException) as refused:
+                client.infer("lm", inputs)
+            assert refused.value.status() == "400" and refusal in refused.value.message(), refused.value
     finally:
         server.stop()

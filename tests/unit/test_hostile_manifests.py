@@ -434,3 +434,13 @@ def test_a_tensor_name_of_the_bound_is_read(artifact_copy: Path) -> None:
         artifact_copy, set_at(("sensitivity", 0, "tensor"), lambda _: "A" * artifact.MAX_TENSOR_NAME_CHARS)
     )
     assert artifact.load_artifact(artifact_copy).manifest["sensitivity"][0]["tensor"].startswith("AAAA")
+
+
+def test_many_nodes_kept_in_float_are_counted_in_the_summary(artifact_copy: Path) -> None:
+    """Five of a transformer's module paths filled the column with the same cut start."""
+    nodes = [f"/lm/transformer/h.{i}/ln_1/LayerNormalization" for i in range(summary.MAX_NAMED_IN_FLOAT + 2)]
+    edit_manifest(artifact_copy, lambda m: m["quantization"].update(excluded_nodes=nodes))
+    console = Console(width=1000, record=True, file=io.StringIO())
+    console.print(summary.table([("gpt2", artifact.load_artifact(artifact_copy))]))
+    printed = console.export_text()
+    assert f"{len(nodes)} nodes (the report lists them)" in printed and "/lm/transformer" not in printed

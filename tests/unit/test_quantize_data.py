@@ -51,7 +51,7 @@ def test_unbatched_samples_run_one_at_a_time(tmp_path: Path) -> None:
         ({"X": np.zeros((4, 64), np.float64)}, "'X' is float64, the model wants float32"),
         (
             {"X": np.zeros((4, 32), np.float32)},
-            r"'X' has shape \[4, 32\], the model wants X float32\[N, 64\]",
+            r"'X' has shape \[4, 32\], the model wants X float32\[\?, 64\]",
         ),
         ({"X": np.zeros((4, 8, 8, 1), np.float32)}, "does not fit"),
         ({"X": np.zeros((0, 64), np.float32)}, "holds 0 samples"),
@@ -75,15 +75,23 @@ def test_missing_and_unreadable_files(tmp_path: Path) -> None:
     with pytest.raises(QuantizeInputError, match="does not exist"):
         data.load_dataset(tmp_path / "nope.npz", DIGITS, role="calibration")
     (tmp_path / "junk.npz").write_text("not numpy")
-    with pytest.raises(QuantizeInputError, match="not readable"):
-        data.load_dataset(tmp_path / "junk.npz", DIGITS, role="calibration")
-    (tmp_path / "empty.npz").write_bytes(b"")  # numpy: EOFError
+    (tmp_path / "sentences.json").write_text('["a sentence"]')  # numpy: "pickled data ... allow_pickle"
+    (tmp_path / "empty.npz").write_bytes(b"")
+    for name in ("junk.npz", "sentences.json", "empty.npz"):
+        refusal = r"is not \.npz or \.npy data \(it starts with"
+        with pytest.raises(QuantizeInputError, match=refusal) as refused:
+            data.load_dataset(tmp_path / name, DIGITS, role="calibration")
+        assert "pickle" not in str(refused.value)
     (tmp_path / "broken.npz").write_bytes(
         b"PK\x03\x04" + b"\0" * 40
     )  # a zip's magic, then nothing: BadZipFile
-    for name in ("empty.npz", "broken.npz"):
-        with pytest.raises(QuantizeInputError, match="not readable"):
-            data.load_dataset(tmp_path / name, DIGITS, role="calibration")
+    with pytest.raises(QuantizeInputError, match="not readable"):
+        data.load_dataset(tmp_path / "broken.npz", DIGITS, role="calibration")
+
+
+def test_inputs_are_described_by_their_dimensions_names() -> None:
+    spec = data.InputSpec("input_ids", np.dtype(np.int64), ("batch", "seq", 8, None))
+    assert spec.describe() == "input_ids int64[batch, seq, 8, ?]"
 
 
 def test_a_single_npy_file_is_not_enough(tmp_path: Path) -> None:

@@ -190,9 +190,13 @@ def test_the_operators_fetch_installs_an_oci_artifact_by_tag_and_digest_with_a_p
     pinned = auth_registry.uri(f"quantship/fetched@{digest}")
     by_digest = fetch.fetch(pinned, tmp_path / "pinned", registry_config=config)
     assert by_tag.digest == by_digest.digest == good_artifact.digest
+    # the command line takes the file under push's and pull's name for it too
+    command = ["fetch", uri, str(tmp_path / "by-cli"), "--docker-config", str(config)]
+    by_cli = CliRunner().invoke(main, command)
+    assert by_cli.exit_code == 0, by_cli.output
     with pytest.raises(fetch.FetchError, match="needs credentials"):
         fetch.fetch(uri, tmp_path / "anonymous")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "model", "pinned"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["by-cli", "config.json", "model", "pinned"]
 
 
 class _Recorder(http.server.BaseHTTPRequestHandler):

@@ -37,3 +37,16 @@ def test_unfused_ops_are_exported_by_op_type(s8s8_server: LocalServer) -> None:
     assert fallback["MatMul"] == 0  # int8 MatMul fuses with int8 activations too
     served = s8s8_server.service.ready_model().opened.artifact.manifest["fallback_ops"]
     assert {op: count for op, count in fallback.items() if count} == served  # the quantizer saw the same
+
+
+def test_the_load_warning_names_only_the_op_types_that_fell_back(
+    s8s8_server: LocalServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The metric keeps a 0 for each op type that fused; the log says what did not, and no more."""
+    artifact = s8s8_server.service.ready_model().opened.artifact
+    with caplog.at_level("WARNING", logger="quantship.server"):
+        again = LocalServer(settings_for(artifact, "s8s8-again")).start()
+        again.stop()
+    (warning,) = [r.getMessage() for r in caplog.records if "instead of int8" in r.getMessage()]
+    assert "'Add'" in warning
+    assert "'MatMul'" not in warning, warning

@@ -210,6 +210,64 @@ def test_a_model_that_fails_on_ones_of_the_same_shapes_too_is_a_logged_server_er
     assert "on ones of the same shapes too" in caplog.records[0].getMessage()
 
 
+def test_a_model_that_cannot_run_an_empty_sequence_refuses_it_as_the_clients_fault(tmp_path: Path) -> None:
+    """[N, S] reshaped to [N, S, -1]: for S = 0 the -1 is 0 / 0, and onnxruntime FAILs, on ones of the
+    same shape too. An empty sequence is the client's (an empty string tokenized): 400, not a 500 the
+    error SLI would count against a canary that behaves as its stable."""
+    graph = helper.make_graph(
+        [helper.make_node("Reshape", ["X", "keep"], ["Y"])],
+        "sequence",
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["N", "S"])],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["N", "S", 1])],
+        [numpy_helper.from_array(np.array([0, 0, -1], dtype=np.int64), "keep")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, tmp_path / "sequence.onnx")
+    runner = Runner.load(tmp_path / "sequence.onnx", threads=1)
+    assert runner.run({"X": x(2, 3)})["Y"].shape == (2, 3, 1)
+    with pytest.raises(InvalidInput, match=r"input 'X' of shape \[2, 0\], which holds no values: .*Reshape"):
+        runner.run({"X": x(2, 0)})
+
+
+@pytest.mark.parametrize("quantized_table", [False, True])
+def test_a_negative_token_id_is_refused_where_onnx_would_read_it_from_the_tables_end(
+    tmp_path: Path, quantized_table: bool
+) -> None:
+    """An embedding gathers rows of a table by id; ONNX's Gather reads -1 as the last row, so a
+    tokenizer's -1 (or any id from -rows to -1) answered 200 with the wrong token's embedding (gpt2,
+    hunt of 2026-12-06). The table may be stored quantized (DequantizeLinear of an initializer)."""
+    table = numpy_helper.from_array(np.arange(40, dtype=np.float32).reshape(10, 4), "table")
+    nodes = [helper.make_node("Gather", ["table", "ids"], ["embedded"])]
+    initializers = [table]
+    if quantized_table:
+        codes = numpy_helper.from_array(np.arange(40, dtype=np.uint8).reshape(10, 4), "codes")
+        scale, zero = (
+            numpy_helper.from_array(np.float32(1.0), "scale"),
+            numpy_helper.from_array(np.uint8(0), "zero"),
+        )
+        nodes = [helper.make_node("DequantizeLinear", ["codes", "scale", "zero"], ["table"]), *nodes]
+        initializers = [codes, scale, zero]
+    graph = helper.make_graph(
+        nodes,
+        "embedding",
+        [helper.make_tensor_value_info("ids", TensorProto.INT64, ["N", "seq"])],
+        [helper.make_tensor_value_info("embedded", TensorProto.FLOAT, ["N", "seq", 4])],
+        initializers,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, tmp_path / "embedding.onnx")
+    runner = Runner.load(tmp_path / "embedding.onnx", threads=1)
+    ids = np.array([[0, 9, 3]], dtype=np.int64)
+    assert runner.signature.validate({"ids": ids}) == 1
+    np.testing.assert_array_equal(runner.run({"ids": ids})["embedded"][0, 1], [36, 37, 38, 39])
+    with pytest.raises(
+        InvalidInput, match=r"input 'ids' holds -1: its values index a table of 10 rows, 0 to 9"
+    ):
+        runner.signature.validate({"ids": np.array([[0, -1, 3]], dtype=np.int64)})
+
+
 def test_fallback_ops_report_zero_for_every_quantized_op_type_that_fused(
     good_artifact: artifact.Artifact,
 ) -> None:

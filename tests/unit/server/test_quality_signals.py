@@ -39,7 +39,7 @@ def value(registry: CollectorRegistry, name: str, **extra: str) -> float | None:
 def test_class_ids_disagree_where_top1_differs() -> None:
     comparator = Comparator.for_artifact(TensorSpec("label", "INT64", (None,)), None, tolerance=0.01)
     assert comparator.classifier
-    assert comparator.disagreements(np.array([1, 2, 3]), np.array([1, 0, 3])) == (1, 3)
+    assert comparator.judged(np.array([1, 2, 3]), np.array([1, 0, 3])) == (1, 3, 1)
 
 
 def test_token_ids_disagree_where_any_position_differs_and_take_no_label_feedback() -> None:
@@ -52,7 +52,7 @@ def test_token_ids_disagree_where_any_position_differs_and_take_no_label_feedbac
     ):
         assert comparator.rule.kind is Kind.TOP1 and not comparator.classifier
         served, reference = np.array([[1, 2], [3, 4]]), np.array([[1, 2], [3, 0]])
-        assert comparator.disagreements(served, reference) == (1, 2)
+        assert comparator.judged(served, reference) == (1, 2, 1)
 
 
 def test_a_per_position_rule_counts_rows_by_the_positions_a_request_did_not_pad() -> None:
@@ -73,12 +73,11 @@ def test_a_per_position_rule_counts_rows_by_the_positions_a_request_did_not_pad(
     served[1, 2, 2] = served[3, 0, 2] = 5.0  # padded positions flip
     mask = np.array([[1, 1, 1], [1, 1, 0], [1, 0, 0], [0, 0, 0]], dtype=np.int64)
     request = {"input_ids": np.zeros_like(mask), "attention_mask": mask}
-    disagreeing, compared = comparator.disagreements(served, reference, request)
-    assert compared == 3, "rows with a token, not their 6 tokens"
-    assert disagreeing == pytest.approx(1 / 3 + 0 / 2 + 1 / 1)
-    assert comparator.judged(served, reference, request).disagreeing_rows == 2, "rows with a flip"
-    recorder, registry = metrics()
     judged = comparator.judged(served, reference, request)
+    assert judged.compared == 3, "rows with a token, not their 6 tokens"
+    assert judged.disagreeing == pytest.approx(1 / 3 + 0 / 2 + 1 / 1)
+    assert judged.disagreeing_rows == 2, "rows with a flip"
+    recorder, registry = metrics()
     recorder.compared(judged.compared, judged.disagreeing, judged.disagreeing_rows)
     assert value(registry, "quantship_shadow_disagreeing_rows_total") == 2  # the analysis' whole events
 
@@ -103,14 +102,14 @@ def test_class_scores_disagree_where_their_argmax_differs() -> None:
     comparator = Comparator.for_artifact(TensorSpec("p", "FP32", (None, 3)), None, tolerance=0.01)
     served = np.array([[0.1, 0.8, 0.1], [0.5, 0.4, 0.1]], dtype=np.float32)
     reference = np.array([[0.2, 0.7, 0.1], [0.4, 0.5, 0.1]], dtype=np.float32)
-    assert comparator.disagreements(served, reference) == (1, 2)  # scores differ in both, top-1 in one
+    assert comparator.judged(served, reference) == (1, 2, 1)  # scores differ in both, top-1 in one
 
 
 def test_other_outputs_disagree_where_relative_error_passes_the_tolerance() -> None:
     comparator = Comparator.for_artifact(TensorSpec("y", "FP32", (None, 1)), None, tolerance=0.05)
     assert not comparator.classifier
     served = np.array([[1.04], [1.06], [0.0]], dtype=np.float32)
-    assert comparator.disagreements(served, np.array([[1.0], [1.0], [0.0]], dtype=np.float32)) == (1, 3)
+    assert comparator.judged(served, np.array([[1.0], [1.0], [0.0]], dtype=np.float32)) == (1, 3, 1)
 
 
 def test_shadow_evaluation_counts_rows_and_hands_reference_answers_to_feedback(
