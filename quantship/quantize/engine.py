@@ -16,7 +16,7 @@ import signal
 import subprocess
 import sys
 import warnings
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -37,8 +37,9 @@ from onnxruntime.quantization.registry import IntegerOpsRegistry, QDQRegistry, Q
 
 from quantship import runtime
 from quantship.local.lifetime import dying_with_parent
+from quantship.quantize import ranges
 from quantship.quantize.config import Format, Mode, QuantizeConfig
-from quantship.quantize.constants import constant_names, constant_value, graph_constants
+from quantship.quantize.constants import constant_value, graph_constants
 from quantship.quantize.data import CalibrationReader, Dataset
 from quantship.quantize.errors import CalibrationFailed, QuantizeInputError, RangeTooWide, first_line
 
@@ -496,13 +497,37 @@ def leading_quantizable_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
     ]
 
 
-def quantized_activations(model: onnx.ModelProto, excluded: Collection[str]) -> list[str]:
-    """The activations a static recipe quantizes, as far as the FP32 graph tells before any trial:
-    the computed first input of each node onnxruntime quantizes on its own (leading_quantizable_nodes),
-    but those `excluded`; once each. An estimate (ops that follow a quantized one add theirs)."""
-    fixed = constant_names(model)
-    leading = (node for node in leading_quantizable_nodes(model) if node.name not in excluded)
-    return list(dict.fromkeys(node.input[0] for node in leading if node.input[0] not in fixed))
+PLACEHOLDER_RANGE = (-1.0, 1.0)
+"""The range `quantized_activations` gives every tensor: a range sets a tensor's scale and zero point,
+never whether onnxruntime quantizes it."""
+
+
+def quantized_activations(model_path: Path, config: QuantizeConfig, folder: Path) -> list[str]:
+    """The activations `config` gives a range in `model_path`, before any calibration: onnxruntime's
+    own quantizer run once with a placeholder range for every computed tensor (a superset of what its
+    calibrator selects: it reads the ranges of the tensors it quantizes and no others), and the
+    quantized model's ranges read as the manifest's are (`ranges.activation_ranges`). Every computed
+    input of a quantized op, and the outputs it requantizes or passes on quantized (QDQ's Transpose,
+    Reshape, Gather...), as it decides them: about 39 a GPT-2 layer, where the first inputs of the
+    ops that quantize alone were 18. One quantization of the model, weights included, in `folder`."""
+    model = onnx.load(str(model_path))
+    weights = {init.name for init in model.graph.initializer}  # a Constant node's output may be quantized
+    tensors = [value.name for value in model.graph.input] + [
+        out for node in model.graph.node for out in node.output
+    ]
+    low, high = (np.array(end, np.float32) for end in PLACEHOLDER_RANGE)
+    placeholder = {
+        name: TensorData(lowest=low, highest=high) for name in tensors if name and name not in weights
+    }
+    cache, quantized = folder / "placeholder-ranges.json", folder / "placeholder-ranges.onnx"
+    save_tensors_data(TensorsData(config.ort_calibration, placeholder), cache)
+    try:
+        quantize(model_path, quantized, config, cache_path=cache, exclude=config.excluded_nodes)
+        found = ranges.activation_ranges(onnx.load(str(quantized)), model, None)
+    finally:
+        cache.unlink(missing_ok=True)
+        quantized.unlink(missing_ok=True)
+    return list(dict.fromkeys(found_range.tensor for found_range in found))
 
 
 def _with_inferred_types(model: onnx.ModelProto) -> onnx.ModelProto:
