@@ -270,22 +270,29 @@ def _in_the_way(destination: Path) -> bool:
 
 
 def _check_manifest_fits(
-    prepared: Path, config: QuantizeConfig, traits: tuner.ModelTraits, source: Path, folder: Path
+    prepared: Path,
+    config: QuantizeConfig,
+    traits: tuner.ModelTraits,
+    source: Path,
+    folder: Path,
 ) -> None:
     """Refuse, before calibrating, a model whose artifact could not hold its activations' ranges: the
     manifest holds MAX_MANIFEST_BYTES, and a range with its drift histogram takes about 0.7 KB, so
-    the write at the end refused it after every trial. Where every recipe is static only (dynamic
-    ones write no ranges), by the activations the recipe quantizing fewest gives a range
-    (`engine.quantized_activations`: MatMulConstBOnly leaves some out) at their fewest bytes
-    (`artifact.least_manifest_bytes`): the write's own check keeps the last word."""
-    recipes = tuner.recipes(config, traits)
+    the write at the end refused it after every trial. Where every recipe the trials use is static
+    (`tuner.stage_one`; dynamic ones write no ranges), by the activations that the recipe quantizing
+    fewest gives a range (`engine.quantized_activations`: MatMulConstBOnly leaves some out), at
+    their fewest bytes (`artifact.least_manifest_bytes`): the write's own check keeps the last word."""
+    recipes = tuner.stage_one(config, traits)
     if any(recipe.mode is Mode.DYNAMIC for recipe in recipes):
         return
     # Only the format and onnxruntime's extra options change which tensors get a range.
     alike = {(recipe.format, repr(recipe.extra_options())): recipe for recipe in recipes}
-    tensors = min(
-        (engine.quantized_activations(prepared, recipe, folder) for recipe in alike.values()), key=len
-    )
+    try:
+        tensors = min(
+            (engine.quantized_activations(prepared, recipe, folder) for recipe in alike.values()), key=len
+        )
+    except Exception:  # onnxruntime raises its own pybind types for every failure
+        return  # a recipe onnxruntime cannot quantize fails as a trial, which says why
     least = artifact.least_manifest_bytes(tensors)
     if least > artifact.MAX_MANIFEST_BYTES:
         raise QuantizeInputError(

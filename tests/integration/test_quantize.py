@@ -127,23 +127,26 @@ def test_a_tensor_onnxruntime_quantizes_once_per_consumer_has_one_range(tmp_path
     assert len({r.tensor for r in found}) == len(found)
 
 
-def _residual_convs(layers: int, name: str = "t") -> onnx.ModelProto:
-    """`layers` blocks t+1 = t + Conv(t): an Add of two computed tensors, whose second input and output
-    onnxruntime quantizes too (the first inputs of the ops that quantize alone are one tensor a block)."""
+def _residual(layers: int, name: str = "t", op: str = "Conv") -> onnx.ModelProto:
+    """`layers` blocks t+1 = t + op(t), op a Conv or a MatMul: an Add of two computed tensors, whose
+    second input and output onnxruntime quantizes too (the first inputs of the ops that quantize
+    alone are one tensor a block)."""
     rng = np.random.default_rng(0)
+    shape = (2, 2, 1, 1) if op == "Conv" else (2, 2)
     weights = [
-        onnx.numpy_helper.from_array(rng.normal(scale=0.01, size=(2, 2, 1, 1)).astype(np.float32), f"w{i}")
+        onnx.numpy_helper.from_array(rng.normal(scale=0.01, size=shape).astype(np.float32), f"w{i}")
         for i in range(layers)
     ]
     tensors = ["X", *(f"{name}{i}" for i in range(1, layers)), "Y"]
     nodes = []
     for i in range(layers):
-        convolved = f"{name}conv{i}"
+        made = f"{name}{op}{i}"
         nodes += [
-            onnx.helper.make_node("Conv", [tensors[i], f"w{i}"], [convolved], name=f"conv{i}"),
-            onnx.helper.make_node("Add", [tensors[i], convolved], [tensors[i + 1]], name=f"add{i}"),
+            onnx.helper.make_node(op, [tensors[i], f"w{i}"], [made], name=f"{op}{i}"),
+            onnx.helper.make_node("Add", [tensors[i], made], [tensors[i + 1]], name=f"add{i}"),
         ]
-    io = [onnx.helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, [None, 2, 1, 1]) for t in "XY"]
+    dims = [None, 2, 1, 1] if op == "Conv" else [None, 2]
+    io = [onnx.helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, dims) for t in "XY"]
     graph = onnx.helper.make_graph(nodes, "residual", io[:1], io[1:], weights)
     return onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
 
@@ -177,8 +180,8 @@ def _attention() -> onnx.ModelProto:
 @pytest.mark.parametrize(
     ("graph", "config"),
     [
-        (_residual_convs(3), QuantizeConfig()),
-        (_residual_convs(3), QuantizeConfig(excluded_nodes=("conv1", "add1"))),
+        (_residual(3), QuantizeConfig()),
+        (_residual(3), QuantizeConfig(excluded_nodes=("Conv1", "add1"))),
         (_attention(), QuantizeConfig()),
         (_attention(), QuantizeConfig(format=Format.QOPERATOR)),
         (_attention(), QuantizeConfig(format=Format.QOPERATOR, matmul_const_b_only=True)),
@@ -219,15 +222,25 @@ def test_the_activations_counted_before_calibrating_are_those_onnxruntime_gives_
     assert sorted(path.name for path in tmp_path.iterdir()) == ["fp32.onnx", "int8.onnx"]
 
 
-def test_a_model_whose_ranges_cannot_fit_the_manifest_is_refused_before_calibrating(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("op", "strategy"),
+    [("Conv", Strategy.RECIPES), ("MatMul", Strategy.FALLBACK)],
+    ids=["cnn", "transformer-kept-static"],
+)
+def test_a_model_whose_ranges_cannot_fit_the_manifest_is_refused_before_calibrating(
+    tmp_path: Path, op: str, strategy: Strategy
+) -> None:
     """The 4 MiB cap was met only when the artifact was written, after calibration and every trial,
     and the count weighed before calibrating ran low: 255 residual blocks quantize 511 activations
-    (X, each block's Conv output and sum), 509 of 4000-character names, some 4.27 MB of ranges and
-    histograms, where the first inputs of their Convs and Adds were 255 of them (2.1 MB)."""
+    (X, each block's product and sum), 509 of 4000-character names, some 4.27 MB of ranges and
+    histograms, where the first inputs of their ops were 255 of them (2.1 MB). A transformer kept to
+    its static recipe (--strategy fallback) was never checked: the recipes it would not try
+    included dynamic ones."""
     layers = 255
-    onnx.save(_residual_convs(layers, "activation".ljust(4000, "_")), tmp_path / "m.onnx")
+    onnx.save(_residual(layers, "activation".ljust(4000, "_"), op), tmp_path / "m.onnx")
     rng = np.random.default_rng(0)
-    np.savez(tmp_path / "data.npz", X=rng.normal(size=(8, 2, 1, 1)).astype(np.float32))
+    shape = (8, 2, 1, 1) if op == "Conv" else (8, 2)
+    np.savez(tmp_path / "data.npz", X=rng.normal(size=shape).astype(np.float32))
 
     with pytest.raises(
         QuantizeInputError, match=f"quantizing its {2 * layers + 1} activations takes at least"
@@ -235,7 +248,7 @@ def test_a_model_whose_ranges_cannot_fit_the_manifest_is_refused_before_calibrat
         run(
             tmp_path / "m.onnx",
             tmp_path / "a",
-            QuantizeConfig(max_trials=0, pre_process=False),
+            QuantizeConfig(max_trials=0, pre_process=False, strategy=strategy),
             calibration=tmp_path / "data.npz",
         )
 
