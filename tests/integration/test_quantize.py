@@ -1138,6 +1138,30 @@ def test_a_moderate_additive_mask_stays_in_float_and_static_int8_passes(
     assert {r.tensor for r in result.artifact.activation_ranges}.isdisjoint({"masked", "additive3"})
 
 
+def test_the_count_before_calibrating_leaves_out_what_a_mask_may_keep_in_float(tmp_path: Path) -> None:
+    """The trials keep an additive mask's path in float, and its ranges out of the manifest, but
+    only calibration tells which operand of an Add into a Softmax is a mask: the count weighed
+    against the manifest's cap leaves out every node a mask could keep, and so never counts more
+    ranges than the artifact holds (the recipe alone gives more)."""
+    model, calibration, evaluation = _masked_attention(tmp_path)
+    config = QuantizeConfig(strategy=Strategy.FALLBACK, max_trials=0, max_accuracy_delta=0.05)
+    result = run(model, tmp_path / "a", config, calibration=calibration, evaluation=evaluation)
+    assert result.chosen.excluded == MASKED_ATTENTION_FLOAT
+    written = len(result.artifact.activation_ranges)
+
+    prepared, counting = tmp_path / "prepared.onnx", tmp_path / "counting"
+    engine.prepare(model, prepared, pre_process=True)
+    counting.mkdir()
+    kept = ranges.possible_mask_nodes(onnx.load(str(prepared)))
+
+    def counted(excluded: tuple[str, ...]) -> int:
+        return len(engine.quantized_activations(prepared, QuantizeConfig(excluded_nodes=excluded), counting))
+
+    assert set(MASKED_ATTENTION_FLOAT) <= set(kept)
+    assert counted(MASKED_ATTENTION_FLOAT) == written
+    assert counted(kept) <= written < counted(())
+
+
 @pytest.mark.parametrize("method", [Calibration.PERCENTILE, Calibration.ENTROPY, Calibration.DISTRIBUTION])
 @pytest.mark.parametrize("constant", [None, "value"])
 def test_a_histogram_calibration_observes_the_ranges_a_minmax_pass_finds(
