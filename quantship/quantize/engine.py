@@ -33,7 +33,14 @@ from onnxruntime.quantization.calibrate import (
     create_calibrator,
     save_tensors_data,
 )
-from onnxruntime.quantization.registry import IntegerOpsRegistry, QDQRegistry, QLinearOpsRegistry
+from onnxruntime.quantization.qdq_quantizer import QDQQuantizer
+from onnxruntime.quantization.quant_utils import load_model_with_shape_infer
+from onnxruntime.quantization.registry import (
+    CreateQDQQuantizer,
+    IntegerOpsRegistry,
+    QDQRegistry,
+    QLinearOpsRegistry,
+)
 
 from quantship import runtime
 from quantship.local.lifetime import dying_with_parent
@@ -503,24 +510,19 @@ never whether onnxruntime quantizes it."""
 
 
 def quantized_activations(model_path: Path, config: QuantizeConfig, folder: Path) -> list[str]:
-    """The activations `config` gives a range in `model_path`, before any calibration: onnxruntime's
-    own quantizer run once with a placeholder range for every computed tensor (a superset of what its
-    calibrator selects: it reads the ranges of the tensors it quantizes and no others), and the
-    quantized model's ranges read as the manifest's are (`ranges.activation_ranges`). Every computed
-    input of a quantized op, and the outputs it requantizes or passes on quantized (QDQ's Transpose,
-    Reshape, Gather...), as it decides them: about 39 a GPT-2 layer, where the first inputs of the
-    ops that quantize alone were 18. One quantization of the model, weights included, in `folder`."""
+    """The activations `config` gives a range in `model_path`, known before any calibration, as
+    onnxruntime's own quantizer decides them with a placeholder range for every computed tensor
+    (a superset of what its calibrator selects; it reads those of the tensors it quantizes only):
+    every computed input of a quantized op, and the outputs it requantizes or passes on quantized
+    (QDQ's Transpose, Reshape, Gather...). About 39 a GPT-2 layer, where the first inputs of the
+    ops that quantize alone were 18. QDQ: the tensors its quantizer marks (`_marked_for_qdq`);
+    QOperator, which decides as it rewrites: the ranges of a quantization in `folder`, read as the
+    manifest's are (`ranges.activation_ranges`)."""
+    if config.format is Format.QDQ:
+        return _marked_for_qdq(load_model_with_shape_infer(model_path), config)
     model = onnx.load(str(model_path))
-    weights = {init.name for init in model.graph.initializer}  # a Constant node's output may be quantized
-    tensors = [value.name for value in model.graph.input] + [
-        out for node in model.graph.node for out in node.output
-    ]
-    low, high = (np.array(end, np.float32) for end in PLACEHOLDER_RANGE)
-    placeholder = {
-        name: TensorData(lowest=low, highest=high) for name in tensors if name and name not in weights
-    }
     cache, quantized = folder / "placeholder-ranges.json", folder / "placeholder-ranges.onnx"
-    save_tensors_data(TensorsData(config.ort_calibration, placeholder), cache)
+    save_tensors_data(_placeholder_ranges(model, config), cache)
     try:
         quantize(model_path, quantized, config, cache_path=cache, exclude=config.excluded_nodes)
         found = ranges.activation_ranges(onnx.load(str(quantized)), model, None)
@@ -528,6 +530,51 @@ def quantized_activations(model_path: Path, config: QuantizeConfig, folder: Path
         cache.unlink(missing_ok=True)
         quantized.unlink(missing_ok=True)
     return list(dict.fromkeys(found_range.tensor for found_range in found))
+
+
+def _placeholder_ranges(model: onnx.ModelProto, config: QuantizeConfig) -> TensorsData:
+    """PLACEHOLDER_RANGE for every tensor but the weights (a Constant node's output may be quantized)."""
+    weights = {init.name for init in model.graph.initializer}
+    tensors = [value.name for value in model.graph.input] + [
+        out for node in model.graph.node for out in node.output
+    ]
+    low, high = (np.array(end, np.float32) for end in PLACEHOLDER_RANGE)
+    return TensorsData(
+        config.ort_calibration,
+        {name: TensorData(lowest=low, highest=high) for name in tensors if name and name not in weights},
+    )
+
+
+def _marked_for_qdq(model: onnx.ModelProto, config: QuantizeConfig) -> list[str]:
+    """The activations onnxruntime's QDQ quantizer marks for a QuantizeLinear: the first pass of its
+    quantize_model, each quantized node's op quantizer marking its inputs and outputs, on `model` as
+    quantize_static loads it (load_model_with_shape_infer). It stops before the Q/DQ pairs go in,
+    an insertion quadratic in the graph (an 80-layer Llama's 3,693: 467 s on a busy 2-core host,
+    where this took 5.7), and before any weight is quantized. A tensor that a DequantizeLinear of
+    the model makes is quantized already: skipped, as onnxruntime skips it."""
+    quantizer = QDQQuantizer(
+        model,
+        config.per_channel,
+        bool(config.reduce_range),
+        config.ort_weight_type,
+        config.ort_activation_type,
+        _placeholder_ranges(model, config),
+        [],
+        list(config.excluded_nodes),
+        QUANTIZABLE_OPS,
+        config.extra_options(),
+    )
+    dequantized: set[str] = set()
+    for node in quantizer.model.nodes():
+        if quantizer.should_quantize_node(node):
+            CreateQDQQuantizer(quantizer, node).quantize()
+        if node.op_type == runtime.DEQUANTIZE:
+            dequantized.update(node.output)
+    return [
+        name
+        for name in quantizer.tensors_to_quantize
+        if name not in quantizer.initializers and name not in dequantized
+    ]
 
 
 def _with_inferred_types(model: onnx.ModelProto) -> onnx.ModelProto:
