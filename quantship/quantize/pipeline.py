@@ -130,7 +130,7 @@ def run(
             prepared, prepared_model, config, evaluator, calibrations, tmp, progress, note
         )
         traits = workbench.traits(prepared_model, calib is not None, hardware)
-        _check_manifest_fits(prepared_model, config, traits, model_path)
+        _check_manifest_fits(prepared, config, traits, model_path, tmp, bench.kept_before_calibrating())
         trials = tuner.tune(
             config,
             traits,
@@ -270,16 +270,36 @@ def _in_the_way(destination: Path) -> bool:
 
 
 def _check_manifest_fits(
-    model: onnx.ModelProto, config: QuantizeConfig, traits: tuner.ModelTraits, source: Path
+    prepared: Path,
+    config: QuantizeConfig,
+    traits: tuner.ModelTraits,
+    source: Path,
+    folder: Path,
+    kept: tuple[str, ...],
 ) -> None:
     """Refuse, before calibrating, a model whose artifact could not hold its activations' ranges: the
     manifest holds MAX_MANIFEST_BYTES, and a range with its drift histogram takes about 0.7 KB, so
-    the write at the end refused it after every trial. Where every recipe is static only (dynamic
-    ones write no ranges), and by an estimate that leans low (`artifact.least_manifest_bytes` of
-    `engine.quantized_activations`): the write's own check keeps the last word."""
-    if any(recipe.mode is Mode.DYNAMIC for recipe in tuner.recipes(config, traits)):
+    the write at the end refused it after every trial. Where every recipe the trials use is static
+    (`tuner.stage_one`; dynamic ones write no ranges), by the activations that the recipe quantizing
+    fewest gives a range (`engine.quantized_activations`: MatMulConstBOnly leaves some out), less
+    those of the nodes its trials may keep in float (`kept`: a mask's path, which calibration
+    confirms), at their fewest bytes (`artifact.least_manifest_bytes`): the write's own check keeps
+    the last word."""
+    recipes = tuner.stage_one(config, traits)
+    if any(recipe.mode is Mode.DYNAMIC for recipe in recipes):
         return
-    tensors = engine.quantized_activations(model, config.excluded_nodes)
+    # Only the format and onnxruntime's extra options change which tensors get a range.
+    excluded = tuple(dict.fromkeys((*config.excluded_nodes, *kept)))
+    alike = {
+        (recipe.format, repr(recipe.extra_options())): replace(recipe, excluded_nodes=excluded)
+        for recipe in recipes
+    }
+    try:
+        tensors = min(
+            (engine.quantized_activations(prepared, recipe, folder) for recipe in alike.values()), key=len
+        )
+    except Exception:  # onnxruntime raises its own pybind types for every failure
+        return  # a recipe onnxruntime cannot quantize fails as a trial, which says why
     least = artifact.least_manifest_bytes(tensors)
     if least > artifact.MAX_MANIFEST_BYTES:
         raise QuantizeInputError(

@@ -304,6 +304,18 @@ def additive_masks(model: onnx.ModelProto, calibrated: TensorsData) -> list[Mask
     return masks
 
 
+def possible_mask_nodes(model: onnx.ModelProto) -> tuple[str, ...]:
+    """Every node `additive_masks` could keep in float, as the graph tells before any calibration
+    (which operand is a mask is the calibration's to say): each mask site's path to its Softmax and
+    what makes either of its operands, in graph order."""
+    producers = {out: node for node in model.graph.node for out in node.output}
+    named = set()
+    for node, path in _mask_sites(model, _constant_values(model)):
+        operands = node.input[:2] if node.op_type == "Add" else node.input[1:3]
+        named |= {n.name for n in path} | {n.name for name in operands for n in _made_by(name, producers)}
+    return tuple(node.name for node in model.graph.node if node.name in named)
+
+
 def _constant_values(model: onnx.ModelProto) -> dict[str, np.ndarray]:
     """The float initializers and Constant node outputs of `model`, with their values."""
     values = {name: numpy_helper.to_array(tensor) for name, tensor in graph_constants(model).items()}

@@ -206,6 +206,14 @@ def _other_first(current: Any, values: list[Any]) -> list[Any]:
     return [current, *(v for v in values if v != current)]
 
 
+def stage_one(base: QuantizeConfig, traits: ModelTraits) -> list[QuantizeConfig]:
+    """The recipes stage 1 tries, and so every recipe a trial quantizes with (the fallback stages
+    reuse the closest): `recipes`, or `base` alone (Strategy.FALLBACK), in half the trial budget at
+    most, which the fallback stages need when no recipe passes."""
+    candidates = recipes(base, traits) if base.strategy is Strategy.RECIPES else [base]
+    return candidates[: max(1, (base.max_trials + 1) // 2)]
+
+
 def tune(
     base: QuantizeConfig,
     traits: ModelTraits,
@@ -226,9 +234,7 @@ def tune(
         trials.append(trial)
         return trial
 
-    candidates = recipes(base, traits) if base.strategy is Strategy.RECIPES else [base]
-    # Stage 1 may spend half the budget: the fallback stages need room when no recipe passes.
-    for config in candidates[: max(1, budget // 2)]:
+    for config in stage_one(base, traits):
         trial = run(Stage.RECIPE, config, ())
         if trial is not None and trial.passed and not base.keep_going:
             return trials

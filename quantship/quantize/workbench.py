@@ -133,6 +133,15 @@ class Workbench:
             kept.update(dict.fromkeys(wanted, why))
         return kept
 
+    def kept_before_calibrating(self) -> tuple[str, ...]:
+        """The most nodes a static trial may keep in float beyond the user's --exclude, as far as the
+        graph tells before any calibration: the unclamped ones (every trial keeps them) and every node
+        an additive mask could keep (ranges.possible_mask_nodes; calibration says which masks are).
+        A calibrated sentinel (ranges.unquantizable) may keep more; in the GPT-2 exports measured
+        (4 to 48 layers), every node calibration kept was among these."""
+        unclamped = (name for _, nodes in self._unclamped for name in nodes)
+        return tuple(dict.fromkeys((*unclamped, *ranges.possible_mask_nodes(self.prepared_model))))
+
     def _by_range(self, config: QuantizeConfig) -> list[tuple[str, tuple[str, ...]]]:
         """What `config`'s calibration found to keep in float, with why: none before it ran or
         where it failed. The 1e30 rule comes first and stays a rule of its own: it holds for any
