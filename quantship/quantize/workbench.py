@@ -117,8 +117,10 @@ class Workbench:
     def unfused(self, trial: tuner.Trial) -> list[str]:
         """What `trial` quantized around the nodes onnxruntime runs in float behind Q/DQ
         (runtime.unfused_nodes): the nodes to keep in float with them (engine.float_region) for
-        tuner.without_unfused."""
-        unfused = runtime.unfused_nodes(self.path(trial))
+        tuner.without_unfused. Not around a node of the user's --exclude: their choice of what runs
+        in float stands as given (quantize warns of what it leaves behind Q/DQ)."""
+        user = set(self.config.excluded_nodes)
+        unfused = [name for name in runtime.unfused_nodes(self.path(trial)) if name not in user]
         if not unfused:
             return []
         quantized = {node.name for node in self._quantized.get(trial.config.label(), [])}
