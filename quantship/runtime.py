@@ -174,15 +174,9 @@ def fallback_ops(model: Path | bytes, *, providers: list[str] | None = None) -> 
     session assigned to the CPU provider count too, under `cpu:<op_type>`.
     """
     providers = providers or [CPU_PROVIDER]
-    with tempfile.TemporaryDirectory(prefix="quantship-opt-") as tmp:
-        optimized = Path(tmp) / "optimized.onnx"
-        options = session_options(optimized_model_path=optimized)
-        record_assignment = providers[0] != CPU_PROVIDER
-        if record_assignment:
-            options.add_session_config_entry("session.record_ep_graph_assignment_info", "1")
-        session = ort.InferenceSession(_source(model), options, providers=providers)
-        graph = onnx.load(str(optimized), load_external_data=False).graph
-    counts = collections.Counter(_unfused_qdq_nodes(graph))
+    record_assignment = providers[0] != CPU_PROVIDER
+    session, graph = _optimized(model, providers, record_assignment=record_assignment)
+    counts = collections.Counter(node.op_type for node in _unfused_qdq_nodes(graph))
     if record_assignment:
         for subgraph in session.get_provider_graph_assignment_info():
             if subgraph.ep_name == CPU_PROVIDER:
@@ -190,7 +184,27 @@ def fallback_ops(model: Path | bytes, *, providers: list[str] | None = None) -> 
     return dict(sorted(counts.items()))
 
 
-def _unfused_qdq_nodes(graph: onnx.GraphProto) -> list[str]:
+def unfused_nodes(model: Path | bytes) -> list[str]:
+    """The names of the nodes `fallback_ops` counts on the CPU provider, in graph order: onnxruntime
+    keeps the names of the nodes it leaves as they are, so they name the quantized model's nodes."""
+    _, graph = _optimized(model, [CPU_PROVIDER])
+    return [node.name for node in _unfused_qdq_nodes(graph)]
+
+
+def _optimized(
+    model: Path | bytes, providers: list[str], *, record_assignment: bool = False
+) -> tuple[ort.InferenceSession, onnx.GraphProto]:
+    """A serving session of `model`, and the graph it optimized (as served: every optimization on)."""
+    with tempfile.TemporaryDirectory(prefix="quantship-opt-") as tmp:
+        optimized = Path(tmp) / "optimized.onnx"
+        options = session_options(optimized_model_path=optimized)
+        if record_assignment:
+            options.add_session_config_entry("session.record_ep_graph_assignment_info", "1")
+        session = ort.InferenceSession(_source(model), options, providers=providers)
+        return session, onnx.load(str(optimized), load_external_data=False).graph
+
+
+def _unfused_qdq_nodes(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
     producer = {out: node.op_type for node in graph.node for out in node.output}
     consumers: dict[str, list[str]] = collections.defaultdict(list)
     for node in graph.node:
@@ -203,5 +217,5 @@ def _unfused_qdq_nodes(graph: onnx.GraphProto) -> list[str]:
         fed_by_dq = any(producer.get(name) == DEQUANTIZE for name in node.input)
         feeds_q = any(QUANTIZE in consumers.get(name, ()) for name in node.output)
         if fed_by_dq and feeds_q:
-            unfused.append(node.op_type)
+            unfused.append(node)
     return unfused

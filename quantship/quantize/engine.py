@@ -78,6 +78,13 @@ FOLLOWER_OPS = frozenset(
 """Ops onnxruntime quantizes only when their input already is (Direct8BitOp, removable activations,
 ArgMax on the int8 tensor): alone, or after float ops, they stay float. Leaving one in float keeps
 no range of its own out of the model, so the tuner does not try them."""
+ELEMENTWISE_OPS = frozenset(
+    {"Add", "Mul", "Sigmoid", "LeakyRelu", "LayerNormalization", "InstanceNormalization"}
+    | {"BatchNormalization"}
+)
+"""Ops onnxruntime quantizes that compute little a value: beside a float op (a Tanh, a Pow, which have
+no int8 kernel), the DequantizeLinear before and the QuantizeLinear after it cost more than such an
+op's int8 kernel saves (`float_region`)."""
 FLOAT_TYPES = frozenset(
     {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16}
 )
@@ -600,3 +607,30 @@ def _unique(name: str, taken: set[str]) -> str:
         candidate, suffix = f"{name}_{suffix}", suffix + 1
     taken.add(candidate)
     return candidate
+
+
+def float_region(model: onnx.ModelProto, unfused: Collection[str], quantized: Collection[str]) -> list[str]:
+    """The `quantized` nodes to keep in float so that the `unfused` ones (run in float between a
+    DequantizeLinear and a QuantizeLinear: runtime.unfused_nodes) run among float neighbours: those
+    connected to them through ELEMENTWISE_OPS, in graph order. A quantized neighbour is why a float
+    node sits between Q/DQ (the quantizer puts Q/DQ on every tensor a quantized node reads or
+    writes), and leaving only the unfused node itself in float changes nothing: GPT-2's GELU
+    (Pow, Mul, Add, Mul, Tanh, Add, Mul) kept its Q/DQ pairs with Pow and Tanh excluded. The region
+    stops at the ops worth an int8 kernel (MatMul, Gemm, Conv) and at any other op."""
+    producers = {out: node for node in model.graph.node for out in node.output}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    region = {node.name for node in model.graph.node if node.name in set(unfused)}
+    frontier = [node for node in model.graph.node if node.name in region]
+    while frontier:
+        node = frontier.pop()
+        neighbours = [producers[name] for name in node.input if name in producers]
+        neighbours += [reader for name in node.output for reader in consumers.get(name, ())]
+        for neighbour in neighbours:
+            if neighbour.op_type in ELEMENTWISE_OPS and neighbour.name not in region:
+                region.add(neighbour.name)
+                frontier.append(neighbour)
+    wanted = set(quantized)
+    return [node.name for node in model.graph.node if node.name in region and node.name in wanted]

@@ -1,6 +1,7 @@
 """`quantship quantize`: FP32 model + data in, verified artifact out.
 
-load and check -> prepare -> calibrate once -> quantize -> gate -> (fallback trials) -> artifact.
+load and check -> prepare -> calibrate once -> quantize -> gate -> (fallback trials) -> the
+unfused ops in float (one more trial) -> artifact.
 Works in a temporary directory; the artifact appears at `out` only when complete.
 """
 
@@ -23,7 +24,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 import quantship
 from quantship import artifact, runtime, scratch
-from quantship.quantize import data, engine, outputs, ranges, sensitivity, tuner, workbench
+from quantship.quantize import canary, data, engine, outputs, ranges, sensitivity, tuner, workbench
 from quantship.quantize.config import Mode, QuantizeConfig
 from quantship.quantize.errors import QuantizeInputError
 from quantship.quantize.evaluate import Evaluator
@@ -138,7 +139,6 @@ def run(
             bench.op_type_groups,
             bench.ranking,
         )
-        bench.done()
         if calib is not None and not any(t.config.mode is Mode.STATIC for t in trials):
             note(
                 "--calibration is not used: dynamic quantization computes activation ranges at run "
@@ -149,6 +149,10 @@ def run(
             raise QuantizeInputError(
                 f"onnxruntime could not quantize {model_path} in any trial: {chosen.error}"
             )
+        if chosen.passed and (fused := tuner.without_unfused(chosen, bench.unfused(chosen), bench.attempt)):
+            trials.append(fused)
+            chosen = tuner.best(trials)
+        bench.done()
         _check_something_quantized(trials, config.excluded_nodes, model_path)
         advice = None if chosen.passed else tuner.advice(trials, traits, evaluator.task)
         if advice is not None and warn is not None:  # said, not noted: the manifest holds it as tuning.advice
@@ -166,6 +170,9 @@ def run(
         chosen_ranges = ranges.activation_ranges(
             onnx.load(str(chosen_path)), prepared_model, calibrations.ranges_for(chosen.config)
         )
+        fallback = runtime.fallback_ops(chosen_path)
+        if chosen.passed:
+            _warn_of_the_canary(fallback, chosen_path, chosen_ranges, evalset, inputs, config, note)
         histograms = []
         if calib is not None and chosen_ranges:
             task = progress.add_task("calibration histograms (drift baseline)", total=1)
@@ -185,7 +192,7 @@ def run(
             errors=bench.errors_for(chosen.config),
             hardware=hardware,
             pre_processed=pre_processed,
-            fallback=runtime.fallback_ops(chosen_path),
+            fallback=fallback,
             evaluator=evaluator,
             warnings=said,
             seconds=time.perf_counter() - started,
@@ -211,6 +218,28 @@ def run(
         out,
         destination,
     )
+
+
+def _warn_of_the_canary(
+    fallback: dict[str, int],
+    model: Path,
+    activation_ranges: list[artifact.ActivationRange],
+    evalset: data.Dataset,
+    inputs: list[data.InputSpec],
+    config: QuantizeConfig,
+    note: Callable[[str], None],
+) -> None:
+    """Say what a canary of the passing artifact fails on under the default SLOs: ops left in float
+    behind Q/DQ (which tuner.without_unfused could not remove), and the clip rate of the evaluation
+    rows as the server counts it."""
+    if (
+        warning := canary.fallback_warning(fallback, runtime.unfused_nodes(model) if fallback else [])
+    ) is not None:
+        note(warning)
+    if activation_ranges:
+        batch = data.calibration_batch_size(evalset, config.batch_size, inputs)
+        if warning := canary.clip_warning(canary.clipping(model, activation_ranges, evalset, batch)):
+            note(warning)
 
 
 def _destination(out: Path, passed: bool) -> Path:

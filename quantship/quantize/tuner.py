@@ -16,6 +16,12 @@ Among passing trials the most quantized wins (the share of quantizable FP32 node
 quantized), then the fastest on this machine (measured batch-1 latency). With none passing, the
 trial closest to the gate is the best effort.
 
+Then one more trial, past the budget (`without_unfused`): the winner with the nodes onnxruntime
+could not fuse into int8 kernels (runtime.fallback_ops: a GPT-2's LayerNormalization, Pow, Tanh)
+kept in float. Quantized, such a node runs in float between a DequantizeLinear and a
+QuantizeLinear, paying both conversions for nothing, and a canary over `maxFallbackOps` fails.
+Judged like any trial, on the int8 kernels; where it passes it is the result.
+
 This module decides; `pipeline.py` quantizes and measures through the `Attempt` it is given.
 """
 
@@ -37,6 +43,7 @@ class Stage(enum.StrEnum):
     OP_TYPE = "op_type"
     SINGLE = "node_single"
     CUMULATIVE = "node_cumulative"
+    UNFUSED = "unfused_in_float"
 
 
 @dataclass(frozen=True)
@@ -282,13 +289,26 @@ def _node_search(
             return
 
 
+def without_unfused(chosen: Trial, unfused: Sequence[str], attempt: Attempt) -> Trial | None:
+    """`chosen` again with `unfused` (the nodes of its model that onnxruntime runs in float behind
+    Q/DQ) kept in float as well: None where it failed the gate or nothing was left unfused. One
+    quantization on the calibration `chosen` used; nodes that only the new graph leaves unfused
+    stay as they are (the manifest's fallback_ops counts them, and quantize warns)."""
+    wanted = tuple(name for name in unfused if name not in chosen.excluded)
+    if not chosen.passed or not wanted:
+        return None
+    return attempt(Stage.UNFUSED, chosen.config, (*chosen.excluded, *wanted))
+
+
 def best(trials: list[Trial]) -> Trial:
-    """The most quantized passing trial, then the fastest; else the one closest to the gate."""
+    """A passing `without_unfused` trial (it refines the best of the others); else the most quantized
+    passing trial, then the fastest; else the one closest to the gate."""
     passing = [t for t in trials if t.passed]
     if passing:
         return max(
             passing,
             key=lambda t: (
+                t.stage is Stage.UNFUSED,
                 round(t.quantized_share, 6),
                 -(t.latency_ms if t.latency_ms is not None else float("inf")),
                 -t.evaluation.delta,

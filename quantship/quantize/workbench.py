@@ -114,6 +114,18 @@ class Workbench:
         self.trials.append(trial)
         return trial
 
+    def unfused(self, trial: tuner.Trial) -> list[str]:
+        """What `trial` quantized around the nodes onnxruntime runs in float behind Q/DQ
+        (runtime.unfused_nodes): the nodes to keep in float with them (engine.float_region) for
+        tuner.without_unfused. Not around a node of the user's --exclude: their choice of what runs
+        in float stands as given (quantize warns of what it leaves behind Q/DQ)."""
+        user = set(self.config.excluded_nodes)
+        unfused = [name for name in runtime.unfused_nodes(self.path(trial)) if name not in user]
+        if not unfused:
+            return []
+        quantized = {node.name for node in self._quantized.get(trial.config.label(), [])}
+        return engine.float_region(self.prepared_model, unfused, quantized - set(trial.excluded))
+
     def kept_in_float(self, config: QuantizeConfig) -> dict[str, str]:
         """The nodes every trial of `config` keeps in float for correctness, not by the user's
         --exclude, each with why (said once). Found in the graph: a Relu/Clip that would serve a graph

@@ -25,6 +25,7 @@ from quantship.quantize import (
     QuantizeConfig,
     QuantizeInputError,
     Strategy,
+    canary,
     engine,
     ranges,
     report,
@@ -393,6 +394,98 @@ def test_int8_activations_leave_unfused_ops_that_the_manifest_counts(
 
 def test_the_default_u8s8_artifact_runs_fully_fused(good_artifact: artifact.Artifact) -> None:
     assert good_artifact.manifest["fallback_ops"] == {}
+
+
+def _tanh_between_matmuls(folder: Path) -> tuple[Path, Path]:
+    """Y = mm2(scale * tanh(mm1(X) + bias)): onnxruntime has no int8 Tanh, and the quantized Add and
+    Mul around it put it between a DequantizeLinear and a QuantizeLinear (GPT-2's GELU, in small)."""
+    rng = np.random.default_rng(0)
+    weights = [
+        onnx.numpy_helper.from_array((rng.normal(size=(16, 32)) / 4).astype(np.float32), "w1"),
+        onnx.numpy_helper.from_array(rng.normal(scale=0.1, size=32).astype(np.float32), "b1"),
+        onnx.numpy_helper.from_array(np.full(32, 0.8, np.float32), "s"),
+        onnx.numpy_helper.from_array((rng.normal(size=(32, 4)) / 6).astype(np.float32), "w2"),
+    ]
+    nodes = [
+        onnx.helper.make_node("MatMul", ["X", "w1"], ["h"], name="mm1"),
+        onnx.helper.make_node("Add", ["h", "b1"], ["a"], name="bias"),
+        onnx.helper.make_node("Tanh", ["a"], ["t"], name="tanh"),
+        onnx.helper.make_node("Mul", ["t", "s"], ["m"], name="scale"),
+        onnx.helper.make_node("MatMul", ["m", "w2"], ["Y"], name="mm2"),
+    ]
+    graph = onnx.helper.make_graph(
+        nodes,
+        "tanh_between_matmuls",
+        [onnx.helper.make_tensor_value_info("X", onnx.TensorProto.FLOAT, ["N", 16])],
+        [onnx.helper.make_tensor_value_info("Y", onnx.TensorProto.FLOAT, ["N", 4])],
+        weights,
+    )
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
+    onnx.save(model, folder / "tanh.onnx")
+    np.savez(folder / "data.npz", X=rows(200))
+    return folder / "tanh.onnx", folder / "data.npz"
+
+
+def test_an_op_without_an_int8_kernel_is_kept_in_float_with_its_quantized_neighbours(tmp_path: Path) -> None:
+    """Quantized as onnxruntime does it, the Tanh runs in float behind Q/DQ (fallback_ops {"Tanh": 1},
+    which fails a canary under the default maxFallbackOps): one more trial keeps the Add and Mul
+    around it in float too, and is judged on the int8 kernels like any other."""
+    model, rows_file = _tanh_between_matmuls(tmp_path)
+    config = QuantizeConfig(task=Task.REGRESSION, threshold=0.05, max_trials=0, pre_process=False)
+    result = run(model, tmp_path / "a", config, calibration=rows_file, evaluation=rows_file)
+
+    first, last = result.trials
+    assert first.stage is Stage.RECIPE and first.passed and first.excluded == ()
+    assert last.stage is Stage.UNFUSED and last.passed and result.chosen is last
+    assert last.excluded == ("bias", "scale") and last.config == first.config
+    assert last.quantized_nodes == 2, "both MatMuls stay quantized"
+    manifest = result.artifact.manifest
+    assert manifest["fallback_ops"] == {} == runtime.fallback_ops(result.artifact.model_path)
+    assert manifest["quantization"]["excluded_nodes"] == ["bias", "scale"]
+    assert [t["stage"] for t in manifest["trials"]] == ["recipe", "unfused_in_float"]
+    # The Tanh's neighbours read and write float: no Q/DQ pair left around it.
+    served = onnx.load(str(result.artifact.model_path))
+    producers = {out: node.op_type for node in served.graph.node for out in node.output}
+    (tanh,) = [node for node in served.graph.node if node.op_type == "Tanh"]
+    assert producers[tanh.input[0]] == "Add"
+    assert not [w for w in result.warnings if "maxFallbackOps" in w]
+
+
+def test_a_fallback_the_user_leaves_says_what_the_canary_will_do(
+    sample: zoo.SampleModel, tmp_path: Path
+) -> None:
+    """An --exclude'd MatMul between quantized ones runs in float behind Q/DQ: a canary of it fails
+    the default fallback gate outright, and quantize says so."""
+    result = run(
+        sample.model,
+        tmp_path / "a",
+        QuantizeConfig(excluded_nodes=("MatMul1",)),
+        calibration=sample.calibration,
+        evaluation=sample.evaluation,
+    )
+    assert result.gate_passed and result.artifact.manifest["fallback_ops"] == {"MatMul": 1}
+    (said,) = [w for w in result.warnings if "maxFallbackOps" in w]
+    assert said in result.artifact.manifest["warnings"]
+    assert "(MatMul 1: MatMul1)" in said
+    assert f"over the default spec.slos.maxFallbackOps of {canary.MAX_FALLBACK_OPS}" in said
+    assert "Set spec.slos.maxFallbackOps to at least 1" in said
+
+
+def test_traffic_the_calibration_never_saw_says_what_the_clip_rate_sli_will_read(
+    skewed_artifact: artifact.Artifact, good_artifact: artifact.Artifact, sample: zoo.SampleModel
+) -> None:
+    """Calibrated on one digit, the evaluation rows clip past the default maxClipRate: counted as the
+    server's observer counts them (the same figure the warning gives)."""
+    inputs = model_inputs(onnx.load(str(sample.model)))
+    evaluation = load_dataset(sample.evaluation, inputs, role="evaluation")
+    skewed = canary.clipping(skewed_artifact.model_path, skewed_artifact.activation_ranges, evaluation, 50)
+    good = canary.clipping(good_artifact.model_path, good_artifact.activation_ranges, evaluation, 50)
+    assert skewed.rate > canary.CLIP_BUDGET >= good.rate
+    (said,) = [w for w in skewed_artifact.manifest["warnings"] if "maxClipRate" in w]
+    assert f"the evaluation rows clip {skewed.rate:.3%} of the activation values" in said
+    assert f"({skewed.clipped} of {skewed.observed};" in said
+    assert f"over the default clip-rate SLO's {canary.CLIP_BUDGET:.1%}" in said
+    assert not [w for w in good_artifact.manifest["warnings"] if "maxClipRate" in w]
 
 
 def test_manifest_is_plain_json_with_sorted_keys(good_artifact: artifact.Artifact) -> None:

@@ -323,3 +323,24 @@ def test_leaving_every_quantized_node_in_float_is_never_tried_nor_a_pass() -> No
         9, tuner.Stage.CUMULATIVE, BASE, ("c1", "c2", "c3"), 0, 0.0, _evaluation(1.0), 0.0, 0.0
     )
     assert nothing_quantized.evaluation.passed and not nothing_quantized.passed
+
+
+def test_the_unfused_trial_refines_the_chosen_one_and_wins_where_it_passes() -> None:
+    log: list[tuple[tuner.Stage, str, tuple[str, ...]]] = []
+    passes = _attempt(lambda config, excluded: 1.0, log)
+    chosen = passes(tuner.Stage.SINGLE, BASE, ("c1",))
+    # Its own exclusions stay; the nodes already in float are not asked for twice.
+    fused = tuner.without_unfused(chosen, ["c1", "a1", "a2"], passes)
+    assert fused is not None and fused.stage is tuner.Stage.UNFUSED
+    assert log[-1] == (tuner.Stage.UNFUSED, BASE.label(), ("c1", "a1", "a2"))
+    # Less quantized than the trial it refines, and still the result.
+    assert fused.quantized_share < chosen.quantized_share
+    assert tuner.best([chosen, fused]) is fused
+    failing = _attempt(lambda config, excluded: 0.5, log)
+    assert (
+        tuner.best([chosen, failing(tuner.Stage.UNFUSED, BASE, ("c1", "a1"))]).stage
+        is not tuner.Stage.UNFUSED
+    )
+    # Nothing unfused, or a chosen trial that failed the gate: no trial.
+    assert tuner.without_unfused(chosen, ["c1"], passes) is None
+    assert tuner.without_unfused(failing(tuner.Stage.RECIPE, BASE, ()), ["a1"], passes) is None

@@ -1,0 +1,86 @@
+"""What a canary under the default SLOs will judge of an artifact, read before it ships.
+
+Two of a canary's judgements need no traffic to foresee: the ops that run in float behind Q/DQ
+(`spec.slos.maxFallbackOps`, a hard gate over the manifest's fallback_ops) and the clip rate, here
+on the evaluation rows (`spec.slos.maxClipRate`). quantize says both where they would fail the
+canary, as `Evaluator.shadow_warning` says the accuracy-delta SLO's: said, not gated, since the SLOs
+are the rollout's to set.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import onnx
+
+from quantship import runtime, slo
+from quantship.artifact import ActivationRange
+from quantship.quantize.data import Dataset
+from quantship.rollout.spec import AnalysisSpec
+
+MAX_FALLBACK_OPS = AnalysisSpec.max_fallback_ops
+"""The default of spec.slos.maxFallbackOps."""
+CLIP_BUDGET = next(o.budget for o in slo.DEFAULT_OBJECTIVES if o.sli is slo.SLI.CLIP_RATE)
+"""The default of spec.slos.maxClipRate: the share of observed activation values that may clip."""
+
+
+@dataclass(frozen=True)
+class Clipping:
+    observed: int
+    clipped: int
+    by_tensor: Counter[str] = field(default_factory=Counter)
+    """Clipped values per tensor."""
+
+    @property
+    def rate(self) -> float:
+        return self.clipped / self.observed if self.observed else 0.0
+
+
+def clipping(model: Path, ranges: list[ActivationRange], dataset: Dataset, batch_size: int) -> Clipping:
+    """The clip rate the server's observer counts (server/clipping.py) over `dataset`: every range's
+    tensor read from the QDQ simulation of `model`, counted by `ActivationRange.count_clipped`."""
+    from quantship.server.clipping import observer_model  # here: the server's package pulls FastAPI in
+
+    observer, kept = observer_model(onnx.load(str(model)), ranges)
+    session = runtime.create_session(observer)
+    inputs = {value.name for value in session.get_inputs()}
+    names = list(dict.fromkeys(r.tensor for r in kept if r.tensor not in inputs))
+    observed, by_tensor = 0, Counter[str]()
+    for batch in dataset.batches(batch_size):
+        values = {**batch, **dict(zip(names, session.run(names, batch), strict=True))}
+        for r in kept:
+            observed += int(values[r.tensor].size)
+            by_tensor[r.tensor] += r.count_clipped(values[r.tensor])
+    return Clipping(observed, sum(by_tensor.values()), +by_tensor)
+
+
+def fallback_warning(fallback: dict[str, int], nodes: list[str]) -> str | None:
+    """What the canary's fallback gate will say of an artifact whose `fallback` (runtime.fallback_ops)
+    counts more ops than the default allows; `nodes`, their names (runtime.unfused_nodes: a node
+    onnxruntime fused from several, such as a SkipLayerNormalization, by its own name)."""
+    count = sum(fallback.values())
+    if count <= MAX_FALLBACK_OPS:
+        return None
+    ops = ", ".join(f"{op} {n}" for op, n in fallback.items())
+    return (
+        f"{count} ops run in float between DequantizeLinear and QuantizeLinear, with no int8 kernel in "
+        f"onnxruntime ({ops}: {', '.join(nodes)}): over the default spec.slos.maxFallbackOps of "
+        f"{MAX_FALLBACK_OPS}, a canary of this artifact fails outright. Set spec.slos.maxFallbackOps to "
+        f"at least {count}, or keep their quantized neighbours in float too (--exclude)"
+    )
+
+
+def clip_warning(clipped: Clipping) -> str | None:
+    """What the clip-rate SLI will read, where the evaluation rows clip more than its default budget."""
+    if clipped.rate <= CLIP_BUDGET:
+        return None
+    tensor, most = clipped.by_tensor.most_common(1)[0]
+    return (
+        f"the evaluation rows clip {clipped.rate:.3%} of the activation values the server observes "
+        f"({clipped.clipped} of {clipped.observed}; {most / clipped.clipped:.0%} of them in {tensor!r}), "
+        f"over the default clip-rate SLO's {CLIP_BUDGET:.1%} (spec.slos.maxClipRate): a canary on "
+        f"traffic like this burns at ~{clipped.rate / CLIP_BUDGET:.1f}x and rolls back. Calibrate on "
+        f"data like it, or set spec.slos.maxClipRate to at least {clipped.rate:.2%}"
+    )
