@@ -83,6 +83,12 @@ class BatchPolicy:
     overlap: bool = True
     """More than one CPU to run on: a call in the inference thread overlaps with the event loop's
     work, so the batcher probes for concurrency behind calls on the loop (batcher.PROBE_AFTER_RUNS)."""
+    split_rows: int = 0
+    """A request of more rows than this runs in consecutive calls of at most this many, its outputs
+    joined (`Runner.run_split`), so that onnxruntime's memory is bounded by a full batch, not by the
+    request: max_batch_size where a request's rows are independent of each other. 0 where a request
+    must run in one call, as it would alone: its rows mix (ROWS_MIX), an output lacks the batch
+    dimension (UNSPLIT), the model has none, or it fails on more rows than one."""
 
     def summary(self) -> str:
         """The policy in a phrase, for the log."""
@@ -92,6 +98,11 @@ class BatchPolicy:
         if self.alone_rows > self.inline_rows:
             text += f", up to {self.alone_rows} rows for a request that comes alone"
             text += " (probing for concurrency)" if self.overlap else " (one CPU)"
+        text += (
+            f"; a larger request in calls of {self.split_rows}"
+            if self.split_rows
+            else "; a larger request in one call"
+        )
         return text
 
     def describe(self) -> dict[str, object]:
@@ -101,6 +112,7 @@ class BatchPolicy:
             "inline_rows": self.inline_rows,
             "alone_rows": self.alone_rows,
             "overlap": self.overlap,
+            "split_rows": self.split_rows,
             "microseconds_per_row": {
                 str(size): round(cost * 1e6, 1) for size, cost in self.seconds_per_row.items()
             },
@@ -144,12 +156,15 @@ def choose(
         # (the tuner's choice for transformers) has open dimensions besides the batch.
         if rows_mix or unsplit:
             return BatchPolicy(1, ROWS_MIX if rows_mix else UNSPLIT, overlap=overlap)
-        return BatchPolicy(configured, f"not measured: {unmeasurable}", overlap=overlap)
+        return BatchPolicy(
+            configured, f"not measured: {unmeasurable}", overlap=overlap, split_rows=configured
+        )
     fill, failure = _runnable_fill(runner)
     if fill is None:
         reason = f"not measured: the model fails on inputs of {' and of '.join(map(str, FILLS))} ({failure})"
         return BatchPolicy(1, reason, overlap=overlap)
     measure = measure if measure is not None else functools.partial(_seconds_per_row, fill=fill)
+    split = not (rows_mix or unsplit)
     if rows_mix or unsplit or configured == 1:
         reason = ROWS_MIX if rows_mix else UNSPLIT if unsplit else "--max-batch-size 1"
         costs, chosen = {1: measure(runner, 1)}, 1
@@ -164,10 +179,10 @@ def choose(
         except FailsOnRows as failure:
             reason = f"not batched: {failure}"
             log.warning("the model cannot be batched, so each request runs alone: %s", failure)
-            costs, chosen = {1: measure(runner, 1)}, 1
+            costs, chosen, split = {1: measure(runner, 1)}, 1, False
     inline_rows = _rows_within(costs, chosen, INLINE_CALL_S)
     alone_rows = max(inline_rows, _rows_within(costs, chosen, ALONE_CALL_S))
-    return BatchPolicy(chosen, reason, costs, inline_rows, alone_rows, overlap)
+    return BatchPolicy(chosen, reason, costs, inline_rows, alone_rows, overlap, chosen if split else 0)
 
 
 def _unmeasurable(signature: Signature) -> str:

@@ -431,17 +431,29 @@ def check_unique_outputs(outputs: Sequence[RequestedOutput]) -> None:
 # -- encoding ----------------------------------------------------------------------------------
 
 
-def encode_response(response: InferResponse, request: InferRequest) -> Encoded:
+def _written(response: InferResponse, request: InferRequest) -> list[tuple[str, bool]]:
+    """The outputs the answer holds, in order, and whether each is written as binary data."""
     if request.outputs:
-        requested = [(wanted.name, wanted.binary) for wanted in request.outputs]
-    else:
-        requested = [(name, None) for name in response.outputs]
+        return [
+            (wanted.name, wanted.binary if wanted.binary is not None else request.binary_outputs)
+            for wanted in request.outputs
+        ]
+    return [(name, request.binary_outputs) for name in response.outputs]
+
+
+def output_bytes(response: InferResponse, request: InferRequest) -> tuple[int, int]:
+    """Bytes of the outputs the answer writes as JSON, and as binary data: what encoding it costs."""
+    sizes = [(response.outputs[name].nbytes, binary) for name, binary in _written(response, request)]
+    return sum(size for size, binary in sizes if not binary), sum(size for size, binary in sizes if binary)
+
+
+def encode_response(response: InferResponse, request: InferRequest) -> Encoded:
     entries, chunks = [], []
-    for name, binary in requested:
+    for name, binary in _written(response, request):
         array = response.outputs[name]
         datatype = datatype_of(array.dtype)
         entry: dict[str, Any] = {"name": name, "datatype": datatype, "shape": list(array.shape)}
-        if binary if binary is not None else request.binary_outputs:
+        if binary:
             raw = _to_bytes(array, datatype)
             entry["parameters"] = {"binary_data_size": len(raw)}
             chunks.append(raw)

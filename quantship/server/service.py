@@ -337,6 +337,7 @@ class ModelService:
             inline_rows=opened.batching.inline_rows,
             alone_rows=opened.batching.alone_rows,
             overlap=opened.batching.overlap,
+            split_rows=opened.batching.split_rows,
             observer=self.metrics,
         )
         batcher.start()
