@@ -204,12 +204,21 @@ class Runner:
     """One onnxruntime session. `run` is blocking: call it from a worker thread, or on the event loop
     only for calls measured shorter than a thread hand-off (batch_policy.INLINE_CALL_S)."""
 
-    def __init__(self, session: ort.InferenceSession, value_free: frozenset[str] = frozenset()) -> None:
+    def __init__(
+        self,
+        session: ort.InferenceSession,
+        value_free: frozenset[str] = frozenset(),
+        *,
+        rows_mix: bool = False,
+    ) -> None:
         """`value_free`: outputs computed from no input's values (see `value_free_outputs`); only
-        those may be shared by the requests of a merged call when they have no batch dimension."""
+        those may be shared by the requests of a merged call when they have no batch dimension.
+        `rows_mix`: a row's outputs depend on the other rows of its call (`runtime.rows_mix`), so a
+        request is never split into calls (`run_split`)."""
         self.session = session
         self.signature = Signature.from_session(session)
         self._value_free = value_free
+        self.rows_mix = rows_mix
         self._layout: BatchLayout | None = None
         self._undecidable: set[tuple[tuple[str, tuple[int, ...]], ...]] = (
             set()
@@ -228,7 +237,8 @@ class Runner:
     ) -> Runner:
         """A session of `model`; `proto`, its graph when the caller has parsed it already."""
         session = runtime.create_session(model, threads=threads)  # first: onnxruntime names what is wrong
-        return cls(session, value_free_outputs((proto or runtime.load_proto(model)).graph))
+        proto = proto or runtime.load_proto(model)
+        return cls(session, value_free_outputs(proto.graph), rows_mix=runtime.rows_mix(proto))
 
     def run(self, inputs: Tensors) -> dict[str, np.ndarray]:
         try:
@@ -266,11 +276,13 @@ class Runner:
         self, requests: Sequence[Tensors], rows: Sequence[int], *, max_rows: int
     ) -> list[dict[str, np.ndarray]]:
         """Run several requests, in calls of at most `max_rows` rows where they can share a batch (a
-        larger request runs alone), and split the results. Raises the first request's InvalidInput,
-        if any (for the background sessions)."""
+        larger request alone, split into such calls by `run_split`), and split the results. Raises the
+        first request's InvalidInput, if any (for the background sessions)."""
         outcomes: list[Outcome] = []
         for chunk in _row_chunks(rows, max_rows):
-            outcomes += self.run_batch([requests[i] for i in chunk], [rows[i] for i in chunk])
+            outcomes += self.run_batch(
+                [requests[i] for i in chunk], [rows[i] for i in chunk], split_rows=max_rows
+            )
         for outcome in outcomes:
             if isinstance(outcome, InvalidInput):
                 raise outcome
@@ -317,11 +329,12 @@ class Runner:
     def run_split(self, request: Tensors, *, rows: int, most: int) -> dict[str, np.ndarray]:
         """One request's outputs from consecutive calls of at most `most` rows (`call_rows`), written into
         outputs of all its rows as they come: onnxruntime's intermediate memory is a full batch's, not
-        the request's (gpt2-lm, 4000 rows in one call: 2.7 GB). Only for a model whose rows are
+        the request's (gpt2-lm, 4000 rows in one call: 2.7 GB). For a model whose rows are
         independent (batch_policy's `split_rows`); one whose `layout` cannot join calls, or an output
-        that turns out not to lead with a call's rows, runs in one call, as it would alone."""
+        that turns out not to lead with a call's rows, runs in one call, as it would alone; so does
+        one whose rows mix."""
         layout = self._layout_for(request)
-        if layout.alone:
+        if layout.alone or self.rows_mix:
             return self.run(request)
         joined: dict[str, np.ndarray] = {}
         start = 0
