@@ -837,7 +837,8 @@ def _local_artifact(ctx: click.Context, param: click.Parameter, value: str) -> P
     type=click.IntRange(min=1),
     default=_default(_SERVE, "json_decode_budget_bytes"),
     show_default=True,
-    help="Bytes of JSON requests decoded at once (each costs 11-17x its size); more wait their turn.",
+    help="Bytes of JSON requests decoded, and of outputs encoded as JSON, at once (each costs 11-17x "
+    "its size); more wait their turn.",
 )
 @click.option(
     "--max-header-bytes",

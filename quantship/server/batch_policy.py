@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -44,6 +45,11 @@ tried too, calls spread over 25 ms), 5 of 14 starts of digits INT8 on one core r
 through every round to mislead the choice."""
 ROUND_GAP_S = 0.05
 """Seconds between rounds: longer than a burst of the server's own start, short enough for loading."""
+SPLIT_CALL_S = 0.01
+"""A request split into calls (BatchPolicy.split_rows) runs calls of at least about this long, by the
+measured cost of a row, where the batch size is fewer rows: a call's fixed cost would otherwise
+dominate. Digits INT8 at --max-batch-size 1 ran a 32768-row request in 32768 calls, seconds instead
+of the ~20 ms of one call; 10 ms of a row's work is memory of the same order as a batch's."""
 INLINE_CALL_S = 100e-6
 """A call measured this short runs on the event loop instead of the inference thread: handing it to
 the thread and back (a queue, two wake-ups, the loop's self-pipe) costs more CPU than the call.
@@ -83,6 +89,13 @@ class BatchPolicy:
     overlap: bool = True
     """More than one CPU to run on: a call in the inference thread overlaps with the event loop's
     work, so the batcher probes for concurrency behind calls on the loop (batcher.PROBE_AFTER_RUNS)."""
+    split_rows: int = 0
+    """A request of more rows than this runs in consecutive calls of at most this many, its outputs
+    joined (`Runner.run_split`), so that onnxruntime's memory is bounded by a full batch, not by the
+    request: max_batch_size where a request's rows are independent of each other, or the rows of a
+    SPLIT_CALL_S call where that is more (a batch of one row of a fast model). 0 where a request
+    must run in one call, as it would alone: its rows mix (ROWS_MIX), an output lacks the batch
+    dimension (UNSPLIT), the model has none, or it fails on more rows than one."""
 
     def summary(self) -> str:
         """The policy in a phrase, for the log."""
@@ -92,6 +105,11 @@ class BatchPolicy:
         if self.alone_rows > self.inline_rows:
             text += f", up to {self.alone_rows} rows for a request that comes alone"
             text += " (probing for concurrency)" if self.overlap else " (one CPU)"
+        text += (
+            f"; a larger request in calls of {self.split_rows}"
+            if self.split_rows
+            else "; a larger request in one call"
+        )
         return text
 
     def describe(self) -> dict[str, object]:
@@ -101,6 +119,7 @@ class BatchPolicy:
             "inline_rows": self.inline_rows,
             "alone_rows": self.alone_rows,
             "overlap": self.overlap,
+            "split_rows": self.split_rows,
             "microseconds_per_row": {
                 str(size): round(cost * 1e6, 1) for size, cost in self.seconds_per_row.items()
             },
@@ -144,12 +163,15 @@ def choose(
         # (the tuner's choice for transformers) has open dimensions besides the batch.
         if rows_mix or unsplit:
             return BatchPolicy(1, ROWS_MIX if rows_mix else UNSPLIT, overlap=overlap)
-        return BatchPolicy(configured, f"not measured: {unmeasurable}", overlap=overlap)
+        return BatchPolicy(
+            configured, f"not measured: {unmeasurable}", overlap=overlap, split_rows=configured
+        )
     fill, failure = _runnable_fill(runner)
     if fill is None:
         reason = f"not measured: the model fails on inputs of {' and of '.join(map(str, FILLS))} ({failure})"
         return BatchPolicy(1, reason, overlap=overlap)
     measure = measure if measure is not None else functools.partial(_seconds_per_row, fill=fill)
+    split = not (rows_mix or unsplit)
     if rows_mix or unsplit or configured == 1:
         reason = ROWS_MIX if rows_mix else UNSPLIT if unsplit else "--max-batch-size 1"
         costs, chosen = {1: measure(runner, 1)}, 1
@@ -164,10 +186,13 @@ def choose(
         except FailsOnRows as failure:
             reason = f"not batched: {failure}"
             log.warning("the model cannot be batched, so each request runs alone: %s", failure)
-            costs, chosen = {1: measure(runner, 1)}, 1
+            costs, chosen, split = {1: measure(runner, 1)}, 1, False
     inline_rows = _rows_within(costs, chosen, INLINE_CALL_S)
     alone_rows = max(inline_rows, _rows_within(costs, chosen, ALONE_CALL_S))
-    return BatchPolicy(chosen, reason, costs, inline_rows, alone_rows, overlap)
+    one_row = costs.get(1, 0.0)
+    fixed_cost_rows = math.ceil(SPLIT_CALL_S / one_row) if one_row > 0 else chosen
+    split_rows = max(chosen, fixed_cost_rows) if split else 0
+    return BatchPolicy(chosen, reason, costs, inline_rows, alone_rows, overlap, split_rows)
 
 
 def _unmeasurable(signature: Signature) -> str:

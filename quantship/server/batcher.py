@@ -7,8 +7,10 @@ the outputs (or runs it on the event loop itself, for a batch of at most `inline
 call was measured shorter than a hand-off to the thread: see batch_policy.INLINE_CALL_S). While
 traffic comes one request at a time, a request of at most `alone_rows` rows skips the queue and the
 worker and runs on the loop (`_alone`; why: batch_policy.ALONE_CALL_S). Only requests whose inputs
-agree beyond the first dimension share a batch. The queue is bounded: when it is full, `submit`
-raises Overloaded at once rather than growing memory. A model whose first dimension is not a batch
+agree beyond the first dimension share a batch. A request of more than `max_batch_size` rows is a
+batch of its own, run in the thread in calls of at most `split_rows` rows where the policy allows
+(batch_policy.BatchPolicy.split_rows). The queue is bounded: when it is full, `submit` raises
+Overloaded at once rather than growing memory. A model whose first dimension is not a batch
 dimension runs one request per call, through the same queue (or past it, as above).
 """
 
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import math
 import time
@@ -27,7 +30,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from quantship.server.errors import InferenceFailed, NotReady, Overloaded, ServerError
-from quantship.server.runner import Outcome, Runner, Tensors, batch_key
+from quantship.server.runner import Outcome, Runner, Tensors, batch_key, call_rows
 from quantship.server.settings import BatchSettings
 
 log = logging.getLogger(__name__)
@@ -107,6 +110,7 @@ class Batcher:
         inline_rows: int = 0,
         alone_rows: int | None = None,
         overlap: bool = True,
+        split_rows: int = 0,
         observer: BatchObserver | None = None,
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
@@ -124,6 +128,8 @@ class Batcher:
         """A call in the inference thread can overlap with the loop's work (more than one CPU), so
         concurrency behind a call on the loop costs: probe for it (PROBE_AFTER_RUNS). With one CPU
         there is nothing to overlap, and a request that looks alone runs on the loop whatever waits."""
+        self.split_rows = split_rows
+        """A request of more rows runs in calls of at most this many (0: in one call)."""
         self.observer = observer if observer is not None else _NoObserver()
         self._queue: asyncio.Queue[_Job | _Wake | None] = asyncio.Queue(settings.max_queue_size)
         self._task: asyncio.Task[None] | None = None
@@ -310,7 +316,7 @@ class Batcher:
             if rows > self.inline_rows:
                 self._alone_runs += 1
             self.observer.waited(0.0)
-            self.observer.batch_ran(rows)
+            self.observer.batch_ran(rows)  # at most alone_rows: one call
             [result] = self.runner.run_batch([inputs], [rows])
         except Exception as exc:
             raise _failure(exc, rows) from None
@@ -323,12 +329,14 @@ class Batcher:
         started = self.clock()
         for job in batch:
             self.observer.waited(started - job.queued_at)
-        self.observer.batch_ran(rows)
+        for rows_a_call in call_rows(rows, self.split_rows):  # a merged batch is one call
+            self.observer.batch_ran(rows_a_call)
         inputs, row_counts = [job.inputs for job in batch], [job.rows for job in batch]
+        run = functools.partial(self.runner.run_batch, inputs, row_counts, split_rows=self.split_rows)
         try:
-            if rows <= self.inline_rows:
-                return self.runner.run_batch(inputs, row_counts)
-            return await loop.run_in_executor(self.executor, self.runner.run_batch, inputs, row_counts)
+            if rows <= self.inline_rows:  # never a split request: inline_rows <= max_batch_size
+                return run()
+            return await loop.run_in_executor(self.executor, run)
         finally:
             self._ran(len(batch))  # once it ran: whether requests came meanwhile counts too
             if rows > self.inline_rows:  # the loop was free during the call (a probe, or traffic)

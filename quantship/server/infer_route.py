@@ -44,6 +44,15 @@ INLINE_DECODE_BYTES = 64 * 1024
 images say, decodes in a thread so that it does not stall every other request for milliseconds.
 Binary tensors are never parsed (views of the body), so only the JSON header counts."""
 
+INLINE_ENCODE_JSON_BYTES = 4 * 1024
+"""Outputs of up to this many bytes written as JSON encode on the event loop (1024 float32 values:
+~90 µs here); more, in a thread, as decoding does (`encode`). Writing float32 values as JSON takes
+~22 µs a KiB on this host: the answer of 1024 rows of gpt2-lm (33.5 MB of logits, 158 MB of JSON)
+held the loop for 2 s, and a health probe waited as long."""
+INLINE_ENCODE_BINARY_BYTES = 1024 * 1024
+"""Outputs of up to this many bytes written as binary data encode on the event loop (a copy: 1 MiB
+in ~180 µs here); more, in a thread."""
+
 
 @dataclass(frozen=True)
 class BodyLimits:
@@ -134,6 +143,19 @@ async def decode(body: bytes, header_length: str | None, budget: ByteBudget) -> 
         return await asyncio.to_thread(protocol.decode_request, body, header_length)
 
 
+async def encode(
+    response: protocol.InferResponse, request: protocol.InferRequest, budget: ByteBudget
+) -> protocol.Encoded:
+    """The answer, encoded on the event loop when its outputs are small, else in a thread; its JSON
+    outputs' bytes held in `budget` meanwhile (as a float and a list slot a value, then its text,
+    a float32 output costs ~13x its bytes while it is written as JSON)."""
+    json_bytes, binary_bytes = protocol.output_bytes(response, request)
+    if json_bytes <= INLINE_ENCODE_JSON_BYTES and binary_bytes <= INLINE_ENCODE_BINARY_BYTES:
+        return protocol.encode_response(response, request)
+    async with budget.hold(json_bytes) if json_bytes else contextlib.nullcontext():
+        return await asyncio.to_thread(protocol.encode_response, response, request)
+
+
 class InferRoute:
     """ASGI for the inference path; `match` says whether a request is one."""
 
@@ -147,7 +169,8 @@ class InferRoute:
     ) -> None:
         """`paths`: the app's route templates this answers (`/v2/models/{model_name}/infer`, ...),
         compiled as Starlette compiles them, so that the path is spelled once, in the route table.
-        `json_budget`: bytes of JSON decoded at once (--json-decode-budget-bytes)."""
+        `json_budget`: bytes of JSON decoded, or of outputs encoded as JSON, at once
+        (--json-decode-budget-bytes)."""
         self.service = service
         self.metrics = metrics
         self.limits = limits
@@ -230,7 +253,7 @@ class InferRoute:
         if coding:  # inflating may take milliseconds: off the event loop
             body = await asyncio.to_thread(content_encoding.decoded, body, coding, self.limits.max_bytes)
         request = await decode(body, header_length, self.json_budget)
-        return protocol.encode_response(await self.service.infer(request), request)
+        return await encode(await self.service.infer(request), request, self.json_budget)
 
 
 _CUT_ERROR = error_json("the server is shutting down and its drain ended before the answer; retry")

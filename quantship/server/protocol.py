@@ -178,11 +178,17 @@ def _json_error(exc: orjson.JSONDecodeError) -> str:
 
 
 _ENCODER = json.JSONEncoder(separators=(",", ":"))
-"""Compact JSON for a response whose outputs hold NaN or infinities, which orjson (used for all
-others, ~10 µs faster a response) writes as null: Triton writes NaN, and Python clients read it.
-Found by the null in orjson's output rather than by checking each float output first: np.isfinite
-and a reduction take ~2 µs in a loop, but 14 µs a request measured in the server (digits INT8,
-paired rounds), run from caches the model's call has just cooled."""
+"""Compact JSON for outputs that hold NaN or infinities, which orjson (used for all others, ~10 µs
+faster a response) writes as null: Triton writes NaN, and Python clients read it. Found by the null
+in orjson's output rather than by checking each float output first: np.isfinite and a reduction
+take ~2 µs in a loop, but 14 µs a request measured in the server (digits INT8, paired rounds), run
+from caches the model's call has just cooled."""
+
+JSON_PIECE_VALUES = 1 << 16
+"""Values of an output written as JSON by one orjson call (and one tolist). Each call holds the GIL
+throughout, so an answer encoded in a thread (infer_route.encode) lets the event loop run only
+between calls: one call for the 8.4 M values of 1024 rows of gpt2-lm held it up to 0.75 s; a piece
+of float32 takes ~1.5 ms, and only its Python floats are in memory at once."""
 
 
 def _parameters(container: dict[str, Any], where: str) -> dict[str, Any]:
@@ -431,22 +437,34 @@ def check_unique_outputs(outputs: Sequence[RequestedOutput]) -> None:
 # -- encoding ----------------------------------------------------------------------------------
 
 
-def encode_response(response: InferResponse, request: InferRequest) -> Encoded:
+def _written(response: InferResponse, request: InferRequest) -> list[tuple[str, bool]]:
+    """The outputs the answer holds, in order, and whether each is written as binary data."""
     if request.outputs:
-        requested = [(wanted.name, wanted.binary) for wanted in request.outputs]
-    else:
-        requested = [(name, None) for name in response.outputs]
+        return [
+            (wanted.name, wanted.binary if wanted.binary is not None else request.binary_outputs)
+            for wanted in request.outputs
+        ]
+    return [(name, request.binary_outputs) for name in response.outputs]
+
+
+def output_bytes(response: InferResponse, request: InferRequest) -> tuple[int, int]:
+    """Bytes of the outputs the answer writes as JSON, and as binary data: what encoding it costs."""
+    sizes = [(response.outputs[name].nbytes, binary) for name, binary in _written(response, request)]
+    return sum(size for size, binary in sizes if not binary), sum(size for size, binary in sizes if binary)
+
+
+def encode_response(response: InferResponse, request: InferRequest) -> Encoded:
     entries, chunks = [], []
-    for name, binary in requested:
+    for name, binary in _written(response, request):
         array = response.outputs[name]
         datatype = datatype_of(array.dtype)
         entry: dict[str, Any] = {"name": name, "datatype": datatype, "shape": list(array.shape)}
-        if binary if binary is not None else request.binary_outputs:
+        if binary:
             raw = _to_bytes(array, datatype)
             entry["parameters"] = {"binary_data_size": len(raw)}
             chunks.append(raw)
         else:
-            entry["data"] = _to_json(array, datatype)
+            entry["data"] = orjson.Fragment(_json_data(array, datatype))
         entries.append(entry)
     document = {
         "model_name": response.model_name,
@@ -454,9 +472,7 @@ def encode_response(response: InferResponse, request: InferRequest) -> Encoded:
         "id": response.id,
         "outputs": entries,
     }
-    header = orjson.dumps(document)
-    if b"null" in header:  # orjson's NaN or infinity, or a null or "null" of ours: rare, right either way
-        header = _ENCODER.encode(document).encode()
+    header = orjson.dumps(document)  # no null of orjson's: the outputs' data was written already
     if chunks:
         return Encoded(header + b"".join(chunks), BINARY_TYPE, len(header))
     return Encoded(header, JSON_TYPE, None)
@@ -470,6 +486,25 @@ def _to_bytes(array: np.ndarray, datatype: str) -> bytes:
         raw = item if isinstance(item, bytes) else str(item).encode()
         parts.append(struct.pack("<I", len(raw)) + raw)
     return b"".join(parts)
+
+
+def _json_data(array: np.ndarray, datatype: str) -> bytes:
+    """The array's values as a flat JSON list, written JSON_PIECE_VALUES at a time."""
+    flat = array.ravel()
+    if flat.size <= JSON_PIECE_VALUES:
+        return _json_values(_to_json(flat, datatype))
+    pieces = (
+        _json_values(_to_json(flat[start : start + JSON_PIECE_VALUES], datatype))[1:-1]
+        for start in range(0, flat.size, JSON_PIECE_VALUES)
+    )
+    return b"[" + b",".join(pieces) + b"]"
+
+
+def _json_values(values: list[Any]) -> bytes:
+    written = orjson.dumps(values)
+    if b"null" in written:  # orjson's NaN or infinity, or a "null" string: rare, right either way
+        return _ENCODER.encode(values).encode()
+    return written
 
 
 def _to_json(array: np.ndarray, datatype: str) -> list[Any]:

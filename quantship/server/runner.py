@@ -226,12 +226,18 @@ class Runner:
         session: ort.InferenceSession,
         value_free: frozenset[str] = frozenset(),
         tables: Mapping[str, int] | None = None,
+        *,
+        rows_mix: bool = False,
     ) -> None:
         """`value_free`: outputs computed from no input's values (see `value_free_outputs`); only
-        those may be shared by the requests of a merged call when they have no batch dimension."""
+        those may be shared by the requests of a merged call when they have no batch dimension.
+        `tables`: the rows of the table each index input gathers from (`index_tables`).
+        `rows_mix`: a row's outputs depend on the other rows of its call (`runtime.rows_mix`), so a
+        request is never split into calls (`run_split`)."""
         self.session = session
         self.signature = Signature.from_session(session, tables)
         self._value_free = value_free
+        self.rows_mix = rows_mix
         self._layout: BatchLayout | None = None
         self._undecidable: set[tuple[tuple[str, tuple[int, ...]], ...]] = (
             set()
@@ -250,8 +256,13 @@ class Runner:
     ) -> Runner:
         """A session of `model`; `proto`, its graph when the caller has parsed it already."""
         session = runtime.create_session(model, threads=threads)  # first: onnxruntime names what is wrong
-        graph = (proto or runtime.load_proto(model)).graph
-        return cls(session, value_free_outputs(graph), index_tables(graph))
+        proto = proto or runtime.load_proto(model)
+        return cls(
+            session,
+            value_free_outputs(proto.graph),
+            index_tables(proto.graph),
+            rows_mix=runtime.rows_mix(proto),
+        )
 
     def run(self, inputs: Tensors) -> dict[str, np.ndarray]:
         try:
@@ -291,22 +302,31 @@ class Runner:
         self, requests: Sequence[Tensors], rows: Sequence[int], *, max_rows: int
     ) -> list[dict[str, np.ndarray]]:
         """Run several requests, in calls of at most `max_rows` rows where they can share a batch (a
-        larger request runs alone), and split the results. Raises the first request's InvalidInput,
-        if any (for the background sessions)."""
+        larger request alone, split into such calls by `run_split`), and split the results. Raises the
+        first request's InvalidInput, if any (for the background sessions)."""
         outcomes: list[Outcome] = []
         for chunk in _row_chunks(rows, max_rows):
-            outcomes += self.run_batch([requests[i] for i in chunk], [rows[i] for i in chunk])
+            outcomes += self.run_batch(
+                [requests[i] for i in chunk], [rows[i] for i in chunk], split_rows=max_rows
+            )
         for outcome in outcomes:
             if isinstance(outcome, InvalidInput):
                 raise outcome
         return outcomes  # type: ignore[return-value]  # no InvalidInput left
 
-    def run_batch(self, requests: Sequence[Tensors], rows: Sequence[int]) -> list[Outcome]:
+    def run_batch(
+        self, requests: Sequence[Tensors], rows: Sequence[int], *, split_rows: int = 0
+    ) -> list[Outcome]:
         """Each request's outputs, or the InvalidInput that request alone caused (a token id past the
         vocabulary): one bad request in a merged call must not fail the others, so its group is rerun
         one request at a time. Requests merge only where the `layout` can answer for each of them;
-        otherwise they run alone."""
+        otherwise they run alone. A lone request of more than `split_rows` rows (0: no limit) runs in
+        calls of at most that many (`run_split`)."""
         if len(requests) == 1:
+            if 0 < split_rows < rows[0]:
+                return [
+                    _outcome(functools.partial(self.run_split, rows=rows[0], most=split_rows), requests[0])
+                ]
             return [_outcome(self.run, requests[0])]
         results: list[Outcome | None] = [None] * len(requests)
         groups: dict[tuple[Any, ...], list[int]] = collections.defaultdict(list)
@@ -331,6 +351,32 @@ class Runner:
             for index, part in zip(indices, parts, strict=True):
                 results[index] = part
         return [result for result in results if result is not None]
+
+    def run_split(self, request: Tensors, *, rows: int, most: int) -> dict[str, np.ndarray]:
+        """One request's outputs from consecutive calls of at most `most` rows (`call_rows`), written into
+        outputs of all its rows as they come: onnxruntime's intermediate memory is a full batch's, not
+        the request's (gpt2-lm, 4000 rows in one call: 2.7 GB). For a model whose rows are
+        independent (batch_policy's `split_rows`); one whose `layout` cannot join calls, or an output
+        that turns out not to lead with a call's rows, runs in one call, as it would alone; so does
+        one whose rows mix."""
+        layout = self._layout_for(request)
+        if layout.alone or self.rows_mix:
+            return self.run(request)
+        joined: dict[str, np.ndarray] = {}
+        start = 0
+        for count in call_rows(rows, most):
+            part = self.run({name: value[start : start + count] for name, value in request.items()})
+            if not all(_leads(part[name], count) for name in layout.batched):
+                return self.run(request)
+            for name, value in part.items():
+                if name not in layout.batched:
+                    joined.setdefault(name, value)  # shared: the same for every call
+                    continue
+                if name not in joined:
+                    joined[name] = np.empty((rows, *value.shape[1:]), dtype=value.dtype)
+                joined[name][start : start + count] = value
+            start += count
+        return joined
 
     @property
     def layout(self) -> BatchLayout:
@@ -530,6 +576,13 @@ def value_free_outputs(graph: onnx.GraphProto) -> frozenset[str]:
 
 
 Outcome = dict[str, np.ndarray] | InvalidInput
+
+
+def call_rows(rows: int, most: int) -> list[int]:
+    """The rows of each call a lone request of `rows` rows runs in, at most `most` each (0: one call)."""
+    if most <= 0 or rows <= most:
+        return [rows]
+    return [min(most, rows - start) for start in range(0, rows, most)]
 
 
 def _row_chunks(rows: Sequence[int], most: int) -> Iterator[range]:

@@ -297,10 +297,9 @@ class ModelService:
             observed, ranges = observer_model(proto, ranges)
             observer = Runner.load(observed, threads=1) if ranges else None
         fallback = runner_module.fallback_ops(model, proto=proto)
-        rows_mix = runtime.rows_mix(proto)
         del model, proto  # the served model's bytes and graph: its sessions hold what they need
         reference = _open_reference(self._reference_model(verified), runner.signature, compared)
-        batching = batch_policy.choose(runner, settings.batching.max_batch_size, rows_mix=rows_mix)
+        batching = batch_policy.choose(runner, settings.batching.max_batch_size, rows_mix=runner.rows_mix)
         deterministic = probe.deterministic(runner, loaded.row_shapes)
         return Opened(
             loaded, runner, comparator, reference, observer, ranges, fallback, batching, deterministic
@@ -338,6 +337,7 @@ class ModelService:
             inline_rows=opened.batching.inline_rows,
             alone_rows=opened.batching.alone_rows,
             overlap=opened.batching.overlap,
+            split_rows=opened.batching.split_rows,
             observer=self.metrics,
         )
         batcher.start()

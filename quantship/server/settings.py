@@ -212,7 +212,9 @@ class ServerSettings:
     wait in turn. Decoding JSON costs 11 to 17 times its size in memory: six 16 MiB bodies decoded
     at once took 1.2 GiB. 16 MiB lets one body of the largest size decode at a time, or many small
     ones, at little cost in throughput: json.loads holds the GIL, so decodes side by side take as
-    long as one after another. A body larger than the budget decodes alone."""
+    long as one after another. A body larger than the budget decodes alone. Answers whose JSON
+    outputs pass infer_route.INLINE_ENCODE_JSON_BYTES are encoded within it too, by their outputs'
+    bytes (a float32 value written as JSON costs ~13x its 4 bytes while it is written)."""
     max_header_bytes: int = 64 * 1024
     """Largest request head (request line and headers) accepted, in bytes; past it, 431 and the
     connection is closed. 64 KiB: twice what nginx forwards (large_client_header_buffers, 4 x 8 KiB),

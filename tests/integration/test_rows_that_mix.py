@@ -104,3 +104,26 @@ def test_the_gate_judges_rows_that_mix_one_at_a_time(
 
     assert judged == pytest.approx(float(np.mean(agreement.cosine(alone, reference))), abs=1e-9)
     assert judged != pytest.approx(float(np.mean(agreement.cosine(batched, reference))), abs=1e-6)
+
+
+def test_a_request_larger_than_a_call_whose_rows_mix_runs_in_one_call(
+    dynamic_model: Path, dimmed_rows: Path
+) -> None:
+    """A background session splits a request of more rows than its calls (`run_many`); the rows of
+    one whose rows mix must run together, as the served model ran them."""
+    runner = Runner.load(dynamic_model, threads=1)
+    request = {zoo.INPUT_NAME: np.load(dimmed_rows)[zoo.INPUT_NAME][:40]}
+
+    [answer] = runner.run_many([request], [40], max_rows=4)
+
+    whole = runner.run(request)
+    four_rows_a_call = [
+        runner.run({zoo.INPUT_NAME: request[zoo.INPUT_NAME][i : i + 4]}) for i in range(0, 40, 4)
+    ]
+    assert runner.rows_mix
+    for name, value in whole.items():
+        np.testing.assert_array_equal(answer[name], value)
+    assert any(
+        not np.array_equal(whole[name], np.concatenate([part[name] for part in four_rows_a_call]))
+        for name in whole
+    ), "split, the dim rows would get other answers"

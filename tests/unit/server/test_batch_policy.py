@@ -115,6 +115,28 @@ def test_a_request_alone_runs_on_the_loop_up_to_a_call_of_alone_call_s(
     assert ("comes alone" in policy.summary()) is (alone_rows > policy.inline_rows)
 
 
+@pytest.mark.parametrize(
+    ("costs", "configured", "rows_mix", "split_rows"),
+    [
+        ({1: 0.02, 2: 0.015, 4: 0.013}, 4, False, 4),  # long calls: a request splits into batches of 4
+        ({1: 0.004, 2: 0.0045}, 4, False, 3),  # batches of 1, but a split request's calls take ~10 ms
+        ({1: 20e-6}, 1, False, 500),  # --max-batch-size 1: 32768 one-row calls took seconds, not ~20 ms
+        ({1: 20e-6, 2: 10e-6}, 2, True, 0),  # rows that mix: a request runs in one call, as alone
+    ],
+    ids=["batches", "one-row batches", "max batch size 1", "rows mix"],
+)
+def test_a_request_larger_than_a_batch_splits_into_batches_or_into_calls_of_split_call_s(
+    tiny_model: TinyModel, costs: dict[int, float], configured: int, rows_mix: bool, split_rows: int
+) -> None:
+    policy = batch_policy.choose(tiny_model(), configured, table(costs), rows_mix=rows_mix)
+    assert policy.split_rows == policy.describe()["split_rows"] == split_rows
+    assert ("one call" in policy.summary()) is (split_rows == 0)
+
+
+def test_a_model_without_a_batch_dimension_never_splits_a_request(tiny_model: TinyModel) -> None:
+    assert batch_policy.choose(tiny_model(first_dim=1), 32).split_rows == 0
+
+
 @pytest.mark.parametrize(("usable_cpus", "overlap"), [(0.5, False), (1.0, False), (1.5, True), (2.0, True)])
 def test_with_more_than_one_cpu_the_thread_overlaps_the_loop_and_lone_requests_are_probed(
     tiny_model: TinyModel, usable_cpus: float, overlap: bool

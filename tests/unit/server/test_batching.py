@@ -227,9 +227,9 @@ class ThreadRecorder:
     def __init__(self, runner: Runner) -> None:
         self.runner, self.signature, self.threads = runner, runner.signature, list[str]()
 
-    def run_batch(self, requests: Any, row_counts: Any) -> Any:
+    def run_batch(self, requests: Any, row_counts: Any, **options: Any) -> Any:
         self.threads.append(threading.current_thread().name)
-        return self.runner.run_batch(requests, row_counts)
+        return self.runner.run_batch(requests, row_counts, **options)
 
 
 @pytest.mark.parametrize(("inline_rows", "on_loop"), [(3, True), (2, False), (0, False)])
@@ -253,7 +253,7 @@ class TaskRecorder:
     def __init__(self, runner: Runner, fail: Exception | None = None) -> None:
         self.runner, self.signature, self.tasks, self.fail = runner, runner.signature, list[str](), fail
 
-    def run_batch(self, requests: Any, row_counts: Any) -> Any:
+    def run_batch(self, requests: Any, row_counts: Any, **options: Any) -> Any:
         try:
             task = asyncio.current_task()
         except RuntimeError:  # no event loop here: the inference thread
@@ -262,7 +262,7 @@ class TaskRecorder:
             self.tasks.append(task.get_name() if task is not None else "?")
         if self.fail is not None:
             raise self.fail
-        return self.runner.run_batch(requests, row_counts)
+        return self.runner.run_batch(requests, row_counts, **options)
 
 
 def make_inline(runner: Any, executor: Any, **settings: Any) -> tuple[Batcher, Recorder]:
@@ -413,8 +413,8 @@ class HeldInThread(TaskRecorder):
         self.open, self.running = threading.Event(), threading.Event()
         self.open.set()
 
-    def run_batch(self, requests: Any, row_counts: Any) -> Any:
-        outcomes = super().run_batch(requests, row_counts)
+    def run_batch(self, requests: Any, row_counts: Any, **options: Any) -> Any:
+        outcomes = super().run_batch(requests, row_counts, **options)
         if self.tasks[-1] == "executor":
             self.running.set()
             self.open.wait(10)

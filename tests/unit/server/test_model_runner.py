@@ -93,15 +93,18 @@ def test_run_many_merges_what_can_share_a_batch_and_splits_answers_back(tiny_mod
 
 
 def test_run_many_never_runs_more_than_max_rows_in_one_call(tiny_model: TinyModel) -> None:
-    """The background sessions' memory: a hand-off of large requests goes one call at a time."""
+    """The background sessions' memory: a hand-off of large requests goes one call at a time, and a
+    request larger than a call goes in calls of max_rows (a sampled 4000-row gpt2-lm request ran its
+    reference in one call)."""
     runner = tiny_model()
     calls: list[int] = []
     run = runner.run
     runner.run = lambda inputs: calls.append(len(inputs["X"])) or run(inputs)  # type: ignore[method-assign]
-    requests = [{"X": np.ones((n, 3), dtype=np.float32)} for n in (1, 1, 1, 40, 2, 2)]
-    answers = runner.run_many(requests, [1, 1, 1, 40, 2, 2], max_rows=4)
-    assert calls == [3, 40, 4]
-    assert [len(answer["Y"]) for answer in answers] == [1, 1, 1, 40, 2, 2]
+    requests = [{"X": np.arange(3 * n, dtype=np.float32).reshape(n, 3)} for n in (1, 1, 1, 41, 2, 2)]
+    answers = runner.run_many(requests, [1, 1, 1, 41, 2, 2], max_rows=4)
+    assert calls == [3, *[4] * 10, 1, 4]
+    for request, answer in zip(requests, answers, strict=True):
+        np.testing.assert_array_equal(answer["Y"], runner.session.run(["Y"], request)[0])
 
 
 def counting_calls(runner: Runner) -> list[int]:

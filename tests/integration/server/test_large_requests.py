@@ -1,0 +1,211 @@
+"""One large request must not take the server's memory or its event loop: a request of more rows than
+the batch policy's max batch size runs in calls of at most that many, answered exactly as one call
+would (gpt2-lm: 4000 rows in one call took the server from 174 MB to 2.7 GB), unless its rows mix
+(dynamic quantization: then it runs in one call, as it would alone); and a large answer is encoded in
+a thread (a 1024-row JSON answer of gpt2-lm held the loop 2 s, and a health probe waited as long)."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import tritonclient.grpc as grpc
+import tritonclient.http as http
+from onnx import TensorProto, helper, numpy_helper
+from server_harness import MODEL, LocalServer, fp32_artifact, settings_for
+
+from quantship.local.prometheus import free_port
+from quantship.server import protocol
+from quantship.server.service import ModelService
+from quantship.server.settings import BatchSettings
+from quantship.slo import Metric
+
+MOST_ROWS = 4
+"""--max-batch-size of the servers here."""
+WIDE = 64
+"""Values a position of the wide output: an LM's logits over its vocabulary."""
+BIG_ROWS = 1024
+"""Rows of the request whose JSON answer is large (as the tester's gpt2-lm request)."""
+
+
+def save(path: Path, nodes: list[onnx.NodeProto], outputs: list[onnx.ValueInfoProto], x: list[Any]) -> Path:
+    graph = helper.make_graph(
+        nodes,
+        path.stem,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, x)],
+        outputs,
+        [numpy_helper.from_array(np.arange(WIDE, dtype=np.float32) / WIDE, "wide")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, path)
+    return path
+
+
+def build_positions(path: Path) -> Path:
+    """x [N, S] -> y = softmax over each row's S positions, and z [N, S, WIDE]: y times 0..1 at each
+    position. S is open, so the batch policy takes --max-batch-size as it is (as for gpt2-lm)."""
+    nodes = [
+        helper.make_node("Softmax", ["x"], ["y"], axis=-1),
+        helper.make_node("Unsqueeze", ["y", "last"], ["column"]),
+        helper.make_node("Mul", ["column", "wide"], ["z"]),
+    ]
+    axes = helper.make_node("Constant", [], ["last"], value=numpy_helper.from_array(np.array([2], np.int64)))
+    outputs = [
+        helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", "S"]),
+        helper.make_tensor_value_info("z", TensorProto.FLOAT, ["N", "S", WIDE]),
+    ]
+    return save(path, [axes, *nodes], outputs, ["N", "S"])
+
+
+def build_dynamic(path: Path) -> Path:
+    """x [N, 4] quantized to uint8 by one scale over the whole call (DynamicQuantizeLinear) and back:
+    a row's answer depends on the rows it runs with."""
+    nodes = [
+        helper.make_node("DynamicQuantizeLinear", ["x"], ["q", "scale", "zero"]),
+        helper.make_node("DequantizeLinear", ["q", "scale", "zero"], ["y"]),
+    ]
+    return save(path, nodes, [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])], ["N", 4])
+
+
+class TellsWhenRun(ModelService):
+    """Sets `ran` once the model's outputs for a request of BIG_ROWS rows are there, before the answer
+    is encoded: the moment a health probe is sent in the test below."""
+
+    ran = threading.Event()
+
+    async def infer(self, request: protocol.InferRequest) -> protocol.InferResponse:
+        response = await super().infer(request)
+        if len(response.outputs["y"]) == BIG_ROWS:
+            type(self).ran.set()
+        return response
+
+
+def serve(model: Path, out: Path) -> LocalServer:
+    settings = settings_for(
+        fp32_artifact(model, out),
+        out.name,
+        grpc_port=free_port(),
+        batching=BatchSettings(max_batch_size=MOST_ROWS),
+    )
+    return LocalServer(settings, service=TellsWhenRun).start()
+
+
+@pytest.fixture(scope="module")
+def positions(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalServer, ort.InferenceSession]]:
+    """The positions model served, and its onnxruntime session, to run a whole request in one call."""
+    out = tmp_path_factory.mktemp("positions")
+    model = build_positions(out / "positions.onnx")
+    server = serve(model, out / "artifact")
+    yield server, ort.InferenceSession(model, providers=["CPUExecutionProvider"])
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def dynamic(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalServer, ort.InferenceSession]]:
+    out = tmp_path_factory.mktemp("dynamic")
+    model = build_dynamic(out / "dynamic.onnx")
+    server = serve(model, out / "artifact")
+    yield server, ort.InferenceSession(model, providers=["CPUExecutionProvider"])
+    server.stop()
+
+
+def calls(server: LocalServer) -> tuple[float, float, float]:
+    """(calls, rows, calls of at most MOST_ROWS rows) the served model has run so far."""
+    return (
+        server.metric(f"{Metric.BATCH_SIZE}_count"),
+        server.metric(f"{Metric.BATCH_SIZE}_sum"),
+        server.metric(f"{Metric.BATCH_SIZE}_bucket", le=f"{float(MOST_ROWS)}"),
+    )
+
+
+def infer(server: LocalServer, transport: str, x: np.ndarray, *, binary: bool = True) -> Any:
+    """The model's outputs for `x`, by the real tritonclient; over HTTP, as binary data or JSON."""
+    if transport == "http":
+        client: Any = http.InferenceServerClient(server.address, network_timeout=120.0)
+        tensor: Any = http.InferInput("x", list(x.shape), "FP32")
+        tensor.set_data_from_numpy(x)
+        wanted = [http.InferRequestedOutput(name, binary_data=binary) for name in ("y", "z")]
+        return client.infer(MODEL, [tensor], outputs=wanted)
+    client = grpc.InferenceServerClient(f"127.0.0.1:{server.settings.grpc_port}")
+    tensor = grpc.InferInput("x", list(x.shape), "FP32")
+    tensor.set_data_from_numpy(x)
+    return client.infer(MODEL, [tensor])
+
+
+def rows(count: int, positions: int) -> np.ndarray:
+    """`count` rows of values of both signs and several magnitudes, each row unlike the others."""
+    return np.random.default_rng(count).normal(0, 3, (count, positions)).astype(np.float32)
+
+
+@pytest.mark.parametrize("transport", ["http", "grpc"])
+def test_a_request_of_more_rows_than_a_batch_runs_in_calls_of_a_batch_and_answers_as_one_call(
+    positions: tuple[LocalServer, ort.InferenceSession], transport: str
+) -> None:
+    server, session = positions
+    batching = http.InferenceServerClient(server.address).get_model_metadata(MODEL)["batching"]
+    assert (batching["max_batch_size"], batching["split_rows"]) == (MOST_ROWS, MOST_ROWS)
+    x = rows(10, 5)
+    before = calls(server)
+
+    result = infer(server, transport, x)
+
+    y, z = session.run(["y", "z"], {"x": x})  # the whole request in one call
+    np.testing.assert_array_equal(result.as_numpy("y"), y)
+    np.testing.assert_array_equal(result.as_numpy("z"), z)
+    ran = tuple(after - earlier for after, earlier in zip(calls(server), before, strict=True))
+    assert ran == (3, 10, 3), "three calls (4, 4 and 2 rows), none of more than a batch"
+
+
+def test_a_request_whose_rows_mix_runs_in_one_call_as_it_would_alone(
+    dynamic: tuple[LocalServer, ort.InferenceSession],
+) -> None:
+    """One scale over the call's rows: split into calls of one row (the policy's batch for such a
+    model), the small rows would be quantized by their own scale and answered otherwise."""
+    server, session = dynamic
+    batching = http.InferenceServerClient(server.address).get_model_metadata(MODEL)["batching"]
+    assert (batching["max_batch_size"], batching["split_rows"]) == (1, 0)
+    x = rows(10, 4) * np.geomspace(0.01, 100, 10, dtype=np.float32)[:, None]
+    before = calls(server)
+
+    client = http.InferenceServerClient(server.address)
+    tensor = http.InferInput("x", list(x.shape), "FP32")
+    tensor.set_data_from_numpy(x)
+    answer = client.infer(MODEL, [tensor]).as_numpy("y")
+
+    [whole] = session.run(["y"], {"x": x})
+    np.testing.assert_array_equal(answer, whole)
+    assert not np.array_equal(answer[0], session.run(["y"], {"x": x[:1]})[0][0]), "the rows do mix"
+    ran = tuple(after - earlier for after, earlier in zip(calls(server), before, strict=True))
+    assert ran[:2] == (1, 10), "one call of the request's ten rows"
+
+
+def test_a_health_probe_is_answered_while_a_large_json_answer_is_encoded(
+    positions: tuple[LocalServer, ort.InferenceSession],
+) -> None:
+    """The probe is sent once the model has run the request and before its 67 MB JSON answer is
+    encoded; it must be answered before that request is counted as answered, which happens once its
+    answer is encoded. Encoded on the event loop, the probe waited for the whole encoding."""
+    server, session = positions
+    TellsWhenRun.ran.clear()
+    answered = server.metric(Metric.REQUESTS_TOTAL, code="200")
+    x = rows(BIG_ROWS, 64)
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        big = pool.submit(infer, server, "http", x, binary=False)
+        assert TellsWhenRun.ran.wait(120), "the large request ran"
+        assert httpx.get(f"{server.url}/v2/health/ready", timeout=60).status_code == 200
+        answered_before_the_probe = server.metric(Metric.REQUESTS_TOTAL, code="200") - answered
+        z = big.result(timeout=300).as_numpy("z")
+
+    assert answered_before_the_probe == 0, "the probe waited for the large answer's encoding"
+    np.testing.assert_array_equal(z, session.run(["z"], {"x": x})[0])
