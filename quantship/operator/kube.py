@@ -28,7 +28,7 @@ from kubernetes.utils import parse_quantity
 from quantship.operator import crd, names, resources
 from quantship.operator.settings import RESYNC_INTERVAL, SERVER_BIND_ADDRESS
 from quantship.operator.spec import ModelSpec
-from quantship.operator.status import has_served
+from quantship.operator.status import degraded_reason, has_served
 from quantship.operator.watched import DEPLOYMENT, SERVICE, Children, Gone, Written
 from quantship.rollout import PortError, Track
 
@@ -404,12 +404,16 @@ class KubeWorkloads:
         """What this tick read from the API while `fresh`, by Deployment name."""
         self._read_services: dict[str, dict[str, Any] | None] = {}
         """What this tick read from the API while `fresh`, by Service name."""
+        self.in_conflict = degraded_reason(owner.get("status") or {}) == CHILD_NOT_OURS
+        """A child of a name the model needs is another's (its status says so): every child is read
+        before it is created, as one that may exist. Created outright, that one was answered 409 at
+        every retry, a write a tick while nothing changed."""
 
     async def run(self, revision: str, track: Track) -> None:
         # A revision the status does not name yet is new: create it outright. Reading first would
         # be answered 404 on every new revision, and creating what exists 409 on every promotion.
         namespace, name = self.spec.namespace, resources.child_name(self.spec, revision)
-        known = revision in _revisions(self.owner)
+        known = revision in _revisions(self.owner) or self.in_conflict
         current = await self.deployment(revision) if known else None
         if current is None:
             if revision != self.spec.revision:
@@ -480,7 +484,7 @@ class KubeWorkloads:
             return  # neither its Deployment nor the spec says which pods it selects: left as it is
         wanted = resources.service(self.spec, revision, self.owner, pods)
         name = wanted["metadata"]["name"]
-        current = await self.service(name, may_exist=may_exist)
+        current = await self.service(name, may_exist=may_exist or self.in_conflict)
         if current is None:
             self._read_services.pop(name, None)  # read again after a write, as a Deployment is
             created = await _call(
