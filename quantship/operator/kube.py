@@ -59,17 +59,15 @@ class ModelGone(PortError):
         super().__init__(f"{crd.KIND} {namespace}/{name} is gone from the API", reason=MODEL_GONE)
 
 
-DEPLOYMENT_GONE = "DeploymentGone"
+class ChildGone(PortError):
+    """One of our Deployments or Services (`kind`) that a tick read is not in the API: a write to
+    it was answered 404 (an adoption's too: the garbage collector took the predecessor's child
+    meanwhile), or a router found a Deployment missing before sending it traffic. What it was
+    read from is stale (kopf's index lists again after a watch's 410 without computing
+    deletions): the tick decides again on what the API says (`KubeWorkloads.fresh`)."""
 
-
-class DeploymentGone(PortError):
-    """One of our Deployments that kopf's index holds is not in the API: a write to it was answered
-    404, or a router found it missing before sending it traffic. The index is stale (kopf lists
-    again after a watch's 410 without computing deletions): the tick decides again on what the API
-    says (`KubeWorkloads.fresh`)."""
-
-    def __init__(self, namespace: str, name: str) -> None:
-        super().__init__(f"Deployment {namespace}/{name} is gone from the API", reason=DEPLOYMENT_GONE)
+    def __init__(self, kind: str, namespace: str, name: str) -> None:
+        super().__init__(f"{kind} {namespace}/{name} is gone from the API", reason=f"{kind}Gone")
 
 
 class Kube:
@@ -426,7 +424,7 @@ class KubeWorkloads:
                 return
             current = await self.deployment(revision)  # there: a tick that failed half-way, or an old owner's
         if current is not None:
-            await self._adopt("Deployment", current)
+            await self._adopt(DEPLOYMENT, current)
             if current["metadata"].get("labels", {}).get("track") != track.value:
                 await self._relabel(current, track)
         await self.ensure_service(revision, may_exist=True)
@@ -496,15 +494,20 @@ class KubeWorkloads:
             current = None if created is not None else await self._from_api(SERVICE, name)
             if current is None:
                 return
-        await self._adopt("Service", current)
+        await self._adopt(SERVICE, current)
         patch = service_patch(current, wanted)
         if patch:
             self._read_services.pop(name, None)
-            await _call(
+            held = self.children.uids(SERVICE, namespace, name)
+            patched = await _call(
                 f"restoring the selector and ports of Service {name}",
                 self.kube.core.patch_namespaced_service(name, namespace, patch, _content_type=JSON_PATCH),
                 timeout=self.kube.timeout,
+                missing_ok=True,
             )
+            if patched is None:
+                self._proved_gone(SERVICE, name, held)
+                raise ChildGone(SERVICE, namespace, name)
 
     def _pods_of(self, revision: str) -> dict[str, str] | None:
         """The labels `revision`'s Deployment selects its pods by, as the index (or the last read)
@@ -546,14 +549,18 @@ class KubeWorkloads:
         ]
         call = (
             self.kube.apps.patch_namespaced_deployment
-            if kind == "Deployment"
+            if kind == DEPLOYMENT
             else self.kube.core.patch_namespaced_service
         )
-        await _call(
+        adopted = await _call(
             f"adopting {name}",
             call(metadata["name"], self.spec.namespace, patch, _content_type=JSON_PATCH),
             timeout=self.kube.timeout,
+            missing_ok=True,
         )
+        if adopted is None:  # collected with its old owner since it was read: made again
+            self._proved_gone(kind, metadata["name"], {metadata["uid"]})
+            raise ChildGone(kind, self.spec.namespace, metadata["name"])
 
     def _predecessor(self, controller: Mapping[str, Any] | None) -> bool:
         """Whether a controller reference names a QuantizedModel of this model's name (of its
@@ -652,7 +659,7 @@ class KubeWorkloads:
         self.kube.gone.add(kind, self.spec.namespace, name, held)
 
     async def _patch_deployment(self, what: str, name: str, patch: Any, content_type: str) -> None:
-        """Patch one of our Deployments; one the API no longer has raises DeploymentGone: whoever
+        """Patch one of our Deployments; one the API no longer has raises ChildGone: whoever
         read it (the index) was stale."""
         self._read.pop(name, None)
         held = self.children.uids(DEPLOYMENT, self.spec.namespace, name)
@@ -666,7 +673,7 @@ class KubeWorkloads:
         )
         if patched is None:
             self._proved_gone(DEPLOYMENT, name, held)
-            raise DeploymentGone(self.spec.namespace, name)
+            raise ChildGone(DEPLOYMENT, self.spec.namespace, name)
 
     async def conform(self, revision: str) -> None:
         """A settled model's stable Deployment as the spec asks now (`restore` made it again if it
@@ -742,7 +749,7 @@ class GatewayRouter:
         writes nothing to it that a 404 would answer (the replicas router's scale does). One GET
         per revision routed, at a decision only."""
         if await self.kube.read_deployment(self.spec.namespace, name) is None:
-            raise DeploymentGone(self.spec.namespace, name)
+            raise ChildGone(DEPLOYMENT, self.spec.namespace, name)
 
     async def release(self) -> None:
         """Point the route back at the shared Service name, as the user wrote it (on deletion)."""

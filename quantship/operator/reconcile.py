@@ -15,16 +15,16 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Mapping, MutableMapping
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import kopf
 
 from quantship.operator import crd, placement, quantization, resources
 from quantship.operator import status as status_module
 from quantship.operator.kube import (
-    DeploymentGone,
+    ChildGone,
     GatewayRouter,
     Kube,
     KubeWorkloads,
@@ -59,6 +59,7 @@ RESTORED = "Restored"
 """The Event reason of a Deployment the rollout needs that was gone and was made again."""
 UNSAVED = "unsaved"
 """The memo key of the `Acted` tick whose status write failed."""
+T = TypeVar("T")
 
 
 @dataclass
@@ -214,16 +215,7 @@ async def _reconcile(
         return await _rebalanced(router, decision)
 
     try:
-        try:
-            decision = await ticked()
-        except DeploymentGone as exc:
-            if workloads.fresh:
-                raise
-            # the index kept a Deployment deleted while its watch was away: decided again on what
-            # the API says, so a canary gone is rolled back as not ready and a stable gone made again
-            logger.info("%s: deciding again on our Deployments as the API has them", exc)
-            workloads.fresh = True
-            decision = await ticked()
+        decision = await _on_fresh_reads_if_gone(workloads, ticked, logger)
     except ModelGone:
         raise
     except PortError as exc:
@@ -240,7 +232,9 @@ async def _reconcile(
         said = f"{decision.degraded}; {trouble[1]}" if trouble else decision.degraded
         degraded = (_degraded_reason(decision), said)
     try:  # after the tick: a Service in conflict must not keep a failing canary from its rollback
-        await _conform_services(workloads, spec, decision.status)
+        await _on_fresh_reads_if_gone(
+            workloads, lambda: _conform_services(workloads, spec, decision.status), logger
+        )
     except PortError as exc:
         degraded = degraded or (exc.reason, str(exc))
     placed = await _placement(ctx.kube, spec, decision.status, previous, logger)
@@ -265,6 +259,23 @@ async def _reconcile(
     )
     await _save(ctx, memo, body, acted, workloads, logger)
     return decision
+
+
+async def _on_fresh_reads_if_gone(
+    workloads: KubeWorkloads, act: Callable[[], Awaitable[T]], logger: logging.Logger | Any
+) -> T:
+    """`act`, and again on our Deployments and Services as the API has them where it found one
+    gone that it read from kopf's index (which keeps what was deleted while its watch was away)
+    or that was collected since: a canary gone is rolled back as not ready, a stable or a Service
+    gone made again, in this tick."""
+    try:
+        return await act()
+    except ChildGone as exc:
+        if workloads.fresh:
+            raise
+        logger.info("%s: deciding again on our Deployments and Services as the API has them", exc)
+        workloads.fresh = True
+        return await act()
 
 
 @dataclass(frozen=True)
