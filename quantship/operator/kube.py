@@ -587,7 +587,14 @@ class KubeWorkloads:
         100% read 1 ready pod of 1 there); a no, however stale, only keeps one longer."""
         if not _all_ready(await self.deployment(revision)):
             return False
-        return _all_ready(await self._from_api(DEPLOYMENT, resources.child_name(self.spec, revision)))
+        return _all_ready(await self.in_api(revision))
+
+    async def in_api(self, revision: str) -> dict[str, Any] | None:
+        """A revision's Deployment as the API has it (None: gone): as this tick read it there where
+        it is `fresh`, else read now."""
+        if self.fresh:
+            return await self.deployment(revision)
+        return await self._from_api(DEPLOYMENT, resources.child_name(self.spec, revision))
 
     async def remove(self, revision: str) -> None:
         name = resources.child_name(self.spec, revision)
@@ -725,12 +732,14 @@ class GatewayRouter:
     fails the patch instead of being overwritten; the next tick retries on the fresh route.
     """
 
-    def __init__(self, kube: Kube, spec: ModelSpec) -> None:
+    def __init__(self, kube: Kube, spec: ModelSpec, workloads: KubeWorkloads | None = None) -> None:
         if spec.http_route is None:
             raise ValueError("GatewayRouter needs spec.traffic.httpRoute")
         self.kube = kube
         self.spec = spec
         self.route_name = spec.http_route
+        self.workloads = workloads if workloads is not None else KubeWorkloads(kube, spec, {})
+        """The tick's: what the revisions routed are read from (a release routes none)."""
 
     async def route(self, stable: str, canary: str | None, weight: int) -> float:
         wanted: list[tuple[str, int | None]] = [
@@ -738,17 +747,19 @@ class GatewayRouter:
         ]
         if canary:
             wanted.append((resources.child_name(self.spec, canary), weight))
-        for name, _ in wanted:
-            await self._confirm(name)
+        for revision in (stable, canary):
+            if revision is not None:
+                await self._confirm(revision)
         await self.set_refs(wanted)
         return float(weight) if canary else 0.0
 
-    async def _confirm(self, name: str) -> None:
+    async def _confirm(self, revision: str) -> None:
         """A revision's Deployment is in the API before its Service gets a weight. The tick may have
         read it from an index that keeps one deleted while its watch was away, and a gateway's step
         writes nothing to it that a 404 would answer (the replicas router's scale does). One GET
-        per revision routed, at a decision only."""
-        if await self.kube.read_deployment(self.spec.namespace, name) is None:
+        per revision routed, at a decision only, and none on a tick that read it from the API."""
+        if await self.workloads.in_api(revision) is None:
+            name = resources.child_name(self.spec, revision)
             raise ChildGone(DEPLOYMENT, self.spec.namespace, name)
 
     async def release(self) -> None:

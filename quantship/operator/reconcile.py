@@ -93,7 +93,7 @@ class Context:
 
 def router_for(kube: Kube, spec: ModelSpec, workloads: KubeWorkloads) -> TrafficRouter:
     if spec.router == "gateway-api":
-        return GatewayRouter(kube, spec)
+        return GatewayRouter(kube, spec, workloads)
     return ReplicaRouter(kube, spec, workloads)
 
 

@@ -234,6 +234,29 @@ async def test_an_in_flight_model_reads_its_deployments_and_services_once_a_resy
     assert len(during) <= 5 * (2 / 0.5 + 1), "one of each per resync interval"
 
 
+async def test_a_gateway_step_reads_each_deployment_once_on_a_tick_that_read_them_from_the_api(
+    cluster: Partition, kubectl: Kubectl, start_operator: StartOperator
+) -> None:
+    """A gateway's step reads each revision it routes from the API before giving it a weight; a
+    tick reading the API anyway (here every one: its resync interval is shorter than its ticks')
+    read each twice, its own read and the router's."""
+    await start_operator(ScriptedMetrics(), resync_interval=0.1)
+    since = len(cluster.answers)
+    await canary_at_step_1(kubectl, "gateway-api", {"steps": [25, 50, 100], "stepInterval": "1s"})
+    await eventually(lambda: status_of(kubectl).get("step") == 1, what="step 2, routed")
+
+    requests = [r for r in operator_requests(cluster, since) if "/events" not in r]
+    deployments = f"200 GET /apis/apps/v1/namespaces/{NAMESPACE}/deployments/"
+    routes = [i for i, r in enumerate(requests) if r.startswith("200 GET") and "/httproutes/" in r]
+    for at in routes:
+        first = at
+        while first > 0 and requests[first - 1].startswith(deployments):
+            first -= 1
+        read = requests[first:at]  # the routing tick's reads of the revisions it routes
+        assert len(read) == len(set(read)), read
+    assert len(routes) >= 3, "the first revision's, step 1's and step 2's"
+
+
 async def test_a_model_deleted_while_the_watch_was_away_stops_ticking_and_leaves_metrics(
     cluster: Partition, kubectl: Kubectl, start_operator: StartOperator
 ) -> None:
