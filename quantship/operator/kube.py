@@ -762,6 +762,17 @@ class GatewayRouter:
             name = resources.child_name(self.spec, revision)
             raise ChildGone(DEPLOYMENT, self.spec.namespace, name)
 
+    async def rebalance(self, stable: str, canary: str, weight: int) -> float | None:
+        """Both revisions at spec.replicas again, if they are not: spec.replicas changed mid-canary
+        (scaled up for load, as Argo Rollouts rescales both ReplicaSets at once), or a Deployment
+        scaled by hand. The weights stay (None: the achieved weight too). Read from the index: no
+        request while they match."""
+        for revision in (canary, stable):  # up before down, as the replicas router scales
+            current = await self.workloads.deployment(revision)
+            if current is not None and current["spec"].get("replicas") != self.spec.replicas:
+                await self.workloads.scale(revision, self.spec.replicas)
+        return None
+
     async def release(self) -> None:
         """Point the route back at the shared Service name, as the user wrote it (on deletion)."""
         await self.set_refs([(self.spec.name, None)])

@@ -399,11 +399,13 @@ async def _conform_services(workloads: KubeWorkloads, spec: ModelSpec, status: R
 
 
 async def _rebalanced(router: TrafficRouter, decision: Decision) -> Decision:
-    """A canary between steps keeps its weight's split of spec.replicas as they change (the replicas
-    router; a gateway's weights do not depend on them). The engine routes only at a step."""
+    """A canary between steps follows spec.replicas as they change: the replicas router's split of
+    them at its weight, a gateway's spec.replicas in both tracks. The engine routes only at a step."""
     status = decision.status
     routed = decision.action in (Action.SET_WEIGHT, Action.PROMOTE, Action.ROLL_BACK, Action.FAIL)
-    if routed or not isinstance(router, ReplicaRouter) or not (status.in_flight and status.canary):
+    if not isinstance(router, ReplicaRouter | GatewayRouter):
+        return decision
+    if routed or not (status.in_flight and status.canary):
         return decision
     if status.stable is None or status.step < 0:
         return decision
