@@ -60,11 +60,12 @@ class ModelGone(PortError):
 
 
 class ChildGone(PortError):
-    """One of our Deployments or Services (`kind`) that a tick read is not in the API: a write to
-    it was answered 404 (an adoption's too: the garbage collector took the predecessor's child
-    meanwhile), or a router found a Deployment missing before sending it traffic. What it was
-    read from is stale (kopf's index lists again after a watch's 410 without computing
-    deletions): the tick decides again on what the API says (`KubeWorkloads.fresh`)."""
+    """One of our Deployments or Services (`kind`) that a tick read is not in the API: a write to a
+    Deployment was answered 404, a router found one missing before sending it traffic, or a child
+    made came and went twice (409, then 404). What it was read from is stale (kopf's index lists
+    again after a watch's 410 without computing deletions): the tick decides again on what the
+    API says (`KubeWorkloads.fresh`). A Service gone, or a predecessor's child collected before
+    its adoption, is made again where the 404 answers."""
 
     def __init__(self, kind: str, namespace: str, name: str) -> None:
         super().__init__(f"{kind} {namespace}/{name} is gone from the API", reason=f"{kind}Gone")
@@ -413,20 +414,19 @@ class KubeWorkloads:
         namespace, name = self.spec.namespace, resources.child_name(self.spec, revision)
         known = revision in _revisions(self.owner) or self.in_conflict
         current = await self.deployment(revision) if known else None
-        if current is None:
+        if current is None or not await self._adopt(DEPLOYMENT, current):
+            # none, or its predecessor's that the collector took since it was read: made again
             if revision != self.spec.revision:
                 raise PortError(
                     f"Deployment {namespace}/{name} is gone and revision {revision} is no longer in the spec",
                     reason="RevisionGone",
                 )
-            if await self._create_deployment(self._built(revision, track)):
+            current = await self._create_or_adopt(DEPLOYMENT, self._built(revision, track))
+            if current is None:
                 await self.ensure_service(revision, may_exist=False)
                 return
-            current = await self.deployment(revision)  # there: a tick that failed half-way, or an old owner's
-        if current is not None:
-            await self._adopt(DEPLOYMENT, current)
-            if current["metadata"].get("labels", {}).get("track") != track.value:
-                await self._relabel(current, track)
+        if current["metadata"].get("labels", {}).get("track") != track.value:
+            await self._relabel(current, track)
         await self.ensure_service(revision, may_exist=True)
 
     async def restore(self, revision: str, track: Track) -> bool:
@@ -445,7 +445,7 @@ class KubeWorkloads:
         model, uid = self.owner["metadata"]["name"], self.owner["metadata"].get("uid")
         if not await self.kube.model_exists(self.spec.namespace, model, uid):
             raise ModelGone(self.spec.namespace, model)
-        made = await self._create_deployment(body)
+        made = await self._create(DEPLOYMENT, body)
         await self.ensure_service(revision, may_exist=True)
         return made
 
@@ -457,19 +457,34 @@ class KubeWorkloads:
         seen = self.kube.last_seen.get((self.spec.namespace, name))
         return resources.made_again(seen, self.owner) if seen is not None else None
 
-    async def _create_deployment(self, body: Mapping[str, Any]) -> bool:
-        """Create a Deployment: True, or False when one of its name is there already (409)."""
+    async def _create(self, kind: str, body: Mapping[str, Any]) -> bool:
+        """Create one of our Deployments or Services: True, or False when one of its name is there
+        already (409). A `fresh` tick reads it from the API again after."""
         name = body["metadata"]["name"]
-        self._read.pop(name, None)
+        (self._read if kind == DEPLOYMENT else self._read_services).pop(name, None)
+        namespace = self.spec.namespace
         created = await _call(
-            f"creating Deployment {name}",
-            self.kube.apps.create_namespaced_deployment(
-                self.spec.namespace, to_model(client.V1Deployment, body)
-            ),
+            f"creating {kind} {name}",
+            self.kube.apps.create_namespaced_deployment(namespace, to_model(client.V1Deployment, body))
+            if kind == DEPLOYMENT
+            else self.kube.core.create_namespaced_service(namespace, to_model(client.V1Service, body)),
             exists_ok=True,
             timeout=self.kube.timeout,
         )
         return created is not None
+
+    async def _create_or_adopt(self, kind: str, body: Mapping[str, Any]) -> dict[str, Any] | None:
+        """Create one of our children as `body`: None, or the one of its name there already (a tick
+        that failed half-way, or the predecessor's), adopted. One gone before its adoption (the
+        collector took it with its old owner) is created again, once."""
+        name = body["metadata"]["name"]
+        for _ in range(2):
+            if await self._create(kind, body):
+                return None
+            current = await self._from_api(kind, name)
+            if current is not None and await self._adopt(kind, current):
+                return current
+        raise ChildGone(kind, self.spec.namespace, name)
 
     async def ensure_service(self, revision: str | None, *, may_exist: bool = True) -> None:
         """A revision's Service (None: the model's shared one) made if missing; its selector (the pods
@@ -483,18 +498,11 @@ class KubeWorkloads:
         wanted = resources.service(self.spec, revision, self.owner, pods)
         name = wanted["metadata"]["name"]
         current = await self.service(name, may_exist=may_exist or self.in_conflict)
-        if current is None:
-            self._read_services.pop(name, None)  # read again after a write, as a Deployment is
-            created = await _call(
-                f"creating Service {name}",
-                self.kube.core.create_namespaced_service(namespace, to_model(client.V1Service, wanted)),
-                exists_ok=True,
-                timeout=self.kube.timeout,
-            )
-            current = None if created is not None else await self._from_api(SERVICE, name)
+        if current is None or not await self._adopt(SERVICE, current):
+            # none, or its predecessor's that the collector took since it was read: made again
+            current = await self._create_or_adopt(SERVICE, wanted)
             if current is None:
                 return
-        await self._adopt(SERVICE, current)
         patch = service_patch(current, wanted)
         if patch:
             self._read_services.pop(name, None)
@@ -505,9 +513,9 @@ class KubeWorkloads:
                 timeout=self.kube.timeout,
                 missing_ok=True,
             )
-            if patched is None:
+            if patched is None:  # deleted since it was read: made again as wanted, in this tick
                 self._proved_gone(SERVICE, name, held)
-                raise ChildGone(SERVICE, namespace, name)
+                await self._create_or_adopt(SERVICE, wanted)
 
     def _pods_of(self, revision: str) -> dict[str, str] | None:
         """The labels `revision`'s Deployment selects its pods by, as the index (or the last read)
@@ -520,18 +528,20 @@ class KubeWorkloads:
             return dict((made.get("spec") or {}).get("selector", {}).get("matchLabels") or {}) or None
         return resources.selector(self.spec, revision) if revision == self.spec.revision else None
 
-    async def _adopt(self, kind: str, current: Mapping[str, Any]) -> None:
+    async def _adopt(self, kind: str, current: Mapping[str, Any]) -> bool:
         """A child whose controller is another QuantizedModel of this name (deleted and created again
         at once: `kubectl replace --force`) becomes ours, so that the garbage collector, which
         removes the dependents of the old uid, leaves it: one being deleted already is waited for.
         Any other is not ours, and never patched: ChildNotOurs. The user's, or another model's
         child of this name: model `a`'s revision Service `a-0123456789` is the shared Service a
-        model named `a-0123456789` wants, and adopting it in turn flipped its traffic each tick."""
+        model named `a-0123456789` wants, and adopting it in turn flipped its traffic each tick.
+        False: it is gone (the collector took it with its old owner since it was read: the patch
+        was answered 404), and the caller makes it again as one never there."""
         metadata = current["metadata"]
         uid = self.owner.get("metadata", {}).get("uid")
         controller = next((r for r in metadata.get("ownerReferences") or [] if r.get("controller")), None)
         if controller is not None and controller.get("uid") == uid:
-            return
+            return True
         name = f"{kind} {self.spec.namespace}/{metadata['name']}"
         if not self._predecessor(controller):
             raise PortError(
@@ -558,9 +568,9 @@ class KubeWorkloads:
             timeout=self.kube.timeout,
             missing_ok=True,
         )
-        if adopted is None:  # collected with its old owner since it was read: made again
+        if adopted is None:
             self._proved_gone(kind, metadata["name"], {metadata["uid"]})
-            raise ChildGone(kind, self.spec.namespace, metadata["name"])
+        return adopted is not None
 
     def _predecessor(self, controller: Mapping[str, Any] | None) -> bool:
         """Whether a controller reference names a QuantizedModel of this model's name (of its
@@ -621,11 +631,12 @@ class KubeWorkloads:
     async def service(self, name: str, *, may_exist: bool = True) -> dict[str, Any] | None:
         """One of our Services as the index holds it (else, where it `may_exist`, as the API does),
         or None; `fresh` and where it `may_exist`: as the API does. One that may not (a new
-        revision's, its Deployment just made) is created outright: no 409 on every new revision."""
-        if self.fresh and may_exist:
-            if name not in self._read_services:
+        revision's, its Deployment just made) is created outright: no 409 on every new revision;
+        `fresh`, the index's copy is not trusted for it either (the collector may have taken it)."""
+        if self.fresh:  # one that may not exist is not read: the index may keep one deleted
+            if may_exist and name not in self._read_services:
                 self._read_services[name] = await self._from_api(SERVICE, name)
-            return self._read_services[name]
+            return self._read_services.get(name)
         watched = self.children.service(self.spec.namespace, name)
         if watched is not None or not may_exist:
             return watched

@@ -232,9 +232,7 @@ async def _reconcile(
         said = f"{decision.degraded}; {trouble[1]}" if trouble else decision.degraded
         degraded = (_degraded_reason(decision), said)
     try:  # after the tick: a Service in conflict must not keep a failing canary from its rollback
-        await _on_fresh_reads_if_gone(
-            workloads, lambda: _conform_services(workloads, spec, decision.status), logger
-        )
+        await _conform_services(workloads, spec, decision.status)
     except PortError as exc:
         degraded = degraded or (exc.reason, str(exc))
     placed = await _placement(ctx.kube, spec, decision.status, previous, logger)
@@ -264,10 +262,9 @@ async def _reconcile(
 async def _on_fresh_reads_if_gone(
     workloads: KubeWorkloads, act: Callable[[], Awaitable[T]], logger: logging.Logger | Any
 ) -> T:
-    """`act`, and again on our Deployments and Services as the API has them where it found one
-    gone that it read from kopf's index (which keeps what was deleted while its watch was away)
-    or that was collected since: a canary gone is rolled back as not ready, a stable or a Service
-    gone made again, in this tick."""
+    """`act`, and again on our Deployments and Services as the API has them where it found a
+    Deployment gone that it read from kopf's index (which keeps what was deleted while its watch
+    was away): a canary gone is rolled back as not ready, a stable gone made again, in this tick."""
     try:
         return await act()
     except ChildGone as exc:

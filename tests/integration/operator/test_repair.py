@@ -252,3 +252,72 @@ async def test_a_service_gone_as_its_repair_is_written_is_made_again_in_that_tic
     assert made["spec"]["selector"] == before["spec"]["selector"]
     assert status(kubectl)["phase"] == "Progressing"
     assert degraded_written(cluster) == [], "a Service gone is made again, not an error"
+
+
+async def test_all_a_predecessors_children_collected_before_their_adoption_are_made_again_not_an_error(
+    cluster: Cluster, kubectl: Kubectl, start_operator: StartOperator
+) -> None:
+    """`kubectl replace --force`: the garbage collector takes every child of the model deleted, not
+    one. The tick decided again on fresh reads, whose new revision's Service (`may_exist=False`)
+    was still kopf's copy: adopted, answered 404 again, and said Degraded ServiceGone."""
+    await start_operator(ScriptedMetrics())
+    await serving(kubectl, spec_of(V1))
+    before = {name: (kubectl.service(name) or {})["metadata"]["uid"] for name in (STABLE, "digits")}
+    deployment = (kubectl.deployment(STABLE) or {})["metadata"]["uid"]
+
+    await kubectl.delete()
+    for plural, name in (("deployments", STABLE), ("services", STABLE), ("services", "digits")):
+        cluster.delete_before(the_operators_write(plural, name))  # each adoption's patch
+    await kubectl.apply(spec_of(V1))
+
+    await eventually(
+        lambda: (found := kubectl.deployment(STABLE)) and found["metadata"]["uid"] != deployment,
+        what="the Deployment made again",
+    )
+    await kubectl.make_ready(STABLE, 2)
+    status = await phase_is(kubectl, "Promoted")
+    await eventually(
+        lambda: all(
+            (kubectl.service(name) or {}).get("metadata", {}).get("uid") not in (None, uid)
+            for name, uid in before.items()
+        ),
+        what="both Services made again",
+    )
+    assert condition(status, "Degraded")["status"] == "False"
+    assert degraded_written(cluster) == [], "children gone are made again, not an error"
+
+
+async def test_the_stable_made_again_as_its_service_repair_is_answered_404_is_said_restored(
+    cluster: Cluster, kubectl: Kubectl, start_operator: StartOperator, api: client.ApiClient
+) -> None:
+    """Mid-canary the stable's Deployment is deleted, and its Service (edited by hand) deleted as
+    the repair arrives: `_restore` made the Deployment, the repair's 404 made the tick decide again,
+    and that `_restore` found it there: no Restored Event, and the engine was told none."""
+    await start_operator(ScriptedMetrics())
+    await canary_at_step_1(kubectl, "replicas", SLOW_STEPS)
+    before, service = kubectl.deployment(STABLE), kubectl.service(STABLE)
+    assert before is not None and service is not None
+
+    cluster.delete_before(the_operators_write("services", STABLE))
+    await client.CoreV1Api(api).patch_namespaced_service(
+        STABLE, NAMESPACE, {"spec": {"selector": {"app": "other"}}}
+    )
+    await client.AppsV1Api(api).delete_namespaced_deployment(STABLE, NAMESPACE)
+
+    await eventually(
+        lambda: (
+            (found := kubectl.deployment(STABLE)) and found["metadata"]["uid"] != before["metadata"]["uid"]
+        ),
+        what="the stable made again",
+    )
+    made = await eventually(
+        lambda: (
+            (found := kubectl.service(STABLE))
+            and found["metadata"]["uid"] != service["metadata"]["uid"]
+            and found
+        ),
+        what="its Service made again",
+    )
+    assert made["spec"]["selector"] == service["spec"]["selector"]
+    assert len(await posted(kubectl, "Restored")) == 1
+    assert degraded_written(cluster) == [], "a Service gone is made again, not an error"
