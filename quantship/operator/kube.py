@@ -434,7 +434,8 @@ class KubeWorkloads:
         model was deleted and created again): True when this call made it. From the spec while it
         asks for `revision`, else from the body last seen (a stable mid-canary); neither: False,
         and the engine finds it not ready. Only a `fresh` tick sees one deleted while the index's
-        watch was away (kopf computes no deletions on a relist)."""
+        watch was away (kopf computes no deletions on a relist). Its Service is the caller's to
+        make again (`ensure_service`), once it has said that this call made the Deployment."""
         name = resources.child_name(self.spec, revision)
         current = await self.deployment(revision)
         if current is not None:
@@ -445,9 +446,7 @@ class KubeWorkloads:
         model, uid = self.owner["metadata"]["name"], self.owner["metadata"].get("uid")
         if not await self.kube.model_exists(self.spec.namespace, model, uid):
             raise ModelGone(self.spec.namespace, model)
-        made = await self._create(DEPLOYMENT, body)
-        await self.ensure_service(revision, may_exist=True)
-        return made
+        return await self._create(DEPLOYMENT, body)
 
     def _built(self, revision: str, track: Track) -> dict[str, Any]:
         replicas = self.spec.replicas if track is Track.STABLE else self.canary_replicas

@@ -198,8 +198,10 @@ async def _reconcile(
     for_a_canary = current.in_flight
     router = router_for(ctx.kube, spec, workloads)
 
+    restored: list[str] = []  # kept when the tick decides again: made (and said) once
+
     async def ticked() -> Decision:
-        restored = await _restore(workloads, current, spec, body, logger)
+        await _restore(workloads, current, spec, body, logger, restored)
         decision = await tick(
             current,
             spec.rollout,
@@ -210,7 +212,7 @@ async def _reconcile(
             abort=for_a_canary and crd.ABORT_ANNOTATION in annotations,
             promote=for_a_canary and crd.PROMOTE_ANNOTATION in annotations,
             retry=crd.RETRY_ANNOTATION in annotations,
-            restored=restored,
+            restored=tuple(restored),
         )
         return await _rebalanced(router, decision)
 
@@ -370,11 +372,12 @@ async def _restore(
     spec: ModelSpec,
     body: Mapping[str, Any],
     logger: Any,
-) -> tuple[str, ...]:
+    made: list[str],
+) -> None:
     """Make the Deployments the rollout needs again where they are gone (as Argo Rollouts makes a
-    deleted ReplicaSet again), each said in a warning Event; the revisions made again. Read from
+    deleted ReplicaSet again), each said in a warning Event and added to `made` as soon as it is
+    made, then its Service: a tick that fails or decides again after finds it there. Read from
     the API on a `fresh` tick (`KubeWorkloads.fresh`), where the index may be stale."""
-    made: list[str] = []
     for revision, track in _to_restore(status, spec):
         if await workloads.restore(revision, track):
             made.append(revision)
@@ -382,7 +385,7 @@ async def _restore(
             message = f"Deployment {name}: {track.value} {made_again(revision)}"
             kopf.warn(_event_target(body), reason=RESTORED, message=message)
             logger.warning("%s: %s", RESTORED, message)
-    return tuple(made)
+            await workloads.ensure_service(revision)
 
 
 async def _conform_services(workloads: KubeWorkloads, spec: ModelSpec, status: RolloutStatus) -> None:

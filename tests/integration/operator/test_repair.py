@@ -321,3 +321,39 @@ async def test_the_stable_made_again_as_its_service_repair_is_answered_404_is_sa
     assert made["spec"]["selector"] == service["spec"]["selector"]
     assert len(await posted(kubectl, "Restored")) == 1
     assert degraded_written(cluster) == [], "a Service gone is made again, not an error"
+
+
+async def test_the_stable_made_again_is_said_restored_though_making_its_service_again_failed(
+    cluster: Cluster, kubectl: Kubectl, start_operator: StartOperator, api: client.ApiClient
+) -> None:
+    """Its Deployment and Service deleted by hand: `restore` made the Deployment, then the Service's
+    creation was refused and the tick failed before its Restored Event; the retry found the
+    Deployment there, and it was never said."""
+    await start_operator(ScriptedMetrics(), resync_interval=0.5)
+    await serving(kubectl, spec_of(V1))
+    before = kubectl.service(STABLE)
+    assert before is not None
+    refused: list[kmock.Request] = []
+
+    def first_service_created(request: kmock.Request) -> bool:
+        picked = (
+            not refused
+            and request.headers.get("User-Agent") != TESTS_USER_AGENT
+            and request.resource is not None
+            and request.resource.plural == "services"
+            and request.action == kmock.action.CREATE
+        )
+        if picked:
+            refused.append(request)
+        return picked
+
+    cluster.refuse(first_service_created, kmock.KubernetesError(status=500, reason="InternalError"))
+    await kubectl.apps.delete_namespaced_deployment(STABLE, NAMESPACE)
+    await client.CoreV1Api(api).delete_namespaced_service(STABLE, NAMESPACE)
+
+    await eventually(
+        lambda: (found := kubectl.service(STABLE)) and found["metadata"]["uid"] != before["metadata"]["uid"],
+        what="its Service made again",
+    )
+    assert refused, "the Service's first creation was refused"
+    assert len(await posted(kubectl, "Restored")) == 1
