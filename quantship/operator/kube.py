@@ -505,7 +505,8 @@ class KubeWorkloads:
         patch = service_patch(current, wanted)
         if patch:
             self._read_services.pop(name, None)
-            held = self.children.uids(SERVICE, namespace, name)
+            # the one read is gone on a 404 too: read from the API, the index may not hold it (yet)
+            held = self.children.uids(SERVICE, namespace, name) | {current["metadata"]["uid"]}
             patched = await _call(
                 f"restoring the selector and ports of Service {name}",
                 self.kube.core.patch_namespaced_service(name, namespace, patch, _content_type=JSON_PATCH),
