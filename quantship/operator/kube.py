@@ -28,7 +28,7 @@ from kubernetes.utils import parse_quantity
 from quantship.operator import crd, names, resources
 from quantship.operator.settings import RESYNC_INTERVAL, SERVER_BIND_ADDRESS
 from quantship.operator.spec import ModelSpec
-from quantship.operator.status import has_served
+from quantship.operator.status import degraded_reason, has_served
 from quantship.operator.watched import DEPLOYMENT, SERVICE, Children, Gone, Written
 from quantship.rollout import PortError, Track
 
@@ -59,17 +59,16 @@ class ModelGone(PortError):
         super().__init__(f"{crd.KIND} {namespace}/{name} is gone from the API", reason=MODEL_GONE)
 
 
-DEPLOYMENT_GONE = "DeploymentGone"
+class ChildGone(PortError):
+    """One of our Deployments or Services (`kind`) that a tick read is not in the API: a write to a
+    Deployment was answered 404, a router found one missing before sending it traffic, or a child
+    made came and went twice (409, then 404). What it was read from is stale (kopf's index lists
+    again after a watch's 410 without computing deletions): the tick decides again on what the
+    API says (`KubeWorkloads.fresh`). A Service gone, or a predecessor's child collected before
+    its adoption, is made again where the 404 answers."""
 
-
-class DeploymentGone(PortError):
-    """One of our Deployments that kopf's index holds is not in the API: a write to it was answered
-    404, or a router found it missing before sending it traffic. The index is stale (kopf lists
-    again after a watch's 410 without computing deletions): the tick decides again on what the API
-    says (`KubeWorkloads.fresh`)."""
-
-    def __init__(self, namespace: str, name: str) -> None:
-        super().__init__(f"Deployment {namespace}/{name} is gone from the API", reason=DEPLOYMENT_GONE)
+    def __init__(self, kind: str, namespace: str, name: str) -> None:
+        super().__init__(f"{kind} {namespace}/{name} is gone from the API", reason=f"{kind}Gone")
 
 
 class Kube:
@@ -404,27 +403,30 @@ class KubeWorkloads:
         """What this tick read from the API while `fresh`, by Deployment name."""
         self._read_services: dict[str, dict[str, Any] | None] = {}
         """What this tick read from the API while `fresh`, by Service name."""
+        self.in_conflict = degraded_reason(owner.get("status") or {}) == CHILD_NOT_OURS
+        """A child of a name the model needs is another's (its status says so): every child is read
+        before it is created, as one that may exist. Created outright, that one was answered 409 at
+        every retry, a write a tick while nothing changed."""
 
     async def run(self, revision: str, track: Track) -> None:
         # A revision the status does not name yet is new: create it outright. Reading first would
         # be answered 404 on every new revision, and creating what exists 409 on every promotion.
         namespace, name = self.spec.namespace, resources.child_name(self.spec, revision)
-        known = revision in _revisions(self.owner)
+        known = revision in _revisions(self.owner) or self.in_conflict
         current = await self.deployment(revision) if known else None
-        if current is None:
+        if current is None or not await self._adopt(DEPLOYMENT, current):
+            # none, or its predecessor's that the collector took since it was read: made again
             if revision != self.spec.revision:
                 raise PortError(
                     f"Deployment {namespace}/{name} is gone and revision {revision} is no longer in the spec",
                     reason="RevisionGone",
                 )
-            if await self._create_deployment(self._built(revision, track)):
+            current = await self._create_or_adopt(DEPLOYMENT, self._built(revision, track))
+            if current is None:
                 await self.ensure_service(revision, may_exist=False)
                 return
-            current = await self.deployment(revision)  # there: a tick that failed half-way, or an old owner's
-        if current is not None:
-            await self._adopt("Deployment", current)
-            if current["metadata"].get("labels", {}).get("track") != track.value:
-                await self._relabel(current, track)
+        if current["metadata"].get("labels", {}).get("track") != track.value:
+            await self._relabel(current, track)
         await self.ensure_service(revision, may_exist=True)
 
     async def restore(self, revision: str, track: Track) -> bool:
@@ -432,7 +434,8 @@ class KubeWorkloads:
         model was deleted and created again): True when this call made it. From the spec while it
         asks for `revision`, else from the body last seen (a stable mid-canary); neither: False,
         and the engine finds it not ready. Only a `fresh` tick sees one deleted while the index's
-        watch was away (kopf computes no deletions on a relist)."""
+        watch was away (kopf computes no deletions on a relist). Its Service is the caller's to
+        make again (`ensure_service`), once it has said that this call made the Deployment."""
         name = resources.child_name(self.spec, revision)
         current = await self.deployment(revision)
         if current is not None:
@@ -443,9 +446,7 @@ class KubeWorkloads:
         model, uid = self.owner["metadata"]["name"], self.owner["metadata"].get("uid")
         if not await self.kube.model_exists(self.spec.namespace, model, uid):
             raise ModelGone(self.spec.namespace, model)
-        made = await self._create_deployment(body)
-        await self.ensure_service(revision, may_exist=True)
-        return made
+        return await self._create(DEPLOYMENT, body)
 
     def _built(self, revision: str, track: Track) -> dict[str, Any]:
         replicas = self.spec.replicas if track is Track.STABLE else self.canary_replicas
@@ -455,19 +456,34 @@ class KubeWorkloads:
         seen = self.kube.last_seen.get((self.spec.namespace, name))
         return resources.made_again(seen, self.owner) if seen is not None else None
 
-    async def _create_deployment(self, body: Mapping[str, Any]) -> bool:
-        """Create a Deployment: True, or False when one of its name is there already (409)."""
+    async def _create(self, kind: str, body: Mapping[str, Any]) -> bool:
+        """Create one of our Deployments or Services: True, or False when one of its name is there
+        already (409). A `fresh` tick reads it from the API again after."""
         name = body["metadata"]["name"]
-        self._read.pop(name, None)
+        (self._read if kind == DEPLOYMENT else self._read_services).pop(name, None)
+        namespace = self.spec.namespace
         created = await _call(
-            f"creating Deployment {name}",
-            self.kube.apps.create_namespaced_deployment(
-                self.spec.namespace, to_model(client.V1Deployment, body)
-            ),
+            f"creating {kind} {name}",
+            self.kube.apps.create_namespaced_deployment(namespace, to_model(client.V1Deployment, body))
+            if kind == DEPLOYMENT
+            else self.kube.core.create_namespaced_service(namespace, to_model(client.V1Service, body)),
             exists_ok=True,
             timeout=self.kube.timeout,
         )
         return created is not None
+
+    async def _create_or_adopt(self, kind: str, body: Mapping[str, Any]) -> dict[str, Any] | None:
+        """Create one of our children as `body`: None, or the one of its name there already (a tick
+        that failed half-way, or the predecessor's), adopted. One gone before its adoption (the
+        collector took it with its old owner) is created again, once."""
+        name = body["metadata"]["name"]
+        for _ in range(2):
+            if await self._create(kind, body):
+                return None
+            current = await self._from_api(kind, name)
+            if current is not None and await self._adopt(kind, current):
+                return current
+        raise ChildGone(kind, self.spec.namespace, name)
 
     async def ensure_service(self, revision: str | None, *, may_exist: bool = True) -> None:
         """A revision's Service (None: the model's shared one) made if missing; its selector (the pods
@@ -480,27 +496,26 @@ class KubeWorkloads:
             return  # neither its Deployment nor the spec says which pods it selects: left as it is
         wanted = resources.service(self.spec, revision, self.owner, pods)
         name = wanted["metadata"]["name"]
-        current = await self.service(name, may_exist=may_exist)
-        if current is None:
-            self._read_services.pop(name, None)  # read again after a write, as a Deployment is
-            created = await _call(
-                f"creating Service {name}",
-                self.kube.core.create_namespaced_service(namespace, to_model(client.V1Service, wanted)),
-                exists_ok=True,
-                timeout=self.kube.timeout,
-            )
-            current = None if created is not None else await self._from_api(SERVICE, name)
+        current = await self.service(name, may_exist=may_exist or self.in_conflict)
+        if current is None or not await self._adopt(SERVICE, current):
+            # none, or its predecessor's that the collector took since it was read: made again
+            current = await self._create_or_adopt(SERVICE, wanted)
             if current is None:
                 return
-        await self._adopt("Service", current)
         patch = service_patch(current, wanted)
         if patch:
             self._read_services.pop(name, None)
-            await _call(
+            # the one read is gone on a 404 too: read from the API, the index may not hold it (yet)
+            held = self.children.uids(SERVICE, namespace, name) | {current["metadata"]["uid"]}
+            patched = await _call(
                 f"restoring the selector and ports of Service {name}",
                 self.kube.core.patch_namespaced_service(name, namespace, patch, _content_type=JSON_PATCH),
                 timeout=self.kube.timeout,
+                missing_ok=True,
             )
+            if patched is None:  # deleted since it was read: made again as wanted, in this tick
+                self._proved_gone(SERVICE, name, held)
+                await self._create_or_adopt(SERVICE, wanted)
 
     def _pods_of(self, revision: str) -> dict[str, str] | None:
         """The labels `revision`'s Deployment selects its pods by, as the index (or the last read)
@@ -513,18 +528,20 @@ class KubeWorkloads:
             return dict((made.get("spec") or {}).get("selector", {}).get("matchLabels") or {}) or None
         return resources.selector(self.spec, revision) if revision == self.spec.revision else None
 
-    async def _adopt(self, kind: str, current: Mapping[str, Any]) -> None:
+    async def _adopt(self, kind: str, current: Mapping[str, Any]) -> bool:
         """A child whose controller is another QuantizedModel of this name (deleted and created again
         at once: `kubectl replace --force`) becomes ours, so that the garbage collector, which
         removes the dependents of the old uid, leaves it: one being deleted already is waited for.
         Any other is not ours, and never patched: ChildNotOurs. The user's, or another model's
         child of this name: model `a`'s revision Service `a-0123456789` is the shared Service a
-        model named `a-0123456789` wants, and adopting it in turn flipped its traffic each tick."""
+        model named `a-0123456789` wants, and adopting it in turn flipped its traffic each tick.
+        False: it is gone (the collector took it with its old owner since it was read: the patch
+        was answered 404), and the caller makes it again as one never there."""
         metadata = current["metadata"]
         uid = self.owner.get("metadata", {}).get("uid")
         controller = next((r for r in metadata.get("ownerReferences") or [] if r.get("controller")), None)
         if controller is not None and controller.get("uid") == uid:
-            return
+            return True
         name = f"{kind} {self.spec.namespace}/{metadata['name']}"
         if not self._predecessor(controller):
             raise PortError(
@@ -542,14 +559,18 @@ class KubeWorkloads:
         ]
         call = (
             self.kube.apps.patch_namespaced_deployment
-            if kind == "Deployment"
+            if kind == DEPLOYMENT
             else self.kube.core.patch_namespaced_service
         )
-        await _call(
+        adopted = await _call(
             f"adopting {name}",
             call(metadata["name"], self.spec.namespace, patch, _content_type=JSON_PATCH),
             timeout=self.kube.timeout,
+            missing_ok=True,
         )
+        if adopted is None:
+            self._proved_gone(kind, metadata["name"], {metadata["uid"]})
+        return adopted is not None
 
     def _predecessor(self, controller: Mapping[str, Any] | None) -> bool:
         """Whether a controller reference names a QuantizedModel of this model's name (of its
@@ -576,7 +597,14 @@ class KubeWorkloads:
         100% read 1 ready pod of 1 there); a no, however stale, only keeps one longer."""
         if not _all_ready(await self.deployment(revision)):
             return False
-        return _all_ready(await self._from_api(DEPLOYMENT, resources.child_name(self.spec, revision)))
+        return _all_ready(await self.in_api(revision))
+
+    async def in_api(self, revision: str) -> dict[str, Any] | None:
+        """A revision's Deployment as the API has it (None: gone): as this tick read it there where
+        it is `fresh`, else read now."""
+        if self.fresh:
+            return await self.deployment(revision)
+        return await self._from_api(DEPLOYMENT, resources.child_name(self.spec, revision))
 
     async def remove(self, revision: str) -> None:
         name = resources.child_name(self.spec, revision)
@@ -603,11 +631,12 @@ class KubeWorkloads:
     async def service(self, name: str, *, may_exist: bool = True) -> dict[str, Any] | None:
         """One of our Services as the index holds it (else, where it `may_exist`, as the API does),
         or None; `fresh` and where it `may_exist`: as the API does. One that may not (a new
-        revision's, its Deployment just made) is created outright: no 409 on every new revision."""
-        if self.fresh and may_exist:
-            if name not in self._read_services:
+        revision's, its Deployment just made) is created outright: no 409 on every new revision;
+        `fresh`, the index's copy is not trusted for it either (the collector may have taken it)."""
+        if self.fresh:  # one that may not exist is not read: the index may keep one deleted
+            if may_exist and name not in self._read_services:
                 self._read_services[name] = await self._from_api(SERVICE, name)
-            return self._read_services[name]
+            return self._read_services.get(name)
         watched = self.children.service(self.spec.namespace, name)
         if watched is not None or not may_exist:
             return watched
@@ -648,7 +677,7 @@ class KubeWorkloads:
         self.kube.gone.add(kind, self.spec.namespace, name, held)
 
     async def _patch_deployment(self, what: str, name: str, patch: Any, content_type: str) -> None:
-        """Patch one of our Deployments; one the API no longer has raises DeploymentGone: whoever
+        """Patch one of our Deployments; one the API no longer has raises ChildGone: whoever
         read it (the index) was stale."""
         self._read.pop(name, None)
         held = self.children.uids(DEPLOYMENT, self.spec.namespace, name)
@@ -662,7 +691,7 @@ class KubeWorkloads:
         )
         if patched is None:
             self._proved_gone(DEPLOYMENT, name, held)
-            raise DeploymentGone(self.spec.namespace, name)
+            raise ChildGone(DEPLOYMENT, self.spec.namespace, name)
 
     async def conform(self, revision: str) -> None:
         """A settled model's stable Deployment as the spec asks now (`restore` made it again if it
@@ -714,12 +743,14 @@ class GatewayRouter:
     fails the patch instead of being overwritten; the next tick retries on the fresh route.
     """
 
-    def __init__(self, kube: Kube, spec: ModelSpec) -> None:
+    def __init__(self, kube: Kube, spec: ModelSpec, workloads: KubeWorkloads | None = None) -> None:
         if spec.http_route is None:
             raise ValueError("GatewayRouter needs spec.traffic.httpRoute")
         self.kube = kube
         self.spec = spec
         self.route_name = spec.http_route
+        self.workloads = workloads if workloads is not None else KubeWorkloads(kube, spec, {})
+        """The tick's: what the revisions routed are read from (a release routes none)."""
 
     async def route(self, stable: str, canary: str | None, weight: int) -> float:
         wanted: list[tuple[str, int | None]] = [
@@ -727,18 +758,31 @@ class GatewayRouter:
         ]
         if canary:
             wanted.append((resources.child_name(self.spec, canary), weight))
-        for name, _ in wanted:
-            await self._confirm(name)
+        for revision in (stable, canary):
+            if revision is not None:
+                await self._confirm(revision)
         await self.set_refs(wanted)
         return float(weight) if canary else 0.0
 
-    async def _confirm(self, name: str) -> None:
+    async def _confirm(self, revision: str) -> None:
         """A revision's Deployment is in the API before its Service gets a weight. The tick may have
         read it from an index that keeps one deleted while its watch was away, and a gateway's step
         writes nothing to it that a 404 would answer (the replicas router's scale does). One GET
-        per revision routed, at a decision only."""
-        if await self.kube.read_deployment(self.spec.namespace, name) is None:
-            raise DeploymentGone(self.spec.namespace, name)
+        per revision routed, at a decision only, and none on a tick that read it from the API."""
+        if await self.workloads.in_api(revision) is None:
+            name = resources.child_name(self.spec, revision)
+            raise ChildGone(DEPLOYMENT, self.spec.namespace, name)
+
+    async def rebalance(self, stable: str, canary: str, weight: int) -> float | None:
+        """Both revisions at spec.replicas again, if they are not: spec.replicas changed mid-canary
+        (scaled up for load, as Argo Rollouts rescales both ReplicaSets at once), or a Deployment
+        scaled by hand. The weights stay (None: the achieved weight too). Read from the index: no
+        request while they match."""
+        for revision in (canary, stable):  # up before down, as the replicas router scales
+            current = await self.workloads.deployment(revision)
+            if current is not None and current["spec"].get("replicas") != self.spec.replicas:
+                await self.workloads.scale(revision, self.spec.replicas)
+        return None
 
     async def release(self) -> None:
         """Point the route back at the shared Service name, as the user wrote it (on deletion)."""

@@ -15,16 +15,16 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Mapping, MutableMapping
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import kopf
 
 from quantship.operator import crd, placement, quantization, resources
 from quantship.operator import status as status_module
 from quantship.operator.kube import (
-    DeploymentGone,
+    ChildGone,
     GatewayRouter,
     Kube,
     KubeWorkloads,
@@ -59,6 +59,7 @@ RESTORED = "Restored"
 """The Event reason of a Deployment the rollout needs that was gone and was made again."""
 UNSAVED = "unsaved"
 """The memo key of the `Acted` tick whose status write failed."""
+T = TypeVar("T")
 
 
 @dataclass
@@ -92,7 +93,7 @@ class Context:
 
 def router_for(kube: Kube, spec: ModelSpec, workloads: KubeWorkloads) -> TrafficRouter:
     if spec.router == "gateway-api":
-        return GatewayRouter(kube, spec)
+        return GatewayRouter(kube, spec, workloads)
     return ReplicaRouter(kube, spec, workloads)
 
 
@@ -197,8 +198,10 @@ async def _reconcile(
     for_a_canary = current.in_flight
     router = router_for(ctx.kube, spec, workloads)
 
+    restored: list[str] = []  # kept when the tick decides again: made (and said) once
+
     async def ticked() -> Decision:
-        restored = await _restore(workloads, current, spec, body, logger)
+        await _restore(workloads, current, spec, body, logger, restored)
         decision = await tick(
             current,
             spec.rollout,
@@ -209,21 +212,12 @@ async def _reconcile(
             abort=for_a_canary and crd.ABORT_ANNOTATION in annotations,
             promote=for_a_canary and crd.PROMOTE_ANNOTATION in annotations,
             retry=crd.RETRY_ANNOTATION in annotations,
-            restored=restored,
+            restored=tuple(restored),
         )
         return await _rebalanced(router, decision)
 
     try:
-        try:
-            decision = await ticked()
-        except DeploymentGone as exc:
-            if workloads.fresh:
-                raise
-            # the index kept a Deployment deleted while its watch was away: decided again on what
-            # the API says, so a canary gone is rolled back as not ready and a stable gone made again
-            logger.info("%s: deciding again on our Deployments as the API has them", exc)
-            workloads.fresh = True
-            decision = await ticked()
+        decision = await _on_fresh_reads_if_gone(workloads, ticked, logger)
     except ModelGone:
         raise
     except PortError as exc:
@@ -265,6 +259,22 @@ async def _reconcile(
     )
     await _save(ctx, memo, body, acted, workloads, logger)
     return decision
+
+
+async def _on_fresh_reads_if_gone(
+    workloads: KubeWorkloads, act: Callable[[], Awaitable[T]], logger: logging.Logger | Any
+) -> T:
+    """`act`, and again on our Deployments and Services as the API has them where it found a
+    Deployment gone that it read from kopf's index (which keeps what was deleted while its watch
+    was away): a canary gone is rolled back as not ready, a stable gone made again, in this tick."""
+    try:
+        return await act()
+    except ChildGone as exc:
+        if workloads.fresh:
+            raise
+        logger.info("%s: deciding again on our Deployments and Services as the API has them", exc)
+        workloads.fresh = True
+        return await act()
 
 
 @dataclass(frozen=True)
@@ -362,11 +372,12 @@ async def _restore(
     spec: ModelSpec,
     body: Mapping[str, Any],
     logger: Any,
-) -> tuple[str, ...]:
+    made: list[str],
+) -> None:
     """Make the Deployments the rollout needs again where they are gone (as Argo Rollouts makes a
-    deleted ReplicaSet again), each said in a warning Event; the revisions made again. Read from
+    deleted ReplicaSet again), each said in a warning Event and added to `made` as soon as it is
+    made, then its Service: a tick that fails or decides again after finds it there. Read from
     the API on a `fresh` tick (`KubeWorkloads.fresh`), where the index may be stale."""
-    made: list[str] = []
     for revision, track in _to_restore(status, spec):
         if await workloads.restore(revision, track):
             made.append(revision)
@@ -374,7 +385,7 @@ async def _restore(
             message = f"Deployment {name}: {track.value} {made_again(revision)}"
             kopf.warn(_event_target(body), reason=RESTORED, message=message)
             logger.warning("%s: %s", RESTORED, message)
-    return tuple(made)
+            await workloads.ensure_service(revision)
 
 
 async def _conform_services(workloads: KubeWorkloads, spec: ModelSpec, status: RolloutStatus) -> None:
@@ -388,11 +399,13 @@ async def _conform_services(workloads: KubeWorkloads, spec: ModelSpec, status: R
 
 
 async def _rebalanced(router: TrafficRouter, decision: Decision) -> Decision:
-    """A canary between steps keeps its weight's split of spec.replicas as they change (the replicas
-    router; a gateway's weights do not depend on them). The engine routes only at a step."""
+    """A canary between steps follows spec.replicas as they change: the replicas router's split of
+    them at its weight, a gateway's spec.replicas in both tracks. The engine routes only at a step."""
     status = decision.status
     routed = decision.action in (Action.SET_WEIGHT, Action.PROMOTE, Action.ROLL_BACK, Action.FAIL)
-    if routed or not isinstance(router, ReplicaRouter) or not (status.in_flight and status.canary):
+    if not isinstance(router, ReplicaRouter | GatewayRouter):
+        return decision
+    if routed or not (status.in_flight and status.canary):
         return decision
     if status.stable is None or status.step < 0:
         return decision

@@ -39,6 +39,12 @@ def has_served(status: Mapping[str, Any]) -> bool:
     return bool(phase) and (phase != Phase.PENDING.value or bool(status.get("canaryRevision")))
 
 
+def degraded_reason(status: Mapping[str, Any]) -> str | None:
+    """Why the model is Degraded, as its status says; None while it is not."""
+    found = next((c for c in status.get("conditions") or [] if c.get("type") == DEGRADED), None)
+    return found.get("reason") if found and found.get("status") == "True" else None
+
+
 Condition = tuple[str, str, str]
 """(status, reason, message) of a condition."""
 

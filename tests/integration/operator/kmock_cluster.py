@@ -6,8 +6,9 @@ kmock 0.8 emulates the Kubernetes API statefully but leaves some work to a real 
 for `generateName` on create; a fresh `resourceVersion` on every write (kopf's finalizer patch
 tests it), in lists too, and watches that start from it instead of replaying old versions; a
 `generation` bump when a write touches `spec`; 422, not 500, when a JSON patch's `test` fails.
-It also records the status it answered each request with (`answers`), and answers the requests a
-test picks with an error of its choice (`refuse`), as a real API server in trouble would.
+It also records the status it answered each request with (`answers`), answers the requests a
+test picks with an error of its choice (`refuse`), as a real API server in trouble would, and
+deletes what a request a test picks names just before it arrives (`delete_before`).
 
 Every write of a QuantizedModel or an HTTPRoute goes through what the API server does with a
 custom resource (`apiserver_rules`, with Gateway API's own CRD for routes): the status
@@ -66,6 +67,7 @@ class Cluster(kmock.KubernetesEmulator):
     refusals: list[tuple[Callable[[kmock.Request], bool], kmock.KubernetesError, Mapping[str, str]]] = (
         attrs.field(factory=list, init=False)
     )
+    deletions: list[Callable[[kmock.Request], bool]] = attrs.field(factory=list, init=False)
     invalid: list[tuple[kmock.Request, str]] = attrs.field(factory=list, init=False)
     """Every write refused as invalid (of a custom resource or a checked built-in object), with the
     API server's reasons."""
@@ -97,6 +99,21 @@ class Cluster(kmock.KubernetesEmulator):
         `headers` (a 429's Retry-After), from now on."""
         self.refusals.append((which, error, dict(headers or {})))
 
+    def delete_before(self, which: Callable[[kmock.Request], bool]) -> None:
+        """Delete the object that the next request `which` picks names, just before it arrives, as
+        the garbage collector or a person may: a write of it read a moment ago is answered 404."""
+        self.deletions.append(which)
+
+    async def _delete_first(self, request: kmock.Request) -> None:
+        for which in [which for which in self.deletions if which(request)]:
+            self.deletions.remove(which)
+            key = (request.resource, request.namespace, request.name)
+            if key in self.objects and not self.objects[key].deleted:
+                async with self._lock:
+                    raw = self.objects[key].raw
+                    self.objects[key].delete()
+                    await self._buses[request.resource].put({"type": "DELETED", "object": raw})
+
     async def _handle(self, request: kmock.Request) -> Any:
         try:
             response = await self._answer(request)
@@ -107,6 +124,7 @@ class Cluster(kmock.KubernetesEmulator):
         return response
 
     async def _answer(self, request: kmock.Request) -> Any:
+        await self._delete_first(request)
         for which, error, headers in self.refusals:
             if which(request):
                 refusal = await self._render_error(error)

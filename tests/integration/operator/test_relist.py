@@ -29,7 +29,10 @@ from prometheus_client import CollectorRegistry, generate_latest
 from test_operator_faults import GATEWAY, SLOW_STEPS, weights
 from test_operator_lifecycle import FIRST, SECOND, V1, V2, condition, phase_is, posted, serving
 
-from quantship.operator import crd
+from quantship.operator import crd, resources
+from quantship.operator.kube import Kube, KubeWorkloads
+from quantship.operator.spec import ModelSpec
+from quantship.rollout import Track
 from quantship.slo import Metric
 
 DEPLOYMENTS, SERVICES = "apps/v1/deployments", "v1/services"
@@ -232,6 +235,51 @@ async def test_an_in_flight_model_reads_its_deployments_and_services_once_a_resy
     reads |= {f"200 GET {services}/{name}" for name in (STABLE, CANARY, "digits")}
     assert set(during) == reads, during
     assert len(during) <= 5 * (2 / 0.5 + 1), "one of each per resync interval"
+
+
+async def test_a_gateway_step_reads_each_deployment_once_on_a_tick_that_read_them_from_the_api(
+    cluster: Partition, kubectl: Kubectl, start_operator: StartOperator
+) -> None:
+    """A gateway's step reads each revision it routes from the API before giving it a weight; a
+    tick reading the API anyway (here every one: its resync interval is shorter than its ticks')
+    read each twice, its own read and the router's."""
+    await start_operator(ScriptedMetrics(), resync_interval=0.1)
+    since = len(cluster.answers)
+    await canary_at_step_1(kubectl, "gateway-api", {"steps": [25, 50, 100], "stepInterval": "1s"})
+    await eventually(lambda: status_of(kubectl).get("step") == 1, what="step 2, routed")
+
+    requests = [r for r in operator_requests(cluster, since) if "/events" not in r]
+    deployments = f"200 GET /apis/apps/v1/namespaces/{NAMESPACE}/deployments/"
+    routes = [i for i, r in enumerate(requests) if r.startswith("200 GET") and "/httproutes/" in r]
+    for at in routes:
+        first = at
+        while first > 0 and requests[first - 1].startswith(deployments):
+            first -= 1
+        read = requests[first:at]  # the routing tick's reads of the revisions it routes
+        assert len(read) == len(set(read)), read
+    assert len(routes) >= 3, "the first revision's, step 1's and step 2's"
+
+
+async def test_a_tick_that_read_a_deployment_from_the_api_asks_it_nothing_more_for_all_ready(
+    cluster: Partition, kubectl: Kubectl
+) -> None:
+    """`all_ready` takes only the API's word for a yes (it lets a revision be removed): a tick
+    reading the API anyway (`fresh`) read the Deployment a second time for it."""
+    spec = ModelSpec.from_resource(
+        {"metadata": {"name": "digits", "namespace": NAMESPACE}, "spec": spec_of(V1)}
+    )
+    owner = {"apiVersion": crd.API_VERSION, "kind": crd.KIND, "metadata": {"name": "digits", "uid": "1"}}
+    body = resources.deployment(spec, FIRST, Track.STABLE, 2, owner)
+    await kubectl.apps.create_namespaced_deployment(NAMESPACE, body)
+    await kubectl.make_ready(STABLE, 2)
+    since = len(cluster.answers)
+
+    async with client.ApiClient(client.Configuration(host=str(cluster.url).rstrip("/"))) as api:
+        workloads = KubeWorkloads(Kube(api), spec, owner, fresh=True)
+        assert await workloads.ready(FIRST) and await workloads.all_ready(FIRST)
+
+    reads = operator_requests(cluster, since)
+    assert reads == [f"200 GET /apis/apps/v1/namespaces/{NAMESPACE}/deployments/{STABLE}"], reads
 
 
 async def test_a_model_deleted_while_the_watch_was_away_stops_ticking_and_leaves_metrics(

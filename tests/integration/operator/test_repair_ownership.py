@@ -8,6 +8,7 @@ import asyncio
 from typing import Any
 
 import kmock
+import pytest
 from kmock_cluster import Cluster
 from kubernetes.aio import client
 from operator_harness import (
@@ -19,7 +20,8 @@ from operator_harness import (
     eventually,
     spec_of,
 )
-from test_operator_lifecycle import FIRST, V1, phase_is, serving
+from test_operator_lifecycle import FIRST, V1, events, phase_is, serving
+from test_steady_state import operator_requests
 
 from quantship.operator.kube import CHILD_NOT_OURS
 
@@ -34,8 +36,7 @@ def degraded_by(kubectl: Kubectl, name: str) -> dict[str, Any] | None:
 
 
 def service_writes(cluster: Cluster, since: int) -> list[kmock.Request]:
-    """The operator's patches and deletions of Services after the `since`-th request (a create
-    answered 409 changes nothing: a model that has not served yet tries it at each tick)."""
+    """The operator's patches and deletions of Services after the `since`-th request."""
     return [
         request
         for request in list(cluster)[since:]
@@ -115,3 +116,70 @@ async def test_a_settled_models_service_replaced_by_hand_is_said_degraded_not_on
     said = await eventually(lambda: degraded_by(kubectl, "digits"), what="Degraded, ChildNotOurs")
     assert "no controller" in said["message"]
     assert (kubectl.service("digits") or {})["spec"]["selector"] == mine  # left to whoever made it
+
+
+HAND_MADE_DEPLOYMENT = {
+    "metadata": {"name": f"digits-{FIRST}"},
+    "spec": {
+        "selector": {"matchLabels": {"app": "mine"}},
+        "template": {
+            "metadata": {"labels": {"app": "mine"}},
+            "spec": {"containers": [{"name": "mine", "image": "mine"}]},
+        },
+    },
+}
+HAND_MADE_SERVICE = {
+    "metadata": {"name": "digits"},
+    "spec": {"selector": {"app": "mine"}, "ports": [{"name": "web", "port": 80}]},
+}
+
+
+@pytest.mark.parametrize("plural", ["deployments", "services"])
+async def test_a_child_in_conflict_is_read_at_each_retry_not_created_again_and_said_once(
+    cluster: Cluster, kubectl: Kubectl, start_operator: StartOperator, api: client.ApiClient, plural: str
+) -> None:
+    """Each retry created the child again, answered 409, before reading it and refusing it: a write
+    to the API server per tick while nothing changed (a first revision's Deployment, made by hand
+    under its name; the shared Service of a model that has not served yet). Said once, read after,
+    and made once its maker deletes it."""
+    if plural == "deployments":
+        await client.AppsV1Api(api).create_namespaced_deployment(NAMESPACE, HAND_MADE_DEPLOYMENT)
+    else:
+        await client.CoreV1Api(api).create_namespaced_service(NAMESPACE, HAND_MADE_SERVICE)
+    name = f"digits-{FIRST}" if plural == "deployments" else "digits"
+    await start_operator(ScriptedMetrics())
+    await kubectl.apply(spec_of(V1))
+    if plural == "services":
+        await eventually(lambda: kubectl.deployment(f"digits-{FIRST}"), what="the first Deployment")
+        await kubectl.make_ready(f"digits-{FIRST}", 2)
+    said = await eventually(lambda: degraded_by(kubectl, "digits"), what="Degraded, ChildNotOurs")
+    assert f"{name} exists and is not this model's" in said["message"]
+    since = len(operator_requests(cluster))
+
+    def of_it(action: str) -> list[kmock.Request]:
+        return [
+            request
+            for request in operator_requests(cluster)[since:]
+            if request.resource is not None
+            and request.resource.plural == plural
+            and request.action == action
+            and request.name in (name, None)  # a create names no object in its URL
+        ]
+
+    await eventually(lambda: len(of_it(kmock.action.FETCH)) >= 2, what="two more ticks reading it")
+    assert of_it(kmock.action.CREATE) == [] and of_it(kmock.action.UPDATE) == []
+    status_writes = [r for r in operator_requests(cluster)[since:] if r.subresource == "status"]
+    assert status_writes == [], "the conflict is said once"
+    assert len(events(kubectl, CHILD_NOT_OURS)) == 1
+
+    if plural == "deployments":  # deleted by its maker: the model's own is made, read first
+        await client.AppsV1Api(api).delete_namespaced_deployment(name, NAMESPACE)
+    else:
+        await client.CoreV1Api(api).delete_namespaced_service(name, NAMESPACE)
+    ours = kubectl.deployment if plural == "deployments" else kubectl.service
+    made = await eventually(
+        lambda: (found := ours(name)) and found["metadata"].get("ownerReferences") and found,
+        timeout=30,
+        what="the model's own made",
+    )
+    assert made["metadata"]["ownerReferences"][0]["name"] == "digits"

@@ -19,6 +19,7 @@ from operator_harness import (
     eventually,
     spec_of,
 )
+from test_operator_faults import GATEWAY, weights
 from test_operator_lifecycle import FIRST, SECOND, V1, V2, serving
 
 STABLE = f"digits-{FIRST}"
@@ -137,6 +138,32 @@ async def test_replicas_changed_mid_canary_rescale_both_tracks_to_the_same_weigh
         what="the achieved weight",
     )
     assert status["step"] == 0 and status["phase"] == "Progressing"
+
+
+async def test_replicas_changed_mid_canary_behind_a_gateway_rescale_both_tracks_at_once(
+    kubectl: Kubectl, start_operator: StartOperator
+) -> None:
+    """Both revisions run spec.replicas behind a gateway: the stable followed a change only once
+    settled, the canary not at all until promoted (an hour of steps here, or never while held)."""
+    await kubectl.create_route(rules=[{"backendRefs": [{"name": "digits", "port": 8080}]}])
+    await start_operator(ScriptedMetrics())
+    rollout = {"steps": [25, 100], "stepInterval": "1h"}
+    await serving(kubectl, spec_of(V1, traffic=GATEWAY, rollout=rollout))
+    await kubectl.patch({"spec": {"artifact": {"uri": V2}}})
+    canary = f"digits-{SECOND}"
+    await eventually(lambda: kubectl.deployment(canary), what="the canary Deployment")
+    await kubectl.make_ready(canary, 2)
+    await eventually(lambda: ((kubectl.get() or {}).get("status") or {}).get("step") == 0, what="step 1")
+
+    await kubectl.patch({"spec": {"replicas": 5}})
+
+    def replicas() -> tuple[int, int]:
+        return tuple((kubectl.deployment(name) or {})["spec"]["replicas"] for name in (canary, STABLE))  # type: ignore[return-value]
+
+    await eventually(lambda: replicas() == (5, 5), what="5 servers in each track")
+    assert weights(kubectl) == {STABLE: 75, canary: 25}, "the weights are the gateway's, as they were"
+    status = (kubectl.get() or {})["status"]
+    assert status["step"] == 0 and status["phase"] == "Progressing" and status["achievedWeight"] == 25.0
 
 
 def operator_requests(cluster: Cluster) -> list[kmock.Request]:
