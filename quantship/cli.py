@@ -374,14 +374,16 @@ def _build_real_model(name: str, out_dir: Path, build_env: Path) -> None:
     "--keep-going",
     is_flag=True,
     help="Run stage 1's recipes on after one passes (up to half of --max-trials), keeping the most "
-    "quantized, then fastest, passing one.",
+    "quantized, then fastest, passing one (or its refinement with the ops onnxruntime cannot fuse in "
+    "float, which is tried once more).",
 )
 @click.option(
     "--max-trials",
     type=click.IntRange(min=0),
     default=_QUANTIZE.max_trials,
     show_default=True,
-    help="Trials after the first before giving up.",
+    help="Trials after the first before giving up; a passing trial's refinement with the ops "
+    "onnxruntime cannot fuse kept in float runs beyond them.",
 )
 @click.option("--exclude", multiple=True, help="Node to keep in float (repeatable).")
 @click.option("--output", "output_name", help="Model output the gate compares (default: the first).")

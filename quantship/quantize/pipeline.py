@@ -237,8 +237,8 @@ def _warn_of_the_canary(
     ) is not None:
         note(warning)
     if activation_ranges:
-        batch = data.calibration_batch_size(evalset, config.batch_size, inputs)
-        if warning := canary.clip_warning(canary.clipping(model, activation_ranges, evalset, batch)):
+        fixed = next((spec.batch_dim for spec in inputs if spec.batch_dim), None) if evalset.stacked else None
+        if warning := canary.clip_warning(canary.clipping(model, activation_ranges, evalset, fixed)):
             note(warning)
 
 

@@ -322,7 +322,10 @@ def _trials_figure(trials: list[dict[str, Any]], metric: str) -> str:
         ax.axhline(threshold * scale, color="#1d2330", linestyle="--", linewidth=1, label=gate)
     if threshold is not None or errored:
         ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)  # beside the bars, never on them
-    ax.set_xlabel("trial (r: recipe, o: op-type fallback, n: node fallback; green passed, red failed)")
+    ax.set_xlabel(
+        "trial (r: recipe, o: op-type fallback, n: node fallback, u: unfused ops in float; "
+        "green passed, red failed)"
+    )
     ylabel = _named(metric) + unit
     ax.set_xticks([t["number"] for t in trials])
     ax.margins(y=0.12)  # room for the labels above the tallest bar

@@ -478,8 +478,8 @@ def test_traffic_the_calibration_never_saw_says_what_the_clip_rate_sli_will_read
     server's observer counts them (the same figure the warning gives)."""
     inputs = model_inputs(onnx.load(str(sample.model)))
     evaluation = load_dataset(sample.evaluation, inputs, role="evaluation")
-    skewed = canary.clipping(skewed_artifact.model_path, skewed_artifact.activation_ranges, evaluation, 50)
-    good = canary.clipping(good_artifact.model_path, good_artifact.activation_ranges, evaluation, 50)
+    skewed = canary.clipping(skewed_artifact.model_path, skewed_artifact.activation_ranges, evaluation, None)
+    good = canary.clipping(good_artifact.model_path, good_artifact.activation_ranges, evaluation, None)
     assert skewed.rate > canary.CLIP_BUDGET >= good.rate
     (said,) = [w for w in skewed_artifact.manifest["warnings"] if "maxClipRate" in w]
     assert f"the evaluation rows clip {skewed.rate:.3%} of the activation values" in said
@@ -1445,3 +1445,18 @@ def test_a_range_no_histogram_can_bin_is_named_with_its_cause(tmp_path: Path) ->
     with pytest.raises(QuantizeInputError, match="Too many bins") as failed:
         run(tmp_path / "flat.onnx", tmp_path / "a", config, calibration=tmp_path / "calibration.npz")
     assert "numpy cannot bin flat, -10000 in every row: a zero-width range" in str(failed.value)
+
+
+def test_the_clip_warning_counts_one_row_at_a_time_as_the_server_counts_one_row_requests(
+    good_artifact: artifact.Artifact, sample: zoo.SampleModel
+) -> None:
+    """A tensor without the batch dimension counts once a request on the server; counted once a batch
+    of 6 or 20 rows, the warning's total moved with the batch size. One row at a time, and CLIP_ROWS
+    rows at most (all 300 of EfficientNet-Lite0's took 38 s)."""
+    inputs = model_inputs(onnx.load(str(sample.model)))
+    evaluation = load_dataset(sample.evaluation, inputs, role="evaluation")
+    assert evaluation.size > canary.CLIP_ROWS
+    ranges = good_artifact.activation_ranges
+    counted = canary.clipping(good_artifact.model_path, ranges, evaluation, None)
+    one_row = canary.clipping(good_artifact.model_path, ranges, evaluation.subset(1), None)
+    assert counted.observed == canary.CLIP_ROWS * one_row.observed
