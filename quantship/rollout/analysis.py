@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -410,7 +411,7 @@ def _window(
         case NoData(reason=why):
             return WindowResult(window, problem=f"no data on {span}: {why}", fault=Fault.NO_DATA)
         case Counts(bad=bad, total=total) if total < min_samples:
-            few = f"{total:.4g} samples of the {min_samples} needed on {span}"
+            few = f"{_whole(total)} samples of the {min_samples} needed on {span}"
             least = objective.burn_rate(min(bad, total) / min_samples)
             return WindowResult(
                 window,
@@ -430,7 +431,7 @@ def _window(
                         window, bad, total, burn, base_burn, whole_bad=canary.whole_bad, least_burn_rate=burn
                     )
                 case Counts(total=base_total):
-                    why = f"{base_total:.4g} samples of the {min_samples} needed"
+                    why = f"{_whole(base_total)} samples of the {min_samples} needed"
                 case None:
                     why = "no stable revision"
                 case NoData() | Unreachable() | Misconfigured():
@@ -498,6 +499,12 @@ def _judge_slo(objective: slo.Objective, windows: list[WindowResult], spec: Roll
             f"{breach}; but bad events {counts} are too few to tell from chance ({MIN_BAD_EVENTS} at least)",
         )
     return result(Verdict.FAIL, breach)
+
+
+def _whole(samples: float) -> int:
+    """Samples as a count, rounded down: Prometheus' increase() extrapolates to the window's edges
+    ("4.444 samples of the 60 needed"), and rounding up could read "50 of the 50 needed" short."""
+    return math.floor(samples)
 
 
 def _above(burn_rate: float | None, threshold: float) -> bool:

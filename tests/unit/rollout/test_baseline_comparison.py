@@ -159,3 +159,14 @@ def test_the_accuracy_delta_kubectl_shows_is_the_short_window_ratio_of_the_persi
     assert short_window_ratio(persisted, slo.SLI.ACCURACY_DELTA) == 0.003
     assert short_window_ratio(persisted, slo.SLI.ERRORS) == 0.0
     assert short_window_ratio(None, slo.SLI.ACCURACY_DELTA) is None
+
+
+def test_samples_prometheus_extrapolated_are_counted_whole_and_never_up_to_the_minimum(
+    make_spec: Callable[..., RolloutSpec],
+) -> None:
+    """increase() extrapolates to the window's edges: the demo's promotion said "4.444 samples of the
+    60 needed"; 49.7 rounded would read "50 of the 50 needed"."""
+    spec = make_spec()  # min_samples 50
+    analysis = judge(measured(spec, GOOD, Counts(bad=0, total=49.7)), spec)
+    window = analysis.to_dict()["slos"][0]["windows"][0]
+    assert window["baselineProblem"] == "49 samples of the 50 needed"
