@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 from quantship.server import cpus
 from quantship.server.runner import Runner, Signature
+from quantship.server.settings import BatchSettings
 
 log = logging.getLogger("quantship.server")
 CHEAPER = 0.9
@@ -45,6 +46,8 @@ tried too, calls spread over 25 ms), 5 of 14 starts of digits INT8 on one core r
 through every round to mislead the choice."""
 ROUND_GAP_S = 0.05
 """Seconds between rounds: longer than a burst of the server's own start, short enough for loading."""
+UNMEASURED_SPLIT_ROWS = BatchSettings.max_batch_size
+"""The fewest rows a call of a split request takes where no call was timed (a sequence model)."""
 SPLIT_CALL_S = 0.01
 """A request split into calls (BatchPolicy.split_rows) runs calls of at least about this long, by the
 measured cost of a row, where the batch size is fewer rows: a call's fixed cost would otherwise
@@ -163,8 +166,11 @@ def choose(
         # (the tuner's choice for transformers) has open dimensions besides the batch.
         if rows_mix or unsplit:
             return BatchPolicy(1, ROWS_MIX if rows_mix else UNSPLIT, overlap=overlap)
+        # No call timed, so no SPLIT_CALL_S floor measured: calls of at least the default batch
+        # (gpt2-int8's 2000 rows at --max-batch-size 1: 376 ms in one-row calls, 99 in calls of 32)
+        split_rows = max(configured, UNMEASURED_SPLIT_ROWS)
         return BatchPolicy(
-            configured, f"not measured: {unmeasurable}", overlap=overlap, split_rows=configured
+            configured, f"not measured: {unmeasurable}", overlap=overlap, split_rows=split_rows
         )
     fill, failure = _runnable_fill(runner)
     if fill is None:

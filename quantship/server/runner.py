@@ -152,11 +152,8 @@ class Signature:
             if array is None:
                 raise InvalidInput(f"missing input '{spec.name}'; the model takes {self._takes()}")
             _check_tensor(spec, array)
-            if spec.table_rows is not None and array.size and (lowest := array.min()) < 0:
-                raise InvalidInput(
-                    f"input '{spec.name}' holds {lowest}: its values index a table of {spec.table_rows} "
-                    f"rows, 0 to {spec.table_rows - 1}"
-                )
+            if spec.table_rows is not None and array.size and array.min() < 0:
+                _check_indices(spec, array, inputs, spec.table_rows)
             if not self.batchable:
                 continue
             if array.shape[0] == 0:
@@ -197,6 +194,25 @@ class Signature:
         for name in names:
             if name not in known:
                 raise InvalidInput(f"unknown output '{name}'; the model gives {', '.join(known)}")
+
+
+def _check_indices(spec: TensorSpec, array: np.ndarray, inputs: Tensors, rows: int) -> None:
+    """Refuse a negative index (`TensorSpec.table_rows`) at a position the request says is real: one
+    that another 0/1 input of the same shape (an attention mask) does not mark 0. Position ids built
+    as mask.cumsum(-1) - 1 hold -1 at left padding, which the mask hides from the answer."""
+    negative = array < 0
+    for name, other in inputs.items():
+        if name != spec.name and other.shape == array.shape and _zeros_and_ones(other):
+            negative &= other != 0
+    if negative.any():
+        raise InvalidInput(
+            f"input '{spec.name}' holds {array[negative].min()}: its values index a table of {rows} "
+            f"rows, 0 to {rows - 1}"
+        )
+
+
+def _zeros_and_ones(array: np.ndarray) -> bool:
+    return array.dtype.kind in "iub" and bool(array.size) and array.min() >= 0 and array.max() <= 1
 
 
 def _check_tensor(spec: TensorSpec, array: np.ndarray) -> None:
@@ -525,14 +541,17 @@ SHAPE_ONLY_OPS = frozenset({"Shape", "Size"})
 
 _VALUES_KEPT = frozenset({"Reshape", "Squeeze", "Unsqueeze", "Flatten", "Identity", "Cast"})
 """Ops whose first input's values reach their output unchanged (an id stays the id)."""
+_INDEX_TYPES = frozenset({onnx.TensorProto.INT32, onnx.TensorProto.INT64})
+"""Inputs of these types only: a float input cast to an index (-0.5 truncates to row 0) may be
+negative by design."""
 
 
 def index_tables(graph: onnx.GraphProto) -> dict[str, int]:
-    """The graph's integer inputs that a Gather takes as indices into a constant table (an embedding's
+    """The graph's int32/int64 inputs that a Gather takes as indices into a constant table (an embedding's
     token ids), each with the table's rows along the gathered axis (the fewest, where it indexes
     several). The ids may reach the Gather reshaped (GPT-2 views them as [-1, seq]) or cast, and the
     table may be stored quantized: a DequantizeLinear of an initializer."""
-    inputs = {value.name for value in graph.input}
+    inputs = {value.name for value in graph.input if value.type.tensor_type.elem_type in _INDEX_TYPES}
     dims = {init.name: tuple(init.dims) for init in graph.initializer}
     producer = {out: node for node in graph.node for out in node.output}
     tables: dict[str, int] = {}
@@ -598,16 +617,18 @@ def _row_chunks(rows: Sequence[int], most: int) -> Iterator[range]:
 
 
 def _empty_input(inputs: Tensors) -> str | None:
-    """An input with a dimension of 0 (no rows is refused before any call: `Signature.validate`),
-    named for the message; None if there is none. A model that cannot run an empty sequence fails on
-    ones of its shape too, which would make it a 500 (`_Controls`): but an empty dimension is the
-    client's to change (a tokenizer's empty string), and a 500 would burn the error budget of a canary
-    that behaves as its stable does (hunt of 2026-12-06: gpt2 answered `[1, 0]` ids with a Reshape's
-    FAIL). Models that take one (an empty past of a KV cache) run, and never come here."""
-    for name, array in inputs.items():
-        if 0 in array.shape:
-            return f"input '{name}' of shape {list(array.shape)}, which holds no values"
-    return None
+    """The request's first input, named for the message, where every input holds no values (an
+    empty sequence: its ids and its mask `[1, 0]`; no rows is refused before any call:
+    `Signature.validate`); None otherwise. A model that cannot run an empty request fails on ones of
+    its shape too, which would make it a 500 (`_Controls`): but an empty request is the client's to
+    change (a tokenizer's empty string), and a 500 would burn the error budget of a canary that
+    behaves as its stable does (hunt of 2026-12-06: gpt2 answered `[1, 0]` ids with a Reshape's
+    FAIL). Where some input holds values (a KV cache's first step: its past empty, its ids not), a
+    failure is judged as any other, so a canary broken there still counts as failing."""
+    if not inputs or any(array.size for array in inputs.values()):
+        return None
+    name, array = next(iter(inputs.items()))
+    return f"input '{name}' of shape {list(array.shape)}, which holds no values"
 
 
 def _outcome(run: Any, inputs: Tensors) -> Outcome:

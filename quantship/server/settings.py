@@ -22,7 +22,8 @@ class BatchSettings:
     max_batch_size: int = 32
     """Most rows merged into one onnxruntime call. 32 amortizes the per-call cost of small models
     (a 32-row call of the digits MLP costs 3.5x a 1-row call, not 32x) while keeping one batch's
-    latency within a millisecond on a CPU. A single request with more rows runs alone, unsplit."""
+    latency within a millisecond on a CPU. A single request with more rows runs in calls of about a
+    batch (batch_policy.BatchPolicy.split_rows)."""
     max_queue_delay_ms: float = 0.0
     """How long a request may wait for others to join its batch, in milliseconds. 0, as in Triton:
     batch only what is already waiting. Under load requests pile up while the previous batch runs,

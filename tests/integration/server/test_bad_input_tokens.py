@@ -124,6 +124,14 @@ def test_a_sequence_of_length_0_is_answered(token_server: LocalServer) -> None:
     assert answer.json()["outputs"][0]["shape"] == [1, 0, 4]
 
 
+def test_a_negative_id_the_attention_mask_hides_is_answered(token_server: LocalServer) -> None:
+    """Position ids built as mask.cumsum(-1) - 1 hold -1 at left padding, which the mask hides: the
+    model answers them (zeros there), so they are no client's mistake."""
+    answer = httpx.post(f"{token_server.url}{INFER}", json=tokens([-1, -1, 5], [0, 0, 1]))
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["outputs"][0]["data"][-4:] == [20.0, 21.0, 22.0, 23.0]  # row 5, unmasked
+
+
 @pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity"])
 def test_json_nan_and_infinity_literals_are_400(token_server: LocalServer, literal: str) -> None:
     body = '{"inputs": [{"name": "X", "shape": [1], "datatype": "FP32", "data": [LITERAL]}]}'

@@ -46,6 +46,10 @@ def test_models_that_cannot_batch_or_be_probed_are_not_measured(tiny_model: Tiny
     open_width = batch_policy.choose(tiny_model(width="W"), 16, never)
     assert open_width.max_batch_size == 16
     assert open_width.reason == "not measured: inputs with open dimensions besides the batch (X)"
+    assert open_width.split_rows == batch_policy.UNMEASURED_SPLIT_ROWS == 32
+    # untimed, a large request is not split into calls of one row (gpt2-int8 ran 2.5x slower so)
+    assert batch_policy.choose(tiny_model(width="W"), 1, never).split_rows == 32
+    assert batch_policy.choose(tiny_model(width="W"), 64, never).split_rows == 64
 
 
 @pytest.mark.parametrize(

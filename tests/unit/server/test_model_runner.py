@@ -14,7 +14,7 @@ from tiny_models import POSITION_TABLE, build_positions
 
 from quantship import artifact
 from quantship.server.errors import InferenceFailed, InvalidInput
-from quantship.server.runner import Runner, TensorSpec, fallback_ops, value_free_outputs
+from quantship.server.runner import Runner, TensorSpec, fallback_ops, index_tables, value_free_outputs
 
 TinyModel = Callable[..., Runner]
 
@@ -233,6 +233,33 @@ def test_a_model_that_cannot_run_an_empty_sequence_refuses_it_as_the_clients_fau
         runner.run({"X": x(2, 0)})
 
 
+def test_a_model_failing_on_an_empty_input_beside_one_with_values_is_a_server_error(tmp_path: Path) -> None:
+    """A KV cache's first step sends an empty past beside real ids: a canary broken there must still
+    count as failing (500), not blame its clients."""
+    graph = helper.make_graph(
+        [
+            helper.make_node("Reshape", ["past", "keep"], ["reshaped"]),
+            helper.make_node("Identity", ["ids"], ["out"]),
+        ],
+        "cache",
+        [
+            helper.make_tensor_value_info("past", TensorProto.FLOAT, ["N", "S"]),
+            helper.make_tensor_value_info("ids", TensorProto.FLOAT, ["N", 4]),
+        ],
+        [
+            helper.make_tensor_value_info("reshaped", TensorProto.FLOAT, ["N", "S", 1]),
+            helper.make_tensor_value_info("out", TensorProto.FLOAT, ["N", 4]),
+        ],
+        [numpy_helper.from_array(np.array([0, 0, -1], dtype=np.int64), "keep")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, tmp_path / "cache.onnx")
+    runner = Runner.load(tmp_path / "cache.onnx", threads=1)
+    with pytest.raises(InferenceFailed, match=r"onnxruntime failed: .*Reshape"):
+        runner.run({"past": x(1, 0), "ids": x(1, 4)})
+
+
 @pytest.mark.parametrize("quantized_table", [False, True])
 def test_a_negative_token_id_is_refused_where_onnx_would_read_it_from_the_tables_end(
     tmp_path: Path, quantized_table: bool
@@ -269,6 +296,21 @@ def test_a_negative_token_id_is_refused_where_onnx_would_read_it_from_the_tables
         InvalidInput, match=r"input 'ids' holds -1: its values index a table of 10 rows, 0 to 9"
     ):
         runner.signature.validate({"ids": np.array([[0, -1, 3]], dtype=np.int64)})
+
+
+def test_a_float_input_cast_to_an_index_is_no_table_index(tmp_path: Path) -> None:
+    """A float bucket cast to int64 before a Gather may be negative by design (-0.5 truncates to 0)."""
+    graph = helper.make_graph(
+        [
+            helper.make_node("Cast", ["bucket"], ["index"], to=TensorProto.INT64),
+            helper.make_node("Gather", ["table", "index"], ["picked"]),
+        ],
+        "buckets",
+        [helper.make_tensor_value_info("bucket", TensorProto.FLOAT, ["N"])],
+        [helper.make_tensor_value_info("picked", TensorProto.FLOAT, ["N", 2])],
+        [numpy_helper.from_array(np.zeros((5, 2), dtype=np.float32), "table")],
+    )
+    assert index_tables(graph) == {}
 
 
 def test_fallback_ops_report_zero_for_every_quantized_op_type_that_fused(

@@ -289,3 +289,11 @@ def test_binary_outputs_follow_the_header_in_the_order_requested() -> None:
     np.testing.assert_array_equal(
         np.frombuffer(raw, dtype=np.float32).reshape(2, 2), answer.outputs["scores"]
     )
+
+
+def test_a_bytes_outputs_size_is_its_strings_not_its_pointers() -> None:
+    """What decides whether an answer encodes in a thread: 50 MB of strings read as 400 bytes."""
+    strings = np.array(["x" * 1000] * 50, dtype=object)
+    response = protocol.InferResponse("m", "1", "r", {"text": strings})
+    request = protocol.InferRequest(None, {}, ())
+    assert protocol.output_bytes(response, request) == (50_000, 0)
