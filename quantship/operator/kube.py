@@ -18,7 +18,7 @@ import json
 import math
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from typing import Any, TypeVar
 
 import aiohttp
@@ -462,14 +462,14 @@ class KubeWorkloads:
         name = body["metadata"]["name"]
         (self._read if kind == DEPLOYMENT else self._read_services).pop(name, None)
         namespace = self.spec.namespace
-        created = await _call(
-            f"creating {kind} {name}",
-            self.kube.apps.create_namespaced_deployment(namespace, to_model(client.V1Deployment, body))
-            if kind == DEPLOYMENT
-            else self.kube.core.create_namespaced_service(namespace, to_model(client.V1Service, body)),
-            exists_ok=True,
-            timeout=self.kube.timeout,
-        )
+        request: Awaitable[Any]
+        if kind == DEPLOYMENT:
+            request = self.kube.apps.create_namespaced_deployment(
+                namespace, to_model(client.V1Deployment, body)
+            )
+        else:
+            request = self.kube.core.create_namespaced_service(namespace, to_model(client.V1Service, body))
+        created = await _call(f"creating {kind} {name}", request, exists_ok=True, timeout=self.kube.timeout)
         return created is not None
 
     async def _create_or_adopt(self, kind: str, body: Mapping[str, Any]) -> dict[str, Any] | None:

@@ -23,7 +23,7 @@ from onnx import TensorProto, helper, numpy_helper
 from server_harness import MODEL, LocalServer, fp32_artifact, settings_for
 
 from quantship.local.prometheus import free_port
-from quantship.server import protocol
+from quantship.server import batch_policy, protocol
 from quantship.server.service import ModelService
 from quantship.server.settings import BatchSettings
 from quantship.slo import Metric
@@ -151,10 +151,14 @@ def rows(count: int, positions: int) -> np.ndarray:
 def test_a_request_of_more_rows_than_a_batch_runs_in_calls_of_a_batch_and_answers_as_one_call(
     positions: tuple[LocalServer, ort.InferenceSession], transport: str
 ) -> None:
+    """The positions model has an open sequence dimension, so no call is timed: its large requests run
+    in calls of at least batch_policy.UNMEASURED_SPLIT_ROWS (calls of --max-batch-size 4 or 1 rows
+    made gpt2 2.5x slower)."""
     server, session = positions
+    split = batch_policy.UNMEASURED_SPLIT_ROWS
     batching = http.InferenceServerClient(server.address).get_model_metadata(MODEL)["batching"]
-    assert (batching["max_batch_size"], batching["split_rows"]) == (MOST_ROWS, MOST_ROWS)
-    x = rows(10, 5)
+    assert (batching["max_batch_size"], batching["split_rows"]) == (MOST_ROWS, split)
+    x = rows(2 * split + 6, 5)
     before = calls(server)
 
     result = infer(server, transport, x)
@@ -163,7 +167,7 @@ def test_a_request_of_more_rows_than_a_batch_runs_in_calls_of_a_batch_and_answer
     np.testing.assert_array_equal(result.as_numpy("y"), y)
     np.testing.assert_array_equal(result.as_numpy("z"), z)
     ran = tuple(after - earlier for after, earlier in zip(calls(server), before, strict=True))
-    assert ran == (3, 10, 3), "three calls (4, 4 and 2 rows), none of more than a batch"
+    assert ran[:2] == (3, len(x)), f"three calls ({split}, {split} and 6 rows): the fewest of at most {split}"
 
 
 def test_a_request_whose_rows_mix_runs_in_one_call_as_it_would_alone(
