@@ -221,6 +221,9 @@ def test_a_request_of_more_rows_than_a_batch_runs_in_calls_of_a_batch_and_answer
     np.testing.assert_array_equal(result.as_numpy("z"), z)
     ran = calls_since(server, before)
     assert ran[:2] == (3, len(x)), f"three calls ({split}, {split} and 6 rows): the fewest of at most {split}"
+    assert ran[2] == 3, (
+        f"the batch-size histogram's buckets reach calls of {split} rows, past --max-batch-size"
+    )
 
 
 def test_a_request_that_comes_while_a_large_one_runs_is_answered_between_its_calls(
