@@ -90,6 +90,19 @@ def build_transposed(path: Path) -> Path:
     return save(path, nodes, [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", "S"])], ["N", "S"])
 
 
+def build_text(path: Path) -> Path:
+    """x [N, S] -> y = x, and t: x's values written as strings (BYTES, encoded value by value)."""
+    nodes = [
+        helper.make_node("Identity", ["x"], ["y"]),
+        helper.make_node("Cast", ["x"], ["t"], to=TensorProto.STRING),
+    ]
+    outputs = [
+        helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", "S"]),
+        helper.make_tensor_value_info("t", TensorProto.STRING, ["N", "S"]),
+    ]
+    return save(path, nodes, outputs, ["N", "S"])
+
+
 class TellsWhenRun(ModelService):
     """Sets `ran` once the model's outputs for a request of BIG_ROWS rows are there, before the answer
     is encoded: the moment a health probe is sent in the test below. Also says when a request of
@@ -157,6 +170,14 @@ def transposed(
     model = build_transposed(out / "transposed.onnx")
     server = serve(model, out / "artifact")
     yield server, ort.InferenceSession(model, providers=["CPUExecutionProvider"])
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def text(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServer]:
+    out = tmp_path_factory.mktemp("text")
+    server = serve(build_text(out / "text.onnx"), out / "artifact")
+    yield server
     server.stop()
 
 
@@ -358,3 +379,27 @@ def test_a_health_probe_is_answered_while_a_large_json_answer_is_encoded(
 
     assert answered_before_the_probe == 0, "the probe waited for the large answer's encoding"
     np.testing.assert_array_equal(z, session.run(["z"], {"x": x})[0])
+
+
+def test_a_health_probe_is_answered_while_a_large_grpc_answer_is_encoded(text: LocalServer) -> None:
+    """As over HTTP: half a million strings take the encoding about half a second, value by value; on
+    the event loop, the probe sent once the model has run waited for all of it."""
+    TellsWhenRun.ran.clear()
+    answered = text.metric(Metric.REQUESTS_TOTAL, code="200")
+    x = rows(BIG_ROWS, 512)
+
+    def strings() -> np.ndarray:
+        client = grpc.InferenceServerClient(f"127.0.0.1:{text.settings.grpc_port}")
+        tensor = grpc.InferInput("x", list(x.shape), "FP32")
+        tensor.set_data_from_numpy(x)
+        return client.infer(MODEL, [tensor], outputs=[grpc.InferRequestedOutput("t")]).as_numpy("t")
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        big = pool.submit(strings)
+        assert TellsWhenRun.ran.wait(120), "the large request ran"
+        assert httpx.get(f"{text.url}/v2/health/ready", timeout=60).status_code == 200
+        answered_before_the_probe = text.metric(Metric.REQUESTS_TOTAL, code="200") - answered
+        t = big.result(timeout=300)
+
+    assert answered_before_the_probe == 0, "the probe waited for the large answer's encoding"
+    assert t.shape == x.shape and float(t[3, 7]) == pytest.approx(float(x[3, 7]), rel=1e-5)
