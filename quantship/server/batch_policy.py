@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 from quantship.server import cpus
 from quantship.server.runner import Runner, Signature
-from quantship.server.settings import BatchSettings
+from quantship.server.settings import SPLIT_MOST_ROWS, BatchSettings
 
 log = logging.getLogger("quantship.server")
 CHEAPER = 0.9
@@ -52,7 +52,8 @@ SPLIT_CALL_S = 0.01
 """A request split into calls (BatchPolicy.split_rows) runs calls of at least about this long, by the
 measured cost of a row, where the batch size is fewer rows: a call's fixed cost would otherwise
 dominate. Digits INT8 at --max-batch-size 1 ran a 32768-row request in 32768 calls, seconds instead
-of the ~20 ms of one call; 10 ms of a row's work is memory of the same order as a batch's."""
+of the ~20 ms of one call; 10 ms of a row's work is memory of the same order as a batch's. At most
+SPLIT_MOST_ROWS rows, though, where that is more than the batch."""
 INLINE_CALL_S = 100e-6
 """A call measured this short runs on the event loop instead of the inference thread: handing it to
 the thread and back (a queue, two wake-ups, the loop's self-pipe) costs more CPU than the call.
@@ -196,7 +197,7 @@ def choose(
     inline_rows = _rows_within(costs, chosen, INLINE_CALL_S)
     alone_rows = max(inline_rows, _rows_within(costs, chosen, ALONE_CALL_S))
     one_row = costs.get(1, 0.0)
-    fixed_cost_rows = math.ceil(SPLIT_CALL_S / one_row) if one_row > 0 else chosen
+    fixed_cost_rows = min(math.ceil(SPLIT_CALL_S / one_row), SPLIT_MOST_ROWS) if one_row > 0 else chosen
     split_rows = max(chosen, fixed_cost_rows) if split else 0
     return BatchPolicy(chosen, reason, costs, inline_rows, alone_rows, overlap, split_rows)
 

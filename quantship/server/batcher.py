@@ -9,32 +9,39 @@ traffic comes one request at a time, a request of at most `alone_rows` rows skip
 worker and runs on the loop (`_alone`; why: batch_policy.ALONE_CALL_S). Only requests whose inputs
 agree beyond the first dimension share a batch. A request of more than `max_batch_size` rows is a
 batch of its own, run in the thread in calls of at most `split_rows` rows where the policy allows
-(batch_policy.BatchPolicy.split_rows). The queue is bounded: when it is full, `submit` raises
-Overloaded at once rather than growing memory. A model whose first dimension is not a batch
-dimension runs one request per call, through the same queue (or past it, as above).
+(batch_policy.BatchPolicy.split_rows): one call at a time, each after a batch of the requests that
+wait, so that a one-row request is not held for a whole split run (gpt2-lm's 4000 rows: 0.5 s and
+more), and no more calls once its caller gave up (`_step`). The queue is bounded: when it is full,
+`submit` raises Overloaded at once rather than growing memory. A model whose first dimension is not
+a batch dimension runs one request per call, through the same queue (or past it, as above).
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import functools
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
 
-from quantship.server.errors import InferenceFailed, NotReady, Overloaded, ServerError
-from quantship.server.runner import Outcome, Runner, Tensors, batch_key, call_rows
+from quantship.server.errors import ClientClosedRequest, InferenceFailed, NotReady, Overloaded, ServerError
+from quantship.server.runner import Outcome, Runner, SplitRun, Tensors, batch_key
 from quantship.server.settings import BatchSettings
 
 log = logging.getLogger(__name__)
 Outputs = dict[str, np.ndarray]
+
+
+Gone = Callable[[], Awaitable[object]]
+"""Returns once the caller no longer waits for the answer (an HTTP client that disconnected)."""
 
 
 class BatchObserver(Protocol):
@@ -98,6 +105,13 @@ class _Job:
     future: asyncio.Future[Outputs] = field(repr=False)
     queued_at: float = 0.0
     """By the batcher's `clock`: what the observed wait counts from."""
+    gone: Gone | None = field(default=None, repr=False)
+
+
+@dataclass(eq=False)
+class _Split:
+    job: _Job
+    run: SplitRun
 
 
 class Batcher:
@@ -139,6 +153,8 @@ class Batcher:
         time: on digits at concurrency 32, 1.25 of them a request (strace) and 3% of the event loop's
         samples (py-spy); 0.12 a request once kept."""
         self._closing = False
+        self._splits: collections.deque[_Split] = collections.deque()
+        """Requests of more than `split_rows` rows being run a call at a time (`_step`), oldest first."""
         self._idle = False
         """The worker waits for a first job on an empty queue."""
         self._ran_alone_this_turn = False
@@ -160,8 +176,10 @@ class Batcher:
             self._loop = asyncio.get_running_loop()
         return self._loop
 
-    async def submit(self, inputs: Tensors, rows: int) -> Outputs:
-        """The model's outputs for these inputs (already validated). Raises Overloaded when full."""
+    async def submit(self, inputs: Tensors, rows: int, gone: Gone | None = None) -> Outputs:
+        """The model's outputs for these inputs (already validated). Raises Overloaded when full.
+        `gone` is watched while the request runs split into calls: once it returns, the request
+        fails with 499 and makes no more calls (a cancelled caller stops them too)."""
         if self._closing:
             raise NotReady("the server is shutting down")
         loop = self.loop
@@ -171,7 +189,7 @@ class Batcher:
             return self._run_alone(inputs, rows)
         if self._ran_alone_this_turn:  # came with one that ran alone: there is concurrency
             self._lone_batches = 0
-        job = _Job(inputs, rows, batch_key(inputs), loop.time(), loop.create_future(), self.clock())
+        job = _Job(inputs, rows, batch_key(inputs), loop.time(), loop.create_future(), self.clock(), gone)
         try:
             self._queue.put_nowait(job)
         except asyncio.QueueFull:
@@ -228,38 +246,55 @@ class Batcher:
 
     async def _work(self) -> None:
         carry: _Job | None = None
-        while True:
+        stopping = False
+        while not stopping or self._splits:
+            if stopping or (carry is None and self._splits and self._queue.empty()):
+                await self._step()  # nothing else waits: the split request's next call
+                continue
             if carry is None:
-                self._idle = True
-                try:
-                    first = await self._queue.get()
-                finally:
-                    self._idle = False
+                first = await self._take()
             else:
                 first, carry = carry, None
             if first is None:
-                return
+                stopping = True
+                continue
             if isinstance(first, _Wake) or first.future.done():  # done: its caller gave up (cancelled)
                 continue
-            batch, rows, stopping = [first], first.rows, False
-            deadline = first.enqueued + self.delay
-            while self.batchable and rows < self.max_rows:
-                job = await self._next(deadline)
-                if isinstance(job, _Timeout):
-                    break
-                if job is None:
-                    stopping = True
-                    break
-                if job.future.done():
-                    continue
-                if job.key != first.key or rows + job.rows > self.max_rows:
-                    carry = job  # starts the next batch
-                    break
-                batch.append(job)
-                rows += job.rows
-            await self._execute(batch, rows)
-            if stopping:
-                return
+            batch, rows, carry, stopping = await self._gather(first)
+            if len(batch) == 1 and 0 < self.split_rows < rows:
+                self._split(batch[0])
+            else:
+                await self._execute(batch, rows)
+            if self._splits:
+                await self._step()  # a batch of waiting work, then a call of the split request: in turn
+
+    async def _take(self) -> _Job | _Wake | None:
+        """The next thing queued, waiting for one."""
+        self._idle = True
+        try:
+            return await self._queue.get()
+        finally:
+            self._idle = False
+
+    async def _gather(self, first: _Job) -> tuple[list[_Job], int, _Job | None, bool]:
+        """A batch that starts with `first`: whatever waits (and, with a queue delay, what comes until
+        `first` has waited that long) that can share its call; with its rows, the job that starts the
+        next batch, if one was taken, and whether `close` asked the worker to stop."""
+        batch, rows = [first], first.rows
+        deadline = first.enqueued + self.delay
+        while self.batchable and rows < self.max_rows:
+            job = await self._next(deadline)
+            if isinstance(job, _Timeout):
+                break
+            if job is None:
+                return batch, rows, None, True
+            if job.future.done():
+                continue
+            if job.key != first.key or rows + job.rows > self.max_rows:
+                return batch, rows, job, False  # `job` starts the next batch
+            batch.append(job)
+            rows += job.rows
+        return batch, rows, None, False
 
     async def _next(self, deadline: float) -> _Job | _Timeout | None:
         """The next waiting job, waiting for one until `deadline` (loop time); _TIMEOUT if none came."""
@@ -302,6 +337,46 @@ class Batcher:
             else:
                 job.future.set_result(result)
 
+    def _split(self, job: _Job) -> None:
+        """Take a request of more than `split_rows` rows: its calls run one at a time (`_step`), each
+        after a batch of the work that waits, so that a small request does not wait for all of them;
+        split requests run in the order they came."""
+        self._splits.append(_Split(job, SplitRun(self.runner, job.inputs, job.rows, self.split_rows)))
+        if job.gone is not None:
+            _watch(job, job.gone)
+
+    async def _step(self) -> None:
+        """The oldest split request's next call, in the inference thread; its answer after the last.
+        Supervised as `_execute` is. A request whose caller gave up (a gRPC deadline or cancellation,
+        shutdown's cut) makes no more calls: nobody would read their rows."""
+        job, run = self._splits[0].job, self._splits[0].run
+        if job.future.done():
+            self._splits.popleft()
+            return
+        try:
+            await self._call(job, run)
+        except Exception as exc:
+            self._splits.popleft()
+            if not job.future.done():
+                job.future.set_exception(_failure(exc, job.rows))
+            return
+        if run.done:
+            self._splits.popleft()
+            self._ran(1)
+            if not job.future.done():
+                job.future.set_result(run.outputs)
+
+    async def _call(self, job: _Job, run: SplitRun) -> None:
+        made = len(run.calls)
+        if not made:
+            self.observer.waited(self.clock() - job.queued_at)
+        try:
+            await self.loop.run_in_executor(self.executor, run.step)
+        finally:
+            self._thread_ran_at, self._alone_runs = self.loop.time(), 0
+            for rows in run.calls[made:]:  # what ran: a fallback to one call is one call
+                self.observer.batch_ran(rows)
+
     def _ran(self, requests: int) -> None:
         """Count a batch that ran: lone if it held one request and, where concurrency costs
         (`overlap`), none waited in the queue when it ended: with batches capped at one request,
@@ -329,10 +404,9 @@ class Batcher:
         started = self.clock()
         for job in batch:
             self.observer.waited(started - job.queued_at)
-        for rows_a_call in call_rows(rows, self.split_rows):  # a merged batch is one call
-            self.observer.batch_ran(rows_a_call)
+        self.observer.batch_ran(rows)  # one call: a request split into calls runs in `_step`
         inputs, row_counts = [job.inputs for job in batch], [job.rows for job in batch]
-        run = functools.partial(self.runner.run_batch, inputs, row_counts, split_rows=self.split_rows)
+        run = functools.partial(self.runner.run_batch, inputs, row_counts)
         try:
             if rows <= self.inline_rows:  # never a split request: inline_rows <= max_batch_size
                 return run()
@@ -341,6 +415,18 @@ class Batcher:
             self._ran(len(batch))  # once it ran: whether requests came meanwhile counts too
             if rows > self.inline_rows:  # the loop was free during the call (a probe, or traffic)
                 self._thread_ran_at, self._alone_runs = loop.time(), 0
+
+
+def _watch(job: _Job, gone: Gone) -> None:
+    """Fail `job` with 499 once `gone` returns, unless it was answered first."""
+    watcher = asyncio.ensure_future(gone())
+
+    def caller_gone(_: object) -> None:
+        if not watcher.cancelled() and watcher.exception() is None and not job.future.done():
+            job.future.set_exception(ClientClosedRequest("the client disconnected before the answer"))
+
+    watcher.add_done_callback(caller_gone)
+    job.future.add_done_callback(lambda _: watcher.cancel())
 
 
 def _failure(exc: Exception, rows: int) -> ServerError:

@@ -253,7 +253,9 @@ class InferRoute:
         if coding:  # inflating may take milliseconds: off the event loop
             body = await asyncio.to_thread(content_encoding.decoded, body, coding, self.limits.max_bytes)
         request = await decode(body, header_length, self.json_budget)
-        return await encode(await self.service.infer(request), request, self.json_budget)
+        # the body read, uvicorn's `receive` returns only once the client has gone: the batcher
+        # watches it while a request runs split into calls, and stops their calls then
+        return await encode(await self.service.infer(request, receive), request, self.json_budget)
 
 
 _CUT_ERROR = error_json("the server is shutting down and its drain ended before the answer; retry")

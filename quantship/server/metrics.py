@@ -17,6 +17,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disa
 
 from quantship import slo
 from quantship.server import errors, hardware
+from quantship.server.settings import SPLIT_MOST_ROWS
 
 # No `*_created` series beside each counter and histogram: a third of a server's series, and no rule,
 # dashboard or analysis reads them (process-wide: prometheus_client keeps it as a module flag).
@@ -42,11 +43,15 @@ HARDWARE_INFO_LABELS = ("side", "cpu", "int8_flags", "onnxruntime", "provider")
 
 
 def batch_buckets(max_batch_size: int) -> tuple[float, ...]:
-    """Powers of two up to the first one that holds `max_batch_size`."""
+    """Powers of two up to the first one that holds the largest call the server makes of any model: a
+    merged batch (`max_batch_size`), or a call of a request split into calls, which may take more
+    rows (SPLIT_MOST_ROWS: batch_policy.BatchPolicy.split_rows). Only a large request that must run
+    in one call (its rows mix) lands past them, in +Inf."""
+    largest = max(max_batch_size, SPLIT_MOST_ROWS)
     buckets, size = [], 1
     while True:
         buckets.append(float(size))
-        if size >= max_batch_size:
+        if size >= largest:
             return tuple(buckets)
         size *= 2
 

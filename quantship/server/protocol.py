@@ -449,11 +449,11 @@ def _written(response: InferResponse, request: InferRequest) -> list[tuple[str, 
 
 def output_bytes(response: InferResponse, request: InferRequest) -> tuple[int, int]:
     """Bytes of the outputs the answer writes as JSON, and as binary data: what encoding it costs."""
-    sizes = [(_payload_bytes(response.outputs[name]), binary) for name, binary in _written(response, request)]
+    sizes = [(payload_bytes(response.outputs[name]), binary) for name, binary in _written(response, request)]
     return sum(size for size, binary in sizes if not binary), sum(size for size, binary in sizes if binary)
 
 
-def _payload_bytes(array: np.ndarray) -> int:
+def payload_bytes(array: np.ndarray) -> int:
     """An output's bytes to write: a BYTES output's are its strings', not its 8-byte pointers'
     (50 MB of strings read as 400 bytes, and encoded on the event loop for 250 ms)."""
     if array.dtype.kind != "O":

@@ -350,7 +350,7 @@ class Runner:
             key = batch_key(request) if self.signature.batchable else ("alone", index)
             groups[key].append(index)
         for indices in groups.values():
-            layout = self._layout_for(requests[indices[0]]) if len(indices) > 1 else None
+            layout = self.layout_for(requests[indices[0]]) if len(indices) > 1 else None
             if layout is not None and layout.alone:
                 for index in indices:  # outputs no merged call can answer for each request
                     results[index] = _outcome(self.run, requests[index])
@@ -369,30 +369,12 @@ class Runner:
         return [result for result in results if result is not None]
 
     def run_split(self, request: Tensors, *, rows: int, most: int) -> dict[str, np.ndarray]:
-        """One request's outputs from consecutive calls of at most `most` rows (`call_rows`), written into
-        outputs of all its rows as they come: onnxruntime's intermediate memory is a full batch's, not
-        the request's (gpt2-lm, 4000 rows in one call: 2.7 GB). For a model whose rows are
-        independent (batch_policy's `split_rows`); one whose `layout` cannot join calls, or an output
-        that turns out not to lead with a call's rows, runs in one call, as it would alone; so does
-        one whose rows mix."""
-        layout = self._layout_for(request)
-        if layout.alone or self.rows_mix:
-            return self.run(request)
-        joined: dict[str, np.ndarray] = {}
-        start = 0
-        for count in call_rows(rows, most):
-            part = self.run({name: value[start : start + count] for name, value in request.items()})
-            if not all(_leads(part[name], count) for name in layout.batched):
-                return self.run(request)
-            for name, value in part.items():
-                if name not in layout.batched:
-                    joined.setdefault(name, value)  # shared: the same for every call
-                    continue
-                if name not in joined:
-                    joined[name] = np.empty((rows, *value.shape[1:]), dtype=value.dtype)
-                joined[name][start : start + count] = value
-            start += count
-        return joined
+        """One request's outputs from consecutive calls of at most `most` rows (`SplitRun`), run here
+        one after the other (the background sessions); the batcher runs them one `step` at a time."""
+        run = SplitRun(self, request, rows, most)
+        while not run.done:
+            run.step()
+        return run.outputs
 
     @property
     def layout(self) -> BatchLayout:
@@ -406,7 +388,7 @@ class Runner:
             self._layout = self._decide_layout(None)
         return self._layout
 
-    def _layout_for(self, request: Tensors) -> BatchLayout:
+    def layout_for(self, request: Tensors) -> BatchLayout:
         """The layout, decided by probes shaped as `request` while it is undecided. Only a decided
         layout is kept: a group whose shapes the model refuses runs alone, and the next one probes
         again (a first client's bad widths must not stop every later merge)."""
@@ -486,6 +468,57 @@ class Runner:
             fills += 1
             runs += zip(PROBE_ROWS, outputs, strict=True)
         return fills, runs
+
+
+class SplitRun:
+    """One request's outputs from consecutive calls of at most `most` rows, written into outputs of
+    all its rows as they come: onnxruntime's intermediate memory is a full batch's, not
+    the request's (gpt2-lm, 4000 rows in one call: 2.7 GB). For a model whose rows are independent
+    (batch_policy's `split_rows`); one whose `layout` cannot join calls, or an output that turns out
+    not to lead with a call's rows, runs in one call, as it would alone; so does one whose rows mix.
+    Run a `step` at a time (blocking: in a worker thread), so that the batcher can run the requests
+    that wait between two calls, and stop once nobody waits for the answer."""
+
+    def __init__(self, runner: Runner, request: Tensors, rows: int, most: int) -> None:
+        self._runner = runner
+        self._request = request
+        self._rows = rows
+        self._most = most
+        self._start = 0
+        self._layout: BatchLayout | None = None
+        self.outputs: dict[str, np.ndarray] = {}
+        self.done = False
+        self.calls: list[int] = []
+        """The rows of each call made so far, failed ones too: what the batch-size histogram records."""
+
+    def step(self) -> None:
+        """Make the next call (the first decides the layout; a fallback makes the whole request's)."""
+        if self._layout is None:
+            self._layout = self._runner.layout_for(self._request)
+            if self._layout.alone or self._runner.rows_mix:
+                self._whole()
+                return
+        count = min(self._most, self._rows - self._start)
+        start, layout = self._start, self._layout
+        self.calls.append(count)
+        part = self._runner.run({name: value[start : start + count] for name, value in self._request.items()})
+        if not all(_leads(part[name], count) for name in layout.batched):
+            self._whole()
+            return
+        for name, value in part.items():
+            if name not in layout.batched:
+                self.outputs.setdefault(name, value)  # shared: the same for every call
+                continue
+            if name not in self.outputs:
+                self.outputs[name] = np.empty((self._rows, *value.shape[1:]), dtype=value.dtype)
+            self.outputs[name][start : start + count] = value
+        self._start += count
+        self.done = self._start >= self._rows
+
+    def _whole(self) -> None:
+        self.calls.append(self._rows)
+        self.outputs = self._runner.run(self._request)
+        self.done = True
 
 
 @dataclass(frozen=True)
@@ -595,13 +628,6 @@ def value_free_outputs(graph: onnx.GraphProto) -> frozenset[str]:
 
 
 Outcome = dict[str, np.ndarray] | InvalidInput
-
-
-def call_rows(rows: int, most: int) -> list[int]:
-    """The rows of each call a lone request of `rows` rows runs in, at most `most` each (0: one call)."""
-    if most <= 0 or rows <= most:
-        return [rows]
-    return [min(most, rows - start) for start in range(0, rows, most)]
 
 
 def _row_chunks(rows: Sequence[int], most: int) -> Iterator[range]:

@@ -45,7 +45,7 @@ from quantship.artifact import (
 from quantship.server import batch_policy, cpus, hardware, probe
 from quantship.server import runner as runner_module
 from quantship.server.background import CpuBudget, Lane, lower_priority
-from quantship.server.batcher import Batcher
+from quantship.server.batcher import Batcher, Gone
 from quantship.server.capture import Capture, CapturePick, Reservoir
 from quantship.server.clipping import ClipCounter, ClipSample, observer_model, unusable_ranges
 from quantship.server.drift import DriftWindow
@@ -510,7 +510,9 @@ class ModelService:
         if self.draining:
             raise NotReady("the server is shutting down")
 
-    async def infer(self, request: InferRequest) -> InferResponse:
+    async def infer(self, request: InferRequest, gone: Gone | None = None) -> InferResponse:
+        """`gone`: returns once the caller has gone (batcher.Gone), so that a request split into calls
+        stops making them."""
         model = self.ready_model()
         signature = model.runner.signature
         rows = signature.validate(request.inputs)
@@ -520,7 +522,7 @@ class ModelService:
         # specified must be returned); like any id a client reuses, the latest answer holds it. Only
         # a request without one gets one made: over gRPC, every id "" (proto3 cannot tell it from unset).
         request_id = f"{self._id_prefix}-{next(self._ids)}" if request.id is None else request.id
-        outputs = await model.batcher.submit(request.inputs, rows)
+        outputs = await model.batcher.submit(request.inputs, rows, gone)
         self._sample(model, request_id, request.inputs, rows, outputs[model.comparator.output])
         return InferResponse(self.settings.model_name, self.settings.revision, request_id, outputs)
 

@@ -16,6 +16,12 @@ from quantship.slo import Track  # which side of a rollout this server is: the `
 
 MiB = 1 << 20
 
+SPLIT_MOST_ROWS = 1024
+"""The most rows a call of a request split into calls takes where --max-batch-size is fewer
+(batch_policy.SPLIT_CALL_S: a row of ~1 µs would make calls of 10,000): written once here, as the
+batch-size histogram's buckets reach it (metrics.batch_buckets). 1024 rows of a microsecond or more
+each take a millisecond or more: a call's fixed cost is a few percent of that at most."""
+
 
 @dataclass(frozen=True)
 class BatchSettings:

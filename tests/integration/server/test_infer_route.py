@@ -16,6 +16,7 @@ from server_harness import MODEL, LocalServer, settings_for, wait_until
 
 from quantship import artifact
 from quantship.server import protocol
+from quantship.server.batcher import Gone
 from quantship.server.byte_budget import ByteBudget
 from quantship.server.infer_route import INLINE_DECODE_BYTES
 from quantship.server.service import ModelService
@@ -26,11 +27,11 @@ class _BuggyService(ModelService):
 
     calls = 0
 
-    async def infer(self, request: protocol.InferRequest) -> protocol.InferResponse:
+    async def infer(self, request: protocol.InferRequest, gone: Gone | None = None) -> protocol.InferResponse:
         type(self).calls += 1
         if self.calls % 3 == 0:
             raise KeyError("a bug of ours")
-        return await super().infer(request)
+        return await super().infer(request, gone)
 
 
 def test_a_bug_in_the_inference_path_is_a_logged_500_and_the_server_serves_on(

@@ -1,16 +1,21 @@
-"""One large request must not take the server's memory or its event loop: a request of more rows than
-the batch policy's max batch size runs in calls of at most that many, answered exactly as one call
-would (gpt2-lm: 4000 rows in one call took the server from 174 MB to 2.7 GB), unless its rows mix
-(dynamic quantization: then it runs in one call, as it would alone); and a large answer is encoded in
-a thread (a 1024-row JSON answer of gpt2-lm held the loop 2 s, and a health probe waited as long)."""
+"""One large request must not take the server's memory, its event loop or its inference thread: a
+request of more rows than the batch policy's max batch size runs in calls of at most that many,
+answered exactly as one call would (gpt2-lm: 4000 rows in one call took the server from 174 MB to
+2.7 GB), unless its rows mix (dynamic quantization: then it runs in one call, as it would alone); a
+request that comes meanwhile runs between two of its calls (gpt2-lm's 4000 rows ran 0.5 s and more,
+and a one-row request waited for all of them), and its calls stop once its client gave up; and a
+large answer is encoded in a thread (a 1024-row JSON answer of gpt2-lm held the loop 2 s, and a
+health probe waited as long)."""
 
 from __future__ import annotations
 
 import concurrent.futures
+import json
+import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import httpx
 import numpy as np
@@ -20,10 +25,11 @@ import pytest
 import tritonclient.grpc as grpc
 import tritonclient.http as http
 from onnx import TensorProto, helper, numpy_helper
-from server_harness import MODEL, LocalServer, fp32_artifact, settings_for
+from server_harness import MODEL, LocalServer, fp32_artifact, settings_for, wait_until
 
 from quantship.local.prometheus import free_port
 from quantship.server import batch_policy, protocol
+from quantship.server.batcher import Gone
 from quantship.server.service import ModelService
 from quantship.server.settings import BatchSettings
 from quantship.slo import Metric
@@ -77,17 +83,54 @@ def build_dynamic(path: Path) -> Path:
     return save(path, nodes, [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])], ["N", 4])
 
 
+def build_transposed(path: Path) -> Path:
+    """x [N, S] -> y = x transposed, [S, N], though declared [N, S]: a call's output leads with the
+    rows only where S is the call's rows, so a split request falls back to one call of all its rows."""
+    nodes = [helper.make_node("Transpose", ["x"], ["y"], perm=[1, 0])]
+    return save(path, nodes, [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", "S"])], ["N", "S"])
+
+
+def build_text(path: Path) -> Path:
+    """x [N, S] -> y = x, and t: x's values written as strings (BYTES, encoded value by value)."""
+    nodes = [
+        helper.make_node("Identity", ["x"], ["y"]),
+        helper.make_node("Cast", ["x"], ["t"], to=TensorProto.STRING),
+    ]
+    outputs = [
+        helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", "S"]),
+        helper.make_tensor_value_info("t", TensorProto.STRING, ["N", "S"]),
+    ]
+    return save(path, nodes, outputs, ["N", "S"])
+
+
 class TellsWhenRun(ModelService):
     """Sets `ran` once the model's outputs for a request of BIG_ROWS rows are there, before the answer
-    is encoded: the moment a health probe is sent in the test below."""
+    is encoded: the moment a health probe is sent in the test below. Also says when a request of
+    so many rows comes (`coming`), lists the rows of each request the model has answered, in order
+    (`answered`), and holds the inference thread on demand (`hold`)."""
 
     ran = threading.Event()
+    coming: ClassVar[dict[int, threading.Event]] = {}
+    """Events a test sets up, by rows: set as a request of that many rows reaches the service, just
+    before it goes to the batcher, which queues it before the event loop runs anything else."""
+    answered: ClassVar[list[int]] = []
 
-    async def infer(self, request: protocol.InferRequest) -> protocol.InferResponse:
-        response = await super().infer(request)
+    async def infer(self, request: protocol.InferRequest, gone: Gone | None = None) -> protocol.InferResponse:
+        rows = len(request.inputs["x"])
+        if (coming := self.coming.get(rows)) is not None:
+            coming.set()
+        response = await super().infer(request, gone)
+        self.answered.append(rows)
         if len(response.outputs["y"]) == BIG_ROWS:
             type(self).ran.set()
         return response
+
+    def hold(self) -> threading.Event:
+        """Hold the inference thread until the event returned is set (at most a minute): the model's
+        next calls wait behind it, in order."""
+        gate = threading.Event()
+        self._infer_executor.submit(gate.wait, 60)
+        return gate
 
 
 def serve(model: Path, out: Path) -> LocalServer:
@@ -119,13 +162,36 @@ def dynamic(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalSer
     server.stop()
 
 
+@pytest.fixture(scope="module")
+def transposed(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[LocalServer, ort.InferenceSession]]:
+    out = tmp_path_factory.mktemp("transposed")
+    model = build_transposed(out / "transposed.onnx")
+    server = serve(model, out / "artifact")
+    yield server, ort.InferenceSession(model, providers=["CPUExecutionProvider"])
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def text(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServer]:
+    out = tmp_path_factory.mktemp("text")
+    server = serve(build_text(out / "text.onnx"), out / "artifact")
+    yield server
+    server.stop()
+
+
 def calls(server: LocalServer) -> tuple[float, float, float]:
-    """(calls, rows, calls of at most MOST_ROWS rows) the served model has run so far."""
+    """(calls, rows, calls of at most UNMEASURED_SPLIT_ROWS rows) the served model has run so far."""
     return (
         server.metric(f"{Metric.BATCH_SIZE}_count"),
         server.metric(f"{Metric.BATCH_SIZE}_sum"),
-        server.metric(f"{Metric.BATCH_SIZE}_bucket", le=f"{float(MOST_ROWS)}"),
+        server.metric(f"{Metric.BATCH_SIZE}_bucket", le=f"{float(batch_policy.UNMEASURED_SPLIT_ROWS)}"),
     )
+
+
+def calls_since(server: LocalServer, before: tuple[float, float, float]) -> tuple[float, ...]:
+    return tuple(after - earlier for after, earlier in zip(calls(server), before, strict=True))
 
 
 def infer(server: LocalServer, transport: str, x: np.ndarray, *, binary: bool = True) -> Any:
@@ -140,6 +206,14 @@ def infer(server: LocalServer, transport: str, x: np.ndarray, *, binary: bool = 
     tensor = grpc.InferInput("x", list(x.shape), "FP32")
     tensor.set_data_from_numpy(x)
     return client.infer(MODEL, [tensor])
+
+
+def infer_y(server: LocalServer, x: np.ndarray) -> np.ndarray:
+    """Output y of a model with that one output, over HTTP."""
+    client = http.InferenceServerClient(server.address)
+    tensor = http.InferInput("x", list(x.shape), "FP32")
+    tensor.set_data_from_numpy(x)
+    return client.infer(MODEL, [tensor]).as_numpy("y")
 
 
 def rows(count: int, positions: int) -> np.ndarray:
@@ -166,8 +240,104 @@ def test_a_request_of_more_rows_than_a_batch_runs_in_calls_of_a_batch_and_answer
     y, z = session.run(["y", "z"], {"x": x})  # the whole request in one call
     np.testing.assert_array_equal(result.as_numpy("y"), y)
     np.testing.assert_array_equal(result.as_numpy("z"), z)
-    ran = tuple(after - earlier for after, earlier in zip(calls(server), before, strict=True))
+    ran = calls_since(server, before)
     assert ran[:2] == (3, len(x)), f"three calls ({split}, {split} and 6 rows): the fewest of at most {split}"
+    assert ran[2] == 3, (
+        f"the batch-size histogram's buckets reach calls of {split} rows, past --max-batch-size"
+    )
+
+
+def test_a_request_that_comes_while_a_large_one_runs_is_answered_between_its_calls(
+    positions: tuple[LocalServer, ort.InferenceSession],
+) -> None:
+    """The inference thread is held while the large request's first call waits behind it; a one-row
+    request comes, then the thread is let go. The small one runs after that call, not after all five
+    of them, and the large one still answers as one call would."""
+    server, session = positions
+    service = server.service
+    assert isinstance(service, TellsWhenRun)
+    big, small = rows(4 * batch_policy.UNMEASURED_SPLIT_ROWS + 6, 5), rows(1, 5)
+    coming = {len(big): threading.Event(), len(small): threading.Event()}
+    TellsWhenRun.coming, TellsWhenRun.answered = coming, []
+    before = calls(server)
+
+    gate = service.hold()
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        try:
+            big_answer = pool.submit(infer, server, "http", big)
+            assert coming[len(big)].wait(60), "the large request came"
+            small_answer = pool.submit(infer, server, "grpc", small)
+            assert coming[len(small)].wait(60), "the small request came"
+        finally:
+            gate.set()
+        y = big_answer.result(timeout=120).as_numpy("y")
+        small_answer.result(timeout=120)
+
+    assert TellsWhenRun.answered == [len(small), len(big)], "the small request waited for the large one"
+    np.testing.assert_array_equal(y, session.run(["y"], {"x": big})[0])
+    assert calls_since(server, before)[:2] == (5 + 1, len(big) + len(small))
+
+
+def hang_up(server: LocalServer, x: np.ndarray, coming: threading.Event) -> None:
+    """Send `x` as a JSON request on a socket of our own, and close it once the server has the request."""
+    tensor = {"name": "x", "shape": list(x.shape), "datatype": "FP32", "data": x.ravel().tolist()}
+    body = json.dumps({"inputs": [tensor]}).encode()
+    head = f"POST /v2/models/{MODEL}/infer HTTP/1.1\r\nhost: test\r\ncontent-length: {len(body)}\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", server.settings.port), timeout=60) as sock:
+        sock.sendall(head.encode() + body)
+        assert coming.wait(60), "the large request came"
+
+
+def cancel(server: LocalServer, x: np.ndarray, coming: threading.Event) -> None:
+    """Send `x` by tritonclient's gRPC client, and cancel the call once the server has the request."""
+    client = grpc.InferenceServerClient(f"127.0.0.1:{server.settings.grpc_port}")
+    tensor = grpc.InferInput("x", list(x.shape), "FP32")
+    tensor.set_data_from_numpy(x)
+    call = client.async_infer(MODEL, [tensor], callback=lambda result, error: None)
+    assert coming.wait(60), "the large request came"
+    call.cancel()
+
+
+@pytest.mark.parametrize("give_up", [hang_up, cancel], ids=["http", "grpc"])
+def test_a_large_request_whose_client_gave_up_makes_no_more_calls(
+    positions: tuple[LocalServer, ort.InferenceSession], give_up: Callable[..., None]
+) -> None:
+    """The client hangs up, or cancels its RPC, while the large request's first call waits behind the
+    held inference thread: that call runs, the four others do not, and the request counts as 499."""
+    server, _ = positions
+    service = server.service
+    assert isinstance(service, TellsWhenRun)
+    big = rows(4 * batch_policy.UNMEASURED_SPLIT_ROWS + 6, 5)
+    coming = {len(big): threading.Event()}
+    TellsWhenRun.coming = coming
+    gone = server.metric(Metric.REQUESTS_TOTAL, code="499")
+    before = calls(server)
+
+    gate = service.hold()
+    try:
+        give_up(server, big, coming[len(big)])
+        wait_until(lambda: server.metric(Metric.REQUESTS_TOTAL, code="499") > gone, what="the client gone")
+    finally:
+        gate.set()
+    infer(server, "http", rows(1, 5))  # runs once the call under way has ended
+
+    assert calls_since(server, before)[0] == 1 + 1, "one call of the large request, one of the small"
+
+
+def test_a_split_request_that_falls_back_to_one_call_counts_the_calls_that_ran(
+    transposed: tuple[LocalServer, ort.InferenceSession],
+) -> None:
+    """The first call's output does not lead with its rows, so the whole request runs in one call: the
+    batch-size histogram counts those two calls, not the three planned."""
+    server, session = transposed
+    x = rows(2 * batch_policy.UNMEASURED_SPLIT_ROWS + 6, 5)
+    before = calls(server)
+
+    answer = infer_y(server, x)
+
+    np.testing.assert_array_equal(answer, session.run(["y"], {"x": x})[0])
+    split = batch_policy.UNMEASURED_SPLIT_ROWS
+    assert calls_since(server, before)[:2] == (2, split + len(x)), f"a call of {split} rows, then the whole"
 
 
 def test_a_request_whose_rows_mix_runs_in_one_call_as_it_would_alone(
@@ -181,16 +351,12 @@ def test_a_request_whose_rows_mix_runs_in_one_call_as_it_would_alone(
     x = rows(10, 4) * np.geomspace(0.01, 100, 10, dtype=np.float32)[:, None]
     before = calls(server)
 
-    client = http.InferenceServerClient(server.address)
-    tensor = http.InferInput("x", list(x.shape), "FP32")
-    tensor.set_data_from_numpy(x)
-    answer = client.infer(MODEL, [tensor]).as_numpy("y")
+    answer = infer_y(server, x)
 
     [whole] = session.run(["y"], {"x": x})
     np.testing.assert_array_equal(answer, whole)
     assert not np.array_equal(answer[0], session.run(["y"], {"x": x[:1]})[0][0]), "the rows do mix"
-    ran = tuple(after - earlier for after, earlier in zip(calls(server), before, strict=True))
-    assert ran[:2] == (1, 10), "one call of the request's ten rows"
+    assert calls_since(server, before)[:2] == (1, 10), "one call of the request's ten rows"
 
 
 def test_a_health_probe_is_answered_while_a_large_json_answer_is_encoded(
@@ -213,3 +379,27 @@ def test_a_health_probe_is_answered_while_a_large_json_answer_is_encoded(
 
     assert answered_before_the_probe == 0, "the probe waited for the large answer's encoding"
     np.testing.assert_array_equal(z, session.run(["z"], {"x": x})[0])
+
+
+def test_a_health_probe_is_answered_while_a_large_grpc_answer_is_encoded(text: LocalServer) -> None:
+    """As over HTTP: half a million strings take the encoding about half a second, value by value; on
+    the event loop, the probe sent once the model has run waited for all of it."""
+    TellsWhenRun.ran.clear()
+    answered = text.metric(Metric.REQUESTS_TOTAL, code="200")
+    x = rows(BIG_ROWS, 512)
+
+    def strings() -> np.ndarray:
+        client = grpc.InferenceServerClient(f"127.0.0.1:{text.settings.grpc_port}")
+        tensor = grpc.InferInput("x", list(x.shape), "FP32")
+        tensor.set_data_from_numpy(x)
+        return client.infer(MODEL, [tensor], outputs=[grpc.InferRequestedOutput("t")]).as_numpy("t")
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        big = pool.submit(strings)
+        assert TellsWhenRun.ran.wait(120), "the large request ran"
+        assert httpx.get(f"{text.url}/v2/health/ready", timeout=60).status_code == 200
+        answered_before_the_probe = text.metric(Metric.REQUESTS_TOTAL, code="200") - answered
+        t = big.result(timeout=300)
+
+    assert answered_before_the_probe == 0, "the probe waited for the large answer's encoding"
+    assert t.shape == x.shape and float(t[3, 7]) == pytest.approx(float(x[3, 7]), rel=1e-5)

@@ -11,6 +11,7 @@ from tiny_models import build_with_text
 
 from quantship.server import batch_policy
 from quantship.server.runner import Runner
+from quantship.server.settings import SPLIT_MOST_ROWS
 
 TinyModel = Callable[..., Runner]
 
@@ -125,9 +126,10 @@ def test_a_request_alone_runs_on_the_loop_up_to_a_call_of_alone_call_s(
         ({1: 0.02, 2: 0.015, 4: 0.013}, 4, False, 4),  # long calls: a request splits into batches of 4
         ({1: 0.004, 2: 0.0045}, 4, False, 3),  # batches of 1, but a split request's calls take ~10 ms
         ({1: 20e-6}, 1, False, 500),  # --max-batch-size 1: 32768 one-row calls took seconds, not ~20 ms
+        ({1: 1e-6}, 1, False, SPLIT_MOST_ROWS),  # not 10,000: the batch-size histogram's buckets end there
         ({1: 20e-6, 2: 10e-6}, 2, True, 0),  # rows that mix: a request runs in one call, as alone
     ],
-    ids=["batches", "one-row batches", "max batch size 1", "rows mix"],
+    ids=["batches", "one-row batches", "max batch size 1", "fast rows", "rows mix"],
 )
 def test_a_request_larger_than_a_batch_splits_into_batches_or_into_calls_of_split_call_s(
     tiny_model: TinyModel, costs: dict[int, float], configured: int, rows_mix: bool, split_rows: int

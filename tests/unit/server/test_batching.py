@@ -47,11 +47,18 @@ def rows(n: int, value: float = 0.0, width: int = 3) -> dict[str, np.ndarray]:
     return {"X": np.full((n, width), value, dtype=np.float32)}
 
 
-def make(runner: Any, executor: Any, **settings: Any) -> tuple[Batcher, Recorder]:
+def make(runner: Any, executor: Any, *, split_rows: int = 0, **settings: Any) -> tuple[Batcher, Recorder]:
     """A started batcher whose waits are timed in loop time (virtual here: exact)."""
     recorder = Recorder()
     clock = asyncio.get_running_loop().time
-    batcher = Batcher(runner, BatchSettings(**settings), executor=executor, observer=recorder, clock=clock)
+    batcher = Batcher(
+        runner,
+        BatchSettings(**settings),
+        executor=executor,
+        split_rows=split_rows,
+        observer=recorder,
+        clock=clock,
+    )
     batcher.start()
     return batcher, recorder
 
@@ -509,4 +516,74 @@ async def test_waits_are_timed_finer_than_a_millisecond(tiny_model: TinyModel, e
 
     assert 0 < recorder.waits[0] <= time.perf_counter() - started
     assert recorder.waits[0] != round(recorder.waits[0], 3), "not whole milliseconds"
+    await batcher.close()
+
+
+async def test_requests_that_come_while_a_split_request_runs_run_between_its_calls(
+    tiny_model: TinyModel, executor: Any
+) -> None:
+    """A batch of what waits, then a call of the split request, in turn: the small requests are not held
+    for all of its calls, and it still answers as one call would."""
+    batcher, recorder = make(tiny_model(), executor, max_batch_size=4, split_rows=4)
+    answered: list[int] = []
+
+    async def ask(count: int) -> dict[str, np.ndarray]:
+        result = await batcher.submit(rows(count, value=count), count)
+        answered.append(count)
+        return result
+
+    big, *_ = await asyncio.gather(ask(14), ask(1), ask(2), ask(3))
+
+    assert recorder.batches == [4, 1 + 2, 4, 3, 4, 2]
+    assert answered == [1, 2, 3, 14]
+    np.testing.assert_array_equal(big["Y"], np.full((14, 3), 15.0))
+    np.testing.assert_array_equal(big["label"], np.zeros(14))
+    await batcher.close()
+
+
+async def test_a_split_request_whose_caller_gave_up_makes_no_more_calls(
+    tiny_model: TinyModel, executor: Any
+) -> None:
+    batcher, recorder = make(tiny_model(), executor, max_batch_size=4, split_rows=4)
+    big = asyncio.ensure_future(batcher.submit(rows(16), 16))
+    await asyncio.sleep(0)  # queued first
+    await batcher.submit(rows(1), 1)  # ran after the first call, while the second was handed on
+    big.cancel()
+    await batcher.submit(rows(1), 1)
+    assert recorder.batches == [4, 1, 4, 1], "two of the four calls, then nothing more of it"
+    await batcher.close()
+
+
+async def test_closing_finishes_a_split_request_under_way(tiny_model: TinyModel, executor: Any) -> None:
+    batcher, recorder = make(tiny_model(), executor, max_batch_size=4, split_rows=4)
+    big = asyncio.ensure_future(batcher.submit(rows(10), 10))
+    await asyncio.sleep(0)
+    await batcher.close()
+    assert big.done() and big.result()["Y"].shape == (10, 3)
+    assert recorder.batches == [4, 4, 2]
+
+
+async def test_a_split_request_onnxruntime_refuses_fails_alone_and_the_worker_goes_on(
+    tiny_model: TinyModel, executor: Any
+) -> None:
+    batcher, _ = make(tiny_model(), executor, max_batch_size=4, split_rows=4)
+    bad = {"X": np.zeros((10, 4), dtype=np.float32)}  # past validation, onnxruntime refuses it
+    with pytest.raises(InvalidInput, match="the model refused the input"):
+        await batcher.submit(bad, 10)
+    assert (await batcher.submit(rows(10), 10))["Y"].shape == (10, 3)
+    await batcher.close()
+
+
+async def test_a_failure_in_the_worker_during_a_split_request_fails_it_with_500_and_the_worker_goes_on(
+    tiny_model: TinyModel, executor: Any
+) -> None:
+    observer = FailingObserver()
+    batcher = Batcher(
+        tiny_model(), BatchSettings(max_batch_size=4), executor=executor, split_rows=4, observer=observer
+    )
+    batcher.start()
+    with pytest.raises(InferenceFailed, match="observer broke"):
+        await batcher.submit(rows(10), 10)
+    assert (await batcher.submit(rows(10), 10))["Y"].shape == (10, 3)
+    assert observer.batches == [4, 4, 2]
     await batcher.close()
