@@ -387,14 +387,14 @@ class ModelService:
                 opened.runner.signature, settings.capture_max_samples, settings.capture_max_bytes, self._rng
             )
             model.capturer = Capture(settings.capture_dir, settings.capture_flush_s, batchable=batchable)
+            capturing = model.capturer.process
             model.capture = self._lane(
-                slo.SampleKind.CAPTURE, model.capturer.process, executor=self._capture_executor, max_items=None
+                slo.SampleKind.CAPTURE, capturing, executor=self._capture_executor, max_items=None
             )
             self._capture_flusher = self._flush_capture_periodically(model.capturer)
             log.info(
-                "capturing a reservoir of production inputs (at most %d samples, %d bytes) in %s",
-                settings.capture_max_samples,
-                settings.capture_max_bytes,
+                "capturing a reservoir of production inputs (%s) in %s",
+                model.reservoir.describe(),
                 model.capturer.path,
             )
         return model
