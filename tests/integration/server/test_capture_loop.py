@@ -44,8 +44,8 @@ async def test_serve_captures_production_rows_that_quantize_calibrates_from(
         await server.wait_ready()
         client = triton.InferenceServerClient(server.address)
         # 397 rows in 49 requests of 8: fewer picks than the lane's queue holds, so none can be dropped
-        # as "behind" however little CPU the SCHED_IDLE worker gets while the client runs (in requests
-        # of 4, a worker starved on CI's two cores dropped one of ~90 picks)
+        # as "behind" however little CPU the worker gets while the client runs (in requests of 4, the
+        # lane's SCHED_IDLE worker, before it had its own thread, dropped one of ~90 picks on CI)
         requests = np.array_split(images, len(images) // 8)
         assert len(requests) <= QualitySettings().background_queue_size
         for batch in requests:
