@@ -393,9 +393,9 @@ class ModelService:
             )
             self._capture_flusher = self._flush_capture_periodically(model.capturer)
             log.info(
-                "capturing a reservoir of production inputs (%s) in %s",
-                model.reservoir.describe(),
+                "capturing a reservoir of production inputs in %s: %s",
                 model.capturer.path,
+                model.reservoir.describe(),
             )
         return model
 
