@@ -81,6 +81,10 @@ GATHER_S = 0.2
 to minutes, so a fifth of a second of lag costs them nothing, and at a few dozen samples a second
 (5% of a 1,000 req/s server) it makes hand-offs of ~10 instead of ~2."""
 
+HAND_OFF_ITEMS = 16
+"""Samples a hand-off takes at most, by default: one hand-off per 16 samples keeps 5% sampling cheap
+(the module's text), and a hand-off of 16 one-row samples is one ROWS_A_CALL call."""
+
 ROWS_A_CALL = 32
 """Rows the background sessions (reference, observer) run in one call, at most: a hand-off of 16
 one-row samples is one call, but large requests go one at a time, so that a hand-off never holds
@@ -134,7 +138,7 @@ class Lane(Generic[T]):
         on_drop: Callable[[DropReason], None],
         on_processed: Callable[[int], None] = lambda count: None,
         budget: CpuBudget | None = None,
-        max_items: int = 16,
+        max_items: int = HAND_OFF_ITEMS,
         gather_s: float = GATHER_S,
     ) -> None:
         self.name = name

@@ -6,13 +6,16 @@ row seen so far has the same chance, capacity / rows seen, to be in it. `quantsh
 input name, samples along the first axis), so "drift alert, recalibrate, canary" is one loop.
 
 Work is split as the SLI lanes split it. On the response path `Reservoir.choose` draws one random
-number per row and copies nothing; the rows it picks go to the capture lane, whose background thread
-stores them (`Capture.process`) and writes the file at most every `flush_s` seconds (the service asks
-the same thread every `flush_s` to write what is due, so rows reach the file after traffic stops),
-and at shutdown, to a temporary file renamed over the old one, so a reader never sees half a file.
-A full lane drops
-the pick and counts it (`quantship_samples_dropped_total{kind="capture"}`), as do rows whose shape
-differs from the first one kept (a token model's other sequence lengths: one array cannot hold them).
+number per row and copies nothing; the rows it picks go to the capture lane, whose thread stores them
+(`Capture.process`) and writes the file at most every `flush_s` seconds (the service asks the same
+thread every `flush_s` to write what is due, so rows reach the file after traffic stops), and at
+shutdown, to a temporary file renamed over the old one, so a reader never sees half a file. That
+thread is the capture's own, at normal priority: storing a row takes microseconds (MiniLM's 5-7 µs,
+an EfficientNet-Lite0 image's 0.1-0.4 ms), and on the SLI lanes' SCHED_IDLE thread a host busy with
+other work let it fall behind by hundreds of rows, a reservoir of whatever the host's load let in.
+A full lane still drops the pick and counts it (`quantship_samples_dropped_total{kind="capture"}`),
+as do rows whose shape differs from the first one kept (a token model's other sequence lengths: one
+array cannot hold them).
 
 Memory is bounded: capacity = min(max samples, max bytes / bytes of one sample), held as one array
 per input of `capacity` samples (no object per sample: kept as dicts of rows, 256 bytes of digits
@@ -26,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import random
 import tempfile
@@ -48,6 +52,32 @@ STALE_TEMPORARY_S = 600.0
 seconds. Younger ones may be another live server's, sharing the directory."""
 
 
+def describe_cap(max_samples: int, max_bytes: int, sample_bytes: int) -> str:
+    """What the caps mean for samples of `sample_bytes`: the reservoir's size, and which cap sets it
+    (1000 samples at most, by default, but 128 MiB hold ~222 EfficientNet-Lite0 images)."""
+    capacity = reservoir_capacity(max_samples, max_bytes, sample_bytes)
+    by_samples = capacity == max_samples
+    limit = f"--capture-max-samples {max_samples}" if by_samples else f"--capture-max-bytes {max_bytes}"
+    return f"at most {capacity} samples of {sample_bytes} bytes ({limit} sets it)"
+
+
+def reservoir_capacity(max_samples: int, max_bytes: int, sample_bytes: int) -> int:
+    return max(0, min(max_samples, max_bytes // max(1, sample_bytes)))
+
+
+def fixed_sample_bytes(signature: Signature) -> int | None:
+    """Bytes of one sample where the model fixes every dimension of it; None where one is open (a
+    token model's sequence length): the first row served sets it then."""
+    total = 0
+    for spec in signature.inputs:
+        dims = spec.shape[1:] if signature.batchable else spec.shape
+        fixed = [dim for dim in dims if dim is not None]
+        if len(fixed) < len(dims):
+            return None
+        total += math.prod(fixed) * spec.dtype.itemsize
+    return total
+
+
 @dataclass(frozen=True)
 class CapturePick:
     inputs: Tensors
@@ -68,6 +98,16 @@ class Reservoir:
         self.seen = 0
         self.capacity: int | None = None
         self.layout: tuple[tuple[str, str, tuple[int, ...]], ...] | None = None
+        self.fixed_sample_bytes = fixed_sample_bytes(signature)
+
+    def describe(self) -> str:
+        """The cap for this model's samples where its inputs fix their size; both caps otherwise."""
+        if self.fixed_sample_bytes is None:
+            return (
+                f"at most {self.max_samples} samples, {self.max_bytes} bytes: the first row served sets"
+                " a sample's size, and the cap"
+            )
+        return describe_cap(self.max_samples, self.max_bytes, self.fixed_sample_bytes)
 
     def _sample_layout(self, inputs: Tensors) -> tuple[tuple[str, str, tuple[int, ...]], ...]:
         return tuple(
@@ -82,12 +122,14 @@ class Reservoir:
         if self.layout is None:
             self.layout = layout
             sample_bytes = sum(int(np.prod(shape)) * np.dtype(dtype).itemsize for _, dtype, shape in layout)
-            self.capacity = max(0, min(self.max_samples, self.max_bytes // max(1, sample_bytes)))
+            self.capacity = reservoir_capacity(self.max_samples, self.max_bytes, sample_bytes)
             if not self.capacity:
                 log.warning(
                     "capture: one sample (%d bytes) exceeds --capture-max-bytes; capturing nothing",
                     sample_bytes,
                 )
+            elif self.fixed_sample_bytes is None:  # the startup line could not say
+                log.info("capture: %s", describe_cap(self.max_samples, self.max_bytes, sample_bytes))
         elif layout != self.layout:
             return None
         assert self.capacity is not None

@@ -21,7 +21,7 @@ import secrets
 import tempfile
 import time
 from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,7 +44,7 @@ from quantship.artifact import (
 )
 from quantship.server import batch_policy, cpus, hardware, probe
 from quantship.server import runner as runner_module
-from quantship.server.background import CpuBudget, Lane, lower_priority
+from quantship.server.background import HAND_OFF_ITEMS, CpuBudget, Lane, lower_priority
 from quantship.server.batcher import Batcher, Gone
 from quantship.server.capture import Capture, CapturePick, Reservoir
 from quantship.server.clipping import ClipCounter, ClipSample, observer_model, unusable_ranges
@@ -166,6 +166,12 @@ class ModelService:
         # normal priority, and not queued behind the SLI lanes' batches on the background thread,
         # which a saturated core starves (SCHED_IDLE) by design.
         self._feedback_executor = ThreadPoolExecutor(1, thread_name_prefix="quantship-feedback")
+        # The capture lane copies picked rows into its reservoir (microseconds a row) and writes the
+        # file: at normal priority, on its own thread. On the SCHED_IDLE one, a host busy with other
+        # work starved it: MiniLM INT8 at ~23 one-row requests a second, load ~3.6 on two cores, kept
+        # 85 of 200 rows and dropped 115 as behind (2026-12-06), and a reservoir that drops rows by
+        # the host's load is no uniform sample of the rows served.
+        self._capture_executor = ThreadPoolExecutor(1, thread_name_prefix="quantship-capture")
         self._scratch: Path | None = None
         """Where a .tar.gz artifact is unpacked: marked ours, removed on close, swept if we are killed."""
         self._loading: asyncio.Task[None] | None = None
@@ -381,13 +387,15 @@ class ModelService:
                 opened.runner.signature, settings.capture_max_samples, settings.capture_max_bytes, self._rng
             )
             model.capturer = Capture(settings.capture_dir, settings.capture_flush_s, batchable=batchable)
-            model.capture = self._lane(slo.SampleKind.CAPTURE, model.capturer.process)
+            capturing = model.capturer.process
+            model.capture = self._lane(
+                slo.SampleKind.CAPTURE, capturing, executor=self._capture_executor, max_items=None
+            )
             self._capture_flusher = self._flush_capture_periodically(model.capturer)
             log.info(
-                "capturing a reservoir of production inputs (at most %d samples, %d bytes) in %s",
-                settings.capture_max_samples,
-                settings.capture_max_bytes,
+                "capturing a reservoir of production inputs in %s: %s",
                 model.capturer.path,
+                model.reservoir.describe(),
             )
         return model
 
@@ -403,19 +411,31 @@ class ModelService:
             loop = asyncio.get_running_loop()
             while True:
                 await asyncio.sleep(capturer.flush_s)
-                await loop.run_in_executor(self._background_executor, capturer.process, [])
+                await loop.run_in_executor(self._capture_executor, capturer.process, [])
 
         return asyncio.get_running_loop().create_task(flush_when_due(), name="capture flusher")
 
-    def _lane(self, kind: slo.SampleKind, process: Any, budget: CpuBudget | None = None) -> Lane[Any]:
+    def _lane(
+        self,
+        kind: slo.SampleKind,
+        process: Any,
+        budget: CpuBudget | None = None,
+        *,
+        executor: Executor | None = None,
+        max_items: int | None = HAND_OFF_ITEMS,
+    ) -> Lane[Any]:
+        """A lane on the background thread unless `executor` is given; `max_items` None: a hand-off
+        takes all that is queued (the capture's work is cheap a sample, and the wake-up is not)."""
+        capacity = self.settings.quality.background_queue_size
         lane: Lane[Any] = Lane(
             kind,
             process,
-            executor=self._background_executor,
-            capacity=self.settings.quality.background_queue_size,
+            executor=self._background_executor if executor is None else executor,
+            capacity=capacity,
             on_drop=lambda reason: self.metrics.sample_dropped(kind, reason),
             on_processed=lambda count: self.metrics.samples_done(kind, count),
             budget=budget,
+            max_items=capacity if max_items is None else max_items,
         )
         lane.start()
         return lane
@@ -462,6 +482,7 @@ class ModelService:
         self._infer_executor.shutdown(wait=False)
         self._background_executor.shutdown(wait=False)
         self._feedback_executor.shutdown(wait=False)
+        self._capture_executor.shutdown(wait=False)
         if self._scratch is not None:
             scratch.remove(self._scratch)
         if self.cut_requests:
@@ -479,7 +500,7 @@ class ModelService:
         loop = asyncio.get_running_loop()
         try:
             final = functools.partial(capturer.flush, final=True)
-            await asyncio.wait_for(loop.run_in_executor(self._background_executor, final), timeout)
+            await asyncio.wait_for(loop.run_in_executor(self._capture_executor, final), timeout)
         except TimeoutError:
             log.warning(
                 "drain budget spent before the capture was written; %s keeps the last one", capturer.path

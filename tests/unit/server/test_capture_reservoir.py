@@ -133,3 +133,32 @@ def test_the_last_write_at_shutdown_says_it_failed(tmp_path: Path) -> None:
 
     with pytest.raises(OSError):
         capture.flush(final=True)
+
+
+def test_the_cap_is_told_for_this_models_samples_where_its_inputs_fix_their_size(
+    tiny_model: TinyModel,
+) -> None:
+    """The log said "at most 1000 samples, 134217728 bytes" where 128 MiB hold ~222 of EfficientNet's
+    images: the sample cap that holds is the one told. A row of X here is 3 float32, 12 bytes."""
+    signature = tiny_model().signature
+    assert Reservoir(signature, 1000, 10 * 12, random.Random(1)).describe() == (
+        "at most 10 samples of 12 bytes (--capture-max-bytes 120 sets it)"
+    )
+    assert Reservoir(signature, 5, 1 << 20, random.Random(1)).describe() == (
+        "at most 5 samples of 12 bytes (--capture-max-samples 5 sets it)"
+    )
+    unbatchable = Reservoir(tiny_model(first_dim=1).signature, 1000, 10 * 12, random.Random(1))
+    assert unbatchable.describe().startswith("at most 10 samples of 12 bytes")  # the whole request
+
+
+def test_an_open_sample_size_is_told_with_its_cap_once_the_first_row_sets_it(
+    tiny_model: TinyModel, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="quantship.server")
+    reservoir = Reservoir(tiny_model(width="W").signature, 1000, 10 * 16, random.Random(1))
+    assert "the first row served sets" in reservoir.describe()
+    reservoir.choose({"X": np.zeros((2, 4), dtype=np.float32)}, 2)
+    reservoir.choose({"X": np.zeros((2, 4), dtype=np.float32)}, 2)
+    assert [record.getMessage() for record in caplog.records] == [
+        "capture: at most 10 samples of 16 bytes (--capture-max-bytes 160 sets it)"
+    ]
