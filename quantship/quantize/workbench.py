@@ -120,7 +120,8 @@ class Workbench:
         float neighbours, for tuner.without_unfused: their quantized elementwise neighbours
         (engine.float_region); where those already are in float and onnxruntime still sandwiches the
         node (it fused them into one, fed by a DequantizeLinear and feeding a QuantizeLinear), the
-        quantized nodes on its cheaper side (engine.cheaper_side). Not around a node of the user's
+        quantized nodes on its cheaper side (engine.cheaper_side), where all those sides hold at most
+        engine.MAX_FLOAT_SIDE_SHARE of the weight values still quantized. Not around a node of the user's
         --exclude: their choice of what runs in float stands as given (quantize warns of what it
         leaves behind Q/DQ)."""
         user = set(self.config.excluded_nodes)
@@ -130,13 +131,19 @@ class Workbench:
             return []
         quantized = {node.name for node in self._quantized.get(trial.config.label(), [])}
         quantized -= set(trial.excluded)
-        wanted = {
+        model = self.prepared_model
+        regions = [engine.float_region(model, group, quantized) for group in sources]
+        wanted = {name for region in regions for name in region}
+        sides = {
             name
-            for group in sources
-            for name in engine.float_region(self.prepared_model, group, quantized)
-            or engine.cheaper_side(self.prepared_model, group, quantized)
+            for group, region in zip(sources, regions, strict=True)
+            if not region
+            for name in engine.cheaper_side(model, group, quantized)
         }
-        return [node.name for node in self.prepared_model.graph.node if node.name in wanted]
+        budget = engine.MAX_FLOAT_SIDE_SHARE * engine.weight_values(model, quantized)
+        if engine.weight_values(model, sides) <= budget:  # all or none: one left fails a canary all the same
+            wanted |= sides
+        return [node.name for node in model.graph.node if node.name in wanted]
 
     def kept_in_float(self, config: QuantizeConfig) -> dict[str, str]:
         """The nodes every trial of `config` keeps in float for correctness, not by the user's
