@@ -121,7 +121,9 @@ class Workbench:
         (engine.float_region); where those already are in float and onnxruntime still sandwiches the
         node (it fused them into one, fed by a DequantizeLinear and feeding a QuantizeLinear), the
         quantized nodes on its cheaper side (engine.cheaper_side), where all those sides hold at most
-        engine.MAX_FLOAT_SIDE_SHARE of the weight values still quantized. Not around a node of the user's
+        engine.MAX_FLOAT_SIDE_SHARE of the weight values still quantized. Only for nodes the trials
+        kept in float: an op no recipe quantizes (a ReduceMean pooling attention's context) between
+        quantized neighbours keeps them. Not around a node of the user's
         --exclude: their choice of what runs in float stands as given (quantize warns of what it
         leaves behind Q/DQ)."""
         user = set(self.config.excluded_nodes)
@@ -134,10 +136,11 @@ class Workbench:
         model = self.prepared_model
         regions = [engine.float_region(model, group, quantized) for group in sources]
         wanted = {name for region in regions for name in region}
+        in_float = set(trial.excluded)  # what a trial kept in float: a float op onnxruntime has, not ours
         sides = {
             name
             for group, region in zip(sources, regions, strict=True)
-            if not region
+            if not region and in_float.issuperset(group)
             for name in engine.cheaper_side(model, group, quantized)
         }
         budget = engine.MAX_FLOAT_SIDE_SHARE * engine.weight_values(model, quantized)
