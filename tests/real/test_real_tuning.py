@@ -302,7 +302,7 @@ def test_the_lms_layer_norms_and_gelus_run_in_float_without_q_dq_around_them(
     the calibration rows, over the default maxClipRate. The first unfused_in_float trial keeps them in
     float with their Adds and Muls, which leaves one SkipLayerNormalization onnxruntime fuses from the
     last residual Add and ln_f, between the last Gemm's int8 output and the head; the second keeps the
-    head in float (its cheaper side: 8192 weight values, the Gemm's 16384), and nothing falls back: a
+    head in float (its cheaper side: 8192 weight values, the Gemm's 16448), and nothing falls back: a
     canary passes the default maxFallbackOps of 0 (2026-12-06)."""
     out, stderr = lm_quantized
     found = manifest(out)
