@@ -186,9 +186,69 @@ def fallback_ops(model: Path | bytes, *, providers: list[str] | None = None) -> 
 
 def unfused_nodes(model: Path | bytes) -> list[str]:
     """The names of the nodes `fallback_ops` counts on the CPU provider, in graph order: onnxruntime
-    keeps the names of the nodes it leaves as they are, so they name the quantized model's nodes."""
+    keeps the names of the nodes it leaves as they are, so they name the quantized model's nodes;
+    a node it fused from several (a SkipLayerNormalization) has a name of its own."""
     _, graph = _optimized(model, [CPU_PROVIDER])
     return [node.name for node in _unfused_qdq_nodes(graph)]
+
+
+MAX_FUSED_NODES = 16
+"""The most nodes of the quantized model that `unfused_sources` traces one fused node back to: past
+it, what it found is no one fusion's pattern."""
+
+
+def unfused_sources(model: Path | bytes) -> list[tuple[str, ...]]:
+    """The quantized model's nodes behind each node `fallback_ops` counts on the CPU provider: the
+    node itself where onnxruntime kept it, else the nodes it fused it from (a SkipLayerNormalization:
+    the residual Add and the LayerNormalization). Those are what must stay in float to leave it in
+    float; empty where the fused node cannot be traced back."""
+    _, graph = _optimized(model, [CPU_PROVIDER])
+    quantized = load_proto(model).graph
+    names = {node.name for node in quantized.node}
+    kept = {node.name for node in graph.node}
+    return [
+        (node.name,) if node.name in names else _fused_from(node, quantized, kept)
+        for node in _unfused_qdq_nodes(graph)
+    ]
+
+
+def _fused_from(fused: onnx.NodeProto, graph: onnx.GraphProto, kept: set[str]) -> tuple[str, ...]:
+    """The nodes of `graph` that `fused` replaced: nodes the optimizer did not keep (`kept` names the
+    optimized graph's), never a Q/DQ, that compute `fused`'s outputs or are computed from its inputs
+    alone. Both ways: the optimizer renames an input where it duplicates a DequantizeLinear for each
+    reader (`X_DequantizeLinear_Output/duplicated`), an output where it moves a QuantizeLinear up to
+    it (GPT-2's ln_f output became `..._pre_q`)."""
+    replaced = [n for n in graph.node if n.name not in kept and n.op_type not in (QUANTIZE, DEQUANTIZE)]
+    found = _computing(fused.output, set(fused.input), replaced)
+    found |= _computed_from(fused.input, replaced, graph)
+    return tuple(n.name for n in replaced if n.name in found) if len(found) <= MAX_FUSED_NODES else ()
+
+
+def _computing(outputs: Iterable[str], inputs: set[str], nodes: list[onnx.NodeProto]) -> set[str]:
+    """The `nodes` that the `outputs` are computed by, walked back to the `inputs`."""
+    producers = {out: node for node in nodes for out in node.output}
+    found: set[str] = set()
+    tensors = list(outputs)
+    while tensors and len(found) <= MAX_FUSED_NODES:
+        node = producers.get(tensor := tensors.pop())
+        if tensor not in inputs and node is not None and node.name not in found:
+            found.add(node.name)
+            tensors.extend(node.input)
+    return found
+
+
+def _computed_from(inputs: Iterable[str], nodes: list[onnx.NodeProto], graph: onnx.GraphProto) -> set[str]:
+    """The `nodes` computed from the `inputs` and constants alone, one from another (in the graph's
+    topological order, as ONNX requires)."""
+    constants = {init.name for init in graph.initializer}
+    constants.update(out for node in graph.node if node.op_type == "Constant" for out in node.output)
+    known, found = set(inputs), set[str]()
+    for node in nodes:
+        data = [name for name in node.input if name and name not in constants]
+        if data and all(name in known for name in data):
+            found.add(node.name)
+            known.update(node.output)
+    return found
 
 
 def _optimized(

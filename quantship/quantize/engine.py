@@ -634,3 +634,60 @@ def float_region(model: onnx.ModelProto, unfused: Collection[str], quantized: Co
                 frontier.append(neighbour)
     wanted = set(quantized)
     return [node.name for node in model.graph.node if node.name in region and node.name in wanted]
+
+
+def cheaper_side(model: onnx.ModelProto, nodes: Collection[str], quantized: Collection[str]) -> list[str]:
+    """The `quantized` nodes on one side of `nodes` (an unfused node's sources, already in float with
+    their elementwise neighbours: `float_region`) whose Q/DQ still sandwich them: those writing what
+    `nodes` read (their output's Q/DQ feeds them a DequantizeLinear), or those reading what `nodes`
+    write (their input's Q/DQ puts a QuantizeLinear after them), through FOLLOWER_OPS, which carry
+    their input's quantization. One side in float is enough: the side of fewer weight values, the
+    cheaper to leave in float (GPT-2's residual Add and ln_f, fused into one SkipLayerNormalization
+    between the last MLP's projection and the head). In graph order; empty where neither side holds
+    a quantized node."""
+    producers = {out: node for node in model.graph.node for out in node.output}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    inside, wanted = set(nodes), set(quantized)
+    group = [node for node in model.graph.node if node.name in inside]
+
+    def across(node: onnx.NodeProto, step: Callable[[onnx.NodeProto], list[onnx.NodeProto]]) -> set[str]:
+        found, frontier, seen = set[str](), step(node), set[str]()
+        while frontier:
+            neighbour = frontier.pop()
+            if neighbour.name in seen or neighbour.name in inside:
+                continue
+            seen.add(neighbour.name)
+            if neighbour.op_type in FOLLOWER_OPS:
+                frontier.extend(step(neighbour))
+            elif neighbour.name in wanted:
+                found.add(neighbour.name)
+        return found
+
+    def upstream(node: onnx.NodeProto) -> list[onnx.NodeProto]:
+        data = node.input[: DATA_OPERANDS.get(node.op_type)] if node.op_type in FOLLOWER_OPS else node.input
+        return [producers[name] for name in data if name in producers]
+
+    def downstream(node: onnx.NodeProto) -> list[onnx.NodeProto]:
+        return [reader for name in node.output for reader in consumers.get(name, ())]
+
+    writers = set[str]().union(*(across(node, upstream) for node in group))
+    readers = set[str]().union(*(across(node, downstream) for node in group))
+    sides = [side for side in (writers, readers) if side]
+    chosen = min(sides, key=lambda side: weight_values(model, side), default=set())
+    return [node.name for node in model.graph.node if node.name in chosen]
+
+
+MAX_FLOAT_SIDE_SHARE = 0.1
+"""The most of a trial's quantized weight values that the sides `cheaper_side` finds may hold for the
+next unfused trial to keep them in float: gpt2-lm's head is about 7%; the digits MLP quantized S8S8
+(no int8 Add on x86) would give up two of its three MatMuls, 21%, for its two bias Adds."""
+
+
+def weight_values(model: onnx.ModelProto, nodes: Collection[str]) -> int:
+    """How many values the initializers that `nodes` read hold (a MatMul's or Gemm's weights, biases)."""
+    sizes = {init.name: math.prod(init.dims) for init in model.graph.initializer}
+    names = set(nodes)
+    return sum(sizes.get(name, 0) for node in model.graph.node if node.name in names for name in node.input)

@@ -149,8 +149,8 @@ def run(
             raise QuantizeInputError(
                 f"onnxruntime could not quantize {model_path} in any trial: {chosen.error}"
             )
-        if chosen.passed and (fused := tuner.without_unfused(chosen, bench.unfused(chosen), bench.attempt)):
-            trials.append(fused)
+        if refined := tuner.without_unfused(chosen, bench.unfused, bench.attempt):
+            trials.extend(refined)
             chosen = tuner.best(trials)
         bench.done()
         _check_something_quantized(trials, config.excluded_nodes, model_path)

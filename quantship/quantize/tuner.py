@@ -16,11 +16,13 @@ Among passing trials the most quantized wins (the share of quantizable FP32 node
 quantized), then the fastest on this machine (measured batch-1 latency). With none passing, the
 trial closest to the gate is the best effort.
 
-Then one more trial, past the budget (`without_unfused`): the winner with the nodes onnxruntime
-could not fuse into int8 kernels (runtime.fallback_ops: a GPT-2's LayerNormalization, Pow, Tanh)
-kept in float. Quantized, such a node runs in float between a DequantizeLinear and a
-QuantizeLinear, paying both conversions for nothing, and a canary over `maxFallbackOps` fails.
-Judged like any trial, on the int8 kernels; where it passes it is the result.
+Then up to MAX_UNFUSED_TRIALS more, past the budget (`without_unfused`): the winner with the nodes
+onnxruntime could not fuse into int8 kernels (runtime.fallback_ops: a GPT-2's LayerNormalization,
+Pow, Tanh) kept in float, then what onnxruntime still runs in float behind Q/DQ in that graph (a
+SkipLayerNormalization it fused from float nodes). Quantized, such a node runs in float between a
+DequantizeLinear and a QuantizeLinear, paying both conversions for nothing, and a canary over
+`maxFallbackOps` fails. Judged like any trial, on the int8 kernels; the last that passes is the
+result.
 
 This module decides; `pipeline.py` quantizes and measures through the `Attempt` it is given.
 """
@@ -289,31 +291,47 @@ def _node_search(
             return
 
 
-def without_unfused(chosen: Trial, unfused: Sequence[str], attempt: Attempt) -> Trial | None:
-    """`chosen` again with `unfused` (the nodes of its model that onnxruntime runs in float behind
-    Q/DQ) kept in float as well: the trial, passed or failed (`best` takes it only if it passed);
-    None where `chosen` failed or nothing was left unfused. One
-    quantization on the calibration `chosen` used; nodes that only the new graph leaves unfused
-    stay as they are (the manifest's fallback_ops counts them, and quantize warns)."""
-    wanted = tuple(name for name in unfused if name not in chosen.excluded)
-    if not chosen.passed or not wanted:
-        return None
-    return attempt(Stage.UNFUSED, chosen.config, (*chosen.excluded, *wanted))
+MAX_UNFUSED_TRIALS = 3
+"""The most `without_unfused` trials: the first keeps GPT-2's GELUs and LayerNormalizations in float
+with their elementwise neighbours, the second a side of the SkipLayerNormalization onnxruntime then
+fuses from its last residual Add and ln_f; a third for what only that graph leaves unfused."""
+
+
+def without_unfused(
+    chosen: Trial, unfused: Callable[[Trial], Sequence[str]], attempt: Attempt
+) -> list[Trial]:
+    """`chosen` again with what `unfused` says of its model kept in float as well (the nodes
+    onnxruntime runs in float behind Q/DQ, and the neighbours that put them there), then that trial
+    refined the same way while it passes and something is left unfused, up to MAX_UNFUSED_TRIALS:
+    onnxruntime fuses the float nodes of one trial into a node the next one finds unfused. Each trial
+    passed or failed (`best` takes the last that passed); none where `chosen` failed or nothing was
+    left unfused. One quantization each, on the calibration `chosen` used; what the last one leaves
+    unfused stays (the manifest's fallback_ops counts it, and quantize warns)."""
+    refined: list[Trial] = []
+    last = chosen
+    while last.passed and len(refined) < MAX_UNFUSED_TRIALS:
+        wanted = tuple(name for name in unfused(last) if name not in last.excluded)
+        if not wanted:
+            break
+        last = attempt(Stage.UNFUSED, chosen.config, (*last.excluded, *wanted))
+        refined.append(last)
+    return refined
 
 
 def best(trials: list[Trial]) -> Trial:
-    """A passing `without_unfused` trial (it refines the best of the others); else the most quantized
-    passing trial, then the fastest; else the one closest to the gate. The refinement wins even where
-    its figures read a little worse: the trial it refines runs ops in float behind Q/DQ, which the
-    canary's fallback gate (spec.slos.maxFallbackOps, 0 by default) fails outright, and dropping
-    their conversions costs no kernel its int8 (on gpt2-lm: 0.569 against 0.569 ms a row, agreement
-    higher)."""
+    """The last passing `without_unfused` trial (each refines the one before, which the best of the
+    others began); else the most quantized passing trial, then the fastest; else the one closest to
+    the gate. The refinement wins even where its figures read a little worse: the trial it refines
+    runs ops in float behind Q/DQ, which the canary's fallback gate (spec.slos.maxFallbackOps, 0 by
+    default) fails outright, and dropping their conversions costs no kernel its int8 (on gpt2-lm:
+    0.569 against 0.569 ms a row, agreement higher) but the few a sandwich's cheaper side leaves in
+    float (engine.cheaper_side)."""
     passing = [t for t in trials if t.passed]
     if passing:
         return max(
             passing,
             key=lambda t: (
-                t.stage is Stage.UNFUSED,
+                t.number if t.stage is Stage.UNFUSED else -1,
                 round(t.quantized_share, 6),
                 -(t.latency_ms if t.latency_ms is not None else float("inf")),
                 -t.evaluation.delta,

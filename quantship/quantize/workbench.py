@@ -115,16 +115,38 @@ class Workbench:
         return trial
 
     def unfused(self, trial: tuner.Trial) -> list[str]:
-        """What `trial` quantized around the nodes onnxruntime runs in float behind Q/DQ
-        (runtime.unfused_nodes): the nodes to keep in float with them (engine.float_region) for
-        tuner.without_unfused. Not around a node of the user's --exclude: their choice of what runs
-        in float stands as given (quantize warns of what it leaves behind Q/DQ)."""
+        """What to keep in float beyond `trial`'s exclusions so that the nodes onnxruntime runs in float
+        behind Q/DQ (runtime.unfused_sources: a node fused from several is those several) run among
+        float neighbours, for tuner.without_unfused: their quantized elementwise neighbours
+        (engine.float_region); where those already are in float and onnxruntime still sandwiches the
+        node (it fused them into one, fed by a DequantizeLinear and feeding a QuantizeLinear), the
+        quantized nodes on its cheaper side (engine.cheaper_side), where all those sides hold at most
+        engine.MAX_FLOAT_SIDE_SHARE of the weight values still quantized. Only for nodes the trials
+        kept in float: an op no recipe quantizes (a ReduceMean pooling attention's context) between
+        quantized neighbours keeps them. Not around a node of the user's
+        --exclude: their choice of what runs in float stands as given (quantize warns of what it
+        leaves behind Q/DQ)."""
         user = set(self.config.excluded_nodes)
-        unfused = [name for name in runtime.unfused_nodes(self.path(trial)) if name not in user]
-        if not unfused:
+        unfused = runtime.unfused_sources(self.path(trial))
+        sources = [group for group in unfused if group and not user & set(group)]
+        if not sources:
             return []
         quantized = {node.name for node in self._quantized.get(trial.config.label(), [])}
-        return engine.float_region(self.prepared_model, unfused, quantized - set(trial.excluded))
+        quantized -= set(trial.excluded)
+        model = self.prepared_model
+        regions = [engine.float_region(model, group, quantized) for group in sources]
+        wanted = {name for region in regions for name in region}
+        in_float = set(trial.excluded)  # what a trial kept in float: a float op onnxruntime has, not ours
+        sides = {
+            name
+            for group, region in zip(sources, regions, strict=True)
+            if not region and in_float.issuperset(group)
+            for name in engine.cheaper_side(model, group, quantized)
+        }
+        budget = engine.MAX_FLOAT_SIDE_SHARE * engine.weight_values(model, quantized)
+        if engine.weight_values(model, sides) <= budget:  # all or none: one left fails a canary all the same
+            wanted |= sides
+        return [node.name for node in model.graph.node if node.name in wanted]
 
     def kept_in_float(self, config: QuantizeConfig) -> dict[str, str]:
         """The nodes every trial of `config` keeps in float for correctness, not by the user's

@@ -330,8 +330,10 @@ def test_the_unfused_trial_refines_the_chosen_one_and_wins_where_it_passes() -> 
     passes = _attempt(lambda config, excluded: 1.0, log)
     chosen = passes(tuner.Stage.SINGLE, BASE, ("c1",))
     # Its own exclusions stay; the nodes already in float are not asked for twice.
-    fused = tuner.without_unfused(chosen, ["c1", "a1", "a2"], passes)
-    assert fused is not None and fused.stage is tuner.Stage.UNFUSED
+    (fused,) = tuner.without_unfused(
+        chosen, lambda t: [] if "a1" in t.excluded else ["c1", "a1", "a2"], passes
+    )
+    assert fused.stage is tuner.Stage.UNFUSED
     assert log[-1] == (tuner.Stage.UNFUSED, BASE.label(), ("c1", "a1", "a2"))
     # Less quantized than the trial it refines, and still the result.
     assert fused.quantized_share < chosen.quantized_share
@@ -342,5 +344,24 @@ def test_the_unfused_trial_refines_the_chosen_one_and_wins_where_it_passes() -> 
         is not tuner.Stage.UNFUSED
     )
     # Nothing unfused, or a chosen trial that failed the gate: no trial.
-    assert tuner.without_unfused(chosen, ["c1"], passes) is None
-    assert tuner.without_unfused(failing(tuner.Stage.RECIPE, BASE, ()), ["a1"], passes) is None
+    assert tuner.without_unfused(chosen, lambda t: ["c1"], passes) == []
+    assert tuner.without_unfused(failing(tuner.Stage.RECIPE, BASE, ()), lambda t: ["a1"], passes) == []
+
+
+def test_the_unfused_trials_go_on_while_a_graph_leaves_something_unfused_and_the_last_pass_wins() -> None:
+    """onnxruntime fuses what one trial keeps in float (a residual Add and a LayerNormalization) into a
+    node the next finds between Q/DQ: each trial refines the one before, up to MAX_UNFUSED_TRIALS."""
+    log: list[tuple[tuner.Stage, str, tuple[str, ...]]] = []
+    passes = _attempt(lambda config, excluded: 1.0, log)
+    chosen = passes(tuner.Stage.RECIPE, BASE, ())
+    asked: dict[tuple[str, ...], list[str]] = {(): ["a1", "a2"], ("a1", "a2"): ["c3"]}
+    first, second = tuner.without_unfused(chosen, lambda t: asked.get(t.excluded, []), passes)
+    assert (first.excluded, second.excluded) == (("a1", "a2"), ("a1", "a2", "c3"))
+    assert first.quantized_share > second.quantized_share and tuner.best([chosen, first, second]) is second
+    # A refinement that fails the gate ends the search, and the last that passed is the result.
+    gated = _attempt(lambda config, excluded: 0.5 if "c3" in excluded else 1.0, log)
+    first, second = tuner.without_unfused(chosen, lambda t: asked.get(t.excluded, []), gated)
+    assert first.passed and not second.passed and tuner.best([chosen, first, second]) is first
+    # Bounded, even where every graph leaves something new unfused.
+    endless = tuner.without_unfused(chosen, lambda t: [f"n{len(t.excluded)}"], passes)
+    assert len(endless) == tuner.MAX_UNFUSED_TRIALS
