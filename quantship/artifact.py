@@ -132,6 +132,15 @@ class ArtifactError(Exception):
         super().__init__(message)
         self.reason = reason
 
+    def naming(self, scratch_paths: Iterable[Path], shown_as: str) -> ArtifactError:
+        """The same refusal with `scratch_paths` (where the artifact was unpacked or downloaded, most
+        specific first) named as what the user gave (`shown_as`): a temporary folder, gone by the
+        time the message is read, says nothing about which artifact failed."""
+        message = str(self)
+        for path in scratch_paths:
+            message = message.replace(str(path), shown_as)
+        return ArtifactError(message, reason=self.reason)
+
 
 @dataclass(frozen=True)
 class ActivationRange:
@@ -374,6 +383,15 @@ class Artifact:
         return self.gate == "passed"
 
     @property
+    def baseline(self) -> bool:
+        """Written by `quantship package`: the FP32 model as given, no quantization and no gate."""
+        return self.manifest.get("quantization", {}).get("precision") == FP32_PRECISION
+
+    def gate_in_words(self) -> str:
+        """`gate passed`, `gate failed`, or why there is none: as the CLI prints it."""
+        return "no gate (an unquantized baseline)" if self.baseline else f"gate {self.gate}"
+
+    @property
     def digest(self) -> str:
         """sha256 of the canonical manifest: names this exact artifact (a revision id)."""
         return hashlib.sha256(canonical_bytes(self.manifest)).hexdigest()
@@ -452,9 +470,15 @@ def load_private_key(path: Path) -> Ed25519PrivateKey:
 
 def load_public_key(path: Path) -> Ed25519PublicKey:
     try:
-        key = serialization.load_pem_public_key(path.read_bytes())
-    except (OSError, ValueError) as exc:
-        raise ArtifactError(f"cannot read public key {path}: {exc}", reason="key") from exc
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ArtifactError(f"cannot read public key {path}: {exc.strerror or exc}", reason="key") from exc
+    try:
+        key = serialization.load_pem_public_key(data)
+    except ValueError as exc:  # cryptography's own words ask "Are you sure this is a public key?"
+        private = b"PRIVATE KEY-----" in data
+        held = "a private key: pass the public key keygen wrote with it" if private else "no PEM public key"
+        raise ArtifactError(f"{path} is not a public key (it holds {held})", reason="key") from exc
     if not isinstance(key, Ed25519PublicKey):
         raise ArtifactError(f"{path} is not an ed25519 public key", reason="key")
     return key
@@ -829,7 +853,10 @@ def _unpack_and_verify(
         raise ArtifactError(f"{dest}: not empty; refusing to unpack {path} into it", reason="io")
     try:
         root, unpacked = _extract(path, dest, limits)
-        loaded = _verify(root, public_key, keep)
+        try:
+            loaded = _verify(root, public_key, keep)
+        except ArtifactError as exc:
+            raise exc.naming([root, dest], str(path)) from None
         unnamed = sorted(unpacked - {MANIFEST_FILE, *loaded.artifact.manifest["files"]})
         if unnamed:
             raise ArtifactError(

@@ -616,7 +616,10 @@ def pull(
         )
     except oci.OciError as exc:
         raise Refused(str(exc)) from exc
-    click.echo(f"pulled {uri} into {pulled.root}: manifest {pulled.digest[:12]}, gate {pulled.gate}")
+    click.echo(
+        f"pulled {uri} ({pulled.image_digest}) into {pulled.root}: {pulled.gate_in_words()}, "
+        f"its manifest.json sha256 {pulled.digest[:12]}"
+    )
 
 
 @main.command()
@@ -652,24 +655,35 @@ def verify(path: Path, public_key: Path | None, reference: Path | None, require_
             check_loadable(loaded, reference=reference, require_gate_hardware=require_gate_hardware)
         except LoadRefused as exc:
             raise Refused(f"{path}: a server refuses to load it: {exc}") from exc
-    signature = (
-        "signature valid" if key else ("signed, signature not checked" if loaded.signed else "unsigned")
-    )
+    signature = _signature_in_words(loaded, checked=key is not None)
     files = len(loaded.manifest["files"])
-    click.echo(f"ok: {path}: {files} files match their sha256; {signature}; gate {loaded.gate}")
+    matched = f"{files} files match their sha256" if files > 1 else "its one file matches its sha256"
+    click.echo(f"ok: {path}: {matched}; {signature}; {loaded.gate_in_words()}")
+
+
+def _signature_in_words(loaded: artifact.Artifact, *, checked: bool) -> str:
+    if checked:
+        return "signature valid"
+    return "signed, signature not checked" if loaded.signed else "unsigned"
 
 
 @main.command()
 @click.argument("path", type=click.Path(path_type=Path))
 @click.option("-o", "--out", required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--public-key",
+    type=click.Path(path_type=Path),
+    help="Require a valid ed25519 signature; the report then says it was checked.",
+)
 @user_errors
-def report(path: Path, out: Path) -> None:
+def report(path: Path, out: Path, public_key: Path | None) -> None:
     """Write a self-contained HTML report (plots embedded) for an artifact."""
     from quantship.quantize import report as report_module
 
     artifact.refuse_inside_an_artifact(out)
-    with artifact.opened(path) as loaded:
-        html = report_module.render(loaded, given=path)
+    key = artifact.load_public_key(public_key) if public_key else None
+    with artifact.opened(path, public_key=key) as loaded:
+        html = report_module.render(loaded, given=path, signature_checked=key is not None)
     try:
         out.write_text(html)
     except OSError as exc:
@@ -1145,7 +1159,7 @@ def fetch(
         raise Refused(f"{exc}; or allow it with --cross-host-redirects") from exc
     except fetch_module.FetchError as exc:
         raise Refused(str(exc)) from exc
-    signature = "signature valid" if public_key else ("signed" if loaded.signed else "unsigned")
+    signature = _signature_in_words(loaded, checked=public_key is not None)
     click.echo(f"ok: {uri} -> {dest}: {len(loaded.manifest['files'])} files verified; {signature}")
 
 

@@ -393,6 +393,15 @@ def _sent_digest(answer: requests.Response, reference: Reference) -> str:
     return digest
 
 
+@dataclass(frozen=True)
+class Pulled(artifact.Artifact):
+    """A pulled artifact, and the digest of the image manifest it came in (`sha256:...`): what
+    `push` printed and what a pin by digest names. The artifact's own `digest` hashes its
+    manifest.json, the config blob, so it differs."""
+
+    image_digest: str
+
+
 def pull(
     uri: str,
     dest: Path,
@@ -402,7 +411,7 @@ def pull(
     public_key: Any = None,
     timeout: float = TIMEOUT_S,
     max_bytes: int = artifact.MAX_DOWNLOAD_BYTES,
-) -> artifact.Artifact:
+) -> Pulled:
     """Pull the artifact at `uri` into `dest` (created; never half-written) and verify it.
     `max_bytes` caps the layers' sizes together, as their descriptors declare them."""
     reference = Reference.parse(uri)
@@ -414,7 +423,8 @@ def pull(
         raise OciError(str(exc)) from None
     registry = _Registry.open(reference, credentials, insecure, timeout)
     with registry.session:
-        layers = _manifest(registry)["layers"]
+        image, image_digest = _manifest(registry)
+        layers = image["layers"]
         declared = sum(int(layer["size"]) for layer in layers)
         if declared > max_bytes:
             raise OciError(
@@ -434,16 +444,14 @@ def pull(
                 raise OciError(f"{reference} holds no {artifact.MANIFEST_FILE}")
             try:
                 loaded = artifact.load_artifact(staging, public_key=public_key)
-            except artifact.ArtifactError as exc:  # named by what was pulled, not the scratch folder
-                raise artifact.ArtifactError(
-                    str(exc).replace(str(staging), str(reference)), reason=exc.reason
-                ) from exc
+            except artifact.ArtifactError as exc:
+                raise exc.naming([staging], str(reference)) from exc
             if dest.exists():
                 raise OciError(f"{dest} exists; pull into a new directory")
             staging.chmod(0o755)  # as write_artifact leaves an artifact: a server of another user reads it
             with _disk_errors(f"{reference}: cannot move the artifact to {dest}"):
                 staging.rename(dest)
-    return artifact.Artifact(dest, loaded.manifest, loaded.signed)
+    return Pulled(dest, loaded.manifest, loaded.signed, image_digest)
 
 
 @dataclass
@@ -547,16 +555,18 @@ class _Registry:
         raise OciError(f"{where}: more than {MAX_REDIRECTS} redirects")
 
 
-def _manifest(registry: _Registry) -> dict[str, Any]:
-    """The image manifest: read within MAX_MANIFEST_BYTES, its digest checked when pulled by
-    digest, its shape (MANIFEST_SCHEMA), artifact type and layer titles (each once) checked always."""
+def _manifest(registry: _Registry) -> tuple[dict[str, Any], str]:
+    """The image manifest and its digest: read within MAX_MANIFEST_BYTES, its digest checked when
+    pulled by digest, its shape (MANIFEST_SCHEMA), artifact type and layer titles (each once)
+    checked always."""
     reference = registry.reference
     url = reference.container().manifest_url()
     accept = {"Accept": MANIFEST_MEDIA_TYPE}
     with _registry_errors(reference), registry.get(url, "tag or digest", accept) as response:
         too_long = f"{reference}: the manifest is longer than {MAX_MANIFEST_BYTES} bytes: refused"
         body = b"".join(_capped(response, MAX_MANIFEST_BYTES, too_long))
-    if reference.digest and "sha256:" + hashlib.sha256(body).hexdigest() != reference.digest:
+    digest = "sha256:" + hashlib.sha256(body).hexdigest()
+    if reference.digest and digest != reference.digest:
         raise OciError(f"{reference}: the manifest served does not match the digest asked for")
     try:
         manifest = artifact.parse_json(body)
@@ -578,7 +588,7 @@ def _manifest(registry: _Registry) -> dict[str, Any]:
     if twice := next((title for title in titles if titles.count(title) > 1), None):
         # one title, two layers: the second would overwrite the first, and the pull fail as tampered
         raise OciError(f"{reference}: the manifest lists two layers titled {twice}: refused")
-    return manifest
+    return manifest, digest
 
 
 def _download(registry: _Registry, layer: dict[str, Any], path: Path) -> None:

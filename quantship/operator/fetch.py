@@ -209,14 +209,15 @@ def _fetch_into(
         download(uri, source, timeout=timeout, max_bytes=max_bytes, cross_host_redirects=cross_host_redirects)
     if not source.exists():
         raise FetchError(f"{uri}: {source} does not exist")
-    if source.is_dir():  # only what its manifest lists: not a claim's lost+found, nor an unlisted link
-        return _install(
-            artifact.copy_listed(source, folder / "artifact", public_key=key, max_bytes=2 * max_bytes),
-            dest,
-            key,
-        )
-    limits = artifact.ArchiveLimits(max_bytes=2 * max_bytes)
-    loaded = artifact.load_artifact(source, public_key=key, extract_to=folder / "artifact", limits=limits)
+    unpacked = folder / "artifact"
+    try:
+        if source.is_dir():  # only what its manifest lists: not a claim's lost+found, nor an unlisted link
+            loaded = artifact.copy_listed(source, unpacked, public_key=key, max_bytes=2 * max_bytes)
+        else:
+            limits = artifact.ArchiveLimits(max_bytes=2 * max_bytes)
+            loaded = artifact.load_artifact(source, public_key=key, extract_to=unpacked, limits=limits)
+    except artifact.ArtifactError as exc:  # named by the URI: the scratch folder is gone when read
+        raise exc.naming([unpacked, source], uri) from exc
     return _install(loaded, dest, key)
 
 

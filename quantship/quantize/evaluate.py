@@ -141,9 +141,15 @@ def stated(metric: Metric, value: float) -> str:
 def condition(metric: Metric, threshold: float) -> str:
     """The gate's condition in words: `top1_accuracy: relative accuracy loss <= 0.50%`."""
     if metric is Metric.TOP1_ACCURACY:
-        return f"{metric.value}: {loss_name(metric)} <= {threshold:.2%}"
-    relation = ">=" if METRICS[metric].higher_is_better else "<="
-    return f"{metric.value} {relation} {threshold:g}"
+        return f"{metric.value}: {loss_name(metric)} {bound(metric, threshold)}"
+    return f"{metric.value} {bound(metric, threshold)}"
+
+
+def bound(metric: Metric, threshold: float) -> str:
+    """The side of `threshold` that passes: `>= 0.99`, `<= 0.50%` (top1_accuracy's relative loss)."""
+    if metric is Metric.TOP1_ACCURACY:
+        return f"<= {threshold:.2%}"
+    return f"{'>=' if METRICS[metric].higher_is_better else '<='} {threshold:g}"
 
 
 def _check_in_domain(metric: Metric, threshold: float) -> None:

@@ -20,8 +20,9 @@ _NARROW_BAND = 0.2
 """Trials' values (and the gate) within this share of the largest get an axis that does not start at 0."""
 
 
-def render(loaded: artifact.Artifact, given: Path | None = None) -> str:
-    """`given`: the path the user named (a .tar.gz is read from a scratch copy, gone once done)."""
+def render(loaded: artifact.Artifact, given: Path | None = None, *, signature_checked: bool = False) -> str:
+    """`given`: the path the user named (a .tar.gz is read from a scratch copy, gone once done).
+    `signature_checked`: `loaded` was verified against a public key, so its signature is valid."""
     location = given if given is not None else loaded.root
     manifest = loaded.manifest
     validation = manifest.get("validation", {})
@@ -30,7 +31,7 @@ def render(loaded: artifact.Artifact, given: Path | None = None) -> str:
     fp32_bytes = files.get(artifact.REFERENCE_FILE, {}).get("size")
     int8_bytes = files[artifact.MODEL_FILE]["size"]
     trials = manifest.get("trials", [])
-    if _is_baseline(manifest):
+    if loaded.baseline:
         sections = [("Verdict", _baseline_verdict(int8_bytes))]
     else:
         sections = [
@@ -41,7 +42,7 @@ def render(loaded: artifact.Artifact, given: Path | None = None) -> str:
             ("Calibrated activation ranges", _ranges(loaded.activation_ranges)),
         ]
     sections += [
-        ("Configuration", _config(manifest)),
+        ("Configuration", _config(manifest, _signature(loaded, signature_checked))),
         (
             "Files",
             reporting.table(
@@ -59,11 +60,6 @@ def render(loaded: artifact.Artifact, given: Path | None = None) -> str:
 
 def _value(value: Any) -> str:
     return "-" if value is None else f"{value:.4g}"
-
-
-def _is_baseline(manifest: dict[str, Any]) -> bool:
-    """`quantship package` writes the FP32 model as given: no quantization, no gate to report."""
-    return manifest.get("quantization", {}).get("precision") == artifact.FP32_PRECISION
 
 
 def _baseline_verdict(model_bytes: int) -> str:
@@ -455,7 +451,16 @@ def _range_note(activation: artifact.ActivationRange) -> str:
     return "-"
 
 
-def _config(manifest: dict[str, Any]) -> str:
+def _signature(loaded: artifact.Artifact, checked: bool) -> str:
+    """A signature's presence proves nothing until a key checks it (anyone can add one)."""
+    if not loaded.signed:
+        return "no"
+    if checked:
+        return "yes (ed25519), valid for the public key given"
+    return "yes (ed25519), not checked: pass --public-key to check it"
+
+
+def _config(manifest: dict[str, Any], signed: str) -> str:
     quantization = manifest.get("quantization", {})
     calibration = manifest.get("calibration") or {}
     runtime = manifest.get("runtime", {})
@@ -466,7 +471,7 @@ def _config(manifest: dict[str, Any]) -> str:
     rows += [(f"calibration.{key}", _plain(value)) for key, value in sorted(calibration.items())]
     rows += [(f"runtime.{key}", _plain(value)) for key, value in sorted(runtime.items())]
     rows += [("fallback ops at quantize time", _plain(manifest.get("fallback_ops") or "none"))]
-    rows += [("signed", "yes (ed25519)" if artifact.SIGNATURE_KEY in manifest else "no")]
+    rows += [("signed", signed)]
     return reporting.table(["setting", "value"], rows)
 
 

@@ -17,7 +17,7 @@ def table(rows: list[tuple[str, artifact.Artifact]], title: str = "quantization 
     out.add_column("size FP32→INT8", justify="right")
     out.add_column("top-1 FP32→INT8", justify="right")
     out.add_column("gate metric", justify="right")
-    out.add_column("agree", justify="right")
+    out.add_column("top-1 agree", justify="right")
     out.add_column("gate")
     out.add_column("trials", justify="right")
     out.add_column("in float")
@@ -66,7 +66,11 @@ def _gated(validation: dict[str, Any]) -> str:
     if value is None:
         return "-"
     metric = evaluate.known(validation.get("metric"))
-    return evaluate.stated(metric, value) if metric else f"{validation.get('metric')} {value:.4g}"
+    if metric is None:
+        return f"{validation.get('metric')} {value:.4g}"
+    threshold = validation.get("threshold")
+    passing = f" ({evaluate.bound(metric, threshold)})" if isinstance(threshold, int | float) else ""
+    return evaluate.stated(metric, value) + passing  # a bare `confident_agreement 1` said not against what
 
 
 def _kib(size: int | None) -> str:

@@ -163,7 +163,7 @@ class Workbench:
             wanted = [name for name in nodes if name not in kept and name not in self.config.excluded_nodes]
             if wanted and nodes not in self._announced:
                 self._announced.add(nodes)
-                self.note(why)
+                self.note(f"static trials: {why}")  # the manifest keeps it, whichever recipe wins
             kept.update(dict.fromkeys(wanted, why))
         return kept
 

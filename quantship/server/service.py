@@ -247,7 +247,7 @@ class ModelService:
         self.problem = f"model {self.settings.model_name!r} is not served: {message}"
         self.metrics.load_failed(reason)
         log.error(
-            "refused artifact %s (reason: %s): %s. Staying up but not ready: /v2/health/ready answers 503",
+            "cannot serve artifact %s (reason: %s): %s. Staying up but not ready: /v2/health/ready: 503",
             self.settings.artifact,
             reason,
             message,

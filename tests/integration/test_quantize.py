@@ -1244,6 +1244,7 @@ def test_an_additive_attention_mask_stays_in_float_and_static_int8_passes(
     (said,) = [w for w in result.warnings if "reach past" in w]
     assert "finfo.min" in said and "masked [-3.4e+38" in said and "mask_add, softmax" in said
     assert said in manifest["warnings"]
+    assert said.startswith("static trials: ")  # a dynamic winner's manifest keeps it too: whose it is
     # The artifact keeps no range of the masked scores: no drift histogram with everything in one bin.
     assert {r.tensor for r in result.artifact.activation_ranges}.isdisjoint({"masked", "additive3"})
     assert {"query", "scores", "context", "classify"} <= set(

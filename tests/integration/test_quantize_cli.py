@@ -278,6 +278,13 @@ def test_sign_then_verify_and_tamper(sample: zoo.SampleModel, tmp_path: Path) ->
     assert code == 0, err
     code, out, _ = _cli("verify", tmp_path / "a", "--public-key", public)
     assert code == 0 and "signature valid" in out
+    # a signature anyone could have added proves nothing until a key checks it: the report says which
+    assert _cli("report", tmp_path / "a", "-o", tmp_path / "unchecked.html")[0] == 0
+    assert "not checked: pass --public-key to check it" in (tmp_path / "unchecked.html").read_text()
+    assert _cli("report", tmp_path / "a", "-o", tmp_path / "checked.html", "--public-key", public)[0] == 0
+    assert "valid for the public key given" in (tmp_path / "checked.html").read_text()
+    code, _, err = _cli("verify", tmp_path / "a", "--public-key", private)  # the wrong half of the pair
+    _assert_one_line_error(code, err, "k.pem is not a public key (it holds a private key")
 
     model = tmp_path / "a" / artifact.MODEL_FILE
     model.write_bytes(model.read_bytes()[:-1] + b"\x00")
@@ -396,6 +403,9 @@ def test_report_of_an_fp32_package_says_it_is_an_unquantized_baseline(
     page = (tmp_path / "r.html").read_text()
     assert "precision<b>fp32</b>" in page and "verdict<b>unquantized baseline, no gate</b>" in page
     assert "FAILED" not in page and "int8 kernels" not in page and "?" not in page
+    code, out, _ = _cli("verify", tmp_path / "fp32")
+    assert code == 0 and "its one file matches its sha256" in out, out
+    assert "no gate (an unquantized baseline)" in out and "gate unknown" not in out
 
 
 def test_report_is_one_self_contained_html_file_with_plots(

@@ -17,7 +17,7 @@ from rich.console import Console
 
 from quantship import artifact
 from quantship.cli import main
-from quantship.quantize import report, summary
+from quantship.quantize import evaluate, report, summary
 
 MARKUP = "\"'><q-injected>"
 """Closes an attribute and a tag, then opens one of its own: must arrive as text, escaped."""
@@ -189,7 +189,10 @@ def test_an_int8_file_larger_than_fp32_is_said_to_be_larger(good_artifact: artif
     assert "size<b>" in report.render(good_artifact) and "x smaller</b>" in report.render(good_artifact)
     console = Console(record=True, width=200)
     console.print(summary.table([("tiny", larger)]))
-    assert "1→1 KiB (1.2x larger)" in console.export_text()
+    printed = console.export_text()
+    assert "1→1 KiB (1.2x larger)" in printed
+    metric = evaluate.Metric(manifest["validation"]["metric"])  # the gated number beside what passes
+    assert f"({evaluate.bound(metric, manifest['validation']['threshold'])})" in printed, printed
 
 
 def test_the_report_of_an_archive_names_the_archive_not_its_scratch_copy(

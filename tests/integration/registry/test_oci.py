@@ -155,6 +155,9 @@ def test_the_cli_pushes_and_pulls(
     assert "@sha256:" in pushed.stdout
     pulled = CliRunner().invoke(main, ["pull", uri, "-o", str(tmp_path / "a")])
     assert pulled.exit_code == 0, pulled.stderr
+    # the digest push printed, which a pin by digest names: not the artifact's own manifest.json hash
+    image_digest = "sha256:" + pushed.stdout.split("@sha256:")[1].split()[0]
+    assert f"({image_digest})" in pulled.stdout, pulled.stdout
     assert artifact.load_artifact(tmp_path / "a").digest == good_artifact.digest
     nope = registry.uri("quantship/cli:nope")
     missing = CliRunner().invoke(main, ["pull", nope, "-o", str(tmp_path / "b")])

@@ -90,7 +90,7 @@ def test_a_tampered_artifact_keeps_the_process_up_and_unready(artifact_copy: Pat
     server.start()
     try:
         wait_until(lambda: _answers(f"{server.url}/v2/health/live"), timeout=60, what="the server to listen")
-        wait_until(lambda: "refused artifact" in server.log_tail(), what="the refusal in the log")
+        wait_until(lambda: "cannot serve artifact" in server.log_tail(), what="the refusal in the log")
         ready = httpx.get(f"{server.url}/v2/health/ready")
         assert ready.status_code == 503
         assert "model.onnx is" in ready.json()["error"] and "tampered?" in ready.json()["error"]

@@ -9,6 +9,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tarfile
 import threading
 from collections.abc import Iterator
 from functools import partial
@@ -205,6 +206,28 @@ def test_a_tampered_artifact_is_refused_and_nothing_is_installed(artifact_copy: 
     code, output = fetch(f"file://{artifact_copy}", str(tmp_path / "model"))
 
     assert code == 3 and "does not match its sha256" in output
+    assert not (tmp_path / "model").exists()
+
+
+def test_a_tampered_tarball_over_http_is_named_by_its_url(
+    artifact_copy: Path, http_root: tuple[str, Path], tmp_path: Path
+) -> None:
+    url, root = http_root
+    artifact.pack(artifact_copy, root / "digits.tar.gz")
+    with tarfile.open(root / "digits.tar.gz") as archive:  # repacked with one file changed
+        archive.extractall(tmp_path / "unpacked", filter="data")
+    with (tmp_path / "unpacked" / "model.onnx").open("r+b") as model:
+        model.seek(100)
+        model.write(b"\x00\x01\x02")
+    with tarfile.open(root / "digits.tar.gz", "w:gz") as archive:
+        for member in sorted((tmp_path / "unpacked").iterdir()):
+            archive.add(member, arcname=member.name)
+
+    code, output = fetch(f"{url}/digits.tar.gz", str(tmp_path / "model"))
+
+    # the download and its unpacked copy lived in a scratch folder beside dest, gone by now
+    assert code == 3 and f"{url}/digits.tar.gz: model.onnx does not match its sha256" in output, output
+    assert ".fetch-" not in output
     assert not (tmp_path / "model").exists()
 
 
