@@ -21,8 +21,9 @@ from starlette.routing import compile_path
 from starlette.types import Receive, Scope, Send
 
 from quantship.server import content_encoding, protocol
+from quantship.server.batcher import Gone
 from quantship.server.byte_budget import ByteBudget
-from quantship.server.connections import BODY_ARRIVAL
+from quantship.server.connections import BODY_ARRIVAL, CLIENT_GONE
 from quantship.server.errors import (
     ClientClosedRequest,
     NotReady,
@@ -75,6 +76,13 @@ def arrived(scope: Scope) -> bool:
     """Whether the server says the request's whole body is already here (connections.BODY_ARRIVAL)."""
     arrival = scope.get("extensions", {}).get(BODY_ARRIVAL)
     return arrival is not None and arrival.get("complete") is True
+
+
+def client_gone(scope: Scope) -> Gone | None:
+    """What returns once the request's client has gone (connections.CLIENT_GONE); None under a server
+    without quantship's protocol, which does not say it for the request running."""
+    gone = scope.get("extensions", {}).get(CLIENT_GONE)
+    return None if gone is None else gone["wait"]
 
 
 def _never() -> bool:
@@ -253,9 +261,9 @@ class InferRoute:
         if coding:  # inflating may take milliseconds: off the event loop
             body = await asyncio.to_thread(content_encoding.decoded, body, coding, self.limits.max_bytes)
         request = await decode(body, header_length, self.json_budget)
-        # the body read, uvicorn's `receive` returns only once the client has gone: the batcher
-        # watches it while a request runs split into calls, and stops their calls then
-        return await encode(await self.service.infer(request, receive), request, self.json_budget)
+        # the batcher watches whether the client has gone while a request runs split into calls, and
+        # stops their calls then
+        return await encode(await self.service.infer(request, client_gone(scope)), request, self.json_budget)
 
 
 _CUT_ERROR = error_json("the server is shutting down and its drain ended before the answer; retry")
