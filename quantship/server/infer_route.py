@@ -157,9 +157,12 @@ async def encode(
     """The answer, encoded on the event loop when its outputs are small, else in a thread; its JSON
     outputs' bytes held in `budget` meanwhile (as a float and a list slot a value, then its text,
     a float32 output costs ~13x its bytes while it is written as JSON)."""
-    json_bytes, binary_bytes = protocol.output_bytes(response, request)
+    inline = (INLINE_ENCODE_JSON_BYTES, INLINE_ENCODE_BINARY_BYTES)
+    json_bytes, binary_bytes = protocol.output_bytes(response, request, inline)  # stops past either
     if json_bytes <= INLINE_ENCODE_JSON_BYTES and binary_bytes <= INLINE_ENCODE_BINARY_BYTES:
         return protocol.encode_response(response, request)
+    if protocol.writes_strings_as_json(response, request):  # all of them, for the budget: off the loop
+        json_bytes, _ = await asyncio.to_thread(protocol.output_bytes, response, request)
     async with budget.hold(json_bytes) if json_bytes else contextlib.nullcontext():
         return await asyncio.to_thread(protocol.encode_response, response, request)
 
