@@ -24,7 +24,9 @@ the same piece of data as another request's message ends (pipelining), whose byt
 
 The protocol also tells the app, per request, when its client has gone (`CLIENT_GONE`): uvicorn
 marks only the last request parsed disconnected, which behind pipelined requests is not the one
-running, and its `receive` resumes reading as a side effect of asking.
+running, and pauses reading at a pipelined request's head, so that the client's end is not read
+until the running request is answered: while one is watched, reading goes on behind it up to
+PIPELINE_READ_AHEAD pipelined requests.
 
 Each connection writes through `one_write.OneWriteTransport`, so a response's head and body leave in
 one TCP segment rather than two (why, and the rule: one_write.py).
@@ -98,27 +100,38 @@ CLIENT_GONE = "quantship.client_gone"
 connection it came on is lost."""
 
 
+PIPELINE_READ_AHEAD = 1
+"""Pipelined requests parsed behind a request whose client is watched (`ClientGone.wait`) up to which
+reading goes on, where uvicorn pauses at each: so a client that sends one request behind its large one
+and hangs up is seen gone. Past it, reading stays paused, as uvicorn's (what a connection may make the
+server hold), and a hang-up is seen once the running request is answered."""
+
+
 class ClientGone:
     """Whether a request's client has gone: set by `HttpProtocol.connection_lost` for every request on
     the connection not yet answered, the one running and those pipelined behind it (uvicorn marks only
     the last parsed disconnected: a split request running ahead of a pipelined one made all its calls,
     and its answer was written to the closed transport)."""
 
-    __slots__ = ("_resume_reading", "_waiter", "gone")
+    __slots__ = ("_read_ahead", "_waiter", "gone")
 
-    def __init__(self, resume_reading: Callable[[], None]) -> None:
+    def __init__(self, read_ahead: Callable[[], None]) -> None:
         self.gone = False
-        self._resume_reading = resume_reading
+        self._read_ahead = read_ahead
         self._waiter: asyncio.Future[None] | None = None
 
+    @property
+    def watched(self) -> bool:
+        return self._waiter is not None
+
     async def wait(self) -> None:
-        """Return once the client has gone. Reading is resumed first: behind a pipelined request
-        uvicorn pauses it, and the client's end would not be read until this request is answered
-        (it pauses again at the next request's head, so that at most one more is read)."""
+        """Return once the client has gone. Reading goes on meanwhile (`HttpProtocol._read_ahead`):
+        uvicorn pauses it at a pipelined request's head, and the client's end would not be read until
+        this request is answered."""
         if self.gone:
             return
         self._waiter = asyncio.get_running_loop().create_future()
-        self._resume_reading()
+        self._read_ahead()
         await self._waiter
 
     def set(self) -> None:
@@ -198,13 +211,21 @@ class HttpProtocol(HttpToolsProtocol):
         self._in_head, self._head_bytes, self._head_tail = False, 0, b""
         self._disarm()  # a request is under way: the body timeout and the app take it from here
         self._arrival = {"complete": False}
-        gone = ClientGone(self.flow.resume_reading)
+        gone = ClientGone(self._read_ahead)
         extensions = self.scope.setdefault("extensions", {})
         extensions[BODY_ARRIVAL], extensions[CLIENT_GONE] = self._arrival, {"wait": gone.wait}
         parsed = self.cycle
         super().on_headers_complete()
         if self.cycle is not parsed:  # a request to answer (not an upgrade), answered in order
             self._unanswered.append(gone)
+            if self.pipeline and self._unanswered[0].watched:
+                self._read_ahead()
+
+    def _read_ahead(self) -> None:
+        """Read on behind the running request whose client is watched, up to PIPELINE_READ_AHEAD
+        pipelined requests (uvicorn pauses reading at each), so that the client's end is seen."""
+        if len(self.pipeline) <= PIPELINE_READ_AHEAD and not self.transport.is_closing():
+            self.flow.resume_reading()
 
     def on_message_complete(self) -> None:
         self._in_head = self._head_began = True  # what follows in this piece, if anything, is a head

@@ -302,6 +302,14 @@ def hang_up_pipelined(server: LocalServer, x: np.ndarray, coming: threading.Even
         assert coming.wait(60), "the large request came"
 
 
+def hang_up_pipelined_later(server: LocalServer, x: np.ndarray, coming: threading.Event) -> None:
+    """As `hang_up_pipelined`, the one-row request sent once the server has the large one."""
+    with socket.create_connection(("127.0.0.1", server.settings.port), timeout=60) as sock:
+        sock.sendall(json_request(x))
+        assert coming.wait(60), "the large request came"
+        sock.sendall(json_request(rows(1, x.shape[1])))
+
+
 def cancel(server: LocalServer, x: np.ndarray, coming: threading.Event) -> None:
     """Send `x` by tritonclient's gRPC client, and cancel the call once the server has the request."""
     client = grpc.InferenceServerClient(f"127.0.0.1:{server.settings.grpc_port}")
@@ -313,7 +321,9 @@ def cancel(server: LocalServer, x: np.ndarray, coming: threading.Event) -> None:
 
 
 @pytest.mark.parametrize(
-    "give_up", [hang_up, hang_up_pipelined, cancel], ids=["http", "http-pipelined", "grpc"]
+    "give_up",
+    [hang_up, hang_up_pipelined, hang_up_pipelined_later, cancel],
+    ids=["http", "http-pipelined", "http-pipelined-later", "grpc"],
 )
 def test_a_large_request_whose_client_gave_up_makes_no_more_calls(
     positions: tuple[LocalServer, ort.InferenceSession], give_up: Callable[..., None]
