@@ -782,7 +782,7 @@ def _local_artifact(ctx: click.Context, param: click.Parameter, value: str) -> P
     type=click.IntRange(min=1),
     default=_default(_BATCH, "max_queue_size"),
     show_default=True,
-    help="Requests waiting for the model; beyond it, 429.",
+    help="Requests waiting for the model (one split into calls, until answered); beyond it, 429.",
 )
 @_sampling_option(
     "--shadow-rate",

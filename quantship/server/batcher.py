@@ -12,7 +12,9 @@ batch of its own, run in the thread in calls of at most `split_rows` rows where 
 (batch_policy.BatchPolicy.split_rows): one call at a time, each after a batch of the requests that
 wait, so that a one-row request is not held for a whole split run (gpt2-lm's 4000 rows: 0.5 s and
 more), and no more calls once its caller gave up (`_step`). The queue is bounded: when it is full,
-`submit` raises Overloaded at once rather than growing memory. A model whose first dimension is not
+`submit` raises Overloaded at once rather than growing memory; a split request counts against that
+bound until it is answered (its inputs and its outputs so far are held meanwhile), not only while it
+is queued. A model whose first dimension is not
 a batch dimension runs one request per call, through the same queue (or past it, as above).
 """
 
@@ -189,15 +191,23 @@ class Batcher:
             return self._run_alone(inputs, rows)
         if self._ran_alone_this_turn:  # came with one that ran alone: there is concurrency
             self._lone_batches = 0
-        job = _Job(inputs, rows, batch_key(inputs), loop.time(), loop.create_future(), self.clock(), gone)
-        try:
-            self._queue.put_nowait(job)
-        except asyncio.QueueFull:
+        if self._waiting() >= self._queue.maxsize:
             raise Overloaded(
                 f"{self._queue.maxsize} requests are already waiting for the model (--max-queue-size); "
                 "retry later"
-            ) from None
+            )
+        job = _Job(inputs, rows, batch_key(inputs), loop.time(), loop.create_future(), self.clock(), gone)
+        self._queue.put_nowait(job)
         return await job.future
+
+    def _waiting(self) -> int:
+        """Requests held against --max-queue-size: those queued, and the split requests under way until
+        they are answered (one taken from the queue would otherwise free its place: with a queue of 2,
+        ten requests of 960 rows were all taken, the last answered after 4.4 s)."""
+        waiting = self._queue.qsize()
+        if self._splits:
+            waiting += sum(not split.job.future.done() for split in self._splits)
+        return waiting
 
     def _alone(self, rows: int) -> bool:
         """Whether this request may skip the queue and run at once, here on the loop: when the worker

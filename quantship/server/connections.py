@@ -1,5 +1,6 @@
-"""uvicorn's HTTP protocol with four fixes: an idle timeout, a bound on a request's head, small
-responses sent in one write, and errors in JSON even where the protocol answers itself.
+"""uvicorn's HTTP protocol with five fixes: an idle timeout, a bound on a request's head, small
+responses sent in one write, errors in JSON even where the protocol answers itself, and a per-request
+signal that the client has gone.
 
 uvicorn arms its keep-alive timer only after a response, and the first byte received disarms it for
 good: a connection that never sends a request, or trickles its headers, stays open forever (200 such
@@ -21,6 +22,12 @@ to its end, the first empty line, exactly. Only one head is not counted whole: o
 the same piece of data as another request's message ends (pipelining), whose bytes in that piece
 (at most one read, 256 KiB) are not counted, as httptools does not say where in a piece it began.
 
+The protocol also tells the app, per request, when its client has gone (`CLIENT_GONE`): uvicorn
+marks only the last request parsed disconnected, which behind pipelined requests is not the one
+running, and pauses reading at a pipelined request's head, so that the client's end is not read
+until the running request is answered: while one is watched, reading goes on behind it up to
+PIPELINE_READ_AHEAD pipelined requests.
+
 Each connection writes through `one_write.OneWriteTransport`, so a response's head and body leave in
 one TCP segment rather than two (why, and the rule: one_write.py).
 
@@ -33,7 +40,9 @@ client while decoding the response" in place of the server's message.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
+from collections.abc import Callable
 from http import HTTPStatus
 from typing import Any
 
@@ -86,6 +95,50 @@ whether the request's whole body has arrived. `HttpProtocol` sets it as the pars
 message's end, so a request sent in one piece is complete before the app first runs; and
 `{"cut": True}` when shutdown closed the connection while the body was arriving (`cut_upload`)."""
 
+CLIENT_GONE = "quantship.client_gone"
+"""An ASGI scope extension: `{"wait": ClientGone.wait}` of the request, which returns once the
+connection it came on is lost."""
+
+
+PIPELINE_READ_AHEAD = 1
+"""Pipelined requests parsed behind a request whose client is watched (`ClientGone.wait`) up to which
+reading goes on, where uvicorn pauses at each: so a client that sends one request behind its large one
+and hangs up is seen gone. Past it, reading stays paused, as uvicorn's (what a connection may make the
+server hold), and a hang-up is seen once the running request is answered."""
+
+
+class ClientGone:
+    """Whether a request's client has gone: set by `HttpProtocol.connection_lost` for every request on
+    the connection not yet answered, the one running and those pipelined behind it (uvicorn marks only
+    the last parsed disconnected: a split request running ahead of a pipelined one made all its calls,
+    and its answer was written to the closed transport)."""
+
+    __slots__ = ("_read_ahead", "_waiter", "gone")
+
+    def __init__(self, read_ahead: Callable[[], None]) -> None:
+        self.gone = False
+        self._read_ahead = read_ahead
+        self._waiter: asyncio.Future[None] | None = None
+
+    @property
+    def watched(self) -> bool:
+        return self._waiter is not None
+
+    async def wait(self) -> None:
+        """Return once the client has gone. Reading goes on meanwhile (`HttpProtocol._read_ahead`):
+        uvicorn pauses it at a pipelined request's head, and the client's end would not be read until
+        this request is answered."""
+        if self.gone:
+            return
+        self._waiter = asyncio.get_running_loop().create_future()
+        self._read_ahead()
+        await self._waiter
+
+    def set(self) -> None:
+        self.gone = True
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
 
 class HttpProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol, closing connections that wait longer than `timeout_keep_alive`
@@ -111,6 +164,8 @@ class HttpProtocol(HttpToolsProtocol):
         """Their last 3 bytes: the head's end (an empty line) may be split between two pieces."""
         self._head_began = False
         """A head began inside the piece being parsed (after another request's message ended)."""
+        self._unanswered: collections.deque[ClientGone] = collections.deque()
+        """The CLIENT_GONE of each request on the connection not yet answered, oldest (running) first."""
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(OneWriteTransport(transport, self.loop))
@@ -156,8 +211,21 @@ class HttpProtocol(HttpToolsProtocol):
         self._in_head, self._head_bytes, self._head_tail = False, 0, b""
         self._disarm()  # a request is under way: the body timeout and the app take it from here
         self._arrival = {"complete": False}
-        self.scope.setdefault("extensions", {})[BODY_ARRIVAL] = self._arrival
+        gone = ClientGone(self._read_ahead)
+        extensions = self.scope.setdefault("extensions", {})
+        extensions[BODY_ARRIVAL], extensions[CLIENT_GONE] = self._arrival, {"wait": gone.wait}
+        parsed = self.cycle
         super().on_headers_complete()
+        if self.cycle is not parsed:  # a request to answer (not an upgrade), answered in order
+            self._unanswered.append(gone)
+            if self.pipeline and self._unanswered[0].watched:
+                self._read_ahead()
+
+    def _read_ahead(self) -> None:
+        """Read on behind the running request whose client is watched, up to PIPELINE_READ_AHEAD
+        pipelined requests (uvicorn pauses reading at each), so that the client's end is seen."""
+        if len(self.pipeline) <= PIPELINE_READ_AHEAD and not self.transport.is_closing():
+            self.flow.resume_reading()
 
     def on_message_complete(self) -> None:
         self._in_head = self._head_began = True  # what follows in this piece, if anything, is a head
@@ -165,6 +233,8 @@ class HttpProtocol(HttpToolsProtocol):
         super().on_message_complete()
 
     def on_response_complete(self) -> None:
+        if self._unanswered:
+            self._unanswered.popleft()
         super().on_response_complete()
         if self.timeout_keep_alive_task is not None:  # uvicorn waits for the next request: so do we
             self._arm()
@@ -195,6 +265,8 @@ class HttpProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        while self._unanswered:
+            self._unanswered.popleft().set()
         super().connection_lost(exc)
 
     def _arm(self) -> None:

@@ -82,8 +82,10 @@ class Overloaded(ServerError):
 
 
 class ClientClosedRequest(ServerError):
-    """The client went away before sending its whole body: nginx's 499. The client's doing, never a
-    5xx (that would feed the error-rate SLI); nobody is left to read the answer."""
+    """The client went away before its answer: before sending its whole body, or while its request
+    of more rows than a batch ran split into calls (an HTTP hang-up, a gRPC deadline or
+    cancellation; batcher.Batcher), which then stop: nginx's 499. The client's doing, never a 5xx
+    (that would feed the error-rate SLI); nobody is left to read the answer."""
 
     status = 499
 

@@ -21,8 +21,9 @@ from starlette.routing import compile_path
 from starlette.types import Receive, Scope, Send
 
 from quantship.server import content_encoding, protocol
+from quantship.server.batcher import Gone
 from quantship.server.byte_budget import ByteBudget
-from quantship.server.connections import BODY_ARRIVAL
+from quantship.server.connections import BODY_ARRIVAL, CLIENT_GONE
 from quantship.server.errors import (
     ClientClosedRequest,
     NotReady,
@@ -75,6 +76,13 @@ def arrived(scope: Scope) -> bool:
     """Whether the server says the request's whole body is already here (connections.BODY_ARRIVAL)."""
     arrival = scope.get("extensions", {}).get(BODY_ARRIVAL)
     return arrival is not None and arrival.get("complete") is True
+
+
+def client_gone(scope: Scope) -> Gone | None:
+    """What returns once the request's client has gone (connections.CLIENT_GONE); None under a server
+    without quantship's protocol, which does not say it for the request running."""
+    gone = scope.get("extensions", {}).get(CLIENT_GONE)
+    return None if gone is None else gone["wait"]
 
 
 def _never() -> bool:
@@ -149,9 +157,12 @@ async def encode(
     """The answer, encoded on the event loop when its outputs are small, else in a thread; its JSON
     outputs' bytes held in `budget` meanwhile (as a float and a list slot a value, then its text,
     a float32 output costs ~13x its bytes while it is written as JSON)."""
-    json_bytes, binary_bytes = protocol.output_bytes(response, request)
+    inline = (INLINE_ENCODE_JSON_BYTES, INLINE_ENCODE_BINARY_BYTES)
+    json_bytes, binary_bytes = protocol.output_bytes(response, request, inline)  # stops past either
     if json_bytes <= INLINE_ENCODE_JSON_BYTES and binary_bytes <= INLINE_ENCODE_BINARY_BYTES:
         return protocol.encode_response(response, request)
+    if protocol.writes_strings_as_json(response, request):  # all of them, for the budget: off the loop
+        json_bytes, _ = await asyncio.to_thread(protocol.output_bytes, response, request)
     async with budget.hold(json_bytes) if json_bytes else contextlib.nullcontext():
         return await asyncio.to_thread(protocol.encode_response, response, request)
 
@@ -253,9 +264,9 @@ class InferRoute:
         if coding:  # inflating may take milliseconds: off the event loop
             body = await asyncio.to_thread(content_encoding.decoded, body, coding, self.limits.max_bytes)
         request = await decode(body, header_length, self.json_budget)
-        # the body read, uvicorn's `receive` returns only once the client has gone: the batcher
-        # watches it while a request runs split into calls, and stops their calls then
-        return await encode(await self.service.infer(request, receive), request, self.json_budget)
+        # the batcher watches whether the client has gone while a request runs split into calls, and
+        # stops their calls then
+        return await encode(await self.service.infer(request, client_gone(scope)), request, self.json_budget)
 
 
 _CUT_ERROR = error_json("the server is shutting down and its drain ended before the answer; retry")

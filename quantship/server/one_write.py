@@ -15,7 +15,10 @@ quantship, FastAPI and Starlette send in one piece), both in one `writelines` (o
 under uvloop); otherwise it leaves in that round (`loop.call_soon`), so that an interim
 `100 Continue`, the head of a HEAD answer or of a streamed response waits one loop iteration at
 most. Closing or ending the stream sends what is held first; `abort` drops it, as the real
-transport drops its buffer.
+transport drops its buffer. Once the real transport is closing (the client hung up), writes are
+dropped, as asyncio's transports drop them; uvloop's raise RuntimeError instead, which uvicorn let
+out as a traceback where a request answered after its client had gone behind a pipelined one (only
+the last request parsed is marked disconnected).
 """
 
 from __future__ import annotations
@@ -44,22 +47,31 @@ class OneWriteTransport(asyncio.Transport):
     # -- writing --------------------------------------------------------------------------------
 
     def write(self, data: Data) -> None:
-        if not data:
+        if not data or self._gone():
             return
         if self._held:  # the body of a held head, say: both leave now, in one writev
             self._transport.writelines([self._take_held(), data])
-        elif _size(data) <= HOLD_BYTES and not self._transport.is_closing():
+        elif _size(data) <= HOLD_BYTES:
             self._held = bytes(data)
             self._flush_handle = self._loop.call_soon(self.flush)
         else:
             self._transport.write(data)
 
     def writelines(self, list_of_data: Iterable[Data]) -> None:
+        if self._gone():
+            return
         pieces = [data for data in list_of_data if data]
         if self._held:
             pieces.insert(0, self._take_held())
         if pieces:
             self._transport.writelines(pieces)
+
+    def _gone(self) -> bool:
+        """Whether the real transport is closing: what is written now, or held, would never leave."""
+        if not self._transport.is_closing():
+            return False
+        self._take_held()
+        return True
 
     def flush(self) -> None:
         """Send what is held now (nothing once the real transport is closing: it would send nothing)."""

@@ -35,8 +35,9 @@ class BatchSettings:
     batch only what is already waiting. Under load requests pile up while the previous batch runs,
     so batches form anyway; a delay only adds latency when the server is idle."""
     max_queue_size: int = 128
-    """Requests waiting for the model, at most; one more is answered 429 at once. Bounds memory (each
-    waiting request holds its decoded tensors) and the queueing delay a client can be made to suffer."""
+    """Requests waiting for the model, at most, a request split into calls counted until it is
+    answered; one more is answered 429 at once. Bounds memory (each waiting request holds its decoded
+    tensors) and the queueing delay a client can be made to suffer."""
 
     def __post_init__(self) -> None:
         delay = self.max_queue_delay_ms  # NaN: requests would wait for batch-mates forever

@@ -20,7 +20,7 @@ from prometheus_client import CollectorRegistry
 
 from quantship import artifact
 from quantship.local.prometheus import free_port
-from quantship.server import ServerSettings, Track, create_app
+from quantship.server import ServerSettings, Track, connections, create_app
 from quantship.server.metrics import ServerMetrics
 from quantship.server.service import ModelService
 
@@ -59,8 +59,12 @@ def error_answer(answer: bytes, status: int) -> str:
 class LocalServer:
     """`create_app(settings)` served by a real uvicorn on 127.0.0.1, in a thread of this process."""
 
-    def __init__(self, settings: ServerSettings, service: ServiceFactory = ModelService) -> None:
-        """`service` builds the model service (a subclass, to put a fault where no input can)."""
+    def __init__(
+        self, settings: ServerSettings, service: ServiceFactory = ModelService, *, our_protocol: bool = False
+    ) -> None:
+        """`service` builds the model service (a subclass, to put a fault where no input can).
+        `our_protocol`: connections as `quantship serve` has them (connections.HttpProtocol), not
+        uvicorn's own."""
         self.settings = settings
         self.registry = CollectorRegistry()
         metrics = ServerMetrics(
@@ -68,9 +72,11 @@ class LocalServer:
             per_tensor=settings.quality.per_tensor_metrics,
         )  # fmt: skip
         self.app = create_app(settings, registry=self.registry, service=service(settings, metrics))
+        options = connections.uvicorn_options(settings.idle_timeout_s, settings.max_header_bytes)
         config = uvicorn.Config(
-            self.app, host="127.0.0.1", port=settings.port, log_level="warning", loop="asyncio", lifespan="on"
-        )
+            self.app, host="127.0.0.1", port=settings.port, log_level="warning", loop="asyncio",
+            lifespan="on", **(options if our_protocol else {}),
+        )  # fmt: skip
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, name=f"uvicorn:{settings.port}", daemon=True)
 

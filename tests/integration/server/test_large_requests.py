@@ -140,7 +140,7 @@ def serve(model: Path, out: Path) -> LocalServer:
         grpc_port=free_port(),
         batching=BatchSettings(max_batch_size=MOST_ROWS),
     )
-    return LocalServer(settings, service=TellsWhenRun).start()
+    return LocalServer(settings, service=TellsWhenRun, our_protocol=True).start()
 
 
 @pytest.fixture(scope="module")
@@ -278,14 +278,36 @@ def test_a_request_that_comes_while_a_large_one_runs_is_answered_between_its_cal
     assert calls_since(server, before)[:2] == (5 + 1, len(big) + len(small))
 
 
-def hang_up(server: LocalServer, x: np.ndarray, coming: threading.Event) -> None:
-    """Send `x` as a JSON request on a socket of our own, and close it once the server has the request."""
+def json_request(x: np.ndarray) -> bytes:
+    """An HTTP inference request of `x` as JSON, as it goes on the wire."""
     tensor = {"name": "x", "shape": list(x.shape), "datatype": "FP32", "data": x.ravel().tolist()}
     body = json.dumps({"inputs": [tensor]}).encode()
     head = f"POST /v2/models/{MODEL}/infer HTTP/1.1\r\nhost: test\r\ncontent-length: {len(body)}\r\n\r\n"
+    return head.encode() + body
+
+
+def hang_up(server: LocalServer, x: np.ndarray, coming: threading.Event) -> None:
+    """Send `x` as a JSON request on a socket of our own, and close it once the server has the request."""
     with socket.create_connection(("127.0.0.1", server.settings.port), timeout=60) as sock:
-        sock.sendall(head.encode() + body)
+        sock.sendall(json_request(x))
         assert coming.wait(60), "the large request came"
+
+
+def hang_up_pipelined(server: LocalServer, x: np.ndarray, coming: threading.Event) -> None:
+    """As `hang_up`, with a one-row request sent behind it on the connection (pipelined): uvicorn marks
+    only the last request parsed disconnected, and stops reading the connection until the first is
+    answered."""
+    with socket.create_connection(("127.0.0.1", server.settings.port), timeout=60) as sock:
+        sock.sendall(json_request(x) + json_request(rows(1, x.shape[1])))
+        assert coming.wait(60), "the large request came"
+
+
+def hang_up_pipelined_later(server: LocalServer, x: np.ndarray, coming: threading.Event) -> None:
+    """As `hang_up_pipelined`, the one-row request sent once the server has the large one."""
+    with socket.create_connection(("127.0.0.1", server.settings.port), timeout=60) as sock:
+        sock.sendall(json_request(x))
+        assert coming.wait(60), "the large request came"
+        sock.sendall(json_request(rows(1, x.shape[1])))
 
 
 def cancel(server: LocalServer, x: np.ndarray, coming: threading.Event) -> None:
@@ -298,7 +320,11 @@ def cancel(server: LocalServer, x: np.ndarray, coming: threading.Event) -> None:
     call.cancel()
 
 
-@pytest.mark.parametrize("give_up", [hang_up, cancel], ids=["http", "grpc"])
+@pytest.mark.parametrize(
+    "give_up",
+    [hang_up, hang_up_pipelined, hang_up_pipelined_later, cancel],
+    ids=["http", "http-pipelined", "http-pipelined-later", "grpc"],
+)
 def test_a_large_request_whose_client_gave_up_makes_no_more_calls(
     positions: tuple[LocalServer, ort.InferenceSession], give_up: Callable[..., None]
 ) -> None:

@@ -189,6 +189,26 @@ def test_abort_drops_what_is_held(loop: str) -> None:
     over_loopback(loop, scenario)
 
 
+@pytest.mark.parametrize("loop", LOOPS)
+def test_writes_once_the_client_has_gone_are_dropped(loop: str) -> None:
+    """A request answered after its client hung up (behind a pipelined one, uvicorn does not know it
+    gone): asyncio's transport drops the bytes, uvloop's raised RuntimeError, a traceback in the log."""
+
+    async def scenario(transport: OneWriteTransport, client: socket.socket) -> None:
+        client.shutdown(socket.SHUT_WR)
+        while not transport.is_closing():  # the server reads the client's end, and closes
+            await asyncio.sleep(0.001)
+        await asyncio.sleep(0.01)  # and its connection_lost has run
+        transport.write(HEAD)
+        transport.write(BODY)
+        transport.writelines([HEAD, BODY])
+        transport.write(bytes(HOLD_BYTES + 1))
+        assert transport.get_write_buffer_size() == 0
+        assert ended(client)
+
+    over_loopback(loop, scenario)
+
+
 # -- quantship serve ---------------------------------------------------------------------------
 
 

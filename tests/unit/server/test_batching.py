@@ -587,3 +587,35 @@ async def test_a_failure_in_the_worker_during_a_split_request_fails_it_with_500_
     assert (await batcher.submit(rows(10), 10))["Y"].shape == (10, 3)
     assert observer.batches == [4, 4, 2]
     await batcher.close()
+
+
+async def test_a_split_request_counts_against_the_queue_size_until_answered(
+    tiny_model: TinyModel, executor: Any
+) -> None:
+    """A split request leaves the queue for its calls, but not the bound (ten gRPC requests of 960 rows
+    were all taken with a queue of 2, the last answered after 4.4 s): with a queue of 2, one under way
+    and one queued, a third is refused 429. A place is free again once a split request's caller gave
+    up, and once it is answered."""
+    batcher, _ = make(tiny_model(), executor, max_batch_size=4, split_rows=4, max_queue_size=2)
+    gate = threading.Event()
+    executor.submit(gate.wait, 60)  # the first one's first call waits behind it
+    first = asyncio.ensure_future(batcher.submit(rows(12, value=1), 12))
+    second = asyncio.ensure_future(batcher.submit(rows(12, value=2), 12))
+    await asyncio.sleep(0.001)  # the first taken, its call handed on; the second queued
+    try:
+        refused = asyncio.ensure_future(batcher.submit(rows(12), 12))
+        await asyncio.sleep(0.001)
+        assert refused.done(), "taken (the third of a queue of 2)"
+        with pytest.raises(Overloaded, match="2 requests are already waiting"):
+            refused.result()
+        first.cancel()
+        third = asyncio.ensure_future(batcher.submit(rows(12, value=3), 12))
+        await asyncio.sleep(0.001)
+        assert not third.done(), "taken"
+    finally:
+        gate.set()
+
+    np.testing.assert_array_equal((await second)["Y"], np.full((12, 3), 3.0))
+    np.testing.assert_array_equal((await third)["Y"], np.full((12, 3), 4.0))
+    assert (await batcher.submit(rows(12), 12))["Y"].shape == (12, 3)
+    await batcher.close()

@@ -10,7 +10,10 @@ import numpy as np
 import pytest
 
 from quantship.server import protocol
+from quantship.server.byte_budget import ByteBudget
 from quantship.server.errors import InvalidInput
+from quantship.server.grpc_server import encodes_inline
+from quantship.server.infer_route import encode
 from quantship.server.protocol import InferRequest, InferResponse, RequestedOutput
 
 
@@ -296,4 +299,51 @@ def test_a_bytes_outputs_size_is_its_strings_not_its_pointers() -> None:
     strings = np.array(["x" * 1000] * 50, dtype=object)
     response = protocol.InferResponse("m", "1", "r", {"text": strings})
     request = protocol.InferRequest(None, {}, ())
-    assert protocol.output_bytes(response, request) == (50_000, 0)
+    assert protocol.output_bytes(response, request) == (50 * (1000 + protocol.BYTES_PREFIX), 0)
+
+
+def test_a_bytes_outputs_size_counts_a_length_for_each_string() -> None:
+    """Half a million empty strings are 2 MB on the wire, and as many lengths to write: not an answer
+    for the event loop, over HTTP or gRPC."""
+    empty = {"text": np.array([""] * 500_000, dtype=object)}
+    response = protocol.InferResponse("m", "1", "r", empty)
+    request = protocol.InferRequest(None, {}, (), binary_outputs=True)
+    assert protocol.output_bytes(response, request) == (0, 500_000 * protocol.BYTES_PREFIX)
+    assert not encodes_inline(empty)
+    assert encodes_inline({"text": np.array([""] * 1000, dtype=object)})
+
+
+def test_counting_a_bytes_outputs_size_stops_past_its_bound() -> None:
+    """Strings are counted one by one (half a million: 112.6 ms on the event loop) only to learn
+    whether the answer is past what encodes on the loop: counting stops there."""
+    strings = np.array([str(i) for i in range(500_000)], dtype=object)
+    whole = sum(len(text) + protocol.BYTES_PREFIX for text in strings)
+    bound = protocol.BYTES_PREFIX * strings.size + 1000
+    counted = protocol.payload_bytes(strings, bound)
+    assert bound < counted < whole, "stopped once past the bound"
+    assert counted - bound <= 7 * protocol.COUNT_PIECE, "within a piece of strings of at most 6 digits"
+    assert protocol.payload_bytes(strings) == whole
+
+
+class Holds(ByteBudget):
+    """A byte budget that keeps the sizes held."""
+
+    def __init__(self) -> None:
+        super().__init__(1 << 40)
+        self.held: list[int] = []
+
+    def hold(self, size: int) -> Any:
+        self.held.append(size)
+        return super().hold(size)
+
+
+async def test_an_answer_of_strings_as_json_holds_all_of_their_bytes_in_the_budget() -> None:
+    """Counting stopped past what encodes on the loop; the budget still holds the whole answer's
+    JSON bytes, counted in the thread."""
+    strings = np.array(["x" * 100] * 20_000, dtype=object)
+    response = protocol.InferResponse("m", "1", "r", {"text": strings})
+    request = protocol.InferRequest(None, {}, ())
+    budget = Holds()
+    encoded = await encode(response, request, budget)
+    assert budget.held == [20_000 * (100 + protocol.BYTES_PREFIX)]
+    assert json.loads(encoded.body)["outputs"][0]["data"] == strings.tolist()
