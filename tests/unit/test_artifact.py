@@ -246,8 +246,10 @@ def test_key_files_that_are_not_keys(tmp_path: Path) -> None:
     (tmp_path / "junk.pem").write_text("hello")
     with pytest.raises(ArtifactError, match="cannot read private key"):
         artifact.load_private_key(tmp_path / "junk.pem")
-    with pytest.raises(ArtifactError, match="cannot read public key"):
+    with pytest.raises(ArtifactError, match=r"junk.pem is not a public key \(it holds no PEM public key\)"):
         artifact.load_public_key(tmp_path / "junk.pem")
+    with pytest.raises(ArtifactError, match=r"cannot read public key .*missing\.pem"):
+        artifact.load_public_key(tmp_path / "missing.pem")
 
 
 def test_tarball_round_trip(good_artifact: artifact.Artifact, tmp_path: Path) -> None:
