@@ -617,6 +617,32 @@ def test_an_exclude_of_a_float_branch_beside_a_fused_node_does_not_stop_the_unfu
         assert result.artifact.manifest["fallback_ops"] == {}, folder
 
 
+def test_a_side_kept_in_float_that_lifts_no_sandwich_is_not_kept(tmp_path: Path) -> None:
+    """head(LayerNormalization(mm1(X) + X)), and X read by another quantized MatMul (mm_x): in float,
+    mm1, the cheaper side of the SkipLayerNormalization, leaves the residual behind X's
+    DequantizeLinear all the same; the head, the other side, lifts it."""
+    make = onnx.helper.make_node
+    nodes = [
+        make("MatMul", ["X", "w1"], ["h"], name="mm1"),
+        make("Add", ["h", "X"], ["r"], name="residual"),
+        make("LayerNormalization", ["r", "gamma", "beta"], ["n"], name="ln", axis=-1),
+        make("MatMul", ["n", "w2"], ["Y"], name="head"),
+        make("MatMul", ["X", "wx"], ["YX"], name="mm_x"),
+    ]
+    model, rows_file = _graph_over_rows(
+        tmp_path, nodes, {"w1": (16, 16), "w2": (16, 64), "wx": (16, 1024)}, ("X",)
+    )
+    config = QuantizeConfig(task=Task.REGRESSION, threshold=0.5, max_trials=0, pre_process=False)
+    result = run(model, tmp_path / "a", config, calibration=rows_file, evaluation=rows_file)
+    assert result.artifact.manifest["fallback_ops"] == {}
+    assert result.artifact.manifest["quantization"]["excluded_nodes"] == ["residual", "ln", "head"]
+    assert [(t.excluded, t.fallback_ops) for t in result.trials if t.stage is Stage.UNFUSED] == [
+        (("residual", "ln"), 1),
+        (("residual", "ln", "mm1"), 1),
+        (("residual", "ln", "head"), 0),
+    ]
+
+
 def test_a_fallback_the_user_leaves_says_what_the_canary_will_do(
     sample: zoo.SampleModel, tmp_path: Path
 ) -> None:
