@@ -125,9 +125,10 @@ class Workbench:
         node (it fused them into one, fed by a DequantizeLinear and feeding a QuantizeLinear), the
         quantized nodes on its cheaper side (engine.cheaper_side; never one of `no_side`, which a
         trial kept in float for nothing), where all those sides hold at most
-        engine.MAX_FLOAT_SIDE_SHARE of the weight values still quantized. Only for nodes the trials
-        kept in float: an op no recipe quantizes (a ReduceMean pooling attention's context) between
-        quantized neighbours keeps them. Not around a node of the user's --exclude: their choice of
+        engine.MAX_FLOAT_SIDE_SHARE of the weight values still quantized. Only for nodes of which a
+        trial kept one in float (QOperator never quantizes a LayerNormalization: only its residual
+        Add is a trial's): an op no recipe quantizes (a ReduceMean pooling attention's context)
+        between quantized neighbours keeps them. Not around a node of the user's --exclude: their choice of
         what runs in float stands as given (quantize warns of what it leaves behind Q/DQ)."""
         user = set(self.config.excluded_nodes)
         unfused = runtime.unfused_sources(self.path(trial))
@@ -143,7 +144,7 @@ class Workbench:
         sides = {
             name
             for group, region in zip(sources, regions, strict=True)
-            if not region and in_float.issuperset(group)
+            if not region and in_float & set(group)
             for name in engine.cheaper_side(model, group, quantized - no_side)
         }
         budget = engine.MAX_FLOAT_SIDE_SHARE * engine.weight_values(model, quantized)

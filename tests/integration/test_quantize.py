@@ -520,6 +520,24 @@ def test_a_node_onnxruntime_fuses_from_float_ones_is_traced_back_and_one_side_of
     assert not [w for w in result.warnings if "maxFallbackOps" in w]
 
 
+def test_a_fused_node_only_part_of_which_a_trial_kept_in_float_has_a_side_kept_in_float(
+    tmp_path: Path,
+) -> None:
+    """QOperator quantizes no LayerNormalization: the first unfused trial keeps only the residual
+    Add in float, which onnxruntime fuses with the LayerNormalization into a SkipLayerNormalization
+    between Q/DQ all the same; the next keeps the head, its cheaper side, in float."""
+    model, rows_file = _residual_layer_norm_before_a_head(tmp_path)
+    config = QuantizeConfig(
+        task=Task.REGRESSION, threshold=0.05, max_trials=0, pre_process=False, format=Format.QOPERATOR
+    )
+    result = run(model, tmp_path / "a", config, calibration=rows_file, evaluation=rows_file)
+    assert result.artifact.manifest["fallback_ops"] == {}
+    assert [t.excluded for t in result.trials if t.stage is Stage.UNFUSED] == [
+        ("residual",),
+        ("residual", "head"),
+    ]
+
+
 GELU_NODES = ("g_div", "g_erf", "g_add", "g_mul", "g_half")
 """A GELU in erf form, which onnxruntime fuses into one Gelu node when it runs in float."""
 
