@@ -233,7 +233,9 @@ def _warn_of_the_canary(
     behind Q/DQ (which tuner.without_unfused could not remove), and the clip rate of the evaluation
     rows as the server counts it."""
     if (
-        warning := canary.fallback_warning(fallback, runtime.unfused_nodes(model) if fallback else [])
+        warning := canary.fallback_warning(
+            fallback, [name for group in runtime.unfused_sources(model) for name in group] if fallback else []
+        )
     ) is not None:
         note(warning)
     if activation_ranges:
