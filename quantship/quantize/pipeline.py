@@ -1,7 +1,7 @@
 """`quantship quantize`: FP32 model + data in, verified artifact out.
 
 load and check -> prepare -> calibrate once -> quantize -> gate -> (fallback trials) -> the
-unfused ops in float (one more trial) -> artifact.
+unfused ops in float (up to tuner.MAX_UNFUSED_TRIALS more trials) -> artifact.
 Works in a temporary directory; the artifact appears at `out` only when complete.
 """
 

@@ -521,6 +521,9 @@ def test_a_node_onnxruntime_fuses_from_float_ones_is_traced_back_and_one_side_of
     assert result.chosen is result.trials[-1] and result.chosen.quantized_nodes == 1, "mm1 stays int8"
     assert manifest["quantization"]["excluded_nodes"] == ["residual", "ln", "head"]
     assert not [w for w in result.warnings if "maxFallbackOps" in w]
+    page = report.render(result.artifact)
+    assert "with what onnxruntime ran in float between Q/DQ kept in float" in page
+    assert "then the fastest batch-1 latency" not in page
 
 
 def test_a_fused_node_only_part_of_which_a_trial_kept_in_float_has_a_side_kept_in_float(
