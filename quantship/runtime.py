@@ -206,21 +206,30 @@ def unfused_sources(model: Path | bytes) -> list[tuple[str, ...]]:
     quantized = load_proto(model).graph
     names = {node.name for node in quantized.node}
     kept = {node.name for node in graph.node}
+    fused = [node for node in graph.node if node.name not in names]
     return [
-        (node.name,) if node.name in names else _fused_from(node, quantized, kept)
+        (node.name,)
+        if node.name in names
+        else _fused_from(node, [n for n in fused if n is not node], quantized, kept)
         for node in _unfused_qdq_nodes(graph)
     ]
 
 
-def _fused_from(fused: onnx.NodeProto, graph: onnx.GraphProto, kept: set[str]) -> tuple[str, ...]:
+def _fused_from(
+    fused: onnx.NodeProto, others: list[onnx.NodeProto], graph: onnx.GraphProto, kept: set[str]
+) -> tuple[str, ...]:
     """The nodes of `graph` that `fused` replaced: nodes the optimizer did not keep (`kept` names the
     optimized graph's), never a Q/DQ, that compute `fused`'s outputs or are computed from its inputs
     alone. Both ways: the optimizer renames an input where it duplicates a DequantizeLinear for each
     reader (`X_DequantizeLinear_Output/duplicated`), an output where it moves a QuantizeLinear up to
-    it (GPT-2's ln_f output became `..._pre_q`)."""
+    it (GPT-2's ln_f output became `..._pre_q`). Not those that compute the outputs of the `others`
+    (the optimizer's other new nodes): a float GELU that reads only a residual's skip input, fused
+    into a Gelu of its own, is no part of the SkipLayerNormalization."""
     replaced = [n for n in graph.node if n.name not in kept and n.op_type not in (QUANTIZE, DEQUANTIZE)]
     found = _computing(fused.output, set(fused.input), replaced)
-    found |= _computed_from(fused.input, replaced, graph)
+    found |= _computed_from(fused.input, replaced, graph) - {
+        name for other in others for name in _computing(other.output, set(other.input), replaced)
+    }
     return tuple(n.name for n in replaced if n.name in found) if len(found) <= MAX_FUSED_NODES else ()
 
 

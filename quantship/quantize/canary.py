@@ -69,8 +69,9 @@ def clipping(
 
 def fallback_warning(fallback: dict[str, int], nodes: list[str]) -> str | None:
     """What the canary's fallback gate will say of an artifact whose `fallback` (runtime.fallback_ops)
-    counts more ops than the default allows; `nodes`, their names (runtime.unfused_nodes: a node
-    onnxruntime fused from several, such as a SkipLayerNormalization, by its own name)."""
+    counts more ops than the default allows; `nodes`, the names of the model's nodes behind them
+    (runtime.unfused_sources: a SkipLayerNormalization's residual Add and LayerNormalization, not
+    the fused node's own name, which --exclude does not know)."""
     count = sum(fallback.values())
     if count <= MAX_FALLBACK_OPS:
         return None

@@ -1,7 +1,7 @@
 """`quantship quantize`: FP32 model + data in, verified artifact out.
 
 load and check -> prepare -> calibrate once -> quantize -> gate -> (fallback trials) -> the
-unfused ops in float (one more trial) -> artifact.
+unfused ops in float (up to tuner.MAX_UNFUSED_TRIALS more trials) -> artifact.
 Works in a temporary directory; the artifact appears at `out` only when complete.
 """
 
@@ -233,7 +233,9 @@ def _warn_of_the_canary(
     behind Q/DQ (which tuner.without_unfused could not remove), and the clip rate of the evaluation
     rows as the server counts it."""
     if (
-        warning := canary.fallback_warning(fallback, runtime.unfused_nodes(model) if fallback else [])
+        warning := canary.fallback_warning(
+            fallback, [name for group in runtime.unfused_sources(model) for name in group] if fallback else []
+        )
     ) is not None:
         note(warning)
     if activation_ranges:

@@ -14,6 +14,7 @@ import numpy as np
 
 from quantship import artifact, reporting
 from quantship.quantize import evaluate, ranges
+from quantship.quantize.tuner import Stage
 
 _MAX_BARS = 40
 _NARROW_BAND = 0.2
@@ -240,7 +241,10 @@ def _trials(trials: list[dict[str, Any]], tuning: dict[str, Any]) -> str:
         for t in trials
     ]
     why = (
-        "the most quantized passing trial, then the fastest batch-1 latency measured on this machine"
+        "the most quantized passing trial with what onnxruntime ran in float between Q/DQ kept in "
+        "float, of the fewest such ops left"
+        if tuning.get("stage") == Stage.UNFUSED.value
+        else "the most quantized passing trial, then the fastest batch-1 latency measured on this machine"
         if any(t["passed"] for t in trials)
         else "no trial passed the gate: the one that came closest to it, written as a best effort "
         "marked gate: failed"

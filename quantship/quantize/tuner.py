@@ -21,8 +21,8 @@ onnxruntime could not fuse into int8 kernels (runtime.fallback_ops: a GPT-2's La
 Pow, Tanh) kept in float, then what onnxruntime still runs in float behind Q/DQ in that graph (a
 SkipLayerNormalization it fused from float nodes). Quantized, such a node runs in float between a
 DequantizeLinear and a QuantizeLinear, paying both conversions for nothing, and a canary over
-`maxFallbackOps` fails. Judged like any trial, on the int8 kernels; the last that passes is the
-result.
+`maxFallbackOps` fails. Judged like any trial, on the int8 kernels; the passing one that leaves
+the fewest such ops is the result.
 
 This module decides; `pipeline.py` quantizes and measures through the `Attempt` it is given.
 """
@@ -66,6 +66,9 @@ class Trial:
     """Batch-1 median on this machine; measured for passing trials only."""
     error: str | None = None
     """Why onnxruntime could not quantize or run this configuration (then it failed)."""
+    fallback_ops: int | None = None
+    """How many ops its model runs in float behind Q/DQ (runtime.fallback_ops): counted for the
+    `without_unfused` trials, which `best` ranks by it."""
 
     @property
     def passed(self) -> bool:
@@ -297,42 +300,63 @@ with their elementwise neighbours, the second a side of the SkipLayerNormalizati
 fuses from its last residual Add and ln_f; a third for what only that graph leaves unfused."""
 
 
-def without_unfused(
-    chosen: Trial, unfused: Callable[[Trial], Sequence[str]], attempt: Attempt
-) -> list[Trial]:
+Unfused = Callable[[Trial, frozenset[str]], Sequence[str]]
+"""What to keep in float beyond a trial's exclusions for the nodes its model leaves unfused, never
+a node of the given set as a sandwich's side (Workbench.unfused)."""
+
+
+def without_unfused(chosen: Trial, unfused: Unfused, attempt: Attempt) -> list[Trial]:
     """`chosen` again with what `unfused` says of its model kept in float as well (the nodes
     onnxruntime runs in float behind Q/DQ, and the neighbours that put them there), then that trial
     refined the same way while it passes and something is left unfused, up to MAX_UNFUSED_TRIALS:
-    onnxruntime fuses the float nodes of one trial into a node the next one finds unfused. Each trial
-    passed or failed (`best` takes the last that passed); none where `chosen` failed or nothing was
-    left unfused. One quantization each, on the calibration `chosen` used; what the last one leaves
-    unfused stays (the manifest's fallback_ops counts it, and quantize warns)."""
+    onnxruntime fuses the float nodes of one trial into a node the next one finds unfused. A
+    refinement whose fallback_ops did not fall lifted no sandwich (its side's DequantizeLinear stays
+    for another quantized reader): its nodes are not carried on, and the next trial refines the one
+    before without them as a side. Each trial passed or failed (`best` takes a passing one of the
+    fewest fallback ops); none where `chosen` failed or nothing was left unfused. One quantization
+    each, on the calibration `chosen` used; what the best leaves unfused stays (the manifest's
+    fallback_ops counts it, and quantize warns)."""
     refined: list[Trial] = []
-    last = chosen
+    last, futile = chosen, frozenset[str]()
     while last.passed and len(refined) < MAX_UNFUSED_TRIALS:
-        wanted = tuple(name for name in unfused(last) if name not in last.excluded)
+        wanted = tuple(name for name in unfused(last, futile) if name not in last.excluded)
         if not wanted:
             break
-        last = attempt(Stage.UNFUSED, chosen.config, (*last.excluded, *wanted))
-        refined.append(last)
+        trial = attempt(Stage.UNFUSED, chosen.config, (*last.excluded, *wanted))
+        refined.append(trial)
+        if trial.passed and last is not chosen and not _fewer_fallback_ops(trial, last):
+            futile |= set(wanted)
+        else:
+            last = trial
     return refined
 
 
+def _fewer_fallback_ops(trial: Trial, before: Trial) -> bool:
+    """Whether `trial` runs fewer ops in float behind Q/DQ than `before` (uncounted: as many)."""
+    return (
+        trial.fallback_ops is not None
+        and before.fallback_ops is not None
+        and (trial.fallback_ops < before.fallback_ops)
+    )
+
+
 def best(trials: list[Trial]) -> Trial:
-    """The last passing `without_unfused` trial (each refines the one before, which the best of the
-    others began); else the most quantized passing trial, then the fastest; else the one closest to
-    the gate. The refinement wins even where its figures read a little worse: the trial it refines
-    runs ops in float behind Q/DQ, which the canary's fallback gate (spec.slos.maxFallbackOps, 0 by
-    default) fails outright, and dropping their conversions costs no kernel its int8 (on gpt2-lm:
-    0.569 against 0.569 ms a row, agreement higher) but the few a sandwich's cheaper side leaves in
-    float (engine.cheaper_side)."""
+    """The passing `without_unfused` trial of the fewest fallback ops, then the most quantized, then
+    the last (each refines one before, which the best of the others began); else the most quantized
+    passing trial, then the fastest; else the one closest to the gate. The refinement wins even
+    where its figures read a little worse: the trial it refines runs ops in float behind Q/DQ, which
+    the canary's fallback gate (spec.slos.maxFallbackOps, 0 by default) fails outright, and dropping
+    their conversions costs no kernel its int8 (on gpt2-lm: 0.569 against 0.569 ms a row, agreement
+    higher) but the few a sandwich's cheaper side leaves in float (engine.cheaper_side)."""
     passing = [t for t in trials if t.passed]
     if passing:
         return max(
             passing,
             key=lambda t: (
-                t.number if t.stage is Stage.UNFUSED else -1,
+                t.stage is Stage.UNFUSED,
+                -(t.fallback_ops or 0) if t.stage is Stage.UNFUSED else 0,
                 round(t.quantized_share, 6),
+                t.number if t.stage is Stage.UNFUSED else -1,
                 -(t.latency_ms if t.latency_ms is not None else float("inf")),
                 -t.evaluation.delta,
             ),

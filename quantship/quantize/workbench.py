@@ -64,7 +64,7 @@ class Workbench:
         begin, number, key = time.perf_counter(), len(self.trials), config.label()
         self.progress.update(self._task, description=f"tuning: {stage.value} trial {number}: {key}")
         candidate = self.tmp / f"trial-{number}.onnx"
-        error, latency = None, None
+        error, latency, fallback = None, None, None
         try:
             cache_path = self.calibrations.cache_for(config)
             # Not the user's own --exclude again: the manifest lists those, then these.
@@ -84,6 +84,8 @@ class Workbench:
             result = self.evaluator.evaluate(candidate)
             rows = self.evaluator.fixed_batch or 1
             latency = _latency_ms(candidate, self.evaluator.dataset, rows) if result.passed else None
+            if stage is tuner.Stage.UNFUSED:
+                fallback = sum(runtime.fallback_ops(candidate).values())
         except CalibrationFailed as exc:
             error, result = str(exc), self.evaluator.failed()
             self.note(f"trial {number} ({key}): {error}")
@@ -110,22 +112,24 @@ class Workbench:
             peak_rss_mb(),
             latency,
             error,
+            fallback,
         )
         self.trials.append(trial)
         return trial
 
-    def unfused(self, trial: tuner.Trial) -> list[str]:
+    def unfused(self, trial: tuner.Trial, no_side: frozenset[str] = frozenset()) -> list[str]:
         """What to keep in float beyond `trial`'s exclusions so that the nodes onnxruntime runs in float
         behind Q/DQ (runtime.unfused_sources: a node fused from several is those several) run among
         float neighbours, for tuner.without_unfused: their quantized elementwise neighbours
         (engine.float_region); where those already are in float and onnxruntime still sandwiches the
         node (it fused them into one, fed by a DequantizeLinear and feeding a QuantizeLinear), the
-        quantized nodes on its cheaper side (engine.cheaper_side), where all those sides hold at most
-        engine.MAX_FLOAT_SIDE_SHARE of the weight values still quantized. Only for nodes the trials
-        kept in float: an op no recipe quantizes (a ReduceMean pooling attention's context) between
-        quantized neighbours keeps them. Not around a node of the user's
-        --exclude: their choice of what runs in float stands as given (quantize warns of what it
-        leaves behind Q/DQ)."""
+        quantized nodes on its cheaper side (engine.cheaper_side; never one of `no_side`, which a
+        trial kept in float for nothing), where all those sides hold at most
+        engine.MAX_FLOAT_SIDE_SHARE of the weight values still quantized. Only for nodes of which a
+        trial kept one in float (QOperator never quantizes a LayerNormalization: only its residual
+        Add is a trial's): an op no recipe quantizes (a ReduceMean pooling attention's context)
+        between quantized neighbours keeps them. Not around a node of the user's --exclude: their choice of
+        what runs in float stands as given (quantize warns of what it leaves behind Q/DQ)."""
         user = set(self.config.excluded_nodes)
         unfused = runtime.unfused_sources(self.path(trial))
         sources = [group for group in unfused if group and not user & set(group)]
@@ -140,8 +144,8 @@ class Workbench:
         sides = {
             name
             for group, region in zip(sources, regions, strict=True)
-            if not region and in_float.issuperset(group)
-            for name in engine.cheaper_side(model, group, quantized)
+            if not region and in_float & set(group)
+            for name in engine.cheaper_side(model, group, quantized - no_side)
         }
         budget = engine.MAX_FLOAT_SIDE_SHARE * engine.weight_values(model, quantized)
         if engine.weight_values(model, sides) <= budget:  # all or none: one left fails a canary all the same

@@ -506,6 +506,9 @@ def test_a_node_onnxruntime_fuses_from_float_ones_is_traced_back_and_one_side_of
     )
     assert sandwiched.artifact.manifest["fallback_ops"] == {"SkipLayerNormalization": 1}
     assert runtime.unfused_sources(sandwiched.artifact.model_path) == [("residual", "ln")]
+    # The warning names the model's nodes, which --exclude knows, not onnxruntime's fused one.
+    (said,) = [w for w in sandwiched.warnings if "maxFallbackOps" in w]
+    assert "(SkipLayerNormalization 1: residual, ln)" in said
 
     result = run(model, tmp_path / "a", config, calibration=rows_file, evaluation=rows_file)
     manifest = result.artifact.manifest
@@ -518,6 +521,150 @@ def test_a_node_onnxruntime_fuses_from_float_ones_is_traced_back_and_one_side_of
     assert result.chosen is result.trials[-1] and result.chosen.quantized_nodes == 1, "mm1 stays int8"
     assert manifest["quantization"]["excluded_nodes"] == ["residual", "ln", "head"]
     assert not [w for w in result.warnings if "maxFallbackOps" in w]
+    page = report.render(result.artifact)
+    assert "with what onnxruntime ran in float between Q/DQ kept in float" in page
+    assert "then the fastest batch-1 latency" not in page
+
+
+def test_a_fused_node_only_part_of_which_a_trial_kept_in_float_has_a_side_kept_in_float(
+    tmp_path: Path,
+) -> None:
+    """QOperator quantizes no LayerNormalization: the first unfused trial keeps only the residual
+    Add in float, which onnxruntime fuses with the LayerNormalization into a SkipLayerNormalization
+    between Q/DQ all the same; the next keeps the head, its cheaper side, in float."""
+    model, rows_file = _residual_layer_norm_before_a_head(tmp_path)
+    config = QuantizeConfig(
+        task=Task.REGRESSION, threshold=0.05, max_trials=0, pre_process=False, format=Format.QOPERATOR
+    )
+    result = run(model, tmp_path / "a", config, calibration=rows_file, evaluation=rows_file)
+    assert result.artifact.manifest["fallback_ops"] == {}
+    assert [t.excluded for t in result.trials if t.stage is Stage.UNFUSED] == [
+        ("residual",),
+        ("residual", "head"),
+    ]
+
+
+GELU_NODES = ("g_div", "g_erf", "g_add", "g_mul", "g_half")
+"""A GELU in erf form, which onnxruntime fuses into one Gelu node when it runs in float."""
+
+
+def _graph_over_rows(
+    folder: Path, nodes: list[onnx.NodeProto], shapes: dict[str, tuple[int, ...]], inputs: tuple[str, ...]
+) -> tuple[Path, Path]:
+    """A model of `nodes` over float [N, 8, 16] `inputs`, with random weights of `shapes`, a
+    LayerNormalization's gamma and beta and the GELU's constants, and 200 rows of data."""
+    rng = np.random.default_rng(0)
+    weights = [
+        onnx.numpy_helper.from_array((rng.normal(size=shape) / 4).astype(np.float32), name)
+        for name, shape in shapes.items()
+    ]
+    weights += [
+        onnx.numpy_helper.from_array(rng.uniform(0.5, 1.5, size=16).astype(np.float32), "gamma"),
+        onnx.numpy_helper.from_array(rng.normal(scale=0.1, size=16).astype(np.float32), "beta"),
+    ]
+    weights += [
+        onnx.numpy_helper.from_array(np.array(value, np.float32), name)
+        for name, value in (("sqrt2", 2**0.5), ("one", 1.0), ("half", 0.5))
+    ]
+    produced = {out for node in nodes for out in node.output}
+    read = {name for node in nodes for name in node.input}
+    graph = onnx.helper.make_graph(
+        nodes,
+        "small",
+        [onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, ["N", 8, 16]) for name in inputs],
+        [
+            onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)
+            for name in sorted(produced - read)
+        ],
+        weights,
+    )
+    onnx.save(
+        onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)]), folder / "m.onnx"
+    )
+    np.savez(folder / "data.npz", **{name: rows(200 * 8).reshape(200, 8, 16) for name in inputs})
+    return folder / "m.onnx", folder / "data.npz"
+
+
+def _residual_beside_a_float_gelu(folder: Path) -> tuple[Path, Path]:
+    """head(LayerNormalization(mm1(X2) + X)), and beside it mm_gelu(GELU(X)): X, the residual's skip
+    input, is all that the GELU reads, and the GELU feeds no way to the head."""
+    make = onnx.helper.make_node
+    nodes = [
+        make("MatMul", ["X2", "w1"], ["h"], name="mm1"),
+        make("Add", ["h", "X"], ["r"], name="residual"),
+        make("LayerNormalization", ["r", "gamma", "beta"], ["n"], name="ln", axis=-1),
+        make("MatMul", ["n", "w2"], ["Y"], name="head"),
+        make("Div", ["X", "sqrt2"], ["d"], name="g_div"),
+        make("Erf", ["d"], ["e"], name="g_erf"),
+        make("Add", ["e", "one"], ["e1"], name="g_add"),
+        make("Mul", ["X", "e1"], ["m"], name="g_mul"),
+        make("Mul", ["m", "half"], ["g"], name="g_half"),
+        make("MatMul", ["g", "wg"], ["YG"], name="mm_gelu"),
+    ]
+    return _graph_over_rows(folder, nodes, {"w1": (16, 16), "w2": (16, 1), "wg": (16, 64)}, ("X", "X2"))
+
+
+def test_a_fused_node_is_traced_back_to_its_own_sources_not_to_a_float_branch_reading_its_input(
+    tmp_path: Path,
+) -> None:
+    """onnxruntime fuses the float residual and LayerNormalization into a SkipLayerNormalization, and
+    the float GELU beside it into a Gelu: the GELU reads only X, an input of the
+    SkipLayerNormalization, but is no part of it."""
+    model, rows_file = _residual_beside_a_float_gelu(tmp_path)
+    config = QuantizeConfig(
+        task=Task.REGRESSION,
+        threshold=0.5,
+        max_trials=0,
+        pre_process=False,
+        excluded_nodes=("residual", "ln", *GELU_NODES),
+    )
+    result = run(model, tmp_path / "a", config, calibration=rows_file, evaluation=rows_file)
+    assert result.artifact.manifest["fallback_ops"] == {"SkipLayerNormalization": 1}
+    assert runtime.unfused_sources(result.artifact.model_path) == [("residual", "ln")]
+
+
+def test_an_exclude_of_a_float_branch_beside_a_fused_node_does_not_stop_the_unfused_trials(
+    tmp_path: Path,
+) -> None:
+    """The user's --exclude of the GELU: the unfused trials still keep a side of the
+    SkipLayerNormalization in float, as without it."""
+    model, rows_file = _residual_beside_a_float_gelu(tmp_path)
+    config = QuantizeConfig(task=Task.REGRESSION, threshold=0.5, max_trials=0, pre_process=False)
+    for folder, excluded in (("plain", ()), ("user", GELU_NODES)):
+        result = run(
+            model,
+            tmp_path / folder,
+            replace(config, excluded_nodes=excluded),
+            calibration=rows_file,
+            evaluation=rows_file,
+        )
+        assert result.artifact.manifest["fallback_ops"] == {}, folder
+
+
+def test_a_side_kept_in_float_that_lifts_no_sandwich_is_not_kept(tmp_path: Path) -> None:
+    """head(LayerNormalization(mm1(X) + X)), and X read by another quantized MatMul (mm_x): in float,
+    mm1, the cheaper side of the SkipLayerNormalization, leaves the residual behind X's
+    DequantizeLinear all the same; the head, the other side, lifts it."""
+    make = onnx.helper.make_node
+    nodes = [
+        make("MatMul", ["X", "w1"], ["h"], name="mm1"),
+        make("Add", ["h", "X"], ["r"], name="residual"),
+        make("LayerNormalization", ["r", "gamma", "beta"], ["n"], name="ln", axis=-1),
+        make("MatMul", ["n", "w2"], ["Y"], name="head"),
+        make("MatMul", ["X", "wx"], ["YX"], name="mm_x"),
+    ]
+    model, rows_file = _graph_over_rows(
+        tmp_path, nodes, {"w1": (16, 16), "w2": (16, 64), "wx": (16, 1024)}, ("X",)
+    )
+    config = QuantizeConfig(task=Task.REGRESSION, threshold=0.5, max_trials=0, pre_process=False)
+    result = run(model, tmp_path / "a", config, calibration=rows_file, evaluation=rows_file)
+    assert result.artifact.manifest["fallback_ops"] == {}
+    assert result.artifact.manifest["quantization"]["excluded_nodes"] == ["residual", "ln", "head"]
+    assert [(t.excluded, t.fallback_ops) for t in result.trials if t.stage is Stage.UNFUSED] == [
+        (("residual", "ln"), 1),
+        (("residual", "ln", "mm1"), 1),
+        (("residual", "ln", "head"), 0),
+    ]
 
 
 def test_a_fallback_the_user_leaves_says_what_the_canary_will_do(

@@ -35,7 +35,10 @@ def _attempt(
     score: Callable[[QuantizeConfig, tuple[str, ...]], float],
     log: list[tuple[tuner.Stage, str, tuple[str, ...]]],
     latency: Callable[[QuantizeConfig], float] = lambda config: 1.0,
+    fallback: Callable[[tuple[str, ...]], int] = lambda excluded: 0,
 ) -> tuner.Attempt:
+    """Trials scored by `score`; an unfused one counts `fallback` ops left in float behind Q/DQ."""
+
     def attempt(stage: tuner.Stage, config: QuantizeConfig, excluded: tuple[str, ...]) -> tuner.Trial:
         log.append((stage, config.label(), excluded))
         evaluation = _evaluation(score(config, excluded))
@@ -51,6 +54,7 @@ def _attempt(
             0.0,
             0.0,
             latency(config) if evaluation.passed else None,
+            fallback_ops=fallback(excluded) if stage is tuner.Stage.UNFUSED else None,
         )
 
     return attempt
@@ -331,7 +335,7 @@ def test_the_unfused_trial_refines_the_chosen_one_and_wins_where_it_passes() -> 
     chosen = passes(tuner.Stage.SINGLE, BASE, ("c1",))
     # Its own exclusions stay; the nodes already in float are not asked for twice.
     (fused,) = tuner.without_unfused(
-        chosen, lambda t: [] if "a1" in t.excluded else ["c1", "a1", "a2"], passes
+        chosen, lambda t, no_side: [] if "a1" in t.excluded else ["c1", "a1", "a2"], passes
     )
     assert fused.stage is tuner.Stage.UNFUSED
     assert log[-1] == (tuner.Stage.UNFUSED, BASE.label(), ("c1", "a1", "a2"))
@@ -344,24 +348,56 @@ def test_the_unfused_trial_refines_the_chosen_one_and_wins_where_it_passes() -> 
         is not tuner.Stage.UNFUSED
     )
     # Nothing unfused, or a chosen trial that failed the gate: no trial.
-    assert tuner.without_unfused(chosen, lambda t: ["c1"], passes) == []
-    assert tuner.without_unfused(failing(tuner.Stage.RECIPE, BASE, ()), lambda t: ["a1"], passes) == []
+    assert tuner.without_unfused(chosen, lambda t, no_side: ["c1"], passes) == []
+    assert (
+        tuner.without_unfused(failing(tuner.Stage.RECIPE, BASE, ()), lambda t, no_side: ["a1"], passes) == []
+    )
 
 
 def test_the_unfused_trials_go_on_while_a_graph_leaves_something_unfused_and_the_last_pass_wins() -> None:
     """onnxruntime fuses what one trial keeps in float (a residual Add and a LayerNormalization) into a
     node the next finds between Q/DQ: each trial refines the one before, up to MAX_UNFUSED_TRIALS."""
     log: list[tuple[tuner.Stage, str, tuple[str, ...]]] = []
-    passes = _attempt(lambda config, excluded: 1.0, log)
-    chosen = passes(tuner.Stage.RECIPE, BASE, ())
     asked: dict[tuple[str, ...], list[str]] = {(): ["a1", "a2"], ("a1", "a2"): ["c3"]}
-    first, second = tuner.without_unfused(chosen, lambda t: asked.get(t.excluded, []), passes)
+    passes = _attempt(
+        lambda config, excluded: 1.0, log, fallback=lambda excluded: len(asked.get(excluded, []))
+    )
+    chosen = passes(tuner.Stage.RECIPE, BASE, ())
+    first, second = tuner.without_unfused(chosen, lambda t, no_side: asked.get(t.excluded, []), passes)
     assert (first.excluded, second.excluded) == (("a1", "a2"), ("a1", "a2", "c3"))
     assert first.quantized_share > second.quantized_share and tuner.best([chosen, first, second]) is second
     # A refinement that fails the gate ends the search, and the last that passed is the result.
     gated = _attempt(lambda config, excluded: 0.5 if "c3" in excluded else 1.0, log)
-    first, second = tuner.without_unfused(chosen, lambda t: asked.get(t.excluded, []), gated)
+    first, second = tuner.without_unfused(chosen, lambda t, no_side: asked.get(t.excluded, []), gated)
     assert first.passed and not second.passed and tuner.best([chosen, first, second]) is first
     # Bounded, even where every graph leaves something new unfused.
-    endless = tuner.without_unfused(chosen, lambda t: [f"n{len(t.excluded)}"], passes)
+    endless = tuner.without_unfused(chosen, lambda t, no_side: [f"n{len(t.excluded)}"], passes)
     assert len(endless) == tuner.MAX_UNFUSED_TRIALS
+
+
+def test_an_unfused_trial_that_lifts_no_sandwich_is_not_carried_on_nor_chosen() -> None:
+    """The residual and LayerNormalization in float fuse into one node, still between Q/DQ; mm1, its
+    cheaper side, kept in float leaves it there (the input mm1 shares with another quantized MatMul
+    keeps its DequantizeLinear): the next trial refines the one before with the other side, the head."""
+    log: list[tuple[tuner.Stage, str, tuple[str, ...]]] = []
+    left = {(): 1, ("res", "ln"): 1, ("res", "ln", "mm1"): 1, ("res", "ln", "head"): 0}
+    passes = _attempt(lambda config, excluded: 1.0, log, fallback=lambda excluded: left[excluded])
+    chosen = passes(tuner.Stage.RECIPE, BASE, ())
+
+    def sides(trial: tuner.Trial, no_side: frozenset[str]) -> list[str]:
+        if not trial.excluded:
+            return ["res", "ln"]
+        return [] if trial.fallback_ops == 0 else ["head"] if "mm1" in no_side else ["mm1"]
+
+    first, futile, other = tuner.without_unfused(chosen, sides, passes)
+    assert [t.excluded for t in (first, futile, other)] == [
+        ("res", "ln"),
+        ("res", "ln", "mm1"),
+        ("res", "ln", "head"),
+    ]
+    assert tuner.best([chosen, first, futile, other]) is other
+    # No other side: of the two that leave as much unfused, the more quantized.
+    first, futile = tuner.without_unfused(
+        chosen, lambda t, no_side: sides(t, no_side) if "mm1" not in no_side else [], passes
+    )
+    assert futile.quantized_share < first.quantized_share and tuner.best([chosen, first, futile]) is first
