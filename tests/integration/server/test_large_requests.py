@@ -143,34 +143,32 @@ def serve(model: Path, out: Path) -> LocalServer:
     return LocalServer(settings, service=TellsWhenRun, our_protocol=True).start()
 
 
-@pytest.fixture(scope="module")
-def positions(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalServer, ort.InferenceSession]]:
-    """The positions model served, and its onnxruntime session, to run a whole request in one call."""
-    out = tmp_path_factory.mktemp("positions")
-    model = build_positions(out / "positions.onnx")
+def served_with_session(
+    factory: pytest.TempPathFactory, name: str, build: Callable[[Path], Path]
+) -> Iterator[tuple[LocalServer, ort.InferenceSession]]:
+    """The model `build` writes, served, and its onnxruntime session, to run a whole request in one call."""
+    out = factory.mktemp(name)
+    model = build(out / f"{name}.onnx")
     server = serve(model, out / "artifact")
     yield server, ort.InferenceSession(model, providers=["CPUExecutionProvider"])
     server.stop()
+
+
+@pytest.fixture(scope="module")
+def positions(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalServer, ort.InferenceSession]]:
+    yield from served_with_session(tmp_path_factory, "positions", build_positions)
 
 
 @pytest.fixture(scope="module")
 def dynamic(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalServer, ort.InferenceSession]]:
-    out = tmp_path_factory.mktemp("dynamic")
-    model = build_dynamic(out / "dynamic.onnx")
-    server = serve(model, out / "artifact")
-    yield server, ort.InferenceSession(model, providers=["CPUExecutionProvider"])
-    server.stop()
+    yield from served_with_session(tmp_path_factory, "dynamic", build_dynamic)
 
 
 @pytest.fixture(scope="module")
 def transposed(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[tuple[LocalServer, ort.InferenceSession]]:
-    out = tmp_path_factory.mktemp("transposed")
-    model = build_transposed(out / "transposed.onnx")
-    server = serve(model, out / "artifact")
-    yield server, ort.InferenceSession(model, providers=["CPUExecutionProvider"])
-    server.stop()
+    yield from served_with_session(tmp_path_factory, "transposed", build_transposed)
 
 
 @pytest.fixture(scope="module")
