@@ -162,7 +162,7 @@ def run() -> None:
 
 @main.group()
 def zoo() -> None:
-    """Sample models built from data that ships with scikit-learn."""
+    """Sample models with their data: a scikit-learn classifier, and real ones exported with PyTorch."""
 
 
 @zoo.command("build")

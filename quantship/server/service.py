@@ -695,12 +695,14 @@ def _open_reference(source: tuple[Path, bytes] | None, served: Signature, compar
     if source is None:
         return None
     path, content = source
-    proto = _inline_graph(content, path, reason="reference")
+    # Its graph is parsed for the check, dropped, and parsed again once its session is built: held
+    # meanwhile, a large FP32 graph raised the peak (MiniLM-L6's 90 MB reference: ~50 MB to ready).
+    unshaped = _unshaped_inputs(_inline_graph(content, path, reason="reference"))
     try:
-        reference = Runner.load(content, threads=1, proto=proto)
+        reference = Runner.load(content, threads=1)
     except ORT_ERRORS as exc:
         raise LoadRefused(f"onnxruntime cannot load reference {path}: {exc}", reason="reference") from exc
-    if not _takes_alike(reference.signature.inputs, served.inputs, _unshaped_inputs(proto)):
+    if not _takes_alike(reference.signature.inputs, served.inputs, unshaped):
         raise LoadRefused(
             f"reference {path} takes {_inputs(reference.signature)}, the served model {_inputs(served)}",
             reason="reference",
