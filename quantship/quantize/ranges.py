@@ -23,6 +23,7 @@ from onnxruntime.quantization.calibrate import TensorsData
 from quantship import runtime
 from quantship.artifact import ActivationRange
 from quantship.quantize.constants import graph_constants
+from quantship.quantize.outputs import FOLDED_ACTIVATIONS
 
 _SCALE_SUFFIX = "_scale"  # onnxruntime names a tensor's scale <tensor>_scale, after the tensor it calibrated
 
@@ -194,7 +195,7 @@ def _range(
 def _fused_activation(meant: str, graph: _Graphs) -> onnx.NodeProto | None:
     """The FP32 Relu/Clip that alone read `meant` and is gone from the quantized graph."""
     consumers = graph.fp32_consumers.get(meant, [])
-    if len(consumers) != 1 or consumers[0].op_type not in ("Relu", "Clip"):
+    if len(consumers) != 1 or consumers[0].op_type not in FOLDED_ACTIVATIONS:
         return None
     return None if consumers[0].output[0] in graph.producers else consumers[0]
 
@@ -211,11 +212,18 @@ def _folded_activation(
 ) -> tuple[float | None, float | None]:
     """Bounds of a Relu/Clip the quantizer removed: the range was calibrated on the activation's
     output, but the activation is gone and the QuantizeLinear now reads what fed it."""
-    if fp32_producer is None or fp32_producer.op_type not in ("Relu", "Clip"):
+    if fp32_producer is None or not folded(producer, fp32_producer):
         return None, None
-    if producer is not None and producer.op_type == fp32_producer.op_type:
-        return None, None  # the activation still runs
     return _activation_bounds(fp32_producer, fp32)
+
+
+def folded(producer: onnx.NodeProto | None, fp32_producer: onnx.NodeProto | None) -> bool:
+    """Whether the quantizer removed the Relu/Clip that writes a tensor in the FP32 model
+    (`fp32_producer`): the tensor keeps its name, now written by what fed the activation
+    (`producer`, in the quantized graph), and carries the activation's range."""
+    if fp32_producer is None or fp32_producer.op_type not in FOLDED_ACTIVATIONS:
+        return False
+    return producer is None or producer.op_type != fp32_producer.op_type  # else the activation still runs
 
 
 def _activation_bounds(
