@@ -352,10 +352,8 @@ def _sqnr(errors: list[dict[str, Any]]) -> str:
         if not chosen:
             continue
         fig, ax = reporting.new_figure(9, 0.8 + 0.28 * len(chosen))
-        labels = [
-            reporting.literal(e["tensor"] + (f"  ({e['op_type']})" if e.get("op_type") else ""))
-            for e in chosen
-        ]
+        named = [_sqnr_label(e) for e in chosen]
+        labels = [reporting.literal(name) for name in named]
         values = [e["sqnr_db"] if e["sqnr_db"] is not None else 100.0 for e in chosen]
         ax.barh(
             labels,
@@ -369,11 +367,21 @@ def _sqnr(errors: list[dict[str, Any]]) -> str:
             + (f", the {len(chosen)} worst of {len(of_kind)}" if len(chosen) < len(of_kind) else "")
             + (" (xmodel_err: INT8 vs FP32 model)" if kind == "activation" else "")
         )
-        sections.append(reporting.figure(fig, f"{kind} SQNR"))
+        sections.append(reporting.figure(fig, f"{kind} SQNR, worst first: {', '.join(named)}"))
     return "".join(sections) + (
         "<p>Measured with onnxruntime.quantization.qdq_loss_debug on the QDQ simulation (exposing tensors "
-        "stops kernel fusion); the gate above measured the fused kernels.</p>"
+        "stops kernel fusion); the gate above measured the fused kernels. A weight is named by the node "
+        "that reads it (what <code>--exclude</code> takes), its own name after the op type.</p>"
     )
+
+
+def _sqnr_label(error: dict[str, Any]) -> str:
+    """An activation: its tensor (and the op writing it). A weight: the node reading it, as exporters
+    name weights anything (`onnx::Conv_971`); an older manifest names no node: the weight alone."""
+    op_type = error.get("op_type")
+    if error["kind"] == "weight" and error.get("node"):
+        return f"{error['node']}  ({op_type}: {error['tensor']})"
+    return error["tensor"] + (f"  ({op_type})" if op_type else "")
 
 
 def _ranges(activations: list[artifact.ActivationRange]) -> str:

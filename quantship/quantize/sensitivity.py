@@ -3,7 +3,8 @@
 Activations: `xmodel_err` is the SQNR (dB) of a tensor in the QDQ model against the same tensor
 in the FP32 model, on the same inputs: the error that has built up by that point. `qdq_err`
 (before vs after one QDQ pair) misleads where a Relu/Clip is folded into the range, so nodes are
-ranked by `xmodel_err` of their output, lowest first. Weights: SQNR of dequantized vs float.
+ranked by `xmodel_err` of their output, lowest first. Weights: SQNR of dequantized vs float, with
+the node that reads the weight.
 
 Where the quantizer removed a Relu/Clip and quantizes its output's range on what fed it, `qdq_err`
 compares the unclipped input with its quantized, clipped self: it measures what the activation
@@ -66,7 +67,8 @@ def measure(
     qdq_acts = collect_activations(str(qdq_aug), CalibrationReader(sample, batch_size))
     errors = compute_activation_error(create_activation_matching(qdq_acts, fp32_acts))
 
-    producers = _producers(onnx.load(str(fp32_path)))
+    fp32 = onnx.load(str(fp32_path))
+    producers = _producers(fp32)
     qdq_producers = _producers(onnx.load(str(qdq_path)))
     activations = []
     for tensor, error in errors.items():
@@ -84,8 +86,15 @@ def measure(
                 qdq_sqnr_db=None if folded else error.get("qdq_err"),
             )
         )
+    readers = _first_readers(fp32)
     weights = [
-        TensorError(tensor=name, kind="weight", sqnr_db=sqnr)
+        TensorError(
+            tensor=name,
+            kind="weight",
+            sqnr_db=sqnr,
+            node=readers[name].name if name in readers else None,
+            op_type=readers[name].op_type if name in readers else None,
+        )
         for name, sqnr in compute_weight_error(_weight_matching(fp32_path, qdq_path)).items()
     ]
     return sorted(activations, key=lambda e: e.sqnr_db) + sorted(weights, key=lambda e: e.sqnr_db)
@@ -93,6 +102,17 @@ def measure(
 
 def _producers(model: onnx.ModelProto) -> dict[str, onnx.NodeProto]:
     return {out: node for node in model.graph.node for out in node.output}
+
+
+def _first_readers(model: onnx.ModelProto) -> dict[str, onnx.NodeProto]:
+    """The node that reads each tensor first, in graph order: a weight's row names it, as `--exclude`
+    takes node names and exporters name weights anything (EfficientNet-Lite0's `onnx::Conv_971`). A
+    weight several nodes read (a tied embedding) names the first of them."""
+    readers: dict[str, onnx.NodeProto] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            readers.setdefault(name, node)
+    return readers
 
 
 def _weight_matching(fp32_path: Path, qdq_path: Path) -> dict[str, dict[str, np.ndarray]]:

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import onnx
 import pytest
 from click.testing import CliRunner
 from rich.console import Console
@@ -251,3 +252,26 @@ def test_trials_in_a_narrow_band_get_an_axis_that_shows_them_apart_from_the_gate
     )
     far = {**trial, "value": 0.5, "passed": False}
     assert "axis not from 0" not in report._trials_figure([far], "top1_agreement")
+
+
+def test_a_weight_is_named_by_the_node_that_reads_it(good_artifact: artifact.Artifact) -> None:
+    """Weights' SQNR bars were named by initializer (EfficientNet-Lite0's `onnx::Conv_971`), where a
+    user leaves nodes in float (`--exclude NODE`)."""
+    weights = [e for e in good_artifact.manifest["sensitivity"] if e["kind"] == "weight"]
+    nodes = {
+        n.name: n.op_type for n in onnx.load(str(good_artifact.root / artifact.REFERENCE_FILE)).graph.node
+    }
+    assert weights and all(nodes.get(e["node"]) == e["op_type"] for e in weights), weights
+    page = report.render(good_artifact)
+    drawn = page.split('alt="weight SQNR, worst first: ')[1].split('"')[0]
+    assert drawn.startswith(f"{weights[0]['node']}  ({weights[0]['op_type']}: {weights[0]['tensor']})")
+
+
+def test_a_weight_of_an_older_manifest_is_named_by_itself(good_artifact: artifact.Artifact) -> None:
+    manifest = json.loads(json.dumps(good_artifact.manifest))
+    for entry in manifest["sensitivity"]:
+        if entry["kind"] == "weight":
+            entry.pop("node", None), entry.pop("op_type", None)
+    first = next(e for e in manifest["sensitivity"] if e["kind"] == "weight")
+    page = report.render(artifact.Artifact(root=good_artifact.root, manifest=manifest, signed=False))
+    assert f'alt="weight SQNR, worst first: {first["tensor"]}, ' in page

@@ -120,3 +120,12 @@ def test_a_folded_relu_has_no_qdq_sqnr_its_clipping_is_not_quantization_error(tm
     assert errors["relu"].qdq_sqnr_db is None and errors["relu"].sqnr_db > 20
     assert errors["relu"].to_json().keys() == {"tensor", "kind", "sqnr_db", "node", "op_type"}
     assert errors["x"].qdq_sqnr_db is not None  # a tensor whose range nothing folded keeps the figure
+
+
+def test_a_weight_is_named_with_the_node_that_reads_it(tmp_path: Path) -> None:
+    dataset = _dataset(8)
+    fp32 = _relu_model(tmp_path / "fp32.onnx")
+    qdq = _quantized_qdq(fp32, tmp_path / "qdq.onnx", dataset)
+    measured = sensitivity.measure(fp32, qdq, dataset, 4, tmp_path)
+    weights = {e.tensor: (e.node, e.op_type) for e in measured if e.kind == "weight"}
+    assert weights == {"w1": ("first", "MatMul"), "w2": ("second", "MatMul")}
