@@ -19,6 +19,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 from onnxruntime.quantization.calibrate import TensorsData
+from onnxruntime.quantization.quant_utils import QUANT_INPUT_SUFFIX
 
 from quantship import runtime
 from quantship.artifact import ActivationRange
@@ -115,6 +116,17 @@ def activation_ranges(
         if found is not None:
             ranges.append(found)
     return list(dict.fromkeys(ranges))
+
+
+def model_tensor(activation: ActivationRange) -> str:
+    """The tensor of the model as given that a range is of, for people to find in it. The range names
+    the quantized graph's tensor, which the server observes and labels its metrics with: a QLinear
+    op's int8 output (QOperator) stands for the FP32 `float_tensor`, and where a graph output is
+    quantized, onnxruntime renames what writes it `<output>_QuantizeLinear_Input` (EfficientNet-Lite0's
+    `logits_QuantizeLinear_Input`), its DequantizeLinear writing the output's own name."""
+    if activation.float_tensor is not None:
+        return activation.float_tensor
+    return activation.tensor.removesuffix(QUANT_INPUT_SUFFIX)
 
 
 class _Graphs:

@@ -407,7 +407,7 @@ def _ranges(activations: list[artifact.ActivationRange]) -> str:
         label="calibrated min/max",
     )
     ax.scatter([r.calibrated_max for _, r in cal], [i for i, _ in cal], marker="|", s=200, color="#08519c")
-    ax.set_yticks(y, [reporting.literal(r.tensor) for r in shown])
+    ax.set_yticks(y, [reporting.literal(ranges.model_tensor(r)) for r in shown])
     ax.invert_yaxis()
     ax.use_sticky_edges = False  # bars set the x limits at their very ends, cutting the end ticks in half
     ax.margins(x=0.03)
@@ -425,17 +425,29 @@ def _ranges(activations: list[artifact.ActivationRange]) -> str:
     fig.legend(loc="outside lower center", ncol=2, fontsize=8)  # under the axes: never on a bar
     rows = [
         (
-            r.tensor,
+            ranges.model_tensor(r),
             r.low,
             r.high,
             r.calibrated_min,
             r.calibrated_max,
             _range_note(r),
+            "-" if r.tensor == ranges.model_tensor(r) else r.tensor,
         )
         for r in activations
     ]
-    return reporting.figure(fig, f"activation ranges: {ax.get_title()}, {ax.get_xlabel()}") + reporting.table(
-        ["tensor", "low", "high", "calibrated min", "calibrated max", "note"], rows
+    headers = [
+        "tensor",
+        "low",
+        "high",
+        "calibrated min",
+        "calibrated max",
+        "note",
+        "INT8 model's name, if other",
+    ]
+    return reporting.figure(fig, f"activation ranges: {ax.get_title()}, {ax.get_xlabel()}") + (
+        reporting.table(headers, rows)
+        + "<p>Tensors are named as in the FP32 model; the server's per-tensor metrics "
+        "(<code>--per-tensor-metrics</code>) label them with the INT8 model's name.</p>"
     )
 
 
