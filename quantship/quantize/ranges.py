@@ -19,10 +19,12 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 from onnxruntime.quantization.calibrate import TensorsData
+from onnxruntime.quantization.quant_utils import QUANT_INPUT_SUFFIX
 
 from quantship import runtime
 from quantship.artifact import ActivationRange
 from quantship.quantize.constants import graph_constants
+from quantship.quantize.outputs import FOLDED_ACTIVATIONS
 
 _SCALE_SUFFIX = "_scale"  # onnxruntime names a tensor's scale <tensor>_scale, after the tensor it calibrated
 
@@ -116,6 +118,17 @@ def activation_ranges(
     return list(dict.fromkeys(ranges))
 
 
+def model_tensor(activation: ActivationRange) -> str:
+    """The tensor of the model as given that a range is of, for people to find in it. The range names
+    the quantized graph's tensor, which the server observes and labels its metrics with: a QLinear
+    op's int8 output (QOperator) stands for the FP32 `float_tensor`, and where a graph output is
+    quantized, onnxruntime renames what writes it `<output>_QuantizeLinear_Input` (EfficientNet-Lite0's
+    `logits_QuantizeLinear_Input`), its DequantizeLinear writing the output's own name."""
+    if activation.float_tensor is not None:
+        return activation.float_tensor
+    return activation.tensor.removesuffix(QUANT_INPUT_SUFFIX)
+
+
 class _Graphs:
     """What the range readers look up in the quantized and the FP32 graph."""
 
@@ -194,7 +207,7 @@ def _range(
 def _fused_activation(meant: str, graph: _Graphs) -> onnx.NodeProto | None:
     """The FP32 Relu/Clip that alone read `meant` and is gone from the quantized graph."""
     consumers = graph.fp32_consumers.get(meant, [])
-    if len(consumers) != 1 or consumers[0].op_type not in ("Relu", "Clip"):
+    if len(consumers) != 1 or consumers[0].op_type not in FOLDED_ACTIVATIONS:
         return None
     return None if consumers[0].output[0] in graph.producers else consumers[0]
 
@@ -211,11 +224,18 @@ def _folded_activation(
 ) -> tuple[float | None, float | None]:
     """Bounds of a Relu/Clip the quantizer removed: the range was calibrated on the activation's
     output, but the activation is gone and the QuantizeLinear now reads what fed it."""
-    if fp32_producer is None or fp32_producer.op_type not in ("Relu", "Clip"):
+    if fp32_producer is None or not folded(producer, fp32_producer):
         return None, None
-    if producer is not None and producer.op_type == fp32_producer.op_type:
-        return None, None  # the activation still runs
     return _activation_bounds(fp32_producer, fp32)
+
+
+def folded(producer: onnx.NodeProto | None, fp32_producer: onnx.NodeProto | None) -> bool:
+    """Whether the quantizer removed the Relu/Clip that writes a tensor in the FP32 model
+    (`fp32_producer`): the tensor keeps its name, now written by what fed the activation
+    (`producer`, in the quantized graph), and carries the activation's range."""
+    if fp32_producer is None or fp32_producer.op_type not in FOLDED_ACTIVATIONS:
+        return False
+    return producer is None or producer.op_type != fp32_producer.op_type  # else the activation still runs
 
 
 def _activation_bounds(

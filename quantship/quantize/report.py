@@ -352,10 +352,8 @@ def _sqnr(errors: list[dict[str, Any]]) -> str:
         if not chosen:
             continue
         fig, ax = reporting.new_figure(9, 0.8 + 0.28 * len(chosen))
-        labels = [
-            reporting.literal(e["tensor"] + (f"  ({e['op_type']})" if e.get("op_type") else ""))
-            for e in chosen
-        ]
+        named = [_sqnr_label(e) for e in chosen]
+        labels = [reporting.literal(name) for name in named]
         values = [e["sqnr_db"] if e["sqnr_db"] is not None else 100.0 for e in chosen]
         ax.barh(
             labels,
@@ -369,11 +367,21 @@ def _sqnr(errors: list[dict[str, Any]]) -> str:
             + (f", the {len(chosen)} worst of {len(of_kind)}" if len(chosen) < len(of_kind) else "")
             + (" (xmodel_err: INT8 vs FP32 model)" if kind == "activation" else "")
         )
-        sections.append(reporting.figure(fig, f"{kind} SQNR"))
+        sections.append(reporting.figure(fig, f"{kind} SQNR, worst first: {', '.join(named)}"))
     return "".join(sections) + (
         "<p>Measured with onnxruntime.quantization.qdq_loss_debug on the QDQ simulation (exposing tensors "
-        "stops kernel fusion); the gate above measured the fused kernels.</p>"
+        "stops kernel fusion); the gate above measured the fused kernels. A weight is named by the node "
+        "that reads it (what <code>--exclude</code> takes), its own name after the op type.</p>"
     )
+
+
+def _sqnr_label(error: dict[str, Any]) -> str:
+    """An activation: its tensor (and the op writing it). A weight: the node reading it, as exporters
+    name weights anything (`onnx::Conv_971`); an older manifest names no node: the weight alone."""
+    op_type = error.get("op_type")
+    if error["kind"] == "weight" and error.get("node"):
+        return f"{error['node']}  ({op_type}: {error['tensor']})"
+    return error["tensor"] + (f"  ({op_type})" if op_type else "")
 
 
 def _ranges(activations: list[artifact.ActivationRange]) -> str:
@@ -399,7 +407,7 @@ def _ranges(activations: list[artifact.ActivationRange]) -> str:
         label="calibrated min/max",
     )
     ax.scatter([r.calibrated_max for _, r in cal], [i for i, _ in cal], marker="|", s=200, color="#08519c")
-    ax.set_yticks(y, [reporting.literal(r.tensor) for r in shown])
+    ax.set_yticks(y, [reporting.literal(ranges.model_tensor(r)) for r in shown])
     ax.invert_yaxis()
     ax.use_sticky_edges = False  # bars set the x limits at their very ends, cutting the end ticks in half
     ax.margins(x=0.03)
@@ -417,17 +425,29 @@ def _ranges(activations: list[artifact.ActivationRange]) -> str:
     fig.legend(loc="outside lower center", ncol=2, fontsize=8)  # under the axes: never on a bar
     rows = [
         (
-            r.tensor,
+            ranges.model_tensor(r),
             r.low,
             r.high,
             r.calibrated_min,
             r.calibrated_max,
             _range_note(r),
+            "-" if r.tensor == ranges.model_tensor(r) else r.tensor,
         )
         for r in activations
     ]
-    return reporting.figure(fig, f"activation ranges: {ax.get_title()}, {ax.get_xlabel()}") + reporting.table(
-        ["tensor", "low", "high", "calibrated min", "calibrated max", "note"], rows
+    headers = [
+        "tensor",
+        "low",
+        "high",
+        "calibrated min",
+        "calibrated max",
+        "note",
+        "INT8 model's name, if other",
+    ]
+    return reporting.figure(fig, f"activation ranges: {ax.get_title()}, {ax.get_xlabel()}") + (
+        reporting.table(headers, rows)
+        + "<p>Tensors are named as in the FP32 model; the server's per-tensor metrics "
+        "(<code>--per-tensor-metrics</code>) label them with the INT8 model's name.</p>"
     )
 
 

@@ -94,7 +94,8 @@ RSS, measured; an image model's activations are megabytes a row)."""
 TELL_PRICE_AFTER = 4
 """Hand-offs after which a budgeted lane logs what a sample costs and what its budget buys at that
 price: the first few pay for warming the session up (EfficientNet-Lite0 beside a busy server, its
-reference: 14.9, 12.3, 11.0, then 9.5-10.9 ms; its observer: 75, 50, 44, then 40-43 ms)."""
+reference: 14.9, 12.3, 11.0, then 9.5-10.9 ms; its clip samples: 75, 50, 44, then 40-43 ms, and at
+load average 7-8 on 2026-12-06, 76, 52, 62, then 52-65 ms)."""
 
 
 class CpuBudget:
@@ -272,12 +273,21 @@ class Lane(Generic[T]):
     def _tell_price(self, budget: CpuBudget, cost: float) -> None:
         """Log once what the budget buys: a rollout analysis that finds too few samples a window
         says so, and this says why (EfficientNet-Lite0's reference run: ~10 ms, ~30 a minute at
-        the default budget's half)."""
+        the default budget's half).
+
+        The price is this hand-off's CPU a sample, all of the lane's work (a clip sample: the
+        observer's run, then counting and drift binning), and what else the machine runs raises
+        it: one EfficientNet-Lite0 clip sample cost 38-65 ms within a minute on a 2-CPU VM at load
+        average 7 (its observer's run 28-46 ms), 35 ms alone on a core; the server logged 41-57 ms
+        in five runs at load average 7-9, and 88.8 in a walk of session 38. So the line says the
+        load it was measured at."""
         affordable = f"{60 * budget.share / cost:.3g}" if cost > 0 else "any number of"
         log.info(
-            "%s: a sample costs %.2f ms of CPU; this lane's part of the SLI CPU budget, %.3g CPU "
+            "%s: a sample costs %.2f ms of CPU (hand-off %d's, at load average %.1f on %d CPUs: it "
+            "varies with what else the machine runs); this lane's part of the SLI CPU budget, %.3g CPU "
             "seconds a second, pays for %s samples a minute at most",
-            self.name, cost * 1e3, budget.share, affordable,
+            self.name, cost * 1e3, self._hand_offs, os.getloadavg()[0], os.cpu_count() or 1, budget.share,
+            affordable,
         )  # fmt: skip
 
     def _charge_unpriced(self, offered: list[tuple[T, float | None]]) -> list[tuple[T, float | None]]:

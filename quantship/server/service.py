@@ -356,9 +356,9 @@ class ModelService:
         observer = opened.observer  # None unless clip sampling is on and the model has ranges
         # Each SLI lane that runs pays from its own part of the budget (the shadow lane's is
         # shadow_budget_share of it when both run). Shared first come, first served,
-        # EfficientNet-Lite0's clip samples (40-45 ms of CPU each beside a busy server, the
-        # reference's ~10) took three quarters of it: 9-17 FP32 comparisons a minute at c=1; 30-32
-        # with half each (2026-12-04).
+        # EfficientNet-Lite0's clip samples (40-45 ms of CPU each beside a busy server, more on a
+        # busier machine, the reference's ~10) took three quarters of it: 9-17 FP32 comparisons a
+        # minute at c=1; 30-32 with half each (2026-12-04).
         both = reference is not None and observer is not None
         shadow_part = quality.sli_cpu_budget * (quality.shadow_budget_share if both else 1.0)
         clip_part = quality.sli_cpu_budget - shadow_part if both else quality.sli_cpu_budget

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import onnx
 import pytest
 from click.testing import CliRunner
 from rich.console import Console
@@ -224,8 +225,10 @@ def test_the_ranges_figure_says_its_units_and_a_softmax_bound_is_its_own(
     assert "activation value (float, in the tensor&#x27;s own units)" in page
     softmax = [r for r in qoperator_skewed_artifact.activation_ranges if r.requantized_by == "QLinearSoftmax"]
     assert len(softmax) == 1, qoperator_skewed_artifact.activation_ranges
-    row = page.split(f"<tr><td>{softmax[0].tensor}</td>")[1].split("</tr>")[0]
-    assert row.endswith("<td>QLinearSoftmax&#x27;s own output bound [0, 1]</td>"), row
+    row = page.split(f"<tr><td>{softmax[0].float_tensor}</td>")[1].split("</tr>")[0]
+    assert row.endswith(
+        f"<td>QLinearSoftmax&#x27;s own output bound [0, 1]</td><td>{softmax[0].tensor}</td>"
+    ), row
 
 
 def test_the_ranges_figure_says_what_it_leaves_out_and_keeps_small_ranges_visible() -> None:
@@ -251,3 +254,53 @@ def test_trials_in_a_narrow_band_get_an_axis_that_shows_them_apart_from_the_gate
     )
     far = {**trial, "value": 0.5, "passed": False}
     assert "axis not from 0" not in report._trials_figure([far], "top1_agreement")
+
+
+def test_a_weight_is_named_by_the_node_that_reads_it(good_artifact: artifact.Artifact) -> None:
+    """Weights' SQNR bars were named by initializer (EfficientNet-Lite0's `onnx::Conv_971`), where a
+    user leaves nodes in float (`--exclude NODE`)."""
+    weights = [e for e in good_artifact.manifest["sensitivity"] if e["kind"] == "weight"]
+    nodes = {
+        n.name: n.op_type for n in onnx.load(str(good_artifact.root / artifact.REFERENCE_FILE)).graph.node
+    }
+    assert weights and all(nodes.get(e["node"]) == e["op_type"] for e in weights), weights
+    page = report.render(good_artifact)
+    drawn = page.split('alt="weight SQNR, worst first: ')[1].split('"')[0]
+    assert drawn.startswith(f"{weights[0]['node']}  ({weights[0]['op_type']}: {weights[0]['tensor']})")
+
+
+def test_a_weight_of_an_older_manifest_is_named_by_itself(good_artifact: artifact.Artifact) -> None:
+    manifest = json.loads(json.dumps(good_artifact.manifest))
+    for entry in manifest["sensitivity"]:
+        if entry["kind"] == "weight":
+            entry.pop("node", None), entry.pop("op_type", None)
+    first = next(e for e in manifest["sensitivity"] if e["kind"] == "weight")
+    page = report.render(artifact.Artifact(root=good_artifact.root, manifest=manifest, signed=False))
+    assert f'alt="weight SQNR, worst first: {first["tensor"]}, ' in page
+
+
+def test_the_ranges_name_tensors_as_the_fp32_model_does() -> None:
+    """EfficientNet-Lite0's output range read `logits_QuantizeLinear_Input`, a name onnxruntime gives
+    what writes a quantized graph output, and a QOperator range its QLinear op's int8 output
+    (`..._quantized`): neither is in the model the user has."""
+    page = report._ranges(
+        [
+            artifact.ActivationRange("logits_QuantizeLinear_Input", -8.0, 8.0, 16 / 255),
+            artifact.ActivationRange(
+                "fc_out_quantized",
+                -4.0,
+                4.0,
+                8 / 255,
+                requantized_by="QGemm",
+                zero_point=0,
+                float_tensor="fc_out",
+            ),
+            artifact.ActivationRange("hidden", -1.0, 1.0, 2 / 255),
+        ]
+    )
+    assert "<tr><td>logits</td>" in page and "<td>logits_QuantizeLinear_Input</td></tr>" in page
+    assert "<tr><td>fc_out</td>" in page and "<td>fc_out_quantized</td></tr>" in page
+    assert "<tr><td>hidden</td>" in page and page.split("<tr><td>hidden</td>")[1].split("</tr>")[0].endswith(
+        "<td>-</td>"
+    )
+    assert 'alt="activation ranges' in page

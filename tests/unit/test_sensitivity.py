@@ -1,4 +1,5 @@
-"""Weight SQNR from hand-made float and QDQ graphs: what `sensitivity.measure` feeds onnxruntime."""
+"""Per-tensor SQNR: weights from hand-made float and QDQ graphs (what `sensitivity.measure` feeds
+onnxruntime), activations of small models quantized by onnxruntime."""
 
 from __future__ import annotations
 
@@ -8,9 +9,11 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
+from onnxruntime.quantization import QuantFormat, quantize_static
 from onnxruntime.quantization.qdq_loss_debug import compute_weight_error
 
 from quantship.quantize import sensitivity
+from quantship.quantize.data import CalibrationReader, Dataset
 
 
 def _save(path: Path, nodes: list[onnx.NodeProto], initializers: list[onnx.TensorProto]) -> Path:
@@ -69,3 +72,60 @@ def test_per_channel_zero_points_are_subtracted_without_wrapping(tmp_path: Path)
     assert compute_weight_error({"w": matched})["w"] == pytest.approx(
         20 * np.log10(np.linalg.norm(weights) / np.linalg.norm(weights - matched["dequantized"]))
     )
+
+
+def _relu_model(path: Path) -> Path:
+    """x -> MatMul -> Relu -> MatMul -> y, with weights that make half of the first MatMul's
+    outputs negative: onnxruntime's QDQ quantizer folds the Relu into its input's range."""
+    rng = np.random.default_rng(0)
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["x", "w1"], ["pre"], name="first"),
+            helper.make_node("Relu", ["pre"], ["relu"], name="relu"),
+            helper.make_node("MatMul", ["relu", "w2"], ["y"], name="second"),
+        ],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 8])],
+        [
+            numpy_helper.from_array(rng.normal(size=(8, 8)).astype(np.float32), "w1"),
+            numpy_helper.from_array(rng.normal(size=(8, 8)).astype(np.float32), "w2"),
+        ],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path
+
+
+def _dataset(rows: int) -> Dataset:
+    x = np.random.default_rng(1).normal(size=(rows, 8)).astype(np.float32)
+    return Dataset(arrays={"x": x}, labels=None, stacked=True, sha256="-", source="test")
+
+
+def _quantized_qdq(fp32: Path, qdq: Path, dataset: Dataset) -> Path:
+    quantize_static(
+        str(fp32), str(qdq), CalibrationReader(dataset, 4), quant_format=QuantFormat.QDQ, per_channel=False
+    )
+    return qdq
+
+
+def test_a_folded_relu_has_no_qdq_sqnr_its_clipping_is_not_quantization_error(tmp_path: Path) -> None:
+    """EfficientNet-Lite0's ReLU6 outputs read 0.1-0.7 dB by qdq_err (the unclipped input against its
+    clipped self), pointing a reader of the manifest at tensors nothing is wrong with."""
+    dataset = _dataset(16)
+    fp32 = _relu_model(tmp_path / "fp32.onnx")
+    qdq = _quantized_qdq(fp32, tmp_path / "qdq.onnx", dataset)
+    assert "Relu" not in {node.op_type for node in onnx.load(str(qdq)).graph.node}  # onnxruntime folded it
+    measured = sensitivity.measure(fp32, qdq, dataset, 4, tmp_path)
+    errors = {e.tensor: e for e in measured if e.kind == "activation"}
+    assert errors["relu"].qdq_sqnr_db is None and errors["relu"].sqnr_db > 20
+    assert errors["relu"].to_json().keys() == {"tensor", "kind", "sqnr_db", "node", "op_type"}
+    assert errors["x"].qdq_sqnr_db is not None  # a tensor whose range nothing folded keeps the figure
+
+
+def test_a_weight_is_named_with_the_node_that_reads_it(tmp_path: Path) -> None:
+    dataset = _dataset(8)
+    fp32 = _relu_model(tmp_path / "fp32.onnx")
+    qdq = _quantized_qdq(fp32, tmp_path / "qdq.onnx", dataset)
+    measured = sensitivity.measure(fp32, qdq, dataset, 4, tmp_path)
+    weights = {e.tensor: (e.node, e.op_type) for e in measured if e.kind == "weight"}
+    assert weights == {"w1": ("first", "MatMul"), "w2": ("second", "MatMul")}
