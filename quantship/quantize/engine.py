@@ -686,8 +686,37 @@ next unfused trial to keep them in float: gpt2-lm's head is about 7%; the digits
 (no int8 Add on x86) would give up two of its three MatMuls, 21%, for its two bias Adds."""
 
 
+WEIGHT_CARRIERS = frozenset({"Transpose", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Cast"})
+"""Ops that hand a constant on to its reader changed in layout or type only, from their first input
+(an export's Transpose of a Linear's weight, a Cast of a float16 one, a DequantizeLinear of an int8
+one): what the reader computes with is that constant's values (`weight_values`)."""
+
+
 def weight_values(model: onnx.ModelProto, nodes: Collection[str]) -> int:
-    """How many values the initializers that `nodes` read hold (a MatMul's or Gemm's weights, biases)."""
-    sizes = {init.name: math.prod(init.dims) for init in model.graph.initializer}
+    """How many values the constants that `nodes` read hold (a MatMul's or Gemm's weights, biases),
+    each constant once: read directly or through a chain of WEIGHT_CARRIERS and DequantizeLinears.
+    Counting direct reads only, a MatMul reading its weight through a Transpose held none, and as
+    a sandwich's side (`cheaper_side`) looked free beside one truly cheaper."""
+    constants = graph_constants(model)
+    producers = {out: node for node in model.graph.node for out in node.output}
     names = set(nodes)
-    return sum(sizes.get(name, 0) for node in model.graph.node if node.name in names for name in node.input)
+    read = {
+        _constant_behind(name, constants, producers)
+        for node in model.graph.node
+        if node.name in names
+        for name in node.input
+    }
+    return sum(math.prod(constants[name].dims) for name in read if name is not None)
+
+
+def _constant_behind(
+    tensor: str, constants: Mapping[str, onnx.TensorProto], producers: Mapping[str, onnx.NodeProto]
+) -> str | None:
+    """The constant `tensor` is, or is made from through WEIGHT_CARRIERS and DequantizeLinears
+    (their first input); None for an activation."""
+    while tensor not in constants:
+        producer = producers.get(tensor)
+        if producer is None or producer.op_type not in WEIGHT_CARRIERS | {runtime.DEQUANTIZE}:
+            return None
+        tensor = producer.input[0]
+    return tensor
