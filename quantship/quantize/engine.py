@@ -681,9 +681,12 @@ def cheaper_side(model: onnx.ModelProto, nodes: Collection[str], quantized: Coll
 
 
 MAX_FLOAT_SIDE_SHARE = 0.1
-"""The most of a trial's quantized weight values that the sides `cheaper_side` finds may hold for the
-next unfused trial to keep them in float: gpt2-lm's head is about 7%; the digits MLP quantized S8S8
-(no int8 Add on x86) would give up two of its three MatMuls, 21%, for its two bias Adds."""
+"""The most of the weight values quantized by the trial the unfused stage started from that the sides
+`cheaper_side` finds may hold, those of all its trials together, for a trial to keep them in float:
+through this rule the model never keeps more than this share of its quantized weights in float (a
+bound per trial, on what each still quantized, let three trials keep up to 27%). gpt2-lm's head is
+about 7%; the digits MLP quantized S8S8 (no int8 Add on x86) would give up two of its three MatMuls,
+21%, for its two bias Adds."""
 
 
 WEIGHT_CARRIERS = frozenset({"Transpose", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Cast"})

@@ -27,13 +27,16 @@ from quantship.quantize import (
     QuantizeInputError,
     Strategy,
     canary,
+    data,
     engine,
     ranges,
     report,
     run,
+    tuner,
+    workbench,
 )
 from quantship.quantize.data import load_dataset, model_inputs
-from quantship.quantize.evaluate import Metric
+from quantship.quantize.evaluate import Evaluator, Metric
 from quantship.quantize.pipeline import quiet_progress
 from quantship.quantize.tuner import Stage
 
@@ -664,6 +667,61 @@ def test_a_side_kept_in_float_that_lifts_no_sandwich_is_not_kept(tmp_path: Path)
         (("residual", "ln"), 1),
         (("residual", "ln", "mm1"), 1),
         (("residual", "ln", "head"), 0),
+    ]
+
+
+def _workbench(model: Path, rows_file: Path, config: QuantizeConfig, folder: Path) -> workbench.Workbench:
+    """The Workbench `run` builds over `model` (not pre-processed), calibrated and gated on `rows_file`."""
+    inputs = model_inputs(onnx.load(str(model)))
+    rows_data = load_dataset(rows_file, inputs, role="calibration")
+    prepared = folder / "prepared.onnx"
+    engine.prepare(model, prepared, pre_process=False)
+    progress = quiet_progress()
+    batch = data.calibration_batch_size(rows_data, config.batch_size, inputs)
+    return workbench.Workbench(
+        prepared,
+        onnx.load(str(prepared)),
+        config,
+        Evaluator(model, rows_data, config.output, config.gate_request()),
+        workbench.Calibrations(prepared, rows_data, batch, folder, progress),
+        folder,
+        progress,
+        lambda message: None,
+    )
+
+
+def test_the_sides_kept_in_float_are_bounded_over_the_stage_not_per_trial(tmp_path: Path) -> None:
+    """Two residual blocks, each head(LayerNormalization(mm(X) + X)), and a MatMul beside them. The
+    stage starts from a trial that kept block A's residual and LayerNormalization in float (as a
+    node-wise fallback may): the first unfused trial keeps A's cheaper side (head_a, 128 of the 1952
+    weight values the start quantized: 6.6%) in float with B's LayerNormalization and residual; B's
+    cheaper side (head_b, 128 more) would make 13%, past engine.MAX_FLOAT_SIDE_SHARE of the start's.
+    Bounded per trial (10% of what that trial still quantized, 179) it was kept in float all the same."""
+    make = onnx.helper.make_node
+    nodes = [
+        make("MatMul", ["X", "wa"], ["ha"], name="mm_a"),
+        make("Add", ["ha", "X"], ["ra"], name="res_a"),
+        make("LayerNormalization", ["ra", "gamma", "beta"], ["na"], name="ln_a", axis=-1),
+        make("MatMul", ["na", "wha"], ["YA"], name="head_a"),
+        make("MatMul", ["X2", "wb"], ["hb"], name="mm_b"),
+        make("Add", ["hb", "X2"], ["rb"], name="res_b"),
+        make("LayerNormalization", ["rb", "gamma", "beta"], ["nb"], name="ln_b", axis=-1),
+        make("MatMul", ["nb", "whb"], ["YB"], name="head_b"),
+        make("MatMul", ["X3", "wbulk"], ["YC"], name="mm_bulk"),
+    ]
+    shapes = {"wa": (16, 16), "wha": (16, 8), "wb": (16, 16), "whb": (16, 8), "wbulk": (16, 72)}
+    model, rows_file = _graph_over_rows(tmp_path, nodes, shapes, ("X", "X2", "X3"))
+    config = QuantizeConfig(task=Task.REGRESSION, threshold=0.5, max_trials=0, pre_process=False)
+    bench = _workbench(model, rows_file, config.resolved(runtime.hardware()), tmp_path)
+    recipe = bench.attempt(Stage.RECIPE, bench.config, ())
+    start = bench.attempt(Stage.CUMULATIVE, bench.config, ("res_a", "ln_a"))
+    assert recipe.passed and start.passed
+    quantized = {"mm_a", "head_a", "mm_b", "res_b", "ln_b", "head_b", "mm_bulk"}
+    assert engine.weight_values(bench.prepared_model, quantized) == 1952
+
+    refined = tuner.without_unfused(start, bench.unfused, bench.attempt)
+    assert [(t.excluded, t.passed, t.fallback_ops) for t in refined] == [
+        (("res_a", "ln_a", "head_a", "res_b", "ln_b"), True, 1)
     ]
 
 
