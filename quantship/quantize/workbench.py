@@ -134,7 +134,7 @@ class Workbench:
         engine.MAX_FLOAT_SIDE_SHARE of the weight values `start` quantized. Only for nodes of which a
         trial kept one in float (QOperator never quantizes a LayerNormalization: only its residual
         Add is a trial's): an op no recipe quantizes (a ReduceMean pooling attention's context)
-        between quantized neighbours keeps them. Not around a node of
+        between quantized neighbours keeps them (quantize's warning names them). Not around a node of
         the user's --exclude: their choice of what runs in float stands as given (quantize warns of
         what it leaves behind Q/DQ)."""
         user = set(self.config.excluded_nodes)
@@ -166,6 +166,14 @@ class Workbench:
     def _still_quantized(self, trial: tuner.Trial) -> set[str]:
         """The nodes `trial` quantized (its recipe's, less those it kept in float)."""
         return {node.name for node in self._quantized.get(trial.config.label(), [])} - set(trial.excluded)
+
+    def cheaper_sides(self, trial: tuner.Trial, sources: list[tuple[str, ...]]) -> list[str]:
+        """The quantized nodes that an --exclude would keep in float to lift the nodes `trial`'s model
+        runs in float behind Q/DQ (`sources`: runtime.unfused_sources of its model): each one's cheaper
+        side (engine.cheaper_side), in graph order."""
+        model, quantized = self.prepared_model, self._still_quantized(trial)
+        sides = {name for group in sources for name in engine.cheaper_side(model, group, quantized)}
+        return [node.name for node in model.graph.node if node.name in sides]
 
     def kept_in_float(self, config: QuantizeConfig) -> dict[str, str]:
         """The nodes every trial of `config` keeps in float for correctness, not by the user's

@@ -725,6 +725,52 @@ def test_the_sides_kept_in_float_are_bounded_over_the_stage_not_per_trial(tmp_pa
     ]
 
 
+def test_an_op_no_recipe_quantizes_between_quantized_neighbours_is_named_with_the_exclude_that_lifts_it(
+    tmp_path: Path,
+) -> None:
+    """mm2(tanh(mm1(X))): no recipe quantizes a Tanh, and no unfused trial gives up a MatMul for an op
+    no trial kept in float; the Tanh runs between mm1's DequantizeLinear and mm2's QuantizeLinear.
+    Excluding the Tanh changes nothing: the warning names the --exclude that lifts it (mm2, the
+    cheaper side), and that run leaves nothing behind Q/DQ."""
+    rng = np.random.default_rng(0)
+    make = onnx.helper.make_node
+    nodes = [
+        make("MatMul", ["X", "w1"], ["h"], name="mm1"),
+        make("Tanh", ["h"], ["t"], name="tanh"),
+        make("MatMul", ["t", "w2"], ["Y"], name="mm2"),
+    ]
+    weights = [
+        onnx.numpy_helper.from_array((rng.normal(size=(16, 32)) / 4).astype(np.float32), "w1"),
+        onnx.numpy_helper.from_array((rng.normal(size=(32, 4)) / 6).astype(np.float32), "w2"),
+    ]
+    graph = onnx.helper.make_graph(
+        nodes,
+        "tanh_alone",
+        [onnx.helper.make_tensor_value_info("X", onnx.TensorProto.FLOAT, ["N", 16])],
+        [onnx.helper.make_tensor_value_info("Y", onnx.TensorProto.FLOAT, ["N", 4])],
+        weights,
+    )
+    onnx.save(
+        onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)]), tmp_path / "m.onnx"
+    )
+    np.savez(tmp_path / "data.npz", X=rows(200))
+    config = QuantizeConfig(task=Task.REGRESSION, threshold=0.05, max_trials=0, pre_process=False)
+    result = run(tmp_path / "m.onnx", tmp_path / "a", config, calibration=tmp_path / "data.npz")
+    assert result.artifact.manifest["fallback_ops"] == {"Tanh": 1}
+    assert [t.stage for t in result.trials] == [Stage.RECIPE]
+    (said,) = [w for w in result.warnings if "maxFallbackOps" in w]
+    assert "(Tanh 1: tanh)" in said
+    assert said.endswith("in float too (--exclude mm2: the side of fewer weight values)")
+
+    advised = run(
+        tmp_path / "m.onnx",
+        tmp_path / "b",
+        replace(config, excluded_nodes=("mm2",)),
+        calibration=tmp_path / "data.npz",
+    )
+    assert advised.artifact.manifest["fallback_ops"] == {}
+
+
 def test_a_fallback_the_user_leaves_says_what_the_canary_will_do(
     sample: zoo.SampleModel, tmp_path: Path
 ) -> None:
