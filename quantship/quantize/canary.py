@@ -9,6 +9,7 @@ are the rollout's to set.
 
 from __future__ import annotations
 
+import shlex
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,20 +68,30 @@ def clipping(
     return Clipping(observed, sum(by_tensor.values()), +by_tensor)
 
 
-def fallback_warning(fallback: dict[str, int], nodes: list[str]) -> str | None:
+def fallback_warning(fallback: dict[str, int], nodes: list[str], sides: list[str]) -> str | None:
     """What the canary's fallback gate will say of an artifact whose `fallback` (runtime.fallback_ops)
     counts more ops than the default allows; `nodes`, the names of the model's nodes behind them
     (runtime.unfused_sources: a SkipLayerNormalization's residual Add and LayerNormalization, not
-    the fused node's own name, which --exclude does not know)."""
+    the fused node's own name, which --exclude does not know); `sides`, the quantized nodes whose
+    Q/DQ put them there (a side of each), which --exclude keeps in float to lift them: excluding the
+    float nodes themselves changes nothing (a Tanh between two MatMuls, which no recipe quantizes,
+    is in float already)."""
     count = sum(fallback.values())
     if count <= MAX_FALLBACK_OPS:
         return None
     ops = ", ".join(f"{op} {n}" for op, n in fallback.items())
+    lift = (
+        "keep the quantized nodes on one side of each in float too ("
+        + " ".join(f"--exclude {shlex.quote(name)}" for name in sides)
+        + ": the side of fewer weight values)"
+        if sides
+        else "keep their quantized neighbours in float too (--exclude)"
+    )
     return (
         f"{count} ops run in float between DequantizeLinear and QuantizeLinear, with no int8 kernel in "
         f"onnxruntime ({ops}: {', '.join(nodes)}): over the default spec.slos.maxFallbackOps of "
         f"{MAX_FALLBACK_OPS}, a canary of this artifact fails outright. Set spec.slos.maxFallbackOps to "
-        f"at least {count}, or keep their quantized neighbours in float too (--exclude)"
+        f"at least {count}, or {lift}"
     )
 
 

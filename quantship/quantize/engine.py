@@ -681,13 +681,45 @@ def cheaper_side(model: onnx.ModelProto, nodes: Collection[str], quantized: Coll
 
 
 MAX_FLOAT_SIDE_SHARE = 0.1
-"""The most of a trial's quantized weight values that the sides `cheaper_side` finds may hold for the
-next unfused trial to keep them in float: gpt2-lm's head is about 7%; the digits MLP quantized S8S8
-(no int8 Add on x86) would give up two of its three MatMuls, 21%, for its two bias Adds."""
+"""The most of the weight values quantized by the trial the unfused stage started from that the sides
+`cheaper_side` finds may hold, those of all its trials together, for a trial to keep them in float:
+through this rule the model never keeps more than this share of its quantized weights in float (a
+bound per trial, on what each still quantized, let three trials keep up to 27%). gpt2-lm's head is
+about 7%; the digits MLP quantized S8S8 (no int8 Add on x86) would give up two of its three MatMuls,
+21%, for its two bias Adds."""
+
+
+WEIGHT_CARRIERS = frozenset({"Transpose", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Cast"})
+"""Ops that hand a constant on to its reader changed in layout or type only, from their first input
+(an export's Transpose of a Linear's weight, a Cast of a float16 one, a DequantizeLinear of an int8
+one): what the reader computes with is that constant's values (`weight_values`)."""
 
 
 def weight_values(model: onnx.ModelProto, nodes: Collection[str]) -> int:
-    """How many values the initializers that `nodes` read hold (a MatMul's or Gemm's weights, biases)."""
-    sizes = {init.name: math.prod(init.dims) for init in model.graph.initializer}
+    """How many values the constants that `nodes` read hold (a MatMul's or Gemm's weights, biases),
+    each constant once: read directly or through a chain of WEIGHT_CARRIERS and DequantizeLinears.
+    Counting direct reads only, a MatMul reading its weight through a Transpose held none, and as
+    a sandwich's side (`cheaper_side`) looked free beside one truly cheaper."""
+    constants = graph_constants(model)
+    producers = {out: node for node in model.graph.node for out in node.output}
     names = set(nodes)
-    return sum(sizes.get(name, 0) for node in model.graph.node if node.name in names for name in node.input)
+    read = {
+        _constant_behind(name, constants, producers)
+        for node in model.graph.node
+        if node.name in names
+        for name in node.input
+    }
+    return sum(math.prod(constants[name].dims) for name in read if name is not None)
+
+
+def _constant_behind(
+    tensor: str, constants: Mapping[str, onnx.TensorProto], producers: Mapping[str, onnx.NodeProto]
+) -> str | None:
+    """The constant `tensor` is, or is made from through WEIGHT_CARRIERS and DequantizeLinears
+    (their first input); None for an activation."""
+    while tensor not in constants:
+        producer = producers.get(tensor)
+        if producer is None or producer.op_type not in WEIGHT_CARRIERS | {runtime.DEQUANTIZE}:
+            return None
+        tensor = producer.input[0]
+    return tensor

@@ -172,7 +172,11 @@ def run(
         )
         fallback = runtime.fallback_ops(chosen_path)
         if chosen.passed:
-            _warn_of_the_canary(fallback, chosen_path, chosen_ranges, evalset, inputs, config, note)
+            sources = runtime.unfused_sources(chosen_path) if fallback else []
+            sides = bench.cheaper_sides(chosen, sources)
+            _warn_of_the_canary(
+                fallback, sources, sides, chosen_path, chosen_ranges, evalset, inputs, config, note
+            )
         histograms = []
         if calib is not None and chosen_ranges:
             task = progress.add_task("calibration histograms (drift baseline)", total=1)
@@ -222,6 +226,8 @@ def run(
 
 def _warn_of_the_canary(
     fallback: dict[str, int],
+    sources: list[tuple[str, ...]],
+    sides: list[str],
     model: Path,
     activation_ranges: list[artifact.ActivationRange],
     evalset: data.Dataset,
@@ -230,13 +236,11 @@ def _warn_of_the_canary(
     note: Callable[[str], None],
 ) -> None:
     """Say what a canary of the passing artifact fails on under the default SLOs: ops left in float
-    behind Q/DQ (which tuner.without_unfused could not remove), and the clip rate of the evaluation
-    rows as the server counts it."""
-    if (
-        warning := canary.fallback_warning(
-            fallback, [name for group in runtime.unfused_sources(model) for name in group] if fallback else []
-        )
-    ) is not None:
+    behind Q/DQ (which tuner.without_unfused could not remove; `sources`, the model's nodes behind
+    each, runtime.unfused_sources; `sides`, the quantized nodes an --exclude keeps in float to lift
+    them, Workbench.cheaper_sides), and the clip rate of the evaluation rows as the server counts it."""
+    nodes = [name for group in sources for name in group]
+    if (warning := canary.fallback_warning(fallback, nodes, sides)) is not None:
         note(warning)
     if activation_ranges:
         fixed = next((spec.batch_dim for spec in inputs if spec.batch_dim), None) if evalset.stacked else None

@@ -300,9 +300,10 @@ with their elementwise neighbours, the second a side of the SkipLayerNormalizati
 fuses from its last residual Add and ln_f; a third for what only that graph leaves unfused."""
 
 
-Unfused = Callable[[Trial, frozenset[str]], Sequence[str]]
-"""What to keep in float beyond a trial's exclusions for the nodes its model leaves unfused, never
-a node of the given set as a sandwich's side (Workbench.unfused)."""
+Unfused = Callable[[Trial, Trial, frozenset[str]], Sequence[str]]
+"""What to keep in float beyond a trial's (the second's) exclusions for the nodes its model leaves
+unfused, never a node of the given set as a sandwich's side; the first trial is the one the stage
+started from, against which the sides' weight values are bounded (Workbench.unfused)."""
 
 
 def without_unfused(chosen: Trial, unfused: Unfused, attempt: Attempt) -> list[Trial]:
@@ -319,7 +320,7 @@ def without_unfused(chosen: Trial, unfused: Unfused, attempt: Attempt) -> list[T
     refined: list[Trial] = []
     last, futile = chosen, frozenset[str]()
     while last.passed and len(refined) < MAX_UNFUSED_TRIALS:
-        wanted = tuple(name for name in unfused(last, futile) if name not in last.excluded)
+        wanted = tuple(name for name in unfused(chosen, last, futile) if name not in last.excluded)
         if not wanted:
             break
         trial = attempt(Stage.UNFUSED, chosen.config, (*last.excluded, *wanted))

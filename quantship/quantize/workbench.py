@@ -54,6 +54,9 @@ class Workbench:
             if node.name not in config.excluded_nodes
         ]
         self._found_by_range: dict[str, list[tuple[str, tuple[str, ...]]]] = {}
+        self._sides: set[str] = set()
+        """The nodes `unfused` kept in float as a sandwich's side, in any trial (one a later trial does
+        not carry on no longer counts)."""
         self._task = progress.add_task("tuning", total=config.max_trials + 1)
 
     def path(self, trial: tuner.Trial) -> Path:
@@ -117,26 +120,29 @@ class Workbench:
         self.trials.append(trial)
         return trial
 
-    def unfused(self, trial: tuner.Trial, no_side: frozenset[str] = frozenset()) -> list[str]:
+    def unfused(
+        self, start: tuner.Trial, trial: tuner.Trial, no_side: frozenset[str] = frozenset()
+    ) -> list[str]:
         """What to keep in float beyond `trial`'s exclusions so that the nodes onnxruntime runs in float
         behind Q/DQ (runtime.unfused_sources: a node fused from several is those several) run among
-        float neighbours, for tuner.without_unfused: their quantized elementwise neighbours
-        (engine.float_region); where those already are in float and onnxruntime still sandwiches the
-        node (it fused them into one, fed by a DequantizeLinear and feeding a QuantizeLinear), the
-        quantized nodes on its cheaper side (engine.cheaper_side; never one of `no_side`, which a
-        trial kept in float for nothing), where all those sides hold at most
-        engine.MAX_FLOAT_SIDE_SHARE of the weight values still quantized. Only for nodes of which a
+        float neighbours, for tuner.without_unfused from `start`: their quantized elementwise
+        neighbours (engine.float_region); where those already are in float and onnxruntime still
+        sandwiches the node (it fused them into one, fed by a DequantizeLinear and feeding a
+        QuantizeLinear), the quantized nodes on its cheaper side (engine.cheaper_side; never one of
+        `no_side`, which a trial kept in float for nothing), where those sides, with the sides
+        earlier trials of the stage kept in float and `trial` keeps, hold at most
+        engine.MAX_FLOAT_SIDE_SHARE of the weight values `start` quantized. Only for nodes of which a
         trial kept one in float (QOperator never quantizes a LayerNormalization: only its residual
         Add is a trial's): an op no recipe quantizes (a ReduceMean pooling attention's context)
-        between quantized neighbours keeps them. Not around a node of the user's --exclude: their choice of
-        what runs in float stands as given (quantize warns of what it leaves behind Q/DQ)."""
+        between quantized neighbours keeps them (quantize's warning names them). Not around a node of
+        the user's --exclude: their choice of what runs in float stands as given (quantize warns of
+        what it leaves behind Q/DQ)."""
         user = set(self.config.excluded_nodes)
         unfused = runtime.unfused_sources(self.path(trial))
         sources = [group for group in unfused if group and not user & set(group)]
         if not sources:
             return []
-        quantized = {node.name for node in self._quantized.get(trial.config.label(), [])}
-        quantized -= set(trial.excluded)
+        quantized = self._still_quantized(trial)
         model = self.prepared_model
         regions = [engine.float_region(model, group, quantized) for group in sources]
         wanted = {name for region in regions for name in region}
@@ -147,10 +153,27 @@ class Workbench:
             if not region and in_float & set(group)
             for name in engine.cheaper_side(model, group, quantized - no_side)
         }
-        budget = engine.MAX_FLOAT_SIDE_SHARE * engine.weight_values(model, quantized)
-        if engine.weight_values(model, sides) <= budget:  # all or none: one left fails a canary all the same
+        # Cumulative: three trials each given a tenth of what was still quantized kept 27% in float.
+        kept = self._sides & in_float
+        budget = engine.MAX_FLOAT_SIDE_SHARE * engine.weight_values(model, self._still_quantized(start))
+        if (
+            engine.weight_values(model, sides | kept) <= budget
+        ):  # all or none: one left fails a canary all the same
             wanted |= sides
+            self._sides |= sides
         return [node.name for node in model.graph.node if node.name in wanted]
+
+    def _still_quantized(self, trial: tuner.Trial) -> set[str]:
+        """The nodes `trial` quantized (its recipe's, less those it kept in float)."""
+        return {node.name for node in self._quantized.get(trial.config.label(), [])} - set(trial.excluded)
+
+    def cheaper_sides(self, trial: tuner.Trial, sources: list[tuple[str, ...]]) -> list[str]:
+        """The quantized nodes that an --exclude would keep in float to lift the nodes `trial`'s model
+        runs in float behind Q/DQ (`sources`: runtime.unfused_sources of its model): each one's cheaper
+        side (engine.cheaper_side), in graph order."""
+        model, quantized = self.prepared_model, self._still_quantized(trial)
+        sides = {name for group in sources for name in engine.cheaper_side(model, group, quantized)}
+        return [node.name for node in model.graph.node if node.name in sides]
 
     def kept_in_float(self, config: QuantizeConfig) -> dict[str, str]:
         """The nodes every trial of `config` keeps in float for correctness, not by the user's

@@ -27,13 +27,16 @@ from quantship.quantize import (
     QuantizeInputError,
     Strategy,
     canary,
+    data,
     engine,
     ranges,
     report,
     run,
+    tuner,
+    workbench,
 )
 from quantship.quantize.data import load_dataset, model_inputs
-from quantship.quantize.evaluate import Metric
+from quantship.quantize.evaluate import Evaluator, Metric
 from quantship.quantize.pipeline import quiet_progress
 from quantship.quantize.tuner import Stage
 
@@ -665,6 +668,107 @@ def test_a_side_kept_in_float_that_lifts_no_sandwich_is_not_kept(tmp_path: Path)
         (("residual", "ln", "mm1"), 1),
         (("residual", "ln", "head"), 0),
     ]
+
+
+def _workbench(model: Path, rows_file: Path, config: QuantizeConfig, folder: Path) -> workbench.Workbench:
+    """The Workbench `run` builds over `model` (not pre-processed), calibrated and gated on `rows_file`."""
+    inputs = model_inputs(onnx.load(str(model)))
+    rows_data = load_dataset(rows_file, inputs, role="calibration")
+    prepared = folder / "prepared.onnx"
+    engine.prepare(model, prepared, pre_process=False)
+    progress = quiet_progress()
+    batch = data.calibration_batch_size(rows_data, config.batch_size, inputs)
+    return workbench.Workbench(
+        prepared,
+        onnx.load(str(prepared)),
+        config,
+        Evaluator(model, rows_data, config.output, config.gate_request()),
+        workbench.Calibrations(prepared, rows_data, batch, folder, progress),
+        folder,
+        progress,
+        lambda message: None,
+    )
+
+
+def test_the_sides_kept_in_float_are_bounded_over_the_stage_not_per_trial(tmp_path: Path) -> None:
+    """Two residual blocks, each head(LayerNormalization(mm(X) + X)), and a MatMul beside them. The
+    stage starts from a trial that kept block A's residual and LayerNormalization in float (as a
+    node-wise fallback may): the first unfused trial keeps A's cheaper side (head_a, 128 of the 1952
+    weight values the start quantized: 6.6%) in float with B's LayerNormalization and residual; B's
+    cheaper side (head_b, 128 more) would make 13%, past engine.MAX_FLOAT_SIDE_SHARE of the start's.
+    Bounded per trial (10% of what that trial still quantized, 179) it was kept in float all the same."""
+    make = onnx.helper.make_node
+    nodes = [
+        make("MatMul", ["X", "wa"], ["ha"], name="mm_a"),
+        make("Add", ["ha", "X"], ["ra"], name="res_a"),
+        make("LayerNormalization", ["ra", "gamma", "beta"], ["na"], name="ln_a", axis=-1),
+        make("MatMul", ["na", "wha"], ["YA"], name="head_a"),
+        make("MatMul", ["X2", "wb"], ["hb"], name="mm_b"),
+        make("Add", ["hb", "X2"], ["rb"], name="res_b"),
+        make("LayerNormalization", ["rb", "gamma", "beta"], ["nb"], name="ln_b", axis=-1),
+        make("MatMul", ["nb", "whb"], ["YB"], name="head_b"),
+        make("MatMul", ["X3", "wbulk"], ["YC"], name="mm_bulk"),
+    ]
+    shapes = {"wa": (16, 16), "wha": (16, 8), "wb": (16, 16), "whb": (16, 8), "wbulk": (16, 72)}
+    model, rows_file = _graph_over_rows(tmp_path, nodes, shapes, ("X", "X2", "X3"))
+    config = QuantizeConfig(task=Task.REGRESSION, threshold=0.5, max_trials=0, pre_process=False)
+    bench = _workbench(model, rows_file, config.resolved(runtime.hardware()), tmp_path)
+    recipe = bench.attempt(Stage.RECIPE, bench.config, ())
+    start = bench.attempt(Stage.CUMULATIVE, bench.config, ("res_a", "ln_a"))
+    assert recipe.passed and start.passed
+    quantized = {"mm_a", "head_a", "mm_b", "res_b", "ln_b", "head_b", "mm_bulk"}
+    assert engine.weight_values(bench.prepared_model, quantized) == 1952
+
+    refined = tuner.without_unfused(start, bench.unfused, bench.attempt)
+    assert [(t.excluded, t.passed, t.fallback_ops) for t in refined] == [
+        (("res_a", "ln_a", "head_a", "res_b", "ln_b"), True, 1)
+    ]
+
+
+def test_an_op_no_recipe_quantizes_between_quantized_neighbours_is_named_with_the_exclude_that_lifts_it(
+    tmp_path: Path,
+) -> None:
+    """mm2(tanh(mm1(X))): no recipe quantizes a Tanh, and no unfused trial gives up a MatMul for an op
+    no trial kept in float; the Tanh runs between mm1's DequantizeLinear and mm2's QuantizeLinear.
+    Excluding the Tanh changes nothing: the warning names the --exclude that lifts it (mm2, the
+    cheaper side), and that run leaves nothing behind Q/DQ."""
+    rng = np.random.default_rng(0)
+    make = onnx.helper.make_node
+    nodes = [
+        make("MatMul", ["X", "w1"], ["h"], name="mm1"),
+        make("Tanh", ["h"], ["t"], name="tanh"),
+        make("MatMul", ["t", "w2"], ["Y"], name="mm2"),
+    ]
+    weights = [
+        onnx.numpy_helper.from_array((rng.normal(size=(16, 32)) / 4).astype(np.float32), "w1"),
+        onnx.numpy_helper.from_array((rng.normal(size=(32, 4)) / 6).astype(np.float32), "w2"),
+    ]
+    graph = onnx.helper.make_graph(
+        nodes,
+        "tanh_alone",
+        [onnx.helper.make_tensor_value_info("X", onnx.TensorProto.FLOAT, ["N", 16])],
+        [onnx.helper.make_tensor_value_info("Y", onnx.TensorProto.FLOAT, ["N", 4])],
+        weights,
+    )
+    onnx.save(
+        onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)]), tmp_path / "m.onnx"
+    )
+    np.savez(tmp_path / "data.npz", X=rows(200))
+    config = QuantizeConfig(task=Task.REGRESSION, threshold=0.05, max_trials=0, pre_process=False)
+    result = run(tmp_path / "m.onnx", tmp_path / "a", config, calibration=tmp_path / "data.npz")
+    assert result.artifact.manifest["fallback_ops"] == {"Tanh": 1}
+    assert [t.stage for t in result.trials] == [Stage.RECIPE]
+    (said,) = [w for w in result.warnings if "maxFallbackOps" in w]
+    assert "(Tanh 1: tanh)" in said
+    assert said.endswith("in float too (--exclude mm2: the side of fewer weight values)")
+
+    advised = run(
+        tmp_path / "m.onnx",
+        tmp_path / "b",
+        replace(config, excluded_nodes=("mm2",)),
+        calibration=tmp_path / "data.npz",
+    )
+    assert advised.artifact.manifest["fallback_ops"] == {}
 
 
 def test_a_fallback_the_user_leaves_says_what_the_canary_will_do(

@@ -335,7 +335,7 @@ def test_the_unfused_trial_refines_the_chosen_one_and_wins_where_it_passes() -> 
     chosen = passes(tuner.Stage.SINGLE, BASE, ("c1",))
     # Its own exclusions stay; the nodes already in float are not asked for twice.
     (fused,) = tuner.without_unfused(
-        chosen, lambda t, no_side: [] if "a1" in t.excluded else ["c1", "a1", "a2"], passes
+        chosen, lambda start, t, no_side: [] if "a1" in t.excluded else ["c1", "a1", "a2"], passes
     )
     assert fused.stage is tuner.Stage.UNFUSED
     assert log[-1] == (tuner.Stage.UNFUSED, BASE.label(), ("c1", "a1", "a2"))
@@ -348,9 +348,10 @@ def test_the_unfused_trial_refines_the_chosen_one_and_wins_where_it_passes() -> 
         is not tuner.Stage.UNFUSED
     )
     # Nothing unfused, or a chosen trial that failed the gate: no trial.
-    assert tuner.without_unfused(chosen, lambda t, no_side: ["c1"], passes) == []
+    assert tuner.without_unfused(chosen, lambda start, t, no_side: ["c1"], passes) == []
     assert (
-        tuner.without_unfused(failing(tuner.Stage.RECIPE, BASE, ()), lambda t, no_side: ["a1"], passes) == []
+        tuner.without_unfused(failing(tuner.Stage.RECIPE, BASE, ()), lambda start, t, no_side: ["a1"], passes)
+        == []
     )
 
 
@@ -363,15 +364,23 @@ def test_the_unfused_trials_go_on_while_a_graph_leaves_something_unfused_and_the
         lambda config, excluded: 1.0, log, fallback=lambda excluded: len(asked.get(excluded, []))
     )
     chosen = passes(tuner.Stage.RECIPE, BASE, ())
-    first, second = tuner.without_unfused(chosen, lambda t, no_side: asked.get(t.excluded, []), passes)
+    starts: list[tuner.Trial] = []
+
+    def unfused(start: tuner.Trial, trial: tuner.Trial, no_side: frozenset[str]) -> list[str]:
+        starts.append(start)
+        return asked.get(trial.excluded, [])
+
+    first, second = tuner.without_unfused(chosen, unfused, passes)
     assert (first.excluded, second.excluded) == (("a1", "a2"), ("a1", "a2", "c3"))
+    # Each is asked of against the trial the stage started from (the sides' budget is the stage's).
+    assert len(starts) == 3 and all(start is chosen for start in starts)
     assert first.quantized_share > second.quantized_share and tuner.best([chosen, first, second]) is second
     # A refinement that fails the gate ends the search, and the last that passed is the result.
     gated = _attempt(lambda config, excluded: 0.5 if "c3" in excluded else 1.0, log)
-    first, second = tuner.without_unfused(chosen, lambda t, no_side: asked.get(t.excluded, []), gated)
+    first, second = tuner.without_unfused(chosen, lambda start, t, no_side: asked.get(t.excluded, []), gated)
     assert first.passed and not second.passed and tuner.best([chosen, first, second]) is first
     # Bounded, even where every graph leaves something new unfused.
-    endless = tuner.without_unfused(chosen, lambda t, no_side: [f"n{len(t.excluded)}"], passes)
+    endless = tuner.without_unfused(chosen, lambda start, t, no_side: [f"n{len(t.excluded)}"], passes)
     assert len(endless) == tuner.MAX_UNFUSED_TRIALS
 
 
@@ -384,7 +393,7 @@ def test_an_unfused_trial_that_lifts_no_sandwich_is_not_carried_on_nor_chosen() 
     passes = _attempt(lambda config, excluded: 1.0, log, fallback=lambda excluded: left[excluded])
     chosen = passes(tuner.Stage.RECIPE, BASE, ())
 
-    def sides(trial: tuner.Trial, no_side: frozenset[str]) -> list[str]:
+    def sides(start: tuner.Trial, trial: tuner.Trial, no_side: frozenset[str]) -> list[str]:
         if not trial.excluded:
             return ["res", "ln"]
         return [] if trial.fallback_ops == 0 else ["head"] if "mm1" in no_side else ["mm1"]
@@ -398,6 +407,6 @@ def test_an_unfused_trial_that_lifts_no_sandwich_is_not_carried_on_nor_chosen() 
     assert tuner.best([chosen, first, futile, other]) is other
     # No other side: of the two that leave as much unfused, the more quantized.
     first, futile = tuner.without_unfused(
-        chosen, lambda t, no_side: sides(t, no_side) if "mm1" not in no_side else [], passes
+        chosen, lambda start, t, no_side: sides(start, t, no_side) if "mm1" not in no_side else [], passes
     )
     assert futile.quantized_share < first.quantized_share and tuner.best([chosen, first, futile]) is first
