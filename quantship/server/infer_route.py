@@ -86,10 +86,10 @@ def arrived(scope: Scope) -> bool:
 
 
 def client_gone(scope: Scope) -> Gone | None:
-    """What returns once the request's client has gone (connections.CLIENT_GONE); None under a server
+    """What says whether the request's client has gone (connections.CLIENT_GONE); None under a server
     without quantship's protocol, which does not say it for the request running."""
     gone = scope.get("extensions", {}).get(CLIENT_GONE)
-    return None if gone is None else gone["wait"]
+    return None if gone is None else gone["client"]
 
 
 def _never() -> bool:
@@ -276,8 +276,8 @@ class InferRoute:
         if coding:  # inflating may take milliseconds: off the event loop
             body = await asyncio.to_thread(content_encoding.decoded, body, coding, self.limits.max_bytes)
         request = await decode(body, header_length, self.json_budget)
-        # the batcher watches whether the client has gone while a request runs split into calls, and
-        # stops their calls then
+        # the batcher drops a request whose client has gone while it was queued, and stops the calls
+        # of one split into calls once it is
         return await encode(await self.service.infer(request, client_gone(scope)), request, self.json_budget)
 
 
