@@ -27,7 +27,7 @@ import functools
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -42,8 +42,14 @@ log = logging.getLogger(__name__)
 Outputs = dict[str, np.ndarray]
 
 
-Gone = Callable[[], Awaitable[object]]
-"""Returns once the caller no longer waits for the answer (an HTTP client that disconnected)."""
+class Gone(Protocol):
+    """Whether the caller still waits for the answer (an HTTP client that disconnected): `gone` says
+    it now, for nothing (read as each batch forms), `wait` returns once it is so."""
+
+    @property
+    def gone(self) -> bool: ...
+
+    async def wait(self) -> None: ...
 
 
 class BatchObserver(Protocol):
@@ -180,8 +186,8 @@ class Batcher:
 
     async def submit(self, inputs: Tensors, rows: int, gone: Gone | None = None) -> Outputs:
         """The model's outputs for these inputs (already validated). Raises Overloaded when full.
-        `gone` is watched while the request runs split into calls: once it returns, the request
-        fails with 499 and makes no more calls (a cancelled caller stops them too)."""
+        `gone`: a request whose caller has gone when its batch forms fails with 499 and does not run;
+        one split into calls makes no more calls once it is gone (a cancelled caller, both too)."""
         if self._closing:
             raise NotReady("the server is shutting down")
         loop = self.loop
@@ -271,9 +277,10 @@ class Batcher:
             if isinstance(first, _Wake) or first.future.done():  # done: its caller gave up (cancelled)
                 continue
             batch, rows, carry, stopping = await self._gather(first)
+            batch, rows = _still_wanted(batch, rows)
             if len(batch) == 1 and 0 < self.split_rows < rows:
                 self._split(batch[0])
-            else:
+            elif batch:
                 await self._execute(batch, rows)
             if self._splits:
                 await self._step()  # a batch of waiting work, then a call of the split request: in turn
@@ -323,14 +330,7 @@ class Batcher:
     async def _execute(self, batch: Sequence[_Job], rows: int) -> None:
         """Run one batch and answer its requests. Supervised: whatever fails here (the model, an
         observer, a bug of ours) fails this batch's requests with 500 and the worker goes on, so no
-        caller ever waits on a future nobody will set. Requests whose callers gave up while they
-        waited for batch-mates (a gRPC deadline or cancellation) do not run: under overload with
-        client timeouts, their rows were most of the work, and fresh requests waited behind them."""
-        if any(job.future.done() for job in batch):
-            batch = [job for job in batch if not job.future.done()]
-            rows = sum(job.rows for job in batch)
-            if not batch:
-                return
+        caller ever waits on a future nobody will set."""
         try:
             results = await self._run(batch, rows)
         except Exception as exc:
@@ -427,9 +427,26 @@ class Batcher:
                 self._thread_ran_at, self._alone_runs = loop.time(), 0
 
 
+def _still_wanted(batch: list[_Job], rows: int) -> tuple[list[_Job], int]:
+    """The batch less the requests whose callers no longer wait, with its rows: those that gave up
+    while queued (a gRPC deadline or cancellation: a future done) and those whose HTTP client has gone
+    (answered 499 here). They do not run: under overload with client timeouts, their rows were most of
+    the work, and fresh requests waited behind them; and a client that hung up while its request was
+    queued cost an onnxruntime call before its 499."""
+    if not any(job.future.done() or (job.gone is not None and job.gone.gone) for job in batch):
+        return batch, rows  # the usual case: nothing built
+    for job in batch:
+        if job.gone is not None and job.gone.gone and not job.future.done():
+            job.future.set_exception(
+                ClientClosedRequest("the client disconnected while its request was queued")
+            )
+    wanted = [job for job in batch if not job.future.done()]
+    return wanted, sum(job.rows for job in wanted)
+
+
 def _watch(job: _Job, gone: Gone) -> None:
-    """Fail `job` with 499 once `gone` returns, unless it was answered first."""
-    watcher = asyncio.ensure_future(gone())
+    """Fail `job` with 499 once its client has gone (`gone.wait` returns), unless it was answered first."""
+    watcher = asyncio.ensure_future(gone.wait())
 
     def caller_gone(_: object) -> None:
         if not watcher.cancelled() and watcher.exception() is None and not job.future.done():

@@ -96,8 +96,8 @@ message's end, so a request sent in one piece is complete before the app first r
 `{"cut": True}` when shutdown closed the connection while the body was arriving (`cut_upload`)."""
 
 CLIENT_GONE = "quantship.client_gone"
-"""An ASGI scope extension: `{"wait": ClientGone.wait}` of the request, which returns once the
-connection it came on is lost."""
+"""An ASGI scope extension: `{"client": ClientGone}` of the request, which says whether the connection
+it came on is lost (`gone`), and returns once it is (`wait`): a batcher.Gone."""
 
 
 PIPELINE_READ_AHEAD = 1
@@ -213,7 +213,7 @@ class HttpProtocol(HttpToolsProtocol):
         self._arrival = {"complete": False}
         gone = ClientGone(self._read_ahead)
         extensions = self.scope.setdefault("extensions", {})
-        extensions[BODY_ARRIVAL], extensions[CLIENT_GONE] = self._arrival, {"wait": gone.wait}
+        extensions[BODY_ARRIVAL], extensions[CLIENT_GONE] = self._arrival, {"client": gone}
         parsed = self.cycle
         super().on_headers_complete()
         if self.cycle is not parsed:  # a request to answer (not an upgrade), answered in order

@@ -25,7 +25,7 @@ from google.protobuf.message import DecodeError, Message
 from quantship.server import protocol
 from quantship.server.errors import ClientClosedRequest, InvalidInput, NotReady, ServerError
 from quantship.server.grpc_v2 import inference_pb2 as pb
-from quantship.server.infer_route import INLINE_ENCODE_BINARY_BYTES
+from quantship.server.infer_route import INLINE_ENCODE_BINARY_BYTES, INLINE_ENCODE_STRINGS
 from quantship.server.metrics import ServerMetrics
 from quantship.server.protocol import InferRequest, RequestedOutput
 from quantship.server.service import ModelService
@@ -152,12 +152,14 @@ def encode_response(
 
 
 def encodes_inline(outputs: Mapping[str, np.ndarray]) -> bool:
-    """Whether an answer is small enough to encode on the event loop (INLINE_ENCODE_BINARY_BYTES, as
-    over HTTP); larger, it is copied into the message and serialized in a thread (`answer_bytes`):
-    33.5 MB of gpt2-lm logits, and a BYTES output's strings prefixed one by one, held the loop and
-    every other client as long. Summed over every output the model gave, not only those asked for:
-    protocol.output_bytes took 3 µs of a one-row answer's 6, this 0.2, and it errs only towards the
-    thread."""
+    """Whether an answer is small enough to encode on the event loop (INLINE_ENCODE_BINARY_BYTES and
+    INLINE_ENCODE_STRINGS, as over HTTP); larger, it is copied into the message and serialized in a
+    thread (`answer_bytes`): 33.5 MB of gpt2-lm logits, and a BYTES output's strings prefixed one by
+    one, held the loop and every other client as long. Summed over every output the model gave, not
+    only those asked for: protocol.output_bytes took 3 µs of a one-row answer's 6, this 0.2, and it
+    errs only towards the thread."""
+    if protocol.strings_written(outputs.values()) > INLINE_ENCODE_STRINGS:  # each prefixed in Python
+        return False
     size = 0
     for array in outputs.values():  # a BYTES output's strings are counted only up to the bound
         size += (

@@ -53,6 +53,13 @@ held the loop for 2 s, and a health probe waited as long."""
 INLINE_ENCODE_BINARY_BYTES = 1024 * 1024
 """Outputs of up to this many bytes written as binary data encode on the event loop (a copy: 1 MiB
 in ~180 µs here); more, in a thread."""
+INLINE_ENCODE_STRINGS = 1024
+"""BYTES elements, over the outputs an answer writes, up to which it may encode on the event loop
+(within the byte bounds above); more, in a thread. A BYTES output is written a string at a time, in
+Python: 200,000 one-byte strings as binary data (1 MB, under INLINE_ENCODE_BINARY_BYTES) held the
+loop 67 ms, and counting their bytes 5 ms more (~0.35 µs a string in all). 1024 strings: ~0.35 ms,
+about what the byte bounds allow a number output (1024 float32 values as JSON: ~90 µs)."""
+_INLINE_BYTES = (INLINE_ENCODE_JSON_BYTES, INLINE_ENCODE_BINARY_BYTES)
 
 
 @dataclass(frozen=True)
@@ -79,10 +86,10 @@ def arrived(scope: Scope) -> bool:
 
 
 def client_gone(scope: Scope) -> Gone | None:
-    """What returns once the request's client has gone (connections.CLIENT_GONE); None under a server
+    """What says whether the request's client has gone (connections.CLIENT_GONE); None under a server
     without quantship's protocol, which does not say it for the request running."""
     gone = scope.get("extensions", {}).get(CLIENT_GONE)
-    return None if gone is None else gone["wait"]
+    return None if gone is None else gone["client"]
 
 
 def _never() -> bool:
@@ -151,18 +158,23 @@ async def decode(body: bytes, header_length: str | None, budget: ByteBudget) -> 
         return await asyncio.to_thread(protocol.decode_request, body, header_length)
 
 
+def encodes_inline(response: protocol.InferResponse, request: protocol.InferRequest) -> bool:
+    """Whether the answer is small enough to encode on the event loop: few bytes, and few strings."""
+    return protocol.within(response, request, _INLINE_BYTES, INLINE_ENCODE_STRINGS)
+
+
 async def encode(
     response: protocol.InferResponse, request: protocol.InferRequest, budget: ByteBudget
 ) -> protocol.Encoded:
-    """The answer, encoded on the event loop when its outputs are small, else in a thread; its JSON
-    outputs' bytes held in `budget` meanwhile (as a float and a list slot a value, then its text,
+    """The answer, encoded on the event loop when it is small (`encodes_inline`), else in a thread; its
+    JSON outputs' bytes held in `budget` meanwhile (as a float and a list slot a value, then its text,
     a float32 output costs ~13x its bytes while it is written as JSON)."""
-    inline = (INLINE_ENCODE_JSON_BYTES, INLINE_ENCODE_BINARY_BYTES)
-    json_bytes, binary_bytes = protocol.output_bytes(response, request, inline)  # stops past either
-    if json_bytes <= INLINE_ENCODE_JSON_BYTES and binary_bytes <= INLINE_ENCODE_BINARY_BYTES:
+    if encodes_inline(response, request):
         return protocol.encode_response(response, request)
-    if protocol.writes_strings_as_json(response, request):  # all of them, for the budget: off the loop
-        json_bytes, _ = await asyncio.to_thread(protocol.output_bytes, response, request)
+    if protocol.writes_strings_as_json(response, request):  # counted a string at a time: off the loop
+        json_bytes = await asyncio.to_thread(protocol.json_output_bytes, response, request)
+    else:
+        json_bytes = protocol.json_output_bytes(response, request)  # numbers: their arrays' sizes
     async with budget.hold(json_bytes) if json_bytes else contextlib.nullcontext():
         return await asyncio.to_thread(protocol.encode_response, response, request)
 
@@ -264,8 +276,8 @@ class InferRoute:
         if coding:  # inflating may take milliseconds: off the event loop
             body = await asyncio.to_thread(content_encoding.decoded, body, coding, self.limits.max_bytes)
         request = await decode(body, header_length, self.json_budget)
-        # the batcher watches whether the client has gone while a request runs split into calls, and
-        # stops their calls then
+        # the batcher drops a request whose client has gone while it was queued, and stops the calls
+        # of one split into calls once it is
         return await encode(await self.service.infer(request, client_gone(scope)), request, self.json_budget)
 
 

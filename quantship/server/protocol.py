@@ -23,7 +23,7 @@ import codecs
 import json
 import math
 import struct
-from collections.abc import Container, Mapping, Sequence
+from collections.abc import Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -466,6 +466,40 @@ def output_bytes(
             break
         counted[binary] += payload_bytes(response.outputs[name], most[binary] - counted[binary])
     return counted[0], counted[1]
+
+
+def strings_written(arrays: Iterable[np.ndarray]) -> int:
+    """Elements of the BYTES outputs among `arrays`: each is encoded on its own, in Python (~0.3 µs a
+    one-byte string as binary data), where a number output's values are written at once. Counted
+    from the arrays' shapes, without walking a string."""
+    return sum(array.size for array in arrays if array.dtype.kind == "O")
+
+
+def within(
+    response: InferResponse, request: InferRequest, most: tuple[float, float], most_strings: int
+) -> bool:
+    """Whether the answer writes at most `most` bytes as JSON and as binary data (output_bytes's
+    bounds), and at most `most_strings` BYTES elements (`strings_written`): what may encode on the
+    event loop. In one pass over the outputs, strings counted only up to the byte bounds."""
+    counted = [0, 0]
+    strings = 0
+    for name, binary in _written(response, request):
+        array = response.outputs[name]
+        if array.dtype.kind == "O":
+            strings += array.size
+            if strings > most_strings:
+                return False
+        counted[binary] += payload_bytes(array, most[binary] - counted[binary])
+        if counted[binary] > most[binary]:
+            return False
+    return True
+
+
+def json_output_bytes(response: InferResponse, request: InferRequest) -> int:
+    """Bytes of all the outputs the answer writes as JSON, a BYTES output's strings counted one by one."""
+    return sum(
+        payload_bytes(response.outputs[name]) for name, binary in _written(response, request) if not binary
+    )
 
 
 def writes_strings_as_json(response: InferResponse, request: InferRequest) -> bool:

@@ -348,6 +348,44 @@ def test_a_large_request_whose_client_gave_up_makes_no_more_calls(
     assert calls_since(server, before)[0] == 1 + 1, "one call of the large request, one of the small"
 
 
+def test_a_request_whose_client_hung_up_while_it_was_queued_does_not_run(
+    positions: tuple[LocalServer, ort.InferenceSession],
+) -> None:
+    """A large request's first call waits behind the held inference thread; a small request queued
+    meanwhile loses its client before the thread is let go. It is answered 499 as its batch forms,
+    without a call: the calls that run are the large request's two."""
+    server, session = positions
+    service = server.service
+    assert isinstance(service, TellsWhenRun)
+    big, small = rows(batch_policy.UNMEASURED_SPLIT_ROWS + 1, 5), rows(3, 5)
+    coming = {len(big): threading.Event(), len(small): threading.Event()}
+    TellsWhenRun.coming = coming
+    answered = {code: server.metric(Metric.REQUESTS_TOTAL, code=code) for code in ("200", "499")}
+    before = calls(server)
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        gate = service.hold()
+        try:
+            large = pool.submit(infer, server, "http", big)
+            assert coming[len(big)].wait(60), "the large request came"
+            hang_up(server, small, coming[len(small)])
+            # the hang-up reached the server before this probe did: its end is read first
+            assert httpx.get(f"{server.url}/v2/health/ready", timeout=60).status_code == 200
+        finally:
+            gate.set()
+        y = large.result(timeout=120).as_numpy("y")
+
+    def since(code: str) -> float:
+        return server.metric(Metric.REQUESTS_TOTAL, code=code) - answered[code]
+
+    wait_until(lambda: since("200") + since("499") >= 2, what="both requests answered")
+    assert (since("200"), since("499")) == (1, 1), "the large one answered, the small one 499"
+    np.testing.assert_allclose(y, session.run(["y"], {"x": big})[0], rtol=1e-6)
+    assert calls_since(server, before)[:2] == (2, len(big)), (
+        "the large request's two calls, none of the small's"
+    )
+
+
 def test_a_split_request_that_falls_back_to_one_call_counts_the_calls_that_ran(
     transposed: tuple[LocalServer, ort.InferenceSession],
 ) -> None:

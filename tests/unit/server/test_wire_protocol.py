@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import struct
+from collections.abc import Coroutine
 from typing import Any
 
 import numpy as np
@@ -13,7 +15,7 @@ from quantship.server import protocol
 from quantship.server.byte_budget import ByteBudget
 from quantship.server.errors import InvalidInput
 from quantship.server.grpc_server import encodes_inline
-from quantship.server.infer_route import encode
+from quantship.server.infer_route import INLINE_ENCODE_BINARY_BYTES, encode
 from quantship.server.protocol import InferRequest, InferResponse, RequestedOutput
 
 
@@ -311,6 +313,45 @@ def test_a_bytes_outputs_size_counts_a_length_for_each_string() -> None:
     assert protocol.output_bytes(response, request) == (0, 500_000 * protocol.BYTES_PREFIX)
     assert not encodes_inline(empty)
     assert encodes_inline({"text": np.array([""] * 1000, dtype=object)})
+
+
+async def encoded_and_loop_turns(
+    encoding: Coroutine[Any, Any, protocol.Encoded],
+) -> tuple[protocol.Encoded, int]:
+    """The answer `encoding` gives, and the turns another task of the event loop took meanwhile: none
+    if it never yielded the loop."""
+    turns = 0
+
+    async def spin() -> None:
+        nonlocal turns
+        while True:
+            turns += 1
+            await asyncio.sleep(0)
+
+    spinner = asyncio.create_task(spin())
+    await asyncio.sleep(0)  # the spinner's first turn
+    before = turns
+    encoded = await encoding
+    spinner.cancel()
+    return encoded, turns - before
+
+
+async def test_many_short_strings_encode_off_the_event_loop_though_their_bytes_are_few() -> None:
+    """200,000 one-byte strings are 1 MB as binary data, under the byte bound, but are written a
+    string at a time (67 ms here): encoded in a thread, the loop goes on meanwhile. A thousand
+    encode on the loop, which runs nothing else until they are done."""
+    many, few = (np.array(["a"] * count, dtype=object) for count in (200_000, 1000))
+    request = InferRequest(None, {}, (), binary_outputs=True)
+    budget = ByteBudget(1 << 30)
+
+    for strings, on_the_loop in ((many, False), (few, True)):
+        response = InferResponse("m", "1", "r", {"text": strings})
+        assert protocol.output_bytes(response, request)[1] <= INLINE_ENCODE_BINARY_BYTES
+        encoded, turns = await encoded_and_loop_turns(encode(response, request, budget))
+        assert (turns == 0) is on_the_loop, f"{strings.size} strings: {turns} turns of the loop meanwhile"
+        assert encoded.header_length is not None
+        assert encoded.body[encoded.header_length :] == b"".join([b"\x01\0\0\0a"] * strings.size)
+        assert encodes_inline({"text": strings}) is on_the_loop, "the same choice over gRPC"
 
 
 def test_counting_a_bytes_outputs_size_stops_past_its_bound() -> None:
