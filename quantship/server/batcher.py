@@ -296,7 +296,7 @@ class Batcher:
             if first is None:
                 stopping = True
                 continue
-            if isinstance(first, _Wake) or first.future.done():  # done: its caller gave up (cancelled)
+            if isinstance(first, _Wake) or _abandoned(first):
                 continue
             batch, rows, carry, stopping = await self._gather(first)
             batch, rows = _still_wanted(batch, rows)
@@ -327,7 +327,7 @@ class Batcher:
                 break
             if job is None:
                 return batch, rows, None, True
-            if job.future.done():
+            if _abandoned(job):  # its rows are not the batch's
                 continue
             if job.key != first.key or rows + job.rows > self.max_rows:
                 return batch, rows, job, False  # `job` starts the next batch
@@ -450,8 +450,9 @@ class Batcher:
 
 
 def _still_wanted(batch: list[_Job], rows: int) -> tuple[list[_Job], int]:
-    """The batch less the requests whose callers no longer wait (`_abandoned`), with its rows. They do
-    not run: under overload with client timeouts, their rows were most of the work, and fresh requests
+    """The batch less the requests whose callers no longer wait (`_abandoned`: those gone while it
+    formed, as a queue delay passed; each was asked as it was taken too), with its rows. They do not
+    run: under overload with client timeouts, their rows were most of the work, and fresh requests
     waited behind them; and a client that hung up while its request was queued cost an onnxruntime
     call before its 499."""
     if not any(map(_abandoned, batch)):

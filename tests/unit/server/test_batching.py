@@ -162,6 +162,27 @@ async def test_requests_whose_clients_hung_up_while_queued_do_not_run_and_are_an
     await batcher.close()
 
 
+async def test_a_request_whose_client_hung_up_takes_no_rows_of_its_batch(
+    tiny_model: TinyModel, executor: Any
+) -> None:
+    """Batches of at most 4 rows; 2, 2 and 2 rows queued, the middle one's client gone: the other two
+    share one call, the gone one's rows not counted against the batch's."""
+    recorder = Recorder()
+    batcher = Batcher(tiny_model(), BatchSettings(max_batch_size=4), executor=executor, observer=recorder)
+    hung_up = HungUp()
+    waiting = [
+        asyncio.create_task(batcher.submit(rows(2, value=v), 2, c))
+        for v, c in ((1, None), (2, hung_up), (3, None))
+    ]
+    await asyncio.sleep(0)  # all three queued; the worker has not started
+    hung_up.gone = True
+    batcher.start()
+    answers = await asyncio.gather(*waiting, return_exceptions=True)
+    assert isinstance(answers[1], ClientClosedRequest)
+    assert recorder.batches == [4], "one call of the two requests still wanted"
+    await batcher.close()
+
+
 async def test_a_full_queue_takes_a_request_in_the_place_of_one_whose_client_hung_up(
     tiny_model: TinyModel, executor: Any
 ) -> None:
