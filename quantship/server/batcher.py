@@ -78,10 +78,6 @@ enough to tell traffic at concurrency 1 from a lull between bursts."""
 
 PROBE_INTERVAL_S = 1.0
 """Seconds since the last call in the inference thread before the next probe (PROBE_AFTER_RUNS)."""
-SWEEP_INTERVAL_S = 0.01
-"""Seconds after one sweep of a full queue for requests whose callers have gone (`_drop_abandoned`)
-before the next: a sweep of 128 queued requests took 120-140 µs, a 429 without one 1.2 µs, so a
-refusal sweeps at most this often (at most ~1.4% of the event loop under a storm of 429s)."""
 PROBE_AFTER_RUNS = 16
 """Where a call in the thread can overlap with the loop's work (`overlap`: more than one CPU), a
 request that may run alone on the loop with a call past inline_rows goes through the queue to the
@@ -98,6 +94,10 @@ request in 17 at most at low traffic, and hidden concurrency is found within a s
 traffic. (Telling concurrency by the loop's time off the CPU since the call ended failed with a
 fast client: at c=1, wrk's next request arrived before the loop had finished with the last one for
 a third of the requests.)"""
+SWEEP_INTERVAL_S = 0.01
+"""Seconds after one sweep of a full queue for requests whose callers have gone (`_drop_abandoned`)
+before the next: a sweep of 128 queued requests took 120-140 µs, a 429 without one 1.2 µs, so a
+refusal sweeps at most this often (at most ~1.4% of the event loop under a storm of 429s)."""
 
 
 class _Wake:
