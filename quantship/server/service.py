@@ -532,8 +532,8 @@ class ModelService:
             raise NotReady("the server is shutting down")
 
     async def infer(self, request: InferRequest, gone: Gone | None = None) -> InferResponse:
-        """`gone`: returns once the caller has gone (batcher.Gone), so that a request split into calls
-        stops making them."""
+        """`gone`: whether the caller has gone (batcher.Gone), so that a request queued meanwhile does
+        not run and one split into calls stops making them."""
         model = self.ready_model()
         signature = model.runner.signature
         rows = signature.validate(request.inputs)

@@ -133,12 +133,12 @@ class TellsWhenRun(ModelService):
         return gate
 
 
-def serve(model: Path, out: Path) -> LocalServer:
+def serve(model: Path, out: Path, queue: int = BatchSettings.max_queue_size) -> LocalServer:
     settings = settings_for(
         fp32_artifact(model, out),
         out.name,
         grpc_port=free_port(),
-        batching=BatchSettings(max_batch_size=MOST_ROWS),
+        batching=BatchSettings(max_batch_size=MOST_ROWS, max_queue_size=queue),
     )
     return LocalServer(settings, service=TellsWhenRun, our_protocol=True).start()
 
@@ -157,6 +157,15 @@ def served_with_session(
 @pytest.fixture(scope="module")
 def positions(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalServer, ort.InferenceSession]]:
     yield from served_with_session(tmp_path_factory, "positions", build_positions)
+
+
+@pytest.fixture(scope="module")
+def short_queue(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServer]:
+    """The positions model with --max-queue-size 2: a split request under way and one queued fill it."""
+    out = tmp_path_factory.mktemp("short-queue")
+    server = serve(build_positions(out / "positions.onnx"), out / "artifact", queue=2)
+    yield server
+    server.stop()
 
 
 @pytest.fixture(scope="module")
@@ -383,6 +392,43 @@ def test_a_request_whose_client_hung_up_while_it_was_queued_does_not_run(
     np.testing.assert_allclose(y, session.run(["y"], {"x": big})[0], rtol=1e-6)
     assert calls_since(server, before)[:2] == (2, len(big)), (
         "the large request's two calls, none of the small's"
+    )
+
+
+def test_a_request_whose_client_hung_up_holds_no_place_in_a_full_queue(short_queue: LocalServer) -> None:
+    """--max-queue-size 2: a large request's first call waits behind the held inference thread (its
+    place), and a small request queued behind it (the other) loses its client. A fresh request is
+    taken in the hung-up one's place, not refused 429 for a queue full of nobody's work."""
+    server = short_queue
+    service = server.service
+    assert isinstance(service, TellsWhenRun)
+    big, small, fresh = rows(batch_policy.UNMEASURED_SPLIT_ROWS + 1, 5), rows(3, 5), rows(2, 5)
+    coming = {count: threading.Event() for count in (len(big), len(small), len(fresh))}
+    TellsWhenRun.coming = coming
+    answered = {code: server.metric(Metric.REQUESTS_TOTAL, code=code) for code in ("200", "429", "499")}
+
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        gate = service.hold()
+        try:
+            large = pool.submit(infer, server, "http", big)
+            assert coming[len(big)].wait(60), "the large request came"
+            hang_up(server, small, coming[len(small)])
+            # the hang-up reached the server before this probe did: its end is read first
+            assert httpx.get(f"{server.url}/v2/health/ready", timeout=60).status_code == 200
+            taken = pool.submit(infer, server, "http", fresh)
+            # queued or refused in the event loop's turn that set this, before the thread is let go
+            assert coming[len(fresh)].wait(60), "the fresh request came"
+        finally:
+            gate.set()
+        large.result(timeout=120)
+        y = taken.result(timeout=120).as_numpy("y")  # tritonclient raises on a 429
+
+    def since(code: str) -> float:
+        return server.metric(Metric.REQUESTS_TOTAL, code=code) - answered[code]
+
+    assert y.shape == fresh.shape
+    assert (since("200"), since("429"), since("499")) == (2, 0, 1), (
+        "the large and fresh answered, not the small"
     )
 
 

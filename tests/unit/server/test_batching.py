@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from quantship.server.batcher import LONE_BATCHES, PROBE_AFTER_RUNS, PROBE_INTERVAL_S, Batcher
-from quantship.server.errors import InferenceFailed, InvalidInput, NotReady, Overloaded
+from quantship.server.errors import ClientClosedRequest, InferenceFailed, InvalidInput, NotReady, Overloaded
 from quantship.server.runner import Runner
 from quantship.server.settings import BatchSettings
 
@@ -130,6 +130,80 @@ async def test_a_full_queue_answers_429_at_once_and_loses_nothing_queued(
     batcher.start()
     answers = await asyncio.gather(*waiting)
     assert [float(a["Y"][0, 0]) for a in answers] == [2.0, 3.0]
+    await batcher.close()
+
+
+class HungUp:
+    """A batcher.Gone whose client has gone once `gone` is set (as connections.ClientGone is)."""
+
+    def __init__(self) -> None:
+        self.gone = False
+
+    async def wait(self) -> None:
+        await asyncio.Event().wait()  # these tests read `gone` only
+
+
+async def test_requests_whose_clients_hung_up_while_queued_do_not_run_and_are_answered_499(
+    tiny_model: TinyModel, executor: Any
+) -> None:
+    """Two of a batch's four requests lose their clients while queued: both are answered 499, and the
+    call runs the other two's rows only."""
+    recorder = Recorder()
+    batcher = Batcher(tiny_model(), BatchSettings(max_batch_size=8), executor=executor, observer=recorder)
+    clients = [HungUp() for _ in range(4)]
+    waiting = [asyncio.create_task(batcher.submit(rows(1, value=v), 1, c)) for v, c in enumerate(clients)]
+    await asyncio.sleep(0)  # all four queued; the worker has not started
+    clients[0].gone = clients[1].gone = True
+    batcher.start()
+    answers = await asyncio.gather(*waiting, return_exceptions=True)
+    assert [type(a) for a in answers[:2]] == [ClientClosedRequest] * 2
+    assert [float(a["Y"][0, 0]) for a in answers[2:]] == [3.0, 4.0]  # type: ignore[index]
+    assert recorder.batches == [2]
+    await batcher.close()
+
+
+async def test_a_request_whose_client_hung_up_takes_no_rows_of_its_batch(
+    tiny_model: TinyModel, executor: Any
+) -> None:
+    """Batches of at most 4 rows; 2, 2 and 2 rows queued, the middle one's client gone: the other two
+    share one call, the gone one's rows not counted against the batch's."""
+    recorder = Recorder()
+    batcher = Batcher(tiny_model(), BatchSettings(max_batch_size=4), executor=executor, observer=recorder)
+    hung_up = HungUp()
+    waiting = [
+        asyncio.create_task(batcher.submit(rows(2, value=v), 2, c))
+        for v, c in ((1, None), (2, hung_up), (3, None))
+    ]
+    await asyncio.sleep(0)  # all three queued; the worker has not started
+    hung_up.gone = True
+    batcher.start()
+    answers = await asyncio.gather(*waiting, return_exceptions=True)
+    assert isinstance(answers[1], ClientClosedRequest)
+    assert recorder.batches == [4], "one call of the two requests still wanted"
+    await batcher.close()
+
+
+async def test_a_full_queue_takes_a_request_in_the_place_of_one_whose_client_hung_up(
+    tiny_model: TinyModel, executor: Any
+) -> None:
+    """The queue of 2 holds a request whose client has gone: a fresh one is taken in its place, not
+    refused 429, and the one gone is answered 499 without running."""
+    recorder = Recorder()
+    settings = BatchSettings(max_batch_size=8, max_queue_size=2)
+    batcher = Batcher(tiny_model(), settings, executor=executor, observer=recorder)
+    hung_up = HungUp()
+    waiting = [
+        asyncio.create_task(batcher.submit(rows(1, value=v), 1, c)) for v, c in ((1, hung_up), (2, None))
+    ]
+    await asyncio.sleep(0)  # both queued; the worker has not started
+    hung_up.gone = True
+    fresh = asyncio.create_task(batcher.submit(rows(1, value=5), 1))
+    await asyncio.sleep(0)  # taken, or refused
+    batcher.start()
+    answers = await asyncio.gather(*waiting, fresh, return_exceptions=True)
+    assert isinstance(answers[0], ClientClosedRequest)
+    assert [float(a["Y"][0, 0]) for a in answers[1:]] == [3.0, 6.0]  # type: ignore[index]
+    assert recorder.batches == [2]
     await batcher.close()
 
 
