@@ -640,7 +640,7 @@ def pull(
 def verify(path: Path, public_key: Path | None, reference: Path | None, require_gate_hardware: bool) -> None:
     """Check an artifact's file hashes (and its signature when --public-key is given), and that a
     server's load would take it: its model opens, its manifest fits the model, and its reference takes
-    the model's inputs.
+    the model's inputs. An intact artifact whose accuracy gate failed (a best effort) exits 1.
 
     A server started with options verify was not given decides otherwise: `serve --reference FILE`
     checks FILE, not the artifact's reference.onnx (pass the same --reference here), and `serve
@@ -658,6 +658,9 @@ def verify(path: Path, public_key: Path | None, reference: Path | None, require_
     signature = _signature_in_words(loaded, checked=key is not None)
     files = len(loaded.manifest["files"])
     matched = f"{files} files match their sha256" if files > 1 else "its one file matches its sha256"
+    if loaded.gate == "failed":  # intact, but a best effort: `verify && deploy` must not ship it
+        click.echo(f"gate failed: {path}: {matched}; {signature}; its accuracy gate failed (exit code 1)")
+        sys.exit(ExitCode.VERDICT)
     click.echo(f"ok: {path}: {matched}; {signature}; {loaded.gate_in_words()}")
 
 

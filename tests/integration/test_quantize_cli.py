@@ -151,6 +151,8 @@ def test_a_rerun_whose_gate_fails_leaves_a_passing_artifact_and_writes_beside_it
     message = " ".join(err.split())
     assert f"best effort written to {out}.gate-failed" in message and "is left as it was" in message
     assert "prod.gate-failed" in stdout
+    code, stdout, _ = _cli("verify", failed.root)  # intact, but `verify && deploy` must not ship it
+    assert code == 1 and stdout.startswith("gate failed: ") and "its accuracy gate failed" in stdout
     # kill -9 between a replacement's two renames hid the passing artifact in `.prod.old`: the
     # next run puts it back before judging what `-o` holds.
     out.rename(tmp_path / ".prod.old")
