@@ -241,6 +241,10 @@ def _finite(value: float | None) -> float | None:
     return value if value is None or math.isfinite(value) else None
 
 
+MIN_GATE_ROWS = 30
+"""Evaluation rows (an answer per position: positions judged) under which a gate's verdict is warned
+of: on 1 to 29, one disagreement is 3-100% of them, and a pass on a handful says little (one
+EfficientNet-Lite0 image passed at agreement 1.0, in silence)."""
 LABELS_FIT_ROWS = 20
 """Labelled rows from which an FP32 model right on none of them means the labels are not its own."""
 
@@ -298,6 +302,7 @@ class Evaluator:
         self.gate = self._choose_gate(request)
         self._check_servable(session)
         self._check_labels_fit()
+        self._warn_of_few_rows()
 
     def _check_servable(self, session: ort.InferenceSession) -> None:
         """The server refuses at load an artifact whose row rule cannot judge the gated output
@@ -314,6 +319,22 @@ class Evaluator:
                 f"no server would load the artifact: {exc}; pick a float or class-id output with "
                 f"--output NAME{others}"
             ) from None
+
+    def _warn_of_few_rows(self) -> None:
+        if self.per_position:
+            judged = int(np.count_nonzero(self.mask)) if self.mask is not None else self._positions()
+            unit = "positions"
+        else:
+            judged, unit = len(self.reference), "rows"
+        if judged < MIN_GATE_ROWS:
+            self.warnings.append(
+                f"the gate judges only {judged} evaluation {unit} of {self.dataset.source}: one "
+                f"disagreement is {1 / max(judged, 1):.0%} of them, and a pass on so few says little; "
+                f"give --evaluation {MIN_GATE_ROWS} {unit} or more"
+            )
+
+    def _positions(self) -> int:
+        return math.prod(agreement.position_grid(self.reference))
 
     def _check_reference_finite(self) -> None:
         """FP32 answers of NaN or infinity compare as garbage: any INT8 model could pass against them."""

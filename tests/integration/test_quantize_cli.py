@@ -77,6 +77,23 @@ def test_quantize_writes_an_artifact_and_prints_the_summary(sample: zoo.SampleMo
     assert f"accuracy {'gain' if loss < 0 else 'loss'} {abs(loss):.2%}" in out and "Δ" not in out
 
 
+def test_a_gate_on_a_handful_of_rows_is_warned_of(sample: zoo.SampleModel, tmp_path: Path) -> None:
+    """One EfficientNet-Lite0 image passed the gate at agreement 1.0, and nothing said how little
+    that meant; the sample's own evaluation set is not warned of."""
+    with np.load(sample.evaluation) as full:
+        few = _npz(tmp_path / "few.npz", **{name: full[name][:5] for name in full.files})
+    code, _, err = _cli("quantize", sample.model, "-o", tmp_path / "a", "--calibration", sample.calibration,
+                        "--evaluation", few, "-q")  # fmt: skip
+    assert code == 0, err
+    said = "the gate judges only 5 evaluation rows of"
+    assert said in " ".join(err.split())
+    assert any(said in warning for warning in artifact.load_artifact(tmp_path / "a").manifest["warnings"])
+    assert _quantize(sample, tmp_path / "b")[0] == 0
+    assert not any(
+        "the gate judges only" in w for w in artifact.load_artifact(tmp_path / "b").manifest["warnings"]
+    )
+
+
 def test_quantize_draws_nothing_so_imports_no_matplotlib(sample: zoo.SampleModel, tmp_path: Path) -> None:
     """Importing matplotlib's pyplot took 1.9 s of every quantize (hunt H5, a small GPT-2), which
     prints a table and draws nothing: only `report` draws."""
