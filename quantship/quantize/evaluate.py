@@ -364,7 +364,8 @@ class Evaluator:
         if right == 0:
             raise QuantizeInputError(
                 f"evaluation data {self.dataset.source}: the FP32 model gets none of its "
-                f"{len(labels)} labels right (accuracy 0); are they this model's class ids?{elsewhere}"
+                f"{len(labels)} labels right (accuracy 0){self._labels_past_classes(labels)}; are they "
+                f"this model's class ids?{elsewhere}"
             )
         classes = len(np.unique(labels))
         if classes < 2 or right / len(labels) > 1 / classes:
@@ -378,6 +379,16 @@ class Evaluator:
         self.warnings.append(
             f"{guess}; gating on them as asked (labels of a few of the model's classes set a bar above "
             "its own chance; labels it does not classify would leave the loss nothing to measure)"
+        )
+
+    def _labels_past_classes(self, labels: np.ndarray) -> str:
+        """`, labels up to 5000 where the scores have 1000 classes`: what makes them foreign, where the
+        class scores say how many classes there are."""
+        scores = self.reference if self.reference.dtype.kind == "f" else self.reference_scores
+        if scores is None or scores.ndim < 2 or int(labels.max()) < scores.shape[-1]:
+            return ""
+        return (
+            f", labels up to {int(labels.max())} where output {self.scores!r} has {scores.shape[-1]} classes"
         )
 
     def _mask_input(self, requested: str | None) -> str | None:

@@ -478,6 +478,7 @@ def test_labels_the_fp32_model_never_gets_right_are_refused_not_judged(
     code, _, err = _cli("quantize", sample.model, "-o", tmp_path / "a", "--calibration", sample.calibration,
                         "--evaluation", shifted, "-q")  # fmt: skip
     _assert_one_line_error(code, err, "the FP32 model gets none of its")
+    assert "labels up to 1009 where output 'probabilities' has 10 classes" in err
     assert not (tmp_path / "a").exists()
 
 
