@@ -404,21 +404,38 @@ class Evaluator:
         names = [name.lower() for name in self.dataset.arrays]
         # A seq2seq decoder's positions are its own: its encoder's mask is often plainly `attention_mask`.
         decoder = any(name.startswith("decoder") for name in names)
-        masks = [
+        named = [
             name
             for name in self.dataset.arrays
             if "mask" in name.lower()
             and not name.lower().startswith("encoder")
             and "special" not in name.lower()
             and (name.lower().startswith("decoder") or not decoder)
-            and self._fits_as_mask(name)
         ]
+        masks = [name for name in named if self._fits_as_mask(name)]
         if len(masks) > 1:
             self.warnings.append(
                 f"{' and '.join(masks)} could each mark the padding of output {self.output!r}: every "
                 "position is judged, padding too; --mask-input NAME says which"
             )
+        if not masks:
+            self._warn_of_masks_not_of_0_and_1(named)
         return masks[0] if len(masks) == 1 else None
+
+    def _warn_of_masks_not_of_0_and_1(self, named: list[str]) -> None:
+        """An integer input named and shaped like the output's mask whose values are not only 0s and 1s
+        is not read as one (which of its values mark padding?): said, not left to silence (a mask of
+        0s and 2s judged 19,200 positions where 16,911 were real)."""
+        grid = agreement.position_grid(self.reference)
+        for name in named:
+            array = self.dataset.arrays[name]
+            if array.shape == grid and array.dtype.kind in "iub":
+                values = ", ".join(str(value) for value in np.unique(array)[:5])
+                self.warnings.append(
+                    f"{name!r} is shaped like the padding mask of output {self.output!r} but holds "
+                    f"{values}, not only 0s and 1s: every position is judged, padding too; a mask of "
+                    "0s (padding) and 1s leaves the padding out"
+                )
 
     def _fits_as_mask(self, name: str) -> bool:
         array = self.dataset.arrays[name]

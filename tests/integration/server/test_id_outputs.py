@@ -456,3 +456,17 @@ def test_score_metrics_read_in_chunks_equal_those_read_at_once(
     monkeypatch.setattr(agreement_module, "PROBABILITY_CHUNK_VALUES", 3 * CLASSES)
     chunked = Evaluator(fp32, dataset, None, GateRequest()).evaluate(other).values
     assert chunked == pytest.approx(at_once) and at_once["kl_divergence"] > 0
+
+
+def test_a_mask_of_other_values_than_0_and_1_is_said_not_read(tmp_path: Path) -> None:
+    """gpt2-lm's attention_mask as 0s and 2s was left unread in silence: its padding was judged."""
+    model = build_token_classifier(tmp_path / "fp32.onnx", first="logits")
+    data = _data(tmp_path / "x.npz", ROWS, positions=True, seed=1)
+    inputs = dict(np.load(data))
+    np.savez(data, **{**inputs, "attention_mask": inputs["attention_mask"] * 2})
+    evaluator = Evaluator(
+        model, load_dataset(data, model_inputs(onnx.load(model)), role="evaluation"), None, GateRequest()
+    )
+    assert evaluator.mask_input is None
+    said = [w for w in evaluator.warnings if "'attention_mask' is shaped like the padding mask" in w]
+    assert said and "holds 0, 2, not only 0s and 1s" in said[0], evaluator.warnings
