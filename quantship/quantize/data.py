@@ -155,6 +155,7 @@ def load_dataset(
 
 
 _NPZ_MAGIC = b"PK\x03\x04"  # a zip archive's first local header
+_EMPTY_NPZ_MAGIC = b"PK\x05\x06"  # an archive that is only its end record: np.savez() of nothing
 _NPY_MAGIC = b"\x93NUMPY"
 
 
@@ -167,6 +168,10 @@ def _read_arrays(path: Path, role: str) -> dict[str, np.ndarray]:
             return {file.stem: np.load(file, allow_pickle=False) for file in files}
         with path.open("rb") as stream:  # ours to close: numpy leaks a file it opened on a bad zip
             start = stream.read(len(_NPY_MAGIC))
+            if start.startswith(_EMPTY_NPZ_MAGIC):
+                raise QuantizeInputError(
+                    f"{role} data {path} is an .npz of no arrays: key them by input name"
+                )
             if not start.startswith((_NPZ_MAGIC, _NPY_MAGIC)):  # numpy would call it a pickle
                 raise QuantizeInputError(
                     f"{role} data {path} is not .npz or .npy data (it starts with {start!r}): give an "

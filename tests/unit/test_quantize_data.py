@@ -89,6 +89,12 @@ def test_missing_and_unreadable_files(tmp_path: Path) -> None:
         data.load_dataset(tmp_path / "broken.npz", DIGITS, role="calibration")
 
 
+def test_an_npz_of_no_arrays_is_called_empty_not_foreign(tmp_path: Path) -> None:
+    np.savez(tmp_path / "empty.npz")  # was "is not .npz or .npy data (it starts with b'PK\\x05...')"
+    with pytest.raises(QuantizeInputError, match=r"is an \.npz of no arrays"):
+        data.load_dataset(tmp_path / "empty.npz", DIGITS, role="calibration")
+
+
 def test_inputs_are_described_by_their_dimensions_names() -> None:
     spec = data.InputSpec("input_ids", np.dtype(np.int64), ("batch", "seq", 8, None))
     assert spec.describe() == "input_ids int64[batch, seq, 8, ?]"
