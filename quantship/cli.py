@@ -495,6 +495,8 @@ def _check_quantize_options(config: q_config.QuantizeConfig, ctx: click.Context)
 
     if problems := config.problems():
         raise BadUsage(problems[0])
+    for caution in config.cautions():
+        stderr.print(f"[yellow]warning:[/] {caution}", highlight=False, soft_wrap=True)
     given = {name for name in ctx.params if ctx.get_parameter_source(name) is not ParameterSource.DEFAULT}
     if "max_accuracy_delta" in given and (
         config.threshold is not None
