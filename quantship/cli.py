@@ -305,7 +305,7 @@ def _build_real_model(name: str, out_dir: Path, build_env: Path) -> None:
     type=click.IntRange(min=1),
     default=_QUANTIZE.batch_size,
     show_default=True,
-    help="Calibration rows per batch at most (memory grows with it).",
+    help="Calibration rows per batch at most (memory grows with it; large inputs lower it).",
 )
 @click.option(
     "--pre-process/--no-pre-process",

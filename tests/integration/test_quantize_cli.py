@@ -1036,6 +1036,21 @@ def test_too_few_histogram_bins_for_the_method_are_refused_before_calibrating(
     assert not (tmp_path / "a").exists()
 
 
+def test_the_manifest_records_the_calibration_batch_used_and_says_once_why_it_is_not_the_one_asked(
+    sample: zoo.SampleModel, tmp_path: Path
+) -> None:
+    """EfficientNet-Lite0 with --batch-size 200 calibrated 5 images per batch (the 4 MiB cap) and its
+    manifest read 200, silently."""
+    code, _, err = _quantize(sample, tmp_path / "a", "--batch-size", "48", "--max-trials", "0")
+    assert code == 0, err
+    assert artifact.load_artifact(tmp_path / "a").quantization["batch_size"] == 32
+    said = [line for line in err.splitlines() if "--batch-size" in line]
+    assert said == ["warning: --batch-size 48: calibrating 32 rows per batch (the largest batch that "
+                    "divides the 256 samples)"], err  # fmt: skip
+    code, _, err = _quantize(sample, tmp_path / "b", "--max-trials", "0")
+    assert code == 0 and "--batch-size" not in err, "the default, lowered, is no news"
+
+
 def test_distribution_calibration_is_warned_of_once_as_the_float8_method_it_is(
     sample: zoo.SampleModel, tmp_path: Path
 ) -> None:
