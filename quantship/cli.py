@@ -27,6 +27,7 @@ from rich.console import Console
 
 from quantship import UNIQUE_TAG_ENV, __version__, artifact, scratch
 from quantship.agreement import Task
+from quantship.choices import MAX_NUM_BINS
 from quantship.quantize import config as q_config
 from quantship.quantize.evaluate import Metric
 from quantship.server import settings as server_settings
@@ -298,7 +299,10 @@ def _build_real_model(name: str, out_dir: Path, build_env: Path) -> None:
     show_default=True,
 )
 @click.option(
-    "--num-bins", type=click.IntRange(min=2), default=None, help="Histogram bins (histogram methods)."
+    "--num-bins",
+    type=click.IntRange(min=2, max=MAX_NUM_BINS),
+    default=None,
+    help="Histogram bins (histogram methods; entropy's search grows with their square).",
 )
 @click.option(
     "--batch-size",

@@ -9,7 +9,7 @@ from typing import Any
 from onnxruntime.quantization import CalibrationMethod, QuantType
 
 from quantship import agreement, runtime
-from quantship.choices import MIN_NUM_BINS, Calibration, Format, Mode, Precision, Strategy
+from quantship.choices import MAX_NUM_BINS, MIN_NUM_BINS, Calibration, Format, Mode, Precision, Strategy
 from quantship.quantize.evaluate import GateRequest, Metric
 
 _ORT_CALIBRATION = {
@@ -91,6 +91,10 @@ class QuantizeConfig:
 
     def problems(self) -> list[str]:
         """Settings that cannot work together, found before any calibration runs."""
+        if self.num_bins is not None and self.num_bins > MAX_NUM_BINS:
+            return [
+                f"--num-bins {self.num_bins}: at most {MAX_NUM_BINS} (entropy's search is quadratic in them)"
+            ]
         least = MIN_NUM_BINS.get(self.calibration)
         if least and self.num_bins is not None and self.num_bins < least:
             return [

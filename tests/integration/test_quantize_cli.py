@@ -20,7 +20,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from quantship import artifact, zoo
 from quantship.cli import main
-from quantship.quantize import engine
+from quantship.quantize import QuantizeConfig, engine, run
+from quantship.quantize.errors import QuantizeInputError
 from quantship.runtime import create_session
 
 
@@ -1063,6 +1064,17 @@ def test_distribution_calibration_is_warned_of_once_as_the_float8_method_it_is(
     assert len(cautions) == 1 and cautions[0].startswith("warning: --calibration-method distribution"), err
     _, _, err = _quantize(sample, tmp_path / "b", "--calibration-method", "entropy", "--max-trials", "0")
     assert "float8" not in err
+
+
+def test_more_histogram_bins_than_the_maximum_are_refused_before_calibrating(
+    sample: zoo.SampleModel, tmp_path: Path
+) -> None:
+    """gpt2-lm entropy with --num-bins 8192 took 13:27 against 24.6 s at the default (800 s calibrating)."""
+    code, _, err = _quantize(sample, tmp_path / "a", "--calibration-method", "entropy", "--num-bins", "8192")
+    assert code == 2 and "'--num-bins': 8192 is not in the range 2<=x<=2048" in err, err  # click's own
+    assert not (tmp_path / "a").exists()
+    with pytest.raises(QuantizeInputError, match="--num-bins 8192: at most 2048"):
+        run(sample.model, tmp_path / "b", QuantizeConfig(num_bins=8192), calibration=sample.calibration)
 
 
 @pytest.mark.parametrize(
