@@ -27,6 +27,7 @@ from rich.console import Console
 
 from quantship import UNIQUE_TAG_ENV, __version__, artifact, scratch
 from quantship.agreement import Task
+from quantship.choices import MAX_NUM_BINS
 from quantship.quantize import config as q_config
 from quantship.quantize.evaluate import Metric
 from quantship.server import settings as server_settings
@@ -298,14 +299,17 @@ def _build_real_model(name: str, out_dir: Path, build_env: Path) -> None:
     show_default=True,
 )
 @click.option(
-    "--num-bins", type=click.IntRange(min=2), default=None, help="Histogram bins (histogram methods)."
+    "--num-bins",
+    type=click.IntRange(min=2, max=MAX_NUM_BINS),
+    default=None,
+    help="Histogram bins (histogram methods; entropy's search grows with their square).",
 )
 @click.option(
     "--batch-size",
     type=click.IntRange(min=1),
     default=_QUANTIZE.batch_size,
     show_default=True,
-    help="Calibration rows per batch at most (memory grows with it).",
+    help="Calibration rows per batch at most (memory grows with it; large inputs lower it).",
 )
 @click.option(
     "--pre-process/--no-pre-process",
@@ -495,6 +499,8 @@ def _check_quantize_options(config: q_config.QuantizeConfig, ctx: click.Context)
 
     if problems := config.problems():
         raise BadUsage(problems[0])
+    for caution in config.cautions():
+        stderr.print(f"[yellow]warning:[/] {caution}", highlight=False, soft_wrap=True)
     given = {name for name in ctx.params if ctx.get_parameter_source(name) is not ParameterSource.DEFAULT}
     if "max_accuracy_delta" in given and (
         config.threshold is not None

@@ -353,7 +353,9 @@ def _quantize_schema() -> dict[str, Any]:
                 "maximum": 100,
                 "description": "--percentile: percentile calibration's share of values kept, in percent.",
             },
-            "numBins": _int("--num-bins: histogram bins (percentile, entropy, distribution).", 2, 2**20),
+            "numBins": _int(
+                "--num-bins: histogram bins (percentile, entropy, distribution).", 2, choices.MAX_NUM_BINS
+            ),
             "batchSize": _int(
                 "--batch-size: calibration rows per batch at most (the Job's memory grows with it).", 1, 2**16
             ),

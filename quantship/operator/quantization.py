@@ -23,7 +23,15 @@ from typing import Any
 import kopf
 
 from quantship import UNIQUE_TAG_ENV, oci
-from quantship.choices import DOMAIN_OF_METRIC, METRICS_OF_TASK, MIN_NUM_BINS, Calibration, Metric, Task
+from quantship.choices import (
+    DOMAIN_OF_METRIC,
+    MAX_NUM_BINS,
+    METRICS_OF_TASK,
+    MIN_NUM_BINS,
+    Calibration,
+    Metric,
+    Task,
+)
 from quantship.operator import crd, fetch, names, resources
 from quantship.operator.kube import Kube
 from quantship.operator.quantize_job import Verdict, read_result
@@ -206,6 +214,8 @@ def _check_options(options: Mapping[str, Any]) -> None:
     if "threshold" in options and "maxAccuracyDelta" in options:
         raise InvalidSpec(crd.ONE_GATE_LIMIT["message"])
     method = str(options.get("calibrationMethod"))
+    if options.get("numBins", 0) > MAX_NUM_BINS:
+        raise InvalidSpec(f"quantize.options.numBins: at most {MAX_NUM_BINS}")
     if method in crd.ENOUGH_BINS and options.get("numBins", math.inf) < MIN_NUM_BINS[Calibration(method)]:
         raise InvalidSpec(crd.ENOUGH_BINS[method]["message"])
     task, metric = str(options.get("task")), options.get("metric")

@@ -273,6 +273,22 @@ def calibration_batch_size(dataset: Dataset, wanted: int, inputs: list[InputSpec
     return max(d for d in range(1, limit + 1) if dataset.size % d == 0)
 
 
+def why_fewer_calibration_rows(dataset: Dataset, wanted: int, used: int, inputs: list[InputSpec]) -> str:
+    """Why `calibration_batch_size` calibrates `used` rows per batch where `wanted` were asked."""
+    if {spec.batch_dim for spec in inputs} - {None}:
+        return "the model's fixed batch size"
+    within_memory = rows_per_batch(dataset, min(wanted, dataset.size), CALIBRATION_BATCH_BYTES)
+    reasons = []
+    if within_memory < min(wanted, dataset.size):
+        reasons.append(
+            f"at most {CALIBRATION_BATCH_BYTES // 2**20} MiB of input per batch, which bounds calibration "
+            "memory: the calibrator keeps every activation of a batch"
+        )
+    if used < within_memory:
+        reasons.append(f"the largest batch that divides the {dataset.size} samples")
+    return "; ".join(reasons) or f"all {dataset.size} samples"
+
+
 class CalibrationReader(CalibrationDataReader):
     """Feeds a Dataset to onnxruntime's calibrators, reporting each batch to `on_batch`."""
 

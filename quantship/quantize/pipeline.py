@@ -126,6 +126,11 @@ def run(
                 f"({evaluator.task.value}: {evaluator.task_reason}; {gate.reason})"
             )
         batch = data.calibration_batch_size(calib, config.batch_size, inputs) if calib is not None else 1
+        if calib is not None and batch != config.batch_size:
+            if config.batch_size != QuantizeConfig.batch_size:  # the default lowered is no news
+                why = data.why_fewer_calibration_rows(calib, config.batch_size, batch, inputs)
+                note(f"--batch-size {config.batch_size}: calibrating {batch} rows per batch ({why})")
+            config = replace(config, batch_size=batch)  # the manifest records what calibrated
         calibrations = workbench.Calibrations(prepared, calib, batch, tmp, progress)
         bench = workbench.Workbench(
             prepared, prepared_model, config, evaluator, calibrations, tmp, progress, note

@@ -136,3 +136,21 @@ def test_calibration_batches_divide_the_set(tmp_path: Path, size: int, wanted: i
     )
     assert data.calibration_batch_size(dataset, wanted, DIGITS) == expected
     assert {len(batch["X"]) for batch in dataset.batches(expected)} == {expected}
+
+
+def test_why_fewer_calibration_rows_names_the_memory_cap_the_divisor_or_the_sample_count(
+    tmp_path: Path,
+) -> None:
+    """--batch-size 200 on EfficientNet-Lite0 calibrated 5 images per batch, and nothing said why."""
+    image = [data.InputSpec("images", np.dtype(np.float32), (None, 3, 224, 224))]
+    images = data.load_dataset(
+        _npz(tmp_path, images=np.zeros((20, 3, 224, 224), np.float32)), image, role="calibration"
+    )
+    used = data.calibration_batch_size(images, 200, image)
+    assert used == 5
+    assert "at most 4 MiB of input per batch" in data.why_fewer_calibration_rows(images, 200, used, image)
+    rows = data.load_dataset(_npz(tmp_path, X=np.zeros((100, 64), np.float32)), DIGITS, role="calibration")
+    assert data.why_fewer_calibration_rows(rows, 32, 25, DIGITS) == (
+        "the largest batch that divides the 100 samples"
+    )
+    assert data.why_fewer_calibration_rows(rows, 200, 100, DIGITS) == "all 100 samples"

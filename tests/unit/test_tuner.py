@@ -127,6 +127,17 @@ def test_a_recipe_whose_method_needs_more_bins_than_given_calibrates_with_its_de
     assert {r.num_bins for r in tuner.recipes(enough, CNN)} == {256}
 
 
+def test_a_distribution_base_is_tried_once_and_its_neighbours_calibrate_with_minmax() -> None:
+    """Distribution is onnxruntime's float8 method: on EfficientNet-Lite0 all 4 int8 trials that kept
+    it agreed with FP32 on 0.0-0.3% of rows, and the run took 7:32 against 2:14."""
+    base = replace(BASE, calibration=Calibration.DISTRIBUTION, num_bins=512)
+    recipes = tuner.recipes(base, CNN)
+    assert recipes[0] == base, "the user's own configuration comes first, as given"
+    assert [r.calibration for r in recipes[1:]].count(Calibration.DISTRIBUTION) == 0
+    assert recipes[1] == replace(base, calibration=Calibration.MINMAX)
+    assert len(recipes) == 1 + 2 * 2 * 3
+
+
 def test_reduce_range_is_tried_both_ways_only_where_the_cpu_lacks_vnni() -> None:
     assert {r.reduce_range for r in tuner.recipes(BASE, CNN)} == {False}
     assert {r.reduce_range for r in tuner.recipes(BASE, replace(CNN, lacks_vnni=True))} == {False, True}
@@ -279,6 +290,20 @@ def test_the_advice_suggests_only_what_applies_to_the_mode_the_task_and_the_data
     said = tuner.advice(dynamic, uncalibrated, Task.REGRESSION)
     assert "static quantization with representative --calibration data" in said
     assert said.endswith("a larger --max-trials, or quantization-aware training.")
+
+
+def test_the_advice_names_the_calibration_method_every_trial_kept() -> None:
+    """--strategy fallback with distribution failed at agreement 0.0, and the advice named more data,
+    labels, --max-trials and QAT, not the method."""
+    harm = _harm({n: 0.001 for n in "abcdefgh"}, base=0.5)
+    chosen = replace(BASE, calibration=Calibration.DISTRIBUTION, strategy=Strategy.FALLBACK, max_trials=3)
+    trials, _ = _tune(chosen, harm)
+    said = tuner.advice(trials, CNN, Task.CLASSIFICATION)
+    assert "another --calibration-method (every static trial calibrated with distribution)" in said
+    default, _ = _tune(replace(BASE, strategy=Strategy.FALLBACK, max_trials=3), harm)
+    assert "--calibration-method" not in tuner.advice(default, CNN, Task.CLASSIFICATION)
+    tried, _ = _tune(replace(chosen, strategy=Strategy.RECIPES, max_trials=4), harm)
+    assert "--calibration-method" not in tuner.advice(tried, CNN, Task.CLASSIFICATION), "minmax was tried"
 
 
 def test_best_prefers_more_quantized_nodes_among_passing_trials() -> None:

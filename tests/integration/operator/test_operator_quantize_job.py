@@ -610,6 +610,7 @@ def test_the_largest_names_admitted_keep_both_copies_of_the_spec_well_within_the
         ({"options": {"percentile": 0}}, "less than or equal to the minimum of 0"),
         ({"options": {"percentile": 100.5}}, "greater than the maximum of 100"),
         ({"options": {"numBins": 1}}, "less than the minimum of 2"),
+        ({"options": {"numBins": 2049}}, "greater than the maximum of 2048"),
         ({"options": {"batchSize": 0}}, "less than the minimum of 1"),
         ({"options": {"minCosine": 1.5}}, "greater than the maximum of 1"),
         (
@@ -683,6 +684,12 @@ def test_too_few_bins_stored_before_the_rule_are_an_invalid_spec(method: str) ->
         quantization.QuantizeSpec.from_spec({"quantize": {**QUANTIZE, "options": options}})
     enough = {"calibrationMethod": method, "numBins": 512}
     assert quantization.QuantizeSpec.from_spec({"quantize": {**QUANTIZE, "options": enough}}) is not None
+
+
+def test_more_bins_than_the_maximum_stored_before_it_are_an_invalid_spec() -> None:
+    """quantize refuses them (exit 2): gpt2-lm's entropy calibration took 800 s at 8192 bins."""
+    with pytest.raises(InvalidSpec, match="numBins: at most 2048"):
+        quantization.QuantizeSpec.from_spec({"quantize": {**QUANTIZE, "options": {"numBins": 8192}}})
 
 
 def test_another_tasks_metric_stored_before_the_rule_is_an_invalid_spec() -> None:
