@@ -410,6 +410,8 @@ def quantize(
         )
         return
     chosen = format or config.format
+    # Mode is static here: MatMulConstBOnly is all that decides.
+    in_float = activation_matmuls(onnx.load(str(model_path))) if config.matmul_const_b_only else []
     quantize_static(
         model_path,
         out_path,
@@ -419,11 +421,58 @@ def quantize(
         reduce_range=bool(config.reduce_range),
         activation_type=config.ort_activation_type,
         weight_type=config.ort_weight_type,
-        nodes_to_exclude=list(exclude),
+        nodes_to_exclude=list(dict.fromkeys((*exclude, *in_float))),
         calibrate_method=config.ort_calibration,
         calibration_cache_path=cache_path,
         extra_options=config.extra_options(),
     )
+    if in_float and chosen is Format.QDQ:
+        quantized = onnx.load(str(out_path))
+        _read_float_operands(quantized, in_float)
+        onnx.save(quantized, str(out_path))
+
+
+def activation_matmuls(model: onnx.ModelProto) -> list[str]:
+    """MatMuls whose B input is no constant (attention's Q x K^T and P x V): not an initializer or
+    Constant, nor one reached through WEIGHT_CARRIERS (the layout ops onnxruntime folds). In graph
+    order."""
+    constants = graph_constants(model)
+    producers = {out: node for node in model.graph.node for out in node.output}
+    return [
+        node.name
+        for node in model.graph.node
+        if node.op_type == "MatMul"
+        and len(node.input) > 1
+        and _constant_behind(node.input[1], constants, producers) is None
+    ]
+
+
+def const_b_exclusions(model: onnx.ModelProto, config: QuantizeConfig) -> list[str]:
+    """What MatMulConstBOnly keeps in float in `model`: its activation MatMuls, in static mode.
+    onnxruntime 1.32 reads the option only in QOperator (QOpMatMul); its QDQ quantizer ignores it,
+    so quantship excludes them itself, in both formats alike."""
+    if config.mode is not Mode.STATIC or not config.matmul_const_b_only:
+        return []
+    return activation_matmuls(model)
+
+
+def _read_float_operands(model: onnx.ModelProto, nodes: Collection[str]) -> None:
+    """Let each of `nodes` read the float tensor behind a QuantizeLinear -> DequantizeLinear pair
+    instead of the pair's output. An excluded node still reads its neighbours' Q/DQ pairs in QDQ,
+    and onnxruntime fuses a MatMul fed by a DequantizeLinear on both inputs into an int8 kernel
+    (MatMulIntegerToFloat) all the same: excluding it alone changed nothing."""
+    producers = {out: node for node in model.graph.node for out in node.output}
+    names = set(nodes)
+    for node in model.graph.node:
+        if node.name not in names:
+            continue
+        for index, name in enumerate(node.input):
+            dequantize = producers.get(name)
+            if dequantize is None or dequantize.op_type != runtime.DEQUANTIZE:
+                continue
+            quantize = producers.get(dequantize.input[0])
+            if quantize is not None and quantize.op_type == runtime.QUANTIZE:
+                node.input[index] = quantize.input[0]
 
 
 def _dynamic_exclusions(model_path: Path, exclude: tuple[str, ...]) -> list[str]:
@@ -567,7 +616,7 @@ def _marked_for_qdq(model: onnx.ModelProto, config: QuantizeConfig) -> list[str]
         config.ort_activation_type,
         _placeholder_ranges(model, config),
         [],
-        list(config.excluded_nodes),
+        list(dict.fromkeys((*config.excluded_nodes, *const_b_exclusions(model, config)))),
         QUANTIZABLE_OPS,
         config.extra_options(),
     )

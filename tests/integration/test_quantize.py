@@ -1781,3 +1781,31 @@ def test_the_clip_warning_counts_one_row_at_a_time_as_the_server_counts_one_row_
     counted = canary.clipping(good_artifact.model_path, ranges, evaluation, None)
     one_row = canary.clipping(good_artifact.model_path, ranges, evaluation.subset(1), None)
     assert counted.observed == canary.CLIP_ROWS * one_row.observed
+
+
+@pytest.mark.parametrize("format", [Format.QDQ, Format.QOPERATOR])
+def test_matmul_const_b_only_keeps_the_activation_matmuls_in_float_in_either_format(
+    tmp_path: Path, format: Format
+) -> None:
+    """onnxruntime reads MatMulConstBOnly only in QOperator: a QDQ model with it was byte-identical
+    to one without, attention's MatMuls fed DequantizeLinear on both inputs (an int8 kernel), while
+    the manifest said the option applied."""
+    onnx.save(_attention(), tmp_path / "m.onnx")
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "data.npz", X=rng.normal(size=(16, 4, 8)).astype(np.float32))
+    config = QuantizeConfig(format=format, matmul_const_b_only=True, max_trials=0, pre_process=False)
+
+    result = run(tmp_path / "m.onnx", tmp_path / "a", config, calibration=tmp_path / "data.npz")
+
+    written = onnx.load(str(result.artifact.model_path))
+    dequantized = {
+        out for node in written.graph.node if node.op_type == runtime.DEQUANTIZE for out in node.output
+    }
+    products = [node for node in written.graph.node if node.name in ("scores", "o")]
+    assert [node.op_type for node in products] == ["MatMul", "MatMul"]
+    if format is Format.QDQ:  # onnxruntime fuses a MatMul of two DequantizeLinear outputs into int8
+        assert not dequantized & {name for node in products for name in node.input}
+    counted = engine.quantized_nodes(_attention(), written, Mode.STATIC, format)
+    assert counted  # the projections' weights, at least one of them
+    assert not {"scores", "o"} & {node.name for node in counted}
+    assert {"scores", "o"} <= set(result.artifact.manifest["quantization"]["excluded_nodes"])
