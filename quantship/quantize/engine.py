@@ -457,22 +457,51 @@ def const_b_exclusions(model: onnx.ModelProto, config: QuantizeConfig) -> list[s
 
 
 def _read_float_operands(model: onnx.ModelProto, nodes: Collection[str]) -> None:
-    """Let each of `nodes` read the float tensor behind a QuantizeLinear -> DequantizeLinear pair
-    instead of the pair's output. An excluded node still reads its neighbours' Q/DQ pairs in QDQ,
-    and onnxruntime fuses a MatMul fed by a DequantizeLinear on both inputs into an int8 kernel
-    (MatMulIntegerToFloat) all the same: excluding it alone changed nothing."""
+    """Let each of `nodes`, and the DATA_MOVERS that feed it, read the float tensor behind a
+    QuantizeLinear -> DequantizeLinear pair instead of the pair's output. An excluded node still
+    reads its neighbours' Q/DQ pairs in QDQ, and onnxruntime moves a DequantizeLinear forward past a
+    Transpose or Reshape, then fuses a MatMul fed by DequantizeLinears into an int8 kernel
+    (QLinearMatMul, MatMulIntegerToFloat) all the same: excluded alone, GPT-2's attention MatMuls
+    ran in int8."""
     producers = {out: node for node in model.graph.node for out in node.output}
     names = set(nodes)
-    for node in model.graph.node:
-        if node.name not in names:
-            continue
-        for index, name in enumerate(node.input):
-            dequantize = producers.get(name)
-            if dequantize is None or dequantize.op_type != runtime.DEQUANTIZE:
-                continue
-            quantize = producers.get(dequantize.input[0])
-            if quantize is not None and quantize.op_type == runtime.QUANTIZE:
+    frontier = [node for node in model.graph.node if node.name in names]
+    while frontier:
+        node = frontier.pop()
+        data = node.input[: DATA_OPERANDS.get(node.op_type)] if node.op_type in DATA_MOVERS else node.input
+        for index, name in enumerate(data):
+            producer = producers.get(name)
+            if producer is not None and producer.op_type == runtime.DEQUANTIZE:
+                quantize = producers.get(producer.input[0])
+                if quantize is None or quantize.op_type != runtime.QUANTIZE:
+                    continue
                 node.input[index] = quantize.input[0]
+                producer = producers.get(quantize.input[0])
+            if producer is not None and producer.op_type in DATA_MOVERS:
+                frontier.append(producer)
+    _drop_unread_qdq(model)
+
+
+def _drop_unread_qdq(model: onnx.ModelProto) -> None:
+    """Remove the Q/DQ nodes no node or graph output reads any more, and the initializers only they
+    read: onnxruntime keeps running a dangling pair, and one after a Gemm left it unfused (a float
+    output beside a QuantizeLinear), which the tuner then kept in float."""
+    graph, dropped_inputs = model.graph, set[str]()
+    while True:
+        read = {name for node in graph.node for name in node.input} | {out.name for out in graph.output}
+        unread = [
+            node
+            for node in graph.node
+            if node.op_type in (runtime.QUANTIZE, runtime.DEQUANTIZE) and not set(node.output) & read
+        ]
+        if not unread:
+            break
+        for node in unread:
+            dropped_inputs.update(node.input)
+            graph.node.remove(node)
+    read = {name for node in graph.node for name in node.input} | {value.name for value in graph.input}
+    for init in [init for init in graph.initializer if init.name in dropped_inputs - read]:
+        graph.initializer.remove(init)
 
 
 def _dynamic_exclusions(model_path: Path, exclude: tuple[str, ...]) -> list[str]:
@@ -519,6 +548,10 @@ def quantized_nodes(
 DATA_OPERANDS = {"Clip": 1, "Resize": 1, "Pad": 1, "Reshape": 1, "Expand": 1, "Tile": 1, "Slice": 1}
 """How many leading inputs of these ops carry the data onnxruntime quantizes; the rest (Clip's min and
 max, Resize's roi and scales, Pad's pads...) are parameters it leaves in float by design."""
+DATA_MOVERS = frozenset(
+    {"Transpose", "Reshape", "Squeeze", "Unsqueeze", "Flatten", "Identity", "Split", "Slice"}
+)
+"""Ops that only move their input's values: onnxruntime passes a quantization through them."""
 
 
 def _runs_dequantized(fp32: onnx.ModelProto, quantized: onnx.ModelProto) -> Callable[[onnx.NodeProto], bool]:
