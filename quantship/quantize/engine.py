@@ -410,6 +410,8 @@ def quantize(
         )
         return
     chosen = format or config.format
+    # Mode is static here: MatMulConstBOnly is all that decides.
+    in_float = activation_matmuls(onnx.load(str(model_path))) if config.matmul_const_b_only else []
     quantize_static(
         model_path,
         out_path,
@@ -419,11 +421,87 @@ def quantize(
         reduce_range=bool(config.reduce_range),
         activation_type=config.ort_activation_type,
         weight_type=config.ort_weight_type,
-        nodes_to_exclude=list(exclude),
+        nodes_to_exclude=list(dict.fromkeys((*exclude, *in_float))),
         calibrate_method=config.ort_calibration,
         calibration_cache_path=cache_path,
         extra_options=config.extra_options(),
     )
+    if in_float and chosen is Format.QDQ:
+        quantized = onnx.load(str(out_path))
+        _read_float_operands(quantized, in_float)
+        onnx.save(quantized, str(out_path))
+
+
+def activation_matmuls(model: onnx.ModelProto) -> list[str]:
+    """MatMuls whose B input is no constant (attention's Q x K^T and P x V): not an initializer or
+    Constant, nor one reached through WEIGHT_CARRIERS (the layout ops onnxruntime folds). In graph
+    order."""
+    constants = graph_constants(model)
+    producers = {out: node for node in model.graph.node for out in node.output}
+    return [
+        node.name
+        for node in model.graph.node
+        if node.op_type == "MatMul"
+        and len(node.input) > 1
+        and _constant_behind(node.input[1], constants, producers) is None
+    ]
+
+
+def const_b_exclusions(model: onnx.ModelProto, config: QuantizeConfig) -> list[str]:
+    """What MatMulConstBOnly keeps in float in `model`: its activation MatMuls, in static mode.
+    onnxruntime 1.32 reads the option only in QOperator (QOpMatMul); its QDQ quantizer ignores it,
+    so quantship excludes them itself, in both formats alike."""
+    if config.mode is not Mode.STATIC or not config.matmul_const_b_only:
+        return []
+    return activation_matmuls(model)
+
+
+def _read_float_operands(model: onnx.ModelProto, nodes: Collection[str]) -> None:
+    """Let each of `nodes`, and the DATA_MOVERS that feed it, read the float tensor behind a
+    QuantizeLinear -> DequantizeLinear pair instead of the pair's output. An excluded node still
+    reads its neighbours' Q/DQ pairs in QDQ, and onnxruntime moves a DequantizeLinear forward past a
+    Transpose or Reshape, then fuses a MatMul fed by DequantizeLinears into an int8 kernel
+    (QLinearMatMul, MatMulIntegerToFloat) all the same: excluded alone, GPT-2's attention MatMuls
+    ran in int8."""
+    producers = {out: node for node in model.graph.node for out in node.output}
+    names = set(nodes)
+    frontier = [node for node in model.graph.node if node.name in names]
+    while frontier:
+        node = frontier.pop()
+        data = node.input[: DATA_OPERANDS.get(node.op_type)] if node.op_type in DATA_MOVERS else node.input
+        for index, name in enumerate(data):
+            producer = producers.get(name)
+            if producer is not None and producer.op_type == runtime.DEQUANTIZE:
+                quantize = producers.get(producer.input[0])
+                if quantize is None or quantize.op_type != runtime.QUANTIZE:
+                    continue
+                node.input[index] = quantize.input[0]
+                producer = producers.get(quantize.input[0])
+            if producer is not None and producer.op_type in DATA_MOVERS:
+                frontier.append(producer)
+    _drop_unread_qdq(model)
+
+
+def _drop_unread_qdq(model: onnx.ModelProto) -> None:
+    """Remove the Q/DQ nodes no node or graph output reads any more, and the initializers only they
+    read: onnxruntime keeps running a dangling pair, and one after a Gemm left it unfused (a float
+    output beside a QuantizeLinear), which the tuner then kept in float."""
+    graph, dropped_inputs = model.graph, set[str]()
+    while True:
+        read = {name for node in graph.node for name in node.input} | {out.name for out in graph.output}
+        unread = [
+            node
+            for node in graph.node
+            if node.op_type in (runtime.QUANTIZE, runtime.DEQUANTIZE) and not set(node.output) & read
+        ]
+        if not unread:
+            break
+        for node in unread:
+            dropped_inputs.update(node.input)
+            graph.node.remove(node)
+    read = {name for node in graph.node for name in node.input} | {value.name for value in graph.input}
+    for init in [init for init in graph.initializer if init.name in dropped_inputs - read]:
+        graph.initializer.remove(init)
 
 
 def _dynamic_exclusions(model_path: Path, exclude: tuple[str, ...]) -> list[str]:
@@ -470,6 +548,10 @@ def quantized_nodes(
 DATA_OPERANDS = {"Clip": 1, "Resize": 1, "Pad": 1, "Reshape": 1, "Expand": 1, "Tile": 1, "Slice": 1}
 """How many leading inputs of these ops carry the data onnxruntime quantizes; the rest (Clip's min and
 max, Resize's roi and scales, Pad's pads...) are parameters it leaves in float by design."""
+DATA_MOVERS = frozenset(
+    {"Transpose", "Reshape", "Squeeze", "Unsqueeze", "Flatten", "Identity", "Split", "Slice"}
+)
+"""Ops that only move their input's values: onnxruntime passes a quantization through them."""
 
 
 def _runs_dequantized(fp32: onnx.ModelProto, quantized: onnx.ModelProto) -> Callable[[onnx.NodeProto], bool]:
@@ -567,7 +649,7 @@ def _marked_for_qdq(model: onnx.ModelProto, config: QuantizeConfig) -> list[str]
         config.ort_activation_type,
         _placeholder_ranges(model, config),
         [],
-        list(config.excluded_nodes),
+        list(dict.fromkeys((*config.excluded_nodes, *const_b_exclusions(model, config)))),
         QUANTIZABLE_OPS,
         config.extra_options(),
     )

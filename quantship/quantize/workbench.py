@@ -180,9 +180,11 @@ class Workbench:
         --exclude, each with why (said once). Found in the graph: a Relu/Clip that would serve a graph
         output clamped (outputs.folded_into_outputs). Found by `config`'s calibrated ranges: the
         nodes around a sentinel past ranges.UNQUANTIZABLE_MAGNITUDE and an additive mask's path
-        (ranges.MASK_RATIO). Static recipes only: dynamic quantization has no ranges to fold or to
-        lose the data in. The trials' excluded nodes (and so the manifest's excluded_nodes), their
-        quantized counts and the fallback stages' candidates all read this."""
+        (ranges.MASK_RATIO). Found by the recipe: MatMulConstBOnly's activation MatMuls
+        (engine.const_b_exclusions), which the manifest then lists. Static recipes only: dynamic
+        quantization has no ranges to fold or to lose the data in. The trials' excluded nodes (and so
+        the manifest's excluded_nodes), their quantized counts and the fallback stages' candidates
+        all read this."""
         if config.mode is not Mode.STATIC:
             return {}
         kept: dict[str, str] = {}
@@ -192,6 +194,10 @@ class Workbench:
                 self._announced.add(nodes)
                 self.note(f"static trials: {why}")  # the manifest keeps it, whichever recipe wins
             kept.update(dict.fromkeys(wanted, why))
+        # Said by the recipe's label, not noted: only the recipes with the option keep them.
+        const_b = engine.const_b_exclusions(self.prepared_model, config)
+        wanted = [name for name in const_b if name not in kept and name not in self.config.excluded_nodes]
+        kept.update(dict.fromkeys(wanted, "MatMulConstBOnly: a MatMul of two activations"))
         return kept
 
     def kept_before_calibrating(self) -> tuple[str, ...]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -1781,3 +1782,72 @@ def test_the_clip_warning_counts_one_row_at_a_time_as_the_server_counts_one_row_
     counted = canary.clipping(good_artifact.model_path, ranges, evaluation, None)
     one_row = canary.clipping(good_artifact.model_path, ranges, evaluation.subset(1), None)
     assert counted.observed == canary.CLIP_ROWS * one_row.observed
+
+
+def _attention_with_layout_ops() -> onnx.ModelProto:
+    """Attention as GPT-2 exports it: Q, K and V split from one projection, each through a Reshape
+    into heads and a Transpose (onnxruntime moves a DequantizeLinear forward past those) before its
+    MatMul."""
+    rng = np.random.default_rng(0)
+    weights = [
+        onnx.numpy_helper.from_array(rng.normal(size=(8, 24)).astype(np.float32), "wqkv"),
+        onnx.numpy_helper.from_array(np.array([0, 4, 2, 4], np.int64), "heads"),
+        onnx.numpy_helper.from_array(np.array([0, 4, 8], np.int64), "merged"),
+    ]
+    nodes = [
+        onnx.helper.make_node("MatMul", ["X", "wqkv"], ["qkv"], name="qkv"),
+        onnx.helper.make_node("Split", ["qkv"], ["q0", "k0", "v0"], name="split", axis=-1, num_outputs=3),
+        *(onnx.helper.make_node("Reshape", [f"{t}0", "heads"], [f"{t}1"], name=f"{t}_heads") for t in "qkv"),
+        onnx.helper.make_node("Transpose", ["q1"], ["q2"], name="q_t", perm=[0, 2, 1, 3]),
+        onnx.helper.make_node("Transpose", ["k1"], ["k2"], name="k_t", perm=[0, 2, 3, 1]),
+        onnx.helper.make_node("Transpose", ["v1"], ["v2"], name="v_t", perm=[0, 2, 1, 3]),
+        onnx.helper.make_node("MatMul", ["q2", "k2"], ["scores"], name="scores"),
+        onnx.helper.make_node("Softmax", ["scores"], ["p"], name="softmax", axis=-1),
+        onnx.helper.make_node("MatMul", ["p", "v2"], ["o"], name="o"),
+        onnx.helper.make_node("Transpose", ["o"], ["o1"], name="o_t", perm=[0, 2, 1, 3]),
+        onnx.helper.make_node("Reshape", ["o1", "merged"], ["o2"], name="o_merged"),
+        onnx.helper.make_node("Add", ["o2", "X"], ["Y"], name="residual"),
+    ]
+    x = onnx.helper.make_tensor_value_info("X", onnx.TensorProto.FLOAT, [None, 4, 8])
+    y = onnx.helper.make_tensor_value_info("Y", onnx.TensorProto.FLOAT, [None, 4, 8])
+    graph = onnx.helper.make_graph(nodes, "attention", [x], [y], weights)
+    return onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 18)])
+
+
+def _as_run(path: Path, folder: Path) -> dict[str, str]:
+    """Op type by node name of the graph onnxruntime runs, after its fusions (all of them, as served)."""
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(folder / "optimized.onnx")
+    options.log_severity_level = 3
+    ort.InferenceSession(str(path), options, providers=[runtime.CPU_PROVIDER])
+    return {node.name: node.op_type for node in onnx.load(str(folder / "optimized.onnx")).graph.node}
+
+
+@pytest.mark.parametrize("format", [Format.QDQ, Format.QOPERATOR])
+@pytest.mark.parametrize("graph", [_attention, _attention_with_layout_ops], ids=["plain", "layout-ops"])
+def test_matmul_const_b_only_keeps_the_activation_matmuls_in_float_in_either_format(
+    tmp_path: Path, format: Format, graph: Callable[[], onnx.ModelProto]
+) -> None:
+    """onnxruntime reads MatMulConstBOnly only in QOperator: a QDQ model with it was byte-identical
+    to one without, attention's MatMuls ran as QLinearMatMul, while the manifest said the option
+    applied. Judged on the graph onnxruntime runs: an excluded MatMul fed DequantizeLinears, directly
+    or through a Transpose, is fused into an int8 kernel all the same."""
+    onnx.save(graph(), tmp_path / "m.onnx")
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "data.npz", X=rng.normal(size=(16, 4, 8)).astype(np.float32))
+    config = QuantizeConfig(format=format, matmul_const_b_only=True, max_trials=0, pre_process=False)
+
+    result = run(tmp_path / "m.onnx", tmp_path / "a", config, calibration=tmp_path / "data.npz")
+
+    ops = _as_run(result.artifact.model_path, tmp_path)
+    if format is Format.QDQ:  # QOperator keeps onnxruntime's own MatMulConstBOnly and its fusions
+        # A fused node is named after its first node (scores/MatmulTransposeFusion/).
+        kernels = {
+            name.split("/")[0]: op for name, op in ops.items() if name.split("/")[0] in ("scores", "o")
+        }
+        assert kernels.keys() == {"scores", "o"}
+        assert set(kernels.values()) <= {"MatMul", "FusedMatMul"}  # float kernels, not QLinearMatMul
+    written = onnx.load(str(result.artifact.model_path))
+    counted = {node.name for node in engine.quantized_nodes(graph(), written, Mode.STATIC, format)}
+    assert counted and not {"scores", "o"} & counted
+    assert {"scores", "o"} <= set(result.artifact.manifest["quantization"]["excluded_nodes"])

@@ -423,3 +423,27 @@ def test_the_served_lm_counts_rows_by_their_real_tokens_in_its_shadow_sli(
             assert refused.value.status() == "400" and refusal in refused.value.message(), refused.value
     finally:
         server.stop()
+
+
+def test_the_lms_attention_matmuls_run_in_float_with_matmul_const_b_only(
+    gpt2_lm: SampleModel, tmp_path: Path
+) -> None:
+    """onnxruntime honours MatMulConstBOnly in QOperator only: in QDQ the model was byte-identical to
+    the default's, and with the MatMuls merely excluded, onnxruntime still ran Q x K^T as
+    QLinearMatMul (its operands reach it through Transposes of DequantizeLinear outputs). Judged on
+    the graph onnxruntime runs."""
+    out = tmp_path / "int8"
+    result, _ = quantize(gpt2_lm, out, "--matmul-const-b-only")
+    assert result.returncode == 0, result.stderr
+
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    options.log_severity_level = 3
+    ort.InferenceSession(str(out / "model.onnx"), options, providers=[runtime.CPU_PROVIDER])
+    ran = onnx.load(str(tmp_path / "optimized.onnx")).graph.node
+    # A fused node is named after its first node: /lm/transformer/h.0/attn/MatMul/MatmulTransposeFusion/.
+    named = {node.name.split("/MatmulTransposeFusion")[0]: node.op_type for node in ran}
+    attention = {name: op for name, op in named.items() if name.endswith(("/attn/MatMul", "/attn/MatMul_1"))}
+    assert len(attention) == 4  # two layers' Q x K^T and P x V
+    assert set(attention.values()) <= {"MatMul", "FusedMatMul"}
+    assert set(attention) <= set(manifest(out)["quantization"]["excluded_nodes"])
