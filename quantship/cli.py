@@ -364,8 +364,8 @@ def _build_real_model(name: str, out_dir: Path, build_env: Path) -> None:
     "--matmul-const-b-only/--no-matmul-const-b-only",
     default=_QUANTIZE.matmul_const_b_only,
     show_default=True,
-    help="Static: quantize only MatMuls by a weight, leaving attention products in float (QDQ and "
-    "QOperator alike).",
+    help="Static: quantize only MatMuls by a weight, leaving attention products in float (QDQ; "
+    "QOperator's graph optimizations may still fuse some).",
 )
 @click.option(
     "--strategy",
