@@ -10,6 +10,7 @@ health probe waited as long)."""
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import json
 import socket
 import threading
@@ -357,6 +358,32 @@ def test_a_large_request_whose_client_gave_up_makes_no_more_calls(
     assert calls_since(server, before)[0] == 1 + 1, "one call of the large request, one of the small"
 
 
+@contextlib.contextmanager
+def behind_a_hung_up_request(
+    server: LocalServer,
+    pool: concurrent.futures.ThreadPoolExecutor,
+    big: np.ndarray,
+    small: np.ndarray,
+    coming: dict[int, threading.Event],
+) -> Iterator[concurrent.futures.Future[Any]]:
+    """The inference thread held: `big`'s first call waits behind it (its future is yielded), and
+    `small`, queued behind that, loses its client. Once this yields the server has seen the hang-up; on
+    leaving, the thread is let go."""
+    service = server.service
+    assert isinstance(service, TellsWhenRun)
+    TellsWhenRun.coming = coming
+    gate = service.hold()
+    try:
+        large = pool.submit(infer, server, "http", big)
+        assert coming[len(big)].wait(60), "the large request came"
+        hang_up(server, small, coming[len(small)])
+        # the hang-up reached the server before this probe did: its end is read first
+        assert httpx.get(f"{server.url}/v2/health/ready", timeout=60).status_code == 200
+        yield large
+    finally:
+        gate.set()
+
+
 def test_a_request_whose_client_hung_up_while_it_was_queued_does_not_run(
     positions: tuple[LocalServer, ort.InferenceSession],
 ) -> None:
@@ -364,24 +391,14 @@ def test_a_request_whose_client_hung_up_while_it_was_queued_does_not_run(
     meanwhile loses its client before the thread is let go. It is answered 499 as its batch forms,
     without a call: the calls that run are the large request's two."""
     server, session = positions
-    service = server.service
-    assert isinstance(service, TellsWhenRun)
     big, small = rows(batch_policy.UNMEASURED_SPLIT_ROWS + 1, 5), rows(3, 5)
     coming = {len(big): threading.Event(), len(small): threading.Event()}
-    TellsWhenRun.coming = coming
     answered = {code: server.metric(Metric.REQUESTS_TOTAL, code=code) for code in ("200", "499")}
     before = calls(server)
 
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        gate = service.hold()
-        try:
-            large = pool.submit(infer, server, "http", big)
-            assert coming[len(big)].wait(60), "the large request came"
-            hang_up(server, small, coming[len(small)])
-            # the hang-up reached the server before this probe did: its end is read first
-            assert httpx.get(f"{server.url}/v2/health/ready", timeout=60).status_code == 200
-        finally:
-            gate.set()
+        with behind_a_hung_up_request(server, pool, big, small, coming) as large:
+            pass  # the thread is let go as soon as the hang-up is in
         y = large.result(timeout=120).as_numpy("y")
 
     def since(code: str) -> float:
@@ -400,26 +417,15 @@ def test_a_request_whose_client_hung_up_holds_no_place_in_a_full_queue(short_que
     place), and a small request queued behind it (the other) loses its client. A fresh request is
     taken in the hung-up one's place, not refused 429 for a queue full of nobody's work."""
     server = short_queue
-    service = server.service
-    assert isinstance(service, TellsWhenRun)
     big, small, fresh = rows(batch_policy.UNMEASURED_SPLIT_ROWS + 1, 5), rows(3, 5), rows(2, 5)
     coming = {count: threading.Event() for count in (len(big), len(small), len(fresh))}
-    TellsWhenRun.coming = coming
     answered = {code: server.metric(Metric.REQUESTS_TOTAL, code=code) for code in ("200", "429", "499")}
 
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
-        gate = service.hold()
-        try:
-            large = pool.submit(infer, server, "http", big)
-            assert coming[len(big)].wait(60), "the large request came"
-            hang_up(server, small, coming[len(small)])
-            # the hang-up reached the server before this probe did: its end is read first
-            assert httpx.get(f"{server.url}/v2/health/ready", timeout=60).status_code == 200
+        with behind_a_hung_up_request(server, pool, big, small, coming) as large:
             taken = pool.submit(infer, server, "http", fresh)
             # queued or refused in the event loop's turn that set this, before the thread is let go
             assert coming[len(fresh)].wait(60), "the fresh request came"
-        finally:
-            gate.set()
         large.result(timeout=120)
         y = taken.result(timeout=120).as_numpy("y")  # tritonclient raises on a 429
 
