@@ -583,24 +583,33 @@ def _json_data(array: np.ndarray, datatype: str) -> bytes:
     """The array's values as a flat JSON list, written JSON_PIECE_VALUES at a time."""
     flat = array.ravel()
     if flat.size <= JSON_PIECE_VALUES:
-        return _json_values(_to_json(flat, datatype))
+        return _json_values(flat, datatype)
     pieces = (
-        _json_values(_to_json(flat[start : start + JSON_PIECE_VALUES], datatype))[1:-1]
+        _json_values(flat[start : start + JSON_PIECE_VALUES], datatype)[1:-1]
         for start in range(0, flat.size, JSON_PIECE_VALUES)
     )
     return b"[" + b",".join(pieces) + b"]"
 
 
-def _json_values(values: list[Any]) -> bytes:
+def _json_values(flat: np.ndarray, datatype: str) -> bytes:
+    """A flat array's values as JSON. Numbers are written by orjson from the array itself, with no
+    Python float or int made of each (half an answer's encoding for the digits model): a float32 as
+    the shortest text that reads back as that float32 (0.1, not 0.10000000149011612)."""
+    if datatype != "BYTES":
+        try:
+            written = orjson.dumps(flat, option=orjson.OPT_SERIALIZE_NUMPY)
+        except orjson.JSONEncodeError:  # a layout orjson does not take (not native byte order)
+            written = orjson.dumps(flat.tolist())
+        if b"null" not in written:
+            return written
+        return _ENCODER.encode(flat.tolist()).encode()  # orjson's NaN or infinity: rare
+    values = _strings(flat)
     written = orjson.dumps(values)
-    if b"null" in written:  # orjson's NaN or infinity, or a "null" string: rare, right either way
+    if b"null" in written:  # a "null" string: rare, right either way
         return _ENCODER.encode(values).encode()
     return written
 
 
-def _to_json(array: np.ndarray, datatype: str) -> list[Any]:
-    if datatype == "BYTES":
-        return [
-            item.decode(errors="replace") if isinstance(item, bytes) else str(item) for item in array.ravel()
-        ]
-    return list(array.ravel().tolist())
+def _strings(array: np.ndarray) -> list[str]:
+    """A BYTES output's elements as JSON strings."""
+    return [item.decode(errors="replace") if isinstance(item, bytes) else str(item) for item in array.ravel()]

@@ -268,7 +268,23 @@ def test_non_finite_outputs_are_written_as_triton_writes_them_and_others_as_plai
     finite = protocol.encode_response(
         InferResponse("m", "r", "x", {"scores": np.nan_to_num(scores)}), InferRequest("x", {}, (), False)
     )
-    assert json.loads(finite.body)["outputs"][0]["data"] == np.nan_to_num(scores).ravel().tolist()
+    data = json.loads(finite.body)["outputs"][0]["data"]
+    np.testing.assert_array_equal(np.asarray(data, dtype=np.float32), np.nan_to_num(scores).ravel())
+
+
+@pytest.mark.parametrize(("dtype", "first"), [(np.float32, b"0.1,"), (np.float16, b"0.099975586,")])
+def test_float_outputs_are_written_as_the_shortest_text_that_reads_back_the_same(
+    dtype: type, first: bytes
+) -> None:
+    """Written from the array (no Python float of each): 0.1 as FP32 is `0.1`, not the 19 digits of
+    its float64 (0.10000000149011612), and every value reads back bit for bit."""
+    values = np.array([[0.1, 1 / 3, -2.5e-3, 6e4, 0.0]], dtype=dtype)
+    encoded = protocol.encode_response(
+        InferResponse("m", "r", "x", {"scores": values}), InferRequest("x", {}, (), False)
+    )
+    assert b'"data":[' + first in encoded.body
+    [output] = json.loads(encoded.body)["outputs"]
+    np.testing.assert_array_equal(np.asarray(output["data"], dtype=dtype), values.ravel())
 
 
 def test_a_null_of_ours_takes_the_slow_encoder_and_reads_the_same() -> None:
