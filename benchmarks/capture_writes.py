@@ -55,10 +55,9 @@ class Writes:
 
 
 def simulate(workdir: Path, flush_s: float) -> tuple[Writes, Writes]:
-    signature = Signature((IMAGE,), ())
-    settings = ServerSettings
+    defaults = ServerSettings  # the class: its fields' defaults
     reservoir = Reservoir(
-        signature, settings.capture_max_samples, settings.capture_max_bytes, random.Random(40)
+        Signature((IMAGE,), ()), defaults.capture_max_samples, defaults.capture_max_bytes, random.Random(40)
     )
     # math.inf: never due by itself; the loop below ends each period in simulated time
     every, waiting = (
