@@ -18,7 +18,7 @@ from pathlib import Path
 
 SUITES = [
     "quantize", "real_models", "server", "transport", "peers", "sli_cost", "canary_samples", "rollout",
-    "operator_scale",
+    "operator_scale", "capture_writes",
 ]  # fmt: skip
 
 

@@ -927,7 +927,8 @@ def _local_artifact(ctx: click.Context, param: click.Parameter, value: str) -> P
     type=_FiniteRange(min=0),
     default=_default(_SERVE, "capture_flush_s"),
     show_default=True,
-    help="Seconds between writes of the capture file, at least (and once at shutdown).",
+    help="Seconds between writes of the capture file, at least (and once at shutdown). Once the file "
+    "is written, a write waits until a tenth of its rows changed, 10 periods at most; 0 writes every change.",
 )
 @click.option(
     "--require-gate-hardware",

@@ -23,6 +23,13 @@ took 636 held and 4.2x --capture-max-bytes while writing), written from slices o
 starts a fresh reservoir and replaces the file. The inputs are production data: off unless asked for.
 A write that fails (the directory gone, the disk full) is logged, retried `flush_s` later, and the
 samples kept; temporary files a killed server left are swept at the next start.
+
+Each write is the whole reservoir, but a full one changes less and less: after N rows a new row
+enters with chance capacity / N, so an hour of EfficientNet-Lite0 at 20 requests a second rewrote its
+128 MiB every 30 s for ~2 changed rows. A periodic write therefore waits until a share of the rows
+held changed since the last one (`REWRITE_SHARE`), or `MAX_SKIPPED_FLUSHES` periods went by with a
+change unwritten; the first write, and the last at shutdown, are never skipped. The rows changed grow
+with the log of the rows served, so the writes do too, and the skip bound caps a change's wait.
 """
 
 from __future__ import annotations
@@ -50,6 +57,19 @@ TEMPORARY_PREFIX = ".capture-"
 STALE_TEMPORARY_S = 600.0
 """A temporary capture file older than this is a killed writer's (kill -9, OOM): a write takes
 seconds. Younger ones may be another live server's, sharing the directory."""
+
+REWRITE_SHARE = 0.1
+"""A periodic write waits until this share of the rows held changed since the last one. The rows are
+random draws from the same traffic: a file that lacks a tenth of the reservoir's newest draws holds
+nine tenths of it and the older draws they replaced, as fair a sample for calibration ranges. At a
+steady rate the changed rows grow by capacity * ln(t2 / t1) from time t1 to t2: a tenth is a write
+each time serving time grows by 10.5%, ~7 in the second hour (`MAX_SKIPPED_FLUSHES` adds more)."""
+MAX_SKIPPED_FLUSHES = 9
+"""Periods a change may stay unwritten for want of `REWRITE_SHARE`: the tenth writes it anyway, so a
+row reaches the file within 10 * --capture-flush-s (5 min at the default 30 s), and a trickle of
+changes, a row every period or less, costs a tenth of the writes at most: EfficientNet-Lite0 at 20
+requests a second, its 128 MiB reservoir full, wrote 12 times in its second hour, not 86
+(benchmarks/capture_writes.py). The period stays the one knob: shorter is fresher."""
 
 
 def describe_cap(max_samples: int, max_bytes: int, sample_bytes: int) -> str:
@@ -157,8 +177,13 @@ class Capture:
         self.held: np.ndarray | None = None
         """Which slots hold a sample. The reservoir fills them in order, but a hand-off the lane
         dropped (full, or at shutdown) leaves a hole: its row is uninitialised memory, never written."""
-        self.dirty = False
-        self._written_at = time.monotonic()
+        self.changed = 0
+        """Rows stored since the last write: what the file lacks."""
+        self.written = False
+        """Whether this process wrote the file yet (its first write is never skipped)."""
+        self.skipped = 0
+        """Periodic writes skipped in a row since the last write, for want of `REWRITE_SHARE`."""
+        self._checked_at = time.monotonic()
 
     @property
     def path(self) -> Path:
@@ -187,9 +212,24 @@ class Capture:
                 for name, array in item.inputs.items():
                     arrays[name][slot] = array[row] if self.batchable else array
                 self.held[slot] = True
-        self.dirty = self.dirty or bool(items)
-        if self.dirty and time.monotonic() - self._written_at >= self.flush_s:
-            self.flush()
+            self.changed += len(item.picks)
+        if self.changed and time.monotonic() - self._checked_at >= self.flush_s:
+            self.flush_due()
+
+    def flush_due(self) -> None:
+        """The periodic write, every `flush_s`: skipped while few rows changed (`REWRITE_SHARE`), for
+        `MAX_SKIPPED_FLUSHES` periods at most. Never with `flush_s` 0, which asks for every change
+        written as it comes (and has no periodic call to write a skipped one once traffic stops)."""
+        self._checked_at = time.monotonic()
+        if not self.changed or self.held is None:
+            return
+        held = int(np.count_nonzero(self.held))
+        few = self.changed < REWRITE_SHARE * held
+        if few and self.written and self.flush_s > 0 and self.skipped < MAX_SKIPPED_FLUSHES:
+            self.skipped += 1
+            log.debug("capture: %d of %d rows changed; write skipped", self.changed, held)
+            return
+        self.flush()
 
     def _allocate(self, item: CapturePick) -> dict[str, np.ndarray]:
         self.held = np.zeros(item.capacity, dtype=bool)
@@ -202,14 +242,15 @@ class Capture:
         return self.arrays
 
     def flush(self, *, final: bool = False) -> None:
-        """Write what the reservoir holds, if anything changed: temp file, fsync, rename. A failure
-        is logged and retried `flush_s` later (the samples stay); the `final` one, at shutdown, raises."""
-        if not self.dirty or self.arrays is None or self.held is None:
+        """Write what the reservoir holds, if anything changed since the last write, however little:
+        temp file, fsync, rename. A failure is logged and retried `flush_s` later (the samples stay);
+        the `final` one, at shutdown, raises."""
+        if not self.changed or self.arrays is None or self.held is None:
             return
         count = int(np.count_nonzero(self.held))
         if not count:
             return
-        self._written_at = time.monotonic()
+        self._checked_at = time.monotonic()
         # slices while the slots are filled without a hole (no copy); the held rows otherwise
         whole = bool(self.held[:count].all())
         samples = {name: array[:count] if whole else array[self.held] for name, array in self.arrays.items()}
@@ -222,7 +263,7 @@ class Capture:
                 "capture: could not write %s (%s); trying again in %g s", self.path, exc, self.flush_s
             )
             return
-        self.dirty = False
+        self.changed, self.skipped, self.written = 0, 0, True
         log.debug("capture: wrote %d samples to %s", count, self.path)
 
     def _write(self, arrays: dict[str, Any]) -> None:

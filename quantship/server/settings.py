@@ -256,7 +256,9 @@ class ServerSettings:
     250 KiB, 128 MiB hold ~220 EfficientNet-Lite0 images. Writing briefly needs twice this."""
     capture_flush_s: float = 30.0
     """Seconds between writes of the capture file, at least (and once at shutdown): each write is the
-    whole reservoir, so this bounds the disk traffic to max bytes every 30 s."""
+    whole reservoir, so this bounds the disk traffic to max bytes every 30 s. A write also waits until
+    a tenth of the rows changed since the last, 10 periods at most (`capture.REWRITE_SHARE`): a full
+    reservoir in steady traffic, a row or two changed a period, is written every 5 minutes."""
     require_gate_hardware: bool = False
     """Refuse an artifact whose gate ran on other hardware (CPU int8 features, onnxruntime version or
     provider) than this node, as a bad artifact is refused. Off by default: a mismatch is a warning

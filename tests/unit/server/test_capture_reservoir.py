@@ -15,7 +15,15 @@ import pytest
 from tiny_models import TinyModel, build_plus_one
 
 from quantship.quantize.data import load_dataset, model_inputs
-from quantship.server.capture import CAPTURE_FILE, STALE_TEMPORARY_S, Capture, CapturePick, Reservoir
+from quantship.server.capture import (
+    CAPTURE_FILE,
+    MAX_SKIPPED_FLUSHES,
+    REWRITE_SHARE,
+    STALE_TEMPORARY_S,
+    Capture,
+    CapturePick,
+    Reservoir,
+)
 
 
 def test_the_reservoir_keeps_a_uniform_sample_of_every_row_served(tiny_model: TinyModel) -> None:
@@ -91,11 +99,11 @@ def test_a_capture_directory_removed_while_serving_is_made_again_and_a_failed_wr
     capture.directory = tmp_path / "a-file" / "capture"  # cannot be made: a file is in the way
     (tmp_path / "a-file").write_text("")
     capture.flush_s = 3600
-    capture.dirty = True
+    capture.changed = 1
     capture.flush()
     capture.process([pick])  # within flush_s of the failure: not tried again, nothing raised
 
-    assert capture.dirty and len(caplog.records) == 1 and "could not write" in caplog.text
+    assert capture.changed and len(caplog.records) == 1 and "could not write" in caplog.text
 
 
 def test_a_killed_writers_temporary_file_is_removed_at_the_next_start(tmp_path: Path) -> None:
@@ -162,3 +170,76 @@ def test_an_open_sample_size_is_told_with_its_cap_once_the_first_row_sets_it(
     assert [record.getMessage() for record in caplog.records] == [
         "capture: at most 10 samples of 16 bytes (--capture-max-bytes 160 sets it)"
     ]
+
+
+EVERY_CALL_DUE = 1e-9
+"""A flush period every call outlasts: each `process`, as the service's flusher calls it, is due."""
+
+
+def full_capture(directory: Path, capacity: int) -> tuple[Capture, np.ndarray]:
+    """A capture of `capacity` distinct rows, written once (the first write is never skipped)."""
+    capture = Capture(directory, flush_s=EVERY_CALL_DUE, batchable=True)
+    rows = np.arange(capacity * 3, dtype=np.float32).reshape(capacity, 3)
+    capture.process([CapturePick({"X": rows}, tuple((row, row) for row in range(capacity)), capacity)])
+    np.testing.assert_array_equal(np.load(directory / CAPTURE_FILE)["X"], rows)
+    return capture, rows
+
+
+def replace_rows(capture: Capture, slots: range, capacity: int) -> np.ndarray:
+    """New rows (negative: unlike any first one) in `slots`, as the reservoir replaces them."""
+    rows = -np.ones((len(slots), 3), dtype=np.float32) * np.arange(1, len(slots) + 1)[:, None]
+    capture.process([CapturePick({"X": rows}, tuple(enumerate(slots)), capacity)])
+    return rows
+
+
+def test_a_periodic_write_waits_while_few_of_the_rows_changed(tmp_path: Path) -> None:
+    """A full reservoir changes a row now and then (capacity / rows served): every period rewrote all
+    of it, 128 MiB of EfficientNet-Lite0 images every 30 s for ~2 new rows an hour into 20 req/s."""
+    capacity = 40
+    few = int(REWRITE_SHARE * capacity) - 1
+    capture, rows = full_capture(tmp_path, capacity)
+
+    replace_rows(capture, range(few), capacity)  # a period with fewer changed than the share: skipped
+    np.testing.assert_array_equal(np.load(tmp_path / CAPTURE_FILE)["X"], rows)
+
+    new = replace_rows(capture, range(few, few + 1), capacity)  # the share reached: written
+    written = np.load(tmp_path / CAPTURE_FILE)["X"]
+    np.testing.assert_array_equal(written[few], new[0])
+    assert capture.changed == 0 and capture.skipped == 0
+
+
+def test_a_change_too_small_to_write_is_written_after_the_most_periods_skipped(tmp_path: Path) -> None:
+    """The share alone let a trickle of changes wait for hours: it is written within
+    MAX_SKIPPED_FLUSHES + 1 periods, as the service's flusher calls them with no traffic."""
+    capacity = 40
+    capture, rows = full_capture(tmp_path, capacity)
+    new = replace_rows(capture, range(1), capacity)  # period 1, skipped
+
+    for _ in range(MAX_SKIPPED_FLUSHES - 1):
+        capture.process([])  # the flusher's call: periods 2 to MAX_SKIPPED_FLUSHES
+    np.testing.assert_array_equal(np.load(tmp_path / CAPTURE_FILE)["X"], rows)
+    capture.process([])
+
+    np.testing.assert_array_equal(np.load(tmp_path / CAPTURE_FILE)["X"][0], new[0])
+
+
+def test_the_write_at_shutdown_holds_every_change_however_few(tmp_path: Path) -> None:
+    """Never lose the final state: the rows a skipped period left out are in the last write."""
+    capacity = 40
+    capture, rows = full_capture(tmp_path, capacity)
+    new = replace_rows(capture, range(1), capacity)
+    np.testing.assert_array_equal(np.load(tmp_path / CAPTURE_FILE)["X"], rows)  # skipped
+
+    capture.flush(final=True)
+
+    np.testing.assert_array_equal(np.load(tmp_path / CAPTURE_FILE)["X"], np.concatenate([new, rows[1:]]))
+
+
+def test_with_no_flush_period_every_change_is_written_as_it_comes(tmp_path: Path) -> None:
+    """--capture-flush-s 0 has no periodic flusher to write a skipped change once traffic stops."""
+    capture, _ = full_capture(tmp_path, 40)
+    capture.flush_s = 0
+
+    new = replace_rows(capture, range(1), 40)
+
+    np.testing.assert_array_equal(np.load(tmp_path / CAPTURE_FILE)["X"][0], new[0])
