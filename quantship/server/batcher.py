@@ -192,12 +192,15 @@ class Batcher:
 
     async def submit(self, inputs: Tensors, rows: int, gone: Gone | None = None) -> Outputs:
         """The model's outputs for these inputs (already validated). Raises Overloaded when full.
-        `gone`: a request whose caller has gone when its batch forms fails with 499 and does not run;
-        one split into calls makes no more calls once it is gone (a cancelled caller, both too)."""
+        `gone`: a request whose caller has gone when its batch forms (or, skipping the queue, when it
+        is submitted) fails with 499 and does not run; one split into calls makes no more calls once
+        it is gone (a cancelled caller, both too)."""
         if self._closing:
             raise NotReady("the server is shutting down")
         loop = self.loop
         if self._alone(rows):
+            if gone is not None and gone.gone:  # its body came slowly (a decode in a thread): nobody waits
+                raise ClientClosedRequest("the client disconnected before its request ran")
             self._ran_alone_this_turn = True
             loop.call_soon(self._next_turn)
             return self._run_alone(inputs, rows)

@@ -411,6 +411,26 @@ async def test_a_request_that_skips_the_queue_gets_the_errors_the_worker_would_g
     await batcher.close()
 
 
+async def test_a_request_that_would_skip_the_queue_after_its_client_hung_up_does_not_run_and_is_499(
+    tiny_model: TinyModel, executor: Any
+) -> None:
+    """A request whose client has gone by the time it is submitted (its body decoded slowly in a thread)
+    would run alone on the loop for nobody: it is answered 499, as a queued one is, and nothing runs."""
+    runner = TaskRecorder(tiny_model())
+    batcher, recorder = make_inline(runner, executor)
+    for _ in range(LONE_BATCHES):
+        await batcher.submit(rows(1), 1)
+    runner.tasks.clear()
+    hung_up = HungUp()
+    hung_up.gone = True
+    with pytest.raises(ClientClosedRequest, match="the client disconnected before its request ran"):
+        await asyncio.create_task(batcher.submit(rows(1), 1, hung_up), name="gone")
+    assert runner.tasks == [] and len(recorder.batches) == len(recorder.waits) == LONE_BATCHES
+    await asyncio.create_task(batcher.submit(rows(1), 1, HungUp()), name="present")
+    assert runner.tasks == ["present"]  # the next request still runs alone: nothing but the 499 changed
+    await batcher.close()
+
+
 async def test_with_a_queue_delay_no_request_skips_the_queue(tiny_model: TinyModel, executor: Any) -> None:
     runner = TaskRecorder(tiny_model())
     batcher, _ = make_inline(runner, executor, max_queue_delay_ms=1)
