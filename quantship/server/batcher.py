@@ -439,9 +439,9 @@ class Batcher:
         started = self.clock()
         for job in batch:
             self.observer.waited(started - job.queued_at)
-        self.observer.batch_ran(rows)  # one call: a request split into calls runs in `_step`
         inputs, row_counts = [job.inputs for job in batch], [job.rows for job in batch]
-        run = functools.partial(self.runner.run_batch, inputs, row_counts)
+        calls: list[int] = []  # one, unless a merged call falls back to a call a request
+        run = functools.partial(self.runner.run_batch, inputs, row_counts, calls=calls)
         try:
             if rows <= self.inline_rows:  # never a split request: inline_rows <= max_batch_size
                 return run()
@@ -450,6 +450,8 @@ class Batcher:
             self._ran(len(batch))  # once it ran: whether requests came meanwhile counts too
             if rows > self.inline_rows:  # the loop was free during the call (a probe, or traffic)
                 self._thread_ran_at, self._alone_runs = loop.time(), 0
+            for made in calls:  # a request split into calls runs in `_step`
+                self.observer.batch_ran(made)
 
 
 def _still_wanted(batch: list[_Job], rows: int) -> tuple[list[_Job], int]:

@@ -8,10 +8,12 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from tiny_models import EMBEDDING_ROWS, build_embedding
 
 from quantship.server.batcher import LONE_BATCHES, PROBE_AFTER_RUNS, PROBE_INTERVAL_S, Batcher
 from quantship.server.errors import ClientClosedRequest, InferenceFailed, InvalidInput, NotReady, Overloaded
@@ -204,6 +206,26 @@ async def test_a_full_queue_takes_a_request_in_the_place_of_one_whose_client_hun
     assert isinstance(answers[0], ClientClosedRequest)
     assert [float(a["Y"][0, 0]) for a in answers[1:]] == [3.0, 6.0]  # type: ignore[index]
     assert recorder.batches == [2]
+    await batcher.close()
+
+
+async def test_a_merged_batch_rerun_one_request_at_a_time_counts_each_call_that_ran(
+    tmp_path: Path, executor: Any
+) -> None:
+    """One request of a merged batch holds a token id past the table: onnxruntime refuses the merged
+    call, and each request reruns alone. The batch-size histogram counts the calls that ran (the
+    refused one too, as a split request's are), not one call of all the rows."""
+    runner = Runner.load(build_embedding(tmp_path / "embedding.onnx"), threads=1)
+    batcher, recorder = make(runner, executor)
+    good = {"ids": np.array([[1, 2]], dtype=np.int64)}
+    bad = {"ids": np.array([[3, 4], [5, EMBEDDING_ROWS]], dtype=np.int64)}
+    answers = await asyncio.gather(
+        batcher.submit(good, 1), batcher.submit(bad, 2), batcher.submit(good, 1), return_exceptions=True
+    )
+    assert isinstance(answers[1], InvalidInput), answers[1]
+    for answer in (answers[0], answers[2]):
+        np.testing.assert_array_equal(answer["E"], [[[4, 5, 6, 7], [8, 9, 10, 11]]])  # type: ignore[index]
+    assert recorder.batches == [1 + 2 + 1, 1, 2, 1]
     await batcher.close()
 
 
