@@ -15,7 +15,13 @@ import numpy as np
 import pytest
 from tiny_models import EMBEDDING_ROWS, build_embedding
 
-from quantship.server.batcher import LONE_BATCHES, PROBE_AFTER_RUNS, PROBE_INTERVAL_S, Batcher
+from quantship.server.batcher import (
+    LONE_BATCHES,
+    PROBE_AFTER_RUNS,
+    PROBE_INTERVAL_S,
+    SWEEP_INTERVAL_S,
+    Batcher,
+)
 from quantship.server.errors import ClientClosedRequest, InferenceFailed, InvalidInput, NotReady, Overloaded
 from quantship.server.runner import Runner
 from quantship.server.settings import BatchSettings
@@ -206,6 +212,32 @@ async def test_a_full_queue_takes_a_request_in_the_place_of_one_whose_client_hun
     assert isinstance(answers[0], ClientClosedRequest)
     assert [float(a["Y"][0, 0]) for a in answers[1:]] == [3.0, 6.0]  # type: ignore[index]
     assert recorder.batches == [2]
+    await batcher.close()
+
+
+async def test_a_full_queue_swept_within_the_sweep_interval_refuses_though_a_client_has_gone_since(
+    tiny_model: TinyModel, executor: Any
+) -> None:
+    """The trade SWEEP_INTERVAL_S makes: a refusal sweeps the full queue at most that often, so a client
+    that hangs up just after a sweep frees no place for a fresh request until the interval has passed
+    (429 meanwhile, a client's retry); then the fresh one takes its place."""
+    batcher = Batcher(tiny_model(), BatchSettings(max_queue_size=2), executor=executor)
+    hung_up = HungUp()
+    waiting = [asyncio.create_task(batcher.submit(rows(1), 1, c)) for c in (hung_up, None)]
+    await asyncio.sleep(0)  # both queued; the worker has not started
+    with pytest.raises(Overloaded):
+        await batcher.submit(rows(1), 1)  # swept: nobody has gone yet
+    hung_up.gone = True
+    await asyncio.sleep(SWEEP_INTERVAL_S / 2)
+    within = asyncio.create_task(batcher.submit(rows(1), 1))
+    await asyncio.sleep(0)  # taken, or refused
+    assert within.done() and isinstance(within.exception(), Overloaded), "no sweep within the interval"
+    await asyncio.sleep(SWEEP_INTERVAL_S / 2)
+    fresh = asyncio.create_task(batcher.submit(rows(1, value=5), 1))
+    await asyncio.sleep(0)  # taken, in the place of the one whose client has gone
+    batcher.start()
+    answers = await asyncio.gather(*waiting, fresh, return_exceptions=True)
+    assert isinstance(answers[0], ClientClosedRequest) and isinstance(answers[2], dict)
     await batcher.close()
 
 
