@@ -97,7 +97,12 @@ a third of the requests.)"""
 SWEEP_INTERVAL_S = 0.01
 """Seconds after one sweep of a full queue for requests whose callers have gone (`_drop_abandoned`)
 before the next: a sweep of 128 queued requests took 120-140 µs, a 429 without one 1.2 µs, so a
-refusal sweeps at most this often (at most ~1.4% of the event loop under a storm of 429s)."""
+refusal sweeps at most this often (at most ~1.4% of the event loop under a storm of 429s). The price,
+accepted: a client that hangs up just after a sweep frees no place until this has passed, so fresh
+requests are refused meanwhile though its request sits in the queue (the 429 a full queue gives
+anyway; the client retries; the worker drops it unrun on reaching it). Sweeping at every refusal
+would cost a hundred 429s each; even a pass that only looked for a caller gone, without taking
+the queue apart, reads every request (13 µs for 128: ten 429s each, under a storm of them)."""
 
 
 class _Wake:
@@ -192,12 +197,15 @@ class Batcher:
 
     async def submit(self, inputs: Tensors, rows: int, gone: Gone | None = None) -> Outputs:
         """The model's outputs for these inputs (already validated). Raises Overloaded when full.
-        `gone`: a request whose caller has gone when its batch forms fails with 499 and does not run;
-        one split into calls makes no more calls once it is gone (a cancelled caller, both too)."""
+        `gone`: a request whose caller has gone when its batch forms (or, skipping the queue, when it
+        is submitted) fails with 499 and does not run; one split into calls makes no more calls once
+        it is gone (a cancelled caller, both too)."""
         if self._closing:
             raise NotReady("the server is shutting down")
         loop = self.loop
         if self._alone(rows):
+            if gone is not None and gone.gone:  # its body came slowly (a decode in a thread): nobody waits
+                raise ClientClosedRequest("the client disconnected before its request ran")
             self._ran_alone_this_turn = True
             loop.call_soon(self._next_turn)
             return self._run_alone(inputs, rows)
@@ -226,7 +234,8 @@ class Batcher:
         the others in order; whether that freed a place. Only when the queue is full, as a request is
         about to be refused: a client that hung up (or a gRPC deadline) left its request queued until
         the worker reached it, and fresh requests were refused 429 for a queue of nobody's work. At
-        most once in SWEEP_INTERVAL_S: a sweep costs a hundred times the 429."""
+        most once in SWEEP_INTERVAL_S: a sweep costs a hundred times the 429 (so a client gone just
+        after one frees its place only once that has passed: see there)."""
         now = self.loop.time()
         if now - self._swept_at < SWEEP_INTERVAL_S:
             return False
@@ -436,9 +445,9 @@ class Batcher:
         started = self.clock()
         for job in batch:
             self.observer.waited(started - job.queued_at)
-        self.observer.batch_ran(rows)  # one call: a request split into calls runs in `_step`
         inputs, row_counts = [job.inputs for job in batch], [job.rows for job in batch]
-        run = functools.partial(self.runner.run_batch, inputs, row_counts)
+        calls: list[int] = []  # one, unless a merged call falls back to a call a request
+        run = functools.partial(self.runner.run_batch, inputs, row_counts, calls=calls)
         try:
             if rows <= self.inline_rows:  # never a split request: inline_rows <= max_batch_size
                 return run()
@@ -447,6 +456,8 @@ class Batcher:
             self._ran(len(batch))  # once it ran: whether requests came meanwhile counts too
             if rows > self.inline_rows:  # the loop was free during the call (a probe, or traffic)
                 self._thread_ran_at, self._alone_runs = loop.time(), 0
+            for made in calls:  # a request split into calls runs in `_step`
+                self.observer.batch_ran(made)
 
 
 def _still_wanted(batch: list[_Job], rows: int) -> tuple[list[_Job], int]:

@@ -331,18 +331,26 @@ class Runner:
         return outcomes  # type: ignore[return-value]  # no InvalidInput left
 
     def run_batch(
-        self, requests: Sequence[Tensors], rows: Sequence[int], *, split_rows: int = 0
+        self,
+        requests: Sequence[Tensors],
+        rows: Sequence[int],
+        *,
+        split_rows: int = 0,
+        calls: list[int] | None = None,
     ) -> list[Outcome]:
         """Each request's outputs, or the InvalidInput that request alone caused (a token id past the
         vocabulary): one bad request in a merged call must not fail the others, so its group is rerun
         one request at a time. Requests merge only where the `layout` can answer for each of them;
         otherwise they run alone. A lone request of more than `split_rows` rows (0: no limit) runs in
-        calls of at most that many (`run_split`)."""
+        calls of at most that many (`run_split`). `calls`: the rows of each call made are appended
+        there, failed ones too (what the batch-size histogram records; probes and control runs are
+        not the requests' calls)."""
+        made = calls if calls is not None else []
         if len(requests) == 1:
             if 0 < split_rows < rows[0]:
-                return [
-                    _outcome(functools.partial(self.run_split, rows=rows[0], most=split_rows), requests[0])
-                ]
+                in_calls = functools.partial(self.run_split, rows=rows[0], most=split_rows, calls=made)
+                return [_outcome(in_calls, requests[0])]
+            made.append(rows[0])
             return [_outcome(self.run, requests[0])]
         results: list[Outcome | None] = [None] * len(requests)
         groups: dict[tuple[Any, ...], list[int]] = collections.defaultdict(list)
@@ -353,27 +361,43 @@ class Runner:
             layout = self.layout_for(requests[indices[0]]) if len(indices) > 1 else None
             if layout is not None and layout.alone:
                 for index in indices:  # outputs no merged call can answer for each request
-                    results[index] = _outcome(self.run, requests[index])
+                    results[index] = self._run_counted(requests[index], rows[index], made)
                 continue
+            made.append(sum(rows[i] for i in indices))
             try:
                 merged = self.run(concat([requests[i] for i in indices]))
             except (InvalidInput, InferenceFailed):  # whichever request caused it fails alone
                 for index in indices:
-                    results[index] = _outcome(self.run, requests[index])
+                    results[index] = self._run_counted(requests[index], rows[index], made)
                 continue
             parts = split(merged, [rows[i] for i in indices], layout) if layout is not None else [merged]
             if parts is None:  # a batch output did not lead with the rows after all: run each alone
-                parts = [self.run(requests[i]) for i in indices]
+                parts = []
+                for index in indices:
+                    made.append(rows[index])
+                    parts.append(self.run(requests[index]))
             for index, part in zip(indices, parts, strict=True):
                 results[index] = part
         return [result for result in results if result is not None]
 
-    def run_split(self, request: Tensors, *, rows: int, most: int) -> dict[str, np.ndarray]:
+    def _run_counted(self, request: Tensors, rows: int, made: list[int]) -> Outcome:
+        """The request's outcome from a call of its own, its rows appended to `made` (`run_batch`)."""
+        made.append(rows)
+        return _outcome(self.run, request)
+
+    def run_split(
+        self, request: Tensors, *, rows: int, most: int, calls: list[int] | None = None
+    ) -> dict[str, np.ndarray]:
         """One request's outputs from consecutive calls of at most `most` rows (`SplitRun`), run here
-        one after the other (the background sessions); the batcher runs them one `step` at a time."""
+        one after the other (the background sessions); the batcher runs them one `step` at a time.
+        `calls`: as `run_batch`'s."""
         run = SplitRun(self, request, rows, most)
-        while not run.done:
-            run.step()
+        try:
+            while not run.done:
+                run.step()
+        finally:
+            if calls is not None:
+                calls += run.calls
         return run.outputs
 
     @property

@@ -8,12 +8,20 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from tiny_models import EMBEDDING_ROWS, build_embedding
 
-from quantship.server.batcher import LONE_BATCHES, PROBE_AFTER_RUNS, PROBE_INTERVAL_S, Batcher
+from quantship.server.batcher import (
+    LONE_BATCHES,
+    PROBE_AFTER_RUNS,
+    PROBE_INTERVAL_S,
+    SWEEP_INTERVAL_S,
+    Batcher,
+)
 from quantship.server.errors import ClientClosedRequest, InferenceFailed, InvalidInput, NotReady, Overloaded
 from quantship.server.runner import Runner
 from quantship.server.settings import BatchSettings
@@ -204,6 +212,52 @@ async def test_a_full_queue_takes_a_request_in_the_place_of_one_whose_client_hun
     assert isinstance(answers[0], ClientClosedRequest)
     assert [float(a["Y"][0, 0]) for a in answers[1:]] == [3.0, 6.0]  # type: ignore[index]
     assert recorder.batches == [2]
+    await batcher.close()
+
+
+async def test_a_full_queue_swept_within_the_sweep_interval_refuses_though_a_client_has_gone_since(
+    tiny_model: TinyModel, executor: Any
+) -> None:
+    """The trade SWEEP_INTERVAL_S makes: a refusal sweeps the full queue at most that often, so a client
+    that hangs up just after a sweep frees no place for a fresh request until the interval has passed
+    (429 meanwhile, a client's retry); then the fresh one takes its place."""
+    batcher = Batcher(tiny_model(), BatchSettings(max_queue_size=2), executor=executor)
+    hung_up = HungUp()
+    waiting = [asyncio.create_task(batcher.submit(rows(1), 1, c)) for c in (hung_up, None)]
+    await asyncio.sleep(0)  # both queued; the worker has not started
+    with pytest.raises(Overloaded):
+        await batcher.submit(rows(1), 1)  # swept: nobody has gone yet
+    hung_up.gone = True
+    await asyncio.sleep(SWEEP_INTERVAL_S / 2)
+    within = asyncio.create_task(batcher.submit(rows(1), 1))
+    await asyncio.sleep(0)  # taken, or refused
+    assert within.done() and isinstance(within.exception(), Overloaded), "no sweep within the interval"
+    await asyncio.sleep(SWEEP_INTERVAL_S / 2)
+    fresh = asyncio.create_task(batcher.submit(rows(1, value=5), 1))
+    await asyncio.sleep(0)  # taken, in the place of the one whose client has gone
+    batcher.start()
+    answers = await asyncio.gather(*waiting, fresh, return_exceptions=True)
+    assert isinstance(answers[0], ClientClosedRequest) and isinstance(answers[2], dict)
+    await batcher.close()
+
+
+async def test_a_merged_batch_rerun_one_request_at_a_time_counts_each_call_that_ran(
+    tmp_path: Path, executor: Any
+) -> None:
+    """One request of a merged batch holds a token id past the table: onnxruntime refuses the merged
+    call, and each request reruns alone. The batch-size histogram counts the calls that ran (the
+    refused one too, as a split request's are), not one call of all the rows."""
+    runner = Runner.load(build_embedding(tmp_path / "embedding.onnx"), threads=1)
+    batcher, recorder = make(runner, executor)
+    good = {"ids": np.array([[1, 2]], dtype=np.int64)}
+    bad = {"ids": np.array([[3, 4], [5, EMBEDDING_ROWS]], dtype=np.int64)}
+    answers = await asyncio.gather(
+        batcher.submit(good, 1), batcher.submit(bad, 2), batcher.submit(good, 1), return_exceptions=True
+    )
+    assert isinstance(answers[1], InvalidInput), answers[1]
+    for answer in (answers[0], answers[2]):
+        np.testing.assert_array_equal(answer["E"], [[[4, 5, 6, 7], [8, 9, 10, 11]]])  # type: ignore[index]
+    assert recorder.batches == [1 + 2 + 1, 1, 2, 1]
     await batcher.close()
 
 
@@ -408,6 +462,26 @@ async def test_a_request_that_skips_the_queue_gets_the_errors_the_worker_would_g
     assert caplog.records[-1].exc_info is not None
     runner.fail = None
     assert (await batcher.submit(rows(2), 2))["Y"].shape == (2, 3)  # and it keeps serving
+    await batcher.close()
+
+
+async def test_a_request_that_would_skip_the_queue_after_its_client_hung_up_does_not_run_and_is_499(
+    tiny_model: TinyModel, executor: Any
+) -> None:
+    """A request whose client has gone by the time it is submitted (its body decoded slowly in a thread)
+    would run alone on the loop for nobody: it is answered 499, as a queued one is, and nothing runs."""
+    runner = TaskRecorder(tiny_model())
+    batcher, recorder = make_inline(runner, executor)
+    for _ in range(LONE_BATCHES):
+        await batcher.submit(rows(1), 1)
+    runner.tasks.clear()
+    hung_up = HungUp()
+    hung_up.gone = True
+    with pytest.raises(ClientClosedRequest, match="the client disconnected before its request ran"):
+        await asyncio.create_task(batcher.submit(rows(1), 1, hung_up), name="gone")
+    assert runner.tasks == [] and len(recorder.batches) == len(recorder.waits) == LONE_BATCHES
+    await asyncio.create_task(batcher.submit(rows(1), 1, HungUp()), name="present")
+    assert runner.tasks == ["present"]  # the next request still runs alone: nothing but the 499 changed
     await batcher.close()
 
 

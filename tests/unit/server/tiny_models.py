@@ -36,6 +36,26 @@ def build_plus_one(path: Path, *, first_dim: int | str = "N", width: int | str =
     return path
 
 
+EMBEDDING_ROWS = 10
+
+
+def build_embedding(path: Path) -> Path:
+    """E = table[ids] for ids [N, seq], a table of EMBEDDING_ROWS rows of 4 (row i holds 4i to 4i+3): an
+    id past the table fits every shape check, and onnxruntime refuses it (a token id past the vocabulary)."""
+    table = np.arange(EMBEDDING_ROWS * 4, dtype=np.float32).reshape(EMBEDDING_ROWS, 4)
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["table", "ids"], ["E"])],
+        "embedding",
+        [helper.make_tensor_value_info("ids", TensorProto.INT64, ["N", "seq"])],
+        [helper.make_tensor_value_info("E", TensorProto.FLOAT, ["N", "seq", 4])],
+        [numpy_helper.from_array(table, "table")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, path)
+    return path
+
+
 POSITIONS = 8
 POSITION_TABLE = np.arange(POSITIONS * 2, dtype=np.float32).reshape(POSITIONS, 2) / 4 - 1.5
 """The position embeddings of `build_positions`: row i embeds position i."""
