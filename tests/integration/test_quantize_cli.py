@@ -1169,3 +1169,35 @@ def test_a_matmul_computing_in_float16_refuses_a_mostly_float32_model(tmp_path: 
         "quantize", mixed, "-o", tmp_path / "a", "--calibration", data, "--evaluation", data, "-q",
     )  # fmt: skip
     _assert_one_line_error(code, err, "1 of its 2 float weights are float16 ('w2' first), 1 of them a MatMul")
+
+
+def _sentence_encoder(path: Path) -> Path:
+    """LpNormalization(X P): the digits' pixels projected to 32 numbers, each row of length 1."""
+    projection = np.random.default_rng(5).normal(size=(64, 32)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["X", "projection"], ["projected"]),
+         helper.make_node("LpNormalization", ["projected"], ["embedding"], axis=1, p=2)],
+        "encoder",
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["N", 64])],
+        [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["N", 32])],
+        [numpy_helper.from_array(projection, "projection")],
+    )  # fmt: skip
+    return _save(graph, path)
+
+
+def test_classification_asked_of_an_embedding_is_refused_before_any_trial(
+    sample: zoo.SampleModel, tmp_path: Path
+) -> None:
+    """MiniLM-L6 with --task classification ran 17 trials (7:12) before its gate failed on the argmax
+    of unit vectors: the data says embedding, up front; as an embedding it quantizes."""
+    model = _sentence_encoder(tmp_path / "encoder.onnx")
+    unlabelled = _unlabelled(sample, tmp_path / "x.npz")
+    code, _, err = _quantize(sample, tmp_path / "a", "--evaluation", unlabelled, "--task", "classification",
+                             model=model)  # fmt: skip
+    _assert_one_line_error(code, err, "--task classification: output 'embedding' rows are unit vectors")
+    assert "pass --task embedding" in err
+    assert not (tmp_path / "a").exists()
+    code, _, err = _quantize(sample, tmp_path / "a", "--evaluation", unlabelled, "--task", "embedding",
+                             model=model)  # fmt: skip
+    assert code in (0, 1), err
+    assert artifact.load_artifact(tmp_path / "a").manifest["validation"]["metric"] == "cosine_agreement"

@@ -447,3 +447,17 @@ def test_the_lms_attention_matmuls_run_in_float_with_matmul_const_b_only(
     assert len(attention) == 4  # two layers' Q x K^T and P x V
     assert set(attention.values()) <= {"MatMul", "FusedMatMul"}
     assert set(attention) <= set(manifest(out)["quantization"]["excluded_nodes"])
+
+
+def test_minilm_as_a_classifier_is_refused_before_any_trial(minilm: SampleModel, tmp_path: Path) -> None:
+    """--task classification on its unit-length embeddings ran 17 trials (7:12) before its gate
+    failed (the first trial's top-1 agreement: 0.20): the data said embedding before the first trial."""
+    result, seconds = quantize(minilm, tmp_path / "a", "--task", "classification")
+    print(f"\nMiniLM --task classification: {seconds:.1f} s")
+    assert result.returncode == 3, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        "error: --task classification: output 'sentence_embedding' rows are unit vectors, and their softmax "
+        "is confident on only 0 of 300 rows, so its argmax is no class: an embedding's; pass --task "
+        "embedding (judged by cosine), or give labelled evaluation data to gate it as a classifier"
+    ]
+    assert not (tmp_path / "a").exists()
