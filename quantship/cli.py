@@ -359,7 +359,8 @@ def _build_real_model(name: str, out_dir: Path, build_env: Path) -> None:
     default=None,
     metavar="NAME",
     help="An answer per position (a token model's): the input whose zeros mark padding, left out of the "
-    "gate and the shadow SLI. Default: the one input named like an attention mask.",
+    "gate and the shadow SLI (ignored, with a warning, for other outputs). Default: the one input named "
+    "like an attention mask.",
 )
 @click.option(
     "--matmul-const-b-only/--no-matmul-const-b-only",

@@ -445,12 +445,16 @@ class Evaluator:
             and bool(np.isin(array, (0, 1)).all())
         )
 
-    def _check_mask_input(self, name: str) -> str:
+    def _check_mask_input(self, name: str) -> str | None:
+        """`name`, checked as a mask of the output's positions; ignored, with a warning, where the output
+        has no answer per position: an option that does not apply (as the CLI's), which the operator's
+        Job passes from a QuantizedModel, and a run that would have worked must not fail on it."""
         if not self.per_position:
-            raise QuantizeInputError(
-                f"--mask-input {name}: output {self.output!r} of shape {list(self.reference.shape)} gives "
-                "no answer per position to leave the padding out of"
+            self.warnings.append(
+                f"--mask-input {name} ignored: output {self.output!r} of shape {list(self.reference.shape)} "
+                "gives no answer per position to leave the padding out of"
             )
+            return None
         if name not in self.dataset.arrays:
             raise QuantizeInputError(
                 f"--mask-input {name}: no such input (inputs: {', '.join(self.dataset.arrays)})"

@@ -1201,3 +1201,17 @@ def test_classification_asked_of_an_embedding_is_refused_before_any_trial(
                              model=model)  # fmt: skip
     assert code in (0, 1), err
     assert artifact.load_artifact(tmp_path / "a").manifest["validation"]["metric"] == "cosine_agreement"
+
+
+def test_a_mask_input_for_an_output_without_positions_is_warned_of_and_ignored(
+    sample: zoo.SampleModel, tmp_path: Path
+) -> None:
+    """It was refused (exit 3), where options that do not apply are named and ignored: the
+    operator's Job passes what a QuantizedModel sets, and a run that would work must not fail."""
+    code, _, err = _quantize(sample, tmp_path / "a", "--mask-input", "attention_mask", "--max-trials", "0")
+    assert code == 0, err
+    said = "--mask-input attention_mask ignored: output 'label' of shape [400] gives no answer per position"
+    assert f"warning: {said}" in err
+    manifest = artifact.load_artifact(tmp_path / "a").manifest
+    assert any(line.startswith(said) for line in manifest["warnings"]), manifest["warnings"]
+    assert "mask_input" not in manifest["validation"]["shadow_rule"]

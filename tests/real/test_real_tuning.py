@@ -461,3 +461,18 @@ def test_minilm_as_a_classifier_is_refused_before_any_trial(minilm: SampleModel,
         "embedding (judged by cosine), or give labelled evaluation data to gate it as a classifier"
     ]
     assert not (tmp_path / "a").exists()
+
+
+def test_a_mask_input_for_minilms_embedding_is_warned_of_and_ignored(
+    minilm: SampleModel, tmp_path: Path
+) -> None:
+    """Its output has no answer per position: --mask-input does not apply, as other options that do
+    not, and the operator's Job passing it must not fail (it was refused, exit 3)."""
+    result, _ = quantize(minilm, tmp_path / "a", "--mode", "dynamic", "--mask-input", "attention_mask",
+                         "--max-trials", "0")  # fmt: skip
+    assert result.returncode in (0, 1), result.stderr
+    said = "--mask-input attention_mask ignored: output 'sentence_embedding' of shape [300, 384]"
+    assert f"warning: {said}" in result.stderr
+    found = manifest(tmp_path / "a")
+    assert any(line.startswith(said) for line in found["warnings"]), found["warnings"]
+    assert "mask_input" not in found["validation"]["shadow_rule"]
