@@ -1215,3 +1215,43 @@ def test_a_mask_input_for_an_output_without_positions_is_warned_of_and_ignored(
     manifest = artifact.load_artifact(tmp_path / "a").manifest
     assert any(line.startswith(said) for line in manifest["warnings"]), manifest["warnings"]
     assert "mask_input" not in manifest["validation"]["shadow_rule"]
+
+
+def _small_cnn(path: Path) -> Path:
+    """Gemm(GlobalAveragePool(Conv(the digits' 8x8 pixels))): one Conv and a head."""
+    rng = np.random.default_rng(4)
+    graph = helper.make_graph(
+        [helper.make_node("Reshape", ["X", "image_shape"], ["image"]),
+         helper.make_node("Conv", ["image", "filters"], ["maps"], name="conv"),
+         helper.make_node("GlobalAveragePool", ["maps"], ["pooled"]),
+         helper.make_node("Flatten", ["pooled"], ["features"]),
+         helper.make_node("Gemm", ["features", "classes"], ["logits"], name="head")],
+        "cnn",
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["N", 64])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 10])],
+        [numpy_helper.from_array(np.array([-1, 1, 8, 8], dtype=np.int64), "image_shape"),
+         numpy_helper.from_array(rng.normal(scale=0.3, size=(8, 1, 3, 3)).astype(np.float32), "filters"),
+         numpy_helper.from_array(rng.normal(size=(8, 10)).astype(np.float32), "classes")],
+    )  # fmt: skip
+    return _save(graph, path)
+
+
+def test_a_dynamic_pass_with_its_convs_in_float_says_static_quantizes_them(
+    sample: zoo.SampleModel, tmp_path: Path
+) -> None:
+    """EfficientNet-Lite0 --mode dynamic passed with every Conv in float (1.3x smaller, 4:59) and
+    nothing said that static quantization is what quantizes a CNN's Convs. Here the Conv is kept in
+    float by --exclude; quantized (a ConvInteger), nothing is said."""
+    model = _small_cnn(tmp_path / "cnn.onnx")
+    unlabelled = _unlabelled(sample, tmp_path / "x.npz")
+    dynamic = ("--evaluation", unlabelled, "--mode", "dynamic", "--max-trials", "0")
+    code, _, err = _quantize(sample, tmp_path / "a", *dynamic, "--exclude", "conv", model=model)
+    assert code == 0, err
+    said = (
+        "the passing dynamic trial keeps 1 of the model's 1 Convs in float: static quantization, with "
+        "calibration data, is what quantizes a CNN's Convs; try --mode static on the calibration data given"
+    )
+    assert f"warning: {said}" in err
+    assert said in artifact.load_artifact(tmp_path / "a").manifest["warnings"]
+    code, _, err = _quantize(sample, tmp_path / "b", *dynamic, model=model)
+    assert code == 0 and "Convs in float" not in err, err
