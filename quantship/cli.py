@@ -329,7 +329,8 @@ def _build_real_model(name: str, out_dir: Path, build_env: Path) -> None:
     "--task",
     type=_choice(Task),
     default=None,
-    help="What the output is; inferred from its dtype, shape and values when omitted.",
+    help="What the output is; inferred from its dtype, shape and values when omitted. classification "
+    "on unit-length rows sure of no class, without labels, is refused (an embedding's).",
 )
 @click.option(
     "--metric",
@@ -358,7 +359,8 @@ def _build_real_model(name: str, out_dir: Path, build_env: Path) -> None:
     default=None,
     metavar="NAME",
     help="An answer per position (a token model's): the input whose zeros mark padding, left out of the "
-    "gate and the shadow SLI. Default: the one input named like an attention mask.",
+    "gate and the shadow SLI (ignored, with a warning, for other outputs). Default: the one input named "
+    "like an attention mask.",
 )
 @click.option(
     "--matmul-const-b-only/--no-matmul-const-b-only",

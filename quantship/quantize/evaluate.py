@@ -445,12 +445,16 @@ class Evaluator:
             and bool(np.isin(array, (0, 1)).all())
         )
 
-    def _check_mask_input(self, name: str) -> str:
+    def _check_mask_input(self, name: str) -> str | None:
+        """`name`, checked as a mask of the output's positions; ignored, with a warning, where the output
+        has no answer per position: an option that does not apply (as the CLI's), which the operator's
+        Job passes from a QuantizedModel, and a run that would have worked must not fail on it."""
         if not self.per_position:
-            raise QuantizeInputError(
-                f"--mask-input {name}: output {self.output!r} of shape {list(self.reference.shape)} gives "
-                "no answer per position to leave the padding out of"
+            self.warnings.append(
+                f"--mask-input {name} ignored: output {self.output!r} of shape {list(self.reference.shape)} "
+                "gives no answer per position to leave the padding out of"
             )
+            return None
         if name not in self.dataset.arrays:
             raise QuantizeInputError(
                 f"--mask-input {name}: no such input (inputs: {', '.join(self.dataset.arrays)})"
@@ -792,6 +796,7 @@ class Evaluator:
 def _task(requested: Task | None, output: str, reference: np.ndarray, dataset: Dataset) -> tuple[Task, str]:
     """The task the user named, else one inferred from the output's dtype, shape, values and name."""
     if requested is not None:
+        _check_requested_classifier(requested, output, reference, dataset)
         return requested, "--task"
     name = output.lower()
     if np.issubdtype(reference.dtype, np.integer):
@@ -803,7 +808,7 @@ def _task(requested: Task | None, output: str, reference: np.ndarray, dataset: D
         return Task.CLASSIFICATION, f"output {output!r} rows are probabilities (sum to 1)"
     # An embedding's signs before the labels: labels beside a sentence encoder's data made it a
     # 384-class argmax classifier, where the gate should say the labels do not apply.
-    if reference.ndim == 2 and np.allclose(np.linalg.norm(rows, axis=1), 1.0, atol=1e-3):
+    if _unit_rows(reference):
         return Task.EMBEDDING, f"output {output!r} rows are unit vectors"
     if any(hint in name for hint in EMBEDDING_NAMES):
         return Task.EMBEDDING, f"output {output!r} is named like an embedding"
@@ -836,6 +841,38 @@ def _task(requested: Task | None, output: str, reference: np.ndarray, dataset: D
             "or labelled evaluation data"
         )
     return Task.CLASSIFICATION, f"output {output!r} has per-class scores on its last axis"
+
+
+def _unit_rows(reference: np.ndarray) -> bool:
+    """Whether a float [N, D] output's rows all have length 1: an L2-normalized embedding's (or
+    near one-hot probabilities', which are_probabilities tells apart)."""
+    if reference.ndim != 2 or not np.issubdtype(reference.dtype, np.floating):
+        return False
+    norms = np.linalg.norm(reference.astype(np.float64), axis=1)
+    return bool(np.allclose(norms, 1.0, atol=1e-3))
+
+
+def _check_requested_classifier(
+    requested: Task, output: str, reference: np.ndarray, dataset: Dataset
+) -> None:
+    """--task classification on rows that are unit vectors, not probabilities, whose softmax is sure
+    of no class: an embedding's, whose argmax is no class and flips under INT8 rounding (MiniLM-L6 ran
+    17 trials, 7:12, before its gate failed; its first trial kept the argmax of 20% of rows against
+    0.995). Refused before any trial. Labels keep the user's word: the gate then judges accuracy
+    against them, which _check_labels_fit checks."""
+    if requested is not Task.CLASSIFICATION or dataset.labels is not None or not _unit_rows(reference):
+        return
+    rows = reference.astype(np.float64)
+    if agreement.are_probabilities(rows):
+        return
+    confident = int(np.count_nonzero(agreement.confident(rows)))
+    if confident >= MIN_SCORES_SHARE * len(rows):
+        return
+    raise QuantizeInputError(
+        f"--task classification: output {output!r} rows are unit vectors, and their softmax is confident "
+        f"on only {confident} of {len(rows)} rows, so its argmax is no class: an embedding's; pass "
+        "--task embedding (judged by cosine), or give labelled evaluation data to gate it as a classifier"
+    )
 
 
 def _answers_per_position(reference: np.ndarray) -> bool:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -172,8 +173,13 @@ def run(
             )
         if chosen.passed and (shadow := evaluator.shadow_warning(chosen.evaluation)) is not None:
             note(shadow)
+        chosen_model = onnx.load(str(chosen_path))
+        if hint := tuner.static_for_convs(
+            chosen, Counter(n.op_type for n in chosen_model.graph.node), traits
+        ):
+            note(hint)
         chosen_ranges = ranges.activation_ranges(
-            onnx.load(str(chosen_path)), prepared_model, calibrations.ranges_for(chosen.config)
+            chosen_model, prepared_model, calibrations.ranges_for(chosen.config)
         )
         fallback = runtime.fallback_ops(chosen_path)
         if chosen.passed:

@@ -1169,3 +1169,89 @@ def test_a_matmul_computing_in_float16_refuses_a_mostly_float32_model(tmp_path: 
         "quantize", mixed, "-o", tmp_path / "a", "--calibration", data, "--evaluation", data, "-q",
     )  # fmt: skip
     _assert_one_line_error(code, err, "1 of its 2 float weights are float16 ('w2' first), 1 of them a MatMul")
+
+
+def _sentence_encoder(path: Path) -> Path:
+    """LpNormalization(X P): the digits' pixels projected to 32 numbers, each row of length 1."""
+    projection = np.random.default_rng(5).normal(size=(64, 32)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["X", "projection"], ["projected"]),
+         helper.make_node("LpNormalization", ["projected"], ["embedding"], axis=1, p=2)],
+        "encoder",
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["N", 64])],
+        [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["N", 32])],
+        [numpy_helper.from_array(projection, "projection")],
+    )  # fmt: skip
+    return _save(graph, path)
+
+
+def test_classification_asked_of_an_embedding_is_refused_before_any_trial(
+    sample: zoo.SampleModel, tmp_path: Path
+) -> None:
+    """MiniLM-L6 with --task classification ran 17 trials (7:12) before its gate failed on the argmax
+    of unit vectors: the data says embedding, up front; as an embedding it quantizes."""
+    model = _sentence_encoder(tmp_path / "encoder.onnx")
+    unlabelled = _unlabelled(sample, tmp_path / "x.npz")
+    code, _, err = _quantize(sample, tmp_path / "a", "--evaluation", unlabelled, "--task", "classification",
+                             model=model)  # fmt: skip
+    _assert_one_line_error(code, err, "--task classification: output 'embedding' rows are unit vectors")
+    assert "pass --task embedding" in err
+    assert not (tmp_path / "a").exists()
+    code, _, err = _quantize(sample, tmp_path / "a", "--evaluation", unlabelled, "--task", "embedding",
+                             model=model)  # fmt: skip
+    assert code in (0, 1), err
+    assert artifact.load_artifact(tmp_path / "a").manifest["validation"]["metric"] == "cosine_agreement"
+
+
+def test_a_mask_input_for_an_output_without_positions_is_warned_of_and_ignored(
+    sample: zoo.SampleModel, tmp_path: Path
+) -> None:
+    """It was refused (exit 3), where options that do not apply are named and ignored: the
+    operator's Job passes what a QuantizedModel sets, and a run that would work must not fail."""
+    code, _, err = _quantize(sample, tmp_path / "a", "--mask-input", "attention_mask", "--max-trials", "0")
+    assert code == 0, err
+    said = "--mask-input attention_mask ignored: output 'label' of shape [400] gives no answer per position"
+    assert f"warning: {said}" in err
+    manifest = artifact.load_artifact(tmp_path / "a").manifest
+    assert any(line.startswith(said) for line in manifest["warnings"]), manifest["warnings"]
+    assert "mask_input" not in manifest["validation"]["shadow_rule"]
+
+
+def _small_cnn(path: Path) -> Path:
+    """Gemm(GlobalAveragePool(Conv(the digits' 8x8 pixels))): one Conv and a head."""
+    rng = np.random.default_rng(4)
+    graph = helper.make_graph(
+        [helper.make_node("Reshape", ["X", "image_shape"], ["image"]),
+         helper.make_node("Conv", ["image", "filters"], ["maps"], name="conv"),
+         helper.make_node("GlobalAveragePool", ["maps"], ["pooled"]),
+         helper.make_node("Flatten", ["pooled"], ["features"]),
+         helper.make_node("Gemm", ["features", "classes"], ["logits"], name="head")],
+        "cnn",
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["N", 64])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 10])],
+        [numpy_helper.from_array(np.array([-1, 1, 8, 8], dtype=np.int64), "image_shape"),
+         numpy_helper.from_array(rng.normal(scale=0.3, size=(8, 1, 3, 3)).astype(np.float32), "filters"),
+         numpy_helper.from_array(rng.normal(size=(8, 10)).astype(np.float32), "classes")],
+    )  # fmt: skip
+    return _save(graph, path)
+
+
+def test_a_dynamic_pass_with_its_convs_in_float_says_static_quantizes_them(
+    sample: zoo.SampleModel, tmp_path: Path
+) -> None:
+    """EfficientNet-Lite0 --mode dynamic passed with every Conv in float (1.3x smaller, 4:59) and
+    nothing said that static quantization is what quantizes a CNN's Convs. Here the Conv is kept in
+    float by --exclude; quantized (a ConvInteger), nothing is said."""
+    model = _small_cnn(tmp_path / "cnn.onnx")
+    unlabelled = _unlabelled(sample, tmp_path / "x.npz")
+    dynamic = ("--evaluation", unlabelled, "--mode", "dynamic", "--max-trials", "0")
+    code, _, err = _quantize(sample, tmp_path / "a", *dynamic, "--exclude", "conv", model=model)
+    assert code == 0, err
+    said = (
+        "the passing dynamic trial keeps 1 of the model's 1 Convs in float: static quantization, with "
+        "calibration data, is what quantizes a CNN's Convs; try --mode static on the calibration data given"
+    )
+    assert f"warning: {said}" in err
+    assert said in artifact.load_artifact(tmp_path / "a").manifest["warnings"]
+    code, _, err = _quantize(sample, tmp_path / "b", *dynamic, model=model)
+    assert code == 0 and "Convs in float" not in err, err

@@ -447,3 +447,32 @@ def test_the_lms_attention_matmuls_run_in_float_with_matmul_const_b_only(
     assert len(attention) == 4  # two layers' Q x K^T and P x V
     assert set(attention.values()) <= {"MatMul", "FusedMatMul"}
     assert set(attention) <= set(manifest(out)["quantization"]["excluded_nodes"])
+
+
+def test_minilm_as_a_classifier_is_refused_before_any_trial(minilm: SampleModel, tmp_path: Path) -> None:
+    """--task classification on its unit-length embeddings ran 17 trials (7:12) before its gate
+    failed (the first trial's top-1 agreement: 0.20): the data said embedding before the first trial."""
+    result, seconds = quantize(minilm, tmp_path / "a", "--task", "classification")
+    print(f"\nMiniLM --task classification: {seconds:.1f} s")
+    assert result.returncode == 3, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        "error: --task classification: output 'sentence_embedding' rows are unit vectors, and their softmax "
+        "is confident on only 0 of 300 rows, so its argmax is no class: an embedding's; pass --task "
+        "embedding (judged by cosine), or give labelled evaluation data to gate it as a classifier"
+    ]
+    assert not (tmp_path / "a").exists()
+
+
+def test_a_mask_input_for_minilms_embedding_is_warned_of_and_ignored(
+    minilm: SampleModel, tmp_path: Path
+) -> None:
+    """Its output has no answer per position: --mask-input does not apply, as other options that do
+    not, and the operator's Job passing it must not fail (it was refused, exit 3)."""
+    result, _ = quantize(minilm, tmp_path / "a", "--mode", "dynamic", "--mask-input", "attention_mask",
+                         "--max-trials", "0")  # fmt: skip
+    assert result.returncode in (0, 1), result.stderr
+    said = "--mask-input attention_mask ignored: output 'sentence_embedding' of shape [300, 384]"
+    assert f"warning: {said}" in result.stderr
+    found = manifest(tmp_path / "a")
+    assert any(line.startswith(said) for line in found["warnings"]), found["warnings"]
+    assert "mask_input" not in found["validation"]["shadow_rule"]

@@ -83,3 +83,35 @@ def test_scores_that_are_no_ones_class_are_refused_with_the_choices_not_read_by_
 )
 def test_scores_a_classifier_gives_stay_a_classifiers(output: str, values: np.ndarray) -> None:
     assert _task(None, output, values, _data(3))[0] is Task.CLASSIFICATION
+
+
+UNIT_ROWS = np.random.default_rng(0).normal(size=(40, 64))
+UNIT_ROWS = (UNIT_ROWS / np.linalg.norm(UNIT_ROWS, axis=1, keepdims=True)).astype(np.float32)
+"""A sentence encoder's output: unit-length rows, whose softmax is sure of no column."""
+
+
+def test_classification_asked_of_unit_vectors_sure_of_no_class_is_refused_naming_embedding() -> None:
+    """MiniLM-L6 with --task classification ran 17 trials (7:12) before its gate failed."""
+    with pytest.raises(QuantizeInputError) as refused:
+        _task(Task.CLASSIFICATION, "sentence_embedding", UNIT_ROWS, _data(40))
+    said = str(refused.value)
+    assert said.startswith("--task classification: output 'sentence_embedding' rows are unit vectors")
+    assert "confident on only 0 of 40 rows" in said and "pass --task embedding" in said
+
+
+@pytest.mark.parametrize(
+    ("values", "labels"),
+    [
+        (UNIT_ROWS, True),  # labels: the gate judges accuracy against them (_check_labels_fit)
+        (UNIT_ROWS * 2, False),  # not unit length
+        (np.array([[0.9995, 0.0005, 0.0]] * 40, dtype=np.float32), False),  # near one-hot probabilities
+        (np.array([[0.0, 1.0, 0.0]] * 40, dtype=np.float32), False),  # unit rows, but sure of a class
+    ],
+)
+def test_classification_asked_of_what_may_be_scores_is_the_users_word(
+    values: np.ndarray, labels: bool
+) -> None:
+    assert _task(Task.CLASSIFICATION, "out", values, _data(40, labels=labels)) == (
+        Task.CLASSIFICATION,
+        "--task",
+    )

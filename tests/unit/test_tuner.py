@@ -435,3 +435,23 @@ def test_an_unfused_trial_that_lifts_no_sandwich_is_not_carried_on_nor_chosen() 
         chosen, lambda start, t, no_side: sides(start, t, no_side) if "mm1" not in no_side else [], passes
     )
     assert futile.quantized_share < first.quantized_share and tuner.best([chosen, first, futile]) is first
+
+
+def test_a_passing_dynamic_trial_with_most_convs_in_float_names_static_quantization() -> None:
+    """EfficientNet-Lite0 --mode dynamic passed with every Conv in float (1.3x smaller, 4:59), and
+    nothing said that static quantization is what quantizes a CNN's Convs."""
+    (passed,), _ = _tune(replace(BASE, max_trials=0, mode=Mode.DYNAMIC), lambda config, excluded: 1.0)
+    assert passed.passed and passed.config.mode is Mode.DYNAMIC
+    said = tuner.static_for_convs(passed, {"Conv": 3, "ConvInteger": 1, "MatMulInteger": 1}, CNN)
+    assert said == (
+        "the passing dynamic trial keeps 3 of the model's 4 Convs in float: static quantization, with "
+        "calibration data, is what quantizes a CNN's Convs; try --mode static on the calibration data given"
+    )
+    uncalibrated = tuner.static_for_convs(passed, {"Conv": 1}, replace(CNN, can_calibrate=False))
+    assert uncalibrated is not None and uncalibrated.endswith("with representative --calibration data")
+    assert tuner.static_for_convs(passed, {"Conv": 2, "ConvInteger": 2}, CNN) is None, "half is not most"
+    assert tuner.static_for_convs(passed, {"MatMulInteger": 2}, CNN) is None, "no Conv"
+    static = replace(passed, config=replace(passed.config, mode=Mode.STATIC))
+    assert tuner.static_for_convs(static, {"Conv": 4}, CNN) is None, "a static QDQ Conv stays a Conv"
+    failed = replace(passed, evaluation=_evaluation(0.5))
+    assert tuner.static_for_convs(failed, {"Conv": 4}, CNN) is None, "the advice says it when none passed"
