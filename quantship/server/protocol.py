@@ -57,13 +57,27 @@ _DATATYPE_OF = {dtype: name for name, dtype in DATATYPES.items() if name != "BYT
 # What np.asarray makes of JSON values, by dtype kind, and which datatypes accept it.
 _KIND_NAMES = {"b": "booleans", "i": "integers", "u": "integers", "f": "fractional numbers", "U": "strings"}
 _ACCEPTED_KINDS = {"BOOL": "b", "FP16": "iuf", "FP32": "iuf", "FP64": "iuf"}  # other numbers: "iu"
+
+
+def _finite_bound(dtype: np.dtype[Any]) -> float:
+    """The greatest float64 that a cast to the float `dtype` rounds to a finite number: past its max by
+    up to half a step (3.4028235e38, float32's max as shortest text and as this server writes it, is
+    3.40282350e38 as a float64, above float32's 3.40282347e38, and rounds to it)."""
+    info = np.finfo(dtype)
+    if info.maxexp >= np.finfo(np.float64).maxexp:  # FP64: JSON's numbers are float64 already
+        return float(info.max)
+    overflows = 2.0**info.maxexp * (1 - 2.0 ** -(info.nmant + 2))  # halfway to the next power: inf
+    return float(np.nextafter(overflows, 0))
+
+
 _RANGES = {
-    name: (info.min, info.max)
+    name: (info.min, info.max) if dtype.kind in "iu" else (-_finite_bound(dtype), _finite_bound(dtype))
     for name, dtype in DATATYPES.items()
     if dtype.kind in "iuf"
     for info in [np.iinfo(dtype) if dtype.kind in "iu" else np.finfo(dtype)]
 }
-"""Each number datatype's least and greatest value, looked up once (np.iinfo costs ~1 µs a request)."""
+"""Each number datatype's least and greatest value that it holds, after a cast's rounding for floats;
+looked up once (np.iinfo costs ~1 µs a request)."""
 
 
 @dataclass(frozen=True)

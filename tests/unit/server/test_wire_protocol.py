@@ -287,6 +287,28 @@ def test_float_outputs_are_written_as_the_shortest_text_that_reads_back_the_same
     np.testing.assert_array_equal(np.asarray(output["data"], dtype=dtype), values.ravel())
 
 
+@pytest.mark.parametrize(("dtype", "datatype"), [(np.float32, "FP32"), (np.float16, "FP16")])
+def test_a_float_outputs_extremes_as_written_are_taken_back_as_inputs(dtype: type, datatype: str) -> None:
+    """The shortest text of FP32's max, 3.4028235e+38, is above it as a float64 (3.40282350e38 >
+    3.40282347e38) and a cast rounds it back: a client sending an output back as an input (or
+    numpy's own str of the max, a common mask value) is answered, not told it is out of range."""
+    extremes = np.array([np.finfo(dtype).max, np.finfo(dtype).min], dtype=dtype)
+    encoded = protocol.encode_response(
+        InferResponse("m", "r", "x", {"scores": extremes}), InferRequest("x", {}, (), False)
+    )
+    [output] = json.loads(encoded.body)["outputs"]
+    body = {"inputs": [{"name": "X", "shape": [2], "datatype": datatype, "data": output["data"]}]}
+    decoded = protocol.decode_request(json.dumps(body).encode()).inputs["X"]
+    np.testing.assert_array_equal(decoded, extremes)
+
+
+@pytest.mark.parametrize(("datatype", "value"), [("FP32", "3.4028235677973366e38"), ("FP16", "65520")])
+def test_a_number_a_float_datatype_would_round_to_infinity_is_refused(datatype: str, value: str) -> None:
+    body = f'{{"inputs": [{{"name": "X", "shape": [1], "datatype": "{datatype}", "data": [{value}]}}]}}'
+    with pytest.raises(InvalidInput, match=f"outside the {datatype} range"):
+        protocol.decode_request(body.encode())
+
+
 def test_a_null_of_ours_takes_the_slow_encoder_and_reads_the_same() -> None:
     """Non-finite floats are found by the null orjson writes for them; a "null" in an id (or any
     string) takes the same slower path, and must come out as the fast one would have written it."""
