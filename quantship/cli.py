@@ -330,7 +330,7 @@ def _build_real_model(name: str, out_dir: Path, build_env: Path) -> None:
     type=_choice(Task),
     default=None,
     help="What the output is; inferred from its dtype, shape and values when omitted. classification "
-    "on unit-length rows sure of no class, without labels, is refused (an embedding's).",
+    "on unit-length rows sure of no class, without labels, is warned of (an embedding's look).",
 )
 @click.option(
     "--metric",

@@ -294,6 +294,10 @@ class Evaluator:
             ) from exc
         self.warnings: list[str] = []
         self.task, self.task_reason = _task(request.task, self.output, self.reference, dataset)
+        if (
+            doubt := _doubt_of_requested_classifier(request.task, self.output, self.reference, dataset)
+        ) is not None:
+            self.warnings.append(doubt)
         self.per_position = self.task is Task.CLASSIFICATION and _answers_per_position(self.reference)
         self.mask_input = self._mask_input(request.mask_input)
         """The input whose zeros mark padding, which no position's answer is judged at."""
@@ -796,7 +800,6 @@ class Evaluator:
 def _task(requested: Task | None, output: str, reference: np.ndarray, dataset: Dataset) -> tuple[Task, str]:
     """The task the user named, else one inferred from the output's dtype, shape, values and name."""
     if requested is not None:
-        _check_requested_classifier(requested, output, reference, dataset)
         return requested, "--task"
     name = output.lower()
     if np.issubdtype(reference.dtype, np.integer):
@@ -852,26 +855,28 @@ def _unit_rows(reference: np.ndarray) -> bool:
     return bool(np.allclose(norms, 1.0, atol=1e-3))
 
 
-def _check_requested_classifier(
-    requested: Task, output: str, reference: np.ndarray, dataset: Dataset
-) -> None:
-    """--task classification on rows that are unit vectors, not probabilities, whose softmax is sure
-    of no class: an embedding's, whose argmax is no class and flips under INT8 rounding (MiniLM-L6 ran
-    17 trials, 7:12, before its gate failed; its first trial kept the argmax of 20% of rows against
-    0.995). Refused before any trial. Labels keep the user's word: the gate then judges accuracy
-    against them, which _check_labels_fit checks."""
+def _doubt_of_requested_classifier(
+    requested: Task | None, output: str, reference: np.ndarray, dataset: Dataset
+) -> str | None:
+    """What to tell a user who asked --task classification of rows that are unit vectors, not
+    probabilities, whose softmax is sure of no class: an embedding's look, whose argmax is no class and
+    flips under INT8 rounding (MiniLM-L6 ran 17 trials, 7:12, before its gate failed; its first trial
+    kept the argmax of 20% of rows against 0.995). A warning before any trial, not a refusal: a real
+    classifier whose logits are L2-normalised looks the same, and passed its top-1 gate in one trial.
+    Labels keep the user's word silent: the gate then judges accuracy against them (_check_labels_fit)."""
     if requested is not Task.CLASSIFICATION or dataset.labels is not None or not _unit_rows(reference):
-        return
+        return None
     rows = reference.astype(np.float64)
     if agreement.are_probabilities(rows):
-        return
+        return None
     confident = int(np.count_nonzero(agreement.confident(rows)))
     if confident >= MIN_SCORES_SHARE * len(rows):
-        return
-    raise QuantizeInputError(
+        return None
+    return (
         f"--task classification: output {output!r} rows are unit vectors, and their softmax is confident "
-        f"on only {confident} of {len(rows)} rows, so its argmax is no class: an embedding's; pass "
-        "--task embedding (judged by cosine), or give labelled evaluation data to gate it as a classifier"
+        f"on only {confident} of {len(rows)} rows: an embedding's look, whose argmax is no class and fails "
+        "the top-1 gate after every trial; if it is one, pass --task embedding (judged by cosine), or give "
+        "labelled evaluation data to gate it as a classifier"
     )
 
 

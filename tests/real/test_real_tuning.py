@@ -449,18 +449,19 @@ def test_the_lms_attention_matmuls_run_in_float_with_matmul_const_b_only(
     assert set(attention) <= set(manifest(out)["quantization"]["excluded_nodes"])
 
 
-def test_minilm_as_a_classifier_is_refused_before_any_trial(minilm: SampleModel, tmp_path: Path) -> None:
+def test_minilm_as_a_classifier_is_doubted_before_any_trial(minilm: SampleModel, tmp_path: Path) -> None:
     """--task classification on its unit-length embeddings ran 17 trials (7:12) before its gate
-    failed (the first trial's top-1 agreement: 0.20): the data said embedding before the first trial."""
-    result, seconds = quantize(minilm, tmp_path / "a", "--task", "classification")
-    print(f"\nMiniLM --task classification: {seconds:.1f} s")
-    assert result.returncode == 3, result.stderr
-    assert result.stderr.strip().splitlines() == [
-        "error: --task classification: output 'sentence_embedding' rows are unit vectors, and their softmax "
-        "is confident on only 0 of 300 rows, so its argmax is no class: an embedding's; pass --task "
-        "embedding (judged by cosine), or give labelled evaluation data to gate it as a classifier"
-    ]
-    assert not (tmp_path / "a").exists()
+    failed (the first trial's top-1 agreement: 0.20), and said nothing of it: the data says embedding
+    before the first trial. One trial here: the warning, not the search, is what is checked."""
+    result, seconds = quantize(minilm, tmp_path / "a", "--task", "classification", "--strategy", "fallback",
+                               "--max-trials", "0")  # fmt: skip
+    print(f"\nMiniLM --task classification, one trial: {seconds:.1f} s")
+    assert result.returncode == 1, result.stderr  # its argmax is no class: the gate fails
+    assert (
+        "warning: --task classification: output 'sentence_embedding' rows are unit vectors, and their "
+        "softmax is confident on only 0 of 300 rows: an embedding's look" in result.stderr
+    )
+    assert "pass --task embedding" in result.stderr
 
 
 def test_a_mask_input_for_minilms_embedding_is_warned_of_and_ignored(
