@@ -70,12 +70,15 @@ def _finite_bound(dtype: np.dtype[Any]) -> float:
     return float(np.nextafter(overflows, 0))
 
 
-_RANGES = {
-    name: (info.min, info.max) if dtype.kind in "iu" else (-_finite_bound(dtype), _finite_bound(dtype))
-    for name, dtype in DATATYPES.items()
-    if dtype.kind in "iuf"
-    for info in [np.iinfo(dtype) if dtype.kind in "iu" else np.finfo(dtype)]
-}
+def _range(dtype: np.dtype[Any]) -> tuple[float, float]:
+    if dtype.kind in "iu":
+        info = np.iinfo(dtype)
+        return info.min, info.max
+    bound = _finite_bound(dtype)
+    return -bound, bound
+
+
+_RANGES = {name: _range(dtype) for name, dtype in DATATYPES.items() if dtype.kind in "iuf"}
 """Each number datatype's least and greatest value that it holds, after a cast's rounding for floats;
 looked up once (np.iinfo costs ~1 µs a request)."""
 
