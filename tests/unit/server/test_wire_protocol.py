@@ -287,6 +287,27 @@ def test_float_outputs_are_written_as_the_shortest_text_that_reads_back_the_same
     np.testing.assert_array_equal(np.asarray(output["data"], dtype=dtype), values.ravel())
 
 
+@pytest.mark.parametrize(
+    "values",
+    [
+        np.array([0.1, np.nan, -np.inf, 1 / 3, np.inf], dtype=np.float32),  # nulls from orjson, put back
+        np.array([0.1, 1 / 3, 2.5], dtype=">f4"),  # not native byte order: orjson refuses it as it is
+    ],
+    ids=["non-finite", "big-endian"],
+)
+def test_float_outputs_keep_their_shortest_text_on_the_rarer_paths(values: np.ndarray) -> None:
+    """A NaN or infinity among the values, or an array in the other byte order, still writes each
+    float32 as its shortest text (`0.1`), where they went through float64 (`0.10000000149011612`)."""
+    encoded = protocol.encode_response(
+        InferResponse("m", "r", "x", {"scores": values}), InferRequest("x", {}, (), False)
+    )
+    data = encoded.body.split(b'"data":[', 1)[1].split(b"]", 1)[0].split(b",")
+    assert data[0] == b"0.1"
+    assert data[1:3] == ([b"NaN", b"-Infinity"] if np.isnan(values[1]) else [b"0.33333334", b"2.5"])
+    [output] = json.loads(encoded.body)["outputs"]
+    np.testing.assert_array_equal(np.asarray(output["data"], dtype=np.float32), values.astype(np.float32))
+
+
 @pytest.mark.parametrize(("dtype", "datatype"), [(np.float32, "FP32"), (np.float16, "FP16")])
 def test_a_float_outputs_extremes_as_written_are_taken_back_as_inputs(dtype: type, datatype: str) -> None:
     """The shortest text of FP32's max, 3.4028235e+38, is above it as a float64 (3.40282350e38 >
