@@ -13,7 +13,10 @@ directory beside the destination and renames it into place only when all of that
 A registry's answers are hostile until checked, as the operator's init container pulls from
 wherever a QuantizedModel points: the manifest is read up to `MAX_MANIFEST_BYTES` and must match
 `MANIFEST_SCHEMA` before any of it is used; layers are downloaded up to the sizes their
-descriptors declare, all of them within `max_bytes`; no connect or read waits past `timeout`.
+descriptors declare, all of them within `max_bytes`; no connect or read waits past `timeout`,
+and no transfer moves slower than its `SpeedLimit` (a registry, or a proxy, that drips bytes
+just inside each read's timeout would hold a pull or push for hours): every session's transport
+adapter (`_Timeouts`) meters a request's body as it is sent and an answer's as it is read.
 So a pull is two plain GETs (the manifest, then each layer) over one requests session, made once
 each and streamed: oras's requests would read a failed answer's body whole and retry it for
 minutes, and its basic-auth backend raises AttributeError on a 401 when it holds no credentials.
@@ -183,6 +186,10 @@ class SpeedLimit:
     window_s: float = SPEED_WINDOW_S
 
 
+SPEED_LIMIT = SpeedLimit()
+"""What every push and pull is held to unless told otherwise."""
+
+
 _LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?"
 _REGISTRY = rf"({_LABEL}(\.{_LABEL})*|\[[0-9A-Fa-f:.]+\])(:[0-9]{{1,5}})?"
 _COMPONENT = r"[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*"
@@ -301,7 +308,7 @@ def push(
     insecure: bool = False,
     timeout: float = TIMEOUT_S,
     also_tags: Sequence[str] = (),
-    speed_limit: SpeedLimit = SpeedLimit(),
+    speed_limit: SpeedLimit = SPEED_LIMIT,
 ) -> str:
     """Verify the artifact at `root` and push it to `uri` (a tag), then point each of `also_tags`
     (tags of the same repository) at the same manifest, in order. Returns the pushed manifest's
@@ -437,7 +444,7 @@ def pull(
     public_key: Any = None,
     timeout: float = TIMEOUT_S,
     max_bytes: int = artifact.MAX_DOWNLOAD_BYTES,
-    speed_limit: SpeedLimit = SpeedLimit(),
+    speed_limit: SpeedLimit = SPEED_LIMIT,
 ) -> Pulled:
     """Pull the artifact at `uri` into `dest` (created; never half-written) and verify it.
     `max_bytes` caps the layers' sizes together, as their descriptors declare them. Each connect
@@ -725,6 +732,7 @@ class _PacedAnswer:
         self._raw, self._meter = raw, meter
 
     def stream(self, amt: int | None = CHUNK_BYTES, decode_content: bool | None = None) -> Iterator[bytes]:
+        self._meter.restart()  # the body's first byte is the transfer's start, not its headers'
         while piece := self._raw.read1(amt, decode_content=decode_content):
             try:
                 self._meter.moved(len(piece))
@@ -739,23 +747,27 @@ class _PacedAnswer:
 
 class _PacedUpload(io.BytesIO):
     """A request's body, which urllib3 reads a block at a time and sends: each block told to
-    `meter` once it is sent (when the next is asked for), the meter restarted when urllib3 rewinds
-    the body to send it again (a retry after a 429, whose Retry-After moved nothing)."""
+    `meter` once it is sent (when the next is asked for). The meter starts at the first block,
+    not before the connection was made, and again when urllib3 rewinds the body to send it once
+    more (a retry after a 429, whose Retry-After moved nothing)."""
 
     def __init__(self, body: bytes, meter: _Meter) -> None:
         super().__init__(body)
         self._meter = meter
-        self._handed = 0
+        self._handed: int | None = None
+        """The size of the block last read, sent by now; None before the first."""
 
     def read(self, size: int | None = -1) -> bytes:
-        self._meter.moved(self._handed)
+        if self._handed is None:
+            self._meter.restart()
+        else:
+            self._meter.moved(self._handed)
         block = super().read(size)
         self._handed = len(block)
         return block
 
     def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        self._meter.restart()
-        self._handed = 0
+        self._handed = None
         return super().seek(offset, whence)
 
 
