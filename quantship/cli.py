@@ -557,8 +557,34 @@ def pack(path: Path, tarball: Path) -> None:
     click.echo(f"wrote {tarball}")
 
 
+def _speed_options(func: F) -> F:
+    """curl's --speed-limit and --speed-time, for a transfer from or to an OCI registry."""
+    func = click.option(
+        "--speed-time",
+        type=_FiniteRange(min=0, min_open=True),
+        default=None,
+        help="oci://: seconds over which --speed-limit is measured. Default: quantship.oci.SPEED_WINDOW_S.",
+    )(func)
+    func = click.option(
+        "--speed-limit",
+        type=_FiniteRange(min=0),
+        default=None,
+        help="oci://: bytes a second a transfer must move, on average over --speed-time, or be "
+        "abandoned (0: never). Default: quantship.oci.MIN_SPEED_BYTES_S.",
+    )(func)
+    return func
+
+
+def _speed(speed_limit: float | None, speed_time: float | None) -> Any:
+    """The oci.SpeedLimit the options ask for: its defaults where not given."""
+    from quantship import oci
+
+    return oci.SpeedLimit(**_given(bytes_per_s=speed_limit, window_s=speed_time))
+
+
 def _registry_options(func: F) -> F:
     """Credentials and transport for an OCI registry; the password only from the environment."""
+    func = _speed_options(func)
     func = click.option("--insecure", is_flag=True, help="Plain HTTP (loopback registries always use it).")(
         func
     )
@@ -589,12 +615,26 @@ def _credentials(username: str | None, docker_config: Path | None) -> Any:
 @click.argument("uri")
 @_registry_options
 @user_errors
-def push(path: Path, uri: str, username: str | None, docker_config: Path | None, insecure: bool) -> None:
+def push(
+    path: Path,
+    uri: str,
+    username: str | None,
+    docker_config: Path | None,
+    insecure: bool,
+    speed_limit: float | None,
+    speed_time: float | None,
+) -> None:
     """Verify the artifact at PATH and push it to URI (oci://REGISTRY/REPO:TAG); prints the digest."""
     from quantship import oci
 
     try:
-        digest = oci.push(path, uri, credentials=_credentials(username, docker_config), insecure=insecure)
+        digest = oci.push(
+            path,
+            uri,
+            credentials=_credentials(username, docker_config),
+            insecure=insecure,
+            speed_limit=_speed(speed_limit, speed_time),
+        )
     except oci.OciError as exc:
         raise Refused(str(exc)) from exc
     reference = oci.Reference.parse(uri)
@@ -614,6 +654,8 @@ def pull(
     username: str | None,
     docker_config: Path | None,
     insecure: bool,
+    speed_limit: float | None,
+    speed_time: float | None,
 ) -> None:
     """Pull the artifact at URI (oci://REGISTRY/REPO:TAG or @sha256:DIGEST) into OUT, verified."""
     from quantship import oci
@@ -621,7 +663,12 @@ def pull(
     key = artifact.load_public_key(public_key) if public_key else None
     try:
         pulled = oci.pull(
-            uri, out, credentials=_credentials(username, docker_config), insecure=insecure, public_key=key
+            uri,
+            out,
+            credentials=_credentials(username, docker_config),
+            insecure=insecure,
+            public_key=key,
+            speed_limit=_speed(speed_limit, speed_time),
         )
     except oci.OciError as exc:
         raise Refused(str(exc)) from exc
@@ -1142,6 +1189,7 @@ def _given(**options: Any) -> dict[str, Any]:
     help="oci://: a Docker config.json with the registry's credentials (a mounted pull secret).",
 )
 @click.option("--insecure", is_flag=True, help="oci://: plain HTTP (loopback registries always use it).")
+@_speed_options
 @user_errors
 def fetch(
     uri: str,
@@ -1153,6 +1201,8 @@ def fetch(
     cross_host_redirects: bool,
     registry_config: Path | None,
     insecure: bool,
+    speed_limit: float | None,
+    speed_time: float | None,
 ) -> None:
     """Fetch the artifact at URI (file://, pvc://, http(s)://...tar.gz, oci://), verify it, install it
     as DEST."""
@@ -1166,6 +1216,7 @@ def fetch(
             cross_host_redirects=cross_host_redirects,
             registry_config=registry_config,
             insecure=insecure,
+            speed_limit=_speed(speed_limit, speed_time),
             **_given(pvc_root=pvc_root, max_bytes=max_bytes, timeout=timeout),
         )
     except fetch_module.CrossHostRedirect as exc:

@@ -13,7 +13,10 @@ directory beside the destination and renames it into place only when all of that
 A registry's answers are hostile until checked, as the operator's init container pulls from
 wherever a QuantizedModel points: the manifest is read up to `MAX_MANIFEST_BYTES` and must match
 `MANIFEST_SCHEMA` before any of it is used; layers are downloaded up to the sizes their
-descriptors declare, all of them within `max_bytes`; no connect or read waits past `timeout`.
+descriptors declare, all of them within `max_bytes`; no connect or read waits past `timeout`,
+and no transfer moves slower than its `SpeedLimit` (a registry, or a proxy, that drips bytes
+just inside each read's timeout would hold a pull or push for hours): every session's transport
+adapter (`_Timeouts`) meters a request's body as it is sent and an answer's as it is read.
 So a pull is two plain GETs (the manifest, then each layer) over one requests session, made once
 each and streamed: oras's requests would read a failed answer's body whole and retry it for
 minutes, and its basic-auth backend raises AttributeError on a 401 when it holds no credentials.
@@ -48,6 +51,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import io
 import json
 import logging
 import re
@@ -69,6 +73,7 @@ import oras.provider
 import requests
 import requests.adapters
 import urllib3.exceptions
+import urllib3.response
 import urllib3.util.retry
 
 from quantship import artifact, scratch
@@ -92,6 +97,14 @@ TIMEOUT_S = 120.0
 """Seconds a registry may keep any one connect or read waiting (requests waits forever unless
 told). A pull makes each request once but its first look at /v2/; a push retries what
 `PUSH_RETRIES` says, nothing else."""
+MIN_SPEED_BYTES_S = 100
+"""The slowest a transfer may move, in bytes a second over `SPEED_WINDOW_S` (curl's --speed-limit):
+a registry, or a proxy, that drips bytes just inside each read's `timeout` would keep a pull or
+push going for days. 100 B/s is fifty times under a GPRS link's few KB/s, so any real link passes;
+what moves less than 6 KB a minute is not a slow link but a stalled one."""
+SPEED_WINDOW_S = 60.0
+"""Seconds over which `MIN_SPEED_BYTES_S` is measured (curl's --speed-time): long enough for TCP's
+retransmission backoff, which can hold a healthy connection still for tens of seconds."""
 RETRIED_STATUSES = frozenset({429, 502, 503, 504})
 """The answers a push's request is made again after, as crane and oras-go do: the registry is
 busy, or a proxy in front of it is. Any other failure (a 500 included) is final at once."""
@@ -158,6 +171,23 @@ digest from steering the blob URL elsewhere on the registry (`sha256:../..`)."""
 
 class OciError(Exception):
     """The registry, the reference or the pulled content cannot be used; the message says why."""
+
+
+@dataclass(frozen=True)
+class SpeedLimit:
+    """The slowest a push's or pull's every transfer may move: a request's body as it is sent, an
+    answer's body as it is read (a manifest, a layer, a token realm's answer, a push's answers).
+    One that moves fewer than `bytes_per_s` on average over `window_s` seconds is abandoned, as
+    curl's --speed-limit/--speed-time do. Measured as bytes move, so it is noticed at the end of
+    the window or, when nothing at all moves, once a read has waited `timeout`. The wait for an
+    answer's headers is the read timeout's (a registry may take long to answer an upload's PUT)."""
+
+    bytes_per_s: float = MIN_SPEED_BYTES_S
+    window_s: float = SPEED_WINDOW_S
+
+
+SPEED_LIMIT = SpeedLimit()
+"""What every push and pull is held to unless told otherwise."""
 
 
 _LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?"
@@ -278,16 +308,18 @@ def push(
     insecure: bool = False,
     timeout: float = TIMEOUT_S,
     also_tags: Sequence[str] = (),
+    speed_limit: SpeedLimit = SPEED_LIMIT,
 ) -> str:
     """Verify the artifact at `root` and push it to `uri` (a tag), then point each of `also_tags`
     (tags of the same repository) at the same manifest, in order. Returns the pushed manifest's
-    digest, to pin with oci://REGISTRY/REPO@DIGEST."""
+    digest, to pin with oci://REGISTRY/REPO@DIGEST. Each connect and read waits at most `timeout`;
+    an upload or answer that moves slower than `speed_limit` is abandoned."""
     reference = push_reference(uri)
     for tag in also_tags:
         if not re.fullmatch(_TAG, tag):
             raise OciError(f"{brief(repr(tag))} is not a tag ({_TAG})")
     with artifact.opened(root) as loaded:  # a .tar.gz unpacked for the push, removed after it
-        return _push(loaded, root, reference, credentials, insecure, timeout, also_tags)
+        return _push(loaded, root, reference, credentials, insecure, timeout, also_tags, speed_limit)
 
 
 TAG_HASH_DIGITS = 12
@@ -325,6 +357,7 @@ def _push(
     insecure: bool,
     timeout: float,
     also_tags: Sequence[str],
+    speed_limit: SpeedLimit,
 ) -> str:
     unknown = sorted(set(loaded.manifest["files"]) - set(LAYER_MEDIA_TYPES))
     if unknown:
@@ -332,7 +365,7 @@ def _push(
             f"{source}: an OCI artifact carries {artifact.MODEL_FILE} and {artifact.REFERENCE_FILE}; "
             f"the manifest also lists {', '.join(unknown)}"
         )
-    client = _client(reference, credentials, insecure, timeout)
+    client = _client(reference, credentials, insecure, timeout, speed_limit)
     scratch.sweep()  # what pushes killed before us (kill -9) left behind
     with scratch.directory(scratch.PUSH_PREFIX) as tmp:
         config = tmp / "config.json"
@@ -411,9 +444,12 @@ def pull(
     public_key: Any = None,
     timeout: float = TIMEOUT_S,
     max_bytes: int = artifact.MAX_DOWNLOAD_BYTES,
+    speed_limit: SpeedLimit = SPEED_LIMIT,
 ) -> Pulled:
     """Pull the artifact at `uri` into `dest` (created; never half-written) and verify it.
-    `max_bytes` caps the layers' sizes together, as their descriptors declare them."""
+    `max_bytes` caps the layers' sizes together, as their descriptors declare them. Each connect
+    and read waits at most `timeout`; a manifest, layer or token that arrives slower than
+    `speed_limit` is abandoned."""
     reference = Reference.parse(uri)
     if dest.exists():  # before any download: it may be gigabytes
         raise OciError(f"{dest} exists; pull into a new directory")
@@ -421,7 +457,7 @@ def pull(
         artifact.refuse_inside_an_artifact(dest)
     except artifact.ArtifactError as exc:
         raise OciError(str(exc)) from None
-    registry = _Registry.open(reference, credentials, insecure, timeout)
+    registry = _Registry.open(reference, credentials, insecure, timeout, speed_limit)
     with registry.session:
         image, image_digest = _manifest(registry)
         layers = image["layers"]
@@ -466,6 +502,7 @@ class _Registry:
     """http or https."""
     login: _Login | None
     timeout: float
+    speed_limit: SpeedLimit
     basic: bool = False
     """The registry asked for basic auth: the credentials go with every request to its host."""
     bearer: _Bearer | None = None
@@ -473,13 +510,19 @@ class _Registry:
 
     @classmethod
     def open(
-        cls, reference: Reference, credentials: Credentials | None, insecure: bool, timeout: float
+        cls,
+        reference: Reference,
+        credentials: Credentials | None,
+        insecure: bool,
+        timeout: float,
+        speed_limit: SpeedLimit,
     ) -> _Registry:
         plain_http = insecure or reference.loopback
         login = _login(reference, credentials)
         asked = _probe(reference, login, plain_http, timeout, _push_retries())  # a busy first look waits
-        session = _Timeouts.on(_OwnRedirects(), timeout)
-        registry = cls(reference, session, "http" if plain_http else "https", login, timeout)
+        session = _Timeouts.on(_OwnRedirects(), timeout, speed_limit)
+        prefix = "http" if plain_http else "https"
+        registry = cls(reference, session, prefix, login, timeout, speed_limit)
         if asked is not None:
             registry.answer(asked)
         return registry
@@ -494,7 +537,13 @@ class _Registry:
         if challenge.scheme == "bearer":  # a new token each time: the last may have expired
             if self.bearer is None:
                 self.bearer = _Bearer(
-                    challenge, self.reference, PULL, self.login, self.plain_http, self.timeout
+                    challenge,
+                    self.reference,
+                    PULL,
+                    self.login,
+                    self.plain_http,
+                    self.timeout,
+                    self.speed_limit,
                 )
             self.bearer.renew(challenge)
             return True
@@ -631,6 +680,97 @@ def _capped(response: requests.Response, limit: int, too_long: str) -> Iterator[
         yield chunk
 
 
+class _TooSlow(OciError):
+    """A transfer that moved slower than its `SpeedLimit`: abandoned."""
+
+
+class _Meter:
+    """The bytes one transfer moves, told as they move; raises `_TooSlow` when those of a window
+    of at least `limit.window_s` seconds average under `limit.bytes_per_s`. `what` names the
+    transfer: the registry (or realm), the request and which way."""
+
+    def __init__(self, limit: SpeedLimit, what: str, clock: Callable[[], float] = time.monotonic) -> None:
+        self.limit, self.what, self.clock = limit, what, clock
+        self.restart()
+
+    def restart(self) -> None:
+        """From nothing moved, now: the transfer begins (again)."""
+        self.total = self.in_window = 0
+        self.since = self.clock()
+
+    def moved(self, count: int) -> None:
+        self.total += count
+        self.in_window += count
+        now = self.clock()
+        elapsed = now - self.since
+        if elapsed < self.limit.window_s:
+            return
+        if self.in_window < self.limit.bytes_per_s * elapsed:
+            raise _TooSlow(
+                f"{self.what} moved {self.in_window} bytes in {elapsed:.1f} s "
+                f"({self.in_window / elapsed:.1f} bytes/s; {self.total} bytes in all), under the minimum "
+                f"of {self.limit.bytes_per_s:g} bytes/s over {self.limit.window_s:g} s: abandoned"
+            )
+        self.since, self.in_window = now, 0
+
+
+def _transfer_name(request: requests.PreparedRequest) -> str:
+    """HOST: METHOD PATH of a request, and the digest an upload's PUT names (its path names only
+    the upload session): what a `_TooSlow` says it abandoned."""
+    parts = urllib.parse.urlsplit(request.url or "")
+    digest = urllib.parse.parse_qs(parts.query).get("digest", [""])[0]
+    named = f" (blob {brief(digest, 80)})" if digest else ""
+    return f"{brief(parts.netloc, 80)}: {request.method} {brief(parts.path, 160)}{named}"
+
+
+class _PacedAnswer:
+    """An answer's body as requests reads it (`stream`, urllib3's): each piece as soon as it
+    arrives (`read1`; urllib3's `read` waits for a whole chunk, where a drip goes unseen), told
+    to `meter`; hung up on when too slow. Everything else is urllib3's response's."""
+
+    def __init__(self, raw: urllib3.response.BaseHTTPResponse, meter: _Meter) -> None:
+        self._raw, self._meter = raw, meter
+
+    def stream(self, amt: int | None = CHUNK_BYTES, decode_content: bool | None = None) -> Iterator[bytes]:
+        self._meter.restart()  # the body's first byte is the transfer's start, not its headers'
+        while piece := self._raw.read1(amt, decode_content=decode_content):
+            try:
+                self._meter.moved(len(piece))
+            except _TooSlow:
+                self._raw.close()  # the connection too: it is not given back to the pool
+                raise
+            yield piece
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._raw, name)
+
+
+class _PacedUpload(io.BytesIO):
+    """A request's body, which urllib3 reads a block at a time and sends: each block told to
+    `meter` once it is sent (when the next is asked for). The meter starts at the first block,
+    not before the connection was made, and again when urllib3 rewinds the body to send it once
+    more (a retry after a 429, whose Retry-After moved nothing)."""
+
+    def __init__(self, body: bytes, meter: _Meter) -> None:
+        super().__init__(body)
+        self._meter = meter
+        self._handed: int | None = None
+        """The size of the block last read, sent by now; None before the first."""
+
+    def read(self, size: int | None = -1) -> bytes:
+        if self._handed is None:
+            self._meter.restart()
+        else:
+            self._meter.moved(self._handed)
+        block = super().read(size)
+        self._handed = len(block)
+        return block
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        self._handed = None
+        return super().seek(offset, whence)
+
+
 class _OwnRedirects(requests.Session):
     """A session that leaves every redirect to its caller. requests reads a redirect's body whole
     when it follows one, and even when told not to (to fill in `Response.next`): a registry could
@@ -641,23 +781,37 @@ class _OwnRedirects(requests.Session):
 
 
 class _Timeouts(requests.adapters.HTTPAdapter):
-    """A transport adapter that gives every request a timeout: oras sets none."""
+    """A transport adapter that gives every request a timeout (oras sets none) and holds its body,
+    as it is sent, and its answer's body, as it is read, to a `SpeedLimit`."""
 
-    def __init__(self, timeout: float, retries: urllib3.util.retry.Retry | int = 0) -> None:
+    def __init__(
+        self, timeout: float, speed_limit: SpeedLimit, retries: urllib3.util.retry.Retry | int = 0
+    ) -> None:
         super().__init__(max_retries=retries)
         self.timeout = timeout
+        self.speed_limit = speed_limit
 
     @classmethod
-    def on(cls, session: S, timeout: float) -> S:
-        """`session`, every request of it now timing out."""
+    def on(cls, session: S, timeout: float, speed_limit: SpeedLimit) -> S:
+        """`session`, every request of it now timing out and held to `speed_limit`."""
         for scheme in ("http://", "https://"):
-            session.mount(scheme, cls(timeout))
+            session.mount(scheme, cls(timeout, speed_limit))
         return session
 
     def send(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:  # type: ignore[override]
         if kwargs.get("timeout") is None:
             kwargs["timeout"] = self.timeout
-        return super().send(request, **kwargs)
+        where = _transfer_name(request)
+        sent = request
+        if isinstance(request.body, bytes) and request.body:
+            # a copy: the caller's request keeps its bytes, to send again (`_BearerTo`) or to
+            # digest (`_sent_digest`)
+            sent = request.copy()
+            sent.body = _PacedUpload(request.body, _Meter(self.speed_limit, f"{where}: its upload"))
+        response = super().send(sent, **kwargs)
+        response.request = request
+        response.raw = _PacedAnswer(response.raw, _Meter(self.speed_limit, f"{where}: its answer"))
+        return response
 
 
 class _BoundedRetry(urllib3.util.retry.Retry):
@@ -813,16 +967,16 @@ class _CredentialsOnlyTo(_Timeouts):
     """Timeouts, and basic credentials sent to one origin (scheme://host) only: oras sends them to
     any realm a 401 names and any upload location a registry gives."""
 
-    def __init__(self, timeout: float, origin: str) -> None:
-        super().__init__(timeout, _push_retries())
+    def __init__(self, timeout: float, speed_limit: SpeedLimit, origin: str) -> None:
+        super().__init__(timeout, speed_limit, _push_retries())
         self.origin = origin
 
     @classmethod
-    def guard(cls, session: S, timeout: float, origin: str) -> S:
-        """`session`, every request of it now timing out and sending basic credentials to
-        `origin` only."""
+    def guard(cls, session: S, timeout: float, speed_limit: SpeedLimit, origin: str) -> S:
+        """`session`, every request of it now timing out, held to `speed_limit` and sending basic
+        credentials to `origin` only."""
         for scheme in ("http://", "https://"):
-            session.mount(scheme, cls(timeout, origin))
+            session.mount(scheme, cls(timeout, speed_limit, origin))
         return session
 
     def send(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:  # type: ignore[override]
@@ -843,17 +997,19 @@ class _BearerTo(_Timeouts):
     the token and sends the request once more (its body is bytes: oras reads every file whole);
     a second 401 is final."""
 
-    def __init__(self, timeout: float, registry: str, bearer: _Bearer) -> None:
-        super().__init__(timeout, _push_retries())
+    def __init__(self, timeout: float, speed_limit: SpeedLimit, registry: str, bearer: _Bearer) -> None:
+        super().__init__(timeout, speed_limit, _push_retries())
         self.registry = registry
         self.bearer = bearer
 
     @classmethod
-    def carrying(cls, session: S, timeout: float, registry: str, bearer: _Bearer) -> S:
-        """`session`, its requests timing out and `bearer`'s token going to `registry`
-        (scheme://host) only."""
+    def carrying(
+        cls, session: S, timeout: float, speed_limit: SpeedLimit, registry: str, bearer: _Bearer
+    ) -> S:
+        """`session`, its requests timing out, held to `speed_limit`, and `bearer`'s token going
+        to `registry` (scheme://host) only."""
         for scheme in ("http://", "https://"):
-            session.mount(scheme, cls(timeout, registry, bearer))
+            session.mount(scheme, cls(timeout, speed_limit, registry, bearer))
         return session
 
     def send(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:  # type: ignore[override]
@@ -887,7 +1043,11 @@ class _BearerTo(_Timeouts):
 
 
 def _client(
-    reference: Reference, credentials: Credentials | None, insecure: bool, timeout: float
+    reference: Reference,
+    credentials: Credentials | None,
+    insecure: bool,
+    timeout: float,
+    speed_limit: SpeedLimit,
 ) -> oras.client.OrasClient:
     """An oras client whose requests time out, after a quick look at /v2/: a registry that is
     down, or that refuses us, is named at once, before anything is uploaded. A
@@ -899,7 +1059,7 @@ def _client(
     if asked is None or asked.scheme == "basic":
         client = _PushClient(hostname=reference.registry, insecure=plain_http, auth_backend="basic")
         origin = f"{'http' if plain_http else 'https'}://{reference.registry}"
-        _CredentialsOnlyTo.guard(client.session, timeout, origin)
+        _CredentialsOnlyTo.guard(client.session, timeout, speed_limit, origin)
         if login is not None:
             client.auth.set_basic_auth(*login.basic)
         return client
@@ -907,11 +1067,11 @@ def _client(
         raise OciError(_needs_credentials(reference))
     # asked here, so a realm's refusal is named before oras starts; oras would ask for the first
     # request's scope (pull) and send that token with the upload, and never renew one it holds
-    bearer = _Bearer(asked, reference, PUSH, login, plain_http, timeout)
+    bearer = _Bearer(asked, reference, PUSH, login, plain_http, timeout, speed_limit)
     bearer.renew()
     client = _PushClient(hostname=reference.registry, insecure=plain_http, auth_backend="token")
     registry = f"{'http' if plain_http else 'https'}://{reference.registry}"
-    _BearerTo.carrying(client.session, timeout, registry, bearer)
+    _BearerTo.carrying(client.session, timeout, speed_limit, registry, bearer)
     return client
 
 
@@ -1049,6 +1209,7 @@ class _Bearer:
     login: _Login | None
     plain_http: bool
     timeout: float
+    speed_limit: SpeedLimit
     clock: Callable[[], float] = time.monotonic
     token: str = ""
     expires: float = float("-inf")
@@ -1067,7 +1228,7 @@ class _Bearer:
             self._same_realm(challenge)
             self.challenge = challenge
         asked = self.clock()
-        with _Timeouts.on(_OwnRedirects(), self.timeout) as session:
+        with _Timeouts.on(_OwnRedirects(), self.timeout, self.speed_limit) as session:
             self.token, lifetime = _token(
                 self.challenge, self.reference, self.actions, self.login, self.plain_http, session
             )

@@ -148,10 +148,12 @@ def fetch(
     cross_host_redirects: bool = False,
     registry_config: Path | None = None,
     insecure: bool = False,
+    speed_limit: oci.SpeedLimit = oci.SPEED_LIMIT,
 ) -> artifact.Artifact:
     """Fetch, verify and install the artifact at `uri` as `dest`. Raises FetchError or ArtifactError.
     `max_bytes` caps the download (an OCI pull's layers together); a .tar.gz may unpack to twice
-    that (`artifact.ArchiveLimits`). `timeout` bounds each connect and read.
+    that (`artifact.ArchiveLimits`). `timeout` bounds each connect and read; an oci:// pull that
+    moves slower than `speed_limit` is abandoned (a FetchError).
     `registry_config`: a Docker config.json with the oci:// registry's credentials; `insecure`: plain
     HTTP to it."""
     artifact.refuse_inside_an_artifact(dest)  # before anything is made there, whatever the scheme
@@ -175,6 +177,7 @@ def fetch(
             cross_host_redirects,
             registry_config,
             insecure,
+            speed_limit,
         )
 
 
@@ -189,13 +192,14 @@ def _fetch_into(
     cross_host_redirects: bool,
     registry_config: Path | None,
     insecure: bool,
+    speed_limit: oci.SpeedLimit,
 ) -> artifact.Artifact:
     if uri.startswith(oci.SCHEME):
         credentials = oci.Credentials(docker_config=registry_config)
         try:
             pulled = oci.pull(
                 uri, folder / "artifact", credentials=credentials, public_key=key, timeout=timeout,
-                max_bytes=max_bytes, insecure=insecure,
+                max_bytes=max_bytes, insecure=insecure, speed_limit=speed_limit,
             )  # fmt: skip
         except oci.OciError as exc:
             raise FetchError(str(exc)) from exc

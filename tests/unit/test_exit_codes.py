@@ -36,6 +36,8 @@ REQUIRED = {
     "quantize": ["model.onnx", "-o", "out"],
     "serve": ["artifact", "--model-name", "m", "--revision", "r"],
     "fetch": ["file:///artifact", "dest"],
+    "push": ["artifact", "oci://registry.example/repo:tag"],
+    "pull": ["oci://registry.example/repo:tag", "-o", "dest"],
     "operator": [],
 }
 """What each command with a float option needs besides it, so that the float alone is wrong."""

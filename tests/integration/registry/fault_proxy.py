@@ -34,6 +34,9 @@ class Fault:
     """(name, value) to set in the registry's answer; value None drops the header."""
     times: int | None = None
     """How many requests it bends; None: all."""
+    drip: tuple[int, float] | None = None
+    """With `status`: `body` sent (under its Content-Length) so many bytes at a time, one piece every
+    so many seconds, until the client hangs up."""
 
     def matches(self, method: str, path: str) -> bool:
         return method == self.method and re.search(self.path, path) is not None and self.times != 0
@@ -91,7 +94,11 @@ def proxying(upstream: str) -> Iterator[FaultProxy]:
                     self.send_header(name, value)
                 self.send_header("Content-Length", str(len(fault.body)))
                 self.end_headers()
-                self.wfile.write(fault.body)
+                piece, every = fault.drip or (len(fault.body) or 1, 0.0)
+                for start in range(0, len(fault.body), piece):
+                    if proxy.released.wait(every):
+                        return
+                    self.wfile.write(fault.body[start : start + piece])
                 return
             self.forward(body, fault)
 

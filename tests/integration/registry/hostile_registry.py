@@ -155,6 +155,46 @@ def stalls_after(content: bytes, declared: int, *, until: threading.Event) -> An
     return answer
 
 
+def drips(content: bytes, *, piece: int, every: float, until: threading.Event) -> Answer:
+    """`content` under its Content-Length, `piece` bytes every `every` seconds, until all is sent or
+    `until` is set: a registry, or a proxy, each of whose pieces comes well inside a read's timeout."""
+
+    def answer(handler: BaseHTTPRequestHandler) -> None:
+        handler.send_response(200)
+        handler.send_header("Content-Type", "application/octet-stream")
+        handler.send_header("Content-Length", str(len(content)))
+        handler.end_headers()
+        try:
+            for start in range(0, len(content), piece):
+                if until.wait(every):
+                    return
+                handler.wfile.write(content[start : start + piece])
+        except OSError:
+            pass  # the client hung up: what abandoning looks like from here
+
+    return answer
+
+
+def takes_slowly(*, piece: int, every: float, until: threading.Event) -> Answer:
+    """A request's body read `piece` bytes every `every` seconds (until `until` is set), then a 201:
+    a registry, or a proxy, that takes an upload in drips."""
+
+    def answer(handler: BaseHTTPRequestHandler) -> None:
+        left = int(handler.headers.get("Content-Length") or 0)
+        try:
+            while left > 0 and not until.wait(every):
+                taken = handler.rfile.read(min(piece, left))
+                if not taken:
+                    return
+                left -= len(taken)
+        except OSError:
+            return
+        if left == 0:
+            body(b"", status=201)(handler)
+
+    return answer
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
 
@@ -189,6 +229,7 @@ def serving(host: str = "127.0.0.1") -> Iterator[HostileRegistry]:
 
         do_POST = do_GET  # a token realm's OAuth2 grant; the form is left unread
         do_HEAD = do_GET  # a push asks first whether a blob is there
+        do_PUT = do_GET  # an upload, taken as a test tells
 
         def log_message(self, format: str, *args: object) -> None:
             pass

@@ -45,6 +45,7 @@ def _bearer(registry: Registry, tokens: TokenServer, path: str, actions: str, **
         oci._Login(TOKEN_USER, TOKEN_PASSWORD),
         plain_http=True,
         timeout=10,
+        speed_limit=oci.SpeedLimit(),
         **clock,  # type: ignore[arg-type]
     )
 
@@ -125,7 +126,7 @@ def test_a_refused_upload_whose_body_was_a_stream_is_not_sent_again(
     before = len(tokens.authorizations)
     with (
         spoiling(tokens, expired=1),
-        oci._BearerTo.carrying(requests.Session(), 10, origin, bearer) as session,
+        oci._BearerTo.carrying(requests.Session(), 10, oci.SpeedLimit(), origin, bearer) as session,
         pytest.raises(oci._Refused, match="in the middle of an upload it cannot resend"),
     ):
         session.post(f"{origin}/v2/stream/digits/blobs/uploads/", data=iter([b"streamed"]))
