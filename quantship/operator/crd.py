@@ -80,7 +80,9 @@ _IN_CLAIM = f"/({_SEGMENT}/)*{_NAMED}(/{_SEGMENT})*"
 """A path inside a claim: it names something below the claim, and never goes up out of it."""
 
 
-def uri_pattern(*schemes: str, in_claim: bool = False, oci_reference: str = oci.REFERENCE_PATTERN) -> str:
+def uri_pattern(
+    *schemes: str, in_claim: bool = False, oci_reference: str = oci.PULL_REFERENCE_PATTERN
+) -> str:
     """URIs of these schemes; a pvc:// one names a claim that can exist and stays inside it
     (pvc://CLAIM[/PATH], no `..`), and with `in_claim` names a path in it (pvc://CLAIM/PATH, as a
     quantize Job mounts it); an oci:// one is an `oci_reference`."""

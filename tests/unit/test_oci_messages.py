@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import re
 from pathlib import Path
 
 import oras.logger
@@ -14,6 +15,7 @@ from click.testing import CliRunner
 
 from quantship import oci
 from quantship.cli import main
+from quantship.operator import crd
 
 HOSTILE = "\x1b]0;owned title\x07\x1b[2J\x1b[31mFAKE: push ok\x1b[0m\n\u202eforged" + "x" * 5000
 
@@ -47,6 +49,30 @@ def test_docker_hub_is_asked_where_its_api_answers(written: str, read: str) -> N
     reference = oci.Reference.parse(written)
     assert str(reference) == read
     assert reference.container().registry == reference.registry, "oras sends every request there"
+
+
+@pytest.mark.parametrize(
+    "written",
+    [
+        "r.io/ml/digits:v1",
+        "r.io:5000/digits:v1",
+        "r.io/ml/digits@sha256:" + "a" * 64,
+        "r.io/ml/digits:v1@sha256:" + "a" * 64,
+        "r.io/ml/digits",  # neither: refused, not read as `latest`
+        "r.io:5000/digits",
+        "r.io/ml/digits:",
+        "r.io/ml/digits@sha256:abc",
+    ],
+)
+def test_the_crds_artifact_pattern_admits_exactly_the_references_a_pull_takes(written: str) -> None:
+    """The CRD admitted an untagged reference every pull of the servers' init container refused."""
+    try:
+        oci.Reference.parse(f"oci://{written}")
+        pulls = True
+    except oci.OciError:
+        pulls = False
+    assert bool(re.fullmatch(oci.PULL_REFERENCE_PATTERN, written)) == pulls
+    assert bool(re.fullmatch(crd.URI_PATTERN, f"oci://{written}")) == pulls
 
 
 @pytest.mark.parametrize(

@@ -212,6 +212,9 @@ def test_server_side_defaults_are_the_ones_the_operator_fills_in_itself() -> Non
         ({"artifact": {"uri": "oci://r.io//evil.example:5000/x:1"}}, "does not match"),
         ({"artifact": {"uri": "oci://r.io/evil.example:5000/x:1"}}, "does not match"),
         ({"artifact": {"uri": "oci://r.io/ml/digits:"}}, "does not match"),
+        # no tag nor digest: every pull of the servers' init container refuses it (no `latest` read in)
+        ({"artifact": {"uri": "oci://r.io/ml/digits"}}, "does not match"),
+        ({"artifact": {"uri": "oci://r.io:5000/digits"}}, "does not match"),
         ({"resources": {"requests": {"memory": "-1Gi"}}}, "does not match"),  # negative
         ({"resources": {"limits": {"cpu": -1}}}, "less than the minimum of 0"),
         ({"analysis": {"longWindow": "99999h"}}, "does not match"),  # past Prometheus' durations
