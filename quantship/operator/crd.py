@@ -120,14 +120,25 @@ def _default(spec: type[Any], name: str) -> Any:
     return field.default_factory()
 
 
-def _duration(description: str, default: str) -> dict[str, Any]:
+def _duration(field: str, description: str, default: str) -> dict[str, Any]:
     return {
         "type": "string",
         "pattern": DURATION_PATTERN,
         "minLength": 2,
         "maxLength": 16,  # the pattern's longest; bounds the CEL cost of duration() in WINDOWS_IN_ORDER
+        "x-kubernetes-validations": [_longer_than_zero(field)],
         "default": default,
         "description": description,
+    }
+
+
+def _longer_than_zero(field: str) -> dict[str, str]:
+    """A CEL rule refusing a duration of no time (`0s`, `0h0m`), which the operator would mark
+    InvalidSpec: one that matches the pattern is longer than zero where it has a digit not 0. One
+    that does not match is left to the pattern's one error (duration() of it is an evaluation error)."""
+    return {
+        "rule": f"!self.matches('{DURATION_PATTERN}') || self.matches('[1-9]')",
+        "message": f"{field} must be longer than 0s",
     }
 
 
@@ -628,10 +639,12 @@ def _rollout_schema() -> dict[str, Any]:
                 "description": "Canary weights in percent, increasing. Passing the last step promotes.",
             },
             "stepInterval": _duration(
+                "rollout.stepInterval",
                 "How long each step lasts before it is judged.",
                 format_duration(_default(RolloutSpec, "step_interval")),
             ),
             "progressDeadline": _duration(
+                "rollout.progressDeadline",
                 "How long a new revision may take to become ready.",
                 format_duration(_default(RolloutSpec, "progress_deadline")),
             ),
@@ -700,10 +713,12 @@ def _analysis_schema() -> dict[str, Any]:
                 "description": "Prometheus that scrapes the model servers.",
             },
             "shortWindow": _duration(
+                "analysis.shortWindow",
                 "Recent window: is the burn still going on?",
                 format_duration(_default(AnalysisSpec, "short_window")),
             ),
             "longWindow": _duration(
+                "analysis.longWindow",
                 "Longer window, longer than shortWindow: is the burn significant?",
                 format_duration(_default(AnalysisSpec, "long_window")),
             ),
