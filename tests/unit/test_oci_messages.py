@@ -99,6 +99,21 @@ def test_another_registrys_login_is_not_docker_hubs(tmp_path: Path) -> None:
     assert oci._login(reference, oci.Credentials(docker_config=config)) is None
 
 
+@pytest.mark.parametrize("command", ["pull", "push"])
+def test_a_username_without_its_password_is_refused_before_the_registry_is_asked(
+    command: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """It went unused: an open registry was pulled from anonymously, a closed one answered that
+    credentials were needed (the registry here, on port 1, is down: it is never asked)."""
+    monkeypatch.delenv("QUANTSHIP_REGISTRY_PASSWORD", raising=False)
+    uri = "oci://127.0.0.1:1/ml/digits:v1"
+    args = ["pull", uri, "-o", str(tmp_path / "out")] if command == "pull" else ["push", str(tmp_path), uri]
+    result = CliRunner().invoke(main, [*args, "--username", "ci"])
+    assert result.exit_code == 2, result.output
+    assert "QUANTSHIP_REGISTRY_PASSWORD in the environment, which is not set" in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("uri", ["oci://registry.example.com/ml/digits:v1", "https://example.com/a.tar.gz"])
 def test_serve_refuses_a_uri_in_one_line_naming_pull_and_fetch(uri: str) -> None:
     served = CliRunner().invoke(main, ["serve", uri, "--model-name", "digits", "--revision", "1"])
