@@ -56,6 +56,13 @@ WINDOWS_IN_ORDER = {
     "message": "analysis.longWindow must be longer than analysis.shortWindow",
 }
 """spec.analysis's CEL rule (the operator checks it again for objects stored before it existed)."""
+MAX_STEPS = 20
+STEPS_INCREASE = {
+    "rule": f"{list(range(MAX_STEPS - 1))}.all(i, i + 1 >= self.size() || self[i] < self[i + 1])",
+    "message": "rollout.steps must increase",
+}
+"""spec.rollout.steps' CEL rule, each step against the next (CEL's macros give no index; the list
+of every index but the last stands for one). The operator checks it again for older objects."""
 
 GATE_FAILED = "GateFailed"
 """status.phase when spec.quantize's Job failed its accuracy gate: no canary, the stable serves on."""
@@ -633,8 +640,9 @@ def _rollout_schema() -> dict[str, Any]:
             "steps": {
                 "type": "array",
                 "minItems": 1,
-                "maxItems": 20,
+                "maxItems": MAX_STEPS,
                 "items": {"type": "integer", "minimum": 1, "maximum": 100},
+                "x-kubernetes-validations": [STEPS_INCREASE],
                 "default": list(_default(RolloutSpec, "steps")),
                 "description": "Canary weights in percent, increasing. Passing the last step promotes.",
             },

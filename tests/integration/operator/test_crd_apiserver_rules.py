@@ -218,7 +218,10 @@ def test_server_side_defaults_are_the_ones_the_operator_fills_in_itself() -> Non
         ({"resources": {"requests": {"memory": "-1Gi"}}}, "does not match"),  # negative
         ({"resources": {"limits": {"cpu": -1}}}, "less than the minimum of 0"),
         ({"analysis": {"longWindow": "99999h"}}, "does not match"),  # past Prometheus' durations
-        # no time at all: admitted, the operator marked it InvalidSpec
+        # admitted, the operator marked these InvalidSpec
+        ({"rollout": {"steps": [50, 25, 100]}}, "rollout.steps must increase"),
+        ({"rollout": {"steps": [25, 25, 100]}}, "rollout.steps must increase"),
+        ({"rollout": {"steps": [*range(1, 19), 20, 19]}}, "rollout.steps must increase"),  # the last pair
         ({"rollout": {"stepInterval": "0s"}}, "rollout.stepInterval must be longer than 0s"),
         ({"rollout": {"progressDeadline": "0h0m"}}, "rollout.progressDeadline must be longer than 0s"),
         ({"analysis": {"shortWindow": "0m"}}, "analysis.shortWindow must be longer than 0s"),
