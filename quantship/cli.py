@@ -607,7 +607,15 @@ def _credentials(username: str | None, docker_config: Path | None) -> Any:
 
     from quantship import oci
 
-    return oci.Credentials(username, os.environ.get("QUANTSHIP_REGISTRY_PASSWORD"), docker_config)
+    password = os.environ.get("QUANTSHIP_REGISTRY_PASSWORD")
+    if username is not None and password is None and docker_config is None:
+        # else the user went unused: an open registry was asked anonymously, a closed one said
+        # "needs credentials" to someone who had given some
+        raise click.UsageError(
+            f"--username {username!r} (or QUANTSHIP_REGISTRY_USER) needs QUANTSHIP_REGISTRY_PASSWORD "
+            "in the environment, which is not set"
+        )
+    return oci.Credentials(username, password, docker_config)
 
 
 @main.command()

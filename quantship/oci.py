@@ -195,11 +195,16 @@ _REGISTRY = rf"({_LABEL}(\.{_LABEL})*|\[[0-9A-Fa-f:.]+\])(:[0-9]{{1,5}})?"
 _COMPONENT = r"[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*"
 TAG_MAX_LENGTH = 128
 _TAG = rf"[A-Za-z0-9_][A-Za-z0-9._-]{{0,{TAG_MAX_LENGTH - 1}}}"
-REFERENCE_PATTERN = rf"{_REGISTRY}/{_COMPONENT}(/{_COMPONENT})*(:{_TAG})?(@sha256:[0-9a-f]{{64}})?"
+_DIGEST = r"@sha256:[0-9a-f]{64}"
+REFERENCE_PATTERN = rf"{_REGISTRY}/{_COMPONENT}(/{_COMPONENT})*(:{_TAG})?({_DIGEST})?"
 """REGISTRY/REPO[:TAG][@DIGEST] as the OCI distribution spec and Docker's reference grammar write
 them (RE2 too: the CRD's pattern holds it). Anything looser is ambiguous: oras reads the registry
 as the first part that looks like a host, anywhere in the reference, so `reg/x//evil:1/y:t` sent
 the credentials for `reg` to `evil`."""
+PULL_REFERENCE_PATTERN = rf"{_REGISTRY}/{_COMPONENT}(/{_COMPONENT})*(:{_TAG}|(:{_TAG})?{_DIGEST})"
+"""REFERENCE_PATTERN naming a tag, a digest or both: what `pull`, `fetch` and the operator take
+(Reference.parse refuses a reference with neither rather than read `latest` into it, as docker
+does), and so what the CRD admits as an artifact."""
 PUSH_REFERENCE_PATTERN = rf"{_REGISTRY}/{_COMPONENT}(/{_COMPONENT})*:{_TAG}"
 """REGISTRY/REPO:TAG: what `push` writes to. A digest names content that exists, not a place to
 write (the registry decides the pushed manifest's digest)."""

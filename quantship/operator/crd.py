@@ -56,6 +56,13 @@ WINDOWS_IN_ORDER = {
     "message": "analysis.longWindow must be longer than analysis.shortWindow",
 }
 """spec.analysis's CEL rule (the operator checks it again for objects stored before it existed)."""
+MAX_STEPS = 20
+STEPS_INCREASE = {
+    "rule": f"{list(range(MAX_STEPS - 1))}.all(i, i + 1 >= self.size() || self[i] < self[i + 1])",
+    "message": "rollout.steps must increase",
+}
+"""spec.rollout.steps' CEL rule, each step against the next (CEL's macros give no index; the list
+of every index but the last stands for one). The operator checks it again for older objects."""
 
 GATE_FAILED = "GateFailed"
 """status.phase when spec.quantize's Job failed its accuracy gate: no canary, the stable serves on."""
@@ -80,7 +87,9 @@ _IN_CLAIM = f"/({_SEGMENT}/)*{_NAMED}(/{_SEGMENT})*"
 """A path inside a claim: it names something below the claim, and never goes up out of it."""
 
 
-def uri_pattern(*schemes: str, in_claim: bool = False, oci_reference: str = oci.REFERENCE_PATTERN) -> str:
+def uri_pattern(
+    *schemes: str, in_claim: bool = False, oci_reference: str = oci.PULL_REFERENCE_PATTERN
+) -> str:
     """URIs of these schemes; a pvc:// one names a claim that can exist and stays inside it
     (pvc://CLAIM[/PATH], no `..`), and with `in_claim` names a path in it (pvc://CLAIM/PATH, as a
     quantize Job mounts it); an oci:// one is an `oci_reference`."""
@@ -118,14 +127,25 @@ def _default(spec: type[Any], name: str) -> Any:
     return field.default_factory()
 
 
-def _duration(description: str, default: str) -> dict[str, Any]:
+def _duration(field: str, description: str, default: str) -> dict[str, Any]:
     return {
         "type": "string",
         "pattern": DURATION_PATTERN,
         "minLength": 2,
         "maxLength": 16,  # the pattern's longest; bounds the CEL cost of duration() in WINDOWS_IN_ORDER
+        "x-kubernetes-validations": [_longer_than_zero(field)],
         "default": default,
         "description": description,
+    }
+
+
+def _longer_than_zero(field: str) -> dict[str, str]:
+    """A CEL rule refusing a duration of no time (`0s`, `0h0m`), which the operator would mark
+    InvalidSpec: one that matches the pattern is longer than zero where it has a digit not 0. One
+    that does not match is left to the pattern's one error (duration() of it is an evaluation error)."""
+    return {
+        "rule": f"!self.matches('{DURATION_PATTERN}') || self.matches('[1-9]')",
+        "message": f"{field} must be longer than 0s",
     }
 
 
@@ -620,16 +640,19 @@ def _rollout_schema() -> dict[str, Any]:
             "steps": {
                 "type": "array",
                 "minItems": 1,
-                "maxItems": 20,
+                "maxItems": MAX_STEPS,
                 "items": {"type": "integer", "minimum": 1, "maximum": 100},
+                "x-kubernetes-validations": [STEPS_INCREASE],
                 "default": list(_default(RolloutSpec, "steps")),
                 "description": "Canary weights in percent, increasing. Passing the last step promotes.",
             },
             "stepInterval": _duration(
+                "rollout.stepInterval",
                 "How long each step lasts before it is judged.",
                 format_duration(_default(RolloutSpec, "step_interval")),
             ),
             "progressDeadline": _duration(
+                "rollout.progressDeadline",
                 "How long a new revision may take to become ready.",
                 format_duration(_default(RolloutSpec, "progress_deadline")),
             ),
@@ -698,10 +721,12 @@ def _analysis_schema() -> dict[str, Any]:
                 "description": "Prometheus that scrapes the model servers.",
             },
             "shortWindow": _duration(
+                "analysis.shortWindow",
                 "Recent window: is the burn still going on?",
                 format_duration(_default(AnalysisSpec, "short_window")),
             ),
             "longWindow": _duration(
+                "analysis.longWindow",
                 "Longer window, longer than shortWindow: is the burn significant?",
                 format_duration(_default(AnalysisSpec, "long_window")),
             ),

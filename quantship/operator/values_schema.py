@@ -23,8 +23,10 @@ WIDTH = 106
 
 
 def _admitted(node: dict[str, Any]) -> dict[str, Any]:
-    """A CRD field's schema less what documents it (values.yaml holds the chart's defaults)."""
-    return {key: value for key, value in node.items() if key not in ("description", "default")}
+    """A CRD field's schema less what documents it (values.yaml holds the chart's defaults) and its CEL
+    rules, which JSON Schema cannot read (the template refuses what they would)."""
+    dropped = ("description", "default", "x-kubernetes-validations")
+    return {key: value for key, value in node.items() if key not in dropped}
 
 
 def example_properties() -> dict[str, Any]:

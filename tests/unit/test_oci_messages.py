@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import re
 from pathlib import Path
 
 import oras.logger
@@ -14,6 +15,7 @@ from click.testing import CliRunner
 
 from quantship import oci
 from quantship.cli import main
+from quantship.operator import crd
 
 HOSTILE = "\x1b]0;owned title\x07\x1b[2J\x1b[31mFAKE: push ok\x1b[0m\n\u202eforged" + "x" * 5000
 
@@ -50,6 +52,30 @@ def test_docker_hub_is_asked_where_its_api_answers(written: str, read: str) -> N
 
 
 @pytest.mark.parametrize(
+    "written",
+    [
+        "r.io/ml/digits:v1",
+        "r.io:5000/digits:v1",
+        "r.io/ml/digits@sha256:" + "a" * 64,
+        "r.io/ml/digits:v1@sha256:" + "a" * 64,
+        "r.io/ml/digits",  # neither: refused, not read as `latest`
+        "r.io:5000/digits",
+        "r.io/ml/digits:",
+        "r.io/ml/digits@sha256:abc",
+    ],
+)
+def test_the_crds_artifact_pattern_admits_exactly_the_references_a_pull_takes(written: str) -> None:
+    """The CRD admitted an untagged reference every pull of the servers' init container refused."""
+    try:
+        oci.Reference.parse(f"oci://{written}")
+        pulls = True
+    except oci.OciError:
+        pulls = False
+    assert bool(re.fullmatch(oci.PULL_REFERENCE_PATTERN, written)) == pulls
+    assert bool(re.fullmatch(crd.URI_PATTERN, f"oci://{written}")) == pulls
+
+
+@pytest.mark.parametrize(
     "key", ["https://index.docker.io/v1/", "index.docker.io", "docker.io", "registry-1.docker.io"]
 )
 @pytest.mark.parametrize("written", ["docker.io", "index.docker.io", "registry-1.docker.io"])
@@ -71,6 +97,21 @@ def test_another_registrys_login_is_not_docker_hubs(tmp_path: Path) -> None:
     config.write_text(json.dumps({"auths": {"https://index.docker.io/v1/": {"auth": "Ym9iOng="}}}))
     reference = oci.Reference.parse("oci://ghcr.io/bob/digits:v1")
     assert oci._login(reference, oci.Credentials(docker_config=config)) is None
+
+
+@pytest.mark.parametrize("command", ["pull", "push"])
+def test_a_username_without_its_password_is_refused_before_the_registry_is_asked(
+    command: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """It went unused: an open registry was pulled from anonymously, a closed one answered that
+    credentials were needed (the registry here, on port 1, is down: it is never asked)."""
+    monkeypatch.delenv("QUANTSHIP_REGISTRY_PASSWORD", raising=False)
+    uri = "oci://127.0.0.1:1/ml/digits:v1"
+    args = ["pull", uri, "-o", str(tmp_path / "out")] if command == "pull" else ["push", str(tmp_path), uri]
+    result = CliRunner().invoke(main, [*args, "--username", "ci"])
+    assert result.exit_code == 2, result.output
+    assert "QUANTSHIP_REGISTRY_PASSWORD in the environment, which is not set" in result.stderr
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize("uri", ["oci://registry.example.com/ml/digits:v1", "https://example.com/a.tar.gz"])

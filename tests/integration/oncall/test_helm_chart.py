@@ -517,6 +517,7 @@ EXAMPLES_THE_CRD_REFUSES = [
     ("--set-string", "example.stepInterval=99999h"),
     ("--set-string", "example.image=my image:1"),
     ("--set-string", "example.artifactUri=pvc://Models/digits"),
+    ("--set-string", "example.artifactUri=oci://registry.example.com/ml/digits"),  # no tag nor digest
     ("--set-json", f"example.steps={list(range(1, 22))}"),
     ("--set-string", "example.prometheusUrl=http://"),
 ]

@@ -212,9 +212,19 @@ def test_server_side_defaults_are_the_ones_the_operator_fills_in_itself() -> Non
         ({"artifact": {"uri": "oci://r.io//evil.example:5000/x:1"}}, "does not match"),
         ({"artifact": {"uri": "oci://r.io/evil.example:5000/x:1"}}, "does not match"),
         ({"artifact": {"uri": "oci://r.io/ml/digits:"}}, "does not match"),
+        # no tag nor digest: every pull of the servers' init container refuses it (no `latest` read in)
+        ({"artifact": {"uri": "oci://r.io/ml/digits"}}, "does not match"),
+        ({"artifact": {"uri": "oci://r.io:5000/digits"}}, "does not match"),
         ({"resources": {"requests": {"memory": "-1Gi"}}}, "does not match"),  # negative
         ({"resources": {"limits": {"cpu": -1}}}, "less than the minimum of 0"),
         ({"analysis": {"longWindow": "99999h"}}, "does not match"),  # past Prometheus' durations
+        # admitted, the operator marked these InvalidSpec
+        ({"rollout": {"steps": [50, 25, 100]}}, "rollout.steps must increase"),
+        ({"rollout": {"steps": [25, 25, 100]}}, "rollout.steps must increase"),
+        ({"rollout": {"steps": [*range(1, 19), 20, 19]}}, "rollout.steps must increase"),  # the last pair
+        ({"rollout": {"stepInterval": "0s"}}, "rollout.stepInterval must be longer than 0s"),
+        ({"rollout": {"progressDeadline": "0h0m"}}, "rollout.progressDeadline must be longer than 0s"),
+        ({"analysis": {"shortWindow": "0m"}}, "analysis.shortWindow must be longer than 0s"),
         # spec.server.capture: the Deployment's volume names the claim; the bounds are the CLI's
         ({"server": {"capture": {"claimName": "captures/x"}}}, "does not match"),
         ({"server": {"capture": {"maxSamples": 10}}}, "'claimName' is a required property"),
