@@ -1303,6 +1303,9 @@ def quantize_job(
         except SystemExit as exc:
             if exc.code != ExitCode.VERDICT:  # a failed gate leaves its artifact, and a verdict
                 raise
+        except click.UsageError as exc:  # quantize's flags, from the resource: refused (3), as documented,
+            # with click's whole message ("Did you mean '--metric'?"), not str()'s first sentence
+            raise job.JobError(f"quantize: {exc.format_message()}") from None
 
     try:
         verdict = job.run(

@@ -123,6 +123,20 @@ def test_an_input_that_cannot_be_read_exits_3_and_says_why_in_the_termination_me
     assert not (tmp_path / "pvc").exists()
 
 
+def test_a_flag_quantize_does_not_know_is_refused_with_clicks_whole_message(
+    sample: zoo.SampleModel, tmp_path: Path
+) -> None:
+    """An older image's quantize, given a flag a newer CRD writes (or a typo): exit 3 as the help
+    says, with click's suggestion in the termination message, not usage's exit 2."""
+    command = spec(sample).command("digits")
+    assert "--" in command  # quantize's own flags follow
+    done, result = run_job([*command, "--metrc", "top1"], tmp_path)
+    assert done.returncode == 3, done.stderr
+    message = read_result(result.read_text())
+    assert message.startswith("quantize: No such option '--metrc'.") and "'--metric'" in message, message
+    assert not (tmp_path / "pvc").exists()
+
+
 @pytest.mark.parametrize(
     "target",
     [
