@@ -558,7 +558,8 @@ def pack(path: Path, tarball: Path) -> None:
 
 
 def _speed_options(func: F) -> F:
-    """curl's --speed-limit and --speed-time, for a transfer from or to an OCI registry."""
+    """curl's --speed-limit and --speed-time, for a transfer from or to an OCI registry (and, for
+    fetch, an http(s) download)."""
     func = click.option(
         "--speed-time",
         type=_FiniteRange(min=0, min_open=True),

@@ -685,12 +685,12 @@ def _capped(response: requests.Response, limit: int, too_long: str) -> Iterator[
         yield chunk
 
 
-class _TooSlow(OciError):
+class TooSlow(OciError):
     """A transfer that moved slower than its `SpeedLimit`: abandoned."""
 
 
-class _Meter:
-    """The bytes one transfer moves, told as they move; raises `_TooSlow` when those of a window
+class SpeedMeter:
+    """The bytes one transfer moves, told as they move; raises `TooSlow` when those of a window
     of at least `limit.window_s` seconds average under `limit.bytes_per_s`. `what` names the
     transfer: the registry (or realm), the request and which way."""
 
@@ -711,7 +711,7 @@ class _Meter:
         if elapsed < self.limit.window_s:
             return
         if self.in_window < self.limit.bytes_per_s * elapsed:
-            raise _TooSlow(
+            raise TooSlow(
                 f"{self.what} moved {self.in_window} bytes in {elapsed:.1f} s "
                 f"({self.in_window / elapsed:.1f} bytes/s; {self.total} bytes in all), under the minimum "
                 f"of {self.limit.bytes_per_s:g} bytes/s over {self.limit.window_s:g} s: abandoned"
@@ -721,7 +721,7 @@ class _Meter:
 
 def _transfer_name(request: requests.PreparedRequest) -> str:
     """HOST: METHOD PATH of a request, and the digest an upload's PUT names (its path names only
-    the upload session): what a `_TooSlow` says it abandoned."""
+    the upload session): what a `TooSlow` says it abandoned."""
     parts = urllib.parse.urlsplit(request.url or "")
     digest = urllib.parse.parse_qs(parts.query).get("digest", [""])[0]
     named = f" (blob {brief(digest, 80)})" if digest else ""
@@ -733,7 +733,7 @@ class _PacedAnswer:
     arrives (`read1`; urllib3's `read` waits for a whole chunk, where a drip goes unseen), told
     to `meter`; hung up on when too slow. Everything else is urllib3's response's."""
 
-    def __init__(self, raw: urllib3.response.BaseHTTPResponse, meter: _Meter) -> None:
+    def __init__(self, raw: urllib3.response.BaseHTTPResponse, meter: SpeedMeter) -> None:
         self._raw, self._meter = raw, meter
 
     def stream(self, amt: int | None = CHUNK_BYTES, decode_content: bool | None = None) -> Iterator[bytes]:
@@ -741,7 +741,7 @@ class _PacedAnswer:
         while piece := self._raw.read1(amt, decode_content=decode_content):
             try:
                 self._meter.moved(len(piece))
-            except _TooSlow:
+            except TooSlow:
                 self._raw.close()  # the connection too: it is not given back to the pool
                 raise
             yield piece
@@ -756,7 +756,7 @@ class _PacedUpload(io.BytesIO):
     not before the connection was made, and again when urllib3 rewinds the body to send it once
     more (a retry after a 429, whose Retry-After moved nothing)."""
 
-    def __init__(self, body: bytes, meter: _Meter) -> None:
+    def __init__(self, body: bytes, meter: SpeedMeter) -> None:
         super().__init__(body)
         self._meter = meter
         self._handed: int | None = None
@@ -812,10 +812,10 @@ class _Timeouts(requests.adapters.HTTPAdapter):
             # a copy: the caller's request keeps its bytes, to send again (`_BearerTo`) or to
             # digest (`_sent_digest`)
             sent = request.copy()
-            sent.body = _PacedUpload(request.body, _Meter(self.speed_limit, f"{where}: its upload"))
+            sent.body = _PacedUpload(request.body, SpeedMeter(self.speed_limit, f"{where}: its upload"))
         response = super().send(sent, **kwargs)
         response.request = request
-        response.raw = _PacedAnswer(response.raw, _Meter(self.speed_limit, f"{where}: its answer"))
+        response.raw = _PacedAnswer(response.raw, SpeedMeter(self.speed_limit, f"{where}: its answer"))
         return response
 
 

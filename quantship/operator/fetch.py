@@ -78,8 +78,10 @@ def download(
     timeout: float,
     max_bytes: int = artifact.MAX_DOWNLOAD_BYTES,
     cross_host_redirects: bool = False,
+    speed_limit: oci.SpeedLimit = oci.SPEED_LIMIT,
 ) -> None:
-    """GET `url` into `target`: at most `max_bytes`, redirects only to the same origin unless told."""
+    """GET `url` into `target`: at most `max_bytes`, redirects only to the same origin unless told;
+    a body that arrives slower than `speed_limit` is abandoned, as an OCI pull's."""
     origin = _origin(url)
     try:
         # identity: the body is the archive's own bytes. A server that sends it gzip-encoded anyway
@@ -94,7 +96,7 @@ def download(
                         continue
                     if response.status_code != 200:
                         raise FetchError(f"{url}: HTTP {response.status_code}")
-                    _save(url, response, target, max_bytes)
+                    _save(url, response, target, max_bytes, speed_limit)
                     return
     except httpx.HTTPError as exc:
         raise FetchError(f"{url}: {type(exc).__name__}: {exc}") from exc
@@ -121,18 +123,24 @@ def _redirect(url: str, response: httpx.Response, origin: tuple[str, str, int | 
     return target
 
 
-def _save(url: str, response: httpx.Response, target: Path, max_bytes: int) -> None:
+def _save(
+    url: str, response: httpx.Response, target: Path, max_bytes: int, speed_limit: oci.SpeedLimit
+) -> None:
     declared = response.headers.get("content-length")
     if declared is not None and declared.isdecimal() and int(declared) > max_bytes:
         raise FetchError(f"{url}: {declared} bytes, more than the limit of {max_bytes} (--max-bytes)")
     received = 0
+    meter = oci.SpeedMeter(speed_limit, f"{url}: its answer")  # iter_raw yields each piece as it arrives
     try:
         with target.open("wb") as out:
             for chunk in response.iter_raw():
                 received += len(chunk)
                 if received > max_bytes:
                     raise FetchError(f"{url}: more than the limit of {max_bytes} bytes (--max-bytes)")
+                meter.moved(len(chunk))
                 out.write(chunk)
+    except oci.TooSlow as exc:
+        raise FetchError(str(exc)) from None
     except OSError as exc:  # a full disk: the download's network errors are httpx's, not OSError
         raise FetchError(f"{url}: cannot write it to {target}: {exc.strerror or exc}") from exc
 
@@ -152,8 +160,8 @@ def fetch(
 ) -> artifact.Artifact:
     """Fetch, verify and install the artifact at `uri` as `dest`. Raises FetchError or ArtifactError.
     `max_bytes` caps the download (an OCI pull's layers together); a .tar.gz may unpack to twice
-    that (`artifact.ArchiveLimits`). `timeout` bounds each connect and read; an oci:// pull that
-    moves slower than `speed_limit` is abandoned (a FetchError).
+    that (`artifact.ArchiveLimits`). `timeout` bounds each connect and read; an oci:// pull or an
+    http(s) download that moves slower than `speed_limit` is abandoned (a FetchError).
     `registry_config`: a Docker config.json with the oci:// registry's credentials; `insecure`: plain
     HTTP to it."""
     artifact.refuse_inside_an_artifact(dest)  # before anything is made there, whatever the scheme
@@ -210,7 +218,10 @@ def _fetch_into(
         if not name.endswith(artifact.ARCHIVE_SUFFIXES):
             raise FetchError(f"{uri}: over http(s) an artifact is a .tar.gz")
         source = folder / name
-        download(uri, source, timeout=timeout, max_bytes=max_bytes, cross_host_redirects=cross_host_redirects)
+        download(
+            uri, source, timeout=timeout, max_bytes=max_bytes, cross_host_redirects=cross_host_redirects,
+            speed_limit=speed_limit,
+        )  # fmt: skip
     if not source.exists():
         raise FetchError(f"{uri}: {source} does not exist")
     unpacked = folder / "artifact"

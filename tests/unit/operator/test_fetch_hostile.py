@@ -13,6 +13,7 @@ import gzip
 import http.server
 import io
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -173,6 +174,27 @@ def test_a_chunked_download_within_the_cap_is_fine(server: str, tmp_path: Path) 
     code, output = fetch(f"{server}/chunked/good.tar.gz", str(tmp_path / "model"))
 
     assert code == 0, output
+
+
+@pytest.mark.timeout(120)  # the session's sample model may be built first
+def test_a_download_that_drips_is_abandoned_by_the_speed_limit_and_nothing_is_installed(
+    server: str, tmp_path: Path
+) -> None:
+    """A byte every 0.1 s, each well inside the read timeout, for a body declared 1 GiB: held to
+    --speed-limit as an OCI pull is, it ends in about a second instead of running for a minute."""
+    code, output = fetch(
+        f"{server}/drip/slow.tar.gz",
+        str(tmp_path / "out" / "model"),
+        "--speed-limit",
+        "1000",
+        "--speed-time",
+        "1",
+    )
+    assert code == 3, output
+    assert re.search(
+        r"slow\.tar\.gz: its answer moved \d+ bytes in [\d.]+ s .* under the minimum of 1000 bytes/s", output
+    )
+    assert nothing_installed(tmp_path / "out")
 
 
 def test_a_hostile_archive_is_refused_and_nothing_is_installed(server: str, tmp_path: Path) -> None:
