@@ -1209,6 +1209,25 @@ def test_classification_asked_of_an_embedding_is_doubted_before_any_trial(
     assert artifact.load_artifact(tmp_path / "b").manifest["validation"]["metric"] == "cosine_agreement"
 
 
+@pytest.mark.parametrize("task", ["embedding", "regression"])
+def test_embedding_or_regression_asked_of_a_classifiers_probabilities_is_doubted_before_any_trial(
+    sample: zoo.SampleModel, tmp_path: Path, task: str
+) -> None:
+    """Judged by cosine, a character LM's INT8 that flipped 48% of its confident tokens passed; by
+    relative error, EfficientNet-Lite0's INT8 that kept every confident answer failed at 0.19; and
+    nothing said that the output looks like a classifier's. Told before the first trial, in the
+    manifest too; the user's task stands."""
+    unlabelled = _unlabelled(sample, tmp_path / "x.npz")
+    code, _, err = _quantize(sample, tmp_path / "a", "--evaluation", unlabelled, "--task", task, "--output",
+                             "probabilities", "--strategy", "fallback", "--max-trials", "0")  # fmt: skip
+    assert code in (0, 1), err
+    said = f"--task {task}: output 'probabilities' rows are probabilities (sum to 1): a classifier's look"
+    assert f"warning: {said}" in err and "pass --task classification" in err
+    manifest = artifact.load_artifact(tmp_path / "a").manifest
+    assert manifest["task"]["name"] == task
+    assert any(warning.startswith(said) for warning in manifest["warnings"])
+
+
 def test_a_mask_input_for_an_output_without_positions_is_warned_of_and_ignored(
     sample: zoo.SampleModel, tmp_path: Path
 ) -> None:
