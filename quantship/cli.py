@@ -332,7 +332,8 @@ def _build_real_model(name: str, out_dir: Path, build_env: Path) -> None:
     help="What the output is; inferred from its dtype, shape and values when omitted. A task the output "
     "does not look like is warned of, naming the one it looks like: classification on unit-length rows "
     "sure of no class without labels, regression on them (an embedding's look); embedding or regression "
-    "on probabilities, or on confident scores named like them (a classifier's).",
+    "on probabilities, or on confident scores named like them (a classifier's); embedding on one value a "
+    "row (a regression's).",
 )
 @click.option(
     "--metric",

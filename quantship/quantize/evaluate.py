@@ -914,8 +914,16 @@ def _doubt_of_requested_embedding(
     top class, which cosine does not judge, either way: on the character LM's logits, plain static
     INT8 that kept 52% of its confident tokens kept a cosine of 0.96 to FP32 on every row and passed;
     EfficientNet-Lite0's per-channel INT8, which kept every confident answer, failed at cosine
-    agreement 0.93 (0.77 of its softmax). A warning before any trial: the user's word stands."""
-    if requested is not Task.EMBEDDING or (look := _class_scores_look(output, reference)) is None:
+    agreement 0.93 (0.77 of its softmax). And of one value a row, whose cosine to FP32 is its sign
+    alone: INT8 that doubled every value would pass. A warning before any trial: the user's word stands."""
+    if requested is not Task.EMBEDDING:
+        return None
+    if reference.size and reference[0].size == 1:
+        return (
+            f"--task embedding: output {output!r} has one value a row, whose cosine to FP32 is its sign "
+            "alone (twice the value agrees): a regression's look; if it is one, pass --task regression"
+        )
+    if (look := _class_scores_look(output, reference)) is None:
         return None
     return (
         f"--task embedding: {look}: a classifier's look, whose answer is its top class, which cosine to "

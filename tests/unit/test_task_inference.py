@@ -169,6 +169,18 @@ def test_embedding_or_regression_asked_of_a_classifiers_scores_is_doubted_naming
     assert "positions" in _doubts(Task.EMBEDDING, "logits", TOKEN_LOGITS)[0]
 
 
+@pytest.mark.parametrize(
+    "values", [np.array([[0.3], [-4.0], [0.2]], dtype=np.float32), np.array([0.3, -4.0])]
+)
+def test_embedding_asked_of_one_value_a_row_is_doubted_naming_regression(values: np.ndarray) -> None:
+    """The cosine of two numbers is their signs' agreement: INT8 that doubled every value passed."""
+    (said,) = _doubts(Task.EMBEDDING, "y", values)
+    assert said == (
+        "--task embedding: output 'y' has one value a row, whose cosine to FP32 is its sign alone (twice "
+        "the value agrees): a regression's look; if it is one, pass --task regression"
+    )
+
+
 def test_regression_asked_of_unit_vectors_is_doubted_naming_embedding() -> None:
     """all-MiniLM-L6-v2's dynamic INT8 at cosine 0.96 to FP32 was 0.27 off by relative error: a unit
     vector's error is its chord, and a gate of 0.5% asks for a cosine of 0.99999."""
@@ -197,6 +209,7 @@ def test_regression_asked_of_unit_vectors_is_doubted_naming_embedding() -> None:
         (Task.REGRESSION, "logits", PIXELS),
         (Task.REGRESSION, "out", LOGITS),
         (Task.REGRESSION, "score", np.array([[0.3], [4.0], [0.2]], dtype=np.float32)),
+        (Task.REGRESSION, "y", np.array([0.3, -4.0, 0.2], dtype=np.float32)),
     ],
 )
 def test_a_task_whose_output_has_no_clear_look_of_another_is_not_doubted(
