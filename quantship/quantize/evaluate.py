@@ -883,8 +883,8 @@ def _class_scores_look(output: str, reference: np.ndarray) -> str | None:
     """What says a float output holds a classifier's scores ([N, classes], or [N, seq, classes] at each
     position), in words, or None: rows of probabilities (non-negative, summing to 1), or a name like
     scores (and not like an embedding) on logits whose softmax is sure of one class on at least
-    MIN_SCORES_SHARE of the rows (EfficientNet-Lite0 on random crops: 62 of
-    300; the character LM: 9494 of its 19200 positions, padding in)."""
+    MIN_SCORES_SHARE of the rows (EfficientNet-Lite0 on random crops: 62 of 300; the character LM:
+    9494 of its 19200 positions, padding in)."""
     if (
         not np.issubdtype(reference.dtype, np.floating)
         or reference.ndim not in (2, 3)
@@ -953,8 +953,8 @@ def _doubt_of_requested_regression(
     elif _unit_rows(reference):
         look, fits = f"output {output!r} rows are unit vectors", "embedding (judged by cosine)"
         why = (
-            "an embedding's look, whose relative error is its chord to FP32: 0.5% asks for a cosine of "
-            "0.99999"
+            "an embedding's look, whose relative error is its chord to FP32: the default 0.5% asks for a "
+            "cosine of 0.99999"
         )
     else:
         return None

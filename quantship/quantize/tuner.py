@@ -410,7 +410,7 @@ def static_for_convs(chosen: Trial, nodes: Sequence[tuple[str, str]], traits: Mo
     op type); a Conv dynamic quantization keeps is a ConvInteger): static quantization is what
     quantizes a CNN's Convs. EfficientNet-Lite0 dynamic passed with every Conv in float, 1.3x smaller,
     and nothing said so. Convs the user's --exclude keeps in float (`chosen.config.excluded_nodes`)
-    are their choice, not the mode's: only the others count, and the hint says how many it set aside."""
+    are their choice, not the mode's: only the others count, and the hint says how many --exclude keeps."""
     if not chosen.passed or chosen.config.mode is not Mode.DYNAMIC:
         return None
     in_float = [name for name, op_type in nodes if op_type == "Conv"]

@@ -187,8 +187,8 @@ def test_regression_asked_of_unit_vectors_is_doubted_naming_embedding() -> None:
     (said,) = _doubts(Task.REGRESSION, "sentence_embedding", UNIT_ROWS)
     assert said == (
         "--task regression: output 'sentence_embedding' rows are unit vectors: an embedding's look, whose "
-        "relative error is its chord to FP32: 0.5% asks for a cosine of 0.99999; if it is one, pass --task "
-        "embedding (judged by cosine)"
+        "relative error is its chord to FP32: the default 0.5% asks for a cosine of 0.99999; if it is one, "
+        "pass --task embedding (judged by cosine)"
     )
 
 
