@@ -329,8 +329,11 @@ def _build_real_model(name: str, out_dir: Path, build_env: Path) -> None:
     "--task",
     type=_choice(Task),
     default=None,
-    help="What the output is; inferred from its dtype, shape and values when omitted. classification "
-    "on unit-length rows sure of no class, without labels, is warned of (an embedding's look).",
+    help="What the output is; inferred from its dtype, shape and values when omitted. A task the output "
+    "does not look like is warned of, naming the one it looks like: classification on unit-length rows "
+    "sure of no class without labels, regression on them (an embedding's look); embedding or regression "
+    "on probabilities, or on confident scores named like them (a classifier's); embedding on one value a "
+    "row (a regression's).",
 )
 @click.option(
     "--metric",

@@ -294,10 +294,9 @@ class Evaluator:
             ) from exc
         self.warnings: list[str] = []
         self.task, self.task_reason = _task(request.task, self.output, self.reference, dataset)
-        if (
-            doubt := _doubt_of_requested_classifier(request.task, self.output, self.reference, dataset)
-        ) is not None:
-            self.warnings.append(doubt)
+        for doubt in DOUBTS_OF_REQUESTED_TASK:
+            if (said := doubt(request.task, self.output, self.reference, dataset)) is not None:
+                self.warnings.append(said)
         self.per_position = self.task is Task.CLASSIFICATION and _answers_per_position(self.reference)
         self.mask_input = self._mask_input(request.mask_input)
         """The input whose zeros mark padding, which no position's answer is judged at."""
@@ -878,6 +877,97 @@ def _doubt_of_requested_classifier(
         "the top-1 gate after every trial; if it is one, pass --task embedding (judged by cosine), or give "
         "labelled evaluation data to gate it as a classifier"
     )
+
+
+def _class_scores_look(output: str, reference: np.ndarray) -> str | None:
+    """What says a float output holds a classifier's scores ([N, classes], or [N, seq, classes] at each
+    position), in words, or None: rows of probabilities (non-negative, summing to 1), or a name like
+    scores (and not like an embedding) on logits whose softmax is sure of one class on at least
+    MIN_SCORES_SHARE of the rows (EfficientNet-Lite0 on random crops: 62 of 300; the character LM:
+    9494 of its 19200 positions, padding in)."""
+    if (
+        not np.issubdtype(reference.dtype, np.floating)
+        or reference.ndim not in (2, 3)
+        or reference.shape[-1] < 2
+    ):
+        return None
+    rows = agreement.positions(reference)  # [N, seq, classes]: each position a row
+    unit = "positions" if reference.ndim == 3 else "rows"
+    if agreement.are_probabilities(rows):
+        return f"output {output!r} {unit} are probabilities (sum to 1)"
+    name = output.lower()
+    if not any(hint in name for hint in SCORE_NAMES) or any(hint in name for hint in EMBEDDING_NAMES):
+        return None
+    confident = int(np.count_nonzero(agreement.confident(rows)))
+    if confident < MIN_SCORES_SHARE * len(rows):
+        return None
+    return (
+        f"output {output!r} is named like per-class scores, and its softmax is confident on {confident} "
+        f"of {len(rows)} {unit}"
+    )
+
+
+def _doubt_of_requested_embedding(
+    requested: Task | None, output: str, reference: np.ndarray, dataset: Dataset
+) -> str | None:
+    """What to tell a user who asked --task embedding of a classifier's scores, whose answer is the
+    top class, which cosine does not judge, either way: on the character LM's logits, plain static
+    INT8 that kept 52% of its confident tokens kept a cosine of 0.96 to FP32 on every row and passed;
+    EfficientNet-Lite0's per-channel INT8, which kept every confident answer, failed at cosine
+    agreement 0.93 (0.77 of its softmax). And of one value a row, whose cosine to FP32 is its sign
+    alone: INT8 that doubled every value would pass. A warning before any trial: the user's word stands."""
+    if requested is not Task.EMBEDDING:
+        return None
+    if reference.size and reference[0].size == 1:
+        return (
+            f"--task embedding: output {output!r} has one value a row, whose cosine to FP32 is its sign "
+            "alone (twice the value agrees): a regression's look; if it is one, pass --task regression"
+        )
+    if (look := _class_scores_look(output, reference)) is None:
+        return None
+    return (
+        f"--task embedding: {look}: a classifier's look, whose answer is its top class, which cosine to "
+        "FP32 does not judge (it passes INT8 that flips confident answers, and fails INT8 that keeps them "
+        "all); if it is one, pass --task classification"
+    )
+
+
+def _doubt_of_requested_regression(
+    requested: Task | None, output: str, reference: np.ndarray, dataset: Dataset
+) -> str | None:
+    """What to tell a user who asked --task regression of a classifier's scores, or of unit vectors (an
+    embedding's look): relative error within 0.5% is out of int8's reach on both, and the gate fails,
+    after every trial, a model the fitting task passes. EfficientNet-Lite0's per-channel INT8 kept every
+    confident answer at relative error 0.19, the character LM's 0.24; all-MiniLM-L6-v2's dynamic INT8
+    (cosine 0.96 to FP32) was at 0.27: a unit vector's relative error is its chord to FP32, and 0.5%
+    asks for a cosine of 0.99999. A warning before any trial: the user's word stands (a model may
+    regress proportions, or a direction)."""
+    if requested is not Task.REGRESSION:
+        return None
+    if (look := _class_scores_look(output, reference)) is not None:
+        fits = "classification"
+        why = (
+            "a classifier's look, whose answer is its top class: int8 moves its scores by far more than "
+            "relative error allows while it keeps the answer"
+        )
+    elif _unit_rows(reference):
+        look, fits = f"output {output!r} rows are unit vectors", "embedding (judged by cosine)"
+        why = (
+            "an embedding's look, whose relative error is its chord to FP32: the default 0.5% asks for a "
+            "cosine of 0.99999"
+        )
+    else:
+        return None
+    return f"--task regression: {look}: {why}; if it is one, pass --task {fits}"
+
+
+DOUBTS_OF_REQUESTED_TASK = (
+    _doubt_of_requested_classifier,
+    _doubt_of_requested_embedding,
+    _doubt_of_requested_regression,
+)
+"""What may say, before the first trial, that the --task given does not fit the output's look: each a
+warning, not a refusal (the user's word stands), on the console and in the manifest."""
 
 
 def _answers_per_position(reference: np.ndarray) -> bool:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import sys
 import time
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -175,7 +174,7 @@ def run(
             note(shadow)
         chosen_model = onnx.load(str(chosen_path))
         if hint := tuner.static_for_convs(
-            chosen, Counter(n.op_type for n in chosen_model.graph.node), traits
+            chosen, [(n.name, n.op_type) for n in chosen_model.graph.node], traits
         ):
             note(hint)
         chosen_ranges = ranges.activation_ranges(

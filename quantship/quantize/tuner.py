@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import enum
 import itertools
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -405,14 +405,19 @@ def advice(trials: list[Trial], traits: ModelTraits, task: Task) -> str:
     )
 
 
-def static_for_convs(chosen: Trial, op_types: Mapping[str, int], traits: ModelTraits) -> str | None:
-    """Where a passing dynamic trial left most of its Convs in float (`op_types`: its model's count of
-    nodes by op type; a Conv dynamic quantization keeps is a ConvInteger): static quantization is what
+def static_for_convs(chosen: Trial, nodes: Sequence[tuple[str, str]], traits: ModelTraits) -> str | None:
+    """Where a passing dynamic trial left most of its Convs in float (`nodes`: its model's, as (name,
+    op type); a Conv dynamic quantization keeps is a ConvInteger): static quantization is what
     quantizes a CNN's Convs. EfficientNet-Lite0 dynamic passed with every Conv in float, 1.3x smaller,
-    and nothing said so."""
+    and nothing said so. Convs the user's --exclude keeps in float (`chosen.config.excluded_nodes`)
+    are their choice, not the mode's: only the others count, and the hint says how many --exclude keeps."""
     if not chosen.passed or chosen.config.mode is not Mode.DYNAMIC:
         return None
-    left, total = op_types.get("Conv", 0), op_types.get("Conv", 0) + op_types.get("ConvInteger", 0)
+    in_float = [name for name, op_type in nodes if op_type == "Conv"]
+    quantized = sum(1 for _, op_type in nodes if op_type == "ConvInteger")
+    by_user = sum(1 for name in in_float if name in chosen.config.excluded_nodes)
+    left = len(in_float) - by_user
+    total = left + quantized
     if not total or left * 2 <= total:
         return None
     how = (
@@ -420,10 +425,13 @@ def static_for_convs(chosen: Trial, op_types: Mapping[str, int], traits: ModelTr
         if traits.can_calibrate
         else "--mode static with representative --calibration data"
     )
-    return (
-        f"the passing dynamic trial keeps {left} of the model's {total} Convs in float: static "
-        f"quantization, with calibration data, is what quantizes a CNN's Convs; try {how}"
+    kept = (
+        f"--exclude keeps {by_user} of the model's {by_user + total} Convs in float, and the passing "
+        f"dynamic trial {left} of the other {total}"
+        if by_user
+        else f"the passing dynamic trial keeps {left} of the model's {total} Convs in float"
     )
+    return f"{kept}: static quantization, with calibration data, is what quantizes a CNN's Convs; try {how}"
 
 
 def _next_steps(closest: Trial, trials: list[Trial], traits: ModelTraits, task: Task) -> list[str]:

@@ -1209,6 +1209,25 @@ def test_classification_asked_of_an_embedding_is_doubted_before_any_trial(
     assert artifact.load_artifact(tmp_path / "b").manifest["validation"]["metric"] == "cosine_agreement"
 
 
+@pytest.mark.parametrize("task", ["embedding", "regression"])
+def test_embedding_or_regression_asked_of_a_classifiers_probabilities_is_doubted_before_any_trial(
+    sample: zoo.SampleModel, tmp_path: Path, task: str
+) -> None:
+    """Judged by cosine, a character LM's INT8 that flipped 48% of its confident tokens passed; by
+    relative error, EfficientNet-Lite0's INT8 that kept every confident answer failed at 0.19; and
+    nothing said that the output looks like a classifier's. Told before the first trial, in the
+    manifest too; the user's task stands."""
+    unlabelled = _unlabelled(sample, tmp_path / "x.npz")
+    code, _, err = _quantize(sample, tmp_path / "a", "--evaluation", unlabelled, "--task", task, "--output",
+                             "probabilities", "--strategy", "fallback", "--max-trials", "0")  # fmt: skip
+    assert code in (0, 1), err
+    said = f"--task {task}: output 'probabilities' rows are probabilities (sum to 1): a classifier's look"
+    assert f"warning: {said}" in err and "pass --task classification" in err
+    manifest = artifact.load_artifact(tmp_path / "a").manifest
+    assert manifest["task"]["name"] == task
+    assert any(warning.startswith(said) for warning in manifest["warnings"])
+
+
 def test_a_mask_input_for_an_output_without_positions_is_warned_of_and_ignored(
     sample: zoo.SampleModel, tmp_path: Path
 ) -> None:
@@ -1242,22 +1261,65 @@ def _small_cnn(path: Path) -> Path:
     return _save(graph, path)
 
 
+def _two_conv_cnn(path: Path) -> Path:
+    """Gemm(Concat(Conv(pixels), Conv(pixels))), each Conv an 8x8 filter over the whole digit. Each of
+    conv_blank's filters weighs the top-left pixel, blank in every digit, at 1000: FP32 reads nothing
+    there, and int8 weights scaled to 1000 round the rest to 0, so its ConvInteger fails the gate and
+    the tuner keeps it in float."""
+    rng = np.random.default_rng(4)
+    blank = rng.normal(scale=0.3, size=(4, 1, 8, 8)).astype(np.float32)
+    blank[:, 0, 0, 0] = 1000.0
+    plain = rng.normal(scale=0.3, size=(4, 1, 8, 8)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Reshape", ["X", "image_shape"], ["image"]),
+         helper.make_node("Conv", ["image", "blank_filters"], ["blank_maps"], name="conv_blank"),
+         helper.make_node("Conv", ["image", "plain_filters"], ["plain_maps"], name="conv_plain"),
+         helper.make_node("Concat", ["blank_maps", "plain_maps"], ["maps"], axis=1),
+         helper.make_node("Flatten", ["maps"], ["features"]),
+         helper.make_node("Gemm", ["features", "classes"], ["logits"], name="head")],
+        "cnn",
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["N", 64])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 10])],
+        [numpy_helper.from_array(np.array([-1, 1, 8, 8], dtype=np.int64), "image_shape"),
+         numpy_helper.from_array(blank, "blank_filters"),
+         numpy_helper.from_array(plain, "plain_filters"),
+         numpy_helper.from_array(rng.normal(size=(8, 10)).astype(np.float32), "classes")],
+    )  # fmt: skip
+    return _save(graph, path)
+
+
 def test_a_dynamic_pass_with_its_convs_in_float_says_static_quantizes_them(
     sample: zoo.SampleModel, tmp_path: Path
 ) -> None:
     """EfficientNet-Lite0 --mode dynamic passed with every Conv in float (1.3x smaller, 4:59) and
-    nothing said that static quantization is what quantizes a CNN's Convs. Here the Conv is kept in
-    float by --exclude; quantized (a ConvInteger), nothing is said."""
-    model = _small_cnn(tmp_path / "cnn.onnx")
+    nothing said that static quantization is what quantizes a CNN's Convs. Only the Convs dynamic
+    quantization kept in float count, not those the user's --exclude keeps: with both of them
+    excluded, the hint said 'keeps 2 of the model's 2 Convs in float' of the user's own choice.
+    Quantized (a ConvInteger), nothing is said. The Gemm's dynamic int8 flips 1% of the rows: a
+    gate of 5% passes it."""
     unlabelled = _unlabelled(sample, tmp_path / "x.npz")
-    dynamic = ("--evaluation", unlabelled, "--mode", "dynamic", "--max-trials", "0")
-    code, _, err = _quantize(sample, tmp_path / "a", *dynamic, "--exclude", "conv", model=model)
+    dynamic = (
+        "--evaluation",
+        unlabelled,
+        "--mode",
+        "dynamic",
+        "--max-trials",
+        "3",
+        "--max-accuracy-delta",
+        "0.05",
+    )
+    model = _two_conv_cnn(tmp_path / "cnn.onnx")
+    code, _, err = _quantize(sample, tmp_path / "a", *dynamic, "--exclude", "conv_plain", model=model)
     assert code == 0, err
     said = (
-        "the passing dynamic trial keeps 1 of the model's 1 Convs in float: static quantization, with "
-        "calibration data, is what quantizes a CNN's Convs; try --mode static on the calibration data given"
+        "--exclude keeps 1 of the model's 2 Convs in float, and the passing dynamic trial 1 of the other 1: "
+        "static quantization, with calibration data, is what quantizes a CNN's Convs; try --mode static on "
+        "the calibration data given"
     )
     assert f"warning: {said}" in err
     assert said in artifact.load_artifact(tmp_path / "a").manifest["warnings"]
-    code, _, err = _quantize(sample, tmp_path / "b", *dynamic, model=model)
+    code, _, err = _quantize(sample, tmp_path / "b", *dynamic, "--exclude", "conv_plain", "--exclude",
+                             "conv_blank", model=model)  # fmt: skip
+    assert code == 0 and "Convs in float" not in err, err
+    code, _, err = _quantize(sample, tmp_path / "c", *dynamic, model=_small_cnn(tmp_path / "small.onnx"))
     assert code == 0 and "Convs in float" not in err, err

@@ -25,11 +25,12 @@ from prometheus_client.parser import text_string_to_metric_families
 from tritonclient.utils import InferenceServerException
 
 from quantship import runtime
+from quantship.agreement import Task
 from quantship.artifact import ActivationRange
 from quantship.local.processes import ServerProcess
 from quantship.quantize import canary
 from quantship.quantize.data import load_dataset, model_inputs
-from quantship.quantize.evaluate import Evaluator, GateRequest, Metric
+from quantship.quantize.evaluate import DOUBTS_OF_REQUESTED_TASK, Evaluator, GateRequest, Metric
 from quantship.zoo import SampleModel
 
 MAX_PEAK_RSS_MB = 2048
@@ -462,6 +463,39 @@ def test_minilm_as_a_classifier_is_doubted_before_any_trial(minilm: SampleModel,
         "softmax is confident on only 0 of 300 rows: an embedding's look" in result.stderr
     )
     assert "pass --task embedding" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("name", "fits"),
+    [
+        ("efficientnet-lite0", Task.CLASSIFICATION),
+        ("minilm-l6", Task.EMBEDDING),
+        ("gpt2-lm", Task.CLASSIFICATION),
+    ],
+)
+def test_a_zoo_model_is_doubted_only_under_a_task_it_does_not_look_like(
+    real_zoo: Path, name: str, fits: Task
+) -> None:
+    """Each real model with its own task is told nothing before the first trial; under another, the
+    warning names its own. Misjudged, each gate misled: by cosine, the LM's plain static INT8 that
+    flipped 48% of its confident tokens passed, and EfficientNet-Lite0's per-channel INT8 that kept
+    them all failed (0.93); by relative error, that one was 0.19 off and MiniLM's dynamic INT8 (cosine
+    0.96) 0.27, against 0.005. Judged on the FP32 reference alone: no quantization."""
+    model = SampleModel(real_zoo / name)
+    dataset = load_dataset(model.evaluation, model_inputs(onnx.load(model.model)), role="evaluation")
+    evaluator = Evaluator(model.model, dataset, None, GateRequest())
+    assert evaluator.task is fits and not evaluator.warnings
+    for task in Task:
+        said = [
+            said
+            for doubt in DOUBTS_OF_REQUESTED_TASK
+            if (said := doubt(task, evaluator.output, evaluator.reference, dataset)) is not None
+        ]
+        if task is fits:
+            assert not said, said
+        else:
+            assert len(said) == 1 and said[0].startswith(f"--task {task.value}: "), said
+            assert f"pass --task {fits.value}" in said[0], said
 
 
 def test_a_mask_input_for_minilms_embedding_is_warned_of_and_ignored(

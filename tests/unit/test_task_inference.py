@@ -8,7 +8,7 @@ import pytest
 from quantship.agreement import Task
 from quantship.quantize.data import Dataset
 from quantship.quantize.errors import QuantizeInputError
-from quantship.quantize.evaluate import _doubt_of_requested_classifier, _task
+from quantship.quantize.evaluate import DOUBTS_OF_REQUESTED_TASK, _doubt_of_requested_classifier, _task
 
 
 def _data(rows: int, labels: bool = False) -> Dataset:
@@ -122,3 +122,97 @@ def test_classification_asked_of_what_may_be_scores_is_the_users_word(
     assert (
         _doubt_of_requested_classifier(Task.CLASSIFICATION, "out", values, _data(40, labels=labels)) is None
     )
+
+
+def _doubts(task: Task, output: str, values: np.ndarray, labels: bool = False) -> list[str]:
+    """What quantize says before the first trial of --task `task` on `output`."""
+    data = _data(len(values), labels=labels)
+    return [said for doubt in DOUBTS_OF_REQUESTED_TASK if (said := doubt(task, output, values, data))]
+
+
+LOGITS = np.random.default_rng(1).normal(scale=3.0, size=(40, 10)).astype(np.float32)
+"""A classifier's logits: its softmax sure of one class on some rows (EfficientNet-Lite0 on random
+crops: 62 of 300)."""
+PROBABILITIES = (np.exp(LOGITS) / np.exp(LOGITS).sum(axis=1, keepdims=True)).astype(np.float32)
+TOKEN_LOGITS = np.random.default_rng(2).normal(scale=3.0, size=(4, 8, 16)).astype(np.float32)
+"""A causal LM's [N, seq, vocab] logits."""
+
+
+@pytest.mark.parametrize(
+    ("output", "values", "look"),
+    [
+        (
+            "logits",
+            LOGITS,
+            "output 'logits' is named like per-class scores, and its softmax is confident on ",
+        ),
+        ("out", PROBABILITIES, "output 'out' rows are probabilities (sum to 1)"),
+        (
+            "logits",
+            TOKEN_LOGITS,
+            "output 'logits' is named like per-class scores, and its softmax is confident on ",
+        ),
+    ],
+)
+def test_embedding_or_regression_asked_of_a_classifiers_scores_is_doubted_naming_classification(
+    output: str, values: np.ndarray, look: str
+) -> None:
+    """Judged as an embedding, a character LM's plain INT8 that flipped 48% of its confident tokens
+    passed at cosine 0.96 on every row, and EfficientNet-Lite0's per-channel INT8 that kept every
+    confident answer failed (cosine agreement 0.93); as a regression, that one failed at relative
+    error 0.19. Both told before the first trial; the user's word stands."""
+    for task in (Task.EMBEDDING, Task.REGRESSION):
+        assert _task(task, output, values, _data(len(values))) == (task, "--task")
+        (said,) = _doubts(task, output, values)
+        assert said.startswith(f"--task {task.value}: {look}"), said
+        assert "a classifier's look" in said and said.endswith("pass --task classification")
+    assert "positions" in _doubts(Task.EMBEDDING, "logits", TOKEN_LOGITS)[0]
+
+
+@pytest.mark.parametrize(
+    "values", [np.array([[0.3], [-4.0], [0.2]], dtype=np.float32), np.array([0.3, -4.0])]
+)
+def test_embedding_asked_of_one_value_a_row_is_doubted_naming_regression(values: np.ndarray) -> None:
+    """The cosine of two numbers is their signs' agreement: INT8 that doubled every value passed."""
+    (said,) = _doubts(Task.EMBEDDING, "y", values)
+    assert said == (
+        "--task embedding: output 'y' has one value a row, whose cosine to FP32 is its sign alone (twice "
+        "the value agrees): a regression's look; if it is one, pass --task regression"
+    )
+
+
+def test_regression_asked_of_unit_vectors_is_doubted_naming_embedding() -> None:
+    """all-MiniLM-L6-v2's dynamic INT8 at cosine 0.96 to FP32 was 0.27 off by relative error: a unit
+    vector's error is its chord, and a gate of 0.5% asks for a cosine of 0.99999."""
+    (said,) = _doubts(Task.REGRESSION, "sentence_embedding", UNIT_ROWS)
+    assert said == (
+        "--task regression: output 'sentence_embedding' rows are unit vectors: an embedding's look, whose "
+        "relative error is its chord to FP32: the default 0.5% asks for a cosine of 0.99999; if it is one, "
+        "pass --task embedding (judged by cosine)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("task", "output", "values"),
+    [
+        # Each task on the look that fits it: the zoo's three models, and an autoencoder.
+        (Task.CLASSIFICATION, "logits", LOGITS),
+        (Task.CLASSIFICATION, "probabilities", PROBABILITIES),
+        (Task.CLASSIFICATION, "logits", TOKEN_LOGITS),
+        (Task.EMBEDDING, "sentence_embedding", UNIT_ROWS),
+        (Task.REGRESSION, "reconstruction", PIXELS),
+        # No clear look of another task: a name like scores on an unsure softmax (an autoencoder's
+        # pixels), confident rows with no such name, a name like an embedding's, one value a row.
+        (Task.EMBEDDING, "logits", PIXELS),
+        (Task.EMBEDDING, "out", LOGITS),
+        (Task.EMBEDDING, "class_embedding", LOGITS),
+        (Task.REGRESSION, "logits", PIXELS),
+        (Task.REGRESSION, "out", LOGITS),
+        (Task.REGRESSION, "score", np.array([[0.3], [4.0], [0.2]], dtype=np.float32)),
+        (Task.REGRESSION, "y", np.array([0.3, -4.0, 0.2], dtype=np.float32)),
+    ],
+)
+def test_a_task_whose_output_has_no_clear_look_of_another_is_not_doubted(
+    task: Task, output: str, values: np.ndarray
+) -> None:
+    assert _doubts(task, output, values) == []

@@ -437,21 +437,41 @@ def test_an_unfused_trial_that_lifts_no_sandwich_is_not_carried_on_nor_chosen() 
     assert futile.quantized_share < first.quantized_share and tuner.best([chosen, first, futile]) is first
 
 
+def _nodes(**counts: int) -> list[tuple[str, str]]:
+    """A chosen model's (name, op type): `Conv=3` is conv0, conv1, conv2."""
+    return [(f"{op_type.lower()}{i}", op_type) for op_type, count in counts.items() for i in range(count)]
+
+
 def test_a_passing_dynamic_trial_with_most_convs_in_float_names_static_quantization() -> None:
     """EfficientNet-Lite0 --mode dynamic passed with every Conv in float (1.3x smaller, 4:59), and
     nothing said that static quantization is what quantizes a CNN's Convs."""
     (passed,), _ = _tune(replace(BASE, max_trials=0, mode=Mode.DYNAMIC), lambda config, excluded: 1.0)
     assert passed.passed and passed.config.mode is Mode.DYNAMIC
-    said = tuner.static_for_convs(passed, {"Conv": 3, "ConvInteger": 1, "MatMulInteger": 1}, CNN)
+    said = tuner.static_for_convs(passed, _nodes(Conv=3, ConvInteger=1, MatMulInteger=1), CNN)
     assert said == (
         "the passing dynamic trial keeps 3 of the model's 4 Convs in float: static quantization, with "
         "calibration data, is what quantizes a CNN's Convs; try --mode static on the calibration data given"
     )
-    uncalibrated = tuner.static_for_convs(passed, {"Conv": 1}, replace(CNN, can_calibrate=False))
+    uncalibrated = tuner.static_for_convs(passed, _nodes(Conv=1), replace(CNN, can_calibrate=False))
     assert uncalibrated is not None and uncalibrated.endswith("with representative --calibration data")
-    assert tuner.static_for_convs(passed, {"Conv": 2, "ConvInteger": 2}, CNN) is None, "half is not most"
-    assert tuner.static_for_convs(passed, {"MatMulInteger": 2}, CNN) is None, "no Conv"
+    assert tuner.static_for_convs(passed, _nodes(Conv=2, ConvInteger=2), CNN) is None, "half is not most"
+    assert tuner.static_for_convs(passed, _nodes(MatMulInteger=2), CNN) is None, "no Conv"
     static = replace(passed, config=replace(passed.config, mode=Mode.STATIC))
-    assert tuner.static_for_convs(static, {"Conv": 4}, CNN) is None, "a static QDQ Conv stays a Conv"
+    assert tuner.static_for_convs(static, _nodes(Conv=4), CNN) is None, "a static QDQ Conv stays a Conv"
     failed = replace(passed, evaluation=_evaluation(0.5))
-    assert tuner.static_for_convs(failed, {"Conv": 4}, CNN) is None, "the advice says it when none passed"
+    assert tuner.static_for_convs(failed, _nodes(Conv=4), CNN) is None, "the advice says it when none passed"
+
+
+def test_convs_the_user_excluded_are_not_counted_as_kept_in_float_by_dynamic_quantization() -> None:
+    """The hint spoke of the user's own --exclude as if dynamic quantization had kept those Convs in
+    float. Only the others count; where dynamic kept most of those, it says how many --exclude keeps."""
+    config = replace(BASE, max_trials=0, mode=Mode.DYNAMIC, excluded_nodes=("conv0", "conv1", "conv2"))
+    (passed,), _ = _tune(config, lambda config, excluded: 1.0)
+    assert tuner.static_for_convs(passed, _nodes(Conv=3, ConvInteger=2), CNN) is None, "only the user's"
+    assert tuner.static_for_convs(passed, _nodes(Conv=3), CNN) is None, "every Conv the user's"
+    assert tuner.static_for_convs(passed, _nodes(Conv=4, ConvInteger=1), CNN) is None, "1 of 2 is not most"
+    assert tuner.static_for_convs(passed, _nodes(Conv=5, ConvInteger=1), CNN) == (
+        "--exclude keeps 3 of the model's 6 Convs in float, and the passing dynamic trial 2 of the other 3: "
+        "static quantization, with calibration data, is what quantizes a CNN's Convs; try --mode static on "
+        "the calibration data given"
+    )
