@@ -562,19 +562,20 @@ def pack(path: Path, tarball: Path) -> None:
 
 def _speed_options(func: F) -> F:
     """curl's --speed-limit and --speed-time, for a transfer from or to an OCI registry (and, for
-    fetch, an http(s) download)."""
+    fetch, an http(s) download: the help says so, with no `oci://:` of fetch's registry-only flags)."""
     func = click.option(
         "--speed-time",
         type=_FiniteRange(min=0, min_open=True),
         default=None,
-        help="oci://: seconds over which --speed-limit is measured. Default: quantship.oci.SPEED_WINDOW_S.",
+        help="Seconds over which --speed-limit is measured. Default: quantship.oci.SPEED_WINDOW_S.",
     )(func)
     func = click.option(
         "--speed-limit",
         type=_FiniteRange(min=0),
         default=None,
-        help="oci://: bytes a second a transfer must move, on average over --speed-time, or be "
-        "abandoned (0: never). Default: quantship.oci.MIN_SPEED_BYTES_S.",
+        help="Bytes a second each transfer (to or from a registry, or fetch's http(s) download) must "
+        "move, on average over --speed-time, or be abandoned (0: never). Default: "
+        "quantship.oci.MIN_SPEED_BYTES_S.",
     )(func)
     return func
 

@@ -114,6 +114,15 @@ def test_a_username_without_its_password_is_refused_before_the_registry_is_asked
     assert list(tmp_path.iterdir()) == []
 
 
+def test_fetchs_help_does_not_say_the_speed_limit_holds_oci_alone() -> None:
+    """fetch holds an http(s) .tar.gz to --speed-limit as it holds an oci:// pull; its help began
+    `oci://:`, the mark its registry-only flags carry, so a user read that downloads were not held."""
+    helps = {param.name: param.help or "" for param in main.commands["fetch"].params}
+    assert helps["registry_config"].startswith("oci://:")  # the mark, where it fits
+    assert not helps["speed_limit"].startswith("oci://") and "http(s)" in helps["speed_limit"]
+    assert not helps["speed_time"].startswith("oci://")
+
+
 @pytest.mark.parametrize("uri", ["oci://registry.example.com/ml/digits:v1", "https://example.com/a.tar.gz"])
 def test_serve_refuses_a_uri_in_one_line_naming_pull_and_fetch(uri: str) -> None:
     served = CliRunner().invoke(main, ["serve", uri, "--model-name", "digits", "--revision", "1"])
