@@ -567,7 +567,7 @@ def _speed_options(func: F) -> F:
         "--speed-time",
         type=_FiniteRange(min=0, min_open=True),
         default=None,
-        help="Seconds over which --speed-limit is measured. Default: quantship.oci.SPEED_WINDOW_S.",
+        help="Seconds over which --speed-limit is measured. Default: quantship.oci.SPEED_WINDOW_S (60).",
     )(func)
     func = click.option(
         "--speed-limit",
@@ -575,7 +575,7 @@ def _speed_options(func: F) -> F:
         default=None,
         help="Bytes a second each transfer (to or from a registry, or fetch's http(s) download) must "
         "move, on average over --speed-time, or be abandoned (0: never). Default: "
-        "quantship.oci.MIN_SPEED_BYTES_S.",
+        "quantship.oci.MIN_SPEED_BYTES_S (100).",
     )(func)
     return func
 
