@@ -1,5 +1,5 @@
 """What a demo run starts from (nothing of the previous run's that it could read as its own), and
-where it shows its progress (a live view only where one can draw)."""
+where it shows its progress (a live view only where one can draw), and what its help says."""
 
 from __future__ import annotations
 
@@ -7,9 +7,11 @@ import json
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 from rich.console import Console
 
 from quantship import artifact
+from quantship.cli import main
 from quantship.local import demo
 
 
@@ -83,3 +85,14 @@ def test_a_workdir_a_demo_wrote_before_it_marked_workdirs_is_cleared_too(tmp_pat
     demo.clear_previous_run(tmp_path)
 
     assert not (tmp_path / "summary.json").exists() and not (tmp_path / "prometheus" / "data").exists()
+
+
+def test_the_help_names_every_part_of_the_demo_and_that_a_rerun_replaces_its_outputs() -> None:
+    """It said "roll a good canary out, roll a bad one back" and stopped: half of what the demo does
+    (the drift, the recalibration and its canary) went unsaid."""
+    result = CliRunner().invoke(main, ["demo", "--help"], terminal_width=200)
+
+    assert result.exit_code == 0
+    words = " ".join(result.output.split())
+    assert "drift the traffic, recalibrate from what the stable captured and roll that out" in words
+    assert "a rerun replaces the last run's outputs there" in words
