@@ -685,6 +685,11 @@ async def _until_stopped(
         raise
 
 
+STOPPED_SERVING = "every server, Prometheus and the load generator were stopped"
+STOPPED_QUANTIZING = "while building the artifacts (step 1), before any server or Prometheus started"
+"""What a stop left running, said as it happened: in step 1 there was nothing to stop but the quantizer."""
+
+
 class StoppedBy(Exception):
     """The demo was stopped by a signal other than Ctrl-C: the process ends by it once cleaned up."""
 
@@ -697,6 +702,7 @@ def main(workdir: Path, console: Console, *, quick: bool, prometheus: bool) -> i
     """The demo. Step 1 (training and quantizing: no process of ours runs yet) before the event loop,
     where Ctrl-C stops it at once: on the loop, its handlers waited for the quantizing to end."""
     started = time.monotonic()
+    built: tuple[zoo.SampleModel, list[Revision]] | None = None
     try:
         workdir = clear_previous_run(workdir)
         built = build_artifacts(workdir, console)
@@ -704,7 +710,7 @@ def main(workdir: Path, console: Console, *, quick: bool, prometheus: bool) -> i
             _until_stopped(workdir, console, built, quick=quick, prometheus=prometheus, started=started)
         )
     except (KeyboardInterrupt, asyncio.CancelledError, StoppedBy) as stop:
-        console.print("[yellow]interrupted: every server, Prometheus and the load generator were stopped[/]")
+        console.print(f"[yellow]interrupted: {STOPPED_SERVING if built else STOPPED_QUANTIZING}[/]")
         if isinstance(stop, StoppedBy):  # a kill or a closed terminal: end by it, as its sender expects
             sys.stdout.flush()
             signal.signal(stop.signal, signal.SIG_DFL)
