@@ -41,7 +41,9 @@ from quantship.local.recalibration import (
     DriftLoop,
     DriftReader,
     RecalibrationError,
+    command_line,
     prometheus_drift,
+    quantize_arguments,
     recalibrate,
     scraped_drift,
     wait_for_capture,
@@ -457,12 +459,12 @@ async def _drift(
         settled = await timeline.drift(scope)  # the window now holds drifted requests only
         loop.drifted = max(loop.drifted, settled or 0.0)
         out = workdir / RECALIBRATED
+        arguments = quantize_arguments(sample.model, capture, sample.evaluation, out)
         console.print(
             f"{timeline.now():5.0f}s {loop.revision}: drift {_bits(loop.drifted)}; recalibrating on the "
-            f"{loop.captured} rows captured: quantship quantize "
-            f"{sample.model.name} --calibration {capture.name} --evaluation {sample.evaluation.name} -o {out}"
+            f"{loop.captured} rows captured: {command_line(arguments)}"
         )
-        await recalibrate(sample.model, capture, sample.evaluation, out)
+        await recalibrate(arguments)
     except RecalibrationError as exc:
         console.print(f"[bold red]drift loop stopped[/]: {exc}")
         return None
