@@ -516,7 +516,12 @@ def _report(
     report = workdir / "reports" / "demo.html"
     report.write_text(
         demo_report.render(
-            timeline, _spec(revisions[-1].name, settings), outcomes[1:], drift, settings.describe()
+            timeline,
+            _spec(revisions[-1].name, settings),
+            outcomes[1:],
+            drift,
+            settings.describe(),
+            drift_filling=DRIFT_WINDOW // 2,
         )
     )
     ok = all(o["phase"] == o["expected"] for o in outcomes) and drift.ok
