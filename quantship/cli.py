@@ -1111,7 +1111,7 @@ def serve_settings(
     type=click.Path(file_okay=False, path_type=Path),
     default=Path("build/demo"),
     show_default=True,
-    help="Where models, artifacts, logs and reports go.",
+    help="Where models, artifacts, logs and reports go; a rerun replaces the last run's outputs there.",
 )
 @click.option("--quick", is_flag=True, help="Shorter steps and windows (about a minute): for tests.")
 @click.option(
@@ -1122,7 +1122,8 @@ def serve_settings(
 )
 @user_errors
 def demo(workdir: Path, quick: bool, prometheus: bool) -> None:
-    """Run the whole flow locally: quantize, serve, roll a good canary out, roll a bad one back."""
+    """Run the whole flow locally: quantize, serve, roll a good canary out and a bad one back, then
+    drift the traffic, recalibrate from what the stable captured and roll that out."""
     from quantship.local import demo as demo_module
 
     sys.exit(demo_module.main(workdir, stdout, quick=quick, prometheus=prometheus))

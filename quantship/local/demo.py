@@ -41,7 +41,9 @@ from quantship.local.recalibration import (
     DriftLoop,
     DriftReader,
     RecalibrationError,
+    command_line,
     prometheus_drift,
+    quantize_arguments,
     recalibrate,
     scraped_drift,
     wait_for_capture,
@@ -457,12 +459,12 @@ async def _drift(
         settled = await timeline.drift(scope)  # the window now holds drifted requests only
         loop.drifted = max(loop.drifted, settled or 0.0)
         out = workdir / RECALIBRATED
+        arguments = quantize_arguments(sample.model, capture, sample.evaluation, out)
         console.print(
             f"{timeline.now():5.0f}s {loop.revision}: drift {_bits(loop.drifted)}; recalibrating on the "
-            f"{loop.captured} rows captured: quantship quantize "
-            f"{sample.model.name} --calibration {capture.name} --evaluation {sample.evaluation.name} -o {out}"
+            f"{loop.captured} rows captured: {command_line(arguments)}"
         )
-        await recalibrate(sample.model, capture, sample.evaluation, out)
+        await recalibrate(arguments)
     except RecalibrationError as exc:
         console.print(f"[bold red]drift loop stopped[/]: {exc}")
         return None
@@ -514,7 +516,12 @@ def _report(
     report = workdir / "reports" / "demo.html"
     report.write_text(
         demo_report.render(
-            timeline, _spec(revisions[-1].name, settings), outcomes[1:], drift, settings.describe()
+            timeline,
+            _spec(revisions[-1].name, settings),
+            outcomes[1:],
+            drift,
+            settings.describe(),
+            drift_filling=DRIFT_WINDOW // 2,
         )
     )
     ok = all(o["phase"] == o["expected"] for o in outcomes) and drift.ok
@@ -600,11 +607,13 @@ def _view(console: Console, timeline: Timeline, spec: Any) -> Any:
 
 def can_show_live(console: Console) -> bool:
     """Whether a live view can show: a terminal, not a dumb one (rich's Live draws nothing there),
-    at least LIVE_MIN_WIDTH wide (narrower, every cell of its tables reads "…")."""
+    at least LIVE_MIN_WIDTH wide (narrower, its cells are cut: "v3-int8-skew…", and at 80 columns
+    every one of them, "0.0…"; the lines printed instead stay whole)."""
     return console.is_terminal and not console.is_dumb_terminal and console.width >= LIVE_MIN_WIDTH
 
 
-LIVE_MIN_WIDTH = 80
+LIVE_MIN_WIDTH = 120
+"""Columns the live view's traffic table needs with the demo's revision names (118 at most)."""
 
 
 def _summary(outcomes: list[dict[str, Any]]) -> Table:
@@ -685,6 +694,11 @@ async def _until_stopped(
         raise
 
 
+STOPPED_SERVING = "every server, Prometheus and the load generator were stopped"
+STOPPED_QUANTIZING = "while building the artifacts (step 1), before any server or Prometheus started"
+"""What a stop left running, said as it happened: in step 1 there was nothing to stop but the quantizer."""
+
+
 class StoppedBy(Exception):
     """The demo was stopped by a signal other than Ctrl-C: the process ends by it once cleaned up."""
 
@@ -697,6 +711,7 @@ def main(workdir: Path, console: Console, *, quick: bool, prometheus: bool) -> i
     """The demo. Step 1 (training and quantizing: no process of ours runs yet) before the event loop,
     where Ctrl-C stops it at once: on the loop, its handlers waited for the quantizing to end."""
     started = time.monotonic()
+    built: tuple[zoo.SampleModel, list[Revision]] | None = None
     try:
         workdir = clear_previous_run(workdir)
         built = build_artifacts(workdir, console)
@@ -704,7 +719,7 @@ def main(workdir: Path, console: Console, *, quick: bool, prometheus: bool) -> i
             _until_stopped(workdir, console, built, quick=quick, prometheus=prometheus, started=started)
         )
     except (KeyboardInterrupt, asyncio.CancelledError, StoppedBy) as stop:
-        console.print("[yellow]interrupted: every server, Prometheus and the load generator were stopped[/]")
+        console.print(f"[yellow]interrupted: {STOPPED_SERVING if built else STOPPED_QUANTIZING}[/]")
         if isinstance(stop, StoppedBy):  # a kill or a closed terminal: end by it, as its sender expects
             sys.stdout.flush()
             signal.signal(stop.signal, signal.SIG_DFL)

@@ -46,9 +46,9 @@ def render(timeline: Timeline, spec: RolloutSpec | None) -> Group:
 
 
 def _traffic(timeline: Timeline) -> Table:
-    table = Table(title="traffic and SLIs per revision (short window)", expand=True)
+    table = Table(title="traffic and SLIs per revision (short window; drift in bits)", expand=True)
     slis = [objective.sli.value for objective in timeline.objectives]
-    for column in ("revision", "track", "ok", "failed", "p50 ms", "p95 ms", *slis, "drift bits"):
+    for column in ("revision", "track", "ok", "failed", "p50 ms", "p95 ms", *slis, "drift"):
         table.add_column(column, justify="left" if column in ("revision", "track") else "right")
     last = timeline.samples[-1] if timeline.samples else None
     for revision, sample in last.revisions.items() if last else []:

@@ -15,10 +15,11 @@ wait that long, so it compares the gauge as the servers export it with the same 
 from __future__ import annotations
 
 import asyncio
+import shlex
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -146,14 +147,31 @@ async def wait_for_capture(path: Path, since: float, timeout: float) -> int:
     raise RecalibrationError(f"no capture written to {path} within {timeout:.0f} s of the drift")
 
 
-async def recalibrate(model: Path, capture: Path, evaluation: Path, out: Path) -> list[str]:
-    """`quantship quantize MODEL --calibration CAPTURE --evaluation EVALUATION -o OUT`, the command a
-    person runs, in a child process: the demo's event loop keeps the traffic and the view going.
-    Returns the command line; raises RecalibrationError with its output when it fails."""
-    command = [
-        sys.executable, "-m", "quantship", "quantize", str(model), "-o", str(out),
-        "--calibration", str(capture), "--evaluation", str(evaluation), "-q",
+def quantize_arguments(model: Path, capture: Path, evaluation: Path, out: Path) -> list[str]:
+    """`quantship quantize MODEL -o OUT --calibration CAPTURE --evaluation EVALUATION`'s arguments:
+    what `recalibrate` runs and the demo shows."""
+    return [
+        "quantize", str(model), "-o", str(out),
+        "--calibration", str(capture), "--evaluation", str(evaluation),
     ]  # fmt: skip
+
+
+def command_line(arguments: Sequence[str], cwd: Path | None = None) -> str:
+    """`quantship ARGUMENTS` as a person can paste it in `cwd` (default: the current directory): the
+    paths under it relative to it, every one whole (the demo showed bare file names: 'model.onnx')."""
+    here = (cwd or Path.cwd()).resolve()
+    shown = [
+        str(Path(a).relative_to(here)) if Path(a).is_absolute() and Path(a).is_relative_to(here) else a
+        for a in arguments
+    ]
+    return shlex.join(["quantship", *shown])
+
+
+async def recalibrate(arguments: Sequence[str]) -> None:
+    """`quantship quantize` with `arguments` (quantize_arguments), the command a person runs, in a
+    child process: the demo's event loop keeps the traffic and the view going. Raises
+    RecalibrationError with its output when it fails."""
+    command = [sys.executable, "-m", "quantship", *arguments, "-q"]
     child = await asyncio.create_subprocess_exec(
         *dying_with_parent(command),
         stdout=subprocess.PIPE,
@@ -169,4 +187,3 @@ async def recalibrate(model: Path, capture: Path, evaluation: Path, out: Path) -
         raise RecalibrationError(
             f"quantize exited with {child.returncode}:\n{output.decode(errors='replace')[-3000:]}"
         )
-    return command

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -21,7 +22,7 @@ from quantship.oncall.rules import DRIFT_THRESHOLD
 pytestmark = pytest.mark.prometheus
 
 
-def _demo(workdir: Path, *flags: str) -> subprocess.Popen[str]:
+def _demo(workdir: Path, *flags: str, **popen: Any) -> subprocess.Popen[str]:
     """The demo in `workdir`'s parent, given `workdir` relative to it: as `make demo` passes build/demo."""
     return subprocess.Popen(
         [sys.executable, "-m", "quantship", "demo", "--quick", "--workdir", workdir.name, *flags],
@@ -29,7 +30,7 @@ def _demo(workdir: Path, *flags: str) -> subprocess.Popen[str]:
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        env={**os.environ, "COLUMNS": "200"},
+        **{"env": {**os.environ, "COLUMNS": "200"}, **popen},
     )
 
 
@@ -160,6 +161,34 @@ def test_stopping_the_demo_during_a_canary_stops_every_process_it_started(
     assert process.returncode == (130 if stop == signal.SIGINT else -stop), output[-2000:]
     assert "interrupted" in output
     assert not _processes_mentioning(workdir), "every child process is gone"
+
+
+def test_ctrl_c_while_quantizing_stops_the_quantizer_and_says_nothing_was_serving(tmp_path: Path) -> None:
+    """Ctrl-C in a terminal signals the whole foreground group: the demo and the quantizer's child
+    (onnxruntime's preprocess). The demo said it had stopped servers and Prometheus it never started."""
+    workdir, scratch = tmp_path / "demo", tmp_path / "tmp"
+    scratch.mkdir()
+    process = _demo(
+        workdir, env={**os.environ, "COLUMNS": "200", "TMPDIR": str(scratch)}, start_new_session=True
+    )
+    _wait_for(process, "quantizing int8-good", timeout=60)
+    os.killpg(process.pid, signal.SIGINT)
+    output = _finish(process, timeout=30)
+    assert process.returncode == 130, output[-2000:]
+    assert "interrupted: while building the artifacts (step 1), before any server" in output, output[-2000:]
+    assert "were stopped" not in output
+    deadline = time.monotonic() + 10  # nothing of the demo's group outlives it, nor the quantizer's scratch
+    while _group_alive(process.pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _group_alive(process.pid) and not list(scratch.iterdir())
+
+
+def _group_alive(group: int) -> bool:
+    try:
+        os.killpg(group, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def test_a_killed_demo_takes_its_servers_and_prometheus_with_it(tmp_path: Path) -> None:

@@ -1,5 +1,5 @@
 """What a demo run starts from (nothing of the previous run's that it could read as its own), and
-where it shows its progress (a live view only where one can draw)."""
+where it shows its progress (a live view only where one can draw), and what its help says."""
 
 from __future__ import annotations
 
@@ -7,10 +7,13 @@ import json
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 from rich.console import Console
 
 from quantship import artifact
-from quantship.local import demo
+from quantship.cli import main
+from quantship.local import demo, live
+from quantship.local.timeline import RevisionSample, Sample, Timeline
 
 
 def test_a_rerun_starts_without_the_previous_runs_outputs_and_leaves_the_rest(tmp_path: Path) -> None:
@@ -64,9 +67,10 @@ def test_a_folder_where_the_recalibrated_artifact_goes_is_kept_unless_it_is_one(
         (True, "xterm", 120, True),
         (True, "dumb", 120, False),
         (True, "xterm", 40, False),
+        (True, "xterm", 80, False),
         (False, "xterm", 120, False),
     ],
-    ids=["terminal", "dumb terminal", "narrow terminal", "pipe"],
+    ids=["terminal", "dumb terminal", "narrow terminal", "80 columns", "pipe"],
 )
 def test_the_live_view_shows_only_where_it_can_draw(
     terminal: bool, term: str, width: int, live: bool
@@ -83,3 +87,31 @@ def test_a_workdir_a_demo_wrote_before_it_marked_workdirs_is_cleared_too(tmp_pat
     demo.clear_previous_run(tmp_path)
 
     assert not (tmp_path / "summary.json").exists() and not (tmp_path / "prometheus" / "data").exists()
+
+
+def test_the_help_names_every_part_of_the_demo_and_that_a_rerun_replaces_its_outputs() -> None:
+    """It said "roll a good canary out, roll a bad one back" and stopped: half of what the demo does
+    (the drift, the recalibration and its canary) went unsaid."""
+    result = CliRunner().invoke(main, ["demo", "--help"], terminal_width=200)
+
+    assert result.exit_code == 0
+    words = " ".join(result.output.split())
+    assert "drift the traffic, recalibrate from what the stable captured and roll that out" in words
+    assert "a rerun replaces the last run's outputs there" in words
+
+
+def test_where_the_live_view_shows_its_traffic_table_cuts_no_cell() -> None:
+    """At 120 columns it read "v3-int8-skew…" and "accuracy_del…"; at 80, where it showed too, every
+    cell ("0.0…")."""
+    ratios = {objective.sli: 0.00123 for objective in demo.OBJECTIVES}
+    serving = {"v2-int8": "stable", "v3-int8-skewed": "canary", "v4-int8-recal": "canary"}
+    revisions = {
+        name: RevisionSample(track, 12345, 0, ratios, 1.234, 1.234, 0.123) for name, track in serving.items()
+    }
+    timeline = Timeline(demo.OBJECTIVES, 10, "digits", samples=[Sample(1.0, "v3", 20, revisions)])
+    console = Console(width=demo.LIVE_MIN_WIDTH, record=True)
+
+    console.print(live._traffic(timeline))
+
+    shown = console.export_text()
+    assert "…" not in shown and all(name in shown for name in serving), shown
