@@ -187,8 +187,8 @@ class ClipCounter:
         observed_values = sum(seen for seen, _ in per_tensor.values())
         clipped_values = sum(outside for _, outside in per_tensor.values())
         self.metrics.activations(observed_values, clipped_values, per_tensor)
-        if self.drift is not None:
-            distances = self.drift.distances()
+        if self.drift is not None:  # its evidence counted from the first request, the distance once settled
+            distances = self.drift.distances() if self.drift.settled else {}
             self.metrics.drifted(distances, overall(distances), binned)
 
 

@@ -95,3 +95,18 @@ def test_drift_stays_near_zero_on_calibration_like_traffic_and_rises_on_shifted_
     assert max(shifted_tensors.values()) > max(calm_tensors.values())
     for reason in ("behind", "budget"):
         assert drift_server.metric("quantship_samples_dropped_total", kind="clip", reason=reason) == 0
+
+
+def test_a_fresh_servers_drift_appears_once_its_window_holds_half_its_requests(
+    drift_server: LocalServer, traffic: tuple[np.ndarray, np.ndarray]
+) -> None:
+    """Over a few requests the histograms are sparse and read far from calibration on calm traffic:
+    the gauge waits for the window's first half, its evidence counter does not."""
+    images = traffic[0]
+    send(drift_server, images[1 : WINDOW // 2 - 1])  # with the fixture's one: a request short of half
+    registry, labels = drift_server.registry, {**drift_server.settings.labels, "tensor": DRIFT_OVERALL}
+    assert registry.get_sample_value("quantship_activation_drift", labels) is None
+    assert drift_server.metric("quantship_activation_drift_values_total") > 0
+    send(drift_server, images[WINDOW // 2 - 1 : WINDOW // 2], clients=1)
+    drift = registry.get_sample_value("quantship_activation_drift", labels)
+    assert drift is not None and drift < 0.05

@@ -49,6 +49,18 @@ def test_a_window_of_calibration_like_values_stays_near_zero_and_a_shifted_one_r
     assert shifted > 0.2
 
 
+def test_a_window_is_settled_once_it_held_its_first_half() -> None:
+    rng = np.random.default_rng(4)
+    window = DriftWindow([calibration(rng.standard_normal(20_000))], window=8)
+    for _ in range(3):
+        window.add("t", [rng.standard_normal(200)], [1])
+        window.samples_done()
+        assert not window.settled
+    window.add("t", [rng.standard_normal(200)], [1])
+    window.samples_done()
+    assert window.settled
+
+
 def test_the_window_forgets_what_is_older_than_a_window() -> None:
     rng = np.random.default_rng(1)
     window = DriftWindow([calibration(rng.standard_normal(20_000))], window=20)
