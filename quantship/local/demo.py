@@ -516,12 +516,7 @@ def _report(
     report = workdir / "reports" / "demo.html"
     report.write_text(
         demo_report.render(
-            timeline,
-            _spec(revisions[-1].name, settings),
-            outcomes[1:],
-            drift,
-            settings.describe(),
-            drift_filling=DRIFT_WINDOW // 2,
+            timeline, _spec(revisions[-1].name, settings), outcomes[1:], drift, settings.describe()
         )
     )
     ok = all(o["phase"] == o["expected"] for o in outcomes) and drift.ok

@@ -30,20 +30,14 @@ def render(
     outcomes: Sequence[dict[str, Any]],
     drift: DriftLoop,
     settings: str,
-    drift_filling: int = 0,
 ) -> str:
-    """`drift_filling`: the requests a revision serves before its drift window holds its first half
-    (every request is sampled in the demo): its drift until then is drawn dotted (`_drift`)."""
     sections = [
         ("Outcome", _outcome(outcomes)),
         ("Drift loop: drifted traffic, recalibration from the capture, canary", _drift_loop(drift)),
         ("Canary weight and decisions", _weight(timeline)),
         ("Accuracy delta (shadow top-1 disagreement vs FP32)", _sli(timeline, slo.SLI.ACCURACY_DELTA)),
         ("Clipped-activation rate", _sli(timeline, slo.SLI.CLIP_RATE)),
-        (
-            "Activation drift (Jensen-Shannon divergence from calibration)",
-            _drift(timeline, drift, drift_filling),
-        ),
+        ("Activation drift (Jensen-Shannon divergence from calibration)", _drift(timeline, drift)),
         ("Latency (client side)", _latency(timeline)),
         ("Burn rates at each judgement", _burn_rates(timeline, spec)),
         ("Decision log", _log(timeline)),
@@ -162,9 +156,14 @@ def _sli(timeline: Timeline, sli: slo.SLI) -> str:
     return reporting.figure(fig, f"{sli.value} over time") + note
 
 
-def _drift(timeline: Timeline, loop: DriftLoop, filling: int = 0) -> str:
+def _drift(timeline: Timeline, loop: DriftLoop) -> str:
     fig, ax = reporting.new_figure(10, 3)
-    plotted = _plot_drift(ax, timeline, filling)
+    plotted = False
+    for color, (revision, points) in zip(_COLORS, _series(timeline).items(), strict=False):
+        drift = [(at, data.drift) for at, data in points if data.drift is not None]
+        if drift:
+            ax.plot(*zip(*drift, strict=True), label=revision, color=color)
+            plotted = True
     ax.axhline(loop.threshold, color="#b42318", linestyle="--", label=f"alert threshold {loop.threshold:g}")
     ax.set_ylabel("drift (bits, tensor=all)")
     ax.set_xlabel("seconds since start")
@@ -176,35 +175,6 @@ def _drift(timeline: Timeline, loop: DriftLoop, filling: int = 0) -> str:
         else "<p>No revision reported drift (an FP32 artifact has no calibration histograms).</p>"
     )
     return reporting.figure(fig, "activation drift over time") + note
-
-
-def _plot_drift(ax: Any, timeline: Timeline, filling: int) -> bool:
-    """Each revision's drift, dotted over its first `filling` requests: a window of a few requests
-    reads high (the recalibrated canary's first reading was 0.17 bits, over the drifted stable's 0.13,
-    and 0.03 a second later). Whether any revision reported drift."""
-    plotted = dotted = False
-    for color, (revision, points) in zip(_COLORS, _series(timeline).items(), strict=False):
-        readings = [
-            (at, data.drift, data.requests_ok >= filling) for at, data in points if data.drift is not None
-        ]
-        full = [(at, drift) for at, drift, filled in readings if filled]
-        early = [(at, drift) for at, drift, filled in readings if not filled] + full[:1]  # joins the line
-        if len(early) > len(full[:1]):
-            ax.plot(*zip(*early, strict=True), color=color, linestyle=":", linewidth=1)
-            dotted = True
-        if full:
-            ax.plot(*zip(*full, strict=True), label=revision, color=color)
-        plotted = plotted or bool(readings)
-    if dotted:
-        ax.plot(
-            [],
-            [],
-            color="#5b6576",
-            linestyle=":",
-            linewidth=1,
-            label=f"a revision's first {filling} requests",
-        )
-    return plotted
 
 
 def _latency(timeline: Timeline) -> str:
