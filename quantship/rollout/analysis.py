@@ -153,7 +153,7 @@ class WindowResult:
     """The kind of `problem`."""
     baseline_problem: str | None = None
     """Why the canary was not compared with the stable revision on this window ("10 samples of the 60
-    needed", "no stable revision"); None when it was."""
+    needed", "it measured none", "no stable revision"); None when it was."""
     whole_bad: float | None = None
     """The bad events counted whole, where `bad` counts shares of them (Counts.whole_bad)."""
     least_burn_rate: float | None = None
@@ -372,9 +372,10 @@ def judge(measurements: Measurements, spec: RolloutSpec) -> Analysis:
 
 
 def _uncompared(results: tuple[SLOResult, ...]) -> str:
-    """The windows judged without the stable revision's figures, grouped by why: "0 samples of the 60
-    needed for accuracy_delta and clip_rate on 10s and 20s, latency on 10s". An FP32 stable has no
-    accuracy delta or clip rate, and one at 0% has no traffic: said once each, not once a window."""
+    """The windows judged without the stable revision's figures, grouped by why: "it measured none
+    for accuracy_delta and clip_rate on 10s and 20s; 10 samples of the 60 needed for latency on 10s".
+    An FP32 stable has no accuracy delta or clip rate, and one at 0% has no traffic: said once each,
+    not once a window."""
     windows_by_why: dict[str, dict[str, list[str]]] = {}
     for result in results:
         for window in result.windows:
@@ -430,6 +431,8 @@ def _window(
                     return WindowResult(
                         window, bad, total, burn, base_burn, whole_bad=canary.whole_bad, least_burn_rate=burn
                     )
+                case Counts(total=0):  # an FP32 stable has no accuracy delta or clip rate; one at 0%, nothing
+                    why = "it measured none"
                 case Counts(total=base_total):
                     why = f"{_whole(base_total)} samples of the {min_samples} needed"
                 case None:

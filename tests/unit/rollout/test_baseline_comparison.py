@@ -72,7 +72,8 @@ def test_a_baseline_with_too_few_samples_is_named_in_the_reason(
 
 def test_the_gaps_are_said_once_each_grouped_by_why(make_spec: Callable[..., RolloutSpec]) -> None:
     """An FP32 stable has no accuracy delta or clip rate, and a stable at 0% no traffic: the demo's
-    promotion listed "0 samples of the 60 needed" six times, once per SLO and window."""
+    promotion listed "0 samples of the 60 needed" six times, once per SLO and window, and read as if
+    data were missing: "it measured none" says the stable has no such figures."""
     spec = make_spec(objectives=OBJECTIVES)  # windows 30s and 2m
     none = Counts(bad=0, total=0)
     baseline = {(objective.sli, window): none for objective in OBJECTIVES for window in spec.analysis.windows}
@@ -83,8 +84,8 @@ def test_the_gaps_are_said_once_each_grouped_by_why(make_spec: Callable[..., Rol
 
     assert analysis.verdict is Verdict.PASS
     assert analysis.reason.endswith(
-        "(not compared with the stable revision: 0 samples of the 50 needed for accuracy_delta and "
-        "clip_rate on 30s and 2m; 10 samples of the 50 needed for latency and errors on 30s)"
+        "(not compared with the stable revision: it measured none for accuracy_delta and clip_rate on 30s "
+        "and 2m; 10 samples of the 50 needed for latency and errors on 30s)"
     )
 
 
