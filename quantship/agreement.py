@@ -28,8 +28,8 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from quantship import runtime
-from quantship.artifact import MAX_TENSOR_NAME_CHARS
 from quantship.choices import Task as Task  # the gate and the server name it here
+from quantship.manifest_schema import MAX_TENSOR_NAME_CHARS
 from quantship.printable import brief
 
 CONFIDENT_PROBABILITY = 0.5

@@ -5,22 +5,20 @@ Every part reads artifacts through this module: the quantizer writes them (`writ
 `quantship verify` and the operator's fetch step load them (`load_artifact`), which checks every
 file's sha256 and, when a public key is configured, the manifest's ed25519 signature; the server
 loads them with `load_verified`, which also hands over the bytes it hashed of the files it serves.
-A .tar.gz from outside is hostile until checked (`ArchiveLimits`): it is unpacked member by member
-with caps on size, member count and compression ratio, only regular files with plain names, and
-nothing the manifest does not name; a refused archive leaves nothing on disk.
-It imports nothing else of quantship but `quantship.scratch` and `quantship.printable` (leaves too), so any
-part may depend on it.
+A .tar.gz from outside is hostile until checked: `quantship.archive` unpacks it within its limits,
+and this module refuses anything in it the manifest does not name; a refused archive leaves nothing
+on disk. What a manifest may hold is `quantship.manifest_schema`'s, and the activation ranges and
+histograms it lists are `quantship.activations`'.
+It imports nothing else of quantship but those and `quantship.scratch` and `quantship.printable`
+(leaves too), so any part may depend on it.
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
-import functools
-import gzip
 import hashlib
 import io
-import itertools
 import json
 import math
 import os
@@ -29,19 +27,20 @@ import shutil
 import stat
 import sys
 import tarfile
-import zlib
 from collections.abc import Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
-from typing import IO, Any
+from pathlib import Path
+from typing import Any
 
-import numpy as np
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from quantship import scratch
-from quantship.printable import UNPRINTABLE, brief
+from quantship.activations import HISTOGRAM_BINS, ActivationHistogram, ActivationRange
+from quantship.archive import ArchiveLimits, RefusedArchive, extract, remove_unpacked
+from quantship.manifest_schema import SIGNATURE_KEY, manifest_problem
+from quantship.printable import brief
 
 FORMAT_VERSION = 1
 REQUANTIZED_FORMAT_VERSION = 2
@@ -59,23 +58,6 @@ REFERENCE_FILE = "reference.onnx"
 FP32_PRECISION = "fp32"
 """quantization.precision of an unquantized baseline (`quantship package`): no gate, no reference."""
 MANIFEST_FILE = "manifest.json"
-SIGNATURE_KEY = "signature"
-
-
-@dataclass(frozen=True)
-class ArchiveLimits:
-    """What an artifact .tar.gz may hold before it is refused as hostile (reason `unsafe_archive`)."""
-
-    max_bytes: int = 16 * 2**30
-    """Unpacked bytes, all files together. 16 GiB: a large INT8 model with its FP32 reference."""
-    max_members: int = 16
-    """Entries in the archive. An artifact has a manifest, a model and a reference (and perhaps a
-    directory entry): a few, never thousands."""
-    max_ratio: float = 100.0
-    """Unpacked bytes per byte of the .tar.gz, once past `ratio_floor`. ONNX weights barely compress
-    (about 1.1x); a gzip bomb of zeros compresses a thousandfold and stops here, early."""
-    ratio_floor: int = 64 * 2**20
-    """Unpacked bytes always allowed whatever the ratio (small, sparse models compress well)."""
 
 
 MAX_MANIFEST_BYTES = 4 * 2**20
@@ -90,27 +72,6 @@ calibrating (`least_manifest_bytes`). JSON swells when parsed, up to 33 times fo
 nested empty lists: 4 MiB of them took 133 MB, where the 64 MiB this was took 1.75 GB, enough to
 kill a server pod with a small memory limit; 4 MiB of a GPT-2's ranges, histograms and
 sensitivities take 15 MB to load (3.9 times; 11 MB written indented, Python's allocations)."""
-
-MAX_LABEL_CHARS = 128
-"""The longest manifest string that becomes a Prometheus label value (`quantship_model_info`,
-`quantship_hardware_info`): a calibration method, a CPU's name (x86's brand string is at most 48),
-a version. Every replica sends each one on every scrape, and Prometheus keeps them."""
-
-MAX_TENSOR_NAME_CHARS = 4096
-"""The longest tensor name a manifest may hold (a range's, a histogram's, a sensitivity's, the gated
-output's). ONNX sets no limit; exporters write names of tens of characters, a few hundred at most
-(a deep module path), so 4096 refuses nothing real, and a hostile name of megabytes never reaches a
-load error, a log line or the report (its refusal shows 40 characters of it)."""
-TENSOR_NAME_FIELDS = {
-    "activation_ranges": ("tensor", "float_tensor"),
-    "activation_histograms": ("tensor",),
-    "sensitivity": ("tensor",),
-}
-"""Where a manifest lists tensor names: the fields of each item of these lists (and quantization.output)."""
-MAX_NODE_NAME_CHARS = MAX_TENSOR_NAME_CHARS
-"""The longest node name a manifest may hold (quantization.excluded_nodes, a trial's excluded, a
-sensitivity's node): ONNX bounds node names no more than tensor names, and the report and
-`quantize`'s summary print them (cut to `reporting.SHOWN_NAME_CHARS`)."""
 
 FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,254}")
 """How the manifest may name a file of the artifact (model.onnx, reference.onnx): a plain name in the
@@ -143,194 +104,6 @@ class ArtifactError(Exception):
 
 
 @dataclass(frozen=True)
-class ActivationRange:
-    """What one quantized activation of the served model can represent, and what calibration saw.
-
-    QDQ (and any QuantizeLinear reading a float tensor): `tensor` is the QuantizeLinear's float
-    input; its values more than half a step (`scale / 2`) outside [low, high] saturate, closer ones
-    only round. `activation_low/high` are the bounds of an activation (Relu, Clip) that quantization
-    folded into this range: values the activation would have removed anyway are not clipping, so
-    clip counters apply the activation first.
-
-    QOperator: a QLinear op (QLinearConv, QLinearMatMul, QGemm, ...) requantizes its output inside
-    its kernel, so no float tensor exists to look at. `tensor` is then the op's int8 output,
-    `requantized_by` its op type, `zero_point` the output's, and `float_tensor` the FP32 model's tensor
-    it stands for (calibrated, and binned for the drift baseline). Its codes are counted as they
-    are, one clipped when it is an end of the type (saturated, see `count_clipped`), and read
-    dequantized (`as_float`) where values are needed (drift).
-    """
-
-    tensor: str
-    low: float
-    high: float
-    scale: float
-    calibrated_min: float | None = None
-    calibrated_max: float | None = None
-    activation_low: float | None = None
-    activation_high: float | None = None
-    requantized_by: str | None = None
-    zero_point: int | None = None
-    float_tensor: str | None = None
-
-    def as_float(self, observed: np.ndarray) -> np.ndarray:
-        """`tensor`'s observed values in float: a QLinear op's int8 codes dequantized, others as they are."""
-        if self.requantized_by is None:
-            return observed
-        # float64, as `low`/`high` were computed: the end codes land on them exactly
-        return (observed.astype(np.float64) - (self.zero_point or 0)) * self.scale
-
-    def requantized(self, values: np.ndarray) -> np.ndarray:
-        """FP32 values of `float_tensor` as the QLinear op outputs them, dequantized: rounded to a code
-        (half to even, as QuantizeLinear) and saturated at the type's ends. Calibration histograms
-        bin these, so they compare with what `as_float` gives the server (a value past an end is
-        in the end bin on both sides, never in a histogram's underflow or overflow)."""
-        steps = np.rint(np.asarray(values, dtype=np.float64) / self.scale)
-        np.clip(steps, round(self.low / self.scale), round(self.high / self.scale), out=steps)
-        return steps * self.scale
-
-    def count_clipped(self, observed: np.ndarray) -> int:
-        """How many of `observed` (this tensor as the served graph holds it: a QLinear op's int8
-        codes, any other tensor in float) the quantized graph saturates."""
-        if self.requantized_by is not None:
-            return self._count_saturated(observed)
-        values = observed
-        if self.activation_low is not None or self.activation_high is not None:
-            values = np.clip(values, self.activation_low, self.activation_high)
-        half_step = self.scale / 2
-        return int(np.count_nonzero((values < self.low - half_step) | (values > self.high + half_step)))
-
-    def _count_saturated(self, codes: np.ndarray) -> int:
-        """A QLinear op's output codes at a counted end (`low` and `high` dequantize the type's
-        ends). The code only says the op's result reached the end, so this also counts results that
-        rounded there from up to half a step inside the bound. Compared as codes, not dequantized:
-        a float64 copy of every value cost more than the observing session on a CNN."""
-        low, high = self.saturating_ends()
-        zero_point = self.zero_point or 0
-        count = 0
-        if low:
-            count += int(np.count_nonzero(codes <= zero_point + round(self.low / self.scale)))
-        if high:
-            count += int(np.count_nonzero(codes >= zero_point + round(self.high / self.scale)))
-        return count
-
-    def saturating_ends(self) -> tuple[bool, bool]:
-        """Which end codes of a QLinear op's output count as clipping. Not an end that stands for 0:
-        the quantizer widens every range to include 0, so a range starting (or ending) at 0 is a
-        tensor calibrated never below (above) 0 (a Relu's, a Softmax's), and its end code holds the
-        zeros. Not an end within a step of the bound of a folded activation (Relu, Clip) or of the
-        op's own output (a Softmax's 1.0, which the quantizer's fixed scale 1/256 puts a step past
-        its last code): a code there is that bound, rounded, not a value cut off."""
-        half_step = self.scale / 2
-        low = abs(self.low) > half_step and (
-            self.activation_low is None or self.activation_low < self.low - self.scale
-        )
-        high = abs(self.high) > half_step and (
-            self.activation_high is None or self.activation_high > self.high + self.scale
-        )
-        return low, high
-
-    def to_json(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if v is not None}
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> ActivationRange:
-        return cls(**{k: data.get(k) for k in cls.__dataclass_fields__})  # type: ignore[arg-type]
-
-
-HISTOGRAM_BINS = 64
-"""Equal bins over an activation's representable range: 4 uint8 steps per bin, fine enough to see
-a distribution move inside the range, small enough for the manifest (a few KB per model)."""
-
-
-@functools.lru_cache(maxsize=1024)
-def _bin_edges(first: float, last: float) -> np.ndarray:
-    """The HISTOGRAM_BINS + 1 edges over [first, last]: computed once a range, since the server bins
-    the same few ranges over and over (read-only, as it is shared)."""
-    edges = np.linspace(first, last, HISTOGRAM_BINS + 1)
-    edges.flags.writeable = False
-    return edges
-
-
-BIN_CHUNK = 16384
-"""Values `ActivationHistogram.bin` takes at a time: 128 KiB of float64, whose temporaries stay in cache."""
-
-
-def _bin_chunk(
-    values: np.ndarray, low: float, high: float, first: float, last: float, edges: np.ndarray
-) -> tuple[np.ndarray, int, int]:
-    """`ActivationHistogram.bin` of one chunk, over the widened (first, last) and its edges."""
-    flat = np.asarray(values, dtype=np.float64)
-    finite = np.isfinite(flat)
-    if not finite.all():
-        flat = flat[finite]
-    inside = flat[(flat >= low) & (flat <= high)]
-    index = ((inside - first) * (HISTOGRAM_BINS / (last - first))).astype(np.intp)
-    np.minimum(index, HISTOGRAM_BINS - 1, out=index)  # `high` itself is in the last bin
-    # Rounding can put a value next to an edge one bin off: settle it against the edges, as numpy does.
-    index -= inside < edges[index]
-    index += (inside >= edges[index + 1]) & (index != HISTOGRAM_BINS - 1)
-    counts = np.bincount(index, minlength=HISTOGRAM_BINS)
-    return counts, int(np.count_nonzero(flat < low)), int(np.count_nonzero(flat > high))
-
-
-@dataclass(frozen=True)
-class ActivationHistogram:
-    """How calibration data spread over one activation's range: `counts` over HISTOGRAM_BINS equal
-    bins of [low, high], plus the values below and above it. The drift SLI compares production
-    traffic binned by the same `bin` with this, so both sides share this one definition."""
-
-    tensor: str
-    low: float
-    high: float
-    counts: tuple[int, ...]
-    underflow: int
-    overflow: int
-
-    @staticmethod
-    def bin(values: np.ndarray, low: float, high: float) -> tuple[np.ndarray, int, int]:
-        """(counts per bin, below low, above high) of the finite `values`: the bins of np.histogram
-        over (low, high), by arithmetic and np.bincount: about twice as fast as np.histogram on a
-        sampled request's tensor (64 values: 40 -> 21 µs, measured), and the server bins every
-        tensor of every clip sample. A large tensor goes BIN_CHUNK values at a time, each value
-        binned as before: quantize bins every activation of every calibration batch, and a whole
-        tensor's float64 temporaries (a dozen passes) spilled the cache (a small GPT-2's tensors of
-        33-135 K values: 38 -> 18 ns a value, measured)."""
-        flat = np.asarray(values).ravel()
-        first, last = (low, high) if high > low else (low - 0.5, high + 0.5)  # as np.histogram widens
-        edges = _bin_edges(first, last)
-        if flat.size <= BIN_CHUNK:
-            return _bin_chunk(flat, low, high, first, last, edges)
-        counts, below, above = np.zeros(HISTOGRAM_BINS, dtype=np.intp), 0, 0
-        for start in range(0, flat.size, BIN_CHUNK):
-            part = _bin_chunk(flat[start : start + BIN_CHUNK], low, high, first, last, edges)
-            counts += part[0]
-            below += part[1]
-            above += part[2]
-        return counts, below, above
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "tensor": self.tensor,
-            "low": self.low,
-            "high": self.high,
-            "counts": list(self.counts),
-            "underflow": self.underflow,
-            "overflow": self.overflow,
-        }
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> ActivationHistogram:
-        return cls(
-            str(data["tensor"]),
-            float(data["low"]),
-            float(data["high"]),
-            tuple(int(c) for c in data["counts"]),
-            int(data["underflow"]),
-            int(data["overflow"]),
-        )
-
-
-@dataclass(frozen=True)
 class Artifact:
     """A verified artifact on local disk. Construct it with `load_artifact`, never by hand."""
 
@@ -348,8 +121,8 @@ class Artifact:
 
     @property
     def activation_ranges(self) -> list[ActivationRange]:
-        """One a tensor: a range listed twice, alike (`_twice_problem` refuses two that differ), is
-        counted once, not twice a sample."""
+        """One a tensor: a range listed twice, alike (`manifest_schema`'s `_twice_problem` refuses two
+        that differ), is counted once, not twice a sample."""
         ranges = (ActivationRange.from_json(r) for r in self.manifest.get("activation_ranges", []))
         return list(dict.fromkeys(ranges))
 
@@ -598,7 +371,7 @@ def _check_readable(out_dir: Path, manifest: Mapping[str, Any], size: int) -> No
             "artifact's manifest may hold",
             reason="format",
         )
-    problem = _manifest_problem(manifest)
+    problem = manifest_problem(manifest)
     if problem is not None:
         raise ArtifactError(
             f"{out_dir}: its manifest would be refused on reading: {problem}", reason="format"
@@ -852,7 +625,12 @@ def _unpack_and_verify(
     if dest.is_dir() and any(dest.iterdir()):
         raise ArtifactError(f"{dest}: not empty; refusing to unpack {path} into it", reason="io")
     try:
-        root, unpacked = _extract(path, dest, limits)
+        try:
+            root, unpacked = extract(path, dest, limits)
+        except RefusedArchive as exc:
+            raise ArtifactError(str(exc), reason=exc.reason) from exc
+        if MANIFEST_FILE not in unpacked:
+            raise ArtifactError(f"{path}: archive holds no {MANIFEST_FILE}", reason="format")
         try:
             loaded = _verify(root, public_key, keep)
         except ArtifactError as exc:
@@ -865,7 +643,7 @@ def _unpack_and_verify(
             )
         return loaded
     except BaseException:
-        _remove_unpacked(dest, created)
+        remove_unpacked(dest, created)
         raise
 
 
@@ -889,267 +667,6 @@ def _verify(
         _check_signature(path, manifest, public_key)
     signed = isinstance(manifest.get(SIGNATURE_KEY), dict)
     return Verified(Artifact(root=path, manifest=manifest, signed=signed), contents)
-
-
-MAX_INT8_FLAGS = 32
-"""int8 CPU features a manifest may list (quantship.runtime reads 7): together one label value."""
-_NUMBER = {"type": "number"}
-_MAYBE_NUMBER = {"type": ["number", "null"]}
-_COUNT = {"type": "integer", "minimum": 0}
-_STRING = {"type": "string"}
-_LABEL = {"type": "string", "maxLength": MAX_LABEL_CHARS, "not": {"pattern": UNPRINTABLE.pattern}}
-"""A string that becomes a label value (or the verdict `verify` prints): bounded, and nothing a
-terminal would act on (it is logged too)."""
-_MAYBE_STRING = {"type": ["string", "null"]}
-_FLAG = {"type": "boolean"}
-_EVALUATION = {  # quantize.evaluate.Evaluation.to_json: in the validation and in every trial
-    "metric": _STRING,
-    **dict.fromkeys(
-        ("value", "threshold", "delta", "limit", "fp32", "int8", "agreement", "shadow_disagreement"),
-        _MAYBE_NUMBER,
-    ),
-    "samples": _COUNT,
-    "metrics": {"type": "object", "additionalProperties": _MAYBE_NUMBER},
-}
-_TRIAL = {  # quantize.tuner.Trial.to_json
-    "type": "object",
-    "required": ["number", "stage", "excluded", "quantized_nodes", "passed", "seconds"],
-    "properties": {
-        **_EVALUATION,
-        "number": _COUNT,
-        **dict.fromkeys(("stage", "recipe"), _STRING),
-        "config": {"type": "object"},
-        "excluded": {"type": "array", "items": _STRING},
-        "quantized_nodes": _COUNT,
-        **dict.fromkeys(("quantized_share", "seconds", "peak_rss_mb"), _NUMBER),
-        "passed": _FLAG,
-        "latency_ms": _MAYBE_NUMBER,
-        "error": _MAYBE_STRING,
-    },
-}
-_TENSOR_ERROR = {  # quantize.sensitivity.TensorError.to_json
-    "type": "object",
-    "required": ["tensor", "kind", "sqnr_db"],
-    "properties": {
-        **dict.fromkeys(("tensor", "kind"), _STRING),
-        **dict.fromkeys(("node", "op_type"), _MAYBE_STRING),
-        **dict.fromkeys(("sqnr_db", "qdq_sqnr_db"), _MAYBE_NUMBER),
-    },
-}
-MANIFEST_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "required": ["format_version", "files"],
-    "properties": {
-        "format_version": {"type": "integer"},
-        "files": {
-            "type": "object",
-            "additionalProperties": {
-                "type": "object",
-                "required": ["sha256", "size"],
-                "properties": {"sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"}, "size": _COUNT},
-            },
-        },
-        SIGNATURE_KEY: {
-            "type": "object",
-            "properties": {"algorithm": {"type": "string"}, "value": {"type": "string"}},
-        },
-        "created": _STRING,
-        "model": {
-            "type": "object",
-            "properties": {
-                "source": {"type": "string"},
-                "inputs": {
-                    "type": "array",
-                    "items": {
-                        "type": "object",
-                        "properties": {"name": _STRING, "row_shape": {"type": "array", "items": _COUNT}},
-                    },
-                },
-            },
-        },
-        "validation": {
-            "type": "object",
-            "properties": {
-                **_EVALUATION,
-                **dict.fromkeys(("gate_reason", "data_sha256"), _STRING),
-                "gate": _LABEL,  # `verify` prints it: "ok: ...; gate passed"
-                "max_accuracy_delta": _MAYBE_NUMBER,
-                "on_calibration_data": _FLAG,
-                "shadow_rule": {"type": ["object", "null"]},
-                "hardware": {
-                    "type": "object",
-                    "properties": {
-                        "int8_flags": {"type": "array", "maxItems": MAX_INT8_FLAGS, "items": _LABEL},
-                        "vnni": _FLAG,
-                        **dict.fromkeys(("machine", "graph_optimization_level"), _STRING),
-                        **dict.fromkeys(("cpu", "provider", "onnxruntime"), _LABEL),
-                    },
-                },
-            },
-        },
-        "tuning": {
-            "type": "object",
-            "properties": {
-                **dict.fromkeys(("strategy", "stage"), _STRING),
-                "keep_going": _FLAG,
-                **dict.fromkeys(("max_trials", "chosen"), _COUNT),
-                **dict.fromkeys(("seconds", "peak_rss_mb"), _NUMBER),
-                "advice": _MAYBE_STRING,
-            },
-        },
-        "task": {"type": "object", "properties": dict.fromkeys(("name", "why"), _STRING)},
-        "trials": {"type": "array", "items": _TRIAL},
-        "sensitivity": {"type": "array", "items": _TENSOR_ERROR},
-        "warnings": {"type": "array", "items": _STRING},
-        "quantization": {
-            "type": "object",
-            "properties": {
-                "output": {"type": ["string", "null"]},
-                "excluded_nodes": {"type": "array", "items": _STRING},
-                **dict.fromkeys(("precision", "mode"), _LABEL),
-            },
-        },
-        "runtime": {"type": "object"},
-        "calibration": {  # null: dynamic quantization calibrates nothing
-            "type": ["object", "null"],
-            "properties": {**dict.fromkeys(("method", "sha256"), _LABEL), "samples": _COUNT},
-        },
-        "activation_ranges": {
-            "type": "array",
-            "items": {
-                "type": "object",
-                "required": ["tensor", "low", "high", "scale"],
-                "properties": {
-                    "tensor": {"type": "string"},
-                    **dict.fromkeys(("low", "high", "scale"), _NUMBER),
-                    **dict.fromkeys(
-                        ("calibrated_min", "calibrated_max", "activation_low", "activation_high"),
-                        _MAYBE_NUMBER,
-                    ),
-                    **{key: {"type": ["string", "null"]} for key in ("requantized_by", "float_tensor")},
-                    "zero_point": {"type": ["integer", "null"]},
-                },
-            },
-        },
-        "activation_histograms": {
-            "type": "array",
-            "items": {
-                "type": "object",
-                "required": ["tensor", "low", "high", "counts", "underflow", "overflow"],
-                "properties": {
-                    "tensor": {"type": "string"},
-                    "low": _NUMBER,
-                    "high": _NUMBER,
-                    "counts": {  # the length first: checked before the items (SCHEMA_ERRORS_WEIGHED)
-                        "type": "array",
-                        "minItems": HISTOGRAM_BINS,
-                        "maxItems": HISTOGRAM_BINS,
-                        "items": _COUNT,
-                    },
-                    "underflow": _COUNT,
-                    "overflow": _COUNT,
-                },
-            },
-        },
-    },
-}
-"""The types of what quantship reads from a manifest: a hostile or damaged one is refused on loading,
-by name, rather than failing later in whichever part reads the field (other keys are free)."""
-
-
-SCHEMA_ERRORS_WEIGHED = 100
-"""How many of a manifest's schema errors are weighed for the one to name: listing them all took
-80-115 s of CPU for a 4 MiB manifest of a million bad items, about 60 µs each."""
-
-
-def _manifest_problem(manifest: Any) -> str | None:
-    """What makes a manifest unreadable past its file list and version: a type (MANIFEST_SCHEMA), a
-    tensor or node name past MAX_TENSOR_NAME_CHARS or MAX_NODE_NAME_CHARS, or a tensor given two
-    different ranges or histograms."""
-    return _schema_problem(manifest) or _name_problem(manifest) or _twice_problem(manifest)
-
-
-def _name_problem(manifest: Mapping[str, Any]) -> str | None:
-    """The first tensor or node name (or node type: the report prints it beside its tensor) longer
-    than its bound, shown cut short."""
-    for where, name, kind, bound in _every_name(manifest):
-        if isinstance(name, str) and len(name) > bound:
-            return (
-                f"{''.join(f'[{part!r}]' for part in where)}: a {kind} name of {len(name)} characters, "
-                f"more than the {bound} a manifest may hold: {brief(repr(name), 40)}"
-            )
-    return None
-
-
-def _every_name(manifest: Mapping[str, Any]) -> Iterator[tuple[tuple[Any, ...], Any, str, int]]:
-    """Every tensor and node name of a manifest the schema passed: where, the name, its kind and bound."""
-    quantization = manifest.get("quantization") or {}
-    yield ("quantization", "output"), quantization.get("output"), "tensor", MAX_TENSOR_NAME_CHARS
-    for key, fields in TENSOR_NAME_FIELDS.items():
-        for index, entry in enumerate(manifest.get(key) or ()):
-            for field in fields:
-                yield (key, index, field), entry.get(field), "tensor", MAX_TENSOR_NAME_CHARS
-    for index, node in enumerate(quantization.get("excluded_nodes") or ()):
-        yield ("quantization", "excluded_nodes", index), node, "node", MAX_NODE_NAME_CHARS
-    for index, trial in enumerate(manifest.get("trials") or ()):
-        for at, node in enumerate(trial["excluded"]):
-            yield ("trials", index, "excluded", at), node, "node", MAX_NODE_NAME_CHARS
-    for index, entry in enumerate(manifest.get("sensitivity") or ()):
-        yield ("sensitivity", index, "node"), entry.get("node"), "node", MAX_NODE_NAME_CHARS
-        yield ("sensitivity", index, "op_type"), entry.get("op_type"), "node type", MAX_NODE_NAME_CHARS
-
-
-def _twice_problem(manifest: Mapping[str, Any]) -> str | None:
-    """The first tensor the manifest gives two different activation ranges (or histograms). A range
-    is what the served graph clamps that tensor to, so two that differ say nothing the clip and drift
-    SLIs could count by: a broken or tampered manifest. Two alike are only said twice (onnxruntime
-    quantizes a tensor once per consumer with DedicatedQDQPair; quantship writes one)."""
-    for key in ("activation_ranges", "activation_histograms"):
-        first: dict[str, Any] = {}
-        for index, entry in enumerate(manifest.get(key) or ()):
-            if first.setdefault(entry["tensor"], entry) != entry:
-                tensor = brief(repr(entry["tensor"]), 60)
-                return f"[{key!r}][{index}]: a second, different entry for tensor {tensor}"
-    return None
-
-
-def _schema_problem(manifest: Any) -> str | None:
-    import jsonschema  # here: ~60 ms to import, and every command imports this module
-
-    errors = itertools.islice(_manifest_validator().iter_errors(manifest), SCHEMA_ERRORS_WEIGHED)
-    error = jsonschema.exceptions.best_match(errors)
-    if error is None:
-        return None
-    where = "".join(f"[{part!r}]" for part in error.absolute_path) or "the manifest"
-    return brief(f"{where}: {schema_error_text(error)}", 300)  # the keys are the manifest's too
-
-
-def schema_error_text(error: Any) -> str:
-    """jsonschema's message for `error`, the value it quotes cut short (and printable): a line, not
-    a hostile document's whole field."""
-    return str(error.message.replace(repr(error.instance), brief(repr(error.instance), 60)))
-
-
-@functools.cache
-def _manifest_validator() -> Any:
-    return strict_validator(MANIFEST_SCHEMA)
-
-
-def strict_validator(schema: Mapping[str, Any]) -> Any:
-    """A JSON Schema (draft 7) validator for `schema` whose "integer" is a JSON integer only: draft 7
-    counts 174788.0 as one, and a file size read as a float failed later, wherever it was a count
-    (`os.read`, a buffer's size: a traceback in `fetch`, "a bug" in `serve`)."""
-    return _strict_draft7()(schema)
-
-
-@functools.cache
-def _strict_draft7() -> Any:
-    import jsonschema
-
-    integers = jsonschema.Draft7Validator.TYPE_CHECKER.redefine(
-        "integer", lambda _, value: type(value) is int
-    )
-    return jsonschema.validators.extend(jsonschema.Draft7Validator, type_checker=integers)
 
 
 def _is_artifact_dir(path: Path) -> bool:
@@ -1232,7 +749,7 @@ def _read_manifest(root: Path) -> dict[str, Any]:
         raise ArtifactError(
             f"{manifest_path}: format version {version!r}, this quantship reads {readable}", reason="format"
         )
-    problem = _manifest_problem(manifest)
+    problem = manifest_problem(manifest)
     if problem is not None:
         raise ArtifactError(f"{manifest_path}: {problem}", reason="format")
     return manifest
@@ -1351,153 +868,3 @@ def _check_signature(root: Path, manifest: Mapping[str, Any], public_key: Ed2551
         raise ArtifactError(
             f"{root}: manifest signature does not verify with the given public key", reason="signature"
         ) from exc
-
-
-class _Unsafe(Exception):
-    """An archive refused as hostile; the message says what it held."""
-
-
-class _Capped(io.RawIOBase):
-    """The decompressed stream, refusing to give more than `limit` bytes: a gzip bomb stops here
-    however its tar headers lie, before it reaches the disk or memory (pax headers are read whole)."""
-
-    def __init__(self, stream: gzip.GzipFile, limit: int, why: str) -> None:
-        self._stream, self._limit, self._why, self.read_bytes = stream, limit, why, 0
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        data = self._stream.read(min(len(buffer), self._limit - self.read_bytes + 1))
-        self.read_bytes += len(data)
-        if self.read_bytes > self._limit:
-            raise _Unsafe(self._why)
-        buffer[: len(data)] = data
-        return len(data)
-
-
-def _extract(tarball: Path, dest: Path, limits: ArchiveLimits) -> tuple[Path, set[str]]:
-    """Unpack `tarball` into `dest` member by member; returns the artifact's root (dest, or the one
-    directory the archive wraps it in) and the names of the files unpacked."""
-    packed = tarball.stat().st_size
-    unpacked_limit = min(limits.max_bytes, max(limits.ratio_floor, int(packed * limits.max_ratio)))
-    # tar's own headers and padding: 1 KiB per member at most, and the final 10 KiB record
-    stream_limit = unpacked_limit + 1024 * (limits.max_members + 1) + 10240
-    bomb = (
-        f"unpacks to more than {unpacked_limit} bytes ({packed} packed; limits: {limits.max_bytes} bytes, "
-        f"{limits.max_ratio:g}x compression past {limits.ratio_floor} bytes)"
-    )
-    wrapper: str | None = None
-    names: set[str] = set()
-    total = 0
-    try:
-        with _writing():
-            dest.mkdir(parents=True, exist_ok=True)
-        with tarball.open("rb") as raw, gzip.GzipFile(fileobj=raw) as unzipped:
-            capped = io.BufferedReader(_Capped(unzipped, stream_limit, bomb))
-            with tarfile.open(fileobj=capped, mode="r|") as archive:
-                for count, member in enumerate(archive, 1):
-                    if count > limits.max_members:
-                        raise _Unsafe(f"more than {limits.max_members} members")
-                    wrapper, name = _member_name(member, wrapper)
-                    if member.isdir() and name is None:
-                        continue
-                    if not member.isreg() or name is None:
-                        raise _Unsafe(f"{member.name!r} is a {_kind(member)}, not a regular file")
-                    total += member.size
-                    if total > unpacked_limit:
-                        raise _Unsafe(bomb)
-                    if name in names:
-                        raise _Unsafe(f"{member.name!r} appears twice")
-                    names.add(name)
-                    root = dest / wrapper if wrapper else dest
-                    with _writing():
-                        root.mkdir(exist_ok=True)
-                    source = archive.extractfile(member)
-                    assert source is not None  # a regular file
-                    with source:
-                        _unpack_member(source, root / name)
-    except _Unsafe as exc:
-        raise ArtifactError(f"{tarball}: refused: {exc}", reason="unsafe_archive") from exc
-    except _Unwritable as exc:  # the local disk's fault (full, read-only), not the archive's
-        raise ArtifactError(f"cannot unpack {tarball} into {dest}: {exc}", reason="io") from exc
-    except (OSError, EOFError, tarfile.TarError, zlib.error) as exc:
-        if isinstance(exc, OSError) and exc.errno is not None:  # EIO: the disk's (BadGzipFile has none)
-            raise ArtifactError(f"cannot read {tarball}: {exc.strerror or exc}", reason="io") from exc
-        raise ArtifactError(f"{tarball}: unreadable archive: {exc}", reason="format") from exc
-    root = dest / wrapper if wrapper else dest
-    if MANIFEST_FILE not in names:
-        raise ArtifactError(f"{tarball}: archive holds no {MANIFEST_FILE}", reason="format")
-    return root, names
-
-
-class _Unwritable(Exception):
-    """Unpacking could not write (a full disk, a read-only one); the message is the system's."""
-
-
-@contextlib.contextmanager
-def _writing() -> Iterator[None]:
-    """A failed write inside raises _Unwritable: told apart from a failed read of the archive."""
-    try:
-        yield
-    except OSError as exc:
-        raise _Unwritable(exc.strerror or str(exc)) from exc
-
-
-def _unpack_member(source: IO[bytes], target: Path) -> None:
-    """Copy a member's bytes into the new file `target`, its writes (the close's flush too) in
-    `_writing`; the archive's read errors come out as they are."""
-    with _writing():
-        out = target.open("xb")
-    try:
-        while block := source.read(1 << 20):
-            with _writing():
-                out.write(block)
-    finally:
-        with _writing():
-            out.close()
-
-
-def _member_name(member: tarfile.TarInfo, wrapper: str | None) -> tuple[str | None, str | None]:
-    """(the wrapping directory, the file's name) of a member, both plain names; refuses absolute
-    names, `..`, and anything deeper than one wrapping directory (an artifact is flat)."""
-    path = PurePosixPath(member.name)
-    parts = [part for part in path.parts if part != "."]
-    if path.is_absolute() or ".." in parts or "\\" in member.name:
-        raise _Unsafe(f"{member.name!r} points outside the artifact")
-    if not parts:  # "." itself
-        return wrapper, None
-    if len(parts) > 2 or (member.isdir() and len(parts) > 1):
-        raise _Unsafe(f"{member.name!r} is nested; an artifact is flat (at most one wrapping directory)")
-    if member.isdir() or len(parts) == 2:
-        folder = parts[0]
-        if wrapper is not None and folder != wrapper:
-            raise _Unsafe(f"{member.name!r}: more than one directory ({wrapper!r} and {folder!r})")
-        return folder, None if member.isdir() else parts[1]
-    if wrapper is not None:
-        raise _Unsafe(f"{member.name!r} lies beside the directory {wrapper!r}")
-    return None, parts[0]
-
-
-def _kind(member: tarfile.TarInfo) -> str:
-    if member.issym():
-        return f"symbolic link to {member.linkname!r}"
-    if member.islnk():
-        return f"hard link to {member.linkname!r}"
-    if member.ischr() or member.isblk():
-        return "device"
-    if member.isfifo():
-        return "named pipe"
-    return "directory" if member.isdir() else f"special member (type {member.type!r})"
-
-
-def _remove_unpacked(dest: Path, created: bool) -> None:
-    """Whatever a refused archive left: `dest` itself when we made it, else its contents."""
-    if created:
-        shutil.rmtree(dest, ignore_errors=True)
-        return
-    for child in dest.iterdir() if dest.exists() else ():
-        if child.is_dir() and not child.is_symlink():
-            shutil.rmtree(child, ignore_errors=True)
-        else:
-            child.unlink(missing_ok=True)

@@ -76,7 +76,7 @@ import urllib3.exceptions
 import urllib3.response
 import urllib3.util.retry
 
-from quantship import artifact, scratch
+from quantship import artifact, manifest_schema, scratch
 from quantship.printable import brief
 
 S = TypeVar("S", bound=requests.Session)
@@ -626,12 +626,14 @@ def _manifest(registry: _Registry) -> tuple[dict[str, Any], str]:
         manifest = artifact.parse_json(body)
     except (ValueError, RecursionError) as exc:
         raise OciError(f"{reference}: the registry served a manifest that is not JSON") from exc
-    error = jsonschema.exceptions.best_match(artifact.strict_validator(MANIFEST_SCHEMA).iter_errors(manifest))
+    error = jsonschema.exceptions.best_match(
+        manifest_schema.strict_validator(MANIFEST_SCHEMA).iter_errors(manifest)
+    )
     if error is not None:
         where = "/".join(str(part) for part in error.absolute_path) or "the top"
         raise OciError(
             f"{reference}: the registry served a manifest quantship cannot read: at {where}, "
-            + artifact.schema_error_text(error)
+            + manifest_schema.schema_error_text(error)
         )
     media_type = manifest["config"].get("mediaType")
     if media_type != CONFIG_MEDIA_TYPE:

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
 SHOWN_NAME_CHARS = 100
 """A node name is shown cut to this many characters in the report and `quantize`'s summary: a
-manifest may hold names of 4096 (artifact.MAX_NODE_NAME_CHARS), real ones are module paths well
+manifest may hold names of 4096 (manifest_schema.MAX_NODE_NAME_CHARS), real ones are module paths well
 under 100 (/bert/encoder/layer.11/attention/self/query/MatMul is 50)."""
 
 

@@ -270,7 +270,7 @@ annotations) keeps 100 KiB. Past the limit the API server refuses kopf's patch (
 MAX_OPTION_NAME_CHARS = 256
 """The longest tensor or node name spec.quantize.options takes. Real ones are module paths well
 under it (`/model/layers.23/self_attn/q_proj/MatMul`); a manifest may hold longer ones
-(artifact.MAX_NODE_NAME_CHARS), which `quantship quantize --exclude` still takes."""
+(manifest_schema.MAX_NODE_NAME_CHARS), which `quantship quantize --exclude` still takes."""
 MAX_EXCLUDED_NODES = OPTION_NAMES_BUDGET_BYTES // (JSON_BYTES_PER_CHAR * MAX_OPTION_NAME_CHARS) - 2
 """The most nodes spec.quantize.options.excludeNodes keeps in float (32): what the budget leaves of
 names of MAX_OPTION_NAME_CHARS besides output and maskInput. Real lists hold a few names; the tuner

@@ -11,7 +11,7 @@ a half-copied or tampered artifact.
 A download is hostile until checked: it stops at `max_bytes` (declared or not), follows redirects
 only on the same scheme, host and port unless `cross_host_redirects` is set (a compromised or
 misconfigured model server must not bounce the init container anywhere on the cluster network),
-and its archive is unpacked within `artifact.ArchiveLimits`. Refused, nothing stays on disk.
+and its archive is unpacked within `archive.ArchiveLimits`. Refused, nothing stays on disk.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import httpx
 
-from quantship import artifact, oci, scratch
+from quantship import archive, artifact, oci, scratch
 from quantship.operator import names
 
 
@@ -160,7 +160,7 @@ def fetch(
 ) -> artifact.Artifact:
     """Fetch, verify and install the artifact at `uri` as `dest`. Raises FetchError or ArtifactError.
     `max_bytes` caps the download (an OCI pull's layers together); a .tar.gz may unpack to twice
-    that (`artifact.ArchiveLimits`). `timeout` bounds each connect and read; an oci:// pull or an
+    that (`archive.ArchiveLimits`). `timeout` bounds each connect and read; an oci:// pull or an
     http(s) download that moves slower than `speed_limit` is abandoned (a FetchError).
     `registry_config`: a Docker config.json with the oci:// registry's credentials; `insecure`: plain
     HTTP to it."""
@@ -229,7 +229,7 @@ def _fetch_into(
         if source.is_dir():  # only what its manifest lists: not a claim's lost+found, nor an unlisted link
             loaded = artifact.copy_listed(source, unpacked, public_key=key, max_bytes=2 * max_bytes)
         else:
-            limits = artifact.ArchiveLimits(max_bytes=2 * max_bytes)
+            limits = archive.ArchiveLimits(max_bytes=2 * max_bytes)
             loaded = artifact.load_artifact(source, public_key=key, extract_to=unpacked, limits=limits)
     except artifact.ArtifactError as exc:  # named by the URI: the scratch folder is gone when read
         raise exc.naming([unpacked, source], uri) from exc

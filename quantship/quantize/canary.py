@@ -17,7 +17,7 @@ from pathlib import Path
 import onnx
 
 from quantship import runtime, slo
-from quantship.artifact import ActivationRange
+from quantship.activations import ActivationRange
 from quantship.quantize.data import Dataset
 from quantship.rollout.spec import AnalysisSpec
 

@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 
 from quantship import runtime
-from quantship.artifact import ActivationHistogram, ActivationRange
+from quantship.activations import ActivationHistogram, ActivationRange
 from quantship.quantize.data import Dataset
 
 _RENAMED_OUTPUT = "_QuantizeLinear_Input"

@@ -23,7 +23,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 import quantship
-from quantship import artifact, runtime, scratch
+from quantship import activations, artifact, runtime, scratch
 from quantship.quantize import canary, data, engine, outputs, ranges, sensitivity, tuner, workbench
 from quantship.quantize.config import Mode, QuantizeConfig
 from quantship.quantize.errors import QuantizeInputError
@@ -239,7 +239,7 @@ def _warn_of_the_canary(
     sources: list[tuple[str, ...]],
     sides: list[str],
     model: Path,
-    activation_ranges: list[artifact.ActivationRange],
+    activation_ranges: list[activations.ActivationRange],
     evalset: data.Dataset,
     inputs: list[data.InputSpec],
     config: QuantizeConfig,
@@ -420,8 +420,8 @@ def _manifest(
     advice: str | None,
     calib: data.Dataset | None,
     evalset: data.Dataset,
-    activation_ranges: list[artifact.ActivationRange],
-    histograms: list[artifact.ActivationHistogram],
+    activation_ranges: list[activations.ActivationRange],
+    histograms: list[activations.ActivationHistogram],
     errors: list[sensitivity.TensorError],
     hardware: runtime.Hardware,
     pre_processed: str,

@@ -22,7 +22,7 @@ from onnxruntime.quantization.calibrate import TensorsData
 from onnxruntime.quantization.quant_utils import QUANT_INPUT_SUFFIX
 
 from quantship import runtime
-from quantship.artifact import ActivationRange
+from quantship.activations import ActivationRange
 from quantship.quantize.constants import graph_constants
 from quantship.quantize.outputs import FOLDED_ACTIVATIONS
 
@@ -102,7 +102,7 @@ def activation_ranges(
     """One range a quantized tensor, in graph order. onnxruntime may quantize a tensor once per
     consumer (DedicatedQDQPair), each QuantizeLinear with the same scale and zero point: the same
     range, kept once. Two that differ (per-consumer overrides, which quantship never sets) are both
-    kept, and the manifest's writer refuses them (`artifact._twice_problem`)."""
+    kept, and the manifest's writer refuses them (`manifest_schema._twice_problem`)."""
     graph = _Graphs(quantized, fp32, calibrated)
     ranges = []
     for node in quantized.graph.node:

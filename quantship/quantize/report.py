@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from quantship import artifact, reporting
+from quantship.activations import ActivationRange
 from quantship.quantize import evaluate, ranges
 from quantship.quantize.tuner import Stage
 
@@ -384,7 +385,7 @@ def _sqnr_label(error: dict[str, Any]) -> str:
     return error["tensor"] + (f"  ({op_type})" if op_type else "")
 
 
-def _ranges(activations: list[artifact.ActivationRange]) -> str:
+def _ranges(activations: list[ActivationRange]) -> str:
     if not activations:
         return "<p>No static activation ranges (dynamic quantization computes them per request).</p>"
     shown = activations[:_MAX_BARS]
@@ -456,7 +457,7 @@ _WIDE_SPREAD = 100.0
 GPT-2's Pow output ([-720, 289]) left every other bar a sliver."""
 
 
-def _symlog_threshold(shown: list[artifact.ActivationRange]) -> float | None:
+def _symlog_threshold(shown: list[ActivationRange]) -> float | None:
     """Where a symmetric log axis should stop being linear (the power of ten under the smallest
     tensor's magnitude: decade ticks), or None when every range is of a similar size and a linear
     axis reads best."""
@@ -466,7 +467,7 @@ def _symlog_threshold(shown: list[artifact.ActivationRange]) -> float | None:
     return float(10 ** math.floor(math.log10(min(magnitudes))))
 
 
-def _range_note(activation: artifact.ActivationRange) -> str:
+def _range_note(activation: ActivationRange) -> str:
     if activation.requantized_by in ranges.OUTPUT_BOUNDS:  # QLinearSoftmax: [0, 1] is what it computes
         low, high = ranges.OUTPUT_BOUNDS[activation.requantized_by]
         return f"{activation.requantized_by}'s own output bound [{low:g}, {high:g}]"

@@ -34,7 +34,7 @@ import numpy as np
 import onnx
 
 from quantship import runtime
-from quantship.artifact import ActivationRange
+from quantship.activations import ActivationRange
 from quantship.server.background import ROWS_A_CALL
 from quantship.server.drift import DriftWindow, overall
 from quantship.server.metrics import ServerMetrics

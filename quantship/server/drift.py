@@ -3,7 +3,7 @@
 The clipped-activation rate only sees values leaving a calibrated range; a distribution that moved
 inside the range (darker images, shorter sentences) leaves the ranges, and so the quantization,
 fitted to data the model no longer sees. The artifact carries, per activation range, how the
-calibration data spread over it (`artifact.ActivationHistogram`: 64 equal bins plus under/overflow).
+calibration data spread over it (`activations.ActivationHistogram`: 64 equal bins plus under/overflow).
 The clip lane hands `DriftWindow` the same activations it checks for clipping; the window bins them
 with `ActivationHistogram.bin` (the one binning definition, shared with the quantizer) and the
 service exports the distance per tensor and overall. Calibration histograms come from the FP32 model,
@@ -47,7 +47,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from quantship.artifact import ActivationHistogram, ActivationRange
+from quantship.activations import ActivationHistogram, ActivationRange
 
 MAX_BINNED_VALUES_A_ROW = 8192
 """Values of one tensor binned at most for each row of a sampled request (see the module docstring)."""

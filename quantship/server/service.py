@@ -32,10 +32,10 @@ import onnxruntime
 from google.protobuf.message import DecodeError
 
 from quantship import runtime, scratch, slo
+from quantship.activations import ActivationRange
 from quantship.artifact import (
     MODEL_FILE,
     REFERENCE_FILE,
-    ActivationRange,
     Artifact,
     ArtifactError,
     Verified,

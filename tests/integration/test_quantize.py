@@ -17,7 +17,7 @@ from gemm_models import build_gemm_mlp, build_matmuls_with_a_gemm_head, rows
 from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
 from onnxruntime.quantization.calibrate import TensorsData
 
-from quantship import artifact, runtime, zoo
+from quantship import activations, artifact, runtime, zoo
 from quantship.agreement import RowRule, Task
 from quantship.quantize import (
     Calibration,
@@ -1191,7 +1191,7 @@ def test_the_artifact_keeps_a_calibration_histogram_of_every_activation_range(
     assert set(histograms) == {t for t, r in ranges.items() if r.high > r.low}
     samples = len(np.load(sample.calibration)["X"])
     for tensor, histogram in histograms.items():
-        assert len(histogram.counts) == artifact.HISTOGRAM_BINS
+        assert len(histogram.counts) == activations.HISTOGRAM_BINS
         assert (histogram.low, histogram.high) == (ranges[tensor].low, ranges[tensor].high)
         seen = sum(histogram.counts) + histogram.underflow + histogram.overflow
         assert seen % samples == 0, "every calibration sample adds the same number of values"
@@ -1201,11 +1201,13 @@ def test_the_artifact_keeps_a_calibration_histogram_of_every_activation_range(
 
 
 def test_histogram_bins_count_values_inside_and_outside_the_range() -> None:
-    counts, below, above = artifact.ActivationHistogram.bin(
+    counts, below, above = activations.ActivationHistogram.bin(
         np.array([-1.0, 0.0, 0.5, 0.99, 1.0, 2.0, np.nan]), 0.0, 1.0
     )
     assert (below, above) == (1, 1)
-    assert counts.sum() == 4 and counts[0] == 1 and counts[-1] == 2 and len(counts) == artifact.HISTOGRAM_BINS
+    assert (
+        counts.sum() == 4 and counts[0] == 1 and counts[-1] == 2 and len(counts) == activations.HISTOGRAM_BINS
+    )
 
 
 def qlinear_outputs(model: onnx.ModelProto) -> dict[str, tuple[onnx.NodeProto, float, np.ndarray]]:

@@ -16,7 +16,7 @@ import pytest
 from click.testing import CliRunner
 from rich.console import Console
 
-from quantship import artifact
+from quantship import activations, artifact
 from quantship.cli import main
 from quantship.quantize import evaluate, report, summary
 
@@ -234,13 +234,13 @@ def test_the_ranges_figure_says_its_units_and_a_softmax_bound_is_its_own(
 def test_the_ranges_figure_says_what_it_leaves_out_and_keeps_small_ranges_visible() -> None:
     """gpt2's 84 ranges were cut to 40 without a word, on a linear axis that its Pow output
     ([-720, 289]) set: every other bar a sliver."""
-    many = [artifact.ActivationRange(f"t{i}", -1.0, 1.0, 2 / 255) for i in range(45)]
+    many = [activations.ActivationRange(f"t{i}", -1.0, 1.0, 2 / 255) for i in range(45)]
     page = report._ranges(many)
     assert "(the first 40 of 45; the table has all)" in page
     assert "symmetric log" not in page, "ranges of one size: a linear axis"
     wide = [
-        artifact.ActivationRange("pow", -720.0, 289.0, 4.0),
-        artifact.ActivationRange("ln", -0.8, 0.9, 0.01),
+        activations.ActivationRange("pow", -720.0, 289.0, 4.0),
+        activations.ActivationRange("ln", -0.8, 0.9, 0.01),
     ]
     page = report._ranges(wide)
     assert "symmetric log scale past ±0.1" in page and "the first" not in page
@@ -285,8 +285,8 @@ def test_the_ranges_name_tensors_as_the_fp32_model_does() -> None:
     (`..._quantized`): neither is in the model the user has."""
     page = report._ranges(
         [
-            artifact.ActivationRange("logits_QuantizeLinear_Input", -8.0, 8.0, 16 / 255),
-            artifact.ActivationRange(
+            activations.ActivationRange("logits_QuantizeLinear_Input", -8.0, 8.0, 16 / 255),
+            activations.ActivationRange(
                 "fc_out_quantized",
                 -4.0,
                 4.0,
@@ -295,7 +295,7 @@ def test_the_ranges_name_tensors_as_the_fp32_model_does() -> None:
                 zero_point=0,
                 float_tensor="fc_out",
             ),
-            artifact.ActivationRange("hidden", -1.0, 1.0, 2 / 255),
+            activations.ActivationRange("hidden", -1.0, 1.0, 2 / 255),
         ]
     )
     assert "<tr><td>logits</td>" in page and "<td>logits_QuantizeLinear_Input</td></tr>" in page

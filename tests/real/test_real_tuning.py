@@ -25,8 +25,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from tritonclient.utils import InferenceServerException
 
 from quantship import runtime
+from quantship.activations import ActivationRange
 from quantship.agreement import Task
-from quantship.artifact import ActivationRange
 from quantship.local.processes import ServerProcess
 from quantship.quantize import canary
 from quantship.quantize.data import load_dataset, model_inputs

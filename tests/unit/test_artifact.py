@@ -16,7 +16,8 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from quantship import artifact
-from quantship.artifact import ActivationRange, ArtifactError
+from quantship.activations import BIN_CHUNK, HISTOGRAM_BINS, ActivationHistogram, ActivationRange
+from quantship.artifact import ArtifactError
 
 
 def _keys(tmp_path: Path) -> tuple[Path, Path]:
@@ -302,9 +303,9 @@ def test_activation_histogram_bins_are_numpys_histogram_bins(
 
 
 def _assert_binned_as_numpy_bins(values: np.ndarray, low: float, high: float) -> None:
-    counts, below, above = artifact.ActivationHistogram.bin(values, low, high)
+    counts, below, above = ActivationHistogram.bin(values, low, high)
     finite = values[np.isfinite(values)].astype(np.float64)
-    expected, _ = np.histogram(finite[(finite >= low) & (finite <= high)], bins=artifact.HISTOGRAM_BINS,
+    expected, _ = np.histogram(finite[(finite >= low) & (finite <= high)], bins=HISTOGRAM_BINS,
                                range=(low, high))  # fmt: skip
     np.testing.assert_array_equal(counts, expected)
     assert (below, above) == (np.count_nonzero(finite < low), np.count_nonzero(finite > high))
@@ -314,7 +315,7 @@ def test_a_tensor_of_many_chunks_is_binned_as_numpy_bins_it_whole() -> None:
     """quantize bins whole calibration tensors (a transformer's attention scores run to millions of
     values) BIN_CHUNK values at a time: the chunks add up to np.histogram's bins of the whole."""
     low, high = -2.5, 3.0
-    values = np.random.default_rng(0).normal(0.0, 2.0, (7, 3 * artifact.BIN_CHUNK // 5)).astype(np.float32)
+    values = np.random.default_rng(0).normal(0.0, 2.0, (7, 3 * BIN_CHUNK // 5)).astype(np.float32)
     values[0, :65] = np.linspace(low, high, 65)  # every edge, where rounding puts a value one bin off
     values[1, ::97], values[2, ::89], values[3, ::83] = np.nan, np.inf, -np.inf
     _assert_binned_as_numpy_bins(values, low, high)
@@ -326,7 +327,7 @@ def test_binning_a_large_tensor_takes_the_memory_of_a_chunk_not_of_the_tensor() 
     values = np.random.default_rng(1).normal(size=2**21).astype(np.float32)  # 8 MiB
     tracemalloc.start()
     try:
-        artifact.ActivationHistogram.bin(values, -2.0, 2.0)
+        ActivationHistogram.bin(values, -2.0, 2.0)
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
@@ -399,7 +400,7 @@ def _deep_lm_manifest(activations: int, sensitivities: int) -> dict[str, object]
         for i, name in enumerate(names)
     ]
     histograms = [
-        artifact.ActivationHistogram(name, lows[i], highs[i], tuple(rng.integers(0, 2000, 64).tolist()), 1, 0)
+        ActivationHistogram(name, lows[i], highs[i], tuple(rng.integers(0, 2000, 64).tolist()), 1, 0)
         for i, name in enumerate(names)
     ]
     sensitivity = [

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from quantship import artifact
+from quantship.archive import ArchiveLimits
 
 MiB = 2**20
 
@@ -145,12 +146,12 @@ def test_a_file_beside_the_wrapping_directory_is_refused(artifact_copy: Path, tm
 
 def test_more_members_than_the_cap_are_refused(artifact_copy: Path, tmp_path: Path) -> None:
     def many(archive: tarfile.TarFile) -> None:
-        for n in range(artifact.ArchiveLimits.max_members):
+        for n in range(ArchiveLimits.max_members):
             adding(info(f"f{n}"), b"x")(archive)
 
     tarball = craft(artifact_copy, tmp_path / "a.tar.gz", many)
 
-    assert f"more than {artifact.ArchiveLimits.max_members} members" in refused(tarball, tmp_path / "out")
+    assert f"more than {ArchiveLimits.max_members} members" in refused(tarball, tmp_path / "out")
 
 
 def test_a_gzip_bomb_is_refused_before_it_fills_the_disk(artifact_copy: Path, tmp_path: Path) -> None:
@@ -185,12 +186,10 @@ def test_the_limits_are_the_callers_to_tighten(artifact_copy: Path, tmp_path: Pa
     size = sum(p.stat().st_size for p in artifact_copy.iterdir())
 
     with pytest.raises(artifact.ArtifactError, match="unpacks to more than"):
-        artifact.load_artifact(
-            tarball, extract_to=tmp_path / "out", limits=artifact.ArchiveLimits(max_bytes=size - 1)
-        )
+        artifact.load_artifact(tarball, extract_to=tmp_path / "out", limits=ArchiveLimits(max_bytes=size - 1))
     assert not (tmp_path / "out").exists()
     loaded = artifact.load_artifact(
-        tarball, extract_to=tmp_path / "out", limits=artifact.ArchiveLimits(max_bytes=size)
+        tarball, extract_to=tmp_path / "out", limits=ArchiveLimits(max_bytes=size)
     )
     assert loaded.root == tmp_path / "out"
 

@@ -20,7 +20,7 @@ import pytest
 from click.testing import CliRunner
 from rich.console import Console
 
-from quantship import artifact, reporting
+from quantship import artifact, manifest_schema, reporting
 from quantship.artifact import ArtifactError
 from quantship.cli import ExitCode, main
 from quantship.quantize import report, summary
@@ -81,7 +81,9 @@ def set_at(path: tuple[Any, ...], change: Callable[[Any], Any]) -> Edit:
 def test_every_integer_the_schema_names_is_refused_written_as_a_float(artifact_copy: Path) -> None:
     """Draft 7 counts 174788.0 as an integer: a size written so passed verify, pack and push, then
     fetch died with a traceback (os.read) and serve refused as "a bug" (a buffer's size)."""
-    paths = list(integer_fields(artifact.MANIFEST_SCHEMA, artifact.load_artifact(artifact_copy).manifest))
+    paths = list(
+        integer_fields(manifest_schema.MANIFEST_SCHEMA, artifact.load_artifact(artifact_copy).manifest)
+    )
     shapes = {tuple("*" if isinstance(part, int) else part for part in path): path for path in paths}
     expected = {("files", artifact.MODEL_FILE, "size"), ("activation_histograms", "*", "counts", "*"),
                 ("trials", "*", "number"), ("validation", "samples"), ("calibration", "samples")}  # fmt: skip
@@ -247,7 +249,7 @@ def test_a_manifest_of_a_million_bad_items_is_refused_by_one_of_the_first(artifa
     ) as caught:
         artifact.load_artifact(artifact_copy)
     named = re.search(r"\['activation_ranges'\]\[(\d+)\]", str(caught.value))
-    assert named is not None and int(named.group(1)) < artifact.SCHEMA_ERRORS_WEIGHED
+    assert named is not None and int(named.group(1)) < manifest_schema.SCHEMA_ERRORS_WEIGHED
 
 
 def test_a_histogram_of_other_than_its_bins_is_refused(artifact_copy: Path) -> None:
@@ -271,7 +273,7 @@ def test_a_manifest_quantship_would_refuse_is_never_written(artifact_copy: Path,
     ("edit", "message"),
     [
         (
-            set_at(("calibration", "method"), lambda _: "A" * (artifact.MAX_LABEL_CHARS + 1)),
+            set_at(("calibration", "method"), lambda _: "A" * (manifest_schema.MAX_LABEL_CHARS + 1)),
             r"\['calibration'\]\['method'\]: 'AAAA.* is too long",
         ),
         (
@@ -280,7 +282,8 @@ def test_a_manifest_quantship_would_refuse_is_never_written(artifact_copy: Path,
         ),
         (
             set_at(
-                ("validation", "hardware", "int8_flags"), lambda _: ["avx2"] * (artifact.MAX_INT8_FLAGS + 1)
+                ("validation", "hardware", "int8_flags"),
+                lambda _: ["avx2"] * (manifest_schema.MAX_INT8_FLAGS + 1),
             ),
             r"\['validation'\]\['hardware'\]\['int8_flags'\]: .* is too long",
         ),
@@ -343,7 +346,7 @@ def test_a_tensor_given_the_same_range_twice_is_read_once(artifact_copy: Path) -
         assert len(tensors) == len(set(tensors)), tensors
 
 
-LONG_NAME = "A" * artifact.MAX_TENSOR_NAME_CHARS + "\x1b]0;owned\x07"
+LONG_NAME = "A" * manifest_schema.MAX_TENSOR_NAME_CHARS + "\x1b]0;owned\x07"
 """One character past the bound, then an escape sequence: neither may reach the terminal."""
 
 
@@ -411,7 +414,7 @@ def test_a_node_name_past_the_bound_is_refused_and_shown_cut_short(
 def test_node_names_of_the_bound_are_read_and_shown_cut_short(artifact_copy: Path) -> None:
     """The report (trials, configuration) and the summary print node names: cut short, printable,
     and as text in the summary (rich read "[/x]" as markup and raised)."""
-    name, markup = "A" * artifact.MAX_NODE_NAME_CHARS, "[/x]\x1b]0;owned\x07"
+    name, markup = "A" * manifest_schema.MAX_NODE_NAME_CHARS, "[/x]\x1b]0;owned\x07"
     edit_manifest(
         artifact_copy,
         lambda m: [
@@ -431,7 +434,8 @@ def test_node_names_of_the_bound_are_read_and_shown_cut_short(artifact_copy: Pat
 
 def test_a_tensor_name_of_the_bound_is_read(artifact_copy: Path) -> None:
     edit_manifest(
-        artifact_copy, set_at(("sensitivity", 0, "tensor"), lambda _: "A" * artifact.MAX_TENSOR_NAME_CHARS)
+        artifact_copy,
+        set_at(("sensitivity", 0, "tensor"), lambda _: "A" * manifest_schema.MAX_TENSOR_NAME_CHARS),
     )
     assert artifact.load_artifact(artifact_copy).manifest["sensitivity"][0]["tensor"].startswith("AAAA")
 

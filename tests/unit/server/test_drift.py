@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from quantship.artifact import ActivationHistogram, ActivationRange
+from quantship.activations import ActivationHistogram, ActivationRange
 from quantship.server.drift import MAX_BINNED_VALUES_A_ROW, DriftWindow, js_divergence, overall
 
 

@@ -10,7 +10,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 from tiny_models import POSITION_TABLE, build_positions
 
-from quantship import artifact, runtime, slo, zoo
+from quantship import activations, artifact, runtime, slo, zoo
 from quantship.agreement import Kind
 from quantship.server import service
 from quantship.server.clipping import ClipCounter, ClipSample, observer_model
@@ -281,12 +281,12 @@ def test_a_tensor_without_a_batch_dimension_is_observed_once_a_request_in_one_ca
     path = build_positions(tmp_path / "positions.onnx")
     calibration = {"H": np.linspace(-1, 1, 640), "P": np.linspace(-1.1, 0.6, 640)}
     ranges = [
-        artifact.ActivationRange(t, float(v.min()), float(v.max()), 0.1) for t, v in calibration.items()
+        activations.ActivationRange(t, float(v.min()), float(v.max()), 0.1) for t, v in calibration.items()
     ]
     histograms = [
-        artifact.ActivationHistogram(t, r.low, r.high, tuple(int(c) for c in b[0]), b[1], b[2])
+        activations.ActivationHistogram(t, r.low, r.high, tuple(int(c) for c in b[0]), b[1], b[2])
         for (t, v), r in zip(calibration.items(), ranges, strict=True)
-        for b in [artifact.ActivationHistogram.bin(v, r.low, r.high)]
+        for b in [activations.ActivationHistogram.bin(v, r.low, r.high)]
     ]
     model, kept = observer_model(runtime.load_proto(path), ranges)
     recorder, registry = metrics(per_tensor=True)
@@ -333,11 +333,11 @@ def test_the_clip_lane_bins_a_batched_request_as_its_rows_one_a_request(tmp_path
     alike (a stride of 3 within rows on both sides; see test_drift for the tolerance)."""
     model, kept = observer_model(
         runtime.load_proto(build_positions(tmp_path / "positions.onnx")),
-        [artifact.ActivationRange("H", -4.0, 4.0, 0.1)],
+        [activations.ActivationRange("H", -4.0, 4.0, 0.1)],
     )
     rng = np.random.default_rng(8)
-    counts, under, over = artifact.ActivationHistogram.bin(2 * rng.standard_normal(50_000), -4.0, 4.0)
-    histogram = artifact.ActivationHistogram("H", -4.0, 4.0, tuple(int(c) for c in counts), under, over)
+    counts, under, over = activations.ActivationHistogram.bin(2 * rng.standard_normal(50_000), -4.0, 4.0)
+    histogram = activations.ActivationHistogram("H", -4.0, 4.0, tuple(int(c) for c in counts), under, over)
     calm = rng.standard_normal((4, 20_000)).astype(np.float32)
     shifted = rng.standard_normal((8, 20_000)).astype(np.float32) + 1.5
 
