@@ -30,7 +30,8 @@ from quantship.agreement import Task
 from quantship.local.processes import ServerProcess
 from quantship.quantize import canary
 from quantship.quantize.data import load_dataset, model_inputs
-from quantship.quantize.evaluate import DOUBTS_OF_REQUESTED_TASK, Evaluator, GateRequest, Metric
+from quantship.quantize.evaluate import Evaluator, GateRequest, Metric
+from quantship.quantize.tasks import DOUBTS_OF_REQUESTED_TASK
 from quantship.zoo import SampleModel
 
 MAX_PEAK_RSS_MB = 2048

@@ -8,7 +8,7 @@ import pytest
 from quantship.agreement import Task
 from quantship.quantize.data import Dataset
 from quantship.quantize.errors import QuantizeInputError
-from quantship.quantize.evaluate import DOUBTS_OF_REQUESTED_TASK, _doubt_of_requested_classifier, _task
+from quantship.quantize.tasks import DOUBTS_OF_REQUESTED_TASK, _doubt_of_requested_classifier, infer_task
 
 
 def _data(rows: int, labels: bool = False) -> Dataset:
@@ -30,14 +30,14 @@ def _data(rows: int, labels: bool = False) -> Dataset:
     ],
 )
 def test_the_task_is_inferred_from_the_output(output: str, values: np.ndarray, task: Task) -> None:
-    inferred, why = _task(None, output, values, _data(3))
+    inferred, why = infer_task(None, output, values, _data(3))
     assert inferred is task, why
 
 
 def test_labels_make_a_float_output_a_classifier_and_the_user_has_the_last_word() -> None:
     rows = np.array([[0.6, 0.8]] * 3, dtype=np.float32)
-    assert _task(None, "out", rows * 2, _data(3, labels=True))[0] is Task.CLASSIFICATION
-    assert _task(Task.REGRESSION, "out", rows, _data(3)) == (Task.REGRESSION, "--task")
+    assert infer_task(None, "out", rows * 2, _data(3, labels=True))[0] is Task.CLASSIFICATION
+    assert infer_task(Task.REGRESSION, "out", rows, _data(3)) == (Task.REGRESSION, "--task")
 
 
 @pytest.mark.parametrize(
@@ -49,7 +49,7 @@ def test_labels_make_a_float_output_a_classifier_and_the_user_has_the_last_word(
 )
 def test_labels_do_not_make_an_embedding_a_classifier(output: str, values: np.ndarray) -> None:
     """MiniLM with labels 0..9 beside its data was gated as a 384-class argmax classifier."""
-    assert _task(None, output, values, _data(3, labels=True))[0] is Task.EMBEDDING
+    assert infer_task(None, output, values, _data(3, labels=True))[0] is Task.EMBEDDING
 
 
 PIXELS = np.array([[0.1, 0.9, 0.4, 0.2], [0.7, 0.3, 0.5, 0.6], [0.2, 0.2, 0.8, 0.1]], dtype=np.float32)
@@ -58,7 +58,7 @@ PIXELS = np.array([[0.1, 0.9, 0.4, 0.2], [0.7, 0.3, 0.5, 0.6], [0.2, 0.2, 0.8, 0
 
 def test_an_output_shaped_like_a_float_input_is_a_reconstruction_not_a_classifier() -> None:
     """An autoencoder's [N, 64] sigmoid reconstruction was gated on its argmax pixel."""
-    inferred, why = _task(None, "reconstruction", PIXELS, _data(3))
+    inferred, why = infer_task(None, "reconstruction", PIXELS, _data(3))
     assert inferred is Task.REGRESSION
     assert why == "output 'reconstruction' has the shape of input 'x' (a reconstruction)"
 
@@ -66,7 +66,7 @@ def test_an_output_shaped_like_a_float_input_is_a_reconstruction_not_a_classifie
 def test_scores_that_are_no_ones_class_are_refused_with_the_choices_not_read_by_argmax() -> None:
     decoded = np.concatenate([PIXELS, PIXELS[:, :1]], axis=1)  # not the input's shape
     with pytest.raises(QuantizeInputError) as refused:
-        _task(None, "decoded", decoded, _data(3))
+        infer_task(None, "decoded", decoded, _data(3))
     said = str(refused.value)
     assert "softmax is confident on only 0 of 3 rows" in said
     assert all(f"--task {task.value}" in said for task in Task)
@@ -82,7 +82,7 @@ def test_scores_that_are_no_ones_class_are_refused_with_the_choices_not_read_by_
     ],
 )
 def test_scores_a_classifier_gives_stay_a_classifiers(output: str, values: np.ndarray) -> None:
-    assert _task(None, output, values, _data(3))[0] is Task.CLASSIFICATION
+    assert infer_task(None, output, values, _data(3))[0] is Task.CLASSIFICATION
 
 
 UNIT_ROWS = np.random.default_rng(0).normal(size=(40, 64))
@@ -93,7 +93,7 @@ UNIT_ROWS = (UNIT_ROWS / np.linalg.norm(UNIT_ROWS, axis=1, keepdims=True)).astyp
 def test_classification_asked_of_unit_vectors_sure_of_no_class_is_doubted_naming_embedding() -> None:
     """MiniLM-L6 with --task classification ran 17 trials (7:12) before its gate failed: told before the
     first. The user's word stands (a classifier's L2-normalised logits look the same)."""
-    assert _task(Task.CLASSIFICATION, "sentence_embedding", UNIT_ROWS, _data(40)) == (
+    assert infer_task(Task.CLASSIFICATION, "sentence_embedding", UNIT_ROWS, _data(40)) == (
         Task.CLASSIFICATION,
         "--task",
     )
@@ -115,7 +115,7 @@ def test_classification_asked_of_unit_vectors_sure_of_no_class_is_doubted_naming
 def test_classification_asked_of_what_may_be_scores_is_the_users_word(
     values: np.ndarray, labels: bool
 ) -> None:
-    assert _task(Task.CLASSIFICATION, "out", values, _data(40, labels=labels)) == (
+    assert infer_task(Task.CLASSIFICATION, "out", values, _data(40, labels=labels)) == (
         Task.CLASSIFICATION,
         "--task",
     )
@@ -162,7 +162,7 @@ def test_embedding_or_regression_asked_of_a_classifiers_scores_is_doubted_naming
     confident answer failed (cosine agreement 0.93); as a regression, that one failed at relative
     error 0.19. Both told before the first trial; the user's word stands."""
     for task in (Task.EMBEDDING, Task.REGRESSION):
-        assert _task(task, output, values, _data(len(values))) == (task, "--task")
+        assert infer_task(task, output, values, _data(len(values))) == (task, "--task")
         (said,) = _doubts(task, output, values)
         assert said.startswith(f"--task {task.value}: {look}"), said
         assert "a classifier's look" in said and said.endswith("pass --task classification")
