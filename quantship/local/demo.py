@@ -35,7 +35,7 @@ from rich.live import Live
 from rich.table import Table
 
 from quantship import artifact, slo, zoo
-from quantship.local import demo_report, live
+from quantship.local import demo_report, live, workdir_lock
 from quantship.local.prometheus import PrometheusProcess, find_binary
 from quantship.local.recalibration import (
     DriftLoop,
@@ -706,6 +706,13 @@ def main(workdir: Path, console: Console, *, quick: bool, prometheus: bool) -> i
     """The demo. Step 1 (training and quantizing: no process of ours runs yet) before the event loop,
     where Ctrl-C stops it at once: on the loop, its handlers waited for the quantizing to end."""
     started = time.monotonic()
+    workdir = workdir.resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    with workdir_lock.held(workdir):  # WorkdirBusy before anything of another run's is touched
+        return _locked(workdir, console, quick=quick, prometheus=prometheus, started=started)
+
+
+def _locked(workdir: Path, console: Console, *, quick: bool, prometheus: bool, started: float) -> int:
     built: tuple[zoo.SampleModel, list[Revision]] | None = None
     try:
         workdir = clear_previous_run(workdir)
