@@ -15,7 +15,7 @@ from typing import Any
 from quantship import reporting, slo
 from quantship.local.recalibration import DriftLoop
 from quantship.local.timeline import SAMPLE_INTERVAL_S, DecisionRecord, Timeline
-from quantship.rollout import Action, RolloutSpec
+from quantship.rollout import Action, RolloutSpec, Verdict
 
 PASS_COLOR, FAIL_COLOR = "#16794c", "#b42318"
 _MARKS = {
@@ -26,6 +26,14 @@ _MARKS = {
 _PALETTE = ["#1f77b4", "#ff7f0e", "#9467bd", "#8c564b", "#17becf", "#7f7f7f"]
 """Revisions' and objectives' colours: no green or red, which in these figures say passed and failed
 (matplotlib's third colour, green, drew the rolled-back v3-int8-skewed as if it had passed)."""
+SHORT_OF_DATA_COLOR = "#d08c00"
+"""An inconclusive judgement (short of samples): drawn red, the recalibrated canary's wait for shadow
+samples read as a failed step."""
+_VERDICT_COLORS = {
+    Verdict.PASS: PASS_COLOR,
+    Verdict.FAIL: FAIL_COLOR,
+    Verdict.INCONCLUSIVE: SHORT_OF_DATA_COLOR,
+}
 LIMIT_COLOR = "#1d2330"
 """Budgets and thresholds: dark, dotted or dashed, apart from any revision's colour."""
 
@@ -141,11 +149,8 @@ def _weight(timeline: Timeline) -> str:
         [r.at for r in judged],
         [_weight_at(timeline, r.at) for r in judged],
         zorder=3,
-        c=[
-            PASS_COLOR if r.decision.analysis and r.decision.analysis.verdict.value == "pass" else FAIL_COLOR
-            for r in judged
-        ],
-        label="judgement of the step (green pass, red fail)",
+        c=[_VERDICT_COLORS[r.decision.analysis.verdict] for r in judged if r.decision.analysis],
+        label="judgement of the step (green pass, red fail, amber short of data)",
     )
     ax.set_ylim(-5, 105)
     ax.set_ylabel("canary weight (%)")

@@ -139,3 +139,20 @@ def test_decision_names_sit_above_the_curves_apart_from_each_other() -> None:
 
     assert len(names) == 3 and all(name.y0 >= frame.y1 for name in names)
     assert not any(a.overlaps(b) for n, a in enumerate(names) for b in names[n + 1 :])
+
+
+def test_a_judgement_short_of_data_is_not_drawn_as_a_failed_one() -> None:
+    """The recalibrated canary's first judgement waited for shadow samples: a red point, read as failed."""
+    samples = [Sample(float(at), "v2", 20, {"v2": _revision(drift=0.01)}) for at in range(20)]
+    waiting = RolloutStatus(phase=Phase.PROGRESSING, stable="v1", canary="v2", weight=20)
+    short = Analysis(
+        10.0, Verdict.INCONCLUSIVE, "58 samples of the 60 needed", (), GateResult(None, 0, Verdict.PASS, "")
+    )
+    timeline = _timeline(
+        [DecisionRecord(10.0, "v2", Decision(Action.JUDGED, waiting, "waiting", short))], samples
+    )
+
+    rgb = _pixels(demo_report._weight(timeline), 0, 0.7)  # the plot, not its legend's sentence
+
+    reddish = (rgb[:, :, 0] - np.maximum(rgb[:, :, 1], rgb[:, :, 2])) > 0.3
+    assert not reddish.any(), f"{int(reddish.sum())} red pixels"
