@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from rich.console import Console, ConsoleOptions, JustifyMethod, RenderResult
+from rich.console import JustifyMethod
 from rich.markup import escape
-from rich.measure import Measurement
 from rich.table import Table
 
-from quantship import artifact, reporting
+from quantship import artifact, fitted, reporting
 from quantship.quantize import evaluate
 
 HEADERS: tuple[tuple[str, JustifyMethod], ...] = (
@@ -22,45 +21,19 @@ HEADERS: tuple[tuple[str, JustifyMethod], ...] = (
     ("trials", "right"),
     ("in float", "left"),
 )
-UNBOUNDED = 100_000
-"""Columns to measure a table's unwrapped width in (rich clamps a measurement to the width given)."""
 
 
-def table(rows: list[tuple[str, artifact.Artifact]], title: str = "quantization summary") -> Summary:
-    return Summary(title, [_cells(name, loaded) for name, loaded in rows])
-
-
-class Summary:
-    """The summary laid out for the width it is printed at: one row per artifact where that fits
-    unwrapped (138 columns for the demo's artifacts), else one row per figure and one column per
-    artifact. At 80 columns the eight columns of one row each were cut to `int8-g…` and `accura…`
-    and folded into five-line rows that ran into each other."""
-
-    def __init__(self, title: str, rows: list[list[str]]) -> None:
-        self.title = title
-        self.rows = rows
-
-    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
-        wide = self._one_row_per_artifact()
-        unwrapped = Measurement.get(console, options.update_width(UNBOUNDED), wide).maximum
-        yield wide if unwrapped <= options.max_width else self._transposed()
-
-    def _one_row_per_artifact(self) -> Table:
-        out = Table(title=self.title)
-        for header, justify in HEADERS:
-            out.add_column(header, justify=justify)
-        for row in self.rows:
-            out.add_row(*row)
-        return out
-
-    def _transposed(self) -> Table:
-        out = Table(title=self.title)
-        out.add_column("")
-        for row in self.rows:
-            out.add_column(row[0], overflow="fold")  # a long name kept whole, folded, not cut
-        for number, (header, _) in enumerate(HEADERS[1:], start=1):
-            out.add_row(header, *(row[number] for row in self.rows))
-        return out
+def table(rows: list[tuple[str, artifact.Artifact]], title: str = "quantization summary") -> fitted.Fitted:
+    """One row per artifact where that fits unwrapped (about 140 columns for the demo's artifacts),
+    else one row per figure and one column per artifact (fitted.py: at 80 columns rich cut the
+    cells to `int8-g…` and `accura…` and folded each row into five lines)."""
+    cells = [_cells(name, loaded) for name, loaded in rows]
+    wide = Table(title=title)
+    for header, justify in HEADERS:
+        wide.add_column(header, justify=justify)
+    for row in cells:
+        wide.add_row(*row)
+    return fitted.Fitted(wide, fitted.transposed(title, [header for header, _ in HEADERS], cells))
 
 
 def _cells(name: str, loaded: artifact.Artifact) -> list[str]:
