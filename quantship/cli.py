@@ -4,7 +4,8 @@ Exit codes (`ExitCode`): 0 done; 1 a verdict went against you (the accuracy gate
 command line is wrong (click's usage errors, and a name from a list the command knows, such as an
 unknown zoo model); 3 refused: the command was well formed, but what it was given cannot be used
 (a tampered or unsigned artifact, data of the wrong shape, a download that failed or was too big,
-a hostile archive, an unwritable output, missing credentials, an output or node the model lacks).
+a hostile archive, an unwritable output, missing credentials, an output or node the model lacks,
+a demo workdir another demo is running in).
 2 and 3 print one line on stderr, `error: ...`, naming the problem; nothing partial is left on disk.
 """
 
@@ -1111,7 +1112,8 @@ def serve_settings(
     type=click.Path(file_okay=False, path_type=Path),
     default=Path("build/demo"),
     show_default=True,
-    help="Where models, artifacts, logs and reports go; a rerun replaces the last run's outputs there.",
+    help="Where models, artifacts, logs and reports go; a rerun replaces the last run's outputs there "
+    "(one demo at a time: a second one there refuses).",
 )
 @click.option("--quick", is_flag=True, help="Shorter steps and windows (about a minute): for tests.")
 @click.option(
@@ -1125,8 +1127,13 @@ def demo(workdir: Path, quick: bool, prometheus: bool) -> None:
     """Run the whole flow locally: quantize, serve, roll a good canary out and a bad one back, then
     drift the traffic, recalibrate from what the stable captured and roll that out."""
     from quantship.local import demo as demo_module
+    from quantship.local import workdir_lock
 
-    sys.exit(demo_module.main(workdir, stdout, quick=quick, prometheus=prometheus))
+    try:
+        code = demo_module.main(workdir, stdout, quick=quick, prometheus=prometheus)
+    except workdir_lock.WorkdirBusy as exc:
+        raise Refused(str(exc)) from None
+    sys.exit(code)
 
 
 @main.command()

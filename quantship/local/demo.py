@@ -34,8 +34,8 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from quantship import artifact, slo, zoo
-from quantship.local import demo_report, live
+from quantship import artifact, fitted, slo, zoo
+from quantship.local import demo_report, live, workdir_lock
 from quantship.local.prometheus import PrometheusProcess, find_binary
 from quantship.local.recalibration import (
     DriftLoop,
@@ -611,29 +611,38 @@ LIVE_MIN_WIDTH = 120
 """Columns the live view's traffic table needs with the demo's revision names (118 at most)."""
 
 
-def _summary(outcomes: list[dict[str, Any]]) -> Table:
-    table = Table(title="rollouts")
-    for column in ("revision", "artifact", "result", "expected", "took", "judgements", "why"):
-        table.add_column(column, overflow="fold")
+def _summary(outcomes: list[dict[str, Any]]) -> fitted.Fitted:
+    """A row per rollout where that fits (its reason wrapped within 60 columns), else, as on an
+    80-column terminal, each rollout's outcome under its name (fitted.py)."""
+    wide = Table(title="rollouts")
+    for column in ("revision", "artifact", "result", "expected", "took", "judgements"):
+        wide.add_column(column)
+    wide.add_column("why", max_width=WHY_COLUMNS)
+    narrow = Table(title="rollouts")
+    narrow.add_column("revision")
+    narrow.add_column("outcome", overflow="fold")
     for o in outcomes:
         style = "green" if o["phase"] == o["expected"] else "red"
-        table.add_row(
-            o["revision"],
-            o["artifact"],
-            f"[{style}]{o['phase']}[/]",
-            o["expected"],
-            f"{o['seconds']:.0f} s",
-            str(o["judgements"]),
-            o["reason"],
+        result, took = f"[{style}]{o['phase']}[/]", f"{o['seconds']:.0f} s"
+        wide.add_row(
+            o["revision"], o["artifact"], result, o["expected"], took, str(o["judgements"]), o["reason"]
         )
-    return table
+        judgements = f"{o['judgements']} judgement{'' if o['judgements'] == 1 else 's'}"
+        narrow.add_row(
+            o["revision"],
+            f"{o['artifact']}\n{result} (expected {o['expected']}) in {took}, {judgements}\n{o['reason']}",
+        )
+    return fitted.Fitted(wide, narrow)
 
 
-def _drift_summary(loop: DriftLoop) -> Table:
-    table = Table(
-        title=f"drift loop: images {loop.scale:g}x as bright, alert threshold {loop.threshold:g} bits"
-    )
-    for column in (
+WHY_COLUMNS = 60
+"""Columns the rollouts table gives each reason, wrapped: with every other column whole, 170 in all."""
+
+
+def _drift_summary(loop: DriftLoop) -> fitted.Fitted:
+    """A row where that fits (about 110 columns), else a figure a row (fitted.py)."""
+    title = f"drift loop: images {loop.scale:g}x as bright, alert threshold {loop.threshold:g} bits"
+    headers = [
         "stable",
         "drift before",
         "drift drifted",
@@ -642,10 +651,9 @@ def _drift_summary(loop: DriftLoop) -> Table:
         "recalibrated",
         "drift after",
         "result",
-    ):
-        table.add_column(column)
+    ]
     style = "green" if loop.ok else "red"
-    table.add_row(
+    row = [
         loop.revision or "-",
         _bits(loop.calm),
         _bits(loop.drifted),
@@ -654,8 +662,12 @@ def _drift_summary(loop: DriftLoop) -> Table:
         loop.recalibrated or "-",
         _bits(loop.after),
         f"[{style}]{loop.phase or 'not run'}[/]",
-    )
-    return table
+    ]
+    wide = Table(title=title)
+    for column in headers:
+        wide.add_column(column)
+    wide.add_row(*row)
+    return fitted.Fitted(wide, fitted.transposed(title, headers, [row]))
 
 
 async def _until_stopped(
@@ -706,6 +718,13 @@ def main(workdir: Path, console: Console, *, quick: bool, prometheus: bool) -> i
     """The demo. Step 1 (training and quantizing: no process of ours runs yet) before the event loop,
     where Ctrl-C stops it at once: on the loop, its handlers waited for the quantizing to end."""
     started = time.monotonic()
+    workdir = workdir.resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    with workdir_lock.held(workdir):  # WorkdirBusy before anything of another run's is touched
+        return _locked(workdir, console, quick=quick, prometheus=prometheus, started=started)
+
+
+def _locked(workdir: Path, console: Console, *, quick: bool, prometheus: bool, started: float) -> int:
     built: tuple[zoo.SampleModel, list[Revision]] | None = None
     try:
         workdir = clear_previous_run(workdir)

@@ -8,20 +8,34 @@ the decision log with every reason as the engine wrote it.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from typing import Any
 
 from quantship import reporting, slo
 from quantship.local.recalibration import DriftLoop
-from quantship.local.timeline import DecisionRecord, Timeline
-from quantship.rollout import Action, RolloutSpec
+from quantship.local.timeline import SAMPLE_INTERVAL_S, DecisionRecord, Timeline
+from quantship.rollout import Action, RolloutSpec, Verdict
 
+PASS_COLOR, FAIL_COLOR = "#16794c", "#b42318"
 _MARKS = {
-    Action.PROMOTE: ("#16794c", "promoted"),
-    Action.ROLL_BACK: ("#b42318", "rolled back"),
-    Action.FAIL: ("#b42318", "failed"),
+    Action.PROMOTE: (PASS_COLOR, "promoted"),
+    Action.ROLL_BACK: (FAIL_COLOR, "rolled back"),
+    Action.FAIL: (FAIL_COLOR, "failed"),
 }
-_COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b"]
+_PALETTE = ["#1f77b4", "#ff7f0e", "#9467bd", "#8c564b", "#17becf", "#7f7f7f"]
+"""Revisions' and objectives' colours: no green or red, which in these figures say passed and failed
+(matplotlib's third colour, green, drew the rolled-back v3-int8-skewed as if it had passed)."""
+SHORT_OF_DATA_COLOR = "#d08c00"
+"""An inconclusive judgement (short of samples): drawn red, the recalibrated canary's wait for shadow
+samples read as a failed step."""
+_VERDICT_COLORS = {
+    Verdict.PASS: PASS_COLOR,
+    Verdict.FAIL: FAIL_COLOR,
+    Verdict.INCONCLUSIVE: SHORT_OF_DATA_COLOR,
+}
+LIMIT_COLOR = "#1d2330"
+"""Budgets and thresholds: dark, dotted or dashed, apart from any revision's colour."""
 
 
 def render(
@@ -38,7 +52,10 @@ def render(
         ("Accuracy delta (shadow top-1 disagreement vs FP32)", _sli(timeline, slo.SLI.ACCURACY_DELTA)),
         ("Clipped-activation rate", _sli(timeline, slo.SLI.CLIP_RATE)),
         ("Activation drift (Jensen-Shannon divergence from calibration)", _drift(timeline, drift)),
-        ("Latency (client side)", _latency(timeline)),
+        (
+            f"Latency (client side: p50 and p95 of the requests of each {SAMPLE_INTERVAL_S:g} s)",
+            _latency(timeline),
+        ),
         ("Burn rates at each judgement", _burn_rates(timeline, spec)),
         ("Decision log", _log(timeline)),
     ]
@@ -80,19 +97,46 @@ def _drift_loop(loop: DriftLoop) -> str:
 
 
 def _decision_lines(ax: Any, decisions: Sequence[DecisionRecord]) -> None:
-    for record in decisions:
-        mark = _MARKS.get(record.decision.action)
-        if mark:
-            ax.axvline(record.at, color=mark[0], linestyle="--", linewidth=1)
-            ax.annotate(
-                f"{record.rollout}: {mark[1]}",
-                (record.at, ax.get_ylim()[1]),
-                rotation=90,
-                va="top",
-                ha="right",
-                fontsize=8,
-                color=mark[0],
-            )
+    """A dashed line at each promotion, rollback or failure, named above the axes, where the name
+    crosses no curve (written down the line inside the axes, it ran across the curves it named);
+    the names alternate between two rows, so that close decisions do not write over each other."""
+    marked = [
+        (record, _MARKS[record.decision.action]) for record in decisions if record.decision.action in _MARKS
+    ]
+    for row, (record, (color, what)) in enumerate(marked):
+        ax.axvline(record.at, color=color, linestyle="--", linewidth=1)
+        ax.annotate(
+            f"{record.rollout}: {what}",
+            xy=(record.at, 1.0),
+            xycoords=("data", "axes fraction"),
+            xytext=(0, 3 + DECISION_ROW_PT * (row % 2)),
+            textcoords="offset points",
+            ha="center",
+            va="bottom",
+            fontsize=8,
+            color=color,
+        )
+
+
+DECISION_ROW_PT = 11
+"""Points between the two rows of decision names: a line of 8-point text and a little air."""
+
+
+def _revisions(timeline: Timeline) -> dict[str, tuple[str, str]]:
+    """Each revision's colour and legend label, the same in every figure: one whose rollout was
+    rolled back or failed in the failure colour, its label saying so; the others from _PALETTE."""
+    ended = {
+        record.rollout: _MARKS[record.decision.action]
+        for record in timeline.decisions
+        if record.decision.action in (Action.ROLL_BACK, Action.FAIL)
+    }
+    palette = itertools.cycle(_PALETTE)
+    return {
+        revision: (FAIL_COLOR, f"{revision} ({ended[revision][1]})")
+        if revision in ended
+        else (next(palette), revision)
+        for revision in _series(timeline)
+    }
 
 
 def _weight(timeline: Timeline) -> str:
@@ -105,11 +149,8 @@ def _weight(timeline: Timeline) -> str:
         [r.at for r in judged],
         [_weight_at(timeline, r.at) for r in judged],
         zorder=3,
-        c=[
-            "#16794c" if r.decision.analysis and r.decision.analysis.verdict.value == "pass" else "#b42318"
-            for r in judged
-        ],
-        label="judgement of the step (green pass, red fail)",
+        c=[_VERDICT_COLORS[r.decision.analysis.verdict] for r in judged if r.decision.analysis],
+        label="judgement of the step (green pass, red fail, amber short of data)",
     )
     ax.set_ylim(-5, 105)
     ax.set_ylabel("canary weight (%)")
@@ -139,13 +180,17 @@ def _sli(timeline: Timeline, sli: slo.SLI) -> str:
         return "<p>Not an objective of this run.</p>"
     fig, ax = reporting.new_figure(10, 3)
     plotted = False
-    for color, (revision, points) in zip(_COLORS, _series(timeline).items(), strict=False):
+    styles = _revisions(timeline)
+    for revision, points in _series(timeline).items():
         xs = [at for at, data in points if data.ratios.get(sli) is not None]
         ys = [data.ratios[sli] * 100 for at, data in points if data.ratios.get(sli) is not None]
         if xs:
-            ax.plot(xs, ys, label=revision, color=color)
+            color, label = styles[revision]
+            ax.plot(xs, ys, label=label, color=color)
             plotted = True
-    ax.axhline(objective.budget * 100, color="#1d2330", linestyle=":", label=f"budget {objective.budget:.2%}")
+    ax.axhline(
+        objective.budget * 100, color=LIMIT_COLOR, linestyle=":", label=f"budget {objective.budget:.2%}"
+    )
     ax.set_ylabel(f"{sli.value} (%, {timeline.window}s window)")
     ax.set_xlabel("seconds since start")
     ax.legend(fontsize=8, loc="upper left")
@@ -159,12 +204,14 @@ def _sli(timeline: Timeline, sli: slo.SLI) -> str:
 def _drift(timeline: Timeline, loop: DriftLoop) -> str:
     fig, ax = reporting.new_figure(10, 3)
     plotted = False
-    for color, (revision, points) in zip(_COLORS, _series(timeline).items(), strict=False):
+    styles = _revisions(timeline)
+    for revision, points in _series(timeline).items():
         drift = [(at, data.drift) for at, data in points if data.drift is not None]
         if drift:
-            ax.plot(*zip(*drift, strict=True), label=revision, color=color)
+            color, label = styles[revision]
+            ax.plot(*zip(*drift, strict=True), label=label, color=color)
             plotted = True
-    ax.axhline(loop.threshold, color="#b42318", linestyle="--", label=f"alert threshold {loop.threshold:g}")
+    ax.axhline(loop.threshold, color=LIMIT_COLOR, linestyle="--", label=f"alert threshold {loop.threshold:g}")
     ax.set_ylabel("drift (bits, tensor=all)")
     ax.set_xlabel("seconds since start")
     ax.legend(fontsize=8, loc="upper left")
@@ -179,13 +226,15 @@ def _drift(timeline: Timeline, loop: DriftLoop) -> str:
 
 def _latency(timeline: Timeline) -> str:
     fig, ax = reporting.new_figure(10, 3)
-    for color, (revision, points) in zip(_COLORS, _series(timeline).items(), strict=False):
+    styles = _revisions(timeline)
+    for revision, points in _series(timeline).items():
         p95 = [(at, d.latency_p95 * 1000) for at, d in points if d.latency_p95 is not None]
         p50 = [(at, d.latency_p50 * 1000) for at, d in points if d.latency_p50 is not None]
         if p95:
-            ax.plot(*zip(*p95, strict=True), color=color, label=f"{revision} p95")
-            ax.plot(*zip(*p50, strict=True), color=color, linestyle=":", label=f"{revision} p50")
-    ax.set_ylabel("latency (ms), per second")
+            color, label = styles[revision]
+            ax.plot(*zip(*p95, strict=True), color=color, label=f"{label} p95")
+            ax.plot(*zip(*p50, strict=True), color=color, linestyle=":", label=f"{label} p50")
+    ax.set_ylabel("latency (ms)")  # "(ms), per second" read as a rate: the heading says what a point is
     ax.set_xlabel("seconds since start")
     ax.legend(fontsize=8, loc="upper left", ncol=2)
     _decision_lines(ax, timeline.decisions)
@@ -193,39 +242,65 @@ def _latency(timeline: Timeline) -> str:
 
 
 def _burn_rates(timeline: Timeline, spec: RolloutSpec) -> str:
+    """Each judgement in a slot of its own, its SLIs' points side by side in the legend's order: drawn
+    at the judgement's time, equal rates (every SLI at 0 on a calm step, both windows alike) lay on
+    each other and only the last drawn showed, and judgements 10 s apart left no room to set them apart."""
     judged = [r for r in timeline.decisions if r.decision.analysis is not None]
     if not judged:
         return "<p>No judgement was made.</p>"
     fig, ax = reporting.new_figure(10, 3.5)
-    for color, objective in zip(_COLORS, timeline.objectives, strict=False):
-        for window, marker in zip(spec.analysis.windows, ("o", "s"), strict=False):
-            points = [
-                (record.at, w.burn_rate)
-                for record in judged
-                for result in record.decision.analysis.slos  # type: ignore[union-attr]
-                if result.sli is objective.sli
-                for w in result.windows
-                if w.window == window and w.burn_rate is not None
-            ]
-            if points:
-                ax.scatter(
-                    *zip(*points, strict=True),
-                    color=color,
-                    marker=marker,
-                    label=f"{objective.sli.value} {window}s",
-                )
+    series = [
+        (f"{objective.sli.value} {window}s", color, marker, points)
+        for color, objective in zip(_PALETTE, timeline.objectives, strict=False)
+        for window, marker in zip(spec.analysis.windows, ("o", "s"), strict=False)
+        if (points := _burn_points(judged, objective.sli, window))
+    ]
+    for number, (label, color, marker, points) in enumerate(series):
+        shift = (number - (len(series) - 1) / 2) * SLOT_SHARE / len(series)
+        ax.scatter(
+            [slot + shift for slot, _ in points],
+            [rate for _, rate in points],
+            color=color,
+            marker=marker,
+            s=MARKER_AREA,
+            label=label,
+        )
     ax.axhline(
         spec.analysis.burn_rate_threshold,
-        color="#b42318",
+        color=FAIL_COLOR,
         linestyle="--",
         label=f"threshold {spec.analysis.burn_rate_threshold:g}",
     )
-    ax.set_yscale("symlog", linthresh=0.01)
-    ax.set_ylim(0, _headroom(max([spec.analysis.burn_rate_threshold, *_plotted_values(ax)])))
+    ax.set_yscale("symlog", linthresh=BURN_RATE_LINEAR_UP_TO)
+    top = _headroom(max([spec.analysis.burn_rate_threshold, *_plotted_values(ax)]))
+    ax.set_ylim(-BURN_RATE_LINEAR_UP_TO / 4, top)  # a little below 0: a point at 0 whole, not cut in half
     ax.set_ylabel("burn rate (ratio / budget)")
-    ax.set_xlabel("seconds since start")
+    ax.set_xticks(range(len(judged)), [f"{r.rollout}\n{r.at:.0f} s" for r in judged], fontsize=7)
+    ax.set_xlabel("judgement (rollout, seconds since start)")
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside: over it hid failing points
     return reporting.figure(fig, "burn rates at judgements")
+
+
+SLOT_SHARE = 0.7
+"""Of a judgement's slot, the share its points spread over: the rest keeps neighbours apart."""
+MARKER_AREA = 24
+"""Points² (matplotlib's default is 36): eight points side by side in a judgement's slot, apart."""
+
+
+def _burn_points(judged: Sequence[DecisionRecord], sli: slo.SLI, window: int) -> list[tuple[int, float]]:
+    """(slot, burn rate) of one SLI on one window at each judgement (numbered in order) that measured it."""
+    return [
+        (slot, w.burn_rate)
+        for slot, record in enumerate(judged)
+        for result in record.decision.analysis.slos  # type: ignore[union-attr]
+        if result.sli is sli
+        for w in result.windows
+        if w.window == window and w.burn_rate is not None
+    ]
+
+
+BURN_RATE_LINEAR_UP_TO = 0.01
+"""The burn-rate axis is linear up to this, logarithmic past it: 0 and the calm 0.01-0.05 both show."""
 
 
 def _plotted_values(ax: Any) -> list[float]:

@@ -21,6 +21,9 @@ from quantship.local.recalibration import DriftReader
 from quantship.local.traffic import LoadGenerator
 from quantship.rollout import Counts, Decision, MetricsSource, RolloutStatus
 
+SAMPLE_INTERVAL_S = 1.0
+"""Seconds between samples; client latency percentiles are of the requests of the last one."""
+
 
 @dataclass(frozen=True)
 class RevisionSample:
@@ -90,7 +93,7 @@ class Timeline:
     async def sample(
         self, tracks: Callable[[], Mapping[str, Any]], metrics: MetricsSource, load: LoadGenerator
     ) -> Sample:
-        since = asyncio.get_running_loop().time() - 1.0
+        since = asyncio.get_running_loop().time() - SAMPLE_INTERVAL_S
         revisions = {}
         for revision, track in tracks().items():
             measured = await asyncio.gather(
@@ -132,4 +135,4 @@ class Timeline:
             sample = await self.sample(tracks, metrics, load)
             if on_sample is not None:
                 on_sample(sample)
-            await asyncio.sleep(1.0)
+            await asyncio.sleep(SAMPLE_INTERVAL_S)

@@ -170,11 +170,7 @@ def _comparison(validation: dict[str, Any], fp32_bytes: int | None, int8_bytes: 
         _metric_panel(axes.pop(0), higher, "INT8 vs FP32, higher is better (1 = identical)", (0, 1.05))
     if lower:
         _metric_panel(axes.pop(0), lower, "INT8 vs FP32, lower is better (0 = identical)", None)
-    size_ax = axes.pop(0)
-    sizes = [(fp32_bytes or 0) / 1024, int8_bytes / 1024]
-    bars = size_ax.bar(["FP32", "INT8"], sizes, color=["#8da0cb", "#fc8d62"])
-    size_ax.bar_label(bars, fmt="%.0f KiB")
-    size_ax.set_title("model file size (KiB)")
+    _size_panel(axes.pop(0), fp32_bytes, int8_bytes)
     rows = [(name, _gated_value(name, v), _meaning(name)) for name, v in metrics.items()]
     table = reporting.table(["metric", "INT8 vs FP32", "what it measures"], rows)
     return reporting.figure(fig, "; ".join(map(_panel_text, fig.axes))) + table
@@ -191,6 +187,7 @@ def _accuracy_panel(ax: Any, validation: dict[str, Any]) -> None:
     bars = ax.bar(["FP32", "INT8"], values, color=["#8da0cb", "#fc8d62"])
     ax.bar_label(bars, fmt="%.2f%%")
     ax.set_ylim(max(0, min(values) - 5), 100)
+    _room_for_bar_labels(ax)
     ax.set_title("top-1 accuracy (%)")
 
 
@@ -199,8 +196,29 @@ def _metric_panel(ax: Any, values: dict[str, float], title: str, ylim: tuple[flo
     ax.bar_label(bars, fmt="%.3g")
     if ylim is not None:
         ax.set_ylim(*ylim)
+    _room_for_bar_labels(ax)
     ax.tick_params(axis="x", labelrotation=20, labelsize=8)
     ax.set_title(title, fontsize=9)
+
+
+def _size_panel(ax: Any, fp32_bytes: int | None, int8_bytes: int) -> None:
+    bars = ax.bar(
+        ["FP32", "INT8"], [(fp32_bytes or 0) / 1024, int8_bytes / 1024], color=["#8da0cb", "#fc8d62"]
+    )
+    ax.bar_label(bars, fmt="%.0f KiB")
+    _room_for_bar_labels(ax)
+    ax.set_title("model file size (KiB)")
+
+
+def _room_for_bar_labels(ax: Any) -> None:
+    """Room above the tallest bar for its label: with the axes ending at the bar (an agreement of 1
+    under a limit of 1.05, the autoscaled FP32 size), labels sat on the frame or ran through it."""
+    low, high = ax.get_ylim()
+    ax.set_ylim(low, high + BAR_LABEL_ROOM * (high - low))
+
+
+BAR_LABEL_ROOM = 0.15
+"""Share of the axis' span added above it: a line of 10-point text on the 3-inch panels, and air."""
 
 
 def _samples(validation: dict[str, Any]) -> str:

@@ -4,48 +4,62 @@ from __future__ import annotations
 
 from typing import Any
 
+from rich.console import JustifyMethod
 from rich.markup import escape
 from rich.table import Table
 
-from quantship import artifact, reporting
+from quantship import artifact, fitted, reporting
 from quantship.quantize import evaluate
 
+HEADERS: tuple[tuple[str, JustifyMethod], ...] = (
+    ("artifact", "left"),
+    ("size FP32→INT8", "right"),
+    ("top-1 FP32→INT8", "right"),
+    ("gate metric", "right"),
+    ("top-1 agree", "right"),
+    ("gate", "left"),
+    ("trials", "right"),
+    ("in float", "left"),
+)
 
-def table(rows: list[tuple[str, artifact.Artifact]], title: str = "quantization summary") -> Table:
-    out = Table(title=title)
-    out.add_column("artifact")
-    out.add_column("size FP32→INT8", justify="right")
-    out.add_column("top-1 FP32→INT8", justify="right")
-    out.add_column("gate metric", justify="right")
-    out.add_column("top-1 agree", justify="right")
-    out.add_column("gate")
-    out.add_column("trials", justify="right")
-    out.add_column("in float")
-    for name, loaded in rows:
-        files = loaded.manifest["files"]
-        fp32_bytes = files.get(artifact.REFERENCE_FILE, {}).get("size")
-        int8_bytes = files[artifact.MODEL_FILE]["size"]
-        validation = loaded.manifest.get("validation", {})
-        gate = validation.get("gate", "?")
-        size = f"{_kib(fp32_bytes)}→{_kib(int8_bytes)} KiB" + (
-            f" ({reporting.size_change(fp32_bytes, int8_bytes, digits=1)})" if fp32_bytes else ""
-        )
-        accuracy = (
-            f"{reporting.percent(validation['fp32'])}→{reporting.percent(validation['int8'])}"
-            if validation.get("fp32") is not None
-            else "-"
-        )
-        out.add_row(
-            name,
-            size,
-            accuracy,
-            _gated(validation),
-            reporting.percent(validation.get("agreement")),
-            f"[green]{gate}[/]" if gate == "passed" else f"[red]{gate}[/]",
-            str(len(loaded.manifest.get("trials") or loaded.manifest.get("fallback_trials", []))),
-            _in_float(loaded.quantization.get("excluded_nodes", [])),
-        )
-    return out
+
+def table(rows: list[tuple[str, artifact.Artifact]], title: str = "quantization summary") -> fitted.Fitted:
+    """One row per artifact where that fits unwrapped (about 140 columns for the demo's artifacts),
+    else one row per figure and one column per artifact (fitted.py: at 80 columns rich cut the
+    cells to `int8-g…` and `accura…` and folded each row into five lines)."""
+    cells = [_cells(name, loaded) for name, loaded in rows]
+    wide = Table(title=title)
+    for header, justify in HEADERS:
+        wide.add_column(header, justify=justify)
+    for row in cells:
+        wide.add_row(*row)
+    return fitted.Fitted(wide, fitted.transposed(title, [header for header, _ in HEADERS], cells))
+
+
+def _cells(name: str, loaded: artifact.Artifact) -> list[str]:
+    files = loaded.manifest["files"]
+    fp32_bytes = files.get(artifact.REFERENCE_FILE, {}).get("size")
+    int8_bytes = files[artifact.MODEL_FILE]["size"]
+    validation = loaded.manifest.get("validation", {})
+    gate = validation.get("gate", "?")
+    size = f"{_kib(fp32_bytes)}→{_kib(int8_bytes)} KiB" + (
+        f" ({reporting.size_change(fp32_bytes, int8_bytes, digits=1)})" if fp32_bytes else ""
+    )
+    accuracy = (
+        f"{reporting.percent(validation['fp32'])}→{reporting.percent(validation['int8'])}"
+        if validation.get("fp32") is not None
+        else "-"
+    )
+    return [
+        escape(name),
+        size,
+        accuracy,
+        _gated(validation),
+        reporting.percent(validation.get("agreement")),
+        f"[green]{gate}[/]" if gate == "passed" else f"[red]{escape(str(gate))}[/]",
+        str(len(loaded.manifest.get("trials") or loaded.manifest.get("fallback_trials", []))),
+        _in_float(loaded.quantization.get("excluded_nodes", [])),
+    ]
 
 
 MAX_NAMED_IN_FLOAT = 3

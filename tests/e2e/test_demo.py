@@ -186,6 +186,25 @@ def test_ctrl_c_while_quantizing_stops_the_quantizer_and_says_nothing_was_servin
     assert not _group_alive(process.pid) and not list(scratch.iterdir())
 
 
+def test_a_second_demo_in_the_same_workdir_refuses_at_once_naming_the_first(tmp_path: Path) -> None:
+    """Two demos in one workdir cleared and rewrote each other's captures, artifacts and summary."""
+    workdir = tmp_path / "demo"
+    first = _demo(workdir)
+    try:
+        _wait_for(first, "quantizing int8-good", timeout=60)  # past its lock, building its artifacts
+        second = _demo(workdir)
+        output = _finish(second, timeout=30)
+        assert second.returncode == 3, output  # refused, as any input the command cannot use
+        assert output.splitlines() == [
+            f"error: another demo (pid {first.pid}) is running in {workdir}: wait for it to end, "
+            "or give this one another --workdir"
+        ]
+        assert first.poll() is None, "the first demo runs on"
+    finally:
+        first.terminate()
+        _finish(first, timeout=30)
+
+
 def _as_a_foreground_job() -> None:
     """SIGINT at its default, as a terminal's shell starts a foreground job: a suite run in the
     background (`nohup ... &`, as CI may run it) hands its children SIGINT ignored, and Python then

@@ -1,13 +1,21 @@
-"""The demo report's decision log and burn-rate figure, from decisions made by hand."""
+"""The demo report's decision log and figures, from samples and decisions made by hand."""
 
 from __future__ import annotations
 
+import base64
 import html
+import io
 import re
 
-from quantship.local import demo_report
-from quantship.local.timeline import DecisionRecord, Timeline
-from quantship.rollout import Action
+import numpy as np
+from matplotlib import image
+
+from quantship import reporting
+from quantship.local import demo, demo_report
+from quantship.local.recalibration import DriftLoop
+from quantship.local.timeline import DecisionRecord, RevisionSample, Sample, Timeline
+from quantship.rollout import Action, RolloutSpec
+from quantship.rollout.analysis import Analysis, GateResult, SLOResult, Verdict, WindowResult
 from quantship.rollout.engine import Decision
 from quantship.rollout.state import Phase, RolloutStatus
 
@@ -31,5 +39,120 @@ def test_the_log_gives_a_canary_weight_only_where_a_canary_serves() -> None:
     assert [row[4] for row in logged] == ["20%", "-"]
 
 
-def _timeline(records: list[DecisionRecord]) -> Timeline:
-    return Timeline(objectives=(), window=10, model="digits", decisions=records)
+def _timeline(records: list[DecisionRecord], samples: list[Sample] | None = None) -> Timeline:
+    return Timeline(
+        objectives=demo.OBJECTIVES, window=10, model="digits", decisions=records, samples=samples or []
+    )
+
+
+def _pixels(section: str, left: float = 0.0, right: float = 1.0) -> np.ndarray:
+    """The RGB pixels (0-1) of a section's figure, between two shares of its width."""
+    encoded = re.search(r'src="data:image/png;base64,([^"]+)"', section)
+    assert encoded, section
+    rgb = image.imread(io.BytesIO(base64.b64decode(encoded.group(1))), format="png")[:, :, :3]
+    return rgb[:, int(rgb.shape[1] * left) : int(rgb.shape[1] * right)]
+
+
+def _greenish(rgb: np.ndarray) -> int:
+    return int(((rgb[:, :, 1] - np.maximum(rgb[:, :, 0], rgb[:, :, 2])) > 0.15).sum())
+
+
+def test_a_rolled_back_revision_is_drawn_in_the_failure_colour_not_green() -> None:
+    """matplotlib's third colour, green, went to the third revision: the rolled-back v3-int8-skewed."""
+    samples = [
+        Sample(
+            float(at),
+            "v3",
+            20,
+            {name: _revision(drift=0.01 * (1 + n)) for n, name in enumerate(("v1", "v2", "v3"))},
+        )
+        for at in range(20)
+    ]
+    rolled_back = RolloutStatus(phase=Phase.ROLLED_BACK, stable="v2")
+    timeline = _timeline(
+        [DecisionRecord(18.0, "v3", Decision(Action.ROLL_BACK, rolled_back, "clip rate"))], samples
+    )
+
+    drift = demo_report._drift(timeline, DriftLoop(revision="v2", scale=2.0))
+
+    assert _greenish(_pixels(drift)) == 0  # green says passed in these figures
+    assert demo_report._revisions(timeline)["v3"] == (demo_report.FAIL_COLOR, "v3 (rolled back)")
+
+
+def _revision(drift: float) -> RevisionSample:
+    return RevisionSample("stable", 10, 0, {}, 0.002, 0.004, drift=drift)
+
+
+def test_equal_burn_rates_at_one_judgement_all_show() -> None:
+    """Every SLI at 0 on a calm step: the points lay on each other and only the last drawn showed."""
+    spec = demo._spec("v2", demo.DemoSettings.for_run(quick=True, prometheus=False))
+    judged = [
+        DecisionRecord(at, "v2", Decision(Action.SET_WEIGHT, RolloutStatus(), "passed", _calm(spec, at)))
+        for at in (10.0, 20.0)
+    ]
+
+    figure = demo_report._burn_rates(_timeline(judged), spec)
+
+    plot, legend = _colours(_pixels(figure, 0, 0.75)), _colours(_pixels(figure, 0.75, 1.0))  # legend: beside
+    assert len(legend) > len(demo.OBJECTIVES), "a colour for each SLI, and the threshold's"
+    hidden = [
+        c for c in legend if not any(max(abs(a - b) for a, b in zip(c, p, strict=True)) <= 3 for p in plot)
+    ]
+    assert not hidden, f"in the legend, hidden in the plot: {hidden}"
+
+
+def _colours(rgb: np.ndarray, least: int = 12) -> set[tuple[int, ...]]:
+    """The saturated colours filling `least` pixels or more: markers and lines, not their blurred edges."""
+    pixels = (rgb.reshape(-1, 3) * 255).round().astype(int)
+    saturated = pixels[np.ptp(pixels, axis=1) > 60]
+    values, counts = np.unique(saturated, axis=0, return_counts=True)
+    return {
+        tuple(int(v) for v in value) for value, count in zip(values, counts, strict=True) if count >= least
+    }
+
+
+def _calm(spec: RolloutSpec, at: float) -> Analysis:
+    """A judgement that found nothing bad: every SLI burning 0 on both windows."""
+    windows = tuple(WindowResult(window, 0.0, 600.0, 0.0) for window in spec.analysis.windows)
+    slos = tuple(
+        SLOResult(o.sli, o.budget, 1.0, 0.0, windows, Verdict.PASS, "within budget") for o in demo.OBJECTIVES
+    )
+    return Analysis(at, Verdict.PASS, "passed", slos, GateResult(None, 0, Verdict.PASS, ""))
+
+
+def test_decision_names_sit_above_the_curves_apart_from_each_other() -> None:
+    """Written down their lines inside the axes, the names ran across the curves they named."""
+    promoted, rolled_back = RolloutStatus(phase=Phase.PROMOTED), RolloutStatus(phase=Phase.ROLLED_BACK)
+    decisions = [  # the full demo's, 14 s apart: centred side by side on one row, two names overlap
+        DecisionRecord(38.0, "v2-int8", Decision(Action.PROMOTE, promoted, "passed")),
+        DecisionRecord(52.0, "v3-int8-skewed", Decision(Action.ROLL_BACK, rolled_back, "clip rate")),
+        DecisionRecord(104.0, "v4-int8-recal", Decision(Action.PROMOTE, promoted, "passed")),
+    ]
+    fig, ax = reporting.new_figure(10, 3)
+    ax.plot(range(110), [0.12] * 110)  # a curve along the top, as the drifted stable's
+    demo_report._decision_lines(ax, decisions)
+    renderer = fig.canvas.get_renderer()
+    fig.draw(renderer)
+    frame = ax.get_window_extent(renderer)
+    names = [text.get_window_extent(renderer) for text in ax.texts]
+    reporting.pyplot().close(fig)
+
+    assert len(names) == 3 and all(name.y0 >= frame.y1 for name in names)
+    assert not any(a.overlaps(b) for n, a in enumerate(names) for b in names[n + 1 :])
+
+
+def test_a_judgement_short_of_data_is_not_drawn_as_a_failed_one() -> None:
+    """The recalibrated canary's first judgement waited for shadow samples: a red point, read as failed."""
+    samples = [Sample(float(at), "v2", 20, {"v2": _revision(drift=0.01)}) for at in range(20)]
+    waiting = RolloutStatus(phase=Phase.PROGRESSING, stable="v1", canary="v2", weight=20)
+    short = Analysis(
+        10.0, Verdict.INCONCLUSIVE, "58 samples of the 60 needed", (), GateResult(None, 0, Verdict.PASS, "")
+    )
+    timeline = _timeline(
+        [DecisionRecord(10.0, "v2", Decision(Action.JUDGED, waiting, "waiting", short))], samples
+    )
+
+    rgb = _pixels(demo_report._weight(timeline), 0, 0.7)  # the plot, not its legend's sentence
+
+    reddish = (rgb[:, :, 0] - np.maximum(rgb[:, :, 1], rgb[:, :, 2])) > 0.3
+    assert not reddish.any(), f"{int(reddish.sum())} red pixels"

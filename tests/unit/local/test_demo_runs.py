@@ -3,6 +3,7 @@ where it shows its progress (a live view only where one can draw), and what its 
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from rich.console import Console
 from quantship import artifact
 from quantship.cli import main
 from quantship.local import demo, live
+from quantship.local.recalibration import DriftLoop
 from quantship.local.timeline import RevisionSample, Sample, Timeline
 
 
@@ -115,3 +117,30 @@ def test_where_the_live_view_shows_its_traffic_table_cuts_no_cell() -> None:
 
     shown = console.export_text()
     assert "…" not in shown and all(name in shown for name in serving), shown
+
+
+def test_the_closing_tables_read_whole_at_80_columns() -> None:
+    """Eight and seven columns shared out at 80: `v3-int8-s` over `kewed`, `RolledBac` over `k`,
+    `captur…`, and each reason one word a line."""
+    reason = (
+        "clip_rate burn rate above 1 on both windows: 4.54 on 10s (0.454% bad against a budget of 0.100%)"
+    )
+    outcomes = [
+        {"revision": "v3-int8-skewed", "artifact": "INT8, one-digit calibration", "phase": "RolledBack",
+         "expected": "RolledBack", "seconds": 14.5, "judgements": 1, "reason": reason},
+        {"revision": "v4-int8-recal", "artifact": "INT8, recalibrated on the drifted capture",
+         "phase": "Promoted", "expected": "Promoted", "seconds": 37.1, "judgements": 3, "reason": "passed"},
+    ]  # fmt: skip
+    loop = DriftLoop("v2-int8", 2.0, calm=0.0072, drifted=0.1232, rose_in=1.8, captured=1634,
+                     recalibrated="v4-int8-recal", after=0.0236, phase="Promoted")  # fmt: skip
+    console = Console(file=io.StringIO(), record=True, _environ={"COLUMNS": "80"})
+
+    console.print(demo._summary(outcomes))
+    console.print(demo._drift_summary(loop))
+
+    lines = console.export_text().splitlines()
+    shown = "\n".join(lines)
+    assert max(map(len, lines)) <= 80 and "…" not in shown, shown
+    assert all(
+        f" {word} " in shown for word in ("v3-int8-skewed", "RolledBack", "v4-int8-recal", "1634 rows")
+    ), shown
