@@ -34,8 +34,8 @@ import kopf
 
 from quantship.operator import crd, quantization, watched
 from quantship.operator import status as status_module
-from quantship.operator.kube import GatewayRouter
 from quantship.operator.reconcile import IN_FLIGHT, Context, reconcile
+from quantship.operator.routers import GatewayRouter
 from quantship.operator.settings import RETRY_BACKOFF_MAX_S, OperatorSettings
 from quantship.operator.spec import InvalidSpec, ModelSpec
 from quantship.rollout import Decision, PortError

@@ -53,7 +53,7 @@ REPAIRS: frozenset[Permission] = frozenset(
         (*MODELS, "get"),
     }
 )
-"""Calls made only when something was removed or edited by hand (kube.py): they must be granted,
+"""Calls made only when something was removed or edited by hand (workloads.py): they must be granted,
 or every repair is refused and the rollout stays Degraded."""
 
 OPERATOR: frozenset[Permission] = frozenset(
@@ -76,7 +76,7 @@ OPERATOR: frozenset[Permission] = frozenset(
         *PLACEMENT,
     }
 )
-"""Our adapters' calls (kube.py), in every namespace the operator serves."""
+"""Our adapters' calls (kube.py, workloads.py, routers.py), in every namespace the operator serves."""
 
 OWNER_REFERENCES: frozenset[Permission] = frozenset({(crd.GROUP, f"{crd.PLURAL}/finalizers", "update")})
 """No call of ours: what the OwnerReferencesPermissionEnforcement admission plugin (on in OpenShift

@@ -23,18 +23,13 @@ import kopf
 
 from quantship.operator import crd, placement, quantization, resources
 from quantship.operator import status as status_module
-from quantship.operator.kube import (
-    ChildGone,
-    GatewayRouter,
-    Kube,
-    KubeWorkloads,
-    ModelGone,
-    ReplicaRouter,
-)
+from quantship.operator.kube import ChildGone, Kube, ModelGone
 from quantship.operator.metrics import OperatorMetrics
+from quantship.operator.routers import GatewayRouter, ReplicaRouter
 from quantship.operator.settings import RETRY_BACKOFF_MAX_S, SERVER_BIND_ADDRESS
 from quantship.operator.spec import InvalidSpec, ModelSpec
 from quantship.operator.watched import Children
+from quantship.operator.workloads import KubeWorkloads
 from quantship.rollout import (
     Action,
     Decision,

@@ -3,7 +3,7 @@
 Per revision: a Deployment of `quantship serve` (an init container fetches and verifies the
 artifact first) and a Service over it. In `replicas` traffic mode also one Service named like
 the model over every revision, so the replica ratio splits traffic. Called by the adapters in
-`kube.py`; pure, so tests can check every field without an API.
+`workloads.py` and `routers.py`; pure, so tests can check every field without an API.
 """
 
 from __future__ import annotations

@@ -30,7 +30,7 @@ from operator_harness import (
 from test_operator_lifecycle import phase_is, serving
 
 from quantship.operator import crd, permissions
-from quantship.operator.kube import weight_patch
+from quantship.operator.routers import weight_patch
 
 V1 = "https://models.example.com/digits-v1.tar.gz"
 V2 = "https://models.example.com/digits-v2.tar.gz"

@@ -30,8 +30,9 @@ from test_operator_faults import GATEWAY, SLOW_STEPS, weights
 from test_operator_lifecycle import FIRST, SECOND, V1, V2, condition, phase_is, posted, serving
 
 from quantship.operator import crd, resources
-from quantship.operator.kube import Kube, KubeWorkloads
+from quantship.operator.kube import Kube
 from quantship.operator.spec import ModelSpec
+from quantship.operator.workloads import KubeWorkloads
 from quantship.rollout import Track
 from quantship.slo import Metric
 

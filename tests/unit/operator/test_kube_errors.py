@@ -19,11 +19,13 @@ from kubernetes.aio import client
 from prometheus_client import CollectorRegistry
 
 from quantship.operator import handlers, kube
-from quantship.operator.kube import GatewayRouter, Kube, KubeWorkloads, ReplicaRouter
+from quantship.operator.kube import Kube
 from quantship.operator.metrics import OperatorMetrics
 from quantship.operator.reconcile import Context, reconcile
+from quantship.operator.routers import GatewayRouter, ReplicaRouter
 from quantship.operator.settings import RETRY_BACKOFF_MAX_S
 from quantship.operator.spec import ModelSpec
+from quantship.operator.workloads import KubeWorkloads
 from quantship.rollout import PortError, Track
 
 RESOURCE = {

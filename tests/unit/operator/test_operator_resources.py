@@ -14,8 +14,10 @@ from kubernetes import client
 
 from quantship import cli
 from quantship.operator import crd, fetch, resources
-from quantship.operator.kube import _resource_patches, split, to_model
+from quantship.operator.kube import to_model
+from quantship.operator.routers import split
 from quantship.operator.spec import CAPTURE_FLAGS, SERVER_FLAGS, InvalidSpec, ModelSpec
+from quantship.operator.workloads import _resource_patches
 from quantship.rollout import Track
 from quantship.server.capture import CAPTURE_FILE, Capture
 
