@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 import requests
 
@@ -19,6 +20,10 @@ from quantship import oci
 
 Answer = Callable[[BaseHTTPRequestHandler], None]
 """Writes one whole answer (status, headers, body) to the handler."""
+SERVED_REPOSITORY = "quantship/served"
+"""Where `serving_a_copy` serves what it copied."""
+TITLE = "org.opencontainers.image.title"
+"""The annotation that names a layer's file."""
 
 
 @dataclass
@@ -244,3 +249,53 @@ def serving(host: str = "127.0.0.1") -> Iterator[HostileRegistry]:
         registry.released.set()
         server.shutdown()
         server.server_close()
+
+
+@dataclass
+class Served:
+    """A hostile registry serving, as SERVED_REPOSITORY:v1, what the real registry served for a
+    pushed artifact (`serving_a_copy`): its manifest (parsed: bend a deep copy of it) and blobs."""
+
+    registry: HostileRegistry
+    manifest: dict[str, Any]
+    blobs: dict[str, bytes]
+
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
+        """How hypothesis prints this argument of a failing example: not its 2 MB of blobs."""
+        printer.text(f"Served({self.uri!r})")
+
+    @property
+    def uri(self) -> str:
+        return self.registry.uri(SERVED_REPOSITORY)
+
+    @property
+    def manifest_path(self) -> str:
+        return self.registry.manifest_path(SERVED_REPOSITORY)
+
+    def serve_manifest(self, content: bytes) -> None:
+        self.registry.answers[self.manifest_path] = body(content, oci.MANIFEST_MEDIA_TYPE)
+
+    def layer(self, name: str) -> dict[str, Any]:
+        """The manifest's layer of the file `name` (model.onnx, ...)."""
+        return next(layer for layer in self.manifest["layers"] if layer["annotations"][TITLE] == name)
+
+    def layer_path(self, name: str) -> str:
+        return self.registry.blob_path(SERVED_REPOSITORY, self.layer(name)["digest"])
+
+    def layer_content(self, name: str) -> bytes:
+        return self.blobs[self.layer(name)["digest"]]
+
+    def serve_blob(self, name: str, answer: Answer) -> None:
+        self.registry.answers[self.layer_path(name)] = answer
+
+    @property
+    def blobs_requested(self) -> list[str]:
+        return [path for path in self.registry.requested if "/blobs/" in path]
+
+
+@contextmanager
+def serving_a_copy(source: str) -> Iterator[Served]:
+    """A hostile registry serving a copy of what the real registry serves at `source` (oci://...:TAG)."""
+    with serving() as registry:
+        manifest, blobs = registry.copy(source, SERVED_REPOSITORY)
+        yield Served(registry, json.loads(manifest), blobs)
