@@ -5,6 +5,7 @@ real sockets, streaming and timeouts are what is tested."""
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import sys
 import threading
@@ -178,6 +179,35 @@ def drips(content: bytes, *, piece: int, every: float, until: threading.Event) -
             pass  # the client hung up: what abandoning looks like from here
 
     return answer
+
+
+def drips_headers(*, every: float, until: threading.Event) -> Answer:
+    """A status line, then header lines without end, one byte every `every` seconds until `until` is
+    set: a registry, or a proxy, each byte of whose answer comes well inside a read's timeout and
+    whose headers never end (http.client takes up to 100 lines of 64 KiB each)."""
+
+    def answer(handler: BaseHTTPRequestHandler) -> None:
+        lines = (f"X-Padding-{number}: {'x' * 60}\r\n".encode() for number in itertools.count())
+        try:
+            for line in itertools.chain([b"HTTP/1.1 200 OK\r\n"], lines):
+                for byte in line:
+                    if until.wait(every):
+                        return
+                    handler.wfile.write(bytes([byte]))
+        except OSError:
+            pass  # the client hung up: what abandoning looks like from here
+
+    return answer
+
+
+def late(answer: Answer, *, by: float, until: threading.Event) -> Answer:
+    """`answer`, after `by` seconds of nothing (unless `until` is set first): a registry that thinks."""
+
+    def answered_late(handler: BaseHTTPRequestHandler) -> None:
+        if not until.wait(by):
+            answer(handler)
+
+    return answered_late
 
 
 def takes_slowly(*, piece: int, every: float, until: threading.Event) -> Answer:
