@@ -562,8 +562,9 @@ def pack(path: Path, tarball: Path) -> None:
 
 
 def _speed_options(func: F) -> F:
-    """curl's --speed-limit and --speed-time, for a transfer from or to an OCI registry (and, for
-    fetch, an http(s) download: the help says so, with no `oci://:` of fetch's registry-only flags)."""
+    """curl's --speed-limit and --speed-time, for a transfer from or to an OCI registry and an
+    http(s) download (fetch's artifact, quantize-job's inputs): the help says so, with no `oci://:`
+    of the registry-only flags of fetch and quantize-job."""
     func = click.option(
         "--speed-time",
         type=_FiniteRange(min=0, min_open=True),
@@ -574,8 +575,8 @@ def _speed_options(func: F) -> F:
         "--speed-limit",
         type=_FiniteRange(min=0),
         default=None,
-        help="Bytes a second each transfer (to or from a registry, or fetch's http(s) download) must "
-        "move, on average over --speed-time, or be abandoned (0: never). Default: "
+        help="Bytes a second each transfer (to or from a registry, or an http(s) download) must move, "
+        "on average over --speed-time, or be abandoned (0: never). Default: "
         "quantship.oci.MIN_SPEED_BYTES_S (100).",
     )(func)
     return func
@@ -1283,6 +1284,7 @@ def fetch(
     "move --target's tag: the digest the verdict pins stays tagged after the next Job moves it "
     f"[env {UNIQUE_TAG_ENV}].",
 )
+@_speed_options
 @click.argument("quantize_args", nargs=-1, type=click.UNPROCESSED)
 @user_errors
 def quantize_job(
@@ -1296,6 +1298,8 @@ def quantize_job(
     registry_config: Path | None,
     insecure: bool,
     unique_tag: str | None,
+    speed_limit: float | None,
+    speed_time: float | None,
     quantize_args: tuple[str, ...],
 ) -> None:
     """A QuantizedModel's quantization Job: fetch the inputs, run `quantship quantize` with
@@ -1332,6 +1336,7 @@ def quantize_job(
             registry_config=registry_config,
             insecure=insecure,
             unique_tag=unique_tag,
+            speed_limit=_speed(speed_limit, speed_time),
             **_given(pvc_root=pvc_root),
         )
     except job.JobError as exc:

@@ -16,7 +16,8 @@ wherever a QuantizedModel points: the manifest is read up to `MAX_MANIFEST_BYTES
 descriptors declare, all of them within `max_bytes`; no connect or read waits past `timeout`,
 and no transfer moves slower than its `SpeedLimit` (a registry, or a proxy, that drips bytes
 just inside each read's timeout would hold a pull or push for hours): every session's transport
-adapter (`_Timeouts`) meters a request's body as it is sent and an answer's as it is read.
+adapter (`_Timeouts`) meters a request's body as it is sent and an answer (status line, headers
+through `paced_headers`, then body) as it is read.
 So a pull is two plain GETs (the manifest, then each layer) over one requests session, made once
 each and streamed: oras's requests would read a failed answer's body whole and retry it for
 minutes, and its basic-auth backend raises AttributeError on a 401 when it holds no credentials.
@@ -76,7 +77,7 @@ import urllib3.exceptions
 import urllib3.response
 import urllib3.util.retry
 
-from quantship import artifact, manifest_schema, scratch
+from quantship import artifact, manifest_schema, paced_headers, scratch
 from quantship.printable import brief
 
 S = TypeVar("S", bound=requests.Session)
@@ -180,7 +181,8 @@ class SpeedLimit:
     One that moves fewer than `bytes_per_s` on average over `window_s` seconds is abandoned, as
     curl's --speed-limit/--speed-time do. Measured as bytes move, so it is noticed at the end of
     the window or, when nothing at all moves, once a read has waited `timeout`. The wait for an
-    answer's headers is the read timeout's (a registry may take long to answer an upload's PUT)."""
+    answer's first byte is the read timeout's (a registry may take long to answer an upload's PUT);
+    from there its status line and headers are held to the limit too, as they are read."""
 
     bytes_per_s: float = MIN_SPEED_BYTES_S
     window_s: float = SPEED_WINDOW_S
@@ -524,7 +526,8 @@ class _Registry:
     ) -> _Registry:
         plain_http = insecure or reference.loopback
         login = _login(reference, credentials)
-        asked = _probe(reference, login, plain_http, timeout, _push_retries())  # a busy first look waits
+        # a busy first look waits
+        asked = _probe(reference, login, plain_http, timeout, speed_limit, _push_retries())
         session = _Timeouts.on(_OwnRedirects(), timeout, speed_limit)
         prefix = "http" if plain_http else "https"
         registry = cls(reference, session, prefix, login, timeout, speed_limit)
@@ -691,13 +694,24 @@ class TooSlow(OciError):
     """A transfer that moved slower than its `SpeedLimit`: abandoned."""
 
 
+class _SlowHeaders(TooSlow):
+    """An answer's status line and headers, too slow: raised where they are read, which knows not
+    what was asked; `_Timeouts` names the request."""
+
+
 class SpeedMeter:
     """The bytes one transfer moves, told as they move; raises `TooSlow` when those of a window
     of at least `limit.window_s` seconds average under `limit.bytes_per_s`. `what` names the
-    transfer: the registry (or realm), the request and which way."""
+    transfer: the registry (or realm), the request and which way; `error` is what is raised."""
 
-    def __init__(self, limit: SpeedLimit, what: str, clock: Callable[[], float] = time.monotonic) -> None:
-        self.limit, self.what, self.clock = limit, what, clock
+    def __init__(
+        self,
+        limit: SpeedLimit,
+        what: str,
+        clock: Callable[[], float] = time.monotonic,
+        error: type[TooSlow] = TooSlow,
+    ) -> None:
+        self.limit, self.what, self.clock, self.error = limit, what, clock, error
         self.restart()
 
     def restart(self) -> None:
@@ -713,7 +727,7 @@ class SpeedMeter:
         if elapsed < self.limit.window_s:
             return
         if self.in_window < self.limit.bytes_per_s * elapsed:
-            raise TooSlow(
+            raise self.error(
                 f"{self.what} moved {self.in_window} bytes in {elapsed:.1f} s "
                 f"({self.in_window / elapsed:.1f} bytes/s; {self.total} bytes in all), under the minimum "
                 f"of {self.limit.bytes_per_s:g} bytes/s over {self.limit.window_s:g} s: abandoned"
@@ -789,14 +803,27 @@ class _OwnRedirects(requests.Session):
 
 class _Timeouts(requests.adapters.HTTPAdapter):
     """A transport adapter that gives every request a timeout (oras sets none) and holds its body,
-    as it is sent, and its answer's body, as it is read, to a `SpeedLimit`."""
+    as it is sent, and its answer, as it is read (status line and headers, then body), to a
+    `SpeedLimit`."""
 
     def __init__(
         self, timeout: float, speed_limit: SpeedLimit, retries: urllib3.util.retry.Retry | int = 0
     ) -> None:
-        super().__init__(max_retries=retries)
         self.timeout = timeout
-        self.speed_limit = speed_limit
+        self.speed_limit = speed_limit  # before the pool manager is made, which meters with it
+        super().__init__(max_retries=retries)
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        paced_headers.meter_headers(self.poolmanager, self._header_meter)
+
+    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> urllib3.PoolManager:
+        manager: urllib3.PoolManager = super().proxy_manager_for(proxy, **proxy_kwargs)
+        paced_headers.meter_headers(manager, self._header_meter)
+        return manager
+
+    def _header_meter(self) -> SpeedMeter:
+        return SpeedMeter(self.speed_limit, "its answer's status line and headers", error=_SlowHeaders)
 
     @classmethod
     def on(cls, session: S, timeout: float, speed_limit: SpeedLimit) -> S:
@@ -815,7 +842,10 @@ class _Timeouts(requests.adapters.HTTPAdapter):
             # digest (`_sent_digest`)
             sent = request.copy()
             sent.body = _PacedUpload(request.body, SpeedMeter(self.speed_limit, f"{where}: its upload"))
-        response = super().send(sent, **kwargs)
+        try:
+            response = super().send(sent, **kwargs)
+        except _SlowHeaders as slow:
+            raise TooSlow(f"{where}: {slow}") from None
         response.request = request
         response.raw = _PacedAnswer(response.raw, SpeedMeter(self.speed_limit, f"{where}: its answer"))
         return response
@@ -1062,7 +1092,7 @@ def _client(
     here; basic credentials go to one origin only: the realm, or the registry that asked for them."""
     plain_http = insecure or reference.loopback
     login = _login(reference, credentials)
-    asked = _probe(reference, login, plain_http, timeout, _push_retries())
+    asked = _probe(reference, login, plain_http, timeout, speed_limit, _push_retries())
     if asked is None or asked.scheme == "basic":
         client = _PushClient(hostname=reference.registry, insecure=plain_http, auth_backend="basic")
         origin = f"{'http' if plain_http else 'https'}://{reference.registry}"
@@ -1122,6 +1152,7 @@ def _probe(
     login: _Login | None,
     plain_http: bool,
     timeout: float,
+    speed_limit: SpeedLimit,
     retries: urllib3.util.retry.Retry | int = 0,
 ) -> _Challenge | None:
     """A quick look at /v2/ (its body unread), first without credentials, made again as `retries`
@@ -1130,7 +1161,7 @@ def _probe(
     auth (the credentials checked here, sent to it alone), or a bearer token (nothing is sent to
     it: the credentials are the realm's)."""
     url = f"{'http' if plain_http else 'https'}://{reference.registry}/v2/"
-    answer = _look(reference, url, None, timeout, retries)
+    answer = _look(reference, url, None, timeout, speed_limit, retries)
     if answer.status_code < 400:  # a redirect too: it is followed nowhere, and was taken as open
         return None
     if answer.status_code not in (401, 403):
@@ -1143,7 +1174,7 @@ def _probe(
         return asked
     if login is None:
         raise OciError(_needs_credentials(reference))
-    if _look(reference, url, login.basic, timeout, retries).status_code in (401, 403):
+    if _look(reference, url, login.basic, timeout, speed_limit, retries).status_code in (401, 403):
         raise OciError(f"{reference.registry} refused {login.named}")
     return asked
 
@@ -1153,12 +1184,14 @@ def _look(
     url: str,
     login: tuple[str, str] | None,
     timeout: float,
+    speed_limit: SpeedLimit,
     retries: urllib3.util.retry.Retry | int,
 ) -> requests.Response:
-    """The status and headers of GET `url`, its body unread, made again as `retries` says."""
+    """The status and headers of GET `url` (held to `speed_limit`), its body unread, made again as
+    `retries` says."""
     try:
         with _OwnRedirects() as session:
-            session.mount(url, requests.adapters.HTTPAdapter(max_retries=retries))
+            session.mount(url, _Timeouts(timeout, speed_limit, retries))
             # a registry that does not take the connection is down; one that is slow to answer is not
             answer = session.get(
                 url, auth=login, timeout=(min(CONNECT_TIMEOUT_S, timeout), timeout), stream=True

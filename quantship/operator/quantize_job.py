@@ -168,18 +168,24 @@ def write_result(result_file: Path, data: Mapping[str, Any]) -> None:
     result_file.write_text(text)
 
 
-def _input(uri: str, workdir: Path, pvc_root: Path, timeout: float) -> Path:
+def _input(uri: str, workdir: Path, pvc_root: Path, timeout: float, speed_limit: oci.SpeedLimit) -> Path:
+    """The input at `uri`: a file://, pvc:// path as it is, an http(s):// one downloaded into
+    `workdir` (removed again when the download fails: no half file is left there)."""
     try:
         local = fetch.source_path(uri, pvc_root)
-        if local is None:
-            if uri.startswith(oci.SCHEME):
-                raise JobError(f"{uri}: inputs are file://, pvc:// or http(s)://")
-            name = Path(urllib.parse.urlparse(uri).path).name or "input"
-            folder = Path(tempfile.mkdtemp(prefix="input-", dir=workdir))
-            local = folder / name
-            fetch.download(uri, local, timeout=timeout)
     except fetch.FetchError as exc:
         raise JobError(str(exc)) from exc
+    if local is None:
+        if uri.startswith(oci.SCHEME):
+            raise JobError(f"{uri}: inputs are file://, pvc:// or http(s)://")
+        name = Path(urllib.parse.urlparse(uri).path).name or "input"
+        folder = Path(tempfile.mkdtemp(prefix="input-", dir=workdir))
+        local = folder / name
+        try:
+            fetch.download(uri, local, timeout=timeout, speed_limit=speed_limit)
+        except fetch.FetchError as exc:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise JobError(str(exc)) from exc
     if not local.is_file():
         raise JobError(f"{uri}: {local} is not a file")
     return local
@@ -249,9 +255,10 @@ def _publish(
     insecure: bool,
     timeout: float,
     unique_tag: str | None = None,
+    speed_limit: oci.SpeedLimit = oci.SPEED_LIMIT,
 ) -> str:
     if target.startswith(oci.SCHEME):
-        return _push(out, target, registry_config, insecure, timeout, unique_tag)
+        return _push(out, target, registry_config, insecure, timeout, speed_limit, unique_tag)
     dest = _target_dir(target, pvc_root)
     dest.parent.mkdir(parents=True, exist_ok=True)
     _sweep_publishes(dest)
@@ -272,6 +279,7 @@ def _push(
     registry_config: Path | None,
     insecure: bool,
     timeout: float,
+    speed_limit: oci.SpeedLimit,
     unique_tag: str | None,
 ) -> str:
     """Push to `unique_tag` (when given), then move the target's tag there too: the digest the
@@ -285,7 +293,13 @@ def _push(
     moved = () if unique_tag is None or reference.tag is None else (reference.tag,)
     try:
         digest = oci.push(
-            out, first, credentials=credentials, insecure=insecure, timeout=timeout, also_tags=moved
+            out,
+            first,
+            credentials=credentials,
+            insecure=insecure,
+            timeout=timeout,
+            also_tags=moved,
+            speed_limit=speed_limit,
         )
     except oci.OciError as exc:
         raise JobError(str(exc)) from exc
@@ -306,15 +320,17 @@ def run(
     insecure: bool = False,
     timeout: float = oci.TIMEOUT_S,
     unique_tag: str | None = None,
+    speed_limit: oci.SpeedLimit = oci.SPEED_LIMIT,
 ) -> Verdict:
     """Fetch, quantize, publish when the gate passed; the verdict (or the error) goes to result_file.
-    Raises JobError (or what quantize raises) after writing the error."""
+    An input's download or the push that moves slower than `speed_limit` is abandoned. Raises
+    JobError (or what quantize raises) after writing the error."""
     try:
         check_target(target, pvc_root, unique_tag)
         workdir.mkdir(parents=True, exist_ok=True)
-        model_path = _input(model, workdir, pvc_root, timeout)
-        calibration_path = _input(calibration, workdir, pvc_root, timeout)
-        gate_data = _input(evaluation, workdir, pvc_root, timeout) if evaluation else None
+        model_path = _input(model, workdir, pvc_root, timeout, speed_limit)
+        calibration_path = _input(calibration, workdir, pvc_root, timeout, speed_limit)
+        gate_data = _input(evaluation, workdir, pvc_root, timeout, speed_limit) if evaluation else None
         out = workdir / "artifact"
         shutil.rmtree(out, ignore_errors=True)
         quantize(model_path, calibration_path, gate_data, out)
@@ -327,7 +343,7 @@ def run(
             value=validation.get("value"),
             threshold=validation.get("threshold"),
             artifact=(
-                _publish(out, target, pvc_root, registry_config, insecure, timeout, unique_tag)
+                _publish(out, target, pvc_root, registry_config, insecure, timeout, unique_tag, speed_limit)
                 if passed
                 else None
             ),

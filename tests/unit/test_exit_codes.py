@@ -38,6 +38,14 @@ REQUIRED = {
     "fetch": ["file:///artifact", "dest"],
     "push": ["artifact", "oci://registry.example/repo:tag"],
     "pull": ["oci://registry.example/repo:tag", "-o", "dest"],
+    "quantize-job": [
+        "--model",
+        "file:///model.onnx",
+        "--calibration",
+        "file:///data.npz",
+        "--target",
+        "file:///out",
+    ],
     "operator": [],
 }
 """What each command with a float option needs besides it, so that the float alone is wrong."""

@@ -5,6 +5,7 @@ real sockets, streaming and timeouts are what is tested."""
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import sys
 import threading
@@ -12,6 +13,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 import requests
 
@@ -19,6 +21,10 @@ from quantship import oci
 
 Answer = Callable[[BaseHTTPRequestHandler], None]
 """Writes one whole answer (status, headers, body) to the handler."""
+SERVED_REPOSITORY = "quantship/served"
+"""Where `serving_a_copy` serves what it copied."""
+TITLE = "org.opencontainers.image.title"
+"""The annotation that names a layer's file."""
 
 
 @dataclass
@@ -175,6 +181,35 @@ def drips(content: bytes, *, piece: int, every: float, until: threading.Event) -
     return answer
 
 
+def drips_headers(*, every: float, until: threading.Event) -> Answer:
+    """A status line, then header lines without end, one byte every `every` seconds until `until` is
+    set: a registry, or a proxy, each byte of whose answer comes well inside a read's timeout and
+    whose headers never end (http.client takes up to 100 lines of 64 KiB each)."""
+
+    def answer(handler: BaseHTTPRequestHandler) -> None:
+        lines = (f"X-Padding-{number}: {'x' * 60}\r\n".encode() for number in itertools.count())
+        try:
+            for line in itertools.chain([b"HTTP/1.1 200 OK\r\n"], lines):
+                for byte in line:
+                    if until.wait(every):
+                        return
+                    handler.wfile.write(bytes([byte]))
+        except OSError:
+            pass  # the client hung up: what abandoning looks like from here
+
+    return answer
+
+
+def late(answer: Answer, *, by: float, until: threading.Event) -> Answer:
+    """`answer`, after `by` seconds of nothing (unless `until` is set first): a registry that thinks."""
+
+    def answered_late(handler: BaseHTTPRequestHandler) -> None:
+        if not until.wait(by):
+            answer(handler)
+
+    return answered_late
+
+
 def takes_slowly(*, piece: int, every: float, until: threading.Event) -> Answer:
     """A request's body read `piece` bytes every `every` seconds (until `until` is set), then a 201:
     a registry, or a proxy, that takes an upload in drips."""
@@ -244,3 +279,53 @@ def serving(host: str = "127.0.0.1") -> Iterator[HostileRegistry]:
         registry.released.set()
         server.shutdown()
         server.server_close()
+
+
+@dataclass
+class Served:
+    """A hostile registry serving, as SERVED_REPOSITORY:v1, what the real registry served for a
+    pushed artifact (`serving_a_copy`): its manifest (parsed: bend a deep copy of it) and blobs."""
+
+    registry: HostileRegistry
+    manifest: dict[str, Any]
+    blobs: dict[str, bytes]
+
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
+        """How hypothesis prints this argument of a failing example: not its 2 MB of blobs."""
+        printer.text(f"Served({self.uri!r})")
+
+    @property
+    def uri(self) -> str:
+        return self.registry.uri(SERVED_REPOSITORY)
+
+    @property
+    def manifest_path(self) -> str:
+        return self.registry.manifest_path(SERVED_REPOSITORY)
+
+    def serve_manifest(self, content: bytes) -> None:
+        self.registry.answers[self.manifest_path] = body(content, oci.MANIFEST_MEDIA_TYPE)
+
+    def layer(self, name: str) -> dict[str, Any]:
+        """The manifest's layer of the file `name` (model.onnx, ...)."""
+        return next(layer for layer in self.manifest["layers"] if layer["annotations"][TITLE] == name)
+
+    def layer_path(self, name: str) -> str:
+        return self.registry.blob_path(SERVED_REPOSITORY, self.layer(name)["digest"])
+
+    def layer_content(self, name: str) -> bytes:
+        return self.blobs[self.layer(name)["digest"]]
+
+    def serve_blob(self, name: str, answer: Answer) -> None:
+        self.registry.answers[self.layer_path(name)] = answer
+
+    @property
+    def blobs_requested(self) -> list[str]:
+        return [path for path in self.registry.requested if "/blobs/" in path]
+
+
+@contextmanager
+def serving_a_copy(source: str) -> Iterator[Served]:
+    """A hostile registry serving a copy of what the real registry serves at `source` (oci://...:TAG)."""
+    with serving() as registry:
+        manifest, blobs = registry.copy(source, SERVED_REPOSITORY)
+        yield Served(registry, json.loads(manifest), blobs)

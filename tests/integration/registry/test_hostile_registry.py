@@ -15,14 +15,15 @@ import sys
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 from click.testing import CliRunner
 from hostile_registry import (
-    HostileRegistry,
+    SERVED_REPOSITORY,
+    TITLE,
+    Served,
     asks_basic,
     body,
     endless,
@@ -33,59 +34,10 @@ from hostile_registry import (
 )
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from registry_harness import Registry
 
 from quantship import artifact, oci
 from quantship.cli import main
 from quantship.operator import fetch
-
-REPOSITORY = "quantship/bent"
-TITLE = "org.opencontainers.image.title"
-
-
-@pytest.fixture(scope="module")
-def pushed(registry: Registry, good_artifact: artifact.Artifact) -> str:
-    uri = registry.uri("quantship/hostile-source:v1")
-    oci.push(good_artifact.root, uri)
-    return uri
-
-
-@dataclass
-class Served:
-    registry: HostileRegistry
-    manifest: dict[str, Any]
-    """The real registry's manifest, parsed: bend a deep copy of it."""
-    blobs: dict[str, bytes]
-
-    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
-        """How hypothesis prints this argument of a failing example: not its 2 MB of blobs."""
-        printer.text(f"Served({self.uri!r})")
-
-    @property
-    def uri(self) -> str:
-        return self.registry.uri(REPOSITORY)
-
-    def serve_manifest(self, content: bytes) -> None:
-        self.registry.answers[self.registry.manifest_path(REPOSITORY)] = body(
-            content, oci.MANIFEST_MEDIA_TYPE
-        )
-
-    def layer(self, name: str) -> dict[str, Any]:
-        return next(layer for layer in self.manifest["layers"] if layer["annotations"][TITLE] == name)
-
-    def serve_blob(self, name: str, answer: Callable[..., None]) -> None:
-        self.registry.answers[self.registry.blob_path(REPOSITORY, self.layer(name)["digest"])] = answer
-
-    @property
-    def blobs_requested(self) -> list[str]:
-        return [path for path in self.registry.requested if "/blobs/" in path]
-
-
-@pytest.fixture
-def served(pushed: str) -> Iterator[Served]:
-    with serving() as registry:
-        manifest, blobs = registry.copy(pushed, REPOSITORY)
-        yield Served(registry, json.loads(manifest), blobs)
 
 
 def test_the_copy_of_the_real_registry_pulls(
@@ -198,7 +150,7 @@ def test_a_layer_typed_as_another_file_is_refused_before_it_is_fetched(
 
 def test_a_manifest_that_never_ends_is_refused_at_the_oci_limit(served: Served, tmp_path: Path) -> None:
     stop = threading.Event()
-    served.registry.answers[served.registry.manifest_path(REPOSITORY)] = endless(b" " * 65536, stop=stop)
+    served.registry.answers[served.manifest_path] = endless(b" " * 65536, stop=stop)
     try:
         with pytest.raises(oci.OciError, match=f"manifest is longer than {oci.MAX_MANIFEST_BYTES} bytes"):
             oci.pull(served.uri, tmp_path / "a")
@@ -252,7 +204,7 @@ def test_a_registry_that_stalls_times_out_once(served: Served, tmp_path: Path, w
     until = served.registry.released
     stalled = stalls(until=until) if "headers" in where else stalls_after(b"{", declared=1000, until=until)
     if where.startswith("manifest"):
-        served.registry.answers[served.registry.manifest_path(REPOSITORY)] = stalled
+        served.registry.answers[served.manifest_path] = stalled
     else:
         served.serve_blob(artifact.MODEL_FILE, stalled)
     with pytest.raises(oci.OciError, match="timed out"):
@@ -278,7 +230,7 @@ def test_a_refusal_after_v2_is_named_at_once_and_its_body_is_not_read(
     stop = threading.Event()
     refusal = endless(b"x" * 65536, stop=stop, status=status)  # an error page that never ends
     if where == "manifest":
-        served.registry.answers[served.registry.manifest_path(REPOSITORY)] = refusal
+        served.registry.answers[served.manifest_path] = refusal
     else:
         served.serve_blob(artifact.MODEL_FILE, refusal)
     try:
@@ -286,7 +238,7 @@ def test_a_refusal_after_v2_is_named_at_once_and_its_body_is_not_read(
             oci.pull(served.uri, tmp_path / "a")
     finally:
         stop.set()
-    assert served.registry.requested.count(served.registry.manifest_path(REPOSITORY)) == 1  # no retry
+    assert served.registry.requested.count(served.manifest_path) == 1  # no retry
     assert list(tmp_path.iterdir()) == []
 
 
@@ -329,7 +281,7 @@ def test_a_repository_behind_basic_auth_on_an_open_registry_gets_the_credentials
     served: Served, good_artifact: artifact.Artifact, tmp_path: Path
 ) -> None:
     """/v2/ answers without credentials, the manifest asks for them: the 401 is answered once."""
-    path = served.registry.manifest_path(REPOSITORY)
+    path = served.manifest_path
     served.registry.answers[path] = asks_basic(served.registry.answers[path])
     credentials = oci.Credentials("user", "secret")
     assert oci.pull(served.uri, tmp_path / "a", credentials=credentials).digest == good_artifact.digest
@@ -339,7 +291,7 @@ def test_a_repository_behind_basic_auth_on_an_open_registry_gets_the_credentials
 @pytest.mark.parametrize(
     ("location", "message"),
     [
-        ("/v2/quantship/bent/manifests/v1", "more than 5 redirects"),
+        (f"/v2/{SERVED_REPOSITORY}/manifests/v1", "more than 5 redirects"),
         ("ftp://storage.example/blob", "redirected to ftp://storage.example/blob: not http"),
     ],
 )
@@ -347,7 +299,7 @@ def test_a_redirect_loop_or_to_another_scheme_is_refused(
     served: Served, tmp_path: Path, location: str, message: str
 ) -> None:
     stop = threading.Event()
-    served.registry.answers[served.registry.manifest_path(REPOSITORY)] = redirect(location, stop=stop)
+    served.registry.answers[served.manifest_path] = redirect(location, stop=stop)
     try:
         with pytest.raises(oci.OciError, match=message):
             oci.pull(served.uri, tmp_path / "a")
@@ -390,7 +342,7 @@ def test_an_artifact_whose_manifest_holds_a_number_past_a_float_is_refused_not_i
     manifest["activation_ranges"][0]["high"] = "LITERAL"
     bent = json.dumps(manifest).replace('"LITERAL"', "1e400").encode()
     digest = "sha256:" + hashlib.sha256(bent).hexdigest()
-    served.registry.answers[served.registry.blob_path(REPOSITORY, digest)] = body(bent)
+    served.registry.answers[served.registry.blob_path(SERVED_REPOSITORY, digest)] = body(bent)
     index = served.manifest["layers"].index(layer)
     served.serve_manifest(
         _bent(lambda m: m["layers"][index].update(digest=digest, size=len(bent)))(served.manifest)

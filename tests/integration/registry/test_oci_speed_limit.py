@@ -8,14 +8,13 @@ The limits are made small here, through the functions' own parameters."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from dataclasses import dataclass
+import re
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 from fault_proxy import Fault, proxying
-from hostile_registry import HostileRegistry, challenge, drips, serving, takes_slowly
+from hostile_registry import Served, challenge, drips, drips_headers, late, serving, takes_slowly
 from registry_harness import Registry
 
 from quantship import artifact, oci
@@ -23,7 +22,6 @@ from quantship.cli import main
 from quantship.operator import fetch
 
 REPOSITORY = "quantship/dripping"
-TITLE = "org.opencontainers.image.title"
 TIGHT = oci.SpeedLimit(bytes_per_s=100_000, window_s=0.3)
 """A limit a drip of a few KB/s falls far under within a second."""
 DRIP = {"piece": 64, "every": 0.05}
@@ -32,54 +30,22 @@ ABANDONED = (
     r"its answer moved \d+ bytes in [\d.]+ s \([\d.]+ bytes/s; \d+ bytes in all\), "
     r"under the minimum of 100000 bytes/s over 0.3 s: abandoned"
 )
-
-
-@pytest.fixture(scope="module")
-def pushed(registry: Registry, good_artifact: artifact.Artifact) -> str:
-    uri = registry.uri("quantship/dripping-source:v1")
-    oci.push(good_artifact.root, uri)
-    return uri
-
-
-@dataclass
-class Served:
-    registry: HostileRegistry
-    manifest: dict[str, object]
-    blobs: dict[str, bytes]
-
-    @property
-    def uri(self) -> str:
-        return self.registry.uri(REPOSITORY)
-
-    @property
-    def manifest_path(self) -> str:
-        return self.registry.manifest_path(REPOSITORY)
-
-    def model_layer(self) -> dict[str, object]:
-        layers = self.manifest["layers"]
-        assert isinstance(layers, list)
-        return next(layer for layer in layers if layer["annotations"][TITLE] == artifact.MODEL_FILE)
-
-    def model_path(self) -> str:
-        return self.registry.blob_path(REPOSITORY, str(self.model_layer()["digest"]))
-
-
-@pytest.fixture
-def served(pushed: str) -> Iterator[Served]:
-    with serving() as registry:
-        manifest, blobs = registry.copy(pushed, REPOSITORY)
-        yield Served(registry, json.loads(manifest), blobs)
+HEADERS_ABANDONED = ABANDONED.replace("its answer", "its answer's status line and headers")
+HEADER_DRIP = 0.05
+"""A byte of the status line and headers every 50 ms: 20 bytes a second, far inside a 1 s read
+timeout. http.client alone takes 100 header lines of 64 KiB: four days of it."""
 
 
 @pytest.mark.timeout(10)
 def test_a_layer_that_drips_is_abandoned_and_nothing_is_left(served: Served, tmp_path: Path) -> None:
     """Each piece comes within a read's timeout: only the rate over the window ends the pull."""
-    model = served.blobs[str(served.model_layer()["digest"])]
-    served.registry.answers[served.model_path()] = drips(model, **DRIP, until=served.registry.released)
+    model = served.layer_content(artifact.MODEL_FILE)
+    served.serve_blob(artifact.MODEL_FILE, drips(model, **DRIP, until=served.registry.released))
     with pytest.raises(oci.OciError) as raised:
         oci.pull(served.uri, tmp_path / "a", speed_limit=TIGHT)
     message = str(raised.value)
-    assert message.startswith(f"{served.registry.address}: GET {served.model_path()}: "), message
+    layer = served.layer_path(artifact.MODEL_FILE)
+    assert message.startswith(f"{served.registry.address}: GET {layer}: "), message
     assert raised.match(ABANDONED)
     assert list(tmp_path.iterdir()) == []  # the temporary directory beside dest is gone
 
@@ -92,7 +58,7 @@ def test_a_manifest_that_drips_is_abandoned_before_any_layer_is_asked_for(
     served.registry.answers[served.manifest_path] = drips(manifest, **DRIP, until=served.registry.released)
     with pytest.raises(oci.OciError, match=f"GET {served.manifest_path}: {ABANDONED}"):
         oci.pull(served.uri, tmp_path / "a", speed_limit=TIGHT)
-    assert not [path for path in served.registry.requested if "/blobs/" in path]
+    assert served.blobs_requested == []
     assert list(tmp_path.iterdir()) == []
 
 
@@ -113,19 +79,18 @@ def test_a_slow_link_above_the_limit_pulls_whole(
 ) -> None:
     """The model layer in twenty pieces over about 0.4 s, measured over 0.1 s windows against a
     twentieth of that rate: slow, and well above the limit, it passes every window."""
-    model = served.blobs[str(served.model_layer()["digest"])]
+    model = served.layer_content(artifact.MODEL_FILE)
     piece, every = len(model) // 20 + 1, 0.02
-    served.registry.answers[served.model_path()] = drips(
-        model, piece=piece, every=every, until=served.registry.released
-    )
+    slow = drips(model, piece=piece, every=every, until=served.registry.released)
+    served.serve_blob(artifact.MODEL_FILE, slow)
     limit = oci.SpeedLimit(bytes_per_s=piece / every / 20, window_s=0.1)
     assert oci.pull(served.uri, tmp_path / "a", speed_limit=limit).digest == good_artifact.digest
 
 
 @pytest.mark.timeout(10)
 def test_pull_on_the_command_line_says_so_in_one_line(served: Served, tmp_path: Path) -> None:
-    model = served.blobs[str(served.model_layer()["digest"])]
-    served.registry.answers[served.model_path()] = drips(model, **DRIP, until=served.registry.released)
+    model = served.layer_content(artifact.MODEL_FILE)
+    served.serve_blob(artifact.MODEL_FILE, drips(model, **DRIP, until=served.registry.released))
     limits = ["--speed-limit", str(TIGHT.bytes_per_s), "--speed-time", str(TIGHT.window_s)]
     result = CliRunner().invoke(main, ["pull", served.uri, "-o", str(tmp_path / "a"), *limits])
     assert result.exit_code == 3, result.output
@@ -174,3 +139,58 @@ def test_an_upload_the_registry_takes_in_drips_is_abandoned() -> None:
         upload = rf"PUT /v2/{REPOSITORY}/blobs/uploads/session \(blob {digest}\): its upload moved \d+ bytes"
         with pytest.raises(oci.OciError, match=upload + ".*under the minimum of 100000 bytes/s"):
             client.do_request(url, "PUT", data=bytes(16 * 2**20))
+
+
+@pytest.mark.timeout(10)
+@pytest.mark.parametrize("where", ["/v2/", "manifest", "layer"])
+def test_an_answer_whose_status_line_and_headers_drip_is_abandoned(
+    served: Served, tmp_path: Path, where: str
+) -> None:
+    """Each byte within the read timeout, and headers without end: only the speed limit, counted
+    from their first byte, ends the pull."""
+    path = {"/v2/": "/v2/", "manifest": served.manifest_path}.get(where) or served.layer_path(
+        artifact.MODEL_FILE
+    )
+    served.registry.answers[path] = drips_headers(every=HEADER_DRIP, until=served.registry.released)
+    named = f"^{re.escape(served.registry.address)}: GET {path}: {HEADERS_ABANDONED}$"
+    with pytest.raises(oci.OciError, match=named):
+        oci.pull(served.uri, tmp_path / "a", timeout=1, speed_limit=TIGHT)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.timeout(10)
+def test_fetch_on_the_command_line_abandons_dripping_headers_in_one_line(
+    served: Served, tmp_path: Path
+) -> None:
+    served.registry.answers[served.manifest_path] = drips_headers(
+        every=HEADER_DRIP, until=served.registry.released
+    )
+    limits = ["--timeout", "1", "--speed-limit", str(TIGHT.bytes_per_s), "--speed-time", str(TIGHT.window_s)]
+    result = CliRunner().invoke(main, ["fetch", served.uri, str(tmp_path / "model"), *limits])
+    assert result.exit_code == 3, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and re.fullmatch(f"error: .*{HEADERS_ABANDONED}", lines[0]), lines
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.timeout(10)
+def test_a_push_whose_answers_headers_drip_is_abandoned(good_artifact: artifact.Artifact) -> None:
+    """The push's first request after the look at /v2/ (whether a blob is there) meets them."""
+    with serving() as registry:
+        registry.otherwise = drips_headers(every=HEADER_DRIP, until=registry.released)
+        named = rf"{re.escape(registry.address)}: [A-Z]+ /v2/{REPOSITORY}/blobs/\S+: {HEADERS_ABANDONED}"
+        with pytest.raises(oci.OciError, match=named):
+            oci.push(good_artifact.root, registry.uri(REPOSITORY), timeout=1, speed_limit=TIGHT)
+
+
+def test_an_answer_that_starts_late_is_not_abandoned(
+    served: Served, good_artifact: artifact.Artifact, tmp_path: Path
+) -> None:
+    """The wait for an answer's first byte is the read timeout's alone: a registry may think long
+    before it answers (an upload's closing PUT). Here the manifest's answer starts three speed
+    windows late, then comes whole."""
+    manifest = served.registry.answers[served.manifest_path]
+    served.registry.answers[served.manifest_path] = late(
+        manifest, by=3 * TIGHT.window_s, until=served.registry.released
+    )
+    assert oci.pull(served.uri, tmp_path / "a", timeout=5, speed_limit=TIGHT).digest == good_artifact.digest

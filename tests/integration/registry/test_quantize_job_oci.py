@@ -13,7 +13,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import registry_harness
+import requests
+from fault_proxy import Fault, proxying
+from hostile_registry import drips, serving
 from registry_harness import PASSWORD, USER, Registry
 
 from quantship import artifact, zoo
@@ -185,3 +189,80 @@ def test_models_of_two_namespaces_with_the_same_section_keep_their_stables_throu
     finally:
         restarted.process.terminate()
         restarted.process.wait(10)
+
+
+SLOW = ["--speed-limit", "100000", "--speed-time", "0.3"]
+"""A limit a drip of 64 bytes every 50 ms falls far under within a second."""
+
+
+def _quantize_job(
+    args: list[str], tmp_path: Path
+) -> tuple[subprocess.CompletedProcess[str], dict[str, object]]:
+    """The Job's container, run as a process with its own empty TMPDIR: how it ended, and its verdict file."""
+    result, tmp = tmp_path / "termination-log", tmp_path / "tmp"
+    tmp.mkdir()
+    done = subprocess.run(
+        [sys.executable, "-m", "quantship", "quantize-job", "--result-file", str(result), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        env={**os.environ, "TMPDIR": str(tmp)},
+    )
+    assert list(tmp.iterdir()) == [], "the push's and the quantization's scratch folders are gone"
+    return done, json.loads(result.read_text())
+
+
+def _error(stderr: str) -> str:
+    """The one error line (quantize's warnings may come before it): the last line, without `error: `."""
+    errors = [line for line in stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and errors[0] == stderr.strip().splitlines()[-1], stderr
+    return errors[0].removeprefix("error: ")
+
+
+def test_a_job_whose_push_drips_is_abandoned_in_one_line_and_leaves_no_tag(
+    registry: Registry, sample: zoo.SampleModel, tmp_path: Path
+) -> None:
+    """A proxy in front of the registry answers the manifest's PUT (which it never passes on) with a
+    page it drips: the push is abandoned at --speed-limit, exit 3, the error in the verdict file,
+    and the target's tag is nowhere."""
+    repository = "quantship/dripping-job"
+    with proxying(registry.address) as proxy:
+        page = b"<html>created</html>" * 5000
+        proxy.faults.append(Fault("PUT", "/manifests/", status=201, body=page, drip=(64, 0.05)))
+        args = [
+            "--model", f"file://{sample.model}", "--calibration", f"file://{sample.calibration}",
+            "--target", proxy.uri(f"{repository}:v1"), "--workdir", str(tmp_path / "work"),
+            *SLOW, "--", "--max-trials", "0",
+        ]  # fmt: skip
+        done, verdict = _quantize_job(args, tmp_path)
+    assert done.returncode == 3, done.stderr
+    error = _error(done.stderr)
+    assert f"PUT /v2/{repository}/manifests/v1: its answer moved" in error, error
+    assert error.endswith("under the minimum of 100000 bytes/s over 0.3 s: abandoned"), error
+    assert verdict == {"error": error}
+    tag = requests.get(f"http://{registry.address}/v2/{repository}/manifests/v1", timeout=10)
+    assert tag.status_code == 404, "no manifest reached the registry"
+
+
+@pytest.mark.timeout(60)  # unheld, the drip takes minutes
+def test_a_job_whose_input_drips_is_abandoned_and_leaves_no_half_file(
+    sample: zoo.SampleModel, tmp_path: Path
+) -> None:
+    """The same flags hold the Job's http(s) downloads: the model, dripped, is abandoned before any
+    quantization, and its half is removed from the work folder."""
+    with serving() as server:
+        server.answers["/model.onnx"] = drips(
+            sample.model.read_bytes(), piece=64, every=0.05, until=server.released
+        )
+        work = tmp_path / "work"
+        args = [
+            "--model", f"http://{server.address}/model.onnx", "--calibration", f"file://{sample.calibration}",
+            "--target", f"file://{tmp_path / 'published'}", "--workdir", str(work), *SLOW,
+        ]  # fmt: skip
+        done, verdict = _quantize_job(args, tmp_path)
+    assert done.returncode == 3, done.stderr
+    error = _error(done.stderr)
+    assert error.startswith(f"http://{server.address}/model.onnx: its answer moved"), error
+    assert error.endswith("abandoned") and verdict == {"error": error}
+    assert list(work.iterdir()) == [] and not (tmp_path / "published").exists()
