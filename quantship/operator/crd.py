@@ -103,7 +103,74 @@ def uri_pattern(
     return f"^({'|'.join(alternatives)})$"
 
 
-URI_PATTERN = uri_pattern("file", "pvc", "http", "https", "oci")
+ARTIFACT_SCHEMES = ("file", "pvc", "http", "https", "oci")
+"""What `quantship fetch` takes (fetch.source_path), so what spec.artifact.uri may be."""
+URI_PATTERN = uri_pattern(*ARTIFACT_SCHEMES)
+MAX_URI_CHARS = 1024
+"""The longest URI a spec field takes. The longest OCI reference a registry serves is about 700
+(host 253, repository 255, tag 128, digest 71); object stores' URLs are shorter (a presigned one,
+which expires, is no artifact's address). Five at JSON_BYTES_PER_CHAR (92 KB) keep within what
+OPTION_NAMES_BUDGET_BYTES leaves the rest of the object. It also bounds the CEL cost of the
+fields' `matches()`, which the API server estimates before it takes the CRD: (4 x maxLength + 1)
+/ 10 x the pattern's length / 4 (k8s.io/apiserver's cel/common/schemas.go counts 4 bytes a
+character; cel-go's checker/cost.go), 71,750 for the longest pattern here, against 10,000,000 a
+rule. Unbounded (a string as long as a 3 MiB request), 39 to 55 million: the CRD is refused.
+apiserver_rules.matches_costs estimates them in the tests."""
+
+
+def matches_rule(pattern: str) -> str:
+    """The CEL rule `self` matches `pattern` (RE2 in CEL as in Go), in a raw string: escapes such
+    as \\. or \\s reach the regex as written (a quoted CEL string refuses them). A raw string ends
+    at the first quote and holds no line break (cel-go's lexer, CEL.g4)."""
+    if any(character in pattern for character in "'\r\n"):
+        raise ValueError(f"a CEL raw string cannot hold {pattern!r}: a quote or a line break")
+    return f"self.matches(r'{pattern}')"
+
+
+_FORMS = {
+    "file": "file:///PATH",
+    "pvc": "pvc://CLAIM[/PATH]",
+    "http": "http(s)://HOST/PATH",
+    "oci": "oci://REGISTRY[:PORT]/REPOSITORY[:TAG][@sha256:DIGEST] (a tag, a digest or both)",
+}
+"""Each scheme's form, in the order a message names them."""
+_NOTES = {
+    "pvc": "a pvc:// CLAIM is a claim's name, its PATH has no '..' segment, '?', '#', '%', space or control "
+    "character",
+    "oci": "REPOSITORY in lower-case letters, digits, '.', '_', '-', split by '/'",
+}
+
+
+def uri_message(*schemes: str, in_claim: bool = False, push: bool = False) -> str:
+    """What uri_pattern(*schemes, ...) admits, in words: the API server's whole answer to a URI
+    that does not match (as a CEL rule's message; a `pattern` would print its regex)."""
+    forms = {**_FORMS}
+    if in_claim:
+        forms["pvc"] = "pvc://CLAIM/PATH"
+    if push:
+        forms["oci"] = "oci://REGISTRY[:PORT]/REPOSITORY:TAG (a tag, no digest: the Job pushes to it)"
+    named = [form for scheme, form in forms.items() if scheme in schemes]
+    notes = [note for scheme, note in _NOTES.items() if scheme in schemes]
+    return f"must be {', '.join(named[:-1])} or {named[-1]}; {'; '.join(notes)}"
+
+
+def uri_schema(description: str, *schemes: str, in_claim: bool = False, push: bool = False) -> dict[str, Any]:
+    """A URI field: uri_pattern(...) checked by a CEL rule whose message says it in words."""
+    pattern = uri_pattern(
+        *schemes,
+        in_claim=in_claim,
+        oci_reference=oci.PUSH_REFERENCE_PATTERN if push else oci.PULL_REFERENCE_PATTERN,
+    )
+    return {
+        "type": "string",
+        "maxLength": MAX_URI_CHARS,
+        "x-kubernetes-validations": [
+            {"rule": matches_rule(pattern), "message": uri_message(*schemes, in_claim=in_claim, push=push)}
+        ],
+        "description": description,
+    }
+
+
 IMAGE_PATTERN = r"^[a-zA-Z0-9\[][a-zA-Z0-9._/:@\[\]-]*$"
 """A container image reference's characters (registry[:port]/path[:tag][@digest]). No reference
 holds whitespace, and a Pod's image with some at either end is refused by the API server."""
@@ -236,13 +303,12 @@ def _artifact_schema() -> dict[str, Any]:
     return _object(
         "Where the INT8 artifact lives. Changing it starts a canary of the new revision.",
         {
-            "uri": {
-                "type": "string",
-                "pattern": URI_PATTERN,
-                "description": "file:///path (on the node image), pvc://CLAIM/PATH (a PersistentVolumeClaim "
-                "in this namespace, mounted read-only), http(s)://.../artifact.tar.gz, or "
-                "oci://REGISTRY/REPO:TAG or @sha256:DIGEST (quantship push).",
-            },
+            "uri": uri_schema(
+                "file:///path (on the node image), pvc://CLAIM/PATH (a PersistentVolumeClaim in this "
+                "namespace, mounted read-only), http(s)://.../artifact.tar.gz, or oci://REGISTRY/REPO:TAG "
+                "or @sha256:DIGEST (quantship push).",
+                *ARTIFACT_SCHEMES,
+            ),
             "pullSecret": _name_of(
                 "For oci://: a Secret of type kubernetes.io/dockerconfigjson with the "
                 "registry's credentials (as for imagePullSecrets)."
@@ -341,8 +407,11 @@ THRESHOLD_IN_DOMAIN = {
 }
 """By metric, the thresholds quantize takes: outside the metric's values, which would pass every
 model or none, it refuses them (after the Job's downloads)."""
-INPUT_URI_PATTERN = uri_pattern("file", "pvc", "http", "https", in_claim=True)
-TARGET_URI_PATTERN = uri_pattern("pvc", "oci", in_claim=True, oci_reference=oci.PUSH_REFERENCE_PATTERN)
+INPUT_SCHEMES = ("file", "pvc", "http", "https")
+"""What a quantize Job reads its model and data from (no oci://: an artifact registry holds artifacts)."""
+INPUT_URI_PATTERN = uri_pattern(*INPUT_SCHEMES, in_claim=True)
+TARGET_SCHEMES = ("pvc", "oci")
+TARGET_URI_PATTERN = uri_pattern(*TARGET_SCHEMES, in_claim=True, oci_reference=oci.PUSH_REFERENCE_PATTERN)
 """A target a Job can publish to: a path in a claim, or an oci:// tag (no digest: the Job pushes)."""
 PULL_SECRET_FOR_OCI = {
     "rule": "!has(self.pullSecret) || self.uri.startsWith('oci://')",
@@ -439,22 +508,19 @@ def _quantize_schema() -> dict[str, Any]:
         "accuracy gate passes, the produced artifact replaces spec.artifact as the canary; when it "
         "fails, phase GateFailed shows the report's numbers and nothing is rolled out.",
         {
-            "model": {
-                "type": "string",
-                "pattern": INPUT_URI_PATTERN,
-                "description": "The FP32 .onnx: file://, pvc://CLAIM/PATH or http(s)://.",
-            },
-            "calibration": {
-                "type": "string",
-                "pattern": INPUT_URI_PATTERN,
-                "description": "Calibration data (.npz keyed by input name): file://, pvc:// or http(s)://.",
-            },
-            "evaluation": {
-                "type": "string",
-                "pattern": INPUT_URI_PATTERN,
-                "description": "Gate data (.npz, with a 'labels' array for accuracy). Default: the "
-                "calibration data.",
-            },
+            "model": uri_schema(
+                "The FP32 .onnx: file://, pvc://CLAIM/PATH or http(s)://.", *INPUT_SCHEMES, in_claim=True
+            ),
+            "calibration": uri_schema(
+                "Calibration data (.npz keyed by input name): file://, pvc:// or http(s)://.",
+                *INPUT_SCHEMES,
+                in_claim=True,
+            ),
+            "evaluation": uri_schema(
+                "Gate data (.npz, with a 'labels' array for accuracy). Default: the calibration data.",
+                *INPUT_SCHEMES,
+                in_claim=True,
+            ),
             "options": quantize_options,
             "target": _object(
                 "Where the Job writes the artifact: pvc://CLAIM/PATH (under PATH/<job hash>) or "
@@ -462,7 +528,7 @@ def _quantize_schema() -> dict[str, Any]:
                 "TAG moved to it; served pinned by its digest, which keeps its own tag when the "
                 "next Job moves TAG: a registry's cleanup of untagged manifests spares it).",
                 {
-                    "uri": {"type": "string", "pattern": TARGET_URI_PATTERN, "description": "The target."},
+                    "uri": uri_schema("The target.", *TARGET_SCHEMES, in_claim=True, push=True),
                     "pullSecret": _name_of(
                         "For oci://: a dockerconfigjson Secret allowed to push (and pull)."
                     ),

@@ -34,7 +34,8 @@ def example_properties() -> dict[str, Any]:
     spec = crd.spec_schema()["properties"]
     rollout = spec["rollout"]["properties"]
     return {
-        "artifactUri": _admitted(spec["artifact"]["properties"]["uri"]),
+        # JSON Schema has no message of its own: helm prints the pattern the CRD's rule words
+        "artifactUri": {**_admitted(spec["artifact"]["properties"]["uri"]), "pattern": crd.URI_PATTERN},
         "image": _admitted(spec["image"]),
         "replicas": _admitted(spec["replicas"]),
         "steps": _admitted(rollout["steps"]),

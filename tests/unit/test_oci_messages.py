@@ -9,6 +9,7 @@ import logging
 import re
 from pathlib import Path
 
+import celpy
 import oras.logger
 import pytest
 from click.testing import CliRunner
@@ -64,8 +65,9 @@ def test_docker_hub_is_asked_where_its_api_answers(written: str, read: str) -> N
         "r.io/ml/digits@sha256:abc",
     ],
 )
-def test_the_crds_artifact_pattern_admits_exactly_the_references_a_pull_takes(written: str) -> None:
-    """The CRD admitted an untagged reference every pull of the servers' init container refused."""
+def test_the_crds_artifact_rule_admits_exactly_the_references_a_pull_takes(written: str) -> None:
+    """The CRD admitted an untagged reference every pull of the servers' init container refused.
+    Its rule is evaluated by a real CEL implementation (cel-python, RE2 as cel-go's matches())."""
     try:
         oci.Reference.parse(f"oci://{written}")
         pulls = True
@@ -73,6 +75,10 @@ def test_the_crds_artifact_pattern_admits_exactly_the_references_a_pull_takes(wr
         pulls = False
     assert bool(re.fullmatch(oci.PULL_REFERENCE_PATTERN, written)) == pulls
     assert bool(re.fullmatch(crd.URI_PATTERN, f"oci://{written}")) == pulls
+    [rule] = crd.spec_schema()["properties"]["artifact"]["properties"]["uri"]["x-kubernetes-validations"]
+    environment = celpy.Environment()
+    program = environment.program(environment.compile(rule["rule"]))
+    assert bool(program.evaluate({"self": celpy.json_to_cel(f"oci://{written}")})) == pulls
 
 
 @pytest.mark.parametrize(

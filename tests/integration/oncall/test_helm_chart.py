@@ -1,9 +1,10 @@
 """The Helm chart under the real helm binary: it lints strictly, and everything it renders (with the
 default values and with every feature on) is valid Kubernetes: built-in kinds against the API
 schemas (kubernetes-validate --strict, oldest and newest supported version), the example
-QuantizedModel against the CRD's schema, the PrometheusRule's rules under promtool. No schema of
-the Prometheus Operator's kinds installs offline here: ServiceMonitor and PodMonitor get the
-field checks a review would make. RBAC is compared with the calls the operator's code makes."""
+QuantizedModel against the CRD's schema and CEL rules, the PrometheusRule's rules under promtool.
+No schema of the Prometheus Operator's kinds installs offline here: ServiceMonitor and PodMonitor
+get the field checks a review would make. RBAC is compared with the calls the operator's code
+makes."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import celpy
 import click
 import jsonschema
 import kubernetes_validate
@@ -88,8 +90,8 @@ def one(documents: list[dict[str, Any]], kind: str) -> dict[str, Any]:
 
 
 def assert_valid(documents: list[dict[str, Any]]) -> None:
-    """Built-in kinds: kubernetes-validate --strict. QuantizedModel: the CRD's schema. Prometheus
-    Operator kinds: the fields their v1 API has, with valid durations."""
+    """Built-in kinds: kubernetes-validate --strict. QuantizedModel: the CRD's schema and CEL rules.
+    Prometheus Operator kinds: the fields their v1 API has, with valid durations."""
     crd = one(documents, "CustomResourceDefinition")
     for document in documents:
         if document["apiVersion"] == "monitoring.coreos.com/v1":
@@ -97,6 +99,7 @@ def assert_valid(documents: list[dict[str, Any]]) -> None:
         elif document["kind"] == "QuantizedModel":
             schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
             jsonschema.Draft4Validator(schema).validate(document)
+            assert all(_cel_rules_hold(schema, document)), document["spec"]
         else:
             for version in KUBERNETES_VERSIONS:
                 kubernetes_validate.validate(document, version, strict=True)
@@ -537,8 +540,27 @@ def test_example_values_the_crd_refuses_are_refused_by_the_chart_and_the_crd_agr
             **example,
             "spec": {**example["spec"], **example_spec(field.removeprefix("example."), value)},
         }
-        assert jsonschema.Draft4Validator(schema).is_valid(example)
-        assert not jsonschema.Draft4Validator(schema).is_valid(model), f"the CRD admits {setting}"
+        assert crd_admits(schema, example)
+        assert not crd_admits(schema, model), f"the CRD admits {setting}"
+
+
+def crd_admits(schema: dict[str, Any], model: dict[str, Any]) -> bool:
+    """The CRD's schema (jsonschema) and CEL rules (cel-python) hold on `model`, defaults left out
+    (the API server's every check, defaults included: tests/integration/operator/apiserver_rules.py)."""
+    return jsonschema.Draft4Validator(schema).is_valid(model) and all(_cel_rules_hold(schema, model))
+
+
+def _cel_rules_hold(node: dict[str, Any], value: Any) -> Iterator[bool]:
+    for rule in node.get("x-kubernetes-validations") or []:
+        environment = celpy.Environment()
+        program = environment.program(environment.compile(rule["rule"]))
+        result = program.evaluate({"self": celpy.json_to_cel(value)})
+        yield isinstance(result, celpy.celtypes.BoolType) and bool(result)  # not an evaluation error
+    properties = node.get("properties") or {}
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if key in properties:
+                yield from _cel_rules_hold(properties[key], item)
 
 
 def example_spec(value_name: str, value: str) -> dict[str, Any]:

@@ -459,6 +459,50 @@ def _has(value: dict[str, Any] | list[Any], part: Any) -> bool:
     return part in value if isinstance(value, dict) else isinstance(part, int) and part < len(value)
 
 
+# -- the estimated cost of matches() --------------------------------------------------------------
+# The API server estimates each rule's cost before it takes a CRD (cel-go's checker/cost.go over the
+# sizes k8s.io/apiserver's cel/common/schemas.go gives the schema's strings) and refuses a rule past
+# StaticEstimatedCostLimit, or rules past StaticEstimatedCRDCostLimit in all (apiextensions'
+# validation.go). matches() is the costly call: string length x regex length.
+
+STATIC_ESTIMATED_COST_LIMIT = 10_000_000
+STATIC_ESTIMATED_CRD_COST_LIMIT = 100_000_000
+MAX_REQUEST_BYTES = 3 * 1024 * 1024
+MATCHES_CALL = re.compile(r"self\.matches\(r?'([^']*)'\)")
+
+
+def string_size_estimate(node: Mapping[str, Any]) -> int:
+    """The most bytes the estimate takes a string to hold: maxLength x 4 (a character is up to 4
+    bytes), the longest of an enum, else a whole request less its quotes."""
+    if "maxLength" in node:
+        return int(node["maxLength"]) * 4
+    if node.get("enum"):
+        return max(len(str(value)) for value in node["enum"])
+    return MAX_REQUEST_BYTES - 2
+
+
+def matches_costs(node: Mapping[str, Any], path: str = "") -> dict[str, int]:
+    """Path -> the estimated cost of the `self.matches('REGEX')` calls of the rules on a string:
+    ceil((size + 1) x 0.1) x ceil(len(REGEX) x 0.25) a call (cel-go's StringTraversalCostFactor and
+    RegexStringLengthCostFactor), without the few units of the select and the call. A rule under a
+    list or a map counts once per item there, which this does not estimate: it refuses to."""
+    costs = {}
+    regexes = [
+        regex
+        for rule in node.get("x-kubernetes-validations") or []
+        for regex in MATCHES_CALL.findall(rule["rule"])
+    ]
+    if regexes:
+        size = string_size_estimate(node)
+        costs[path] = sum(math.ceil((size + 1) * 0.1) * math.ceil(len(regex) * 0.25) for regex in regexes)
+    for name, sub in (node.get("properties") or {}).items():
+        costs.update(matches_costs(sub, f"{path}.{name}" if path else name))
+    for key in ("items", "additionalProperties"):
+        if isinstance(node.get(key), Mapping) and matches_costs(node[key], f"{path}[]"):
+            raise NotImplementedError(f"{path}: matches() in a rule under {key}")
+    return costs
+
+
 # -- names and labels of built-in objects ---------------------------------------------------------
 # k8s.io/apimachinery/pkg/util/validation (IsDNS1123Subdomain, IsDNS1035Label, IsQualifiedName,
 # IsValidLabelValue), as ValidateObjectMeta and the kinds' own validation apply them: a custom

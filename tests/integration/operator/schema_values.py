@@ -10,6 +10,7 @@ would admit. A free-form field (`x-kubernetes-preserve-unknown-fields`) gets any
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -71,12 +72,27 @@ def _object(node: Mapping[str, Any]) -> st.SearchStrategy[dict[str, Any]]:
     )
 
 
+MATCHES_RULE = re.compile(r"self\.matches\(r'(.*)'\)")
+"""A CEL rule that is a pattern (crd.matches_rule): values are drawn from the pattern, as for `pattern`."""
+
+
+def _pattern(node: Mapping[str, Any]) -> str | None:
+    if "pattern" in node:
+        return str(node["pattern"])
+    for rule in node.get("x-kubernetes-validations") or []:
+        found = MATCHES_RULE.fullmatch(rule["rule"])
+        if found:
+            return found.group(1)
+    return None
+
+
 def _string(node: Mapping[str, Any]) -> st.SearchStrategy[str]:
     low, high = node.get("minLength", 0), node.get("maxLength")
-    if "pattern" not in node:
+    pattern = _pattern(node)
+    if pattern is None:
         return st.text(min_size=low, max_size=high if high is not None else 40)
     # An unanchored end lets the pattern's match be followed by anything: those are drawn too. An
     # anchored one is Go's $ (the end of the text), not Python's (which admits a final newline).
-    pattern = node["pattern"].removesuffix("$") + "\\Z" if node["pattern"].endswith("$") else node["pattern"]
+    pattern = pattern.removesuffix("$") + "\\Z" if pattern.endswith("$") else pattern
     drawn = st.from_regex(pattern)
     return drawn.filter(lambda text: low <= len(text) and (high is None or len(text) <= high))

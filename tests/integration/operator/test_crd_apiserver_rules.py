@@ -16,12 +16,15 @@ import apiserver_rules as rules
 import pytest
 import yaml
 
-from quantship.operator import crd, names, resources
+from quantship import oci
+from quantship.operator import crd, fetch, names, resources
 from quantship.operator.spec import InvalidSpec, ModelSpec
 from quantship.rollout import Track
 
 ROOT = rules.REPOSITORY
 SCHEMA = crd.schema()
+ARTIFACT_URI = crd.uri_message(*crd.ARTIFACT_SCHEMES)
+"""What the API server answers a spec.artifact.uri that is no URI the servers can fetch."""
 OLD_CRD_FRAGMENT = {  # the shape the API server refused (commit 1bdab33, manifests/crd.yaml)
     "type": "object",
     "properties": {
@@ -197,7 +200,7 @@ def test_server_side_defaults_are_the_ones_the_operator_fills_in_itself() -> Non
         ({"rollout": {"steps": []}}, "should be non-empty"),
         ({"rollout": {"stepInterval": "1 minute"}}, "does not match"),
         ({"slos": {"latency": {"objective": 1}}}, "greater than or equal to the maximum"),
-        ({"artifact": {"uri": "s3://bucket/model"}}, "does not match"),
+        ({"artifact": {"uri": "s3://bucket/model"}}, ARTIFACT_URI),
         ({"placement": {"matchGateHardware": "yes"}}, "'yes' is not of type 'boolean'"),
         # What the operator's children would carry, refused by Kubernetes after the resource was admitted:
         ({"modelName": "digits-"}, "does not match"),  # the pods' `model` label
@@ -205,16 +208,16 @@ def test_server_side_defaults_are_the_ones_the_operator_fills_in_itself() -> Non
         ({"resources": {"limits": {"cpu": "lots"}}}, "does not match"),  # not a resource.Quantity
         ({"resources": {"limits": {"cpu": "500m", "memory": 2**30}}, "replicas": "two"}, "is not of type"),
         ({"image": "ghcr.io/quantship/quantship:0.1.0 "}, "does not match"),  # the Pod refuses spaces
-        ({"artifact": {"uri": "pvc://../models/digits"}}, "does not match"),  # no such claim name
-        ({"artifact": {"uri": "pvc://models/../secrets"}}, "does not match"),  # out of the claim
+        ({"artifact": {"uri": "pvc://../models/digits"}}, ARTIFACT_URI),  # no such claim name
+        ({"artifact": {"uri": "pvc://models/../secrets"}}, ARTIFACT_URI),  # out of the claim
         ({"artifact": {"uri": "oci://r/x:1", "pullSecret": "s" * 254}}, "is too long"),
         # a reference oras reads as naming another registry: the pull secret's credentials went there
-        ({"artifact": {"uri": "oci://r.io//evil.example:5000/x:1"}}, "does not match"),
-        ({"artifact": {"uri": "oci://r.io/evil.example:5000/x:1"}}, "does not match"),
-        ({"artifact": {"uri": "oci://r.io/ml/digits:"}}, "does not match"),
+        ({"artifact": {"uri": "oci://r.io//evil.example:5000/x:1"}}, ARTIFACT_URI),
+        ({"artifact": {"uri": "oci://r.io/evil.example:5000/x:1"}}, ARTIFACT_URI),
+        ({"artifact": {"uri": "oci://r.io/ml/digits:"}}, ARTIFACT_URI),
         # no tag nor digest: every pull of the servers' init container refuses it (no `latest` read in)
-        ({"artifact": {"uri": "oci://r.io/ml/digits"}}, "does not match"),
-        ({"artifact": {"uri": "oci://r.io:5000/digits"}}, "does not match"),
+        ({"artifact": {"uri": "oci://r.io/ml/digits"}}, ARTIFACT_URI),
+        ({"artifact": {"uri": "oci://r.io:5000/digits"}}, ARTIFACT_URI),
         ({"resources": {"requests": {"memory": "-1Gi"}}}, "does not match"),  # negative
         ({"resources": {"limits": {"cpu": -1}}}, "less than the minimum of 0"),
         ({"analysis": {"longWindow": "99999h"}}, "does not match"),  # past Prometheus' durations
@@ -243,6 +246,74 @@ def test_an_object_that_cannot_work_is_refused_with_one_clear_reason(
         )
     _, errors = rules.admit(SCHEMA, resource)
     assert len(errors) == 1 and complaint in errors[0], errors  # no anyOf noise beside it
+
+
+URI_FIELDS = (
+    "artifact.uri",
+    "quantize.model",
+    "quantize.calibration",
+    "quantize.evaluation",
+    "quantize.target.uri",
+)
+
+
+def spec_field(dotted: str) -> dict[str, Any]:
+    node = SCHEMA["properties"]["spec"]
+    for name in dotted.split("."):
+        node = node["properties"][name]
+    return dict(node)
+
+
+@pytest.mark.parametrize(
+    "uri",
+    ["s3://bucket/model", "models/digits.tar.gz", "", "oci://r.io/ml/digits", "pvc://models/../secrets"],
+)
+def test_a_uri_the_servers_cannot_fetch_is_refused_in_words_not_with_a_regex(uri: str) -> None:
+    """A `pattern` answered `spec.artifact.uri in body should match '^((file|http|https)://.+|...'`,
+    500 characters of regex; the CEL rule's message says what is taken. The API server prints a
+    field's pattern error beside its rules' messages: no URI field keeps one."""
+    _, errors = rules.admit(SCHEMA, minimal(artifact={"uri": uri}))
+    assert errors == [f"self.spec.artifact.uri: {ARTIFACT_URI}"]
+    assert "^(" not in errors[0] and "[a-z0-9]" not in errors[0]
+    assert not [field for field in URI_FIELDS if "pattern" in spec_field(field)]
+
+
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "file:///models/digits",
+        "file:///models/digits.tar.gz",
+        "pvc://models",
+        "pvc://models.v2/digits/..v2/./int8",
+        "http://models.example.com/digits.tar.gz",
+        "https://models.example.com:8443/digits.tar.gz?sig=x#y",
+        "oci://r.io/ml/digits:v1",
+        "oci://r.io:5000/ml/digits@sha256:" + "a" * 64,
+        "oci://r.io/ml/digits:v1@sha256:" + "a" * 64,
+        "oci://[::1]:5000/ml/digits:v1",
+        "oci://docker.io/digits:v1",
+    ],
+)
+def test_every_form_of_uri_the_servers_fetch_is_admitted(uri: str) -> None:
+    """file://, pvc:// (a claim, or a path in it), http(s):// and oci:// with a tag, a digest or both."""
+    _, errors = rules.admit(SCHEMA, minimal(artifact={"uri": uri}))
+    assert errors == []
+    if uri.startswith("oci://"):
+        oci.Reference.parse(uri)
+    else:
+        fetch.source_path(uri, Path("/mnt/pvc"))
+
+
+def test_every_matches_rule_is_within_the_api_servers_cost_limits() -> None:
+    """The API server refuses a CRD whose rule's estimated cost passes 10,000,000 (100,000,000 for
+    all): a URI field's matches() would cost 39-55 million without its maxLength."""
+    costs = rules.matches_costs(SCHEMA["properties"]["spec"], "spec")
+    assert {f"spec.{field}" for field in URI_FIELDS} <= set(costs)
+    assert max(costs.values()) <= rules.STATIC_ESTIMATED_COST_LIMIT, costs
+    assert sum(costs.values()) <= rules.STATIC_ESTIMATED_CRD_COST_LIMIT, costs
+    for field in URI_FIELDS:
+        unbounded = {key: value for key, value in spec_field(field).items() if key != "maxLength"}
+        assert rules.matches_costs(unbounded)[""] > rules.STATIC_ESTIMATED_COST_LIMIT, field
 
 
 @pytest.mark.parametrize(

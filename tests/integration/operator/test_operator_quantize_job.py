@@ -41,6 +41,9 @@ TARGET = "oci://registry.example.com/ml/digits:int8"
 PRODUCED = "oci://registry.example.com/ml/digits@sha256:" + "ab" * 32
 LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
 """`kubectl apply`'s copy of what it applied (client-side)."""
+INPUT_URI = crd.uri_message(*crd.INPUT_SCHEMES, in_claim=True)
+TARGET_URI = crd.uri_message(*crd.TARGET_SCHEMES, in_claim=True, push=True)
+"""What the API server answers a quantize input, or target, that the Job could not use."""
 QUANTIZE = {
     "model": "https://models.example.com/digits-fp32.onnx",
     "calibration": "pvc://datasets/digits/calibration.npz",
@@ -575,27 +578,55 @@ def _longest_names(character: str) -> dict[str, Any]:
     return {"output": name, "maskInput": name, "excludeNodes": [name] * crd.MAX_EXCLUDED_NODES}
 
 
-def test_the_largest_names_admitted_keep_both_copies_of_the_spec_well_within_the_annotations_limit() -> None:
-    """kopf keeps the spec it handled in an annotation, JSON escaped to ASCII (an astral character
-    takes 12 bytes), and `kubectl apply` another (4 bytes). Past 256 KiB of annotations in all, the
-    API server refused kopf's patch (422) after every handling: 256 names of 4096 made 1 MiB."""
-    applied = resource({**QUANTIZE, "options": _longest_names("\U0001f600")})
+def _annotations_size(applied: dict[str, Any]) -> int:
+    """The bytes of kopf's and `kubectl apply`'s copies of the spec, once admitted."""
     stored, errors = rules.admit(crd.schema(), applied)
     assert errors == []
     storage, body, patch = handlers.diffbase_storage(), kopf.Body(stored), kopf.Patch()
     storage.store(body=body, patch=patch, essence=storage.build(body=body))
     kopfs = {key: value.encode() for key, value in patch["metadata"]["annotations"].items()}
     kubectls = {LAST_APPLIED: json.dumps(applied, ensure_ascii=False, separators=(",", ":")).encode()}
-    size = sum(len(key) + len(value) for key, value in {**kopfs, **kubectls}.items())
+    return sum(len(key) + len(value) for key, value in {**kopfs, **kubectls}.items())
+
+
+def test_the_largest_names_admitted_keep_both_copies_of_the_spec_well_within_the_annotations_limit() -> None:
+    """kopf keeps the spec it handled in an annotation, JSON escaped to ASCII (an astral character
+    takes 12 bytes), and `kubectl apply` another (4 bytes). Past 256 KiB of annotations in all, the
+    API server refused kopf's patch (422) after every handling: 256 names of 4096 made 1 MiB."""
+    size = _annotations_size(resource({**QUANTIZE, "options": _longest_names("\U0001f600")}))
     assert 0.5 * crd.ANNOTATIONS_LIMIT_BYTES < size < 0.6 * crd.ANNOTATIONS_LIMIT_BYTES, size
+
+
+def test_the_longest_uris_admitted_beside_the_largest_names_keep_within_the_annotations_limit() -> None:
+    """crd.MAX_URI_CHARS: five URIs as long as admitted, of the characters that take the most bytes
+    escaped, and the largest option names, still fit both copies of the spec in the annotations."""
+    astral = "\U0001f600"
+
+    def longest(prefix: str) -> str:
+        return prefix + astral * (crd.MAX_URI_CHARS - len(prefix))
+
+    quantize = {
+        **QUANTIZE,
+        "model": longest("file:///"),
+        "calibration": longest("pvc://datasets/"),
+        "evaluation": longest("https://"),
+        "target": {"uri": longest("pvc://models/")},
+        "options": _longest_names(astral),
+    }
+    applied = resource(quantize)
+    applied["spec"]["artifact"]["uri"] = longest("pvc://models/")
+    assert _annotations_size(applied) < crd.ANNOTATIONS_LIMIT_BYTES
+    applied["spec"]["artifact"]["uri"] += "x"
+    _, errors = rules.admit(crd.schema(), applied)
+    assert len(errors) == 1 and "is too long" in errors[0], errors
 
 
 @pytest.mark.parametrize(
     ("change", "complaint"),
     [
         ({"target": {"uri": "pvc://models/digits", "pullSecret": "registry"}}, "pullSecret is for an oci://"),
-        ({"target": {"uri": "https://models.example.com/out"}}, "does not match"),
-        ({"model": "oci://registry.example.com/ml/fp32:1"}, "does not match"),
+        ({"target": {"uri": "https://models.example.com/out"}}, TARGET_URI),
+        ({"model": "oci://registry.example.com/ml/fp32:1"}, INPUT_URI),
         ({"options": {"mode": "int4"}}, "'int4' is not one of"),
         ({"options": {"maxAccuracyDelta": 2}}, "greater than the maximum"),
         # quantize refuses both (a usage error): the Job would fail at once
@@ -642,16 +673,16 @@ def test_the_largest_names_admitted_keep_both_copies_of_the_spec_well_within_the
         ({"options": {"excludeNodes": ["/MatMul", "/lm_head\x00/MatMul"]}}, "does not match"),
         ({"options": {"excludeNodes": "MatMul2"}}, "is not of type 'array'"),
         # the Job mounts the claim and reads or writes a path inside it
-        ({"target": {"uri": "pvc://models"}}, "does not match"),
-        ({"target": {"uri": "pvc://models/"}}, "does not match"),
-        ({"calibration": "pvc://datasets/../secrets/key"}, "does not match"),
-        ({"evaluation": "pvc://datasets/digits/.."}, "does not match"),
+        ({"target": {"uri": "pvc://models"}}, TARGET_URI),
+        ({"target": {"uri": "pvc://models/"}}, TARGET_URI),
+        ({"calibration": "pvc://datasets/../secrets/key"}, INPUT_URI),
+        ({"evaluation": "pvc://datasets/digits/.."}, INPUT_URI),
         # the Job pushes to a tag: without one, or to a digest, it fails after the whole quantization
-        ({"target": {"uri": "oci://registry.example.com/ml/digits"}}, "does not match"),
-        ({"target": {"uri": f"oci://registry.example.com/ml/digits@sha256:{'ab' * 32}"}}, "does not match"),
+        ({"target": {"uri": "oci://registry.example.com/ml/digits"}}, TARGET_URI),
+        ({"target": {"uri": f"oci://registry.example.com/ml/digits@sha256:{'ab' * 32}"}}, TARGET_URI),
         (
             {"target": {"uri": f"oci://registry.example.com/ml/digits:int8@sha256:{'ab' * 32}"}},
-            "does not match",
+            TARGET_URI,
         ),
     ],
 )

@@ -120,7 +120,8 @@ DELETE = object()
     ("path", "value", "complaint"),
     [
         ("artifact", DELETE, "'artifact' is a required property"),
-        ("artifact.uri", "s3://bucket/model", "does not match"),
+        # a URI the servers cannot fetch is a CEL rule's (test_crd_apiserver_rules.py); its length is not
+        ("artifact.uri", "https://" + "m" * crd.MAX_URI_CHARS, "is too long"),
         ("replicas", 0, "less than the minimum"),
         ("rollout.steps", [5, 150], "greater than the maximum"),
         ("rollout.steps", [], "should be non-empty"),
@@ -233,3 +234,11 @@ def test_every_spec_field_a_verdicts_hint_names_is_in_the_crd() -> None:
         for part in path.split(".")[1:]:
             assert part in node.get("properties", {}), path
             node = node["properties"][part]
+
+
+@pytest.mark.parametrize("pattern", ["^it's$", "^a\nb$", "^a\rb$"])
+def test_a_pattern_a_cel_raw_string_cannot_hold_is_refused_when_the_crd_is_built(pattern: str) -> None:
+    """cel-go's raw string ends at the first quote and holds no line break (CEL.g4); cel-python reads
+    \\' inside one as an escape. Either would turn the rule into another one, or none."""
+    with pytest.raises(ValueError, match="a CEL raw string cannot hold"):
+        crd.matches_rule(pattern)
