@@ -34,7 +34,8 @@ one TCP segment rather than two (why, and the rule: one_write.py).
 What the protocol answers itself, the app never seeing the request (408, 431, a 503 for an upload
 cut by shutdown, and uvicorn's 400 for what httptools cannot parse), is `{"error": "..."}` as the
 app's errors are (`raw_error`): as text/plain, tritonclient reported "an exception occurred in the
-client while decoding the response" in place of the server's message.
+client while decoding the response" in place of the server's message. A 400 or 431 for a head pipelined
+behind requests not yet answered waits for their answers (`_refuse`), so that each is read as its own.
 """
 
 from __future__ import annotations
@@ -166,12 +167,17 @@ class HttpProtocol(HttpToolsProtocol):
         """A head began inside the piece being parsed (after another request's message ended)."""
         self._unanswered: collections.deque[ClientGone] = collections.deque()
         """The CLIENT_GONE of each request on the connection not yet answered, oldest (running) first."""
+        self._refusal: bytes | None = None
+        """A refusal (400, 431) of a head that came behind requests not yet answered, written once they
+        are (`_refuse`); meanwhile nothing more is read."""
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(OneWriteTransport(transport, self.loop))
         self._arm()
 
     def data_received(self, data: bytes) -> None:
+        if self._refusal is not None:  # the connection ends with the refusal: what follows is not read
+            return
         self._partial = self._idle is not None
         if self._in_head and self._head_size(data) > self._max_head:
             self._refuse_head()  # before httptools parses it: that is the cost the limit avoids
@@ -196,15 +202,24 @@ class HttpProtocol(HttpToolsProtocol):
             "%s: request head over %d bytes (--max-header-bytes); answered 431 and closed",
             _peer(self.client), self._max_head,
         )  # fmt: skip
-        self._disarm()
-        self.transport.write(HEAD_TOO_LARGE_RESPONSE)
-        self.transport.close()
+        self._refuse(HEAD_TOO_LARGE_RESPONSE)
 
     def send_400_response(self, msg: str) -> None:
         """uvicorn's answer to what httptools cannot parse (it has logged `msg`): ours is JSON, as
         every other error (uvicorn's is text/plain, which tritonclient fails to decode)."""
+        self._refuse(MALFORMED_RESPONSE)
+
+    def _refuse(self, response: bytes) -> None:
+        """Answer `response` and close the connection: at once, or, when the refused head came behind
+        requests whose messages were whole and are not yet answered (pipelined), once they are.
+        Responses go in the order of the requests (RFC 9112, 9.3.2): written at once, the refusal was
+        read as the running request's answer, and that request, its connection closed, counted as 499."""
         self._disarm()
-        self.transport.write(MALFORMED_RESPONSE)
+        if self._in_head and self._unanswered:
+            self._refusal = response
+            self.flow.pause_reading()
+            return
+        self.transport.write(response)
         self.transport.close()
 
     def on_headers_complete(self) -> None:
@@ -236,6 +251,13 @@ class HttpProtocol(HttpToolsProtocol):
         if self._unanswered:
             self._unanswered.popleft()
         super().on_response_complete()
+        if self._refusal is not None:
+            if not self._unanswered:  # the requests ahead of the refused head are answered: its turn
+                refusal, self._refusal = self._refusal, None
+                if not self.transport.is_closing():  # unless the last of them closed it (Connection: close)
+                    self.transport.write(refusal)
+                    self.transport.close()
+            return
         if self.timeout_keep_alive_task is not None:  # uvicorn waits for the next request: so do we
             self._arm()
 
