@@ -947,7 +947,8 @@ def _local_artifact(ctx: click.Context, param: click.Parameter, value: str) -> P
     type=_FiniteRange(min=0, min_open=True),
     default=_default(_SERVE, "idle_timeout_s"),
     show_default=True,
-    help="Seconds a connection may wait for a request's headers (new or kept alive); then it is closed.",
+    help="Seconds a connection may wait for a request's headers (new or kept alive), or its client may "
+    "take none of its answer; then it is closed.",
 )
 @click.option(
     "--drain-timeout-s",

@@ -1,6 +1,6 @@
-"""uvicorn's HTTP protocol with five fixes: an idle timeout, a bound on a request's head, small
-responses sent in one write, errors in JSON even where the protocol answers itself, and a per-request
-signal that the client has gone.
+"""uvicorn's HTTP protocol with six fixes: an idle timeout, a bound on a request's head, small
+responses sent in one write, errors in JSON even where the protocol answers itself, a per-request
+signal that the client has gone, and a client that stops reading its answer cut off (`pause_writing`).
 
 uvicorn arms its keep-alive timer only after a response, and the first byte received disarms it for
 good: a connection that never sends a request, or trickles its headers, stays open forever (200 such
@@ -170,6 +170,10 @@ class HttpProtocol(HttpToolsProtocol):
         self._refusal: bytes | None = None
         """A refusal (400, 431) of a head that came behind requests not yet answered, written once they
         are (`_refuse`); meanwhile nothing more is read."""
+        self._stalled: asyncio.TimerHandle | None = None
+        """Armed while an answer waits for the client to read it (`pause_writing`)."""
+        self._unread = 0
+        """Bytes of the answer the transport held at the last check of the client's reading."""
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(OneWriteTransport(transport, self.loop))
@@ -285,8 +289,39 @@ class HttpProtocol(HttpToolsProtocol):
             self.transport.write(CUT_RESPONSE)
         self.transport.close()
 
+    def pause_writing(self) -> None:
+        """The transport holds more of an answer than its high-water mark: the client reads slower than
+        the server writes, or not at all. One that reads none of it for the idle timeout is cut off
+        (`_check_reading`), its answer dropped: uvicorn has no such timeout, and held an answer until
+        its client read it or left (three gpt2-lm answers of 4000 rows as JSON, ~300 MB each, to
+        clients that read nothing: 1.4 GB, for good)."""
+        super().pause_writing()
+        self._unread = self.transport.get_write_buffer_size()
+        self._stalled = self.loop.call_later(self.timeout_keep_alive, self._check_reading)
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        self._unstall()
+
+    def _check_reading(self) -> None:
+        unread = self.transport.get_write_buffer_size()
+        if unread < self._unread:  # it read some since the last check, however slowly: it goes on
+            self._unread = unread
+            self._stalled = self.loop.call_later(self.timeout_keep_alive, self._check_reading)
+            return
+        self._stalled = None
+        log.info("%s: read none of its answer for %g s (%d bytes unread); connection closed",
+                 _peer(self.client), self.timeout_keep_alive, unread)  # fmt: skip
+        self.transport.abort()
+
+    def _unstall(self) -> None:
+        if self._stalled is not None:
+            self._stalled.cancel()
+            self._stalled = None
+
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        self._unstall()
         while self._unanswered:
             self._unanswered.popleft().set()
         super().connection_lost(exc)
