@@ -1021,13 +1021,14 @@ def serve(log_level: str, access_log: bool, **options: Any) -> None:
     # uvicorn drains on SIGTERM, then raises it again to end as its parent expects: by the default
     # action, not by unwinding (which would wait for a model still loading in a thread).
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    if settings.grpc_port is not None:
-        from quantship.server import grpc_server
+    from quantship.server import ports
 
-        try:
-            grpc_server.check_port(settings.host, settings.grpc_port)
-        except OSError as exc:
-            raise Refused(str(exc)) from None
+    try:
+        ports.check_port(settings.host, settings.port, "HTTP")
+        if settings.grpc_port is not None:
+            ports.check_port(settings.host, settings.grpc_port, "gRPC")
+    except OSError as exc:
+        raise Refused(str(exc)) from None
     server.serve(settings, log_level=log_level, access_log=access_log)
 
 
