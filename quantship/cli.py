@@ -949,7 +949,8 @@ def _local_artifact(ctx: click.Context, param: click.Parameter, value: str) -> P
     type=_FiniteRange(min=0, min_open=True),
     default=_default(_SERVE, "idle_timeout_s"),
     show_default=True,
-    help="Seconds a connection may wait for a request's headers (new or kept alive); then it is closed.",
+    help="Seconds a connection may wait for a request's headers (new or kept alive), or its client may "
+    "take none of its answer; then it is closed.",
 )
 @click.option(
     "--drain-timeout-s",
@@ -1022,13 +1023,14 @@ def serve(log_level: str, access_log: bool, **options: Any) -> None:
     # uvicorn drains on SIGTERM, then raises it again to end as its parent expects: by the default
     # action, not by unwinding (which would wait for a model still loading in a thread).
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    if settings.grpc_port is not None:
-        from quantship.server import grpc_server
+    from quantship.server import ports
 
-        try:
-            grpc_server.check_port(settings.host, settings.grpc_port)
-        except OSError as exc:
-            raise Refused(str(exc)) from None
+    try:
+        ports.check_port(settings.host, settings.port, "HTTP")
+        if settings.grpc_port is not None:
+            ports.check_port(settings.host, settings.grpc_port, "gRPC")
+    except OSError as exc:
+        raise Refused(str(exc)) from None
     server.serve(settings, log_level=log_level, access_log=access_log)
 
 

@@ -6,6 +6,7 @@ protocol (wire format), runner (onnxruntime session and input validation), batch
 batching), shadow / clipping / drift / feedback (the SLIs), capture (production inputs for
 recalibration), hardware and probe (load-time checks), background (their worker lanes), metrics,
 service (the transport-neutral core), grpc_server (the gRPC transport), schema (OpenAPI), errors,
+ports (the check that the ports are free, before anything loads),
 app (composition root, routes).
 
 `create_app` and `serve` load on first use: the CLI reads the settings' defaults for its options

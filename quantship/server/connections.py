@@ -1,6 +1,6 @@
-"""uvicorn's HTTP protocol with five fixes: an idle timeout, a bound on a request's head, small
-responses sent in one write, errors in JSON even where the protocol answers itself, and a per-request
-signal that the client has gone.
+"""uvicorn's HTTP protocol with six fixes: an idle timeout, a bound on a request's head, small
+responses sent in one write, errors in JSON even where the protocol answers itself, a per-request
+signal that the client has gone, and a client that stops reading its answer cut off (`pause_writing`).
 
 uvicorn arms its keep-alive timer only after a response, and the first byte received disarms it for
 good: a connection that never sends a request, or trickles its headers, stays open forever (200 such
@@ -34,7 +34,8 @@ one TCP segment rather than two (why, and the rule: one_write.py).
 What the protocol answers itself, the app never seeing the request (408, 431, a 503 for an upload
 cut by shutdown, and uvicorn's 400 for what httptools cannot parse), is `{"error": "..."}` as the
 app's errors are (`raw_error`): as text/plain, tritonclient reported "an exception occurred in the
-client while decoding the response" in place of the server's message.
+client while decoding the response" in place of the server's message. A 400 or 431 for a head pipelined
+behind requests not yet answered waits for their answers (`_refuse`), so that each is read as its own.
 """
 
 from __future__ import annotations
@@ -166,12 +167,21 @@ class HttpProtocol(HttpToolsProtocol):
         """A head began inside the piece being parsed (after another request's message ended)."""
         self._unanswered: collections.deque[ClientGone] = collections.deque()
         """The CLIENT_GONE of each request on the connection not yet answered, oldest (running) first."""
+        self._refusal: bytes | None = None
+        """A refusal (400, 431) of a head that came behind requests not yet answered, written once they
+        are (`_refuse`); meanwhile nothing more is read."""
+        self._stalled: asyncio.TimerHandle | None = None
+        """Armed while an answer waits for the client to read it (`pause_writing`)."""
+        self._unread = 0
+        """Bytes of the answer the transport held at the last check of the client's reading."""
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(OneWriteTransport(transport, self.loop))
         self._arm()
 
     def data_received(self, data: bytes) -> None:
+        if self._refusal is not None:  # the connection ends with the refusal: what follows is not read
+            return
         self._partial = self._idle is not None
         if self._in_head and self._head_size(data) > self._max_head:
             self._refuse_head()  # before httptools parses it: that is the cost the limit avoids
@@ -196,15 +206,24 @@ class HttpProtocol(HttpToolsProtocol):
             "%s: request head over %d bytes (--max-header-bytes); answered 431 and closed",
             _peer(self.client), self._max_head,
         )  # fmt: skip
-        self._disarm()
-        self.transport.write(HEAD_TOO_LARGE_RESPONSE)
-        self.transport.close()
+        self._refuse(HEAD_TOO_LARGE_RESPONSE)
 
     def send_400_response(self, msg: str) -> None:
         """uvicorn's answer to what httptools cannot parse (it has logged `msg`): ours is JSON, as
         every other error (uvicorn's is text/plain, which tritonclient fails to decode)."""
+        self._refuse(MALFORMED_RESPONSE)
+
+    def _refuse(self, response: bytes) -> None:
+        """Answer `response` and close the connection: at once, or, when the refused head came behind
+        requests whose messages were whole and are not yet answered (pipelined), once they are.
+        Responses go in the order of the requests (RFC 9112, 9.3.2): written at once, the refusal was
+        read as the running request's answer, and that request, its connection closed, counted as 499."""
         self._disarm()
-        self.transport.write(MALFORMED_RESPONSE)
+        if self._in_head and self._unanswered:
+            self._refusal = response
+            self.flow.pause_reading()
+            return
+        self.transport.write(response)
         self.transport.close()
 
     def on_headers_complete(self) -> None:
@@ -236,6 +255,13 @@ class HttpProtocol(HttpToolsProtocol):
         if self._unanswered:
             self._unanswered.popleft()
         super().on_response_complete()
+        if self._refusal is not None:
+            if not self._unanswered:  # the requests ahead of the refused head are answered: its turn
+                refusal, self._refusal = self._refusal, None
+                if not self.transport.is_closing():  # unless the last of them closed it (Connection: close)
+                    self.transport.write(refusal)
+                    self.transport.close()
+            return
         if self.timeout_keep_alive_task is not None:  # uvicorn waits for the next request: so do we
             self._arm()
 
@@ -263,8 +289,39 @@ class HttpProtocol(HttpToolsProtocol):
             self.transport.write(CUT_RESPONSE)
         self.transport.close()
 
+    def pause_writing(self) -> None:
+        """The transport holds more of an answer than its high-water mark: the client reads slower than
+        the server writes, or not at all. One that reads none of it for the idle timeout is cut off
+        (`_check_reading`), its answer dropped: uvicorn has no such timeout, and held an answer until
+        its client read it or left (three gpt2-lm answers of 4000 rows as JSON, ~300 MB each, to
+        clients that read nothing: 1.4 GB, for good)."""
+        super().pause_writing()
+        self._unread = self.transport.get_write_buffer_size()
+        self._stalled = self.loop.call_later(self.timeout_keep_alive, self._check_reading)
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        self._unstall()
+
+    def _check_reading(self) -> None:
+        unread = self.transport.get_write_buffer_size()
+        if unread < self._unread:  # it read some since the last check, however slowly: it goes on
+            self._unread = unread
+            self._stalled = self.loop.call_later(self.timeout_keep_alive, self._check_reading)
+            return
+        self._stalled = None
+        log.info("%s: read none of its answer for %g s (%d bytes unread); connection closed",
+                 _peer(self.client), self.timeout_keep_alive, unread)  # fmt: skip
+        self.transport.abort()
+
+    def _unstall(self) -> None:
+        if self._stalled is not None:
+            self._stalled.cancel()
+            self._stalled = None
+
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        self._unstall()
         while self._unanswered:
             self._unanswered.popleft().set()
         super().connection_lost(exc)

@@ -13,7 +13,6 @@ import asyncio
 import functools
 import logging
 import math
-import socket
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
@@ -315,23 +314,6 @@ def _brief(message: str) -> str:
     if len(message) <= MAX_MESSAGE_CHARS:
         return message
     return message[: MAX_MESSAGE_CHARS - 1] + "…"
-
-
-def check_port(host: str, port: int) -> None:
-    """Raise OSError, in one line, when gRPC could not listen on `host:port`. Asked before uvicorn
-    starts: the same failure inside the app's startup reaches the log as uvicorn's traceback. A port
-    taken between this check and the bind still fails there (`start_grpc`)."""
-    if port == 0:
-        return  # any free port
-    try:
-        for family, kind, proto, _, address in socket.getaddrinfo(
-            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-        ):
-            with socket.socket(family, kind, proto) as probe:
-                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as grpc-core binds
-                probe.bind(address)
-    except OSError as exc:
-        raise OSError(f"cannot listen for gRPC on {host}:{port}: {exc.strerror or exc}") from None
 
 
 async def start_grpc(

@@ -219,7 +219,7 @@ class InferRoute:
         started = time.perf_counter()
         self.metrics.request_started()
         try:
-            encoded = await self._answer(scope, receive, model, version)
+            encoded, started = await self._answer(scope, receive, model, version, started)
             length = encoded.header_length
             answer = _Answer(200, encoded.body, encoded.content_type,
                              [] if length is None else [(_HEADER_LENGTH, str(length).encode())])  # fmt: skip
@@ -253,8 +253,12 @@ class InferRoute:
         return _Answer(503, _CUT_ERROR, protocol.JSON_TYPE, _CUT_HEADERS)
 
     async def _answer(
-        self, scope: Scope, receive: Receive, model: str, version: str | None
-    ) -> protocol.Encoded:
+        self, scope: Scope, receive: Receive, model: str, version: str | None, started: float
+    ) -> tuple[protocol.Encoded, float]:
+        """The answer, and when its latency began: at `started` (the headers) for a body that came with
+        its headers, else once the body is whole, as gRPC's (grpc core hands over whole messages) and
+        Triton's: a client's upload is its own time, and a slow one must not read as a slow server
+        to the latency SLI (a body sent over 2 s was recorded as a 2 s request)."""
         self.service.check_model(model, version)
         self.service.ready_model()  # 503 before reading a body we could not use
         declared, header_length, coding = "", None, ""
@@ -265,20 +269,24 @@ class InferRoute:
                 header_length = value.decode("latin-1")
             elif name == b"content-encoding":
                 coding = value.decode("latin-1")
+        here = arrived(scope)
         body = await receive_body(
             receive,
             declared,
             self.limits,
             lambda: _where(scope),
-            here=arrived(scope),
+            here=here,
             cut=lambda: cut_by_shutdown(scope),
         )
+        if not here:
+            started = time.perf_counter()
         if coding:  # inflating may take milliseconds: off the event loop
             body = await asyncio.to_thread(content_encoding.decoded, body, coding, self.limits.max_bytes)
         request = await decode(body, header_length, self.json_budget)
         # the batcher drops a request whose client has gone while it was queued, and stops the calls
         # of one split into calls once it is
-        return await encode(await self.service.infer(request, client_gone(scope)), request, self.json_budget)
+        answer = await self.service.infer(request, client_gone(scope))
+        return await encode(answer, request, self.json_budget), started
 
 
 _CUT_ERROR = error_json("the server is shutting down and its drain ended before the answer; retry")

@@ -238,7 +238,9 @@ class ServerSettings:
     """Seconds a connection may wait for a request's headers to be complete: a fresh connection, and
     one kept alive between requests; then it is closed (408 if part of a request had come). Longer than
     the usual load balancers' and proxies' idle timeouts (60 s), as nginx's keepalive_timeout of 75 s,
-    so that they close first and never send a request on a connection the server is closing."""
+    so that they close first and never send a request on a connection the server is closing. Also how
+    long a client may take none of its answer (nginx's send_timeout) before the connection is cut and
+    the answer dropped: a client that never reads held its answer in memory for good."""
     drain_timeout_s: float = 20.0
     """Seconds, in all, that a shutdown spends from the signal on: uvicorn's connection drain, gRPC's,
     the queued requests and the sampled background work share it; then the process exits anyway.

@@ -2,12 +2,14 @@
 
 uvicorn with quantship's HTTP protocol, on both event loops, in a thread of this process; the app
 records what the protocol told it and reads the body as the inference route does. Raw sockets
-choose how the request is cut: in one write, or the headers first and the body later.
+choose how the request is cut: in one write, or the headers first and the body later; and what the
+protocol refuses itself (400, 431) behind a request still running is answered after it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import threading
 import time
@@ -17,7 +19,7 @@ from typing import Any
 
 import pytest
 import uvicorn
-from server_harness import wait_until
+from server_harness import error_answer, wait_until
 
 from quantship.local.prometheus import free_port
 from quantship.server import connections
@@ -161,3 +163,51 @@ def test_shutdown_cuts_no_upload_of_a_request_pipelined_behind_a_running_one(
 async def _cut_uploads(protocols: list[Any]) -> None:
     for protocol in protocols:
         protocol.cut_upload()
+
+
+# -- what the protocol refuses itself, behind a request still running ---------------------------
+
+
+def until_closed(sock: socket.socket) -> bytes:
+    received = b""
+    with contextlib.suppress(ConnectionResetError):
+        while chunk := sock.recv(65536):
+            received += chunk
+    return received
+
+
+def test_a_malformed_request_behind_a_running_one_is_refused_after_its_answer(
+    server: tuple[Recorder, int],
+) -> None:
+    """A valid request and bytes httptools cannot parse, pipelined in one write: the 400 was written at
+    once and the connection closed, so the client read it as the valid request's answer (which was
+    counted 499, its connection gone). Now the running request is answered, then the 400 follows."""
+    app, port = server
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(head(path=HELD) + BODY + b"HELLO\r\n\r\n")
+        time.sleep(0.2)  # the parser has met the malformed request; the first one is held
+        app.released.set()
+        received = until_closed(sock)
+    first, separator, rest = received.partition(b"\r\n\r\nok")
+    assert separator and first.startswith(b"HTTP/1.1 200 "), received[:200]
+    assert "not valid HTTP/1.1" in error_answer(rest, 400)
+
+
+def test_a_head_over_the_limit_behind_a_running_request_is_refused_after_its_answer(
+    server: tuple[Recorder, int],
+) -> None:
+    """As above, for the 431 of a pipelined head past --max-header-bytes."""
+    app, port = server
+    big = b"GET /x HTTP/1.1\r\nhost: 127.0.0.1\r\nx-big: " + b"a" * (2 * ServerSettings.max_header_bytes)
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(head(path=HELD) + BODY)
+        wait_until(lambda: len(app.seen) == 1, what="the first request to run")
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # refused before all of it came
+            for start in range(0, len(big), 4096):  # in pieces, as a large head arrives
+                sock.sendall(big[start : start + 4096])
+        time.sleep(0.2)
+        app.released.set()
+        received = until_closed(sock)
+    first, separator, rest = received.partition(b"\r\n\r\nok")
+    assert separator and first.startswith(b"HTTP/1.1 200 "), received[:200]
+    assert "--max-header-bytes" in error_answer(rest, 431)

@@ -179,6 +179,37 @@ def test_a_body_at_a_trickle_gets_408_and_the_connection_closed(server: ServerPr
     assert_still_serving(server)
 
 
+def duration_sum(server: ServerProcess) -> float:
+    """quantship_request_duration_seconds_sum: the latency the answered requests were recorded with."""
+    families = text_string_to_metric_families(httpx.get(f"{server.url}/metrics").text)
+    return sum(
+        sample.value
+        for family in families
+        for sample in family.samples
+        if sample.name == f"{slo.Metric.REQUEST_DURATION_SECONDS}_sum"
+    )
+
+
+def test_a_slow_upload_is_not_recorded_as_the_servers_latency(server: ServerProcess) -> None:
+    """The latency clock started at the headers: a body sent over 2 s was recorded as a 2 s request
+    in the histogram the latency SLO reads, so slow clients burned a good canary's budget. It starts
+    once the body is whole, as over gRPC (grpc core hands a handler whole messages) and in Triton."""
+    whole = body()
+    pieces = [whole[i : i + len(whole) // 4] for i in range(0, len(whole), len(whole) // 4)]
+    before = duration_sum(server)
+    with connect(server) as sock, sock.makefile("rb") as stream:
+        sock.sendall(headers(len(whole)))
+        for piece in pieces[:-1]:
+            time.sleep(TIMEOUT_S / 2 / len(pieces))  # within the body timeout, all of it
+            sock.sendall(piece)
+        last_byte = time.monotonic()  # before the last piece leaves: the server's clock starts after it
+        sock.sendall(pieces[-1])
+        assert read_response(stream).startswith(b"HTTP/1.1 200 ")
+        answered_within = time.monotonic() - last_byte
+    recorded = duration_sum(server) - before
+    assert 0 < recorded <= answered_within  # none of the upload's time is the server's
+
+
 # -- idle connections: closed after the idle timeout ----------------------------------------------
 
 
