@@ -34,9 +34,13 @@ HEADERS_ABANDONED = ABANDONED.replace("its answer", "its answer's status line an
 HEADER_DRIP = 0.05
 """A byte of the status line and headers every 50 ms: 20 bytes a second, far inside a 1 s read
 timeout. http.client alone takes 100 header lines of 64 KiB: four days of it."""
+HUNG_AFTER_S = 60
+"""Each test's pytest timeout: a transfer the limit misses drips for hours, so it ends here instead.
+Far over the ~1 s an abandonment takes, since it also covers the fixtures: quantizing and pushing the
+artifact took over 10 s on 2 loaded cores when this file ran first."""
 
 
-@pytest.mark.timeout(10)
+@pytest.mark.timeout(HUNG_AFTER_S)
 def test_a_layer_that_drips_is_abandoned_and_nothing_is_left(served: Served, tmp_path: Path) -> None:
     """Each piece comes within a read's timeout: only the rate over the window ends the pull."""
     model = served.layer_content(artifact.MODEL_FILE)
@@ -50,7 +54,7 @@ def test_a_layer_that_drips_is_abandoned_and_nothing_is_left(served: Served, tmp
     assert list(tmp_path.iterdir()) == []  # the temporary directory beside dest is gone
 
 
-@pytest.mark.timeout(10)
+@pytest.mark.timeout(HUNG_AFTER_S)
 def test_a_manifest_that_drips_is_abandoned_before_any_layer_is_asked_for(
     served: Served, tmp_path: Path
 ) -> None:
@@ -62,7 +66,7 @@ def test_a_manifest_that_drips_is_abandoned_before_any_layer_is_asked_for(
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.timeout(10)
+@pytest.mark.timeout(HUNG_AFTER_S)
 def test_a_token_realm_that_drips_is_abandoned(tmp_path: Path) -> None:
     with serving() as registry:
         realm = f"http://{registry.address}/token"
@@ -87,7 +91,7 @@ def test_a_slow_link_above_the_limit_pulls_whole(
     assert oci.pull(served.uri, tmp_path / "a", speed_limit=limit).digest == good_artifact.digest
 
 
-@pytest.mark.timeout(10)
+@pytest.mark.timeout(HUNG_AFTER_S)
 def test_pull_on_the_command_line_says_so_in_one_line(served: Served, tmp_path: Path) -> None:
     model = served.layer_content(artifact.MODEL_FILE)
     served.serve_blob(artifact.MODEL_FILE, drips(model, **DRIP, until=served.registry.released))
@@ -99,7 +103,7 @@ def test_pull_on_the_command_line_says_so_in_one_line(served: Served, tmp_path: 
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.timeout(10)
+@pytest.mark.timeout(HUNG_AFTER_S)
 def test_fetch_reports_it_as_a_failed_pull(served: Served, tmp_path: Path) -> None:
     """The init container: a FetchError, as for any refused pull, and no scratch folder left."""
     manifest = json.dumps(served.manifest).encode()
@@ -109,7 +113,7 @@ def test_fetch_reports_it_as_a_failed_pull(served: Served, tmp_path: Path) -> No
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.timeout(10)
+@pytest.mark.timeout(HUNG_AFTER_S)
 def test_an_answer_to_a_push_that_drips_is_abandoned(
     registry: Registry, good_artifact: artifact.Artifact
 ) -> None:
@@ -125,7 +129,7 @@ def test_an_answer_to_a_push_that_drips_is_abandoned(
             oci.push(good_artifact.root, uri, speed_limit=TIGHT)
 
 
-@pytest.mark.timeout(15)
+@pytest.mark.timeout(HUNG_AFTER_S)
 def test_an_upload_the_registry_takes_in_drips_is_abandoned() -> None:
     """A blob larger than what the kernel buffers on both ends (a few MB: here 3 MB went before
     the drip was felt), taken 1 KB every 20 ms, sent through a push's own session (oras's
@@ -141,7 +145,7 @@ def test_an_upload_the_registry_takes_in_drips_is_abandoned() -> None:
             client.do_request(url, "PUT", data=bytes(16 * 2**20))
 
 
-@pytest.mark.timeout(10)
+@pytest.mark.timeout(HUNG_AFTER_S)
 @pytest.mark.parametrize("where", ["/v2/", "manifest", "layer"])
 def test_an_answer_whose_status_line_and_headers_drip_is_abandoned(
     served: Served, tmp_path: Path, where: str
@@ -158,7 +162,7 @@ def test_an_answer_whose_status_line_and_headers_drip_is_abandoned(
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.timeout(10)
+@pytest.mark.timeout(HUNG_AFTER_S)
 def test_fetch_on_the_command_line_abandons_dripping_headers_in_one_line(
     served: Served, tmp_path: Path
 ) -> None:
@@ -173,7 +177,7 @@ def test_fetch_on_the_command_line_abandons_dripping_headers_in_one_line(
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.timeout(10)
+@pytest.mark.timeout(HUNG_AFTER_S)
 def test_a_push_whose_answers_headers_drip_is_abandoned(good_artifact: artifact.Artifact) -> None:
     """The push's first request after the look at /v2/ (whether a blob is there) meets them."""
     with serving() as registry:
