@@ -103,11 +103,11 @@ class BatchPolicy:
 
     def summary(self) -> str:
         """The policy in a phrase, for the log."""
-        text = f"up to {self.max_batch_size} rows ({self.reason})"
+        text = f"up to {_rows(self.max_batch_size)} ({self.reason})"
         if self.inline_rows:
-            text += f", calls of up to {self.inline_rows} rows on the event loop"
+            text += f", calls of up to {_rows(self.inline_rows)} on the event loop"
         if self.alone_rows > self.inline_rows:
-            text += f", up to {self.alone_rows} rows for a request that comes alone"
+            text += f", up to {_rows(self.alone_rows)} for a request that comes alone"
             text += " (probing for concurrency)" if self.overlap else " (one CPU)"
         text += (
             f"; a larger request in calls of {self.split_rows}"
@@ -270,6 +270,10 @@ def _runnable_fill(runner: Runner) -> tuple[int | None, str]:
             return fill, ""
         failure = refusal
     return None, failure
+
+
+def _rows(count: int) -> str:
+    return f"{count} row" if count == 1 else f"{count} rows"
 
 
 class FailsOnRows(Exception):

@@ -177,3 +177,14 @@ def test_every_round_measures_every_size_it_reaches_and_keeps_the_fastest(tiny_m
 
     policy = batch_policy.choose(tiny_model(), 32, measure)
     assert policy.seconds_per_row == {1: 10.0, 2: 5.0, 4: 2.5, 8: 1.3, 16: 0.7, 32: 0.4}
+
+
+def test_the_logged_summary_counts_one_row_in_the_singular(tiny_model: TinyModel) -> None:
+    """A CNN whose two rows cost twice one batches nothing: the start-up line said 'up to 1 rows'."""
+    one = batch_policy.choose(tiny_model(), 32, table({1: 10.0, 2: 10.5})).summary()
+    assert one.startswith("up to 1 row (") and "1 rows" not in one
+    assert (
+        batch_policy.choose(tiny_model(), 4, table({1: 10.0, 2: 5.0, 4: 2.5}))
+        .summary()
+        .startswith("up to 4 rows (")
+    )
