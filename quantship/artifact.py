@@ -727,6 +727,12 @@ def _read_manifest(root: Path) -> dict[str, Any]:
     manifest_path = root / MANIFEST_FILE
     if not root.exists():
         raise ArtifactError(f"{root}: no such artifact", reason="missing")
+    if root.is_file() and root.suffix == ".onnx":  # a model where its artifact was meant
+        raise ArtifactError(
+            f"{root}: an ONNX model, not an artifact: serve what `quantship quantize` writes, or wrap "
+            f"it unquantized with `quantship package {root} --out DIR`",
+            reason="format",
+        )
     if not manifest_path.is_file():
         raise ArtifactError(f"{root}: not an artifact (no {MANIFEST_FILE})", reason="format")
     if manifest_path.stat().st_size > MAX_MANIFEST_BYTES:

@@ -457,6 +457,16 @@ def test_the_installed_console_script_runs(tmp_path: Path) -> None:
     assert result.stderr.strip() == f"error: {tmp_path}: not an artifact (no manifest.json)"
 
 
+def test_a_bare_onnx_model_given_for_an_artifact_is_told_how_to_make_one(
+    sample: zoo.SampleModel, tmp_path: Path
+) -> None:
+    """`serve` or `verify` of the model itself, as a KServe user would point at a model file: it said
+    'not an artifact (no manifest.json)', naming nothing to run."""
+    code, _, err = _cli("verify", sample.model)
+    _assert_one_line_error(code, err, f"{sample.model}: an ONNX model, not an artifact")
+    assert f"quantship package {sample.model} --out DIR" in err
+
+
 def test_a_metric_of_another_task_is_refused_in_one_line(sample: zoo.SampleModel, tmp_path: Path) -> None:
     code, _, err = _quantize(sample, tmp_path / "a", "--metric", "cosine_p5")
     _assert_one_line_error(code, err, "--metric cosine_p5 is for embedding, but the task is classification")
