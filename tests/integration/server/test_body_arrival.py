@@ -198,3 +198,18 @@ def test_a_head_over_the_limit_behind_a_running_request_is_refused_after_its_ans
         app.released.set()
         assert "--max-header-bytes" in refusal_after_its_answer(sock, 431)
 
+
+def test_a_queued_request_whose_body_cannot_be_parsed_is_refused_after_the_running_ones_answer(
+    server: tuple[Recorder, int],
+) -> None:
+    """Its head was whole, so the 400 for its body (a chunk size that is none) waited for no one: the
+    client read it as the running request's answer. Now the running one is answered first, and the
+    refused one, taken out of uvicorn's queue, never runs."""
+    app, port = server
+    chunked = b"POST /x HTTP/1.1\r\nhost: 127.0.0.1\r\ntransfer-encoding: chunked\r\n\r\nnot-a-size\r\n"
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(head(path=HELD) + BODY + chunked)
+        wait_until(lambda: len(app.seen) == 1, what="the first request to run")  # all of it parsed
+        app.released.set()
+        assert "not valid HTTP/1.1" in refusal_after_its_answer(sock, 400)
+    assert app.seen == [(True, BODY)]
