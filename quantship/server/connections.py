@@ -34,8 +34,9 @@ one TCP segment rather than two (why, and the rule: one_write.py).
 What the protocol answers itself, the app never seeing the request (408, 431, a 503 for an upload
 cut by shutdown, and uvicorn's 400 for what httptools cannot parse), is `{"error": "..."}` as the
 app's errors are (`raw_error`): as text/plain, tritonclient reported "an exception occurred in the
-client while decoding the response" in place of the server's message. A 400 or 431 for a head pipelined
-behind requests not yet answered waits for their answers (`_refuse`), so that each is read as its own.
+client while decoding the response" in place of the server's message. A 400 or 431 for a request
+pipelined behind requests not yet answered waits for their answers (`_refuse`), so that each is read
+as its own.
 """
 
 from __future__ import annotations
@@ -168,8 +169,8 @@ class HttpProtocol(HttpToolsProtocol):
         self._unanswered: collections.deque[ClientGone] = collections.deque()
         """The CLIENT_GONE of each request on the connection not yet answered, oldest (running) first."""
         self._refusal: bytes | None = None
-        """A refusal (400, 431) of a head that came behind requests not yet answered, written once they
-        are (`_refuse`); meanwhile nothing more is read."""
+        """A refusal (400, 431) of a request that came behind requests not yet answered, written once
+        they are (`_refuse`); meanwhile what more comes is not parsed."""
         self._stalled: asyncio.TimerHandle | None = None
         """Armed while an answer waits for the client to read it (`pause_writing`)."""
         self._unread = 0
@@ -214,17 +215,27 @@ class HttpProtocol(HttpToolsProtocol):
         self._refuse(MALFORMED_RESPONSE)
 
     def _refuse(self, response: bytes) -> None:
-        """Answer `response` and close the connection: at once, or, when the refused head came behind
-        requests whose messages were whole and are not yet answered (pipelined), once they are.
-        Responses go in the order of the requests (RFC 9112, 9.3.2): written at once, the refusal was
-        read as the running request's answer, and that request, its connection closed, counted as 499."""
+        """Answer `response` and close the connection: at once, or, when the refused request came
+        behind requests not yet answered (pipelined), once they are. The refused one is a head under
+        way, or a queued request whose body's framing cannot be parsed (`_drop_queued`). Responses go
+        in the order of the requests (RFC 9112, 9.3.2): written at once, the refusal was read as the
+        running request's answer, and that request, its connection closed, counted as 499."""
         self._disarm()
-        if self._in_head and self._unanswered:
+        if (self._in_head or self._drop_queued()) and self._unanswered:
             self._refusal = response
             self.flow.pause_reading()
             return
         self.transport.write(response)
         self.transport.close()
+
+    def _drop_queued(self) -> bool:
+        """Whether the request being parsed waited in uvicorn's queue of pipelined requests (its head
+        whole, its body unparsable: a bad chunk size), now taken out of it: refused, it never runs."""
+        if not self.pipeline or self.pipeline[0][0] is not self.cycle:  # newest first (`appendleft`)
+            return False
+        self.pipeline.popleft()
+        self._unanswered.pop()
+        return True
 
     def on_headers_complete(self) -> None:
         self._in_head, self._head_bytes, self._head_tail = False, 0, b""
@@ -276,6 +287,7 @@ class HttpProtocol(HttpToolsProtocol):
         cycle = self.cycle
         if (
             self.pipeline
+            or self._refusal is not None  # answered once the requests ahead are: nothing is cut here
             or cycle is None
             or cycle.response_complete
             or self._arrival["complete"]

@@ -283,6 +283,8 @@ class ServerSettings:
         for name in ("body_timeout_s", "idle_timeout_s", "drain_timeout_s", "capture_flush_s"):
             if not _finite(getattr(self, name)):  # NaN passed every comparison above
                 raise ValueError(f"{name} must be a finite number of seconds, got {getattr(self, name)}")
+        if self.grpc_port == self.port != 0:  # gRPC binds first (SO_REUSEPORT), then uvicorn fails to
+            raise ValueError(f"the gRPC port must not be the HTTP port ({self.port}): each needs its own")
 
     @property
     def labels(self) -> dict[str, str]:

@@ -5,10 +5,11 @@ under test use quantship.local.processes.ServerProcess instead."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,26 @@ def error_answer(answer: bytes, status: int) -> str:
     document = json.loads(body)
     assert list(document) == ["error"] and isinstance(document["error"], str), document
     return str(document["error"])
+
+
+@contextlib.contextmanager
+def protocol_serving(app: Any, loop: str, idle_timeout_s: float) -> Iterator[tuple[uvicorn.Server, int]]:
+    """A bare ASGI `app` behind uvicorn with quantship's HTTP protocol (connections.HttpProtocol), on
+    `loop` (uvloop or asyncio), in a thread of this process: the server, and its port on 127.0.0.1."""
+    port = free_port()
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=port, loop=loop, lifespan="off", log_level="warning",
+        **connections.uvicorn_options(idle_timeout_s, ServerSettings.max_header_bytes),
+    )  # fmt: skip
+    runner = uvicorn.Server(config)
+    thread = threading.Thread(target=runner.run, daemon=True)
+    thread.start()
+    wait_until(lambda: runner.started, what="uvicorn to start")
+    try:
+        yield runner, port
+    finally:
+        runner.should_exit = True
+        thread.join(timeout=10)
 
 
 class LocalServer:

@@ -19,9 +19,8 @@ from typing import Any
 
 import pytest
 import uvicorn
-from server_harness import error_answer, wait_until
+from server_harness import error_answer, protocol_serving, wait_until
 
-from quantship.local.prometheus import free_port
 from quantship.server import connections
 from quantship.server.errors import RequestTimeout
 from quantship.server.infer_route import BodyLimits, arrived, receive_body
@@ -58,21 +57,10 @@ class Recorder:
 
 @pytest.fixture(params=["uvloop", "asyncio"])
 def server(request: pytest.FixtureRequest) -> Iterator[tuple[Recorder, int]]:
-    app, port = Recorder(), free_port()
-    config = uvicorn.Config(
-        app, host="127.0.0.1", port=port, loop=request.param, lifespan="off", log_level="warning",
-        **connections.uvicorn_options(5.0, ServerSettings.max_header_bytes),
-    )  # fmt: skip
-    runner = uvicorn.Server(config)
-    app.runner = runner
-    thread = threading.Thread(target=runner.run, daemon=True)
-    thread.start()
-    wait_until(lambda: runner.started, what="uvicorn to start")
-    try:
+    app = Recorder()
+    with protocol_serving(app, request.param, idle_timeout_s=5.0) as (runner, port):
+        app.runner = runner
         yield app, port
-    finally:
-        runner.should_exit = True
-        thread.join(timeout=10)
 
 
 def head(length: int = len(BODY), path: str = "/x") -> bytes:
@@ -168,12 +156,16 @@ async def _cut_uploads(protocols: list[Any]) -> None:
 # -- what the protocol refuses itself, behind a request still running ---------------------------
 
 
-def until_closed(sock: socket.socket) -> bytes:
+def refusal_after_its_answer(sock: socket.socket, status: int) -> str:
+    """Read until the server closes: the running request's answer (200 "ok"), then a refusal of
+    `status`, whose message this returns (error_answer checks its form)."""
     received = b""
     with contextlib.suppress(ConnectionResetError):
         while chunk := sock.recv(65536):
             received += chunk
-    return received
+    first, separator, rest = received.partition(b"\r\n\r\nok")
+    assert separator and first.startswith(b"HTTP/1.1 200 "), received[:200]
+    return error_answer(rest, status)
 
 
 def test_a_malformed_request_behind_a_running_one_is_refused_after_its_answer(
@@ -187,10 +179,7 @@ def test_a_malformed_request_behind_a_running_one_is_refused_after_its_answer(
         sock.sendall(head(path=HELD) + BODY + b"HELLO\r\n\r\n")
         time.sleep(0.2)  # the parser has met the malformed request; the first one is held
         app.released.set()
-        received = until_closed(sock)
-    first, separator, rest = received.partition(b"\r\n\r\nok")
-    assert separator and first.startswith(b"HTTP/1.1 200 "), received[:200]
-    assert "not valid HTTP/1.1" in error_answer(rest, 400)
+        assert "not valid HTTP/1.1" in refusal_after_its_answer(sock, 400)
 
 
 def test_a_head_over_the_limit_behind_a_running_request_is_refused_after_its_answer(
@@ -207,7 +196,20 @@ def test_a_head_over_the_limit_behind_a_running_request_is_refused_after_its_ans
                 sock.sendall(big[start : start + 4096])
         time.sleep(0.2)
         app.released.set()
-        received = until_closed(sock)
-    first, separator, rest = received.partition(b"\r\n\r\nok")
-    assert separator and first.startswith(b"HTTP/1.1 200 "), received[:200]
-    assert "--max-header-bytes" in error_answer(rest, 431)
+        assert "--max-header-bytes" in refusal_after_its_answer(sock, 431)
+
+
+def test_a_queued_request_whose_body_cannot_be_parsed_is_refused_after_the_running_ones_answer(
+    server: tuple[Recorder, int],
+) -> None:
+    """Its head was whole, so the 400 for its body (a chunk size that is none) waited for no one: the
+    client read it as the running request's answer. Now the running one is answered first, and the
+    refused one, taken out of uvicorn's queue, never runs."""
+    app, port = server
+    chunked = b"POST /x HTTP/1.1\r\nhost: 127.0.0.1\r\ntransfer-encoding: chunked\r\n\r\nnot-a-size\r\n"
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(head(path=HELD) + BODY + chunked)
+        wait_until(lambda: len(app.seen) == 1, what="the first request to run")  # all of it parsed
+        app.released.set()
+        assert "not valid HTTP/1.1" in refusal_after_its_answer(sock, 400)
+    assert app.seen == [(True, BODY)]

@@ -10,18 +10,13 @@ server can write more.
 from __future__ import annotations
 
 import socket
-import threading
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import uvicorn
-from server_harness import wait_until
-
-from quantship.local.prometheus import free_port
-from quantship.server import connections
-from quantship.server.settings import ServerSettings
+from server_harness import protocol_serving, wait_until
 
 IDLE_TIMEOUT_S = 2.0
 ANSWER_BYTES = 64 << 20
@@ -39,20 +34,8 @@ async def large_answer(scope: dict[str, Any], receive: Any, send: Any) -> None:
 
 @pytest.fixture(params=["uvloop", "asyncio"])
 def server(request: pytest.FixtureRequest) -> Iterator[tuple[uvicorn.Server, int]]:
-    port = free_port()
-    config = uvicorn.Config(
-        large_answer, host="127.0.0.1", port=port, loop=request.param, lifespan="off", log_level="warning",
-        **connections.uvicorn_options(IDLE_TIMEOUT_S, ServerSettings.max_header_bytes),
-    )  # fmt: skip
-    runner = uvicorn.Server(config)
-    thread = threading.Thread(target=runner.run, daemon=True)
-    thread.start()
-    wait_until(lambda: runner.started, what="uvicorn to start")
-    try:
-        yield runner, port
-    finally:
-        runner.should_exit = True
-        thread.join(timeout=10)
+    with protocol_serving(large_answer, request.param, IDLE_TIMEOUT_S) as served:
+        yield served
 
 
 def connect(port: int) -> socket.socket:

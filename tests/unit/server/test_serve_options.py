@@ -188,3 +188,15 @@ def test_every_model_name_and_revision_the_operator_makes_is_served(model_name: 
     revision = revision_of({"modelName": model_name})
     chosen = settings("--model-name", model_name, "--revision", revision)
     assert (chosen.model_name, chosen.revision) == (model_name, revision)
+
+
+def test_one_port_for_http_and_grpc_is_a_usage_error_before_anything_loads() -> None:
+    """Each port was free when asked alone, so serve loaded the model, gRPC took the port, and
+    uvicorn's bind failed after it, among its startup and drain lines."""
+    with pytest.raises(ValueError, match="must not be the HTTP port"):
+        settings("--port", "8123", "--grpc-port", "8123")  # first: let through, the command below serves
+    args = ["serve", "artifact", "--model-name", "m", "--revision", "r", "--port", "8123"]
+    result = CliRunner().invoke(cli.main, [*args, "--grpc-port", "8123"])
+    assert result.exit_code == 2, result.output  # click's usage error
+    assert "the gRPC port must not be the HTTP port (8123)" in result.output
+    assert settings("--port", "0", "--grpc-port", "0").grpc_port == 0  # two ports the system picks
