@@ -154,19 +154,13 @@ def uri_message(*schemes: str, in_claim: bool = False, push: bool = False) -> st
     return f"must be {', '.join(named[:-1])} or {named[-1]}; {'; '.join(notes)}"
 
 
-def uri_schema(description: str, *schemes: str, in_claim: bool = False, push: bool = False) -> dict[str, Any]:
-    """A URI field: uri_pattern(...) checked by a CEL rule whose message says it in words."""
-    pattern = uri_pattern(
-        *schemes,
-        in_claim=in_claim,
-        oci_reference=oci.PUSH_REFERENCE_PATTERN if push else oci.PULL_REFERENCE_PATTERN,
-    )
+def uri_schema(description: str, pattern: str, message: str) -> dict[str, Any]:
+    """A URI field: `pattern` (the one the operator and the quantize Job check too) in a CEL rule
+    whose `message` (uri_message) says it in words."""
     return {
         "type": "string",
         "maxLength": MAX_URI_CHARS,
-        "x-kubernetes-validations": [
-            {"rule": matches_rule(pattern), "message": uri_message(*schemes, in_claim=in_claim, push=push)}
-        ],
+        "x-kubernetes-validations": [{"rule": matches_rule(pattern), "message": message}],
         "description": description,
     }
 
@@ -307,7 +301,8 @@ def _artifact_schema() -> dict[str, Any]:
                 "file:///path (on the node image), pvc://CLAIM/PATH (a PersistentVolumeClaim in this "
                 "namespace, mounted read-only), http(s)://.../artifact.tar.gz, or oci://REGISTRY/REPO:TAG "
                 "or @sha256:DIGEST (quantship push).",
-                *ARTIFACT_SCHEMES,
+                URI_PATTERN,
+                uri_message(*ARTIFACT_SCHEMES),
             ),
             "pullSecret": _name_of(
                 "For oci://: a Secret of type kubernetes.io/dockerconfigjson with the "
@@ -410,9 +405,11 @@ model or none, it refuses them (after the Job's downloads)."""
 INPUT_SCHEMES = ("file", "pvc", "http", "https")
 """What a quantize Job reads its model and data from (no oci://: an artifact registry holds artifacts)."""
 INPUT_URI_PATTERN = uri_pattern(*INPUT_SCHEMES, in_claim=True)
+INPUT_URI_MESSAGE = uri_message(*INPUT_SCHEMES, in_claim=True)
 TARGET_SCHEMES = ("pvc", "oci")
 TARGET_URI_PATTERN = uri_pattern(*TARGET_SCHEMES, in_claim=True, oci_reference=oci.PUSH_REFERENCE_PATTERN)
 """A target a Job can publish to: a path in a claim, or an oci:// tag (no digest: the Job pushes)."""
+TARGET_URI_MESSAGE = uri_message(*TARGET_SCHEMES, in_claim=True, push=True)
 PULL_SECRET_FOR_OCI = {
     "rule": "!has(self.pullSecret) || self.uri.startsWith('oci://')",
     "message": "quantize.target.pullSecret is for an oci:// target only",
@@ -509,17 +506,19 @@ def _quantize_schema() -> dict[str, Any]:
         "fails, phase GateFailed shows the report's numbers and nothing is rolled out.",
         {
             "model": uri_schema(
-                "The FP32 .onnx: file://, pvc://CLAIM/PATH or http(s)://.", *INPUT_SCHEMES, in_claim=True
+                "The FP32 .onnx: file://, pvc://CLAIM/PATH or http(s)://.",
+                INPUT_URI_PATTERN,
+                INPUT_URI_MESSAGE,
             ),
             "calibration": uri_schema(
                 "Calibration data (.npz keyed by input name): file://, pvc:// or http(s)://.",
-                *INPUT_SCHEMES,
-                in_claim=True,
+                INPUT_URI_PATTERN,
+                INPUT_URI_MESSAGE,
             ),
             "evaluation": uri_schema(
                 "Gate data (.npz, with a 'labels' array for accuracy). Default: the calibration data.",
-                *INPUT_SCHEMES,
-                in_claim=True,
+                INPUT_URI_PATTERN,
+                INPUT_URI_MESSAGE,
             ),
             "options": quantize_options,
             "target": _object(
@@ -528,7 +527,7 @@ def _quantize_schema() -> dict[str, Any]:
                 "TAG moved to it; served pinned by its digest, which keeps its own tag when the "
                 "next Job moves TAG: a registry's cleanup of untagged manifests spares it).",
                 {
-                    "uri": uri_schema("The target.", *TARGET_SCHEMES, in_claim=True, push=True),
+                    "uri": uri_schema("The target.", TARGET_URI_PATTERN, TARGET_URI_MESSAGE),
                     "pullSecret": _name_of(
                         "For oci://: a dockerconfigjson Secret allowed to push (and pull)."
                     ),
