@@ -1134,7 +1134,7 @@ def demo(workdir: Path, quick: bool, prometheus: bool) -> None:
 
     try:
         code = demo_module.main(workdir, stdout, quick=quick, prometheus=prometheus)
-    except workdir_lock.WorkdirBusy as exc:
+    except workdir_lock.WorkdirLockError as exc:
         raise Refused(str(exc)) from None
     sys.exit(code)
 

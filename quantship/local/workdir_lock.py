@@ -20,7 +20,11 @@ from pathlib import Path
 LOCK_FILE = ".quantship-demo.lock"
 
 
-class WorkdirBusy(Exception):
+class WorkdirLockError(Exception):
+    """The demo cannot have the workdir to itself: a refusal, told in one line."""
+
+
+class WorkdirBusy(WorkdirLockError):
     """Another demo holds the workdir's lock."""
 
     def __init__(self, workdir: Path, pid: int | None) -> None:
@@ -31,15 +35,33 @@ class WorkdirBusy(Exception):
         self.pid = pid
 
 
+class WorkdirUnlockable(WorkdirLockError):
+    """The lock file cannot be opened or locked: a read-only workdir, something else of that name, or
+    a network filesystem without locks (NFS mounted `nolock` answers ENOLCK)."""
+
+    def __init__(self, path: Path, error: OSError) -> None:
+        super().__init__(
+            f"cannot lock {path} ({error.strerror or error}), which keeps two demos from sharing a "
+            "workdir: give --workdir a folder on a local disk you can write"
+        )
+
+
 @contextlib.contextmanager
 def held(workdir: Path) -> Iterator[None]:
-    """The workdir's lock, held until the block ends; WorkdirBusy at once when another run holds it."""
-    fd = os.open(workdir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    """The workdir's lock, held until the block ends; WorkdirBusy at once when another run holds it,
+    WorkdirUnlockable where there is no lock to take."""
+    path = workdir / LOCK_FILE
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise WorkdirUnlockable(path, exc) from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise WorkdirBusy(workdir, _holder(fd)) from None
+        except OSError as exc:
+            raise WorkdirUnlockable(path, exc) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         yield
