@@ -163,6 +163,11 @@ def _split(body: bytes, header_length: str | None) -> tuple[bytes, memoryview]:
     if not header_length.strip().isdecimal():  # what int() reads: "²" is a digit, not a decimal
         raise InvalidInput(f"{HEADER_LENGTH} must be a byte count, got {header_length!r}")
     length = int(header_length)
+    if length == 0 and body:  # "the request body is empty", said of the JSON header, misled
+        raise InvalidInput(
+            f"{HEADER_LENGTH} is 0, but the body begins with the JSON header that names the inputs: "
+            "send that header's length in bytes"
+        )
     if length > len(body):
         raise InvalidInput(
             f"{HEADER_LENGTH} says the JSON header is {length} bytes, but the body has only {len(body)}"

@@ -114,6 +114,8 @@ CATALOGUE = [
          request=binary(sized(256, [2, 64]), ONE_ROW)),
     Case("header length past the body", 400, "says the JSON header is 99999 bytes",
          request=binary(sized(256), ONE_ROW, length=99999)),
+    Case("header length 0 before a body", 400, "Inference-Header-Content-Length is 0, but the body begins",
+         request=binary(sized(256), ONE_ROW, length=0)),
     Case("header length not a number", 400, "must be a byte count, got 'ten'",
          request={"content": b"{}", "headers": {"Inference-Header-Content-Length": "ten"}}),
     Case("header length a superscript digit", 400, "must be a byte count, got '²'",
