@@ -654,9 +654,9 @@ class Evaluator:
 
     def evaluate(self, int8_model: Path) -> Evaluation:
         # Rows that mix (dynamic quantization: one scale per call) are judged one at a time, as the
-        # server runs one-row requests (batch_policy.ROWS_MIX; a request of several rows shares a
-        # scale among its own): in 256-row calls the gate measured numbers no request would get
-        # (MiniLM per-tensor agreement 0.8867 batched, 0.8933 row by row).
+        # server runs them (batch_policy.ROWS_MIX: a row a call, a request of several rows too): in
+        # 256-row calls the gate measured numbers no request would get (MiniLM per-tensor agreement
+        # 0.8867 batched, 0.8933 row by row).
         alone = 1 if self.fixed_batch is None and runtime.rows_mix(int8_model) else None
         candidate, candidate_scores = self._run(runtime.create_session(int8_model), alone)
         values: dict[str, float | None]

@@ -97,9 +97,10 @@ class BatchPolicy:
     """A request of more rows than this runs in consecutive calls of at most this many, its outputs
     joined (`Runner.run_split`), so that onnxruntime's memory is bounded by a full batch, not by the
     request: max_batch_size where a request's rows are independent of each other, or the rows of a
-    SPLIT_CALL_S call where that is more (a batch of one row of a fast model). 0 where a request
-    must run in one call, as it would alone: its rows mix (ROWS_MIX), an output lacks the batch
-    dimension (UNSPLIT), the model has none, or it fails on more rows than one."""
+    SPLIT_CALL_S call where that is more (a batch of one row of a fast model); 1 where its rows mix
+    (ROWS_MIX): each row alone, as the gate judged it. 0 where a request must run in one call, as it
+    would alone: an output lacks the batch dimension (UNSPLIT), the model has none, or it fails on
+    more rows than one."""
 
     def summary(self) -> str:
         """The policy in a phrase, for the log."""
@@ -110,7 +111,7 @@ class BatchPolicy:
             text += f", up to {_rows(self.alone_rows)} for a request that comes alone"
             text += " (probing for concurrency)" if self.overlap else " (one CPU)"
         text += (
-            f"; a larger request in calls of {self.split_rows}"
+            f"; a larger request in calls of {_rows(self.split_rows)}"
             if self.split_rows
             else "; a larger request in one call"
         )
@@ -131,8 +132,8 @@ class BatchPolicy:
 
 
 ROWS_MIX = (
-    "not batched: dynamic quantization takes one scale over a call's rows, so a request's answers "
-    "would depend on the requests it ran with"
+    "not batched: dynamic quantization takes one scale over a call's rows, so each row runs alone, as "
+    "the accuracy gate judged it; run with others, a row's answer would depend on theirs"
 )
 
 
@@ -153,7 +154,8 @@ def choose(
     """The batch size cap for `runner`, at most `configured`. `measure(runner, rows)` gives seconds per
     row of one call (default: timed onnxruntime calls on the first of FILLS the model runs on; on
     none, batching is off); `usable_cpus` defaults to this process's (cpus.usable). A model whose
-    rows mix (`runtime.rows_mix`) never merges requests: its answers would not be reproducible; nor
+    rows mix (`runtime.rows_mix`) never merges requests and runs a request's rows one a call: a
+    row's answer would otherwise depend on the rows it ran with, not be what the gate judged; nor
     does one whose outputs a merged call cannot split (`Runner.layout`, learned here, at load), nor one
     that fails on more rows than one (`FailsOnRows`)."""
     overlap = (usable_cpus if usable_cpus is not None else cpus.usable()) > 1
@@ -166,7 +168,8 @@ def choose(
         # Never merged whatever a measurement would say: a sequence model quantized dynamically
         # (the tuner's choice for transformers) has open dimensions besides the batch.
         if rows_mix or unsplit:
-            return BatchPolicy(1, ROWS_MIX if rows_mix else UNSPLIT, overlap=overlap)
+            split_rows = 1 if rows_mix and not unsplit else 0
+            return BatchPolicy(1, ROWS_MIX if rows_mix else UNSPLIT, overlap=overlap, split_rows=split_rows)
         # No call timed, so no SPLIT_CALL_S floor measured: calls of at least the default batch
         # (gpt2-int8's 2000 rows at --max-batch-size 1: 376 ms in one-row calls, 99 in calls of 32)
         split_rows = max(configured, UNMEASURED_SPLIT_ROWS)
@@ -178,7 +181,7 @@ def choose(
         reason = f"not measured: the model fails on inputs of {' and of '.join(map(str, FILLS))} ({failure})"
         return BatchPolicy(1, reason, overlap=overlap)
     measure = measure if measure is not None else functools.partial(_seconds_per_row, fill=fill)
-    split = not (rows_mix or unsplit)
+    split = not unsplit
     if rows_mix or unsplit or configured == 1:
         reason = ROWS_MIX if rows_mix else UNSPLIT if unsplit else "--max-batch-size 1"
         costs, chosen = {1: measure(runner, 1)}, 1
@@ -198,7 +201,7 @@ def choose(
     alone_rows = max(inline_rows, _rows_within(costs, chosen, ALONE_CALL_S))
     one_row = costs.get(1, 0.0)
     fixed_cost_rows = min(math.ceil(SPLIT_CALL_S / one_row), SPLIT_MOST_ROWS) if one_row > 0 else chosen
-    split_rows = max(chosen, fixed_cost_rows) if split else 0
+    split_rows = (1 if rows_mix else max(chosen, fixed_cost_rows)) if split else 0
     return BatchPolicy(chosen, reason, costs, inline_rows, alone_rows, overlap, split_rows)
 
 

@@ -46,7 +46,7 @@ def batch_buckets(max_batch_size: int) -> tuple[float, ...]:
     """Powers of two up to the first one that holds the largest call the server makes of any model: a
     merged batch (`max_batch_size`), or a call of a request split into calls, which may take more
     rows (SPLIT_MOST_ROWS: batch_policy.BatchPolicy.split_rows). Only a large request that must run
-    in one call (its rows mix) lands past them, in +Inf."""
+    in one call (an output without the batch dimension) lands past them, in +Inf."""
     largest = max(max_batch_size, SPLIT_MOST_ROWS)
     buckets, size = [], 1
     while True:

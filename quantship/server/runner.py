@@ -248,8 +248,8 @@ class Runner:
         """`value_free`: outputs computed from no input's values (see `value_free_outputs`); only
         those may be shared by the requests of a merged call when they have no batch dimension.
         `tables`: the rows of the table each index input gathers from (`index_tables`).
-        `rows_mix`: a row's outputs depend on the other rows of its call (`runtime.rows_mix`), so a
-        request is never split into calls (`run_split`)."""
+        `rows_mix`: a row's outputs depend on the other rows of its call (`runtime.rows_mix`), so
+        each row runs alone, as the accuracy gate judged it (`run_batch`, `SplitRun`)."""
         self.session = session
         self.signature = Signature.from_session(session, tables)
         self._value_free = value_free
@@ -344,14 +344,15 @@ class Runner:
         otherwise they run alone. A lone request of more than `split_rows` rows (0: no limit) runs in
         calls of at most that many (`run_split`). `calls`: the rows of each call made are appended
         there, failed ones too (what the batch-size histogram records; probes and control runs are
-        not the requests' calls)."""
+        not the requests' calls). A model whose rows mix runs every row alone, merged with none."""
         made = calls if calls is not None else []
-        if len(requests) == 1:
-            if 0 < split_rows < rows[0]:
-                in_calls = functools.partial(self.run_split, rows=rows[0], most=split_rows, calls=made)
-                return [_outcome(in_calls, requests[0])]
-            made.append(rows[0])
-            return [_outcome(self.run, requests[0])]
+        if self.rows_mix:
+            split_rows = 1
+        if len(requests) == 1 or self.rows_mix:
+            return [
+                self._run_alone(request, count, split_rows, made)
+                for request, count in zip(requests, rows, strict=True)
+            ]
         results: list[Outcome | None] = [None] * len(requests)
         groups: dict[tuple[Any, ...], list[int]] = collections.defaultdict(list)
         for index, request in enumerate(requests):
@@ -379,6 +380,14 @@ class Runner:
             for index, part in zip(indices, parts, strict=True):
                 results[index] = part
         return [result for result in results if result is not None]
+
+    def _run_alone(self, request: Tensors, rows: int, split_rows: int, made: list[int]) -> Outcome:
+        """The request's outcome from calls of its own: of at most `split_rows` rows (0: one call)."""
+        if 0 < split_rows < rows:
+            return _outcome(
+                functools.partial(self.run_split, rows=rows, most=split_rows, calls=made), request
+            )
+        return self._run_counted(request, rows, made)
 
     def _run_counted(self, request: Tensors, rows: int, made: list[int]) -> Outcome:
         """The request's outcome from a call of its own, its rows appended to `made` (`run_batch`)."""
@@ -497,9 +506,10 @@ class Runner:
 class SplitRun:
     """One request's outputs from consecutive calls of at most `most` rows, written into outputs of
     all its rows as they come: onnxruntime's intermediate memory is a full batch's, not
-    the request's (gpt2-lm, 4000 rows in one call: 2.7 GB). For a model whose rows are independent
-    (batch_policy's `split_rows`); one whose `layout` cannot join calls, or an output that turns out
-    not to lead with a call's rows, runs in one call, as it would alone; so does one whose rows mix.
+    the request's (gpt2-lm, 4000 rows in one call: 2.7 GB); for a model whose rows mix, one row a
+    call whatever `most` says, as the accuracy gate judged them (batch_policy.ROWS_MIX). One whose
+    `layout` cannot join calls, or an output that turns out not to lead with a call's rows, runs in
+    one call, as it would alone.
     Run a `step` at a time (blocking: in a worker thread), so that the batcher can run the requests
     that wait between two calls, and stop once nobody waits for the answer."""
 
@@ -507,7 +517,7 @@ class SplitRun:
         self._runner = runner
         self._request = request
         self._rows = rows
-        self._most = most
+        self._most = 1 if runner.rows_mix else most
         self._start = 0
         self._layout: BatchLayout | None = None
         self.outputs: dict[str, np.ndarray] = {}
@@ -519,7 +529,7 @@ class SplitRun:
         """Make the next call (the first decides the layout; a fallback makes the whole request's)."""
         if self._layout is None:
             self._layout = self._runner.layout_for(self._request)
-            if self._layout.alone or self._runner.rows_mix:
+            if self._layout.alone:
                 self._whole()
                 return
         count = min(self._most, self._rows - self._start)

@@ -1,7 +1,7 @@
 """Dynamic quantization takes one scale over all the rows of a call, so a row's answer depends on the
 rows it runs with. The server never merges requests of such a model, and the accuracy gate judges it
-row by row, as the server runs a request of one row (in 256-row calls it measured numbers no request
-would get). Real onnxruntime sessions on the sample model, quantized dynamically by onnxruntime."""
+row by row, as the server runs every row (in 256-row calls it measured numbers no request would
+get). Real onnxruntime sessions on the sample model, quantized dynamically by onnxruntime."""
 
 from __future__ import annotations
 
@@ -61,7 +61,7 @@ def test_the_server_never_merges_requests_whose_rows_mix(dynamic_model: Path) ->
 
     policy = batch_policy.choose(runner, 32, rows_mix=True)
 
-    assert policy.max_batch_size == 1 and policy.reason == batch_policy.ROWS_MIX
+    assert (policy.max_batch_size, policy.split_rows, policy.reason) == (1, 1, batch_policy.ROWS_MIX)
     assert set(policy.seconds_per_row) == {1}, "one row timed: where it runs (loop or thread)"
 
 
@@ -84,7 +84,7 @@ def test_a_sequence_model_whose_rows_mix_is_never_merged_either(tmp_path: Path) 
 
     policy = batch_policy.choose(runner, 32, rows_mix=runtime.rows_mix(dynamic))
 
-    assert policy.max_batch_size == 1 and policy.reason == batch_policy.ROWS_MIX
+    assert (policy.max_batch_size, policy.split_rows, policy.reason) == (1, 1, batch_policy.ROWS_MIX)
     assert batch_policy.choose(Runner.load(fp32, threads=1), 32).max_batch_size == 32, "static: merged"
 
 
@@ -106,24 +106,27 @@ def test_the_gate_judges_rows_that_mix_one_at_a_time(
     assert judged != pytest.approx(float(np.mean(agreement.cosine(batched, reference))), abs=1e-6)
 
 
-def test_a_request_larger_than_a_call_whose_rows_mix_runs_in_one_call(
+def test_a_background_session_whose_rows_mix_runs_each_row_alone(
     dynamic_model: Path, dimmed_rows: Path
 ) -> None:
-    """A background session splits a request of more rows than its calls (`run_many`); the rows of
-    one whose rows mix must run together, as the served model ran them."""
+    """A background session (the clip observer) runs sampled requests together, in calls of up to
+    `max_rows` rows (`run_many`); a model whose rows mix must run each row alone, as the served model
+    and the gate ran them."""
     runner = Runner.load(dynamic_model, threads=1)
-    request = {zoo.INPUT_NAME: np.load(dimmed_rows)[zoo.INPUT_NAME][:40]}
+    rows = np.load(dimmed_rows)[zoo.INPUT_NAME]
+    requests = [{zoo.INPUT_NAME: rows[:6]}, {zoo.INPUT_NAME: rows[6:8]}, {zoo.INPUT_NAME: rows[8:9]}]
+    calls: list[int] = []
 
-    [answer] = runner.run_many([request], [40], max_rows=4)
+    many = runner.run_batch(requests, [6, 2, 1], split_rows=4, calls=calls)
+    by_many = runner.run_many(requests, [6, 2, 1], max_rows=4)
 
-    whole = runner.run(request)
-    four_rows_a_call = [
-        runner.run({zoo.INPUT_NAME: request[zoo.INPUT_NAME][i : i + 4]}) for i in range(0, 40, 4)
-    ]
-    assert runner.rows_mix
-    for name, value in whole.items():
-        np.testing.assert_array_equal(answer[name], value)
-    assert any(
-        not np.array_equal(whole[name], np.concatenate([part[name] for part in four_rows_a_call]))
-        for name in whole
-    ), "split, the dim rows would get other answers"
+    assert runner.rows_mix and calls == [1] * 9
+    for request, answer, again in zip(requests, many, by_many, strict=True):
+        assert isinstance(answer, dict)
+        alone = [runner.run({zoo.INPUT_NAME: row[None]}) for row in request[zoo.INPUT_NAME]]
+        for name, value in answer.items():
+            expected = np.concatenate([part[name] for part in alone])
+            np.testing.assert_array_equal(value, expected)
+            np.testing.assert_array_equal(again[name], expected)
+    whole = runner.run(requests[0])
+    assert any(not np.array_equal(whole[name], by_many[0][name]) for name in whole), "the rows do mix"

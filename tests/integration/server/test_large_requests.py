@@ -1,7 +1,7 @@
 """One large request must not take the server's memory, its event loop or its inference thread: a
 request of more rows than the batch policy's max batch size runs in calls of at most that many,
 answered exactly as one call would (gpt2-lm: 4000 rows in one call took the server from 174 MB to
-2.7 GB), unless its rows mix (dynamic quantization: then it runs in one call, as it would alone); a
+2.7 GB), or a row a call where its rows mix (dynamic quantization, judged row by row by the gate); a
 request that comes meanwhile runs between two of its calls (gpt2-lm's 4000 rows ran 0.5 s and more,
 and a one-row request waited for all of them), and its calls stop once its client gave up; and a
 large answer is encoded in a thread (a 1024-row JSON answer of gpt2-lm held the loop 2 s, and a
@@ -454,23 +454,23 @@ def test_a_split_request_that_falls_back_to_one_call_counts_the_calls_that_ran(
     assert calls_since(server, before)[:2] == (2, split + len(x)), f"a call of {split} rows, then the whole"
 
 
-def test_a_request_whose_rows_mix_runs_in_one_call_as_it_would_alone(
+def test_a_request_whose_rows_mix_runs_a_row_a_call_as_the_gate_judged_it(
     dynamic: tuple[LocalServer, ort.InferenceSession],
 ) -> None:
-    """One scale over the call's rows: split into calls of one row (the policy's batch for such a
-    model), the small rows would be quantized by their own scale and answered otherwise."""
+    """One scale over the call's rows: run together, the small rows would be quantized by the large
+    ones' scale, and answered otherwise than one at a time, as the gate judged them."""
     server, session = dynamic
     batching = http.InferenceServerClient(server.address).get_model_metadata(MODEL)["batching"]
-    assert (batching["max_batch_size"], batching["split_rows"]) == (1, 0)
+    assert (batching["max_batch_size"], batching["split_rows"]) == (1, 1)
     x = rows(10, 4) * np.geomspace(0.01, 100, 10, dtype=np.float32)[:, None]
     before = calls(server)
 
     answer = infer_y(server, x)
 
-    [whole] = session.run(["y"], {"x": x})
-    np.testing.assert_array_equal(answer, whole)
-    assert not np.array_equal(answer[0], session.run(["y"], {"x": x[:1]})[0][0]), "the rows do mix"
-    assert calls_since(server, before)[:2] == (1, 10), "one call of the request's ten rows"
+    alone = np.concatenate([session.run(["y"], {"x": x[i : i + 1]})[0] for i in range(len(x))])
+    np.testing.assert_array_equal(answer, alone)
+    assert not np.array_equal(answer, session.run(["y"], {"x": x})[0]), "the rows do mix"
+    assert calls_since(server, before)[:2] == (10, 10), "ten calls of one row"
 
 
 def test_a_health_probe_is_answered_while_a_large_json_answer_is_encoded(

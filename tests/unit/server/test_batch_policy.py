@@ -127,7 +127,7 @@ def test_a_request_alone_runs_on_the_loop_up_to_a_call_of_alone_call_s(
         ({1: 0.004, 2: 0.0045}, 4, False, 3),  # batches of 1, but a split request's calls take ~10 ms
         ({1: 20e-6}, 1, False, 500),  # --max-batch-size 1: 32768 one-row calls took seconds, not ~20 ms
         ({1: 1e-6}, 1, False, SPLIT_MOST_ROWS),  # not 10,000: the batch-size histogram's buckets end there
-        ({1: 20e-6, 2: 10e-6}, 2, True, 0),  # rows that mix: a request runs in one call, as alone
+        ({1: 20e-6, 2: 10e-6}, 2, True, 1),  # rows that mix: a row a call, as the gate judged them
     ],
     ids=["batches", "one-row batches", "max batch size 1", "fast rows", "rows mix"],
 )
@@ -188,3 +188,5 @@ def test_the_logged_summary_counts_one_row_in_the_singular(tiny_model: TinyModel
         .summary()
         .startswith("up to 4 rows (")
     )
+    mixing = batch_policy.choose(tiny_model(), 4, table({1: 10.0}), rows_mix=True).summary()
+    assert mixing.endswith("a larger request in calls of 1 row"), "a row a call, in words"
