@@ -170,14 +170,28 @@ def test_the_served_embedding_model_judges_shadow_rows_by_cosine(
         with np.load(minilm.requests) as data:
             requests = {name: data[name] for name in data.files}
         rows = 64
+        answers = []
         for begin in range(0, rows, 8):
             inputs = []
             for name, array in requests.items():
                 tensor = triton.InferInput(name, [8, array.shape[1]], "INT64")
                 tensor.set_data_from_numpy(array[begin : begin + 8])
                 inputs.append(tensor)
-            answer = client.infer("minilm", inputs).as_numpy("sentence_embedding")
-            assert answer.shape == (8, 384)
+            answers.append(client.infer("minilm", inputs).as_numpy("sentence_embedding"))
+            assert answers[-1].shape == (8, 384)
+        # Each row alone, as the gate judged it: in one call, the 8 rows would share one scale.
+        int8 = runtime.create_session(minilm_dynamic / "model.onnx")
+        first = {name: array[:8] for name, array in requests.items()}
+        alone = np.concatenate(
+            [
+                int8.run(["sentence_embedding"], {n: a[i : i + 1] for n, a in first.items()})[0]
+                for i in range(8)
+            ]
+        )
+        np.testing.assert_allclose(answers[0], alone, rtol=0, atol=1e-6)
+        assert np.abs(answers[0] - int8.run(["sentence_embedding"], first)[0]).max() > 1e-3, (
+            "in one call, the rows mix"
+        )
         deadline = time.monotonic() + 60
         while _disagreement(server)[0] < rows and time.monotonic() < deadline:
             time.sleep(0.2)
