@@ -569,7 +569,8 @@ def _speed_options(func: F) -> F:
         "--speed-time",
         type=_FiniteRange(min=0, min_open=True),
         default=None,
-        help="Seconds over which --speed-limit is measured. Default: quantship.oci.SPEED_WINDOW_S (60).",
+        help="Seconds over which --speed-limit is measured. Default: "
+        "quantship.transfer_speed.SPEED_WINDOW_S (60).",
     )(func)
     func = click.option(
         "--speed-limit",
@@ -577,7 +578,7 @@ def _speed_options(func: F) -> F:
         default=None,
         help="Bytes a second each transfer (to or from a registry, or an http(s) download) must move, "
         "on average over --speed-time, or be abandoned (0: never). Default: "
-        "quantship.oci.MIN_SPEED_BYTES_S (100).",
+        "quantship.transfer_speed.MIN_SPEED_BYTES_S (100).",
     )(func)
     return func
 
