@@ -1,8 +1,8 @@
 """urllib3 connection pools whose answers' status lines and headers are told to a meter as they are
-read, for `quantship.oci`'s transport adapter. http.client reads them as they come, a byte at a
-time if need be, each read waiting up to the read timeout, and takes up to 100 header lines of
-64 KiB each: a server that drips them holds a request for days, before any body's reader (which
-the adapter meters) has begun.
+read, for the registry client's transport adapter (`oci_transport.Timeouts`). http.client reads
+them as they come, a byte at a time if need be, each read waiting up to the read timeout, and
+takes up to 100 header lines of 64 KiB each: a server that drips them holds a request for days,
+before any body's reader (which the adapter meters) has begun.
 
 Built on the extension points urllib3 and http.client offer: a PoolManager's
 `pool_classes_by_scheme`, a pool's `ConnectionCls`, a connection's `response_class`. Nothing of

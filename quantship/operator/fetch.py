@@ -23,7 +23,7 @@ from pathlib import Path
 
 import httpx
 
-from quantship import archive, artifact, oci, scratch
+from quantship import archive, artifact, oci, scratch, transfer_speed
 from quantship.operator import names
 
 
@@ -130,7 +130,8 @@ def _save(
     if declared is not None and declared.isdecimal() and int(declared) > max_bytes:
         raise FetchError(f"{url}: {declared} bytes, more than the limit of {max_bytes} (--max-bytes)")
     received = 0
-    meter = oci.SpeedMeter(speed_limit, f"{url}: its answer")  # iter_raw yields each piece as it arrives
+    # iter_raw yields each piece as it arrives
+    meter = transfer_speed.SpeedMeter(speed_limit, f"{url}: its answer")
     try:
         with target.open("wb") as out:
             for chunk in response.iter_raw():
@@ -139,7 +140,7 @@ def _save(
                     raise FetchError(f"{url}: more than the limit of {max_bytes} bytes (--max-bytes)")
                 meter.moved(len(chunk))
                 out.write(chunk)
-    except oci.TooSlow as exc:
+    except transfer_speed.TooSlow as exc:
         raise FetchError(str(exc)) from None
     except OSError as exc:  # a full disk: the download's network errors are httpx's, not OSError
         raise FetchError(f"{url}: cannot write it to {target}: {exc.strerror or exc}") from exc

@@ -14,7 +14,7 @@ import oras.logger
 import pytest
 from click.testing import CliRunner
 
-from quantship import oci
+from quantship import oci, oci_auth
 from quantship.cli import main
 from quantship.operator import crd
 
@@ -94,7 +94,7 @@ def test_a_docker_login_to_docker_hub_is_found_however_the_reference_names_it(
         json.dumps({"auths": {"https://other.example.com": {"auth": "eDp5"}, key: {"auth": auth}}})
     )
     reference = oci.Reference.parse(f"oci://{written}/bob/digits:v1")
-    login = oci._login(reference, oci.Credentials(docker_config=config))
+    login = oci_auth.login_for(reference, oci.Credentials(docker_config=config))
     assert login is not None and login.basic == ("bob", "hub-pass")
 
 
@@ -102,7 +102,7 @@ def test_another_registrys_login_is_not_docker_hubs(tmp_path: Path) -> None:
     config = tmp_path / "config.json"
     config.write_text(json.dumps({"auths": {"https://index.docker.io/v1/": {"auth": "Ym9iOng="}}}))
     reference = oci.Reference.parse("oci://ghcr.io/bob/digits:v1")
-    assert oci._login(reference, oci.Credentials(docker_config=config)) is None
+    assert oci_auth.login_for(reference, oci.Credentials(docker_config=config)) is None
 
 
 @pytest.mark.parametrize("command", ["pull", "push"])

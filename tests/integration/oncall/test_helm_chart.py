@@ -422,7 +422,7 @@ def test_the_example_model_is_created_after_the_crd_by_a_hook(helm: str, all_fea
 
 def test_values_the_operator_or_the_crd_would_refuse_are_refused_by_the_chart(helm: str) -> None:
     """What `helm install` admits must not crash-loop the operator or fail the example's hook."""
-    tick = next(param for param in cli.operator.params if param.name == "tick_interval")
+    tick = next(param for param in cli.main.commands["operator"].params if param.name == "tick_interval")
     assert isinstance(tick.type, click.FloatRange)
     schema = json.loads((CHART / "values.schema.json").read_text())
     assert schema["properties"]["operator"]["properties"]["tickInterval"]["minimum"] == tick.type.min

@@ -17,7 +17,7 @@ import requests
 from fault_proxy import Fault, FaultProxy, proxying
 from registry_harness import PASSWORD, TOKEN_PASSWORD, TOKEN_USER, USER, Registry, TokenServer
 
-from quantship import artifact, oci
+from quantship import artifact, oci, oci_auth, oci_transport
 
 MANIFEST_PUT = "/manifests/"
 BLOB_PUT = r"/blobs/uploads/[^?]+\?.*digest="
@@ -143,7 +143,7 @@ def test_a_first_look_that_stays_unavailable_is_named_by_its_status_not_read_as_
     proxy.faults.append(Fault("GET", "^/v2/$", status=503, headers={"Retry-After": "0"}))
     with pytest.raises(oci.OciError, match=r": HTTP 503 Service Unavailable \(GET /v2/\)$"):
         oci.push(good_artifact.root, proxy.uri("faults/probe503:v1"))
-    assert proxy.count("GET", "^/v2/$") == 1 + oci.PUSH_RETRIES
+    assert proxy.count("GET", "^/v2/$") == 1 + oci_transport.PUSH_RETRIES
     assert proxy.count("POST", "/blobs/uploads/$") == 0, "nothing uploaded"
 
 
@@ -153,7 +153,7 @@ def test_a_registry_that_stays_busy_is_named_by_its_status_after_a_few_tries(
     proxy.faults.append(Fault("POST", "/blobs/uploads/$", status=503, headers={"Retry-After": "0"}))
     with pytest.raises(oci.OciError, match=r": HTTP 503 Service Unavailable \(POST /v2/faults/busy/blobs/"):
         oci.push(good_artifact.root, proxy.uri("faults/busy:v1"))
-    assert proxy.count("POST", "/blobs/uploads/$") == 1 + oci.PUSH_RETRIES
+    assert proxy.count("POST", "/blobs/uploads/$") == 1 + oci_transport.PUSH_RETRIES
 
 
 def test_a_server_error_is_final_at_once_and_named_by_its_status(
@@ -230,7 +230,7 @@ def test_a_registry_slow_to_answer_v2_but_within_the_timeout_is_pulled_from(
     registry: Registry, proxy: FaultProxy, good_artifact: artifact.Artifact, tmp_path: Path
 ) -> None:
     oci.push(good_artifact.root, registry.uri("faults/slowv2:v1"))
-    proxy.faults.append(Fault("GET", "^/v2/$", delay=oci.CONNECT_TIMEOUT_S + 1))
+    proxy.faults.append(Fault("GET", "^/v2/$", delay=oci_auth.CONNECT_TIMEOUT_S + 1))
     pulled = oci.pull(proxy.uri("faults/slowv2:v1"), tmp_path / "pulled", timeout=60)
     assert pulled.digest == good_artifact.digest
 

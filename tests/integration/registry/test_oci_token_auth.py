@@ -25,7 +25,7 @@ from registry_harness import (
     relaying,
 )
 
-from quantship import artifact, oci
+from quantship import artifact, oci, oci_auth
 from quantship.cli import main
 
 ALICE = oci.Credentials(TOKEN_USER, TOKEN_PASSWORD)
@@ -129,11 +129,11 @@ def test_an_identity_token_is_exchanged_at_the_realm_and_only_the_access_token_r
         {
             "grant_type": ["refresh_token"],
             "refresh_token": [IDENTITY_TOKEN],
-            "client_id": [oci.CLIENT_ID],
+            "client_id": [oci_auth.CLIENT_ID],
             "service": [SERVICE],
             "scope": [f"repository:acr/digits:{actions}"],
         }
-        for actions in (oci.PUSH, oci.PULL)
+        for actions in (oci_auth.PUSH, oci_auth.PULL)
     ]
 
 
@@ -243,7 +243,11 @@ def test_a_later_challenge_naming_another_realm_is_refused_and_nothing_goes_ther
 
 
 def test_a_realm_is_asked_over_https_unless_the_registry_itself_is_plain_http() -> None:
-    asked = oci._Challenge("bearer", {"realm": "http://auth.example/token"})
+    asked = oci_auth.Challenge("bearer", {"realm": "http://auth.example/token"})
     with pytest.raises(oci.OciError, match="over https only"):
-        oci._realm(asked, oci.Reference.parse("oci://registry.example/models/digits:v1"), plain_http=False)
-    assert oci._realm(asked, oci.Reference.parse("oci://127.0.0.1:5000/models/digits:v1"), plain_http=True)
+        oci_auth._realm(
+            asked, oci.Reference.parse("oci://registry.example/models/digits:v1"), plain_http=False
+        )
+    assert oci_auth._realm(
+        asked, oci.Reference.parse("oci://127.0.0.1:5000/models/digits:v1"), plain_http=True
+    )

@@ -13,7 +13,7 @@ import requests
 from click.testing import CliRunner
 from registry_harness import SERVICE, TOKEN_PASSWORD, TOKEN_USER, Registry, TokenServer
 
-from quantship import artifact, oci
+from quantship import artifact, oci, oci_auth
 from quantship.cli import main
 
 ALICE = oci.Credentials(TOKEN_USER, TOKEN_PASSWORD)
@@ -37,12 +37,14 @@ def _cli(*args: str) -> tuple[int, str]:
     return result.exit_code, result.output
 
 
-def _bearer(registry: Registry, tokens: TokenServer, path: str, actions: str, **clock: object) -> oci._Bearer:
-    return oci._Bearer(
-        oci._Challenge("bearer", {"realm": tokens.realm, "service": SERVICE}),
+def _bearer(
+    registry: Registry, tokens: TokenServer, path: str, actions: str, **clock: object
+) -> oci_auth.Bearer:
+    return oci_auth.Bearer(
+        oci_auth.Challenge("bearer", {"realm": tokens.realm, "service": SERVICE}),
         oci.Reference.parse(registry.uri(path)),
         actions,
-        oci._Login(TOKEN_USER, TOKEN_PASSWORD),
+        oci_auth.Login(TOKEN_USER, TOKEN_PASSWORD),
         plain_http=True,
         timeout=10,
         speed_limit=oci.SpeedLimit(),
@@ -106,7 +108,7 @@ def test_a_token_is_renewed_before_a_request_once_its_expires_in_has_passed(
     """The token server says `expires_in: 300`."""
     registry, tokens = token_registry
     now = [0.0]
-    bearer = _bearer(registry, tokens, "clock/digits:v1", oci.PULL, clock=lambda: now[0])
+    bearer = _bearer(registry, tokens, "clock/digits:v1", oci_auth.PULL, clock=lambda: now[0])
     before = len(tokens.authorizations)
     first = bearer.current()
     now[0] = 299.0
@@ -122,12 +124,12 @@ def test_a_refused_upload_whose_body_was_a_stream_is_not_sent_again(
 ) -> None:
     registry, tokens = token_registry
     origin = f"http://{registry.address}"
-    bearer = _bearer(registry, tokens, "stream/digits:v1", oci.PUSH)
+    bearer = _bearer(registry, tokens, "stream/digits:v1", oci_auth.PUSH)
     before = len(tokens.authorizations)
     with (
         spoiling(tokens, expired=1),
-        oci._BearerTo.carrying(requests.Session(), 10, oci.SpeedLimit(), origin, bearer) as session,
-        pytest.raises(oci._Refused, match="in the middle of an upload it cannot resend"),
+        oci_auth.BearerTo.carrying(requests.Session(), 10, oci.SpeedLimit(), origin, bearer) as session,
+        pytest.raises(oci_auth.Refused, match="in the middle of an upload it cannot resend"),
     ):
         session.post(f"{origin}/v2/stream/digits/blobs/uploads/", data=iter([b"streamed"]))
     assert len(tokens.authorizations) == before + 1  # the expired token, and no renewal

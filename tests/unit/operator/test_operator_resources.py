@@ -12,7 +12,7 @@ import pytest
 import re2
 from kubernetes import client
 
-from quantship import cli
+from quantship.cli import serving
 from quantship.operator import crd, fetch, resources
 from quantship.operator.kube import to_model
 from quantship.operator.routers import split
@@ -94,9 +94,9 @@ def test_the_canary_budget_is_a_canarys_alone_and_promotion_drops_it_without_edi
     assert [a for a, b in zip(canary, promoted, strict=True) if a != b] == [Track.CANARY.value]
 
     def budget(args: list[str]) -> float:
-        context = cli.serve.make_context("serve", args[1:])  # args[0] is the subcommand
+        context = serving.serve.make_context("serve", args[1:])  # args[0] is the subcommand
         options = {k: v for k, v in context.params.items() if k not in ("log_level", "access_log")}
-        return cli.serve_settings(**options).quality.sli_cpu_budget
+        return serving.serve_settings(**options).quality.sli_cpu_budget
 
     assert (budget(canary), budget(promoted)) == (0.3, 0.02)
 
@@ -105,7 +105,7 @@ def test_every_server_field_of_the_crd_is_a_flag_that_quantship_serve_takes() ->
     server = crd.spec_schema()["properties"]["server"]["properties"]
     assert set(server) == {*SERVER_FLAGS, "capture"}
     assert set(server["capture"]["properties"]) == {*CAPTURE_FLAGS, "claimName"}, "claimName: --capture-dir"
-    options = {option: param for param in cli.serve.params for option in param.opts}
+    options = {option: param for param in serving.serve.params for option in param.opts}
     assert {*SERVER_FLAGS.values(), *CAPTURE_FLAGS.values()} <= set(options)
     for field, flag in CAPTURE_FLAGS.items():  # the CLI's bounds: what it refuses, the CRD refuses
         assert server["capture"]["properties"][field]["minimum"] == options[flag].type.min, field
@@ -114,9 +114,9 @@ def test_every_server_field_of_the_crd_is_a_flag_that_quantship_serve_takes() ->
 
 def serve_settings(args: list[str]) -> Any:
     """What `quantship serve` makes of the operator's args (args[0] is the subcommand)."""
-    context = cli.serve.make_context("serve", args[1:])
+    context = serving.serve.make_context("serve", args[1:])
     options = {k: v for k, v in context.params.items() if k not in ("log_level", "access_log")}
-    return cli.serve_settings(**options)
+    return serving.serve_settings(**options)
 
 
 def test_per_tensor_metrics_and_capture_reach_the_server_as_its_flags() -> None:

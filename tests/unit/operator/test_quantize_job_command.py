@@ -19,10 +19,12 @@ import click
 import pytest
 from click.core import ParameterSource
 
-from quantship import UNIQUE_TAG_ENV, artifact, cli, oci, runtime, zoo
+from quantship import UNIQUE_TAG_ENV, artifact, oci, runtime, zoo
+from quantship.cli import quantizing
 from quantship.operator import crd, fetch, names, quantization, quantize_job
 from quantship.operator.quantize_job import Verdict, read_result
 from quantship.operator.spec import InvalidSpec
+from quantship.quantize.evaluate import Metric
 
 TIMEOUT = 600  # two cores, other suites running at once
 
@@ -244,7 +246,7 @@ def parsed_by_quantize(options: dict[str, Any]) -> click.Context:
     """The operator's quantize flags for `options`, parsed by `quantship quantize` itself."""
     job = quantization.QuantizeSpec.from_spec({"quantize": {**SECTION, "options": options}})
     assert job is not None
-    return cli.quantize.make_context("quantize", ["m.onnx", "-o", "out", *job.quantize_args()])
+    return quantizing.quantize.make_context("quantize", ["m.onnx", "-o", "out", *job.quantize_args()])
 
 
 def test_every_option_reaches_the_quantize_parameter_it_names_and_every_other_parameter_is_the_jobs() -> None:
@@ -292,7 +294,7 @@ def test_the_operator_takes_quantizes_choices_without_loading_onnxruntime() -> N
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert loaded.stdout.strip() == "False"
     options = crd.spec_schema()["properties"]["quantize"]["properties"]["options"]["properties"]
-    assert options["metric"]["enum"] == [metric.value for metric in cli.Metric]
+    assert options["metric"]["enum"] == [metric.value for metric in Metric]
 
 
 def test_the_other_gate_limit_and_the_opposite_booleans_reach_quantize_too() -> None:

@@ -13,6 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from quantship import cli
+from quantship.cli import serving
 from quantship.operator import crd, names
 from quantship.operator.spec import SERVER_FLAGS, revision_of
 from quantship.rollout import AnalysisSpec
@@ -29,9 +30,9 @@ SAMPLING_FLAGS = {
 
 def settings(*args: str) -> ServerSettings:
     """What `quantship serve ARGS` would run with: click's own parsing, then the command's settings."""
-    context = cli.serve.make_context("serve", ["artifact", "--model-name", "m", "--revision", "r", *args])
+    context = serving.serve.make_context("serve", ["artifact", "--model-name", "m", "--revision", "r", *args])
     options = {k: v for k, v in context.params.items() if k not in ("log_level", "access_log")}
-    return cli.serve_settings(**options)
+    return serving.serve_settings(**options)
 
 
 def test_every_serve_option_named_after_a_setting_defaults_to_that_setting() -> None:
@@ -41,7 +42,7 @@ def test_every_serve_option_named_after_a_setting_defaults_to_that_setting() -> 
         for field in dataclasses.fields(owner)
         if field.default is not dataclasses.MISSING
     }
-    options = {param.name: param.default for param in cli.serve.params if param.name in defaults}
+    options = {param.name: param.default for param in serving.serve.params if param.name in defaults}
     assert len(options) >= 14  # host, port, grpc_port, batching, sampling, feedback, body, drain ...
     # None: not given, so that QualitySettings.for_track fills in the track's default
     by_track = {name for name, default in options.items() if default is None and defaults[name] is not None}
@@ -63,7 +64,7 @@ def test_serve_takes_the_tracks_sampling_defaults_and_every_given_value(track: T
 
 
 def test_the_help_and_the_crd_say_each_tracks_default() -> None:
-    helps = {param.name: param.help or "" for param in cli.serve.params}
+    helps = {param.name: param.help or "" for param in serving.serve.params}
     described = crd.spec_schema()["properties"]["server"]["properties"]
     crd_field = {flag: field for field, flag in SERVER_FLAGS.items()}
     for name, value in CANARY_QUALITY.items():
