@@ -74,7 +74,7 @@ def test_the_crds_artifact_rule_admits_exactly_the_references_a_pull_takes(writt
     except oci.OciError:
         pulls = False
     assert bool(re.fullmatch(oci.PULL_REFERENCE_PATTERN, written)) == pulls
-    assert bool(re.fullmatch(crd.URI_PATTERN, f"oci://{written}")) == pulls
+    assert bool(re.fullmatch(crd.ARTIFACT_URI.pattern, f"oci://{written}")) == pulls
     [rule] = crd.spec_schema()["properties"]["artifact"]["properties"]["uri"]["x-kubernetes-validations"]
     environment = celpy.Environment()
     program = environment.program(environment.compile(rule["rule"]))

@@ -23,7 +23,7 @@ from quantship.rollout import Track
 
 ROOT = rules.REPOSITORY
 SCHEMA = crd.schema()
-ARTIFACT_URI = crd.uri_message(*crd.ARTIFACT_SCHEMES)
+ARTIFACT_URI = crd.ARTIFACT_URI.message
 """What the API server answers a spec.artifact.uri that is no URI the servers can fetch."""
 OLD_CRD_FRAGMENT = {  # the shape the API server refused (commit 1bdab33, manifests/crd.yaml)
     "type": "object",
