@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import celpy
+import cel_rules
 import click
 import jsonschema
 import kubernetes_validate
@@ -591,10 +591,7 @@ def crd_admits(schema: dict[str, Any], model: dict[str, Any]) -> bool:
 
 def _cel_rules_hold(node: dict[str, Any], value: Any) -> Iterator[bool]:
     for rule in node.get("x-kubernetes-validations") or []:
-        environment = celpy.Environment()
-        program = environment.program(environment.compile(rule["rule"]))
-        result = program.evaluate({"self": celpy.json_to_cel(value)})
-        yield isinstance(result, celpy.celtypes.BoolType) and bool(result)  # not an evaluation error
+        yield cel_rules.evaluate(rule["rule"], value) is True  # not False, nor an evaluation error
     properties = node.get("properties") or {}
     if isinstance(value, dict):
         for key, item in value.items():
