@@ -24,6 +24,7 @@ def outputs() -> dict[str, Callable[[], str]]:
         "manifests/crd.yaml": crd.render,
         "helm/quantship/templates/crd.yaml": crd.render_chart_template,
         values_schema.PATH: values_schema.render,  # its example.* pieces: the CRD's
+        values_schema.ARTIFACT_URI_RULE_PATH: values_schema.render_artifact_uri_rule,
     }
 
 

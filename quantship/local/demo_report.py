@@ -37,6 +37,16 @@ _VERDICT_COLORS = {
 LIMIT_COLOR = "#1d2330"
 """Budgets and thresholds: dark, dotted or dashed, apart from any revision's colour."""
 
+DECISION_ROW_PT = 11
+"""Points between the two rows of decision names: a line of 8-point text and a little air."""
+SLOT_SHARE = 0.7
+"""Of a judgement's slot in the burn-rate figure, the share its points spread over: the rest keeps
+neighbours apart."""
+MARKER_AREA = 24
+"""Points² (matplotlib's default is 36): eight points side by side in a judgement's slot, apart."""
+BURN_RATE_LINEAR_UP_TO = 0.01
+"""The burn-rate axis is linear up to this, logarithmic past it: 0 and the calm 0.01-0.05 both show."""
+
 
 def render(
     timeline: Timeline,
@@ -116,10 +126,6 @@ def _decision_lines(ax: Any, decisions: Sequence[DecisionRecord]) -> None:
             fontsize=8,
             color=color,
         )
-
-
-DECISION_ROW_PT = 11
-"""Points between the two rows of decision names: a line of 8-point text and a little air."""
 
 
 def _revisions(timeline: Timeline) -> dict[str, tuple[str, str]]:
@@ -267,7 +273,7 @@ def _burn_rates(timeline: Timeline, spec: RolloutSpec) -> str:
         )
     ax.axhline(
         spec.analysis.burn_rate_threshold,
-        color=FAIL_COLOR,
+        color=LIMIT_COLOR,
         linestyle="--",
         label=f"threshold {spec.analysis.burn_rate_threshold:g}",
     )
@@ -281,12 +287,6 @@ def _burn_rates(timeline: Timeline, spec: RolloutSpec) -> str:
     return reporting.figure(fig, "burn rates at judgements")
 
 
-SLOT_SHARE = 0.7
-"""Of a judgement's slot, the share its points spread over: the rest keeps neighbours apart."""
-MARKER_AREA = 24
-"""Points² (matplotlib's default is 36): eight points side by side in a judgement's slot, apart."""
-
-
 def _burn_points(judged: Sequence[DecisionRecord], sli: slo.SLI, window: int) -> list[tuple[int, float]]:
     """(slot, burn rate) of one SLI on one window at each judgement (numbered in order) that measured it."""
     return [
@@ -297,10 +297,6 @@ def _burn_points(judged: Sequence[DecisionRecord], sli: slo.SLI, window: int) ->
         for w in result.windows
         if w.window == window and w.burn_rate is not None
     ]
-
-
-BURN_RATE_LINEAR_UP_TO = 0.01
-"""The burn-rate axis is linear up to this, logarithmic past it: 0 and the calm 0.01-0.05 both show."""
 
 
 def _plotted_values(ax: Any) -> list[float]:

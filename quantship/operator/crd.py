@@ -87,25 +87,71 @@ _IN_CLAIM = f"/({_SEGMENT}/)*{_NAMED}(/{_SEGMENT})*"
 """A path inside a claim: it names something below the claim, and never goes up out of it."""
 
 
-def uri_pattern(
-    *schemes: str, in_claim: bool = False, oci_reference: str = oci.PULL_REFERENCE_PATTERN
-) -> str:
+def _pattern(*schemes: str, in_claim: bool, push: bool) -> str:
     """URIs of these schemes; a pvc:// one names a claim that can exist and stays inside it
     (pvc://CLAIM[/PATH], no `..`), and with `in_claim` names a path in it (pvc://CLAIM/PATH, as a
-    quantize Job mounts it); an oci:// one is an `oci_reference`."""
+    quantize Job mounts it); an oci:// one is a reference to pull (a tag, a digest or both) or,
+    with `push`, to push to (a tag)."""
     others = "|".join(scheme for scheme in schemes if scheme not in ("pvc", "oci"))
     path = _IN_CLAIM if in_claim else f"(/{_SEGMENT})*"
     alternatives = [f"({others})://.+"] if others else []
     if "oci" in schemes:  # an ambiguous reference sent a registry's credentials elsewhere (oci.py)
-        alternatives.append(f"oci://{oci_reference}")
+        reference = oci.PUSH_REFERENCE_PATTERN if push else oci.PULL_REFERENCE_PATTERN
+        alternatives.append(f"oci://{reference}")
     if "pvc" in schemes:
         alternatives.append(f"pvc://{names.SUBDOMAIN}{path}")
     return f"^({'|'.join(alternatives)})$"
 
 
+_FORMS = {
+    "file": "file:///PATH",
+    "pvc": "pvc://CLAIM[/PATH]",
+    "http": "http(s)://HOST/PATH",
+    "oci": "oci://REGISTRY[:PORT]/REPOSITORY[:TAG][@sha256:DIGEST] (a tag, a digest or both)",
+}
+"""Each scheme's form, in the order a message names them."""
+_NOTES = {
+    "pvc": "a pvc:// CLAIM is a claim's name, its PATH has no '..' segment, '?', '#', '%', space or control "
+    "character",
+    "oci": "REPOSITORY in lower-case letters, digits, '.', '_', '-', split by '/'",
+}
+
+
+def _message(*schemes: str, in_claim: bool, push: bool) -> str:
+    """What _pattern(*schemes, ...) admits, in words: the API server's whole answer to a URI that
+    does not match (as a CEL rule's message; a `pattern` would print its regex)."""
+    forms = {**_FORMS}
+    if in_claim:
+        forms["pvc"] = "pvc://CLAIM/PATH"
+    if push:
+        forms["oci"] = "oci://REGISTRY[:PORT]/REPOSITORY:TAG (a tag, no digest: the Job pushes to it)"
+    named = [form for scheme, form in forms.items() if scheme in schemes]
+    notes = [note for scheme, note in _NOTES.items() if scheme in schemes]
+    return f"must be {', '.join(named[:-1])} or {named[-1]}; {'; '.join(notes)}"
+
+
+@dataclasses.dataclass(frozen=True)
+class UriForm:
+    """The URIs a field takes: the pattern the CRD's rule, the operator and the quantize Job check,
+    and the same in words (the rule's message, the chart's refusal). Both come from one `of` call,
+    so they cannot name different schemes."""
+
+    pattern: str
+    message: str
+
+    @classmethod
+    def of(cls, *schemes: str, in_claim: bool = False, push: bool = False) -> UriForm:
+        """URIs of these schemes; `in_claim`: a pvc:// one names a path in its claim; `push`: an
+        oci:// one is a tag to push to, not a reference to pull."""
+        return cls(
+            pattern=_pattern(*schemes, in_claim=in_claim, push=push),
+            message=_message(*schemes, in_claim=in_claim, push=push),
+        )
+
+
 ARTIFACT_SCHEMES = ("file", "pvc", "http", "https", "oci")
 """What `quantship fetch` takes (fetch.source_path), so what spec.artifact.uri may be."""
-URI_PATTERN = uri_pattern(*ARTIFACT_SCHEMES)
+ARTIFACT_URI = UriForm.of(*ARTIFACT_SCHEMES)
 MAX_URI_CHARS = 1024
 """The longest URI a spec field takes. The longest OCI reference a registry serves is about 700
 (host 253, repository 255, tag 128, digest 71); object stores' URLs are shorter (a presigned one,
@@ -127,40 +173,12 @@ def matches_rule(pattern: str) -> str:
     return f"self.matches(r'{pattern}')"
 
 
-_FORMS = {
-    "file": "file:///PATH",
-    "pvc": "pvc://CLAIM[/PATH]",
-    "http": "http(s)://HOST/PATH",
-    "oci": "oci://REGISTRY[:PORT]/REPOSITORY[:TAG][@sha256:DIGEST] (a tag, a digest or both)",
-}
-"""Each scheme's form, in the order a message names them."""
-_NOTES = {
-    "pvc": "a pvc:// CLAIM is a claim's name, its PATH has no '..' segment, '?', '#', '%', space or control "
-    "character",
-    "oci": "REPOSITORY in lower-case letters, digits, '.', '_', '-', split by '/'",
-}
-
-
-def uri_message(*schemes: str, in_claim: bool = False, push: bool = False) -> str:
-    """What uri_pattern(*schemes, ...) admits, in words: the API server's whole answer to a URI
-    that does not match (as a CEL rule's message; a `pattern` would print its regex)."""
-    forms = {**_FORMS}
-    if in_claim:
-        forms["pvc"] = "pvc://CLAIM/PATH"
-    if push:
-        forms["oci"] = "oci://REGISTRY[:PORT]/REPOSITORY:TAG (a tag, no digest: the Job pushes to it)"
-    named = [form for scheme, form in forms.items() if scheme in schemes]
-    notes = [note for scheme, note in _NOTES.items() if scheme in schemes]
-    return f"must be {', '.join(named[:-1])} or {named[-1]}; {'; '.join(notes)}"
-
-
-def uri_schema(description: str, pattern: str, message: str) -> dict[str, Any]:
-    """A URI field: `pattern` (the one the operator and the quantize Job check too) in a CEL rule
-    whose `message` (uri_message) says it in words."""
+def uri_schema(description: str, form: UriForm) -> dict[str, Any]:
+    """A URI field: `form`'s pattern in a CEL rule whose message says it in words."""
     return {
         "type": "string",
         "maxLength": MAX_URI_CHARS,
-        "x-kubernetes-validations": [{"rule": matches_rule(pattern), "message": message}],
+        "x-kubernetes-validations": [{"rule": matches_rule(form.pattern), "message": form.message}],
         "description": description,
     }
 
@@ -301,8 +319,7 @@ def _artifact_schema() -> dict[str, Any]:
                 "file:///path (on the node image), pvc://CLAIM/PATH (a PersistentVolumeClaim in this "
                 "namespace, mounted read-only), http(s)://.../artifact.tar.gz, or oci://REGISTRY/REPO:TAG "
                 "or @sha256:DIGEST (quantship push).",
-                URI_PATTERN,
-                uri_message(*ARTIFACT_SCHEMES),
+                ARTIFACT_URI,
             ),
             "pullSecret": _name_of(
                 "For oci://: a Secret of type kubernetes.io/dockerconfigjson with the "
@@ -404,12 +421,10 @@ THRESHOLD_IN_DOMAIN = {
 model or none, it refuses them (after the Job's downloads)."""
 INPUT_SCHEMES = ("file", "pvc", "http", "https")
 """What a quantize Job reads its model and data from (no oci://: an artifact registry holds artifacts)."""
-INPUT_URI_PATTERN = uri_pattern(*INPUT_SCHEMES, in_claim=True)
-INPUT_URI_MESSAGE = uri_message(*INPUT_SCHEMES, in_claim=True)
+INPUT_URI = UriForm.of(*INPUT_SCHEMES, in_claim=True)
 TARGET_SCHEMES = ("pvc", "oci")
-TARGET_URI_PATTERN = uri_pattern(*TARGET_SCHEMES, in_claim=True, oci_reference=oci.PUSH_REFERENCE_PATTERN)
+TARGET_URI = UriForm.of(*TARGET_SCHEMES, in_claim=True, push=True)
 """A target a Job can publish to: a path in a claim, or an oci:// tag (no digest: the Job pushes)."""
-TARGET_URI_MESSAGE = uri_message(*TARGET_SCHEMES, in_claim=True, push=True)
 PULL_SECRET_FOR_OCI = {
     "rule": "!has(self.pullSecret) || self.uri.startsWith('oci://')",
     "message": "quantize.target.pullSecret is for an oci:// target only",
@@ -507,18 +522,15 @@ def _quantize_schema() -> dict[str, Any]:
         {
             "model": uri_schema(
                 "The FP32 .onnx: file://, pvc://CLAIM/PATH or http(s)://.",
-                INPUT_URI_PATTERN,
-                INPUT_URI_MESSAGE,
+                INPUT_URI,
             ),
             "calibration": uri_schema(
                 "Calibration data (.npz keyed by input name): file://, pvc:// or http(s)://.",
-                INPUT_URI_PATTERN,
-                INPUT_URI_MESSAGE,
+                INPUT_URI,
             ),
             "evaluation": uri_schema(
                 "Gate data (.npz, with a 'labels' array for accuracy). Default: the calibration data.",
-                INPUT_URI_PATTERN,
-                INPUT_URI_MESSAGE,
+                INPUT_URI,
             ),
             "options": quantize_options,
             "target": _object(
@@ -527,7 +539,7 @@ def _quantize_schema() -> dict[str, Any]:
                 "TAG moved to it; served pinned by its digest, which keeps its own tag when the "
                 "next Job moves TAG: a registry's cleanup of untagged manifests spares it).",
                 {
-                    "uri": uri_schema("The target.", TARGET_URI_PATTERN, TARGET_URI_MESSAGE),
+                    "uri": uri_schema("The target.", TARGET_URI),
                     "pullSecret": _name_of(
                         "For oci://: a dockerconfigjson Secret allowed to push (and pull)."
                     ),

@@ -231,7 +231,7 @@ def _check_options(options: Mapping[str, Any]) -> None:
 def _check_target(uri: str) -> None:
     """A target the CRD refuses, admitted before it did. A pvc:// one: `_claim_of` says what is
     wrong with it (in the claim's words)."""
-    pushable = uri.startswith("oci://") and re.fullmatch(crd.TARGET_URI_PATTERN, uri)
+    pushable = uri.startswith("oci://") and re.fullmatch(crd.TARGET_URI.pattern, uri)
     if not (pushable or uri.startswith("pvc://")):
         raise InvalidSpec(
             f"spec.quantize.target.uri {uri!r}: write pvc://CLAIM/PATH or oci://REGISTRY/REPO:TAG "

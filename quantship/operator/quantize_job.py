@@ -111,7 +111,7 @@ def read_result(message: str) -> Verdict | str:
     if passed:
         if not isinstance(produced, str):
             return "the gate passed but the Job named no artifact"
-        if not re.fullmatch(crd.URI_PATTERN, produced):  # it goes into the servers' fetch command
+        if not re.fullmatch(crd.ARTIFACT_URI.pattern, produced):  # it goes into the servers' fetch command
             return f"the gate passed but the Job named no artifact URI: {produced[:200]!r}"
     meaning, higher = data.get("meaning"), data.get("higherIsBetter")
     return Verdict(

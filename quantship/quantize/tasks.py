@@ -40,7 +40,7 @@ def infer_task(
     # 384-class argmax classifier, where the gate should say the labels do not apply.
     if _unit_rows(reference):
         return Task.EMBEDDING, f"output {output!r} rows are unit vectors"
-    if any(hint in name for hint in EMBEDDING_NAMES):
+    if _named_like_embedding(output):
         return Task.EMBEDDING, f"output {output!r} is named like an embedding"
     if dataset.labels is not None:
         return Task.CLASSIFICATION, "the evaluation data has labels"
@@ -124,7 +124,7 @@ def _class_scores_look(output: str, reference: np.ndarray) -> str | None:
     if agreement.are_probabilities(rows):
         return f"output {output!r} {unit} are probabilities (sum to 1)"
     name = output.lower()
-    if not any(hint in name for hint in SCORE_NAMES) or any(hint in name for hint in EMBEDDING_NAMES):
+    if not any(hint in name for hint in SCORE_NAMES) or _named_like_embedding(output):
         return None
     confident = int(np.count_nonzero(agreement.confident(rows)))
     if confident < MIN_SCORES_SHARE * len(rows):
@@ -163,13 +163,15 @@ def _doubt_of_requested_embedding(
 def _doubt_of_requested_regression(
     requested: Task | None, output: str, reference: np.ndarray, dataset: Dataset
 ) -> str | None:
-    """What to tell a user who asked --task regression of a classifier's scores, or of unit vectors (an
-    embedding's look): relative error within 0.5% is out of int8's reach on both, and the gate fails,
-    after every trial, a model the fitting task passes. EfficientNet-Lite0's per-channel INT8 kept every
-    confident answer at relative error 0.19, the character LM's 0.24; all-MiniLM-L6-v2's dynamic INT8
-    (cosine 0.96 to FP32) was at 0.27: a unit vector's relative error is its chord to FP32, and 0.5%
-    asks for a cosine of 0.99999. A warning before any trial: the user's word stands (a model may
-    regress proportions, or a direction)."""
+    """What to tell a user who asked --task regression of a classifier's scores, or of an embedding
+    (unit vectors, or vectors named like one): relative error within 0.5% is out of int8's reach on
+    both, and the gate fails, after every trial, a model the fitting task passes. EfficientNet-Lite0's
+    per-channel INT8 kept every confident answer at relative error 0.19, the character LM's 0.24;
+    all-MiniLM-L6-v2's dynamic INT8 (cosine 0.96 to FP32) was at 0.27: a unit vector's relative error
+    is its chord to FP32, and 0.5% asks for a cosine of 0.99999. Its pooled output before the L2
+    normalisation (lengths 3 to 6) was at 0.27 too (cosine 0.96): relative error divides the length
+    out, so it is the same chord whatever the length, with no unit rows to tell. A warning before any
+    trial: the user's word stands (a model may regress proportions, or a direction)."""
     if requested is not Task.REGRESSION:
         return None
     if (look := _class_scores_look(output, reference)) is not None:
@@ -184,9 +186,30 @@ def _doubt_of_requested_regression(
             "an embedding's look, whose relative error is its chord to FP32: the default 0.5% asks for a "
             "cosine of 0.99999"
         )
+    elif _vectors_named_like_embedding(output, reference):
+        look, fits = f"output {output!r} is named like an embedding", "embedding (judged by cosine)"
+        why = (
+            "an embedding's look, whose relative error is its chord to FP32 over its length, whatever the "
+            "length: the default 0.5% asks for a cosine of 0.99999"
+        )
     else:
         return None
     return f"--task regression: {look}: {why}; if it is one, pass --task {fits}"
+
+
+def _vectors_named_like_embedding(output: str, reference: np.ndarray) -> bool:
+    """Whether a float output holds a vector a row (or a position) and is named like an embedding:
+    infer_task's reading of it without --task, unit length or not."""
+    return (
+        np.issubdtype(reference.dtype, np.floating)
+        and reference.ndim >= 2
+        and reference[0].size > 1
+        and _named_like_embedding(output)
+    )
+
+
+def _named_like_embedding(output: str) -> bool:
+    return any(hint in output.lower() for hint in EMBEDDING_NAMES)
 
 
 DOUBTS_OF_REQUESTED_TASK = (

@@ -192,6 +192,33 @@ def test_regression_asked_of_unit_vectors_is_doubted_naming_embedding() -> None:
     )
 
 
+UNNORMALISED_ROWS = np.random.default_rng(4).normal(scale=0.3, size=(40, 384)).astype(np.float32)
+"""Mean-pooled token vectors before an L2 normalisation: rows of length about 6."""
+
+
+@pytest.mark.parametrize(
+    ("output", "values"),
+    [
+        ("sentence_embedding", UNNORMALISED_ROWS),
+        ("pooler_output", UNNORMALISED_ROWS),
+        ("last_hidden_state", UNNORMALISED_ROWS.reshape(40, 8, 48)),
+    ],
+)
+def test_regression_asked_of_vectors_named_like_an_embedding_is_doubted_naming_embedding(
+    output: str, values: np.ndarray
+) -> None:
+    """all-MiniLM-L6-v2's pooled output before its L2 normalisation was 0.27 off by relative error
+    (cosine 0.96) as its unit vectors were: relative error divides the length out, and unit rows
+    were the only sign quantize read."""
+    assert infer_task(None, output, values, _data(len(values)))[0] is Task.EMBEDDING
+    (said,) = _doubts(Task.REGRESSION, output, values)
+    assert said == (
+        f"--task regression: output {output!r} is named like an embedding: an embedding's look, whose "
+        "relative error is its chord to FP32 over its length, whatever the length: the default 0.5% asks "
+        "for a cosine of 0.99999; if it is one, pass --task embedding (judged by cosine)"
+    )
+
+
 @pytest.mark.parametrize(
     ("task", "output", "values"),
     [
@@ -210,6 +237,9 @@ def test_regression_asked_of_unit_vectors_is_doubted_naming_embedding() -> None:
         (Task.REGRESSION, "out", LOGITS),
         (Task.REGRESSION, "score", np.array([[0.3], [4.0], [0.2]], dtype=np.float32)),
         (Task.REGRESSION, "y", np.array([0.3, -4.0, 0.2], dtype=np.float32)),
+        # Named like an embedding with one value a row: no vector, no direction to judge.
+        (Task.REGRESSION, "feature", np.array([[0.3], [4.0], [0.2]], dtype=np.float32)),
+        (Task.REGRESSION, "out", UNNORMALISED_ROWS),
     ],
 )
 def test_a_task_whose_output_has_no_clear_look_of_another_is_not_doubted(

@@ -27,8 +27,9 @@ Objects: `prune` drops unknown fields as the API server does on write, `apply_de
 defaults as it does on read and write, `validate` is jsonschema (draft 4, OpenAPI's boolean
 exclusive bounds) plus `nullable`, with `pattern` matched by RE2 as Go's regexp matches it, and
 `cel_errors` evaluates every x-kubernetes-validations rule with cel-python, a real CEL
-implementation. `admit` also checks the name as for any custom resource (a DNS-1123 subdomain),
-and on an update ratchets what the update left unchanged (KEP-4008).
+implementation (tests/helpers/cel_rules.py). `admit` also checks the name as for any custom
+resource (a DNS-1123 subdomain), and on an update ratchets what the update left unchanged
+(KEP-4008).
 
 Built-in objects the operator creates: `object_errors` applies apimachinery's name and label
 rules and core/v1's checks of what a pod spec takes from a QuantizedModel (volume and secret
@@ -44,7 +45,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-import celpy
+import cel_rules
 import jsonschema
 import re2
 import yaml
@@ -368,28 +369,6 @@ def _rules_with_old(
             yield from _rules_with_old(node["items"], item, item if same else ABSENT, f"{path}[{index}]")
 
 
-_PROGRAMS: dict[str, Any] = {}
-
-
-def compile_rule(rule: str) -> Any:
-    """The rule compiled by cel-python; a rule that does not compile raises."""
-    if rule not in _PROGRAMS:
-        environment = celpy.Environment()
-        _PROGRAMS[rule] = environment.program(environment.compile(rule))
-    return _PROGRAMS[rule]
-
-
-def evaluate(rule: str, value: Any) -> bool | str:
-    """True, False, or the evaluation error's text (a missing key, a type mismatch)."""
-    try:
-        result = compile_rule(rule).evaluate({"self": celpy.json_to_cel(value)})
-    except celpy.CELEvalError as exc:
-        return str(exc)
-    if isinstance(result, celpy.CELEvalError):
-        return str(result)
-    return bool(result)
-
-
 def cel_errors(node: Mapping[str, Any], value: Any, old: Any = ABSENT) -> list[str]:
     """Every rule that does not hold on `value` (transition rules, which read oldSelf, apply to
     updates only and are left out, as on create). With the `old` object of an update, a rule on a
@@ -398,7 +377,7 @@ def cel_errors(node: Mapping[str, Any], value: Any, old: Any = ABSENT) -> list[s
     for path, rule, self_value, was in _rules_with_old(node, value, old, "self"):
         if "oldSelf" in rule["rule"] or (was is not ABSENT and was == self_value):
             continue
-        outcome = evaluate(rule["rule"], self_value)
+        outcome = cel_rules.evaluate(rule["rule"], self_value)
         if outcome is False:  # what the API server answers: the message, else the rule
             failed.append(f"{path}: {rule.get('message') or 'failed rule: ' + rule['rule']}")
         elif outcome is not True:

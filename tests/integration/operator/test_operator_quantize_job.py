@@ -41,8 +41,8 @@ TARGET = "oci://registry.example.com/ml/digits:int8"
 PRODUCED = "oci://registry.example.com/ml/digits@sha256:" + "ab" * 32
 LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
 """`kubectl apply`'s copy of what it applied (client-side)."""
-INPUT_URI = crd.uri_message(*crd.INPUT_SCHEMES, in_claim=True)
-TARGET_URI = crd.uri_message(*crd.TARGET_SCHEMES, in_claim=True, push=True)
+INPUT_URI = crd.INPUT_URI.message
+TARGET_URI = crd.TARGET_URI.message
 """What the API server answers a quantize input, or target, that the Job could not use."""
 QUANTIZE = {
     "model": "https://models.example.com/digits-fp32.onnx",

@@ -94,11 +94,38 @@ def test_equal_burn_rates_at_one_judgement_all_show() -> None:
     figure = demo_report._burn_rates(_timeline(judged), spec)
 
     plot, legend = _colours(_pixels(figure, 0, 0.75)), _colours(_pixels(figure, 0.75, 1.0))  # legend: beside
-    assert len(legend) > len(demo.OBJECTIVES), "a colour for each SLI, and the threshold's"
+    assert {_rgb(colour) for colour in demo_report._PALETTE[: len(demo.OBJECTIVES)]} <= legend, "one an SLI"
     hidden = [
         c for c in legend if not any(max(abs(a - b) for a, b in zip(c, p, strict=True)) <= 3 for p in plot)
     ]
     assert not hidden, f"in the legend, hidden in the plot: {hidden}"
+
+
+def test_the_burn_rate_threshold_is_drawn_as_the_drift_threshold_in_the_limits_colour_not_red() -> None:
+    """The burn-rate figure drew its threshold in the failure colour, the drift figure its own dark:
+    a limit is not a failure, and every figure draws budgets and thresholds alike."""
+    spec = demo._spec("v2", demo.DemoSettings.for_run(quick=True, prometheus=False))
+    calm = [
+        DecisionRecord(at, "v2", Decision(Action.SET_WEIGHT, RolloutStatus(), "passed", _calm(spec, at)))
+        for at in (10.0, 20.0)
+    ]
+    samples = [Sample(float(at), "v2", 20, {"v2": _revision(drift=0.01)}) for at in range(20)]
+    burn_rates = _pixels(demo_report._burn_rates(_timeline(calm), spec), 0, 0.75)  # the plot
+    drift = _pixels(demo_report._drift(_timeline([], samples), DriftLoop(revision="v2", scale=2.0)))
+
+    for figure in (burn_rates, drift):
+        assert _count(figure, demo_report.LIMIT_COLOR) > 0
+        assert _count(figure, demo_report.FAIL_COLOR) == 0
+
+
+def _rgb(colour: str) -> tuple[int, ...]:
+    return tuple(int(colour[i : i + 2], 16) for i in (1, 3, 5))
+
+
+def _count(rgb: np.ndarray, colour: str) -> int:
+    """Pixels of `colour`, within a rounding."""
+    pixels = (rgb.reshape(-1, 3) * 255).round().astype(int)
+    return int((np.abs(pixels - np.array(_rgb(colour))).max(axis=1) <= 3).sum())
 
 
 def _colours(rgb: np.ndarray, least: int = 12) -> set[tuple[int, ...]]:

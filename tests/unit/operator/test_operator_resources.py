@@ -172,7 +172,7 @@ def test_each_server_captures_into_its_own_directory_of_the_claim_named_like_its
     assert (claim_root / pod_name).is_dir()
     # what a quantize Job reads back, as spec.quantize.calibration
     uri = f"pvc://captures/{pod_name}/{CAPTURE_FILE}"
-    assert re2.search(crd.INPUT_URI_PATTERN, uri)
+    assert re2.search(crd.INPUT_URI.pattern, uri)
     root = Path(resources.PVC_ROOT)
     assert fetch.source_path(uri, root) == root / "captures" / pod_name / CAPTURE_FILE
 
