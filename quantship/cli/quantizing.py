@@ -104,7 +104,8 @@ _QUANTIZE = q_config.QuantizeConfig()
     default=None,
     help="What the output is; inferred from its dtype, shape and values when omitted. A task the output "
     "does not look like is warned of, naming the one it looks like: classification on unit-length rows "
-    "sure of no class without labels, regression on them (an embedding's look); embedding or regression "
+    "sure of no class without labels, regression on them or on vectors named like an embedding (an "
+    "embedding's look); embedding or regression "
     "on probabilities, or on confident scores named like them (a classifier's); embedding on one value a "
     "row (a regression's).",
 )

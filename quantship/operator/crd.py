@@ -95,7 +95,7 @@ def _pattern(*schemes: str, in_claim: bool, push: bool) -> str:
     others = "|".join(scheme for scheme in schemes if scheme not in ("pvc", "oci"))
     path = _IN_CLAIM if in_claim else f"(/{_SEGMENT})*"
     alternatives = [f"({others})://.+"] if others else []
-    if "oci" in schemes:  # an ambiguous reference sent a registry's credentials elsewhere (oci.py)
+    if "oci" in schemes:  # an ambiguous reference sent a registry's credentials elsewhere (oci_reference.py)
         reference = oci.PUSH_REFERENCE_PATTERN if push else oci.PULL_REFERENCE_PATTERN
         alternatives.append(f"oci://{reference}")
     if "pvc" in schemes:
