@@ -63,6 +63,11 @@ _CONTENTS_FIELD = {
 }
 
 
+PING_TIMEOUT_ARG = "grpc.http2.ping_timeout_ms"
+"""How long grpc core waits for a ping's acknowledgement before it closes the connection: a channel
+argument of its chttp2 transport (internal.h), not of grpc's public headers (test_unread_grpc_answers
+checks it still acts)."""
+
 M = TypeVar("M", bound=Message)
 
 
@@ -317,9 +322,19 @@ def _brief(message: str) -> str:
 
 
 async def start_grpc(
-    endpoints: GrpcEndpoints, host: str, port: int, max_message_bytes: int
+    endpoints: GrpcEndpoints, host: str, port: int, max_message_bytes: int, idle_timeout_s: float
 ) -> grpc.aio.Server:
-    """A started gRPC server on host:port, sharing the running event loop with uvicorn."""
+    """A started gRPC server on host:port, sharing the running event loop with uvicorn.
+
+    `idle_timeout_s` (--idle-timeout-s) bounds how long an answer may wait for a client that takes
+    none of it, as over HTTP: grpc core holds an answer the client grants no HTTP/2 window for until
+    the call ends, and a call with no deadline never does (a 200 MB answer to a client that stopped
+    reading was held, 430 MB of RSS, until the client closed). Pings find such a client: one that
+    acknowledges none within half the timeout has its connection closed (GOAWAY "ping_timeout") and
+    its answers dropped, and a keepalive ping goes out after the other half without one, while calls
+    are under way. A live client's transport acknowledges pings whatever its application reads, so a
+    long call or a slow reader is never cut."""
+    half_ms = max(1, round(idle_timeout_s * 1000 / 2))
     server = grpc.aio.server(
         options=[
             # --max-body-bytes bounds what a client sends; an answer is bounded by the model (an
@@ -327,6 +342,10 @@ async def start_grpc(
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", -1),
             ("grpc.so_reuseport", 0),  # a second server on a taken port must fail, not share it
+            ("grpc.keepalive_time_ms", half_ms),
+            ("grpc.keepalive_timeout_ms", half_ms),
+            # what closes the connection: keepalive_timeout alone did not, the default is a minute
+            (PING_TIMEOUT_ARG, half_ms),
         ]
     )
     server.add_generic_rpc_handlers((endpoints.handler(),))
