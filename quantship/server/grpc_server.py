@@ -250,7 +250,9 @@ class GrpcEndpoints:
             response.outputs.add(**spec)
         return response
 
-    async def model_infer(self, raw: bytes) -> pb.ModelInferResponse | bytes:
+    async def model_infer(
+        self, raw: bytes, context: grpc.aio.ServicerContext
+    ) -> pb.ModelInferResponse | bytes:
         started, code = time.perf_counter(), 500
         self.metrics.request_started()
         try:
@@ -277,21 +279,31 @@ class GrpcEndpoints:
                 self.service.request_cut()
             else:  # the client cancelled or its deadline passed: not our error
                 code = ClientClosedRequest.status
+                self.service.client_went(f"{context.peer()} ModelInfer", _why_cancelled(context))
             raise
         finally:
             self.metrics.request_left()
             self.metrics.request_done(code, time.perf_counter() - started)
 
 
+def _why_cancelled(context: grpc.aio.ServicerContext) -> str:
+    """What ended a call its client gave up: its deadline (none left) or a cancellation, the client's
+    or its connection's."""
+    left = context.time_remaining()
+    if left is not None and left <= 0:
+        return "its deadline passed before the answer"
+    return "the client cancelled the call, or its connection closed, before the answer"
+
+
 Rpc = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
-OnBytes = Callable[[bytes], Awaitable[Any]]
+OnBytes = Callable[[bytes, grpc.aio.ServicerContext], Awaitable[Any]]
 
 
 def _on_bytes(call: Callable[[M], Awaitable[Any]], message: type[M]) -> OnBytes:
     """`call`, taking its request's bytes."""
 
     @functools.wraps(call)  # its name, for the log of a failure
-    async def rpc(raw: bytes) -> Any:
+    async def rpc(raw: bytes, context: grpc.aio.ServicerContext) -> Any:
         return await call(parse(message, raw))
 
     return rpc
@@ -302,7 +314,7 @@ def _answer(call: OnBytes) -> Rpc:
 
     async def rpc(request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
-            return await call(request)
+            return await call(request, context)
         except ServerError as exc:
             await context.abort(STATUS_CODES.get(exc.status, grpc.StatusCode.UNKNOWN), _brief(exc.message))
         except Exception:
