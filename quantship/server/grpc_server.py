@@ -350,7 +350,9 @@ async def start_grpc(
     server = grpc.aio.server(
         options=[
             # --max-body-bytes bounds what a client sends; an answer is bounded by the model (an
-            # embedding may be larger than its tokens), and HTTP answers it whole: as Triton, no cap
+            # embedding may be larger than its tokens), and HTTP answers it whole: as Triton, no cap.
+            # Core refuses a larger message from its length prefix, unseen by us and so uncounted:
+            # a handler's read ends as when the client cancels mid-upload (README, "Errors")
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", -1),
             ("grpc.so_reuseport", 0),  # a second server on a taken port must fail, not share it
