@@ -340,8 +340,9 @@ async def start_grpc(
 
     `idle_timeout_s` (--idle-timeout-s) bounds how long an answer may wait for a client that takes
     none of it, as over HTTP: grpc core holds an answer the client grants no HTTP/2 window for until
-    the call ends, and a call with no deadline never does (a 200 MB answer to a client that stopped
-    reading was held, 430 MB of RSS, until the client closed). Pings find such a client: one that
+    the call ends, and a call with no deadline ends only when a ping goes unanswered, by default at
+    keepalive's first, after two hours (a 200 MB answer to a client that had answered core's bandwidth
+    probe, then stopped: 430 MB of RSS, still held after 90 s). Pings find such a client: one that
     acknowledges none within half the timeout has its connection closed (GOAWAY "ping_timeout") and
     its answers dropped, and a keepalive ping goes out after the other half without one, while calls
     are under way. A live client's transport acknowledges pings whatever its application reads, so a

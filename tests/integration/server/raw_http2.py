@@ -1,8 +1,9 @@
 """A gRPC client in a few HTTP/2 frames, for what no well-behaved client does: send one unary call,
-then grant no flow-control window and acknowledge no ping, as a client whose process stopped does.
+answer pings until its answer begins, then grant no flow-control window and acknowledge no ping, as
+a client whose process stopped does.
 
 Only what such a call needs: the preface, SETTINGS and its ack, HEADERS as HPACK literals (no
-indexing, no Huffman), DATA, and reading frames to see what the server did (RFC 9113)."""
+indexing, no Huffman), DATA, PING acks, and reading frames to see what the server did (RFC 9113)."""
 
 from __future__ import annotations
 
@@ -25,6 +26,21 @@ def _literal(name: str, value: str) -> bytes:
     encoded = [part.encode() for part in (name, value)]
     assert all(len(part) < 127 for part in encoded)  # one-byte lengths
     return b"\x00" + b"".join(bytes((len(part),)) + part for part in encoded)
+
+
+def answer_pings_until_the_answer_begins(sock: socket.socket) -> list[int]:
+    """Acknowledge the server's pings (grpc core sends one to probe the bandwidth once a request's
+    data comes, and closes a connection that leaves it unanswered a minute) until the answer's
+    HEADERS arrive, as a live client does; the types of the frames read."""
+    seen: list[int] = []
+    while (read := read_frame(sock)) is not None:
+        kind, flags, payload = read
+        seen.append(kind)
+        if kind == PING and not flags & ACK:
+            sock.sendall(frame(PING, ACK, 0, payload))
+        elif kind == HEADERS:
+            break
+    return seen
 
 
 def read_frame(sock: socket.socket) -> tuple[int, int, bytes] | None:
