@@ -204,7 +204,7 @@ def _local_artifact(ctx: click.Context, param: click.Parameter, value: str) -> P
     default=_default(_SERVE, "idle_timeout_s"),
     show_default=True,
     help="Seconds a connection may wait for a request's headers (new or kept alive), or its client may "
-    "take none of its answer; then it is closed.",
+    "take none of its answer (over gRPC: acknowledge no ping); then it is closed.",
 )
 @click.option(
     "--drain-timeout-s",

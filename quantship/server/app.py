@@ -294,7 +294,7 @@ def _lifespan(
         if settings.grpc_port is not None:  # first: a taken port then leaves no model loading behind
             rpc = await grpc_server.start_grpc(
                 grpc_server.GrpcEndpoints(service, service.metrics),
-                settings.host, settings.grpc_port, settings.max_body_bytes,
+                settings.host, settings.grpc_port, settings.max_body_bytes, settings.idle_timeout_s,
             )  # fmt: skip
         service.start()
         app.state.rpc = rpc

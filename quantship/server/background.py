@@ -265,7 +265,7 @@ class Lane(Generic[T]):
         for _ in items:
             self.on_drop(DropReason.FAILED)
         expected = isinstance(exc, InvalidInput | InferenceFailed)  # the session refused the inputs
-        self._failures.error(
+        self._failures.log(
             "%s: %d sampled requests lost, their processing failed: %s",
             self.name, len(items), exc, exc_info=not expected,
         )  # fmt: skip

@@ -63,6 +63,11 @@ _CONTENTS_FIELD = {
 }
 
 
+PING_TIMEOUT_ARG = "grpc.http2.ping_timeout_ms"
+"""How long grpc core waits for a ping's acknowledgement before it closes the connection: a channel
+argument of its chttp2 transport (internal.h), not of grpc's public headers (test_unread_grpc_answers
+checks it still acts)."""
+
 M = TypeVar("M", bound=Message)
 
 
@@ -245,7 +250,9 @@ class GrpcEndpoints:
             response.outputs.add(**spec)
         return response
 
-    async def model_infer(self, raw: bytes) -> pb.ModelInferResponse | bytes:
+    async def model_infer(
+        self, raw: bytes, context: grpc.aio.ServicerContext
+    ) -> pb.ModelInferResponse | bytes:
         started, code = time.perf_counter(), 500
         self.metrics.request_started()
         try:
@@ -272,21 +279,31 @@ class GrpcEndpoints:
                 self.service.request_cut()
             else:  # the client cancelled or its deadline passed: not our error
                 code = ClientClosedRequest.status
+                self.service.client_went(f"{context.peer()} ModelInfer", _why_cancelled(context))
             raise
         finally:
             self.metrics.request_left()
             self.metrics.request_done(code, time.perf_counter() - started)
 
 
+def _why_cancelled(context: grpc.aio.ServicerContext) -> str:
+    """What ended a call its client gave up: its deadline (none left) or a cancellation, the client's
+    or its connection's."""
+    left = context.time_remaining()
+    if left is not None and left <= 0:
+        return "its deadline passed before the answer"
+    return "the client cancelled the call, or its connection closed, before the answer"
+
+
 Rpc = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
-OnBytes = Callable[[bytes], Awaitable[Any]]
+OnBytes = Callable[[bytes, grpc.aio.ServicerContext], Awaitable[Any]]
 
 
 def _on_bytes(call: Callable[[M], Awaitable[Any]], message: type[M]) -> OnBytes:
     """`call`, taking its request's bytes."""
 
     @functools.wraps(call)  # its name, for the log of a failure
-    async def rpc(raw: bytes) -> Any:
+    async def rpc(raw: bytes, context: grpc.aio.ServicerContext) -> Any:
         return await call(parse(message, raw))
 
     return rpc
@@ -297,7 +314,7 @@ def _answer(call: OnBytes) -> Rpc:
 
     async def rpc(request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
-            return await call(request)
+            return await call(request, context)
         except ServerError as exc:
             await context.abort(STATUS_CODES.get(exc.status, grpc.StatusCode.UNKNOWN), _brief(exc.message))
         except Exception:
@@ -317,16 +334,33 @@ def _brief(message: str) -> str:
 
 
 async def start_grpc(
-    endpoints: GrpcEndpoints, host: str, port: int, max_message_bytes: int
+    endpoints: GrpcEndpoints, host: str, port: int, max_message_bytes: int, idle_timeout_s: float
 ) -> grpc.aio.Server:
-    """A started gRPC server on host:port, sharing the running event loop with uvicorn."""
+    """A started gRPC server on host:port, sharing the running event loop with uvicorn.
+
+    `idle_timeout_s` (--idle-timeout-s) bounds how long an answer may wait for a client that takes
+    none of it, as over HTTP: grpc core holds an answer the client grants no HTTP/2 window for until
+    the call ends, and a call with no deadline ends only when a ping goes unanswered, by default at
+    keepalive's first, after two hours (a 200 MB answer to a client that had answered core's bandwidth
+    probe, then stopped: 430 MB of RSS, still held after 90 s). Pings find such a client: one that
+    acknowledges none within half the timeout has its connection closed (GOAWAY "ping_timeout") and
+    its answers dropped, and a keepalive ping goes out after the other half without one, while calls
+    are under way. A live client's transport acknowledges pings whatever its application reads, so a
+    long call or a slow reader is never cut."""
+    half_ms = max(1, round(idle_timeout_s * 1000 / 2))
     server = grpc.aio.server(
         options=[
             # --max-body-bytes bounds what a client sends; an answer is bounded by the model (an
-            # embedding may be larger than its tokens), and HTTP answers it whole: as Triton, no cap
+            # embedding may be larger than its tokens), and HTTP answers it whole: as Triton, no cap.
+            # Core refuses a larger message from its length prefix, unseen by us and so uncounted:
+            # a handler's read ends as when the client cancels mid-upload (README, "Errors")
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", -1),
             ("grpc.so_reuseport", 0),  # a second server on a taken port must fail, not share it
+            ("grpc.keepalive_time_ms", half_ms),
+            ("grpc.keepalive_timeout_ms", half_ms),
+            # what closes the connection: keepalive_timeout alone did not, the default is a minute
+            (PING_TIMEOUT_ARG, half_ms),
         ]
     )
     server.add_generic_rpc_handlers((endpoints.handler(),))

@@ -285,7 +285,11 @@ class InferRoute:
         request = await decode(body, header_length, self.json_budget)
         # the batcher drops a request whose client has gone while it was queued, and stops the calls
         # of one split into calls once it is
-        answer = await self.service.infer(request, client_gone(scope))
+        try:
+            answer = await self.service.infer(request, client_gone(scope))
+        except ClientClosedRequest as exc:  # queued or running: the batcher saw the client go
+            self.service.client_went(_where(scope), exc.message)
+            raise
         return await encode(answer, request, self.json_budget), started
 
 

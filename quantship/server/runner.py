@@ -290,10 +290,10 @@ class Runner:
                 raise InvalidInput(f"the model could not run on {empty}: {_ort_message(exc)}") from None
             if self._controls.values_at_fault(inputs):
                 raise InvalidInput(f"the model could not run on the input: {_ort_message(exc)}") from None
-            self._failures.error("onnxruntime failed, on ones of the same shapes too: %s", exc)
+            self._failures.log("onnxruntime failed, on ones of the same shapes too: %s", exc)
             raise InferenceFailed(f"onnxruntime failed: {_ort_message(exc)}") from exc
         except Exception as exc:  # onnxruntime's other pybind types (none with a common base), or ours
-            self._failures.error("onnxruntime failed: %s", exc)
+            self._failures.log("onnxruntime failed: %s", exc)
             raise InferenceFailed(f"onnxruntime failed: {_ort_message(exc)}") from exc
         return dict(zip(self._output_names, values, strict=True))
 
@@ -793,23 +793,33 @@ class _Controls:
 
 
 class ThrottledLog:
-    """One log line per `interval` seconds at the most, with how many were held back since."""
+    """`lines` log lines per `interval` seconds at the most, the next after a pause saying how many
+    were held back since."""
 
-    def __init__(self, interval: float, logger: logging.Logger = log) -> None:
+    def __init__(
+        self, interval: float, logger: logging.Logger = log, level: int = logging.ERROR, lines: int = 1
+    ) -> None:
         self._interval = interval
         self._logger = logger
-        self._logged_at = -float("inf")
+        self._level = level
+        self._lines = lines
+        self._window_start = -float("inf")
+        self._in_window = 0
         self._held = 0
         self._lock = threading.Lock()
 
-    def error(self, message: str, *args: object, exc_info: bool = False) -> None:
+    def log(self, message: str, *args: object, exc_info: bool = False) -> None:
         now = time.monotonic()
         with self._lock:
-            if now - self._logged_at < self._interval:
+            if now - self._window_start >= self._interval:
+                self._window_start, self._in_window = now, 0
+            if self._in_window >= self._lines:
                 self._held += 1
                 return
-            held, self._logged_at, self._held = self._held, now, 0
-        self._logger.error(
+            self._in_window += 1
+            held, self._held = self._held, 0
+        self._logger.log(
+            self._level,
             message + (f" ({held} more since the last line)" if held else ""),
             *args,
             exc_info=exc_info,

@@ -136,6 +136,11 @@ class FeedbackResult:
     reference_correct: int | None
 
 
+HANG_UP_LOG_LINES_PER_S = 10
+"""A request whose client went away while it was queued or running is logged one line each, but no
+more than this many a second (the next line after a pause says how many were held back): an
+overloaded server whose clients' deadlines all pass would otherwise log thousands of lines a second."""
+
 CUT_SLACK_S = 0.05
 """How early, in seconds, a cancellation may come of a timer set for the connections' deadline and
 still be that deadline's (`ModelService.connections_spent`)."""
@@ -155,6 +160,7 @@ class ModelService:
         """When shutdown's share for connections ends (time.monotonic()): past it, a call cut by the
         transport's drain was cut by the server, not given up by its client (`connections_spent`)."""
         self.cut_requests = 0
+        self._hang_ups = runner_module.ThrottledLog(1.0, log, logging.INFO, HANG_UP_LOG_LINES_PER_S)
         """Requests accepted but answered 503 unfinished at shutdown (`request_cut`), for the drain's log."""
         self.model: Model | None = None
         self._rng = rng if rng is not None else random.Random()
@@ -530,6 +536,13 @@ class ModelService:
         self.ready_model()
         if self.draining:
             raise NotReady("the server is shutting down")
+
+    def client_went(self, where: str, what: str) -> None:
+        """Log a request whose client went away while it was queued or running, which its transport
+        counts as 499: one line, as a client that hangs up mid-body gets (infer_route.receive_body),
+        so that an on-call who sees 499s finds them in the log; at most 10 a second
+        (HANG_UP_LOG_LINES_PER_S). `where`: the client and what it called; `what`: when it went."""
+        self._hang_ups.log("%s: %s; counted as 499", where, what)
 
     async def infer(self, request: InferRequest, gone: Gone | None = None) -> InferResponse:
         """`gone`: whether the caller has gone (batcher.Gone), so that a request queued meanwhile does

@@ -240,7 +240,9 @@ class ServerSettings:
     the usual load balancers' and proxies' idle timeouts (60 s), as nginx's keepalive_timeout of 75 s,
     so that they close first and never send a request on a connection the server is closing. Also how
     long a client may take none of its answer (nginx's send_timeout) before the connection is cut and
-    the answer dropped: a client that never reads held its answer in memory for good."""
+    the answer dropped: a client that never reads held its answer in memory for good. Over gRPC, how
+    long a client with calls under way may go without acknowledging a ping (grpc_server.start_grpc),
+    which bounds the same."""
     drain_timeout_s: float = 20.0
     """Seconds, in all, that a shutdown spends from the signal on: uvicorn's connection drain, gRPC's,
     the queued requests and the sampled background work share it; then the process exits anyway.

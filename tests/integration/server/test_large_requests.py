@@ -12,6 +12,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import json
+import logging
 import socket
 import threading
 from collections.abc import Callable, Iterator
@@ -328,16 +329,27 @@ def cancel(server: LocalServer, x: np.ndarray, coming: threading.Event) -> None:
     call.cancel()
 
 
+GAVE_UP_LINES = {
+    "http": "/infer: the client disconnected before the answer; counted as 499",
+    "grpc": "ModelInfer: the client cancelled the call, or its connection closed, before the answer; "
+    "counted as 499",
+}
+"""What the log says of a request whose client gave up while it ran, by transport."""
+
+
 @pytest.mark.parametrize(
     "give_up",
     [hang_up, hang_up_pipelined, hang_up_pipelined_later, cancel],
     ids=["http", "http-pipelined", "http-pipelined-later", "grpc"],
 )
 def test_a_large_request_whose_client_gave_up_makes_no_more_calls(
-    positions: tuple[LocalServer, ort.InferenceSession], give_up: Callable[..., None]
+    positions: tuple[LocalServer, ort.InferenceSession],
+    give_up: Callable[..., None],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """The client hangs up, or cancels its RPC, while the large request's first call waits behind the
-    held inference thread: that call runs, the four others do not, and the request counts as 499."""
+    held inference thread: that call runs, the four others do not, and the request counts as 499,
+    logged one line (it was counted only: an on-call seeing 499s found nothing in the log)."""
     server, _ = positions
     service = server.service
     assert isinstance(service, TellsWhenRun)
@@ -349,13 +361,18 @@ def test_a_large_request_whose_client_gave_up_makes_no_more_calls(
 
     gate = service.hold()
     try:
-        give_up(server, big, coming[len(big)])
-        wait_until(lambda: server.metric(Metric.REQUESTS_TOTAL, code="499") > gone, what="the client gone")
+        with caplog.at_level(logging.INFO, logger="quantship.server"):
+            give_up(server, big, coming[len(big)])
+            wait_until(
+                lambda: server.metric(Metric.REQUESTS_TOTAL, code="499") > gone, what="the client gone"
+            )
     finally:
         gate.set()
     infer(server, "http", rows(1, 5))  # runs once the call under way has ended
 
     assert calls_since(server, before)[0] == 1 + 1, "one call of the large request, one of the small"
+    line = GAVE_UP_LINES["grpc" if give_up is cancel else "http"]
+    assert [r.levelno for r in caplog.records if line in r.getMessage()] == [logging.INFO]
 
 
 @contextlib.contextmanager
@@ -385,7 +402,7 @@ def behind_a_hung_up_request(
 
 
 def test_a_request_whose_client_hung_up_while_it_was_queued_does_not_run(
-    positions: tuple[LocalServer, ort.InferenceSession],
+    positions: tuple[LocalServer, ort.InferenceSession], caplog: pytest.LogCaptureFixture
 ) -> None:
     """A large request's first call waits behind the held inference thread; a small request queued
     meanwhile loses its client before the thread is let go. It is answered 499 as its batch forms,
@@ -396,7 +413,7 @@ def test_a_request_whose_client_hung_up_while_it_was_queued_does_not_run(
     answered = {code: server.metric(Metric.REQUESTS_TOTAL, code=code) for code in ("200", "499")}
     before = calls(server)
 
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+    with concurrent.futures.ThreadPoolExecutor(1) as pool, caplog.at_level(logging.INFO, "quantship.server"):
         with behind_a_hung_up_request(server, pool, big, small, coming) as large:
             pass  # the thread is let go as soon as the hang-up is in
         y = large.result(timeout=120).as_numpy("y")
@@ -410,6 +427,8 @@ def test_a_request_whose_client_hung_up_while_it_was_queued_does_not_run(
     assert calls_since(server, before)[:2] == (2, len(big)), (
         "the large request's two calls, none of the small's"
     )
+    queued = "the client disconnected while its request was queued; counted as 499"
+    assert sum(queued in r.getMessage() for r in caplog.records) == 1, "logged one line"
 
 
 def test_a_request_whose_client_hung_up_holds_no_place_in_a_full_queue(short_queue: LocalServer) -> None:

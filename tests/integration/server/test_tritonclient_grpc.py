@@ -4,6 +4,7 @@ batcher, metrics and error semantics as REST, with gRPC status codes mirroring t
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -122,10 +123,12 @@ async def test_the_asyncio_grpc_client_works_too(
 
 
 async def test_calls_the_client_gives_up_on_count_as_499_never_as_server_errors(
-    local_server: LocalServer, traffic: tuple[np.ndarray, ...]
+    local_server: LocalServer, traffic: tuple[np.ndarray, ...], caplog: pytest.LogCaptureFixture
 ) -> None:
     """Big requests with deadlines shorter than their queueing: some are cancelled while the server
-    holds them, which is the client's doing (was: counted 500, feeding the error-rate SLI)."""
+    holds them, which is the client's doing (was: counted 500, feeding the error-rate SLI), and logged
+    (was: counted only), at most 10 lines a second however many."""
+    caplog.set_level(logging.INFO, logger="quantship.server")
     rows = np.tile(traffic[0], (2048 // len(traffic[0]) + 1, 1))[:2048]
     errors_before = local_server.metric("quantship_requests_total", code="500")
     async with triton_aio.InferenceServerClient(f"127.0.0.1:{local_server.settings.grpc_port}") as client:
@@ -144,6 +147,12 @@ async def test_calls_the_client_gives_up_on_count_as_499_never_as_server_errors(
                 break
     assert local_server.metric("quantship_requests_total", code="499") > 0
     assert local_server.metric("quantship_requests_total", code="500") == errors_before
+    passed = [
+        r
+        for r in caplog.records
+        if "ModelInfer: its deadline passed before the answer; counted as 499" in r.getMessage()
+    ]
+    assert passed and all(r.levelno == logging.INFO for r in passed)
     for _ in range(100):  # what the server still held when the clients left is answered or cancelled
         if local_server.metric("quantship_requests_in_flight") == 0:
             break
