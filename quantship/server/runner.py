@@ -797,9 +797,16 @@ class ThrottledLog:
     were held back since."""
 
     def __init__(
-        self, interval: float, logger: logging.Logger = log, level: int = logging.ERROR, lines: int = 1
+        self,
+        interval: float,
+        logger: logging.Logger = log,
+        level: int = logging.ERROR,
+        lines: int = 1,
+        *,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._interval = interval
+        self._clock = clock
         self._logger = logger
         self._level = level
         self._lines = lines
@@ -809,7 +816,7 @@ class ThrottledLog:
         self._lock = threading.Lock()
 
     def log(self, message: str, *args: object, exc_info: bool = False) -> None:
-        now = time.monotonic()
+        now = self._clock()
         with self._lock:
             if now - self._window_start >= self._interval:
                 self._window_start, self._in_window = now, 0

@@ -7,16 +7,16 @@ import logging
 
 import pytest
 
-from quantship.server import runner
 from quantship.server.runner import ThrottledLog
 
 
 def test_a_burst_logs_its_share_of_lines_and_the_next_line_counts_the_rest(
-    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     now = [100.0]
-    monkeypatch.setattr(runner.time, "monotonic", lambda: now[0])
-    lines = ThrottledLog(1.0, logging.getLogger("quantship.test"), logging.INFO, lines=10)
+    lines = ThrottledLog(
+        1.0, logging.getLogger("quantship.test"), logging.INFO, lines=10, clock=lambda: now[0]
+    )
     with caplog.at_level(logging.INFO, logger="quantship.test"):
         for number in range(25):
             lines.log("gone %d", number)
@@ -29,12 +29,9 @@ def test_a_burst_logs_its_share_of_lines_and_the_next_line_counts_the_rest(
     assert {record.levelno for record in caplog.records} == {logging.INFO}
 
 
-def test_one_line_an_interval_by_default(
-    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_one_line_an_interval_by_default(caplog: pytest.LogCaptureFixture) -> None:
     now = [100.0]
-    monkeypatch.setattr(runner.time, "monotonic", lambda: now[0])
-    lines = ThrottledLog(10.0, logging.getLogger("quantship.test"))
+    lines = ThrottledLog(10.0, logging.getLogger("quantship.test"), clock=lambda: now[0])
     with caplog.at_level(logging.ERROR, logger="quantship.test"):
         lines.log("failed")
         now[0] += 9.9
