@@ -160,8 +160,9 @@ class ModelService:
         """When shutdown's share for connections ends (time.monotonic()): past it, a call cut by the
         transport's drain was cut by the server, not given up by its client (`connections_spent`)."""
         self.cut_requests = 0
-        self._hang_ups = runner_module.ThrottledLog(1.0, log, logging.INFO, HANG_UP_LOG_LINES_PER_S)
         """Requests accepted but answered 503 unfinished at shutdown (`request_cut`), for the drain's log."""
+        self._hang_ups = runner_module.ThrottledLog(1.0, log, logging.INFO, HANG_UP_LOG_LINES_PER_S)
+        """499s of queued and running requests, logged (`client_went`)."""
         self.model: Model | None = None
         self._rng = rng if rng is not None else random.Random()
         self._infer_executor = ThreadPoolExecutor(1, thread_name_prefix="quantship-infer")
