@@ -10,17 +10,21 @@ timeout, a minute after its bandwidth probe; one that had was held until keepali
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import tritonclient.grpc as triton
+import tritonclient.grpc.aio as triton_aio
 from raw_http2 import GOAWAY, PING, answer_pings_until_the_answer_begins, read_frame, start_unary_call
 from server_harness import MODEL, LocalServer, settings_for
 
 from quantship import artifact
 from quantship.local.prometheus import free_port
+from quantship.server import BatchSettings
 from quantship.server.grpc_server import SERVICE
 from quantship.server.grpc_v2 import inference_pb2 as pb
 
@@ -75,3 +79,46 @@ def test_a_grpc_client_that_takes_none_of_its_answer_is_cut_off_and_a_live_one_i
         assert live.infer(MODEL, [images]).as_numpy("probabilities").shape == (ROWS, 10)
     finally:
         live.close()
+
+
+SHORT_IDLE_TIMEOUT_S = 1.0
+LONG_CALL_S = 4 * SHORT_IDLE_TIMEOUT_S
+"""A lone request waits this long for batch-mates (--max-queue-delay-ms): a call that spans several
+keepalive pings and ping timeouts."""
+
+
+@pytest.fixture(scope="module")
+def slow_server(good_artifact: artifact.Artifact) -> Iterator[LocalServer]:
+    settings = settings_for(good_artifact, "slow", grpc_port=free_port(), idle_timeout_s=SHORT_IDLE_TIMEOUT_S)
+    batching = BatchSettings(max_queue_delay_ms=LONG_CALL_S * 1000)
+    served = LocalServer(replace(settings, batching=batching)).start()
+    yield served
+    served.stop()
+
+
+async def test_calls_longer_than_the_idle_timeout_are_answered_to_live_clients(
+    slow_server: LocalServer,
+) -> None:
+    """The pings that cut a client that stopped cost a live one nothing: a call under way for four
+    idle timeouts (eight pings, each to be acknowledged within half of one) is answered, to
+    tritonclient and to its asyncio client at once, and their idle connections stay usable."""
+    port = slow_server.settings.grpc_port
+    rows = np.zeros((3, 64), dtype=np.float32)
+    images = triton.InferInput("X", [3, 64], "FP32")
+    images.set_data_from_numpy(rows)
+    aio_images = triton_aio.InferInput("X", [3, 64], "FP32")
+    aio_images.set_data_from_numpy(rows)
+    plain = triton.InferenceServerClient(f"127.0.0.1:{port}")
+    try:
+        async with triton_aio.InferenceServerClient(f"127.0.0.1:{port}") as aio:
+            for _ in range(2):  # the second on connections idle for a few timeouts since
+                started = time.monotonic()
+                answers = await asyncio.gather(
+                    asyncio.to_thread(plain.infer, MODEL, [images]), aio.infer(MODEL, [aio_images])
+                )
+                assert time.monotonic() - started >= LONG_CALL_S * 0.9, "the calls were long"
+                assert [a.as_numpy("probabilities").shape for a in answers] == [(3, 10), (3, 10)]
+                await asyncio.sleep(3 * SHORT_IDLE_TIMEOUT_S)
+    finally:
+        plain.close()
+    assert slow_server.metric("quantship_requests_total", code="200") == 4
