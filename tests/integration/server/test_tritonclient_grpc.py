@@ -127,7 +127,8 @@ async def test_calls_the_client_gives_up_on_count_as_499_never_as_server_errors(
 ) -> None:
     """Big requests with deadlines shorter than their queueing: some are cancelled while the server
     holds them, which is the client's doing (was: counted 500, feeding the error-rate SLI), and logged
-    (was: counted only), at most 10 lines a second however many."""
+    (was: counted only) at INFO. (Their cap of 10 lines a second is test_throttled_log's: how many of
+    these calls the server sees cancelled in a second is the scheduler's.)"""
     caplog.set_level(logging.INFO, logger="quantship.server")
     rows = np.tile(traffic[0], (2048 // len(traffic[0]) + 1, 1))[:2048]
     errors_before = local_server.metric("quantship_requests_total", code="500")
