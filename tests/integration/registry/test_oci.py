@@ -242,6 +242,7 @@ def test_a_reference_that_could_name_another_host_is_refused_before_any_request(
         assert result.exit_code == 3 and result.output.count("\n") == 1, result.output
     finally:
         recorder.shutdown()
+        recorder.server_close()
     assert _Recorder.seen == []
     assert list(tmp_path.iterdir()) == []
 
@@ -346,5 +347,6 @@ def test_a_token_realm_the_registry_names_reaches_the_terminal_printable_or_is_r
         result = CliRunner().invoke(main, ["pull", uri, "-o", str(tmp_path / "pulled")])
     finally:
         server.shutdown()
+        server.server_close()
     assert result.exit_code == 3 and result.output.count("\n") == 1, result.output
     assert not any(ch in result.output for ch in "\x1b\x07"), repr(result.output)
