@@ -196,25 +196,28 @@ def _push(
             f"the manifest also lists {', '.join(unknown)}"
         )
     client = _client(reference, credentials, insecure, timeout, speed_limit)
-    scratch.sweep()  # what pushes killed before us (kill -9) left behind
-    with scratch.directory(scratch.PUSH_PREFIX) as tmp:
-        config = tmp / "config.json"
-        config.write_bytes((loaded.root / artifact.MANIFEST_FILE).read_bytes())
-        names = [*loaded.manifest["files"], artifact.MANIFEST_FILE]
-        files = [f"{loaded.root / name}:{LAYER_MEDIA_TYPES[name]}" for name in names]
-        with _registry_errors(reference):
-            response = client.push(
-                target=reference.target,
-                files=files,
-                disable_path_validation=True,  # oras otherwise wants files under the working directory
-                manifest_config=f"{config}:{CONFIG_MEDIA_TYPE}",
-                manifest_annotations={_TITLE: loaded.manifest.get("model", {}).get("source", source.name)},
-                quiet=True,
-            )
-    digest = _sent_digest(response, reference)
-    for tag in also_tags:
-        with _registry_errors(reference):
-            _retag(client, reference, tag, response.request)
+    with client.session:  # its pool's connections closed, whatever happens: a refusal left them to the GC
+        scratch.sweep()  # what pushes killed before us (kill -9) left behind
+        with scratch.directory(scratch.PUSH_PREFIX) as tmp:
+            config = tmp / "config.json"
+            config.write_bytes((loaded.root / artifact.MANIFEST_FILE).read_bytes())
+            names = [*loaded.manifest["files"], artifact.MANIFEST_FILE]
+            files = [f"{loaded.root / name}:{LAYER_MEDIA_TYPES[name]}" for name in names]
+            with _registry_errors(reference):
+                response = client.push(
+                    target=reference.target,
+                    files=files,
+                    disable_path_validation=True,  # oras otherwise wants files under the working directory
+                    manifest_config=f"{config}:{CONFIG_MEDIA_TYPE}",
+                    manifest_annotations={
+                        _TITLE: loaded.manifest.get("model", {}).get("source", source.name)
+                    },
+                    quiet=True,
+                )
+        digest = _sent_digest(response, reference)
+        for tag in also_tags:
+            with _registry_errors(reference):
+                _retag(client, reference, tag, response.request)
     return digest
 
 
@@ -389,9 +392,10 @@ class _Registry:
         GET made once more."""
         url, where = f"{self.prefix}://{path}", f"{self.reference}: {what}"
         response = self._follow(url, where, headers)
-        if response.status_code == 401 and self._own(response.url) and self.answer(challenge_of(response)):
-            response.close()
-            response = self._follow(url, where, headers)
+        if response.status_code == 401 and self._own(response.url):
+            response.close()  # first: a challenge refused (a realm elsewhere) raised, its connection held
+            if self.answer(challenge_of(response)):
+                response = self._follow(url, where, headers)
         if response.status_code == 200:
             return response
         response.close()  # unread: a registry's error page can be as long as it likes
