@@ -7,15 +7,15 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
-import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import requests
+from quiet_http import QuietHTTPServer
 
 from quantship import oci
 
@@ -230,16 +230,6 @@ def takes_slowly(*, piece: int, every: float, until: threading.Event) -> Answer:
     return answer
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def handle_error(self, request: object, client_address: object) -> None:
-        """A client that hung up (a refusal, as seen from here) is not an error; its traceback
-        would land on the stderr of the CLI under test, which CliRunner captures."""
-        if not isinstance(sys.exc_info()[1], ConnectionError):
-            super().handle_error(request, client_address)  # type: ignore[arg-type]
-
-
 @contextmanager
 def serving(host: str = "127.0.0.1") -> Iterator[HostileRegistry]:
     """A registry on `host` (any of 127.0.0.0/8: another host, as far as a client can tell)."""
@@ -269,7 +259,7 @@ def serving(host: str = "127.0.0.1") -> Iterator[HostileRegistry]:
         def log_message(self, format: str, *args: object) -> None:
             pass
 
-    server = _Server((host, 0), Handler)
+    server = QuietHTTPServer((host, 0), Handler)  # its hang-ups are refusals, as seen from here
     registry = HostileRegistry(f"{host}:{server.server_address[1]}", {})
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()

@@ -17,6 +17,7 @@ from typing import ClassVar
 
 import pytest
 from click.testing import CliRunner
+from quiet_http import QuietHTTPServer
 from registry_harness import PASSWORD, USER, Registry
 
 from quantship import artifact, oci, scratch
@@ -227,7 +228,7 @@ def test_a_reference_that_could_name_another_host_is_refused_before_any_request(
 ) -> None:
     """oras reads the registry as the first part of a reference that looks like a host: these sent
     the credentials for the registry named first (and the model) to the other."""
-    recorder = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Recorder)
+    recorder = QuietHTTPServer(("127.0.0.1", 0), _Recorder)
     threading.Thread(target=recorder.serve_forever, daemon=True).start()
     other = f"127.0.0.1:{recorder.server_address[1]}"
     uri = "oci://" + hostile.format(registry=auth_registry.address, other=other)
@@ -340,7 +341,7 @@ def test_a_token_realm_the_registry_names_reaches_the_terminal_printable_or_is_r
     """The realm's host went raw into 'cannot reach the token realm ...' (ESC c resets a terminal),
     and a '[' in it raised a ValueError from urlsplit."""
     _HostileRealm.realm = realm
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _HostileRealm)
+    server = QuietHTTPServer(("127.0.0.1", 0), _HostileRealm)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     uri = f"oci://127.0.0.1:{server.server_address[1]}/x/y:1"
     try:

@@ -26,6 +26,7 @@ from typing import ClassVar
 
 import pytest
 from click.testing import CliRunner
+from quiet_http import QuietHTTPServer
 
 from quantship import artifact
 from quantship.cli import main
@@ -98,7 +99,7 @@ def server(good_artifact: artifact.Artifact, tmp_path_factory: pytest.TempPathFa
     bomb = gzip.compress(bytes(64 * 2**20))  # 64 KiB that a client inflating the encoding makes 64 MiB
     files = {"good.tar.gz": packed.read_bytes(), "bad.tar.gz": hostile.getvalue(), "bomb.tar.gz": bomb}
     handler = type("Serving", (Handler,), {"files": files})
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    httpd = QuietHTTPServer(("127.0.0.1", 0), handler)
     port = httpd.server_address[1]
     handler.redirect_to = f"http://localhost:{port}"
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)

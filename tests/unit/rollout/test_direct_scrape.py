@@ -9,6 +9,7 @@ import threading
 from collections.abc import Iterator
 
 import pytest
+from quiet_http import QuietHTTPServer
 
 from quantship import slo
 from quantship.local.recalibration import DRIFT_SERIES
@@ -36,7 +37,7 @@ class Exposition(http.server.BaseHTTPRequestHandler):
 @pytest.fixture
 def exporter() -> Iterator[http.server.ThreadingHTTPServer]:
     """A real HTTP server whose /metrics text the test sets."""
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Exposition)
+    server = QuietHTTPServer(("127.0.0.1", 0), Exposition)
     server.text = ""  # type: ignore[attr-defined]
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
