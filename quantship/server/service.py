@@ -312,7 +312,7 @@ class ModelService:
         fallback = runner_module.fallback_ops(model, proto=proto)
         del model, proto  # the served model's bytes and graph: its sessions hold what they need
         reference = _open_reference(self._reference_model(verified), runner.signature, compared)
-        batching = batch_policy.choose(runner, settings.batching.max_batch_size, rows_mix=runner.rows_mix)
+        batching = batch_policy.choose(runner, settings.batching.max_batch_size)
         deterministic = probe.deterministic(runner, loaded.row_shapes)
         return Opened(
             loaded, runner, comparator, reference, observer, ranges, fallback, batching, deterministic
