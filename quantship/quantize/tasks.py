@@ -198,12 +198,13 @@ def _doubt_of_requested_regression(
 
 
 def _vectors_named_like_embedding(output: str, reference: np.ndarray) -> bool:
-    """Whether a float output holds a vector a row (or a position) and is named like an embedding:
-    infer_task's reading of it without --task, unit length or not."""
+    """Whether a float output holds a vector a row (or a position: on its last axis) and is named like
+    an embedding: infer_task's reading of it without --task, unit length or not; one value a row or a
+    position is a regression's there, whatever the name."""
     return (
         np.issubdtype(reference.dtype, np.floating)
         and reference.ndim >= 2
-        and reference[0].size > 1
+        and reference.shape[-1] > 1
         and _named_like_embedding(output)
     )
 

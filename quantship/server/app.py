@@ -174,6 +174,7 @@ class Endpoints:
         self.service.ready_model()
         body = await receive_body(
             request.receive, request.headers.get("content-length", ""), self.body, lambda: _client(request),
+            self.service.client_log.log,
             here=arrived(request.scope), cut=lambda: cut_by_shutdown(request.scope),
         )  # fmt: skip
         coding = request.headers.get("content-encoding", "")

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 from quantship.server import cpus
 from quantship.server.runner import Runner, Signature
-from quantship.server.settings import SPLIT_MOST_ROWS, BatchSettings
+from quantship.server.settings import SPLIT_CALL_S, SPLIT_MOST_ROWS, BatchSettings
 
 log = logging.getLogger("quantship.server")
 CHEAPER = 0.9
@@ -48,12 +48,6 @@ ROUND_GAP_S = 0.05
 """Seconds between rounds: longer than a burst of the server's own start, short enough for loading."""
 UNMEASURED_SPLIT_ROWS = BatchSettings.max_batch_size
 """The fewest rows a call of a split request takes where no call was timed (a sequence model)."""
-SPLIT_CALL_S = 0.01
-"""A request split into calls (BatchPolicy.split_rows) runs calls of at least about this long, by the
-measured cost of a row, where the batch size is fewer rows: a call's fixed cost would otherwise
-dominate. Digits INT8 at --max-batch-size 1 ran a 32768-row request in 32768 calls, seconds instead
-of the ~20 ms of one call; 10 ms of a row's work is memory of the same order as a batch's. At most
-SPLIT_MOST_ROWS rows, though, where that is more than the batch."""
 INLINE_CALL_S = 100e-6
 """A call measured this short runs on the event loop instead of the inference thread: handing it to
 the thread and back (a queue, two wake-ups, the loop's self-pipe) costs more CPU than the call.
@@ -149,7 +143,6 @@ def choose(
     measure: Callable[[Runner, int], float] | None = None,
     *,
     usable_cpus: float | None = None,
-    rows_mix: bool = False,
 ) -> BatchPolicy:
     """The batch size cap for `runner`, at most `configured`. `measure(runner, rows)` gives seconds per
     row of one call (default: timed onnxruntime calls on the first of FILLS the model runs on; on
@@ -159,20 +152,20 @@ def choose(
     does one whose outputs a merged call cannot split (`Runner.layout`, learned here, at load), nor one
     that fails on more rows than one (`FailsOnRows`)."""
     overlap = (usable_cpus if usable_cpus is not None else cpus.usable()) > 1
-    signature = runner.signature
+    signature, rows_mix = runner.signature, runner.rows_mix
     if not signature.batchable:
         return BatchPolicy(1, "the model has no batch dimension", overlap=overlap)
     unsplit = runner.layout.alone
     unmeasurable = _unmeasurable(signature)
     if unmeasurable:
-        # Never merged whatever a measurement would say: a sequence model quantized dynamically
-        # (the tuner's choice for transformers) has open dimensions besides the batch.
-        if rows_mix or unsplit:
-            split_rows = 1 if rows_mix and not unsplit else 0
-            return BatchPolicy(1, ROWS_MIX if rows_mix else UNSPLIT, overlap=overlap, split_rows=split_rows)
         # No call timed, so no SPLIT_CALL_S floor measured: calls of at least the default batch
         # (gpt2-int8's 2000 rows at --max-batch-size 1: 376 ms in one-row calls, 99 in calls of 32)
-        split_rows = max(configured, UNMEASURED_SPLIT_ROWS)
+        split_rows = runner.rows_per_call(max(configured, UNMEASURED_SPLIT_ROWS))
+        if rows_mix or unsplit:
+            # Never merged whatever a measurement would say: a sequence model quantized dynamically
+            # (the tuner's choice for transformers) has open dimensions besides the batch.
+            reason = ROWS_MIX if rows_mix else UNSPLIT
+            return BatchPolicy(1, reason, overlap=overlap, split_rows=0 if unsplit else split_rows)
         return BatchPolicy(
             configured, f"not measured: {unmeasurable}", overlap=overlap, split_rows=split_rows
         )
@@ -201,7 +194,7 @@ def choose(
     alone_rows = max(inline_rows, _rows_within(costs, chosen, ALONE_CALL_S))
     one_row = costs.get(1, 0.0)
     fixed_cost_rows = min(math.ceil(SPLIT_CALL_S / one_row), SPLIT_MOST_ROWS) if one_row > 0 else chosen
-    split_rows = (1 if rows_mix else max(chosen, fixed_cost_rows)) if split else 0
+    split_rows = runner.rows_per_call(max(chosen, fixed_cost_rows)) if split else 0
     return BatchPolicy(chosen, reason, costs, inline_rows, alone_rows, overlap, split_rows)
 
 

@@ -101,6 +101,7 @@ async def receive_body(
     declared: str,
     limits: BodyLimits,
     where: Callable[[], str],
+    log_line: Callable[..., None],
     *,
     here: bool = False,
     cut: Callable[[], bool] = _never,
@@ -108,7 +109,8 @@ async def receive_body(
     """The body from ASGI `receive`, refused with 413 as soon as it is known to exceed
     `limits.max_bytes`, with 408 when it has not all arrived within `limits.timeout_s`, and with 499
     when the client hangs up before the end. `declared` is the Content-Length header ("" if none);
-    `where()` names the request in the log (built only then: a string a request costs CPU). `here`:
+    `where()` names the request in the log (built only then: a string a request costs CPU), whose
+    lines go to `log_line` (the service's `client_log`, at most so many a second). `here`:
     the server has said the whole body arrived (`arrived`), so reading it cannot wait, and no
     deadline is armed. `cut()`: whether a disconnect is shutdown's (`cut_by_shutdown`), which logged
     it and answered 503 (counted so by InferRoute): then this logs nothing."""
@@ -125,7 +127,7 @@ async def receive_body(
                 if message["type"] == "http.disconnect":
                     if cut():
                         raise ClientClosedRequest("shutdown closed the connection before the whole body came")
-                    log.info("%s: client disconnected after %d of %s body bytes; counted as 499",
+                    log_line("%s: client disconnected after %d of %s body bytes; counted as 499",
                              where(), size, declared or "?")  # fmt: skip
                     raise ClientClosedRequest("the client disconnected before sending the whole body")
                 chunk = message.get("body", b"")
@@ -138,7 +140,7 @@ async def receive_body(
                 chunks.append(chunk)
                 more = message.get("more_body", False)
     except TimeoutError:
-        log.info("%s: body not received within %g s (%d of %s bytes); answered 408",
+        log_line("%s: body not received within %g s (%d of %s bytes); answered 408",
                  where(), limits.timeout_s, size, declared or "?")  # fmt: skip
         raise RequestTimeout(
             f"the body did not arrive within {limits.timeout_s:g} s ({size} of {declared or '?'} bytes "
@@ -275,6 +277,7 @@ class InferRoute:
             declared,
             self.limits,
             lambda: _where(scope),
+            self.service.client_log.log,
             here=here,
             cut=lambda: cut_by_shutdown(scope),
         )

@@ -29,6 +29,7 @@ import onnxruntime as ort
 from quantship import runtime
 from quantship.server.errors import InferenceFailed, InvalidInput
 from quantship.server.protocol import DATATYPES, datatype_of
+from quantship.server.settings import SPLIT_CALL_S
 
 Tensors = Mapping[str, np.ndarray]
 
@@ -297,6 +298,12 @@ class Runner:
             raise InferenceFailed(f"onnxruntime failed: {_ort_message(exc)}") from exc
         return dict(zip(self._output_names, values, strict=True))
 
+    def rows_per_call(self, most: int) -> int:
+        """The most rows a call of one request takes, given `most` (0: no limit): one where the rows
+        mix, as the accuracy gate judged them; the one rule for the batch policy, `run_batch` (the
+        background sessions) and `SplitRun`."""
+        return 1 if self.rows_mix else most
+
     def refusal(self, inputs: Tensors) -> str | None:
         """Why the model cannot run on `inputs` (onnxruntime's message), or None when it can: for the
         server's own synthetic inputs, which no control run judges and no error log needs."""
@@ -346,8 +353,7 @@ class Runner:
         there, failed ones too (what the batch-size histogram records; probes and control runs are
         not the requests' calls). A model whose rows mix runs every row alone, merged with none."""
         made = calls if calls is not None else []
-        if self.rows_mix:
-            split_rows = 1
+        split_rows = self.rows_per_call(split_rows)
         if len(requests) == 1 or self.rows_mix:
             return [
                 self._run_alone(request, count, split_rows, made)
@@ -503,12 +509,6 @@ class Runner:
         return fills, runs
 
 
-ROWS_MIX_TURN_S = 0.01
-"""A request whose rows mix makes its one-row calls in turns of about this long (batch_policy's
-SPLIT_CALL_S), each `SplitRun.step` one hand-off to the inference thread: a hand-off a row cost 3 to 5
-times the calls (digits, 4000 rows: 0.28-0.54 s through the batcher, 0.09 s of calls)."""
-
-
 class SplitRun:
     """One request's outputs from consecutive calls of at most `most` rows, written into outputs of
     all its rows as they come: onnxruntime's intermediate memory is a full batch's, not
@@ -523,7 +523,7 @@ class SplitRun:
         self._runner = runner
         self._request = request
         self._rows = rows
-        self._most = 1 if runner.rows_mix else most
+        self._most = runner.rows_per_call(most)
         self._start = 0
         self._layout: BatchLayout | None = None
         self.outputs: dict[str, np.ndarray] = {}
@@ -533,13 +533,13 @@ class SplitRun:
 
     def step(self) -> None:
         """Make the next call (the first decides the layout; a fallback makes the whole request's); for
-        a model whose rows mix, one-row calls for ROWS_MIX_TURN_S."""
+        a model whose rows mix, one-row calls for SPLIT_CALL_S (a hand-off a row costs more than its call)."""
         if self._layout is None:
             self._layout = self._runner.layout_for(self._request)
             if self._layout.alone:
                 self._whole()
                 return
-        turn_ends = time.perf_counter() + (ROWS_MIX_TURN_S if self._runner.rows_mix else 0.0)
+        turn_ends = time.perf_counter() + (SPLIT_CALL_S if self._runner.rows_mix else 0.0)
         self._call(self._layout)
         while not self.done and time.perf_counter() < turn_ends:
             self._call(self._layout)

@@ -137,9 +137,10 @@ class FeedbackResult:
 
 
 HANG_UP_LOG_LINES_PER_S = 10
-"""A request whose client went away while it was queued or running is logged one line each, but no
-more than this many a second (the next line after a pause says how many were held back): an
-overloaded server whose clients' deadlines all pass would otherwise log thousands of lines a second."""
+"""A request whose client went away (mid-body, queued or running) or sent its body too slowly is
+logged one line each, but no more than this many a second (the next line after a pause says how many
+were held back): an overloaded server whose clients' deadlines all pass, or a client opening
+connections only to drop them, would otherwise log thousands of lines a second."""
 
 CUT_SLACK_S = 0.05
 """How early, in seconds, a cancellation may come of a timer set for the connections' deadline and
@@ -161,8 +162,9 @@ class ModelService:
         transport's drain was cut by the server, not given up by its client (`connections_spent`)."""
         self.cut_requests = 0
         """Requests accepted but answered 503 unfinished at shutdown (`request_cut`), for the drain's log."""
-        self._hang_ups = runner_module.ThrottledLog(1.0, log, logging.INFO, HANG_UP_LOG_LINES_PER_S)
-        """499s of queued and running requests, logged (`client_went`)."""
+        self.client_log = runner_module.ThrottledLog(1.0, log, logging.INFO, HANG_UP_LOG_LINES_PER_S)
+        """Lines about clients that went (499) or sent too slowly (408): `client_went`, and the
+        bodies' reader (infer_route.receive_body)."""
         self.model: Model | None = None
         self._rng = rng if rng is not None else random.Random()
         self._infer_executor = ThreadPoolExecutor(1, thread_name_prefix="quantship-infer")
@@ -312,7 +314,7 @@ class ModelService:
         fallback = runner_module.fallback_ops(model, proto=proto)
         del model, proto  # the served model's bytes and graph: its sessions hold what they need
         reference = _open_reference(self._reference_model(verified), runner.signature, compared)
-        batching = batch_policy.choose(runner, settings.batching.max_batch_size, rows_mix=runner.rows_mix)
+        batching = batch_policy.choose(runner, settings.batching.max_batch_size)
         deterministic = probe.deterministic(runner, loaded.row_shapes)
         return Opened(
             loaded, runner, comparator, reference, observer, ranges, fallback, batching, deterministic
@@ -543,7 +545,7 @@ class ModelService:
         counts as 499: one line, as a client that hangs up mid-body gets (infer_route.receive_body),
         so that an on-call who sees 499s finds them in the log; at most 10 a second
         (HANG_UP_LOG_LINES_PER_S). `where`: the client and what it called; `what`: when it went."""
-        self._hang_ups.log("%s: %s; counted as 499", where, what)
+        self.client_log.log("%s: %s; counted as 499", where, what)
 
     async def infer(self, request: InferRequest, gone: Gone | None = None) -> InferResponse:
         """`gone`: whether the caller has gone (batcher.Gone), so that a request queued meanwhile does

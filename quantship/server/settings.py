@@ -18,9 +18,19 @@ MiB = 1 << 20
 
 SPLIT_MOST_ROWS = 1024
 """The most rows a call of a request split into calls takes where --max-batch-size is fewer
-(batch_policy.SPLIT_CALL_S: a row of ~1 µs would make calls of 10,000): written once here, as the
+(SPLIT_CALL_S: a row of ~1 µs would make calls of 10,000): written once here, as the
 batch-size histogram's buckets reach it (metrics.batch_buckets). 1024 rows of a microsecond or more
 each take a millisecond or more: a call's fixed cost is a few percent of that at most."""
+
+SPLIT_CALL_S = 0.01
+"""A request split into calls (BatchPolicy.split_rows) runs calls of at least about this long, by the
+measured cost of a row, where the batch size is fewer rows: a call's fixed cost would otherwise
+dominate. Digits INT8 at --max-batch-size 1 ran a 32768-row request in 32768 calls, seconds instead
+of the ~20 ms of one call; 10 ms of a row's work is memory of the same order as a batch's. At most
+SPLIT_MOST_ROWS rows, though, where that is more than the batch. A request whose rows mix
+(batch_policy.ROWS_MIX) makes its one-row calls in turns of about this long, each one hand-off to the
+inference thread (`runner.SplitRun.step`): a hand-off a row cost 3 to 5 times the calls (digits, 4000
+rows: 0.28-0.54 s through the batcher, 0.09 s of calls)."""
 
 
 @dataclass(frozen=True)

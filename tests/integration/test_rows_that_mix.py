@@ -65,7 +65,7 @@ def test_dynamic_quantization_mixes_rows_and_static_does_not(
 def test_the_server_never_merges_requests_whose_rows_mix(dynamic_model: Path) -> None:
     runner = Runner.load(dynamic_model, threads=1)
 
-    policy = batch_policy.choose(runner, 32, rows_mix=True)
+    policy = batch_policy.choose(runner, 32)
 
     assert (policy.max_batch_size, policy.split_rows, policy.reason) == (1, 1, batch_policy.ROWS_MIX)
     assert set(policy.seconds_per_row) == {1}, "one row timed: where it runs (loop or thread)"
@@ -88,7 +88,7 @@ def test_a_sequence_model_whose_rows_mix_is_never_merged_either(tmp_path: Path) 
     quantize_dynamic(fp32, dynamic)
     runner = Runner.load(dynamic, threads=1)
 
-    policy = batch_policy.choose(runner, 32, rows_mix=runtime.rows_mix(dynamic))
+    policy = batch_policy.choose(runner, 32)
 
     assert (policy.max_batch_size, policy.split_rows, policy.reason) == (1, 1, batch_policy.ROWS_MIX)
     assert batch_policy.choose(Runner.load(fp32, threads=1), 32).max_batch_size == 32, "static: merged"
@@ -171,7 +171,7 @@ async def test_a_large_request_whose_rows_mix_runs_a_row_a_call_but_not_a_hand_o
     split call's time, not a hand-off to the inference thread a row: a 4000-row digits request took
     0.28-0.54 s through the batcher a row a hand-off, against 0.09 s of its one-row calls alone."""
     runner = Runner.load(dynamic_model, threads=1)
-    policy = batch_policy.choose(runner, 32, rows_mix=True)
+    policy = batch_policy.choose(runner, 32)
     request = np.resize(np.load(dimmed_rows)[zoo.INPUT_NAME], (400, 64))
     executor, sizes = CountedHandOffs(), CallSizes()
     batcher = Batcher(

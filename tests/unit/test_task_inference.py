@@ -239,6 +239,7 @@ def test_regression_asked_of_vectors_named_like_an_embedding_is_doubted_naming_e
         (Task.REGRESSION, "y", np.array([0.3, -4.0, 0.2], dtype=np.float32)),
         # Named like an embedding with one value a row: no vector, no direction to judge.
         (Task.REGRESSION, "feature", np.array([[0.3], [4.0], [0.2]], dtype=np.float32)),
+        (Task.REGRESSION, "hidden", UNNORMALISED_ROWS.reshape(40, 384, 1)),  # one value a position
         (Task.REGRESSION, "out", UNNORMALISED_ROWS),
     ],
 )
@@ -246,3 +247,17 @@ def test_a_task_whose_output_has_no_clear_look_of_another_is_not_doubted(
     task: Task, output: str, values: np.ndarray
 ) -> None:
     assert _doubts(task, output, values) == []
+
+
+@pytest.mark.parametrize(
+    "values",
+    [UNNORMALISED_ROWS, UNNORMALISED_ROWS.reshape(40, 8, 48), UNNORMALISED_ROWS.reshape(40, 384, 1)],
+    ids=["a vector a row", "a vector a position", "one value a position"],
+)
+def test_regression_is_doubted_of_an_embedding_named_output_exactly_where_it_would_be_inferred_otherwise(
+    values: np.ndarray,
+) -> None:
+    """The doubt reads the output as infer_task does without --task: a [N, seq, 1] output named
+    `hidden` is a regression's there (one value a position), so asking for regression is no mistake."""
+    inferred, _ = infer_task(None, "hidden", values, _data(len(values)))
+    assert (_doubts(Task.REGRESSION, "hidden", values) != []) is (inferred is Task.EMBEDDING)

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 from hostile_registry import body, challenge, redirect, serving
+from leaks import left_to_gc
 from registry_harness import (
     IDENTITY_TOKEN,
     PUBLIC,
@@ -233,10 +234,12 @@ def test_a_later_challenge_naming_another_realm_is_refused_and_nothing_goes_ther
             f"then http://{elsewhere.address}: refused"
         )
         for command in (["push", str(good_artifact.root), uri], ["pull", uri, "-o", str(tmp_path / "a")]):
-            code, output = _cli(*command, *login, password=TOKEN_PASSWORD)
+            with left_to_gc() as left:
+                code, output = _cli(*command, *login, password=TOKEN_PASSWORD)
             assert elsewhere.requested == [], command[0]
             assert code == 3 and output.count("\n") == 1, output
             assert refused in output
+            assert left == [], f"{command[0]} left its connections to the garbage collector"
     # the first realm was asked once for the push, once for the pull
     assert sum(path.partition("?")[0] == "/token" for path in registry.requested) == 2
     assert not (tmp_path / "a").exists()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import socket
 import threading
 import time
@@ -29,6 +30,7 @@ from quantship.server.settings import ServerSettings
 BODY = b'{"inputs": []}'
 HELD = "/held"
 LIMITS = BodyLimits(max_bytes=1 << 20, timeout_s=5.0)
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -47,7 +49,7 @@ class Recorder:
             return
         self.loop = asyncio.get_running_loop()
         here = arrived(scope)
-        body = await receive_body(receive, "", LIMITS, lambda: "test", here=here)
+        body = await receive_body(receive, "", LIMITS, lambda: "test", log.info, here=here)
         self.seen.append((here, body))
         while scope["path"] == HELD and not self.released.is_set():
             await asyncio.sleep(0.01)
@@ -122,9 +124,10 @@ def slow_receive(seconds: float) -> Any:
 def test_the_deadline_applies_unless_the_body_has_arrived() -> None:
     limits = BodyLimits(max_bytes=1 << 20, timeout_s=0.01)
     with pytest.raises(RequestTimeout):
-        asyncio.run(receive_body(slow_receive(0.1), "", limits, lambda: "test"))
+        asyncio.run(receive_body(slow_receive(0.1), "", limits, lambda: "test", log.info))
     # said to be here: no deadline armed (a receive that then waited would not be cut off)
-    assert asyncio.run(receive_body(slow_receive(0.1), "", limits, lambda: "test", here=True)) == BODY
+    here = receive_body(slow_receive(0.1), "", limits, lambda: "test", log.info, here=True)
+    assert asyncio.run(here) == BODY
 
 
 def test_shutdown_cuts_no_upload_of_a_request_pipelined_behind_a_running_one(

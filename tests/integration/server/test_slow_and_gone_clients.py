@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import select
 import socket
 import time
@@ -152,6 +153,35 @@ def test_a_client_gone_mid_body_counts_as_499_not_as_a_server_error(server: Serv
     assert len(gone) >= 10 and all("counted as 499" in line for line in gone)
     assert not log_lines(server, "Exception in ASGI application")
     assert not log_lines(server, "Traceback")
+    assert_still_serving(server)
+
+
+def test_a_flood_of_clients_gone_mid_body_is_logged_ten_lines_a_second(server: ServerProcess) -> None:
+    """A client that opens connections only to drop them mid-body must not flood the log: each such
+    line goes through the service's throttle (HANG_UP_LOG_LINES_PER_S), and the first line after a
+    pause says how many were held back, so the lines still account for every 499."""
+    flood = 60  # connections dropped back to back: spread over 6 s, none would be held
+    whole = body()
+    before_499 = count(server, 499)
+    time.sleep(1.1)  # a line of its own first, which tells what earlier tests' lines held back
+    with connect(server) as sock:
+        sock.sendall(headers(len(whole)) + whole[: len(whole) // 2])
+    wait_until(lambda: count(server, 499) == before_499 + 1, timeout=DEADLINE_S, what="a first 499")
+    before_499, before_lines = count(server, 499), len(log_lines(server, "client disconnected after"))
+    for _ in range(flood):
+        with connect(server) as sock:
+            sock.sendall(headers(len(whole)) + whole[: len(whole) // 2])
+    wait_until(lambda: count(server, 499) == before_499 + flood, timeout=DEADLINE_S, what="the flood's 499s")
+    time.sleep(1.1)  # past the throttle's window: the next line tells what was held back
+    with connect(server) as sock:
+        sock.sendall(headers(len(whole)) + whole[: len(whole) // 2])
+    wait_until(lambda: count(server, 499) == before_499 + flood + 1, timeout=DEADLINE_S, what="one more 499")
+    lines = log_lines(server, "client disconnected after")[before_lines:]
+    held = sum(
+        int(m.group(1)) for line in lines if (m := re.search(r"\((\d+) more since the last line\)", line))
+    )
+    assert len(lines) < flood, f"{len(lines)} lines for {flood} hang-ups back to back"
+    assert len(lines) + held == flood + 1, "every 499 is in the log, as a line or as held back"
     assert_still_serving(server)
 
 

@@ -134,7 +134,7 @@ def test_a_request_alone_runs_on_the_loop_up_to_a_call_of_alone_call_s(
 def test_a_request_larger_than_a_batch_splits_into_batches_or_into_calls_of_split_call_s(
     tiny_model: TinyModel, costs: dict[int, float], configured: int, rows_mix: bool, split_rows: int
 ) -> None:
-    policy = batch_policy.choose(tiny_model(), configured, table(costs), rows_mix=rows_mix)
+    policy = batch_policy.choose(tiny_model(rows_mix=rows_mix), configured, table(costs))
     assert policy.split_rows == policy.describe()["split_rows"] == split_rows
     assert ("one call" in policy.summary()) is (split_rows == 0)
 
@@ -188,5 +188,5 @@ def test_the_logged_summary_counts_one_row_in_the_singular(tiny_model: TinyModel
         .summary()
         .startswith("up to 4 rows (")
     )
-    mixing = batch_policy.choose(tiny_model(), 4, table({1: 10.0}), rows_mix=True).summary()
+    mixing = batch_policy.choose(tiny_model(rows_mix=True), 4, table({1: 10.0})).summary()
     assert mixing.endswith("a larger request in calls of 1 row"), "a row a call, in words"
