@@ -49,7 +49,8 @@ Logger = logging.Logger | logging.LoggerAdapter[Any]
 
 def diffbase_storage() -> kopf.AnnotationsDiffBaseStorage:
     """Where kopf keeps the spec it last handled: an annotation under our prefix, whose size the
-    CRD's bounds on names keep within what an object's annotations may hold (crd.JSON_BYTES_PER_CHAR)."""
+    CRD's bounds on names keep within what an object's annotations may hold
+    (crd_quantize.JSON_BYTES_PER_CHAR)."""
     return kopf.AnnotationsDiffBaseStorage(prefix=crd.GROUP, key="last-handled-configuration")
 
 

@@ -32,7 +32,7 @@ from quantship.choices import (
     Metric,
     Task,
 )
-from quantship.operator import crd, fetch, names, resources
+from quantship.operator import crd, crd_rules, crd_status, crd_uris, fetch, names, resources
 from quantship.operator.kube import Kube
 from quantship.operator.quantize_job import Verdict, read_result
 from quantship.operator.spec import InvalidSpec, apply_defaults
@@ -44,7 +44,7 @@ WORK_DIR = "/work"
 RESULT_FILE = "/dev/termination-log"
 SIGNING_DIR = "/etc/quantship/signing"
 SIGNING_FILE = "private.pem"
-RUNNING, PASSED, GATE_FAILED, ERROR = crd.QUANTIZE_STATES
+RUNNING, PASSED, GATE_FAILED, ERROR = crd_status.QUANTIZE_STATES
 
 OPTION_FLAGS = {
     "mode": "--mode",
@@ -196,7 +196,7 @@ class QuantizeSpec:
         return [*command, "--", *self.quantize_args()]
 
 
-PULL_SECRET_MESSAGE = crd.PULL_SECRET_FOR_OCI["message"]
+PULL_SECRET_MESSAGE = crd_rules.PULL_SECRET_FOR_OCI["message"]
 
 
 def _argument(value: Any) -> str:
@@ -212,26 +212,29 @@ def _check_options(options: Mapping[str, Any]) -> None:
     what quantize refuses (too few bins, another task's metric, a threshold outside its metric's
     values) it refuses after the Job's downloads."""
     if "threshold" in options and "maxAccuracyDelta" in options:
-        raise InvalidSpec(crd.ONE_GATE_LIMIT["message"])
+        raise InvalidSpec(crd_rules.ONE_GATE_LIMIT["message"])
     method = str(options.get("calibrationMethod"))
     if options.get("numBins", 0) > MAX_NUM_BINS:
         raise InvalidSpec(f"quantize.options.numBins: at most {MAX_NUM_BINS}")
-    if method in crd.ENOUGH_BINS and options.get("numBins", math.inf) < MIN_NUM_BINS[Calibration(method)]:
-        raise InvalidSpec(crd.ENOUGH_BINS[method]["message"])
+    if (
+        method in crd_rules.ENOUGH_BINS
+        and options.get("numBins", math.inf) < MIN_NUM_BINS[Calibration(method)]
+    ):
+        raise InvalidSpec(crd_rules.ENOUGH_BINS[method]["message"])
     task, metric = str(options.get("task")), options.get("metric")
-    if task in crd.METRIC_OF_TASK and metric is not None and metric not in METRICS_OF_TASK[Task(task)]:
-        raise InvalidSpec(crd.METRIC_OF_TASK[task]["message"])
+    if task in crd_rules.METRIC_OF_TASK and metric is not None and metric not in METRICS_OF_TASK[Task(task)]:
+        raise InvalidSpec(crd_rules.METRIC_OF_TASK[task]["message"])
     threshold = options.get("threshold")
-    if metric in crd.THRESHOLD_IN_DOMAIN and threshold is not None:
+    if metric in crd_rules.THRESHOLD_IN_DOMAIN and threshold is not None:
         low, high = DOMAIN_OF_METRIC[Metric(metric)]
         if not low <= threshold <= high:
-            raise InvalidSpec(crd.THRESHOLD_IN_DOMAIN[metric]["message"])
+            raise InvalidSpec(crd_rules.THRESHOLD_IN_DOMAIN[metric]["message"])
 
 
 def _check_target(uri: str) -> None:
     """A target the CRD refuses, admitted before it did. A pvc:// one: `_claim_of` says what is
     wrong with it (in the claim's words)."""
-    pushable = uri.startswith("oci://") and re.fullmatch(crd.TARGET_URI.pattern, uri)
+    pushable = uri.startswith("oci://") and re.fullmatch(crd_uris.TARGET_URI.pattern, uri)
     if not (pushable or uri.startswith("pvc://")):
         raise InvalidSpec(
             f"spec.quantize.target.uri {uri!r}: write pvc://CLAIM/PATH or oci://REGISTRY/REPO:TAG "

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from quantship import artifact, oci
-from quantship.operator import crd, fetch
+from quantship.operator import crd_uris, fetch
 
 if TYPE_CHECKING:
     from quantship.quantize.evaluate import MetricSpec
@@ -111,7 +111,8 @@ def read_result(message: str) -> Verdict | str:
     if passed:
         if not isinstance(produced, str):
             return "the gate passed but the Job named no artifact"
-        if not re.fullmatch(crd.ARTIFACT_URI.pattern, produced):  # it goes into the servers' fetch command
+        # it goes into the servers' fetch command
+        if not re.fullmatch(crd_uris.ARTIFACT_URI.pattern, produced):
             return f"the gate passed but the Job named no artifact URI: {produced[:200]!r}"
     meaning, higher = data.get("meaning"), data.get("higherIsBetter")
     return Verdict(

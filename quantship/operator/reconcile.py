@@ -21,7 +21,7 @@ from typing import Any, TypeVar, cast
 
 import kopf
 
-from quantship.operator import crd, placement, quantization, resources
+from quantship.operator import crd, crd_status, placement, quantization, resources
 from quantship.operator import status as status_module
 from quantship.operator.kube import ChildGone, Kube, ModelGone
 from quantship.operator.metrics import OperatorMetrics
@@ -453,7 +453,7 @@ async def _placement(
 def rollout_view(status: Mapping[str, Any]) -> dict[str, Any]:
     """The status as the rollout engine wrote it: phase GateFailed is ours, laid over the engine's
     settled phase, which status.quantize.rolloutPhase keeps meanwhile."""
-    if status.get("phase") != crd.GATE_FAILED:
+    if status.get("phase") != crd_status.GATE_FAILED:
         return dict(status)
     return {**status, "phase": (status.get("quantize") or {}).get("rolloutPhase") or "Promoted"}
 
@@ -469,9 +469,9 @@ def _quantize_status(
     wanted = dict(quantize.status) if quantize.status is not None else None
     if wanted is not None:
         wanted.pop("rolloutPhase", None)
-        if wanted.get("state") == crd.GATE_FAILED and not status.in_flight:
+        if wanted.get("state") == crd_status.GATE_FAILED and not status.in_flight:
             wanted["rolloutPhase"] = new["phase"]
-            new["phase"] = crd.GATE_FAILED
+            new["phase"] = crd_status.GATE_FAILED
     extra: dict[str, Any] = {}
     for key, value in (("quantize", wanted), ("quantizedArtifact", quantize.produced)):
         before = previous.get(key)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from quantship import slo
-from quantship.operator import crd, fetch, names, placement, quantize_job
+from quantship.operator import crd, crd_rules, fetch, names, placement, quantize_job
 from quantship.rollout import AnalysisSpec, OnInconclusive, RolloutSpec, parse_duration
 
 SERVER_FLAGS = {
@@ -211,7 +211,7 @@ def _check_names(name: str, spec: Mapping[str, Any]) -> None:
     if errors:
         raise InvalidSpec(f"spec.resources: {'; '.join(errors)}")
     if (spec.get("traffic") or {}).get("port") == names.GRPC_PORT:
-        raise InvalidSpec(crd.PORT_NOT_GRPC["message"])
+        raise InvalidSpec(crd_rules.PORT_NOT_GRPC["message"])
 
 
 def _check_capture_claim(spec: Mapping[str, Any]) -> None:

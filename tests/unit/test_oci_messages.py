@@ -16,7 +16,7 @@ from click.testing import CliRunner
 
 from quantship import oci, oci_auth
 from quantship.cli import main
-from quantship.operator import crd
+from quantship.operator import crd, crd_uris
 
 HOSTILE = "\x1b]0;owned title\x07\x1b[2J\x1b[31mFAKE: push ok\x1b[0m\n\u202eforged" + "x" * 5000
 
@@ -74,7 +74,7 @@ def test_the_crds_artifact_rule_admits_exactly_the_references_a_pull_takes(writt
     except oci.OciError:
         pulls = False
     assert bool(re.fullmatch(oci.PULL_REFERENCE_PATTERN, written)) == pulls
-    assert bool(re.fullmatch(crd.ARTIFACT_URI.pattern, f"oci://{written}")) == pulls
+    assert bool(re.fullmatch(crd_uris.ARTIFACT_URI.pattern, f"oci://{written}")) == pulls
     [rule] = crd.spec_schema()["properties"]["artifact"]["properties"]["uri"]["x-kubernetes-validations"]
     assert cel_rules.evaluate(rule["rule"], f"oci://{written}") is pulls
 

@@ -38,7 +38,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 from quantship import artifact, generate, slo, zoo
 from quantship.local.processes import ServerProcess
 from quantship.local.prometheus import PrometheusProcess, free_port
-from quantship.oncall import dashboards, rules
+from quantship.oncall import dashboard_promql, rules
 from quantship.operator.metrics import OperatorMetrics
 from quantship.quantize import Precision, QuantizeConfig, run
 from quantship.rollout import (
@@ -354,7 +354,7 @@ async def test_every_dashboard_panel_shows_data_from_real_servers_and_a_real_rol
     assert by_revision["skewed"] > by_revision["good"], by_revision
 
     # The drift panel too: the canary calibrated on skewed data sees digits drift from its calibration.
-    now = dashboards.overall_drift()
+    now = dashboard_promql.overall_drift()
     assert any(query.expr == now for query in queries if query.panel == "oncall / Activation drift")
     drift_by_revision = {
         series["metric"]["revision"]: float(series["value"][1])

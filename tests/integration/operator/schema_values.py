@@ -73,7 +73,8 @@ def _object(node: Mapping[str, Any]) -> st.SearchStrategy[dict[str, Any]]:
 
 
 MATCHES_RULE = re.compile(r"self\.matches\(r'(.*)'\)")
-"""A CEL rule that is a pattern (crd.matches_rule): values are drawn from the pattern, as for `pattern`."""
+"""A CEL rule that is a pattern (crd_uris.matches_rule): values are drawn from the pattern, as for
+`pattern`."""
 
 
 def _pattern(node: Mapping[str, Any]) -> str | None:

@@ -33,7 +33,7 @@ from operator_harness import Kubectl, ScriptedMetrics, StartOperator, eventually
 from schema_values import values
 
 from quantship.local.prometheus import PrometheusProcess
-from quantship.operator import crd, kube, names, quantization, resources
+from quantship.operator import crd, crd_fields, kube, names, quantization, resources
 from quantship.operator.spec import InvalidSpec, ModelSpec
 from quantship.rollout import PrometheusSources, Track, judge, measure
 
@@ -58,7 +58,7 @@ SPEC = ROOT["properties"]["spec"]
 QUANTITIES = st.dictionaries(
     st.sampled_from(["cpu", "memory", "ephemeral-storage", "hugepages-2Mi", "example.com/gpu"])
     | st.text(max_size=8),
-    values(crd.QUANTITY),
+    values(crd_fields.QUANTITY),
     max_size=3,
 )
 RESOURCES = st.fixed_dictionaries({}, optional={"limits": QUANTITIES, "requests": QUANTITIES})

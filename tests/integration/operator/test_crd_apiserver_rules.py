@@ -18,13 +18,13 @@ import pytest
 import yaml
 
 from quantship import oci
-from quantship.operator import crd, fetch, names, resources
+from quantship.operator import crd, crd_rules, crd_uris, fetch, names, resources
 from quantship.operator.spec import InvalidSpec, ModelSpec
 from quantship.rollout import Track
 
 ROOT = rules.REPOSITORY
 SCHEMA = crd.schema()
-ARTIFACT_URI = crd.ARTIFACT_URI.message
+ARTIFACT_URI = crd_uris.ARTIFACT_URI.message
 """What the API server answers a spec.artifact.uri that is no URI the servers can fetch."""
 OLD_CRD_FRAGMENT = {  # the shape the API server refused (commit 1bdab33, manifests/crd.yaml)
     "type": "object",
@@ -154,7 +154,7 @@ def test_the_structural_check_allows_int_or_string_its_own_anyof() -> None:
 
 def test_every_validation_rule_compiles_with_a_real_cel_implementation() -> None:
     found = [rule["rule"] for _, rule, _ in rules.rules_at(SCHEMA, rules.apply_defaults(minimal(), SCHEMA))]
-    assert {crd.GATEWAY_NEEDS_ROUTE["rule"], crd.WINDOWS_IN_ORDER["rule"]} <= set(found)
+    assert {crd_rules.GATEWAY_NEEDS_ROUTE["rule"], crd_rules.WINDOWS_IN_ORDER["rule"]} <= set(found)
     for rule in found:
         cel_rules.compile_rule(rule)
 
@@ -358,7 +358,7 @@ def test_a_traffic_port_is_admitted_only_where_the_models_services_can_carry_it(
         assert errors == [] and service_errors == []
         return
     assert any("spec.ports[1]: Duplicate value" in error for error in service_errors), service_errors
-    assert any(crd.PORT_NOT_GRPC["message"] in error for error in errors), errors
+    assert any(crd_rules.PORT_NOT_GRPC["message"] in error for error in errors), errors
     stored_before_the_rule = copy.deepcopy(admitted)
     stored_before_the_rule["spec"]["traffic"]["port"] = port
     with pytest.raises(InvalidSpec, match=r"traffic\.port must not be 8081"):

@@ -29,7 +29,7 @@ from operator_harness import (
 from test_operator_gateway_and_rbac import permission_of
 
 from quantship.choices import DOMAIN_OF_METRIC
-from quantship.operator import crd, handlers, permissions, quantization
+from quantship.operator import crd, crd_quantize, crd_uris, handlers, permissions, quantization
 from quantship.operator.kube import MERGE_PATCH
 from quantship.operator.quantize_job import Verdict
 from quantship.operator.spec import InvalidSpec
@@ -41,8 +41,8 @@ TARGET = "oci://registry.example.com/ml/digits:int8"
 PRODUCED = "oci://registry.example.com/ml/digits@sha256:" + "ab" * 32
 LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
 """`kubectl apply`'s copy of what it applied (client-side)."""
-INPUT_URI = crd.INPUT_URI.message
-TARGET_URI = crd.TARGET_URI.message
+INPUT_URI = crd_uris.INPUT_URI.message
+TARGET_URI = crd_uris.TARGET_URI.message
 """What the API server answers a quantize input, or target, that the Job could not use."""
 QUANTIZE = {
     "model": "https://models.example.com/digits-fp32.onnx",
@@ -574,8 +574,8 @@ def test_every_option_is_admitted_as_given_and_reads_into_the_job() -> None:
 
 def _longest_names(character: str) -> dict[str, Any]:
     """The most and longest names spec.quantize.options admits, of one `character`."""
-    name = character * crd.MAX_OPTION_NAME_CHARS
-    return {"output": name, "maskInput": name, "excludeNodes": [name] * crd.MAX_EXCLUDED_NODES}
+    name = character * crd_quantize.MAX_OPTION_NAME_CHARS
+    return {"output": name, "maskInput": name, "excludeNodes": [name] * crd_quantize.MAX_EXCLUDED_NODES}
 
 
 def _annotations_size(applied: dict[str, Any]) -> int:
@@ -594,16 +594,17 @@ def test_the_largest_names_admitted_keep_both_copies_of_the_spec_well_within_the
     takes 12 bytes), and `kubectl apply` another (4 bytes). Past 256 KiB of annotations in all, the
     API server refused kopf's patch (422) after every handling: 256 names of 4096 made 1 MiB."""
     size = _annotations_size(resource({**QUANTIZE, "options": _longest_names("\U0001f600")}))
-    assert 0.5 * crd.ANNOTATIONS_LIMIT_BYTES < size < 0.6 * crd.ANNOTATIONS_LIMIT_BYTES, size
+    limit = crd_quantize.ANNOTATIONS_LIMIT_BYTES
+    assert 0.5 * limit < size < 0.6 * limit, size
 
 
 def test_the_longest_uris_admitted_beside_the_largest_names_keep_within_the_annotations_limit() -> None:
-    """crd.MAX_URI_CHARS: five URIs as long as admitted, of the characters that take the most bytes
+    """crd_uris.MAX_URI_CHARS: five URIs as long as admitted, of the characters that take the most bytes
     escaped, and the largest option names, still fit both copies of the spec in the annotations."""
     astral = "\U0001f600"
 
     def longest(prefix: str) -> str:
-        return prefix + astral * (crd.MAX_URI_CHARS - len(prefix))
+        return prefix + astral * (crd_uris.MAX_URI_CHARS - len(prefix))
 
     quantize = {
         **QUANTIZE,
@@ -615,7 +616,7 @@ def test_the_longest_uris_admitted_beside_the_largest_names_keep_within_the_anno
     }
     applied = resource(quantize)
     applied["spec"]["artifact"]["uri"] = longest("pvc://models/")
-    assert _annotations_size(applied) < crd.ANNOTATIONS_LIMIT_BYTES
+    assert _annotations_size(applied) < crd_quantize.ANNOTATIONS_LIMIT_BYTES
     applied["spec"]["artifact"]["uri"] += "x"
     _, errors = rules.admit(crd.schema(), applied)
     assert len(errors) == 1 and "is too long" in errors[0], errors
@@ -662,11 +663,11 @@ def test_the_longest_uris_admitted_beside_the_largest_names_keep_within_the_anno
         ({"options": {"metric": "cosine_p5", "threshold": -1.5}}, "cosine_p5 is between -1 and 1"),
         ({"options": {"metric": "top1_agreement", "threshold": 1.01}}, "top1_agreement is between 0 and 1"),
         ({"options": {"keepGoing": "yes"}}, "is not of type 'boolean'"),
-        # names as long and as many as the annotations' limit allows (crd.OPTION_NAMES_BUDGET_BYTES)
+        # names as long and as many as the annotations' limit allows (crd_quantize.OPTION_NAMES_BUDGET_BYTES)
         ({"options": {"output": ""}}, "should be non-empty"),
-        ({"options": {"maskInput": "m" * (crd.MAX_OPTION_NAME_CHARS + 1)}}, "is too long"),
-        ({"options": {"excludeNodes": ["n" * (crd.MAX_OPTION_NAME_CHARS + 1)]}}, "is too long"),
-        ({"options": {"excludeNodes": ["n"] * (crd.MAX_EXCLUDED_NODES + 1)}}, "is too long"),
+        ({"options": {"maskInput": "m" * (crd_quantize.MAX_OPTION_NAME_CHARS + 1)}}, "is too long"),
+        ({"options": {"excludeNodes": ["n" * (crd_quantize.MAX_OPTION_NAME_CHARS + 1)]}}, "is too long"),
+        ({"options": {"excludeNodes": ["n"] * (crd_quantize.MAX_EXCLUDED_NODES + 1)}}, "is too long"),
         # a NUL cannot be passed in a process argument: the Job's command line carries the names
         ({"options": {"output": "logits\x00"}}, "does not match"),
         ({"options": {"maskInput": "\x00"}}, "does not match"),

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from quantship import generate, slo
-from quantship.oncall import dashboards, links, rules
+from quantship.oncall import dashboard_promql, links, rules
 
 NAMES = ("executive", "oncall", "debug")
 SERVED = 'model=~"$model",namespace=~"$namespace"'
@@ -110,7 +110,8 @@ def test_the_oncall_dashboard_plots_every_slos_burn_rate_over_every_recorded_win
 def test_sli_panels_use_the_ratio_slo_py_defines() -> None:
     exprs = {target["expr"] for panel in panels(load("oncall")) for target in panel.get("targets", [])}
     for objective in slo.DEFAULT_OBJECTIVES:
-        assert slo.ratio(objective, "$__rate_interval", dashboards.MODEL, dashboards.TRACKS) in exprs
+        ratio = slo.ratio(objective, "$__rate_interval", dashboard_promql.MODEL, dashboard_promql.TRACKS)
+        assert ratio in exprs
 
 
 def test_the_oncall_dashboard_marks_promotions_and_rollbacks() -> None:
@@ -141,7 +142,7 @@ def test_the_oncall_dashboard_plots_what_the_sli_starved_alert_reads_under_its_t
     (alert,) = [rule for rule in rules.operation_alerts() if rule["alert"] == "QuantshipSliStarved"]
     assert alert["expr"].startswith(rules.sli_starved())
     plotted = [target["expr"] for target in starved["targets"]]
-    assert plotted == [rules.sli_starved(dashboards.MODEL)]
+    assert plotted == [rules.sli_starved(dashboard_promql.MODEL)]
     steps = [step["value"] for step in starved["fieldConfig"]["defaults"]["thresholds"]["steps"]]
     assert steps == [None, slo.STARVED_BEHIND_PER_S]
 
@@ -156,7 +157,7 @@ def legends(board: str, title: str) -> list[str]:
 
 PER_REVISION = {
     "oncall": (
-        *(f"Burn rate: {dashboards._sli_title(objective.sli)}" for objective in slo.DEFAULT_OBJECTIVES),
+        *(f"Burn rate: {dashboard_promql.sli_title(objective.sli)}" for objective in slo.DEFAULT_OBJECTIVES),
         "Latency p95 and p99",
         "Fallback ops",
         "Activation drift",

@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from quantship import slo
-from quantship.operator import crd
+from quantship.operator import crd, crd_uris
 from quantship.operator.spec import InvalidSpec, ModelSpec, apply_defaults
 from quantship.rollout import OnInconclusive
 from quantship.rollout.analysis import MORE_SAMPLES
@@ -121,7 +121,7 @@ DELETE = object()
     [
         ("artifact", DELETE, "'artifact' is a required property"),
         # a URI the servers cannot fetch is a CEL rule's (test_crd_apiserver_rules.py); its length is not
-        ("artifact.uri", "https://" + "m" * crd.MAX_URI_CHARS, "is too long"),
+        ("artifact.uri", "https://" + "m" * crd_uris.MAX_URI_CHARS, "is too long"),
         ("replicas", 0, "less than the minimum"),
         ("rollout.steps", [5, 150], "greater than the maximum"),
         ("rollout.steps", [], "should be non-empty"),
@@ -241,4 +241,4 @@ def test_a_pattern_a_cel_raw_string_cannot_hold_is_refused_when_the_crd_is_built
     """cel-go's raw string ends at the first quote and holds no line break (CEL.g4); cel-python reads
     \\' inside one as an escape. Either would turn the rule into another one, or none."""
     with pytest.raises(ValueError, match="a CEL raw string cannot hold"):
-        crd.matches_rule(pattern)
+        crd_uris.matches_rule(pattern)

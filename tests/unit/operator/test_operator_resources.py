@@ -13,7 +13,7 @@ import re2
 from kubernetes import client
 
 from quantship.cli import serving
-from quantship.operator import crd, fetch, resources
+from quantship.operator import crd, crd_uris, fetch, resources
 from quantship.operator.kube import to_model
 from quantship.operator.routers import split
 from quantship.operator.spec import CAPTURE_FLAGS, SERVER_FLAGS, InvalidSpec, ModelSpec
@@ -172,7 +172,7 @@ def test_each_server_captures_into_its_own_directory_of_the_claim_named_like_its
     assert (claim_root / pod_name).is_dir()
     # what a quantize Job reads back, as spec.quantize.calibration
     uri = f"pvc://captures/{pod_name}/{CAPTURE_FILE}"
-    assert re2.search(crd.INPUT_URI.pattern, uri)
+    assert re2.search(crd_uris.INPUT_URI.pattern, uri)
     root = Path(resources.PVC_ROOT)
     assert fetch.source_path(uri, root) == root / "captures" / pod_name / CAPTURE_FILE
 

@@ -14,7 +14,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from quantship import artifact
-from quantship.operator import crd, fetch, quantization, quantize_job
+from quantship.operator import crd_uris, fetch, quantization, quantize_job
 from quantship.operator.spec import InvalidSpec
 
 ROOT = Path("/mnt/pvc")
@@ -48,7 +48,7 @@ def section(**uris: str) -> dict[str, object]:
 @example("pvc://models/./x")
 @example("pvc://models/..x")
 @example("pvc://models/a\xa0b\u2028\x85")  # spaces to Unicode, not to RE2
-@given(admitted(crd.TARGET_URI.pattern))
+@given(admitted(crd_uris.TARGET_URI.pattern))
 def test_an_admitted_quantize_target_is_published_strictly_inside_its_claim(uri: str) -> None:
     spec = quantization.QuantizeSpec.from_spec(section(target=uri))
     assert spec is not None
@@ -58,7 +58,7 @@ def test_an_admitted_quantize_target_is_published_strictly_inside_its_claim(uri:
 
 
 @settings(max_examples=300)
-@given(admitted(crd.INPUT_URI.pattern))
+@given(admitted(crd_uris.INPUT_URI.pattern))
 def test_an_admitted_quantize_input_is_read_inside_its_claim(uri: str) -> None:
     assert quantization.QuantizeSpec.from_spec(section(calibration=uri)) is not None
     path = fetch.source_path(uri, ROOT)
@@ -66,7 +66,7 @@ def test_an_admitted_quantize_input_is_read_inside_its_claim(uri: str) -> None:
 
 
 @settings(max_examples=300)
-@given(admitted(crd.ARTIFACT_URI.pattern))
+@given(admitted(crd_uris.ARTIFACT_URI.pattern))
 def test_an_admitted_artifact_is_fetched_from_inside_its_claim(uri: str) -> None:
     path = fetch.source_path(uri, ROOT)
     claim = uri.removeprefix("pvc://").split("/", 1)[0]
@@ -88,7 +88,7 @@ def test_an_admitted_artifact_is_fetched_from_inside_its_claim(uri: str) -> None
 def test_a_target_read_otherwise_or_outside_the_claim_is_refused_by_the_crd_and_the_operator(
     uri: str,
 ) -> None:
-    assert re2.search(crd.TARGET_URI.pattern, uri) is None
+    assert re2.search(crd_uris.TARGET_URI.pattern, uri) is None
     with pytest.raises(InvalidSpec, match="inside the claim"):
         quantization.QuantizeSpec.from_spec(section(target=uri))
 
