@@ -319,3 +319,18 @@ def test_fallback_ops_report_zero_for_every_quantized_op_type_that_fused(
     counts = fallback_ops(good_artifact.model_path)
     assert {"MatMul", "Add"} <= set(counts)
     assert set(counts.values()) == {0}  # U8S8 on x86: onnxruntime fuses every QDQ group
+
+
+def test_a_batch_merges_by_the_keys_its_caller_made(tiny_model: TinyModel) -> None:
+    """The batcher makes each request's `batch_key` to form a batch and hands them to `run_batch`,
+    which groups by them rather than making them again: requests it says differ run in calls of their
+    own, and each gets its own answer either way."""
+    runner = tiny_model()
+    requests = [{"X": x(1, 3) + n} for n in range(3)]
+    alone = [runner.run_batch([request], [1])[0] for request in requests]
+    for keys, made in (([("a",)] * 3, [3]), ([("a",), ("b",), ("a",)], [2, 1])):
+        calls: list[int] = []
+        answers = runner.run_batch(requests, [1, 1, 1], calls=calls, keys=keys)
+        assert calls == made
+        for answer, expected in zip(answers, alone, strict=True):
+            assert answer["Y"].tolist() == expected["Y"].tolist()  # type: ignore[index]
