@@ -14,7 +14,14 @@ from tiny_models import POSITION_TABLE, build_positions
 
 from quantship import artifact
 from quantship.server.errors import InferenceFailed, InvalidInput
-from quantship.server.runner import Runner, TensorSpec, fallback_ops, index_tables, value_free_outputs
+from quantship.server.runner import (
+    Runner,
+    TensorSpec,
+    batch_key,
+    fallback_ops,
+    index_tables,
+    value_free_outputs,
+)
 
 TinyModel = Callable[..., Runner]
 
@@ -334,3 +341,14 @@ def test_a_batch_merges_by_the_keys_its_caller_made(tiny_model: TinyModel) -> No
         assert calls == made
         for answer, expected in zip(answers, alone, strict=True):
             assert answer["Y"].tolist() == expected["Y"].tolist()  # type: ignore[index]
+
+
+def test_requests_share_a_batch_key_only_with_the_same_dtypes_and_row_shapes() -> None:
+    """Rows may differ; a dtype's kind, size or byte order, a row's shape or an input's name may not."""
+    key = batch_key({"X": x(1, 3)})
+    assert batch_key({"X": x(5, 3)}) == key
+    for other in (x(1, 3, dtype=np.float64), x(1, 3).astype(">f4"), x(1, 4), x(1, 3, 1)):
+        assert batch_key({"X": other}) != key
+    assert batch_key({"Y": x(1, 3)}) != key
+    assert batch_key({"a": x(1, 2), "b": x(1, 3)}) == batch_key({"b": x(2, 3), "a": x(2, 2)})  # in name order
+    assert batch_key({"s": np.array([["ab"]])}) != batch_key({"s": np.array([["abc"]])})
