@@ -106,6 +106,8 @@ def top1(output: np.ndarray) -> np.ndarray | None:
     row of its own first. Label feedback reads answers through this one definition."""
     if not output.size:
         return None
+    if output.ndim == 1 and output.dtype.kind in "iu":  # a label a row (digits' `label`): as it is
+        return output
     rows = output.reshape(len(output), -1) if output.ndim else output.reshape(1, 1)
     if output.dtype.kind in "iu":  # integers (np.issubdtype says the same, at ~10x the cost a request)
         return rows[:, 0] if rows.shape[1] == 1 else None

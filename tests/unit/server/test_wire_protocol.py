@@ -447,3 +447,24 @@ async def test_an_answer_of_strings_as_json_holds_all_of_their_bytes_in_the_budg
     encoded = await encode(response, request, budget)
     assert budget.held == [20_000 * (100 + protocol.BYTES_PREFIX)]
     assert json.loads(encoded.body)["outputs"][0]["data"] == strings.tolist()
+
+
+@pytest.mark.parametrize(
+    "array",
+    [
+        np.arange(10, dtype=np.float32).reshape(1, 10),
+        np.arange(6, dtype=">i8"),  # the other byte order: converted
+        np.arange(12, dtype=np.float32).reshape(3, 4).T,  # not C-contiguous (a transposed view)
+        np.arange(6, dtype=">f4").reshape(2, 3).T,  # both
+        np.array([True, False, True]),
+    ],
+    ids=["native", "big-endian", "transposed", "big-endian transposed", "bool"],
+)
+def test_raw_outputs_are_little_endian_in_row_major_order(array: np.ndarray) -> None:
+    """Binary outputs (HTTP's binary extension, gRPC's raw contents) are the values little-endian, row
+    after row, whatever the array's byte order or strides; an array already little-endian is written
+    without a conversion, one in the other order converted."""
+    expected = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
+    assert protocol.to_raw(array) == expected
+    readback = np.frombuffer(protocol.to_raw(array), dtype=array.dtype.newbyteorder("<"))
+    assert readback.reshape(array.shape).tolist() == array.tolist()
