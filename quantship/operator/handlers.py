@@ -263,7 +263,7 @@ def register(
     """Set by kopf's cleanup, once its watches have drained: a daemon spawned by an event they
     drained started after kopf stopped the daemons it knew, and would tick until cancelled."""
 
-    @kopf.on.cleanup(registry=registry)
+    @kopf.on.cleanup(registry=registry, id="end-the-daemons")
     def end_the_daemons(**_: Any) -> None:
         exiting.set()
 
