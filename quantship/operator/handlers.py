@@ -9,6 +9,16 @@
   waited a whole interval more (5 s lag at every N on kmock, measured). A failed tick is retried
   after `retry_delay` instead: an API server in trouble gets fewer ticks, not one per interval.
   It ends by itself once the resource is gone, so it needs no finalizer (kopf would add one for it).
+- a daemon resyncing a settled model every `resync_interval` (the analysis daemon has the others):
+  its stable Deployment and Services read from the API and put back as the spec says.
+- Both daemons also end when the watch says the model was deleted and when kopf's cleanup says the
+  operator exits, not only when kopf stops them. kopf stops the daemons it knows at exit, and at
+  a deletion only with its finalizer (nolar/kopf#548): without one it forgets a deleted model's
+  daemons unstopped, and one spawned by an event its watches drain at exit starts after it stopped
+  the others. Either kept the operator's shutdown waiting 5 s (kopf's wait for hung tasks), and a
+  deleted model's resync, a kopf timer then, woke every interval for as long as the operator ran.
+  A tick under way when the operator stops is finished, not cut: kopf waits up to 5 s for it (and
+  warns it "did not exit in time") before cancelling it.
 - delete, gateway-api mode only, once the operator has routed the user's HTTPRoute: point it back
   at the model's Service name (a finalizer, because the route is not ours to garbage-collect).
   Children go with their owner.
@@ -42,8 +52,8 @@ from quantship.rollout import Decision, PortError
 
 RESOURCE = (crd.GROUP, crd.VERSION, crd.PLURAL)
 FINALIZER = f"{crd.GROUP}/finalizer"
-TICK_DONE = "analysis tick done"
-"""Logged (debug) after each tick of the analysis daemon: what tests count ticks by."""
+TICK_DONE = "tick done"
+"""Logged (debug) after each tick of the analysis and resync daemons: what tests count ticks by."""
 Logger = logging.Logger | logging.LoggerAdapter[Any]
 
 
@@ -59,6 +69,14 @@ def _lock(memo: Any) -> asyncio.Lock:
     if lock is None:
         lock = memo["lock"] = asyncio.Lock()
     return lock
+
+
+def _deleted(memo: Any) -> asyncio.Event:
+    """Set when the watch says the model is deleted: its daemons end then (kopf forgets them)."""
+    deleted: asyncio.Event | None = memo.get("deleted")
+    if deleted is None:
+        deleted = memo["deleted"] = asyncio.Event()
+    return deleted
 
 
 def retry_delay(first: float, failures: int) -> float:
@@ -109,15 +127,17 @@ def without_finalizer(registry: kopf.OperatorRegistry, handler_id: str) -> None:
     ]
 
 
-async def _sleep_unless_stopped(stopped: kopf.DaemonStopped, seconds: float) -> None:
-    """`seconds`, or until kopf stops the daemon. Not `stopped.wait(seconds)`: that is a wait_for,
-    and on Python 3.11 a wait_for cancelled as its delay ends raises TimeoutError, which kopf takes
-    for the delay and so swallows the cancellation (seen as an operator that would not stop)."""
-    waiter = asyncio.ensure_future(stopped.wait())
+async def _sleep_unless_stopped(stopped: kopf.DaemonStopped, seconds: float, *ends: asyncio.Event) -> None:
+    """`seconds`, or until kopf stops the daemon or one of `ends` is set. Not `stopped.wait(seconds)`:
+    that is a wait_for, and on Python 3.11 a wait_for cancelled as its delay ends raises TimeoutError,
+    which kopf takes for the delay and so swallows the cancellation (seen as an operator that would
+    not stop)."""
+    waiters = {asyncio.ensure_future(stopped.wait()), *(asyncio.ensure_future(end.wait()) for end in ends)}
     try:
-        await asyncio.wait({waiter}, timeout=seconds)
+        await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
     finally:
-        waiter.cancel()
+        for waiter in waiters:
+            waiter.cancel()
 
 
 CRD_POLL_S = 2.0
@@ -148,7 +168,6 @@ def register(
         logger: Logger,
         memo: Any,
         kwargs: dict[str, Any],
-        fresh: bool = False,
     ) -> Decision | None:
         """One tick of the resource under its lock, with our children as kopf's indexes hold them.
         A failed one waits longer at each of kopf's retries (`retry`: how many came before)."""
@@ -162,7 +181,6 @@ def register(
                     logger,
                     seen=body,
                     children=children,
-                    fresh=fresh,
                     memo=memo,
                 )
             except kopf.TemporaryError as exc:
@@ -233,37 +251,65 @@ def register(
             logger.warning("one-shot annotation not acted on, the resync will try again: %s", exc)
 
     @kopf.on.event(*RESOURCE, registry=registry, id="forget")
-    def forget_deleted(type: str | None, namespace: str | None, name: str, **_: Any) -> None:
+    def forget_deleted(type: str | None, namespace: str | None, name: str, memo: Any, **_: Any) -> None:
         """A deleted model's gauges leave /metrics, and its Deployments `Kube.last_seen` (no
-        finalizer: the watch's DELETED is enough, and a restart starts from empty series anyway)."""
+        finalizer: the watch's DELETED is enough, and a restart starts from empty series anyway).
+        Its daemons end: kopf forgets them now without stopping them."""
         if type == "DELETED":
             ctx.metrics.forget((namespace or "default", name))
             ctx.kube.forget(namespace or "default", name)
+            _deleted(memo).set()
 
-    @kopf.daemon(*RESOURCE, registry=registry, when=in_flight, backoff=retry_backoff, id="analysis")
-    async def analysis(
+    exiting = asyncio.Event()
+    """Set by kopf's cleanup, once its watches have drained: a daemon spawned by an event they
+    drained started after kopf stopped the daemons it knew, and would tick until cancelled."""
+
+    @kopf.on.cleanup(registry=registry, id="end-the-daemons")
+    def end_the_daemons(**_: Any) -> None:
+        exiting.set()
+
+    async def tick_until_stopped(
         namespace: str | None,
         name: str,
         body: kopf.Body,
         logger: Logger,
         memo: Any,
         stopped: kopf.DaemonStopped,
-        **kwargs: Any,
+        kwargs: dict[str, Any],
+        *,
+        interval: float,
+        first_after: float,
+        fresh: bool,
     ) -> None:
+        """A daemon's ticks of the resource, `interval` apart (the first after `first_after`), until
+        kopf stops it, the model is deleted or the operator exits. A failed tick is retried after
+        `retry_delay` instead: an API server in trouble gets fewer ticks, not one per interval."""
         uid = body.get("metadata", {}).get("uid")
         failures = 0  # ticks failed in a row
-        while not stopped:
+        pause = first_after
+        while True:
+            if pause > 0:
+                await _sleep_unless_stopped(stopped, pause, exiting, _deleted(memo))
+            if stopped or exiting.is_set():
+                return
             if not watched.still_there(kwargs, namespace or "default", name, uid):
-                return  # deleted: with no finalizer, kopf does not stop this daemon for it
-            pause = tick_interval
+                return  # deleted, or replaced by a new model of the name: nothing more to tick
+            pause = interval
             async with _lock(memo):
-                if stopped:  # settled or exiting while this tick waited for the lock
+                if stopped or exiting.is_set():  # while this tick waited for the lock
                     return
                 children = watched.Children.from_handler(kwargs)
                 try:
                     # a daemon's body is live: it follows the watch, also while we wait for the lock
                     decision = await reconcile(
-                        ctx, namespace or "default", name, logger, seen=body, children=children, memo=memo
+                        ctx,
+                        namespace or "default",
+                        name,
+                        logger,
+                        seen=body,
+                        children=children,
+                        fresh=fresh,
+                        memo=memo,
                     )
                 except (kopf.TemporaryError, kopf.PermanentError) as exc:
                     # the condition and event are written where they can be. An API in trouble is
@@ -283,32 +329,61 @@ def register(
                     if decision is None:
                         return  # gone, or being deleted: nothing more to tick
                 logger.debug(TICK_DONE)
-            await _sleep_unless_stopped(stopped, pause)
+
+    @kopf.daemon(*RESOURCE, registry=registry, when=in_flight, backoff=retry_backoff, id="analysis")
+    async def analysis(
+        namespace: str | None,
+        name: str,
+        body: kopf.Body,
+        logger: Logger,
+        memo: Any,
+        stopped: kopf.DaemonStopped,
+        **kwargs: Any,
+    ) -> None:
+        """A rollout in flight, every `tick_interval` from now: its steps judged."""
+        await tick_until_stopped(
+            namespace,
+            name,
+            body,
+            logger,
+            memo,
+            stopped,
+            kwargs,
+            interval=tick_interval,
+            first_after=0,
+            fresh=False,
+        )
 
     without_finalizer(registry, "analysis")
 
-    @kopf.timer(
-        *RESOURCE,
-        registry=registry,
-        interval=operator.resync_interval,
-        initial_delay=operator.resync_interval,
-        when=settled,
-        backoff=retry_backoff,
-        id="resync",
-    )
+    @kopf.daemon(*RESOURCE, registry=registry, when=settled, backoff=retry_backoff, id="resync")
     async def resync(
-        namespace: str | None, name: str, body: kopf.Body, logger: Logger, memo: Any, **kwargs: Any
+        namespace: str | None,
+        name: str,
+        body: kopf.Body,
+        logger: Logger,
+        memo: Any,
+        stopped: kopf.DaemonStopped,
+        **kwargs: Any,
     ) -> None:
         """A settled model, now and then: its stable Deployment as the spec says (made again if
         deleted by hand, scaled back, resources) and its Services, which no event of the model's
         would bring. The stable and the Services are read from the API, not the index: after a
         watch's 410 kopf lists again but keeps what was deleted meanwhile (its indexes are not
         informers)."""
-        uid = body.get("metadata", {}).get("uid")
-        if memo.get("gone") or not watched.still_there(kwargs, namespace or "default", name, uid):
-            return  # deleted: a Deployment made again now would have no owner
-        if await reconcile_locked(namespace, name, body, logger, memo, kwargs, fresh=True) is None:
-            memo["gone"] = True  # deleted, maybe while the watch was away: kopf keeps calling
+        interval = operator.resync_interval
+        await tick_until_stopped(
+            namespace,
+            name,
+            body,
+            logger,
+            memo,
+            stopped,
+            kwargs,
+            interval=interval,
+            first_after=interval,
+            fresh=True,
+        )
 
     without_finalizer(registry, "resync")
 

@@ -1,11 +1,11 @@
 """One tick of one QuantizedModel: take its latest state, tick the rollout engine, write status back.
 
-Called by the kopf handlers (on create/resume/spec change, and by the analysis timer), always
-under the resource's lock. The state is what kopf's watches delivered (the resource, our
-Deployments and Services: watched.py), or the body our own last write returned while the watch
-has not brought it back yet, so two ticks in a row never act on a stale status (or on a one-shot
-annotation used up already), and a tick that changes nothing sends no request. Every decision
-goes, with the same text, to the status (message, history, conditions), an Event, the log and the
+Called by the kopf handlers (on create/resume/spec change, and by the analysis and resync daemons),
+always under the resource's lock. The state is what kopf's watches delivered (the resource, our
+Deployments and Services: watched.py), or the body our own last write returned while the watch has
+not brought it back yet, so two ticks in a row never act on a stale status (or on a one-shot
+annotation used up already), and a tick that changes nothing sends no request. Every decision goes,
+with the same text, to the status (message, history, conditions), an Event, the log and the
 metrics. A decision carried out whose status write failed is kept in the resource's kopf memo and
 written again by the next tick before anything is decided (`Acted`).
 """

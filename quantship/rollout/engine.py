@@ -3,8 +3,8 @@
 Each tick re-derives everything from the persisted `RolloutStatus` (nothing lives in memory):
 it observes only what the current state needs (is the new revision ready? is a judgement due?),
 asks `decide` what to do, carries the decision out through the ports, and returns the decision
-with the status to persist. The operator calls `tick` from a kopf timer; the local demo and the
-tests call `run_rollout`, a loop of ticks.
+with the status to persist. The operator calls `tick` from its kopf handlers and daemons; the
+local demo and the tests call `run_rollout`, a loop of ticks.
 
 The walk, one guarded step at a time (each returns early):
   first revision   Pending -> (ready) Promoted; it serves everything, there is nothing to compare

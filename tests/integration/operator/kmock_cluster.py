@@ -7,8 +7,9 @@ for `generateName` on create; a fresh `resourceVersion` on every write (kopf's f
 tests it), in lists too, and watches that start from it instead of replaying old versions; a
 `generation` bump when a write touches `spec`; 422, not 500, when a JSON patch's `test` fails.
 It also records the status it answered each request with (`answers`), answers the requests a
-test picks with an error of its choice (`refuse`), as a real API server in trouble would, and
-deletes what a request a test picks names just before it arrives (`delete_before`).
+test picks with an error of its choice (`refuse`), as a real API server in trouble would,
+deletes what a request a test picks names just before it arrives (`delete_before`), and leaves
+one a test picks unanswered until the test says (`hold`), as a slow API server would.
 
 Every write of a QuantizedModel or an HTTPRoute goes through what the API server does with a
 custom resource (`apiserver_rules`, with Gateway API's own CRD for routes): the status
@@ -23,6 +24,7 @@ refused at every write; the conftest's teardown fails on either.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import copy
 import datetime
@@ -47,6 +49,18 @@ BUILT_IN_CHECKED = {("apps", "deployments"), ("", "services"), ("batch", "jobs")
 """The built-in kinds the operator writes, checked by apimachinery's and core/v1's rules."""
 
 
+@attrs.define
+class Hold:
+    """A request held unanswered (`Cluster.hold`): `arrived` once it came, answered at `release`."""
+
+    which: Callable[[kmock.Request], bool]
+    arrived: asyncio.Event = attrs.field(factory=asyncio.Event)
+    released: asyncio.Event = attrs.field(factory=asyncio.Event)
+
+    def release(self) -> None:
+        self.released.set()
+
+
 @functools.cache
 def _route_schema() -> dict[str, Any] | None:
     """HTTPRoute's schema from the Gateway API CRDs beside the repository (None without them)."""
@@ -68,6 +82,7 @@ class Cluster(kmock.KubernetesEmulator):
         attrs.field(factory=list, init=False)
     )
     deletions: list[Callable[[kmock.Request], bool]] = attrs.field(factory=list, init=False)
+    holds: list[Hold] = attrs.field(factory=list, init=False)
     invalid: list[tuple[kmock.Request, str]] = attrs.field(factory=list, init=False)
     """Every write refused as invalid (of a custom resource or a checked built-in object), with the
     API server's reasons."""
@@ -104,6 +119,19 @@ class Cluster(kmock.KubernetesEmulator):
         the garbage collector or a person may: a write of it read a moment ago is answered 404."""
         self.deletions.append(which)
 
+    def hold(self, which: Callable[[kmock.Request], bool]) -> Hold:
+        """Leave the next request `which` picks unanswered until the test releases it: whoever sent
+        it waits meanwhile."""
+        hold = Hold(which)
+        self.holds.append(hold)
+        return hold
+
+    async def _held(self, request: kmock.Request) -> None:
+        for hold in [hold for hold in self.holds if hold.which(request)]:
+            self.holds.remove(hold)
+            hold.arrived.set()
+            await hold.released.wait()
+
     async def _delete_first(self, request: kmock.Request) -> None:
         for which in [which for which in self.deletions if which(request)]:
             self.deletions.remove(which)
@@ -124,6 +152,7 @@ class Cluster(kmock.KubernetesEmulator):
         return response
 
     async def _answer(self, request: kmock.Request) -> Any:
+        await self._held(request)
         await self._delete_first(request)
         for which, error, headers in self.refusals:
             if which(request):
