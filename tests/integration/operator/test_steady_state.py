@@ -1,6 +1,6 @@
 """A settled model's stable Deployment follows its spec: `replicas` and `resources` (which start no
 canary: the revision leaves them out) are applied, and a Deployment deleted or scaled down by hand is
-made again or scaled back by the resync timer. Real kopf runtime against kmock."""
+made again or scaled back by the resync daemon. Real kopf runtime against kmock."""
 
 from __future__ import annotations
 
