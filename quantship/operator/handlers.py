@@ -88,7 +88,7 @@ def retry_delay(first: float, failures: int) -> float:
 
 def in_flight(status: kopf.Status, **_: Any) -> bool:
     """A rollout is in flight, revisions it retired are still to remove (an API error left them), or
-    spec.quantize's Job runs (the timer reads its verdict)."""
+    spec.quantize's Job runs: the analysis daemon's models (it also reads the Job's verdict)."""
     job = status.get("quantize") or {}
     return (
         status.get("phase") in IN_FLIGHT
@@ -98,7 +98,7 @@ def in_flight(status: kopf.Status, **_: Any) -> bool:
 
 
 def settled(status: kopf.Status, **kwargs: Any) -> bool:
-    """Nothing in flight: the resync timer's models (the analysis daemon has the others)."""
+    """Nothing in flight: the resync daemon's models (the analysis daemon has the others)."""
     return bool(status.get("stableRevision")) and not in_flight(status, **kwargs)
 
 

@@ -172,7 +172,8 @@ def finalizers(kubectl: Kubectl) -> list[str]:
 
 
 def ticks(caplog: pytest.LogCaptureFixture) -> int:
-    """Ticks of the analysis daemon so far (each logs handlers.TICK_DONE at debug)."""
+    """Ticks of the daemons so far (each logs handlers.TICK_DONE at debug): the analysis daemon's here,
+    as no resync falls due within a test at the default resync interval (60 s)."""
     return sum(record.getMessage() == handlers.TICK_DONE for record in caplog.records)
 
 

@@ -40,7 +40,7 @@ def operator_requests(cluster: Cluster) -> list[kmock.Request]:
     return [r for r in cluster if r.headers.get("User-Agent") != TESTS_USER_AGENT]
 
 
-def timer_runs(caplog: pytest.LogCaptureFixture) -> int:
+def daemon_ticks(caplog: pytest.LogCaptureFixture) -> int:
     return sum(record.getMessage() == handlers.TICK_DONE for record in caplog.records)
 
 
@@ -56,13 +56,13 @@ async def test_a_tick_after_the_watches_are_warm_sends_no_request(
     await phase_is(kubectl, "Progressing")
     # settled: kopf's bookkeeping patches are in, and the status says what it waits for
     await eventually(lambda: "Updating is processed" in caplog.text, what="kopf done with the update")
-    await eventually(lambda: timer_runs(caplog) >= 3, what="the analysis ticking")
-    before, runs_before = len(operator_requests(cluster)), timer_runs(caplog)
+    await eventually(lambda: daemon_ticks(caplog) >= 3, what="the analysis ticking")
+    before, runs_before = len(operator_requests(cluster)), daemon_ticks(caplog)
 
     await asyncio.sleep(12 * TICK)
 
     during = operator_requests(cluster)[before:]
-    ticks = timer_runs(caplog) - runs_before
+    ticks = daemon_ticks(caplog) - runs_before
     assert ticks >= 5, f"only {ticks} ticks ran"
     deployment_gets = [
         r

@@ -1,6 +1,6 @@
 """A settled model's stable Deployment follows its spec: `replicas` and `resources` (which start no
 canary: the revision leaves them out) are applied, and a Deployment deleted or scaled down by hand is
-made again or scaled back by the resync timer. Real kopf runtime against kmock."""
+made again or scaled back by the resync daemon. Real kopf runtime against kmock."""
 
 from __future__ import annotations
 
@@ -91,6 +91,31 @@ async def test_a_stable_deployment_deleted_or_scaled_down_by_hand_is_restored(
 
     restored = await eventually(lambda: kubectl.deployment(STABLE), what="made again")
     assert restored["spec"]["replicas"] == replicas and restored["metadata"]["labels"]["track"] == "stable"
+
+
+async def test_a_model_settled_again_after_a_rollout_is_resynced_again(
+    kubectl: Kubectl, start_operator: StartOperator
+) -> None:
+    """kopf stops the resync daemon when a rollout starts (its `when`, settled, no longer holds) and
+    starts one again when the model settles: a daemon that ended on its own instead would never be
+    started again for that model (kopf's rule), and the new stable, deleted by hand, would stay gone."""
+    await start_operator(ScriptedMetrics(), resync_interval=0.5)
+    await serving(kubectl, spec_of(V1))
+    await kubectl.patch({"spec": {"artifact": {"uri": V2}}})
+    await eventually(lambda: kubectl.deployment(f"digits-{SECOND}"), what="the canary Deployment")
+    await kubectl.make_ready(f"digits-{SECOND}", 2)
+    await eventually(
+        lambda: ((kubectl.get() or {}).get("status") or {}).get("stableRevision") == SECOND,
+        timeout=30,
+        what="the second revision promoted",
+    )
+    await eventually(lambda: kubectl.deployment(STABLE) is None, what="the first stable removed")
+
+    await kubectl.apps.delete_namespaced_deployment(f"digits-{SECOND}", NAMESPACE)
+    await eventually(lambda: kubectl.deployment(f"digits-{SECOND}") is None, what="deleted")
+
+    restored = await eventually(lambda: kubectl.deployment(f"digits-{SECOND}"), what="made again")
+    assert restored["metadata"]["labels"]["track"] == "stable"
 
 
 async def test_ready_is_false_while_the_stable_has_no_ready_server_and_true_again_after(
