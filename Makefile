@@ -24,9 +24,10 @@ demo: setup
 
 ## make test: the full suite (unit, integration with real servers, end to end) on every core, one
 ## pytest-xdist worker a core; each test file runs whole on one worker, so a module's server or
-## Prometheus starts once. The 25 slowest tests are listed at the end, so a CI log says where the
-## suite's time goes (2 cores: 12-13 min with other suites running, load 2-5, against 19 min serial on a
-## quiet machine; the two e2e demo tests ~80 s each, the rest spread over 2,200 tests).
+## Prometheus starts once, and the sample models and artifacts are built once for all workers, by the
+## first to ask (tests/helpers/built_once.py). The 25 slowest tests are listed at the end, so a CI log
+## says where the suite's time goes (2 cores: 12-13 min with other suites running, load 2-5, against
+## 19 min serial on a quiet machine; the two e2e demo tests ~80 s each, the rest spread over 2,200 tests).
 test: setup
 	$(BIN)/pytest -n auto --dist loadfile --durations=25
 

@@ -1,11 +1,14 @@
-"""Fixtures shared by every test folder: the sample models and artifacts, built once per session
-with the real scikit-learn, skl2onnx and onnxruntime.quantization."""
+"""Fixtures shared by every test folder: the sample models and artifacts, built once a run (once for
+all its xdist workers: `built_once`) with the real scikit-learn, skl2onnx and onnxruntime.quantization.
+They are shared and must stay as built: a test that alters one works on a copy."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from built_once import built_once
 from hypothesis import settings
 
 from quantship import artifact, zoo
@@ -19,46 +22,63 @@ settings.load_profile("quantship")
 
 
 @pytest.fixture(scope="session")
-def sample(tmp_path_factory: pytest.TempPathFactory) -> zoo.SampleModel:
-    return zoo.build_digits(tmp_path_factory.mktemp("zoo"))
+def sample(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> Iterator[zoo.SampleModel]:
+    with built_once(tmp_path_factory, worker_id, "zoo", zoo.build_digits) as folder:
+        yield zoo.SampleModel(folder / "digits")
+
+
+def _quantized(
+    name: str,
+    config: QuantizeConfig,
+    calibration: Path,
+    sample: zoo.SampleModel,
+    tmp_path_factory: pytest.TempPathFactory,
+    worker_id: str,
+) -> Iterator[artifact.Artifact]:
+    """The digits model quantized with `config` on `calibration`, built once a run; every worker, the
+    one that built it too, reads the same manifest back from disk."""
+
+    def quantize(out: Path) -> None:
+        run(sample.model, out, config, calibration=calibration, evaluation=sample.evaluation)
+
+    with built_once(tmp_path_factory, worker_id, name, quantize) as folder:
+        yield artifact.load_artifact(folder)
 
 
 @pytest.fixture(scope="session")
-def good_artifact(sample: zoo.SampleModel, tmp_path_factory: pytest.TempPathFactory) -> artifact.Artifact:
+def good_artifact(
+    sample: zoo.SampleModel, tmp_path_factory: pytest.TempPathFactory, worker_id: str
+) -> Iterator[artifact.Artifact]:
     """INT8 digits model calibrated on every digit: passes the gate, clips almost nothing."""
-    out = tmp_path_factory.mktemp("artifacts") / "digits-good"
-    return run(
-        sample.model, out, QuantizeConfig(), calibration=sample.calibration, evaluation=sample.evaluation
-    ).artifact
+    yield from _quantized(
+        "digits-good", QuantizeConfig(), sample.calibration, sample, tmp_path_factory, worker_id
+    )
 
 
 @pytest.fixture(scope="session")
-def skewed_artifact(sample: zoo.SampleModel, tmp_path_factory: pytest.TempPathFactory) -> artifact.Artifact:
+def skewed_artifact(
+    sample: zoo.SampleModel, tmp_path_factory: pytest.TempPathFactory, worker_id: str
+) -> Iterator[artifact.Artifact]:
     """INT8 digits model calibrated on one digit only: its ranges are too narrow for real traffic."""
-    out = tmp_path_factory.mktemp("artifacts") / "digits-skewed"
-    return run(
-        sample.model,
-        out,
-        QuantizeConfig(),
-        calibration=sample.calibration_skewed,
-        evaluation=sample.evaluation,
-    ).artifact
+    yield from _quantized(
+        "digits-skewed", QuantizeConfig(), sample.calibration_skewed, sample, tmp_path_factory, worker_id
+    )
 
 
 @pytest.fixture(scope="session")
 def qoperator_skewed_artifact(
-    sample: zoo.SampleModel, tmp_path_factory: pytest.TempPathFactory
-) -> artifact.Artifact:
+    sample: zoo.SampleModel, tmp_path_factory: pytest.TempPathFactory, worker_id: str
+) -> Iterator[artifact.Artifact]:
     """The skewed calibration in QOperator format: QLinear ops requantize every activation in their
     kernels, and real traffic saturates their outputs."""
-    out = tmp_path_factory.mktemp("artifacts") / "digits-qoperator-skewed"
-    return run(
-        sample.model,
-        out,
+    yield from _quantized(
+        "digits-qoperator-skewed",
         QuantizeConfig(format=Format.QOPERATOR),
-        calibration=sample.calibration_skewed,
-        evaluation=sample.evaluation,
-    ).artifact
+        sample.calibration_skewed,
+        sample,
+        tmp_path_factory,
+        worker_id,
+    )
 
 
 @pytest.fixture
