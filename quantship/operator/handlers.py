@@ -287,16 +287,21 @@ def register(
         uid = body.get("metadata", {}).get("uid")
         failures = 0  # ticks failed in a row
         pause = first_after
+        deleted = _deleted(memo)
+
+        def ended() -> bool:
+            return bool(stopped) or exiting.is_set() or deleted.is_set()
+
         while True:
             if pause > 0:
-                await _sleep_unless_stopped(stopped, pause, exiting, _deleted(memo))
-            if stopped or exiting.is_set():
+                await _sleep_unless_stopped(stopped, pause, exiting, deleted)
+            if ended():
                 return
             if not watched.still_there(kwargs, namespace or "default", name, uid):
                 return  # deleted, or replaced by a new model of the name: nothing more to tick
             pause = interval
             async with _lock(memo):
-                if stopped or exiting.is_set():  # while this tick waited for the lock
+                if ended():  # while this tick waited for the lock
                     return
                 children = watched.Children.from_handler(kwargs)
                 try:
