@@ -30,6 +30,7 @@ from quantship import runtime
 from quantship.server.errors import InferenceFailed, InvalidInput
 from quantship.server.protocol import DATATYPES, datatype_of
 from quantship.server.settings import SPLIT_CALL_S
+from quantship.server.throttled_log import ThrottledLog
 
 Tensors = Mapping[str, np.ndarray]
 
@@ -265,7 +266,7 @@ class Runner:
         # A refused input is answered 400; onnxruntime's own error log of it would be noise.
         self._run_options.log_severity_level = 4
         self._controls = _Controls(self._call)
-        self._failures = ThrottledLog(FAILURE_LOG_INTERVAL_S)
+        self._failures = ThrottledLog(FAILURE_LOG_INTERVAL_S, log)
 
     @classmethod
     def load(
@@ -810,48 +811,6 @@ class _Controls:
             while len(self._verdicts) > CONTROL_SHAPES:
                 self._verdicts.popitem(last=False)
         return runs
-
-
-class ThrottledLog:
-    """`lines` log lines per `interval` seconds at the most, the next after a pause saying how many
-    were held back since."""
-
-    def __init__(
-        self,
-        interval: float,
-        logger: logging.Logger = log,
-        level: int = logging.ERROR,
-        lines: int = 1,
-        *,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self._interval = interval
-        self._clock = clock
-        self._logger = logger
-        self._level = level
-        self._lines = lines
-        self._window_start = -float("inf")
-        self._in_window = 0
-        self._held = 0
-        self._lock = threading.Lock()
-
-    def log(self, message: str, *args: object, exc_info: bool = False) -> None:
-        now = self._clock()
-        with self._lock:
-            if now - self._window_start >= self._interval:
-                self._window_start, self._in_window = now, 0
-            if self._in_window >= self._lines:
-                self._held += 1
-                return
-            self._in_window += 1
-            held, self._held = self._held, 0
-        self._logger.log(
-            self._level,
-            message + (f" ({held} more since the last line)" if held else ""),
-            *args,
-            exc_info=exc_info,
-            stacklevel=2,  # the line is the caller's
-        )
 
 
 def batch_key(inputs: Tensors) -> tuple[Any, ...]:

@@ -42,7 +42,7 @@ from quantship.artifact import (
     load_public_key,
     load_verified,
 )
-from quantship.server import batch_policy, cpus, hardware, probe
+from quantship.server import batch_policy, cpus, hardware, probe, throttled_log
 from quantship.server import runner as runner_module
 from quantship.server.background import HAND_OFF_ITEMS, CpuBudget, Lane, lower_priority
 from quantship.server.batcher import Batcher, Gone
@@ -162,7 +162,7 @@ class ModelService:
         transport's drain was cut by the server, not given up by its client (`connections_spent`)."""
         self.cut_requests = 0
         """Requests accepted but answered 503 unfinished at shutdown (`request_cut`), for the drain's log."""
-        self.client_log = runner_module.ThrottledLog(1.0, log, logging.INFO, HANG_UP_LOG_LINES_PER_S)
+        self.client_log = throttled_log.ThrottledLog(1.0, log, logging.INFO, HANG_UP_LOG_LINES_PER_S)
         """Lines about clients that went (499) or sent too slowly (408): `client_went`, and the
         bodies' reader (infer_route.receive_body)."""
         self.model: Model | None = None
