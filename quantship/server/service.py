@@ -42,8 +42,7 @@ from quantship.artifact import (
     load_public_key,
     load_verified,
 )
-from quantship.server import batch_policy, cpus, hardware, probe, throttled_log
-from quantship.server import runner as runner_module
+from quantship.server import batch_policy, cpus, hardware, probe, runner_graph, throttled_log
 from quantship.server.background import HAND_OFF_ITEMS, CpuBudget, Lane, lower_priority
 from quantship.server.batcher import Batcher, Gone
 from quantship.server.capture import Capture, CapturePick, Reservoir
@@ -53,7 +52,8 @@ from quantship.server.errors import InvalidInput, ModelNotFound, NotReady
 from quantship.server.feedback import FeedbackStore
 from quantship.server.metrics import ServerMetrics
 from quantship.server.protocol import InferRequest, InferResponse
-from quantship.server.runner import Runner, Signature, Tensors, TensorSpec, UnsupportedModel
+from quantship.server.runner import Runner
+from quantship.server.runner_signature import Signature, Tensors, TensorSpec, UnsupportedModel
 from quantship.server.settings import QualitySettings, ServerSettings
 from quantship.server.shadow import Comparator, ShadowEvaluator, ShadowSample
 
@@ -311,7 +311,7 @@ class ModelService:
         if ranges and quality.clip_sample_rate > 0:
             observed, ranges = observer_model(proto, ranges)
             observer = Runner.load(observed, threads=1) if ranges else None
-        fallback = runner_module.fallback_ops(model, proto=proto)
+        fallback = runner_graph.fallback_ops(model, proto=proto)
         del model, proto  # the served model's bytes and graph: its sessions hold what they need
         reference = _open_reference(self._reference_model(verified), runner.signature, compared)
         batching = batch_policy.choose(runner, settings.batching.max_batch_size)
@@ -785,7 +785,7 @@ def _inputs(signature: Signature) -> str:
     return ", ".join(spec.describe() for spec in sorted(signature.inputs, key=lambda spec: spec.name))
 
 
-def _describe(spec: runner_module.TensorSpec) -> dict[str, Any]:
+def _describe(spec: TensorSpec) -> dict[str, Any]:
     return {"name": spec.name, "datatype": spec.datatype, "shape": spec.wire_shape}
 
 
