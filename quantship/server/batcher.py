@@ -35,7 +35,8 @@ from typing import Any, Protocol
 import numpy as np
 
 from quantship.server.errors import ClientClosedRequest, InferenceFailed, NotReady, Overloaded, ServerError
-from quantship.server.runner import Outcome, Runner, SplitRun, batch_key
+from quantship.server.runner import Outcome, Runner, SplitRun
+from quantship.server.runner_layout import batch_key
 from quantship.server.runner_signature import Tensors
 from quantship.server.settings import BatchSettings
 

@@ -14,8 +14,9 @@ from tiny_models import POSITION_TABLE, build_positions
 
 from quantship import artifact
 from quantship.server.errors import InferenceFailed, InvalidInput
-from quantship.server.runner import Runner, batch_key
+from quantship.server.runner import Runner
 from quantship.server.runner_graph import fallback_ops, index_tables, value_free_outputs
+from quantship.server.runner_layout import batch_key
 from quantship.server.runner_signature import TensorSpec
 
 TinyModel = Callable[..., Runner]
