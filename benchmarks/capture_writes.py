@@ -21,7 +21,7 @@ from rich.console import Console
 from rich.table import Table
 
 from quantship.server.capture import Capture, CapturePick, Reservoir
-from quantship.server.runner import Signature, TensorSpec
+from quantship.server.runner_signature import Signature, TensorSpec
 from quantship.server.settings import ServerSettings
 
 RATE = 20.0

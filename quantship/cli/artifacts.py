@@ -65,7 +65,7 @@ def verify(path: Path, public_key: Path | None, reference: Path | None, require_
     checks FILE, not the artifact's reference.onnx (pass the same --reference here), and `serve
     --require-gate-hardware` refuses an artifact gated on other hardware than its node's, which verify
     checks only with --require-gate-hardware, against the machine it runs on."""
-    from quantship.server.service import LoadRefused, check_loadable
+    from quantship.server.load_checks import LoadRefused, check_loadable
 
     key = artifact.load_public_key(public_key) if public_key else None
     scratch.sweep()  # what verifies and servers killed before us left behind

@@ -2,12 +2,13 @@
 
 What other parts use: `create_app` (the ASGI app, for tests and embedding), `serve` (the
 `quantship serve` command), and the settings dataclasses. Modules inside, each with one job:
-protocol (wire format), runner (onnxruntime session and input validation), batcher (dynamic
-batching), shadow / clipping / drift / feedback (the SLIs), capture (production inputs for
-recalibration), hardware and probe (load-time checks), background (their worker lanes), metrics,
-service (the transport-neutral core), grpc_server (the gRPC transport), schema (OpenAPI), errors,
-ports (the check that the ports are free, before anything loads),
-app (composition root, routes).
+protocol (wire format), runner (the onnxruntime session and its calls, over runner_layout,
+runner_failures, runner_graph and runner_signature), batcher (dynamic batching), shadow / clipping /
+drift / feedback (the SLIs), capture (production inputs for recalibration), hardware, probe and
+load_checks (load-time checks), background (their worker lanes), metrics, throttled_log (a repeated
+log line at most so often), service (the transport-neutral core), grpc_server (the gRPC transport),
+schema (OpenAPI), errors, ports (the check that the ports are free, before anything loads), app
+(composition root, routes).
 
 `create_app` and `serve` load on first use: the CLI reads the settings' defaults for its options
 without paying for FastAPI and onnxruntime on every command.

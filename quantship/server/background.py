@@ -46,8 +46,9 @@ from concurrent.futures import Executor
 from typing import Generic, TypeVar
 
 from quantship.server.errors import InferenceFailed, InvalidInput
-from quantship.server.runner import FAILURE_LOG_INTERVAL_S, ThrottledLog
+from quantship.server.runner import FAILURE_LOG_INTERVAL_S
 from quantship.server.starvation import StarvationWatch
+from quantship.server.throttled_log import ThrottledLog
 from quantship.slo import DropReason
 
 log = logging.getLogger(__name__)

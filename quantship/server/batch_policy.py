@@ -21,7 +21,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from quantship.server import cpus
-from quantship.server.runner import Runner, Signature
+from quantship.server.runner import Runner
+from quantship.server.runner_signature import Signature
 from quantship.server.settings import SPLIT_CALL_S, SPLIT_MOST_ROWS, BatchSettings
 
 log = logging.getLogger("quantship.server")

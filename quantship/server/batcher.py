@@ -35,7 +35,9 @@ from typing import Any, Protocol
 import numpy as np
 
 from quantship.server.errors import ClientClosedRequest, InferenceFailed, NotReady, Overloaded, ServerError
-from quantship.server.runner import Outcome, Runner, SplitRun, Tensors, batch_key
+from quantship.server.runner import Outcome, Runner, SplitRun
+from quantship.server.runner_layout import batch_key
+from quantship.server.runner_signature import Tensors
 from quantship.server.settings import BatchSettings
 
 log = logging.getLogger(__name__)

@@ -47,7 +47,7 @@ from typing import Any
 
 import numpy as np
 
-from quantship.server.runner import Signature, Tensors
+from quantship.server.runner_signature import Signature, Tensors
 
 log = logging.getLogger("quantship.server")
 CAPTURE_FILE = "capture.npz"

@@ -38,7 +38,8 @@ from quantship.activations import ActivationRange
 from quantship.server.background import ROWS_A_CALL
 from quantship.server.drift import DriftWindow, overall
 from quantship.server.metrics import ServerMetrics
-from quantship.server.runner import Runner, Tensors
+from quantship.server.runner import Runner
+from quantship.server.runner_signature import Tensors
 
 
 def observable(model: onnx.ModelProto, ranges: Sequence[ActivationRange]) -> list[ActivationRange]:

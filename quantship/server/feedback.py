@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from quantship.server.errors import FeedbackConflict, UnknownRequest
-from quantship.server.runner import Tensors
+from quantship.server.runner_signature import Tensors
 
 
 @dataclass

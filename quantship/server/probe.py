@@ -18,7 +18,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from quantship.server.errors import ServerError
-from quantship.server.runner import Runner, Signature
+from quantship.server.runner import Runner
+from quantship.server.runner_signature import Signature
 
 log = logging.getLogger("quantship.server")
 SEED = 20240613

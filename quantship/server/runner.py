@@ -1,11 +1,15 @@
-"""The model as onnxruntime runs it: its signature, input validation against it, and the call.
+"""The model as onnxruntime runs it: one session, its calls, and merged requests cut back apart.
 
 The service builds one Runner per session (served INT8 model, FP32 reference, clip observer) from
 `quantship.runtime.create_session`, so the server runs the kernels the accuracy gate judged. The
-batcher and the background workers merge requests with `concat` and `split`, cutting back only the
-outputs the model's `BatchLayout` says carry the batch: decided once, from the declared output shapes
-and, where they leave it open, probe calls, never from the sizes of one merged call (a NonZero's
-count can equal its rows by chance). Knows nothing of HTTP.
+batcher and the background workers merge requests with `runner_layout.concat` and `split`, cutting
+back only the outputs the model's `BatchLayout` says carry the batch: decided once, from the declared
+output shapes and, where they leave it open, probe calls, never from the sizes of one merged call (a
+NonZero's count can equal its rows by chance). Knows nothing of HTTP.
+
+Its parts: runner_signature (the model's inputs and outputs, and a request checked against them),
+runner_graph (what the ONNX graph says before any call), runner_layout (how merged calls split back,
+and the probes that decide it), runner_failures (whether a failed call is the client's or the model's).
 """
 
 from __future__ import annotations
@@ -14,11 +18,8 @@ import collections
 import dataclasses
 import functools
 import logging
-import re
-import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,210 +29,32 @@ import onnxruntime as ort
 
 from quantship import runtime
 from quantship.server.errors import InferenceFailed, InvalidInput
-from quantship.server.protocol import DATATYPES, datatype_of
+from quantship.server.runner_failures import (
+    ORT_FAILURES,
+    ORT_INVALID_ARGUMENT,
+    Controls,
+    empty_input,
+    ort_message,
+)
+from quantship.server.runner_graph import index_tables, value_free_outputs
+from quantship.server.runner_layout import (
+    UNDECIDABLE_SHAPES,
+    BatchLayout,
+    batch_key,
+    concat,
+    decide_layout,
+    filled_tensor,
+    leads,
+    split,
+)
+from quantship.server.runner_signature import Signature, Tensors
 from quantship.server.settings import SPLIT_CALL_S
-
-Tensors = Mapping[str, np.ndarray]
+from quantship.server.throttled_log import ThrottledLog
 
 log = logging.getLogger(__name__)
 
-CONTROL_INTERVAL_S = 1.0
-"""How long a control run's verdict stands for requests of one shape (see `_Controls`)."""
-CONTROL_SHAPES = 64
-"""Shapes whose verdicts are kept at once."""
-
 FAILURE_LOG_INTERVAL_S = 10.0
 """A failing model logs one line per this many seconds, with the count of failures since."""
-
-_ORT_DATATYPES = {
-    "tensor(bool)": "BOOL",
-    "tensor(uint8)": "UINT8",
-    "tensor(uint16)": "UINT16",
-    "tensor(uint32)": "UINT32",
-    "tensor(uint64)": "UINT64",
-    "tensor(int8)": "INT8",
-    "tensor(int16)": "INT16",
-    "tensor(int32)": "INT32",
-    "tensor(int64)": "INT64",
-    "tensor(float16)": "FP16",
-    "tensor(float)": "FP32",
-    "tensor(double)": "FP64",
-    "tensor(string)": "BYTES",
-}
-
-
-class UnsupportedModel(Exception):
-    """A model this server cannot serve (an input or output that is not a plain tensor)."""
-
-
-@dataclass(frozen=True)
-class TensorSpec:
-    name: str
-    datatype: str
-    shape: tuple[int | None, ...]
-    """Dimensions; None where the model leaves one open (a symbolic or unknown dimension)."""
-    dim_names: tuple[str | None, ...] = ()
-    """The model's name for each open dimension (`batch`, `seq`), None where it gives none. Inputs
-    sharing a name must agree on its size: checked here rather than failing deep in a kernel."""
-    table_rows: int | None = None
-    """For an integer input the model gathers rows of a table with (an embedding's token ids,
-    `index_tables`): the table's rows. A negative value is refused: ONNX's Gather counts it from the
-    table's end, so id -1 answered as the last token (gpt2: 200 with a wrong answer), where an id
-    past the end is onnxruntime's INVALID_ARGUMENT (400) already."""
-
-    @property
-    def dtype(self) -> np.dtype[Any]:
-        return DATATYPES[self.datatype]
-
-    @property
-    def wire_shape(self) -> list[int]:
-        """The shape as the protocol writes it: -1 for an open dimension."""
-        return [-1 if dim is None else dim for dim in self.shape]
-
-    def describe(self) -> str:
-        return f"{self.name} ({self.datatype} {self.wire_shape})"
-
-    def one_row(self, row_shape: Sequence[int] = ()) -> tuple[int, ...]:
-        """A shape to call the model at with one sample: `row_shape` (one sample of the gate's data,
-        `Artifact.row_shapes`) where it fits this input, else 1 for every open dimension. A length of 1
-        is refused by a model with a convolution along an open axis (a waveform's samples)."""
-        if len(row_shape) == len(self.shape) and all(
-            dim in (None, size) for dim, size in zip(self.shape, row_shape, strict=True)
-        ):
-            return tuple(row_shape)
-        return tuple(1 if dim is None else dim for dim in self.shape)
-
-    @classmethod
-    def from_ort(cls, node: ort.NodeArg) -> TensorSpec:
-        datatype = _ORT_DATATYPES.get(node.type)
-        if datatype is None:
-            raise UnsupportedModel(f"'{node.name}' is {node.type}; only plain tensors can be served")
-        dims = node.shape or ()
-        shape = tuple(dim if isinstance(dim, int) and dim >= 0 else None for dim in dims)
-        names = tuple(dim if isinstance(dim, str) and dim else None for dim in dims)
-        return cls(node.name, datatype, shape, names)
-
-
-@dataclass(frozen=True)
-class Signature:
-    inputs: tuple[TensorSpec, ...]
-    outputs: tuple[TensorSpec, ...]
-
-    @classmethod
-    def from_session(
-        cls, session: ort.InferenceSession, tables: Mapping[str, int] | None = None
-    ) -> Signature:
-        """`tables`: the rows of the table each index input gathers from (`index_tables`)."""
-        tables = tables or {}
-        return cls(
-            tuple(
-                dataclasses.replace(spec, table_rows=tables.get(spec.name))
-                for spec in map(TensorSpec.from_ort, session.get_inputs())
-            ),
-            tuple(TensorSpec.from_ort(node) for node in session.get_outputs()),
-        )
-
-    @functools.cached_property
-    def batchable(self) -> bool:
-        """True when every input's first dimension is open: a batch dimension requests can share."""
-        return bool(self.inputs) and all(spec.shape and spec.shape[0] is None for spec in self.inputs)
-
-    def output(self, name: str) -> TensorSpec:
-        for spec in self.outputs:
-            if spec.name == name:
-                return spec
-        raise KeyError(name)
-
-    def validate(self, inputs: Tensors) -> int:
-        """Check names, dtypes and shapes against the model; return the request's row count."""
-        for name in inputs:
-            if name not in self._input_names:
-                raise InvalidInput(f"unknown input '{name}'; the model takes {self._takes()}")
-        rows: int | None = None
-        for spec in self.inputs:
-            array = inputs.get(spec.name)
-            if array is None:
-                raise InvalidInput(f"missing input '{spec.name}'; the model takes {self._takes()}")
-            _check_tensor(spec, array)
-            if spec.table_rows is not None and array.size and array.min() < 0:
-                _check_indices(spec, array, inputs, spec.table_rows)
-            if not self.batchable:
-                continue
-            if array.shape[0] == 0:
-                raise InvalidInput(f"input '{spec.name}' has no rows (shape {list(array.shape)})")
-            if rows is not None and array.shape[0] != rows:
-                raise InvalidInput(
-                    f"inputs disagree on the batch size: '{spec.name}' has {array.shape[0]} rows, "
-                    f"others {rows}"
-                )
-            rows = array.shape[0]
-        self._check_named_dims(inputs)
-        return rows if rows is not None else 1
-
-    @functools.cached_property
-    def _input_names(self) -> frozenset[str]:
-        return frozenset(spec.name for spec in self.inputs)
-
-    def _takes(self) -> str:
-        return ", ".join(spec.describe() for spec in self.inputs)
-
-    def _check_named_dims(self, inputs: Tensors) -> None:
-        """Open dimensions the model names alike (`seq` of input_ids and attention_mask) must agree."""
-        seen: dict[str, tuple[str, int]] = {}
-        for spec in self.inputs:
-            for axis, name in enumerate(spec.dim_names):
-                if name is None:
-                    continue
-                size = inputs[spec.name].shape[axis]
-                first = seen.setdefault(name, (spec.name, size))
-                if first[1] != size:
-                    raise InvalidInput(
-                        f"inputs disagree on dimension '{name}': '{spec.name}' has {size} "
-                        f"(axis {axis}), '{first[0]}' has {first[1]}"
-                    )
-
-    def check_outputs(self, names: Sequence[str]) -> None:
-        known = [spec.name for spec in self.outputs]
-        for name in names:
-            if name not in known:
-                raise InvalidInput(f"unknown output '{name}'; the model gives {', '.join(known)}")
-
-
-def _check_indices(spec: TensorSpec, array: np.ndarray, inputs: Tensors, rows: int) -> None:
-    """Refuse a negative index (`TensorSpec.table_rows`) at a position the request says is real: one
-    that another 0/1 input of the same shape (an attention mask) does not mark 0. Position ids built
-    as mask.cumsum(-1) - 1 hold -1 at left padding, which the mask hides from the answer."""
-    negative = array < 0
-    for name, other in inputs.items():
-        if name != spec.name and other.shape == array.shape and _zeros_and_ones(other):
-            negative &= other != 0
-    if negative.any():
-        raise InvalidInput(
-            f"input '{spec.name}' holds {array[negative].min()}: its values index a table of {rows} "
-            f"rows, 0 to {rows - 1}"
-        )
-
-
-def _zeros_and_ones(array: np.ndarray) -> bool:
-    return array.dtype.kind in "iub" and bool(array.size) and array.min() >= 0 and array.max() <= 1
-
-
-def _check_tensor(spec: TensorSpec, array: np.ndarray) -> None:
-    if array.dtype != spec.dtype and not (spec.datatype == "BYTES" and array.dtype.kind in "OUS"):
-        raise InvalidInput(
-            f"input '{spec.name}' is {datatype_of(array.dtype)}; the model expects {spec.datatype}"
-        )
-    if len(array.shape) != len(spec.shape):
-        raise InvalidInput(
-            f"input '{spec.name}' has shape {list(array.shape)} ({len(array.shape)} dimensions); "
-            f"the model expects {spec.wire_shape} ({len(spec.shape)} dimensions)"
-        )
-    for axis, (got, want) in enumerate(zip(array.shape, spec.shape, strict=True)):
-        if want is not None and got != want:
-            raise InvalidInput(
-                f"input '{spec.name}' has shape {list(array.shape)}; dimension {axis} must be {want} "
-                f"(the model expects {spec.wire_shape})"
-            )
 
 
 class Runner:
@@ -264,8 +87,8 @@ class Runner:
         self._run_options = ort.RunOptions()
         # A refused input is answered 400; onnxruntime's own error log of it would be noise.
         self._run_options.log_severity_level = 4
-        self._controls = _Controls(self._call)
-        self._failures = ThrottledLog(FAILURE_LOG_INTERVAL_S)
+        self._controls = Controls(self._call)
+        self._failures = ThrottledLog(FAILURE_LOG_INTERVAL_S, log)
 
     @classmethod
     def load(
@@ -284,18 +107,18 @@ class Runner:
     def run(self, inputs: Tensors) -> dict[str, np.ndarray]:
         try:
             values = self._call(inputs)
-        except _ORT_INVALID_ARGUMENT as exc:  # e.g. a token id past the vocabulary: the client's to fix
-            raise InvalidInput(f"the model refused the input: {_ort_message(exc)}") from None
-        except _ORT_FAILURES as exc:  # a kernel's FAIL names no culprit: an index past a gather's axis?
-            if (empty := _empty_input(inputs)) is not None:
-                raise InvalidInput(f"the model could not run on {empty}: {_ort_message(exc)}") from None
+        except ORT_INVALID_ARGUMENT as exc:  # e.g. a token id past the vocabulary: the client's to fix
+            raise InvalidInput(f"the model refused the input: {ort_message(exc)}") from None
+        except ORT_FAILURES as exc:  # a kernel's FAIL names no culprit: an index past a gather's axis?
+            if (empty := empty_input(inputs)) is not None:
+                raise InvalidInput(f"the model could not run on {empty}: {ort_message(exc)}") from None
             if self._controls.values_at_fault(inputs):
-                raise InvalidInput(f"the model could not run on the input: {_ort_message(exc)}") from None
+                raise InvalidInput(f"the model could not run on the input: {ort_message(exc)}") from None
             self._failures.log("onnxruntime failed, on ones of the same shapes too: %s", exc)
-            raise InferenceFailed(f"onnxruntime failed: {_ort_message(exc)}") from exc
+            raise InferenceFailed(f"onnxruntime failed: {ort_message(exc)}") from exc
         except Exception as exc:  # onnxruntime's other pybind types (none with a common base), or ours
             self._failures.log("onnxruntime failed: %s", exc)
-            raise InferenceFailed(f"onnxruntime failed: {_ort_message(exc)}") from exc
+            raise InferenceFailed(f"onnxruntime failed: {ort_message(exc)}") from exc
         return dict(zip(self._output_names, values, strict=True))
 
     def rows_per_call(self, most: int) -> int:
@@ -310,7 +133,7 @@ class Runner:
         try:
             self._call(inputs)
         except Exception as exc:  # any of onnxruntime's pybind types
-            return _ort_message(exc)
+            return ort_message(exc)
         return None
 
     def _call(self, inputs: Tensors) -> list[Any]:
@@ -319,7 +142,7 @@ class Runner:
     def filled(self, rows: int, fill: int) -> dict[str, np.ndarray]:
         """An input of `fill` everywhere (empty strings for BYTES): `rows` rows where the first
         dimension is open, 1 in every other open dimension: what the batch policy times."""
-        return {spec.name: _filled(spec, rows, fill) for spec in self.signature.inputs}
+        return {spec.name: filled_tensor(spec, rows, fill) for spec in self.signature.inputs}
 
     def run_many(
         self, requests: Sequence[Tensors], rows: Sequence[int], *, max_rows: int
@@ -430,7 +253,7 @@ class Runner:
         the filled inputs do not suit the model (an open dimension besides the batch that size 1
         does not fit): the first merged call decides, with probes shaped as its requests."""
         if self._layout is None:  # two threads may both probe: the same calls, the same answer
-            self._layout = self._decide_layout(None)
+            self._layout = decide_layout(self.signature, self._value_free, self._call, None)
         return self._layout
 
     def layout_for(self, request: Tensors) -> BatchLayout:
@@ -444,7 +267,7 @@ class Runner:
         key = tuple(sorted(shapes.items()))
         if key in self._undecidable:  # probed at these shapes already, in vain: no probe calls again
             return dataclasses.replace(layout, alone=True)
-        shaped = self._decide_layout(shapes)
+        shaped = decide_layout(self.signature, self._value_free, self._call, shapes)
         if shaped.undecided:
             if len(self._undecidable) < UNDECIDABLE_SHAPES:
                 self._undecidable.add(key)
@@ -459,60 +282,6 @@ class Runner:
             return dataclasses.replace(shaped, alone=True)
         self._layout = shaped  # two threads may both decide: from shapes the model runs on, alike
         return shaped
-
-    def _decide_layout(self, shapes: Mapping[str, tuple[int, ...]] | None) -> BatchLayout:
-        """Outputs left open by their declared shapes that lead with the rows in every probe run, of
-        at least two fills, carry the batch; the others are shared where value-free
-        (`value_free_outputs`) and equal in every run; if any is neither, requests run alone. With
-        fewer than two fills the model runs on at these `shapes` (None: 1 where open), nothing is
-        decided: one fill whose values decide a count (NonZero of ones) could lead with the rows by
-        chance."""
-        batched = declared_batch_outputs(self.signature)
-        undecided = frozenset(self._output_names) - batched
-        if not undecided:
-            return BatchLayout(batched, frozenset(), alone=False)
-        fills, runs = self._probe_runs(shapes)
-        if fills < 2:
-            return BatchLayout(batched, frozenset(), alone=False, undecided=True)
-        leading = frozenset(name for name in undecided if all(_leads(out[name], n) for n, out in runs))
-        first = runs[0][1]
-        shared = frozenset(
-            name
-            for name in undecided - leading
-            if name in self._value_free and all(_same(out[name], first[name]) for _, out in runs)
-        )
-        unshared = undecided - leading - shared
-        if unshared:
-            log.info(
-                "outputs %s lack a batch dimension and depend on the batch or the values: requests run alone",
-                ", ".join(map(repr, sorted(unshared))),
-            )
-        return BatchLayout(batched | leading, shared, alone=bool(unshared))
-
-    def _probe_runs(
-        self, shapes: Mapping[str, tuple[int, ...]] | None
-    ) -> tuple[int, list[tuple[int, dict[str, np.ndarray]]]]:
-        """How many of PROBE_FILLS the model runs on at every one of PROBE_ROWS, and (rows, outputs)
-        of those runs; each input's dimensions past the batch from `shapes`, else 1 where open."""
-        fills = 0
-        runs: list[tuple[int, dict[str, np.ndarray]]] = []
-        for fill in PROBE_FILLS:
-            inputs = [
-                {
-                    spec.name: _probe_tensor(
-                        spec, rows, fill, None if shapes is None else shapes.get(spec.name)
-                    )
-                    for spec in self.signature.inputs
-                }
-                for rows in PROBE_ROWS
-            ]
-            try:
-                outputs = [dict(zip(self._output_names, self._call(i), strict=True)) for i in inputs]
-            except Exception:  # any of onnxruntime's pybind types: this fill is out of the model's range
-                continue
-            fills += 1
-            runs += zip(PROBE_ROWS, outputs, strict=True)
-        return fills, runs
 
 
 class SplitRun:
@@ -556,7 +325,7 @@ class SplitRun:
         start = self._start
         self.calls.append(count)
         part = self._runner.run({name: value[start : start + count] for name, value in self._request.items()})
-        if not all(_leads(part[name], count) for name in layout.batched):
+        if not all(leads(part[name], count) for name in layout.batched):
             self._whole()
             return
         for name, value in part.items():
@@ -575,112 +344,6 @@ class SplitRun:
         self.done = True
 
 
-@dataclass(frozen=True)
-class BatchLayout:
-    """How the outputs of a merged call go back to its requests."""
-
-    batched: frozenset[str]
-    """Outputs whose first dimension is the batch: each request gets its rows."""
-    shared: frozenset[str]
-    """Outputs without it that every request of a merged call gets whole (value-free and the same
-    whatever the rows: a static transformer's position embeddings, a list of class ids)."""
-    alone: bool
-    """Some output is neither: no merged call can answer for each request, so requests never merge."""
-    undecided: bool = False
-    """Not known yet: the first merged call decides (`Runner.layout`)."""
-
-
-PROBE_ROWS = (1, 2, 3)
-"""Row counts of the layout probe: an undeclared output that leads with the rows at each carries the batch."""
-PROBE_FILLS: tuple[int | None, ...] = (1, 0, None)
-"""What the probe's inputs hold: ones, zeros (as batch_policy.FILLS), and None: values of both signs
-and no zero, that differ from element to element (`_probe_tensor`), so that a leading dimension the
-values decide (NonZero's count) is unlikely to equal the rows in every run, and a model that refuses
-zeros (an integer Div) still runs two fills. Fills the model fails on are skipped."""
-UNDECIDABLE_SHAPES = 64
-"""Request shapes remembered as probed in vain (each would cost the probe's calls again): at most this
-many, so that a client's odd widths do not grow the set without end."""
-PROBE_SEED = 20261205
-"""The scattered fill's values come from this seed: the same probe, the same layout, on every load."""
-
-
-def declared_batch_outputs(signature: Signature) -> frozenset[str]:
-    """Outputs whose declared first dimension has the name of the inputs' first (batch) dimension. A
-    fixed first dimension is no batch; an unnamed one, or one named otherwise (NonZero's `K`), is
-    left to the probe."""
-    batch_names = {spec.dim_names[0] for spec in signature.inputs if spec.dim_names and spec.dim_names[0]}
-    return frozenset(
-        spec.name for spec in signature.outputs if spec.dim_names and spec.dim_names[0] in batch_names
-    )
-
-
-def _leads(value: np.ndarray, rows: int) -> bool:
-    return value.ndim > 0 and value.shape[0] == rows
-
-
-def _same(a: np.ndarray, b: np.ndarray) -> bool:
-    return a.shape == b.shape and bool(np.array_equal(a, b))
-
-
-SHAPE_ONLY_OPS = frozenset({"Shape", "Size"})
-"""Ops whose output depends on their input's shape, not its values."""
-
-
-_VALUES_KEPT = frozenset({"Reshape", "Squeeze", "Unsqueeze", "Flatten", "Identity", "Cast"})
-"""Ops whose first input's values reach their output unchanged (an id stays the id)."""
-_INDEX_TYPES = frozenset({onnx.TensorProto.INT32, onnx.TensorProto.INT64})
-"""Inputs of these types only: a float input cast to an index (-0.5 truncates to row 0) may be
-negative by design."""
-
-
-def index_tables(graph: onnx.GraphProto) -> dict[str, int]:
-    """The graph's int32/int64 inputs that a Gather takes as indices into a constant table (an embedding's
-    token ids), each with the table's rows along the gathered axis (the fewest, where it indexes
-    several). The ids may reach the Gather reshaped (GPT-2 views them as [-1, seq]) or cast, and the
-    table may be stored quantized: a DequantizeLinear of an initializer."""
-    inputs = {value.name for value in graph.input if value.type.tensor_type.elem_type in _INDEX_TYPES}
-    dims = {init.name: tuple(init.dims) for init in graph.initializer}
-    producer = {out: node for node in graph.node for out in node.output}
-    tables: dict[str, int] = {}
-    for node in graph.node:
-        if node.op_type != "Gather" or node.domain not in ("", "ai.onnx") or len(node.input) < 2:
-            continue
-        table, indices = node.input[0], node.input[1]
-        while (carried := producer.get(indices)) is not None and carried.op_type in _VALUES_KEPT:
-            indices = carried.input[0]
-        if indices not in inputs or indices in dims:
-            continue
-        source = producer.get(table)
-        if source is not None and source.op_type == runtime.DEQUANTIZE:
-            table = source.input[0]
-        shape = dims.get(table)
-        axis = next((attribute.i for attribute in node.attribute if attribute.name == "axis"), 0)
-        if not shape or not -len(shape) <= axis < len(shape):
-            continue
-        rows = shape[axis]
-        tables[indices] = min(rows, tables.get(indices, rows))
-    return tables
-
-
-def value_free_outputs(graph: onnx.GraphProto) -> frozenset[str]:
-    """Graph outputs computed from no input's values: from initializers, constants and input shapes
-    (through SHAPE_ONLY_OPS) only, so equal for every request of one shape. The shape of a computed
-    tensor reads values when that tensor does: NonZero's count, a Reshape to a shape read from the
-    input. A node with a subgraph (If, Loop, Scan) counts as reading every input, since its body may
-    name any outer value."""
-    inputs = {i.name for i in graph.input}
-    read = set(inputs)
-    for node in graph.node:  # ONNX requires topological order
-        if node.op_type in SHAPE_ONLY_OPS and (node.input[0] in inputs or node.input[0] not in read):
-            continue  # the shape of a request's input, or of a tensor no input's values reach
-        has_body = any(
-            a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute
-        )
-        if has_body or any(name in read for name in node.input):
-            read.update(node.output)
-    return frozenset(o.name for o in graph.output if o.name not in read)
-
-
 Outcome = dict[str, np.ndarray] | InvalidInput
 
 
@@ -696,218 +359,9 @@ def _row_chunks(rows: Sequence[int], most: int) -> Iterator[range]:
         yield range(start, len(rows))
 
 
-def _empty_input(inputs: Tensors) -> str | None:
-    """The request's first input, named for the message, where every input holds no values (an
-    empty sequence: its ids and its mask `[1, 0]`; no rows is refused before any call:
-    `Signature.validate`); None otherwise. A model that cannot run an empty request fails on ones of
-    its shape too, which would make it a 500 (`_Controls`): but an empty request is the client's to
-    change (a tokenizer's empty string), and a 500 would burn the error budget of a canary that
-    behaves as its stable does (hunt of 2026-12-06: gpt2 answered `[1, 0]` ids with a Reshape's
-    FAIL). Where some input holds values (a KV cache's first step: its past empty, its ids not), a
-    failure is judged as any other, so a canary broken there still counts as failing."""
-    if not inputs or any(array.size for array in inputs.values()):
-        return None
-    name, array = next(iter(inputs.items()))
-    return f"input '{name}' of shape {list(array.shape)}, which holds no values"
-
-
 def _outcome(run: Any, inputs: Tensors) -> Outcome:
     try:
         result: dict[str, np.ndarray] = run(inputs)
     except InvalidInput as exc:
         return exc
     return result
-
-
-_ORT_INVALID_ARGUMENT: type[Exception] = getattr(
-    ort.capi.onnxruntime_pybind11_state, "InvalidArgument", ValueError
-)
-_ORT_FAILURES: tuple[type[Exception], ...] = tuple(
-    getattr(ort.capi.onnxruntime_pybind11_state, name)
-    for name in ("Fail", "RuntimeException")
-    if hasattr(ort.capi.onnxruntime_pybind11_state, name)
-)
-"""A kernel's ORT_ENFORCE or a failed status: raised as often for a request's values as for a bug."""
-
-
-_SOURCE_LOCATION = re.compile(r"\S+\.(?:h|cc|cpp):\d+ (?:[^()]*\([^()]*\)(?: const)? (?:\[with [^\]]*\] )?)?")
-"""Where in onnxruntime's C++ an ORT_ENFORCE failed (`/onnxruntime_src/...h:563 void ...Append(...) `):
-nothing a client can act on."""
-
-
-def _ort_message(exc: Exception) -> str:
-    """onnxruntime's sentence without its code prefix (`[ONNXRuntimeError] : 2 : INVALID_ARGUMENT : `)
-    and without the C++ source location some carry."""
-    return _SOURCE_LOCATION.sub("", str(exc).rsplit(" : ", 1)[-1].strip())
-
-
-def _filled(spec: TensorSpec, rows: int, fill: int) -> np.ndarray:
-    open_size = [rows] + [1] * len(spec.shape)  # the first dimension, open, holds the rows
-    shape = tuple(open_size[axis] if dim is None else dim for axis, dim in enumerate(spec.shape))
-    if spec.datatype == "BYTES":
-        return np.full(shape, "", dtype=object)
-    return np.full(shape, fill, dtype=spec.dtype)
-
-
-def _probe_tensor(spec: TensorSpec, rows: int, fill: int | None, tail: tuple[int, ...] | None) -> np.ndarray:
-    """`rows` rows of `fill` (`_filled`; for BYTES "1" or ""), each shaped `tail` where given; for
-    fill None, scattered values: of both signs, never 0, in no pattern a stride could line up (a
-    column of a row-major tensor must hold both signs as well): -3 to 3 from a fixed seed (1 to 5
-    for unsigned types, False and True for BOOL, numbers of several lengths as strings for BYTES: a
-    model that parses them runs on two fills)."""
-    shape = _filled(spec, rows, 0).shape if tail is None else (rows, *tail)
-    random = np.random.default_rng(PROBE_SEED)
-    if spec.datatype == "BYTES":  # three fills that differ: "1", "", and numbers of several lengths
-        if fill is not None:
-            return np.full(shape, str(fill) if fill else "", dtype=object)
-        return random.choice(np.array(["-2", "13", "0.5", "7", "-1.25"], dtype=object), shape)
-    if fill is not None:
-        return np.full(shape, fill, dtype=spec.dtype)
-    kind = spec.dtype.kind
-    if kind == "b":
-        values = random.integers(0, 2, shape).astype(bool)
-    elif kind == "u":
-        values = random.integers(1, 6, shape)
-    else:
-        values = random.integers(1, 4, shape) * random.choice([-1, 1], shape)
-    return values.astype(spec.dtype)
-
-
-class _Controls:
-    """Whether the model runs on ones shaped as a failed request was (ones, not zeros: onnxruntime
-    refuses an integer Div by 0; ones are a valid mask, id, count and divisor). If it does,
-    the request's values caused the failure (an index past an axis): the client's to change, 400. If not, its
-    shapes do not suit the model, or the model is broken at them, and nobody can tell which: a 500,
-    which the error SLI counts, so a canary broken on real traffic's shapes still rolls back. One run
-    per shape per CONTROL_INTERVAL_S, for at most CONTROL_SHAPES shapes: a failing request costs one
-    call more at most."""
-
-    def __init__(self, call: Callable[[Tensors], object]) -> None:
-        self._call = call
-        self._verdicts: collections.OrderedDict[tuple[Any, ...], tuple[float, bool]] = (
-            collections.OrderedDict()
-        )
-        self._lock = threading.Lock()  # threads and the event loop both run models; never held for a call
-
-    def values_at_fault(self, inputs: Tensors) -> bool:
-        key = tuple((name, array.dtype.str, array.shape) for name, array in sorted(inputs.items()))
-        with self._lock:
-            known = self._verdicts.get(key)
-        if known is not None and time.monotonic() - known[0] < CONTROL_INTERVAL_S:
-            return known[1]
-        ones = {
-            name: np.full(array.shape, "", dtype=object) if array.dtype.kind == "O" else np.ones_like(array)
-            for name, array in inputs.items()
-        }
-        try:
-            self._call(ones)
-            runs = True
-        except Exception:  # any of onnxruntime's pybind types
-            runs = False
-        with self._lock:
-            self._verdicts[key] = (time.monotonic(), runs)
-            self._verdicts.move_to_end(key)
-            while len(self._verdicts) > CONTROL_SHAPES:
-                self._verdicts.popitem(last=False)
-        return runs
-
-
-class ThrottledLog:
-    """`lines` log lines per `interval` seconds at the most, the next after a pause saying how many
-    were held back since."""
-
-    def __init__(
-        self,
-        interval: float,
-        logger: logging.Logger = log,
-        level: int = logging.ERROR,
-        lines: int = 1,
-        *,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self._interval = interval
-        self._clock = clock
-        self._logger = logger
-        self._level = level
-        self._lines = lines
-        self._window_start = -float("inf")
-        self._in_window = 0
-        self._held = 0
-        self._lock = threading.Lock()
-
-    def log(self, message: str, *args: object, exc_info: bool = False) -> None:
-        now = self._clock()
-        with self._lock:
-            if now - self._window_start >= self._interval:
-                self._window_start, self._in_window = now, 0
-            if self._in_window >= self._lines:
-                self._held += 1
-                return
-            self._in_window += 1
-            held, self._held = self._held, 0
-        self._logger.log(
-            self._level,
-            message + (f" ({held} more since the last line)" if held else ""),
-            *args,
-            exc_info=exc_info,
-            stacklevel=2,  # the line is the caller's
-        )
-
-
-def batch_key(inputs: Tensors) -> tuple[Any, ...]:
-    """Requests with equal keys can be concatenated along the first dimension. Made for every batched
-    request: dtypes compare by kind, size and byte order as their `.str` does, without building it,
-    and a list comprehension makes the tuple faster than a generator (1.42 -> 0.55 µs in a loop)."""
-    return tuple([(name, array.dtype, array.shape[1:]) for name, array in sorted(inputs.items())])
-
-
-def concat(requests: Sequence[Tensors]) -> dict[str, np.ndarray]:
-    if len(requests) == 1:
-        return dict(requests[0])
-    return {name: np.concatenate([request[name] for request in requests]) for name in requests[0]}
-
-
-def split(outputs: Tensors, rows: Sequence[int], layout: BatchLayout) -> list[dict[str, np.ndarray]] | None:
-    """Cut a merged call's outputs back into each request's: its rows of the `layout`'s batched
-    outputs, and its shared ones whole; None when a batched output does not lead with the call's rows
-    (the layout is never `alone` here: such requests do not merge)."""
-    total = sum(rows)
-    if not all(_leads(outputs[name], total) for name in layout.batched):
-        return None
-    parts, start = [], 0
-    for count in rows:
-        parts.append(
-            {
-                name: value[start : start + count] if name in layout.batched else value
-                for name, value in outputs.items()
-            }
-        )
-        start += count
-    return parts
-
-
-def fallback_ops(
-    model: Path | bytes, *, proto: onnx.ModelProto | None = None, providers: list[str] | None = None
-) -> dict[str, int]:
-    """Ops meant to run quantized that fall back to float, by op type, with 0 for the types that fused.
-
-    `proto`: `model` already parsed. The counts come from `quantship.runtime.fallback_ops` (the
-    optimized graph). The zeros matter: every op type meant to run quantized gets a series, so "no
-    fallback" reads as 0, not as no data.
-    """
-    graph = (proto if proto is not None else runtime.load_proto(model)).graph
-    counts = runtime.fallback_ops(model, providers=providers)
-    return {**dict.fromkeys(sorted(_meant_quantized(graph)), 0), **counts}
-
-
-def _meant_quantized(graph: onnx.GraphProto) -> set[str]:
-    """Op types the graph as written runs between DequantizeLinear and QuantizeLinear (QDQ groups)."""
-    producer = {out: node.op_type for node in graph.node for out in node.output}
-    feeds_quantize = {name for node in graph.node if node.op_type == runtime.QUANTIZE for name in node.input}
-    return {
-        node.op_type
-        for node in graph.node
-        if node.op_type not in (runtime.QUANTIZE, runtime.DEQUANTIZE)
-        and any(producer.get(name) == runtime.DEQUANTIZE for name in node.input)
-        and any(name in feeds_quantize for name in node.output)
-    }

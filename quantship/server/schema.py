@@ -15,7 +15,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from quantship.server.protocol import BINARY_TYPE, DATATYPES, HEADER_LENGTH
-from quantship.server.runner import Signature
+from quantship.server.runner_signature import Signature
 
 EXAMPLE_MAX_VALUES = 4096
 """Largest example request worth putting in the document (the digits model takes 64 values a row)."""

@@ -3,8 +3,8 @@
 It loads and verifies the artifact in a thread while the server already answers health checks
 (so a slow or refused load never stops /v2/health/live and /metrics), owns the sessions, the
 batcher, the two SLI lanes and the capture lane, answers inference and feedback, and drains on
-shutdown. A refused artifact leaves it up and unready, with the reason logged and counted. It never
-sees HTTP.
+shutdown. A refused artifact leaves it up and unready, with the reason logged and counted: what the
+load checks and refuses is load_checks'. It never sees HTTP.
 """
 
 from __future__ import annotations
@@ -20,16 +20,13 @@ import random
 import secrets
 import tempfile
 import time
-from collections.abc import Mapping
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnx
 import onnxruntime
-from google.protobuf.message import DecodeError
 
 from quantship import runtime, scratch, slo
 from quantship.activations import ActivationRange
@@ -42,29 +39,33 @@ from quantship.artifact import (
     load_public_key,
     load_verified,
 )
-from quantship.server import batch_policy, cpus, hardware, probe
-from quantship.server import runner as runner_module
+from quantship.server import batch_policy, cpus, probe, runner_graph, throttled_log
 from quantship.server.background import HAND_OFF_ITEMS, CpuBudget, Lane, lower_priority
 from quantship.server.batcher import Batcher, Gone
 from quantship.server.capture import Capture, CapturePick, Reservoir
-from quantship.server.clipping import ClipCounter, ClipSample, observer_model, unusable_ranges
+from quantship.server.clipping import ClipCounter, ClipSample, observer_model
 from quantship.server.drift import DriftWindow
 from quantship.server.errors import InvalidInput, ModelNotFound, NotReady
 from quantship.server.feedback import FeedbackStore
+from quantship.server.load_checks import (
+    ORT_ERRORS,
+    LoadRefused,
+    check_manifest,
+    hardware_check,
+    open_model,
+    open_reference,
+    read_reference,
+    refuse_other_hardware,
+)
 from quantship.server.metrics import ServerMetrics
 from quantship.server.protocol import InferRequest, InferResponse
-from quantship.server.runner import Runner, Signature, Tensors, TensorSpec, UnsupportedModel
-from quantship.server.settings import QualitySettings, ServerSettings
+from quantship.server.runner import Runner
+from quantship.server.runner_signature import Tensors, TensorSpec
+from quantship.server.settings import ServerSettings
 from quantship.server.shadow import Comparator, ShadowEvaluator, ShadowSample
 
 log = logging.getLogger("quantship.server")
 PLATFORM = "onnxruntime_onnx"  # what Triton reports for ONNX models
-# onnxruntime's own exception types (pybind, no common base): what it raises for a model it refuses.
-ORT_ERRORS: tuple[type[Exception], ...] = tuple(
-    kind
-    for kind in vars(onnxruntime.capi.onnxruntime_pybind11_state).values()
-    if isinstance(kind, type) and issubclass(kind, Exception)
-)
 
 
 class Phase(enum.StrEnum):
@@ -72,14 +73,6 @@ class Phase(enum.StrEnum):
     READY = "ready"
     REFUSED = "refused"
     STOPPING = "stopping"
-
-
-class LoadRefused(Exception):
-    """The artifact verified, but what it asks for cannot be served. `reason` labels the failure metric."""
-
-    def __init__(self, message: str, *, reason: str) -> None:
-        super().__init__(message)
-        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -162,7 +155,7 @@ class ModelService:
         transport's drain was cut by the server, not given up by its client (`connections_spent`)."""
         self.cut_requests = 0
         """Requests accepted but answered 503 unfinished at shutdown (`request_cut`), for the drain's log."""
-        self.client_log = runner_module.ThrottledLog(1.0, log, logging.INFO, HANG_UP_LOG_LINES_PER_S)
+        self.client_log = throttled_log.ThrottledLog(1.0, log, logging.INFO, HANG_UP_LOG_LINES_PER_S)
         """Lines about clients that went (499) or sent too slowly (408): `client_went`, and the
         bodies' reader (infer_route.receive_body)."""
         self.model: Model | None = None
@@ -303,7 +296,7 @@ class ModelService:
             log.info("onnxruntime intra-op threads: %d, what the CPU quota allows", threads)
         model = verified.take(MODEL_FILE)
         assert model is not None  # load_verified kept it: every artifact lists its model
-        runner, proto = _open_model(model, loaded.model_path, threads)
+        runner, proto = open_model(model, loaded.model_path, threads)
         self._check_hardware(loaded, runner)
         comparator = check_manifest(loaded.manifest, proto, runner.signature, quality.disagreement_tolerance)
         compared = comparator.output
@@ -311,9 +304,9 @@ class ModelService:
         if ranges and quality.clip_sample_rate > 0:
             observed, ranges = observer_model(proto, ranges)
             observer = Runner.load(observed, threads=1) if ranges else None
-        fallback = runner_module.fallback_ops(model, proto=proto)
+        fallback = runner_graph.fallback_ops(model, proto=proto)
         del model, proto  # the served model's bytes and graph: its sessions hold what they need
-        reference = _open_reference(self._reference_model(verified), runner.signature, compared)
+        reference = open_reference(self._reference_model(verified), runner.signature, compared)
         batching = batch_policy.choose(runner, settings.batching.max_batch_size)
         deterministic = probe.deterministic(runner, loaded.row_shapes)
         return Opened(
@@ -322,13 +315,13 @@ class ModelService:
 
     def _check_hardware(self, loaded: Artifact, runner: Runner) -> None:
         """Compare this node with where the gate measured; export it, warn, or refuse when required."""
-        check = _hardware_check(loaded, runner)
+        check = hardware_check(loaded, runner)
         self.metrics.hardware_checked(check)
         if not check.differs:
             log.info("hardware: %s", check.describe())
             return
         if self.settings.require_gate_hardware:
-            _refuse_other_hardware(check)
+            refuse_other_hardware(check)
         log.warning(
             "serving on other hardware than the accuracy gate measured, so its verdict may not hold here: %s",
             check.describe(),
@@ -341,7 +334,7 @@ class ModelService:
         if path is None:
             content = verified.take(REFERENCE_FILE)
             return None if content is None else (verified.artifact.root / REFERENCE_FILE, content)
-        return _read_reference(path)
+        return read_reference(path)
 
     def _assemble(self, opened: Opened) -> Model:
         settings, quality = self.settings, self.settings.quality
@@ -625,167 +618,7 @@ class ModelService:
         }
 
 
-def check_manifest(
-    manifest: Mapping[str, Any], proto: onnx.ModelProto, signature: Signature, tolerance: float
-) -> Comparator:
-    """What a load checks of the manifest against the model it serves (`proto`, whose session has
-    `signature`), and the comparator of its gated output: that output is one of the model's, its
-    shadow rule fits it (`tolerance` makes the rule of a manifest that has none), and its activation
-    ranges and histograms are usable by the clip and drift SLIs. `check_loadable` (`quantship verify`)
-    runs it too, so an artifact verify calls good is not refused here. LoadRefused names what fails."""
-    compared = manifest.get("quantization", {}).get("output") or signature.outputs[0].name
-    try:
-        spec = signature.output(compared)
-    except KeyError:
-        raise LoadRefused(
-            f"the manifest names output {compared!r}, the model has none", reason="format"
-        ) from None
-    rule = manifest.get("validation", {}).get("shadow_rule")
-    try:
-        comparator = Comparator.for_artifact(spec, rule, tolerance, signature.inputs)
-    except (KeyError, ValueError, TypeError, AttributeError) as exc:
-        raise LoadRefused(
-            f"the manifest's shadow_rule {rule!r} is not valid: {exc}", reason="format"
-        ) from None
-    problem = unusable_ranges(proto, manifest)
-    if problem is not None:  # served, the clip and drift SLIs would fail or count nonsense
-        raise LoadRefused(f"the manifest's {problem}", reason="format")
-    return comparator
-
-
-def check_loadable(
-    loaded: Artifact, *, reference: Path | None = None, require_gate_hardware: bool = False
-) -> None:
-    """What a server's load checks of a verified artifact beyond its files, without serving it: its
-    model opens in onnxruntime, its manifest fits that model (`check_manifest`), and its reference,
-    if it has one, takes the model's inputs and has the compared output. Run by `quantship verify`;
-    LoadRefused names what fails, as a server's load would. `reference` and `require_gate_hardware`
-    are serve's --reference FILE (checked in place of the artifact's) and --require-gate-hardware
-    (against this machine's hardware)."""
-    try:
-        runner, proto = _open_model(loaded.model_path.read_bytes(), loaded.model_path, threads=1)
-    except ORT_ERRORS as exc:  # a server's load says the same (`ModelService.load`)
-        raise LoadRefused(f"onnxruntime cannot load {loaded.model_path}: {exc}", reason="model") from exc
-    if require_gate_hardware:
-        _refuse_other_hardware(_hardware_check(loaded, runner))
-    tolerance = QualitySettings().disagreement_tolerance  # read only where a manifest has no shadow rule
-    signature = runner.signature
-    comparator = check_manifest(loaded.manifest, proto, signature, tolerance)
-    del runner, proto  # before the reference's session: one model in memory at a time
-    if reference is not None:
-        _open_reference(_read_reference(reference), signature, comparator.output)
-    elif loaded.reference_path is not None:
-        path = loaded.reference_path
-        _open_reference((path, path.read_bytes()), signature, comparator.output)
-
-
-def _hardware_check(loaded: Artifact, runner: Runner) -> hardware.HardwareCheck:
-    """This machine's hardware, as the served model's session runs on it, against the gate's."""
-    return hardware.compare(loaded.manifest, runtime.hardware(runner.session.get_providers()[0]))
-
-
-def _refuse_other_hardware(check: hardware.HardwareCheck) -> None:
-    """--require-gate-hardware: refused where this machine is not what the accuracy gate ran on."""
-    if check.differs:
-        raise LoadRefused(
-            f"serving hardware differs from the gate's ({check.describe()}) and "
-            "--require-gate-hardware is set",
-            reason="hardware",
-        )
-
-
-def _read_reference(path: Path) -> tuple[Path, bytes]:
-    """--reference FILE: its path (for messages) and its bytes, read once."""
-    if not path.is_file():
-        raise LoadRefused(f"reference model {path} does not exist", reason="reference")
-    try:
-        return path, path.read_bytes()
-    except OSError as exc:
-        raise LoadRefused(f"cannot read reference {path}: {exc.strerror or exc}", reason="reference") from exc
-
-
-def _open_reference(source: tuple[Path, bytes] | None, served: Signature, compared: str) -> Runner | None:
-    """A session of the reference (`source`: its path, for messages, and its bytes), refused
-    unless it takes what the served model takes (names, types, ranks, fixed dimensions): one
-    that took other shapes would fail every shadow sample, and the rollout would see no data."""
-    if source is None:
-        return None
-    path, content = source
-    # Its graph is parsed for the check, dropped, and parsed again once its session is built: held
-    # meanwhile, a large FP32 graph raised the peak (MiniLM-L6's 90 MB reference: ~50 MB to ready).
-    unshaped = _unshaped_inputs(_inline_graph(content, path, reason="reference"))
-    try:
-        reference = Runner.load(content, threads=1)
-    except ORT_ERRORS as exc:
-        raise LoadRefused(f"onnxruntime cannot load reference {path}: {exc}", reason="reference") from exc
-    if not _takes_alike(reference.signature.inputs, served.inputs, unshaped):
-        raise LoadRefused(
-            f"reference {path} takes {_inputs(reference.signature)}, the served model {_inputs(served)}",
-            reason="reference",
-        )
-    if compared not in {spec.name for spec in reference.signature.outputs}:
-        raise LoadRefused(f"reference {path} has no output {compared!r} to compare", reason="reference")
-    return reference
-
-
-def _open_model(model: bytes, path: Path, threads: int | None) -> tuple[Runner, onnx.ModelProto]:
-    """A session of the served model's verified bytes, and its graph (for the load-time analyses)."""
-    proto = _inline_graph(model, path, reason="format")
-    try:
-        runner = Runner.load(model, threads=threads, proto=proto)
-    except UnsupportedModel as exc:
-        raise LoadRefused(f"{path}: {exc}", reason="model") from exc
-    return runner, proto or runtime.load_proto(model)  # onnxruntime took it: protobuf reads it
-
-
-def _inline_graph(content: bytes, path: Path, *, reason: str) -> onnx.ModelProto | None:
-    """The graph of verified model bytes; None when protobuf cannot read them (onnxruntime will say
-    why). Refused when its weights live in a file beside it: a session built from bytes looks for
-    that file in the working directory, unhashed, whatever the artifact's own copy says."""
-    try:
-        proto = runtime.load_proto(content)
-    except DecodeError:
-        return None
-    if runtime.keeps_weights_outside(proto):
-        raise LoadRefused(
-            f"{path} keeps weights in external data; an artifact's models hold theirs inline", reason=reason
-        )
-    return proto
-
-
-def _takes_alike(
-    reference: tuple[TensorSpec, ...], served: tuple[TensorSpec, ...], unshaped: frozenset[str]
-) -> bool:
-    """Whether the reference takes the served model's inputs: the same names and types, the same
-    ranks, and equal sizes where both fix a dimension (an open one takes any; an input declaring no
-    shape at all, in `unshaped`, takes any shape)."""
-    by_name = {spec.name: spec for spec in reference}
-    if by_name.keys() != {spec.name for spec in served} or len(by_name) != len(served):
-        return False
-    return all(_fits(by_name[spec.name], spec, spec.name in unshaped) for spec in served)
-
-
-def _fits(reference: TensorSpec, served: TensorSpec, unshaped: bool) -> bool:
-    if reference.datatype != served.datatype:
-        return False
-    return unshaped or (
-        len(reference.shape) == len(served.shape)
-        and all(a is None or b is None or a == b for a, b in zip(reference.shape, served.shape, strict=True))
-    )
-
-
-def _unshaped_inputs(model: onnx.ModelProto | None) -> frozenset[str]:
-    """Inputs that declare no shape: onnxruntime lists them with shape [], a scalar's."""
-    if model is None:
-        return frozenset()
-    return frozenset(i.name for i in model.graph.input if not i.type.tensor_type.HasField("shape"))
-
-
-def _inputs(signature: Signature) -> str:
-    return ", ".join(spec.describe() for spec in sorted(signature.inputs, key=lambda spec: spec.name))
-
-
-def _describe(spec: runner_module.TensorSpec) -> dict[str, Any]:
+def _describe(spec: TensorSpec) -> dict[str, Any]:
     return {"name": spec.name, "datatype": spec.datatype, "shape": spec.wire_shape}
 
 

@@ -28,7 +28,8 @@ from quantship.printable import brief
 from quantship.server.background import ROWS_A_CALL
 from quantship.server.feedback import FeedbackStore
 from quantship.server.metrics import ServerMetrics
-from quantship.server.runner import Runner, Tensors, TensorSpec
+from quantship.server.runner import Runner
+from quantship.server.runner_signature import Tensors, TensorSpec
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """`runtime.keeps_weights_outside`: a tensor kept in a file beside the model is found wherever the
 graph holds it. A server builds sessions from verified bytes; onnxruntime would read such a file from
-the working directory, unhashed, so the server refuses any model this finds (service._inline_graph)."""
+the working directory, unhashed, so the server refuses any model this finds (load_checks._inline_graph)."""
 
 from __future__ import annotations
 

@@ -306,7 +306,7 @@ def test_a_model_that_fails_on_synthetic_inputs_is_served_and_answers_its_exampl
         if offset == 0:
             assert httpx.post(infer_url, json=example).json()["outputs"][0]["data"] == [12, 12]
         assert answers[3].json()["outputs"][0]["data"] == [12 // (3 * (3 - offset))] * 2
-        # judged by ones of its shapes (runner._Controls): they run on offset 0 only
+        # judged by ones of its shapes (runner_failures.Controls): they run on offset 0 only
         assert answers[0].status_code == (500 if offset else 400)
         assert "Integer division by zero" in answers[0].json()["error"]
         metadata = httpx.get(f"{server.url}/v2/models/{server.settings.model_name}").json()

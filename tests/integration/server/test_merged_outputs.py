@@ -23,7 +23,8 @@ from server_harness import MODEL, LocalServer, fp32_artifact, settings_for
 from quantship.local.prometheus import free_port
 from quantship.server import batch_policy
 from quantship.server.errors import InferenceFailed
-from quantship.server.runner import BatchLayout, Runner
+from quantship.server.runner import Runner
+from quantship.server.runner_layout import BatchLayout
 from quantship.server.settings import BatchSettings
 from quantship.slo import Metric
 

@@ -16,7 +16,7 @@ from server_harness import settings_for
 
 from quantship import artifact, zoo
 from quantship.artifact import MODEL_FILE, REFERENCE_FILE
-from quantship.server import runner as runner_module
+from quantship.server import runner_graph
 from quantship.server.metrics import ServerMetrics
 from quantship.server.runner import Runner
 from quantship.server.service import ModelService, Phase
@@ -107,7 +107,7 @@ async def test_a_folder_swapped_after_verifying_serves_the_verified_bytes(
         # the observer and the load-time analysis read the verified model too (the always-7 one has
         # no quantized tensor to observe, no op meant to run in int8)
         assert model.clip is not None and model.opened.ranges == good_artifact.activation_ranges
-        assert model.opened.fallback == runner_module.fallback_ops(good_artifact.model_path)
+        assert model.opened.fallback == runner_graph.fallback_ops(good_artifact.model_path)
         assert model.opened.fallback
     finally:
         await service.close(1)

@@ -14,14 +14,10 @@ from tiny_models import POSITION_TABLE, build_positions
 
 from quantship import artifact
 from quantship.server.errors import InferenceFailed, InvalidInput
-from quantship.server.runner import (
-    Runner,
-    TensorSpec,
-    batch_key,
-    fallback_ops,
-    index_tables,
-    value_free_outputs,
-)
+from quantship.server.runner import Runner
+from quantship.server.runner_graph import fallback_ops, index_tables, value_free_outputs
+from quantship.server.runner_layout import batch_key
+from quantship.server.runner_signature import TensorSpec
 
 TinyModel = Callable[..., Runner]
 

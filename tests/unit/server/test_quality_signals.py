@@ -18,7 +18,8 @@ from quantship.server.drift import DriftWindow
 from quantship.server.errors import FeedbackConflict, InvalidInput, UnknownRequest
 from quantship.server.feedback import FeedbackStore
 from quantship.server.metrics import ServerMetrics
-from quantship.server.runner import Runner, TensorSpec
+from quantship.server.runner import Runner
+from quantship.server.runner_signature import TensorSpec
 from quantship.server.shadow import Comparator, ShadowEvaluator, ShadowSample
 
 LABELS = {"model": "digits", "revision": "r1", "track": "canary"}

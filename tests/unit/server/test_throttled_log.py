@@ -7,7 +7,7 @@ import logging
 
 import pytest
 
-from quantship.server.runner import ThrottledLog
+from quantship.server.throttled_log import ThrottledLog
 
 
 def test_a_burst_logs_its_share_of_lines_and_the_next_line_counts_the_rest(
