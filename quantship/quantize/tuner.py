@@ -37,7 +37,7 @@ from typing import Any
 
 from quantship.agreement import Task
 from quantship.quantize.config import MIN_NUM_BINS, Calibration, Mode, Precision, QuantizeConfig, Strategy
-from quantship.quantize.evaluate import Evaluation
+from quantship.quantize.gate_metrics import Evaluation
 
 
 class Stage(enum.StrEnum):
