@@ -50,7 +50,7 @@ _LABEL = {"type": "string", "maxLength": MAX_LABEL_CHARS, "not": {"pattern": UNP
 terminal would act on (it is logged too)."""
 _MAYBE_STRING = {"type": ["string", "null"]}
 _FLAG = {"type": "boolean"}
-_EVALUATION = {  # quantize.evaluate.Evaluation.to_json: in the validation and in every trial
+_EVALUATION = {  # quantize.gate_metrics.Evaluation.to_json: in the validation and in every trial
     "metric": _STRING,
     **dict.fromkeys(
         ("value", "threshold", "delta", "limit", "fp32", "int8", "agreement", "shadow_disagreement"),

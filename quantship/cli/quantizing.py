@@ -275,7 +275,7 @@ def _check_quantize_options(config: q_config.QuantizeConfig, ctx: click.Context)
     """Refuse options that cannot work together; name, once, those given that will not apply (a
     warning, not a refusal: the operator's quantize Job passes what a QuantizedModel sets, and a run
     that would have worked must not fail after its downloads)."""
-    from quantship.quantize.evaluate import METRICS
+    from quantship.quantize.gate_metrics import METRICS
 
     if problems := config.problems():
         raise BadUsage(problems[0])

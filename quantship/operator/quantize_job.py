@@ -33,7 +33,7 @@ from quantship import artifact, oci
 from quantship.operator import crd_uris, fetch
 
 if TYPE_CHECKING:
-    from quantship.quantize.evaluate import MetricSpec
+    from quantship.quantize.gate_metrics import MetricSpec
 
 MAX_MESSAGE = 4096
 """Kubernetes keeps at most this many bytes of a termination message."""
@@ -150,7 +150,7 @@ def share(value: Any) -> float | None:
 def _metric_spec(metric: Any) -> MetricSpec | None:
     """The gating metric's MetricSpec, or None for a name this quantship does not know. Imported
     here, in the Job, which quantizes: the operator reading the verdict runs without onnxruntime."""
-    from quantship.quantize.evaluate import METRICS, Metric
+    from quantship.quantize.gate_metrics import METRICS, Metric
 
     try:
         return METRICS[Metric(metric)]

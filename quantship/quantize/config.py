@@ -72,7 +72,7 @@ class QuantizeConfig:
     task: agreement.Task | None = None
     """classification | embedding | regression; None infers it from the output."""
     metric: Metric | None = None
-    """The gating metric (quantize/evaluate.py lists them); None picks the task's default."""
+    """The gating metric (quantize/gate_metrics.py lists them); None picks the task's default."""
     threshold: float | None = None
     """The gating metric's limit in its own units; None: its default."""
     min_cosine: float = agreement.MIN_COSINE

@@ -18,15 +18,15 @@ A classifier answering per position (a causal LM's [N, seq, vocab] logits, a tok
 are the rows of its metrics (agreement.positions). The shadow SLI still counts rows, each by the
 share of its positions that disagree (RowRule.judge), and so does the shadow disagreement expected.
 
-Every metric also has a loss form (0 = identical to FP32, the gate's `delta`), so trials on one
-metric compare and rank alike whichever way the metric points.
+The metrics' definitions, wording and the gate's verdict are `gate_metrics`'s; their numbers from
+the two models' outputs, `gate_measures`'.
 """
 
 from __future__ import annotations
 
 import functools
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,61 +35,16 @@ import onnxruntime as ort
 
 from quantship import agreement, runtime, slo
 from quantship.agreement import Kind, RowRule, Task
-from quantship.choices import DOMAIN_OF_METRIC, TASK_OF_METRIC, Metric, domain_in_words
-from quantship.quantize import data, tasks
+from quantship.choices import TASK_OF_METRIC, Metric
+from quantship.quantize import data, gate_measures, tasks
 from quantship.quantize.data import Dataset
 from quantship.quantize.errors import QuantizeInputError, first_line
+from quantship.quantize.gate_metrics import METRICS, Evaluation, Gate, check_in_domain
 
 MAX_BATCH = 256
 MIN_CONFIDENT_ROWS = 30
 """Fewer confident rows than this make confident agreement too coarse to gate on (one flip in 20
 is 5%): the default then falls back to plain top-1 agreement, with a warning."""
-TOP_K = 5
-
-
-@dataclass(frozen=True)
-class MetricSpec:
-    """What a metric's number means (its task: choices.TASK_OF_METRIC)."""
-
-    higher_is_better: bool
-    meaning: str
-    default_threshold: float | None = None
-    """None: derived from --max-accuracy-delta (a share of rows that may disagree, or the relative
-    accuracy loss)."""
-    needs_labels: bool = False
-    needs_scores: bool = False
-
-
-METRICS: dict[Metric, MetricSpec] = {
-    Metric.TOP1_ACCURACY: MetricSpec(
-        False, "relative top-1 accuracy loss against the labels", needs_labels=True
-    ),
-    Metric.TOP1_AGREEMENT: MetricSpec(True, "share of rows with FP32's top-1"),
-    Metric.CONFIDENT_AGREEMENT: MetricSpec(
-        True,
-        f"share of rows where FP32 is > {agreement.CONFIDENT_PROBABILITY:.0%} sure that keep its top-1",
-        needs_scores=True,
-    ),
-    Metric.TOP5_OVERLAP: MetricSpec(
-        True,
-        "mean share of FP32's top-5 classes in INT8's top-5",
-        0.8,
-        needs_scores=True,
-    ),
-    Metric.KL_DIVERGENCE: MetricSpec(
-        False,
-        "mean KL(FP32 || INT8) of the softmax, in nats",
-        0.05,
-        needs_scores=True,
-    ),
-    Metric.COSINE_AGREEMENT: MetricSpec(True, "share of rows with cosine to FP32 at least the row tolerance"),
-    Metric.COSINE_MEAN: MetricSpec(True, "mean cosine similarity to FP32", 0.98),
-    Metric.COSINE_P5: MetricSpec(True, "5th percentile of cosine similarity to FP32", 0.95),
-    Metric.NN_AGREEMENT: MetricSpec(
-        True, "share of rows whose nearest neighbour in the set stays the same", 0.8
-    ),
-    Metric.RELATIVE_ERROR: MetricSpec(False, "||INT8 - FP32|| / ||FP32|| of the output"),
-}
 
 SHADOW_COUNTS = {Metric.TOP1_AGREEMENT, Metric.CONFIDENT_AGREEMENT, Metric.COSINE_AGREEMENT}
 """Metrics whose loss is the share of rows the shadow SLI's rule (`Gate.rule`) counts: a gate on
@@ -101,137 +56,6 @@ count far more often."""
 SHADOW_BUDGET = next(o.budget for o in slo.DEFAULT_OBJECTIVES if o.sli is slo.SLI.ACCURACY_DELTA)
 """The share of shadow comparisons that may disagree under the default accuracy-delta SLO: past it on
 the evaluation rows, a canary on traffic like them burns its budget (spec.slos.maxAccuracyDelta)."""
-
-
-def loss(metric: Metric, value: float) -> float:
-    """The metric as a distance from FP32 (0 = identical): what the gate and the ranking compare."""
-    spec = METRICS[metric]
-    return 1.0 - value if spec.higher_is_better else value
-
-
-def known(name: Any) -> Metric | None:
-    """A manifest's metric name as a Metric; None for one this quantship does not know."""
-    try:
-        return Metric(name)
-    except ValueError:
-        return None
-
-
-def loss_name(metric: Metric) -> str:
-    """What the metric's number is called where people read it. top1_accuracy's number is the
-    relative accuracy loss: shown as `top1_accuracy 0` a 97.75% model read as 0% accurate."""
-    return "relative accuracy loss" if metric is Metric.TOP1_ACCURACY else metric.value
-
-
-def stated(metric: Metric, value: float) -> str:
-    """A gated number in words, for the console summary and the report."""
-    if metric is Metric.TOP1_ACCURACY:
-        # A negative relative loss is INT8 doing better than FP32 on the labels.
-        return f"accuracy {'gain' if value < 0 else 'loss'} {abs(value):.2%}"
-    return f"{metric.value} {value:.4g}"
-
-
-def condition(metric: Metric, threshold: float) -> str:
-    """The gate's condition in words: `top1_accuracy: relative accuracy loss <= 0.50%`."""
-    if metric is Metric.TOP1_ACCURACY:
-        return f"{metric.value}: {loss_name(metric)} {bound(metric, threshold)}"
-    return f"{metric.value} {bound(metric, threshold)}"
-
-
-def bound(metric: Metric, threshold: float) -> str:
-    """The side of `threshold` that passes: `>= 0.99`, `<= 0.50%` (top1_accuracy's relative loss)."""
-    if metric is Metric.TOP1_ACCURACY:
-        return f"<= {threshold:.2%}"
-    return f"{'>=' if METRICS[metric].higher_is_better else '<='} {threshold:g}"
-
-
-def _check_in_domain(metric: Metric, threshold: float) -> None:
-    low, high = DOMAIN_OF_METRIC[metric]
-    if low <= threshold <= high:
-        return
-    passes = "every" if (threshold < low) == METRICS[metric].higher_is_better else "no"
-    raise QuantizeInputError(
-        f"--threshold {threshold:g}: {metric.value} is {domain_in_words(metric)}, so the gate would "
-        f"pass {passes} model"
-    )
-
-
-@dataclass(frozen=True)
-class Gate:
-    metric: Metric
-    threshold: float
-    """In the metric's own units: the least value accepted (higher is better) or the most."""
-    rule: RowRule
-    """Per row, for the server's shadow SLI: the same notion of disagreement."""
-    reason: str
-    """Why this metric, in a sentence, for the manifest and the console."""
-
-    @property
-    def limit(self) -> float:
-        return loss(self.metric, self.threshold)
-
-    def describe(self) -> str:
-        return condition(self.metric, self.threshold)
-
-
-@dataclass(frozen=True)
-class Evaluation:
-    metric: Metric
-    value: float
-    threshold: float
-    samples: int
-    values: dict[str, float | None] = field(default_factory=dict)
-    """Every metric of the task on this candidate."""
-    fp32: float | None = None
-    """Top-1 accuracy of FP32 and INT8, with labels."""
-    int8: float | None = None
-    shadow: tuple[float, int] | None = None
-    """(disagreeing, compared) evaluation rows by the shadow SLI's rule (per position: each row by its
-    share of disagreeing positions, RowRule.judge); None where it cannot judge."""
-
-    @property
-    def delta(self) -> float:
-        return loss(self.metric, self.value)
-
-    @property
-    def limit(self) -> float:
-        return loss(self.metric, self.threshold)
-
-    @property
-    def passed(self) -> bool:
-        return self.delta <= self.limit + 1e-12
-
-    @property
-    def agreement(self) -> float | None:
-        return self.values.get(Metric.TOP1_AGREEMENT.value)
-
-    @property
-    def shadow_disagreement(self) -> float | None:
-        """The share of the compared evaluation rows the shadow SLI's rule counts as disagreeing (per
-        position: the rows' shares of disagreeing positions, averaged), as the server will count."""
-        if self.shadow is None or not self.shadow[1]:
-            return None
-        return self.shadow[0] / self.shadow[1]
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "metric": self.metric.value,
-            "value": _finite(self.value),
-            "threshold": _finite(self.threshold),
-            "delta": _finite(self.delta),
-            "limit": _finite(self.limit),
-            "samples": self.samples,
-            "fp32": self.fp32,
-            "int8": self.int8,
-            "agreement": self.agreement,
-            "shadow_disagreement": self.shadow_disagreement,
-            "metrics": {name: _finite(value) for name, value in self.values.items()},
-        }
-
-
-def _finite(value: float | None) -> float | None:
-    """JSON has no infinity: a candidate that could not run reads as None."""
-    return value if value is None or math.isfinite(value) else None
 
 
 MIN_GATE_ROWS = 30
@@ -558,7 +382,7 @@ class Evaluator:
                 f"--max-accuracy-delta must be a finite number, not {request.max_accuracy_delta}"
             )
         if threshold is not None:
-            _check_in_domain(metric, threshold)
+            check_in_domain(metric, threshold)
         if threshold is None:
             threshold = spec.default_threshold
         if threshold is None:
@@ -664,7 +488,9 @@ class Evaluator:
         if self.task is Task.EMBEDDING:
             values = self._embedding(candidate)
         elif self.task is Task.REGRESSION:
-            values = {Metric.RELATIVE_ERROR.value: _global_relative_error(self.reference, candidate)}
+            values = {
+                Metric.RELATIVE_ERROR.value: gate_measures.global_relative_error(self.reference, candidate)
+            }
         else:
             values = self._classification(candidate, candidate_scores)
             fp32_labelled, int8_labelled = self._labelled(self.reference), self._labelled(candidate)
@@ -762,12 +588,12 @@ class Evaluator:
             values["positions"] = float(differs.size)
         if self.reference_scores is None or candidate_scores is None or not self._has_class_scores():
             return values
-        reference_scores = _rows(self._scores())
-        candidate_scores = _rows(self.answers(candidate_scores))
+        reference_scores = gate_measures.rows(self._scores())
+        candidate_scores = gate_measures.rows(self.answers(candidate_scores))
         # Read both sides as the reference reads: an INT8 softmax output sums only roughly to 1.
         normalized = agreement.are_probabilities(reference_scores)
         per_row = [
-            _score_agreement(reference_scores[part], candidate_scores[part], normalized)
+            gate_measures.score_agreement(reference_scores[part], candidate_scores[part], normalized)
             for part in agreement.chunks(reference_scores)
         ]
         sure, same, top_k, kl = (np.concatenate(column) for column in zip(*per_row, strict=True))
@@ -785,74 +611,9 @@ class Evaluator:
             Metric.COSINE_MEAN.value: float(np.mean(cosines)),
             Metric.COSINE_P5.value: float(np.percentile(cosines, 5)),
             "cosine_min": float(np.min(cosines)),
-            Metric.NN_AGREEMENT.value: _nn_agreement(self.reference, candidate),
+            Metric.NN_AGREEMENT.value: gate_measures.nn_agreement(self.reference, candidate),
         }
-
-
-def _rows(scores: np.ndarray) -> np.ndarray:
-    return scores.reshape(len(scores), -1)
-
-
-def _score_agreement(
-    reference_scores: np.ndarray, candidate_scores: np.ndarray, normalized: bool
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Per row of [rows, classes] scores: whether FP32 is confident, whether the top-1 is kept, the
-    share of FP32's top 5 kept (`_top_k_shares`), and KL(FP32 || INT8) of their probabilities."""
-    ref_p = agreement.probabilities(reference_scores, normalized)
-    int8_p = agreement.probabilities(candidate_scores, normalized)
-    sure = ref_p.max(axis=1) > agreement.CONFIDENT_PROBABILITY
-    same = ref_p.argmax(axis=1) == int8_p.argmax(axis=1)
-    top_k = _top_k_shares(ref_p, int8_p, min(TOP_K, ref_p.shape[1]))
-    # A quantized softmax output rounds small probabilities to exactly 0 (uint8: steps of
-    # 1/255), which would make KL infinite: floor both at one in a million.
-    eps = 1e-6
-    kl = np.sum(ref_p * (np.log(ref_p + eps) - np.log(int8_p + eps)), axis=1)
-    return sure, same, top_k, kl
-
-
-def _top_k_shares(reference: np.ndarray, candidate: np.ndarray, k: int) -> np.ndarray:
-    """Per row, the share of the reference's top-k classes that are in the candidate's top k. A class tied
-    with the candidate's k-th score is kept when the reference scores it within one of the
-    candidate's steps of that score: a quantized softmax rounds the small classes to exactly 0, and
-    their order was lost to rounding, not changed (ranking those ties counted 0.57 overlap at 100%
-    top-1 agreement). Other ties share the places left: a collapsed (constant) row has no step,
-    and scores what chance gives, not 1.0."""
-    reference_top = np.argsort(-reference, axis=1, kind="stable")[:, :k]
-    kth_score = -np.sort(-candidate, axis=1)[:, k - 1 : k]
-    gaps = np.diff(np.sort(candidate, axis=1), axis=1)
-    gaps[gaps <= 0] = np.inf
-    step = gaps.min(axis=1, keepdims=True) if gaps.shape[1] else np.full((len(candidate), 1), np.inf)
-    step[np.isinf(step)] = 0.0  # one value only: no resolution to lose an order to
-    above = (candidate > kth_score).sum(axis=1, keepdims=True)
-    tied = (candidate == kth_score).sum(axis=1, keepdims=True)
-    share_of_a_tie = (k - above) / np.maximum(tied, 1)
-    scores = np.take_along_axis(candidate, reference_top, axis=1)
-    rounded_alike = np.abs(np.take_along_axis(reference, reference_top, axis=1) - kth_score) <= step
-    tie = np.where(rounded_alike, 1.0, share_of_a_tie)
-    kept = np.where(scores > kth_score, 1.0, np.where(scores == kth_score, tie, 0.0))
-    return np.mean(kept, axis=1)
 
 
 def _batch_size(dataset: Dataset) -> int:
     return data.rows_per_batch(dataset, MAX_BATCH, data.EVALUATION_BATCH_BYTES) if dataset.stacked else 1
-
-
-def _nn_agreement(reference: np.ndarray, candidate: np.ndarray) -> float | None:
-    if len(reference) < 3:
-        return None
-
-    def neighbours(rows: np.ndarray) -> np.ndarray:
-        flat = rows.reshape(len(rows), -1).astype(np.float64)
-        flat = flat / np.maximum(np.linalg.norm(flat, axis=1, keepdims=True), np.finfo(np.float64).tiny)
-        similarity = flat @ flat.T
-        np.fill_diagonal(similarity, -np.inf)
-        return similarity.argmax(axis=1)
-
-    return float(np.mean(neighbours(reference) == neighbours(candidate)))
-
-
-def _global_relative_error(reference: np.ndarray, candidate: np.ndarray) -> float | None:
-    """||candidate - reference|| / ||reference|| over every row: the RMS of the rows' errors against
-    the RMS row norm, which is what bounds the shadow rule's disagreements (agreement.ROW_ERROR_FACTOR)."""
-    norm = float(np.linalg.norm(reference))
-    return float(np.linalg.norm(candidate.astype(np.float64) - reference)) / norm if norm > 0 else None

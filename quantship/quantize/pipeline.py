@@ -24,7 +24,18 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 import quantship
 from quantship import activations, artifact, runtime, scratch
-from quantship.quantize import canary, data, engine, outputs, ranges, sensitivity, tuner, workbench
+from quantship.quantize import (
+    canary,
+    data,
+    engine,
+    engine_graph,
+    engine_model,
+    outputs,
+    ranges,
+    sensitivity,
+    tuner,
+    workbench,
+)
 from quantship.quantize.config import Mode, QuantizeConfig
 from quantship.quantize.errors import QuantizeInputError
 from quantship.quantize.evaluate import Evaluator
@@ -107,13 +118,13 @@ def run(
 
     scratch.sweep()  # what quantizations, servers and verifies killed before us (kill -9) left behind
     with scratch.directory(scratch.QUANTIZE_PREFIX) as tmp, progress:
-        fp32_path = engine.self_contained(model_path, tmp)  # the reference ships as one file
+        fp32_path = engine_model.self_contained(model_path, tmp)  # the reference ships as one file
         # The gate first: a metric that cannot apply fails in a second, not after calibration.
         evaluator = Evaluator(fp32_path, evalset, config.output, config.gate_request())
         for message in evaluator.warnings:
             note(message)
         prepared = tmp / "prepared.onnx"
-        pre_processed = engine.prepare(fp32_path, prepared, pre_process=config.pre_process)
+        pre_processed = engine_model.prepare(fp32_path, prepared, pre_process=config.pre_process)
         prepared_model = onnx.load(str(prepared))
         _check_exclusions(config, prepared_model, pre_processed=pre_processed == "applied")
         if pre_processed.startswith("skipped"):
@@ -274,7 +285,7 @@ def _read_inputs(
     note: Callable[[str], None],
 ) -> tuple[onnx.ModelProto, list[data.InputSpec], data.Dataset | None, data.Dataset]:
     """The FP32 model and the data, checked against it: everything the user handed in."""
-    fp32 = engine.load_model(model_path)
+    fp32 = engine_model.load_model(model_path)
     inputs = data.model_inputs(fp32)
     if config.mode is Mode.STATIC and calibration is None:
         raise QuantizeInputError("static quantization needs calibration data (--calibration)")
@@ -372,11 +383,14 @@ def _check_exclusions(config: QuantizeConfig, model: onnx.ModelProto, *, pre_pro
 def _check_quantizable(model: onnx.ModelProto, source: Path) -> None:
     """A model none of whose ops onnxruntime quantizes would run every trial and fail the gate with
     advice about calibration data: say what it is at once."""
-    if engine.leading_quantizable_nodes(model):
+    if engine_graph.leading_quantizable_nodes(model):
         return
     found = {node.op_type for node in model.graph.node}
-    followers = sorted(found & engine.FOLLOWER_OPS)
-    on_ints = sorted(found & (set(engine.QUANTIZABLE_OPS) | set(engine.DYNAMIC_OPS)) - engine.FOLLOWER_OPS)
+    followers = sorted(found & engine_graph.FOLLOWER_OPS)
+    on_ints = sorted(
+        found
+        & (set(engine_graph.QUANTIZABLE_OPS) | set(engine_graph.DYNAMIC_OPS)) - engine_graph.FOLLOWER_OPS
+    )
     why = [f"{', '.join(followers)} only after an op it quantized"] if followers else []
     why += [f"{', '.join(on_ints)} only on float inputs"] if on_ints else []
     because = f": it quantizes {' and '.join(why)}" if why else ""
@@ -395,7 +409,7 @@ def _check_something_quantized(
         return
     why = " (or --exclude named every node it would)" if excluded_by_user else ""
     if all(trial.config.mode is Mode.DYNAMIC for trial in trials):
-        ops = ", ".join(sorted(set(engine.DYNAMIC_OPS) - engine.FOLLOWER_OPS))
+        ops = ", ".join(sorted(set(engine_graph.DYNAMIC_OPS) - engine_graph.FOLLOWER_OPS))
         why += f"; dynamic quantization covers only {ops} (static, with --calibration, covers more)"
     raise QuantizeInputError(
         f"{source}: onnxruntime quantized no node of the model in any of {len(trials)} trials{why}"
@@ -490,9 +504,9 @@ def package_fp32(
     activation ranges or reference, so it exports no clip or shadow SLIs of its own.
     """
     _check_writable(out)
-    fp32 = engine.load_model(model_path)
+    fp32 = engine_model.load_model(model_path)
     with scratch.directory(scratch.QUANTIZE_PREFIX) as tmp:
-        return _package(fp32, engine.self_contained(model_path, tmp), out, sign_key)
+        return _package(fp32, engine_model.self_contained(model_path, tmp), out, sign_key)
 
 
 def _package(

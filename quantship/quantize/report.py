@@ -14,7 +14,7 @@ import numpy as np
 
 from quantship import artifact, reporting
 from quantship.activations import ActivationRange
-from quantship.quantize import evaluate, ranges
+from quantship.quantize import gate_metrics, ranges
 from quantship.quantize.tuner import Stage
 
 _MAX_BARS = 40
@@ -85,7 +85,7 @@ COUNTS = {  # values a validation records beside its metrics: counts, not scores
 
 def _gated_value(metric: str, value: float | None) -> str:
     """top1_accuracy's number is a relative loss, as a percentage; other metrics in their own units."""
-    if value is not None and evaluate.known(metric) is evaluate.Metric.TOP1_ACCURACY:
+    if value is not None and gate_metrics.known(metric) is gate_metrics.Metric.TOP1_ACCURACY:
         return reporting.percent(value)
     if value is not None and metric in COUNTS:
         return f"{value:.0f}"
@@ -93,15 +93,15 @@ def _gated_value(metric: str, value: float | None) -> str:
 
 
 def _named(metric: str) -> str:
-    known = evaluate.known(metric)
-    return evaluate.loss_name(known) if known else metric
+    known = gate_metrics.known(metric)
+    return gate_metrics.loss_name(known) if known else metric
 
 
 def _gate(validation: dict[str, Any]) -> str:
-    metric, threshold = evaluate.known(validation.get("metric")), validation.get("threshold")
+    metric, threshold = gate_metrics.known(validation.get("metric")), validation.get("threshold")
     if metric is None or threshold is None:
         return f"{validation.get('metric', '?')} threshold {_value(threshold)}"
-    return evaluate.condition(metric, threshold)
+    return gate_metrics.condition(metric, threshold)
 
 
 def _verdict(manifest: dict[str, Any], passed: bool, fp32_bytes: int | None, int8_bytes: int) -> str:
@@ -150,15 +150,15 @@ def _comparison(validation: dict[str, Any], fp32_bytes: int | None, int8_bytes: 
     plotted = {
         name: (known, value)
         for name, value in metrics.items()
-        if value is not None and (known := evaluate.known(name)) is not None
+        if value is not None and (known := gate_metrics.known(name)) is not None
     }
     # Shares and cosines read on a 0-1 axis where 1 is FP32; losses (relative error, KL in nats)
     # are 0 when identical and unbounded, so they get an axis of their own.
-    higher = {n: v for n, (m, v) in plotted.items() if evaluate.METRICS[m].higher_is_better}
+    higher = {n: v for n, (m, v) in plotted.items() if gate_metrics.METRICS[m].higher_is_better}
     lower = {
         n: v
         for n, (m, v) in plotted.items()
-        if not evaluate.METRICS[m].higher_is_better and m is not evaluate.Metric.TOP1_ACCURACY
+        if not gate_metrics.METRICS[m].higher_is_better and m is not gate_metrics.Metric.TOP1_ACCURACY
     }
     with_accuracy = validation.get("fp32") is not None and validation.get("int8") is not None
     panels = int(with_accuracy) + int(bool(higher)) + int(bool(lower)) + 1
@@ -230,10 +230,10 @@ def _samples(validation: dict[str, Any]) -> str:
 
 
 def _meaning(name: str) -> str:
-    metric = evaluate.known(name)
+    metric = gate_metrics.known(name)
     if metric is None:
         return COUNTS.get(name, "-")
-    spec = evaluate.METRICS[metric]
+    spec = gate_metrics.METRICS[metric]
     better = "higher is better, 1 = identical" if spec.higher_is_better else "lower is better, 0 = identical"
     return f"{spec.meaning} ({better})"
 
@@ -302,7 +302,7 @@ def _trials(trials: list[dict[str, Any]], tuning: dict[str, Any]) -> str:
 def _trials_figure(trials: list[dict[str, Any]], metric: str) -> str:
     """One bar per trial, in the unit the page states the metric in (top1_accuracy: percent); an
     errored trial has no value: a hatched column, not a zero bar (which reads perfect for a loss)."""
-    percent = evaluate.known(metric) is evaluate.Metric.TOP1_ACCURACY
+    percent = gate_metrics.known(metric) is gate_metrics.Metric.TOP1_ACCURACY
     scale, unit = (100.0, " (%)") if percent else (1.0, "")
 
     def shown(value: float) -> str:

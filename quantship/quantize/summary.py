@@ -9,7 +9,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from quantship import artifact, fitted, reporting
-from quantship.quantize import evaluate
+from quantship.quantize import gate_metrics
 
 HEADERS: tuple[tuple[str, JustifyMethod], ...] = (
     ("artifact", "left"),
@@ -79,12 +79,13 @@ def _gated(validation: dict[str, Any]) -> str:
     value = validation.get("value")
     if value is None:
         return "-"
-    metric = evaluate.known(validation.get("metric"))
+    metric = gate_metrics.known(validation.get("metric"))
     if metric is None:
         return f"{validation.get('metric')} {value:.4g}"
     threshold = validation.get("threshold")
-    passing = f" ({evaluate.bound(metric, threshold)})" if isinstance(threshold, int | float) else ""
-    return evaluate.stated(metric, value) + passing  # a bare `confident_agreement 1` said not against what
+    passing = f" ({gate_metrics.bound(metric, threshold)})" if isinstance(threshold, int | float) else ""
+    # a bare `confident_agreement 1` said not against what
+    return gate_metrics.stated(metric, value) + passing
 
 
 def _kib(size: int | None) -> str:

@@ -37,7 +37,7 @@ from typing import Any
 
 from quantship.agreement import Task
 from quantship.quantize.config import MIN_NUM_BINS, Calibration, Mode, Precision, QuantizeConfig, Strategy
-from quantship.quantize.evaluate import Evaluation
+from quantship.quantize.gate_metrics import Evaluation
 
 
 class Stage(enum.StrEnum):
@@ -353,7 +353,7 @@ def best(trials: list[Trial]) -> Trial:
     where its figures read a little worse: the trial it refines runs ops in float behind Q/DQ, which
     the canary's fallback gate (spec.slos.maxFallbackOps, 0 by default) fails outright, and dropping
     their conversions costs no kernel its int8 (on gpt2-lm: 0.569 against 0.569 ms a row, agreement
-    higher) but the few a sandwich's cheaper side leaves in float (engine.cheaper_side)."""
+    higher) but the few a sandwich's cheaper side leaves in float (engine_graph.cheaper_side)."""
     passing = [t for t in trials if t.passed]
     if passing:
         return max(

@@ -21,10 +21,19 @@ from onnxruntime.quantization.calibrate import TensorsData
 from rich.progress import Progress
 
 from quantship import runtime
-from quantship.quantize import data, engine, outputs, ranges, sensitivity, tuner
+from quantship.quantize import (
+    data,
+    engine,
+    engine_calibration,
+    engine_graph,
+    outputs,
+    ranges,
+    sensitivity,
+    tuner,
+)
 from quantship.quantize.config import Calibration, Format, Mode, QuantizeConfig
 from quantship.quantize.constants import constant_names
-from quantship.quantize.errors import CalibrationFailed, QuantizeInputError, RangeTooWide
+from quantship.quantize.errors import CalibrationFailed, QuantizeInputError, RangeTooWide, first_line
 from quantship.quantize.evaluate import Evaluator
 
 
@@ -43,7 +52,9 @@ class Workbench:
         self.prepared, self.prepared_model, self.config = prepared, prepared_model, config
         self.evaluator, self.calibrations = evaluator, calibrations
         self.tmp, self.progress, self.note = tmp, progress, note
-        self.quantizable = sum(1 for n in prepared_model.graph.node if n.op_type in engine.QUANTIZABLE_OPS)
+        self.quantizable = sum(
+            1 for n in prepared_model.graph.node if n.op_type in engine_graph.QUANTIZABLE_OPS
+        )
         self.trials: list[tuner.Trial] = []
         self._quantized: dict[str, list[onnx.NodeProto]] = {}
         self._sensitivity: dict[str, list[sensitivity.TensorError]] = {}
@@ -81,7 +92,7 @@ class Workbench:
                 exclude=self.config.excluded_nodes + excluded,
             )
             if key not in self._quantized:
-                self._quantized[key] = engine.quantized_nodes(
+                self._quantized[key] = engine_graph.quantized_nodes(
                     self.prepared_model, onnx.load(str(candidate)), config.mode, config.format
                 )
             result = self.evaluator.evaluate(candidate)
@@ -97,7 +108,7 @@ class Workbench:
         except Exception as exc:  # onnxruntime raises its own pybind types for every failure
             # One recipe onnxruntime cannot quantize or run (an op it mishandles at some setting)
             # is a failed trial, not the end of the tuning.
-            error, result = engine.first_line(exc), self.evaluator.failed()
+            error, result = first_line(exc), self.evaluator.failed()
             self.note(f"trial {number} ({key}) failed in onnxruntime: {error}")
         quantized = len(
             {n.name for n in self._quantized.get(key, [])} - set(self.config.excluded_nodes + excluded)
@@ -126,12 +137,12 @@ class Workbench:
         """What to keep in float beyond `trial`'s exclusions so that the nodes onnxruntime runs in float
         behind Q/DQ (runtime.unfused_sources: a node fused from several is those several) run among
         float neighbours, for tuner.without_unfused from `start`: their quantized elementwise
-        neighbours (engine.float_region); where those already are in float and onnxruntime still
+        neighbours (engine_graph.float_region); where those already are in float and onnxruntime still
         sandwiches the node (it fused them into one, fed by a DequantizeLinear and feeding a
-        QuantizeLinear), the quantized nodes on its cheaper side (engine.cheaper_side; never one of
+        QuantizeLinear), the quantized nodes on its cheaper side (engine_graph.cheaper_side; never one of
         `no_side`, which a trial kept in float for nothing), where those sides, with the sides
         earlier trials of the stage kept in float and `trial` keeps, hold at most
-        engine.MAX_FLOAT_SIDE_SHARE of the weight values `start` quantized. Only for nodes of which a
+        engine_graph.MAX_FLOAT_SIDE_SHARE of the weight values `start` quantized. Only for nodes of which a
         trial kept one in float (QOperator never quantizes a LayerNormalization: only its residual
         Add is a trial's): an op no recipe quantizes (a ReduceMean pooling attention's context)
         between quantized neighbours keeps them (quantize's warning names them). Not around a node of
@@ -144,20 +155,22 @@ class Workbench:
             return []
         quantized = self._still_quantized(trial)
         model = self.prepared_model
-        regions = [engine.float_region(model, group, quantized) for group in sources]
+        regions = [engine_graph.float_region(model, group, quantized) for group in sources]
         wanted = {name for region in regions for name in region}
         in_float = set(trial.excluded)  # what a trial kept in float: a float op onnxruntime has, not ours
         sides = {
             name
             for group, region in zip(sources, regions, strict=True)
             if not region and in_float & set(group)
-            for name in engine.cheaper_side(model, group, quantized - no_side)
+            for name in engine_graph.cheaper_side(model, group, quantized - no_side)
         }
         # Cumulative: three trials each given a tenth of what was still quantized kept 27% in float.
         kept = self._sides & in_float
-        budget = engine.MAX_FLOAT_SIDE_SHARE * engine.weight_values(model, self._still_quantized(start))
+        budget = engine_graph.MAX_FLOAT_SIDE_SHARE * engine_graph.weight_values(
+            model, self._still_quantized(start)
+        )
         if (
-            engine.weight_values(model, sides | kept) <= budget
+            engine_graph.weight_values(model, sides | kept) <= budget
         ):  # all or none: one left fails a canary all the same
             wanted |= sides
             self._sides |= sides
@@ -170,9 +183,9 @@ class Workbench:
     def cheaper_sides(self, trial: tuner.Trial, sources: list[tuple[str, ...]]) -> list[str]:
         """The quantized nodes that an --exclude would keep in float to lift the nodes `trial`'s model
         runs in float behind Q/DQ (`sources`: runtime.unfused_sources of its model): each one's cheaper
-        side (engine.cheaper_side), in graph order."""
+        side (engine_graph.cheaper_side), in graph order."""
         model, quantized = self.prepared_model, self._still_quantized(trial)
-        sides = {name for group in sources for name in engine.cheaper_side(model, group, quantized)}
+        sides = {name for group in sources for name in engine_graph.cheaper_side(model, group, quantized)}
         return [node.name for node in model.graph.node if node.name in sides]
 
     def kept_in_float(self, config: QuantizeConfig) -> dict[str, str]:
@@ -215,7 +228,7 @@ class Workbench:
         tensor, attention or not, and its tensors are those no histogram can bin; the mask rule
         needs an Add into a Softmax, and catches the -10000 the 1e30 bound misses. Masks are found
         by min-max's ranges whatever `config`'s method, as its own pass observed them
-        (engine.Calibrated.observed): a histogram method clips or symmetrises a mask's range
+        (engine_calibration.Calibrated.observed): a histogram method clips or symmetrises a mask's range
         (distribution's [-10000, 10000] hid it), and the graph's masks are one set."""
         calibrated = self.calibrations.calibrated(config)
         if calibrated is None:
@@ -244,12 +257,12 @@ class Workbench:
 
     def _fallback_candidates(self, recipe: QuantizeConfig) -> list[onnx.NodeProto]:
         """Quantized nodes with a range of their own: not one the user already left in float, not a
-        follower (engine.FOLLOWER_OPS), whose exclusion would only move its producer's range."""
+        follower (engine_graph.FOLLOWER_OPS), whose exclusion would only move its producer's range."""
         excluded = set(self.config.excluded_nodes) | set(self.kept_in_float(recipe))
         return [
             node
             for node in self._quantized.get(recipe.label(), [])
-            if node.name not in excluded and node.op_type not in engine.FOLLOWER_OPS
+            if node.name not in excluded and node.op_type not in engine_graph.FOLLOWER_OPS
         ]
 
     def errors_for(self, recipe: QuantizeConfig) -> list[sensitivity.TensorError]:
@@ -270,7 +283,7 @@ class Workbench:
                 errors = []
                 self.note(
                     f"per-tensor sensitivity of {recipe.label()} failed in onnxruntime: "
-                    f"{engine.first_line(exc)}; nodes are tried in graph order"
+                    f"{first_line(exc)}; nodes are tried in graph order"
                 )
             self._sensitivity[recipe.label()] = errors
         return self._sensitivity[recipe.label()]
@@ -320,7 +333,7 @@ def _masks_reason(model: onnx.ModelProto, masks: list[ranges.Mask]) -> tuple[str
 
 def _kernel_op_type(node: onnx.NodeProto, recipe: QuantizeConfig) -> str:
     """The op type whose int8 kernel runs `node`: dynamic quantization runs a Gemm as a MatMul
-    (engine.DYNAMIC_OPS), so a Gemm head is no op type of its own beside a transformer's MatMuls."""
+    (engine_graph.DYNAMIC_OPS), so a Gemm head is no op type of its own beside a transformer's MatMuls."""
     return "MatMul" if recipe.mode is Mode.DYNAMIC and node.op_type == "Gemm" else node.op_type
 
 
@@ -338,7 +351,7 @@ class Calibrations:
     ) -> None:
         self.prepared, self.dataset, self.batch_size = prepared, dataset, batch_size
         self.tmp, self.progress = tmp, progress
-        self._done: dict[str, tuple[Path, engine.Calibrated]] = {}
+        self._done: dict[str, tuple[Path, engine_calibration.Calibrated]] = {}
         self._failed: dict[str, CalibrationFailed] = {}
 
     def key(self, config: QuantizeConfig) -> str:
@@ -359,7 +372,7 @@ class Calibrations:
                 raise
         return self._done[key][0]
 
-    def _calibrate(self, config: QuantizeConfig) -> tuple[Path, engine.Calibrated]:
+    def _calibrate(self, config: QuantizeConfig) -> tuple[Path, engine_calibration.Calibrated]:
         """A calibration. A histogram method that cannot bin a sentinel's range takes those tensors'
         ranges from min-max (a run the tuner reuses) and bins the rest."""
         try:
@@ -385,11 +398,11 @@ class Calibrations:
 
     def _run(
         self, config: QuantizeConfig, given: dict[str, tuple[float, float]]
-    ) -> tuple[Path, engine.Calibrated]:
+    ) -> tuple[Path, engine_calibration.Calibrated]:
         assert self.dataset is not None
         task = self.progress.add_task(f"calibrating ({config.calibration.value})", total=self.dataset.size)
         cache = self.tmp / f"calibration-{len(self._done)}-{config.calibration.value}.json"
-        calibrated = engine.calibrate(
+        calibrated = engine_calibration.calibrate(
             self.prepared,
             self.dataset,
             config,
@@ -405,7 +418,7 @@ class Calibrations:
             return None
         return self._done[self.key(config)][1].ranges
 
-    def calibrated(self, config: QuantizeConfig) -> engine.Calibrated | None:
+    def calibrated(self, config: QuantizeConfig) -> engine_calibration.Calibrated | None:
         """`config`'s calibration where it ran; None in dynamic mode, before it ran, or where it
         failed (unlike ranges_for, never calibrates)."""
         done = self._done.get(self.key(config)) if config.mode is Mode.STATIC else None

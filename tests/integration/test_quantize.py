@@ -30,6 +30,9 @@ from quantship.quantize import (
     canary,
     data,
     engine,
+    engine_calibration,
+    engine_graph,
+    engine_model,
     ranges,
     report,
     run,
@@ -311,7 +314,7 @@ def test_fallback_keeps_sensitive_nodes_in_float_until_the_gate_passes(
     # their own: leaving them in float spends a trial on nothing.
     op_types = {node.name: node.op_type for node in onnx.load(str(sample.model)).graph.node}
     tried = {op_types[name] for trial in trials for name in trial.excluded}
-    assert tried and not tried & engine.FOLLOWER_OPS
+    assert tried and not tried & engine_graph.FOLLOWER_OPS
     recorded = result.artifact.manifest["trials"]
     assert [t["number"] for t in recorded] == list(range(len(trials)))
     assert {t["recipe"] for t in recorded} == {trials[0].config.label()}
@@ -340,7 +343,7 @@ def test_an_excluded_node_is_not_counted_as_quantized(
         good_artifact.manifest["model"]["quantized_nodes"] - 1
     )
     written = onnx.load(str(result.artifact.model_path))
-    counted = engine.quantized_nodes(onnx.load(str(sample.model)), written, Mode.STATIC, Format.QDQ)
+    counted = engine_graph.quantized_nodes(onnx.load(str(sample.model)), written, Mode.STATIC, Format.QDQ)
     assert "MatMul1" not in {node.name for node in counted}
     assert runtime.fallback_ops(result.artifact.model_path) == {"MatMul": 1}
 
@@ -390,7 +393,7 @@ def test_int8_activations_leave_unfused_ops_that_the_manifest_counts(
     """S8S8 has no int8 Add/Softmax kernels on x86: those run in float between Q/DQ pairs. In float,
     each bias Add stays between its MatMul's DequantizeLinear and the next one's QuantizeLinear; the
     cheaper MatMuls to keep in float for them hold 21% of the weight values, over
-    engine.MAX_FLOAT_SIDE_SHARE: they stay int8, and the Adds fall back."""
+    engine_graph.MAX_FLOAT_SIDE_SHARE: they stay int8, and the Adds fall back."""
     config = QuantizeConfig(activation_type=Precision.INT8)
     result = run(
         sample.model, tmp_path / "a", config, calibration=sample.calibration, evaluation=sample.evaluation
@@ -676,7 +679,7 @@ def _workbench(model: Path, rows_file: Path, config: QuantizeConfig, folder: Pat
     inputs = model_inputs(onnx.load(str(model)))
     rows_data = load_dataset(rows_file, inputs, role="calibration")
     prepared = folder / "prepared.onnx"
-    engine.prepare(model, prepared, pre_process=False)
+    engine_model.prepare(model, prepared, pre_process=False)
     progress = quiet_progress()
     batch = data.calibration_batch_size(rows_data, config.batch_size, inputs)
     return workbench.Workbench(
@@ -696,7 +699,7 @@ def test_the_sides_kept_in_float_are_bounded_over_the_stage_not_per_trial(tmp_pa
     stage starts from a trial that kept block A's residual and LayerNormalization in float (as a
     node-wise fallback may): the first unfused trial keeps A's cheaper side (head_a, 128 of the 1952
     weight values the start quantized: 6.6%) in float with B's LayerNormalization and residual; B's
-    cheaper side (head_b, 128 more) would make 13%, past engine.MAX_FLOAT_SIDE_SHARE of the start's.
+    cheaper side (head_b, 128 more) would make 13%, past engine_graph.MAX_FLOAT_SIDE_SHARE of the start's.
     Bounded per trial (10% of what that trial still quantized, 179) it was kept in float all the same."""
     make = onnx.helper.make_node
     nodes = [
@@ -718,7 +721,7 @@ def test_the_sides_kept_in_float_are_bounded_over_the_stage_not_per_trial(tmp_pa
     start = bench.attempt(Stage.CUMULATIVE, bench.config, ("res_a", "ln_a"))
     assert recipe.passed and start.passed
     quantized = {"mm_a", "head_a", "mm_b", "res_b", "ln_b", "head_b", "mm_bulk"}
-    assert engine.weight_values(bench.prepared_model, quantized) == 1952
+    assert engine_graph.weight_values(bench.prepared_model, quantized) == 1952
 
     refined = tuner.without_unfused(start, bench.unfused, bench.attempt)
     assert [(t.excluded, t.passed, t.fallback_ops) for t in refined] == [
@@ -898,7 +901,7 @@ def test_a_dynamic_gemm_model_leaves_its_worst_gemm_in_float_and_that_gemm_runs_
         "MatMulInteger",
         "MatMul",
     ]
-    counted = engine.quantized_nodes(onnx.load(str(model)), written, Mode.DYNAMIC, Format.QDQ)
+    counted = engine_graph.quantized_nodes(onnx.load(str(model)), written, Mode.DYNAMIC, Format.QDQ)
     assert [node.name for node in counted] == ["fc1"]
 
 
@@ -933,7 +936,7 @@ def test_a_gemm_dynamic_quantization_does_not_rewrite_stays_float_and_uncounted(
         "Gemm",
         "MatMulInteger",
     ]
-    counted = engine.quantized_nodes(fp32, written, Mode.DYNAMIC, Format.QDQ)
+    counted = engine_graph.quantized_nodes(fp32, written, Mode.DYNAMIC, Format.QDQ)
     assert [node.name for node in counted] == ["fc2"]
 
 
@@ -1295,7 +1298,7 @@ def test_a_clip_that_stays_between_its_neighbours_counts_as_quantized(tmp_path: 
     quantize_static(tmp_path / "fp32.onnx", tmp_path / "qdq.onnx", Feeds(), quant_format=QuantFormat.QDQ)
     qdq = onnx.load(str(tmp_path / "qdq.onnx"))
     assert any(node.op_type == "Clip" for node in qdq.graph.node), "the Clip stayed: not folded"
-    counted = {node.name for node in engine.quantized_nodes(fp32, qdq, Mode.STATIC, Format.QDQ)}
+    counted = {node.name for node in engine_graph.quantized_nodes(fp32, qdq, Mode.STATIC, Format.QDQ)}
     assert "clip1" in counted and {"matmul1", "matmul2"} <= counted
 
 
@@ -1503,7 +1506,7 @@ def test_an_additive_attention_mask_stays_in_float_and_static_int8_passes(
     assert {r.tensor for r in result.artifact.activation_ranges}.isdisjoint({"masked", "additive3"})
     assert {"query", "scores", "context", "classify"} <= set(
         n.name
-        for n in engine.quantized_nodes(
+        for n in engine_graph.quantized_nodes(
             onnx.load(str(model)), onnx.load(str(result.artifact.model_path)), Mode.STATIC, Format.QDQ
         )
     )
@@ -1569,7 +1572,7 @@ def test_the_count_before_calibrating_leaves_out_what_a_mask_may_keep_in_float(t
     written = len(result.artifact.activation_ranges)
 
     prepared, counting = tmp_path / "prepared.onnx", tmp_path / "counting"
-    engine.prepare(model, prepared, pre_process=True)
+    engine_model.prepare(model, prepared, pre_process=True)
     counting.mkdir()
     kept = ranges.possible_mask_nodes(onnx.load(str(prepared)))
 
@@ -1593,9 +1596,11 @@ def test_a_histogram_calibration_observes_the_ranges_a_minmax_pass_finds(
     model, calibration, _ = _masked_attention(tmp_path, -10000.0, constant=constant)
     dataset = load_dataset(calibration, model_inputs(onnx.load(str(model))), role="calibration")
 
-    def calibrate(method: Calibration) -> engine.Calibrated:
+    def calibrate(method: Calibration) -> engine_calibration.Calibrated:
         cache = tmp_path / f"{method.value}.json"
-        return engine.calibrate(model, dataset, QuantizeConfig(calibration=method), 8, cache, lambda _: None)
+        return engine_calibration.calibrate(
+            model, dataset, QuantizeConfig(calibration=method), 8, cache, lambda _: None
+        )
 
     minmax, histogram = calibrate(Calibration.MINMAX), calibrate(method)
 
@@ -1850,6 +1855,6 @@ def test_matmul_const_b_only_keeps_the_activation_matmuls_in_float_in_either_for
         assert kernels.keys() == {"scores", "o"}
         assert set(kernels.values()) <= {"MatMul", "FusedMatMul"}  # float kernels, not QLinearMatMul
     written = onnx.load(str(result.artifact.model_path))
-    counted = {node.name for node in engine.quantized_nodes(graph(), written, Mode.STATIC, format)}
+    counted = {node.name for node in engine_graph.quantized_nodes(graph(), written, Mode.STATIC, format)}
     assert counted and not {"scores", "o"} & counted
     assert {"scores", "o"} <= set(result.artifact.manifest["quantization"]["excluded_nodes"])

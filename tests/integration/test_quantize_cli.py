@@ -20,7 +20,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from quantship import artifact, zoo
 from quantship.cli import main
-from quantship.quantize import QuantizeConfig, engine, run
+from quantship.quantize import QuantizeConfig, engine_model, run
 from quantship.quantize.errors import QuantizeInputError
 from quantship.runtime import create_session
 
@@ -931,7 +931,7 @@ def test_external_data_in_a_constant_is_inlined_too(tmp_path: Path) -> None:
     onnx.save(model, str(tmp_path / "c.onnx"), save_as_external_data=True, location="c.data",
               size_threshold=0, convert_attribute=True)  # fmt: skip
     (tmp_path / "work").mkdir()
-    inlined = engine.self_contained(tmp_path / "c.onnx", tmp_path / "work")
+    inlined = engine_model.self_contained(tmp_path / "c.onnx", tmp_path / "work")
     assert inlined != tmp_path / "c.onnx" and not list(inlined.parent.glob("*.data"))
     (output,) = create_session(inlined).run(None, {"X": np.ones((1, 16), np.float32)})
     np.testing.assert_array_equal(output, np.full((1, 4), 16, np.float32))

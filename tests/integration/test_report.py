@@ -18,7 +18,7 @@ from rich.console import Console
 
 from quantship import activations, artifact
 from quantship.cli import main
-from quantship.quantize import evaluate, report, summary
+from quantship.quantize import gate_metrics, report, summary
 
 MARKUP = "\"'><q-injected>"
 """Closes an attribute and a tag, then opens one of its own: must arrive as text, escaped."""
@@ -192,8 +192,8 @@ def test_an_int8_file_larger_than_fp32_is_said_to_be_larger(good_artifact: artif
     console.print(summary.table([("tiny", larger)]))
     printed = console.export_text()
     assert "1→1 KiB (1.2x larger)" in printed
-    metric = evaluate.Metric(manifest["validation"]["metric"])  # the gated number beside what passes
-    assert f"({evaluate.bound(metric, manifest['validation']['threshold'])})" in printed, printed
+    metric = gate_metrics.Metric(manifest["validation"]["metric"])  # the gated number beside what passes
+    assert f"({gate_metrics.bound(metric, manifest['validation']['threshold'])})" in printed, printed
 
 
 def test_the_report_of_an_archive_names_the_archive_not_its_scratch_copy(

@@ -277,7 +277,7 @@ def test_top5_overlap_keeps_ties_lost_to_rounding_and_scores_a_collapsed_row_as_
     """A constant candidate row ties every class with its 5th score: counting every tie as kept
     scored a collapsed model 1.0. Classes a quantized softmax rounded to 0, which the reference
     scores within one step of 0, lost only their order."""
-    from quantship.quantize.evaluate import _top_k_shares
+    from quantship.quantize.gate_measures import _top_k_shares
 
     reference = np.random.default_rng(0).normal(size=(20, 1000))
     assert np.mean(_top_k_shares(reference, reference, 5)) == 1.0

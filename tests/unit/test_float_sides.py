@@ -1,5 +1,5 @@
 """Which side of a node run in float behind Q/DQ the unfused trials keep in float, by its weight values
-(engine.weight_values, engine.cheaper_side), on small graphs as an exporter writes them.
+(engine_graph.weight_values, engine_graph.cheaper_side), on small graphs as an exporter writes them.
 
 tests/integration/test_quantize.py runs the same choice on real quantizations.
 """
@@ -11,7 +11,7 @@ import onnx
 import pytest
 from onnx import helper, numpy_helper
 
-from quantship.quantize import engine
+from quantship.quantize import engine_graph
 
 
 def _model(nodes: list[onnx.NodeProto], weights: dict[str, np.ndarray]) -> onnx.ModelProto:
@@ -70,9 +70,9 @@ def test_a_weight_read_through_layout_and_cast_ops_counts_and_its_side_is_not_th
     """The head's 1024 weight values reach it through `chain`: counted, they make mm1 (256) the side
     to keep in float, not the head (which, counting only what a node reads itself, held none)."""
     model = _head_reading(CHAINS[chain], "w2")
-    assert engine.weight_values(model, ["head"]) == 1024
-    assert engine.weight_values(model, ["mm1", "head"]) == 256 + 1024
-    assert engine.cheaper_side(model, ["residual", "ln"], ["mm1", "head"]) == ["mm1"]
+    assert engine_graph.weight_values(model, ["head"]) == 1024
+    assert engine_graph.weight_values(model, ["mm1", "head"]) == 256 + 1024
+    assert engine_graph.cheaper_side(model, ["residual", "ln"], ["mm1", "head"]) == ["mm1"]
 
 
 def test_a_weight_is_counted_once_whoever_reads_it_and_an_activation_holds_none() -> None:
@@ -87,5 +87,5 @@ def test_a_weight_is_counted_once_whoever_reads_it_and_an_activation_holds_none(
         helper.make_node("MatMul", ["X", "xt"], ["scores"], name="scores"),
     ]
     model = _model(nodes, {"w": np.ones((16, 16), np.float32)})
-    assert engine.weight_values(model, ["mm_a", "mm_b", "mm_c"]) == 256
-    assert engine.weight_values(model, ["scores"]) == 0
+    assert engine_graph.weight_values(model, ["mm_a", "mm_b", "mm_c"]) == 256
+    assert engine_graph.weight_values(model, ["scores"]) == 0

@@ -14,7 +14,7 @@ def test_the_progress_keeps_drawing_where_it_was_made_while_stdout_is_redirected
     with contextlib.redirect_stdout(terminal):
         progress = default_progress()
     silenced = io.StringIO()
-    with contextlib.redirect_stdout(silenced):  # as engine.calibrate does around the calibrators
+    with contextlib.redirect_stdout(silenced):  # as engine_calibration.calibrate does around the calibrators
         progress.console.print("calibrating 104/256")
     assert "calibrating 104/256" in terminal.getvalue()
     assert silenced.getvalue() == ""

@@ -12,7 +12,7 @@ from dataclasses import replace
 from quantship.agreement import Task
 from quantship.quantize import tuner
 from quantship.quantize.config import Calibration, Mode, Precision, QuantizeConfig, Strategy
-from quantship.quantize.evaluate import Evaluation, Metric
+from quantship.quantize.gate_metrics import Evaluation, Metric
 
 CNN = tuner.ModelTraits(
     has_conv=True,

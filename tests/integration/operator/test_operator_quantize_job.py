@@ -33,7 +33,7 @@ from quantship.operator import crd, crd_quantize, crd_uris, handlers, permission
 from quantship.operator.kube import MERGE_PATCH
 from quantship.operator.quantize_job import Verdict
 from quantship.operator.spec import InvalidSpec
-from quantship.quantize.evaluate import METRICS, Metric
+from quantship.quantize.gate_metrics import METRICS, Metric
 
 V1 = "https://models.example.com/digits-v1.tar.gz"
 FIRST = revision(V1)
