@@ -53,7 +53,7 @@ import oras.logger
 import oras.provider
 import requests
 
-from quantship import artifact, manifest_schema, scratch
+from quantship import artifact, artifact_format, artifact_manifest, manifest_schema, scratch
 from quantship.oci_auth import (
     PULL,
     PUSH,
@@ -453,7 +453,7 @@ def _manifest(registry: _Registry) -> tuple[dict[str, Any], str]:
     if reference.digest and digest != reference.digest:
         raise OciError(f"{reference}: the manifest served does not match the digest asked for")
     try:
-        manifest = artifact.parse_json(body)
+        manifest = artifact_manifest.parse_json(body)
     except (ValueError, RecursionError) as exc:
         raise OciError(f"{reference}: the registry served a manifest that is not JSON") from exc
     error = jsonschema.exceptions.best_match(
@@ -671,4 +671,4 @@ if not any(isinstance(kept, _PrintableRecords) for kept in _ORAS_LOG.filters):
 
 
 def _sha256(path: Path) -> str:
-    return artifact.sha256_file(path)
+    return artifact_format.sha256_file(path)

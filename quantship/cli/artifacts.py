@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from quantship import artifact, scratch
+from quantship import artifact, artifact_keys, scratch
 from quantship.cli.errors import ExitCode, Refused, user_errors
 from quantship.cli.output import signature_in_words
 
@@ -22,7 +22,7 @@ def package(model: Path, out: Path, sign_key: Path | None) -> None:
     """Wrap an FP32 MODEL as an artifact, unquantized: a baseline to serve and to canary against."""
     from quantship.quantize import package_fp32
 
-    key = artifact.load_private_key(sign_key) if sign_key else None
+    key = artifact_keys.load_private_key(sign_key) if sign_key else None
     written = package_fp32(model, out, sign_key=key)
     click.echo(f"wrote {written.root} (fp32, {written.manifest['files'][artifact.MODEL_FILE]['size']} bytes)")
 
@@ -67,7 +67,7 @@ def verify(path: Path, public_key: Path | None, reference: Path | None, require_
     checks only with --require-gate-hardware, against the machine it runs on."""
     from quantship.server.load_checks import LoadRefused, check_loadable
 
-    key = artifact.load_public_key(public_key) if public_key else None
+    key = artifact_keys.load_public_key(public_key) if public_key else None
     scratch.sweep()  # what verifies and servers killed before us left behind
     with artifact.opened(path, public_key=key) as loaded:  # a .tar.gz unpacked, then removed
         try:  # hashes, signature and archive checks passed on opening; then the load's own
@@ -97,7 +97,7 @@ def report(path: Path, out: Path, public_key: Path | None) -> None:
     from quantship.quantize import report as report_module
 
     artifact.refuse_inside_an_artifact(out)
-    key = artifact.load_public_key(public_key) if public_key else None
+    key = artifact_keys.load_public_key(public_key) if public_key else None
     with artifact.opened(path, public_key=key) as loaded:
         html = report_module.render(loaded, given=path, signature_checked=key is not None)
     try:
@@ -115,5 +115,5 @@ def keygen(private_path: Path, public_path: Path) -> None:
     """Create an ed25519 key pair for signing artifacts (PEM files)."""
     for path in (private_path, public_path):  # a private key there would ship with the artifact
         artifact.refuse_inside_an_artifact(path)
-    artifact.generate_keypair(private_path, public_path)
+    artifact_keys.generate_keypair(private_path, public_path)
     click.echo(f"wrote {private_path} (keep it secret) and {public_path}")

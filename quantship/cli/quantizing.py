@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 from click.core import ParameterSource
 
-from quantship import artifact
+from quantship import artifact_keys
 from quantship.agreement import Task
 from quantship.choices import MAX_NUM_BINS
 from quantship.cli.errors import BadUsage, user_errors
@@ -237,7 +237,7 @@ def quantize(
         excluded_nodes=tuple(exclude),
     )
     _check_quantize_options(config, click.get_current_context())
-    key = artifact.load_private_key(sign_key) if sign_key else None
+    key = artifact_keys.load_private_key(sign_key) if sign_key else None
     progress = None if quiet else q.default_progress()
     result = q.run(
         model,

@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 
 import click
 
-from quantship import artifact
+from quantship import artifact_keys
 from quantship.cli.errors import Refused, user_errors
 from quantship.cli.options import speed_limit_of, speed_options
 
@@ -102,7 +102,7 @@ def pull(
     """Pull the artifact at URI (oci://REGISTRY/REPO:TAG or @sha256:DIGEST) into OUT, verified."""
     from quantship import oci
 
-    key = artifact.load_public_key(public_key) if public_key else None
+    key = artifact_keys.load_public_key(public_key) if public_key else None
     try:
         pulled = oci.pull(
             uri,

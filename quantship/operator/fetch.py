@@ -23,7 +23,7 @@ from pathlib import Path
 
 import httpx
 
-from quantship import archive, artifact, oci, scratch, transfer_speed
+from quantship import archive, artifact, artifact_dirs, artifact_keys, oci, scratch, transfer_speed
 from quantship.operator import names
 
 
@@ -166,7 +166,7 @@ def fetch(
     `registry_config`: a Docker config.json with the oci:// registry's credentials; `insecure`: plain
     HTTP to it."""
     artifact.refuse_inside_an_artifact(dest)  # before anything is made there, whatever the scheme
-    key = artifact.load_public_key(public_key) if public_key else None
+    key = artifact_keys.load_public_key(public_key) if public_key else None
     # beside dest, so the rename is atomic; what a killed fetch (an OOM-killed init container,
     # restarted on the same emptyDir) left there is swept
     building = contextlib.ExitStack()
@@ -243,7 +243,7 @@ def _install(
     """Put the verified artifact in place as `dest`: where nothing is, an empty directory or an older
     artifact was. Anything else at `dest` is someone's data: refused, untouched."""
     try:
-        artifact.replace_dir(loaded.root, dest)
+        artifact_dirs.replace_dir(loaded.root, dest)
     except OSError as exc:
         raise FetchError(f"cannot install the artifact as {dest}: {exc.strerror or exc}") from exc
     return artifact.load_artifact(dest, public_key=key)

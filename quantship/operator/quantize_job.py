@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from quantship import artifact, oci
+from quantship import artifact, artifact_dirs, oci
 from quantship.operator import crd_uris, fetch
 
 if TYPE_CHECKING:
@@ -266,7 +266,7 @@ def _publish(
     scratch = Path(tempfile.mkdtemp(prefix=PUBLISH_PREFIX.format(dest.name), dir=dest.parent))
     try:
         published = artifact.copy_listed(out, scratch / "artifact")  # what lands is what was written
-        artifact.replace_dir(published.root, dest)  # never over anything but an older artifact
+        artifact_dirs.replace_dir(published.root, dest)  # never over anything but an older artifact
     except artifact.ArtifactError as exc:
         raise JobError(f"{target}: {exc}") from exc
     finally:

@@ -23,7 +23,15 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 import quantship
-from quantship import activations, artifact, runtime, scratch
+from quantship import (
+    activations,
+    artifact,
+    artifact_dirs,
+    artifact_format,
+    artifact_manifest,
+    runtime,
+    scratch,
+)
 from quantship.quantize import (
     canary,
     data,
@@ -110,7 +118,7 @@ def run(
         raise QuantizeInputError(problems[0])
     out = out.resolve()  # `current -> v3/`: the artifact judged below is v3, as write_artifact writes it
     _check_writable(out)
-    artifact.restore_interrupted(out)  # before judging what is there (a failed gate must not replace it)
+    artifact_dirs.restore_interrupted(out)  # before judging what is there (a failed gate must not replace it)
     fp32, inputs, calib, evalset = _read_inputs(model_path, config, calibration, evaluation, note)
     _check_quantizable(fp32, model_path)
     hardware = runtime.hardware()
@@ -272,9 +280,9 @@ def _warn_of_the_canary(
 def _destination(out: Path, passed: bool) -> Path:
     """`out`, unless the gate failed and `out` holds a servable artifact: a rerun whose gate failed
     replaced it, and then `verify` said ok of the failed model and `serve` served it."""
-    if passed or not artifact.holds_servable(out):
+    if passed or not artifact_dirs.holds_servable(out):
         return out
-    return artifact.gate_failed_path(out)
+    return artifact_dirs.gate_failed_path(out)
 
 
 def _read_inputs(
@@ -312,7 +320,7 @@ def _check_writable(out: Path) -> None:
     existing = next((p for p in (parent, *parent.parents) if p.exists()), None)
     if existing is None or not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
         raise QuantizeInputError(f"cannot write the artifact to {out}: {existing or parent} is not writable")
-    for destination in (out, artifact.gate_failed_path(out)):  # the second, should the gate fail
+    for destination in (out, artifact_dirs.gate_failed_path(out)):  # the second, should the gate fail
         if _in_the_way(destination):
             raise QuantizeInputError(f"{destination} exists and is not an artifact; refusing to overwrite it")
 
@@ -339,7 +347,7 @@ def _check_manifest_fits(
     (`tuner.stage_one`; dynamic ones write no ranges), by the activations that the recipe quantizing
     fewest gives a range (`engine.quantized_activations`: MatMulConstBOnly leaves some out), less
     those of the nodes its trials may keep in float (`kept`: a mask's path, which calibration
-    confirms), at their fewest bytes (`artifact.least_manifest_bytes`): the write's own check keeps
+    confirms), at their fewest bytes (`artifact_manifest.least_manifest_bytes`): the write's own check keeps
     the last word."""
     recipes = tuner.stage_one(config, traits)
     if any(recipe.mode is Mode.DYNAMIC for recipe in recipes):
@@ -356,12 +364,13 @@ def _check_manifest_fits(
         )
     except Exception:  # onnxruntime raises its own pybind types for every failure
         return  # a recipe onnxruntime cannot quantize fails as a trial, which says why
-    least = artifact.least_manifest_bytes(tensors)
-    if least > artifact.MAX_MANIFEST_BYTES:
+    least = artifact_manifest.least_manifest_bytes(tensors)
+    if least > artifact_format.MAX_MANIFEST_BYTES:
         raise QuantizeInputError(
             f"{source}: quantizing its {len(tensors)} activations takes at least {least} bytes of "
-            f"ranges and histograms, more than the {artifact.MAX_MANIFEST_BYTES} an artifact's manifest "
-            "may hold; keep part of the model in float (--exclude) or quantize dynamically (--mode dynamic)"
+            f"ranges and histograms, more than the {artifact_format.MAX_MANIFEST_BYTES} an artifact's "
+            "manifest may hold; keep part of the model in float (--exclude) or quantize dynamically "
+            "(--mode dynamic)"
         )
 
 
@@ -516,7 +525,7 @@ def _package(
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "model": _model_section(fp32, model_path),
         "runtime": _runtime_section(),
-        "quantization": {"precision": artifact.FP32_PRECISION, "mode": "none"},
+        "quantization": {"precision": artifact_format.FP32_PRECISION, "mode": "none"},
     }
     return artifact.write_artifact(out, {artifact.MODEL_FILE: model_path}, manifest, sign_key=sign_key)
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from quantship import artifact, reporting
+from quantship import artifact, artifact_format, reporting
 from quantship.activations import ActivationRange
 from quantship.quantize import gate_metrics, ranges
 from quantship.quantize.tuner import Stage
@@ -66,7 +66,7 @@ def _value(value: Any) -> str:
 
 def _baseline_verdict(model_bytes: int) -> str:
     items = [
-        ("precision", artifact.FP32_PRECISION),
+        ("precision", artifact_format.FP32_PRECISION),
         ("verdict", "unquantized baseline, no gate"),
         ("size", f"{model_bytes / 1024:.0f} KiB"),
     ]

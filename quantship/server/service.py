@@ -36,9 +36,9 @@ from quantship.artifact import (
     Artifact,
     ArtifactError,
     Verified,
-    load_public_key,
     load_verified,
 )
+from quantship.artifact_keys import load_public_key
 from quantship.server import batch_policy, cpus, probe, runner_graph, throttled_log
 from quantship.server.background import HAND_OFF_ITEMS, CpuBudget, Lane, lower_priority
 from quantship.server.batcher import Batcher, Gone

@@ -17,7 +17,7 @@ from gemm_models import build_gemm_mlp, build_matmuls_with_a_gemm_head, rows
 from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
 from onnxruntime.quantization.calibrate import TensorsData
 
-from quantship import activations, artifact, runtime, zoo
+from quantship import activations, artifact, artifact_format, runtime, zoo
 from quantship.agreement import RowRule, Task
 from quantship.quantize import (
     Calibration,
@@ -62,7 +62,7 @@ def test_manifest_records_what_design_md_lists(
     good_artifact: artifact.Artifact, sample: zoo.SampleModel
 ) -> None:
     manifest = good_artifact.manifest
-    assert manifest["format_version"] == artifact.FORMAT_VERSION
+    assert manifest["format_version"] == artifact_format.FORMAT_VERSION
     assert manifest["model"]["opset"]["ai.onnx"] == 17
     assert manifest["runtime"]["onnxruntime"] == ort.__version__
     quantization = manifest["quantization"]
@@ -263,7 +263,7 @@ def test_a_model_whose_ranges_cannot_fit_the_manifest_is_refused_before_calibrat
             calibration=tmp_path / "data.npz",
         )
 
-    assert f"more than the {artifact.MAX_MANIFEST_BYTES} an artifact's manifest may hold" in str(
+    assert f"more than the {artifact_format.MAX_MANIFEST_BYTES} an artifact's manifest may hold" in str(
         refused.value
     )
     assert not (tmp_path / "a").exists()
@@ -1231,7 +1231,7 @@ def test_a_qoperator_artifact_has_the_range_and_histogram_of_every_qlinear_outpu
     qoperator_skewed_artifact: artifact.Artifact,
 ) -> None:
     # a server that predates requantized ranges would read their int8 codes as floats: it must refuse
-    assert qoperator_skewed_artifact.manifest["format_version"] == artifact.REQUANTIZED_FORMAT_VERSION
+    assert qoperator_skewed_artifact.manifest["format_version"] == artifact_format.REQUANTIZED_FORMAT_VERSION
     model = onnx.load(str(qoperator_skewed_artifact.model_path))
     outputs = qlinear_outputs(model)
     # digits: 3 QLinearMatMul, 3 QLinearAdd (two with their Relu fused), 1 QLinearSoftmax

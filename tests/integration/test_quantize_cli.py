@@ -18,7 +18,7 @@ from click.testing import CliRunner
 from gemm_models import build_gemm_mlp, rows
 from onnx import TensorProto, helper, numpy_helper
 
-from quantship import artifact, zoo
+from quantship import artifact, artifact_dirs, artifact_keys, zoo
 from quantship.cli import main
 from quantship.quantize import QuantizeConfig, engine_model, run
 from quantship.quantize.errors import QuantizeInputError
@@ -164,7 +164,7 @@ def test_a_rerun_whose_gate_fails_leaves_a_passing_artifact_and_writes_beside_it
     code, stdout, err = _quantize(sample, out, *_FAILING_GATE, "--max-trials", "0")
     assert code == 1, err
     assert artifact.load_artifact(out).digest == passing
-    failed = artifact.load_artifact(artifact.gate_failed_path(out))
+    failed = artifact.load_artifact(artifact_dirs.gate_failed_path(out))
     assert failed.gate == "failed" and failed.root.name == "prod.gate-failed"
     message = " ".join(err.split())
     assert f"best effort written to {out}.gate-failed" in message and "is left as it was" in message
@@ -180,7 +180,7 @@ def test_a_rerun_whose_gate_fails_leaves_a_passing_artifact_and_writes_beside_it
     # A failed best effort is no artifact to keep: the next failed run replaces it, in place.
     assert _quantize(sample, failed.root, *_FAILING_GATE, "--max-trials", "0")[0] == 1
     assert artifact.load_artifact(failed.root).digest != failed.digest
-    assert not artifact.gate_failed_path(failed.root).exists()
+    assert not artifact_dirs.gate_failed_path(failed.root).exists()
 
 
 def test_a_failed_rerun_through_a_symlink_leaves_the_passing_artifact_behind_it(
@@ -197,7 +197,7 @@ def test_a_failed_rerun_through_a_symlink_leaves_the_passing_artifact_behind_it(
 
     assert code == 1, err
     assert artifact.load_artifact(real).digest == passing
-    assert artifact.load_artifact(artifact.gate_failed_path(real)).gate == "failed"
+    assert artifact.load_artifact(artifact_dirs.gate_failed_path(real)).gate == "failed"
 
 
 BAD_INPUTS = {
@@ -350,7 +350,7 @@ def test_verify_refuses_an_unsigned_artifact_when_a_key_is_required(
     good_artifact: artifact.Artifact, tmp_path: Path
 ) -> None:
     private, public = tmp_path / "k.pem", tmp_path / "k.pub"
-    artifact.generate_keypair(private, public)
+    artifact_keys.generate_keypair(private, public)
     code, out, _ = _cli("verify", good_artifact.root)
     assert code == 0 and "unsigned" in out
     code, _, err = _cli("verify", good_artifact.root, "--public-key", public)

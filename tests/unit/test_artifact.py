@@ -15,21 +15,21 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from quantship import artifact
+from quantship import artifact, artifact_dirs, artifact_format, artifact_keys, artifact_manifest
 from quantship.activations import BIN_CHUNK, HISTOGRAM_BINS, ActivationHistogram, ActivationRange
 from quantship.artifact import ArtifactError
 
 
 def _keys(tmp_path: Path) -> tuple[Path, Path]:
     private, public = tmp_path / "key.pem", tmp_path / "key.pub"
-    artifact.generate_keypair(private, public)
+    artifact_keys.generate_keypair(private, public)
     return private, public
 
 
 def _write(tmp_path: Path, out: Path, sign: Path | None = None) -> artifact.Artifact:
     model = tmp_path / "m.onnx"
     model.write_bytes(b"not really a model, but bytes to hash")
-    key = artifact.load_private_key(sign) if sign else None
+    key = artifact_keys.load_private_key(sign) if sign else None
     return artifact.write_artifact(out, {artifact.MODEL_FILE: model}, {"note": "test"}, sign_key=key)
 
 
@@ -39,7 +39,7 @@ def test_written_artifact_loads_and_records_hashes(tmp_path: Path) -> None:
     assert loaded.manifest == written.manifest
     entry = loaded.manifest["files"][artifact.MODEL_FILE]
     assert entry["size"] == len(b"not really a model, but bytes to hash")
-    assert entry["sha256"] == artifact.sha256_file(loaded.model_path)
+    assert entry["sha256"] == artifact_format.sha256_file(loaded.model_path)
     assert loaded.reference_path is None
     assert not loaded.signed
 
@@ -63,7 +63,7 @@ def test_a_replacement_failing_between_its_two_renames_puts_the_older_artifact_b
     the destination and the good artifact hidden in `.NAME.old`."""
     written = _write(tmp_path, tmp_path / "a")
     with pytest.raises(FileNotFoundError):  # the second rename: its source is gone
-        artifact.replace_dir(tmp_path / "vanished", tmp_path / "a")
+        artifact_dirs.replace_dir(tmp_path / "vanished", tmp_path / "a")
     assert artifact.load_artifact(tmp_path / "a").manifest == written.manifest
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "m.onnx"]
 
@@ -72,10 +72,10 @@ def test_an_artifact_a_killed_replacement_moved_aside_is_put_back(tmp_path: Path
     """kill -9 between the two renames: nothing at `a`, the previous artifact in `.a.old`."""
     written = _write(tmp_path, tmp_path / "a")
     (tmp_path / "a").rename(tmp_path / ".a.old")
-    artifact.restore_interrupted(tmp_path / "a")
+    artifact_dirs.restore_interrupted(tmp_path / "a")
     assert artifact.load_artifact(tmp_path / "a").manifest == written.manifest
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "m.onnx"]
-    artifact.restore_interrupted(tmp_path / "b")  # nothing moved aside: nothing to do
+    artifact_dirs.restore_interrupted(tmp_path / "b")  # nothing moved aside: nothing to do
     assert not (tmp_path / "b").exists()
 
 
@@ -210,7 +210,7 @@ def test_not_an_artifact_at_all(tmp_path: Path) -> None:
 def test_signed_artifact_verifies_with_its_public_key(tmp_path: Path) -> None:
     private, public = _keys(tmp_path)
     _write(tmp_path, tmp_path / "a", sign=private)
-    loaded = artifact.load_artifact(tmp_path / "a", public_key=artifact.load_public_key(public))
+    loaded = artifact.load_artifact(tmp_path / "a", public_key=artifact_keys.load_public_key(public))
     assert loaded.signed
 
 
@@ -223,7 +223,7 @@ def test_edited_manifest_breaks_the_signature(tmp_path: Path) -> None:
     manifest_path.write_text(json.dumps(manifest))
     artifact.load_artifact(tmp_path / "a")  # hashes still match: only the signature can tell
     with pytest.raises(ArtifactError, match="signature does not verify") as caught:
-        artifact.load_artifact(tmp_path / "a", public_key=artifact.load_public_key(public))
+        artifact.load_artifact(tmp_path / "a", public_key=artifact_keys.load_public_key(public))
     assert caught.value.reason == "signature"
 
 
@@ -233,24 +233,24 @@ def test_someone_elses_key_is_refused(tmp_path: Path) -> None:
     _, other_public = _keys(tmp_path / "other")
     _write(tmp_path, tmp_path / "a", sign=private)
     with pytest.raises(ArtifactError, match="signature does not verify"):
-        artifact.load_artifact(tmp_path / "a", public_key=artifact.load_public_key(other_public))
+        artifact.load_artifact(tmp_path / "a", public_key=artifact_keys.load_public_key(other_public))
 
 
 def test_unsigned_artifact_is_refused_when_a_key_is_required(tmp_path: Path) -> None:
     _, public = _keys(tmp_path)
     _write(tmp_path, tmp_path / "a")
     with pytest.raises(ArtifactError, match="unsigned, but a public key is required"):
-        artifact.load_artifact(tmp_path / "a", public_key=artifact.load_public_key(public))
+        artifact.load_artifact(tmp_path / "a", public_key=artifact_keys.load_public_key(public))
 
 
 def test_key_files_that_are_not_keys(tmp_path: Path) -> None:
     (tmp_path / "junk.pem").write_text("hello")
     with pytest.raises(ArtifactError, match="cannot read private key"):
-        artifact.load_private_key(tmp_path / "junk.pem")
+        artifact_keys.load_private_key(tmp_path / "junk.pem")
     with pytest.raises(ArtifactError, match=r"junk.pem is not a public key \(it holds no PEM public key\)"):
-        artifact.load_public_key(tmp_path / "junk.pem")
+        artifact_keys.load_public_key(tmp_path / "junk.pem")
     with pytest.raises(ArtifactError, match=r"cannot read public key .*missing\.pem"):
-        artifact.load_public_key(tmp_path / "missing.pem")
+        artifact_keys.load_public_key(tmp_path / "missing.pem")
 
 
 def test_tarball_round_trip(good_artifact: artifact.Artifact, tmp_path: Path) -> None:
@@ -340,10 +340,10 @@ def test_a_key_not_written_whole_is_removed_so_a_rerun_can_write_the_pair(tmp_pa
     code = (
         "import resource, sys\n"
         "from pathlib import Path\n"
-        "from quantship import artifact\n"
+        "from quantship import artifact, artifact_keys\n"
         "resource.setrlimit(resource.RLIMIT_FSIZE, (60, resource.RLIM_INFINITY))\n"
         "try:\n"
-        "    artifact.generate_keypair(Path(sys.argv[1]) / 'k.pem', Path(sys.argv[1]) / 'k.pub')\n"
+        "    artifact_keys.generate_keypair(Path(sys.argv[1]) / 'k.pem', Path(sys.argv[1]) / 'k.pub')\n"
         "except artifact.ArtifactError as error:\n"
         "    print(error)\n"
     )
@@ -354,7 +354,7 @@ def test_a_key_not_written_whole_is_removed_so_a_rerun_can_write_the_pair(tmp_pa
         run.stderr
     )
     assert list(tmp_path.iterdir()) == []
-    artifact.generate_keypair(tmp_path / "k.pem", tmp_path / "k.pub")
+    artifact_keys.generate_keypair(tmp_path / "k.pem", tmp_path / "k.pub")
 
 
 def test_a_qlinear_output_counts_its_saturated_end_codes_only() -> None:
@@ -433,14 +433,18 @@ def test_a_48_layer_gpt2_manifest_fits_in_half_the_cap_and_reads_back_identical(
     model.write_bytes(b"model")
     manifest = _deep_lm_manifest(GPT2_48_ACTIVATIONS, GPT2_48_SENSITIVITIES)
     written = artifact.write_artifact(
-        tmp_path / "a", {artifact.MODEL_FILE: model}, manifest, sign_key=artifact.load_private_key(private)
+        tmp_path / "a",
+        {artifact.MODEL_FILE: model},
+        manifest,
+        sign_key=artifact_keys.load_private_key(private),
     )
     size = (tmp_path / "a" / artifact.MANIFEST_FILE).stat().st_size
-    assert size < artifact.MAX_MANIFEST_BYTES / 2, size
-    loaded = artifact.load_artifact(tmp_path / "a", public_key=artifact.load_public_key(public))
+    assert size < artifact_format.MAX_MANIFEST_BYTES / 2, size
+    loaded = artifact.load_artifact(tmp_path / "a", public_key=artifact_keys.load_public_key(public))
     assert loaded.manifest == written.manifest
     assert loaded.digest == written.digest
-    assert artifact._manifest_text(loaded.manifest) == (tmp_path / "a" / artifact.MANIFEST_FILE).read_text()
+    written_text = (tmp_path / "a" / artifact.MANIFEST_FILE).read_text()
+    assert artifact_manifest.manifest_text(loaded.manifest) == written_text
     assert len(loaded.activation_histograms) == GPT2_48_ACTIVATIONS
     assert _least_bytes(manifest) <= size
 
@@ -449,14 +453,14 @@ def test_the_manifest_layout_writes_keys_as_json_does() -> None:
     """The one-line layout wrote a key that is no string bare ({1: [1, 2]} as `1: [1, 2]`), which no
     JSON reader takes; json.dumps writes it as "1", and the digest is taken over json.dumps' text."""
     manifest = {"a": {1: [1, 2], 2: {"x": [3]}}, "b": {True: [1], None: {"y": 2}, 1.5: [0]}}
-    text = artifact._manifest_text(manifest)
+    text = artifact_manifest.manifest_text(manifest)
     assert json.loads(text) == json.loads(json.dumps(manifest))
 
 
 def _least_bytes(manifest: dict[str, object]) -> int:
     ranges = manifest["activation_ranges"]
     assert isinstance(ranges, list)
-    return artifact.least_manifest_bytes([entry["tensor"] for entry in ranges])
+    return artifact_manifest.least_manifest_bytes([entry["tensor"] for entry in ranges])
 
 
 def test_least_manifest_bytes_is_at_most_what_the_ranges_and_histograms_take(
@@ -466,7 +470,7 @@ def test_least_manifest_bytes_is_at_most_what_the_ranges_and_histograms_take(
     a model whose artifact fits would be refused."""
     for manifest in (good_artifact.manifest, _deep_lm_manifest(200, 200)):
         sections = {key: manifest[key] for key in ("activation_ranges", "activation_histograms")}
-        assert 0 < _least_bytes(manifest) <= len(artifact._manifest_text(sections).encode())
+        assert 0 < _least_bytes(manifest) <= len(artifact_manifest.manifest_text(sections).encode())
 
 
 def test_a_manifest_written_indented_by_an_older_quantship_loads_and_verifies(tmp_path: Path) -> None:
@@ -479,13 +483,13 @@ def test_a_manifest_written_indented_by_an_older_quantship_loads_and_verifies(tm
         tmp_path / "a",
         {artifact.MODEL_FILE: model},
         _deep_lm_manifest(40, 50),
-        sign_key=artifact.load_private_key(private),
+        sign_key=artifact_keys.load_private_key(private),
     )
     path = tmp_path / "a" / artifact.MANIFEST_FILE
     indented = json.dumps(written.manifest, indent=2, sort_keys=True) + "\n"
     assert path.read_text() != indented
     path.write_text(indented)
-    loaded = artifact.load_artifact(tmp_path / "a", public_key=artifact.load_public_key(public))
+    loaded = artifact.load_artifact(tmp_path / "a", public_key=artifact_keys.load_public_key(public))
     assert loaded.signed
     assert loaded.manifest == written.manifest
     assert loaded.digest == written.digest

@@ -20,7 +20,7 @@ import pytest
 from click.testing import CliRunner
 from rich.console import Console
 
-from quantship import artifact, manifest_schema, reporting
+from quantship import artifact, artifact_format, manifest_schema, reporting
 from quantship.artifact import ArtifactError
 from quantship.cli import ExitCode, main
 from quantship.quantize import report, summary
@@ -203,14 +203,14 @@ def test_a_manifest_just_under_the_cap_is_read_in_bounded_memory(artifact_copy: 
     of them took 1.75 GB to verify (a server or an init container with a small limit killed)."""
     manifest = json.loads((artifact_copy / artifact.MANIFEST_FILE).read_text())
     text = json.dumps({**manifest, "runtime": {"bulk": "LITERAL"}})  # a free-form field: any JSON goes
-    count = (artifact.MAX_MANIFEST_BYTES - len(text)) // len("[[]],")
+    count = (artifact_format.MAX_MANIFEST_BYTES - len(text)) // len("[[]],")
     (artifact_copy / artifact.MANIFEST_FILE).write_text(
         text.replace('"LITERAL"', "[" + ",".join(["[[]]"] * count) + "]")
     )
     assert (
-        artifact.MAX_MANIFEST_BYTES - 100
+        artifact_format.MAX_MANIFEST_BYTES - 100
         < (artifact_copy / artifact.MANIFEST_FILE).stat().st_size
-        <= artifact.MAX_MANIFEST_BYTES
+        <= artifact_format.MAX_MANIFEST_BYTES
     )
     code = (
         "import resource, sys\n"
@@ -229,13 +229,13 @@ def test_a_manifest_just_under_the_cap_is_read_in_bounded_memory(artifact_copy: 
 
 
 def test_a_manifest_over_the_cap_is_neither_read_nor_written(artifact_copy: Path, tmp_path: Path) -> None:
-    edit_manifest(artifact_copy, lambda m: m.update(runtime={"x": "x" * artifact.MAX_MANIFEST_BYTES}))
-    with pytest.raises(ArtifactError, match=f"larger than {artifact.MAX_MANIFEST_BYTES} bytes"):
+    edit_manifest(artifact_copy, lambda m: m.update(runtime={"x": "x" * artifact_format.MAX_MANIFEST_BYTES}))
+    with pytest.raises(ArtifactError, match=f"larger than {artifact_format.MAX_MANIFEST_BYTES} bytes"):
         artifact.load_artifact(artifact_copy)
     model = artifact_copy / artifact.MODEL_FILE
-    big = {"runtime": {"x": "x" * artifact.MAX_MANIFEST_BYTES}}
+    big = {"runtime": {"x": "x" * artifact_format.MAX_MANIFEST_BYTES}}
     with pytest.raises(
-        ArtifactError, match=f"more than the {artifact.MAX_MANIFEST_BYTES} an artifact's manifest"
+        ArtifactError, match=f"more than the {artifact_format.MAX_MANIFEST_BYTES} an artifact's manifest"
     ):
         artifact.write_artifact(tmp_path / "out", {artifact.MODEL_FILE: model}, big)
     assert [p.name for p in tmp_path.iterdir()] == ["artifact"], "nothing written beside the source"

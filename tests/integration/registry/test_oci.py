@@ -20,7 +20,7 @@ from click.testing import CliRunner
 from quiet_http import QuietHTTPServer
 from registry_harness import PASSWORD, USER, Registry
 
-from quantship import artifact, oci, scratch
+from quantship import artifact, artifact_keys, oci, scratch
 from quantship.cli import main
 from quantship.local.prometheus import free_port
 
@@ -50,23 +50,23 @@ def test_the_signature_travels_with_the_artifact(
 
     from quantship.quantize import package_fp32
 
-    artifact.generate_keypair(tmp_path / "key.pem", tmp_path / "key.pub")
+    artifact_keys.generate_keypair(tmp_path / "key.pem", tmp_path / "key.pub")
     signed = package_fp32(
         good_artifact.reference_path,  # type: ignore[arg-type]
         tmp_path / "signed",
-        sign_key=artifact.load_private_key(tmp_path / "key.pem"),
+        sign_key=artifact_keys.load_private_key(tmp_path / "key.pem"),
     )
     oci.push(signed.root, registry.uri("quantship/signed:v1"))
-    public = artifact.load_public_key(tmp_path / "key.pub")
+    public = artifact_keys.load_public_key(tmp_path / "key.pub")
     pulled = oci.pull(registry.uri("quantship/signed:v1"), tmp_path / "pulled", public_key=public)
     assert pulled.signed
     shutil.rmtree(tmp_path / "pulled")
-    artifact.generate_keypair(tmp_path / "other.pem", tmp_path / "other.pub")
+    artifact_keys.generate_keypair(tmp_path / "other.pem", tmp_path / "other.pub")
     with pytest.raises(artifact.ArtifactError):
         oci.pull(
             registry.uri("quantship/signed:v1"),
             tmp_path / "pulled",
-            public_key=artifact.load_public_key(tmp_path / "other.pub"),
+            public_key=artifact_keys.load_public_key(tmp_path / "other.pub"),
         )
     assert not (tmp_path / "pulled").exists()
 

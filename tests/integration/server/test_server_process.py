@@ -23,7 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from server_harness import MODEL, LocalServer, error_answer, settings_for, wait_until
 from tritonclient.utils import InferenceServerException
 
-from quantship import artifact
+from quantship import artifact, artifact_keys
 from quantship.local.processes import ServerProcess
 from quantship.local.prometheus import free_port
 
@@ -150,7 +150,7 @@ def test_an_unsigned_artifact_is_refused_when_a_public_key_is_required(
     good_artifact: artifact.Artifact, tmp_path: Path
 ) -> None:
     private, public = tmp_path / "key.pem", tmp_path / "key.pub"
-    artifact.generate_keypair(private, public)
+    artifact_keys.generate_keypair(private, public)
     server = LocalServer(settings_for(good_artifact, "unsigned", public_key=public)).start(ready=False)
     try:
         wait_until(lambda: server.metric("quantship_model_load_failures_total", reason="signature") == 1)

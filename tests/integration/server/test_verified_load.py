@@ -14,7 +14,7 @@ from onnx import TensorProto, helper, numpy_helper
 from prometheus_client import CollectorRegistry
 from server_harness import settings_for
 
-from quantship import artifact, zoo
+from quantship import artifact, artifact_keys, zoo
 from quantship.artifact import MODEL_FILE, REFERENCE_FILE
 from quantship.server import runner_graph
 from quantship.server.metrics import ServerMetrics
@@ -75,10 +75,10 @@ async def test_a_folder_swapped_after_verifying_serves_the_verified_bytes(
     good_artifact: artifact.Artifact, sample: zoo.SampleModel, tmp_path: Path
 ) -> None:
     private, public = tmp_path / "sign.pem", tmp_path / "sign.pub"
-    artifact.generate_keypair(private, public)
+    artifact_keys.generate_keypair(private, public)
     files = {name: good_artifact.root / name for name in good_artifact.manifest["files"]}
     signed = artifact.write_artifact(
-        tmp_path / "served", files, _manifest(good_artifact), sign_key=artifact.load_private_key(private)
+        tmp_path / "served", files, _manifest(good_artifact), sign_key=artifact_keys.load_private_key(private)
     )
     seven = build_always_seven(tmp_path / "seven.onnx")
     unsigned = artifact.write_artifact(

@@ -20,7 +20,7 @@ import pytest
 from click.testing import CliRunner
 from quiet_http import QuietHTTPServer
 
-from quantship import artifact
+from quantship import artifact, artifact_keys
 from quantship.cli import main
 
 
@@ -235,7 +235,7 @@ def test_a_tampered_tarball_over_http_is_named_by_its_url(
 def test_an_unsigned_artifact_is_refused_when_a_key_is_required(
     good_artifact: artifact.Artifact, tmp_path: Path
 ) -> None:
-    artifact.generate_keypair(tmp_path / "private.pem", tmp_path / "public.pem")
+    artifact_keys.generate_keypair(tmp_path / "private.pem", tmp_path / "public.pem")
 
     code, output = fetch(
         f"file://{good_artifact.root}", str(tmp_path / "model"), "--public-key", str(tmp_path / "public.pem")
