@@ -28,6 +28,7 @@ from quantship.server.infer_route import INLINE_ENCODE_BINARY_BYTES, INLINE_ENCO
 from quantship.server.metrics import ServerMetrics
 from quantship.server.protocol import InferRequest, RequestedOutput
 from quantship.server.service import ModelService
+from quantship.server.throttled_log import Later
 
 log = logging.getLogger("quantship.server")
 SERVICE = "inference.GRPCInferenceService"
@@ -279,7 +280,8 @@ class GrpcEndpoints:
                 self.service.request_cut()
             else:  # the client cancelled or its deadline passed: not our error
                 code = ClientClosedRequest.status
-                self.service.client_went(f"{context.peer()} ModelInfer", _why_cancelled(context))
+                where = Later(lambda: f"{context.peer()} ModelInfer")
+                self.service.client_went(where, _why_cancelled(context))
             raise
         finally:
             self.metrics.request_left()

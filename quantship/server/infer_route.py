@@ -36,6 +36,7 @@ from quantship.server.errors import (
 )
 from quantship.server.metrics import ServerMetrics
 from quantship.server.service import ModelService
+from quantship.server.throttled_log import Later
 
 log = logging.getLogger("quantship.server")
 
@@ -116,11 +117,12 @@ async def receive_body(
     """The body from ASGI `receive`, refused with 413 as soon as it is known to exceed
     `limits.max_bytes`, with 408 when it has not all arrived within `limits.timeout_s`, and with 499
     when the client hangs up before the end. `declared` is the Content-Length header ("" if none);
-    `where()` names the request in the log (built only then: a string a request costs CPU), whose
-    lines go to `log_line` (the service's `client_log`, at most so many a second). `here`:
-    the server has said the whole body arrived (`arrived`), so reading it cannot wait, and no
-    deadline is armed. `cut()`: whether a disconnect is shutdown's (`cut_by_shutdown`), which logged
-    it and answered 503 (counted so by InferRoute): then this logs nothing."""
+    `where()` names the request in the log (built only for a line written: a string a request costs
+    CPU, and a throttled log holds most lines back), whose lines go to `log_line` (the service's
+    `client_log`, at most so many a second). `here`: the server has said the whole body arrived
+    (`arrived`), so reading it cannot wait, and no deadline is armed. `cut()`: whether a disconnect
+    is shutdown's (`cut_by_shutdown`), which logged it and answered 503 (counted so by InferRoute):
+    then this logs nothing."""
     if declared.isdecimal() and int(declared) > limits.max_bytes:
         raise PayloadTooLarge(
             f"the body is {declared} bytes; this server takes at most {limits.max_bytes} (--max-body-bytes)"
@@ -135,7 +137,7 @@ async def receive_body(
                     if cut():
                         raise ClientClosedRequest("shutdown closed the connection before the whole body came")
                     log_line("%s: client disconnected after %d of %s body bytes; counted as 499",
-                             where(), size, declared or "?")  # fmt: skip
+                             Later(where), size, declared or "?")  # fmt: skip
                     raise ClientClosedRequest("the client disconnected before sending the whole body")
                 chunk = message.get("body", b"")
                 size += len(chunk)
@@ -148,7 +150,7 @@ async def receive_body(
                 more = message.get("more_body", False)
     except TimeoutError:
         log_line("%s: body not received within %g s (%d of %s bytes); answered 408",
-                 where(), limits.timeout_s, size, declared or "?")  # fmt: skip
+                 Later(where), limits.timeout_s, size, declared or "?")  # fmt: skip
         raise RequestTimeout(
             f"the body did not arrive within {limits.timeout_s:g} s ({size} of {declared or '?'} bytes "
             "received; --body-timeout-s)"
@@ -302,7 +304,7 @@ class InferRoute:
         try:
             answer = await self.service.infer(request, client_gone(scope))
         except ClientClosedRequest as exc:  # queued or running: the batcher saw the client go
-            self.service.client_went(_where(scope), exc.message)
+            self.service.client_went(Later(lambda: _where(scope)), exc.message)
             raise
         return await encode(answer, request, self.json_budget), started
 

@@ -533,11 +533,12 @@ class ModelService:
         if self.draining:
             raise NotReady("the server is shutting down")
 
-    def client_went(self, where: str, what: str) -> None:
+    def client_went(self, where: object, what: str) -> None:
         """Log a request whose client went away while it was queued or running, which its transport
         counts as 499: one line, as a client that hangs up mid-body gets (infer_route.receive_body),
         so that an on-call who sees 499s finds them in the log; at most 10 a second
-        (HANG_UP_LOG_LINES_PER_S). `where`: the client and what it called; `what`: when it went."""
+        (HANG_UP_LOG_LINES_PER_S). `where`: the client and what it called (its str, made only if the line
+        is written: throttled_log.Later); `what`: when it went."""
         self.client_log.log("%s: %s; counted as 499", where, what)
 
     async def infer(self, request: InferRequest, gone: Gone | None = None) -> InferResponse:

@@ -1,5 +1,5 @@
 """A log that says a repeated line at most so often (`ThrottledLog`): for a model failing every call
-(runner, background) and clients hanging up (service).
+(runner, background) and clients hanging up (service); and text made only for a line written (`Later`).
 """
 
 from __future__ import annotations
@@ -50,3 +50,17 @@ class ThrottledLog:
             exc_info=exc_info,
             stacklevel=2,  # the line is the caller's
         )
+
+
+class Later:
+    """Text made only when a log line that quotes it (`%s`) is written: logging formats a line's
+    arguments then, so a line a ThrottledLog holds back (most of them under a storm of hang-ups) does
+    not build it."""
+
+    __slots__ = ("_make",)
+
+    def __init__(self, make: Callable[[], str]) -> None:
+        self._make = make
+
+    def __str__(self) -> str:
+        return self._make()

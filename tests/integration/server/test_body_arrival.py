@@ -23,9 +23,10 @@ import uvicorn
 from server_harness import error_answer, protocol_serving, wait_until
 
 from quantship.server import connections
-from quantship.server.errors import RequestTimeout
+from quantship.server.errors import ClientClosedRequest, RequestTimeout
 from quantship.server.infer_route import BodyLimits, arrived, receive_body
 from quantship.server.settings import ServerSettings
+from quantship.server.throttled_log import ThrottledLog
 
 BODY = b'{"inputs": []}'
 HELD = "/held"
@@ -128,6 +129,44 @@ def test_the_deadline_applies_unless_the_body_has_arrived() -> None:
     # said to be here: no deadline armed (a receive that then waited would not be cut off)
     here = receive_body(slow_receive(0.1), "", limits, lambda: "test", log.info, here=True)
     assert asyncio.run(here) == BODY
+
+
+def test_a_line_held_back_does_not_name_its_request() -> None:
+    """Under a storm of hang-ups the client log writes a few lines a second; naming a request (its
+    client and path) is for a line written only."""
+    named: list[str] = []
+
+    def where() -> str:
+        named.append("127.0.0.1:5000 POST /v2/models/m/infer")
+        return named[-1]
+
+    async def hang_up() -> dict[str, Any]:
+        return {"type": "http.disconnect"}
+
+    class Kept(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    records: list[logging.LogRecord] = []
+    held = logging.getLogger(f"{log.name}.held")
+    held.propagate = False  # each record formatted once, below: no other handler formats it
+    held.setLevel(logging.INFO)
+    held.addHandler(handler := Kept())
+
+    async def storm() -> None:
+        lines = ThrottledLog(60.0, held, logging.INFO, lines=3)
+        for _ in range(20):
+            with pytest.raises(ClientClosedRequest):
+                await receive_body(hang_up, "10", LIMITS, where, lines.log)
+
+    try:
+        asyncio.run(storm())
+    finally:
+        held.removeHandler(handler)
+    written = [record.getMessage() for record in records]
+    assert len(written) == 3
+    assert all(line.startswith(f"{named[0]}: client disconnected after 0 of 10") for line in written)
+    assert len(named) == 3
 
 
 def test_shutdown_cuts_no_upload_of_a_request_pipelined_behind_a_running_one(
