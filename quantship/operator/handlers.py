@@ -46,7 +46,7 @@ from quantship.operator import crd, quantization, watched
 from quantship.operator import status as status_module
 from quantship.operator.reconcile import IN_FLIGHT, Context, reconcile
 from quantship.operator.routers import GatewayRouter
-from quantship.operator.settings import RETRY_BACKOFF_MAX_S, OperatorSettings
+from quantship.operator.settings import DAEMON_EXIT_GRACE_S, RETRY_BACKOFF_MAX_S, OperatorSettings
 from quantship.operator.spec import InvalidSpec, ModelSpec
 from quantship.rollout import Decision, PortError
 
@@ -335,7 +335,14 @@ def register(
                         return  # gone, or being deleted: nothing more to tick
                 logger.debug(TICK_DONE)
 
-    @kopf.daemon(*RESOURCE, registry=registry, when=in_flight, backoff=retry_backoff, id="analysis")
+    @kopf.daemon(
+        *RESOURCE,
+        registry=registry,
+        when=in_flight,
+        backoff=retry_backoff,
+        cancellation_backoff=DAEMON_EXIT_GRACE_S,
+        id="analysis",
+    )
     async def analysis(
         namespace: str | None,
         name: str,
@@ -361,7 +368,14 @@ def register(
 
     without_finalizer(registry, "analysis")
 
-    @kopf.daemon(*RESOURCE, registry=registry, when=settled, backoff=retry_backoff, id="resync")
+    @kopf.daemon(
+        *RESOURCE,
+        registry=registry,
+        when=settled,
+        backoff=retry_backoff,
+        cancellation_backoff=DAEMON_EXIT_GRACE_S,
+        id="resync",
+    )
     async def resync(
         namespace: str | None,
         name: str,

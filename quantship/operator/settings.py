@@ -19,6 +19,13 @@ long an API server's Retry-After): an API server in trouble gets at most a tick 
 from us, and a model whose trouble is fixed outside it (its HTTPRoute created) waits a minute at
 most. client-go's controllers back off the same way, up to 1000 s."""
 
+DAEMON_EXIT_GRACE_S = 4.0
+"""How long kopf lets a daemon still in a tick when the operator exits finish it (kopf's
+`cancellation_backoff`): without it kopf said at once "did not exit in time. Leaving it orphaned."
+of a tick a few API calls from done, which then ended on its own. A tick is a few API calls; one
+still running after this is left to kopf's 5 s wait for hung tasks and then cancelled: at most
+~11 s with kopf's 2 s drain, within a pod's default 30 s termination grace."""
+
 
 @dataclass(frozen=True)
 class OperatorSettings:
