@@ -68,6 +68,14 @@ PING_TIMEOUT_ARG = "grpc.http2.ping_timeout_ms"
 argument of its chttp2 transport (internal.h), not of grpc's public headers (test_unread_grpc_answers
 checks it still acts)."""
 
+PING_FLOOR_MS = 1000
+"""The shortest keepalive interval and ping timeout `ping_options` derives from --idle-timeout-s: half
+of a 50 ms timeout pinged every 25 ms while calls ran and cut any client whose acknowledgement took
+longer, as one across a real network, or one its runtime paused a moment, would. 1 s is grpc-go's floor
+for a server's pings (keepalive.ServerParameters.Time: less is raised to 1 s) and far below gRPC's
+default ping timeout (20 s, as Triton's --grpc-keepalive-timeout): below 2 s of --idle-timeout-s, a
+gRPC client that takes none of its answer is cut after 2 s."""
+
 M = TypeVar("M", bound=Message)
 
 
@@ -333,6 +341,18 @@ def _brief(message: str) -> str:
     return message[: MAX_MESSAGE_CHARS - 1] + "…"
 
 
+def ping_options(idle_timeout_s: float) -> list[tuple[str, int]]:
+    """The channel arguments that ping a client with calls under way: half of `idle_timeout_s`
+    between pings and half to acknowledge one (`start_grpc`), each at least PING_FLOOR_MS."""
+    half_ms = max(PING_FLOOR_MS, round(idle_timeout_s * 1000 / 2))
+    return [
+        ("grpc.keepalive_time_ms", half_ms),
+        ("grpc.keepalive_timeout_ms", half_ms),
+        # what closes the connection: keepalive_timeout alone did not, the default is a minute
+        (PING_TIMEOUT_ARG, half_ms),
+    ]
+
+
 async def start_grpc(
     endpoints: GrpcEndpoints, host: str, port: int, max_message_bytes: int, idle_timeout_s: float
 ) -> grpc.aio.Server:
@@ -345,9 +365,8 @@ async def start_grpc(
     probe, then stopped: 430 MB of RSS, still held after 90 s). Pings find such a client: one that
     acknowledges none within half the timeout has its connection closed (GOAWAY "ping_timeout") and
     its answers dropped, and a keepalive ping goes out after the other half without one, while calls
-    are under way. A live client's transport acknowledges pings whatever its application reads, so a
-    long call or a slow reader is never cut."""
-    half_ms = max(1, round(idle_timeout_s * 1000 / 2))
+    are under way (each half at least PING_FLOOR_MS: `ping_options`). A live client's transport
+    acknowledges pings whatever its application reads, so a long call or a slow reader is never cut."""
     server = grpc.aio.server(
         options=[
             # --max-body-bytes bounds what a client sends; an answer is bounded by the model (an
@@ -357,10 +376,7 @@ async def start_grpc(
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", -1),
             ("grpc.so_reuseport", 0),  # a second server on a taken port must fail, not share it
-            ("grpc.keepalive_time_ms", half_ms),
-            ("grpc.keepalive_timeout_ms", half_ms),
-            # what closes the connection: keepalive_timeout alone did not, the default is a minute
-            (PING_TIMEOUT_ARG, half_ms),
+            *ping_options(idle_timeout_s),
         ]
     )
     server.add_generic_rpc_handlers((endpoints.handler(),))

@@ -252,7 +252,8 @@ class ServerSettings:
     long a client may take none of its answer (nginx's send_timeout) before the connection is cut and
     the answer dropped: a client that never reads held its answer in memory for good. Over gRPC, how
     long a client with calls under way may go without acknowledging a ping (grpc_server.start_grpc),
-    which bounds the same."""
+    which bounds the same: at least 2 s there (pings at most once a second, each given a second to be
+    acknowledged: grpc_server.PING_FLOOR_MS)."""
     drain_timeout_s: float = 20.0
     """Seconds, in all, that a shutdown spends from the signal on: uvicorn's connection drain, gRPC's,
     the queued requests and the sampled background work share it; then the process exits anyway.
