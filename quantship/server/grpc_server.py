@@ -22,7 +22,7 @@ import numpy as np
 from google.protobuf.message import DecodeError, Message
 
 from quantship.server import protocol
-from quantship.server.errors import ClientClosedRequest, InvalidInput, NotReady, ServerError
+from quantship.server.errors import ClientClosedRequest, InvalidInput, NotReady, PayloadTooLarge, ServerError
 from quantship.server.grpc_v2 import inference_pb2 as pb
 from quantship.server.infer_route import INLINE_ENCODE_BINARY_BYTES, INLINE_ENCODE_STRINGS
 from quantship.server.metrics import ServerMetrics
@@ -206,22 +206,25 @@ class GrpcEndpoints:
 
     def handler(self) -> grpc.GenericRpcHandler:
         """Each RPC takes its request's bytes (no request_deserializer): it parses them itself, so
-        that a malformed message is answered INVALID_ARGUMENT, and counted as a 400 by ModelInfer."""
+        that a malformed message is answered INVALID_ARGUMENT, and counted as a 400 by ModelInfer.
+        ModelInfer is served as a client stream, of the one message a unary call sends: grpcio calls a
+        unary handler only once its message has come, so a call that ended without it went uncounted
+        (`model_infer`). The wire is the same, so clients see a unary RPC."""
         rpcs: dict[str, OnBytes] = {
             "ServerLive": _on_bytes(self.server_live, pb.ServerLiveRequest),
             "ServerReady": _on_bytes(self.server_ready, pb.ServerReadyRequest),
             "ModelReady": _on_bytes(self.model_ready, pb.ModelReadyRequest),
             "ServerMetadata": _on_bytes(self.server_metadata, pb.ServerMetadataRequest),
             "ModelMetadata": _on_bytes(self.model_metadata, pb.ModelMetadataRequest),
-            "ModelInfer": self.model_infer,
         }
-        return grpc.method_handlers_generic_handler(
-            SERVICE,
-            {
-                name: grpc.unary_unary_rpc_method_handler(_answer(call), response_serializer=_to_wire)
-                for name, call in rpcs.items()
-            },
+        handlers = {
+            name: grpc.unary_unary_rpc_method_handler(_answer(call), response_serializer=_to_wire)
+            for name, call in rpcs.items()
+        }
+        handlers["ModelInfer"] = grpc.stream_unary_rpc_method_handler(
+            _answer(self.model_infer), response_serializer=_to_wire
         )
+        return grpc.method_handlers_generic_handler(SERVICE, handlers)
 
     async def server_live(self, request: pb.ServerLiveRequest) -> pb.ServerLiveResponse:
         return pb.ServerLiveResponse(live=True)
@@ -259,11 +262,19 @@ class GrpcEndpoints:
         return response
 
     async def model_infer(
-        self, raw: bytes, context: grpc.aio.ServicerContext
-    ) -> pb.ModelInferResponse | bytes:
+        self, requests: object, context: grpc.aio.ServicerContext
+    ) -> pb.ModelInferResponse | bytes | None:
+        """`requests` (grpcio's iterator of the stream) is left unused: `context.read()` takes the one
+        message. In flight from the call's start, as an HTTP request from its headers; its latency
+        counts from the whole message, as HTTP's from the whole body."""
         started, code = time.perf_counter(), 500
         self.metrics.request_started()
         try:
+            raw = await context.read()
+            if raw is grpc.aio.EOF:
+                code = await self._without_request(context)
+                return None  # the call has ended: its status is sent, or core sent one
+            started = time.perf_counter()
             request = parse(pb.ModelInferRequest, raw)
             self.service.check_model(request.model_name, request.model_version or None)
             self.service.ready_model()
@@ -293,14 +304,50 @@ class GrpcEndpoints:
             self.metrics.request_left()
             self.metrics.request_done(code, time.perf_counter() - started)
 
+    async def _without_request(self, context: grpc.aio.ServicerContext) -> int:
+        """The status of a ModelInfer call that ended before its request message came, as HTTP counts
+        a body over --max-body-bytes (413), one cut by shutdown (503) or a client gone mid-body (499).
+
+        grpcio shows a handler only that the stream ended with no message, whether grpc core refused
+        one over the limit (from its length prefix: the client reads RESOURCE_EXHAUSTED "Received
+        message larger than max", of a 256 MiB message the server took in 4 MiB) or the client
+        cancelled while sending it; grpcio's Python API gives no hook that tells them apart (nor
+        sees the refusal: a unary handler is not called). Counted as 413, the cause a client repeats
+        (one caught mid-upload is rare), and logged naming both. The status sent here fails to send
+        once core has ended the call; it reaches only a client that closed its side sending nothing,
+        its own error (400)."""
+        try:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the call ended with no request message")
+        except grpc.aio.AbortError:  # sent: grpcio ends the call when the handler returns
+            return InvalidInput.status
+        except grpc.aio.InternalError:  # core had ended the call (ExecuteBatchError)
+            pass
+        where = f"{context.peer()} ModelInfer"
+        if self.service.connections_spent():
+            self.service.request_cut()
+            return NotReady.status
+        if _deadline_passed(context):
+            self.service.client_went(where, "its deadline passed before its request message came")
+            return ClientClosedRequest.status
+        self.service.client_log.log(
+            "%s: no request message came: one over --max-body-bytes (%d bytes), refused by grpc core "
+            "(RESOURCE_EXHAUSTED), or the client cancelled while sending it; counted as 413",
+            where, self.service.settings.max_body_bytes,
+        )  # fmt: skip
+        return PayloadTooLarge.status
+
 
 def _why_cancelled(context: grpc.aio.ServicerContext) -> str:
     """What ended a call its client gave up: its deadline (none left) or a cancellation, the client's
     or its connection's."""
-    left = context.time_remaining()
-    if left is not None and left <= 0:
+    if _deadline_passed(context):
         return "its deadline passed before the answer"
     return "the client cancelled the call, or its connection closed, before the answer"
+
+
+def _deadline_passed(context: grpc.aio.ServicerContext) -> bool:
+    left = context.time_remaining()
+    return left is not None and left <= 0
 
 
 Rpc = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
@@ -317,7 +364,7 @@ def _on_bytes(call: Callable[[M], Awaitable[Any]], message: type[M]) -> OnBytes:
     return rpc
 
 
-def _answer(call: OnBytes) -> Rpc:
+def _answer(call: Rpc) -> Rpc:
     """The RPC with its errors as status codes: ours with their message, anything else logged, INTERNAL."""
 
     async def rpc(request: Any, context: grpc.aio.ServicerContext) -> Any:
@@ -371,8 +418,8 @@ async def start_grpc(
         options=[
             # --max-body-bytes bounds what a client sends; an answer is bounded by the model (an
             # embedding may be larger than its tokens), and HTTP answers it whole: as Triton, no cap.
-            # Core refuses a larger message from its length prefix, unseen by us and so uncounted:
-            # a handler's read ends as when the client cancels mid-upload (README, "Errors")
+            # Core refuses a larger message from its length prefix: ModelInfer's read ends with no
+            # message, as when the client cancels mid-upload (GrpcEndpoints._without_request)
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", -1),
             ("grpc.so_reuseport", 0),  # a second server on a taken port must fail, not share it
