@@ -22,7 +22,14 @@ import numpy as np
 from google.protobuf.message import DecodeError, Message
 
 from quantship.server import protocol
-from quantship.server.errors import ClientClosedRequest, InvalidInput, NotReady, PayloadTooLarge, ServerError
+from quantship.server.errors import (
+    ClientClosedRequest,
+    InvalidInput,
+    NotReady,
+    PayloadTooLarge,
+    RequestTimeout,
+    ServerError,
+)
 from quantship.server.grpc_v2 import inference_pb2 as pb
 from quantship.server.infer_route import INLINE_ENCODE_BINARY_BYTES, INLINE_ENCODE_STRINGS
 from quantship.server.metrics import ServerMetrics
@@ -39,16 +46,19 @@ percent-encoded, as grpc-message is."""
 STATUS_CODES = {
     400: grpc.StatusCode.INVALID_ARGUMENT,
     404: grpc.StatusCode.NOT_FOUND,
+    408: grpc.StatusCode.DEADLINE_EXCEEDED,
     409: grpc.StatusCode.ALREADY_EXISTS,
     413: grpc.StatusCode.RESOURCE_EXHAUSTED,
     429: grpc.StatusCode.RESOURCE_EXHAUSTED,
     500: grpc.StatusCode.INTERNAL,
     503: grpc.StatusCode.UNAVAILABLE,
 }
-"""The HTTP statuses of errors.py as gRPC codes: google.rpc.Code's HTTP mapping, and for 413 what grpc
-core answers a message over its limit. Not all Triton's: for a full queue (429) Triton answers
-UNAVAILABLE ("Exceeds maximum queue size"), we RESOURCE_EXHAUSTED, as the README's "Errors" says. The
-request counter keeps the HTTP status for both transports, so the error SLI reads one label."""
+"""The HTTP statuses of errors.py as gRPC codes: google.rpc.Code's HTTP mapping, for 413 what grpc
+core answers a message over its limit, and for 408 (a request message slower than --body-timeout-s)
+the code of a call out of time, which google.rpc.Code has no HTTP status for. Not all Triton's: for a
+full queue (429) Triton answers UNAVAILABLE ("Exceeds maximum queue size"), we RESOURCE_EXHAUSTED, as
+the README's "Errors" says. The request counter keeps the HTTP status for both transports, so the error
+SLI reads one label."""
 
 # The typed `contents` field that carries each datatype, for clients that send no raw contents.
 _CONTENTS_FIELD = {
@@ -270,8 +280,8 @@ class GrpcEndpoints:
         started, code = time.perf_counter(), 500
         self.metrics.request_started()
         try:
-            raw = await context.read()
-            if raw is grpc.aio.EOF:
+            raw = await self._request_message(context)
+            if raw is None:
                 code = await self._without_request(context)
                 return None  # the call has ended: its status is sent, or core sent one
             started = time.perf_counter()
@@ -303,6 +313,24 @@ class GrpcEndpoints:
         finally:
             self.metrics.request_left()
             self.metrics.request_done(code, time.perf_counter() - started)
+
+    async def _request_message(self, context: grpc.aio.ServicerContext) -> bytes | None:
+        """The call's message, or None if the stream ended without one; RequestTimeout if it is not
+        whole within --body-timeout-s, as an HTTP body: a client that sent its call's headers and then
+        trickled or stalled held its call, and what core had of the message, as long as it
+        acknowledged pings."""
+        limit = self.service.settings.body_timeout_s
+        try:
+            async with asyncio.timeout(limit):
+                raw = await context.read()
+            return None if raw is grpc.aio.EOF else raw
+        except TimeoutError:
+            self.service.client_log.log(
+                "%s ModelInfer: request message not received within %g s; answered 408", context.peer(), limit
+            )
+            raise RequestTimeout(
+                f"the request message did not arrive within {limit:g} s (--body-timeout-s)"
+            ) from None
 
     async def _without_request(self, context: grpc.aio.ServicerContext) -> int:
         """The status of a ModelInfer call that ended before its request message came, as HTTP counts

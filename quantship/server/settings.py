@@ -243,7 +243,8 @@ class ServerSettings:
     """Seconds a request's whole body may take to arrive, from the moment its headers are in; then
     408 and the connection is closed. uvicorn has no such limit: a client trickling a body would hold
     a connection and an in-flight request forever. 30 s lets the largest body (16 MiB) arrive at
-    ~560 KB/s, far below any in-cluster link (an ingress buffers slow clients' bodies before it)."""
+    ~560 KB/s, far below any in-cluster link (an ingress buffers slow clients' bodies before it).
+    Over gRPC, a ModelInfer's message from the call's start (then DEADLINE_EXCEEDED, counted 408)."""
     idle_timeout_s: float = 75.0
     """Seconds a connection may wait for a request's headers to be complete: a fresh connection, and
     one kept alive between requests; then it is closed (408 if part of a request had come). Longer than

@@ -16,8 +16,10 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from server_harness import MODEL, LocalServer, mostly, shapes, wait_until
+from server_harness import MODEL, LocalServer, mostly, settings_for, shapes, wait_until
 
+from quantship import artifact
+from quantship.local.prometheus import free_port
 from quantship.server.grpc_server import MAX_MESSAGE_CHARS, SERVICE
 from quantship.server.grpc_v2 import inference_pb2 as pb
 
@@ -188,6 +190,44 @@ def test_a_slow_message_is_not_recorded_as_the_servers_latency(local_server: Loc
     ]
     recorded = local_server.metric("quantship_request_duration_seconds_sum") - before
     assert 0 < recorded <= answered_within  # none of the wait for the message is the server's
+
+
+BODY_TIMEOUT_S = 1.0
+
+
+@pytest.fixture(scope="module")
+def impatient_server(good_artifact: artifact.Artifact) -> Iterator[LocalServer]:
+    server = LocalServer(
+        settings_for(good_artifact, "impatient", grpc_port=free_port(), body_timeout_s=BODY_TIMEOUT_S)
+    ).start()
+    yield server
+    server.stop()
+
+
+def test_a_message_slower_than_the_body_timeout_is_a_408_as_over_http(
+    impatient_server: LocalServer, caplog: Any
+) -> None:
+    """A client that sent its call's headers, then stalled, held its call as long as its deadline
+    allowed (without one, as long as its connection acknowledged pings): over HTTP such a body is a
+    408 after --body-timeout-s."""
+    caplog.set_level(logging.INFO, logger="quantship.server")
+
+    def stalled() -> Iterator[bytes]:
+        time.sleep(10 * BODY_TIMEOUT_S)
+        yield infer_request([1, 64], raw=ROW.tobytes())
+
+    address = f"127.0.0.1:{impatient_server.settings.grpc_port}"
+    with grpc.insecure_channel(address) as channel, pytest.raises(grpc.RpcError) as raised:
+        channel.stream_unary(f"/{SERVICE}/ModelInfer")(stalled(), timeout=5 * BODY_TIMEOUT_S)
+    assert raised.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert raised.value.details() == "the request message did not arrive within 1 s (--body-timeout-s)"
+    assert impatient_server.metric("quantship_requests_total", code="408") == 1
+    assert impatient_server.metric("quantship_requests_total", code="499") == 0
+    assert impatient_server.metric("quantship_requests_in_flight") == 0
+    assert any(
+        r.getMessage().endswith("ModelInfer: request message not received within 1 s; answered 408")
+        for r in caplog.records
+    )
 
 
 def test_other_rpcs_refuse_a_malformed_message_too(local_server: LocalServer, caplog: Any) -> None:
