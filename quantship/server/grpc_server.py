@@ -279,10 +279,11 @@ class GrpcEndpoints:
         counts from the whole message, as HTTP's from the whole body."""
         started, code = time.perf_counter(), 500
         self.metrics.request_started()
+        peer = context.peer()  # "" once core has ended the call
         try:
-            raw = await self._request_message(context)
+            raw = await self._request_message(context, peer)
             if raw is None:
-                code = await self._without_request(context)
+                code = await self._without_request(context, peer)
                 return None  # the call has ended: its status is sent, or core sent one
             started = time.perf_counter()
             request = parse(pb.ModelInferRequest, raw)
@@ -308,13 +309,13 @@ class GrpcEndpoints:
                 self.service.request_cut()
             else:  # the client cancelled or its deadline passed: not our error
                 code = ClientClosedRequest.status
-                self.service.client_went(f"{context.peer()} ModelInfer", _why_cancelled(context))
+                self.service.client_went(f"{peer} ModelInfer", _why_cancelled(context))
             raise
         finally:
             self.metrics.request_left()
             self.metrics.request_done(code, time.perf_counter() - started)
 
-    async def _request_message(self, context: grpc.aio.ServicerContext) -> bytes | None:
+    async def _request_message(self, context: grpc.aio.ServicerContext, peer: str) -> bytes | None:
         """The call's message, or None if the stream ended without one; RequestTimeout if it is not
         whole within --body-timeout-s, as an HTTP body: a client that sent its call's headers and then
         trickled or stalled held its call, and what core had of the message, as long as it
@@ -326,13 +327,13 @@ class GrpcEndpoints:
             return None if raw is grpc.aio.EOF else raw
         except TimeoutError:
             self.service.client_log.log(
-                "%s ModelInfer: request message not received within %g s; answered 408", context.peer(), limit
+                "%s ModelInfer: request message not received within %g s; answered 408", peer, limit
             )
             raise RequestTimeout(
                 f"the request message did not arrive within {limit:g} s (--body-timeout-s)"
             ) from None
 
-    async def _without_request(self, context: grpc.aio.ServicerContext) -> int:
+    async def _without_request(self, context: grpc.aio.ServicerContext, peer: str) -> int:
         """The status of a ModelInfer call that ended before its request message came, as HTTP counts
         a body over --max-body-bytes (413), one cut by shutdown (503) or a client gone mid-body (499).
 
@@ -350,7 +351,7 @@ class GrpcEndpoints:
             return InvalidInput.status
         except grpc.aio.InternalError:  # core had ended the call (ExecuteBatchError)
             pass
-        where = f"{context.peer()} ModelInfer"
+        where = f"{peer} ModelInfer"
         if self.service.connections_spent():
             self.service.request_cut()
             return NotReady.status

@@ -111,7 +111,7 @@ def test_a_message_over_the_body_limit_is_refused_by_grpc_core_and_counted_as_ht
     assert local_server.metric("quantship_requests_in_flight") == 0
     lines = [r.getMessage() for r in caplog.records if "no request message came" in r.getMessage()]
     assert len(lines) == 1 and "--max-body-bytes (1048576 bytes)" in lines[0], lines
-    assert lines[0].endswith("counted as 413")
+    assert lines[0].startswith("ipv4:127.0.0.1:") and lines[0].endswith("counted as 413")  # the client
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []  # grpcio's too
     assert client.infer(MODEL, [tensor(rows[:1])]).as_numpy("label").shape == (1,)  # still serving
 
