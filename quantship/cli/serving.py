@@ -196,7 +196,8 @@ def _local_artifact(ctx: click.Context, param: click.Parameter, value: str) -> P
     type=FiniteRange(min=0, min_open=True),
     default=_default(_SERVE, "body_timeout_s"),
     show_default=True,
-    help="Seconds a request body may take to arrive once its headers are in; then 408.",
+    help="Seconds a request body may take to arrive once its headers are in (a gRPC call's message, "
+    "once the call starts); then 408 (DEADLINE_EXCEEDED).",
 )
 @click.option(
     "--idle-timeout-s",

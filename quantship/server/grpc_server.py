@@ -22,7 +22,14 @@ import numpy as np
 from google.protobuf.message import DecodeError, Message
 
 from quantship.server import protocol
-from quantship.server.errors import ClientClosedRequest, InvalidInput, NotReady, ServerError
+from quantship.server.errors import (
+    ClientClosedRequest,
+    InvalidInput,
+    NotReady,
+    PayloadTooLarge,
+    RequestTimeout,
+    ServerError,
+)
 from quantship.server.grpc_v2 import inference_pb2 as pb
 from quantship.server.infer_route import INLINE_ENCODE_BINARY_BYTES, INLINE_ENCODE_STRINGS
 from quantship.server.metrics import ServerMetrics
@@ -40,16 +47,19 @@ percent-encoded, as grpc-message is."""
 STATUS_CODES = {
     400: grpc.StatusCode.INVALID_ARGUMENT,
     404: grpc.StatusCode.NOT_FOUND,
+    408: grpc.StatusCode.DEADLINE_EXCEEDED,
     409: grpc.StatusCode.ALREADY_EXISTS,
     413: grpc.StatusCode.RESOURCE_EXHAUSTED,
     429: grpc.StatusCode.RESOURCE_EXHAUSTED,
     500: grpc.StatusCode.INTERNAL,
     503: grpc.StatusCode.UNAVAILABLE,
 }
-"""The HTTP statuses of errors.py as gRPC codes: google.rpc.Code's HTTP mapping, and for 413 what grpc
-core answers a message over its limit. Not all Triton's: for a full queue (429) Triton answers
-UNAVAILABLE ("Exceeds maximum queue size"), we RESOURCE_EXHAUSTED, as the README's "Errors" says. The
-request counter keeps the HTTP status for both transports, so the error SLI reads one label."""
+"""The HTTP statuses of errors.py as gRPC codes: google.rpc.Code's HTTP mapping, for 413 what grpc
+core answers a message over its limit, and for 408 (a request message slower than --body-timeout-s)
+the code of a call out of time, which google.rpc.Code has no HTTP status for. Not all Triton's: for a
+full queue (429) Triton answers UNAVAILABLE ("Exceeds maximum queue size"), we RESOURCE_EXHAUSTED, as
+the README's "Errors" says. The request counter keeps the HTTP status for both transports, so the error
+SLI reads one label."""
 
 # The typed `contents` field that carries each datatype, for clients that send no raw contents.
 _CONTENTS_FIELD = {
@@ -68,6 +78,14 @@ PING_TIMEOUT_ARG = "grpc.http2.ping_timeout_ms"
 """How long grpc core waits for a ping's acknowledgement before it closes the connection: a channel
 argument of its chttp2 transport (internal.h), not of grpc's public headers (test_unread_grpc_answers
 checks it still acts)."""
+
+PING_FLOOR_MS = 1000
+"""The shortest keepalive interval and ping timeout `ping_options` derives from --idle-timeout-s: half
+of a 50 ms timeout pinged every 25 ms while calls ran and cut any client whose acknowledgement took
+longer, as one across a real network, or one its runtime paused a moment, would. 1 s is grpc-go's floor
+for a server's pings (keepalive.ServerParameters.Time: less is raised to 1 s) and far below gRPC's
+default ping timeout (20 s, as Triton's --grpc-keepalive-timeout): below 2 s of --idle-timeout-s, a
+gRPC client that takes none of its answer is cut after 2 s."""
 
 M = TypeVar("M", bound=Message)
 
@@ -199,22 +217,25 @@ class GrpcEndpoints:
 
     def handler(self) -> grpc.GenericRpcHandler:
         """Each RPC takes its request's bytes (no request_deserializer): it parses them itself, so
-        that a malformed message is answered INVALID_ARGUMENT, and counted as a 400 by ModelInfer."""
+        that a malformed message is answered INVALID_ARGUMENT, and counted as a 400 by ModelInfer.
+        ModelInfer is served as a client stream, of the one message a unary call sends: grpcio calls a
+        unary handler only once its message has come, so a call that ended without it went uncounted
+        (`model_infer`). The wire is the same, so clients see a unary RPC."""
         rpcs: dict[str, OnBytes] = {
             "ServerLive": _on_bytes(self.server_live, pb.ServerLiveRequest),
             "ServerReady": _on_bytes(self.server_ready, pb.ServerReadyRequest),
             "ModelReady": _on_bytes(self.model_ready, pb.ModelReadyRequest),
             "ServerMetadata": _on_bytes(self.server_metadata, pb.ServerMetadataRequest),
             "ModelMetadata": _on_bytes(self.model_metadata, pb.ModelMetadataRequest),
-            "ModelInfer": self.model_infer,
         }
-        return grpc.method_handlers_generic_handler(
-            SERVICE,
-            {
-                name: grpc.unary_unary_rpc_method_handler(_answer(call), response_serializer=_to_wire)
-                for name, call in rpcs.items()
-            },
+        handlers = {
+            name: grpc.unary_unary_rpc_method_handler(_answer(call), response_serializer=_to_wire)
+            for name, call in rpcs.items()
+        }
+        handlers["ModelInfer"] = grpc.stream_unary_rpc_method_handler(
+            _answer(self.model_infer), response_serializer=_to_wire
         )
+        return grpc.method_handlers_generic_handler(SERVICE, handlers)
 
     async def server_live(self, request: pb.ServerLiveRequest) -> pb.ServerLiveResponse:
         return pb.ServerLiveResponse(live=True)
@@ -252,11 +273,20 @@ class GrpcEndpoints:
         return response
 
     async def model_infer(
-        self, raw: bytes, context: grpc.aio.ServicerContext
-    ) -> pb.ModelInferResponse | bytes:
+        self, requests: object, context: grpc.aio.ServicerContext
+    ) -> pb.ModelInferResponse | bytes | None:
+        """`requests` (grpcio's iterator of the stream) is left unused: `context.read()` takes the one
+        message. In flight from the call's start, as an HTTP request from its headers; its latency
+        counts from the whole message, as HTTP's from the whole body."""
         started, code = time.perf_counter(), 500
         self.metrics.request_started()
+        peer = context.peer()  # "" once core has ended the call
         try:
+            raw = await self._request_message(context, peer)
+            if raw is None:
+                code = await self._without_request(context, peer)
+                return None  # the call has ended: its status is sent, or core sent one
+            started = time.perf_counter()
             request = parse(pb.ModelInferRequest, raw)
             self.service.check_model(request.model_name, request.model_version or None)
             self.service.ready_model()
@@ -280,21 +310,74 @@ class GrpcEndpoints:
                 self.service.request_cut()
             else:  # the client cancelled or its deadline passed: not our error
                 code = ClientClosedRequest.status
-                where = Later(lambda: f"{context.peer()} ModelInfer")
-                self.service.client_went(where, _why_cancelled(context))
+                self.service.client_went(Later(lambda: f"{peer} ModelInfer"), _why_cancelled(context))
             raise
         finally:
             self.metrics.request_left()
             self.metrics.request_done(code, time.perf_counter() - started)
 
+    async def _request_message(self, context: grpc.aio.ServicerContext, peer: str) -> bytes | None:
+        """The call's message, or None if the stream ended without one; RequestTimeout if it is not
+        whole within --body-timeout-s, as an HTTP body: a client that sent its call's headers and then
+        trickled or stalled held its call, and what core had of the message, as long as it
+        acknowledged pings."""
+        limit = self.service.settings.body_timeout_s
+        try:
+            async with asyncio.timeout(limit):
+                raw = await context.read()
+            return None if raw is grpc.aio.EOF else raw
+        except TimeoutError:
+            self.service.client_log.log(
+                "%s ModelInfer: request message not received within %g s; answered 408", peer, limit
+            )
+            raise RequestTimeout(
+                f"the request message did not arrive within {limit:g} s (--body-timeout-s)"
+            ) from None
+
+    async def _without_request(self, context: grpc.aio.ServicerContext, peer: str) -> int:
+        """The status of a ModelInfer call that ended before its request message came, as HTTP counts
+        a body over --max-body-bytes (413), one cut by shutdown (503) or a client gone mid-body (499).
+
+        grpcio shows a handler only that the stream ended with no message, whether grpc core refused
+        one over the limit (from its length prefix: the client reads RESOURCE_EXHAUSTED "Received
+        message larger than max", of a 256 MiB message the server took in 4 MiB) or the client
+        cancelled while sending it; grpcio's Python API gives no hook that tells them apart (nor
+        sees the refusal: a unary handler is not called). Counted as 413, the cause a client repeats
+        (one caught mid-upload is rare), and logged naming both. The status sent here fails to send
+        once core has ended the call; it reaches only a client that closed its side sending nothing,
+        its own error (400)."""
+        try:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the call ended with no request message")
+        except grpc.aio.AbortError:  # sent: grpcio ends the call when the handler returns
+            return InvalidInput.status
+        except grpc.aio.InternalError:  # core had ended the call (ExecuteBatchError)
+            pass
+        where = f"{peer} ModelInfer"
+        if self.service.connections_spent():
+            self.service.request_cut()
+            return NotReady.status
+        if _deadline_passed(context):
+            self.service.client_went(where, "its deadline passed before its request message came")
+            return ClientClosedRequest.status
+        self.service.client_log.log(
+            "%s: no request message came: one over --max-body-bytes (%d bytes), refused by grpc core "
+            "(RESOURCE_EXHAUSTED), or the client cancelled while sending it; counted as 413",
+            where, self.service.settings.max_body_bytes,
+        )  # fmt: skip
+        return PayloadTooLarge.status
+
 
 def _why_cancelled(context: grpc.aio.ServicerContext) -> str:
     """What ended a call its client gave up: its deadline (none left) or a cancellation, the client's
     or its connection's."""
-    left = context.time_remaining()
-    if left is not None and left <= 0:
+    if _deadline_passed(context):
         return "its deadline passed before the answer"
     return "the client cancelled the call, or its connection closed, before the answer"
+
+
+def _deadline_passed(context: grpc.aio.ServicerContext) -> bool:
+    left = context.time_remaining()
+    return left is not None and left <= 0
 
 
 Rpc = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
@@ -311,7 +394,7 @@ def _on_bytes(call: Callable[[M], Awaitable[Any]], message: type[M]) -> OnBytes:
     return rpc
 
 
-def _answer(call: OnBytes) -> Rpc:
+def _answer(call: Rpc) -> Rpc:
     """The RPC with its errors as status codes: ours with their message, anything else logged, INTERNAL."""
 
     async def rpc(request: Any, context: grpc.aio.ServicerContext) -> Any:
@@ -335,6 +418,18 @@ def _brief(message: str) -> str:
     return message[: MAX_MESSAGE_CHARS - 1] + "…"
 
 
+def ping_options(idle_timeout_s: float) -> list[tuple[str, int]]:
+    """The channel arguments that ping a client with calls under way: half of `idle_timeout_s`
+    between pings and half to acknowledge one (`start_grpc`), each at least PING_FLOOR_MS."""
+    half_ms = max(PING_FLOOR_MS, round(idle_timeout_s * 1000 / 2))
+    return [
+        ("grpc.keepalive_time_ms", half_ms),
+        ("grpc.keepalive_timeout_ms", half_ms),
+        # what closes the connection: keepalive_timeout alone did not, the default is a minute
+        (PING_TIMEOUT_ARG, half_ms),
+    ]
+
+
 async def start_grpc(
     endpoints: GrpcEndpoints, host: str, port: int, max_message_bytes: int, idle_timeout_s: float
 ) -> grpc.aio.Server:
@@ -347,22 +442,18 @@ async def start_grpc(
     probe, then stopped: 430 MB of RSS, still held after 90 s). Pings find such a client: one that
     acknowledges none within half the timeout has its connection closed (GOAWAY "ping_timeout") and
     its answers dropped, and a keepalive ping goes out after the other half without one, while calls
-    are under way. A live client's transport acknowledges pings whatever its application reads, so a
-    long call or a slow reader is never cut."""
-    half_ms = max(1, round(idle_timeout_s * 1000 / 2))
+    are under way (each half at least PING_FLOOR_MS: `ping_options`). A live client's transport
+    acknowledges pings whatever its application reads, so a long call or a slow reader is never cut."""
     server = grpc.aio.server(
         options=[
             # --max-body-bytes bounds what a client sends; an answer is bounded by the model (an
             # embedding may be larger than its tokens), and HTTP answers it whole: as Triton, no cap.
-            # Core refuses a larger message from its length prefix, unseen by us and so uncounted:
-            # a handler's read ends as when the client cancels mid-upload (README, "Errors")
+            # Core refuses a larger message from its length prefix: ModelInfer's read ends with no
+            # message, as when the client cancels mid-upload (GrpcEndpoints._without_request)
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", -1),
             ("grpc.so_reuseport", 0),  # a second server on a taken port must fail, not share it
-            ("grpc.keepalive_time_ms", half_ms),
-            ("grpc.keepalive_timeout_ms", half_ms),
-            # what closes the connection: keepalive_timeout alone did not, the default is a minute
-            (PING_TIMEOUT_ARG, half_ms),
+            *ping_options(idle_timeout_s),
         ]
     )
     server.add_generic_rpc_handlers((endpoints.handler(),))

@@ -157,7 +157,8 @@ class ModelService:
         """Requests accepted but answered 503 unfinished at shutdown (`request_cut`), for the drain's log."""
         self.client_log = throttled_log.ThrottledLog(1.0, log, logging.INFO, HANG_UP_LOG_LINES_PER_S)
         """Lines about clients that went (499) or sent too slowly (408): `client_went`, and the
-        bodies' reader (infer_route.receive_body)."""
+        bodies' reader (infer_route.receive_body); and gRPC calls that ended with no request message
+        (413: grpc_server.GrpcEndpoints._without_request)."""
         self.model: Model | None = None
         self._rng = rng if rng is not None else random.Random()
         self._infer_executor = ThreadPoolExecutor(1, thread_name_prefix="quantship-infer")

@@ -243,7 +243,8 @@ class ServerSettings:
     """Seconds a request's whole body may take to arrive, from the moment its headers are in; then
     408 and the connection is closed. uvicorn has no such limit: a client trickling a body would hold
     a connection and an in-flight request forever. 30 s lets the largest body (16 MiB) arrive at
-    ~560 KB/s, far below any in-cluster link (an ingress buffers slow clients' bodies before it)."""
+    ~560 KB/s, far below any in-cluster link (an ingress buffers slow clients' bodies before it).
+    Over gRPC, a ModelInfer's message from the call's start (then DEADLINE_EXCEEDED, counted 408)."""
     idle_timeout_s: float = 75.0
     """Seconds a connection may wait for a request's headers to be complete: a fresh connection, and
     one kept alive between requests; then it is closed (408 if part of a request had come). Longer than
@@ -252,7 +253,8 @@ class ServerSettings:
     long a client may take none of its answer (nginx's send_timeout) before the connection is cut and
     the answer dropped: a client that never reads held its answer in memory for good. Over gRPC, how
     long a client with calls under way may go without acknowledging a ping (grpc_server.start_grpc),
-    which bounds the same."""
+    which bounds the same: at least 2 s there (pings at most once a second, each given a second to be
+    acknowledged: grpc_server.PING_FLOOR_MS)."""
     drain_timeout_s: float = 20.0
     """Seconds, in all, that a shutdown spends from the signal on: uvicorn's connection drain, gRPC's,
     the queued requests and the sampled background work share it; then the process exits anyway.

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -15,8 +16,10 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from server_harness import MODEL, LocalServer, mostly, shapes
+from server_harness import MODEL, LocalServer, mostly, settings_for, shapes, wait_until
 
+from quantship import artifact
+from quantship.local.prometheus import free_port
 from quantship.server.grpc_server import MAX_MESSAGE_CHARS, SERVICE
 from quantship.server.grpc_v2 import inference_pb2 as pb
 
@@ -120,6 +123,115 @@ def test_a_malformed_message_is_the_clients_error_and_the_server_keeps_serving(
     assert [record.getMessage() for record in caplog.records if record.levelno >= logging.ERROR] == []
     answer = pb.ModelInferResponse.FromString(infer(infer_request([1, 64], raw=ROW.tobytes())))
     assert [output.name for output in answer.outputs] == ["label", "probabilities"]
+
+
+def test_a_call_that_sends_no_message_at_all_is_the_clients_error(
+    local_server: LocalServer, caplog: Any
+) -> None:
+    """A client stream closed with no message (no unary client sends one; a stream stub can): ModelInfer
+    reads none, and answers so, where a call cut before its message came has nobody to answer."""
+    counted = local_server.metric("quantship_requests_total", code="400")
+    with grpc.insecure_channel(f"127.0.0.1:{local_server.settings.grpc_port}") as channel:
+        stream = channel.stream_unary(f"/{SERVICE}/ModelInfer")
+        with caplog.at_level(logging.WARNING), pytest.raises(grpc.RpcError) as raised:
+            stream(iter(()), timeout=30)
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert raised.value.details() == "the call ended with no request message"
+    assert local_server.metric("quantship_requests_total", code="400") == counted + 1
+    assert [record.getMessage() for record in caplog.records if record.levelno >= logging.WARNING] == []
+
+
+def test_a_call_whose_deadline_passes_before_its_message_came_is_the_clients_499(
+    local_server: LocalServer, caplog: Any
+) -> None:
+    """As an HTTP client that hangs up mid-body: the client's doing, counted and logged so (a message
+    cut short by its deadline ends as one core refused: nothing but the deadline tells them apart)."""
+    caplog.set_level(logging.INFO, logger="quantship.server")
+    counted = {code: local_server.metric("quantship_requests_total", code=code) for code in ("413", "499")}
+
+    def late() -> Iterator[bytes]:
+        time.sleep(2.0)  # the stream's headers are sent; its message would come after the deadline
+        yield infer_request([1, 64], raw=ROW.tobytes())
+
+    with grpc.insecure_channel(f"127.0.0.1:{local_server.settings.grpc_port}") as channel:
+        stream = channel.stream_unary(f"/{SERVICE}/ModelInfer")
+        with pytest.raises(grpc.RpcError) as raised:
+            stream(late(), timeout=0.5)
+    assert raised.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    wait_until(
+        lambda: local_server.metric("quantship_requests_total", code="499") > counted["499"],
+        timeout=10, what="the call to be counted",
+    )  # fmt: skip
+    assert local_server.metric("quantship_requests_total", code="499") == counted["499"] + 1
+    assert local_server.metric("quantship_requests_total", code="413") == counted["413"]
+    assert any(
+        r.getMessage().startswith("ipv4:127.0.0.1:")
+        and r.getMessage().endswith(
+            "ModelInfer: its deadline passed before its request message came; counted as 499"
+        )
+        for r in caplog.records
+    )
+
+
+def test_a_slow_message_is_not_recorded_as_the_servers_latency(local_server: LocalServer) -> None:
+    """ModelInfer's handler starts with the call, before its message has come (read as a client
+    stream): the latency clock starts once the message is whole, as over HTTP once the body is."""
+    sent_at: list[float] = []
+
+    def late() -> Iterator[bytes]:
+        time.sleep(1.0)
+        sent_at.append(time.monotonic())
+        yield infer_request([1, 64], raw=ROW.tobytes())
+
+    before = local_server.metric("quantship_request_duration_seconds_sum")
+    with grpc.insecure_channel(f"127.0.0.1:{local_server.settings.grpc_port}") as channel:
+        answer = channel.stream_unary(f"/{SERVICE}/ModelInfer")(late(), timeout=30)
+    answered_within = time.monotonic() - sent_at[0]
+    assert [output.name for output in pb.ModelInferResponse.FromString(answer).outputs] == [
+        "label",
+        "probabilities",
+    ]
+    recorded = local_server.metric("quantship_request_duration_seconds_sum") - before
+    assert 0 < recorded <= answered_within  # none of the wait for the message is the server's
+
+
+BODY_TIMEOUT_S = 1.0
+
+
+@pytest.fixture(scope="module")
+def impatient_server(good_artifact: artifact.Artifact) -> Iterator[LocalServer]:
+    server = LocalServer(
+        settings_for(good_artifact, "impatient", grpc_port=free_port(), body_timeout_s=BODY_TIMEOUT_S)
+    ).start()
+    yield server
+    server.stop()
+
+
+def test_a_message_slower_than_the_body_timeout_is_a_408_as_over_http(
+    impatient_server: LocalServer, caplog: Any
+) -> None:
+    """A client that sent its call's headers, then stalled, held its call as long as its deadline
+    allowed (without one, as long as its connection acknowledged pings): over HTTP such a body is a
+    408 after --body-timeout-s."""
+    caplog.set_level(logging.INFO, logger="quantship.server")
+
+    def stalled() -> Iterator[bytes]:
+        time.sleep(10 * BODY_TIMEOUT_S)
+        yield infer_request([1, 64], raw=ROW.tobytes())
+
+    address = f"127.0.0.1:{impatient_server.settings.grpc_port}"
+    with grpc.insecure_channel(address) as channel, pytest.raises(grpc.RpcError) as raised:
+        channel.stream_unary(f"/{SERVICE}/ModelInfer")(stalled(), timeout=5 * BODY_TIMEOUT_S)
+    assert raised.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert raised.value.details() == "the request message did not arrive within 1 s (--body-timeout-s)"
+    assert impatient_server.metric("quantship_requests_total", code="408") == 1
+    assert impatient_server.metric("quantship_requests_total", code="499") == 0
+    assert impatient_server.metric("quantship_requests_in_flight") == 0
+    assert any(
+        r.getMessage().startswith("ipv4:127.0.0.1:")
+        and r.getMessage().endswith("ModelInfer: request message not received within 1 s; answered 408")
+        for r in caplog.records
+    )
 
 
 def test_other_rpcs_refuse_a_malformed_message_too(local_server: LocalServer, caplog: Any) -> None:

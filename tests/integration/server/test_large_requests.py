@@ -373,6 +373,8 @@ def test_a_large_request_whose_client_gave_up_makes_no_more_calls(
     assert calls_since(server, before)[0] == 1 + 1, "one call of the large request, one of the small"
     line = GAVE_UP_LINES["grpc" if give_up is cancel else "http"]
     assert [r.levelno for r in caplog.records if line in r.getMessage()] == [logging.INFO]
+    if give_up is cancel:  # the line names the client, as the HTTP ones do
+        assert [r.getMessage()[:15] for r in caplog.records if line in r.getMessage()] == ["ipv4:127.0.0.1:"]
 
 
 @contextlib.contextmanager

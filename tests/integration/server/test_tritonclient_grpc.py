@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc as triton
 import tritonclient.grpc.aio as triton_aio
-from server_harness import MODEL, LocalServer, build_token_model, fp32_artifact, settings_for
+from server_harness import MODEL, LocalServer, build_token_model, fp32_artifact, settings_for, wait_until
 from tritonclient.utils import InferenceServerException
 
 from quantship import artifact
@@ -85,6 +85,35 @@ def test_bad_input_over_grpc_gets_the_mirrored_status_and_the_same_message(
     assert raised.value.status() == code
     assert local_server.metric("quantship_requests_total", code=http) == counted + 1
     assert client.infer(MODEL, [tensor(traffic[0][:1])]).as_numpy("label").shape == (1,)  # still serving
+
+
+def test_a_message_over_the_body_limit_is_refused_by_grpc_core_and_counted_as_http_counts_a_413(
+    client: Any, local_server: LocalServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The server takes 1 MiB bodies; grpc core refuses a larger message from its length prefix, before
+    any of our code has it. It was counted nowhere and logged nothing: a client sending too much
+    showed only on the client."""
+    caplog.set_level(logging.INFO, logger="quantship.server")
+    codes = ("200", "400", "413", "499", "500", "503")
+    before = {code: local_server.metric("quantship_requests_total", code=code) for code in codes}
+    rows = np.zeros((4200, 64), dtype=np.float32)  # 1,075,200 bytes of raw contents
+    with pytest.raises(
+        InferenceServerException, match=r"Received message larger than max \(\d+ vs\. 1048576\)"
+    ) as raised:
+        client.infer(MODEL, [tensor(rows)])
+    assert raised.value.status() == "StatusCode.RESOURCE_EXHAUSTED"
+    wait_until(  # the client has its answer from core; the server counts when its read ends
+        lambda: local_server.metric("quantship_requests_total", code="413") > before["413"],
+        timeout=10, what="the refusal to be counted",
+    )  # fmt: skip
+    counted = {code: local_server.metric("quantship_requests_total", code=code) for code in codes}
+    assert counted == {**before, "413": before["413"] + 1}
+    assert local_server.metric("quantship_requests_in_flight") == 0
+    lines = [r.getMessage() for r in caplog.records if "no request message came" in r.getMessage()]
+    assert len(lines) == 1 and "--max-body-bytes (1048576 bytes)" in lines[0], lines
+    assert lines[0].startswith("ipv4:127.0.0.1:") and lines[0].endswith("counted as 413")  # the client
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []  # grpcio's too
+    assert client.infer(MODEL, [tensor(rows[:1])]).as_numpy("label").shape == (1,)  # still serving
 
 
 @pytest.mark.parametrize("where", ["input", "output"])
