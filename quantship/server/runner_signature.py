@@ -133,7 +133,7 @@ class Signature:
                 raise InvalidInput(f"missing input '{spec.name}'; the model takes {self._takes()}")
             _check_tensor(spec, array)
             if spec.table_rows is not None and array.size and array.min() < 0:
-                _check_indices(spec, array, inputs, spec.table_rows)
+                _check_indices(spec, array, inputs, spec.table_rows, self._index_inputs)
             if not self.batchable:
                 continue
             if array.shape[0] == 0:
@@ -146,6 +146,11 @@ class Signature:
             rows = array.shape[0]
         self._check_named_dims(inputs)
         return rows if rows is not None else 1
+
+    @functools.cached_property
+    def _index_inputs(self) -> frozenset[str]:
+        """The inputs whose values index a table's rows (`TensorSpec.table_rows`)."""
+        return frozenset(spec.name for spec in self.inputs if spec.table_rows is not None)
 
     @functools.cached_property
     def _input_names(self) -> frozenset[str]:
@@ -176,13 +181,17 @@ class Signature:
                 raise InvalidInput(f"unknown output '{name}'; the model gives {', '.join(known)}")
 
 
-def _check_indices(spec: TensorSpec, array: np.ndarray, inputs: Tensors, rows: int) -> None:
+def _check_indices(
+    spec: TensorSpec, array: np.ndarray, inputs: Tensors, rows: int, index_inputs: frozenset[str]
+) -> None:
     """Refuse a negative index (`TensorSpec.table_rows`) at a position the request says is real: one
     that another 0/1 input of the same shape (an attention mask) does not mark 0. Position ids built
-    as mask.cumsum(-1) - 1 hold -1 at left padding, which the mask hides from the answer."""
+    as mask.cumsum(-1) - 1 hold -1 at left padding, which the mask hides from the answer. An input
+    that itself indexes a table (`index_inputs`) is ids, not a mask: BERT's token_type_ids, all 0s
+    for one sentence, hid every negative token id (all-MiniLM-L6-v2 answered -3 with 200)."""
     negative = array < 0
     for name, other in inputs.items():
-        if name != spec.name and other.shape == array.shape and _zeros_and_ones(other):
+        if name not in index_inputs and other.shape == array.shape and _zeros_and_ones(other):
             negative &= other != 0
     if negative.any():
         raise InvalidInput(
