@@ -168,6 +168,15 @@ def test_server_metadata_lists_the_same_extensions_as_over_http(
     assert client.get_server_metadata(as_json=True).get("extensions") == over_http["extensions"]
 
 
+def test_the_log_says_where_grpc_listens(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """uvicorn logs the HTTP address; `serve --grpc-port` said nothing of the gRPC one."""
+    model = fp32_artifact(build_token_model(tmp_path / "tokens.onnx"), tmp_path / "artifact")
+    port = free_port()
+    with caplog.at_level(logging.INFO, logger="quantship.server"):
+        LocalServer(settings_for(model, "tokens", grpc_port=port)).start().stop()
+    assert f"gRPC (Open Inference Protocol v2) on 127.0.0.1:{port}" in caplog.messages
+
+
 def test_an_answer_larger_than_the_request_limit_is_sent_whole(tmp_path: Path) -> None:
     """--max-body-bytes bounds what clients send. An embedding is larger than its tokens: 64 tokens
     in (1 KiB) are 16 KiB out. gRPC refused to send it (RESOURCE_EXHAUSTED after the model ran, and
