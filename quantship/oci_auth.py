@@ -233,8 +233,19 @@ def _look(
     except requests.RequestException as exc:
         # a registry that speaks plain HTTP fails the TLS handshake
         hint = " (plain HTTP? --insecure)" if isinstance(exc, requests.exceptions.SSLError) else ""
-        raise OciError(f"cannot reach the registry {reference.registry}: {type(exc).__name__}{hint}") from exc
+        raise OciError(f"cannot reach the registry {reference.registry}: {_why(exc)}{hint}") from exc
     return answer
+
+
+def _why(exc: requests.RequestException) -> str:
+    """What the system said (Connection refused, Name or service not known), found down the chain of
+    causes requests and urllib3 wrap it in; else the exception's name (ConnectTimeout, SSLError)."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, OSError) and cause.strerror:
+            return f"{type(exc).__name__} ({cause.strerror})"
+        cause = cause.__cause__ or cause.__context__
+    return type(exc).__name__
 
 
 def needs_credentials(reference: Reference) -> str:

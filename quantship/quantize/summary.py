@@ -19,12 +19,13 @@ HEADERS: tuple[tuple[str, JustifyMethod], ...] = (
     ("top-1 agree", "right"),
     ("gate", "left"),
     ("trials", "right"),
+    ("recipe", "left"),
     ("in float", "left"),
 )
 
 
 def table(rows: list[tuple[str, artifact.Artifact]], title: str = "quantization summary") -> fitted.Fitted:
-    """One row per artifact where that fits unwrapped (about 140 columns for the demo's artifacts),
+    """One row per artifact where that fits unwrapped (about 170 columns for the demo's artifacts),
     else one row per figure and one column per artifact (fitted.py: at 80 columns rich cut the
     cells to `int8-g…` and `accura…` and folded each row into five lines)."""
     cells = [_cells(name, loaded) for name, loaded in rows]
@@ -58,8 +59,18 @@ def _cells(name: str, loaded: artifact.Artifact) -> list[str]:
         reporting.percent(validation.get("agreement")),
         f"[green]{gate}[/]" if gate == "passed" else f"[red]{escape(str(gate))}[/]",
         str(len(loaded.manifest.get("trials") or loaded.manifest.get("fallback_trials", []))),
+        _recipe(loaded.manifest),
         _in_float(loaded.quantization.get("excluded_nodes", [])),
     ]
+
+
+def _recipe(manifest: dict[str, Any]) -> str:
+    """The chosen trial's recipe: all-MiniLM-L6-v2's summary said 8 trials and warned of its static
+    ones' attention masks, never that the artifact it wrote was dynamic (one row per call, unbatched)."""
+    trials, chosen = manifest.get("trials") or [], (manifest.get("tuning") or {}).get("chosen")
+    if not isinstance(chosen, int) or not 0 <= chosen < len(trials):
+        return "-"
+    return escape(reporting.shown_name(str(trials[chosen].get("recipe", "-"))))
 
 
 MAX_NAMED_IN_FLOAT = 3

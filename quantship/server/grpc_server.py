@@ -465,4 +465,6 @@ async def start_grpc(
     if bound == 0:
         raise OSError(f"cannot listen for gRPC on {address} (in use, or not an address of this host)")
     await server.start()
+    bound_address = f"[{host}]:{bound}" if ":" in host else f"{host}:{bound}"  # port 0: the one taken
+    log.info("gRPC (Open Inference Protocol v2) on %s", bound_address)  # uvicorn says where HTTP is
     return server

@@ -133,7 +133,15 @@ def datatype_of(dtype: np.dtype[Any]) -> str:
 def decode_request(body: bytes, header_length: str | None = None) -> InferRequest:
     """Parse a request body (JSON, or JSON header plus binary tensors). Raises InvalidInput."""
     header, binary = _split(body, header_length)
-    document = parse_json_object(header)
+    try:
+        document = parse_json_object(header)
+    except InvalidInput as exc:
+        if header_length is None and b'"binary_data_size"' in body:  # searched only once refused
+            raise InvalidInput(
+                f"{exc}; its inputs declare binary_data_size: binary tensor data after the JSON needs the "
+                f"{HEADER_LENGTH} header (the JSON's length in bytes)"
+            ) from None
+        raise
     parameters = _parameters(document, "the request")
     request_id = document.get("id")
     if "id" in document and not isinstance(request_id, str):

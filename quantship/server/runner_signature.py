@@ -11,7 +11,7 @@ import dataclasses
 import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 import onnxruntime as ort
@@ -132,8 +132,8 @@ class Signature:
             if array is None:
                 raise InvalidInput(f"missing input '{spec.name}'; the model takes {self._takes()}")
             _check_tensor(spec, array)
-            if spec.table_rows is not None and array.size and array.min() < 0:
-                _check_indices(spec, array, inputs, spec.table_rows)
+            if spec.table_rows is not None and array.size:
+                _check_indices(spec, array, inputs, spec.table_rows, self._index_inputs)
             if not self.batchable:
                 continue
             if array.shape[0] == 0:
@@ -146,6 +146,11 @@ class Signature:
             rows = array.shape[0]
         self._check_named_dims(inputs)
         return rows if rows is not None else 1
+
+    @functools.cached_property
+    def _index_inputs(self) -> frozenset[str]:
+        """The inputs whose values index a table's rows (`TensorSpec.table_rows`)."""
+        return frozenset(spec.name for spec in self.inputs if spec.table_rows is not None)
 
     @functools.cached_property
     def _input_names(self) -> frozenset[str]:
@@ -176,19 +181,32 @@ class Signature:
                 raise InvalidInput(f"unknown output '{name}'; the model gives {', '.join(known)}")
 
 
-def _check_indices(spec: TensorSpec, array: np.ndarray, inputs: Tensors, rows: int) -> None:
-    """Refuse a negative index (`TensorSpec.table_rows`) at a position the request says is real: one
-    that another 0/1 input of the same shape (an attention mask) does not mark 0. Position ids built
-    as mask.cumsum(-1) - 1 hold -1 at left padding, which the mask hides from the answer."""
+def _check_indices(
+    spec: TensorSpec, array: np.ndarray, inputs: Tensors, rows: int, index_inputs: frozenset[str]
+) -> None:
+    """Refuse an index past the table's end (`TensorSpec.table_rows`), wherever it is: Gather fails on
+    it, padding or not, with a message that gave the valid range as [-30522,30521] (all-MiniLM-L6-v2).
+    Refuse a negative one at a position the request says is real: one that another 0/1 input of the
+    same shape (an attention mask) does not mark 0. Position ids built as mask.cumsum(-1) - 1 hold -1
+    at left padding, which the mask hides from the answer. An input that itself indexes a table
+    (`index_inputs`) is ids, not a mask: BERT's token_type_ids, all 0s for one sentence, hid every
+    negative token id (all-MiniLM-L6-v2 answered -3 with 200)."""
+    if (highest := array.max()) >= rows:
+        _refuse_index(spec, highest, rows)
+    if array.min() >= 0:
+        return
     negative = array < 0
     for name, other in inputs.items():
-        if name != spec.name and other.shape == array.shape and _zeros_and_ones(other):
+        if name not in index_inputs and other.shape == array.shape and _zeros_and_ones(other):
             negative &= other != 0
     if negative.any():
-        raise InvalidInput(
-            f"input '{spec.name}' holds {array[negative].min()}: its values index a table of {rows} "
-            f"rows, 0 to {rows - 1}"
-        )
+        _refuse_index(spec, array[negative].min(), rows)
+
+
+def _refuse_index(spec: TensorSpec, value: int, rows: int) -> NoReturn:
+    raise InvalidInput(
+        f"input '{spec.name}' holds {value}: its values index a table of {rows} rows, 0 to {rows - 1}"
+    )
 
 
 def _zeros_and_ones(array: np.ndarray) -> bool:

@@ -44,3 +44,14 @@ def test_a_wide_terminal_gets_one_row_per_artifact(
     header = next(line for line in lines if "artifact" in line)
     assert all(name in header for name in ("size FP32→INT8", "gate metric", "trials", "in float")), header
     assert sum(line.count("int8-") for line in lines) == 2 and len(lines) == 7, "\n".join(lines)
+
+
+def test_the_summary_names_the_recipe_the_tuner_chose(good_artifact: artifact.Artifact) -> None:
+    """all-MiniLM-L6-v2's summary said 8 trials and warned of its static trials, never that the
+    artifact written was the dynamic one: the serve log was the first to say so."""
+    manifest = good_artifact.manifest
+    chosen = manifest["trials"][manifest["tuning"]["chosen"]]["recipe"]
+    assert chosen.startswith(("static", "dynamic"))
+    lines = _printed(80, [("int8-good", good_artifact)])
+    (row,) = [line for line in lines if "recipe" in line]
+    assert chosen in row, "\n".join(lines)

@@ -197,6 +197,21 @@ def test_server_metadata_lists_the_same_extensions_as_over_http(
     assert client.get_server_metadata(as_json=True).get("extensions") == over_http["extensions"]
 
 
+@pytest.mark.parametrize("any_port", [False, True], ids=["a port", "port 0"])
+def test_the_log_says_where_grpc_listens(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, any_port: bool
+) -> None:
+    """uvicorn logs the HTTP address; `serve --grpc-port` said nothing of the gRPC one. With port 0
+    the system picks one: the log names that one, as uvicorn does."""
+    model = fp32_artifact(build_token_model(tmp_path / "tokens.onnx"), tmp_path / "artifact")
+    port = 0 if any_port else free_port()
+    with caplog.at_level(logging.INFO, logger="quantship.server"):
+        LocalServer(settings_for(model, "tokens", grpc_port=port)).start().stop()
+    (said,) = [message for message in caplog.messages if message.startswith("gRPC ")]
+    listening = int(said.removeprefix("gRPC (Open Inference Protocol v2) on 127.0.0.1:"))
+    assert listening == port if port else listening > 0
+
+
 def test_an_answer_larger_than_the_request_limit_is_sent_whole(tmp_path: Path) -> None:
     """--max-body-bytes bounds what clients send. An embedding is larger than its tokens: 64 tokens
     in (1 KiB) are 16 KiB out. gRPC refused to send it (RESOURCE_EXHAUSTED after the model ran, and

@@ -17,7 +17,7 @@ from quantship.server.errors import InferenceFailed, InvalidInput
 from quantship.server.runner import Runner
 from quantship.server.runner_graph import fallback_ops, index_tables, value_free_outputs
 from quantship.server.runner_layout import batch_key
-from quantship.server.runner_signature import TensorSpec
+from quantship.server.runner_signature import Signature, TensorSpec
 
 TinyModel = Callable[..., Runner]
 
@@ -299,6 +299,63 @@ def test_a_negative_token_id_is_refused_where_onnx_would_read_it_from_the_tables
         InvalidInput, match=r"input 'ids' holds -1: its values index a table of 10 rows, 0 to 9"
     ):
         runner.signature.validate({"ids": np.array([[0, -1, 3]], dtype=np.int64)})
+
+
+BERT_INPUTS = ("input_ids", "token_type_ids", "attention_mask")
+
+
+def bert_embeddings(path: Path) -> Signature:
+    """Word and segment embeddings gathered by input_ids (10 rows) and token_type_ids (2 rows), and an
+    attention mask that indexes no table, as BERT's inputs."""
+    nodes = [
+        helper.make_node("Gather", ["words", "input_ids"], ["word_vectors"]),
+        helper.make_node("Gather", ["segments", "token_type_ids"], ["segment_vectors"]),
+        helper.make_node("Add", ["word_vectors", "segment_vectors"], ["embedded"]),
+        helper.make_node("Cast", ["attention_mask"], ["mask"], to=TensorProto.FLOAT),
+    ]
+    ids = ["N", "seq"]
+    graph = helper.make_graph(
+        nodes,
+        "bert_embeddings",
+        [helper.make_tensor_value_info(name, TensorProto.INT64, ids) for name in BERT_INPUTS],
+        [
+            helper.make_tensor_value_info("embedded", TensorProto.FLOAT, ["N", "seq", 4]),
+            helper.make_tensor_value_info("mask", TensorProto.FLOAT, ids),
+        ],
+        [
+            numpy_helper.from_array(np.zeros((10, 4), dtype=np.float32), "words"),
+            numpy_helper.from_array(np.ones((2, 4), dtype=np.float32), "segments"),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, path)
+    return Runner.load(path, threads=1).signature
+
+
+def bert_request(token_ids: list[int], mask: list[int]) -> dict[str, np.ndarray]:
+    rows = (token_ids, [0] * len(token_ids), mask)
+    return {name: np.array([row], dtype=np.int64) for name, row in zip(BERT_INPUTS, rows, strict=True)}
+
+
+def test_segment_ids_of_0s_and_1s_hide_no_negative_token_id(tmp_path: Path) -> None:
+    """BERT's token_type_ids index a table too, and hold only 0s for one sentence: read as a padding
+    mask they marked every position padding, so all-MiniLM-L6-v2 answered a token id of -3 with 200.
+    Only the attention mask, which indexes no table, hides a position."""
+    signature = bert_embeddings(tmp_path / "bert.onnx")
+    with pytest.raises(InvalidInput, match=r"'input_ids' holds -3: its values index a table of 10 rows"):
+        signature.validate(bert_request([1, -3, 2], [1, 1, 1]))
+    assert signature.validate(bert_request([1, 2, -3], [1, 1, 0])) == 1  # at padding: the mask hides it
+
+
+def test_a_token_id_past_the_table_is_refused_before_the_call_even_at_padding(tmp_path: Path) -> None:
+    """onnxruntime's Gather refuses it anyway, padding or not, saying the ids must be within
+    [-30522,30521] (all-MiniLM-L6-v2), where a negative one is refused: said as for a negative id."""
+    signature = bert_embeddings(tmp_path / "bert.onnx")
+    for mask in ([1, 1, 1], [1, 1, 0]):
+        with pytest.raises(InvalidInput, match=r"^input 'input_ids' holds 10: .* table of 10 rows, 0 to 9$"):
+            signature.validate(bert_request([1, 2, 10], mask))
+    assert signature.validate(bert_request([1, 2, 9], [1, 1, 1])) == 1
 
 
 def test_a_float_input_cast_to_an_index_is_no_table_index(tmp_path: Path) -> None:

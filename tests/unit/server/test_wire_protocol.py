@@ -97,6 +97,24 @@ def test_binary_bytes_elements_carry_their_length_prefix() -> None:
     assert list(protocol.decode_request(body, length).inputs["t"]) == ["hi", "", "there"]
 
 
+def test_binary_data_without_its_header_length_is_named_as_such() -> None:
+    """curl --data-binary of a tritonclient-style body, forgetting Inference-Header-Content-Length,
+    was told only 'not valid JSON: it is not UTF-8 text' (all-MiniLM-L6-v2's int64 token ids)."""
+    ids = np.array([[101, 2065, 102]], dtype=np.int64).tobytes()
+    header = {
+        "inputs": [
+            {"name": "ids", "shape": [1, 3], "datatype": "INT64", "parameters": {"binary_data_size": 24}}
+        ]
+    }
+    body, _ = binary_body(header, ids + b"\xe5")  # a byte no UTF-8 text has there
+    with pytest.raises(
+        InvalidInput,
+        match=r"^the request is not valid JSON: .*; its inputs declare binary_data_size: "
+        r"binary tensor data after the JSON needs the Inference-Header-Content-Length header",
+    ):
+        protocol.decode_request(body, None)
+
+
 @pytest.mark.parametrize(
     ("body", "header_length", "message"),
     [
