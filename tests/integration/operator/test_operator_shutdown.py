@@ -16,6 +16,7 @@ import kmock
 import pytest
 from kmock_cluster import Cluster
 from operator_harness import (
+    NAMESPACE,
     TESTS_USER_AGENT,
     Kubectl,
     Operator,
@@ -26,7 +27,9 @@ from operator_harness import (
     spec_of,
 )
 
+from quantship import slo
 from quantship.operator import crd
+from quantship.operator.handlers import TICK_DONE
 
 V1 = "https://models.example.com/digits-v1.tar.gz"
 V2 = "https://models.example.com/digits-v2.tar.gz"
@@ -132,3 +135,44 @@ async def test_a_daemon_spawned_as_the_operator_stops_ends_with_it(
     took = time.monotonic() - began
     assert hung_tasks_stopped(caplog) == []
     assert took < STOPPED_WITHIN_S, f"the operator took {took:.1f} s to stop after the slow write"
+
+
+async def test_a_tick_under_way_at_the_deletion_leaves_no_gauge_of_the_model(
+    cluster: Cluster, kubectl: Kubectl, start_operator: StartOperator, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The watch's DELETED takes a model's gauges off /metrics. A resync tick under way then (its
+    read of the stable held here) finished after it and recorded its decision: the weight and step
+    of a model that no longer exists, exported until the operator restarted (nothing else forgets
+    them: the daemon ends, and no status write tells the tick the model is gone)."""
+    caplog.set_level(logging.DEBUG, logger=KOPF_OBJECTS)
+    operator = await start_operator(ScriptedMetrics(), resync_interval=0.5)
+    await serving(kubectl)
+    weight = {slo.NAMESPACE: NAMESPACE, "model": "digits"}
+    assert operator.registry.get_sample_value("quantship_rollout_weight", weight) is not None
+
+    def the_resyncs_read_of_the_stable(request: kmock.Request) -> bool:
+        resource = request.resource
+        return (
+            the_operators(request)
+            and resource is not None
+            and resource.plural == "deployments"
+            and request.name == STABLE
+            and request.action == kmock.action.FETCH
+        )
+
+    slow = cluster.hold(the_resyncs_read_of_the_stable)
+    try:
+        await asyncio.wait_for(slow.arrived.wait(), timeout=20)
+        await kubectl.delete()
+        await asyncio.sleep(0.5)  # the watch brings DELETED to kopf while the tick waits
+    finally:
+        slow.release()
+
+    ticks = sum(r.name == KOPF_OBJECTS and r.getMessage() == TICK_DONE for r in caplog.records)
+    await eventually(
+        lambda: sum(r.name == KOPF_OBJECTS and r.getMessage() == TICK_DONE for r in caplog.records) > ticks,
+        what="the held tick done",
+    )
+    await asyncio.sleep(0.5)
+    assert operator.registry.get_sample_value("quantship_rollout_weight", weight) is None
+    assert operator.registry.get_sample_value("quantship_rollout_step", weight) is None
