@@ -256,7 +256,8 @@ def register(
         finalizer: the watch's DELETED is enough, and a restart starts from empty series anyway).
         Its daemons end: kopf forgets them now without stopping them. Forgotten under the lock, after
         a tick under way has recorded its decision: forgotten before, that tick put the gauges back
-        for as long as the operator ran."""
+        for as long as the operator ran. Async: kopf runs a sync handler in a thread, and an
+        asyncio.Event set from there wakes the loop's waiters only when something else wakes it."""
         if type == "DELETED":
             _deleted(memo).set()  # no tick starts after this one
             async with _lock(memo):
@@ -268,7 +269,8 @@ def register(
     drained started after kopf stopped the daemons it knew, and would tick until cancelled."""
 
     @kopf.on.cleanup(registry=registry, id="end-the-daemons")
-    def end_the_daemons(**_: Any) -> None:
+    async def end_the_daemons(**_: Any) -> None:
+        # async, as `forget_deleted`: not set from a thread
         exiting.set()
 
     async def tick_until_stopped(

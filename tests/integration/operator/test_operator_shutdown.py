@@ -62,6 +62,14 @@ async def stopping(operator: Operator) -> float:
     return time.monotonic() - began
 
 
+@pytest.fixture(autouse=True)
+def asyncio_debug(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The operator's loop in asyncio's debug mode, where touching it from another thread raises:
+    kopf runs a sync handler in a thread, and an Event our daemons waited on, set from there, woke
+    them only when something else happened to wake the loop."""
+    monkeypatch.setenv("PYTHONASYNCIODEBUG", "1")
+
+
 def the_operators(request: kmock.Request) -> bool:
     return request.headers.get("User-Agent") != TESTS_USER_AGENT
 
