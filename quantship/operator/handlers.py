@@ -251,21 +251,26 @@ def register(
             logger.warning("one-shot annotation not acted on, the resync will try again: %s", exc)
 
     @kopf.on.event(*RESOURCE, registry=registry, id="forget")
-    def forget_deleted(type: str | None, namespace: str | None, name: str, memo: Any, **_: Any) -> None:
+    async def forget_deleted(type: str | None, namespace: str | None, name: str, memo: Any, **_: Any) -> None:
         """A deleted model's gauges leave /metrics, and its Deployments `Kube.last_seen` (no
         finalizer: the watch's DELETED is enough, and a restart starts from empty series anyway).
-        Its daemons end: kopf forgets them now without stopping them."""
+        Its daemons end: kopf forgets them now without stopping them. Forgotten under the lock, after
+        a tick under way has recorded its decision: forgotten before, that tick put the gauges back
+        for as long as the operator ran. Async: kopf runs a sync handler in a thread, and an
+        asyncio.Event set from there wakes the loop's waiters only when something else wakes it."""
         if type == "DELETED":
-            ctx.metrics.forget((namespace or "default", name))
-            ctx.kube.forget(namespace or "default", name)
-            _deleted(memo).set()
+            _deleted(memo).set()  # no tick starts after this one
+            async with _lock(memo):
+                ctx.metrics.forget((namespace or "default", name))
+                ctx.kube.forget(namespace or "default", name)
 
     exiting = asyncio.Event()
     """Set by kopf's cleanup, once its watches have drained: a daemon spawned by an event they
     drained started after kopf stopped the daemons it knew, and would tick until cancelled."""
 
     @kopf.on.cleanup(registry=registry, id="end-the-daemons")
-    def end_the_daemons(**_: Any) -> None:
+    async def end_the_daemons(**_: Any) -> None:
+        # async, as `forget_deleted`: not set from a thread
         exiting.set()
 
     async def tick_until_stopped(

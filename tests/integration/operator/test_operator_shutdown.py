@@ -16,6 +16,7 @@ import kmock
 import pytest
 from kmock_cluster import Cluster
 from operator_harness import (
+    NAMESPACE,
     TESTS_USER_AGENT,
     Kubectl,
     Operator,
@@ -26,6 +27,7 @@ from operator_harness import (
     spec_of,
 )
 
+from quantship import slo
 from quantship.operator import crd, handlers
 
 V1 = "https://models.example.com/digits-v1.tar.gz"
@@ -64,8 +66,28 @@ async def stopping(operator: Operator) -> float:
     return time.monotonic() - began
 
 
+@pytest.fixture(autouse=True)
+def asyncio_debug(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The operator's loop in asyncio's debug mode, where touching it from another thread raises:
+    kopf runs a sync handler in a thread, and an Event our daemons waited on, set from there, woke
+    them only when something else happened to wake the loop."""
+    monkeypatch.setenv("PYTHONASYNCIODEBUG", "1")
+
+
 def the_operators(request: kmock.Request) -> bool:
     return request.headers.get("User-Agent") != TESTS_USER_AGENT
+
+
+def the_resyncs_read_of_the_stable(request: kmock.Request) -> bool:
+    """The operator's GET of the stable Deployment: a settled model's resync reads it every tick."""
+    resource = request.resource
+    return (
+        the_operators(request)
+        and resource is not None
+        and resource.plural == "deployments"
+        and request.name == STABLE
+        and request.action == kmock.action.FETCH
+    )
 
 
 async def serving(kubectl: Kubectl) -> None:
@@ -150,17 +172,7 @@ async def test_a_tick_under_way_at_the_stop_is_finished_without_a_warning(
     operator = await start_operator(ScriptedMetrics(), resync_interval=0.5)
     await serving(kubectl)
 
-    def the_resyncs_stable_read(request: kmock.Request) -> bool:
-        resource = request.resource
-        return (
-            the_operators(request)
-            and resource is not None
-            and resource.plural == "deployments"
-            and request.action == kmock.action.FETCH
-            and request.name == STABLE
-        )
-
-    slow = cluster.hold(the_resyncs_stable_read)
+    slow = cluster.hold(the_resyncs_read_of_the_stable)
     try:
         await asyncio.wait_for(slow.arrived.wait(), timeout=20)
         ticks_done = ticks(caplog)
@@ -175,3 +187,31 @@ async def test_a_tick_under_way_at_the_stop_is_finished_without_a_warning(
     assert not [line for line in warnings if "did not exit in time" in line], warnings
     assert hung_tasks_stopped(caplog) == []
     assert took < STOPPED_WITHIN_S, f"the operator took {took:.1f} s to stop after the slow read"
+
+
+async def test_a_tick_under_way_at_the_deletion_leaves_no_gauge_of_the_model(
+    cluster: Cluster, kubectl: Kubectl, start_operator: StartOperator, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The watch's DELETED takes a model's gauges off /metrics. A resync tick under way then (its
+    read of the stable held here) finished after it and recorded its decision: the weight and step
+    of a model that no longer exists, exported until the operator restarted (nothing else forgets
+    them: the daemon ends, and no status write tells the tick the model is gone)."""
+    caplog.set_level(logging.DEBUG, logger=KOPF_OBJECTS)
+    operator = await start_operator(ScriptedMetrics(), resync_interval=0.5)
+    await serving(kubectl)
+    weight = {slo.NAMESPACE: NAMESPACE, "model": "digits"}
+    assert operator.registry.get_sample_value("quantship_rollout_weight", weight) is not None
+
+    slow = cluster.hold(the_resyncs_read_of_the_stable)
+    try:
+        await asyncio.wait_for(slow.arrived.wait(), timeout=20)
+        before = ticks(caplog)  # the held tick's is not among them
+        await kubectl.delete()
+        await asyncio.sleep(0.5)  # the watch brings DELETED to kopf while the tick waits
+    finally:
+        slow.release()
+
+    await eventually(lambda: ticks(caplog) > before, what="the held tick done")
+    await asyncio.sleep(0.5)  # what the operator does next, if anything
+    assert operator.registry.get_sample_value("quantship_rollout_weight", weight) is None
+    assert operator.registry.get_sample_value("quantship_rollout_step", weight) is None
