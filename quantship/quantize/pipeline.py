@@ -84,9 +84,10 @@ def default_progress() -> Progress:
         MofNCompleteColumn(),
         TimeElapsedColumn(),
         transient=False,
-        # the stream of now, held: calibration silences onnxruntime's print()s by redirecting
-        # sys.stdout, and a console that looked it up at each redraw went quiet with them
-        console=Console(file=sys.stdout),
+        # On stderr with the warnings, which `quantize` prints through this console, above the bars:
+        # stdout holds the summary table alone, for a pipe or a file (and calibration's silencing of
+        # onnxruntime's print()s, by redirecting sys.stdout, cannot silence the bars).
+        console=Console(file=sys.stderr),
     )
 
 
