@@ -400,17 +400,27 @@ class Calibrations:
         self, config: QuantizeConfig, given: dict[str, tuple[float, float]]
     ) -> tuple[Path, engine_calibration.Calibrated]:
         assert self.dataset is not None
-        task = self.progress.add_task(f"calibrating ({config.calibration.value})", total=self.dataset.size)
+        described = f"calibrating ({config.calibration.value}"
+        described += f", {len(given)} ranges from min-max)" if given else ")"
+        task = self.progress.add_task(described, total=self.dataset.size)
         cache = self.tmp / f"calibration-{len(self._done)}-{config.calibration.value}.json"
-        calibrated = engine_calibration.calibrate(
-            self.prepared,
-            self.dataset,
-            config,
-            self.batch_size,
-            cache,
-            lambda n: self.progress.advance(task, n),
-            given,
-        )
+        try:
+            calibrated = engine_calibration.calibrate(
+                self.prepared,
+                self.dataset,
+                config,
+                self.batch_size,
+                cache,
+                lambda n: self.progress.advance(task, n),
+                given,
+            )
+        except CalibrationFailed as exc:
+            # Its bar stays on screen: left as it was (MiniLM's entropy pass at 8/200, its clock
+            # still running, with the pass run again below it) it read as a calibration that stalled.
+            why = "a range too wide to bin" if isinstance(exc, RangeTooWide) else "failed"
+            self.progress.update(task, description=f"{described}: stopped, {why}")
+            self.progress.stop_task(task)
+            raise
         return cache, calibrated
 
     def ranges_for(self, config: QuantizeConfig) -> TensorsData | None:
