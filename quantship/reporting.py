@@ -115,6 +115,15 @@ def fill(template: str, *values: Any) -> str:
     return template.format(*(html.escape("-" if value is None else str(value)) for value in values))
 
 
+def breakable(name: str) -> str:
+    """`name` escaped, with a line break allowed after each "/" of its path: a cell of MiniLM's names
+    (/encoder/encoder/layer.0/attention/self/Softmax, no space in 47 characters) made the trials'
+    table run past the page's width. <wbr>, not a zero-width space: a name copied from the page for
+    --exclude must be the name."""
+    first, rest = html.escape(name[:1]), html.escape(name[1:])  # not after a leading "/": "/" alone on a line
+    return first + rest.replace("/", "/<wbr>")
+
+
 class Raw:
     """Markup to place in a table cell as is (already escaped by the caller)."""
 
