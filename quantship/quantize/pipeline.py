@@ -143,7 +143,8 @@ def run(
         if not progress.disable:  # -q: the summary table alone on stdout
             progress.console.print(
                 f"gate: {gate.describe()} on {evalset.size} samples "
-                f"({evaluator.task.value}: {evaluator.task_reason}; {gate.reason})"
+                f"({evaluator.task.value}: {evaluator.task_reason}; {gate.reason})",
+                soft_wrap=True,  # one line in a log, not cut at 80 columns
             )
         batch = data.calibration_batch_size(calib, config.batch_size, inputs) if calib is not None else 1
         if calib is not None and batch != config.batch_size:

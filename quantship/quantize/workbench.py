@@ -129,7 +129,25 @@ class Workbench:
             fallback,
         )
         self.trials.append(trial)
+        self._log(trial)
         return trial
+
+    def _log(self, trial: tuner.Trial) -> None:
+        """A line a trial where the bars do not draw (a CI log, a file): there rich shows them once,
+        at the end, and MiniLM's static tuning was five minutes of silence after the gate's line."""
+        if self.progress.disable or self.progress.console.is_terminal:
+            return
+        result = trial.evaluation
+        if trial.error is not None:  # no value: the evaluator's worst stands in for one
+            said = f"failed: {trial.error}"
+        else:
+            said = f"{result.metric.value} {result.value:.4g}, {'passed' if trial.passed else 'failed'}"
+        self.progress.console.print(
+            f"trial {trial.number} ({trial.stage.value}, {trial.config.label()}): {said} "
+            f"({trial.seconds:.1f} s)",
+            highlight=False,
+            soft_wrap=True,
+        )
 
     def unfused(
         self, start: tuner.Trial, trial: tuner.Trial, no_side: frozenset[str] = frozenset()

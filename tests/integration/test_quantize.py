@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -1536,6 +1537,24 @@ def test_a_calibration_stopped_by_a_sentinel_says_so_on_its_bar(tmp_path: Path) 
         "calibrating (minmax)": True,
         "calibrating (entropy, 3 ranges from min-max)": True,  # additive, additive3, masked
     }
+
+
+def test_each_trial_is_a_line_where_the_bars_do_not_draw(tmp_path: Path) -> None:
+    """In a CI log rich shows the bars once, at the end: MiniLM's static tuning was five minutes of
+    silence after the gate's line."""
+    model, calibration, evaluation = _masked_attention(tmp_path)
+    config = QuantizeConfig(strategy=Strategy.FALLBACK, max_trials=0, max_accuracy_delta=0.05)
+    log = io.StringIO()
+    progress = Progress(console=Console(file=log, width=80))  # a file: no terminal
+    run(model, tmp_path / "a", config, calibration=calibration, evaluation=evaluation, progress=progress)
+
+    lines = log.getvalue().splitlines()
+    (gate,) = [line for line in lines if line.startswith("gate: ")]
+    assert gate.endswith(")"), "the gate's line was cut at 80 columns"
+    assert re.fullmatch(
+        r"trial 0 \(recipe, static U8S8 minmax per-tensor\): top1_accuracy -?[0-9.e-]+, passed \([0-9.]+ s\)",
+        lines[lines.index(gate) + 1],
+    )
 
 
 def test_a_mask_node_the_user_excluded_is_listed_once(tmp_path: Path) -> None:
