@@ -58,7 +58,7 @@ h2{font-size:1.2rem;margin-top:2rem;border-bottom:1px solid #dde2ea;padding-bott
 th,td{border:1px solid #dde2ea;padding:.3rem .6rem;text-align:left;vertical-align:top} th{background:#f3f5f9}
 td.num{text-align:right;font-variant-numeric:tabular-nums} img{max-width:100%}
 .pass{color:#16794c;font-weight:600} .fail{color:#b42318;font-weight:600} code{font-size:.85rem}
-.cards{display:flex;gap:1rem;flex-wrap:wrap}
+.nb{white-space:nowrap} .cards{display:flex;gap:1rem;flex-wrap:wrap}
 .card{border:1px solid #dde2ea;border-radius:6px;padding:.6rem 1rem;min-width:150px}
 .card b{display:block;font-size:1.3rem}
 """
@@ -120,8 +120,10 @@ def breakable(name: str) -> str:
     (/encoder/encoder/layer.0/attention/self/Softmax, no space in 47 characters) made the trials'
     table run past the page's width. <wbr>, not a zero-width space: a name copied from the page for
     --exclude must be the name."""
-    first, rest = html.escape(name[:1]), html.escape(name[1:])  # not after a leading "/": "/" alone on a line
-    return first + rest.replace("/", "/<wbr>")
+    parts = [html.escape(part) for part in name.split("/")]
+    if len(parts) > 1 and not parts[0]:  # the leading "/" kept with what follows: alone, it ended a line
+        parts = [f'<span class="nb">/{parts[1]}</span>', *parts[2:]]
+    return "/<wbr>".join(parts)
 
 
 class Raw:
