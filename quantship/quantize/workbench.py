@@ -26,6 +26,7 @@ from quantship.quantize import (
     engine,
     engine_calibration,
     engine_graph,
+    gate_metrics,
     outputs,
     ranges,
     sensitivity,
@@ -141,7 +142,8 @@ class Workbench:
         if trial.error is not None:  # no value: the evaluator's worst stands in for one
             said = f"failed: {trial.error}"
         else:
-            said = f"{result.metric.value} {result.value:.4g}, {'passed' if trial.passed else 'failed'}"
+            verdict = "passed" if trial.passed else "failed"  # top1_accuracy stated as a loss, not "0"
+            said = f"{gate_metrics.stated(result.metric, result.value)}, {verdict}"
         self.progress.console.print(
             f"trial {trial.number} ({trial.stage.value}, {trial.config.label()}): {said} "
             f"({trial.seconds:.1f} s)",
