@@ -80,7 +80,7 @@ def _outcome(outcomes: Sequence[dict[str, Any]]) -> str:
         (
             o["revision"],
             o["artifact"],
-            reporting.verdict(o["phase"] == o["expected"], o["phase"]),
+            reporting.verdict(o["phase"] == o["expected"], _result(o["phase"], o["expected"])),
             f"{o['seconds']:.0f} s",
             o["judgements"],
             o["reason"],
@@ -88,6 +88,12 @@ def _outcome(outcomes: Sequence[dict[str, Any]]) -> str:
         for o in outcomes
     ]
     return reporting.table(["revision", "artifact", "result", "took", "judgements", "why"], rows)
+
+
+def _result(phase: str, expected: str) -> str:
+    """A rollout's end beside the demo's plan for it: the skewed canary's "RolledBack" in the passing
+    colour, alone, read as a rollback that had gone well, or as a colour gone wrong."""
+    return f"{phase} (as planned)" if phase == expected else f"{phase} (planned: {expected})"
 
 
 def _drift_loop(loop: DriftLoop) -> str:

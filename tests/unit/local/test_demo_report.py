@@ -202,3 +202,15 @@ def test_the_legends_of_the_figures_over_time_sit_beside_their_axes_not_on_them(
         legend, frame = ax.get_legend().get_window_extent(renderer), ax.get_window_extent(renderer)
         reporting.pyplot().close(fig)
         assert legend.x0 >= frame.x1, f"{name}: the legend is drawn over the plot"
+
+
+def test_each_outcome_says_whether_it_went_as_the_demo_planned() -> None:
+    """The skewed canary's "RolledBack" stood in the passing colour with nothing to say why."""
+    outcomes = [
+        {"revision": "v2", "artifact": "good", "phase": "Promoted", "expected": "Promoted"},
+        {"revision": "v3", "artifact": "skewed", "phase": "RolledBack", "expected": "RolledBack"},
+        {"revision": "v4", "artifact": "recal", "phase": "RolledBack", "expected": "Promoted"},
+    ]
+    table = demo_report._outcome([{**o, "seconds": 1.0, "judgements": 1, "reason": "-"} for o in outcomes])
+    results = [re.sub("<[^>]+>", "", row[2]) for row in rows(table) if row]
+    assert results == ["Promoted (as planned)", "RolledBack (as planned)", "RolledBack (planned: Promoted)"]
