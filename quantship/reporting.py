@@ -115,6 +115,35 @@ def fill(template: str, *values: Any) -> str:
     return template.format(*(html.escape("-" if value is None else str(value)) for value in values))
 
 
+FIGURE_NAME_CHARS = 44
+"""A tensor or node name is drawn as a figure's label in at most this many characters: MiniLM's
+(/encoder/encoder/layer.0/attention/output/LayerNorm/LayerNormalization_output_0, 79) left the SQNR
+and ranges figures' axes a sixth of their width, the ranges' ticks written over each other, and a
+weights' figure as wide as its labels, shrunk on the page to 6-pixel text."""
+
+
+def name_end(name: str, chars: int = FIGURE_NAME_CHARS) -> str:
+    """`name` as a figure's label draws it, in at most `chars` characters: a module path loses its
+    leading parts first (…/layer.5/attention/self/Mul_output_0), never a numbered one (a layer's
+    index says which of six alike it is), then the parts after that one
+    (…/layer.0/…/LayerNormalization_output_0); any other name keeps its end."""
+    if len(name) <= chars:
+        return name
+    parts = name.split("/")
+    lead = 0
+    while lead < len(parts) - 1 and not any(c.isdigit() for c in parts[lead]):
+        lead += 1
+        shown = "…/" + "/".join(parts[lead:])
+        if len(shown) <= chars:
+            return shown
+    head = ("…/" if lead else "") + parts[lead]
+    for cut in range(lead + 1, len(parts) - 1):
+        shown = f"{head}/…/" + "/".join(parts[cut + 1 :])
+        if len(shown) <= chars:
+            return shown
+    return "…" + name[-(chars - 1) :]
+
+
 def breakable(name: str) -> str:
     """`name` escaped, with a line break allowed after each "/" of its path: a cell of MiniLM's names
     (/encoder/encoder/layer.0/attention/self/Softmax, no space in 47 characters) made the trials'

@@ -397,7 +397,7 @@ def _sqnr(errors: list[dict[str, Any]]) -> str:
             continue
         fig, ax = reporting.new_figure(9, 0.8 + 0.28 * len(chosen))
         named = [_sqnr_label(e) for e in chosen]
-        labels = [reporting.literal(name) for name in named]
+        labels = [reporting.literal(_sqnr_label(e, short=True)) for e in chosen]
         values = [e["sqnr_db"] if e["sqnr_db"] is not None else 100.0 for e in chosen]
         ax.barh(
             labels,
@@ -419,13 +419,25 @@ def _sqnr(errors: list[dict[str, Any]]) -> str:
     )
 
 
-def _sqnr_label(error: dict[str, Any]) -> str:
+def _sqnr_label(error: dict[str, Any], *, short: bool = False) -> str:
     """An activation: its tensor (and the op writing it). A weight: the node reading it, as exporters
-    name weights anything (`onnx::Conv_971`); an older manifest names no node: the weight alone."""
+    name weights anything (`onnx::Conv_971`); an older manifest names no node: the weight alone.
+    `short`: as the figure draws it, each name shortened (reporting.name_end); the image's alt
+    text has them whole."""
+
+    def cut(name: str, chars: int) -> str:
+        return reporting.name_end(name, chars) if short else name
+
     op_type = error.get("op_type")
     if error["kind"] == "weight" and error.get("node"):
-        return f"{error['node']}  ({op_type}: {error['tensor']})"
-    return error["tensor"] + (f"  ({op_type})" if op_type else "")
+        node, weight = cut(error["node"], WEIGHT_NODE_CHARS), cut(error["tensor"], WEIGHT_NAME_CHARS)
+        return f"{node}  ({op_type}: {weight})"
+    return cut(error["tensor"], reporting.FIGURE_NAME_CHARS) + (f"  ({op_type})" if op_type else "")
+
+
+WEIGHT_NODE_CHARS, WEIGHT_NAME_CHARS = 36, 18
+"""A weight's label in the figure: its node's name, which says where it is (…/layer.0/…/dense/MatMul),
+and its own, which says only which it is (onnx::MatMul_747), each cut to these many characters."""
 
 
 def _ranges(activations: list[ActivationRange]) -> str:
@@ -451,7 +463,7 @@ def _ranges(activations: list[ActivationRange]) -> str:
         label="calibrated min/max",
     )
     ax.scatter([r.calibrated_max for _, r in cal], [i for i, _ in cal], marker="|", s=200, color="#08519c")
-    ax.set_yticks(y, [reporting.literal(ranges.model_tensor(r)) for r in shown])
+    ax.set_yticks(y, [reporting.literal(reporting.name_end(ranges.model_tensor(r))) for r in shown])
     ax.invert_yaxis()
     ax.use_sticky_edges = False  # bars set the x limits at their very ends, cutting the end ticks in half
     ax.margins(x=0.03)
