@@ -58,7 +58,7 @@ h2{font-size:1.2rem;margin-top:2rem;border-bottom:1px solid #dde2ea;padding-bott
 th,td{border:1px solid #dde2ea;padding:.3rem .6rem;text-align:left;vertical-align:top} th{background:#f3f5f9}
 td.num{text-align:right;font-variant-numeric:tabular-nums} img{max-width:100%}
 .pass{color:#16794c;font-weight:600} .fail{color:#b42318;font-weight:600} code{font-size:.85rem}
-.cards{display:flex;gap:1rem;flex-wrap:wrap}
+.nb{white-space:nowrap} .cards{display:flex;gap:1rem;flex-wrap:wrap}
 .card{border:1px solid #dde2ea;border-radius:6px;padding:.6rem 1rem;min-width:150px}
 .card b{display:block;font-size:1.3rem}
 """
@@ -113,6 +113,46 @@ def fill(template: str, *values: Any) -> str:
     """`template`, trusted markup, with each `{}` filled by a value escaped: how what a manifest
     holds (any string: it is edited by hand, or hostile) goes into a sentence of a page."""
     return template.format(*(html.escape("-" if value is None else str(value)) for value in values))
+
+
+FIGURE_NAME_CHARS = 44
+"""A tensor or node name is drawn as a figure's label in at most this many characters: MiniLM's
+(/encoder/encoder/layer.0/attention/output/LayerNorm/LayerNormalization_output_0, 79) left the SQNR
+and ranges figures' axes a sixth of their width, the ranges' ticks written over each other, and a
+weights' figure as wide as its labels, shrunk on the page to 6-pixel text."""
+
+
+def name_end(name: str, chars: int = FIGURE_NAME_CHARS) -> str:
+    """`name` as a figure's label draws it, in at most `chars` characters: a module path loses its
+    leading parts first (…/layer.5/attention/self/Mul_output_0), never a numbered one (a layer's
+    index says which of six alike it is), then the parts after that one
+    (…/layer.0/…/LayerNormalization_output_0); any other name keeps its end."""
+    if len(name) <= chars:
+        return name
+    parts = name.split("/")
+    lead = 0
+    while lead < len(parts) - 1 and not any(c.isdigit() for c in parts[lead]):
+        lead += 1
+        shown = "…/" + "/".join(parts[lead:])
+        if len(shown) <= chars:
+            return shown
+    head = ("…/" if lead else "") + parts[lead]
+    for cut in range(lead + 1, len(parts) - 1):
+        shown = f"{head}/…/" + "/".join(parts[cut + 1 :])
+        if len(shown) <= chars:
+            return shown
+    return "…" + name[-(chars - 1) :]
+
+
+def breakable(name: str) -> str:
+    """`name` escaped, with a line break allowed after each "/" of its path: a cell of MiniLM's names
+    (/encoder/encoder/layer.0/attention/self/Softmax, no space in 47 characters) made the trials'
+    table run past the page's width. <wbr>, not a zero-width space: a name copied from the page for
+    --exclude must be the name."""
+    parts = [html.escape(part) for part in name.split("/")]
+    if len(parts) > 1 and not parts[0]:  # the leading "/" kept with what follows: alone, it ended a line
+        parts = [f'<span class="nb">/{parts[1]}</span>', *parts[2:]]
+    return "/<wbr>".join(parts)
 
 
 class Raw:

@@ -5,7 +5,9 @@ the work is `quantship.quantize.run`'s."""
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 from click.core import ParameterSource
@@ -18,6 +20,9 @@ from quantship.cli.options import FINITE, FiniteRange, choice
 from quantship.cli.output import stderr, stdout
 from quantship.quantize import config as q_config
 from quantship.quantize.evaluate import Metric
+
+if TYPE_CHECKING:
+    from rich.progress import Progress
 
 _QUANTIZE = q_config.QuantizeConfig()
 """`quantship quantize`'s defaults are the config's: written once, there."""
@@ -247,7 +252,7 @@ def quantize(
         evaluation=evaluation,
         sign_key=key,
         progress=progress,
-        warn=lambda message: stderr.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True),
+        warn=warnings_above(progress),
     )
     stdout.print(summary.table([(result.written_to.name, result.artifact)]))
     if not result.gate_passed:
@@ -257,6 +262,19 @@ def quantize(
             f"(marked gate: failed){kept}"
         )
         sys.exit(1)
+
+
+def warnings_above(progress: Progress | None) -> Callable[[str], None]:
+    """Prints each warning on stderr, above `progress`'s bars while they draw. Printed by another
+    console, a warning followed the bars' last line, and the next redraw moved up over its wrapped
+    lines and drew the bars across its tail (MiniLM's 1,700-character warning of the sentinel ranges
+    lost its last lines in a 160-column terminal)."""
+    console = stderr if progress is None else progress.console
+
+    def warn(message: str) -> None:
+        console.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
+
+    return warn
 
 
 _OPTION_OF_FIELD = {

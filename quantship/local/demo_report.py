@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from quantship import reporting, slo
 from quantship.local.recalibration import DriftLoop
 from quantship.local.timeline import SAMPLE_INTERVAL_S, DecisionRecord, Timeline
 from quantship.rollout import Action, RolloutSpec, Verdict
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 PASS_COLOR, FAIL_COLOR = "#16794c", "#b42318"
 _MARKS = {
@@ -77,7 +80,7 @@ def _outcome(outcomes: Sequence[dict[str, Any]]) -> str:
         (
             o["revision"],
             o["artifact"],
-            reporting.verdict(o["phase"] == o["expected"], o["phase"]),
+            reporting.verdict(o["phase"] == o["expected"], _result(o["phase"], o["expected"])),
             f"{o['seconds']:.0f} s",
             o["judgements"],
             o["reason"],
@@ -85,6 +88,12 @@ def _outcome(outcomes: Sequence[dict[str, Any]]) -> str:
         for o in outcomes
     ]
     return reporting.table(["revision", "artifact", "result", "took", "judgements", "why"], rows)
+
+
+def _result(phase: str, expected: str) -> str:
+    """A rollout's end beside the demo's plan for it: the skewed canary's "RolledBack" in the passing
+    colour, alone, read as a rollback that had gone well, or as a colour gone wrong."""
+    return f"{phase} (as planned)" if phase == expected else f"{phase} (planned: {expected})"
 
 
 def _drift_loop(loop: DriftLoop) -> str:
@@ -184,6 +193,16 @@ def _sli(timeline: Timeline, sli: slo.SLI) -> str:
     objective = next((o for o in timeline.objectives if o.sli is sli), None)
     if objective is None:
         return "<p>Not an objective of this run.</p>"
+    fig, plotted = _sli_figure(timeline, objective)
+    note = (
+        "" if plotted else "<p>No revision reported this SLI (an FP32 stable has no reference or ranges).</p>"
+    )
+    return reporting.figure(fig, f"{sli.value} over time") + note
+
+
+def _sli_figure(timeline: Timeline, objective: slo.Objective) -> tuple[Figure, bool]:
+    """The SLI's ratio of each revision over time, and whether any revision had one."""
+    sli = objective.sli
     fig, ax = reporting.new_figure(10, 3)
     plotted = False
     styles = _revisions(timeline)
@@ -199,15 +218,23 @@ def _sli(timeline: Timeline, sli: slo.SLI) -> str:
     )
     ax.set_ylabel(f"{sli.value} (%, {timeline.window}s window)")
     ax.set_xlabel("seconds since start")
-    ax.legend(fontsize=8, loc="upper left")
+    _legend_beside(ax)
     _decision_lines(ax, timeline.decisions)
-    note = (
-        "" if plotted else "<p>No revision reported this SLI (an FP32 stable has no reference or ranges).</p>"
-    )
-    return reporting.figure(fig, f"{sli.value} over time") + note
+    return fig, plotted
 
 
 def _drift(timeline: Timeline, loop: DriftLoop) -> str:
+    fig, plotted = _drift_figure(timeline, loop)
+    note = (
+        ""
+        if plotted
+        else "<p>No revision reported drift (an FP32 artifact has no calibration histograms).</p>"
+    )
+    return reporting.figure(fig, "activation drift over time") + note
+
+
+def _drift_figure(timeline: Timeline, loop: DriftLoop) -> tuple[Figure, bool]:
+    """Each revision's activation drift over time, and whether any revision had one."""
     fig, ax = reporting.new_figure(10, 3)
     plotted = False
     styles = _revisions(timeline)
@@ -220,17 +247,16 @@ def _drift(timeline: Timeline, loop: DriftLoop) -> str:
     ax.axhline(loop.threshold, color=LIMIT_COLOR, linestyle="--", label=f"alert threshold {loop.threshold:g}")
     ax.set_ylabel("drift (bits, tensor=all)")
     ax.set_xlabel("seconds since start")
-    ax.legend(fontsize=8, loc="upper left")
+    _legend_beside(ax)
     _decision_lines(ax, timeline.decisions)
-    note = (
-        ""
-        if plotted
-        else "<p>No revision reported drift (an FP32 artifact has no calibration histograms).</p>"
-    )
-    return reporting.figure(fig, "activation drift over time") + note
+    return fig, plotted
 
 
 def _latency(timeline: Timeline) -> str:
+    return reporting.figure(_latency_figure(timeline), "latency over time")
+
+
+def _latency_figure(timeline: Timeline) -> Figure:
     fig, ax = reporting.new_figure(10, 3)
     styles = _revisions(timeline)
     for revision, points in _series(timeline).items():
@@ -242,9 +268,16 @@ def _latency(timeline: Timeline) -> str:
             ax.plot(*zip(*p50, strict=True), color=color, linestyle=":", label=f"{label} p50")
     ax.set_ylabel("latency (ms)")  # "(ms), per second" read as a rate: the heading says what a point is
     ax.set_xlabel("seconds since start")
-    ax.legend(fontsize=8, loc="upper left", ncol=2)
+    _legend_beside(ax)
     _decision_lines(ax, timeline.decisions)
-    return reporting.figure(fig, "latency over time")
+    return fig
+
+
+def _legend_beside(ax: Any) -> None:
+    """The legend right of the axes, never over them: in the upper left corner of the latency figure
+    it hid v1-fp32's and v2-int8's p95 peaks (60-80 ms) of the first 30 s, and every figure over time
+    starts with a revision's curve on that side."""
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
 
 
 def _burn_rates(timeline: Timeline, spec: RolloutSpec) -> str:

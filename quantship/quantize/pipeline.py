@@ -84,9 +84,10 @@ def default_progress() -> Progress:
         MofNCompleteColumn(),
         TimeElapsedColumn(),
         transient=False,
-        # the stream of now, held: calibration silences onnxruntime's print()s by redirecting
-        # sys.stdout, and a console that looked it up at each redraw went quiet with them
-        console=Console(file=sys.stdout),
+        # On stderr with the warnings, which `quantize` prints through this console, above the bars:
+        # stdout holds the summary table alone, for a pipe or a file (and calibration's silencing of
+        # onnxruntime's print()s, by redirecting sys.stdout, cannot silence the bars).
+        console=Console(file=sys.stderr),
     )
 
 
@@ -142,7 +143,8 @@ def run(
         if not progress.disable:  # -q: the summary table alone on stdout
             progress.console.print(
                 f"gate: {gate.describe()} on {evalset.size} samples "
-                f"({evaluator.task.value}: {evaluator.task_reason}; {gate.reason})"
+                f"({evaluator.task.value}: {evaluator.task_reason}; {gate.reason})",
+                soft_wrap=True,  # one line in a log, not cut at 80 columns
             )
         batch = data.calibration_batch_size(calib, config.batch_size, inputs) if calib is not None else 1
         if calib is not None and batch != config.batch_size:

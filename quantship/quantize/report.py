@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -16,6 +16,9 @@ from quantship import artifact, artifact_format, reporting
 from quantship.activations import ActivationRange
 from quantship.quantize import gate_metrics, ranges
 from quantship.quantize.tuner import Stage
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 _MAX_BARS = 40
 _NARROW_BAND = 0.2
@@ -247,9 +250,11 @@ def _trials(trials: list[dict[str, Any]], tuning: dict[str, Any]) -> str:
             t["number"],
             t["stage"],
             t.get("recipe", "-"),
-            ", ".join(map(reporting.shown_name, t["excluded"][:6]))
-            + (f" (+{len(t['excluded']) - 6})" if len(t["excluded"]) > 6 else "")
-            or "-",
+            reporting.Raw(
+                ", ".join(reporting.breakable(reporting.shown_name(name)) for name in t["excluded"][:6])
+                + (f" (+{len(t['excluded']) - 6})" if len(t["excluded"]) > 6 else "")
+                or "-"
+            ),
             f"{t['quantized_nodes']} ({t.get('quantized_share', 0):.0%})",
             _gated_value(metric, t.get("value")),
             reporting.verdict(t["passed"], "pass" if t["passed"] else (t.get("error") or "fail")),
@@ -300,8 +305,14 @@ def _trials(trials: list[dict[str, Any]], tuning: dict[str, Any]) -> str:
 
 
 def _trials_figure(trials: list[dict[str, Any]], metric: str) -> str:
+    fig, said = _trials_plot(trials, metric)
+    return reporting.figure(fig, "; ".join(said))
+
+
+def _trials_plot(trials: list[dict[str, Any]], metric: str) -> tuple[Figure, list[str]]:
     """One bar per trial, in the unit the page states the metric in (top1_accuracy: percent); an
-    errored trial has no value: a hatched column, not a zero bar (which reads perfect for a loss)."""
+    errored trial has no value: a hatched column, not a zero bar (which reads perfect for a loss).
+    With the figure, what it shows in words (the image's alt text)."""
     percent = gate_metrics.known(metric) is gate_metrics.Metric.TOP1_ACCURACY
     scale, unit = (100.0, " (%)") if percent else (1.0, "")
 
@@ -317,6 +328,16 @@ def _trials_figure(trials: list[dict[str, Any]], metric: str) -> str:
         color=["#16794c" if t["passed"] else "#b42318" for t in measured],
     )
     ax.bar_label(bars, labels=[f"{t['stage'][:1]} {shown(t['value'])}" for t in measured], fontsize=8)
+    ax.scatter(  # a cap at each bar's value, in its colour: a value of 0 has no bar to see (MiniLM's
+        # static trials, cosine agreement 0, were blank columns beside the dynamic trials' bars)
+        [t["number"] for t in measured],
+        [t["value"] * scale for t in measured],
+        marker="_",
+        s=ZERO_BAR_CAP_PT**2,
+        linewidths=2.5,
+        color=["#16794c" if t["passed"] else "#b42318" for t in measured],
+        zorder=3,
+    )
     for i, t in enumerate(errored):  # a hatched column the height of the axes: no value to draw
         ax.axvspan(
             t["number"] - 0.4,
@@ -358,7 +379,11 @@ def _trials_figure(trials: list[dict[str, Any]], metric: str) -> str:
     said = [f"tuning trials: {ylabel} by trial"]
     said += [f"gate {shown(threshold)}"] if threshold is not None else []
     said += [f"errored (no value): trial {', '.join(str(t['number']) for t in errored)}"] if errored else []
-    return reporting.figure(fig, "; ".join(said))
+    return fig, said
+
+
+ZERO_BAR_CAP_PT = 16
+"""Width of the cap marking a trial's value, in points: narrower than a bar among 17 trials (27 points)."""
 
 
 def _sqnr(errors: list[dict[str, Any]]) -> str:
@@ -372,7 +397,7 @@ def _sqnr(errors: list[dict[str, Any]]) -> str:
             continue
         fig, ax = reporting.new_figure(9, 0.8 + 0.28 * len(chosen))
         named = [_sqnr_label(e) for e in chosen]
-        labels = [reporting.literal(name) for name in named]
+        labels = [reporting.literal(_sqnr_label(e, short=True)) for e in chosen]
         values = [e["sqnr_db"] if e["sqnr_db"] is not None else 100.0 for e in chosen]
         ax.barh(
             labels,
@@ -394,13 +419,25 @@ def _sqnr(errors: list[dict[str, Any]]) -> str:
     )
 
 
-def _sqnr_label(error: dict[str, Any]) -> str:
+def _sqnr_label(error: dict[str, Any], *, short: bool = False) -> str:
     """An activation: its tensor (and the op writing it). A weight: the node reading it, as exporters
-    name weights anything (`onnx::Conv_971`); an older manifest names no node: the weight alone."""
+    name weights anything (`onnx::Conv_971`); an older manifest names no node: the weight alone.
+    `short`: as the figure draws it, each name shortened (reporting.name_end); the image's alt
+    text has them whole."""
+
+    def cut(name: str, chars: int) -> str:
+        return reporting.name_end(name, chars) if short else name
+
     op_type = error.get("op_type")
     if error["kind"] == "weight" and error.get("node"):
-        return f"{error['node']}  ({op_type}: {error['tensor']})"
-    return error["tensor"] + (f"  ({op_type})" if op_type else "")
+        node, weight = cut(error["node"], WEIGHT_NODE_CHARS), cut(error["tensor"], WEIGHT_NAME_CHARS)
+        return f"{node}  ({op_type}: {weight})"
+    return cut(error["tensor"], reporting.FIGURE_NAME_CHARS) + (f"  ({op_type})" if op_type else "")
+
+
+WEIGHT_NODE_CHARS, WEIGHT_NAME_CHARS = 36, 18
+"""A weight's label in the figure: its node's name, which says where it is (…/layer.0/…/dense/MatMul),
+and its own, which says only which it is (onnx::MatMul_747), each cut to these many characters."""
 
 
 def _ranges(activations: list[ActivationRange]) -> str:
@@ -426,7 +463,7 @@ def _ranges(activations: list[ActivationRange]) -> str:
         label="calibrated min/max",
     )
     ax.scatter([r.calibrated_max for _, r in cal], [i for i, _ in cal], marker="|", s=200, color="#08519c")
-    ax.set_yticks(y, [reporting.literal(ranges.model_tensor(r)) for r in shown])
+    ax.set_yticks(y, [reporting.literal(reporting.name_end(ranges.model_tensor(r))) for r in shown])
     ax.invert_yaxis()
     ax.use_sticky_edges = False  # bars set the x limits at their very ends, cutting the end ticks in half
     ax.margins(x=0.03)
@@ -519,6 +556,8 @@ def _config(manifest: dict[str, Any], signed: str) -> str:
 
 
 def _plain(value: Any) -> str:
+    if value is None:  # a setting the recipe has none of (a dynamic one's calibration): not Python's "None"
+        return "-"
     if isinstance(value, list):
         return ", ".join(map(str, value)) or "-"
     if isinstance(value, dict):

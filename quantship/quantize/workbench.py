@@ -26,6 +26,7 @@ from quantship.quantize import (
     engine,
     engine_calibration,
     engine_graph,
+    gate_metrics,
     outputs,
     ranges,
     sensitivity,
@@ -129,7 +130,26 @@ class Workbench:
             fallback,
         )
         self.trials.append(trial)
+        self._log(trial)
         return trial
+
+    def _log(self, trial: tuner.Trial) -> None:
+        """A line a trial where the bars do not draw (a CI log, a file): there rich shows them once,
+        at the end, and MiniLM's static tuning was five minutes of silence after the gate's line."""
+        if self.progress.disable or self.progress.console.is_terminal:
+            return
+        result = trial.evaluation
+        if trial.error is not None:  # no value: the evaluator's worst stands in for one
+            said = f"failed: {trial.error}"
+        else:
+            verdict = "passed" if trial.passed else "failed"  # top1_accuracy stated as a loss, not "0"
+            said = f"{gate_metrics.stated(result.metric, result.value)}, {verdict}"
+        self.progress.console.print(
+            f"trial {trial.number} ({trial.stage.value}, {trial.config.label()}): {said} "
+            f"({trial.seconds:.1f} s)",
+            highlight=False,
+            soft_wrap=True,
+        )
 
     def unfused(
         self, start: tuner.Trial, trial: tuner.Trial, no_side: frozenset[str] = frozenset()
@@ -400,17 +420,27 @@ class Calibrations:
         self, config: QuantizeConfig, given: dict[str, tuple[float, float]]
     ) -> tuple[Path, engine_calibration.Calibrated]:
         assert self.dataset is not None
-        task = self.progress.add_task(f"calibrating ({config.calibration.value})", total=self.dataset.size)
+        described = f"calibrating ({config.calibration.value}"
+        described += f", {len(given)} ranges from min-max)" if given else ")"
+        task = self.progress.add_task(described, total=self.dataset.size)
         cache = self.tmp / f"calibration-{len(self._done)}-{config.calibration.value}.json"
-        calibrated = engine_calibration.calibrate(
-            self.prepared,
-            self.dataset,
-            config,
-            self.batch_size,
-            cache,
-            lambda n: self.progress.advance(task, n),
-            given,
-        )
+        try:
+            calibrated = engine_calibration.calibrate(
+                self.prepared,
+                self.dataset,
+                config,
+                self.batch_size,
+                cache,
+                lambda n: self.progress.advance(task, n),
+                given,
+            )
+        except CalibrationFailed as exc:
+            # Its bar stays on screen: left as it was (MiniLM's entropy pass at 8/200, its clock
+            # still running, with the pass run again below it) it read as a calibration that stalled.
+            why = "a range too wide to bin" if isinstance(exc, RangeTooWide) else "failed"
+            self.progress.update(task, description=f"{described}: stopped, {why}")
+            self.progress.stop_task(task)
+            raise
         return cache, calibrated
 
     def ranges_for(self, config: QuantizeConfig) -> TensorsData | None:

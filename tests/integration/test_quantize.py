@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import re
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -16,6 +18,8 @@ import pytest
 from gemm_models import build_gemm_mlp, build_matmuls_with_a_gemm_head, rows
 from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
 from onnxruntime.quantization.calibrate import TensorsData
+from rich.console import Console
+from rich.progress import Progress
 
 from quantship import activations, artifact, artifact_format, runtime, zoo
 from quantship.agreement import RowRule, Task
@@ -1509,6 +1513,48 @@ def test_an_additive_attention_mask_stays_in_float_and_static_int8_passes(
         for n in engine_graph.quantized_nodes(
             onnx.load(str(model)), onnx.load(str(result.artifact.model_path)), Mode.STATIC, Format.QDQ
         )
+    )
+
+
+def test_a_calibration_stopped_by_a_sentinel_says_so_on_its_bar(tmp_path: Path) -> None:
+    """Entropy cannot bin the mask's finfo.min: its first pass stops, min-max ranges those tensors
+    and entropy runs again. The stopped pass's bar stayed on screen as it was (MiniLM: 8/200 under
+    the new pass's, its clock running), a calibration seemingly under way and stalled."""
+    model, calibration, evaluation = _masked_attention(tmp_path)
+    config = QuantizeConfig(
+        calibration=Calibration.ENTROPY, strategy=Strategy.FALLBACK, max_trials=0, max_accuracy_delta=0.05
+    )
+    progress = Progress(console=Console(file=io.StringIO()))
+    run(model, tmp_path / "a", config, calibration=calibration, evaluation=evaluation, progress=progress)
+
+    bars = {
+        task.description: task.finished or task.stop_time is not None  # stopped: its clock too
+        for task in progress.tasks
+        if "calibrating" in task.description
+    }
+    assert bars == {
+        "calibrating (entropy): stopped, a range too wide to bin": True,
+        "calibrating (minmax)": True,
+        "calibrating (entropy, 3 ranges from min-max)": True,  # additive, additive3, masked
+    }
+
+
+def test_each_trial_is_a_line_where_the_bars_do_not_draw(tmp_path: Path) -> None:
+    """In a CI log rich shows the bars once, at the end: MiniLM's static tuning was five minutes of
+    silence after the gate's line."""
+    model, calibration, evaluation = _masked_attention(tmp_path)
+    config = QuantizeConfig(strategy=Strategy.FALLBACK, max_trials=0, max_accuracy_delta=0.05)
+    log = io.StringIO()
+    progress = Progress(console=Console(file=log, width=80))  # a file: no terminal
+    run(model, tmp_path / "a", config, calibration=calibration, evaluation=evaluation, progress=progress)
+
+    lines = log.getvalue().splitlines()
+    (gate,) = [line for line in lines if line.startswith("gate: ")]
+    assert gate.endswith(")"), "the gate's line was cut at 80 columns"
+    assert re.fullmatch(
+        r"trial 0 \(recipe, static U8S8 minmax per-tensor\): "
+        r"accuracy (loss|gain) [0-9.]+%, passed \([0-9.]+ s\)",
+        lines[lines.index(gate) + 1],
     )
 
 

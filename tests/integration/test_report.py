@@ -5,7 +5,9 @@ wrong type is refused when the artifact loads (one line, exit 3), not met later 
 
 from __future__ import annotations
 
+import html
 import json
+import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -14,9 +16,10 @@ from typing import Any
 import onnx
 import pytest
 from click.testing import CliRunner
+from matplotlib.colors import to_rgba
 from rich.console import Console
 
-from quantship import activations, artifact
+from quantship import activations, artifact, reporting
 from quantship.cli import main
 from quantship.quantize import gate_metrics, report, summary
 
@@ -254,6 +257,53 @@ def test_trials_in_a_narrow_band_get_an_axis_that_shows_them_apart_from_the_gate
     )
     far = {**trial, "value": 0.5, "passed": False}
     assert "axis not from 0" not in report._trials_figure([far], "top1_agreement")
+
+
+def test_a_trial_whose_value_is_zero_is_marked_at_zero_in_its_colour() -> None:
+    """MiniLM's static trials measured cosine agreement 0: bars of no height, blank columns beside
+    the dynamic trials' bars, though they were the worst failures."""
+    zero = {"number": 0, "stage": "recipe", "value": 0.0, "passed": False, "threshold": 0.995}
+    passed = {**zero, "number": 1, "value": 1.0, "passed": True}
+    fig, _ = report._trials_plot([zero, passed], "cosine_agreement")
+    (ax,) = fig.axes
+    marks = [
+        (tuple(offset), tuple(colour))
+        for collection in ax.collections
+        for offset, colour in zip(collection.get_offsets(), collection.get_edgecolors(), strict=True)
+    ]
+    reporting.pyplot().close(fig)
+    red, green = to_rgba("#b42318"), to_rgba("#16794c")
+    assert marks == [((0.0, 0.0), red), ((1.0, 1.0), green)]
+
+
+def test_the_names_a_trial_left_in_float_may_break_at_their_slashes_and_copy_whole() -> None:
+    """MiniLM's 47-character names, no space in them, ran the trials' table past the page."""
+    names = ["/encoder/encoder/layer.0/attention/self/Softmax", "/encoder/Where_1", "<q>/x"]
+    trial = {
+        "number": 0,
+        "stage": "recipe",
+        "excluded": names,
+        "quantized_nodes": 1,
+        "value": 0.5,
+        "passed": False,
+        "seconds": 1.0,
+    }
+    page = report._trials([trial], {})
+    assert '<span class="nb">/encoder</span>/<wbr>encoder/<wbr>layer.0/<wbr>attention/<wbr>self/' in page
+    assert "&lt;q&gt;/<wbr>x" in page  # still escaped
+    (cell,) = [cell for cell in re.findall(r"<td[^>]*>(.*?)</td>", page) if "Softmax" in cell]
+    assert html.unescape(re.sub("<[^>]+>", "", cell)) == ", ".join(names)  # what a person copies
+
+
+def test_a_setting_a_dynamic_recipe_has_none_of_reads_as_a_dash_not_none(
+    good_artifact: artifact.Artifact,
+) -> None:
+    """A dynamic artifact's configuration listed activation_type, batch_size, calibration, ... as "None"."""
+    manifest = json.loads(json.dumps(good_artifact.manifest))
+    manifest["quantization"]["calibration"] = None
+    dynamic = artifact.Artifact(root=good_artifact.root, manifest=manifest, signed=False)
+    page = report._config(dynamic.manifest, "no")
+    assert "<td>calibration</td><td>-</td>" in page and "None" not in page
 
 
 def test_a_weight_is_named_by_the_node_that_reads_it(good_artifact: artifact.Artifact) -> None:

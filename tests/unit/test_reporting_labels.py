@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import base64
+import html
+import io
+import re
+
 import matplotlib
+from matplotlib import image
 
 from quantship import reporting
-from quantship.quantize import report  # noqa: F401  # importing the reports must not change matplotlib
+from quantship.quantize import report  # importing the reports must not change matplotlib
 
 
 def test_a_name_holding_dollars_is_drawn_as_written_and_log_ticks_stay_math() -> None:
@@ -21,3 +27,45 @@ def test_a_name_holding_dollars_is_drawn_as_written_and_log_ticks_stay_math() ->
     ticks = burns.get_yticklabels()
     assert ticks and all(tick.get_parse_math() and tick.get_text().startswith("$") for tick in ticks)
     reporting.pyplot().close(fig)
+
+
+MINILM_NAMES = [  # and where each must still say which layer it is
+    "/encoder/encoder/layer.0/attention/output/LayerNorm/LayerNormalization_output_0",
+    "/encoder/encoder/layer.5/attention/self/Mul_output_0",
+    "/encoder/encoder/layer.3/intermediate/intermediate_act_fn/Mul_1_output_0",
+]
+
+
+def test_a_long_module_path_is_drawn_short_with_its_layer_and_its_end() -> None:
+    """MiniLM's 79-character names left the SQNR and ranges figures' axes a sixth of their width."""
+    for name in MINILM_NAMES:
+        shown = reporting.name_end(name)
+        layer = name.split("/")[3]
+        assert len(shown) <= reporting.FIGURE_NAME_CHARS and layer in shown, shown
+        assert shown.endswith(name.rsplit("/", 1)[1]) and shown.startswith("…/"), shown
+    assert reporting.name_end("/Cast_output_0") == "/Cast_output_0"
+    assert reporting.name_end("encoder.encoder.layer.2.output.LayerNorm.bias", 18) == "…ut.LayerNorm.bias"
+
+
+def test_the_sqnr_figures_of_long_names_stay_the_width_they_were_made() -> None:
+    """A weights' figure grew as wide as its labels (MiniLM's run to 125 characters), shrunk on the
+    page to 6-pixel text (and matplotlib warned its axes had collapsed); each is 9 inches at 110 dpi."""
+    errors = [
+        {"kind": "activation", "tensor": name, "op_type": "LayerNormalization", "sqnr_db": 2.0}
+        for name in MINILM_NAMES
+    ] + [
+        {
+            "kind": "weight",
+            "tensor": "encoder.encoder.layer.2.output.LayerNorm.bias",
+            "node": "/encoder/encoder/layer.2/output/LayerNorm/LayerNormalization",
+            "op_type": "LayerNormalization",
+            "sqnr_db": 30.0,
+        }
+    ]
+    page = report._sqnr(errors)
+    widths = [
+        image.imread(io.BytesIO(base64.b64decode(encoded)), format="png").shape[1]
+        for encoded in re.findall(r'src="data:image/png;base64,([^"]+)"', page)
+    ]
+    assert len(widths) == 2 and all(width <= 9 * 110 * 1.1 for width in widths), widths  # a title may jut
+    assert all(name in html.unescape(page) for name in MINILM_NAMES)  # whole in the alt text

@@ -183,3 +183,34 @@ def test_a_judgement_short_of_data_is_not_drawn_as_a_failed_one() -> None:
 
     reddish = (rgb[:, :, 0] - np.maximum(rgb[:, :, 1], rgb[:, :, 2])) > 0.3
     assert not reddish.any(), f"{int(reddish.sum())} red pixels"
+
+
+def test_the_legends_of_the_figures_over_time_sit_beside_their_axes_not_on_them() -> None:
+    """In the latency figure's upper left corner, the legend hid the p95 peaks of the first 30 s."""
+    revisions = {name: _revision(drift=0.01) for name in ("v1", "v2")}
+    samples = [Sample(float(at), "v2", 20, revisions) for at in range(30)]
+    timeline = _timeline([], samples)
+    figures = {
+        "latency": demo_report._latency_figure(timeline),
+        "drift": demo_report._drift_figure(timeline, DriftLoop(revision="v1", scale=2.0))[0],
+        **{o.sli.value: demo_report._sli_figure(timeline, o)[0] for o in demo.OBJECTIVES},
+    }
+    for name, fig in figures.items():
+        renderer = fig.canvas.get_renderer()
+        fig.draw(renderer)
+        (ax,) = fig.axes
+        legend, frame = ax.get_legend().get_window_extent(renderer), ax.get_window_extent(renderer)
+        reporting.pyplot().close(fig)
+        assert legend.x0 >= frame.x1, f"{name}: the legend is drawn over the plot"
+
+
+def test_each_outcome_says_whether_it_went_as_the_demo_planned() -> None:
+    """The skewed canary's "RolledBack" stood in the passing colour with nothing to say why."""
+    outcomes = [
+        {"revision": "v2", "artifact": "good", "phase": "Promoted", "expected": "Promoted"},
+        {"revision": "v3", "artifact": "skewed", "phase": "RolledBack", "expected": "RolledBack"},
+        {"revision": "v4", "artifact": "recal", "phase": "RolledBack", "expected": "Promoted"},
+    ]
+    table = demo_report._outcome([{**o, "seconds": 1.0, "judgements": 1, "reason": "-"} for o in outcomes])
+    results = [re.sub("<[^>]+>", "", row[2]) for row in rows(table) if row]
+    assert results == ["Promoted (as planned)", "RolledBack (as planned)", "RolledBack (planned: Promoted)"]
