@@ -9,7 +9,7 @@ passing trial (unless asked to keep going):
    user's config, then two... and best-first: once a failed trial other than the first comes
    closest to the gate, the recipes left are tried nearest to it first (fewest knobs differing;
    ties in that order). On all-MiniLM-L6-v2 every static recipe scored 0 and dynamic per-tensor
-   0.94: dynamic per-channel, one knob from it, passed, but waited behind four static recipes.
+   0.89: dynamic per-channel, one knob from it, passed, but waited behind four static recipes.
    A per-tensor CNN that falls off a cliff is usually one knob (per-channel) from passing;
 2. **op-type fallback** on the recipe that came closest: every node of one op type in float;
 3. **node-wise fallback** on that recipe: the most sensitive nodes in float one at a time, then
