@@ -179,6 +179,56 @@ def test_the_first_passing_recipe_ends_the_tuning() -> None:
     assert tuner.best(trials).config.per_channel
 
 
+def test_after_a_closer_trial_the_recipes_nearest_it_come_next() -> None:
+    """all-MiniLM-L6-v2's shape: every static recipe agrees on no rows, dynamic per-tensor on most,
+    and dynamic per-channel, one knob from it, passes; it came eighth, behind four static recipes."""
+
+    def score(config: QuantizeConfig, excluded: tuple[str, ...]) -> float:
+        if config.mode is Mode.STATIC:
+            return 0.0
+        return 1.0 if config.per_channel else 0.94
+
+    trials, log = _tune(BASE, score, TRANSFORMER)
+    assert [label for _, label, _ in log] == [
+        "static U8S8 minmax per-tensor",
+        "static U8S8 minmax per-channel",
+        "dynamic int8 weights per-tensor",
+        "dynamic int8 weights per-channel",
+    ]
+    assert tuner.best(trials).config == replace(BASE, mode=Mode.DYNAMIC, per_channel=True)
+
+
+def test_a_static_recipe_is_more_than_the_mode_away_from_a_dynamic_one() -> None:
+    """Without VNNI the kernel is a knob of dynamic recipes too. Once dynamic per-channel came
+    closest, dynamic uint8 per-tensor (two knobs from it) comes before static per-channel recipes,
+    which differ in the mode and in knobs a dynamic recipe does not have (activation type,
+    calibration, MatMulConstBOnly): compared field by field, they would come first."""
+
+    def score(config: QuantizeConfig, excluded: tuple[str, ...]) -> float:
+        if config.mode is Mode.STATIC:
+            return 0.0
+        if config.weight_type is Precision.UINT8:
+            return 1.0
+        return 0.9 if config.per_channel else 0.5
+
+    _, log = _tune(replace(BASE, max_trials=40), score, replace(TRANSFORMER, lacks_vnni=True))
+    assert [label for _, label, _ in log] == [
+        "static U8S8 minmax per-tensor",
+        "static U8S8 minmax per-channel",
+        "dynamic int8 weights per-tensor",
+        "dynamic int8 weights per-channel",
+        "dynamic uint8 weights per-tensor",
+    ]
+
+
+def test_while_the_first_trial_stays_closest_the_recipes_keep_their_order() -> None:
+    """Ties with the user's recipe move nothing: a dynamic recipe, several knobs from a static one
+    by the tuner's distance, is still tried where `recipes` put it."""
+    _, log = _tune(BASE, lambda config, excluded: 0.5, TRANSFORMER)
+    recipe_trials = [label for stage, label, _ in log if stage is tuner.Stage.RECIPE]
+    assert recipe_trials == [r.label() for r in tuner.stage_one(BASE, TRANSFORMER)]
+
+
 def test_keep_going_runs_more_recipes_and_the_fastest_of_equally_quantized_wins() -> None:
     def latency(config: QuantizeConfig) -> float:
         return 0.5 if config.activation_type is Precision.INT8 else 1.0
