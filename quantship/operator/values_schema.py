@@ -42,6 +42,7 @@ def example_properties() -> dict[str, Any]:
     rollout = spec["rollout"]["properties"]
     return {
         "artifactUri": _admitted(spec["artifact"]["properties"]["uri"]),  # its pattern: the template's
+        "pullSecret": _admitted(spec["artifact"]["properties"]["pullSecret"]),
         "image": _admitted(spec["image"]),
         "replicas": _admitted(spec["replicas"]),
         "steps": _admitted(rollout["steps"]),

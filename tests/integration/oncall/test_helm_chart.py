@@ -612,6 +612,27 @@ def example_spec(value_name: str, value: str) -> dict[str, Any]:
     }[value_name]
 
 
+def test_an_example_from_a_private_registry_takes_its_pull_secret(helm: str) -> None:
+    """A user trying the chart with their own oci:// artifact in a private registry could not give
+    the example its pull secret (example.pullSecret was refused as an unknown value)."""
+    uri = ("--set-string", "example.artifactUri=oci://registry.example.com/ml/digits:v2")
+    documents = render(
+        helm, "--set", "example.enabled=true", *uri, "--set-string", "example.pullSecret=regcred"
+    )
+    assert one(documents, "QuantizedModel")["spec"]["artifact"] == {
+        "uri": "oci://registry.example.com/ml/digits:v2",
+        "pullSecret": "regcred",
+    }
+    assert_valid(documents)
+    without = one(render(helm, "--set", "example.enabled=true", *uri), "QuantizedModel")
+    assert "pullSecret" not in without["spec"]["artifact"]
+    refused = run_helm(
+        helm, "template", "quantship", str(CHART), "--set", "example.enabled=true", *uri,
+        "--set-string", "example.pullSecret=Reg_Cred",
+    )  # fmt: skip
+    assert refused.returncode != 0 and "example.pullSecret" in refused.stderr, refused.stderr
+
+
 @pytest.mark.parametrize(
     ("setting", "refusal"),
     [
