@@ -340,14 +340,19 @@ def register(
                         return  # gone, or being deleted: nothing more to tick
                 logger.debug(TICK_DONE)
 
-    @kopf.daemon(
-        *RESOURCE,
-        registry=registry,
-        when=in_flight,
-        backoff=retry_backoff,
-        cancellation_backoff=DAEMON_EXIT_GRACE_S,
-        id="analysis",
-    )
+    def ticking(when: Callable[..., bool], handler_id: str) -> Callable[[Any], Any]:
+        """kopf's decorator for a daemon of `tick_until_stopped`: restarted after `retry_backoff` if it
+        fails, and given DAEMON_EXIT_GRACE_S at the operator's exit to finish a tick under way."""
+        return kopf.daemon(
+            *RESOURCE,
+            registry=registry,
+            when=when,
+            backoff=retry_backoff,
+            cancellation_backoff=DAEMON_EXIT_GRACE_S,
+            id=handler_id,
+        )
+
+    @ticking(in_flight, "analysis")
     async def analysis(
         namespace: str | None,
         name: str,
@@ -373,14 +378,7 @@ def register(
 
     without_finalizer(registry, "analysis")
 
-    @kopf.daemon(
-        *RESOURCE,
-        registry=registry,
-        when=settled,
-        backoff=retry_backoff,
-        cancellation_backoff=DAEMON_EXIT_GRACE_S,
-        id="resync",
-    )
+    @ticking(settled, "resync")
     async def resync(
         namespace: str | None,
         name: str,
