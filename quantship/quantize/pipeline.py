@@ -298,7 +298,10 @@ def _read_inputs(
     fp32 = engine_model.load_model(model_path)
     inputs = data.model_inputs(fp32)
     if config.mode is Mode.STATIC and calibration is None:
-        raise QuantizeInputError("static quantization needs calibration data (--calibration)")
+        raise QuantizeInputError(
+            "static quantization needs calibration data (--calibration); without any, --mode dynamic "
+            "quantizes weights only and needs evaluation data (--evaluation) for the gate"
+        )
     calib = data.load_dataset(calibration, inputs, role="calibration") if calibration else None
     evalset = data.load_dataset(evaluation, inputs, role="evaluation") if evaluation else calib
     if evalset is None:

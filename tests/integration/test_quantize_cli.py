@@ -289,6 +289,7 @@ def test_excluded_nodes_stay_in_float(sample: zoo.SampleModel, tmp_path: Path) -
 def test_static_quantization_without_calibration_data(sample: zoo.SampleModel, tmp_path: Path) -> None:
     code, _, err = _cli("quantize", sample.model, "-o", tmp_path / "a", "-q")
     _assert_one_line_error(code, err, "needs calibration data")
+    assert "--mode dynamic" in err  # the way on without calibration data
 
 
 def test_sign_then_verify_and_tamper(sample: zoo.SampleModel, tmp_path: Path) -> None:
