@@ -110,12 +110,13 @@ def _gate(validation: dict[str, Any]) -> str:
 def _verdict(manifest: dict[str, Any], passed: bool, fp32_bytes: int | None, int8_bytes: int) -> str:
     validation = manifest.get("validation", {})
     task = manifest.get("task", {})
-    metric = validation.get("metric", "?")
+    metric, agreement = validation.get("metric", "?"), validation.get("agreement")
     items = [
         ("accuracy gate", "passed" if passed else "FAILED"),
         (_named(metric), _gated_value(metric, validation.get("value"))),
         ("gate", _gate(validation)),
-        ("top-1 agreement", reporting.percent(validation.get("agreement"))),
+        # None for a task without a top-1 (embeddings): "top-1 agreement -" read as a number missing
+        *([("top-1 agreement", reporting.percent(agreement))] if agreement is not None else []),
         ("shadow disagreement", reporting.percent(validation.get("shadow_disagreement"))),
         ("size", reporting.size_change(fp32_bytes, int8_bytes) if fp32_bytes else "-"),
     ]
