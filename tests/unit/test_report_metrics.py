@@ -39,3 +39,26 @@ def test_a_classifier_verdict_keeps_its_top1_agreement() -> None:
     validation = {**EMBEDDING["validation"], "metric": "top1_agreement", "agreement": 0.99}
     cards = _cards(report._verdict({**EMBEDDING, "validation": validation}, True, 1024, 256))
     assert cards["top-1 agreement"] == reporting.percent(0.99)
+
+
+def _meanings(validation: dict[str, Any]) -> dict[str, str]:
+    section = report._comparison(validation, 1024, 256)
+    table = re.findall(r"<tr>(.*?)</tr>", section, re.S)
+    cells = [[html.unescape(c) for c in re.findall(r"<td[^>]*>(.*?)</td>", row, re.S)] for row in table]
+    return {row[0]: row[2] for row in cells if row}
+
+
+def test_every_measure_an_embedding_records_is_described() -> None:
+    """cosine_min stood in the metrics table with "-" for what it measures."""
+    meanings = _meanings(EMBEDDING["validation"])
+    assert "-" not in meanings.values() and "lowest cosine" in meanings["cosine_min"]
+
+
+def test_the_kl_divergence_bar_names_its_unit() -> None:
+    """The KL panel's axis said "lower is better" and no unit: a reader could not tell nats from bits."""
+    section = report._comparison({"metrics": {"kl_divergence": 0.0027, "top1_agreement": 1.0}}, 1024, 256)
+    alt = re.search(r'alt="([^"]*)"', section)
+    assert alt
+    assert "kl_divergence (nats)" in html.unescape(alt.group(1)) and "top1_agreement (" not in html.unescape(
+        alt.group(1)
+    )
