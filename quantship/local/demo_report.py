@@ -12,6 +12,8 @@ import itertools
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from quantship import reporting, slo
 from quantship.local.recalibration import DriftLoop
 from quantship.local.timeline import SAMPLE_INTERVAL_S, DecisionRecord, Timeline
@@ -47,6 +49,12 @@ SLOT_SHARE = 0.7
 neighbours apart."""
 MARKER_AREA = 24
 """Points² (matplotlib's default is 36): eight points side by side in a judgement's slot, apart."""
+LATENCY_AXIS_QUANTILE = 0.98
+LATENCY_AXIS_HEADROOM = 1.5
+"""The latency axis ends at 1.5x the 98th percentile of the plotted points when a point lies higher:
+the rare spike is marked at the top with its value, the rest keeps the axis' height."""
+CUT_PEAK_NEAR_SHARE = 0.05
+"""Cut-off peaks closer than this share of the time axis have their values in rows, one under another."""
 BURN_RATE_LINEAR_UP_TO = 0.01
 """The burn-rate axis is linear up to this, logarithmic past it: 0 and the calm 0.01-0.05 both show."""
 
@@ -259,6 +267,7 @@ def _latency(timeline: Timeline) -> str:
 def _latency_figure(timeline: Timeline) -> Figure:
     fig, ax = reporting.new_figure(10, 3)
     styles = _revisions(timeline)
+    curves: list[tuple[str, list[tuple[float, float]]]] = []
     for revision, points in _series(timeline).items():
         p95 = [(at, d.latency_p95 * 1000) for at, d in points if d.latency_p95 is not None]
         p50 = [(at, d.latency_p50 * 1000) for at, d in points if d.latency_p50 is not None]
@@ -266,11 +275,54 @@ def _latency_figure(timeline: Timeline) -> Figure:
             color, label = styles[revision]
             ax.plot(*zip(*p95, strict=True), color=color, label=f"{label} p95")
             ax.plot(*zip(*p50, strict=True), color=color, linestyle=":", label=f"{label} p50")
-    ax.set_ylabel("latency (ms)")  # "(ms), per second" read as a rate: the heading says what a point is
+            curves += [(color, p95), (color, p50)]
+    top = _latency_cut([ms for _, curve in curves for _, ms in curve])
+    # "(ms), per second" read as a rate: the heading says what a point is
+    ax.set_ylabel("latency (ms)" if top is None else "latency (ms; axis cut:\n▲ a higher point)")
+    if top is not None:
+        ax.set_ylim(0, top)
+        _mark_cut_peaks(
+            ax, [(peak, color) for color, curve in curves for peak in _peaks_over(curve, top)], top
+        )
     ax.set_xlabel("seconds since start")
     _legend_beside(ax)
     _decision_lines(ax, timeline.decisions)
     return fig
+
+
+def _latency_cut(values: Sequence[float]) -> float | None:
+    """Where to cut the latency axis, or None to show every point: one 2 s spike under load drew
+    every other latency (20-200 ms) into the axis' bottom tenth."""
+    if not values:
+        return None
+    top = float(np.quantile(values, LATENCY_AXIS_QUANTILE)) * LATENCY_AXIS_HEADROOM
+    return top if max(values) > top else None
+
+
+def _peaks_over(curve: Sequence[tuple[float, float]], top: float) -> list[tuple[float, float]]:
+    """The highest point of each run of a curve's points over `top`."""
+    runs = itertools.groupby(curve, key=lambda point: point[1] > top)
+    return [max(run, key=lambda point: point[1]) for over, run in runs if over]
+
+
+def _mark_cut_peaks(ax: Any, peaks: Sequence[tuple[tuple[float, float], str]], top: float) -> None:
+    """A marker at the top of the axes at each peak cut off, its value beside it; the values of peaks
+    close in time (a spike's p95 and p50) stacked, not written over each other."""
+    placed: list[float] = []
+    near = (ax.get_xlim()[1] - ax.get_xlim()[0]) * CUT_PEAK_NEAR_SHARE
+    for (at, ms), color in sorted(peaks, key=lambda peak: -peak[0][1]):
+        row = sum(abs(at - other) < near for other in placed)
+        placed.append(at)
+        ax.plot(at, top, marker="^", color=color, clip_on=False, zorder=4)
+        ax.annotate(
+            f"{ms:.0f} ms",
+            xy=(at, top),
+            xytext=(6, -10 - DECISION_ROW_PT * row),
+            textcoords="offset points",
+            fontsize=8,
+            color=color,
+            bbox={"facecolor": "white", "edgecolor": "none", "pad": 0.5},  # legible over the spike's line
+        )
 
 
 def _legend_beside(ax: Any) -> None:

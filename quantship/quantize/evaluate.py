@@ -39,7 +39,7 @@ from quantship.choices import TASK_OF_METRIC, Metric
 from quantship.quantize import data, gate_measures, tasks
 from quantship.quantize.data import Dataset
 from quantship.quantize.errors import QuantizeInputError, first_line
-from quantship.quantize.gate_metrics import METRICS, Evaluation, Gate, check_in_domain
+from quantship.quantize.gate_metrics import COSINE_MIN, METRICS, Evaluation, Gate, check_in_domain
 
 MAX_BATCH = 256
 MIN_CONFIDENT_ROWS = 30
@@ -610,7 +610,7 @@ class Evaluator:
             Metric.COSINE_AGREEMENT.value: float(np.mean(cosines >= self.gate.rule.tolerance)),
             Metric.COSINE_MEAN.value: float(np.mean(cosines)),
             Metric.COSINE_P5.value: float(np.percentile(cosines, 5)),
-            "cosine_min": float(np.min(cosines)),
+            COSINE_MIN: float(np.min(cosines)),
             Metric.NN_AGREEMENT.value: gate_measures.nn_agreement(self.reference, candidate),
         }
 

@@ -28,6 +28,8 @@ class MetricSpec:
     accuracy loss)."""
     needs_labels: bool = False
     needs_scores: bool = False
+    unit: str = ""
+    """Where the number has one ("" for shares and ratios): said beside its bar in the report."""
 
 
 METRICS: dict[Metric, MetricSpec] = {
@@ -51,6 +53,7 @@ METRICS: dict[Metric, MetricSpec] = {
         "mean KL(FP32 || INT8) of the softmax, in nats",
         0.05,
         needs_scores=True,
+        unit="nats",
     ),
     Metric.COSINE_AGREEMENT: MetricSpec(True, "share of rows with cosine to FP32 at least the row tolerance"),
     Metric.COSINE_MEAN: MetricSpec(True, "mean cosine similarity to FP32", 0.98),
@@ -60,6 +63,12 @@ METRICS: dict[Metric, MetricSpec] = {
     ),
     Metric.RELATIVE_ERROR: MetricSpec(False, "||INT8 - FP32|| / ||FP32|| of the output"),
 }
+
+COSINE_MIN = "cosine_min"
+UNGATED: dict[str, MetricSpec] = {
+    COSINE_MIN: MetricSpec(True, "lowest cosine similarity to FP32 of any row (no gate reads it)"),
+}
+"""Measures an evaluation records beside the gate's metrics, for people to read."""
 
 
 def loss(metric: Metric, value: float) -> float:

@@ -110,12 +110,13 @@ def _gate(validation: dict[str, Any]) -> str:
 def _verdict(manifest: dict[str, Any], passed: bool, fp32_bytes: int | None, int8_bytes: int) -> str:
     validation = manifest.get("validation", {})
     task = manifest.get("task", {})
-    metric = validation.get("metric", "?")
+    metric, agreement = validation.get("metric", "?"), validation.get("agreement")
     items = [
         ("accuracy gate", "passed" if passed else "FAILED"),
         (_named(metric), _gated_value(metric, validation.get("value"))),
         ("gate", _gate(validation)),
-        ("top-1 agreement", reporting.percent(validation.get("agreement"))),
+        # None for a task without a top-1 (embeddings): "top-1 agreement -" read as a number missing
+        *([("top-1 agreement", reporting.percent(agreement))] if agreement is not None else []),
         ("shadow disagreement", reporting.percent(validation.get("shadow_disagreement"))),
         ("size", reporting.size_change(fp32_bytes, int8_bytes) if fp32_bytes else "-"),
     ]
@@ -151,7 +152,7 @@ def _verdict(manifest: dict[str, Any], passed: bool, fp32_bytes: int | None, int
 def _comparison(validation: dict[str, Any], fp32_bytes: int | None, int8_bytes: int) -> str:
     metrics = validation.get("metrics") or {}
     plotted = {
-        name: (known, value)
+        _with_unit(name, known): (known, value)
         for name, value in metrics.items()
         if value is not None and (known := gate_metrics.known(name)) is not None
     }
@@ -177,6 +178,12 @@ def _comparison(validation: dict[str, Any], fp32_bytes: int | None, int8_bytes: 
     rows = [(name, _gated_value(name, v), _meaning(name)) for name, v in metrics.items()]
     table = reporting.table(["metric", "INT8 vs FP32", "what it measures"], rows)
     return reporting.figure(fig, "; ".join(map(_panel_text, fig.axes))) + table
+
+
+def _with_unit(name: str, metric: gate_metrics.Metric) -> str:
+    """A bar's name with its unit: the KL divergence's axis said no more than "lower is better"."""
+    unit = gate_metrics.METRICS[metric].unit
+    return f"{name} ({unit})" if unit else name
 
 
 def _panel_text(ax: Any) -> str:
@@ -234,9 +241,9 @@ def _samples(validation: dict[str, Any]) -> str:
 
 def _meaning(name: str) -> str:
     metric = gate_metrics.known(name)
-    if metric is None:
+    spec = gate_metrics.METRICS[metric] if metric is not None else gate_metrics.UNGATED.get(name)
+    if spec is None:
         return COUNTS.get(name, "-")
-    spec = gate_metrics.METRICS[metric]
     better = "higher is better, 1 = identical" if spec.higher_is_better else "lower is better, 0 = identical"
     return f"{spec.meaning} ({better})"
 

@@ -214,3 +214,35 @@ def test_each_outcome_says_whether_it_went_as_the_demo_planned() -> None:
     table = demo_report._outcome([{**o, "seconds": 1.0, "judgements": 1, "reason": "-"} for o in outcomes])
     results = [re.sub("<[^>]+>", "", row[2]) for row in rows(table) if row]
     assert results == ["Promoted (as planned)", "RolledBack (as planned)", "RolledBack (planned: Promoted)"]
+
+
+def _latencies(p95_ms: list[float]) -> Timeline:
+    samples = [
+        Sample(float(at), "v2", 20, {"v2": RevisionSample("stable", 60, 0, {}, ms / 3000, ms / 1000)})
+        for at, ms in enumerate(p95_ms)
+    ]
+    return _timeline([], samples)
+
+
+def test_one_latency_spike_does_not_flatten_the_others() -> None:
+    """A 2 s spike under load drew every other latency (50-150 ms) into the axis' bottom tenth."""
+    calm = [50.0 + (at * 37) % 100 for at in range(100)]
+    fig = demo_report._latency_figure(_latencies([*calm[:80], 2000.0, *calm[80:]]))
+    (ax,) = fig.axes
+    bottom, top = ax.get_ylim()
+    marks = [text.get_text() for text in ax.texts]
+    label = ax.get_ylabel()
+    reporting.pyplot().close(fig)
+
+    assert max(calm) <= top < 3 * max(calm), (bottom, top)
+    assert "2000 ms" in marks and "cut" in label  # the spike still shows, and the axis says it is cut
+
+
+def test_latencies_without_a_spike_keep_the_whole_axis() -> None:
+    calm = [50.0 + (at * 37) % 100 for at in range(100)]
+    fig = demo_report._latency_figure(_latencies(calm))
+    (ax,) = fig.axes
+    top, marks, label = ax.get_ylim()[1], ax.texts, ax.get_ylabel()
+    reporting.pyplot().close(fig)
+
+    assert top >= max(calm) and not marks and label == "latency (ms)"
