@@ -12,7 +12,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import httpx
@@ -323,9 +323,27 @@ def test_requests_unanswered_when_the_drain_budget_ends_get_a_counted_503_not_a_
         async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
             # 24 of ~30 ms each, split into calls since 2026-12-06: ~0.7 s of work against the 0.4 s
             # before the cut (12 were all answered in time on a quiet host)
-            in_flight = [asyncio.create_task(client.post(INFER, **request)) for _ in range(IN_FLIGHT)]  # type: ignore[arg-type]
+            sent = [0]
+
+            async def streamed(body: bytes) -> AsyncIterator[bytes]:
+                """The body a MiB at a time, counted once all of it is handed to the connection."""
+                for start in range(0, len(body), 1 << 20):
+                    yield body[start : start + (1 << 20)]
+                sent[0] += 1
+
+            body, header_length = request["content"], request["headers"]
+            assert isinstance(body, bytes) and isinstance(header_length, dict)
+            headers = {**header_length, "Content-Length": str(len(body))}  # not chunked, as tritonclient
+            in_flight = [
+                asyncio.create_task(client.post(INFER, content=streamed(body), headers=headers))  # type: ignore[arg-type]
+                for _ in range(IN_FLIGHT)
+            ]
             await until(lambda: sample_value(server.url, "quantship_requests_in_flight") == IN_FLIGHT)
-            await asyncio.sleep(0.3)  # the bodies arrive (an upload still arriving is cut, its client reset)
+            # the bodies arrive (an upload still arriving is cut, its client reset): 0.3 s once the
+            # client has handed them all to its sockets; at CI's load, 0.3 s after their headers left
+            # 23 of 24 uploads of 8 MB arriving, so nothing accepted was cut
+            await until(lambda: sent[0] == IN_FLIGHT)
+            await asyncio.sleep(0.3)
             assert server.pid is not None
             os.kill(server.pid, signal.SIGTERM)
             return list(await asyncio.gather(*in_flight, return_exceptions=True))
