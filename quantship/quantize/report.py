@@ -402,28 +402,33 @@ def _sqnr(errors: list[dict[str, Any]]) -> str:
         chosen = of_kind[:_MAX_BARS]
         if not chosen:
             continue
-        fig, ax = reporting.new_figure(9, 0.8 + 0.28 * len(chosen))
         named = [_sqnr_label(e) for e in chosen]
-        labels = [reporting.literal(_sqnr_label(e, short=True)) for e in chosen]
-        values = [e["sqnr_db"] if e["sqnr_db"] is not None else 100.0 for e in chosen]
-        ax.barh(
-            labels,
-            values,
-            color=["#b42318" if v < 20 else "#e6a23c" if v < 30 else "#16794c" for v in values],
-        )
-        ax.invert_yaxis()
-        ax.set_xlabel("SQNR (dB, higher is better; below 20 dB is lossy)")
-        ax.set_title(
-            f"{kind}s, worst first"
-            + (f", the {len(chosen)} worst of {len(of_kind)}" if len(chosen) < len(of_kind) else "")
-            + (" (xmodel_err: INT8 vs FP32 model)" if kind == "activation" else "")
-        )
+        fig = _sqnr_figure(kind, chosen, len(of_kind))
         sections.append(reporting.figure(fig, f"{kind} SQNR, worst first: {', '.join(named)}"))
     return "".join(sections) + (
         "<p>Measured with onnxruntime.quantization.qdq_loss_debug on the QDQ simulation (exposing tensors "
         "stops kernel fusion); the gate above measured the fused kernels. A weight is named by the node "
         "that reads it (what <code>--exclude</code> takes), its own name after the op type.</p>"
     )
+
+
+def _sqnr_figure(kind: str, chosen: list[dict[str, Any]], of_kind: int) -> Figure:
+    """A bar a tensor, each on its own row: bars placed by their labels share a row where two names
+    draw alike (MiniLM's two LayerNorms of a layer: …/layer.0/…/LayerNormalization_output_0), and
+    the later bar hid the other."""
+    fig, ax = reporting.new_figure(9, 0.8 + 0.28 * len(chosen))
+    y = np.arange(len(chosen))
+    values = [e["sqnr_db"] if e["sqnr_db"] is not None else 100.0 for e in chosen]
+    ax.barh(y, values, color=["#b42318" if v < 20 else "#e6a23c" if v < 30 else "#16794c" for v in values])
+    ax.set_yticks(y, [reporting.literal(_sqnr_label(e, short=True)) for e in chosen])
+    ax.invert_yaxis()
+    ax.set_xlabel("SQNR (dB, higher is better; below 20 dB is lossy)")
+    ax.set_title(
+        f"{kind}s, worst first"
+        + (f", the {len(chosen)} worst of {of_kind}" if len(chosen) < of_kind else "")
+        + (" (xmodel_err: INT8 vs FP32 model)" if kind == "activation" else "")
+    )
+    return fig
 
 
 def _sqnr_label(error: dict[str, Any], *, short: bool = False) -> str:

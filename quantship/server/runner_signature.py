@@ -184,17 +184,19 @@ class Signature:
 def _check_indices(
     spec: TensorSpec, array: np.ndarray, inputs: Tensors, rows: int, index_inputs: frozenset[str]
 ) -> None:
-    """Refuse an index past the table's end (`TensorSpec.table_rows`), wherever it is: Gather fails on
-    it, padding or not, with a message that gave the valid range as [-30522,30521] (all-MiniLM-L6-v2).
-    Refuse a negative one at a position the request says is real: one that another 0/1 input of the
-    same shape (an attention mask) does not mark 0. Position ids built as mask.cumsum(-1) - 1 hold -1
-    at left padding, which the mask hides from the answer. An input that itself indexes a table
-    (`index_inputs`) is ids, not a mask: BERT's token_type_ids, all 0s for one sentence, hid every
-    negative token id (all-MiniLM-L6-v2 answered -3 with 200)."""
+    """Refuse an index Gather fails on, padding or not: past the table's end (`TensorSpec.table_rows`),
+    or below -rows (gpt2-lm, -1000000 at a masked position); its message gave the valid range as
+    [-30522,30521] (all-MiniLM-L6-v2). Refuse any other negative one at a position the request says is
+    real: one that another 0/1 input of the same shape (an attention mask) does not mark 0. Position
+    ids built as mask.cumsum(-1) - 1 hold -1 at left padding, which the mask hides from the answer. An
+    input that itself indexes a table (`index_inputs`) is ids, not a mask: BERT's token_type_ids, all
+    0s for one sentence, hid every negative token id (all-MiniLM-L6-v2 answered -3 with 200)."""
     if (highest := array.max()) >= rows:
         _refuse_index(spec, highest, rows)
-    if array.min() >= 0:
+    if (lowest := array.min()) >= 0:
         return
+    if lowest < -rows:
+        _refuse_index(spec, lowest, rows)
     negative = array < 0
     for name, other in inputs.items():
         if name not in index_inputs and other.shape == array.shape and _zeros_and_ones(other):

@@ -69,3 +69,23 @@ def test_the_sqnr_figures_of_long_names_stay_the_width_they_were_made() -> None:
     ]
     assert len(widths) == 2 and all(width <= 9 * 110 * 1.1 for width in widths), widths  # a title may jut
     assert all(name in html.unescape(page) for name in MINILM_NAMES)  # whole in the alt text
+
+
+def test_two_tensors_whose_names_draw_alike_keep_a_bar_each() -> None:
+    """MiniLM's attention and output LayerNorms of one layer draw as the same short name: placed by
+    their labels, both bars went on one row, the later over the other, and the last row stayed empty."""
+    alike = [
+        "/encoder/encoder/layer.0/attention/output/LayerNorm/LayerNormalization_output_0",
+        "/encoder/encoder/layer.0/output/LayerNorm/LayerNormalization_output_0",
+    ]
+    assert reporting.name_end(alike[0]) == reporting.name_end(alike[1])
+    errors = [
+        {"kind": "activation", "tensor": name, "op_type": "LayerNormalization", "sqnr_db": sqnr}
+        for name, sqnr in [(alike[0], 1.0), (alike[1], 5.0), (MINILM_NAMES[1], 9.0)]
+    ]
+    fig = report._sqnr_figure("activation", errors, len(errors))
+    (ax,) = fig.axes
+    rows = sorted((bar.get_y(), bar.get_width()) for bar in ax.patches)
+    assert [width for _, width in rows] == [1.0, 5.0, 9.0]
+    assert len({y for y, _ in rows}) == 3 and len(ax.get_yticklabels()) == 3
+    reporting.pyplot().close(fig)

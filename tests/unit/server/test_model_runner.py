@@ -358,6 +358,16 @@ def test_a_token_id_past_the_table_is_refused_before_the_call_even_at_padding(tm
     assert signature.validate(bert_request([1, 2, 9], [1, 1, 1])) == 1
 
 
+def test_a_token_id_below_minus_the_table_is_refused_before_the_call_even_at_padding(tmp_path: Path) -> None:
+    """Gather takes -rows to rows - 1: below that it fails at a masked position too (gpt2-lm, -1000000
+    at padding: onnxruntime's 400 named the range [-128,127]). -rows itself, at padding, stays hidden."""
+    signature = bert_embeddings(tmp_path / "bert.onnx")
+    for mask in ([1, 1, 1], [1, 1, 0]):
+        with pytest.raises(InvalidInput, match=r"^input 'input_ids' holds -11: .* table of 10 rows, 0 to 9$"):
+            signature.validate(bert_request([1, 2, -11], mask))
+    assert signature.validate(bert_request([1, 2, -10], [1, 1, 0])) == 1
+
+
 def test_a_float_input_cast_to_an_index_is_no_table_index(tmp_path: Path) -> None:
     """A float bucket cast to int64 before a Gather may be negative by design (-0.5 truncates to 0)."""
     graph = helper.make_graph(
