@@ -144,6 +144,26 @@ def name_end(name: str, chars: int = FIGURE_NAME_CHARS) -> str:
     return "…" + name[-(chars - 1) :]
 
 
+def names_apart(names: Sequence[str], chars: int = FIGURE_NAME_CHARS) -> list[str]:
+    """Each name as `name_end` draws it in `chars` characters, but names that would draw alike drawn
+    longer, a character at a time, until they no longer do: MiniLM's attention and output LayerNorms
+    of a layer both drew as …/layer.0/…/LayerNormalization_output_0, two rows of one figure that read
+    the same. A label that says which tensor it is matters more than the figure's width."""
+    budgets = [chars] * len(names)
+    while True:
+        shown = [name_end(name, budget) for name, budget in zip(names, budgets, strict=True)]
+        drawn_as: dict[str, set[str]] = {}
+        for name, label in zip(names, shown, strict=True):
+            drawn_as.setdefault(label, set()).add(name)
+        alike = [
+            i for i, label in enumerate(shown) if len(drawn_as[label]) > 1 and len(names[i]) > budgets[i]
+        ]
+        if not alike:  # apart, or each alike drawn whole already
+            return shown
+        for i in alike:
+            budgets[i] += 1
+
+
 def breakable(name: str) -> str:
     """`name` escaped, with a line break allowed after each "/" of its path: a cell of MiniLM's names
     (/encoder/encoder/layer.0/attention/self/Softmax, no space in 47 characters) made the trials'

@@ -420,7 +420,7 @@ def _sqnr_figure(kind: str, chosen: list[dict[str, Any]], of_kind: int) -> Figur
     y = np.arange(len(chosen))
     values = [e["sqnr_db"] if e["sqnr_db"] is not None else 100.0 for e in chosen]
     ax.barh(y, values, color=["#b42318" if v < 20 else "#e6a23c" if v < 30 else "#16794c" for v in values])
-    ax.set_yticks(y, [reporting.literal(_sqnr_label(e, short=True)) for e in chosen])
+    ax.set_yticks(y, [reporting.literal(label) for label in _short_sqnr_labels(chosen)])
     ax.invert_yaxis()
     ax.set_xlabel("SQNR (dB, higher is better; below 20 dB is lossy)")
     ax.set_title(
@@ -431,20 +431,30 @@ def _sqnr_figure(kind: str, chosen: list[dict[str, Any]], of_kind: int) -> Figur
     return fig
 
 
-def _sqnr_label(error: dict[str, Any], *, short: bool = False) -> str:
+def _sqnr_label(error: dict[str, Any]) -> str:
     """An activation: its tensor (and the op writing it). A weight: the node reading it, as exporters
-    name weights anything (`onnx::Conv_971`); an older manifest names no node: the weight alone.
-    `short`: as the figure draws it, each name shortened (reporting.name_end); the image's alt
-    text has them whole."""
+    name weights anything (`onnx::Conv_971`); an older manifest names no node: the weight alone."""
+    return _labelled(error, error["tensor"], error.get("node"))
 
-    def cut(name: str, chars: int) -> str:
-        return reporting.name_end(name, chars) if short else name
 
+def _short_sqnr_labels(errors: list[dict[str, Any]]) -> list[str]:
+    """`_sqnr_label` of each as the figure draws it: each name shortened, names that would draw alike
+    kept apart (reporting.names_apart); the image's alt text has them whole."""
+    tensors = [e["tensor"] for e in errors]
+    by_node = [i for i, e in enumerate(errors) if e["kind"] == "weight" and e.get("node")]
+    alone = [i for i in range(len(errors)) if i not in by_node]
+    for group, chars in ((by_node, WEIGHT_NAME_CHARS), (alone, reporting.FIGURE_NAME_CHARS)):
+        for i, short in zip(group, reporting.names_apart([tensors[i] for i in group], chars), strict=True):
+            tensors[i] = short
+    nodes = reporting.names_apart([e.get("node") or "" for e in errors], WEIGHT_NODE_CHARS)
+    return [_labelled(e, tensor, node) for e, tensor, node in zip(errors, tensors, nodes, strict=True)]
+
+
+def _labelled(error: dict[str, Any], tensor: str, node: str | None) -> str:
     op_type = error.get("op_type")
     if error["kind"] == "weight" and error.get("node"):
-        node, weight = cut(error["node"], WEIGHT_NODE_CHARS), cut(error["tensor"], WEIGHT_NAME_CHARS)
-        return f"{node}  ({op_type}: {weight})"
-    return cut(error["tensor"], reporting.FIGURE_NAME_CHARS) + (f"  ({op_type})" if op_type else "")
+        return f"{node}  ({op_type}: {tensor})"
+    return tensor + (f"  ({op_type})" if op_type else "")
 
 
 WEIGHT_NODE_CHARS, WEIGHT_NAME_CHARS = 36, 18
@@ -475,7 +485,9 @@ def _ranges(activations: list[ActivationRange]) -> str:
         label="calibrated min/max",
     )
     ax.scatter([r.calibrated_max for _, r in cal], [i for i, _ in cal], marker="|", s=200, color="#08519c")
-    ax.set_yticks(y, [reporting.literal(reporting.name_end(ranges.model_tensor(r))) for r in shown])
+    ax.set_yticks(
+        y, [reporting.literal(n) for n in reporting.names_apart([ranges.model_tensor(r) for r in shown])]
+    )
     ax.invert_yaxis()
     ax.use_sticky_edges = False  # bars set the x limits at their very ends, cutting the end ticks in half
     ax.margins(x=0.03)

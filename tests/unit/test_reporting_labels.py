@@ -89,3 +89,31 @@ def test_two_tensors_whose_names_draw_alike_keep_a_bar_each() -> None:
     assert [width for _, width in rows] == [1.0, 5.0, 9.0]
     assert len({y for y, _ in rows}) == 3 and len(ax.get_yticklabels()) == 3
     reporting.pyplot().close(fig)
+
+
+def test_names_that_would_draw_alike_are_drawn_longer_until_they_read_apart() -> None:
+    """Kept on rows of their own, MiniLM's two LayerNorms of a layer still read the same, both
+    …/layer.0/…/LayerNormalization_output_0: which bar is which could not be told."""
+    alike = [
+        "/encoder/encoder/layer.0/attention/output/LayerNorm/LayerNormalization_output_0",
+        "/encoder/encoder/layer.0/output/LayerNorm/LayerNormalization_output_0",
+    ]
+    shown = reporting.names_apart([*alike, MINILM_NAMES[1], alike[0]])
+    assert len(set(shown[:3])) == 3 and shown[3] == shown[0], shown  # the same tensor twice draws alike
+    assert shown[2] == reporting.name_end(MINILM_NAMES[1])  # one drawn alike with none keeps its length
+    assert all("layer.0" in s and s.endswith("LayerNormalization_output_0") for s in shown[:2]), shown
+    errors = [
+        {
+            "kind": "weight",
+            "tensor": f"encoder.encoder.layer.2.{part}.LayerNorm.bias",
+            "op_type": "LayerNormalization",
+            "node": f"/encoder/encoder/layer.2/{part.replace('.', '/')}/LayerNorm/LayerNormalization",
+            "sqnr_db": 9.0,
+        }
+        for part in ("attention.output", "output")
+    ]
+    labels = report._short_sqnr_labels(errors)
+    assert labels[0] != labels[1], labels
+    fig = report._sqnr_figure("weight", errors, len(errors))
+    assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == [reporting.literal(s) for s in labels]
+    reporting.pyplot().close(fig)
