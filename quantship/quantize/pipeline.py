@@ -91,6 +91,19 @@ def default_progress() -> Progress:
     )
 
 
+def printed_warnings(console: Console) -> Callable[[str], None]:
+    """`run`'s `warn` for a person: each warning printed whole on `console`, as `quantship quantize`
+    and the demo print them. Give it the progress' own console: printed by another, a warning
+    followed the bars' last line, and the next redraw moved up over its wrapped lines and drew the
+    bars across its tail (MiniLM's 1,700-character warning of the sentinel ranges lost its last lines
+    in a 160-column terminal)."""
+
+    def warn(message: str) -> None:
+        console.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
+
+    return warn
+
+
 def run(
     model_path: Path,
     out: Path,

@@ -10,8 +10,7 @@ import re
 from rich.console import Console
 from rich.progress import Progress
 
-from quantship.cli.quantizing import warnings_above
-from quantship.quantize import default_progress
+from quantship.quantize import default_progress, printed_warnings
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
@@ -32,7 +31,7 @@ def test_a_warning_while_the_bars_draw_is_printed_above_them_on_their_stream() -
     back: glued to their last line, then drawn over by the next redraw (seen in tmux on MiniLM)."""
     terminal = io.StringIO()
     progress = Progress(console=Console(file=terminal, force_terminal=True, width=60))
-    warn = warnings_above(progress)
+    warn = printed_warnings(progress.console)
     message = "static trials: " + " ".join(f"/encoder/layer.{i}/attention/self/Add" for i in range(12))
     with progress:
         task = progress.add_task("calibrating (minmax)", total=2)
