@@ -15,7 +15,7 @@ from quantship import artifact_keys
 from quantship.agreement import Task
 from quantship.choices import MAX_NUM_BINS
 from quantship.cli.errors import BadUsage, user_errors
-from quantship.cli.options import FINITE, FiniteRange, choice
+from quantship.cli.options import FINITE, REPLACES, FiniteRange, choice
 from quantship.cli.output import stderr, stdout
 from quantship.quantize import config as q_config
 from quantship.quantize.evaluate import Metric
@@ -30,7 +30,11 @@ _QUANTIZE = q_config.QuantizeConfig()
 @click.command()
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option(
-    "-o", "--out", required=True, type=click.Path(path_type=Path), help="Artifact directory to write."
+    "-o",
+    "--out",
+    required=True,
+    type=click.Path(path_type=Path),
+    help=f"Artifact directory to write; {REPLACES}.",
 )
 @click.option(
     "--calibration", type=click.Path(path_type=Path), help=".npz keyed by input name, or a folder of .npy."
