@@ -35,7 +35,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from quantship import scratch
-from quantship.archive import ArchiveLimits, RefusedArchive, extract, remove_unpacked
+from quantship.archive import ArchiveLimits, RefusedArchive, extract, holds_file, remove_unpacked
 from quantship.artifact_dirs import replace_dir
 from quantship.artifact_format import (
     MANIFEST_FILE,
@@ -112,11 +112,20 @@ WRITE_SCRATCH = "write"
 """The kind of write_artifact's scratch directories beside their destination: `.NAME.write-XXXX`."""
 
 
-def pack(artifact_dir: Path, tarball: Path) -> None:
+def pack(artifact_dir: Path, tarball: Path) -> bool:
     """A .tar.gz of a verified artifact's listed files, for object stores and HTTP servers; written
-    beside `tarball` and renamed into place, so a reader never fetches half an archive."""
+    beside `tarball` and renamed into place, so a reader never fetches half an archive. As
+    `quantize -o` replaces an older artifact, this replaces an older artifact archive (returns
+    True then); anything else at `tarball` is refused, untouched."""
     if not tarball.name.endswith(ARCHIVE_SUFFIXES):  # serve, verify and fetch know archives by name
         raise ArtifactError(f"{tarball}: an artifact archive's name ends in .tar.gz or .tgz", reason="format")
+    replacing = tarball.exists() or tarball.is_symlink()
+    if replacing and (
+        tarball.is_symlink() or not tarball.is_file() or not holds_file(tarball, MANIFEST_FILE)
+    ):
+        raise ArtifactError(
+            f"{tarball} exists and is not an artifact archive; refusing to replace it", reason="io"
+        )
     artifact = load_artifact(artifact_dir)
     staging = tarball.with_name(f".{tarball.name}.partial")
     try:
@@ -126,6 +135,7 @@ def pack(artifact_dir: Path, tarball: Path) -> None:
         os.replace(staging, tarball)
     finally:
         staging.unlink(missing_ok=True)
+    return replacing
 
 
 def load_artifact(

@@ -1,5 +1,6 @@
-"""Putting an artifact directory in place atomically (`replace_dir`), putting back one a killed
-replacement moved aside (`restore_interrupted`), and where a failed gate's best effort goes."""
+"""Putting an artifact directory in place atomically (`replace_dir`), what it may replace
+(`in_the_way`), putting back one a killed replacement moved aside (`restore_interrupted`), and where
+a failed gate's best effort goes."""
 
 from __future__ import annotations
 
@@ -26,6 +27,15 @@ def holds_servable(path: Path) -> bool:
         return False
     validation = read_manifest(path).get("validation")
     return not (isinstance(validation, dict) and validation.get("gate") == "failed")
+
+
+def in_the_way(target: Path) -> bool:
+    """Whether `target` holds someone's data, which replace_dir refuses: anything but nothing, an
+    empty directory (made for the artifact) or an older artifact. `quantize -o` and `pull -o` ask
+    first, before the calibration or the download that ends in replace_dir."""
+    if target.is_dir() and not target.is_symlink() and not any(target.iterdir()):
+        return False
+    return (target.exists() or target.is_symlink()) and not is_artifact_dir(target)
 
 
 def replace_dir(new: Path, target: Path) -> None:

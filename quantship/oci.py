@@ -8,7 +8,9 @@ file name. The ed25519 signature lives inside manifest.json, so it travels with 
 Digests are verified end to end: every pulled layer against its OCI descriptor (oras does not
 check), then the files against manifest.json's sha256s (and the signature) by `load_artifact`,
 and a pull by digest against the manifest the registry served. A pull writes into a temporary
-directory beside the destination and renames it into place only when all of that holds.
+directory beside the destination and renames it into place only when all of that holds, in place
+of an older artifact there as `quantize -o` does (`artifact_dirs.replace_dir`: anything else there
+is refused, before any download).
 
 A registry's answers are hostile until checked, as the operator's init container pulls from
 wherever a QuantizedModel points: the manifest is read up to `MAX_MANIFEST_BYTES` and must match
@@ -53,7 +55,7 @@ import oras.logger
 import oras.provider
 import requests
 
-from quantship import artifact, artifact_format, artifact_manifest, manifest_schema, scratch
+from quantship import artifact, artifact_dirs, artifact_format, artifact_manifest, manifest_schema, scratch
 from quantship.oci_auth import (
     PULL,
     PUSH,
@@ -266,6 +268,8 @@ class Pulled(artifact.Artifact):
     manifest.json, the config blob, so it differs."""
 
     image_digest: str
+    replaced: bool = False
+    """Whether it took the place of an older artifact at its destination."""
 
 
 def pull(
@@ -279,17 +283,19 @@ def pull(
     max_bytes: int = artifact.MAX_DOWNLOAD_BYTES,
     speed_limit: SpeedLimit = SPEED_LIMIT,
 ) -> Pulled:
-    """Pull the artifact at `uri` into `dest` (created; never half-written) and verify it.
-    `max_bytes` caps the layers' sizes together, as their descriptors declare them. Each connect
-    and read waits at most `timeout`; a manifest, layer or token that arrives slower than
-    `speed_limit` is abandoned."""
+    """Pull the artifact at `uri` into `dest` and verify it: `dest` is created, or an empty
+    directory or an older artifact there is replaced, in one rename, never half-written (anything
+    else there is refused, untouched). `max_bytes` caps the layers' sizes together, as their
+    descriptors declare them. Each connect and read waits at most `timeout`; a manifest, layer or
+    token that arrives slower than `speed_limit` is abandoned."""
     reference = Reference.parse(uri)
-    if dest.exists():  # before any download: it may be gigabytes
-        raise OciError(f"{dest} exists; pull into a new directory")
     try:
         artifact.refuse_inside_an_artifact(dest)
+        artifact_dirs.restore_interrupted(dest)  # a replacement killed between its renames
     except artifact.ArtifactError as exc:
         raise OciError(str(exc)) from None
+    if artifact_dirs.in_the_way(dest):  # before any download: it may be gigabytes
+        raise OciError(f"{dest} exists and is not an artifact; refusing to replace it")
     registry = _Registry.open(reference, credentials, insecure, timeout, speed_limit)
     with registry.session:
         image, image_digest = _manifest(registry)
@@ -315,12 +321,14 @@ def pull(
                 loaded = artifact.load_artifact(staging, public_key=public_key)
             except artifact.ArtifactError as exc:
                 raise exc.naming([staging], str(reference)) from exc
-            if dest.exists():
-                raise OciError(f"{dest} exists; pull into a new directory")
             staging.chmod(0o755)  # as write_artifact leaves an artifact: a server of another user reads it
+            replaced = artifact_manifest.is_artifact_dir(dest)
             with _disk_errors(f"{reference}: cannot move the artifact to {dest}"):
-                staging.rename(dest)
-    return Pulled(dest, loaded.manifest, loaded.signed, image_digest)
+                try:
+                    artifact_dirs.replace_dir(staging, dest)  # what came there meanwhile is judged again
+                except artifact.ArtifactError as exc:
+                    raise OciError(str(exc)) from None
+    return Pulled(dest, loaded.manifest, loaded.signed, image_digest, replaced)
 
 
 @dataclass

@@ -55,10 +55,10 @@ body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:2rem auto;ma
 h1{font-size:1.6rem;margin-bottom:.2rem}
 h2{font-size:1.2rem;margin-top:2rem;border-bottom:1px solid #dde2ea;padding-bottom:.3rem}
 .sub{color:#5b6576;margin-top:0} table{border-collapse:collapse;font-size:.9rem;margin:.5rem 0}
-th,td{border:1px solid #dde2ea;padding:.3rem .6rem;text-align:left;vertical-align:top} th{background:#f3f5f9}
+th,td{border:1px solid #dde2ea;padding:.3rem .5rem;text-align:left;vertical-align:top} th{background:#f3f5f9}
 td.num{text-align:right;font-variant-numeric:tabular-nums} img{max-width:100%}
 .pass{color:#16794c;font-weight:600} .fail{color:#b42318;font-weight:600} code{font-size:.85rem}
-.nb{white-space:nowrap} .cards{display:flex;gap:1rem;flex-wrap:wrap}
+.nb{white-space:nowrap} .scroll{overflow-x:auto} .cards{display:flex;gap:1rem;flex-wrap:wrap}
 .card{border:1px solid #dde2ea;border-radius:6px;padding:.6rem 1rem;min-width:150px}
 .card b{display:block;font-size:1.3rem}
 """
@@ -93,10 +93,28 @@ def figure(fig: Figure, alt: str) -> str:
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{encoded}">'
 
 
-def table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
-    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in headers)
+def table(headers: Sequence[str | Raw], rows: Iterable[Sequence[Any]]) -> str:
+    """A table in a box that scrolls sideways: at 800 px the trials' ten columns ran off the page's
+    right edge, cut where no one could scroll to them (a file's sha256 is 64 characters, unbroken)."""
+    head = "".join(f"<th>{h.html if isinstance(h, Raw) else html.escape(str(h))}</th>" for h in headers)
     body = "".join("<tr>" + "".join(_cell(value) for value in row) + "</tr>" for row in rows)
-    return f"<table><tr>{head}</tr>{body}</table>"
+    return f'<div class="scroll"><table><tr>{head}</tr>{body}</table></div>'
+
+
+def facts(rows: Iterable[tuple[str, Any]]) -> str:
+    """A table of named values, each name its row's header: no header row above, where an empty one
+    (the drift loop's) read as a fault of the page."""
+    body = "".join(f"<tr><th>{html.escape(name)}</th>{_cell(value)}</tr>" for name, value in rows)
+    return f'<div class="scroll"><table>{body}</table></div>'
+
+
+NBSP = "\u00a0"
+
+
+def quantity(number: str, unit: str) -> str:
+    """A number and its unit, joined by a non-breaking space: a narrow column of the decision log
+    wrapped "14.6 s" as "14.6" over "s"."""
+    return f"{number}{NBSP}{unit}"
 
 
 def _cell(value: Any) -> str:
@@ -173,6 +191,12 @@ def breakable(name: str) -> str:
     if len(parts) > 1 and not parts[0]:  # the leading "/" kept with what follows: alone, it ended a line
         parts = [f'<span class="nb">/{parts[1]}</span>', *parts[2:]]
     return "/<wbr>".join(parts)
+
+
+def breakable_words(text: str) -> Raw:
+    """`text` escaped, with a line break allowed after each "_": snake_case words (unfused_in_float,
+    top1_agreement) were the widest of the trials' columns, each one line."""
+    return Raw("_<wbr>".join(html.escape(part) for part in text.split("_")))
 
 
 class Raw:

@@ -10,12 +10,19 @@ import click
 
 from quantship import artifact, artifact_keys, scratch
 from quantship.cli.errors import ExitCode, Refused, user_errors
+from quantship.cli.options import REPLACES
 from quantship.cli.output import signature_in_words
 
 
 @click.command()
 @click.argument("model", type=click.Path(path_type=Path))
-@click.option("-o", "--out", required=True, type=click.Path(path_type=Path), help="Artifact directory.")
+@click.option(
+    "-o",
+    "--out",
+    required=True,
+    type=click.Path(path_type=Path),
+    help=f"Artifact directory to write; {REPLACES}.",
+)
 @click.option("--sign-key", type=click.Path(path_type=Path), help="ed25519 private key (PEM) to sign with.")
 @user_errors
 def package(model: Path, out: Path, sign_key: Path | None) -> None:
@@ -32,13 +39,15 @@ def package(model: Path, out: Path, sign_key: Path | None) -> None:
 @click.argument("tarball", type=click.Path(dir_okay=False, path_type=Path))
 @user_errors
 def pack(path: Path, tarball: Path) -> None:
-    """Verify the artifact at PATH and write it as TARBALL (.tar.gz), for an http(s):// artifact URI."""
+    """Verify the artifact at PATH and write it as TARBALL (.tar.gz), for an http(s):// artifact URI.
+    An older artifact archive at TARBALL is replaced in one rename, never half-written; any other
+    file there is refused."""
     artifact.refuse_inside_an_artifact(tarball)
     try:
-        artifact.pack(path, tarball)
+        replaced = artifact.pack(path, tarball)
     except OSError as exc:
         raise Refused(f"cannot write {tarball}: {exc.strerror or exc}") from exc
-    click.echo(f"wrote {tarball}")
+    click.echo(f"wrote {tarball}" + (" (in place of the older archive there)" if replaced else ""))
 
 
 @click.command()

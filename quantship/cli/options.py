@@ -1,6 +1,7 @@
 """Option types and options more than one command takes: finite floats (`FINITE`, `FiniteRange`:
 every float option takes one), an enum's values (`choice`), the options the user set (`given`),
-and curl's --speed-limit/--speed-time (`speed_options`, `speed_limit_of`)."""
+curl's --speed-limit/--speed-time (`speed_options`, `speed_limit_of`), and what an -o that names an
+artifact replaces (`REPLACES`)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,11 @@ from typing import Any, TypeVar
 import click
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+REPLACES = "an older artifact there is replaced in one rename, never half-written; anything else is refused"
+"""What `quantize -o`, `package -o` and `pull -o` do with what is there (and `pack` with an older
+archive): write over their own earlier output, as `tar -czf` and `docker save -o` do, but never over
+a user's other data."""
 
 
 class _FiniteFloat(click.ParamType):

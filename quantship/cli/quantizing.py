@@ -5,7 +5,6 @@ the work is `quantship.quantize.run`'s."""
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -16,13 +15,13 @@ from quantship import artifact_keys
 from quantship.agreement import Task
 from quantship.choices import MAX_NUM_BINS
 from quantship.cli.errors import BadUsage, user_errors
-from quantship.cli.options import FINITE, FiniteRange, choice
+from quantship.cli.options import FINITE, REPLACES, FiniteRange, choice
 from quantship.cli.output import stderr, stdout
 from quantship.quantize import config as q_config
 from quantship.quantize.evaluate import Metric
 
 if TYPE_CHECKING:
-    from rich.progress import Progress
+    pass
 
 _QUANTIZE = q_config.QuantizeConfig()
 """`quantship quantize`'s defaults are the config's: written once, there."""
@@ -31,7 +30,11 @@ _QUANTIZE = q_config.QuantizeConfig()
 @click.command()
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option(
-    "-o", "--out", required=True, type=click.Path(path_type=Path), help="Artifact directory to write."
+    "-o",
+    "--out",
+    required=True,
+    type=click.Path(path_type=Path),
+    help=f"Artifact directory to write; {REPLACES}.",
 )
 @click.option(
     "--calibration", type=click.Path(path_type=Path), help=".npz keyed by input name, or a folder of .npy."
@@ -252,7 +255,7 @@ def quantize(
         evaluation=evaluation,
         sign_key=key,
         progress=progress,
-        warn=warnings_above(progress),
+        warn=q.printed_warnings(stderr if progress is None else progress.console),
     )
     stdout.print(summary.table([(result.written_to.name, result.artifact)]))
     if not result.gate_passed:
@@ -262,19 +265,6 @@ def quantize(
             f"(marked gate: failed){kept}"
         )
         sys.exit(1)
-
-
-def warnings_above(progress: Progress | None) -> Callable[[str], None]:
-    """Prints each warning on stderr, above `progress`'s bars while they draw. Printed by another
-    console, a warning followed the bars' last line, and the next redraw moved up over its wrapped
-    lines and drew the bars across its tail (MiniLM's 1,700-character warning of the sentinel ranges
-    lost its last lines in a 160-column terminal)."""
-    console = stderr if progress is None else progress.console
-
-    def warn(message: str) -> None:
-        console.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
-
-    return warn
 
 
 _OPTION_OF_FIELD = {

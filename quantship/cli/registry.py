@@ -11,7 +11,7 @@ import click
 
 from quantship import artifact_keys
 from quantship.cli.errors import Refused, user_errors
-from quantship.cli.options import speed_limit_of, speed_options
+from quantship.cli.options import REPLACES, speed_limit_of, speed_options
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -85,7 +85,13 @@ def push(
 
 @click.command()
 @click.argument("uri")
-@click.option("-o", "--out", required=True, type=click.Path(path_type=Path), help="Directory to create.")
+@click.option(
+    "-o",
+    "--out",
+    required=True,
+    type=click.Path(path_type=Path),
+    help=f"Artifact directory to write; {REPLACES}.",
+)
 @click.option("--public-key", type=click.Path(path_type=Path), help="Require a valid ed25519 signature.")
 @_registry_options
 @user_errors
@@ -114,7 +120,8 @@ def pull(
         )
     except oci.OciError as exc:
         raise Refused(str(exc)) from exc
+    replaced = " (in place of the older artifact there)" if pulled.replaced else ""
     click.echo(
-        f"pulled {uri} ({pulled.image_digest}) into {pulled.root}: {pulled.gate_in_words()}, "
+        f"pulled {uri} ({pulled.image_digest}) into {pulled.root}{replaced}: {pulled.gate_in_words()}, "
         f"its manifest.json sha256 {pulled.digest[:12]}"
     )

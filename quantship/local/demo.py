@@ -54,7 +54,7 @@ from quantship.local.stopping import Stopper
 from quantship.local.timeline import Timeline
 from quantship.local.traffic import LoadGenerator
 from quantship.local.workloads import LocalWorkloads
-from quantship.quantize import QuantizeConfig, default_progress, package_fp32, summary
+from quantship.quantize import QuantizeConfig, default_progress, package_fp32, printed_warnings, summary
 from quantship.quantize import report as quantize_report
 from quantship.quantize import run as quantize
 from quantship.rollout import (
@@ -165,13 +165,16 @@ def build_artifacts(workdir: Path, console: Console) -> tuple[zoo.SampleModel, l
         ),
     ):
         console.print(f"quantizing [bold]{name}[/]: {story}")
+        progress = default_progress()
         result = quantize(
             sample.model,
             workdir / "artifacts" / name,
             QuantizeConfig(),
             calibration=calibration,
             evaluation=sample.evaluation,
-            progress=default_progress(),
+            progress=progress,
+            # As `quantship quantize` prints them: the skewed one's clip prediction was in its report only.
+            warn=printed_warnings(progress.console),
         )
         built[name] = result.artifact
     console.print(summary.table(list(built.items())))
@@ -469,6 +472,9 @@ async def _drift(
         console.print(f"[bold red]drift loop stopped[/]: {exc}")
         return None
     recalibrated = artifact.load_artifact(out)
+    warn = printed_warnings(console)  # the child ran with -q: what its manifest noted, as it would have said
+    for message in recalibrated.manifest.get("warnings", []):
+        warn(message)
     (workdir / "reports" / "int8-recalibrated.html").write_text(quantize_report.render(recalibrated))
     console.print(summary.table([("int8-recalibrated", recalibrated)]))
     revision = Revision("v4-int8-recal", out, "INT8, recalibrated on the drifted capture", Phase.PROMOTED)

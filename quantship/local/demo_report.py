@@ -89,7 +89,7 @@ def _outcome(outcomes: Sequence[dict[str, Any]]) -> str:
             o["revision"],
             o["artifact"],
             reporting.verdict(o["phase"] == o["expected"], _result(o["phase"], o["expected"])),
-            f"{o['seconds']:.0f} s",
+            reporting.quantity(f"{o['seconds']:.0f}", "s"),
             o["judgements"],
             o["reason"],
         )
@@ -106,21 +106,27 @@ def _result(phase: str, expected: str) -> str:
 
 def _drift_loop(loop: DriftLoop) -> str:
     def bits(value: float | None) -> str:
-        return "-" if value is None else f"{value:.3f} bits"
+        return "-" if value is None else reporting.quantity(f"{value:.3f}", "bits")
 
     rows = [
         ("stable whose traffic drifted", loop.revision or "-"),
         ("traffic", f"inputs x{loop.scale:g}"),
-        ("drift alert threshold", f"{loop.threshold:g} bits"),
+        ("drift alert threshold", reporting.quantity(f"{loop.threshold:g}", "bits")),
         ("drift before", bits(loop.calm)),
         ("drift once drifted", bits(loop.drifted)),
-        ("rose over the threshold in", "-" if loop.rose_in is None else f"{loop.rose_in:.0f} s"),
-        ("capture recalibrated from", "-" if loop.captured is None else f"{loop.captured} rows"),
+        (
+            "rose over the threshold in",
+            "-" if loop.rose_in is None else reporting.quantity(f"{loop.rose_in:.0f}", "s"),
+        ),
+        (
+            "capture recalibrated from",
+            "-" if loop.captured is None else reporting.quantity(str(loop.captured), "rows"),
+        ),
         ("recalibrated revision", loop.recalibrated or "-"),
         ("its drift on the same traffic", bits(loop.after)),
         ("its rollout", reporting.verdict(loop.ok, loop.phase or "not run")),
     ]
-    return reporting.table(["", ""], rows)
+    return reporting.facts(rows)
 
 
 def _decision_lines(ax: Any, decisions: Sequence[DecisionRecord]) -> None:
@@ -396,7 +402,7 @@ def _headroom(top: float) -> float:
 def _log(timeline: Timeline) -> str:
     rows = [
         (
-            f"{record.at:.1f} s",
+            reporting.quantity(f"{record.at:.1f}", "s"),
             record.rollout,
             record.decision.action.value,
             record.decision.status.phase.value,

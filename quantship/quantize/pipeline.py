@@ -91,6 +91,19 @@ def default_progress() -> Progress:
     )
 
 
+def printed_warnings(console: Console) -> Callable[[str], None]:
+    """`run`'s `warn` for a person: each warning printed whole on `console`, as `quantship quantize`
+    and the demo print them. Give it the progress' own console: printed by another, a warning
+    followed the bars' last line, and the next redraw moved up over its wrapped lines and drew the
+    bars across its tail (MiniLM's 1,700-character warning of the sentinel ranges lost its last lines
+    in a 160-column terminal)."""
+
+    def warn(message: str) -> None:
+        console.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
+
+    return warn
+
+
 def run(
     model_path: Path,
     out: Path,
@@ -326,16 +339,8 @@ def _check_writable(out: Path) -> None:
     if existing is None or not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
         raise QuantizeInputError(f"cannot write the artifact to {out}: {existing or parent} is not writable")
     for destination in (out, artifact_dirs.gate_failed_path(out)):  # the second, should the gate fail
-        if _in_the_way(destination):
+        if artifact_dirs.in_the_way(destination):
             raise QuantizeInputError(f"{destination} exists and is not an artifact; refusing to overwrite it")
-
-
-def _in_the_way(destination: Path) -> bool:
-    """Something at `destination` that writing an artifact there would replace but is not one: an
-    empty directory (made for the artifact) is not in the way."""
-    if destination.is_dir() and not destination.is_symlink() and not any(destination.iterdir()):
-        return False
-    return destination.exists() and not (destination / artifact.MANIFEST_FILE).is_file()
 
 
 def _check_manifest_fits(

@@ -255,7 +255,7 @@ def _trials(trials: list[dict[str, Any]], tuning: dict[str, Any]) -> str:
     rows = [
         (
             t["number"],
-            t["stage"],
+            reporting.breakable_words(str(t["stage"])),
             t.get("recipe", "-"),
             reporting.Raw(
                 ", ".join(reporting.breakable(reporting.shown_name(name)) for name in t["excluded"][:6])
@@ -300,7 +300,7 @@ def _trials(trials: list[dict[str, Any]], tuning: dict[str, Any]) -> str:
                 "recipe",
                 "left in float",
                 "quantized nodes",
-                _named(metric),  # the table escapes its headers
+                reporting.breakable_words(_named(metric)),
                 "gate",
                 "b1 ms",
                 "seconds",

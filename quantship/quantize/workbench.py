@@ -69,7 +69,9 @@ class Workbench:
         self._sides: set[str] = set()
         """The nodes `unfused` kept in float as a sandwich's side, in any trial (one a later trial does
         not carry on no longer counts)."""
-        self._task = progress.add_task("tuning", total=config.max_trials + 1)
+        # No total: the tuner stops at the first passing trial, so its budget (--max-trials and one
+        # more) is no plan: the bar read 0/17 and ended 8/8. It counts (3/?) until done says N/N.
+        self._task = progress.add_task("tuning", total=None)
 
     def path(self, trial: tuner.Trial) -> Path:
         return self.tmp / f"trial-{trial.number}.onnx"

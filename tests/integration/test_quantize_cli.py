@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import tarfile
 import time
 from pathlib import Path
 
@@ -371,6 +372,38 @@ def test_pack_writes_a_tarball_that_verifies_and_refuses_a_tampered_artifact(
     code, _, err = _cli("pack", artifact_copy, tmp_path / "tampered.tar.gz")
     _assert_one_line_error(code, err, "does not match its sha256")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["artifact", "digits.tar.gz"]
+
+
+def test_pack_replaces_an_older_archive_in_one_rename_and_refuses_any_other_file(
+    artifact_copy: Path, skewed_artifact: artifact.Artifact, tmp_path: Path
+) -> None:
+    """pack wrote over whatever TARBALL named, saying nothing, where `quantize -o` and `pull -o`
+    refuse what is not their own earlier output: now it replaces an artifact archive, says so, and
+    refuses anything else, untouched."""
+    tarball = tmp_path / "digits.tar.gz"
+    code, out, err = _cli("pack", artifact_copy, tarball)
+    assert code == 0 and out.strip() == f"wrote {tarball}", err
+    code, out, err = _cli("pack", skewed_artifact.root, tarball)
+    assert code == 0 and out.strip() == f"wrote {tarball} (in place of the older archive there)", err
+    with artifact.opened(tarball) as packed:
+        assert packed.digest == skewed_artifact.digest
+    before = tarball.read_bytes()
+    model = artifact_copy / artifact.MODEL_FILE
+    model.write_bytes(model.read_bytes()[:-1] + b"\x01")
+    code, _, err = _cli("pack", artifact_copy, tarball)  # refused: the older archive stays as it was
+    _assert_one_line_error(code, err, "does not match its sha256")
+    assert tarball.read_bytes() == before
+
+    theirs = tmp_path / "backup.tar.gz"
+    with tarfile.open(theirs, "w:gz") as archive:
+        archive.add(model, arcname="notes.txt")
+    kept = theirs.read_bytes()
+    code, _, err = _cli("pack", skewed_artifact.root, theirs)
+    _assert_one_line_error(
+        code, err, "backup.tar.gz exists and is not an artifact archive; refusing to replace it"
+    )
+    assert theirs.read_bytes() == kept
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["artifact", "backup.tar.gz", "digits.tar.gz"]
 
 
 def test_pack_refuses_a_name_that_verify_and_serve_would_not_take_for_an_archive(

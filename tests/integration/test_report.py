@@ -80,7 +80,7 @@ def test_markup_in_any_string_of_the_manifest_is_shown_as_text(
     assert "<q-injected>" not in page
     shown = page.count("&quot;&#x27;&gt;&lt;q-injected&gt;")
     assert shown >= 30, shown  # and the marked fields are there, as text
-    metric = "&quot;&#x27;&gt;&lt;q-injected&gt;top1_accuracy"
+    metric = "&quot;&#x27;&gt;&lt;q-injected&gt;top1_<wbr>accuracy"
     assert f"<th>{metric}</th>" in page  # escaped once: the trials' header read &amp;quot;...
 
 
@@ -354,3 +354,35 @@ def test_the_ranges_name_tensors_as_the_fp32_model_does() -> None:
         "<td>-</td>"
     )
     assert 'alt="activation ranges' in page
+
+
+def test_every_table_scrolls_sideways_within_the_page(good_artifact: artifact.Artifact) -> None:
+    """At 800 px the trials' table ran off the page's right edge, its last columns cut where no one
+    could scroll to them; a file's sha256 (64 characters, unbroken) still needs more than that."""
+    page = report.render(good_artifact)
+    assert page.count("<table>") >= 4
+    assert page.count('<div class="scroll"><table>') == page.count("<table>")
+    assert ".scroll{overflow-x:auto}" in page
+
+
+def test_the_trials_snake_case_words_may_break_at_their_underscores_and_copy_whole() -> None:
+    """unfused_in_float and top1_agreement, one line each, were the trials' widest columns: with them,
+    the ten columns did not fit 800 px."""
+    trial = {
+        "number": 0,
+        "stage": "unfused_in_float",
+        "excluded": [],
+        "quantized_nodes": 1,
+        "value": 1.0,
+        "passed": True,
+        "seconds": 1.0,
+        "metric": "top1_agreement",
+    }
+    page = report._trials([trial], {})
+    cells = re.findall(r"<t[hd][^>]*>(.*?)</t[hd]>", page)
+    assert "unfused_<wbr>in_<wbr>float" in cells
+    assert "top1_<wbr>agreement" in cells
+    assert {html.unescape(re.sub("<[^>]+>", "", cell)) for cell in cells} >= {
+        "unfused_in_float",
+        "top1_agreement",
+    }

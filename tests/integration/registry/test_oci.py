@@ -148,6 +148,45 @@ def test_a_tampered_layer_is_refused_and_nothing_is_left_on_disk(
         blob.write_bytes(original)
 
 
+def test_a_pull_replaces_an_older_artifact_in_one_rename_and_refuses_other_data(
+    registry: Registry, good_artifact: artifact.Artifact, skewed_artifact: artifact.Artifact, tmp_path: Path
+) -> None:
+    """`pull -o` refused any folder that existed, where `quantize -o` replaces an older artifact: a
+    revision pulled again to update it needed an rm -rf first. Other data stays refused, untouched,
+    and a pull that fails leaves the older artifact as it was."""
+    v1, v2 = registry.uri("quantship/replaced:v1"), registry.uri("quantship/replaced:v2")
+    oci.push(good_artifact.root, v1)
+    oci.push(skewed_artifact.root, v2)
+    out = tmp_path / "pulled"
+    first = CliRunner().invoke(main, ["pull", v1, "-o", str(out)])
+    assert first.exit_code == 0 and "in place of" not in first.stdout, first.stderr
+    second = CliRunner().invoke(main, ["pull", v2, "-o", str(out)])
+    assert second.exit_code == 0, second.stderr
+    assert f"into {out} (in place of the older artifact there):" in second.stdout
+    assert artifact.load_artifact(out).digest == skewed_artifact.digest
+    assert stat.S_IMODE(out.stat().st_mode) == 0o755
+
+    model_digest = "sha256:" + good_artifact.manifest["files"][artifact.MODEL_FILE]["sha256"]
+    blob = _blob_path(registry.root, model_digest)
+    original = blob.read_bytes()
+    blob.write_bytes(original[:-16] + bytes(16))
+    try:
+        with pytest.raises(oci.OciError, match="does not match its digest"):
+            oci.pull(v1, out)
+    finally:
+        blob.write_bytes(original)
+    assert artifact.load_artifact(out).digest == skewed_artifact.digest
+    assert [p.name for p in tmp_path.iterdir()] == ["pulled"]  # no staging, no artifact moved aside
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("a user's")
+    refused = CliRunner().invoke(main, ["pull", v1, "-o", str(mine)])
+    assert refused.exit_code == 3, refused.stderr
+    assert "mine exists and is not an artifact; refusing to replace it" in refused.stderr
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"]
+
+
 def test_the_cli_pushes_and_pulls(
     registry: Registry, good_artifact: artifact.Artifact, tmp_path: Path
 ) -> None:
@@ -272,8 +311,6 @@ def test_a_tarball_pushed_leaves_nothing_unpacked_and_pulls_back_readable_by_all
     assert _my_scratch() == before
     pulled = oci.pull(registry.uri("quantship/tarball:v1"), tmp_path / "pulled")
     assert stat.S_IMODE(pulled.root.stat().st_mode) == 0o755
-    with pytest.raises(oci.OciError, match="exists; pull into a new directory"):
-        oci.pull(registry.uri("quantship/tarball:v1"), tmp_path / "pulled")
 
 
 def test_a_push_killed_mid_way_is_swept_by_the_next_push(

@@ -246,3 +246,34 @@ def test_latencies_without_a_spike_keep_the_whole_axis() -> None:
     reporting.pyplot().close(fig)
 
     assert top >= max(calm) and not marks and label == "latency (ms)"
+
+
+def test_a_number_in_the_log_and_the_drift_loop_stays_on_one_line_with_its_unit() -> None:
+    """The log's narrow "at" column wrapped 14.6 s as "14.6" over "s"."""
+    promoted = RolloutStatus(phase=Phase.PROMOTED, stable="v2", message="v2 serves all traffic")
+    records = [DecisionRecord(14.6, "v2", Decision(Action.PROMOTE, promoted, "v2 serves all traffic"))]
+    (logged,) = [row for row in rows(demo_report._log(_timeline(records))) if row]
+    assert logged[0] == "14.6\N{NO-BREAK SPACE}s"
+
+    loop = DriftLoop(revision="v2", scale=2.0, calm=0.005, drifted=0.125, rose_in=2.0, captured=1113)
+    values = dict(_facts(demo_report._drift_loop(loop)))
+    assert values["drift alert threshold"] == "0.05\N{NO-BREAK SPACE}bits"
+    assert values["drift once drifted"] == "0.125\N{NO-BREAK SPACE}bits"
+    assert values["rose over the threshold in"] == "2\N{NO-BREAK SPACE}s"
+    assert values["capture recalibrated from"] == "1113\N{NO-BREAK SPACE}rows"
+
+
+def test_the_drift_loop_table_names_each_row_and_has_no_empty_header_row() -> None:
+    """Its header row was two empty cells, drawn as a blank shaded bar above the table."""
+    table = demo_report._drift_loop(DriftLoop(revision="v2", scale=2.0))
+    every_row = re.findall(r"<tr>(.*?)</tr>", table, re.S)
+    assert len(_facts(table)) == len(every_row) == 10  # each row a name and its value, no other row
+    assert ("stable whose traffic drifted", "v2") in _facts(table)
+
+
+def _facts(table: str) -> list[tuple[str, str]]:
+    """The rows of a table of named values: a header cell, then a value cell."""
+    return [
+        (html.unescape(name), html.unescape(re.sub("<[^>]+>", "", value)))
+        for name, value in re.findall(r"<tr><th>(.+?)</th><td[^>]*>(.*?)</td></tr>", table, re.S)
+    ]

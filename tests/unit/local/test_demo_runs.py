@@ -3,6 +3,7 @@ where it shows its progress (a live view only where one can draw), and what its 
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 from pathlib import Path
@@ -144,3 +145,16 @@ def test_the_closing_tables_read_whole_at_80_columns() -> None:
     assert all(
         f" {word} " in shown for word in ("v3-int8-skewed", "RolledBack", "v4-int8-recal", "1634 rows")
     ), shown
+
+
+def test_building_the_artifacts_prints_the_quantizers_warnings_above_its_bars(tmp_path: Path) -> None:
+    """The skewed artifact's clip prediction (its canary will roll back) was in its report only; the
+    CLI's quantize prints it on stderr above the bars, and so does the demo now."""
+    terminal = io.StringIO()
+    with contextlib.redirect_stderr(terminal):  # where the bars draw (quantize.default_progress)
+        _, revisions = demo.build_artifacts(tmp_path, Console(file=io.StringIO()))
+
+    skewed = artifact.load_artifact(next(r.artifact for r in revisions if r.name == "v3-int8-skewed"))
+    clip = next(w for w in skewed.manifest["warnings"] if "spec.slos.maxClipRate" in w)
+    shown = " ".join(terminal.getvalue().split())  # a terminal's line breaks, undone
+    assert f"warning: {' '.join(clip.split())}" in shown
