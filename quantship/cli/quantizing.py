@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import click
 from click.core import ParameterSource
@@ -19,9 +18,6 @@ from quantship.cli.options import FINITE, REPLACES, FiniteRange, choice
 from quantship.cli.output import stderr, stdout
 from quantship.quantize import config as q_config
 from quantship.quantize.evaluate import Metric
-
-if TYPE_CHECKING:
-    pass
 
 _QUANTIZE = q_config.QuantizeConfig()
 """`quantship quantize`'s defaults are the config's: written once, there."""
