@@ -105,6 +105,27 @@ def test_transformers_also_try_dynamic_and_matmul_const_b_only_and_cnns_do_not()
     assert sum(r.mode is Mode.DYNAMIC for r in transformer) == 2
 
 
+def test_a_transformer_with_an_mlp_tries_static_matmuls_only_within_stage_one() -> None:
+    """all-MiniLM-L6-v2: static INT8 of every op agreed with FP32 on no row, per-tensor or per-channel;
+    MatMuls-only passes. Its FFN down-projections run in float, so dynamic, faster, comes first."""
+    with_mlp = replace(TRANSFORMER, has_mlp_activation_reader=True)
+    labels = [r.label() for r in tuner.stage_one(BASE, with_mlp)]
+    assert labels[:3] == [
+        "static U8S8 minmax per-tensor",
+        "static U8S8 minmax per-channel",
+        "dynamic int8 weights per-tensor",
+    ]
+    assert "static U8S8 minmax MatMuls-only per-tensor" in labels  # one knob from the base
+    trials, _ = _tune(BASE, lambda config, excluded: 1.0 if config.matmuls_only else 0.0, with_mlp)
+    assert trials[-1].config.label() == "static U8S8 minmax MatMuls-only per-tensor" and trials[-1].passed
+    assert not any(t.passed for t in trials[:-1])
+    # Nothing changes for a model without an MLP's activation, a CNN, or without calibration data.
+    for traits in (TRANSFORMER, replace(CNN, has_mlp_activation_reader=True)):
+        assert not any(r.matmuls_only for r in tuner.recipes(BASE, traits))
+    dynamic = tuner.recipes(replace(BASE, mode=Mode.DYNAMIC), replace(with_mlp, can_calibrate=False))
+    assert not any(r.matmuls_only for r in dynamic)
+
+
 def test_without_calibration_data_only_dynamic_recipes_remain() -> None:
     base = replace(BASE, mode=Mode.DYNAMIC)
     recipes = tuner.recipes(base, replace(TRANSFORMER, can_calibrate=False))
@@ -340,6 +361,18 @@ def test_the_advice_suggests_only_what_applies_to_the_mode_the_task_and_the_data
     said = tuner.advice(dynamic, uncalibrated, Task.REGRESSION)
     assert "static quantization with representative --calibration data" in said
     assert said.endswith("a larger --max-trials, or quantization-aware training.")
+
+
+def test_the_advice_names_matmuls_only_where_a_transformers_static_trials_went_without_it() -> None:
+    """--strategy fallback, static, on all-MiniLM-L6-v2: cosine agreement 0, and the advice named more
+    calibration data, which no amount of fixes."""
+    with_mlp = replace(TRANSFORMER, has_mlp_activation_reader=True)
+    fallback = replace(BASE, strategy=Strategy.FALLBACK, max_trials=0)
+    static, _ = _tune(fallback, lambda config, excluded: 0.0, with_mlp)
+    assert "--matmuls-only" in tuner.advice(static, with_mlp, Task.EMBEDDING)
+    assert "--matmuls-only" not in tuner.advice(static, TRANSFORMER, Task.EMBEDDING)  # no MLP activation
+    tried, _ = _tune(replace(fallback, matmuls_only=True), lambda config, excluded: 0.0, with_mlp)
+    assert "--matmuls-only" not in tuner.advice(tried, with_mlp, Task.EMBEDDING)
 
 
 def test_the_advice_names_the_calibration_method_every_trial_kept() -> None:
