@@ -5,13 +5,14 @@ passing trial (unless asked to keep going):
 
 1. **recipes** on the whole model: per-channel weights, the int8 kernel (where the CPU lacks
    VNNI: reduce_range or uint8 weights), activation type, calibration method, dynamic vs static
-   and MatMulConstBOnly for transformers, MatMuls-only for those with an MLP. Nearest recipes
-   first: one knob changed from the user's config, then two... and best-first: once a failed
-   trial other than the first comes closest to the gate, the recipes left are tried nearest to
-   it first (fewest knobs differing; ties in that order). On all-MiniLM-L6-v2 every static
+   and MatMulConstBOnly for transformers. Nearest recipes first: one knob changed from the
+   user's config, then two... and best-first: once a failed trial other than the first comes
+   closest to the gate, the recipes left are tried nearest to it first (fewest knobs differing;
+   ties in that order). On all-MiniLM-L6-v2 every static
    recipe of every op scored 0 and dynamic per-tensor 0.89: dynamic per-channel, one knob from
-   it, passed, but waited behind four static recipes (static MatMuls-only passes too, a row 1.8x
-   slower). A per-tensor CNN that falls off a cliff is usually one knob (per-channel) from passing;
+   it, passed, but waited behind four static recipes. A per-tensor CNN that falls off a cliff is
+   usually one knob (per-channel) from passing. Where none passes on a transformer with an MLP,
+   the closest static recipe with MatMuls-only (`_matmuls_only_for`) is one more;
 2. **op-type fallback** on the recipe that came closest: every node of one op type in float;
 3. **node-wise fallback** on that recipe: the most sensitive nodes in float one at a time, then
    cumulatively in the order the single trials measured.
@@ -163,11 +164,6 @@ def recipes(base: QuantizeConfig, traits: ModelTraits) -> list[QuantizeConfig]:
     )
     if traits.has_activation_matmul:
         axes.append(_values("matmul_const_b_only", [base.matmul_const_b_only, not base.matmul_const_b_only]))
-    if traits.transformer_like and traits.has_mlp_activation_reader and traits.can_calibrate:
-        # Last: where a BERT's static INT8 of every op fails on its outlier channels, this static
-        # recipe passes (config.matmuls_only), but its FFN down-projections run in float: dynamic
-        # per-channel all-MiniLM-L6-v2 passed as closely, 1.8x faster a row and 22 MB against 33.
-        axes.append(_values("matmuls_only", [base.matmuls_only, not base.matmuls_only]))
 
     ranked: list[tuple[tuple[int, tuple[int, ...]], QuantizeConfig]] = []
     seen: set[str] = set()
@@ -299,6 +295,10 @@ def tune(
             remaining.sort(key=lambda c: (_knob_distance(nearest.config, c), candidates.index(c)))
     if any(t.passed for t in trials):
         return trials
+    if (matmuls_only := _matmuls_only_for(trials, traits)) is not None:
+        trial = run(Stage.RECIPE, matmuls_only, ())
+        if trial is None or trial.passed:
+            return trials
 
     closest = _closest(trials).config
     groups = op_type_groups(closest)
@@ -314,6 +314,21 @@ def tune(
 
     _node_search(closest, sensitivity_ranking(closest), run, budget - len(trials))
     return trials
+
+
+def _matmuls_only_for(trials: Sequence[Trial], traits: ModelTraits) -> QuantizeConfig | None:
+    """The static recipe closest to the gate with MatMuls-only (config.matmuls_only), for a
+    transformer with an MLP whose static recipes all failed without it; None otherwise. Not a
+    recipe of stage 1: it runs 6 of all-MiniLM-L6-v2's 36 weight MatMuls in float, and dynamic
+    per-channel passes as closely, 1.8x faster a row and 22 MB against 33; where the static
+    recipes of every op fail on a BERT's outlier channels (all-MiniLM-L6-v2: cosine agreement 0), it
+    is the static recipe that passes, before any fallback stage."""
+    static = [t for t in trials if t.config.mode is Mode.STATIC]
+    if not traits.transformer_like or not traits.has_mlp_activation_reader or not static:
+        return None
+    if any(t.config.matmuls_only for t in static):
+        return None
+    return replace(_closest(static).config, matmuls_only=True)
 
 
 def _node_search(
