@@ -151,6 +151,13 @@ _QUANTIZE = q_config.QuantizeConfig()
     "QOperator's graph optimizations may still fuse some).",
 )
 @click.option(
+    "--matmuls-only/--no-matmuls-only",
+    default=_QUANTIZE.matmuls_only,
+    show_default=True,
+    help="Static: quantize only MatMuls and Gemms, less those reading an MLP's GELU or SiLU, leaving "
+    "the residual stream, LayerNorm, Softmax and GELU in float (a BERT's outlier channels).",
+)
+@click.option(
     "--strategy",
     type=choice(q_config.Strategy),
     default=_QUANTIZE.strategy.value,
@@ -203,6 +210,7 @@ def quantize(
     min_cosine: float,
     mask_input: str | None,
     matmul_const_b_only: bool,
+    matmuls_only: bool,
     strategy: str,
     keep_going: bool,
     max_trials: int,
@@ -234,6 +242,7 @@ def quantize(
         min_cosine=min_cosine,
         mask_input=mask_input,
         matmul_const_b_only=matmul_const_b_only,
+        matmuls_only=matmuls_only,
         strategy=q.Strategy(strategy),
         keep_going=keep_going,
         max_trials=max_trials,
@@ -271,6 +280,7 @@ _OPTION_OF_FIELD = {
     "num_bins": "num_bins",
     "batch_size": "batch_size",
     "matmul_const_b_only": "matmul_const_b_only",
+    "matmuls_only": "matmuls_only",
 }
 """quantize's parameter for each config field a recipe may leave unread."""
 

@@ -88,6 +88,11 @@ def quantize_schema() -> dict[str, Any]:
                 "description": "--matmul-const-b-only (true) or --no-matmul-const-b-only (false): static "
                 "mode quantizes only MatMuls by a weight.",
             },
+            "matmulsOnly": {
+                "type": "boolean",
+                "description": "--matmuls-only (true) or --no-matmuls-only (false): static mode quantizes "
+                "only MatMuls and Gemms, less those reading an MLP's GELU or SiLU.",
+            },
             "task": _choice(choices.Task, "--task: what the gated output is. Unset: inferred from it."),
             "output": _name("--output: the model output the gate compares. Unset: the first."),
             "maskInput": _name(

@@ -72,6 +72,7 @@ OPTION_PAIRS = {
     "reduceRange": ("--reduce-range", "--no-reduce-range"),
     "preProcess": ("--pre-process", "--no-pre-process"),
     "matmulConstBOnly": ("--matmul-const-b-only", "--no-matmul-const-b-only"),
+    "matmulsOnly": ("--matmuls-only", "--no-matmuls-only"),
 }
 """Options whose true and false are each a flag: unset keeps quantize's default (reduceRange's
 depends on the Job's CPU)."""

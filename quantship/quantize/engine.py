@@ -35,6 +35,7 @@ from quantship.quantize.constants import graph_constants
 from quantship.quantize.engine_graph import (
     DATA_MOVERS,
     DATA_OPERANDS,
+    FOLLOWER_OPS,
     GEMM_AS_MATMUL,
     QUANTIZABLE_OPS,
     constant_behind,
@@ -66,8 +67,13 @@ def quantize(
         )
         return
     chosen = format or config.format
-    # Mode is static here: MatMulConstBOnly is all that decides.
-    in_float = activation_matmuls(onnx.load(str(model_path))) if config.matmul_const_b_only else []
+    # Mode is static here: the recipe's own options are all that decide.
+    fp32 = onnx.load(str(model_path)) if config.matmul_const_b_only or config.matmuls_only else None
+    in_float = (
+        [*const_b_exclusions(fp32, config), *matmuls_only_exclusions(fp32, config)]
+        if fp32 is not None
+        else []
+    )
     quantize_static(
         model_path,
         out_path,
@@ -110,6 +116,72 @@ def const_b_exclusions(model: onnx.ModelProto, config: QuantizeConfig) -> list[s
     if config.mode is not Mode.STATIC or not config.matmul_const_b_only:
         return []
     return activation_matmuls(model)
+
+
+MLP_ACTIVATIONS = frozenset({"Erf", "Tanh", "Sigmoid", "Gelu", "FastGelu", "BiasGelu", "QuickGelu"})
+"""What a transformer's MLP computes its activation with: GELU's Erf or Tanh, SiLU's Sigmoid, or one
+fused op. Their output, the FFN's down-projection's input, sits near 0 with a few channels far
+larger (all-MiniLM-L6-v2: 24.6 in one of 1536 channels, whose median reaches 1.1)."""
+
+MLP_ACTIVATION_TAIL = frozenset({"Mul", "Add", "Div", "Sub"})
+"""The ops after an MLP_ACTIVATIONS op that finish the activation: `x * 0.5 * (1 + erf(x / sqrt 2))`."""
+MLP_ACTIVATION_HOPS = 3
+"""How many MLP_ACTIVATION_TAIL or DATA_MOVERS ops may stand between the activation op and the
+MatMul that reads it (the exported Erf GELU: Add, Mul, Mul)."""
+
+
+def mlp_activation_readers(model: onnx.ModelProto) -> list[str]:
+    """The MatMuls and Gemms by a constant that read an MLP's activation (MLP_ACTIVATIONS, through at
+    most MLP_ACTIVATION_HOPS ops of its tail or DATA_MOVERS): the FFN's down-projection. In graph
+    order."""
+    constants = graph_constants(model)
+    producers = {out: node for node in model.graph.node for out in node.output}
+
+    def after_activation(tensor: str) -> bool:
+        frontier, seen = [(producers.get(tensor), 0)], set[str]()
+        while frontier:
+            node, depth = frontier.pop()
+            if node is None or node.name in seen:
+                continue
+            seen.add(node.name)
+            if node.op_type in MLP_ACTIVATIONS:
+                return True
+            if depth < MLP_ACTIVATION_HOPS and node.op_type in MLP_ACTIVATION_TAIL | DATA_MOVERS:
+                frontier += [(producers.get(name), depth + 1) for name in node.input if name not in constants]
+        return False
+
+    return [
+        node.name
+        for node in model.graph.node
+        if node.op_type in ("MatMul", "Gemm")
+        and len(node.input) > 1
+        and constant_behind(node.input[1], constants, producers) is not None
+        and after_activation(node.input[0])
+    ]
+
+
+MATMULS_ONLY_OPS = frozenset({"MatMul", "Gemm", "Gather"})
+"""What MatMuls-only quantizes: the MatMuls and Gemms, and the Gather of an embedding table, a
+weight looked up (quantized, all-MiniLM-L6-v2 is 33 MB, not 69, and as close to FP32)."""
+
+
+def matmuls_only_exclusions(model: onnx.ModelProto, config: QuantizeConfig) -> list[str]:
+    """What `matmuls_only` keeps in float in `model`, in static mode: every node of an op onnxruntime
+    quantizes on its own (FOLLOWER_OPS follow their input as they are) but MATMULS_ONLY_OPS, and
+    the readers of an MLP's activation (`mlp_activation_readers`). In graph order."""
+    if config.mode is not Mode.STATIC or not config.matmuls_only:
+        return []
+    readers = set(mlp_activation_readers(model))
+    return [
+        node.name
+        for node in model.graph.node
+        if node.name in readers
+        or (
+            node.op_type in QUANTIZABLE_OPS
+            and node.op_type not in FOLLOWER_OPS
+            and node.op_type not in MATMULS_ONLY_OPS
+        )
+    ]
 
 
 def _read_float_operands(model: onnx.ModelProto, nodes: Collection[str]) -> None:
@@ -226,7 +298,15 @@ def _marked_for_qdq(model: onnx.ModelProto, config: QuantizeConfig) -> list[str]
         config.ort_activation_type,
         _placeholder_ranges(model, config),
         [],
-        list(dict.fromkeys((*config.excluded_nodes, *const_b_exclusions(model, config)))),
+        list(
+            dict.fromkeys(
+                (
+                    *config.excluded_nodes,
+                    *const_b_exclusions(model, config),
+                    *matmuls_only_exclusions(model, config),
+                )
+            )
+        ),
         QUANTIZABLE_OPS,
         config.extra_options(),
     )

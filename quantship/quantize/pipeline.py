@@ -362,10 +362,12 @@ def _check_manifest_fits(
     recipes = tuner.stage_one(config, traits)
     if any(recipe.mode is Mode.DYNAMIC for recipe in recipes):
         return
-    # Only the format and onnxruntime's extra options change which tensors get a range.
+    # Only the format, onnxruntime's extra options and MatMuls-only change which tensors get a range.
     excluded = tuple(dict.fromkeys((*config.excluded_nodes, *kept)))
     alike = {
-        (recipe.format, repr(recipe.extra_options())): replace(recipe, excluded_nodes=excluded)
+        (recipe.format, repr(recipe.extra_options()), recipe.matmuls_only): replace(
+            recipe, excluded_nodes=excluded
+        )
         for recipe in recipes
     }
     try:

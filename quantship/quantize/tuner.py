@@ -8,9 +8,11 @@ passing trial (unless asked to keep going):
    and MatMulConstBOnly for transformers. Nearest recipes first: one knob changed from the
    user's config, then two... and best-first: once a failed trial other than the first comes
    closest to the gate, the recipes left are tried nearest to it first (fewest knobs differing;
-   ties in that order). On all-MiniLM-L6-v2 every static recipe scored 0 and dynamic per-tensor
-   0.89: dynamic per-channel, one knob from it, passed, but waited behind four static recipes.
-   A per-tensor CNN that falls off a cliff is usually one knob (per-channel) from passing;
+   ties in that order). On all-MiniLM-L6-v2 every static
+   recipe of every op scored 0 and dynamic per-tensor 0.89: dynamic per-channel, one knob from
+   it, passed, but waited behind four static recipes. A per-tensor CNN that falls off a cliff is
+   usually one knob (per-channel) from passing. Where none passes on a transformer with an MLP,
+   the closest static recipe with MatMuls-only (`_matmuls_only_for`) is one more;
 2. **op-type fallback** on the recipe that came closest: every node of one op type in float;
 3. **node-wise fallback** on that recipe: the most sensitive nodes in float one at a time, then
    cumulatively in the order the single trials measured.
@@ -100,6 +102,7 @@ class Trial:
                     "calibration",
                     "reduce_range",
                     "matmul_const_b_only",
+                    "matmuls_only",
                 )
             },
             "excluded": list(self.excluded),
@@ -130,6 +133,9 @@ class ModelTraits:
     """Calibration data was given: static recipes are possible."""
     lacks_vnni: bool
     """x86 without VNNI: the choice of int8 kernel is a knob of its own (`_kernels`)."""
+    has_mlp_activation_reader: bool = False
+    """A MatMul by a weight that reads an MLP's GELU or SiLU (engine.mlp_activation_readers): a
+    transformer whose static INT8 may need MatMuls-only."""
 
     @property
     def transformer_like(self) -> bool:
@@ -244,6 +250,7 @@ def _knobs(config: QuantizeConfig) -> tuple[Any, ...]:
         config.activation_type if static else None,
         config.calibration if static else None,
         config.matmul_const_b_only if static else None,
+        config.matmuls_only if static else None,
     )
 
 
@@ -288,6 +295,10 @@ def tune(
             remaining.sort(key=lambda c: (_knob_distance(nearest.config, c), candidates.index(c)))
     if any(t.passed for t in trials):
         return trials
+    if (matmuls_only := _matmuls_only_for(trials, traits)) is not None:
+        trial = run(Stage.RECIPE, matmuls_only, ())
+        if trial is None or trial.passed:
+            return trials
 
     closest = _closest(trials).config
     groups = op_type_groups(closest)
@@ -303,6 +314,21 @@ def tune(
 
     _node_search(closest, sensitivity_ranking(closest), run, budget - len(trials))
     return trials
+
+
+def _matmuls_only_for(trials: Sequence[Trial], traits: ModelTraits) -> QuantizeConfig | None:
+    """The static recipe closest to the gate with MatMuls-only (config.matmuls_only), for a
+    transformer with an MLP whose static recipes all failed without it; None otherwise. Not a
+    recipe of stage 1: it runs 6 of all-MiniLM-L6-v2's 36 weight MatMuls in float, and dynamic
+    per-channel passes as closely, 1.8x faster a row and 22 MB against 33; where the static
+    recipes of every op fail on a BERT's outlier channels (all-MiniLM-L6-v2: cosine agreement 0), it
+    is the static recipe that passes, before any fallback stage."""
+    static = [t for t in trials if t.config.mode is Mode.STATIC]
+    if not traits.transformer_like or not traits.has_mlp_activation_reader or not static:
+        return None
+    if any(t.config.matmuls_only for t in static):
+        return None
+    return replace(_closest(static).config, matmuls_only=True)
 
 
 def _node_search(
@@ -480,7 +506,13 @@ def _next_steps(closest: Trial, trials: list[Trial], traits: ModelTraits, task: 
     methods = {t.config.calibration for t in trials if t.config.mode is Mode.STATIC}
     if len(methods) == 1 and (method := methods.pop()) is not Calibration.MINMAX:
         steps.append(f"another --calibration-method (every static trial calibrated with {method.value})")
-    if closest.config.mode is Mode.STATIC or any(t.config.mode is Mode.STATIC for t in trials):
+    static = [t for t in trials if t.config.mode is Mode.STATIC]
+    if traits.has_mlp_activation_reader and static and not any(t.config.matmuls_only for t in static):
+        steps.append(
+            "--matmuls-only (a transformer's residual stream and GELU outputs carry outlier channels "
+            "that one INT8 scale cannot; static all-MiniLM-L6-v2 passes with it)"
+        )
+    if closest.config.mode is Mode.STATIC or static:
         steps.append("more or more representative calibration data")
     elif traits.can_calibrate:
         steps.append("static quantization (--mode static) on the calibration data given")

@@ -216,7 +216,8 @@ class Workbench:
         output clamped (outputs.folded_into_outputs). Found by `config`'s calibrated ranges: the
         nodes around a sentinel past ranges.UNQUANTIZABLE_MAGNITUDE and an additive mask's path
         (ranges.MASK_RATIO). Found by the recipe: MatMulConstBOnly's activation MatMuls
-        (engine.const_b_exclusions), which the manifest then lists. Static recipes only: dynamic
+        (engine.const_b_exclusions), MatMuls-only's other ops and MLP-activation readers
+        (engine.matmuls_only_exclusions), which the manifest then lists. Static recipes only: dynamic
         quantization has no ranges to fold or to lose the data in. The trials' excluded nodes (and so
         the manifest's excluded_nodes), their quantized counts and the fallback stages' candidates
         all read this."""
@@ -233,6 +234,9 @@ class Workbench:
         const_b = engine.const_b_exclusions(self.prepared_model, config)
         wanted = [name for name in const_b if name not in kept and name not in self.config.excluded_nodes]
         kept.update(dict.fromkeys(wanted, "MatMulConstBOnly: a MatMul of two activations"))
+        only = engine.matmuls_only_exclusions(self.prepared_model, config)
+        wanted = [name for name in only if name not in kept and name not in self.config.excluded_nodes]
+        kept.update(dict.fromkeys(wanted, "MatMuls-only: no MatMul, or one reading an MLP's activation"))
         return kept
 
     def kept_before_calibrating(self) -> tuple[str, ...]:
@@ -465,6 +469,7 @@ def traits(model: onnx.ModelProto, can_calibrate: bool, hardware: runtime.Hardwa
         has_conv=any(node.op_type == "Conv" for node in model.graph.node),
         has_matmul=bool(matmuls) or any(node.op_type == "Gemm" for node in model.graph.node),
         has_activation_matmul=any(len(node.input) > 1 and node.input[1] not in fixed for node in matmuls),
+        has_mlp_activation_reader=bool(engine.mlp_activation_readers(model)),
         can_calibrate=can_calibrate,
         lacks_vnni=is_x86 and not hardware.has_vnni,
     )

@@ -105,6 +105,33 @@ def test_transformers_also_try_dynamic_and_matmul_const_b_only_and_cnns_do_not()
     assert sum(r.mode is Mode.DYNAMIC for r in transformer) == 2
 
 
+def test_a_transformer_with_an_mlp_tries_static_matmuls_only_once_no_recipe_passes() -> None:
+    """all-MiniLM-L6-v2: static INT8 of every op agreed with FP32 on no row, per-tensor or per-channel;
+    MatMuls-only passes. Its FFN down-projections run in float and dynamic per-channel passes as
+    closely, faster: not a recipe of stage 1 (it took dynamic per-channel's place there, and the
+    README command ended on it after 8 trials, 3:12, where it had taken 4), but the next trial once
+    none passed, on the closest static recipe, before the fallback stages."""
+    with_mlp = replace(TRANSFORMER, has_mlp_activation_reader=True)
+    assert tuner.stage_one(BASE, with_mlp) == tuner.stage_one(BASE, TRANSFORMER)
+    assert not any(r.matmuls_only for r in tuner.recipes(BASE, with_mlp))
+
+    def score(config: QuantizeConfig, excluded: tuple[str, ...]) -> float:
+        return 1.0 if config.matmuls_only else 0.5 if config.per_channel else 0.0
+
+    base = replace(BASE, max_trials=7)
+    trials, _ = _tune(base, score, with_mlp)
+    recipes = [t for t in trials if t.stage is tuner.Stage.RECIPE]
+    assert len(recipes) == 5 and not any(t.passed for t in recipes[:4])
+    assert recipes[-1].config == replace(base, per_channel=True, matmuls_only=True)  # the closest static
+    assert recipes[-1].passed and trials[-1] is recipes[-1]
+    # Not where a recipe passes, nor for a model without an MLP's activation or a CNN.
+    passing, _ = _tune(BASE, lambda config, excluded: float(config.mode is Mode.DYNAMIC), with_mlp)
+    assert not any(t.config.matmuls_only for t in passing)
+    for traits in (TRANSFORMER, replace(CNN, has_mlp_activation_reader=True)):
+        others, _ = _tune(base, score, traits)
+        assert not any(t.config.matmuls_only for t in others)
+
+
 def test_without_calibration_data_only_dynamic_recipes_remain() -> None:
     base = replace(BASE, mode=Mode.DYNAMIC)
     recipes = tuner.recipes(base, replace(TRANSFORMER, can_calibrate=False))
@@ -340,6 +367,18 @@ def test_the_advice_suggests_only_what_applies_to_the_mode_the_task_and_the_data
     said = tuner.advice(dynamic, uncalibrated, Task.REGRESSION)
     assert "static quantization with representative --calibration data" in said
     assert said.endswith("a larger --max-trials, or quantization-aware training.")
+
+
+def test_the_advice_names_matmuls_only_where_a_transformers_static_trials_went_without_it() -> None:
+    """--strategy fallback, static, on all-MiniLM-L6-v2: cosine agreement 0, and the advice named more
+    calibration data, which no amount of fixes."""
+    with_mlp = replace(TRANSFORMER, has_mlp_activation_reader=True)
+    fallback = replace(BASE, strategy=Strategy.FALLBACK, max_trials=0)
+    static, _ = _tune(fallback, lambda config, excluded: 0.0, with_mlp)
+    assert "--matmuls-only" in tuner.advice(static, with_mlp, Task.EMBEDDING)
+    assert "--matmuls-only" not in tuner.advice(static, TRANSFORMER, Task.EMBEDDING)  # no MLP activation
+    tried, _ = _tune(replace(fallback, matmuls_only=True), lambda config, excluded: 0.0, with_mlp)
+    assert "--matmuls-only" not in tuner.advice(tried, with_mlp, Task.EMBEDDING)
 
 
 def test_the_advice_names_the_calibration_method_every_trial_kept() -> None:

@@ -223,6 +223,7 @@ EVERY_OPTION = {
     "batchSize": 4,
     "preProcess": False,
     "matmulConstBOnly": True,
+    "matmulsOnly": True,
     "task": "embedding",
     "output": "--sign-key",  # a name click must read as the value, not as a flag
     "maskInput": "attention_mask",
@@ -273,6 +274,7 @@ def test_every_option_reaches_the_quantize_parameter_it_names_and_every_other_pa
         "batch_size": 4,
         "pre_process": False,
         "matmul_const_b_only": True,
+        "matmuls_only": True,
         "task": "embedding",
         "output_name": "--sign-key",
         "mask_input": "attention_mask",
