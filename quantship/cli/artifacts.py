@@ -10,19 +10,13 @@ import click
 
 from quantship import artifact, artifact_keys, scratch
 from quantship.cli.errors import ExitCode, Refused, user_errors
-from quantship.cli.options import REPLACES
+from quantship.cli.options import artifact_out
 from quantship.cli.output import signature_in_words
 
 
 @click.command()
 @click.argument("model", type=click.Path(path_type=Path))
-@click.option(
-    "-o",
-    "--out",
-    required=True,
-    type=click.Path(path_type=Path),
-    help=f"Artifact directory to write; {REPLACES}.",
-)
+@artifact_out
 @click.option("--sign-key", type=click.Path(path_type=Path), help="ed25519 private key (PEM) to sign with.")
 @user_errors
 def package(model: Path, out: Path, sign_key: Path | None) -> None:

@@ -1,13 +1,14 @@
 """Option types and options more than one command takes: finite floats (`FINITE`, `FiniteRange`:
 every float option takes one), an enum's values (`choice`), the options the user set (`given`),
-curl's --speed-limit/--speed-time (`speed_options`, `speed_limit_of`), and what an -o that names an
-artifact replaces (`REPLACES`)."""
+curl's --speed-limit/--speed-time (`speed_options`, `speed_limit_of`), and the -o that names an
+artifact directory to write (`artifact_out`) with what it replaces (`REPLACES`)."""
 
 from __future__ import annotations
 
 import enum
 import math
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
@@ -18,6 +19,15 @@ REPLACES = "an older artifact there is replaced in one rename, never half-writte
 """What `quantize -o`, `package -o` and `pull -o` do with what is there (and `pack` with an older
 archive): write over their own earlier output, as `tar -czf` and `docker save -o` do, but never over
 a user's other data."""
+
+artifact_out = click.option(
+    "-o",
+    "--out",
+    required=True,
+    type=click.Path(path_type=Path),
+    help=f"Artifact directory to write; {REPLACES}.",
+)
+"""`quantize`'s, `package`'s and `pull`'s -o (each use makes its own click Option)."""
 
 
 class _FiniteFloat(click.ParamType):

@@ -14,7 +14,7 @@ from quantship import artifact_keys
 from quantship.agreement import Task
 from quantship.choices import MAX_NUM_BINS
 from quantship.cli.errors import BadUsage, user_errors
-from quantship.cli.options import FINITE, REPLACES, FiniteRange, choice
+from quantship.cli.options import FINITE, FiniteRange, artifact_out, choice
 from quantship.cli.output import stderr, stdout
 from quantship.quantize import config as q_config
 from quantship.quantize.evaluate import Metric
@@ -25,13 +25,7 @@ _QUANTIZE = q_config.QuantizeConfig()
 
 @click.command()
 @click.argument("model", type=click.Path(path_type=Path))
-@click.option(
-    "-o",
-    "--out",
-    required=True,
-    type=click.Path(path_type=Path),
-    help=f"Artifact directory to write; {REPLACES}.",
-)
+@artifact_out
 @click.option(
     "--calibration", type=click.Path(path_type=Path), help=".npz keyed by input name, or a folder of .npy."
 )

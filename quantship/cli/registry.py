@@ -11,7 +11,7 @@ import click
 
 from quantship import artifact_keys
 from quantship.cli.errors import Refused, user_errors
-from quantship.cli.options import REPLACES, speed_limit_of, speed_options
+from quantship.cli.options import artifact_out, speed_limit_of, speed_options
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -85,13 +85,7 @@ def push(
 
 @click.command()
 @click.argument("uri")
-@click.option(
-    "-o",
-    "--out",
-    required=True,
-    type=click.Path(path_type=Path),
-    help=f"Artifact directory to write; {REPLACES}.",
-)
+@artifact_out
 @click.option("--public-key", type=click.Path(path_type=Path), help="Require a valid ed25519 signature.")
 @_registry_options
 @user_errors
