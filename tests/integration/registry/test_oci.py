@@ -12,6 +12,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import ClassVar
 
@@ -136,14 +137,22 @@ def test_a_tampered_layer_is_refused_and_nothing_is_left_on_disk(
 ) -> None:
     uri = registry.uri("quantship/tampered:v1")
     oci.push(good_artifact.root, uri)
-    model_digest = "sha256:" + good_artifact.manifest["files"][artifact.MODEL_FILE]["sha256"]
-    blob = _blob_path(registry.root, model_digest)
+    with (
+        _tampered_model(registry, good_artifact),
+        pytest.raises(oci.OciError, match="does not match its digest"),
+    ):
+        oci.pull(uri, tmp_path / "a")
+    assert list(tmp_path.iterdir()) == []
+
+
+@contextlib.contextmanager
+def _tampered_model(registry: Registry, pushed: artifact.Artifact) -> Iterator[None]:
+    """The registry's copy of `pushed`'s model blob with its last 16 bytes zeroed, put back after."""
+    blob = _blob_path(registry.root, "sha256:" + pushed.manifest["files"][artifact.MODEL_FILE]["sha256"])
     original = blob.read_bytes()
     blob.write_bytes(original[:-16] + bytes(16))
     try:
-        with pytest.raises(oci.OciError, match="does not match its digest"):
-            oci.pull(uri, tmp_path / "a")
-        assert list(tmp_path.iterdir()) == []
+        yield
     finally:
         blob.write_bytes(original)
 
@@ -166,15 +175,11 @@ def test_a_pull_replaces_an_older_artifact_in_one_rename_and_refuses_other_data(
     assert artifact.load_artifact(out).digest == skewed_artifact.digest
     assert stat.S_IMODE(out.stat().st_mode) == 0o755
 
-    model_digest = "sha256:" + good_artifact.manifest["files"][artifact.MODEL_FILE]["sha256"]
-    blob = _blob_path(registry.root, model_digest)
-    original = blob.read_bytes()
-    blob.write_bytes(original[:-16] + bytes(16))
-    try:
-        with pytest.raises(oci.OciError, match="does not match its digest"):
-            oci.pull(v1, out)
-    finally:
-        blob.write_bytes(original)
+    with (
+        _tampered_model(registry, good_artifact),
+        pytest.raises(oci.OciError, match="does not match its digest"),
+    ):
+        oci.pull(v1, out)
     assert artifact.load_artifact(out).digest == skewed_artifact.digest
     assert [p.name for p in tmp_path.iterdir()] == ["pulled"]  # no staging, no artifact moved aside
 
