@@ -126,28 +126,31 @@ larger (all-MiniLM-L6-v2: 24.6 in one of 1536 channels, whose median reaches 1.1
 MLP_ACTIVATION_TAIL = frozenset({"Mul", "Add", "Div", "Sub"})
 """The ops after an MLP_ACTIVATIONS op that finish the activation: `x * 0.5 * (1 + erf(x / sqrt 2))`."""
 MLP_ACTIVATION_HOPS = 3
-"""How many MLP_ACTIVATION_TAIL or DATA_MOVERS ops may stand between the activation op and the
-MatMul that reads it (the exported Erf GELU: Add, Mul, Mul)."""
+"""How many MLP_ACTIVATION_TAIL ops may stand between the activation op and the MatMul that reads it
+(the exported Erf GELU: Add, Mul, Mul). DATA_MOVERS among them do not count: they change no value,
+and an Erf GELU flattened by a Reshape before its down-projection's Gemm was not found."""
 
 
 def mlp_activation_readers(model: onnx.ModelProto) -> list[str]:
     """The MatMuls and Gemms by a constant that read an MLP's activation (MLP_ACTIVATIONS, through at
-    most MLP_ACTIVATION_HOPS ops of its tail or DATA_MOVERS): the FFN's down-projection. In graph
-    order."""
+    most MLP_ACTIVATION_HOPS ops of its tail, and any DATA_MOVERS): the FFN's down-projection. In
+    graph order."""
     constants = graph_constants(model)
     producers = {out: node for node in model.graph.node for out in node.output}
 
     def after_activation(tensor: str) -> bool:
-        frontier, seen = [(producers.get(tensor), 0)], set[str]()
+        frontier, fewest = [(producers.get(tensor), 0)], dict[str, int]()
         while frontier:
-            node, depth = frontier.pop()
-            if node is None or node.name in seen:
-                continue
-            seen.add(node.name)
+            node, hops = frontier.pop()
+            if node is None or fewest.get(node.name, hops + 1) <= hops:
+                continue  # seen by a path of no more tail ops
+            fewest[node.name] = hops
             if node.op_type in MLP_ACTIVATIONS:
                 return True
-            if depth < MLP_ACTIVATION_HOPS and node.op_type in MLP_ACTIVATION_TAIL | DATA_MOVERS:
-                frontier += [(producers.get(name), depth + 1) for name in node.input if name not in constants]
+            if node.op_type in DATA_MOVERS:  # its data, not a Reshape's shape
+                frontier.append((producers.get(node.input[0]), hops))
+            elif node.op_type in MLP_ACTIVATION_TAIL and hops < MLP_ACTIVATION_HOPS:
+                frontier += [(producers.get(name), hops + 1) for name in node.input if name not in constants]
         return False
 
     return [

@@ -141,6 +141,12 @@ class ModelTraits:
     def transformer_like(self) -> bool:
         return self.has_matmul and not self.has_conv
 
+    @property
+    def may_need_matmuls_only(self) -> bool:
+        """A transformer with an MLP: MatMuls-only is for it alone (on a CNN it keeps every Conv in
+        float), in the trial after stage 1 and in the advice alike."""
+        return self.transformer_like and self.has_mlp_activation_reader
+
 
 def recipes(base: QuantizeConfig, traits: ModelTraits) -> list[QuantizeConfig]:
     """Whole-model configurations, `base` first, then by how many knobs differ from it. A base
@@ -324,7 +330,7 @@ def _matmuls_only_for(trials: Sequence[Trial], traits: ModelTraits) -> QuantizeC
     recipes of every op fail on a BERT's outlier channels (all-MiniLM-L6-v2: cosine agreement 0), it
     is the static recipe that passes, before any fallback stage."""
     static = [t for t in trials if t.config.mode is Mode.STATIC]
-    if not traits.transformer_like or not traits.has_mlp_activation_reader or not static:
+    if not traits.may_need_matmuls_only or not static:
         return None
     if any(t.config.matmuls_only for t in static):
         return None
@@ -507,7 +513,7 @@ def _next_steps(closest: Trial, trials: list[Trial], traits: ModelTraits, task: 
     if len(methods) == 1 and (method := methods.pop()) is not Calibration.MINMAX:
         steps.append(f"another --calibration-method (every static trial calibrated with {method.value})")
     static = [t for t in trials if t.config.mode is Mode.STATIC]
-    if traits.has_mlp_activation_reader and static and not any(t.config.matmuls_only for t in static):
+    if traits.may_need_matmuls_only and static and not any(t.config.matmuls_only for t in static):
         steps.append(
             "--matmuls-only (a transformer's residual stream and GELU outputs carry outlier channels "
             "that one INT8 scale cannot; static all-MiniLM-L6-v2 passes with it)"

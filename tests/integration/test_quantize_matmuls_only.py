@@ -126,6 +126,22 @@ def test_the_reader_of_an_mlps_gelu_or_silu_is_its_down_projection(activation) -
     assert engine.mlp_activation_readers(_block(activation)) == ["down"]
 
 
+def test_a_reader_behind_a_reshape_is_found_and_so_is_a_second_reader() -> None:
+    """An Erf GELU's tail (Add, Mul, Mul) took all 3 hops, and a Reshape flattening its output for
+    the down-projection's Gemm (as gpt2's Conv1D does) one more: no reader was found."""
+    model = _block()
+    model.graph.initializer.append(numpy_helper.from_array(np.array([-1, HIDDEN], np.int64), "flat"))
+    nodes = list(model.graph.node)
+    down = next(index for index, node in enumerate(nodes) if node.name == "down")
+    nodes[down].input[0] = "flattened"
+    nodes[down:down] = [helper.make_node("Reshape", ["activated", "flat"], ["flattened"], name="flatten")]
+    nodes.append(helper.make_node("MatMul", ["flattened", "w_down"], ["side"], name="side"))
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+
+    assert engine.mlp_activation_readers(model) == ["down", "side"]
+
+
 def test_a_relu_mlp_has_no_such_reader() -> None:
     """A ReLU's output has no long tail to one side of 0 that GELU's has: nothing is kept for it."""
     assert engine.mlp_activation_readers(_block(_relu)) == []

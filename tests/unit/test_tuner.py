@@ -377,6 +377,10 @@ def test_the_advice_names_matmuls_only_where_a_transformers_static_trials_went_w
     static, _ = _tune(fallback, lambda config, excluded: 0.0, with_mlp)
     assert "--matmuls-only" in tuner.advice(static, with_mlp, Task.EMBEDDING)
     assert "--matmuls-only" not in tuner.advice(static, TRANSFORMER, Task.EMBEDDING)  # no MLP activation
+    # A CNN whose head reads a SiLU through a Flatten: MatMuls-only would keep every Conv in float.
+    cnn = replace(CNN, has_mlp_activation_reader=True)
+    convolved, _ = _tune(fallback, lambda config, excluded: 0.0, cnn)
+    assert "--matmuls-only" not in tuner.advice(convolved, cnn, Task.CLASSIFICATION)
     tried, _ = _tune(replace(fallback, matmuls_only=True), lambda config, excluded: 0.0, with_mlp)
     assert "--matmuls-only" not in tuner.advice(tried, with_mlp, Task.EMBEDDING)
 
