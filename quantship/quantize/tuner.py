@@ -512,13 +512,12 @@ def _next_steps(closest: Trial, trials: list[Trial], traits: ModelTraits, task: 
     methods = {t.config.calibration for t in trials if t.config.mode is Mode.STATIC}
     if len(methods) == 1 and (method := methods.pop()) is not Calibration.MINMAX:
         steps.append(f"another --calibration-method (every static trial calibrated with {method.value})")
-    static = [t for t in trials if t.config.mode is Mode.STATIC]
-    if traits.may_need_matmuls_only and static and not any(t.config.matmuls_only for t in static):
+    if _matmuls_only_for(trials, traits) is not None:  # the trial it would have run did not
         steps.append(
             "--matmuls-only (a transformer's residual stream and GELU outputs carry outlier channels "
             "that one INT8 scale cannot; static all-MiniLM-L6-v2 passes with it)"
         )
-    if closest.config.mode is Mode.STATIC or static:
+    if closest.config.mode is Mode.STATIC or any(t.config.mode is Mode.STATIC for t in trials):
         steps.append("more or more representative calibration data")
     elif traits.can_calibrate:
         steps.append("static quantization (--mode static) on the calibration data given")
