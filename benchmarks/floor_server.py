@@ -31,6 +31,7 @@ from quantship import runtime
 from quantship.server import connections, protocol
 from quantship.server.grpc_server import SERVICE
 from quantship.server.grpc_v2 import inference_pb2 as pb
+from quantship.server.settings import ServerSettings
 
 BINARY_HEADER = protocol.HEADER_LENGTH.lower().encode()  # as ASGI gives header names
 MAX_MESSAGE = 64 << 20
@@ -144,7 +145,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads")
     parser.add_argument("--grpc-port", type=int, help="also serve gRPC ModelInfer on this port")
     args = parser.parse_args()
-    session = runtime.create_session(args.model, threads=args.threads)  # quantship's session options
+    # quantship's serving session options: what a server adds is the floor's difference, not onnxruntime's
+    spinning = ServerSettings.onnxruntime_spinning
+    session = runtime.create_session(args.model, threads=args.threads, spinning=spinning)
     uvicorn.run(app_for(session, args.grpc_port), host="127.0.0.1", port=args.port, log_level="warning",
                 access_log=False, loop="uvloop", http=connections.HttpProtocol)  # fmt: skip
 

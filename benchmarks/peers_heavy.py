@@ -8,7 +8,8 @@ tuner ships for this model (`quantize` with its defaults on the zoo's calibratio
 data: U8S8 per-channel QDQ on a VNNI CPU); peers serve its model.onnx. Every server and raw
 onnxruntime run 2 intra-op threads on both cores, the setting of issue 11's measurement; quantship
 keeps its default SLIs (shadow and clip at 5%, within --sli-cpu-budget). Raw onnxruntime is
-session.run on the same row in a loop: the ceiling. The figure that matters is the share of it.
+session.run on the same row in a loop, the better of its threads spinning (onnxruntime's default, the
+peers') and asleep (quantship's and the floor's): the ceiling. The figure that matters is the share of it.
 """
 
 from __future__ import annotations

@@ -30,25 +30,42 @@ CPU_PROVIDER = "CPUExecutionProvider"
 _INT8_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "asimddp", "i8mm")
 
 
+ALLOW_SPINNING = "session.intra_op.allow_spinning"
+"""onnxruntime's session config key: whether its intra-op pool's threads spin while they wait for work
+(its default, "1") or sleep ("0")."""
+
+
 def session_options(
-    *, threads: int | None = None, optimized_model_path: Path | None = None
+    *,
+    threads: int | None = None,
+    spinning: bool | None = None,
+    optimized_model_path: Path | None = None,
 ) -> ort.SessionOptions:
-    """Options for serving: every graph optimization on, so int8 kernels are fused as in production."""
+    """Options for serving: every graph optimization on, so int8 kernels are fused as in production.
+    `spinning` None keeps onnxruntime's own choice (its pool's threads spin)."""
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3  # onnxruntime's warnings go to stderr unformatted; errors still raise
     if threads:
         options.intra_op_num_threads = threads
+    if spinning is not None:
+        options.add_session_config_entry(ALLOW_SPINNING, "1" if spinning else "0")
     if optimized_model_path is not None:
         options.optimized_model_filepath = str(optimized_model_path)
     return options
 
 
 def create_session(
-    model: Path | bytes, *, providers: list[str] | None = None, threads: int | None = None
+    model: Path | bytes,
+    *,
+    providers: list[str] | None = None,
+    threads: int | None = None,
+    spinning: bool | None = None,
 ) -> ort.InferenceSession:
     return ort.InferenceSession(
-        _source(model), session_options(threads=threads), providers=providers or [CPU_PROVIDER]
+        _source(model),
+        session_options(threads=threads, spinning=spinning),
+        providers=providers or [CPU_PROVIDER],
     )
 
 

@@ -222,6 +222,13 @@ def _local_artifact(ctx: click.Context, param: click.Parameter, value: str) -> P
     "quota, the quota).",
 )
 @click.option(
+    "--onnxruntime-spinning/--no-onnxruntime-spinning",
+    default=_default(_SERVE, "onnxruntime_spinning"),
+    show_default=True,
+    help="onnxruntime's intra-op threads spin while they wait for work instead of sleeping: that may "
+    "save a wake-up on cores nothing else needs, and burns CPU that the server and the SLIs need.",
+)
+@click.option(
     "--capture-dir",
     type=click.Path(file_okay=False, path_type=Path),
     default=_default(_SERVE, "capture_dir"),
@@ -319,6 +326,7 @@ def serve_settings(
     idle_timeout_s: float,
     drain_timeout_s: float,
     threads: int | None,
+    onnxruntime_spinning: bool,
     capture_dir: Path | None,
     capture_max_samples: int,
     capture_max_bytes: int,
@@ -337,6 +345,7 @@ def serve_settings(
         reference=reference,
         public_key=public_key,
         threads=threads,
+        onnxruntime_spinning=onnxruntime_spinning,
         max_body_bytes=max_body_bytes,
         json_decode_budget_bytes=json_decode_budget_bytes,
         max_header_bytes=max_header_bytes,

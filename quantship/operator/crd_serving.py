@@ -96,6 +96,13 @@ def server_schema() -> dict[str, Any]:
                 exclusive_zero=False,
             ),
             "threads": crd_fields.integer("onnxruntime intra-op threads.", 1, 256),
+            "onnxruntimeSpinning": {
+                "type": "boolean",
+                "description": "onnxruntime's intra-op threads spin while they wait for work instead of "
+                "sleeping: that may save a wake-up where the pod has cores of its own (Guaranteed QoS, the "
+                "static CPU manager) and burns CPU against any limits.cpu. Unset: "
+                f"{str(crd_fields.default_of(ServerSettings, 'onnxruntime_spinning')).lower()}.",
+            },
             "perTensorMetrics": {
                 "type": "boolean",
                 "description": "Also export clip counts and activation drift per activation tensor: one "

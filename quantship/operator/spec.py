@@ -31,6 +31,7 @@ SERVER_FLAGS = {
     "canarySliCpuBudget": "--canary-sli-cpu-budget",
     "shadowBudgetShare": "--shadow-budget-share",
     "threads": "--threads",
+    "onnxruntimeSpinning": "--onnxruntime-spinning",
     "perTensorMetrics": "--per-tensor-metrics",
 }
 """spec.server fields -> `quantship serve` flags; a boolean one is the flag alone, when true."""

@@ -144,11 +144,13 @@ def open_reference(source: tuple[Path, bytes] | None, served: Signature, compare
     return reference
 
 
-def open_model(model: bytes, path: Path, threads: int | None) -> tuple[Runner, onnx.ModelProto]:
+def open_model(
+    model: bytes, path: Path, threads: int | None, *, spinning: bool | None = None
+) -> tuple[Runner, onnx.ModelProto]:
     """A session of the served model's verified bytes, and its graph (for the load-time analyses)."""
     proto = _inline_graph(model, path, reason="format")
     try:
-        runner = Runner.load(model, threads=threads, proto=proto)
+        runner = Runner.load(model, threads=threads, spinning=spinning, proto=proto)
     except UnsupportedModel as exc:
         raise LoadRefused(f"{path}: {exc}", reason="model") from exc
     return runner, proto or runtime.load_proto(model)  # onnxruntime took it: protobuf reads it

@@ -92,10 +92,16 @@ class Runner:
 
     @classmethod
     def load(
-        cls, model: Path | bytes, *, threads: int | None = None, proto: onnx.ModelProto | None = None
+        cls,
+        model: Path | bytes,
+        *,
+        threads: int | None = None,
+        spinning: bool | None = None,
+        proto: onnx.ModelProto | None = None,
     ) -> Runner:
         """A session of `model`; `proto`, its graph when the caller has parsed it already."""
-        session = runtime.create_session(model, threads=threads)  # first: onnxruntime names what is wrong
+        # first: onnxruntime names what is wrong
+        session = runtime.create_session(model, threads=threads, spinning=spinning)
         proto = proto or runtime.load_proto(model)
         return cls(
             session,

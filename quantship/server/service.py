@@ -224,14 +224,15 @@ class ModelService:
         self.phase = Phase.READY
         quantization = opened.artifact.quantization
         log.info(
-            "serving %s revision %s (%s track) from %s in %.2f s: %s, batching %s, shadow %s, clip %s, "
-            "SLI CPU budget %g CPU seconds a second",
+            "serving %s revision %s (%s track) from %s in %.2f s: %s, onnxruntime threads %s, batching %s, "
+            "shadow %s, clip %s, SLI CPU budget %g CPU seconds a second",
             self.settings.model_name,
             self.settings.revision,
             self.settings.track,
             opened.artifact.root,
             seconds,
             quantization.get("precision", "fp32"),
+            "spinning" if self.settings.onnxruntime_spinning else "sleeping when idle",
             opened.batching.summary(),
             f"{self.settings.quality.shadow_rate:.0%}" if self.model.shadow else "off (no reference)",
             f"{self.settings.quality.clip_sample_rate:.0%} of {len(opened.ranges)} tensors"
@@ -297,7 +298,7 @@ class ModelService:
             log.info("onnxruntime intra-op threads: %d, what the CPU quota allows", threads)
         model = verified.take(MODEL_FILE)
         assert model is not None  # load_verified kept it: every artifact lists its model
-        runner, proto = open_model(model, loaded.model_path, threads)
+        runner, proto = open_model(model, loaded.model_path, threads, spinning=settings.onnxruntime_spinning)
         self._check_hardware(loaded, runner)
         comparator = check_manifest(loaded.manifest, proto, runner.signature, quality.disagreement_tolerance)
         compared = comparator.output

@@ -136,6 +136,14 @@ def test_per_tensor_metrics_and_capture_reach_the_server_as_its_flags() -> None:
     assert not off.quality.per_tensor_metrics and off.capture_dir is None, "unset or false: off, as today"
 
 
+@pytest.mark.parametrize("spinning", [True, False, None])
+def test_onnxruntime_spinning_reaches_the_server_only_when_true(spinning: bool | None) -> None:
+    server = {} if spinning is None else {"onnxruntimeSpinning": spinning}
+    spec = model(server=server)
+    settings = serve_settings(resources.serve_args(spec, spec.revision, Track.CANARY))
+    assert settings.onnxruntime_spinning is bool(spinning)
+
+
 def kubelet_expanded(arg: str, env: dict[str, str]) -> str:
     """An arg as the kubelet passes it: $(VAR) of the container's env replaced, an unknown one kept."""
     return re.sub(r"\$\((\w+)\)", lambda match: env.get(match[1], match[0]), arg)

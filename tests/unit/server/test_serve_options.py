@@ -74,6 +74,12 @@ def test_the_help_and_the_crd_say_each_tracks_default() -> None:
         assert said in described[crd_field[SAMPLING_FLAGS[name]]]["description"]
 
 
+def test_onnxruntime_spins_only_when_told() -> None:
+    assert not settings().onnxruntime_spinning
+    assert settings("--onnxruntime-spinning").onnxruntime_spinning
+    assert not settings("--onnxruntime-spinning", "--no-onnxruntime-spinning").onnxruntime_spinning
+
+
 def test_a_stable_server_takes_the_class_defaults() -> None:
     assert QualitySettings.for_track(Track.STABLE, shadow_rate=None, sli_cpu_budget=None) == QualitySettings()
 
