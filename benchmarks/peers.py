@@ -423,11 +423,10 @@ def raw_calls_per_s(
     threads: int = 1,
     seconds: float = 1.0,
     idle_s: float = 0.0,
-    spinning: bool | None = None,
+    spinning: bool = runtime.SPINNING,
 ) -> float:
     """session.run calls on `feed` a second of their own time, for `seconds`: back to back, or each
-    after `idle_s` asleep (RAW_IDLE_S). Both tables' raw onnxruntime; `spinning` None is onnxruntime's
-    default (its pool's threads spin)."""
+    after `idle_s` asleep (RAW_IDLE_S). Both tables' raw onnxruntime."""
     session = runtime.create_session(model, threads=threads, spinning=spinning)
     for _ in range(peers_heavy.WARMUP_CALLS):
         session.run(None, feed)

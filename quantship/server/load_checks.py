@@ -145,7 +145,7 @@ def open_reference(source: tuple[Path, bytes] | None, served: Signature, compare
 
 
 def open_model(
-    model: bytes, path: Path, threads: int | None, *, spinning: bool | None = None
+    model: bytes, path: Path, threads: int | None, *, spinning: bool = runtime.SPINNING
 ) -> tuple[Runner, onnx.ModelProto]:
     """A session of the served model's verified bytes, and its graph (for the load-time analyses)."""
     proto = _inline_graph(model, path, reason="format")

@@ -96,7 +96,7 @@ class Runner:
         model: Path | bytes,
         *,
         threads: int | None = None,
-        spinning: bool | None = None,
+        spinning: bool = runtime.SPINNING,
         proto: onnx.ModelProto | None = None,
     ) -> Runner:
         """A session of `model`; `proto`, its graph when the caller has parsed it already."""

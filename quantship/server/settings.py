@@ -12,6 +12,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from quantship import runtime
 from quantship.slo import Track  # which side of a rollout this server is: the `track` label
 
 MiB = 1 << 20
@@ -222,14 +223,9 @@ class ServerSettings:
     physical core it may run on), or under a CPU quota that allows less (Kubernetes' limits.cpu), the
     quota rounded down (cpus.serving_threads). Background sessions (reference, clip observer) always
     use one thread, so the SLIs never take more than one core away from serving."""
-    onnxruntime_spinning: bool = False
+    onnxruntime_spinning: bool = runtime.SPINNING
     """Whether the serving session's intra-op threads spin while they wait for work (onnxruntime's
-    default) rather than sleep. Off: a spinning pool burns the CPU that the event loop, the SLIs and
-    the next request need, and after each call it keeps spinning. EfficientNet-Lite0 INT8 with two
-    threads on this 2-core host (other processes running, load 3-5): 12.7 ms of CPU a call with 5 ms
-    between calls against 4.8 ms not spinning, 34 ms of CPU in the 0.3 s after a call against 0.1; a
-    bare server over gRPC at c=1 answered 95 req/s spinning, 142 not (the session's own calls back to
-    back 125 and 178 a second). With one thread there is no pool and nothing spins."""
+    default) rather than sleep: see runtime.SPINNING for what spinning cost."""
     max_body_bytes: int = 16 * MiB
     """Largest request body accepted, in bytes; larger ones get 413 before being read. 16 MiB holds
     a batch of 64 float32 224x224 images, far beyond the digits model's 256 bytes a row."""
