@@ -211,6 +211,11 @@ def run(
             chosen, [(n.name, n.op_type) for n in chosen_model.graph.node], traits
         ):
             note(hint)
+        kept = engine.matmuls_only_exclusions(prepared_model, chosen.config)
+        if hint := tuner.matmuls_only_in_float(
+            chosen, [(n.name, n.op_type) for n in prepared_model.graph.node], kept
+        ):
+            note(hint)
         chosen_ranges = ranges.activation_ranges(
             chosen_model, prepared_model, calibrations.ranges_for(chosen.config)
         )

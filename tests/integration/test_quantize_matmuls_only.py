@@ -216,3 +216,55 @@ def test_an_artifact_whose_only_range_is_a_graph_input_is_written(tmp_path: Path
 
     assert result.gate_passed
     assert [r["tensor"] for r in result.artifact.manifest["activation_ranges"]] == ["X"]
+
+
+def _small_cnn() -> onnx.ModelProto:
+    """Two Convs and a Gemm head: as EfficientNet-Lite0 (49 Convs, one Gemm), most of its compute
+    is what MatMuls-only keeps in float."""
+    rng = np.random.default_rng(0)
+    constants = [
+        _constant("k1", rng.normal(scale=0.5, size=(4, 1, 3, 3))),
+        _constant("k2", rng.normal(scale=0.5, size=(4, 4, 3, 3))),
+        _constant("w_head", rng.normal(scale=0.5, size=(4 * 4 * 4, 3))),
+        _constant("b_head", np.zeros(3)),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["X", "k1"], ["c1"], pads=[1, 1, 1, 1], name="conv1"),
+        helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+        helper.make_node("Conv", ["r1", "k2"], ["c2"], pads=[1, 1, 1, 1], name="conv2"),
+        helper.make_node("Relu", ["c2"], ["r2"], name="relu2"),
+        helper.make_node("Flatten", ["r2"], ["flat"], axis=1, name="flatten"),
+        helper.make_node("Gemm", ["flat", "w_head", "b_head"], ["scores"], name="head"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "cnn",
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["N", 1, 4, 4])],
+        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["N", 3])],
+        constants,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 8
+    return model
+
+
+def test_matmuls_only_on_a_cnn_says_it_keeps_most_of_the_compute_in_float(tmp_path: Path) -> None:
+    """EfficientNet-Lite0 with --matmuls-only passed with its 49 Convs in float, 1.3x smaller, not 4x,
+    and nothing said so. The MLP block's MatMuls-only, which keeps 1 of its 2 MatMuls, says nothing."""
+    onnx.save(_small_cnn(), tmp_path / "cnn.onnx")
+    rows = np.random.default_rng(1).normal(size=(64, 1, 4, 4)).astype(np.float32)
+    np.savez(tmp_path / "images.npz", X=rows)
+    config = QuantizeConfig(max_trials=0, pre_process=False, matmuls_only=True)
+
+    cnn = run(tmp_path / "cnn.onnx", tmp_path / "a", config, calibration=tmp_path / "images.npz")
+
+    said = [w for w in cnn.artifact.manifest["warnings"] if w.startswith("--matmuls-only")]
+    assert said == [
+        "--matmuls-only keeps 2 of the model's 3 compute ops in float (2 Conv): it quantizes only MatMuls, "
+        "Gemms and embedding Gathers, for a transformer's outlier channels; without it, static "
+        "quantization quantizes them too"
+    ]
+    onnx.save(_block(), tmp_path / "m.onnx")
+    np.savez(tmp_path / "tokens.npz", X=_rows(64, 1))
+    mlp = run(tmp_path / "m.onnx", tmp_path / "b", config, calibration=tmp_path / "tokens.npz")
+    assert not any("--matmuls-only" in w for w in mlp.artifact.manifest["warnings"])
