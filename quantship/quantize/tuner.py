@@ -169,7 +169,7 @@ def recipes(base: QuantizeConfig, traits: ModelTraits) -> list[QuantizeConfig]:
             _other_first(base.calibration, [Calibration.MINMAX, Calibration.PERCENTILE, Calibration.ENTROPY]),
         )
     )
-    if traits.has_activation_matmul:
+    if traits.has_activation_matmul and base.matmul_const_b_only is not False:  # False: the user's no
         axes.append(_values("matmul_const_b_only", [base.matmul_const_b_only, not base.matmul_const_b_only]))
 
     ranked: list[tuple[tuple[int, tuple[int, ...]], QuantizeConfig]] = []
@@ -325,7 +325,8 @@ def tune(
 
 def _matmuls_only_for(trials: Sequence[Trial], traits: ModelTraits) -> QuantizeConfig | None:
     """The static recipe closest to the gate with MatMuls-only (config.matmuls_only), for a
-    transformer with an MLP whose static recipes all failed without it; None otherwise. Not a
+    transformer with an MLP whose static recipes all failed without it; None otherwise, and where
+    the user said --no-matmuls-only (a ban: no trial, no advice to use it). Not a
     recipe of stage 1: it runs 6 of all-MiniLM-L6-v2's 36 weight MatMuls in float, and dynamic
     per-channel passes as closely, 1.8x faster a row and 22 MB against 33; where the static
     recipes of every op fail on a BERT's outlier channels (all-MiniLM-L6-v2: cosine agreement 0), it
@@ -333,7 +334,7 @@ def _matmuls_only_for(trials: Sequence[Trial], traits: ModelTraits) -> QuantizeC
     static = [t for t in trials if t.config.mode is Mode.STATIC]
     if not traits.may_need_matmuls_only or not static:
         return None
-    if any(t.config.matmuls_only for t in static):
+    if any(t.config.matmuls_only is not None for t in static):  # tried already, or the user's no
         return None
     return replace(_closest(static).config, matmuls_only=True)
 

@@ -15,8 +15,11 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from click.testing import CliRunner
 from onnx import TensorProto, helper, numpy_helper
 
+from quantship import artifact
+from quantship.cli import main
 from quantship.quantize import Mode, QuantizeConfig, Strategy, engine, run
 from quantship.quantize.pipeline import QuantizeResult
 
@@ -268,3 +271,25 @@ def test_matmuls_only_on_a_cnn_says_it_keeps_most_of_the_compute_in_float(tmp_pa
     np.savez(tmp_path / "tokens.npz", X=_rows(64, 1))
     mlp = run(tmp_path / "m.onnx", tmp_path / "b", config, calibration=tmp_path / "tokens.npz")
     assert not any("--matmuls-only" in w for w in mlp.artifact.manifest["warnings"])
+
+
+def test_no_matmuls_only_runs_no_matmuls_only_trial(tmp_path: Path) -> None:
+    """--no-matmuls-only was the default's value, and the tuner ran its MatMuls-only trial all the
+    same (which passes here): a user who says no, or a QuantizedModel's matmulsOnly: false, gets none."""
+    onnx.save(_block(), tmp_path / "m.onnx")
+    np.savez(tmp_path / "calibration.npz", X=_rows(64, 1))
+    np.savez(tmp_path / "evaluation.npz", X=_rows(200, 2))
+    files = ["--calibration", tmp_path / "calibration.npz", "--evaluation", tmp_path / "evaluation.npz"]
+    flags = [*files, "--no-pre-process", "--strategy", "fallback", "--max-trials", "1", "-q"]
+
+    def quantize(out: str, *extra: str) -> dict:  # type: ignore[type-arg]
+        args = [str(a) for a in (tmp_path / "m.onnx", "-o", tmp_path / out, *flags, *extra)]
+        CliRunner().invoke(main, ["quantize", *args])
+        return artifact.load_artifact(tmp_path / out).manifest
+
+    banned = quantize("banned", "--no-matmuls-only")
+
+    assert [t["config"]["matmuls_only"] for t in banned["trials"]] == [False, False]
+    assert "--matmuls-only" not in banned["tuning"]["advice"]
+    unset = quantize("unset")
+    assert [t["config"]["matmuls_only"] for t in unset["trials"]] == [False, True]
