@@ -258,6 +258,13 @@ def quantize(
         warn=q.printed_warnings(stderr if progress is None else progress.console),
     )
     stdout.print(summary.table([(result.written_to.name, result.artifact)]))
+    if result.replaced:  # on stderr: stdout is the table's alone
+        stderr.print(
+            f"wrote {result.written_to} (in place of the older artifact there)",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
     if not result.gate_passed:
         kept = f"; the artifact at {out}, whose gate did not fail, is left as it was" if result.kept else ""
         stderr.print(
