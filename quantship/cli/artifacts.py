@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from quantship import artifact, artifact_keys, scratch
+from quantship import artifact, artifact_keys, artifact_manifest, scratch
 from quantship.cli.errors import ExitCode, Refused, user_errors
 from quantship.cli.options import artifact_out
 from quantship.cli.output import signature_in_words
@@ -24,8 +24,10 @@ def package(model: Path, out: Path, sign_key: Path | None) -> None:
     from quantship.quantize import package_fp32
 
     key = artifact_keys.load_private_key(sign_key) if sign_key else None
+    replaced = " (in place of the older artifact there)" if artifact_manifest.is_artifact_dir(out) else ""
     written = package_fp32(model, out, sign_key=key)
-    click.echo(f"wrote {written.root} (fp32, {written.manifest['files'][artifact.MODEL_FILE]['size']} bytes)")
+    size = written.manifest["files"][artifact.MODEL_FILE]["size"]
+    click.echo(f"wrote {written.root} (fp32, {size} bytes){replaced}")
 
 
 @click.command()

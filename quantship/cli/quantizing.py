@@ -140,16 +140,17 @@ _QUANTIZE = q_config.QuantizeConfig()
 @click.option(
     "--matmul-const-b-only/--no-matmul-const-b-only",
     default=_QUANTIZE.matmul_const_b_only,
-    show_default=True,
     help="Static: quantize only MatMuls by a weight, leaving attention products in float (QDQ; "
-    "QOperator's graph optimizations may still fuse some).",
+    "QOperator's graph optimizations may still fuse some). Default: off, and the tuner's recipes "
+    "try it on a transformer; --no-matmul-const-b-only: never.",
 )
 @click.option(
     "--matmuls-only/--no-matmuls-only",
     default=_QUANTIZE.matmuls_only,
-    show_default=True,
     help="Static: quantize only MatMuls and Gemms, less those reading an MLP's GELU or SiLU, leaving "
-    "the residual stream, LayerNorm, Softmax and GELU in float (a BERT's outlier channels).",
+    "the residual stream, LayerNorm, Softmax and GELU in float (a BERT's outlier channels; a CNN's "
+    "Convs too). Default: off, and the tuner tries it once no recipe passes on a transformer with an "
+    "MLP; --no-matmuls-only: never.",
 )
 @click.option(
     "--strategy",
@@ -203,8 +204,8 @@ def quantize(
     threshold: float | None,
     min_cosine: float,
     mask_input: str | None,
-    matmul_const_b_only: bool,
-    matmuls_only: bool,
+    matmul_const_b_only: bool | None,
+    matmuls_only: bool | None,
     strategy: str,
     keep_going: bool,
     max_trials: int,
@@ -257,6 +258,13 @@ def quantize(
         warn=q.printed_warnings(stderr if progress is None else progress.console),
     )
     stdout.print(summary.table([(result.written_to.name, result.artifact)]))
+    if result.replaced:  # on stderr: stdout is the table's alone
+        stderr.print(
+            f"wrote {result.written_to} (in place of the older artifact there)",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
     if not result.gate_passed:
         kept = f"; the artifact at {out}, whose gate did not fail, is left as it was" if result.kept else ""
         stderr.print(

@@ -471,17 +471,24 @@ async def _drift(
     except RecalibrationError as exc:
         console.print(f"[bold red]drift loop stopped[/]: {exc}")
         return None
-    recalibrated = artifact.load_artifact(out)
-    warn = printed_warnings(console)  # the child ran with -q: what its manifest noted, as it would have said
-    for message in recalibrated.manifest.get("warnings", []):
-        warn(message)
-    (workdir / "reports" / "int8-recalibrated.html").write_text(quantize_report.render(recalibrated))
-    console.print(summary.table([("int8-recalibrated", recalibrated)]))
+    _show_recalibrated(out, workdir, console)
     revision = Revision("v4-int8-recal", out, "INT8, recalibrated on the drifted capture", Phase.PROMOTED)
     workloads.add(revision.name, revision.artifact, _capture_args(workdir, revision.name))
     load.drift(revision.name, loop.scale)  # the canary sees the traffic the stable sees
     loop.recalibrated = revision.name
     return revision
+
+
+def _show_recalibrated(out: Path, workdir: Path, console: Console) -> None:
+    """The recalibrated artifact at `out` on the console: its manifest's warnings, as `quantship
+    quantize` would have printed them (the child ran with -q, its output kept for a failure), and its
+    summary table; its report in the workdir's reports."""
+    recalibrated = artifact.load_artifact(out)
+    warn = printed_warnings(console)
+    for message in recalibrated.manifest.get("warnings", []):
+        warn(message)
+    (workdir / "reports" / "int8-recalibrated.html").write_text(quantize_report.render(recalibrated))
+    console.print(summary.table([("int8-recalibrated", recalibrated)]))
 
 
 def _drift_after(

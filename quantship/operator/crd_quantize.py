@@ -86,12 +86,14 @@ def quantize_schema() -> dict[str, Any]:
             "matmulConstBOnly": {
                 "type": "boolean",
                 "description": "--matmul-const-b-only (true) or --no-matmul-const-b-only (false): static "
-                "mode quantizes only MatMuls by a weight.",
+                "mode quantizes only MatMuls by a weight. false: no trial does; unset: the tuner's "
+                "recipes may.",
             },
             "matmulsOnly": {
                 "type": "boolean",
                 "description": "--matmuls-only (true) or --no-matmuls-only (false): static mode quantizes "
-                "only MatMuls and Gemms, less those reading an MLP's GELU or SiLU.",
+                "only MatMuls and Gemms, less those reading an MLP's GELU or SiLU. false: no trial does; "
+                "unset: the tuner may try it once no recipe passes.",
             },
             "task": _choice(choices.Task, "--task: what the gated output is. Unset: inferred from it."),
             "output": _name("--output: the model output the gate compares. Unset: the first."),

@@ -63,17 +63,21 @@ class QuantizeConfig:
     calibrators fail on a short last batch (onnxruntime 1.32), and for large inputs (data.py). The
     calibrator keeps every activation of a batch alive: 32 rows of all-MiniLM-L6-v2 at 64 tokens
     held 2 GB, 8 rows stay under 1 GB."""
-    matmul_const_b_only: bool = False
+    matmul_const_b_only: bool | None = None
     """Static mode: quantize only MatMuls whose second input is a weight, leaving activation x
-    activation products (attention scores) in float, where int8 hurts transformers most."""
-    matmuls_only: bool = False
+    activation products (attention scores) in float, where int8 hurts transformers most. None (not
+    given): off, and the tuner's recipes may turn it on; False (--no-matmul-const-b-only): off in
+    every trial."""
+    matmuls_only: bool | None = None
     """Static mode: quantize only the MatMuls and Gemms (and an embedding table's Gather), less those
     reading an MLP's activation (engine.mlp_activation_readers: the FFN's down-projection). The
     residual stream (Adds, LayerNormalization), Softmax and GELU stay in float. A BERT's residual
     stream and GELU outputs carry rare channels 10-200x their median (all-MiniLM-L6-v2: 223 at [CLS]
     beside values of 1-10), which leave the other values a few codes of one per-tensor scale: static
     INT8 of every op agreed with FP32 on no row of all-MiniLM-L6-v2 (cosine median 0.77), of every
-    MatMul on 0.3% (0.91), this recipe on all of them (cosine at least 0.984)."""
+    MatMul on 0.3% (0.91), this recipe on all of them (cosine at least 0.984). True: on in every
+    static trial; None (not given): off, and the tuner may try it once no recipe passes
+    (tuner._matmuls_only_for); False (--no-matmuls-only): off in every trial."""
     pre_process: bool = True
     max_accuracy_delta: float = 0.005
     """The gate: relative top-1 accuracy loss with labels, else the share of rows that may disagree
@@ -195,6 +199,8 @@ class QuantizeConfig:
         data["excluded_nodes"] = list(self.excluded_nodes)
         data["calibration_params"] = self.calibration_params()
         data["extra_options"] = self.extra_options()
+        for choice in ("matmul_const_b_only", "matmuls_only"):  # applied or not: not given is off
+            data[choice] = bool(data[choice])
         if self.mode is Mode.DYNAMIC:
             data.update(dict.fromkeys((*STATIC_ONLY, "calibration_params")))
         return data

@@ -63,6 +63,8 @@ class QuantizeResult:
     written_to: Path
     """Where the artifact went: `out`, or `<out>.gate-failed` when the gate failed and `out` holds
     an artifact it must not replace (`kept`)."""
+    replaced: bool = False
+    """`written_to` held an older artifact, which the new one replaced (as `pull -o` and `pack` say)."""
 
     @property
     def kept(self) -> bool:
@@ -211,6 +213,11 @@ def run(
             chosen, [(n.name, n.op_type) for n in chosen_model.graph.node], traits
         ):
             note(hint)
+        kept = engine.matmuls_only_exclusions(prepared_model, chosen.config)
+        if hint := tuner.matmuls_only_in_float(
+            chosen, [(n.name, n.op_type) for n in prepared_model.graph.node], kept
+        ):
+            note(hint)
         chosen_ranges = ranges.activation_ranges(
             chosen_model, prepared_model, calibrations.ranges_for(chosen.config)
         )
@@ -248,6 +255,7 @@ def run(
             peak_rss_mb=workbench.peak_rss_mb(),
         )
         destination = _destination(out, chosen.passed)
+        replaced = artifact_manifest.is_artifact_dir(destination)
         written = artifact.write_artifact(
             destination,
             {artifact.MODEL_FILE: chosen_path, artifact.REFERENCE_FILE: fp32_path},
@@ -265,6 +273,7 @@ def run(
         said,
         out,
         destination,
+        replaced,
     )
 
 

@@ -36,7 +36,8 @@ from __future__ import annotations
 
 import enum
 import itertools
-from collections.abc import Callable, Sequence
+from collections import Counter
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -168,7 +169,7 @@ def recipes(base: QuantizeConfig, traits: ModelTraits) -> list[QuantizeConfig]:
             _other_first(base.calibration, [Calibration.MINMAX, Calibration.PERCENTILE, Calibration.ENTROPY]),
         )
     )
-    if traits.has_activation_matmul:
+    if traits.has_activation_matmul and base.matmul_const_b_only is not False:  # False: the user's no
         axes.append(_values("matmul_const_b_only", [base.matmul_const_b_only, not base.matmul_const_b_only]))
 
     ranked: list[tuple[tuple[int, tuple[int, ...]], QuantizeConfig]] = []
@@ -324,7 +325,8 @@ def tune(
 
 def _matmuls_only_for(trials: Sequence[Trial], traits: ModelTraits) -> QuantizeConfig | None:
     """The static recipe closest to the gate with MatMuls-only (config.matmuls_only), for a
-    transformer with an MLP whose static recipes all failed without it; None otherwise. Not a
+    transformer with an MLP whose static recipes all failed without it; None otherwise, and where
+    the user said --no-matmuls-only (a ban: no trial, no advice to use it). Not a
     recipe of stage 1: it runs 6 of all-MiniLM-L6-v2's 36 weight MatMuls in float, and dynamic
     per-channel passes as closely, 1.8x faster a row and 22 MB against 33; where the static
     recipes of every op fail on a BERT's outlier channels (all-MiniLM-L6-v2: cosine agreement 0), it
@@ -332,7 +334,7 @@ def _matmuls_only_for(trials: Sequence[Trial], traits: ModelTraits) -> QuantizeC
     static = [t for t in trials if t.config.mode is Mode.STATIC]
     if not traits.may_need_matmuls_only or not static:
         return None
-    if any(t.config.matmuls_only for t in static):
+    if any(t.config.matmuls_only is not None for t in static):  # tried already, or the user's no
         return None
     return replace(_closest(static).config, matmuls_only=True)
 
@@ -500,6 +502,36 @@ def static_for_convs(chosen: Trial, nodes: Sequence[tuple[str, str]], traits: Mo
         else f"the passing dynamic trial keeps {left} of the model's {total} Convs in float"
     )
     return f"{kept}: static quantization, with calibration data, is what quantizes a CNN's Convs; try {how}"
+
+
+COMPUTE_OPS = frozenset({"Conv", "ConvTranspose", "MatMul", "Gemm"})
+"""The ops that do a model's multiply-accumulate work (an embedding Gather only looks a row up)."""
+
+
+def matmuls_only_in_float(
+    chosen: Trial, nodes: Sequence[tuple[str, str]], kept: Collection[str]
+) -> str | None:
+    """Where MatMuls-only keeps most of a model's compute ops (COMPUTE_OPS) in float (`nodes`: the
+    model's, as (name, op type); `kept`: those the option keeps, engine.matmuls_only_exclusions): it
+    is for a transformer, and on a CNN it keeps every Conv in float. EfficientNet-Lite0 with
+    --matmuls-only passed with its 49 Convs in float, 1.3x smaller, not 4x, and nothing said so;
+    all-MiniLM-L6-v2 keeps 6 of its 48 MatMuls (the FFN down-projections), gpt2-lm 2 of its 13
+    MatMuls and Gemms: no word. Nodes the user's --exclude keeps are their choice, counted in
+    neither."""
+    config = chosen.config
+    if config.mode is not Mode.STATIC or not config.matmuls_only:
+        return None
+    compute = [(name, op) for name, op in nodes if op in COMPUTE_OPS and name not in config.excluded_nodes]
+    in_float = Counter(op_type for name, op_type in compute if name in kept)
+    left, total = sum(in_float.values()), len(compute)
+    if not total or left * 2 <= total:
+        return None
+    ops = ", ".join(f"{count} {op_type}" for op_type, count in sorted(in_float.items()))
+    return (
+        f"--matmuls-only keeps {left} of the model's {total} compute ops in float ({ops}): it quantizes "
+        "only MatMuls, Gemms and embedding Gathers, for a transformer's outlier channels; without it, "
+        "static quantization quantizes them too"
+    )
 
 
 def _next_steps(closest: Trial, trials: list[Trial], traits: ModelTraits, task: Task) -> list[str]:

@@ -184,6 +184,29 @@ def test_a_rerun_whose_gate_fails_leaves_a_passing_artifact_and_writes_beside_it
     assert not artifact_dirs.gate_failed_path(failed.root).exists()
 
 
+def test_a_rerun_of_quantize_or_package_says_it_replaced_the_older_artifact_as_pull_and_pack_do(
+    sample: zoo.SampleModel, tmp_path: Path
+) -> None:
+    """`quantize -o` (and `package -o`) onto an older artifact replaced it saying nothing, where
+    `pull -o` and `pack` say so; quantize says it on stderr, as stdout is the summary table's alone.
+    A failed rerun's best effort beside it replaces only an older best effort."""
+    out = tmp_path / "prod"
+    replaced = "(in place of the older artifact there)"
+    code, stdout, err = _quantize(sample, out)
+    assert code == 0 and replaced not in err, err
+    code, stdout, err = _quantize(sample, out)
+    assert code == 0 and replaced not in stdout
+    assert f"wrote {out} {replaced}" in err.splitlines(), err
+    code, _, err = _quantize(sample, out, *_FAILING_GATE, "--max-trials", "0")
+    assert code == 1 and replaced not in err, err  # written beside it, where nothing was
+    code, _, err = _quantize(sample, out, *_FAILING_GATE, "--max-trials", "0")
+    assert code == 1 and f"wrote {artifact_dirs.gate_failed_path(out)} {replaced}" in err.splitlines(), err
+    fp32 = tmp_path / "fp32"
+    assert _cli("package", sample.model, "-o", fp32)[1].strip().endswith("bytes)")
+    code, stdout, _ = _cli("package", sample.model, "-o", fp32)  # package's -o is the same option
+    assert code == 0 and stdout.strip().endswith(f"bytes) {replaced}"), stdout
+
+
 def test_a_failed_rerun_through_a_symlink_leaves_the_passing_artifact_behind_it(
     sample: zoo.SampleModel, tmp_path: Path
 ) -> None:

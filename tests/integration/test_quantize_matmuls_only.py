@@ -15,8 +15,11 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from click.testing import CliRunner
 from onnx import TensorProto, helper, numpy_helper
 
+from quantship import artifact
+from quantship.cli import main
 from quantship.quantize import Mode, QuantizeConfig, Strategy, engine, run
 from quantship.quantize.pipeline import QuantizeResult
 
@@ -216,3 +219,77 @@ def test_an_artifact_whose_only_range_is_a_graph_input_is_written(tmp_path: Path
 
     assert result.gate_passed
     assert [r["tensor"] for r in result.artifact.manifest["activation_ranges"]] == ["X"]
+
+
+def _small_cnn() -> onnx.ModelProto:
+    """Two Convs and a Gemm head: as EfficientNet-Lite0 (49 Convs, one Gemm), most of its compute
+    is what MatMuls-only keeps in float."""
+    rng = np.random.default_rng(0)
+    constants = [
+        _constant("k1", rng.normal(scale=0.5, size=(4, 1, 3, 3))),
+        _constant("k2", rng.normal(scale=0.5, size=(4, 4, 3, 3))),
+        _constant("w_head", rng.normal(scale=0.5, size=(4 * 4 * 4, 3))),
+        _constant("b_head", np.zeros(3)),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["X", "k1"], ["c1"], pads=[1, 1, 1, 1], name="conv1"),
+        helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+        helper.make_node("Conv", ["r1", "k2"], ["c2"], pads=[1, 1, 1, 1], name="conv2"),
+        helper.make_node("Relu", ["c2"], ["r2"], name="relu2"),
+        helper.make_node("Flatten", ["r2"], ["flat"], axis=1, name="flatten"),
+        helper.make_node("Gemm", ["flat", "w_head", "b_head"], ["scores"], name="head"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "cnn",
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["N", 1, 4, 4])],
+        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["N", 3])],
+        constants,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 8
+    return model
+
+
+def test_matmuls_only_on_a_cnn_says_it_keeps_most_of_the_compute_in_float(tmp_path: Path) -> None:
+    """EfficientNet-Lite0 with --matmuls-only passed with its 49 Convs in float, 1.3x smaller, not 4x,
+    and nothing said so. The MLP block's MatMuls-only, which keeps 1 of its 2 MatMuls, says nothing."""
+    onnx.save(_small_cnn(), tmp_path / "cnn.onnx")
+    rows = np.random.default_rng(1).normal(size=(64, 1, 4, 4)).astype(np.float32)
+    np.savez(tmp_path / "images.npz", X=rows)
+    config = QuantizeConfig(max_trials=0, pre_process=False, matmuls_only=True)
+
+    cnn = run(tmp_path / "cnn.onnx", tmp_path / "a", config, calibration=tmp_path / "images.npz")
+
+    said = [w for w in cnn.artifact.manifest["warnings"] if w.startswith("--matmuls-only")]
+    assert said == [
+        "--matmuls-only keeps 2 of the model's 3 compute ops in float (2 Conv): it quantizes only MatMuls, "
+        "Gemms and embedding Gathers, for a transformer's outlier channels; without it, static "
+        "quantization quantizes them too"
+    ]
+    onnx.save(_block(), tmp_path / "m.onnx")
+    np.savez(tmp_path / "tokens.npz", X=_rows(64, 1))
+    mlp = run(tmp_path / "m.onnx", tmp_path / "b", config, calibration=tmp_path / "tokens.npz")
+    assert not any("--matmuls-only" in w for w in mlp.artifact.manifest["warnings"])
+
+
+def test_no_matmuls_only_runs_no_matmuls_only_trial(tmp_path: Path) -> None:
+    """--no-matmuls-only was the default's value, and the tuner ran its MatMuls-only trial all the
+    same (which passes here): a user who says no, or a QuantizedModel's matmulsOnly: false, gets none."""
+    onnx.save(_block(), tmp_path / "m.onnx")
+    np.savez(tmp_path / "calibration.npz", X=_rows(64, 1))
+    np.savez(tmp_path / "evaluation.npz", X=_rows(200, 2))
+    files = ["--calibration", tmp_path / "calibration.npz", "--evaluation", tmp_path / "evaluation.npz"]
+    flags = [*files, "--no-pre-process", "--strategy", "fallback", "--max-trials", "1", "-q"]
+
+    def quantize(out: str, *extra: str) -> dict:  # type: ignore[type-arg]
+        args = [str(a) for a in (tmp_path / "m.onnx", "-o", tmp_path / out, *flags, *extra)]
+        CliRunner().invoke(main, ["quantize", *args])
+        return artifact.load_artifact(tmp_path / out).manifest
+
+    banned = quantize("banned", "--no-matmuls-only")
+
+    assert [t["config"]["matmuls_only"] for t in banned["trials"]] == [False, False]
+    assert "--matmuls-only" not in banned["tuning"]["advice"]
+    unset = quantize("unset")
+    assert [t["config"]["matmuls_only"] for t in unset["trials"]] == [False, True]

@@ -132,6 +132,31 @@ def test_a_transformer_with_an_mlp_tries_static_matmuls_only_once_no_recipe_pass
         assert not any(t.config.matmuls_only for t in others)
 
 
+def test_no_matmuls_only_is_a_ban_on_the_trial_and_the_advice() -> None:
+    """--no-matmuls-only was the default's value: the tuner ran its MatMuls-only trial all the same,
+    where a user who says no expects none (as the CRD's matmulsOnly: false)."""
+    with_mlp = replace(TRANSFORMER, has_mlp_activation_reader=True)
+    banned = replace(BASE, matmuls_only=False, max_trials=7)
+
+    trials, _ = _tune(banned, lambda config, excluded: 1.0 if config.matmuls_only else 0.0, with_mlp)
+
+    assert not any(t.config.matmuls_only for t in trials) and not any(t.passed for t in trials)
+    assert "--matmuls-only" not in tuner.advice(trials, with_mlp, Task.EMBEDDING)
+    unset, _ = _tune(replace(banned, matmuls_only=None), lambda config, excluded: 0.0, with_mlp)
+    assert any(t.config.matmuls_only for t in unset)  # not given: the tuner's to try
+
+
+def test_no_matmul_const_b_only_is_a_ban_on_its_recipes_and_yes_a_first_recipe() -> None:
+    """--no-matmul-const-b-only was the default's value too: the recipes turned it on regardless.
+    Given, it is off in every recipe; not given or --matmul-const-b-only, the recipes try both."""
+    assert not any(
+        r.matmul_const_b_only for r in tuner.recipes(replace(BASE, matmul_const_b_only=False), TRANSFORMER)
+    )
+    assert any(r.matmul_const_b_only for r in tuner.recipes(BASE, TRANSFORMER))
+    asked = tuner.recipes(replace(BASE, matmul_const_b_only=True), TRANSFORMER)
+    assert asked[0].matmul_const_b_only and any(r.matmul_const_b_only is False for r in asked)
+
+
 def test_without_calibration_data_only_dynamic_recipes_remain() -> None:
     base = replace(BASE, mode=Mode.DYNAMIC)
     recipes = tuner.recipes(base, replace(TRANSFORMER, can_calibrate=False))

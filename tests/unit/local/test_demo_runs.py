@@ -158,3 +158,20 @@ def test_building_the_artifacts_prints_the_quantizers_warnings_above_its_bars(tm
     clip = next(w for w in skewed.manifest["warnings"] if "spec.slos.maxClipRate" in w)
     shown = " ".join(terminal.getvalue().split())  # a terminal's line breaks, undone
     assert f"warning: {' '.join(clip.split())}" in shown
+
+
+def test_the_recalibrated_artifacts_warnings_are_printed_as_quantize_prints_them(
+    skewed_artifact: artifact.Artifact, tmp_path: Path
+) -> None:
+    """The recalibration runs `quantship quantize -q` in a child whose output is kept for a failure:
+    its manifest's warnings (a clip prediction: the canary will roll back) were in its report only."""
+    (tmp_path / "reports").mkdir()
+    console = Console(file=io.StringIO(), width=100)
+
+    demo._show_recalibrated(skewed_artifact.root, tmp_path, console)
+
+    shown = " ".join(console.file.getvalue().split())  # a terminal's line breaks, undone
+    warnings = skewed_artifact.manifest["warnings"]
+    assert any("spec.slos.maxClipRate" in w for w in warnings)
+    assert all(f"warning: {' '.join(w.split())}" in shown for w in warnings), shown
+    assert "int8-recalibrated" in shown and (tmp_path / "reports" / "int8-recalibrated.html").is_file()

@@ -317,6 +317,16 @@ def test_the_other_gate_limit_and_the_opposite_booleans_reach_quantize_too() -> 
     assert context.get_parameter_source("keep_going") is ParameterSource.DEFAULT
 
 
+def test_false_reaches_quantize_as_a_no_and_unset_as_no_choice_for_the_tuners_options() -> None:
+    """matmulsOnly: false became --no-matmuls-only, whose value was the default's: quantize could not
+    tell it from unset, and its tuner ran a MatMuls-only trial all the same (matmulConstBOnly: false,
+    its MatMulConstBOnly recipes). false is a ban; unset leaves the tuner to choose."""
+    for option, parameter in (("matmulsOnly", "matmuls_only"), ("matmulConstBOnly", "matmul_const_b_only")):
+        assert parsed_by_quantize({option: False}).params[parameter] is False
+        assert parsed_by_quantize({option: True}).params[parameter] is True
+        assert parsed_by_quantize({}).params[parameter] is None
+
+
 def test_whole_numbers_the_api_server_admits_as_floats_reach_quantize_as_integers() -> None:
     """A real API server admits 4.0 for an integer field (JSON has one number type), and quantize's
     --batch-size 4.0 was a usage error: the Job failed at once."""
