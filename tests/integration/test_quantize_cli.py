@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import signal
@@ -404,6 +405,29 @@ def test_pack_replaces_an_older_archive_in_one_rename_and_refuses_any_other_file
     )
     assert theirs.read_bytes() == kept
     assert sorted(p.name for p in tmp_path.iterdir()) == ["artifact", "backup.tar.gz", "digits.tar.gz"]
+
+
+def test_pack_refuses_an_archive_whose_manifest_json_is_not_an_artifacts(
+    skewed_artifact: artifact.Artifact, tmp_path: Path
+) -> None:
+    """A file named manifest.json at an archive's top was taken for an artifact's: `docker save`
+    writes one there, and pack replaced a gzipped image with the artifact, saying "in place of the
+    older archive there"."""
+    image = tmp_path / "image.tar.gz"
+    docker_manifest = json.dumps([{"Config": "c.json", "RepoTags": ["app:1"], "Layers": []}]).encode()
+    with tarfile.open(image, "w:gz") as archive:
+        for name, data in (("manifest.json", docker_manifest), ("c.json", b"{}"), ("repositories", b"{}")):
+            member = tarfile.TarInfo(name)
+            member.size = len(data)
+            archive.addfile(member, io.BytesIO(data))
+    kept = image.read_bytes()
+
+    code, _, err = _cli("pack", skewed_artifact.root, image)
+
+    _assert_one_line_error(
+        code, err, "image.tar.gz exists and is not an artifact archive; refusing to replace it"
+    )
+    assert image.read_bytes() == kept
 
 
 def test_pack_refuses_a_name_that_verify_and_serve_would_not_take_for_an_archive(
