@@ -126,15 +126,19 @@ def pack(artifact_dir: Path, tarball: Path) -> bool:
             f"{tarball} exists and is not an artifact archive; refusing to replace it", reason="io"
         )
     artifact = load_artifact(artifact_dir)
-    staging = tarball.with_name(f".{tarball.name}.partial")
-    try:
+    # A scratch directory of its own: two packs to one TARBALL shared `.NAME.partial`, and the one
+    # that said "wrote" left the other's archive, which said "cannot write".
+    with scratch.beside(tarball, PACK_SCRATCH) as folder:
+        staging = folder / tarball.name
         with tarfile.open(staging, "w:gz") as archive:
             for name in [MANIFEST_FILE, *artifact.manifest["files"]]:
                 archive.add(artifact.root / name, arcname=name)
         os.replace(staging, tarball)
-    finally:
-        staging.unlink(missing_ok=True)
     return replacing
+
+
+PACK_SCRATCH = "pack"
+"""The kind of pack's scratch directories beside their archive: `.NAME.pack-XXXX`."""
 
 
 def _is_artifact_archive(tarball: Path) -> bool:

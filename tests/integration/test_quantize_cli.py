@@ -407,6 +407,23 @@ def test_pack_replaces_an_older_archive_in_one_rename_and_refuses_any_other_file
     assert sorted(p.name for p in tmp_path.iterdir()) == ["artifact", "backup.tar.gz", "digits.tar.gz"]
 
 
+def test_pack_writes_beside_its_archive_in_a_folder_of_its_own(artifact_copy: Path, tmp_path: Path) -> None:
+    """Every pack to one TARBALL wrote `.TARBALL.partial`: a second pack, started while the first
+    wrote, truncated and wrote the same file, the first renamed it into place half-written by the
+    second and said "wrote", and the second, its file gone, said "cannot write" (two packs of
+    all-MiniLM-L6-v2's 110 MB artifacts to one name: the one that said "wrote" was not the one
+    there). The file another pack is writing is left as it is."""
+    tarball = tmp_path / "digits.tar.gz"
+    in_flight = tmp_path / ".digits.tar.gz.partial"  # the name a pack in flight wrote
+    in_flight.write_bytes(b"another pack's half-written archive")
+
+    code, out, err = _cli("pack", artifact_copy, tarball)
+
+    assert code == 0 and out.strip() == f"wrote {tarball}", err
+    assert in_flight.read_bytes() == b"another pack's half-written archive"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [in_flight.name, "artifact", tarball.name]
+
+
 def test_pack_refuses_an_archive_whose_manifest_json_is_not_an_artifacts(
     skewed_artifact: artifact.Artifact, tmp_path: Path
 ) -> None:
