@@ -524,6 +524,7 @@ def package_fp32(
     The server serves it like any artifact (hashes, signature), with precision "fp32" and no
     activation ranges or reference, so it exports no clip or shadow SLIs of its own.
     """
+    out = out.resolve()  # as `run`'s: `-o .` has no name to build beside (a traceback)
     _check_writable(out)
     fp32 = engine_model.load_model(model_path)
     with scratch.directory(scratch.QUANTIZE_PREFIX) as tmp:

@@ -488,6 +488,22 @@ def test_report_plots_a_regression_error_on_its_own_lower_is_better_axis(
     assert "1 = identical" not in page
 
 
+def test_package_o_dot_writes_the_folder_it_names(
+    sample: zoo.SampleModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`package -o .` was a traceback (ValueError: PosixPath('.') has an empty name): its -o was
+    judged unresolved, where `quantize -o .` resolves it first."""
+    here = tmp_path / "here"
+    here.mkdir()
+    monkeypatch.chdir(here)
+
+    code, out, err = _cli("package", sample.model, "-o", ".")
+
+    monkeypatch.chdir(tmp_path)
+    assert code == 0 and out.startswith(f"wrote {here} (fp32, "), err
+    assert artifact.load_artifact(here).manifest["quantization"]["precision"] == "fp32"
+
+
 def test_report_of_an_fp32_package_says_it_is_an_unquantized_baseline(
     sample: zoo.SampleModel, tmp_path: Path
 ) -> None:

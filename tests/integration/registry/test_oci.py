@@ -192,6 +192,35 @@ def test_a_pull_replaces_an_older_artifact_in_one_rename_and_refuses_other_data(
     assert [p.name for p in mine.iterdir()] == ["notes.txt"]
 
 
+def test_pull_o_names_the_folder_quantize_o_does(
+    registry: Registry, good_artifact: artifact.Artifact, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`pull -o .` and `pull -o /` were tracebacks (ValueError: PosixPath('.') has an empty name)
+    once pull looked for an older artifact beside its destination; and `-o current`, a link to an
+    artifact, was refused, where `quantize -o` replaces the artifact the link names."""
+    uri = registry.uri("quantship/dot:v1")
+    oci.push(good_artifact.root, uri)
+    here = tmp_path / "here"
+    here.mkdir()
+    monkeypatch.chdir(here)
+
+    into_dot = CliRunner().invoke(main, ["pull", uri, "-o", "."])
+
+    monkeypatch.chdir(tmp_path)  # `here` was replaced, as `quantize -o .` replaces it
+    assert into_dot.exit_code == 0, into_dot.stderr
+    assert artifact.load_artifact(here).digest == good_artifact.digest
+    (tmp_path / "current").symlink_to("here")
+    through_link = CliRunner().invoke(main, ["pull", uri, "-o", "current"])
+    assert through_link.exit_code == 0, through_link.stderr
+    assert f"into {here} (in place of the older artifact there)" in through_link.stdout
+    assert (tmp_path / "current").is_symlink() and artifact.load_artifact(here).digest == good_artifact.digest
+    into_root = CliRunner().invoke(main, ["pull", uri, "-o", "/"])
+    assert (
+        into_root.exit_code == 3
+        and into_root.stderr == "error: / is a mount point: pull into a directory inside it\n"
+    )
+
+
 def test_the_cli_pushes_and_pulls(
     registry: Registry, good_artifact: artifact.Artifact, tmp_path: Path
 ) -> None:
