@@ -298,8 +298,8 @@ def pull(
         artifact_dirs.restore_interrupted(dest)  # a replacement killed between its renames
     except artifact.ArtifactError as exc:
         raise OciError(str(exc)) from None
-    if artifact_dirs.in_the_way(dest):  # before any download: it may be gigabytes
-        raise OciError(f"{dest} exists and is not an artifact; refusing to replace it")
+    if (refused := artifact_dirs.in_the_way(dest)) is not None:  # before any download: it may be gigabytes
+        raise OciError(f"{refused} exists and is not an artifact; refusing to replace it")
     registry = _Registry.open(reference, credentials, insecure, timeout, speed_limit)
     with registry.session:
         image, image_digest = _manifest(registry)

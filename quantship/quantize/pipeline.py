@@ -339,8 +339,8 @@ def _check_writable(out: Path) -> None:
     if existing is None or not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
         raise QuantizeInputError(f"cannot write the artifact to {out}: {existing or parent} is not writable")
     for destination in (out, artifact_dirs.gate_failed_path(out)):  # the second, should the gate fail
-        if artifact_dirs.in_the_way(destination):
-            raise QuantizeInputError(f"{destination} exists and is not an artifact; refusing to overwrite it")
+        if (refused := artifact_dirs.in_the_way(destination)) is not None:
+            raise QuantizeInputError(f"{refused} exists and is not an artifact; refusing to overwrite it")
 
 
 def _check_manifest_fits(

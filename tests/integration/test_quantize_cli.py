@@ -133,6 +133,22 @@ def test_an_empty_directory_at_out_is_written_into_a_full_one_refused(
     _assert_one_line_error(code, err, "/proc is a mount point: write the artifact to a directory inside it")
 
 
+def test_a_folder_of_the_users_where_the_older_artifact_goes_aside_is_refused_before_any_work(
+    artifact_copy: Path, tmp_path: Path
+) -> None:
+    """Replacing an older artifact moves it aside to `.NAME.old` first, and a folder of the user's
+    there is refused: but only by the rename, after the calibration and the trials (a missing model
+    was the error here, named after the refusal it hid)."""
+    aside = artifact_copy.with_name(f".{artifact_copy.name}.old")
+    aside.mkdir()
+    (aside / "notes.txt").write_text("mine")
+
+    code, _, err = _cli("quantize", tmp_path / "missing.onnx", "-o", artifact_copy, "-q")
+
+    _assert_one_line_error(code, err, f"{aside} exists and is not an artifact; refusing to overwrite it")
+    assert [p.name for p in aside.iterdir()] == ["notes.txt"]
+
+
 def test_a_failed_gate_exits_1_and_marks_the_artifact(sample: zoo.SampleModel, tmp_path: Path) -> None:
     with np.load(sample.calibration) as calibration:
         zeros = _npz(tmp_path / "zeros.npz", X=np.zeros_like(calibration["X"]))  # every range collapses
