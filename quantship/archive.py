@@ -169,21 +169,26 @@ def _member_name(member: tarfile.TarInfo, wrapper: str | None) -> tuple[str | No
     return None, parts[0]
 
 
-def holds_file(tarball: Path, name: str, limits: ArchiveLimits = ArchiveLimits()) -> bool:
-    """Whether `tarball` is a .tar.gz with a regular file `name` at its top or in the one directory
-    wrapping it, among its first `limits.max_members` members: an artifact archive, which `pack` may
-    replace. Headers only: nothing is unpacked (gzip still inflates what it skips)."""
+def read_file(
+    tarball: Path, name: str, max_bytes: int, limits: ArchiveLimits = ArchiveLimits()
+) -> bytes | None:
+    """The bytes of the regular file `name` at the top of the .tar.gz `tarball` or in the one
+    directory wrapping it, among its first `limits.max_members` members; None where there is none,
+    it is larger than `max_bytes`, or `tarball` is no readable .tar.gz. Nothing is unpacked (gzip
+    still inflates what it skips)."""
     try:
         with tarfile.open(tarball, "r:gz") as archive:
             for count, member in enumerate(archive, 1):
                 parts = [part for part in PurePosixPath(member.name).parts if part != "."]
                 if member.isreg() and 0 < len(parts) <= 2 and parts[-1] == name:
-                    return True
+                    if member.size > max_bytes or (data := archive.extractfile(member)) is None:
+                        return None
+                    return data.read(max_bytes)
                 if count >= limits.max_members:
-                    return False
+                    return None
     except (OSError, EOFError, tarfile.TarError, zlib.error):
-        return False
-    return False
+        return None
+    return None
 
 
 def _kind(member: tarfile.TarInfo) -> str:

@@ -35,7 +35,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from quantship import scratch
-from quantship.archive import ArchiveLimits, RefusedArchive, extract, holds_file, remove_unpacked
+from quantship.archive import ArchiveLimits, RefusedArchive, extract, read_file, remove_unpacked
 from quantship.artifact_dirs import replace_dir
 from quantship.artifact_format import (
     MANIFEST_FILE,
@@ -56,6 +56,7 @@ from quantship.artifact_manifest import (
     check_readable,
     format_version,
     manifest_text,
+    parse_manifest,
     printable_names,
     read_checked,
     read_manifest,
@@ -120,22 +121,40 @@ def pack(artifact_dir: Path, tarball: Path) -> bool:
     if not tarball.name.endswith(ARCHIVE_SUFFIXES):  # serve, verify and fetch know archives by name
         raise ArtifactError(f"{tarball}: an artifact archive's name ends in .tar.gz or .tgz", reason="format")
     replacing = tarball.exists() or tarball.is_symlink()
-    if replacing and (
-        tarball.is_symlink() or not tarball.is_file() or not holds_file(tarball, MANIFEST_FILE)
-    ):
+    if replacing and not _is_artifact_archive(tarball):
         raise ArtifactError(
             f"{tarball} exists and is not an artifact archive; refusing to replace it", reason="io"
         )
     artifact = load_artifact(artifact_dir)
-    staging = tarball.with_name(f".{tarball.name}.partial")
-    try:
+    # A scratch directory of its own: two packs to one TARBALL shared `.NAME.partial`, and the one
+    # that said "wrote" left the other's archive, which said "cannot write".
+    with scratch.beside(tarball, PACK_SCRATCH) as folder:
+        staging = folder / tarball.name
         with tarfile.open(staging, "w:gz") as archive:
             for name in [MANIFEST_FILE, *artifact.manifest["files"]]:
                 archive.add(artifact.root / name, arcname=name)
         os.replace(staging, tarball)
-    finally:
-        staging.unlink(missing_ok=True)
     return replacing
+
+
+PACK_SCRATCH = "pack"
+"""The kind of pack's scratch directories beside their archive: `.NAME.pack-XXXX`."""
+
+
+def _is_artifact_archive(tarball: Path) -> bool:
+    """Whether `tarball` is a regular .tar.gz whose manifest.json (at its top or in its one wrapping
+    directory) is a manifest quantship reads: what `pack` may replace. A file named manifest.json is
+    not enough: a gzipped `docker save` holds one at its top, and pack replaced it."""
+    if tarball.is_symlink() or not tarball.is_file():
+        return False
+    data = read_file(tarball, MANIFEST_FILE, MAX_MANIFEST_BYTES)
+    if data is None:
+        return False
+    try:
+        parse_manifest(data.decode(), tarball / MANIFEST_FILE)
+    except (UnicodeDecodeError, ArtifactError):
+        return False
+    return True
 
 
 def load_artifact(

@@ -29,13 +29,20 @@ def holds_servable(path: Path) -> bool:
     return not (isinstance(validation, dict) and validation.get("gate") == "failed")
 
 
-def in_the_way(target: Path) -> bool:
-    """Whether `target` holds someone's data, which replace_dir refuses: anything but nothing, an
-    empty directory (made for the artifact) or an older artifact. `quantize -o` and `pull -o` ask
-    first, before the calibration or the download that ends in replace_dir."""
+def in_the_way(target: Path) -> Path | None:
+    """What holds someone's data that replace_dir refuses to replace at `target`: `target` itself,
+    unless it is nothing, an empty directory (made for the artifact) or an older artifact; or, where
+    an older artifact is, the `.NAME.old` it would be moved aside to, unless that is nothing or an
+    artifact. `quantize -o` and `pull -o` ask first, before the calibration or the download that ends
+    in replace_dir (a folder of the user's at `.NAME.old` was refused only after them)."""
     if target.is_dir() and not target.is_symlink() and not any(target.iterdir()):
-        return False
-    return (target.exists() or target.is_symlink()) and not is_artifact_dir(target)
+        return None
+    if not target.exists() and not target.is_symlink():
+        return None
+    if not is_artifact_dir(target):
+        return target
+    old = _displaced(target)
+    return old if (old.exists() or old.is_symlink()) and not is_artifact_dir(old) else None
 
 
 def replace_dir(new: Path, target: Path) -> None:

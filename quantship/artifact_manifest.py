@@ -169,13 +169,18 @@ def read_manifest(root: Path) -> dict[str, Any]:
     if manifest_path.stat().st_size > MAX_MANIFEST_BYTES:
         raise ArtifactError(f"{manifest_path}: larger than {MAX_MANIFEST_BYTES} bytes", reason="format")
     try:
-        manifest = parse_json(manifest_path.read_text())
-    except (
-        OSError,
-        UnicodeDecodeError,
-        ValueError,
-        RecursionError,
-    ) as exc:  # a JSONDecodeError is a ValueError
+        text = manifest_path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ArtifactError(f"{manifest_path}: unreadable manifest: {exc}", reason="format") from exc
+    return parse_manifest(text, manifest_path)
+
+
+def parse_manifest(text: str, manifest_path: Path) -> dict[str, Any]:
+    """The manifest `text`, read from `manifest_path`, as `read_manifest` accepts one (its file
+    list's names, format version and `manifest_schema`), or ArtifactError naming `manifest_path`."""
+    try:
+        manifest = parse_json(text)
+    except (ValueError, RecursionError) as exc:  # a JSONDecodeError is a ValueError
         raise ArtifactError(f"{manifest_path}: unreadable manifest: {exc}", reason="format") from exc
     if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
         raise ArtifactError(f"{manifest_path}: manifest has no file list", reason="format")

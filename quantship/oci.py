@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import re
 import urllib.parse
 from collections.abc import Iterator, Mapping, Sequence
@@ -289,13 +290,16 @@ def pull(
     descriptors declare them. Each connect and read waits at most `timeout`; a manifest, layer or
     token that arrives slower than `speed_limit` is abandoned."""
     reference = Reference.parse(uri)
+    dest = dest.resolve()  # as `quantize -o`: `.` is the folder it names (`-o .` was a traceback)
+    if os.path.ismount(dest):  # pulled beside it and renamed into place: not across
+        raise OciError(f"{dest} is a mount point: pull into a directory inside it")
     try:
         artifact.refuse_inside_an_artifact(dest)
         artifact_dirs.restore_interrupted(dest)  # a replacement killed between its renames
     except artifact.ArtifactError as exc:
         raise OciError(str(exc)) from None
-    if artifact_dirs.in_the_way(dest):  # before any download: it may be gigabytes
-        raise OciError(f"{dest} exists and is not an artifact; refusing to replace it")
+    if (refused := artifact_dirs.in_the_way(dest)) is not None:  # before any download: it may be gigabytes
+        raise OciError(f"{refused} exists and is not an artifact; refusing to replace it")
     registry = _Registry.open(reference, credentials, insecure, timeout, speed_limit)
     with registry.session:
         image, image_digest = _manifest(registry)

@@ -165,6 +165,7 @@ def fetch(
     http(s) download that moves slower than `speed_limit` is abandoned (a FetchError).
     `registry_config`: a Docker config.json with the oci:// registry's credentials; `insecure`: plain
     HTTP to it."""
+    dest = dest.resolve()  # as `quantize -o`: `.` is the folder it names (`fetch URI .` was a traceback)
     artifact.refuse_inside_an_artifact(dest)  # before anything is made there, whatever the scheme
     key = artifact_keys.load_public_key(public_key) if public_key else None
     # beside dest, so the rename is atomic; what a killed fetch (an OOM-killed init container,

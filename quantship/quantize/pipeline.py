@@ -348,8 +348,8 @@ def _check_writable(out: Path) -> None:
     if existing is None or not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
         raise QuantizeInputError(f"cannot write the artifact to {out}: {existing or parent} is not writable")
     for destination in (out, artifact_dirs.gate_failed_path(out)):  # the second, should the gate fail
-        if artifact_dirs.in_the_way(destination):
-            raise QuantizeInputError(f"{destination} exists and is not an artifact; refusing to overwrite it")
+        if (refused := artifact_dirs.in_the_way(destination)) is not None:
+            raise QuantizeInputError(f"{refused} exists and is not an artifact; refusing to overwrite it")
 
 
 def _check_manifest_fits(
@@ -533,6 +533,7 @@ def package_fp32(
     The server serves it like any artifact (hashes, signature), with precision "fp32" and no
     activation ranges or reference, so it exports no clip or shadow SLIs of its own.
     """
+    out = out.resolve()  # as `run`'s: `-o .` has no name to build beside (a traceback)
     _check_writable(out)
     fp32 = engine_model.load_model(model_path)
     with scratch.directory(scratch.QUANTIZE_PREFIX) as tmp:

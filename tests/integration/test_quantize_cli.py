@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import signal
@@ -130,6 +131,22 @@ def test_an_empty_directory_at_out_is_written_into_a_full_one_refused(
     # across file systems; refused at once, not with EBUSY after the calibration and the trials
     code, _, err = _quantize(sample, Path("/proc"))
     _assert_one_line_error(code, err, "/proc is a mount point: write the artifact to a directory inside it")
+
+
+def test_a_folder_of_the_users_where_the_older_artifact_goes_aside_is_refused_before_any_work(
+    artifact_copy: Path, tmp_path: Path
+) -> None:
+    """Replacing an older artifact moves it aside to `.NAME.old` first, and a folder of the user's
+    there is refused: but only by the rename, after the calibration and the trials (a missing model
+    was the error here, named after the refusal it hid)."""
+    aside = artifact_copy.with_name(f".{artifact_copy.name}.old")
+    aside.mkdir()
+    (aside / "notes.txt").write_text("mine")
+
+    code, _, err = _cli("quantize", tmp_path / "missing.onnx", "-o", artifact_copy, "-q")
+
+    _assert_one_line_error(code, err, f"{aside} exists and is not an artifact; refusing to overwrite it")
+    assert [p.name for p in aside.iterdir()] == ["notes.txt"]
 
 
 def test_a_failed_gate_exits_1_and_marks_the_artifact(sample: zoo.SampleModel, tmp_path: Path) -> None:
@@ -429,6 +446,46 @@ def test_pack_replaces_an_older_archive_in_one_rename_and_refuses_any_other_file
     assert sorted(p.name for p in tmp_path.iterdir()) == ["artifact", "backup.tar.gz", "digits.tar.gz"]
 
 
+def test_pack_writes_beside_its_archive_in_a_folder_of_its_own(artifact_copy: Path, tmp_path: Path) -> None:
+    """Every pack to one TARBALL wrote `.TARBALL.partial`: a second pack, started while the first
+    wrote, truncated and wrote the same file, the first renamed it into place half-written by the
+    second and said "wrote", and the second, its file gone, said "cannot write" (two packs of
+    all-MiniLM-L6-v2's 110 MB artifacts to one name: the one that said "wrote" was not the one
+    there). The file another pack is writing is left as it is."""
+    tarball = tmp_path / "digits.tar.gz"
+    in_flight = tmp_path / ".digits.tar.gz.partial"  # the name a pack in flight wrote
+    in_flight.write_bytes(b"another pack's half-written archive")
+
+    code, out, err = _cli("pack", artifact_copy, tarball)
+
+    assert code == 0 and out.strip() == f"wrote {tarball}", err
+    assert in_flight.read_bytes() == b"another pack's half-written archive"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [in_flight.name, "artifact", tarball.name]
+
+
+def test_pack_refuses_an_archive_whose_manifest_json_is_not_an_artifacts(
+    skewed_artifact: artifact.Artifact, tmp_path: Path
+) -> None:
+    """A file named manifest.json at an archive's top was taken for an artifact's: `docker save`
+    writes one there, and pack replaced a gzipped image with the artifact, saying "in place of the
+    older archive there"."""
+    image = tmp_path / "image.tar.gz"
+    docker_manifest = json.dumps([{"Config": "c.json", "RepoTags": ["app:1"], "Layers": []}]).encode()
+    with tarfile.open(image, "w:gz") as archive:
+        for name, data in (("manifest.json", docker_manifest), ("c.json", b"{}"), ("repositories", b"{}")):
+            member = tarfile.TarInfo(name)
+            member.size = len(data)
+            archive.addfile(member, io.BytesIO(data))
+    kept = image.read_bytes()
+
+    code, _, err = _cli("pack", skewed_artifact.root, image)
+
+    _assert_one_line_error(
+        code, err, "image.tar.gz exists and is not an artifact archive; refusing to replace it"
+    )
+    assert image.read_bytes() == kept
+
+
 def test_pack_refuses_a_name_that_verify_and_serve_would_not_take_for_an_archive(
     good_artifact: artifact.Artifact, tmp_path: Path
 ) -> None:
@@ -468,6 +525,22 @@ def test_report_plots_a_regression_error_on_its_own_lower_is_better_axis(
     page = (tmp_path / "r.html").read_text()
     assert 'alt="INT8 vs FP32, lower is better (0 = identical): relative_error; model file size' in page
     assert "1 = identical" not in page
+
+
+def test_package_o_dot_writes_the_folder_it_names(
+    sample: zoo.SampleModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`package -o .` was a traceback (ValueError: PosixPath('.') has an empty name): its -o was
+    judged unresolved, where `quantize -o .` resolves it first."""
+    here = tmp_path / "here"
+    here.mkdir()
+    monkeypatch.chdir(here)
+
+    code, out, err = _cli("package", sample.model, "-o", ".")
+
+    monkeypatch.chdir(tmp_path)
+    assert code == 0 and out.startswith(f"wrote {here} (fp32, "), err
+    assert artifact.load_artifact(here).manifest["quantization"]["precision"] == "fp32"
 
 
 def test_report_of_an_fp32_package_says_it_is_an_unquantized_baseline(

@@ -7,6 +7,7 @@ import contextlib
 import http.server
 import json
 import os
+import shutil
 import stat
 import subprocess
 import sys
@@ -190,6 +191,55 @@ def test_a_pull_replaces_an_older_artifact_in_one_rename_and_refuses_other_data(
     assert refused.exit_code == 3, refused.stderr
     assert "mine exists and is not an artifact; refusing to replace it" in refused.stderr
     assert [p.name for p in mine.iterdir()] == ["notes.txt"]
+
+
+def test_a_folder_of_the_users_where_the_older_artifact_goes_aside_is_refused_before_any_download(
+    registry: Registry, good_artifact: artifact.Artifact, tmp_path: Path
+) -> None:
+    """A pull moves the older artifact at -o aside to `.NAME.old` before its own takes the place,
+    and refused a folder of the user's there only then, after the download (MiniLM's 110 MB):
+    now before it, naming that folder (a repository the registry never had: no download to fail)."""
+    out = tmp_path / "pulled"
+    shutil.copytree(good_artifact.root, out)
+    aside = tmp_path / ".pulled.old"
+    aside.mkdir()
+    (aside / "notes.txt").write_text("a user's")
+
+    refused = CliRunner().invoke(main, ["pull", registry.uri("quantship/never-pushed:v1"), "-o", str(out)])
+
+    assert refused.exit_code == 3, refused.stderr
+    assert refused.stderr == f"error: {aside} exists and is not an artifact; refusing to replace it\n"
+    assert [p.name for p in aside.iterdir()] == ["notes.txt"]
+    assert artifact.load_artifact(out).digest == good_artifact.digest
+
+
+def test_pull_o_names_the_folder_quantize_o_does(
+    registry: Registry, good_artifact: artifact.Artifact, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`pull -o .` and `pull -o /` were tracebacks (ValueError: PosixPath('.') has an empty name)
+    once pull looked for an older artifact beside its destination; and `-o current`, a link to an
+    artifact, was refused, where `quantize -o` replaces the artifact the link names."""
+    uri = registry.uri("quantship/dot:v1")
+    oci.push(good_artifact.root, uri)
+    here = tmp_path / "here"
+    here.mkdir()
+    monkeypatch.chdir(here)
+
+    into_dot = CliRunner().invoke(main, ["pull", uri, "-o", "."])
+
+    monkeypatch.chdir(tmp_path)  # `here` was replaced, as `quantize -o .` replaces it
+    assert into_dot.exit_code == 0, into_dot.stderr
+    assert artifact.load_artifact(here).digest == good_artifact.digest
+    (tmp_path / "current").symlink_to("here")
+    through_link = CliRunner().invoke(main, ["pull", uri, "-o", "current"])
+    assert through_link.exit_code == 0, through_link.stderr
+    assert f"into {here} (in place of the older artifact there)" in through_link.stdout
+    assert (tmp_path / "current").is_symlink() and artifact.load_artifact(here).digest == good_artifact.digest
+    into_root = CliRunner().invoke(main, ["pull", uri, "-o", "/"])
+    assert (
+        into_root.exit_code == 3
+        and into_root.stderr == "error: / is a mount point: pull into a directory inside it\n"
+    )
 
 
 def test_the_cli_pushes_and_pulls(

@@ -53,6 +53,23 @@ def test_a_directory_on_a_file_uri_is_copied_and_verified(
     assert [p.name for p in tmp_path.iterdir()] == ["model"], "no scratch left behind"
 
 
+def test_dest_dot_is_the_folder_it_names(
+    good_artifact: artifact.Artifact, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`fetch URI .` was a traceback (ValueError: PosixPath('.') has an empty name): DEST was
+    judged unresolved, where `quantize -o .` resolves it first."""
+    here = tmp_path / "here"
+    here.mkdir()
+    monkeypatch.chdir(here)
+
+    code, output = fetch(f"file://{good_artifact.root}", ".")
+
+    monkeypatch.chdir(tmp_path)  # `here` was replaced, as `quantize -o .` replaces it
+    assert code == 0, output
+    assert artifact.load_artifact(here).digest == good_artifact.digest
+    assert [p.name for p in tmp_path.iterdir()] == ["here"], "no scratch left behind"
+
+
 def external_data_model(folder: Path, weights: str) -> Path:
     """An artifact whose model.onnx keeps its one weight in the external file `weights`, which the
     manifest does not list: what onnxruntime reads from beside model.onnx, unverified."""
