@@ -50,6 +50,7 @@ from rich.table import Table
 from benchmarks import children, goals, peer_servers, peers_heavy
 from benchmarks.process_cpu import cpu_seconds
 from quantship import artifact, runtime, zoo
+from quantship.choices import ONNXRUNTIME_SPINNING
 from quantship.local.processes import ServerProcess
 from quantship.local.prometheus import free_port
 from quantship.quantize import QuantizeConfig
@@ -423,7 +424,7 @@ def raw_calls_per_s(
     threads: int = 1,
     seconds: float = 1.0,
     idle_s: float = 0.0,
-    spinning: bool = runtime.SPINNING,
+    spinning: bool = ONNXRUNTIME_SPINNING,
 ) -> float:
     """session.run calls on `feed` a second of their own time, for `seconds`: back to back, or each
     after `idle_s` asleep (RAW_IDLE_S). Both tables' raw onnxruntime."""

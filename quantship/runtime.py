@@ -21,6 +21,8 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from quantship import choices
+
 QUANTIZE = "QuantizeLinear"
 DEQUANTIZE = "DequantizeLinear"
 CPU_PROVIDER = "CPUExecutionProvider"
@@ -33,21 +35,12 @@ _INT8_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "asimdd
 ALLOW_SPINNING = "session.intra_op.allow_spinning"
 """onnxruntime's session config key: whether its intra-op pool's threads spin while they wait for work
 (its default, "1") or sleep ("0")."""
-SPINNING = False
-"""Whether quantship's sessions' intra-op threads spin while they wait (onnxruntime's default) rather
-than sleep. A spinning pool burns the CPU that the Python around the calls needs, and after each call
-it keeps spinning: wasted on a shared host, counted against a pod's limits.cpu. EfficientNet-Lite0
-INT8 with two threads on a 2-core host (other processes running, load 3-5): 12.7 ms of CPU a call
-with 5 ms between calls spinning against 4.8 ms asleep, 34 ms of CPU in the 0.3 s after a call
-against 0.1; a bare server over gRPC at c=1 95 against 142 req/s; `quantship quantize` of that model
-62-74 s against 51-58 s. Numerics do not change: the gate judges the kernels that serve either way.
-One thread has no pool, and nothing spins."""
 
 
 def session_options(
     *,
     threads: int | None = None,
-    spinning: bool = SPINNING,
+    spinning: bool = choices.ONNXRUNTIME_SPINNING,
     optimized_model_path: Path | None = None,
 ) -> ort.SessionOptions:
     """Options for serving: every graph optimization on, so int8 kernels are fused as in production."""
@@ -67,7 +60,7 @@ def create_session(
     *,
     providers: list[str] | None = None,
     threads: int | None = None,
-    spinning: bool = SPINNING,
+    spinning: bool = choices.ONNXRUNTIME_SPINNING,
 ) -> ort.InferenceSession:
     return ort.InferenceSession(
         _source(model),

@@ -18,6 +18,7 @@ from google.protobuf.message import DecodeError
 
 from quantship import runtime
 from quantship.artifact import Artifact
+from quantship.choices import ONNXRUNTIME_SPINNING
 from quantship.server import hardware
 from quantship.server.clipping import unusable_ranges
 from quantship.server.runner import Runner
@@ -145,7 +146,7 @@ def open_reference(source: tuple[Path, bytes] | None, served: Signature, compare
 
 
 def open_model(
-    model: bytes, path: Path, threads: int | None, *, spinning: bool = runtime.SPINNING
+    model: bytes, path: Path, threads: int | None, *, spinning: bool = ONNXRUNTIME_SPINNING
 ) -> tuple[Runner, onnx.ModelProto]:
     """A session of the served model's verified bytes, and its graph (for the load-time analyses)."""
     proto = _inline_graph(model, path, reason="format")

@@ -28,6 +28,7 @@ import onnx
 import onnxruntime as ort
 
 from quantship import runtime
+from quantship.choices import ONNXRUNTIME_SPINNING
 from quantship.server.errors import InferenceFailed, InvalidInput
 from quantship.server.runner_failures import (
     ORT_FAILURES,
@@ -96,7 +97,7 @@ class Runner:
         model: Path | bytes,
         *,
         threads: int | None = None,
-        spinning: bool = runtime.SPINNING,
+        spinning: bool = ONNXRUNTIME_SPINNING,
         proto: onnx.ModelProto | None = None,
     ) -> Runner:
         """A session of `model`; `proto`, its graph when the caller has parsed it already."""

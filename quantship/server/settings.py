@@ -12,7 +12,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from quantship import runtime
+from quantship.choices import ONNXRUNTIME_SPINNING
 from quantship.slo import Track  # which side of a rollout this server is: the `track` label
 
 MiB = 1 << 20
@@ -223,9 +223,9 @@ class ServerSettings:
     physical core it may run on), or under a CPU quota that allows less (Kubernetes' limits.cpu), the
     quota rounded down (cpus.serving_threads). Background sessions (reference, clip observer) always
     use one thread, so the SLIs never take more than one core away from serving."""
-    onnxruntime_spinning: bool = runtime.SPINNING
+    onnxruntime_spinning: bool = ONNXRUNTIME_SPINNING
     """Whether the serving session's intra-op threads spin while they wait for work (onnxruntime's
-    default) rather than sleep: see runtime.SPINNING for what spinning cost."""
+    default) rather than sleep: see choices.ONNXRUNTIME_SPINNING for what spinning cost."""
     max_body_bytes: int = 16 * MiB
     """Largest request body accepted, in bytes; larger ones get 413 before being read. 16 MiB holds
     a batch of 64 float32 224x224 images, far beyond the digits model's 256 bytes a row."""
