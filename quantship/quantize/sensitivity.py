@@ -6,6 +6,21 @@ in the FP32 model, on the same inputs: the error that has built up by that point
 ranked by `xmodel_err` of their output, lowest first. Weights: SQNR of dequantized vs float, with
 the node that reads the weight.
 
+Ranking by the error each node adds instead (its output's SQNR below the lowest of its inputs', an
+exact or unmeasured input counting as 50 dB, one ideal 8-bit rounding) was measured against this,
+`--strategy fallback`, and lost (2026-12-07, AMD EPYC with VNNI, load 2-5): gpt2-lm
+(`--no-matmuls-only --metric kl_divergence --threshold 0.00415 --max-trials 12`) passed in trial 12
+with 6 nodes in float, against trial 9 with 3 (attention's MatMul_1s and a c_proj first here, its
+embedding Gathers there); all-MiniLM-L6-v2 (`--no-matmuls-only`, 8 and 16 trials) passed in
+neither, its node trials reaching cosine mean 0.769 against 0.779. It won on EfficientNet-Lite0
+per-tensor (`--threshold 0.85`, 8 and 12 trials): trials 8 and 10, the stem and block 0 in float
+(KL 0.756 -> 0.300), where this passed in neither. `xmodel_err` includes the tensor's own QDQ
+rounding, so MiniLM's FFN down-projections add nothing by that measure (layer 0: 12.7 dB in, 13.1
+out): the GELU output's rounding is its Mul's (19.6 -> 12.7 dB). That rule ranked the embedding
+Gathers, layer 0's output LayerNorm (12.3 -> 5.4 dB) and the GELU Muls first, and none in float
+alone lifted the cosine mean past 0.768 (static every op: 0.7648); layer 3's down-projection, 4th
+here, lifted it to 0.771.
+
 Where the quantizer removed a Relu/Clip and quantizes its output's range on what fed it, `qdq_err`
 compares the unclipped input with its quantized, clipped self: it measures what the activation
 removes, not quantization (EfficientNet-Lite0's 33 ReLU6 outputs read 0.09-8.4 dB against an
