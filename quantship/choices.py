@@ -105,9 +105,13 @@ dimensions are not allowed'), distribution refuses under 512."""
 ONNXRUNTIME_SPINNING = False
 """Whether quantship's sessions' intra-op threads spin while they wait (onnxruntime's default) rather
 than sleep. A spinning pool burns the CPU that the Python around the calls needs, and after each call
-it keeps spinning: wasted on a shared host, counted against a pod's limits.cpu. EfficientNet-Lite0
-INT8 with two threads on a 2-core host (other processes running, load 3-5): 12.7 ms of CPU a call
-with 5 ms between calls spinning against 4.8 ms asleep, 34 ms of CPU in the 0.3 s after a call
-against 0.1; a bare server over gRPC at c=1 95 against 142 req/s; `quantship quantize` of that model
-62-74 s against 51-58 s. Numerics do not change: the gate judges the kernels that serve either way.
-One thread has no pool, and nothing spins."""
+it keeps spinning: wasted on a shared host, counted against a pod's limits.cpu. `quantship serve` of
+EfficientNet-Lite0 INT8 with two threads on a 2-core host, c=1, interleaved rounds (2026-12-07):
+quiet (load ~2, the bench's own), asleep / spinning / spinning only within a call
+(session.force_spinning_stop) answered gRPC 181 / 195 / 191 and HTTP binary 235 / 240 / 248 req/s
+at 7.5 / 9.6 / 7.9 ms of CPU a request; beside two busy processes (load 3-4.5), 163 / 82 / 136 and
+157 / 79 / 113 req/s, p99 17 / 24 / 35 ms. Asleep loses a few percent on idle cores and wins by
+1.2-2x where anything else runs. 10 requests 0.1 s apart to a 2-thread MLP cost 0.39-0.46 CPU
+seconds spinning, under 0.1 asleep; `quantship quantize` of EfficientNet-Lite0 took 51-58 s asleep
+against 62-74 s spinning (load 3.5-4). Numerics do not change: the gate judges the kernels that serve
+either way. One thread has no pool, and nothing spins."""
