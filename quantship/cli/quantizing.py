@@ -158,7 +158,8 @@ _QUANTIZE = q_config.QuantizeConfig()
     default=_QUANTIZE.strategy.value,
     show_default=True,
     help="recipes: try whole-model recipes first, then op-type and node fallback; fallback: keep "
-    "the given recipe, fall back only.",
+    "the given recipe, fall back only (keep ops in float: MatMuls-only on a transformer with an MLP, op "
+    "types, nodes).",
 )
 @click.option(
     "--keep-going",
