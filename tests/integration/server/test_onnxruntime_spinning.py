@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +17,6 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from server_harness import MODEL, LocalServer, settings_for
 
-from benchmarks.process_cpu import cpu_seconds
 from quantship import artifact, runtime
 from quantship.local.processes import ServerProcess
 
@@ -24,6 +24,13 @@ WIDTHS = (256, 1024, 1024, 10)
 """MatMuls big enough that onnxruntime splits them across two threads (a 1-row call: ~0.1 ms here)."""
 REQUESTS = 10
 GAP_S = 0.1
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU seconds of process `pid` so far, as benchmarks/process_cpu.py reads them
+    (`benchmarks` is not an installed package: the tests do not import it)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def mlp_artifact(out: Path) -> Path:
