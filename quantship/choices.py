@@ -110,8 +110,8 @@ EfficientNet-Lite0 INT8 with two threads on a 2-core host, c=1, interleaved roun
 quiet (load ~2, the bench's own), asleep / spinning / spinning only within a call
 (session.force_spinning_stop) answered gRPC 181 / 195 / 191 and HTTP binary 235 / 240 / 248 req/s
 at 7.5 / 9.6 / 7.9 ms of CPU a request; beside two busy processes (load 3-4.5), 163 / 82 / 136 and
-157 / 79 / 113 req/s, p99 17 / 24 / 35 ms. Asleep loses a few percent on idle cores and wins by
-1.2-2x where anything else runs. 10 requests 0.1 s apart to a 2-thread MLP cost 0.39-0.46 CPU
+157 / 79 / 113 req/s, p99 17 / 24 / 35 ms. Asleep answers 2-15% fewer on idle cores and about
+twice as many where anything else runs. 10 requests 0.1 s apart to a 2-thread MLP cost 0.39-0.46 CPU
 seconds spinning, under 0.1 asleep; `quantship quantize` of EfficientNet-Lite0 took 51-58 s asleep
 against 62-74 s spinning (load 3.5-4). Numerics do not change: the gate judges the kernels that serve
 either way. One thread has no pool, and nothing spins."""
