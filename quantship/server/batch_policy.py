@@ -4,7 +4,7 @@ Batching pays only where a bigger batch costs less per row: a tiny MLP runs 32 r
 cost of one, but EfficientNet-Lite0 on a CPU runs 8 rows for ~8x one (measured: batching made it
 slower at c=8, 27 rps against 34.5 unbatched, because rows wait for batch-mates for nothing). So the
 service times calls of 1, 2, 4, ... rows up to --max-batch-size on a synthetic input and caps
-batching at the last size that was still clearly cheaper per row than the one before. The choice
+batching at the largest size clearly cheaper per row than the smaller ones (`_cheapest`). The choice
 and its figures go to the log and to the model's metadata (`/v2/models/{name}`). A model that runs
 on one row of the synthetic input but fails on more (written for one row) is served unbatched, with
 a warning that says so, as Triton serves a model whatever its batching does: each request then runs
@@ -47,6 +47,19 @@ tried too, calls spread over 25 ms), 5 of 14 starts of digits INT8 on one core r
 through every round to mislead the choice."""
 ROUND_GAP_S = 0.05
 """Seconds between rounds: longer than a burst of the server's own start, short enough for loading."""
+LOOKAHEAD = 2
+"""Sizes a climb times past the cheapest so far before it stops, where their calls are short
+(LOOKAHEAD_CALL_S): one size looked dear in every round and stopped every climb there. A server
+starting beside four busy processes on 2 CPUs (load 5-8) chose 1 to 4 rows for digits INT8, whose 32
+rows cost a tenth of one row's each, in 4 of 95 starts (2026-12-08); one timed {1: 12.9, 2: 11.9} µs
+a row, and batching was off for the pod's life. Looking one size further: 0 of 80, beside the same."""
+LOOKAHEAD_CALL_S = 1e-3
+"""The longest call a climb looks past when it was no cheaper per row. Where a call is this short,
+its fixed cost (tens of µs) is much of it and a larger batch almost always saves, so a flat step is
+more likely a burst; where it takes milliseconds, the rows' own work dominates and a flat step is
+the model's. EfficientNet-Lite0 FP32 (2 threads, 3.5-5 ms a row as the load went 4 to 6), looking
+past every flat size: 1-2.7 s of its load against 0.4-0.6, and a choice that swung between 1, 2 and
+4 rows with the load (the old climb's, between 1 and 2)."""
 UNMEASURED_SPLIT_ROWS = BatchSettings.max_batch_size
 """The fewest rows a call of a split request takes where no call was timed (a sequence model)."""
 INLINE_CALL_S = 100e-6
@@ -217,8 +230,8 @@ def _measure_sizes(
     runner: Runner, configured: int, measure: Callable[[Runner, int], float]
 ) -> tuple[dict[int, float], int]:
     """Seconds per row at 1, 2, 4, ... rows, the fastest of ROUNDS climbs, and the size to batch up
-    to: the last that was clearly cheaper per row than the one before. Each climb stops where the
-    costs so far stop falling, so a later round climbs past a size a burst made look dear."""
+    to (`_cheapest`). Each climb stops past the cheapest so far (`_climbed_past`), and a later round
+    climbs past a size a burst made look dear."""
     costs: dict[int, float] = {}
     deadline = time.perf_counter() + BUDGET_S
     for round_ in range(ROUNDS):
@@ -228,9 +241,17 @@ def _measure_sizes(
             if time.perf_counter() >= deadline:
                 break
             costs[size] = min(measure(runner, size), costs.get(size, float("inf")))
-            if _cheapest(costs) < size:
+            if _climbed_past(costs, size):
                 break
     return costs, _cheapest(costs)
+
+
+def _climbed_past(costs: dict[int, float], size: int) -> bool:
+    """Whether a climb that has just timed `size` has gone far enough past the cheapest size so far:
+    LOOKAHEAD sizes, or one whose call took LOOKAHEAD_CALL_S or more."""
+    cheapest = _cheapest(costs)
+    past = sum(cheapest < timed <= size for timed in costs)
+    return past >= LOOKAHEAD or (past > 0 and costs[size] * size >= LOOKAHEAD_CALL_S)
 
 
 def _ladder(configured: int) -> list[int]:
@@ -242,12 +263,13 @@ def _ladder(configured: int) -> list[int]:
 
 
 def _cheapest(costs: dict[int, float]) -> int:
-    """Climbing the measured sizes in order, the last one clearly cheaper per row than the one before."""
+    """Climbing the measured sizes in order, the last one clearly cheaper per row than the size chosen
+    before it: a size no cheaper is passed over, not the end of the climb, so a larger one that is
+    cheaper still counts."""
     chosen = 1
     for size in sorted(costs)[1:]:
-        if costs[size] >= CHEAPER * costs[chosen]:
-            break
-        chosen = size
+        if costs[size] < CHEAPER * costs[chosen]:
+            chosen = size
     return chosen
 
 

@@ -169,6 +169,25 @@ def test_a_size_a_burst_made_look_dear_is_climbed_past_in_a_later_round(tiny_mod
     assert policy.seconds_per_row == true
 
 
+def test_short_calls_are_climbed_past_a_size_that_looked_dear_in_every_round(tiny_model: TinyModel) -> None:
+    """A server starting beside busy processes timed digits INT8's two rows at 11.9 µs a row against
+    one row's 12.9, in all three rounds, and served unbatched: with calls this short a flat step is
+    more likely a burst than the model, so the climb looks two sizes past it."""
+    microseconds = {1: 12.9, 2: 11.9, 4: 3.7, 8: 2.3, 16: 1.5, 32: 1.2}
+    policy = batch_policy.choose(tiny_model(), 32, table({k: v * 1e-6 for k, v in microseconds.items()}))
+    assert policy.max_batch_size == 32
+    flat_then_flat = {1: 12.9e-6, 2: 12.5e-6, 4: 12.0e-6}  # two sizes past one row, neither cheaper
+    assert batch_policy.choose(tiny_model(), 32, table(flat_then_flat)).max_batch_size == 1
+
+
+def test_a_flat_size_whose_call_takes_milliseconds_ends_the_climb(tiny_model: TinyModel) -> None:
+    """A CNN's rows are its own work: two rows for twice one ends the climb there, and four are never
+    timed (a KeyError if they were), as looking further took seconds of a load and chose from noise."""
+    policy = batch_policy.choose(tiny_model(), 32, table({1: 5e-3, 2: 5.1e-3}))
+    assert policy.max_batch_size == 1
+    assert set(policy.seconds_per_row) == {1, 2}
+
+
 def test_every_round_measures_every_size_it_reaches_and_keeps_the_fastest(tiny_model: TinyModel) -> None:
     slow_first_round = iter([2.0] * 6 + [1.0] * 12)  # a whole first round at half speed
 
