@@ -1236,6 +1236,22 @@ def test_a_dynamic_manifest_records_only_settings_that_applied_and_says_which_we
     assert ignored[0].endswith(": --format, --activation-type, --calibration-method, --num-bins"), err
 
 
+@pytest.mark.parametrize(
+    "switches",
+    [("--no-matmul-const-b-only", "--matmuls-only"), ("--matmul-const-b-only", "--no-matmuls-only")],
+)
+def test_a_dynamic_run_names_an_ignored_switch_as_it_was_given(
+    sample: zoo.SampleModel, tmp_path: Path, switches: tuple[str, str]
+) -> None:
+    """`--mode dynamic --no-matmuls-only` was warned that "--matmuls-only" is ignored: the name of
+    the switch turned on, to someone who had turned it off."""
+    code, _, err = _cli("quantize", sample.model, "-o", tmp_path / "a", "--evaluation", sample.evaluation,
+                        "--mode", "dynamic", *switches, "-q")  # fmt: skip
+    assert code == 0, err
+    ignored = [line for line in err.splitlines() if line.startswith("warning: ignored")]
+    assert len(ignored) == 1 and ignored[0].endswith(f"does not use them: {', '.join(switches)}"), err
+
+
 @pytest.mark.parametrize(("method", "bins", "least"), [("entropy", "127", 128), ("distribution", "500", 512)])
 def test_too_few_histogram_bins_for_the_method_are_refused_before_calibrating(
     sample: zoo.SampleModel, tmp_path: Path, method: str, bins: str, least: int
