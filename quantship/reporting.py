@@ -173,7 +173,6 @@ class _Shortenings:
         self.cuts = [
             len(self.head) + 3 + len(name) - self.starts[cut + 1] for cut in range(lead + 1, len(parts) - 1)
         ]
-        self.changes = sorted({len(name), *self.leading, *self.cuts})
 
     def label(self, chars: int) -> str:
         name = self.name
@@ -184,15 +183,6 @@ class _Shortenings:
         if (i := _first_within(self.cuts, chars)) is not None:
             return f"{self.head}/…/" + name[self.starts[self.lead + i + 2] :]
         return "…" + name[-(chars - 1) :]
-
-    def is_tail(self, chars: int) -> bool:
-        """Whether the label at `chars` is the name's last characters (none of the others fits)."""
-        return chars < self.changes[0]
-
-    def steady_for(self, chars: int) -> int:
-        """How many budgets from `chars` on draw the same label, or (its last characters) the same
-        kind of label: until a longer shortening, or the whole name, fits."""
-        return self.changes[bisect.bisect_right(self.changes, chars)] - chars
 
 
 def _first_within(lengths: list[int], chars: int) -> int | None:
@@ -205,10 +195,9 @@ def names_apart(names: Sequence[str], chars: int = FIGURE_NAME_CHARS) -> list[st
     """Each name as `name_end` draws it in `chars` characters, but names that would draw alike drawn
     longer, a character at a time, until they no longer do: MiniLM's attention and output LayerNorms
     of a layer both drew as …/layer.0/…/LayerNormalization_output_0, two rows of one figure that read
-    the same. A label that says which tensor it is matters more than the figure's width.
-
-    The alike grow by as many characters at once as `_steady_step` proves changes nothing on the way:
-    a character at a time, hundreds of 1,600-character names alike up to their start took 133 s."""
+    the same. A label that says which tensor it is matters more than the figure's width. Each name's
+    shortenings are worked out once (`_Shortenings`): rebuilt at every character, hundreds of
+    1,600-character names alike up to their start took 133 s."""
     shortenings = {name: _Shortenings(name) for name in names}
     budgets = [chars] * len(names)
     while True:
@@ -221,48 +210,8 @@ def names_apart(names: Sequence[str], chars: int = FIGURE_NAME_CHARS) -> list[st
         ]
         if not alike:  # apart, or each alike drawn whole already
             return shown
-        step = _steady_step(names, budgets, shown, alike, [shortenings[names[i]] for i in alike])
         for i in alike:
-            budgets[i] += step
-
-
-def _steady_step(
-    names: Sequence[str], budgets: list[int], shown: list[str], alike: list[int], ways: list[_Shortenings]
-) -> int:
-    """How many characters the `alike` names (drawn as `shown` in `budgets`, by `ways`) may grow at
-    once, where growing a character at a time would find the same names alike at every step between:
-    each keeps its label, or each of a group drawn alike by their last characters keeps a common end
-    with the others and draws like no label that stays; 1 where that is not plain (a group mixing
-    kinds)."""
-    if min(budgets[i] for i in alike) < 2:  # "…" + name[-0:] is the whole name: no tail to grow
-        return 1
-    tail = {i for i, way in zip(alike, ways, strict=True) if way.is_tail(budgets[i])}
-    step = min(way.steady_for(budgets[i]) for i, way in zip(alike, ways, strict=True))
-    groups: dict[str, list[int]] = {}
-    for i, label in enumerate(shown):
-        groups.setdefault(label, []).append(i)
-    alike_at = set(alike)
-    for group in {shown[i]: groups[shown[i]] for i in alike}.values():
-        if any(j not in alike_at or (j in tail) != (group[0] in tail) for j in group):
-            return 1
-        if group[0] in tail:  # "…" + the last budget - 1 characters: alike while a common end lasts
-            common_end = _common_end([names[j] for j in group])
-            step = min(step, common_end - budgets[group[0]] + 2)
-    steady = sorted({len(label) for i, label in enumerate(shown) if i not in tail})
-    for i in tail:  # its label grows a character a step: it stops short of the length of one that stays
-        longer = bisect.bisect_right(steady, budgets[i])
-        if longer < len(steady):
-            step = min(step, steady[longer] - budgets[i])
-    return step
-
-
-def _common_end(texts: list[str]) -> int:
-    """How many last characters all of `texts` share: those the first and last of them, read
-    backwards and sorted, share."""
-    first, last = min(text[::-1] for text in texts), max(text[::-1] for text in texts)
-    return next(
-        (n for n, (a, b) in enumerate(zip(first, last, strict=False)) if a != b), min(len(first), len(last))
-    )
+            budgets[i] += 1
 
 
 def breakable(name: str) -> str:

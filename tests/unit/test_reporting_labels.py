@@ -126,7 +126,7 @@ def test_names_that_would_draw_alike_are_drawn_longer_until_they_read_apart() ->
 def test_hundreds_of_long_names_alike_but_for_their_start_are_drawn_apart_without_a_wait() -> None:
     """Names alike up to their start were widened a character at a time, every one of them drawn
     anew at each (every shortening of a name rebuilt): 1,600-character names took 133 s, and 20 of
-    these paths 20 s. The alike now grow at once by as many characters as change nothing between."""
+    these paths 20 s. Each name's shortenings are now worked out once: these 600 take ~1.3 s."""
     words = ["".join(letters) for letters in itertools.product(string.ascii_lowercase, repeat=2)][:300]
     paths = [f"/model_{word}" + "/encoder/block" * 114 for word in words]  # 1,605 characters, 229 parts
     flat = [f"==>{word}." + "x" * 1600 for word in words]  # no path: drawn by their last characters
