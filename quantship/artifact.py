@@ -113,28 +113,58 @@ WRITE_SCRATCH = "write"
 """The kind of write_artifact's scratch directories beside their destination: `.NAME.write-XXXX`."""
 
 
-def pack(artifact_dir: Path, tarball: Path) -> bool:
+@dataclass(frozen=True)
+class Packed:
+    """What `pack` wrote: `path`, the archive (the file TARBALL names when it is a link), and
+    whether it `replaced` an older artifact archive there."""
+
+    path: Path
+    replaced: bool
+
+
+def pack(artifact_dir: Path, tarball: Path) -> Packed:
     """A .tar.gz of a verified artifact's listed files, for object stores and HTTP servers; written
     beside `tarball` and renamed into place, so a reader never fetches half an archive. As
-    `quantize -o` replaces an older artifact, this replaces an older artifact archive (returns
-    True then); anything else at `tarball` is refused, untouched."""
+    `quantize -o` replaces an older artifact, this replaces an older artifact archive, and a link to
+    one replaces the archive it names (the link stays); anything else at `tarball`, or that a link
+    there names, is refused, untouched."""
     if not tarball.name.endswith(ARCHIVE_SUFFIXES):  # serve, verify and fetch know archives by name
         raise ArtifactError(f"{tarball}: an artifact archive's name ends in .tar.gz or .tgz", reason="format")
-    replacing = tarball.exists() or tarball.is_symlink()
-    if replacing and not _is_artifact_archive(tarball):
+    target = _link_followed(tarball) if tarball.is_symlink() else tarball
+    replacing = target.exists()
+    if replacing and not _is_artifact_archive(target):
+        named = tarball if target == tarball else f"{tarball} (a link to {target})"
         raise ArtifactError(
-            f"{tarball} exists and is not an artifact archive; refusing to replace it", reason="io"
+            f"{named} exists and is not an artifact archive; refusing to replace it", reason="io"
         )
     artifact = load_artifact(artifact_dir)
     # A scratch directory of its own: two packs to one TARBALL shared `.NAME.partial`, and the one
     # that said "wrote" left the other's archive, which said "cannot write".
-    with scratch.beside(tarball, PACK_SCRATCH) as folder:
-        staging = folder / tarball.name
+    with scratch.beside(target, PACK_SCRATCH) as folder:
+        staging = folder / target.name
         with tarfile.open(staging, "w:gz") as archive:
             for name in [MANIFEST_FILE, *artifact.manifest["files"]]:
                 archive.add(artifact.root / name, arcname=name)
-        os.replace(staging, tarball)
-    return replacing
+        os.replace(staging, target)
+    return Packed(target, replacing)
+
+
+def _link_followed(link: Path) -> Path:
+    """The file the link `link` names (`current.tar.gz -> v3.tar.gz`), which pack replaces if it is
+    an older artifact archive, as `quantize -o current` replaces the artifact its link names; a link
+    to nothing, or one that never ends, is refused before any work."""
+    try:
+        target = link.resolve()
+    except (OSError, RuntimeError) as exc:  # a loop: RuntimeError before Python 3.13
+        raise ArtifactError(
+            f"{link} is a link that cannot be followed ({exc}); refusing it", reason="io"
+        ) from exc
+    if not target.exists():
+        raise ArtifactError(
+            f"{link} is a link to {target}, which does not exist; refusing to write through it", reason="io"
+        )
+    refuse_inside_an_artifact(target)
+    return target
 
 
 PACK_SCRATCH = "pack"

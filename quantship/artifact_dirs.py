@@ -33,8 +33,8 @@ def in_the_way(target: Path) -> Path | None:
     """What holds someone's data that replace_dir refuses to replace at `target`: `target` itself,
     unless it is nothing, an empty directory (made for the artifact) or an older artifact; or, where
     an older artifact is, the `.NAME.old` it would be moved aside to, unless that is nothing or an
-    artifact. `quantize -o` and `pull -o` ask first, before the calibration or the download that ends
-    in replace_dir (a folder of the user's at `.NAME.old` was refused only after them)."""
+    artifact. `quantize -o`, `pull -o` and `fetch` ask first, before the calibration or the download
+    that ends in replace_dir (a folder of the user's at `.NAME.old` was refused only after them)."""
     if target.is_dir() and not target.is_symlink() and not any(target.iterdir()):
         return None
     if not target.exists() and not target.is_symlink():

@@ -7,9 +7,12 @@ to a ticket, with no external assets.
 from __future__ import annotations
 
 import base64
+import bisect
 import functools
 import html
 import io
+import itertools
+import operator
 from collections.abc import Iterable, Sequence
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
@@ -145,31 +148,60 @@ def name_end(name: str, chars: int = FIGURE_NAME_CHARS) -> str:
     leading parts first (…/layer.5/attention/self/Mul_output_0), never a numbered one (a layer's
     index says which of six alike it is), then the parts after that one
     (…/layer.0/…/LayerNormalization_output_0); any other name keeps its end."""
-    if len(name) <= chars:
-        return name
-    parts = name.split("/")
-    lead = 0
-    while lead < len(parts) - 1 and not any(c.isdigit() for c in parts[lead]):
-        lead += 1
-        shown = "…/" + "/".join(parts[lead:])
-        if len(shown) <= chars:
-            return shown
-    head = ("…/" if lead else "") + parts[lead]
-    for cut in range(lead + 1, len(parts) - 1):
-        shown = f"{head}/…/" + "/".join(parts[cut + 1 :])
-        if len(shown) <= chars:
-            return shown
-    return "…" + name[-(chars - 1) :]
+    return _Shortenings(name).label(chars)
+
+
+class _Shortenings:
+    """The labels `name_end` may draw a name as, in the order it tries them, each the longest first:
+    the path less its leading parts (up to the first numbered one), then that part and the path's
+    end less the parts between; the first that fits a budget is its label, else the name's last
+    characters. Each is a cut of the name, so only their lengths are kept (`starts`: where each part
+    begins) and a label is cut when asked for: building every one took O(parts x length) a call."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        parts = name.split("/")
+        self.starts = list(itertools.accumulate((len(part) + 1 for part in parts[:-1]), initial=0))
+        lead = 0
+        self.leading: list[int] = []  # "…/" + the name from part `lead` on, for lead = 1, 2, ...
+        while lead < len(parts) - 1 and not any(c.isdigit() for c in parts[lead]):
+            lead += 1
+            self.leading.append(2 + len(name) - self.starts[lead])
+        self.lead = lead
+        self.head = ("…/" if lead else "") + parts[lead]
+        # head + "/…/" + the name from part `cut + 1` on, for cut = lead + 1, ..., len(parts) - 2
+        self.cuts = [
+            len(self.head) + 3 + len(name) - self.starts[cut + 1] for cut in range(lead + 1, len(parts) - 1)
+        ]
+
+    def label(self, chars: int) -> str:
+        name = self.name
+        if len(name) <= chars:
+            return name
+        if (i := _first_within(self.leading, chars)) is not None:
+            return "…/" + name[self.starts[i + 1] :]
+        if (i := _first_within(self.cuts, chars)) is not None:
+            return f"{self.head}/…/" + name[self.starts[self.lead + i + 2] :]
+        return "…" + name[-(chars - 1) :]
+
+
+def _first_within(lengths: list[int], chars: int) -> int | None:
+    """The index of the first of `lengths` (each shorter than the one before) at most `chars`."""
+    first = bisect.bisect_left(lengths, -chars, key=operator.neg)
+    return first if first < len(lengths) else None
 
 
 def names_apart(names: Sequence[str], chars: int = FIGURE_NAME_CHARS) -> list[str]:
     """Each name as `name_end` draws it in `chars` characters, but names that would draw alike drawn
     longer, a character at a time, until they no longer do: MiniLM's attention and output LayerNorms
     of a layer both drew as …/layer.0/…/LayerNormalization_output_0, two rows of one figure that read
-    the same. A label that says which tensor it is matters more than the figure's width."""
+    the same. A label that says which tensor it is matters more than the figure's width. Each name's
+    shortenings are worked out once (`_Shortenings`): rebuilt at every character, hundreds of
+    1,600-character names alike up to their start took 133 s."""
+    shortenings = {name: _Shortenings(name) for name in names}
     budgets = [chars] * len(names)
     while True:
-        shown = [name_end(name, budget) for name, budget in zip(names, budgets, strict=True)]
+        shown = [shortenings[name].label(budget) for name, budget in zip(names, budgets, strict=True)]
         drawn_as: dict[str, set[str]] = {}
         for name, label in zip(names, shown, strict=True):
             drawn_as.setdefault(label, set()).add(name)

@@ -36,14 +36,15 @@ def package(model: Path, out: Path, sign_key: Path | None) -> None:
 @user_errors
 def pack(path: Path, tarball: Path) -> None:
     """Verify the artifact at PATH and write it as TARBALL (.tar.gz), for an http(s):// artifact URI.
-    An older artifact archive at TARBALL is replaced in one rename, never half-written; any other
-    file there is refused."""
+    An older artifact archive at TARBALL is replaced in one rename, never half-written, and a link to
+    one replaces the archive it names (the link stays); any other file there, or that a link names,
+    is refused."""
     artifact.refuse_inside_an_artifact(tarball)
     try:
-        replaced = artifact.pack(path, tarball)
+        packed = artifact.pack(path, tarball)
     except OSError as exc:
         raise Refused(f"cannot write {tarball}: {exc.strerror or exc}") from exc
-    click.echo(f"wrote {tarball}" + (" (in place of the older archive there)" if replaced else ""))
+    click.echo(f"wrote {packed.path}" + (" (in place of the older archive there)" if packed.replaced else ""))
 
 
 @click.command()

@@ -311,7 +311,7 @@ def _check_quantize_options(config: q_config.QuantizeConfig, ctx: click.Context)
         )
     unread = config.not_applied({field for field, param in _OPTION_OF_FIELD.items() if param in given})
     if unread:
-        options = ", ".join(_option_name(ctx, _OPTION_OF_FIELD[field]) for field in unread)
+        options = ", ".join(_option_as_given(ctx, _OPTION_OF_FIELD[field]) for field in unread)
         stderr.print(
             f"[yellow]warning:[/] ignored, {config.label()} does not use them: {options}",
             highlight=False,
@@ -319,5 +319,9 @@ def _check_quantize_options(config: q_config.QuantizeConfig, ctx: click.Context)
         )
 
 
-def _option_name(ctx: click.Context, param: str) -> str:
-    return next(p.opts[0] for p in ctx.command.params if p.name == param)
+def _option_as_given(ctx: click.Context, param: str) -> str:
+    """The option's name as the user wrote it: a boolean pair's off switch where it is off (a warning
+    named `--matmuls-only` to someone who had written `--no-matmuls-only`)."""
+    option = next(p for p in ctx.command.params if p.name == param)
+    switched_off = isinstance(option, click.Option) and option.is_flag and not ctx.params[param]
+    return option.secondary_opts[0] if switched_off and option.secondary_opts else option.opts[0]

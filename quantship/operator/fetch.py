@@ -159,7 +159,9 @@ def fetch(
     insecure: bool = False,
     speed_limit: oci.SpeedLimit = oci.SPEED_LIMIT,
 ) -> artifact.Artifact:
-    """Fetch, verify and install the artifact at `uri` as `dest`. Raises FetchError or ArtifactError.
+    """Fetch, verify and install the artifact at `uri` as `dest`, where nothing, an empty directory or
+    an older artifact is (anything else there, or at `.DEST.old`, is refused before any download).
+    Raises FetchError or ArtifactError.
     `max_bytes` caps the download (an OCI pull's layers together); a .tar.gz may unpack to twice
     that (`archive.ArchiveLimits`). `timeout` bounds each connect and read; an oci:// pull or an
     http(s) download that moves slower than `speed_limit` is abandoned (a FetchError).
@@ -167,6 +169,8 @@ def fetch(
     HTTP to it."""
     dest = dest.resolve()  # as `quantize -o`: `.` is the folder it names (`fetch URI .` was a traceback)
     artifact.refuse_inside_an_artifact(dest)  # before anything is made there, whatever the scheme
+    if (refused := artifact_dirs.in_the_way(dest)) is not None:  # before the download, as pull's
+        raise FetchError(f"{refused} exists and is not an artifact; refusing to replace it")
     key = artifact_keys.load_public_key(public_key) if public_key else None
     # beside dest, so the rename is atomic; what a killed fetch (an OOM-killed init container,
     # restarted on the same emptyDir) left there is swept

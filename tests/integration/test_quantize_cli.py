@@ -469,13 +469,7 @@ def test_pack_refuses_an_archive_whose_manifest_json_is_not_an_artifacts(
     """A file named manifest.json at an archive's top was taken for an artifact's: `docker save`
     writes one there, and pack replaced a gzipped image with the artifact, saying "in place of the
     older archive there"."""
-    image = tmp_path / "image.tar.gz"
-    docker_manifest = json.dumps([{"Config": "c.json", "RepoTags": ["app:1"], "Layers": []}]).encode()
-    with tarfile.open(image, "w:gz") as archive:
-        for name, data in (("manifest.json", docker_manifest), ("c.json", b"{}"), ("repositories", b"{}")):
-            member = tarfile.TarInfo(name)
-            member.size = len(data)
-            archive.addfile(member, io.BytesIO(data))
+    image = _docker_save_tarball(tmp_path / "image.tar.gz")
     kept = image.read_bytes()
 
     code, _, err = _cli("pack", skewed_artifact.root, image)
@@ -484,6 +478,61 @@ def test_pack_refuses_an_archive_whose_manifest_json_is_not_an_artifacts(
         code, err, "image.tar.gz exists and is not an artifact archive; refusing to replace it"
     )
     assert image.read_bytes() == kept
+
+
+def _docker_save_tarball(path: Path) -> Path:
+    """A gzipped `docker save` image: a manifest.json at its top that is not an artifact's."""
+    docker_manifest = json.dumps([{"Config": "c.json", "RepoTags": ["app:1"], "Layers": []}]).encode()
+    with tarfile.open(path, "w:gz") as archive:
+        for name, data in (("manifest.json", docker_manifest), ("c.json", b"{}"), ("repositories", b"{}")):
+            member = tarfile.TarInfo(name)
+            member.size = len(data)
+            archive.addfile(member, io.BytesIO(data))
+    return path
+
+
+def test_pack_through_a_link_replaces_the_archive_it_names_and_refuses_a_link_to_anything_else(
+    good_artifact: artifact.Artifact, skewed_artifact: artifact.Artifact, tmp_path: Path
+) -> None:
+    """`pack ART current.tar.gz`, a link to an older archive, was refused ("exists and is not an
+    artifact archive"), where `quantize -o current`, a link to an artifact, replaces the artifact it
+    names: now pack replaces the archive the link names, and the link stays. A link to a `docker
+    save` tarball, to nothing or to itself is refused in one line, and one to a folder as that folder
+    is (click's usage error), all before any work and untouched."""
+    older = tmp_path / "v1.tar.gz"
+    assert _cli("pack", good_artifact.root, older)[0] == 0
+    current = tmp_path / "current.tar.gz"
+    current.symlink_to(older.name)
+
+    code, out, err = _cli("pack", skewed_artifact.root, current)
+
+    assert code == 0 and out.strip() == f"wrote {older.resolve()} (in place of the older archive there)", err
+    assert current.is_symlink() and os.readlink(current) == older.name
+    with artifact.opened(current) as packed:
+        assert packed.digest == skewed_artifact.digest
+    image = _docker_save_tarball(tmp_path / "image.tar.gz")
+    kept = image.read_bytes()
+    (tmp_path / "image-link.tar.gz").symlink_to(image.name)
+    (tmp_path / "dangling.tar.gz").symlink_to("nowhere.tar.gz")
+    (tmp_path / "loop.tar.gz").symlink_to("loop.tar.gz")
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "folder-link.tar.gz").symlink_to("folder")
+    refusals = {
+        "image-link.tar.gz": f"(a link to {image.resolve()}) exists and is not an artifact archive; refusing",
+        "dangling.tar.gz": f"is a link to {tmp_path.resolve() / 'nowhere.tar.gz'}, which does not exist",
+        "loop.tar.gz": "is a link that cannot be followed",
+    }
+    for name, message in refusals.items():
+        code, _, err = _cli("pack", skewed_artifact.root, tmp_path / name)
+        _assert_one_line_error(code, err, f"{tmp_path / name} {message}")
+    code, _, err = _cli("pack", skewed_artifact.root, tmp_path / "folder-link.tar.gz")
+    assert code == 2 and "is a directory" in err, err
+
+    assert image.read_bytes() == kept and list((tmp_path / "folder").iterdir()) == []
+    links = [*refusals, "current.tar.gz", "folder-link.tar.gz"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [*links, "v1.tar.gz", "image.tar.gz", "folder"]
+    )
 
 
 def test_pack_refuses_a_name_that_verify_and_serve_would_not_take_for_an_archive(
@@ -1185,6 +1234,22 @@ def test_a_dynamic_manifest_records_only_settings_that_applied_and_says_which_we
     ignored = [line for line in err.splitlines() if line.startswith("warning: ignored")]
     assert len(ignored) == 1, err
     assert ignored[0].endswith(": --format, --activation-type, --calibration-method, --num-bins"), err
+
+
+@pytest.mark.parametrize(
+    "switches",
+    [("--no-matmul-const-b-only", "--matmuls-only"), ("--matmul-const-b-only", "--no-matmuls-only")],
+)
+def test_a_dynamic_run_names_an_ignored_switch_as_it_was_given(
+    sample: zoo.SampleModel, tmp_path: Path, switches: tuple[str, str]
+) -> None:
+    """`--mode dynamic --no-matmuls-only` was warned that "--matmuls-only" is ignored: the name of
+    the switch turned on, to someone who had turned it off."""
+    code, _, err = _cli("quantize", sample.model, "-o", tmp_path / "a", "--evaluation", sample.evaluation,
+                        "--mode", "dynamic", *switches, "-q")  # fmt: skip
+    assert code == 0, err
+    ignored = [line for line in err.splitlines() if line.startswith("warning: ignored")]
+    assert len(ignored) == 1 and ignored[0].endswith(f"does not use them: {', '.join(switches)}"), err
 
 
 @pytest.mark.parametrize(("method", "bins", "least"), [("entropy", "127", 128), ("distribution", "500", 512)])

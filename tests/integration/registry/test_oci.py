@@ -213,6 +213,33 @@ def test_a_folder_of_the_users_where_the_older_artifact_goes_aside_is_refused_be
     assert artifact.load_artifact(out).digest == good_artifact.digest
 
 
+def test_fetch_refuses_a_folder_of_the_users_at_dest_or_beside_it_before_any_download(
+    registry: Registry, good_artifact: artifact.Artifact, tmp_path: Path
+) -> None:
+    """`quantship fetch URI DEST` refused a folder of the user's at `.DEST.old` (where the older
+    artifact at DEST goes aside), or at DEST itself, only after the whole download, as pull did
+    before session 47: now before it, naming that folder (a repository the registry never had: no
+    download to fail, where the download said "no such tag or digest")."""
+    uri = registry.uri("quantship/never-fetched:v1")
+    dest = tmp_path / "fetched"
+    shutil.copytree(good_artifact.root, dest)
+    aside = tmp_path / ".fetched.old"
+    aside.mkdir()
+    (aside / "notes.txt").write_text("a user's")
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("a user's")
+
+    for into, refused in ((dest, aside), (mine, mine)):
+        fetched = CliRunner().invoke(main, ["fetch", uri, str(into)])
+
+        assert fetched.exit_code == 3, fetched.stderr
+        assert fetched.stderr == f"error: {refused} exists and is not an artifact; refusing to replace it\n"
+        assert [p.name for p in refused.iterdir()] == ["notes.txt"]
+    assert artifact.load_artifact(dest).digest == good_artifact.digest
+    assert sorted(p.name for p in tmp_path.iterdir()) == [aside.name, dest.name, mine.name]
+
+
 def test_pull_o_names_the_folder_quantize_o_does(
     registry: Registry, good_artifact: artifact.Artifact, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
