@@ -224,6 +224,22 @@ def test_a_rerun_of_quantize_or_package_says_it_replaced_the_older_artifact_as_p
     assert code == 0 and stdout.strip().endswith(f"bytes) {replaced}"), stdout
 
 
+def test_package_through_a_link_says_it_replaced_the_artifact_the_link_names(
+    sample: zoo.SampleModel, tmp_path: Path
+) -> None:
+    """`package -o current` (`current -> v1/`) replaces the artifact the link names, as the README
+    says, but the link itself was judged (no artifact: a link), and the rerun said nothing of it,
+    where `quantize` and `pull` through a link say "in place of the older artifact there"."""
+    assert _cli("package", sample.model, "-o", tmp_path / "v1")[0] == 0
+    (tmp_path / "current").symlink_to("v1")
+
+    code, stdout, err = _cli("package", sample.model, "-o", tmp_path / "current")
+
+    assert code == 0, err
+    assert stdout.strip().startswith(f"wrote {tmp_path / 'v1'} "), stdout
+    assert stdout.strip().endswith("bytes) (in place of the older artifact there)"), stdout
+
+
 def test_a_failed_rerun_through_a_symlink_leaves_the_passing_artifact_behind_it(
     sample: zoo.SampleModel, tmp_path: Path
 ) -> None:
