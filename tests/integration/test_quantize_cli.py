@@ -1503,6 +1503,19 @@ def test_a_mask_input_for_an_output_without_positions_is_warned_of_and_ignored(
     assert "mask_input" not in manifest["validation"]["shadow_rule"]
 
 
+def test_a_min_cosine_for_a_gate_that_judges_no_cosine_is_warned_of_and_ignored(
+    sample: zoo.SampleModel, tmp_path: Path
+) -> None:
+    """--min-cosine on a classifier changed nothing and said nothing, where options that do not apply
+    are named (--mask-input above, a recipe's unread flags)."""
+    code, _, err = _quantize(sample, tmp_path / "a", "--min-cosine", "0.9", "--max-trials", "0")
+    assert code == 0, err
+    said = "--min-cosine 0.9 ignored: the gate judges output 'label' as classification (by top-1)"
+    assert f"warning: {said}" in " ".join(err.split()), err
+    manifest = artifact.load_artifact(tmp_path / "a").manifest
+    assert any(line.startswith(said) for line in manifest["warnings"]), manifest["warnings"]
+
+
 def _small_cnn(path: Path) -> Path:
     """Gemm(GlobalAveragePool(Conv(the digits' 8x8 pixels))): one Conv and a head."""
     rng = np.random.default_rng(4)
