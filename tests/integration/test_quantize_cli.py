@@ -1516,6 +1516,20 @@ def test_a_min_cosine_for_a_gate_that_judges_no_cosine_is_warned_of_and_ignored(
     assert any(line.startswith(said) for line in manifest["warnings"]), manifest["warnings"]
 
 
+def test_keep_going_under_the_fallback_strategy_is_warned_of_and_ignored(
+    sample: zoo.SampleModel, tmp_path: Path
+) -> None:
+    """--strategy fallback tries the user's recipe alone in stage 1: --keep-going has no recipes to
+    run on to, and changed nothing, saying nothing (the CRD admits both, keepGoing and strategy)."""
+    code, _, err = _quantize(sample, tmp_path / "a", "--strategy", "fallback", "--keep-going")
+    assert code == 0, err
+    said = (
+        "warning: --keep-going ignored: --strategy fallback runs your recipe alone, with no recipes to "
+        "go on to"
+    )
+    assert said in " ".join(err.split()), err
+
+
 def _small_cnn(path: Path) -> Path:
     """Gemm(GlobalAveragePool(Conv(the digits' 8x8 pixels))): one Conv and a head."""
     rng = np.random.default_rng(4)
