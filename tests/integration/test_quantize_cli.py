@@ -1268,6 +1268,31 @@ def test_a_dynamic_run_names_an_ignored_switch_as_it_was_given(
     assert len(ignored) == 1 and ignored[0].endswith(f"does not use them: {', '.join(switches)}"), err
 
 
+def test_a_static_manifest_records_no_calibration_parameter_its_method_ignored(
+    sample: zoo.SampleModel, tmp_path: Path
+) -> None:
+    """min-max reads neither --percentile nor --num-bins: quantize said so, and the manifest still
+    recorded percentile 99.0 (and the default 99.999 when none was given) as a setting that applied."""
+    code, _, err = _quantize(sample, tmp_path / "a", "--percentile", "99", "--num-bins", "256")
+    assert code == 0, err
+    assert (
+        "warning: ignored, static U8S8 minmax per-tensor does not use them: --percentile, --num-bins" in err
+    )
+    quantization = artifact.load_artifact(tmp_path / "a").quantization
+    assert quantization["calibration"] == "minmax"
+    assert (quantization["percentile"], quantization["num_bins"], quantization["calibration_params"]) == (
+        None,
+        None,
+        {},
+    )
+    code, _, err = _quantize(
+        sample, tmp_path / "b", "--calibration-method", "percentile", "--max-trials", "0"
+    )
+    assert code in (0, 1), err
+    quantization = artifact.load_artifact(tmp_path / "b").quantization
+    assert quantization["percentile"] == 99.999 and quantization["num_bins"] is None  # onnxruntime's default
+
+
 @pytest.mark.parametrize(("method", "bins", "least"), [("entropy", "127", 128), ("distribution", "500", 512)])
 def test_too_few_histogram_bins_for_the_method_are_refused_before_calibrating(
     sample: zoo.SampleModel, tmp_path: Path, method: str, bins: str, least: int
