@@ -121,7 +121,9 @@ def fetch(
     except fetch_module.FetchError as exc:
         raise Refused(str(exc)) from exc
     signature = signature_in_words(loaded, checked=public_key is not None)
-    click.echo(f"ok: {uri} -> {dest}: {len(loaded.manifest['files'])} files verified; {signature}")
+    files = len(loaded.manifest["files"])
+    counted = f"{files} files verified" if files > 1 else "its one file verified"  # as verify counts them
+    click.echo(f"ok: {uri} -> {dest}: {counted}; {signature}")
 
 
 @click.command("quantize-job", context_settings={"ignore_unknown_options": True})
