@@ -58,6 +58,7 @@ import requests
 
 from quantship import artifact, artifact_dirs, artifact_format, artifact_manifest, manifest_schema, scratch
 from quantship.oci_auth import (
+    GIVE_CREDENTIALS,
     PULL,
     PUSH,
     Bearer,
@@ -577,8 +578,8 @@ class _PushClient(oras.client.OrasClient):
             answer: requests.Response = once(self, url, method, data, headers, json, stream)
         except AttributeError as exc:  # oras's basic backend, holding no credentials, on a 401 or 403
             raise Refused(
-                "the registry refused the push (401 or 403) and no credentials were given: --username "
-                "with QUANTSHIP_REGISTRY_PASSWORD, or --docker-config"
+                "the registry refused the push (401 or 403) and no credentials were given: "
+                + GIVE_CREDENTIALS
             ) from exc
         if method == "HEAD":  # it answers whether a blob exists
             return answer

@@ -248,11 +248,17 @@ def _why(exc: requests.RequestException) -> str:
     return type(exc).__name__
 
 
+GIVE_CREDENTIALS = (
+    "--docker-config (a Docker config.json holding them), or to push and pull, --username with "
+    "QUANTSHIP_REGISTRY_PASSWORD"
+)
+"""How a refusal for want of credentials says to give them: every command that reaches a registry
+takes a Docker config; fetch and quantize-job (the operator's, given a pull secret's) take no
+--username."""
+
+
 def needs_credentials(reference: Reference) -> str:
-    return (
-        f"{reference.registry} needs credentials: --username with QUANTSHIP_REGISTRY_PASSWORD, "
-        "or --docker-config"
-    )
+    return f"{reference.registry} needs credentials: {GIVE_CREDENTIALS}"
 
 
 def _realm(challenge: Challenge, reference: Reference, plain_http: bool) -> str:

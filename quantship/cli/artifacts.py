@@ -24,7 +24,10 @@ def package(model: Path, out: Path, sign_key: Path | None) -> None:
     from quantship.quantize import package_fp32
 
     key = artifact_keys.load_private_key(sign_key) if sign_key else None
-    replaced = " (in place of the older artifact there)" if artifact_manifest.is_artifact_dir(out) else ""
+    # `-o current` (a link to the artifact it replaces) is judged by what it names, as the write is
+    replaced = (
+        " (in place of the older artifact there)" if artifact_manifest.is_artifact_dir(out.resolve()) else ""
+    )
     written = package_fp32(model, out, sign_key=key)
     size = written.manifest["files"][artifact.MODEL_FILE]["size"]
     click.echo(f"wrote {written.root} (fp32, {size} bytes){replaced}")

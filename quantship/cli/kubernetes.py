@@ -24,6 +24,24 @@ _pvc_root_option = click.option(
 """Shared by `fetch` and `quantize-job`; None keeps the fetch module's default (written there once)."""
 
 
+JOBS_OWN_PARAMETERS = ("out", "calibration", "evaluation")
+"""quantize's options the Job sets itself (the inputs it fetched, its work folder): given after --
+too, click took the last of each, and quantize wrote where the Job never looked ("WORKDIR/artifact:
+no such artifact", the artifact left outside its work folder) or gated on data it never fetched."""
+
+
+def _jobs_own_given(quantize_args: tuple[str, ...]) -> list[str]:
+    """The Job's own options among QUANTIZE_ARGS, as quantize parses them: an option's value that
+    looks like one (a node `--exclude --out`) is a value."""
+    parsed = quantize.make_context("quantize", ["MODEL", *quantize_args], resilient_parsing=True)
+    commandline = click.core.ParameterSource.COMMANDLINE
+    return [
+        "/".join(param.opts)
+        for param in quantize.params
+        if param.name in JOBS_OWN_PARAMETERS and parsed.get_parameter_source(param.name) is commandline
+    ]
+
+
 def _ip_address(value: str | None) -> str | None:
     """An IP address for a listener, refused here in one line rather than by each model server's
     start (a crash loop in every pod)."""
@@ -103,7 +121,9 @@ def fetch(
     except fetch_module.FetchError as exc:
         raise Refused(str(exc)) from exc
     signature = signature_in_words(loaded, checked=public_key is not None)
-    click.echo(f"ok: {uri} -> {dest}: {len(loaded.manifest['files'])} files verified; {signature}")
+    files = len(loaded.manifest["files"])
+    counted = f"{files} files verified" if files > 1 else "its one file verified"  # as verify counts them
+    click.echo(f"ok: {uri} -> {dest}: {counted}; {signature}")
 
 
 @click.command("quantize-job", context_settings={"ignore_unknown_options": True})
@@ -181,6 +201,13 @@ def quantize_job(
             # with click's whole message ("Did you mean '--metric'?"), not str()'s first sentence
             raise job.JobError(f"quantize: {exc.format_message()}") from None
 
+    if own := _jobs_own_given(quantize_args):  # before anything is fetched
+        message = (
+            f"quantize's {', '.join(own)} after --: the Job's own (it quantizes what it fetched into "
+            "--workdir); give the data as --calibration and --evaluation URIs before --"
+        )
+        job.write_result(result_file, {"error": message})
+        raise Refused(message)
     try:
         verdict = job.run(
             model=model_uri,

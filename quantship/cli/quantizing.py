@@ -309,6 +309,13 @@ def _check_quantize_options(config: q_config.QuantizeConfig, ctx: click.Context)
             highlight=False,
             soft_wrap=True,
         )
+    if "keep_going" in given and config.keep_going and config.strategy is q_config.Strategy.FALLBACK:
+        stderr.print(  # stage 1 is the user's recipe alone (tuner.stage_one)
+            "[yellow]warning:[/] --keep-going ignored: --strategy fallback runs your recipe alone, with no "
+            "recipes to go on to",
+            highlight=False,
+            soft_wrap=True,
+        )
     unread = config.not_applied({field for field, param in _OPTION_OF_FIELD.items() if param in given})
     if unread:
         options = ", ".join(_option_as_given(ctx, _OPTION_OF_FIELD[field]) for field in unread)

@@ -121,13 +121,19 @@ class QuantizeConfig:
             return [DISTRIBUTION_CAUTION]
         return []
 
-    def not_applied(self, given: set[str]) -> list[str]:
-        """Of the fields a user set (`given`), those this config never reads: for the user to hear."""
+    def unread(self) -> set[str]:
+        """The fields this config never reads: a dynamic one's static-only fields, and the
+        calibration parameters of methods other than its own."""
         unread = set(STATIC_ONLY) if self.mode is Mode.DYNAMIC else set()
         if self.calibration is not Calibration.PERCENTILE:
             unread.add("percentile")
         if self.calibration is Calibration.MINMAX:
             unread.add("num_bins")
+        return unread
+
+    def not_applied(self, given: set[str]) -> list[str]:
+        """Of the fields a user set (`given`), those this config never reads: for the user to hear."""
+        unread = self.unread()
         return [name for name in STATIC_ONLY if name in given and name in unread]
 
     def resolved(self, hardware: runtime.Hardware) -> QuantizeConfig:
@@ -194,13 +200,15 @@ class QuantizeConfig:
     def to_json(self) -> dict[str, Any]:
         """The settings that applied: a dynamic config's static-only fields are null, not the values
         it was handed (a manifest said `calibration entropy, activation_type int8` for a model with
-        no calibration and uint8 activations)."""
+        no calibration and uint8 activations), and so is another method's parameter (min-max's
+        manifest said `percentile 99.999`)."""
         data = {k: (v.value if isinstance(v, enum.Enum) else v) for k, v in asdict(self).items()}
         data["excluded_nodes"] = list(self.excluded_nodes)
         data["calibration_params"] = self.calibration_params()
         data["extra_options"] = self.extra_options()
         for choice in ("matmul_const_b_only", "matmuls_only"):  # applied or not: not given is off
             data[choice] = bool(data[choice])
+        data.update(dict.fromkeys(self.unread()))
         if self.mode is Mode.DYNAMIC:
-            data.update(dict.fromkeys((*STATIC_ONLY, "calibration_params")))
+            data["calibration_params"] = None
         return data

@@ -120,6 +120,7 @@ class Evaluator:
         self.mask = dataset.arrays[self.mask_input] if self.mask_input is not None else None
         self._check_reference_finite()
         self.gate = self._choose_gate(request)
+        self._warn_of_unused_min_cosine(request.min_cosine)
         self._check_servable(session)
         self._check_labels_fit()
         self._warn_of_few_rows()
@@ -139,6 +140,18 @@ class Evaluator:
                 f"no server would load the artifact: {exc}; pick a float or class-id output with "
                 f"--output NAME{others}"
             ) from None
+
+    def _warn_of_unused_min_cosine(self, min_cosine: float) -> None:
+        """--min-cosine sets the cosine rule (an embedding's gate and shadow SLI), which no other gate
+        reads: named, as other options that do not apply are, not refused (the operator's Job passes
+        what a QuantizedModel sets, and a run that would work must not fail on it)."""
+        if self.gate.rule.kind is Kind.COSINE or min_cosine == agreement.MIN_COSINE:
+            return
+        judged = "by top-1" if self.gate.rule.kind is Kind.TOP1 else "by relative error"
+        self.warnings.append(
+            f"--min-cosine {min_cosine:g} ignored: the gate judges output {self.output!r} as "
+            f"{TASK_OF_METRIC[self.gate.metric].value} ({judged}); it sets an embedding's cosine rule"
+        )
 
     def _warn_of_few_rows(self) -> None:
         if self.per_position:

@@ -74,11 +74,12 @@ class FeedbackStore:
     def get(self, request_id: str) -> Answer:
         """The answer still awaiting its label. Raises UnknownRequest or FeedbackConflict."""
         with self._lock:
-            answer = self._answers.get(request_id)
-        if answer is None:
+            answer, kept = self._answers.get(request_id), len(self._answers)
+        if answer is None:  # the bytes may keep far fewer than the capacity: an image model's ~100
             raise UnknownRequest(
-                f"no recent request with id {request_id!r}: never answered here, or older than the last "
-                f"{self.capacity} requests kept for feedback"
+                f"no recent request with id {request_id!r}: never answered here, or not kept: feedback "
+                f"keeps the latest {kept} requests (--feedback-capacity {self.capacity}) within "
+                f"--feedback-max-bytes {self.max_bytes}"
             )
         if answer.labelled:
             raise FeedbackConflict(f"request {request_id!r} already got its label")

@@ -581,9 +581,7 @@ class ModelService:
     async def feedback(self, request_id: str, labels: Any) -> FeedbackResult:
         model = self.ready_model()
         if model.feedback is None:
-            raise InvalidInput(
-                f"feedback needs a classifier; output {model.comparator.output!r} gives no class ids"
-            )
+            raise InvalidInput(f"feedback takes one class label a row; {model.comparator.unlabelled()}")
         answer = model.feedback.get(request_id)
         expected = _labels(labels, answer.rows, request_id, _classes(model))
         reference = answer.reference

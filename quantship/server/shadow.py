@@ -72,6 +72,12 @@ class Comparator:
         """Whether answers are classes a row: the reference's go to label feedback."""
         return self.rule.classifier and self.class_per_row
 
+    def unlabelled(self) -> str:
+        """Why label feedback, one class a row, cannot judge this output."""
+        if self.rule.kind is Kind.TOP1:  # token ids [N, seq], or scores judged per position
+            return f"output {self.output!r} answers a class at each position"
+        return f"output {self.output!r} gives no class ids"
+
     def judged(self, served: np.ndarray, reference: np.ndarray, inputs: Tensors | None = None) -> Judged:
         """How the served output and the reference's disagree: the rows that disagree (for a
         per-position rule, each by the share of its positions that flip, without the padding the

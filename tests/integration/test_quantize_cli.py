@@ -224,6 +224,22 @@ def test_a_rerun_of_quantize_or_package_says_it_replaced_the_older_artifact_as_p
     assert code == 0 and stdout.strip().endswith(f"bytes) {replaced}"), stdout
 
 
+def test_package_through_a_link_says_it_replaced_the_artifact_the_link_names(
+    sample: zoo.SampleModel, tmp_path: Path
+) -> None:
+    """`package -o current` (`current -> v1/`) replaces the artifact the link names, as the README
+    says, but the link itself was judged (no artifact: a link), and the rerun said nothing of it,
+    where `quantize` and `pull` through a link say "in place of the older artifact there"."""
+    assert _cli("package", sample.model, "-o", tmp_path / "v1")[0] == 0
+    (tmp_path / "current").symlink_to("v1")
+
+    code, stdout, err = _cli("package", sample.model, "-o", tmp_path / "current")
+
+    assert code == 0, err
+    assert stdout.strip().startswith(f"wrote {tmp_path / 'v1'} "), stdout
+    assert stdout.strip().endswith("bytes) (in place of the older artifact there)"), stdout
+
+
 def test_a_failed_rerun_through_a_symlink_leaves_the_passing_artifact_behind_it(
     sample: zoo.SampleModel, tmp_path: Path
 ) -> None:
@@ -1252,6 +1268,31 @@ def test_a_dynamic_run_names_an_ignored_switch_as_it_was_given(
     assert len(ignored) == 1 and ignored[0].endswith(f"does not use them: {', '.join(switches)}"), err
 
 
+def test_a_static_manifest_records_no_calibration_parameter_its_method_ignored(
+    sample: zoo.SampleModel, tmp_path: Path
+) -> None:
+    """min-max reads neither --percentile nor --num-bins: quantize said so, and the manifest still
+    recorded percentile 99.0 (and the default 99.999 when none was given) as a setting that applied."""
+    code, _, err = _quantize(sample, tmp_path / "a", "--percentile", "99", "--num-bins", "256")
+    assert code == 0, err
+    assert (
+        "warning: ignored, static U8S8 minmax per-tensor does not use them: --percentile, --num-bins" in err
+    )
+    quantization = artifact.load_artifact(tmp_path / "a").quantization
+    assert quantization["calibration"] == "minmax"
+    assert (quantization["percentile"], quantization["num_bins"], quantization["calibration_params"]) == (
+        None,
+        None,
+        {},
+    )
+    code, _, err = _quantize(
+        sample, tmp_path / "b", "--calibration-method", "percentile", "--max-trials", "0"
+    )
+    assert code in (0, 1), err
+    quantization = artifact.load_artifact(tmp_path / "b").quantization
+    assert quantization["percentile"] == 99.999 and quantization["num_bins"] is None  # onnxruntime's default
+
+
 @pytest.mark.parametrize(("method", "bins", "least"), [("entropy", "127", 128), ("distribution", "500", 512)])
 def test_too_few_histogram_bins_for_the_method_are_refused_before_calibrating(
     sample: zoo.SampleModel, tmp_path: Path, method: str, bins: str, least: int
@@ -1485,6 +1526,33 @@ def test_a_mask_input_for_an_output_without_positions_is_warned_of_and_ignored(
     manifest = artifact.load_artifact(tmp_path / "a").manifest
     assert any(line.startswith(said) for line in manifest["warnings"]), manifest["warnings"]
     assert "mask_input" not in manifest["validation"]["shadow_rule"]
+
+
+def test_a_min_cosine_for_a_gate_that_judges_no_cosine_is_warned_of_and_ignored(
+    sample: zoo.SampleModel, tmp_path: Path
+) -> None:
+    """--min-cosine on a classifier changed nothing and said nothing, where options that do not apply
+    are named (--mask-input above, a recipe's unread flags)."""
+    code, _, err = _quantize(sample, tmp_path / "a", "--min-cosine", "0.9", "--max-trials", "0")
+    assert code == 0, err
+    said = "--min-cosine 0.9 ignored: the gate judges output 'label' as classification (by top-1)"
+    assert f"warning: {said}" in " ".join(err.split()), err
+    manifest = artifact.load_artifact(tmp_path / "a").manifest
+    assert any(line.startswith(said) for line in manifest["warnings"]), manifest["warnings"]
+
+
+def test_keep_going_under_the_fallback_strategy_is_warned_of_and_ignored(
+    sample: zoo.SampleModel, tmp_path: Path
+) -> None:
+    """--strategy fallback tries the user's recipe alone in stage 1: --keep-going has no recipes to
+    run on to, and changed nothing, saying nothing (the CRD admits both, keepGoing and strategy)."""
+    code, _, err = _quantize(sample, tmp_path / "a", "--strategy", "fallback", "--keep-going")
+    assert code == 0, err
+    said = (
+        "warning: --keep-going ignored: --strategy fallback runs your recipe alone, with no recipes to "
+        "go on to"
+    )
+    assert said in " ".join(err.split()), err
 
 
 def _small_cnn(path: Path) -> Path:

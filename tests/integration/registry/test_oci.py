@@ -326,6 +326,22 @@ def test_the_operators_fetch_installs_an_oci_artifact_by_tag_and_digest_with_a_p
     assert sorted(p.name for p in tmp_path.iterdir()) == ["by-cli", "config.json", "model", "pinned"]
 
 
+def test_a_refusal_for_want_of_credentials_names_an_option_every_registry_command_takes(
+    auth_registry: Registry, good_artifact: artifact.Artifact, tmp_path: Path
+) -> None:
+    """fetch (the init container's) and quantize-job take credentials as a Docker config only: the
+    refusal told them to give `--username with QUANTSHIP_REGISTRY_PASSWORD, or --docker-config`,
+    and fetch refuses --username as no such option."""
+    uri = auth_registry.uri("quantship/anonymous:v1")
+    oci.push(good_artifact.root, uri, credentials=oci.Credentials(USER, PASSWORD))
+    for command in (["fetch", uri, str(tmp_path / "fetched")], ["pull", uri, "-o", str(tmp_path / "pulled")]):
+        refused = CliRunner().invoke(main, command)
+        assert refused.exit_code == 3, refused.output
+        said = " ".join(refused.stderr.split())
+        assert f"error: {auth_registry.address} needs credentials: --docker-config " in said, said
+        assert "push and pull, --username with QUANTSHIP_REGISTRY_PASSWORD" in said, said
+
+
 class _Recorder(http.server.BaseHTTPRequestHandler):
     seen: ClassVar[list[tuple[str, str | None]]] = []
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import onnx
 import pytest
@@ -221,6 +222,26 @@ def test_an_answer_per_position_is_judged_at_every_position_but_the_padding(
     assert evaluator.gate.rule == rule
     assert evaluation.shadow == pytest.approx(_row_shares(flips, sure)), "the shadow counts rows"
     assert evaluation.value == pytest.approx(1.0 - np.mean(flips[sure]))
+
+
+def test_feedback_to_an_answer_per_position_says_a_label_is_one_class_a_row(tmp_path: Path) -> None:
+    """A token classifier's feedback is 400, as the README says; it said "feedback needs a
+    classifier; output 'logits' gives no class ids" of the classes its gate judged at each position."""
+    fp32 = build_token_classifier(tmp_path / "fp32.onnx", first="logits")
+    data = _data(tmp_path / "x.npz", ROWS, positions=True, seed=1)
+    quantized = run(
+        fp32, tmp_path / "a", QuantizeConfig(max_accuracy_delta=0.1), calibration=data, evaluation=data
+    )
+    assert RowRule.from_json(quantized.artifact.manifest["validation"]["shadow_rule"]).per_position
+    server = LocalServer(settings_for(quantized.artifact, "tokens")).start()
+    try:
+        answer = httpx.post(f"{server.url}/v2/models/{MODEL}/feedback", json={"id": "r1", "label": 1})
+    finally:
+        server.stop()
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["error"] == (
+        "feedback takes one class label a row; output 'logits' answers a class at each position"
+    )
 
 
 def test_labels_per_position_gate_the_accuracy_of_the_labelled_real_positions(tmp_path: Path) -> None:

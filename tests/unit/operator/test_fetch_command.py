@@ -20,8 +20,9 @@ import pytest
 from click.testing import CliRunner
 from quiet_http import QuietHTTPServer
 
-from quantship import artifact, artifact_keys
+from quantship import artifact, artifact_keys, zoo
 from quantship.cli import main
+from quantship.quantize import package_fp32
 
 
 @pytest.fixture
@@ -51,6 +52,20 @@ def test_a_directory_on_a_file_uri_is_copied_and_verified(
     assert code == 0, output
     assert artifact.load_artifact(tmp_path / "model").digest == good_artifact.digest
     assert [p.name for p in tmp_path.iterdir()] == ["model"], "no scratch left behind"
+
+
+def test_its_line_counts_the_files_as_verify_does(
+    sample: zoo.SampleModel, good_artifact: artifact.Artifact, tmp_path: Path
+) -> None:
+    """An FP32 baseline holds one file: fetch said "1 files verified"."""
+    baseline = package_fp32(sample.model, tmp_path / "fp32")
+
+    code, output = fetch(f"file://{baseline.root}", str(tmp_path / "a"))
+    assert code == 0 and output.endswith(
+        "-> " + str(tmp_path / "a") + ": its one file verified; unsigned\n"
+    ), output
+    code, output = fetch(f"file://{good_artifact.root}", str(tmp_path / "b"))
+    assert code == 0 and ": 2 files verified; unsigned" in output, output
 
 
 def test_dest_dot_is_the_folder_it_names(

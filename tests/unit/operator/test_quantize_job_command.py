@@ -45,7 +45,7 @@ def spec(
 
 
 def run_job(
-    command: list[str], tmp_path: Path, env: dict[str, str] | None = None
+    command: list[str], tmp_path: Path, env: dict[str, str] | None = None, cwd: Path | None = None
 ) -> tuple[subprocess.CompletedProcess[str], Path]:
     """The container's command, with the pod's mount points moved under tmp_path."""
     assert command[0] == "quantship"
@@ -64,6 +64,7 @@ def run_job(
         timeout=TIMEOUT,
         check=False,
         env=None if env is None else {**os.environ, **env},
+        cwd=cwd,
     )
     return done, local["--result-file"]
 
@@ -137,6 +138,23 @@ def test_a_flag_quantize_does_not_know_is_refused_with_clicks_whole_message(
     message = read_result(result.read_text())
     assert message.startswith("quantize: No such option '--metrc'.") and "'--metric'" in message, message
     assert not (tmp_path / "pvc").exists()
+
+
+@pytest.mark.parametrize("flags", [["--out", "elsewhere"], ["-oelsewhere"], ["--evaluation=other.npz"]])
+def test_a_flag_the_job_sets_itself_is_refused_before_anything_is_fetched(
+    sample: zoo.SampleModel, tmp_path: Path, flags: list[str]
+) -> None:
+    """`quantize-job ... -- --out X` (by hand: the CRD has no such option) quantized into X, as
+    click takes the last -o, and the Job then said "WORKDIR/artifact: no such artifact", leaving X
+    outside its work folder; an --evaluation after -- gated on other data than the Job fetched."""
+    command = spec(sample).command("digits")
+    command[command.index("--model") + 1] = f"file://{tmp_path}/missing.onnx"  # never looked at
+    done, result = run_job([*command, *flags], tmp_path, cwd=tmp_path)
+
+    assert done.returncode == 3, done.stderr
+    said = read_result(result.read_text())
+    assert isinstance(said, str) and "the Job's own" in said and "missing.onnx" not in said, said
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["termination-log"], "nothing fetched or written"
 
 
 @pytest.mark.parametrize(

@@ -170,6 +170,20 @@ def test_the_feedback_store_keeps_its_inputs_within_max_bytes() -> None:
     assert store.nbytes == (len(store) - 1) * entry + entry - 200  # a labelled answer lets its inputs go
 
 
+def test_a_label_for_a_request_the_bytes_let_go_names_what_the_store_keeps() -> None:
+    """Within --feedback-max-bytes an image model's store keeps ~100 requests (EfficientNet-Lite0's
+    602 KB in 64 MiB), not --feedback-capacity's 10000, which the 404 named as what it keeps; and
+    with the bytes at 0 a request answered a moment ago was "older than the last 10000"."""
+    store = FeedbackStore(capacity=100, max_bytes=1000)
+    for i in range(10):
+        store.remember(str(i), 1, np.array([0], dtype=np.int64), {"X": np.zeros(50, dtype=np.float32)})
+    with pytest.raises(UnknownRequest) as refused:
+        store.get("0")
+    message = str(refused.value)
+    assert f"the latest {len(store)} requests (--feedback-capacity 100)" in message, message
+    assert "--feedback-max-bytes 1000" in message, message
+
+
 def test_the_feedback_store_counts_long_ids_and_the_bodies_inputs_view() -> None:
     store = FeedbackStore(capacity=100, max_bytes=100_000)
     store.remember("x" * 60_000, 1, np.array([0], dtype=np.int64), None)
