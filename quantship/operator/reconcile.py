@@ -44,7 +44,9 @@ from quantship.rollout import (
     retire,
     tick,
 )
+from quantship.rollout.analysis import readable_analysis
 from quantship.rollout.engine import canary_starting, made_again
+from quantship.rollout.state import readable
 
 IN_FLIGHT = ("Pending", "Progressing")
 QUANTIZE_JOB_TROUBLE = "QuantizeJobError"
@@ -52,6 +54,8 @@ QUANTIZE_JOB_TROUBLE = "QuantizeJobError"
 next tick or resync, while the rollout itself goes on (it stopped every tick, a bad canary included)."""
 RESTORED = "Restored"
 """The Event reason of a Deployment the rollout needs that was gone and was made again."""
+UNREADABLE_STATUS = "UnreadableStatus"
+"""The Event reason of status fields a person wrote that the operator cannot read, put right."""
 UNSAVED = "unsaved"
 """The memo key of the `Acted` tick whose status write failed."""
 T = TypeVar("T")
@@ -168,7 +172,7 @@ async def _reconcile(
     metadata, previous = body["metadata"], dict(body.get("status") or {})
     generation = metadata.get("generation")
     now = ctx.clock()
-    current = RolloutStatus.from_dict(rollout_view(previous))
+    current = _read_status(rollout_view(previous), now, body, logger)
     trouble: tuple[str, str] | None = None
     try:
         try:
@@ -448,6 +452,22 @@ async def _placement(
     if found is not None:
         return found
     return kept or ("Unknown", "Scheduling", f"waiting for {revision}'s pods to be scheduled")
+
+
+def _read_status(
+    status: Mapping[str, Any], now: float, body: Mapping[str, Any], logger: logging.Logger | Any
+) -> RolloutStatus:
+    """The rollout's status, with what a person wrote into it that it cannot read put right
+    (`state.readable`, `readable_analysis`) and said in a warning Event: the tick's write replaces it."""
+    data, put_right = readable(status, now)
+    if not readable_analysis(data.get("lastAnalysis")):
+        data["lastAnalysis"] = None
+        put_right.append("status.lastAnalysis is not a judgement the operator wrote: dropped")
+    if put_right:
+        message = "; ".join(put_right)
+        kopf.warn(_event_target(body), reason=UNREADABLE_STATUS, message=message)
+        logger.warning("%s: %s", UNREADABLE_STATUS, message)
+    return RolloutStatus.from_dict(data)
 
 
 def rollout_view(status: Mapping[str, Any]) -> dict[str, Any]:

@@ -292,6 +292,31 @@ def metrics_trouble(fault: Fault | None, reason: str) -> str | None:
     return None
 
 
+def readable_analysis(last_analysis: Any) -> bool:
+    """Whether a judgement in its persisted form (the status's lastAnalysis: `Analysis.to_dict`'s,
+    unless a person wrote it) has the shape `persisted_faults`, `why_inconclusive` and
+    `short_window_ratio` read. One that has not is dropped (it records the last judgement; nothing
+    is decided on it): reading it failed every tick with a traceback."""
+    if last_analysis is None:
+        return True
+    if not isinstance(last_analysis, Mapping):
+        return False
+    results, gate = last_analysis.get("slos", []), last_analysis.get("fallbackOps") or {}
+    if not isinstance(results, list) or not isinstance(gate, Mapping):
+        return False
+    if not all(
+        isinstance(result, Mapping) and isinstance(result.get("windows", []), list) for result in results
+    ):
+        return False
+    windows = [window for result in results for window in result.get("windows", [])]
+    return isinstance(gate.get("fault"), str | None) and all(
+        isinstance(window, Mapping)
+        and isinstance(window.get("fault"), str | None)
+        and (window.get("ratio") is None or type(window.get("ratio")) in (int, float))
+        for window in windows
+    )
+
+
 def persisted_faults(last_analysis: Mapping[str, Any] | None) -> set[Fault]:
     """`Analysis.faults` of a judgement in its persisted form (the status's lastAnalysis)."""
     if not last_analysis:

@@ -25,10 +25,10 @@ from operator_harness import (
     spec_of,
 )
 from test_operator_gateway_and_rbac import permission_of
-from test_operator_lifecycle import condition, phase_is, posted, serving
+from test_operator_lifecycle import condition, events, phase_is, posted, serving
 from test_operator_quantize_job import PRODUCED, finish, quantizing
 
-from quantship.operator import handlers, permissions, placement
+from quantship.operator import crd, handlers, permissions, placement
 from quantship.operator.kube import MERGE_PATCH
 from quantship.operator.quantize_job import Verdict
 
@@ -369,3 +369,49 @@ async def test_a_failed_pod_read_for_placement_never_costs_a_tick_its_status(
     await kubectl.make_ready(f"digits-{canary}", 2)
     promoted = await phase_is(kubectl, "Promoted", timeout=60)
     assert promoted["stableRevision"] == canary
+
+
+# -- a status a person wrote -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("field", "written", "said"),
+    [
+        ("startedAt", "yesterday", "status.startedAt 'yesterday' is not an RFC 3339 time"),
+        ("stepStartedAt", "2026-13-01T00:00:00Z", "status.stepStartedAt '2026-13-01T00:00:00Z' is not"),
+        ("lastAnalysis", {"slos": "all fine"}, "status.lastAnalysis is not a judgement the operator wrote"),
+    ],
+)
+async def test_a_status_field_a_person_wrote_that_cannot_be_read_is_said_once_and_put_right(
+    kubectl: Kubectl,
+    start_operator: StartOperator,
+    caplog: pytest.LogCaptureFixture,
+    field: str,
+    written: object,
+    said: str,
+) -> None:
+    """Written with the operator down (`kubectl patch --subresource=status`), which the restarted one
+    resumes from: it failed every tick with a traceback, the rollout stuck where it stood."""
+    first = await start_operator(ScriptedMetrics())
+    await serving(kubectl, spec_of(V1, rollout={"steps": [25, 100], "stepInterval": "2s"}))
+    await kubectl.patch({"spec": {"artifact": {"uri": V2}}})
+    await eventually(lambda: kubectl.deployment(f"digits-{SECOND}"), what="the canary Deployment")
+    await kubectl.make_ready(f"digits-{SECOND}")
+    await eventually(lambda: ((kubectl.get() or {}).get("status") or {}).get("step") == 0, what="step 1")
+    await first.shutdown()
+    await kubectl.custom.patch_namespaced_custom_object_status(
+        crd.GROUP, crd.VERSION, NAMESPACE, crd.PLURAL, "digits", {"status": {field: written}},
+        _content_type=MERGE_PATCH,
+    )  # fmt: skip
+
+    await start_operator(ScriptedMetrics())
+
+    (event,) = await posted(kubectl, "UnreadableStatus")
+    assert event["type"] == "Warning" and event["message"].startswith(said)
+    await eventually(
+        lambda: (kubectl.get() or {})["status"].get(field) != written, what="the field rewritten"
+    )
+    promoted = await phase_is(kubectl, "Promoted", timeout=30)
+    assert promoted["stableRevision"] == SECOND
+    assert not [r for r in caplog.records if r.exc_info], "no traceback"
+    assert len(events(kubectl, "UnreadableStatus")) == 1, "said once: the tick's write put it right"

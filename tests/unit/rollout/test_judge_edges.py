@@ -22,7 +22,7 @@ from quantship.rollout import (
     judge,
     measure,
 )
-from quantship.rollout.analysis import Fault
+from quantship.rollout.analysis import Fault, readable_analysis
 
 LATENCY = slo.Objective(slo.SLI.LATENCY, budget=0.01, latency_threshold=0.1)
 
@@ -117,3 +117,33 @@ async def test_without_a_stable_revision_nothing_is_asked_about_a_baseline(laten
 
     assert measurements.baseline == {}
     assert {revision for revision, _, _ in metrics.queries} == {"v2"}
+
+
+@pytest.mark.parametrize(
+    "canary",
+    [Counts(bad=1, total=1000), Unreachable("down"), Misconfigured("2 series"), NoData("none"), Counts(0, 0)],
+)
+def test_every_judgement_in_its_persisted_form_reads_back(
+    latency_spec: RolloutSpec, canary: Measurement
+) -> None:
+    """The operator drops a lastAnalysis it cannot read (one a person wrote): never one it wrote."""
+    analysis = judge(measured(latency_spec, canary, Counts(bad=1, total=1000)), latency_spec)
+
+    assert readable_analysis(analysis.to_dict())
+
+
+@pytest.mark.parametrize(
+    "written",
+    [
+        "pass",
+        {"slos": "x"},
+        {"slos": ["x"]},
+        {"slos": [{"windows": None}]},
+        {"slos": [{"windows": [{"ratio": "half"}]}]},
+        {"slos": [{"windows": [{"fault": ["NoData"]}]}]},
+        {"fallbackOps": "pass"},
+        {"fallbackOps": {"fault": {"kind": "NoData"}}},
+    ],
+)
+def test_a_last_analysis_a_person_wrote_in_another_shape_is_unreadable(written: object) -> None:
+    assert not readable_analysis(written)
