@@ -1,7 +1,7 @@
 """MetricsSource over Prometheus's HTTP API: the production path of the rollout engine.
 
-Instant queries of `/api/v1/query`; the PromQL text comes from `quantship.slo`, the same place
-the alert rules and dashboards take theirs from. Every way an answer can go wrong has its own
+Instant queries of `/api/v1/query` at the time of asking; the PromQL text comes from `quantship.slo`,
+the same place the alert rules and dashboards take theirs from. Every way an answer can go wrong has its own
 outcome, and none ever turns into a zero:
 
   no series, or NaN (0/0)                    -> NoData        (nothing counted yet)
@@ -11,7 +11,8 @@ outcome, and none ever turns into a zero:
   a body that is not Prometheus's JSON (or
   over MAX_ANSWER_BYTES), not a vector, more
   than one series, an infinite or negative
-  count                                      -> Misconfigured (a configuration error: will not)
+  count, a sample for another time than
+  asked (a cache in front)                   -> Misconfigured (a configuration error: will not)
 
 Each query, from its turn on, ends within QUERY_DEADLINE_TIMEOUTS times the source's timeout however
 the server dribbles its answer, and one that times out answers the queries queued behind it for the
@@ -42,6 +43,7 @@ from quantship.rollout.ports import (
     Value,
 )
 from quantship.rollout.spec import format_duration
+from quantship.rollout.state import to_timestamp
 
 
 class _Failed(Exception):
@@ -122,7 +124,8 @@ class PrometheusSource:
 
     async def _scalar(self, query: str) -> float | NoData:
         """The one value of an instant query's vector; NoData for an empty vector or NaN (0/0)."""
-        body = await self._query(query)
+        asked = round(time.time(), 3)  # Prometheus evaluates at, and answers with, milliseconds
+        body = await self._query(query, asked)
         data = body.get("data")
         result = data.get("result") if isinstance(data, dict) else None
         if isinstance(data, dict) and data.get("resultType", "vector") != "vector":  # a matrix, a scalar
@@ -148,14 +151,21 @@ class PrometheusSource:
                 )
             )
         try:
-            sample = result[0]["value"][1]
-            if isinstance(sample, bool):  # float(True) is 1.0; Prometheus writes a sample as a string
-                raise TypeError(f"{sample!r} is not a number")
-            value = float(sample)
+            at, sample = result[0]["value"][0], result[0]["value"][1]
+            if isinstance(sample, bool) or isinstance(at, bool):  # float(True) is 1.0
+                raise TypeError(f"{sample!r} at {at!r} is not a number at a time")
+            value, evaluated = float(sample), float(at)
         except (KeyError, IndexError, TypeError, ValueError, OverflowError) as exc:
             raise _Failed(
                 Misconfigured(f"Prometheus at {self.url} answered a malformed sample: {exc}")
             ) from exc
+        if not abs(evaluated - asked) < SAME_TIME_S:  # a cache in front answering an earlier query
+            raise _Failed(
+                Misconfigured(
+                    f"Prometheus at {self.url} answered for {to_timestamp(evaluated)}, asked for "
+                    f"{to_timestamp(asked)} (a cache in front that ignores the query's time?): {query}"
+                )
+            )
         if math.isnan(value):
             return NoData(f"NaN (0/0: nothing counted) for {query}")
         if math.isinf(value):  # every query here counts something; a total of +Inf made any ratio 0
@@ -164,7 +174,7 @@ class PrometheusSource:
             )
         return value  # under 0 only for a bad count a little under 0: `counts` and `fallback_ops` judge
 
-    async def _query(self, query: str) -> dict[str, Any]:
+    async def _query(self, query: str, at: float) -> dict[str, Any]:
         if self._client is None:
             self._client = httpx.AsyncClient(timeout=self.timeout)
         where = f"Prometheus at {self.url}"
@@ -177,7 +187,7 @@ class PrometheusSource:
             deadline = QUERY_DEADLINE_TIMEOUTS * self.timeout
             try:  # from its turn on: the connection and the whole answer (httpx bounds each read only)
                 async with asyncio.timeout(deadline):
-                    status, body = await self._get(query, where)
+                    status, body = await self._get(query, at, where)
             except TimeoutError as exc:  # an answer dribbled a byte at a time
                 raise self._down(
                     Unreachable(f"{where}: no whole answer within {deadline:g} s, to {query}")
@@ -201,12 +211,15 @@ class PrometheusSource:
             raise _Failed(Unreachable(f"{where} answered in part ({answer['warnings']!r:.200}): {query}"))
         return answer
 
-    async def _get(self, query: str, where: str) -> tuple[int, bytes]:
-        """The status and body (at most MAX_ANSWER_BYTES) of the query."""
+    async def _get(self, query: str, at: float, where: str) -> tuple[int, bytes]:
+        """The status and body (at most MAX_ANSWER_BYTES) of the query, evaluated at `at`."""
         assert self._client is not None
         try:
             asking = self._client.stream(
-                "GET", f"{self.url}/api/v1/query", params={"query": query}, headers=_IDENTITY
+                "GET",
+                f"{self.url}/api/v1/query",
+                params={"query": query, "time": f"{at:.3f}"},
+                headers=_IDENTITY,
             )
             async with asking as response:
                 body = bytearray()
@@ -245,6 +258,11 @@ def transport_fault(exc: httpx.HTTPError) -> str:
 
 _IDENTITY = {"Accept-Encoding": "identity"}
 """An answer is a few hundred bytes: uncompressed, its size is known before it is inflated."""
+SAME_TIME_S = 0.0015
+"""How far the time of an answer's sample may be from the time the query asked for: Prometheus
+evaluates at the asked time to the millisecond and answers with it. Asked without a time, each
+judgement's query was the same URL, which a cache in front (a proxy's, a query frontend's) could
+answer with the first judgement's counts for ever; one that ignores the time is caught here."""
 QUERY_DEADLINE_TIMEOUTS = 2
 """A query's whole time, in timeouts: its turn, its connection and every read of its answer."""
 MAX_ANSWER_BYTES = 4 * 2**20

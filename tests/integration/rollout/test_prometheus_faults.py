@@ -19,6 +19,7 @@ import json
 import math
 import os
 import signal
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +47,7 @@ from quantship.rollout import (
     judge,
     measure,
 )
+from quantship.rollout.state import to_timestamp
 
 ERRORS = slo.Objective(slo.SLI.ERRORS, budget=0.001)
 LABELS = {"model": "digits", "revision": "v2"}
@@ -55,9 +57,14 @@ TIMEOUT = 0.5
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def vector(*values: str) -> dict[str, object]:
-    """A successful instant query's body with one series per value."""
-    result = [{"metric": {"pod": f"p{n}"}, "value": [1700000000.0, value]} for n, value in enumerate(values)]
+EVALUATED = 1700000000.0
+"""The time of a `vector`'s samples, which the stub replaces with the time each query asked for."""
+
+
+def vector(*values: str, at: float = EVALUATED) -> dict[str, object]:
+    """A successful instant query's body with one series per value, evaluated `at` (by default at the
+    time the query asked for, as Prometheus answers: see `stub`)."""
+    result = [{"metric": {"pod": f"p{n}"}, "value": [at, value]} for n, value in enumerate(values)]
     return {"status": "success", "data": {"resultType": "vector", "result": result}}
 
 
@@ -68,6 +75,8 @@ class Stub:
     answer: Handler
     url: str = ""
     queries: list[str] = field(default_factory=list)
+    times: list[str] = field(default_factory=list)
+    """The `time` each query asked for."""
 
 
 @pytest_asyncio.fixture
@@ -79,7 +88,15 @@ async def stub() -> AsyncIterator[Stub]:
 
     async def query(request: web.Request) -> web.StreamResponse:
         server.queries.append(request.query["query"])
-        return await server.answer(request)
+        server.times.append(request.query.get("time", ""))
+        response = await server.answer(request)
+        if isinstance(response, web.Response) and isinstance(
+            response.body, bytes
+        ):  # answered at the time asked
+            response.body = response.body.replace(
+                str(EVALUATED).encode(), request.query.get("time", str(EVALUATED)).encode()
+            )
+        return response
 
     app = web.Application()
     app.router.add_get("/api/v1/query", query)
@@ -241,6 +258,24 @@ async def test_json_that_is_not_prometheus_api_is_a_misconfiguration(
     stub.answer = answering(200, {"status": "success", "data": {"result": [{"metric": {}, "value": []}]}})
     for answer in await both(source):
         assert isinstance(answer, Misconfigured) and "malformed sample" in answer.reason, answer
+
+
+async def test_an_answer_for_another_time_than_asked_is_a_misconfiguration_never_counts(
+    stub: Stub, source: PrometheusSource
+) -> None:
+    """A cache in front of Prometheus that answers each judgement's query (the same PromQL every
+    time) with an earlier judgement's answer: the canary was judged on counts from before its step,
+    the first step's passing for every step after. Each query asks for its own time now (a URL no
+    earlier judgement asked), and an answer evaluated at another is refused."""
+    hour_ago = round(time.time() - 3600, 3)
+    stub.answer = answering(200, vector("400", at=hour_ago))
+
+    for answer in await both(source):
+        assert isinstance(answer, Misconfigured), answer
+        assert f"answered for {to_timestamp(hour_ago)}, asked for " in answer.reason
+        assert "(a cache in front that ignores the query's time?)" in answer.reason
+    asked = [float(time_asked) for time_asked in stub.times]
+    assert len(set(asked)) == len(asked) and all(abs(at - time.time()) < 60 for at in asked)
 
 
 async def test_more_than_one_series_is_a_label_selector_problem(stub: Stub, source: PrometheusSource) -> None:
