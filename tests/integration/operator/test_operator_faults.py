@@ -415,3 +415,47 @@ async def test_a_status_field_a_person_wrote_that_cannot_be_read_is_said_once_an
     assert promoted["stableRevision"] == SECOND
     assert not [r for r in caplog.records if r.exc_info], "no traceback"
     assert len(events(kubectl, "UnreadableStatus")) == 1, "said once: the tick's write put it right"
+
+
+@pytest.mark.parametrize("lost", ["the whole status", "stableRevision"])
+async def test_a_status_lost_mid_canary_resumes_from_the_stable_deployment_never_serves_the_canary_unjudged(
+    kubectl: Kubectl, start_operator: StartOperator, lost: str
+) -> None:
+    """The status removed with the operator down (by hand, or a backup restored without it: a create
+    drops the status): decided from nothing, the canary was deployed as a first revision and served
+    all traffic unjudged, a bad one too, and the stable's Deployment left behind."""
+    first = await start_operator(ScriptedMetrics(bad={SECOND}))
+    await serving(kubectl, spec_of(V1, rollout={"steps": [25, 100], "stepInterval": "30s"}))
+    await kubectl.patch({"spec": {"artifact": {"uri": V2}}})
+    await eventually(lambda: kubectl.deployment(f"digits-{SECOND}"), what="the canary Deployment")
+    await kubectl.make_ready(f"digits-{SECOND}")
+    await eventually(lambda: ((kubectl.get() or {}).get("status") or {}).get("step") == 0, what="step 1")
+    await first.shutdown()
+    status = (kubectl.get() or {})["status"]
+    removed = dict.fromkeys(status) if lost == "the whole status" else {"stableRevision": None}
+    await kubectl.custom.patch_namespaced_custom_object_status(
+        crd.GROUP,
+        crd.VERSION,
+        NAMESPACE,
+        crd.PLURAL,
+        "digits",
+        {"status": removed},
+        _content_type=MERGE_PATCH,
+    )
+    await kubectl.patch({"spec": {"rollout": {"stepInterval": "1s"}}})  # judged soon after the restart
+
+    await start_operator(ScriptedMetrics(bad={SECOND}))
+
+    (event,) = await posted(kubectl, "StatusLost")
+    assert event["type"] == "Warning" and event["message"].startswith(
+        f"the status names no stable revision, but Deployment digits-{FIRST} serves as the stable: "
+        f"resuming from {FIRST}, and rolling {SECOND} out as a canary"
+    )
+    rolled_back = await phase_is(kubectl, "RolledBack", timeout=30)
+    assert rolled_back["stableRevision"] == FIRST and rolled_back["rejectedRevision"] == SECOND
+    assert "clip_rate burn rate above 1 on both windows" in rolled_back["message"]
+    served = [
+        e for e in rolled_back["history"] if e["action"] in ("Serve", "Promote") and e["stable"] == SECOND
+    ]
+    assert served == [], "never served unjudged"
+    assert (kubectl.deployment(f"digits-{FIRST}") or {})["metadata"]["labels"]["track"] == "stable"
