@@ -83,12 +83,13 @@ class PrometheusSource:
         window = format_duration(window_seconds)
         bad_query, total_query = slo.bad_and_total(objective, window, labels)
         whole_query = slo.whole_bad(objective, window, labels)
+        at = _now()  # bad and total counted over the same window
         try:
-            total = await self._scalar(total_query)
+            total = await self._scalar(total_query, at)
             if isinstance(total, NoData):
                 return total
-            bad = await self._scalar(bad_query)
-            whole = None if whole_query is None else await self._scalar(whole_query)
+            bad = await self._scalar(bad_query, at)
+            whole = None if whole_query is None else await self._scalar(whole_query, at)
         except _Failed as exc:
             return exc.outcome
         if isinstance(bad, NoData):
@@ -104,7 +105,7 @@ class PrometheusSource:
     async def fallback_ops(self, labels: Mapping[str, str]) -> GaugeMeasurement:
         query = slo.fallback_ops_or_zero(labels)
         try:
-            value = await self._scalar(query)
+            value = await self._scalar(query, _now())
         except _Failed as exc:
             return exc.outcome
         if isinstance(value, NoData):
@@ -122,9 +123,9 @@ class PrometheusSource:
         self._outage = (self._clock(), outcome)
         return _Failed(outcome)
 
-    async def _scalar(self, query: str) -> float | NoData:
-        """The one value of an instant query's vector; NoData for an empty vector or NaN (0/0)."""
-        asked = round(time.time(), 3)  # Prometheus evaluates at, and answers with, milliseconds
+    async def _scalar(self, query: str, asked: float) -> float | NoData:
+        """The one value of an instant query's vector evaluated at `asked`; NoData for an empty
+        vector or NaN (0/0)."""
         body = await self._query(query, asked)
         data = body.get("data")
         result = data.get("result") if isinstance(data, dict) else None
@@ -248,6 +249,11 @@ class PrometheusSource:
             ) from exc
         except httpx.HTTPError as exc:
             raise _Failed(Unreachable(f"{where}: {transport_fault(exc)}, to {query}")) from exc
+
+
+def _now() -> float:
+    """The time a query asks for: Prometheus evaluates at, and answers with, milliseconds."""
+    return round(time.time(), 3)
 
 
 def transport_fault(exc: httpx.HTTPError) -> str:
