@@ -392,6 +392,7 @@ async def test_a_status_field_a_person_wrote_that_cannot_be_read_is_said_once_an
 ) -> None:
     """Written with the operator down (`kubectl patch --subresource=status`), which the restarted one
     resumes from: it failed every tick with a traceback, the rollout stuck where it stood."""
+    caplog.set_level(logging.ERROR, logger="kopf.objects")
     first = await start_operator(ScriptedMetrics())
     await serving(kubectl, spec_of(V1, rollout={"steps": [25, 100], "stepInterval": "2s"}))
     await kubectl.patch({"spec": {"artifact": {"uri": V2}}})
@@ -459,3 +460,39 @@ async def test_a_status_lost_mid_canary_resumes_from_the_stable_deployment_never
     ]
     assert served == [], "never served unjudged"
     assert (kubectl.deployment(f"digits-{FIRST}") or {})["metadata"]["labels"]["track"] == "stable"
+
+
+async def test_a_retiring_revision_a_person_wrote_never_deletes_what_is_not_the_models(
+    kubectl: Kubectl, api: client.ApiClient, start_operator: StartOperator, caplog: pytest.LogCaptureFixture
+) -> None:
+    """status.retiringRevisions ["db"], written with the operator down: the restarted one deleted
+    Deployment and Service digits-db, the user's, whoever made them."""
+    caplog.set_level(logging.WARNING, logger="quantship.operator.workloads")
+    first = await start_operator(ScriptedMetrics())
+    await serving(kubectl, spec_of(V1))
+    pods = {"matchLabels": {"app": "db"}}
+    template = {
+        "metadata": {"labels": {"app": "db"}},
+        "spec": {"containers": [{"name": "db", "image": "postgres"}]},
+    }
+    theirs = {"name": "digits-db", "namespace": NAMESPACE}
+    await kubectl.apps.create_namespaced_deployment(
+        NAMESPACE, {"metadata": theirs, "spec": {"replicas": 1, "selector": pods, "template": template}}
+    )
+    await client.CoreV1Api(api).create_namespaced_service(
+        NAMESPACE, {"metadata": theirs, "spec": {"selector": {"app": "db"}, "ports": [{"port": 5432}]}}
+    )
+    await first.shutdown()
+    await kubectl.custom.patch_namespaced_custom_object_status(
+        crd.GROUP, crd.VERSION, NAMESPACE, crd.PLURAL, "digits", {"status": {"retiringRevisions": ["db"]}},
+        _content_type=MERGE_PATCH,
+    )  # fmt: skip
+
+    await start_operator(ScriptedMetrics())
+
+    await eventually(lambda: not (kubectl.get() or {})["status"].get("retiringRevisions"), what="retired")
+    assert kubectl.deployment("digits-db") is not None and kubectl.service("digits-db") is not None
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("not deleting")]
+    assert said == [f"not deleting Deployment {NAMESPACE}/digits-db for a retiring revision: it is not this "
+                    "model's (no controller)"]  # fmt: skip
+    assert kubectl.deployment(f"digits-{FIRST}") is not None
