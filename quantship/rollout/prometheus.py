@@ -11,8 +11,7 @@ outcome, and none ever turns into a zero:
   a body that is not Prometheus's JSON (or
   over MAX_ANSWER_BYTES), not a vector, more
   than one series, an infinite or negative
-  count, a sample for another time than
-  asked (a cache in front)                   -> Misconfigured (a configuration error: will not)
+  count                                      -> Misconfigured (a configuration error: will not)
 
 Each query, from its turn on, ends within QUERY_DEADLINE_TIMEOUTS times the source's timeout however
 the server dribbles its answer, and one that times out answers the queries queued behind it for the
@@ -43,7 +42,6 @@ from quantship.rollout.ports import (
     Value,
 )
 from quantship.rollout.spec import format_duration
-from quantship.rollout.state import to_timestamp
 
 
 class _Failed(Exception):
@@ -124,7 +122,7 @@ class PrometheusSource:
         return _Failed(outcome)
 
     async def _scalar(self, query: str, asked: float) -> float | NoData:
-        """The one value of an instant query's vector evaluated at `asked`; NoData for an empty
+        """The one value of an instant query's vector, evaluated at `asked`; NoData for an empty
         vector or NaN (0/0)."""
         body = await self._query(query, asked)
         data = body.get("data")
@@ -152,21 +150,14 @@ class PrometheusSource:
                 )
             )
         try:
-            at, sample = result[0]["value"][0], result[0]["value"][1]
-            if isinstance(sample, bool) or isinstance(at, bool):  # float(True) is 1.0
-                raise TypeError(f"{sample!r} at {at!r} is not a number at a time")
-            value, evaluated = float(sample), float(at)
+            sample = result[0]["value"][1]
+            if isinstance(sample, bool):  # float(True) is 1.0; Prometheus writes a sample as a string
+                raise TypeError(f"{sample!r} is not a number")
+            value = float(sample)
         except (KeyError, IndexError, TypeError, ValueError, OverflowError) as exc:
             raise _Failed(
                 Misconfigured(f"Prometheus at {self.url} answered a malformed sample: {exc}")
             ) from exc
-        if not abs(evaluated - asked) < SAME_TIME_S:  # a cache in front answering an earlier query
-            raise _Failed(
-                Misconfigured(
-                    f"Prometheus at {self.url} answered for {to_timestamp(evaluated)}, asked for "
-                    f"{to_timestamp(asked)} (a cache in front that ignores the query's time?): {query}"
-                )
-            )
         if math.isnan(value):
             return NoData(f"NaN (0/0: nothing counted) for {query}")
         if math.isinf(value):  # every query here counts something; a total of +Inf made any ratio 0
@@ -252,7 +243,12 @@ class PrometheusSource:
 
 
 def _now() -> float:
-    """The time a query asks for: Prometheus evaluates at, and answers with, milliseconds."""
+    """The time a query asks for, to the millisecond, as Argo Rollouts' Prometheus provider asks for
+    its own: asked without one, every judgement's query was the same URL, which a cache in front (a
+    proxy's, a query frontend's) could answer with the first judgement's counts for every step after.
+    The time of the answer's sample is not held to it: VictoriaMetrics may answer an instant query
+    near now as of now minus its -search.latencyOffset (30 s by default; its issue 720), and every
+    judgement would be refused."""
     return round(time.time(), 3)
 
 
@@ -264,11 +260,6 @@ def transport_fault(exc: httpx.HTTPError) -> str:
 
 _IDENTITY = {"Accept-Encoding": "identity"}
 """An answer is a few hundred bytes: uncompressed, its size is known before it is inflated."""
-SAME_TIME_S = 0.0015
-"""How far the time of an answer's sample may be from the time the query asked for: Prometheus
-evaluates at the asked time to the millisecond and answers with it. Asked without a time, each
-judgement's query was the same URL, which a cache in front (a proxy's, a query frontend's) could
-answer with the first judgement's counts for ever; one that ignores the time is caught here."""
 QUERY_DEADLINE_TIMEOUTS = 2
 """A query's whole time, in timeouts: its turn, its connection and every read of its answer."""
 MAX_ANSWER_BYTES = 4 * 2**20
