@@ -16,6 +16,7 @@ import collections
 import contextlib
 import itertools
 import logging
+import math
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -196,7 +197,9 @@ class ScrapeSource:
                     continue
                 if fallback.matches(name, sample_labels):
                     op = sample_labels.get("op_type", "")
-                    per_op[op] = max(per_op.get(op, 0.0), value)  # replicas report the same ops
+                    # replicas report the same ops; a NaN stays one (max() keeps whichever came first)
+                    known = per_op.get(op, value)
+                    per_op[op] = math.nan if math.isnan(known) or math.isnan(value) else max(known, value)
                 served = served or info.matches(name, sample_labels)
         if per_op:
             return Value(sum(per_op.values()))

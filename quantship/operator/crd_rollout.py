@@ -49,7 +49,8 @@ def rollout_schema() -> dict[str, Any]:
                 "items": {"type": "integer", "minimum": 1, "maximum": 100},
                 "x-kubernetes-validations": [crd_rules.STEPS_INCREASE],
                 "default": list(crd_fields.default_of(RolloutSpec, "steps")),
-                "description": "Canary weights in percent, increasing. Passing the last step promotes.",
+                "description": "Canary weights in percent, increasing. Passing the last step promotes; "
+                "edited mid-canary, a step passed goes on to the first weight above the canary's.",
             },
             "stepInterval": crd_fields.duration(
                 "rollout.stepInterval",

@@ -218,18 +218,22 @@ class Kube:
 
     async def pods(self, namespace: str, labels: Mapping[str, str]) -> list[dict[str, Any]]:
         """The pods carrying all of `labels` (a revision's, for spec.placement)."""
-        selector = ",".join(f"{key}={value}" for key, value in labels.items())
+        selector = _label_selector(labels)
         listing = await read(
             self.core.list_namespaced_pod_without_preload_content(namespace, label_selector=selector),
             timeout=self.timeout,
         )
-        items = (listing or {}).get("items") or []
-        # filtered here too: the selector is the API server's to apply, and a test API may not
-        return [
-            pod
-            for pod in items
-            if all((pod.get("metadata", {}).get("labels") or {}).get(k) == v for k, v in labels.items())
-        ]
+        return _labelled(listing, labels)
+
+    async def deployments(self, namespace: str, labels: Mapping[str, str]) -> list[dict[str, Any]]:
+        """The Deployments carrying all of `labels` (a model's stable ones, for a status without one)."""
+        listing = await read(
+            self.apps.list_namespaced_deployment_without_preload_content(
+                namespace, label_selector=_label_selector(labels)
+            ),
+            timeout=self.timeout,
+        )
+        return _labelled(listing, labels)
 
     async def models_served(self) -> bool:
         """Whether the API server serves QuantizedModels (API discovery, which every authenticated
@@ -365,3 +369,17 @@ async def call(
         raise PortError(
             f"{what}: Kubernetes API unreachable: {_describe(exc, timeout)}", reason=UNREACHABLE
         ) from exc
+
+
+def _label_selector(labels: Mapping[str, str]) -> str:
+    return ",".join(f"{key}={value}" for key, value in labels.items())
+
+
+def _labelled(listing: Mapping[str, Any] | None, labels: Mapping[str, str]) -> list[dict[str, Any]]:
+    """The listed objects carrying all of `labels`: filtered here too, the selector is the API
+    server's to apply, and a test API may not."""
+    return [
+        item
+        for item in (listing or {}).get("items") or []
+        if all((item.get("metadata", {}).get("labels") or {}).get(k) == v for k, v in labels.items())
+    ]

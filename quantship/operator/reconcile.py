@@ -44,7 +44,9 @@ from quantship.rollout import (
     retire,
     tick,
 )
+from quantship.rollout.analysis import readable_analysis
 from quantship.rollout.engine import canary_starting, made_again
+from quantship.rollout.state import readable
 
 IN_FLIGHT = ("Pending", "Progressing")
 QUANTIZE_JOB_TROUBLE = "QuantizeJobError"
@@ -52,6 +54,10 @@ QUANTIZE_JOB_TROUBLE = "QuantizeJobError"
 next tick or resync, while the rollout itself goes on (it stopped every tick, a bad canary included)."""
 RESTORED = "Restored"
 """The Event reason of a Deployment the rollout needs that was gone and was made again."""
+UNREADABLE_STATUS = "UnreadableStatus"
+"""The Event reason of status fields a person wrote that the operator cannot read, put right."""
+STATUS_LOST = "StatusLost"
+"""The Event reason of a status without a stable revision for a model whose stable Deployment runs."""
 UNSAVED = "unsaved"
 """The memo key of the `Acted` tick whose status write failed."""
 T = TypeVar("T")
@@ -168,7 +174,7 @@ async def _reconcile(
     metadata, previous = body["metadata"], dict(body.get("status") or {})
     generation = metadata.get("generation")
     now = ctx.clock()
-    current = RolloutStatus.from_dict(rollout_view(previous))
+    current = _read_status(rollout_view(previous), now, body, logger)
     trouble: tuple[str, str] | None = None
     try:
         try:
@@ -182,6 +188,8 @@ async def _reconcile(
         await _write_status(ctx, body, previous, current, ("InvalidSpec", str(exc)), generation, now, logger)
         raise kopf.PermanentError(str(exc)) from exc
     ctx.metrics.budgets((namespace, name), spec.model, spec.rollout.objectives)
+    if current.stable is None:  # a new model, or one whose status was lost
+        current = await _stable_found(ctx.kube, spec, body, current, logger) or current
     evaluation = status_module.evaluation_condition(spec.rollout, spec.shadow_disagreement)
 
     fresh = fresh or (current.in_flight and ctx.kube.fresh_due(namespace, name))
@@ -448,6 +456,55 @@ async def _placement(
     if found is not None:
         return found
     return kept or ("Unknown", "Scheduling", f"waiting for {revision}'s pods to be scheduled")
+
+
+def _read_status(
+    status: Mapping[str, Any], now: float, body: Mapping[str, Any], logger: logging.Logger | Any
+) -> RolloutStatus:
+    """The rollout's status, with what a person wrote into it that it cannot read put right
+    (`state.readable`, `readable_analysis`) and said in a warning Event: the tick's write replaces it."""
+    data, put_right = readable(status, now)
+    if not readable_analysis(data.get("lastAnalysis")):
+        data["lastAnalysis"] = None
+        put_right.append("status.lastAnalysis is not a judgement the operator wrote: dropped")
+    if put_right:
+        message = "; ".join(put_right)
+        kopf.warn(_event_target(body), reason=UNREADABLE_STATUS, message=message)
+        logger.warning("%s: %s", UNREADABLE_STATUS, message)
+    return RolloutStatus.from_dict(data)
+
+
+async def _stable_found(
+    kube: Kube, spec: ModelSpec, body: Mapping[str, Any], status: RolloutStatus, logger: logging.Logger | Any
+) -> RolloutStatus | None:
+    """The status to resume from where the model's status names no stable revision, but a
+    Deployment of its own serves as its stable (track label) for another revision than the asked
+    one: the status was lost (removed by hand, or the model restored without it, as a create drops
+    it). Decided from nothing, the asked revision was deployed as a first revision and served all
+    traffic unjudged: a canary mid-step, or one rolled back. From that stable instead, it is rolled
+    out as a canary again (the history kept, where any is left); said in a warning Event. None where
+    there is no such Deployment."""
+    uid = body["metadata"].get("uid")
+    stables = [
+        deployment
+        for deployment in await kube.deployments(
+            spec.namespace, {**resources.shared_selector(spec), "track": Track.STABLE.value}
+        )
+        if any(owner.get("uid") == uid for owner in deployment["metadata"].get("ownerReferences") or [])
+    ]
+    revisions = [d["metadata"]["labels"].get("revision") for d in stables]
+    if not revisions or spec.revision in revisions:  # the asked one: a first revision, as decided anew
+        return None
+    newest = max(stables, key=lambda deployment: deployment["metadata"].get("creationTimestamp") or "")
+    stable = newest["metadata"]["labels"]["revision"]
+    message = (
+        f"the status names no stable revision, but Deployment {newest['metadata']['name']} serves as "
+        f"the stable: resuming from {stable}, and rolling {spec.revision} out as a canary (was the "
+        "status removed, or the model restored without it?)"
+    )
+    kopf.warn(_event_target(body), reason=STATUS_LOST, message=message)
+    logger.warning("%s: %s", STATUS_LOST, message)
+    return RolloutStatus(phase=Phase.PROMOTED, stable=stable, message=message, history=status.history)
 
 
 def rollout_view(status: Mapping[str, Any]) -> dict[str, Any]:

@@ -7,6 +7,7 @@ never taken over (`CHILD_NOT_OURS`).
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Awaitable, Mapping
 from typing import Any
 
@@ -30,6 +31,8 @@ from quantship.operator.spec import ModelSpec
 from quantship.operator.status import degraded_reason
 from quantship.operator.watched import DEPLOYMENT, SERVICE, Children
 from quantship.rollout import PortError, Track
+
+log = logging.getLogger(__name__)
 
 
 class KubeWorkloads:
@@ -268,10 +271,17 @@ class KubeWorkloads:
         return await self._from_api(DEPLOYMENT, resources.child_name(self.spec, revision))
 
     async def remove(self, revision: str) -> None:
+        """Delete the revision's Deployment and Service where they are this model's (or its previous
+        incarnation's): a revision read from the status (retiringRevisions) that a person wrote
+        could name anyone's, and `digits-db` was deleted for a retiring "db"; one that is not is
+        left, said in a warning, and counts as removed."""
         name = resources.child_name(self.spec, revision)
+        found = await self.deployment(revision), await self.service(name)
         self.kube.last_seen.pop((self.spec.namespace, name), None)
         self._read.pop(name, None)
         self._read_services.pop(name, None)
+        if self._not_ours(DEPLOYMENT, found[0]):
+            return
         held = self.children.uids(DEPLOYMENT, self.spec.namespace, name)
         await call(
             f"deleting Deployment {name}",
@@ -280,6 +290,8 @@ class KubeWorkloads:
             timeout=self.kube.timeout,
         )
         self._proved_gone(DEPLOYMENT, name, held)
+        if self._not_ours(SERVICE, found[1]):
+            return
         held = self.children.uids(SERVICE, self.spec.namespace, name)
         await call(
             f"deleting Service {name}",
@@ -288,6 +300,25 @@ class KubeWorkloads:
             timeout=self.kube.timeout,
         )
         self._proved_gone(SERVICE, name, held)
+
+    def _not_ours(self, kind: str, current: Mapping[str, Any] | None) -> bool:
+        """Whether `current` exists and another controls it (a warning says so): not to delete."""
+        if current is None:
+            return False
+        controller = next(
+            (r for r in current["metadata"].get("ownerReferences") or [] if r.get("controller")), None
+        )
+        ours = controller is not None and controller.get("uid") == self.owner.get("metadata", {}).get("uid")
+        if ours or self._predecessor(controller):
+            return False
+        name = f"{kind} {self.spec.namespace}/{current['metadata']['name']}"
+        owner = (
+            "no controller"
+            if controller is None
+            else f"controlled by {controller.get('kind')} {controller.get('name')}"
+        )
+        log.warning("not deleting %s for a retiring revision: it is not this model's (%s)", name, owner)
+        return True
 
     async def service(self, name: str, *, may_exist: bool = True) -> dict[str, Any] | None:
         """One of our Services as the index holds it (else, where it `may_exist`, as the API does),

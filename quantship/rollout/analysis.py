@@ -292,6 +292,31 @@ def metrics_trouble(fault: Fault | None, reason: str) -> str | None:
     return None
 
 
+def readable_analysis(last_analysis: Any) -> bool:
+    """Whether a judgement in its persisted form (the status's lastAnalysis: `Analysis.to_dict`'s,
+    unless a person wrote it) has the shape `persisted_faults`, `why_inconclusive` and
+    `short_window_ratio` read. One that has not is dropped (it records the last judgement; nothing
+    is decided on it): reading it failed every tick with a traceback."""
+    if last_analysis is None:
+        return True
+    if not isinstance(last_analysis, Mapping):
+        return False
+    results, gate = last_analysis.get("slos", []), last_analysis.get("fallbackOps") or {}
+    if not isinstance(results, list) or not isinstance(gate, Mapping):
+        return False
+    if not all(
+        isinstance(result, Mapping) and isinstance(result.get("windows", []), list) for result in results
+    ):
+        return False
+    windows = [window for result in results for window in result.get("windows", [])]
+    return isinstance(gate.get("fault"), str | None) and all(
+        isinstance(window, Mapping)
+        and isinstance(window.get("fault"), str | None)
+        and (window.get("ratio") is None or type(window.get("ratio")) in (int, float))
+        for window in windows
+    )
+
+
 def persisted_faults(last_analysis: Mapping[str, Any] | None) -> set[Fault]:
     """`Analysis.faults` of a judgement in its persisted form (the status's lastAnalysis)."""
     if not last_analysis:
@@ -411,6 +436,12 @@ def _window(
             return WindowResult(window, problem=f"misconfigured on {span}: {why}", fault=Fault.MISCONFIGURED)
         case NoData(reason=why):
             return WindowResult(window, problem=f"no data on {span}: {why}", fault=Fault.NO_DATA)
+        case Counts(bad=bad, total=total) if not _counted(canary):
+            # a NaN or infinite counter a server exports (a source reads it as it is): no ratio of it
+            # is a measurement, and a NaN burn rate is above no threshold (it passed, or round() raised)
+            whole = "" if canary.whole_bad is None else f" ({canary.whole_bad:g} whole)"
+            counted = f"misconfigured on {span}: {bad:g} bad{whole} of {total:g}, not counts"
+            return WindowResult(window, problem=counted, fault=Fault.MISCONFIGURED)
         case Counts(bad=bad, total=total) if total < min_samples:
             few = f"{_whole(total)} samples of the {min_samples} needed on {span}"
             least = objective.burn_rate(min(bad, total) / min_samples)
@@ -426,6 +457,8 @@ def _window(
         case Counts(bad=bad, total=total):
             burn = objective.burn_rate(bad / total)
             match baseline:
+                case Counts(bad=base_bad, total=base_total) if not _counted(baseline):
+                    why = f"it measured {base_bad:g} bad of {base_total:g}, not counts"
                 case Counts(bad=base_bad, total=base_total) if base_total >= min_samples:
                     base_burn = objective.burn_rate(base_bad / base_total)
                     return WindowResult(
@@ -504,6 +537,12 @@ def _judge_slo(objective: slo.Objective, windows: list[WindowResult], spec: Roll
     return result(Verdict.FAIL, breach)
 
 
+def _counted(counts: Counts) -> bool:
+    """Whether a source's figures are counts: none NaN or infinite."""
+    whole = 0.0 if counts.whole_bad is None else counts.whole_bad
+    return math.isfinite(counts.bad) and math.isfinite(counts.total) and math.isfinite(whole)
+
+
 def _whole(samples: float) -> int:
     """Samples as a count, rounded down: Prometheus' increase() extrapolates to the window's edges
     ("4.444 samples of the 60 needed"), and rounding up could read "50 of the 50 needed" short."""
@@ -516,6 +555,9 @@ def _above(burn_rate: float | None, threshold: float) -> bool:
 
 def _judge_fallback(measurement: GaugeMeasurement, limit: int) -> GateResult:
     match measurement:
+        case Value(value=value) if not math.isfinite(value):  # NaN is over no limit: it passed
+            why = f"fallback ops: misconfigured: {value:g} ops, not a count"
+            return GateResult(None, limit, Verdict.INCONCLUSIVE, why, Fault.MISCONFIGURED)
         case Value(value=value) if value > limit:
             return GateResult(
                 value, limit, Verdict.FAIL, f"fallback ops: {value:.4g} ops run in float (limit {limit})"

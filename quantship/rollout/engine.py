@@ -267,13 +267,12 @@ def _judged(status: RolloutStatus, analysis: Analysis, spec: RolloutSpec, now: f
     match analysis.verdict:
         case Verdict.PASS:
             judged = replace(judged, inconclusive=0)
-            if status.step + 1 >= len(spec.steps):
+            following = _step_above(spec, status.weight)
+            if following is None:
                 return _promote(
                     judged, now, f"passed all {len(spec.steps)} steps: {analysis.reason}", analysis
                 )
-            return _set_step(
-                judged, spec, status.step + 1, now, f"{step} passed: {analysis.reason}", analysis
-            )
+            return _set_step(judged, spec, following, now, f"{step} passed: {analysis.reason}", analysis)
         case Verdict.FAIL:
             failures = status.failures + 1
             judged = replace(judged, failures=failures, inconclusive=0, step_started_at=now)
@@ -414,6 +413,14 @@ def _still_in_trouble(status: RolloutStatus) -> Fault | None:
     if status.inconclusive == 0 or not status.last_analysis:
         return None
     return metrics_fault(persisted_faults(status.last_analysis))
+
+
+def _step_above(spec: RolloutSpec, weight: int) -> int | None:
+    """The step a canary that passed at `weight` goes to: the first above it (the next one, while
+    the steps are as they were); None past the last. Not the step index plus one: spec.rollout.steps
+    edited mid-canary (5/25/50/100 to 100) promoted a canary judged at 5% under steps that ask for
+    a judgement at 100%."""
+    return next((index for index, step in enumerate(spec.steps) if step > weight), None)
 
 
 def _holding(status: RolloutStatus, spec: RolloutSpec) -> bool:

@@ -1,7 +1,7 @@
 """MetricsSource over Prometheus's HTTP API: the production path of the rollout engine.
 
-Instant queries of `/api/v1/query`; the PromQL text comes from `quantship.slo`, the same place
-the alert rules and dashboards take theirs from. Every way an answer can go wrong has its own
+Instant queries of `/api/v1/query` at the time of asking; the PromQL text comes from `quantship.slo`,
+the same place the alert rules and dashboards take theirs from. Every way an answer can go wrong has its own
 outcome, and none ever turns into a zero:
 
   no series, or NaN (0/0)                    -> NoData        (nothing counted yet)
@@ -81,12 +81,13 @@ class PrometheusSource:
         window = format_duration(window_seconds)
         bad_query, total_query = slo.bad_and_total(objective, window, labels)
         whole_query = slo.whole_bad(objective, window, labels)
+        at = _now()  # bad and total counted over the same window
         try:
-            total = await self._scalar(total_query)
+            total = await self._scalar(total_query, at)
             if isinstance(total, NoData):
                 return total
-            bad = await self._scalar(bad_query)
-            whole = None if whole_query is None else await self._scalar(whole_query)
+            bad = await self._scalar(bad_query, at)
+            whole = None if whole_query is None else await self._scalar(whole_query, at)
         except _Failed as exc:
             return exc.outcome
         if isinstance(bad, NoData):
@@ -102,7 +103,7 @@ class PrometheusSource:
     async def fallback_ops(self, labels: Mapping[str, str]) -> GaugeMeasurement:
         query = slo.fallback_ops_or_zero(labels)
         try:
-            value = await self._scalar(query)
+            value = await self._scalar(query, _now())
         except _Failed as exc:
             return exc.outcome
         if isinstance(value, NoData):
@@ -120,9 +121,10 @@ class PrometheusSource:
         self._outage = (self._clock(), outcome)
         return _Failed(outcome)
 
-    async def _scalar(self, query: str) -> float | NoData:
-        """The one value of an instant query's vector; NoData for an empty vector or NaN (0/0)."""
-        body = await self._query(query)
+    async def _scalar(self, query: str, asked: float) -> float | NoData:
+        """The one value of an instant query's vector, evaluated at `asked`; NoData for an empty
+        vector or NaN (0/0)."""
+        body = await self._query(query, asked)
         data = body.get("data")
         result = data.get("result") if isinstance(data, dict) else None
         if isinstance(data, dict) and data.get("resultType", "vector") != "vector":  # a matrix, a scalar
@@ -164,7 +166,7 @@ class PrometheusSource:
             )
         return value  # under 0 only for a bad count a little under 0: `counts` and `fallback_ops` judge
 
-    async def _query(self, query: str) -> dict[str, Any]:
+    async def _query(self, query: str, at: float) -> dict[str, Any]:
         if self._client is None:
             self._client = httpx.AsyncClient(timeout=self.timeout)
         where = f"Prometheus at {self.url}"
@@ -177,7 +179,7 @@ class PrometheusSource:
             deadline = QUERY_DEADLINE_TIMEOUTS * self.timeout
             try:  # from its turn on: the connection and the whole answer (httpx bounds each read only)
                 async with asyncio.timeout(deadline):
-                    status, body = await self._get(query, where)
+                    status, body = await self._get(query, at, where)
             except TimeoutError as exc:  # an answer dribbled a byte at a time
                 raise self._down(
                     Unreachable(f"{where}: no whole answer within {deadline:g} s, to {query}")
@@ -201,12 +203,15 @@ class PrometheusSource:
             raise _Failed(Unreachable(f"{where} answered in part ({answer['warnings']!r:.200}): {query}"))
         return answer
 
-    async def _get(self, query: str, where: str) -> tuple[int, bytes]:
-        """The status and body (at most MAX_ANSWER_BYTES) of the query."""
+    async def _get(self, query: str, at: float, where: str) -> tuple[int, bytes]:
+        """The status and body (at most MAX_ANSWER_BYTES) of the query, evaluated at `at`."""
         assert self._client is not None
         try:
             asking = self._client.stream(
-                "GET", f"{self.url}/api/v1/query", params={"query": query}, headers=_IDENTITY
+                "GET",
+                f"{self.url}/api/v1/query",
+                params={"query": query, "time": f"{at:.3f}"},
+                headers=_IDENTITY,
             )
             async with asking as response:
                 body = bytearray()
@@ -235,6 +240,16 @@ class PrometheusSource:
             ) from exc
         except httpx.HTTPError as exc:
             raise _Failed(Unreachable(f"{where}: {transport_fault(exc)}, to {query}")) from exc
+
+
+def _now() -> float:
+    """The time a query asks for, to the millisecond, as Argo Rollouts' Prometheus provider asks for
+    its own: asked without one, every judgement's query was the same URL, which a cache in front (a
+    proxy's, a query frontend's) could answer with the first judgement's counts for every step after.
+    The time of the answer's sample is not held to it: VictoriaMetrics may answer an instant query
+    near now as of now minus its -search.latencyOffset (30 s by default; its issue 720), and every
+    judgement would be refused."""
+    return round(time.time(), 3)
 
 
 def transport_fault(exc: httpx.HTTPError) -> str:

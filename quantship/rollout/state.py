@@ -44,6 +44,33 @@ def from_timestamp(text: str | None) -> float | None:
     return datetime.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
 
+TIMES = ("startedAt", "stepStartedAt", "retiringSince")
+"""The status's times, as `to_dict` writes them (RFC 3339)."""
+
+
+def readable(data: Mapping[str, Any], now: float) -> tuple[dict[str, Any], list[str]]:
+    """`data` (a status in `to_dict`'s form) with what `from_dict` cannot read put right, and what
+    was put right, said. Only the operator writes the status, but a person can (`kubectl patch
+    --subresource=status`), and one it could not read failed every tick with a traceback: a time
+    that is not one reads as `now` (its progress deadline or step interval starts again: nothing
+    comes sooner than it would have), a history entry's `count` that is not a number is dropped.
+    The next status write puts the values read in its place."""
+    fixed, said = dict(data), []
+    for key in TIMES:
+        try:
+            from_timestamp(data.get(key))
+        except (TypeError, ValueError, AttributeError) as exc:  # "yesterday", month 13, a number
+            fixed[key] = to_timestamp(now)
+            said.append(f"status.{key} {data.get(key)!r} is not an RFC 3339 time ({exc}): read as now")
+    history = data.get("history") or ()
+    if any(not isinstance(entry.get("count", 1), int) for entry in history):
+        fixed["history"] = [
+            {k: v for k, v in entry.items() if k != "count" or isinstance(v, int)} for entry in history
+        ]
+        said.append("status.history: a count that is not a whole number: dropped")
+    return fixed, said
+
+
 @dataclass(frozen=True)
 class RolloutStatus:
     phase: Phase = Phase.PENDING

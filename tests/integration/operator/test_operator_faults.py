@@ -25,10 +25,10 @@ from operator_harness import (
     spec_of,
 )
 from test_operator_gateway_and_rbac import permission_of
-from test_operator_lifecycle import condition, phase_is, posted, serving
+from test_operator_lifecycle import condition, events, phase_is, posted, serving
 from test_operator_quantize_job import PRODUCED, finish, quantizing
 
-from quantship.operator import handlers, permissions, placement
+from quantship.operator import crd, handlers, permissions, placement
 from quantship.operator.kube import MERGE_PATCH
 from quantship.operator.quantize_job import Verdict
 
@@ -369,3 +369,130 @@ async def test_a_failed_pod_read_for_placement_never_costs_a_tick_its_status(
     await kubectl.make_ready(f"digits-{canary}", 2)
     promoted = await phase_is(kubectl, "Promoted", timeout=60)
     assert promoted["stableRevision"] == canary
+
+
+# -- a status a person wrote -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("field", "written", "said"),
+    [
+        ("startedAt", "yesterday", "status.startedAt 'yesterday' is not an RFC 3339 time"),
+        ("stepStartedAt", "2026-13-01T00:00:00Z", "status.stepStartedAt '2026-13-01T00:00:00Z' is not"),
+        ("lastAnalysis", {"slos": "all fine"}, "status.lastAnalysis is not a judgement the operator wrote"),
+    ],
+)
+async def test_a_status_field_a_person_wrote_that_cannot_be_read_is_said_once_and_put_right(
+    kubectl: Kubectl,
+    start_operator: StartOperator,
+    caplog: pytest.LogCaptureFixture,
+    field: str,
+    written: object,
+    said: str,
+) -> None:
+    """Written with the operator down (`kubectl patch --subresource=status`), which the restarted one
+    resumes from: it failed every tick with a traceback, the rollout stuck where it stood."""
+    caplog.set_level(logging.ERROR, logger="kopf.objects")
+    first = await start_operator(ScriptedMetrics())
+    await serving(kubectl, spec_of(V1, rollout={"steps": [25, 100], "stepInterval": "2s"}))
+    await kubectl.patch({"spec": {"artifact": {"uri": V2}}})
+    await eventually(lambda: kubectl.deployment(f"digits-{SECOND}"), what="the canary Deployment")
+    await kubectl.make_ready(f"digits-{SECOND}")
+    await eventually(lambda: ((kubectl.get() or {}).get("status") or {}).get("step") == 0, what="step 1")
+    await first.shutdown()
+    await kubectl.custom.patch_namespaced_custom_object_status(
+        crd.GROUP, crd.VERSION, NAMESPACE, crd.PLURAL, "digits", {"status": {field: written}},
+        _content_type=MERGE_PATCH,
+    )  # fmt: skip
+
+    await start_operator(ScriptedMetrics())
+
+    (event,) = await posted(kubectl, "UnreadableStatus")
+    assert event["type"] == "Warning" and event["message"].startswith(said)
+    await eventually(
+        lambda: (kubectl.get() or {})["status"].get(field) != written, what="the field rewritten"
+    )
+    promoted = await phase_is(kubectl, "Promoted", timeout=30)
+    assert promoted["stableRevision"] == SECOND
+    assert not [r for r in caplog.records if r.exc_info], "no traceback"
+    assert len(events(kubectl, "UnreadableStatus")) == 1, "said once: the tick's write put it right"
+
+
+@pytest.mark.parametrize("lost", ["the whole status", "stableRevision"])
+async def test_a_status_lost_mid_canary_resumes_from_the_stable_deployment_never_serves_the_canary_unjudged(
+    kubectl: Kubectl, start_operator: StartOperator, lost: str
+) -> None:
+    """The status removed with the operator down (by hand, or a backup restored without it: a create
+    drops the status): decided from nothing, the canary was deployed as a first revision and served
+    all traffic unjudged, a bad one too, and the stable's Deployment left behind."""
+    first = await start_operator(ScriptedMetrics(bad={SECOND}))
+    await serving(kubectl, spec_of(V1, rollout={"steps": [25, 100], "stepInterval": "30s"}))
+    await kubectl.patch({"spec": {"artifact": {"uri": V2}}})
+    await eventually(lambda: kubectl.deployment(f"digits-{SECOND}"), what="the canary Deployment")
+    await kubectl.make_ready(f"digits-{SECOND}")
+    await eventually(lambda: ((kubectl.get() or {}).get("status") or {}).get("step") == 0, what="step 1")
+    await first.shutdown()
+    status = (kubectl.get() or {})["status"]
+    removed = dict.fromkeys(status) if lost == "the whole status" else {"stableRevision": None}
+    await kubectl.custom.patch_namespaced_custom_object_status(
+        crd.GROUP,
+        crd.VERSION,
+        NAMESPACE,
+        crd.PLURAL,
+        "digits",
+        {"status": removed},
+        _content_type=MERGE_PATCH,
+    )
+    await kubectl.patch({"spec": {"rollout": {"stepInterval": "1s"}}})  # judged soon after the restart
+
+    await start_operator(ScriptedMetrics(bad={SECOND}))
+
+    (event,) = await posted(kubectl, "StatusLost")
+    assert event["type"] == "Warning" and event["message"].startswith(
+        f"the status names no stable revision, but Deployment digits-{FIRST} serves as the stable: "
+        f"resuming from {FIRST}, and rolling {SECOND} out as a canary"
+    )
+    rolled_back = await phase_is(kubectl, "RolledBack", timeout=30)
+    assert rolled_back["stableRevision"] == FIRST and rolled_back["rejectedRevision"] == SECOND
+    assert "clip_rate burn rate above 1 on both windows" in rolled_back["message"]
+    served = [
+        e for e in rolled_back["history"] if e["action"] in ("Serve", "Promote") and e["stable"] == SECOND
+    ]
+    assert served == [], "never served unjudged"
+    assert (kubectl.deployment(f"digits-{FIRST}") or {})["metadata"]["labels"]["track"] == "stable"
+
+
+async def test_a_retiring_revision_a_person_wrote_never_deletes_what_is_not_the_models(
+    kubectl: Kubectl, api: client.ApiClient, start_operator: StartOperator, caplog: pytest.LogCaptureFixture
+) -> None:
+    """status.retiringRevisions ["db"], written with the operator down: the restarted one deleted
+    Deployment and Service digits-db, the user's, whoever made them."""
+    caplog.set_level(logging.WARNING, logger="quantship.operator.workloads")
+    first = await start_operator(ScriptedMetrics())
+    await serving(kubectl, spec_of(V1))
+    pods = {"matchLabels": {"app": "db"}}
+    template = {
+        "metadata": {"labels": {"app": "db"}},
+        "spec": {"containers": [{"name": "db", "image": "postgres"}]},
+    }
+    theirs = {"name": "digits-db", "namespace": NAMESPACE}
+    await kubectl.apps.create_namespaced_deployment(
+        NAMESPACE, {"metadata": theirs, "spec": {"replicas": 1, "selector": pods, "template": template}}
+    )
+    await client.CoreV1Api(api).create_namespaced_service(
+        NAMESPACE, {"metadata": theirs, "spec": {"selector": {"app": "db"}, "ports": [{"port": 5432}]}}
+    )
+    await first.shutdown()
+    await kubectl.custom.patch_namespaced_custom_object_status(
+        crd.GROUP, crd.VERSION, NAMESPACE, crd.PLURAL, "digits", {"status": {"retiringRevisions": ["db"]}},
+        _content_type=MERGE_PATCH,
+    )  # fmt: skip
+
+    await start_operator(ScriptedMetrics())
+
+    await eventually(lambda: not (kubectl.get() or {})["status"].get("retiringRevisions"), what="retired")
+    assert kubectl.deployment("digits-db") is not None and kubectl.service("digits-db") is not None
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("not deleting")]
+    assert said == [f"not deleting Deployment {NAMESPACE}/digits-db for a retiring revision: it is not this "
+                    "model's (no controller)"]  # fmt: skip
+    assert kubectl.deployment(f"digits-{FIRST}") is not None

@@ -19,6 +19,7 @@ import json
 import math
 import os
 import signal
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,6 +69,8 @@ class Stub:
     answer: Handler
     url: str = ""
     queries: list[str] = field(default_factory=list)
+    times: list[str] = field(default_factory=list)
+    """The `time` each query asked for."""
 
 
 @pytest_asyncio.fixture
@@ -79,6 +82,7 @@ async def stub() -> AsyncIterator[Stub]:
 
     async def query(request: web.Request) -> web.StreamResponse:
         server.queries.append(request.query["query"])
+        server.times.append(request.query.get("time", ""))
         return await server.answer(request)
 
     app = web.Application()
@@ -128,6 +132,7 @@ async def test_an_answer_counts_bad_and_total_from_their_own_queries(
     assert await source.fallback_ops(LABELS) == Value(2.0)
     total_query, bad_query = stub.queries[:2]
     assert 'code=~"5.."' in bad_query and 'code=~"5.."' not in total_query
+    assert stub.times[0] == stub.times[1], "bad and total counted over the same window"
     assert "[5m]" in total_query and 'revision="v2"' in total_query
 
 
@@ -241,6 +246,20 @@ async def test_json_that_is_not_prometheus_api_is_a_misconfiguration(
     stub.answer = answering(200, {"status": "success", "data": {"result": [{"metric": {}, "value": []}]}})
     for answer in await both(source):
         assert isinstance(answer, Misconfigured) and "malformed sample" in answer.reason, answer
+
+
+async def test_each_judgement_asks_for_its_own_time(stub: Stub, source: PrometheusSource) -> None:
+    """Asked without a time, every judgement's query was the same URL, which a cache in front of
+    Prometheus could answer with an earlier judgement's counts: the first step's for every step
+    after. Each query asks for the time of its judgement, a URL no earlier one asked."""
+    stub.answer = answering(200, vector("1"))
+    await both(source)
+    first = list(stub.times)
+    await asyncio.sleep(0.01)
+    await both(source)
+    later = stub.times[len(first) :]
+    assert first and later and set(first).isdisjoint(later), (first, later)
+    assert all(abs(float(asked) - time.time()) < 60 for asked in stub.times), stub.times
 
 
 async def test_more_than_one_series_is_a_label_selector_problem(stub: Stub, source: PrometheusSource) -> None:

@@ -14,7 +14,17 @@ from quiet_http import QuietHTTPServer
 from quantship import slo
 from quantship.local.recalibration import DRIFT_SERIES
 from quantship.local.scrape import ScrapeSource, Selector
-from quantship.rollout import Counts, NoData, Unreachable, Value
+from quantship.rollout import (
+    AnalysisSpec,
+    Counts,
+    NoData,
+    RolloutSpec,
+    Unreachable,
+    Value,
+    Verdict,
+    judge,
+    measure,
+)
 
 ERRORS = slo.Objective(slo.SLI.ERRORS, budget=0.001)
 LATENCY = slo.Objective(slo.SLI.LATENCY, budget=0.01, latency_threshold=0.1)
@@ -136,3 +146,33 @@ async def test_a_server_that_stops_answering_is_named_with_what_failed() -> None
         measured = await source.counts(ERRORS, 600, {"model": "digits", "revision": "v2"})
     assert isinstance(measured, Unreachable)
     assert f"{address}: ReadTimeout, no answer within 0.2 s" in measured.reason
+
+
+@pytest.mark.parametrize("written", ["NaN", "+Inf"])
+async def test_a_server_exporting_nan_or_inf_counters_is_judged_misconfigured_never_passed(
+    exporter: http.server.ThreadingHTTPServer, written: str
+) -> None:
+    """A broken exporter's counters (or its fallback-ops gauge) read NaN or +Inf: a judgement over
+    them raised ValueError from round(NaN), which ended `quantship demo` with a traceback, or
+    passed (a NaN burn rate is above no threshold; a NaN gauge read 0 through max())."""
+    address = f"127.0.0.1:{exporter.server_address[1]}"
+    labels = {"model": "digits", "revision": "v2"}
+    source = ScrapeSource(lambda: [(address, labels)])
+    spec = RolloutSpec("digits", "v2", (ERRORS, LATENCY), analysis=AnalysisSpec(min_samples=10))
+    exporter.text = exposition(0, 0, 0, fallback=0)  # type: ignore[attr-defined]
+    await source.scrape_once()
+    exporter.text = exposition(1000, 0, 1000, fallback=0).replace("} 1000\n", f"}} {written}\n")  # type: ignore[attr-defined]
+    await source.scrape_once()
+
+    analysis = judge(await measure(source, spec, "v2", None, 0.0), spec)
+
+    assert analysis.verdict is Verdict.INCONCLUSIVE and analysis.misconfigured
+    assert f"misconfigured on 1m: 0 bad of {float(written):g}, not counts" in analysis.reason
+
+    exporter.text = exposition(1000, 0, 1000, fallback=0).replace("} 0\n", "} NaN\n")  # type: ignore[attr-defined]
+    await source.scrape_once()
+    gate = judge(await measure(source, spec, "v2", None, 0.0), spec).fallback_ops
+    assert (
+        gate.verdict is Verdict.INCONCLUSIVE
+        and gate.reason == "fallback ops: misconfigured: nan ops, not a count"
+    )

@@ -3,6 +3,7 @@ the fallback gate's reason comes first, and `measure` without a stable revision 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import pytest
@@ -22,7 +23,7 @@ from quantship.rollout import (
     judge,
     measure,
 )
-from quantship.rollout.analysis import Fault
+from quantship.rollout.analysis import Fault, readable_analysis
 
 LATENCY = slo.Objective(slo.SLI.LATENCY, budget=0.01, latency_threshold=0.1)
 
@@ -117,3 +118,73 @@ async def test_without_a_stable_revision_nothing_is_asked_about_a_baseline(laten
 
     assert measurements.baseline == {}
     assert {revision for revision, _, _ in metrics.queries} == {"v2"}
+
+
+@pytest.mark.parametrize(
+    "canary",
+    [Counts(bad=1, total=1000), Unreachable("down"), Misconfigured("2 series"), NoData("none"), Counts(0, 0)],
+)
+def test_every_judgement_in_its_persisted_form_reads_back(
+    latency_spec: RolloutSpec, canary: Measurement
+) -> None:
+    """The operator drops a lastAnalysis it cannot read (one a person wrote): never one it wrote."""
+    analysis = judge(measured(latency_spec, canary, Counts(bad=1, total=1000)), latency_spec)
+
+    assert readable_analysis(analysis.to_dict())
+
+
+@pytest.mark.parametrize(
+    "written",
+    [
+        "pass",
+        {"slos": "x"},
+        {"slos": ["x"]},
+        {"slos": [{"windows": None}]},
+        {"slos": [{"windows": [{"ratio": "half"}]}]},
+        {"slos": [{"windows": [{"fault": ["NoData"]}]}]},
+        {"fallbackOps": "pass"},
+        {"fallbackOps": {"fault": {"kind": "NoData"}}},
+    ],
+)
+def test_a_last_analysis_a_person_wrote_in_another_shape_is_unreadable(written: object) -> None:
+    assert not readable_analysis(written)
+
+
+@pytest.mark.parametrize(
+    "canary",
+    [
+        Counts(bad=0, total=math.nan),
+        Counts(bad=math.nan, total=1000),
+        Counts(bad=0, total=math.inf),
+        Counts(bad=math.inf, total=math.inf),
+        Counts(bad=1, total=1000, whole_bad=math.nan),
+    ],
+)
+def test_counts_that_are_nan_or_infinite_are_misconfigured_never_a_pass(
+    latency_spec: RolloutSpec, canary: Counts
+) -> None:
+    """Any MetricsSource's figures (PrometheusSource reads NaN as no data; a direct scrape reads a
+    server's NaN as it is): round(NaN) raised, and a NaN burn rate is above no threshold."""
+    analysis = judge(measured(latency_spec, canary), latency_spec)
+
+    assert analysis.verdict is Verdict.INCONCLUSIVE
+    assert analysis.faults() == {Fault.MISCONFIGURED}
+    assert "not counts" in analysis.reason
+
+
+def test_a_baseline_that_is_nan_is_not_compared_with(latency_spec: RolloutSpec) -> None:
+    analysis = judge(measured(latency_spec, Counts(1, 1000), Counts(bad=math.nan, total=1000)), latency_spec)
+
+    assert analysis.verdict is Verdict.PASS
+    assert "(not compared with the stable revision: it measured nan bad of 1000, not counts for latency" in (
+        analysis.reason
+    )
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf])
+def test_a_fallback_ops_gauge_that_is_nan_or_infinite_is_misconfigured(
+    latency_spec: RolloutSpec, value: float
+) -> None:
+    analysis = judge(measured(latency_spec, Counts(0, 1000), fallback=value), latency_spec)
+
+    assert analysis.verdict is Verdict.INCONCLUSIVE and analysis.faults() == {Fault.MISCONFIGURED}
