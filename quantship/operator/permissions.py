@@ -67,6 +67,9 @@ OPERATOR: frozenset[Permission] = frozenset(
         ("apps", "deployments", "delete"),
         ("", "services", "create"),
         ("", "services", "delete"),
+        # a status that names no stable revision (a new model's first tick, or a status lost):
+        # the model's own Deployments labelled track=stable, to resume from (reconcile._stable_found)
+        ("apps", "deployments", "list"),
         # gateway-api mode: the weights of our backendRefs in the user's HTTPRoute
         ("gateway.networking.k8s.io", "httproutes", "get"),
         ("gateway.networking.k8s.io", "httproutes", "patch"),
