@@ -27,7 +27,7 @@ import os
 import shutil
 import stat
 import tarfile
-from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -122,12 +122,13 @@ class Packed:
     replaced: bool
 
 
-def pack(artifact_dir: Path, tarball: Path) -> Packed:
+def pack(artifact_dir: Path, tarball: Path, *, verified: Callable[[Artifact], None] | None = None) -> Packed:
     """A .tar.gz of a verified artifact's listed files, for object stores and HTTP servers; written
     beside `tarball` and renamed into place, so a reader never fetches half an archive. As
     `quantize -o` replaces an older artifact, this replaces an older artifact archive, and a link to
     one replaces the archive it names (the link stays); anything else at `tarball`, or that a link
-    there names, is refused, untouched."""
+    there names, is refused, untouched. `verified` is handed the artifact once verified, before the
+    archive is written."""
     if not tarball.name.endswith(ARCHIVE_SUFFIXES):  # serve, verify and fetch know archives by name
         raise ArtifactError(f"{tarball}: an artifact archive's name ends in .tar.gz or .tgz", reason="format")
     target = _link_followed(tarball) if tarball.is_symlink() else tarball
@@ -138,6 +139,8 @@ def pack(artifact_dir: Path, tarball: Path) -> Packed:
             f"{named} exists and is not an artifact archive; refusing to replace it", reason="io"
         )
     artifact = load_artifact(artifact_dir)
+    if verified is not None:
+        verified(artifact)
     # A scratch directory of its own: two packs to one TARBALL shared `.NAME.partial`, and the one
     # that said "wrote" left the other's archive, which said "cannot write".
     with scratch.beside(target, PACK_SCRATCH) as folder:

@@ -41,7 +41,7 @@ import logging
 import os
 import re
 import urllib.parse
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -170,16 +170,20 @@ def push(
     timeout: float = TIMEOUT_S,
     also_tags: Sequence[str] = (),
     speed_limit: SpeedLimit = SPEED_LIMIT,
+    verified: Callable[[artifact.Artifact], None] | None = None,
 ) -> str:
     """Verify the artifact at `root` and push it to `uri` (a tag), then point each of `also_tags`
     (tags of the same repository) at the same manifest, in order. Returns the pushed manifest's
     digest, to pin with oci://REGISTRY/REPO@DIGEST. Each connect and read waits at most `timeout`;
-    an upload or answer that moves slower than `speed_limit` is abandoned."""
+    an upload or answer that moves slower than `speed_limit` is abandoned. `verified` is handed the
+    artifact once verified, before anything is sent (the CLI warns there of a failed gate)."""
     reference = push_reference(uri)
     for tag in also_tags:
         if not re.fullmatch(TAG_PATTERN, tag):
             raise OciError(f"{brief(repr(tag))} is not a tag ({TAG_PATTERN})")
     with artifact.opened(root) as loaded:  # a .tar.gz unpacked for the push, removed after it
+        if verified is not None:
+            verified(loaded)
         return _push(loaded, root, reference, credentials, insecure, timeout, also_tags, speed_limit)
 
 

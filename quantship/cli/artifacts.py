@@ -11,7 +11,7 @@ import click
 from quantship import artifact, artifact_keys, artifact_manifest, scratch
 from quantship.cli.errors import ExitCode, Refused, user_errors
 from quantship.cli.options import artifact_out
-from quantship.cli.output import signature_in_words
+from quantship.cli.output import signature_in_words, warn_of_a_failed_gate
 
 
 @click.command()
@@ -44,7 +44,9 @@ def pack(path: Path, tarball: Path) -> None:
     is refused."""
     artifact.refuse_inside_an_artifact(tarball)
     try:
-        packed = artifact.pack(path, tarball)
+        packed = artifact.pack(
+            path, tarball, verified=lambda loaded: warn_of_a_failed_gate(loaded, path, "packing")
+        )
     except OSError as exc:
         raise Refused(f"cannot write {tarball}: {exc.strerror or exc}") from exc
     click.echo(f"wrote {packed.path}" + (" (in place of the older archive there)" if packed.replaced else ""))

@@ -12,6 +12,7 @@ import click
 from quantship import artifact_keys
 from quantship.cli.errors import Refused, user_errors
 from quantship.cli.options import artifact_out, speed_limit_of, speed_options
+from quantship.cli.output import warn_of_a_failed_gate
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -76,6 +77,7 @@ def push(
             credentials=_credentials(username, docker_config),
             insecure=insecure,
             speed_limit=speed_limit_of(speed_limit, speed_time),
+            verified=lambda loaded: warn_of_a_failed_gate(loaded, path, "pushing"),
         )
     except oci.OciError as exc:
         raise Refused(str(exc)) from exc

@@ -169,6 +169,13 @@ def test_a_failed_gate_exits_1_and_marks_the_artifact(sample: zoo.SampleModel, t
     assert "no trial passed the gate" in err and advice in err  # said on the console
     assert not any(advice in warning for warning in manifest["warnings"])
     assert page.count("Next: ") == 1  # the report showed it twice, the second time as a warning
+    # packed as it is, but said: it went silently, with exit 0, where verify exits 1
+    code, out, err = _cli("pack", tmp_path / "a", tmp_path / "a.tar.gz")
+    assert code == 0 and out.strip() == f"wrote {tmp_path / 'a.tar.gz'}", err
+    assert err.splitlines() == [
+        f"warning: {tmp_path / 'a'}: its accuracy gate failed (a best effort; `quantship verify` exits 1 "
+        "on it): packing it as it is"
+    ]
 
 
 def test_a_rerun_whose_gate_fails_leaves_a_passing_artifact_and_writes_beside_it(

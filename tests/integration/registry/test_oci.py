@@ -288,6 +288,29 @@ def test_the_cli_pushes_and_pulls(
     assert "no such tag or digest" in missing.stderr
 
 
+def test_pushing_an_artifact_whose_gate_failed_says_so_before_it_goes(
+    registry: Registry, good_artifact: artifact.Artifact, tmp_path: Path
+) -> None:
+    """A best effort (what quantize writes to OUT.gate-failed) was pushed with exit 0 and not a word,
+    where verify exits 1 on it: a rollout would have judged it by its canary alone. It still goes."""
+    failed = tmp_path / "digits.gate-failed"
+    shutil.copytree(good_artifact.root, failed)
+    manifest = json.loads((failed / artifact.MANIFEST_FILE).read_text())
+    manifest["validation"]["gate"] = "failed"
+    (failed / artifact.MANIFEST_FILE).write_text(json.dumps(manifest))
+    uri = registry.uri("quantship/best-effort:v1")
+
+    pushed = CliRunner().invoke(main, ["push", str(failed), uri])
+
+    assert pushed.exit_code == 0 and "@sha256:" in pushed.stdout, pushed.stderr
+    assert pushed.stderr.splitlines() == [
+        f"warning: {failed}: its accuracy gate failed (a best effort; `quantship verify` exits 1 on it): "
+        "pushing it as it is"
+    ]
+    passed = CliRunner().invoke(main, ["push", str(good_artifact.root), registry.uri("quantship/passed:v1")])
+    assert passed.exit_code == 0 and passed.stderr == "", passed.stderr
+
+
 def test_a_plain_http_registry_not_on_loopback_is_hinted_at_and_fetched_from_with_insecure(
     registry: Registry, good_artifact: artifact.Artifact, tmp_path: Path
 ) -> None:
